@@ -42,7 +42,9 @@ def _theirs(module: object) -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
-def _messages(prefix: str, messages: list[descriptor_pb2.DescriptorProto]) -> dict[str, descriptor_pb2.DescriptorProto]:
+def _messages(
+    prefix: str, messages: list[descriptor_pb2.DescriptorProto]
+) -> dict[str, descriptor_pb2.DescriptorProto]:
     found: dict[str, descriptor_pb2.DescriptorProto] = {}
     for msg in messages:
         name = f"{prefix}.{msg.name}"
@@ -64,7 +66,9 @@ def _field_type_name(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDescriptorProto]]:
+def pairs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDescriptorProto]]:
     ours = _our_files(tmp_path_factory.mktemp("descriptors"))
     return [
         (ours["protos/model_config.proto"], _theirs(triton_config)),

@@ -1,0 +1,257 @@
+"""DynamicBatcher: one shared queue, one dispatch task per backend instance.
+
+A dispatch task waits for a free slot on its instance (at most max_batches_in_flight batches
+there), then for a batch (see form.py), runs it as its own task and goes back for the next. All
+instances pull from one queue: whichever is free takes the next batch, which balances better than
+a queue per instance. Waiting is on events only: `queue.changed` for arrivals, and a timed wait on
+it when formation asked to wait for the batch to grow.
+
+Every request gets exactly one outcome: a result, or an exception set on its future (never a
+cancel). A caller that goes away cancels its own future; it is removed from the queue at once, and
+skipped (never computed) if a batch was being formed around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from batcher.errors import BatcherStopped, DeadlineExceeded
+from batcher.estimate import ServiceTimeEstimator
+from batcher.form import form_batch
+from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
+from batcher.scatter import gather, scatter
+from batcher.stats import ModelStats
+from batcher.types import Array, Backend, BatchingPolicy, Tensors
+
+log = logging.getLogger(__name__)
+
+
+def _stopped() -> BatcherStopped:
+    return BatcherStopped("model stopped before the request was computed")
+
+
+class DynamicBatcher:
+    """Queues requests for one model version and runs them in batches on its backend instances."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        policy: BatchingPolicy,
+        stats: ModelStats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not backends:
+            raise ValueError("DynamicBatcher needs at least one backend instance")
+        validate_policy(policy)
+        self._backends = tuple(backends)
+        self._policy = policy
+        # While stopping, nothing waits for a batch to grow.
+        self._drain_policy = dataclasses.replace(policy, max_queue_delay_s=0.0)
+        self._stats = stats
+        self._clock = clock
+        self._estimator = ServiceTimeEstimator()
+        self._idle = asyncio.Event()
+        self._queue = RequestQueue(policy, clock, on_remove=self._check_idle)
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._runs: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # batches taken from the queue and not yet answered
+        self._accepting = False
+        self._closing = False
+
+    @property
+    def policy(self) -> BatchingPolicy:
+        return self._policy
+
+    @property
+    def estimator(self) -> ServiceTimeEstimator:
+        return self._estimator
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight_batches(self) -> int:
+        return self._in_flight
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        """Start one dispatch task per backend instance. Call once, inside the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._dispatchers or self._closing:
+            raise RuntimeError("DynamicBatcher.start() may be called only once")
+        self._accepting = True
+        for i, backend in enumerate(self._backends):
+            task = loop.create_task(self._dispatch(backend), name=f"sluiceway-batcher-{i}")
+            task.add_done_callback(self._dispatcher_done)
+            self._dispatchers.append(task)
+
+    async def submit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        *,
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> Tensors:
+        """Queue one request and return its outputs (views into the batch's outputs).
+
+        `deadline`: absolute clock() seconds (the gRPC deadline); `timeout_s`: the request's own
+        timeout (None: none). The earliest of those and, with TimeoutAction.REJECT, the policy's
+        default_timeout_s is the hard deadline; with DELAY the policy timeout only demotes.
+        `priority` 0 means the policy's default_priority.
+
+        Raises BatcherStopped, TooManyRows, QueueFull, DeadlineExceeded, ValueError (bad priority,
+        rows or timeout_s), or whatever the backend raised for this request's batch.
+        """
+        if not self._accepting:
+            raise BatcherStopped()
+        p = self._queue.admit(
+            inputs,
+            rows,
+            deadline=deadline,
+            priority=priority,
+            timeout_s=timeout_s,
+            predict_s=self._predict_now,
+        )
+        try:
+            return await p.handle.future
+        except asyncio.CancelledError:
+            # The caller went away: never compute it. Cancelling our await cancelled the future,
+            # so a batch already formed around it skips it too.
+            self._queue.remove(p)
+            raise
+
+    async def stop(self, drain: bool = True, timeout_s: float = 5.0) -> None:
+        """Stop admitting; finish queued and running work (drain) or fail what is queued.
+
+        drain=True: queued requests are dispatched without waiting for batches to grow, and
+        everything must finish within `timeout_s`. drain=False: queued requests fail with
+        BatcherStopped at once; batches already running get `timeout_s` to finish. Whatever is
+        left after `timeout_s` fails with BatcherStopped.
+        """
+        self._accepting = False
+        self._closing = True
+        if not drain:
+            self._queue.fail_all(_stopped)
+        self._queue.changed.set()  # wake dispatchers: they now dispatch at once, or exit
+        self._check_idle()
+        if self._dispatchers:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("batcher: stop timed out after %.3g s; failing what is left", timeout_s)
+        self._queue.fail_all(_stopped)
+        leftovers = [*self._runs, *self._dispatchers]
+        for task in leftovers:
+            task.cancel()  # our own tasks; their requests are failed in _run_done
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    async def _dispatch(self, backend: Backend) -> None:
+        slots = asyncio.Semaphore(self._policy.max_batches_in_flight)
+        loop = asyncio.get_running_loop()
+        while True:
+            await slots.acquire()
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            task = loop.create_task(self._run(backend, batch))
+            self._runs.add(task)
+            task.add_done_callback(functools.partial(self._run_done, batch, slots))
+
+    async def _next_batch(self) -> list[Request] | None:
+        """Wait until formation yields a batch; None once stopping and nothing is left."""
+        q = self._queue
+        while True:
+            # Clear before forming: an arrival after this point sets it again, so none is missed.
+            q.changed.clear()
+            now = self._clock()
+            policy = self._drain_policy if self._closing else self._policy
+            predict = functools.partial(self._estimator.predict, now=now)
+            f = form_batch(q.values(), now, policy, predict, is_done)
+            for p in f.cancelled:
+                q.remove(p)
+            for p in f.expired:
+                q.fail(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+            if f.batch:
+                self._in_flight += 1  # before the removals, so the queue never looks idle meanwhile
+                for p in f.batch:
+                    q.remove(p)
+                    self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)))
+                return f.batch
+            if self._closing:
+                return None  # with no delay while stopping, no batch means an empty queue
+            if f.wait_until is None:
+                await q.changed.wait()
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
+
+    async def _run(self, backend: Backend, batch: list[Request]) -> None:
+        batch = [p for p in batch if not is_done(p)]  # callers cancelled since formation
+        if not batch:
+            return
+        batched = self._policy.max_batch_size > 0
+        t0 = time.perf_counter_ns()
+        inputs: Tensors
+        try:
+            if batched:
+                inputs, offsets = gather([p.inputs for p in batch], [p.rows for p in batch])
+            else:
+                inputs, offsets = batch[0].inputs, [0, 1]
+            t1 = time.perf_counter_ns()
+            outputs = await backend.run(inputs)
+            t2 = time.perf_counter_ns()
+            parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
+            t3 = time.perf_counter_ns()
+        except Exception as exc:
+            # The whole batch fails with the backend's own error; the server maps it.
+            for p in batch:
+                settle_error(p, exc)
+            return
+        rows = offsets[-1]
+        self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        self._estimator.observe(rows, (t2 - t1) / 1e9, self._clock())
+        for p, part in zip(batch, parts, strict=True):
+            if not p.handle.future.done():
+                p.handle.future.set_result(part)
+
+    def _run_done(self, batch: list[Request], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+        self._runs.discard(task)
+        self._in_flight -= 1
+        slots.release()
+        # Safety net for exactly one outcome: a run cancelled by stop() (even before it started).
+        error: BaseException | None = None if task.cancelled() else task.exception()
+        for p in batch:
+            if not is_done(p):
+                settle_error(p, error if error is not None else _stopped())
+        self._check_idle()
+
+    def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug in formation: stop admitting and fail the queue rather than leave callers hanging.
+        log.error("batcher: dispatch task failed", exc_info=task.exception())
+        self._accepting = False
+        self._queue.fail_all(_stopped)
+
+    def _predict_now(self, rows: int) -> float:
+        return self._estimator.predict(rows, self._clock())
+
+    def _check_idle(self) -> None:
+        if len(self._queue) == 0 and self._in_flight == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()

@@ -1,0 +1,40 @@
+"""Why the batcher refused or failed a request. Messages are for clients: no internals.
+
+The server maps each class to a gRPC status in one table; anything else raised through `submit`
+(a backend's own exception, a scatter error) is unexpected and answers INTERNAL.
+"""
+
+from __future__ import annotations
+
+
+class BatcherError(Exception):
+    """Base of every error the batcher raises on purpose."""
+
+    default_message = "the request could not be batched"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class QueueFull(BatcherError):
+    """The queue already holds max_queue_size requests."""
+
+    default_message = "queue is full"
+
+
+class DeadlineExceeded(BatcherError):
+    """The request expired before compute, or cannot finish by its deadline."""
+
+    default_message = "deadline exceeded before the request was computed"
+
+
+class BatcherStopped(BatcherError):
+    """The model is shutting down (or not started) and takes no more requests."""
+
+    default_message = "model is not accepting requests (shutting down)"
+
+
+class TooManyRows(BatcherError):
+    """The request alone has more rows than one batch may hold."""
+
+    default_message = "request has more rows than the model's max_batch_size"

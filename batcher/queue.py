@@ -1,0 +1,184 @@
+"""Admission and bookkeeping of queued requests: one bounded queue shared by a model's instances.
+
+Requests live in a dict keyed by arrival number: it keeps arrival order, and removing a request
+that was cancelled, expired or dispatched is O(1). Each request with a hard deadline has a timer
+that answers DeadlineExceeded the moment it expires while still queued, even when every backend is
+busy and no batch is being formed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from batcher.errors import DeadlineExceeded, QueueFull, TooManyRows
+from batcher.form import Pending, cannot_finish, hard_deadline
+from batcher.types import BatchingPolicy, Tensors, TimeoutAction
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """The batcher's handle on a queued request: the caller's future and its expiry timer."""
+
+    future: asyncio.Future[Tensors]
+    timer: asyncio.TimerHandle | None = None
+
+
+Request = Pending[Ticket]
+
+
+def is_done(p: Request) -> bool:
+    """Answered already, or the caller was cancelled (its await cancelled the future)."""
+    return p.handle.future.done()
+
+
+def settle_error(p: Request, exc: BaseException) -> None:
+    """Fail `p` with `exc` unless it already has an outcome (never resolve a done future)."""
+    if not p.handle.future.done():
+        p.handle.future.set_exception(exc)
+
+
+class RequestQueue:
+    """Waiting requests in arrival order. `changed` is set whenever one is added."""
+
+    def __init__(
+        self,
+        policy: BatchingPolicy,
+        clock: Callable[[], float],
+        on_remove: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._on_remove = on_remove
+        self._items: dict[int, Request] = {}
+        self._seq = itertools.count()
+        self.changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def values(self) -> Iterable[Request]:
+        return self._items.values()
+
+    def admit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        *,
+        deadline: float | None,
+        priority: int,
+        timeout_s: float | None,
+        predict_s: Callable[[int], float],
+    ) -> Request:
+        """Queue a request, or raise why not (ValueError, TooManyRows, DeadlineExceeded, QueueFull)."""
+        policy = self._policy
+        level = self._priority(priority)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
+        if policy.max_batch_size > 0:
+            if rows < 1:
+                raise ValueError(f"rows must be at least 1, got {rows}")
+            if rows > policy.max_batch_size:
+                raise TooManyRows(
+                    f"request has {rows} rows but the model accepts at most {policy.max_batch_size}"
+                )
+        else:
+            rows = 1  # no batch dimension: every request is one run of "batch size 1"
+        now = self._clock()
+        own = None if timeout_s is None else now + timeout_s
+        caller = own if deadline is None else (deadline if own is None else min(deadline, own))
+        policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
+        loop = asyncio.get_running_loop()
+        p: Request = Pending(
+            inputs=inputs,
+            rows=rows,
+            priority=level,
+            arrival=now,
+            seq=next(self._seq),
+            handle=Ticket(loop.create_future()),
+            deadline=caller,
+            policy_deadline=policy_deadline,
+        )
+        hard = hard_deadline(p, policy)
+        if hard is not None:
+            if hard <= now:
+                raise DeadlineExceeded("deadline exceeded before the request was queued")
+            service_s = predict_s(rows)
+            if cannot_finish(hard, now, service_s):
+                raise DeadlineExceeded(
+                    f"deadline cannot be met: about {service_s * 1e3:.1f} ms of compute needed, "
+                    f"{(hard - now) * 1e3:.1f} ms left"
+                )
+        if len(self._items) >= policy.max_queue_size:
+            raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
+        if hard is not None:
+            p.handle.timer = loop.call_later(hard - now, self._expire, p)
+        self._items[p.seq] = p
+        self.changed.set()
+        return p
+
+    def remove(self, p: Request) -> bool:
+        """Take `p` out of the queue; False if it was not there (dispatched or gone already)."""
+        if self._items.pop(p.seq, None) is None:
+            return False
+        if p.handle.timer is not None:
+            p.handle.timer.cancel()
+            p.handle.timer = None
+        self._on_remove()
+        return True
+
+    def fail(self, p: Request, exc: BaseException) -> None:
+        self.remove(p)
+        settle_error(p, exc)
+
+    def fail_all(self, make_exc: Callable[[], BaseException]) -> None:
+        for p in list(self._items.values()):
+            self.fail(p, make_exc())
+
+    def _expire(self, p: Request) -> None:
+        p.handle.timer = None
+        if self.remove(p):
+            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+
+    def _priority(self, priority: int) -> int:
+        levels = self._policy.priority_levels
+        if priority == 0:
+            return self._policy.default_priority
+        if not 1 <= priority <= levels:
+            raise ValueError(f"priority must be between 1 and {levels} (0 for the default), got {priority}")
+        return priority
+
+
+def validate_policy(policy: BatchingPolicy) -> None:
+    """Raise ValueError naming the first field of `policy` that cannot work."""
+    checks = (
+        ("max_batch_size", policy.max_batch_size >= 0, "must be >= 0"),
+        ("max_queue_delay_s", policy.max_queue_delay_s >= 0, "must be >= 0"),
+        ("max_queue_size", policy.max_queue_size >= 1, "must be >= 1"),
+        ("priority_levels", policy.priority_levels >= 1, "must be >= 1"),
+        (
+            "default_priority",
+            1 <= policy.default_priority <= policy.priority_levels,
+            "must be between 1 and priority_levels",
+        ),
+        (
+            "default_timeout_s",
+            policy.default_timeout_s is None or policy.default_timeout_s > 0,
+            "must be positive or None",
+        ),
+        ("max_batches_in_flight", policy.max_batches_in_flight >= 1, "must be >= 1"),
+        (
+            "preferred_batch_sizes",
+            all(0 < s <= max(policy.max_batch_size, 1) for s in policy.preferred_batch_sizes),
+            "must each be between 1 and max_batch_size",
+        ),
+    )
+    for name, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"BatchingPolicy.{name} {rule}, got {getattr(policy, name)!r}")
+    if not isinstance(policy.timeout_action, TimeoutAction):
+        raise ValueError(
+            f"BatchingPolicy.timeout_action must be a TimeoutAction, got {policy.timeout_action!r}"
+        )

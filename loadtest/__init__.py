@@ -1,0 +1,1 @@
+"""Load generation and benchmarks against sluiceway and its peers."""

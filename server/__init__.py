@@ -1,0 +1,1 @@
+"""Sluiceway's gRPC front: protocol, model repository, backends and the server factory."""

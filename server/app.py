@@ -1,0 +1,126 @@
+"""The server factory: explicit settings in, a running grpc.aio server out. No module state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.models import ModelManager
+from server.servicer import InferenceServicer
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+class SluicewayServer:
+    """One server: gRPC endpoint, health, reflection and the model manager behind them."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._health = health_aio.HealthServicer()
+        options = [
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # A port already in use is an error, never a silently shared socket.
+            ("grpc.so_reuseport", 0),
+        ]
+        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+        self.models = ModelManager(self._repository(), settings, self._set_model_health)
+        self._servicer = InferenceServicer(self.models, settings.stream_max_in_flight, lambda: self._stopping)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._grpc,
+        )
+
+    def _repository(self) -> Path:
+        if self.settings.model_repository is not None:
+            return self.settings.model_repository
+        from server.demo_models import build_demo_repository
+
+        return build_demo_repository(self.settings.cache_dir / "demo")
+
+    def _set_model_health(self, name: str, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        # Health updates are coroutines on the aio servicer; schedule without awaiting.
+        asyncio.get_running_loop().create_task(self._health.set(name, status))
+
+    async def start(self) -> int:
+        """Bind, start answering (live, not yet ready), load every model, then report SERVING."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise PortInUse(f"cannot listen on {address}: {exc}") from None
+        if self.port == 0:
+            raise PortInUse(f"cannot listen on {address} (port in use?)")
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set("", not_serving)
+        await self._health.set(SERVICE_NAME, not_serving)
+        await self._grpc.start()
+        await self.models.load_all()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._health.set("", serving)
+        await self._health.set(SERVICE_NAME, serving)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, stop admitting, drain or fail what is queued, then close the endpoint."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        await self.models.stop(drain_timeout_s=grace)
+        await self._grpc.stop(grace)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def build_server(settings: ServerSettings) -> SluicewayServer:
+    """Build (but do not start) a server; call inside the event loop that will run it."""
+    return SluicewayServer(settings)
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = build_server(settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    port = await server.start()
+    names = ", ".join(sorted(e.name for e in server.models.entries()))
+    log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
+    print(f"sluiceway ready on {settings.host}:{port} (models: {names})", flush=True)
+    await stop_requested.wait()
+    log.info("shutting down")
+    await server.stop()

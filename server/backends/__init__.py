@@ -1,0 +1,1 @@
+"""Model backends: each implements batcher.types.Backend for one model instance."""

@@ -1,0 +1,374 @@
+"""One ONNX model instance on onnxruntime, behind the batcher's Backend protocol.
+
+`session.run` blocks (and releases the GIL), so it runs in a small executor owned by the instance,
+never on the event loop. Execution providers are requested from the config; onnxruntime-gpu lists
+CUDA/TensorRT as available even on a machine without a GPU, so what actually runs is read back from
+the session and a missing provider costs one warning line, not a failed load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from batcher.types import Array, Tensors
+from protos import model_config_pb2 as mc
+from server.model_config import ConfigError, OnnxTensor
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+
+Provider = tuple[str, dict[str, str]]  # (onnxruntime provider name, its provider options)
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXECUTION_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+# Triton's TensorRT accelerator parameters -> onnxruntime TensorRT provider options ("trt_*" pass as is).
+_TRT_RENAMES = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "max_partition_iterations": "trt_max_partition_iterations",
+    "minimum_segment_size": "trt_min_subgraph_size",
+    "min_subgraph_size": "trt_min_subgraph_size",
+    "int8_calibration_table_name": "trt_int8_calibration_table_name",
+    "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
+}
+
+
+class BackendLoadError(Exception):
+    """The model file could not be turned into an onnxruntime session."""
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session settings shared by every model (from the server settings); a config may override some."""
+
+    intra_op_threads: int = 0  # 0: onnxruntime picks (one per physical core)
+    inter_op_threads: int = 0
+    # Spinning keeps an idle worker busy-waiting for the next op: it steals the core from gRPC threads.
+    allow_spinning: bool = False
+    graph_optimization_level: str = "all"  # "disable" | "basic" | "extended" | "all"
+    execution_mode: str = "sequential"  # "sequential" | "parallel"
+    providers: tuple[str, ...] = (CPU,)
+    provider_options: tuple[dict[str, str], ...] = ()  # empty, or one dict per provider
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization_level not in _GRAPH_LEVELS:
+            raise ValueError(
+                f"graph_optimization_level '{self.graph_optimization_level}' is not one of "
+                f"{sorted(_GRAPH_LEVELS)}"
+            )
+        if self.execution_mode not in _EXECUTION_MODES:
+            raise ValueError(
+                f"execution_mode '{self.execution_mode}' is not one of {sorted(_EXECUTION_MODES)}"
+            )
+        if self.provider_options and len(self.provider_options) != len(self.providers):
+            raise ValueError("provider_options must be empty or hold one entry per provider")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must not be negative")
+
+    def default_providers(self) -> list[Provider]:
+        options = self.provider_options or tuple({} for _ in self.providers)
+        return [(name, dict(opts)) for name, opts in zip(self.providers, options, strict=True)]
+
+
+def ort_options_for(config: mc.ModelConfig, base: OrtOptions) -> OrtOptions:
+    """`base` with the config's overrides: optimization.graph.level and Triton's thread parameters."""
+    changes: dict[str, Any] = {}
+    level = config.optimization.graph.level
+    if level == -1:
+        changes["graph_optimization_level"] = "disable"
+    elif level == 1:
+        changes["graph_optimization_level"] = "extended"
+    for key, field in (
+        ("intra_op_thread_count", "intra_op_threads"),
+        ("inter_op_thread_count", "inter_op_threads"),
+    ):
+        if key in config.parameters:
+            value = config.parameters[key].string_value
+            if not value.isdigit():
+                raise ConfigError(f"model '{config.name}': parameters '{key}' value '{value}' is not a count")
+            changes[field] = int(value)
+    if "execution_mode" in config.parameters:
+        value = config.parameters["execution_mode"].string_value
+        modes = {"0": "sequential", "1": "parallel"}  # Triton's spelling
+        if value not in modes:
+            raise ConfigError(f"model '{config.name}': parameters 'execution_mode' must be '0' or '1'")
+        changes["execution_mode"] = modes[value]
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def _tensorrt_options(params: Mapping[str, str], model: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for key, value in params.items():
+        if key == "precision_mode":
+            if value.upper() not in ("FP32", "FP16", "INT8"):
+                raise ConfigError(
+                    f"model '{model}': tensorrt precision_mode '{value}' is not FP32, FP16 or INT8"
+                )
+            options["trt_fp16_enable"] = str(value.upper() in ("FP16", "INT8"))
+            options["trt_int8_enable"] = str(value.upper() == "INT8")
+        elif key in _TRT_RENAMES:
+            options[_TRT_RENAMES[key]] = value
+        elif key.startswith("trt_"):
+            options[key] = value
+        else:
+            raise ConfigError(f"model '{model}': tensorrt accelerator parameter '{key}' is not supported")
+    return options
+
+
+def providers_for(
+    config: mc.ModelConfig,
+    default_providers: Sequence[str | tuple[str, Mapping[str, str]]],
+    *,
+    device_id: int | None = None,
+) -> list[Provider]:
+    """Execution providers for one instance of `config`, most preferred first; CPU always last.
+
+    Order of precedence: the config's execution_accelerators, then a KIND_GPU instance group
+    (CUDA), then the server's defaults. `device_id` defaults to the first GPU the groups name.
+    """
+    if device_id is None:
+        gpus = [g for group in config.instance_group for g in group.gpus]
+        device_id = gpus[0] if gpus else 0
+    device = {"device_id": str(device_id)}
+    accel = config.optimization.execution_accelerators
+    chosen: list[Provider] = []
+    for entry in accel.gpu_execution_accelerator:
+        params = dict(entry.parameters)
+        if entry.name == "tensorrt":
+            chosen.append((TENSORRT, {**device, **_tensorrt_options(params, config.name)}))
+            chosen.append((CUDA, dict(device)))  # TensorRT hands the nodes it cannot build to CUDA
+        elif entry.name == "cuda":
+            chosen.append((CUDA, {**device, **params}))
+        else:
+            raise ConfigError(
+                f"model '{config.name}': gpu_execution_accelerator '{entry.name}' is not supported"
+            )
+    for entry in accel.cpu_execution_accelerator:
+        if entry.name != "openvino":
+            raise ConfigError(
+                f"model '{config.name}': cpu_execution_accelerator '{entry.name}' is not supported"
+            )
+        chosen.append((OPENVINO, dict(entry.parameters)))
+    if not chosen and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
+        chosen.append((CUDA, dict(device)))
+    if not chosen:
+        for item in default_providers:
+            name, opts = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+            chosen.append((name, opts))
+    unique: list[Provider] = []
+    for name, opts in chosen:
+        if name != CPU and all(name != seen for seen, _ in unique):
+            unique.append((name, opts))
+    cpu_opts = next((opts for name, opts in chosen if name == CPU), {})
+    return [*unique, (CPU, cpu_opts)]
+
+
+def _onnx_type(type_proto: onnx.TypeProto) -> str:
+    kind = type_proto.WhichOneof("value")
+    if kind != "tensor_type":
+        return str(kind)  # sequence/map/optional: reported as unsupported by config completion
+    name = onnx.TensorProto.DataType.Name(type_proto.tensor_type.elem_type).lower()
+    return f"tensor({name})"  # onnxruntime's spelling: FLOAT -> tensor(float), STRING -> tensor(string)
+
+
+def _onnx_shape(type_proto: onnx.TypeProto) -> list[int | str | None]:
+    dims: list[int | str | None] = []
+    for dim in type_proto.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        else:
+            dims.append(dim.dim_param or None)
+    return dims
+
+
+def inspect_onnx(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+    """Graph inputs (initializers excluded, as onnxruntime does) and outputs, without loading weights."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError, OSError, ...: all mean "not a model"
+        raise BackendLoadError(f"{path}: not a readable ONNX model: {err}") from None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [
+        OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type))
+        for v in model.graph.input
+        if v.name not in initializers
+    ]
+    outputs = [OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type)) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _session_options(options: OrtOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization_level]
+    so.execution_mode = _EXECUTION_MODES[options.execution_mode]
+    spin = "1" if options.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return so
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _to_str(item: Any) -> str:
+    return item if isinstance(item, str) else bytes(item).decode("utf-8")
+
+
+def _decode_strings(name: str, array: Array) -> Array:
+    # The wire carries bytes; onnxruntime string tensors take str (bytes would be str()-ed).
+    out = np.empty(array.shape, dtype=object)
+    try:
+        out.reshape(-1)[:] = [_to_str(x) for x in array.reshape(-1)]
+    except UnicodeDecodeError:
+        raise ValueError(f"BYTES input '{name}' is not UTF-8 text, which onnxruntime strings need") from None
+    return out
+
+
+def _encode_strings(array: Array) -> Array:
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in array.reshape(-1)]
+    return out
+
+
+class OrtBackend:
+    """One model instance. Construction loads the model and blocks: call it off the event loop."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        options: OrtOptions,
+        providers: Sequence[Provider],
+        executor: ThreadPoolExecutor,
+        *,
+        model_name: str = "",
+    ) -> None:
+        self._name = model_name or model_path.parent.parent.name
+        self._path = model_path
+        self._executor = executor  # owned: one per instance, max_workers = batches in flight
+        try:
+            self._session = self._create_session(options, providers)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._inputs = [OnnxTensor(i.name, i.type, list(i.shape)) for i in self._session.get_inputs()]
+        self._outputs = [OnnxTensor(o.name, o.type, list(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+        self._string_inputs = frozenset(i.name for i in self._inputs if i.type == "tensor(string)")
+        self._string_outputs = frozenset(o.name for o in self._outputs if o.type == "tensor(string)")
+
+    def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+        available = set(ort.get_available_providers())
+        missing: dict[str, str] = {}
+        usable: list[Provider] = []
+        for name, opts in providers:
+            if name in available:
+                usable.append((name, dict(opts)))
+            else:
+                missing[name] = "not in this onnxruntime build"
+        if all(name != CPU for name, _ in usable):
+            usable.append((CPU, {}))
+        so = _session_options(options)
+        try:
+            session = self._new_session(so, usable)
+        except Exception as err:
+            accelerated = [name for name, _ in usable if name != CPU]
+            if not accelerated:
+                raise BackendLoadError(
+                    f"model '{self._name}': cannot load {self._path}: {_first_line(err)}"
+                ) from err
+            for name in accelerated:
+                missing[name] = f"failed to start: {_first_line(err)}"
+            cpu = [(name, opts) for name, opts in usable if name == CPU]
+            try:
+                session = self._new_session(so, cpu)
+            except Exception as cpu_err:
+                raise BackendLoadError(
+                    f"model '{self._name}': cannot load {self._path}: {_first_line(cpu_err)}"
+                ) from cpu_err
+        active = session.get_providers()
+        for name, _ in providers:
+            if name not in active and name not in missing:
+                missing[name] = "onnxruntime could not start it, see its log"
+        if missing:
+            names = ", ".join(missing)
+            reasons = "; ".join(f"{name}: {why}" for name, why in missing.items())
+            verb = "is" if len(missing) == 1 else "are"
+            logger.warning(
+                "model %s: requested %s %s not available (%s); running on %s",
+                self._name,
+                names,
+                verb,
+                reasons,
+                ", ".join(active),
+            )
+        return session
+
+    def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            str(self._path),
+            sess_options=so,
+            providers=[name for name, _ in providers],
+            provider_options=[opts for _, opts in providers],
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def inputs(self) -> list[OnnxTensor]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[OnnxTensor]:
+        return list(self._outputs)
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch in this instance's executor; BYTES tensors are object arrays of bytes."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_sync, inputs)
+
+    def _run_sync(self, inputs: Tensors) -> dict[str, Array]:
+        feed = {
+            name: _decode_strings(name, array) if name in self._string_inputs else array
+            for name, array in inputs.items()
+        }
+        results = self._session.run(self._output_names, feed)
+        return {
+            name: _encode_strings(value) if name in self._string_outputs else value
+            for name, value in zip(self._output_names, results, strict=True)
+        }
+
+    def close(self) -> None:
+        """Stop taking batches; a batch already running finishes in the background."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

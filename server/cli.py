@@ -1,0 +1,76 @@
+"""`sluiceway serve`: command-line flags over SLUICEWAY_* settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from server.settings import ServerSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluiceway", description="ONNX inference over the KServe v2 gRPC API"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository (default: the demo models)")
+    serve.add_argument("--model-repository", help="Triton-layout repository (default: built-in demo models)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8001; 0 picks a free one)")
+    serve.add_argument("--cache-dir", help="where demo models are built (default ~/.cache/sluiceway)")
+    serve.add_argument("--max-queue-size", type=int, help="default queue bound per model")
+    serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    serve.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads (0: its default)")
+    serve.add_argument("--execution-providers", help="comma-separated onnxruntime providers, in order")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    commands.add_parser("build-demo", help="build the demo model repository and print its path")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Settings from SLUICEWAY_* variables, overridden by the flags that were given."""
+    overrides = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    if "execution_providers" in overrides:
+        overrides["execution_providers"] = tuple(
+            p.strip() for p in overrides["execution_providers"].split(",")
+        )
+    return ServerSettings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            print(f"sluiceway: invalid setting '{field}': {error['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "build-demo":
+        from server.demo_models import build_demo_repository
+
+        print(build_demo_repository(settings.cache_dir / "demo"))
+        return 0
+    from server.app import PortInUse, serve
+
+    try:
+        if settings.use_uvloop:
+            import uvloop
+
+            uvloop.run(serve(settings))
+        else:
+            asyncio.run(serve(settings))
+    except PortInUse as exc:
+        print(f"sluiceway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Protocol tensors <-> numpy arrays.
+
+Inputs are decoded from `raw_input_contents` as zero-copy `np.frombuffer` views (or from typed
+`contents` when a client sends those); outputs always leave as `raw_output_contents`, the fast
+form every client reads. BYTES tensors use the protocol's raw form: each element a 4-byte
+little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from math import prod
+
+import numpy as np
+
+from batcher.types import Array
+from protos import grpc_service_pb2 as pb
+from server import datatypes
+from server.errors import InvalidRequest
+
+_LENGTH = struct.Struct("<I")
+
+# Typed `contents` field that carries each datatype (FP16 has none: raw bytes only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
+    """The request's input tensors as numpy arrays, checked for self-consistency.
+
+    Raises InvalidRequest naming the input for unknown datatypes, negative dims, duplicate names,
+    and byte or element counts that do not match the declared shape.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs"
+        )
+    arrays: dict[str, Array] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidRequest(f"input '{name}' appears more than once")
+        dtype = datatypes.BY_WIRE.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidRequest(f"input '{name}': unknown datatype '{tensor.datatype}'")
+        shape = tuple(tensor.shape)
+        if any(dim < 0 for dim in shape):
+            raise InvalidRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if raw:
+            arrays[name] = _from_raw(name, index, raw[index], dtype, shape)
+        else:
+            arrays[name] = _from_contents(name, tensor, dtype, shape)
+    return arrays
+
+
+def _from_raw(name: str, index: int, data: bytes, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
+    count = prod(shape)
+    if dtype is datatypes.BYTES:
+        return unpack_bytes(name, data, count).reshape(shape)
+    expected = count * dtype.numpy.itemsize
+    if len(data) != expected:
+        raise InvalidRequest(
+            f"input '{name}': raw_input_contents[{index}] has {len(data)} bytes, expected {expected} "
+            f"for shape {list(shape)} of {dtype.wire}"
+        )
+    return np.frombuffer(data, dtype=dtype.numpy).reshape(shape)
+
+
+def _from_contents(
+    name: str,
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    dtype: datatypes.Datatype,
+    shape: tuple[int, ...],
+) -> Array:
+    field = _CONTENTS_FIELD.get(dtype.wire)
+    if field is None:
+        raise InvalidRequest(f"input '{name}': {dtype.wire} data must be sent in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = prod(shape)
+    if len(values) != count:
+        raise InvalidRequest(
+            f"input '{name}': contents.{field} has {len(values)} elements, expected {count} "
+            f"for shape {list(shape)}"
+        )
+    if dtype is datatypes.BYTES:
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.asarray(values, dtype=dtype.numpy).reshape(shape)
+
+
+def unpack_bytes(name: str, data: bytes, count: int) -> Array:
+    items = np.empty(count, dtype=object)
+    offset = 0
+    view = memoryview(data)
+    for i in range(count):
+        if offset + 4 > len(data):
+            raise InvalidRequest(f"input '{name}': BYTES data ends after {i} of {count} elements")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise InvalidRequest(f"input '{name}': BYTES element {i} is cut short")
+        items[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise InvalidRequest(f"input '{name}': {len(data) - offset} bytes left after {count} BYTES elements")
+    return items
+
+
+def pack_bytes(array: Array) -> bytes:
+    """BYTES elements (bytes or str) in the protocol's length-prefixed raw form."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def raw_bytes(array: Array) -> bytes:
+    """The raw wire form of one tensor."""
+    if array.dtype.kind in "OSU":
+        return pack_bytes(array)
+    return np.ascontiguousarray(array).tobytes()
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Mapping[str, Array],
+    names: Iterable[str],
+) -> pb.ModelInferResponse:
+    """A ModelInferResponse holding `names` from `outputs` as raw_output_contents."""
+    tensors: list[pb.ModelInferResponse.InferOutputTensor] = []
+    contents: list[bytes] = []
+    for name in names:
+        array = outputs[name]
+        tensors.append(
+            pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=datatypes.from_numpy(array.dtype).wire, shape=array.shape
+            )
+        )
+        contents.append(raw_bytes(array))
+    return pb.ModelInferResponse(
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        outputs=tensors,
+        raw_output_contents=contents,
+    )
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> Sequence[str]:
+    """Names of the outputs the request asked for (empty: all of them)."""
+    return [output.name for output in request.outputs]

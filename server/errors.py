@@ -1,0 +1,60 @@
+"""The server's exceptions and the one table that maps every exception to a gRPC status.
+
+Handlers raise; the servicer answers with `status_for(exc)`. Messages of mapped exceptions are
+written for the caller (they name the field at fault); anything unmapped answers INTERNAL with a
+generic message and its details go to the log only.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from batcher import errors as batcher_errors
+
+
+class ServiceError(Exception):
+    """Base of the server's own request errors."""
+
+
+class ModelNotFound(ServiceError):
+    """No such model, or no such version of it."""
+
+
+class ModelNotReady(ServiceError):
+    """The model exists but cannot serve now (failed to load, loading, unloaded)."""
+
+
+class InvalidRequest(ServiceError):
+    """The request does not fit the model: names, datatypes, shapes, sizes, parameters."""
+
+
+class ShuttingDown(ServiceError):
+    """The server has stopped admitting requests."""
+
+
+class RepositoryError(ServiceError):
+    """A repository operation failed (bad config, missing files) for a reason the caller can fix."""
+
+
+STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
+    batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
+    batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    batcher_errors.BatcherStopped: grpc.StatusCode.UNAVAILABLE,
+}
+
+INTERNAL_MESSAGE = "internal error while serving the request (details are in the server log)"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
+    """(status code, message for the caller, whether it was expected) for an exception."""
+    for cls in type(exc).__mro__:
+        code = STATUS_BY_EXCEPTION.get(cls)
+        if code is not None:
+            return code, str(exc), True
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, False

@@ -1,0 +1,304 @@
+"""Loaded models: each version's config, signature, backend instances, batcher and statistics.
+
+The manager owns the lifecycle (load, warm up, serve, reload, unload, stop) and answers the
+question every RPC asks first: which model version serves this request, and is it ready?
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from batcher.dynamic import DynamicBatcher
+from batcher.stats import ModelStats
+from batcher.types import Array
+from protos import model_config_pb2 as mc
+from server import datatypes
+from server.backends.onnxruntime_backend import (
+    OrtBackend,
+    OrtOptions,
+    inspect_onnx,
+    ort_options_for,
+    providers_for,
+)
+from server.codec import unpack_bytes
+from server.errors import ModelNotFound, ModelNotReady, RepositoryError
+from server.model_config import (
+    ConfigError,
+    batching_policy,
+    complete_from_onnx,
+    dynamic_batching_enabled,
+    validate_config,
+)
+from server.repository import ModelNotFoundInRepository, ModelSource, load_model_source, scan_repository
+from server.settings import ServerSettings
+from server.validate import Signature
+
+log = logging.getLogger(__name__)
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+
+
+@dataclass
+class ModelVersion:
+    """One servable version: everything a request needs after routing."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    signature: Signature
+    backends: list[OrtBackend]
+    batcher: DynamicBatcher
+    stats: ModelStats
+    version_str: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version_str = str(self.version)
+
+
+@dataclass
+class ModelEntry:
+    """A model as the repository index shows it: its versions, or why it has none."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    state: str = LOADING
+    reason: str = ""
+    # Newest version number first: the order requests without a version are routed in.
+    order: list[int] = field(default_factory=list)
+
+
+HealthCallback = Callable[[str, bool], None]
+
+
+class ModelManager:
+    def __init__(self, repository: Path, settings: ServerSettings, on_health: HealthCallback) -> None:
+        self._root = repository
+        self._settings = settings
+        self._on_health = on_health
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = asyncio.Lock()  # one repository change at a time
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """The version serving a request; NOT_FOUND or UNAVAILABLE errors name what is missing."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if entry.state != READY:
+            raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
+        if not version:
+            return entry.versions[entry.order[0]]
+        try:
+            number = int(version)
+        except ValueError:
+            raise ModelNotFound(f"unknown version '{version}' of model '{name}'") from None
+        served = entry.versions.get(number)
+        if served is None:
+            raise ModelNotFound(
+                f"unknown version '{version}' of model '{name}' "
+                f"(served: {', '.join(str(v) for v in entry.order)})"
+            )
+        return served
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        return entry
+
+    def entries(self) -> Iterable[ModelEntry]:
+        return list(self._models.values())
+
+    @property
+    def all_ready(self) -> bool:
+        return all(e.state == READY for e in self._models.values())
+
+    def ready_versions(self) -> Iterable[ModelVersion]:
+        for entry in self._models.values():
+            if entry.state == READY:
+                yield from entry.versions.values()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model in the repository; a model that fails is marked UNAVAILABLE."""
+        async with self._lock:
+            sources, errors = await asyncio.to_thread(scan_repository, self._root)
+            for name, reason in errors.items():
+                log.error("model %s not loaded: %s", name, reason)
+                self._models[name] = ModelEntry(name=name, state=UNAVAILABLE, reason=reason)
+                self._on_health(name, False)
+            for source in sources.values():
+                await self._load_source(source)
+
+    async def load(self, name: str) -> None:
+        """(Re)load one model from the repository; the old versions serve until the new are ready."""
+        async with self._lock:
+            try:
+                source = await asyncio.to_thread(load_model_source, self._root, name)
+            except ModelNotFoundInRepository as exc:
+                raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+            except ConfigError as exc:
+                raise RepositoryError(str(exc)) from None
+            entry = await self._load_source(source)
+            if entry.state != READY:
+                raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            entry = self.entry(name)
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            self._on_health(name, False)
+            await self._retire(entry.versions.values())
+            entry.versions.clear()
+            entry.order.clear()
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stop every batcher: finish what is queued within the timeout, fail the rest."""
+        versions = [v for e in self._models.values() for v in e.versions.values()]
+        for entry in self._models.values():
+            self._on_health(entry.name, False)
+        await asyncio.gather(*(v.batcher.stop(drain=True, timeout_s=drain_timeout_s) for v in versions))
+        for version in versions:
+            for backend in version.backends:
+                backend.close()
+
+    async def _load_source(self, source: ModelSource) -> ModelEntry:
+        old = self._models.get(source.name)
+        try:
+            versions = {}
+            for number, path in sorted(source.versions.items(), reverse=True):
+                versions[number] = await self._load_version(source, number, path)
+        except Exception as exc:  # one bad model never stops the others
+            reason = str(exc) if isinstance(exc, (ConfigError, RepositoryError, OSError)) else repr(exc)
+            log.exception("model %s failed to load", source.name)
+            if old is not None and old.state == READY:
+                # A failed reload keeps the versions that were serving.
+                raise RepositoryError(f"failed to reload model '{source.name}': {reason}") from None
+            entry = ModelEntry(name=source.name, state=UNAVAILABLE, reason=reason)
+            self._models[source.name] = entry
+            self._on_health(source.name, False)
+            return entry
+        entry = ModelEntry(
+            name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)
+        )
+        self._models[source.name] = entry
+        self._on_health(source.name, True)
+        log.info("model %s ready (versions %s)", source.name, ", ".join(map(str, entry.order)))
+        if old is not None:
+            await self._retire(old.versions.values())
+        return entry
+
+    async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
+        settings = self._settings
+        inputs, outputs = await asyncio.to_thread(inspect_onnx, path)
+        config = mc.ModelConfig()
+        config.CopyFrom(source.config)
+        config.name = source.name
+        config = complete_from_onnx(
+            config,
+            inputs,
+            outputs,
+            default_max_batch_size=settings.default_max_batch_size,
+            source=str(source.directory / "config.pbtxt"),
+        )
+        validate_config(config, str(source.directory / "config.pbtxt"))
+        options = ort_options_for(
+            config,
+            OrtOptions(
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.inter_op_threads,
+                allow_spinning=settings.allow_spinning,
+                graph_optimization_level=settings.graph_optimization_level,
+            ),
+        )
+        providers = providers_for(config, settings.execution_providers)
+        count = sum(max(group.count, 1) for group in config.instance_group) or 1
+        backends = []
+        for _ in range(count):
+            executor = ThreadPoolExecutor(
+                max_workers=settings.max_batches_in_flight, thread_name_prefix=f"ort-{source.name}"
+            )
+            backends.append(
+                await asyncio.to_thread(
+                    OrtBackend, path, options, providers, executor, model_name=source.name
+                )
+            )
+        await _warm_up(config, backends, source.directory)
+        policy = batching_policy(
+            config,
+            default_max_queue_size=settings.max_queue_size,
+            max_batches_in_flight=settings.max_batches_in_flight,
+        )
+        if not dynamic_batching_enabled(config):
+            # Without dynamic batching each request runs alone, whatever its rows.
+            policy = replace(policy, max_batch_size=0)
+        stats = ModelStats()
+        batcher = DynamicBatcher(backends, policy, stats)
+        batcher.start()
+        return ModelVersion(
+            name=source.name,
+            version=number,
+            config=config,
+            signature=Signature.from_config(config),
+            backends=backends,
+            batcher=batcher,
+            stats=stats,
+        )
+
+    async def _retire(self, versions: Iterable[ModelVersion]) -> None:
+        for version in list(versions):
+            await version.batcher.stop(drain=True, timeout_s=self._settings.shutdown_grace_s)
+            for backend in version.backends:
+                backend.close()
+
+
+async def _warm_up(config: mc.ModelConfig, backends: list[OrtBackend], directory: Path) -> None:
+    """Run the config's model_warmup samples through every instance before it takes traffic."""
+    rng = np.random.default_rng(0)
+    for sample in config.model_warmup:
+        inputs: dict[str, Array] = {}
+        for name, spec in sample.inputs.items():
+            dtype = datatypes.BY_CONFIG[spec.data_type]
+            shape = tuple(spec.dims)
+            if config.max_batch_size > 0:
+                shape = (max(sample.batch_size, 1), *shape)
+            inputs[name] = _warmup_array(spec, dtype, shape, directory, rng)
+        for backend in backends:
+            for _ in range(max(sample.count, 1)):
+                await backend.run(inputs)
+        log.info("model %s: warm-up sample '%s' ran", config.name, sample.name)
+
+
+def _warmup_array(
+    spec: mc.ModelWarmup.Input,
+    dtype: datatypes.Datatype,
+    shape: tuple[int, ...],
+    directory: Path,
+    rng: np.random.Generator,
+) -> Array:
+    kind = spec.WhichOneof("input_data_type")
+    if kind == "input_data_file":
+        raw = (directory / "warmup" / spec.input_data_file).read_bytes()
+        if dtype is datatypes.BYTES:
+            return unpack_bytes(spec.input_data_file, raw, int(np.prod(shape))).reshape(shape)
+        return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+    if dtype is datatypes.BYTES:
+        return np.full(shape, b"", dtype=object)
+    if kind == "random_data":
+        if dtype.numpy.kind == "f":
+            return rng.standard_normal(shape).astype(dtype.numpy)
+        if dtype.numpy.kind == "b":
+            return rng.integers(0, 2, shape).astype(np.bool_)
+        return rng.integers(0, 100, shape).astype(dtype.numpy)
+    return np.zeros(shape, dtype=dtype.numpy)

@@ -1,0 +1,128 @@
+"""The model repository on disk, laid out as Triton lays it out.
+
+    <root>/<model>/config.pbtxt            optional: without it everything comes from the ONNX graph
+    <root>/<model>/<version>/model.onnx    or config.default_model_filename
+
+Scanning reads configs and lists files; it loads no model. One bad model never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos import model_config_pb2 as mc
+from server.model_config import ConfigError, load_config_file, validate_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "config.pbtxt"
+DEFAULT_MODEL_FILENAME = "model.onnx"
+
+
+class ModelNotFoundInRepository(Exception):
+    """No directory of that name under the repository root."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model as found on disk: its parsed (not yet completed) config and its selected versions."""
+
+    name: str
+    directory: Path
+    config: mc.ModelConfig
+    versions: dict[int, Path]  # version -> model file, only the versions the version_policy selects
+
+
+def _is_valid_name(name: str) -> bool:
+    # Names come from clients (RepositoryModelLoad): never let one leave the repository root.
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+def _version_dirs(directory: Path) -> dict[int, Path]:
+    # As in Triton: only numeric names count, and names starting with "0" are ignored.
+    found: dict[int, Path] = {}
+    for child in directory.iterdir():
+        if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
+            found[int(child.name)] = child
+    return found
+
+
+def _select_versions(config: mc.ModelConfig, on_disk: dict[int, Path], source: str) -> list[int]:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return sorted(on_disk)
+    if choice == "specific":
+        wanted = sorted(set(policy.specific.versions))
+        missing = [v for v in wanted if v not in on_disk]
+        if missing:
+            raise ConfigError(
+                f"{source}: version_policy.specific.versions {missing} not found on disk "
+                f"(versions present: {sorted(on_disk)})"
+            )
+        return wanted
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return sorted(on_disk)[-count:]
+
+
+def _model_file(version_dir: Path, filename: str) -> Path | None:
+    path = version_dir / filename
+    if path.is_file():
+        return path
+    # Triton also accepts model.onnx as a directory holding model.onnx and its external weights.
+    if path.is_dir() and (path / DEFAULT_MODEL_FILENAME).is_file():
+        return path / DEFAULT_MODEL_FILENAME
+    return None
+
+
+def load_model_source(root: Path, name: str) -> ModelSource:
+    """Read one model's config and versions. Raises ModelNotFoundInRepository or ConfigError."""
+    directory = root / name
+    if not _is_valid_name(name) or not directory.is_dir():
+        raise ModelNotFoundInRepository(f"model '{name}' is not in the repository")
+    config_path = directory / CONFIG_FILENAME
+    source = str(config_path)
+    if config_path.exists():
+        config = load_config_file(config_path)
+    else:
+        source = str(directory)
+        config = mc.ModelConfig()
+    if config.name and config.name != name:
+        raise ConfigError(f"{source}: name '{config.name}' differs from the directory name '{name}'")
+    config.name = name
+    validate_config(config, source)
+    try:
+        on_disk = _version_dirs(directory)
+    except OSError as err:
+        raise ConfigError(f"{directory}: cannot list versions: {err}") from None
+    if not on_disk:
+        raise ConfigError(f"{directory}: no version directories (expected e.g. {directory / '1'})")
+    filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
+    versions: dict[int, Path] = {}
+    for version in _select_versions(config, on_disk, source):
+        model_file = _model_file(on_disk[version], filename)
+        if model_file is None:
+            raise ConfigError(f"{directory}: version {version} has no model file {filename}")
+        versions[version] = model_file
+    return ModelSource(name=name, directory=directory, config=config, versions=versions)
+
+
+def scan_repository(root: Path) -> tuple[dict[str, ModelSource], dict[str, str]]:
+    """Every model under `root`, and an error message per model that could not be read."""
+    models: dict[str, ModelSource] = {}
+    errors: dict[str, str] = {}
+    try:
+        children = sorted(root.iterdir())
+    except OSError as err:
+        raise ConfigError(f"model repository {root}: cannot list: {err}") from None
+    for child in children:
+        if not child.is_dir() or not _is_valid_name(child.name):
+            continue
+        try:
+            models[child.name] = load_model_source(root, child.name)
+        except (ConfigError, ModelNotFoundInRepository, OSError) as err:
+            logger.error("model '%s' not loaded: %s", child.name, err)
+            errors[child.name] = str(err)
+    return models, errors

@@ -1,0 +1,131 @@
+"""Check decoded inputs and requested outputs against a model's signature.
+
+A signature is built once per loaded model version from its completed ModelConfig, so a request
+costs a few dictionary lookups and tuple compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from batcher.types import Array
+from protos import model_config_pb2 as mc
+from server import datatypes
+from server.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: datatypes.Datatype
+    dims: tuple[int, ...]  # without the batch dimension when the model batches; -1 is variable
+    optional: bool = False
+
+    def matches(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.dims) and all(
+            want in (-1, got) for want, got in zip(self.dims, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    model: str
+    max_batch_size: int  # 0: the model has no batch dimension
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> Signature:
+        def spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
+            return TensorSpec(
+                name=tensor.name,
+                datatype=datatypes.BY_CONFIG[tensor.data_type],
+                dims=tuple(tensor.dims),
+                optional=getattr(tensor, "optional", False),
+            )
+
+        return cls(
+            model=config.name,
+            max_batch_size=config.max_batch_size,
+            inputs={t.name: spec(t) for t in config.input},
+            outputs={t.name: spec(t) for t in config.output},
+        )
+
+    def wire_shape(self, spec: TensorSpec) -> list[int]:
+        """The shape clients see in metadata: -1 leads when the model batches."""
+        return [-1, *spec.dims] if self.max_batch_size > 0 else list(spec.dims)
+
+    def check_inputs(self, inputs: Mapping[str, Array]) -> int:
+        """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
+        for name in inputs:
+            if name not in self.inputs:
+                raise InvalidRequest(
+                    f"unknown input '{name}' for model '{self.model}' (expected: {', '.join(self.inputs)})"
+                )
+        rows: int | None = None
+        for spec in self.inputs.values():
+            array = inputs.get(spec.name)
+            if array is None:
+                if spec.optional:
+                    continue
+                raise InvalidRequest(f"missing input '{spec.name}' for model '{self.model}'")
+            dtype = datatypes.from_numpy(array.dtype)
+            if dtype is not spec.datatype:
+                raise InvalidRequest(
+                    f"input '{spec.name}': datatype {dtype.wire} does not match "
+                    f"the model's {spec.datatype.wire}"
+                )
+            if dtype is datatypes.BYTES:
+                _check_text(spec.name, array)
+            shape = array.shape
+            if self.max_batch_size > 0:
+                if len(shape) == 0 or not spec.matches(shape[1:]):
+                    raise InvalidRequest(
+                        f"input '{spec.name}': shape {list(shape)} does not match the model's "
+                        f"{self.wire_shape(spec)}"
+                    )
+                batch = shape[0]
+                if rows is None:
+                    rows = batch
+                elif batch != rows:
+                    raise InvalidRequest(
+                        f"input '{spec.name}': batch dimension {batch} differs from the other inputs' {rows}"
+                    )
+            elif not spec.matches(shape):
+                raise InvalidRequest(
+                    f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.dims)}"
+                )
+        if self.max_batch_size <= 0:
+            return 1
+        if rows is None or rows < 1:
+            raise InvalidRequest(f"request for model '{self.model}' has a batch dimension of 0 rows")
+        if rows > self.max_batch_size:
+            raise InvalidRequest(
+                f"request has {rows} rows in its batch dimension but model '{self.model}' "
+                f"takes at most {self.max_batch_size} (max_batch_size)"
+            )
+        return rows
+
+    def check_outputs(self, names: Sequence[str]) -> Sequence[str]:
+        """The outputs to return: the requested ones, checked, or all of them."""
+        if not names:
+            return list(self.outputs)
+        for name in names:
+            if name not in self.outputs:
+                raise InvalidRequest(
+                    f"unknown output '{name}' requested from model '{self.model}' "
+                    f"(outputs: {', '.join(self.outputs)})"
+                )
+        return names
+
+
+def _check_text(name: str, array: Array) -> None:
+    # onnxruntime string tensors hold text: reject undecodable bytes here, before they could fail
+    # a whole batch of other callers' requests inside the backend.
+    for index, item in enumerate(array.reshape(-1)):
+        if isinstance(item, bytes):
+            try:
+                item.decode()
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"input '{name}': BYTES element {index} is not UTF-8 text") from None

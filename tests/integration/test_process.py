@@ -1,0 +1,66 @@
+"""The server as a process: start-up errors, port conflicts, graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.server_process import REPO_ROOT, ServerProcess
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bad_setting_names_the_field(demo_repo: Path) -> None:
+    run = run_cli("serve", "--model-repository", str(demo_repo), env={"SLUICEWAY_MAX_QUEUE_SIZE": "zero"})
+    assert run.returncode == 2
+    assert "invalid setting 'max_queue_size'" in run.stderr
+    run = run_cli("serve", "--port", "70000")
+    assert run.returncode == 2 and "'port'" in run.stderr
+
+
+def test_port_in_use_is_an_error(zoo_server: ServerProcess, demo_repo: Path) -> None:
+    run = run_cli("serve", "--model-repository", str(demo_repo), "--port", str(zoo_server.port))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "cannot listen on 127.0.0.1:" in run.stderr
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None:
+    server = ServerProcess("--model-repository", str(demo_repo)).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            data = np.zeros((16, 3, 224, 224), np.float32)
+            request = pb.ModelInferRequest(
+                model_name="resnet",
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name="image", datatype="FP32", shape=[16, 3, 224, 224]
+                    )
+                ],
+                raw_input_contents=[data.tobytes()],
+            )
+            in_flight = stub.ModelInfer.future(request, timeout=120)
+            threading.Event().wait(0.3)
+            assert server.terminate() == 0
+            # The request that was running when SIGTERM came still got its answer.
+            assert list(in_flight.result().outputs[0].shape) == [16, 1000]
+    finally:
+        server.kill()
+    assert "shutting down" in server.output()

@@ -1,0 +1,225 @@
+"""The protocol over a real port with our generated stubs: datatypes, encodings, errors, health."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.server_process import ServerProcess
+
+NUMPY = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+
+
+def pack_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(i)) + i for i in items)
+
+
+def unpack_bytes(data: bytes) -> list[bytes]:
+    items, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        items.append(data[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return items
+
+
+def mlp_request(rows: int = 1, **fields: object) -> pb.ModelInferRequest:
+    data = np.arange(rows * 64, dtype=np.float32).reshape(rows, 64) / 100
+    return pb.ModelInferRequest(
+        model_name="mlp",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[rows, 64])],
+        raw_input_contents=[data.tobytes()],
+        **fields,
+    )
+
+
+def error_of(call: object, request: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=30)  # type: ignore[operator]
+    return info.value
+
+
+def test_every_datatype_round_trips_raw(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    rng = np.random.default_rng(1)
+    request = pb.ModelInferRequest(model_name="identity", id="all-types")
+    sent: dict[str, object] = {}
+    for wire, dtype in NUMPY.items():
+        array = (rng.integers(0, 2, (2, 3)) if wire == "BOOL" else rng.integers(0, 100, (2, 3))).astype(dtype)
+        request.inputs.add(name=f"in_{wire}", datatype=wire, shape=[2, 3])
+        request.raw_input_contents.append(array.tobytes())
+        sent[wire] = array
+    words = [b"a", b"", "é".encode(), b"x" * 300, b"\x00\x01", b"z"]
+    request.inputs.add(name="in_BYTES", datatype="BYTES", shape=[2, 3])
+    request.raw_input_contents.append(pack_bytes(words))
+    response = stub.ModelInfer(request, timeout=30)
+    assert response.id == "all-types"
+    by_name = {
+        o.name: (o, raw) for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+    for wire, array in sent.items():
+        output, raw = by_name[f"out_{wire}"]
+        assert output.datatype == wire
+        assert list(output.shape) == [2, 3]
+        np.testing.assert_array_equal(np.frombuffer(raw, dtype=NUMPY[wire]).reshape(2, 3), array)
+    output, raw = by_name["out_BYTES"]
+    assert output.datatype == "BYTES"
+    assert unpack_bytes(raw) == words
+
+
+def test_typed_contents_equal_raw_contents(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    raw_answer = stub.ModelInfer(mlp_request(2), timeout=30)
+    data = np.arange(2 * 64, dtype=np.float32) / 100
+    typed = pb.ModelInferRequest(model_name="mlp")
+    tensor = typed.inputs.add(name="features", datatype="FP32", shape=[2, 64])
+    tensor.contents.fp32_contents.extend(data.tolist())
+    typed_answer = stub.ModelInfer(typed, timeout=30)
+    assert typed_answer.raw_output_contents == raw_answer.raw_output_contents
+
+
+def test_typed_contents_for_every_datatype_but_fp16(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    request = pb.ModelInferRequest(model_name="identity")
+    fields = {
+        "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+        "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+        "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+        "FP32": "fp32_contents", "FP64": "fp64_contents",
+    }  # fmt: skip
+    for wire, field in fields.items():
+        tensor = request.inputs.add(name=f"in_{wire}", datatype=wire, shape=[1, 3])
+        getattr(tensor.contents, field).extend([True, False, True] if wire == "BOOL" else [1, 2, 3])
+    words = request.inputs.add(name="in_BYTES", datatype="BYTES", shape=[1, 3])
+    words.contents.bytes_contents.extend([b"a", b"bb", b"ccc"])
+    request.inputs.add(name="in_FP16", datatype="FP16", shape=[1, 3])
+    err = error_of(stub.ModelInfer, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'in_FP16': FP16 data must be sent in raw_input_contents" in err.details()
+    del request.inputs[-1]
+    request.inputs.add(name="in_FP16", datatype="FP16", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])
+    # Typed FP16 contents are refused even if present in another field.
+    assert error_of(stub.ModelInfer, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bad_requests_get_precise_statuses(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    short = mlp_request(1)
+    short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+    err = error_of(stub.ModelInfer, short)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'features': raw_input_contents[0] has 252 bytes, expected 256" in err.details()
+
+    extra = mlp_request(1)
+    extra.raw_input_contents.append(b"")
+    err = error_of(stub.ModelInfer, extra)
+    assert (
+        err.code() == grpc.StatusCode.INVALID_ARGUMENT and "raw_input_contents has 2 entries" in err.details()
+    )
+
+    bad_type = mlp_request(1)
+    bad_type.inputs[0].datatype = "FLOAT"
+    err = error_of(stub.ModelInfer, bad_type)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown datatype 'FLOAT'" in err.details()
+
+    negative = mlp_request(1)
+    negative.parameters["timeout"].int64_param = -5
+    err = error_of(stub.ModelInfer, negative)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'timeout'" in err.details()
+
+    sequence = mlp_request(1)
+    sequence.parameters["sequence_id"].int64_param = 9
+    err = error_of(stub.ModelInfer, sequence)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "sequence_id" in err.details()
+
+    err = error_of(stub.ModelInfer, pb.ModelInferRequest(model_name="corrupt"))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "not ready" in err.details()
+
+    # Unknown parameters are ignored; the server is still serving after all of the above.
+    fine = mlp_request(3)
+    fine.parameters["binary_data_output"].bool_param = True
+    fine.parameters["priority"].uint64_param = 1
+    assert list(stub.ModelInfer(fine, timeout=30).outputs[0].shape) == [3, 2]
+
+
+def test_bad_models_are_reported_and_the_others_serve(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30).models}
+    assert index["mlp"].state == "READY"
+    assert index["identity"].state == "READY"
+    assert index["corrupt"].state == "UNAVAILABLE" and index["corrupt"].reason
+    assert index["badconfig"].state == "UNAVAILABLE"
+    assert "config.pbtxt:2" in index["badconfig"].reason and "sequence_batching" in index["badconfig"].reason
+    ready_only = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=30).models
+    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet"}
+    # Strict readiness: the server is not ready while one of its models is not.
+    assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+
+
+def test_model_without_config_is_completed_from_the_graph(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="identity"), timeout=30).config
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size > 0
+    assert {i.name for i in config.input} == {f"in_{w}" for w in [*NUMPY, "BYTES"]}
+    assert all(list(i.dims) == [3] for i in config.input)
+
+
+def test_health_per_model_and_reflection(zoo_server: ServerProcess) -> None:
+    with grpc.insecure_channel(zoo_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health.Check
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == serving
+        assert check(health_pb2.HealthCheckRequest(service="mlp"), timeout=10).status == serving
+        assert (
+            check(health_pb2.HealthCheckRequest(service="corrupt"), timeout=10).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = list(
+            reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+        )
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert "inference.GRPCInferenceService" in names
+        assert "grpc.health.v1.Health" in names
+
+
+def test_cancelled_request_is_never_computed(zoo_server: ServerProcess) -> None:
+    with grpc.insecure_channel(zoo_server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def resnet(rows: int) -> pb.ModelInferRequest:
+            data = np.zeros((rows, 3, 224, 224), np.float32)
+            return pb.ModelInferRequest(
+                model_name="resnet",
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name="image", datatype="FP32", shape=[rows, 3, 224, 224]
+                    )
+                ],
+                raw_input_contents=[data.tobytes()],
+            )
+
+        def executions() -> int:
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="resnet"), timeout=30)
+            return stats.model_stats[0].execution_count
+
+        before = executions()
+        blocker = stub.ModelInfer.future(resnet(16), timeout=120)
+        time.sleep(0.3)
+        cancelled = stub.ModelInfer.future(resnet(1), timeout=120)
+        time.sleep(0.1)
+        assert cancelled.cancel()
+        blocker.result()
+        time.sleep(0.3)
+        assert executions() - before == 1

@@ -1,0 +1,42 @@
+"""ONNX models made for tests (onnx.helper only: no protos import, see server_process.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
+    """x FP32 [N,1] -> y FP32 [N,1]: y = x + tiny * sum(W^k), a fixed cost per batch, whatever N.
+
+    A chain of `matmuls` [size,size] products scaled by an input-dependent scalar, so onnxruntime
+    cannot fold it away: a model whose every batch keeps its instance busy for a while.
+    """
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.float32(1e-9), "tiny")]
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["W", "s"], ["m0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", "W"], [f"m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"m{matmuls}"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "tiny"], ["scaled"]),
+        helper.make_node("Add", ["x", "scaled"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

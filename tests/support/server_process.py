@@ -1,0 +1,99 @@
+"""Run `sluiceway serve` as a real process on a free localhost port, for integration tests.
+
+Imports nothing from protos/: tests that use tritonclient share a process with this module, and
+tritonclient's generated modules define the same protobuf package as ours.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Demo models are built once per checkout and reused by every test run.
+CACHE_DIR = REPO_ROOT / ".cache"
+_READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
+
+
+class ServerProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.args = ["--port", "0", "--cache-dir", str(CACHE_DIR), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.lines: list[str] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> ServerProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", *self.args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                self.lines.append(line)
+                match = _READY.search(line)
+                if match:
+                    self.port = int(match.group(2))
+                    ready.set()
+            ready.set()  # process ended
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout_s) or self.port == 0:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines[-50:]))
+        return self
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait for a graceful exit, return the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.terminate()
+        finally:
+            self.kill()
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval_s)
+    return False

@@ -1,0 +1,65 @@
+"""NVIDIA's perf_analyzer, an outside client, drives a real server for a few seconds.
+
+It calls ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics besides ModelInfer, so a
+clean run checks those too. Skipped with the reason when the tool cannot start here.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.server_process import REPO_ROOT, ServerProcess
+
+PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
+
+
+@pytest.fixture(scope="module")
+def perf_analyzer() -> Path:
+    if not PERF_ANALYZER.exists():
+        pytest.skip(f"perf_analyzer wrapper not found at {PERF_ANALYZER}")
+    try:
+        # The first call sets the tool up (downloads its wheel and runtime libraries).
+        probe = subprocess.run([str(PERF_ANALYZER)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"perf_analyzer cannot start here: {exc}")
+    said = probe.stdout + probe.stderr
+    # With no arguments it exits complaining about -m: that proves the binary runs.
+    if "model name" not in said and "Usage" not in said:
+        pytest.skip(f"perf_analyzer cannot start here: {said[-500:]}")
+    return PERF_ANALYZER
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [("mlp", []), ("mlp", ["--streaming"]), ("resnet", [])],
+    ids=["mlp-unary", "mlp-streaming", "resnet-unary"],
+)
+def test_perf_analyzer_runs_cleanly(
+    perf_analyzer: Path, demo_server: ServerProcess, tmp_path: Path, model: str, extra: list[str]
+) -> None:
+    report = tmp_path / "report.csv"
+    concurrency = "2" if model == "resnet" else "1:8:7"
+    command = [
+        str(perf_analyzer),
+        "-m", model,
+        "-u", demo_server.address,
+        "-i", "grpc",
+        "--concurrency-range", concurrency,
+        "--measurement-interval", "1500",
+        "--max-trials", "4",
+        "--stability-percentage", "999",
+        "-f", str(report),
+        *extra,
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "error" not in output.lower() or "0 errors" in output.lower(), output[-3000:]
+    rows = list(csv.DictReader(report.open()))
+    assert rows, output[-2000:]
+    for row in rows:
+        assert float(row["Inferences/Second"]) > 0

@@ -1,0 +1,284 @@
+"""tritonclient.grpc against a real sluiceway process: metadata, inference, errors, statistics."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.support.server_process import ServerProcess
+
+
+def client_for(server: ServerProcess) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(url=server.address)
+
+
+def mlp_input(rows: int, seed: int = 0, name: str = "features") -> tuple[grpcclient.InferInput, np.ndarray]:
+    data = np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
+    tensor = grpcclient.InferInput(name, list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return tensor, data
+
+
+def image_input(rows: int) -> grpcclient.InferInput:
+    data = np.random.default_rng(rows).standard_normal((rows, 3, 224, 224)).astype(np.float32)
+    tensor = grpcclient.InferInput("image", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def expect_error(code: str, fragment: str, call: object, *args: object, **kwargs: object) -> str:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kwargs)  # type: ignore[operator]
+    assert info.value.status() == f"StatusCode.{code}", info.value
+    assert fragment in info.value.message(), info.value.message()
+    return info.value.message()
+
+
+def test_health_and_server_metadata(demo_server: ServerProcess) -> None:
+    client = client_for(demo_server)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    assert client.is_model_ready("resnet")
+    assert not client.is_model_ready("nope")
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "sluiceway"
+    assert "statistics" in meta["extensions"]
+
+
+def test_model_metadata_and_config(demo_server: ServerProcess) -> None:
+    client = client_for(demo_server)
+    meta = client.get_model_metadata("mlp", as_json=True)
+    assert meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": ["-1", "64"]}]
+    assert meta["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": ["-1", "2"]}]
+    config = client.get_model_config("resnet", as_json=True)["config"]
+    assert config["name"] == "resnet"
+    assert config["max_batch_size"] == 16
+    assert config["input"][0]["dims"] == ["3", "224", "224"]
+    assert "dynamic_batching" in config
+
+
+def test_unary_infer_equals_onnxruntime(demo_server: ServerProcess, demo_repo: Path) -> None:
+    client = client_for(demo_server)
+    session = ort.InferenceSession(
+        str(demo_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for rows in (1, 5, 128):
+        tensor, data = mlp_input(rows, seed=rows)
+        result = client.infer("mlp", [tensor], outputs=[grpcclient.InferRequestedOutput("scores")])
+        expected = session.run(["scores"], {"features": data})[0]
+        np.testing.assert_allclose(result.as_numpy("scores"), expected, rtol=1e-5, atol=1e-5)
+        assert result.get_response().model_version == "1"
+
+
+def test_resnet_infer_equals_onnxruntime(demo_server: ServerProcess, demo_repo: Path) -> None:
+    client = client_for(demo_server)
+    session = ort.InferenceSession(
+        str(demo_repo / "resnet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    data = np.random.default_rng(7).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    tensor = grpcclient.InferInput("image", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("resnet", [tensor])
+    expected = session.run(None, {"image": data})[0]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_infer_answers_every_request(demo_server: ServerProcess, demo_repo: Path) -> None:
+    client = client_for(demo_server)
+    session = ort.InferenceSession(
+        str(demo_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = {}
+    try:
+        for i in range(40):
+            tensor, data = mlp_input(1 + i % 3, seed=i)
+            sent[str(i)] = data
+            client.async_stream_infer("mlp", [tensor], request_id=str(i))
+        # One bad request in the middle of the stream gets an error answer; the rest still succeed.
+        bad, _ = mlp_input(1, name="nope")
+        client.async_stream_infer("mlp", [bad], request_id="bad")
+        got = [answers.get(timeout=30) for _ in range(41)]
+    finally:
+        client.stop_stream()
+    errors = [error for _, error in got if error is not None]
+    assert len(errors) == 1 and "unknown input 'nope'" in str(errors[0])
+    results = {r.get_response().id: r for r, e in got if e is None}
+    assert sorted(results) == sorted(sent)
+    for request_id, data in sent.items():
+        expected = session.run(None, {"features": data})[0]
+        np.testing.assert_allclose(results[request_id].as_numpy("scores"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_errors_name_the_problem_and_server_keeps_serving(demo_server: ServerProcess) -> None:
+    client = client_for(demo_server)
+    good, _ = mlp_input(1)
+    expect_error("NOT_FOUND", "unknown model 'nope'", client.infer, "nope", [good])
+    expect_error("NOT_FOUND", "version '7'", client.infer, "mlp", [good], model_version="7")
+    expect_error("NOT_FOUND", "unknown model", client.get_model_metadata, "nope")
+    expect_error("INVALID_ARGUMENT", "missing input 'features'", client.infer, "mlp", [])
+    unknown, _ = mlp_input(1, name="extra")
+    expect_error("INVALID_ARGUMENT", "unknown input 'extra'", client.infer, "mlp", [good, unknown])
+    wide = grpcclient.InferInput("features", [1, 63], "FP32")
+    wide.set_data_from_numpy(np.zeros((1, 63), np.float32))
+    expect_error("INVALID_ARGUMENT", "input 'features': shape [1, 63]", client.infer, "mlp", [wide])
+    doubles = grpcclient.InferInput("features", [1, 64], "FP64")
+    doubles.set_data_from_numpy(np.zeros((1, 64), np.float64))
+    expect_error(
+        "INVALID_ARGUMENT", "datatype FP64 does not match the model's FP32", client.infer, "mlp", [doubles]
+    )
+    many, _ = mlp_input(129)
+    expect_error("INVALID_ARGUMENT", "at most 128", client.infer, "mlp", [many])
+    expect_error(
+        "INVALID_ARGUMENT",
+        "unknown output 'nope'",
+        client.infer,
+        "mlp",
+        [good],
+        outputs=[grpcclient.InferRequestedOutput("nope")],
+    )
+    assert client.infer("mlp", [good]).as_numpy("scores").shape == (1, 2)
+
+
+def test_statistics_count_requests_rows_and_batches(demo_server: ServerProcess) -> None:
+    client = client_for(demo_server)
+
+    def stats() -> dict:
+        (model,) = client.get_inference_statistics("mlp", as_json=True)["model_stats"]
+        return model
+
+    before = stats()
+    for rows in (1, 2, 3, 4):
+        tensor, _ = mlp_input(rows)
+        client.infer("mlp", [tensor])
+    failed, _ = mlp_input(1, name="nope")
+    with pytest.raises(InferenceServerException):
+        client.infer("mlp", [failed])
+    after = stats()
+
+    def delta(*path: str) -> int:
+        a, b = after, before
+        for key in path:
+            a, b = a.get(key, {}), b.get(key, {})
+        return int(a or 0) - int(b or 0)
+
+    assert delta("inference_count") == 10
+    assert delta("inference_stats", "success", "count") == 4
+    assert delta("inference_stats", "fail", "count") == 1
+    assert delta("inference_stats", "queue", "count") == 4
+    assert delta("execution_count") >= 1
+    for stage in ("compute_input", "compute_infer", "compute_output"):
+        assert delta("inference_stats", stage, "count") == 4
+    assert delta("inference_stats", "compute_infer", "ns") > 0
+    batch_rows = sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in after["batch_stats"])
+    assert batch_rows == int(after["inference_count"])
+
+
+def _start_blocker(client: grpcclient.InferenceServerClient, model: str, batches: int = 1) -> queue.Queue:
+    """Occupy the model's only instance with full 16-image batches; returns where answers land."""
+    done: queue.Queue = queue.Queue()
+    for _ in range(batches):
+        client.async_infer(model, [image_input(16)], callback=lambda result, error: done.put((result, error)))
+    time.sleep(0.3)  # let it be dispatched; later requests then wait in the queue
+    return done
+
+
+def test_deadline_that_expires_in_the_queue_is_never_computed(limits_server: ServerProcess) -> None:
+    client = client_for(limits_server)
+    (before,) = client.get_inference_statistics("resnet", as_json=True)["model_stats"]
+    blocker = _start_blocker(client, "resnet", batches=4)
+    codes = []
+    for use_timeout_parameter in (True, False, True):
+        try:
+            if use_timeout_parameter:
+                client.infer("resnet", [image_input(1)], timeout=50_000)  # 50 ms, in microseconds
+            else:
+                client.infer("resnet", [image_input(1)], client_timeout=0.05)
+            codes.append("OK")
+        except InferenceServerException as exc:
+            codes.append(exc.status())
+    for _ in range(4):
+        _result, error = blocker.get(timeout=120)
+        assert error is None
+    assert codes == ["StatusCode.DEADLINE_EXCEEDED"] * 3
+    time.sleep(0.2)  # let the server's own bookkeeping of the client-side deadline settle
+    (after,) = client.get_inference_statistics("resnet", as_json=True)["model_stats"]
+    # Only the blocker ran: the expired requests were dropped before compute.
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 4 * 16
+    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) == 4
+
+
+def test_full_queue_answers_resource_exhausted_and_every_request_gets_one_answer(
+    limits_server: ServerProcess,
+) -> None:
+    client = client_for(limits_server)
+    answers: queue.Queue = queue.Queue()
+    x = grpcclient.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.ones((1, 1), np.float32))
+
+    def send() -> None:
+        client.async_infer("slow_q2", [x], callback=lambda result, error: answers.put((result, error)))
+
+    send()  # occupies the only instance for a few hundred milliseconds
+    time.sleep(0.05)
+    for _ in range(10):
+        send()  # two wait in the queue; the rest find it full
+    got = [answers.get(timeout=120) for _ in range(11)]
+    codes = ["OK" if e is None else e.status() for _, e in got]
+    assert codes.count("StatusCode.RESOURCE_EXHAUSTED") >= 6, codes
+    assert codes.count("OK") >= 3, codes
+    assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
+    messages = [e.message() for _, e in got if e is not None]
+    assert all("queue is full" in m for m in messages), messages
+    time.sleep(0.2)
+    assert answers.empty()  # exactly one answer each
+    np.testing.assert_array_equal(client.infer("slow_q2", [x]).as_numpy("y"), np.ones((1, 1)))
+
+
+def test_versions_unload_and_load(limits_server: ServerProcess) -> None:
+    client = client_for(limits_server)
+    meta = client.get_model_metadata("mlp_versions", as_json=True)
+    assert meta["versions"] == ["3", "1"]
+    tensor, _ = mlp_input(1)
+    assert client.infer("mlp_versions", [tensor]).get_response().model_version == "3"
+    assert client.infer("mlp_versions", [tensor], model_version="1").get_response().model_version == "1"
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert {"name": "mlp_versions", "version": "1", "state": "READY"} in index
+    client.unload_model("mlp_versions")
+    assert not client.is_model_ready("mlp_versions")
+    expect_error("UNAVAILABLE", "not ready", client.infer, "mlp_versions", [tensor])
+    client.load_model("mlp_versions")
+    assert client.is_model_ready("mlp_versions")
+    assert client.infer("mlp_versions", [tensor]).as_numpy("scores").shape == (1, 2)
+    expect_error("NOT_FOUND", "not in the repository", client.load_model, "absent")
+
+
+def test_concurrent_clients_all_get_answers(demo_server: ServerProcess) -> None:
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        client = client_for(demo_server)
+        try:
+            for i in range(25):
+                tensor, _ = mlp_input(1 + (seed + i) % 4, seed=seed)
+                client.infer("mlp", [tensor])
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors

@@ -1,0 +1,456 @@
+"""DynamicBatcher with fake backends. Order is controlled with events (a gate the backend waits on),
+not with sleeps: timing appears only as generous upper bounds.
+
+Each request carries its id in column 0 of input "x"; the fake backend records the ids of every
+batch it runs and answers y = 2 * x, so each caller can check it got its own rows back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from batcher import (
+    BatcherStopped,
+    BatchingPolicy,
+    DeadlineExceeded,
+    DynamicBatcher,
+    ModelStats,
+    QueueFull,
+    Tensors,
+    TooManyRows,
+)
+
+LONG = 5.0  # an upper bound no healthy run comes near
+
+
+class FakeBackend:
+    def __init__(self, gate: asyncio.Event | None = None, fail_on: float | None = None) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = gate  # when set up, every run waits for it
+        self.fail_on = fail_on  # a run containing this id raises
+        self.running = 0
+        self.most_running = 0
+        self.started = asyncio.Event()
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        x = inputs["x"]
+        self.batches.append(x[:, 0].tolist() if x.ndim == 2 else [float(x[0])])
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.started.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_on is not None and self.fail_on in x:
+                raise RuntimeError("boom")
+            return {"y": x * 2}
+        finally:
+            self.running -= 1
+
+
+def x(rid: float, rows: int = 1) -> dict[str, np.ndarray[Any, Any]]:
+    return {"x": np.full((rows, 2), rid, np.float32)}
+
+
+async def turns_until(cond: Callable[[], bool], turns: int = 500) -> None:
+    """Let the loop run until `cond` holds (a few turns, no sleeping)."""
+    for _ in range(turns):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+MakeBatcher = Callable[..., DynamicBatcher]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[MakeBatcher]:
+    made: list[DynamicBatcher] = []
+
+    def _make(*backends: FakeBackend, stats: ModelStats | None = None, **policy: Any) -> DynamicBatcher:
+        pol = BatchingPolicy(**{"max_batch_size": 8, **policy})
+        b = DynamicBatcher(list(backends), pol, stats or ModelStats())
+        b.start()
+        made.append(b)
+        return b
+
+    yield _make
+    for b in made:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+def submit(b: DynamicBatcher, rid: float, rows: int = 1, **kw: Any) -> asyncio.Task[Tensors]:
+    return asyncio.ensure_future(b.submit(x(rid, rows), rows, **kw))
+
+
+async def result(task: Awaitable[Tensors]) -> Tensors:
+    return await asyncio.wait_for(task, LONG)
+
+
+async def test_single_request_round_trip_and_stats(make: MakeBatcher) -> None:
+    stats = ModelStats()
+    be = FakeBackend()
+    b = make(be, stats=stats)
+    out = await result(b.submit(x(7, rows=3), 3))
+    np.testing.assert_array_equal(out["y"], np.full((3, 2), 14.0))
+    assert be.batches == [[7, 7, 7]]
+    assert stats.execution_count == 1 and stats.inference_count == 3
+    assert stats.queue.count == 1
+    assert stats.compute_infer.count == 1 and stats.batch_stats[3].compute_infer.count == 1
+    assert b.queued_requests == 0 and b.in_flight_batches == 0
+
+
+async def test_batches_grow_under_load_and_answers_are_scattered(make: MakeBatcher) -> None:
+    stats = ModelStats()
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, stats=stats)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    rest = [submit(b, rid, rows=2 if rid == 3 else 1) for rid in (2, 3, 4, 5)]
+    await turns_until(lambda: b.queued_requests == 4)
+    assert be.batches == [[1]]  # the backend is busy: nothing more was dispatched
+    gate.set()
+    outs = [await result(t) for t in (first, *rest)]
+    assert be.batches == [[1], [2, 3, 3, 4, 5]]
+    for rid, out in zip((1, 2, 3, 4, 5), outs, strict=True):
+        assert (out["y"] == 2 * rid).all()
+    assert outs[2]["y"].shape == (2, 2)
+    assert stats.execution_count == 2 and stats.inference_count == 6
+    assert set(stats.batch_stats) == {1, 5}
+    assert stats.queue.count == 5
+    assert stats.compute_infer.count == stats.compute_input.count == 5
+
+
+async def test_full_queue_rejects_at_once(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_queue_size=2)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    queued = [submit(b, 2), submit(b, 3)]
+    await turns_until(lambda: b.queued_requests == 2)
+    with pytest.raises(QueueFull, match="queue is full"):
+        await result(b.submit(x(4), 1))
+    gate.set()
+    for t in (first, *queued):
+        await result(t)
+    assert 4 not in [rid for batch in be.batches for rid in batch]
+
+
+async def test_request_expiring_in_queue_is_never_computed(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    doomed = submit(b, 2, timeout_s=0.05)
+    with pytest.raises(DeadlineExceeded):
+        await result(doomed)  # answered while the backend is still busy
+    assert b.queued_requests == 0
+    gate.set()
+    await result(first)
+    await result(submit(b, 3))
+    assert be.batches == [[1], [3]]
+
+
+async def test_expired_found_at_formation_is_dropped() -> None:
+    # A fake clock jumps past the deadline; the request's timer (real time) has not fired yet,
+    # so it is the formation that must drop it.
+    now = [100.0]
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock=lambda: now[0])
+    b.start()
+    try:
+        first = submit(b, 1)
+        await asyncio.wait_for(be.started.wait(), LONG)
+        doomed = submit(b, 2, deadline=110.0)
+        await turns_until(lambda: b.queued_requests == 1)
+        now[0] = 120.0
+        gate.set()
+        with pytest.raises(DeadlineExceeded):
+            await result(doomed)
+        await result(first)
+        assert be.batches == [[1]]
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_admission_rejects_expired_or_hopeless_deadlines(make: MakeBatcher) -> None:
+    b = make(FakeBackend())
+    with pytest.raises(DeadlineExceeded):
+        await result(b.submit(x(1), 1, deadline=0.0))  # long past on the monotonic clock
+    b.estimator.observe(1, 10.0, time.monotonic())  # runs are known to take 10 s
+    with pytest.raises(DeadlineExceeded, match="cannot be met"):
+        await result(b.submit(x(2), 1, timeout_s=1.0))
+    assert b.queued_requests == 0
+
+
+async def test_cancelled_caller_is_never_computed(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    gone = submit(b, 2)
+    kept = submit(b, 3)
+    await turns_until(lambda: b.queued_requests == 2)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert b.queued_requests == 1
+    gate.set()
+    await result(first)
+    await result(kept)
+    assert be.batches == [[1], [3]]
+
+
+async def test_priorities_are_honoured(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_batch_size=1, priority_levels=3, default_priority=2)
+    first = submit(b, 0)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    tasks = [submit(b, 3, priority=3), submit(b, 2, priority=2), submit(b, 1, priority=1), submit(b, 20)]
+    await turns_until(lambda: b.queued_requests == 4)
+    gate.set()
+    for t in (first, *tasks):
+        await result(t)
+    assert be.batches == [[0], [1], [2], [20], [3]]
+
+
+async def test_bad_arguments(make: MakeBatcher) -> None:
+    b = make(FakeBackend(), max_batch_size=4, priority_levels=2)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="priority"):
+            await result(b.submit(x(1), 1, priority=bad))
+    with pytest.raises(TooManyRows, match="at most 4"):
+        await result(b.submit(x(1, rows=5), 5))
+    with pytest.raises(ValueError, match="rows"):
+        await result(b.submit(x(1), 0))
+    with pytest.raises(ValueError, match="timeout_s"):
+        await result(b.submit(x(1), 1, timeout_s=0.0))
+    assert b.queued_requests == 0
+
+
+def test_bad_policy_names_the_field() -> None:
+    with pytest.raises(ValueError, match="max_batches_in_flight"):
+        DynamicBatcher(
+            [FakeBackend()], BatchingPolicy(max_batch_size=1, max_batches_in_flight=0), ModelStats()
+        )
+    with pytest.raises(ValueError, match="default_priority"):
+        DynamicBatcher([FakeBackend()], BatchingPolicy(max_batch_size=1, default_priority=2), ModelStats())
+
+
+async def test_backend_error_fails_only_its_batch(make: MakeBatcher) -> None:
+    stats = ModelStats()
+    gate = asyncio.Event()
+    be = FakeBackend(gate, fail_on=666)
+    b = make(be, stats=stats)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    bad = submit(b, 666)
+    neighbour = submit(b, 2)  # same batch as the bad one: fails with it
+    await turns_until(lambda: b.queued_requests == 2)
+    gate.set()
+    await result(first)
+    for t in (bad, neighbour):
+        with pytest.raises(RuntimeError, match="boom"):
+            await result(t)
+    out = await result(submit(b, 3))  # the loop keeps serving
+    assert (out["y"] == 6).all()
+    assert be.batches == [[1], [666, 2], [3]]
+    assert stats.execution_count == 2
+
+
+async def test_output_with_wrong_rows_fails_the_batch(make: MakeBatcher) -> None:
+    class Truncating(FakeBackend):
+        async def run(self, inputs: Tensors) -> Tensors:
+            return {"y": inputs["x"][:1]}
+
+    b = make(Truncating())
+    with pytest.raises(ValueError, match="'y'"):
+        await result(b.submit(x(1, rows=2), 2))
+
+
+async def test_unbatched_model_runs_one_request_per_batch(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_batch_size=0)
+    tasks = [asyncio.ensure_future(b.submit({"x": np.array([float(i), 0.0])}, 1)) for i in range(3)]
+    await asyncio.wait_for(be.started.wait(), LONG)
+    gate.set()
+    outs = [await result(t) for t in tasks]
+    assert be.batches == [[0.0], [1.0], [2.0]]
+    assert outs[2]["y"].tolist() == [4.0, 0.0]
+
+
+async def test_queue_delay_lets_a_batch_grow(make: MakeBatcher) -> None:
+    be = FakeBackend()
+    b = make(be, max_batch_size=2, max_queue_delay_s=LONG)
+    a = submit(b, 1)
+    await turns_until(lambda: b.queued_requests == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert be.batches == []  # waiting for growth, not dispatched
+    c = submit(b, 2)  # makes the batch full: it goes at once, not after LONG
+    await result(a)
+    await result(c)
+    assert be.batches == [[1, 2]]
+
+
+async def test_queue_delay_expires_and_partial_batch_runs(make: MakeBatcher) -> None:
+    be = FakeBackend()
+    b = make(be, max_batch_size=4, max_queue_delay_s=0.02)
+    await result(b.submit(x(1), 1))
+    assert be.batches == [[1]]
+
+
+async def test_instances_share_one_queue(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    one, two = FakeBackend(gate), FakeBackend(gate)
+    b = make(one, two)
+    first = submit(b, 1)
+    await turns_until(lambda: one.started.is_set() or two.started.is_set())
+    second = submit(b, 2)
+    await asyncio.wait_for(asyncio.gather(one.started.wait(), two.started.wait()), LONG)
+    assert b.in_flight_batches == 2
+    gate.set()
+    await result(first)
+    await result(second)
+    assert sorted(one.batches + two.batches) == [[1], [2]]
+
+
+async def test_batches_in_flight_per_instance_is_bounded(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_batches_in_flight=2)
+    tasks = [submit(b, 1)]
+    await turns_until(lambda: be.running == 1)
+    tasks.append(submit(b, 2))
+    await turns_until(lambda: be.running == 2)
+    tasks += [submit(b, 3), submit(b, 4)]
+    await turns_until(lambda: b.queued_requests == 2)
+    assert b.in_flight_batches == 2 and be.running == 2
+    gate.set()
+    for t in tasks:
+        await result(t)
+    assert be.most_running == 2
+    assert be.batches == [[1], [2], [3, 4]]
+
+
+async def test_submit_before_start_is_refused() -> None:
+    b = DynamicBatcher([FakeBackend()], BatchingPolicy(max_batch_size=1), ModelStats())
+    with pytest.raises(BatcherStopped):
+        await result(b.submit(x(1), 1))
+
+
+async def test_stop_with_drain_finishes_queued_and_running(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_batch_size=2, max_queue_delay_s=LONG)
+    tasks = [submit(b, 1), submit(b, 2)]  # a full batch: goes at once
+    await asyncio.wait_for(be.started.wait(), LONG)
+    tasks.append(submit(b, 3))  # would wait LONG to grow, but not while stopping
+    await turns_until(lambda: b.queued_requests == 1)
+    stopping = asyncio.ensure_future(b.stop(drain=True, timeout_s=LONG))
+    await turns_until(lambda: not b.accepting)
+    with pytest.raises(BatcherStopped):
+        await result(b.submit(x(4), 1))
+    gate.set()
+    await asyncio.wait_for(stopping, LONG)
+    for t in tasks:
+        await result(t)
+    assert be.batches == [[1, 2], [3]]
+
+
+async def test_stop_without_drain_fails_queued_at_once(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be)
+    running = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    queued = [submit(b, 2), submit(b, 3)]
+    await turns_until(lambda: b.queued_requests == 2)
+    stopping = asyncio.ensure_future(b.stop(drain=False, timeout_s=LONG))
+    for t in queued:
+        with pytest.raises(BatcherStopped):
+            await result(t)
+    gate.set()  # the running batch may still finish
+    await asyncio.wait_for(stopping, LONG)
+    await result(running)
+    assert be.batches == [[1]]
+
+
+async def test_stop_timeout_fails_what_is_left(make: MakeBatcher) -> None:
+    be = FakeBackend(asyncio.Event())  # never opens
+    b = make(be, max_batch_size=1)
+    tasks = [submit(b, 1)]
+    await asyncio.wait_for(be.started.wait(), LONG)
+    tasks.append(submit(b, 2))
+    await turns_until(lambda: b.queued_requests == 1)
+    await asyncio.wait_for(b.stop(drain=True, timeout_s=0.05), LONG)
+    for t in tasks:
+        with pytest.raises(BatcherStopped):
+            await result(t)
+    assert b.in_flight_batches == 0 and b.queued_requests == 0
+
+
+async def test_every_request_gets_exactly_one_outcome_under_churn() -> None:
+    """Seeded chaos: cancels, short timeouts, a failing id, two instances, then a stop."""
+    rng = random.Random(1234)
+
+    class Jittery(FakeBackend):
+        async def run(self, inputs: Tensors) -> Tensors:
+            for _ in range(rng.randrange(4)):
+                await asyncio.sleep(0)
+            return await super().run(inputs)
+
+    stats = ModelStats()
+    backends = [Jittery(fail_on=13), Jittery(fail_on=13)]
+    b = DynamicBatcher(
+        backends,
+        BatchingPolicy(max_batch_size=6, max_queue_size=40, priority_levels=3, max_batches_in_flight=2),
+        stats,
+    )
+    b.start()
+    tasks: list[tuple[int, asyncio.Task[Tensors]]] = []
+    for rid in range(400):
+        kw: dict[str, Any] = {"priority": rng.randrange(4)}
+        if rng.random() < 0.2:
+            kw["timeout_s"] = rng.choice((1e-4, 1e-3, 1.0))
+        tasks.append((rid, submit(b, rid, rows=rng.randrange(1, 4), **kw)))
+        if rng.random() < 0.1:
+            tasks[rng.randrange(len(tasks))][1].cancel()
+        if rng.random() < 0.3:
+            await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(b.stop(drain=rng.random() < 0.5, timeout_s=LONG))
+    _, pending = await asyncio.wait([t for _, t in tasks], timeout=LONG)
+    assert not pending, "a request got no outcome"
+    await asyncio.wait_for(stopping, LONG)
+    allowed = (DeadlineExceeded, QueueFull, BatcherStopped, RuntimeError)
+    answered = 0
+    for rid, t in tasks:
+        if t.cancelled():
+            continue
+        exc = t.exception()
+        if exc is None:
+            assert (t.result()["y"] == 2 * rid).all()
+            answered += 1
+        else:
+            assert isinstance(exc, allowed), exc
+    assert answered > 0
+    assert b.queued_requests == 0 and b.in_flight_batches == 0
+    batches = [batch for be in backends for batch in be.batches]
+    assert all(0 < len(batch) <= 6 for batch in batches)  # rows, within max_batch_size
+    assert stats.inference_count == sum(len(batch) for batch in batches if 13 not in batch)
+    assert stats.execution_count == sum(1 for batch in batches if 13 not in batch)

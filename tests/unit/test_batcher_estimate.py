@@ -1,0 +1,74 @@
+"""The service-time predictor and the statistics counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from batcher.estimate import ServiceTimeEstimator
+from batcher.stats import ModelStats
+
+
+def test_unknown_cost_is_zero() -> None:
+    assert ServiceTimeEstimator().predict(1, 0.0) == 0.0
+    assert ServiceTimeEstimator().predict(64, 0.0) == 0.0
+
+
+def test_ewma_per_bucket() -> None:
+    e = ServiceTimeEstimator(alpha=0.5)
+    e.observe(8, 0.010, 0.0)
+    assert e.predict(8, 0.0) == pytest.approx(0.010)  # first sample taken as is
+    assert e.predict(5, 0.0) == pytest.approx(0.010)  # same bucket (5..8)
+    e.observe(8, 0.020, 0.0)
+    assert e.predict(8, 0.0) == pytest.approx(0.015)
+
+
+def test_unseen_bucket_borrows_nearest_smaller_else_zero() -> None:
+    e = ServiceTimeEstimator()
+    e.observe(4, 0.004, 0.0)
+    assert e.predict(32, 0.0) == pytest.approx(0.004)  # a lower bound: never rejects early
+    assert e.predict(1, 0.0) == 0.0
+
+
+def test_estimates_fade_so_one_slow_run_cannot_block_forever() -> None:
+    e = ServiceTimeEstimator(alpha=0.2, half_life_s=1.0)
+    e.observe(1, 2.0, 0.0)  # a cold start
+    assert e.predict(1, 1.0) == pytest.approx(1.0)
+    assert e.predict(1, 10.0) < 0.01
+    # A stale estimate gives way to a new sample almost entirely.
+    e.observe(1, 0.010, 20.0)
+    assert e.predict(1, 20.0) == pytest.approx(0.010, rel=0.01)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        ServiceTimeEstimator(alpha=0.0)
+    with pytest.raises(ValueError, match="half_life_s"):
+        ServiceTimeEstimator(half_life_s=0.0)
+
+
+def test_record_batch_follows_triton_semantics() -> None:
+    s = ModelStats()
+    s.record_batch(rows=5, requests=2, input_ns=10, infer_ns=100, output_ns=1)
+    s.record_batch(rows=5, requests=3, input_ns=20, infer_ns=200, output_ns=2)
+    s.record_batch(rows=1, requests=1, input_ns=1, infer_ns=1, output_ns=1)
+    assert s.execution_count == 3
+    assert s.inference_count == 11
+    assert s.batch_stats[5].compute_infer.count == 2
+    assert s.batch_stats[5].compute_infer.ns == 300
+    assert s.batch_stats[1].compute_input.count == 1
+    # Per request: the whole batch's time, counted once per request.
+    assert s.compute_infer.count == s.compute_input.count == s.compute_output.count == 6
+    assert s.compute_infer.ns == 2 * 100 + 3 * 200 + 1
+    assert s.last_inference_ms > 0
+
+
+def test_request_level_counters() -> None:
+    s = ModelStats()
+    s.record_success(5)
+    s.record_success(7)
+    s.record_failure(3)
+    s.record_queue(11)
+    assert (s.success.count, s.success.ns) == (2, 12)
+    assert (s.fail.count, s.fail.ns) == (1, 3)
+    assert (s.queue.count, s.queue.ns) == (1, 11)
+    assert s.cache_hit.count == s.cache_miss.count == 0

@@ -1,0 +1,134 @@
+"""Decoding and encoding tensors, and checking them against a model signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server import codec
+from server.controls import parse_controls
+from server.errors import InvalidRequest
+from server.validate import Signature
+
+
+def request_with(name: str, datatype: str, shape: list[int], raw: bytes) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)],
+        raw_input_contents=[raw],
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64,
+              np.float16, np.float32, np.float64],
+)  # fmt: skip
+def test_raw_round_trip_every_fixed_size_datatype(dtype: type) -> None:
+    array = (np.arange(12) % 2 if dtype is np.bool_ else np.arange(12)).astype(dtype).reshape(3, 4)
+    response = codec.encode_response("m", "1", "id", {"out": array}, ["out"])
+    wire = response.outputs[0].datatype
+    decoded = codec.decode_inputs(request_with("x", wire, [3, 4], response.raw_output_contents[0]))
+    np.testing.assert_array_equal(decoded["x"], array)
+    assert decoded["x"].dtype == array.dtype
+
+
+def test_decode_is_a_zero_copy_view() -> None:
+    raw = np.ones((2, 2), np.float32).tobytes()
+    decoded = codec.decode_inputs(request_with("x", "FP32", [2, 2], raw))["x"]
+    assert not decoded.flags.owndata
+
+
+def test_bytes_round_trip_and_errors() -> None:
+    items = np.array([b"", b"abc", "é".encode()], dtype=object)
+    raw = codec.pack_bytes(items)
+    decoded = codec.decode_inputs(request_with("s", "BYTES", [3], raw))["s"]
+    assert list(decoded) == list(items)
+    assert codec.pack_bytes(np.array(["x", "yz"], dtype=object)) == codec.pack_bytes(
+        np.array([b"x", b"yz"], dtype=object)
+    )
+    with pytest.raises(InvalidRequest, match="input 's': BYTES data ends after 3 of 4"):
+        codec.decode_inputs(request_with("s", "BYTES", [4], raw))
+    with pytest.raises(InvalidRequest, match="bytes left after 2 BYTES elements"):
+        codec.decode_inputs(request_with("s", "BYTES", [2], raw))
+    with pytest.raises(InvalidRequest, match="element 0 is cut short"):
+        codec.decode_inputs(request_with("s", "BYTES", [1], b"\x09\x00\x00\x00ab"))
+
+
+def test_decode_rejects_inconsistent_requests() -> None:
+    with pytest.raises(InvalidRequest, match="raw_input_contents\\[0\\] has 3 bytes, expected 8"):
+        codec.decode_inputs(request_with("x", "FP32", [2], b"abc"))
+    with pytest.raises(InvalidRequest, match="unknown datatype 'F32'"):
+        codec.decode_inputs(request_with("x", "F32", [2], b""))
+    with pytest.raises(InvalidRequest, match="negative dimension"):
+        codec.decode_inputs(request_with("x", "FP32", [-1], b""))
+    twice = request_with("x", "FP32", [1], b"\x00" * 4)
+    twice.inputs.add(name="x", datatype="FP32", shape=[1])
+    twice.raw_input_contents.append(b"\x00" * 4)
+    with pytest.raises(InvalidRequest, match="input 'x' appears more than once"):
+        codec.decode_inputs(twice)
+    typed = pb.ModelInferRequest()
+    typed.inputs.add(name="t", datatype="INT32", shape=[3]).contents.int_contents.extend([1, 2])
+    with pytest.raises(InvalidRequest, match=r"contents\.int_contents has 2 elements, expected 3"):
+        codec.decode_inputs(typed)
+
+
+def signature(max_batch_size: int = 8) -> Signature:
+    config = mc.ModelConfig(name="m", max_batch_size=max_batch_size)
+    config.input.add(name="a", data_type=mc.TYPE_FP32, dims=[-1, 4])
+    config.input.add(name="b", data_type=mc.TYPE_INT64, dims=[2])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[1])
+    return Signature.from_config(config)
+
+
+def test_signature_checks_names_types_shapes_and_rows() -> None:
+    sig = signature()
+    ok = {"a": np.zeros((3, 5, 4), np.float32), "b": np.zeros((3, 2), np.int64)}
+    assert sig.check_inputs(ok) == 3
+    with pytest.raises(InvalidRequest, match="missing input 'b'"):
+        sig.check_inputs({"a": ok["a"]})
+    with pytest.raises(InvalidRequest, match="unknown input 'c'"):
+        sig.check_inputs({**ok, "c": ok["b"]})
+    with pytest.raises(InvalidRequest, match="input 'b': datatype INT32 does not match the model's INT64"):
+        sig.check_inputs({**ok, "b": np.zeros((3, 2), np.int32)})
+    with pytest.raises(
+        InvalidRequest, match=r"input 'a': shape \[3, 5, 3\] does not match the model's \[-1, -1, 4\]"
+    ):
+        sig.check_inputs({**ok, "a": np.zeros((3, 5, 3), np.float32)})
+    with pytest.raises(InvalidRequest, match="batch dimension 2 differs"):
+        sig.check_inputs({**ok, "b": np.zeros((2, 2), np.int64)})
+    with pytest.raises(InvalidRequest, match="takes at most 8 \\(max_batch_size\\)"):
+        sig.check_inputs({"a": np.zeros((9, 1, 4), np.float32), "b": np.zeros((9, 2), np.int64)})
+    with pytest.raises(InvalidRequest, match="0 rows"):
+        sig.check_inputs({"a": np.zeros((0, 1, 4), np.float32), "b": np.zeros((0, 2), np.int64)})
+    assert sig.check_outputs([]) == ["y"]
+    with pytest.raises(InvalidRequest, match="unknown output 'z'"):
+        sig.check_outputs(["z"])
+
+
+def test_signature_without_batch_dimension() -> None:
+    sig = signature(max_batch_size=0)
+    assert sig.check_inputs({"a": np.zeros((5, 4), np.float32), "b": np.zeros(2, np.int64)}) == 1
+    with pytest.raises(InvalidRequest, match=r"input 'b': shape \[1, 2\]"):
+        sig.check_inputs({"a": np.zeros((5, 4), np.float32), "b": np.zeros((1, 2), np.int64)})
+
+
+def test_controls() -> None:
+    params = pb.ModelInferRequest().parameters
+    assert parse_controls(params).timeout_s is None
+    request = pb.ModelInferRequest()
+    request.parameters["timeout"].int64_param = 2500
+    request.parameters["priority"].uint64_param = 2
+    request.parameters["something_else"].string_param = "ignored"
+    controls = parse_controls(request.parameters)
+    assert controls.timeout_s == pytest.approx(0.0025)
+    assert controls.priority == 2
+    request.parameters["priority"].string_param = "high"
+    with pytest.raises(InvalidRequest, match="parameter 'priority' must be an integer"):
+        parse_controls(request.parameters)
+    seq = pb.ModelInferRequest()
+    seq.parameters["sequence_start"].bool_param = False
+    assert parse_controls(seq.parameters).priority == 0
+    seq.parameters["sequence_start"].bool_param = True
+    with pytest.raises(InvalidRequest, match="sequence_start"):
+        parse_controls(seq.parameters)

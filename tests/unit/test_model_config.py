@@ -1,0 +1,304 @@
+"""Model config: parse errors, completion from the ONNX graph, validation, batching policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from batcher.types import BatchingPolicy, TimeoutAction
+from protos import model_config_pb2 as mc
+from server.model_config import (
+    ConfigError,
+    OnnxTensor,
+    batching_policy,
+    complete_from_onnx,
+    dynamic_batching_enabled,
+    load_config_file,
+    parse_config,
+    validate_config,
+)
+
+BATCHING_IN = [("x", "tensor(float)", ["batch", 4]), ("ids", "tensor(int64)", [None, "seq"])]
+BATCHING_OUT = [("y", "tensor(float)", ["batch", 2])]
+FIXED_IN = [OnnxTensor("x", "tensor(float)", [3, 4])]
+FIXED_OUT = [OnnxTensor("y", "tensor(float)", [3, 2])]
+
+
+def _parse(text: str) -> mc.ModelConfig:
+    return parse_config(text, "models/m/config.pbtxt")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.pbtxt"
+    path.write_text(text)
+    return path
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def test_unknown_top_level_field_names_file_line_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'name: "m"\nmax_batch_size: 8\nsequence_batching {\n}\n')
+    with pytest.raises(ConfigError) as err:
+        load_config_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:3:1: unsupported field 'sequence_batching'")
+    assert "inference.ModelConfig" in message
+
+
+def test_unknown_nested_field_names_its_message(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'name: "m"\ndynamic_batching {\n  max_queue_delay: 5\n}\n')
+    with pytest.raises(
+        ConfigError, match=r":3:\d+: unsupported field 'max_queue_delay'.*ModelDynamicBatching"
+    ):
+        load_config_file(path)
+
+
+def test_bad_value_names_line() -> None:
+    with pytest.raises(ConfigError, match=r"^models/m/config.pbtxt:2:\d+: .*TYPE_FLOAT"):
+        _parse('name: "m"\ninput [{ name: "x" data_type: TYPE_FLOAT }]\n')
+
+
+def test_missing_file_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(tmp_path / "nope.pbtxt")
+
+
+def test_parses_triton_style_config() -> None:
+    config = _parse(
+        """
+        name: "m"
+        platform: "onnxruntime_onnx"
+        max_batch_size: 8
+        input [{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }]
+        output [{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }]
+        instance_group [{ count: 2 kind: KIND_GPU gpus: [ 0 ] }]
+        dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }
+        """
+    )
+    validate_config(config, "m")
+    assert config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+
+
+# --- completion from ONNX ------------------------------------------------------------------------
+
+
+def test_complete_batching_model_from_nothing() -> None:
+    config = mc.ModelConfig(name="m")
+    done = complete_from_onnx(config, BATCHING_IN, BATCHING_OUT, default_max_batch_size=32)
+    assert done.max_batch_size == 32
+    assert done.platform == "onnxruntime_onnx" and done.backend == "onnxruntime"
+    assert [(i.name, i.data_type, list(i.dims)) for i in done.input] == [
+        ("x", mc.TYPE_FP32, [4]),
+        ("ids", mc.TYPE_INT64, [-1]),
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in done.output] == [("y", mc.TYPE_FP32, [2])]
+    assert not config.input and config.max_batch_size == 0  # the argument is left alone
+
+
+def test_complete_non_batching_model_keeps_full_shape() -> None:
+    done = complete_from_onnx(mc.ModelConfig(name="m"), FIXED_IN, FIXED_OUT)
+    assert done.max_batch_size == 0
+    assert list(done.input[0].dims) == [3, 4]
+    assert list(done.output[0].dims) == [3, 2]
+
+
+def test_one_fixed_first_dim_means_no_batching() -> None:
+    outputs = [("y", "tensor(float)", [1, 2])]
+    done = complete_from_onnx(mc.ModelConfig(), BATCHING_IN, outputs)
+    assert done.max_batch_size == 0
+    assert list(done.input[0].dims) == [-1, 4]
+
+
+def test_listed_inputs_with_max_batch_size_zero_mean_no_batching() -> None:
+    config = _parse('input [{ name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] }]')
+    done = complete_from_onnx(config, BATCHING_IN, BATCHING_OUT)
+    assert done.max_batch_size == 0
+    assert [list(i.dims) for i in done.input] == [[-1, 4], [-1, -1]]
+
+
+def test_partial_config_is_filled_and_checked() -> None:
+    config = _parse('max_batch_size: 4 input [{ name: "x" dims: [ -1 ] }]')
+    done = complete_from_onnx(config, BATCHING_IN, BATCHING_OUT)
+    assert done.max_batch_size == 4
+    assert done.input[0].data_type == mc.TYPE_FP32  # filled
+    assert list(done.input[0].dims) == [-1]  # -1 matches 4
+    assert [i.name for i in done.input] == ["x", "ids"]
+
+
+def test_complete_accepts_onnxruntime_node_args(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    done = complete_from_onnx(mc.ModelConfig(), session.get_inputs(), session.get_outputs())
+    assert done.max_batch_size == 64
+    assert list(done.input[0].dims) == [3]
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('input [{ name: "z" }]', r"input 'z' is not in the ONNX model"),
+        ('output [{ name: "q" }]', r"output 'q' is not in the ONNX model"),
+        (
+            'max_batch_size: 4 input [{ name: "x" data_type: TYPE_INT32 }]',
+            r"input 'x' data_type TYPE_INT32 does not match the ONNX model's TYPE_FP32",
+        ),
+        ('max_batch_size: 4 input [{ name: "x" dims: [ 5 ] }]', r"input 'x' .*\[5\] do not match .*\[4\]"),
+        ('max_batch_size: 4 output [{ name: "y" dims: [ 2, 1 ] }]', r"output 'y' .*\[2, 1\] do not match"),
+    ],
+)
+def test_consistency_errors_name_tensor_and_both_values(text: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        complete_from_onnx(_parse(text), BATCHING_IN, BATCHING_OUT, source="m")
+
+
+def test_max_batch_size_needs_batch_dimension() -> None:
+    with pytest.raises(ConfigError, match=r"max_batch_size is 8 but ONNX input 'x' has shape \[3, 4\]"):
+        complete_from_onnx(mc.ModelConfig(max_batch_size=8), FIXED_IN, FIXED_OUT)
+
+
+def test_dynamic_batching_on_non_batching_model() -> None:
+    config = _parse("dynamic_batching { }")
+    with pytest.raises(ConfigError, match="dynamic_batching needs max_batch_size > 0"):
+        complete_from_onnx(config, FIXED_IN, FIXED_OUT)
+
+
+def test_unsupported_onnx_type() -> None:
+    with pytest.raises(ConfigError, match=r"'x' has unsupported type tensor\(bfloat16\)"):
+        complete_from_onnx(mc.ModelConfig(), [("x", "tensor(bfloat16)", [2])], FIXED_OUT)
+
+
+@pytest.mark.parametrize(("field", "value"), [("platform", "tensorflow_savedmodel"), ("backend", "tensorrt")])
+def test_other_platforms_are_rejected(field: str, value: str) -> None:
+    config = mc.ModelConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"{field} '{value}' is not supported"):
+        complete_from_onnx(config, BATCHING_IN, BATCHING_OUT)
+    with pytest.raises(ConfigError, match=f"{field} '{value}'"):
+        validate_config(config, "m")
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('max_batch_size: 4 input [{ name: "x" reshape { shape: [ 4 ] } }]', r"input 'x': field 'reshape'"),
+        ('output [{ name: "y" reshape { } }]', r"output 'y': field 'reshape'"),
+        ('input [{ name: "x" optional: true }]', r"input 'x': field 'optional'"),
+        ('input [{ name: "x" }, { name: "x" }]', "input 'x' is listed twice"),
+        ('input [{ name: "x" dims: [ -2 ] }]', "below -1"),
+        ('input [{ name: "x" data_type: TYPE_BF16 }]', "data_type TYPE_BF16 is not supported"),
+        ("max_batch_size: -1", "max_batch_size -1 is negative"),
+        (
+            "max_batch_size: 4 dynamic_batching { preferred_batch_size: [ 2, 8 ] }",
+            r"dynamic_batching.preferred_batch_size 8 exceeds max_batch_size 4",
+        ),
+        (
+            "max_batch_size: 4 dynamic_batching { priority_levels: 2 default_priority_level: 3 }",
+            "default_priority_level 3 exceeds priority_levels 2",
+        ),
+        (
+            "max_batch_size: 4 dynamic_batching { default_priority_level: 1 }",
+            "default_priority_level 1 given without priority_levels",
+        ),
+        (
+            "max_batch_size: 4 dynamic_batching { priority_queue_policy { key: 1 value { } } }",
+            "priority_queue_policy is not supported",
+        ),
+        ("instance_group [{ kind: KIND_MODEL }]", r"instance_group\[0\]: kind KIND_MODEL"),
+        ("instance_group [{ kind: KIND_CPU gpus: [ 0 ] }]", "gpus .* given for kind KIND_CPU"),
+        ("version_policy { latest { } }", "version_policy.latest.num_versions"),
+        ("version_policy { specific { versions: [ 0 ] } }", "version_policy.specific.versions"),
+        ("optimization { graph { level: 3 } }", "optimization.graph.level 3"),
+        ("optimization { priority: PRIORITY_MAX }", "optimization.priority"),
+        (
+            'optimization { execution_accelerators { gpu_execution_accelerator [{ name: "rocm" }] } }',
+            "gpu_execution_accelerator 'rocm' is not supported",
+        ),
+        (
+            "instance_group [{ kind: KIND_CPU }] optimization { execution_accelerators { "
+            'gpu_execution_accelerator [{ name: "tensorrt" }] } }',
+            "needs a KIND_GPU or KIND_AUTO instance_group",
+        ),
+        ('parameters { key: "foo" value { string_value: "1" } }', r"parameters \['foo'\] are not supported"),
+        ('runtime: "model.py"', "runtime 'model.py'"),
+    ],
+)
+def test_unsupported_settings_name_the_field(text: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(_parse(text), "models/m/config.pbtxt")
+
+
+def test_valid_configs_pass() -> None:
+    validate_config(_parse("instance_group [{ count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }]"), "m")
+    validate_config(
+        _parse(
+            "max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 4 ] priority_levels: 3 "
+            'default_priority_level: 2 preserve_ordering: true } parameters { key: "intra_op_thread_count" '
+            'value { string_value: "2" } } version_policy { all { } }'
+        ),
+        "m",
+    )
+
+
+# --- batching policy ------------------------------------------------------------------------------
+
+
+def test_batching_policy_from_dynamic_batching() -> None:
+    config = _parse(
+        """
+        max_batch_size: 16
+        dynamic_batching {
+          preferred_batch_size: [ 8, 4, 8 ]
+          max_queue_delay_microseconds: 1500
+          priority_levels: 3
+          default_priority_level: 2
+          default_queue_policy {
+            timeout_action: DELAY
+            default_timeout_microseconds: 250000
+            max_queue_size: 10
+          }
+        }
+        """
+    )
+    assert dynamic_batching_enabled(config)
+    policy = batching_policy(config, default_max_queue_size=99, max_batches_in_flight=2)
+    assert policy == BatchingPolicy(
+        max_batch_size=16,
+        preferred_batch_sizes=(4, 8),
+        max_queue_delay_s=0.0015,
+        max_queue_size=10,
+        priority_levels=3,
+        default_priority=2,
+        default_timeout_s=0.25,
+        timeout_action=TimeoutAction.DELAY,
+        max_batches_in_flight=2,
+    )
+
+
+def test_batching_policy_defaults_always_bound_the_queue() -> None:
+    policy = batching_policy(
+        _parse("max_batch_size: 8 dynamic_batching { }"), default_max_queue_size=99, max_batches_in_flight=1
+    )
+    assert policy.max_queue_size == 99
+    assert policy.priority_levels == 1 and policy.default_priority == 1
+    assert policy.default_timeout_s is None
+    assert policy.timeout_action is TimeoutAction.REJECT
+
+
+def test_without_dynamic_batching_requests_run_alone() -> None:
+    config = _parse("max_batch_size: 8")
+    assert not dynamic_batching_enabled(config)
+    policy = batching_policy(config, default_max_queue_size=50, max_batches_in_flight=1)
+    assert policy.max_batch_size == 8
+    assert policy.preferred_batch_sizes == () and policy.max_queue_delay_s == 0
+    assert policy.max_queue_size == 50

@@ -1,0 +1,135 @@
+"""Model repository scanning: layout, version policies, one bad model among good ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from onnx import TensorProto, helper
+
+from server.model_config import ConfigError
+from server.repository import ModelNotFoundInRepository, ModelSource, load_model_source, scan_repository
+
+
+def _onnx_bytes() -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _model(
+    root: Path,
+    name: str,
+    config: str | None = None,
+    versions: tuple[int, ...] = (1,),
+    filename: str = "model.onnx",
+) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True)
+    if config is not None:
+        (directory / "config.pbtxt").write_text(config)
+    for version in versions:
+        (directory / str(version)).mkdir()
+        (directory / str(version) / filename).write_bytes(_onnx_bytes())
+    return directory
+
+
+def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path: Path) -> None:
+    _model(tmp_path, "good", 'name: "good" max_batch_size: 4')
+    _model(tmp_path, "bad_config", "sequence_batching { }")
+    _model(tmp_path, "no_versions", "", versions=())
+    missing = _model(tmp_path, "missing_file", "", versions=())
+    (missing / "1").mkdir()
+    (tmp_path / "README.md").write_text("not a model")
+    (tmp_path / ".hidden").mkdir()
+
+    models, errors = scan_repository(tmp_path)
+
+    assert list(models) == ["good"]
+    source = models["good"]
+    assert isinstance(source, ModelSource)
+    assert source.config.max_batch_size == 4
+    assert source.directory == tmp_path / "good"
+    assert source.versions == {1: tmp_path / "good" / "1" / "model.onnx"}
+    assert sorted(errors) == ["bad_config", "missing_file", "no_versions"]
+    assert "config.pbtxt:1:1: unsupported field 'sequence_batching'" in errors["bad_config"]
+    assert "no version directories" in errors["no_versions"]
+    assert "version 1 has no model file model.onnx" in errors["missing_file"]
+
+
+def test_model_without_config_takes_directory_name(tmp_path: Path) -> None:
+    _model(tmp_path, "plain")
+    source = load_model_source(tmp_path, "plain")
+    assert source.config.name == "plain"
+    assert not source.config.input  # completed later, from the ONNX graph
+    assert list(source.versions) == [1]
+
+
+def test_config_name_must_match_directory(tmp_path: Path) -> None:
+    _model(tmp_path, "a", 'name: "b"')
+    with pytest.raises(ConfigError, match="name 'b' differs from the directory name 'a'"):
+        load_model_source(tmp_path, "a")
+
+
+def test_invalid_config_is_rejected_at_scan(tmp_path: Path) -> None:
+    _model(tmp_path, "a", 'platform: "tensorflow_savedmodel"')
+    with pytest.raises(ConfigError, match="platform 'tensorflow_savedmodel'"):
+        load_model_source(tmp_path, "a")
+
+
+@pytest.mark.parametrize("name", ["absent", "../etc", ".", "", "a/b"])
+def test_unknown_or_unsafe_names_are_not_found(tmp_path: Path, name: str) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ModelNotFoundInRepository):
+        load_model_source(tmp_path / "a", name)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("", [10]),
+        ("version_policy { latest { num_versions: 2 } }", [3, 10]),
+        ("version_policy { latest { num_versions: 9 } }", [1, 3, 10]),
+        ("version_policy { all { } }", [1, 3, 10]),
+        ("version_policy { specific { versions: [ 3, 1 ] } }", [1, 3]),
+    ],
+)
+def test_version_policies(tmp_path: Path, policy: str, expected: list[int]) -> None:
+    directory = _model(tmp_path, "m", policy, versions=(1, 3, 10))
+    (directory / "latest").mkdir()  # non-numeric: ignored
+    (directory / "020").mkdir()  # leading zero: ignored, as in Triton
+    source = load_model_source(tmp_path, "m")
+    assert sorted(source.versions) == expected
+    assert all(path == directory / str(v) / "model.onnx" for v, path in source.versions.items())
+
+
+def test_specific_version_missing_on_disk(tmp_path: Path) -> None:
+    _model(tmp_path, "m", "version_policy { specific { versions: [ 1, 2 ] } }", versions=(1,))
+    with pytest.raises(ConfigError, match=r"versions \[2\] not found on disk"):
+        load_model_source(tmp_path, "m")
+
+
+def test_unselected_version_may_lack_a_model_file(tmp_path: Path) -> None:
+    directory = _model(tmp_path, "m", versions=(2,))
+    (directory / "1").mkdir()  # older version, empty: not selected by latest-1
+    assert list(load_model_source(tmp_path, "m").versions) == [2]
+
+
+def test_default_model_filename(tmp_path: Path) -> None:
+    _model(tmp_path, "m", 'default_model_filename: "net.onnx"', filename="net.onnx")
+    assert load_model_source(tmp_path, "m").versions[1].name == "net.onnx"
+
+
+def test_model_onnx_directory_with_external_data(tmp_path: Path) -> None:
+    directory = _model(tmp_path, "m", versions=())
+    (directory / "1" / "model.onnx").mkdir(parents=True)
+    (directory / "1" / "model.onnx" / "model.onnx").write_bytes(_onnx_bytes())
+    assert load_model_source(tmp_path, "m").versions[1] == directory / "1" / "model.onnx" / "model.onnx"
+
+
+def test_missing_root_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot list"):
+        scan_repository(tmp_path / "nope")
