@@ -126,6 +126,8 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         )
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config, source)
+    if config.response_cache.enable:
+        raise ConfigError(f"{source}: response_cache is not supported yet (remove it or set enable: false)")
 
 
 def _validate_instance_groups(config: mc.ModelConfig, source: str) -> None:

@@ -234,7 +234,12 @@ class ModelManager:
                     OrtBackend, path, options, providers, executor, model_name=source.name
                 )
             )
-        await _warm_up(config, backends, source.directory)
+        try:
+            await _warm_up(config, backends, source.directory)
+        except Exception as exc:
+            for backend in backends:
+                backend.close()
+            raise ConfigError(f"{source.directory / 'config.pbtxt'}: model_warmup failed: {exc}") from exc
         policy = batching_policy(
             config,
             default_max_queue_size=settings.max_queue_size,

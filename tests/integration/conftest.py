@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.models import slow_model
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess
 
@@ -46,6 +47,17 @@ def identity_model(path: Path) -> Path:
     return path
 
 
+WARMUP = """
+name: "{name}"
+max_batch_size: 8
+dynamic_batching {{ }}
+model_warmup [ {{
+  name: "zeros" batch_size: 4 count: 2
+  inputs {{ key: "{input}" value: {{ data_type: TYPE_FP32 dims: [ 64 ] zero_data: true }} }}
+}} ]
+"""
+
+
 @pytest.fixture(scope="session")
 def demo_repo() -> Path:
     return demo_repository()
@@ -65,6 +77,12 @@ def zoo_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         demo_repo / "resnet" / "1" / "model.onnx",
         (demo_repo / "resnet" / "config.pbtxt").read_text(),
     )
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(repo, "warm", mlp, WARMUP.format(name="warm", input="features"))
+    write_model(repo, "badwarm", mlp, WARMUP.format(name="badwarm", input="nope"))
+    write_model(repo, "cached", mlp, "response_cache { enable: true }\n")
+    slow = slow_model(files / "slow.onnx", matmuls=80)
+    write_model(repo, "slow", slow, "max_batch_size: 4\ndynamic_batching { }\n")
     corrupt = files / "corrupt.onnx"
     corrupt.write_bytes(b"this is not an onnx model")
     write_model(repo, "corrupt", corrupt, None)

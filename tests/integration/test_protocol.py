@@ -157,8 +157,11 @@ def test_bad_models_are_reported_and_the_others_serve(stub: pb_grpc.GRPCInferenc
     assert index["corrupt"].state == "UNAVAILABLE" and index["corrupt"].reason
     assert index["badconfig"].state == "UNAVAILABLE"
     assert "config.pbtxt:2" in index["badconfig"].reason and "sequence_batching" in index["badconfig"].reason
+    assert index["warm"].state == "READY"
+    assert index["badwarm"].state == "UNAVAILABLE" and "model_warmup failed" in index["badwarm"].reason
+    assert index["cached"].state == "UNAVAILABLE" and "response_cache" in index["cached"].reason
     ready_only = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=30).models
-    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet"}
+    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet", "warm", "slow"}
     # Strict readiness: the server is not ready while one of its models is not.
     assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
@@ -197,29 +200,23 @@ def test_health_per_model_and_reflection(zoo_server: ServerProcess) -> None:
 def test_cancelled_request_is_never_computed(zoo_server: ServerProcess) -> None:
     with grpc.insecure_channel(zoo_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-        def resnet(rows: int) -> pb.ModelInferRequest:
-            data = np.zeros((rows, 3, 224, 224), np.float32)
-            return pb.ModelInferRequest(
-                model_name="resnet",
-                inputs=[
-                    pb.ModelInferRequest.InferInputTensor(
-                        name="image", datatype="FP32", shape=[rows, 3, 224, 224]
-                    )
-                ],
-                raw_input_contents=[data.tobytes()],
-            )
+        request = pb.ModelInferRequest(
+            model_name="slow",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
+            raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
+        )
 
         def executions() -> int:
-            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="resnet"), timeout=30)
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow"), timeout=30)
             return stats.model_stats[0].execution_count
 
         before = executions()
-        blocker = stub.ModelInfer.future(resnet(16), timeout=120)
-        time.sleep(0.3)
-        cancelled = stub.ModelInfer.future(resnet(1), timeout=120)
+        blocker = stub.ModelInfer.future(request, timeout=120)  # keeps the instance busy ~0.5 s
         time.sleep(0.1)
+        cancelled = stub.ModelInfer.future(request, timeout=120)
+        time.sleep(0.05)
         assert cancelled.cancel()
         blocker.result()
         time.sleep(0.3)
         assert executions() - before == 1
+        assert stub.ModelInfer(request, timeout=30).outputs[0].name == "y"

@@ -1,0 +1,104 @@
+"""Run NVIDIA's perf_analyzer against a fresh sluiceway server; print a markdown table.
+
+    .venv/bin/python -m loadtest.perf_analyzer_table --models mlp,resnet --concurrency 1,2,4,8,16,32
+
+Starts `sluiceway serve` on a free 127.0.0.1 port with the demo models, runs perf_analyzer (unary
+and --streaming) for each model and concurrency, and prints infer/s, p50 and p99 per row. Every
+run is bounded by perf_analyzer's own measurement window and a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
+
+
+def start_server(cache_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", "0", "--cache-dir", str(cache_dir), *extra],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = re.search(r"sluiceway ready on [\d.]+:(\d+)", line)
+        if match:
+            # Keep draining the server's output so it never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+            return process, int(match.group(1))
+    raise RuntimeError("server exited before it was ready")
+
+
+def run_perf_analyzer(
+    tool: Path, port: int, model: str, concurrency: int, streaming: bool, interval_ms: int
+) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.csv"
+        command = [
+            str(tool), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+            "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
+            "--max-trials", "5", "--stability-percentage", "20", "-f", str(report),
+        ]  # fmt: skip
+        if streaming:
+            command.append("--streaming")
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if run.returncode != 0 or not report.exists():
+            raise RuntimeError(f"perf_analyzer failed: {(run.stdout + run.stderr)[-2000:]}")
+        (row,) = list(csv.DictReader(report.open()))
+        return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,resnet")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32")
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--perf-analyzer", type=Path, default=DEFAULT_PERF_ANALYZER)
+    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
+    parser.add_argument("--no-streaming", action="store_true")
+    parser.add_argument("server_args", nargs="*", help="extra arguments for sluiceway serve (after --)")
+    args = parser.parse_args(argv)
+    process, port = start_server(args.cache_dir, args.server_args)
+    try:
+        print(
+            "| model | mode | concurrency | infer/s | p50 ms | p99 ms | server queue us | server compute us |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        modes = [False] if args.no_streaming else [False, True]
+        for model in args.models.split(","):
+            for streaming in modes:
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    row = run_perf_analyzer(
+                        args.perf_analyzer, port, model, concurrency, streaming, args.interval_ms
+                    )
+                    compute = sum(
+                        int(row[k])
+                        for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+                    )
+                    print(
+                        f"| {model} | {'stream' if streaming else 'unary'} | {concurrency} "
+                        f"| {float(row['Inferences/Second']):.0f} | {int(row['p50 latency']) / 1000:.2f} "
+                        f"| {int(row['p99 latency']) / 1000:.2f} | {row['Server Queue']} | {compute} |",
+                        flush=True,
+                    )
+    finally:
+        process.terminate()
+        process.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
