@@ -231,7 +231,13 @@ class ModelManager:
             )
             backends.append(
                 await asyncio.to_thread(
-                    OrtBackend, path, options, providers, executor, model_name=source.name
+                    OrtBackend,
+                    path,
+                    options,
+                    providers,
+                    executor,
+                    model_name=source.name,
+                    inline_max_s=settings.inline_run_max_us / 1e6,
                 )
             )
         try:

@@ -44,6 +44,9 @@ class ServerSettings(BaseSettings):
     allow_spinning: bool = False
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Batches whose recent runs took at most this long run on the event loop thread instead of
+    # the instance's executor (0 disables): cheaper than a thread hop for tiny models.
+    inline_run_max_us: int = Field(default=300, ge=0, le=5000)
 
     # Seconds to finish in-flight work on SIGTERM/SIGINT before failing what is left.
     shutdown_grace_s: float = Field(default=5.0, ge=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -267,8 +268,14 @@ class OrtBackend:
         executor: ThreadPoolExecutor,
         *,
         model_name: str = "",
+        inline_max_s: float = 0.0,
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
+        # Runs predicted to take at most this long run on the calling (event loop) thread: for tiny
+        # models a thread hop and the GIL hand-offs around it cost more than the run itself.
+        self._inline_max_s = inline_max_s
+        # Recent session.run seconds per row bucket (bit length of the batch's rows).
+        self._recent_s: dict[int, float] = {}
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
@@ -354,9 +361,27 @@ class OrtBackend:
         return list(self._session.get_providers())
 
     async def run(self, inputs: Tensors) -> Tensors:
-        """Run one batch in this instance's executor; BYTES tensors are object arrays of bytes."""
+        """Run one batch; BYTES tensors are object arrays of bytes.
+
+        In this instance's executor, unless recent runs of that size took at most inline_max_s:
+        those run inline, since they block the loop for less than a thread hop would cost.
+        """
+        bucket = _rows(inputs).bit_length()
+        recent = self._recent_s.get(bucket)
+        if recent is not None and recent <= self._inline_max_s:
+            return self._timed_run(bucket, inputs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_sync, inputs)
+        return await loop.run_in_executor(self._executor, self._timed_run, bucket, inputs)
+
+    def _timed_run(self, bucket: int, inputs: Tensors) -> dict[str, Array]:
+        # CPU time of this thread, not wall time: on an executor thread, wall time includes
+        # waiting for the GIL held by the event loop, which is the cost inline runs avoid.
+        start = time.thread_time()
+        outputs = self._run_sync(inputs)
+        took = time.thread_time() - start
+        recent = self._recent_s.get(bucket)
+        self._recent_s[bucket] = took if recent is None else 0.8 * recent + 0.2 * took
+        return outputs
 
     def _run_sync(self, inputs: Tensors) -> dict[str, Array]:
         feed = {
@@ -372,3 +397,9 @@ class OrtBackend:
     def close(self) -> None:
         """Stop taking batches; a batch already running finishes in the background."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _rows(inputs: Tensors) -> int:
+    for array in inputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0

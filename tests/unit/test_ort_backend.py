@@ -97,6 +97,30 @@ async def test_session_runs_in_the_instance_executor(tmp_path: Path) -> None:
     assert len(seen) == 4 and all(name.startswith("ort-test") for name in seen)
 
 
+async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_path: Path) -> None:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-test")
+    backend = OrtBackend(
+        _dense_model(tmp_path / "m.onnx"), OrtOptions(), [(CPU, {})], executor, inline_max_s=10.0
+    )
+    seen: list[str] = []
+    real = backend._session
+
+    class Recording:
+        def run(self, names: Any, feed: Any) -> Any:
+            seen.append(threading.current_thread().name)
+            return real.run(names, feed)
+
+    backend._session = Recording()  # type: ignore[assignment]
+    small, large = np.ones((2, 8), np.float32), np.ones((64, 8), np.float32)
+    for x in (small, small, large, small):
+        await backend.run({"x": x})
+    backend.close()
+    loop_thread = threading.current_thread().name
+    # The first run of each size goes to the executor (its cost is unknown); later ones inline.
+    assert seen[0].startswith("ort-test") and seen[2].startswith("ort-test")
+    assert seen[1] == loop_thread and seen[3] == loop_thread
+
+
 async def test_closed_backend_takes_no_more_batches(tmp_path: Path) -> None:
     backend = _backend(_dense_model(tmp_path / "m.onnx"))
     backend.close()
