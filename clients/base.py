@@ -1,0 +1,111 @@
+"""What the sync and asyncio clients share: settings, endpoints, deadlines and request building.
+
+The two clients differ only in how they wait (blocking calls and `time.sleep` versus awaits);
+every decision (which endpoint, how long, whether to retry) lives here and in endpoints.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from clients.endpoints import (
+    RECHECK_BACKOFF,
+    Attempts,
+    Backoff,
+    ChannelOptions,
+    Clock,
+    EndpointPool,
+    RetryPolicy,
+)
+
+DEFAULT_TIMEOUT_S = 10.0
+# A stream is one long call; its deadline bounds a forgotten session. Frames get their own timeout.
+DEFAULT_STREAM_TIMEOUT_S = 3600.0
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_CHANNEL_OPTIONS = ChannelOptions()
+
+HEALTH_CHECK = health_pb2.HealthCheckRequest(service="")  # "": the whole server
+
+
+def is_serving(response: health_pb2.HealthCheckResponse) -> bool:
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def probe_failed_is_healthy(exc: grpc.RpcError) -> bool:
+    """A server without the health service cannot say; that it answered at all is enough."""
+    code: Any = exc.code() if callable(getattr(exc, "code", None)) else None
+    return bool(code == grpc.StatusCode.UNIMPLEMENTED)
+
+
+def check_timeout(value: float, name: str) -> float:
+    """Deadlines are finite and positive: a call without one can hang forever on a dead peer."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    return float(value)
+
+
+class ClientBase:
+    """Settings and shared logic of `Client` and `AsyncClient`.
+
+    endpoints: "host:port" or a list of them (the primaries); fallback: used only while every
+    primary is down. default_timeout_s: deadline of calls that pass no `timeout_s` (never
+    infinite); stream_timeout_s: deadline of a whole streaming session. retry: when failed calls
+    are retried (`NO_RETRY` for never); recheck: backoff between health checks of a down endpoint.
+    channel_options: message sizes and keepalive; credentials: TLS (insecure when None);
+    metadata: sent with every call. clock/rng: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        fallback: str | None = None,
+        default_timeout_s: float = DEFAULT_TIMEOUT_S,
+        stream_timeout_s: float = DEFAULT_STREAM_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        channel_options: ChannelOptions = DEFAULT_CHANNEL_OPTIONS,
+        recheck: Backoff = RECHECK_BACKOFF,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        primaries = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.default_timeout_s = check_timeout(default_timeout_s, "default_timeout_s")
+        self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s")
+        self.retry = retry
+        self.channel_options = channel_options
+        self._credentials = credentials
+        self._metadata = tuple(metadata)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.pool = EndpointPool(primaries, fallback, recheck=recheck, clock=clock, rng=self._rng)
+        self._init_transport()
+
+    def _init_transport(self) -> None:
+        """Set up the (empty) channel table: channels open on first use."""
+
+    def endpoint_health(self) -> dict[str, bool]:
+        """address -> whether the client currently considers it healthy (its cached view)."""
+        return self.pool.health()
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self.default_timeout_s if timeout_s is None else check_timeout(timeout_s, "timeout_s")
+
+    def _attempts(self, timeout_s: float | None) -> Attempts:
+        return Attempts(self.pool, self.retry, self._timeout(timeout_s), clock=self._clock, rng=self._rng)
+
+    def _grpc_options(self) -> list[tuple[str, int]]:
+        return self.channel_options.as_grpc()
+
+
+def version_str(version: str | int | None) -> str:
+    """The protocol's version string: "" lets the server choose."""
+    return "" if version is None else str(version)

@@ -1,0 +1,246 @@
+"""Endpoint health, selection and the retry policy: pure bookkeeping over a clock and a random source.
+
+Nothing here does I/O. The sync and asyncio clients drive an `Attempts` object: it says which
+endpoint to use next (and whether to health-check it first), how long the attempt may take, and
+after a failure whether to retry and after how long. Tests drive the same objects with a fake
+clock and a seeded `random.Random`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from clients.errors import DeadlineExceeded, SluicewayError, from_rpc_error
+
+Clock = Callable[[], float]
+
+# Worth another try, maybe elsewhere: the endpoint is down/draining, or its queue is full.
+# CANCELLED is here because the clients never cancel a call themselves (an awaiting task that is
+# cancelled raises asyncio.CancelledError instead): it is the server abandoning the call, as a
+# gRPC server does to calls that race with its shutdown.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
+# Say the endpoint (not the request) is in trouble: stop choosing it until a health check passes.
+ENDPOINT_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential delays with jitter: attempt k waits in [(1 - jitter) * d, d], d = initial * m**k."""
+
+    initial_s: float
+    max_s: float
+    multiplier: float = 2.0
+    jitter: float = 0.5  # fraction of each delay drawn at random, so callers do not retry in step
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 64))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+RETRY_BACKOFF = Backoff(initial_s=0.05, max_s=2.0)
+RECHECK_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a failed call is tried again. Never past the call's deadline, never for request errors."""
+
+    max_attempts: int = 5
+    backoff: Backoff = RETRY_BACKOFF
+    # An attempt with less time than this left is not worth starting: the last error is raised.
+    min_attempt_s: float = 0.001
+    # Health checks of endpoints that failed earlier get at most this long (and never past the call).
+    probe_timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+
+    def delay(
+        self, code: grpc.StatusCode, attempt: int, remaining_s: float, rng: random.Random
+    ) -> float | None:
+        """Seconds to wait before retrying after failed attempt number `attempt` (0-based); None: give up."""
+        if code not in RETRYABLE or attempt + 1 >= self.max_attempts:
+            return None
+        wait = self.backoff.delay(attempt, rng)
+        if remaining_s - wait < self.min_attempt_s:
+            return None
+        return wait
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    address: str
+    healthy: bool = True  # optimistic until a call or a health check fails
+    failures: int = 0  # consecutive failures, for the re-check backoff
+    recheck_at: float = 0.0  # a down endpoint may be health-checked again from then on
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    address: str
+    probe: bool  # health-check it (grpc.health.v1, service "") before sending the call
+
+
+class EndpointPool:
+    """Round-robin over healthy primaries; a fallback only while every primary is down.
+
+    Health is cached: an endpoint stays healthy until a call to it fails with UNAVAILABLE (or a
+    health check fails); a down endpoint is health-checked again after a jittered, growing delay,
+    by the next call that would use it. Thread-safe; the lock is never held across I/O.
+    """
+
+    def __init__(
+        self,
+        primaries: Sequence[str],
+        fallback: str | None = None,
+        *,
+        recheck: Backoff = RECHECK_BACKOFF,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not primaries:
+            raise ValueError("at least one endpoint is needed")
+        addresses = [*primaries, *([fallback] if fallback else [])]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"endpoints must be distinct, got {addresses}")
+        self._primaries = [_Endpoint(a) for a in primaries]
+        self._fallback = _Endpoint(fallback) if fallback else None
+        self._by_address = {e.address: e for e in self._all()}
+        self._recheck = recheck
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._cursor = 0
+        self._lock = threading.Lock()
+
+    @property
+    def addresses(self) -> list[str]:
+        """Primaries in order, then the fallback."""
+        return [e.address for e in self._all()]
+
+    def health(self) -> dict[str, bool]:
+        """The cached view: address -> whether it is considered healthy now."""
+        with self._lock:
+            return {e.address: e.healthy for e in self._all()}
+
+    def choose(self) -> Choice:
+        now = self._clock()
+        with self._lock:
+            count = len(self._primaries)
+            for step in range(count):
+                endpoint = self._primaries[(self._cursor + step) % count]
+                if endpoint.healthy or endpoint.recheck_at <= now:
+                    self._cursor = (self._cursor + step + 1) % count
+                    return self._choice(endpoint, now)
+            fallback = self._fallback
+            if fallback is not None and (fallback.healthy or fallback.recheck_at <= now):
+                return self._choice(fallback, now)
+            # All down and none due for a check: trying the one due first beats failing untried.
+            return Choice(min(self._all(), key=lambda e: e.recheck_at).address, probe=False)
+
+    def mark_up(self, address: str) -> None:
+        with self._lock:
+            endpoint = self._by_address[address]
+            endpoint.healthy, endpoint.failures = True, 0
+
+    def mark_down(self, address: str) -> None:
+        now = self._clock()
+        with self._lock:
+            endpoint = self._by_address[address]
+            endpoint.healthy = False
+            endpoint.recheck_at = now + self._recheck.delay(endpoint.failures, self._rng)
+            endpoint.failures += 1
+
+    def _choice(self, endpoint: _Endpoint, now: float) -> Choice:
+        if endpoint.healthy:
+            return Choice(endpoint.address, probe=False)
+        # Claim the check: concurrent callers skip this endpoint until its result is in.
+        endpoint.recheck_at = now + self._recheck.delay(endpoint.failures, self._rng)
+        return Choice(endpoint.address, probe=True)
+
+    def _all(self) -> list[_Endpoint]:
+        return [*self._primaries, *([self._fallback] if self._fallback else [])]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    address: str
+    probe: bool
+    timeout_s: float  # time left before the call's deadline: this attempt's gRPC deadline
+
+
+class Attempts:
+    """One call's attempts within its overall deadline. The client does the I/O and reports back."""
+
+    def __init__(
+        self, pool: EndpointPool, policy: RetryPolicy, timeout_s: float, *, clock: Clock, rng: random.Random
+    ) -> None:
+        self._pool = pool
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng
+        self._deadline = clock() + timeout_s
+        self._attempt = 0
+        self._last: SluicewayError | None = None
+
+    def next(self) -> Step:
+        """Where and how long to try next; raises the last error once the deadline has passed."""
+        left = self._deadline - self._clock()
+        if left <= 0:
+            raise self._last or DeadlineExceeded("the call's deadline passed before it could be sent")
+        choice = self._pool.choose()
+        return Step(choice.address, choice.probe, left)
+
+    def probe_timeout(self, step: Step) -> float:
+        return min(self._policy.probe_timeout_s, step.timeout_s)
+
+    def probed(self, step: Step, healthy: bool) -> None:
+        (self._pool.mark_up if healthy else self._pool.mark_down)(step.address)
+
+    def succeeded(self, step: Step) -> None:
+        self._pool.mark_up(step.address)
+
+    def failed(self, step: Step, exc: BaseException) -> float:
+        """Seconds to wait before the next attempt; raises the mapped error when not retrying."""
+        error = exc if isinstance(exc, SluicewayError) else from_rpc_error(exc)
+        if error.code in ENDPOINT_DOWN:
+            self._pool.mark_down(step.address)
+        delay = self._policy.delay(error.code, self._attempt, self._deadline - self._clock(), self._rng)
+        if delay is None:
+            raise error
+        self._attempt += 1
+        self._last = error
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """gRPC channel arguments, set explicitly rather than left to library defaults."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Pings find dead connections (a NAT or load balancer dropping them) between calls. 60 s with
+    # no pings on idle connections stays within gRPC servers' default ping policy (5 min minimum
+    # without calls; more draws a GOAWAY "too_many_pings").
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+
+    def as_grpc(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+        ]

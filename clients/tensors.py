@@ -1,0 +1,183 @@
+"""numpy <-> the protocol's raw tensor form, and building ModelInferRequest messages.
+
+Inputs always travel as `raw_input_contents` (one contiguous little-endian buffer per input);
+outputs are read from `raw_output_contents` as zero-copy `np.frombuffer` views (read-only arrays
+sharing the response's memory). BYTES elements are a 4-byte little-endian length then the bytes;
+they decode to object arrays of `bytes`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from protos import grpc_service_pb2 as pb
+
+Array = npt.NDArray[np.generic]
+
+_LENGTH = struct.Struct("<I")
+
+# Fixed-size datatypes; BYTES is any str/bytes/object array. Little-endian, as the protocol says.
+DTYPE_BY_WIRE: dict[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_WIRE_BY_KIND_SIZE = {(d.kind, d.itemsize): wire for wire, d in DTYPE_BY_WIRE.items()}
+
+# Typed `contents` fields, for servers that answer without raw_output_contents.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def wire_datatype(array: Array) -> str:
+    """The protocol datatype of a numpy array; str, bytes and object arrays are BYTES."""
+    dtype = array.dtype
+    if dtype.kind in "OSU":
+        return "BYTES"
+    wire = _WIRE_BY_KIND_SIZE.get((dtype.kind, dtype.itemsize))
+    if wire is None:
+        raise TypeError(f"numpy dtype {dtype} has no KServe v2 datatype")
+    return wire
+
+
+def pack_bytes(array: Array) -> bytes:
+    """BYTES elements (bytes, or str encoded as UTF-8) in the length-prefixed raw form."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        if isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+        else:  # bytes(5) would silently send five zero bytes
+            raise TypeError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unpack_bytes(data: bytes, count: int) -> Array:
+    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed."""
+    items = np.empty(count, dtype=object)
+    view = memoryview(data)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(data):
+            raise ValueError(f"BYTES data ends after {i} of {count} elements")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise ValueError(f"BYTES element {i} is cut short")
+        items[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"{len(data) - offset} bytes left after {count} BYTES elements")
+    return items
+
+
+def raw_bytes(array: Array, wire: str) -> bytes:
+    if wire == "BYTES":
+        return pack_bytes(array)
+    # One copy into the message; byte order fixed to little-endian when the array is big-endian.
+    return np.ascontiguousarray(array, dtype=DTYPE_BY_WIRE[wire]).tobytes()
+
+
+def build_request(
+    model: str,
+    inputs: Mapping[str, Array],
+    *,
+    version: str | int | None = None,
+    request_id: str | None = None,
+    priority: int | None = None,
+    outputs: Sequence[str] | None = None,
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with every input in raw_input_contents (no timeout: see set_timeout)."""
+    if not inputs:
+        raise ValueError("infer needs at least one input")
+    request = pb.ModelInferRequest(
+        model_name=model, model_version="" if version is None else str(version), id=request_id or ""
+    )
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        wire = wire_datatype(array)
+        request.inputs.add(name=name, datatype=wire, shape=array.shape)
+        request.raw_input_contents.append(raw_bytes(array, wire))
+    for name in outputs or ():
+        request.outputs.add(name=name)
+    if priority is not None:
+        if priority < 0:
+            raise ValueError(f"priority must be >= 0 (1 is highest, 0 the model's default), got {priority}")
+        request.parameters["priority"].int64_param = priority
+    return request
+
+
+def set_timeout(request: pb.ModelInferRequest, timeout_s: float) -> None:
+    """The request's `timeout` parameter, in whole microseconds, never 0 (0 means none)."""
+    request.parameters["timeout"].int64_param = max(1, math.ceil(timeout_s * 1e6))
+
+
+def decode_response(response: pb.ModelInferResponse) -> dict[str, Array]:
+    """Output name -> numpy array; fixed-size types are zero-copy read-only views of the message."""
+    raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise ValueError(f"answer has {len(raw)} raw_output_contents for {len(response.outputs)} outputs")
+    result: dict[str, Array] = {}
+    for index, tensor in enumerate(response.outputs):
+        shape = tuple(int(d) for d in tensor.shape)
+        if raw:
+            result[tensor.name] = _from_raw(tensor.datatype, raw[index], shape, tensor.name)
+        else:
+            result[tensor.name] = _from_contents(tensor, shape)
+    return result
+
+
+def _from_raw(wire: str, data: bytes, shape: tuple[int, ...], name: str) -> Array:
+    count = math.prod(shape)
+    if wire == "BYTES":
+        return unpack_bytes(data, count).reshape(shape)
+    dtype = DTYPE_BY_WIRE.get(wire)
+    if dtype is None:
+        raise ValueError(f"output '{name}': unknown datatype '{wire}'")
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(f"output '{name}': {len(data)} bytes do not hold {wire} {list(shape)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _from_contents(tensor: pb.ModelInferResponse.InferOutputTensor, shape: tuple[int, ...]) -> Array:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise ValueError(f"output '{tensor.name}': no typed contents for datatype '{tensor.datatype}'")
+    values = list(getattr(tensor.contents, field))
+    if tensor.datatype == "BYTES":
+        items = np.empty(len(values), dtype=object)
+        items[:] = values
+        return items.reshape(shape)
+    return np.asarray(values, dtype=DTYPE_BY_WIRE[tensor.datatype]).reshape(shape)
+
+
+__all__ = ["Array", "build_request", "decode_response", "set_timeout", "wire_datatype"]

@@ -1,0 +1,1 @@
+"""Peer servers sluiceway is benchmarked against; see README.md here."""

@@ -1,0 +1,145 @@
+"""What every peer shares: the demo models' signatures, their files, private venvs, free ports.
+
+Runs in sluiceway's own venv (it builds the demo repository with `server.demo_models`). The code
+that runs inside a peer's own venv (`_pytriton_app.py`, `_mlserver_app.py`) imports nothing from here:
+it gets the model file, names, shapes and thread settings on its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PEERS_CACHE = REPO_ROOT / ".cache" / "peers"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One demo model as every peer serves it: same name, tensor names, datatypes and row limit."""
+
+    name: str
+    input: str
+    input_dims: tuple[int, ...]  # without the batch dimension
+    output: str
+    output_dims: tuple[int, ...]
+    max_batch_size: int
+    datatype: str = "FP32"
+
+    def to_json(self, path: Path) -> str:
+        return json.dumps({**asdict(self), "path": str(path)})
+
+
+SPECS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec("mlp", "features", (64,), "scores", (2,), 128),
+    "resnet": ModelSpec("resnet", "image", (3, 224, 224), "logits", (1000,), 16),
+}
+
+
+def default_cache_dir() -> Path:
+    """sluiceway's own default (`ServerSettings.cache_dir`), so peers load the very same files."""
+    return Path(os.environ.get("SLUICEWAY_CACHE_DIR", str(Path.home() / ".cache" / "sluiceway")))
+
+
+def model_file(model: str, cache_dir: Path | None = None) -> Path:
+    """`<demo repository>/<model>/1/model.onnx`, building the demo repository when it is not there."""
+    from server.demo_models import build_demo_repository
+
+    repository = build_demo_repository((cache_dir or default_cache_dir()) / "demo")
+    return repository / model / "1" / "model.onnx"
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (for a peer's HTTP and metrics listeners)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, port: int | None = 8001) -> None:
+    """The options every peer takes; thread defaults are sluiceway's (`intra_op_threads=0`, inter 1)."""
+    parser.add_argument("--model", choices=sorted(SPECS), default="mlp")
+    if port is not None:
+        parser.add_argument("--port", type=int, default=port, help="gRPC port on 127.0.0.1")
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)"
+    )
+    parser.add_argument("--inter-op-threads", type=int, default=1, help="onnxruntime inter-op threads")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="sluiceway cache dir (demo models)")
+
+
+def ort_session(path: Path, intra_op_threads: int, inter_op_threads: int) -> Any:
+    """An onnxruntime CPU session configured as sluiceway configures its own (no spinning, all opts)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_pin() -> str:
+    """The exact onnxruntime sluiceway's venv runs, so every peer computes with the same kernels."""
+    from importlib.metadata import version
+
+    return f"onnxruntime=={version('onnxruntime')}"
+
+
+def base_python() -> str:
+    """The interpreter sluiceway's venv was made from (a shared-libpython CPython, e.g. pyenv's)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidate = Path(sys.base_prefix) / "bin" / version
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def ensure_venv(name: str, requirements: list[str]) -> Path:
+    """`.cache/peers/<name>/venv` with exactly `requirements` installed; returns its python.
+
+    Idempotent: a marker file records what was installed; a changed pin reinstalls. A file lock keeps
+    two first starts from installing at once. The pip log goes to `.cache/peers/<name>/install.log`.
+    """
+    home = PEERS_CACHE / name
+    venv = home / "venv"
+    python = venv / "bin" / "python"
+    marker = home / "installed.json"
+    wanted = json.dumps(sorted(requirements))
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.exists() and marker.exists() and marker.read_text() == wanted:
+            return python
+        marker.unlink(missing_ok=True)
+        print(f"installing peer '{name}' into {venv} (first use; log: {home / 'install.log'})", flush=True)
+        if not python.exists():
+            subprocess.run([base_python(), "-m", "venv", str(venv)], check=True)
+        with open(home / "install.log", "w") as log:
+            done = subprocess.run(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if done.returncode != 0:
+            tail = (home / "install.log").read_text(errors="replace").splitlines()[-15:]
+            sys.exit(f"installing peer '{name}' failed:\n" + "\n".join(tail))
+        marker.write_text(wanted)
+    return python
+
+
+def libpython_dir(python: Path) -> str:
+    """LIBDIR of `python` (where its libpython3.X.so lies)."""
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    return subprocess.run(
+        [str(python), "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()

@@ -1,0 +1,89 @@
+"""Servers and helpers for the client tests (test_client_*.py).
+
+Test modules bind the fixtures they use by assignment (`limits_server = client_fixtures.limits_server`)
+so that each server starts once per session, whichever module asks first.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.support.models import slow_model
+from tests.support.repositories import write_model
+from tests.support.server_process import ServerProcess
+
+# A model whose every batch keeps its only instance busy a while, with room for 2 waiting requests.
+SLOW_QUEUE_OF_TWO = """
+name: "slow_q2"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+dynamic_batching {
+  default_queue_policy { max_queue_size: 2 }
+}
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+
+@pytest.fixture(scope="session")
+def client_limits_server(
+    demo_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """slow_q2 (queue of 2), mlp, and `spare` (an mlp copy that tests unload and load again)."""
+    repo = tmp_path_factory.mktemp("client-limits")
+    slow = slow_model(tmp_path_factory.mktemp("client-files") / "slow.onnx", matmuls=40)
+    write_model(repo, "slow_q2", slow, SLOW_QUEUE_OF_TWO)
+    mlp_config = (demo_repo / "mlp" / "config.pbtxt").read_text()
+    write_model(repo, "mlp", demo_repo / "mlp" / "1" / "model.onnx", mlp_config)
+    write_model(repo, "spare", demo_repo / "mlp" / "1" / "model.onnx", mlp_config.replace('"mlp"', '"spare"'))
+    with ServerProcess("--model-repository", str(repo)) as server:
+        yield server
+
+
+@pytest.fixture()
+def start_demo_server(demo_repo: Path) -> Iterator[Callable[[], ServerProcess]]:
+    """Start demo-model servers for one test (they may be terminated in it); killed after it."""
+    started: list[ServerProcess] = []
+
+    def start() -> ServerProcess:
+        server = ServerProcess("--model-repository", str(demo_repo)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def mlp_reference(demo_repo: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """features -> expected scores, computed by onnxruntime in the test process."""
+    session = ort.InferenceSession(
+        str(demo_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+    def scores(features: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(["scores"], {"features": features})[0])
+
+    return scores
+
+
+def features(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
+
+
+def dead_addresses(count: int) -> list[str]:
+    """Distinct localhost ports nothing listens on (bound together, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

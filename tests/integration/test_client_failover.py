@@ -1,0 +1,89 @@
+"""Several endpoints: round-robin, failover when a server stops mid-run, fallback only when all are down."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from clients import AsyncClient, Client, RetryPolicy
+from tests.integration import client_fixtures
+from tests.integration.client_fixtures import dead_addresses, features
+from tests.support.server_process import ServerProcess, wait_for
+
+start_demo_server = client_fixtures.start_demo_server
+
+
+def mlp_count(address: str) -> int:
+    with Client(address) as client:
+        (stats,) = client.model_statistics("mlp").model_stats
+        return int(stats.inference_count)
+
+
+def test_calls_survive_servers_stopping_mid_run_and_fall_back_only_when_all_are_down(
+    start_demo_server: Callable[[], ServerProcess], zoo_server: ServerProcess
+) -> None:
+    first, second = start_demo_server(), start_demo_server()
+    fallback = zoo_server.address
+    fallback_before = mlp_count(fallback)
+    data = features(2)
+    done: list[int] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    client = Client(
+        [first.address, second.address],
+        fallback=fallback,
+        default_timeout_s=30,
+        retry=RetryPolicy(max_attempts=10),
+    )
+
+    def loop(worker: int) -> None:
+        while not stop.is_set():
+            try:
+                out = client.infer("mlp", {"features": data})
+                assert out["scores"].shape == (2, 2)
+                done.append(worker)
+            except BaseException as exc:  # recorded, then the test fails on it
+                failures.append(exc)
+                return
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        assert wait_for(lambda: len(done) >= 20 or failures, timeout_s=60)
+        # Round-robin: both primaries served; the fallback none.
+        assert mlp_count(first.address) > 0 and mlp_count(second.address) > 0
+        assert first.terminate() == 0  # graceful: drains, answers UNAVAILABLE, then closes
+        mark = len(done)
+        assert wait_for(lambda: len(done) >= mark + 40 or failures, timeout_s=60)
+        assert mlp_count(fallback) == fallback_before  # one primary is still up
+        assert client.endpoint_health()[first.address] is False
+        assert second.terminate() == 0
+        mark = len(done)
+        assert wait_for(lambda: len(done) >= mark + 20 or failures, timeout_s=60)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        client.close()
+    assert not failures, failures
+    assert mlp_count(fallback) > fallback_before  # every primary down: the fallback served
+    assert client.endpoint_health() == {first.address: False, second.address: False, fallback: True}
+
+
+async def test_async_client_skips_a_dead_endpoint_and_uses_the_fallback_when_all_are_dead(
+    zoo_server: ServerProcess,
+) -> None:
+    data = {"features": features(1)}
+    dead, other_dead = dead_addresses(2)
+    async with AsyncClient([dead, zoo_server.address]) as client:
+        results = [await client.infer("mlp", data) for _ in range(6)]
+        assert client.endpoint_health() == {dead: False, zoo_server.address: True}
+    async with AsyncClient([dead, other_dead], fallback=zoo_server.address) as client:
+        results += [await client.infer("mlp", data) for _ in range(3)]
+        assert client.endpoint_health()[zoo_server.address] is True
+        assert not any(client.endpoint_health()[a] for a in client.pool.addresses[:2])
+    for result in results[1:]:
+        np.testing.assert_allclose(result["scores"], results[0]["scores"], rtol=1e-6)
