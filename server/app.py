@@ -39,8 +39,9 @@ class SluicewayServer:
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            # A port already in use is an error, never a silently shared socket.
-            ("grpc.so_reuseport", 0),
+            # A port already in use is an error, never a silently shared socket; workers spawned
+            # by `--workers` share the port their parent holds.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
         self.models = ModelManager(self._repository(), settings, self._set_model_health)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads (0: its default)")
     serve.add_argument("--execution-providers", help="comma-separated onnxruntime providers, in order")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     commands.add_parser("build-demo", help="build the demo model repository and print its path")
     return parser
 
@@ -42,6 +44,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(**overrides)
 
 
+def _demo_repository(settings: ServerSettings) -> Path:
+    from server.demo_models import build_demo_repository
+
+    return build_demo_repository(settings.cache_dir / "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -53,12 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "build-demo":
-        from server.demo_models import build_demo_repository
-
-        print(build_demo_repository(settings.cache_dir / "demo"))
+        print(_demo_repository(settings))
         return 0
     from server.app import PortInUse, serve
 
+    if settings.workers > 1:
+        from server.workers import run_workers
+
+        repository = settings.model_repository or _demo_repository(settings)
+        try:
+            return run_workers(settings, repository)
+        except OSError as exc:
+            print(f"sluiceway: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+            return 1
     try:
         if settings.use_uvloop:
             import uvloop

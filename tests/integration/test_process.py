@@ -64,3 +64,28 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None
     finally:
         server.kill()
     assert "shutting down" in server.output()
+
+
+def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
+    server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
+    try:
+        assert "2 workers" in server.output()
+        # The port is held: a second server cannot take it.
+        run = run_cli("serve", "--model-repository", str(demo_repo), "--port", str(server.port))
+        assert run.returncode == 1 and "cannot listen" in run.stderr
+        answered = 0
+        for _ in range(6):  # separate connections spread over the workers
+            with grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                stub = pb_grpc.GRPCInferenceServiceStub(ch)
+                request = pb.ModelInferRequest(
+                    model_name="mlp",
+                    inputs=[
+                        pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 64])
+                    ],
+                    raw_input_contents=[np.zeros((1, 64), np.float32).tobytes()],
+                )
+                answered += len(stub.ModelInfer(request, timeout=30).outputs)
+        assert answered == 6
+        assert server.terminate() == 0
+    finally:
+        server.kill()

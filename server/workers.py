@@ -1,0 +1,130 @@
+"""`sluiceway serve --workers N`: N server processes sharing one port through SO_REUSEPORT.
+
+Python serves gRPC on one core per process, so several processes are how a server uses several
+cores. The parent checks the port is free, then holds it with an SO_REUSEPORT socket (so no
+other program can take it while the workers run), spawns the workers with `reuse_port` set and
+onnxruntime threads divided between them, reports ready once all are, forwards SIGTERM/SIGINT,
+and exits 0 after they do. A worker that dies takes the others down: the parent exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from server.settings import ServerSettings
+
+_READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Check nothing holds host:port, then hold it with an SO_REUSEPORT socket.
+
+    Raises OSError when the port is in use. Port 0 picks a free port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((host, port))  # without SO_REUSEPORT: fails when anything holds the port
+        port = probe.getsockname()[1]
+    finally:
+        probe.close()
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind((host, port))
+    return held
+
+
+def worker_environment(settings: ServerSettings, port: int, repository: Path) -> dict[str, str]:
+    """SLUICEWAY_* variables that give a worker the parent's settings, sharing its port."""
+    threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    values = settings.model_dump(mode="json")
+    values.update(
+        port=port, workers=1, reuse_port=True, model_repository=str(repository), intra_op_threads=threads
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEWAY_")}
+    for key, value in values.items():
+        if value is not None:
+            env[f"SLUICEWAY_{key.upper()}"] = _env_value(value)
+    return env
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    return str(value)
+
+
+def run_workers(settings: ServerSettings, repository: Path) -> int:
+    """Run settings.workers server processes on one port until SIGTERM/SIGINT; return the exit code."""
+    held = hold_port(settings.host, settings.port)
+    port = held.getsockname()[1]
+    env = worker_environment(settings, port, repository)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(settings.workers)
+    ]
+    ready = threading.Semaphore(0)
+    models: list[str] = []
+
+    def pump(child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            match = _READY.search(line)
+            if match:
+                models.append(match.group(2))
+                ready.release()
+            else:
+                sys.stdout.write(line)
+        ready.release()  # exited: wake the parent so it notices
+
+    for child in children:
+        threading.Thread(target=pump, args=(child,), daemon=True).start()
+    try:
+        for _ in children:
+            ready.acquire()
+            if any(c.poll() is not None for c in children):
+                raise WorkerFailed("a worker exited during start-up")
+        print(
+            f"sluiceway ready on {settings.host}:{port} (models: {models[0]}; {settings.workers} workers)",
+            flush=True,
+        )
+        # Block the signals we wait for (after spawning: children inherit the mask), then sleep
+        # in sigwait until one comes: a stop request, or a worker that exited.
+        watched = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        while True:
+            if any(c.poll() is not None for c in children):
+                raise WorkerFailed("a worker exited")
+            if signal.sigwait(watched) != signal.SIGCHLD:
+                break
+        code = 0
+    except WorkerFailed as exc:
+        print(f"sluiceway: {exc}; stopping the others", file=sys.stderr)
+        code = 1
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(settings.shutdown_grace_s + 10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        held.close()
+    return code
