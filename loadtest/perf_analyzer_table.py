@@ -12,44 +12,41 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
+
+from loadtest.server import SpawnedServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
 
 
 def start_server(cache_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", "0", "--cache-dir", str(cache_dir), *extra],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = re.search(r"sluiceway ready on [\d.]+:(\d+)", line)
-        if match:
-            # Keep draining the server's output so it never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return process, int(match.group(1))
-    raise RuntimeError("server exited before it was ready")
+    server = SpawnedServer(cache_dir, extra).start()
+    assert server.process is not None
+    return server.process, server.port
 
 
 def run_perf_analyzer(
-    tool: Path, port: int, model: str, concurrency: int, streaming: bool, interval_ms: int
+    tool: Path,
+    port: int,
+    model: str,
+    concurrency: int,
+    streaming: bool,
+    interval_ms: int,
+    max_trials: int = 5,
+    stability_percentage: int = 20,
 ) -> dict[str, str]:
+    """One perf_analyzer run on 127.0.0.1:port; its CSV row (Inferences/Second, p50 latency...)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
             str(tool), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
             "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
-            "--max-trials", "5", "--stability-percentage", "20", "-f", str(report),
+            "--max-trials", str(max_trials), "--stability-percentage", str(stability_percentage),
+            "-f", str(report),
         ]  # fmt: skip
         if streaming:
             command.append("--streaming")

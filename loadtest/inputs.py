@@ -1,0 +1,163 @@
+"""Request payloads: input arrays from ModelMetadata (or .npy files), serialized once, sent many times.
+
+Workers send these bytes as they are (no per-request protobuf work), which keeps the client cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+import numpy as np
+
+from clients.tensors import DTYPE_BY_WIRE, build_request, set_timeout
+from loadtest.scenario import Mode, Scenario, Target
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+
+SOURCES = ("auto", "random", "video", "sensor")
+# Distinct payloads per target: enough that no cache sees one request, few enough to ship cheaply.
+UNARY_VARIANTS = 8
+STREAM_FRAMES = 30
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+
+Arrays = dict[str, np.ndarray]
+
+
+def fetch_metadata(target: Target, timeout_s: float = 10.0) -> pb.ModelMetadataResponse:
+    """The target model's inputs; waits up to timeout_s for the server to answer."""
+    with grpc.insecure_channel(target.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        response: pb.ModelMetadataResponse = stub.ModelMetadata(
+            pb.ModelMetadataRequest(name=target.model), timeout=timeout_s, wait_for_ready=True
+        )
+        return response
+
+
+def input_shapes(
+    metadata: pb.ModelMetadataResponse, batch_size: int, overrides: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes: a leading -1 is the batch dimension, other -1 dims are 1 unless overridden."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for tensor in metadata.inputs:
+        if tensor.name in overrides:
+            shapes[tensor.name] = tuple(overrides[tensor.name])
+            continue
+        dims = [int(d) for d in tensor.shape]
+        if dims and dims[0] == -1:
+            dims[0] = batch_size
+        shapes[tensor.name] = tuple(1 if d < 0 else d for d in dims)
+    return shapes
+
+
+def pick_source(source: str, mode: Mode, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    if source != "auto":
+        return source
+    if mode != "stream":
+        return "random"
+    # Image-like inputs (channels, height, width) get video frames; flat vectors get sensor readings.
+    return "video" if any(len(shape) >= 4 for shape in shapes.values()) else "sensor"
+
+
+def generate(
+    metadata: pb.ModelMetadataResponse,
+    shapes: Mapping[str, tuple[int, ...]],
+    source: str,
+    count: int,
+    seed: int,
+) -> list[Arrays]:
+    """`count` input sets of the model's datatypes: random, video frames (a moving gradient with
+    a little noise) or sensor readings (a random walk); frame k follows frame k-1."""
+    rng = np.random.default_rng(seed)
+    sets: list[Arrays] = [{} for _ in range(count)]
+    for tensor in metadata.inputs:
+        shape = shapes[tensor.name]
+        if source == "video":
+            frames = _video(shape, count, rng)
+        elif source == "sensor":
+            frames = _sensor(shape, count, rng)
+        else:
+            frames = [rng.random(shape) for _ in range(count)]
+        for k in range(count):
+            sets[k][tensor.name] = _as_datatype(frames[k], tensor.datatype, rng)
+    return sets
+
+
+def _video(shape: tuple[int, ...], count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    width = shape[-1] if shape else 1
+    x = np.arange(width) / max(1, width)
+    frames = []
+    for k in range(count):
+        row = 0.5 + 0.5 * np.sin(2 * np.pi * (x + k / count))
+        frame = np.broadcast_to(row, shape) + rng.normal(0, 0.02, shape)
+        frames.append(np.clip(frame, 0.0, 1.0))
+    return frames
+
+
+def _sensor(shape: tuple[int, ...], count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    walk = np.cumsum(rng.normal(0, 0.05, (count, *shape)), axis=0) + 0.5
+    return list(walk)
+
+
+def _as_datatype(values: np.ndarray, datatype: str, rng: np.random.Generator) -> np.ndarray:
+    """Values in [0, 1] (roughly) as the wire datatype: scaled for integers, bytes for BYTES."""
+    if datatype == "BYTES":
+        flat = [f"{v:.4f}".encode() for v in values.reshape(-1)]
+        return np.array(flat, dtype=object).reshape(values.shape)
+    dtype = DTYPE_BY_WIRE.get(datatype)
+    if dtype is None:
+        raise ValueError(f"datatype {datatype} is not supported by the load generator")
+    if dtype.kind == "b":
+        return values > 0.5
+    if dtype.kind in "iu":
+        top = min(255, int(np.iinfo(dtype.str).max))
+        scaled: np.ndarray = (np.clip(values, 0, 1) * top).astype(dtype)
+        return scaled
+    return values.astype(dtype)
+
+
+def load_files(metadata: pb.ModelMetadataResponse, files: Mapping[str, str], batch_size: int) -> Arrays:
+    """Arrays from .npy files, cast to the model's datatype; a missing batch dim is added by tiling."""
+    by_name = {tensor.name: tensor for tensor in metadata.inputs}
+    arrays: Arrays = {}
+    for name, path in files.items():
+        if name not in by_name:
+            raise ValueError(f"--input {name}: the model has no such input (inputs: {sorted(by_name)})")
+        tensor = by_name[name]
+        array = np.load(path, allow_pickle=False)
+        if array.ndim == len(tensor.shape) - 1 and tensor.shape and tensor.shape[0] == -1:
+            array = np.repeat(array[np.newaxis], batch_size, axis=0)
+        if tensor.datatype != "BYTES":
+            array = array.astype(DTYPE_BY_WIRE[tensor.datatype], copy=False)
+        arrays[name] = array
+    return arrays
+
+
+def payloads_for(target: Target, scenario: Scenario, mode: Mode) -> tuple[bytes, ...]:
+    """Serialized ModelInferRequests for one target and mode, from metadata or files."""
+    metadata = fetch_metadata(target)
+    shapes = input_shapes(metadata, scenario.batch_size, scenario.shapes)
+    source = pick_source(scenario.source, mode, shapes)
+    count = STREAM_FRAMES if mode == "stream" else UNARY_VARIANTS
+    sets = generate(metadata, shapes, source, count, scenario.seed)
+    if scenario.input_files:
+        files = load_files(metadata, scenario.input_files, scenario.batch_size)
+        sets = [{**generated, **files} for generated in sets]
+    deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms else None
+    payloads: list[bytes] = []
+    total = 0
+    for arrays in sets:
+        payload = serialize(target.model, arrays, deadline_s)
+        total += len(payload)
+        if payloads and total > MAX_PAYLOAD_BYTES:
+            break
+        payloads.append(payload)
+    return tuple(payloads)
+
+
+def serialize(model: str, arrays: Mapping[str, np.ndarray], deadline_s: float | None) -> bytes:
+    request = build_request(model, arrays)
+    if deadline_s is not None:
+        set_timeout(request, deadline_s)
+    data: bytes = request.SerializeToString()
+    return data

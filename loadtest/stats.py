@@ -1,0 +1,171 @@
+"""Latency histograms (HDR), per-process counters, and merging them into one step's figures.
+
+Latencies are microseconds from a request's *scheduled* send time to its answer, so a client that
+falls behind its schedule cannot hide the wait (no coordinated omission). Each worker keeps one
+HdrHistogram and ships it encoded; the coordinator decodes and adds, which is exact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hdrh.histogram import HdrHistogram
+
+# 1 us .. 1 hour at 3 significant digits: every latency a bounded run can produce.
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000
+SIGNIFICANT_DIGITS = 3
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
+OK = "OK"
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+@dataclass
+class Counts:
+    """What one worker (or, summed, one step) saw. Plain data: it crosses process boundaries."""
+
+    # Requests scheduled inside the measurement window, and how they ended (OK or a status name).
+    scheduled: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    # Successful answers that arrived inside the window, and those of them within the deadline.
+    ok_in_window: int = 0
+    good_in_window: int = 0
+    cpu_s: float = 0.0
+    histogram: bytes = b""
+    # How late the client sent measured requests after their scheduled time (us): a client that
+    # cannot keep its schedule shows here, and its lateness is inside the latencies too.
+    lag_histogram: bytes = b""
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes.get(OK, 0)
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {code: n for code, n in sorted(self.outcomes.items()) if code != OK}
+
+
+class Recorder:
+    """Counts one worker's answers against its measurement window and deadline."""
+
+    def __init__(self, window: tuple[float, float], deadline_s: float | None) -> None:
+        self.begin, self.end = window
+        self.deadline_s = deadline_s
+        self.histogram = new_histogram()
+        self.lag = new_histogram()
+        self.outcomes: Counter[str] = Counter()
+        self.scheduled = 0
+        self.ok_in_window = 0
+        self.good_in_window = 0
+        self.issued = 0
+
+    def measured(self, scheduled: float) -> bool:
+        return self.begin <= scheduled < self.end
+
+    def sending(self, scheduled: float, now: float) -> None:
+        """A request scheduled at `scheduled` is being sent at `now`."""
+        if self.measured(scheduled):
+            self.lag.record_value(min(HIGHEST_US, max(LOWEST_US, round((now - scheduled) * 1e6))))
+
+    def record(self, scheduled: float, done: float, code: str) -> None:
+        """One request that was scheduled at `scheduled` ended at `done` with status `code`."""
+        latency = done - scheduled
+        if code == OK and self.begin <= done <= self.end:
+            self.ok_in_window += 1
+            if self.deadline_s is None or latency <= self.deadline_s:
+                self.good_in_window += 1
+        if not self.measured(scheduled):
+            return
+        self.scheduled += 1
+        self.outcomes[code] += 1
+        if code == OK:
+            self.histogram.record_value(min(HIGHEST_US, max(LOWEST_US, round(latency * 1e6))))
+
+    def counts(self, cpu_s: float) -> Counts:
+        return Counts(
+            scheduled=self.scheduled,
+            outcomes=dict(self.outcomes),
+            ok_in_window=self.ok_in_window,
+            good_in_window=self.good_in_window,
+            cpu_s=cpu_s,
+            histogram=_encode(self.histogram),
+            lag_histogram=_encode(self.lag),
+        )
+
+
+def merge_histograms(encoded: Iterable[bytes]) -> HdrHistogram:
+    merged = new_histogram()
+    for blob in encoded:
+        if blob:
+            merged.decode_and_add(blob)
+    return merged
+
+
+def merge_counts(parts: Iterable[Counts]) -> Counts:
+    """Sum of counters, CPU and histograms (re-encoded) over workers, rounds or both."""
+    parts = list(parts)
+    outcomes: Counter[str] = Counter()
+    for part in parts:
+        outcomes.update(part.outcomes)
+    histogram = merge_histograms(part.histogram for part in parts)
+    lag = merge_histograms(part.lag_histogram for part in parts)
+    return Counts(
+        scheduled=sum(p.scheduled for p in parts),
+        outcomes=dict(outcomes),
+        ok_in_window=sum(p.ok_in_window for p in parts),
+        good_in_window=sum(p.good_in_window for p in parts),
+        cpu_s=sum(p.cpu_s for p in parts),
+        histogram=_encode(histogram),
+        lag_histogram=_encode(lag),
+    )
+
+
+def _encode(histogram: HdrHistogram) -> bytes:
+    return histogram.encode() if histogram.get_total_count() else b""
+
+
+def latency_summary(histogram: HdrHistogram) -> dict[str, float | None]:
+    """p50/p90/p99/p99.9, mean, min and max in microseconds; None when nothing was recorded."""
+    keys = [*PERCENTILES, "mean", "min", "max"]
+    if histogram.get_total_count() == 0:
+        return dict.fromkeys(keys)
+    summary: dict[str, float | None] = {
+        key: float(histogram.get_value_at_percentile(pct)) for key, pct in PERCENTILES.items()
+    }
+    summary["mean"] = round(histogram.get_mean_value(), 1)
+    summary["min"] = float(histogram.get_min_value())
+    summary["max"] = float(histogram.get_max_value())
+    return summary
+
+
+def cdf_points(histogram: HdrHistogram, max_points: int = 300) -> list[tuple[float, float]]:
+    """(latency us, % of answers at or below it) for each recorded bucket, thinned to about
+    max_points but always keeping the first and the last (the maximum)."""
+    total = histogram.get_total_count()
+    if total == 0:
+        return []
+    points = [
+        (float(item.value_iterated_to), 100.0 * item.total_count_to_this_value / total)
+        for item in histogram.get_recorded_iterator()
+    ]
+    step = max(1, len(points) // max_points)
+    thinned = points[::step]
+    if thinned[-1] != points[-1]:
+        thinned.append(points[-1])
+    return thinned
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    """value / base, or None when either is missing or base is 0."""
+    if value is None or base is None or base == 0:
+        return None
+    return value / base

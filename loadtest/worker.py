@@ -1,0 +1,270 @@
+"""One client process: an asyncio loop (grpc.aio) running closed, open or streaming load.
+
+The coordinator starts these with the spawn method and hands each a WorkerPlan over a pipe; the
+worker answers with the Counts of that plan. Requests are pre-serialized bytes and answers of
+unary calls stay bytes (only the first is parsed, as a sanity check), so the client spends its
+CPU on gRPC itself, not on protobuf. Every loop stops at the end of its window or after
+`max_requests`, whichever comes first, and waits at most `drain_s` for answers after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+
+from loadtest.scenario import WorkerPlan
+from loadtest.stats import OK, Counts, Recorder
+from protos import grpc_service_pb2 as pb
+
+METHOD_INFER = "/inference.GRPCInferenceService/ModelInfer"
+METHOD_STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+# Outcomes the client itself decides (not gRPC status codes).
+CLIENT_LATE = "CLIENT_LATE"  # the deadline had passed before the client could send
+CLIENT_BACKLOG = "CLIENT_BACKLOG"  # max_in_flight requests were unanswered at the send time
+NO_ANSWER = "NO_ANSWER"  # still unanswered when the drain time ran out
+BAD_RESPONSE = "BAD_RESPONSE"  # an answer without outputs
+_STREAM_STATUS = re.compile(r"^([A-Z_]+):")
+_ID_FIELD_TAG = b"\x1a"  # ModelInferRequest.id: field 3, length-delimited
+
+
+def worker_main(conn: Connection) -> None:
+    """Process entry point: serve plans from `conn` until it sends None."""
+    try:
+        import uvloop
+
+        uvloop.run(_serve(conn))
+    except ImportError:
+        asyncio.run(_serve(conn))
+
+
+async def _serve(conn: Connection) -> None:
+    conn.send(("ready", None))
+    while True:
+        plan = await asyncio.to_thread(conn.recv)
+        if plan is None:
+            return
+        try:
+            conn.send(("ok", await run_plan(plan)))
+        except Exception:  # the coordinator reports it; this worker can take the next plan
+            conn.send(("error", traceback.format_exc()))
+
+
+async def run_plan(plan: WorkerPlan) -> Counts:
+    """Run one plan in this process's loop and count what happened."""
+    recorder = Recorder(plan.window, plan.deadline_s)
+    async with grpc.aio.insecure_channel(plan.address, options=CHANNEL_OPTIONS) as channel:
+        # Connect before the start time, so connection set-up is not part of the first latency.
+        await asyncio.wait_for(channel.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
+        cpu = asyncio.create_task(_cpu_in_window(plan.window))
+        await _sleep_until(plan.start_at)
+        if plan.mode == "closed":
+            await _closed(channel, plan, recorder)
+        elif plan.mode == "open":
+            await _open(channel, plan, recorder)
+        else:
+            await _streams(channel, plan, recorder)
+        cpu_s = await cpu
+    return recorder.counts(cpu_s)
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    await asyncio.sleep(max(0.0, delay))
+
+
+async def _cpu_in_window(window: tuple[float, float]) -> float:
+    """User + system CPU seconds of this whole process (all threads) inside the window."""
+    await _sleep_until(window[0])
+    before = os.times()
+    await _sleep_until(window[1])
+    after = os.times()
+    return (after.user - before.user) + (after.system - before.system)
+
+
+Infer = Callable[..., Awaitable[Any]]
+
+
+class _Unary:
+    """Sends one pre-serialized request and records how it ended."""
+
+    def __init__(self, channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
+        # No serializers: requests go out as the bytes we hold and answers come back as bytes.
+        self.infer: Infer = channel.unary_unary(METHOD_INFER)
+        self.plan, self.recorder = plan, recorder
+        self.checked = False
+
+    async def send(self, payload: bytes, scheduled: float) -> None:
+        plan, recorder = self.plan, self.recorder
+        timeout = plan.drain_s
+        if plan.deadline_s is not None:
+            timeout = plan.deadline_s - (time.monotonic() - scheduled)
+            if timeout <= 0:
+                recorder.record(scheduled, time.monotonic(), CLIENT_LATE)
+                return
+        if plan.mode != "closed":  # a closed loop sends the moment it schedules: no lag to record
+            recorder.sending(scheduled, time.monotonic())
+        try:
+            answer = await self.infer(payload, timeout=timeout)
+            code = OK if self.checked or self._looks_right(answer) else BAD_RESPONSE
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        except asyncio.CancelledError:
+            recorder.record(scheduled, time.monotonic(), NO_ANSWER)
+            raise
+        recorder.record(scheduled, time.monotonic(), code)
+
+    def _looks_right(self, answer: bytes) -> bool:
+        self.checked = bool(pb.ModelInferResponse.FromString(answer).outputs)
+        return self.checked
+
+
+async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
+    """`concurrency` users, each sending its next request as soon as the last one is answered."""
+    unary = _Unary(channel, plan, recorder)
+    end = plan.window[1]
+
+    async def user(index: int) -> None:
+        k = index
+        while recorder.issued < plan.max_requests:
+            now = time.monotonic()
+            if now >= end:
+                return
+            recorder.issued += 1
+            await unary.send(plan.payloads[k % len(plan.payloads)], now)
+            k += 1
+
+    await asyncio.gather(*(user(i) for i in range(plan.concurrency)))
+
+
+async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
+    """Requests at scheduled times (Poisson or constant), whether or not earlier ones are answered."""
+    unary = _Unary(channel, plan, recorder)
+    rng = random.Random(plan.seed)
+    poisson = plan.arrival == "poisson"
+    end = plan.window[1]
+    in_flight: set[asyncio.Task[None]] = set()
+    scheduled = plan.start_at + (rng.expovariate(plan.rate) if poisson else plan.phase_s)
+    k = 0
+    while scheduled < end and recorder.issued < plan.max_requests:
+        delay = scheduled - time.monotonic()
+        # Always yield, so a client that is behind schedule still lets its calls progress.
+        await asyncio.sleep(max(0.0, delay))
+        recorder.issued += 1
+        if len(in_flight) >= plan.max_in_flight:
+            recorder.record(scheduled, time.monotonic(), CLIENT_BACKLOG)
+        else:
+            task = asyncio.create_task(unary.send(plan.payloads[k % len(plan.payloads)], scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        k += 1
+        scheduled += rng.expovariate(plan.rate) if poisson else 1.0 / plan.rate
+    await _drain(in_flight, plan.drain_s)
+
+
+async def _drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
+    if not tasks:
+        return
+    _, late = await asyncio.wait(set(tasks), timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late)
+
+
+async def _streams(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
+    """`concurrency` ModelStreamInfer calls, each sending `rate` frames/s, offsets spread randomly."""
+    open_stream = channel.stream_stream(
+        METHOD_STREAM, response_deserializer=pb.ModelStreamInferResponse.FromString
+    )
+    rng = random.Random(plan.seed)
+    await asyncio.gather(
+        *(
+            _one_stream(open_stream, plan, recorder, index, rng.uniform(0, 1.0 / plan.rate))
+            for index in range(plan.concurrency)
+        )
+    )
+
+
+async def _one_stream(
+    open_stream: Callable[..., Any], plan: WorkerPlan, recorder: Recorder, index: int, offset: float
+) -> None:
+    end = plan.window[1]
+    bound_s = end - time.monotonic() + plan.drain_s
+    call = open_stream(timeout=bound_s + 5.0)
+    pending: dict[str, float] = {}
+    space = asyncio.Semaphore(plan.max_in_flight)
+
+    async def receive() -> None:
+        async for answer in call:
+            scheduled = pending.pop(answer.infer_response.id, None)
+            if scheduled is None:
+                continue
+            space.release()
+            match = _STREAM_STATUS.match(answer.error_message)
+            code = OK if not answer.error_message else match.group(1) if match else "STREAM_ERROR"
+            recorder.record(scheduled, time.monotonic(), code)
+
+    async def send_then_wait() -> None:
+        scheduled, k = plan.start_at + offset, 0
+        while scheduled < end and recorder.issued < plan.max_requests:
+            await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+            # A frame waits for room here; its latency still counts from its scheduled time.
+            await space.acquire()
+            recorder.issued += 1
+            request_id = f"{index}-{k}"
+            pending[request_id] = scheduled
+            recorder.sending(scheduled, time.monotonic())
+            await call.write(with_id(plan.payloads[k % len(plan.payloads)], request_id))
+            k += 1
+            scheduled += 1.0 / plan.rate
+        await call.done_writing()
+        await receiver
+
+    receiver = asyncio.create_task(receive())
+    status = NO_ANSWER
+    try:
+        await asyncio.wait_for(send_then_wait(), timeout=max(0.1, bound_s))
+    except grpc.aio.AioRpcError as exc:
+        status = exc.code().name
+    except (TimeoutError, asyncio.InvalidStateError):
+        pass
+    finally:
+        call.cancel()
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        now = time.monotonic()
+        for scheduled in pending.values():
+            recorder.record(scheduled, now, status)
+
+
+def with_id(payload: bytes, request_id: str) -> bytes:
+    """The pre-serialized request with its `id` set.
+
+    Protobuf merges concatenated messages and the last value of a scalar field wins, so appending
+    an encoded `id` field sets it without parsing or re-serializing the request.
+    """
+    data = request_id.encode()
+    return payload + _ID_FIELD_TAG + _varint(len(data)) + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
