@@ -136,6 +136,10 @@ def load_files(metadata: pb.ModelMetadataResponse, files: Mapping[str, str], bat
 def payloads_for(target: Target, scenario: Scenario, mode: Mode) -> tuple[bytes, ...]:
     """Serialized ModelInferRequests for one target and mode, from metadata or files."""
     metadata = fetch_metadata(target)
+    if not metadata.inputs and target != scenario.targets[0]:
+        # Some servers (MLServer without declared tensors) publish no input metadata; the scenario
+        # is the same for every target, so the first target's metadata describes the inputs.
+        metadata = fetch_metadata(scenario.targets[0])
     shapes = input_shapes(metadata, scenario.batch_size, scenario.shapes)
     source = pick_source(scenario.source, mode, shapes)
     count = STREAM_FRAMES if mode == "stream" else UNARY_VARIANTS

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Side by side on one machine, one run: sluiceway, the transport floor (bare grpc.aio + onnxruntime
+# per request), Triton via PyTriton and MLServer, all serving the same demo model on 127.0.0.1,
+# driven by the same harness scenario, interleaved a/b/c/d per step, ratios against sluiceway.
+#
+#   bash loadtest/compare_peers.sh mlp "1,16,64" out/mlp      # transport-bound
+#   bash loadtest/compare_peers.sh resnet "1,4,8" out/resnet  # compute-bound
+#
+# Peers install into .cache/peers/ on first use (minutes). Every server is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-mlp}; levels=${2:-1,16,64}; out=${3:-loadtest/results/$model}
+duration=${DURATION_S:-4}; rounds=${ROUNDS:-2}
+py=.venv/bin/python
+mkdir -p "$out"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait || true; }
+trap cleanup EXIT
+
+start() {  # start NAME COMMAND...: run it, wait for "ready on 127.0.0.1:PORT", print the port
+  local name=$1; shift
+  "$@" >"$out/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 1200); do
+    port=$(grep -oE 'ready on 127\.0\.0\.1:[0-9]+' "$out/$name.log" | head -1 | cut -d: -f2 || true)
+    [ -n "$port" ] && { echo "$port"; return; }
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "$name failed to start:" >&2; tail -20 "$out/$name.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "$name did not start in time" >&2; exit 1
+}
+
+ours=$(start sluiceway $py -m server serve --port 0)
+floor=$(start floor $py -m loadtest.peers.floor --mode ort --model "$model" --port 0)
+triton=$(start pytriton $py -m loadtest.peers.pytriton --model "$model" --port 0)
+mlserver=$(start mlserver $py -m loadtest.peers.mlserver --model "$model" --port 0)
+
+.venv/bin/sluiceway-loadtest \
+  --compare "sluiceway=127.0.0.1:$ours/$model,floor=127.0.0.1:$floor/$model,triton=127.0.0.1:$triton/$model,mlserver=127.0.0.1:$mlserver/$model" \
+  --model "$model" --concurrency "$levels" --rounds "$rounds" --duration-s "$duration" --warmup-s 1 \
+  --processes 1 --quiet --out "$out"
+$py -m loadtest.peers.limit --model "$model" --seconds 2 | tail -1 > "$out/limit.json"
+cat "$out/limit.json"
