@@ -9,17 +9,15 @@ they decode to object arrays of `bytes`.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from protos import grpc_service_pb2 as pb
+from protos.wire import CONTENTS_FIELD, pack_bytes, unpack_bytes
 
 Array = npt.NDArray[np.generic]
-
-_LENGTH = struct.Struct("<I")
 
 # Fixed-size datatypes; BYTES is any str/bytes/object array. Little-endian, as the protocol says.
 DTYPE_BY_WIRE: dict[str, np.dtype[np.generic]] = {
@@ -38,22 +36,6 @@ DTYPE_BY_WIRE: dict[str, np.dtype[np.generic]] = {
 }
 _WIRE_BY_KIND_SIZE = {(d.kind, d.itemsize): wire for wire, d in DTYPE_BY_WIRE.items()}
 
-# Typed `contents` fields, for servers that answer without raw_output_contents.
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
 
 def wire_datatype(array: Array) -> str:
     """The protocol datatype of a numpy array; str, bytes and object arrays are BYTES."""
@@ -64,40 +46,6 @@ def wire_datatype(array: Array) -> str:
     if wire is None:
         raise TypeError(f"numpy dtype {dtype} has no KServe v2 datatype")
     return wire
-
-
-def pack_bytes(array: Array) -> bytes:
-    """BYTES elements (bytes, or str encoded as UTF-8) in the length-prefixed raw form."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        if isinstance(item, str):
-            data = item.encode()
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            data = bytes(item)
-        else:  # bytes(5) would silently send five zero bytes
-            raise TypeError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def unpack_bytes(data: bytes, count: int) -> Array:
-    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed."""
-    items = np.empty(count, dtype=object)
-    view = memoryview(data)
-    offset = 0
-    for i in range(count):
-        if offset + 4 > len(data):
-            raise ValueError(f"BYTES data ends after {i} of {count} elements")
-        (length,) = _LENGTH.unpack_from(data, offset)
-        offset += 4
-        if offset + length > len(data):
-            raise ValueError(f"BYTES element {i} is cut short")
-        items[i] = bytes(view[offset : offset + length])
-        offset += length
-    if offset != len(data):
-        raise ValueError(f"{len(data) - offset} bytes left after {count} BYTES elements")
-    return items
 
 
 def raw_bytes(array: Array, wire: str) -> bytes:
@@ -169,7 +117,7 @@ def _from_raw(wire: str, data: bytes, shape: tuple[int, ...], name: str) -> Arra
 
 
 def _from_contents(tensor: pb.ModelInferResponse.InferOutputTensor, shape: tuple[int, ...]) -> Array:
-    field = _CONTENTS_FIELD.get(tensor.datatype)
+    field = CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise ValueError(f"output '{tensor.name}': no typed contents for datatype '{tensor.datatype}'")
     values = list(getattr(tensor.contents, field))

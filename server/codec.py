@@ -8,7 +8,6 @@ little-endian length followed by its bytes.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from math import prod
 
@@ -16,26 +15,9 @@ import numpy as np
 
 from batcher.types import Array
 from protos import grpc_service_pb2 as pb
+from protos import wire
 from server import datatypes
 from server.errors import InvalidRequest
-
-_LENGTH = struct.Struct("<I")
-
-# Typed `contents` field that carries each datatype (FP16 has none: raw bytes only).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
@@ -86,7 +68,7 @@ def _from_contents(
     dtype: datatypes.Datatype,
     shape: tuple[int, ...],
 ) -> Array:
-    field = _CONTENTS_FIELD.get(dtype.wire)
+    field = wire.CONTENTS_FIELD.get(dtype.wire)
     if field is None:
         raise InvalidRequest(f"input '{name}': {dtype.wire} data must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
@@ -104,37 +86,17 @@ def _from_contents(
 
 
 def unpack_bytes(name: str, data: bytes, count: int) -> Array:
-    items = np.empty(count, dtype=object)
-    offset = 0
-    view = memoryview(data)
-    for i in range(count):
-        if offset + 4 > len(data):
-            raise InvalidRequest(f"input '{name}': BYTES data ends after {i} of {count} elements")
-        (length,) = _LENGTH.unpack_from(data, offset)
-        offset += 4
-        if offset + length > len(data):
-            raise InvalidRequest(f"input '{name}': BYTES element {i} is cut short")
-        items[i] = bytes(view[offset : offset + length])
-        offset += length
-    if offset != len(data):
-        raise InvalidRequest(f"input '{name}': {len(data) - offset} bytes left after {count} BYTES elements")
-    return items
-
-
-def pack_bytes(array: Array) -> bytes:
-    """BYTES elements (bytes or str) in the protocol's length-prefixed raw form."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    """BYTES elements of input `name`; malformed data is an InvalidRequest naming the input."""
+    try:
+        return wire.unpack_bytes(data, count)
+    except ValueError as exc:
+        raise InvalidRequest(f"input '{name}': {exc}") from None
 
 
 def raw_bytes(array: Array) -> bytes:
     """The raw wire form of one tensor."""
     if array.dtype.kind in "OSU":
-        return pack_bytes(array)
+        return wire.pack_bytes(array)
     return np.ascontiguousarray(array).tobytes()
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
+from protos import wire
 from server import codec
 from server.controls import parse_controls
 from server.errors import InvalidRequest
@@ -41,10 +42,10 @@ def test_decode_is_a_zero_copy_view() -> None:
 
 def test_bytes_round_trip_and_errors() -> None:
     items = np.array([b"", b"abc", "é".encode()], dtype=object)
-    raw = codec.pack_bytes(items)
+    raw = wire.pack_bytes(items)
     decoded = codec.decode_inputs(request_with("s", "BYTES", [3], raw))["s"]
     assert list(decoded) == list(items)
-    assert codec.pack_bytes(np.array(["x", "yz"], dtype=object)) == codec.pack_bytes(
+    assert wire.pack_bytes(np.array(["x", "yz"], dtype=object)) == wire.pack_bytes(
         np.array([b"x", b"yz"], dtype=object)
     )
     with pytest.raises(InvalidRequest, match="input 's': BYTES data ends after 3 of 4"):

@@ -1,0 +1,63 @@
+"""Facts of the protocol's tensor wire form shared by the server and the clients (hand-written).
+
+BYTES elements travel as a 4-byte little-endian length followed by the bytes; typed `contents`
+carry each datatype in one field (FP16 has none: raw bytes only).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import numpy.typing as npt
+
+LENGTH = struct.Struct("<I")
+
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def pack_bytes(array: npt.NDArray[np.generic]) -> bytes:
+    """BYTES elements (bytes, or str encoded as UTF-8) in the length-prefixed raw form."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        if isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+        else:  # bytes(5) would silently send five zero bytes
+            raise TypeError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
+        parts.append(LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unpack_bytes(data: bytes, count: int) -> npt.NDArray[np.generic]:
+    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed."""
+    items = np.empty(count, dtype=object)
+    view = memoryview(data)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(data):
+            raise ValueError(f"BYTES data ends after {i} of {count} elements")
+        (length,) = LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise ValueError(f"BYTES element {i} is cut short")
+        items[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"{len(data) - offset} bytes left after {count} BYTES elements")
+    return items
