@@ -17,7 +17,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server import codec
 from server.controls import parse_controls
-from server.errors import ModelNotFound, ShuttingDown, status_for
+from server.errors import ShuttingDown, status_for
 from server.models import READY, ModelManager, ModelVersion
 from server.statistics import to_proto
 
@@ -276,6 +276,3 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if not expected:
         log.error("request failed", exc_info=exc)
     await context.abort(code, message)
-
-
-__all__ = ["InferenceServicer", "ModelNotFound"]
