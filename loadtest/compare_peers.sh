@@ -17,23 +17,27 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait || true; }
 trap cleanup EXIT
 
-start() {  # start NAME COMMAND...: run it, wait for "ready on 127.0.0.1:PORT", print the port
+launch() {  # launch NAME COMMAND...: start it in this shell, so the EXIT trap can stop it
   local name=$1; shift
   "$@" >"$out/$name.log" 2>&1 &
   pids+=($!)
+}
+
+port_of() {  # port_of NAME PID: wait for "ready on 127.0.0.1:PORT" in its log, print the port
+  local name=$1 pid=$2 port
   for _ in $(seq 1 1200); do
     port=$(grep -oE 'ready on 127\.0\.0\.1:[0-9]+' "$out/$name.log" | head -1 | cut -d: -f2 || true)
     [ -n "$port" ] && { echo "$port"; return; }
-    kill -0 "${pids[-1]}" 2>/dev/null || { echo "$name failed to start:" >&2; tail -20 "$out/$name.log" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "$name failed to start:" >&2; tail -20 "$out/$name.log" >&2; exit 1; }
     sleep 0.5
   done
   echo "$name did not start in time" >&2; exit 1
 }
 
-ours=$(start sluiceway $py -m server serve --port 0)
-floor=$(start floor $py -m loadtest.peers.floor --mode ort --model "$model" --port 0)
-triton=$(start pytriton $py -m loadtest.peers.pytriton --model "$model" --port 0)
-mlserver=$(start mlserver $py -m loadtest.peers.mlserver --model "$model" --port 0)
+launch sluiceway $py -m server serve --port 0; ours=$(port_of sluiceway "${pids[-1]}")
+launch floor $py -m loadtest.peers.floor --mode ort --model "$model" --port 0; floor=$(port_of floor "${pids[-1]}")
+launch pytriton $py -m loadtest.peers.pytriton --model "$model" --port 0; triton=$(port_of pytriton "${pids[-1]}")
+launch mlserver $py -m loadtest.peers.mlserver --model "$model" --port 0; mlserver=$(port_of mlserver "${pids[-1]}")
 
 .venv/bin/sluiceway-loadtest \
   --compare "sluiceway=127.0.0.1:$ours/$model,floor=127.0.0.1:$floor/$model,triton=127.0.0.1:$triton/$model,mlserver=127.0.0.1:$mlserver/$model" \
