@@ -14,20 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.support.models import slow_model
+from tests.support.models import SLOW_QUEUE_OF_TWO, slow_model
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
-
-# A model whose every batch keeps its only instance busy a while, with room for 2 waiting requests.
-SLOW_QUEUE_OF_TWO = """
-name: "slow_q2"
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-dynamic_batching {
-  default_queue_policy { max_queue_size: 2 }
-}
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# A model whose every batch keeps its only instance busy a while, with room for 2 waiting requests.
+SLOW_QUEUE_OF_TWO = """
+name: "slow_q2"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+dynamic_batching {
+  default_queue_policy { max_queue_size: 2 }
+}
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
 
 def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
     """x FP32 [N,1] -> y FP32 [N,1]: y = x + tiny * sum(W^k), a fixed cost per batch, whatever N.

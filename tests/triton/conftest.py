@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.models import slow_model
+from tests.support.models import SLOW_QUEUE_OF_TWO, slow_model
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess
 
@@ -22,17 +22,6 @@ def demo_server(demo_repo: Path) -> Iterator[ServerProcess]:
     with ServerProcess("--model-repository", str(demo_repo)) as server:
         yield server
 
-
-# A model whose every batch takes a few hundred milliseconds, with room for 2 waiting requests.
-SLOW_QUEUE_OF_TWO = """
-name: "slow_q2"
-platform: "onnxruntime_onnx"
-max_batch_size: 4
-dynamic_batching {
-  default_queue_policy { max_queue_size: 2 }
-}
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
 
 MLP_TWO_VERSIONS = """
 name: "mlp_versions"
