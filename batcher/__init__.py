@@ -1,7 +1,14 @@
 """Deadline-aware dynamic batching. Knows nothing of gRPC or onnxruntime: see batcher/types.py."""
 
 from batcher.dynamic import DynamicBatcher
-from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, QueueFull, TooManyRows
+from batcher.errors import (
+    BatcherError,
+    BatcherStopped,
+    DeadlineExceeded,
+    Overloaded,
+    QueueFull,
+    TooManyRows,
+)
 from batcher.stats import BatchDurations, Duration, ModelStats
 from batcher.types import Backend, BatchingPolicy, Tensors, TimeoutAction
 
@@ -15,6 +22,7 @@ __all__ = [
     "Duration",
     "DynamicBatcher",
     "ModelStats",
+    "Overloaded",
     "QueueFull",
     "Tensors",
     "TimeoutAction",

@@ -61,6 +61,9 @@ class DynamicBatcher:
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # batches taken from the queue and not yet answered
+        # Predicted end (clock seconds) of each batch running now, for admission's wait estimate.
+        self._running_until: dict[int, float] = {}
+        self._run_seq = 0
         self._accepting = False
         self._closing = False
 
@@ -123,6 +126,7 @@ class DynamicBatcher:
             priority=priority,
             timeout_s=timeout_s,
             predict_s=self._predict_now,
+            finish_s=self._predict_finish,
         )
         try:
             return await p.handle.future
@@ -212,7 +216,14 @@ class DynamicBatcher:
             else:
                 inputs, offsets = batch[0].inputs, [0, 1]
             t1 = time.perf_counter_ns()
-            outputs = await backend.run(inputs)
+            self._run_seq += 1
+            key = self._run_seq
+            now = self._clock()
+            self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
+            try:
+                outputs = await backend.run(inputs)
+            finally:
+                del self._running_until[key]
             t2 = time.perf_counter_ns()
             parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
             t3 = time.perf_counter_ns()
@@ -249,6 +260,22 @@ class DynamicBatcher:
 
     def _predict_now(self, rows: int) -> float:
         return self._estimator.predict(rows, self._clock())
+
+    def _predict_finish(self, level: int, rows: int) -> float:
+        """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.
+
+        What is left of the running batches, plus the queued rows served before it (its own
+        included) cut into full batches, shared among the instances. A rough, cheap estimate: it
+        ignores formation delay and preferred sizes; 0.0 until a run has been observed.
+        """
+        now = self._clock()
+        estimate = self._estimator.predict
+        running = sum(max(0.0, end - now) for end in self._running_until.values())
+        ahead = self._queue.rows_ahead(level) + rows
+        per_batch = self._policy.max_batch_size or 1
+        batches = -(-ahead // per_batch)
+        queued = batches * estimate(min(ahead, per_batch), now)
+        return (running + queued) / len(self._backends)
 
     def _check_idle(self) -> None:
         if len(self._queue) == 0 and self._in_flight == 0:

@@ -22,6 +22,12 @@ class QueueFull(BatcherError):
     default_message = "queue is full"
 
 
+class Overloaded(QueueFull):
+    """The work queued ahead cannot finish before the request's deadline: shed at admission."""
+
+    default_message = "overloaded: the request cannot be answered before its deadline"
+
+
 class DeadlineExceeded(BatcherError):
     """The request expired before compute, or cannot finish by its deadline."""
 

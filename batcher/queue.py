@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batcher.errors import DeadlineExceeded, QueueFull, TooManyRows
+from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, TooManyRows
 from batcher.form import Pending, cannot_finish, hard_deadline
 from batcher.types import BatchingPolicy, Tensors, TimeoutAction
 
@@ -53,6 +53,7 @@ class RequestQueue:
         self._clock = clock
         self._on_remove = on_remove
         self._items: dict[int, Request] = {}
+        self._rows_by_level: dict[int, int] = {}  # queued rows per priority level, for admission
         self._seq = itertools.count()
         self.changed = asyncio.Event()
 
@@ -61,6 +62,10 @@ class RequestQueue:
 
     def values(self) -> Iterable[Request]:
         return self._items.values()
+
+    def rows_ahead(self, level: int) -> int:
+        """Queued rows that would be served before a new request at priority `level` (1 = first)."""
+        return sum(rows for lvl, rows in self._rows_by_level.items() if lvl <= level)
 
     def admit(
         self,
@@ -71,8 +76,15 @@ class RequestQueue:
         priority: int,
         timeout_s: float | None,
         predict_s: Callable[[int], float],
+        finish_s: Callable[[int, int], float] | None = None,
     ) -> Request:
-        """Queue a request, or raise why not (ValueError, TooManyRows, DeadlineExceeded, QueueFull)."""
+        """Queue a request, or raise why not (ValueError, TooManyRows, DeadlineExceeded, QueueFull).
+
+        `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
+        DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
+        request would be answered behind the work queued and running now; more than the time left
+        is Overloaded (a less busy server could), so it is shed now rather than expire in the queue.
+        """
         policy = self._policy
         level = self._priority(priority)
         if timeout_s is not None and not timeout_s > 0:
@@ -111,11 +123,19 @@ class RequestQueue:
                     f"deadline cannot be met: about {service_s * 1e3:.1f} ms of compute needed, "
                     f"{(hard - now) * 1e3:.1f} ms left"
                 )
+            if finish_s is not None:
+                wait_s = finish_s(level, rows)
+                if cannot_finish(hard, now, wait_s):
+                    raise Overloaded(
+                        f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
+                        f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
+                    )
         if len(self._items) >= policy.max_queue_size:
             raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
         if hard is not None:
             p.handle.timer = loop.call_later(hard - now, self._expire, p)
         self._items[p.seq] = p
+        self._rows_by_level[level] = self._rows_by_level.get(level, 0) + rows
         self.changed.set()
         return p
 
@@ -123,6 +143,7 @@ class RequestQueue:
         """Take `p` out of the queue; False if it was not there (dispatched or gone already)."""
         if self._items.pop(p.seq, None) is None:
             return False
+        self._rows_by_level[p.priority] -= p.rows
         if p.handle.timer is not None:
             p.handle.timer.cancel()
             p.handle.timer = None

@@ -170,6 +170,11 @@ def step_line(entry: dict[str, Any]) -> str:
         f"p50 {ms('p50')} p99 {ms('p99')} p99.9 {ms('p99_9')} ms err {errors} "
         f"batch {'-' if batch is None else f'{batch:.2f}'} cpu {entry['client_cpu']['percent_of_core']}% "
         f"lag p99 {_ms_or_dash(entry['client_lag_us']['p99'])} ms"
+        + (
+            f" late {entry['late_ok']} reject p50 {_ms_or_dash(entry['reject_us']['p50'])} ms"
+            if errors or entry["late_ok"]
+            else ""
+        )
     )
 
 

@@ -13,26 +13,7 @@ model=${1:-mlp}; levels=${2:-1,16,64}; out=${3:-loadtest/results/$model}
 duration=${DURATION_S:-4}; rounds=${ROUNDS:-2}
 py=.venv/bin/python
 mkdir -p "$out"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait || true; }
-trap cleanup EXIT
-
-launch() {  # launch NAME COMMAND...: start it in this shell, so the EXIT trap can stop it
-  local name=$1; shift
-  "$@" >"$out/$name.log" 2>&1 &
-  pids+=($!)
-}
-
-port_of() {  # port_of NAME PID: wait for "ready on 127.0.0.1:PORT" in its log, print the port
-  local name=$1 pid=$2 port
-  for _ in $(seq 1 1200); do
-    port=$(grep -oE 'ready on 127\.0\.0\.1:[0-9]+' "$out/$name.log" | head -1 | cut -d: -f2 || true)
-    [ -n "$port" ] && { echo "$port"; return; }
-    kill -0 "$pid" 2>/dev/null || { echo "$name failed to start:" >&2; tail -20 "$out/$name.log" >&2; exit 1; }
-    sleep 0.5
-  done
-  echo "$name did not start in time" >&2; exit 1
-}
+source loadtest/peers/launch.sh
 
 launch sluiceway $py -m server serve --port 0; ours=$(port_of sluiceway "${pids[-1]}")
 launch floor $py -m loadtest.peers.floor --mode ort --model "$model" --port 0; floor=$(port_of floor "${pids[-1]}")

@@ -59,7 +59,10 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
         "ok": counts.ok,
         "errors": counts.errors,
         "latency_us": latency,
+        # Successes after the deadline (from the scheduled time); should be 0 under a deadline.
+        "late_ok": counts.ok_in_window - counts.good_in_window,
         "client_lag_us": _lag(merge_histograms([counts.lag_histogram])),
+        "reject_us": _lag(merge_histograms([counts.reject_histogram])),
         "server": _server(group),
         "client_cpu": {
             "seconds": round(counts.cpu_s, 3),
@@ -80,7 +83,7 @@ def _server(group: list[RunRecord]) -> dict[str, float | None]:
     """Average batch size and queue time from the summed deltas; blanks if any round lacked them."""
     deltas = [r.server for r in group]
     if any(d is None for d in deltas):
-        return {"avg_batch_size": None, "avg_queue_us": None}
+        return {"avg_batch_size": None, "avg_queue_us": None, "computed_rows": None}
     total = ServerTotals(0, 0, 0, 0)
     for delta in deltas:
         assert delta is not None
@@ -95,6 +98,9 @@ def _server(group: list[RunRecord]) -> dict[str, float | None]:
     return {
         "avg_batch_size": round(avg_batch, 3) if avg_batch is not None else None,
         "avg_queue_us": round(avg_queue_ns / 1000, 1) if avg_queue_ns is not None else None,
+        # Rows the server computed in the measurement window: against the successes in it, compute
+        # spent on answers that came too late to be used.
+        "computed_rows": total.inferences,
     }
 
 

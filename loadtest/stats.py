@@ -40,6 +40,9 @@ class Counts:
     # How late the client sent measured requests after their scheduled time (us): a client that
     # cannot keep its schedule shows here, and its lateness is inside the latencies too.
     lag_histogram: bytes = b""
+    # Error answers from the server (a status, not a client-side outcome): us from the moment the
+    # request was sent, so a server that sheds load shows how fast it says no.
+    reject_histogram: bytes = b""
 
     @property
     def ok(self) -> int:
@@ -58,6 +61,7 @@ class Recorder:
         self.deadline_s = deadline_s
         self.histogram = new_histogram()
         self.lag = new_histogram()
+        self.rejects = new_histogram()
         self.outcomes: Counter[str] = Counter()
         self.scheduled = 0
         self.ok_in_window = 0
@@ -72,8 +76,12 @@ class Recorder:
         if self.measured(scheduled):
             self.lag.record_value(min(HIGHEST_US, max(LOWEST_US, round((now - scheduled) * 1e6))))
 
-    def record(self, scheduled: float, done: float, code: str) -> None:
-        """One request that was scheduled at `scheduled` ended at `done` with status `code`."""
+    def record(self, scheduled: float, done: float, code: str, sent: float | None = None) -> None:
+        """One request that was scheduled at `scheduled` ended at `done` with status `code`.
+
+        `sent`: when it went out, for server error answers (their time to reject); None when the
+        outcome was the client's own (never sent, or no answer).
+        """
         latency = done - scheduled
         if code == OK and self.begin <= done <= self.end:
             self.ok_in_window += 1
@@ -85,6 +93,8 @@ class Recorder:
         self.outcomes[code] += 1
         if code == OK:
             self.histogram.record_value(min(HIGHEST_US, max(LOWEST_US, round(latency * 1e6))))
+        elif sent is not None:
+            self.rejects.record_value(min(HIGHEST_US, max(LOWEST_US, round((done - sent) * 1e6))))
 
     def counts(self, cpu_s: float) -> Counts:
         return Counts(
@@ -95,6 +105,7 @@ class Recorder:
             cpu_s=cpu_s,
             histogram=_encode(self.histogram),
             lag_histogram=_encode(self.lag),
+            reject_histogram=_encode(self.rejects),
         )
 
 
@@ -114,6 +125,7 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
         outcomes.update(part.outcomes)
     histogram = merge_histograms(part.histogram for part in parts)
     lag = merge_histograms(part.lag_histogram for part in parts)
+    rejects = merge_histograms(part.reject_histogram for part in parts)
     return Counts(
         scheduled=sum(p.scheduled for p in parts),
         outcomes=dict(outcomes),
@@ -122,6 +134,7 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
         cpu_s=sum(p.cpu_s for p in parts),
         histogram=_encode(histogram),
         lag_histogram=_encode(lag),
+        reject_histogram=_encode(rejects),
     )
 
 

@@ -115,8 +115,9 @@ class _Unary:
             if timeout <= 0:
                 recorder.record(scheduled, time.monotonic(), CLIENT_LATE)
                 return
+        sent = time.monotonic()
         if plan.mode != "closed":  # a closed loop sends the moment it schedules: no lag to record
-            recorder.sending(scheduled, time.monotonic())
+            recorder.sending(scheduled, sent)
         try:
             answer = await self.infer(payload, timeout=timeout)
             code = OK if self.checked or self._looks_right(answer) else BAD_RESPONSE
@@ -125,7 +126,7 @@ class _Unary:
         except asyncio.CancelledError:
             recorder.record(scheduled, time.monotonic(), NO_ANSWER)
             raise
-        recorder.record(scheduled, time.monotonic(), code)
+        recorder.record(scheduled, time.monotonic(), code, sent)
 
     def _looks_right(self, answer: bytes) -> bool:
         self.checked = bool(pb.ModelInferResponse.FromString(answer).outputs)

@@ -14,7 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.models import ModelManager
+from server.response_cache import ResponseCache
 from server.servicer import InferenceServicer
 from server.settings import ServerSettings
 
@@ -44,7 +46,13 @@ class SluicewayServer:
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
         self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-        self.models = ModelManager(self._repository(), settings, self._set_model_health)
+        # One response cache for the server, shared by every model that enables response_cache.
+        self.response_cache = (
+            ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes > 0 else None
+        )
+        self.models = ModelManager(
+            self._repository(), settings, self._set_model_health, response_cache=self.response_cache
+        )
         self._servicer = InferenceServicer(self.models, settings.stream_max_in_flight, lambda: self._stopping)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -122,6 +130,10 @@ async def serve(settings: ServerSettings) -> None:
     names = ", ".join(sorted(e.name for e in server.models.entries()))
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
     print(f"sluiceway ready on {settings.host}:{port} (models: {names})", flush=True)
-    await stop_requested.wait()
-    log.info("shutting down")
+    unsent = quiet_unsent_answers()
+    try:
+        await stop_requested.wait()
+    finally:
+        logging.getLogger(GRPC_AIO_LOGGER).removeFilter(unsent)
+    log.info("shutting down (%d answers were not sent: their callers had gone)", unsent.dropped)
     await server.stop()

@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-dir", help="where demo models are built (default ~/.cache/sluiceway)")
     serve.add_argument("--max-queue-size", type=int, help="default queue bound per model")
     serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    serve.add_argument(
+        "--response-cache-bytes",
+        type=int,
+        help="response cache size for models that enable response_cache (default 64 MiB; 0: none)",
+    )
     serve.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads (0: its default)")
     serve.add_argument("--execution-providers", help="comma-separated onnxruntime providers, in order")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")

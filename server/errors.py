@@ -44,6 +44,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
     batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
     batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    batcher_errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     batcher_errors.BatcherStopped: grpc.StatusCode.UNAVAILABLE,
 }

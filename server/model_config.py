@@ -126,8 +126,16 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         )
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config, source)
-    if config.response_cache.enable:
-        raise ConfigError(f"{source}: response_cache is not supported yet (remove it or set enable: false)")
+
+
+def validate_response_cache(config: mc.ModelConfig, source: str, cache_bytes: int) -> None:
+    """A model enabling response_cache needs the server's cache (`response_cache_bytes` > 0)."""
+    if config.response_cache.enable and cache_bytes <= 0:
+        raise ConfigError(
+            f"{source}: response_cache is enabled but the server has no response cache "
+            "(response_cache_bytes is 0: set SLUICEWAY_RESPONSE_CACHE_BYTES or --response-cache-bytes "
+            "above 0, or set response_cache { enable: false })"
+        )
 
 
 def _validate_instance_groups(config: mc.ModelConfig, source: str) -> None:

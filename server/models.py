@@ -35,8 +35,10 @@ from server.model_config import (
     complete_from_onnx,
     dynamic_batching_enabled,
     validate_config,
+    validate_response_cache,
 )
 from server.repository import ModelNotFoundInRepository, ModelSource, load_model_source, scan_repository
+from server.response_cache import ResponseCache
 from server.settings import ServerSettings
 from server.validate import Signature
 
@@ -58,6 +60,8 @@ class ModelVersion:
     backends: list[OrtBackend]
     batcher: DynamicBatcher
     stats: ModelStats
+    # The server's cache when the config enables response_cache; None once the version is retired.
+    response_cache: ResponseCache | None = None
     version_str: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,10 +84,17 @@ HealthCallback = Callable[[str, bool], None]
 
 
 class ModelManager:
-    def __init__(self, repository: Path, settings: ServerSettings, on_health: HealthCallback) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        settings: ServerSettings,
+        on_health: HealthCallback,
+        response_cache: ResponseCache | None = None,
+    ) -> None:
         self._root = repository
         self._settings = settings
         self._on_health = on_health
+        self._response_cache = response_cache  # shared by every model that enables it
         self._models: dict[str, ModelEntry] = {}
         self._lock = asyncio.Lock()  # one repository change at a time
 
@@ -159,6 +170,7 @@ class ModelManager:
             entry = self.entry(name)
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
             self._on_health(name, False)
+            self._discard_cached(name)
             await self._retire(entry.versions.values())
             entry.versions.clear()
             entry.order.clear()
@@ -193,6 +205,7 @@ class ModelManager:
             name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)
         )
         self._models[source.name] = entry
+        self._discard_cached(source.name)  # outputs of the versions just replaced
         self._on_health(source.name, True)
         log.info("model %s ready (versions %s)", source.name, ", ".join(map(str, entry.order)))
         if old is not None:
@@ -213,6 +226,10 @@ class ModelManager:
             source=str(source.directory / "config.pbtxt"),
         )
         validate_config(config, str(source.directory / "config.pbtxt"))
+        cache = self._response_cache
+        validate_response_cache(
+            config, str(source.directory / "config.pbtxt"), 0 if cache is None else cache.capacity_bytes
+        )
         options = ort_options_for(
             config,
             OrtOptions(
@@ -265,10 +282,19 @@ class ModelManager:
             backends=backends,
             batcher=batcher,
             stats=stats,
+            response_cache=cache if config.response_cache.enable else None,
         )
 
+    def _discard_cached(self, name: str) -> None:
+        if self._response_cache is not None:
+            self._response_cache.discard_model(name)
+
     async def _retire(self, versions: Iterable[ModelVersion]) -> None:
-        for version in list(versions):
+        versions = list(versions)
+        for version in versions:
+            # Before any await: requests still running on a retired version must not fill the cache.
+            version.response_cache = None
+        for version in versions:
             await version.batcher.stop(drain=True, timeout_s=self._settings.shutdown_grace_s)
             for backend in version.backends:
                 backend.close()

@@ -19,6 +19,7 @@ from server import codec
 from server.controls import parse_controls
 from server.errors import ShuttingDown, status_for
 from server.models import READY, ModelManager, ModelVersion
+from server.response_cache import request_key
 from server.statistics import to_proto
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,25 @@ async def _run(
     rows = signature.check_inputs(inputs)
     names = signature.check_outputs(codec.requested_outputs(request))
     controls = parse_controls(request.parameters)
+    cache, key, lookup_ns = served.response_cache, b"", 0
+    if cache is not None:
+        start = time.perf_counter_ns()
+        key = request_key(served.name, served.version_str, inputs)
+        hit = cache.lookup(key)
+        if hit is not None:  # answered from the cache without the batcher, as Triton does
+            response = codec.encode_response(served.name, served.version_str, request.id, hit, names)
+            served.stats.cache_hit.add(time.perf_counter_ns() - start)
+            return response
+        lookup_ns = time.perf_counter_ns() - start
     deadline = None if remaining_s is None else time.monotonic() + remaining_s
     outputs = await served.batcher.submit(
         inputs, rows, deadline=deadline, priority=controls.priority, timeout_s=controls.timeout_s
     )
+    if cache is not None:
+        start = time.perf_counter_ns()
+        if served.response_cache is not None:  # None once this version was retired while it ran
+            served.response_cache.insert(key, served.name, outputs)
+        served.stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - start)
     return codec.encode_response(served.name, served.version_str, request.id, outputs, names)
 
 

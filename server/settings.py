@@ -37,6 +37,9 @@ class ServerSettings(BaseSettings):
     stream_max_in_flight: int = Field(default=256, ge=1)
     # Concurrent RPCs the server accepts (streams included) before answering RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    # Server-wide response cache shared by models with `response_cache { enable: true }`: bytes of
+    # cached outputs plus keys (LRU). 0: no cache, and such models fail to load.
+    response_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # onnxruntime session options; 0 threads lets onnxruntime choose.
     intra_op_threads: int = Field(default=0, ge=0)

@@ -159,9 +159,9 @@ def test_bad_models_are_reported_and_the_others_serve(stub: pb_grpc.GRPCInferenc
     assert "config.pbtxt:2" in index["badconfig"].reason and "sequence_batching" in index["badconfig"].reason
     assert index["warm"].state == "READY"
     assert index["badwarm"].state == "UNAVAILABLE" and "model_warmup failed" in index["badwarm"].reason
-    assert index["cached"].state == "UNAVAILABLE" and "response_cache" in index["cached"].reason
+    assert index["cached"].state == "READY"  # response_cache, with the server's default cache
     ready_only = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=30).models
-    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet", "warm", "slow"}
+    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet", "warm", "slow", "cached"}
     # Strict readiness: the server is not ready while one of its models is not.
     assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live

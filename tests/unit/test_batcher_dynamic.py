@@ -22,6 +22,7 @@ from batcher import (
     DeadlineExceeded,
     DynamicBatcher,
     ModelStats,
+    Overloaded,
     QueueFull,
     Tensors,
     TooManyRows,
@@ -193,6 +194,61 @@ async def test_admission_rejects_expired_or_hopeless_deadlines(make: MakeBatcher
     with pytest.raises(DeadlineExceeded, match="cannot be met"):
         await result(b.submit(x(2), 1, timeout_s=1.0))
     assert b.queued_requests == 0
+
+
+async def test_admission_sheds_what_the_backlog_would_make_late() -> None:
+    # Runs are known to take 1 s of the fake clock; one instance, one row a batch. A request is
+    # admitted only if the running batch plus the queued work ahead of it plus its own run fit
+    # before its deadline; shedding says Overloaded (RESOURCE_EXHAUSTED), not DeadlineExceeded.
+    now = [100.0]
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    policy = BatchingPolicy(max_batch_size=1, priority_levels=2, default_priority=2)
+    b = DynamicBatcher([be], policy, ModelStats(), clock=lambda: now[0])
+    b.estimator.observe(1, 1.0, now[0])
+    b.start()
+    try:
+        running = submit(b, 1)
+        await asyncio.wait_for(be.started.wait(), LONG)  # ends at about 101
+        second = submit(b, 2, deadline=102.5)  # 1 s left of the running batch + its own 1 s
+        await turns_until(lambda: b.queued_requests == 1)
+        with pytest.raises(Overloaded, match="ms left before the deadline") as shed:
+            await result(b.submit(x(3), 1, deadline=102.5))  # behind #2: would end at 103
+        assert isinstance(shed.value, QueueFull)
+        urgent = submit(b, 4, deadline=102.5, priority=1)  # jumps the queue: ends at 102
+        third = submit(b, 5, deadline=104.5)  # behind #1, #4 and #2: ends at 104
+        await turns_until(lambda: b.queued_requests == 3)
+        gate.set()
+        for task in (running, second, urgent, third):
+            await result(task)
+        assert be.batches == [[1], [4], [2], [5]]
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_admission_divides_the_backlog_among_instances() -> None:
+    now = [100.0]
+    gate = asyncio.Event()
+    backends = [FakeBackend(gate), FakeBackend(gate)]
+    b = DynamicBatcher(backends, BatchingPolicy(max_batch_size=2), ModelStats(), clock=lambda: now[0])
+    b.estimator.observe(2, 1.0, now[0])
+    b.start()
+    try:
+        tasks = [submit(b, 1, rows=2), submit(b, 2, rows=2)]
+        await turns_until(lambda: all(be.started.is_set() for be in backends))
+        # Two running batches (1 s left each) and 4 queued rows = 2 batches, over 2 instances:
+        # (2 + 2) / 2 = 2 s, so a deadline 2.5 s away is admitted, 1.5 s away is shed.
+        tasks += [submit(b, 3, rows=2), submit(b, 4, rows=1)]
+        await turns_until(lambda: b.queued_requests == 2)
+        with pytest.raises(Overloaded):
+            await result(b.submit(x(5), 1, deadline=101.5))
+        tasks.append(submit(b, 6, rows=1, deadline=102.5))
+        await turns_until(lambda: b.queued_requests == 3)
+        gate.set()
+        for task in tasks:
+            await result(task)
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
 
 
 async def test_cancelled_caller_is_never_computed(make: MakeBatcher) -> None:

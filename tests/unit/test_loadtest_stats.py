@@ -113,14 +113,29 @@ def test_summary_ratios_server_blanks_and_rates() -> None:
     ]
     entries = {e["target"]: e for e in summarize(scenario, records)["results"]}
     assert entries["a"]["throughput_rps"] == pytest.approx(10.0)  # 200 answers over 2 x 10 s
-    assert entries["a"]["server"] == {"avg_batch_size": 2.0, "avg_queue_us": 20.0}
+    assert entries["a"]["server"] == {"avg_batch_size": 2.0, "avg_queue_us": 20.0, "computed_rows": 400}
     # A round without statistics (a peer) leaves the figures blank instead of failing.
-    assert entries["b"]["server"] == {"avg_batch_size": None, "avg_queue_us": None}
+    assert entries["b"]["server"] == {"avg_batch_size": None, "avg_queue_us": None, "computed_rows": None}
+    assert entries["b"]["late_ok"] == 60  # 300 successes in the window, 240 within the deadline
     assert entries["b"]["goodput_rps"] == pytest.approx(12.0)
     assert entries["b"]["ratios"]["throughput_rps"] == pytest.approx(1.5)
     assert entries["b"]["ratios"]["goodput_rps"] == pytest.approx(1.2)
     assert entries["a"]["ratios"]["throughput_rps"] == 1.0
     assert entries["a"]["client_cpu"] == {"seconds": 2.0, "percent_of_core": 10.0, "processes": 2}
+
+
+def test_error_answers_are_timed_from_send_and_client_outcomes_are_not() -> None:
+    recorder = Recorder(WINDOW, deadline_s=0.05)
+    recorder.record(11.0, 11.004, "RESOURCE_EXHAUSTED", sent=11.003)  # said no 1 ms after sending
+    recorder.record(11.0, 11.060, "DEADLINE_EXCEEDED", sent=11.001)
+    recorder.record(11.0, 11.002, "CLIENT_LATE")  # never sent: no time to reject
+    recorder.record(11.0, 11.070, "OK", sent=11.0)  # a late success
+    counts = recorder.counts(cpu_s=0.0)
+    rejects = merge_histograms([counts.reject_histogram])
+    assert rejects.get_total_count() == 2
+    assert rejects.get_value_at_percentile(50) == pytest.approx(1000, rel=0.01)
+    assert rejects.get_max_value() == pytest.approx(59000, rel=0.01)
+    assert (counts.ok_in_window, counts.good_in_window) == (1, 0)
 
 
 def test_with_id_sets_the_id_of_a_preserialized_request() -> None:

@@ -1,0 +1,192 @@
+"""Response cache: byte-bounded LRU, keys, read-only owned values, and the config check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server import codec
+from server.model_config import ConfigError, parse_config, validate_config, validate_response_cache
+from server.response_cache import DIGEST_BYTES, ResponseCache, request_key
+
+
+def _key(i: int) -> bytes:
+    return request_key("m", "1", {"x": np.array([i], dtype=np.int64)})
+
+
+def _outputs(nbytes: int, fill: int = 0) -> dict[str, np.ndarray]:
+    return {"y": np.full(nbytes, fill, dtype=np.uint8)}
+
+
+ENTRY = DIGEST_BYTES + 100  # one key and a 100-byte output
+
+
+# --- LRU bounded in bytes ------------------------------------------------------------------------
+
+
+def test_size_counts_outputs_and_keys() -> None:
+    cache = ResponseCache(10_000)
+    assert cache.insert(_key(1), "m", {"a": np.zeros(10, np.float32), "b": np.zeros(3, np.int64)})
+    stats = cache.stats()
+    assert stats.entries == 1 and stats.bytes == DIGEST_BYTES + 40 + 24
+
+
+def test_least_recently_used_is_evicted_first_and_bytes_stay_bounded() -> None:
+    cache = ResponseCache(3 * ENTRY)
+    for i in range(3):
+        assert cache.insert(_key(i), "m", _outputs(100, i))
+    assert cache.stats().bytes == 3 * ENTRY
+    assert cache.lookup(_key(0)) is not None  # 0 is now the most recently used; 1 the least
+    assert cache.insert(_key(3), "m", _outputs(100, 3))
+    assert cache.lookup(_key(1)) is None
+    assert all(cache.lookup(_key(i)) is not None for i in (0, 2, 3))
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes, stats.evictions) == (3, 3 * ENTRY, 1)
+    # A large entry evicts as many old ones as it needs, oldest first: 0 was used after 2 and 3.
+    cache.lookup(_key(0))
+    assert cache.insert(_key(4), "m", _outputs(200, 4))
+    assert cache.lookup(_key(2)) is None and cache.lookup(_key(3)) is None
+    assert cache.lookup(_key(0)) is not None and cache.lookup(_key(4)) is not None
+    stats = cache.stats()
+    assert stats.bytes == 2 * DIGEST_BYTES + 300 <= stats.capacity_bytes and stats.evictions == 3
+
+
+def test_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() -> None:
+    cache = ResponseCache(2 * ENTRY)
+    assert cache.insert(_key(0), "m", _outputs(100))
+    assert not cache.insert(_key(1), "m", _outputs(2 * ENTRY))
+    assert cache.lookup(_key(1)) is None
+    assert cache.lookup(_key(0)) is not None
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes, stats.evictions) == (1, ENTRY, 0)
+    exact = ResponseCache(ENTRY)  # an entry exactly the cache's size fits
+    assert exact.insert(_key(2), "m", _outputs(100))
+
+
+def test_hits_and_misses_are_counted() -> None:
+    cache = ResponseCache(10_000)
+    assert cache.lookup(_key(0)) is None
+    cache.insert(_key(0), "m", _outputs(10))
+    cache.lookup(_key(0))
+    cache.lookup(_key(0))
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (2, 1)
+
+
+def test_reinserting_a_key_keeps_one_entry() -> None:
+    cache = ResponseCache(10_000)
+    cache.insert(_key(0), "m", _outputs(10, 1))
+    cache.insert(_key(0), "m", _outputs(10, 2))
+    assert cache.stats().entries == 1 and cache.stats().bytes == DIGEST_BYTES + 10
+
+
+def test_discard_model_drops_only_that_models_entries() -> None:
+    cache = ResponseCache(10_000)
+    a = request_key("a", "1", {"x": np.zeros(1)})
+    b = request_key("b", "1", {"x": np.zeros(1)})
+    cache.insert(a, "a", _outputs(10))
+    cache.insert(b, "b", _outputs(10))
+    assert cache.discard_model("a") == 1
+    assert cache.lookup(a) is None and cache.lookup(b) is not None
+    assert cache.stats().bytes == DIGEST_BYTES + 10
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity_bytes"):
+        ResponseCache(0)
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+def test_values_are_read_only_copies_unaffected_by_the_source() -> None:
+    batch = np.arange(12, dtype=np.float32).reshape(4, 3)
+    view = batch[1:3]  # what the batcher scatters: a view into the batch's buffer
+    cache = ResponseCache(10_000)
+    cache.insert(_key(0), "m", {"y": view})
+    batch[:] = -1  # the buffer is reused or mutated later
+    got = cache.lookup(_key(0))
+    assert got is not None
+    np.testing.assert_array_equal(got["y"], [[3, 4, 5], [6, 7, 8]])
+    assert not got["y"].flags.writeable and got["y"].flags.owndata
+    with pytest.raises(ValueError):
+        got["y"][0, 0] = 0
+    with pytest.raises(TypeError):
+        got["z"] = np.zeros(1)  # type: ignore[index]
+
+
+def test_bytes_outputs_are_stored_and_counted_by_content() -> None:
+    words = np.array([b"abc", b"", b"defgh"], dtype=object)
+    cache = ResponseCache(10_000)
+    cache.insert(_key(0), "m", {"w": words})
+    words[0] = b"changed"
+    got = cache.lookup(_key(0))
+    assert got is not None and got["w"].tolist() == [b"abc", b"", b"defgh"]
+    assert cache.stats().bytes == DIGEST_BYTES + 8 + 3 * 4
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def test_key_distinguishes_model_version_name_dtype_shape_and_content() -> None:
+    x = np.arange(8, dtype=np.int32)
+    base = request_key("m", "1", {"x": x})
+    assert len(base) == DIGEST_BYTES
+    assert request_key("m", "1", {"x": x.copy()}) == base
+    others = [
+        request_key("n", "1", {"x": x}),
+        request_key("m", "2", {"x": x}),
+        request_key("m", "1", {"y": x}),
+        request_key("m", "1", {"x": x.view(np.float32)}),  # same bytes, another datatype
+        request_key("m", "1", {"x": x.view(np.uint32)}),
+        request_key("m", "1", {"x": x.reshape(2, 4)}),  # same bytes, another shape
+        request_key("m", "1", {"x": x.reshape(4, 2)}),
+        request_key("m", "1", {"x": x + 1}),
+        request_key("m", "1", {"x": x, "y": x}),
+        # Field boundaries are framed: shifting characters between model and version differs.
+        request_key("m1", "", {"x": x}),
+    ]
+    assert len({base, *others}) == len(others) + 1
+
+
+def test_key_ignores_input_order_and_memory_layout() -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([b"x", b"yz"], dtype=object)
+    key = request_key("m", "1", {"a": a, "b": b})
+    assert request_key("m", "1", {"b": b, "a": a}) == key
+    assert request_key("m", "1", {"a": np.asfortranarray(a), "b": b}) == key
+    assert request_key("m", "1", {"a": a.astype(">f4"), "b": b}) == key
+    assert request_key("m", "1", {"a": a, "b": np.array([b"xy", b"z"], dtype=object)}) != key
+
+
+def test_raw_and_typed_contents_requests_share_a_key() -> None:
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    raw = pb.ModelInferRequest(model_name="m")
+    raw.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    raw.inputs.add(name="s", datatype="BYTES", shape=[2])
+    raw.raw_input_contents.extend([data.tobytes(), b"\x01\x00\x00\x00a\x02\x00\x00\x00bc"])
+    typed = pb.ModelInferRequest(model_name="m")
+    typed.inputs.add(name="s", datatype="BYTES", shape=[2]).contents.bytes_contents.extend([b"a", b"bc"])
+    typed.inputs.add(name="x", datatype="FP32", shape=[2, 3]).contents.fp32_contents.extend(
+        data.ravel().tolist()
+    )
+    assert request_key("m", "1", codec.decode_inputs(raw)) == request_key(
+        "m", "1", codec.decode_inputs(typed)
+    )
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_response_cache_config_is_accepted_and_needs_a_server_cache() -> None:
+    config = parse_config("max_batch_size: 4\nresponse_cache { enable: true }\n", "models/m/config.pbtxt")
+    validate_config(config, "models/m/config.pbtxt")
+    validate_response_cache(config, "models/m/config.pbtxt", 1024)
+    with pytest.raises(ConfigError) as err:
+        validate_response_cache(config, "models/m/config.pbtxt", 0)
+    message = str(err.value)
+    assert "models/m/config.pbtxt" in message
+    assert "response_cache" in message and "SLUICEWAY_RESPONSE_CACHE_BYTES" in message
+    validate_response_cache(mc.ModelConfig(name="m"), "m", 0)  # not enabled: no cache needed
