@@ -14,7 +14,7 @@ def test_unknown_cost_is_zero() -> None:
 
 
 def test_ewma_per_bucket() -> None:
-    e = ServiceTimeEstimator(alpha=0.5)
+    e = ServiceTimeEstimator(alpha=0.5, deviations=0.0)
     e.observe(8, 0.010, 0.0)
     assert e.predict(8, 0.0) == pytest.approx(0.010)  # first sample taken as is
     assert e.predict(5, 0.0) == pytest.approx(0.010)  # same bucket (5..8)
@@ -22,21 +22,36 @@ def test_ewma_per_bucket() -> None:
     assert e.predict(8, 0.0) == pytest.approx(0.015)
 
 
-def test_unseen_bucket_borrows_nearest_smaller_else_zero() -> None:
+def test_unseen_bucket_scales_the_nearest_smaller_by_rows_else_zero() -> None:
     e = ServiceTimeEstimator()
     e.observe(4, 0.004, 0.0)
-    assert e.predict(32, 0.0) == pytest.approx(0.004)  # a lower bound: never rejects early
-    assert e.predict(1, 0.0) == 0.0
+    assert e.predict(32, 0.0) == pytest.approx(0.032)  # 1 ms a row, as seen at 4 rows
+    assert e.predict(3, 0.0) == pytest.approx(0.004)  # same bucket: as seen
+    assert e.predict(1, 0.0) == 0.0  # nothing smaller seen: unknown, never rejects early
+    e.observe(3, 0.004, 0.0)  # the bucket's runs now average 3.8 rows
+    assert e.predict(38, 0.0) == pytest.approx(0.040, rel=0.01)
 
 
 def test_estimates_fade_so_one_slow_run_cannot_block_forever() -> None:
-    e = ServiceTimeEstimator(alpha=0.2, half_life_s=1.0)
+    e = ServiceTimeEstimator(alpha=0.2, half_life_s=1.0, deviations=0.0)
     e.observe(1, 2.0, 0.0)  # a cold start
     assert e.predict(1, 1.0) == pytest.approx(1.0)
     assert e.predict(1, 10.0) < 0.01
     # A stale estimate gives way to a new sample almost entirely.
     e.observe(1, 0.010, 20.0)
     assert e.predict(1, 20.0) == pytest.approx(0.010, rel=0.01)
+
+
+def test_prediction_adds_the_spread_of_run_times() -> None:
+    e = ServiceTimeEstimator(alpha=0.5, deviations=2.0)
+    e.observe(1, 0.010, 0.0)
+    assert e.predict(1, 0.0) == pytest.approx(0.010)  # one sample: no spread seen yet
+    e.observe(1, 0.020, 0.0)  # mean 0.015, mean deviation 0.5 * |0.020 - 0.010| = 0.005
+    assert e.predict(1, 0.0) == pytest.approx(0.015 + 2 * 0.005)
+    steady = ServiceTimeEstimator(alpha=0.5, deviations=2.0)
+    for _ in range(20):
+        steady.observe(1, 0.010, 0.0)
+    assert steady.predict(1, 0.0) == pytest.approx(0.010)  # steady runs: no margin
 
 
 def test_bad_arguments() -> None:
