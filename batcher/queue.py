@@ -77,8 +77,11 @@ class RequestQueue:
         timeout_s: float | None,
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
+        enqueue: bool = True,
     ) -> Request:
         """Queue a request, or raise why not (ValueError, TooManyRows, DeadlineExceeded, QueueFull).
+
+        With `enqueue=False`, only check it and return it unqueued (no timer): the caller runs it.
 
         `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
         DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
@@ -130,6 +133,8 @@ class RequestQueue:
                         f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
                         f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
                     )
+        if not enqueue:
+            return p
         if len(self._items) >= policy.max_queue_size:
             raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
         if hard is not None:

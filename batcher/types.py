@@ -20,6 +20,17 @@ class Backend(Protocol):
     async def run(self, inputs: Tensors) -> Tensors: ...
 
 
+class RunsNow(Protocol):
+    """Optional, for backends whose small runs cost less than a trip through the queue.
+
+    `run_now` runs synchronously and returns outputs when this input is cheap enough to run on
+    the caller's thread, else None without running. The batcher uses it only when the model is
+    idle (nothing queued, nothing running): no batch could be formed with anyone anyway.
+    """
+
+    def run_now(self, inputs: Tensors) -> Tensors | None: ...
+
+
 class TimeoutAction(enum.Enum):
     REJECT = "reject"  # a request past its queue-policy timeout is answered DEADLINE_EXCEEDED
     DELAY = "delay"  # ... is moved behind every request still in time, and computed later

@@ -367,11 +367,20 @@ class OrtBackend:
         those run inline, since they block the loop for less than a thread hop would cost.
         """
         bucket = _rows(inputs).bit_length()
-        recent = self._recent_s.get(bucket)
-        if recent is not None and recent <= self._inline_max_s:
+        if self._inline_ok(bucket):
             return self._timed_run(bucket, inputs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._timed_run, bucket, inputs)
+
+    def run_now(self, inputs: Tensors) -> Tensors | None:
+        """Run at once on the calling thread if runs of this size are cheap enough to run inline;
+        None (nothing run) otherwise. The batcher's fast path for an idle instance."""
+        bucket = _rows(inputs).bit_length()
+        return self._timed_run(bucket, inputs) if self._inline_ok(bucket) else None
+
+    def _inline_ok(self, bucket: int) -> bool:
+        recent = self._recent_s.get(bucket)
+        return recent is not None and recent <= self._inline_max_s
 
     def _timed_run(self, bucket: int, inputs: Tensors) -> dict[str, Array]:
         # CPU time of this thread, not wall time: on an executor thread, wall time includes

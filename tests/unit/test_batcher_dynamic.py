@@ -510,3 +510,67 @@ async def test_every_request_gets_exactly_one_outcome_under_churn() -> None:
     assert all(0 < len(batch) <= 6 for batch in batches)  # rows, within max_batch_size
     assert stats.inference_count == sum(len(batch) for batch in batches if 13 not in batch)
     assert stats.execution_count == sum(1 for batch in batches if 13 not in batch)
+
+
+class InlineBackend(FakeBackend):
+    """A backend with the RunsNow fast path: runs synchronously unless told it is too costly."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        super().__init__(gate)
+        self.cheap = True
+        self.ran_now: list[float] = []
+
+    def run_now(self, inputs: Tensors) -> Tensors | None:
+        if not self.cheap:
+            return None
+        self.ran_now.append(float(inputs["x"][0, 0]))
+        return {"y": inputs["x"] * 2}
+
+
+async def test_idle_model_runs_a_cheap_request_at_once_with_statistics(make: MakeBatcher) -> None:
+    stats = ModelStats()
+    be = InlineBackend()
+    b = make(be, stats=stats)
+    out = await b.submit(x(7), 1)  # no await inside: answered before any task switch
+    np.testing.assert_array_equal(out["y"], x(7)["x"] * 2)
+    assert be.ran_now == [7] and be.batches == []
+    assert (stats.execution_count, stats.inference_count, stats.queue.count) == (1, 1, 1)
+    assert b.estimator.predict(1, time.monotonic()) >= 0.0
+    be.cheap = False  # the backend says no: the request takes the queue
+    await result(submit(b, 8))
+    assert be.batches == [[8]]
+
+
+async def test_fast_path_is_skipped_while_work_is_queued_or_running(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    be = InlineBackend(gate)
+    be.cheap = False
+    b = make(be)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    be.cheap = True
+    second = submit(b, 2)  # a batch is running: it must queue behind it, not overtake it
+    await turns_until(lambda: b.queued_requests == 1)
+    gate.set()
+    await result(first)
+    await result(second)
+    assert be.ran_now == [] and be.batches == [[1], [2]]
+
+
+async def test_fast_path_checks_like_admission(make: MakeBatcher) -> None:
+    be = InlineBackend()
+    b = make(be, priority_levels=2)
+    with pytest.raises(DeadlineExceeded):
+        await b.submit(x(1), 1, deadline=0.0)
+    with pytest.raises(ValueError, match="priority"):
+        await b.submit(x(2), 1, priority=5)
+    with pytest.raises(TooManyRows):
+        await b.submit(x(3, rows=9), 9)
+    assert be.ran_now == []
+
+
+async def test_fast_path_only_with_one_instance(make: MakeBatcher) -> None:
+    backends = [InlineBackend(), InlineBackend()]
+    b = make(*backends)
+    await result(submit(b, 1))
+    assert all(be.ran_now == [] for be in backends)

@@ -121,6 +121,24 @@ async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_pa
     assert seen[1] == loop_thread and seen[3] == loop_thread
 
 
+async def test_run_now_only_for_sizes_known_to_be_cheap(tmp_path: Path) -> None:
+    path = _dense_model(tmp_path / "m.onnx")
+    executor = ThreadPoolExecutor(max_workers=1)
+    backend = OrtBackend(path, OrtOptions(), [(CPU, {})], executor, inline_max_s=10.0)
+    x = np.ones((2, 8), np.float32)
+    assert backend.run_now({"x": x}) is None  # cost unknown: the caller queues it
+    expected = await backend.run({"x": x})
+    now = backend.run_now({"x": x})
+    assert now is not None
+    np.testing.assert_array_equal(now["z"], expected["z"])
+    assert backend.run_now({"x": np.ones((64, 8), np.float32)}) is None  # another size: unknown
+    backend.close()
+    never = OrtBackend(path, OrtOptions(), [(CPU, {})], ThreadPoolExecutor(max_workers=1), inline_max_s=0.0)
+    await never.run({"x": x})
+    assert never.run_now({"x": x}) is None  # inline runs disabled
+    never.close()
+
+
 async def test_closed_backend_takes_no_more_batches(tmp_path: Path) -> None:
     backend = _backend(_dense_model(tmp_path / "m.onnx"))
     backend.close()
