@@ -211,7 +211,10 @@ def test_deadline_that_expires_in_the_queue_is_never_computed(limits_server: Ser
     for _ in range(4):
         _result, error = blocker.get(timeout=120)
         assert error is None
-    assert codes == ["StatusCode.DEADLINE_EXCEEDED"] * 3
+    # Expired in the queue (DEADLINE_EXCEEDED), or, once the blocker's batches have been timed,
+    # shed at admission because the work queued ahead would make it late (RESOURCE_EXHAUSTED).
+    assert len(codes) == 3
+    assert set(codes) <= {"StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}, codes
     time.sleep(0.2)  # let the server's own bookkeeping of the client-side deadline settle
     (after,) = client.get_inference_statistics("resnet", as_json=True)["model_stats"]
     # Only the blocker ran: the expired requests were dropped before compute.
