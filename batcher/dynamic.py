@@ -259,7 +259,7 @@ class DynamicBatcher:
             self._run_seq += 1
             key = self._run_seq
             now = self._clock()
-            self._running_until[key] = now + self._estimator.predict(offsets[-1], now, margin=False)
+            self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
             try:
                 outputs = await backend.run(inputs)
             finally:
@@ -308,12 +308,13 @@ class DynamicBatcher:
         included) cut into full batches, shared among the instances. A rough, cheap estimate: it
         ignores formation delay and preferred sizes; 0.0 until a run has been observed.
 
-        Mean run times, without the margin formation uses: admission keeps a request that would
-        make its deadline on average, so the instance never idles for want of queued work, and
-        formation, with the margin, still never computes one that would likely be late.
+        With the same margin formation uses: a request admitted here is one formation will run
+        when its turn comes. Admitting on mean run times instead (tried) let borderline requests
+        in that formation then dropped unrun, idling the instance: goodput 25 vs 32/s (50 ms
+        deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
-        estimate = functools.partial(self._estimator.predict, margin=False)
+        estimate = self._estimator.predict
         running = sum(max(0.0, end - now) for end in self._running_until.values())
         ahead = self._queue.rows_ahead(level) + rows
         per_batch = self._policy.max_batch_size or 1

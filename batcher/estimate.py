@@ -67,10 +67,8 @@ class ServiceTimeEstimator:
         old.rows += weight * (max(rows, 1) - old.rows)
         old.at = now
 
-    def predict(self, rows: int, now: float, margin: bool = True) -> float:
-        """Predicted seconds for a run of `rows` rows at clock time `now` (0.0 when unknown).
-
-        `margin=False`: the mean alone, without the deviations (what a run takes on average)."""
+    def predict(self, rows: int, now: float) -> float:
+        """Predicted seconds for a run of `rows` rows at clock time `now` (0.0 when unknown)."""
         if not self._seen:
             return 0.0
         own = self.bucket(rows)
@@ -78,6 +76,6 @@ class ServiceTimeEstimator:
             seen = self._seen.get(b)
             if seen is not None:
                 scale = 1.0 if b == own else max(rows, 1) / seen.rows
-                expected = seen.seconds + (self._deviations * seen.deviation if margin else 0.0)
+                expected = seen.seconds + self._deviations * seen.deviation
                 return expected * scale * self._freshness(seen, now)
         return 0.0

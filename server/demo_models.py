@@ -1,8 +1,9 @@
 """Two demo models, built from seeded random weights so that the server runs with no download.
 
 `mlp` is a small tabular scorer (cheap: batching overhead dominates); `resnet` has ResNet-18's shape
-and cost (compute dominates). Both are built deterministically: the same onnx version writes the
-same bytes, and a finished repository is reused from the cache.
+and cost (compute dominates); `resnet_u8` is the same network taking UINT8 camera frames, with the
+normalization inside the graph (a quarter of the bytes on the wire). All are built deterministically:
+the same onnx version writes the same bytes, and a finished repository is reused from the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from protos import model_config_pb2 as mc
 logger = logging.getLogger(__name__)
 
 # Bump when a model or config below changes: a new version builds into a new directory.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR version: loads on onnxruntime >= 1.13
 MARKER = ".sluiceway-demo"
@@ -94,10 +95,45 @@ def _conv(
     return g.node("Conv", [x, w, b], name, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
 
 
+# ImageNet's per-channel statistics, on pixel values scaled to [0, 1].
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
 def build_resnet() -> bytes:
     """ResNet-18's layout with batch norm folded into conv biases: image [N,3,224,224] -> logits [N,1000]."""
     g = _Graph(seed=2)
-    x = g.node("Relu", [_conv(g, "image", "conv1", 3, 64, 7, 2)], "conv1.relu")
+    _resnet_body(g, "image")
+    return g.model(
+        "resnet",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
+    )
+
+
+def build_resnet_u8() -> bytes:
+    """The same network (same weights) taking camera frames: frame UINT8 [N,224,224,3] (NHWC, 0-255)
+    -> Cast, Transpose to NCHW, ImageNet normalization -> the resnet body -> logits [N,1000].
+
+    A frame is 150 KB on the wire instead of 600 KB of FP32, and the normalization a client would
+    otherwise do in Python runs inside the graph."""
+    g = _Graph(seed=2)
+    x = g.node("Cast", ["frame"], "frame.float", to=TensorProto.FLOAT)
+    x = g.node("Transpose", [x], "frame.nchw", perm=[0, 3, 1, 2])
+    scale = g.const("normalize.scale", (1.0 / (255.0 * IMAGENET_STD)).reshape(1, 3, 1, 1))
+    shift = g.const("normalize.shift", (-IMAGENET_MEAN / IMAGENET_STD).reshape(1, 3, 1, 1))
+    x = g.node("Add", [g.node("Mul", [x, scale], "normalize.mul"), shift], "normalized")
+    _resnet_body(g, x)
+    return g.model(
+        "resnet_u8",
+        [helper.make_tensor_value_info("frame", TensorProto.UINT8, ["batch", 224, 224, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
+    )
+
+
+def _resnet_body(g: _Graph, image: str) -> None:
+    """From an NCHW FP32 image tensor named `image` to the output "logits"."""
+    x = g.node("Relu", [_conv(g, image, "conv1", 3, 64, 7, 2)], "conv1.relu")
     x = g.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     c_in = 64
     for stage, c_out in enumerate((64, 128, 256, 512), start=1):
@@ -117,18 +153,17 @@ def build_resnet() -> bytes:
     w = g.const("fc.weight", g.he((512, 1000), 512, scale=0.5))
     b = g.const("fc.bias", np.zeros(1000, np.float32))
     g.node("Gemm", [x, w, b], "logits")
-    return g.model(
-        "resnet",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])],
-    )
 
 
 def _config(
-    name: str, max_batch_size: int, inp: tuple[str, list[int]], out: tuple[str, list[int]]
+    name: str,
+    max_batch_size: int,
+    inp: tuple[str, list[int]],
+    out: tuple[str, list[int]],
+    input_type: int = mc.TYPE_FP32,
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
-    config.input.add(name=inp[0], data_type=mc.TYPE_FP32, dims=inp[1])
+    config.input.add(name=inp[0], data_type=input_type, dims=inp[1])
     config.output.add(name=out[0], data_type=mc.TYPE_FP32, dims=out[1])
     config.dynamic_batching.max_queue_delay_microseconds = 0
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
@@ -139,7 +174,10 @@ def demo_configs() -> dict[str, mc.ModelConfig]:
     mlp = _config("mlp", 128, ("features", [64]), ("scores", [2]))
     mlp.dynamic_batching.default_queue_policy.max_queue_size = 1024
     resnet = _config("resnet", 16, ("image", [3, 224, 224]), ("logits", [1000]))
-    return {"mlp": mlp, "resnet": resnet}
+    resnet_u8 = _config(
+        "resnet_u8", 16, ("frame", [224, 224, 3]), ("logits", [1000]), input_type=mc.TYPE_UINT8
+    )
+    return {"mlp": mlp, "resnet": resnet, "resnet_u8": resnet_u8}
 
 
 def _build_key() -> str:
@@ -149,7 +187,7 @@ def _build_key() -> str:
 
 
 def _write(directory: Path) -> None:
-    builders = {"mlp": build_mlp, "resnet": build_resnet}
+    builders = {"mlp": build_mlp, "resnet": build_resnet, "resnet_u8": build_resnet_u8}
     for name, config in demo_configs().items():
         (directory / name / "1").mkdir(parents=True)
         text = f"# Demo model: built by server/demo_models.py (version {DEMO_VERSION}).\n"

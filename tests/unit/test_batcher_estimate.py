@@ -48,7 +48,6 @@ def test_prediction_adds_the_spread_of_run_times() -> None:
     assert e.predict(1, 0.0) == pytest.approx(0.010)  # one sample: no spread seen yet
     e.observe(1, 0.020, 0.0)  # mean 0.015, mean deviation 0.5 * |0.020 - 0.010| = 0.005
     assert e.predict(1, 0.0) == pytest.approx(0.015 + 2 * 0.005)
-    assert e.predict(1, 0.0, margin=False) == pytest.approx(0.015)  # the mean, for admission
     steady = ServiceTimeEstimator(alpha=0.5, deviations=2.0)
     for _ in range(20):
         steady.observe(1, 0.010, 0.0)

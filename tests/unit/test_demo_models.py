@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, inspect_onnx
-from server.demo_models import build_demo_repository
+from server.demo_models import IMAGENET_MEAN, IMAGENET_STD, build_demo_repository
 from server.model_config import complete_from_onnx
 from server.repository import scan_repository
 
@@ -42,7 +42,7 @@ def test_a_built_repository_is_reused(repo: Path) -> None:
 def test_configs_load_and_agree_with_the_models(repo: Path) -> None:
     models, errors = scan_repository(repo)
     assert errors == {}
-    assert sorted(models) == ["mlp", "resnet"]
+    assert sorted(models) == ["mlp", "resnet", "resnet_u8"]
     mlp = models["mlp"].config
     assert mlp.max_batch_size == 128
     assert mlp.dynamic_batching.default_queue_policy.max_queue_size == 1024
@@ -77,3 +77,17 @@ def test_resnet_logits_are_finite_and_varied(repo: Path) -> None:
     assert logits.shape == (1, 1000)
     assert np.isfinite(logits).all()
     assert logits.std() > 1e-3
+
+
+def test_resnet_u8_is_resnet_on_normalized_frames(repo: Path) -> None:
+    # The same weights behind a Cast/Transpose/normalize prefix: a UINT8 NHWC frame must give the
+    # logits resnet gives for that frame scaled to [0, 1], made NCHW and normalized in numpy.
+    frames = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    image = (frames.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    image = np.ascontiguousarray(image.transpose(0, 3, 1, 2))
+    from_frames = _run(repo / "resnet_u8" / "1" / "model.onnx", {"frame": frames})["logits"]
+    from_images = _run(repo / "resnet" / "1" / "model.onnx", {"image": image})["logits"]
+    assert from_frames.shape == (2, 1000)
+    tolerance = 1e-3 * float(np.abs(from_images).max())
+    np.testing.assert_allclose(from_frames, from_images, rtol=1e-3, atol=tolerance)
+    assert not np.allclose(from_frames[0], from_frames[1])
