@@ -23,13 +23,24 @@ from collections.abc import Callable, Sequence
 
 from batcher.errors import BatcherStopped, DeadlineExceeded
 from batcher.estimate import ServiceTimeEstimator
-from batcher.form import form_batch
+from batcher.form import form_batch, hard_deadline
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
 from batcher.scatter import gather, scatter
 from batcher.stats import ModelStats
 from batcher.types import Array, Backend, BatchingPolicy, Tensors
 
 log = logging.getLogger(__name__)
+
+
+def _late(p: Request, policy: BatchingPolicy, now: float) -> bool:
+    """Past its hard deadline: a run that took longer than predicted. Never answered as a success
+    (the caller has given up, or asked for no answer after its timeout)."""
+    hard = hard_deadline(p, policy)
+    return hard is not None and now > hard
+
+
+def _computed_late() -> DeadlineExceeded:
+    return DeadlineExceeded("deadline exceeded while the request was being computed")
 
 
 def _stopped() -> BatcherStopped:
@@ -173,7 +184,10 @@ class DynamicBatcher:
         t1 = time.perf_counter_ns()
         self._stats.record_queue(0)
         self._stats.record_batch(p.rows, 1, 0, t1 - t0, 0)
-        self._estimator.observe(p.rows, (t1 - t0) / 1e9, self._clock())
+        now = self._clock()
+        self._estimator.observe(p.rows, (t1 - t0) / 1e9, now)
+        if _late(p, self._policy, now):
+            raise _computed_late()
         return outputs
 
     async def stop(self, drain: bool = True, timeout_s: float = 5.0) -> None:
@@ -275,8 +289,13 @@ class DynamicBatcher:
         rows = offsets[-1]
         self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
         self._estimator.observe(rows, (t2 - t1) / 1e9, self._clock())
+        done_at = self._clock()
         for p, part in zip(batch, parts, strict=True):
-            if not p.handle.future.done():
+            if p.handle.future.done():
+                continue
+            if _late(p, self._policy, done_at):
+                p.handle.future.set_exception(_computed_late())
+            else:
                 p.handle.future.set_result(part)
 
     def _run_done(self, batch: list[Request], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:

@@ -574,3 +574,42 @@ async def test_fast_path_only_with_one_instance(make: MakeBatcher) -> None:
     b = make(*backends)
     await result(submit(b, 1))
     assert all(be.ran_now == [] for be in backends)
+
+
+async def test_a_run_that_ends_after_the_deadline_is_not_answered_as_a_success() -> None:
+    now = [100.0]
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock=lambda: now[0])
+    b.start()
+    try:
+        late = submit(b, 1, deadline=100.5)
+        in_time = submit(b, 2)  # no deadline: same batch, answered normally
+        await asyncio.wait_for(be.started.wait(), LONG)
+        now[0] = 101.0  # the run took longer than the deadline allowed
+        gate.set()
+        with pytest.raises(DeadlineExceeded, match="being computed"):
+            await result(late)
+        np.testing.assert_array_equal((await result(in_time))["y"], x(2)["x"] * 2)
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_fast_path_run_past_the_deadline_is_not_a_success() -> None:
+    now = [100.0]
+
+    class SlowInline(InlineBackend):
+        def run_now(self, inputs: Tensors) -> Tensors | None:
+            now[0] += 1.0  # this run takes a second of the fake clock
+            return super().run_now(inputs)
+
+    stats = ModelStats()
+    be = SlowInline()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats, clock=lambda: now[0])
+    b.start()
+    try:
+        with pytest.raises(DeadlineExceeded, match="being computed"):
+            await b.submit(x(1), 1, deadline=100.5)
+        assert be.ran_now == [1] and stats.execution_count == 1  # it ran, and is counted
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
