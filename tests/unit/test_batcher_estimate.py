@@ -13,13 +13,14 @@ def test_unknown_cost_is_zero() -> None:
     assert ServiceTimeEstimator().predict(64, 0.0) == 0.0
 
 
-def test_ewma_per_bucket() -> None:
-    e = ServiceTimeEstimator(alpha=0.5, deviations=0.0)
+def test_median_of_recent_runs_per_bucket() -> None:
+    e = ServiceTimeEstimator(window=4, max_margin=0.0)
     e.observe(8, 0.010, 0.0)
     assert e.predict(8, 0.0) == pytest.approx(0.010)  # first sample taken as is
     assert e.predict(5, 0.0) == pytest.approx(0.010)  # same bucket (5..8)
-    e.observe(8, 0.020, 0.0)
-    assert e.predict(8, 0.0) == pytest.approx(0.015)
+    for seconds in (0.020, 0.030, 0.040, 0.050):  # the window keeps the last 4
+        e.observe(8, seconds, 0.0)
+    assert e.predict(8, 0.0) == pytest.approx(0.030)  # lower median of 20, 30, 40, 50 ms
 
 
 def test_unseen_bucket_scales_the_nearest_smaller_by_rows_else_zero() -> None:
@@ -28,37 +29,46 @@ def test_unseen_bucket_scales_the_nearest_smaller_by_rows_else_zero() -> None:
     assert e.predict(32, 0.0) == pytest.approx(0.032)  # 1 ms a row, as seen at 4 rows
     assert e.predict(3, 0.0) == pytest.approx(0.004)  # same bucket: as seen
     assert e.predict(1, 0.0) == 0.0  # nothing smaller seen: unknown, never rejects early
-    e.observe(3, 0.004, 0.0)  # the bucket's runs now average 3.8 rows
-    assert e.predict(38, 0.0) == pytest.approx(0.040, rel=0.01)
+    e.observe(3, 0.004, 0.0)  # the bucket's runs now average 3.5 rows
+    assert e.predict(35, 0.0) == pytest.approx(0.040, rel=0.01)
 
 
-def test_estimates_fade_so_one_slow_run_cannot_block_forever() -> None:
-    e = ServiceTimeEstimator(alpha=0.2, half_life_s=1.0, deviations=0.0)
-    e.observe(1, 2.0, 0.0)  # a cold start
-    assert e.predict(1, 1.0) == pytest.approx(1.0)
-    assert e.predict(1, 10.0) < 0.01
-    # A stale estimate gives way to a new sample almost entirely.
-    e.observe(1, 0.010, 20.0)
-    assert e.predict(1, 20.0) == pytest.approx(0.010, rel=0.01)
-
-
-def test_prediction_adds_the_spread_of_run_times() -> None:
-    e = ServiceTimeEstimator(alpha=0.5, deviations=2.0)
-    e.observe(1, 0.010, 0.0)
-    assert e.predict(1, 0.0) == pytest.approx(0.010)  # one sample: no spread seen yet
-    e.observe(1, 0.020, 0.0)  # mean 0.015, mean deviation 0.5 * |0.020 - 0.010| = 0.005
-    assert e.predict(1, 0.0) == pytest.approx(0.015 + 2 * 0.005)
-    steady = ServiceTimeEstimator(alpha=0.5, deviations=2.0)
+def test_prediction_adds_the_spread_capped() -> None:
+    e = ServiceTimeEstimator(window=11, quantile=0.9, max_margin=0.5)
+    for ms in (10, 10, 10, 10, 10, 11, 11, 11, 12, 12, 14):
+        e.observe(1, ms / 1000, 0.0)
+    assert e.predict(1, 0.0) == pytest.approx(0.012)  # the 90th percentile of the window
+    steady = ServiceTimeEstimator()
     for _ in range(20):
         steady.observe(1, 0.010, 0.0)
     assert steady.predict(1, 0.0) == pytest.approx(0.010)  # steady runs: no margin
+    steady.observe(1, 0.500, 0.0)  # one outlier (a pause) moves neither median nor quantile
+    assert steady.predict(1, 0.0) == pytest.approx(0.010)
+    spread = ServiceTimeEstimator(window=4, max_margin=0.5)
+    for ms in (10, 10, 40, 40):
+        spread.observe(1, ms / 1000, 0.0)
+    assert spread.predict(1, 0.0) == pytest.approx(0.015)  # 40 ms capped at 1.5 x the median
+
+
+def test_estimates_fade_so_one_slow_run_cannot_block_forever() -> None:
+    e = ServiceTimeEstimator(half_life_s=1.0, max_margin=0.0)
+    e.observe(1, 2.0, 0.0)  # a cold start
+    assert e.predict(1, 1.0) == pytest.approx(1.0)
+    assert e.predict(1, 10.0) < 0.01
+    e.observe(1, 0.010, 20.0)  # fresh runs take over the median
+    e.observe(1, 0.010, 20.0)
+    assert e.predict(1, 20.0) == pytest.approx(0.010)
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="alpha"):
-        ServiceTimeEstimator(alpha=0.0)
+    with pytest.raises(ValueError, match="window"):
+        ServiceTimeEstimator(window=0)
     with pytest.raises(ValueError, match="half_life_s"):
         ServiceTimeEstimator(half_life_s=0.0)
+    with pytest.raises(ValueError, match="quantile"):
+        ServiceTimeEstimator(quantile=0.2)
+    with pytest.raises(ValueError, match="max_margin"):
+        ServiceTimeEstimator(max_margin=-1.0)
 
 
 def test_record_batch_follows_triton_semantics() -> None:
