@@ -131,12 +131,9 @@ class DynamicBatcher:
         Raises BatcherStopped, TooManyRows, QueueFull, DeadlineExceeded, ValueError (bad priority,
         rows or timeout_s), or whatever the backend raised for this request's batch.
         """
-        if not self._accepting:
-            raise BatcherStopped()
-        if self._runs_now is not None and self._in_flight == 0 and len(self._queue) == 0:
-            outputs = self._run_now(self._runs_now, inputs, rows, deadline, priority, timeout_s)
-            if outputs is not None:
-                return outputs
+        outputs = self.run_now(inputs, rows, deadline=deadline, priority=priority, timeout_s=timeout_s)
+        if outputs is not None:
+            return outputs
         p = self._queue.admit(
             inputs,
             rows,
@@ -154,20 +151,27 @@ class DynamicBatcher:
             self._queue.remove(p)
             raise
 
-    def _run_now(
+    def run_now(
         self,
-        runs_now: Callable[[Tensors], Tensors | None],
         inputs: Tensors,
         rows: int,
-        deadline: float | None,
-        priority: int,
-        timeout_s: float | None,
+        *,
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
     ) -> Tensors | None:
-        """Idle model, cheap run: check the request as admission would, then run it on the spot.
+        """The fast path, synchronous: an idle model whose runs of this size are cheap checks the
+        request as admission would and runs it on the spot; None (nothing done) otherwise, and the
+        caller uses `submit`. Raises as `submit` does.
 
-        Saves the queue, the dispatch task's wake-up and a future: for a model whose run costs a
-        few tens of microseconds those cost as much as the run. None: not cheap now, queue it.
+        Saves the queue, the dispatch task's wake-up and a future (and, for a stream, a task per
+        request): for a model whose run costs a few tens of microseconds those cost as much.
         """
+        if not self._accepting:
+            raise BatcherStopped()
+        runs_now = self._runs_now
+        if runs_now is None or self._in_flight or len(self._queue):
+            return None
         p = self._queue.admit(
             inputs,
             rows,

@@ -15,11 +15,9 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server import codec
-from server.controls import parse_controls
 from server.errors import ShuttingDown, status_for
-from server.models import READY, ModelManager, ModelVersion
-from server.response_cache import request_key
+from server.infer_job import InferJob
+from server.models import READY, ModelManager
 from server.statistics import to_proto
 
 log = logging.getLogger(__name__)
@@ -183,23 +181,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_deadline = None if remaining is None else time.monotonic() + remaining
         ordered_tail: list[asyncio.Event] = []  # last answer of a preserve_ordering model
 
+        def left_s() -> float | None:
+            return None if stream_deadline is None else stream_deadline - time.monotonic()
+
         async def answer(
-            request: pb.ModelInferRequest, after: asyncio.Event | None, done: asyncio.Event | None
+            request: pb.ModelInferRequest,
+            job: InferJob | None,
+            start_ns: int,
+            after: asyncio.Event | None,
+            done: asyncio.Event | None,
         ) -> None:
             try:
-                left = None if stream_deadline is None else stream_deadline - time.monotonic()
                 try:
-                    response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, left))
+                    if job is None:
+                        result = await self._infer(request, left_s())
+                    else:
+                        result = await self._finish(job, start_ns)
+                    response = pb.ModelStreamInferResponse(infer_response=result)
                 except Exception as exc:
-                    code, message, expected = status_for(exc)
-                    if not expected:
-                        log.exception("stream request failed")
-                    response = pb.ModelStreamInferResponse(
-                        error_message=f"{code.name}: {message}",
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request.id
-                        ),
-                    )
+                    response = _stream_error(request, exc)
                 if after is not None:
                     await after.wait()
                 answers.put_nowait(response)
@@ -212,12 +212,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 async for request in request_iterator:
                     await slots.acquire()
+                    start_ns = time.perf_counter_ns()
                     after = done = None
                     if self._preserves_order(request):
                         after = ordered_tail[0] if ordered_tail else None
                         done = asyncio.Event()
                         ordered_tail[:] = [done]
-                    task = asyncio.create_task(answer(request, after, done))
+                    job = None
+                    if after is None or after.is_set():
+                        # Nothing earlier to wait for: answer inline when that needs no waiting
+                        # (a cache hit or the fast path), without a task for this request.
+                        try:
+                            job, now = self._start(request, left_s(), start_ns)
+                        except Exception as exc:
+                            now, failed = None, _stream_error(request, exc)
+                        else:
+                            failed = None
+                        if now is not None or failed is not None:
+                            answers.put_nowait(failed or pb.ModelStreamInferResponse(infer_response=now))
+                            if done is not None:
+                                done.set()
+                            slots.release()
+                            continue
+                    task = asyncio.create_task(answer(request, job, start_ns, after, done))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 if pending:
@@ -245,46 +262,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, remaining_s: float | None) -> pb.ModelInferResponse:
         """Serve one request end to end; raises on any failure. Records per-version statistics."""
         start = time.perf_counter_ns()
+        job, response = self._start(request, remaining_s, start)
+        return response if response is not None else await self._finish(job, start)
+
+    def _start(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+    ) -> tuple[InferJob, pb.ModelInferResponse | None]:
+        """Route and prepare a request, and answer it if that needs no waiting (see InferJob)."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
         served = self._models.resolve(request.model_name, request.model_version)
         try:
-            response = await _run(served, request, remaining_s)
+            job = InferJob.prepare(served, request, remaining_s)
+            response = job.answer_now()
         except Exception:
-            served.stats.record_failure(time.perf_counter_ns() - start)
+            served.stats.record_failure(time.perf_counter_ns() - start_ns)
             raise
-        served.stats.record_success(time.perf_counter_ns() - start)
+        if response is not None:
+            served.stats.record_success(time.perf_counter_ns() - start_ns)
+        return job, response
+
+    async def _finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
+        stats = job.served.stats
+        try:
+            response = await job.answer_later()
+        except Exception:
+            stats.record_failure(time.perf_counter_ns() - start_ns)
+            raise
+        stats.record_success(time.perf_counter_ns() - start_ns)
         return response
 
 
-async def _run(
-    served: ModelVersion, request: pb.ModelInferRequest, remaining_s: float | None
-) -> pb.ModelInferResponse:
-    signature = served.signature
-    inputs = codec.decode_inputs(request)
-    rows = signature.check_inputs(inputs)
-    names = signature.check_outputs(codec.requested_outputs(request))
-    controls = parse_controls(request.parameters)
-    cache, key, lookup_ns = served.response_cache, b"", 0
-    if cache is not None:
-        start = time.perf_counter_ns()
-        key = request_key(served.name, served.version_str, inputs)
-        hit = cache.lookup(key)
-        if hit is not None:  # answered from the cache without the batcher, as Triton does
-            response = codec.encode_response(served.name, served.version_str, request.id, hit, names)
-            served.stats.cache_hit.add(time.perf_counter_ns() - start)
-            return response
-        lookup_ns = time.perf_counter_ns() - start
-    deadline = None if remaining_s is None else time.monotonic() + remaining_s
-    outputs = await served.batcher.submit(
-        inputs, rows, deadline=deadline, priority=controls.priority, timeout_s=controls.timeout_s
+def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    """A stream answers a failed request with an error message and keeps going."""
+    code, message, expected = status_for(exc)
+    if not expected:
+        log.error("stream request failed", exc_info=exc)
+    return pb.ModelStreamInferResponse(
+        error_message=f"{code.name}: {message}",
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
     )
-    if cache is not None:
-        start = time.perf_counter_ns()
-        if served.response_cache is not None:  # None once this version was retired while it ran
-            served.response_cache.insert(key, served.name, outputs)
-        served.stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - start)
-    return codec.encode_response(served.name, served.version_str, request.id, outputs, names)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
