@@ -74,6 +74,7 @@ class DynamicBatcher:
         self._in_flight = 0  # batches taken from the queue and not yet answered
         # Predicted end (clock seconds) of each batch running now, for admission's wait estimate.
         self._running_until: dict[int, float] = {}
+        self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
         self._run_seq = 0
         self._accepting = False
         self._closing = False
@@ -190,6 +191,7 @@ class DynamicBatcher:
         self._stats.record_batch(p.rows, 1, 0, t1 - t0, 0)
         now = self._clock()
         self._estimator.observe(p.rows, (t1 - t0) / 1e9, now)
+        self._rows_per_run += 0.2 * (p.rows - self._rows_per_run)
         if _late(p, self._policy, now):
             raise _computed_late()
         return outputs
@@ -293,6 +295,7 @@ class DynamicBatcher:
         rows = offsets[-1]
         self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
         self._estimator.observe(rows, (t2 - t1) / 1e9, self._clock())
+        self._rows_per_run += 0.2 * (rows - self._rows_per_run)
         done_at = self._clock()
         for p, part in zip(batch, parts, strict=True):
             if p.handle.future.done():
@@ -340,7 +343,9 @@ class DynamicBatcher:
         estimate = self._estimator.predict
         running = sum(max(0.0, end - now) for end in self._running_until.values())
         ahead = self._queue.rows_ahead(level) + rows
-        per_batch = self._policy.max_batch_size or 1
+        # Batches as large as recent ones, not max_batch_size: formation cuts batches to the
+        # slack of their oldest request, so a long queue drains in several smaller batches.
+        per_batch = min(self._policy.max_batch_size or 1, max(1, round(self._rows_per_run)))
         batches = -(-ahead // per_batch)
         queued = batches * estimate(min(ahead, per_batch), now)
         return (running + queued) / len(self._backends)

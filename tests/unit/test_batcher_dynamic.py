@@ -613,3 +613,33 @@ async def test_fast_path_run_past_the_deadline_is_not_a_success() -> None:
         assert be.ran_now == [1] and stats.execution_count == 1  # it ran, and is counted
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_backlog_is_cut_into_batches_as_large_as_recent_ones() -> None:
+    # Runs of 1 and of 4 rows both take 1 s: by the estimate alone, three queued rows would go in
+    # one 1 s batch. But recent batches held 1 row each (formation cut them), so the backlog is
+    # counted as three 1 s batches, and a request that would need them is shed at admission.
+    now = [100.0]
+    be = FakeBackend()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock=lambda: now[0])
+    b.start()
+    try:
+        for i in range(12):
+            await result(submit(b, i))  # twelve 1-row batches
+        for _ in range(16):
+            b.estimator.observe(1, 1.0, now[0])
+            b.estimator.observe(4, 1.0, now[0])
+        be.gate, be.started = asyncio.Event(), asyncio.Event()
+        running = submit(b, 100)
+        await asyncio.wait_for(be.started.wait(), LONG)  # ends at about 101
+        queued = [submit(b, 101), submit(b, 102)]
+        await turns_until(lambda: b.queued_requests == 2)
+        with pytest.raises(Overloaded):  # 1 s left + 3 batches of 1 s = 104 > 103.5
+            await result(b.submit(x(103), 1, deadline=103.5))
+        admitted = submit(b, 104, deadline=105.5)  # 1 + 4 batches = 105
+        await turns_until(lambda: b.queued_requests == 3)
+        be.gate.set()
+        for task in (running, *queued, admitted):
+            await result(task)
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
