@@ -331,8 +331,9 @@ class DynamicBatcher:
         """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.
 
         What is left of the running batches, plus the queued rows served before it (its own
-        included) cut into full batches, shared among the instances. A rough, cheap estimate: it
-        ignores formation delay and preferred sizes; 0.0 until a run has been observed.
+        included) cut into batches as large as recent ones, shared among the instances. A rough,
+        cheap estimate: it ignores formation delay and preferred sizes; 0.0 until a run has been
+        observed.
 
         With the same margin formation uses: a request admitted here is one formation will run
         when its turn comes. Admitting on mean run times instead (tried) let borderline requests
