@@ -173,14 +173,8 @@ class DynamicBatcher:
         runs_now = self._runs_now
         if runs_now is None or self._in_flight or len(self._queue):
             return None
-        p = self._queue.admit(
-            inputs,
-            rows,
-            deadline=deadline,
-            priority=priority,
-            timeout_s=timeout_s,
-            predict_s=self._predict_now,
-            enqueue=False,
+        a = self._queue.check(
+            rows, deadline=deadline, priority=priority, timeout_s=timeout_s, predict_s=self._predict_now
         )
         t0 = time.perf_counter_ns()
         outputs = runs_now(inputs)
@@ -188,11 +182,11 @@ class DynamicBatcher:
             return None
         t1 = time.perf_counter_ns()
         self._stats.record_queue(0)
-        self._stats.record_batch(p.rows, 1, 0, t1 - t0, 0)
+        self._stats.record_batch(a.rows, 1, 0, t1 - t0, 0)
         now = self._clock()
-        self._estimator.observe(p.rows, (t1 - t0) / 1e9, now)
-        self._rows_per_run += 0.2 * (p.rows - self._rows_per_run)
-        if _late(p, self._policy, now):
+        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now)
+        self._rows_per_run += 0.2 * (a.rows - self._rows_per_run)
+        if a.hard is not None and now > a.hard:
             raise _computed_late()
         return outputs
 

@@ -69,9 +69,16 @@ class Formation(Generic[H]):
 
 def hard_deadline(p: Pending[Any], policy: BatchingPolicy) -> float | None:
     """The time after which `p` must not be computed: its deadline, and with REJECT the policy's."""
-    if policy.timeout_action is TimeoutAction.REJECT and p.policy_deadline is not None:
-        return p.policy_deadline if p.deadline is None else min(p.deadline, p.policy_deadline)
-    return p.deadline
+    return earliest_hard(p.deadline, p.policy_deadline, policy)
+
+
+def earliest_hard(
+    deadline: float | None, policy_deadline: float | None, policy: BatchingPolicy
+) -> float | None:
+    """`hard_deadline` from the two deadlines, before a Pending exists."""
+    if policy.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
+        return policy_deadline if deadline is None else min(deadline, policy_deadline)
+    return deadline
 
 
 def cannot_finish(deadline: float | None, now: float, service_s: float) -> bool:

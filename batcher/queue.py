@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, TooManyRows
-from batcher.form import Pending, cannot_finish, hard_deadline
+from batcher.form import Pending, cannot_finish, earliest_hard
 from batcher.types import BatchingPolicy, Tensors, TimeoutAction
 
 
@@ -27,6 +27,18 @@ class Ticket:
 
 
 Request = Pending[Ticket]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What admission settled for an accepted request (see RequestQueue.check)."""
+
+    rows: int  # 1 for a model without a batch dimension
+    level: int  # priority level, the default applied
+    now: float
+    deadline: float | None  # the caller's: gRPC deadline and own timeout, whichever is earlier
+    policy_deadline: float | None
+    hard: float | None  # after this, never computed and never answered as a success
 
 
 def is_done(p: Request) -> bool:
@@ -67,9 +79,8 @@ class RequestQueue:
         """Queued rows that would be served before a new request at priority `level` (1 = first)."""
         return sum(rows for lvl, rows in self._rows_by_level.items() if lvl <= level)
 
-    def admit(
+    def check(
         self,
-        inputs: Tensors,
         rows: int,
         *,
         deadline: float | None,
@@ -77,11 +88,9 @@ class RequestQueue:
         timeout_s: float | None,
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
-        enqueue: bool = True,
-    ) -> Request:
-        """Queue a request, or raise why not (ValueError, TooManyRows, DeadlineExceeded, QueueFull).
-
-        With `enqueue=False`, only check it and return it unqueued (no timer): the caller runs it.
+    ) -> Admission:
+        """Whether a request may be served, without queueing it; raises why not (ValueError,
+        TooManyRows, DeadlineExceeded, Overloaded). The fast path runs what this accepts at once.
 
         `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
         DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
@@ -105,18 +114,7 @@ class RequestQueue:
         own = None if timeout_s is None else now + timeout_s
         caller = own if deadline is None else (deadline if own is None else min(deadline, own))
         policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
-        loop = asyncio.get_running_loop()
-        p: Request = Pending(
-            inputs=inputs,
-            rows=rows,
-            priority=level,
-            arrival=now,
-            seq=next(self._seq),
-            handle=Ticket(loop.create_future()),
-            deadline=caller,
-            policy_deadline=policy_deadline,
-        )
-        hard = hard_deadline(p, policy)
+        hard = earliest_hard(caller, policy_deadline, policy)
         if hard is not None:
             if hard <= now:
                 raise DeadlineExceeded("deadline exceeded before the request was queued")
@@ -133,14 +131,45 @@ class RequestQueue:
                         f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
                         f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
                     )
-        if not enqueue:
-            return p
-        if len(self._items) >= policy.max_queue_size:
+        return Admission(rows, level, now, caller, policy_deadline, hard)
+
+    def admit(
+        self,
+        inputs: Tensors,
+        rows: int,
+        *,
+        deadline: float | None,
+        priority: int,
+        timeout_s: float | None,
+        predict_s: Callable[[int], float],
+        finish_s: Callable[[int, int], float] | None = None,
+    ) -> Request:
+        """Queue a request, or raise why not: as `check`, and QueueFull beyond max_queue_size."""
+        a = self.check(
+            rows,
+            deadline=deadline,
+            priority=priority,
+            timeout_s=timeout_s,
+            predict_s=predict_s,
+            finish_s=finish_s,
+        )
+        if len(self._items) >= self._policy.max_queue_size:
             raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
-        if hard is not None:
-            p.handle.timer = loop.call_later(hard - now, self._expire, p)
+        loop = asyncio.get_running_loop()
+        p: Request = Pending(
+            inputs=inputs,
+            rows=a.rows,
+            priority=a.level,
+            arrival=a.now,
+            seq=next(self._seq),
+            handle=Ticket(loop.create_future()),
+            deadline=a.deadline,
+            policy_deadline=a.policy_deadline,
+        )
+        if a.hard is not None:
+            p.handle.timer = loop.call_later(a.hard - a.now, self._expire, p)
         self._items[p.seq] = p
-        self._rows_by_level[level] = self._rows_by_level.get(level, 0) + rows
+        self._rows_by_level[a.level] = self._rows_by_level.get(a.level, 0) + a.rows
         self.changed.set()
         return p
 
