@@ -21,19 +21,18 @@ negligible.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
 class _Seen:
-    runs: deque[tuple[float, int]]  # (seconds, rows) of the latest runs
+    runs: deque[tuple[float, int]]  # (seconds, rows) of the latest runs, oldest first
+    times: list[float] = field(default_factory=list)  # the same seconds, kept sorted
+    rows_sum: int = 0
     at: float = 0.0  # when last observed, clock seconds
-    # Cached on observe, read on every prediction:
-    typical: float = 0.0  # median seconds
-    high: float = 0.0  # quantile seconds, capped
-    rows: float = 1.0  # mean rows: the scale for extrapolating to more rows
-    _sorted: list[float] = field(default_factory=list)
+    high: float = 0.0  # the prediction, cached on observe: quantile seconds, capped
 
 
 class ServiceTimeEstimator:
@@ -73,15 +72,21 @@ class ServiceTimeEstimator:
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
-            seen = self._seen[b] = _Seen(deque(maxlen=self._window))
-        seen.runs.append((max(seconds, 0.0), max(rows, 1)))
+            seen = self._seen[b] = _Seen(deque())
+        times = seen.times
+        if len(seen.runs) == self._window:  # the oldest run leaves the window
+            old_seconds, old_rows = seen.runs.popleft()
+            del times[bisect.bisect_left(times, old_seconds)]
+            seen.rows_sum -= old_rows
+        seconds, rows = max(seconds, 0.0), max(rows, 1)
+        seen.runs.append((seconds, rows))
+        bisect.insort(times, seconds)
+        seen.rows_sum += rows
         seen.at = now
-        times = sorted(s for s, _ in seen.runs)
         n = len(times)
-        seen.typical = times[(n - 1) // 2]
+        typical = times[(n - 1) // 2]
         quantile = times[min(n - 1, round(self._quantile * (n - 1)))]
-        seen.high = min(quantile, seen.typical * (1.0 + self._max_margin))
-        seen.rows = sum(r for _, r in seen.runs) / n
+        seen.high = min(quantile, typical * (1.0 + self._max_margin))
 
     def predict(self, rows: int, now: float) -> float:
         """Predicted seconds for a run of `rows` rows at clock time `now` (0.0 when unknown)."""
@@ -91,6 +96,6 @@ class ServiceTimeEstimator:
         for b in range(own, -1, -1):
             seen = self._seen.get(b)
             if seen is not None:
-                scale = 1.0 if b == own else max(rows, 1) / seen.rows
+                scale = 1.0 if b == own else max(rows, 1) * len(seen.runs) / seen.rows_sum
                 return seen.high * scale * self._freshness(seen, now)
         return 0.0
