@@ -77,6 +77,35 @@ def add_model_args(parser: argparse.ArgumentParser, *, port: int | None = 8001) 
     parser.add_argument("--cache-dir", type=Path, default=None, help="sluiceway cache dir (demo models)")
 
 
+def exec_peer_app(
+    python: Path, app: Path, args: argparse.Namespace, env: dict[str, str], extra: list[str]
+) -> None:
+    """Replace this process with a peer's app in its venv: the model spec, ports and threads from
+    `add_model_args`'s options, then `extra`. SIGTERM then reaches the server directly, and its
+    exit code is ours."""
+    spec = SPECS[args.model]
+    command = [
+        str(python),
+        "-I",  # isolated: the launcher's folder (with e.g. mlserver.py) must not shadow the package
+        str(app),
+        "--spec",
+        spec.to_json(model_file(args.model, args.cache_dir)),
+        "--grpc-port",
+        str(args.port or free_port()),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--intra-op-threads",
+        str(args.intra_op_threads),
+        "--inter-op-threads",
+        str(args.inter_op_threads),
+        *extra,
+    ]
+    sys.stdout.flush()
+    os.execve(command[0], command, env)
+
+
 def ort_session(path: Path, intra_op_threads: int, inter_op_threads: int) -> Any:
     """An onnxruntime CPU session configured as sluiceway configures its own (no spinning, all opts)."""
     import onnxruntime as ort

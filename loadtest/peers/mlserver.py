@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from loadtest.peers.common import SPECS, add_model_args, ensure_venv, free_port, model_file, onnxruntime_pin
+from loadtest.peers.common import add_model_args, ensure_venv, exec_peer_app, onnxruntime_pin
 
 MLSERVER_VERSION = "1.7.1"
 APP = Path(__file__).with_name("_mlserver_app.py")
@@ -37,33 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-batch-time-us", type=int, default=500, help="adaptive batching: longest wait to fill a batch"
     )
     args = parser.parse_args(argv)
-    spec = SPECS[args.model]
-    path = model_file(args.model, args.cache_dir)
     python = ensure_venv("mlserver", requirements())
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    command = [
-        str(python),
-        "-I",  # isolated: the script's folder (with this mlserver.py) must not shadow the package
-        str(APP),
-        "--spec",
-        spec.to_json(path),
-        "--grpc-port",
-        str(args.port or free_port()),
-        "--http-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--intra-op-threads",
-        str(args.intra_op_threads),
-        "--inter-op-threads",
-        str(args.inter_op_threads),
-        "--max-batch-time-us",
-        str(args.max_batch_time_us),
-    ]
-    sys.stdout.flush()
-    # Replace this process: SIGTERM then reaches MLServer directly, and its exit code is ours.
-    os.execve(command[0], command, env)
+    exec_peer_app(python, APP, args, env, ["--max-batch-time-us", str(args.max_batch_time_us)])
+    return 1  # not reached: exec replaced this process
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from loadtest.peers.common import (
-    SPECS,
     add_model_args,
     ensure_venv,
-    free_port,
+    exec_peer_app,
     libpython_dir,
-    model_file,
     onnxruntime_pin,
 )
 
@@ -43,38 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="WARNING", help="log level of the pytriton process")
     args = parser.parse_args(argv)
-    spec = SPECS[args.model]
-    path = model_file(args.model, args.cache_dir)
     python = ensure_venv("pytriton", requirements())
     env = dict(os.environ)
     # The Python backend stub embeds libpython: it must find the venv interpreter's own one first.
     lib = libpython_dir(python)
     env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     env.pop("PYTHONPATH", None)
-    command = [
-        str(python),
-        "-I",  # isolated: the script's folder (with this pytriton.py) must not shadow the package
-        str(APP),
-        "--spec",
-        spec.to_json(path),
-        "--grpc-port",
-        str(args.port or free_port()),
-        "--http-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--intra-op-threads",
-        str(args.intra_op_threads),
-        "--inter-op-threads",
-        str(args.inter_op_threads),
-        "--max-queue-delay-us",
-        str(args.max_queue_delay_us),
-        "--log-level",
-        args.log_level,
-    ]
-    sys.stdout.flush()
-    # Replace this process: SIGTERM then reaches the server directly, and its exit code is ours.
-    os.execve(command[0], command, env)
+    extra = ["--max-queue-delay-us", str(args.max_queue_delay_us), "--log-level", args.log_level]
+    exec_peer_app(python, APP, args, env, extra)
+    return 1  # not reached: exec replaced this process
 
 
 if __name__ == "__main__":
