@@ -59,10 +59,15 @@ def _string_model(path: Path) -> Path:
 
 
 def _backend(
-    path: Path, providers: list[tuple[str, dict[str, str]]] | None = None, workers: int = 1
+    path: Path,
+    providers: list[tuple[str, dict[str, str]]] | None = None,
+    workers: int = 1,
+    inline_max_s: float = 0.0,
 ) -> OrtBackend:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort-test")
-    return OrtBackend(path, OrtOptions(), providers or [(CPU, {})], executor, model_name="m")
+    return OrtBackend(
+        path, OrtOptions(), providers or [(CPU, {})], executor, model_name="m", inline_max_s=inline_max_s
+    )
 
 
 async def test_run_matches_a_direct_session(tmp_path: Path) -> None:
@@ -98,10 +103,7 @@ async def test_session_runs_in_the_instance_executor(tmp_path: Path) -> None:
 
 
 async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_path: Path) -> None:
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-test")
-    backend = OrtBackend(
-        _dense_model(tmp_path / "m.onnx"), OrtOptions(), [(CPU, {})], executor, inline_max_s=10.0
-    )
+    backend = _backend(_dense_model(tmp_path / "m.onnx"), inline_max_s=10.0)
     seen: list[str] = []
     real = backend._session
 
@@ -123,8 +125,7 @@ async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_pa
 
 async def test_run_now_only_for_sizes_known_to_be_cheap(tmp_path: Path) -> None:
     path = _dense_model(tmp_path / "m.onnx")
-    executor = ThreadPoolExecutor(max_workers=1)
-    backend = OrtBackend(path, OrtOptions(), [(CPU, {})], executor, inline_max_s=10.0)
+    backend = _backend(path, inline_max_s=10.0)
     x = np.ones((2, 8), np.float32)
     assert backend.run_now({"x": x}) is None  # cost unknown: the caller queues it
     expected = await backend.run({"x": x})
@@ -133,7 +134,7 @@ async def test_run_now_only_for_sizes_known_to_be_cheap(tmp_path: Path) -> None:
     np.testing.assert_array_equal(now["z"], expected["z"])
     assert backend.run_now({"x": np.ones((64, 8), np.float32)}) is None  # another size: unknown
     backend.close()
-    never = OrtBackend(path, OrtOptions(), [(CPU, {})], ThreadPoolExecutor(max_workers=1), inline_max_s=0.0)
+    never = _backend(path)  # inline_max_s 0
     await never.run({"x": x})
     assert never.run_now({"x": x}) is None  # inline runs disabled
     never.close()
