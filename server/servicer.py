@@ -222,14 +222,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     if after is None or after.is_set():
                         # Nothing earlier to wait for: answer inline when that needs no waiting
                         # (a cache hit or the fast path), without a task for this request.
+                        inline: pb.ModelStreamInferResponse | None = None
                         try:
                             job, now = self._start(request, left_s(), start_ns)
+                            if now is not None:
+                                inline = pb.ModelStreamInferResponse(infer_response=now)
                         except Exception as exc:
-                            now, failed = None, _stream_error(request, exc)
-                        else:
-                            failed = None
-                        if now is not None or failed is not None:
-                            answers.put_nowait(failed or pb.ModelStreamInferResponse(infer_response=now))
+                            inline = _stream_error(request, exc)
+                        if inline is not None:
+                            answers.put_nowait(inline)
                             if done is not None:
                                 done.set()
                             slots.release()
