@@ -20,23 +20,36 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
+from batcher.admission import Admission
 from batcher.errors import BatcherStopped, DeadlineExceeded
 from batcher.estimate import ServiceTimeEstimator
-from batcher.form import form_batch, hard_deadline
+from batcher.form import form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
 from batcher.scatter import gather, scatter
 from batcher.stats import ModelStats
-from batcher.types import Array, Backend, BatchingPolicy, Tensors
+from batcher.types import Array, Backend, BatchingPolicy, RunsBlocking, Tensors
 
 log = logging.getLogger(__name__)
 
 
-def _late(p: Request, policy: BatchingPolicy, now: float) -> bool:
+def _late(hard: float | None, now: float) -> bool:
     """Past its hard deadline: a run that took longer than predicted. Never answered as a success
     (the caller has given up, or asked for no answer after its timeout)."""
-    hard = hard_deadline(p, policy)
     return hard is not None and now > hard
+
+
+def _blocking(backend: Backend) -> RunsBlocking | None:
+    return cast(RunsBlocking, backend) if hasattr(backend, "run_blocking") else None
+
+
+def _cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
+    """Run on this thread; its outputs and the CPU seconds this thread spent (not wall time: on an
+    executor thread that includes waiting for the GIL, which is what inline runs avoid)."""
+    start = time.thread_time()
+    outputs = run(inputs)
+    return outputs, time.thread_time() - start
 
 
 def _computed_late() -> DeadlineExceeded:
@@ -56,7 +69,12 @@ class DynamicBatcher:
         policy: BatchingPolicy,
         stats: ModelStats,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        inline_max_s: float = 0.0,
     ) -> None:
+        """`inline_max_s`: batches on a RunsBlocking backend whose recent runs of that size took at
+        most this much CPU run on the event loop thread, not in the backend's executor (for tiny
+        models a thread hop costs more than the run); 0 disables."""
         if not backends:
             raise ValueError("DynamicBatcher needs at least one backend instance")
         validate_policy(policy)
@@ -78,9 +96,7 @@ class DynamicBatcher:
         self._run_seq = 0
         self._accepting = False
         self._closing = False
-        # The fast path: one instance that can run small inputs synchronously (see RunsNow).
-        runs_now = getattr(backends[0], "run_now", None) if len(backends) == 1 else None
-        self._runs_now: Callable[[Tensors], Tensors | None] | None = runs_now
+        self._inline_max_s = inline_max_s
 
     @property
     def policy(self) -> BatchingPolicy:
@@ -113,6 +129,24 @@ class DynamicBatcher:
             task.add_done_callback(self._dispatcher_done)
             self._dispatchers.append(task)
 
+    def admission(
+        self,
+        rows: int,
+        *,
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> Admission:
+        """Settle a request's terms against this model's policy, once (see batcher/admission.py).
+
+        `deadline`: absolute clock() seconds (the gRPC deadline); `timeout_s`: the request's own
+        timeout; `priority` 0 (or above the model's levels) means the default level.
+        Raises TooManyRows, or ValueError for impossible arguments.
+        """
+        return Admission.settle(
+            self._policy, rows, now=self._clock(), deadline=deadline, timeout_s=timeout_s, priority=priority
+        )
+
     async def submit(
         self,
         inputs: Tensors,
@@ -122,28 +156,20 @@ class DynamicBatcher:
         priority: int = 0,
         timeout_s: float | None = None,
     ) -> Tensors:
+        """Settle, then serve one request: `run_now` when it applies, else `enqueue`."""
+        a = self.admission(rows, deadline=deadline, priority=priority, timeout_s=timeout_s)
+        outputs = self.run_now(inputs, a)
+        return outputs if outputs is not None else await self.enqueue(inputs, a)
+
+    async def enqueue(self, inputs: Tensors, a: Admission) -> Tensors:
         """Queue one request and return its outputs (views into the batch's outputs).
 
-        `deadline`: absolute clock() seconds (the gRPC deadline); `timeout_s`: the request's own
-        timeout (None: none). The earliest of those and, with TimeoutAction.REJECT, the policy's
-        default_timeout_s is the hard deadline; with DELAY the policy timeout only demotes.
-        `priority` 0 means the policy's default_priority.
-
-        Raises BatcherStopped, TooManyRows, QueueFull, DeadlineExceeded, ValueError (bad priority,
-        rows or timeout_s), or whatever the backend raised for this request's batch.
+        Raises BatcherStopped, QueueFull, Overloaded, DeadlineExceeded, or whatever the backend
+        raised for this request's batch.
         """
-        outputs = self.run_now(inputs, rows, deadline=deadline, priority=priority, timeout_s=timeout_s)
-        if outputs is not None:
-            return outputs
-        p = self._queue.admit(
-            inputs,
-            rows,
-            deadline=deadline,
-            priority=priority,
-            timeout_s=timeout_s,
-            predict_s=self._predict_now,
-            finish_s=self._predict_finish,
-        )
+        if not self._accepting:
+            raise BatcherStopped()
+        p = self._queue.admit(inputs, a, self._predict_now, self._predict_finish)
         try:
             return await p.handle.future
         except asyncio.CancelledError:
@@ -152,41 +178,33 @@ class DynamicBatcher:
             self._queue.remove(p)
             raise
 
-    def run_now(
-        self,
-        inputs: Tensors,
-        rows: int,
-        *,
-        deadline: float | None = None,
-        priority: int = 0,
-        timeout_s: float | None = None,
-    ) -> Tensors | None:
-        """The fast path, synchronous: an idle model whose runs of this size are cheap checks the
-        request as admission would and runs it on the spot; None (nothing done) otherwise, and the
-        caller uses `submit`. Raises as `submit` does.
+    def run_now(self, inputs: Tensors, a: Admission) -> Tensors | None:
+        """The fast path, synchronous: None (nothing done) unless the batching rules would run
+        this request alone at once on an idle model (nothing queued, nothing running) and the
+        estimator says runs of its size are cheap enough for the event loop thread. Then it is
+        checked as admission would and run on the spot. Raises as `enqueue` does.
 
-        Saves the queue, the dispatch task's wake-up and a future (and, for a stream, a task per
-        request): for a model whose run costs a few tens of microseconds those cost as much.
+        A case of the batching rules, not a second path: formation would make the same batch.
+        It saves the queue entry, the dispatch wake-up, a run task and a future (and, for a
+        stream, a task per request): for a run of a few tens of microseconds those cost as much.
         """
         if not self._accepting:
             raise BatcherStopped()
-        runs_now = self._runs_now
-        if runs_now is None or self._in_flight or len(self._queue):
+        if self._in_flight or len(self._queue) or not runs_alone_now(a.rows, self._policy):
             return None
-        a = self._queue.check(
-            rows, deadline=deadline, priority=priority, timeout_s=timeout_s, predict_s=self._predict_now
-        )
+        backend = _blocking(self._backends[0])
+        if backend is None or not self._estimator.cheap(a.rows, self._inline_max_s):
+            return None
+        self._queue.check(a, self._predict_now)
         t0 = time.perf_counter_ns()
-        outputs = runs_now(inputs)
-        if outputs is None:
-            return None
+        outputs, cpu_s = _cpu_timed(backend.run_blocking, inputs)
         t1 = time.perf_counter_ns()
         self._stats.record_queue(0)
         self._stats.record_batch(a.rows, 1, 0, t1 - t0, 0)
         now = self._clock()
-        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now)
+        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s)
         self._rows_per_run += 0.2 * (a.rows - self._rows_per_run)
-        if a.hard is not None and now > a.hard:
+        if _late(a.hard, now):
             raise _computed_late()
         return outputs
 
@@ -275,7 +293,7 @@ class DynamicBatcher:
             now = self._clock()
             self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
             try:
-                outputs = await backend.run(inputs)
+                outputs, cpu_s = await self._execute(backend, inputs, offsets[-1])
             finally:
                 del self._running_until[key]
             t2 = time.perf_counter_ns()
@@ -288,16 +306,27 @@ class DynamicBatcher:
             return
         rows = offsets[-1]
         self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
-        self._estimator.observe(rows, (t2 - t1) / 1e9, self._clock())
-        self._rows_per_run += 0.2 * (rows - self._rows_per_run)
         done_at = self._clock()
+        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
+        self._rows_per_run += 0.2 * (rows - self._rows_per_run)
         for p, part in zip(batch, parts, strict=True):
             if p.handle.future.done():
                 continue
-            if _late(p, self._policy, done_at):
+            if _late(p.hard, done_at):
                 p.handle.future.set_exception(_computed_late())
             else:
                 p.handle.future.set_result(part)
+
+    async def _execute(self, backend: Backend, inputs: Tensors, rows: int) -> tuple[Tensors, float | None]:
+        """Run one batch: inline when the estimator says runs of this size are cheap, else in the
+        backend's executor; the outputs and the run's CPU seconds (None where not measured)."""
+        blocking = _blocking(backend)
+        if blocking is None:
+            return await backend.run(inputs), None
+        if self._estimator.cheap(rows, self._inline_max_s):
+            return _cpu_timed(blocking.run_blocking, inputs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(blocking.executor, _cpu_timed, blocking.run_blocking, inputs)
 
     def _run_done(self, batch: list[Request], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
         self._runs.discard(task)

@@ -14,6 +14,11 @@ slight over-estimate, since batching makes rows cheaper: a lower bound admitted 
 expired in the queue, and formed batches that finished late); with no smaller bucket seen, 0.0:
 an unknown cost never rejects a request early.
 
+The same buckets keep the CPU time of runs measured on the thread that ran them (an EWMA): the
+batcher runs a batch inline, on the event loop thread, when that is below a thread hop's cost
+(`cheap`). Wall time would not do: through an executor it includes the hop and waiting for the GIL,
+the very costs an inline run avoids, so a tiny model would look too costly to ever run inline.
+
 Estimates fade with age (half-life `half_life_s`): a model idle for a while predicts less, so
 requests get through and refresh the estimate; under load observations are fresh and fading is
 negligible.
@@ -33,6 +38,7 @@ class _Seen:
     rows_sum: int = 0
     at: float = 0.0  # when last observed, clock seconds
     high: float = 0.0  # the prediction, cached on observe: quantile seconds, capped
+    cpu: float | None = None  # EWMA of the runs' CPU seconds, where measured
 
 
 class ServiceTimeEstimator:
@@ -67,12 +73,15 @@ class ServiceTimeEstimator:
     def _freshness(self, seen: _Seen, now: float) -> float:
         return float(0.5 ** (max(now - seen.at, 0.0) / self._half_life_s))
 
-    def observe(self, rows: int, seconds: float, now: float) -> None:
-        """Record that a run of `rows` rows took `seconds`, observed at clock time `now`."""
+    def observe(self, rows: int, seconds: float, now: float, cpu_s: float | None = None) -> None:
+        """Record that a run of `rows` rows took `seconds` (wall) and `cpu_s` of CPU on the thread
+        that ran it (None: not measured), observed at clock time `now`."""
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
             seen = self._seen[b] = _Seen(deque())
+        if cpu_s is not None:
+            seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
         times = seen.times
         if len(seen.runs) == self._window:  # the oldest run leaves the window
             old_seconds, old_rows = seen.runs.popleft()
@@ -99,3 +108,9 @@ class ServiceTimeEstimator:
                 scale = 1.0 if b == own else max(rows, 1) * len(seen.runs) / seen.rows_sum
                 return seen.high * scale * self._freshness(seen, now)
         return 0.0
+
+    def cheap(self, rows: int, max_cpu_s: float) -> bool:
+        """Whether recent runs of this many rows (its own bucket) took at most `max_cpu_s` of CPU.
+        Unknown: no (a first run of any size goes through the executor and is measured there)."""
+        seen = self._seen.get(self.bucket(rows))
+        return seen is not None and seen.cpu is not None and seen.cpu <= max_cpu_s

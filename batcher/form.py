@@ -1,26 +1,31 @@
 """Batch formation: which queued requests run now, which are dropped, and when to look again.
 
 Pure: no asyncio and no clock reads (the caller passes `now`), so every rule is unit-tested with
-plain numbers. Times are absolute monotonic seconds.
+plain numbers. Times are absolute monotonic seconds. The caller calls `form_batch` only when an
+instance has a free slot.
 
-Rules, in order:
+The batch rules are Triton's dynamic batcher (dynamic_batch_scheduler.cc, GetDynamicBatch), plus
+deadline rules Triton lacks. `max_preferred` is the largest preferred size, else max_batch_size.
+
 1. Skip cancelled requests; drop expired ones (hard deadline passed, or it cannot be met even by a
    run of that request alone, given the predicted service time). Expired requests never run.
 2. Order what is left by (late, priority, arrival): priority 1 first, FIFO within a priority. With
    TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind every
-   request still in time (it is still computed unless its hard deadline passes). With REJECT the
-   policy timeout is part of the hard deadline instead.
-3. Take requests in that order while they fit: rows within max_batch_size, same input dtypes and
-   non-batch dimensions as the first (np.concatenate needs them), and the batch's predicted time
-   still meets the earliest deadline in it. Stop at the first that does not fit; it stays queued
-   in its place (no smaller request jumps past it, so order within a priority holds).
-   max_batch_size 0 (no batch dimension): exactly one request per batch.
-4. Run now if the batch is full (reached the largest preferred size or max_batch_size), cannot grow
-   (the next request did not fit), or max_queue_delay_s is 0. Otherwise wait for more requests
-   until the oldest has waited max_queue_delay_s, and never past the point where the earliest
-   deadline in the batch could still be met by a full batch.
-5. With preferred sizes, cut the batch to the longest prefix within the largest preferred size
-   that the taken rows reach; the rest stays queued for the next batch.
+   request still in time. (With REJECT that timeout is already part of `hard`, from admission.)
+3. Walk that order, adding rows to the pending batch. Before adding a request to a non-empty batch:
+   if it would take the batch past max_preferred, mark the batch so far as the best prefix (unless
+   a mark is set already; the prefix need not be a preferred size) and go on; stop if it would take
+   the batch past max_batch_size, has other input dtypes or non-batch dimensions than the first
+   (np.concatenate needs them equal), or would make the batch's predicted run miss the earliest
+   hard deadline in it. After adding, mark the batch if its rows are a preferred size.
+4. Decide, where "the delay is exceeded" means the oldest request in the batch has waited
+   max_queue_delay_s (> 0): a mark and the delay not exceeded: run the marked prefix. Else the
+   walk stopped, the batch reached max_preferred, the delay is exceeded or it is 0: run the whole
+   batch. Else wait until the oldest request's delay runs out, but never past the point where the
+   earliest hard deadline in the batch could still be met by a run of the next preferred size;
+   when that point has come, run the whole batch now.
+5. max_batch_size 0 (no batch dimension): exactly one request per batch, at once.
+6. `idle_dispatch`: as if max_queue_delay_s were 0 (a mark still cuts the batch; else all goes).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ H = TypeVar("H")
 
 # Per input: name, dtype and the dimensions after the batch one. Equal keys concatenate.
 ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+Predict = Callable[[int], float]
 
 
 def shape_key(inputs: Tensors) -> ShapeKey:
@@ -51,8 +57,10 @@ class Pending(Generic[H]):
     arrival: float
     seq: int  # arrival order, unique
     handle: H
-    deadline: float | None = None  # hard: the caller's deadline and timeout
-    policy_deadline: float | None = None  # queue-policy timeout: expires (REJECT) or demotes (DELAY)
+    # After this it is never computed: the caller's deadline and timeout, and with REJECT the
+    # queue policy's timeout (settled once, at admission: see batcher/admission.py).
+    hard: float | None = None
+    policy_deadline: float | None = None  # queue-policy timeout: demotes the request with DELAY
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,30 +75,41 @@ class Formation(Generic[H]):
     wait_until: float | None = None  # set when waiting for the batch to grow
 
 
-def hard_deadline(p: Pending[Any], policy: BatchingPolicy) -> float | None:
-    """The time after which `p` must not be computed: its deadline, and with REJECT the policy's."""
-    return earliest_hard(p.deadline, p.policy_deadline, policy)
-
-
-def earliest_hard(
-    deadline: float | None, policy_deadline: float | None, policy: BatchingPolicy
-) -> float | None:
-    """`hard_deadline` from the two deadlines, before a Pending exists."""
-    if policy.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
-        return policy_deadline if deadline is None else min(deadline, policy_deadline)
-    return deadline
-
-
 def cannot_finish(deadline: float | None, now: float, service_s: float) -> bool:
     """True when a run starting `now` and taking `service_s` would end after `deadline`."""
     return deadline is not None and (deadline <= now or deadline - now < service_s)
 
 
+def _preferred(policy: BatchingPolicy) -> tuple[int, ...]:
+    return tuple(sorted({s for s in policy.preferred_batch_sizes if 0 < s <= policy.max_batch_size}))
+
+
 def target_rows(policy: BatchingPolicy) -> int:
-    """Rows at which a batch counts as full: the largest preferred size, else max_batch_size."""
-    limit = policy.max_batch_size
-    preferred = [s for s in policy.preferred_batch_sizes if 0 < s <= limit]
-    return max(preferred) if preferred else limit
+    """Triton's max_preferred: the largest preferred size, else max_batch_size."""
+    preferred = _preferred(policy)
+    return preferred[-1] if preferred else policy.max_batch_size
+
+
+def _next_target(rows: int, policy: BatchingPolicy) -> int:
+    """Triton's next_preferred_batch_size: the smallest preferred size above `rows`."""
+    return min((s for s in _preferred(policy) if s > rows), default=target_rows(policy))
+
+
+def _delay_s(policy: BatchingPolicy) -> float:
+    return 0.0 if policy.idle_dispatch else policy.max_queue_delay_s
+
+
+def runs_alone_now(rows: int, policy: BatchingPolicy) -> bool:
+    """Whether `form_batch` runs a lone request of `rows` rows at once (no deadline assumed).
+
+    A tight hard deadline can also make it run at once (the slack rule); this ignores that.
+    """
+    return (
+        policy.max_batch_size == 0
+        or _delay_s(policy) == 0
+        or rows in _preferred(policy)
+        or rows >= target_rows(policy)
+    )
 
 
 def _never(_: Pending[Any]) -> bool:
@@ -101,7 +120,7 @@ def form_batch(
     queue: Iterable[Pending[H]],
     now: float,
     policy: BatchingPolicy,
-    predict_s: Callable[[int], float],
+    predict_s: Predict,
     is_cancelled: Callable[[Pending[H]], bool] = _never,
 ) -> Formation[H]:
     """Decide the next batch from `queue` at time `now` (see the module docstring for the rules).
@@ -109,7 +128,6 @@ def form_batch(
     `predict_s(rows)` is the predicted backend time of a run of `rows` rows (0.0 when unknown).
     Callers must already reject requests with more rows than max_batch_size.
     """
-    out: Formation[H] = Formation()
     memo: dict[int, float] = {}
 
     def predict(rows: int) -> float:
@@ -118,73 +136,101 @@ def form_batch(
             s = memo[rows] = predict_s(rows)
         return s
 
-    delay_late = policy.timeout_action is TimeoutAction.DELAY
-    live: list[tuple[bool, int, int, Pending[H], float | None]] = []
+    out: Formation[H] = Formation()
+    live = _in_order(queue, now, policy, predict, is_cancelled, out)
+    if not live:
+        return out
+    if policy.max_batch_size == 0:
+        out.batch = live[:1]
+        return out
+    walk = _walk(live, now, policy, predict)
+    out.batch, out.wait_until = _decide(walk, now, policy, predict)
+    return out
+
+
+def _in_order(
+    queue: Iterable[Pending[H]],
+    now: float,
+    policy: BatchingPolicy,
+    predict: Predict,
+    is_cancelled: Callable[[Pending[H]], bool],
+    out: Formation[H],
+) -> list[Pending[H]]:
+    """Rules 1-2: file cancelled and expired requests in `out`; the rest in batching order."""
+    live: list[Pending[H]] = []
     for p in queue:
         if is_cancelled(p):
             out.cancelled.append(p)
-            continue
-        hard = hard_deadline(p, policy)
-        if cannot_finish(hard, now, predict(p.rows)):
+        elif cannot_finish(p.hard, now, predict(p.rows)):
             out.expired.append(p)
-            continue
+        else:
+            live.append(p)
+    delay_late = policy.timeout_action is TimeoutAction.DELAY
+
+    def order(p: Pending[H]) -> tuple[bool, int, int]:
         late = delay_late and p.policy_deadline is not None and p.policy_deadline <= now
-        live.append((late, p.priority, p.seq, p, hard))
-    if not live:
-        return out
-    live.sort(key=lambda e: (e[0], e[1], e[2]))
+        return (late, p.priority, p.seq)
 
-    limit = policy.max_batch_size
-    target = target_rows(policy)
-    batch: list[Pending[H]] = []
-    rows = 0
-    earliest: float | None = None
-    blocked = False  # the next request in order did not fit: waiting cannot grow this batch
-    for _, _, _, p, hard in live:
-        if batch:
-            if limit == 0 or rows + p.rows > limit or p.key != batch[0].key:
-                blocked = True
-                break
-            joined = _earliest(earliest, hard)
-            if cannot_finish(joined, now, predict(rows + p.rows)):
-                blocked = True
-                break
-        batch.append(p)
-        rows += p.rows
-        earliest = _earliest(earliest, hard)
-        if limit == 0 or rows >= target:
-            break
+    live.sort(key=order)
+    return live
 
-    full = limit == 0 or blocked or rows >= target
-    if not full and policy.max_queue_delay_s > 0:
-        wake = min(p.arrival for p in batch) + policy.max_queue_delay_s
-        if earliest is not None:
-            # Leave time for a full batch to run before the earliest deadline in it.
-            wake = min(wake, earliest - predict(target))
-        if wake > now:
-            out.wait_until = wake
-            return out
-    out.batch = _cut_preferred(batch, rows, policy) if limit > 0 else batch
-    return out
+
+@dataclass(slots=True)
+class _Walk(Generic[H]):
+    batch: list[Pending[H]] = field(default_factory=list)  # Triton's pending batch
+    rows: int = 0
+    mark: int | None = None  # length of the best prefix (Triton's best_preferred_batch_size)
+    send_now: bool = False  # stopped at a request that cannot join: waiting cannot grow the batch
+    earliest: float | None = None  # earliest hard deadline in `batch`
+
+
+def _walk(live: Sequence[Pending[H]], now: float, policy: BatchingPolicy, predict: Predict) -> _Walk[H]:
+    """Rule 3: grow the pending batch in order; mark the best prefix on the way."""
+    w: _Walk[H] = _Walk()
+    top, preferred = target_rows(policy), _preferred(policy)
+    for p in live:
+        if w.batch:
+            grown = w.rows + p.rows
+            if grown > top and w.mark is None:
+                w.mark = len(w.batch)  # Triton keeps walking: a delay exceeded runs more than this
+            joined = _earliest(w.earliest, p.hard)
+            if (
+                grown > policy.max_batch_size
+                or p.key != w.batch[0].key
+                or cannot_finish(joined, now, predict(grown))
+            ):
+                w.send_now = True
+                break
+        w.batch.append(p)
+        w.rows += p.rows
+        w.earliest = _earliest(w.earliest, p.hard)
+        if w.rows in preferred:
+            w.mark = len(w.batch)
+    return w
+
+
+def _decide(
+    w: _Walk[H], now: float, policy: BatchingPolicy, predict: Predict
+) -> tuple[list[Pending[H]], float | None]:
+    """Rule 4: (batch to run now, None), or ([], when to look again)."""
+    delay = _delay_s(policy)
+    oldest = min(p.arrival for p in w.batch)
+    # Compared as `now >= wake`, the same sum as the wait below: no float gap between the two.
+    exceeded = delay > 0 and now >= oldest + delay
+    if w.mark is not None and not exceeded:
+        return w.batch[: w.mark], None
+    if w.send_now or w.rows >= target_rows(policy) or exceeded or delay == 0:
+        return w.batch, None
+    wake = oldest + delay
+    if w.earliest is not None:
+        # Waiting is for a bigger batch: leave time for the next preferred size to run in.
+        wake = min(wake, w.earliest - predict(_next_target(w.rows, policy)))
+    if wake <= now:
+        return w.batch, None
+    return [], wake
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else min(a, b)
-
-
-def _cut_preferred(batch: Sequence[Pending[H]], rows: int, policy: BatchingPolicy) -> list[Pending[H]]:
-    reached = [s for s in policy.preferred_batch_sizes if 0 < s <= min(rows, policy.max_batch_size)]
-    if not reached:
-        return list(batch)
-    cap = max(reached)
-    cut: list[Pending[H]] = []
-    taken = 0
-    for p in batch:
-        if taken + p.rows > cap:
-            break
-        cut.append(p)
-        taken += p.rows
-    # Multi-row requests may not land within `cap` at all: then no preferred size is reachable.
-    return cut or list(batch)

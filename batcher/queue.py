@@ -13,8 +13,9 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, TooManyRows
-from batcher.form import Pending, cannot_finish, earliest_hard
+from batcher.admission import Admission
+from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
+from batcher.form import Pending, cannot_finish
 from batcher.types import BatchingPolicy, Tensors, TimeoutAction
 
 
@@ -27,18 +28,6 @@ class Ticket:
 
 
 Request = Pending[Ticket]
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What admission settled for an accepted request (see RequestQueue.check)."""
-
-    rows: int  # 1 for a model without a batch dimension
-    level: int  # priority level, the default applied
-    now: float
-    deadline: float | None  # the caller's: gRPC deadline and own timeout, whichever is earlier
-    policy_deadline: float | None
-    hard: float | None  # after this, never computed and never answered as a success
 
 
 def is_done(p: Request) -> bool:
@@ -81,95 +70,64 @@ class RequestQueue:
 
     def check(
         self,
-        rows: int,
-        *,
-        deadline: float | None,
-        priority: int,
-        timeout_s: float | None,
+        a: Admission,
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
-    ) -> Admission:
-        """Whether a request may be served, without queueing it; raises why not (ValueError,
-        TooManyRows, DeadlineExceeded, Overloaded). The fast path runs what this accepts at once.
+    ) -> None:
+        """Whether request `a` may be served now, without queueing it; raises why not
+        (DeadlineExceeded, Overloaded). The fast path runs what this accepts at once.
 
         `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
         DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
         request would be answered behind the work queued and running now; more than the time left
         is Overloaded (a less busy server could), so it is shed now rather than expire in the queue.
         """
-        policy = self._policy
-        level = self._priority(priority)
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
-        if policy.max_batch_size > 0:
-            if rows < 1:
-                raise ValueError(f"rows must be at least 1, got {rows}")
-            if rows > policy.max_batch_size:
-                raise TooManyRows(
-                    f"request has {rows} rows but the model accepts at most {policy.max_batch_size}"
-                )
-        else:
-            rows = 1  # no batch dimension: every request is one run of "batch size 1"
+        hard = a.hard
+        if hard is None:
+            return
         now = self._clock()
-        own = None if timeout_s is None else now + timeout_s
-        caller = own if deadline is None else (deadline if own is None else min(deadline, own))
-        policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
-        hard = earliest_hard(caller, policy_deadline, policy)
-        if hard is not None:
-            if hard <= now:
-                raise DeadlineExceeded("deadline exceeded before the request was queued")
-            service_s = predict_s(rows)
-            if cannot_finish(hard, now, service_s):
-                raise DeadlineExceeded(
-                    f"deadline cannot be met: about {service_s * 1e3:.1f} ms of compute needed, "
-                    f"{(hard - now) * 1e3:.1f} ms left"
+        if hard <= now:
+            raise DeadlineExceeded("deadline exceeded before the request was queued")
+        service_s = predict_s(a.rows)
+        if cannot_finish(hard, now, service_s):
+            raise DeadlineExceeded(
+                f"deadline cannot be met: about {service_s * 1e3:.1f} ms of compute needed, "
+                f"{(hard - now) * 1e3:.1f} ms left"
+            )
+        if finish_s is not None:
+            wait_s = finish_s(a.priority, a.rows)
+            if cannot_finish(hard, now, wait_s):
+                raise Overloaded(
+                    f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
+                    f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
                 )
-            if finish_s is not None:
-                wait_s = finish_s(level, rows)
-                if cannot_finish(hard, now, wait_s):
-                    raise Overloaded(
-                        f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
-                        f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
-                    )
-        return Admission(rows, level, now, caller, policy_deadline, hard)
 
     def admit(
         self,
         inputs: Tensors,
-        rows: int,
-        *,
-        deadline: float | None,
-        priority: int,
-        timeout_s: float | None,
+        a: Admission,
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
     ) -> Request:
         """Queue a request, or raise why not: as `check`, and QueueFull beyond max_queue_size."""
-        a = self.check(
-            rows,
-            deadline=deadline,
-            priority=priority,
-            timeout_s=timeout_s,
-            predict_s=predict_s,
-            finish_s=finish_s,
-        )
         if len(self._items) >= self._policy.max_queue_size:
             raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
+        self.check(a, predict_s, finish_s)
         loop = asyncio.get_running_loop()
         p: Request = Pending(
             inputs=inputs,
             rows=a.rows,
-            priority=a.level,
-            arrival=a.now,
+            priority=a.priority,
+            arrival=a.arrival,
             seq=next(self._seq),
             handle=Ticket(loop.create_future()),
-            deadline=a.deadline,
+            hard=a.hard,
             policy_deadline=a.policy_deadline,
         )
         if a.hard is not None:
-            p.handle.timer = loop.call_later(a.hard - a.now, self._expire, p)
+            p.handle.timer = loop.call_later(max(0.0, a.hard - self._clock()), self._expire, p)
         self._items[p.seq] = p
-        self._rows_by_level[a.level] = self._rows_by_level.get(a.level, 0) + a.rows
+        self._rows_by_level[a.priority] = self._rows_by_level.get(a.priority, 0) + a.rows
         self.changed.set()
         return p
 
@@ -196,14 +154,6 @@ class RequestQueue:
         p.handle.timer = None
         if self.remove(p):
             settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
-
-    def _priority(self, priority: int) -> int:
-        levels = self._policy.priority_levels
-        if priority == 0:
-            return self._policy.default_priority
-        if not 1 <= priority <= levels:
-            raise ValueError(f"priority must be between 1 and {levels} (0 for the default), got {priority}")
-        return priority
 
 
 def validate_policy(policy: BatchingPolicy) -> None:

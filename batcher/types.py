@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,15 +21,18 @@ class Backend(Protocol):
     async def run(self, inputs: Tensors) -> Tensors: ...
 
 
-class RunsNow(Protocol):
-    """Optional, for backends whose small runs cost less than a trip through the queue.
+class RunsBlocking(Protocol):
+    """Optional, for backends whose run is one blocking call (onnxruntime's session.run).
 
-    `run_now` runs synchronously and returns outputs when this input is cheap enough to run on
-    the caller's thread, else None without running. The batcher uses it only when the model is
-    idle (nothing queued, nothing running): no batch could be formed with anyone anyway.
+    The batcher then decides where it runs, from its estimator (batcher/estimate.py): on the
+    caller's thread when recent runs of that size took less CPU than a thread hop costs (tiny
+    models), else in `executor`. It measures each run's CPU time on the thread that ran it.
     """
 
-    def run_now(self, inputs: Tensors) -> Tensors | None: ...
+    @property
+    def executor(self) -> Executor: ...
+
+    def run_blocking(self, inputs: Tensors) -> Tensors: ...
 
 
 class TimeoutAction(enum.Enum):
@@ -45,6 +49,9 @@ class BatchingPolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     # How long a batch may wait to grow, once the backend is free; never past a request's slack.
     max_queue_delay_s: float = 0.0
+    # When set, an instance that is free takes what is queued now instead of waiting for
+    # max_queue_delay (form_batch is only called when an instance has a free slot).
+    idle_dispatch: bool = False
     # Most requests waiting; beyond it, submit raises QueueFull at once.
     max_queue_size: int = 1024
     # Priority 1 is the highest; 0 on a request means default_priority.

@@ -14,10 +14,10 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
-from server.models import ModelManager
-from server.response_cache import ResponseCache
-from server.servicer import InferenceServicer
+from server.models.manager import ModelManager
+from server.models.response_cache import ResponseCache
+from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
+from server.protocol.servicer import InferenceServicer
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SluicewayServer:
     def _repository(self) -> Path:
         if self.settings.model_repository is not None:
             return self.settings.model_repository
-        from server.demo_models import build_demo_repository
+        from server.models.demo import build_demo_repository
 
         return build_demo_repository(self.settings.cache_dir / "demo")
 

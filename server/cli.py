@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads (0: its default)")
     serve.add_argument("--execution-providers", help="comma-separated onnxruntime providers, in order")
+    serve.add_argument(
+        "--idle-dispatch",
+        action=argparse.BooleanOptionalAction,
+        help="a free instance takes what is queued now instead of waiting max_queue_delay (default off)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     commands.add_parser("build-demo", help="build the demo model repository and print its path")
@@ -50,7 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def _demo_repository(settings: ServerSettings) -> Path:
-    from server.demo_models import build_demo_repository
+    from server.models.demo import build_demo_repository
 
     return build_demo_repository(settings.cache_dir / "demo")
 

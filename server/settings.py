@@ -47,6 +47,10 @@ class ServerSettings(BaseSettings):
     allow_spinning: bool = False
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Triton's dynamic batcher waits up to max_queue_delay for a batch to grow even when an instance
+    # is free; with idle dispatch a free instance takes what is queued now (a model's
+    # `idle_dispatch` parameter overrides this).
+    idle_dispatch: bool = False
     # Batches whose recent runs took at most this long run on the event loop thread instead of
     # the instance's executor (0 disables): cheaper than a thread hop for tiny models.
     inline_run_max_us: int = Field(default=300, ge=0, le=5000)

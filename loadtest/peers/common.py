@@ -1,6 +1,6 @@
 """What every peer shares: the demo models' signatures, their files, private venvs, free ports.
 
-Runs in sluiceway's own venv (it builds the demo repository with `server.demo_models`). The code
+Runs in sluiceway's own venv (it builds the demo repository with `sluiceway build-demo`). The code
 that runs inside a peer's own venv (`_pytriton_app.py`, `_mlserver_app.py`) imports nothing from here:
 it gets the model file, names, shapes and thread settings on its command line.
 """
@@ -51,10 +51,15 @@ def default_cache_dir() -> Path:
 
 
 def model_file(model: str, cache_dir: Path | None = None) -> Path:
-    """`<demo repository>/<model>/1/model.onnx`, building the demo repository when it is not there."""
-    from server.demo_models import build_demo_repository
+    """`<demo repository>/<model>/1/model.onnx`, building the demo repository when it is not there.
 
-    repository = build_demo_repository((cache_dir or default_cache_dir()) / "demo")
+    Through `sluiceway build-demo` in a child process: loadtest never imports server/ (it drives
+    any server, and the peers must not depend on ours)."""
+    env = {**os.environ, "SLUICEWAY_CACHE_DIR": str(cache_dir or default_cache_dir())}
+    built = subprocess.run(
+        [sys.executable, "-m", "server", "build-demo"], env=env, check=True, capture_output=True, text=True
+    )
+    repository = Path(built.stdout.strip().splitlines()[-1])
     return repository / model / "1" / "model.onnx"
 
 

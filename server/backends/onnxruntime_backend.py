@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import onnxruntime as ort
 
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
-from server.model_config import ConfigError, OnnxTensor
+from server.models.config import ConfigError, OnnxTensor
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +267,8 @@ class OrtBackend:
         executor: ThreadPoolExecutor,
         *,
         model_name: str = "",
-        inline_max_s: float = 0.0,
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
-        # Runs predicted to take at most this long run on the calling (event loop) thread: for tiny
-        # models a thread hop and the GIL hand-offs around it cost more than the run itself.
-        self._inline_max_s = inline_max_s
-        # Recent session.run seconds per row bucket (bit length of the batch's rows).
-        self._recent_s: dict[int, float] = {}
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
@@ -360,39 +353,19 @@ class OrtBackend:
     def active_providers(self) -> list[str]:
         return list(self._session.get_providers())
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """This instance's own threads (max_workers = batches in flight), for runs off the loop."""
+        return self._executor
+
     async def run(self, inputs: Tensors) -> Tensors:
-        """Run one batch; BYTES tensors are object arrays of bytes.
-
-        In this instance's executor, unless recent runs of that size took at most inline_max_s:
-        those run inline, since they block the loop for less than a thread hop would cost.
-        """
-        bucket = _rows(inputs).bit_length()
-        if self._inline_ok(bucket):
-            return self._timed_run(bucket, inputs)
+        """Run one batch in this instance's executor; BYTES tensors are object arrays of bytes.
+        (The batcher calls `run_blocking` itself, inline or in `executor`, as its estimator says.)"""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._timed_run, bucket, inputs)
+        return await loop.run_in_executor(self._executor, self.run_blocking, inputs)
 
-    def run_now(self, inputs: Tensors) -> Tensors | None:
-        """Run at once on the calling thread if runs of this size are cheap enough to run inline;
-        None (nothing run) otherwise. The batcher's fast path for an idle instance."""
-        bucket = _rows(inputs).bit_length()
-        return self._timed_run(bucket, inputs) if self._inline_ok(bucket) else None
-
-    def _inline_ok(self, bucket: int) -> bool:
-        recent = self._recent_s.get(bucket)
-        return recent is not None and recent <= self._inline_max_s
-
-    def _timed_run(self, bucket: int, inputs: Tensors) -> dict[str, Array]:
-        # CPU time of this thread, not wall time: on an executor thread, wall time includes
-        # waiting for the GIL held by the event loop, which is the cost inline runs avoid.
-        start = time.thread_time()
-        outputs = self._run_sync(inputs)
-        took = time.thread_time() - start
-        recent = self._recent_s.get(bucket)
-        self._recent_s[bucket] = took if recent is None else 0.8 * recent + 0.2 * took
-        return outputs
-
-    def _run_sync(self, inputs: Tensors) -> dict[str, Array]:
+    def run_blocking(self, inputs: Tensors) -> dict[str, Array]:
+        """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL)."""
         feed = {
             name: _decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
@@ -406,9 +379,3 @@ class OrtBackend:
     def close(self) -> None:
         """Stop taking batches; a batch already running finishes in the background."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _rows(inputs: Tensors) -> int:
-    for array in inputs.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0

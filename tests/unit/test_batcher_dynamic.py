@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -76,9 +78,11 @@ MakeBatcher = Callable[..., DynamicBatcher]
 async def make() -> AsyncIterator[MakeBatcher]:
     made: list[DynamicBatcher] = []
 
-    def _make(*backends: FakeBackend, stats: ModelStats | None = None, **policy: Any) -> DynamicBatcher:
+    def _make(
+        *backends: FakeBackend, stats: ModelStats | None = None, inline_max_s: float = 0.0, **policy: Any
+    ) -> DynamicBatcher:
         pol = BatchingPolicy(**{"max_batch_size": 8, **policy})
-        b = DynamicBatcher(list(backends), pol, stats or ModelStats())
+        b = DynamicBatcher(list(backends), pol, stats or ModelStats(), inline_max_s=inline_max_s)
         b.start()
         made.append(b)
         return b
@@ -284,11 +288,27 @@ async def test_priorities_are_honoured(make: MakeBatcher) -> None:
     assert be.batches == [[0], [1], [2], [20], [3]]
 
 
+async def test_a_priority_above_the_models_levels_is_its_default_level(make: MakeBatcher) -> None:
+    # As Triton's InferenceRequest::SetPriority: 0 or a level the model lacks -> the default.
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = make(be, max_batch_size=1, priority_levels=3, default_priority=2)
+    for priority, level in ((0, 2), (1, 1), (3, 3), (4, 2), (2**63 - 1, 2), (2**64 - 1, 2)):
+        assert b.admission(1, priority=priority).priority == level
+    first = submit(b, 0)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    tasks = [submit(b, 3, priority=3), submit(b, 9, priority=2**63 - 1), submit(b, 1, priority=1)]
+    await turns_until(lambda: b.queued_requests == 3)
+    gate.set()
+    for t in (first, *tasks):
+        await result(t)
+    assert be.batches == [[0], [1], [9], [3]]
+
+
 async def test_bad_arguments(make: MakeBatcher) -> None:
     b = make(FakeBackend(), max_batch_size=4, priority_levels=2)
-    for bad in (3, -1):
-        with pytest.raises(ValueError, match="priority"):
-            await result(b.submit(x(1), 1, priority=bad))
+    with pytest.raises(ValueError, match="priority"):
+        await result(b.submit(x(1), 1, priority=-1))
     with pytest.raises(TooManyRows, match="at most 4"):
         await result(b.submit(x(1, rows=5), 5))
     with pytest.raises(ValueError, match="rows"):
@@ -512,68 +532,97 @@ async def test_every_request_gets_exactly_one_outcome_under_churn() -> None:
     assert stats.execution_count == sum(1 for batch in batches if 13 not in batch)
 
 
-class InlineBackend(FakeBackend):
-    """A backend with the RunsNow fast path: runs synchronously unless told it is too costly."""
+class BlockingBackend(FakeBackend):
+    """A RunsBlocking backend: the batcher runs it inline or in its executor, as its estimator says.
+    `hold` (a threading event) makes runs on the executor thread wait for it."""
 
-    def __init__(self, gate: asyncio.Event | None = None) -> None:
-        super().__init__(gate)
-        self.cheap = True
-        self.ran_now: list[float] = []
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blocking")
+        self.threads: list[str] = []  # the thread of each run, in order
+        self.hold: threading.Event | None = None
 
-    def run_now(self, inputs: Tensors) -> Tensors | None:
-        if not self.cheap:
-            return None
-        self.ran_now.append(float(inputs["x"][0, 0]))
-        return {"y": inputs["x"] * 2}
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self.pool
+
+    def run_blocking(self, inputs: Tensors) -> Tensors:
+        name = threading.current_thread().name
+        self.threads.append(name)
+        x = inputs["x"]
+        self.batches.append(x[:, 0].tolist())
+        if self.hold is not None and name.startswith("blocking"):
+            self.hold.wait(LONG)
+        return {"y": x * 2}
+
+
+LOOP = threading.current_thread().name
 
 
 async def test_idle_model_runs_a_cheap_request_at_once_with_statistics(make: MakeBatcher) -> None:
     stats = ModelStats()
-    be = InlineBackend()
-    b = make(be, stats=stats)
-    out = await b.submit(x(7), 1)  # no await inside: answered before any task switch
+    be = BlockingBackend()
+    b = make(be, stats=stats, inline_max_s=1.0)
+    await result(b.submit(x(1), 1))  # its cost is unknown: through the queue and the executor
+    await turns_until(lambda: b.in_flight_batches == 0)
+    assert b.run_now(x(8, rows=2), b.admission(2)) is None  # 2 rows: another bucket, unknown
+    out = b.run_now(x(7), b.admission(1))  # synchronous: answered without a task switch
+    assert out is not None
     np.testing.assert_array_equal(out["y"], x(7)["x"] * 2)
-    assert be.ran_now == [7] and be.batches == []
-    assert (stats.execution_count, stats.inference_count, stats.queue.count) == (1, 1, 1)
-    assert b.estimator.predict(1, time.monotonic()) >= 0.0
-    be.cheap = False  # the backend says no: the request takes the queue
-    await result(submit(b, 8))
-    assert be.batches == [[8]]
+    assert be.batches == [[1], [7]] and be.threads[0].startswith("blocking") and be.threads[1] == LOOP
+    assert (stats.execution_count, stats.inference_count, stats.queue.count) == (2, 2, 2)
+    assert b.estimator.cheap(1, 1.0) and not b.estimator.cheap(1, 0.0)
 
 
 async def test_fast_path_is_skipped_while_work_is_queued_or_running(make: MakeBatcher) -> None:
-    gate = asyncio.Event()
-    be = InlineBackend(gate)
-    be.cheap = False
-    b = make(be)
-    first = submit(b, 1)
-    await asyncio.wait_for(be.started.wait(), LONG)
-    be.cheap = True
-    second = submit(b, 2)  # a batch is running: it must queue behind it, not overtake it
+    be = BlockingBackend()
+    b = make(be, inline_max_s=1.0)
+    await result(b.submit(x(0), 1))  # 1-row runs are now known to be cheap
+    be.hold = threading.Event()
+    first = submit(b, 1, rows=4)  # unknown cost: runs on the executor thread, held there
+    await turns_until(lambda: b.in_flight_batches == 1 and b.queued_requests == 0)
+    assert b.run_now(x(2), b.admission(1)) is None  # a batch is running: queue behind it
+    second = submit(b, 2)
     await turns_until(lambda: b.queued_requests == 1)
-    gate.set()
+    be.hold.set()
     await result(first)
     await result(second)
-    assert be.ran_now == [] and be.batches == [[1], [2]]
+    assert be.batches == [[0], [1, 1, 1, 1], [2]]
 
 
 async def test_fast_path_checks_like_admission(make: MakeBatcher) -> None:
-    be = InlineBackend()
-    b = make(be, priority_levels=2)
+    be = BlockingBackend()
+    b = make(be, priority_levels=2, inline_max_s=1.0)
+    await result(b.submit(x(0), 1))
+    await turns_until(lambda: b.in_flight_batches == 0)
     with pytest.raises(DeadlineExceeded):
-        await b.submit(x(1), 1, deadline=0.0)
-    with pytest.raises(ValueError, match="priority"):
-        await b.submit(x(2), 1, priority=5)
+        b.run_now(x(1), b.admission(1, deadline=0.0))
     with pytest.raises(TooManyRows):
-        await b.submit(x(3, rows=9), 9)
-    assert be.ran_now == []
+        b.admission(9)
+    # A priority above the model's levels is its default level, as in Triton: served.
+    a = b.admission(1, priority=5)
+    assert a.priority == 1
+    assert b.run_now(x(2), a) is not None
+    assert be.batches == [[0], [2]]
 
 
-async def test_fast_path_only_with_one_instance(make: MakeBatcher) -> None:
-    backends = [InlineBackend(), InlineBackend()]
-    b = make(*backends)
+async def test_fast_path_with_several_instances(make: MakeBatcher) -> None:
+    backends = [BlockingBackend(), BlockingBackend()]
+    b = make(*backends, inline_max_s=1.0)
     await result(submit(b, 1))
-    assert all(be.ran_now == [] for be in backends)
+    await turns_until(lambda: b.in_flight_batches == 0)
+    assert b.run_now(x(2), b.admission(1)) is not None
+
+
+async def test_fast_path_only_where_the_rules_run_a_lone_request_at_once(make: MakeBatcher) -> None:
+    waits = make(BlockingBackend(), max_queue_delay_s=LONG, preferred_batch_sizes=(4,), inline_max_s=1.0)
+    waits.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6)
+    waits.estimator.observe(4, 1e-6, time.monotonic(), cpu_s=1e-6)
+    assert waits.run_now(x(1), waits.admission(1)) is None  # Triton's rules wait for a batch of 4
+    assert waits.run_now(x(2, rows=4), waits.admission(4)) is not None  # a preferred size: at once
+    idle = make(BlockingBackend(), max_queue_delay_s=LONG, idle_dispatch=True, inline_max_s=1.0)
+    idle.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6)
+    assert idle.run_now(x(3), idle.admission(1)) is not None  # idle dispatch: at once
 
 
 async def test_a_run_that_ends_after_the_deadline_is_not_answered_as_a_success() -> None:
@@ -598,19 +647,20 @@ async def test_a_run_that_ends_after_the_deadline_is_not_answered_as_a_success()
 async def test_fast_path_run_past_the_deadline_is_not_a_success() -> None:
     now = [100.0]
 
-    class SlowInline(InlineBackend):
-        def run_now(self, inputs: Tensors) -> Tensors | None:
+    class Slow(BlockingBackend):
+        def run_blocking(self, inputs: Tensors) -> Tensors:
             now[0] += 1.0  # this run takes a second of the fake clock
-            return super().run_now(inputs)
+            return super().run_blocking(inputs)
 
     stats = ModelStats()
-    be = SlowInline()
-    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats, clock=lambda: now[0])
+    be = Slow()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats, clock=lambda: now[0], inline_max_s=1.0)
+    b.estimator.observe(1, 1e-6, now[0], cpu_s=1e-6)
     b.start()
     try:
         with pytest.raises(DeadlineExceeded, match="being computed"):
-            await b.submit(x(1), 1, deadline=100.5)
-        assert be.ran_now == [1] and stats.execution_count == 1  # it ran, and is counted
+            b.run_now(x(1), b.admission(1, deadline=100.5))
+        assert be.threads == [LOOP] and stats.execution_count == 1  # it ran, and is counted
     finally:
         await b.stop(drain=False, timeout_s=0.1)
 

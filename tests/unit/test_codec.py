@@ -8,10 +8,10 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos import wire
-from server import codec
-from server.controls import parse_controls
 from server.errors import InvalidRequest
-from server.validate import Signature
+from server.protocol import codec
+from server.protocol.controls import parse_controls
+from server.protocol.validate import Signature
 
 
 def request_with(name: str, datatype: str, shape: list[int], raw: bytes) -> pb.ModelInferRequest:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, inspect_onnx
-from server.demo_models import IMAGENET_MEAN, IMAGENET_STD, build_demo_repository
-from server.model_config import complete_from_onnx
-from server.repository import scan_repository
+from server.models.config import complete_from_onnx
+from server.models.demo import IMAGENET_MEAN, IMAGENET_STD, build_demo_repository
+from server.models.repository import scan_repository
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from server.grpc_logs import GRPC_AIO_LOGGER, UnsentAnswerFilter, quiet_unsent_answers
+from server.protocol.grpc_logs import GRPC_AIO_LOGGER, UnsentAnswerFilter, quiet_unsent_answers
 
 
 class ExecuteBatchError(Exception):  # same name as grpc's Cython class, which cannot be imported

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
-from server.model_config import (
+from server.models.config import (
     ConfigError,
     OnnxTensor,
     batching_policy,

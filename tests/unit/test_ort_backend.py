@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
+from batcher import BatchingPolicy, DynamicBatcher, ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.onnxruntime_backend import (
     CPU,
@@ -29,7 +30,7 @@ from server.backends.onnxruntime_backend import (
     ort_options_for,
     providers_for,
 )
-from server.model_config import ConfigError, OnnxTensor
+from server.models.config import ConfigError, OnnxTensor
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -62,12 +63,9 @@ def _backend(
     path: Path,
     providers: list[tuple[str, dict[str, str]]] | None = None,
     workers: int = 1,
-    inline_max_s: float = 0.0,
 ) -> OrtBackend:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort-test")
-    return OrtBackend(
-        path, OrtOptions(), providers or [(CPU, {})], executor, model_name="m", inline_max_s=inline_max_s
-    )
+    return OrtBackend(path, OrtOptions(), providers or [(CPU, {})], executor, model_name="m")
 
 
 async def test_run_matches_a_direct_session(tmp_path: Path) -> None:
@@ -102,8 +100,11 @@ async def test_session_runs_in_the_instance_executor(tmp_path: Path) -> None:
     assert len(seen) == 4 and all(name.startswith("ort-test") for name in seen)
 
 
-async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_path: Path) -> None:
-    backend = _backend(_dense_model(tmp_path / "m.onnx"), inline_max_s=10.0)
+async def test_batcher_runs_batches_known_to_be_tiny_inline_and_others_in_the_executor(
+    tmp_path: Path,
+) -> None:
+    # The inline-or-executor choice is the batcher's (its estimator's CPU time per row bucket).
+    backend = _backend(_dense_model(tmp_path / "m.onnx"))
     seen: list[str] = []
     real = backend._session
 
@@ -113,31 +114,44 @@ async def test_runs_known_to_be_tiny_go_inline_and_others_to_the_executor(tmp_pa
             return real.run(names, feed)
 
     backend._session = Recording()  # type: ignore[assignment]
-    small, large = np.ones((2, 8), np.float32), np.ones((64, 8), np.float32)
-    for x in (small, small, large, small):
-        await backend.run({"x": x})
-    backend.close()
+    policy = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.1)  # no fast path: the queue
+    batcher = DynamicBatcher([backend], policy, ModelStats(), inline_max_s=10.0)
+    batcher.start()
+    try:
+        for rows in (2, 2, 64, 2):
+            await asyncio.wait_for(batcher.submit({"x": np.ones((rows, 8), np.float32)}, rows), 5.0)
+    finally:
+        await batcher.stop(drain=False, timeout_s=1.0)
+        backend.close()
     loop_thread = threading.current_thread().name
     # The first run of each size goes to the executor (its cost is unknown); later ones inline.
     assert seen[0].startswith("ort-test") and seen[2].startswith("ort-test")
     assert seen[1] == loop_thread and seen[3] == loop_thread
 
 
-async def test_run_now_only_for_sizes_known_to_be_cheap(tmp_path: Path) -> None:
+async def test_batcher_fast_path_runs_an_idle_models_cheap_request_inline(tmp_path: Path) -> None:
     path = _dense_model(tmp_path / "m.onnx")
-    backend = _backend(path, inline_max_s=10.0)
     x = np.ones((2, 8), np.float32)
-    assert backend.run_now({"x": x}) is None  # cost unknown: the caller queues it
-    expected = await backend.run({"x": x})
-    now = backend.run_now({"x": x})
-    assert now is not None
-    np.testing.assert_array_equal(now["z"], expected["z"])
-    assert backend.run_now({"x": np.ones((64, 8), np.float32)}) is None  # another size: unknown
-    backend.close()
-    never = _backend(path)  # inline_max_s 0
-    await never.run({"x": x})
-    assert never.run_now({"x": x}) is None  # inline runs disabled
-    never.close()
+    for inline_max_s, inline_later in ((10.0, True), (0.0, False)):  # 0 disables inline runs
+        backend = _backend(path)
+        batcher = DynamicBatcher(
+            [backend], BatchingPolicy(max_batch_size=8), ModelStats(), inline_max_s=inline_max_s
+        )
+        batcher.start()
+        try:
+            assert batcher.run_now({"x": x}, batcher.admission(2)) is None  # cost unknown: queue it
+            expected = await batcher.submit({"x": x}, 2)
+            while batcher.in_flight_batches:  # the run's bookkeeping ends a loop turn after its answer
+                await asyncio.sleep(0)
+            now = batcher.run_now({"x": x}, batcher.admission(2))
+            assert (now is not None) == inline_later
+            if now is not None:
+                np.testing.assert_array_equal(now["z"], expected["z"])
+            big = {"x": np.ones((8, 8), np.float32)}
+            assert batcher.run_now(big, batcher.admission(8)) is None  # another size: unknown
+        finally:
+            await batcher.stop(drain=False, timeout_s=1.0)
+            backend.close()
 
 
 async def test_closed_backend_takes_no_more_batches(tmp_path: Path) -> None:

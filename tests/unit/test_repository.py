@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper
 
-from server.model_config import ConfigError
-from server.repository import ModelNotFoundInRepository, ModelSource, load_model_source, scan_repository
+from server.models.config import ConfigError
+from server.models.repository import (
+    ModelNotFoundInRepository,
+    ModelSource,
+    load_model_source,
+    scan_repository,
+)
 
 
 def _onnx_bytes() -> bytes:

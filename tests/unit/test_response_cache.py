@@ -7,9 +7,9 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from server import codec
-from server.model_config import ConfigError, parse_config, validate_config, validate_response_cache
-from server.response_cache import DIGEST_BYTES, ResponseCache, request_key
+from server.models.config import ConfigError, parse_config, validate_config, validate_response_cache
+from server.models.response_cache import DIGEST_BYTES, ResponseCache, request_key
+from server.protocol import codec
 
 
 def _key(i: int) -> bytes:

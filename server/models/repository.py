@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos import model_config_pb2 as mc
-from server.model_config import ConfigError, load_config_file, validate_config
+from server.models.config import ConfigError, load_config_file, validate_config
 
 logger = logging.getLogger(__name__)
 

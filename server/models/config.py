@@ -26,8 +26,12 @@ BACKEND = "onnxruntime"
 # Accelerator names as Triton's onnxruntime backend spells them.
 GPU_ACCELERATORS = frozenset({"tensorrt", "cuda"})
 CPU_ACCELERATORS = frozenset({"openvino"})
-# Model-level `parameters` the onnxruntime backend reads (Triton's names).
-SUPPORTED_PARAMETERS = frozenset({"intra_op_thread_count", "inter_op_thread_count", "execution_mode"})
+# Model-level `parameters`: those the onnxruntime backend reads (Triton's names), and ours.
+IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle-dispatch
+SUPPORTED_PARAMETERS = frozenset(
+    {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", IDLE_DISPATCH}
+)
+_BOOLEANS = {"true": True, "false": False}
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
@@ -124,6 +128,8 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: parameters {unknown} are not supported (known: {sorted(SUPPORTED_PARAMETERS)})"
         )
+    if IDLE_DISPATCH in config.parameters:
+        _idle_dispatch(config, source, default=False)
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config, source)
 
@@ -342,10 +348,25 @@ def dynamic_batching_enabled(config: mc.ModelConfig) -> bool:
     return config.max_batch_size > 0 and config.HasField("dynamic_batching")
 
 
+def _idle_dispatch(config: mc.ModelConfig, source: str, *, default: bool) -> bool:
+    if IDLE_DISPATCH not in config.parameters:
+        return default
+    value = config.parameters[IDLE_DISPATCH].string_value
+    if value.lower() not in _BOOLEANS:
+        raise ConfigError(f"{source}: parameters '{IDLE_DISPATCH}' must be 'true' or 'false', got '{value}'")
+    return _BOOLEANS[value.lower()]
+
+
 def batching_policy(
-    config: mc.ModelConfig, *, default_max_queue_size: int, max_batches_in_flight: int
+    config: mc.ModelConfig,
+    *,
+    default_max_queue_size: int,
+    max_batches_in_flight: int,
+    idle_dispatch: bool = False,
 ) -> BatchingPolicy:
-    """The batcher's policy for a completed, validated config. The queue is always bounded."""
+    """The batcher's policy for a completed, validated config. The queue is always bounded.
+
+    `idle_dispatch` is the server's default; the model's `idle_dispatch` parameter overrides it."""
     if not dynamic_batching_enabled(config):
         return BatchingPolicy(
             max_batch_size=config.max_batch_size,
@@ -363,6 +384,7 @@ def batching_policy(
         max_batch_size=config.max_batch_size,
         preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
         max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
+        idle_dispatch=_idle_dispatch(config, f"model '{config.name}'", default=idle_dispatch),
         max_queue_size=queue.max_queue_size or default_max_queue_size,
         priority_levels=db.priority_levels or 1,
         default_priority=db.default_priority_level or 1,

@@ -27,9 +27,8 @@ from server.backends.onnxruntime_backend import (
     ort_options_for,
     providers_for,
 )
-from server.codec import unpack_bytes
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
-from server.model_config import (
+from server.models.config import (
     ConfigError,
     batching_policy,
     complete_from_onnx,
@@ -37,10 +36,16 @@ from server.model_config import (
     validate_config,
     validate_response_cache,
 )
-from server.repository import ModelNotFoundInRepository, ModelSource, load_model_source, scan_repository
-from server.response_cache import ResponseCache
+from server.models.repository import (
+    ModelNotFoundInRepository,
+    ModelSource,
+    load_model_source,
+    scan_repository,
+)
+from server.models.response_cache import ResponseCache
+from server.protocol.codec import unpack_bytes
+from server.protocol.validate import Signature
 from server.settings import ServerSettings
-from server.validate import Signature
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +259,6 @@ class ModelManager:
                     providers,
                     executor,
                     model_name=source.name,
-                    inline_max_s=settings.inline_run_max_us / 1e6,
                 )
             )
         try:
@@ -267,12 +271,13 @@ class ModelManager:
             config,
             default_max_queue_size=settings.max_queue_size,
             max_batches_in_flight=settings.max_batches_in_flight,
+            idle_dispatch=settings.idle_dispatch,
         )
         if not dynamic_batching_enabled(config):
             # Without dynamic batching each request runs alone, whatever its rows.
             policy = replace(policy, max_batch_size=0)
         stats = ModelStats()
-        batcher = DynamicBatcher(backends, policy, stats)
+        batcher = DynamicBatcher(backends, policy, stats, inline_max_s=settings.inline_run_max_us / 1e6)
         batcher.start()
         return ModelVersion(
             name=source.name,

@@ -1,0 +1,66 @@
+"""The admission record: what a request asks of the batcher, settled once at the edge.
+
+A request's deadline, priority, rows and timeout arrive loosely (a gRPC deadline, request
+parameters, the batch dimension). `Admission.settle` combines them with the model's policy into
+one frozen value, once, and everything downstream (the fast path, the queue, formation, the check
+after a run) reads the same value instead of recomputing it.
+
+Priority follows Triton (InferenceRequest::SetPriority): 0, or a level above the model's
+`priority_levels`, means the model's default level. Triton does not refuse such a request, so
+neither do we.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batcher.errors import TooManyRows
+from batcher.types import BatchingPolicy, TimeoutAction
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request's terms, settled against its model's policy. Times are absolute clock seconds."""
+
+    rows: int  # rows it adds to a batch; 1 for a model without a batch dimension
+    priority: int  # a level of the model's (1 is the highest), the default applied
+    arrival: float  # when it was settled (clock seconds)
+    deadline: float | None  # the caller's: the earliest of its gRPC deadline and `timeout`
+    policy_deadline: float | None  # the model's queue-policy timeout (demotes with DELAY)
+    hard: float | None  # never computed, nor answered as a success, after this
+
+    @classmethod
+    def settle(
+        cls,
+        policy: BatchingPolicy,
+        rows: int,
+        *,
+        now: float,
+        deadline: float | None = None,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> Admission:
+        """The record for a request of `rows` rows, or raise why it can never be admitted
+        (TooManyRows; ValueError for arguments no caller should pass: rows < 1, a timeout that
+        is not positive, a negative priority)."""
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
+        if priority < 0:
+            raise ValueError(f"priority must be >= 0, got {priority}")
+        if policy.max_batch_size > 0:
+            if rows < 1:
+                raise ValueError(f"rows must be at least 1, got {rows}")
+            if rows > policy.max_batch_size:
+                raise TooManyRows(
+                    f"request has {rows} rows but the model accepts at most {policy.max_batch_size}"
+                )
+        else:
+            rows = 1  # no batch dimension: every request is one run of "batch size 1"
+        level = priority if 1 <= priority <= policy.priority_levels else policy.default_priority
+        own = None if timeout_s is None else now + timeout_s
+        caller = own if deadline is None else (deadline if own is None else min(deadline, own))
+        policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
+        hard = caller
+        if policy.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
+            hard = policy_deadline if hard is None else min(hard, policy_deadline)
+        return cls(rows, level, now, caller, policy_deadline, hard)

@@ -1,0 +1,1 @@
+"""The gRPC edge: servicer, stream session, decode, validate, per-request controls, encode."""

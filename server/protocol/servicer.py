@@ -1,0 +1,199 @@
+"""The GRPCInferenceService handlers: decode, validate, route, submit, encode, answer once.
+
+Every handler turns exceptions into exactly one gRPC status through `errors.status_for` (the
+`answers_errors` decorator); a stream (server/protocol/stream.py) answers each of its requests
+exactly once with a result or an error message, and keeps going.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.errors import ShuttingDown, status_for
+from server.models.manager import READY, ModelManager
+from server.protocol.infer_job import RequestPath
+from server.protocol.statistics import to_proto
+from server.protocol.stream import StreamSession
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "sluiceway"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "schedule_policy",
+    "binary_tensor_data",
+)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["InferenceServicer", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Answer whatever a unary handler raises with its one gRPC status (see errors.status_for)."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: InferenceServicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapped
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, models: ModelManager, stream_max_in_flight: int, is_stopping: Callable[[], bool]
+    ) -> None:
+        self._models = models
+        self._stream_max_in_flight = stream_max_in_flight
+        self._is_stopping = is_stopping
+        self._path = RequestPath(models, is_stopping)
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=not self._is_stopping() and self._models.all_ready)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._models.resolve(request.name, request.version)
+        except Exception:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self._is_stopping())
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    @answers_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        served = self._models.resolve(request.name, request.version)
+        signature = served.signature
+        entry = self._models.entry(request.name)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=[str(v) for v in entry.order],
+            platform=served.config.platform,
+            inputs=[
+                tensor(name=s.name, datatype=s.datatype.wire, shape=signature.wire_shape(s))
+                for s in signature.inputs.values()
+            ],
+            outputs=[
+                tensor(name=s.name, datatype=s.datatype.wire, shape=signature.wire_shape(s))
+                for s in signature.outputs.values()
+            ],
+        )
+
+    @answers_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        served = self._models.resolve(request.name, request.version)
+        return pb.ModelConfigResponse(config=served.config)
+
+    @answers_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            versions = (
+                [self._models.resolve(request.name, request.version)]
+                if request.version
+                else [*self._models.entry(request.name).versions.values()]
+            )
+        else:
+            versions = list(self._models.ready_versions())
+        return pb.ModelStatisticsResponse(
+            model_stats=[to_proto(v.name, v.version_str, v.stats) for v in versions]
+        )
+
+    # -- repository ---------------------------------------------------------------------------
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = []
+        for entry in sorted(self._models.entries(), key=lambda e: e.name):
+            if request.ready and entry.state != READY:
+                continue
+            if entry.versions:
+                models.extend(
+                    index(name=entry.name, version=str(v), state=entry.state, reason=entry.reason)
+                    for v in entry.order
+                )
+            else:
+                models.append(index(name=entry.name, state=entry.state, reason=entry.reason))
+        return pb.RepositoryIndexResponse(models=models)
+
+    @answers_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        if self._is_stopping():
+            raise ShuttingDown("server is shutting down")
+        await self._models.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @answers_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._models.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @answers_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._path.infer(request, context.time_remaining())
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        remaining = context.time_remaining()
+        session = StreamSession(
+            request_iterator,
+            self._path,
+            max_in_flight=self._stream_max_in_flight,
+            deadline=None if remaining is None else time.monotonic() + remaining,
+        )
+        async for response in session.answers():
+            yield response
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    code, message, expected = status_for(exc)
+    if not expected:
+        log.error("request failed", exc_info=exc)
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn
