@@ -55,12 +55,12 @@ class ServerSettings(BaseSettings):
     # the instance's executor (0 disables): cheaper than a thread hop for tiny models.
     inline_run_max_us: int = Field(default=300, ge=0, le=5000)
 
-    # Seconds to finish in-flight work on SIGTERM/SIGINT before failing what is left.
     # Server processes sharing the port (SO_REUSEPORT); the parent holds the port and spawns them.
     workers: int = Field(default=1, ge=1, le=64)
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.
     reuse_port: bool = False
 
+    # Seconds to finish in-flight work on SIGTERM/SIGINT before failing what is left.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # uvloop measured 3-16% more mlp throughput than asyncio with grpc.aio here (BENCHMARKS.md).

@@ -225,7 +225,8 @@ def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
         )
     if db.priority_queue_policy:
         raise ConfigError(f"{where}.priority_queue_policy is not supported (use default_queue_policy)")
-    # preserve_ordering needs no work: every request has its own response future.
+    # preserve_ordering matters to streams only (a unary call has one answer): the stream session
+    # (server/protocol/stream.py) sends such a model's answers in request order.
 
 
 # --- completion from the ONNX graph -------------------------------------------------------------

@@ -302,3 +302,29 @@ def test_without_dynamic_batching_requests_run_alone() -> None:
     assert policy.max_batch_size == 8
     assert policy.preferred_batch_sizes == () and policy.max_queue_delay_s == 0
     assert policy.max_queue_size == 50
+
+
+IDLE = (
+    'max_batch_size: 8 dynamic_batching {{ }} parameters {{ key: "idle_dispatch" '
+    'value {{ string_value: "{}" }} }}'
+)
+
+
+@pytest.mark.parametrize(
+    ("param", "server", "expected"),
+    [(None, False, False), (None, True, True), ("true", False, True), ("FALSE", True, False)],
+)
+def test_idle_dispatch_is_the_servers_unless_the_model_says(
+    param: str | None, server: bool, expected: bool
+) -> None:
+    config = _parse(IDLE.format(param) if param is not None else "max_batch_size: 8 dynamic_batching { }")
+    validate_config(config, "m")
+    policy = batching_policy(config, default_max_queue_size=8, max_batches_in_flight=1, idle_dispatch=server)
+    assert policy.idle_dispatch is expected
+
+
+def test_idle_dispatch_must_be_true_or_false() -> None:
+    with pytest.raises(
+        ConfigError, match="m: parameters 'idle_dispatch' must be 'true' or 'false', got 'yes'"
+    ):
+        validate_config(_parse(IDLE.format("yes")), "m")
