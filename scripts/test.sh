@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy batcher clients
+.venv/bin/mypy batcher clients server loadtest
 # tritonclient's generated modules define the same protobuf package (`inference`) as ours, so the
 # tests that import them run in a pytest process of their own.
 .venv/bin/python -m pytest -q tests/unit tests/integration "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,11 @@ from server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+# grpc_tools generates this function unannotated; this is the signature it has.
+ADD_INFERENCE_SERVICER: Callable[[pb_grpc.GRPCInferenceServiceServicer, grpc.aio.Server], None] = (
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server
+)
 
 
 class PortInUse(RuntimeError):
@@ -54,7 +60,7 @@ class SluicewayServer:
             self._repository(), settings, self._set_model_health, response_cache=self.response_cache
         )
         self._servicer = InferenceServicer(self.models, settings.stream_max_in_flight, lambda: self._stopping)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, self._grpc)
+        ADD_INFERENCE_SERVICER(self._servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (

@@ -140,7 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
-        models = []
+        models: list[pb.RepositoryIndexResponse.ModelIndex] = []
         for entry in sorted(self._models.entries(), key=lambda e: e.name):
             if request.ready and entry.state != READY:
                 continue
