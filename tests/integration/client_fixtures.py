@@ -18,15 +18,25 @@ from tests.support.models import SLOW_QUEUE_OF_TWO, slow_model
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
+# A 1-row request waits for a second row (or for 60 s) before it runs: the server holds it until the
+# test sends the partner, so the test, not a timing, decides when it is answered.
+HELD_FOR_A_PAIR = """
+max_batch_size: 2
+dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 60000000 }
+parameters { key: "idle_dispatch" value: { string_value: "false" } }
+"""
+
 
 @pytest.fixture(scope="session")
 def client_limits_server(
     demo_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """slow_q2 (queue of 2), mlp, and `spare` (an mlp copy that tests unload and load again)."""
+    """slow_q2 (queue of 2), pair (held for a pair), mlp, and `spare` (an mlp copy that tests
+    unload and load again)."""
     repo = tmp_path_factory.mktemp("client-limits")
-    slow = slow_model(tmp_path_factory.mktemp("client-files") / "slow.onnx", matmuls=40)
-    write_model(repo, "slow_q2", slow, SLOW_QUEUE_OF_TWO)
+    files = tmp_path_factory.mktemp("client-files")
+    write_model(repo, "slow_q2", slow_model(files / "slow.onnx", matmuls=40), SLOW_QUEUE_OF_TWO)
+    write_model(repo, "pair", slow_model(files / "quick.onnx", matmuls=1, size=8), HELD_FOR_A_PAIR)
     mlp_config = (demo_repo / "mlp" / "config.pbtxt").read_text()
     write_model(repo, "mlp", demo_repo / "mlp" / "1" / "model.onnx", mlp_config)
     write_model(repo, "spare", demo_repo / "mlp" / "1" / "model.onnx", mlp_config.replace('"mlp"', '"spare"'))

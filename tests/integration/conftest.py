@@ -11,7 +11,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.models import slow_model
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess
 
@@ -58,6 +57,21 @@ model_warmup [ {{
 """
 
 
+# A 1-row request waits in the queue until 4 rows are queued, or for 60 s: held there by the batching
+# rules rather than by a busy instance, so a test can act on it while it is queued for certain. The
+# queue has room for one request, so whether one is queued is observable from outside (another is
+# refused "queue is full"). See test_protocol.py's cancellation test.
+HELD_UNTIL_FULL = """
+max_batch_size: 4
+dynamic_batching {
+  preferred_batch_size: [ 4 ]
+  max_queue_delay_microseconds: 60000000
+  default_queue_policy { max_queue_size: 1 }
+}
+parameters { key: "idle_dispatch" value: { string_value: "false" } }
+"""
+
+
 @pytest.fixture(scope="session")
 def demo_repo() -> Path:
     return demo_repository()
@@ -81,8 +95,7 @@ def zoo_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(repo, "warm", mlp, WARMUP.format(name="warm", input="features"))
     write_model(repo, "badwarm", mlp, WARMUP.format(name="badwarm", input="nope"))
     write_model(repo, "cached", mlp, "response_cache { enable: true }\n")
-    slow = slow_model(files / "slow.onnx", matmuls=80)
-    write_model(repo, "slow", slow, "max_batch_size: 4\ndynamic_batching { }\n")
+    write_model(repo, "held", mlp, HELD_UNTIL_FULL)
     corrupt = files / "corrupt.onnx"
     corrupt.write_bytes(b"this is not an onnx model")
     write_model(repo, "corrupt", corrupt, None)

@@ -10,7 +10,7 @@ import numpy as np
 from clients import AsyncClient, Client, RetryPolicy
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import dead_addresses, features
-from tests.support.server_process import ServerProcess, wait_for
+from tests.support.server_process import ServerProcess
 
 start_demo_server = client_fixtures.start_demo_server
 
@@ -21,6 +21,30 @@ def mlp_count(address: str) -> int:
         return int(stats.inference_count)
 
 
+class Progress:
+    """Calls answered and calls failed by the worker threads, with a wait on their count."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.done = 0
+        self.failures: list[BaseException] = []
+
+    def answered(self) -> None:
+        with self.changed:
+            self.done += 1
+            self.changed.notify_all()
+
+    def failed(self, exc: BaseException) -> None:
+        with self.changed:
+            self.failures.append(exc)
+            self.changed.notify_all()
+
+    def wait_past(self, count: int, timeout_s: float = 60.0) -> bool:
+        """Until `count` calls are answered or one failed (False after a generous `timeout_s`)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.done >= count or bool(self.failures), timeout_s)
+
+
 def test_calls_survive_servers_stopping_mid_run_and_fall_back_only_when_all_are_down(
     start_demo_server: Callable[[], ServerProcess], zoo_server: ServerProcess
 ) -> None:
@@ -28,8 +52,7 @@ def test_calls_survive_servers_stopping_mid_run_and_fall_back_only_when_all_are_
     fallback = zoo_server.address
     fallback_before = mlp_count(fallback)
     data = features(2)
-    done: list[int] = []
-    failures: list[BaseException] = []
+    progress = Progress()
     stop = threading.Event()
     client = Client(
         [first.address, second.address],
@@ -38,37 +61,35 @@ def test_calls_survive_servers_stopping_mid_run_and_fall_back_only_when_all_are_
         retry=RetryPolicy(max_attempts=10),
     )
 
-    def loop(worker: int) -> None:
+    def loop() -> None:
         while not stop.is_set():
             try:
                 out = client.infer("mlp", {"features": data})
                 assert out["scores"].shape == (2, 2)
-                done.append(worker)
+                progress.answered()
             except BaseException as exc:  # recorded, then the test fails on it
-                failures.append(exc)
+                progress.failed(exc)
                 return
 
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+    workers = [threading.Thread(target=loop) for _ in range(2)]
     for worker in workers:
         worker.start()
     try:
-        assert wait_for(lambda: len(done) >= 20 or failures, timeout_s=60)
+        assert progress.wait_past(20)
         # Round-robin: both primaries served; the fallback none.
         assert mlp_count(first.address) > 0 and mlp_count(second.address) > 0
         assert first.terminate() == 0  # graceful: drains, answers UNAVAILABLE, then closes
-        mark = len(done)
-        assert wait_for(lambda: len(done) >= mark + 40 or failures, timeout_s=60)
+        assert progress.wait_past(progress.done + 40)
         assert mlp_count(fallback) == fallback_before  # one primary is still up
         assert client.endpoint_health()[first.address] is False
         assert second.terminate() == 0
-        mark = len(done)
-        assert wait_for(lambda: len(done) >= mark + 20 or failures, timeout_s=60)
+        assert progress.wait_past(progress.done + 20)
     finally:
         stop.set()
         for worker in workers:
             worker.join(60)
         client.close()
-    assert not failures, failures
+    assert not progress.failures, progress.failures
     assert mlp_count(fallback) > fallback_before  # every primary down: the fallback served
     assert client.endpoint_health() == {first.address: False, second.address: False, fallback: True}
 

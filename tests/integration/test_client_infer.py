@@ -24,7 +24,7 @@ from clients import (
 )
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import features
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, wait_until_async
 
 client_limits_server = client_fixtures.client_limits_server
 mlp_reference = client_fixtures.mlp_reference
@@ -120,8 +120,20 @@ def test_request_errors_map_to_their_classes_and_are_not_retried(zoo_server: Ser
 async def test_full_queue_is_overloaded_and_retries_get_through(client_limits_server: ServerProcess) -> None:
     x = {"x": np.ones((1, 1), np.float32)}
     async with AsyncClient(client_limits_server.address, retry=NO_RETRY, default_timeout_s=120) as client:
-        blocker = asyncio.create_task(client.infer("slow_q2", x))  # occupies the only instance
-        await asyncio.sleep(0.05)
+
+        async def dispatched() -> int:
+            (stats,) = (await client.model_statistics("slow_q2")).model_stats
+            return int(stats.inference_stats.queue.count)  # requests that left the queue for a batch
+
+        before = await dispatched()
+        blocker = asyncio.create_task(client.infer("slow_q2", x))
+
+        async def blocker_runs() -> bool:
+            return blocker.done() or await dispatched() > before  # done: `await blocker` tells how
+
+        # Read from the server, not assumed after a sleep: the blocker occupies the only instance, so
+        # of the ten sent at once two wait in the queue and the rest find it full.
+        await wait_until_async(blocker_runs, "the blocker to be dispatched")
         results = await asyncio.gather(
             *(client.infer("slow_q2", x) for _ in range(10)), return_exceptions=True
         )

@@ -77,17 +77,22 @@ async def test_unknown_model_fails_each_frame_not_the_session(zoo_server: Server
 async def test_send_waits_while_max_in_flight_frames_are_unanswered(
     client_limits_server: ServerProcess,
 ) -> None:
+    # `pair` holds a 1-row frame until another row joins it: the first frame stays unanswered
+    # until this test sends its partner, however long the checks below take.
     x = {"x": np.ones((1, 1), np.float32)}
     async with AsyncClient(client_limits_server.address, default_timeout_s=120) as client:
-        async with client.stream("slow_q2", max_in_flight=1) as stream:
+        async with client.stream("pair", max_in_flight=1) as stream:
             await stream.send(x)
             second = asyncio.create_task(stream.send(x))
-            for _ in range(10):  # a slow batch takes far longer than a few loop turns
+            for _ in range(10):  # loop turns for `second` to reach its wait; nothing to time
                 await asyncio.sleep(0)
             assert not second.done() and stream.in_flight == 1
+            partner = await client.infer("pair", x)  # runs with the first frame, a batch of 2
             first = await stream.recv()  # its answer frees the slot
             await second
-            assert stream.in_flight <= 1
-            last = await stream.recv()
-        for result in (first, last):
+            assert stream.in_flight == 1
+            partner_of_last, last = await asyncio.gather(client.infer("pair", x), stream.recv())
+        for result in (partner, first, partner_of_last, last):
             np.testing.assert_allclose(result["y"], np.ones((1, 1)), rtol=1e-5)
+        (stats,) = (await client.model_statistics("pair")).model_stats
+        assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {2: 2}  # held, then paired

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
@@ -13,7 +12,7 @@ import numpy as np
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.server_process import REPO_ROOT, ServerProcess
+from tests.support.server_process import REPO_ROOT, ServerProcess, wait_until
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,8 +55,15 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None
                 ],
                 raw_input_contents=[data.tobytes()],
             )
+
+            def dispatched() -> int:  # requests that left the queue for a batch
+                stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="resnet"), timeout=30)
+                return int(stats.model_stats[0].inference_stats.queue.count)
+
+            before = dispatched()
             in_flight = stub.ModelInfer.future(request, timeout=120)
-            threading.Event().wait(0.3)
+            # Read from the server, not assumed after a sleep: the request is in a batch.
+            wait_until(lambda: in_flight.done() or dispatched() > before, "the request to be dispatched")
             assert server.terminate() == 0
             # The request that was running when SIGTERM came still got its answer.
             assert list(in_flight.result().outputs[0].shape) == [16, 1000]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 
 import grpc
 import numpy as np
@@ -13,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, wait_until
 
 NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -161,7 +160,7 @@ def test_bad_models_are_reported_and_the_others_serve(stub: pb_grpc.GRPCInferenc
     assert index["badwarm"].state == "UNAVAILABLE" and "model_warmup failed" in index["badwarm"].reason
     assert index["cached"].state == "READY"  # response_cache, with the server's default cache
     ready_only = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=30).models
-    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet", "warm", "slow", "cached"}
+    assert {m.name for m in ready_only} == {"mlp", "identity", "resnet", "warm", "held", "cached"}
     # Strict readiness: the server is not ready while one of its models is not.
     assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
@@ -197,26 +196,52 @@ def test_health_per_model_and_reflection(zoo_server: ServerProcess) -> None:
         assert "grpc.health.v1.Health" in names
 
 
+def held_request(rows: int, timeout_us: int = 0) -> pb.ModelInferRequest:
+    """A request to `held` (conftest.py): 1 row waits in its queue of one for 3 more rows."""
+    request = mlp_request(rows)
+    request.model_name = "held"
+    if timeout_us:
+        request.parameters["timeout"].int64_param = timeout_us
+    return request
+
+
 def test_cancelled_request_is_never_computed(zoo_server: ServerProcess) -> None:
+    # The request is held in the queue by the batching rules (it waits for 3 more rows), not by a
+    # busy instance, so the cancel lands while it is queued whatever the timing; whether it is
+    # queued is read from the server (a probe finds the queue of one full), never assumed.
     with grpc.insecure_channel(zoo_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(
-            model_name="slow",
-            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-            raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
-        )
 
-        def executions() -> int:
-            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow"), timeout=30)
-            return stats.model_stats[0].execution_count
+        def stats() -> pb.ModelStatistics:
+            answer: pb.ModelStatisticsResponse = stub.ModelStatistics(
+                pb.ModelStatisticsRequest(name="held"), timeout=30
+            )
+            return answer.model_stats[0]
 
-        before = executions()
-        blocker = stub.ModelInfer.future(request, timeout=120)  # keeps the instance busy ~0.5 s
-        time.sleep(0.1)
-        cancelled = stub.ModelInfer.future(request, timeout=120)
-        time.sleep(0.05)
-        assert cancelled.cancel()
-        blocker.result()
-        time.sleep(0.3)
-        assert executions() - before == 1
-        assert stub.ModelInfer(request, timeout=30).outputs[0].name == "y"
+        def queue_is_full() -> bool:
+            # A probe that never enters the queue: its 1 us timeout has passed by the time it would.
+            # Refused "queue is full" while a request is queued, else for its deadline.
+            err = error_of(stub.ModelInfer, held_request(1, timeout_us=1))
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert "queue is full" in err.details(), err.details()
+                return True
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
+            refused = ("before the request was queued", "cannot be met")  # not "while waiting in the queue"
+            assert any(reason in err.details() for reason in refused), err.details()
+            return False
+
+        before = stats()
+        assert not queue_is_full()
+        cancelled = stub.ModelInfer.future(held_request(1), timeout=120)
+        wait_until(lambda: cancelled.done() or queue_is_full(), "the request to be queued")
+        assert cancelled.cancel(), f"answered before it was cancelled: {cancelled.exception()!r}"
+        # At once: 20 s is far less than `held` would hold it (60 s, then formation would skip it).
+        wait_until(lambda: not queue_is_full(), "the cancelled request to leave the queue", timeout_s=20)
+        with pytest.raises(grpc.FutureCancelledError):
+            cancelled.result()
+        # A full batch runs at once, alone: the cancelled request was in no batch, then or before.
+        assert list(stub.ModelInfer(held_request(4), timeout=30).outputs[0].shape) == [4, 2]
+        after = stats()
+        assert after.inference_count - before.inference_count == 4
+        assert after.execution_count - before.execution_count == 1
+        assert after.inference_stats.queue.count - before.inference_stats.queue.count == 1  # that batch

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +91,26 @@ class ServerProcess:
             self.kill()
 
 
-def wait_for(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Check `condition` again and again until it holds; AssertionError naming `what` after
+    `timeout_s` (a generous bound: it only ends a test that is failing anyway).
+
+    For the state of another process (a server's ModelStatistics, how it answers a probe), which
+    offers no event to wait on: each check is a round trip to that process, which paces the loop,
+    so there is no sleep here. Wait on a threading.Condition or an asyncio event for state of this
+    process.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(interval_s)
-    return False
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s:g} s waiting for {what}")
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60.0
+) -> None:
+    """`wait_until` for an async check (an AsyncClient call)."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s:g} s waiting for {what}")

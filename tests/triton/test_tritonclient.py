@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, wait_until
 
 
 def client_for(server: ServerProcess) -> grpcclient.InferenceServerClient:
@@ -185,12 +184,30 @@ def test_statistics_count_requests_rows_and_batches(demo_server: ServerProcess) 
     assert batch_rows == int(after["inference_count"])
 
 
+def dispatched(client: grpcclient.InferenceServerClient, model: str) -> int:
+    """Requests of `model` that have left its queue for a batch, from the server's statistics."""
+    (stats,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return int(stats.get("inference_stats", {}).get("queue", {}).get("count", 0))
+
+
+def wait_dispatched(
+    client: grpcclient.InferenceServerClient, model: str, before: int, answers: queue.Queue
+) -> None:
+    """Until a request sent after `dispatched` read `before` is in a batch (or answered already,
+    which a test's later checks report): read from the server, never assumed after a sleep."""
+    wait_until(lambda: not answers.empty() or dispatched(client, model) > before, f"a {model} batch")
+
+
 def _start_blocker(client: grpcclient.InferenceServerClient, model: str, batches: int = 1) -> queue.Queue:
-    """Occupy the model's only instance with full 16-image batches; returns where answers land."""
+    """Occupy the model's only instance with full 16-image batches; returns where answers land.
+
+    Returns once the first batch runs: requests sent from then on wait in the queue.
+    """
     done: queue.Queue = queue.Queue()
+    before = dispatched(client, model)
     for _ in range(batches):
         client.async_infer(model, [image_input(16)], callback=lambda result, error: done.put((result, error)))
-    time.sleep(0.3)  # let it be dispatched; later requests then wait in the queue
+    wait_dispatched(client, model, before, done)
     return done
 
 
@@ -215,11 +232,13 @@ def test_deadline_that_expires_in_the_queue_is_never_computed(limits_server: Ser
     # shed at admission because the work queued ahead would make it late (RESOURCE_EXHAUSTED).
     assert len(codes) == 3
     assert set(codes) <= {"StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}, codes
-    time.sleep(0.2)  # let the server's own bookkeeping of the client-side deadline settle
+    # Instead of waiting a while for any of the three to run late: a request sent now queues behind
+    # whatever is left of them, so once it is answered the statistics show every run they could be in.
+    assert client.infer("resnet", [image_input(1)]).as_numpy("logits").shape == (1, 1000)
     (after,) = client.get_inference_statistics("resnet", as_json=True)["model_stats"]
-    # Only the blocker ran: the expired requests were dropped before compute.
-    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 4 * 16
-    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) == 4
+    # Only the blocker (and that last request) ran: the expired requests were dropped before compute.
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 4 * 16 + 1
+    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) == 4 + 1
 
 
 def test_full_queue_answers_resource_exhausted_and_every_request_gets_one_answer(
@@ -230,22 +249,22 @@ def test_full_queue_answers_resource_exhausted_and_every_request_gets_one_answer
     x = grpcclient.InferInput("x", [1, 1], "FP32")
     x.set_data_from_numpy(np.ones((1, 1), np.float32))
 
-    def send() -> None:
-        client.async_infer("slow_q2", [x], callback=lambda result, error: answers.put((result, error)))
+    def send(index: int) -> None:
+        client.async_infer("slow_q2", [x], callback=lambda result, error: answers.put((index, result, error)))
 
-    send()  # occupies the only instance for a few hundred milliseconds
-    time.sleep(0.05)
-    for _ in range(10):
-        send()  # two wait in the queue; the rest find it full
+    before = dispatched(client, "slow_q2")
+    send(0)  # occupies the only instance for a few hundred milliseconds
+    wait_dispatched(client, "slow_q2", before, answers)
+    for index in range(1, 11):
+        send(index)  # two wait in the queue; the rest find it full
     got = [answers.get(timeout=120) for _ in range(11)]
-    codes = ["OK" if e is None else e.status() for _, e in got]
+    assert sorted(index for index, _, _ in got) == list(range(11))  # exactly one answer each
+    codes = ["OK" if e is None else e.status() for _, _, e in got]
     assert codes.count("StatusCode.RESOURCE_EXHAUSTED") >= 6, codes
     assert codes.count("OK") >= 3, codes
     assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
-    messages = [e.message() for _, e in got if e is not None]
+    messages = [e.message() for _, _, e in got if e is not None]
     assert all("queue is full" in m for m in messages), messages
-    time.sleep(0.2)
-    assert answers.empty()  # exactly one answer each
     np.testing.assert_allclose(client.infer("slow_q2", [x]).as_numpy("y"), np.ones((1, 1)), rtol=1e-5)
 
 
