@@ -14,10 +14,11 @@ slight over-estimate, since batching makes rows cheaper: a lower bound admitted 
 expired in the queue, and formed batches that finished late); with no smaller bucket seen, 0.0:
 an unknown cost never rejects a request early.
 
-The same buckets keep the CPU time of runs measured on the thread that ran them (an EWMA): the
-batcher runs a batch inline, on the event loop thread, when that is below a thread hop's cost
-(`cheap`). Wall time would not do: through an executor it includes the hop and waiting for the GIL,
-the very costs an inline run avoids, so a tiny model would look too costly to ever run inline.
+The same buckets keep the cost of a run to the thread that runs it (an EWMA): CPU seconds on the
+executor thread, or wall seconds of a run made inline (what the event loop was blocked). The batcher
+runs a batch inline when that is below a thread hop's cost (`cheap`). Wall time through an executor
+would not do: it includes the hop and waiting for the GIL, the very costs an inline run avoids, so a
+tiny model would look too costly to ever run inline.
 
 Estimates fade with age (half-life `half_life_s`): a model idle for a while predicts less, so
 requests get through and refresh the estimate; under load observations are fresh and fading is
@@ -74,8 +75,8 @@ class ServiceTimeEstimator:
         return float(0.5 ** (max(now - seen.at, 0.0) / self._half_life_s))
 
     def observe(self, rows: int, seconds: float, now: float, cpu_s: float | None = None) -> None:
-        """Record that a run of `rows` rows took `seconds` (wall) and `cpu_s` of CPU on the thread
-        that ran it (None: not measured), observed at clock time `now`."""
+        """Record that a run of `rows` rows took `seconds` (wall) and cost `cpu_s` to the thread that
+        ran it (None: not measured), observed at clock time `now`."""
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
@@ -110,7 +111,7 @@ class ServiceTimeEstimator:
         return 0.0
 
     def cheap(self, rows: int, max_cpu_s: float) -> bool:
-        """Whether recent runs of this many rows (its own bucket) took at most `max_cpu_s` of CPU.
+        """Whether recent runs of this many rows (its own bucket) cost their thread at most `max_cpu_s`.
         Unknown: no (a first run of any size goes through the executor and is measured there)."""
         seen = self._seen.get(self.bucket(rows))
         return seen is not None and seen.cpu is not None and seen.cpu <= max_cpu_s

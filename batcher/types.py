@@ -26,7 +26,7 @@ class RunsBlocking(Protocol):
 
     The batcher then decides where it runs, from its estimator (batcher/estimate.py): on the
     caller's thread when recent runs of that size took less CPU than a thread hop costs (tiny
-    models), else in `executor`. It measures each run's CPU time on the thread that ran it.
+    models), else in `executor`, where it measures each run's CPU time on that thread.
     """
 
     @property

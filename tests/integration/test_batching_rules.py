@@ -21,10 +21,10 @@ from tests.support.server_process import ServerProcess
 LONG_DELAY_US = 60_000_000  # a 60 s max_queue_delay: waiting for it would fail every bound below
 BOUND_S = 20.0  # generous upper bound for a call that must not wait for the queue delay
 
-PREFERRED_2_6 = f"""
+PREFERRED_2_6 = """
 max_batch_size: 8
-dynamic_batching {{ preferred_batch_size: [ 2, 6 ] max_queue_delay_microseconds: {{delay}} }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching { preferred_batch_size: [ 2, 6 ] max_queue_delay_microseconds: {delay} }
+instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 TWO_INSTANCES_IDLE = f"""
 max_batch_size: 8
