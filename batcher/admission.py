@@ -12,15 +12,17 @@ neither do we.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from batcher.errors import TooManyRows
 from batcher.types import BatchingPolicy, TimeoutAction
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """One request's terms, settled against its model's policy. Times are absolute clock seconds."""
+class Admission(NamedTuple):
+    """One request's terms, settled against its model's policy. Times are absolute clock seconds.
+
+    Immutable; a NamedTuple rather than a frozen dataclass because one is built per request and a
+    frozen dataclass's __init__ costs several times more (measured ~1.5 vs ~0.3 us here)."""
 
     rows: int  # rows it adds to a batch; 1 for a model without a batch dimension
     priority: int  # a level of the model's (1 is the highest), the default applied

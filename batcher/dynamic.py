@@ -97,6 +97,8 @@ class DynamicBatcher:
         self._accepting = False
         self._closing = False
         self._inline_max_s = inline_max_s
+        # The fast path's instance, when it can run on the caller's thread; looked up once.
+        self._fast = _blocking(self._backends[0]) if inline_max_s > 0 else None
 
     @property
     def policy(self) -> BatchingPolicy:
@@ -190,10 +192,10 @@ class DynamicBatcher:
         """
         if not self._accepting:
             raise BatcherStopped()
-        if self._in_flight or len(self._queue) or not runs_alone_now(a.rows, self._policy):
+        backend = self._fast
+        if backend is None or self._in_flight or len(self._queue):
             return None
-        backend = _blocking(self._backends[0])
-        if backend is None or not self._estimator.cheap(a.rows, self._inline_max_s):
+        if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
             return None
         self._queue.check(a, self._predict_now)
         t0 = time.perf_counter_ns()
