@@ -32,5 +32,5 @@ for r in json.load(open(sys.argv[1]))["results"]:
     lat = r["latency_us"]
     print(f"{r['step']['mode']} {r['step']['level']:>4} {r['target']:>16}: {r['throughput_ips']:10.1f} inf/s"
           f"  p50 {lat['p50'] / 1e3:7.2f} ms  p99 {lat['p99'] / 1e3:7.2f} ms"
-          f"  ratio {r['ratios']['throughput']:.3f}  per round {r.get('throughput_per_round')}")
+          f"  ratio {r['ratios']['throughput_rps']:.3f}  per round {r.get('throughput_per_round')}")
 PY
