@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from batcher.admission import Admission
@@ -58,6 +59,14 @@ def _computed_late() -> DeadlineExceeded:
 
 def _stopped() -> BatcherStopped:
     return BatcherStopped("model stopped before the request was computed")
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """One batch taken from the queue, until it has landed (its answers are being set)."""
+
+    batch: list[Request]
+    landed: bool = False
 
 
 class DynamicBatcher:
@@ -245,9 +254,10 @@ class DynamicBatcher:
             batch = await self._next_batch()
             if batch is None:
                 return
-            task = loop.create_task(self._run(backend, batch))
+            flight = _Flight(batch)
+            task = loop.create_task(self._run(backend, flight))
             self._runs.add(task)
-            task.add_done_callback(functools.partial(self._run_done, batch, slots))
+            task.add_done_callback(functools.partial(self._run_done, flight, slots))
 
     async def _next_batch(self) -> list[Request] | None:
         """Wait until formation yields a batch; None once stopping and nothing is left."""
@@ -277,8 +287,8 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
 
-    async def _run(self, backend: Backend, batch: list[Request]) -> None:
-        batch = [p for p in batch if not is_done(p)]  # callers cancelled since formation
+    async def _run(self, backend: Backend, flight: _Flight) -> None:
+        batch = [p for p in flight.batch if not is_done(p)]  # callers cancelled since formation
         if not batch:
             return
         batched = self._policy.max_batch_size > 0
@@ -303,6 +313,7 @@ class DynamicBatcher:
             t3 = time.perf_counter_ns()
         except Exception as exc:
             # The whole batch fails with the backend's own error; the server maps it.
+            self._land(flight)
             for p in batch:
                 settle_error(p, exc)
             return
@@ -311,6 +322,7 @@ class DynamicBatcher:
         done_at = self._clock()
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
         self._rows_per_run += 0.2 * (rows - self._rows_per_run)
+        self._land(flight)
         for p, part in zip(batch, parts, strict=True):
             if p.handle.future.done():
                 continue
@@ -333,16 +345,23 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(blocking.executor, _cpu_timed, blocking.run_blocking, inputs)
 
-    def _run_done(self, batch: list[Request], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+    def _land(self, flight: _Flight) -> None:
+        """The batch no longer counts as in flight: done before its answers are set, so a caller
+        woken by its answer already sees the model idle (and may take the fast path)."""
+        if not flight.landed:
+            flight.landed = True
+            self._in_flight -= 1
+            self._check_idle()
+
+    def _run_done(self, flight: _Flight, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
         self._runs.discard(task)
-        self._in_flight -= 1
         slots.release()
+        self._land(flight)
         # Safety net for exactly one outcome: a run cancelled by stop() (even before it started).
         error: BaseException | None = None if task.cancelled() else task.exception()
-        for p in batch:
+        for p in flight.batch:
             if not is_done(p):
                 settle_error(p, error if error is not None else _stopped())
-        self._check_idle()
 
     def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
