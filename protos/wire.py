@@ -45,7 +45,14 @@ def pack_bytes(array: npt.NDArray[np.generic]) -> bytes:
 
 
 def unpack_bytes(data: bytes, count: int) -> npt.NDArray[np.generic]:
-    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed."""
+    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed.
+
+    `count` comes from an untrusted shape: it is checked against the data (each element has a
+    4-byte length) before anything is allocated for it."""
+    if count * 4 > len(data):
+        raise ValueError(
+            f"{len(data)} bytes of BYTES data cannot hold {count} elements (each has a 4-byte length)"
+        )
     items = np.empty(count, dtype=object)
     view = memoryview(data)
     offset = 0

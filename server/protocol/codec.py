@@ -19,6 +19,9 @@ from protos import wire
 from server import datatypes
 from server.errors import InvalidRequest
 
+# Most elements one tensor's shape may describe: far beyond any message, well within numpy's sizes.
+MAX_ELEMENTS = 2**40
+
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
     """The request's input tensors as numpy arrays, checked for self-consistency.
@@ -42,6 +45,10 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
         shape = tuple(tensor.shape)
         if any(dim < 0 for dim in shape):
             raise InvalidRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if prod(dim for dim in shape if dim) > MAX_ELEMENTS:
+            # Even with a zero dimension: numpy cannot describe such an array (and says so as an
+            # error that would otherwise surface as INTERNAL).
+            raise InvalidRequest(f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements")
         if raw:
             arrays[name] = _from_raw(name, index, raw[index], dtype, shape)
         else:
