@@ -40,8 +40,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
+    _add_remaining_settings(serve)
     commands.add_parser("build-demo", help="build the demo model repository and print its path")
     return parser
+
+
+# Settings that are not flags: set by the server for its own worker processes.
+_INTERNAL = frozenset({"reuse_port"})
+
+
+def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:
+    """A flag for every setting not declared above, so every setting is a flag and a variable."""
+    declared = {action.dest for action in serve._actions}
+    for name, field in ServerSettings.model_fields.items():
+        if name in declared or name in _INTERNAL:
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = f"SLUICEWAY_{name.upper()} (default {field.get_default(call_default_factory=True)})"
+        if field.annotation is bool:
+            serve.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parse: type[int] | type[float] | type[str] = str  # pydantic converts the rest
+            if field.annotation is int:
+                parse = int
+            elif field.annotation is float:
+                parse = float
+            serve.add_argument(flag, type=parse, help=text)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
