@@ -8,6 +8,9 @@ after a run) reads the same value instead of recomputing it.
 Priority follows Triton (InferenceRequest::SetPriority): 0, or a level above the model's
 `priority_levels`, means the model's default level. Triton does not refuse such a request, so
 neither do we.
+
+The request's own `timeout` counts only where the policy allows the override (Triton's
+`allow_timeout_override`); otherwise it is ignored, and the gRPC deadline still counts.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class Admission(NamedTuple):
     rows: int  # rows it adds to a batch; 1 for a model without a batch dimension
     priority: int  # a level of the model's (1 is the highest), the default applied
     arrival: float  # when it was settled (clock seconds)
-    deadline: float | None  # the caller's: the earliest of its gRPC deadline and `timeout`
+    deadline: float | None  # the caller's: the earliest of its gRPC deadline and `timeout` (if allowed)
     policy_deadline: float | None  # the model's queue-policy timeout (demotes with DELAY)
     hard: float | None  # never computed, nor answered as a success, after this
 
@@ -59,7 +62,7 @@ class Admission(NamedTuple):
         else:
             rows = 1  # no batch dimension: every request is one run of "batch size 1"
         level = priority if 1 <= priority <= policy.priority_levels else policy.default_priority
-        own = None if timeout_s is None else now + timeout_s
+        own = None if timeout_s is None or not policy.allow_timeout_override else now + timeout_s
         caller = own if deadline is None else (deadline if own is None else min(deadline, own))
         policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
         hard = caller

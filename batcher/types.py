@@ -60,5 +60,8 @@ class BatchingPolicy:
     # Queue-policy timeout applied to every request (None: only the caller's deadline counts).
     default_timeout_s: float | None = None
     timeout_action: TimeoutAction = TimeoutAction.REJECT
+    # Whether a request's own `timeout` counts (Triton's allow_timeout_override); when False it is
+    # ignored and only the gRPC deadline and default_timeout_s bound the request.
+    allow_timeout_override: bool = True
     # Batches one backend instance may run at once (1-2): bounded work in flight.
     max_batches_in_flight: int = 1

@@ -381,6 +381,10 @@ def batching_policy(
     action = (
         TimeoutAction.DELAY if queue.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT
     )
+    # Triton: with a default timeout, a request's `timeout` counts only with allow_timeout_override
+    # (false unless set). Without one there is nothing to override and the request's `timeout`
+    # counts, as for a model without a queue policy (proto3 cannot tell an unset bool from false).
+    allow_override = queue.allow_timeout_override or queue.default_timeout_microseconds == 0
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
         preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
@@ -391,5 +395,6 @@ def batching_policy(
         default_priority=db.default_priority_level or 1,
         default_timeout_s=(queue.default_timeout_microseconds / 1e6) or None,
         timeout_action=action,
+        allow_timeout_override=allow_override,
         max_batches_in_flight=max_batches_in_flight,
     )

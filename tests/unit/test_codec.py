@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos import wire
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, status_for
 from server.protocol import codec
 from server.protocol.controls import parse_controls
 from server.protocol.validate import Signature
@@ -74,6 +75,31 @@ def test_decode_rejects_inconsistent_requests() -> None:
         codec.decode_inputs(typed)
 
 
+@pytest.mark.parametrize(("datatype", "sent"), [("FP32", 12), ("FP32", 9), ("INT64", 24), ("UINT8", 3)])
+def test_an_oversized_raw_buffer_is_invalid_argument_naming_the_input_and_both_sizes(
+    datatype: str, sent: int
+) -> None:
+    # Shape [2]: 8 bytes of FP32, 16 of INT64, 2 of UINT8. More than that is the client's mistake,
+    # never INTERNAL (unchecked, numpy's frombuffer or reshape would raise a ValueError on it).
+    expected = {"FP32": 8, "INT64": 16, "UINT8": 2}[datatype]
+    with pytest.raises(InvalidRequest) as info:
+        codec.decode_inputs(request_with("big", datatype, [2], b"\x01" * sent))
+    assert str(info.value) == (
+        f"input 'big': raw_input_contents[0] has {sent} bytes, expected {expected} "
+        f"for shape [2] of {datatype}"
+    )
+    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_trailing_empty_bytes_element_is_decoded() -> None:
+    items = [b"ab", b""]
+    decoded = codec.decode_inputs(
+        request_with("s", "BYTES", [1, 2], wire.pack_bytes(np.array(items, object)))
+    )
+    assert decoded["s"].shape == (1, 2)
+    assert list(decoded["s"].reshape(-1)) == items
+
+
 def signature(max_batch_size: int = 8) -> Signature:
     config = mc.ModelConfig(name="m", max_batch_size=max_batch_size)
     config.input.add(name="a", data_type=mc.TYPE_FP32, dims=[-1, 4])
@@ -105,6 +131,26 @@ def test_signature_checks_names_types_shapes_and_rows() -> None:
     assert sig.check_outputs([]) == ["y"]
     with pytest.raises(InvalidRequest, match="unknown output 'z'"):
         sig.check_outputs(["z"])
+
+
+def text_signature() -> Signature:
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    config.input.add(name="s", data_type=mc.TYPE_STRING, dims=[-1])
+    config.output.add(name="n", data_type=mc.TYPE_INT64, dims=[1])
+    return Signature.from_config(config)
+
+
+def test_bytes_inputs_must_be_utf8_text() -> None:
+    sig = text_signature()
+    good = np.array([[b"plain", "é".encode(), b""]], dtype=object)
+    assert sig.check_inputs({"s": good}) == 1
+    bad = np.array([[b"plain", b"\xff\xfe"], [b"ok", b"\xc3"]], dtype=object)  # elements 1 and 3
+    with pytest.raises(InvalidRequest, match="input 's': BYTES element 1 is not UTF-8 text"):
+        sig.check_inputs({"s": bad})
+    decoded = codec.decode_inputs(request_with("s", "BYTES", [1, 1], wire.pack_bytes(bad[1:, 1:])))
+    with pytest.raises(InvalidRequest, match="input 's': BYTES element 0 is not UTF-8 text") as info:
+        sig.check_inputs(decoded)
+    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_signature_without_batch_dimension() -> None:

@@ -281,6 +281,7 @@ def test_batching_policy_from_dynamic_batching() -> None:
         default_priority=2,
         default_timeout_s=0.25,
         timeout_action=TimeoutAction.DELAY,
+        allow_timeout_override=False,  # Triton's default: requests cannot override the default
         max_batches_in_flight=2,
     )
 
@@ -293,6 +294,25 @@ def test_batching_policy_defaults_always_bound_the_queue() -> None:
     assert policy.priority_levels == 1 and policy.default_priority == 1
     assert policy.default_timeout_s is None
     assert policy.timeout_action is TimeoutAction.REJECT
+    assert policy.allow_timeout_override
+
+
+@pytest.mark.parametrize(
+    ("queue_policy", "allowed"),
+    [
+        ("", True),  # no queue policy: the request's `timeout` counts
+        ("max_queue_size: 4", True),  # no default timeout: nothing to override
+        ("default_timeout_microseconds: 1000", False),  # Triton's default: the model's wins
+        ("default_timeout_microseconds: 1000 allow_timeout_override: false", False),
+        ("default_timeout_microseconds: 1000 allow_timeout_override: true", True),
+        ("allow_timeout_override: true", True),
+    ],
+)
+def test_allow_timeout_override_is_mapped_as_triton_reads_it(queue_policy: str, allowed: bool) -> None:
+    config = _parse(f"max_batch_size: 8 dynamic_batching {{ default_queue_policy {{ {queue_policy} }} }}")
+    validate_config(config, "m")  # accepted, not refused as an unsupported field
+    policy = batching_policy(config, default_max_queue_size=8, max_batches_in_flight=1)
+    assert policy.allow_timeout_override is allowed
 
 
 def test_without_dynamic_batching_requests_run_alone() -> None:
