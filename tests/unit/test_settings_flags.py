@@ -1,0 +1,108 @@
+"""`sluiceway serve` settings: SLUICEWAY_* variables, flags winning over them, bad values exiting 2."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+import server.app
+import server.cli
+import server.workers
+from server.cli import _parser, main, settings_from_args
+from server.settings import ServerSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No SLUICEWAY_* variable from the caller's environment leaks into these tests, and `main`
+    never gets as far as building models or serving: where validation wrongly passes, it fails."""
+    for name in list(os.environ):
+        if name.startswith("SLUICEWAY_"):
+            monkeypatch.delenv(name)
+
+    def must_not_start(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("settings were accepted: the server was about to start")
+
+    monkeypatch.setattr(server.app, "serve", must_not_start)
+    monkeypatch.setattr(server.workers, "run_workers", must_not_start)
+    monkeypatch.setattr(server.cli, "_demo_repository", must_not_start)
+    yield
+
+
+def settings(*flags: str) -> ServerSettings:
+    return settings_from_args(_parser().parse_args(["serve", *flags]))
+
+
+def test_environment_variables_set_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEWAY_MAX_QUEUE_SIZE", "7")
+    monkeypatch.setenv("SLUICEWAY_STREAM_MAX_IN_FLIGHT", "3")
+    monkeypatch.setenv("SLUICEWAY_IDLE_DISPATCH", "true")
+    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["A", "B"]')
+    got = settings()
+    assert got.max_queue_size == 7 and got.stream_max_in_flight == 3
+    assert got.idle_dispatch is True
+    assert got.execution_providers == ("A", "B")
+    assert got.port == 8001  # untouched settings keep their defaults
+
+
+def test_flags_win_over_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEWAY_MAX_QUEUE_SIZE", "7")
+    monkeypatch.setenv("SLUICEWAY_PORT", "9001")
+    monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["A", "B"]')
+    monkeypatch.setenv("SLUICEWAY_WORKERS", "4")
+    monkeypatch.setenv("SLUICEWAY_STREAM_MAX_IN_FLIGHT", "3")
+    monkeypatch.setenv("SLUICEWAY_MAX_CONCURRENT_RPCS", "10")
+    monkeypatch.setenv("SLUICEWAY_SHUTDOWN_GRACE_S", "7.5")
+    monkeypatch.setenv("SLUICEWAY_ALLOW_SPINNING", "true")
+    got = settings(
+        "--max-queue-size", "9", "--port", "0", "--log-level", "ERROR",
+        "--execution-providers", "X, Y", "--workers", "2", "--stream-max-in-flight", "2",
+        "--max-concurrent-rpcs", "20", "--shutdown-grace-s", "0.5", "--no-allow-spinning",
+    )  # fmt: skip
+    assert got.max_queue_size == 9
+    assert got.port == 0  # a flag of 0 (falsy) still wins
+    assert got.log_level == "ERROR"
+    assert got.execution_providers == ("X", "Y")
+    assert got.workers == 2
+    assert got.stream_max_in_flight == 2 and got.max_concurrent_rpcs == 20
+    assert got.shutdown_grace_s == 0.5 and got.allow_spinning is False
+
+
+def test_a_false_flag_wins_over_a_true_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEWAY_IDLE_DISPATCH", "true")
+    assert settings("--no-idle-dispatch").idle_dispatch is False
+    assert settings().idle_dispatch is True
+    monkeypatch.setenv("SLUICEWAY_IDLE_DISPATCH", "false")
+    assert settings("--idle-dispatch").idle_dispatch is True
+
+
+def test_a_flag_replaces_a_bad_variable_of_the_same_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEWAY_MAX_QUEUE_SIZE", "zero")
+    assert settings("--max-queue-size", "5").max_queue_size == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "variables", "field"),
+    [
+        ((), {"SLUICEWAY_MAX_QUEUE_SIZE": "zero"}, "max_queue_size"),
+        ((), {"SLUICEWAY_STREAM_MAX_IN_FLIGHT": "0"}, "stream_max_in_flight"),
+        (("--port", "70000"), {}, "port"),
+        (("--workers", "0"), {"SLUICEWAY_WORKERS": "2"}, "workers"),  # the flag's value is checked
+        (("--log-level", "LOUD"), {}, "log_level"),
+    ],
+)
+def test_a_bad_value_exits_2_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
+    variables: dict[str, str],
+    field: str,
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", *flags]) == 2
+    assert f"invalid setting '{field}'" in capsys.readouterr().err
