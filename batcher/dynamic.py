@@ -337,7 +337,7 @@ class DynamicBatcher:
         blocking = _blocking(backend)
         if blocking is None:
             return await backend.run(inputs), None
-        if self._estimator.cheap(rows, self._inline_max_s):
+        if self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s):
             # Inline, the wall time is what the event loop was blocked: the cost that matters here.
             start = time.perf_counter()
             outputs = blocking.run_blocking(inputs)
