@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install sluiceway with its test tools into it. Idempotent.
+# Create a virtual environment (if missing) and install sluiceway with its test tools into it.
+# Idempotent. Usage: bootstrap.sh [PYTHON [VENV]]; by default python3 and .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+python=${1:-python3}
+venv=${2:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e ".[test]"

@@ -53,35 +53,38 @@ def _features(seed: int, rows: int = 2) -> np.ndarray:
 
 
 def test_second_identical_request_is_a_hit_that_skips_the_batcher(cache_server: ServerProcess) -> None:
+    # Other tests in this module use `cached` too, in any order: count from what is there now.
+    # Seeds 1 and 2 are this test's own inputs; no other test sends them to `cached`.
     with Client(cache_server.address) as client:
         before = _stats(client, "cached")
-        assert before.inference_stats.cache_hit.count == before.inference_stats.cache_miss.count == 0
+        hits, misses = before.inference_stats.cache_hit.count, before.inference_stats.cache_miss.count
+        executions, rows = before.execution_count, before.inference_count
 
         first = client.infer("cached", {"features": _features(1)})["scores"]
         after_miss = _stats(client, "cached")
-        assert after_miss.inference_stats.cache_miss.count == 1
-        assert after_miss.inference_stats.cache_miss.ns > 0
-        assert after_miss.inference_stats.cache_hit.count == 0
-        assert after_miss.execution_count == 1 and after_miss.inference_count == 2
+        assert after_miss.inference_stats.cache_miss.count == misses + 1
+        assert after_miss.inference_stats.cache_miss.ns > before.inference_stats.cache_miss.ns
+        assert after_miss.inference_stats.cache_hit.count == hits
+        assert after_miss.execution_count == executions + 1 and after_miss.inference_count == rows + 2
 
         second = client.infer("cached", {"features": _features(1)})["scores"]
         after_hit = _stats(client, "cached")
         np.testing.assert_array_equal(second, first)
-        assert after_hit.inference_stats.cache_hit.count == 1
-        assert after_hit.inference_stats.cache_hit.ns > 0
-        assert after_hit.inference_stats.cache_miss.count == 1
+        assert after_hit.inference_stats.cache_hit.count == hits + 1
+        assert after_hit.inference_stats.cache_hit.ns > before.inference_stats.cache_hit.ns
+        assert after_hit.inference_stats.cache_miss.count == misses + 1
         # Triton's semantics: a hit is a success, but nothing was computed.
-        assert after_hit.execution_count == 1 and after_hit.inference_count == 2
-        assert after_hit.inference_stats.success.count == 2
+        assert after_hit.execution_count == executions + 1 and after_hit.inference_count == rows + 2
+        assert after_hit.inference_stats.success.count == after_miss.inference_stats.success.count + 1
         assert after_hit.inference_stats.queue.count == after_miss.inference_stats.queue.count
 
         # Other inputs (values or rows) miss and compute.
         client.infer("cached", {"features": _features(2)})
         client.infer("cached", {"features": _features(1, rows=3)})
         after_other = _stats(client, "cached")
-        assert after_other.inference_stats.cache_miss.count == 3
-        assert after_other.inference_stats.cache_hit.count == 1
-        assert after_other.execution_count == 3
+        assert after_other.inference_stats.cache_miss.count == misses + 3
+        assert after_other.inference_stats.cache_hit.count == hits + 1
+        assert after_other.execution_count == executions + 3
 
 
 def test_typed_contents_request_hits_the_entry_of_a_raw_request(cache_server: ServerProcess) -> None:

@@ -1,13 +1,18 @@
-"""Demo repository: deterministic, cached, atomic, and both models load and compute."""
+"""Demo repository: deterministic, cached, atomic; the models are the networks they describe
+(checked against numpy computations from their own weights)."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import numpy_helper
 
 from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, inspect_onnx
 from server.models.config import complete_from_onnx
@@ -63,20 +68,71 @@ def _run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         backend.close()
 
 
-def test_mlp_scores_are_finite(repo: Path) -> None:
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_mlp_is_the_described_network(repo: Path) -> None:
+    # 64 -> 256 -> 256 -> 2: Gemm (x @ W + b), Relu between layers, computed here in float64 from
+    # the model's own initializers.
+    path = repo / "mlp" / "1" / "model.onnx"
+    weights = _initializers(path)
+    assert sorted(weights) == sorted(f"fc{i}.{p}" for i in range(3) for p in ("weight", "bias"))
+    assert [weights[f"fc{i}.weight"].shape for i in range(3)] == [(64, 256), (256, 256), (256, 2)]
     features = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    scores = _run(repo / "mlp" / "1" / "model.onnx", {"features": features})["scores"]
+    x = features.astype(np.float64)
+    for i in range(3):
+        x = x @ weights[f"fc{i}.weight"] + weights[f"fc{i}.bias"]
+        if i < 2:
+            x = np.maximum(x, 0.0)
+    scores = _run(path, {"features": features})["scores"]
     assert scores.shape == (4, 2) and scores.dtype == np.float32
-    assert np.isfinite(scores).all()
-    assert not np.allclose(scores[0], scores[1])
+    np.testing.assert_allclose(scores, x, rtol=1e-4, atol=1e-4 * float(np.abs(x).max()))
+    assert not np.allclose(x[0], x[1])  # the inputs differ, so must the scores
 
 
-def test_resnet_logits_are_finite_and_varied(repo: Path) -> None:
+def _conv(x: np.ndarray, weights: dict[str, np.ndarray], name: str, stride: int) -> np.ndarray:
+    """NCHW convolution with `name`.weight [O, C, k, k] and `name`.bias, padding k // 2."""
+    w, b = weights[f"{name}.weight"], weights[f"{name}.bias"]
+    k, pad = w.shape[-1], w.shape[-1] // 2
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # N, C, H, W, k, k
+    out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3]))  # N, H, W, O
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) + b[None, :, None, None]
+
+
+def _resnet18(image: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """ResNet-18 (batch norm folded into conv biases, residual branch scaled at build time) in numpy."""
+    relu = partial(np.maximum, 0.0)
+    x = relu(_conv(image, weights, "conv1", 2))
+    x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    x = sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2].max(axis=(4, 5))  # MaxPool 3x3/2
+    for stage in range(1, 5):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            y = _conv(relu(_conv(x, weights, f"{prefix}.conv1", stride)), weights, f"{prefix}.conv2", 1)
+            downsample = f"{prefix}.downsample.weight" in weights
+            assert downsample == (stage > 1 and block == 0)
+            shortcut = _conv(x, weights, f"{prefix}.downsample", stride) if downsample else x
+            x = relu(y + shortcut)
+    pooled = x.mean(axis=(2, 3))  # GlobalAveragePool + Flatten
+    logits: np.ndarray = pooled @ weights["fc.weight"] + weights["fc.bias"]
+    return logits
+
+
+def test_resnet_is_the_described_network(repo: Path) -> None:
+    path = repo / "resnet" / "1" / "model.onnx"
+    weights = _initializers(path)
+    assert weights["conv1.weight"].shape == (64, 3, 7, 7)
+    assert weights["layer4.1.conv2.weight"].shape == (512, 512, 3, 3)
+    assert weights["fc.weight"].shape == (512, 1000)
     image = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
-    logits = _run(repo / "resnet" / "1" / "model.onnx", {"image": image})["logits"]
-    assert logits.shape == (1, 1000)
-    assert np.isfinite(logits).all()
-    assert logits.std() > 1e-3
+    expected = _resnet18(image, weights)
+    logits = _run(path, {"image": image})["logits"]
+    assert logits.shape == (1, 1000) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+    assert expected.std() > 1e-3  # not a constant network
 
 
 def test_resnet_u8_is_resnet_on_normalized_frames(repo: Path) -> None:
