@@ -249,13 +249,14 @@ class DynamicBatcher:
     async def _dispatch(self, backend: Backend) -> None:
         slots = asyncio.Semaphore(self._policy.max_batches_in_flight)
         loop = asyncio.get_running_loop()
+        blocking = _blocking(backend)  # looked up once per instance, not per batch
         while True:
             await slots.acquire()
             batch = await self._next_batch()
             if batch is None:
                 return
             flight = _Flight(batch)
-            task = loop.create_task(self._run(backend, flight))
+            task = loop.create_task(self._run(backend, blocking, flight))
             self._runs.add(task)
             task.add_done_callback(functools.partial(self._run_done, flight, slots))
 
@@ -287,7 +288,7 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
 
-    async def _run(self, backend: Backend, flight: _Flight) -> None:
+    async def _run(self, backend: Backend, blocking: RunsBlocking | None, flight: _Flight) -> None:
         batch = [p for p in flight.batch if not is_done(p)]  # callers cancelled since formation
         if not batch:
             return
@@ -305,7 +306,7 @@ class DynamicBatcher:
             now = self._clock()
             self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
             try:
-                outputs, cpu_s = await self._execute(backend, inputs, offsets[-1])
+                outputs, cpu_s = await self._execute(backend, blocking, inputs, offsets[-1])
             finally:
                 del self._running_until[key]
             t2 = time.perf_counter_ns()
@@ -331,10 +332,12 @@ class DynamicBatcher:
             else:
                 p.handle.future.set_result(part)
 
-    async def _execute(self, backend: Backend, inputs: Tensors, rows: int) -> tuple[Tensors, float | None]:
-        """Run one batch: inline when the estimator says runs of this size are cheap, else in the
-        backend's executor; the outputs and the run's CPU seconds (None where not measured)."""
-        blocking = _blocking(backend)
+    async def _execute(
+        self, backend: Backend, blocking: RunsBlocking | None, inputs: Tensors, rows: int
+    ) -> tuple[Tensors, float | None]:
+        """Run one batch (`blocking`: the same backend when it RunsBlocking, else None): inline when
+        the estimator says runs of this size are cheap, else in the backend's executor; the outputs
+        and the run's CPU seconds (None where not measured)."""
         if blocking is None:
             return await backend.run(inputs), None
         if self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s):
