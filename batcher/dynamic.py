@@ -8,7 +8,8 @@ it when formation asked to wait for the batch to grow.
 
 Every request gets exactly one outcome: a result, or an exception set on its future (never a
 cancel). A caller that goes away cancels its own future; it is removed from the queue at once, and
-skipped (never computed) if a batch was being formed around it.
+skipped (never computed) if a batch was being formed around it. A run that outlives the model's
+run timeout fails its batch and its instance is replaced (batcher/watchdog.py).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from batcher.admission import Admission
-from batcher.errors import BatcherStopped, DeadlineExceeded
+from batcher.budget import ByteBudget
+from batcher.errors import BatcherStopped, DeadlineExceeded, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.form import form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
 from batcher.scatter import gather, scatter
 from batcher.stats import ModelStats
-from batcher.types import Array, Backend, BatchingPolicy, RunsBlocking, Tensors
+from batcher.types import Array, Backend, BatchingPolicy, Tensors
+from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,6 @@ def _late(hard: float | None, now: float) -> bool:
     """Past its hard deadline: a run that took longer than predicted. Never answered as a success
     (the caller has given up, or asked for no answer after its timeout)."""
     return hard is not None and now > hard
-
-
-def _blocking(backend: Backend) -> RunsBlocking | None:
-    return cast(RunsBlocking, backend) if hasattr(backend, "run_blocking") else None
 
 
 def _cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
@@ -80,14 +78,22 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
         *,
         inline_max_s: float = 0.0,
+        run_timeout_s: float = 0.0,
+        replace: ReplaceBackend | None = None,
+        name: str = "batcher",
+        byte_budgets: Sequence[ByteBudget] = (),
     ) -> None:
         """`inline_max_s`: batches on a RunsBlocking backend whose recent runs of that size took at
         most this much CPU run on the event loop thread, not in the backend's executor (for tiny
-        models a thread hop costs more than the run); 0 disables."""
+        models a thread hop costs more than the run); 0 disables. `run_timeout_s`: the watchdog's
+        limit on a run (0: none); `replace` gives an instance whose run outlived it a fresh backend
+        (None: it keeps its own). `name` is for the log. `byte_budgets` bound the input bytes of
+        queued requests (this model's and the server's; batcher/budget.py)."""
         if not backends:
             raise ValueError("DynamicBatcher needs at least one backend instance")
         validate_policy(policy)
-        self._backends = tuple(backends)
+        self._instances = tuple(Instance(i, backend) for i, backend in enumerate(backends))
+        self._watchdog = Watchdog(run_timeout_s, replace, name)
         self._policy = policy
         # While stopping, nothing waits for a batch to grow.
         self._drain_policy = dataclasses.replace(policy, max_queue_delay_s=0.0)
@@ -95,7 +101,7 @@ class DynamicBatcher:
         self._clock = clock
         self._estimator = ServiceTimeEstimator()
         self._idle = asyncio.Event()
-        self._queue = RequestQueue(policy, clock, on_remove=self._check_idle)
+        self._queue = RequestQueue(policy, clock, on_remove=self._check_idle, budgets=byte_budgets)
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # batches taken from the queue and not yet answered
@@ -107,7 +113,7 @@ class DynamicBatcher:
         self._closing = False
         self._inline_max_s = inline_max_s
         # The fast path's instance, when it can run on the caller's thread; looked up once.
-        self._fast = _blocking(self._backends[0]) if inline_max_s > 0 else None
+        self._fast = self._instances[0].blocking if inline_max_s > 0 else None
 
     @property
     def policy(self) -> BatchingPolicy:
@@ -129,14 +135,19 @@ class DynamicBatcher:
     def accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def watchdog(self) -> Watchdog:
+        """Its limit, and how many runs outlived it and how many instances were replaced."""
+        return self._watchdog
+
     def start(self) -> None:
         """Start one dispatch task per backend instance. Call once, inside the running loop."""
         loop = asyncio.get_running_loop()
         if self._dispatchers or self._closing:
             raise RuntimeError("DynamicBatcher.start() may be called only once")
         self._accepting = True
-        for i, backend in enumerate(self._backends):
-            task = loop.create_task(self._dispatch(backend), name=f"sluiceway-batcher-{i}")
+        for instance in self._instances:
+            task = loop.create_task(self._dispatch(instance), name=f"sluiceway-batcher-{instance.index}")
             task.add_done_callback(self._dispatcher_done)
             self._dispatchers.append(task)
 
@@ -246,17 +257,16 @@ class DynamicBatcher:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    async def _dispatch(self, backend: Backend) -> None:
+    async def _dispatch(self, instance: Instance) -> None:
         slots = asyncio.Semaphore(self._policy.max_batches_in_flight)
         loop = asyncio.get_running_loop()
-        blocking = _blocking(backend)  # looked up once per instance, not per batch
         while True:
             await slots.acquire()
             batch = await self._next_batch()
             if batch is None:
                 return
             flight = _Flight(batch)
-            task = loop.create_task(self._run(backend, blocking, flight))
+            task = loop.create_task(self._run(instance, flight))
             self._runs.add(task)
             task.add_done_callback(functools.partial(self._run_done, flight, slots))
 
@@ -288,7 +298,9 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
 
-    async def _run(self, backend: Backend, blocking: RunsBlocking | None, flight: _Flight) -> None:
+    async def _run(self, instance: Instance, flight: _Flight) -> None:
+        if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
+            await instance.ready.wait()
         batch = [p for p in flight.batch if not is_done(p)]  # callers cancelled since formation
         if not batch:
             return
@@ -306,7 +318,7 @@ class DynamicBatcher:
             now = self._clock()
             self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
             try:
-                outputs, cpu_s = await self._execute(backend, blocking, inputs, offsets[-1])
+                outputs, cpu_s = await self._execute(instance, inputs, offsets[-1])
             finally:
                 del self._running_until[key]
             t2 = time.perf_counter_ns()
@@ -317,6 +329,9 @@ class DynamicBatcher:
             self._land(flight)
             for p in batch:
                 settle_error(p, exc)
+            if isinstance(exc, RunTimedOut):
+                self._trip()
+                await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
             return
         rows = offsets[-1]
         self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
@@ -332,21 +347,29 @@ class DynamicBatcher:
             else:
                 p.handle.future.set_result(part)
 
-    async def _execute(
-        self, backend: Backend, blocking: RunsBlocking | None, inputs: Tensors, rows: int
-    ) -> tuple[Tensors, float | None]:
-        """Run one batch (`blocking`: the same backend when it RunsBlocking, else None): inline when
-        the estimator says runs of this size are cheap, else in the backend's executor; the outputs
-        and the run's CPU seconds (None where not measured)."""
+    async def _execute(self, instance: Instance, inputs: Tensors, rows: int) -> tuple[Tensors, float | None]:
+        """Run one batch on `instance`: inline when it RunsBlocking and the estimator says runs of
+        this size are cheap, else in its backend's executor (or its own `run`) under the watchdog;
+        the outputs and the run's CPU seconds (None where not measured)."""
+        blocking = instance.blocking
         if blocking is None:
-            return await backend.run(inputs), None
+            return await self._watchdog.watch(instance.backend.run(inputs)), None
         if self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s):
             # Inline, the wall time is what the event loop was blocked: the cost that matters here.
+            # Not watched (it blocks the loop that would time it): see _trip.
             start = time.perf_counter()
             outputs = blocking.run_blocking(inputs)
             return outputs, time.perf_counter() - start
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(blocking.executor, _cpu_timed, blocking.run_blocking, inputs)
+        run = loop.run_in_executor(blocking.executor, _cpu_timed, blocking.run_blocking, inputs)
+        return await self._watchdog.watch(run)
+
+    def _trip(self) -> None:
+        """A run outlived the watchdog: run nothing of this model inline (the fast path included)
+        from now on, since an inline run cannot be timed. Its instances share one graph, so a
+        hang on one is a hang any of them may have."""
+        self._inline_max_s = 0.0
+        self._fast = None
 
     def _land(self, flight: _Flight) -> None:
         """The batch no longer counts as in flight: done before its answers are set, so a caller
@@ -399,7 +422,7 @@ class DynamicBatcher:
         per_batch = min(self._policy.max_batch_size or 1, max(1, round(self._rows_per_run)))
         batches = -(-ahead // per_batch)
         queued = batches * estimate(min(ahead, per_batch), now)
-        return (running + queued) / len(self._backends)
+        return (running + queued) / len(self._instances)
 
     def _check_idle(self) -> None:
         if len(self._queue) == 0 and self._in_flight == 0:

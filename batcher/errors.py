@@ -12,8 +12,10 @@ class BatcherError(Exception):
 
     default_message = "the request could not be batched"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, retry_after_s: float | None = None) -> None:
         super().__init__(message or self.default_message)
+        # For refusals under load: about when the work ahead will have drained (a retry hint).
+        self.retry_after_s = retry_after_s
 
 
 class QueueFull(BatcherError):
@@ -32,6 +34,13 @@ class DeadlineExceeded(BatcherError):
     """The request expired before compute, or cannot finish by its deadline."""
 
     default_message = "deadline exceeded before the request was computed"
+
+
+class RunTimedOut(BatcherError):
+    """The batch's run outlived the model's run timeout (the watchdog, batcher/watchdog.py): its
+    requests fail, and the instance gets a fresh backend."""
+
+    default_message = "the model instance did not finish the batch in time; it is being replaced"
 
 
 class BatcherStopped(BatcherError):

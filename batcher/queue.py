@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
+from batcher.budget import ByteBudget, charge, input_bytes
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
 from batcher.form import Pending, cannot_finish
 from batcher.types import BatchingPolicy, Tensors, TimeoutAction
@@ -25,6 +26,7 @@ class Ticket:
 
     future: asyncio.Future[Tensors]
     timer: asyncio.TimerHandle | None = None
+    nbytes: int = 0  # input bytes charged to the queue's byte budgets while queued
 
 
 Request = Pending[Ticket]
@@ -49,8 +51,10 @@ class RequestQueue:
         policy: BatchingPolicy,
         clock: Callable[[], float],
         on_remove: Callable[[], None] = lambda: None,
+        budgets: Sequence[ByteBudget] = (),
     ) -> None:
         self._policy = policy
+        self._budgets = tuple(budgets)  # input bytes of queued requests, bounded (batcher/budget.py)
         self._clock = clock
         self._on_remove = on_remove
         self._items: dict[int, Request] = {}
@@ -99,7 +103,8 @@ class RequestQueue:
             if cannot_finish(hard, now, wait_s):
                 raise Overloaded(
                     f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
-                    f"work, {(hard - now) * 1e3:.1f} ms left before the deadline"
+                    f"work, {(hard - now) * 1e3:.1f} ms left before the deadline",
+                    retry_after_s=wait_s,
                 )
 
     def admit(
@@ -110,9 +115,20 @@ class RequestQueue:
         finish_s: Callable[[int, int], float] | None = None,
     ) -> Request:
         """Queue a request, or raise why not: as `check`, and QueueFull beyond max_queue_size."""
+
+        # A refusal's retry hint: about when the queued and running work will have drained.
+        def drain_s() -> float | None:
+            return None if finish_s is None else finish_s(self._policy.priority_levels, 0)
+
         if len(self._items) >= self._policy.max_queue_size:
-            raise QueueFull(f"queue is full ({len(self._items)} requests waiting)")
+            raise QueueFull(f"queue is full ({len(self._items)} requests waiting)", retry_after_s=drain_s())
         self.check(a, predict_s, finish_s)
+        nbytes = input_bytes(inputs) if self._budgets else 0
+        try:
+            charge(self._budgets, nbytes)
+        except QueueFull as exc:
+            exc.retry_after_s = drain_s()
+            raise
         loop = asyncio.get_running_loop()
         p: Request = Pending(
             inputs=inputs,
@@ -120,7 +136,7 @@ class RequestQueue:
             priority=a.priority,
             arrival=a.arrival,
             seq=next(self._seq),
-            handle=Ticket(loop.create_future()),
+            handle=Ticket(loop.create_future(), nbytes=nbytes),
             hard=a.hard,
             policy_deadline=a.policy_deadline,
         )
@@ -136,6 +152,8 @@ class RequestQueue:
         if self._items.pop(p.seq, None) is None:
             return False
         self._rows_by_level[p.priority] -= p.rows
+        for budget in self._budgets:
+            budget.release(p.handle.nbytes)
         if p.handle.timer is not None:
             p.handle.timer.cancel()
             p.handle.timer = None

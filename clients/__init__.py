@@ -22,6 +22,7 @@ from clients.errors import (
     Unavailable,
     error_for,
 )
+from clients.security import TlsOptions
 from clients.stream import StreamResult, StreamSession
 from clients.sync_client import Client
 
@@ -40,6 +41,7 @@ __all__ = [
     "SluicewayError",
     "StreamResult",
     "StreamSession",
+    "TlsOptions",
     "Unavailable",
     "error_for",
 ]

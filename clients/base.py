@@ -24,6 +24,7 @@ from clients.endpoints import (
     EndpointPool,
     RetryPolicy,
 )
+from clients.security import AUTHORIZATION, TlsOptions, bearer_metadata
 
 DEFAULT_TIMEOUT_S = 10.0
 # A stream is one long call; its deadline bounds a forgotten session. Frames get their own timeout.
@@ -58,7 +59,9 @@ class ClientBase:
     primary is down. default_timeout_s: deadline of calls that pass no `timeout_s` (never
     infinite); stream_timeout_s: deadline of a whole streaming session. retry: when failed calls
     are retried (`NO_RETRY` for never); recheck: backoff between health checks of a down endpoint.
-    channel_options: message sizes and keepalive; credentials: TLS (insecure when None);
+    channel_options: message sizes and keepalive. tls: `TlsOptions` (TLS, mutual TLS, server name;
+    plaintext when None), or credentials: any grpc.ChannelCredentials instead. token: sent as
+    `authorization: Bearer <token>` with every call, streams and health checks included.
     metadata: sent with every call. clock/rng: injectable for tests.
     """
 
@@ -74,6 +77,8 @@ class ClientBase:
         recheck: Backoff = RECHECK_BACKOFF,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        tls: TlsOptions | None = None,
+        token: str | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -82,8 +87,13 @@ class ClientBase:
         self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s")
         self.retry = retry
         self.channel_options = channel_options
-        self._credentials = credentials
-        self._metadata = tuple(metadata)
+        if tls is not None and credentials is not None:
+            raise ValueError("pass tls or credentials, not both")
+        if token is not None and any(key.lower() == AUTHORIZATION for key, _ in metadata):
+            raise ValueError("pass token or an authorization entry in metadata, not both")
+        self.tls = tls
+        self._credentials = tls.credentials() if tls is not None else credentials
+        self._metadata = (*metadata, *bearer_metadata(token))
         self._clock = clock
         self._rng = rng or random.Random()
         self.pool = EndpointPool(primaries, fallback, recheck=recheck, clock=clock, rng=self._rng)
@@ -102,8 +112,9 @@ class ClientBase:
     def _attempts(self, timeout_s: float | None) -> Attempts:
         return Attempts(self.pool, self.retry, self._timeout(timeout_s), clock=self._clock, rng=self._rng)
 
-    def _grpc_options(self) -> list[tuple[str, int]]:
-        return self.channel_options.as_grpc()
+    def _grpc_options(self) -> list[tuple[str, int | str]]:
+        tls_args = self.tls.channel_args() if self.tls is not None else []
+        return [*self.channel_options.as_grpc(), *tls_args]
 
 
 def version_str(version: str | int | None) -> str:

@@ -65,12 +65,23 @@ class RetryPolicy:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
 
     def delay(
-        self, code: grpc.StatusCode, attempt: int, remaining_s: float, rng: random.Random
+        self,
+        code: grpc.StatusCode,
+        attempt: int,
+        remaining_s: float,
+        rng: random.Random,
+        retry_after_s: float | None = None,
     ) -> float | None:
-        """Seconds to wait before retrying after failed attempt number `attempt` (0-based); None: give up."""
+        """Seconds to wait before retrying after failed attempt number `attempt` (0-based); None: give up.
+
+        `retry_after_s`: the server's RetryInfo hint for the endpoint that refused; the wait is at
+        least that. When it leaves too little of the deadline, give up now: the caller gets the
+        overload answer at once instead of a late DEADLINE_EXCEEDED."""
         if code not in RETRYABLE or attempt + 1 >= self.max_attempts:
             return None
         wait = self.backoff.delay(attempt, rng)
+        if retry_after_s is not None:
+            wait = max(wait, retry_after_s)
         if remaining_s - wait < self.min_attempt_s:
             return None
         return wait
@@ -216,7 +227,12 @@ class Attempts:
         error = exc if isinstance(exc, SluicewayError) else from_rpc_error(exc)
         if error.code in ENDPOINT_DOWN:
             self._pool.mark_down(step.address)
-        delay = self._policy.delay(error.code, self._attempt, self._deadline - self._clock(), self._rng)
+        # The hint is about the endpoint that refused: with another one up, retry there instead.
+        others_up = any(up for address, up in self._pool.health().items() if address != step.address)
+        hint = None if others_up else error.retry_after_s
+        delay = self._policy.delay(
+            error.code, self._attempt, self._deadline - self._clock(), self._rng, retry_after_s=hint
+        )
         if delay is None:
             raise error
         self._attempt += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 
 class SluicewayError(Exception):
@@ -17,7 +19,11 @@ class SluicewayError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(
-        self, message: str, code: grpc.StatusCode | None = None, request_id: str | None = None
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -25,6 +31,8 @@ class SluicewayError(Exception):
             self.code = code
         # Set for stream frames, so a failed frame can be matched to what was sent.
         self.request_id = request_id
+        # The server's google.rpc.RetryInfo hint (an overload refusal): when to try again.
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -72,12 +80,31 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[SluicewayError]] = {
 }
 
 
-def error_for(code: grpc.StatusCode, message: str, request_id: str | None = None) -> SluicewayError:
+def error_for(
+    code: grpc.StatusCode, message: str, request_id: str | None = None, retry_after_s: float | None = None
+) -> SluicewayError:
     """The one mapping: a status code and message -> the matching exception (the base for others)."""
     cls = ERROR_BY_CODE.get(code)
     if cls is None:
-        return SluicewayError(message, code, request_id)
-    return cls(message, request_id=request_id)
+        return SluicewayError(message, code, request_id, retry_after_s)
+    return cls(message, request_id=request_id, retry_after_s=retry_after_s)
+
+
+def retry_after_s(call: Any) -> float | None:
+    """The RetryInfo delay in a failed call's rich status (grpc-status-details-bin), if any."""
+    metadata = call.trailing_metadata() if callable(getattr(call, "trailing_metadata", None)) else None
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return None
 
 
 def from_rpc_error(exc: grpc.RpcError) -> SluicewayError:
@@ -86,7 +113,9 @@ def from_rpc_error(exc: grpc.RpcError) -> SluicewayError:
     code = call.code() if callable(getattr(call, "code", None)) else None
     details = call.details() if callable(getattr(call, "details", None)) else None
     error = error_for(
-        code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN, str(details or exc)
+        code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
+        str(details or exc),
+        retry_after_s=retry_after_s(call),
     )
     error.__cause__ = exc
     return error

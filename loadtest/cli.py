@@ -6,6 +6,7 @@
     sluiceway-loadtest --compare a=127.0.0.1:8001,b=127.0.0.1:9001/mlp --concurrency 4 --rounds 3
     sluiceway-loadtest crosscheck --model mlp --concurrency 1,16
     sluiceway-loadtest report out/results.json
+    sluiceway-loadtest soak --duration-s 60 --out out/soak
 
 Steps run in the order closed, open, stream; see README.md "Load testing" for what each figure means.
 """
@@ -23,6 +24,8 @@ from typing import Any
 
 import grpc
 
+from loadtest.channels import add_arguments as add_security_arguments
+from loadtest.channels import security_from
 from loadtest.scenario import (
     DEFAULT_ADDRESS,
     Scenario,
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluiceway-loadtest",
         description="Closed-loop, open-loop and streaming load against KServe v2 gRPC servers.",
-        epilog="Subcommands: 'crosscheck' (against perf_analyzer), 'report RESULTS.json' (redraw).",
+        epilog="Subcommands: 'crosscheck' (against perf_analyzer), 'report RESULTS.json' (redraw), "
+        "'soak' (mixed traffic with faults for a set time, then reconciled).",
     )
     where = parser.add_argument_group("targets")
     where.add_argument("--target", default=DEFAULT_ADDRESS, help="host:port of a running server")
@@ -79,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=Path, help="write results.json, report.html and PNGs here")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines (stderr)")
+    add_security_arguments(parser)
     return parser
 
 
@@ -132,6 +137,7 @@ def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scen
         seed=args.seed,
         input_files=_pairs(args.input, "--input"),
         shapes=shapes,
+        security=security_from(args),
     )
 
 
@@ -212,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return crosscheck_main(argv[1:])
     if argv[:1] == ["report"]:
         return _report(argv[1:])
+    if argv[:1] == ["soak"]:
+        from loadtest.soak import main as soak_main
+
+        return soak_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         results = run(args)

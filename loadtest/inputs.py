@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import grpc
 import numpy as np
 
 from clients.tensors import DTYPE_BY_WIRE, build_request, set_timeout
-from loadtest.scenario import Mode, Scenario, Target
+from loadtest import channels
+from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Target
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -24,12 +24,17 @@ MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 Arrays = dict[str, np.ndarray]
 
 
-def fetch_metadata(target: Target, timeout_s: float = 10.0) -> pb.ModelMetadataResponse:
+def fetch_metadata(
+    target: Target, timeout_s: float = 10.0, security: Security = PLAINTEXT
+) -> pb.ModelMetadataResponse:
     """The target model's inputs; waits up to timeout_s for the server to answer."""
-    with grpc.insecure_channel(target.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+    with channels.channel(target.address, security) as opened:
+        stub = pb_grpc.GRPCInferenceServiceStub(opened)  # type: ignore[no-untyped-call]
         response: pb.ModelMetadataResponse = stub.ModelMetadata(
-            pb.ModelMetadataRequest(name=target.model), timeout=timeout_s, wait_for_ready=True
+            pb.ModelMetadataRequest(name=target.model),
+            timeout=timeout_s,
+            wait_for_ready=True,
+            metadata=channels.metadata(security),
         )
         return response
 
@@ -135,11 +140,11 @@ def load_files(metadata: pb.ModelMetadataResponse, files: Mapping[str, str], bat
 
 def payloads_for(target: Target, scenario: Scenario, mode: Mode) -> tuple[bytes, ...]:
     """Serialized ModelInferRequests for one target and mode, from metadata or files."""
-    metadata = fetch_metadata(target)
+    metadata = fetch_metadata(target, security=scenario.security)
     if not metadata.inputs and target != scenario.targets[0]:
         # Some servers (MLServer without declared tensors) publish no input metadata; the scenario
         # is the same for every target, so the first target's metadata describes the inputs.
-        metadata = fetch_metadata(scenario.targets[0])
+        metadata = fetch_metadata(scenario.targets[0], security=scenario.security)
     shapes = input_shapes(metadata, scenario.batch_size, scenario.shapes)
     source = pick_source(scenario.source, mode, shapes)
     count = STREAM_FRAMES if mode == "stream" else UNARY_VARIANTS

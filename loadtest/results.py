@@ -29,6 +29,7 @@ def summarize(scenario: Scenario, records: Sequence[RunRecord], batch_size: int 
     _add_ratios(entries, [t.name for t in scenario.targets])
     scenario_doc = asdict(scenario)
     scenario_doc["steps"] = [{"mode": s.mode, "level": s.level} for s in scenario.steps]
+    scenario_doc["security"] = scenario.security.describe()  # never the key or the token
     return {
         "schema": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -19,8 +19,8 @@ from types import TracebackType
 
 import grpc
 
-from loadtest import inputs
-from loadtest.scenario import Mode, Scenario, Step, Target, WorkerPlan, split_evenly
+from loadtest import channels, inputs
+from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Step, Target, WorkerPlan, split_evenly
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
 from protos import grpc_service_pb2 as pb
@@ -161,14 +161,15 @@ def _worker_environment() -> Iterator[None]:
 class StatsReader:
     """ModelStatistics of each target's model; None where a target does not serve them."""
 
-    def __init__(self, targets: Sequence[Target]) -> None:
-        self.channels = {t.name: grpc.insecure_channel(t.address) for t in targets}
+    def __init__(self, targets: Sequence[Target], security: Security = PLAINTEXT) -> None:
+        self.channels = {t.name: channels.channel(t.address, security) for t in targets}
+        self.metadata = channels.metadata(security)
 
     def totals(self, target: Target) -> ServerTotals | None:
         stub = pb_grpc.GRPCInferenceServiceStub(self.channels[target.name])  # type: ignore[no-untyped-call]
         try:
             response = stub.ModelStatistics(
-                pb.ModelStatisticsRequest(name=target.model), timeout=STATS_TIMEOUT_S
+                pb.ModelStatisticsRequest(name=target.model), timeout=STATS_TIMEOUT_S, metadata=self.metadata
             )
         except grpc.RpcError:
             return None
@@ -217,6 +218,7 @@ def plan_step(
             max_requests=max(1, scenario.max_requests // len(shares)),
             max_in_flight=scenario.max_in_flight,
             seed=seed * 7919 + index,
+            security=scenario.security,
         )
         for index, share in enumerate(shares)
     ]
@@ -229,7 +231,7 @@ def run_scenario(
     machine hits all targets alike."""
     payloads: dict[tuple[str, Mode], tuple[bytes, ...]] = {}
     records: list[RunRecord] = []
-    stats = StatsReader(scenario.targets)
+    stats = StatsReader(scenario.targets, scenario.security)
     rng = random.Random(scenario.seed)
     try:
         with WorkerPool(scenario.processes, tick) as pool:

@@ -43,6 +43,30 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Security:
+    """How to reach every target: TLS material (PEM bytes, read once by the coordinator so workers
+    need no file access) and a bearer token. All empty: plaintext, no token."""
+
+    tls: bool = False  # TLS even without a CA file (the system's trusted roots)
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, bool]:
+        """What results.json records: which protections were on, never the secrets."""
+        return {
+            "tls": self.tls or self.root_certificates is not None or self.certificate_chain is not None,
+            "mutual_tls": self.certificate_chain is not None,
+            "token": self.token is not None,
+        }
+
+
+PLAINTEXT = Security()
+
+
+@dataclass(frozen=True)
 class Scenario:
     """The whole run: the same steps against every target, `rounds` times, targets interleaved."""
 
@@ -62,6 +86,7 @@ class Scenario:
     seed: int = 0
     input_files: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    security: Security = PLAINTEXT
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,7 @@ class WorkerPlan:
     max_requests: int
     max_in_flight: int
     seed: int
+    security: Security = PLAINTEXT
 
     @property
     def window(self) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +19,9 @@ _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
 class SpawnedServer:
     """`sluiceway serve --port 0` (demo models unless `extra` says otherwise) as a child process."""
 
-    def __init__(self, cache_dir: Path = DEFAULT_CACHE_DIR, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, cache_dir: Path = DEFAULT_CACHE_DIR, extra: Sequence[str] = (), watch: Sequence[str] = ()
+    ) -> None:
         self.command = [
             sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0",
             "--cache-dir", str(cache_dir), *extra,
@@ -27,6 +29,8 @@ class SpawnedServer:
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         self.tail: deque[str] = deque(maxlen=50)
+        self.watch = tuple(watch)
+        self.seen: Counter[str] = Counter()  # output lines holding each `watch` text
 
     @property
     def address(self) -> str:
@@ -43,6 +47,7 @@ class SpawnedServer:
             assert self.process is not None and self.process.stdout is not None
             for line in self.process.stdout:
                 self.tail.append(line)
+                self.seen.update(text for text in self.watch if text in line)
                 match = _READY.search(line)
                 if match:
                     self.port = int(match.group(2))

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import WorkerPlan
 from loadtest.stats import OK, Counts, Recorder
 from protos import grpc_service_pb2 as pb
@@ -66,7 +67,7 @@ async def _serve(conn: Connection) -> None:
 async def run_plan(plan: WorkerPlan) -> Counts:
     """Run one plan in this process's loop and count what happened."""
     recorder = Recorder(plan.window, plan.deadline_s)
-    async with grpc.aio.insecure_channel(plan.address, options=CHANNEL_OPTIONS) as channel:
+    async with aio_channel(plan.address, plan.security, CHANNEL_OPTIONS) as channel:
         # Connect before the start time, so connection set-up is not part of the first latency.
         await asyncio.wait_for(channel.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
         cpu = asyncio.create_task(_cpu_in_window(plan.window))
@@ -105,6 +106,7 @@ class _Unary:
         # No serializers: requests go out as the bytes we hold and answers come back as bytes.
         self.infer: Infer = channel.unary_unary(METHOD_INFER)
         self.plan, self.recorder = plan, recorder
+        self.metadata = metadata(plan.security)
         self.checked = False
 
     async def send(self, payload: bytes, scheduled: float) -> None:
@@ -119,7 +121,7 @@ class _Unary:
         if plan.mode != "closed":  # a closed loop sends the moment it schedules: no lag to record
             recorder.sending(scheduled, sent)
         try:
-            answer = await self.infer(payload, timeout=timeout)
+            answer = await self.infer(payload, timeout=timeout, metadata=self.metadata)
             code = OK if self.checked or self._looks_right(answer) else BAD_RESPONSE
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
@@ -205,7 +207,7 @@ async def _one_stream(
 ) -> None:
     end = plan.window[1]
     bound_s = end - time.monotonic() + plan.drain_s
-    call = open_stream(timeout=bound_s + 5.0)
+    call = open_stream(timeout=bound_s + 5.0, metadata=metadata(plan.security))
     pending: dict[str, float] = {}
     space = asyncio.Semaphore(plan.max_in_flight)
 

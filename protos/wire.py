@@ -27,6 +27,17 @@ CONTENTS_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+# The element type each numeric contents field carries on the wire: INT8 and INT16 travel as
+# int32, UINT8 and UINT16 as uint32 (a receiver range-checks them).
+CONTENTS_DTYPE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
 
 
 def pack_bytes(array: npt.NDArray[np.generic]) -> bytes:

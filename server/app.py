@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import grpc
@@ -14,21 +14,44 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
 from server.models.manager import ModelManager
 from server.models.response_cache import ResponseCache
+from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
+from server.protocol.malformed import add_service
 from server.protocol.servicer import InferenceServicer
+from server.security.auth import server_interceptors
+from server.security.tls import bind_port
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-# grpc_tools generates this function unannotated; this is the signature it has.
-ADD_INFERENCE_SERVICER: Callable[[pb_grpc.GRPCInferenceServiceServicer, grpc.aio.Server], None] = (
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server
-)
+# A drain keeps the endpoint open until no call has arrived for this long (within the grace
+# period): calls in transit when the drain began get their UNAVAILABLE instead of CANCELLED.
+_QUIET_S = 0.25
+# After the grace period the batchers fail what is left; the handlers get this long to send those
+# errors before the endpoint closes.
+_ANSWER_LEFTOVERS_S = 0.5
+
+
+def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """HTTP/2 keepalive enforcement and connection age (grpc core channel arguments)."""
+    options = [
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
+        # Clients that send more bad pings than this get GOAWAY "too_many_pings".
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
 
 
 class PortInUse(RuntimeError):
@@ -50,8 +73,13 @@ class SluicewayServer:
             # A port already in use is an error, never a silently shared socket; workers spawned
             # by `--workers` share the port their parent holds.
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+            *keepalive_options(settings),
         ]
-        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+        self._grpc = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=server_interceptors(settings) or None,
+        )
         # One response cache for the server, shared by every model that enables response_cache.
         self.response_cache = (
             ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes > 0 else None
@@ -59,17 +87,31 @@ class SluicewayServer:
         self.models = ModelManager(
             self._repository(), settings, self._set_model_health, response_cache=self.response_cache
         )
-        self._servicer = InferenceServicer(self.models, settings.stream_max_in_flight, lambda: self._stopping)
-        ADD_INFERENCE_SERVICER(self._servicer, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._grpc,
+        self.calls = CallTracker(
+            StreamLimits(
+                settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
+            )
         )
+        self._servicer = InferenceServicer(
+            self.models,
+            self.calls,
+            lambda: self._stopping,
+            stream_max_in_flight=settings.stream_max_in_flight,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        )
+        # Registered with tolerant request parsing: a message that does not parse is answered
+        # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
+        add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._grpc,
+            )
 
     def _repository(self) -> Path:
         if self.settings.model_repository is not None:
@@ -89,7 +131,7 @@ class SluicewayServer:
         """Bind, start answering (live, not yet ready), load every model, then report SERVING."""
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            self.port = self._grpc.add_insecure_port(address)
+            self.port = bind_port(self._grpc, address, self.settings)  # TLS when configured
         except RuntimeError as exc:
             raise PortInUse(f"cannot listen on {address}: {exc}") from None
         if self.port == 0:
@@ -109,11 +151,20 @@ class SluicewayServer:
         if self._stopping:
             await self._stopped.wait()
             return
-        self._stopping = True
+        self._stopping = True  # from now on new calls are answered UNAVAILABLE
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace  # one grace period for every step below
         await self._health.enter_graceful_shutdown()
-        await self.models.stop(drain_timeout_s=grace)
-        await self._grpc.stop(grace)
+        self.calls.finish_streams()  # stop reading; answer what was read; end with UNAVAILABLE
+        # Batchers dispatch what is queued at once; at the deadline they fail what is left.
+        models_stopped = asyncio.create_task(self.models.stop(drain_timeout_s=grace))
+        drained = await self.calls.wait_quiet(deadline, _QUIET_S)
+        await models_stopped
+        if not drained:  # the failed leftovers are being answered now
+            await self.calls.wait_idle(time.monotonic() + _ANSWER_LEFTOVERS_S)
+        # grpc.aio cancels handlers still running at stop(); ours are done unless a client stopped
+        # reading its stream's answers.
+        await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -32,6 +32,14 @@ class ShuttingDown(ServiceError):
     """The server has stopped admitting requests."""
 
 
+class StreamLimitReached(ServiceError):
+    """Opening one more stream would pass a stream limit (the message names it)."""
+
+
+class StreamIdle(ServiceError):
+    """A stream read nothing for stream_idle_timeout_s and had nothing in flight."""
+
+
 class RepositoryError(ServiceError):
     """A repository operation failed (bad config, missing files) for a reason the caller can fix."""
 
@@ -42,11 +50,15 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
+    StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
     batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
     batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     batcher_errors.BatcherStopped: grpc.StatusCode.UNAVAILABLE,
+    # A stuck instance, not a bad request: the replacement (or another replica) can serve a retry.
+    batcher_errors.RunTimedOut: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE = "internal error while serving the request (details are in the server log)"

@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.security.tls import check_ca_file, check_key_pair, check_readable
+from server.security.tokens import load_tokens
 
 
 def _default_cache_dir() -> Path:
@@ -37,6 +40,28 @@ class ServerSettings(BaseSettings):
     stream_max_in_flight: int = Field(default=256, ge=1)
     # Concurrent RPCs the server accepts (streams included) before answering RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    # Open ModelStreamInfer calls: in all (kept below max_concurrent_rpcs so streams can never
+    # take every RPC slot), per connection (a peer address with its port) and per peer host.
+    max_streams: int = Field(default=2048, ge=1)
+    max_streams_per_connection: int = Field(default=128, ge=1)
+    max_streams_per_peer: int = Field(default=1024, ge=1)
+    # A stream that has read nothing and has nothing in flight for this long is ended
+    # (DEADLINE_EXCEEDED); 0: never.
+    stream_idle_timeout_s: float = Field(default=120.0, ge=0)
+    # Input bytes held by queued requests, per model version and in all; beyond either a request
+    # is refused at once (RESOURCE_EXHAUSTED naming the limit).
+    max_queued_bytes_per_model: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_queued_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    # HTTP/2 keepalive: the server pings a connection idle this long and drops it when no ack
+    # comes within keepalive_timeout_s; clients may ping no more often than min_client_ping_s
+    # (faster pingers get GOAWAY "too_many_pings"). max_connection_age_s > 0 sends GOAWAY to
+    # connections that old (clients reconnect, e.g. to rebalance), and calls still running
+    # max_connection_age_grace_s later are cancelled; 0: connections never age out.
+    keepalive_time_s: float = Field(default=60.0, gt=0)
+    keepalive_timeout_s: float = Field(default=20.0, gt=0)
+    min_client_ping_s: float = Field(default=5.0, ge=0)
+    max_connection_age_s: float = Field(default=0.0, ge=0)
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0)
     # Server-wide response cache shared by models with `response_cache { enable: true }`: bytes of
     # cached outputs plus keys (LRU). 0: no cache, and such models fail to load.
     response_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
@@ -54,6 +79,13 @@ class ServerSettings(BaseSettings):
     # Batches whose recent runs took at most this long run on the event loop thread instead of
     # the instance's executor (0 disables): cheaper than a thread hop for tiny models.
     inline_run_max_us: int = Field(default=300, ge=0, le=5000)
+    # Watchdog: a batch run taking longer than this fails its requests (UNAVAILABLE) and its
+    # instance gets a fresh session and executor (the stuck thread is abandoned); 0 disables. A
+    # model's `run_timeout_s` parameter overrides it.
+    run_timeout_s: float = Field(default=30.0, ge=0)
+    # Lets models inject faults with their `fault_*` parameters (tests and drills only); without
+    # it such a model fails to load, so a production repository cannot switch faults on by accident.
+    allow_fault_injection: bool = False
 
     # Server processes sharing the port (SO_REUSEPORT); the parent holds the port and spawns them.
     workers: int = Field(default=1, ge=1, le=64)
@@ -65,3 +97,50 @@ class ServerSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # uvloop measured 3-16% more mlp throughput than asyncio with grpc.aio here (BENCHMARKS.md).
     use_uvloop: bool = True
+
+    # -- security
+    # TLS: the server's PEM certificate chain and private key (both or neither). With a client CA,
+    # clients must present a certificate it signed (mutual TLS). Read once, at start-up.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = Field(default=None, validate_default=True)  # checked against the cert
+    tls_client_ca_file: Path | None = None
+    # Bearer-token auth: a file of `<scope> <token>` lines (scopes: inference, admin); None: no auth.
+    # A file rather than a flag or variable holding tokens keeps them out of `ps` and shell history.
+    auth_tokens_file: Path | None = None
+    # Server reflection (grpcurl, grpcui); with auth on it needs a token, like inference RPCs.
+    reflection: bool = True
+
+    @field_validator("tls_cert_file", mode="after")
+    @classmethod
+    def _tls_cert(cls, cert: Path | None) -> Path | None:
+        if cert is not None:
+            check_readable(cert)
+        return cert
+
+    @field_validator("tls_key_file", mode="after")
+    @classmethod
+    def _tls_pair(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert_file" not in info.data:  # the certificate's own error is reported
+            return key
+        cert = info.data["tls_cert_file"]
+        if (cert is None) != (key is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if cert is not None and key is not None:
+            check_key_pair(cert, key)
+        return key
+
+    @field_validator("tls_client_ca_file", mode="after")
+    @classmethod
+    def _client_ca(cls, ca: Path | None, info: ValidationInfo) -> Path | None:
+        if ca is not None:
+            if info.data.get("tls_cert_file") is None:
+                raise ValueError("mutual TLS needs the server's own tls_cert_file and tls_key_file")
+            check_ca_file(ca)
+        return ca
+
+    @field_validator("auth_tokens_file", mode="after")
+    @classmethod
+    def _tokens(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            load_tokens(path)  # the server reads it again when it starts; this only checks it
+        return path

@@ -281,6 +281,8 @@ class OrtBackend:
         self._output_names = [o.name for o in self._outputs]
         self._string_inputs = frozenset(i.name for i in self._inputs if i.type == "tensor(string)")
         self._string_outputs = frozenset(o.name for o in self._outputs if o.type == "tensor(string)")
+        # Shared by this instance's runs: `abandon` sets its terminate flag to stop a stuck one.
+        self._run_options = ort.RunOptions()
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
@@ -370,7 +372,7 @@ class OrtBackend:
             name: _decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
-        results = self._session.run(self._output_names, feed)
+        results = self._session.run(self._output_names, feed, self._run_options)
         return {
             name: _encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)
@@ -379,3 +381,10 @@ class OrtBackend:
     def close(self) -> None:
         """Stop taking batches; a batch already running finishes in the background."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """A run outlived the watchdog: take no more batches and ask onnxruntime to end the runs in
+        progress (RunOptions.terminate, checked between nodes: they fail, and nobody reads them).
+        A thread stuck inside one node goes on until that node ends; it is not waited for."""
+        self._run_options.terminate = True
+        self.close()

@@ -28,8 +28,14 @@ GPU_ACCELERATORS = frozenset({"tensorrt", "cuda"})
 CPU_ACCELERATORS = frozenset({"openvino"})
 # Model-level `parameters`: those the onnxruntime backend reads (Triton's names), and ours.
 IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle-dispatch
-SUPPORTED_PARAMETERS = frozenset(
-    {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", IDLE_DISPATCH}
+RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s (the watchdog)
+# Fault injection (server/backends/fault_backend.py), refused unless allow_fault_injection is set.
+FAULT_PARAMETERS = frozenset({"fault_raise_every", "fault_hang_every", "fault_hang_s", "fault_load_error"})
+SUPPORTED_PARAMETERS = (
+    frozenset(
+        {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", IDLE_DISPATCH, RUN_TIMEOUT}
+    )
+    | FAULT_PARAMETERS
 )
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_MAX_BATCH_SIZE = 64

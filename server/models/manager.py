@@ -9,25 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
+from server.backends.fault_backend import FaultSpec
+from server.backends.instances import InstanceFactory, ModelInstance, run_timeout_for
 from server.backends.onnxruntime_backend import (
+    BackendLoadError,
     OrtBackend,
     OrtOptions,
     inspect_onnx,
     ort_options_for,
     providers_for,
 )
-from server.errors import ModelNotFound, ModelNotReady, RepositoryError
+from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, RepositoryError
 from server.models.config import (
     ConfigError,
     batching_policy,
@@ -62,7 +65,7 @@ class ModelVersion:
     version: int
     config: mc.ModelConfig
     signature: Signature
-    backends: list[OrtBackend]
+    backends: list[ModelInstance]  # the batcher's watchdog may replace one (see backends/instances.py)
     batcher: DynamicBatcher
     stats: ModelStats
     # The server's cache when the config enables response_cache; None once the version is retired.
@@ -102,6 +105,8 @@ class ModelManager:
         self._response_cache = response_cache  # shared by every model that enables it
         self._models: dict[str, ModelEntry] = {}
         self._lock = asyncio.Lock()  # one repository change at a time
+        # Input bytes queued across every model (each version also has a budget of its own).
+        self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -114,10 +119,13 @@ class ModelManager:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
             return entry.versions[entry.order[0]]
-        try:
-            number = int(version)
-        except ValueError:
-            raise ModelNotFound(f"unknown version '{version}' of model '{name}'") from None
+        if not (version.isascii() and version.isdigit()) or (version[0] == "0" and version != "0"):
+            # int() would also take " 1", "+1", "01" and non-ASCII digits as version 1.
+            raise InvalidRequest(
+                f"model_version '{version}' is not a version number "
+                "(ASCII decimal digits, no sign, spaces or leading zeros)"
+            )
+        number = int(version)
         served = entry.versions.get(number)
         if served is None:
             raise ModelNotFound(
@@ -164,7 +172,7 @@ class ModelManager:
                 source = await asyncio.to_thread(load_model_source, self._root, name)
             except ModelNotFoundInRepository as exc:
                 raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
-            except ConfigError as exc:
+            except (ConfigError, OSError) as exc:
                 raise RepositoryError(str(exc)) from None
             entry = await self._load_source(source)
             if entry.state != READY:
@@ -197,7 +205,8 @@ class ModelManager:
             for number, path in sorted(source.versions.items(), reverse=True):
                 versions[number] = await self._load_version(source, number, path)
         except Exception as exc:  # one bad model never stops the others
-            reason = str(exc) if isinstance(exc, (ConfigError, RepositoryError, OSError)) else repr(exc)
+            known = (ConfigError, RepositoryError, BackendLoadError, OSError)
+            reason = str(exc) if isinstance(exc, known) else repr(exc)
             log.exception("model %s failed to load", source.name)
             if old is not None and old.state == READY:
                 # A failed reload keeps the versions that were serving.
@@ -230,7 +239,10 @@ class ModelManager:
             default_max_batch_size=settings.default_max_batch_size,
             source=str(source.directory / "config.pbtxt"),
         )
-        validate_config(config, str(source.directory / "config.pbtxt"))
+        source_file = str(source.directory / "config.pbtxt")
+        validate_config(config, source_file)
+        faults = FaultSpec.from_config(config, source_file, allowed=settings.allow_fault_injection)
+        run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
         cache = self._response_cache
         validate_response_cache(
             config, str(source.directory / "config.pbtxt"), 0 if cache is None else cache.capacity_bytes
@@ -246,27 +258,23 @@ class ModelManager:
         )
         providers = providers_for(config, settings.execution_providers)
         count = sum(max(group.count, 1) for group in config.instance_group) or 1
-        backends = []
-        for _ in range(count):
-            executor = ThreadPoolExecutor(
-                max_workers=settings.max_batches_in_flight, thread_name_prefix=f"ort-{source.name}"
-            )
-            backends.append(
-                await asyncio.to_thread(
-                    OrtBackend,
-                    path,
-                    options,
-                    providers,
-                    executor,
-                    model_name=source.name,
-                )
-            )
+        factory = InstanceFactory(
+            path, options, providers, name=source.name, workers=settings.max_batches_in_flight, faults=faults
+        )
+        sessions: list[OrtBackend] = []
         try:
-            await _warm_up(config, backends, source.directory)
-        except Exception as exc:
-            for backend in backends:
-                backend.close()
-            raise ConfigError(f"{source.directory / 'config.pbtxt'}: model_warmup failed: {exc}") from exc
+            for _ in range(count):
+                sessions.append(await asyncio.to_thread(factory.session))
+            try:
+                # On the sessions themselves: injected faults count the batcher's runs only.
+                await _warm_up(config, sessions, source.directory)
+            except Exception as exc:
+                raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
+        except BaseException:
+            for session in sessions:
+                session.close()
+            raise
+        backends = [factory.wrap(session) for session in sessions]
         policy = batching_policy(
             config,
             default_max_queue_size=settings.max_queue_size,
@@ -277,7 +285,19 @@ class ModelManager:
             # Without dynamic batching each request runs alone, whatever its rows.
             policy = replace(policy, max_batch_size=0)
         stats = ModelStats()
-        batcher = DynamicBatcher(backends, policy, stats, inline_max_s=settings.inline_run_max_us / 1e6)
+        batcher = DynamicBatcher(
+            backends,
+            policy,
+            stats,
+            inline_max_s=settings.inline_run_max_us / 1e6,
+            run_timeout_s=run_timeout_s,
+            replace=factory.replacer(backends),
+            name=f"model {source.name} version {number}",
+            byte_budgets=(
+                ByteBudget(settings.max_queued_bytes_per_model, "max_queued_bytes_per_model"),
+                self._queued_bytes,
+            ),
+        )
         batcher.start()
         return ModelVersion(
             name=source.name,
@@ -299,6 +319,9 @@ class ModelManager:
         for version in versions:
             # Before any await: requests still running on a retired version must not fill the cache.
             version.response_cache = None
+        # One loop turn first: stream requests already routed here (their task made, not yet run)
+        # enqueue before the batcher stops taking them, instead of failing UNAVAILABLE mid-reload.
+        await asyncio.sleep(0)
         for version in versions:
             await version.batcher.stop(drain=True, timeout_s=self._settings.shutdown_grace_s)
             for backend in version.backends:

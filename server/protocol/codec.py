@@ -1,17 +1,19 @@
 """Protocol tensors <-> numpy arrays.
 
 Inputs are decoded from `raw_input_contents` as zero-copy `np.frombuffer` views (or from typed
-`contents` when a client sends those); outputs always leave as `raw_output_contents`, the fast
-form every client reads. BYTES tensors use the protocol's raw form: each element a 4-byte
-little-endian length followed by its bytes.
+`contents` when a client sends those: never both in one request, as Triton); outputs always leave
+as `raw_output_contents`, the fast form every client reads. BYTES tensors use the protocol's raw
+form: each element a 4-byte little-endian length followed by its bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from math import prod
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from batcher.types import Array
 from protos import grpc_service_pb2 as pb
@@ -21,13 +23,17 @@ from server.errors import InvalidRequest
 
 # Most elements one tensor's shape may describe: far beyond any message, well within numpy's sizes.
 MAX_ELEMENTS = 2**40
+# Most dimensions one tensor may have: numpy 1.x describes 32 (2.x: 64).
+MAX_DIMS = 32
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
     """The request's input tensors as numpy arrays, checked for self-consistency.
 
     Raises InvalidRequest naming the input for unknown datatypes, negative dims, duplicate names,
-    and byte or element counts that do not match the declared shape.
+    byte or element counts that do not match the declared shape, typed values out of their
+    datatype's range, typed contents in another datatype's field, and typed contents in a request
+    that sends raw_input_contents.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -43,6 +49,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
         if dtype is None:
             raise InvalidRequest(f"input '{name}': unknown datatype '{tensor.datatype}'")
         shape = tuple(tensor.shape)
+        if len(shape) > MAX_DIMS:
+            raise InvalidRequest(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_DIMS}")
         if any(dim < 0 for dim in shape):
             raise InvalidRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
         if prod(dim for dim in shape if dim) > MAX_ELEMENTS:
@@ -50,6 +58,11 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
             # error that would otherwise surface as INTERNAL).
             raise InvalidRequest(f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements")
         if raw:
+            if tensor.HasField("contents"):
+                # Triton's rule and wording: one of the two would otherwise be silently ignored.
+                raise InvalidRequest(
+                    f"input '{name}': contents field must not be specified when using raw_input_contents"
+                )
             arrays[name] = _from_raw(name, index, raw[index], dtype, shape)
         else:
             arrays[name] = _from_contents(name, tensor, dtype, shape)
@@ -78,6 +91,11 @@ def _from_contents(
     field = wire.CONTENTS_FIELD.get(dtype.wire)
     if field is None:
         raise InvalidRequest(f"input '{name}': {dtype.wire} data must be sent in raw_input_contents")
+    for descriptor, _ in tensor.contents.ListFields():
+        if descriptor.name != field:
+            raise InvalidRequest(
+                f"input '{name}': {dtype.wire} data goes in contents.{field}, not contents.{descriptor.name}"
+            )
     values = getattr(tensor.contents, field)
     count = prod(shape)
     if len(values) != count:
@@ -89,7 +107,22 @@ def _from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    return np.asarray(values, dtype=dtype.numpy).reshape(shape)
+    wide = np.asarray(values, dtype=wire.CONTENTS_DTYPE[field])
+    if wide.dtype != dtype.numpy:
+        _check_range(name, field, wide, dtype)
+    return wide.astype(dtype.numpy, copy=False).reshape(shape)
+
+
+def _check_range(name: str, field: str, values: npt.NDArray[Any], dtype: datatypes.Datatype) -> None:
+    """Integers of a typed field (int32, uint32) that `dtype` (narrower) cannot hold are the
+    client's mistake; numpy would raise OverflowError (INTERNAL) or wrap them silently."""
+    limits = np.iinfo(dtype.numpy)
+    bad = np.flatnonzero((values < limits.min) | (values > limits.max))
+    if bad.size:
+        raise InvalidRequest(
+            f"input '{name}': contents.{field} element {bad[0]} ({values[bad[0]]}) is out of range "
+            f"for {dtype.wire} [{limits.min}, {limits.max}]"
+        )
 
 
 def unpack_bytes(name: str, data: bytes, count: int) -> Array:

@@ -17,9 +17,11 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.errors import ShuttingDown, status_for
+from server.errors import InvalidRequest, ShuttingDown, StreamIdle, StreamLimitReached, status_for
 from server.models.manager import READY, ModelManager
+from server.protocol.calls import CallTracker, read_until_quiet
 from server.protocol.infer_job import RequestPath
+from server.protocol.rich_status import retry_info_trailer
 from server.protocol.statistics import to_proto
 from server.protocol.stream import StreamSession
 
@@ -46,20 +48,29 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapped(self: InferenceServicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            await _abort(context, exc)
+        with self.calls.call():  # a drain waits for it
+            try:
+                return await handler(self, request, context)
+            except Exception as exc:
+                await _abort(context, exc)
 
     return wrapped
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, models: ModelManager, stream_max_in_flight: int, is_stopping: Callable[[], bool]
+        self,
+        models: ModelManager,
+        calls: CallTracker,
+        is_stopping: Callable[[], bool],
+        *,
+        stream_max_in_flight: int,
+        stream_idle_timeout_s: float,
     ) -> None:
         self._models = models
+        self.calls = calls
         self._stream_max_in_flight = stream_max_in_flight
+        self._stream_idle_timeout_s = stream_idle_timeout_s
         self._is_stopping = is_stopping
         self._path = RequestPath(models, is_stopping)
 
@@ -159,6 +170,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelLoadResponse:
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
+        check_repository_name(request.model_name)
+        if request.parameters:
+            # Triton's `config` override and `file:` contents are not applied: refuse, never ignore.
+            raise InvalidRequest(
+                "RepositoryModelLoad parameters are not supported (got "
+                f"{', '.join(repr(k[:64]) for k in sorted(request.parameters))}): "
+                "the model is loaded from the repository as it is on disk"
+            )
         await self._models.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
@@ -166,6 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
+        check_repository_name(request.model_name)
         await self._models.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -180,20 +200,65 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        if self._is_stopping():
+            await read_until_quiet(request_iterator)
+            await _abort(context, ShuttingDown("server is shutting down"))
         remaining = context.time_remaining()
         session = StreamSession(
             request_iterator,
             self._path,
             max_in_flight=self._stream_max_in_flight,
             deadline=None if remaining is None else time.monotonic() + remaining,
+            idle_timeout_s=self._stream_idle_timeout_s,
         )
-        async for response in session.answers():
-            yield response
+        try:
+            with self.calls.stream(context.peer(), session):
+                async for response in session.answers():
+                    yield response
+        except StreamLimitReached as exc:
+            await read_until_quiet(request_iterator)
+            await _abort(context, exc)
+        if session.ended_by == "drain":  # every request read was answered; the rest were not read
+            await _abort(
+                context,
+                ShuttingDown(
+                    f"server is shutting down: this stream's {session.answered} requests read were "
+                    "answered; later ones were not read, send them to another server"
+                ),
+            )
+        if session.ended_by == "idle":
+            await _abort(
+                context,
+                StreamIdle(
+                    f"stream idle for {self._stream_idle_timeout_s:g} s with nothing in flight "
+                    "(stream_idle_timeout_s); open a new stream"
+                ),
+            )
+
+
+# A model is a directory of the repository: longer names cannot exist (NAME_MAX).
+MAX_MODEL_NAME_BYTES = 255
+
+
+def check_repository_name(name: str) -> None:
+    """Refuse a RepositoryModelLoad/Unload name that cannot be a model directory (INVALID_ARGUMENT)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not name:
+        raise InvalidRequest("model_name is empty")
+    if size > MAX_MODEL_NAME_BYTES:
+        raise InvalidRequest(f"model_name is {size} bytes; a model name is at most {MAX_MODEL_NAME_BYTES}")
+    if name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise InvalidRequest(
+            f"model_name '{name}' is not a model directory name (no '/', '\\', NUL or leading '.')"
+        )
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     code, message, expected = status_for(exc)
     if not expected:
         log.error("request failed", exc_info=exc)
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if retry_after_s is not None:
+        await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn

@@ -1,11 +1,17 @@
 """One ModelStreamInfer call: read requests, admit each, answer each exactly once, close.
 
-A reader task takes requests off the stream while fewer than `max_in_flight` are unanswered
-(beyond that it stops reading and HTTP/2 flow control pushes back on the sender). A request that
-needs no waiting (a cache hit, the batcher's fast path) is answered inline by the reader, without
-a task; the others get a task each. Answers leave through one queue as they complete, except for
-models with `preserve_ordering`: their answers leave in request order, each waiting for the one
-before it. A failed request is answered with an error message and its id; the stream goes on.
+A reader task takes requests off the stream while fewer than `max_in_flight` are unanswered or
+answered but not yet written (beyond that it stops reading and HTTP/2 flow control pushes back on
+the sender; a client that stops reading its answers stops the server reading its requests). A
+request that needs no waiting (a cache hit, the batcher's fast path) is answered inline by the
+reader, without a task; the others get a task each. Answers leave through one queue as they
+complete, except for models with `preserve_ordering`: their answers leave in request order, each
+waiting for the one before it. A failed request is answered with an error message and its id; the
+stream goes on.
+
+A session ends early in two ways, both after answering every request it has read: `finish()` (the
+server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
+way the reader stops reading and `ended_by` says why, for the call's final status.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import AsyncIterator
 from protos import grpc_service_pb2 as pb
 from server.errors import status_for
 from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.malformed import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -30,44 +37,102 @@ class StreamSession:
 
     def __init__(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest],
+        requests: AsyncIterator[pb.ModelInferRequest | Malformed],
         path: RequestPath,
         *,
         max_in_flight: int,
         deadline: float | None,  # the call's gRPC deadline, absolute time.monotonic()
+        idle_timeout_s: float = 0.0,  # 0: never
     ) -> None:
         self._requests = requests
         self._path = path
         self._deadline = deadline
+        self._idle_timeout_s = idle_timeout_s
         self._answers: asyncio.Queue[Response | None] = asyncio.Queue()
+        # One slot per request read and not yet written back: in flight or answered but unsent.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Task[None]] = set()
         # Set once the latest order-preserving request has been answered: the next one waits on it.
         self._ordered_tail: asyncio.Event | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reading = False  # the reader waits for a slot or a message (safe to cancel)
+        self._last_read = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.ended_by: str | None = None  # "drain" or "idle": the session stopped reading early
+        self.answered = 0
 
     async def answers(self) -> AsyncIterator[Response]:
-        reader = asyncio.create_task(self._read())
+        self._reader = asyncio.create_task(self._read())
+        self._arm_idle_timer()
         try:
             while (response := await self._answers.get()) is not None:
                 yield response
-            await reader  # re-raise a reader failure (a broken request stream)
+                self.answered += 1
+                self._slots.release()  # written: the slot may take the next request
+            await self._reader  # re-raise a reader failure (a broken request stream)
         finally:
-            reader.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._reader.cancel()
             for task in list(self._pending):
                 task.cancel()
 
+    def finish(self, why: str = "drain") -> None:
+        """Stop reading; the requests already read are still answered, then `answers()` ends."""
+        if self.ended_by is None:
+            self.ended_by = why
+        # The reader only awaits a slot or the next message: cancelling it there loses nothing
+        # that was read. Once it gathers the pending answers it is left to finish.
+        if self._reader is not None and self._reading:
+            self._reader.cancel()
+
     async def _read(self) -> None:
         try:
-            async for request in self._requests:
-                await self._slots.acquire()
-                self._admit(request)
+            try:
+                iterator = aiter(self._requests)
+                while self.ended_by is None:
+                    self._reading = True
+                    await self._slots.acquire()  # a slot before a message: none read is dropped
+                    try:
+                        request = await anext(iterator)
+                    except StopAsyncIteration:
+                        self._slots.release()
+                        break
+                    finally:
+                        self._reading = False
+                    self._last_read = time.monotonic()
+                    self._admit(request)
+            except asyncio.CancelledError:
+                if self.ended_by is None:
+                    raise  # the call itself ended
             if self._pending:
                 await asyncio.gather(*self._pending)
         finally:
             self._answers.put_nowait(None)  # the end of the answers, after every request's own
 
-    def _admit(self, request: pb.ModelInferRequest) -> None:
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            due = self._last_read + self._idle_timeout_s
+            self._idle_timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
+
+    def _idle_check(self) -> None:
+        """End a stream that has read nothing for idle_timeout_s and has nothing in flight."""
+        if self.ended_by is not None:
+            return
+        now = time.monotonic()
+        if self._pending or not self._answers.empty():
+            self._last_read = now  # waiting for its own answers is not idle
+        elif now - self._last_read >= self._idle_timeout_s:
+            self.finish("idle")
+            return
+        self._arm_idle_timer()
+
+    def _admit(self, request: pb.ModelInferRequest | Malformed) -> None:
         """Answer `request` inline if it needs no waiting, else hand it to a task of its own."""
+        if isinstance(request, Malformed):  # no id to answer with: the error names the message
+            self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None)
+            return
         start_ns = time.perf_counter_ns()
         after, done = self._place_in_order(request)
         job: InferJob | None = None
@@ -119,10 +184,11 @@ class StreamSession:
 
     def _send(self, response: Response | None, done: asyncio.Event | None) -> None:
         if response is not None:
-            self._answers.put_nowait(response)
+            self._answers.put_nowait(response)  # its slot is freed once it is written
+        else:
+            self._slots.release()
         if done is not None:
             done.set()
-        self._slots.release()
 
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()

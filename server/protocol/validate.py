@@ -111,12 +111,16 @@ class Signature:
         """The outputs to return: the requested ones, checked, or all of them."""
         if not names:
             return list(self.outputs)
+        seen: set[str] = set()
         for name in names:
             if name not in self.outputs:
                 raise InvalidRequest(
                     f"unknown output '{name}' requested from model '{self.model}' "
                     f"(outputs: {', '.join(self.outputs)})"
                 )
+            if name in seen:  # Triton refuses it too; the answer would hold the tensor twice
+                raise InvalidRequest(f"output '{name}' is requested more than once")
+            seen.add(name)
         return names
 
 

@@ -35,6 +35,7 @@ from clients.endpoints import Attempts, ChannelOptions, EndpointPool
 from clients.errors import ERROR_BY_CODE, from_rpc_error, from_stream_message
 from clients.stream import StreamSession
 from protos import grpc_service_pb2 as pb
+from server.protocol.rich_status import retry_info_trailer
 
 CODE = grpc.StatusCode
 
@@ -267,6 +268,39 @@ def test_attempts_fail_over_and_never_retry_past_the_deadline() -> None:
     clock.now += 1.0
     with pytest.raises(DeadlineExceeded):
         late.next()
+
+
+class OverloadWithHint(FakeRpcError):
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo in its rich status, as the server sends it."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(CODE.RESOURCE_EXHAUSTED, "queue is full")
+        self._trailer = retry_info_trailer(CODE.RESOURCE_EXHAUSTED, "queue is full", retry_after_s)
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("other", b"x"), *self._trailer)
+
+
+def test_retry_info_sets_the_wait_or_gives_up_at_once() -> None:
+    assert from_rpc_error(OverloadWithHint(0.3)).retry_after_s == pytest.approx(0.3)
+    assert from_rpc_error(FakeRpcError(CODE.RESOURCE_EXHAUSTED)).retry_after_s is None
+    pool, clock = pool_of(["a"])
+    policy = RetryPolicy(max_attempts=10, backoff=Backoff(0.05, 0.05, jitter=0.0))
+    attempts = Attempts(pool, policy, 2.0, clock=clock, rng=random.Random(0))
+    # The hint is longer than the backoff: wait for it.
+    assert attempts.failed(attempts.next(), OverloadWithHint(0.3)) == pytest.approx(0.3)
+    clock.now += 0.3
+    # A hint past the deadline: the overload answer now, not a DEADLINE_EXCEEDED later.
+    with pytest.raises(Overloaded) as caught:
+        attempts.failed(attempts.next(), OverloadWithHint(5.0))
+    assert caught.value.retry_after_s == pytest.approx(5.0)
+
+
+def test_retry_info_of_one_endpoint_does_not_delay_trying_another() -> None:
+    pool, clock = pool_of(["a", "b"])
+    policy = RetryPolicy(max_attempts=10, backoff=Backoff(0.05, 0.05, jitter=0.0))
+    attempts = Attempts(pool, policy, 2.0, clock=clock, rng=random.Random(0))
+    assert attempts.failed(attempts.next(), OverloadWithHint(5.0)) == pytest.approx(0.05)
 
 
 # -- the sync and async call loops against fake stubs ---------------------------------------------

@@ -88,9 +88,9 @@ async def test_session_runs_in_the_instance_executor(tmp_path: Path) -> None:
     real = backend._session
 
     class Recording:
-        def run(self, names: Any, feed: Any) -> Any:
+        def run(self, names: Any, feed: Any, options: Any = None) -> Any:
             seen.append(threading.current_thread().name)
-            return real.run(names, feed)
+            return real.run(names, feed, options)
 
     backend._session = Recording()  # type: ignore[assignment]
     x = np.ones((2, 8), np.float32)
@@ -109,9 +109,9 @@ async def test_batcher_runs_batches_known_to_be_tiny_inline_and_others_in_the_ex
     real = backend._session
 
     class Recording:
-        def run(self, names: Any, feed: Any) -> Any:
+        def run(self, names: Any, feed: Any, options: Any = None) -> Any:
             seen.append(threading.current_thread().name)
-            return real.run(names, feed)
+            return real.run(names, feed, options)
 
     backend._session = Recording()  # type: ignore[assignment]
     policy = BatchingPolicy(max_batch_size=64, max_queue_delay_s=0.1)  # no fast path: the queue

@@ -1,0 +1,126 @@
+"""The run watchdog: a batch that runs past its model's limit fails, and its instance is replaced.
+
+A Python thread cannot be killed, so a run stuck in an instance's executor thread is abandoned:
+the batch's requests fail at once with RunTimedOut, and the batcher asks its `replace` callable
+(given by whoever built the backends; the batcher imports no backend) for a fresh backend, which
+serves that instance's next batches. The old backend is the callable's to abandon (onnxruntime's
+can ask a running session to stop; the thread ends when the run does, or never).
+
+Only runs the batcher awaits can be watched: a run made inline on the event loop thread (tiny
+batches, see dynamic.py) blocks the very loop that would time it. So once any run of a model has
+exceeded the limit, the batcher runs nothing of that model inline again (`DynamicBatcher._trip`),
+and backends that are not RunsBlocking (a fault-injecting backend, for one) never run inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+from batcher.errors import RunTimedOut
+from batcher.types import Backend, RunsBlocking
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Given the backend that outlived the limit, a fresh one for the same instance (raises if it cannot).
+ReplaceBackend = Callable[[Backend], Awaitable[Backend]]
+
+
+def runs_blocking(backend: Backend) -> RunsBlocking | None:
+    return cast(RunsBlocking, backend) if hasattr(backend, "run_blocking") else None
+
+
+@dataclass(slots=True, eq=False)
+class Instance:
+    """One backend instance as its dispatcher sees it; the watchdog swaps its backend."""
+
+    index: int
+    backend: Backend
+    blocking: RunsBlocking | None = None  # the same backend when it RunsBlocking, looked up once
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # clear while being replaced
+
+    def __post_init__(self) -> None:
+        self.blocking = runs_blocking(self.backend)
+        self.ready.set()
+
+    def swap(self, backend: Backend) -> None:
+        self.backend = backend
+        self.blocking = runs_blocking(backend)
+
+
+class Watchdog:
+    """Times the runs of one model version; `limit_s` 0 watches nothing."""
+
+    def __init__(self, limit_s: float, replace: ReplaceBackend | None, name: str) -> None:
+        if not limit_s >= 0:
+            raise ValueError(f"run timeout must be >= 0 s, got {limit_s}")
+        self.limit_s = limit_s
+        self._replace = replace
+        self._name = name
+        self.timeouts = 0  # runs that outlived the limit
+        self.replaced = 0  # instances replaced after one
+
+    async def watch(self, run: Awaitable[T]) -> T:
+        """`run`'s result, or RunTimedOut once it has taken `limit_s` (the run is then cancelled
+        where it is awaited: an executor thread already running it goes on, abandoned)."""
+        if self.limit_s <= 0:
+            return await run
+        future = asyncio.ensure_future(run)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            future.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.limit_s, expire)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # our own task was cancelled (stop): not a timeout
+            raise RunTimedOut(
+                f"the model instance did not finish the batch within run_timeout_s ({self.limit_s:g} s); "
+                "the instance is being replaced"
+            ) from None
+        finally:
+            timer.cancel()
+
+    async def replace(self, instance: Instance, rows: int, requests: int) -> None:
+        """After a timeout on `instance`: log it once, then give the instance a fresh backend (its
+        batches wait on `ready` meanwhile). Should that fail, it keeps the old one: the next
+        timeout tries again."""
+        self.timeouts += 1
+        log.error(
+            "%s: instance %d ran a batch of %d rows (%d requests) past run_timeout_s (%g s); its "
+            "requests fail, %s (timeout %d of this model)",
+            self._name,
+            instance.index,
+            rows,
+            requests,
+            self.limit_s,
+            "the stuck run is abandoned and the instance replaced"
+            if self._replace
+            else "the instance goes on",
+            self.timeouts,
+        )
+        if self._replace is None:
+            return
+        if not instance.ready.is_set():  # another of its batches timed out: being replaced already
+            await instance.ready.wait()
+            return
+        instance.ready.clear()
+        try:
+            instance.swap(await self._replace(instance.backend))
+            self.replaced += 1
+        except Exception:
+            log.exception(
+                "%s: instance %d could not be replaced; it keeps its backend", self._name, instance.index
+            )
+        finally:
+            instance.ready.set()

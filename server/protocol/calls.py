@@ -1,0 +1,149 @@
+"""The calls in progress: counted so a drain can wait for them, and streams capped so no client
+can take every RPC slot (in all, per connection and per peer host).
+
+grpc.aio's own `stop(grace)` cancels handlers still running (CANCELLED to their callers), so the
+server waits here for its calls to answer before it stops the gRPC endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import NamedTuple, Protocol
+
+from server.errors import StreamLimitReached
+
+# A refused stream is answered once its caller has sent nothing for this long (at most the max).
+REFUSAL_QUIET_S = 0.05
+REFUSAL_MAX_S = 1.0
+
+
+async def read_until_quiet(requests: AsyncIterator[object]) -> None:
+    """Read (and drop) a refused stream's messages until it half-closes or goes quiet briefly.
+
+    grpc/grpc#36066: a grpc.aio client whose write races with a stream's early status sees
+    "INTERNAL: Internal error from Core" instead of that status; answering once its burst of
+    writes has landed avoids the race. Bounded, so a silent caller cannot hold the call.
+    """
+    deadline = time.monotonic() + REFUSAL_MAX_S
+    iterator = aiter(requests)
+    with contextlib.suppress(Exception):  # a timeout, the end of the stream, a broken call
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait_for(anext(iterator), min(REFUSAL_QUIET_S, left))
+
+
+class StreamLimits(NamedTuple):
+    total: int
+    per_connection: int
+    per_peer: int
+
+
+class Finishable(Protocol):
+    def finish(self, why: str = ...) -> None: ...
+
+
+def peer_host(peer: str) -> str:
+    """'ipv4:127.0.0.1:5000' -> 'ipv4:127.0.0.1'; 'ipv6:[::1]:5000' -> 'ipv6:[::1]'; else as is."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, sep, port = peer.rpartition(":")
+        if sep and port.isdigit():
+            return host
+    return peer
+
+
+class CallTracker:
+    def __init__(self, limits: StreamLimits) -> None:
+        self._limits = limits
+        self._active = 0
+        self._last_arrival = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sessions: set[Finishable] = set()
+        self._by_connection: Counter[str] = Counter()
+        self._by_peer: Counter[str] = Counter()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._sessions)
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Count one call in progress (a unary handler, or a whole stream)."""
+        self._active += 1
+        self._last_arrival = time.monotonic()
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    @contextlib.contextmanager
+    def stream(self, peer: str, session: Finishable) -> Iterator[None]:
+        """Register an open stream, or raise StreamLimitReached naming the limit it would pass."""
+        host = peer_host(peer)
+        limits = self._limits
+        if len(self._sessions) >= limits.total:
+            raise StreamLimitReached(f"too many open streams on this server (max_streams={limits.total})")
+        if self._by_connection[peer] >= limits.per_connection:
+            raise StreamLimitReached(
+                "too many open streams on this connection "
+                f"(max_streams_per_connection={limits.per_connection})"
+            )
+        if self._by_peer[host] >= limits.per_peer:
+            raise StreamLimitReached(
+                f"too many open streams from {host} (max_streams_per_peer={limits.per_peer})"
+            )
+        self._sessions.add(session)
+        self._by_connection[peer] += 1
+        self._by_peer[host] += 1
+        try:
+            with self.call():
+                yield
+        finally:
+            self._sessions.discard(session)
+            for counter, key in ((self._by_connection, peer), (self._by_peer, host)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
+
+    def finish_streams(self) -> None:
+        """Tell every open stream to stop reading, answer what it has read, and end."""
+        for session in list(self._sessions):
+            session.finish("drain")
+
+    async def wait_quiet(self, deadline: float, quiet_s: float) -> bool:
+        """Wait until no call is in progress and none has arrived for `quiet_s`, or `deadline`.
+
+        A handler that has returned may still be sending its answer, and calls a client sent
+        before it saw UNAVAILABLE are still arriving: grpc.aio cancels both at stop(), so the
+        endpoint stays open until the callers have gone quiet.
+        """
+        while await self.wait_idle(deadline):
+            now = time.monotonic()
+            quiet_at = self._last_arrival + quiet_s
+            if now >= quiet_at:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(min(quiet_at, deadline) - now)
+        return False
+
+    async def wait_idle(self, deadline: float) -> bool:
+        """Wait until no call is in progress or `deadline` (time.monotonic()); True if idle."""
+        left = deadline - time.monotonic()
+        if self._idle.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, left))
+        except asyncio.TimeoutError:
+            return False
+        return True

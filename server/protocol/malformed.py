@@ -1,0 +1,71 @@
+"""Requests that do not parse: answered INVALID_ARGUMENT by the handler, never by grpc's own
+deserializer error path (which answers UNKNOWN, logs a traceback per message and ends a stream).
+
+The service is registered with tolerant deserializers: bytes that are not a valid message of the
+method's request type become a `Malformed` value the handler answers as a client mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
+
+
+class Malformed(NamedTuple):
+    """A request message that did not parse; `reason` is written for the caller."""
+
+    reason: str
+
+
+def tolerant_deserializer(message_type: type[protobuf_message.Message]) -> Callable[[bytes], Any]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> protobuf_message.Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except protobuf_message.DecodeError as exc:
+            return Malformed(f"request is not a valid {name} message ({len(data)} bytes): {exc}")
+
+    return deserialize
+
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _refusing_malformed(behavior: UnaryBehavior) -> UnaryBehavior:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return await behavior(request, context)
+
+    return handle
+
+
+def add_service(service: ServiceDescriptor, servicer: object, server: grpc.aio.Server) -> None:
+    """Register the service's methods as the generated `add_*_to_server` does, except that
+    requests are parsed tolerantly. Unary methods refuse a Malformed request here; streaming
+    methods receive Malformed values in their request iterator and answer them in-band."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        deserializer = tolerant_deserializer(GetMessageClass(method.input_type))
+        serializer = GetMessageClass(method.output_type).SerializeToString
+        behavior = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behavior, request_deserializer=deserializer, response_serializer=serializer
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _refusing_malformed(behavior),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        else:
+            raise ValueError(f"{method.full_name}: only unary and bidirectional methods are served")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

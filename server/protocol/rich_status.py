@@ -1,0 +1,22 @@
+"""gRPC's rich error model (google.rpc.Status in the `grpc-status-details-bin` trailer): an
+overload refusal carries a google.rpc.RetryInfo with the server's estimate of when to retry."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+# A hint shorter than this says "now": it is rounded up so clients still back off a little.
+MIN_RETRY_S = 0.001
+
+
+def retry_info_trailer(code: grpc.StatusCode, message: str, retry_after_s: float) -> tuple[tuple[str, bytes]]:
+    """The trailing metadata of a status with a RetryInfo detail (readable by grpc_status.rpc_status)."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(max(MIN_RETRY_S, retry_after_s) * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return ((DETAILS_KEY, status.SerializeToString()),)

@@ -1,0 +1,1 @@
+"""TLS, mutual TLS and bearer-token auth for the gRPC endpoint (tls.py, tokens.py, auth.py)."""

@@ -1,0 +1,150 @@
+"""Bearer-token auth: a grpc.aio interceptor that checks `authorization: Bearer <token>` per RPC.
+
+Which scope an RPC needs is one table (`required_scope`): health checks are open (load balancers
+and Kubernetes probe without credentials), repository load/unload need `admin`, everything else
+(inference, metadata, statistics, reflection, and any RPC added later) needs at least `inference`
+unless it is added to a table here. A missing, malformed or unknown token is UNAUTHENTICATED; a
+known token without the scope is PERMISSION_DENIED. Messages say what is missing, never echo the
+token. With no tokens file there is no interceptor at all, so plaintext serving pays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from protos import grpc_service_pb2 as pb
+from server.security.tokens import GRANTS, Scope, TokenTable, load_tokens
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# ServerLive/ServerReady are the protocol's own health checks (tritonclient's is_server_live and
+# is_server_ready, orchestrators' probes), as open as grpc.health.v1: they tell only up or not.
+OPEN_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ServerLive", f"/{INFERENCE_SERVICE}/ServerReady"})
+# RPCs that change what the server serves. New admin RPCs (log or trace settings) belong here.
+ADMIN_METHODS = frozenset(
+    {f"/{INFERENCE_SERVICE}/RepositoryModelLoad", f"/{INFERENCE_SERVICE}/RepositoryModelUnload"}
+)
+BEARER = "bearer"  # the scheme name is case-insensitive (RFC 7235)
+# A refused stream is answered once its caller has stopped writing for a moment (see _drain_briefly).
+REFUSAL_QUIET_S = 0.05
+REFUSAL_MAX_S = 1.0
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def required_scope(method: str) -> Scope | None:
+    """The scope a full method name ("/package.Service/Method") needs; None: open to anyone."""
+    if method.startswith(HEALTH_PREFIX) or method in OPEN_METHODS:
+        return None
+    if method in ADMIN_METHODS:
+        return Scope.ADMIN
+    return Scope.INFERENCE  # closed by default: reflection, and RPCs nobody classified
+
+
+def bearer_token(metadata: Any) -> str | None:
+    """The token of the first `authorization` metadata entry; "" when it is not 'Bearer <token>'."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == BEARER else ""
+    return None
+
+
+def check(table: TokenTable, method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
+    """None when `method` may be called with this metadata, else the status and message to answer."""
+    needed = required_scope(method)
+    if needed is None:
+        return None
+    token = bearer_token(metadata)
+    if token is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "missing credentials: send 'authorization: Bearer <token>'"
+    if not token:
+        return grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata is not 'Bearer <token>'"
+    scope = table.scope_of(token)
+    if scope is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token"
+    if needed not in GRANTS[scope]:
+        name = method.rsplit("/", 1)[-1]
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{name} needs a token with the '{needed.value}' scope; this one has '{scope.value}'",
+        )
+    return None
+
+
+async def _drain_briefly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Read (and drop) a refused stream's messages until it half-closes or stays quiet briefly.
+
+    grpc/grpc#36066: a grpc.aio client whose write races with the stream's early status gets
+    "INTERNAL: Internal error from Core" in place of that status. Answering after the caller's
+    burst of writes has landed avoids the race; the bounds keep a silent caller from holding the
+    RPC slot (REFUSAL_MAX_S at most, refused streams never reach the servicer).
+    """
+    deadline = asyncio.get_running_loop().time() + REFUSAL_MAX_S
+    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            message = await asyncio.wait_for(context.read(), min(REFUSAL_QUIET_S, max(left, 0.0)))
+            if message is grpc.aio.EOF or left <= 0:
+                return
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind (unary or streaming) that answers `code` without running anything."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await _drain_briefly(context)
+        await context.abort(code, message)
+
+    # No deserializer: the refused request stays bytes and is never parsed.
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse_stream)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Refuses RPCs whose bearer token is missing, unknown or lacks the scope `required_scope` says."""
+
+    def __init__(self, table: TokenTable) -> None:
+        self._table = table
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            return None
+        method: str = handler_call_details.method
+        refused = check(self._table, method, handler_call_details.invocation_metadata)
+        if refused is None:
+            return handler
+        log.debug("refused %s: %s", method, refused[0].name)
+        return _refusal(handler, *refused)
+
+
+def server_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors the settings ask for (none without a tokens file)."""
+    if settings.auth_tokens_file is None:
+        return []
+    if settings.tls_cert_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("bearer tokens are checked but TLS is off: tokens cross the network in clear text")
+    return [BearerTokenInterceptor(load_tokens(settings.auth_tokens_file))]

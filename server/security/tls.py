@@ -1,0 +1,74 @@
+"""TLS and mutual TLS: checking the PEM files at start-up, and binding the port with them.
+
+The files are checked with the standard library's `ssl` (which parses them the way OpenSSL does
+and knows whether a key belongs to a certificate), so a bad file stops the server with a message
+naming the setting instead of failing in gRPC's handshake later. Certificates are read once, at
+start-up: rotating them takes a restart.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
+
+
+def _no_password() -> bytes:
+    # An encrypted key fails here instead of OpenSSL prompting for a pass phrase on the terminal.
+    return b""
+
+
+def check_readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def check_key_pair(cert_file: Path, key_file: Path) -> None:
+    """The server's certificate chain and its unencrypted private key, both PEM, matching."""
+    check_readable(cert_file)
+    check_readable(key_file)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file, password=_no_password)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"{cert_file} and {key_file} are not a PEM certificate chain and its unencrypted private "
+            f"key ({exc.reason or exc})"
+        ) from None
+
+
+def check_ca_file(path: Path) -> None:
+    """PEM CA certificates (one or more), as trusted for client certificates."""
+    check_readable(path)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{path} holds no PEM CA certificate ({exc.reason or exc})") from None
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings; None for plaintext. A client CA requires client certs."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def bind_port(server: grpc.aio.Server, address: str, settings: ServerSettings) -> int:
+    """Add the listening port, with TLS when configured; the bound port (0 when binding failed)."""
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port: int = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    return port

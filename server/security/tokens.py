@@ -1,0 +1,98 @@
+"""Bearer tokens and their scopes, read from a file of `<scope> <token>` lines.
+
+A file (mounted from a secret store, mode 0600) keeps tokens out of `ps`, shell history and the
+environment that child processes inherit. Nothing here imports grpc: the settings validate the file
+with the same parser the interceptor's table is built from.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+
+class Scope(str, Enum):
+    INFERENCE = "inference"  # every inference-service RPC except the admin ones; reflection
+    ADMIN = "admin"  # repository load/unload (and later admin RPCs); grants inference too
+
+
+# What a token of each scope may do.
+GRANTS: dict[Scope, frozenset[Scope]] = {
+    Scope.INFERENCE: frozenset({Scope.INFERENCE}),
+    Scope.ADMIN: frozenset({Scope.INFERENCE, Scope.ADMIN}),
+}
+
+# Guessable tokens are refused at start-up; 16 visible characters is already ~100 bits of base64.
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_CHARS = 4096
+
+
+class TokenFileError(ValueError):
+    """A tokens file that cannot be used; the message names the line, never the token."""
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """Configured tokens (as bytes, for hmac.compare_digest) with their scopes."""
+
+    entries: tuple[tuple[bytes, Scope], ...]
+
+    def scope_of(self, presented: str) -> Scope | None:
+        """The scope of a presented token, or None when it is unknown.
+
+        Compared with every configured token, without stopping at a match, so the time taken does
+        not tell which entry (or how much of one) matched.
+        """
+        candidate = presented.encode("utf-8", "surrogateescape")
+        found: Scope | None = None
+        for token, scope in self.entries:
+            if hmac.compare_digest(candidate, token):
+                found = scope
+        return found
+
+
+def _check_token(token: str, where: str) -> None:
+    if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS:
+        raise TokenFileError(f"{where}: a token must have {MIN_TOKEN_CHARS} to {MAX_TOKEN_CHARS} characters")
+    # Visible ASCII only: a token travels as an HTTP/2 header value.
+    if not all("!" <= char <= "~" for char in token):
+        raise TokenFileError(f"{where}: a token may contain only visible ASCII characters")
+
+
+def parse_tokens(text: str, source: str = "tokens file") -> TokenTable:
+    """`<scope> <token>` per line; blank lines and lines starting with '#' are skipped."""
+    entries: list[tuple[bytes, Scope]] = []
+    seen: dict[str, Scope] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{source} line {number}"
+        parts = stripped.split()
+        if len(parts) != 2:
+            raise TokenFileError(f"{where}: expected '<scope> <token>' (scopes: inference, admin)")
+        name, token = parts
+        try:
+            scope = Scope(name)
+        except ValueError:
+            raise TokenFileError(f"{where}: unknown scope {name!r} (scopes: inference, admin)") from None
+        _check_token(token, where)
+        if token in seen:
+            raise TokenFileError(f"{where}: the same token is listed twice")
+        seen[token] = scope
+        entries.append((token.encode("ascii"), scope))
+    if not entries:
+        raise TokenFileError(f"{source}: no tokens (auth would refuse every call)")
+    return TokenTable(tuple(entries))
+
+
+def load_tokens(path: Path) -> TokenTable:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TokenFileError(f"{path}: not UTF-8 text") from None
+    return parse_tokens(text, str(path))

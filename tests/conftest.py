@@ -1,0 +1,28 @@
+"""Hypothesis settings profiles for the property tests and the fuzz target, chosen by
+HYPOTHESIS_PROFILE (default `ci`):
+
+- `ci`: bounded, so the whole property and fuzz set stays well under a minute on 2 cores.
+- `dev`: a few times more examples, for a local run after touching the codec or the batcher.
+- `long`: many examples, for scripts/fuzz.sh (which bounds it by time).
+
+A test that needs fewer examples takes a share of the loaded profile's (`settings().max_examples`),
+so each profile bounds every test. No deadline: on a busy 2-core machine a slow example is no bug.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# Near-valid request strategies filter some draws; on a busy machine hypothesis' health checks
+# then fail a run that found nothing wrong, so they are off: the examples' count bounds each test.
+_COMMON = settings(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", _COMMON, max_examples=100)
+settings.register_profile("dev", _COMMON, max_examples=500)
+settings.register_profile("long", _COMMON, max_examples=20_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

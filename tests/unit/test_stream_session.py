@@ -1,0 +1,110 @@
+"""StreamSession without gRPC: unread answers bound what it reads, and `finish()` stops reading
+but answers every request already read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from protos import grpc_service_pb2 as pb
+from server.protocol.infer_job import RequestPath
+from server.protocol.malformed import Malformed
+from server.protocol.stream import StreamSession
+
+# Enough loop turns for an unbounded reader to read far past any bound below.
+SETTLE_TURNS = 200
+
+
+class InstantPath:
+    """Answers every request at once (as a cache hit or the fast path would)."""
+
+    def preserves_order(self, request: pb.ModelInferRequest) -> bool:
+        return False
+
+    def start(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        return None, pb.ModelInferResponse(id=request.id)
+
+
+class HeldPath(InstantPath):
+    """Answers only once `release` is set (requests in flight in a batcher)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    def start(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        return request, None
+
+    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+        await self.release.wait()
+        return pb.ModelInferResponse(id=job.id)
+
+
+class Source:
+    """An endless request stream that counts what was taken from it."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        while True:
+            self.read += 1
+            yield pb.ModelInferRequest(model_name="m", id=str(self.read))
+
+
+async def settle() -> None:
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
+
+
+def session(source: Source, path: object, max_in_flight: int) -> StreamSession:
+    return StreamSession(
+        source.requests(), cast(RequestPath, path), max_in_flight=max_in_flight, deadline=None
+    )
+
+
+async def test_a_client_that_stops_reading_answers_stops_the_reads() -> None:
+    source = Source()
+    answers = session(source, InstantPath(), max_in_flight=4).answers()
+    first = await anext(answers)
+    assert first.infer_response.id == "1"
+    await settle()
+    # Four answers may wait unwritten (the first is written); the reader then waits for a slot.
+    assert source.read <= 4 + 1, source.read
+    before = source.read
+    await anext(answers)
+    await settle()
+    assert source.read == before + 1
+    await answers.aclose()
+
+
+async def test_finish_answers_what_was_read_and_reads_no_more() -> None:
+    source = Source()
+    path = HeldPath()
+    stream = session(source, path, max_in_flight=3)
+    answers = stream.answers()
+    first = asyncio.ensure_future(anext(answers))
+    await settle()
+    assert source.read == 3  # three in flight; the reader waits for a slot
+    stream.finish()
+    path.release.set()
+    got = [(await first).infer_response.id]
+    got += [a.infer_response.id async for a in answers]
+    assert sorted(got) == ["1", "2", "3"]
+    assert stream.ended_by == "drain"
+    assert source.read == 3
+
+
+async def test_a_malformed_message_is_answered_in_band_and_the_stream_goes_on() -> None:
+    async def requests() -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        yield Malformed("request is not a valid inference.ModelInferRequest message (3 bytes): bad")
+        yield pb.ModelInferRequest(model_name="m", id="after")
+
+    stream = StreamSession(requests(), cast(RequestPath, InstantPath()), max_in_flight=2, deadline=None)
+    got = [a async for a in stream.answers()]
+    assert got[0].error_message.startswith("INVALID_ARGUMENT: request is not a valid")
+    assert got[1].infer_response.id == "after"
