@@ -37,7 +37,7 @@ def _mlp() -> pb.ModelInferRequest:
 
 async def _open(channel: grpc.aio.Channel, tally: collections.Counter[str]) -> object:
     """Open one stream and wait for its first answer (so the server has it registered)."""
-    call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+    call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()  # type: ignore[no-untyped-call]
     try:
         await call.write(_mlp())
         answer = await asyncio.wait_for(call.read(), OPEN_TIMEOUT_S)
@@ -53,7 +53,7 @@ async def _victim(address: str) -> dict[str, object]:
     tally: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             live = (await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)).live
             tally["ServerLive OK" if live else "ServerLive false"] += 1
