@@ -54,7 +54,8 @@ class ServerSettings(BaseSettings):
     max_queued_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
     # HTTP/2 keepalive: the server pings a connection idle this long and drops it when no ack
     # comes within keepalive_timeout_s; clients may ping no more often than min_client_ping_s
-    # (faster pingers get GOAWAY "too_many_pings"). max_connection_age_s > 0 sends GOAWAY to
+    # while the server sends them nothing, and not at all on a connection without calls (gRPC's
+    # default); after two strikes they get GOAWAY "too_many_pings". max_connection_age_s > 0 sends GOAWAY to
     # connections that old (clients reconnect, e.g. to rebalance), and calls still running
     # max_connection_age_grace_s later are cancelled; 0: connections never age out.
     keepalive_time_s: float = Field(default=60.0, gt=0)

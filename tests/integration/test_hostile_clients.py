@@ -255,3 +255,22 @@ async def test_overload_refusals_carry_a_standard_retry_info() -> None:
     info = error_details_pb2.RetryInfo()
     infos[0].Unpack(info)
     assert info.retry_delay.ToNanoseconds() > 0
+
+
+async def test_a_client_pinging_too_often_is_sent_away() -> None:
+    # Keepalive enforcement (grpc core's ping policy, which the server keeps: no pings on a
+    # connection without calls; max_ping_strikes 2): a client that pings its idle connection every
+    # second gets GOAWAY "too_many_pings" after the strikes, and the connection goes READY -> IDLE.
+    # (min_client_ping_s, the interval allowed while calls are open, is not shown here.)
+    pinger = [
+        ("grpc.keepalive_time_ms", 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    with ServerProcess("--min-client-ping-s", "5") as server:
+        async with grpc.aio.insecure_channel(server.address, options=pinger) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)).live
+            assert channel.get_state() == grpc.ChannelConnectivity.READY
+            await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 60)
+            assert channel.get_state() != grpc.ChannelConnectivity.READY
