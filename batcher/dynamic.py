@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.budget import ByteBudget
-from batcher.errors import BatcherStopped, DeadlineExceeded, RunTimedOut
+from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
-from batcher.form import form_batch, runs_alone_now
+from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
 from batcher.scatter import gather, scatter
 from batcher.stats import ModelStats
-from batcher.types import Array, Backend, BatchingPolicy, Tensors
+from batcher.types import Array, Backend, BatchingPolicy, BatchRun, QueueTrace, Tensors
 from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,17 @@ def _computed_late() -> DeadlineExceeded:
 
 def _stopped() -> BatcherStopped:
     return BatcherStopped("model stopped before the request was computed")
+
+
+def _record_run(
+    run: BatchRun | None, trace: QueueTrace, rows: int, requests: int, ns: tuple[int, int, int, int]
+) -> BatchRun:
+    """Note a traced request's run on its QueueTrace (the run made once per batch, when first needed)."""
+    if run is None:
+        run = BatchRun(rows, requests, ns[0], ns[1], ns[2], ns[3], traced=[])
+    run.traced.append(trace)
+    trace.run = run
+    return run
 
 
 @dataclass(slots=True, eq=False)
@@ -101,7 +112,10 @@ class DynamicBatcher:
         self._clock = clock
         self._estimator = ServiceTimeEstimator()
         self._idle = asyncio.Event()
-        self._queue = RequestQueue(policy, clock, on_remove=self._check_idle, budgets=byte_budgets)
+        self._queue = RequestQueue(
+            policy, clock, on_remove=self._check_idle, budgets=byte_budgets, on_expire=self._expired
+        )
+        self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # batches taken from the queue and not yet answered
@@ -126,6 +140,11 @@ class DynamicBatcher:
     @property
     def queued_requests(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Input bytes of the requests queued now (charged to the byte budgets)."""
+        return self._queue.nbytes
 
     @property
     def in_flight_batches(self) -> int:
@@ -183,15 +202,20 @@ class DynamicBatcher:
         outputs = self.run_now(inputs, a)
         return outputs if outputs is not None else await self.enqueue(inputs, a)
 
-    async def enqueue(self, inputs: Tensors, a: Admission) -> Tensors:
-        """Queue one request and return its outputs (views into the batch's outputs).
+    async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors:
+        """Queue one request and return its outputs (views into the batch's outputs). With `trace`,
+        the run that computed it is recorded there (for tracing; see BatchRun).
 
         Raises BatcherStopped, QueueFull, Overloaded, DeadlineExceeded, or whatever the backend
         raised for this request's batch.
         """
         if not self._accepting:
             raise BatcherStopped()
-        p = self._queue.admit(inputs, a, self._predict_now, self._predict_finish)
+        try:
+            p = self._queue.admit(inputs, a, self._predict_now, self._predict_finish, trace)
+        except BatcherError as exc:
+            self._stats.record_refusal(exc, len(self._queue) >= self._policy.max_queue_size)
+            raise
         try:
             return await p.handle.future
         except asyncio.CancelledError:
@@ -217,16 +241,25 @@ class DynamicBatcher:
             return None
         if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
             return None
-        self._queue.check(a, self._predict_now)
+        try:
+            self._queue.check(a, self._predict_now)
+        except BatcherError as exc:
+            self._stats.record_refusal(exc, False)
+            raise
+        reason = self._alone.get(a.rows) or self._alone.setdefault(a.rows, alone_reason(a.rows, self._policy))
+        self._stats.record_dispatch(reason)
+        slack_ns = None if a.hard is None else int((a.hard - self._clock()) * 1e9)
         t0 = time.perf_counter_ns()
         outputs = backend.run_blocking(inputs)
         t1 = time.perf_counter_ns()
-        self._stats.record_queue(0)
+        self._stats.record_queue(0, slack_ns)
         self._stats.record_batch(a.rows, 1, 0, t1 - t0, 0)
+        self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
         self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
         self._rows_per_run += 0.2 * (a.rows - self._rows_per_run)
         if _late(a.hard, now):
+            self._stats.late += 1
             raise _computed_late()
         return outputs
 
@@ -284,11 +317,14 @@ class DynamicBatcher:
                 q.remove(p)
             for p in f.expired:
                 q.fail(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+            self._stats.expired += len(f.expired)
             if f.batch:
                 self._in_flight += 1  # before the removals, so the queue never looks idle meanwhile
+                self._stats.record_dispatch("drain" if self._closing else f.reason or "idle")
                 for p in f.batch:
                     q.remove(p)
-                    self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)))
+                    slack_ns = None if p.hard is None else int((p.hard - now) * 1e9)
+                    self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)), slack_ns)
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
@@ -337,12 +373,17 @@ class DynamicBatcher:
         self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
         done_at = self._clock()
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
+        self._stats.run_cpu_s += cpu_s or 0.0
         self._rows_per_run += 0.2 * (rows - self._rows_per_run)
         self._land(flight)
+        run: BatchRun | None = None
         for p, part in zip(batch, parts, strict=True):
             if p.handle.future.done():
                 continue
+            if p.handle.trace is not None:
+                run = _record_run(run, p.handle.trace, rows, len(batch), (t0, t1, t2, t3))
             if _late(p.hard, done_at):
+                self._stats.late += 1
                 p.handle.future.set_exception(_computed_late())
             else:
                 p.handle.future.set_result(part)
@@ -423,6 +464,9 @@ class DynamicBatcher:
         batches = -(-ahead // per_batch)
         queued = batches * estimate(min(ahead, per_batch), now)
         return (running + queued) / len(self._instances)
+
+    def _expired(self) -> None:
+        self._stats.expired += 1
 
     def _check_idle(self) -> None:
         if len(self._queue) == 0 and self._in_flight == 0:

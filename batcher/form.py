@@ -26,13 +26,20 @@ deadline rules Triton lacks. `max_preferred` is the largest preferred size, else
    when that point has come, run the whole batch now.
 5. max_batch_size 0 (no batch dimension): exactly one request per batch, at once.
 6. `idle_dispatch`: as if max_queue_delay_s were 0 (a mark still cuts the batch; else all goes).
+
+Each batch comes with why it was cut (`Formation.reason`, for /metrics): "full" (max_batch_size
+reached, the next request would pass it or cannot join, or the model has no batch dimension),
+"preferred" (a preferred size, or the largest one, was reached), "delay_expired" (its oldest
+request waited max_queue_delay_s), "idle" (no delay to wait: work-conserving dispatch to a free
+instance), "deadline" (waiting longer, or adding the next request, would miss a deadline in it).
+The batcher adds "drain" for batches dispatched while it stops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from batcher.types import BatchingPolicy, Tensors, TimeoutAction
 
@@ -41,6 +48,7 @@ H = TypeVar("H")
 # Per input: name, dtype and the dimensions after the batch one. Equal keys concatenate.
 ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
 Predict = Callable[[int], float]
+DispatchReason = Literal["full", "preferred", "delay_expired", "idle", "deadline", "drain"]
 
 
 def shape_key(inputs: Tensors) -> ShapeKey:
@@ -73,6 +81,7 @@ class Formation(Generic[H]):
     expired: list[Pending[H]] = field(default_factory=list)  # answer DeadlineExceeded
     cancelled: list[Pending[H]] = field(default_factory=list)  # forget, never compute
     wait_until: float | None = None  # set when waiting for the batch to grow
+    reason: DispatchReason | None = None  # why `batch` was cut now (see the module docstring)
 
 
 def cannot_finish(deadline: float | None, now: float, service_s: float) -> bool:
@@ -112,6 +121,18 @@ def runs_alone_now(rows: int, policy: BatchingPolicy) -> bool:
     )
 
 
+def alone_reason(rows: int, policy: BatchingPolicy) -> DispatchReason:
+    """Why `form_batch` runs a lone request of `rows` rows at once, where `runs_alone_now` says
+    it does (the reason `_decide` gives such a batch)."""
+    if policy.max_batch_size == 0:
+        return "full"
+    if rows in _preferred(policy):
+        return "preferred"
+    if rows >= policy.max_batch_size:
+        return "full"
+    return "preferred" if rows >= target_rows(policy) else "idle"
+
+
 def _never(_: Pending[Any]) -> bool:
     return False
 
@@ -141,10 +162,10 @@ def form_batch(
     if not live:
         return out
     if policy.max_batch_size == 0:
-        out.batch = live[:1]
+        out.batch, out.reason = live[:1], "full"
         return out
     walk = _walk(live, now, policy, predict)
-    out.batch, out.wait_until = _decide(walk, now, policy, predict)
+    out.batch, out.wait_until, out.reason = _decide(walk, now, policy, predict)
     return out
 
 
@@ -181,6 +202,7 @@ class _Walk(Generic[H]):
     rows: int = 0
     mark: int | None = None  # length of the best prefix (Triton's best_preferred_batch_size)
     send_now: bool = False  # stopped at a request that cannot join: waiting cannot grow the batch
+    stop: DispatchReason = "full"  # why it stopped: "full", or "deadline" when joining would miss one
     earliest: float | None = None  # earliest hard deadline in `batch`
 
 
@@ -194,12 +216,11 @@ def _walk(live: Sequence[Pending[H]], now: float, policy: BatchingPolicy, predic
             if grown > top and w.mark is None:
                 w.mark = len(w.batch)  # Triton keeps walking: a delay exceeded runs more than this
             joined = _earliest(w.earliest, p.hard)
-            if (
-                grown > policy.max_batch_size
-                or p.key != w.batch[0].key
-                or cannot_finish(joined, now, predict(grown))
-            ):
+            if grown > policy.max_batch_size or p.key != w.batch[0].key:
                 w.send_now = True
+                break
+            if cannot_finish(joined, now, predict(grown)):
+                w.send_now, w.stop = True, "deadline"
                 break
         w.batch.append(p)
         w.rows += p.rows
@@ -211,23 +232,34 @@ def _walk(live: Sequence[Pending[H]], now: float, policy: BatchingPolicy, predic
 
 def _decide(
     w: _Walk[H], now: float, policy: BatchingPolicy, predict: Predict
-) -> tuple[list[Pending[H]], float | None]:
-    """Rule 4: (batch to run now, None), or ([], when to look again)."""
+) -> tuple[list[Pending[H]], float | None, DispatchReason | None]:
+    """Rule 4: (batch to run now, None, why), or ([], when to look again, None)."""
     delay = _delay_s(policy)
     oldest = min(p.arrival for p in w.batch)
     # Compared as `now >= wake`, the same sum as the wait below: no float gap between the two.
     exceeded = delay > 0 and now >= oldest + delay
-    if w.mark is not None and not exceeded:
-        return w.batch[: w.mark], None
+    if w.mark is not None and not exceeded:  # without preferred sizes, marked at max_batch_size
+        return w.batch[: w.mark], None, "preferred" if _preferred(policy) else "full"
     if w.send_now or w.rows >= target_rows(policy) or exceeded or delay == 0:
-        return w.batch, None
+        return w.batch, None, _why_now(w, policy, exceeded)
     wake = oldest + delay
     if w.earliest is not None:
         # Waiting is for a bigger batch: leave time for the next preferred size to run in.
         wake = min(wake, w.earliest - predict(_next_target(w.rows, policy)))
     if wake <= now:
-        return w.batch, None
-    return [], wake
+        return w.batch, None, "deadline"
+    return [], wake, None
+
+
+def _why_now(w: _Walk[Any], policy: BatchingPolicy, exceeded: bool) -> DispatchReason:
+    """Why the whole pending batch runs at once (rule 4's second case)."""
+    if w.send_now:
+        return w.stop
+    if w.rows >= policy.max_batch_size:
+        return "full"
+    if w.rows >= target_rows(policy):
+        return "preferred"
+    return "delay_expired" if exceeded else "idle"
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

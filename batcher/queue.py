@@ -17,7 +17,7 @@ from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
 from batcher.form import Pending, cannot_finish
-from batcher.types import BatchingPolicy, Tensors, TimeoutAction
+from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
 
 @dataclass(slots=True, eq=False)
@@ -27,6 +27,7 @@ class Ticket:
     future: asyncio.Future[Tensors]
     timer: asyncio.TimerHandle | None = None
     nbytes: int = 0  # input bytes charged to the queue's byte budgets while queued
+    trace: QueueTrace | None = None  # a traced request: its run is recorded there
 
 
 Request = Pending[Ticket]
@@ -52,8 +53,11 @@ class RequestQueue:
         clock: Callable[[], float],
         on_remove: Callable[[], None] = lambda: None,
         budgets: Sequence[ByteBudget] = (),
+        on_expire: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_remove`: after any request leaves; `on_expire`: one expired on its timer."""
         self._policy = policy
+        self._on_expire = on_expire
         self._budgets = tuple(budgets)  # input bytes of queued requests, bounded (batcher/budget.py)
         self._clock = clock
         self._on_remove = on_remove
@@ -67,6 +71,11 @@ class RequestQueue:
 
     def values(self) -> Iterable[Request]:
         return self._items.values()
+
+    @property
+    def nbytes(self) -> int:
+        """Input bytes of the queued requests (0 without byte budgets). Safe from another thread."""
+        return sum(p.handle.nbytes for p in list(self._items.values()))
 
     def rows_ahead(self, level: int) -> int:
         """Queued rows that would be served before a new request at priority `level` (1 = first)."""
@@ -113,6 +122,7 @@ class RequestQueue:
         a: Admission,
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
+        trace: QueueTrace | None = None,
     ) -> Request:
         """Queue a request, or raise why not: as `check`, and QueueFull beyond max_queue_size."""
 
@@ -136,7 +146,7 @@ class RequestQueue:
             priority=a.priority,
             arrival=a.arrival,
             seq=next(self._seq),
-            handle=Ticket(loop.create_future(), nbytes=nbytes),
+            handle=Ticket(loop.create_future(), nbytes=nbytes, trace=trace),
             hard=a.hard,
             policy_deadline=a.policy_deadline,
         )
@@ -171,6 +181,7 @@ class RequestQueue:
     def _expire(self, p: Request) -> None:
         p.handle.timer = None
         if self.remove(p):
+            self._on_expire()
             settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
 
 

@@ -1,13 +1,63 @@
-"""Per-model counters mirroring Triton's ModelStatistics.
+"""Per-model counters mirroring Triton's ModelStatistics, plus what /metrics adds to them.
 
 Not thread-safe on purpose: only the event loop updates them (the batcher and the servicer both run
-there), so there are no locks on the hot path.
+there), so there are no locks on the hot path. The metrics exporter reads them from its own thread
+at scrape time (server/observability/metrics.py): plain ints and copies of small containers.
+Histograms are fixed buckets: a bisect into a tuple of bounds and one int increment per value.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
+
+# Bucket upper bounds (inclusive, as Prometheus' `le`) in nanoseconds: 50 us to 1 s, dense around
+# the sub-millisecond runs of small models and the ~100 ms of large ones and of deadlines.
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
+    us * 1000
+    for us in (50, 100, 200, 300, 500, 750, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 20_000, 30_000,
+               50_000, 75_000, 100_000, 150_000, 200_000, 300_000, 500_000, 1_000_000)
+)  # fmt: skip
+BATCH_SIZE_BOUNDS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# Why a batch was dispatched (see batcher/form.py, DispatchReason), and why a request was refused
+# at admission. Deadline outcomes: shed at admission, expired in the queue, ran but ended late.
+DISPATCH_REASONS = ("full", "preferred", "delay_expired", "idle", "deadline", "drain")
+REJECTION_REASONS = ("queue_full", "queued_bytes", "overloaded", "deadline", "invalid", "unavailable")
+# Triton's `reason` label of nv_inference_request_failure.
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts of values per bucket; `counts[i]` holds values <= bounds[i] (and > bounds[i - 1]),
+    the last one those above every bound. `total` is the sum of the values."""
+
+    bounds: tuple[int, ...]
+    counts: list[int] = field(init=False)
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: int) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+def _latency() -> Histogram:
+    return Histogram(LATENCY_BOUNDS_NS)
+
+
+def _reasons(names: tuple[str, ...]) -> dict[str, int]:
+    return dict.fromkeys(names, 0)
 
 
 @dataclass(slots=True)
@@ -47,18 +97,61 @@ class ModelStats:
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
     batch_stats: dict[int, BatchDurations] = field(default_factory=dict)
+    # -- for /metrics only (not in ModelStatistics)
+    request_hist: Histogram = field(default_factory=_latency)  # successful requests, end to end
+    queue_hist: Histogram = field(default_factory=_latency)
+    infer_hist: Histogram = field(default_factory=_latency)  # per backend run
+    batch_hist: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))  # rows per run
+    slack_hist: Histogram = field(default_factory=_latency)  # per request with a deadline, at dispatch
+    shed: int = 0  # refused at admission: its deadline could not be met (DeadlineExceeded, Overloaded)
+    expired: int = 0  # its deadline passed while it waited in the queue: never computed
+    late: int = 0  # computed, but the run ended after its deadline (answered DEADLINE_EXCEEDED)
+    dispatch: dict[str, int] = field(default_factory=lambda: _reasons(DISPATCH_REASONS))
+    rejections: dict[str, int] = field(default_factory=lambda: _reasons(REJECTION_REASONS))
+    failures: dict[str, int] = field(default_factory=lambda: _reasons(FAILURE_REASONS))
+    run_cpu_s: float = 0.0  # CPU seconds of backend runs, measured where the backend runs blocking
 
     def record_success(self, total_ns: int) -> None:
         """One request answered successfully, `total_ns` end to end (called by the server)."""
         self.success.add(total_ns)
+        self.request_hist.observe(total_ns)
 
-    def record_failure(self, total_ns: int) -> None:
-        """One request answered with an error, `total_ns` end to end (called by the server)."""
+    def record_failure(self, total_ns: int, reason: str = "OTHER") -> None:
+        """One request answered with an error, `total_ns` end to end (called by the server);
+        `reason` is Triton's failure reason (FAILURE_REASONS)."""
         self.fail.add(total_ns)
+        self.failures[reason] += 1
 
-    def record_queue(self, ns: int) -> None:
-        """One request left the queue for a batch after waiting `ns`."""
+    def record_canceled(self) -> None:
+        """The caller went away before its answer: not a failure in ModelStatistics (as before)."""
+        self.failures["CANCELED"] += 1
+
+    def record_rejection(self, reason: str, shed: bool = False) -> None:
+        """A request refused before it was queued (REJECTION_REASONS); `shed` when for its deadline."""
+        self.rejections[reason] += 1
+        self.shed += shed
+
+    def record_refusal(self, exc: Exception, queue_full: bool) -> None:
+        """The batcher refused a request at admission with `exc`; `queue_full`: its queue then
+        held max_queue_size requests (else a QueueFull is for the queued-bytes budgets)."""
+        if isinstance(exc, Overloaded):
+            self.record_rejection("overloaded", shed=True)
+        elif isinstance(exc, QueueFull):
+            self.record_rejection("queue_full" if queue_full else "queued_bytes")
+        elif isinstance(exc, DeadlineExceeded):
+            self.record_rejection("deadline", shed=True)
+
+    def record_queue(self, ns: int, slack_ns: int | None = None) -> None:
+        """One request left the queue for a batch after waiting `ns`; `slack_ns`: the time then
+        left before its deadline (None: it has none)."""
         self.queue.add(ns)
+        self.queue_hist.observe(ns)
+        if slack_ns is not None:
+            self.slack_hist.observe(slack_ns)
+
+    def record_dispatch(self, reason: str) -> None:
+        """A batch was dispatched, for `reason` (DISPATCH_REASONS)."""
+        self.dispatch[reason] += 1
 
     def record_batch(self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One backend run of `rows` rows serving `requests` requests.
@@ -78,3 +171,5 @@ class ModelStats:
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
         self.last_inference_ms = time.time_ns() // 1_000_000
+        self.infer_hist.observe(infer_ns)
+        self.batch_hist.observe(rows)

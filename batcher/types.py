@@ -65,3 +65,27 @@ class BatchingPolicy:
     allow_timeout_override: bool = True
     # Batches one backend instance may run at once (1-2): bounded work in flight.
     max_batches_in_flight: int = 1
+
+
+@dataclass(slots=True, eq=False)
+class BatchRun:
+    """One batch run as an observer (the server's tracing) sees it: perf_counter_ns timestamps of
+    gather, run and scatter, and the traced requests in it. Made only when one of them is traced."""
+
+    rows: int
+    requests: int
+    gather_ns: int  # the batch's inputs began to be gathered: its requests left the queue before
+    run_ns: int
+    scatter_ns: int
+    end_ns: int
+    traced: list[QueueTrace]
+    note: object = None  # the observer's own, once per run (the tracing's batch span)
+
+
+@dataclass(slots=True, eq=False)
+class QueueTrace:
+    """Optional, per queued request (`enqueue(..., trace=)`): the batcher records the run that
+    computed it. `context` is the observer's own (the request's span, for the run's links)."""
+
+    context: object = None
+    run: BatchRun | None = None

@@ -91,6 +91,8 @@ async def run(
                 async for answer in stub.ModelStreamInfer(requests(), timeout=grace_s + 30):
                     stream_answered += 1
                     outcomes["stream " + (answer.error_message.split(":")[0] or "OK")] += 1
+                    if answer.error_message:  # "server is shutting down ... stop sending"
+                        stop_sending.set()
                     seen(f"s{index}")
                 stream_ends["OK"] += 1
             except grpc.aio.AioRpcError as exc:

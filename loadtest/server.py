@@ -24,7 +24,7 @@ class SpawnedServer:
     ) -> None:
         self.command = [
             sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0",
-            "--cache-dir", str(cache_dir), *extra,
+            "--metrics-port", "0", "--cache-dir", str(cache_dir), *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.port = 0

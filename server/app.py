@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +17,9 @@ from grpc_reflection.v1alpha import reflection
 from protos import grpc_service_pb2 as pb
 from server.models.manager import ModelManager
 from server.models.response_cache import ResponseCache
+from server.observability.metrics import GaugeSource, Metrics
+from server.observability.metrics_views import Costs, MetricViews
+from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
@@ -23,6 +27,9 @@ from server.protocol.servicer import InferenceServicer
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
 from server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +68,11 @@ class PortInUse(RuntimeError):
 class SluicewayServer:
     """One server: gRPC endpoint, health, reflection and the model manager behind them."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, *, span_exporter: SpanExporter | None = None) -> None:
+        """`span_exporter` (tests): where spans go when settings.tracing is on, instead of the
+        exporter the settings and OTEL_* variables choose."""
         self.settings = settings
+        self.tracing = build_tracing(settings, span_exporter)  # None when off
         self.port = 0
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -92,12 +102,20 @@ class SluicewayServer:
                 settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
             )
         )
+        costs = Costs(settings.cost_per_core_hour, settings.cost_per_gpu_hour)
+        self.metrics = Metrics(
+            MetricViews(self.models, lambda: self.calls.open_streams, costs), settings.metrics
+        )
+        self.meter_provider = self.metrics.meter_provider  # explicit, never the global one
+        self.add_gauge_source(self.models.sampling.gauge_values)  # sample counts, drift scores
+        self.metrics_port = 0  # bound once started (0: metrics off)
         self._servicer = InferenceServicer(
             self.models,
             self.calls,
             lambda: self._stopping,
             stream_max_in_flight=settings.stream_max_in_flight,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            tracing=self.tracing,
         )
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
@@ -136,6 +154,12 @@ class SluicewayServer:
             raise PortInUse(f"cannot listen on {address}: {exc}") from None
         if self.port == 0:
             raise PortInUse(f"cannot listen on {address} (port in use?)")
+        if self.settings.metrics:
+            try:
+                self.metrics_port = self.metrics.start(self.settings.metrics_host, self.settings.metrics_port)
+            except OSError as exc:
+                where = f"{self.settings.metrics_host}:{self.settings.metrics_port}"
+                raise PortInUse(f"cannot serve metrics on {where}: {exc}") from None
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", not_serving)
         await self._health.set(SERVICE_NAME, not_serving)
@@ -144,7 +168,12 @@ class SluicewayServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
+        self.metrics.views.mark_start()  # cost counts process CPU from here on
         return self.port
+
+    def add_gauge_source(self, source: GaugeSource) -> None:
+        """Show what `source()` yields, (metric name, labels, value), as gauges on /metrics."""
+        self.metrics.add_gauge_source(source)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, stop admitting, drain or fail what is queued, then close the endpoint."""
@@ -165,6 +194,9 @@ class SluicewayServer:
         # grpc.aio cancels handlers still running at stop(); ours are done unless a client stopped
         # reading its stream's answers.
         await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        await asyncio.to_thread(self.metrics.stop)
+        if self.tracing is not None:  # export the spans still buffered
+            await asyncio.to_thread(self.tracing.shutdown)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -186,6 +218,8 @@ async def serve(settings: ServerSettings) -> None:
     port = await server.start()
     names = ", ".join(sorted(e.name for e in server.models.entries()))
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
+    if server.metrics_port:  # before the ready line: whoever waits for that has this one too
+        print(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", flush=True)
     print(f"sluiceway ready on {settings.host}:{port} (models: {names})", flush=True)
     unsent = quiet_unsent_answers()
     try:

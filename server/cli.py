@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from server.observability.logs import configure_logging
 from server.settings import ServerSettings
 
 
@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     _add_remaining_settings(serve)
     commands.add_parser("build-demo", help="build the demo model repository and print its path")
+    from server.optimize.cli import add_parser as add_optimize  # argparse only: a cheap import
+
+    add_optimize(commands)
+    from server.observability.drift_args import add_drift_parser
+
+    add_drift_parser(commands)
+    from server.observability.top import add_top_parser
+
+    add_top_parser(commands)
     return parser
 
 
@@ -86,6 +95,18 @@ def _demo_repository(settings: ServerSettings) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "optimize":
+        from server.optimize.cli import run as run_optimize
+
+        return run_optimize(args)
+    if args.command == "top":
+        from server.observability.top import run_top
+
+        return run_top(args)
+    if args.command == "drift":
+        from server.observability.drift_cli import run_drift
+
+        return run_drift(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -93,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(part) for part in error["loc"])
             print(f"sluiceway: invalid setting '{field}': {error['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)  # text, or JSON lines
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0

@@ -88,6 +88,43 @@ class ServerSettings(BaseSettings):
     # it such a model fails to load, so a production repository cannot switch faults on by accident.
     allow_fault_injection: bool = False
 
+    # -- tracing
+    # OpenTelemetry traces (README "Tracing and logs"): off by default, and then free. Spans go to
+    # `tracing_exporter`: "auto" is OTEL_TRACES_EXPORTER when set, else OTLP when an
+    # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else the console (stderr). A request continues
+    # the W3C traceparent of its call's metadata; new traces are sampled at this ratio.
+    tracing: bool = False
+    tracing_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    tracing_exporter: Literal["auto", "otlp", "console", "none"] = "auto"
+    # Log lines as text, or one JSON object a line (time, level, logger, message, request fields).
+    log_format: Literal["text", "json"] = "text"
+
+    # -- sampling and drift (README "Prediction sampling and drift")
+    # Fraction of each model's requests sampled (a model's `sample_ratio` parameter wins; 0: only
+    # models that ask) and what is kept (`sample_what`), written under sample_dir/<model>/<version>/
+    # (None: cache_dir/samples) within sample_max_bytes (oldest files removed). The writer's queue
+    # holds at most sample_queue_size samples and sample_queue_bytes; beyond, samples are dropped
+    # and counted. Drift: the first drift_reference_samples sampled rows after a load (or a model's
+    # `drift_reference` file) against the latest drift_window_samples rows.
+    sample_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    sample_what: Literal["outputs", "inputs_and_outputs"] = "outputs"
+    sample_dir: Path | None = None
+    sample_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    sample_queue_size: int = Field(default=1024, ge=1)
+    sample_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    drift_reference_samples: int = Field(default=1000, ge=1)
+    drift_window_samples: int = Field(default=1000, ge=1)
+
+    # -- metrics
+    # Prometheus text on http://metrics_host:metrics_port/metrics (README "Metrics"); 0 picks a free
+    # port. With `workers` N, worker i (from 0) serves metrics_port + i (each a free port when 0).
+    metrics: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=8002, ge=0, le=65535)
+    # Prices (any currency) for sluiceway_cost_per_million_inferences: a CPU core hour, a GPU hour.
+    cost_per_core_hour: float | None = Field(default=None, ge=0)
+    cost_per_gpu_hour: float | None = Field(default=None, ge=0)
+
     # Server processes sharing the port (SO_REUSEPORT); the parent holds the port and spawns them.
     workers: int = Field(default=1, ge=1, le=64)
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.

@@ -60,6 +60,11 @@ def worker_environment(settings: ServerSettings, port: int, repository: Path) ->
     return env
 
 
+def worker_metrics_port(settings: ServerSettings, index: int) -> int:
+    """Worker `index`'s metrics port: metrics_port + index, so none binds another's (0: free ones)."""
+    return settings.metrics_port + index if settings.metrics_port else 0
+
+
 def _env_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -75,9 +80,12 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     env = worker_environment(settings, port, repository)
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "server", "serve"],
+            env={**env, "SLUICEWAY_METRICS_PORT": str(worker_metrics_port(settings, i))},
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        for _ in range(settings.workers)
+        for i in range(settings.workers)
     ]
     ready = threading.Semaphore(0)
     models: list[str] = []

@@ -31,11 +31,15 @@ IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle
 RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s (the watchdog)
 # Fault injection (server/backends/fault_backend.py), refused unless allow_fault_injection is set.
 FAULT_PARAMETERS = frozenset({"fault_raise_every", "fault_hang_every", "fault_hang_s", "fault_load_error"})
+# Prediction sampling and drift (server/observability/sampling.py checks their values).
+SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE = "sample_ratio", "sample_what", "drift_reference"
+SAMPLING_PARAMETERS = frozenset({SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE})
 SUPPORTED_PARAMETERS = (
     frozenset(
         {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", IDLE_DISPATCH, RUN_TIMEOUT}
     )
     | FAULT_PARAMETERS
+    | SAMPLING_PARAMETERS
 )
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_MAX_BATCH_SIZE = 64

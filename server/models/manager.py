@@ -46,6 +46,7 @@ from server.models.repository import (
     scan_repository,
 )
 from server.models.response_cache import ResponseCache
+from server.observability.sampling import ModelSampler, SamplingRegistry, sample_policy
 from server.protocol.codec import unpack_bytes
 from server.protocol.validate import Signature
 from server.settings import ServerSettings
@@ -70,6 +71,7 @@ class ModelVersion:
     stats: ModelStats
     # The server's cache when the config enables response_cache; None once the version is retired.
     response_cache: ResponseCache | None = None
+    sampler: ModelSampler | None = None  # when the version samples requests (observability/sampling.py)
     version_str: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class ModelManager:
         self._lock = asyncio.Lock()  # one repository change at a time
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
+        self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class ModelManager:
         for version in versions:
             for backend in version.backends:
                 backend.close()
+        await asyncio.to_thread(self.sampling.close, drain_timeout_s)  # writes what was sampled
 
     async def _load_source(self, source: ModelSource) -> ModelEntry:
         old = self._models.get(source.name)
@@ -243,6 +247,7 @@ class ModelManager:
         validate_config(config, source_file)
         faults = FaultSpec.from_config(config, source_file, allowed=settings.allow_fault_injection)
         run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
+        sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings)
         cache = self._response_cache
         validate_response_cache(
             config, str(source.directory / "config.pbtxt"), 0 if cache is None else cache.capacity_bytes
@@ -308,6 +313,7 @@ class ModelManager:
             batcher=batcher,
             stats=stats,
             response_cache=cache if config.response_cache.enable else None,
+            sampler=self.sampling.sampler_for(source.name, number, sampling),
         )
 
     def _discard_cached(self, name: str) -> None:
@@ -319,6 +325,7 @@ class ModelManager:
         for version in versions:
             # Before any await: requests still running on a retired version must not fill the cache.
             version.response_cache = None
+            self.sampling.retire(version.sampler)
         # One loop turn first: stream requests already routed here (their task made, not yet run)
         # enqueue before the batcher stops taking them, instead of failing UNAVAILABLE mid-reload.
         await asyncio.sleep(0)

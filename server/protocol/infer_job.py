@@ -7,16 +7,18 @@ lets both RPCs share one request path (`RequestPath`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
-from batcher.types import Tensors
+from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import ShuttingDown
 from server.models.manager import ModelManager, ModelVersion
 from server.models.response_cache import request_key
+from server.observability.metrics_reasons import record_failed
 from server.protocol import codec
 from server.protocol.controls import parse_controls
 
@@ -31,6 +33,7 @@ class InferJob:
     cache_key: bytes = b""
     lookup_ns: int = 0
     looked_up: bool = False  # the cache was consulted: the miss is counted when outputs arrive
+    queue_trace: QueueTrace | None = None  # set by tracing (server/observability) for a traced request
 
     @classmethod
     def prepare(
@@ -68,7 +71,7 @@ class InferJob:
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
-        outputs = await self.served.batcher.enqueue(self.inputs, self.admission)
+        outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace)
         return self._computed(outputs)
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
@@ -82,15 +85,20 @@ class InferJob:
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
         served = self.served
+        if served.sampler is not None:  # computed or cached: queue references, or count a drop
+            served.sampler.offer(self.inputs, outputs)
         return codec.encode_response(served.name, served.version_str, self.request.id, outputs, self.names)
 
 
 class RequestPath:
     """Route, prepare and answer requests for both RPCs, recording per-version statistics."""
 
-    def __init__(self, models: ModelManager, is_stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self, models: ModelManager, is_stopping: Callable[[], bool], job_type: type[InferJob] = InferJob
+    ) -> None:
         self._models = models
         self._is_stopping = is_stopping
+        self._job_type = job_type  # tracing's subclass notes when each stage ended
 
     def preserves_order(self, request: pb.ModelInferRequest) -> bool:
         """Whether the request's model answers a stream's requests in request order."""
@@ -108,10 +116,10 @@ class RequestPath:
             raise ShuttingDown("server is shutting down")
         served = self._models.resolve(request.model_name, request.model_version)
         try:
-            job = InferJob.prepare(served, request, remaining_s)
+            job = self._job_type.prepare(served, request, remaining_s)
             response = job.answer_now()
-        except Exception:
-            served.stats.record_failure(time.perf_counter_ns() - start_ns)
+        except Exception as exc:
+            record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             raise
         if response is not None:
             served.stats.record_success(time.perf_counter_ns() - start_ns)
@@ -122,8 +130,11 @@ class RequestPath:
         stats = job.served.stats
         try:
             response = await job.answer_later()
-        except Exception:
-            stats.record_failure(time.perf_counter_ns() - start_ns)
+        except asyncio.CancelledError:
+            stats.record_canceled()
+            raise
+        except Exception as exc:
+            record_failed(stats, time.perf_counter_ns() - start_ns, exc)
             raise
         stats.record_success(time.perf_counter_ns() - start_ns)
         return response

@@ -19,6 +19,9 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.errors import InvalidRequest, ShuttingDown, StreamIdle, StreamLimitReached, status_for
 from server.models.manager import READY, ModelManager
+from server.observability.logs import request_fields
+from server.observability.tracing import Tracing
+from server.observability.tracing_spans import TracedPath
 from server.protocol.calls import CallTracker, read_until_quiet
 from server.protocol.infer_job import RequestPath
 from server.protocol.rich_status import retry_info_trailer
@@ -52,7 +55,7 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             try:
                 return await handler(self, request, context)
             except Exception as exc:
-                await _abort(context, exc)
+                await _abort(context, exc, request)
 
     return wrapped
 
@@ -66,6 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         *,
         stream_max_in_flight: int,
         stream_idle_timeout_s: float,
+        tracing: Tracing | None = None,
     ) -> None:
         self._models = models
         self.calls = calls
@@ -73,6 +77,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._is_stopping = is_stopping
         self._path = RequestPath(models, is_stopping)
+        # Tracing on: a span per request, through a path bound to each call's trace context.
+        self._traced = None if tracing is None else TracedPath(models, is_stopping, tracing)
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -195,7 +201,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._path.infer(request, context.time_remaining())
+        traced = self._traced
+        path = self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelInfer")
+        return await path.infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -204,9 +212,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await read_until_quiet(request_iterator)
             await _abort(context, ShuttingDown("server is shutting down"))
         remaining = context.time_remaining()
+        traced = self._traced
         session = StreamSession(
             request_iterator,
-            self._path,
+            self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelStreamInfer"),
             max_in_flight=self._stream_max_in_flight,
             deadline=None if remaining is None else time.monotonic() + remaining,
             idle_timeout_s=self._stream_idle_timeout_s,
@@ -222,8 +231,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(
                 context,
                 ShuttingDown(
-                    f"server is shutting down: this stream's {session.answered} requests read were "
-                    "answered; later ones were not read, send them to another server"
+                    f"server is shutting down: {session.answered} answers sent on this stream; a "
+                    "request without an answer was not read: send it to another server"
                 ),
             )
         if session.ended_by == "idle":
@@ -253,10 +262,10 @@ def check_repository_name(name: str) -> None:
         )
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:
     code, message, expected = status_for(exc)
     if not expected:
-        log.error("request failed", exc_info=exc)
+        log.error("request failed", exc_info=exc, extra=request_fields(request))
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
         await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))

@@ -23,12 +23,17 @@ from collections.abc import AsyncIterator
 
 from protos import grpc_service_pb2 as pb
 from server.errors import status_for
+from server.observability.logs import request_fields
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.malformed import Malformed
 
 log = logging.getLogger(__name__)
 
 Response = pb.ModelStreamInferResponse
+# While draining, a stream is ended once its caller has sent nothing for this long, or this long
+# after the drain began, whichever comes first.
+DRAIN_QUIET_S = 0.05
+DRAIN_MAX_S = 1.0
 Event = asyncio.Event
 
 
@@ -57,6 +62,7 @@ class StreamSession:
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
         self._last_read = time.monotonic()
+        self._drain_began = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.ended_by: str | None = None  # "drain" or "idle": the session stopped reading early
         self.answered = 0
@@ -78,19 +84,45 @@ class StreamSession:
                 task.cancel()
 
     def finish(self, why: str = "drain") -> None:
-        """Stop reading; the requests already read are still answered, then `answers()` ends."""
-        if self.ended_by is None:
-            self.ended_by = why
+        """Stop admitting; the requests already admitted are still answered, then `answers()` ends.
+
+        "idle": the reader is cancelled at once (the caller sends nothing). "drain": messages that
+        still arrive are answered UNAVAILABLE, which tells the caller to stop sending; the reader
+        is cancelled once the caller has been quiet for DRAIN_QUIET_S, or DRAIN_MAX_S after the
+        drain began. Ending the call while a grpc.aio caller is still writing makes its client
+        report "INTERNAL: Internal error from Core" instead of our status (grpc/grpc#36066).
+        """
+        if self.ended_by is not None:
+            return
+        self.ended_by = why
+        if why == "drain":
+            self._drain_began = time.monotonic()
+            self._watch_drain()
+        else:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
         # The reader only awaits a slot or the next message: cancelling it there loses nothing
         # that was read. Once it gathers the pending answers it is left to finish.
         if self._reader is not None and self._reading:
             self._reader.cancel()
 
+    def _watch_drain(self) -> None:
+        now = time.monotonic()
+        if self._reader is None or self._reader.done():
+            return
+        if now - self._last_read >= DRAIN_QUIET_S or now - self._drain_began >= DRAIN_MAX_S:
+            self._stop_reading()
+            if not self._reading:  # between two reads: look again once it waits for the next
+                asyncio.get_running_loop().call_later(DRAIN_QUIET_S / 5, self._watch_drain)
+            return
+        asyncio.get_running_loop().call_later(DRAIN_QUIET_S / 5, self._watch_drain)
+
     async def _read(self) -> None:
         try:
             try:
                 iterator = aiter(self._requests)
-                while self.ended_by is None:
+                while self.ended_by in (None, "drain"):
                     self._reading = True
                     await self._slots.acquire()  # a slot before a message: none read is dropped
                     try:
@@ -101,7 +133,10 @@ class StreamSession:
                     finally:
                         self._reading = False
                     self._last_read = time.monotonic()
-                    self._admit(request)
+                    if self.ended_by is None:
+                        self._admit(request)
+                    else:  # draining: answered, not admitted
+                        self._send(_shutting_down(request), None)
             except asyncio.CancelledError:
                 if self.ended_by is None:
                     raise  # the call itself ended
@@ -194,11 +229,24 @@ class StreamSession:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
 
+def _shutting_down(request: pb.ModelInferRequest | Malformed) -> Response:
+    """The answer to a message read while the server drains: stop sending on this stream."""
+    message = "UNAVAILABLE: server is shutting down: request not admitted; stop sending on this stream"
+    if isinstance(request, Malformed):
+        return Response(error_message=message)
+    return Response(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
 def _error(request: pb.ModelInferRequest, exc: Exception) -> Response:
     """A stream answers a failed request with an error message and its id, and keeps going."""
     code, message, expected = status_for(exc)
     if not expected:
-        log.error("stream request failed", exc_info=exc)
+        log.error("stream request failed", exc_info=exc, extra=request_fields(request))
     return Response(
         error_message=f"{code.name}: {message}",
         infer_response=pb.ModelInferResponse(

@@ -20,15 +20,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Demo models are built once per checkout and reused by every test run.
 CACHE_DIR = REPO_ROOT / ".cache"
 _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
+_METRICS = re.compile(r"sluiceway metrics on ([\d.]+):(\d+)/metrics")
 
 
 class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
-        self.args = ["--port", "0", "--cache-dir", str(CACHE_DIR), *args]
+        # Metrics on a free port too (before `args`, which may override it): never 8002 in tests.
+        self.args = ["--port", "0", "--metrics-port", "0", "--cache-dir", str(CACHE_DIR), *args]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
+        self.metrics_port = 0  # from the "sluiceway metrics on" line, printed before the ready line
         self.lines: list[str] = []
 
     @property
@@ -50,6 +53,9 @@ class ServerProcess:
             assert self.process is not None and self.process.stdout is not None
             for line in self.process.stdout:
                 self.lines.append(line)
+                metrics = _METRICS.search(line)
+                if metrics and not self.metrics_port:
+                    self.metrics_port = int(metrics.group(2))
                 match = _READY.search(line)
                 if match:
                     self.port = int(match.group(2))

@@ -45,15 +45,19 @@ class HeldPath(InstantPath):
 
 
 class Source:
-    """An endless request stream that counts what was taken from it."""
+    """A request stream that counts what was taken from it: endless, or `limit` messages and then
+    silence (a caller that sends nothing more and does not close)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.read = 0
+        self.limit = limit
+        self.silence = asyncio.Event()  # never set
 
     async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
-        while True:
+        while self.limit is None or self.read < self.limit:
             self.read += 1
             yield pb.ModelInferRequest(model_name="m", id=str(self.read))
+        await self.silence.wait()
 
 
 async def settle() -> None:
@@ -82,8 +86,8 @@ async def test_a_client_that_stops_reading_answers_stops_the_reads() -> None:
     await answers.aclose()
 
 
-async def test_finish_answers_what_was_read_and_reads_no_more() -> None:
-    source = Source()
+async def test_finish_answers_what_was_read_refuses_what_follows_and_ends_when_the_caller_is_quiet() -> None:
+    source = Source(limit=5)
     path = HeldPath()
     stream = session(source, path, max_in_flight=3)
     answers = stream.answers()
@@ -92,11 +96,18 @@ async def test_finish_answers_what_was_read_and_reads_no_more() -> None:
     assert source.read == 3  # three in flight; the reader waits for a slot
     stream.finish()
     path.release.set()
-    got = [(await first).infer_response.id]
-    got += [a.infer_response.id async for a in answers]
-    assert sorted(got) == ["1", "2", "3"]
+    got = [await first]
+    got += [a async for a in answers]  # ends once the caller has been quiet (DRAIN_QUIET_S)
+    ok = sorted(a.infer_response.id for a in got if not a.error_message)
+    refused = sorted(a.infer_response.id for a in got if a.error_message)
+    assert ok == ["1", "2", "3"]
+    # Sent after the drain began: answered UNAVAILABLE (telling the caller to stop), not computed.
+    assert refused == ["4", "5"]
+    assert all(
+        a.error_message.startswith("UNAVAILABLE: server is shutting down") for a in got if a.error_message
+    )
     assert stream.ended_by == "drain"
-    assert source.read == 3
+    assert source.read == 5
 
 
 async def test_a_malformed_message_is_answered_in_band_and_the_stream_goes_on() -> None:

@@ -1,0 +1,174 @@
+"""`sluiceway drift MODEL`: the drift table of a model's sampled files, and a plot of it.
+
+Reads `<sample_dir>/<model>/<version>/samples-*.npz` oldest first into a `DriftMonitor`: the
+first `drift_reference_samples` rows (or `--reference FILE`) are the reference, the latest
+`drift_window_samples` rows the recent window, as in the server (unless files were rotated away
+meanwhile: keep a reference file for that). Prints one row per series and writes a PNG of the
+series that drifted most (matplotlib, from the `loadtest` or `test` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from server.models.config import ConfigError
+from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score
+from server.observability.sampling import load_reference
+from server.observability.sampling_writer import FILE_GLOB
+from server.settings import ServerSettings
+
+PLOTTED = 12  # series in the plot
+
+
+class DriftError(Exception):
+    """Nothing to score; the message says what is missing."""
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """Print the table and write the plot; 1 when there is nothing to score, 2 on a bad setting."""
+    names = ("sample_dir", "cache_dir", "drift_reference_samples", "drift_window_samples")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"sluiceway: invalid setting '{error['loc'][0]}': {error['msg']}", file=sys.stderr)
+        return 2
+    root = settings.sample_dir or settings.cache_dir / "samples"
+    try:
+        directory = version_dir(root, args.model, args.version)
+        reference = None if args.reference is None else load_reference(Path(args.reference), "--reference")
+        monitor = monitor_from_files(
+            directory, settings.drift_reference_samples, settings.drift_window_samples, reference
+        )
+        series = monitor.series()
+        if not series:
+            raise DriftError(
+                f"{directory}: not enough sampled rows yet (a full reference window of "
+                f"{settings.drift_reference_samples} rows, then recent rows)"
+            )
+    except (DriftError, ConfigError) as exc:
+        print(f"sluiceway: {exc}", file=sys.stderr)
+        return 1
+    rows = [score(s) for s in series]
+    print_table(f"{args.model} version {directory.name}", rows)
+    out = Path(args.out) if args.out else directory / "drift.png"
+    try:
+        plot(series, rows, out)
+    except ImportError:
+        print(
+            "sluiceway: no plot: matplotlib is not installed (pip install -e '.[loadtest]')", file=sys.stderr
+        )
+        return 0
+    print(f"plot: {out}")
+    return 0
+
+
+def version_dir(root: Path, model: str, version: str | None) -> Path:
+    """The sampled folder of a model version (the highest when None)."""
+    model_dir = root / model
+    if version is not None:
+        directory = model_dir / version
+        if not directory.is_dir():
+            raise DriftError(f"{directory}: no samples of model '{model}' version {version}")
+        return directory
+    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        raise DriftError(f"{model_dir}: no samples of model '{model}'")
+    return versions[-1]
+
+
+def monitor_from_files(
+    directory: Path,
+    reference_rows: int,
+    window_rows: int,
+    reference: dict[str, Any] | None = None,
+) -> DriftMonitor:
+    """A monitor fed with a version's sample files, oldest first."""
+    monitor = DriftMonitor(reference_rows, window_rows, reference)
+    for path in sorted(directory.glob(FILE_GLOB), key=lambda p: p.name):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                inputs = {k[3:]: data[k] for k in data.files if k.startswith("in:")}
+                outputs = {k[4:]: data[k] for k in data.files if k.startswith("out:")}
+        except (OSError, ValueError):
+            continue  # removed by rotation meanwhile, or not a sample file
+        monitor.feed(inputs or None, outputs)
+    return monitor
+
+
+def _label(row: DriftRow | Series) -> str:
+    return row.tensor if not row.feature else f"{row.tensor}[{row.feature}]"
+
+
+def print_table(title: str, rows: list[DriftRow]) -> None:
+    header = ("kind", "tensor", "feature", "PSI", "KS", "KS limit", "n_reference", "n_recent", "drifted")
+    cells = [
+        (
+            r.kind,
+            r.tensor,
+            r.feature,
+            f"{r.psi:.4f}",
+            f"{r.ks:.4f}",
+            f"{r.ks_threshold:.4f}",
+            str(r.n_reference),
+            str(r.n_recent),
+            "DRIFT" if r.drifted else "ok",
+        )
+        for r in rows
+    ]
+    drifted = sum(r.drifted for r in rows)
+    footer = f"{drifted} of {len(rows)} series drifted (PSI > {PSI_THRESHOLD} or KS above its limit)"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+        print(title)
+        for line in (header, *cells):
+            print("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)))
+        print(footer)
+        return
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, justify="right" if name not in ("kind", "tensor", "drifted") else "left")
+    for line in cells:
+        table.add_row(*line, style="bold red" if line[-1] == "DRIFT" else None)
+    console = Console()
+    console.print(table)
+    console.print(footer)
+
+
+def plot(series: list[Series], rows: list[DriftRow], out: Path) -> None:
+    """Reference and recent histograms: outputs, then the series with the highest PSI (ImportError
+    without matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Outputs first (what the model answers), then the series with the highest PSI.
+    ranked = sorted(zip(series, rows, strict=True), key=lambda p: (p[1].kind != OUTPUT, -p[1].psi))[:PLOTTED]
+    columns = min(4, len(ranked))
+    lines = -(-len(ranked) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 3 * lines), squeeze=False)
+    for ax in axes.ravel()[len(ranked) :]:
+        ax.set_visible(False)
+    for ax, (s, row) in zip(axes.ravel(), ranked, strict=False):
+        both = np.concatenate([s.reference, s.recent])
+        bins = np.histogram_bin_edges(both, bins=30)
+        ax.hist(s.reference, bins=bins, density=True, alpha=0.5, label="reference")
+        ax.hist(s.recent, bins=bins, density=True, alpha=0.5, label="recent")
+        mark = " DRIFT" if row.drifted else ""
+        ax.set_title(f"{s.kind} {_label(s)}\nPSI {row.psi:.3f} KS {row.ks:.3f}{mark}", fontsize=9)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=80)
+    plt.close(figure)

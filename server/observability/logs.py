@@ -1,0 +1,74 @@
+"""Log set-up: text or one JSON object a line (stdlib logging), with a request's fields when known.
+
+JSON fields: time (UTC, ISO 8601, ms), level, logger, message, then those of model, version,
+request_id, trace_id and span_id a record carries (`extra=request_fields(request)`), then
+`exception` (the formatted traceback) when there is one. Nothing else of a record is written, and
+no request's tensors are ever logged: a request is named by its model, version and id only.
+
+Under load the server logs nothing per request at INFO: successful and refused requests are not
+logged, unexpected failures are logged at ERROR, and grpc.aio's lines about answers to callers
+already gone are dropped (server/protocol/grpc_logs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Literal
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Record attributes written when present, in this order.
+REQUEST_FIELDS = ("model", "version", "request_id", "trace_id", "span_id")
+MAX_FIELD_CHARS = 256  # request ids and names come from callers: bounded
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, str] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in REQUEST_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None and value != "":
+                entry[name] = str(value)[:MAX_FIELD_CHARS]
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def request_fields(request: object) -> dict[str, str]:
+    """`extra` for a log line about a request: its model, version and id (never its tensors).
+    Works for any request message with model_name/name, model_version/version and id fields."""
+    fields: dict[str, str] = {}
+    for attribute, key in (
+        ("model_name", "model"),
+        ("name", "model"),
+        ("model_version", "version"),
+        ("version", "version"),
+        ("id", "request_id"),
+    ):
+        value = getattr(request, attribute, None)
+        if isinstance(value, str) and value and key not in fields:
+            fields[key] = value[:MAX_FIELD_CHARS]
+    return fields
+
+
+def log_handler(fmt: Literal["text", "json"]) -> logging.Handler:
+    """A stderr handler writing the chosen format."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
+    """The root logger's level and handler, as logging.basicConfig does (nothing when the root
+    logger has handlers already, e.g. under pytest)."""
+    logging.basicConfig(level=level, handlers=[log_handler(fmt)])

@@ -1,0 +1,36 @@
+"""Why a request failed, in the words /metrics uses: Triton's failure reasons and our rejections.
+
+Called only when a request fails, never on the success path.
+"""
+
+from __future__ import annotations
+
+from batcher import errors as batcher_errors
+from batcher.stats import ModelStats
+from server.errors import InvalidRequest, ServiceError
+
+# The queue refused or dropped it: full, overloaded, or its deadline (at admission, in the queue
+# or after the run). Triton counts requests its queue rejects or times out as REJECTED.
+_REJECTED = (batcher_errors.QueueFull, batcher_errors.DeadlineExceeded)
+_INVALID = (InvalidRequest, batcher_errors.TooManyRows)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Triton's `reason` label of nv_inference_request_failure for a request that raised `exc`."""
+    if isinstance(exc, _REJECTED):
+        return "REJECTED"
+    if isinstance(exc, batcher_errors.RunTimedOut):
+        return "BACKEND"
+    if isinstance(exc, (ServiceError, batcher_errors.BatcherError)):
+        return "OTHER"  # invalid requests, a model or server stopping
+    return "BACKEND"  # unexpected: the backend's own exception (answered INTERNAL)
+
+
+def record_failed(stats: ModelStats, total_ns: int, exc: BaseException) -> None:
+    """Count a failed request: ModelStatistics' fail, its failure reason, and the rejections the
+    batcher does not count itself (it counts those of its admission: batcher/stats.py)."""
+    stats.record_failure(total_ns, failure_reason(exc))
+    if isinstance(exc, _INVALID):
+        stats.record_rejection("invalid")
+    elif isinstance(exc, batcher_errors.BatcherStopped):
+        stats.record_rejection("unavailable")

@@ -1,0 +1,240 @@
+"""What /metrics shows: every metric's name, kind and meaning, read from the per-version ModelStats
+(batcher/stats.py) and the batchers at scrape time. Nothing here runs per request.
+
+Reads happen on the metrics server's thread while the event loop updates the counters: plain ints,
+and small containers copied before they are iterated (a copy is one C call, atomic under the GIL).
+A scrape may see one request counted in one metric and not yet in another; each metric on its own
+is consistent and monotonic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+)
+
+from batcher.stats import Histogram as Buckets
+from batcher.stats import ModelStats
+from server.models.manager import READY, ModelManager, ModelVersion
+
+Labels = dict[str, str]
+Sample = tuple[Labels, float]
+Samples = Callable[[], Iterable[Sample]]
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One metric: exported as an OpenTelemetry observable instrument of `kind`."""
+
+    name: str
+    kind: str  # "counter" (monotonic, exported with _total) or "gauge"
+    description: str
+    samples: Samples
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """Prices for sluiceway_cost_per_million_inferences (any currency), None where not set."""
+
+    per_core_hour: float | None = None
+    per_gpu_hour: float | None = None
+
+
+def _labels(v: ModelVersion) -> Labels:
+    return {"model": v.name, "version": v.version_str}
+
+
+class MetricViews:
+    """Builds every metric's samples from the server's live state; see `views` and `histograms`."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        open_streams: Callable[[], int],
+        costs: Costs = Costs(),
+        process_cpu_s: Callable[[], float] = time.process_time,
+    ) -> None:
+        self._models = models
+        self._open_streams = open_streams
+        self._costs = costs
+        self._process_cpu_s = process_cpu_s
+        self._cpu_start = process_cpu_s()
+        self._start_ns = time.time_ns()
+
+    def mark_start(self) -> None:
+        """Count process CPU from now on for cost (call once the models are loaded)."""
+        self._cpu_start = self._process_cpu_s()
+
+    def versions(self) -> list[ModelVersion]:
+        """Ready model versions, safe to call from another thread (copies before iterating)."""
+        out: list[ModelVersion] = []
+        for entry in self._models.entries():  # a list copy
+            if entry.state == READY:
+                out.extend(list(entry.versions.values()))
+        return out
+
+    def _each(self, value: Callable[[ModelVersion], float]) -> Samples:
+        return lambda: [(_labels(v), value(v)) for v in self.versions()]
+
+    def _per_reason(self, field: Callable[[ModelStats], dict[str, int]], label: str) -> Samples:
+        def samples() -> Iterator[Sample]:
+            for v in self.versions():
+                for reason, count in dict(field(v.stats)).items():
+                    yield {**_labels(v), label: reason}, count
+
+        return samples
+
+    def _cached(self, value: Callable[[ModelStats], float]) -> Samples:
+        """Only for versions whose config enables the response cache (as Triton)."""
+        return lambda: [
+            (_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable
+        ]
+
+    def views(self) -> list[View]:
+        """Every counter and gauge. Triton's names are gauges: OpenTelemetry's Prometheus mapping
+        appends `_total` to every monotonic sum, which would rename them (README "Metrics")."""
+        each, per_reason, cached = self._each, self._per_reason, self._cached
+        us = 1e-3
+        return [
+            View("nv_inference_request_success", "gauge", "Successful requests (cumulative, Triton's name)",
+                 each(lambda v: v.stats.success.count)),
+            View("nv_inference_request_failure", "gauge", "Failed requests by Triton's reason (cumulative)",
+                 per_reason(lambda s: s.failures, "reason")),
+            View("nv_inference_count", "gauge", "Inferences (batch rows) computed (cumulative)",
+                 each(lambda v: v.stats.inference_count)),
+            View("nv_inference_exec_count", "gauge", "Backend runs (batches) (cumulative)",
+                 each(lambda v: v.stats.execution_count)),
+            View("nv_inference_request_duration_us", "gauge", "End-to-end time of successful requests, us "
+                 "(cumulative)", each(lambda v: v.stats.success.ns * us)),
+            View("nv_inference_queue_duration_us", "gauge", "Time requests waited in the queue, us "
+                 "(cumulative)", each(lambda v: v.stats.queue.ns * us)),
+            View("nv_inference_compute_input_duration_us", "gauge", "Input gathering time per request, us "
+                 "(cumulative; each request charged its whole batch's)",
+                 each(lambda v: v.stats.compute_input.ns * us)),
+            View("nv_inference_compute_infer_duration_us", "gauge", "Model run time per request, us "
+                 "(cumulative; each request charged its whole batch's)",
+                 each(lambda v: v.stats.compute_infer.ns * us)),
+            View("nv_inference_compute_output_duration_us", "gauge", "Output scatter time per request, us "
+                 "(cumulative; each request charged its whole batch's)",
+                 each(lambda v: v.stats.compute_output.ns * us)),
+            View("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue now",
+                 each(lambda v: v.batcher.queued_requests)),
+            View("nv_cache_num_hits_per_model", "gauge", "Response cache hits (cumulative)",
+                 cached(lambda s: s.cache_hit.count)),
+            View("nv_cache_num_misses_per_model", "gauge", "Response cache misses (cumulative)",
+                 cached(lambda s: s.cache_miss.count)),
+            View("nv_cache_hit_duration_per_model", "gauge", "Time of cache hits (lookup and answer), us "
+                 "(cumulative)", cached(lambda s: s.cache_hit.ns * us)),
+            View("nv_cache_miss_duration_per_model", "gauge", "Time of cache misses (lookup and insert), us "
+                 "(cumulative)", cached(lambda s: s.cache_miss.ns * us)),
+            View("sluiceway_deadline_outcome_total", "counter", "Requests by deadline outcome: shed at "
+                 "admission, expired in the queue, ran late, on time", self._outcomes),
+            View("sluiceway_goodput_total", "counter", "Requests answered OK within their deadline "
+                 "(or without one)", each(lambda v: v.stats.success.count)),
+            View("sluiceway_batch_dispatch_total", "counter", "Batches dispatched, by why they were cut",
+                 per_reason(lambda s: s.dispatch, "reason")),
+            View("sluiceway_rejection_total", "counter", "Requests refused, by reason",
+                 per_reason(lambda s: s.rejections, "reason")),
+            View("sluiceway_run_cpu_seconds_total", "counter", "Measured CPU seconds of backend runs",
+                 each(lambda v: v.stats.run_cpu_s)),
+            View("sluiceway_queue_requests", "gauge", "Requests waiting in the queue now",
+                 each(lambda v: v.batcher.queued_requests)),
+            View("sluiceway_queue_bytes", "gauge", "Input bytes of the requests waiting in the queue now",
+                 each(lambda v: v.batcher.queued_bytes)),
+            View("sluiceway_batches_in_flight", "gauge", "Batches taken from the queue and not yet answered",
+                 each(lambda v: v.batcher.in_flight_batches)),
+            View("sluiceway_streams_open", "gauge", "Open ModelStreamInfer calls (server-wide)",
+                 lambda: [({}, self._open_streams())]),
+            View("sluiceway_cpu_seconds_per_inference", "gauge", "Process CPU seconds per inference: "
+                 "measured run CPU plus a share of the rest of the process CPU", self._cpu_per_inference),
+            View("sluiceway_cost_per_million_inferences", "gauge", "Cost of a million inferences at "
+                 "cost_per_core_hour (and cost_per_gpu_hour)", self._cost_per_million),
+        ]  # fmt: skip
+
+    def _outcomes(self) -> Iterator[Sample]:
+        for v in self.versions():
+            s, labels = v.stats, _labels(v)
+            counts = {"shed": s.shed, "expired": s.expired, "late": s.late, "on_time": s.success.count}
+            for outcome, count in counts.items():
+                yield {**labels, "outcome": outcome}, count
+
+    def _cpu_each(self) -> list[tuple[ModelVersion, float]]:
+        """CPU seconds per inference of each version that has computed any: its runs' CPU
+        (measured per run) plus a share, by requests answered, of the process CPU outside runs
+        since `mark_start` (the gRPC path, decode and encode, the batcher, idle threads)."""
+        versions = [v for v in self.versions() if v.stats.inference_count > 0]
+        runs = sum(v.stats.run_cpu_s for v in versions)
+        rest = max(0.0, self._process_cpu_s() - self._cpu_start - runs)
+        answered = sum(v.stats.success.count + v.stats.fail.count for v in versions) or 1
+        out: list[tuple[ModelVersion, float]] = []
+        for v in versions:
+            s = v.stats
+            share = rest * (s.success.count + s.fail.count) / answered
+            out.append((v, (s.run_cpu_s + share) / s.inference_count))
+        return out
+
+    def _cpu_per_inference(self) -> list[Sample]:
+        return [(_labels(v), cpu_s) for v, cpu_s in self._cpu_each()]
+
+    def _cost_per_million(self) -> list[Sample]:
+        core, gpu = self._costs.per_core_hour, self._costs.per_gpu_hour
+        if core is None and gpu is None:
+            return []
+        out: list[Sample] = []
+        for v, cpu_s in self._cpu_each():
+            cost = cpu_s * (core or 0.0) / 3600
+            if gpu is not None:  # GPU time: the runs' wall time, each run holding the device
+                cost += _run_seconds(v.stats) / v.stats.inference_count * gpu / 3600
+            out.append((_labels(v), cost * 1e6))
+        return out
+
+    def histograms(self) -> list[Metric]:
+        """The latency, batch-size and slack histograms, from the fixed buckets counted on the hot
+        path: handed to the exporter as OpenTelemetry histogram points (pre-aggregated)."""
+        versions = self.versions()
+        now = time.time_ns()
+
+        def metric(name: str, description: str, pick: Callable[[ModelStats], Buckets], scale: int) -> Metric:
+            points = [_point(_labels(v), pick(v.stats), scale, self._start_ns, now) for v in versions]
+            data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
+            return Metric(name=name, description=description, unit="", data=data)
+
+        return [
+            metric("sluiceway_request_duration_us", "End-to-end time of successful requests, us",
+                   lambda s: s.request_hist, 1000),
+            metric("sluiceway_queue_duration_us", "Time each request waited in the queue, us",
+                   lambda s: s.queue_hist, 1000),
+            metric("sluiceway_compute_infer_duration_us", "Model run time per backend run, us",
+                   lambda s: s.infer_hist, 1000),
+            metric("sluiceway_slack_at_dispatch_us", "Time left before the deadline when a request "
+                   "with one was dispatched, us", lambda s: s.slack_hist, 1000),
+            metric("sluiceway_batch_size", "Rows per backend run", lambda s: s.batch_hist, 1),
+        ]  # fmt: skip
+
+
+def _run_seconds(stats: ModelStats) -> float:
+    """Wall seconds of backend runs (the time a GPU was held, on a GPU provider)."""
+    return sum(b.compute_infer.ns for b in dict(stats.batch_stats).values()) / 1e9
+
+
+def _point(labels: Labels, h: Buckets, scale: int, start_ns: int, now_ns: int) -> HistogramDataPoint:
+    counts = list(h.counts)
+    return HistogramDataPoint(
+        attributes=labels,
+        start_time_unix_nano=start_ns,
+        time_unix_nano=now_ns,
+        count=sum(counts),
+        sum=h.total / scale,
+        bucket_counts=counts,
+        explicit_bounds=[b // scale for b in h.bounds],
+        min=math.nan,  # not tracked (the Prometheus form has neither)
+        max=math.nan,
+    )

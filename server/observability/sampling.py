@@ -1,0 +1,193 @@
+"""Prediction sampling: a configurable fraction of each model's requests, to rotating local files.
+
+Per model version, `sample_ratio` of the requests (the model's parameter, else the server's
+setting) are sampled, deterministically: a credit grows by the ratio with every request and each
+whole credit samples one (ratio 0.25: every 4th request). `sample_what` says whether the inputs
+are kept too ("inputs_and_outputs") or only the outputs ("outputs"). The request path only calls
+`ModelSampler.offer`, which appends references to the writer's bounded queue
+(sampling_writer.py) or counts a drop; the writer's thread feeds each version's drift monitor
+(drift.py) and writes the files. `SamplingRegistry.gauge_values` exports the counts and the drift
+scores for the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from protos import model_config_pb2 as mc
+from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
+from server.observability.drift import DriftMonitor
+from server.observability.sampling_writer import Sample, SampleWriter
+from server.settings import ServerSettings
+
+OUTPUTS = "outputs"
+INPUTS_AND_OUTPUTS = "inputs_and_outputs"
+SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
+AnyArray = npt.NDArray[np.generic]
+Gauge = tuple[str, dict[str, str], float]
+
+
+@dataclass(frozen=True)
+class SamplePolicy:
+    """A model's sampling terms, settled when it loads (ratio 0: not sampled)."""
+
+    ratio: float = 0.0
+    with_inputs: bool = False
+    reference: Mapping[str, AnyArray] | None = None  # from the model's drift_reference file
+
+
+def sample_policy(config: mc.ModelConfig, model_dir: Path, settings: ServerSettings) -> SamplePolicy:
+    """The model's sampling parameters over the server's settings; ConfigError names the field.
+
+    Reads the drift_reference file, so call it off the event loop."""
+    source = str(model_dir / "config.pbtxt")
+    params = config.parameters
+    ratio = settings.sample_ratio
+    if SAMPLE_RATIO in params:
+        text = params[SAMPLE_RATIO].string_value
+        try:
+            ratio = float(text)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:  # also refuses nan
+            raise ConfigError(
+                f"{source}: parameters '{SAMPLE_RATIO}' must be a number in [0, 1], got '{text}'"
+            )
+    what = params[SAMPLE_WHAT].string_value if SAMPLE_WHAT in params else settings.sample_what
+    if what not in SAMPLE_WHATS:
+        raise ConfigError(
+            f"{source}: parameters '{SAMPLE_WHAT}' must be one of {list(SAMPLE_WHATS)}, got '{what}'"
+        )
+    reference = None
+    if DRIFT_REFERENCE in params:
+        reference = load_reference(model_dir / params[DRIFT_REFERENCE].string_value, source)
+    return SamplePolicy(ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference)
+
+
+def load_reference(path: Path, source: str) -> dict[str, AnyArray]:
+    """A reference window: an .npz with "in:<name>" / "out:<name>" arrays (a sample file's layout)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files if key.startswith(("in:", "out:"))}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: parameters '{DRIFT_REFERENCE}': cannot read {path}: {exc}") from None
+    if not arrays:
+        raise ConfigError(f"{source}: parameters '{DRIFT_REFERENCE}': {path} has no 'in:' or 'out:' arrays")
+    return arrays
+
+
+class ModelSampler:
+    """One model version's sampling: which requests, the drop count, its drift monitor."""
+
+    def __init__(
+        self, name: str, version: int, policy: SamplePolicy, writer: SampleWriter, monitor: DriftMonitor
+    ) -> None:
+        self.name = name
+        self.version = str(version)
+        self._ratio = policy.ratio
+        self._with_inputs = policy.with_inputs
+        self._writer = writer
+        self._monitor = monitor
+        self._credit = 0.0
+        self.offered = 0  # sampled requests offered to the writer
+        self.dropped = 0  # ... refused because the writer's queue was full (event loop thread)
+        self.written = 0  # ... written to files (writer thread)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.name) / self.version
+
+    @property
+    def monitor(self) -> DriftMonitor:
+        return self._monitor
+
+    def wrote(self, samples: int) -> None:
+        self.written += samples
+
+    def offer(self, inputs: Mapping[str, AnyArray], outputs: Mapping[str, AnyArray]) -> None:
+        """Called on the request path with a request's tensors: sample it or not; never blocks."""
+        self._credit += self._ratio
+        if self._credit < 1.0:
+            return
+        self._credit -= 1.0
+        kept_inputs = inputs if self._with_inputs else None
+        nbytes = sum(a.nbytes for a in outputs.values())
+        if kept_inputs is not None:
+            nbytes += sum(a.nbytes for a in kept_inputs.values())
+        self.offered += 1
+        if not self._writer.put(Sample(self, kept_inputs, outputs, time.time_ns(), nbytes)):
+            self.dropped += 1
+
+
+class SamplingRegistry:
+    """The server's samplers (one per sampled model version) and their one writer thread."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self.root = settings.sample_dir or settings.cache_dir / "samples"
+        self._writer: SampleWriter | None = None  # started with the first sampled model
+        self._samplers: dict[tuple[str, str], ModelSampler] = {}
+        self._lock = threading.Lock()
+
+    def sampler_for(self, name: str, version: int, policy: SamplePolicy) -> ModelSampler | None:
+        """The sampler of a version that was just loaded (replacing an earlier one), or None."""
+        if policy.ratio <= 0.0:
+            return None
+        settings = self._settings
+        with self._lock:
+            if self._writer is None:
+                self._writer = SampleWriter(
+                    self.root,
+                    settings.sample_max_bytes,
+                    settings.sample_queue_size,
+                    settings.sample_queue_bytes,
+                )
+            monitor = DriftMonitor(
+                settings.drift_reference_samples, settings.drift_window_samples, policy.reference
+            )
+            sampler = ModelSampler(name, version, policy, self._writer, monitor)
+            self._samplers[(name, sampler.version)] = sampler
+        return sampler
+
+    def retire(self, sampler: ModelSampler | None) -> None:
+        """Forget a retired version's sampler (unless a reload has replaced it already)."""
+        if sampler is None:
+            return
+        with self._lock:
+            if self._samplers.get((sampler.name, sampler.version)) is sampler:
+                del self._samplers[(sampler.name, sampler.version)]
+
+    def sampler(self, name: str, version: str) -> ModelSampler | None:
+        with self._lock:
+            return self._samplers.get((name, version))
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every sample offered so far is written and fed to its monitor (off the loop)."""
+        writer = self._writer
+        return True if writer is None else writer.flush(timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        """Write what is queued (within the timeout) and stop the writer thread (off the loop)."""
+        if self._writer is not None:
+            self._writer.close(timeout_s)
+
+    def gauge_values(self) -> Iterator[Gauge]:
+        """(metric, labels, value) for the metrics endpoint: sample counts and drift scores."""
+        with self._lock:
+            samplers = list(self._samplers.values())
+        for sampler in samplers:
+            labels = {"model": sampler.name, "version": sampler.version}
+            yield "sluiceway_samples_written_total", labels, float(sampler.written)
+            yield "sluiceway_samples_dropped_total", labels, float(sampler.dropped)
+            for row in sampler.monitor.rows():
+                series = {**labels, "kind": row.kind, "tensor": row.tensor, "feature": row.feature}
+                yield "sluiceway_drift_psi", series, row.psi
+                yield "sluiceway_drift_ks", series, row.ks
+                yield "sluiceway_drift_drifted", series, 1.0 if row.drifted else 0.0

@@ -1,0 +1,294 @@
+"""The sample writer: a bounded queue filled on the event loop, drained by one thread into files.
+
+`put` only appends a reference under a short lock (or refuses when the queue is full in count or
+bytes: the caller counts a drop). The thread feeds each sample to its model's drift monitor, then
+writes the samples of one model version, in arrival order, as one `.npz` chunk under
+`<root>/<model>/<version>/samples-<time_ns>-<pid>-<seq>.npz` (written to a temporary name, then
+renamed). The chunks under `root` are kept within `max_bytes`: the oldest are removed first
+(chunks left by an earlier run are counted when the thread starts). Tensor contents never reach
+the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from server.observability.drift import DriftMonitor
+
+log = logging.getLogger(__name__)
+
+AnyArray = npt.NDArray[np.generic]
+SaveFn = Callable[[IO[bytes], Mapping[str, AnyArray]], None]
+FILE_GLOB = "samples-*.npz"
+CHUNK_AGE_S = 10.0  # an open chunk is written at most this long after its first sample
+CHUNK_MAX_BYTES = 4 * 1024 * 1024
+
+
+class SampleSource(Protocol):
+    """What the writer needs of the sampler a sample came from."""
+
+    @property
+    def directory(self) -> Path: ...  # relative to the writer's root: <model>/<version>
+
+    @property
+    def monitor(self) -> DriftMonitor | None: ...
+
+    def wrote(self, samples: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Sample:
+    source: SampleSource
+    inputs: Mapping[str, AnyArray] | None  # None: outputs only
+    outputs: Mapping[str, AnyArray]
+    time_ns: int
+    nbytes: int
+
+
+def save_npz(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
+    np.savez(file, **arrays)  # type: ignore[arg-type]
+
+
+@dataclass
+class WriterStats:
+    files_written: int = 0
+    files_removed: int = 0
+    bytes_on_disk: int = 0
+    write_errors: int = 0
+    samples_written: int = 0
+
+
+@dataclass
+class _Files:
+    """Chunks on disk, oldest first, and their total size."""
+
+    paths: deque[tuple[Path, int]] = field(default_factory=deque)
+    total: int = 0
+
+
+@dataclass
+class _Chunk:
+    """One source's samples waiting to be written together."""
+
+    since: float  # time.monotonic() of the first
+    samples: list[Sample] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class SampleWriter:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        queue_size: int,
+        queue_bytes: int,
+        save: SaveFn = save_npz,
+        chunk_age_s: float = CHUNK_AGE_S,
+    ) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._save = save
+        # A chunk is a small share of the bound, written when that full or that old (or on flush).
+        self._chunk_bytes = min(max(max_bytes // 16, 1), CHUNK_MAX_BYTES)
+        self._chunk_age_s = chunk_age_s
+        self._items: deque[Sample] = deque()
+        self._queued_bytes = 0
+        self._pending = 0  # put but not yet in a file (or failed)
+        self._closing = False
+        self._flushing = False
+        self._cond = threading.Condition()
+        # The thread's own: per source, samples waiting to be written as one chunk, since when.
+        self._open: dict[int, _Chunk] = {}
+        self._done = 0  # samples the thread wrote (or failed) since it last settled _pending
+        self._files = _Files()
+        self._seq = 0
+        self.stats = WriterStats()
+        self._thread = threading.Thread(target=self._run, name="sluiceway-samples", daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def put(self, sample: Sample) -> bool:
+        """Queue a sample; False (never blocking) when the queue is full or closed."""
+        with self._cond:
+            if (
+                self._closing
+                or len(self._items) >= self._queue_size
+                or self._queued_bytes + sample.nbytes > self._queue_bytes
+            ):
+                return False
+            self._items.append(sample)
+            self._queued_bytes += sample.nbytes
+            self._pending += 1
+            self._cond.notify_all()
+            return True
+
+    def flush(self, timeout_s: float) -> bool:
+        """Write every sample queued so far now, and wait for it; False on timeout. Off the loop."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._pending == 0, timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        """Write what is queued (within the timeout), then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._scan_existing()
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: bool(self._items) or self._closing or self._flushing, self._next_due()
+                )
+                batch: list[Sample] = []
+                size = 0
+                while self._items and (not batch or size + self._items[0].nbytes <= self._chunk_bytes):
+                    batch.append(self._items.popleft())
+                    size += batch[-1].nbytes
+                self._queued_bytes -= size
+                force = (self._closing or self._flushing) and not self._items
+            for sample in batch:
+                self._collect(sample)
+            self._write_due(force)
+            with self._cond:
+                self._pending -= self._done
+                self._done = 0
+                if force:
+                    self._flushing = False
+                self._cond.notify_all()
+                if force and self._closing:
+                    return
+
+    def _next_due(self) -> float | None:
+        """Seconds until the oldest open chunk is due (None: nothing open)."""
+        if not self._open:
+            return None
+        oldest = min(chunk.since for chunk in self._open.values())
+        return max(0.0, oldest + self._chunk_age_s - time.monotonic())
+
+    def _collect(self, sample: Sample) -> None:
+        """Feed the sample's drift monitor, add it to its source's open chunk."""
+        monitor = sample.source.monitor
+        try:
+            if monitor is not None:
+                monitor.feed(sample.inputs, sample.outputs)
+        except Exception:  # never lose the thread; log without contents
+            log.exception("drift monitor of %s failed", sample.source.directory)
+        key = id(sample.source)
+        chunk = self._open.get(key)
+        if chunk is not None and _layout(sample) != _layout(chunk.samples[0]):
+            self._write_chunk(self._open.pop(key).samples)
+            chunk = None
+        if chunk is None:
+            chunk = self._open[key] = _Chunk(time.monotonic())
+        chunk.samples.append(sample)
+        chunk.nbytes += sample.nbytes
+        if chunk.nbytes >= self._chunk_bytes:
+            self._write_chunk(self._open.pop(key).samples)
+
+    def _write_due(self, force: bool) -> None:
+        now = time.monotonic()
+        for key, chunk in list(self._open.items()):
+            if force or now - chunk.since >= self._chunk_age_s:
+                del self._open[key]
+                self._write_chunk(chunk.samples)
+
+    def _write_chunk(self, run: list[Sample]) -> None:
+        try:
+            self._write_run(run)
+        except Exception:  # disk full, permissions: count, log without contents, go on
+            self.stats.write_errors += 1
+            log.exception("writing %d samples under %s failed", len(run), self.root)
+        self._done += len(run)
+
+    def _write_run(self, run: list[Sample]) -> None:
+        source = run[0].source
+        arrays = _chunk_arrays(run)
+        directory = self.root / source.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"samples-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.npz"
+        temporary = directory / f".{name}.tmp"
+        with open(temporary, "wb") as file:
+            self._save(file, arrays)
+        os.replace(temporary, directory / name)
+        size = (directory / name).stat().st_size
+        self.stats.files_written += 1
+        self.stats.samples_written += len(run)
+        source.wrote(len(run))
+        self._add_file(directory / name, size)
+
+    def _add_file(self, path: Path, size: int) -> None:
+        files = self._files
+        files.paths.append((path, size))
+        files.total += size
+        while files.total > self.max_bytes and files.paths:
+            oldest, oldest_size = files.paths.popleft()
+            oldest.unlink(missing_ok=True)
+            files.total -= oldest_size
+            self.stats.files_removed += 1
+        self.stats.bytes_on_disk = files.total
+
+    def _scan_existing(self) -> None:
+        try:
+            found = sorted(self.root.glob(f"*/*/{FILE_GLOB}"), key=lambda p: p.name)
+            for path in found:
+                self._add_file(path, path.stat().st_size)
+        except OSError:
+            log.warning("could not scan %s for earlier samples", self.root)
+
+
+def _layout(sample: Sample) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    def one(prefix: str, tensors: Mapping[str, AnyArray]) -> list[tuple[str, str, tuple[int, ...]]]:
+        return [
+            (prefix + name, "S" if a.dtype.kind in "OS" else a.dtype.str, a.shape[1:])
+            for name, a in tensors.items()
+        ]
+
+    return tuple(one("in:", sample.inputs or {}) + one("out:", sample.outputs))
+
+
+def _chunk_arrays(run: list[Sample]) -> dict[str, AnyArray]:
+    """Every tensor's rows of the run concatenated, plus each sample's rows and time."""
+    arrays: dict[str, AnyArray] = {}
+    first = run[0]
+    for prefix, tensors in (("in:", first.inputs or {}), ("out:", first.outputs)):
+        for name in tensors:
+            parts = [_storable(((s.inputs or {}) if prefix == "in:" else s.outputs)[name]) for s in run]
+            arrays[prefix + name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    arrays["rows"] = np.array([_rows(s) for s in run], dtype=np.int64)
+    arrays["time_ns"] = np.array([s.time_ns for s in run], dtype=np.int64)
+    return arrays
+
+
+def _rows(sample: Sample) -> int:
+    for array in sample.outputs.values():
+        return int(array.shape[0]) if array.ndim else 1
+    return 0
+
+
+def _storable(array: AnyArray) -> AnyArray:
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.dtype.kind == "O":  # BYTES: fixed-width bytes, loadable without pickle
+        return np.asarray(array.tolist(), dtype=np.bytes_).reshape(array.shape)
+    return array

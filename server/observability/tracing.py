@@ -1,0 +1,131 @@
+"""OpenTelemetry tracing, built from settings: a TracerProvider object of the server's own (never
+the global one), its exporter chosen by settings and the standard OTEL_* variables, a
+ParentBased(TraceIdRatioBased) sampler, and the W3C trace context read from a call's metadata.
+
+Off by default (`tracing = false`): then nothing here is built and the request path pays one
+`is None` check per call. The spans themselves are made in tracing_spans.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "sluiceway"
+INSTRUMENTATION = "sluiceway.server"
+# Metadata keys of the W3C trace context (gRPC metadata keys are lower case).
+TRACE_KEYS = ("traceparent", "tracestate")
+_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Tracing:
+    """The server's tracer and how a call's trace context is read. `shutdown()` flushes spans."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer: Tracer = provider.get_tracer(INSTRUMENTATION)
+        self._propagator = TraceContextTextMapPropagator()
+
+    def parent(self, metadata: Metadata | None) -> Context | None:
+        """The trace context a call's `traceparent`/`tracestate` metadata carry (None: none)."""
+        if not metadata:
+            return None
+        carrier = {k: v for k, v in metadata if k in TRACE_KEYS and isinstance(v, str)}
+        return self._propagator.extract(carrier) if carrier else None
+
+    def shutdown(self) -> None:
+        """Export what is buffered and stop the exporter (blocking: call it off the event loop)."""
+        self.provider.shutdown()
+
+
+def build_tracing(
+    settings: ServerSettings,
+    exporter: SpanExporter | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Tracing | None:
+    """The server's tracing, or None when it is off (the setting, or OTEL_SDK_DISABLED=true).
+
+    `exporter` (tests): spans go there at once, synchronously, instead of the exporter settings and
+    the OTEL_* variables choose."""
+    env = os.environ if environ is None else environ
+    if not settings.tracing or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
+        resource=_resource(),
+        shutdown_on_exit=False,  # no atexit hook: the server shuts it down when it stops
+    )
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        chosen = choose_exporter(settings.tracing_exporter, env)
+        make = _EXPORTERS.get(chosen)
+        if make is not None:
+            # Batches spans on its own thread; OTEL_BSP_* variables size and time it.
+            provider.add_span_processor(BatchSpanProcessor(make()))
+        log.info("tracing on: exporter %s, sample ratio %g", chosen, settings.tracing_sample_ratio)
+    return Tracing(provider)
+
+
+def choose_exporter(setting: str, env: Mapping[str, str]) -> str:
+    """The exporter ("otlp", "console" or "none"): the setting, unless "auto": then
+    OTEL_TRACES_EXPORTER when set, else "otlp" when an OTLP endpoint variable is set, else "console"."""
+    if setting != "auto":
+        return setting
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if named:
+        first = named.split(",")[0].strip()
+        if first not in _EXPORTERS and first != "none":
+            log.warning("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console, none): using none", named)
+            return "none"
+        return first
+    return "otlp" if any(env.get(name) for name in _ENDPOINTS) else "console"
+
+
+def _otlp() -> SpanExporter:
+    """OTLP over gRPC; the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS, _TIMEOUT,
+    _COMPRESSION, _CERTIFICATE and _INSECURE itself."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    for name in _PROTOCOLS:
+        protocol = os.environ.get(name, "grpc")
+        if protocol != "grpc":
+            log.warning("%s=%s: only OTLP over gRPC is built in; exporting with grpc", name, protocol)
+    return OTLPSpanExporter()
+
+
+def _console() -> SpanExporter:
+    return ConsoleSpanExporter(out=sys.stderr)  # stdout carries the server's ready line
+
+
+_EXPORTERS: dict[str, Callable[[], SpanExporter]] = {"otlp": _otlp, "console": _console}
+
+
+def _resource() -> Resource:
+    """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, with service.name "sluiceway" unless set."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
+    return resource

@@ -1,0 +1,154 @@
+"""Publishing: the optimized model becomes the next version directory of the model in a Triton-layout
+repository, beside the original; the version_policy is checked so the command can say whether the
+new version will be served.
+
+A model not yet in the repository gets the original as version 1 (a version to compare with and roll
+back to) and the optimized one as version 2, with the source's config.pbtxt copied (name set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from server.models.config import ConfigError, load_config_file
+from server.models.repository import (
+    CONFIG_FILENAME,
+    DEFAULT_MODEL_FILENAME,
+    ModelNotFoundInRepository,
+    load_model_source,
+)
+from server.optimize.data import OptimizeError
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model to optimize: its file, and the config.pbtxt beside it when it came from a model dir."""
+
+    model_file: Path
+    config_file: Path | None
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    directory: Path
+    wrote_original: bool  # the model was new to the repository: the original went in as version 1
+    served: bool  # whether the version_policy serves the new version
+    note: str  # what the version_policy serves, or why the new version will not be served
+
+
+def _numeric_versions(model_dir: Path) -> list[int]:
+    # Triton's rule, as the server applies it: numeric names not starting with "0".
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(c.name)
+        for c in model_dir.iterdir()
+        if c.is_dir() and c.name.isdigit() and not c.name.startswith("0")
+    )
+
+
+def resolve_source(path: Path, version: int | None = None) -> Source:
+    """MODEL.onnx, a directory holding model.onnx, or a Triton model directory (`version`, or its newest
+    served version)."""
+    path = path.resolve()  # the quantization pre-processing runs in another working directory
+    if path.is_file():
+        return Source(path, None)
+    if not path.is_dir():
+        raise OptimizeError(f"{path}: no such model file or directory")
+    config = path / CONFIG_FILENAME
+    if not _numeric_versions(path) and (path / DEFAULT_MODEL_FILENAME).is_file():
+        return Source(path / DEFAULT_MODEL_FILENAME, config if config.is_file() else None)
+    config_file = config if config.is_file() else None
+    if version is not None:  # any version on disk, served or not
+        model_file = path / str(version) / _model_filename(path)
+        if version not in _numeric_versions(path) or not model_file.is_file():
+            raise OptimizeError(f"{path}: no version {version} with {model_file.name} in it")
+        return Source(model_file, config_file)
+    try:
+        found = load_model_source(path.parent, path.name)
+    except (ConfigError, ModelNotFoundInRepository) as err:
+        raise OptimizeError(f"{path}: {err}") from None
+    return Source(found.versions[max(found.versions)], config_file)
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise OptimizeError(f"--model '{name}': a model name is one directory name, not starting with '.'")
+
+
+def _model_filename(model_dir: Path) -> str:
+    config = model_dir / CONFIG_FILENAME
+    if config.is_file():
+        try:
+            return load_config_file(config).default_model_filename or DEFAULT_MODEL_FILENAME
+        except ConfigError as err:
+            raise OptimizeError(str(err)) from None
+    return DEFAULT_MODEL_FILENAME
+
+
+def _write_version(model_dir: Path, version: int, model_file: Path, filename: str) -> Path:
+    """Copy into a hidden staging directory, then rename into place: a server scanning the repository
+    meanwhile sees the whole version or none of it."""
+    target = model_dir / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
+    try:
+        shutil.copyfile(model_file, staging / filename)
+        if target.exists():
+            raise OptimizeError(f"{target} appeared while publishing (another publish?): not overwritten")
+        staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _copy_config(config_file: Path, model_dir: Path, name: str) -> None:
+    try:
+        config = load_config_file(config_file)
+    except ConfigError as err:
+        raise OptimizeError(str(err)) from None
+    config.name = name
+    text = f"# Copied by sluiceway optimize from {config_file}\n" + text_format.MessageToString(config)
+    (model_dir / CONFIG_FILENAME).write_text(text, encoding="utf-8")
+
+
+def policy_note(repository: Path, name: str, version: int) -> tuple[bool, str]:
+    """Whether the model's version_policy serves `version`, and a sentence saying what it serves."""
+    try:
+        found = load_model_source(repository, name)
+    except (ConfigError, ModelNotFoundInRepository) as err:
+        return False, f"the model does not load from the repository: {err}"
+    served = sorted(found.versions)
+    if version in served:
+        return True, f"its version_policy serves versions {served}"
+    config = repository / name / CONFIG_FILENAME
+    return False, (
+        f"its version_policy serves versions {served}, not {version}: edit {config} "
+        f"(e.g. version_policy {{ latest {{ num_versions: 2 }} }}) to serve it"
+    )
+
+
+def publish(repository: Path, name: str, source: Source, optimized: Path) -> Published:
+    """Write `optimized` as the next version of `name` in `repository`."""
+    _check_name(name)
+    if not repository.is_dir():
+        raise OptimizeError(f"--repository {repository}: not a directory")
+    model_dir = repository / name
+    model_dir.mkdir(exist_ok=True)
+    wrote_original = False
+    if not _numeric_versions(model_dir):
+        if source.config_file is not None and not (model_dir / CONFIG_FILENAME).exists():
+            _copy_config(source.config_file, model_dir, name)
+        _write_version(model_dir, 1, source.model_file, _model_filename(model_dir))
+        wrote_original = True
+    version = max(_numeric_versions(model_dir)) + 1
+    directory = _write_version(model_dir, version, optimized, _model_filename(model_dir))
+    served, note = policy_note(repository, name, version)
+    return Published(version, directory, wrote_original, served, note)

@@ -1,0 +1,106 @@
+"""PSI and KS on known distributions, and the DriftMonitor's windows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.observability.drift import (
+    INPUT,
+    OUTPUT,
+    POOLED,
+    PSI_THRESHOLD,
+    DriftMonitor,
+    ks_statistic,
+    ks_threshold,
+    psi,
+)
+
+
+def normal(seed: int, n: int, loc: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(loc, scale, n)
+
+
+def test_the_same_distribution_scores_small() -> None:
+    a, b = normal(1, 5000), normal(2, 5000)
+    assert psi(a, b) < 0.02
+    assert ks_statistic(a, b) < ks_threshold(a.size, b.size)
+
+
+def test_a_shifted_distribution_scores_large() -> None:
+    a, b = normal(1, 5000), normal(2, 5000, loc=1.0)
+    assert psi(a, b) > PSI_THRESHOLD * 2
+    assert ks_statistic(a, b) > 0.3  # Phi(0.5) - Phi(-0.5) = 0.38 for a shift of one sigma
+
+
+def test_a_wider_distribution_is_seen_by_psi() -> None:
+    a, b = normal(1, 5000), normal(2, 5000, scale=3.0)
+    assert psi(a, b) > PSI_THRESHOLD
+
+
+def test_ks_of_disjoint_samples_is_one_and_of_identical_samples_zero() -> None:
+    a = np.arange(100, dtype=np.float64)
+    assert ks_statistic(a, a + 1000) == 1.0
+    assert ks_statistic(a, a.copy()) == 0.0
+    assert psi(a, a.copy()) == 0.0
+
+
+def test_psi_copes_with_ties_and_a_constant_reference() -> None:
+    relu = np.maximum(normal(1, 2000), 0.0)  # half zeros: quantile edges repeat
+    assert psi(relu, np.maximum(normal(2, 2000), 0.0)) < 0.05
+    constant = np.zeros(100)
+    assert psi(constant, constant) == 0.0
+    assert psi(constant, np.ones(100)) > PSI_THRESHOLD
+    assert psi(constant, -np.ones(100)) > PSI_THRESHOLD
+
+
+def test_the_monitor_scores_each_feature_after_the_reference_fills() -> None:
+    monitor = DriftMonitor(reference_rows=500, window_rows=300)
+    rng = np.random.default_rng(0)
+    shift = np.zeros(4, dtype=np.float32)
+    shift[2] = 2.0  # only feature 2 moves
+    for chunk in range(10):  # 500 reference rows, then 500 more (the window keeps the last 300)
+        rows = rng.standard_normal((100, 4)).astype(np.float32) + (shift if chunk >= 5 else 0)
+        if chunk == 4:
+            assert monitor.rows() == []  # reference full, no recent rows yet
+        monitor.feed({"x": rows}, {"y": rows[:, 2].copy()})
+    table = {(r.kind, r.tensor, r.feature): r for r in monitor.rows()}
+    assert set(table) == {(INPUT, "x", str(f)) for f in range(4)} | {(OUTPUT, "y", "")}
+    assert [table[(INPUT, "x", str(f))].drifted for f in range(4)] == [False, False, True, False]
+    assert table[(OUTPUT, "y", "")].drifted
+    assert table[(INPUT, "x", "0")].n_reference == 500
+    assert table[(INPUT, "x", "0")].n_recent == 300
+
+
+def test_the_recent_window_slides_back_to_no_drift() -> None:
+    # PSI's noise grows as the windows shrink (about bins * (1/n + 1/m)): windows of 1000 here.
+    monitor = DriftMonitor(reference_rows=2000, window_rows=1000)
+    rng = np.random.default_rng(0)
+    monitor.feed(None, {"y": rng.standard_normal(2000)})
+    monitor.feed(None, {"y": rng.standard_normal(1000) + 3})
+    assert monitor.rows()[0].drifted
+    monitor.feed(None, {"y": rng.standard_normal(1000)})  # the shifted rows slide out
+    assert not monitor.rows()[0].drifted
+
+
+def test_a_reference_file_replaces_the_first_rows() -> None:
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(
+        reference_rows=1000, window_rows=100, reference={"out:y": rng.standard_normal(400)}
+    )
+    monitor.feed(None, {"y": rng.standard_normal(100) + 2})  # recent at once, no reference to fill
+    (row,) = monitor.rows()
+    assert row.n_reference == 400 and row.n_recent == 100 and row.drifted
+
+
+def test_images_and_wide_tensors_are_pooled_and_bytes_ignored() -> None:
+    monitor = DriftMonitor(reference_rows=20, window_rows=20)
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.0, 5.0, 5.0):
+        image = rng.standard_normal((10, 3, 16, 16)).astype(np.float32) + shift
+        wide = rng.standard_normal((10, 1000)) + shift
+        names = np.array([b"a"] * 10, dtype=object)
+        monitor.feed({"image": image, "name": names}, {"logits": wide})
+    table = {(r.tensor, r.feature): r for r in monitor.rows()}
+    assert set(table) == {("image", POOLED), ("logits", POOLED)}
+    assert table[("logits", POOLED)].n_reference == 20 * 250  # 1000 columns strided by 4
+    assert all(r.drifted for r in table.values())

@@ -1,0 +1,133 @@
+"""The /metrics exporter in this process, over fake model versions: names, gauge sources, cost,
+and the HTTP endpoint's start and stop."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from batcher.stats import ModelStats
+from server.models.manager import READY
+from server.observability.metrics import Metrics
+from server.observability.metrics_views import Costs, MetricViews
+
+
+def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
+    batcher = SimpleNamespace(queued_requests=2, queued_bytes=512, in_flight_batches=1)
+    config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached))
+    return SimpleNamespace(name=name, version_str="1", stats=stats, batcher=batcher, config=config)
+
+
+class FakeModels:
+    def __init__(self, *versions: Any) -> None:
+        self.list = [SimpleNamespace(state=READY, versions={1: v}) for v in versions]
+
+    def entries(self) -> list[Any]:
+        return list(self.list)
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def key(name: str, model: str | None = "mlp", **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    if model is not None:
+        labels = {"model": model, "version": "1", **labels}
+    return name, frozenset(labels.items())
+
+
+@pytest.fixture
+def stats() -> ModelStats:
+    s = ModelStats()
+    for _ in range(4):
+        s.record_success(200_000)
+    s.record_batch(rows=4, requests=4, input_ns=0, infer_ns=1_000_000, output_ns=0)
+    s.run_cpu_s = 0.002
+    return s
+
+
+@pytest.fixture
+def metrics(stats: ModelStats) -> Iterator[Metrics]:
+    cpu = iter([10.0, 10.01] + [10.01] * 100)  # 10 ms of process CPU since the start
+    views = MetricViews(FakeModels(version("mlp", stats)), lambda: 3, Costs(36.0, 360.0), lambda: next(cpu))
+    m = Metrics(views)
+    yield m
+    m.stop()
+
+
+def test_names_types_and_no_unit_suffixes(metrics: Metrics) -> None:
+    got = samples(metrics)
+    assert got[key("nv_inference_request_success")] == 4
+    assert got[key("nv_inference_request_duration_us")] == pytest.approx(800.0)
+    assert got[key("nv_inference_pending_request_count")] == 2
+    assert got[key("sluiceway_queue_bytes")] == 512
+    assert got[key("sluiceway_streams_open", None)] == 3
+    assert got[key("sluiceway_deadline_outcome_total", outcome="on_time")] == 4
+    assert got[key("sluiceway_request_duration_us_bucket", le="200")] == 4
+    assert got[key("sluiceway_request_duration_us_bucket", le="100")] == 0
+    assert got[key("sluiceway_batch_size_sum")] == 4
+    assert key("nv_cache_num_hits_per_model") not in got  # the model has no response cache
+    text = generate_latest(metrics.registry).decode()
+    assert "# TYPE nv_inference_count gauge" in text and "otel_scope" not in text
+    assert "microseconds" not in text  # no unit suffix added to our names
+
+
+def test_cpu_per_inference_and_cost(metrics: Metrics) -> None:
+    got = samples(metrics)
+    # 2 ms of runs + the other 8 ms of process CPU (one version: all of it), over 4 inferences.
+    assert got[key("sluiceway_cpu_seconds_per_inference")] == pytest.approx(0.0025)
+    # 1e6 x (2.5 ms x 36/3600 per core-second + 1 ms of runs / 4 x 360/3600 per GPU-second)
+    assert got[key("sluiceway_cost_per_million_inferences")] == pytest.approx(
+        1e6 * (0.0025 * 0.01 + 0.00025 * 0.1)
+    )
+
+
+def test_no_cost_without_prices(stats: ModelStats) -> None:
+    m = Metrics(MetricViews(FakeModels(version("mlp", stats)), lambda: 0))
+    try:
+        got = samples(m)
+        assert key("sluiceway_cost_per_million_inferences") not in got
+        assert got[key("sluiceway_cpu_seconds_per_inference")] > 0
+    finally:
+        m.stop()
+
+
+def test_gauge_sources_and_a_failing_one(metrics: Metrics) -> None:
+    def drift() -> Iterator[tuple[str, dict[str, str], float]]:
+        yield "sluiceway_drift_psi", {"model": "mlp", "version": "1", "feature": "0"}, 0.25
+
+    def broken() -> Iterator[tuple[str, dict[str, str], float]]:
+        raise RuntimeError("a bug in a source")
+        yield  # a generator
+
+    metrics.add_gauge_source(broken)
+    metrics.add_gauge_source(drift)
+    assert samples(metrics)[key("sluiceway_drift_psi", feature="0")] == 0.25
+
+
+def test_http_endpoint_on_a_free_port(metrics: Metrics) -> None:
+    port = metrics.start("127.0.0.1", 0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert b"nv_inference_request_success" in response.read()
+    metrics.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
+
+def test_disabled_metrics_serve_nothing(stats: ModelStats) -> None:
+    m = Metrics(MetricViews(FakeModels(version("mlp", stats)), lambda: 0), enabled=False)
+    assert generate_latest(m.registry) == b""
+    with pytest.raises(RuntimeError):
+        m.start("127.0.0.1", 0)
+    m.stop()

@@ -1,0 +1,50 @@
+"""`sluiceway top`'s arithmetic: rates, batch sizes and percentiles from two readings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from server.observability.top import Sample, add_metrics, percentile, render, rows
+
+METRICS = """\
+# TYPE sluiceway_request_duration_us histogram
+sluiceway_request_duration_us_bucket{model="mlp",version="1",le="100.0"} 10
+sluiceway_request_duration_us_bucket{model="mlp",version="1",le="1000.0"} 90
+sluiceway_request_duration_us_bucket{model="mlp",version="1",le="+Inf"} 100
+sluiceway_request_duration_us_count{model="mlp",version="1"} 100
+sluiceway_request_duration_us_sum{model="mlp",version="1"} 40000
+# TYPE sluiceway_queue_requests gauge
+sluiceway_queue_requests{model="mlp",version="1"} 3
+# TYPE sluiceway_deadline_outcome_total counter
+sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="on_time"} 95
+sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="shed"} 4
+sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="late"} 1
+"""
+
+
+def test_percentiles_come_from_the_buckets_counted_between_readings() -> None:
+    before = {100.0: 10.0, 1000.0: 10.0, float("inf"): 10.0}
+    after = {100.0: 20.0, 1000.0: 100.0, float("inf"): 110.0}
+    # Between the readings: 10 under 100 µs, 80 more under 1 ms, 10 more above.
+    assert percentile(before, after, 0.05) == 100.0
+    assert percentile(before, after, 0.5) == 1000.0
+    assert percentile(before, after, 0.99) == float("inf")
+    assert percentile(after, after, 0.5) is None
+
+
+def test_rows_from_statistics_and_metrics() -> None:
+    key = ("mlp", "1")
+    before = Sample(at=10.0, success={key: 100}, rows={key: 400}, runs={key: 100})
+    after = Sample(at=12.0, success={key: 300}, rows={key: 1200}, runs={key: 200})
+    add_metrics(after, METRICS)
+    assert after.queue[key] == 3
+    assert after.misses[key] == 5
+    (row,) = rows(before, after)
+    assert row.rate == 100.0  # 200 answers in 2 s
+    assert row.batch == 8.0  # 800 rows in 100 runs
+    assert row.p50_us == 1000.0 and row.p99_us == float("inf")
+    assert row.queue == 3 and row.misses == 5
+    console = Console(record=True, width=140)
+    console.print(render([row]))
+    text = console.export_text()
+    assert "mlp" in text and "100.0" in text and "8.00" in text
