@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--model", default="mlp")
     where.add_argument("--server-arg", action="append", default=[], help="extra flag for the spawned server")
+    where.add_argument(
+        "--server-metrics",
+        metavar="URL",
+        help="the (first) target's Prometheus /metrics, e.g. http://127.0.0.1:8002/metrics: server-side "
+        "figures in the report (a spawned server's is found by itself)",
+    )
     where.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="spawned server's cache")
     where.add_argument("--allow-remote", action="store_true", help="allow targets off this machine")
     load = parser.add_argument_group("load")
@@ -141,12 +148,23 @@ def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scen
     )
 
 
-def targets_from(args: argparse.Namespace, spawned: str | None) -> tuple[Target, ...]:
+def targets_from(
+    args: argparse.Namespace, spawned: str | None, spawned_metrics: str | None = None
+) -> tuple[Target, ...]:
     if args.compare:
         text = args.compare.replace(f"={SPAWN}", f"={spawned}") if spawned else args.compare
         targets = parse_targets(text, args.model)
     else:
         targets = (parse_target(spawned or args.target, args.model),)
+    given = getattr(args, "server_metrics", None)
+    targets = tuple(
+        dataclasses.replace(t, metrics_url=spawned_metrics)
+        if spawned and t.address == spawned and spawned_metrics
+        else dataclasses.replace(t, metrics_url=given)
+        if given and i == 0
+        else t
+        for i, t in enumerate(targets)
+    )
     for target in targets:
         if not args.allow_remote and not is_loopback(target.address):
             raise ValueError(f"target {target.address} is not on this machine (use --allow-remote)")
@@ -154,12 +172,12 @@ def targets_from(args: argparse.Namespace, spawned: str | None) -> tuple[Target,
 
 
 @contextlib.contextmanager
-def maybe_spawn(args: argparse.Namespace) -> Iterator[str | None]:
+def maybe_spawn(args: argparse.Namespace) -> Iterator[SpawnedServer | None]:
     if not args.spawn_server:
         yield None
         return
     with SpawnedServer(args.cache_dir, args.server_arg) as server:
-        yield server.address
+        yield server
 
 
 def step_line(entry: dict[str, Any]) -> str:
@@ -181,7 +199,21 @@ def step_line(entry: dict[str, Any]) -> str:
             if errors or entry["late_ok"]
             else ""
         )
+        + _server_metrics_text(entry["server"].get("metrics"))
     )
+
+
+def _server_metrics_text(metrics: dict[str, float] | None) -> str:
+    """The server's own view from /metrics: deadline misses, CPU and cost per inference."""
+    if not metrics:
+        return ""
+    misses = sum(metrics.get(f"deadline_{k}", 0.0) for k in ("shed", "expired", "late"))
+    text = f" | server misses {misses:.0f}"
+    if "gauge_cpu_us_per_inference" in metrics:
+        text += f" cpu {metrics['gauge_cpu_us_per_inference']:.0f} us/inf"
+    if "gauge_cost_per_million_inferences" in metrics:
+        text += f" cost {metrics['gauge_cost_per_million_inferences']:.4f}/M"
+    return text
 
 
 def _ms_or_dash(value: float | None) -> str:
@@ -194,7 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.runner import START_DELAY_S, RunRecord, run_scenario
 
     with maybe_spawn(args) as spawned:
-        scenario = scenario_from(args, targets_from(args, spawned))
+        address, metrics_url = (spawned.address, spawned.metrics_url) if spawned else (None, None)
+        scenario = scenario_from(args, targets_from(args, address, metrics_url))
         runs = len(scenario.steps) * scenario.rounds * len(scenario.targets)
         per_run_s = START_DELAY_S + scenario.warmup_s + scenario.duration_s
         with Progress(runs * per_run_s, quiet=args.quiet) as progress:

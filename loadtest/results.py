@@ -13,6 +13,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from loadtest import server_metrics
 from loadtest.runner import RunRecord, ServerTotals
 from loadtest.scenario import Scenario
 from loadtest.stats import cdf_points, latency_summary, merge_counts, merge_histograms, rate, ratio
@@ -80,11 +81,11 @@ def _lag(histogram: HdrHistogram) -> dict[str, float | None]:
     return {key: summary[key] for key in ("p50", "p99", "max")}
 
 
-def _server(group: list[RunRecord]) -> dict[str, float | None]:
+def _server(group: list[RunRecord]) -> dict[str, Any]:
     """Average batch size and queue time from the summed deltas; blanks if any round lacked them."""
     deltas = [r.server for r in group]
     if any(d is None for d in deltas):
-        return {"avg_batch_size": None, "avg_queue_us": None, "computed_rows": None}
+        return {"avg_batch_size": None, "avg_queue_us": None, "computed_rows": None, "metrics": None}
     total = ServerTotals(0, 0, 0, 0)
     for delta in deltas:
         assert delta is not None
@@ -102,6 +103,9 @@ def _server(group: list[RunRecord]) -> dict[str, float | None]:
         # Rows the server computed in the measurement window: against the successes in it, compute
         # spent on answers that came too late to be used.
         "computed_rows": total.inferences,
+        # From the server's /metrics (deadline outcomes and dispatch reasons in the window; CPU per
+        # inference, cost, queue depth at its end); None where the target has no metrics URL.
+        "metrics": server_metrics.total([d.metrics for d in deltas if d is not None]) or None,
     }
 
 

@@ -19,7 +19,7 @@ from types import TracebackType
 
 import grpc
 
-from loadtest import channels, inputs
+from loadtest import channels, inputs, server_metrics
 from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Step, Target, WorkerPlan, split_evenly
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
@@ -46,6 +46,7 @@ class ServerTotals:
     executions: int
     queue_count: int
     queue_ns: int
+    metrics: server_metrics.Figures = ()  # from the server's /metrics, when the target has one
 
     def __sub__(self, other: ServerTotals) -> ServerTotals:
         return ServerTotals(
@@ -53,6 +54,7 @@ class ServerTotals:
             self.executions - other.executions,
             self.queue_count - other.queue_count,
             self.queue_ns - other.queue_ns,
+            server_metrics.difference(self.metrics, other.metrics),
         )
 
 
@@ -181,6 +183,7 @@ class StatsReader:
             executions=sum(s.execution_count for s in stats),
             queue_count=sum(s.inference_stats.queue.count for s in stats),
             queue_ns=sum(s.inference_stats.queue.ns for s in stats),
+            metrics=server_metrics.read(target.metrics_url, target.model) if target.metrics_url else (),
         )
 
     def close(self) -> None:

@@ -24,6 +24,8 @@ class Target:
     name: str
     address: str
     model: str
+    # A sluiceway server's /metrics: server-side figures in the report (None: ModelStatistics only).
+    metrics_url: str | None = None
 
 
 @dataclass(frozen=True)

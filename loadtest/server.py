@@ -14,6 +14,7 @@ from types import TracebackType
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache"
 _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
+_METRICS = re.compile(r"sluiceway metrics on ([\d.]+:\d+/metrics)")
 
 
 class SpawnedServer:
@@ -28,6 +29,7 @@ class SpawnedServer:
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
+        self.metrics_url: str | None = None  # from its "sluiceway metrics on" line
         self.tail: deque[str] = deque(maxlen=50)
         self.watch = tuple(watch)
         self.seen: Counter[str] = Counter()  # output lines holding each `watch` text
@@ -48,6 +50,9 @@ class SpawnedServer:
             for line in self.process.stdout:
                 self.tail.append(line)
                 self.seen.update(text for text in self.watch if text in line)
+                metrics = _METRICS.search(line)
+                if metrics:
+                    self.metrics_url = f"http://{metrics.group(1)}"
                 match = _READY.search(line)
                 if match:
                     self.port = int(match.group(2))

@@ -140,11 +140,18 @@ def test_compare_two_targets_yields_ratios(server: ServerProcess, tmp_path: Path
 def test_console_module_spawns_its_own_server(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "loadtest", "--spawn-server", "--concurrency", "2",
-        "--cache-dir", str(REPO_ROOT / ".cache"), *SHORT,
+        "--cache-dir", str(REPO_ROOT / ".cache"), "--out", str(tmp_path), *SHORT,
     ]  # fmt: skip
     run_ = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert run_.returncode == 0, run_.stderr[-3000:]
     assert "closed c=2" in run_.stdout
+    # The spawned server's /metrics is found and read: its figures are in the report.
+    (entry,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    metrics = entry["server"]["metrics"]
+    assert metrics["deadline_on_time"] > 0, metrics
+    assert metrics["gauge_cpu_us_per_inference"] > 0, metrics
+    assert sum(v for k, v in metrics.items() if k.startswith("dispatch_")) > 0, metrics
+    assert "server misses 0" in run_.stdout
 
 
 def test_unknown_model_is_a_clear_error(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:

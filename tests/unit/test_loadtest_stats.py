@@ -113,9 +113,19 @@ def test_summary_ratios_server_blanks_and_rates() -> None:
     ]
     entries = {e["target"]: e for e in summarize(scenario, records)["results"]}
     assert entries["a"]["throughput_rps"] == pytest.approx(10.0)  # 200 answers over 2 x 10 s
-    assert entries["a"]["server"] == {"avg_batch_size": 2.0, "avg_queue_us": 20.0, "computed_rows": 400}
+    assert entries["a"]["server"] == {
+        "avg_batch_size": 2.0,
+        "avg_queue_us": 20.0,
+        "computed_rows": 400,
+        "metrics": None,  # the target has no /metrics URL
+    }
     # A round without statistics (a peer) leaves the figures blank instead of failing.
-    assert entries["b"]["server"] == {"avg_batch_size": None, "avg_queue_us": None, "computed_rows": None}
+    assert entries["b"]["server"] == {
+        "avg_batch_size": None,
+        "avg_queue_us": None,
+        "computed_rows": None,
+        "metrics": None,
+    }
     assert entries["b"]["late_ok"] == 60  # 300 successes in the window, 240 within the deadline
     assert entries["b"]["goodput_rps"] == pytest.approx(12.0)
     assert entries["b"]["ratios"]["throughput_rps"] == pytest.approx(1.5)

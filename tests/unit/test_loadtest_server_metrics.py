@@ -1,0 +1,36 @@
+"""The load-test report's server-side figures from /metrics: counters as window deltas, gauges as
+read at the window's end, several windows merged."""
+
+from __future__ import annotations
+
+from loadtest.server_metrics import difference, parse, total
+
+TEXT = """\
+# TYPE sluiceway_deadline_outcome_total counter
+sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="on_time"} 90
+sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="shed"} 4
+sluiceway_deadline_outcome_total{model="resnet",version="1",outcome="on_time"} 7
+# TYPE sluiceway_batch_dispatch_total counter
+sluiceway_batch_dispatch_total{model="mlp",version="1",reason="idle"} 50
+# TYPE sluiceway_cpu_seconds_per_inference gauge
+sluiceway_cpu_seconds_per_inference{model="mlp",version="1"} 0.0005
+"""
+
+
+def test_parse_keeps_one_model_and_names_its_figures() -> None:
+    figures = dict(parse(TEXT, "mlp"))
+    assert figures == {
+        "deadline_on_time": 90.0,
+        "deadline_shed": 4.0,
+        "dispatch_idle": 50.0,
+        "gauge_cpu_us_per_inference": 500.0,
+    }
+
+
+def test_counters_are_deltas_and_gauges_are_last_values() -> None:
+    start = (("deadline_on_time", 10.0), ("gauge_cpu_us_per_inference", 900.0))
+    end = (("deadline_on_time", 90.0), ("gauge_cpu_us_per_inference", 500.0))
+    window = difference(end, start)
+    assert dict(window) == {"deadline_on_time": 80.0, "gauge_cpu_us_per_inference": 500.0}
+    later = (("deadline_on_time", 5.0), ("gauge_cpu_us_per_inference", 400.0))
+    assert total([window, later]) == {"deadline_on_time": 85.0, "gauge_cpu_us_per_inference": 400.0}
