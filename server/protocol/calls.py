@@ -73,18 +73,17 @@ class CallTracker:
     def open_streams(self) -> int:
         return len(self._sessions)
 
-    @contextlib.contextmanager
-    def call(self) -> Iterator[None]:
-        """Count one call in progress (a unary handler, or a whole stream)."""
+    def enter(self) -> None:
+        """One call begins (a unary handler, or a whole stream); pair with `exit` in a finally.
+        Plain methods, not a context manager: this runs once per request."""
         self._active += 1
         self._last_arrival = time.monotonic()
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+
+    def exit(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     @contextlib.contextmanager
     def stream(self, peer: str, session: Finishable) -> Iterator[None]:
@@ -105,10 +104,11 @@ class CallTracker:
         self._sessions.add(session)
         self._by_connection[peer] += 1
         self._by_peer[host] += 1
+        self.enter()
         try:
-            with self.call():
-                yield
+            yield
         finally:
+            self.exit()
             self._sessions.discard(session)
             for counter, key in ((self._by_connection, peer), (self._by_peer, host)):
                 counter[key] -= 1

@@ -51,11 +51,13 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapped(self: InferenceServicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        with self.calls.call():  # a drain waits for it
-            try:
-                return await handler(self, request, context)
-            except Exception as exc:
-                await _abort(context, exc, request)
+        self.calls.enter()  # a drain waits for it
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await _abort(context, exc, request)
+        finally:
+            self.calls.exit()
 
     return wrapped
 

@@ -10,8 +10,6 @@ token. With no tokens file there is no interceptor at all, so plaintext serving 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from protos import grpc_service_pb2 as pb
+from server.protocol.calls import read_until_quiet
 from server.security.tokens import GRANTS, Scope, TokenTable, load_tokens
 
 if TYPE_CHECKING:
@@ -36,9 +35,6 @@ ADMIN_METHODS = frozenset(
     {f"/{INFERENCE_SERVICE}/RepositoryModelLoad", f"/{INFERENCE_SERVICE}/RepositoryModelUnload"}
 )
 BEARER = "bearer"  # the scheme name is case-insensitive (RFC 7235)
-# A refused stream is answered once its caller has stopped writing for a moment (see _drain_briefly).
-REFUSAL_QUIET_S = 0.05
-REFUSAL_MAX_S = 1.0
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -84,23 +80,6 @@ def check(table: TokenTable, method: str, metadata: Any) -> tuple[grpc.StatusCod
     return None
 
 
-async def _drain_briefly(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """Read (and drop) a refused stream's messages until it half-closes or stays quiet briefly.
-
-    grpc/grpc#36066: a grpc.aio client whose write races with the stream's early status gets
-    "INTERNAL: Internal error from Core" in place of that status. Answering after the caller's
-    burst of writes has landed avoids the race; the bounds keep a silent caller from holding the
-    RPC slot (REFUSAL_MAX_S at most, refused streams never reach the servicer).
-    """
-    deadline = asyncio.get_running_loop().time() + REFUSAL_MAX_S
-    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            message = await asyncio.wait_for(context.read(), min(REFUSAL_QUIET_S, max(left, 0.0)))
-            if message is grpc.aio.EOF or left <= 0:
-                return
-
-
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind (unary or streaming) that answers `code` without running anything."""
 
@@ -108,7 +87,7 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
         await context.abort(code, message)
 
     async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _drain_briefly(context)
+        await read_until_quiet(requests)  # grpc/grpc#36066: see there
         await context.abort(code, message)
 
     # No deserializer: the refused request stays bytes and is never parsed.
