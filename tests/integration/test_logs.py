@@ -35,8 +35,6 @@ parameters { key: "fault_raise_every" value: { string_value: "1" } }
 """,
 }
 Stub = Any  # generated, unannotated
-# No metrics endpoint (a fixed port by default) where the server has one: not under test here.
-NO_METRICS: dict[str, Any] = {"metrics": False} if "metrics" in ServerSettings.model_fields else {}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +52,7 @@ async def serving(repo: Path, tmp_path: Path) -> AsyncIterator[Stub]:
         port=0,
         model_repository=repo,
         cache_dir=tmp_path,
-        **NO_METRICS,
+        metrics=False,  # its endpoint (a fixed port by default) is not under test here
         allow_fault_injection=True,
     )
     server = SluicewayServer(settings)

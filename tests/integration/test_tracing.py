@@ -38,8 +38,6 @@ parameters { key: "idle_dispatch" value: { string_value: "false" } }
 """,
 }
 Stub = Any  # generated, unannotated
-# No metrics endpoint (a fixed port by default) where the server has one: not under test here.
-NO_METRICS: dict[str, Any] = {"metrics": False} if "metrics" in ServerSettings.model_fields else {}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ async def serving(
         port=0,
         model_repository=repo,
         cache_dir=tmp_path,
-        **NO_METRICS,
+        metrics=False,  # its endpoint (a fixed port by default) is not under test here
         tracing=True,
         **values,
     )
@@ -227,7 +225,7 @@ async def test_sampling_ratio_zero_records_nothing_new(repo: Path, tmp_path: Pat
 async def test_tracing_is_off_by_default(repo: Path, tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     settings = ServerSettings(
-        host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, **NO_METRICS
+        host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, metrics=False
     )
     server = SluicewayServer(settings, span_exporter=exporter)
     assert server.tracing is None
