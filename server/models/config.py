@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
 from server import datatypes
+from server.models.config_fields import unhandled_fields
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,12 @@ def _check_tensor(kind: str, tensor: Any, source: str) -> None:
 def validate_config(config: mc.ModelConfig, source: str) -> None:
     """Reject configs that parse but ask for what sluiceway does not do. Every message names the field."""
     _check_platform(config, source)
+    unhandled = unhandled_fields(config)
+    if unhandled:
+        raise ConfigError(
+            f"{source}: {unhandled[0]} is not supported"
+            + (f" (nor {', '.join(unhandled[1:])})" if len(unhandled) > 1 else "")
+        )
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size {config.max_batch_size} is negative")
     for kind, tensors in (("input", config.input), ("output", config.output)):

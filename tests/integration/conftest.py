@@ -103,7 +103,7 @@ def zoo_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         repo,
         "badconfig",
         demo_repo / "mlp" / "1" / "model.onnx",
-        "max_batch_size: 8\nsequence_batching { }\n",
+        "max_batch_size: 8\nsequence_batcher { }\n",
     )
     return repo
 

@@ -155,7 +155,7 @@ def test_bad_models_are_reported_and_the_others_serve(stub: pb_grpc.GRPCInferenc
     assert index["identity"].state == "READY"
     assert index["corrupt"].state == "UNAVAILABLE" and index["corrupt"].reason
     assert index["badconfig"].state == "UNAVAILABLE"
-    assert "config.pbtxt:2" in index["badconfig"].reason and "sequence_batching" in index["badconfig"].reason
+    assert "config.pbtxt:2" in index["badconfig"].reason and "sequence_batcher" in index["badconfig"].reason
     assert index["warm"].state == "READY"
     assert index["badwarm"].state == "UNAVAILABLE" and "model_warmup failed" in index["badwarm"].reason
     assert index["cached"].state == "READY"  # response_cache, with the server's default cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnxruntime as ort
@@ -41,11 +42,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_unknown_top_level_field_names_file_line_and_field(tmp_path: Path) -> None:
-    path = _write(tmp_path, 'name: "m"\nmax_batch_size: 8\nsequence_batching {\n}\n')
+    path = _write(tmp_path, 'name: "m"\nmax_batch_size: 8\nsequence_batcher {\n}\n')
     with pytest.raises(ConfigError) as err:
         load_config_file(path)
     message = str(err.value)
-    assert message.startswith(f"{path}:3:1: unsupported field 'sequence_batching'")
+    assert message.startswith(f"{path}:3:1: unsupported field 'sequence_batcher'")
     assert "inference.ModelConfig" in message
 
 
@@ -348,3 +349,20 @@ def test_idle_dispatch_must_be_true_or_false() -> None:
         ConfigError, match="m: parameters 'idle_dispatch' must be 'true' or 'false', got 'yes'"
     ):
         validate_config(_parse(IDLE.format("yes")), "m")
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("sequence_batching { }", "sequence_batching"),
+        ('ensemble_scheduling { step { model_name: "a" } }', "ensemble_scheduling"),
+        ('input { name: "x" allow_ragged_batch: true }', "input 'x': allow_ragged_batch"),
+        ('instance_group { host_policy: "numa0" }', "instance_group[0].host_policy"),
+        ("optimization { cuda { graphs: true } }", "optimization.cuda"),
+        ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
+    ],
+)
+def test_triton_fields_that_parse_but_are_not_honoured_are_refused_by_name(text: str, field: str) -> None:
+    config = _parse(f'name: "m"\nmax_batch_size: 8\n{text}\n')
+    with pytest.raises(ConfigError, match=f"models/m/config.pbtxt: {re.escape(field)} is not supported"):
+        validate_config(config, "models/m/config.pbtxt")

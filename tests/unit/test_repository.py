@@ -44,7 +44,7 @@ def _model(
 
 def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path: Path) -> None:
     _model(tmp_path, "good", 'name: "good" max_batch_size: 4')
-    _model(tmp_path, "bad_config", "sequence_batching { }")
+    _model(tmp_path, "bad_config", "sequence_batcher { }")
     _model(tmp_path, "no_versions", "", versions=())
     missing = _model(tmp_path, "missing_file", "", versions=())
     (missing / "1").mkdir()
@@ -60,7 +60,7 @@ def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path: Path) -> None:
     assert source.directory == tmp_path / "good"
     assert source.versions == {1: tmp_path / "good" / "1" / "model.onnx"}
     assert sorted(errors) == ["bad_config", "missing_file", "no_versions"]
-    assert "config.pbtxt:1:1: unsupported field 'sequence_batching'" in errors["bad_config"]
+    assert "config.pbtxt:1:1: unsupported field 'sequence_batcher'" in errors["bad_config"]
     assert "no version directories" in errors["no_versions"]
     assert "version 1 has no model file model.onnx" in errors["missing_file"]
 
