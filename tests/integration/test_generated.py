@@ -17,7 +17,7 @@ def test_generated_modules_match_the_proto_files(tmp_path: Path) -> None:
     produced = sorted(p.name for p in (tmp_path / "protos").iterdir())
     assert produced == sorted(
         f"{stem}{suffix}"
-        for stem in ("grpc_service", "model_config")
+        for stem in ("grpc_service", "model_config", "admin")
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
     )
     for name in produced:

@@ -1,8 +1,4 @@
-"""Run `sluiceway serve` as a real process on a free localhost port, for integration tests.
-
-Imports nothing from protos/: tests that use tritonclient share a process with this module, and
-tritonclient's generated modules define the same protobuf package as ours.
-"""
+"""Run `sluiceway serve` as a real process on a free localhost port, for integration tests."""
 
 from __future__ import annotations
 

@@ -1,42 +1,21 @@
 """Our .proto subset must match the public protocol field for field.
 
-tritonclient ships generated modules for the same protocol. Both define package `inference`, so
-they cannot share one descriptor pool: our .proto files are compiled to a descriptor set with
-protoc here instead of importing our generated modules.
+tritonclient ships generated modules for the same protocol (package `inference`); ours are built
+in a private descriptor pool (protos/pool.py), so both are imported here and compared directly.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton_service
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from protos import grpc_service_pb2 as our_service
+from protos import model_config_pb2 as our_config
 
 
-def _our_files(tmp_path: Path) -> dict[str, descriptor_pb2.FileDescriptorProto]:
-    out = tmp_path / "ours.pb"
-    include = str(Path(protoc.__file__).parent / "_proto")
-    rc = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"-I{REPO_ROOT}",
-            f"-I{include}",
-            f"--descriptor_set_out={out}",
-            "protos/model_config.proto",
-            "protos/grpc_service.proto",
-        ]
-    )
-    assert rc == 0
-    fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-    return {f.name: f for f in fds.file}
-
-
-def _theirs(module: object) -> descriptor_pb2.FileDescriptorProto:
+def _file(module: object) -> descriptor_pb2.FileDescriptorProto:
     proto = descriptor_pb2.FileDescriptorProto()
     module.DESCRIPTOR.CopyToProto(proto)  # type: ignore[attr-defined]
     return proto
@@ -66,14 +45,8 @@ def _field_type_name(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pairs(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> list[tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDescriptorProto]]:
-    ours = _our_files(tmp_path_factory.mktemp("descriptors"))
-    return [
-        (ours["protos/model_config.proto"], _theirs(triton_config)),
-        (ours["protos/grpc_service.proto"], _theirs(triton_service)),
-    ]
+def pairs() -> list[tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.FileDescriptorProto]]:
+    return [(_file(our_config), _file(triton_config)), (_file(our_service), _file(triton_service))]
 
 
 def test_every_message_and_field_matches_the_public_protocol(pairs: list) -> None:
