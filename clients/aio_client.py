@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
 from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
+from clients.repository import load_request
 from clients.stream import DEFAULT_MAX_IN_FLIGHT, StreamSession
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -132,8 +133,16 @@ class AsyncClient(ClientBase):
         request = pb.RepositoryIndexRequest(ready=ready)
         return cast(pb.RepositoryIndexResponse, await self._call("RepositoryIndex", request, timeout_s))
 
-    async def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
-        await self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), timeout_s)
+    async def load_model(
+        self,
+        model: str,
+        *,
+        config: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Load (or reload) `model`; `config` and `files` as in clients/repository.py."""
+        await self._call("RepositoryModelLoad", load_request(model, config, files), timeout_s)
 
     async def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
         await self._call(
@@ -188,7 +197,7 @@ class AsyncClient(ClientBase):
             if not step.probe:
                 break
             attempts.probed(step, await self._healthy(stubs, attempts.probe_timeout(step)))
-        call = stubs.inference.ModelStreamInfer(timeout=step.timeout_s, metadata=self._metadata)
+        call = stubs.inference.ModelStreamInfer(timeout=step.left_s, metadata=self._metadata)
 
         def report(code: grpc.StatusCode) -> None:
             if code == grpc.StatusCode.UNAVAILABLE:

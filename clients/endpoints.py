@@ -59,10 +59,18 @@ class RetryPolicy:
     min_attempt_s: float = 0.001
     # Health checks of endpoints that failed earlier get at most this long (and never past the call).
     probe_timeout_s: float = 1.0
+    # Longest one attempt may take; None: all the call has left. A server that hangs with its
+    # connection open (frozen, or cut off by the network) refuses nothing, so without it every call
+    # sent there waits out its whole deadline. An attempt cut short by it counts as its endpoint
+    # failing: marked down, retried elsewhere. Set it above the slowest normal answer, which is
+    # cut and retried too.
+    attempt_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.attempt_timeout_s is not None and not 0 < self.attempt_timeout_s < float("inf"):
+            raise ValueError(f"attempt_timeout_s must be positive and finite, got {self.attempt_timeout_s}")
 
     def delay(
         self,
@@ -188,7 +196,8 @@ class EndpointPool:
 class Step:
     address: str
     probe: bool
-    timeout_s: float  # time left before the call's deadline: this attempt's gRPC deadline
+    timeout_s: float  # this attempt's gRPC deadline: the call's time left, or attempt_timeout_s
+    left_s: float  # time left before the call's deadline
 
 
 class Attempts:
@@ -211,7 +220,8 @@ class Attempts:
         if left <= 0:
             raise self._last or DeadlineExceeded("the call's deadline passed before it could be sent")
         choice = self._pool.choose()
-        return Step(choice.address, choice.probe, left)
+        limit = self._policy.attempt_timeout_s
+        return Step(choice.address, choice.probe, left if limit is None else min(limit, left), left)
 
     def probe_timeout(self, step: Step) -> float:
         return min(self._policy.probe_timeout_s, step.timeout_s)
@@ -225,14 +235,15 @@ class Attempts:
     def failed(self, step: Step, exc: BaseException) -> float:
         """Seconds to wait before the next attempt; raises the mapped error when not retrying."""
         error = exc if isinstance(exc, SluicewayError) else from_rpc_error(exc)
-        if error.code in ENDPOINT_DOWN:
+        # Cut short by attempt_timeout_s, with time left: the endpoint hangs; try another one.
+        hung = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and step.timeout_s < step.left_s
+        if error.code in ENDPOINT_DOWN or hung:
             self._pool.mark_down(step.address)
         # The hint is about the endpoint that refused: with another one up, retry there instead.
         others_up = any(up for address, up in self._pool.health().items() if address != step.address)
         hint = None if others_up else error.retry_after_s
-        delay = self._policy.delay(
-            error.code, self._attempt, self._deadline - self._clock(), self._rng, retry_after_s=hint
-        )
+        code = grpc.StatusCode.UNAVAILABLE if hung else error.code
+        delay = self._policy.delay(code, self._attempt, self._deadline - self._clock(), self._rng, hint)
         if delay is None:
             raise error
         self._attempt += 1
@@ -251,12 +262,20 @@ class ChannelOptions:
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
     keepalive_permit_without_calls: bool = False
+    # "round_robin": each endpoint's channel spreads calls over every address its target resolves
+    # to, e.g. a Kubernetes headless Service ("dns:///sluiceway-headless.ns.svc.cluster.local:8001"),
+    # and stops using one whose connection fails. "": gRPC's default, one address per channel.
+    load_balancing: str = ""
 
-    def as_grpc(self) -> list[tuple[str, int]]:
+    def as_grpc(self) -> list[tuple[str, int | str]]:
+        balancing: list[tuple[str, int | str]] = (
+            [("grpc.lb_policy_name", self.load_balancing)] if self.load_balancing else []
+        )
         return [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            *balancing,
         ]

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
 from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
+from clients.repository import load_request
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
@@ -116,8 +117,16 @@ class Client(ClientBase):
         request = pb.RepositoryIndexRequest(ready=ready)
         return cast(pb.RepositoryIndexResponse, self._call("RepositoryIndex", request, timeout_s))
 
-    def load_model(self, model: str, *, timeout_s: float | None = None) -> None:
-        self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), timeout_s)
+    def load_model(
+        self,
+        model: str,
+        *,
+        config: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Load (or reload) `model`; `config` and `files` as in clients/repository.py."""
+        self._call("RepositoryModelLoad", load_request(model, config, files), timeout_s)
 
     def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
         self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model), timeout_s)

@@ -1,0 +1,28 @@
+"""`python -m clients.health_probe`, the images' HEALTHCHECK: 0 for a serving server, 1 otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from clients.health_probe import main
+from tests.integration.client_fixtures import dead_addresses
+from tests.support.server_process import REPO_ROOT, ServerProcess
+
+
+def test_exits_0_for_a_serving_server_and_1_for_a_dead_address(zoo_server: ServerProcess) -> None:
+    assert main(["--address", zoo_server.address]) == 0
+    assert main(["--address", zoo_server.address, "--service", "no-such-service"]) == 1
+    (dead,) = dead_addresses(1)
+    assert main(["--address", dead, "--timeout-s", "1"]) == 1
+
+
+def test_as_the_image_runs_it_the_port_comes_from_sluiceway_port(zoo_server: ServerProcess) -> None:
+    env = {**os.environ, "SLUICEWAY_PORT": str(zoo_server.port)}
+    result = subprocess.run(
+        [sys.executable, "-m", "clients.health_probe", "--timeout-s", "3"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == f"127.0.0.1:{zoo_server.port}: SERVING"
