@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from batcher.errors import TooManyRows
-from batcher.types import BatchingPolicy, TimeoutAction
+from batcher.types import BatchingPolicy, LevelQueuePolicy, TimeoutAction
 
 
 class Admission(NamedTuple):
@@ -62,10 +62,13 @@ class Admission(NamedTuple):
         else:
             rows = 1  # no batch dimension: every request is one run of "batch size 1"
         level = priority if 1 <= priority <= policy.priority_levels else policy.default_priority
-        own = None if timeout_s is None or not policy.allow_timeout_override else now + timeout_s
+        # A level with a queue policy of its own (priority_queue_policy) follows that one.
+        q = policy.level_policy(level) if policy.level_policies else None
+        queue: BatchingPolicy | LevelQueuePolicy = policy if q is None else q
+        own = None if timeout_s is None or not queue.allow_timeout_override else now + timeout_s
         caller = own if deadline is None else (deadline if own is None else min(deadline, own))
-        policy_deadline = None if policy.default_timeout_s is None else now + policy.default_timeout_s
+        policy_deadline = None if queue.default_timeout_s is None else now + queue.default_timeout_s
         hard = caller
-        if policy.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
+        if queue.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
             hard = policy_deadline if hard is None else min(hard, policy_deadline)
         return cls(rows, level, now, caller, policy_deadline, hard)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.budget import ByteBudget
-from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, RunTimedOut
+from batcher.claim import Claim
+from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, NotAccepting, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
@@ -202,20 +203,27 @@ class DynamicBatcher:
         outputs = self.run_now(inputs, a)
         return outputs if outputs is not None else await self.enqueue(inputs, a)
 
-    async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors:
+    async def enqueue(
+        self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None, claim: Claim | None = None
+    ) -> Tensors:
         """Queue one request and return its outputs (views into the batch's outputs). With `trace`,
-        the run that computed it is recorded there (for tracing; see BatchRun).
+        the run that computed it is recorded there (for tracing; see BatchRun). With `claim`, the
+        caller may withdraw it while it is queued (batcher/claim.py).
 
-        Raises BatcherStopped, QueueFull, Overloaded, DeadlineExceeded, or whatever the backend
+        Raises NotAccepting, BatcherStopped, QueueFull, Overloaded, DeadlineExceeded, or whatever the backend
         raised for this request's batch.
         """
         if not self._accepting:
-            raise BatcherStopped()
+            raise NotAccepting()
+        if claim is not None and claim.withdrawn is not None:
+            raise claim.withdrawn  # withdrawn before it reached the queue
         try:
             p = self._queue.admit(inputs, a, self._predict_now, self._predict_finish, trace)
         except BatcherError as exc:
-            self._stats.record_refusal(exc, len(self._queue) >= self._policy.max_queue_size)
+            self._stats.record_refusal(exc, self._queue.full(a.priority))
             raise
+        if claim is not None:
+            claim.bind(functools.partial(self._withdraw, p))
         try:
             return await p.handle.future
         except asyncio.CancelledError:
@@ -223,6 +231,17 @@ class DynamicBatcher:
             # so a batch already formed around it skips it too.
             self._queue.remove(p)
             raise
+        finally:
+            if claim is not None:
+                claim.settle()
+
+    def _withdraw(self, p: Request, exc: BaseException) -> bool:
+        """A Claim's withdrawal: out of the queue, its await fails with `exc`; False once a batch
+        has taken it (it is computed and answered)."""
+        if not self._queue.remove(p):
+            return False
+        settle_error(p, exc)
+        return True
 
     def run_now(self, inputs: Tensors, a: Admission) -> Tensors | None:
         """The fast path, synchronous: None (nothing done) unless the batching rules would run
@@ -235,7 +254,7 @@ class DynamicBatcher:
         stream, a task per request): for a run of a few tens of microseconds those cost as much.
         """
         if not self._accepting:
-            raise BatcherStopped()
+            raise NotAccepting()
         backend = self._fast
         if backend is None or self._in_flight or len(self._queue):
             return None
@@ -302,6 +321,9 @@ class DynamicBatcher:
             task = loop.create_task(self._run(instance, flight))
             self._runs.add(task)
             task.add_done_callback(functools.partial(self._run_done, flight, slots))
+            # Not held while waiting for the next batch: the inputs (and any shared-memory
+            # region they view) are released when the run ends, not one batch later.
+            del batch, flight, task
 
     async def _next_batch(self) -> list[Request] | None:
         """Wait until formation yields a batch; None once stopping and nothing is left."""

@@ -49,6 +49,13 @@ class BatcherStopped(BatcherError):
     default_message = "model is not accepting requests (shutting down)"
 
 
+class NotAccepting(BatcherStopped):
+    """Refused at the door: the batcher had stopped admitting before this request reached it.
+
+    Nothing of the request was queued or computed, so a caller whose model has a newer batcher
+    (a reload retired this one) may submit it there instead."""
+
+
 class TooManyRows(BatcherError):
     """The request alone has more rows than one batch may hold."""
 

@@ -186,10 +186,12 @@ def _in_order(
             out.expired.append(p)
         else:
             live.append(p)
-    delay_late = policy.timeout_action is TimeoutAction.DELAY
+    # Whether a level delays: its own queue policy's action (priority_queue_policy), else the default.
+    delays = policy.timeout_action is TimeoutAction.DELAY
+    own = {level: q.timeout_action is TimeoutAction.DELAY for level, q in policy.level_policies}
 
     def order(p: Pending[H]) -> tuple[bool, int, int]:
-        late = delay_late and p.policy_deadline is not None and p.policy_deadline <= now
+        late = own.get(p.priority, delays) and p.policy_deadline is not None and p.policy_deadline <= now
         return (late, p.priority, p.seq)
 
     live.sort(key=order)

@@ -63,6 +63,7 @@ class RequestQueue:
         self._on_remove = on_remove
         self._items: dict[int, Request] = {}
         self._rows_by_level: dict[int, int] = {}  # queued rows per priority level, for admission
+        self._count_by_level: dict[int, int] = {}  # queued requests per level, for per-level bounds
         self._seq = itertools.count()
         self.changed = asyncio.Event()
 
@@ -76,6 +77,23 @@ class RequestQueue:
     def nbytes(self) -> int:
         """Input bytes of the queued requests (0 without byte budgets). Safe from another thread."""
         return sum(p.handle.nbytes for p in list(self._items.values()))
+
+    def _room(self, level: int) -> tuple[int, int]:
+        """(requests queued, the bound) that a new request at `level` is checked against: its
+        level's own max_queue_size, else max_queue_size shared by the levels without their own."""
+        policy = self._policy
+        if not policy.level_policies:
+            return len(self._items), policy.max_queue_size
+        own = policy.level_policy(level)
+        if own is not None:
+            return self._count_by_level.get(level, 0), own.max_queue_size
+        others = sum(self._count_by_level.get(lvl, 0) for lvl, _ in policy.level_policies)
+        return len(self._items) - others, policy.max_queue_size
+
+    def full(self, level: int) -> bool:
+        """Whether a new request at `level` would find its bound (by count) reached."""
+        queued, limit = self._room(level)
+        return queued >= limit
 
     def rows_ahead(self, level: int) -> int:
         """Queued rows that would be served before a new request at priority `level` (1 = first)."""
@@ -130,8 +148,10 @@ class RequestQueue:
         def drain_s() -> float | None:
             return None if finish_s is None else finish_s(self._policy.priority_levels, 0)
 
-        if len(self._items) >= self._policy.max_queue_size:
-            raise QueueFull(f"queue is full ({len(self._items)} requests waiting)", retry_after_s=drain_s())
+        queued, limit = self._room(a.priority)
+        if queued >= limit:
+            where = f" at priority {a.priority}" if self._policy.level_policies else ""
+            raise QueueFull(f"queue is full ({queued} requests waiting{where})", retry_after_s=drain_s())
         self.check(a, predict_s, finish_s)
         nbytes = input_bytes(inputs) if self._budgets else 0
         try:
@@ -154,6 +174,7 @@ class RequestQueue:
             p.handle.timer = loop.call_later(max(0.0, a.hard - self._clock()), self._expire, p)
         self._items[p.seq] = p
         self._rows_by_level[a.priority] = self._rows_by_level.get(a.priority, 0) + a.rows
+        self._count_by_level[a.priority] = self._count_by_level.get(a.priority, 0) + 1
         self.changed.set()
         return p
 
@@ -162,6 +183,7 @@ class RequestQueue:
         if self._items.pop(p.seq, None) is None:
             return False
         self._rows_by_level[p.priority] -= p.rows
+        self._count_by_level[p.priority] -= 1
         for budget in self._budgets:
             budget.release(p.handle.nbytes)
         if p.handle.timer is not None:
@@ -203,6 +225,16 @@ def validate_policy(policy: BatchingPolicy) -> None:
             "must be positive or None",
         ),
         ("max_batches_in_flight", policy.max_batches_in_flight >= 1, "must be >= 1"),
+        (
+            "level_policies",
+            all(
+                1 <= lvl <= policy.priority_levels
+                and q.max_queue_size >= 1
+                and (q.default_timeout_s is None or q.default_timeout_s > 0)
+                for lvl, q in policy.level_policies
+            ),
+            "must name levels 1..priority_levels, each with max_queue_size >= 1 and a positive timeout",
+        ),
         (
             "preferred_batch_sizes",
             all(0 < s <= max(policy.max_batch_size, 1) for s in policy.preferred_batch_sizes),

@@ -106,6 +106,7 @@ class ModelStats:
     shed: int = 0  # refused at admission: its deadline could not be met (DeadlineExceeded, Overloaded)
     expired: int = 0  # its deadline passed while it waited in the queue: never computed
     late: int = 0  # computed, but the run ended after its deadline (answered DEADLINE_EXCEEDED)
+    dropped: int = 0  # latest-frame-wins: superseded by a newer frame of its stream, never computed
     dispatch: dict[str, int] = field(default_factory=lambda: _reasons(DISPATCH_REASONS))
     rejections: dict[str, int] = field(default_factory=lambda: _reasons(REJECTION_REASONS))
     failures: dict[str, int] = field(default_factory=lambda: _reasons(FAILURE_REASONS))

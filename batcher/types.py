@@ -41,6 +41,17 @@ class TimeoutAction(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class LevelQueuePolicy:
+    """One priority level's own queue policy (Triton's priority_queue_policy entry); the level's
+    requests then follow it instead of BatchingPolicy's default queue fields."""
+
+    max_queue_size: int  # requests of this level waiting; beyond it QueueFull
+    default_timeout_s: float | None = None
+    timeout_action: TimeoutAction = TimeoutAction.REJECT
+    allow_timeout_override: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class BatchingPolicy:
     """How one model's requests are queued and batched (from its ModelConfig.dynamic_batching)."""
 
@@ -65,6 +76,16 @@ class BatchingPolicy:
     allow_timeout_override: bool = True
     # Batches one backend instance may run at once (1-2): bounded work in flight.
     max_batches_in_flight: int = 1
+    # Levels with a queue policy of their own, as (level, policy) pairs; other levels follow the
+    # default queue fields above, and share max_queue_size among them.
+    level_policies: tuple[tuple[int, LevelQueuePolicy], ...] = ()
+
+    def level_policy(self, level: int) -> LevelQueuePolicy | None:
+        """The queue policy of priority `level` when it has its own, else None."""
+        for lvl, policy in self.level_policies:
+            if lvl == level:
+                return policy
+        return None
 
 
 @dataclass(slots=True, eq=False)

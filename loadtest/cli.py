@@ -7,6 +7,7 @@
     sluiceway-loadtest crosscheck --model mlp --concurrency 1,16
     sluiceway-loadtest report out/results.json
     sluiceway-loadtest soak --duration-s 60 --out out/soak
+    sluiceway-loadtest realtime --spawn-server --preset vad --streams 50,100,250
 
 Steps run in the order closed, open, stream; see README.md "Load testing" for what each figure means.
 """
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sluiceway-loadtest",
         description="Closed-loop, open-loop and streaming load against KServe v2 gRPC servers.",
         epilog="Subcommands: 'crosscheck' (against perf_analyzer), 'report RESULTS.json' (redraw), "
-        "'soak' (mixed traffic with faults for a set time, then reconciled).",
+        "'soak' (mixed traffic with faults for a set time, then reconciled), 'realtime' (paced streams).",
     )
     where = parser.add_argument_group("targets")
     where.add_argument("--target", default=DEFAULT_ADDRESS, help="host:port of a running server")
@@ -255,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from loadtest.soak import main as soak_main
 
         return soak_main(argv[1:])
+    if argv[:1] == ["realtime"]:
+        from loadtest.realtime import main as realtime_main
+
+        return realtime_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         results = run(args)

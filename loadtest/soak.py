@@ -211,6 +211,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             "--allow-fault-injection",
             "--run-timeout-s",
             str(args.run_timeout_s),
+            *("--model-control-mode", "explicit", "--load-model", "*"),  # the reloads are RPCs
         ]
         server = SpawnedServer(args.cache_dir, flags, watch=WATCHED).start()
         try:

@@ -10,3 +10,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[test]"
+# Silero VAD's ONNX file for tests/integration/test_vad.py and examples/vad/; --no-deps: the
+# package depends on torch, which neither needs.
+"$venv/bin/python" -m pip install -q --no-deps "silero-vad>=5"

@@ -5,7 +5,9 @@
 # is not on this machine is skipped with a message; with neither, the tests run in .venv.
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
 # before each Python's runs: `bash scripts/test.sh --randomly-seed=N` repeats an order and
-# `-p no:randomly` turns shuffling off.
+# `-p no:randomly` turns shuffling off. Test files are spread over SLUICEWAY_TEST_WORKERS pytest
+# workers (pytest-xdist, default 2; each file stays on one worker, so module fixtures are built
+# once); SLUICEWAY_TEST_WORKERS=0 runs everything in this one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHONS=(3.10 3.13)
@@ -25,8 +27,6 @@ assert '%d.%d' % sys.version_info[:2] == '$want'" 2>/dev/null; then
   return 1
 }
 
-# tritonclient's generated modules define the same protobuf package (`inference`) as ours, so the
-# tests that import them run in a pytest process of their own.
 run_tests() {
   local venv=$1 order=()
   shift
@@ -34,9 +34,12 @@ run_tests() {
     *randomly*) ;;  # the caller chose the order
     *) order=("--randomly-seed=$((RANDOM * 32768 + RANDOM))") ;;
   esac
-  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-}"
-  "$venv/bin/python" -m pytest -q tests/unit tests/integration "${order[@]}" "$@"
-  "$venv/bin/python" -m pytest -q tests/triton "${order[@]}" "$@"
+  local workers=${SLUICEWAY_TEST_WORKERS:-2} spread=()
+  if [ "$workers" != 0 ]; then
+    spread=(-n "$workers" --dist loadfile)
+  fi
+  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} ${spread[*]:-}"
+  "$venv/bin/python" -m pytest -q tests "${spread[@]}" "${order[@]}" "$@"
 }
 
 bash scripts/bootstrap.sh

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import onnxruntime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
+from server.admin.service import SERVICE_NAME as ADMIN_SERVICE
+from server.admin.service import AdminServicer
+from server.backends.cuda_shm import cuda_shared_memory
+from server.models.control import RepositoryControl
+from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
+from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
 from server.observability.metrics import GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
@@ -23,10 +31,12 @@ from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
+from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
+from server.protocol.shared_memory import SharedMemoryRegistry
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
-from server.settings import ServerSettings
+from server.settings import ServerSettings, parse_grpc_args
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -84,6 +94,7 @@ class SluicewayServer:
             # by `--workers` share the port their parent holds.
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             *keepalive_options(settings),
+            *parse_grpc_args(settings.grpc_server_args),  # HTTP/2 tuning (BENCHMARKS.md section 12)
         ]
         self._grpc = grpc.aio.server(
             options=options,
@@ -94,9 +105,12 @@ class SluicewayServer:
         self.response_cache = (
             ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes > 0 else None
         )
-        self.models = ModelManager(
-            self._repository(), settings, self._set_model_health, response_cache=self.response_cache
-        )
+        root = self._repository()
+        self.models = ModelManager(root, settings, self._set_model_health, response_cache=self.response_cache)
+        # Every load goes through `loads` (memory budget, lazy models); `control` is the mode.
+        self.loads = ModelLoads(self.models, root, settings.model_memory_budget_mb * MIB)
+        self.models.on_demand = self.loads
+        self.control = RepositoryControl(root, settings, self.models, self.loads)
         self.calls = CallTracker(
             StreamLimits(
                 settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
@@ -108,7 +122,14 @@ class SluicewayServer:
         )
         self.meter_provider = self.metrics.meter_provider  # explicit, never the global one
         self.add_gauge_source(self.models.sampling.gauge_values)  # sample counts, drift scores
+        self.add_gauge_source(self.models.rollout.gauge_values)  # shadow comparisons
+        self.add_gauge_source(self.loads.gauge_values)  # loads, evictions, footprints
         self.metrics_port = 0  # bound once started (0: metrics off)
+        self.shared_memory = SharedMemoryRegistry(
+            allowed=settings.allow_client_shm,
+            max_regions=settings.max_shm_regions,
+            max_bytes=settings.max_shm_bytes,
+        )
         self._servicer = InferenceServicer(
             self.models,
             self.calls,
@@ -116,19 +137,28 @@ class SluicewayServer:
             stream_max_in_flight=settings.stream_max_in_flight,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
             tracing=self.tracing,
+            shm=self.shared_memory,
+            cuda_shm=cuda_shared_memory(onnxruntime.get_available_providers()),
+            repository=self.control,
         )
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
         add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
+        add_service(apb.DESCRIPTOR.services_by_name["Admin"], AdminServicer(self.models), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if settings.reflection:
             reflection.enable_server_reflection(
                 (
                     SERVICE_NAME,
+                    ADMIN_SERVICE,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
                 self._grpc,
+                # Ours are in a private pool, grpc's in the default one: one pool with both.
+                pool=reflection_pool(
+                    pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR
+                ),
             )
 
     def _repository(self) -> Path:
@@ -164,7 +194,7 @@ class SluicewayServer:
         await self._health.set("", not_serving)
         await self._health.set(SERVICE_NAME, not_serving)
         await self._grpc.start()
-        await self.models.load_all()
+        await self.control.start()  # what the model control mode loads at start
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
@@ -186,14 +216,17 @@ class SluicewayServer:
         await self._health.enter_graceful_shutdown()
         self.calls.finish_streams()  # stop reading; answer what was read; end with UNAVAILABLE
         # Batchers dispatch what is queued at once; at the deadline they fail what is left.
+        await self.control.stop()  # no more polling or lazy loads
         models_stopped = asyncio.create_task(self.models.stop(drain_timeout_s=grace))
         drained = await self.calls.wait_quiet(deadline, _QUIET_S)
         await models_stopped
+        self.control.cleanup()  # files sent with RepositoryModelLoad
         if not drained:  # the failed leftovers are being answered now
             await self.calls.wait_idle(time.monotonic() + _ANSWER_LEFTOVERS_S)
         # grpc.aio cancels handlers still running at stop(); ours are done unless a client stopped
         # reading its stream's answers.
         await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        self.shared_memory.close()  # regions are unmapped as their last holders let go
         await asyncio.to_thread(self.metrics.stop)
         if self.tracing is not None:  # export the spans still buffered
             await asyncio.to_thread(self.tracing.shutdown)

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="a free instance takes what is queued now instead of waiting max_queue_delay (default off)",
     )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        help="model loaded at start with --model-control-mode explicit (repeatable; '*': all)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     _add_remaining_settings(serve)
@@ -51,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     from server.observability.top import add_top_parser
 
     add_top_parser(commands)
+    from server.admin.cli import add_rollout_parser
+
+    add_rollout_parser(commands)
     return parser
 
 
@@ -103,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.observability.top import run_top
 
         return run_top(args)
+    if args.command == "rollout":
+        from server.admin.cli import run_rollout
+
+        return run_rollout(args)
     if args.command == "drift":
         from server.observability.drift_cli import run_drift
 

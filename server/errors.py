@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from batcher import errors as batcher_errors
+from batcher import sequence_types
 
 
 class ServiceError(Exception):
@@ -40,8 +41,45 @@ class StreamIdle(ServiceError):
     """A stream read nothing for stream_idle_timeout_s and had nothing in flight."""
 
 
+class FrameDropped(ServiceError):
+    """Latest-frame-wins: a newer frame of the same stream and model superseded this one before it
+    started computing. A stream answers it with the `frame_dropped` parameter, never an error."""
+
+
+class RegionNotFound(ServiceError):
+    """No shared memory region of that name is registered."""
+
+
+class RegionExists(ServiceError):
+    """A shared memory region of that name is already registered."""
+
+
+class SharedMemoryLimit(ServiceError):
+    """Registering the region would pass max_shm_regions or max_shm_bytes (the message says which)."""
+
+
+class Unsupported(ServiceError):
+    """A feature this server cannot serve as configured (client shared memory off, CUDA without a GPU)."""
+
+
 class RepositoryError(ServiceError):
     """A repository operation failed (bad config, missing files) for a reason the caller can fix."""
+
+
+class ModelControlDisabled(ServiceError):
+    """RepositoryModelLoad/Unload under model control mode none or poll (Triton refuses them too)."""
+
+
+class ModelLoadTimeout(ServiceError):
+    """A lazy model's first request: the load did not finish within its deadline (it goes on)."""
+
+
+class MemoryBudgetExceeded(ServiceError):
+    """Loading would pass model_memory_budget_mb and not enough idle lazy models can be evicted."""
+
+
+class RolloutRefused(ServiceError):
+    """A rollout change that would leave a model with no version taking requests."""
 
 
 STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
@@ -52,7 +90,18 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelControlDisabled: grpc.StatusCode.UNAVAILABLE,  # Triton's code for it
+    ModelLoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RolloutRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    FrameDropped: grpc.StatusCode.CANCELLED,  # never sent as an error (server/protocol/latest_frame.py)
+    RegionNotFound: grpc.StatusCode.NOT_FOUND,
+    RegionExists: grpc.StatusCode.ALREADY_EXISTS,
+    SharedMemoryLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
+    sequence_types.SequenceError: grpc.StatusCode.INVALID_ARGUMENT,  # UnknownSequence too
+    sequence_types.SequenceLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -63,9 +63,26 @@ class ServerSettings(BaseSettings):
     min_client_ping_s: float = Field(default=5.0, ge=0)
     max_connection_age_s: float = Field(default=0.0, ge=0)
     max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    # Stateful sequences (README "Stateful sequences"), per model version: live sequences, and the
+    # bytes of implicit state they hold; beyond either a new sequence is refused (RESOURCE_EXHAUSTED).
+    max_sequences: int = Field(default=4096, ge=1)
+    max_sequence_state_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     # Server-wide response cache shared by models with `response_cache { enable: true }`: bytes of
     # cached outputs plus keys (LRU). 0: no cache, and such models fail to load.
     response_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+
+    # Extra grpc core channel arguments for the server, "name=int,name=int" (e.g.
+    # "grpc.http2.lookahead_bytes=4194304"): HTTP/2 window and buffer tuning for large messages
+    # (BENCHMARKS.md section 12 has what was measured).
+    grpc_server_args: str = ""
+
+    # System shared memory (README "Shared memory"): clients on this host register POSIX shm
+    # objects and pass tensors through them. Off by default, as Triton's --allow-client-shm: the
+    # server reads and writes what a client registers. Bounded: regions mapped at once (those
+    # unregistered while a request still uses them included) and their bytes.
+    allow_client_shm: bool = False
+    max_shm_regions: int = Field(default=256, ge=1)
+    max_shm_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1)
 
     # onnxruntime session options; 0 threads lets onnxruntime choose.
     intra_op_threads: int = Field(default=0, ge=0)
@@ -130,6 +147,17 @@ class ServerSettings(BaseSettings):
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.
     reuse_port: bool = False
 
+    # -- repository control and cold starts (README "Repository control", "Cold starts")
+    # Triton's modes: none loads every model at start and refuses load/unload RPCs; explicit loads
+    # only `load_model` ("*": all) and RepositoryModelLoad/Unload; poll also reloads what changes
+    # on disk, checked by file events grouped over repository_poll_secs.
+    model_control_mode: Literal["none", "explicit", "poll"] = "none"
+    load_model: tuple[str, ...] = ()
+    repository_poll_secs: float = Field(default=15.0, gt=0, le=3600)
+    # Models' resident bytes (files + onnxruntime arena after warm-up); beyond it, loading evicts
+    # the least recently used lazy model. 0: no budget.
+    model_memory_budget_mb: int = Field(default=0, ge=0)
+
     # Seconds to finish in-flight work on SIGTERM/SIGINT before failing what is left.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -147,6 +175,30 @@ class ServerSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     # Server reflection (grpcurl, grpcui); with auth on it needs a token, like inference RPCs.
     reflection: bool = True
+
+    @field_validator("grpc_server_args", mode="after")
+    @classmethod
+    def _grpc_args(cls, text: str) -> str:
+        parse_grpc_args(text)
+        return text
+
+    @field_validator("workers", mode="after")
+    @classmethod
+    def _workers(cls, workers: int, info: ValidationInfo) -> int:
+        if workers > 1 and info.data.get("allow_client_shm"):
+            # Each worker has its own regions, and a client's connections may reach different ones.
+            raise ValueError("allow_client_shm needs workers=1: shared memory regions are per process")
+        return workers
+
+    @field_validator("load_model", mode="after")
+    @classmethod
+    def _load_model(cls, names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if names and info.data.get("model_control_mode") != "explicit":
+            # Triton's rule: anywhere else every model is loaded, so the flag would mean nothing.
+            raise ValueError("load_model requires model_control_mode 'explicit'")
+        if "*" in names and len(names) > 1:
+            raise ValueError("load_model '*' (every model) must be the only load_model")
+        return names
 
     @field_validator("tls_cert_file", mode="after")
     @classmethod
@@ -182,3 +234,14 @@ class ServerSettings(BaseSettings):
         if path is not None:
             load_tokens(path)  # the server reads it again when it starts; this only checks it
         return path
+
+
+def parse_grpc_args(text: str) -> list[tuple[str, int]]:
+    """ "grpc.a=1,grpc.b=2" -> [("grpc.a", 1), ("grpc.b", 2)]; ValueError naming a bad entry."""
+    pairs: list[tuple[str, int]] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = entry.partition("=")
+        if not name.startswith("grpc.") or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
+        pairs.append((name.strip(), int(value)))
+    return pairs

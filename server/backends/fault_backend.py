@@ -8,6 +8,8 @@ A model switches it on with `parameters` of its config.pbtxt, and only on a serv
   before running normally: past the watchdog's limit (`run_timeout_s`) the batch fails and the
   instance is replaced; a hang shorter than the limit is a slow run.
 - `fault_load_error: "true"`: the model fails to load, as with a broken model file.
+- `fault_versions: "2,3"`: only these versions get the faults above (default: every version), so
+  one version of a model can fail or be slow while the others serve (rollout tests and drills).
 
 Deterministic, no randomness: runs are counted per instance on the event loop thread, from 1, in
 the order the batcher starts them; a replaced instance counts from 1 again. Where one run is due
@@ -33,6 +35,7 @@ RAISE_EVERY = "fault_raise_every"
 HANG_EVERY = "fault_hang_every"
 HANG_S = "fault_hang_s"
 LOAD_ERROR = "fault_load_error"
+VERSIONS = "fault_versions"
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_HANG_S = 3600.0  # "for ever": a hung run ends when its instance is abandoned or closed
 
@@ -52,9 +55,11 @@ class FaultSpec:
     load_error: bool = False
 
     @classmethod
-    def from_config(cls, config: mc.ModelConfig, source: str, *, allowed: bool) -> FaultSpec | None:
-        """None when the config asks for no fault; ConfigError naming the parameter (or the
-        server setting, when faults are not allowed) when it asks wrongly."""
+    def from_config(
+        cls, config: mc.ModelConfig, source: str, *, allowed: bool, version: int | None = None
+    ) -> FaultSpec | None:
+        """None when the config asks for no fault (for `version`, when given); ConfigError naming
+        the parameter (or the server setting, when faults are not allowed) when it asks wrongly."""
         asked = sorted(FAULT_PARAMETERS & set(config.parameters))
         if not asked:
             return None
@@ -65,12 +70,14 @@ class FaultSpec:
                 "SLUICEWAY_ALLOW_FAULT_INJECTION=true)"
             )
         values = {key: config.parameters[key].string_value.strip() for key in asked}
-        return cls(
+        spec = cls(
             raise_every=_count(values, RAISE_EVERY, source),
             hang_every=_count(values, HANG_EVERY, source),
             hang_s=_seconds(values, HANG_S, source),
             load_error=_boolean(values, LOAD_ERROR, source),
         )
+        versions = _versions(values, source)
+        return spec if version is None or version in versions else None
 
 
 def _count(values: dict[str, str], key: str, source: str) -> int:
@@ -80,6 +87,18 @@ def _count(values: dict[str, str], key: str, source: str) -> int:
             f"{source}: parameters '{key}' must be a whole number of runs (0: never), got '{value}'"
         )
     return int(value)
+
+
+def _versions(values: dict[str, str], source: str) -> set[int] | range:
+    text = values.get(VERSIONS)
+    if text is None:
+        return range(0, 2**63)  # every version
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(
+            f"{source}: parameters '{VERSIONS}' must be version numbers such as '2,3', got '{text}'"
+        )
+    return {int(p) for p in parts}
 
 
 def _seconds(values: dict[str, str], key: str, source: str) -> float:

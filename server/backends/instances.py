@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -20,9 +20,11 @@ from typing import Protocol
 from batcher.types import Backend, Tensors
 from batcher.watchdog import ReplaceBackend
 from protos import model_config_pb2 as mc
+from server.backends.batch_axes import with_batch_axes
 from server.backends.fault_backend import LOAD_ERROR, FaultBackend, FaultSpec
 from server.backends.onnxruntime_backend import BackendLoadError, OrtBackend, OrtOptions, Provider
 from server.models.config import RUN_TIMEOUT, ConfigError
+from server.models.config_tensors import ReshapePlan
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +67,34 @@ class InstanceFactory:
         name: str,
         workers: int,
         faults: FaultSpec | None,
+        batch_axes: Mapping[str, int] | None = None,
+        reshape: ReshapePlan | None = None,
     ) -> None:
         self._path = path
+        self._batch_axes = dict(batch_axes or {})  # tensors batched on another axis (batch_axes.py)
         self._options = options
         self._providers = list(providers)
+        self._reshape = reshape  # config `reshape`s (server/models/config_tensors.py)
         self._name = name
         self._workers = workers  # executor threads: batches one instance runs at once
         self._faults = faults
 
-    def session(self) -> OrtBackend:
-        """A new onnxruntime instance with its own executor."""
+    def session(self, providers: Sequence[Provider] | None = None) -> OrtBackend:
+        """A new onnxruntime instance with its own executor (`providers`: for its device)."""
         if self._faults is not None and self._faults.load_error:
             raise BackendLoadError(
                 f"model '{self._name}': failed to load on purpose (parameters '{LOAD_ERROR}')"
             )
         executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=f"ort-{self._name}")
-        return OrtBackend(self._path, self._options, self._providers, executor, model_name=self._name)
+        chosen = self._providers if providers is None else providers
+        return OrtBackend(
+            self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape
+        )
 
     def wrap(self, session: OrtBackend) -> ModelInstance:
         """The instance the batcher runs: the session, or the session with its faults."""
-        return session if self._faults is None else FaultBackend(session, self._faults)
+        instance = session if self._faults is None else FaultBackend(session, self._faults)
+        return with_batch_axes(instance, self._batch_axes)
 
     def replacer(self, instances: list[ModelInstance]) -> ReplaceBackend:
         """For the batcher: replace a stuck instance of `instances` (updated in place)."""

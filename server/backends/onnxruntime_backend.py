@@ -24,6 +24,8 @@ import onnxruntime as ort
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.models.config import ConfigError, OnnxTensor
+from server.models.config_backend import backend_parameters, tensorrt_options
+from server.models.config_tensors import ReshapePlan
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +46,6 @@ _EXECUTION_MODES = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
     "parallel": ort.ExecutionMode.ORT_PARALLEL,
 }
-# Triton's TensorRT accelerator parameters -> onnxruntime TensorRT provider options ("trt_*" pass as is).
-_TRT_RENAMES = {
-    "max_workspace_size_bytes": "trt_max_workspace_size",
-    "max_partition_iterations": "trt_max_partition_iterations",
-    "minimum_segment_size": "trt_min_subgraph_size",
-    "min_subgraph_size": "trt_min_subgraph_size",
-    "int8_calibration_table_name": "trt_int8_calibration_table_name",
-    "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
-}
 
 
 class BackendLoadError(Exception):
@@ -71,6 +64,10 @@ class OrtOptions:
     execution_mode: str = "sequential"  # "sequential" | "parallel"
     providers: tuple[str, ...] = (CPU,)
     provider_options: tuple[dict[str, str], ...] = ()  # empty, or one dict per provider
+    # From the config's backend parameters (server/models/config_backend.py).
+    session_attrs: tuple[tuple[str, bool], ...] = ()  # SessionOptions attributes, e.g. enable_mem_pattern
+    session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
+    run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in _GRAPH_LEVELS:
@@ -93,48 +90,17 @@ class OrtOptions:
 
 
 def ort_options_for(config: mc.ModelConfig, base: OrtOptions) -> OrtOptions:
-    """`base` with the config's overrides: optimization.graph.level and Triton's thread parameters."""
-    changes: dict[str, Any] = {}
-    level = config.optimization.graph.level
-    if level == -1:
-        changes["graph_optimization_level"] = "disable"
-    elif level == 1:
-        changes["graph_optimization_level"] = "extended"
-    for key, field in (
-        ("intra_op_thread_count", "intra_op_threads"),
-        ("inter_op_thread_count", "inter_op_threads"),
-    ):
-        if key in config.parameters:
-            value = config.parameters[key].string_value
-            if not value.isdigit():
-                raise ConfigError(f"model '{config.name}': parameters '{key}' value '{value}' is not a count")
-            changes[field] = int(value)
-    if "execution_mode" in config.parameters:
-        value = config.parameters["execution_mode"].string_value
-        modes = {"0": "sequential", "1": "parallel"}  # Triton's spelling
-        if value not in modes:
-            raise ConfigError(f"model '{config.name}': parameters 'execution_mode' must be '0' or '1'")
-        changes["execution_mode"] = modes[value]
+    """`base` with the config's overrides: optimization.graph.level (Triton's -1 basic, 1 extended,
+    2 none) and the onnxruntime backend's parameters (checked in server/models/config_backend.py)."""
+    params = backend_parameters(config, has_gpu=CUDA in ort.get_available_providers())
+    changes: dict[str, Any] = dict(params.options)
+    level = {-1: "basic", 1: "extended", 2: "disable"}.get(config.optimization.graph.level)
+    if level is not None:
+        changes["graph_optimization_level"] = level
+    for name in ("session_attrs", "session_entries", "run_entries"):
+        if getattr(params, name):
+            changes[name] = getattr(params, name)
     return dataclasses.replace(base, **changes) if changes else base
-
-
-def _tensorrt_options(params: Mapping[str, str], model: str) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for key, value in params.items():
-        if key == "precision_mode":
-            if value.upper() not in ("FP32", "FP16", "INT8"):
-                raise ConfigError(
-                    f"model '{model}': tensorrt precision_mode '{value}' is not FP32, FP16 or INT8"
-                )
-            options["trt_fp16_enable"] = str(value.upper() in ("FP16", "INT8"))
-            options["trt_int8_enable"] = str(value.upper() == "INT8")
-        elif key in _TRT_RENAMES:
-            options[_TRT_RENAMES[key]] = value
-        elif key.startswith("trt_"):
-            options[key] = value
-        else:
-            raise ConfigError(f"model '{model}': tensorrt accelerator parameter '{key}' is not supported")
-    return options
 
 
 def providers_for(
@@ -152,15 +118,16 @@ def providers_for(
         gpus = [g for group in config.instance_group for g in group.gpus]
         device_id = gpus[0] if gpus else 0
     device = {"device_id": str(device_id)}
+    cuda = {**device, **backend_parameters(config, has_gpu=True).cuda}  # Triton's deprecated CUDA keys
     accel = config.optimization.execution_accelerators
     chosen: list[Provider] = []
     for entry in accel.gpu_execution_accelerator:
         params = dict(entry.parameters)
         if entry.name == "tensorrt":
-            chosen.append((TENSORRT, {**device, **_tensorrt_options(params, config.name)}))
-            chosen.append((CUDA, dict(device)))  # TensorRT hands the nodes it cannot build to CUDA
+            chosen.append((TENSORRT, {**device, **tensorrt_options(params, f"model '{config.name}'")}))
+            chosen.append((CUDA, dict(cuda)))  # TensorRT hands the nodes it cannot build to CUDA
         elif entry.name == "cuda":
-            chosen.append((CUDA, {**device, **params}))
+            chosen.append((CUDA, {**cuda, **params}))
         else:
             raise ConfigError(
                 f"model '{config.name}': gpu_execution_accelerator '{entry.name}' is not supported"
@@ -172,7 +139,7 @@ def providers_for(
             )
         chosen.append((OPENVINO, dict(entry.parameters)))
     if not chosen and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
-        chosen.append((CUDA, dict(device)))
+        chosen.append((CUDA, dict(cuda)))
     if not chosen:
         for item in default_providers:
             name, opts = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
@@ -219,6 +186,23 @@ def inspect_onnx(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
     return inputs, outputs
 
 
+def overridable_initializers(path: Path) -> list[OnnxTensor]:
+    """Initializers also listed as graph inputs (IR >= 4): onnxruntime lets a run override them,
+    and a run may omit them. Triton accepts a config listing one as an input."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # as inspect_onnx
+        raise BackendLoadError(f"{path}: not a readable ONNX model: {err}") from None
+    if model.ir_version < 4:
+        return []
+    listed = {v.name: v for v in model.graph.input}
+    return [
+        OnnxTensor(init.name, _onnx_type(listed[init.name].type), _onnx_shape(listed[init.name].type))
+        for init in model.graph.initializer
+        if init.name in listed
+    ]
+
+
 def _session_options(options: OrtOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
@@ -228,6 +212,10 @@ def _session_options(options: OrtOptions) -> ort.SessionOptions:
     spin = "1" if options.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for attr, flag in options.session_attrs:
+        setattr(so, attr, flag)
+    for key, value in options.session_entries:
+        so.add_session_config_entry(key, value)
     return so
 
 
@@ -267,8 +255,10 @@ class OrtBackend:
         executor: ThreadPoolExecutor,
         *,
         model_name: str = "",
+        reshape: ReshapePlan | None = None,
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
+        self._reshape = reshape  # config `reshape`s: wire shapes <-> the model's
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
@@ -283,6 +273,8 @@ class OrtBackend:
         self._string_outputs = frozenset(o.name for o in self._outputs if o.type == "tensor(string)")
         # Shared by this instance's runs: `abandon` sets its terminate flag to stop a stuck one.
         self._run_options = ort.RunOptions()
+        for key, value in options.run_entries:
+            self._run_options.add_run_config_entry(key, value)
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
@@ -368,15 +360,18 @@ class OrtBackend:
 
     def run_blocking(self, inputs: Tensors) -> dict[str, Array]:
         """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL)."""
+        if self._reshape is not None:
+            inputs = self._reshape.to_model(inputs)
         feed = {
             name: _decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
         results = self._session.run(self._output_names, feed, self._run_options)
-        return {
+        outputs = {
             name: _encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)
         }
+        return outputs if self._reshape is None else self._reshape.to_wire(outputs)
 
     def close(self) -> None:
         """Stop taking batches; a batch already running finishes in the background."""

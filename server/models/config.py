@@ -15,39 +15,55 @@ from typing import Any, NamedTuple
 
 from google.protobuf import text_format
 
-from batcher.types import BatchingPolicy, TimeoutAction
+from batcher.types import BatchingPolicy
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.models.config_fields import unhandled_fields
+from server.models.config_backend import (
+    ORT_PARAMETERS,
+    backend_parameters,
+    validate_instance_groups,
+    validate_optimization,
+)
+from server.models.config_errors import ConfigError as ConfigError
+from server.models.config_fields import sequence_hidden_names, unhandled_fields
+from server.models.config_queue import (
+    allow_override,
+    level_policies,
+    timeout_action,
+    validate_priority_policies,
+)
+from server.models.config_tensors import check_optional, check_tensor, model_dims
+from server.models.traffic import TRAFFIC_PARAMETERS
 
 logger = logging.getLogger(__name__)
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
-# Accelerator names as Triton's onnxruntime backend spells them.
-GPU_ACCELERATORS = frozenset({"tensorrt", "cuda"})
-CPU_ACCELERATORS = frozenset({"openvino"})
 # Model-level `parameters`: those the onnxruntime backend reads (Triton's names), and ours.
 IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle-dispatch
 RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s (the watchdog)
+# "true"/"false": on a stream, a newer frame drops the older one still queued (protocol/latest_frame.py)
+LATEST_FRAME_WINS = "latest_frame_wins"
 # Fault injection (server/backends/fault_backend.py), refused unless allow_fault_injection is set.
-FAULT_PARAMETERS = frozenset({"fault_raise_every", "fault_hang_every", "fault_hang_s", "fault_load_error"})
+FAULT_PARAMETERS = frozenset(
+    {"fault_raise_every", "fault_hang_every", "fault_hang_s", "fault_load_error", "fault_versions"}
+)
 # Prediction sampling and drift (server/observability/sampling.py checks their values).
 SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE = "sample_ratio", "sample_what", "drift_reference"
 SAMPLING_PARAMETERS = frozenset({SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE})
 SUPPORTED_PARAMETERS = (
     frozenset(
-        {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", IDLE_DISPATCH, RUN_TIMEOUT}
+        {IDLE_DISPATCH, RUN_TIMEOUT}
+        | {LATEST_FRAME_WINS, "sequence_state_batch_axis"}  # the latter: models/sequence_config.py
+        | {"lazy_load", "pinned"}  # cold starts: parsed in server/models/lazy.py
     )
     | FAULT_PARAMETERS
     | SAMPLING_PARAMETERS
+    | TRAFFIC_PARAMETERS  # rollout: server/models/traffic.py
+    | frozenset(ORT_PARAMETERS)  # the onnxruntime backend's (server/models/config_backend.py)
 )
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_MAX_BATCH_SIZE = 64
-
-
-class ConfigError(Exception):
-    """A model configuration that cannot be served; the message names the source and the field."""
 
 
 class OnnxTensor(NamedTuple):
@@ -75,8 +91,8 @@ def parse_config(text: str, source: str) -> mc.ModelConfig:
         if missing:
             message, field = missing.groups()
             raise ConfigError(
-                f"{where}: unsupported field '{field}' ({message} has no such field in sluiceway's "
-                "ModelConfig subset; remove it)"
+                f"{where}: unsupported field '{field}' ({message} has no such field in Triton's "
+                "model configuration schema: misspelt, or from a newer Triton; remove it)"
             ) from None
         raise ConfigError(f"{where}: {reason}") from None
     return config
@@ -100,18 +116,6 @@ def _check_platform(config: mc.ModelConfig, source: str) -> None:
         raise ConfigError(f"{source}: runtime '{config.runtime}' is not supported")
 
 
-def _check_tensor(kind: str, tensor: Any, source: str) -> None:
-    where = f"{source}: {kind} '{tensor.name}'"
-    if not tensor.name:
-        raise ConfigError(f"{source}: {kind} without a name")
-    if tensor.HasField("reshape"):
-        raise ConfigError(f"{where}: field 'reshape' is not supported")
-    if tensor.data_type != mc.TYPE_INVALID and tensor.data_type not in datatypes.BY_CONFIG:
-        raise ConfigError(f"{where}: data_type {datatypes.config_name(tensor.data_type)} is not supported")
-    if any(d < -1 for d in tensor.dims):
-        raise ConfigError(f"{where}: dims {list(tensor.dims)} has a value below -1")
-
-
 def validate_config(config: mc.ModelConfig, source: str) -> None:
     """Reject configs that parse but ask for what sluiceway does not do. Every message names the field."""
     _check_platform(config, source)
@@ -126,27 +130,23 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()
         for tensor in tensors:
-            _check_tensor(kind, tensor, source)
+            check_tensor(kind, tensor, source)
             if tensor.name in seen:
                 raise ConfigError(f"{source}: {kind} '{tensor.name}' is listed twice")
             seen.add(tensor.name)
-    for tensor in config.input:
-        if tensor.optional:
-            raise ConfigError(f"{source}: input '{tensor.name}': field 'optional' is not supported")
-    for tensor in config.output:
-        if tensor.label_filename:
-            # Labels only serve the classification extension, which sluiceway does not implement.
-            logger.warning("%s: output '%s': label_filename is ignored", source, tensor.name)
-    _validate_instance_groups(config, source)
+    validate_instance_groups(config, source)
     _validate_version_policy(config, source)
-    _validate_optimization(config, source)
+    validate_optimization(config, source)
     unknown = sorted(set(config.parameters) - SUPPORTED_PARAMETERS)
     if unknown:
         raise ConfigError(
             f"{source}: parameters {unknown} are not supported (known: {sorted(SUPPORTED_PARAMETERS)})"
         )
+    backend_parameters(config, has_gpu=True)  # the onnxruntime backend's values, each checked
     if IDLE_DISPATCH in config.parameters:
         _idle_dispatch(config, source, default=False)
+    if LATEST_FRAME_WINS in config.parameters:
+        latest_frame_wins(config, source)
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config, source)
 
@@ -159,19 +159,6 @@ def validate_response_cache(config: mc.ModelConfig, source: str, cache_bytes: in
             "(response_cache_bytes is 0: set SLUICEWAY_RESPONSE_CACHE_BYTES or --response-cache-bytes "
             "above 0, or set response_cache { enable: false })"
         )
-
-
-def _validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
-    for i, group in enumerate(config.instance_group):
-        where = f"{source}: instance_group[{i}]"
-        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
-            raise ConfigError(f"{where}: kind KIND_MODEL is not supported (use KIND_CPU or KIND_GPU)")
-        if group.count < 0:
-            raise ConfigError(f"{where}: count {group.count} is negative")
-        if group.gpus and group.kind == mc.ModelInstanceGroup.KIND_CPU:
-            raise ConfigError(f"{where}: gpus {list(group.gpus)} given for kind KIND_CPU")
-        if any(g < 0 for g in group.gpus):
-            raise ConfigError(f"{where}: gpus {list(group.gpus)} has a negative device id")
 
 
 def _validate_version_policy(config: mc.ModelConfig, source: str) -> None:
@@ -187,35 +174,6 @@ def _validate_version_policy(config: mc.ModelConfig, source: str) -> None:
                 f"{source}: version_policy.specific.versions {list(policy.specific.versions)} "
                 "must be positive"
             )
-
-
-def _validate_optimization(config: mc.ModelConfig, source: str) -> None:
-    opt = config.optimization
-    if opt.graph.level not in (-1, 0, 1):
-        raise ConfigError(f"{source}: optimization.graph.level {opt.graph.level} is not -1, 0 or 1")
-    if opt.priority != mc.ModelOptimizationPolicy.PRIORITY_DEFAULT:
-        raise ConfigError(f"{source}: optimization.priority is not supported")
-    accel = opt.execution_accelerators
-    for field, known in (
-        ("gpu_execution_accelerator", GPU_ACCELERATORS),
-        ("cpu_execution_accelerator", CPU_ACCELERATORS),
-    ):
-        for entry in getattr(accel, field):
-            if entry.name not in known:
-                raise ConfigError(
-                    f"{source}: optimization.execution_accelerators.{field} '{entry.name}' "
-                    f"is not supported (known: {sorted(known)})"
-                )
-    groups = config.instance_group
-    if (
-        accel.gpu_execution_accelerator
-        and groups
-        and all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in groups)
-    ):
-        raise ConfigError(
-            f"{source}: optimization.execution_accelerators.gpu_execution_accelerator needs a "
-            "KIND_GPU or KIND_AUTO instance_group, but every group is KIND_CPU"
-        )
 
 
 def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
@@ -240,8 +198,7 @@ def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
             f"{where}.default_priority_level {db.default_priority_level} exceeds "
             f"priority_levels {db.priority_levels}"
         )
-    if db.priority_queue_policy:
-        raise ConfigError(f"{where}.priority_queue_policy is not supported (use default_queue_policy)")
+    validate_priority_policies(db, where)
     # preserve_ordering matters to streams only (a unary call has one answer): the stream session
     # (server/protocol/stream.py) sends such a model's answers in request order.
 
@@ -291,9 +248,15 @@ def _model_dims(kind: str, tensor: OnnxTensor, max_batch_size: int, source: str)
 
 
 def _complete_tensors(
-    kind: str, entries: Any, model: list[OnnxTensor], max_batch_size: int, source: str
+    kind: str,
+    entries: Any,
+    model: list[OnnxTensor],
+    max_batch_size: int,
+    source: str,
+    listable: Sequence[OnnxTensor] = (),
 ) -> None:
-    by_name = {t.name: t for t in model}
+    # `listable`: tensors a config may list but that are not completed from the graph (initializers).
+    by_name = {t.name: t for t in (*listable, *model)}
     for entry in entries:
         tensor = by_name.get(entry.name)
         if tensor is None:
@@ -301,7 +264,7 @@ def _complete_tensors(
                 f"{source}: {kind} '{entry.name}' is not in the ONNX model (its {kind}s: {sorted(by_name)})"
             )
         model_type = _onnx_datatype(tensor, source)
-        model_dims = _model_dims(kind, tensor, max_batch_size, source)
+        graph_dims = _model_dims(kind, tensor, max_batch_size, source)
         if entry.data_type == mc.TYPE_INVALID:
             entry.data_type = model_type
         elif entry.data_type != model_type:
@@ -309,13 +272,14 @@ def _complete_tensors(
                 f"{source}: {kind} '{entry.name}' data_type {datatypes.config_name(entry.data_type)} "
                 f"does not match the ONNX model's {datatypes.config_name(model_type)} ({tensor.type})"
             )
-        if not entry.dims and model_dims:
-            entry.dims.extend(model_dims)
-        elif not _dims_match(entry.dims, model_dims):
+        if not entry.dims and graph_dims:
+            entry.dims.extend(graph_dims)
+        elif not _dims_match(model_dims(entry), graph_dims):
             what = "dims (without the batch dimension)" if max_batch_size > 0 else "dims"
+            what = "reshape.shape" if entry.HasField("reshape") else what
             raise ConfigError(
-                f"{source}: {kind} '{entry.name}' {what} {list(entry.dims)} do not match "
-                f"the ONNX model's {model_dims} (-1 is variable)"
+                f"{source}: {kind} '{entry.name}' {what} {model_dims(entry)} do not match "
+                f"the ONNX model's {graph_dims} (-1 is variable)"
             )
     listed = {e.name for e in entries}
     for tensor in model:
@@ -331,11 +295,13 @@ def complete_from_onnx(
     *,
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     source: str = "config",
+    initializers: Sequence[Any] = (),
 ) -> mc.ModelConfig:
     """A copy of `config` with inputs, outputs, max_batch_size and platform filled in from the graph.
 
     `onnx_inputs`/`onnx_outputs` hold `OnnxTensor`s, (name, type, shape) tuples or onnxruntime
-    `NodeArg`s. Whatever the config already lists must agree with the graph.
+    `NodeArg`s. Whatever the config already lists must agree with the graph. `initializers`: the
+    graph's overridable initializers, which a config may list as (optional) inputs, as Triton.
     """
     _check_platform(config, source)
     done = mc.ModelConfig()
@@ -344,6 +310,10 @@ def complete_from_onnx(
     done.backend = done.backend or BACKEND
     inputs = [_as_tensor(t) for t in onnx_inputs]
     outputs = [_as_tensor(t) for t in onnx_outputs]
+    hidden_in, hidden_out = sequence_hidden_names(done)
+    if hidden_in or hidden_out:  # sequence controls and state: the server's, not the client's
+        inputs = [t for t in inputs if t.name not in hidden_in]
+        outputs = [t for t in outputs if t.name not in hidden_out]
     model_batches = all(_is_batch_dim(t.shape) for t in (*inputs, *outputs)) and bool(inputs)
     if done.max_batch_size == 0 and not done.input and model_batches:
         # Nothing said about batching: a graph whose every tensor has a variable first dim batches.
@@ -353,7 +323,9 @@ def complete_from_onnx(
             f"{source}: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model "
             "does not have a variable first (batch) dimension on every input and output)"
         )
-    _complete_tensors("input", done.input, inputs, done.max_batch_size, source)
+    listable = [_as_tensor(t) for t in initializers]
+    _complete_tensors("input", done.input, inputs, done.max_batch_size, source, listable)
+    check_optional(done, {t.name for t in inputs}, source)
     _complete_tensors("output", done.output, outputs, done.max_batch_size, source)
     return done
 
@@ -372,6 +344,18 @@ def _idle_dispatch(config: mc.ModelConfig, source: str, *, default: bool) -> boo
     value = config.parameters[IDLE_DISPATCH].string_value
     if value.lower() not in _BOOLEANS:
         raise ConfigError(f"{source}: parameters '{IDLE_DISPATCH}' must be 'true' or 'false', got '{value}'")
+    return _BOOLEANS[value.lower()]
+
+
+def latest_frame_wins(config: mc.ModelConfig, source: str) -> bool:
+    """The model's `latest_frame_wins` parameter (default false); ConfigError names it if not a bool."""
+    if LATEST_FRAME_WINS not in config.parameters:
+        return False
+    value = config.parameters[LATEST_FRAME_WINS].string_value
+    if value.lower() not in _BOOLEANS:
+        raise ConfigError(
+            f"{source}: parameters '{LATEST_FRAME_WINS}' must be 'true' or 'false', got '{value}'"
+        )
     return _BOOLEANS[value.lower()]
 
 
@@ -394,14 +378,7 @@ def batching_policy(
             max_batches_in_flight=max_batches_in_flight,
         )
     db = config.dynamic_batching
-    queue = db.default_queue_policy
-    action = (
-        TimeoutAction.DELAY if queue.timeout_action == mc.ModelQueuePolicy.DELAY else TimeoutAction.REJECT
-    )
-    # Triton: with a default timeout, a request's `timeout` counts only with allow_timeout_override
-    # (false unless set). Without one there is nothing to override and the request's `timeout`
-    # counts, as for a model without a queue policy (proto3 cannot tell an unset bool from false).
-    allow_override = queue.allow_timeout_override or queue.default_timeout_microseconds == 0
+    queue = db.default_queue_policy  # see server/models/config_queue.py
     return BatchingPolicy(
         max_batch_size=config.max_batch_size,
         preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
@@ -411,7 +388,8 @@ def batching_policy(
         priority_levels=db.priority_levels or 1,
         default_priority=db.default_priority_level or 1,
         default_timeout_s=(queue.default_timeout_microseconds / 1e6) or None,
-        timeout_action=action,
-        allow_timeout_override=allow_override,
+        timeout_action=timeout_action(queue),
+        allow_timeout_override=allow_override(queue),
         max_batches_in_flight=max_batches_in_flight,
+        level_policies=level_policies(db, default_max_queue_size),
     )

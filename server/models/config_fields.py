@@ -1,28 +1,147 @@
-"""Triton config fields that parse (the schema declares all of Triton's) but are not honoured.
+"""What sluiceway does with every field of Triton's ModelConfig (the schema declares all of them).
 
-Each is refused naming the field, so a config never loads with a field silently ignored. A field
-leaves this list when the server honours it or accepts it as a documented no-op.
+`FIELDS` names each field by its dotted path: honoured, accepted (a documented no-op, or with one
+warning at load when it cannot apply here), or refused naming the field. A field not listed takes
+its nearest listed parent's status. The README's field table is `markdown_table()`, and a test
+walks the ModelConfig descriptor so that a new field cannot be forgotten.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+from google.protobuf.descriptor import Descriptor
+
 from protos import model_config_pb2 as mc
 
-# Top-level ModelConfig fields, by name: set means refused.
-_MODEL_FIELDS = (
-    "sequence_batching",
-    "ensemble_scheduling",
-    "batch_input",
-    "batch_output",
-    "cc_model_filenames",
-    "model_operations",
-    "model_repository_agents",
-    "model_metrics",
-)
-_INPUT_FIELDS = ("is_shape_tensor", "allow_ragged_batch", "is_non_linear_format_io")
-_OUTPUT_FIELDS = ("is_shape_tensor", "is_non_linear_format_io")
-_INSTANCE_FIELDS = ("profile", "rate_limiter", "passive", "secondary_devices", "host_policy")
-_OPTIMIZATION_FIELDS = ("cuda", "gather_kernel_buffer_threshold", "eager_batching")
+logger = logging.getLogger(__name__)
+
+Status = Literal["honoured", "no-op", "warned", "refused"]
+_LABELS: dict[Status, str] = {
+    "honoured": "honoured",
+    "no-op": "accepted, no-op",
+    "warned": "accepted, one warning at load",
+    "refused": "refused",
+}
+_GPU = "needs a GPU"
+
+FIELDS: dict[str, tuple[Status, str]] = {
+    "name": ("honoured", "optional; must equal the model's directory name, as Triton"),
+    "platform": ("honoured", "only `onnxruntime_onnx`; others are refused"),
+    "backend": ("honoured", "only `onnxruntime`; others are refused"),
+    "runtime": ("honoured", "only `onnxruntime`; others are refused"),
+    "version_policy": ("honoured", "latest / all / specific, as Triton"),
+    "max_batch_size": ("honoured", "0: no batch dimension"),
+    "input": ("honoured", "checked against the ONNX graph; missing ones completed from it"),
+    "input.format": ("honoured", "FORMAT_NCHW/NHWC need 3 dims (Triton's only check)"),
+    "input.reshape": ("honoured", "the wire shape is `dims`; the model sees `reshape.shape`"),
+    "input.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
+    "input.allow_ragged_batch": ("refused", "ragged batching is another issue's work"),
+    "input.optional": ("honoured", "a request may omit it; the model is then not fed it"),
+    "input.is_non_linear_format_io": ("refused", "TensorRT non-linear I/O formats only"),
+    "output": ("honoured", "checked against the ONNX graph; missing ones completed from it"),
+    "output.reshape": ("honoured", "the model's shape is `reshape.shape`; clients see `dims`"),
+    "output.label_filename": ("honoured", "labels of the classification extension"),
+    "output.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
+    "output.is_non_linear_format_io": ("refused", "TensorRT non-linear I/O formats only"),
+    "instance_group": ("honoured", "`count` instances per group (per listed GPU)"),
+    "instance_group.name": ("honoured", "shown in the load log"),
+    "instance_group.gpus": ("honoured", f"`count` instances per GPU; {_GPU}, else one warning"),
+    "instance_group.kind": ("honoured", "KIND_CPU / KIND_GPU / KIND_AUTO; KIND_MODEL refused"),
+    "instance_group.profile": ("refused", "TensorRT optimization profiles"),
+    "instance_group.rate_limiter": (
+        "warned",
+        "sluiceway has no rate limiter (Triton too ignores it unless started with --rate-limit)",
+    ),
+    "instance_group.passive": ("refused", "passive instances serve only ensembles and sequences"),
+    "instance_group.secondary_devices": ("refused", "NVDLA devices of the TensorRT backend"),
+    "instance_group.host_policy": ("refused", "sluiceway has no --host-policy settings to name"),
+    "default_model_filename": ("honoured", "the file in each version directory"),
+    "cc_model_filenames": ("refused", f"one model file per GPU compute capability; {_GPU}"),
+    "metric_tags": ("warned", "the model's metrics carry its name and version only"),
+    "dynamic_batching": ("honoured", "see the batching rules"),
+    "dynamic_batching.priority_queue_policy": ("honoured", "per-level queue size and timeouts"),
+    "sequence_batching": ("honoured", 'README "Stateful sequences"; max_batch_size > 0 needed'),
+    "sequence_batching.iterative_sequence": ("refused", "iterative sequences are not implemented"),
+    "sequence_batching.direct": (
+        "honoured",
+        "served as `oldest` (same answers); minimum_slot_utilization is refused",
+    ),
+    "sequence_batching.oldest": (
+        "honoured",
+        "max_queue_delay_microseconds, preferred_batch_size; max_candidate_sequences and "
+        "preserve_ordering are no-ops (every live sequence is a candidate, always in order)",
+    ),
+    "sequence_batching.state": (
+        "honoured",
+        "implicit state; use_growable_memory refused, use_same_buffer_for_input_output a no-op",
+    ),
+    "ensemble_scheduling": ("refused", "ensembles are another issue's work"),
+    "optimization": ("honoured", "see its fields"),
+    "optimization.graph": ("honoured", "-1: basic, 0 (default): all, 1: extended, 2: none"),
+    "optimization.priority": ("honoured", "only PRIORITY_DEFAULT; others are refused"),
+    "optimization.cuda": (
+        "warned",
+        "CUDA graphs of the TensorRT backend; Triton's onnxruntime backend ignores them too",
+    ),
+    "optimization.execution_accelerators": (
+        "honoured",
+        "tensorrt / cuda / openvino providers, parameters checked; without them, one warning",
+    ),
+    "optimization.input_pinned_memory": ("no-op", "CPU instances copy nothing to a device"),
+    "optimization.output_pinned_memory": ("no-op", "CPU instances copy nothing from a device"),
+    "optimization.gather_kernel_buffer_threshold": ("warned", f"a GPU gather kernel; {_GPU}"),
+    "optimization.eager_batching": (
+        "warned",
+        "the batcher always forms a batch as soon as an instance is free",
+    ),
+    "parameters": ("honoured", "the onnxruntime backend's keys and sluiceway's own"),
+    "model_warmup": ("honoured", "run on every instance before it is ready"),
+    "model_operations": ("refused", "loading native custom-op libraries is not supported"),
+    "model_transaction_policy": ("honoured", "decoupled false only"),
+    "model_transaction_policy.decoupled": ("refused", "one response per request only"),
+    "batch_input": ("refused", "ragged batching is another issue's work"),
+    "batch_output": ("refused", "ragged batching is another issue's work"),
+    "model_repository_agents": ("refused", "repository agents (checksum, decryption) not run"),
+    "response_cache": ("honoured", "needs the server's response cache"),
+    "model_metrics": ("warned", "custom metric buckets: the server's buckets are used"),
+}
+
+
+def _walk(descriptor: Descriptor, prefix: str, seen: frozenset[str]) -> Iterator[str]:
+    for field in descriptor.fields:
+        path = prefix + field.name
+        yield path
+        sub = field.message_type
+        if sub is not None and not sub.GetOptions().map_entry and sub.full_name not in seen:
+            yield from _walk(sub, path + ".", seen | {sub.full_name})
+
+
+def all_fields() -> list[str]:
+    """Every ModelConfig field's dotted path, in declaration order (maps count as leaves)."""
+    root = mc.ModelConfig.DESCRIPTOR
+    return list(_walk(root, "", frozenset({root.full_name})))
+
+
+def status_of(path: str) -> tuple[Status, str]:
+    """The status of a field: its own entry, else its nearest listed parent's."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        entry = FIELDS.get(".".join(parts[:end]))
+        if entry is not None:
+            return entry if end == len(parts) else (entry[0], f"as `{'.'.join(parts[:end])}`")
+    raise KeyError(path)
+
+
+def markdown_table() -> str:
+    """The README's table: one row per field."""
+    rows = ["| field | status | why |", "|---|---|---|"]
+    for path in all_fields():
+        status, why = status_of(path)
+        rows.append(f"| `{path}` | {_LABELS[status]} | {why} |")
+    return "\n".join(rows)
 
 
 def _set(message: object, field: str) -> bool:
@@ -35,18 +154,47 @@ def _set(message: object, field: str) -> bool:
         return len(value) > 0
 
 
+def _set_fields(config: mc.ModelConfig) -> Iterator[tuple[str, str]]:
+    """(schema path, path naming the instance) of every set field whose status is its own entry."""
+    for path in FIELDS:
+        head, _, rest = path.partition(".")
+        if not rest:
+            if _set(config, head):
+                yield path, path
+            continue
+        owner = getattr(config, head)
+        if head in ("input", "output"):
+            yield from ((path, f"{head} '{t.name}': {rest}") for t in owner if _set(t, rest))
+        elif head == "instance_group":
+            yield from ((path, f"instance_group[{i}].{rest}") for i, g in enumerate(owner) if _set(g, rest))
+        elif _set(owner, rest):
+            yield path, path
+
+
 def unhandled_fields(config: mc.ModelConfig) -> list[str]:
-    """The dotted names of the set fields that sluiceway does not honour."""
-    found = [f for f in _MODEL_FIELDS if _set(config, f)]
-    if config.model_transaction_policy.decoupled:
-        found.append("model_transaction_policy.decoupled")
-    for kind, tensors, fields in (
-        ("input", config.input, _INPUT_FIELDS),
-        ("output", config.output, _OUTPUT_FIELDS),
-    ):
-        for tensor in tensors:
-            found.extend(f"{kind} '{tensor.name}': {f}" for f in fields if _set(tensor, f))
-    for i, group in enumerate(config.instance_group):
-        found.extend(f"instance_group[{i}].{f}" for f in _INSTANCE_FIELDS if _set(group, f))
-    found.extend(f"optimization.{f}" for f in _OPTIMIZATION_FIELDS if _set(config.optimization, f))
-    return found
+    """The named set fields that sluiceway refuses."""
+    return [name for path, name in _set_fields(config) if FIELDS[path][0] == "refused"]
+
+
+def unapplied_fields(config: mc.ModelConfig) -> list[str]:
+    """The named set fields accepted with a warning, each with why it does not apply."""
+    return [
+        f"{name} ({FIELDS[path][1]})" for path, name in _set_fields(config) if FIELDS[path][0] == "warned"
+    ]
+
+
+def warn_unapplied(config: mc.ModelConfig, source: str, extra: list[str] | None = None) -> None:
+    """One warning line at a model's load for the fields it sets that cannot apply here."""
+    found = unapplied_fields(config) + (extra or [])
+    if found:
+        logger.warning("%s: accepted but not applied here: %s", source, "; ".join(found))
+
+
+def sequence_hidden_names(config: mc.ModelConfig) -> tuple[frozenset[str], frozenset[str]]:
+    """(graph inputs, graph outputs) that sequence_batching fills or keeps (control inputs, implicit
+    state): not part of the model's public inputs and outputs (server/models/sequence_config.py)."""
+    if not config.HasField("sequence_batching"):
+        return frozenset(), frozenset()
+    sb = config.sequence_batching
+    inputs = {c.name for c in sb.control_input} | {s.input_name for s in sb.state}
+    return frozenset(inputs), frozenset(s.output_name for s in sb.state)

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
+from typing import Protocol
 
 from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
+from batcher.sequence import SequenceBatcher
+from batcher.sequence_types import SequenceId
 from batcher.stats import ModelStats
-from batcher.types import Array
 from protos import model_config_pb2 as mc
-from server import datatypes
 from server.backends.fault_backend import FaultSpec
+from server.backends.instance_groups import describe, plan_instances
 from server.backends.instances import InstanceFactory, ModelInstance, run_timeout_for
 from server.backends.onnxruntime_backend import (
     BackendLoadError,
@@ -28,7 +28,7 @@ from server.backends.onnxruntime_backend import (
     OrtOptions,
     inspect_onnx,
     ort_options_for,
-    providers_for,
+    overridable_initializers,
 )
 from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, RepositoryError
 from server.models.config import (
@@ -39,6 +39,8 @@ from server.models.config import (
     validate_config,
     validate_response_cache,
 )
+from server.models.config_fields import warn_unapplied
+from server.models.config_tensors import ReshapePlan, load_labels
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -46,8 +48,11 @@ from server.models.repository import (
     scan_repository,
 )
 from server.models.response_cache import ResponseCache
+from server.models.rollout import Rollout, RoutedRequest
+from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
+from server.models.traffic import parse_policy
+from server.models.warmup import warm_up
 from server.observability.sampling import ModelSampler, SamplingRegistry, sample_policy
-from server.protocol.codec import unpack_bytes
 from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
@@ -72,6 +77,8 @@ class ModelVersion:
     # The server's cache when the config enables response_cache; None once the version is retired.
     response_cache: ResponseCache | None = None
     sampler: ModelSampler | None = None  # when the version samples requests (observability/sampling.py)
+    sequences: SequenceBatcher | None = None  # with sequence_batching (models/sequence_config.py)
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # output -> label_filename's
     version_str: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,9 +95,20 @@ class ModelEntry:
     reason: str = ""
     # Newest version number first: the order requests without a version are routed in.
     order: list[int] = field(default_factory=list)
+    # Not loaded by design (a lazy model, or one explicit mode was not asked to load): it does not
+    # make the server unready (server/models/lazy.py, control.py).
+    dormant: bool = False
 
 
 HealthCallback = Callable[[str, bool], None]
+
+
+class OnDemand(Protocol):
+    """Lazy models (server/models/lazy.py): a request may first wait for its model to load."""
+
+    def needs_load(self, name: str) -> bool: ...
+
+    async def ready(self, name: str, remaining_s: float | None) -> None: ...
 
 
 class ModelManager:
@@ -110,17 +128,22 @@ class ModelManager:
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
+        self.on_demand: OnDemand | None = None  # set by the app when lazy models may exist
+        self.rollout = Rollout()  # traffic policies, shadow and rollback (server/models/rollout.py)
 
     # -- routing ---------------------------------------------------------------------------
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version serving a request; NOT_FOUND or UNAVAILABLE errors name what is missing."""
+    def resolve(self, name: str, version: str = "", routed: RoutedRequest | None = None) -> ModelVersion:
+        """The version serving a request; NOT_FOUND or UNAVAILABLE errors name what is missing.
+        `routed`: an inference request, routed by the model's traffic policy when it names no version."""
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model '{name}'")
         if entry.state != READY:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
+            if routed is not None:
+                return entry.versions[self.rollout.route(entry, routed)]
             return entry.versions[entry.order[0]]
         if not (version.isascii() and version.isdigit()) or (version[0] == "0" and version != "0"):
             # int() would also take " 1", "+1", "01" and non-ASCII digits as version 1.
@@ -143,12 +166,22 @@ class ModelManager:
             raise ModelNotFound(f"unknown model '{name}'")
         return entry
 
+    def release_sequences(self, seen: Iterable[tuple[str, str, SequenceId]]) -> None:
+        """Release the sequences a stream drove (its (model, version, sequence id)s): it ended."""
+        for name, version, sid in seen:
+            try:
+                served = self.resolve(name, version)
+            except Exception:
+                continue  # gone or not ready: its sequences went with it
+            if served.sequences is not None:
+                served.sequences.release(sid, "it was released when the stream that sent it ended")
+
     def entries(self) -> Iterable[ModelEntry]:
         return list(self._models.values())
 
     @property
     def all_ready(self) -> bool:
-        return all(e.state == READY for e in self._models.values())
+        return all(e.state == READY or e.dormant for e in self._models.values())
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
@@ -168,14 +201,17 @@ class ModelManager:
             for source in sources.values():
                 await self._load_source(source)
 
-    async def load(self, name: str) -> None:
-        """(Re)load one model from the repository; the old versions serve until the new are ready."""
+    async def load(self, name: str, source: ModelSource | None = None) -> None:
+        """(Re)load one model from the repository (or `source`, a RepositoryModelLoad override);
+        the old versions serve until the new are ready."""
         async with self._lock:
             try:
-                source = await asyncio.to_thread(load_model_source, self._root, name)
+                if source is None:
+                    source = await asyncio.to_thread(load_model_source, self._root, name)
             except ModelNotFoundInRepository as exc:
                 raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
             except (ConfigError, OSError) as exc:
+                self.note_failed_reload(name, str(exc))
                 raise RepositoryError(str(exc)) from None
             entry = await self._load_source(source)
             if entry.state != READY:
@@ -213,7 +249,8 @@ class ModelManager:
             reason = str(exc) if isinstance(exc, known) else repr(exc)
             log.exception("model %s failed to load", source.name)
             if old is not None and old.state == READY:
-                # A failed reload keeps the versions that were serving.
+                # A failed reload keeps the versions that were serving; the index says why.
+                self.note_failed_reload(source.name, reason)
                 raise RepositoryError(f"failed to reload model '{source.name}': {reason}") from None
             entry = ModelEntry(name=source.name, state=UNAVAILABLE, reason=reason)
             self._models[source.name] = entry
@@ -233,6 +270,7 @@ class ModelManager:
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
         settings = self._settings
         inputs, outputs = await asyncio.to_thread(inspect_onnx, path)
+        initializers = await asyncio.to_thread(overridable_initializers, path)
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
         config.name = source.name
@@ -242,10 +280,15 @@ class ModelManager:
             outputs,
             default_max_batch_size=settings.default_max_batch_size,
             source=str(source.directory / "config.pbtxt"),
+            initializers=initializers,
         )
         source_file = str(source.directory / "config.pbtxt")
         validate_config(config, source_file)
-        faults = FaultSpec.from_config(config, source_file, allowed=settings.allow_fault_injection)
+        labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
+        seq_model = sequence_model(config, inputs, outputs, source.directory, source_file)
+        parse_policy(config, source_file, source.versions)  # a bad traffic policy fails the load
+        allowed = settings.allow_fault_injection
+        faults = FaultSpec.from_config(config, source_file, allowed=allowed, version=number)
         run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
         sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings)
         cache = self._response_cache
@@ -261,18 +304,26 @@ class ModelManager:
                 graph_optimization_level=settings.graph_optimization_level,
             ),
         )
-        providers = providers_for(config, settings.execution_providers)
-        count = sum(max(group.count, 1) for group in config.instance_group) or 1
+        plan = plan_instances(config, settings.execution_providers)  # instance_groups, devices
+        warn_unapplied(config, source_file, plan.unapplied)  # one line per load (config_fields.py)
         factory = InstanceFactory(
-            path, options, providers, name=source.name, workers=settings.max_batches_in_flight, faults=faults
+            path,
+            options,
+            plan.providers,
+            name=source.name,
+            workers=settings.max_batches_in_flight,
+            faults=faults,
+            batch_axes=None if seq_model is None else seq_model.batch_axes,
+            reshape=ReshapePlan.from_config(config),
         )
         sessions: list[OrtBackend] = []
         try:
-            for _ in range(count):
-                sessions.append(await asyncio.to_thread(factory.session))
+            for slot in plan.slots:
+                sessions.append(await asyncio.to_thread(factory.session, plan.providers_of(slot)))
+            log.info("model %s version %d: instances %s", source.name, number, describe(plan.slots))
             try:
                 # On the sessions themselves: injected faults count the batcher's runs only.
-                await _warm_up(config, sessions, source.directory)
+                await warm_up(config, sessions, source.directory)
             except Exception as exc:
                 raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
         except BaseException:
@@ -286,7 +337,9 @@ class ModelManager:
             max_batches_in_flight=settings.max_batches_in_flight,
             idle_dispatch=settings.idle_dispatch,
         )
-        if not dynamic_batching_enabled(config):
+        if seq_model is not None:
+            policy = sequence_policy(config, policy)
+        elif not dynamic_batching_enabled(config):
             # Without dynamic batching each request runs alone, whatever its rows.
             policy = replace(policy, max_batch_size=0)
         stats = ModelStats()
@@ -314,7 +367,29 @@ class ModelManager:
             stats=stats,
             response_cache=cache if config.response_cache.enable else None,
             sampler=self.sampling.sampler_for(source.name, number, sampling),
+            sequences=None
+            if seq_model is None
+            else sequence_batcher(seq_model, batcher, settings, source.name),
+            labels=labels,
         )
+
+    def note_failed_reload(self, name: str, reason: str) -> None:
+        """A serving model's reload failed: it keeps serving, and its index reason says why."""
+        entry = self._models.get(name)
+        if entry is not None and entry.state == READY:
+            served = ", ".join(map(str, entry.order))
+            entry.reason = f"reload failed, version(s) {served} still serving: {reason}"
+
+    def put_entry(self, entry: ModelEntry) -> None:
+        """Show a model that is not loaded (lazy, not chosen, unreadable) in the index."""
+        self._models[entry.name] = entry
+        self._on_health(entry.name, False)
+
+    def drop_entry(self, name: str) -> None:
+        """Forget an unloaded model (its directory left the repository)."""
+        entry = self._models.get(name)
+        if entry is not None and not entry.versions:
+            del self._models[name]
 
     def _discard_cached(self, name: str) -> None:
         if self._response_cache is not None:
@@ -326,51 +401,9 @@ class ModelManager:
             # Before any await: requests still running on a retired version must not fill the cache.
             version.response_cache = None
             self.sampling.retire(version.sampler)
-        # One loop turn first: stream requests already routed here (their task made, not yet run)
-        # enqueue before the batcher stops taking them, instead of failing UNAVAILABLE mid-reload.
-        await asyncio.sleep(0)
+            if version.sequences is not None:
+                version.sequences.close()  # its sequences' state goes with it
         for version in versions:
             await version.batcher.stop(drain=True, timeout_s=self._settings.shutdown_grace_s)
             for backend in version.backends:
                 backend.close()
-
-
-async def _warm_up(config: mc.ModelConfig, backends: list[OrtBackend], directory: Path) -> None:
-    """Run the config's model_warmup samples through every instance before it takes traffic."""
-    rng = np.random.default_rng(0)
-    for sample in config.model_warmup:
-        inputs: dict[str, Array] = {}
-        for name, spec in sample.inputs.items():
-            dtype = datatypes.BY_CONFIG[spec.data_type]
-            shape = tuple(spec.dims)
-            if config.max_batch_size > 0:
-                shape = (max(sample.batch_size, 1), *shape)
-            inputs[name] = _warmup_array(spec, dtype, shape, directory, rng)
-        for backend in backends:
-            for _ in range(max(sample.count, 1)):
-                await backend.run(inputs)
-        log.info("model %s: warm-up sample '%s' ran", config.name, sample.name)
-
-
-def _warmup_array(
-    spec: mc.ModelWarmup.Input,
-    dtype: datatypes.Datatype,
-    shape: tuple[int, ...],
-    directory: Path,
-    rng: np.random.Generator,
-) -> Array:
-    kind = spec.WhichOneof("input_data_type")
-    if kind == "input_data_file":
-        raw = (directory / "warmup" / spec.input_data_file).read_bytes()
-        if dtype is datatypes.BYTES:
-            return unpack_bytes(spec.input_data_file, raw, int(np.prod(shape))).reshape(shape)
-        return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
-    if dtype is datatypes.BYTES:
-        return np.full(shape, b"", dtype=object)
-    if kind == "random_data":
-        if dtype.numpy.kind == "f":
-            return rng.standard_normal(shape).astype(dtype.numpy)
-        if dtype.numpy.kind == "b":
-            return rng.integers(0, 2, shape).astype(np.bool_)
-        return rng.integers(0, 100, shape).astype(dtype.numpy)
-    return np.zeros(shape, dtype=dtype.numpy)

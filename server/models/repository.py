@@ -77,14 +77,19 @@ def _model_file(version_dir: Path, filename: str) -> Path | None:
     return None
 
 
-def load_model_source(root: Path, name: str) -> ModelSource:
-    """Read one model's config and versions. Raises ModelNotFoundInRepository or ConfigError."""
+def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = None) -> ModelSource:
+    """Read one model's config and versions. Raises ModelNotFoundInRepository or ConfigError.
+    `override`: RepositoryModelLoad's `config`, used instead of config.pbtxt."""
     directory = root / name
     if not _is_valid_name(name) or not directory.is_dir():
         raise ModelNotFoundInRepository(f"model '{name}' is not in the repository")
     config_path = directory / CONFIG_FILENAME
     source = str(config_path)
-    if config_path.exists():
+    if override is not None:
+        source = "RepositoryModelLoad parameters['config']"
+        config = mc.ModelConfig()
+        config.CopyFrom(override)
+    elif config_path.exists():
         config = load_config_file(config_path)
     else:
         source = str(directory)

@@ -137,12 +137,16 @@ class MetricViews:
                  "(cumulative)", cached(lambda s: s.cache_miss.ns * us)),
             View("sluiceway_deadline_outcome_total", "counter", "Requests by deadline outcome: shed at "
                  "admission, expired in the queue, ran late, on time", self._outcomes),
+            View("sluiceway_frames_dropped_total", "counter", "Stream frames superseded by a newer "
+                 "frame before they were computed (latest_frame_wins)", each(lambda v: v.stats.dropped)),
             View("sluiceway_goodput_total", "counter", "Requests answered OK within their deadline "
                  "(or without one)", each(lambda v: v.stats.success.count)),
             View("sluiceway_batch_dispatch_total", "counter", "Batches dispatched, by why they were cut",
                  per_reason(lambda s: s.dispatch, "reason")),
             View("sluiceway_rejection_total", "counter", "Requests refused, by reason",
                  per_reason(lambda s: s.rejections, "reason")),
+            View("sluiceway_rollbacks_total", "counter", "Versions taken out of traffic (trigger: auto "
+                 "or manual; server/models/rollout.py)", self._models.rollout.rollback_counts),
             View("sluiceway_run_cpu_seconds_total", "counter", "Measured CPU seconds of backend runs",
                  each(lambda v: v.stats.run_cpu_s)),
             View("sluiceway_queue_requests", "gauge", "Requests waiting in the queue now",

@@ -33,6 +33,7 @@ from server.errors import status_for
 from server.models.manager import ModelManager
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.shared_memory import SharedMemoryRegistry
 
 RPC_SERVICE = "inference.GRPCInferenceService"
 MAX_ATTRIBUTE_CHARS = 256  # request ids and error messages come from callers: bounded
@@ -71,8 +72,9 @@ class TracedPath(RequestPath):
         tracing: Tracing,
         rpc: str = "ModelInfer",
         parent: Context | None = None,
+        regions: SharedMemoryRegistry | None = None,
     ) -> None:
-        super().__init__(models, is_stopping, TracedJob)
+        super().__init__(models, is_stopping, TracedJob, regions)
         self._tracing = tracing
         self._tracer: Tracer = tracing.tracer
         self._rpc = rpc
@@ -80,7 +82,9 @@ class TracedPath(RequestPath):
 
     def bind(self, metadata: Metadata | None, rpc: str) -> TracedPath:
         """This path for one call: its RPC's name, and the parent its metadata carry."""
-        return TracedPath(self._models, self._is_stopping, self._tracing, rpc, self._tracing.parent(metadata))
+        return TracedPath(
+            self._models, self._is_stopping, self._tracing, rpc, self._tracing.parent(metadata), self.regions
+        )
 
     def start(
         self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int

@@ -20,6 +20,7 @@ from protos import grpc_service_pb2 as pb
 from protos import wire
 from server import datatypes
 from server.errors import InvalidRequest
+from server.protocol.shm_tensors import ShmTensors
 
 # Most elements one tensor's shape may describe: far beyond any message, well within numpy's sizes.
 MAX_ELEMENTS = 2**40
@@ -27,21 +28,28 @@ MAX_ELEMENTS = 2**40
 MAX_DIMS = 32
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
+def decode_inputs(
+    request: pb.ModelInferRequest, shm: ShmTensors | None = None, private_shm: bool = False
+) -> dict[str, Array]:
     """The request's input tensors as numpy arrays, checked for self-consistency.
 
     Raises InvalidRequest naming the input for unknown datatypes, negative dims, duplicate names,
     byte or element counts that do not match the declared shape, typed values out of their
     datatype's range, typed contents in another datatype's field, and typed contents in a request
-    that sends raw_input_contents.
+    that sends raw_input_contents. Inputs in `shm` are read from their shared-memory regions (a
+    copy when `private_shm`); raw_input_contents then holds one entry per other input, as Triton.
     """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    in_shm = 0 if shm is None else len(shm.inputs)
+    if raw and len(raw) != len(request.inputs) - in_shm:
+        where = " outside shared memory" if in_shm else ""
         raise InvalidRequest(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs"
+            f"raw_input_contents has {len(raw)} entries but the request has "
+            f"{len(request.inputs) - in_shm} inputs{where}"
         )
     arrays: dict[str, Array] = {}
-    for index, tensor in enumerate(request.inputs):
+    index = 0  # into raw_input_contents
+    for tensor in request.inputs:
         name = tensor.name
         if name in arrays:
             raise InvalidRequest(f"input '{name}' appears more than once")
@@ -57,13 +65,16 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Array]:
             # Even with a zero dimension: numpy cannot describe such an array (and says so as an
             # error that would otherwise surface as INTERNAL).
             raise InvalidRequest(f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements")
-        if raw:
+        if shm is not None and name in shm.inputs:
+            arrays[name] = shm.read(name, dtype, shape, private_shm)
+        elif raw:
             if tensor.HasField("contents"):
                 # Triton's rule and wording: one of the two would otherwise be silently ignored.
                 raise InvalidRequest(
                     f"input '{name}': contents field must not be specified when using raw_input_contents"
                 )
             arrays[name] = _from_raw(name, index, raw[index], dtype, shape)
+            index += 1
         else:
             arrays[name] = _from_contents(name, tensor, dtype, shape)
     return arrays
@@ -146,8 +157,10 @@ def encode_response(
     request_id: str,
     outputs: Mapping[str, Array],
     names: Iterable[str],
+    shm: ShmTensors | None = None,
 ) -> pb.ModelInferResponse:
-    """A ModelInferResponse holding `names` from `outputs` as raw_output_contents."""
+    """A ModelInferResponse holding `names` from `outputs` as raw_output_contents; those in `shm`
+    are written into their regions and have an empty entry (Triton's form)."""
     tensors: list[pb.ModelInferResponse.InferOutputTensor] = []
     contents: list[bytes] = []
     for name in names:
@@ -157,7 +170,11 @@ def encode_response(
                 name=name, datatype=datatypes.from_numpy(array.dtype).wire, shape=array.shape
             )
         )
-        contents.append(raw_bytes(array))
+        if shm is not None and name in shm.outputs:
+            shm.write(name, array)
+            contents.append(b"")
+        else:
+            contents.append(raw_bytes(array))
     return pb.ModelInferResponse(
         model_name=model_name,
         model_version=model_version,

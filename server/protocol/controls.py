@@ -1,8 +1,8 @@
 """Per-request controls carried in ModelInferRequest.parameters.
 
-`timeout` (microseconds, Triton's meaning) and `priority` are honoured; sequence parameters are
-refused until sequence batching exists; every other parameter is ignored (clients such as
-perf_analyzer send their own).
+`timeout` (microseconds, Triton's meaning), `priority` and the sequence parameters
+(server/protocol/sequence_params.py) are honoured; every other parameter is ignored (clients such
+as perf_analyzer send their own).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
-
-_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+from server.protocol.sequence_params import SequenceParams, parse_sequence
 
 
 @dataclass(frozen=True, slots=True)
 class Controls:
     timeout_s: float | None = None
     priority: int = 0  # 0: the model's default level
+    sequence: SequenceParams | None = None  # sequence_id / sequence_start / sequence_end
 
 
 NO_CONTROLS = Controls()
@@ -48,14 +48,19 @@ def parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls:
         priority = _integer("priority", parameters["priority"])
         if priority < 0:
             raise InvalidRequest(f"parameter 'priority' must be >= 0, got {priority}")
-    for name in _SEQUENCE_PARAMETERS:
-        param = parameters.get(name)
-        if param is not None and param.WhichOneof("parameter_choice") and _truthy(param):
-            raise InvalidRequest(f"parameter '{name}': sequence batching is not supported yet")
-    return Controls(timeout_s=timeout_s, priority=priority)
+    return Controls(timeout_s=timeout_s, priority=priority, sequence=parse_sequence(parameters))
 
 
-def _truthy(param: pb.InferParameter) -> bool:
+LATEST_FRAME_WINS = "latest_frame_wins"
+
+
+def latest_frame_wins(parameters: Mapping[str, pb.InferParameter]) -> bool | None:
+    """The request's own latest-frame-wins choice (server/protocol/latest_frame.py); None: absent,
+    the model's setting applies."""
+    param = parameters.get(LATEST_FRAME_WINS)
+    if param is None:
+        return None
     kind = param.WhichOneof("parameter_choice")
-    value = getattr(param, kind) if kind else None
-    return bool(value) and value != "0"
+    if kind != "bool_param":
+        raise InvalidRequest(f"parameter '{LATEST_FRAME_WINS}' must be a bool, got {kind or 'nothing'}")
+    return bool(param.bool_param)

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
+from batcher.claim import Claim
+from batcher.errors import NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
-from server.errors import ShuttingDown
+from server.errors import FrameDropped, ShuttingDown
 from server.models.manager import ModelManager, ModelVersion
 from server.models.response_cache import request_key
 from server.observability.metrics_reasons import record_failed
-from server.protocol import codec
-from server.protocol.controls import parse_controls
+from server.protocol import codec, shm_tensors
+from server.protocol.classification import classify, requested_classes
+from server.protocol.controls import Controls, parse_controls
+from server.protocol.sequence_route import check_sequence, sequence_outputs
+from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.shm_tensors import ShmTensors
 
 
 @dataclass(slots=True)
@@ -30,30 +36,62 @@ class InferJob:
     inputs: Tensors
     names: Sequence[str]
     admission: Admission  # deadline, priority and rows, settled once against the model's policy
+    controls: Controls  # the request's own terms, kept to settle them again on another version
+    call_deadline: float | None  # the gRPC call's (absolute time.monotonic()), before any `timeout`
     cache_key: bytes = b""
     lookup_ns: int = 0
     looked_up: bool = False  # the cache was consulted: the miss is counted when outputs arrive
     queue_trace: QueueTrace | None = None  # set by tracing (server/observability) for a traced request
+    claim: Claim | None = None  # latest-frame-wins: a newer frame may withdraw it while queued
+    shm: ShmTensors | None = None  # tensors in shared memory: the job holds their regions mapped
+    classes: Mapping[str, int] | None = None  # classification extension: output -> class count
+    outputs: Tensors | None = None  # as computed (before classification): a shadow compares them
 
     @classmethod
     def prepare(
-        cls, served: ModelVersion, request: pb.ModelInferRequest, remaining_s: float | None
+        cls,
+        served: ModelVersion,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        regions: SharedMemoryRegistry | None = None,
     ) -> InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
         or TooManyRows)."""
         signature = served.signature
-        inputs = codec.decode_inputs(request)
+        shm = shm_tensors.resolve(request, regions)
+        # Copies, not views, where the inputs outlive the request (cache keys, samples).
+        inputs = codec.decode_inputs(
+            request, shm, served.response_cache is not None or served.sampler is not None
+        )
         rows = signature.check_inputs(inputs)
         names = signature.check_outputs(codec.requested_outputs(request))
         controls = parse_controls(request.parameters)
+        check_sequence(served, controls.sequence)
         deadline = None if remaining_s is None else time.monotonic() + remaining_s
         admission = served.batcher.admission(
             rows, deadline=deadline, priority=controls.priority, timeout_s=controls.timeout_s
         )
-        return cls(served, request, inputs, names, admission)
+        classes = requested_classes(request, signature)
+        return cls(served, request, inputs, names, admission, controls, deadline, shm=shm, classes=classes)
+
+    def retarget(self, served: ModelVersion) -> None:
+        """Point the job at `served`: the version now serving its model, after a reload retired the
+        one it was prepared for before it reached that version's batcher. Checked and settled again
+        against the new version (its signature or policy may differ); the call's deadline stands."""
+        signature = served.signature
+        rows = signature.check_inputs(self.inputs)
+        self.names = signature.check_outputs(codec.requested_outputs(self.request))
+        c = self.controls
+        self.admission = served.batcher.admission(
+            rows, deadline=self.call_deadline, priority=c.priority, timeout_s=c.timeout_s
+        )
+        self.served = served
+        self.looked_up = False  # the old version's cache: nothing to count or fill
 
     def answer_now(self) -> pb.ModelInferResponse | None:
         """The response if it needs no waiting (a cache hit, or an idle model's cheap run)."""
+        if self.controls.sequence is not None:
+            return None  # it waits for its sequence's turn (batcher/sequence.py)
         served = self.served
         cache = served.response_cache
         if cache is not None:
@@ -71,7 +109,12 @@ class InferJob:
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
-        outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace)
+        if self.controls.sequence is not None:
+            outputs = await sequence_outputs(
+                self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace
+            )
+            return self._computed(outputs)
+        outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return self._computed(outputs)
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
@@ -85,20 +128,30 @@ class InferJob:
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
         served = self.served
+        self.outputs = outputs
         if served.sampler is not None:  # computed or cached: queue references, or count a drop
             served.sampler.offer(self.inputs, outputs)
-        return codec.encode_response(served.name, served.version_str, self.request.id, outputs, self.names)
+        if self.classes:  # the classification extension (server/protocol/classification.py)
+            outputs = classify(outputs, self.classes, served.labels, served.config.max_batch_size > 0)
+        return codec.encode_response(
+            served.name, served.version_str, self.request.id, outputs, self.names, self.shm
+        )
 
 
 class RequestPath:
     """Route, prepare and answer requests for both RPCs, recording per-version statistics."""
 
     def __init__(
-        self, models: ModelManager, is_stopping: Callable[[], bool], job_type: type[InferJob] = InferJob
+        self,
+        models: ModelManager,
+        is_stopping: Callable[[], bool],
+        job_type: type[InferJob] = InferJob,
+        regions: SharedMemoryRegistry | None = None,
     ) -> None:
         self._models = models
         self._is_stopping = is_stopping
         self._job_type = job_type  # tracing's subclass notes when each stage ended
+        self.regions = regions  # registered shared memory (None: requests naming a region are refused)
 
     def preserves_order(self, request: pb.ModelInferRequest) -> bool:
         """Whether the request's model answers a stream's requests in request order."""
@@ -108,39 +161,91 @@ class RequestPath:
             return False  # it will fail in `start`, with the reason
         return served.config.dynamic_batching.preserve_ordering
 
+    def needs_load(self, request: pb.ModelInferRequest) -> bool:
+        """Whether the request's (lazy) model must load first (server/models/lazy.py)."""
+        demand = self._models.on_demand
+        return demand is not None and demand.needs_load(request.model_name)
+
+    def model_of(self, request: pb.ModelInferRequest) -> ModelVersion | None:
+        """The version the request would be served by now (None: none; `start` says why)."""
+        try:
+            return self._models.resolve(request.model_name, request.model_version)
+        except Exception:
+            return None
+
     def start(
         self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         """Route and prepare a request, and answer it if that needs no waiting (see InferJob)."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
-        served = self._models.resolve(request.model_name, request.model_version)
+        served = self._models.resolve(request.model_name, request.model_version, request)
         try:
-            job = self._job_type.prepare(served, request, remaining_s)
+            job = self._job_type.prepare(served, request, remaining_s, self.regions)
             response = job.answer_now()
         except Exception as exc:
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             raise
         if response is not None:
-            served.stats.record_success(time.perf_counter_ns() - start_ns)
+            elapsed_ns = time.perf_counter_ns() - start_ns
+            served.stats.record_success(elapsed_ns)
+            self._answered(job, elapsed_ns)
         return job, response
+
+    def _answered(self, job: InferJob, elapsed_ns: int) -> None:
+        """Offer an answered request to its model's shadow candidate (server/models/rollout.py);
+        never one in shared memory (the region may change once answered) or of a sequence."""
+        if job.shm is None and job.controls.sequence is None:
+            request = job.request
+            self._models.rollout.answered(job.served, request, bool(request.model_version), job.inputs,
+                                          job.admission.rows, job.outputs, elapsed_ns)  # fmt: skip
 
     async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
         """The answer of a request `start` could not answer at once."""
         stats = job.served.stats
         try:
-            response = await job.answer_later()
+            try:
+                response = await job.answer_later()
+            except NotAccepting:
+                # A stream prepares a request, then a task of its own submits it: a reload may retire
+                # the version in between. Unless the server itself is stopping, submit it to the
+                # version serving now. Resolving, retargeting and the batcher's admission check run
+                # without a suspension point, so one retry cannot race another reload.
+                if self._is_stopping():
+                    raise
+                served = self._models.resolve(job.request.model_name, job.request.model_version, job.request)
+                if served is job.served:
+                    raise
+                job.retarget(served)
+                stats = served.stats
+                response = await job.answer_later()
         except asyncio.CancelledError:
             stats.record_canceled()
+            raise
+        except FrameDropped:
+            stats.dropped += 1  # neither a success nor a failure: answered "dropped"
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
             raise
-        stats.record_success(time.perf_counter_ns() - start_ns)
+        elapsed_ns = time.perf_counter_ns() - start_ns
+        stats.record_success(elapsed_ns)
+        self._answered(job, elapsed_ns)
         return response
 
-    async def infer(self, request: pb.ModelInferRequest, remaining_s: float | None) -> pb.ModelInferResponse:
-        """Serve one request end to end; raises on any failure."""
+    async def infer(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, claim: Claim | None = None
+    ) -> pb.ModelInferResponse:
+        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim."""
         start_ns = time.perf_counter_ns()
+        demand = self._models.on_demand
+        if demand is not None and demand.needs_load(request.model_name):
+            waited = time.monotonic()  # a lazy model's first request: wait within the deadline
+            await demand.ready(request.model_name, remaining_s)
+            if remaining_s is not None:
+                remaining_s -= time.monotonic() - waited
         job, response = self.start(request, remaining_s, start_ns)
-        return response if response is not None else await self.finish(job, start_ns)
+        if response is not None:
+            return response
+        job.claim = claim
+        return await self.finish(job, start_ns)

@@ -17,7 +17,16 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.errors import InvalidRequest, ShuttingDown, StreamIdle, StreamLimitReached, status_for
+from server.backends.cuda_shm import CudaSharedMemory, NoCudaSharedMemory
+from server.errors import (
+    InvalidRequest,
+    ModelControlDisabled,
+    ShuttingDown,
+    StreamIdle,
+    StreamLimitReached,
+    status_for,
+)
+from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.manager import READY, ModelManager
 from server.observability.logs import request_fields
 from server.observability.tracing import Tracing
@@ -25,6 +34,8 @@ from server.observability.tracing_spans import TracedPath
 from server.protocol.calls import CallTracker, read_until_quiet
 from server.protocol.infer_job import RequestPath
 from server.protocol.rich_status import retry_info_trailer
+from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
 from server.protocol.stream import StreamSession
 
@@ -38,6 +49,9 @@ EXTENSIONS = (
     "statistics",
     "schedule_policy",
     "binary_tensor_data",
+    "system_shared_memory",
+    "classification",
+    "sequence",
 )
 
 
@@ -62,7 +76,7 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapped
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         models: ModelManager,
@@ -72,15 +86,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int,
         stream_idle_timeout_s: float,
         tracing: Tracing | None = None,
+        shm: SharedMemoryRegistry | None = None,
+        cuda_shm: CudaSharedMemory | None = None,
+        repository: RepositoryControl | None = None,
     ) -> None:
         self._models = models
+        self._repository = repository  # model control modes (server/models/control.py)
         self.calls = calls
+        # The shared-memory RPCs (shm_service.py); tests that build a bare servicer get none allowed.
+        self.shm = shm or SharedMemoryRegistry(allowed=False, max_regions=1, max_bytes=1)
+        self.cuda_shm = cuda_shm or NoCudaSharedMemory("CUDA shared memory is not available")
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._is_stopping = is_stopping
-        self._path = RequestPath(models, is_stopping)
+        self._path = RequestPath(models, is_stopping, regions=self.shm)
         # Tracing on: a span per request, through a path bound to each call's trace context.
-        self._traced = None if tracing is None else TracedPath(models, is_stopping, tracing)
+        self._traced = None if tracing is None else TracedPath(models, is_stopping, tracing, regions=self.shm)
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -179,14 +200,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
         check_repository_name(request.model_name)
-        if request.parameters:
-            # Triton's `config` override and `file:` contents are not applied: refuse, never ignore.
-            raise InvalidRequest(
-                "RepositoryModelLoad parameters are not supported (got "
-                f"{', '.join(repr(k[:64]) for k in sorted(request.parameters))}): "
-                "the model is loaded from the repository as it is on disk"
-            )
-        await self._models.load(request.model_name)
+        # The mode may refuse; `config` and `file:` parameters are applied (models/load_request.py).
+        await self._control().load_rpc(request.model_name, dict(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @answers_errors
@@ -194,8 +209,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         check_repository_name(request.model_name)
-        await self._models.unload(request.model_name)
+        await self._control().unload_rpc(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    def _control(self) -> RepositoryControl:
+        if self._repository is None:  # a bare servicer (tests): no repository control
+            raise ModelControlDisabled(NOT_ALLOWED)
+        return self._repository
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -221,6 +241,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             max_in_flight=self._stream_max_in_flight,
             deadline=None if remaining is None else time.monotonic() + remaining,
             idle_timeout_s=self._stream_idle_timeout_s,
+            on_close=self._models.release_sequences,
         )
         try:
             with self.calls.stream(context.peer(), session):

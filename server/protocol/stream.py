@@ -21,11 +21,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
-from server.errors import status_for
+from server.errors import FrameDropped, status_for
 from server.observability.logs import request_fields
 from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
+from server.protocol.stream_sequences import OnClose, SeenSequences
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +51,21 @@ class StreamSession:
         max_in_flight: int,
         deadline: float | None,  # the call's gRPC deadline, absolute time.monotonic()
         idle_timeout_s: float = 0.0,  # 0: never
+        on_close: OnClose | None = None,  # given the sequences it drove, when it ends
     ) -> None:
         self._requests = requests
         self._path = path
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
+        self._on_close = on_close
+        self._sequences = SeenSequences()
         self._answers: asyncio.Queue[Response | None] = asyncio.Queue()
         # One slot per request read and not yet written back: in flight or answered but unsent.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Task[None]] = set()
         # Set once the latest order-preserving request has been answered: the next one waits on it.
         self._ordered_tail: asyncio.Event | None = None
+        self._frames = LatestFrames(path)  # latest-frame-wins (server/protocol/latest_frame.py)
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
         self._last_read = time.monotonic()
@@ -82,6 +89,8 @@ class StreamSession:
             self._reader.cancel()
             for task in list(self._pending):
                 task.cancel()
+            if self._on_close is not None:
+                self._on_close(self._sequences)
 
     def finish(self, why: str = "drain") -> None:
         """Stop admitting; the requests already admitted are still answered, then `answers()` ends.
@@ -168,10 +177,18 @@ class StreamSession:
         if isinstance(request, Malformed):  # no id to answer with: the error names the message
             self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None)
             return
+        if self._on_close is not None:
+            self._sequences.note(request)
         start_ns = time.perf_counter_ns()
-        after, done = self._place_in_order(request)
+        try:
+            claim = self._frames.arrive(request)  # withdraws the frame it supersedes, if any
+        except Exception as exc:
+            self._send(_error(request, exc), None)
+            return
+        after, done = self._place_in_order(request, claim is not None)
         job: InferJob | None = None
-        if after is None or after.is_set():  # nothing earlier to wait for
+        # Nothing earlier to wait for, and no lazy model to load first (its task waits for that).
+        if (after is None or after.is_set()) and not self._path.needs_load(request):
             try:
                 job, now = self._path.start(request, self._left_s(), start_ns)
             except Exception as exc:
@@ -180,15 +197,18 @@ class StreamSession:
             if now is not None:
                 self._send(Response(infer_response=now), done)
                 return
-        task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done))
+            if claim is not None:
+                job.claim = claim
+        task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     def _place_in_order(
-        self, request: pb.ModelInferRequest
+        self, request: pb.ModelInferRequest, ordered: bool
     ) -> tuple[asyncio.Event | None, asyncio.Event | None]:
-        """(the answer to wait for, the event to set once answered) for order-preserving models."""
-        if not self._path.preserves_order(request):
+        """(the answer to wait for, the event to set once answered) for order-preserving models
+        and `ordered` requests (latest-frame-wins frames)."""
+        if not ordered and not self._path.preserves_order(request):
             return None, None
         after, done = self._ordered_tail, asyncio.Event()
         self._ordered_tail = done
@@ -201,15 +221,18 @@ class StreamSession:
         start_ns: int,
         after: asyncio.Event | None,
         done: asyncio.Event | None,
+        claim: Claim | None = None,
     ) -> None:
         response: Response | None = None
         try:
             try:
                 if job is None:
-                    result = await self._path.infer(request, self._left_s())
+                    result = await self._path.infer(request, self._left_s(), claim)
                 else:
                     result = await self._path.finish(job, start_ns)
                 response = Response(infer_response=result)
+            except FrameDropped:
+                response = dropped_response(request)
             except Exception as exc:
                 response = _error(request, exc)
             if after is not None:

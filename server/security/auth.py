@@ -3,8 +3,9 @@
 Which scope an RPC needs is one table (`required_scope`): health checks are open (load balancers
 and Kubernetes probe without credentials), repository load/unload need `admin`, everything else
 (inference, metadata, statistics, reflection, and any RPC added later) needs at least `inference`
-unless it is added to a table here. A missing, malformed or unknown token is UNAUTHENTICATED; a
-known token without the scope is PERMISSION_DENIED. Messages say what is missing, never echo the
+unless it is added to a table here; every RPC of our admin service (sluiceway.admin.v1.Admin)
+needs `admin`. A missing, malformed or unknown token is UNAUTHENTICATED; a known token without
+the scope is PERMISSION_DENIED. Messages say what is missing, never echo the
 token. With no tokens file there is no interceptor at all, so plaintext serving pays nothing.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
 from server.protocol.calls import read_until_quiet
 from server.security.tokens import GRANTS, Scope, TokenTable, load_tokens
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+ADMIN_SERVICE = apb.DESCRIPTOR.services_by_name["Admin"].full_name  # sluiceway.admin.v1: all admin
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # ServerLive/ServerReady are the protocol's own health checks (tritonclient's is_server_live and
 # is_server_ready, orchestrators' probes), as open as grpc.health.v1: they tell only up or not.
@@ -33,7 +36,7 @@ OPEN_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ServerLive", f"/{INFERENCE_SERV
 # RPCs that change what the server serves. New admin RPCs (log or trace settings) belong here.
 ADMIN_METHODS = frozenset(
     {f"/{INFERENCE_SERVICE}/RepositoryModelLoad", f"/{INFERENCE_SERVICE}/RepositoryModelUnload"}
-)
+) | frozenset(f"/{ADMIN_SERVICE}/{m.name}" for m in apb.DESCRIPTOR.services_by_name["Admin"].methods)
 BEARER = "bearer"  # the scheme name is case-insensitive (RFC 7235)
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]

@@ -40,7 +40,9 @@ def client_limits_server(
     mlp_config = (demo_repo / "mlp" / "config.pbtxt").read_text()
     write_model(repo, "mlp", demo_repo / "mlp" / "1" / "model.onnx", mlp_config)
     write_model(repo, "spare", demo_repo / "mlp" / "1" / "model.onnx", mlp_config.replace('"mlp"', '"spare"'))
-    with ServerProcess("--model-repository", str(repo)) as server:
+    with ServerProcess(
+        "--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*"
+    ) as server:
         yield server
 
 

@@ -40,6 +40,7 @@ def limited_server() -> Iterator[ServerProcess]:
         str(PER_PEER),
         "--max-streams",
         "100",
+        *("--model-control-mode", "explicit", "--load-model", "*"),  # load/unload RPCs allowed
     ]
     with ServerProcess(*args) as server:
         yield server
@@ -188,13 +189,13 @@ async def test_repository_names_that_cannot_be_models_are_invalid_argument(
 
 async def test_load_parameters_are_refused_not_ignored(limited_server: ServerProcess) -> None:
     request = pb.RepositoryModelLoadRequest(model_name="mlp")
-    request.parameters["config"].string_param = '{"max_batch_size": 4}'
+    request.parameters["shadow_of"].string_param = "mlp"  # not one of Triton's (config, file:)
     async with grpc.aio.insecure_channel(limited_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.RepositoryModelLoad(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "'config'" in caught.value.details()
+    assert "'shadow_of' is not supported" in caught.value.details()
 
 
 @pytest.mark.parametrize("version", [" 1", "+1", "01", "1 ", "\u0661", "1.0"])

@@ -285,7 +285,9 @@ def test_published_version_is_served_after_repository_model_load(tmp_path: Path)
     (repo / "tiny" / "config.pbtxt").write_text(CLASSIFIER_CONFIG)
     x = np.random.default_rng(3).standard_normal((3, 32)).astype(np.float32)
     with (
-        ServerProcess("--model-repository", str(repo)) as server,
+        ServerProcess(
+            "--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*"
+        ) as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]

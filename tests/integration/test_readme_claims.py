@@ -304,7 +304,17 @@ def repo_dir(mlp_files: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def repo_server(repo_dir: Path) -> Iterator[ServerProcess]:
-    with ServerProcess("--model-repository", str(repo_dir), "--response-cache-bytes", "1000000") as server:
+    args = (
+        "--model-repository",
+        str(repo_dir),
+        "--response-cache-bytes",
+        "1000000",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "*",
+    )
+    with ServerProcess(*args) as server:
         yield server
 
 
@@ -342,7 +352,8 @@ def test_a_failed_reload_answers_an_error_and_the_old_version_keeps_serving(
         assert "reloaded" in err.details()
     finally:
         config.write_text(good)
-    assert _state(repo_stub, "reloaded") == ("READY", "")
+    state, reason = _state(repo_stub, "reloaded")  # serving, and the index says why nothing changed
+    assert state == "READY" and reason.startswith("reload failed, version(s) 1 still serving: "), reason
     assert repo_stub.ModelReady(pb.ModelReadyRequest(name="reloaded"), timeout=30).ready
     answer = repo_stub.ModelInfer(infer_request("reloaded", seed=5), timeout=30)
     assert answer.raw_output_contents[0] == expected

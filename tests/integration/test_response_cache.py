@@ -39,7 +39,17 @@ def cache_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def cache_server(cache_repo: Path) -> Iterator[ServerProcess]:
-    with ServerProcess("--model-repository", str(cache_repo), "--response-cache-bytes", "1000000") as server:
+    args = (
+        "--model-repository",
+        str(cache_repo),
+        "--response-cache-bytes",
+        "1000000",
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "*",
+    )
+    with ServerProcess(*args) as server:
         yield server
 
 

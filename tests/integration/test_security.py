@@ -50,6 +50,7 @@ def secure_args(demo_repo: Path, pki: Pki, tmp_path_factory: pytest.TempPathFact
         "--model-repository", str(repo),
         "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
         "--auth-tokens-file", str(tokens),
+        "--model-control-mode", "explicit", "--load-model", "*",  # the admin tests load and unload
     ]  # fmt: skip
 
 

@@ -23,6 +23,13 @@ def demo_server(demo_repo: Path) -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def shm_server(demo_repo: Path) -> Iterator[ServerProcess]:
+    """The demo repository with client shared memory allowed (README "Shared memory")."""
+    with ServerProcess("--model-repository", str(demo_repo), "--allow-client-shm") as server:
+        yield server
+
+
 MLP_TWO_VERSIONS = """
 name: "mlp_versions"
 max_batch_size: 8
@@ -48,5 +55,7 @@ def limits_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     write_model(
         repo, "mlp_versions", demo_repo / "mlp" / "1" / "model.onnx", MLP_TWO_VERSIONS, versions=(1, 3)
     )
-    with ServerProcess("--model-repository", str(repo)) as server:
+    with ServerProcess(
+        "--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*"
+    ) as server:
         yield server

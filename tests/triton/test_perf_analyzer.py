@@ -15,6 +15,7 @@ import pytest
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
+SHM = Path("/dev/shm")
 # Above the suite's 120 s: on a fresh machine the first test also waits for the tool's set-up.
 pytestmark = pytest.mark.timeout(720)
 
@@ -65,3 +66,35 @@ def test_perf_analyzer_runs_cleanly(
     assert rows, output[-2000:]
     for row in rows:
         assert float(row["Inferences/Second"]) > 0
+
+
+def test_perf_analyzer_with_system_shared_memory(
+    perf_analyzer: Path, shm_server: ServerProcess, demo_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Inputs and outputs through system shared memory (perf_analyzer registers its own regions);
+    against a server that does not allow client shared memory the same run fails, which shows the
+    first one really used it."""
+    report = tmp_path / "report.csv"
+    base = [
+        str(perf_analyzer),
+        "-m", "resnet_u8",
+        "-i", "grpc",
+        "--shared-memory", "system",
+        "--concurrency-range", "2",
+        "--measurement-interval", "1500",
+        "--max-trials", "4",
+        "--stability-percentage", "999",
+    ]  # fmt: skip
+    run = subprocess.run(
+        [*base, "-u", shm_server.address, "-f", str(report)], capture_output=True, text=True, timeout=300
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    rows = list(csv.DictReader(report.open()))
+    assert rows and float(rows[0]["Inferences/Second"]) > 0, output[-2000:]
+    before = set(SHM.iterdir())
+    refused = subprocess.run([*base, "-u", demo_server.address], capture_output=True, text=True, timeout=300)
+    for left in set(SHM.iterdir()) - before:  # perf_analyzer exits without removing its regions
+        left.unlink(missing_ok=True)
+    assert refused.returncode != 0
+    assert "client shared memory is disabled" in refused.stdout + refused.stderr

@@ -38,6 +38,7 @@ def mtls_server(
         "--model-repository", str(repo),
         "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
         "--tls-client-ca-file", str(pki.ca), "--auth-tokens-file", str(tokens),
+        "--model-control-mode", "explicit", "--load-model", "*",
     ) as server:  # fmt: skip
         yield server
 

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.stats import ModelStats
 from server.models.manager import READY
+from server.models.rollout import Rollout
 from server.observability.metrics import Metrics
 from server.observability.metrics_views import Costs, MetricViews
 
@@ -27,6 +28,7 @@ def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
 class FakeModels:
     def __init__(self, *versions: Any) -> None:
         self.list = [SimpleNamespace(state=READY, versions={1: v}) for v in versions]
+        self.rollout = Rollout()  # rollback counts (server/models/rollout.py)
 
     def entries(self) -> list[Any]:
         return list(self.list)

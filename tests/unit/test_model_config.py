@@ -192,9 +192,15 @@ def test_other_platforms_are_rejected(field: str, value: str) -> None:
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ('max_batch_size: 4 input [{ name: "x" reshape { shape: [ 4 ] } }]', r"input 'x': field 'reshape'"),
-        ('output [{ name: "y" reshape { } }]', r"output 'y': field 'reshape'"),
-        ('input [{ name: "x" optional: true }]', r"input 'x': field 'optional'"),
+        (
+            'max_batch_size: 4 input [{ name: "x" dims: [ 3 ] reshape { shape: [ 4 ] } }]',
+            r"input 'x': reshape.shape \[4\] holds 4 elements but dims \[3\] hold 3",
+        ),
+        ('output [{ name: "y" reshape { } }]', r"output 'y': reshape needs dims"),
+        (
+            'input [{ name: "x" dims: [ 3, 4 ] format: FORMAT_NCHW }]',
+            r"input 'x': format FORMAT_NCHW needs 3 dims",
+        ),
         ('input [{ name: "x" }, { name: "x" }]', "input 'x' is listed twice"),
         ('input [{ name: "x" dims: [ -2 ] }]', "below -1"),
         ('input [{ name: "x" data_type: TYPE_BF16 }]', "data_type TYPE_BF16 is not supported"),
@@ -212,8 +218,9 @@ def test_other_platforms_are_rejected(field: str, value: str) -> None:
             "default_priority_level 1 given without priority_levels",
         ),
         (
-            "max_batch_size: 4 dynamic_batching { priority_queue_policy { key: 1 value { } } }",
-            "priority_queue_policy is not supported",
+            "max_batch_size: 4 dynamic_batching { priority_levels: 2\n"
+            "priority_queue_policy { key: 3 value { } } }",
+            r"priority_queue_policy level 3 is not between 1 and priority_levels \(2\)",
         ),
         ("instance_group [{ kind: KIND_MODEL }]", r"instance_group\[0\]: kind KIND_MODEL"),
         ("instance_group [{ kind: KIND_CPU gpus: [ 0 ] }]", "gpus .* given for kind KIND_CPU"),
@@ -354,11 +361,11 @@ def test_idle_dispatch_must_be_true_or_false() -> None:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("sequence_batching { }", "sequence_batching"),
+        ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence"),
         ('ensemble_scheduling { step { model_name: "a" } }', "ensemble_scheduling"),
         ('input { name: "x" allow_ragged_batch: true }', "input 'x': allow_ragged_batch"),
         ('instance_group { host_policy: "numa0" }', "instance_group[0].host_policy"),
-        ("optimization { cuda { graphs: true } }", "optimization.cuda"),
+        ('instance_group { profile: "0" }', "instance_group[0].profile"),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
     ],
 )

@@ -10,6 +10,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
 from server.protocol.controls import Controls, parse_controls
+from server.protocol.sequence_params import SequenceParams
 
 
 def params(**ints: int) -> Mapping[str, pb.InferParameter]:
@@ -51,7 +52,10 @@ def test_a_non_integer_timeout_names_the_parameter_and_what_came() -> None:
         parse_controls(empty.parameters)
 
 
-def test_a_sequence_id_of_text_zero_is_no_sequence() -> None:
+def test_a_sequence_id_of_text_zero_is_a_string_id_and_integer_zero_is_none() -> None:
+    # Triton: only 0 and "" mean "no sequence"; the text "0" is a string correlation id.
     request = pb.ModelInferRequest()
     request.parameters["sequence_id"].string_param = "0"
+    assert parse_controls(request.parameters) == Controls(sequence=SequenceParams("0", False, False))
+    request.parameters["sequence_id"].int64_param = 0
     assert parse_controls(request.parameters) == Controls()

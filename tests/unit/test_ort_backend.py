@@ -244,8 +244,7 @@ def test_tensorrt_accelerator_maps_parameters() -> None:
     assert [name for name, _ in providers] == [TENSORRT, CUDA, CPU]
     assert providers[0][1] == {
         "device_id": "1",
-        "trt_fp16_enable": "True",
-        "trt_int8_enable": "False",
+        "trt_fp16_enable": "1",
         "trt_max_workspace_size": "1073741824",
         "trt_engine_cache_enable": "true",
         "trt_engine_cache_path": "/tmp/trt",
@@ -300,6 +299,10 @@ def test_config_overrides_session_options() -> None:
     assert ort_options_for(_config(""), base) is base
     assert (
         ort_options_for(_config("optimization { graph { level: -1 } }"), base).graph_optimization_level
+        == "basic"  # Triton's onnxruntime backend: -1 basic, 1 extended, 2 none
+    )
+    assert (
+        ort_options_for(_config("optimization { graph { level: 2 } }"), base).graph_optimization_level
         == "disable"
     )
     assert (

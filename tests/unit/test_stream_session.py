@@ -22,6 +22,12 @@ class InstantPath:
     def preserves_order(self, request: pb.ModelInferRequest) -> bool:
         return False
 
+    def model_of(self, request: pb.ModelInferRequest) -> None:
+        return None  # no model sets latest_frame_wins (server/protocol/latest_frame.py)
+
+    def needs_load(self, request: pb.ModelInferRequest) -> bool:
+        return False  # no lazy model (server/models/lazy.py)
+
     def start(
         self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
     ) -> tuple[Any, pb.ModelInferResponse | None]:

@@ -1,0 +1,297 @@
+"""SequenceBatcher: stateful sequences (Triton's sequence batcher, "oldest" strategy) over a runner.
+
+A sequence is a series of requests with one correlation id. Its requests run one at a time, in
+the order they arrived (a FIFO lock per sequence id), so a batch holds at most one request of each
+sequence: one slot per live sequence, and whichever sequences have a request ready share a batch.
+The runner (the model's DynamicBatcher) forms and runs those batches with its usual rules: a
+request past its deadline is never computed.
+
+Between a sequence's requests the batcher keeps its implicit state: output `output_name` of one
+run is input `input_name` of the next (the spec's initial value on the sequence's start). It also
+fills the control inputs (START, END, READY, CORRID) of each row. A failed or expired request
+leaves the state as it was. Live sequences and their state bytes are bounded; a sequence is
+released by its end request, after `idle_s` without a request (a timer, not polling), by
+`release` (the stream that drove it ended), or when the model stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from batcher.admission import Admission
+from batcher.sequence_types import (
+    ControlKind,
+    SequenceError,
+    SequenceId,
+    SequenceLimitReached,
+    SequenceLimits,
+    SequenceSpec,
+    UnknownSequence,
+)
+from batcher.types import Array, QueueTrace, Tensors
+
+# How many released sequence ids are remembered, to say why a late request finds none.
+REMEMBER_RELEASED = 1024
+
+
+class Runner(Protocol):
+    """What runs a sequence's request in a batch (DynamicBatcher.enqueue)."""
+
+    async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+# Calls the callable after the delay in seconds (loop.call_later by default; a fake in tests).
+Schedule = Callable[[float, Callable[[], None]], Timer]
+
+
+class _Turn:
+    """The requests of one sequence id holding or waiting for their turn. Kept apart from the
+    sequence itself: an end and the next start of the same id, sent back to back, keep their order."""
+
+    __slots__ = ("lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()  # FIFO: the id's requests run in arrival order
+        self.waiting = 0
+
+
+class _Sequence:
+    __slots__ = ("last_used", "nbytes", "released", "sid", "state", "timer")
+
+    def __init__(self, sid: SequenceId, state: dict[str, Array], nbytes: int, now: float) -> None:
+        self.sid = sid
+        self.state = state  # by state input name, batch-first, one row; replaced, never mutated
+        self.nbytes = nbytes
+        self.last_used = now
+        self.timer: Timer | None = None
+        self.released = False
+
+
+class SequenceBatcher:
+    """The live sequences of one model version and their state."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        spec: SequenceSpec,
+        limits: SequenceLimits,
+        *,
+        model: str = "model",
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
+    ) -> None:
+        self._runner = runner
+        self._spec = spec
+        self._limits = limits
+        self._model = model
+        self._clock = clock
+        self._schedule = schedule
+        self._live: dict[SequenceId, _Sequence] = {}
+        self._turns: dict[SequenceId, _Turn] = {}  # ids with requests running or waiting
+        self._released: OrderedDict[SequenceId, str] = OrderedDict()
+        self._state_bytes = 0
+        self._state_outputs = frozenset(s.output_name for s in spec.states)
+        # One shared mapping: a state is replaced after each run, never written in place.
+        self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
+        # The constant (1, 1) control tensors, made once: flags' false and true values.
+        self._flags = {
+            c.name: (np.full((1, 1), c.false_value, c.dtype), np.full((1, 1), c.true_value, c.dtype))
+            for c in spec.controls
+            if c.kind is not ControlKind.CORRID
+        }
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    @property
+    def state_bytes(self) -> int:
+        return self._state_bytes
+
+    def is_live(self, sid: SequenceId) -> bool:
+        return sid in self._live
+
+    async def infer(
+        self,
+        sid: SequenceId,
+        inputs: Tensors,
+        a: Admission,
+        *,
+        start: bool = False,
+        end: bool = False,
+        trace: QueueTrace | None = None,
+    ) -> Tensors:
+        """Run one request of sequence `sid` after the sequence's earlier requests; its outputs
+        without the state outputs. Raises UnknownSequence, SequenceLimitReached, SequenceError,
+        or whatever the runner raised (the state is then unchanged)."""
+        if a.rows != 1:
+            raise SequenceError(
+                f"sequence {sid!r}: a sequence request has a batch dimension of 1, got {a.rows} rows"
+            )
+        turn = self._turns.get(sid)
+        if turn is None:
+            turn = self._turns[sid] = _Turn()
+        turn.waiting += 1
+        seq: _Sequence | None = None
+        try:
+            async with turn.lock:
+                seq = self._live.get(sid)
+                if seq is None:
+                    if not start:
+                        raise UnknownSequence(self._not_live(sid))
+                    seq = self._open(sid)
+                elif start and seq.state is not self._initial:  # a start restarts a live sequence
+                    self._set_state(seq, self._initial, self._spec.initial_bytes)
+                outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
+                result = self._keep_state(seq, outputs)
+                if end:
+                    self._release(seq, "it ended (its sequence_end request was answered)")
+                return result
+        finally:
+            turn.waiting -= 1
+            if turn.waiting == 0:
+                del self._turns[sid]
+                if seq is not None and not seq.released:
+                    seq.last_used = self._clock()
+                    self._arm(seq, self._spec.idle_s)
+
+    def release(self, sid: SequenceId, why: str) -> bool:
+        """Release a live sequence now (its requests still waiting fail); False if none was live."""
+        seq = self._live.get(sid)
+        if seq is None:
+            return False
+        self._release(seq, why)
+        return True
+
+    def close(self) -> None:
+        """The model stops: release every sequence and its timer."""
+        for seq in list(self._live.values()):
+            self._release(seq, "the model version serving it was unloaded or replaced")
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _open(self, sid: SequenceId) -> _Sequence:
+        limits = self._limits
+        if len(self._live) >= limits.max_sequences:
+            raise SequenceLimitReached(
+                f"model '{self._model}' holds {len(self._live)} live sequences "
+                f"(max_sequences={limits.max_sequences}): end sequences with sequence_end, or wait "
+                "for idle ones to be released"
+            )
+        needed = self._spec.initial_bytes
+        if self._state_bytes + needed > limits.max_state_bytes:
+            raise SequenceLimitReached(
+                f"model '{self._model}': a new sequence's {needed} state bytes would pass "
+                f"max_sequence_state_bytes={limits.max_state_bytes} ({self._state_bytes} held)"
+            )
+        seq = _Sequence(sid, self._initial, needed, self._clock())
+        self._live[sid] = seq
+        self._released.pop(sid, None)
+        self._state_bytes += needed
+        self._arm(seq, self._spec.idle_s)
+        return seq
+
+    def _feed(self, seq: _Sequence, inputs: Tensors, start: bool, end: bool) -> dict[str, Array]:
+        feed = dict(inputs)
+        feed.update(seq.state)
+        for control in self._spec.controls:
+            kind = control.kind
+            if kind is ControlKind.CORRID:
+                feed[control.name] = _corrid(control.name, control.dtype, seq.sid)
+            else:
+                on = kind is ControlKind.READY or (start if kind is ControlKind.START else end)
+                feed[control.name] = self._flags[control.name][on]
+        return feed
+
+    def _keep_state(self, seq: _Sequence, outputs: Tensors) -> dict[str, Array]:
+        """Take the state outputs into the sequence's state; the rest is the caller's."""
+        if seq.released:  # released while it ran (its stream ended): nothing to keep
+            return {k: v for k, v in outputs.items() if k not in self._state_outputs}
+        state: dict[str, Array] = {}
+        nbytes = 0
+        for spec in self._spec.states:
+            # A copy: the output is a view into the whole batch's array.
+            value = np.array(outputs[spec.output_name], copy=True)
+            state[spec.input_name] = value
+            nbytes += value.nbytes
+        if self._state_bytes - seq.nbytes + nbytes > self._limits.max_state_bytes:
+            self._release(seq, "its state outgrew max_sequence_state_bytes")
+            raise SequenceLimitReached(
+                f"model '{self._model}': sequence {seq.sid!r}'s state grew to {nbytes} bytes, past "
+                f"max_sequence_state_bytes={self._limits.max_state_bytes}; the sequence was released"
+            )
+        self._set_state(seq, state, nbytes)
+        return {k: v for k, v in outputs.items() if k not in self._state_outputs}
+
+    def _set_state(self, seq: _Sequence, state: dict[str, Array], nbytes: int) -> None:
+        self._state_bytes += nbytes - seq.nbytes
+        seq.state, seq.nbytes = state, nbytes
+
+    # -- release ------------------------------------------------------------------------------
+
+    def _release(self, seq: _Sequence, why: str) -> None:
+        if seq.released:
+            return
+        seq.released = True
+        if seq.timer is not None:
+            seq.timer.cancel()
+            seq.timer = None
+        self._live.pop(seq.sid, None)
+        self._state_bytes -= seq.nbytes
+        seq.state, seq.nbytes = {}, 0
+        self._released[seq.sid] = why
+        while len(self._released) > REMEMBER_RELEASED:
+            self._released.popitem(last=False)
+
+    def _arm(self, seq: _Sequence, delay_s: float) -> None:
+        if seq.timer is not None:
+            seq.timer.cancel()
+        schedule = self._schedule or asyncio.get_running_loop().call_later
+        seq.timer = schedule(delay_s, lambda: self._idle_check(seq))
+
+    def _idle_check(self, seq: _Sequence) -> None:
+        seq.timer = None
+        if seq.released or seq.sid in self._turns:
+            return  # re-armed when its last request is answered
+        idle = self._clock() - seq.last_used
+        if idle >= self._spec.idle_s:
+            self._release(
+                seq,
+                f"it was released after {self._spec.idle_s:g} s without a request "
+                "(max_sequence_idle_microseconds)",
+            )
+        else:
+            self._arm(seq, self._spec.idle_s - idle)
+
+    def _not_live(self, sid: SequenceId) -> str:
+        why = self._released.get(sid, "it was never started (or was released long ago)")
+        return (
+            f"sequence {sid!r} of model '{self._model}' is not live: {why}; the first request "
+            "of a sequence must set sequence_start"
+        )
+
+
+def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId) -> Array:
+    if dtype.kind == "O":  # TYPE_STRING: the id's text
+        return np.array([[str(sid).encode()]], dtype=object)
+    if isinstance(sid, str):
+        raise SequenceError(
+            f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
+            "correlation ids; send sequence_id as an integer"
+        )
+    info = np.iinfo(dtype.type) if dtype.kind in "iu" else None  # type: ignore[type-var]
+    if info is not None and not info.min <= sid <= info.max:
+        raise SequenceError(
+            f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
+        )
+    return np.full((1, 1), sid, dtype)

@@ -1,0 +1,81 @@
+"""The sequence batcher's vocabulary: what a model's sequence_batching asks for, and its errors.
+
+Built by the server from config.pbtxt (server/models/sequence_config.py); read by
+batcher/sequence.py. Tensors are batch-first here: one sequence is one row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from batcher.errors import BatcherError
+from batcher.types import Array
+
+# A sequence's correlation id: Triton takes an unsigned integer or a string (distinct kinds).
+SequenceId = int | str
+
+
+class ControlKind(enum.Enum):
+    START = "CONTROL_SEQUENCE_START"
+    END = "CONTROL_SEQUENCE_END"
+    READY = "CONTROL_SEQUENCE_READY"
+    CORRID = "CONTROL_SEQUENCE_CORRID"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    """A graph input the server fills for each row: a flag's false/true value, or the sequence id."""
+
+    name: str
+    kind: ControlKind
+    dtype: np.dtype[np.generic]
+    false_value: float | int | bool = 0
+    true_value: float | int | bool = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """Implicit state: output `output_name` of one run is input `input_name` of the sequence's next.
+
+    `initial` is one sequence's starting value with its batch dimension (shape (1, *dims))."""
+
+    input_name: str
+    output_name: str
+    initial: Array
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSpec:
+    controls: tuple[ControlSpec, ...]
+    states: tuple[StateSpec, ...]
+    idle_s: float  # a sequence with no request for this long is released
+
+    @property
+    def initial_bytes(self) -> int:
+        return sum(s.initial.nbytes for s in self.states)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceLimits:
+    max_sequences: int  # live sequences of one model version
+    max_state_bytes: int  # state bytes those sequences hold
+
+
+class SequenceError(BatcherError):
+    """A sequence request the model cannot take as sent (INVALID_ARGUMENT): the message says why."""
+
+    default_message = "invalid sequence request"
+
+
+class UnknownSequence(SequenceError):
+    """Not the start of a sequence, and its id names no live sequence (never started, ended, or
+    released: the message says which, when the server still remembers)."""
+
+
+class SequenceLimitReached(BatcherError):
+    """Starting or growing a sequence would pass max_sequences or max_sequence_state_bytes."""
+
+    default_message = "too many live sequences"

@@ -1,0 +1,150 @@
+"""`sluiceway rollout status|set|promote|rollback MODEL`: a running server's rollout, over its
+admin service (sluiceway.admin.v1.Admin), shown as rich tables.
+
+The token (the `admin` scope, when the server checks tokens) comes from --token or
+SLUICEWAY_TOKEN; --ca-file switches to TLS with that CA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from protos import admin_pb2 as apb
+from protos import admin_pb2_grpc as apb_grpc
+
+if TYPE_CHECKING:  # rich is imported when a command runs: `sluiceway serve` never loads it
+    from rich.console import Console
+
+TIMEOUT_S = 10.0  # every admin call has a deadline
+
+
+def add_rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rollout = commands.add_parser("rollout", help="a running server's traffic weights, shadow and rollbacks")
+    actions = rollout.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model", help="the model's name")
+    common.add_argument("--target", default="127.0.0.1:8001", help="the server's gRPC HOST:PORT")
+    common.add_argument("--token", help="bearer token with the admin scope (default: $SLUICEWAY_TOKEN)")
+    common.add_argument("--ca-file", type=Path, help="PEM CA to verify the server's TLS certificate")
+    actions.add_parser("status", parents=[common], help="weights, per-version figures, shadow, rollbacks")
+    set_ = actions.add_parser("set", parents=[common], help="replace the weights, e.g. 1:90,2:10")
+    set_.add_argument("weights", help="VERSION:WEIGHT pairs; versions not named get 0")
+    promote = actions.add_parser("promote", parents=[common], help="one version takes every request")
+    promote.add_argument("version", type=int)
+    rollback = actions.add_parser(
+        "rollback", parents=[common], help="a version (default: every candidate) out"
+    )
+    rollback.add_argument("version", type=int, nargs="?", default=0)
+    rollback.add_argument("--reason", default="", help="recorded with the rollback event")
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from server.models.traffic import parse_weights
+
+    console = Console(width=max(Console().width, 100))
+    token = args.token or os.environ.get("SLUICEWAY_TOKEN")
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    try:
+        with _channel(args.target, args.ca_file) as channel:
+            stub = apb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+            if args.action == "status":
+                answer = stub.RolloutStatus(
+                    apb.RolloutStatusRequest(model=args.model), timeout=TIMEOUT_S, metadata=metadata
+                )
+            elif args.action == "set":
+                try:
+                    weights = parse_weights(args.weights)
+                except ValueError as exc:
+                    print(f"sluiceway rollout: weights {exc}", file=sys.stderr)
+                    return 2
+                answer = stub.SetWeights(
+                    apb.SetWeightsRequest(model=args.model, weights=weights),
+                    timeout=TIMEOUT_S,
+                    metadata=metadata,
+                )
+            elif args.action == "promote":
+                answer = stub.Promote(
+                    apb.PromoteRequest(model=args.model, version=args.version),
+                    timeout=TIMEOUT_S,
+                    metadata=metadata,
+                )
+            else:
+                request = apb.RollbackRequest(model=args.model, version=args.version, reason=args.reason)
+                answer = stub.Rollback(request, timeout=TIMEOUT_S, metadata=metadata)
+    except grpc.RpcError as err:
+        print(f"sluiceway rollout {args.action}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    render(answer, console)
+    return 0
+
+
+def _channel(target: str, ca_file: Path | None) -> grpc.Channel:
+    if ca_file is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_file.read_bytes()))
+
+
+def render(status: apb.RolloutStatusResponse, console: Console) -> None:
+    """Print a model's rollout: a table of versions, then the shadow comparison and events."""
+    from rich.table import Table
+
+    source = status.source or "none (the newest version takes every request)"
+    sticky = f", sticky on '{status.sticky_key}'" if status.sticky_key else ", by request id"
+    table = Table(title=f"{status.model}: weights from {source}{sticky}", title_justify="left")
+    for column in (
+        "version",
+        "role",
+        "weight",
+        "share",
+        "requests",
+        "errors",
+        "error rate",
+        "p50 ms",
+        "p99 ms",
+    ):
+        table.add_column(column, justify="left" if column == "role" else "right")
+    for v in status.versions:
+        role = v.role + (" (rolled back)" if v.rolled_back else "")
+        table.add_row(
+            str(v.version), role, str(v.weight), f"{v.share:.1%}", str(v.requests), str(v.errors),
+            f"{v.error_rate:.2%}", _ms(v.p50_ms), _ms(v.p99_ms),
+        )  # fmt: skip
+    console.print(table)
+    if status.has_shadow:
+        s = status.shadow
+        agree = f"{s.argmax_agree / s.argmax_rows:.2%}" if s.argmax_rows else "-"
+        console.print(
+            f"shadow: version {s.version} at {s.fraction:g}: mirrored {s.mirrored}, compared {s.compared}, "
+            f"errors {s.errors}, shed {s.shed}, dropped {s.dropped}; max abs diff {s.max_abs_diff:.4g}, "
+            f"argmax agreement {agree} of {s.argmax_rows} rows; p50/p99 ms shadow "
+            f"{_ms(s.shadow_p50_ms)}/{_ms(s.shadow_p99_ms)} vs stable "
+            f"{_ms(s.stable_p50_ms)}/{_ms(s.stable_p99_ms)}"
+        )
+    r = status.rollback
+    if r.enabled:
+        console.print(
+            f"automatic rollback: windows of {r.window_s:g} s with >= {r.min_requests} requests each; "
+            f"error margin {r.error_margin:g}, p99 margin {r.latency_margin:g}"
+        )
+    else:
+        console.print("automatic rollback: off")
+    console.print(f"rollbacks since start: {status.rollbacks}")
+    for e in status.events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.unix_time))
+        console.print(f"  {when} version {e.version} rolled back ({e.trigger}): {e.reason}")
+
+
+def _ms(value: float) -> str:
+    if math.isinf(value):
+        return "> 1000"
+    return "-" if value == 0 else f"<= {value:g}"

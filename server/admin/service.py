@@ -1,0 +1,194 @@
+"""sluiceway.admin.v1.Admin: rollout status and changes, served on the inference port.
+
+Every RPC needs the `admin` scope when bearer-token auth is on (server/security/auth.py). Errors
+are answered through the one exception table (server/errors.py): an unknown model or version is
+NOT_FOUND, a bad weight INVALID_ARGUMENT, a change leaving no version serving FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from protos import admin_pb2 as apb
+from protos import admin_pb2_grpc as apb_grpc
+from server.errors import InvalidRequest, ModelNotReady, status_for
+from server.models.manager import READY, ModelEntry, ModelManager
+from server.models.rollback import quantile_s
+from server.models.rollout import ModelRollout, Rollout, figures_of
+from server.models.traffic import MAX_WEIGHT
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
+
+Req = TypeVar("Req")
+Handler = Callable[["AdminServicer", Req, grpc.aio.ServicerContext], Awaitable[apb.RolloutStatusResponse]]
+
+
+def _answers_errors(handler: Handler[Req]) -> Handler[Req]:
+    @functools.wraps(handler)
+    async def wrapped(
+        self: AdminServicer, request: Req, context: grpc.aio.ServicerContext
+    ) -> apb.RolloutStatusResponse:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            code, message, expected = status_for(exc)
+            if not expected:
+                log.error("admin RPC failed", exc_info=exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: context.abort raises") from None
+
+    return wrapped
+
+
+class AdminServicer(apb_grpc.AdminServicer):
+    def __init__(self, models: ModelManager) -> None:
+        self._models = models
+
+    @property
+    def _rollout(self) -> Rollout:
+        return self._models.rollout
+
+    def _entry(self, name: str) -> ModelEntry:
+        if not name:
+            raise InvalidRequest("model is empty")
+        entry = self._models.entry(name)
+        if entry.state != READY:
+            raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
+        return entry
+
+    @_answers_errors
+    async def RolloutStatus(
+        self, request: apb.RolloutStatusRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RolloutStatusResponse:
+        return self._status(self._rollout.state(self._entry(request.model)))
+
+    @_answers_errors
+    async def SetWeights(
+        self, request: apb.SetWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RolloutStatusResponse:
+        entry = self._entry(request.model)
+        if not request.weights:
+            raise InvalidRequest("weights is empty: give VERSION:WEIGHT for at least one version")
+        heavy = {v: w for v, w in request.weights.items() if w > MAX_WEIGHT}
+        if heavy:
+            raise InvalidRequest(f"weights: {heavy} above the largest weight, {MAX_WEIGHT}")
+        return self._status(self._rollout.set_weights(entry, dict(request.weights)))
+
+    @_answers_errors
+    async def Promote(
+        self, request: apb.PromoteRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RolloutStatusResponse:
+        entry = self._entry(request.model)
+        if request.version <= 0:
+            raise InvalidRequest(f"version must be a positive version number, got {request.version}")
+        return self._status(self._rollout.promote(entry, request.version))
+
+    @_answers_errors
+    async def Rollback(
+        self, request: apb.RollbackRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RolloutStatusResponse:
+        entry = self._entry(request.model)
+        if request.version < 0:
+            raise InvalidRequest(
+                f"version must be a version number (0: every candidate), got {request.version}"
+            )
+        version = request.version or None
+        return self._status(self._rollout.roll_back(entry, version, request.reason[:500]))
+
+    def _status(self, state: ModelRollout) -> apb.RolloutStatusResponse:
+        return status_message(state, self._rollout.rollbacks_of(state.entry.name))
+
+
+def status_message(state: ModelRollout, rollbacks: int) -> apb.RolloutStatusResponse:
+    """A model's rollout state as the admin service answers it."""
+    entry = state.entry
+    weights = state.weights if state.weights is not None else {entry.order[0]: 100}
+    total = sum(weights.values()) or 1
+    stable, candidates = state.stable(), set(state.candidates())
+    shadow_version = state.shadow.policy.version if state.shadow is not None else None
+    out = apb.RolloutStatusResponse(
+        model=entry.name,
+        source=state.source if state.weights is not None else "",
+        sticky_key=state.sticky_key,
+        rollbacks=rollbacks,
+    )
+    for version in sorted(entry.versions):
+        served = entry.versions[version]
+        f = figures_of(served)
+        s = served.stats
+        requests = s.success.count + s.fail.count
+        weight = weights.get(version, 0)
+        role = "off"
+        if version == stable:
+            role = "stable"
+        elif version in candidates:
+            role = "candidate" if weight > 0 else "shadow"
+        elif version == shadow_version:
+            role = "shadow"  # its fraction is 0 (stopped): still shown as the shadow version
+        out.versions.append(
+            apb.VersionFigures(
+                version=version,
+                weight=weight,
+                share=weight / total,
+                role=role,
+                rolled_back=version in state.rolled_back,
+                requests=requests,
+                errors=f.errors,
+                error_rate=f.errors / requests if requests else 0.0,
+                p50_ms=_ms(quantile_s(f.latency, 0.5)),
+                p99_ms=_ms(quantile_s(f.latency, 0.99)),
+            )
+        )
+    if state.shadow is not None:
+        g = state.shadow_figures
+        out.has_shadow = True
+        out.shadow.CopyFrom(
+            apb.ShadowFigures(
+                version=state.shadow.policy.version,
+                fraction=state.shadow.policy.fraction,
+                mirrored=g.mirrored,
+                compared=g.compared,
+                errors=g.errors,
+                shed=g.shed,
+                dropped=g.dropped,
+                max_abs_diff=g.max_abs_diff,
+                argmax_rows=g.argmax_rows,
+                argmax_agree=g.argmax_agree,
+                shadow_p50_ms=_ms(quantile_s(g.shadow_latency.counts, 0.5)),
+                shadow_p99_ms=_ms(quantile_s(g.shadow_latency.counts, 0.99)),
+                stable_p50_ms=_ms(quantile_s(g.stable_latency.counts, 0.5)),
+                stable_p99_ms=_ms(quantile_s(g.stable_latency.counts, 0.99)),
+            )
+        )
+    t = state.rollback
+    if t is not None:
+        out.rollback.CopyFrom(
+            apb.RollbackPolicy(
+                enabled=True,
+                window_s=t.window_s,
+                min_requests=t.min_requests,
+                error_margin=t.error_margin,
+                latency_margin=t.latency_margin,
+            )
+        )
+    for event in reversed(state.events):
+        out.events.append(
+            apb.RollbackEvent(
+                version=event.version, trigger=event.trigger, reason=event.reason, unix_time=event.unix_time
+            )
+        )
+    return out
+
+
+def _ms(seconds: float | None) -> float:
+    if seconds is None:
+        return 0.0
+    return math.inf if math.isinf(seconds) else seconds * 1000

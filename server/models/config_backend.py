@@ -1,0 +1,278 @@
+"""The onnxruntime backend's config keys, checked and mapped as Triton's onnxruntime backend does.
+
+Model `parameters` (string values): thread counts and execution mode, the memory settings
+(`enable_mem_arena`, `enable_mem_pattern`, `memory.enable_memory_arena_shrinkage`,
+`session.use_device_allocator_for_initializers`), `share_session_between_instances`, and the
+deprecated CUDA keys (`cudnn_conv_algo_search`, `gpu_mem_limit`, `arena_extend_strategy`,
+`do_copy_in_default_stream`). TensorRT accelerator parameters are checked key by key with Triton's
+types. A bad value is a ConfigError naming the key; a key that cannot apply here (CUDA without a
+GPU, a shared session) is listed for the model's one load warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos import model_config_pb2 as mc
+from server.models.config_errors import ConfigError
+
+# Accelerator names as Triton's onnxruntime backend spells them.
+GPU_ACCELERATORS = frozenset({"tensorrt", "cuda"})
+CPU_ACCELERATORS = frozenset({"openvino"})
+_TRUE, _FALSE = ("true", "1", "on"), ("false", "0", "off")
+_SHRINK = re.compile(r"^(cpu|gpu):\d+(;(cpu|gpu):\d+)*$")
+
+
+def parse_bool(value: str) -> bool | None:
+    """Triton's ParseBoolValue: true/1/on, false/0/off (any case); None for anything else."""
+    low = value.strip().lower()
+    return True if low in _TRUE else False if low in _FALSE else None
+
+
+def _is_bool(value: str) -> bool:
+    return parse_bool(value) is not None
+
+
+def _is_int(value: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+
+
+def _is_count(value: str) -> bool:
+    return value.strip().isdigit()
+
+
+def _one_of(*allowed: str) -> Callable[[str], bool]:
+    return lambda value: value.strip() in allowed
+
+
+def _any(value: str) -> bool:
+    return True
+
+
+# Model parameter -> (check, what a good value is). Keys the backend turns into settings below.
+ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "intra_op_thread_count": (_is_count, "a count >= 0"),
+    "inter_op_thread_count": (_is_count, "a count >= 0"),
+    "execution_mode": (_one_of("0", "1"), "0 (sequential) or 1 (parallel)"),
+    "enable_mem_arena": (_is_bool, "a boolean (1/0, true/false)"),
+    "enable_mem_pattern": (_is_bool, "a boolean (1/0, true/false)"),
+    "memory.enable_memory_arena_shrinkage": (
+        lambda v: _SHRINK.match(v) is not None,
+        "device:id pairs separated by ';', e.g. 'cpu:0' or 'cpu:0;gpu:0'",
+    ),
+    "session.use_device_allocator_for_initializers": (_one_of("0", "1"), "0 or 1"),
+    "share_session_between_instances": (_is_bool, "a boolean (1/0, true/false)"),
+    "cudnn_conv_algo_search": (_one_of("0", "1", "2"), "0 (exhaustive), 1 (heuristic) or 2 (default)"),
+    "gpu_mem_limit": (_is_count, "bytes, an unsigned integer"),
+    "arena_extend_strategy": (_one_of("0", "1"), "0 (next power of two) or 1 (same as requested)"),
+    "do_copy_in_default_stream": (_one_of("0", "1"), "0 or 1"),
+}
+CUDA_PARAMETERS = (
+    "cudnn_conv_algo_search",
+    "gpu_mem_limit",
+    "arena_extend_strategy",
+    "do_copy_in_default_stream",
+)
+
+
+@dataclass(frozen=True)
+class BackendParameters:
+    """What a config's backend parameters change: OrtOptions fields, session attributes and
+    config entries, run config entries, CUDA provider options, and what does not apply here."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    session_attrs: tuple[tuple[str, bool], ...] = ()
+    session_entries: tuple[tuple[str, str], ...] = ()
+    run_entries: tuple[tuple[str, str], ...] = ()
+    cuda: dict[str, str] = field(default_factory=dict)
+    unapplied: tuple[str, ...] = ()
+
+
+def _value(config: mc.ModelConfig, key: str) -> str | None:
+    if key not in config.parameters:
+        return None
+    value: str = config.parameters[key].string_value
+    check, good = ORT_PARAMETERS[key]
+    if not check(value):
+        raise ConfigError(f"model '{config.name}': parameters '{key}' value '{value}' is not {good}")
+    return value.strip()
+
+
+def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParameters:
+    """Check every onnxruntime backend key the config sets, and say what each changes."""
+    values = {key: v for key in ORT_PARAMETERS if (v := _value(config, key)) is not None}
+    options: dict[str, Any] = {}
+    for key, name in (
+        ("intra_op_thread_count", "intra_op_threads"),
+        ("inter_op_thread_count", "inter_op_threads"),
+    ):
+        if key in values:
+            options[name] = int(values[key])
+    if "execution_mode" in values:
+        options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
+    attrs = tuple(
+        (attr, bool(parse_bool(values[key])))
+        for key, attr in (
+            ("enable_mem_arena", "enable_cpu_mem_arena"),
+            ("enable_mem_pattern", "enable_mem_pattern"),
+        )
+        if key in values
+    )
+    entries: tuple[tuple[str, str], ...] = ()
+    if "session.use_device_allocator_for_initializers" in values:
+        key = "session.use_device_allocator_for_initializers"
+        entries = ((key, values[key]),)
+    unapplied: list[str] = []
+    run: tuple[tuple[str, str], ...] = ()
+    shrink = values.get("memory.enable_memory_arena_shrinkage")
+    if shrink is not None:
+        devices = shrink.split(";")
+        kept = [d for d in devices if has_gpu or d.startswith("cpu:")]
+        if len(kept) < len(devices):
+            unapplied.append("parameters 'memory.enable_memory_arena_shrinkage' gpu entries (no GPU)")
+        if kept:
+            run = (("memory.enable_memory_arena_shrinkage", ";".join(kept)),)
+    cuda = {key: values[key] for key in CUDA_PARAMETERS if key in values}
+    if cuda and not has_gpu:
+        unapplied.append(f"parameters {sorted(cuda)} (CUDA settings; no GPU)")
+    if parse_bool(values.get("share_session_between_instances", "0")):
+        unapplied.append("parameters 'share_session_between_instances' (each instance has its own session)")
+    return BackendParameters(options, attrs, entries, run, cuda, tuple(unapplied))
+
+
+_TRT_BOOL = [
+    "int8_use_native_calibration_table",
+    "trt_dla_enable",
+    "trt_engine_cache_enable",
+    "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build",
+    "trt_context_memory_sharing_enable",
+    "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable",
+    "trt_force_timing_cache",
+    "trt_detailed_build_log",
+    "trt_build_heuristics_enable",
+    "trt_sparsity_enable",
+    "trt_cuda_graph_enable",
+    "trt_dump_ep_context_model",
+]
+_TRT_INT = [
+    "trt_max_partition_iterations",
+    "trt_min_subgraph_size",
+    "trt_dla_core",
+    "trt_builder_optimization_level",
+    "trt_auxiliary_streams",
+    "trt_ep_context_embed_mode",
+]
+_TRT_STRING = [
+    "int8_calibration_table_name",
+    "trt_engine_cache_path",
+    "trt_engine_cache_prefix",
+    "trt_timing_cache_path",
+    "trt_tactic_sources",
+    "trt_extra_plugin_lib_paths",
+    "trt_profile_min_shapes",
+    "trt_profile_max_shapes",
+    "trt_profile_opt_shapes",
+    "trt_ep_context_file_path",
+]
+# Triton's names that onnxruntime spells differently (older configs' names included).
+_TRT_RENAMES = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "int8_calibration_table_name": "trt_int8_calibration_table_name",
+    "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table",
+    "max_partition_iterations": "trt_max_partition_iterations",
+    "minimum_segment_size": "trt_min_subgraph_size",
+    "min_subgraph_size": "trt_min_subgraph_size",
+}
+_PRECISIONS = {
+    "FP32": {},
+    "FP16": {"trt_fp16_enable": "1"},
+    "BF16": {"trt_bf16_enable": "1"},
+    "INT8": {"trt_int8_enable": "1"},
+}
+
+
+def _trt_check(key: str) -> tuple[Callable[[str], bool], str] | None:
+    if key in _TRT_BOOL:
+        return _is_bool, "a boolean (1/0, true/false)"
+    if key in _TRT_INT or key in ("max_partition_iterations", "minimum_segment_size", "min_subgraph_size"):
+        return _is_int, "an integer"
+    if key == "max_workspace_size_bytes":
+        return _is_count, "bytes, an unsigned integer"
+    if key in _TRT_STRING:
+        return _any, ""
+    return None
+
+
+def tensorrt_options(params: Mapping[str, str], where: str) -> dict[str, str]:
+    """onnxruntime TensorRT provider options from Triton's tensorrt accelerator parameters;
+    `where` (the config file, or the model) prefixes errors."""
+    options: dict[str, str] = {}
+    for key, value in params.items():
+        if key == "precision_mode":
+            if value not in _PRECISIONS:
+                raise ConfigError(
+                    f"{where}: tensorrt precision_mode '{value}' is not one of {sorted(_PRECISIONS)}"
+                )
+            options.update(_PRECISIONS[value])
+            continue
+        checked = _trt_check(key)
+        if checked is None:
+            raise ConfigError(f"{where}: tensorrt accelerator parameter '{key}' is not supported")
+        check, good = checked
+        if not check(value):
+            raise ConfigError(
+                f"{where}: tensorrt accelerator parameter '{key}' value '{value}' is not {good}"
+            )
+        options[_TRT_RENAMES.get(key, key)] = value
+    return options
+
+
+def validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
+    """Kinds, counts and device ids of the instance groups."""
+    for i, group in enumerate(config.instance_group):
+        where = f"{source}: instance_group[{i}]"
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            raise ConfigError(f"{where}: kind KIND_MODEL is not supported (use KIND_CPU or KIND_GPU)")
+        if group.count < 0:
+            raise ConfigError(f"{where}: count {group.count} is negative")
+        if group.gpus and group.kind == mc.ModelInstanceGroup.KIND_CPU:
+            raise ConfigError(f"{where}: gpus {list(group.gpus)} given for kind KIND_CPU")
+        if any(g < 0 for g in group.gpus):
+            raise ConfigError(f"{where}: gpus {list(group.gpus)} has a negative device id")
+
+
+def validate_optimization(config: mc.ModelConfig, source: str) -> None:
+    """Graph level, priority and execution accelerators (TensorRT values checked as Triton)."""
+    opt = config.optimization
+    if opt.graph.level not in (-1, 0, 1, 2):
+        raise ConfigError(f"{source}: optimization.graph.level {opt.graph.level} is not -1, 0, 1 or 2")
+    if opt.priority != mc.ModelOptimizationPolicy.PRIORITY_DEFAULT:
+        raise ConfigError(f"{source}: optimization.priority is not supported")
+    accel = opt.execution_accelerators
+    for kind, known in (
+        ("gpu_execution_accelerator", GPU_ACCELERATORS),
+        ("cpu_execution_accelerator", CPU_ACCELERATORS),
+    ):
+        for entry in getattr(accel, kind):
+            if entry.name not in known:
+                raise ConfigError(
+                    f"{source}: optimization.execution_accelerators.{kind} '{entry.name}' "
+                    f"is not supported (known: {sorted(known)})"
+                )
+            if entry.name == "tensorrt":  # values checked as Triton does
+                tensorrt_options(dict(entry.parameters), source)
+    groups = config.instance_group
+    if (
+        accel.gpu_execution_accelerator
+        and groups
+        and all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in groups)
+    ):
+        raise ConfigError(
+            f"{source}: optimization.execution_accelerators.gpu_execution_accelerator needs a "
+            "KIND_GPU or KIND_AUTO instance_group, but every group is KIND_CPU"
+        )

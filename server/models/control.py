@@ -1,0 +1,224 @@
+"""Triton's model control modes: what is loaded at start, which RPCs may load, what polling sees.
+
+- none: every model loads at start; RepositoryModelLoad/Unload are refused (Triton's words).
+- explicit: only `--load-model` models load at start ("*": all); the RPCs load and unload.
+- poll: as none at start, then the repository is watched (watchfiles: file events, grouped until
+  nothing changed for repository_poll_secs) and each changed model is reloaded, a new one loaded,
+  a removed one unloaded. A broken change keeps the serving versions; the index reason says why.
+
+Lazy models (server/models/lazy.py) are listed, not loaded, in every mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import watchfiles
+
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFound, RepositoryError
+from server.models.config import ConfigError
+from server.models.lazy import ModelLoads, lazy_flags
+from server.models.load_request import parse_load_parameters, write_model_directory
+from server.models.manager import UNAVAILABLE, ModelEntry, ModelManager
+from server.models.repository import (
+    ModelNotFoundInRepository,
+    ModelSource,
+    load_model_source,
+    scan_repository,
+)
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# Triton's message (and code, UNAVAILABLE) for load/unload RPCs in modes none and poll.
+NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
+NOT_CHOSEN = "not loaded (model control mode explicit: load it with RepositoryModelLoad)"
+
+
+class RepositoryControl:
+    def __init__(
+        self, root: Path, settings: ServerSettings, manager: ModelManager, loads: ModelLoads
+    ) -> None:
+        self._root = root
+        self._settings = settings
+        self._mode = settings.model_control_mode
+        self._manager = manager
+        self._loads = loads
+        self._uploads: dict[str, Path] = {}  # model -> directory of files sent with its load
+        self._stop = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load what the mode loads at start; in poll mode, start watching the repository."""
+        sources, errors = await asyncio.to_thread(scan_repository, self._root)
+        for name, reason in errors.items():
+            self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
+        chosen = set(sources)
+        if self._mode == "explicit" and "*" not in self._settings.load_model:
+            chosen = set(self._settings.load_model)
+            for name in sorted(chosen - set(sources) - set(errors)):
+                log.error("--load-model %s: no such model in %s", name, self._root)
+                reason = f"--load-model names '{name}', which is not in the repository"
+                self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
+        for name, source in sorted(sources.items()):
+            if name not in chosen:
+                self._manager.put_entry(
+                    ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
+                )
+            else:
+                await self._apply_source(source)
+        if self._mode == "poll":
+            self._watcher = asyncio.create_task(self._watch(), name="repository poller")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            await self._watcher
+        await self._loads.stop()
+
+    def cleanup(self) -> None:
+        """Remove the directories of files sent with loads (after the models stopped)."""
+        for upload in self._uploads.values():
+            shutil.rmtree(upload, ignore_errors=True)
+        self._uploads.clear()
+
+    # -- RepositoryModelLoad / RepositoryModelUnload --------------------------------------------
+
+    async def load_rpc(self, name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
+        self._check_allowed()
+        override = parse_load_parameters(name, parameters)
+        upload: Path | None = None
+        if override.files:
+            upload = await asyncio.to_thread(
+                write_model_directory, self._settings.cache_dir / "uploads", name, override.files
+            )
+        try:
+            source = None
+            if not override.empty:
+                source = await asyncio.to_thread(self._read, upload or self._root, name, override.config)
+            await self._loads.load(name, source)
+        except BaseException:
+            if upload is not None:
+                shutil.rmtree(upload, ignore_errors=True)
+            raise
+        self._replace_upload(name, upload)
+
+    async def unload_rpc(self, name: str) -> None:
+        self._check_allowed()
+        await self._loads.unload(name)
+        self._replace_upload(name, None)
+
+    def _check_allowed(self) -> None:
+        if self._mode != "explicit":
+            raise ModelControlDisabled(
+                f"{NOT_ALLOWED} (model control mode '{self._mode}'; start the server with "
+                "--model-control-mode explicit to load and unload models by RPC)"
+            )
+
+    def _replace_upload(self, name: str, upload: Path | None) -> None:
+        old = self._uploads.pop(name, None)
+        if upload is not None:
+            self._uploads[name] = upload
+        if old is not None:  # the sessions that read these files were retired
+            shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def _read(root: Path, name: str, config: mc.ModelConfig | None) -> ModelSource:
+        try:
+            return load_model_source(root, name, config)
+        except ModelNotFoundInRepository as exc:
+            raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+        except (ConfigError, OSError) as exc:
+            raise RepositoryError(str(exc)) from None
+
+    # -- loading a model as its config asks ---------------------------------------------------------
+
+    async def _apply_source(self, source: ModelSource) -> None:
+        """Load `source`, or list it as lazy; a failure is logged and shown in the index."""
+        try:
+            lazy, _ = lazy_flags(source.config, str(source.directory / "config.pbtxt"))
+        except ConfigError as exc:
+            self._failed(source.name, str(exc))
+            return
+        entry = self._entry(source.name)
+        if lazy and (entry is None or entry.dormant):
+            self._loads.register_lazy(source.name)
+            return
+        try:
+            await self._loads.load(source.name, source)
+        except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
+            self._failed(source.name, str(exc))
+        except Exception as exc:  # one bad model never stops the others (the manager says why)
+            log.error("model %s: load failed: %s", source.name, exc)
+
+    def _failed(self, name: str, reason: str) -> None:
+        entry = self._entry(name)
+        if entry is not None and entry.versions:
+            self._manager.note_failed_reload(name, reason)
+            log.error("model %s: change not applied, the loaded versions keep serving: %s", name, reason)
+        else:
+            self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
+            log.error("model %s not loaded: %s", name, reason)
+
+    def _entry(self, name: str) -> ModelEntry | None:
+        try:
+            return self._manager.entry(name)
+        except ModelNotFound:
+            return None
+
+    # -- poll mode ------------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        quiet_ms = int(self._settings.repository_poll_secs * 1000)
+        log.info("watching %s for model changes (grouped over %d ms)", self._root, quiet_ms)
+        async for changes in watchfiles.awatch(
+            self._root,
+            stop_event=self._stop,
+            step=quiet_ms,
+            debounce=max(quiet_ms * 10, 1600),
+            recursive=True,
+        ):
+            names = self._changed_models(path for _, path in changes)
+            for name in sorted(names):
+                if self._stop.is_set():
+                    return
+                try:
+                    await self._refresh(name)
+                except Exception:  # the poller must outlive any one model's trouble
+                    log.exception("model %s: applying a repository change failed", name)
+
+    def _changed_models(self, paths: Iterable[str]) -> set[str]:
+        """The model directories the changed paths are in (links are not followed: a model file may
+        be a link to a file elsewhere)."""
+        names: set[str] = set()
+        roots = {self._root.absolute(), self._root.resolve()}
+        for path in paths:
+            changed = Path(os.path.abspath(path))
+            for root in roots:
+                if changed.is_relative_to(root) and changed != root:
+                    first = changed.relative_to(root).parts[0]
+                    if not first.startswith("."):
+                        names.add(first)
+        return names
+
+    async def _refresh(self, name: str) -> None:
+        directory = self._root / name
+        if not directory.is_dir():
+            if self._entry(name) is not None:
+                log.info("model %s: its directory was removed; unloading it", name)
+                await self._loads.unload(name, forget=True)
+            return
+        try:
+            source = await asyncio.to_thread(load_model_source, self._root, name)
+        except (ConfigError, ModelNotFoundInRepository, OSError) as exc:
+            self._failed(name, str(exc))
+            return
+        log.info("model %s changed on disk; loading it", name)
+        await self._apply_source(source)

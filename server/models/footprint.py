@@ -1,0 +1,42 @@
+"""How many bytes a loaded model holds: its files, and the process's resident growth over its load.
+
+onnxruntime copies the weights into its own buffers and its CPU arena grows on the first runs
+(the warm-up runs, when the config has model_warmup), so the resident-set growth measured around
+load + warm-up covers weights, arena and session state. It is an estimate: allocations of other
+work during the load count too, and memory the allocator freed and reused does not, so the model
+files' size is taken as the floor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from server.models.repository import ModelSource
+
+_STATM = Path("/proc/self/statm")
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (0 where /proc is missing: only file sizes count then)."""
+    try:
+        resident_pages = int(_STATM.read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def files_bytes(source: ModelSource) -> int:
+    """Bytes of every file in the selected version directories (model files, external weights)."""
+    total = 0
+    for model_file in source.versions.values():
+        version_dir = model_file.parent if model_file.parent.name.isdigit() else model_file.parent.parent
+        for path in version_dir.rglob("*"):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def footprint(files: int, rss_before: int, rss_after: int) -> int:
+    """A model's estimated bytes: resident growth over its load, at least its files' size."""
+    return max(files, rss_after - rss_before)

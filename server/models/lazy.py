@@ -1,0 +1,248 @@
+"""Loads under a memory budget, and lazy models loaded by their first request.
+
+Every load and unload of a model goes through `ModelLoads` (start-up, RepositoryModelLoad, the
+repository poller, first requests), one at a time: it makes room within the budget by evicting the
+least recently used idle lazy models, loads, then records what the load cost (server/models/
+footprint.py). A lazy model (`lazy_load: "true"`) waits in the index as UNAVAILABLE "not loaded
+(lazy)" until a request for it arrives; concurrent first requests share one load task, and each
+waits for it no longer than its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos import model_config_pb2 as mc
+from server.errors import (
+    MemoryBudgetExceeded,
+    ModelLoadTimeout,
+    ModelNotFound,
+    ModelNotReady,
+    RepositoryError,
+)
+from server.models.config import ConfigError
+from server.models.footprint import files_bytes, footprint, rss_bytes
+from server.models.manager import UNAVAILABLE, ModelEntry, ModelManager
+from server.models.memory_budget import MIB, MemoryBudget
+from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
+
+log = logging.getLogger(__name__)
+
+LAZY_LOAD = "lazy_load"
+PINNED = "pinned"
+NOT_LOADED = "not loaded (lazy): its first request loads it"
+EVICTED = "not loaded (lazy): evicted to fit the memory budget; its next request loads it"
+_BOOLEANS = {"true": True, "false": False}
+
+Gauge = tuple[str, Mapping[str, str], float]
+
+
+def _flag(config: mc.ModelConfig, key: str, source: str) -> bool:
+    if key not in config.parameters:
+        return False
+    value = config.parameters[key].string_value
+    if value.lower() not in _BOOLEANS:
+        raise ConfigError(f"{source}: parameters '{key}' must be 'true' or 'false', got '{value[:32]}'")
+    return _BOOLEANS[value.lower()]
+
+
+def lazy_flags(config: mc.ModelConfig, source: str) -> tuple[bool, bool]:
+    """(lazy, pinned) from a model's parameters; a model that is not lazy is always pinned."""
+    lazy = _flag(config, LAZY_LOAD, source)
+    return lazy, (not lazy) or _flag(config, PINNED, source)
+
+
+@dataclass
+class LoadStats:
+    loads: int = 0  # successful loads of any kind
+    lazy_loads: int = 0  # of which started by a first request
+    failures: int = 0
+    evictions: int = 0
+    refused: int = 0  # loads refused: the budget could not make room
+
+
+class ModelLoads:
+    def __init__(
+        self,
+        manager: ModelManager,
+        root: Path,
+        budget_bytes: int,
+        *,
+        rss: Callable[[], int] = rss_bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._manager = manager
+        self._root = root
+        self._rss = rss
+        self._clock = clock
+        self.budget = MemoryBudget(budget_bytes)
+        self.stats = LoadStats()
+        self._lazy: set[str] = set()  # lazy models, loaded or not
+        self._pending: dict[str, asyncio.Task[None]] = {}  # first-request loads under way
+        self._changes = asyncio.Lock()  # one load, unload or eviction at a time
+
+    # -- the request path -------------------------------------------------------------------
+
+    def needs_load(self, name: str) -> bool:
+        """Note a request for `name` (least-recently-used order); True if it must wait for a load."""
+        self.budget.touch(name, self._clock())
+        if name not in self._lazy:
+            return False
+        try:
+            return self._manager.entry(name).dormant
+        except ModelNotFound:
+            return False
+
+    async def ready(self, name: str, remaining_s: float | None) -> None:
+        """Load a lazy model for a request; wait at most `remaining_s` (the load goes on after)."""
+        task = self._pending.get(name)
+        if task is None:
+            task = asyncio.create_task(self._first_load(name), name=f"lazy load {name}")
+            self._pending[name] = task
+            task.add_done_callback(lambda done: self._load_ended(name, done))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), remaining_s)
+        except TimeoutError:
+            raise ModelLoadTimeout(
+                f"model '{name}' is loading (lazy_load) and was not ready within the request's "
+                f"deadline ({remaining_s:.3g} s); the load goes on, a later request will find it ready"
+            ) from None
+        except (RepositoryError, ModelNotFound) as exc:
+            raise ModelNotReady(f"model '{name}' (lazy_load) failed to load: {exc}") from None
+
+    def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
+        self._pending.pop(name, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("lazy load of model %s failed: %s", name, task.exception())
+
+    async def _first_load(self, name: str) -> None:
+        async with self._changes:
+            if not self.needs_load(name):  # loaded meanwhile (RepositoryModelLoad, the poller)
+                return
+            log.info("model %s: first request, loading it (lazy_load)", name)
+            await self._load(name, None)
+            self.stats.lazy_loads += 1
+
+    # -- repository changes -----------------------------------------------------------------
+
+    def register_lazy(self, name: str, reason: str = NOT_LOADED) -> None:
+        """List a lazy model in the index, not loaded."""
+        self._lazy.add(name)
+        self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=True))
+
+    def is_lazy(self, name: str) -> bool:
+        return name in self._lazy
+
+    async def load(self, name: str, source: ModelSource | None = None) -> None:
+        """(Re)load `name` now, from the repository or `source`, within the budget."""
+        async with self._changes:
+            await self._load(name, source)
+
+    async def unload(self, name: str, *, forget: bool = False) -> None:
+        """Unload `name` (draining what it has queued); `forget`: also drop it from the index."""
+        async with self._changes:
+            await self._manager.unload(name)
+            self.budget.forget(name)
+            self._lazy.discard(name)  # unloaded on purpose: a request no longer loads it
+            if forget:
+                self._manager.drop_entry(name)
+
+    async def stop(self) -> None:
+        """Cancel first-request loads still under way (the server is stopping)."""
+        pending = list(self._pending.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _load(self, name: str, source: ModelSource | None) -> None:
+        if source is None:
+            source = await asyncio.to_thread(self._read, name)
+        where = str(source.directory / "config.pbtxt")
+        try:
+            lazy, pinned = lazy_flags(source.config, where)
+        except ConfigError as exc:
+            self._manager.note_failed_reload(name, str(exc))
+            raise RepositoryError(str(exc)) from None
+        files = await asyncio.to_thread(files_bytes, source)
+        await self._make_room(name, self.budget.size_of(name) or files)
+        before, started = self._rss(), self._clock()
+        try:
+            await self._manager.load(name, source)
+        except Exception:
+            self.stats.failures += 1
+            raise
+        size = footprint(files, before, self._rss())
+        self.budget.record(name, size, pinned=pinned, now=self._clock())
+        (self._lazy.add if lazy else self._lazy.discard)(name)
+        self.stats.loads += 1
+        log.info(
+            "model %s loaded in %.2f s: footprint %.1f MiB (files %.1f MiB)%s",
+            name, self._clock() - started, size / MIB, files / MIB, self._budget_note(),
+        )  # fmt: skip
+        await self._make_room(name, 0, after_load=True)  # measured bigger than estimated
+
+    def _read(self, name: str) -> ModelSource:
+        try:
+            return load_model_source(self._root, name)
+        except ModelNotFoundInRepository as exc:
+            raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+        except (ConfigError, OSError) as exc:
+            self._manager.note_failed_reload(name, str(exc))
+            raise RepositoryError(str(exc)) from None
+
+    async def _make_room(self, name: str, need: int, *, after_load: bool = False) -> None:
+        victims = self.budget.victims(need, self._busy, keep=name)
+        if victims is None:
+            if after_load:  # loaded already: say so; the next load will evict what it can
+                log.warning("model %s: over the memory budget%s", name, self._budget_note())
+                return
+            self.stats.refused += 1
+            raise MemoryBudgetExceeded(
+                f"loading model '{name}' needs about {need / MIB:.1f} MiB: model_memory_budget_mb "
+                f"({self.budget.limit_bytes // MIB}) has {self._free_mib():.1f} MiB free and no idle "
+                "lazy model to evict (pinned models and models with requests in flight stay)"
+            )
+        for victim in victims:
+            await self._evict(victim)
+
+    async def _evict(self, name: str) -> None:
+        freed = self.budget.size_of(name) or 0
+        await self._manager.unload(name)  # drains, as an unload does (it was idle when chosen)
+        self.budget.forget(name)
+        self.stats.evictions += 1
+        self.register_lazy(name, EVICTED)
+        log.info("model %s evicted: %.1f MiB freed%s", name, freed / MIB, self._budget_note())
+
+    def _busy(self, name: str) -> bool:
+        try:
+            entry = self._manager.entry(name)
+        except ModelNotFound:
+            return False
+        return any(v.batcher.queued_requests or v.batcher.in_flight_batches for v in entry.versions.values())
+
+    def _free_mib(self) -> float:
+        return max(self.budget.limit_bytes - self.budget.used_bytes, 0) / MIB
+
+    def _budget_note(self) -> str:
+        if self.budget.limit_bytes <= 0:
+            return ""
+        return f"; budget {self.budget.used_bytes / MIB:.1f} of {self.budget.limit_bytes / MIB:.0f} MiB used"
+
+    # -- observability ----------------------------------------------------------------------
+
+    def gauge_values(self) -> Iterator[Gauge]:
+        """Loads, evictions and footprints for /metrics (server/observability/metrics.py)."""
+        yield "sluiceway_model_loads_total", {}, float(self.stats.loads)
+        yield "sluiceway_model_lazy_loads_total", {}, float(self.stats.lazy_loads)
+        yield "sluiceway_model_load_failures_total", {}, float(self.stats.failures)
+        yield "sluiceway_model_evictions_total", {}, float(self.stats.evictions)
+        yield "sluiceway_model_load_refusals_total", {}, float(self.stats.refused)
+        yield "sluiceway_model_memory_budget_bytes", {}, float(self.budget.limit_bytes)
+        yield "sluiceway_model_memory_used_bytes", {}, float(self.budget.used_bytes)
+        for resident in self.budget.residents():
+            yield "sluiceway_model_footprint_bytes", {"model": resident.name}, float(resident.bytes)

@@ -1,0 +1,127 @@
+"""RepositoryModelLoad's parameters, as Triton defines them: applied, or refused by name.
+
+- `config` (string): a JSON ModelConfig used instead of the repository's config.pbtxt.
+- `file:<version>/<path>` (bytes): model files sent in the request; Triton requires `config` with
+  them. They are written into a private model directory (never the repository), each path checked
+  to stay inside it, and bounded in count and bytes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from google.protobuf import json_format
+
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server.errors import InvalidRequest
+
+CONFIG = "config"
+FILE_PREFIX = "file:"
+MAX_FILES = 64
+MAX_PATH_PARTS = 8
+MAX_FILE_BYTES_TOTAL = 2 * 1024 * 1024 * 1024  # the gRPC message limit usually binds first
+
+
+@dataclass
+class LoadOverride:
+    """A RepositoryModelLoad's parsed parameters (config and files both optional)."""
+
+    config: mc.ModelConfig | None = None
+    files: dict[PurePosixPath, bytes] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.config is None and not self.files
+
+
+def parse_load_parameters(name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> LoadOverride:
+    """Check and parse the parameters; InvalidRequest names the parameter at fault."""
+    override = LoadOverride()
+    total = 0
+    for key in sorted(parameters):
+        value = parameters[key]
+        kind = value.WhichOneof("parameter_choice")
+        if key == CONFIG:
+            if kind != "string_param":
+                raise InvalidRequest(
+                    f"parameters['config'] must be a string_param (JSON ModelConfig), got {kind}"
+                )
+            override.config = _config(name, value.string_param)
+        elif key.startswith(FILE_PREFIX):
+            if kind != "bytes_param":
+                raise InvalidRequest(
+                    f"parameters['{key[:80]}'] must be a bytes_param (the file's contents), got {kind}"
+                )
+            if len(override.files) >= MAX_FILES:
+                raise InvalidRequest(f"RepositoryModelLoad carries more than {MAX_FILES} file: parameters")
+            total += len(value.bytes_param)
+            if total > MAX_FILE_BYTES_TOTAL:
+                raise InvalidRequest(f"file: parameters hold more than {MAX_FILE_BYTES_TOTAL} bytes in all")
+            override.files[_file_path(key)] = value.bytes_param
+        else:
+            raise InvalidRequest(
+                f"RepositoryModelLoad parameter '{key[:80]}' is not supported "
+                "(supported: 'config', 'file:<version>/<name>')"
+            )
+    if override.files and override.config is None:
+        raise InvalidRequest("file: parameters need the 'config' parameter too (as in Triton)")
+    return override
+
+
+def _config(name: str, text: str) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as exc:
+        raise InvalidRequest(f"parameters['config'] is not a JSON ModelConfig: {str(exc)[:300]}") from None
+    if config.name and config.name != name:
+        raise InvalidRequest(f"parameters['config'] names model '{config.name[:80]}', not '{name}'")
+    return config
+
+
+def _file_path(key: str) -> PurePosixPath:
+    """`file:<version>/<path>` as a relative path that cannot leave the model directory."""
+    text = key[len(FILE_PREFIX) :]
+    shown = key[:120]
+    path = PurePosixPath(text)
+    parts = path.parts
+    if (
+        not text
+        or "\\" in text
+        or "\0" in text
+        or path.is_absolute()
+        or len(parts) < 2
+        or len(parts) > MAX_PATH_PARTS
+        or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+    ):
+        raise InvalidRequest(
+            f"parameters['{shown}']: expected 'file:<version>/<name>' (a relative path without "
+            f"'..', '.' parts, '\\\\' or NUL, at most {MAX_PATH_PARTS} parts)"
+        )
+    if not parts[0].isascii() or not parts[0].isdigit() or parts[0].startswith("0"):
+        raise InvalidRequest(
+            f"parameters['{shown}']: '{parts[0][:20]}' is not a version directory (1, 2, ...)"
+        )
+    return path
+
+
+def write_model_directory(parent: Path, name: str, files: dict[PurePosixPath, bytes]) -> Path:
+    """Write the files into a new directory under `parent`; returns the root holding `<name>/`."""
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="load-", dir=parent))
+    directory = (root / name).resolve()
+    try:
+        for relative, data in files.items():
+            target = (directory / relative).resolve()
+            if not target.is_relative_to(directory):  # checked above; symlinks cannot appear in a new dir
+                raise InvalidRequest(f"parameters['file:{relative}'] leaves the model directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,76 @@
+"""The model memory budget: who is resident, how many bytes each holds, who goes first.
+
+Pure bookkeeping (no I/O, no clock of its own): server/models/lazy.py measures footprints and
+unloads the models chosen here, so the eviction rule is unit-tested with made-up sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Resident:
+    """One loaded model as the budget counts it."""
+
+    name: str
+    bytes: int
+    pinned: bool  # never evicted: a model that is not lazy, or has the `pinned` parameter
+    last_used: float  # time.monotonic() of its latest request (or its load)
+
+
+class MemoryBudget:
+    """Resident models' bytes against a limit; eviction candidates in least-recently-used order."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes  # 0: no limit
+        self._residents: dict[str, Resident] = {}
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(r.bytes for r in self._residents.values())
+
+    def residents(self) -> list[Resident]:
+        return list(self._residents.values())
+
+    def record(self, name: str, size: int, *, pinned: bool, now: float) -> None:
+        """A model was (re)loaded and now holds `size` bytes."""
+        self._residents[name] = Resident(name, max(size, 0), pinned, now)
+
+    def forget(self, name: str) -> None:
+        self._residents.pop(name, None)
+
+    def touch(self, name: str, now: float) -> None:
+        resident = self._residents.get(name)
+        if resident is not None:
+            resident.last_used = now
+
+    def size_of(self, name: str) -> int | None:
+        resident = self._residents.get(name)
+        return None if resident is None else resident.bytes
+
+    def victims(self, need_bytes: int, busy: Callable[[str], bool], keep: str = "") -> list[str] | None:
+        """The models to evict so that `need_bytes` more fit, least recently used first; [] when
+        they fit already, None when evicting every idle unpinned model would not make room.
+
+        `keep` (the model being loaded) and busy models (requests queued or running) are never
+        chosen; its own current bytes are not counted (a reload replaces them)."""
+        if self.limit_bytes <= 0:
+            return []
+        used = self.used_bytes - (self.size_of(keep) or 0)
+        if used + need_bytes <= self.limit_bytes:
+            return []
+        chosen: list[str] = []
+        candidates = sorted(
+            (r for r in self._residents.values() if not r.pinned and r.name != keep and not busy(r.name)),
+            key=lambda r: r.last_used,
+        )
+        for resident in candidates:
+            chosen.append(resident.name)
+            used -= resident.bytes
+            if used + need_bytes <= self.limit_bytes:
+                return chosen
+        return None

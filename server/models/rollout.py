@@ -1,0 +1,327 @@
+"""Rollout: which version answers a request that names none, per model, and what operators and
+the automatic rollback change about it (weights, promote, roll back, shadow).
+
+A model's rollout state is read from its config's traffic policy (server/models/traffic.py) the
+first time a request is routed after the model was (re)loaded: a reload starts again from the
+config, so changes made through the admin service last until the next reload. Rollback counts
+outlive reloads (they are /metrics counters).
+
+Everything runs on the event loop; /metrics reads `rollback_counts` from its own thread (a copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
+from server.models.rollback import Figures, RollbackMonitor, WindowReport, quantile_s
+from server.models.shadow import ShadowFigures, ShadowRunner
+from server.models.traffic import (
+    RollbackThresholds,
+    ShadowPolicy,
+    Slices,
+    TrafficPolicy,
+    format_weights,
+    parse_policy,
+    point_of,
+)
+
+if TYPE_CHECKING:
+    from batcher.types import Tensors
+    from server.models.manager import ModelEntry, ModelVersion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_S = 30.0  # a window for the shadow log line when no rollback is configured
+MAX_EVENTS = 20  # rollback events kept per model for the status
+
+
+class RoutedRequest(Protocol):
+    """What routing reads of a request (a ModelInferRequest)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def parameters(self) -> Mapping[str, object]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackEvent:
+    version: int
+    trigger: str  # "auto" or "manual"
+    reason: str
+    unix_time: float
+
+
+@dataclass(slots=True)
+class ModelRollout:
+    """One model's live rollout state (for one loaded set of its versions)."""
+
+    entry: ModelEntry
+    config_policy: TrafficPolicy | None
+    weights: dict[int, int] | None  # None: no policy, the newest version takes every request
+    slices: Slices | None  # the weights as routing slices (set with `set_weights`)
+    sticky_key: str
+    shadow: ShadowRunner | None
+    rollback: RollbackThresholds | None
+    monitor: RollbackMonitor
+    source: str = "config"  # who set the weights last: "config", "admin" or "rollback"
+    shadow_figures: ShadowFigures = field(default_factory=ShadowFigures)
+    rolled_back: set[int] = field(default_factory=set)
+    events: deque[RollbackEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    last_window: WindowReport | None = None
+
+    def set_weights(self, weights: dict[int, int] | None) -> None:
+        self.weights = weights
+        self.slices = None if weights is None else Slices.of(weights)
+
+    def stable(self) -> int:
+        """The version with the most weight (ties: the older); the newest without a policy."""
+        if not self.weights or not any(self.weights.values()):
+            return self.entry.order[0]
+        return max(sorted(self.weights), key=lambda v: self.weights[v] if self.weights else 0)
+
+    def candidates(self) -> list[int]:
+        stable = self.stable()
+        out = {v for v, w in (self.weights or {}).items() if w > 0 and v != stable}
+        if self.shadow is not None and self.shadow.policy.fraction > 0:
+            out.add(self.shadow.policy.version)
+        out.discard(stable)
+        return sorted(out)
+
+
+class Rollout:
+    """Every model's rollout state, built lazily per loaded entry."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng or random.Random()  # routing, not secrets
+        self._models: dict[str, ModelRollout] = {}
+        self._rollbacks: dict[tuple[str, int, str], int] = {}  # (model, version, trigger) -> count
+
+    # -- the request path -------------------------------------------------------------------
+
+    def route(self, entry: ModelEntry, request: RoutedRequest) -> int:
+        """The version number for a request that names none."""
+        state = self.state(entry)
+        if state.slices is None:
+            return entry.order[0]
+        now = self._clock()
+        if state.monitor.due(now):
+            self._close_window(state, now)  # may roll a candidate back: slices change
+        key = routing_key(request, state.sticky_key)
+        return state.slices.pick(point_of(key) if key else self._rng.random())
+
+    def answered(self, served: ModelVersion, request: RoutedRequest, explicit: bool, inputs: Tensors,
+                 rows: int, outputs: Tensors | None, elapsed_ns: int) -> None:  # fmt: skip
+        """A request was answered OK by `served`: mirror it to the shadow candidate when due."""
+        state = self._models.get(served.name)
+        if explicit or outputs is None or state is None or state.shadow is None:
+            return
+        shadow = state.shadow
+        policy = shadow.policy
+        if served.version == policy.version or state.entry.versions.get(served.version) is not served:
+            return  # the candidate's own answers, or a version a reload has replaced
+        key = routing_key(request, state.sticky_key)
+        if (point_of(key, b"shadow:") if key else self._rng.random()) >= policy.fraction:
+            return
+        candidate = state.entry.versions.get(policy.version)
+        if candidate is not None:
+            shadow.offer(candidate, inputs, rows, outputs, elapsed_ns)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state(self, entry: ModelEntry) -> ModelRollout:
+        state = self._models.get(entry.name)
+        if state is None or state.entry is not entry:
+            if state is not None and state.shadow is not None:
+                state.shadow.cancel()
+            state = self._build(entry)
+            self._models[entry.name] = state
+        return state
+
+    def _build(self, entry: ModelEntry) -> ModelRollout:
+        config = entry.versions[entry.order[0]].config
+        policy = parse_policy(config, f"model '{entry.name}'", entry.versions)  # checked at load
+        figures = ShadowFigures()
+        shadow = None if policy is None or policy.shadow is None else ShadowRunner(policy.shadow, figures)
+        rollback = None if policy is None else policy.rollback
+        window_s = rollback.window_s if rollback is not None else DEFAULT_WINDOW_S
+        state = ModelRollout(
+            entry=entry,
+            config_policy=policy,
+            weights=None,
+            slices=None,
+            sticky_key="" if policy is None else policy.sticky_key,
+            shadow=shadow,
+            rollback=rollback,
+            monitor=RollbackMonitor(window_s, self._clock(), {}),
+            shadow_figures=figures,
+        )
+        state.set_weights(None if policy is None else dict(policy.weights))
+        state.monitor = RollbackMonitor(window_s, self._clock(), self._figures(state))  # needs the state
+        if policy is not None:
+            log.info("rollout: model %s traffic %s%s", entry.name, format_weights(policy.weights),
+                     "" if shadow is None else f", shadow to version {shadow.policy.version}")  # fmt: skip
+        return state
+
+    def _figures(self, state: ModelRollout) -> dict[int, Figures]:
+        """Each served version's cumulative figures; the shadow candidate's are its copies' when
+        it takes no weighted traffic."""
+        out = {v: figures_of(served) for v, served in state.entry.versions.items()}
+        shadow = state.shadow
+        if shadow is not None and not (state.weights or {}).get(shadow.policy.version):
+            f = state.shadow_figures
+            out[shadow.policy.version] = Figures(f.compared, f.errors, tuple(f.shadow_latency.counts))
+        return out
+
+    def _close_window(self, state: ModelRollout, now: float) -> None:
+        stable = state.stable()
+        report = state.monitor.close(now, self._figures(state), stable, state.candidates(), state.rollback)
+        state.last_window = report
+        if any(f.requests for f in report.figures.values()):
+            log.info("rollout: model %s window %.0f s: %s", state.entry.name, report.seconds,
+                     window_line(report, state))  # fmt: skip
+        for version, reason in report.verdicts.items():
+            self._roll_back(state, version, "auto", reason)
+
+    # -- operator actions (the admin service) -----------------------------------------------
+
+    def set_weights(self, entry: ModelEntry, weights: Mapping[int, int]) -> ModelRollout:
+        state = self.state(entry)
+        unknown = sorted(set(weights) - set(entry.versions))
+        if unknown:
+            raise ModelNotFound(
+                f"model '{entry.name}' does not serve versions {unknown} (served: {entry.order})"
+            )
+        if not any(w > 0 for w in weights.values()):
+            raise InvalidRequest("weights: at least one version needs a positive weight")
+        state.set_weights(dict(weights))
+        state.source = "admin"
+        state.rolled_back -= {v for v, w in weights.items() if w > 0}
+        log.warning("rollout: model %s weights set to %s", entry.name, format_weights(weights))
+        return state
+
+    def promote(self, entry: ModelEntry, version: int) -> ModelRollout:
+        """`version` takes every request; it stops being a shadow candidate."""
+        state = self.set_weights(entry, {version: 100})
+        if state.shadow is not None and state.shadow.policy.version == version:
+            self._stop_shadow(state)
+        return state
+
+    def roll_back(self, entry: ModelEntry, version: int | None, reason: str) -> ModelRollout:
+        """Take `version` (None: every candidate) out of traffic and out of shadowing."""
+        state = self.state(entry)
+        targets = state.candidates() if version is None else [version]
+        for target in targets:
+            if target not in entry.versions:
+                raise ModelNotFound(f"model '{entry.name}' does not serve version {target}")
+            weights = state.weights or {}
+            if weights.get(target, 0) > 0 and not any(w > 0 for v, w in weights.items() if v != target):
+                raise RolloutRefused(
+                    f"version {target} is the only version of '{entry.name}' taking requests; "
+                    "promote or weight another version first"
+                )
+        for target in targets:
+            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
+        return state
+
+    def _roll_back(self, state: ModelRollout, version: int, trigger: str, reason: str) -> None:
+        if state.weights is not None and state.weights.get(version, 0) > 0:
+            state.set_weights({**state.weights, version: 0})
+        if state.shadow is not None and state.shadow.policy.version == version:
+            self._stop_shadow(state)
+        state.rolled_back.add(version)
+        state.source = "rollback"
+        state.events.append(RollbackEvent(version, trigger, reason, self._wall()))
+        key = (state.entry.name, version, trigger)
+        self._rollbacks[key] = self._rollbacks.get(key, 0) + 1
+        log.warning(
+            "rollout: model %s version %d rolled back (%s): %s", state.entry.name, version, trigger, reason
+        )
+
+    @staticmethod
+    def _stop_shadow(state: ModelRollout) -> None:
+        if state.shadow is not None:
+            state.shadow.cancel()
+            p = state.shadow.policy
+            state.shadow = ShadowRunner(
+                ShadowPolicy(p.version, 0.0, p.timeout_s, p.max_queue, p.max_in_flight), state.shadow_figures
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def rollback_counts(self) -> Iterator[tuple[dict[str, str], int]]:
+        """(labels, count) for sluiceway_rollbacks_total; safe from another thread."""
+        for (model, version, trigger), count in dict(self._rollbacks).items():
+            yield {"model": model, "version": str(version), "trigger": trigger}, count
+
+    def gauge_values(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Each model's shadow figures as /metrics gauges (Metrics.add_gauge_source), from the
+        metrics thread: copies of the dict, plain numbers read once each."""
+        for name, state in dict(self._models).items():
+            shadow = state.shadow
+            if shadow is None:
+                continue
+            f = state.shadow_figures
+            labels = {"model": name, "version": str(shadow.policy.version)}
+            for outcome in ("mirrored", "compared", "errors", "shed", "dropped"):
+                yield "sluiceway_shadow_requests", {**labels, "outcome": outcome}, getattr(f, outcome)
+            yield "sluiceway_shadow_max_abs_diff", labels, f.max_abs_diff
+            if f.argmax_rows:
+                yield "sluiceway_shadow_argmax_agreement", labels, f.argmax_agree / f.argmax_rows
+
+    def rollbacks_of(self, model: str) -> int:
+        return sum(c for (m, _, _), c in dict(self._rollbacks).items() if m == model)
+
+
+def routing_key(request: RoutedRequest, sticky_key: str) -> str:
+    """The request's routing key: its `sticky_key` parameter (a string or an integer), else its id."""
+    if sticky_key:
+        param = request.parameters.get(sticky_key)
+        if param is not None:
+            kind = param.WhichOneof("parameter_choice")  # type: ignore[attr-defined]
+            if kind not in ("string_param", "int64_param", "uint64_param"):
+                raise InvalidRequest(
+                    f"parameter '{sticky_key}' (the model's traffic_sticky_key) must be a string or "
+                    f"an integer, got {kind or 'nothing'}"
+                )
+            return str(getattr(param, kind))
+    return request.id
+
+
+def figures_of(served: ModelVersion) -> Figures:
+    """A version's cumulative figures from its statistics: backend failures and run timeouts are
+    its errors (client mistakes, deadlines and cancellations are not)."""
+    s = served.stats
+    return Figures(s.success.count, s.failures["BACKEND"], tuple(s.request_hist.counts))
+
+
+def window_line(report: WindowReport, state: ModelRollout) -> str:
+    parts = []
+    for version, f in sorted(report.figures.items()):
+        p99 = quantile_s(f.latency, 0.99)
+        p99_text = "-" if p99 is None else f"{p99 * 1000:g}ms"
+        parts.append(f"v{version} n={f.requests} err={f.error_rate:.1%} p99<={p99_text}")
+    if state.shadow is not None:
+        s = state.shadow_figures
+        agree = s.argmax_agree / s.argmax_rows if s.argmax_rows else 1.0
+        parts.append(
+            f"shadow v{state.shadow.policy.version}: mirrored={s.mirrored} compared={s.compared} "
+            f"errors={s.errors} shed={s.shed} dropped={s.dropped} max_abs_diff={s.max_abs_diff:g} "
+            f"argmax_agree={agree:.1%}"
+        )
+    return "; ".join(parts)

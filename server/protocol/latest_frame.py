@@ -1,0 +1,65 @@
+"""Latest-frame-wins on a stream: a newer frame supersedes the older one still waiting.
+
+Cameras and sensors send frames at their own pace; a stream that falls behind should compute its
+newest frame, not work through a backlog. A frame takes part when its model sets the parameter
+`latest_frame_wins: "true"` in config.pbtxt, or when the request carries the bool parameter
+`latest_frame_wins` (which overrides the model's setting either way).
+
+When such a frame arrives on a stream, the previous such frame of the same model (name and
+version as requested) on the same stream is withdrawn if it has not started computing: still in
+the batcher's queue, or not yet queued (batcher/claim.py). It is answered with no outputs and the
+response parameter `frame_dropped: true`, and counted in the model's statistics (`dropped`;
+`sluiceway_frames_dropped_total` on /metrics, since Triton's ModelStatistics has no such field).
+A frame that a batch has already taken is computed and answered as usual. The stream session
+answers frames taking part in request order (its order chain), so a dropped answer takes its
+frame's place.
+"""
+
+from __future__ import annotations
+
+from batcher.claim import Claim
+from protos import grpc_service_pb2 as pb
+from server.errors import FrameDropped
+from server.models.config import latest_frame_wins as model_setting
+from server.protocol.controls import latest_frame_wins as request_setting
+from server.protocol.infer_job import RequestPath
+
+FRAME_DROPPED = "frame_dropped"  # the response parameter of a dropped frame's answer
+_SUPERSEDED = "superseded by a newer frame on this stream (latest_frame_wins)"
+
+
+class LatestFrames:
+    """One stream's newest waiting frame per model. Lives and dies with its stream session."""
+
+    def __init__(self, path: RequestPath) -> None:
+        self._path = path
+        # Keyed by resolvable models only, so its size is bounded by the repository, not the client.
+        self._newest: dict[tuple[str, str], Claim] = {}
+
+    def arrive(self, request: pb.ModelInferRequest) -> Claim | None:
+        """A claim for `request` when latest-frame-wins applies to it (None otherwise); the older
+        frame it supersedes is withdrawn if that has not started. Raises InvalidRequest when the
+        request's parameter is not a bool."""
+        wanted = request_setting(request.parameters)
+        if wanted is False:
+            return None
+        served = self._path.model_of(request)
+        if served is None:  # no such model: `start` answers why
+            return None
+        if wanted is None and not model_setting(served.config, f"model '{served.name}'"):
+            return None
+        key = (request.model_name, request.model_version)
+        older = self._newest.get(key)
+        claim = self._newest[key] = Claim()
+        if older is not None:
+            older.withdraw(FrameDropped(_SUPERSEDED))
+        return claim
+
+
+def dropped_response(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    """The answer to a dropped frame: its id, no outputs, `frame_dropped: true`."""
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    response.parameters[FRAME_DROPPED].bool_param = True
+    return pb.ModelStreamInferResponse(infer_response=response)

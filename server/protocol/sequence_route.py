@@ -1,0 +1,44 @@
+"""Route a request's sequence parameters to its model's SequenceBatcher (batcher/sequence.py).
+
+A model with sequence_batching takes only requests naming a sequence; any other model refuses the
+sequence parameters, naming the parameter (Triton's wording where it has one).
+"""
+
+from __future__ import annotations
+
+from batcher.admission import Admission
+from batcher.types import QueueTrace, Tensors
+from server.errors import InvalidRequest
+from server.models.manager import ModelVersion
+from server.protocol.sequence_params import SEQUENCE_ID, SequenceParams
+
+
+def check_sequence(served: ModelVersion, sequence: SequenceParams | None) -> None:
+    if served.sequences is None:
+        if sequence is not None:
+            raise InvalidRequest(
+                f"parameter '{SEQUENCE_ID}': model '{served.name}' has no sequence_batching "
+                "(send sequence parameters only to models with it)"
+            )
+    elif sequence is None:
+        raise InvalidRequest(
+            f"inference request to model '{served.name}' must specify a non-zero or non-empty "
+            f"correlation ID (parameter '{SEQUENCE_ID}')"
+        )
+
+
+async def sequence_outputs(
+    served: ModelVersion,
+    sequence: SequenceParams,
+    inputs: Tensors,
+    admission: Admission,
+    trace: QueueTrace | None,
+) -> Tensors:
+    """The request's outputs, run in its sequence's turn with the sequence's state."""
+    sequences = served.sequences
+    if sequences is None:  # retargeted to a version without sequence_batching
+        check_sequence(served, sequence)
+        raise AssertionError("unreachable")
+    return await sequences.infer(
+        sequence.sid, inputs, admission, start=sequence.start, end=sequence.end, trace=trace
+    )

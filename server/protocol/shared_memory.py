@@ -1,0 +1,151 @@
+"""The system shared-memory registry: named regions clients register, bounded in count and bytes.
+
+Triton's semantics (docs/protocol/extension_shared_memory.md): a name is registered once
+(ALREADY_EXISTS), Status and Unregister take a name or "" for every region, unregistering an
+unknown name is not an error. Client registration is opt-in (`allow_client_shm`, off by default,
+as Triton's `--allow-client-shm`): a registered object is read and written by the server.
+
+Unregister while a request uses a region is safe: the name goes at once (a new request cannot use
+it), while each request holds the Region it resolved, and the numpy views of its inputs hold the
+mapping. The mapping is unmapped and its descriptor closed when the last holder lets go (a
+weakref.finalize on the mmap object), and only then stop it counting against the limits. That can
+happen on any thread (the last holder may be an executor's), hence the lock.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
+from server.protocol.shm_regions import SHM_DIR, Region, mapped_bytes, open_region
+
+DISABLED_MESSAGE = (
+    "client shared memory is disabled: start the server with --allow-client-shm "
+    "(SLUICEWAY_ALLOW_CLIENT_SHM=true) to enable it"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+class SharedMemoryRegistry:
+    def __init__(self, *, allowed: bool, max_regions: int, max_bytes: int, directory: Path = SHM_DIR) -> None:
+        self.allowed = allowed
+        self.max_regions = max_regions
+        self.max_bytes = max_bytes
+        self._directory = directory
+        self._regions: dict[str, Region] = {}
+        # Reentrant: dropping a region's last reference runs its finalizer (which takes the lock)
+        # wherever that happens, even inside a locked section.
+        self._lock = threading.RLock()
+        self._live = 0  # mappings not yet released: registered, or unregistered but still in use
+        self._live_bytes = 0
+
+    @property
+    def live_mappings(self) -> tuple[int, int]:
+        """(mappings, bytes) not yet released, registered or still held by a request."""
+        with self._lock:
+            return self._live, self._live_bytes
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_allowed()
+        if not name:
+            raise InvalidRequest("cannot register a shared memory region without a name")
+        with self._lock:
+            if name in self._regions:  # Triton's wording
+                raise RegionExists(f"shared memory region '{name}' already in manager")
+        region = open_region(name, key, offset, byte_size, self._directory)
+        size = mapped_bytes(region)
+        refused = self._admit(region, size)
+        if refused is not None and self._live > len(self._regions):
+            # Unregistered mappings still count: those a finished request left in a reference cycle
+            # (a failed one's traceback) go with a collection, so try once more after one.
+            gc.collect()
+            refused = self._admit(region, size)
+        if refused is not None:
+            region.mapping.close()  # nothing else has seen it
+            os.close(region.fd)
+            raise refused
+        weakref.finalize(region.mapping, self._released, region.fd, size)
+
+    def _admit(self, region: Region, size: int) -> Exception | None:
+        """Add `region` within the limits, or the error saying which one it would pass."""
+        name = region.name
+        with self._lock:
+            if name in self._regions:  # registered meanwhile by a concurrent call
+                return RegionExists(f"shared memory region '{name}' already in manager")
+            if self._live_bytes + size > self.max_bytes:
+                return SharedMemoryLimit(
+                    f"cannot register shared memory region '{name}' of {size} bytes: "
+                    f"{self._live_bytes} bytes are mapped and max_shm_bytes is {self.max_bytes}"
+                )
+            if self._live >= self.max_regions:
+                return SharedMemoryLimit(
+                    f"cannot register shared memory region '{name}': {self._live} regions are mapped, "
+                    f"the most this server maps (max_shm_regions={self.max_regions})"
+                )
+            self._regions[name] = region
+            self._live += 1
+            self._live_bytes += size
+        return None
+
+    def _released(self, fd: int, size: int) -> None:
+        os.close(fd)
+        with self._lock:
+            self._live -= 1
+            self._live_bytes -= size
+
+    def status(self, name: str) -> Sequence[RegionInfo]:
+        """The named region, or every region when `name` is empty (RegionNotFound if unknown)."""
+        with self._lock:
+            if name:
+                region = self._regions.get(name)
+                if region is None:
+                    raise RegionNotFound(f"Unable to find system shared memory region: '{name}'")
+                regions = [region]
+            else:
+                regions = sorted(self._regions.values(), key=lambda r: r.name)
+        return [RegionInfo(r.name, r.key, r.offset, r.byte_size) for r in regions]
+
+    def unregister(self, name: str) -> None:
+        """Forget the named region (every region when `name` is empty); unknown names are fine."""
+        self._check_allowed()
+        with self._lock:
+            if name:
+                dropped = [self._regions.pop(name)] if name in self._regions else []
+            else:
+                dropped = list(self._regions.values())
+                self._regions.clear()
+        # Unmapped by their finalizers once no request holds them (now, when none does).
+        del dropped
+
+    def lookup(self, name: str) -> Region:
+        """The region a request names, for that request to hold while it uses it."""
+        region = self._regions.get(name)  # a dict read: atomic, no lock needed
+        if region is None:
+            if not self.allowed:
+                raise Unsupported(DISABLED_MESSAGE)
+            raise RegionNotFound(f"Unable to find shared memory region: '{name}'")
+        return region
+
+    def close(self) -> None:
+        """At shutdown: forget every region (mappings go with their last holder)."""
+        with self._lock:
+            dropped = list(self._regions.values())
+            self._regions.clear()
+        del dropped
+
+    def _check_allowed(self) -> None:
+        if not self.allowed:
+            raise Unsupported(DISABLED_MESSAGE)

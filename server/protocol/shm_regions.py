@@ -1,0 +1,112 @@
+"""One registered system shared-memory region: a POSIX shm object under /dev/shm, mapped read-write.
+
+The key is checked the way glibc's shm_open reads it (leading slashes dropped; no '/' inside), and
+more strictly: no '.' or '..', no NUL, at most NAME_MAX bytes; the object must be a regular file
+directly in the shm directory, opened with O_NOFOLLOW and matched (device, inode) against the
+lstat that was checked, so a symlink or a file swapped in between is refused. The mapping starts
+at the page below `offset` (mmap needs page-aligned offsets; Triton's does not allow others), and
+a request sees only [offset, offset + byte_size) of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import InvalidRequest
+
+SHM_DIR = Path("/dev/shm")
+NAME_MAX = 255
+
+
+class RegionGone(InvalidRequest):
+    """The shm object behind a region shrank below it after registration."""
+
+
+def object_name(key: str) -> str:
+    """The file name under the shm directory that `key` names; InvalidRequest if it names none."""
+    name = key.lstrip("/")  # as glibc's shm_open: "/a" and "a" are the same object
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidRequest(
+            f"invalid shm key '{key[:300]}': a POSIX shared-memory name is one path component "
+            "(an optional leading '/', then no '/', NUL, '.' or '..')"
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise InvalidRequest(f"invalid shm key: longer than {NAME_MAX} bytes")
+    return name
+
+
+@dataclass(eq=False)
+class Region:
+    """A mapped region. Requests hold it while they use it; the mapping is released (munmap) when
+    the registry and the last request have let go of it (see SharedMemoryRegistry)."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    fd: int
+    mapping: mmap.mmap
+    start: int  # where `offset` lies within `mapping` (offset minus the page-aligned map offset)
+
+    def check_size(self) -> None:
+        """Refuse use of a region whose object was truncated below it: touching pages past the
+        end of a shm object is SIGBUS, which would kill the server."""
+        size = os.fstat(self.fd).st_size
+        if size < self.offset + self.byte_size:
+            raise RegionGone(
+                f"shared memory region '{self.name}': its object '{self.key}' is now {size} bytes, "
+                f"less than the registered offset {self.offset} + byte_size {self.byte_size}"
+            )
+
+    def view(self, offset: int, byte_size: int) -> np.ndarray:
+        """Bytes [offset, offset + byte_size) of the region as a uint8 array over the mapping
+        (no copy); the caller has checked the bounds."""
+        return np.frombuffer(self.mapping, dtype=np.uint8, count=byte_size, offset=self.start + offset)
+
+
+def open_region(name: str, key: str, offset: int, byte_size: int, directory: Path = SHM_DIR) -> Region:
+    """Open, check and map `key`'s object; InvalidRequest naming what is wrong."""
+    file_name = object_name(key)
+    if byte_size <= 0:
+        raise InvalidRequest(f"failed to register shared memory region '{name}': byte_size must be > 0")
+    path = directory / file_name
+    try:
+        seen = os.lstat(path)
+    except FileNotFoundError:
+        raise InvalidRequest(f"Unable to open shared memory region: '{key}' (no such object)") from None
+    if not stat.S_ISREG(seen.st_mode):  # symlinks, directories, FIFOs and devices never opened
+        raise InvalidRequest(f"Unable to open shared memory region: '{key}' is not a regular file")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        reason = (
+            "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else os.strerror(exc.errno or 0)
+        )
+        raise InvalidRequest(f"Unable to open shared memory region: '{key}' ({reason})") from None
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(opened.st_mode):
+            raise InvalidRequest(f"Unable to open shared memory region: '{key}' changed while it was opened")
+        if offset + byte_size > opened.st_size:
+            raise InvalidRequest(
+                f"failed to register shared memory region '{name}': offset {offset} + byte_size "
+                f"{byte_size} is beyond the end of '{key}' ({opened.st_size} bytes)"
+            )
+        map_offset = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(fd, offset + byte_size - map_offset, mmap.MAP_SHARED, offset=map_offset)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Region(name, key, offset, byte_size, fd, mapping, start=offset - map_offset)
+
+
+def mapped_bytes(region: Region) -> int:
+    """Bytes of address space the region's mapping takes (what max_shm_bytes counts)."""
+    return len(region.mapping)

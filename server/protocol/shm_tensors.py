@@ -1,0 +1,168 @@
+"""Tensors in system shared memory: Triton's `shared_memory_region`, `shared_memory_offset` and
+`shared_memory_byte_size` parameters on inputs and requested outputs.
+
+An input is read from its region as a numpy view (no copy) when the address suits its element
+type; BYTES inputs use the protocol's 4-byte-length framing. A requested output is written into
+its region after the run, and the response carries its name, datatype and shape with an empty
+raw_output_contents entry (Triton's form). Every range is checked against the region before it is
+touched, and sizes come from the request's shape, never from the region's contents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from batcher.types import Array
+from protos import grpc_service_pb2 as pb
+from protos import wire
+from server import datatypes
+from server.errors import InvalidRequest
+from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.shm_regions import Region
+
+REGION = "shared_memory_region"
+OFFSET = "shared_memory_offset"
+BYTE_SIZE = "shared_memory_byte_size"
+CLASSIFICATION = "classification"
+
+
+@dataclass(frozen=True, slots=True)
+class ShmSlice:
+    """[offset, offset + byte_size) of a region one request holds (and so keeps mapped)."""
+
+    region: Region
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShmTensors:
+    """The shared-memory inputs and outputs of one request, resolved against the registry."""
+
+    inputs: Mapping[str, ShmSlice]
+    outputs: Mapping[str, ShmSlice]
+
+    def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], private: bool) -> Array:
+        """Input `name` (shape and datatype checked by the caller); `private`: a copy, never a view
+        the client can change under a cache key or a sample."""
+        part = self.inputs[name]
+        count = prod(shape)
+        part.region.check_size()
+        data = part.region.view(part.offset, part.byte_size)
+        if dtype is datatypes.BYTES:
+            try:  # copied first: the client cannot change lengths while they are parsed
+                return wire.unpack_bytes(data.tobytes(), count).reshape(shape)
+            except ValueError as exc:
+                raise InvalidRequest(f"input '{name}': {exc}") from None
+        expected = count * dtype.numpy.itemsize
+        if part.byte_size != expected:
+            raise InvalidRequest(
+                f"input '{name}': shared_memory_byte_size is {part.byte_size}, expected {expected} "
+                f"for shape {list(shape)} of {dtype.wire}"
+            )
+        aligned = data.ctypes.data % dtype.numpy.alignment == 0
+        array = data.view(dtype.numpy) if aligned else data.copy().view(dtype.numpy)
+        if private and aligned:
+            array = array.copy()
+        array = array.reshape(shape)
+        array.flags.writeable = False  # as raw_input_contents views: nothing downstream writes inputs
+        return array
+
+    def write(self, name: str, array: Array) -> None:
+        """Output `name` into its region; InvalidRequest naming the output when it does not fit."""
+        part = self.outputs[name]
+        if array.dtype.kind in "OSU":
+            source = np.frombuffer(wire.pack_bytes(array), dtype=np.uint8)
+        else:
+            source = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        if source.size > part.byte_size:  # Triton's wording, but the client's mistake
+            raise InvalidRequest(
+                f"shared memory size specified with the request for output '{name}' "
+                f"({part.byte_size} bytes) should be at least {source.size} bytes to hold the results"
+            )
+        part.region.check_size()
+        part.region.view(part.offset, source.size)[:] = source
+
+
+def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
+    """Whether any input or requested output names a region (cheap: most tensors have no parameters)."""
+    return any(t.parameters and REGION in t.parameters for t in request.inputs) or any(
+        t.parameters and REGION in t.parameters for t in request.outputs
+    )
+
+
+def resolve(request: pb.ModelInferRequest, registry: SharedMemoryRegistry | None) -> ShmTensors | None:
+    """The request's shared-memory tensors (None when it uses none), each region looked up and its
+    range checked; InvalidRequest (or RegionNotFound) naming the tensor otherwise."""
+    inputs: dict[str, ShmSlice] = {}
+    outputs: dict[str, ShmSlice] = {}
+    for tensor in request.inputs:
+        if tensor.parameters:
+            found = _slice(tensor.name, "input", tensor.parameters, registry)
+            if found is not None:
+                if tensor.HasField("contents"):  # Triton's rule and wording
+                    raise InvalidRequest(
+                        f"unexpected 'content' provided when using shared memory for input tensor "
+                        f"'{tensor.name}' for model '{request.model_name}'"
+                    )
+                inputs[tensor.name] = found
+    for output in request.outputs:
+        if output.parameters:
+            found = _slice(output.name, "output", output.parameters, registry)
+            if found is not None:
+                if CLASSIFICATION in output.parameters:
+                    raise InvalidRequest(
+                        f"output '{output.name}' can't set both 'shared_memory_region' and 'classification'"
+                    )
+                outputs[output.name] = found
+    if not inputs and not outputs:
+        return None
+    return ShmTensors(inputs, outputs)
+
+
+def _slice(
+    name: str, kind: str, params: Mapping[str, pb.InferParameter], registry: SharedMemoryRegistry | None
+) -> ShmSlice | None:
+    region_param = params.get(REGION)
+    if region_param is None:
+        for other in (OFFSET, BYTE_SIZE):  # Triton's rule: never silently ignored
+            if other in params:
+                raise InvalidRequest(
+                    f"'{other}' can not be specified without '{REGION}' parameter for {kind} '{name}'"
+                )
+        return None
+    if region_param.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidRequest(
+            f"invalid value type for '{REGION}' parameter for {kind} '{name}', expected string_param"
+        )
+    if BYTE_SIZE not in params:
+        raise InvalidRequest(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for {kind} '{name}'"
+        )
+    byte_size = _non_negative(name, kind, BYTE_SIZE, params[BYTE_SIZE])
+    offset = _non_negative(name, kind, OFFSET, params[OFFSET]) if OFFSET in params else 0
+    if registry is None:
+        raise InvalidRequest(f"{kind} '{name}': this server does not serve tensors in shared memory")
+    region = registry.lookup(region_param.string_param)
+    if offset + byte_size > region.byte_size:
+        raise InvalidRequest(
+            f"{kind} '{name}': shared_memory_offset {offset} + shared_memory_byte_size {byte_size} "
+            f"is beyond region '{region.name}' ({region.byte_size} bytes)"
+        )
+    return ShmSlice(region, offset, byte_size)
+
+
+def _non_negative(name: str, kind: str, param_name: str, param: pb.InferParameter) -> int:
+    choice = param.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param"):
+        raise InvalidRequest(
+            f"invalid value type for '{param_name}' parameter for {kind} '{name}', expected int64_param"
+        )
+    value = int(getattr(param, choice))
+    if value < 0:
+        raise InvalidRequest(f"{kind} '{name}': '{param_name}' must be >= 0, got {value}")
+    return value

@@ -1,0 +1,82 @@
+"""Lazy models against a real server: listed but not loaded, loaded once by concurrent first
+requests, and evicted least-recently-used within --model-memory-budget-mb."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from clients import NO_RETRY, AsyncClient, Client
+from tests.integration.client_fixtures import features
+from tests.integration.test_repository_control import index
+from tests.support.repositories import write_model
+from tests.support.server_process import ServerProcess
+
+LAZY = 'parameters { key: "lazy_load" value { string_value: "true" } }\n'
+FIRST_LOAD = "first request, loading it (lazy_load)"
+
+
+def test_a_lazy_model_loads_once_for_concurrent_first_requests(demo_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    mlp = demo_repo / "mlp"
+    config = (mlp / "config.pbtxt").read_text()
+    write_model(repo, "mlp", mlp / "1" / "model.onnx", config)
+    write_model(repo, "lazy", mlp / "1" / "model.onnx", config.replace('"mlp"', '"lazy"') + LAZY)
+    write_model(repo, "streamed", mlp / "1" / "model.onnx", config.replace('"mlp"', '"streamed"') + LAZY)
+    with ServerProcess("--model-repository", str(repo)) as server:
+        (_, state, reason) = index(server.address)["lazy"][0]
+        assert state == "UNAVAILABLE" and "not loaded (lazy)" in reason
+        with Client(server.address, retry=NO_RETRY) as client:
+            assert client.server_ready()  # a lazy model not loaded yet does not make it unready
+
+        async def first_requests() -> list[dict[str, np.ndarray]]:
+            async with AsyncClient(server.address, retry=NO_RETRY) as client:
+                calls = [
+                    client.infer("lazy", {"features": features(1, seed=i)}, timeout_s=60) for i in range(8)
+                ]
+                return await asyncio.gather(*calls)
+
+        answers = asyncio.run(first_requests())
+        assert all(a["scores"].shape == (1, 2) for a in answers)
+        assert server.output().count(FIRST_LOAD) == 1
+        assert index(server.address)["lazy"][0][1] == "READY"
+
+        async def first_frames() -> list[dict[str, np.ndarray]]:  # a stream's first frames wait too
+            async with (
+                AsyncClient(server.address, retry=NO_RETRY) as client,
+                client.stream("streamed") as stream,
+            ):
+                for i in range(4):
+                    await stream.send({"features": features(1, seed=i)})
+                return [await stream.recv() for _ in range(4)]
+
+        assert all(a["scores"].shape == (1, 2) for a in asyncio.run(first_frames()))
+        assert server.output().count(FIRST_LOAD) == 2  # lazy, then streamed: once each
+
+
+def test_the_least_recently_used_lazy_model_is_evicted_within_the_budget(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    # Two resnets (45 MB of weights each) and a 60 MB budget: one fits, two never do, whatever
+    # the measured arena adds (a model's footprint is at least its files' size).
+    repo = tmp_path / "repo"
+    resnet = demo_repo / "resnet"
+    config = (resnet / "config.pbtxt").read_text()
+    for name in ("first", "second"):
+        write_model(repo, name, resnet / "1" / "model.onnx", config.replace('"resnet"', f'"{name}"') + LAZY)
+    image = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    with (
+        ServerProcess("--model-repository", str(repo), "--model-memory-budget-mb", "60") as server,
+        Client(server.address, retry=NO_RETRY) as client,
+    ):
+        assert client.infer("first", {"image": image}, timeout_s=120)["logits"].shape == (1, 1000)
+        assert client.infer("second", {"image": image}, timeout_s=120)["logits"].shape == (1, 1000)
+        shown = index(server.address)
+        assert shown["second"][0][1] == "READY"
+        assert shown["first"][0][1] == "UNAVAILABLE" and "evicted" in shown["first"][0][2]
+        assert "model first evicted" in server.output()
+        # Its next request loads it again (evicting `second`, now the least recently used).
+        assert client.infer("first", {"image": image}, timeout_s=120)["logits"].shape == (1, 1000)
+        assert "evicted" in index(server.address)["second"][0][2]

@@ -1,0 +1,179 @@
+"""Triton-style repositories load unchanged and behave as in Triton, over a real server: reshape,
+optional inputs, densenet_onnx's config with the classification extension, per-level queue
+policies and allow_timeout_override, the onnxruntime backend's parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.backends.instance_groups import gpu_available
+from tests.support.server_process import ServerProcess
+from tests.support.triton_repo import densenet_scores, triton_repository
+
+
+@pytest.fixture(scope="module")
+def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = triton_repository(
+        tmp_path_factory.mktemp("triton-repo"),
+        tmp_path_factory.mktemp("triton-files"),
+        demo_repo / "mlp" / "1" / "model.onnx",
+    )
+    with ServerProcess("--model-repository", str(repo)) as process:
+        yield process
+
+
+@pytest.fixture()
+def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _request(model: str, **arrays: np.ndarray) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    for name, array in arrays.items():
+        request.inputs.add(name=name, datatype="FP32", shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array, np.float32).tobytes())
+    return request
+
+
+def _output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+    index = [o.name for o in response.outputs].index(name)
+    tensor = response.outputs[index]
+    return np.frombuffer(response.raw_output_contents[index], np.float32).reshape(tuple(tensor.shape))
+
+
+def _strings(response: pb.ModelInferResponse, name: str) -> list[bytes]:
+    index = [o.name for o in response.outputs].index(name)
+    raw, out = response.raw_output_contents[index], []
+    while raw:
+        size = int.from_bytes(raw[:4], "little")
+        out.append(raw[4 : 4 + size])
+        raw = raw[4 + size :]
+    return out
+
+
+def test_every_config_of_the_repository_loads(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
+    states = {m.name: (m.state, m.reason) for m in index.models}
+    names = ("densenet_onnx", "reshape", "optional", "queue_strict", "queue_override", "backend_params")
+    for name in (*names, "gpu_groups"):
+        assert states[name] == ("READY", ""), (name, states.get(name))
+
+
+def test_reshape_round_trip_keeps_wire_shapes(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    s = np.array([[1.0], [2.0], [3.0]], np.float32)
+    response = stub.ModelInfer(_request("reshape", x=x, s=s))
+    np.testing.assert_array_equal(_output(response, "y"), x)  # [3,4] on the wire, [3,2,2] in the model
+    np.testing.assert_array_equal(_output(response, "t"), s * 2)  # [3,1] on the wire, [3] (scalars)
+    metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="reshape"))
+    assert {t.name: list(t.shape) for t in metadata.inputs} == {"x": [-1, 4], "s": [-1, 1]}
+
+
+def test_optional_input_may_be_omitted(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    x = np.array([1.0, 2.0], np.float32)
+    omitted = stub.ModelInfer(_request("optional", x=x))
+    np.testing.assert_array_equal(_output(omitted, "y"), x + 1)  # the initializer's value
+    given = stub.ModelInfer(_request("optional", x=x, b=np.array([5.0, 5.0], np.float32)))
+    np.testing.assert_array_equal(_output(given, "y"), x + 5)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(_request("optional", b=x))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing input 'x'" in (err.value.details() or "")
+
+
+def _densenet_input(rows: int) -> np.ndarray:
+    return np.random.default_rng(3).standard_normal((rows, 3, 224, 224)).astype(np.float32)
+
+
+def test_densenet_onnx_config_serves_its_wire_shape(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    data = _densenet_input(2)
+    response = stub.ModelInfer(_request("densenet_onnx", data_0=data))
+    scores = _output(response, "fc6_1")
+    assert scores.shape == (2, 1000)  # dims, not the model's [2, 1000, 1, 1]
+    np.testing.assert_allclose(scores, densenet_scores(data), rtol=1e-4, atol=1e-5)
+
+
+def test_classification_returns_top_k_with_labels(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    data = _densenet_input(2)
+    request = _request("densenet_onnx", data_0=data)
+    request.outputs.add(name="fc6_1").parameters["classification"].int64_param = 3
+    response = stub.ModelInfer(request)
+    (tensor,) = response.outputs
+    assert (tensor.datatype, list(tensor.shape)) == ("BYTES", [2, 3])
+    got = [s.decode().split(":") for s in _strings(response, "fc6_1")]
+    expected = densenet_scores(data)
+    for row in range(2):
+        top = np.argsort(-expected[row])[:3]
+        entries = got[row * 3 : row * 3 + 3]
+        assert [int(e[1]) for e in entries] == list(top)
+        assert [e[2] for e in entries] == [f"class_{i}" for i in top]
+        values = [float(e[0]) for e in entries]
+        assert values == sorted(values, reverse=True)
+        assert all(len(e[0].split(".")[1]) == 6 for e in entries)  # std::to_string's six decimals
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [(0, "must be positive"), (-2, "must be positive"), ("three", "must be an integer")],
+)
+def test_bad_class_count_is_invalid_argument(
+    stub: pb_grpc.GRPCInferenceServiceStub, value: int | str, fragment: str
+) -> None:
+    request = _request("densenet_onnx", data_0=_densenet_input(1))
+    param = request.outputs.add(name="fc6_1").parameters["classification"]
+    if isinstance(value, str):
+        param.string_param = value
+    else:
+        param.int64_param = value
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "classification" in (err.value.details() or "") and fragment in (err.value.details() or "")
+
+
+def _timed(model: str, priority: int) -> pb.ModelInferRequest:
+    request = _request(model, features=np.zeros((1, 64), np.float32))
+    request.parameters["timeout"].int64_param = 1  # one microsecond: over before it could run
+    request.parameters["priority"].int64_param = priority
+    return request
+
+
+def test_request_timeout_counts_only_where_the_queue_policy_allows_override(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # Default level 2 follows default_queue_policy: allow_timeout_override false ignores `timeout`.
+    assert stub.ModelInfer(_timed("queue_strict", 2)).outputs
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(_timed("queue_override", 2))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Level 1 has a priority_queue_policy of its own that allows the override.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(_timed("queue_strict", 1))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_backend_parameters_load_with_one_warning(server: ServerProcess) -> None:
+    out = server.output()
+    lines = [line for line in out.splitlines() if "backend_params" in line and "not applied here" in line]
+    assert len(lines) == 1, lines
+    assert "metric_tags" in lines[0] and "share_session_between_instances" in lines[0]
+    assert "backend_params version 1: instances pair x2 (CPU)" in out
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")
+def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warning(
+    server: ServerProcess,
+) -> None:
+    out = server.output()
+    lines = [line for line in out.splitlines() if "gpu_groups" in line and "WARNING" in line]
+    assert len(lines) == 1, lines
+    assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)" in lines[0]
+    assert "gpu_groups version 1: instances g x4 (CPU)" in out

@@ -1,0 +1,123 @@
+"""Tiny ONNX models and configs for sequence batching tests (implicit state, control inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+
+def _save(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    path: Path,
+) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def accumulator_model(path: Path, width: int = 4) -> Path:
+    """x f32[B,width] + implicit state acc f32[B,width] -> out (= acc + x) and acc_out (the same)."""
+    f32 = TensorProto.FLOAT
+    return _save(
+        [helper.make_node("Add", ["x", "acc"], ["out"]), helper.make_node("Identity", ["out"], ["acc_out"])],
+        [
+            helper.make_tensor_value_info("x", f32, ["B", width]),
+            helper.make_tensor_value_info("acc", f32, ["B", width]),
+        ],
+        [
+            helper.make_tensor_value_info("out", f32, ["B", width]),
+            helper.make_tensor_value_info("acc_out", f32, ["B", width]),
+        ],
+        path,
+    )
+
+
+def accumulator_axis1_model(path: Path) -> Path:
+    """Its state batched on axis 1, as Silero VAD's: s f32[2,B,3]; out = x + s[0] + s[1],
+    s_out = [out, x] (so both halves of the state matter)."""
+    f32 = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("ReduceSum", ["s", "axis0"], ["s_sum"], keepdims=0),
+        helper.make_node("Add", ["x", "s_sum"], ["out"]),
+        helper.make_node("Unsqueeze", ["out", "axis0"], ["out_u"]),
+        helper.make_node("Unsqueeze", ["x", "axis0"], ["x_u"]),
+        helper.make_node("Concat", ["out_u", "x_u"], ["s_out"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "axis1",
+        [
+            helper.make_tensor_value_info("x", f32, ["B", 3]),
+            helper.make_tensor_value_info("s", f32, [2, "B", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("out", f32, ["B", 3]),
+            helper.make_tensor_value_info("s_out", f32, [2, "B", 3]),
+        ],
+        [helper.make_tensor("axis0", TensorProto.INT64, [1], [0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def controls_model(path: Path) -> Path:
+    """Echoes the control inputs the server fills: START int32, END fp32, READY bool, CORRID uint64."""
+    specs = [
+        ("start", TensorProto.INT32),
+        ("end", TensorProto.FLOAT),
+        ("ready", TensorProto.BOOL),
+        ("corrid", TensorProto.UINT64),
+    ]
+    nodes = [helper.make_node("Identity", ["x"], ["x_out"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1])]
+    outputs = [helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["B", 1])]
+    for name, elem in specs:
+        inputs.append(helper.make_tensor_value_info(name, elem, ["B", 1]))
+        outputs.append(helper.make_tensor_value_info(f"{name}_out", elem, ["B", 1]))
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+    return _save(nodes, inputs, outputs, path)
+
+
+def accumulator_config(idle_us: int = 60_000_000, width: int = 4, initial_file: str = "") -> str:
+    initial = (
+        f'initial_state {{ data_type: TYPE_FP32 dims: [ {width} ] data_file: "{initial_file}" name: "init" }}'
+        if initial_file
+        else f'initial_state {{ data_type: TYPE_FP32 dims: [ {width} ] zero_data: true name: "zeros" }}'
+    )
+    return f"""
+max_batch_size: 8
+sequence_batching {{
+  max_sequence_idle_microseconds: {idle_us}
+  oldest {{ max_candidate_sequences: 8 }}
+  state [ {{ input_name: "acc" output_name: "acc_out" data_type: TYPE_FP32 dims: [ {width} ] {initial} }} ]
+}}
+"""
+
+
+AXIS1_CONFIG = """
+max_batch_size: 8
+sequence_batching {
+  state [ { input_name: "s" output_name: "s_out" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]
+}
+parameters { key: "sequence_state_batch_axis" value: { string_value: "s:1" } }
+"""
+
+CONTROLS_CONFIG = """
+max_batch_size: 8
+sequence_batching {
+  control_input [
+    { name: "start" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "end" control [ { kind: CONTROL_SEQUENCE_END fp32_false_true: [ 0.5, 2.5 ] } ] },
+    { name: "ready" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] },
+    { name: "corrid" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+  ]
+}
+"""

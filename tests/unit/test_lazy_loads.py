@@ -1,0 +1,128 @@
+"""Lazy loads and the memory budget over a fake manager: one load for concurrent first requests,
+a deadline while loading, least-recently-used eviction. Sizes are the model files' (no RSS)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from server.errors import MemoryBudgetExceeded, ModelLoadTimeout, ModelNotFound
+from server.models.lazy import EVICTED, NOT_LOADED, ModelLoads
+from server.models.manager import READY, UNAVAILABLE, ModelEntry, ModelManager
+from server.models.repository import ModelSource
+
+LAZY = 'parameters { key: "lazy_load" value { string_value: "true" } }\n'
+
+
+class FakeManager:
+    """What ModelLoads asks of the manager; a load waits for `gate`."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, ModelEntry] = {}
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()  # a load reached the manager
+        self.loaded: list[str] = []
+        self.unloaded: list[str] = []
+
+    def entry(self, name: str) -> ModelEntry:
+        if name not in self.entries:
+            raise ModelNotFound(name)
+        return self.entries[name]
+
+    def put_entry(self, entry: ModelEntry) -> None:
+        self.entries[entry.name] = entry
+
+    def drop_entry(self, name: str) -> None:
+        self.entries.pop(name, None)
+
+    def note_failed_reload(self, name: str, reason: str) -> None:
+        pass
+
+    async def load(self, name: str, source: ModelSource | None = None) -> None:
+        self.loaded.append(name)
+        self.entered.set()
+        await self.gate.wait()
+        self.entries[name] = ModelEntry(name=name, state=READY)
+
+    async def unload(self, name: str) -> None:
+        self.unloaded.append(name)
+        self.entries[name].state, self.entries[name].reason = UNAVAILABLE, "unloaded"
+
+
+def model(repo: Path, name: str, size: int, config: str = LAZY) -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    (repo / name / "1" / "model.onnx").write_bytes(b"\0" * size)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0  # every reading is later: the order of requests is the order of use
+        return self.now
+
+
+def loads_for(repo: Path, fake: FakeManager, budget: int) -> ModelLoads:
+    return ModelLoads(cast(ModelManager, fake), repo, budget, rss=lambda: 0, clock=Clock())
+
+
+async def test_concurrent_first_requests_share_one_load(tmp_path: Path) -> None:
+    model(tmp_path, "a", 1000)
+    fake = FakeManager()
+    loads = loads_for(tmp_path, fake, 0)
+    loads.register_lazy("a")
+    assert fake.entries["a"].reason == NOT_LOADED and loads.needs_load("a")
+    waiters = [asyncio.create_task(loads.ready("a", 30.0)) for _ in range(8)]
+    await fake.entered.wait()
+    fake.gate.set()
+    await asyncio.gather(*waiters)
+    assert fake.loaded == ["a"] and loads.stats.lazy_loads == 1
+    assert not loads.needs_load("a")
+
+
+async def test_a_deadline_ends_the_wait_but_not_the_load(tmp_path: Path) -> None:
+    model(tmp_path, "a", 1000)
+    fake = FakeManager()
+    loads = loads_for(tmp_path, fake, 0)
+    loads.register_lazy("a")
+    with pytest.raises(ModelLoadTimeout, match="is loading"):
+        await loads.ready("a", 0.01)  # the gate is shut: the load cannot finish in time
+    await fake.entered.wait()  # the load went on
+    fake.gate.set()
+    await loads.ready("a", 30.0)  # the same load, now done
+    assert fake.loaded == ["a"] and fake.entries["a"].state == READY
+
+
+async def test_the_least_recently_used_lazy_model_is_evicted(tmp_path: Path) -> None:
+    for name in "abc":
+        model(tmp_path, name, 40_000)
+    fake = FakeManager()
+    fake.gate.set()
+    loads = loads_for(tmp_path, fake, 100_000)  # room for two
+    for name in "abc":
+        loads.register_lazy(name)
+    await loads.ready("a", 30.0)
+    await loads.ready("b", 30.0)
+    assert not loads.needs_load("a")  # a request for a: b is now the least recently used
+    await loads.ready("c", 30.0)
+    assert fake.unloaded == ["b"] and loads.stats.evictions == 1
+    assert fake.entries["b"].reason == EVICTED and loads.needs_load("b")
+    assert loads.budget.used_bytes == 80_000
+
+
+async def test_pinned_models_are_not_evicted_and_a_load_that_cannot_fit_is_refused(tmp_path: Path) -> None:
+    model(tmp_path, "pinned", 90_000, config="")
+    model(tmp_path, "a", 40_000)
+    fake = FakeManager()
+    fake.gate.set()
+    loads = loads_for(tmp_path, fake, 100_000)
+    await loads.load("pinned")
+    loads.register_lazy("a")
+    with pytest.raises(MemoryBudgetExceeded, match="model_memory_budget_mb"):
+        await loads.ready("a", 30.0)
+    assert fake.unloaded == [] and loads.stats.refused == 1

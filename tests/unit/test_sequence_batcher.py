@@ -1,0 +1,249 @@
+"""SequenceBatcher with a fake runner, a fake clock and a fake timer (batcher/sequence.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from batcher.admission import Admission
+from batcher.errors import DeadlineExceeded
+from batcher.sequence import SequenceBatcher
+from batcher.sequence_types import (
+    ControlKind,
+    ControlSpec,
+    SequenceError,
+    SequenceLimitReached,
+    SequenceLimits,
+    SequenceSpec,
+    StateSpec,
+    UnknownSequence,
+)
+from batcher.types import QueueTrace, Tensors
+
+IDLE_S = 5.0
+
+
+class FakeRunner:
+    """out = acc + x; acc_out = out. Each run waits for its gate when `gated`; records the feeds."""
+
+    def __init__(self) -> None:
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.gated = False
+        self.gates: list[asyncio.Event] = []
+        self.running = 0
+        self.most_running = 0
+        self.fail_next: Exception | None = None
+
+    async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors:
+        self.feeds.append(dict(inputs))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.gated:
+                gate = asyncio.Event()
+                self.gates.append(gate)
+                await gate.wait()
+            if self.fail_next is not None:
+                exc, self.fail_next = self.fail_next, None
+                raise exc
+            out = inputs["acc"] + inputs["x"]
+            return {"out": out, "acc_out": out.copy()}
+        finally:
+            self.running -= 1
+
+
+class FakeTimers:
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None], FakeTimer]] = []
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer()
+        self.pending.append((delay, callback, timer))
+        return timer
+
+    def fire(self) -> None:
+        due, self.pending = self.pending, []
+        for _, callback, timer in due:
+            if not timer.cancelled:
+                callback()
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec(controls: tuple[ControlSpec, ...] = ()) -> SequenceSpec:
+    initial = np.zeros((1, 2), np.float32)
+    initial.flags.writeable = False
+    return SequenceSpec(controls, (StateSpec("acc", "acc_out", initial),), IDLE_S)
+
+
+def make(
+    max_sequences: int = 4, max_bytes: int = 1024, controls: tuple[ControlSpec, ...] = ()
+) -> tuple[SequenceBatcher, FakeRunner, Clock, FakeTimers]:
+    runner, clock, timers = FakeRunner(), Clock(), FakeTimers()
+    batcher = SequenceBatcher(
+        runner,
+        spec(controls),
+        SequenceLimits(max_sequences, max_bytes),
+        model="m",
+        clock=clock,
+        schedule=timers,
+    )
+    return batcher, runner, clock, timers
+
+
+def adm(rows: int = 1) -> Admission:
+    return Admission(rows, 1, 0.0, None, None, None)
+
+
+def x(value: float) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, 2), value, np.float32)}
+
+
+async def test_state_is_carried_and_the_end_releases_the_sequence() -> None:
+    sb, _, _, _ = make()
+    assert (await sb.infer(7, x(1), adm(), start=True))["out"].tolist() == [[1, 1]]
+    out = await sb.infer(7, x(2), adm())
+    assert out["out"].tolist() == [[3, 3]] and "acc_out" not in out
+    assert sb.state_bytes == 8 and sb.live == 1
+    await sb.infer(7, x(3), adm(), end=True)
+    assert sb.live == 0 and sb.state_bytes == 0
+    with pytest.raises(UnknownSequence, match=r"sequence 7 of model 'm' is not live: it ended"):
+        await sb.infer(7, x(1), adm())
+
+
+async def test_a_sequences_requests_run_one_at_a_time_in_arrival_order() -> None:
+    sb, runner, _, _ = make()
+    runner.gated = True
+    tasks = [asyncio.create_task(sb.infer(1, x(v), adm(), start=v == 1)) for v in (1, 2, 3)]
+    other = asyncio.create_task(sb.infer(2, x(10), adm(), start=True))
+    while len(runner.gates) < 2:
+        await asyncio.sleep(0)
+    for _ in range(20):  # loop turns in which a second request of sequence 1 could (wrongly) start
+        await asyncio.sleep(0)
+    assert sorted(f["x"][0, 0] for f in runner.feeds) == [1, 10]  # one per sequence in flight
+    runner.gated = False
+    for gate in runner.gates:
+        gate.set()
+    results = await asyncio.gather(*tasks)
+    assert [r["out"][0, 0] for r in results] == [1, 3, 6] and (await other)["out"][0, 0] == 10
+    assert [f["x"][0, 0] for f in runner.feeds if f["x"][0, 0] != 10] == [1, 2, 3]
+
+
+async def test_a_failed_run_leaves_the_state_as_it_was() -> None:
+    sb, runner, _, _ = make()
+    await sb.infer(1, x(1), adm(), start=True)
+    runner.fail_next = DeadlineExceeded("deadline exceeded while waiting in the queue")
+    with pytest.raises(DeadlineExceeded):
+        await sb.infer(1, x(100), adm())
+    assert (await sb.infer(1, x(1), adm()))["out"].tolist() == [[2, 2]]
+
+
+async def test_unknown_ids_and_multi_row_requests_are_refused() -> None:
+    sb, _, _, _ = make()
+    with pytest.raises(UnknownSequence, match=r"sequence 'abc' .* never started"):
+        await sb.infer("abc", x(1), adm())
+    with pytest.raises(SequenceError, match="batch dimension of 1, got 2 rows"):
+        await sb.infer(1, {"x": np.ones((2, 2), np.float32)}, adm(2), start=True)
+    assert sb.live == 0
+
+
+async def test_live_sequences_and_state_bytes_are_bounded() -> None:
+    sb, _, _, _ = make(max_sequences=2, max_bytes=1024)
+    await sb.infer(1, x(1), adm(), start=True)
+    await sb.infer(2, x(1), adm(), start=True)
+    with pytest.raises(SequenceLimitReached, match=r"max_sequences=2"):
+        await sb.infer(3, x(1), adm(), start=True)
+    small, _, _, _ = make(max_sequences=10, max_bytes=20)  # 8 bytes a sequence: two fit
+    await small.infer(1, x(1), adm(), start=True)
+    await small.infer(2, x(1), adm(), start=True)
+    with pytest.raises(SequenceLimitReached, match=r"max_sequence_state_bytes=20"):
+        await small.infer(3, x(1), adm(), start=True)
+
+
+async def test_an_idle_sequence_is_released_by_its_timer_not_while_busy() -> None:
+    sb, runner, clock, timers = make()
+    await sb.infer(1, x(1), adm(), start=True)
+    clock.now += IDLE_S - 1
+    timers.fire()  # early (a timer armed before the last request): re-armed for the rest
+    assert sb.live == 1 and [d for d, _, t in timers.pending if not t.cancelled] == [1.0]
+    runner.gated = True
+    busy = asyncio.create_task(sb.infer(1, x(1), adm()))
+    while not runner.gates:
+        await asyncio.sleep(0)
+    clock.now += 10 * IDLE_S
+    timers.fire()
+    assert sb.live == 1  # a request is running: not idle
+    runner.gates[0].set()
+    await busy
+    clock.now += IDLE_S
+    timers.fire()
+    assert sb.live == 0
+    with pytest.raises(UnknownSequence, match="max_sequence_idle_microseconds"):
+        await sb.infer(1, x(1), adm())
+
+
+async def test_release_fails_the_requests_still_waiting_and_keeps_no_state() -> None:
+    sb, runner, _, _ = make()
+    runner.gated = True
+    first = asyncio.create_task(sb.infer(1, x(1), adm(), start=True))
+    waiting = asyncio.create_task(sb.infer(1, x(1), adm()))
+    while not runner.gates:
+        await asyncio.sleep(0)
+    assert sb.release(1, "it was released when the stream that sent it ended")
+    runner.gates[0].set()
+    assert (await first)["out"].tolist() == [[1, 1]]  # computed: answered, its state dropped
+    with pytest.raises(UnknownSequence, match="stream that sent it ended"):
+        await waiting
+    assert sb.live == 0 and sb.state_bytes == 0 and not sb.release(1, "again")
+
+
+async def test_control_inputs_are_filled_per_request() -> None:
+    controls = (
+        ControlSpec("s", ControlKind.START, np.dtype(np.int32), 0, 1),
+        ControlSpec("e", ControlKind.END, np.dtype(np.float32), 0.5, 2.5),
+        ControlSpec("r", ControlKind.READY, np.dtype(np.bool_), False, True),
+        ControlSpec("c", ControlKind.CORRID, np.dtype(np.uint64)),
+    )
+    sb, runner, _, _ = make(controls=controls)
+    await sb.infer(9, x(1), adm(), start=True)
+    await sb.infer(9, x(1), adm())
+    await sb.infer(9, x(1), adm(), end=True)
+    seen = [tuple(f[n].item() for n in "serc") for f in runner.feeds]
+    assert seen == [(1, 0.5, True, 9), (0, 0.5, True, 9), (0, 2.5, True, 9)]
+    assert all(f[n].shape == (1, 1) for f in runner.feeds for n in "serc")
+    with pytest.raises(SequenceError, match="CONTROL_SEQUENCE_CORRID"):
+        await sb.infer("text", x(1), adm(), start=True)
+
+
+async def test_an_end_and_the_next_start_of_the_same_id_sent_back_to_back_keep_their_order() -> None:
+    sb, runner, _, _ = make()
+    await sb.infer(5, x(1), adm(), start=True)
+    runner.gated = True
+    ending = asyncio.create_task(sb.infer(5, x(1), adm(), end=True))
+    restart = asyncio.create_task(sb.infer(5, x(7), adm(), start=True))
+    after = asyncio.create_task(sb.infer(5, x(1), adm()))
+    while not runner.gates:
+        await asyncio.sleep(0)
+    runner.gated = False
+    runner.gates[0].set()
+    assert (await ending)["out"].tolist() == [[2, 2]]
+    assert (await restart)["out"].tolist() == [[7, 7]]  # a new sequence, from the initial state
+    assert (await after)["out"].tolist() == [[8, 8]]
+    assert sb.live == 1 and sb.state_bytes == 8
