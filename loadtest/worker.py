@@ -243,7 +243,7 @@ async def _one_stream(
         await asyncio.wait_for(send_then_wait(), timeout=max(0.1, bound_s))
     except grpc.aio.AioRpcError as exc:
         status = exc.code().name
-    except (TimeoutError, asyncio.InvalidStateError):
+    except (TimeoutError, asyncio.TimeoutError, asyncio.InvalidStateError):
         pass
     finally:
         call.cancel()

@@ -107,7 +107,7 @@ class ModelLoads:
             task.add_done_callback(lambda done: self._load_ended(name, done))
         try:
             await asyncio.wait_for(asyncio.shield(task), remaining_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             raise ModelLoadTimeout(
                 f"model '{name}' is loading (lazy_load) and was not ready within the request's "
                 f"deadline ({remaining_s:.3g} s); the load goes on, a later request will find it ready"
