@@ -30,6 +30,7 @@ from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, NotAc
 from batcher.estimate import ServiceTimeEstimator
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
+from batcher.ragged import gather_ragged
 from batcher.scatter import gather, scatter
 from batcher.stats import ModelStats
 from batcher.types import Array, Backend, BatchingPolicy, BatchRun, QueueTrace, Tensors
@@ -256,8 +257,8 @@ class DynamicBatcher:
         if not self._accepting:
             raise NotAccepting()
         backend = self._fast
-        if backend is None or self._in_flight or len(self._queue):
-            return None
+        if backend is None or self._in_flight or len(self._queue) or self._policy.ragged is not None:
+            return None  # (ragged models always gather: their batch inputs are made there)
         if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
             return None
         try:
@@ -366,7 +367,10 @@ class DynamicBatcher:
         t0 = time.perf_counter_ns()
         inputs: Tensors
         try:
-            if batched:
+            ragged = self._policy.ragged
+            if ragged is not None:  # batched or not: the model takes ragged inputs flat, with batch inputs
+                inputs, offsets = gather_ragged([p.inputs for p in batch], [p.rows for p in batch], ragged)
+            elif batched:
                 inputs, offsets = gather([p.inputs for p in batch], [p.rows for p in batch])
             else:
                 inputs, offsets = batch[0].inputs, [0, 1]

@@ -16,8 +16,9 @@ deadline rules Triton lacks. `max_preferred` is the largest preferred size, else
    if it would take the batch past max_preferred, mark the batch so far as the best prefix (unless
    a mark is set already; the prefix need not be a preferred size) and go on; stop if it would take
    the batch past max_batch_size, has other input dtypes or non-batch dimensions than the first
-   (np.concatenate needs them equal), or would make the batch's predicted run miss the earliest
-   hard deadline in it. After adding, mark the batch if its rows are a preferred size.
+   (np.concatenate needs them equal; a ragged input's dimensions may differ: batcher/ragged.py),
+   or would make the batch's predicted run miss the earliest hard deadline in it. After adding,
+   mark the batch if its rows are a preferred size.
 4. Decide, where "the delay is exceeded" means the oldest request in the batch has waited
    max_queue_delay_s (> 0): a mark and the delay not exceeded: run the marked prefix. Else the
    walk stopped, the batch reached max_preferred, the delay is exceeded or it is 0: run the whole
@@ -51,8 +52,14 @@ Predict = Callable[[int], float]
 DispatchReason = Literal["full", "preferred", "delay_expired", "idle", "deadline", "drain"]
 
 
-def shape_key(inputs: Tensors) -> ShapeKey:
-    return tuple(sorted((name, arr.dtype.str, tuple(arr.shape[1:])) for name, arr in inputs.items()))
+def shape_key(inputs: Tensors, ragged: frozenset[str] = frozenset()) -> ShapeKey:
+    """Ragged inputs (batcher/ragged.py) join whatever their shape: only their dtype counts."""
+    return tuple(
+        sorted(
+            (name, arr.dtype.str, () if name in ragged else tuple(arr.shape[1:]))
+            for name, arr in inputs.items()
+        )
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -69,10 +76,11 @@ class Pending(Generic[H]):
     # queue policy's timeout (settled once, at admission: see batcher/admission.py).
     hard: float | None = None
     policy_deadline: float | None = None  # queue-policy timeout: demotes the request with DELAY
+    ragged: frozenset[str] = frozenset()  # the model's ragged inputs: any shape joins
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key = shape_key(self.inputs)
+        self.key = shape_key(self.inputs, self.ragged)
 
 
 @dataclass(slots=True)

@@ -169,6 +169,7 @@ class RequestQueue:
             handle=Ticket(loop.create_future(), nbytes=nbytes, trace=trace),
             hard=a.hard,
             policy_deadline=a.policy_deadline,
+            ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
         )
         if a.hard is not None:
             p.handle.timer = loop.call_later(max(0.0, a.hard - self._clock()), self._expire, p)

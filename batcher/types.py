@@ -6,10 +6,13 @@ import enum
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:  # batcher/ragged.py imports this module
+    from batcher.ragged import RaggedPlan
 
 Array = npt.NDArray[np.generic]
 Tensors = Mapping[str, Array]
@@ -79,6 +82,8 @@ class BatchingPolicy:
     # Levels with a queue policy of their own, as (level, policy) pairs; other levels follow the
     # default queue fields above, and share max_queue_size among them.
     level_policies: tuple[tuple[int, LevelQueuePolicy], ...] = ()
+    # Ragged inputs and batch inputs (batcher/ragged.py); None: every input batches on axis 0.
+    ragged: RaggedPlan | None = None
 
     def level_policy(self, level: int) -> LevelQueuePolicy | None:
         """The queue policy of priority `level` when it has its own, else None."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
@@ -31,10 +32,12 @@ DTYPE_BY_WIRE: dict[str, np.dtype[np.generic]] = {
     "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
     "FP16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),  # numpy has none; raw bytes only, 2 an element
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-_WIRE_BY_KIND_SIZE = {(d.kind, d.itemsize): wire for wire, d in DTYPE_BY_WIRE.items()}
+# bfloat16 is kind "V" (void), like any structured dtype: matched by equality, not kind and size.
+_WIRE_BY_KIND_SIZE = {(d.kind, d.itemsize): wire for wire, d in DTYPE_BY_WIRE.items() if wire != "BF16"}
 
 
 def wire_datatype(array: Array) -> str:
@@ -42,6 +45,8 @@ def wire_datatype(array: Array) -> str:
     dtype = array.dtype
     if dtype.kind in "OSU":
         return "BYTES"
+    if dtype == DTYPE_BY_WIRE["BF16"]:
+        return "BF16"
     wire = _WIRE_BY_KIND_SIZE.get((dtype.kind, dtype.itemsize))
     if wire is None:
         raise TypeError(f"numpy dtype {dtype} has no KServe v2 datatype")

@@ -1,7 +1,7 @@
 """Facts of the protocol's tensor wire form shared by the server and the clients (hand-written).
 
 BYTES elements travel as a 4-byte little-endian length followed by the bytes; typed `contents`
-carry each datatype in one field (FP16 has none: raw bytes only).
+carry each datatype in one field (FP16 and BF16 have none: raw bytes only, 2 bytes an element).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """One table for tensor element types: protocol strings, config enums and numpy dtypes.
 
 KServe v2 names datatypes with strings ("FP32"), Triton's config with enums (TYPE_FP32), numpy and
-onnxruntime with dtypes. BYTES tensors are numpy object arrays of `bytes`.
+onnxruntime with dtypes. BYTES tensors are numpy object arrays of `bytes`; BF16 tensors are arrays of
+ml_dtypes.bfloat16 (numpy has no bfloat16; onnxruntime needs them passed as OrtValues, see
+server/backends/bf16.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from protos import model_config_pb2 as mc
@@ -32,6 +35,7 @@ _ALL = (
     Datatype("INT32", mc.TYPE_INT32, np.dtype(np.int32), "tensor(int32)"),
     Datatype("INT64", mc.TYPE_INT64, np.dtype(np.int64), "tensor(int64)"),
     Datatype("FP16", mc.TYPE_FP16, np.dtype(np.float16), "tensor(float16)"),
+    Datatype("BF16", mc.TYPE_BF16, np.dtype(ml_dtypes.bfloat16), "tensor(bfloat16)"),
     Datatype("FP32", mc.TYPE_FP32, np.dtype(np.float32), "tensor(float)"),
     Datatype("FP64", mc.TYPE_FP64, np.dtype(np.float64), "tensor(double)"),
     Datatype("BYTES", mc.TYPE_STRING, np.dtype(object), "tensor(string)"),
@@ -56,5 +60,7 @@ def from_numpy(dtype: np.dtype) -> Datatype:
 
 
 def config_name(config_type: int) -> str:
-    """'TYPE_FP32' for mc.TYPE_FP32, for messages."""
+    """'TYPE_FP32' for mc.TYPE_FP32, for messages; an unknown number (a config may hold any) as itself."""
+    if config_type not in mc.DataType.values():
+        return str(config_type)
     return str(mc.DataType.Name(config_type))

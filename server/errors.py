@@ -82,6 +82,12 @@ class RolloutRefused(ServiceError):
     """A rollout change that would leave a model with no version taking requests."""
 
 
+class EnsembleStepFailed(Exception):
+    """An ensemble step failed unexpectedly: INTERNAL, as any unexpected error, but naming the step
+    (its message holds nothing else; the details are in the log). Not a ServiceError: those are
+    never INTERNAL."""
+
+
 STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
@@ -94,6 +100,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ModelLoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RolloutRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    EnsembleStepFailed: grpc.StatusCode.INTERNAL,  # server/models/ensemble.py
     FrameDropped: grpc.StatusCode.CANCELLED,  # never sent as an error (server/protocol/latest_frame.py)
     RegionNotFound: grpc.StatusCode.NOT_FOUND,
     RegionExists: grpc.StatusCode.ALREADY_EXISTS,

@@ -18,10 +18,11 @@ import grpc
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from server.errors import InvalidRequest, ModelNotReady, status_for
-from server.models.manager import READY, ModelEntry, ModelManager
+from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
 from server.models.rollout import ModelRollout, Rollout, figures_of
 from server.models.traffic import MAX_WEIGHT
+from server.models.versions import READY, ModelEntry
 
 log = logging.getLogger(__name__)
 

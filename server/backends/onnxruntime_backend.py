@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
+from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.models.config import ConfigError, OnnxTensor
 from server.models.config_backend import backend_parameters, tensorrt_options
 from server.models.config_tensors import ReshapePlan
@@ -271,6 +272,11 @@ class OrtBackend:
         self._output_names = [o.name for o in self._outputs]
         self._string_inputs = frozenset(i.name for i in self._inputs if i.type == "tensor(string)")
         self._string_outputs = frozenset(o.name for o in self._outputs if o.type == "tensor(string)")
+        # BF16 needs OrtValues in and out (server/backends/bf16.py); other models keep `run`.
+        self._bf16 = has_bf16([t.type for t in (*self._inputs, *self._outputs)])
+        if self._bf16 and self._string_inputs:
+            executor.shutdown(wait=False)
+            raise BackendLoadError(string_inputs_refusal(self._name, list(self._string_inputs)))
         # Shared by this instance's runs: `abandon` sets its terminate flag to stop a stuck one.
         self._run_options = ort.RunOptions()
         for key, value in options.run_entries:
@@ -366,7 +372,10 @@ class OrtBackend:
             name: _decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
-        results = self._session.run(self._output_names, feed, self._run_options)
+        if self._bf16:
+            results = run_with_bf16(self._session, self._output_names, feed, self._run_options)
+        else:
+            results = self._session.run(self._output_names, feed, self._run_options)
         outputs = {
             name: _encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)

@@ -33,6 +33,8 @@ from server.models.config_queue import (
     validate_priority_policies,
 )
 from server.models.config_tensors import check_optional, check_tensor, model_dims
+from server.models.ensemble_config import ENSEMBLE_PLATFORM, check_ensemble
+from server.models.ragged_config import batch_input_targets, check_ragged, ragged_graph_shapes, ragged_plan
 from server.models.traffic import TRAFFIC_PARAMETERS
 
 logger = logging.getLogger(__name__)
@@ -108,8 +110,11 @@ def load_config_file(path: Path) -> mc.ModelConfig:
 
 
 def _check_platform(config: mc.ModelConfig, source: str) -> None:
-    if config.platform not in ("", PLATFORM):
-        raise ConfigError(f"{source}: platform '{config.platform}' is not supported (only '{PLATFORM}')")
+    if config.platform not in ("", PLATFORM, ENSEMBLE_PLATFORM):
+        raise ConfigError(
+            f"{source}: platform '{config.platform}' is not supported "
+            f"(only '{PLATFORM}' and '{ENSEMBLE_PLATFORM}')"
+        )
     if config.backend not in ("", BACKEND):
         raise ConfigError(f"{source}: backend '{config.backend}' is not supported (only '{BACKEND}')")
     if config.runtime not in ("", BACKEND):
@@ -119,6 +124,7 @@ def _check_platform(config: mc.ModelConfig, source: str) -> None:
 def validate_config(config: mc.ModelConfig, source: str) -> None:
     """Reject configs that parse but ask for what sluiceway does not do. Every message names the field."""
     _check_platform(config, source)
+    check_ensemble(config, source)  # ensemble_scheduling only with platform "ensemble" (ensemble_config.py)
     unhandled = unhandled_fields(config)
     if unhandled:
         raise ConfigError(
@@ -127,6 +133,7 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         )
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size {config.max_batch_size} is negative")
+    check_ragged(config, source)  # allow_ragged_batch and batch_input (ragged_config.py)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()
         for tensor in tensors:
@@ -314,6 +321,9 @@ def complete_from_onnx(
     if hidden_in or hidden_out:  # sequence controls and state: the server's, not the client's
         inputs = [t for t in inputs if t.name not in hidden_in]
         outputs = [t for t in outputs if t.name not in hidden_out]
+    targets = batch_input_targets(done)  # batch inputs: filled by the server, as sequence controls
+    ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
+    inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
     model_batches = all(_is_batch_dim(t.shape) for t in (*inputs, *outputs)) and bool(inputs)
     if done.max_batch_size == 0 and not done.input and model_batches:
         # Nothing said about batching: a graph whose every tensor has a variable first dim batches.
@@ -376,6 +386,7 @@ def batching_policy(
             max_queue_delay_s=0.0,
             max_queue_size=default_max_queue_size,
             max_batches_in_flight=max_batches_in_flight,
+            ragged=ragged_plan(config),
         )
     db = config.dynamic_batching
     queue = db.default_queue_policy  # see server/models/config_queue.py
@@ -392,4 +403,5 @@ def batching_policy(
         allow_timeout_override=allow_override(queue),
         max_batches_in_flight=max_batches_in_flight,
         level_policies=level_policies(db, default_max_queue_size),
+        ragged=ragged_plan(config),
     )

@@ -24,15 +24,17 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFound, RepositoryError
 from server.models.config import ConfigError
+from server.models.ensemble_config import is_ensemble
 from server.models.lazy import ModelLoads, lazy_flags
 from server.models.load_request import parse_load_parameters, write_model_directory
-from server.models.manager import UNAVAILABLE, ModelEntry, ModelManager
+from server.models.manager import ModelManager
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
     load_model_source,
     scan_repository,
 )
+from server.models.versions import UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class RepositoryControl:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
         for name, reason in errors.items():
+            log.error("model %s not loaded: %s", name, reason)
             self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
         chosen = set(sources)
         if self._mode == "explicit" and "*" not in self._settings.load_model:
@@ -67,7 +70,8 @@ class RepositoryControl:
                 log.error("--load-model %s: no such model in %s", name, self._root)
                 reason = f"--load-model names '{name}', which is not in the repository"
                 self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
-        for name, source in sorted(sources.items()):
+        # An ensemble after the models its steps use (models/ensemble_config.py).
+        for name, source in sorted(sources.items(), key=lambda item: (is_ensemble(item[1].config), item[0])):
             if name not in chosen:
                 self._manager.put_entry(
                     ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
@@ -134,7 +138,7 @@ class RepositoryControl:
         try:
             return load_model_source(root, name, config)
         except ModelNotFoundInRepository as exc:
-            raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+            raise ModelNotFound(str(exc)) from None  # its text names the model already
         except (ConfigError, OSError) as exc:
             raise RepositoryError(str(exc)) from None
 

@@ -27,9 +27,10 @@ from server.errors import (
 )
 from server.models.config import ConfigError
 from server.models.footprint import files_bytes, footprint, rss_bytes
-from server.models.manager import UNAVAILABLE, ModelEntry, ModelManager
+from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
+from server.models.versions import UNAVAILABLE, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class ModelLoads:
         try:
             return load_model_source(self._root, name)
         except ModelNotFoundInRepository as exc:
-            raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+            raise ModelNotFound(str(exc)) from None  # its text names the model already
         except (ConfigError, OSError) as exc:
             self._manager.note_failed_reload(name, str(exc))
             raise RepositoryError(str(exc)) from None

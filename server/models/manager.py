@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
-from batcher.sequence import SequenceBatcher
 from batcher.sequence_types import SequenceId
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
+from server import triton_text
 from server.backends.fault_backend import FaultSpec
 from server.backends.instance_groups import describe, plan_instances
-from server.backends.instances import InstanceFactory, ModelInstance, run_timeout_for
+from server.backends.instances import InstanceFactory, run_timeout_for
 from server.backends.onnxruntime_backend import (
     BackendLoadError,
     OrtBackend,
@@ -41,6 +41,8 @@ from server.models.config import (
 )
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import ReshapePlan, load_labels
+from server.models.ensemble import EnsembleScheduler, admission_batcher
+from server.models.ensemble_config import Step, is_ensemble, plan_ensemble
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -51,54 +53,13 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
+from server.models.versions import READY, UNAVAILABLE, ModelEntry, ModelVersion
 from server.models.warmup import warm_up
-from server.observability.sampling import ModelSampler, SamplingRegistry, sample_policy
+from server.observability.sampling import SamplingRegistry, sample_policy
 from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-
-
-@dataclass
-class ModelVersion:
-    """One servable version: everything a request needs after routing."""
-
-    name: str
-    version: int
-    config: mc.ModelConfig
-    signature: Signature
-    backends: list[ModelInstance]  # the batcher's watchdog may replace one (see backends/instances.py)
-    batcher: DynamicBatcher
-    stats: ModelStats
-    # The server's cache when the config enables response_cache; None once the version is retired.
-    response_cache: ResponseCache | None = None
-    sampler: ModelSampler | None = None  # when the version samples requests (observability/sampling.py)
-    sequences: SequenceBatcher | None = None  # with sequence_batching (models/sequence_config.py)
-    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # output -> label_filename's
-    version_str: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.version_str = str(self.version)
-
-
-@dataclass
-class ModelEntry:
-    """A model as the repository index shows it: its versions, or why it has none."""
-
-    name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    state: str = LOADING
-    reason: str = ""
-    # Newest version number first: the order requests without a version are routed in.
-    order: list[int] = field(default_factory=list)
-    # Not loaded by design (a lazy model, or one explicit mode was not asked to load): it does not
-    # make the server unready (server/models/lazy.py, control.py).
-    dormant: bool = False
-
 
 HealthCallback = Callable[[str, bool], None]
 
@@ -138,7 +99,7 @@ class ModelManager:
         `routed`: an inference request, routed by the model's traffic policy when it names no version."""
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(triton_text.unknown_model(name))
         if entry.state != READY:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
@@ -154,16 +115,13 @@ class ModelManager:
         number = int(version)
         served = entry.versions.get(number)
         if served is None:
-            raise ModelNotFound(
-                f"unknown version '{version}' of model '{name}' "
-                f"(served: {', '.join(str(v) for v in entry.order)})"
-            )
+            raise ModelNotFound(triton_text.unknown_version(name, version, entry.order))
         return served
 
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(triton_text.unknown_model(name))
         return entry
 
     def release_sequences(self, seen: Iterable[tuple[str, str, SequenceId]]) -> None:
@@ -198,7 +156,8 @@ class ModelManager:
                 log.error("model %s not loaded: %s", name, reason)
                 self._models[name] = ModelEntry(name=name, state=UNAVAILABLE, reason=reason)
                 self._on_health(name, False)
-            for source in sources.values():
+            # An ensemble after the models its steps use (models/ensemble_config.py).
+            for source in sorted(sources.values(), key=lambda s: is_ensemble(s.config)):
                 await self._load_source(source)
 
     async def load(self, name: str, source: ModelSource | None = None) -> None:
@@ -209,7 +168,7 @@ class ModelManager:
                 if source is None:
                     source = await asyncio.to_thread(load_model_source, self._root, name)
             except ModelNotFoundInRepository as exc:
-                raise ModelNotFound(f"model '{name}' is not in the repository: {exc}") from None
+                raise ModelNotFound(str(exc)) from None  # its text names the model already
             except (ConfigError, OSError) as exc:
                 self.note_failed_reload(name, str(exc))
                 raise RepositoryError(str(exc)) from None
@@ -243,6 +202,9 @@ class ModelManager:
         try:
             versions = {}
             for number, path in sorted(source.versions.items(), reverse=True):
+                if is_ensemble(source.config):
+                    versions[number] = self._load_ensemble(source, number)
+                    continue
                 versions[number] = await self._load_version(source, number, path)
         except Exception as exc:  # one bad model never stops the others
             known = (ConfigError, RepositoryError, BackendLoadError, OSError)
@@ -372,6 +334,29 @@ class ModelManager:
             else sequence_batcher(seq_model, batcher, settings, source.name),
             labels=labels,
         )
+
+    def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
+        """An ensemble's version: checked against its step models, which must be ready already."""
+        config = mc.ModelConfig()
+        config.CopyFrom(source.config)
+        plan = plan_ensemble(config, str(source.directory / "config.pbtxt"), self._step_config)
+        stats = ModelStats()
+        return ModelVersion(
+            name=source.name,
+            version=number,
+            config=config,
+            signature=Signature.from_config(config),
+            backends=[],
+            batcher=admission_batcher(config, stats, self._settings.max_queue_size),
+            stats=stats,
+            ensemble=EnsembleScheduler(plan, self.resolve),
+        )
+
+    def _step_config(self, step: Step) -> mc.ModelConfig:
+        try:
+            return self.resolve(step.model, step.version).config
+        except (ModelNotFound, ModelNotReady, InvalidRequest) as exc:
+            raise ConfigError(str(exc)) from None
 
     def note_failed_reload(self, name: str, reason: str) -> None:
         """A serving model's reload failed: it keeps serving, and its index reason says why."""

@@ -8,14 +8,13 @@ Scanning reads configs and lists files; it loads no model. One bad model never s
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from protos import model_config_pb2 as mc
+from server import triton_text
 from server.models.config import ConfigError, load_config_file, validate_config
-
-logger = logging.getLogger(__name__)
+from server.models.ensemble_config import ENSEMBLE_PLATFORM
 
 CONFIG_FILENAME = "config.pbtxt"
 DEFAULT_MODEL_FILENAME = "model.onnx"
@@ -82,7 +81,7 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     `override`: RepositoryModelLoad's `config`, used instead of config.pbtxt."""
     directory = root / name
     if not _is_valid_name(name) or not directory.is_dir():
-        raise ModelNotFoundInRepository(f"model '{name}' is not in the repository")
+        raise ModelNotFoundInRepository(triton_text.not_in_repository(name))
     config_path = directory / CONFIG_FILENAME
     source = str(config_path)
     if override is not None:
@@ -107,6 +106,9 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
     versions: dict[int, Path] = {}
     for version in _select_versions(config, on_disk, source):
+        if config.platform == ENSEMBLE_PLATFORM:  # no model file: the directory may be empty
+            versions[version] = on_disk[version]
+            continue
         model_file = _model_file(on_disk[version], filename)
         if model_file is None:
             raise ConfigError(f"{directory}: version {version} has no model file {filename}")
@@ -128,6 +130,5 @@ def scan_repository(root: Path) -> tuple[dict[str, ModelSource], dict[str, str]]
         try:
             models[child.name] = load_model_source(root, child.name)
         except (ConfigError, ModelNotFoundInRepository, OSError) as err:
-            logger.error("model '%s' not loaded: %s", child.name, err)
-            errors[child.name] = str(err)
+            errors[child.name] = str(err)  # the caller logs it, once
     return models, errors

@@ -34,7 +34,7 @@ from server.models.traffic import (
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
-    from server.models.manager import ModelEntry, ModelVersion
+    from server.models.versions import ModelEntry, ModelVersion
 
 log = logging.getLogger(__name__)
 

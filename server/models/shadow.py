@@ -26,7 +26,7 @@ from batcher.types import Tensors
 from server.models.traffic import ShadowPolicy
 
 if TYPE_CHECKING:
-    from server.models.manager import ModelVersion
+    from server.models.versions import ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from opentelemetry.sdk.metrics.export import (
 
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
-from server.models.manager import READY, ModelManager, ModelVersion
+from server.models.manager import ModelManager
+from server.models.versions import READY, ModelVersion
 
 Labels = dict[str, str]
 Sample = tuple[Labels, float]

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from batcher.types import Array
 from protos import grpc_service_pb2 as pb
 from protos import wire
-from server import datatypes
+from server import datatypes, triton_text
 from server.errors import InvalidRequest
 from server.protocol.shm_tensors import ShmTensors
 
@@ -73,23 +73,26 @@ def decode_inputs(
                 raise InvalidRequest(
                     f"input '{name}': contents field must not be specified when using raw_input_contents"
                 )
-            arrays[name] = _from_raw(name, index, raw[index], dtype, shape)
+            arrays[name] = _from_raw(name, request.model_name, index, raw[index], dtype, shape)
             index += 1
         else:
             arrays[name] = _from_contents(name, tensor, dtype, shape)
     return arrays
 
 
-def _from_raw(name: str, index: int, data: bytes, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
+def _from_raw(
+    name: str, model: str, index: int, data: bytes, dtype: datatypes.Datatype, shape: tuple[int, ...]
+) -> Array:
     count = prod(shape)
     if dtype is datatypes.BYTES:
+        wrong_count = triton_text.string_count(name, model, data, count)
+        if wrong_count is not None:  # Triton's words; unpack_bytes' own text covers the rest
+            raise InvalidRequest(wrong_count)
         return unpack_bytes(name, data, count).reshape(shape)
     expected = count * dtype.numpy.itemsize
     if len(data) != expected:
-        raise InvalidRequest(
-            f"input '{name}': raw_input_contents[{index}] has {len(data)} bytes, expected {expected} "
-            f"for shape {list(shape)} of {dtype.wire}"
-        )
+        detail = f"raw_input_contents[{index}] for shape {list(shape)} of {dtype.wire}"
+        raise InvalidRequest(triton_text.byte_size_mismatch(name, model, expected, len(data), detail))
     return np.frombuffer(data, dtype=dtype.numpy).reshape(shape)
 
 

@@ -18,8 +18,9 @@ from batcher.errors import NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
-from server.models.manager import ModelManager, ModelVersion
+from server.models.manager import ModelManager
 from server.models.response_cache import request_key
+from server.models.versions import ModelVersion
 from server.observability.metrics_reasons import record_failed
 from server.protocol import codec, shm_tensors
 from server.protocol.classification import classify, requested_classes
@@ -90,8 +91,8 @@ class InferJob:
 
     def answer_now(self) -> pb.ModelInferResponse | None:
         """The response if it needs no waiting (a cache hit, or an idle model's cheap run)."""
-        if self.controls.sequence is not None:
-            return None  # it waits for its sequence's turn (batcher/sequence.py)
+        if self.controls.sequence is not None or self.served.ensemble is not None:
+            return None  # it waits for its sequence's turn (batcher/sequence.py), or its steps
         served = self.served
         cache = served.response_cache
         if cache is not None:
@@ -113,6 +114,9 @@ class InferJob:
             outputs = await sequence_outputs(
                 self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace
             )
+            return self._computed(outputs)
+        if self.served.ensemble is not None:  # its steps, through their models' batchers
+            outputs = await self.served.ensemble.run(self.inputs, self.admission, self.controls.priority)
             return self._computed(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return self._computed(outputs)

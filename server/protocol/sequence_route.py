@@ -9,7 +9,7 @@ from __future__ import annotations
 from batcher.admission import Admission
 from batcher.types import QueueTrace, Tensors
 from server.errors import InvalidRequest
-from server.models.manager import ModelVersion
+from server.models.versions import ModelVersion
 from server.protocol.sequence_params import SEQUENCE_ID, SequenceParams
 
 

@@ -17,17 +17,21 @@ import grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server import triton_text
 from server.backends.cuda_shm import CudaSharedMemory, NoCudaSharedMemory
 from server.errors import (
     InvalidRequest,
     ModelControlDisabled,
+    ModelNotFound,
+    ModelNotReady,
     ShuttingDown,
     StreamIdle,
     StreamLimitReached,
     status_for,
 )
 from server.models.control import NOT_ALLOWED, RepositoryControl
-from server.models.manager import READY, ModelManager
+from server.models.manager import ModelManager
+from server.models.versions import READY, ModelVersion
 from server.observability.logs import request_fields
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
@@ -43,6 +47,9 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "sluiceway"
 SERVER_VERSION = "0.1.0"
+# Exactly what works, in Triton's names; tests/triton/test_extensions.py calls each one. Not listed:
+# cuda_shared_memory (no GPU regions), parameters (no model reads custom request parameters),
+# model_repository(unload_dependents), trace and logging (no such RPCs).
 EXTENSIONS = (
     "model_repository",
     "model_configuration",
@@ -164,7 +171,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         if request.name:
             versions = (
-                [self._models.resolve(request.name, request.version)]
+                [self._statistics_version(request.name, request.version)]
                 if request.version
                 else [*self._models.entry(request.name).versions.values()]
             )
@@ -173,6 +180,13 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(
             model_stats=[to_proto(v.name, v.version_str, v.stats) for v in versions]
         )
+
+    def _statistics_version(self, name: str, version: str) -> ModelVersion:
+        self._models.entry(name)  # an unknown model keeps Triton's "Request for unknown model"
+        try:
+            return self._models.resolve(name, version)
+        except (ModelNotFound, ModelNotReady) as exc:  # Triton's words for a version it does not serve
+            raise type(exc)(f"{triton_text.version_not_available(name)}; {exc}") from None
 
     # -- repository ---------------------------------------------------------------------------
 
@@ -199,7 +213,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelLoadResponse:
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
-        check_repository_name(request.model_name)
+        check_repository_name(request.model_name, loading=True)
         # The mode may refuse; `config` and `file:` parameters are applied (models/load_request.py).
         await self._control().load_rpc(request.model_name, dict(request.parameters))
         return pb.RepositoryModelLoadResponse()
@@ -208,7 +222,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        check_repository_name(request.model_name)
+        check_repository_name(request.model_name, loading=False)
         await self._control().unload_rpc(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -272,17 +286,20 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
 MAX_MODEL_NAME_BYTES = 255
 
 
-def check_repository_name(name: str) -> None:
-    """Refuse a RepositoryModelLoad/Unload name that cannot be a model directory (INVALID_ARGUMENT)."""
+def check_repository_name(name: str, *, loading: bool) -> None:
+    """Refuse a RepositoryModelLoad/Unload name that cannot be a model directory (INVALID_ARGUMENT),
+    in Triton's words for a load; "...", "..m" pass and are then not found in the repository."""
     size = len(name.encode("utf-8", "surrogatepass"))
-    if not name:
-        raise InvalidRequest("model_name is empty")
+    trimmed = name.strip()
+    if not trimmed:
+        raise InvalidRequest(triton_text.EMPTY_MODEL_NAME)
     if size > MAX_MODEL_NAME_BYTES:
         raise InvalidRequest(f"model_name is {size} bytes; a model name is at most {MAX_MODEL_NAME_BYTES}")
-    if name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise InvalidRequest(
-            f"model_name '{name}' is not a model directory name (no '/', '\\', NUL or leading '.')"
-        )
+    if trimmed in (".", "..") or any(c in name for c in "/\\\0"):
+        if loading:
+            raise InvalidRequest(f"{triton_text.path_traversal(name)} ('/', '\\', NUL, '.' or '..')")
+        # Triton's unload does not name traversal; it only finds no such model.
+        raise InvalidRequest(f"model_name '{name}' is not a model directory name")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from batcher.types import Array
 from protos import model_config_pb2 as mc
-from server import datatypes
+from server import datatypes, triton_text
 from server.errors import InvalidRequest
 
 
@@ -60,16 +60,13 @@ class Signature:
         """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
         for name in inputs:
             if name not in self.inputs:
-                raise InvalidRequest(
-                    f"unknown input '{name}' for model '{self.model}' (expected: {', '.join(self.inputs)})"
-                )
+                raise InvalidRequest(triton_text.unexpected_input(name, self.model, self.inputs))
+        self._check_required(inputs)
         rows: int | None = None
         for spec in self.inputs.values():
             array = inputs.get(spec.name)
             if array is None:
-                if spec.optional:
-                    continue
-                raise InvalidRequest(f"missing input '{spec.name}' for model '{self.model}'")
+                continue  # optional: _check_required let it be absent
             dtype = datatypes.from_numpy(array.dtype)
             if dtype is not spec.datatype:
                 raise InvalidRequest(
@@ -82,8 +79,9 @@ class Signature:
             if self.max_batch_size > 0:
                 if len(shape) == 0 or not spec.matches(shape[1:]):
                     raise InvalidRequest(
-                        f"input '{spec.name}': shape {list(shape)} does not match the model's "
-                        f"{self.wire_shape(spec)}"
+                        triton_text.unexpected_shape(
+                            spec.name, self.model, self.wire_shape(spec), list(shape)
+                        )
                     )
                 batch = shape[0]
                 if rows is None:
@@ -94,18 +92,22 @@ class Signature:
                     )
             elif not spec.matches(shape):
                 raise InvalidRequest(
-                    f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.dims)}"
+                    triton_text.unexpected_shape(spec.name, self.model, list(spec.dims), list(shape))
                 )
         if self.max_batch_size <= 0:
             return 1
         if rows is None or rows < 1:
             raise InvalidRequest(f"request for model '{self.model}' has a batch dimension of 0 rows")
         if rows > self.max_batch_size:
-            raise InvalidRequest(
-                f"request has {rows} rows in its batch dimension but model '{self.model}' "
-                f"takes at most {self.max_batch_size} (max_batch_size)"
-            )
+            raise InvalidRequest(triton_text.batch_too_large(self.model, self.max_batch_size, rows))
         return rows
+
+    def _check_required(self, inputs: Mapping[str, Array]) -> None:
+        missing = [s.name for s in self.inputs.values() if not s.optional and s.name not in inputs]
+        if missing:
+            required = sum(not s.optional for s in self.inputs.values())
+            message = triton_text.missing_inputs(self.model, inputs, missing, required, len(self.inputs))
+            raise InvalidRequest(message)
 
     def check_outputs(self, names: Sequence[str]) -> Sequence[str]:
         """The outputs to return: the requested ones, checked, or all of them."""

@@ -164,22 +164,30 @@ async def test_unparseable_messages_are_invalid_argument_and_a_stream_goes_on(
     assert "Traceback" not in limited_server.output()
 
 
+EMPTY = "Model name cannot be empty. Please enter a valid name to deploy."  # Triton's words
+
+
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "on_load", "on_unload"),
     [
-        ("m" * 5000, "a model name is at most 255"),
-        ("../mlp", "not a model directory name"),
-        ("", "model_name is empty"),
+        ("m" * 5000, "a model name is at most 255", "a model name is at most 255"),
+        # Triton's words on load; its unload does not speak of traversal.
+        ("../mlp", "model name must not contain path traversal characters", "not a model directory name"),
+        ("", EMPTY, EMPTY),
+        (" \t", EMPTY, EMPTY),
     ],
 )
 async def test_repository_names_that_cannot_be_models_are_invalid_argument(
-    limited_server: ServerProcess, name: str, expected: str
+    limited_server: ServerProcess, name: str, on_load: str, on_unload: str
 ) -> None:
     async with grpc.aio.insecure_channel(limited_server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for call in (
-            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=30),
-            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name), timeout=30),
+        for call, expected in (
+            (stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=30), on_load),
+            (
+                stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name), timeout=30),
+                on_unload,
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call

@@ -86,7 +86,10 @@ def test_optional_input_may_be_omitted(stub: pb_grpc.GRPCInferenceServiceStub) -
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(_request("optional", b=x))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "missing input 'x'" in (err.value.details() or "")
+    assert (err.value.details() or "") == (
+        "expected number of inputs between 1 and 2 but got 1 inputs for model 'optional'. "
+        "Got input(s) ['b'], but missing required input(s) ['x']. Please provide all required input(s)."
+    )
 
 
 def _densenet_input(rows: int) -> np.ndarray:

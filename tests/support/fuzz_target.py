@@ -21,8 +21,8 @@ from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import status_for
-from server.models.manager import ModelVersion
 from server.models.response_cache import request_key
+from server.models.versions import ModelVersion
 from server.protocol.infer_job import InferJob
 from server.protocol.validate import Signature
 

@@ -112,7 +112,7 @@ def test_streaming_infer_answers_every_request(demo_server: ServerProcess, demo_
     finally:
         client.stop_stream()
     errors = [error for _, error in got if error is not None]
-    assert len(errors) == 1 and "unknown input 'nope'" in str(errors[0])
+    assert len(errors) == 1 and "unexpected inference input 'nope'" in str(errors[0])
     results = {r.get_response().id: r for r, e in got if e is None}
     assert sorted(results) == sorted(sent)
     for request_id, data in sent.items():
@@ -123,22 +123,25 @@ def test_streaming_infer_answers_every_request(demo_server: ServerProcess, demo_
 def test_errors_name_the_problem_and_server_keeps_serving(demo_server: ServerProcess) -> None:
     client = client_for(demo_server)
     good, _ = mlp_input(1)
-    expect_error("NOT_FOUND", "unknown model 'nope'", client.infer, "nope", [good])
-    expect_error("NOT_FOUND", "version '7'", client.infer, "mlp", [good], model_version="7")
-    expect_error("NOT_FOUND", "unknown model", client.get_model_metadata, "nope")
-    expect_error("INVALID_ARGUMENT", "missing input 'features'", client.infer, "mlp", [])
+    expect_error("NOT_FOUND", "Request for unknown model: 'nope' is not found", client.infer, "nope", [good])
+    expect_error("NOT_FOUND", "'mlp' version 7 is not found", client.infer, "mlp", [good], model_version="7")
+    expect_error("NOT_FOUND", "Request for unknown model", client.get_model_metadata, "nope")
+    expect_error("INVALID_ARGUMENT", "missing required input(s) ['features']", client.infer, "mlp", [])
     unknown, _ = mlp_input(1, name="extra")
-    expect_error("INVALID_ARGUMENT", "unknown input 'extra'", client.infer, "mlp", [good, unknown])
+    expect_error(
+        "INVALID_ARGUMENT", "unexpected inference input 'extra'", client.infer, "mlp", [good, unknown]
+    )
     wide = grpcclient.InferInput("features", [1, 63], "FP32")
     wide.set_data_from_numpy(np.zeros((1, 63), np.float32))
-    expect_error("INVALID_ARGUMENT", "input 'features': shape [1, 63]", client.infer, "mlp", [wide])
+    wrong_shape = "unexpected shape for input 'features' for model 'mlp'. Expected [-1,64], got [1,63]."
+    expect_error("INVALID_ARGUMENT", wrong_shape, client.infer, "mlp", [wide])
     doubles = grpcclient.InferInput("features", [1, 64], "FP64")
     doubles.set_data_from_numpy(np.zeros((1, 64), np.float64))
     expect_error(
         "INVALID_ARGUMENT", "datatype FP64 does not match the model's FP32", client.infer, "mlp", [doubles]
     )
     many, _ = mlp_input(129)
-    expect_error("INVALID_ARGUMENT", "at most 128", client.infer, "mlp", [many])
+    expect_error("INVALID_ARGUMENT", "batch-size must be <= 128 for 'mlp'", client.infer, "mlp", [many])
     expect_error(
         "INVALID_ARGUMENT",
         "unknown output 'nope'",
@@ -283,7 +286,7 @@ def test_versions_unload_and_load(limits_server: ServerProcess) -> None:
     client.load_model("mlp_versions")
     assert client.is_model_ready("mlp_versions")
     assert client.infer("mlp_versions", [tensor]).as_numpy("scores").shape == (1, 2)
-    expect_error("NOT_FOUND", "not in the repository", client.load_model, "absent")
+    expect_error("NOT_FOUND", "failed to poll from model repository", client.load_model, "absent")
 
 
 def _from_concurrent_clients(

@@ -49,16 +49,26 @@ def test_bytes_round_trip_and_errors() -> None:
     assert wire.pack_bytes(np.array(["x", "yz"], dtype=object)) == wire.pack_bytes(
         np.array([b"x", b"yz"], dtype=object)
     )
-    with pytest.raises(InvalidRequest, match="input 's': BYTES data ends after 3 of 4"):
+    # Triton's wording (its qa/L0_input_validation matches these texts).
+    with pytest.raises(
+        InvalidRequest, match=r"^expected 4 string elements for inference input 's' for model '', got 3$"
+    ):
         codec.decode_inputs(request_with("s", "BYTES", [4], raw))
-    with pytest.raises(InvalidRequest, match="bytes left after 2 BYTES elements"):
+    with pytest.raises(
+        InvalidRequest,
+        match=r"^unexpected number of string elements 3 for inference input 's' for model '', expecting 2$",
+    ):
         codec.decode_inputs(request_with("s", "BYTES", [2], raw))
+    with pytest.raises(InvalidRequest, match="3 bytes left after 2 BYTES elements"):  # no 4-byte prefix left
+        codec.decode_inputs(request_with("s", "BYTES", [2], wire.pack_bytes(items[:2]) + b"abc"))
     with pytest.raises(InvalidRequest, match="element 0 is cut short"):
         codec.decode_inputs(request_with("s", "BYTES", [1], b"\x09\x00\x00\x00ab"))
 
 
 def test_decode_rejects_inconsistent_requests() -> None:
-    with pytest.raises(InvalidRequest, match="raw_input_contents\\[0\\] has 3 bytes, expected 8"):
+    with pytest.raises(
+        InvalidRequest, match=r"^input byte size mismatch for input 'x' for model ''\. Expected 8, got 3;"
+    ):
         codec.decode_inputs(request_with("x", "FP32", [2], b"abc"))
     with pytest.raises(InvalidRequest, match="unknown datatype 'F32'"):
         codec.decode_inputs(request_with("x", "F32", [2], b""))
@@ -85,8 +95,8 @@ def test_an_oversized_raw_buffer_is_invalid_argument_naming_the_input_and_both_s
     with pytest.raises(InvalidRequest) as info:
         codec.decode_inputs(request_with("big", datatype, [2], b"\x01" * sent))
     assert str(info.value) == (
-        f"input 'big': raw_input_contents[0] has {sent} bytes, expected {expected} "
-        f"for shape [2] of {datatype}"
+        f"input byte size mismatch for input 'big' for model ''. Expected {expected}, got {sent}; "
+        f"raw_input_contents[0] for shape [2] of {datatype}"
     )
     assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -112,19 +122,28 @@ def test_signature_checks_names_types_shapes_and_rows() -> None:
     sig = signature()
     ok = {"a": np.zeros((3, 5, 4), np.float32), "b": np.zeros((3, 2), np.int64)}
     assert sig.check_inputs(ok) == 3
-    with pytest.raises(InvalidRequest, match="missing input 'b'"):
+    missing = (
+        "^expected 2 inputs but got 1 inputs for model 'm'. Got input\\(s\\) \\['a'\\], but missing "
+        "required input\\(s\\) \\['b'\\]. Please provide all required input\\(s\\).$"
+    )
+    with pytest.raises(InvalidRequest, match=missing):
         sig.check_inputs({"a": ok["a"]})
-    with pytest.raises(InvalidRequest, match="unknown input 'c'"):
+    with pytest.raises(
+        InvalidRequest, match=r"^unexpected inference input 'c' for model 'm'; its inputs: a, b$"
+    ):
         sig.check_inputs({**ok, "c": ok["b"]})
     with pytest.raises(InvalidRequest, match="input 'b': datatype INT32 does not match the model's INT64"):
         sig.check_inputs({**ok, "b": np.zeros((3, 2), np.int32)})
     with pytest.raises(
-        InvalidRequest, match=r"input 'a': shape \[3, 5, 3\] does not match the model's \[-1, -1, 4\]"
+        InvalidRequest,
+        match=r"^unexpected shape for input 'a' for model 'm'. Expected \[-1,-1,4\], got \[3,5,3\].$",
     ):
         sig.check_inputs({**ok, "a": np.zeros((3, 5, 3), np.float32)})
     with pytest.raises(InvalidRequest, match="batch dimension 2 differs"):
         sig.check_inputs({**ok, "b": np.zeros((2, 2), np.int64)})
-    with pytest.raises(InvalidRequest, match="takes at most 8 \\(max_batch_size\\)"):
+    with pytest.raises(
+        InvalidRequest, match=r"^inference request batch-size must be <= 8 for 'm'; the request has 9 rows$"
+    ):
         sig.check_inputs({"a": np.zeros((9, 1, 4), np.float32), "b": np.zeros((9, 2), np.int64)})
     with pytest.raises(InvalidRequest, match="0 rows"):
         sig.check_inputs({"a": np.zeros((0, 1, 4), np.float32), "b": np.zeros((0, 2), np.int64)})
@@ -156,7 +175,10 @@ def test_bytes_inputs_must_be_utf8_text() -> None:
 def test_signature_without_batch_dimension() -> None:
     sig = signature(max_batch_size=0)
     assert sig.check_inputs({"a": np.zeros((5, 4), np.float32), "b": np.zeros(2, np.int64)}) == 1
-    with pytest.raises(InvalidRequest, match=r"input 'b': shape \[1, 2\]"):
+    with pytest.raises(
+        InvalidRequest,
+        match=r"^unexpected shape for input 'b' for model 'm'\. Expected \[2\], got \[1,2\]\.$",
+    ):
         sig.check_inputs({"a": np.zeros((5, 4), np.float32), "b": np.zeros((1, 2), np.int64)})
 
 

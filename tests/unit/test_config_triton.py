@@ -48,7 +48,8 @@ def test_every_field_of_the_schema_has_a_status_and_a_readme_row() -> None:
 
 
 def test_children_take_their_parents_status() -> None:
-    assert status_of("ensemble_scheduling.step.model_name") == ("refused", "as `ensemble_scheduling`")
+    assert status_of("model_operations.op_library_filename") == ("refused", "as `model_operations`")
+    assert status_of("ensemble_scheduling.step.model_name") == ("honoured", "as `ensemble_scheduling.step`")
     assert status_of("input.reshape.shape")[0] == "honoured"
 
 

@@ -27,7 +27,8 @@ from server.backends.fault_backend import FaultBackend, FaultSpec, InjectedFault
 from server.backends.instances import InstanceFactory, run_timeout_for
 from server.backends.onnxruntime_backend import CPU, BackendLoadError, OrtBackend, OrtOptions
 from server.models.config import ConfigError
-from server.models.manager import READY, UNAVAILABLE, ModelManager
+from server.models.manager import ModelManager
+from server.models.versions import READY, UNAVAILABLE
 from server.settings import ServerSettings
 from tests.support.models import slow_model
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest, status_for
-from server.models.manager import ModelVersion
+from server.models.versions import ModelVersion
 from server.protocol.infer_job import InferJob
 from tests.support.fuzz_target import check_bytes, check_request, fuzz_models, is_client_error
 from tests.support.request_strategies import mutated, near_valid_requests
@@ -72,6 +72,6 @@ def test_the_target_fails_on_an_error_that_is_not_the_clients() -> None:
 
 def test_an_empty_message_is_refused_naming_the_missing_input(models: Models) -> None:
     for model in models.values():
-        with pytest.raises(InvalidRequest, match="missing input") as info:
+        with pytest.raises(InvalidRequest, match="but missing required input") as info:
             InferJob.prepare(model, pb.ModelInferRequest(), None)
         assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -11,8 +11,9 @@ import pytest
 
 from server.errors import MemoryBudgetExceeded, ModelLoadTimeout, ModelNotFound
 from server.models.lazy import EVICTED, NOT_LOADED, ModelLoads
-from server.models.manager import READY, UNAVAILABLE, ModelEntry, ModelManager
+from server.models.manager import ModelManager
 from server.models.repository import ModelSource
+from server.models.versions import READY, UNAVAILABLE, ModelEntry
 
 LAZY = 'parameters { key: "lazy_load" value { string_value: "true" } }\n'
 

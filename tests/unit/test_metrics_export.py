@@ -13,8 +13,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.stats import ModelStats
-from server.models.manager import READY
 from server.models.rollout import Rollout
+from server.models.versions import READY
 from server.observability.metrics import Metrics
 from server.observability.metrics_views import Costs, MetricViews
 

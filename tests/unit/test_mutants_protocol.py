@@ -74,8 +74,8 @@ def test_exactly_max_elements_passes_the_shape_check() -> None:
     with pytest.raises(InvalidRequest) as info:
         codec.decode_inputs(request)
     assert str(info.value) == (
-        f"input 'x': raw_input_contents[0] has 1 bytes, expected {codec.MAX_ELEMENTS} "
-        f"for shape [{codec.MAX_ELEMENTS}] of UINT8"
+        f"input byte size mismatch for input 'x' for model ''. Expected {codec.MAX_ELEMENTS}, got 1; "
+        f"raw_input_contents[0] for shape [{codec.MAX_ELEMENTS}] of UINT8"
     )
 
 
@@ -139,7 +139,10 @@ def test_from_config_messages_name_the_model() -> None:
     assert signature.model == "resnet"
     with pytest.raises(InvalidRequest) as info:
         signature.check_inputs({"a": np.zeros((1, 4), np.float32)})
-    assert str(info.value) == "missing input 'b' for model 'resnet'"
+    assert str(info.value) == (
+        "expected 2 inputs but got 1 inputs for model 'resnet'. Got input(s) ['a'], "
+        "but missing required input(s) ['b']. Please provide all required input(s)."
+    )
 
 
 def test_wire_shape_by_max_batch_size() -> None:
@@ -153,7 +156,7 @@ def test_unknown_input_lists_the_expected_ones() -> None:
     signature = Signature.from_config(config(4))
     with pytest.raises(InvalidRequest) as info:
         signature.check_inputs({"q": np.zeros((1, 4), np.float32)})
-    assert str(info.value) == "unknown input 'q' for model 'm' (expected: a, b)"
+    assert str(info.value) == "unexpected inference input 'q' for model 'm'; its inputs: a, b"
 
 
 def test_check_inputs_with_max_batch_size_1() -> None:
@@ -167,13 +170,11 @@ def test_check_inputs_with_max_batch_size_1() -> None:
     two = np.zeros((2, 4), np.float32)
     with pytest.raises(InvalidRequest) as info:
         signature.check_inputs({"a": two, "b": two})
-    assert str(info.value) == (
-        "request has 2 rows in its batch dimension but model 'm' takes at most 1 (max_batch_size)"
-    )
+    assert str(info.value) == "inference request batch-size must be <= 1 for 'm'; the request has 2 rows"
     # Without a batch dimension the whole [1, 4] shape is checked against dims [4]: refused.
     with pytest.raises(InvalidRequest) as info:
         Signature.from_config(config(0)).check_inputs({"a": one, "b": one})
-    assert str(info.value) == "input 'a': shape [1, 4] does not match the model's [4]"
+    assert str(info.value) == "unexpected shape for input 'a' for model 'm'. Expected [4], got [1,4]."
 
 
 def test_per_row_scalar_inputs() -> None:

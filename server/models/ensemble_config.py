@@ -1,0 +1,224 @@
+"""Ensemble configs (`platform: "ensemble"`): checked on their own, then against their step models.
+
+`check_ensemble` runs with every config (it also refuses `ensemble_scheduling` on a model that is
+not an ensemble); `plan_ensemble` runs at load, once the step models are loaded, and returns the
+steps in an order where each step's inputs are produced before it. As Triton: every ensemble input
+is consumed, every ensemble output is produced by exactly one step, input_map keys are the step
+model's inputs and values are ensemble tensors, output_map keys are the step model's outputs, and
+there is no cycle. Every message names the step ("ensemble 'e' step 2 (model 'm'): ...").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from protos import model_config_pb2 as mc
+from server import datatypes
+from server.models.config_errors import ConfigError
+
+ENSEMBLE_PLATFORM = "ensemble"
+# Fields that configure how a model runs: an ensemble runs nothing itself (its steps do).
+_NOT_FOR_ENSEMBLES = ("dynamic_batching", "sequence_batching", "model_warmup", "optimization")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step: run `model` (version "" = the serving one) on ensemble tensors."""
+
+    index: int  # 1-based, as listed in the config
+    model: str
+    version: str
+    input_map: Mapping[str, str]  # step model input -> ensemble tensor
+    output_map: Mapping[str, str]  # step model output -> ensemble tensor
+
+    def where(self, ensemble: str) -> str:
+        return f"ensemble '{ensemble}' step {self.index} (model '{self.model}')"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsemblePlan:
+    name: str
+    steps: tuple[Step, ...]  # in dependency order
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def is_ensemble(config: mc.ModelConfig) -> bool:
+    return config.platform == ENSEMBLE_PLATFORM
+
+
+def _steps(config: mc.ModelConfig) -> list[Step]:
+    return [
+        Step(
+            index=i,
+            model=s.model_name,
+            version="" if s.model_version < 0 else str(s.model_version),
+            input_map=dict(s.input_map),
+            output_map=dict(s.output_map),
+        )
+        for i, s in enumerate(config.ensemble_scheduling.step, start=1)
+    ]
+
+
+def check_ensemble(config: mc.ModelConfig, source: str) -> None:
+    """The checks that need no other model; ConfigError names the field or the step."""
+    if not is_ensemble(config):
+        if config.HasField("ensemble_scheduling"):
+            raise ConfigError(f'{source}: ensemble_scheduling needs platform "{ENSEMBLE_PLATFORM}"')
+        return
+    for field in _NOT_FOR_ENSEMBLES:
+        if config.HasField(field) if field != "model_warmup" else config.model_warmup:
+            raise ConfigError(f"{source}: {field} cannot be set on an ensemble (set it on its step models)")
+    if config.instance_group:
+        raise ConfigError(f"{source}: instance_group cannot be set on an ensemble (it has no instances)")
+    if not config.ensemble_scheduling.step:
+        raise ConfigError(f"{source}: ensemble_scheduling needs at least one step")
+    if not config.input or not config.output:
+        raise ConfigError(
+            f"{source}: an ensemble must list its inputs and outputs (no graph to complete from)"
+        )
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:
+            if tensor.data_type == mc.TYPE_INVALID:
+                raise ConfigError(f"{source}: ensemble {kind} '{tensor.name}' needs a data_type")
+            if tensor.HasField("reshape"):
+                raise ConfigError(f"{source}: ensemble {kind} '{tensor.name}': reshape is not supported")
+    order(config, source)
+
+
+def order(config: mc.ModelConfig, source: str) -> list[Step]:
+    """The steps in dependency order, after the checks on tensor names (no cycle, one producer each)."""
+    name = config.name
+    steps = _steps(config)
+    inputs = {t.name for t in config.input}
+    producer: dict[str, Step] = {}
+    for step in steps:
+        if not step.model:
+            raise ConfigError(f"{source}: ensemble '{name}' step {step.index} has no model_name")
+        if config.ensemble_scheduling.step[step.index - 1].model_namespace:
+            raise ConfigError(f"{source}: {step.where(name)}: model_namespace is not supported")
+        if not step.output_map:
+            raise ConfigError(f"{source}: {step.where(name)} has an empty output_map")
+        for tensor in step.output_map.values():
+            if tensor in inputs:
+                raise ConfigError(f"{source}: {step.where(name)} writes '{tensor}', an ensemble input")
+            first = producer.setdefault(tensor, step)
+            if first is not step:
+                raise ConfigError(
+                    f"{source}: {step.where(name)} writes '{tensor}', already written by step {first.index}"
+                )
+    known = inputs | set(producer)
+    for step in steps:
+        for model_input, tensor in step.input_map.items():
+            if tensor not in known:
+                raise ConfigError(
+                    f"{source}: {step.where(name)} input_map '{model_input}' reads '{tensor}', which is "
+                    "neither an ensemble input nor any step's output"
+                )
+    consumed = {t for s in steps for t in s.input_map.values()}
+    for tensor in sorted(inputs - consumed):
+        raise ConfigError(f"{source}: ensemble '{name}' input '{tensor}' is not read by any step")
+    for out in config.output:
+        if out.name not in producer:
+            raise ConfigError(f"{source}: ensemble '{name}' output '{out.name}' is not written by any step")
+    return _topological(steps, producer, inputs, name, source)
+
+
+def _topological(steps: list[Step], producer: Mapping[str, Step], inputs: set[str], name: str,
+                 source: str) -> list[Step]:  # fmt: skip
+    ready, done, left = set(inputs), [], list(steps)
+    while left:
+        runnable = [s for s in left if all(t in ready for t in s.input_map.values())]
+        if not runnable:
+            step = left[0]
+            waits = sorted(t for t in step.input_map.values() if t not in ready)
+            raise ConfigError(
+                f"{source}: {step.where(name)} is in a cycle: it reads {waits}, written by step(s) "
+                f"{sorted({producer[t].index for t in waits})} which depend on it"
+            )
+        for step in runnable:
+            ready.update(step.output_map.values())
+            done.append(step)
+            left.remove(step)
+    return done
+
+
+StepConfig = Callable[[Step], mc.ModelConfig]  # the step model's completed config, or raises
+
+
+def _shape(max_batch_size: int, dims: Sequence[int]) -> list[int]:
+    return ([-1] if max_batch_size > 0 else []) + list(dims)
+
+
+def _agree(a: Sequence[int], b: Sequence[int]) -> bool:
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) -> EnsemblePlan:
+    """Check the steps against their models' configs; `step_config` raises to say a step model is
+    not there (the message is put after the step's name)."""
+    name = config.name
+    steps = order(config, source)
+    # Ensemble tensor -> (datatype, shape with the batch dimension, who declared it)
+    tensors: dict[str, tuple[int, list[int], str]] = {
+        t.name: (t.data_type, _shape(config.max_batch_size, t.dims), f"ensemble input '{t.name}'")
+        for t in config.input
+    }
+    for step in steps:
+        where = f"{source}: {step.where(name)}"
+        try:
+            model = step_config(step)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if is_ensemble(model):
+            raise ConfigError(f"{where}: the step model is an ensemble (nested ensembles are not supported)")
+        if model.HasField("sequence_batching"):
+            raise ConfigError(f"{where}: the step model has sequence_batching (not supported in ensembles)")
+        if config.max_batch_size > 0 and model.max_batch_size < config.max_batch_size:
+            raise ConfigError(
+                f"{where}: max_batch_size {model.max_batch_size} is below the ensemble's "
+                f"{config.max_batch_size}"
+            )
+        ins = {t.name: t for t in model.input}
+        for model_input, tensor in step.input_map.items():
+            spec = ins.get(model_input)
+            if spec is None:
+                raise ConfigError(
+                    f"{where}: input_map key '{model_input}' is not an input (inputs: {sorted(ins)})"
+                )
+            _check_same(where, f"input '{model_input}'", spec, model.max_batch_size, tensors[tensor])
+        missing = sorted(n for n, t in ins.items() if not t.optional and n not in step.input_map)
+        if missing:
+            raise ConfigError(f"{where}: inputs {missing} are not in its input_map")
+        outs = {t.name: t for t in model.output}
+        for model_output, tensor in step.output_map.items():
+            spec_out = outs.get(model_output)
+            if spec_out is None:
+                raise ConfigError(
+                    f"{where}: output_map key '{model_output}' is not an output (outputs: {sorted(outs)})"
+                )
+            shape = _shape(model.max_batch_size, spec_out.dims)
+            tensors[tensor] = (spec_out.data_type, shape, f"step {step.index} output '{model_output}'")
+    for out in config.output:
+        _check_same(f"{source}: ensemble '{name}'", f"output '{out.name}'", out, config.max_batch_size,
+                    tensors[out.name])  # fmt: skip
+    return EnsemblePlan(
+        name=name,
+        steps=tuple(steps),
+        inputs=tuple(t.name for t in config.input),
+        outputs=tuple(t.name for t in config.output),
+    )
+
+
+def _check_same(where: str, what: str, spec: mc.ModelInput | mc.ModelOutput, max_batch_size: int,
+                given: tuple[int, list[int], str]) -> None:  # fmt: skip
+    data_type, shape, origin = given
+    if spec.data_type != data_type:
+        raise ConfigError(
+            f"{where}: {what} is {datatypes.config_name(spec.data_type)} but {origin} is "
+            f"{datatypes.config_name(data_type)}"
+        )
+    want = _shape(max_batch_size, spec.dims)
+    if not _agree(want, shape):
+        raise ConfigError(f"{where}: {what} has shape {want} but {origin} has {shape} (-1 is variable)")

@@ -1,0 +1,58 @@
+"""What the manager serves: a model's versions as the request path and the index see them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from batcher.dynamic import DynamicBatcher
+from batcher.sequence import SequenceBatcher
+from batcher.stats import ModelStats
+from protos import model_config_pb2 as mc
+from server.backends.instances import ModelInstance
+from server.models.ensemble import EnsembleScheduler
+from server.models.response_cache import ResponseCache
+from server.observability.sampling import ModelSampler
+from server.protocol.validate import Signature
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+
+
+@dataclass
+class ModelVersion:
+    """One servable version: everything a request needs after routing."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    signature: Signature
+    backends: list[ModelInstance]  # the batcher's watchdog may replace one (see backends/instances.py)
+    batcher: DynamicBatcher
+    stats: ModelStats
+    # The server's cache when the config enables response_cache; None once the version is retired.
+    response_cache: ResponseCache | None = None
+    sampler: ModelSampler | None = None  # when the version samples requests (observability/sampling.py)
+    sequences: SequenceBatcher | None = None  # with sequence_batching (models/sequence_config.py)
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # output -> label_filename's
+    ensemble: EnsembleScheduler | None = None  # platform "ensemble": its steps run the request
+    version_str: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version_str = str(self.version)
+
+
+@dataclass
+class ModelEntry:
+    """A model as the repository index shows it: its versions, or why it has none."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    state: str = LOADING
+    reason: str = ""
+    # Newest version number first: the order requests without a version are routed in.
+    order: list[int] = field(default_factory=list)
+    # Not loaded by design (a lazy model, or one explicit mode was not asked to load): it does not
+    # make the server unready (server/models/lazy.py, control.py).
+    dormant: bool = False

@@ -1,0 +1,144 @@
+"""Ensembles over a real server (README "Ensembles"): linear and DAG results, requested outputs, the
+deadline across steps, a failing step named, ensembles refused at load naming the step, batching
+of steps across ensemble requests, and the ensemble's own statistics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from clients import NO_RETRY, AsyncClient, Client, InternalError, Unavailable
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.ensemble_repo import ensemble_repository
+from tests.support.server_process import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = ensemble_repository(tmp_path_factory.mktemp("ens-repo"), tmp_path_factory.mktemp("ens-files"))
+    with ServerProcess("--model-repository", str(repo), "--allow-fault-injection") as process:
+        yield process
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[Client]:
+    with Client(server.address, retry=NO_RETRY) as c:
+        yield c
+
+
+def _x(rows: int = 2, dims: int = 4) -> np.ndarray:
+    return np.arange(rows * dims, dtype=np.float32).reshape(rows, dims)
+
+
+def _counts(client: Client, model: str) -> tuple[int, int, int, int]:
+    """(success, fail, inference_count, execution_count) of the model's version 1."""
+    stats = client.model_statistics(model).model_stats[0]
+    s = stats.inference_stats
+    return s.success.count, s.fail.count, stats.inference_count, stats.execution_count
+
+
+def test_linear_ensemble_chains_its_steps(client: Client) -> None:
+    out = client.infer("linear", {"IN": _x()})
+    np.testing.assert_allclose(out["OUT"], 2 * (_x() + 1))
+    assert set(out) == {"OUT"}
+
+
+def test_dag_ensemble_runs_branches_and_combines(client: Client) -> None:
+    out = client.infer("dag", {"IN": _x(3)})
+    np.testing.assert_allclose(out["OUT"], 3 * _x(3) + 1)
+    np.testing.assert_allclose(out["A"], _x(3) + 1)
+    only = client.infer("dag", {"IN": _x(3)}, outputs=["A"])
+    assert set(only) == {"A"}
+
+
+def test_metadata_and_config_describe_the_ensemble(client: Client) -> None:
+    meta = client.model_metadata("dag")
+    assert meta.platform == "ensemble"
+    assert [t.name for t in meta.inputs] == ["IN"] and [t.name for t in meta.outputs] == ["OUT", "A"]
+    assert [s.model_name for s in client.model_config("dag").ensemble_scheduling.step] == [
+        "add",
+        "add_one",
+        "double",
+    ]
+
+
+def test_step_models_and_the_ensemble_count_the_request(client: Client) -> None:
+    before = {m: _counts(client, m) for m in ("linear", "add_one", "double")}
+    client.infer("linear", {"IN": _x()})
+    after = {m: _counts(client, m) for m in ("linear", "add_one", "double")}
+    for model in before:
+        assert after[model][0] == before[model][0] + 1, model  # one more success each
+        assert after[model][1] == before[model][1], model
+
+
+def test_deadline_applies_across_steps(server: ServerProcess, client: Client) -> None:
+    """The request's timeout (50 ms) is shorter than the slow first step (0.5 s): DEADLINE_EXCEEDED naming
+    step 1, and step 2 never reaches its model."""
+    before = _counts(client, "add_one")
+    request = pb.ModelInferRequest(model_name="slow_then_add")
+    request.inputs.add(name="IN", datatype="FP32", shape=[1, 1])
+    request.raw_input_contents.append(np.ones((1, 1), np.float32).tobytes())
+    request.parameters["timeout"].int64_param = 50_000  # microseconds, as Triton
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
+    assert "ensemble 'slow_then_add' step 1 (model 'slow')" in str(info.value.details())
+    assert _counts(client, "add_one")[:2] == before[:2]
+    assert _counts(client, "slow_then_add")[1] >= 1  # the ensemble counts its failure
+
+
+def test_failing_step_is_named(client: Client) -> None:
+    with pytest.raises(InternalError) as info:
+        client.infer("failing", {"IN": _x()})
+    assert "ensemble 'failing' step 2 (model 'faulty') failed" in str(info.value)
+    assert _counts(client, "failing")[1] >= 1
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("orphan", "ensemble 'orphan' step 1 (model 'absent'): "),  # then the step's own error
+        ("bad_map", "ensemble 'bad_map' step 2 (model 'double'): input_map key 'z' is not an input"),
+    ],
+)
+def test_ensemble_refused_at_load_names_the_step(client: Client, model: str, reason: str) -> None:
+    index = {m.name: m for m in client.repository_index().models}
+    assert index[model].state == "UNAVAILABLE"
+    assert reason in index[model].reason, index[model].reason
+    with pytest.raises(Unavailable):
+        client.infer(model, {"IN": _x()})
+
+
+def test_steps_of_concurrent_requests_batch_together(server: ServerProcess, client: Client) -> None:
+    """double_wait waits (2 s) to fill a batch of 4: four ensemble requests share its runs."""
+
+    async def four() -> list[dict[str, np.ndarray]]:
+        async with AsyncClient(server.address, retry=NO_RETRY) as aclient:
+            return await asyncio.gather(*(aclient.infer("batched", {"IN": _x(1)}) for _ in range(4)))
+
+    before = _counts(client, "double_wait")
+    for out in asyncio.run(four()):
+        np.testing.assert_allclose(out["OUT"], 2 * _x(1))
+    after = _counts(client, "double_wait")
+    inferences, executions = after[2] - before[2], after[3] - before[3]
+    assert inferences == 4 and executions < inferences, (inferences, executions)
+    assert _counts(client, "batched")[0] >= 4
+
+
+def test_ensemble_over_a_stream(server: ServerProcess) -> None:
+    async def three() -> list[np.ndarray]:
+        aclient = AsyncClient(server.address, retry=NO_RETRY)
+        async with aclient, aclient.stream("dag", outputs=["OUT"]) as stream:
+            for rows in (1, 2, 3):
+                await stream.send({"IN": _x(rows)})
+            return [(await stream.recv())["OUT"] for _ in range(3)]
+
+    for rows, out in zip((1, 2, 3), asyncio.run(three()), strict=True):
+        np.testing.assert_allclose(out, 3 * _x(rows) + 1)

@@ -1,0 +1,57 @@
+"""A model that cannot be loaded is said once: its message does not repeat itself, and the server
+logs it once (issue 18: "model '' is not in the repository: model '' is not in the repository")."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.errors import ModelNotFound
+from server.models.manager import ModelManager
+from server.settings import ServerSettings
+from tests.support.server_process import ServerProcess
+
+BROKEN_CONFIG = "max_batch_size: nonsense\n"
+NOT_THERE = "failed to load 'absent', failed to poll from model repository; it has no directory 'absent'"
+
+
+@pytest.fixture()
+def broken_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text(BROKEN_CONFIG)
+    return repo
+
+
+async def test_load_errors_are_said_and_logged_once(
+    broken_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = ModelManager(broken_repo, ServerSettings(cache_dir=tmp_path, metrics=False), lambda n, r: None)
+    with caplog.at_level(logging.INFO):
+        await manager.load_all()
+    try:
+        broken = [r for r in caplog.records if "nonsense" in r.getMessage()]
+        assert len(broken) == 1, [r.getMessage() for r in broken]
+        with pytest.raises(ModelNotFound) as info:
+            await manager.load("absent")
+        assert str(info.value) == NOT_THERE
+    finally:
+        await manager.stop(drain_timeout_s=5)
+
+
+def test_a_server_says_a_load_error_once(broken_repo: Path) -> None:
+    with ServerProcess(
+        "--model-repository", str(broken_repo), "--model-control-mode", "explicit", "--load-model", "*"
+    ) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="absent"), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert caught.value.details() == NOT_THERE
+        assert server.output().count("Couldn't parse integer: nonsense") == 1, server.output()

@@ -1,0 +1,116 @@
+"""The ensemble scheduler with fake step models and clocks: DAG order, the deadline between steps,
+a failing step named with its own error class."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from batcher.admission import Admission
+from batcher.dynamic import DynamicBatcher
+from batcher.errors import DeadlineExceeded, QueueFull
+from batcher.stats import ModelStats
+from batcher.types import BatchingPolicy, Tensors
+from protos import model_config_pb2 as mc
+from server.models.config import parse_config
+from server.models.ensemble import EnsembleScheduler
+from server.models.ensemble_config import plan_ensemble
+from server.protocol.validate import Signature
+from tests.support.ensemble_repo import ENSEMBLES
+
+CONFIG = "max_batch_size: 8\ninput [ { name: \"%s\" data_type: TYPE_FP32 dims: [ -1 ] } %s ]\n" \
+    "output [ { name: \"y\" data_type: TYPE_FP32 dims: [ -1 ] } ]\n"  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeStep:
+    """A step model whose backend applies `fn` and records its calls (and may move a clock)."""
+
+    name: str
+    fn: object
+    clock: Clock | None = None
+    advance_to: float = 0.0
+    calls: list[Tensors] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        second = ', { name: "b" data_type: TYPE_FP32 dims: [ -1 ] }' if self.name == "add" else ""
+        config = parse_config(CONFIG % ("a" if self.name == "add" else "x", second), self.name)
+        config.name = self.name
+        self.config: mc.ModelConfig = config
+        self.signature = Signature.from_config(config)
+        self.stats = ModelStats()
+        self.batcher = DynamicBatcher([self], BatchingPolicy(max_batch_size=8), self.stats, clock=Clock())
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        self.calls.append(inputs)
+        if self.clock is not None:
+            self.clock.now = self.advance_to
+        return {"y": self.fn(**inputs)}  # type: ignore[operator]
+
+
+def _scheduler(ensemble: str, steps: dict[str, FakeStep], clock: Clock) -> EnsembleScheduler:
+    config = parse_config(ENSEMBLES[ensemble], "config.pbtxt")
+    config.name = ensemble
+    plan = plan_ensemble(config, "config.pbtxt", lambda s: steps[s.model].config)
+    return EnsembleScheduler(plan, lambda model, version: steps[model], clock=clock)
+
+
+def _admission(hard: float | None) -> Admission:
+    return Admission(rows=1, priority=1, arrival=0.0, deadline=hard, policy_deadline=None, hard=hard)
+
+
+def _steps(**extra: FakeStep) -> dict[str, FakeStep]:
+    steps = {
+        "add_one": FakeStep("add_one", lambda x: x + 1),
+        "double": FakeStep("double", lambda x: x * 2),
+        "add": FakeStep("add", lambda a, b: a + b),
+    }
+    return {**steps, **extra}
+
+
+async def _run(ensemble: str, steps: dict[str, FakeStep], clock: Clock, hard: float | None) -> Tensors:
+    for step in steps.values():
+        step.batcher.start()
+    try:
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        return await _scheduler(ensemble, steps, clock).run({"IN": x}, _admission(hard), 0)
+    finally:
+        for step in steps.values():
+            await step.batcher.stop()
+
+
+def test_dag_steps_run_after_their_inputs() -> None:
+    steps = _steps()
+    out = asyncio.run(_run("dag", steps, Clock(), None))
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    np.testing.assert_allclose(out["OUT"], 3 * x + 1)
+    assert out["A"] is steps["add"].calls[0]["a"]  # passed on, not copied
+    assert all(s.stats.success.count == 1 for s in steps.values())
+
+
+def test_a_step_is_not_started_past_the_deadline() -> None:
+    clock = Clock()
+    steps = _steps(add_one=FakeStep("add_one", lambda x: x + 1, clock=clock, advance_to=200.0))
+    with pytest.raises(DeadlineExceeded, match=r"ensemble 'linear' step 2 \(model 'double'\): deadline"):
+        asyncio.run(_run("linear", steps, clock, hard=100.0))
+    assert steps["double"].calls == []
+
+
+def test_a_failing_step_keeps_its_error_class_and_is_named() -> None:
+    def refuse(x: np.ndarray) -> np.ndarray:
+        raise QueueFull("queue is full")
+
+    steps = _steps(double=FakeStep("double", refuse))
+    with pytest.raises(QueueFull, match=r"ensemble 'linear' step 2 \(model 'double'\): queue is full"):
+        asyncio.run(_run("linear", steps, Clock(), None))
