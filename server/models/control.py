@@ -79,7 +79,10 @@ class RepositoryControl:
             else:
                 await self._apply_source(source)
         if self._mode == "poll":
-            self._watcher = asyncio.create_task(self._watch(), name="repository poller")
+            watching = asyncio.Event()
+            self._watcher = asyncio.create_task(self._watch(watching), name="repository poller")
+            # Ready only once the watches exist: a change made right after start() must be seen.
+            await watching.wait()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -179,9 +182,12 @@ class RepositoryControl:
 
     # -- poll mode ------------------------------------------------------------------------------------
 
-    async def _watch(self) -> None:
+    async def _watch(self, watching: asyncio.Event) -> None:
         quiet_ms = int(self._settings.repository_poll_secs * 1000)
         log.info("watching %s for model changes (grouped over %d ms)", self._root, quiet_ms)
+        # set() only wakes start() after this step: the loop's first step below creates the
+        # watches (awatch builds its RustNotify before its first await), so they exist by then.
+        watching.set()
         async for changes in watchfiles.awatch(
             self._root,
             stop_event=self._stop,
