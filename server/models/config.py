@@ -22,6 +22,7 @@ from server.models.config_backend import (
     ORT_PARAMETERS,
     backend_parameters,
     validate_instance_groups,
+    validate_metric_tags,
     validate_optimization,
 )
 from server.models.config_errors import ConfigError as ConfigError
@@ -142,6 +143,7 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
                 raise ConfigError(f"{source}: {kind} '{tensor.name}' is listed twice")
             seen.add(tensor.name)
     validate_instance_groups(config, source)
+    validate_metric_tags(config, source)
     _validate_version_policy(config, source)
     validate_optimization(config, source)
     unknown = sorted(set(config.parameters) - SUPPORTED_PARAMETERS)

@@ -276,3 +276,17 @@ def validate_optimization(config: mc.ModelConfig, source: str) -> None:
             f"{source}: optimization.execution_accelerators.gpu_execution_accelerator needs a "
             "KIND_GPU or KIND_AUTO instance_group, but every group is KIND_CPU"
         )
+
+
+# A tag becomes the Prometheus label `_<key>` (Triton's form), so the key must make a label name.
+_TAG_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def validate_metric_tags(config: mc.ModelConfig, source: str) -> None:
+    """metric_tags become labels `_<key>` on the model's metrics (observability/metrics_views.py)."""
+    for key in sorted(config.metric_tags):
+        if not _TAG_KEY.fullmatch(key):
+            raise ConfigError(
+                f"{source}: metric_tags key '{key[:64]}' cannot be a Prometheus label "
+                "(letters, digits and '_' only; it becomes the label '_<key>')"
+            )

@@ -63,7 +63,7 @@ FIELDS: dict[str, tuple[Status, str]] = {
     "instance_group.host_policy": ("refused", "sluiceway has no --host-policy settings to name"),
     "default_model_filename": ("honoured", "the file in each version directory"),
     "cc_model_filenames": ("refused", f"one model file per GPU compute capability; {_GPU}"),
-    "metric_tags": ("warned", "the model's metrics carry its name and version only"),
+    "metric_tags": ("honoured", "labels `_<key>` on the model's metrics, as Triton names them"),
     "dynamic_batching": ("honoured", "see the batching rules"),
     "dynamic_batching.priority_queue_policy": ("honoured", "per-level queue size and timeouts"),
     "sequence_batching": ("honoured", 'README "Stateful sequences"; max_batch_size > 0 needed'),

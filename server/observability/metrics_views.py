@@ -50,7 +50,10 @@ class Costs:
 
 
 def _labels(v: ModelVersion) -> Labels:
-    return {"model": v.name, "version": v.version_str}
+    labels = {"model": v.name, "version": v.version_str}
+    for key, value in v.config.metric_tags.items():  # config metric_tags, as Triton labels them
+        labels[f"_{key}"] = value
+    return labels
 
 
 class MetricViews:

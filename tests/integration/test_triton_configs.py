@@ -4,6 +4,7 @@ policies and allow_timeout_override, the onnxruntime backend's parameters."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,8 +168,23 @@ def test_backend_parameters_load_with_one_warning(server: ServerProcess) -> None
     out = server.output()
     lines = [line for line in out.splitlines() if "backend_params" in line and "not applied here" in line]
     assert len(lines) == 1, lines
-    assert "metric_tags" in lines[0] and "share_session_between_instances" in lines[0]
+    assert "share_session_between_instances" in lines[0] and "metric_tags" not in lines[0]
     assert "backend_params version 1: instances pair x2 (CPU)" in out
+
+
+def test_metric_tags_label_the_models_metrics_as_triton_does(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    tagged = [line for line in text.splitlines() if line.startswith("nv_inference_count{")]
+    backend = [line for line in tagged if 'model="backend_params"' in line]
+    assert backend and all('_team="vision"' in line for line in backend), backend
+    # The exporter gives every series of a family the same label names: others have `_team=""`,
+    # which Prometheus reads as no label.
+    others = [line for line in tagged if 'model="backend_params"' not in line]
+    assert others and not any('_team="vision"' in line for line in others)
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")

@@ -63,9 +63,15 @@ def test_refused_and_warned_fields_are_named_per_instance() -> None:
     warned = unapplied_fields(config)
     assert [w.split(" (")[0] for w in warned] == [
         "instance_group[0].rate_limiter",
-        "metric_tags",
         "optimization.eager_batching",
-    ]
+    ]  # metric_tags is honoured: Prometheus labels
+
+
+@pytest.mark.parametrize("key", ["team-name", "a.b", "", "caf\u00e9"])
+def test_a_metric_tag_that_cannot_be_a_label_is_refused_naming_it(key: str) -> None:
+    config = _parse(f'metric_tags {{ key: "{key}" value: "v" }}\n')
+    with pytest.raises(ConfigError, match=r"metric_tags key .* cannot be a Prometheus label"):
+        validate_config(config, "models/m/config.pbtxt")
 
 
 @pytest.mark.parametrize(

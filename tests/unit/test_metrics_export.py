@@ -21,7 +21,7 @@ from server.observability.metrics_views import Costs, MetricViews
 
 def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
     batcher = SimpleNamespace(queued_requests=2, queued_bytes=512, in_flight_batches=1)
-    config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached))
+    config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached), metric_tags={})
     return SimpleNamespace(name=name, version_str="1", stats=stats, batcher=batcher, config=config)
 
 
