@@ -7,46 +7,24 @@ NOT_FOUND, a bad weight INVALID_ARGUMENT, a change leaving no version serving FA
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import grpc
 
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
-from server.errors import InvalidRequest, ModelNotReady, status_for
+from server.errors import InvalidRequest, ModelNotReady
 from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
 from server.models.rollout import ModelRollout, Rollout, figures_of
 from server.models.traffic import MAX_WEIGHT
 from server.models.versions import READY, ModelEntry
+from server.protocol.answers import answers_errors_untracked
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
-
-Req = TypeVar("Req")
-Handler = Callable[["AdminServicer", Req, grpc.aio.ServicerContext], Awaitable[apb.RolloutStatusResponse]]
-
-
-def _answers_errors(handler: Handler[Req]) -> Handler[Req]:
-    @functools.wraps(handler)
-    async def wrapped(
-        self: AdminServicer, request: Req, context: grpc.aio.ServicerContext
-    ) -> apb.RolloutStatusResponse:
-        try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            code, message, expected = status_for(exc)
-            if not expected:
-                log.error("admin RPC failed", exc_info=exc)
-            await context.abort(code, message)
-            raise AssertionError("unreachable: context.abort raises") from None
-
-    return wrapped
 
 
 class AdminServicer(apb_grpc.AdminServicer):
@@ -65,13 +43,13 @@ class AdminServicer(apb_grpc.AdminServicer):
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         return entry
 
-    @_answers_errors
+    @answers_errors_untracked
     async def RolloutStatus(
         self, request: apb.RolloutStatusRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
         return self._status(self._rollout.state(self._entry(request.model)))
 
-    @_answers_errors
+    @answers_errors_untracked
     async def SetWeights(
         self, request: apb.SetWeightsRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
@@ -83,7 +61,7 @@ class AdminServicer(apb_grpc.AdminServicer):
             raise InvalidRequest(f"weights: {heavy} above the largest weight, {MAX_WEIGHT}")
         return self._status(self._rollout.set_weights(entry, dict(request.weights)))
 
-    @_answers_errors
+    @answers_errors_untracked
     async def Promote(
         self, request: apb.PromoteRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
@@ -92,7 +70,7 @@ class AdminServicer(apb_grpc.AdminServicer):
             raise InvalidRequest(f"version must be a positive version number, got {request.version}")
         return self._status(self._rollout.promote(entry, request.version))
 
-    @_answers_errors
+    @answers_errors_untracked
     async def Rollback(
         self, request: apb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:

@@ -7,11 +7,9 @@ exactly once with a result or an error message, and keeps going.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NoReturn, TypeVar
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -27,17 +25,15 @@ from server.errors import (
     ShuttingDown,
     StreamIdle,
     StreamLimitReached,
-    status_for,
 )
 from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion
-from server.observability.logs import request_fields
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
+from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, read_until_quiet
 from server.protocol.infer_job import RequestPath
-from server.protocol.rich_status import retry_info_trailer
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
@@ -60,27 +56,6 @@ EXTENSIONS = (
     "classification",
     "sequence",
 )
-
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[["InferenceServicer", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
-
-
-def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Answer whatever a unary handler raises with its one gRPC status (see errors.status_for)."""
-
-    @functools.wraps(handler)
-    async def wrapped(self: InferenceServicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        self.calls.enter()  # a drain waits for it
-        try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            await _abort(context, exc, request)
-        finally:
-            self.calls.exit()
-
-    return wrapped
 
 
 class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
@@ -246,7 +221,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         if self._is_stopping():
             await read_until_quiet(request_iterator)
-            await _abort(context, ShuttingDown("server is shutting down"))
+            await abort_with(context, ShuttingDown("server is shutting down"))
         remaining = context.time_remaining()
         traced = self._traced
         session = StreamSession(
@@ -263,9 +238,9 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
                     yield response
         except StreamLimitReached as exc:
             await read_until_quiet(request_iterator)
-            await _abort(context, exc)
+            await abort_with(context, exc)
         if session.ended_by == "drain":  # every request read was answered; the rest were not read
-            await _abort(
+            await abort_with(
                 context,
                 ShuttingDown(
                     f"server is shutting down: {session.answered} answers sent on this stream; a "
@@ -273,7 +248,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 ),
             )
         if session.ended_by == "idle":
-            await _abort(
+            await abort_with(
                 context,
                 StreamIdle(
                     f"stream idle for {self._stream_idle_timeout_s:g} s with nothing in flight "
@@ -300,14 +275,3 @@ def check_repository_name(name: str, *, loading: bool) -> None:
             raise InvalidRequest(f"{triton_text.path_traversal(name)} ('/', '\\', NUL, '.' or '..')")
         # Triton's unload does not name traversal; it only finds no such model.
         raise InvalidRequest(f"model_name '{name}' is not a model directory name")
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:
-    code, message, expected = status_for(exc)
-    if not expected:
-        log.error("request failed", exc_info=exc, extra=request_fields(request))
-    retry_after_s = getattr(exc, "retry_after_s", None)
-    if retry_after_s is not None:
-        await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))
-    await context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn

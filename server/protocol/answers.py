@@ -1,0 +1,71 @@
+"""Exactly one gRPC status for whatever a unary handler raises: the inference, shared-memory and
+admin services share it (server/errors.py's `status_for` is the one exception table)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+
+from server.errors import status_for
+from server.observability.logs import request_fields
+from server.protocol.calls import CallTracker
+from server.protocol.rich_status import retry_info_trailer
+
+log = logging.getLogger(__name__)
+
+
+class Tracked(Protocol):
+    calls: CallTracker  # a drain waits for the calls it counts
+
+
+Self = TypeVar("Self", bound=Tracked)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:
+    """End the call with `exc`'s status (RetryInfo in the trailer when it says when to retry);
+    an unexpected exception is logged, and answered INTERNAL with a generic message."""
+    code, message, expected = status_for(exc)
+    if not expected:
+        log.error("request failed", exc_info=exc, extra=request_fields(request))
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if retry_after_s is not None:
+        await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn
+
+
+def answers_errors(handler: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
+    """Answer whatever a unary handler raises with its one gRPC status; the call is counted in
+    `self.calls` while it runs."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        self.calls.enter()
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await abort_with(context, exc, request)
+        finally:
+            self.calls.exit()
+
+    return wrapped
+
+
+def answers_errors_untracked(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """As `answers_errors`, for a service whose calls a drain does not wait for (admin)."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: object, request: object, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await abort_with(context, exc, request)
+
+    return wrapped
