@@ -16,7 +16,9 @@ COPY batcher batcher
 COPY clients clients
 COPY server server
 COPY loadtest loadtest
-RUN pip install --no-cache-dir .
+# The CPU runtime (extra `cpu`); Dockerfile.gpu installs the GPU one instead. Spelled ./[cpu]:
+# hadolint takes .[cpu] for an unpinned package from the index.
+RUN pip install --no-cache-dir "./[cpu]"
 
 # -- runtime: the venv only, a non-root user, the repository mounted at /models
 FROM ${PYTHON_IMAGE} AS runtime

@@ -9,7 +9,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e ".[test]"
+# The CPU runtime (extra `cpu`); the GPU one is the alternative, never beside it (README "Installing").
+"$venv/bin/python" -m pip install -q -e ".[cpu,test]"
 # Silero VAD's ONNX file for tests/integration/test_vad.py and examples/vad/; --no-deps: the
 # package depends on torch, which neither needs.
 "$venv/bin/python" -m pip install -q --no-deps "silero-vad>=5"

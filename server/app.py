@@ -130,6 +130,14 @@ class SluicewayServer:
             max_regions=settings.max_shm_regions,
             max_bytes=settings.max_shm_bytes,
         )
+        cuda_shm = cuda_shared_memory(  # CUDA IPC regions where a GPU is present, else a refusal
+            onnxruntime.get_available_providers(),
+            allowed=settings.allow_client_shm,
+            max_regions=settings.max_shm_regions,
+            max_bytes=settings.max_shm_bytes,
+            taken=self.shared_memory.has,
+        )
+        self.shared_memory.device_regions = cuda_shm  # requests name either kind of region
         self._servicer = InferenceServicer(
             self.models,
             self.calls,
@@ -138,7 +146,7 @@ class SluicewayServer:
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
             tracing=self.tracing,
             shm=self.shared_memory,
-            cuda_shm=cuda_shared_memory(onnxruntime.get_available_providers()),
+            cuda_shm=cuda_shm,
             repository=self.control,
         )
         # Registered with tolerant request parsing: a message that does not parse is answered

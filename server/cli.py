@@ -130,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0
+    from server.runtime_check import ensure_runtime
+
+    # One onnxruntime wheel, not both (they overwrite each other); worker processes load the libraries.
+    problem = ensure_runtime(preload=settings.workers <= 1)
+    if problem is not None:
+        print(f"sluiceway: {problem}", file=sys.stderr)
+        return 2
     from server.app import PortInUse, serve
 
     if settings.workers > 1:

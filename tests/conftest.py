@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.support.gpu import gpu_skip_reason
 
 # Near-valid request strategies filter some draws; on a busy machine hypothesis' health checks
 # then fail a run that found nothing wrong, so they are off: the examples' count bounds each test.
@@ -26,3 +29,16 @@ settings.register_profile("ci", _COMMON, max_examples=100)
 settings.register_profile("dev", _COMMON, max_examples=500)
 settings.register_profile("long", _COMMON, max_examples=20_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped unless this machine has onnxruntime-gpu and an NVIDIA GPU
+    (tests/support/gpu.py); the probe runs only when such a test was collected."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    reason = gpu_skip_reason()
+    if reason is None:
+        return
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -3,18 +3,21 @@
 Triton makes `count` instances per group, and for a GPU group `count` per listed GPU (`gpus`
 empty: every GPU). Each instance carries its group's name (Triton's default: `<model>_<index>`)
 and its device, for the load log. Without a GPU, GPU groups' instances run on the CPU, with one
-line in the model's load warning.
+line in the model's load warning. The providers get the GPU defaults the config implies (TensorRT
+engine cache and profile, CUDA graphs: server/backends/tensorrt_options.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnxruntime as ort
 
 from protos import model_config_pb2 as mc
-from server.backends.onnxruntime_backend import CPU, Provider, providers_for
+from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider, providers_for
+from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
 from server.models.config_backend import backend_parameters
 
 
@@ -60,15 +63,26 @@ def usable_providers(providers: Sequence[Provider]) -> tuple[list[Provider], lis
     return kept, note
 
 
-def describe(slots: list[InstanceSlot]) -> str:
-    """For the load log: 'group x2 (GPU 0), other x1 (CPU)'."""
-    counts: dict[tuple[str, int | None], int] = {}
-    for slot in slots:
-        counts[(slot.group, slot.device_id)] = counts.get((slot.group, slot.device_id), 0) + 1
-    return ", ".join(
-        f"{group} x{n} ({'CPU' if device is None else f'GPU {device}'})"
-        for (group, device), n in counts.items()
-    )
+def instance_device(session: object) -> str:
+    """Where an instance runs: an onnxruntime session's device (`cpu`, `cuda:0`), else `cpu`."""
+    return str(getattr(session, "device", "cpu"))
+
+
+_IO_LABELS = {"bound": ", IO binding", "fixed": ", IO binding, CUDA graphs"}
+
+
+def describe(slots: list[InstanceSlot], sessions: Sequence[object] | None = None) -> str:
+    """For the load log: 'group x2 (cuda:0, IO binding), other x1 (cpu)'. `sessions`: the slots'
+    instances, for where each actually runs (a GPU instance whose provider did not start runs on
+    the CPU) and how it runs its batches (server/backends/io_binding.py)."""
+    counts: dict[tuple[str, str], int] = {}
+    for i, slot in enumerate(slots):
+        label = "cpu" if slot.device_id is None else f"cuda:{slot.device_id}"
+        if sessions is not None and i < len(sessions):
+            io = getattr(sessions[i], "io", None)
+            label = instance_device(sessions[i]) + _IO_LABELS.get(getattr(io, "mode", ""), "")
+        counts[(slot.group, label)] = counts.get((slot.group, label), 0) + 1
+    return ", ".join(f"{group} x{n} ({label})" for (group, label), n in counts.items())
 
 
 @dataclass(frozen=True)
@@ -80,19 +94,40 @@ class InstancePlan:
     unapplied: list[str]  # for the model's one load warning (config_fields.warn_unapplied)
     config: mc.ModelConfig
     defaults: tuple[str | tuple[str, dict[str, str]], ...]
+    engine_cache: Path | None = None  # TensorRT's engines (tensorrt_options.py), when it runs
 
     def providers_of(self, slot: InstanceSlot) -> list[Provider]:
         if slot.device_id is None:
             return self.providers
-        return usable_providers(providers_for(self.config, self.defaults, device_id=slot.device_id))[0]
+        chosen = usable_providers(providers_for(self.config, self.defaults, device_id=slot.device_id))[0]
+        return gpu_provider_options(self.config, chosen, engine_cache=self.engine_cache)
+
+
+def _engine_cache(directory: Path | None, providers: Sequence[Provider]) -> tuple[Path | None, list[str]]:
+    """The engine cache directory, made, when TensorRT is among `providers`; else None (and why)."""
+    if directory is None or all(name != TENSORRT for name, _ in providers):
+        return None, []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return None, [f"TensorRT engine cache (cannot make {directory}: {err.strerror}; engines are rebuilt)"]
+    return directory, []
 
 
 def plan_instances(
-    config: mc.ModelConfig, defaults: Sequence[str | tuple[str, dict[str, str]]]
+    config: mc.ModelConfig,
+    defaults: Sequence[str | tuple[str, dict[str, str]]],
+    *,
+    engine_cache: Path | None = None,
 ) -> InstancePlan:
-    """The instances of `config` on this machine (`defaults`: the server's execution providers)."""
+    """The instances of `config` on this machine (`defaults`: the server's execution providers;
+    `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs)."""
     has_gpu = gpu_available()
     providers, unapplied = usable_providers(providers_for(config, defaults))
     slots, groups = instance_slots(config, has_gpu=has_gpu)
     unapplied += groups + list(backend_parameters(config, has_gpu=has_gpu).unapplied)
-    return InstancePlan(slots, providers, unapplied, config, tuple(defaults))
+    cache, cache_notes = _engine_cache(engine_cache, providers)
+    on_gpu = any(s.device_id is not None for s in slots) or providers[0][0] in (CUDA, TENSORRT)
+    unapplied += cache_notes + cuda_field_notes(config, on_gpu)
+    tuned = gpu_provider_options(config, providers, engine_cache=cache)
+    return InstancePlan(slots, tuned, unapplied, config, tuple(defaults), cache)

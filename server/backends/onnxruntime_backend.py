@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
+from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
+from server.backends.strings import decode_strings, encode_strings
 from server.models.config import ConfigError, OnnxTensor
 from server.models.config_backend import backend_parameters, tensorrt_options
 from server.models.config_tensors import ReshapePlan
@@ -69,6 +70,7 @@ class OrtOptions:
     session_attrs: tuple[tuple[str, bool], ...] = ()  # SessionOptions attributes, e.g. enable_mem_pattern
     session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
     run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
+    io_binding: bool | None = None  # the `io_binding` parameter; None: on for CUDA/TensorRT (io_binding.py)
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in _GRAPH_LEVELS:
@@ -225,26 +227,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _to_str(item: Any) -> str:
-    return item if isinstance(item, str) else bytes(item).decode("utf-8")
-
-
-def _decode_strings(name: str, array: Array) -> Array:
-    # The wire carries bytes; onnxruntime string tensors take str (bytes would be str()-ed).
-    out = np.empty(array.shape, dtype=object)
-    try:
-        out.reshape(-1)[:] = [_to_str(x) for x in array.reshape(-1)]
-    except UnicodeDecodeError:
-        raise ValueError(f"BYTES input '{name}' is not UTF-8 text, which onnxruntime strings need") from None
-    return out
-
-
-def _encode_strings(array: Array) -> Array:
-    out = np.empty(array.shape, dtype=object)
-    out.reshape(-1)[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in array.reshape(-1)]
-    return out
-
-
 class OrtBackend:
     """One model instance. Construction loads the model and blocks: call it off the event loop."""
 
@@ -277,10 +259,16 @@ class OrtBackend:
         if self._bf16 and self._string_inputs:
             executor.shutdown(wait=False)
             raise BackendLoadError(string_inputs_refusal(self._name, list(self._string_inputs)))
+        try:  # batches through IO binding on a GPU (or when asked), else session.run
+            self._io: InstanceIo = instance_io(self._session, self._inputs, self._outputs, options.io_binding)
+        except ValueError as err:
+            executor.shutdown(wait=False)
+            raise BackendLoadError(f"model '{self._name}': {err}") from None
         # Shared by this instance's runs: `abandon` sets its terminate flag to stop a stuck one.
         self._run_options = ort.RunOptions()
         for key, value in options.run_entries:
             self._run_options.add_run_config_entry(key, value)
+        prepare_run_options(self._io.mode, self._run_options)
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
@@ -354,6 +342,15 @@ class OrtBackend:
         return list(self._session.get_providers())
 
     @property
+    def device(self) -> Device:
+        """Where the session runs (`cpu`, `cuda:0`): what it actually started with."""
+        return self._io.device
+
+    @property
+    def io(self) -> InstanceIo:
+        return self._io
+
+    @property
     def executor(self) -> ThreadPoolExecutor:
         """This instance's own threads (max_workers = batches in flight), for runs off the loop."""
         return self._executor
@@ -369,15 +366,17 @@ class OrtBackend:
         if self._reshape is not None:
             inputs = self._reshape.to_model(inputs)
         feed = {
-            name: _decode_strings(name, array) if name in self._string_inputs else array
+            name: decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
-        if self._bf16:
+        if self._io.runner is not None:
+            results = self._io.runner.run(feed, self._run_options)
+        elif self._bf16:
             results = run_with_bf16(self._session, self._output_names, feed, self._run_options)
         else:
             results = self._session.run(self._output_names, feed, self._run_options)
         outputs = {
-            name: _encode_strings(value) if name in self._string_outputs else value
+            name: encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)
         }
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)

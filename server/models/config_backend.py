@@ -69,6 +69,8 @@ ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
     "gpu_mem_limit": (_is_count, "bytes, an unsigned integer"),
     "arena_extend_strategy": (_one_of("0", "1"), "0 (next power of two) or 1 (same as requested)"),
     "do_copy_in_default_stream": (_one_of("0", "1"), "0 or 1"),
+    # Sluiceway's: batches through IO binding (server/backends/io_binding.py); unset: on GPUs only.
+    "io_binding": (_is_bool, "a boolean (1/0, true/false)"),
 }
 CUDA_PARAMETERS = (
     "cudnn_conv_algo_search",
@@ -111,6 +113,8 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
     ):
         if key in values:
             options[name] = int(values[key])
+    if "io_binding" in values:
+        options["io_binding"] = parse_bool(values["io_binding"])
     if "execution_mode" in values:
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
     attrs = tuple(

@@ -37,6 +37,7 @@ class ModelVersion:
     sequences: SequenceBatcher | None = None  # with sequence_batching (models/sequence_config.py)
     labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # output -> label_filename's
     ensemble: EnsembleScheduler | None = None  # platform "ensemble": its steps run the request
+    devices: tuple[str, ...] = ()  # where each instance runs (`cpu`, `cuda:0`), as it started
     version_str: str = field(init=False)
 
     def __post_init__(self) -> None:

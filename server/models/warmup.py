@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from batcher.types import Array
+from batcher.types import Array, Backend
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.backends.onnxruntime_backend import OrtBackend
+from server.backends.onnxruntime_backend import TENSORRT
+from server.backends.tensorrt_options import engine_build_feeds
 from server.protocol.codec import unpack_bytes
 
 log = logging.getLogger(__name__)
 
 
-async def warm_up(config: mc.ModelConfig, backends: list[OrtBackend], directory: Path) -> None:
-    """Run the config's model_warmup samples through every instance before it takes traffic."""
+async def warm_up(config: mc.ModelConfig, backends: Sequence[Backend], directory: Path) -> None:
+    """Run the config's model_warmup samples through every instance before it takes traffic
+    (after the runs that build TensorRT's engines, on TensorRT instances)."""
+    await build_engines(config, backends)
     rng = np.random.default_rng(0)
     for sample in config.model_warmup:
         inputs: dict[str, Array] = {}
@@ -31,6 +35,23 @@ async def warm_up(config: mc.ModelConfig, backends: list[OrtBackend], directory:
             for _ in range(max(sample.count, 1)):
                 await backend.run(inputs)
         log.info("model %s: warm-up sample '%s' ran", config.name, sample.name)
+
+
+async def build_engines(config: mc.ModelConfig, backends: Sequence[Backend]) -> None:
+    """On instances running TensorRT, one zero batch at each of the profile's batch sizes: TensorRT
+    builds (or loads from its cache) the engines now, before the model is ready, rather than
+    during the first requests (server/backends/tensorrt_options.py)."""
+    engines = [b for b in backends if list(getattr(b, "active_providers", ()))[:1] == [TENSORRT]]
+    feeds = engine_build_feeds(config) if engines else []
+    for backend in engines:
+        for feed in feeds:
+            try:
+                await backend.run(feed)
+            except Exception as exc:
+                shapes = {name: list(array.shape) for name, array in feed.items()}
+                raise RuntimeError(f"TensorRT engine build run with shapes {shapes} failed: {exc}") from exc
+    if engines:
+        log.info("model %s: TensorRT engines built for %d batch shapes", config.name, len(feeds))
 
 
 def _warmup_array(

@@ -159,6 +159,8 @@ class MetricViews:
                  each(lambda v: v.batcher.queued_bytes)),
             View("sluiceway_batches_in_flight", "gauge", "Batches taken from the queue and not yet answered",
                  each(lambda v: v.batcher.in_flight_batches)),
+            View("sluiceway_model_instances", "gauge", "Backend instances by the device each runs on "
+                 "(cpu, cuda:0), as they started", self._instances),
             View("sluiceway_streams_open", "gauge", "Open ModelStreamInfer calls (server-wide)",
                  lambda: [({}, self._open_streams())]),
             View("sluiceway_cpu_seconds_per_inference", "gauge", "Process CPU seconds per inference: "
@@ -166,6 +168,14 @@ class MetricViews:
             View("sluiceway_cost_per_million_inferences", "gauge", "Cost of a million inferences at "
                  "cost_per_core_hour (and cost_per_gpu_hour)", self._cost_per_million),
         ]  # fmt: skip
+
+    def _instances(self) -> Iterator[Sample]:
+        for v in self.versions():
+            counts: dict[str, int] = {}
+            for device in v.devices:
+                counts[device] = counts.get(device, 0) + 1
+            for device, count in counts.items():
+                yield {**_labels(v), "device": device}, count
 
     def _outcomes(self) -> Iterator[Sample]:
         for v in self.versions():

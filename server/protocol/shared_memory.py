@@ -21,9 +21,10 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
-from server.protocol.shm_regions import SHM_DIR, Region, mapped_bytes, open_region
+from server.protocol.shm_regions import SHM_DIR, Region, SharedRegion, mapped_bytes, open_region
 
 DISABLED_MESSAGE = (
     "client shared memory is disabled: start the server with --allow-client-shm "
@@ -39,6 +40,12 @@ class RegionInfo:
     byte_size: int
 
 
+class DeviceRegions(Protocol):
+    """CUDA regions (server/backends/cuda_shm.py): one namespace with the system regions."""
+
+    def lookup(self, name: str) -> SharedRegion | None: ...
+
+
 class SharedMemoryRegistry:
     def __init__(self, *, allowed: bool, max_regions: int, max_bytes: int, directory: Path = SHM_DIR) -> None:
         self.allowed = allowed
@@ -51,6 +58,11 @@ class SharedMemoryRegistry:
         self._lock = threading.RLock()
         self._live = 0  # mappings not yet released: registered, or unregistered but still in use
         self._live_bytes = 0
+        self.device_regions: DeviceRegions | None = None  # set by the app where CUDA regions exist
+
+    def has(self, name: str) -> bool:
+        """Whether a system region has this name (CUDA registration refuses it too)."""
+        return name in self._regions
 
     @property
     def live_mappings(self) -> tuple[int, int]:
@@ -63,7 +75,8 @@ class SharedMemoryRegistry:
         if not name:
             raise InvalidRequest("cannot register a shared memory region without a name")
         with self._lock:
-            if name in self._regions:  # Triton's wording
+            cuda = self.device_regions is not None and self.device_regions.lookup(name) is not None
+            if name in self._regions or cuda:  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
         region = open_region(name, key, offset, byte_size, self._directory)
         size = mapped_bytes(region)
@@ -130,9 +143,11 @@ class SharedMemoryRegistry:
         # Unmapped by their finalizers once no request holds them (now, when none does).
         del dropped
 
-    def lookup(self, name: str) -> Region:
-        """The region a request names, for that request to hold while it uses it."""
-        region = self._regions.get(name)  # a dict read: atomic, no lock needed
+    def lookup(self, name: str) -> SharedRegion:
+        """The region a request names (system, else CUDA), for that request to hold while it uses it."""
+        region: SharedRegion | None = self._regions.get(name)  # a dict read: atomic, no lock needed
+        if region is None and self.device_regions is not None:
+            region = self.device_regions.lookup(name)
         if region is None:
             if not self.allowed:
                 raise Unsupported(DISABLED_MESSAGE)

@@ -16,6 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -40,6 +41,23 @@ def object_name(key: str) -> str:
     if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
         raise InvalidRequest(f"invalid shm key: longer than {NAME_MAX} bytes")
     return name
+
+
+class SharedRegion(Protocol):
+    """A region a request reads inputs from and writes outputs to: a system one (Region, below)
+    or a CUDA one (server/backends/cuda_shm.py, whose `view` is a copy from the device)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def byte_size(self) -> int: ...
+
+    def check_size(self) -> None: ...
+
+    def view(self, offset: int, byte_size: int) -> np.ndarray: ...
+
+    def write(self, offset: int, data: np.ndarray) -> None: ...
 
 
 @dataclass(eq=False)
@@ -69,6 +87,10 @@ class Region:
         """Bytes [offset, offset + byte_size) of the region as a uint8 array over the mapping
         (no copy); the caller has checked the bounds."""
         return np.frombuffer(self.mapping, dtype=np.uint8, count=byte_size, offset=self.start + offset)
+
+    def write(self, offset: int, data: np.ndarray) -> None:
+        """`data` (uint8) into bytes [offset, offset + data.size); the caller has checked the bounds."""
+        self.view(offset, data.size)[:] = data
 
 
 def open_region(name: str, key: str, offset: int, byte_size: int, directory: Path = SHM_DIR) -> Region:

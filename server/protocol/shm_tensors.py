@@ -22,7 +22,7 @@ from protos import wire
 from server import datatypes
 from server.errors import InvalidRequest
 from server.protocol.shared_memory import SharedMemoryRegistry
-from server.protocol.shm_regions import Region
+from server.protocol.shm_regions import SharedRegion
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
@@ -34,7 +34,7 @@ CLASSIFICATION = "classification"
 class ShmSlice:
     """[offset, offset + byte_size) of a region one request holds (and so keeps mapped)."""
 
-    region: Region
+    region: SharedRegion  # system or CUDA
     offset: int
     byte_size: int
 
@@ -85,7 +85,7 @@ class ShmTensors:
                 f"({part.byte_size} bytes) should be at least {source.size} bytes to hold the results"
             )
         part.region.check_size()
-        part.region.view(part.offset, source.size)[:] = source
+        part.region.write(part.offset, source)
 
 
 def uses_shared_memory(request: pb.ModelInferRequest) -> bool:

@@ -169,7 +169,7 @@ def test_backend_parameters_load_with_one_warning(server: ServerProcess) -> None
     lines = [line for line in out.splitlines() if "backend_params" in line and "not applied here" in line]
     assert len(lines) == 1, lines
     assert "share_session_between_instances" in lines[0] and "metric_tags" not in lines[0]
-    assert "backend_params version 1: instances pair x2 (CPU)" in out
+    assert "backend_params version 1: instances pair x2 (cpu)" in out
 
 
 def test_metric_tags_label_the_models_metrics_as_triton_does(
@@ -195,4 +195,4 @@ def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warni
     lines = [line for line in out.splitlines() if "gpu_groups" in line and "WARNING" in line]
     assert len(lines) == 1, lines
     assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)" in lines[0]
-    assert "gpu_groups version 1: instances g x4 (CPU)" in out
+    assert "gpu_groups version 1: instances g x4 (cpu)" in out

@@ -22,7 +22,10 @@ from server.observability.metrics_views import Costs, MetricViews
 def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
     batcher = SimpleNamespace(queued_requests=2, queued_bytes=512, in_flight_batches=1)
     config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached), metric_tags={})
-    return SimpleNamespace(name=name, version_str="1", stats=stats, batcher=batcher, config=config)
+    devices = ("cuda:0", "cuda:0", "cpu")  # two instances on a GPU, one on the CPU
+    return SimpleNamespace(
+        name=name, version_str="1", stats=stats, batcher=batcher, config=config, devices=devices
+    )
 
 
 class FakeModels:
@@ -80,6 +83,8 @@ def test_names_types_and_no_unit_suffixes(metrics: Metrics) -> None:
     assert got[key("sluiceway_request_duration_us_bucket", le="100")] == 0
     assert got[key("sluiceway_batch_size_sum")] == 4
     assert key("nv_cache_num_hits_per_model") not in got  # the model has no response cache
+    assert got[key("sluiceway_model_instances", device="cuda:0")] == 2
+    assert got[key("sluiceway_model_instances", device="cpu")] == 1
     text = generate_latest(metrics.registry).decode()
     assert "# TYPE nv_inference_count gauge" in text and "otel_scope" not in text
     assert "microseconds" not in text  # no unit suffix added to our names

@@ -1,0 +1,389 @@
+"""Raw onnxruntime against the served rate on a GPU, per demo model and provider, in one bounded run.
+
+    python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE]
+
+For each provider (CUDA; TensorRT FP16) it writes a copy of the demo repository whose configs ask
+for it (KIND_GPU group on GPU 0, max_batch_size set to the largest raw batch, and for TensorRT
+the accelerator with an engine cache and one optimisation profile from 1 row to that batch), then
+  - raw: InferenceSession.run on host arrays (copies in and out included) at each batch size;
+  - served: `sluiceway serve` on that copy (127.0.0.1, a free port), driven by sluiceway-loadtest's
+    closed loop at each level in flight (one row a request), with the server's average batch
+    (ModelStatistics) and client-side p50/p99.
+Every point is time-boxed and the whole run keeps within `--budget-s`: what no longer fits is
+written as skipped, never left out. `--dry` (or GPU_CHECK_DRY=1) runs the same path on the CPU
+provider with tiny durations and levels, and labels the table as a dry run.
+PATH: a .md file or a folder (default: $OUT, else out/gpu_check); the JSON is written beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import text_format
+
+from loadtest.gpu_report import RAW, SERVED, Report, Row, write
+from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
+from protos import model_config_pb2 as mc
+
+MODELS = ("resnet", "resnet_u8", "mlp")
+MAX_RUNS = 200_000  # per raw point, whatever the time box says
+SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cache does not fit
+# Kept tail lines with these are shown; lines with COUNTED are counted even beyond the tail.
+COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
+FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
+
+
+@dataclass(frozen=True)
+class Provider:
+    key: str  # "cuda" or "tensorrt"
+    label: str
+
+
+PROVIDERS = (Provider("cuda", "CUDA"), Provider("tensorrt", "TensorRT FP16"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    dry: bool
+    raw_batches: tuple[int, ...]
+    in_flight: tuple[int, ...]
+    raw_s: float
+    served_s: float
+    warmup_s: float
+    processes: int
+    instances: int
+    min_runs: int = 3
+
+    @property
+    def max_rows(self) -> int:
+        return max(self.raw_batches)
+
+    def label(self, provider: Provider) -> str:
+        return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
+
+
+def plan_for(dry: bool, instances: int = 1) -> Plan:
+    if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
+        return Plan(True, (1, 2, 3, 4), (1, 2, 4), 0.05, 0.6, 0.1, 1, 1, min_runs=1)
+    # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
+    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, 4, instances)
+
+
+class Budget:
+    """Seconds left of the run; every phase asks before it starts."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def build_demo(cache_dir: Path) -> Path:
+    """The demo repository, built by the server's own builder (loadtest never imports server)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "build-demo"],
+        env={**os.environ, "SLUICEWAY_CACHE_DIR": str(cache_dir)},
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def load_config(path: Path) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    text_format.Parse(path.read_text(encoding="utf-8"), config)
+    return config
+
+
+def profile_shapes(config: mc.ModelConfig, rows: int) -> str:
+    """TensorRT's shape list for `rows` rows of every input, e.g. 'image:64x3x224x224'."""
+    return ",".join(f"{i.name}:" + "x".join(str(d) for d in (rows, *i.dims)) for i in config.input)
+
+
+def tensorrt_parameters(config: mc.ModelConfig, max_rows: int, cache: Path) -> dict[str, str]:
+    """One profile from 1 to `max_rows` rows (no engine rebuild as batches vary) and an engine cache
+    that the raw runs fill and the server then loads."""
+    return {
+        "precision_mode": "FP16",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": profile_shapes(config, 1),
+        "trt_profile_opt_shapes": profile_shapes(config, max_rows),
+        "trt_profile_max_shapes": profile_shapes(config, max_rows),
+    }
+
+
+def write_copy(demo: Path, target: Path, provider: Provider, plan: Plan, trt_cache: Path) -> None:
+    """The demo repository with each config asking for `provider` on GPU 0."""
+    for model in MODELS:
+        (target / model / "1").mkdir(parents=True)
+        os.symlink((demo / model / "1" / "model.onnx").resolve(), target / model / "1" / "model.onnx")
+        config = load_config(demo / model / "config.pbtxt")
+        config.max_batch_size = plan.max_rows  # the server's largest batch is raw's largest
+        del config.instance_group[:]
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances, gpus=[0])
+        if provider.key == "tensorrt":
+            accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accel.parameters.update(tensorrt_parameters(config, plan.max_rows, trt_cache))
+        header = f"# gpu_check: the demo's {model} for {provider.label}\n"
+        (target / model / "config.pbtxt").write_text(header + text_format.MessageToString(config))
+
+
+def raw_providers(provider: Provider, config: mc.ModelConfig, plan: Plan, cache: Path) -> list[Any]:
+    cuda = ("CUDAExecutionProvider", {"device_id": "0"})
+    if provider.key == "cuda":
+        return [cuda, ("CPUExecutionProvider", {})]
+    params = tensorrt_parameters(config, plan.max_rows, cache)
+    params.pop("precision_mode")
+    trt = ("TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": "1", **params})
+    return [trt, cuda, ("CPUExecutionProvider", {})]
+
+
+def time_runs(session: Any, inputs: dict[str, np.ndarray], plan: Plan) -> tuple[float, float, float]:
+    """(rows/s, p50 ms, p99 ms) of back-to-back runs for `plan.raw_s` seconds (at least min_runs)."""
+    for _ in range(2):  # warm-up: first-run allocations (and an engine build without a cache)
+        session.run(None, inputs)
+    times: list[float] = []
+    start = time.perf_counter()
+    while (len(times) < plan.min_runs or time.perf_counter() - start < plan.raw_s) and len(times) < MAX_RUNS:
+        began = time.perf_counter()
+        session.run(None, inputs)
+        times.append(time.perf_counter() - began)
+    rows = next(iter(inputs.values())).shape[0]
+    p50, p99 = np.percentile(np.array(times) * 1e3, [50, 99])
+    return rows * len(times) / (time.perf_counter() - start), float(p50), float(p99)
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def raw_rows(model_dir: Path, provider: Provider, plan: Plan, cache: Path, budget: Budget) -> list[Row]:
+    import onnxruntime as ort
+
+    from loadtest.ort_ceiling import feeds
+
+    label, model = plan.label(provider), model_dir.name
+    config = load_config(model_dir / "config.pbtxt")
+    wanted = raw_providers(provider, config, plan, cache)
+    available = set(ort.get_available_providers())
+    usable = [(name, opts) for name, opts in wanted if name in available]
+    try:
+        session = ort.InferenceSession(
+            str(model_dir / "1" / "model.onnx"),
+            providers=[name for name, _ in usable],
+            provider_options=[opts for _, opts in usable],
+        )
+    except Exception as err:  # a provider that cannot start: every point says why
+        return [Row(model, label, RAW, b, note=f"no session: {first_line(err)}") for b in plan.raw_batches]
+    active, first = session.get_providers()[0], wanted[0][0]
+    why = "not in this onnxruntime build" if first not in available else "did not start"
+    note = "" if active == first else f"ran on {active} ({first}: {why})"
+    rows: list[Row] = []
+    rng = np.random.default_rng(0)
+    for batch in plan.raw_batches:
+        if budget.left() < plan.raw_s + 5.0:
+            rows.append(Row(model, label, RAW, batch, note="skipped: time budget spent"))
+            continue
+        try:
+            rate, p50, p99 = time_runs(session, feeds(session, batch, rng), plan)
+        except Exception as err:  # out of device memory, a provider failing at run time
+            rows.append(Row(model, label, RAW, batch, note=f"run failed: {first_line(err)}"))
+            continue
+        rows.append(Row(model, label, RAW, batch, rate, float(batch), p50, p99, note))
+    del session
+    gc.collect()  # the device memory goes back before the server starts
+    return rows
+
+
+def mentions(line: str, model: str) -> bool:
+    """Whether a server log line is about `model` (its config path, instance or name)."""
+    return any(f in line for f in (f"/{model}/", f"'{model}_", f"model {model}:", f"'{model}'"))
+
+
+def served_rows(
+    address: str, provider: Provider, plan: Plan, budget: Budget, warnings: list[str]
+) -> list[Row]:
+    from loadtest.cli import build_parser, run
+
+    label = plan.label(provider)
+    per_point = 0.5 + plan.warmup_s + plan.served_s
+    needed = per_point * len(MODELS) * len(plan.in_flight) + 10.0
+    if budget.left() < needed:
+        return [
+            Row(m, label, SERVED, level, note="skipped: time budget spent")
+            for m in MODELS
+            for level in plan.in_flight
+        ]
+    compare = ",".join(f"{m}={address}/{m}" for m in MODELS)
+    args = build_parser().parse_args(
+        ["--compare", compare, "--model", MODELS[0], "--concurrency", ",".join(map(str, plan.in_flight)),
+         "--duration-s", str(plan.served_s), "--warmup-s", str(plan.warmup_s), "--rounds", "1",
+         "--processes", str(plan.processes), "--seed", "1", "--quiet"]
+    )  # fmt: skip
+    try:
+        results = run(args)
+    except Exception as err:  # workers that did not report, an unreachable model
+        note = f"load run failed: {first_line(err)}"
+        return [Row(m, label, SERVED, level, note=note) for m in MODELS for level in plan.in_flight]
+    rows: list[Row] = []
+    for entry in results["results"]:
+        model, level = entry["target"], int(entry["step"]["level"])
+        errors = sum(entry["errors"].values())
+        latency = entry["latency_us"]
+        warned = any(mentions(line, model) for line in warnings)
+        note = "; ".join(
+            text
+            for text in (
+                f"{errors} errors" if errors else "",
+                "server warned: see Server warnings" if warned else "",
+            )
+            if text
+        )
+        rows.append(
+            Row(
+                model, label, SERVED, level, entry["throughput_rps"], entry["server"]["avg_batch_size"],
+                None if latency["p50"] is None else latency["p50"] / 1e3,
+                None if latency["p99"] is None else latency["p99"] / 1e3,
+                note,
+            )
+        )  # fmt: skip
+    order = {m: i for i, m in enumerate(MODELS)}
+    return sorted(rows, key=lambda r: (order[r.model], r.level))
+
+
+def check_provider(
+    demo: Path, work: Path, provider: Provider, plan: Plan, budget: Budget, report: Report
+) -> None:
+    copy, cache = work / f"repository-{provider.key}", work / "trt-cache"
+    cache.mkdir(parents=True, exist_ok=True)  # kept: a rerun loads the engines instead of building them
+    shutil.rmtree(copy, ignore_errors=True)
+    write_copy(demo, copy, provider, plan, cache)
+    for model in MODELS:
+        report.rows.extend(raw_rows(copy / model, provider, plan, cache, budget))
+    label = plan.label(provider)
+    start_s = min(SERVER_START_S, budget.left() - 20.0)
+    if start_s < 10.0:
+        report.rows.extend(
+            Row(m, label, SERVED, n, note="skipped: time budget spent")
+            for m in MODELS
+            for n in plan.in_flight
+        )
+        return
+    server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy)], watch=COUNTED)
+    try:
+        server.start(timeout_s=start_s)
+    except RuntimeError as err:
+        tail = str(err).strip().splitlines()[-1:] or ["(no output)"]
+        report.log.append(f"[{label}] server did not start: {tail[0]}")
+        report.rows.extend(
+            Row(m, label, SERVED, n, note="server did not start") for m in MODELS for n in plan.in_flight
+        )
+        return
+    try:
+        warnings = [line.rstrip() for line in server.tail if any(w in line for w in FALLBACK_WORDS)]
+        report.log.extend(f"[{label}] {line}" for line in warnings[:20])
+        counts = ", ".join(f"{server.seen[text]} '{text}'" for text in COUNTED)
+        report.log.append(f"[{label}] server output lines until ready: {counts}")
+        report.rows.extend(served_rows(server.address, provider, plan, budget, warnings))
+    finally:
+        server.stop()
+
+
+def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
+    items: list[str] = []
+    smi = shutil.which("nvidia-smi")
+    if smi and not plan.dry:
+        query = [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
+        items.append(f"GPU: {done.stdout.strip() or done.stderr.strip() or 'nvidia-smi said nothing'}")
+    elif not plan.dry:
+        items.append("GPU: nvidia-smi not found")
+    runtimes = []
+    for name in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            runtimes.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import onnxruntime as ort
+
+    items.append(f"onnxruntime: {', '.join(runtimes) or 'none'}; providers {ort.get_available_providers()}")
+    items.append(
+        f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    items.append(
+        f"repository copy: the demo models, max_batch_size {plan.max_rows}, one KIND_GPU group of "
+        f"{plan.instances} on GPU 0; TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
+    )
+    items.append(
+        f"raw: InferenceSession.run on host arrays, {plan.raw_s} s per batch size after 2 warm-up runs; "
+        f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
+        f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
+    )
+    items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, help="a .md file or a folder (default: $OUT)")
+    parser.add_argument("--dry", action="store_true", default=os.environ.get("GPU_CHECK_DRY") == "1")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="bound of the whole measurement")
+    parser.add_argument("--instances", type=int, default=1, help="KIND_GPU instances on GPU 0")
+    parser.add_argument("--providers", default="cuda,tensorrt", help="cuda,tensorrt or one of them")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="demo models' cache")
+    parser.add_argument(
+        "--work-dir", type=Path, help="repository copies, engine cache (default: .cache/gpu_check, not $OUT)"
+    )
+    parser.add_argument("--tests-summary", type=Path, help="a file whose last line is pytest's summary")
+    args = parser.parse_args(argv)
+    target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
+    plan = plan_for(args.dry, args.instances)
+    chosen = [p for p in PROVIDERS if p.key in args.providers.split(",")]
+    if not chosen or args.instances < 1 or args.budget_s <= 0:
+        parser.error(
+            "--providers must name cuda and/or tensorrt; --instances and --budget-s must be positive"
+        )
+    import onnxruntime as ort
+
+    if not args.dry and "CUDAExecutionProvider" not in ort.get_available_providers():
+        print(
+            "gpu_check: onnxruntime lists no CUDAExecutionProvider (install .[gpu]; --dry for CPU)",
+            file=sys.stderr,
+        )
+        return 1
+    budget = Budget(args.budget_s)
+    summary = None
+    if args.tests_summary and args.tests_summary.is_file():
+        summary = (args.tests_summary.read_text().strip().splitlines() or [None])[-1]
+    report = Report(args.dry, machine_context(plan, summary))
+    work = args.work_dir or DEFAULT_CACHE_DIR / "gpu_check"
+    demo = build_demo(args.cache_dir)
+    for provider in chosen:
+        print(f"gpu_check: {plan.label(provider)} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
+        try:
+            check_provider(demo, work, provider, plan, budget, report)
+        except Exception as err:  # the table is still written, with what was measured
+            report.log.append(
+                f"[{plan.label(provider)}] check stopped: {type(err).__name__}: {first_line(err)}"
+            )
+    md, js = write(report, target)
+    print(f"gpu_check: wrote {md} and {js}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

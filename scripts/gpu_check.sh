@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The GPU check of issue 15, on a Linux machine with an NVIDIA GPU, from nothing but Python 3 and
+# the driver: a venv with the GPU runtime, the tests marked `gpu`, then raw onnxruntime against the
+# served rate for resnet, resnet_u8 and mlp on CUDA and TensorRT FP16 (loadtest/gpu_check.py), as
+# a Markdown table (and JSON) in PATH or $OUT. Bounded: the whole script ends within
+# GPU_CHECK_LIMIT_S (default 450 s, under the issue's 8 minutes); every step has its own timeout.
+#
+#   bash scripts/gpu_check.sh [PATH]        # a folder or a .md file (default $OUT, else out/gpu_check)
+#   bash scripts/gpu_check.sh --dry [PATH]  # the same path on CPU in .venv, tiny durations, labelled a dry run
+#
+# Environment: GPU_CHECK_DRY=1 (as --dry); GPU_CHECK_PYTHON (python3); GPU_CHECK_VENV (.venv-gpu);
+# GPU_CHECK_EXTRAS (cuda,test: the GPU wheel with NVIDIA's CUDA/cuDNN wheels; gpu,test where the
+# libraries are already there); GPU_CHECK_SYSTEM_SITE=1 (the venv sees the system's packages, e.g.
+# an image's CUDA wheels; default extras then gpu,test); GPU_CHECK_WHEELHOUSE=DIR (install offline
+# from the wheels in DIR, for a machine without the index).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+limit_s=${GPU_CHECK_LIMIT_S:-450}
+dry=${GPU_CHECK_DRY:-0}
+path=""
+for arg in "$@"; do
+  case $arg in
+    --dry) dry=1 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
+    *) path=$arg ;;
+  esac
+done
+out=${path:-${OUT:-out/gpu_check}}
+case $out in
+  *.md) logs=$(dirname "$out") ;;
+  *) logs=$out ;;
+esac
+mkdir -p "$logs"
+log="$logs/gpu_check.log"
+: >"$log"
+step() { echo "== $* ($((SECONDS)) s)" | tee -a "$log"; }
+# Seconds an install step may take: what is left once the measurement (240 s) and the tests (60 s)
+# are set aside, at most $1 and at least ${2:-1}. A rerun finds the venv installed: seconds here.
+install_s() {
+  local spare=$((limit_s - SECONDS - 240 - 60)) floor=${2:-1}
+  spare=$((spare < $1 ? spare : $1))
+  echo $((spare < floor ? floor : spare))
+}
+
+if [ "$dry" = 1 ]; then
+  step "dry run: CPU provider in .venv, no install, tiny durations"
+  [ -x .venv/bin/python ] || bash scripts/bootstrap.sh >>"$log" 2>&1
+  py=.venv/bin/python
+else
+  if ! gpus=$(timeout 30 nvidia-smi -L 2>>"$log") || ! grep -q '^GPU ' <<<"$gpus"; then
+    echo "gpu_check.sh: no NVIDIA GPU here (nvidia-smi -L failed or lists none); --dry runs on CPU" >&2
+    exit 1
+  fi
+  step "GPU: $(head -1 <<<"$gpus")"
+  venv=${GPU_CHECK_VENV:-.venv-gpu}
+  site=()
+  extras=${GPU_CHECK_EXTRAS:-cuda,test}
+  if [ "${GPU_CHECK_SYSTEM_SITE:-0}" = 1 ]; then
+    site=(--system-site-packages)
+    extras=${GPU_CHECK_EXTRAS:-gpu,test}
+  fi
+  [ -x "$venv/bin/python" ] || "${GPU_CHECK_PYTHON:-python3}" -m venv "${site[@]}" "$venv"
+  py=$venv/bin/python
+  pip_from=()
+  if [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
+    # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
+    pip_from=(--no-index --find-links "$GPU_CHECK_WHEELHOUSE" --no-build-isolation)
+    timeout 120 "$py" -m pip install -q --disable-pip-version-check --no-index \
+      --find-links "$GPU_CHECK_WHEELHOUSE" "setuptools>=68" >>"$log" 2>&1
+  fi
+  step "install .[$extras] into $venv"
+  timeout "$(install_s 240 60)" "$py" -m pip install -q --disable-pip-version-check "${pip_from[@]}" \
+    -e ".[$extras]" >>"$log" 2>&1 || { step "the install failed or ran out of time (see $log)"; exit 1; }
+  # TensorRT's libraries come from pypi.nvidia.com (a stub on PyPI fetches them); without them the
+  # TensorRT rows say that the provider did not start, and the rest still runs.
+  if [ "$(install_s 180 0)" -ge 30 ]; then
+    step "install .[tensorrt]"
+    timeout "$(install_s 180)" "$py" -m pip install -q --disable-pip-version-check "${pip_from[@]}" \
+      -e ".[tensorrt]" >>"$log" 2>&1 || step "TensorRT libraries not installed (see $log)"
+  else
+    step "no time left to install TensorRT's libraries"
+  fi
+  # The providers dlopen CUDA, cuDNN and TensorRT by name: put the NVIDIA wheels' folders on the
+  # loader's path for the raw runs as well as the server (which also preloads them itself).
+  libs=$("$py" - <<'EOF'
+import glob, os, sys
+found = []
+for entry in sys.path:
+    if entry.endswith(("site-packages", "dist-packages")):
+        for pattern in ("nvidia/*/lib", "tensorrt_libs"):
+            found += [d for d in sorted(glob.glob(os.path.join(entry, pattern))) if d not in found]
+print(":".join(found))
+EOF
+  )
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  providers=$("$py" -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' 2>>"$log" || true)
+  step "onnxruntime: $providers"
+fi
+
+step "tests marked gpu"
+tests="$logs/gpu_tests.log"
+set +e
+tests_s=$((limit_s - SECONDS - 240))
+tests_s=$((tests_s < 120 ? (tests_s < 30 ? 30 : tests_s) : 120))
+timeout "$tests_s" "$py" -m pytest -q -m gpu tests -p no:randomly --continue-on-collection-errors >"$tests" 2>&1
+rc=$?
+set -e
+case $rc in
+  0 | 1) ;;
+  5) echo "no tests marked gpu were collected" >>"$tests" ;;
+  124) echo "the gpu tests ran past their time and were stopped" >>"$tests" ;;
+  *) echo "pytest exited $rc (collection or usage error, see $tests)" >>"$tests" ;;
+esac
+tail -1 "$tests" | tee -a "$log"
+
+budget=$((limit_s - SECONDS - 20))
+if [ "$budget" -lt 30 ]; then
+  step "no time left to measure (limit ${limit_s} s)"
+  exit 1
+fi
+step "measure (budget ${budget} s)"
+flags=(--budget-s "$budget" --tests-summary "$tests")
+[ "$dry" = 1 ] && flags+=(--dry)
+timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
+step "done"

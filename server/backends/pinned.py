@@ -1,0 +1,125 @@
+"""Pinned host buffers a CUDA instance stages each batch's inputs in, before onnxruntime copies them.
+
+A copy to the device from pageable memory goes through the driver's own staging buffer in chunks;
+from page-locked memory it is one DMA. Each batch takes one buffer, holding all of its inputs back
+to back (256-byte aligned), and gives it back when its run has ended, so the buffers number at
+most the runs an instance has in flight; each grows to the largest batch it has held. A batch
+that would need more than `max_bytes`, or that finds every buffer busy, is not staged: its inputs
+are bound from where the batcher gathered them, and onnxruntime copies them from there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from batcher.types import Array
+from server.backends.cudart import CudaError, CudaRuntime
+
+ALIGN = 256  # what cudaMalloc aligns to; kernels may assume it of their inputs
+_GROW = 1 << 20  # buffers grow in whole MiB, so a slightly larger batch does not reallocate
+MAX_BYTES = 1 << 30  # one staged batch at most; larger ones are bound unstaged
+
+log = logging.getLogger(__name__)
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def layout(arrays: Mapping[str, Array]) -> tuple[dict[str, int], int]:
+    """Each array's offset in one buffer (256-byte aligned, in order), and the bytes it needs."""
+    offsets: dict[str, int] = {}
+    end = 0
+    for name, array in arrays.items():
+        offsets[name] = end
+        end += _aligned(array.nbytes)
+    return offsets, end
+
+
+@dataclass(slots=True)
+class _Buffer:
+    pointer: int
+    capacity: int
+
+
+def _free_all(cudart: CudaRuntime, buffers: list[_Buffer]) -> None:
+    for buffer in buffers:
+        cudart.free_host(buffer.pointer)
+    buffers.clear()
+
+
+class PinnedStaging:
+    """The pinned buffers of one instance; thread-safe (its runs take and give back buffers)."""
+
+    def __init__(self, cudart: CudaRuntime, max_buffers: int, max_bytes: int = MAX_BYTES) -> None:
+        if max_buffers < 1:
+            raise ValueError("max_buffers must be at least 1")
+        self._cudart = cudart
+        self._max_buffers = max_buffers
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._owned: list[_Buffer] = []  # every buffer, free or in use: freed with this object
+        self._free: list[_Buffer] = []
+        # Freed when the instance is collected, not at close(): a run may still be using one then.
+        weakref.finalize(self, _free_all, cudart, self._owned)
+
+    @property
+    def pinned_bytes(self) -> int:
+        with self._lock:
+            return sum(b.capacity for b in self._owned)
+
+    def _take(self, nbytes: int) -> _Buffer | None:
+        with self._lock:
+            fits = [b for b in self._free if b.capacity >= nbytes]
+            if fits:
+                buffer = min(fits, key=lambda b: b.capacity)
+                self._free.remove(buffer)
+                return buffer
+            if self._free:  # too small: replaced by a larger one below
+                old = self._free.pop()
+                self._owned.remove(old)
+                self._cudart.free_host(old.pointer)
+            elif len(self._owned) >= self._max_buffers:
+                return None
+            capacity = -(-nbytes // _GROW) * _GROW
+            try:
+                buffer = _Buffer(self._cudart.host_alloc(capacity), capacity)
+            except CudaError as err:  # page-locked memory is scarce: this batch goes unstaged
+                log.warning("no pinned buffer of %d bytes for a batch: %s", capacity, err)
+                return None
+            self._owned.append(buffer)
+            return buffer
+
+    def _give_back(self, buffer: _Buffer) -> None:
+        with self._lock:
+            self._free.append(buffer)
+
+    @contextmanager
+    def stage(self, arrays: Mapping[str, Array]) -> Iterator[dict[str, int] | None]:
+        """Copy `arrays` into one pinned buffer for the length of the block: each input's address
+        in it, or None when the batch is not staged (too large, or every buffer busy)."""
+        offsets, nbytes = layout(arrays)
+        buffer = self._take(nbytes) if 0 < nbytes <= self._max_bytes else None
+        if buffer is None:
+            yield None
+            return
+        try:
+            pointers: dict[str, int] = {}
+            for name, array in arrays.items():
+                pointer = buffer.pointer + offsets[name]
+                if array.nbytes:
+                    raw = (ctypes.c_uint8 * array.nbytes).from_address(pointer)
+                    target = np.frombuffer(memoryview(raw), dtype=array.dtype).reshape(array.shape)
+                    np.copyto(target, array)  # any layout in, C order out
+                pointers[name] = pointer
+            yield pointers
+        finally:
+            self._give_back(buffer)

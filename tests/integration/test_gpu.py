@@ -1,0 +1,192 @@
+"""The GPU path on a real GPU (marked `gpu`: skipped without onnxruntime-gpu and an NVIDIA device;
+scripts/gpu_check.sh runs them). CUDA instances batch through IO binding with pinned staging,
+CUDA graphs replay a fixed-shape model, TensorRT builds its engines before READY into a cache a
+restart reuses, and CUDA shared memory regions carry inputs and outputs (tritonclient's client).
+The same code runs on the CPU provider in tests/unit/test_io_binding.py and test_cuda_shm.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from clients import tensors
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, OrtBackend, OrtOptions
+from tests.support.fixed_model import fixed_model
+from tests.support.repositories import demo_repository, write_model
+from tests.support.server_process import ServerProcess
+
+pytestmark = pytest.mark.gpu
+BOUND_S = 120.0
+GPU_BATCHING = """
+max_batch_size: 16
+dynamic_batching {{ }}
+instance_group [ {{ count: 1 kind: {kind} }} ]
+{extra}
+"""
+# The MLP, not the CNN: its engines build in seconds, within gpu_check.sh's budget for the tests.
+MLP_TENSORRT_FP16 = """
+max_batch_size: 16
+dynamic_batching { preferred_batch_size: [ 8 ] }
+instance_group [ { count: 1 kind: KIND_GPU } ]
+optimization { execution_accelerators { gpu_execution_accelerator [ {
+  name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }
+"""
+FIXED_GRAPHS = """
+max_batch_size: 0
+input { name: "x" data_type: TYPE_FP32 dims: [ 2, 4 ] }
+output { name: "twice" data_type: TYPE_FP32 dims: [ 2, 4 ] }
+output { name: "plus" data_type: TYPE_FP32 dims: [ 2, 4 ] }
+instance_group [ { count: 1 kind: KIND_GPU } ]
+optimization { cuda { graphs: true } }
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    demo = demo_repository()
+    root = tmp_path_factory.mktemp("gpu-repo")
+    mlp = demo / "mlp" / "1" / "model.onnx"
+    write_model(root, "mlp_gpu", mlp, GPU_BATCHING.format(kind="KIND_GPU", extra=""))
+    write_model(root, "mlp_cpu", mlp, GPU_BATCHING.format(kind="KIND_CPU", extra=""))
+    fixed = fixed_model(tmp_path_factory.mktemp("gpu-files") / "fixed.onnx")
+    write_model(root, "fixed_graphs", fixed, FIXED_GRAPHS)
+    if TENSORRT in ort.get_available_providers():
+        write_model(root, "mlp_trt", mlp, MLP_TENSORRT_FP16)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gpu-cache")
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path, cache_dir: Path) -> Iterator[ServerProcess]:
+    args = ("--model-repository", str(repo), "--cache-dir", str(cache_dir), "--allow-client-shm")
+    with ServerProcess(*args) as running:
+        yield running
+
+
+@pytest.fixture()
+def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def infer(
+    stub: pb_grpc.GRPCInferenceServiceStub, model: str, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    return tensors.decode_response(stub.ModelInfer(tensors.build_request(model, inputs), timeout=BOUND_S))
+
+
+def test_a_cuda_instance_stages_in_pinned_memory_and_answers_as_the_cpu() -> None:
+    path = demo_repository() / "mlp" / "1" / "model.onnx"
+    gpu = OrtBackend(path, OrtOptions(), [(CUDA, {"device_id": "0"}), (CPU, {})], ThreadPoolExecutor(1))
+    cpu = OrtBackend(path, OrtOptions(), [(CPU, {})], ThreadPoolExecutor(1))
+    assert str(gpu.device) == "cuda:0" and gpu.io.mode == "bound" and gpu.io.staging is not None
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        gpu.run_blocking({"features": x})["scores"],
+        cpu.run_blocking({"features": x})["scores"],
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    assert gpu.io.staging.pinned_bytes > 0  # the batch went through a pinned buffer
+    gpu.close()
+    cpu.close()
+
+
+def test_gpu_instances_batch_through_io_binding(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    log = "".join(server.lines)
+    assert "mlp_gpu version 1: instances mlp_gpu_0 x1 (cuda:0, IO binding)" in log
+    rng = np.random.default_rng(1)
+    requests = [{"features": rng.standard_normal((rows, 64)).astype(np.float32)} for rows in (1, 3, 4)]
+    with ThreadPoolExecutor(3) as pool:
+        gpu = list(pool.map(lambda x: infer(stub, "mlp_gpu", x), requests))
+    for x, got in zip(requests, gpu, strict=True):
+        np.testing.assert_allclose(got["scores"], infer(stub, "mlp_cpu", x)["scores"], rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graphs_replay_a_fixed_shape_model(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    assert "fixed_graphs_0 x1 (cuda:0, IO binding, CUDA graphs)" in "".join(server.lines)
+    for step in range(3):  # each replay sees the new inputs copied into the captured addresses
+        x = np.full((2, 4), step, np.float32) + np.arange(8, dtype=np.float32).reshape(2, 4)
+        out = infer(stub, "fixed_graphs", {"x": x})
+        np.testing.assert_array_equal(out["twice"], x * 2)
+        np.testing.assert_array_equal(out["plus"], x + 1)
+
+
+def test_tensorrt_builds_engines_before_ready_into_a_cache_a_restart_reuses(
+    server: ServerProcess, repo: Path, cache_dir: Path, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    if TENSORRT not in ort.get_available_providers():
+        pytest.skip("this onnxruntime-gpu has no TensorRT provider (install sluiceway[tensorrt])")
+    log = "".join(server.lines)
+    if "model mlp_trt: requested TensorrtExecutionProvider" in log:  # listed, but its libraries missing
+        pytest.skip("the TensorRT provider did not start (install sluiceway[tensorrt]); see the server log")
+    assert "model mlp_trt: TensorRT engines built for 3 batch shapes" in log  # batch 1, 8 and 16
+    engines = cache_dir / "tensorrt" / "mlp_trt" / "1"
+    built = {p.name: p.stat().st_mtime_ns for p in engines.glob("*.engine")}
+    assert built, sorted(p.name for p in engines.iterdir())
+    x = np.random.default_rng(2).standard_normal((5, 64)).astype(np.float32)
+    want = infer(stub, "mlp_cpu", {"features": x})["scores"]
+    got = infer(stub, "mlp_trt", {"features": x})["scores"]
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))  # FP16
+    args = ("--model-repository", str(repo), "--cache-dir", str(cache_dir), "--load-model", "mlp_trt")
+    with ServerProcess(*args, "--model-control-mode", "explicit"):
+        pass  # ready: the engines were loaded from the cache
+    assert {p.name: p.stat().st_mtime_ns for p in engines.glob("*.engine")} == built  # not rebuilt
+
+
+def test_cuda_shared_memory_carries_inputs_and_outputs(server: ServerProcess) -> None:
+    pytest.importorskip("cuda.bindings.runtime")  # tritonclient's CUDA utilities need cuda-python
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    client = grpcclient.InferenceServerClient(server.address)
+    inp = cudashm.create_shared_memory_region("in", x.nbytes, 0)
+    out = cudashm.create_shared_memory_region("out", 4 * 2 * 4, 0)
+    try:
+        cudashm.set_shared_memory_region(inp, [x])
+        client.register_cuda_shared_memory("in", cudashm.get_raw_handle(inp), 0, x.nbytes)
+        client.register_cuda_shared_memory("out", cudashm.get_raw_handle(out), 0, 32)
+        status = client.get_cuda_shared_memory_status(as_json=True)
+        assert {r["name"]: int(r["byte_size"]) for r in status["regions"].values()} == {
+            "in": x.nbytes,
+            "out": 32,
+        }
+        feed = grpcclient.InferInput("features", [4, 64], "FP32")
+        feed.set_shared_memory("in", x.nbytes)
+        wanted = grpcclient.InferRequestedOutput("scores")
+        wanted.set_shared_memory("out", 32)
+        client.infer("mlp_gpu", [feed], outputs=[wanted])
+        got = cudashm.get_contents_as_numpy(out, np.float32, [4, 2])
+        reference = client.infer(
+            "mlp_cpu", [grpcclient.InferInput("features", [4, 64], "FP32").set_data_from_numpy(x)]
+        )
+        np.testing.assert_allclose(got, reference.as_numpy("scores"), rtol=1e-3, atol=1e-3)
+    finally:
+        client.unregister_cuda_shared_memory()
+        cudashm.destroy_shared_memory_region(inp)
+        cudashm.destroy_shared_memory_region(out)
+        client.close()
+    assert client_status_empty(server)
+
+
+def client_status_empty(server: ServerProcess) -> bool:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return not stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=30).regions

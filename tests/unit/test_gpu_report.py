@@ -1,0 +1,55 @@
+"""The GPU check's summary (loadtest/gpu_report.py): the ratios the issue's targets are read from,
+and skipped points that stay visible instead of vanishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from loadtest.gpu_check import profile_shapes, tensorrt_parameters
+from loadtest.gpu_report import RAW, SERVED, Report, Row, markdown, summary_rows, write
+from protos import model_config_pb2 as mc
+
+
+def rows() -> list[Row]:
+    raw = [Row("resnet", "CUDA", RAW, b, rate) for b, rate in ((1, 500.0), (8, 2000.0), (64, 4000.0))]
+    served = [
+        Row("resnet", "CUDA", SERVED, 1, 400.0, 1.0, 2.0, 3.0),
+        Row("resnet", "CUDA", SERVED, 16, 2400.0, 9.5, 6.0, 9.0),
+        Row("resnet", "CUDA", SERVED, 64, 3400.0, 30.0, 18.0, 25.0),
+    ]
+    return [*raw, *served]
+
+
+def test_the_summary_compares_served_at_most_in_flight_with_the_best_raw_batch() -> None:
+    (s,) = summary_rows(rows())
+    assert (s["raw_best_rows_s"], s["raw_best_batch"]) == (4000.0, 64)
+    assert (s["served_rows_s"], s["served_most_in_flight"]) == (3400.0, 64)
+    assert s["served_over_raw_best"] == 3400.0 / 4000.0
+    assert s["batching_gain"] == 3400.0 / 400.0
+    assert (s["p99_ms"], s["p99_level"]) == (9.0, 16)
+
+
+def test_skipped_points_are_written_with_their_reason(tmp_path: Path) -> None:
+    skipped = [Row("mlp", "TensorRT FP16", SERVED, n, note="skipped: time budget spent") for n in (1, 16, 64)]
+    report = Report(dry=False, context=["GPU: test"], rows=[*rows(), *skipped])
+    text = markdown(report)
+    assert text.startswith("# GPU check\n") and "DRY RUN" not in text
+    # Each skipped row says why, and the summary line carries the reason once.
+    assert text.count("skipped: time budget spent") == 3 + 1
+    assert "| mlp | TensorRT FP16 | - (-) | - (64) | - | - | - (16) | skipped: time budget spent |" in text
+    md, js = write(report, tmp_path)
+    assert md == tmp_path / "gpu_check.md" and js.read_text().count("skipped") == 3 + 1
+
+
+def test_tensorrt_gets_one_profile_from_one_row_to_the_largest_batch(tmp_path: Path) -> None:
+    config = text_format.Parse(
+        'name: "resnet_u8" max_batch_size: 64 '
+        'input { name: "frame" data_type: TYPE_UINT8 dims: [224, 224, 3] }',
+        mc.ModelConfig(),
+    )
+    assert profile_shapes(config, 1) == "frame:1x224x224x3"
+    params = tensorrt_parameters(config, 64, tmp_path)
+    assert params["precision_mode"] == "FP16" and params["trt_engine_cache_path"] == str(tmp_path)
+    assert params["trt_profile_max_shapes"] == params["trt_profile_opt_shapes"] == "frame:64x224x224x3"
