@@ -273,7 +273,7 @@ class DynamicBatcher:
         outputs = backend.run_blocking(inputs)
         t1 = time.perf_counter_ns()
         self._stats.record_queue(0, slack_ns)
-        self._stats.record_batch(a.rows, 1, 0, t1 - t0, 0)
+        self._stats.record_batch(self._alone_rows(inputs) if a.rows == 1 else a.rows, 1, 0, t1 - t0, 0)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
         self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
@@ -357,6 +357,12 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
 
+    def _alone_rows(self, inputs: Tensors) -> int:
+        """A request run alone: its rows, when the model has a batch dimension (else 1)."""
+        if not self._policy.alone_with_rows:
+            return 1
+        return next((a.shape[0] for a in inputs.values() if a.ndim > 0), 1)
+
     async def _run(self, instance: Instance, flight: _Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
             await instance.ready.wait()
@@ -373,7 +379,9 @@ class DynamicBatcher:
             elif batched:
                 inputs, offsets = gather([p.inputs for p in batch], [p.rows for p in batch])
             else:
-                inputs, offsets = batch[0].inputs, [0, 1]
+                # One request alone (no batch dimension, or no dynamic batching): its own rows
+                # still count, as Triton's inference_count and batch statistics count them.
+                inputs, offsets = batch[0].inputs, [0, self._alone_rows(batch[0].inputs)]
             t1 = time.perf_counter_ns()
             self._run_seq += 1
             key = self._run_seq

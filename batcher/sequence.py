@@ -2,7 +2,8 @@
 
 A sequence is a series of requests with one correlation id. Its requests run one at a time, in
 the order they arrived (a FIFO lock per sequence id), so a batch holds at most one request of each
-sequence: one slot per live sequence, and whichever sequences have a request ready share a batch.
+sequence: one slot per live sequence, and whichever sequences have a request ready share a batch
+(a model without a batch dimension runs each request alone).
 The runner (the model's DynamicBatcher) forms and runs those batches with its usual rules: a
 request past its deadline is never computed.
 
@@ -33,6 +34,7 @@ from batcher.sequence_types import (
     SequenceLimits,
     SequenceSpec,
     UnknownSequence,
+    state_bytes,
 )
 from batcher.types import Array, QueueTrace, Tensors
 
@@ -103,9 +105,12 @@ class SequenceBatcher:
         self._state_outputs = frozenset(s.output_name for s in spec.states)
         # One shared mapping: a state is replaced after each run, never written in place.
         self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
-        # The constant (1, 1) control tensors, made once: flags' false and true values.
+        # One row's control tensor shape: (1, 1), or (1,) for a model without a batch dimension.
+        self._control_shape = (1, 1) if spec.batched else (1,)
+        # The constant control tensors, made once: flags' false and true values.
+        shape = self._control_shape
         self._flags = {
-            c.name: (np.full((1, 1), c.false_value, c.dtype), np.full((1, 1), c.true_value, c.dtype))
+            c.name: (np.full(shape, c.false_value, c.dtype), np.full(shape, c.true_value, c.dtype))
             for c in spec.controls
             if c.kind is not ControlKind.CORRID
         }
@@ -134,9 +139,10 @@ class SequenceBatcher:
         """Run one request of sequence `sid` after the sequence's earlier requests; its outputs
         without the state outputs. Raises UnknownSequence, SequenceLimitReached, SequenceError,
         or whatever the runner raised (the state is then unchanged)."""
-        if a.rows != 1:
+        if a.rows != 1:  # Triton's words, then the rows
             raise SequenceError(
-                f"sequence {sid!r}: a sequence request has a batch dimension of 1, got {a.rows} rows"
+                f"inference request to model '{self._model}' must specify batch-size 1 due to "
+                f"requirements of sequence batcher (sequence {sid}: got {a.rows} rows)"
             )
         turn = self._turns.get(sid)
         if turn is None:
@@ -207,7 +213,7 @@ class SequenceBatcher:
         for control in self._spec.controls:
             kind = control.kind
             if kind is ControlKind.CORRID:
-                feed[control.name] = _corrid(control.name, control.dtype, seq.sid)
+                feed[control.name] = _corrid(control.name, control.dtype, seq.sid, self._control_shape)
             else:
                 on = kind is ControlKind.READY or (start if kind is ControlKind.START else end)
                 feed[control.name] = self._flags[control.name][on]
@@ -223,7 +229,7 @@ class SequenceBatcher:
             # A copy: the output is a view into the whole batch's array.
             value = np.array(outputs[spec.output_name], copy=True)
             state[spec.input_name] = value
-            nbytes += value.nbytes
+            nbytes += state_bytes(value)
         if self._state_bytes - seq.nbytes + nbytes > self._limits.max_state_bytes:
             self._release(seq, "its state outgrew max_sequence_state_bytes")
             raise SequenceLimitReached(
@@ -274,16 +280,17 @@ class SequenceBatcher:
             self._arm(seq, self._spec.idle_s - idle)
 
     def _not_live(self, sid: SequenceId) -> str:
+        """Triton's words, then why the sequence is not live."""
         why = self._released.get(sid, "it was never started (or was released long ago)")
         return (
-            f"sequence {sid!r} of model '{self._model}' is not live: {why}; the first request "
-            "of a sequence must set sequence_start"
+            f"inference request for sequence {sid} to model '{self._model}' must specify the START "
+            f"flag on the first request of the sequence (sequence_start): it is not live: {why}"
         )
 
 
-def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId) -> Array:
+def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:
     if dtype.kind == "O":  # TYPE_STRING: the id's text
-        return np.array([[str(sid).encode()]], dtype=object)
+        return np.full(shape, str(sid).encode(), dtype=object)
     if isinstance(sid, str):
         raise SequenceError(
             f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
@@ -294,4 +301,4 @@ def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId) -> Array:
         raise SequenceError(
             f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
         )
-    return np.full((1, 1), sid, dtype)
+    return np.full(shape, sid, dtype)

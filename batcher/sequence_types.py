@@ -40,7 +40,8 @@ class ControlSpec:
 class StateSpec:
     """Implicit state: output `output_name` of one run is input `input_name` of the sequence's next.
 
-    `initial` is one sequence's starting value with its batch dimension (shape (1, *dims))."""
+    `initial` is one sequence's starting value with its batch dimension (shape (1, *dims)), or
+    without one (shape dims) for a model without a batch dimension."""
 
     input_name: str
     output_name: str
@@ -52,10 +53,21 @@ class SequenceSpec:
     controls: tuple[ControlSpec, ...]
     states: tuple[StateSpec, ...]
     idle_s: float  # a sequence with no request for this long is released
+    # False for a model without a batch dimension (max_batch_size 0): a request is the whole run,
+    # and control and state tensors have no leading row axis.
+    batched: bool = True
 
     @property
     def initial_bytes(self) -> int:
-        return sum(s.initial.nbytes for s in self.states)
+        return sum(state_bytes(s.initial) for s in self.states)
+
+
+def state_bytes(value: Array) -> int:
+    """The bytes a state tensor holds: its elements' lengths for STRING (object) tensors."""
+    if value.dtype.kind == "O":
+        items: list[bytes | str] = value.ravel().tolist()
+        return sum(len(item) for item in items)
+    return int(value.nbytes)
 
 
 @dataclass(frozen=True, slots=True)

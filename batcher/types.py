@@ -60,6 +60,9 @@ class BatchingPolicy:
 
     # Most rows in one batch; 0 means the model has no batch dimension: one request per run.
     max_batch_size: int
+    # With max_batch_size 0: the model has a batch dimension but no dynamic batching (each request
+    # runs alone); its statistics then count each run's rows from the inputs' first dimension.
+    alone_with_rows: bool = False
     preferred_batch_sizes: tuple[int, ...] = ()
     # How long a batch may wait to grow, once the backend is free; never past a request's slack.
     max_queue_delay_s: float = 0.0

@@ -97,3 +97,8 @@ def _names(names: Iterable[str]) -> str:
 def _dims(dims: Iterable[int]) -> str:
     # Triton's DimsListToString form: [-1,16].
     return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def no_correlation_id(model: str) -> str:
+    """Triton's text for a request to a sequence model that names no sequence."""
+    return f"inference request to model '{model}' must specify a non-zero or non-empty correlation ID"

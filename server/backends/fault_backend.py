@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 from batcher.types import Tensors
 from protos import model_config_pb2 as mc
-from server.backends.onnxruntime_backend import OrtBackend
 from server.models.config import FAULT_PARAMETERS, ConfigError
 
 RAISE_EVERY = "fault_raise_every"
@@ -119,17 +120,32 @@ def _boolean(values: dict[str, str], key: str, source: str) -> bool:
     return _BOOLEANS[value.lower()]
 
 
-class FaultBackend:
-    """An OrtBackend instance whose runs raise or hang as its FaultSpec says."""
+class Session(Protocol):
+    """An instance with its own executor and a blocking run (onnxruntime's, the identity backend's)."""
 
-    def __init__(self, inner: OrtBackend, spec: FaultSpec) -> None:
+    @property
+    def executor(self) -> Executor: ...
+
+    async def run(self, inputs: Tensors) -> Tensors: ...
+
+    def run_blocking(self, inputs: Tensors) -> Tensors: ...
+
+    def close(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
+class FaultBackend:
+    """An instance (onnxruntime or identity) whose runs raise or hang as its FaultSpec says."""
+
+    def __init__(self, inner: Session, spec: FaultSpec) -> None:
         self._inner = inner
         self._spec = spec
         self._runs = 0
         self._released = threading.Event()  # set by abandon/close: a hung run ends
 
     @property
-    def inner(self) -> OrtBackend:
+    def inner(self) -> Session:
         return self._inner
 
     @property

@@ -1,10 +1,11 @@
 """The backend instances of one model version: how to make one, and how the watchdog replaces one.
 
-An instance is an OrtBackend with its own executor, wrapped in a FaultBackend when the model's
-config injects faults. The manager makes a version's instances here, and hands the batcher
-`replacer(...)`: after a run outlived the watchdog's limit, the stuck instance is abandoned
-(onnxruntime is asked to end its runs, its executor takes no more) and a fresh one, with a new
-session and a new executor, takes its place, in the manager's list too (so stopping closes it).
+An instance is an OrtBackend (or, for `backend: "identity"`, an IdentityBackend) with its own
+executor, wrapped in a FaultBackend when the model's config injects faults. The manager makes a
+version's instances here, and hands the batcher `replacer(...)`: after a run outlived the
+watchdog's limit, the stuck instance is abandoned (onnxruntime is asked to end its runs, its
+executor takes no more) and a fresh one, with a new session and a new executor, takes its place,
+in the manager's list too (so stopping closes it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +23,20 @@ from batcher.types import Backend, Tensors
 from batcher.watchdog import ReplaceBackend
 from protos import model_config_pb2 as mc
 from server.backends.batch_axes import with_batch_axes
-from server.backends.fault_backend import LOAD_ERROR, FaultBackend, FaultSpec
-from server.backends.onnxruntime_backend import BackendLoadError, OrtBackend, OrtOptions, Provider
-from server.models.config import RUN_TIMEOUT, ConfigError
+from server.backends.fault_backend import LOAD_ERROR, FaultBackend, FaultSpec, Session
+from server.backends.identity_backend import IdentityBackend, IdentitySpec, OffLoop, identity_plan
+from server.backends.instance_groups import InstancePlan, plan_instances
+from server.backends.onnxruntime_backend import (
+    BackendLoadError,
+    OrtBackend,
+    OrtOptions,
+    Provider,
+    ort_options_for,
+)
+from server.backends.tensorrt_options import engine_cache_dir
+from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError
 from server.models.config_tensors import ReshapePlan
+from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +81,8 @@ class InstanceFactory:
         faults: FaultSpec | None,
         batch_axes: Mapping[str, int] | None = None,
         reshape: ReshapePlan | None = None,
+        identity: IdentitySpec | None = None,
+        max_batch_size: int = 0,
     ) -> None:
         self._path = path
         self._batch_axes = dict(batch_axes or {})  # tensors batched on another axis (batch_axes.py)
@@ -78,22 +92,52 @@ class InstanceFactory:
         self._name = name
         self._workers = workers  # executor threads: batches one instance runs at once
         self._faults = faults
+        self._identity = identity  # backend "identity": no onnxruntime session
+        self._max_batch_size = max_batch_size
+        self._made = 0  # instances made: the next one's id, counted as Triton's identity backend does
+        # Each instance's providers (its device), so that a replacement runs where it ran.
+        self._slot_providers: dict[int, list[Provider]] = {}
 
-    def session(self, providers: Sequence[Provider] | None = None) -> OrtBackend:
-        """A new onnxruntime instance with its own executor (`providers`: for its device)."""
+    def session(self, providers: Sequence[Provider] | None = None, instance_id: int | None = None) -> Session:
+        """A new instance with its own executor (`providers`: for its device; `instance_id`: the
+        one it replaces, else the next)."""
         if self._faults is not None and self._faults.load_error:
             raise BackendLoadError(
                 f"model '{self._name}': failed to load on purpose (parameters '{LOAD_ERROR}')"
             )
+        if instance_id is None:
+            instance_id, self._made = self._made, self._made + 1
+        if self._identity is not None:
+            if instance_id == 0 and self._identity.creation_delay_s > 0:
+                time.sleep(self._identity.creation_delay_s)  # creation_delay_sec, as Triton: off the loop
+            prefix = f"identity-{self._name}"
+            executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=prefix)
+            return IdentityBackend(
+                self._identity,
+                executor,
+                model_name=self._name,
+                instance_id=instance_id,
+                reshape=self._reshape,
+                max_batch_size=self._max_batch_size,
+            )
         executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=f"ort-{self._name}")
-        chosen = self._providers if providers is None else providers
+        if providers is not None:
+            self._slot_providers[instance_id] = list(providers)
+        chosen = self._slot_providers.get(instance_id, self._providers)
         return OrtBackend(
             self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape
         )
 
-    def wrap(self, session: OrtBackend) -> ModelInstance:
-        """The instance the batcher runs: the session, or the session with its faults."""
-        instance = session if self._faults is None else FaultBackend(session, self._faults)
+    def wrap(self, session: Session) -> ModelInstance:
+        """The instance the batcher runs: the session, or the session with its faults. An identity
+        instance that waits is never run inline (identity_backend.py)."""
+        instance: ModelInstance
+        if self._faults is not None:
+            instance = FaultBackend(session, self._faults)
+        elif isinstance(session, IdentityBackend) and session.delay_s > 0:
+            instance = OffLoop(session)
+        else:
+            instance = session
         return with_batch_axes(instance, self._batch_axes)
 
     def replacer(self, instances: list[ModelInstance]) -> ReplaceBackend:
@@ -101,7 +145,8 @@ class InstanceFactory:
 
         async def replace(stuck: Backend) -> Backend:
             # The fresh one first: should it fail, the stuck one stays, and a later timeout retries.
-            fresh = self.wrap(await asyncio.to_thread(self.session))
+            slot = next((i for i, instance in enumerate(instances) if instance is stuck), None)
+            fresh = self.wrap(await asyncio.to_thread(self.session, None, slot))
             index = next((i for i, instance in enumerate(instances) if instance is stuck), None)
             if index is None:  # replaced already: not ours to serve
                 fresh.close()
@@ -112,3 +157,41 @@ class InstanceFactory:
             return fresh
 
         return replace
+
+
+def factory_for(
+    config: mc.ModelConfig,
+    path: Path,
+    settings: ServerSettings,
+    source: str,
+    *,
+    faults: FaultSpec | None,
+    batch_axes: Mapping[str, int] | None,
+) -> tuple[InstanceFactory, InstancePlan]:
+    """The instances of a completed config: their factory (onnxruntime sessions, or identity
+    instances for `backend: "identity"`) and the plan of which to make, in order."""
+    reshape = ReshapePlan.from_config(config)
+    workers = settings.max_batches_in_flight
+    if config.backend == IDENTITY:
+        spec = IdentitySpec.from_config(config, source)
+        factory = InstanceFactory(
+            path, OrtOptions(), [], name=config.name, workers=workers, faults=faults,
+            batch_axes=batch_axes, reshape=reshape, identity=spec, max_batch_size=config.max_batch_size,
+        )  # fmt: skip
+        return factory, identity_plan(config, spec)
+    options = ort_options_for(
+        config,
+        OrtOptions(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            allow_spinning=settings.allow_spinning,
+            graph_optimization_level=settings.graph_optimization_level,
+        ),
+    )
+    engines = engine_cache_dir(settings.cache_dir / "tensorrt", config.name, path.parent.name)
+    plan = plan_instances(config, settings.execution_providers, engine_cache=engines)  # groups, devices
+    factory = InstanceFactory(
+        path, options, plan.providers, name=config.name, workers=workers, faults=faults,
+        batch_axes=batch_axes, reshape=reshape,
+    )  # fmt: skip
+    return factory, plan

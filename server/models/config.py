@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+IDENTITY = "identity"  # Triton's test backend, built in: server/backends/identity_backend.py
 # Model-level `parameters`: those the onnxruntime backend reads (Triton's names), and ours.
 IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle-dispatch
 RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s (the watchdog)
@@ -111,13 +112,20 @@ def load_config_file(path: Path) -> mc.ModelConfig:
 
 
 def _check_platform(config: mc.ModelConfig, source: str) -> None:
+    if config.backend == IDENTITY and (config.platform or config.runtime):
+        field = "platform" if config.platform else "runtime"
+        raise ConfigError(f"{source}: {field} '{getattr(config, field)}' cannot go with backend '{IDENTITY}'")
+    if config.backend == IDENTITY:
+        return
     if config.platform not in ("", PLATFORM, ENSEMBLE_PLATFORM):
         raise ConfigError(
             f"{source}: platform '{config.platform}' is not supported "
             f"(only '{PLATFORM}' and '{ENSEMBLE_PLATFORM}')"
         )
     if config.backend not in ("", BACKEND):
-        raise ConfigError(f"{source}: backend '{config.backend}' is not supported (only '{BACKEND}')")
+        raise ConfigError(
+            f"{source}: backend '{config.backend}' is not supported (only '{BACKEND}' and '{IDENTITY}')"
+        )
     if config.runtime not in ("", BACKEND):
         raise ConfigError(f"{source}: runtime '{config.runtime}' is not supported")
 
@@ -146,12 +154,14 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
     validate_metric_tags(config, source)
     _validate_version_policy(config, source)
     validate_optimization(config, source)
+    # The identity backend ignores parameters it does not read, as Triton's (named at load).
     unknown = sorted(set(config.parameters) - SUPPORTED_PARAMETERS)
-    if unknown:
+    if unknown and config.backend != IDENTITY:
         raise ConfigError(
             f"{source}: parameters {unknown} are not supported (known: {sorted(SUPPORTED_PARAMETERS)})"
         )
-    backend_parameters(config, has_gpu=True)  # the onnxruntime backend's values, each checked
+    if config.backend != IDENTITY:
+        backend_parameters(config, has_gpu=True)  # the onnxruntime backend's values, each checked
     if IDLE_DISPATCH in config.parameters:
         _idle_dispatch(config, source, default=False)
     if LATEST_FRAME_WINS in config.parameters:

@@ -24,7 +24,7 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFound, RepositoryError
 from server.models.config import ConfigError
-from server.models.ensemble_config import is_ensemble
+from server.models.ensemble_config import load_rank
 from server.models.lazy import ModelLoads, lazy_flags
 from server.models.load_request import parse_load_parameters, write_model_directory
 from server.models.manager import ModelManager
@@ -71,7 +71,9 @@ class RepositoryControl:
                 reason = f"--load-model names '{name}', which is not in the repository"
                 self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
         # An ensemble after the models its steps use (models/ensemble_config.py).
-        for name, source in sorted(sources.items(), key=lambda item: (is_ensemble(item[1].config), item[0])):
+        rank = load_rank({name: source.config for name, source in sources.items()})
+        for name in sorted(sources, key=rank):
+            source = sources[name]
             if name not in chosen:
                 self._manager.put_entry(
                     ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)

@@ -13,19 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from batcher.admission import Admission
 from batcher.dynamic import DynamicBatcher
 from batcher.errors import DeadlineExceeded
+from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array, BatchingPolicy, Tensors
 from protos import model_config_pb2 as mc
-from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed
-from server.models.config import batching_policy
-from server.models.ensemble_config import EnsemblePlan, Step
+from server import triton_text
+from server.backends.identity_backend import paired_input
+from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
+from server.models.config import IDENTITY, batching_policy
+from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.observability.metrics_reasons import record_failed
+from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
 
 log = logging.getLogger(__name__)
@@ -43,18 +47,34 @@ class StepModel(Protocol):
     @property
     def stats(self) -> ModelStats: ...
 
+    @property
+    def labels(self) -> Mapping[str, tuple[str, ...]]: ...
+
+    @property
+    def ensemble(self) -> EnsembleScheduler | None: ...
+
+    @property
+    def config(self) -> mc.ModelConfig: ...
+
+    @property
+    def sequences(self) -> SequenceBatcher | None: ...
+
 
 Resolve = Callable[[str, str], StepModel]  # (model, version "") -> the version serving it now
 
 
-def _named(exc: Exception, where: str) -> Exception:
-    """`exc` again, its message prefixed with the step (same class: the same gRPC status); an
-    unexpected error is logged and answered INTERNAL, naming the step only."""
+def _named(exc: Exception, ensemble: str, step: Step) -> Exception:
+    """`exc` again (same class: the same gRPC status) in Triton's words, "in ensemble 'E', <the
+    step's error>", then the step after `; `; an unexpected error is logged and answered INTERNAL,
+    naming the step only."""
+    where = f"step {step.index} (model '{step.model}')"
     if not any(cls in STATUS_BY_EXCEPTION for cls in type(exc).__mro__):
-        log.error("%s failed", where, exc_info=exc)
-        return EnsembleStepFailed(f"{where} failed: internal error (details are in the server log)")
+        log.error("ensemble '%s' %s failed", ensemble, where, exc_info=exc)
+        return EnsembleStepFailed(
+            f"in ensemble '{ensemble}', {where} failed: internal error (details are in the server log)"
+        )
     try:
-        renamed = type(exc)(f"{where}: {exc}")
+        renamed = type(exc)(f"in ensemble '{ensemble}', {exc}; {where}")
     except Exception:  # a class whose constructor takes something else: keep it as it is
         return exc
     renamed.__cause__ = exc
@@ -69,39 +89,108 @@ class EnsembleScheduler:
         self._resolve = resolve  # resolved per request: a step model's reload is picked up
         self._clock = clock
 
-    async def run(self, inputs: Tensors, admission: Admission, priority: int) -> Tensors:
+    def output_labels(self) -> dict[str, tuple[str, ...]]:
+        """Each ensemble output's classification labels: those of the step output that makes it
+        (the versions serving now), as Triton's ensembles take their step models' labels. An
+        identity step passes its input's labels on (its output is its input)."""
+        labels: dict[str, tuple[str, ...]] = {}
+        for name in self.plan.outputs:
+            found = self._labels_of(name, len(self.plan.steps))
+            if found:
+                labels[name] = found
+        return labels
+
+    def _labels_of(self, tensor: str, hops: int) -> tuple[str, ...] | None:
+        made = next(((s, o) for s in self.plan.steps for o, t in s.output_map.items() if t == tensor), None)
+        if made is None or hops <= 0:  # an ensemble input, or a (refused) cycle
+            return None
+        step, model_output = made
+        try:
+            served = self._resolve(step.model, step.version)
+        except Exception:  # the step model is gone: no labels (the run itself says why)
+            return None
+        found = served.labels.get(model_output)
+        if not found and served.ensemble is not None:  # a nested ensemble's step makes it
+            found = served.ensemble.output_labels().get(model_output)
+        if not found and served.config.backend == IDENTITY:
+            source = paired_input(served.config, model_output)
+            if source is not None and source in step.input_map:
+                found = self._labels_of(step.input_map[source], hops - 1)
+        return found or None
+
+    async def run_counted(
+        self,
+        stats: ModelStats,
+        inputs: Tensors,
+        admission: Admission,
+        priority: int,
+        sequence: SequenceParams | None = None,
+    ) -> Tensors:
+        """`run`, counted in the ensemble's own statistics as one execution of the request's rows
+        (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
+        start = time.perf_counter_ns()
+        outputs = await self.run(inputs, admission, priority, sequence)
+        stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
+        return outputs
+
+    async def run(
+        self, inputs: Tensors, admission: Admission, priority: int, sequence: SequenceParams | None = None
+    ) -> Tensors:
         """The ensemble's outputs for one request; raises the first failing step's error."""
+        plan = self.plan
         tensors: dict[str, Array] = dict(inputs)
+        for name, shape in zip(plan.inputs, plan.input_reshapes, strict=True):
+            if shape is not None and name in tensors:  # the steps see the reshaped tensor
+                tensors[name] = _reshaped(tensors[name], plan.batching, shape)
+        batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
         left = list(self.plan.steps)
-        running: dict[asyncio.Task[Tensors], Step] = {}
+        running: dict[asyncio.Task[tuple[Tensors, bool]], Step] = {}
         try:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:
                     left.remove(step)
-                    task = asyncio.ensure_future(self._step(step, tensors, admission.hard, priority))
+                    work = self._step(step, tensors, batched, admission.hard, priority, sequence)
+                    task = asyncio.ensure_future(work)
                     running[task] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     step = running.pop(task)
-                    outputs = task.result()  # raises the step's (named) error
+                    outputs, step_batches = task.result()  # raises the step's (named) error
                     for model_output, tensor in step.output_map.items():
                         tensors[tensor] = outputs[model_output]
+                        batched[tensor] = step_batches
         finally:
             for task in running:
                 task.cancel()  # our own step tasks: their requests leave their queues
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-        return {name: tensors[name] for name in self.plan.outputs}
+        answer: dict[str, Array] = {}
+        for name, dims, reshape in zip(plan.outputs, plan.output_dims, plan.output_reshapes, strict=True):
+            array = fit_batch_dim(tensors[name], batched[name], reshape or dims, plan.batching)
+            answer[name] = array if reshape is None else _reshaped(array, plan.batching, dims)
+        return answer
 
     async def _step(
-        self, step: Step, tensors: dict[str, Array], hard: float | None, priority: int
-    ) -> Tensors:
-        where = step.where(self.plan.name)
+        self,
+        step: Step,
+        tensors: dict[str, Array],
+        batched: dict[str, bool],
+        hard: float | None,
+        priority: int,
+        sequence: SequenceParams | None,
+    ) -> tuple[Tensors, bool]:
         try:
             served = self._resolve(step.model, step.version)
         except Exception as exc:
-            raise _named(exc, where) from None
-        inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
+            raise _named(exc, self.plan.name, step) from None
+        signature = served.signature
+        batches = signature.max_batch_size > 0
+        inputs = {
+            model_input: fit_batch_dim(
+                tensors[tensor], batched[tensor], signature.inputs[model_input].dims, batches
+            )
+            for model_input, tensor in step.input_map.items()
+        }
         start_ns = time.perf_counter_ns()
         stats = served.stats
         try:
@@ -110,17 +199,48 @@ class EnsembleScheduler:
             rows = served.signature.check_inputs(inputs)
             batcher = served.batcher
             a = batcher.admission(rows, deadline=hard, priority=priority)
-            outputs: Tensors | None = batcher.run_now(inputs, a)
-            if outputs is None:
-                outputs = await batcher.enqueue(inputs, a)
+            nested = served.ensemble
+            outputs: Tensors | None
+            if nested is not None:  # an ensemble step: its own steps, under this request's deadline
+                outputs = await nested.run_counted(stats, inputs, a, priority, sequence)
+            elif served.sequences is not None:  # a sequence step: the request's sequence, its turn
+                if sequence is None:
+                    raise InvalidRequest(triton_text.no_correlation_id(signature.model))
+                outputs = await served.sequences.infer(
+                    sequence.sid, inputs, a, start=sequence.start, end=sequence.end
+                )
+            else:  # (a step without sequence_batching ignores the sequence, as in Triton)
+                outputs = batcher.run_now(inputs, a)
+                if outputs is None:
+                    outputs = await batcher.enqueue(inputs, a)
         except asyncio.CancelledError:
             stats.record_canceled()
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            raise _named(exc, where) from None
+            raise _named(exc, self.plan.name, step) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
-        return outputs
+        return outputs, batches
+
+
+def _reshaped(array: Array, batching: bool, shape: tuple[int, ...]) -> Array:
+    """`array` as `shape` (config `reshape.shape` or dims), its batch dimension kept."""
+    return array.reshape(array.shape[:1] + shape if batching else shape)
+
+
+def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:
+    """A tensor passed between a batching and a non-batching model, as Triton's ensembles pass it.
+
+    Into a batching model, a tensor without a batch dim whose shape matches the model's dims gets
+    a batch of 1; into a non-batching model, a batch of 1 loses its batch dim unless the whole
+    shape already matches. Anything else is passed as it is (and checked by the step model)."""
+    if batched == batches:
+        return array
+    if batches:
+        return array.reshape((1, *array.shape)) if agree(dims, array.shape) else array
+    if array.shape[:1] == (1,) and not agree(dims, array.shape):
+        return array.reshape(array.shape[1:])
+    return array
 
 
 class _NoRuns:

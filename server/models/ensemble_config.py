@@ -42,10 +42,32 @@ class EnsemblePlan:
     steps: tuple[Step, ...]  # in dependency order
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    batching: bool = False  # the ensemble's max_batch_size > 0: its inputs lead with a batch dim
+    output_dims: tuple[tuple[int, ...], ...] = ()  # config dims of `outputs`, in order
+    # `reshape.shape` of each input / output (None: none): the steps see the reshaped tensor.
+    input_reshapes: tuple[tuple[int, ...] | None, ...] = ()
+    output_reshapes: tuple[tuple[int, ...] | None, ...] = ()
 
 
 def is_ensemble(config: mc.ModelConfig) -> bool:
     return config.platform == ENSEMBLE_PLATFORM
+
+
+def load_rank(configs: Mapping[str, mc.ModelConfig]) -> Callable[[str], tuple[int, str]]:
+    """A sort key loading models before the ensembles that use them, and an ensemble before the
+    ensembles that nest it: (nesting depth, name), 0 for a model that is not an ensemble."""
+    depths: dict[str, int] = {}
+
+    def depth(name: str, seen: frozenset[str] = frozenset()) -> int:
+        config = configs.get(name)
+        if config is None or not is_ensemble(config) or name in seen:  # a cycle is refused at load
+            return 0
+        if name not in depths:
+            steps = config.ensemble_scheduling.step
+            depths[name] = 1 + max((depth(s.model_name, seen | {name}) for s in steps), default=0)
+        return depths[name]
+
+    return lambda name: (depth(name), name)
 
 
 def _steps(config: mc.ModelConfig) -> list[Step]:
@@ -82,8 +104,6 @@ def check_ensemble(config: mc.ModelConfig, source: str) -> None:
         for tensor in tensors:
             if tensor.data_type == mc.TYPE_INVALID:
                 raise ConfigError(f"{source}: ensemble {kind} '{tensor.name}' needs a data_type")
-            if tensor.HasField("reshape"):
-                raise ConfigError(f"{source}: ensemble {kind} '{tensor.name}': reshape is not supported")
     order(config, source)
 
 
@@ -151,8 +171,17 @@ def _shape(max_batch_size: int, dims: Sequence[int]) -> list[int]:
     return ([-1] if max_batch_size > 0 else []) + list(dims)
 
 
-def _agree(a: Sequence[int], b: Sequence[int]) -> bool:
+def agree(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Triton's CompareDimsWithWildcard: same rank, each dim equal or either one -1."""
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def _dims(tensor: mc.ModelInput | mc.ModelOutput) -> list[int]:
+    return list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+
+
+# An ensemble tensor: datatype, dims without the batch dimension, whether it carries one, who made it.
+Tensor = tuple[int, list[int], bool, str]
 
 
 def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) -> EnsemblePlan:
@@ -160,10 +189,9 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
     not there (the message is put after the step's name)."""
     name = config.name
     steps = order(config, source)
-    # Ensemble tensor -> (datatype, shape with the batch dimension, who declared it)
-    tensors: dict[str, tuple[int, list[int], str]] = {
-        t.name: (t.data_type, _shape(config.max_batch_size, t.dims), f"ensemble input '{t.name}'")
-        for t in config.input
+    batching = config.max_batch_size > 0
+    tensors: dict[str, Tensor] = {
+        t.name: (t.data_type, _dims(t), batching, f"ensemble input '{t.name}'") for t in config.input
     }
     for step in steps:
         where = f"{source}: {step.where(name)}"
@@ -171,11 +199,8 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
             model = step_config(step)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if is_ensemble(model):
-            raise ConfigError(f"{where}: the step model is an ensemble (nested ensembles are not supported)")
-        if model.HasField("sequence_batching"):
-            raise ConfigError(f"{where}: the step model has sequence_batching (not supported in ensembles)")
-        if config.max_batch_size > 0 and model.max_batch_size < config.max_batch_size:
+        # A batching ensemble may hold non-batching steps (Triton: shapes then agree in full).
+        if 0 < model.max_batch_size < config.max_batch_size:
             raise ConfigError(
                 f"{where}: max_batch_size {model.max_batch_size} is below the ensemble's "
                 f"{config.max_batch_size}"
@@ -187,7 +212,9 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
                 raise ConfigError(
                     f"{where}: input_map key '{model_input}' is not an input (inputs: {sorted(ins)})"
                 )
-            _check_same(where, f"input '{model_input}'", spec, model.max_batch_size, tensors[tensor])
+            _check_same(
+                where, f"input '{model_input}'", spec, model.max_batch_size, tensors[tensor], list(spec.dims)
+            )
         missing = sorted(n for n, t in ins.items() if not t.optional and n not in step.input_map)
         if missing:
             raise ConfigError(f"{where}: inputs {missing} are not in its input_map")
@@ -198,27 +225,38 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
                 raise ConfigError(
                     f"{where}: output_map key '{model_output}' is not an output (outputs: {sorted(outs)})"
                 )
-            shape = _shape(model.max_batch_size, spec_out.dims)
-            tensors[tensor] = (spec_out.data_type, shape, f"step {step.index} output '{model_output}'")
+            origin = f"step {step.index} output '{model_output}'"
+            # A step model's tensors as it takes them on the wire: dims, not reshape (as Triton).
+            tensors[tensor] = (spec_out.data_type, list(spec_out.dims), model.max_batch_size > 0, origin)
     for out in config.output:
         _check_same(f"{source}: ensemble '{name}'", f"output '{out.name}'", out, config.max_batch_size,
-                    tensors[out.name])  # fmt: skip
+                    tensors[out.name], _dims(out))  # fmt: skip
     return EnsemblePlan(
         name=name,
         steps=tuple(steps),
         inputs=tuple(t.name for t in config.input),
         outputs=tuple(t.name for t in config.output),
+        batching=batching,
+        output_dims=tuple(tuple(t.dims) for t in config.output),
+        input_reshapes=tuple(_reshape(t) for t in config.input),
+        output_reshapes=tuple(_reshape(t) for t in config.output),
     )
 
 
+def _reshape(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...] | None:
+    return tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+
+
 def _check_same(where: str, what: str, spec: mc.ModelInput | mc.ModelOutput, max_batch_size: int,
-                given: tuple[int, list[int], str]) -> None:  # fmt: skip
-    data_type, shape, origin = given
+                given: Tensor, spec_dims: list[int]) -> None:  # fmt: skip
+    data_type, dims, batched, origin = given
     if spec.data_type != data_type:
         raise ConfigError(
             f"{where}: {what} is {datatypes.config_name(spec.data_type)} but {origin} is "
             f"{datatypes.config_name(data_type)}"
         )
-    want = _shape(max_batch_size, spec.dims)
-    if not _agree(want, shape):
+    # Triton's rule: the dims agree, or the full shapes do (a tensor passed between a batching and
+    # a non-batching model: [-1, 16] and [16] as the non-batching one's [-1, 16]); else refused.
+    want, shape = _shape(max_batch_size, spec_dims), ([-1] if batched else []) + dims
+    if not (agree(spec_dims, dims) or agree(want, shape)):
         raise ConfigError(f"{where}: {what} has shape {want} but {origin} has {shape} (-1 is variable)")

@@ -30,7 +30,10 @@ def files_bytes(source: ModelSource) -> int:
     """Bytes of every file in the selected version directories (model files, external weights)."""
     total = 0
     for model_file in source.versions.values():
-        version_dir = model_file.parent if model_file.parent.name.isdigit() else model_file.parent.parent
+        if model_file.is_dir():  # an ensemble's or identity model's version: no model file
+            version_dir = model_file
+        else:
+            version_dir = model_file.parent if model_file.parent.name.isdigit() else model_file.parent.parent
         for path in version_dir.rglob("*"):
             if path.is_file():
                 total += path.stat().st_size

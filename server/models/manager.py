@@ -19,30 +19,23 @@ from batcher.sequence_types import SequenceId
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server import triton_text
-from server.backends.fault_backend import FaultSpec
-from server.backends.instance_groups import describe, plan_instances
-from server.backends.instances import InstanceFactory, run_timeout_for
-from server.backends.onnxruntime_backend import (
-    BackendLoadError,
-    OrtBackend,
-    OrtOptions,
-    inspect_onnx,
-    ort_options_for,
-    overridable_initializers,
-)
+from server.backends.fault_backend import FaultSpec, Session
+from server.backends.instance_groups import describe, instance_device
+from server.backends.instances import factory_for, run_timeout_for
+from server.backends.onnxruntime_backend import BackendLoadError
 from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, RepositoryError
+from server.models.completion import complete_version
 from server.models.config import (
     ConfigError,
     batching_policy,
-    complete_from_onnx,
     dynamic_batching_enabled,
     validate_config,
     validate_response_cache,
 )
 from server.models.config_fields import warn_unapplied
-from server.models.config_tensors import ReshapePlan, load_labels
+from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, admission_batcher
-from server.models.ensemble_config import Step, is_ensemble, plan_ensemble
+from server.models.ensemble_config import Step, is_ensemble, load_rank, plan_ensemble
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -85,6 +78,9 @@ class ModelManager:
         self._on_health = on_health
         self._response_cache = response_cache  # shared by every model that enables it
         self._models: dict[str, ModelEntry] = {}
+        # Ensemble -> the models its steps name, as last loaded (whatever the outcome): one that
+        # failed for want of a step model is loaded again once that model loads (as Triton does).
+        self._ensemble_steps: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()  # one repository change at a time
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
@@ -157,8 +153,9 @@ class ModelManager:
                 self._models[name] = ModelEntry(name=name, state=UNAVAILABLE, reason=reason)
                 self._on_health(name, False)
             # An ensemble after the models its steps use (models/ensemble_config.py).
-            for source in sorted(sources.values(), key=lambda s: is_ensemble(s.config)):
-                await self._load_source(source)
+            rank = load_rank({name: source.config for name, source in sources.items()})
+            for name in sorted(sources, key=rank):
+                await self._load_source(sources[name])
 
     async def load(self, name: str, source: ModelSource | None = None) -> None:
         """(Re)load one model from the repository (or `source`, a RepositoryModelLoad override);
@@ -175,6 +172,27 @@ class ModelManager:
             entry = await self._load_source(source)
             if entry.state != READY:
                 raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
+            await self._load_waiting_ensembles(name)
+
+    async def _load_waiting_ensembles(self, loaded: str) -> None:
+        """Load again the ensembles that are unavailable and use `loaded` (and, as they come up,
+        those nesting them). Bounded: each ensemble is tried at most once per call."""
+        ready, tried = [loaded], set()
+        while ready:
+            model = ready.pop()
+            for ensemble, steps in sorted(self._ensemble_steps.items()):
+                entry = self._models.get(ensemble)
+                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != "unloaded"
+                if model not in steps or not waiting or ensemble in tried:
+                    continue
+                tried.add(ensemble)
+                try:
+                    source = await asyncio.to_thread(load_model_source, self._root, ensemble)
+                except (ModelNotFoundInRepository, ConfigError, OSError):
+                    continue  # gone or broken meanwhile: its entry keeps the reason it had
+                if (await self._load_source(source)).state == READY:
+                    log.info("ensemble %s loaded now that %s is ready", ensemble, model)
+                    ready.append(ensemble)
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -199,6 +217,10 @@ class ModelManager:
 
     async def _load_source(self, source: ModelSource) -> ModelEntry:
         old = self._models.get(source.name)
+        if is_ensemble(source.config):
+            self._ensemble_steps[source.name] = frozenset(
+                s.model_name for s in source.config.ensemble_scheduling.step
+            )
         try:
             versions = {}
             for number, path in sorted(source.versions.items(), reverse=True):
@@ -231,19 +253,8 @@ class ModelManager:
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
         settings = self._settings
-        inputs, outputs = await asyncio.to_thread(inspect_onnx, path)
-        initializers = await asyncio.to_thread(overridable_initializers, path)
-        config = mc.ModelConfig()
-        config.CopyFrom(source.config)
-        config.name = source.name
-        config = complete_from_onnx(
-            config,
-            inputs,
-            outputs,
-            default_max_batch_size=settings.default_max_batch_size,
-            source=str(source.directory / "config.pbtxt"),
-            initializers=initializers,
-        )
+        done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
+        config, inputs, outputs = done  # the graph's tensors (none for an identity model)
         source_file = str(source.directory / "config.pbtxt")
         validate_config(config, source_file)
         labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
@@ -257,32 +268,21 @@ class ModelManager:
         validate_response_cache(
             config, str(source.directory / "config.pbtxt"), 0 if cache is None else cache.capacity_bytes
         )
-        options = ort_options_for(
+        factory, plan = factory_for(  # onnxruntime or identity instances; instance_groups, devices
             config,
-            OrtOptions(
-                intra_op_threads=settings.intra_op_threads,
-                inter_op_threads=settings.inter_op_threads,
-                allow_spinning=settings.allow_spinning,
-                graph_optimization_level=settings.graph_optimization_level,
-            ),
-        )
-        plan = plan_instances(config, settings.execution_providers)  # instance_groups, devices
-        warn_unapplied(config, source_file, plan.unapplied)  # one line per load (config_fields.py)
-        factory = InstanceFactory(
             path,
-            options,
-            plan.providers,
-            name=source.name,
-            workers=settings.max_batches_in_flight,
+            settings,
+            source_file,
             faults=faults,
             batch_axes=None if seq_model is None else seq_model.batch_axes,
-            reshape=ReshapePlan.from_config(config),
         )
-        sessions: list[OrtBackend] = []
+        warn_unapplied(config, source_file, plan.unapplied)  # one line per load (config_fields.py)
+        sessions: list[Session] = []
         try:
             for slot in plan.slots:
                 sessions.append(await asyncio.to_thread(factory.session, plan.providers_of(slot)))
-            log.info("model %s version %d: instances %s", source.name, number, describe(plan.slots))
+            devices = tuple(instance_device(session) for session in sessions)
+            log.info("model %s version %d: instances %s", source.name, number, describe(plan.slots, sessions))
             try:
                 # On the sessions themselves: injected faults count the batcher's runs only.
                 await warm_up(config, sessions, source.directory)
@@ -303,7 +303,7 @@ class ModelManager:
             policy = sequence_policy(config, policy)
         elif not dynamic_batching_enabled(config):
             # Without dynamic batching each request runs alone, whatever its rows.
-            policy = replace(policy, max_batch_size=0)
+            policy = replace(policy, max_batch_size=0, alone_with_rows=config.max_batch_size > 0)
         stats = ModelStats()
         batcher = DynamicBatcher(
             backends,
@@ -333,6 +333,7 @@ class ModelManager:
             if seq_model is None
             else sequence_batcher(seq_model, batcher, settings, source.name),
             labels=labels,
+            devices=devices,
         )
 
     def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:

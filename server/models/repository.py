@@ -13,7 +13,7 @@ from pathlib import Path
 
 from protos import model_config_pb2 as mc
 from server import triton_text
-from server.models.config import ConfigError, load_config_file, validate_config
+from server.models.config import IDENTITY, ConfigError, load_config_file, validate_config
 from server.models.ensemble_config import ENSEMBLE_PLATFORM
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -31,7 +31,9 @@ class ModelSource:
     name: str
     directory: Path
     config: mc.ModelConfig
-    versions: dict[int, Path]  # version -> model file, only the versions the version_policy selects
+    # version -> model file (the version directory where none is needed: ensembles, identity models),
+    # only the versions the version_policy selects
+    versions: dict[int, Path]
 
 
 def _is_valid_name(name: str) -> bool:
@@ -106,7 +108,8 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
     versions: dict[int, Path] = {}
     for version in _select_versions(config, on_disk, source):
-        if config.platform == ENSEMBLE_PLATFORM:  # no model file: the directory may be empty
+        if config.platform == ENSEMBLE_PLATFORM or config.backend == IDENTITY:
+            # No model file: the directory may be empty (it stands for the version).
             versions[version] = on_disk[version]
             continue
         model_file = _model_file(on_disk[version], filename)

@@ -3,7 +3,10 @@
 Control inputs and implicit-state tensors are graph inputs/outputs that the server fills, not the
 client: they are left out of the model's public inputs and outputs
 (config_fields.sequence_hidden_names). What is not implemented is refused naming the field
-(iterative_sequence, use_growable_memory, direct's minimum_slot_utilization, STRING states).
+(iterative_sequence, use_growable_memory, direct's minimum_slot_utilization, a STRING state's
+data_file). A model without a batch dimension (max_batch_size 0) runs each request alone; its
+control and state tensors then have no batch dimension either. A STRING state starts as empty
+strings; a state's variable (-1) dims start as 1 without initial_state.dims, as in Triton.
 
 A state tensor's batch dimension is axis 0 unless the model parameter
 `sequence_state_batch_axis` says otherwise ("<state input_name>:<axis>[,...]", e.g. Silero VAD's
@@ -75,13 +78,26 @@ def sequence_model(
     _refuse_unsupported(config, where)
     graph_in = {t.name: t for t in map(_tensor, onnx_inputs)}
     graph_out = {t.name: t for t in map(_tensor, onnx_outputs)}
+    batched = config.max_batch_size > 0
     axes = _batch_axes(config, sb, source)
-    controls = tuple(_control(entry, graph_in, where) for entry in sb.control_input)
+    if axes and not batched:
+        raise ConfigError(
+            f"{source}: parameters '{BATCH_AXIS_PARAMETER}' needs max_batch_size > 0 (no batch dimension)"
+        )
+    controls = tuple(_control(entry, graph_in, batched, where) for entry in sb.control_input)
     kinds = [c.kind for c in controls]
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"{where}.control_input: a control kind is given twice")
     states = tuple(
-        _state(i, state, graph_in, graph_out, axes.get(state.input_name, 0), directory, where)
+        _state(
+            i,
+            state,
+            graph_in,
+            graph_out,
+            axes.get(state.input_name, 0) if batched else None,
+            directory,
+            where,
+        )
         for i, state in enumerate(sb.state)
     )
     graph_axes = {}
@@ -89,7 +105,7 @@ def sequence_model(
         if axes.get(state.input_name, 0):
             graph_axes[state.input_name] = graph_axes[state.output_name] = axes[state.input_name]
     idle_us = sb.max_sequence_idle_microseconds or DEFAULT_IDLE_US
-    return SequenceModel(SequenceSpec(controls, states, idle_us / 1e6), graph_axes)
+    return SequenceModel(SequenceSpec(controls, states, idle_us / 1e6, batched), graph_axes)
 
 
 def _tensor(item: Any) -> OnnxTensor:
@@ -100,8 +116,6 @@ def _tensor(item: Any) -> OnnxTensor:
 
 def _refuse_unsupported(config: mc.ModelConfig, where: str) -> None:
     sb = config.sequence_batching
-    if config.max_batch_size <= 0:
-        raise ConfigError(f"{where} needs max_batch_size > 0 (a sequence is one row of a batch)")
     if sb.iterative_sequence:
         raise ConfigError(f"{where}.iterative_sequence is not supported")
     if sb.WhichOneof("strategy_choice") == "direct" and sb.direct.minimum_slot_utilization:
@@ -136,7 +150,7 @@ def _batch_axes(config: mc.ModelConfig, sb: mc.ModelSequenceBatching, source: st
     return axes
 
 
-def _control(entry: Any, graph: Mapping[str, OnnxTensor], where: str) -> ControlSpec:
+def _control(entry: Any, graph: Mapping[str, OnnxTensor], batched: bool, where: str) -> ControlSpec:
     here = f"{where}.control_input '{entry.name}'"
     if len(entry.control) != 1:
         raise ConfigError(f"{here}: give exactly one control (got {len(entry.control)})")
@@ -154,7 +168,7 @@ def _control(entry: Any, graph: Mapping[str, OnnxTensor], where: str) -> Control
     else:
         dtype, (false, true) = _flag_values(control, here)
         spec = ControlSpec(entry.name, kind, dtype.numpy, false, true)
-    _check_graph(tensor, dtype, [1], 0, here)
+    _check_graph(tensor, dtype, [1], 0 if batched else None, here)
     return spec
 
 
@@ -183,15 +197,16 @@ def _state(
     state: Any,
     graph_in: Mapping[str, OnnxTensor],
     graph_out: Mapping[str, OnnxTensor],
-    axis: int,
+    axis: int | None,
     directory: Path,
     where: str,
 ) -> StateSpec:
+    """One state's spec; `axis` is its batch axis, None for a model without a batch dimension."""
     here = f"{where}.state[{index}]"
     if not state.input_name or not state.output_name:
         raise ConfigError(f"{here}: input_name and output_name are both required")
     dtype = datatypes.BY_CONFIG.get(state.data_type)
-    if dtype is None or dtype is datatypes.BYTES:
+    if dtype is None:
         raise ConfigError(f"{here}: data_type {datatypes.config_name(state.data_type)} is not supported")
     ends = ((state.input_name, graph_in, "input"), (state.output_name, graph_out, "output"))
     for name, graph, kind in ends:
@@ -203,14 +218,14 @@ def _state(
         _check_graph(tensor, dtype, list(state.dims), axis, f"{here} {kind} '{name}'")
     if len(state.initial_state) > 1:
         raise ConfigError(f"{here}.initial_state: at most one is supported")
-    initial = _initial(state, dtype, directory, here)
-    if axis > initial.ndim - 1:
+    initial = _initial(state, dtype, axis is not None, directory, here)
+    if axis is not None and axis > initial.ndim - 1:
         raise ConfigError(f"{here}: batch axis {axis} is beyond the state's {initial.ndim - 1} dims")
     initial.flags.writeable = False  # shared by every new sequence
     return StateSpec(state.input_name, state.output_name, initial)
 
 
-def _initial(state: Any, dtype: datatypes.Datatype, directory: Path, here: str) -> np.ndarray:
+def _initial(state: Any, dtype: datatypes.Datatype, batched: bool, directory: Path, here: str) -> np.ndarray:
     dims = list(state.dims)
     init = state.initial_state[0] if state.initial_state else None
     if init is not None and init.dims:
@@ -219,11 +234,17 @@ def _initial(state: Any, dtype: datatypes.Datatype, directory: Path, here: str) 
         if len(init.dims) != len(dims) or any(d not in (-1, i) for d, i in zip(dims, init.dims, strict=True)):
             raise ConfigError(f"{here}.initial_state: dims {list(init.dims)} do not fit the state's {dims}")
         dims = list(init.dims)
-    if any(d < 0 for d in dims):
-        raise ConfigError(f"{here}: dims {dims} must be fixed (or set initial_state.dims)")
-    shape = (1, *dims)
+        if any(d < 0 for d in dims):
+            raise ConfigError(f"{here}.initial_state: dims {dims} must be fixed")
+    else:  # Triton's rule: a variable dim starts as 1; later the state is the last run's output
+        dims = [1 if d == -1 else d for d in dims]
+    shape = (1, *dims) if batched else tuple(dims)
     if init is None or init.WhichOneof("state_data") != "data_file":
+        if dtype is datatypes.BYTES:  # STRING's zero: empty strings
+            return np.full(shape, b"", dtype=object)
         return np.zeros(shape, dtype.numpy)
+    if dtype is datatypes.BYTES:
+        raise ConfigError(f"{here}.initial_state.data_file: not supported for a TYPE_STRING state")
     path = directory / "initial_state" / init.data_file
     try:
         raw = path.read_bytes()
@@ -236,12 +257,22 @@ def _initial(state: Any, dtype: datatypes.Datatype, directory: Path, here: str) 
 
 
 def _check_graph(
-    tensor: OnnxTensor, dtype: datatypes.Datatype, dims: list[int], axis: int, here: str
+    tensor: OnnxTensor, dtype: datatypes.Datatype, dims: list[int], axis: int | None, here: str
 ) -> None:
-    """The graph tensor has the dtype, and its shape is `dims` with a variable batch dim at `axis`."""
+    """The graph tensor has the dtype, and its shape is `dims` with a variable batch dim at `axis`
+    (just `dims` when `axis` is None: a model without a batch dimension)."""
     if tensor.type != dtype.onnx:
         raise ConfigError(f"{here}: data type {dtype.wire} does not match the ONNX model's {tensor.type}")
     shape = list(tensor.shape)
+    if axis is None:
+        model = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+        if len(model) != len(dims) or any(
+            m not in (-1, d) and d != -1 for m, d in zip(model, dims, strict=True)
+        ):
+            raise ConfigError(
+                f"{here}: dims {dims} do not match the ONNX model's shape {shape} (no batch dimension)"
+            )
+        return
     if len(shape) != len(dims) + 1 or axis >= len(shape):
         raise ConfigError(
             f"{here}: the ONNX model's shape {shape} is not dims {dims} plus a batch dimension at axis {axis}"

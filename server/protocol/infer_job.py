@@ -110,13 +110,16 @@ class InferJob:
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
+        if self.served.ensemble is not None:  # its steps, through their models' batchers
+            c = self.controls
+            outputs = await self.served.ensemble.run_counted(
+                self.served.stats, self.inputs, self.admission, c.priority, c.sequence
+            )
+            return self._computed(outputs)
         if self.controls.sequence is not None:
             outputs = await sequence_outputs(
                 self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace
             )
-            return self._computed(outputs)
-        if self.served.ensemble is not None:  # its steps, through their models' batchers
-            outputs = await self.served.ensemble.run(self.inputs, self.admission, self.controls.priority)
             return self._computed(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return self._computed(outputs)
@@ -136,7 +139,10 @@ class InferJob:
         if served.sampler is not None:  # computed or cached: queue references, or count a drop
             served.sampler.offer(self.inputs, outputs)
         if self.classes:  # the classification extension (server/protocol/classification.py)
-            outputs = classify(outputs, self.classes, served.labels, served.config.max_batch_size > 0)
+            labels = served.labels
+            if served.ensemble is not None:  # Triton: an output's labels come from the step making it
+                labels = {**served.ensemble.output_labels(), **labels}
+            outputs = classify(outputs, self.classes, labels, served.config.max_batch_size > 0)
         return codec.encode_response(
             served.name, served.version_str, self.request.id, outputs, self.names, self.shm
         )

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from batcher.admission import Admission
 from batcher.types import QueueTrace, Tensors
+from server import triton_text
 from server.errors import InvalidRequest
 from server.models.versions import ModelVersion
 from server.protocol.sequence_params import SEQUENCE_ID, SequenceParams
 
 
 def check_sequence(served: ModelVersion, sequence: SequenceParams | None) -> None:
+    if served.ensemble is not None:
+        return  # its sequence steps take the sequence, the others ignore it (models/ensemble.py)
     if served.sequences is None:
         if sequence is not None:
             raise InvalidRequest(
@@ -21,10 +24,7 @@ def check_sequence(served: ModelVersion, sequence: SequenceParams | None) -> Non
                 "(send sequence parameters only to models with it)"
             )
     elif sequence is None:
-        raise InvalidRequest(
-            f"inference request to model '{served.name}' must specify a non-zero or non-empty "
-            f"correlation ID (parameter '{SEQUENCE_ID}')"
-        )
+        raise InvalidRequest(f"{triton_text.no_correlation_id(served.name)} (parameter '{SEQUENCE_ID}')")
 
 
 async def sequence_outputs(

@@ -122,7 +122,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(
             name=served.name,
             versions=[str(v) for v in entry.order],
-            platform=served.config.platform,
+            platform=served.config.platform or served.config.backend,  # Triton's: e.g. identity
             inputs=[
                 tensor(name=s.name, datatype=s.datatype.wire, shape=signature.wire_shape(s))
                 for s in signature.inputs.values()

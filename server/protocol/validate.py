@@ -13,6 +13,7 @@ from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
 from server.errors import InvalidRequest
+from server.models.config import IDENTITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Signature:
     max_batch_size: int  # 0: the model has no batch dimension
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
+    # BYTES inputs must be UTF-8 text (onnxruntime's strings); the identity backend takes any bytes.
+    text_bytes: bool = True
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Signature:
@@ -50,6 +53,7 @@ class Signature:
             max_batch_size=config.max_batch_size,
             inputs={t.name: spec(t) for t in config.input},
             outputs={t.name: spec(t) for t in config.output},
+            text_bytes=config.backend != IDENTITY,
         )
 
     def wire_shape(self, spec: TensorSpec) -> list[int]:
@@ -73,7 +77,7 @@ class Signature:
                     f"input '{spec.name}': datatype {dtype.wire} does not match "
                     f"the model's {spec.datatype.wire}"
                 )
-            if dtype is datatypes.BYTES:
+            if dtype is datatypes.BYTES and self.text_bytes:
                 _check_text(spec.name, array)
             shape = array.shape
             if self.max_batch_size > 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -56,6 +57,47 @@ def test_dag_ensemble_runs_branches_and_combines(client: Client) -> None:
     assert set(only) == {"A"}
 
 
+def test_classification_of_an_ensemble_output_uses_the_labels_of_the_step_making_it(
+    server: ServerProcess,
+) -> None:
+    # Triton passes the step model's label provider on: the ensemble has no label_filename.
+    import tritonclient.grpc as tc
+
+    with tc.InferenceServerClient(server.address) as triton:
+        x = tc.InferInput("IN", [1, 4], "FP32")
+        x.set_data_from_numpy(np.array([[3, 1, 4, 2]], np.float32))
+        # labeled_then_pass: an identity step after the labelled one passes its labels on.
+        for model in ("labeled", "labeled_then_pass"):
+            top2 = [tc.InferRequestedOutput("OUT", class_count=2)]
+            result = triton.infer(model, [x], outputs=top2)
+            top = [item.decode() for item in result.as_numpy("OUT").reshape(-1)]
+            assert top == ["8.000000:2:two", "6.000000:0:zero"], model
+
+
+def test_nested_ensembles_load_after_the_ensembles_they_use_and_run(
+    client: Client, server: ServerProcess
+) -> None:
+    # a_nested -> b_nested -> labeled -> double_labeled, loaded in that order's reverse whatever
+    # the names' order; each level's statistics count the request.
+    out = client.infer("a_nested", {"IN": _x(1)})
+    np.testing.assert_allclose(out["OUT"], 4 * _x(1))
+    assert _counts(client, "b_nested")[0] >= 1 and _counts(client, "labeled")[0] >= 1
+    import tritonclient.grpc as tc
+
+    with tc.InferenceServerClient(server.address) as triton:
+        x = tc.InferInput("IN", [1, 4], "FP32")
+        x.set_data_from_numpy(np.array([[3, 1, 4, 2]], np.float32))
+        result = triton.infer("b_nested", [x], outputs=[tc.InferRequestedOutput("OUT", class_count=1)])
+    assert [item.decode() for item in result.as_numpy("OUT").reshape(-1)] == ["8.000000:2:two"]
+
+
+def test_ensemble_reshape_gives_the_steps_the_reshaped_tensor(client: Client) -> None:
+    # pass22 takes [2, 2] rows only: the [4] rows reach it reshaped and come back as [4].
+    out = client.infer("reshaped", {"IN": _x(3)})
+    np.testing.assert_array_equal(out["OUT"], _x(3))
+    assert _counts(client, "pass22")[2] >= 3  # rows counted without dynamic batching too
+
+
 def test_metadata_and_config_describe_the_ensemble(client: Client) -> None:
     meta = client.model_metadata("dag")
     assert meta.platform == "ensemble"
@@ -74,6 +116,8 @@ def test_step_models_and_the_ensemble_count_the_request(client: Client) -> None:
     for model in before:
         assert after[model][0] == before[model][0] + 1, model  # one more success each
         assert after[model][1] == before[model][1], model
+        # One more execution of the request's 2 rows each: the ensemble too, as Triton counts it.
+        assert after[model][2:] == (before[model][2] + 2, before[model][3] + 1), model
 
 
 def test_deadline_applies_across_steps(server: ServerProcess, client: Client) -> None:
@@ -89,7 +133,8 @@ def test_deadline_applies_across_steps(server: ServerProcess, client: Client) ->
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
-    assert "ensemble 'slow_then_add' step 1 (model 'slow')" in str(info.value.details())
+    details = str(info.value.details())
+    assert details.startswith("in ensemble 'slow_then_add', ") and details.endswith("; step 1 (model 'slow')")
     assert _counts(client, "add_one")[:2] == before[:2]
     assert _counts(client, "slow_then_add")[1] >= 1  # the ensemble counts its failure
 
@@ -97,7 +142,7 @@ def test_deadline_applies_across_steps(server: ServerProcess, client: Client) ->
 def test_failing_step_is_named(client: Client) -> None:
     with pytest.raises(InternalError) as info:
         client.infer("failing", {"IN": _x()})
-    assert "ensemble 'failing' step 2 (model 'faulty') failed" in str(info.value)
+    assert "in ensemble 'failing', step 2 (model 'faulty') failed" in str(info.value)
     assert _counts(client, "failing")[1] >= 1
 
 
@@ -142,3 +187,32 @@ def test_ensemble_over_a_stream(server: ServerProcess) -> None:
 
     for rows, out in zip((1, 2, 3), asyncio.run(three()), strict=True):
         np.testing.assert_allclose(out, 3 * _x(rows) + 1)
+
+
+def test_an_ensemble_waiting_for_its_step_models_loads_once_they_load(tmp_path: Path) -> None:
+    # Explicit mode, only the ensembles loaded: they are unavailable for want of their steps. Once
+    # the last step model loads they load too, a nesting ensemble after the one it nests, as in
+    # Triton; an ensemble unloaded on purpose stays unloaded.
+    import tritonclient.grpc as tc
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    args = ["--model-control-mode", "explicit", "--load-model", "linear", "--load-model", "labeled"]
+    with (
+        ServerProcess("--model-repository", str(repo), *args, "--load-model", "b_nested") as server,
+        tc.InferenceServerClient(server.address) as triton,
+    ):
+        assert not triton.is_model_ready("linear") and not triton.is_model_ready("b_nested")
+        triton.unload_model("labeled")
+        triton.load_model("add_one")
+        assert not triton.is_model_ready("linear")  # `double` is still missing
+        triton.load_model("double")
+        assert triton.is_model_ready("linear")
+        x = tc.InferInput("IN", [1, 4], "FP32")
+        x.set_data_from_numpy(_x(1))
+        np.testing.assert_allclose(triton.infer("linear", [x]).as_numpy("OUT"), 2 * (_x(1) + 1))
+        triton.load_model("double_labeled")
+        assert not triton.is_model_ready("labeled")  # unloaded on purpose: not brought back
+        triton.load_model("labeled")
+        assert triton.is_model_ready("labeled") and triton.is_model_ready("b_nested")

@@ -38,6 +38,10 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     write_model(repo, "acc_big", big, sm.accumulator_config(width=BIG_WIDTH))
     write_model(repo, "axis1", sm.accumulator_axis1_model(files / "axis1.onnx"), sm.AXIS1_CONFIG)
     write_model(repo, "controls", sm.controls_model(files / "controls.onnx"), sm.CONTROLS_CONFIG)
+    # An ensemble whose second step is the accumulator: the request's sequence reaches that step.
+    write_model(repo, "double", sm.double_model(files / "double.onnx"), "max_batch_size: 8\n")
+    (repo / "double_then_acc" / "1").mkdir(parents=True)
+    (repo / "double_then_acc" / "config.pbtxt").write_text(sm.DOUBLE_THEN_ACC)
     args = ["--model-repository", str(repo), "--max-sequences", str(MAX_SEQUENCES)]
     with ServerProcess(*args, "--max-sequence-state-bytes", str(MAX_STATE_BYTES)) as server:
         yield server
@@ -140,7 +144,7 @@ def test_unknown_sequences_and_missing_ids_are_refused_by_name(
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "must specify a non-zero or non-empty correlation ID" in err.details()
     err = error_of(stub, request("accumulate", 5, np.ones((2, 4), np.float32), start=True))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch dimension of 1" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "must specify batch-size 1" in err.details()
 
 
 def test_a_stream_runs_a_sequences_requests_in_order(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
@@ -278,3 +282,15 @@ def test_sequence_parameters_are_refused_where_they_do_not_apply(
     flag_only.parameters["sequence_start"].bool_param = True
     err = error_of(stub, flag_only)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'sequence_start'" in err.details()
+
+
+def test_an_ensemble_passes_the_sequence_to_its_sequence_step(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    # double_then_acc: x -> double -> accumulate; the accumulator's state is the sequence's.
+    assert step(stub, "double_then_acc", 71, 1.0, start=True).tolist() == [[2, 2, 2, 2]]
+    assert step(stub, "double_then_acc", 72, 5.0, start=True).tolist() == [[10, 10, 10, 10]]
+    assert step(stub, "double_then_acc", 71, 3.0, end=True).tolist() == [[8, 8, 8, 8]]
+    err = error_of(stub, request("double_then_acc", None, np.ones((1, 4), np.float32)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "step 2 (model 'accumulate')" in err.details()
+    assert "must specify a non-zero or non-empty correlation ID" in err.details()
+    assert step(stub, "double_then_acc", 72, 1.0, end=True).tolist() == [[12, 12, 12, 12]]

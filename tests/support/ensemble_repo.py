@@ -103,6 +103,19 @@ ENSEMBLES = {
     "failing": ensemble(
         [_step("add_one", {"x": "IN"}, {"y": "T"}), _step("faulty", {"x": "T"}, {"y": "OUT"})]
     ),
+    "labeled": ensemble([_step("double_labeled", {"x": "IN"}, {"y": "OUT"})]),
+    # reshape on the ensemble's input and output: the step sees [2, 2], the client [4].
+    "reshaped": ensemble([_step("pass22", {"x": "IN"}, {"y": "OUT"})]).replace(
+        "dims: [ 4 ] }", "dims: [ 4 ] reshape: { shape: [ 2, 2 ] } }"
+    ),
+    "labeled_then_pass": ensemble(
+        [_step("double_labeled", {"x": "IN"}, {"y": "T"}), _step("pass", {"x": "T"}, {"y": "OUT"})]
+    ),
+    # Ensembles of ensembles (named so that they sort before the ensembles they use).
+    "a_nested": ensemble(
+        [_step("b_nested", {"IN": "IN"}, {"OUT": "T"}), _step("double", {"x": "T"}, {"y": "OUT"})]
+    ),
+    "b_nested": ensemble([_step("labeled", {"IN": "IN"}, {"OUT": "OUT"})]),
     "orphan": ensemble([_step("absent", {"x": "IN"}, {"y": "OUT"})]),
     "bad_map": ensemble(
         [_step("add_one", {"x": "IN"}, {"y": "T"}), _step("double", {"z": "T"}, {"y": "OUT"})]
@@ -117,6 +130,16 @@ def ensemble_repository(repo: Path, files: Path) -> Path:
     write_model(repo, "add_one", add_one, STEP)
     write_model(repo, "double", double, STEP)
     write_model(repo, "double_wait", double, WAIT)
+    labeled = 'output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] label_filename: "labels.txt" } ]\n'
+    write_model(repo, "double_labeled", double, STEP + labeled)
+    (repo / "double_labeled" / "labels.txt").write_text("zero\none\ntwo\nthree\n")
+    for name, dims in (("pass", "4"), ("pass22", "2, 2")):
+        (repo / name / "1").mkdir(parents=True)  # the identity backend needs no model file
+        (repo / name / "config.pbtxt").write_text(
+            'backend: "identity"\nmax_batch_size: 8\n'
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+            f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
+        )
     write_model(repo, "faulty", add_one, FAULTY)
     write_model(repo, "add", _add(files / "add.onnx"), STEP)
     write_model(repo, "slow", add_one, SLOW)

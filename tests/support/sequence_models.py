@@ -121,3 +121,30 @@ sequence_batching {
   ]
 }
 """
+
+
+def double_model(path: Path, width: int = 4) -> Path:
+    """x f32[B,width] -> out = 2 x (an ensemble's first step before the accumulator)."""
+    f32 = TensorProto.FLOAT
+    two = helper.make_tensor("two", f32, [1], [2.0])
+    nodes = [helper.make_node("Constant", [], ["c"], value=two), helper.make_node("Mul", ["x", "c"], ["out"])]
+    return _save(
+        nodes,
+        [helper.make_tensor_value_info("x", f32, ["B", width])],
+        [helper.make_tensor_value_info("out", f32, ["B", width])],
+        path,
+    )
+
+
+DOUBLE_THEN_ACC = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "out" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "double" model_version: -1
+    input_map { key: "x" value: "x" } output_map { key: "out" value: "t" } },
+  { model_name: "accumulate" model_version: -1
+    input_map { key: "x" value: "t" } output_map { key: "out" value: "out" } }
+] }
+"""

@@ -40,4 +40,4 @@ def test_failing_step_through_tritonclient(client: grpcclient.InferenceServerCli
     with pytest.raises(InferenceServerException) as info:
         client.infer("failing", [_input(np.zeros((1, 4), np.float32))])
     assert info.value.status() == "StatusCode.INTERNAL"
-    assert "ensemble 'failing' step 2 (model 'faulty')" in info.value.message()
+    assert "in ensemble 'failing', step 2 (model 'faulty') failed" in info.value.message()

@@ -65,6 +65,23 @@ def test_bytes_round_trip_and_errors() -> None:
         codec.decode_inputs(request_with("s", "BYTES", [1], b"\x09\x00\x00\x00ab"))
 
 
+def test_bytes_count_errors_name_the_last_input_sent_as_triton_does() -> None:
+    # Two BYTES inputs both short of their shape: Triton (and its L0_input_validation) names the
+    # input sent last; an error of another kind stays with the input it is about.
+    short = wire.pack_bytes(np.array([b"a", b"b"], dtype=object))
+    tensor = pb.ModelInferRequest.InferInputTensor
+    request = pb.ModelInferRequest(
+        model_name="m",
+        inputs=[tensor(name=n, datatype="BYTES", shape=[3]) for n in ("A", "B")],
+        raw_input_contents=[short, short],
+    )
+    with pytest.raises(InvalidRequest, match=r"^expected 3 string elements for inference input 'B' "):
+        codec.decode_inputs(request)
+    request.raw_input_contents[1] = wire.pack_bytes(np.array([b"a", b"b", b"c"], dtype=object))
+    with pytest.raises(InvalidRequest, match=r"^expected 3 string elements for inference input 'A' "):
+        codec.decode_inputs(request)
+
+
 def test_decode_rejects_inconsistent_requests() -> None:
     with pytest.raises(
         InvalidRequest, match=r"^input byte size mismatch for input 'x' for model ''\. Expected 8, got 3;"

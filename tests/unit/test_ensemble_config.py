@@ -121,7 +121,6 @@ def test_bad_ensemble_configs_are_refused(text: str, message: str) -> None:
             _step("ints", {"x": "IN"}, {"y": "OUT"}),
             "input 'x' is TYPE_INT32 but ensemble input 'IN' is TYPE_FP32",
         ),
-        (_step("nested", {"IN": "IN"}, {"OUT": "OUT"}), "nested ensembles are not supported"),
     ],
 )
 def test_steps_checked_against_their_models(step: str, message: str) -> None:
@@ -137,3 +136,48 @@ def test_order_needs_no_step_models() -> None:
         "double",
         "add",
     ]
+
+
+NOBATCH_16 = """
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 16 ] } ]
+"""
+
+
+def test_tensors_pass_between_batching_and_non_batching_models_as_triton_allows() -> None:
+    # Triton's rule: the dims agree ([16] and a batching step's [-1]) or the full shapes do (a
+    # batching ensemble's [-1, 16] and a non-batching step's [-1, 16]); the step's max_batch_size
+    # is compared with the ensemble's only when the step batches.
+    nobatch_ensemble = """
+name: "e"
+platform: "ensemble"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 16 ] } ]
+ensemble_scheduling { step [
+  { model_name: "batching" model_version: -1
+    input_map { key: "x" value: "X" } output_map { key: "y" value: "T" } },
+  { model_name: "nobatch" model_version: -1
+    input_map { key: "x" value: "T" } output_map { key: "y" value: "Y" } }
+] }
+"""
+    models = {
+        "batching": STEP_MODEL,
+        "nobatch": NOBATCH_16,
+        "nobatch_full": NOBATCH_16.replace("[ 16 ]", "[ -1, 16 ]"),
+    }
+
+    def step_model(step: Step) -> mc.ModelConfig:
+        return _config(models[step.model], step.model)
+
+    config = _config(nobatch_ensemble)
+    plan = plan_ensemble(config, "config.pbtxt", step_model)
+    assert (plan.batching, plan.output_dims) == (False, ((16,),))
+    batching_ensemble = nobatch_ensemble.replace("max_batch_size: 0", "max_batch_size: 8").replace(
+        '"nobatch"', '"nobatch_full"'
+    )
+    assert plan_ensemble(_config(batching_ensemble), "config.pbtxt", step_model).batching
+    models["nobatch_full"] = NOBATCH_16.replace("[ 16 ]", "[ 3, 16, 2 ]")  # agrees in neither way
+    with pytest.raises(ConfigError, match=r"has shape \[3, 16, 2\] but step 1 output 'y' has \[-1, -1\]"):
+        plan_ensemble(_config(batching_ensemble), "config.pbtxt", step_model)

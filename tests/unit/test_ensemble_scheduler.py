@@ -42,6 +42,9 @@ class FakeStep:
     clock: Clock | None = None
     advance_to: float = 0.0
     calls: list[Tensors] = field(default_factory=list)
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ensemble: None = None  # not an ensemble itself
+    sequences: None = None  # no sequence_batching
 
     def __post_init__(self) -> None:
         second = ', { name: "b" data_type: TYPE_FP32 dims: [ -1 ] }' if self.name == "add" else ""
@@ -102,7 +105,9 @@ def test_dag_steps_run_after_their_inputs() -> None:
 def test_a_step_is_not_started_past_the_deadline() -> None:
     clock = Clock()
     steps = _steps(add_one=FakeStep("add_one", lambda x: x + 1, clock=clock, advance_to=200.0))
-    with pytest.raises(DeadlineExceeded, match=r"ensemble 'linear' step 2 \(model 'double'\): deadline"):
+    with pytest.raises(
+        DeadlineExceeded, match=r"^in ensemble 'linear', deadline .*; step 2 \(model 'double'\)$"
+    ):
         asyncio.run(_run("linear", steps, clock, hard=100.0))
     assert steps["double"].calls == []
 
@@ -112,5 +117,20 @@ def test_a_failing_step_keeps_its_error_class_and_is_named() -> None:
         raise QueueFull("queue is full")
 
     steps = _steps(double=FakeStep("double", refuse))
-    with pytest.raises(QueueFull, match=r"ensemble 'linear' step 2 \(model 'double'\): queue is full"):
+    with pytest.raises(
+        QueueFull, match=r"^in ensemble 'linear', queue is full.*; step 2 \(model 'double'\)$"
+    ):
         asyncio.run(_run("linear", steps, Clock(), None))
+
+
+def test_batch_dims_fitted_between_batching_and_non_batching_steps() -> None:
+    from server.models.ensemble import fit_batch_dim
+
+    row = np.zeros(16, np.float32)
+    assert fit_batch_dim(row, False, (-1,), True).shape == (1, 16)  # into a batching model
+    assert fit_batch_dim(row, False, (4, 4), True).shape == (16,)  # no match: left to the step's check
+    one = np.zeros((1, 16), np.float32)
+    assert fit_batch_dim(one, True, (16,), False).shape == (16,)  # batch of 1 into a non-batching model
+    assert fit_batch_dim(one, True, (1, 16), False).shape == (1, 16)  # the full shape already fits
+    assert fit_batch_dim(np.zeros((2, 16)), True, (16,), False).shape == (2, 16)
+    assert fit_batch_dim(one, True, (16,), True) is one  # both batch: untouched

@@ -124,7 +124,7 @@ async def test_state_is_carried_and_the_end_releases_the_sequence() -> None:
     assert sb.state_bytes == 8 and sb.live == 1
     await sb.infer(7, x(3), adm(), end=True)
     assert sb.live == 0 and sb.state_bytes == 0
-    with pytest.raises(UnknownSequence, match=r"sequence 7 of model 'm' is not live: it ended"):
+    with pytest.raises(UnknownSequence, match=r"sequence 7 to model 'm' must specify the START .* it ended"):
         await sb.infer(7, x(1), adm())
 
 
@@ -157,9 +157,13 @@ async def test_a_failed_run_leaves_the_state_as_it_was() -> None:
 
 async def test_unknown_ids_and_multi_row_requests_are_refused() -> None:
     sb, _, _, _ = make()
-    with pytest.raises(UnknownSequence, match=r"sequence 'abc' .* never started"):
+    with pytest.raises(
+        UnknownSequence, match=r"^inference request for sequence abc to model 'm' .* never started"
+    ):
         await sb.infer("abc", x(1), adm())
-    with pytest.raises(SequenceError, match="batch dimension of 1, got 2 rows"):
+    with pytest.raises(
+        SequenceError, match=r"^inference request to model 'm' must specify batch-size 1 .* got 2 rows"
+    ):
         await sb.infer(1, {"x": np.ones((2, 2), np.float32)}, adm(2), start=True)
     assert sb.live == 0
 
@@ -247,3 +251,44 @@ async def test_an_end_and_the_next_start_of_the_same_id_sent_back_to_back_keep_t
     assert (await restart)["out"].tolist() == [[7, 7]]  # a new sequence, from the initial state
     assert (await after)["out"].tolist() == [[8, 8]]
     assert sb.live == 1 and sb.state_bytes == 8
+
+
+async def test_a_model_without_a_batch_dimension_gets_unbatched_controls_and_state() -> None:
+    """max_batch_size 0: control tensors of shape (1,), the state without a row axis."""
+    initial = np.zeros((2,), np.float32)
+    controls = (
+        ControlSpec("s", ControlKind.START, np.dtype(np.int32), 0, 1),
+        ControlSpec("c", ControlKind.CORRID, np.dtype(np.uint64)),
+    )
+    runner = FakeRunner()
+    sb = SequenceBatcher(
+        runner,
+        SequenceSpec(controls, (StateSpec("acc", "acc_out", initial),), IDLE_S, False),
+        SequenceLimits(4, 1024),
+        model="m",
+        schedule=FakeTimers(),
+    )
+    one = {"x": np.ones((2,), np.float32)}
+    await sb.infer(3, one, adm(), start=True)
+    assert (await sb.infer(3, one, adm()))["out"].tolist() == [2, 2]
+    assert [(f["s"].shape, f["c"].shape, f["acc"].shape) for f in runner.feeds] == [((1,), (1,), (2,))] * 2
+    assert [f["s"].item() for f in runner.feeds] == [1, 0] and runner.feeds[1]["c"].item() == 3
+
+
+class EchoRunner:
+    """acc_out = x: a STRING state that is the last request's input."""
+
+    async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors:
+        return {"out": inputs["acc"], "acc_out": inputs["x"]}
+
+
+async def test_a_string_state_counts_its_elements_bytes() -> None:
+    initial = np.full((1, 1), b"", dtype=object)
+    spec = SequenceSpec((), (StateSpec("acc", "acc_out", initial),), IDLE_S)
+    sb = SequenceBatcher(EchoRunner(), spec, SequenceLimits(4, 10), model="m", schedule=FakeTimers())
+    text = {"x": np.array([[b"hello"]], dtype=object)}
+    assert (await sb.infer(1, text, adm(), start=True))["out"].tolist() == [[b""]]
+    assert sb.state_bytes == 5
+    assert (await sb.infer(1, text, adm()))["out"].tolist() == [[b"hello"]]
+    with pytest.raises(SequenceLimitReached, match="max_sequence_state_bytes=10"):
+        await sb.infer(1, {"x": np.array([[b"a long text"]], dtype=object)}, adm())

@@ -73,7 +73,7 @@ def test_controls_are_parsed_with_their_types_and_values() -> None:
     [
         (
             lambda t: t.replace("max_batch_size: 8", 'input [ { name: "x" dims: [ -1, 4 ] } ]'),
-            "needs max_batch_size > 0",
+            r"state\[0\] input 'acc': dims \[4\] do not match the ONNX model's shape \[None, 4\] \(no batch",
         ),
         (
             lambda t: t.replace("sequence_batching {", "sequence_batching { iterative_sequence: true"),
@@ -110,3 +110,38 @@ def test_an_initial_state_file_must_have_the_states_size(tmp_path: Path) -> None
     (tmp_path / "initial_state" / "init.bin").write_bytes(b"\0" * 12)
     with pytest.raises(ConfigError, match="has 12 bytes, expected 16"):
         load(sm.accumulator_config(initial_file="init.bin"), ACC_IN, ACC_OUT, tmp_path)
+
+
+def test_a_model_without_a_batch_dimension_has_unbatched_controls_and_state() -> None:
+    """max_batch_size 0 (Triton's nobatch sequence models): the graph's tensors have no batch axis."""
+    text = sm.accumulator_config().replace("max_batch_size: 8", "max_batch_size: 0")
+    inputs = [("x", "tensor(float)", [4]), ("acc", "tensor(float)", [4])]
+    outputs = [("out", "tensor(float)", [4]), ("acc_out", "tensor(float)", [4])]
+    _, model = load(text, inputs, outputs)
+    assert model is not None and not model.spec.batched and model.spec.states[0].initial.shape == (4,)
+
+
+def test_a_string_state_starts_as_empty_strings(tmp_path: Path) -> None:
+    text = sm.accumulator_config().replace("TYPE_FP32", "TYPE_STRING")
+    inputs = [("x", "tensor(string)", [None, 4]), ("acc", "tensor(string)", [None, 4])]
+    outputs = [("out", "tensor(string)", [None, 4]), ("acc_out", "tensor(string)", [None, 4])]
+    _, model = load(text, inputs, outputs)
+    assert model is not None and model.spec.states[0].initial.tolist() == [[b""] * 4]
+    assert model.spec.initial_bytes == 0
+    (tmp_path / "initial_state").mkdir()
+    (tmp_path / "initial_state" / "init.bin").write_bytes(b"abcd")
+    with_file = sm.accumulator_config(initial_file="init.bin").replace("TYPE_FP32", "TYPE_STRING")
+    with pytest.raises(ConfigError, match="data_file: not supported for a TYPE_STRING state"):
+        load(with_file, inputs, outputs, tmp_path)
+
+
+def test_a_variable_state_dim_starts_as_one() -> None:
+    """Triton's rule for a state with dims [-1] and no initial_state dims (its variable-shape models)."""
+    text = sm.accumulator_config().replace(
+        'dims: [ 4 ] initial_state { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true name: "zeros" }',
+        "dims: [ -1 ]",
+    )
+    inputs = [("x", "tensor(float)", [None, None]), ("acc", "tensor(float)", [None, None])]
+    outputs = [("out", "tensor(float)", [None, None]), ("acc_out", "tensor(float)", [None, None])]
+    _, model = load(text, inputs, outputs)
+    assert model is not None and model.spec.states[0].initial.shape == (1, 1)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Triton's own QA suites (ONNX, gRPC only) against this checkout; see CONFORMANCE.md.
+#
+#   bash scripts/triton_qa.sh PATH_TO_TRITON_SOURCE [--suites L0_infer,L0_batcher] [--out DIR] [--list]
+#
+# PATH_TO_TRITON_SOURCE: a checkout or git mirror (bare is fine) of triton-inference-server/server,
+# fetched by you (nothing of Triton's is kept in this repository). The script makes a virtual
+# environment (.venv-qa, or $QA_VENV) with this project and tritonclient[grpc,http] (the QA files
+# import both clients; only gRPC is used), then runs `python -m loadtest.triton_qa.qa`: Triton's
+# generators make the ONNX models, each suite's repositories are laid out as its test.sh does, a
+# server is started per run on 127.0.0.1, and results.txt, summary.md and results.json are written
+# to --out (default: a new temporary folder, printed). A measurement: it exits 0 with failing tests.
+# $QA_TOTAL_TIMEOUT_S bounds the whole run (default 5400 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $# -lt 1 || $1 == -* ]]; then
+  if [[ ${1:-} == --list ]]; then exec "${PYTHON:-.venv/bin/python}" -m loadtest.triton_qa.qa --list; fi
+  echo "usage: bash scripts/triton_qa.sh PATH_TO_TRITON_SOURCE [--suites A,B] [--out DIR] [--list]" >&2
+  exit 2
+fi
+triton=$1
+shift
+venv=${QA_VENV:-.venv-qa}
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e ".[cpu]" "tritonclient[grpc,http]>=2.60"
+exec timeout --kill-after=60 "${QA_TOTAL_TIMEOUT_S:-5400}" \
+  "$venv/bin/python" -m loadtest.triton_qa.qa --triton "$triton" "$@"

@@ -1,0 +1,39 @@
+"""A version's config, completed from what the version runs (blocks: call it off the event loop).
+
+An ONNX model's config is completed from its graph (inputs, outputs, max_batch_size: see
+server/models/config.py). An identity model (`backend: "identity"`) has no model file: its config
+must list everything, and is only checked (server/backends/identity_backend.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protos import model_config_pb2 as mc
+from server.backends.identity_backend import complete_identity
+from server.backends.onnxruntime_backend import inspect_onnx, overridable_initializers
+from server.models.config import IDENTITY, OnnxTensor, complete_from_onnx
+from server.models.repository import ModelSource
+
+
+def complete_version(
+    source: ModelSource, path: Path, default_max_batch_size: int
+) -> tuple[mc.ModelConfig, list[OnnxTensor], list[OnnxTensor]]:
+    """The completed config of `source`'s version at `path`, and the graph's inputs and outputs
+    (none for an identity model)."""
+    config = mc.ModelConfig()
+    config.CopyFrom(source.config)
+    config.name = source.name
+    where = str(source.directory / "config.pbtxt")
+    if config.backend == IDENTITY:
+        return complete_identity(config, where), [], []
+    inputs, outputs = inspect_onnx(path)
+    completed = complete_from_onnx(
+        config,
+        inputs,
+        outputs,
+        default_max_batch_size=default_max_batch_size,
+        source=where,
+        initializers=overridable_initializers(path),
+    )
+    return completed, inputs, outputs
