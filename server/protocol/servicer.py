@@ -109,7 +109,11 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+        # cuda_shared_memory only where CUDA regions can be registered (a GPU, onnxruntime-gpu).
+        cuda = () if isinstance(self.cuda_shm, NoCudaSharedMemory) else ("cuda_shared_memory",)
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=[*EXTENSIONS, *cuda]
+        )
 
     @answers_errors
     async def ModelMetadata(

@@ -150,6 +150,13 @@ def test_tensorrt_builds_engines_before_ready_into_a_cache_a_restart_reuses(
     assert {p.name: p.stat().st_mtime_ns for p in engines.glob("*.engine")} == built  # not rebuilt
 
 
+def test_server_metadata_advertises_cuda_shared_memory_on_a_gpu(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    extensions = stub.ServerMetadata(pb.ServerMetadataRequest()).extensions
+    assert "cuda_shared_memory" in extensions and "system_shared_memory" in extensions
+
+
 def test_cuda_shared_memory_carries_inputs_and_outputs(server: ServerProcess) -> None:
     pytest.importorskip("cuda.bindings.runtime")  # tritonclient's CUDA utilities need cuda-python
     import tritonclient.grpc as grpcclient
