@@ -29,6 +29,7 @@ from server.models.config import (
     ConfigError,
     batching_policy,
     dynamic_batching_enabled,
+    latest_frame_wins,
     validate_config,
     validate_response_cache,
 )
@@ -334,6 +335,7 @@ class ModelManager:
             else sequence_batcher(seq_model, batcher, settings, source.name),
             labels=labels,
             devices=devices,
+            latest_frame_wins=latest_frame_wins(config, source_file),
         )
 
     def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
@@ -351,6 +353,7 @@ class ModelManager:
             batcher=admission_batcher(config, stats, self._settings.max_queue_size),
             stats=stats,
             ensemble=EnsembleScheduler(plan, self.resolve),
+            latest_frame_wins=latest_frame_wins(config, str(source.directory / "config.pbtxt")),
         )
 
     def _step_config(self, step: Step) -> mc.ModelConfig:

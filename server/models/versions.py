@@ -38,6 +38,8 @@ class ModelVersion:
     labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # output -> label_filename's
     ensemble: EnsembleScheduler | None = None  # platform "ensemble": its steps run the request
     devices: tuple[str, ...] = ()  # where each instance runs (`cpu`, `cuda:0`), as it started
+    # config.pbtxt's `latest_frame_wins`, read once at load, not per stream message (latest_frame.py).
+    latest_frame_wins: bool = False
     version_str: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from batcher.types import BatchRun, QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import status_for
 from server.models.manager import ModelManager
+from server.models.versions import ModelVersion
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -87,14 +88,18 @@ class TracedPath(RequestPath):
         )
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: ModelVersion | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         clock_ns = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
             self._rpc, self._parent, SpanKind.SERVER, start_time=clock_ns + start_ns
         )
         try:
-            job, response = super().start(request, remaining_s, start_ns)
+            job, response = super().start(request, remaining_s, start_ns, named)
         except BaseException as exc:
             if span.is_recording():
                 self._end(span, request, None, clock_ns, exc)

@@ -163,33 +163,35 @@ class RequestPath:
         self._job_type = job_type  # tracing's subclass notes when each stage ended
         self.regions = regions  # registered shared memory (None: requests naming a region are refused)
 
-    def preserves_order(self, request: pb.ModelInferRequest) -> bool:
-        """Whether the request's model answers a stream's requests in request order."""
-        try:
-            served = self._models.resolve(request.model_name, request.model_version)
-        except Exception:
-            return False  # it will fail in `start`, with the reason
-        return served.config.dynamic_batching.preserve_ordering
-
     def needs_load(self, request: pb.ModelInferRequest) -> bool:
         """Whether the request's (lazy) model must load first (server/models/lazy.py)."""
         demand = self._models.on_demand
         return demand is not None and demand.needs_load(request.model_name)
 
     def model_of(self, request: pb.ModelInferRequest) -> ModelVersion | None:
-        """The version the request would be served by now (None: none; `start` says why)."""
+        """The version the request names now, before a traffic policy routes it (None: none; `start`
+        says why). A stream resolves each message once, here, and hands the version on."""
         try:
             return self._models.resolve(request.model_name, request.model_version)
         except Exception:
             return None
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: ModelVersion | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
-        """Route and prepare a request, and answer it if that needs no waiting (see InferJob)."""
+        """Route and prepare a request, and answer it if that needs no waiting (see InferJob).
+        `named`: `model_of(request)` in the same turn of the event loop, used as is when the request
+        names a version (a traffic policy routes only requests naming none)."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
-        served = self._models.resolve(request.model_name, request.model_version, request)
+        if named is not None and request.model_version:
+            served = named
+        else:
+            served = self._models.resolve(request.model_name, request.model_version, request)
         try:
             job = self._job_type.prepare(served, request, remaining_s, self.regions)
             response = job.answer_now()

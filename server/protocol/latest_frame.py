@@ -20,9 +20,8 @@ from __future__ import annotations
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped
-from server.models.config import latest_frame_wins as model_setting
+from server.models.versions import ModelVersion
 from server.protocol.controls import latest_frame_wins as request_setting
-from server.protocol.infer_job import RequestPath
 
 FRAME_DROPPED = "frame_dropped"  # the response parameter of a dropped frame's answer
 _SUPERSEDED = "superseded by a newer frame on this stream (latest_frame_wins)"
@@ -31,22 +30,19 @@ _SUPERSEDED = "superseded by a newer frame on this stream (latest_frame_wins)"
 class LatestFrames:
     """One stream's newest waiting frame per model. Lives and dies with its stream session."""
 
-    def __init__(self, path: RequestPath) -> None:
-        self._path = path
+    def __init__(self) -> None:
         # Keyed by resolvable models only, so its size is bounded by the repository, not the client.
         self._newest: dict[tuple[str, str], Claim] = {}
 
-    def arrive(self, request: pb.ModelInferRequest) -> Claim | None:
+    def arrive(self, request: pb.ModelInferRequest, served: ModelVersion | None) -> Claim | None:
         """A claim for `request` when latest-frame-wins applies to it (None otherwise); the older
-        frame it supersedes is withdrawn if that has not started. Raises InvalidRequest when the
-        request's parameter is not a bool."""
+        frame it supersedes is withdrawn if that has not started. `served`: the version the
+        request names (RequestPath.model_of; None: no such model, `start` answers why). Raises
+        InvalidRequest when the request's parameter is not a bool."""
         wanted = request_setting(request.parameters)
-        if wanted is False:
+        if wanted is False or served is None:
             return None
-        served = self._path.model_of(request)
-        if served is None:  # no such model: `start` answers why
-            return None
-        if wanted is None and not model_setting(served.config, f"model '{served.name}'"):
+        if wanted is None and not served.latest_frame_wins:  # the model's setting, read at load
             return None
         key = (request.model_name, request.model_version)
         older = self._newest.get(key)

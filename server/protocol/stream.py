@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
+from server.models.versions import ModelVersion
 from server.observability.logs import request_fields
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
@@ -65,7 +66,7 @@ class StreamSession:
         self._pending: set[asyncio.Task[None]] = set()
         # Set once the latest order-preserving request has been answered: the next one waits on it.
         self._ordered_tail: asyncio.Event | None = None
-        self._frames = LatestFrames(path)  # latest-frame-wins (server/protocol/latest_frame.py)
+        self._frames = LatestFrames()  # latest-frame-wins (server/protocol/latest_frame.py)
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
         self._last_read = time.monotonic()
@@ -177,38 +178,51 @@ class StreamSession:
         if isinstance(request, Malformed):  # no id to answer with: the error names the message
             self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None)
             return
-        if self._on_close is not None:
-            self._sequences.note(request)
-        start_ns = time.perf_counter_ns()
+        job: InferJob | None = None
         try:
-            claim = self._frames.arrive(request)  # withdraws the frame it supersedes, if any
+            job = self._start(request)
+        finally:
+            if self._on_close is not None:  # with the job's parsed sequence id, when it has one
+                self._sequences.note(request, None if job is None else job.controls)
+
+    def _start(self, request: pb.ModelInferRequest) -> InferJob | None:
+        """Answer `request` at once, or hand it to a task; the job it prepared (None: it failed,
+        or its task prepares it)."""
+        start_ns = time.perf_counter_ns()
+        # One lookup of the request's model per message, for latest-frame-wins, order and `start`
+        # (which routes a request naming no version once, as a unary call's: RequestPath.start).
+        served = self._path.model_of(request)
+        try:
+            claim = self._frames.arrive(request, served)  # withdraws the frame it supersedes, if any
         except Exception as exc:
             self._send(_error(request, exc), None)
-            return
-        after, done = self._place_in_order(request, claim is not None)
+            return None
+        after, done = self._place_in_order(served, claim is not None)
         job: InferJob | None = None
         # Nothing earlier to wait for, and no lazy model to load first (its task waits for that).
         if (after is None or after.is_set()) and not self._path.needs_load(request):
             try:
-                job, now = self._path.start(request, self._left_s(), start_ns)
+                job, now = self._path.start(request, self._left_s(), start_ns, served)
             except Exception as exc:
                 self._send(_error(request, exc), done)
-                return
+                return None
             if now is not None:
                 self._send(Response(infer_response=now), done)
-                return
+                return job
             if claim is not None:
                 job.claim = claim
         task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return job
 
     def _place_in_order(
-        self, request: pb.ModelInferRequest, ordered: bool
+        self, served: ModelVersion | None, ordered: bool
     ) -> tuple[asyncio.Event | None, asyncio.Event | None]:
         """(the answer to wait for, the event to set once answered) for order-preserving models
-        and `ordered` requests (latest-frame-wins frames)."""
-        if not ordered and not self._path.preserves_order(request):
+        and `ordered` requests (latest-frame-wins frames). `served`: None when the model is
+        unknown (its request fails in `start`, in no order)."""
+        if not ordered and (served is None or not served.config.dynamic_batching.preserve_ordering):
             return None, None
         after, done = self._ordered_tail, asyncio.Event()
         self._ordered_tail = done

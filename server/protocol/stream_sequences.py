@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from batcher.sequence_types import SequenceId
 from protos import grpc_service_pb2 as pb
+from server.protocol.controls import Controls
 from server.protocol.sequence_params import SEQUENCE_ID, sequence_id
 
 MAX_SEEN = 65536
@@ -23,9 +24,17 @@ class SeenSequences:
     def __init__(self) -> None:
         self._seen: set[Seen] = set()
 
-    def note(self, request: pb.ModelInferRequest) -> None:
+    def note(self, request: pb.ModelInferRequest, controls: Controls | None = None) -> None:
+        """Note the request's sequence; `controls`: its parameters as InferJob parsed them, when
+        it got that far (saves parsing the id twice per message)."""
+        if len(self._seen) >= MAX_SEEN:
+            return
+        if controls is not None:
+            if controls.sequence is not None:
+                self._seen.add((request.model_name, request.model_version, controls.sequence.sid))
+            return
         param = request.parameters.get(SEQUENCE_ID)
-        if param is None or len(self._seen) >= MAX_SEEN:
+        if param is None:
             return
         try:
             sid = sequence_id(param)

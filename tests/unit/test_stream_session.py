@@ -7,10 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import pytest
+
 from protos import grpc_service_pb2 as pb
+from server.protocol.controls import parse_controls
 from server.protocol.infer_job import RequestPath
 from server.protocol.malformed import Malformed
 from server.protocol.stream import StreamSession
+from server.protocol.stream_sequences import SeenSequences
 
 # Enough loop turns for an unbounded reader to read far past any bound below.
 SETTLE_TURNS = 200
@@ -19,17 +23,14 @@ SETTLE_TURNS = 200
 class InstantPath:
     """Answers every request at once (as a cache hit or the fast path would)."""
 
-    def preserves_order(self, request: pb.ModelInferRequest) -> bool:
-        return False
-
     def model_of(self, request: pb.ModelInferRequest) -> None:
-        return None  # no model sets latest_frame_wins (server/protocol/latest_frame.py)
+        return None  # no model: no latest-frame-wins, no order (server/protocol/latest_frame.py)
 
     def needs_load(self, request: pb.ModelInferRequest) -> bool:
         return False  # no lazy model (server/models/lazy.py)
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return None, pb.ModelInferResponse(id=request.id)
 
@@ -41,7 +42,7 @@ class HeldPath(InstantPath):
         self.release = asyncio.Event()
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return request, None
 
@@ -125,3 +126,26 @@ async def test_a_malformed_message_is_answered_in_band_and_the_stream_goes_on() 
     got = [a async for a in stream.answers()]
     assert got[0].error_message.startswith("INVALID_ARGUMENT: request is not a valid")
     assert got[1].infer_response.id == "after"
+
+
+@pytest.mark.parametrize(
+    ("sid", "expected"),
+    [
+        (("uint64_param", 7), 7),
+        (("string_param", "cam-1"), "cam-1"),
+        (("int64_param", 0), None),
+        (None, None),
+    ],
+)
+def test_a_sequence_is_noted_alike_from_the_request_and_from_its_parsed_controls(
+    sid: tuple[str, object] | None, expected: object
+) -> None:
+    # The session notes a prepared request's sequence from InferJob.controls, others by parsing.
+    request = pb.ModelInferRequest(model_name="m", model_version="2")
+    if sid is not None:
+        setattr(request.parameters["sequence_id"], *sid)
+    by_request, by_controls = SeenSequences(), SeenSequences()
+    by_request.note(request)
+    by_controls.note(request, parse_controls(request.parameters))
+    noted = set() if expected is None else {("m", "2", expected)}
+    assert set(by_controls) == set(by_request) == noted
