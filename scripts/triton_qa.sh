@@ -25,6 +25,8 @@ if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e ".[cpu]" "tritonclient[grpc,http]>=2.60"
+# onnx < 1.23: Triton's generators write models at the installed onnx's IR version, and the pinned
+# onnxruntime (1.31.1, the `cpu` extra) reads IR 13 at most (onnx 1.23 writes IR 14).
+"$venv/bin/python" -m pip install -q -e ".[cpu]" "tritonclient[grpc,http]>=2.60" "onnx>=1.16,<1.23"
 exec timeout --kill-after=60 "${QA_TOTAL_TIMEOUT_S:-5400}" \
   "$venv/bin/python" -m loadtest.triton_qa.qa --triton "$triton" "$@"
