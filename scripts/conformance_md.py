@@ -29,7 +29,8 @@ adjustments it makes (port, gRPC only, ONNX only), is in
 
 - **Triton commit:** `{commit}` (2026-08-19), from a git mirror of
   triton-inference-server/server.
-- **Machine:** the 2-core development machine, 2026-11-30.
+- **Machine:** the 2-core development machine, 2026-11-30: 330 s wall for the whole script (venv
+  update, model generation and every suite), exit 0.
 - **Server:** this checkout (`python -m server serve`, one server per run as test.sh starts them).
 
 ## Results

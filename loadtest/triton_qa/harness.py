@@ -87,6 +87,8 @@ def generate(common: Path, gen: Path, name: str, timeout_s: float) -> Path:
         return target
     target.mkdir(parents=True, exist_ok=True)
     script, *flags = GENERATORS[name]
+    if "--onnx" in flags:  # as gen_qa_model_repository passes $ONNX_OPSET to the ONNX generators
+        flags.append(f"--onnx_opset={newest_loadable_opset()}")
     log = gen / f"{name.replace('/', '__')}.log"
     with log.open("w") as f:
         subprocess.run(
@@ -99,6 +101,28 @@ def generate(common: Path, gen: Path, name: str, timeout_s: float) -> Path:
         )
     done.touch()
     return target
+
+
+def newest_loadable_opset() -> int:
+    """The newest ONNX opset the installed onnx writes and the installed onnxruntime loads.
+
+    onnx's default opset may be one onnxruntime calls "under development" and refuses; Triton's
+    generators take `--onnx_opset` for that (Triton's own script pins onnx instead)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    tensor = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", tensor[:1], tensor[1:])
+    for opset in range(onnx.defs.onnx_opset_version(), 12, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = min(model.ir_version, 10)  # the opset alone is probed (IR: see triton_qa.sh)
+        try:
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # refused: try the opset below
+            continue
+        return opset
+    raise RuntimeError("onnxruntime loads no opset from 13 up: check the onnx and onnxruntime versions")
 
 
 def copy_models(source: Path, repository: Path, pattern: str = "*") -> list[str]:

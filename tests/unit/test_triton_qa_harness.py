@@ -106,3 +106,10 @@ def test_every_exclusion_has_a_reason_and_names_a_test_of_a_run() -> None:
             cls = test.split(".", 1)[0]
             specs = [spec for run in suite.runs for step in run.steps for spec in step.specs]
             assert any(spec in (cls, test) for spec in specs), (suite.name, test)
+
+
+def test_the_generators_opset_is_one_onnxruntime_loads() -> None:
+    import onnx
+
+    opset = harness.newest_loadable_opset()
+    assert 13 <= opset <= onnx.defs.onnx_opset_version()
