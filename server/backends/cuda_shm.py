@@ -28,7 +28,8 @@ from typing import Protocol
 import numpy as np
 
 from server.backends.cudart import CudaError, CudaRuntime, CudaUnavailable, load_cudart, parse_ipc_handle
-from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
+from server.errors import InvalidRequest, RegionExists, RegionNotFound, Unsupported
+from server.shm_regions_book import drop, over_limit, pick
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DISABLED = (
@@ -182,16 +183,11 @@ class CudaRegistry:
         with self._lock:
             if name in self._regions or name in self._opening or self._taken(name):  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
-            if self._live >= self.max_regions:
-                raise SharedMemoryLimit(
-                    f"cannot register CUDA shared memory region '{name}': {self._live} CUDA regions are "
-                    f"mapped, the most this server maps (max_shm_regions={self.max_regions})"
-                )
-            if self._live_bytes + byte_size > self.max_bytes:
-                raise SharedMemoryLimit(
-                    f"cannot register CUDA shared memory region '{name}' of {byte_size} bytes: "
-                    f"{self._live_bytes} bytes are mapped and max_shm_bytes is {self.max_bytes}"
-                )
+            what = f"CUDA shared memory region '{name}'"
+            live = (self._live, self._live_bytes)
+            refused = over_limit(what, byte_size, live, self.max_regions, self.max_bytes, "CUDA regions")
+            if refused is not None:
+                raise refused
             self._live += 1
             self._live_bytes += byte_size
             self._opening.add(name)
@@ -209,23 +205,13 @@ class CudaRegistry:
 
     def status(self, name: str) -> Sequence[CudaRegionInfo]:
         with self._lock:
-            if name:
-                region = self._regions.get(name)
-                if region is None:
-                    raise RegionNotFound(f"Unable to find cuda shared memory region: '{name}'")
-                regions = [region]
-            else:
-                regions = sorted(self._regions.values(), key=lambda r: r.name)
+            regions = pick(self._regions, name, "cuda")
         return [CudaRegionInfo(r.name, r.device_id, r.byte_size) for r in regions]
 
     def unregister(self, name: str) -> None:
         """Forget the named region (every region when `name` is empty); unknown names are fine."""
         with self._lock:
-            if name:
-                dropped = [self._regions.pop(name)] if name in self._regions else []
-            else:
-                dropped = list(self._regions.values())
-                self._regions.clear()
+            dropped = drop(self._regions, name)
         del dropped  # closed by their finalizers once no request holds them (now, when none does)
 
     def lookup(self, name: str) -> CudaRegion | None:

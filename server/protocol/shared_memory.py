@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
+from server.errors import InvalidRequest, RegionExists, RegionNotFound, Unsupported
 from server.protocol.shm_regions import SHM_DIR, Region, SharedRegion, mapped_bytes, open_region
+from server.shm_regions_book import drop, over_limit, pick
 
 DISABLED_MESSAGE = (
     "client shared memory is disabled: start the server with --allow-client-shm "
@@ -98,16 +99,12 @@ class SharedMemoryRegistry:
         with self._lock:
             if name in self._regions:  # registered meanwhile by a concurrent call
                 return RegionExists(f"shared memory region '{name}' already in manager")
-            if self._live_bytes + size > self.max_bytes:
-                return SharedMemoryLimit(
-                    f"cannot register shared memory region '{name}' of {size} bytes: "
-                    f"{self._live_bytes} bytes are mapped and max_shm_bytes is {self.max_bytes}"
-                )
-            if self._live >= self.max_regions:
-                return SharedMemoryLimit(
-                    f"cannot register shared memory region '{name}': {self._live} regions are mapped, "
-                    f"the most this server maps (max_shm_regions={self.max_regions})"
-                )
+            limit = (self._live, self._live_bytes)
+            refused = over_limit(
+                f"shared memory region '{name}'", size, limit, self.max_regions, self.max_bytes
+            )
+            if refused is not None:
+                return refused
             self._regions[name] = region
             self._live += 1
             self._live_bytes += size
@@ -122,24 +119,14 @@ class SharedMemoryRegistry:
     def status(self, name: str) -> Sequence[RegionInfo]:
         """The named region, or every region when `name` is empty (RegionNotFound if unknown)."""
         with self._lock:
-            if name:
-                region = self._regions.get(name)
-                if region is None:
-                    raise RegionNotFound(f"Unable to find system shared memory region: '{name}'")
-                regions = [region]
-            else:
-                regions = sorted(self._regions.values(), key=lambda r: r.name)
+            regions = pick(self._regions, name, "system")
         return [RegionInfo(r.name, r.key, r.offset, r.byte_size) for r in regions]
 
     def unregister(self, name: str) -> None:
         """Forget the named region (every region when `name` is empty); unknown names are fine."""
         self._check_allowed()
         with self._lock:
-            if name:
-                dropped = [self._regions.pop(name)] if name in self._regions else []
-            else:
-                dropped = list(self._regions.values())
-                self._regions.clear()
+            dropped = drop(self._regions, name)
         # Unmapped by their finalizers once no request holds them (now, when none does).
         del dropped
 
