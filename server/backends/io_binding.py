@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -138,16 +139,11 @@ class BoundRunner:
                 binding.bind_ortvalue_input(name, kept[-1])
             else:
                 plain[name] = array
-        if self._staging is None:
+        staged = nullcontext(None) if self._staging is None else self._staging.stage(plain)
+        with staged as pointers:
             for name, array in plain.items():
-                binding.bind_cpu_input(
-                    name, array if array.flags.c_contiguous else np.ascontiguousarray(array)
-                )
-            return self._run(binding, run_options)
-        with self._staging.stage(plain) as pointers:
-            for name, array in plain.items():
-                if pointers is None:  # not staged (see pinned.py): onnxruntime copies from the gathered array
-                    binding.bind_cpu_input(name, np.require(array, requirements="C"))
+                if pointers is None:  # not staged (see pinned.py): onnxruntime reads the gathered array
+                    binding.bind_cpu_input(name, np.ascontiguousarray(array))  # no copy when contiguous
                 else:  # the pinned copy: onnxruntime copies it to the device by DMA
                     binding.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape), pointers[name])
             return self._run(binding, run_options)
