@@ -138,10 +138,7 @@ class EnsembleScheduler:
     ) -> Tensors:
         """The ensemble's outputs for one request; raises the first failing step's error."""
         plan = self.plan
-        tensors: dict[str, Array] = dict(inputs)
-        for name, shape in zip(plan.inputs, plan.input_reshapes, strict=True):
-            if shape is not None and name in tensors:  # the steps see the reshaped tensor
-                tensors[name] = _reshaped(tensors[name], plan.batching, shape)
+        tensors = dict(inputs) if plan.reshape is None else plan.reshape.to_model(inputs)
         batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
         left = list(self.plan.steps)
         running: dict[asyncio.Task[tuple[Tensors, bool]], Step] = {}
@@ -164,11 +161,11 @@ class EnsembleScheduler:
                 task.cancel()  # our own step tasks: their requests leave their queues
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-        answer: dict[str, Array] = {}
-        for name, dims, reshape in zip(plan.outputs, plan.output_dims, plan.output_reshapes, strict=True):
-            array = fit_batch_dim(tensors[name], batched[name], reshape or dims, plan.batching)
-            answer[name] = array if reshape is None else _reshaped(array, plan.batching, dims)
-        return answer
+        answer = {
+            name: fit_batch_dim(tensors[name], batched[name], dims, plan.batching)
+            for name, dims in zip(plan.outputs, plan.output_dims, strict=True)
+        }
+        return answer if plan.reshape is None else plan.reshape.to_wire(answer)
 
     async def _step(
         self,
@@ -221,11 +218,6 @@ class EnsembleScheduler:
             raise _named(exc, self.plan.name, step) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
         return outputs, batches
-
-
-def _reshaped(array: Array, batching: bool, shape: tuple[int, ...]) -> Array:
-    """`array` as `shape` (config `reshape.shape` or dims), its batch dimension kept."""
-    return array.reshape(array.shape[:1] + shape if batching else shape)
 
 
 def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from protos import model_config_pb2 as mc
 from server import datatypes
 from server.models.config_errors import ConfigError
+from server.models.config_tensors import ReshapePlan
 
 ENSEMBLE_PLATFORM = "ensemble"
 # Fields that configure how a model runs: an ensemble runs nothing itself (its steps do).
@@ -43,10 +44,9 @@ class EnsemblePlan:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     batching: bool = False  # the ensemble's max_batch_size > 0: its inputs lead with a batch dim
-    output_dims: tuple[tuple[int, ...], ...] = ()  # config dims of `outputs`, in order
-    # `reshape.shape` of each input / output (None: none): the steps see the reshaped tensor.
-    input_reshapes: tuple[tuple[int, ...] | None, ...] = ()
-    output_reshapes: tuple[tuple[int, ...] | None, ...] = ()
+    # Dims of `outputs` as the steps make them (`reshape.shape` where given, else `dims`), in order.
+    output_dims: tuple[tuple[int, ...], ...] = ()
+    reshape: ReshapePlan | None = None  # the ensemble's own `reshape`s: the steps see those shapes
 
 
 def is_ensemble(config: mc.ModelConfig) -> bool:
@@ -237,14 +237,9 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
         inputs=tuple(t.name for t in config.input),
         outputs=tuple(t.name for t in config.output),
         batching=batching,
-        output_dims=tuple(tuple(t.dims) for t in config.output),
-        input_reshapes=tuple(_reshape(t) for t in config.input),
-        output_reshapes=tuple(_reshape(t) for t in config.output),
+        output_dims=tuple(tuple(_dims(t)) for t in config.output),
+        reshape=ReshapePlan.from_config(config),
     )
-
-
-def _reshape(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...] | None:
-    return tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
 
 
 def _check_same(where: str, what: str, spec: mc.ModelInput | mc.ModelOutput, max_batch_size: int,
