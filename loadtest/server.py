@@ -20,6 +20,8 @@ _METRICS = re.compile(r"sluiceway metrics on ([\d.]+:\d+/metrics)")
 class SpawnedServer:
     """`sluiceway serve --port 0` (demo models unless `extra` says otherwise) as a child process."""
 
+    ready_pattern = _READY  # the line that gives the bound address (a subclass may serve another)
+
     def __init__(
         self, cache_dir: Path = DEFAULT_CACHE_DIR, extra: Sequence[str] = (), watch: Sequence[str] = ()
     ) -> None:
@@ -53,7 +55,7 @@ class SpawnedServer:
                 metrics = _METRICS.search(line)
                 if metrics:
                     self.metrics_url = f"http://{metrics.group(1)}"
-                match = _READY.search(line)
+                match = self.ready_pattern.search(line)
                 if match:
                     self.port = int(match.group(2))
                     ready.set()

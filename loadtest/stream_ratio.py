@@ -4,7 +4,9 @@
     .venv/bin/python -m loadtest.stream_ratio --variant base= --variant w2="--workers 2"
 
 Each variant is a fresh `sluiceway serve` (demo models, a free 127.0.0.1 port) with its extra
-arguments (or `NAME=ENV:KEY=VALUE;...` for environment settings such as SLUICEWAY_*). Per round,
+arguments (or `NAME=ENV:KEY=VALUE;...` for environment settings such as SLUICEWAY_*), or with
+`NAME=FLOOR:ARGS` the bare transport (`loadtest.peers.floor ARGS`, e.g. `--api sync --mode echo`)
+in its place. Per round,
 every variant's server is measured unary then --streaming, variants interleaved, so machine noise
 hits both modes of a round alike: the ratio is taken within each round. Also CPU per answered
 request: the server process's (/proc) and perf_analyzer's own (its rusage), from ModelStatistics'
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shlex
 import statistics
@@ -31,11 +34,23 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
 
+class SpawnedFloor(SpawnedServer):
+    """The bare grpc transport (loadtest.peers.floor) in sluiceway's place: a FLOOR: variant."""
+
+    ready_pattern = re.compile(r"floor \(.*\) ready on ([\d.]+):(\d+)")
+
+    def __init__(self, cache_dir: Path, extra: list[str]) -> None:
+        super().__init__(cache_dir, extra)
+        floor = [sys.executable, "-m", "loadtest.peers.floor", "--port", "0"]
+        self.command = [*floor, "--cache-dir", str(cache_dir), *extra]
+
+
 @dataclass
 class Variant:
     name: str
     args: list[str]
     env: dict[str, str]
+    floor: bool = False  # loadtest.peers.floor instead of sluiceway
     unary: list[float] = field(default_factory=list)
     stream: list[float] = field(default_factory=list)
     # (server, client) CPU microseconds per answered request, per round
@@ -44,8 +59,10 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
-    """`name=--flag value ...` or `name=ENV:KEY=VALUE;KEY=VALUE`."""
+    """`name=--flag value ...`, `name=ENV:KEY=VALUE;KEY=VALUE` or `name=FLOOR:--flag value ...`."""
     name, _, rest = text.partition("=")
+    if rest.startswith("FLOOR:"):
+        return Variant(name, shlex.split(rest[6:]), {}, floor=True)
     if rest.startswith("ENV:"):
         pairs = [p.split("=", 1) for p in rest[4:].split(";") if p]
         return Variant(name, [], {k: v for k, v in pairs})
@@ -56,6 +73,8 @@ def start(variant: Variant, cache_dir: Path) -> SpawnedServer:
     old = {k: os.environ.get(k) for k in variant.env}
     os.environ.update(variant.env)  # inherited by the child only; restored at once
     try:
+        if variant.floor:
+            return SpawnedFloor(cache_dir, variant.args).start()
         return SpawnedServer(cache_dir, variant.args).start()
     finally:
         for k, v in old.items():

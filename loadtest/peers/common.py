@@ -34,13 +34,14 @@ class ModelSpec:
     output_dims: tuple[int, ...]
     max_batch_size: int
     datatype: str = "FP32"
+    intra_op_threads: int = 0  # the demo config's intra_op_thread_count (0: onnxruntime's default)
 
     def to_json(self, path: Path) -> str:
         return json.dumps({**asdict(self), "path": str(path)})
 
 
 SPECS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec("mlp", "features", (64,), "scores", (2,), 128),
+    "mlp": ModelSpec("mlp", "features", (64,), "scores", (2,), 128, intra_op_threads=1),
     "resnet": ModelSpec("resnet", "image", (3, 224, 224), "logits", (1000,), 16),
 }
 
@@ -71,12 +72,16 @@ def free_port() -> int:
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, port: int | None = 8001) -> None:
-    """The options every peer takes; thread defaults are sluiceway's (`intra_op_threads=0`, inter 1)."""
+    """The options every peer takes; thread defaults are sluiceway's (the demo config's intra-op
+    threads, `intra_threads`; inter 1)."""
     parser.add_argument("--model", choices=sorted(SPECS), default="mlp")
     if port is not None:
         parser.add_argument("--port", type=int, default=port, help="gRPC port on 127.0.0.1")
     parser.add_argument(
-        "--intra-op-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)"
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="onnxruntime intra-op threads (0: its default; unset: the demo config's, as sluiceway runs it)",
     )
     parser.add_argument("--inter-op-threads", type=int, default=1, help="onnxruntime inter-op threads")
     parser.add_argument("--cache-dir", type=Path, default=None, help="sluiceway cache dir (demo models)")
@@ -102,13 +107,19 @@ def exec_peer_app(
         "--metrics-port",
         str(free_port()),
         "--intra-op-threads",
-        str(args.intra_op_threads),
+        str(intra_threads(args)),
         "--inter-op-threads",
         str(args.inter_op_threads),
         *extra,
     ]
     sys.stdout.flush()
     os.execve(command[0], command, env)
+
+
+def intra_threads(args: argparse.Namespace) -> int:
+    """`--intra-op-threads` if given, else what sluiceway's demo config gives the model."""
+    given = args.intra_op_threads
+    return int(given if given is not None else SPECS[args.model].intra_op_threads)
 
 
 def ort_session(path: Path, intra_op_threads: int, inter_op_threads: int) -> Any:

@@ -6,6 +6,7 @@
 `echo` answers every ModelInfer with a fixed, correctly shaped output (zeros) without reading the
 input: what gRPC + protobuf alone cost. `ort` runs onnxruntime on each request as it comes, inline on
 the event loop (one at a time, no batching) unless `--executor-threads N` hands runs to N threads.
+`--api sync` serves the same on grpc's sync API instead (floor_sync.py: each call on a pool thread).
 ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics answer just enough for perf_analyzer.
 Prints `ready on 127.0.0.1:PORT`; stops on SIGTERM/SIGINT.
 """
@@ -23,7 +24,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from loadtest.peers.common import HOST, SPECS, ModelSpec, add_model_args, model_file, ort_session
+from loadtest.peers.common import (
+    HOST,
+    SPECS,
+    ModelSpec,
+    add_model_args,
+    intra_threads,
+    model_file,
+    ort_session,
+)
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
@@ -38,53 +47,91 @@ def model_config(spec: ModelSpec) -> mc.ModelConfig:
     return config
 
 
-class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, spec: ModelSpec, session: Any | None, executor: ThreadPoolExecutor | None) -> None:
-        self._spec = spec
+class FloorCore:
+    """What both servicers answer with (aio below, sync in floor_sync.py): the inference and the
+    few metadata answers perf_analyzer needs, as plain functions of the request."""
+
+    def __init__(self, spec: ModelSpec, session: Any | None) -> None:
+        self.spec = spec
         self._session = session
-        self._executor = executor
         # Echo: one zero buffer for the largest batch; a request's answer is a prefix of it.
         self._row_bytes = 4 * int(np.prod(spec.output_dims))
         self._zeros = bytes(self._row_bytes * spec.max_batch_size)
-        self._count = 0
-        self._infer_ns = 0
+        self.count = 0
+        self.infer_ns = 0
 
-    def _check(self, name: str) -> None:
-        if name != self._spec.name:
-            raise LookupError(name)
-
-    def _run(self, request: pb.ModelInferRequest) -> tuple[int, bytes]:
+    def run(self, request: pb.ModelInferRequest) -> tuple[int, bytes]:
         shape = [int(d) for d in request.inputs[0].shape]
         if self._session is None:
             return shape[0], self._zeros[: shape[0] * self._row_bytes]
         features = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(shape)
-        (out,) = self._session.run([self._spec.output], {self._spec.input: features})
+        (out,) = self._session.run([self.spec.output], {self.spec.input: features})
         return shape[0], np.ascontiguousarray(out, dtype=np.float32).tobytes()
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        start = time.perf_counter_ns()
-        if self._executor is None:
-            rows, raw = self._run(request)
-        else:
-            loop = asyncio.get_running_loop()
-            rows, raw = await loop.run_in_executor(self._executor, self._run, request)
-        self._count += rows
-        self._infer_ns += time.perf_counter_ns() - start
+    def response(
+        self, request: pb.ModelInferRequest, rows: int, raw: bytes, start_ns: int
+    ) -> pb.ModelInferResponse:
+        self.count += rows
+        self.infer_ns += time.perf_counter_ns() - start_ns
         output = pb.ModelInferResponse.InferOutputTensor(
-            name=self._spec.output, datatype="FP32", shape=[rows, *self._spec.output_dims]
+            name=self.spec.output, datatype="FP32", shape=[rows, *self.spec.output_dims]
         )
         return pb.ModelInferResponse(
-            model_name=self._spec.name,
+            model_name=self.spec.name,
             model_version="1",
             id=request.id,
             outputs=[output],
             raw_output_contents=[raw],
         )
 
+    def answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Run inline and answer (the sync servicer's path, and the aio one's without an executor)."""
+        start = time.perf_counter_ns()
+        rows, raw = self.run(request)
+        return self.response(request, rows, raw, start)
+
+    def metadata(self) -> pb.ModelMetadataResponse:
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        s = self.spec
+        return pb.ModelMetadataResponse(
+            name=s.name,
+            versions=["1"],
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=s.input, datatype=s.datatype, shape=[-1, *s.input_dims])],
+            outputs=[tensor(name=s.output, datatype=s.datatype, shape=[-1, *s.output_dims])],
+        )
+
+    def statistics(self) -> pb.ModelStatisticsResponse:
+        # Counts only, so perf_analyzer's server-side report has something to difference.
+        success = pb.StatisticDuration(count=self.count, ns=self.infer_ns)
+        stats = pb.ModelStatistics(
+            name=self.spec.name,
+            version="1",
+            inference_count=self.count,
+            execution_count=self.count,
+            inference_stats=pb.InferStatistics(success=success, compute_infer=success),
+        )
+        return pb.ModelStatisticsResponse(model_stats=[stats])
+
+
+class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: FloorCore, executor: ThreadPoolExecutor | None) -> None:
+        self._core = core
+        self._name = core.spec.name
+        self._executor = executor
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        if self._executor is None:
+            return self._core.answer(request)
+        start = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        rows, raw = await loop.run_in_executor(self._executor, self._core.run, request)
+        return self._core.response(request, rows, raw, start)
+
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        if request.model_name != self._spec.name:
+        if request.model_name != self._name:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.model_name}'")
         return await self._infer(request)
 
@@ -103,7 +150,7 @@ class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=request.name == self._spec.name)
+        return pb.ModelReadyResponse(ready=request.name == self._name)
 
     async def ServerMetadata(
         self, request: Any, context: grpc.aio.ServicerContext
@@ -113,57 +160,46 @@ class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        if request.name != self._spec.name:
+        if request.name != self._name:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        s = self._spec
-        return pb.ModelMetadataResponse(
-            name=s.name,
-            versions=["1"],
-            platform="onnxruntime_onnx",
-            inputs=[tensor(name=s.input, datatype=s.datatype, shape=[-1, *s.input_dims])],
-            outputs=[tensor(name=s.output, datatype=s.datatype, shape=[-1, *s.output_dims])],
-        )
+        return self._core.metadata()
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        if request.name != self._spec.name:
+        if request.name != self._name:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
-        return pb.ModelConfigResponse(config=model_config(self._spec))
+        return pb.ModelConfigResponse(config=model_config(self._core.spec))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        if request.name and request.name != self._spec.name:
+        if request.name and request.name != self._name:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{request.name}'")
-        # Counts only, so perf_analyzer's server-side report has something to difference.
-        success = pb.StatisticDuration(count=self._count, ns=self._infer_ns)
-        stats = pb.ModelStatistics(
-            name=self._spec.name,
-            version="1",
-            inference_count=self._count,
-            execution_count=self._count,
-            inference_stats=pb.InferStatistics(success=success, compute_infer=success),
-        )
-        return pb.ModelStatisticsResponse(model_stats=[stats])
+        return self._core.statistics()
 
 
-async def serve(args: argparse.Namespace) -> None:
-    spec = SPECS[args.model]
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def floor_core(args: argparse.Namespace) -> FloorCore:
     session = None
     if args.mode == "ort":
         session = ort_session(
-            model_file(args.model, args.cache_dir), args.intra_op_threads, args.inter_op_threads
+            model_file(args.model, args.cache_dir), intra_threads(args), args.inter_op_threads
         )
+    return FloorCore(SPECS[args.model], session)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    core = floor_core(args)
     executor = ThreadPoolExecutor(args.executor_threads) if args.executor_threads > 0 else None
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(options=options)
-    servicer = FloorServicer(spec, session, executor)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    servicer = FloorServicer(core, executor)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(f"{HOST}:{args.port}")
     await server.start()
@@ -171,7 +207,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"floor ({args.mode}, model {spec.name}) ready on {HOST}:{port}", flush=True)
+    print(f"floor ({args.mode}, model {core.spec.name}) ready on {HOST}:{port}", flush=True)
     await stop.wait()
     await server.stop(1.0)
     if executor is not None:
@@ -188,8 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         "--executor-threads", type=int, default=0, help="ort mode: run in N threads (0: inline on the loop)"
     )
     parser.add_argument("--uvloop", action="store_true", help="run the event loop on uvloop")
+    parser.add_argument(
+        "--api", choices=["aio", "sync"], default="aio",
+        help="grpc.aio (an event loop) or grpc's sync API (a handler thread per call: floor_sync.py)",
+    )  # fmt: skip
+    parser.add_argument("--sync-threads", type=int, default=32, help="sync API: handler threads")
     args = parser.parse_args(argv)
-    if args.uvloop:
+    if args.api == "sync":
+        from loadtest.peers.floor_sync import serve_sync
+
+        serve_sync(args, floor_core(args))
+    elif args.uvloop:
         import uvloop
 
         uvloop.run(serve(args))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.peers.common import SPECS, add_model_args, model_file, ort_session
+from loadtest.peers.common import SPECS, add_model_args, intra_threads, model_file, ort_session
 
 
 def batch_sizes(max_batch_size: int) -> list[int]:
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=0, help="largest batch (0: the model's max)")
     args = parser.parse_args(argv)
     spec = SPECS[args.model]
-    session = ort_session(
-        model_file(args.model, args.cache_dir), args.intra_op_threads, args.inter_op_threads
-    )
+    session = ort_session(model_file(args.model, args.cache_dir), intra_threads(args), args.inter_op_threads)
     unit = "images/s" if args.model == "resnet" else "rows/s"
     rng = np.random.default_rng(0)
     results: dict[int, dict[str, float]] = {}
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "peer": "limit",
         "model": spec.name,
-        "intra_op_threads": args.intra_op_threads,
+        "intra_op_threads": intra_threads(args),
         "inter_op_threads": args.inter_op_threads,
         "unit": unit,
         "best_batch": best,

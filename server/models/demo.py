@@ -27,7 +27,7 @@ from protos import model_config_pb2 as mc
 logger = logging.getLogger(__name__)
 
 # Bump when a model or config below changes: a new version builds into a new directory.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR version: loads on onnxruntime >= 1.13
 MARKER = ".sluiceway-demo"
@@ -173,6 +173,9 @@ def _config(
 def demo_configs() -> dict[str, mc.ModelConfig]:
     mlp = _config("mlp", 128, ("features", [64]), ("scores", [2]))
     mlp.dynamic_batching.default_queue_policy.max_queue_size = 1024
+    # A run of this model takes ~17 µs on one thread; a second intra-op thread has nothing to share
+    # and costs a wake-up per run (53 µs of CPU against 17 per batch-1 run here: BENCHMARKS.md §11).
+    mlp.parameters["intra_op_thread_count"].string_value = "1"
     resnet = _config("resnet", 16, ("image", [3, 224, 224]), ("logits", [1000]))
     resnet_u8 = _config(
         "resnet_u8", 16, ("frame", [224, 224, 3]), ("logits", [1000]), input_type=mc.TYPE_UINT8

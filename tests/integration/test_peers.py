@@ -95,21 +95,37 @@ def scores(reply: pb.ModelInferResponse) -> np.ndarray:
     return np.frombuffer(reply.raw_output_contents[0], dtype=np.float32).reshape(-1, 2)
 
 
+@pytest.mark.parametrize("api", ["aio", "sync"])
 @pytest.mark.parametrize("mode", ["echo", "ort"])
-def test_floor_serves_what_perf_analyzer_asks(mode: str, stub_for: StubFor) -> None:
-    peer = Peer("floor", "--mode", mode, "--port", "0")
+def test_floor_serves_what_perf_analyzer_asks(mode: str, api: str, stub_for: StubFor) -> None:
+    peer = Peer("floor", "--mode", mode, "--api", api, "--port", "0")
     try:
         stub = stub_for(peer.port)
         reply = infer_mlp(stub)
         if mode == "echo":
             assert not scores(reply).any()
+        # perf_analyzer --streaming: answers come back on the stream, one per request, in order.
+        requests = [
+            pb.ModelInferRequest(
+                model_name="mlp",
+                id=f"s{i}",
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 64])
+                ],
+                raw_input_contents=[bytes(64 * 4)],
+            )
+            for i in range(2)
+        ]
+        answers = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+        assert [a.infer_response.id for a in answers] == ["s0", "s1"]
+        assert [list(a.infer_response.outputs[0].shape) for a in answers] == [[1, 2], [1, 2]]
         assert stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10).name
         metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp"), timeout=10)
         assert [t.name for t in metadata.inputs] == ["features"]
         config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=10).config
         assert config.max_batch_size == 128
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"), timeout=10)
-        assert stats.model_stats[0].inference_count == 3
+        assert stats.model_stats[0].inference_count == 3 + 2
     finally:
         assert peer.stop() == 0
 
