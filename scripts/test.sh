@@ -5,10 +5,11 @@
 # is not on this machine is skipped with a message; with neither, the tests run in .venv.
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
 # before each Python's runs: `bash scripts/test.sh --randomly-seed=N` repeats an order and
-# `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N spreads test files over N pytest
-# workers (pytest-xdist; each file stays on one worker). The default, 0, runs everything in one
-# process: on 2 cores two workers halve the time, but the drain and load-test tests, which race
-# real servers, then met CPU contention they do not meet alone and failed once in three runs.
+# `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N (default 2) spreads test files over
+# N pytest workers (pytest-xdist; each file stays on one worker), then runs the files marked
+# `serial` on their own: the drain, process and load-test tests race real servers or time them,
+# and met CPU contention beside another worker that they never meet alone. 0 runs everything in one
+# process, in one phase (use it when passing a -m of your own: the phases use -m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHONS=(3.10 3.13)
@@ -35,12 +36,20 @@ run_tests() {
     *randomly*) ;;  # the caller chose the order
     *) order=("--randomly-seed=$((RANDOM * 32768 + RANDOM))") ;;
   esac
-  local workers=${SLUICEWAY_TEST_WORKERS:-0} spread=()
-  if [ "$workers" != 0 ]; then
-    spread=(-n "$workers" --dist loadfile)
+  local workers=${SLUICEWAY_TEST_WORKERS:-2} rc=0
+  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} (workers: $workers)"
+  if [ "$workers" = 0 ]; then
+    "$venv/bin/python" -m pytest -q tests "${order[@]}" "$@"
+    return
   fi
-  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} ${spread[*]:-}"
-  "$venv/bin/python" -m pytest -q tests "${spread[@]}" "${order[@]}" "$@"
+  # Exit code 5 is "no test selected" (a -k of the caller's may leave a phase empty).
+  "$venv/bin/python" -m pytest -q tests -n "$workers" --dist loadfile -m "not serial" "${order[@]}" "$@" || rc=$?
+  [ "$rc" = 5 ] && rc=0
+  echo "== the tests marked serial, alone"
+  local serial_rc=0
+  "$venv/bin/python" -m pytest -q tests -m serial "${order[@]}" "$@" || serial_rc=$?
+  [ "$serial_rc" = 5 ] && serial_rc=0
+  [ "$rc" = 0 ] && [ "$serial_rc" = 0 ]
 }
 
 bash scripts/bootstrap.sh

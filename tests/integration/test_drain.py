@@ -18,6 +18,9 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess
 
+# Alone, after the parallel phase (scripts/test.sh): SIGTERM under load with a grace period.
+pytestmark = pytest.mark.serial
+
 GRACE_S = 20.0
 
 

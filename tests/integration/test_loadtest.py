@@ -19,6 +19,9 @@ from loadtest.cli import main
 from tests.support.repositories import demo_repository
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
+# Alone, after the parallel phase (scripts/test.sh): rate windows of real load runs.
+pytestmark = pytest.mark.serial
+
 SHORT = ["--duration-s", "1", "--warmup-s", "0.3", "--quiet"]
 ENTRY_KEYS = {
     "step", "target", "rounds", "duration_s", "offered_rps", "throughput_rps", "throughput_ips",

@@ -31,6 +31,9 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.repositories import write_model
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
+# Alone, after the parallel phase (scripts/test.sh): request counts and rates of real load runs.
+pytestmark = pytest.mark.serial
+
 SHORT = ["--duration-s", "1", "--warmup-s", "0", "--quiet"]
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
 # A lone 1-row request waits for 3 more rows or 60 s, so it stays unanswered until the model's

@@ -21,7 +21,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.server_process import CACHE_DIR, REPO_ROOT
+from tests.support.server_process import CACHE_DIR, REPO_ROOT, wait_until
 
 _READY = re.compile(r"ready on 127\.0\.0\.1:(\d+)")
 PEERS_CACHE = REPO_ROOT / ".cache" / "peers"
@@ -151,9 +151,15 @@ def test_pytriton_serves_the_same_model(stub_for: StubFor) -> None:
     try:
         stub = stub_for(peer.port)
         infer_mlp(stub)
-        # Statistics are open (no pytriton access token): perf_analyzer reads them.
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"), timeout=10)
-        assert stats.model_stats[0].inference_count == 3
+
+        # Statistics are open (no pytriton access token): perf_analyzer reads them. Triton counts
+        # a request once its Python model has returned, which may be just after the answer left.
+        def counted() -> int:
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"), timeout=10)
+            return int(stats.model_stats[0].inference_count)
+
+        wait_until(lambda: counted() >= 3, "pytriton's statistics to count the request", timeout_s=10)
+        assert counted() == 3
         assert stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=10).config.max_batch_size == 128
     finally:
         assert peer.stop() == 0

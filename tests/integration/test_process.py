@@ -9,10 +9,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import REPO_ROOT, ServerProcess, wait_until
+
+# Alone, after the parallel phase (scripts/test.sh): signals, worker processes and their exit.
+pytestmark = pytest.mark.serial
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
