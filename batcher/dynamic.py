@@ -24,52 +24,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
+from batcher.batch_io import alone_rows, batch_inputs, computed_late, cpu_timed, late, settle_batch, stopped
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, BatcherStopped, DeadlineExceeded, NotAccepting, RunTimedOut
+from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
+from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
 from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
-from batcher.ragged import gather_ragged
-from batcher.scatter import gather, scatter
+from batcher.scatter import scatter
 from batcher.stats import ModelStats
-from batcher.types import Array, Backend, BatchingPolicy, BatchRun, QueueTrace, Tensors
+from batcher.types import Array, Backend, BatchingPolicy, QueueTrace, Tensors
 from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
 log = logging.getLogger(__name__)
-
-
-def _late(hard: float | None, now: float) -> bool:
-    """Past its hard deadline: a run that took longer than predicted. Never answered as a success
-    (the caller has given up, or asked for no answer after its timeout)."""
-    return hard is not None and now > hard
-
-
-def _cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
-    """Run on an executor thread; its outputs and the CPU seconds this thread spent (not wall time:
-    that includes waiting for the GIL held by the event loop, which is what inline runs avoid)."""
-    start = time.thread_time()
-    outputs = run(inputs)
-    return outputs, time.thread_time() - start
-
-
-def _computed_late() -> DeadlineExceeded:
-    return DeadlineExceeded("deadline exceeded while the request was being computed")
-
-
-def _stopped() -> BatcherStopped:
-    return BatcherStopped("model stopped before the request was computed")
-
-
-def _record_run(
-    run: BatchRun | None, trace: QueueTrace, rows: int, requests: int, ns: tuple[int, int, int, int]
-) -> BatchRun:
-    """Note a traced request's run on its QueueTrace (the run made once per batch, when first needed)."""
-    if run is None:
-        run = BatchRun(rows, requests, ns[0], ns[1], ns[2], ns[3], traced=[])
-    run.traced.append(trace)
-    trace.run = run
-    return run
 
 
 @dataclass(slots=True, eq=False)
@@ -121,10 +89,7 @@ class DynamicBatcher:
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # batches taken from the queue and not yet answered
-        # Predicted end (clock seconds) of each batch running now, for admission's wait estimate.
-        self._running_until: dict[int, float] = {}
-        self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
-        self._run_seq = 0
+        self._forecast = WaitForecast(self._estimator, self._queue, policy, len(self._instances), clock)
         self._accepting = False
         self._closing = False
         self._inline_max_s = inline_max_s
@@ -219,7 +184,7 @@ class DynamicBatcher:
         if claim is not None and claim.withdrawn is not None:
             raise claim.withdrawn  # withdrawn before it reached the queue
         try:
-            p = self._queue.admit(inputs, a, self._predict_now, self._predict_finish, trace)
+            p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.finish, trace)
         except BatcherError as exc:
             self._stats.record_refusal(exc, self._queue.full(a.priority))
             raise
@@ -262,7 +227,7 @@ class DynamicBatcher:
         if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
             return None
         try:
-            self._queue.check(a, self._predict_now)
+            self._queue.check(a, self._forecast.now)
         except BatcherError as exc:
             self._stats.record_refusal(exc, False)
             raise
@@ -273,14 +238,15 @@ class DynamicBatcher:
         outputs = backend.run_blocking(inputs)
         t1 = time.perf_counter_ns()
         self._stats.record_queue(0, slack_ns)
-        self._stats.record_batch(self._alone_rows(inputs) if a.rows == 1 else a.rows, 1, 0, t1 - t0, 0)
+        rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
+        self._stats.record_batch(rows, 1, 0, t1 - t0, 0)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
         self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
-        self._rows_per_run += 0.2 * (a.rows - self._rows_per_run)
-        if _late(a.hard, now):
+        self._forecast.ran(a.rows)
+        if late(a.hard, now):
             self._stats.late += 1
-            raise _computed_late()
+            raise computed_late()
         return outputs
 
     async def stop(self, drain: bool = True, timeout_s: float = 5.0) -> None:
@@ -294,7 +260,7 @@ class DynamicBatcher:
         self._accepting = False
         self._closing = True
         if not drain:
-            self._queue.fail_all(_stopped)
+            self._queue.fail_all(stopped)
         self._queue.changed.set()  # wake dispatchers: they now dispatch at once, or exit
         self._check_idle()
         if self._dispatchers:
@@ -302,7 +268,7 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
             except asyncio.TimeoutError:
                 log.warning("batcher: stop timed out after %.3g s; failing what is left", timeout_s)
-        self._queue.fail_all(_stopped)
+        self._queue.fail_all(stopped)
         leftovers = [*self._runs, *self._dispatchers]
         for task in leftovers:
             task.cancel()  # our own tasks; their requests are failed in _run_done
@@ -357,12 +323,6 @@ class DynamicBatcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
 
-    def _alone_rows(self, inputs: Tensors) -> int:
-        """A request run alone: its rows, when the model has a batch dimension (else 1)."""
-        if not self._policy.alone_with_rows:
-            return 1
-        return next((a.shape[0] for a in inputs.values() if a.ndim > 0), 1)
-
     async def _run(self, instance: Instance, flight: _Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
             await instance.ready.wait()
@@ -371,26 +331,14 @@ class DynamicBatcher:
             return
         batched = self._policy.max_batch_size > 0
         t0 = time.perf_counter_ns()
-        inputs: Tensors
         try:
-            ragged = self._policy.ragged
-            if ragged is not None:  # batched or not: the model takes ragged inputs flat, with batch inputs
-                inputs, offsets = gather_ragged([p.inputs for p in batch], [p.rows for p in batch], ragged)
-            elif batched:
-                inputs, offsets = gather([p.inputs for p in batch], [p.rows for p in batch])
-            else:
-                # One request alone (no batch dimension, or no dynamic batching): its own rows
-                # still count, as Triton's inference_count and batch statistics count them.
-                inputs, offsets = batch[0].inputs, [0, self._alone_rows(batch[0].inputs)]
+            inputs, offsets = batch_inputs(batch, self._policy)
             t1 = time.perf_counter_ns()
-            self._run_seq += 1
-            key = self._run_seq
-            now = self._clock()
-            self._running_until[key] = now + self._estimator.predict(offsets[-1], now)
+            key = self._forecast.started(offsets[-1], self._clock())
             try:
                 outputs, cpu_s = await self._execute(instance, inputs, offsets[-1])
             finally:
-                del self._running_until[key]
+                self._forecast.ended(key)
             t2 = time.perf_counter_ns()
             parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
             t3 = time.perf_counter_ns()
@@ -408,19 +356,9 @@ class DynamicBatcher:
         done_at = self._clock()
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
         self._stats.run_cpu_s += cpu_s or 0.0
-        self._rows_per_run += 0.2 * (rows - self._rows_per_run)
+        self._forecast.ran(rows)
         self._land(flight)
-        run: BatchRun | None = None
-        for p, part in zip(batch, parts, strict=True):
-            if p.handle.future.done():
-                continue
-            if p.handle.trace is not None:
-                run = _record_run(run, p.handle.trace, rows, len(batch), (t0, t1, t2, t3))
-            if _late(p.hard, done_at):
-                self._stats.late += 1
-                p.handle.future.set_exception(_computed_late())
-            else:
-                p.handle.future.set_result(part)
+        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3))
 
     async def _execute(self, instance: Instance, inputs: Tensors, rows: int) -> tuple[Tensors, float | None]:
         """Run one batch on `instance`: inline when it RunsBlocking and the estimator says runs of
@@ -436,7 +374,7 @@ class DynamicBatcher:
             outputs = blocking.run_blocking(inputs)
             return outputs, time.perf_counter() - start
         loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(blocking.executor, _cpu_timed, blocking.run_blocking, inputs)
+        run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
         return await self._watchdog.watch(run)
 
     def _trip(self) -> None:
@@ -462,7 +400,7 @@ class DynamicBatcher:
         error: BaseException | None = None if task.cancelled() else task.exception()
         for p in flight.batch:
             if not is_done(p):
-                settle_error(p, error if error is not None else _stopped())
+                settle_error(p, error if error is not None else stopped())
 
     def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -470,34 +408,7 @@ class DynamicBatcher:
         # A bug in formation: stop admitting and fail the queue rather than leave callers hanging.
         log.error("batcher: dispatch task failed", exc_info=task.exception())
         self._accepting = False
-        self._queue.fail_all(_stopped)
-
-    def _predict_now(self, rows: int) -> float:
-        return self._estimator.predict(rows, self._clock())
-
-    def _predict_finish(self, level: int, rows: int) -> float:
-        """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.
-
-        What is left of the running batches, plus the queued rows served before it (its own
-        included) cut into batches as large as recent ones, shared among the instances. A rough,
-        cheap estimate: it ignores formation delay and preferred sizes; 0.0 until a run has been
-        observed.
-
-        With the same margin formation uses: a request admitted here is one formation will run
-        when its turn comes. Admitting on mean run times instead (tried) let borderline requests
-        in that formation then dropped unrun, idling the instance: goodput 25 vs 32/s (50 ms
-        deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
-        """
-        now = self._clock()
-        estimate = self._estimator.predict
-        running = sum(max(0.0, end - now) for end in self._running_until.values())
-        ahead = self._queue.rows_ahead(level) + rows
-        # Batches as large as recent ones, not max_batch_size: formation cuts batches to the
-        # slack of their oldest request, so a long queue drains in several smaller batches.
-        per_batch = min(self._policy.max_batch_size or 1, max(1, round(self._rows_per_run)))
-        batches = -(-ahead // per_batch)
-        queued = batches * estimate(min(ahead, per_batch), now)
-        return (running + queued) / len(self._instances)
+        self._queue.fail_all(stopped)
 
     def _expired(self) -> None:
         self._stats.expired += 1

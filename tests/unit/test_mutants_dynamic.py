@@ -2,7 +2,7 @@
 messages, statistics of both paths, the admission wait estimate, and the safety nets.
 
 Order is controlled with events and a fake clock, as in test_batcher_dynamic.py; real time appears
-only as upper bounds. A few checks read private state (`_predict_finish`, `_runs`): the wait
+only as upper bounds. A few checks read private state (`_forecast.finish`, `_runs`): the wait
 estimate and the set of live run tasks have no public view.
 """
 
@@ -28,7 +28,7 @@ from batcher import (
     Overloaded,
     Tensors,
 )
-from batcher.dynamic import _cpu_timed
+from batcher.batch_io import cpu_timed
 
 LONG = 5.0  # an upper bound no healthy run comes near
 LOOP = threading.current_thread().name
@@ -265,7 +265,7 @@ def test_cpu_time_of_an_executor_run_is_what_the_run_spent() -> None:
     end = time.monotonic() + LONG
     while time.thread_time() < 0.2 and time.monotonic() < end:
         pass
-    outputs, cpu_s = _cpu_timed(lambda inputs: inputs, {})
+    outputs, cpu_s = cpu_timed(lambda inputs: inputs, {})
     assert outputs == {} and 0.0 <= cpu_s < 0.1
 
 
@@ -417,11 +417,11 @@ async def test_fast_runs_update_the_rows_per_run(make: Make) -> None:
     seeded(b, clock.now)
     assert b.run_now(x(1), b.admission(1)) is not None
     # 8 + 0.2 x (1 - 8) = 6.6 rows a run: 8 rows ahead are 2 batches of 7 (10 ms each).
-    assert b._predict_finish(1, 8) == pytest.approx(0.02)
+    assert b._forecast.finish(1, 8) == pytest.approx(0.02)
     for i in range(11):
         assert b.run_now(x(i), b.admission(1)) is not None
     # About 1.5 rows a run, rounded to 1: two 1-row batches, not one of 2 rows (1 s).
-    assert b._predict_finish(1, 2) < 0.5
+    assert b._forecast.finish(1, 2) < 0.5
 
 
 async def test_queued_runs_update_the_rows_per_run(make: Make) -> None:
@@ -429,4 +429,4 @@ async def test_queued_runs_update_the_rows_per_run(make: Make) -> None:
     b = make(Gated(), clock=clock)
     seeded(b, clock.now)
     await result(submit(b, 1))
-    assert b._predict_finish(1, 8) == pytest.approx(0.02)
+    assert b._forecast.finish(1, 8) == pytest.approx(0.02)

@@ -1,0 +1,90 @@
+"""A batch's way in and out (batcher/dynamic.py): its inputs gathered from its requests, each
+request's outcome set from the run (its outputs, or the error for a late or stopped request, and a
+traced request's record of the run), and the CPU an executor run cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from batcher.errors import BatcherStopped, DeadlineExceeded
+from batcher.queue import Request
+from batcher.ragged import gather_ragged
+from batcher.scatter import gather
+from batcher.stats import ModelStats
+from batcher.types import Array, BatchingPolicy, BatchRun, QueueTrace, Tensors
+
+
+def late(hard: float | None, now: float) -> bool:
+    """Past its hard deadline: a run that took longer than predicted. Never answered as a success
+    (the caller has given up, or asked for no answer after its timeout)."""
+    return hard is not None and now > hard
+
+
+def cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
+    """Run on an executor thread; its outputs and the CPU seconds this thread spent (not wall time:
+    that includes waiting for the GIL held by the event loop, which is what inline runs avoid)."""
+    start = time.thread_time()
+    outputs = run(inputs)
+    return outputs, time.thread_time() - start
+
+
+def computed_late() -> DeadlineExceeded:
+    return DeadlineExceeded("deadline exceeded while the request was being computed")
+
+
+def stopped() -> BatcherStopped:
+    return BatcherStopped("model stopped before the request was computed")
+
+
+def record_run(
+    run: BatchRun | None, trace: QueueTrace, rows: int, requests: int, ns: tuple[int, int, int, int]
+) -> BatchRun:
+    """Note a traced request's run on its QueueTrace (the run made once per batch, when first needed)."""
+    if run is None:
+        run = BatchRun(rows, requests, ns[0], ns[1], ns[2], ns[3], traced=[])
+    run.traced.append(trace)
+    trace.run = run
+    return run
+
+
+def alone_rows(inputs: Tensors, policy: BatchingPolicy) -> int:
+    """A request run alone: its rows, when the model has a batch dimension (else 1)."""
+    if not policy.alone_with_rows:
+        return 1
+    return next((a.shape[0] for a in inputs.values() if a.ndim > 0), 1)
+
+
+def batch_inputs(batch: Sequence[Request], policy: BatchingPolicy) -> tuple[Tensors, list[int]]:
+    """The model's inputs for `batch` and each request's first row in them (offsets, with the
+    total rows last)."""
+    if policy.ragged is not None:  # batched or not: the model takes ragged inputs flat, with batch inputs
+        return gather_ragged([p.inputs for p in batch], [p.rows for p in batch], policy.ragged)
+    if policy.max_batch_size > 0:
+        return gather([p.inputs for p in batch], [p.rows for p in batch])
+    # One request alone (no batch dimension, or no dynamic batching): its own rows still count,
+    # as Triton's inference_count and batch statistics count them.
+    return batch[0].inputs, [0, alone_rows(batch[0].inputs, policy)]
+
+
+def settle_batch(
+    batch: Sequence[Request],
+    parts: Sequence[dict[str, Array]],
+    rows: int,  # the run's rows
+    done_at: float,
+    stats: ModelStats,
+    ns: tuple[int, int, int, int],  # perf_counter_ns at: start, gathered, run, scattered
+) -> None:
+    """Answer each request of a run with its part of the outputs, unless it is past its hard
+    deadline (then DeadlineExceeded) or its caller has gone (nothing)."""
+    run: BatchRun | None = None
+    for p, part in zip(batch, parts, strict=True):
+        if p.handle.future.done():
+            continue
+        if p.handle.trace is not None:
+            run = record_run(run, p.handle.trace, rows, len(batch), ns)
+        if late(p.hard, done_at):
+            stats.late += 1
+            p.handle.future.set_exception(computed_late())
+        else:
+            p.handle.future.set_result(part)

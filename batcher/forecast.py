@@ -1,0 +1,79 @@
+"""WaitForecast: how long a request admitted now would wait, for admission's deadline checks.
+
+Admission (batcher/queue.py) refuses a request that cannot finish before its deadline, so it needs
+two predictions: the run of a request alone on an idle model (`now`), and the end of its batch
+behind what is running and queued ahead of it (`finish`). Both come from the service-time
+estimator; `finish` also needs the predicted end of each batch running now and the size of recent
+batches, which DynamicBatcher reports here as runs start and end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from batcher.estimate import ServiceTimeEstimator
+from batcher.queue import RequestQueue
+from batcher.types import BatchingPolicy
+
+
+class WaitForecast:
+    """Predicted waits for one model version's queue and its `instances` backend instances."""
+
+    def __init__(
+        self,
+        estimator: ServiceTimeEstimator,
+        queue: RequestQueue,
+        policy: BatchingPolicy,
+        instances: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._estimator = estimator
+        self._queue = queue
+        self._max_batch_size = policy.max_batch_size
+        self._instances = instances
+        self._clock = clock
+        # Predicted end (clock seconds) of each batch running now, by a key per run.
+        self._running_until: dict[int, float] = {}
+        self._runs = 0
+        self.rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
+
+    def started(self, rows: int, now: float) -> int:
+        """A run of `rows` rows started at `now`; the key to pass to `ended`."""
+        self._runs += 1
+        self._running_until[self._runs] = now + self._estimator.predict(rows, now)
+        return self._runs
+
+    def ended(self, key: int) -> None:
+        del self._running_until[key]
+
+    def ran(self, rows: int) -> None:
+        """A run of `rows` rows completed (inline or not): recent batch sizes move towards it."""
+        self.rows_per_run += 0.2 * (rows - self.rows_per_run)
+
+    def now(self, rows: int) -> float:
+        """Seconds for a run of `rows` rows started now."""
+        return self._estimator.predict(rows, self._clock())
+
+    def finish(self, level: int, rows: int) -> float:
+        """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.
+
+        What is left of the running batches, plus the queued rows served before it (its own
+        included) cut into batches as large as recent ones, shared among the instances. A rough,
+        cheap estimate: it ignores formation delay and preferred sizes; 0.0 until a run has been
+        observed.
+
+        With the same margin formation uses: a request admitted here is one formation will run
+        when its turn comes. Admitting on mean run times instead (tried) let borderline requests
+        in that formation then dropped unrun, idling the instance: goodput 25 vs 32/s (50 ms
+        deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
+        """
+        now = self._clock()
+        estimate = self._estimator.predict
+        running = sum(max(0.0, end - now) for end in self._running_until.values())
+        ahead = self._queue.rows_ahead(level) + rows
+        # Batches as large as recent ones, not max_batch_size: formation cuts batches to the
+        # slack of their oldest request, so a long queue drains in several smaller batches.
+        per_batch = min(self._max_batch_size or 1, max(1, round(self.rows_per_run)))
+        batches = -(-ahead // per_batch)
+        queued = batches * estimate(min(ahead, per_batch), now)
+        return (running + queued) / self._instances
