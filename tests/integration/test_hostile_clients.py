@@ -158,7 +158,9 @@ async def test_unparseable_messages_are_invalid_argument_and_a_stream_goes_on(
             yield _mlp("after").SerializeToString()
 
         answers = [a async for a in raw_stream(messages(), timeout=30)]
-    assert [a.infer_response.id for a in answers if not a.error_message] == ["before", "after"]
+    # mlp does not preserve ordering: its answers leave as they complete. "after" may come first
+    # when it takes the fast path while "before" is still on its way back from the executor.
+    assert sorted(a.infer_response.id for a in answers if not a.error_message) == ["after", "before"]
     errors = [a.error_message for a in answers if a.error_message]
     assert len(errors) == 1 and errors[0].startswith("INVALID_ARGUMENT: request is not a valid"), errors
     assert "Traceback" not in limited_server.output()
