@@ -1,0 +1,141 @@
+"""batcher/batch_io.py: a batch's inputs gathered from its requests, and each request's outcome set
+from the run. DynamicBatcher's tests reach these through the queue; these pin them directly (the
+mutation run of 2026-11-30 found them reached only by integration tests: tests/MUTANTS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from batcher.batch_io import alone_rows, batch_inputs, computed_late, record_run, settle_batch, stopped
+from batcher.errors import BatcherStopped, DeadlineExceeded
+from batcher.form import Pending
+from batcher.queue import Request, Ticket
+from batcher.ragged import RaggedPlan
+from batcher.stats import ModelStats
+from batcher.types import BatchingPolicy, QueueTrace, Tensors
+
+NS = (10, 20, 30, 40)
+
+
+def request(
+    inputs: Tensors, rows: int, seq: int, *, hard: float | None = None, trace: bool = False
+) -> Request:
+    future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+    ticket = Ticket(future, trace=QueueTrace() if trace else None)
+    return Pending(inputs, rows, 1, 0.0, seq, ticket, hard=hard)
+
+
+def features(rows: int, start: float = 0.0) -> Tensors:
+    return {"x": np.arange(start, start + rows * 2, dtype=np.float32).reshape(rows, 2)}
+
+
+def test_the_rows_of_a_request_run_alone() -> None:
+    inputs = {"scalar": np.float32(3.0).reshape(()), "x": np.zeros((5, 2), np.float32)}
+    assert alone_rows(inputs, BatchingPolicy(max_batch_size=0)) == 1  # no batch dimension
+    assert alone_rows(inputs, BatchingPolicy(max_batch_size=0, alone_with_rows=True)) == 5
+    scalars = {"s": np.float32(1.0).reshape(())}
+    assert alone_rows(scalars, BatchingPolicy(max_batch_size=0, alone_with_rows=True)) == 1
+    assert alone_rows({"m": np.zeros((3, 7), np.float32)}, BatchingPolicy(0, alone_with_rows=True)) == 3
+    assert alone_rows({"v": np.zeros(6, np.float32)}, BatchingPolicy(0, alone_with_rows=True)) == 6
+
+
+async def test_a_batched_model_gets_its_requests_concatenated_with_their_offsets() -> None:
+    batch = [request(features(2), 2, 1), request(features(3, 100.0), 3, 2)]
+    inputs, offsets = batch_inputs(batch, BatchingPolicy(max_batch_size=8))
+    assert offsets == [0, 2, 5]
+    np.testing.assert_array_equal(inputs["x"], np.concatenate([features(2)["x"], features(3, 100.0)["x"]]))
+
+
+async def test_a_batch_of_one_row_at_most_still_goes_through_gather() -> None:
+    # max_batch_size 1 batches (one request per run): its inputs are gathered (a new mapping,
+    # checked against the request's rows), not passed through as a model without a batch dimension's.
+    own = features(1)
+    inputs, offsets = batch_inputs([request(own, 1, 1)], BatchingPolicy(max_batch_size=1))
+    assert inputs is not own and inputs["x"] is own["x"] and offsets == [0, 1]
+
+
+async def test_a_model_without_a_batch_dimension_runs_its_one_request_as_is() -> None:
+    own = {"x": np.zeros((4, 2), np.float32)}
+    inputs, offsets = batch_inputs([request(own, 1, 1)], BatchingPolicy(max_batch_size=0))
+    assert inputs is own and offsets == [0, 1]
+    counted = BatchingPolicy(max_batch_size=0, alone_with_rows=True)
+    assert batch_inputs([request(own, 1, 1)], counted)[1] == [0, 4]
+
+
+async def test_ragged_inputs_are_flattened_and_joined() -> None:
+    plan = RaggedPlan(inputs=frozenset({"x"}))
+    policy = BatchingPolicy(max_batch_size=8, ragged=plan)
+    a = {"x": np.arange(3, dtype=np.float32).reshape(1, 3)}
+    b = {"x": np.arange(10, 20, dtype=np.float32).reshape(2, 5)}
+    inputs, offsets = batch_inputs([request(a, 1, 1), request(b, 2, 2)], policy)
+    np.testing.assert_array_equal(inputs["x"], np.concatenate([a["x"].ravel(), b["x"].ravel()]))
+    assert offsets == [0, 1, 3]
+
+
+async def test_each_request_gets_its_part_a_late_one_deadline_exceeded_a_gone_one_nothing() -> None:
+    stats = ModelStats()
+    on_time = request(features(1), 1, 1, hard=10.0)
+    late = request(features(1), 1, 2, hard=4.0)
+    gone = request(features(1), 1, 3)
+    gone.handle.future.cancel()
+    no_deadline = request(features(1), 1, 4)
+    parts = [{"y": np.full((1,), float(i), np.float32)} for i in range(4)]
+    settle_batch([on_time, late, gone, no_deadline], parts, 4, 5.0, stats, NS)
+    assert on_time.handle.future.result()["y"][0] == 0.0
+    assert no_deadline.handle.future.result()["y"][0] == 3.0
+    with pytest.raises(DeadlineExceeded, match="while the request was being computed"):
+        late.handle.future.result()
+    assert gone.handle.future.cancelled()
+    assert stats.late == 1
+
+
+async def test_late_requests_are_counted_on_top_of_earlier_ones() -> None:
+    stats = ModelStats()
+    stats.late = 2
+    batch = [request(features(1), 1, i, hard=1.0) for i in range(2)]
+    settle_batch(batch, [{"y": np.zeros(1, np.float32)}] * 2, 2, 5.0, stats, NS)
+    assert stats.late == 4
+
+
+async def test_fewer_parts_than_requests_is_an_error_not_a_silent_skip() -> None:
+    batch = [request(features(1), 1, 1), request(features(1), 1, 2)]
+    with pytest.raises(ValueError):
+        settle_batch(batch, [{"y": np.zeros(1, np.float32)}], 2, 0.0, ModelStats(), NS)
+
+
+async def test_a_request_exactly_at_its_deadline_is_on_time() -> None:
+    p = request(features(1), 1, 1, hard=5.0)
+    settle_batch([p], [{"y": np.zeros(1, np.float32)}], 1, 5.0, ModelStats(), NS)
+    assert p.handle.future.result()["y"].shape == (1,)
+
+
+async def test_traced_requests_share_one_record_of_their_run() -> None:
+    traced = [
+        request(features(2), 2, 1, trace=True),
+        request(features(1), 1, 2),
+        request(features(1), 1, 3, trace=True),
+    ]
+    parts = [{"y": np.zeros(2, np.float32)}, {"y": np.zeros(1, np.float32)}, {"y": np.zeros(1, np.float32)}]
+    settle_batch(traced, parts, 4, 0.0, ModelStats(), NS)
+    first, second = traced[0].handle.trace, traced[2].handle.trace
+    assert first is not None and second is not None and traced[1].handle.trace is None
+    run = first.run
+    assert run is not None and second.run is run
+    assert (run.rows, run.requests, run.gather_ns, run.run_ns, run.scatter_ns, run.end_ns) == (4, 3, *NS)
+    assert run.traced == [first, second]
+
+
+def test_a_record_is_made_once_and_then_shared() -> None:
+    a, b = QueueTrace(context="a"), QueueTrace(context="b")
+    run = record_run(None, a, 6, 2, NS)
+    assert record_run(run, b, 99, 99, (0, 0, 0, 0)) is run  # the first call's figures stand
+    assert (run.rows, run.requests, run.traced, a.run, b.run) == (6, 2, [a, b], run, run)
+
+
+def test_the_errors_say_what_happened() -> None:
+    assert isinstance(stopped(), BatcherStopped)
+    assert "model stopped before the request was computed" in str(stopped())
+    assert isinstance(computed_late(), DeadlineExceeded)
