@@ -35,7 +35,7 @@ class WaitForecast:
         # Predicted end (clock seconds) of each batch running now, by a key per run.
         self._running_until: dict[int, float] = {}
         self._runs = 0
-        self.rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
+        self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
 
     def started(self, rows: int, now: float) -> int:
         """A run of `rows` rows started at `now`; the key to pass to `ended`."""
@@ -48,7 +48,7 @@ class WaitForecast:
 
     def ran(self, rows: int) -> None:
         """A run of `rows` rows completed (inline or not): recent batch sizes move towards it."""
-        self.rows_per_run += 0.2 * (rows - self.rows_per_run)
+        self._rows_per_run += 0.2 * (rows - self._rows_per_run)
 
     def now(self, rows: int) -> float:
         """Seconds for a run of `rows` rows started now."""
@@ -73,7 +73,7 @@ class WaitForecast:
         ahead = self._queue.rows_ahead(level) + rows
         # Batches as large as recent ones, not max_batch_size: formation cuts batches to the
         # slack of their oldest request, so a long queue drains in several smaller batches.
-        per_batch = min(self._max_batch_size or 1, max(1, round(self.rows_per_run)))
+        per_batch = min(self._max_batch_size or 1, max(1, round(self._rows_per_run)))
         batches = -(-ahead // per_batch)
         queued = batches * estimate(min(ahead, per_batch), now)
         return (running + queued) / self._instances
