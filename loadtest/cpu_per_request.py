@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from loadtest import proc
 from loadtest.server import DEFAULT_CACHE_DIR
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -64,11 +65,6 @@ def _scrape_until(url: str, every_s: float, done: threading.Event) -> None:
     while not done.wait(every_s):
         with urllib.request.urlopen(url, timeout=30) as response:
             response.read()
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _load(port: int, requests: int, concurrency: int) -> None:
@@ -115,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 done = threading.Event()
                 if metrics is not None and args.scrape_s > 0:
                     threading.Thread(target=_scrape_until, args=(metrics, args.scrape_s, done)).start()
-                before = _cpu_s(process.pid)
+                before = proc.cpu_s(process.pid)
                 asyncio.run(_load(port, args.requests, args.concurrency))
-                per_request[name].append((_cpu_s(process.pid) - before) / args.requests * 1e6)
+                per_request[name].append((proc.cpu_s(process.pid) - before) / args.requests * 1e6)
                 done.set()
     finally:
         for process, _, _ in servers.values():

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from loadtest import proc
+
 _DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = proc.load_average()
     print(f"{args.model} (intra-op threads {args.threads or 'default'}; load average {load})")
     print("| batch | rows/s | ms per run |\n|---:|---:|---:|")
     for batch in (int(b) for b in args.batch.split(",")):

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from loadtest import channels, inputs
+from loadtest.proc import cpu_s, load_average
 from loadtest.realtime_worker import ProcessResult, RealtimePlan, StreamResult, worker_main
 from loadtest.scenario import Scenario, Target, is_loopback, parse_levels, split_evenly
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
@@ -59,6 +60,9 @@ class StepResult:
     client_lag_p99_us: float
     client_cpu_cores: float
     server_batch_rows: float | None  # mean rows per backend run in the window
+    # The server process's CPU over the measurement window (None: its process id is unknown).
+    server_cpu_cores: float | None
+    server_cpu_us_per_chunk: float | None  # ... over the chunks computed in the window
     per_stream: list[dict[str, Any]]
 
 
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="127.0.0.1:8001")
     parser.add_argument("--spawn-server", action="store_true", help="start sluiceway for the run")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the spawned server")
+    parser.add_argument(
+        "--server-pid", type=int, help="the target's process (this machine): report its CPU per chunk"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--preset", choices=sorted(PRESETS))
     parser.add_argument("--model", help="default: the preset's, else mlp")
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sequence = args.sequence or preset.get("sequence", False)
     wins = args.latest_frame_wins or preset.get("latest_frame_wins", False)
     security = channels.security_from(args)
-    with _server(args) as address:
+    with _server(args) as (address, server_pid):
         if not is_loopback(address):
             raise SystemExit(f"--target {address} is not this machine: real-time load stays on 127.0.0.1")
         target = Target("sluiceway", address, model)
@@ -104,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         payloads = inputs.payloads_for(target, scenario, "stream")
         print(
             f"{model}: {rate:g} chunks/s per stream, {len(payloads[0])} bytes per chunk, "
-            f"sequence={sequence}, latest_frame_wins={wins}; load average {_load()}",
+            f"sequence={sequence}, latest_frame_wins={wins}; load average {load_average()}",
             flush=True,
         )
         print(_HEADER, flush=True)
         results = []
         for level in parse_levels(args.streams):
-            step = run_step(args, target, int(level), rate, payloads, sequence, wins, security)
+            step = run_step(args, target, int(level), rate, payloads, sequence, wins, security, server_pid)
             results.append(step)
             print(_row(step), flush=True)
-        print(f"load average after: {_load()}")
+        print(f"load average after: {load_average()}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "realtime.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
@@ -121,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _server(args: argparse.Namespace) -> Iterator[str]:
+def _server(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
+    """The target's address and, when known, its process id."""
     if not args.spawn_server:
-        yield args.target
+        yield args.target, args.server_pid
         return
     with SpawnedServer(args.cache_dir, args.server_arg) as server:
-        yield server.address
+        assert server.process is not None
+        yield server.address, server.process.pid
 
 
 def run_step(
@@ -138,6 +147,7 @@ def run_step(
     sequence: bool,
     wins: bool,
     security: Any,
+    server_pid: int | None = None,
 ) -> StepResult:
     ctx = multiprocessing.get_context("spawn")
     start_at = time.monotonic() + START_DELAY_S + 1.0  # + process start-up
@@ -157,6 +167,8 @@ def run_step(
         procs.append(proc)
         first += share
     before = _server_rows(target, security)
+    window = start_at + args.warmup_s, start_at + args.warmup_s + args.duration_s
+    server_cpu_s = None if server_pid is None else _window_cpu_s(server_pid, *window)
     bound = start_at + args.warmup_s + args.duration_s + args.drain_s + 30.0
     parts: list[ProcessResult] = []
     for conn in conns:
@@ -169,7 +181,16 @@ def run_step(
     after = _server_rows(target, security)
     for proc in procs:
         proc.join(10)
-    return summarize(streams, rate, args.duration_s, parts, before, after)
+    return summarize(streams, rate, args.duration_s, parts, before, after, server_cpu_s)
+
+
+def _window_cpu_s(pid: int, begin: float, end: float) -> float:
+    """CPU seconds process `pid` spends between two time.monotonic() moments, waited for here (the
+    clients run in their own processes meanwhile, on the same schedule)."""
+    time.sleep(max(0.0, begin - time.monotonic()))
+    start = cpu_s(pid)
+    time.sleep(max(0.0, end - time.monotonic()))
+    return cpu_s(pid) - start
 
 
 def summarize(
@@ -179,6 +200,7 @@ def summarize(
     parts: list[ProcessResult],
     before: tuple[int, int] | None,
     after: tuple[int, int] | None,
+    server_cpu_s: float | None = None,
 ) -> StepResult:
     per_stream: list[StreamResult] = [s for p in parts for s in p.streams]
     errors: dict[str, int] = {}
@@ -189,11 +211,13 @@ def summarize(
     rows = None
     if before and after and after[1] > before[1]:
         rows = (after[0] - before[0]) / (after[1] - before[1])
+    computed = sum(s.computed for s in per_stream)
+    per_chunk = None if server_cpu_s is None or not computed else server_cpu_s / computed * 1e6
     return StepResult(
         streams=streams,
         rate=rate,
         offered_per_s=sum(s.scheduled for s in per_stream) / duration_s,
-        computed_per_s=sum(s.computed for s in per_stream) / duration_s,
+        computed_per_s=computed / duration_s,
         dropped=sum(s.dropped for s in per_stream),
         errors=errors,
         real_time_streams=sum(s.real_time for s in per_stream),
@@ -203,6 +227,8 @@ def summarize(
         client_lag_p99_us=max((p.lag_p99_us for p in parts), default=0.0),
         client_cpu_cores=sum(p.cpu_s for p in parts) / duration_s,
         server_batch_rows=rows,
+        server_cpu_cores=None if server_cpu_s is None else server_cpu_s / duration_s,
+        server_cpu_us_per_chunk=per_chunk,
         per_stream=[{**asdict(s), "real_time": s.real_time} for s in per_stream],
     )
 
@@ -225,8 +251,9 @@ def _server_rows(target: Target, security: Any) -> tuple[int, int] | None:
 
 _HEADER = (
     "| streams | chunks/s offered | computed/s | dropped | errors | streams in real time | p50 ms | p99 ms "
-    "| worst stream p99 ms | client lag p99 ms | client CPU cores | server rows/run |\n"
-    "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    "| worst stream p99 ms | client lag p99 ms | client CPU cores | server rows/run "
+    "| server CPU cores | server CPU µs/chunk |\n"
+    "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -237,16 +264,14 @@ def _ms(us: float | None) -> str:
 def _row(r: StepResult) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "0"
     rows = "-" if r.server_batch_rows is None else f"{r.server_batch_rows:.1f}"
+    cores = "-" if r.server_cpu_cores is None else f"{r.server_cpu_cores:.2f}"
+    per_chunk = "-" if r.server_cpu_us_per_chunk is None else f"{r.server_cpu_us_per_chunk:.0f}"
     return (
         f"| {r.streams} | {r.offered_per_s:.0f} | {r.computed_per_s:.0f} | {r.dropped} | {errors} "
         f"| {r.real_time_streams}/{r.streams} | {_ms(r.latency_us['p50'])} | {_ms(r.latency_us['p99'])} "
         f"| {_ms(r.worst_stream_p99_us)} | {r.client_lag_p99_us / 1000:.1f} | {r.client_cpu_cores:.2f} "
-        f"| {rows} |"
+        f"| {rows} | {cores} | {per_chunk} |"
     )
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

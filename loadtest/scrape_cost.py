@@ -14,7 +14,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtest.cpu_per_request import _cpu_s, _start
+from loadtest import proc
+from loadtest.cpu_per_request import _start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,15 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError("the server printed no metrics line")
         for _ in range(args.repeats):
             idle_for = threading.Event()
-            c0, t0 = _cpu_s(process.pid), time.monotonic()
+            c0, t0 = proc.cpu_s(process.pid), time.monotonic()
             idle_for.wait(5.0)  # idle CPU per second, to take off
-            idle = (_cpu_s(process.pid) - c0) / (time.monotonic() - t0)
-            c0, t0 = _cpu_s(process.pid), time.monotonic()
+            idle = (proc.cpu_s(process.pid) - c0) / (time.monotonic() - t0)
+            c0, t0 = proc.cpu_s(process.pid), time.monotonic()
             size = 0
             for _ in range(args.scrapes):
                 with urllib.request.urlopen(url, timeout=30) as response:
                     size = len(response.read())
-            spent = _cpu_s(process.pid) - c0 - idle * (time.monotonic() - t0)
+            spent = proc.cpu_s(process.pid) - c0 - idle * (time.monotonic() - t0)
             print(f"{spent / args.scrapes * 1e3:.2f} ms server CPU per scrape ({size} bytes)")
     finally:
         process.terminate()

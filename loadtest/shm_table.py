@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from loadtest import proc
 from loadtest.ort_ceiling import feeds
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import grpc_service_pb2 as pb
@@ -70,17 +71,11 @@ def perf_analyzer(address: str, model: str, concurrency: int, shm: bool, request
         return float(row["Inferences/Second"])
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) process `pid` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(server: SpawnedServer, model: str, level: int, shm: bool, requests: int) -> Served:
     assert server.process is not None
-    before, cpu = executions(server.address, model), cpu_s(server.process.pid)
+    before, cpu = executions(server.address, model), proc.cpu_s(server.process.pid)
     rate = perf_analyzer(server.address, model, level, shm, requests)
-    cpu = cpu_s(server.process.pid) - cpu
+    cpu = proc.cpu_s(server.process.pid) - cpu
     ran = executions(server.address, model)
     ran.subtract(before)
     rows = sum(size * count for size, count in ran.items())
@@ -191,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     args.server_args = args.server_args.split()
     models = args.models.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = proc.load_average()
     print(f"load average before: {load}; {os.cpu_count()} CPUs")
     if args.ab_grpc_args:
         ab(args, models, levels)
     else:
         table(args, models, levels)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = proc.load_average()
     print(f"load average after: {load}")
     return 0
 

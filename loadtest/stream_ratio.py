@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from loadtest import proc
 from loadtest.perf_analyzer_table import DEFAULT_PERF_ANALYZER, run_perf_analyzer
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import grpc_service_pb2 as pb
@@ -85,10 +86,9 @@ def start(variant: Variant, cache_dir: Path) -> SpawnedServer:
 
 
 def server_cpu_s(server: SpawnedServer) -> float:
-    """User + system CPU seconds of the server process so far (/proc/PID/stat)."""
+    """User + system CPU seconds of the server process so far."""
     assert server.process is not None
-    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc.cpu_s(server.process.pid)
 
 
 def children_cpu_s() -> float:
@@ -103,10 +103,6 @@ def answered(server: SpawnedServer, model: str) -> int:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10)
     return sum(m.inference_stats.success.count for m in stats.model_stats)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for variant in variants:
             servers.append(start(variant, args.cache_dir))
-        print(f"load average before: {load_average()}", flush=True)
+        print(f"load average before: {proc.load_average()}", flush=True)
         for r in range(args.rounds):
             for variant, server in zip(variants, servers, strict=True):
                 for streaming in (False, True):
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
-    print(f"load average after: {load_average()}\n")
+    print(f"load average after: {proc.load_average()}\n")
     print(f"{args.model}, {args.concurrency} in flight, {args.rounds} rounds of {args.interval_ms} ms")
     print(
         "| variant | unary infer/s | stream infer/s | stream/unary (median of rounds) | ratio per round "

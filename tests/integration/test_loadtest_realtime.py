@@ -35,7 +35,9 @@ def run(server: ServerProcess, tmp_path: Path, *args: str) -> list[dict[str, Any
 
 
 def test_every_chunk_of_every_stream_is_accounted_for(server: ServerProcess, tmp_path: Path) -> None:
-    (step,) = run(server, tmp_path, "--model", "mlp", "--rate", "20", "--streams", "3")
+    assert server.process is not None
+    pid = str(server.process.pid)
+    (step,) = run(server, tmp_path, "--model", "mlp", "--rate", "20", "--streams", "3", "--server-pid", pid)
     streams = step["per_stream"]
     assert sorted(s["index"] for s in streams) == [0, 1, 2]  # split over both processes
     for s in streams:
@@ -45,10 +47,14 @@ def test_every_chunk_of_every_stream_is_accounted_for(server: ServerProcess, tmp
         assert 0 < s["p50_us"] <= s["p99_us"] <= s["max_us"]
     assert step["offered_per_s"] == pytest.approx(60, abs=3)
     assert step["real_time_streams"] == sum(s["real_time"] for s in streams)
+    # The server's CPU over the window, per computed chunk: it served ~60 chunks in it.
+    assert step["server_cpu_cores"] > 0
+    assert step["server_cpu_us_per_chunk"] == pytest.approx(step["server_cpu_cores"] * 1e6 / 60, rel=0.1)
 
 
 def test_latest_frame_wins_frames_are_computed_or_dropped(server: ServerProcess, tmp_path: Path) -> None:
     (step,) = run(server, tmp_path, "--preset", "camera", "--rate", "15", "--streams", "2")
+    assert step["server_cpu_cores"] is None  # no --server-pid: not measured
     for s in step["per_stream"]:
         assert s["errors"] == {}
         assert s["computed"] > 0 and s["computed"] + s["dropped"] == s["scheduled"]
