@@ -1,10 +1,11 @@
-"""StreamSession without gRPC: unread answers bound what it reads, and `finish()` stops reading
-but answers every request already read."""
+"""StreamSession without gRPC: unread answers bound what it reads, answers keep their order where
+the model asks for it, and `finish()` stops reading but answers every request already read."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -49,6 +50,35 @@ class HeldPath(InstantPath):
     async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
         await self.release.wait()
         return pb.ModelInferResponse(id=job.id)
+
+
+class OrderedPath(InstantPath):
+    """A preserve_ordering model: odd-numbered requests are answered at once, even-numbered ones
+    wait in a batcher until `release`d, in any order."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, asyncio.Event] = {}
+        order = SimpleNamespace(dynamic_batching=SimpleNamespace(preserve_ordering=True))
+        self.model = SimpleNamespace(latest_frame_wins=False, config=order)
+
+    def model_of(self, request: pb.ModelInferRequest) -> Any:
+        return self.model
+
+    def start(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        if int(request.id) % 2:
+            return None, pb.ModelInferResponse(id=request.id)
+        self.waiting[request.id] = asyncio.Event()
+        return request, None
+
+    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+        await self.waiting[job.id].wait()
+        return pb.ModelInferResponse(id=job.id)
+
+    async def infer(self, request: pb.ModelInferRequest, remaining_s: float | None, claim: object) -> Any:
+        job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
+        return now if now is not None else await self.finish(job, 0)
 
 
 class Source:
@@ -149,3 +179,48 @@ def test_a_sequence_is_noted_alike_from_the_request_and_from_its_parsed_controls
     by_controls.note(request, parse_controls(request.parameters))
     noted = set() if expected is None else {("m", "2", expected)}
     assert set(by_controls) == set(by_request) == noted
+
+
+async def collect(answers: AsyncIterator[pb.ModelStreamInferResponse], got: list[str]) -> None:
+    async for answer in answers:
+        got.append(answer.infer_response.id)
+
+
+async def test_answers_made_at_once_wait_for_earlier_ones_of_an_order_preserving_model() -> None:
+    # Requests 2, 4, 6 wait in a batcher and are released last first; 1, 3, 5, 7 could be answered
+    # at once, but not ahead of the ones before them.
+    source, path = Source(limit=7), OrderedPath()
+    got: list[str] = []
+    reading = asyncio.ensure_future(collect(session(source, path, max_in_flight=8).answers(), got))
+    await settle()
+    assert source.read == 7
+    assert got == ["1"]  # nothing before it
+    for rid in ("6", "4", "2"):
+        path.waiting[rid].set()
+        await settle()
+    assert got == [str(i) for i in range(1, 8)]
+    reading.cancel()
+
+
+async def test_an_answer_made_at_once_never_overtakes_one_made_before_it() -> None:
+    # Request 2's answer is made (its batch ran) in the same turn as request 3 arrives; 3 is then
+    # answered at once, after 2.
+    sent: asyncio.Queue[pb.ModelInferRequest] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        while True:
+            yield await sent.get()
+
+    path = OrderedPath()
+    got: list[str] = []
+    stream = StreamSession(requests(), cast(RequestPath, path), max_in_flight=8, deadline=None)
+    reading = asyncio.ensure_future(collect(stream.answers(), got))
+    for rid in ("1", "2"):
+        sent.put_nowait(pb.ModelInferRequest(model_name="m", id=rid))
+    await settle()
+    assert got == ["1"]
+    path.waiting["2"].set()
+    sent.put_nowait(pb.ModelInferRequest(model_name="m", id="3"))
+    await settle()
+    assert got == ["1", "2", "3"]
+    reading.cancel()
