@@ -75,7 +75,7 @@ class Plan:
 
 def plan_for(dry: bool, instances: int = 1) -> Plan:
     if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
-        return Plan(True, (1, 2, 3, 4), (1, 2, 4), 0.05, 0.6, 0.1, 1, 1, min_runs=1)
+        return Plan(True, (1, 2), (1, 2), 0.05, 0.3, 0.05, 1, 1, min_runs=1)
     # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
     return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, 4, instances)
 
