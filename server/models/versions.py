@@ -41,9 +41,12 @@ class ModelVersion:
     # config.pbtxt's `latest_frame_wins`, read once at load, not per stream message (latest_frame.py).
     latest_frame_wins: bool = False
     version_str: str = field(init=False)
+    # dynamic_batching.preserve_ordering, read once: a stream looks at it per message (stream.py).
+    preserve_ordering: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)
+        self.preserve_ordering = self.config.dynamic_batching.preserve_ordering
 
 
 @dataclass

@@ -222,7 +222,7 @@ class StreamSession:
         """(the answer to wait for, the event to set once answered) for order-preserving models
         and `ordered` requests (latest-frame-wins frames). `served`: None when the model is
         unknown (its request fails in `start`, in no order)."""
-        if not ordered and (served is None or not served.config.dynamic_batching.preserve_ordering):
+        if not ordered and (served is None or not served.preserve_ordering):
             return None, None
         after, done = self._ordered_tail, asyncio.Event()
         self._ordered_tail = done

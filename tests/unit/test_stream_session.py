@@ -58,8 +58,7 @@ class OrderedPath(InstantPath):
 
     def __init__(self) -> None:
         self.waiting: dict[str, asyncio.Event] = {}
-        order = SimpleNamespace(dynamic_batching=SimpleNamespace(preserve_ordering=True))
-        self.model = SimpleNamespace(latest_frame_wins=False, config=order)
+        self.model = SimpleNamespace(latest_frame_wins=False, preserve_ordering=True)
 
     def model_of(self, request: pb.ModelInferRequest) -> Any:
         return self.model
