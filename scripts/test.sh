@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# From nothing: install into .venv (python3) and lint and type-check there; then run every test on
-# the oldest and the newest Python the package supports (requires-python >= 3.10), each in a venv
-# of its own (.venv-3.10, .venv-3.13; .venv itself where python3 is that version). A Python that
-# is not on this machine is skipped with a message; with neither, the tests run in .venv.
+# From nothing: run every test on the oldest and the newest Python the package supports
+# (requires-python >= 3.10), each in a venv of its own (.venv-3.10, .venv-3.13; .venv itself where
+# python3 is that version), after linting and type-checking in the newest one's. A Python that is
+# not on this machine is skipped with a message; with neither, everything runs in .venv (python3).
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
 # before each Python's runs: `bash scripts/test.sh --randomly-seed=N` repeats an order and
 # `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N (default 2) spreads test files over
@@ -52,25 +52,32 @@ run_tests() {
   [ "$rc" = 0 ] && [ "$serial_rc" = 0 ]
 }
 
-bash scripts/bootstrap.sh
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy batcher clients server loadtest
-
-default=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-ran=0
+# One venv per Python in PYTHONS that this machine has: .venv where python3 is that version, else
+# .venv-X.Y. Lint and type-check in the newest one's (mypy reads the installed numpy's stubs, which
+# differ by version); with none of them, everything runs in .venv.
+default=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+venvs=()
 for version in "${PYTHONS[@]}"; do
   if [ "$version" = "$default" ]; then
-    run_tests .venv "$@"
+    bash scripts/bootstrap.sh
+    venvs+=(.venv)
   elif python=$(find_python "$version"); then
     bash scripts/bootstrap.sh "$python" ".venv-$version"
-    run_tests ".venv-$version" "$@"
+    venvs+=(".venv-$version")
   else
     echo "== SKIPPED: tests on Python $version (no working python$version on PATH or in pyenv's versions)"
-    continue
   fi
-  ran=$((ran + 1))
 done
-if [ "$ran" = 0 ]; then
-  run_tests .venv "$@"
+if [ "${#venvs[@]}" = 0 ]; then
+  bash scripts/bootstrap.sh
+  venvs=(.venv)
 fi
+lint=${venvs[${#venvs[@]} - 1]}
+echo "== lint and type checks in $lint"
+"$lint/bin/ruff" check .
+"$lint/bin/ruff" format --check .
+"$lint/bin/mypy" batcher clients server loadtest
+
+for venv in "${venvs[@]}"; do
+  run_tests "$venv" "$@"
+done
