@@ -9,10 +9,11 @@
 #   bash scripts/gpu_check.sh --dry [PATH]  # the same path on CPU in .venv, tiny durations, labelled a dry run
 #
 # Environment: GPU_CHECK_DRY=1 (as --dry); GPU_CHECK_PYTHON (python3); GPU_CHECK_VENV (.venv-gpu);
-# GPU_CHECK_EXTRAS (cuda,test: the GPU wheel with NVIDIA's CUDA/cuDNN wheels; gpu,test where the
-# libraries are already there); GPU_CHECK_SYSTEM_SITE=1 (the venv sees the system's packages, e.g.
-# an image's CUDA wheels; default extras then gpu,test); GPU_CHECK_WHEELHOUSE=DIR (install offline
-# from the wheels in DIR, for a machine without the index).
+# GPU_CHECK_EXTRAS (cuda,gpucheck: the GPU wheel with NVIDIA's CUDA/cuDNN wheels; gpu,gpucheck where
+# the libraries are already there); GPU_CHECK_SYSTEM_SITE=1 (the venv sees the packages of
+# GPU_CHECK_PYTHON's environment, e.g. an image's CUDA wheels; default extras then gpu,gpucheck);
+# GPU_CHECK_WHEELHOUSE=DIR (install offline from the wheels in DIR, or from the folders
+# scripts/wheelhouse.py laid out there, for a machine without the index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit_s=${GPU_CHECK_LIMIT_S:-450}
@@ -54,20 +55,37 @@ else
   fi
   step "GPU: $(head -1 <<<"$gpus")"
   venv=${GPU_CHECK_VENV:-.venv-gpu}
-  site=()
-  extras=${GPU_CHECK_EXTRAS:-cuda,test}
+  base=${GPU_CHECK_PYTHON:-python3}
+  extras=${GPU_CHECK_EXTRAS:-cuda,gpucheck}
   if [ "${GPU_CHECK_SYSTEM_SITE:-0}" = 1 ]; then
-    site=(--system-site-packages)
-    extras=${GPU_CHECK_EXTRAS:-gpu,test}
+    extras=${GPU_CHECK_EXTRAS:-gpu,gpucheck}
+    if [ ! -x "$venv/bin/python" ]; then
+      "$base" -m venv --system-site-packages "$venv"
+      # A venv made by a venv's python (an image's python3 often is one: /opt/torch/.venv) sees the
+      # base interpreter's packages, not that venv's; a .pth file adds that venv's site-packages,
+      # after the new venv's own, so what is installed here comes first.
+      outer=$("$base" -c 'import site, sys; print(site.getsitepackages() if sys.prefix != sys.base_prefix else "")')
+      if [ -n "$outer" ]; then
+        inner=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "import site; [site.addsitedir(d) for d in $outer]" >"$inner/_outer_site.pth"
+        step "the venv also sees $outer"
+      fi
+    fi
   fi
-  [ -x "$venv/bin/python" ] || "${GPU_CHECK_PYTHON:-python3}" -m venv "${site[@]}" "$venv"
+  [ -x "$venv/bin/python" ] || "$base" -m venv "$venv"
   py=$venv/bin/python
   pip_from=()
   if [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
+    house=$GPU_CHECK_WHEELHOUSE
+    if compgen -G "$house/*/manifest.json" >/dev/null; then
+      step "join the wheelhouse's folders in $house"
+      house=${TMPDIR:-/tmp}/sluiceway-wheelhouse
+      "$py" scripts/wheelhouse.py join "$GPU_CHECK_WHEELHOUSE" "$house" 2>&1 | tee -a "$log"
+    fi
     # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
-    pip_from=(--no-index --find-links "$GPU_CHECK_WHEELHOUSE" --no-build-isolation)
+    pip_from=(--no-index --find-links "$house" --no-build-isolation)
     timeout 120 "$py" -m pip install -q --disable-pip-version-check --no-index \
-      --find-links "$GPU_CHECK_WHEELHOUSE" "setuptools>=68" >>"$log" 2>&1
+      --find-links "$house" "setuptools>=68" >>"$log" 2>&1
   fi
   step "install .[$extras] into $venv"
   timeout "$(install_s 240 60)" "$py" -m pip install -q --disable-pip-version-check "${pip_from[@]}" \
@@ -98,12 +116,14 @@ EOF
   step "onnxruntime: $providers"
 fi
 
-step "tests marked gpu"
+# Only the files that hold gpu tests: collecting the rest would import the test extra's tools.
+mapfile -t gpu_files < <(grep -rlE 'pytest\.mark\.gpu' tests --include='test_*.py' | sort)
+step "tests marked gpu (${gpu_files[*]})"
 tests="$logs/gpu_tests.log"
 set +e
 tests_s=$((limit_s - SECONDS - 240))
 tests_s=$((tests_s < 120 ? (tests_s < 30 ? 30 : tests_s) : 120))
-timeout "$tests_s" "$py" -m pytest -q -m gpu tests -p no:randomly --continue-on-collection-errors >"$tests" 2>&1
+timeout "$tests_s" "$py" -m pytest -q -m gpu "${gpu_files[@]}" -p no:randomly >"$tests" 2>&1
 rc=$?
 set -e
 case $rc in

@@ -1,5 +1,5 @@
 """The runtime extras are alternatives: pip resolves `.[cpu,test]` (what scripts/bootstrap.sh installs)
-without the GPU wheel or any NVIDIA library, and `.[gpu]` without the CPU wheel, against the
+without the GPU wheel or any NVIDIA library, and `.[gpu,gpucheck]` without the CPU wheel, against the
 package index this machine's pip uses (`pip install --dry-run --report`, nothing installed; about
 20 s). The pins must exist there for this Python: a pin with no wheel fails here, not at install.
 Skipped, saying why, when the index cannot be reached."""
@@ -73,7 +73,7 @@ def cpu_install(reachable_index: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def gpu_install(reachable_index: str) -> dict[str, str]:
-    return resolve("gpu")
+    return resolve("gpu,gpucheck")  # what scripts/gpu_check.sh installs beside NVIDIA's libraries
 
 
 def test_the_cpu_install_never_pulls_the_gpu_wheel(cpu_install: dict[str, str]) -> None:
