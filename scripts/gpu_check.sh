@@ -57,23 +57,29 @@ else
   venv=${GPU_CHECK_VENV:-.venv-gpu}
   base=${GPU_CHECK_PYTHON:-python3}
   extras=${GPU_CHECK_EXTRAS:-cuda,gpucheck}
+  site=()
   if [ "${GPU_CHECK_SYSTEM_SITE:-0}" = 1 ]; then
+    site=(--system-site-packages)
     extras=${GPU_CHECK_EXTRAS:-gpu,gpucheck}
-    if [ ! -x "$venv/bin/python" ]; then
-      "$base" -m venv --system-site-packages "$venv"
-      # A venv made by a venv's python (an image's python3 often is one: /opt/torch/.venv) sees the
-      # base interpreter's packages, not that venv's; a .pth file adds that venv's site-packages,
-      # after the new venv's own, so what is installed here comes first.
-      outer=$("$base" -c 'import site, sys; print(site.getsitepackages() if sys.prefix != sys.base_prefix else "")')
-      if [ -n "$outer" ]; then
-        inner=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-        echo "import site; [site.addsitedir(d) for d in $outer]" >"$inner/_outer_site.pth"
-        step "the venv also sees $outer"
-      fi
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    # Where ensurepip is missing (Debian's python3 without python3-venv) the venv is made without
+    # pip, and $base's own pip installs into it (below).
+    "$base" -m venv "${site[@]}" "$venv" 2>>"$log" || "$base" -m venv --without-pip "${site[@]}" "$venv"
+    # A venv made by a venv's python (an image's python3 often is one: /opt/torch/.venv) sees the
+    # base interpreter's packages, not that venv's; a .pth file adds that venv's site-packages,
+    # after the new venv's own, so what is installed here comes first.
+    outer=$("$base" -c 'import site, sys; print(site.getsitepackages() if sys.prefix != sys.base_prefix else "")')
+    if [ "${#site[@]}" -gt 0 ] && [ -n "$outer" ]; then
+      inner=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+      echo "import site; [site.addsitedir(d) for d in $outer]" >"$inner/_outer_site.pth"
+      step "the venv also sees $outer"
     fi
   fi
-  [ -x "$venv/bin/python" ] || "$base" -m venv "$venv"
   py=$venv/bin/python
+  pip=("$py" -m pip)
+  "$py" -m pip --version >/dev/null 2>&1 || pip=("$base" -m pip --python "$py")
+  pip+=(install -q --disable-pip-version-check)
   pip_from=()
   if [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
     house=$GPU_CHECK_WHEELHOUSE
@@ -84,18 +90,17 @@ else
     fi
     # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
     pip_from=(--no-index --find-links "$house" --no-build-isolation)
-    timeout 120 "$py" -m pip install -q --disable-pip-version-check --no-index \
-      --find-links "$house" "setuptools>=68" >>"$log" 2>&1
+    timeout 120 "${pip[@]}" --no-index --find-links "$house" "setuptools>=68" >>"$log" 2>&1
   fi
   step "install .[$extras] into $venv"
-  timeout "$(install_s 240 60)" "$py" -m pip install -q --disable-pip-version-check "${pip_from[@]}" \
-    -e ".[$extras]" >>"$log" 2>&1 || { step "the install failed or ran out of time (see $log)"; exit 1; }
+  timeout "$(install_s 240 60)" "${pip[@]}" "${pip_from[@]}" -e ".[$extras]" >>"$log" 2>&1 ||
+    { step "the install failed or ran out of time (see $log)"; exit 1; }
   # TensorRT's libraries come from pypi.nvidia.com (a stub on PyPI fetches them); without them the
   # TensorRT rows say that the provider did not start, and the rest still runs.
   if [ "$(install_s 180 0)" -ge 30 ]; then
     step "install .[tensorrt]"
-    timeout "$(install_s 180)" "$py" -m pip install -q --disable-pip-version-check "${pip_from[@]}" \
-      -e ".[tensorrt]" >>"$log" 2>&1 || step "TensorRT libraries not installed (see $log)"
+    timeout "$(install_s 180)" "${pip[@]}" "${pip_from[@]}" -e ".[tensorrt]" >>"$log" 2>&1 ||
+      step "TensorRT libraries not installed (see $log)"
   else
     step "no time left to install TensorRT's libraries"
   fi

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,22 @@ def resolve(extras: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cpu_install(reachable_index: str) -> dict[str, str]:
-    return resolve("cpu,test")
+def installs(reachable_index: str) -> dict[str, dict[str, str]]:
+    # Both resolutions at once: each is mostly waiting on the index, and this is CI's slowest setup.
+    # `gpu,gpucheck` is what scripts/gpu_check.sh installs beside NVIDIA's libraries.
+    extras = ("cpu,test", "gpu,gpucheck")
+    with ThreadPoolExecutor(len(extras)) as pool:
+        return dict(zip(extras, pool.map(resolve, extras), strict=True))
 
 
 @pytest.fixture(scope="module")
-def gpu_install(reachable_index: str) -> dict[str, str]:
-    return resolve("gpu,gpucheck")  # what scripts/gpu_check.sh installs beside NVIDIA's libraries
+def cpu_install(installs: dict[str, dict[str, str]]) -> dict[str, str]:
+    return installs["cpu,test"]
+
+
+@pytest.fixture(scope="module")
+def gpu_install(installs: dict[str, dict[str, str]]) -> dict[str, str]:
+    return installs["gpu,gpucheck"]
 
 
 def test_the_cpu_install_never_pulls_the_gpu_wheel(cpu_install: dict[str, str]) -> None:
