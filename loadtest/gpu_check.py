@@ -18,6 +18,7 @@ PATH: a .md file or a folder (default: $OUT, else out/gpu_check); the JSON is wr
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import importlib.metadata
 import os
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cac
 # Kept tail lines with these are shown; lines with COUNTED are counted even beyond the tail.
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
+TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,23 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
+def tensorrt_missing(load: Callable[[str], object] = ctypes.CDLL) -> str | None:
+    """Why the TensorRT provider cannot start here (its library does not load), or None. Without
+    it onnxruntime falls back to CUDA, and the TensorRT rows would only measure CUDA again."""
+    try:
+        load(TENSORRT_LIBRARY)
+    except OSError as err:
+        return f"TensorRT's {TENSORRT_LIBRARY} does not load ({first_line(err)})"
+    return None
+
+
+def skipped(label: str, plan: Plan, note: str, raw: bool = True) -> list[Row]:
+    """Rows for points not measured, each saying why: every model's raw batches (unless not `raw`)
+    and served levels."""
+    rows = [Row(m, label, RAW, b, note=note) for m in MODELS for b in plan.raw_batches] if raw else []
+    return rows + [Row(m, label, SERVED, n, note=note) for m in MODELS for n in plan.in_flight]
+
+
 def raw_rows(model_dir: Path, provider: Provider, plan: Plan, cache: Path, budget: Budget) -> list[Row]:
     import onnxruntime as ort
 
@@ -223,11 +243,7 @@ def served_rows(
     per_point = 0.5 + plan.warmup_s + plan.served_s
     needed = per_point * len(MODELS) * len(plan.in_flight) + 10.0
     if budget.left() < needed:
-        return [
-            Row(m, label, SERVED, level, note="skipped: time budget spent")
-            for m in MODELS
-            for level in plan.in_flight
-        ]
+        return skipped(label, plan, "skipped: time budget spent", raw=False)
     compare = ",".join(f"{m}={address}/{m}" for m in MODELS)
     args = build_parser().parse_args(
         ["--compare", compare, "--model", MODELS[0], "--concurrency", ",".join(map(str, plan.in_flight)),
@@ -237,8 +253,7 @@ def served_rows(
     try:
         results = run(args)
     except Exception as err:  # workers that did not report, an unreachable model
-        note = f"load run failed: {first_line(err)}"
-        return [Row(m, label, SERVED, level, note=note) for m in MODELS for level in plan.in_flight]
+        return skipped(label, plan, f"load run failed: {first_line(err)}", raw=False)
     rows: list[Row] = []
     for entry in results["results"]:
         model, level = entry["target"], int(entry["step"]["level"])
@@ -268,20 +283,21 @@ def served_rows(
 def check_provider(
     demo: Path, work: Path, provider: Provider, plan: Plan, budget: Budget, report: Report
 ) -> None:
+    label = plan.label(provider)
+    missing = None if plan.dry or provider.key != "tensorrt" else tensorrt_missing()
+    if missing is not None:
+        report.log.append(f"[{label}] not measured: {missing}")
+        report.rows.extend(skipped(label, plan, f"skipped: {missing}"))
+        return
     copy, cache = work / f"repository-{provider.key}", work / "trt-cache"
     cache.mkdir(parents=True, exist_ok=True)  # kept: a rerun loads the engines instead of building them
     shutil.rmtree(copy, ignore_errors=True)
     write_copy(demo, copy, provider, plan, cache)
     for model in MODELS:
         report.rows.extend(raw_rows(copy / model, provider, plan, cache, budget))
-    label = plan.label(provider)
     start_s = min(SERVER_START_S, budget.left() - 20.0)
     if start_s < 10.0:
-        report.rows.extend(
-            Row(m, label, SERVED, n, note="skipped: time budget spent")
-            for m in MODELS
-            for n in plan.in_flight
-        )
+        report.rows.extend(skipped(label, plan, "skipped: time budget spent", raw=False))
         return
     server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy)], watch=COUNTED)
     try:
@@ -289,9 +305,7 @@ def check_provider(
     except RuntimeError as err:
         tail = str(err).strip().splitlines()[-1:] or ["(no output)"]
         report.log.append(f"[{label}] server did not start: {tail[0]}")
-        report.rows.extend(
-            Row(m, label, SERVED, n, note="server did not start") for m in MODELS for n in plan.in_flight
-        )
+        report.rows.extend(skipped(label, plan, "server did not start", raw=False))
         return
     try:
         warnings = [line.rstrip() for line in server.tail if any(w in line for w in FALLBACK_WORDS)]

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 
-from loadtest.gpu_check import profile_shapes, tensorrt_parameters
+from loadtest import gpu_check
+from loadtest.gpu_check import (
+    PROVIDERS,
+    Budget,
+    check_provider,
+    plan_for,
+    profile_shapes,
+    tensorrt_missing,
+    tensorrt_parameters,
+)
 from loadtest.gpu_report import RAW, SERVED, Report, Row, markdown, summary_rows, write
 from protos import model_config_pb2 as mc
 
@@ -53,3 +63,31 @@ def test_tensorrt_gets_one_profile_from_one_row_to_the_largest_batch(tmp_path: P
     params = tensorrt_parameters(config, 64, tmp_path)
     assert params["precision_mode"] == "FP16" and params["trt_engine_cache_path"] == str(tmp_path)
     assert params["trt_profile_max_shapes"] == params["trt_profile_opt_shapes"] == "frame:64x224x224x3"
+
+
+def test_tensorrt_is_missing_when_its_library_does_not_load() -> None:
+    def absent(name: str) -> object:
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    assert tensorrt_missing(lambda name: object()) is None
+    why = tensorrt_missing(absent)
+    assert why is not None and why.startswith("TensorRT's libnvinfer.so.10 does not load (")
+
+
+def test_without_tensorrt_its_series_is_skipped_not_measured_as_cuda_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        gpu_check, "tensorrt_missing", lambda: "TensorRT's libnvinfer.so.10 does not load (x)"
+    )
+    plan = plan_for(dry=False)
+    report = Report(dry=False, context=[])
+    trt = next(p for p in PROVIDERS if p.key == "tensorrt")
+    # A demo folder that does not exist: nothing may be read, copied or started.
+    check_provider(tmp_path / "no-demo", tmp_path / "work", trt, plan, Budget(300.0), report)
+    assert not (tmp_path / "work").exists()
+    per_model = len(plan.raw_batches) + len(plan.in_flight)
+    assert len(report.rows) == len(gpu_check.MODELS) * per_model
+    assert {r.note for r in report.rows} == {"skipped: TensorRT's libnvinfer.so.10 does not load (x)"}
+    assert all(r.rows_s is None and r.provider == "TensorRT FP16" for r in report.rows)
+    assert report.log == ["[TensorRT FP16] not measured: TensorRT's libnvinfer.so.10 does not load (x)"]
