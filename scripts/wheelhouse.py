@@ -144,11 +144,16 @@ def join(dest: Path, out: Path) -> list[Path]:
 
 def requirements(pyproject: Path, python: str) -> list[str]:
     """The project's dependencies and EXTRAS, with markers decided for `python`."""
+    # The standard library's TOML reader (3.11+) and `packaging`, else the copies pip vendors: fetch
+    # runs pip, so pip is there.
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10: pytest's dependency
-        import tomli as tomllib  # type: ignore[no-redef]
-    from packaging.requirements import Requirement
+    except ModuleNotFoundError:
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        from packaging.requirements import Requirement
+    except ModuleNotFoundError:
+        from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
 
     project = tomllib.loads(pyproject.read_text())["project"]
     extras = project["optional-dependencies"]
