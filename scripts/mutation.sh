@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut: the batcher (batcher/), the protocol's pure modules
-# (server/protocol/codec.py, validate.py, controls.py) and protos/wire.py, against the unit tests
-# (tests/unit; mutmut runs only the tests that reach the mutated function). Configuration:
-# [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
+# (server/protocol/codec.py, validate.py, controls.py, classification.py, sequence_params.py, and
+# system shared memory: shared_memory.py, shm_regions.py, shm_tensors.py) and protos/wire.py,
+# against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
+# Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #
-#   bash scripts/mutation.sh                      # every mutant, from scratch (~8 min on 2 cores)
+#   bash scripts/mutation.sh                      # every mutant, from scratch (~14 min on 2 cores)
 #   bash scripts/mutation.sh 'batcher.form.*'     # only mutants whose names match (fnmatch globs)
 #   MUTATION_KEEP=1 bash scripts/mutation.sh      # reuse mutants/ (results of unchanged code stand)
 #   MUTATION_SUMMARY_ONLY=1 bash scripts/mutation.sh   # print the score of the last run again

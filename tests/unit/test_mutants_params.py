@@ -1,0 +1,68 @@
+"""Request parameters where mutation testing showed rules untested: the classification extension
+(server/protocol/classification.py) over several requested outputs, its messages and its ties, and
+the sequence parameters' empty values (server/protocol/sequence_params.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from server.errors import InvalidRequest
+from server.protocol.classification import classify, requested_classes, top_classes
+from server.protocol.sequence_params import parse_sequence, sequence_id
+from tests.unit.test_classification import _signature
+
+
+def test_every_requested_output_asking_for_classes_is_found() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.outputs.add(name="half")  # no classification: skipped, and the next still read
+    request.outputs.add(name="probs").parameters["classification"].int64_param = 2
+    request.outputs.add(name="other").parameters["classification"].uint64_param = 3
+    assert requested_classes(request, _signature()) == {"probs": 2, "other": 3}
+
+
+def test_a_class_count_with_no_value_says_so() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.outputs.add(name="probs").parameters["classification"].CopyFrom(pb.InferParameter())
+    with pytest.raises(InvalidRequest) as refused:
+        requested_classes(request, _signature())
+    assert str(refused.value) == (
+        "output 'probs': parameter 'classification' (the class count) must be an integer, got no value"
+    )
+
+
+def test_ties_among_many_classes_keep_the_lower_index_first() -> None:
+    scores = np.zeros((2, 300), np.float32)  # long rows: an unstable sort reorders equal values
+    scores[1, 250] = 1.0
+    out = top_classes(scores, 4, [], batched=True)
+    assert out.tolist() == [
+        [b"0.000000:0", b"0.000000:1", b"0.000000:2", b"0.000000:3"],
+        [b"1.000000:250", b"0.000000:0", b"0.000000:1", b"0.000000:2"],
+    ]
+
+
+def test_classify_without_labels_and_refusing_a_type_it_cannot_classify() -> None:
+    outputs = {"probs": np.array([[0.25, 0.75]], np.float32), "text": np.array([[b"a"]], dtype=object)}
+    assert classify(outputs, {"probs": 1}, {}, batched=True)["probs"].tolist() == [[b"0.750000:1"]]
+    with pytest.raises(InvalidRequest) as refused:
+        classify(outputs, {"text": 1}, {}, batched=True)
+    assert str(refused.value) == "output 'text': class result not available for its type"
+
+
+def test_a_sequence_id_with_no_value_says_so() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        sequence_id(pb.InferParameter())
+    assert str(refused.value) == (
+        "parameter 'sequence_id' must be an unsigned integer or a string, got nothing"
+    )
+
+
+def test_a_sequence_flag_with_no_value_is_off() -> None:
+    parameters = {
+        "sequence_id": pb.InferParameter(uint64_param=5),
+        "sequence_start": pb.InferParameter(),
+        "sequence_end": pb.InferParameter(bool_param=True),
+    }
+    found = parse_sequence(parameters)
+    assert found is not None and (found.start, found.end) == (False, True)
