@@ -1,6 +1,7 @@
 """The batcher's small parts, where mutation testing showed rules untested: the byte budget's
 bound, a claim withdrawn twice or after it settled, ragged gathering's refusals and a lone
-request's inputs, the batch inputs' type, and the watchdog's messages and count."""
+request's inputs, the batch inputs' type, the watchdog's messages and count, and cancellations
+counted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from batcher.budget import ByteBudget
 from batcher.claim import Claim
 from batcher.errors import RunTimedOut
 from batcher.ragged import RaggedPlan, batch_input, gather_ragged
+from batcher.stats import ModelStats
 from batcher.types import Backend, Tensors
 from batcher.watchdog import Instance, Watchdog
 from tests.unit.test_ragged import PLAN, x_of
@@ -143,3 +145,13 @@ async def test_replacements_are_counted_and_a_failed_one_is_logged_by_name(
     assert (watchdog.replaced, watchdog.timeouts) == (2, 3) and instance.backend is made[1]
     assert caplog.records[-1].getMessage() == "mlp:1: instance 2 could not be replaced; it keeps its backend"
     assert instance.ready.is_set()
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+
+def test_every_cancelled_request_is_counted() -> None:
+    stats = ModelStats()
+    stats.record_canceled()
+    stats.record_canceled()
+    assert stats.failures["CANCELED"] == 2 and stats.fail.count == 0  # not a failure in the statistics

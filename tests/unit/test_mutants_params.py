@@ -1,6 +1,7 @@
 """Request parameters where mutation testing showed rules untested: the classification extension
-(server/protocol/classification.py) over several requested outputs, its messages and its ties, and
-the sequence parameters' empty values (server/protocol/sequence_params.py)."""
+(server/protocol/classification.py) over several requested outputs, its messages and its ties, the
+sequence parameters' empty values (server/protocol/sequence_params.py), and a request's own
+latest-frame-wins choice (server/protocol/controls.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
 from server.protocol.classification import classify, requested_classes, top_classes
+from server.protocol.controls import latest_frame_wins
 from server.protocol.sequence_params import parse_sequence, sequence_id
 from tests.unit.test_classification import _signature
 
@@ -66,3 +68,24 @@ def test_a_sequence_flag_with_no_value_is_off() -> None:
     }
     found = parse_sequence(parameters)
     assert found is not None and (found.start, found.end) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "wanted"),
+    [(None, None), (pb.InferParameter(bool_param=True), True), (pb.InferParameter(bool_param=False), False)],
+)
+def test_a_request_chooses_latest_frame_wins_or_leaves_it_to_the_model(
+    parameter: pb.InferParameter | None, wanted: bool | None
+) -> None:
+    parameters = {} if parameter is None else {"latest_frame_wins": parameter}
+    assert latest_frame_wins(parameters) is wanted
+
+
+@pytest.mark.parametrize(
+    ("parameter", "got"),
+    [(pb.InferParameter(int64_param=1), "int64_param"), (pb.InferParameter(), "nothing")],
+)
+def test_latest_frame_wins_must_be_a_bool(parameter: pb.InferParameter, got: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        latest_frame_wins({"latest_frame_wins": parameter})
+    assert str(refused.value) == f"parameter 'latest_frame_wins' must be a bool, got {got}"
