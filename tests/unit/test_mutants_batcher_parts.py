@@ -1,7 +1,7 @@
 """The batcher's small parts, where mutation testing showed rules untested: the byte budget's
 bound, a claim withdrawn twice or after it settled, ragged gathering's refusals and a lone
-request's inputs, the batch inputs' type, the watchdog's messages and count, and cancellations
-counted."""
+request's inputs, the batch inputs' type, the watchdog's messages and count, cancellations
+counted, and the reason a delayed batch at the largest preferred size runs."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
 from batcher.errors import RunTimedOut
+from batcher.form import Pending, form_batch
 from batcher.ragged import RaggedPlan, batch_input, gather_ragged
 from batcher.stats import ModelStats
-from batcher.types import Backend, Tensors
+from batcher.types import Backend, BatchingPolicy, Tensors
 from batcher.watchdog import Instance, Watchdog
 from tests.unit.test_ragged import PLAN, x_of
 
@@ -155,3 +156,18 @@ def test_every_cancelled_request_is_counted() -> None:
     stats.record_canceled()
     stats.record_canceled()
     assert stats.failures["CANCELED"] == 2 and stats.fail.count == 0  # not a failure in the statistics
+
+
+# --- formation ---------------------------------------------------------------------------------
+
+
+def test_a_batch_past_its_delay_at_the_largest_preferred_size_runs_as_preferred() -> None:
+    policy = BatchingPolicy(max_batch_size=4, preferred_batch_sizes=(2,), max_queue_delay_s=0.01)
+    queue = [
+        Pending(inputs={"x": np.zeros((1, 2), np.float32)}, rows=1, priority=1, arrival=0.0, seq=i, handle=i)
+        for i in range(2)
+    ]
+    before = form_batch(queue, 0.005, policy, lambda rows: 0.0)
+    after = form_batch(queue, 1.0, policy, lambda rows: 0.0)  # the delay has passed
+    assert (len(before.batch), before.reason) == (2, "preferred")
+    assert (len(after.batch), after.reason) == (2, "preferred")

@@ -1,7 +1,8 @@
 """Request parameters where mutation testing showed rules untested: the classification extension
 (server/protocol/classification.py) over several requested outputs, its messages and its ties, the
-sequence parameters' empty values (server/protocol/sequence_params.py), and a request's own
-latest-frame-wins choice (server/protocol/controls.py)."""
+sequence parameters' empty values (server/protocol/sequence_params.py), a request's own
+latest-frame-wins choice (server/protocol/controls.py), and optional inputs in the signature
+(server/protocol/validate.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
 from server.errors import InvalidRequest
 from server.protocol.classification import classify, requested_classes, top_classes
 from server.protocol.controls import latest_frame_wins
 from server.protocol.sequence_params import parse_sequence, sequence_id
+from server.protocol.validate import Signature
 from tests.unit.test_classification import _signature
 
 
@@ -89,3 +92,23 @@ def test_latest_frame_wins_must_be_a_bool(parameter: pb.InferParameter, got: str
     with pytest.raises(InvalidRequest) as refused:
         latest_frame_wins({"latest_frame_wins": parameter})
     assert str(refused.value) == f"parameter 'latest_frame_wins' must be a bool, got {got}"
+
+
+def optional_first_signature() -> Signature:
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    config.input.add(name="bias", data_type=mc.TYPE_FP32, dims=[2], optional=True)
+    config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[2])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[2])
+    return Signature.from_config(config)
+
+
+def test_a_configs_optional_input_is_optional_in_the_signature() -> None:
+    signature = optional_first_signature()
+    assert signature.inputs["bias"].optional is True and signature.inputs["x"].optional is False
+    assert signature.check_inputs({"x": np.zeros((3, 2), np.float32)}) == 3  # bias may be absent
+
+
+def test_inputs_after_an_absent_optional_one_are_still_checked() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        optional_first_signature().check_inputs({"x": np.zeros((3, 2), np.int32)})
+    assert str(refused.value) == "input 'x': datatype INT32 does not match the model's FP32"
