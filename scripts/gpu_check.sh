@@ -69,11 +69,13 @@ else
     # A venv made by a venv's python (an image's python3 often is one: /opt/torch/.venv) sees the
     # base interpreter's packages, not that venv's; a .pth file adds that venv's site-packages,
     # after the new venv's own, so what is installed here comes first.
-    outer=$("$base" -c 'import site, sys; print(site.getsitepackages() if sys.prefix != sys.base_prefix else "")')
-    if [ "${#site[@]}" -gt 0 ] && [ -n "$outer" ]; then
-      inner=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-      echo "import site; [site.addsitedir(d) for d in $outer]" >"$inner/_outer_site.pth"
-      step "the venv also sees $outer"
+    if [ "${#site[@]}" -gt 0 ]; then
+      outer=$("$base" -c 'import site, sys; print(site.getsitepackages() if sys.prefix != sys.base_prefix else "")')
+      if [ -n "$outer" ]; then
+        inner=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "import site; [site.addsitedir(d) for d in $outer]" >"$inner/_outer_site.pth"
+        step "the venv also sees $outer"
+      fi
     fi
   fi
   py=$venv/bin/python

@@ -6,6 +6,7 @@ released ids remembered, and the correlation id's tensor. Fakes from test_sequen
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -30,9 +31,10 @@ def live_delays(timers: FakeTimers) -> list[float]:
     return [delay for delay, _, timer in timers.pending if not timer.cancelled]
 
 
-async def until(condition: object) -> None:
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded: no test waits on time)."""
     for _ in range(1000):
-        if callable(condition) and condition():
+        if condition():
             return
         await asyncio.sleep(0)
     raise AssertionError("condition not reached")
