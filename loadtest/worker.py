@@ -83,8 +83,13 @@ async def run_plan(plan: WorkerPlan) -> Counts:
 
 
 async def _sleep_until(when: float) -> None:
-    delay = when - time.monotonic()
-    await asyncio.sleep(max(0.0, delay))
+    """Return no earlier than `when` (time.monotonic()).
+
+    uvloop truncates a timer to whole milliseconds and can wake up to ~1 ms early; a closed loop
+    that started then would schedule its first request before the window and not count it.
+    """
+    while (delay := when - time.monotonic()) > 0:
+        await asyncio.sleep(delay)
 
 
 async def _cpu_in_window(window: tuple[float, float]) -> float:
