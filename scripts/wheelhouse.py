@@ -126,6 +126,12 @@ def join(dest: Path, out: Path) -> list[Path]:
         raise SystemExit(
             f"wheelhouse: folders {', '.join(missing)} of {layout['folders']} have not arrived in {dest}"
         )
+    # Every part present before any wheel is written: a copy cut short leaves a folder with its
+    # manifest and without some of its parts.
+    parts = (part for entry in layout["wheels"].values() for part in entry["parts"].values())
+    absent = sorted(part for part in parts if not (dest / part).is_file())
+    if absent:
+        raise SystemExit(f"wheelhouse: parts missing in {dest}: {', '.join(absent)} (copy again)")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for wheel, entry in sorted(layout["wheels"].items()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -74,6 +75,17 @@ def test_a_folder_that_has_not_arrived_is_named(wh: ModuleType, tmp_path: Path) 
     (tmp_path / "house" / "3").rmdir()
     with pytest.raises(SystemExit, match="folders 3 of 5 have not arrived"):
         wh.join(tmp_path / "house", tmp_path / "out")
+
+
+def test_a_part_missing_inside_an_arrived_folder_is_named(wh: ModuleType, tmp_path: Path) -> None:
+    make_wheels(tmp_path / "wheels", SIZES)
+    wh.split(tmp_path / "wheels", tmp_path / "house", 1000)
+    part = next((tmp_path / "house").glob("*/big-*.part001"))
+    part.unlink()  # a copy cut short: the folder and its manifest arrived, this part did not
+    name = f"{part.parent.name}/{part.name}"
+    with pytest.raises(SystemExit, match=f"parts missing in .*: {re.escape(name)} "):
+        wh.join(tmp_path / "house", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any wheel was written
 
 
 def test_a_damaged_part_is_refused_and_not_left_behind(wh: ModuleType, tmp_path: Path) -> None:
