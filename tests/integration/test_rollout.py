@@ -65,8 +65,10 @@ FAILING = {"fault_versions": "2", "fault_raise_every": "2"}
 MODELS = {
     "split": params(traffic_weights="1:80,2:20"),
     "sticky": params(traffic_weights="1:50,2:50", traffic_sticky_key="user_id"),
+    # Bounds the test's 100 copies cannot reach, however slowly the candidate runs beside another
+    # test worker: dropping copies under pressure is the design, and `shed` tests it.
     "shadowed": params(traffic_weights="1:100", shadow_version="2", shadow_fraction="1",
-                       shadow_timeout_ms="30000", shadow_max_queue="8"),
+                       shadow_timeout_ms="30000", shadow_max_queue="100", shadow_max_in_flight="100"),
     "shed": params(traffic_weights="1:100", shadow_version="2", shadow_fraction="1",
                    shadow_timeout_ms="60000", shadow_max_queue="0", shadow_max_in_flight="4",
                    fault_versions="2", fault_hang_every="1", fault_hang_s="60", run_timeout_s="120"),
@@ -193,9 +195,13 @@ def test_shadow_answers_are_compared_and_never_returned(
 ) -> None:
     for i in range(100):
         assert served_by(stub.ModelInfer(request("shadowed", f"s{i}"), timeout=30)) == 1
-    wait_until(lambda: status(admin, "shadowed").shadow.compared >= 100, "100 shadow comparisons")
+
+    def settled(s: apb.ShadowFigures) -> int:
+        return int(s.compared + s.errors + s.shed + s.dropped)
+
+    wait_until(lambda: settled(status(admin, "shadowed").shadow) >= 100, "100 shadow outcomes")
     s = status(admin, "shadowed").shadow
-    assert s.version == 2 and s.mirrored == 100 and s.errors == 0 and s.dropped == 0
+    assert s.version == 2 and s.mirrored == 100 and s.compared == 100, s
     assert s.max_abs_diff == pytest.approx(float(X.max()))  # 2x - x
     assert s.argmax_rows == 200 and s.argmax_agree == 200  # scaling keeps the argmax
     assert s.shadow_p99_ms > 0 and s.stable_p99_ms > 0
