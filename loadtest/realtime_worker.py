@@ -28,7 +28,7 @@ import numpy as np
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import PLAINTEXT, Security
 from loadtest.stats import HIGHEST_US, LOWEST_US, new_histogram
-from loadtest.worker import CHANNEL_OPTIONS, METHOD_STREAM, with_id
+from loadtest.worker import CHANNEL_OPTIONS, METHOD_STREAM, sleep_until, with_id
 from protos import grpc_service_pb2 as pb
 
 STREAMS_PER_CHANNEL = 64  # below the server's max_streams_per_connection (128 by default)
@@ -212,7 +212,7 @@ async def _stream(
     async def send() -> None:
         for k in range(chunks):
             due = first_due + k * period
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await sleep_until(due)
             request_id = f"{index}-{k}"
             pending[request_id] = due
             suffix = first if k == 0 else last if k == chunks - 1 else middle

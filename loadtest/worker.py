@@ -71,7 +71,7 @@ async def run_plan(plan: WorkerPlan) -> Counts:
         # Connect before the start time, so connection set-up is not part of the first latency.
         await asyncio.wait_for(channel.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
         cpu = asyncio.create_task(_cpu_in_window(plan.window))
-        await _sleep_until(plan.start_at)
+        await sleep_until(plan.start_at)
         if plan.mode == "closed":
             await _closed(channel, plan, recorder)
         elif plan.mode == "open":
@@ -82,11 +82,12 @@ async def run_plan(plan: WorkerPlan) -> Counts:
     return recorder.counts(cpu_s)
 
 
-async def _sleep_until(when: float) -> None:
+async def sleep_until(when: float) -> None:
     """Return no earlier than `when` (time.monotonic()).
 
-    uvloop truncates a timer to whole milliseconds and can wake up to ~1 ms early; a closed loop
-    that started then would schedule its first request before the window and not count it.
+    uvloop truncates a timer to whole milliseconds and can wake up to ~1 ms early: a closed loop
+    that started then would schedule its first request before the window and not count it, and an
+    open loop would send before the scheduled time its latency is counted from.
     """
     while (delay := when - time.monotonic()) > 0:
         await asyncio.sleep(delay)
@@ -94,9 +95,9 @@ async def _sleep_until(when: float) -> None:
 
 async def _cpu_in_window(window: tuple[float, float]) -> float:
     """User + system CPU seconds of this whole process (all threads) inside the window."""
-    await _sleep_until(window[0])
+    await sleep_until(window[0])
     before = os.times()
-    await _sleep_until(window[1])
+    await sleep_until(window[1])
     after = os.times()
     return (after.user - before.user) + (after.system - before.system)
 
@@ -168,9 +169,10 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
     scheduled = plan.start_at + (rng.expovariate(plan.rate) if poisson else plan.phase_s)
     k = 0
     while scheduled < end and recorder.issued < plan.max_requests:
-        delay = scheduled - time.monotonic()
-        # Always yield, so a client that is behind schedule still lets its calls progress.
-        await asyncio.sleep(max(0.0, delay))
+        if scheduled > time.monotonic():
+            await sleep_until(scheduled)
+        else:
+            await asyncio.sleep(0)  # behind schedule: still let the calls in flight progress
         recorder.issued += 1
         if len(in_flight) >= plan.max_in_flight:
             recorder.record(scheduled, time.monotonic(), CLIENT_BACKLOG)
@@ -229,7 +231,7 @@ async def _one_stream(
     async def send_then_wait() -> None:
         scheduled, k = plan.start_at + offset, 0
         while scheduled < end and recorder.issued < plan.max_requests:
-            await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+            await sleep_until(scheduled)
             # A frame waits for room here; its latency still counts from its scheduled time.
             await space.acquire()
             recorder.issued += 1
