@@ -29,6 +29,7 @@ from loadtest.peers.common import (
     SPECS,
     ModelSpec,
     add_model_args,
+    exit_within,
     intra_threads,
     model_file,
     ort_session,
@@ -209,6 +210,7 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"floor ({args.mode}, model {core.spec.name}) ready on {HOST}:{port}", flush=True)
     await stop.wait()
+    exit_within()
     await server.stop(1.0)
     if executor is not None:
         executor.shutdown(wait=True)

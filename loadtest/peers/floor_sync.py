@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from loadtest.peers.common import HOST
+from loadtest.peers.common import HOST, exit_within
 from loadtest.peers.floor import SERVER_OPTIONS, FloorCore, model_config
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -101,5 +101,6 @@ def serve_sync(args: argparse.Namespace, core: FloorCore) -> None:
         signal.signal(sig, lambda *_: stop.set())
     print(f"floor ({args.mode}, model {core.spec.name}, sync API) ready on {HOST}:{port}", flush=True)
     stop.wait()
+    exit_within()
     server.stop(1.0).wait()
     pool.shutdown(wait=True)
