@@ -15,7 +15,6 @@ run timeout fails its batch and its instance is replaced (batcher/watchdog.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
-from batcher.batch_io import alone_rows, batch_inputs, computed_late, cpu_timed, late, settle_batch, stopped
+from batcher.batch_io import alone_rows, batch_inputs, computed_late, late, settle_batch, stopped
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
 from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
@@ -317,11 +316,7 @@ class DynamicBatcher:
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
-            if f.wait_until is None:
-                await q.changed.wait()
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(q.changed.wait(), timeout=max(0.0, f.wait_until - self._clock()))
+            await q.wait_changed(f.wait_until)
 
     async def _run(self, instance: Instance, flight: _Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
@@ -336,7 +331,8 @@ class DynamicBatcher:
             t1 = time.perf_counter_ns()
             key = self._forecast.started(offsets[-1], self._clock())
             try:
-                outputs, cpu_s = await self._execute(instance, inputs, offsets[-1])
+                inline = self._inline_max_s > 0 and self._estimator.cheap(offsets[-1], self._inline_max_s)
+                outputs, cpu_s = await self._watchdog.run(instance, inputs, inline)
             finally:
                 self._forecast.ended(key)
             t2 = time.perf_counter_ns()
@@ -359,23 +355,6 @@ class DynamicBatcher:
         self._forecast.ran(rows)
         self._land(flight)
         settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3))
-
-    async def _execute(self, instance: Instance, inputs: Tensors, rows: int) -> tuple[Tensors, float | None]:
-        """Run one batch on `instance`: inline when it RunsBlocking and the estimator says runs of
-        this size are cheap, else in its backend's executor (or its own `run`) under the watchdog;
-        the outputs and the run's CPU seconds (None where not measured)."""
-        blocking = instance.blocking
-        if blocking is None:
-            return await self._watchdog.watch(instance.backend.run(inputs)), None
-        if self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s):
-            # Inline, the wall time is what the event loop was blocked: the cost that matters here.
-            # Not watched (it blocks the loop that would time it): see _trip.
-            start = time.perf_counter()
-            outputs = blocking.run_blocking(inputs)
-            return outputs, time.perf_counter() - start
-        loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
-        return await self._watchdog.watch(run)
 
     def _trip(self) -> None:
         """A run outlived the watchdog: run nothing of this model inline (the fast path included)

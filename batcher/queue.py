@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -172,12 +173,30 @@ class RequestQueue:
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
         )
         if a.hard is not None:
-            p.handle.timer = loop.call_later(max(0.0, a.hard - self._clock()), self._expire, p)
+            self._arm(p, max(0.0, a.hard - self._clock()))
         self._items[p.seq] = p
         self._rows_by_level[a.priority] = self._rows_by_level.get(a.priority, 0) + a.rows
         self._count_by_level[a.priority] = self._count_by_level.get(a.priority, 0) + 1
         self.changed.set()
         return p
+
+    async def wait_changed(self, until: float | None) -> None:
+        """Until `changed` is set, or `clock()` reaches `until` (None: no time limit): formation's
+        answer cannot change before either. A timer that fires early (uvloop's, rounded to whole
+        milliseconds, fire up to ~1.2 ms early) is waited out here, not answered by forming the same
+        batch again (the dispatcher formed 5-20 times per batch waiting out a delay). In the last
+        millisecond uvloop's 0 ms timers still wake the loop over and over: a batch's delay ends on
+        time, at some CPU (BENCHMARKS.md, "The dispatcher's wake-ups")."""
+        while True:
+            left = None if until is None else until - self._clock()
+            if left is not None and left <= 0:
+                return
+            try:
+                # Back to formation once woken, even if another dispatcher cleared it meanwhile.
+                await asyncio.wait_for(self.changed.wait(), timeout=left)
+                return
+            except asyncio.TimeoutError:
+                continue
 
     def remove(self, p: Request) -> bool:
         """Take `p` out of the queue; False if it was not there (dispatched or gone already)."""
@@ -201,7 +220,18 @@ class RequestQueue:
         for p in list(self._items.values()):
             self.fail(p, make_exc())
 
-    def _expire(self, p: Request) -> None:
+    def _arm(self, p: Request, delay: float) -> None:
+        due = time.monotonic() + delay  # the loop's timers run on real time, whatever `clock` says
+        p.handle.timer = asyncio.get_running_loop().call_later(delay, self._expire, p, due)
+
+    def _expire(self, p: Request, due: float) -> None:
+        left = due - time.monotonic()
+        if left > 0:
+            # uvloop rounds timers to whole milliseconds: they fire up to ~1.2 ms early. Waiting at
+            # least 1 ms more keeps it from spinning on 0 ms timers; a late expiry costs nothing (a
+            # batch formed meanwhile drops an expired request itself).
+            self._arm(p, max(left, 0.001))
+            return
         p.handle.timer = None
         if self.remove(p):
             self._on_expire()

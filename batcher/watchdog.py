@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+from batcher.batch_io import cpu_timed
 from batcher.errors import RunTimedOut
-from batcher.types import Backend, RunsBlocking
+from batcher.types import Backend, RunsBlocking, Tensors
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,23 @@ class Watchdog:
             ) from None
         finally:
             timer.cancel()
+
+    async def run(self, instance: Instance, inputs: Tensors, inline: bool) -> tuple[Tensors, float | None]:
+        """Run one batch on `instance`: on this thread when `inline` and it RunsBlocking, else in its
+        backend's executor (or its own `run`) under this watchdog; the outputs and the run's CPU
+        seconds (None where not measured)."""
+        blocking = instance.blocking
+        if blocking is None:
+            return await self.watch(instance.backend.run(inputs)), None
+        if inline:
+            # Inline, the wall time is what the event loop was blocked: the cost that matters here.
+            # Not watched (it blocks the loop that would time it): see DynamicBatcher._trip.
+            start = time.perf_counter()
+            outputs = blocking.run_blocking(inputs)
+            return outputs, time.perf_counter() - start
+        loop = asyncio.get_running_loop()
+        run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
+        return await self.watch(run)
 
     async def replace(self, instance: Instance, rows: int, requests: int) -> None:
         """After a timeout on `instance`: log it once, then give the instance a fresh backend (its
