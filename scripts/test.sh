@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHONS=(3.10 3.13)
+# shellcheck source=scripts/test_phases.sh
+source scripts/test_phases.sh  # run_tests: the two phases, shared with scripts/repeat_tests.sh
 
 # A working python$1 (e.g. 3.10): from PATH, else pyenv's versions; prints nothing if none works.
 find_python() {
@@ -27,29 +29,6 @@ assert '%d.%d' % sys.version_info[:2] == '$want'" 2>/dev/null; then
     fi
   done
   return 1
-}
-
-run_tests() {
-  local venv=$1 order=()
-  shift
-  case " $* " in
-    *randomly*) ;;  # the caller chose the order
-    *) order=("--randomly-seed=$((RANDOM * 32768 + RANDOM))") ;;
-  esac
-  local workers=${SLUICEWAY_TEST_WORKERS:-2} rc=0
-  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} (workers: $workers)"
-  if [ "$workers" = 0 ]; then
-    "$venv/bin/python" -m pytest -q tests "${order[@]}" "$@"
-    return
-  fi
-  # Exit code 5 is "no test selected" (a -k of the caller's may leave a phase empty).
-  "$venv/bin/python" -m pytest -q tests -n "$workers" --dist loadfile -m "not serial" "${order[@]}" "$@" || rc=$?
-  [ "$rc" = 5 ] && rc=0
-  echo "== the tests marked serial, alone"
-  local serial_rc=0
-  "$venv/bin/python" -m pytest -q tests -m serial "${order[@]}" "$@" || serial_rc=$?
-  [ "$serial_rc" = 5 ] && serial_rc=0
-  [ "$rc" = 0 ] && [ "$serial_rc" = 0 ]
 }
 
 # One venv per Python in PYTHONS that this machine has: .venv where python3 is that version, else
