@@ -20,20 +20,19 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
 
+from loadtest.gpu_plan import PROVIDERS, Budget, Plan, Provider, machine_context, plan_for
 from loadtest.gpu_report import RAW, SERVED, Report, Row, write
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
@@ -45,52 +44,6 @@ SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cac
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
 TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links
-
-
-@dataclass(frozen=True)
-class Provider:
-    key: str  # "cuda" or "tensorrt"
-    label: str
-
-
-PROVIDERS = (Provider("cuda", "CUDA"), Provider("tensorrt", "TensorRT FP16"))
-
-
-@dataclass(frozen=True)
-class Plan:
-    dry: bool
-    raw_batches: tuple[int, ...]
-    in_flight: tuple[int, ...]
-    raw_s: float
-    served_s: float
-    warmup_s: float
-    processes: int
-    instances: int
-    min_runs: int = 3
-
-    @property
-    def max_rows(self) -> int:
-        return max(self.raw_batches)
-
-    def label(self, provider: Provider) -> str:
-        return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
-
-
-def plan_for(dry: bool, instances: int = 1) -> Plan:
-    if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
-        return Plan(True, (1, 2), (1, 2), 0.05, 0.3, 0.05, 1, 1, min_runs=1)
-    # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
-    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, 4, instances)
-
-
-class Budget:
-    """Seconds left of the run; every phase asks before it starts."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
 
 
 def build_demo(cache_dir: Path) -> Path:
@@ -141,8 +94,22 @@ def write_copy(demo: Path, target: Path, provider: Provider, plan: Plan, trt_cac
         if provider.key == "tensorrt":
             accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             accel.parameters.update(tensorrt_parameters(config, plan.max_rows, trt_cache))
+        add_warmup(config, plan.max_rows)
         header = f"# gpu_check: the demo's {model} for {provider.label}\n"
         (target / model / "config.pbtxt").write_text(header + text_format.MessageToString(config))
+
+
+def add_warmup(config: mc.ModelConfig, max_rows: int) -> None:
+    """Random batches of 1 and `max_rows` rows, twice each, before the server is ready: the first
+    runs of a session (cuDNN's algorithm search, onnxruntime's arena, a cold cache) are slower and
+    must not land in the first measured point (a dry run's 1-in-flight resnet once served 0 rows in
+    its window beside CI's other worker)."""
+    for rows in sorted({1, max_rows}):
+        sample = config.model_warmup.add(name=f"gpu_check {rows} rows", batch_size=rows, count=2)
+        for tensor in config.input:
+            sample.inputs[tensor.name].data_type = tensor.data_type
+            sample.inputs[tensor.name].dims.extend(tensor.dims)
+            sample.inputs[tensor.name].random_data = True
 
 
 def raw_providers(provider: Provider, config: mc.ModelConfig, plan: Plan, cache: Path) -> list[Any]:
@@ -315,40 +282,6 @@ def check_provider(
         report.rows.extend(served_rows(server.address, provider, plan, budget, warnings))
     finally:
         server.stop()
-
-
-def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
-    items: list[str] = []
-    smi = shutil.which("nvidia-smi")
-    if smi and not plan.dry:
-        query = [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
-        items.append(f"GPU: {done.stdout.strip() or done.stderr.strip() or 'nvidia-smi said nothing'}")
-    elif not plan.dry:
-        items.append("GPU: nvidia-smi not found")
-    runtimes = []
-    for name in ("onnxruntime-gpu", "onnxruntime"):
-        try:
-            runtimes.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    import onnxruntime as ort
-
-    items.append(f"onnxruntime: {', '.join(runtimes) or 'none'}; providers {ort.get_available_providers()}")
-    items.append(
-        f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}"
-    )
-    items.append(
-        f"repository copy: the demo models, max_batch_size {plan.max_rows}, one KIND_GPU group of "
-        f"{plan.instances} on GPU 0; TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
-    )
-    items.append(
-        f"raw: InferenceSession.run on host arrays, {plan.raw_s} s per batch size after 2 warm-up runs; "
-        f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
-        f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
-    )
-    items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> int:

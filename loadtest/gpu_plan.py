@@ -1,0 +1,93 @@
+"""What the GPU check measures (loadtest/gpu_check.py): the providers, the plan of sizes, levels and
+durations (a GPU's, or a dry run's on the CPU), the run's time budget, and the machine it ran on as
+the report names it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Provider:
+    key: str  # "cuda" or "tensorrt"
+    label: str
+
+
+PROVIDERS = (Provider("cuda", "CUDA"), Provider("tensorrt", "TensorRT FP16"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    dry: bool
+    raw_batches: tuple[int, ...]
+    in_flight: tuple[int, ...]
+    raw_s: float
+    served_s: float
+    warmup_s: float
+    processes: int
+    instances: int
+    min_runs: int = 3
+
+    @property
+    def max_rows(self) -> int:
+        return max(self.raw_batches)
+
+    def label(self, provider: Provider) -> str:
+        return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
+
+
+def plan_for(dry: bool, instances: int = 1) -> Plan:
+    if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
+        return Plan(True, (1, 2), (1, 2), 0.05, 0.6, 0.1, 1, 1, min_runs=1)
+    # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
+    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, 4, instances)
+
+
+class Budget:
+    """Seconds left of the run; every phase asks before it starts."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
+    items: list[str] = []
+    smi = shutil.which("nvidia-smi")
+    if smi and not plan.dry:
+        query = [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
+        items.append(f"GPU: {done.stdout.strip() or done.stderr.strip() or 'nvidia-smi said nothing'}")
+    elif not plan.dry:
+        items.append("GPU: nvidia-smi not found")
+    runtimes = []
+    for name in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            runtimes.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import onnxruntime as ort
+
+    items.append(f"onnxruntime: {', '.join(runtimes) or 'none'}; providers {ort.get_available_providers()}")
+    items.append(
+        f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    items.append(
+        f"repository copy: the demo models, max_batch_size {plan.max_rows}, one KIND_GPU group of "
+        f"{plan.instances} on GPU 0; TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
+    )
+    items.append(
+        f"raw: InferenceSession.run on host arrays, {plan.raw_s} s per batch size after 2 warm-up runs; "
+        f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
+        f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
+    )
+    items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
+    return items
