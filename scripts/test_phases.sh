@@ -4,7 +4,8 @@
 # Bytecode is cached (in the git-ignored __pycache__ folders) even where the environment turns it
 # off: the tests start many Python processes (servers, load generators, peers), each of which would
 # compile the project again, and pytest would rewrite every test module again in each of its
-# processes. Writing it saved about 24 s per Python here (BENCHMARKS.md, "The test command's time").
+# processes. Writing it took the parallel phase from 175-181 s to 167-171 s here (BENCHMARKS.md,
+# "The test command's time").
 unset PYTHONDONTWRITEBYTECODE
 
 # run_tests VENV [PYTEST ARGS...]: the files not marked `serial` over SLUICEWAY_TEST_WORKERS (default
