@@ -197,9 +197,9 @@ def exit_within(timeout_s: float = EXIT_TIMEOUT_S) -> None:
     """Call on the stop signal: a process still running `timeout_s` later prints every thread's
     stack and exits 0, as Triton's --exit-timeout-secs ends a server whose shutdown does not finish.
 
-    Once in a CI run, a floor peer on grpc's sync API outlived the test's 60 s wait after SIGTERM;
-    not reproduced in 40 runs. A baseline that cannot exit must not fail the run; the stacks say
-    where it stuck.
+    Once in a CI run, a floor peer on grpc's sync API outlived the test's 60 s wait after SIGTERM
+    (its main thread never ran the handler: floor_sync.py now wakes to run it). A baseline that
+    cannot exit must not fail the run; the stacks say where it stuck.
     """
 
     def expire() -> None:

@@ -100,7 +100,12 @@ def serve_sync(args: argparse.Namespace, core: FloorCore) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(f"floor ({args.mode}, model {core.spec.name}, sync API) ready on {HOST}:{port}", flush=True)
-    stop.wait()
+    # Never stop.wait() with no timeout: Python runs signal handlers on the main thread only, and a
+    # SIGTERM the kernel hands to another thread (any grpc or pool thread may take it) does not wake
+    # a main thread blocked in a lock; the handler would run only once it woke, which it never did
+    # (RELIABILITY.md: a floor outlived a test's 60 s wait after SIGTERM). Waking now and then runs it.
+    while not stop.wait(0.2):
+        pass
     exit_within()
     server.stop(1.0).wait()
     pool.shutdown(wait=True)
