@@ -78,6 +78,14 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     held = hold_port(settings.host, settings.port)
     port = held.getsockname()[1]
     env = worker_environment(settings, port, repository)
+    # A handler before anything else: the kernel may hand the process's SIGTERM to any of its
+    # threads (numpy's and onnxruntime's libraries start their own), and there the default action
+    # killed the parent at once, leaving its workers serving. The handler only notes the request;
+    # this thread acts on it (the workers reset it on exec).
+    stops = {signal.SIGTERM, signal.SIGINT}
+    requested: list[int] = []
+    for sig in stops:
+        signal.signal(sig, lambda signum, frame: requested.append(signum))
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "server", "serve"],
@@ -101,25 +109,27 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 sys.stdout.write(line)
         ready.release()  # exited: wake the parent so it notices
 
+    # Blocked in this thread after spawning (the workers inherit the mask), so that sigtimedwait
+    # takes them here; one given to another thread runs the handler, seen on the next wake-up.
+    watched = {*stops, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     for child in children:
         threading.Thread(target=pump, args=(child,), daemon=True).start()
     try:
-        for _ in children:
-            ready.acquire()
+        started = 0
+        while started < len(children) and not requested and not stops & signal.sigpending():
+            started += ready.acquire(timeout=0.1)
             if any(c.poll() is not None for c in children):
                 raise WorkerFailed("a worker exited during start-up")
-        print(
-            f"sluiceway ready on {settings.host}:{port} (models: {models[0]}; {settings.workers} workers)",
-            flush=True,
-        )
-        # Block the signals we wait for (after spawning: children inherit the mask), then sleep
-        # in sigwait until one comes: a stop request, or a worker that exited.
-        watched = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
-        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-        while True:
+        if started == len(children):
+            workers = f"{settings.workers} workers"
+            print(f"sluiceway ready on {settings.host}:{port} (models: {models[0]}; {workers})", flush=True)
+        # Until a stop request (one already pending returns at once) or a worker that exited.
+        while not requested:
             if any(c.poll() is not None for c in children):
                 raise WorkerFailed("a worker exited")
-            if signal.sigwait(watched) != signal.SIGCHLD:
+            got = signal.sigtimedwait(watched, 0.2)
+            if got is not None and got.si_signo in stops:
                 break
         code = 0
     except WorkerFailed as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,75 @@ def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
         assert server.terminate() == 0
     finally:
         server.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_workers_stop_on_a_sigterm_the_kernel_gives_another_thread_of_the_parent(demo_repo: Path) -> None:
+    """`kill` of one of the parent's thread ids hands the process's SIGTERM to that thread (a busy
+    process meets this by chance). It used to run the default action there: the parent died and
+    left its workers serving."""
+    server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
+    try:
+        assert server.process is not None
+        parent = server.process.pid
+        workers = children_of(parent)
+        assert len(workers) == 2, workers
+        others = sorted(int(t) for t in os.listdir(f"/proc/{parent}/task") if int(t) != parent)
+        assert others, "the parent runs no thread besides its main one"
+        os.kill(others[0], signal.SIGTERM)
+        assert server.process.wait(60) == 0, server.output()[-3000:]
+        wait_until(lambda: not any(alive(w) for w in workers), "the workers to exit", timeout_s=60)
+    finally:
+        server.kill()
+        for worker in children_of(server.process.pid if server.process else -1):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_a_sigterm_during_start_up_stops_the_workers_and_exits_zero(demo_repo: Path) -> None:
+    command = [sys.executable, "-m", "server", "serve", "--model-repository", str(demo_repo),
+               "--workers", "2", "--port", "0", "--metrics-port", "0"]  # fmt: skip
+    parent = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    workers: list[int] = []
+    try:
+        # As soon as both workers exist (read from /proc, not assumed after a sleep), long before
+        # they have loaded their models.
+        wait_until(lambda: len(children_of(parent.pid)) == 2, "the workers to be spawned", timeout_s=60)
+        workers = children_of(parent.pid)
+        parent.send_signal(signal.SIGTERM)
+        out, _ = parent.communicate(timeout=120)
+        assert parent.returncode == 0, out[-3000:]
+        assert "sluiceway ready" not in out
+        wait_until(lambda: not any(alive(w) for w in workers), "the workers to exit", timeout_s=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGKILL)
