@@ -82,9 +82,8 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     # threads (numpy's and onnxruntime's libraries start their own), and there the default action
     # killed the parent at once, leaving its workers serving. The handler only notes the request;
     # this thread acts on it (the workers reset it on exec).
-    stops = {signal.SIGTERM, signal.SIGINT}
     requested: list[int] = []
-    for sig in stops:
+    for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: requested.append(signum))
     children = [
         subprocess.Popen(
@@ -109,28 +108,19 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 sys.stdout.write(line)
         ready.release()  # exited: wake the parent so it notices
 
-    # Blocked in this thread after spawning (the workers inherit the mask), so that sigtimedwait
-    # takes them here; one given to another thread runs the handler, seen on the next wake-up.
-    watched = {*stops, signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     for child in children:
         threading.Thread(target=pump, args=(child,), daemon=True).start()
     try:
-        started = 0
-        while started < len(children) and not requested and not stops & signal.sigpending():
-            started += ready.acquire(timeout=0.1)
-            if any(c.poll() is not None for c in children):
-                raise WorkerFailed("a worker exited during start-up")
-        if started == len(children):
-            workers = f"{settings.workers} workers"
-            print(f"sluiceway ready on {settings.host}:{port} (models: {models[0]}; {workers})", flush=True)
-        # Until a stop request (one already pending returns at once) or a worker that exited.
+        # Wake at least every 0.2 s: a stop noted by the handler on another thread is seen then.
+        announced = False
         while not requested:
+            ready.acquire(timeout=0.2)  # a worker ready, or one that exited (its pump ended)
             if any(c.poll() is not None for c in children):
-                raise WorkerFailed("a worker exited")
-            got = signal.sigtimedwait(watched, 0.2)
-            if got is not None and got.si_signo in stops:
-                break
+                raise WorkerFailed("a worker exited" + ("" if announced else " during start-up"))
+            if not announced and len(models) == len(children):  # every worker said ready
+                announced = True
+                workers = f"{port} (models: {models[0]}; {settings.workers} workers)"
+                print(f"sluiceway ready on {settings.host}:{workers}", flush=True)
         code = 0
     except WorkerFailed as exc:
         print(f"sluiceway: {exc}; stopping the others", file=sys.stderr)

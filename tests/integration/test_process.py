@@ -14,6 +14,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.procfs import alive, children_of
 from tests.support.server_process import REPO_ROOT, ServerProcess, wait_until
 
 # Alone, after the parallel phase (scripts/test.sh): signals, worker processes and their exit.
@@ -100,29 +101,6 @@ def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
         assert server.terminate() == 0
     finally:
         server.kill()
-
-
-def children_of(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is `pid`, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.procfs import children_of
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -245,22 +246,6 @@ def test_messages_beyond_max_message_bytes_are_refused_and_the_server_keeps_serv
 # -- --workers --------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is `pid`, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:  # it exited meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing bracket.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(demo_repo: Path) -> None:
     # With this grace the parent would wait 130 s before killing a worker it had not stopped: an
     # exit well within 60 s shows it stopped the other worker (SIGTERM) rather than outwaited it.
@@ -269,7 +254,7 @@ def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(demo_repo: P
     pidfds: list[int] = []
     try:
         assert server.process is not None
-        workers = _children(server.process.pid)
+        workers = children_of(server.process.pid)
         assert len(workers) == 2, workers  # ready is printed once every worker is
         # A pidfd becomes readable when its process exits: an event to wait on, for any process.
         pidfds = [os.pidfd_open(pid) for pid in workers]
