@@ -107,9 +107,10 @@ def add_warmup(config: mc.ModelConfig, max_rows: int) -> None:
     for rows in sorted({1, max_rows}):
         sample = config.model_warmup.add(name=f"gpu_check {rows} rows", batch_size=rows, count=2)
         for tensor in config.input:
-            sample.inputs[tensor.name].data_type = tensor.data_type
-            sample.inputs[tensor.name].dims.extend(tensor.dims)
-            sample.inputs[tensor.name].random_data = True
+            spec = sample.inputs[tensor.name]
+            spec.data_type = tensor.data_type
+            spec.dims.extend(tensor.dims)
+            spec.random_data = True
 
 
 def raw_providers(provider: Provider, config: mc.ModelConfig, plan: Plan, cache: Path) -> list[Any]:

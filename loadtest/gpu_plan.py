@@ -82,7 +82,8 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
     )
     items.append(
         f"repository copy: the demo models, max_batch_size {plan.max_rows}, one KIND_GPU group of "
-        f"{plan.instances} on GPU 0; TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
+        f"{plan.instances} on GPU 0, model_warmup of 1 and {plan.max_rows} rows (twice each); "
+        f"TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
     )
     items.append(
         f"raw: InferenceSession.run on host arrays, {plan.raw_s} s per batch size after 2 warm-up runs; "
