@@ -185,8 +185,9 @@ class RequestQueue:
         answer cannot change before either. A timer that fires early (uvloop's, rounded to whole
         milliseconds, fire up to ~1.2 ms early) is waited out here, not answered by forming the same
         batch again (the dispatcher formed 9-21 times per batch waiting out a delay). In the last
-        millisecond uvloop's 0 ms timers still wake the loop over and over: a batch's delay ends on
-        time, at some CPU (BENCHMARKS.md, "The dispatcher's wake-ups")."""
+        half millisecond uvloop runs a timer on the next turn (it rounds delays to whole
+        milliseconds), so the loop turns over and over: a batch's delay ends on time, at some CPU
+        (BENCHMARKS.md, "The dispatcher's wake-ups"; a thread for that stretch was tried: later)."""
         while True:
             left = None if until is None else until - self._clock()
             if left is not None and left <= 0:
