@@ -32,7 +32,7 @@ from server import datatypes
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
 from server.backends.pinned import PinnedStaging
-from server.models.config import OnnxTensor
+from server.models.onnx_completion import OnnxTensor
 
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # Provider options that turn CUDA graphs on (CUDA provider, TensorRT provider).

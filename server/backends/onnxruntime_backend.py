@@ -25,9 +25,10 @@ from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.strings import decode_strings, encode_strings
-from server.models.config import ConfigError, OnnxTensor
+from server.models.config import ConfigError
 from server.models.config_backend import backend_parameters, tensorrt_options
 from server.models.config_tensors import ReshapePlan
+from server.models.onnx_completion import OnnxTensor
 
 logger = logging.getLogger(__name__)
 

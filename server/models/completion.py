@@ -1,7 +1,7 @@
 """A version's config, completed from what the version runs (blocks: call it off the event loop).
 
 An ONNX model's config is completed from its graph (inputs, outputs, max_batch_size: see
-server/models/config.py). An identity model (`backend: "identity"`) has no model file: its config
+server/models/onnx_completion.py). An identity model (`backend: "identity"`) has no model file: its config
 must list everything, and is only checked (server/backends/identity_backend.py).
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from protos import model_config_pb2 as mc
 from server.backends.identity_backend import complete_identity
 from server.backends.onnxruntime_backend import inspect_onnx, overridable_initializers
-from server.models.config import IDENTITY, OnnxTensor, complete_from_onnx
+from server.models.config import IDENTITY
+from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 from server.models.repository import ModelSource
 
 

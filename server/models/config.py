@@ -1,23 +1,19 @@
-"""Model configuration: parse `config.pbtxt`, complete it from the ONNX model, validate, map to policy.
+"""Model configuration: parse `config.pbtxt`, validate it, map it to the batching policy.
 
-A config may list nothing but a name: inputs, outputs and max_batch_size then come from the ONNX
-graph (as Triton's auto-complete does). Whatever it does list is checked against the graph, and
-fields that parse but that sluiceway does not support are errors that name the field.
+Fields that parse but that sluiceway does not support are errors that name the field. Completing a
+config from its ONNX graph (Triton's auto-complete) is server/models/onnx_completion.py.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from google.protobuf import text_format
 
 from batcher.types import BatchingPolicy
 from protos import model_config_pb2 as mc
-from server import datatypes
 from server.models.config_backend import (
     ORT_PARAMETERS,
     backend_parameters,
@@ -26,16 +22,16 @@ from server.models.config_backend import (
     validate_optimization,
 )
 from server.models.config_errors import ConfigError as ConfigError
-from server.models.config_fields import sequence_hidden_names, unhandled_fields
+from server.models.config_fields import unhandled_fields
 from server.models.config_queue import (
     allow_override,
     level_policies,
     timeout_action,
     validate_priority_policies,
 )
-from server.models.config_tensors import check_optional, check_tensor, model_dims
+from server.models.config_tensors import check_tensor
 from server.models.ensemble_config import ENSEMBLE_PLATFORM, check_ensemble
-from server.models.ragged_config import batch_input_targets, check_ragged, ragged_graph_shapes, ragged_plan
+from server.models.ragged_config import check_ragged, ragged_plan
 from server.models.traffic import TRAFFIC_PARAMETERS
 
 logger = logging.getLogger(__name__)
@@ -68,14 +64,6 @@ SUPPORTED_PARAMETERS = (
 )
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_MAX_BATCH_SIZE = 64
-
-
-class OnnxTensor(NamedTuple):
-    """One graph input or output as onnxruntime describes it (`NodeArg` has the same attributes)."""
-
-    name: str
-    type: str  # onnxruntime type string, e.g. "tensor(float)"
-    shape: Sequence[int | str | None]  # str or None: a symbolic / unknown dimension
 
 
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
@@ -111,7 +99,7 @@ def load_config_file(path: Path) -> mc.ModelConfig:
     return parse_config(text, str(path))
 
 
-def _check_platform(config: mc.ModelConfig, source: str) -> None:
+def check_platform(config: mc.ModelConfig, source: str) -> None:
     if config.backend == IDENTITY and (config.platform or config.runtime):
         field = "platform" if config.platform else "runtime"
         raise ConfigError(f"{source}: {field} '{getattr(config, field)}' cannot go with backend '{IDENTITY}'")
@@ -132,7 +120,7 @@ def _check_platform(config: mc.ModelConfig, source: str) -> None:
 
 def validate_config(config: mc.ModelConfig, source: str) -> None:
     """Reject configs that parse but ask for what sluiceway does not do. Every message names the field."""
-    _check_platform(config, source)
+    check_platform(config, source)
     check_ensemble(config, source)  # ensemble_scheduling only with platform "ensemble" (ensemble_config.py)
     unhandled = unhandled_fields(config)
     if unhandled:
@@ -220,136 +208,6 @@ def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
     validate_priority_policies(db, where)
     # preserve_ordering matters to streams only (a unary call has one answer): the stream session
     # (server/protocol/stream.py) sends such a model's answers in request order.
-
-
-# --- completion from the ONNX graph -------------------------------------------------------------
-
-
-def _as_tensor(item: Any) -> OnnxTensor:
-    if isinstance(item, tuple):
-        name, type_, shape = item
-        return OnnxTensor(str(name), str(type_), list(shape))
-    return OnnxTensor(item.name, item.type, list(item.shape))
-
-
-def _dims(shape: Iterable[int | str | None]) -> list[int]:
-    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
-
-
-def _is_batch_dim(shape: Sequence[int | str | None]) -> bool:
-    return len(shape) > 0 and not (isinstance(shape[0], int) and shape[0] >= 0)
-
-
-def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
-    dt = datatypes.BY_ONNX.get(tensor.type)
-    if dt is None:
-        raise ConfigError(f"{source}: ONNX tensor '{tensor.name}' has unsupported type {tensor.type}")
-    return dt.config
-
-
-def _dims_match(config_dims: Sequence[int], model_dims: Sequence[int]) -> bool:
-    return len(config_dims) == len(model_dims) and all(
-        c == m or c == -1 or m == -1 for c, m in zip(config_dims, model_dims, strict=True)
-    )
-
-
-def _model_dims(kind: str, tensor: OnnxTensor, max_batch_size: int, source: str) -> list[int]:
-    """The tensor's dims as the config states them: without the batch dimension when batching."""
-    shape = list(tensor.shape)
-    if max_batch_size == 0:
-        return _dims(shape)
-    if not _is_batch_dim(shape):
-        raise ConfigError(
-            f"{source}: max_batch_size is {max_batch_size} but ONNX {kind} '{tensor.name}' "
-            f"has shape {shape} with no variable first (batch) dimension"
-        )
-    return _dims(shape[1:])
-
-
-def _complete_tensors(
-    kind: str,
-    entries: Any,
-    model: list[OnnxTensor],
-    max_batch_size: int,
-    source: str,
-    listable: Sequence[OnnxTensor] = (),
-) -> None:
-    # `listable`: tensors a config may list but that are not completed from the graph (initializers).
-    by_name = {t.name: t for t in (*listable, *model)}
-    for entry in entries:
-        tensor = by_name.get(entry.name)
-        if tensor is None:
-            raise ConfigError(
-                f"{source}: {kind} '{entry.name}' is not in the ONNX model (its {kind}s: {sorted(by_name)})"
-            )
-        model_type = _onnx_datatype(tensor, source)
-        graph_dims = _model_dims(kind, tensor, max_batch_size, source)
-        if entry.data_type == mc.TYPE_INVALID:
-            entry.data_type = model_type
-        elif entry.data_type != model_type:
-            raise ConfigError(
-                f"{source}: {kind} '{entry.name}' data_type {datatypes.config_name(entry.data_type)} "
-                f"does not match the ONNX model's {datatypes.config_name(model_type)} ({tensor.type})"
-            )
-        if not entry.dims and graph_dims:
-            entry.dims.extend(graph_dims)
-        elif not _dims_match(model_dims(entry), graph_dims):
-            what = "dims (without the batch dimension)" if max_batch_size > 0 else "dims"
-            what = "reshape.shape" if entry.HasField("reshape") else what
-            raise ConfigError(
-                f"{source}: {kind} '{entry.name}' {what} {model_dims(entry)} do not match "
-                f"the ONNX model's {graph_dims} (-1 is variable)"
-            )
-    listed = {e.name for e in entries}
-    for tensor in model:
-        if tensor.name not in listed:
-            dims = _model_dims(kind, tensor, max_batch_size, source)
-            entries.add(name=tensor.name, data_type=_onnx_datatype(tensor, source), dims=dims)
-
-
-def complete_from_onnx(
-    config: mc.ModelConfig,
-    onnx_inputs: Sequence[Any],
-    onnx_outputs: Sequence[Any],
-    *,
-    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    source: str = "config",
-    initializers: Sequence[Any] = (),
-) -> mc.ModelConfig:
-    """A copy of `config` with inputs, outputs, max_batch_size and platform filled in from the graph.
-
-    `onnx_inputs`/`onnx_outputs` hold `OnnxTensor`s, (name, type, shape) tuples or onnxruntime
-    `NodeArg`s. Whatever the config already lists must agree with the graph. `initializers`: the
-    graph's overridable initializers, which a config may list as (optional) inputs, as Triton.
-    """
-    _check_platform(config, source)
-    done = mc.ModelConfig()
-    done.CopyFrom(config)
-    done.platform = done.platform or PLATFORM
-    done.backend = done.backend or BACKEND
-    inputs = [_as_tensor(t) for t in onnx_inputs]
-    outputs = [_as_tensor(t) for t in onnx_outputs]
-    hidden_in, hidden_out = sequence_hidden_names(done)
-    if hidden_in or hidden_out:  # sequence controls and state: the server's, not the client's
-        inputs = [t for t in inputs if t.name not in hidden_in]
-        outputs = [t for t in outputs if t.name not in hidden_out]
-    targets = batch_input_targets(done)  # batch inputs: filled by the server, as sequence controls
-    ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
-    inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
-    model_batches = all(_is_batch_dim(t.shape) for t in (*inputs, *outputs)) and bool(inputs)
-    if done.max_batch_size == 0 and not done.input and model_batches:
-        # Nothing said about batching: a graph whose every tensor has a variable first dim batches.
-        done.max_batch_size = default_max_batch_size
-    if done.max_batch_size == 0 and done.HasField("dynamic_batching"):
-        raise ConfigError(
-            f"{source}: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model "
-            "does not have a variable first (batch) dimension on every input and output)"
-        )
-    listable = [_as_tensor(t) for t in initializers]
-    _complete_tensors("input", done.input, inputs, done.max_batch_size, source, listable)
-    check_optional(done, {t.name for t in inputs}, source)
-    _complete_tensors("output", done.output, outputs, done.max_batch_size, source)
-    return done
 
 
 # --- batching policy ------------------------------------------------------------------------------

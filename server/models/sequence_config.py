@@ -28,7 +28,8 @@ from batcher.sequence_types import ControlKind, ControlSpec, SequenceLimits, Seq
 from batcher.types import BatchingPolicy
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.models.config import ConfigError, OnnxTensor
+from server.models.config import ConfigError
+from server.models.onnx_completion import OnnxTensor
 from server.settings import ServerSettings
 
 BATCH_AXIS_PARAMETER = "sequence_state_batch_axis"

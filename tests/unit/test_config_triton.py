@@ -12,13 +12,7 @@ import pytest
 from batcher.types import LevelQueuePolicy, TimeoutAction
 from protos import model_config_pb2 as mc
 from server.backends.instance_groups import InstanceSlot, instance_slots
-from server.models.config import (
-    ConfigError,
-    batching_policy,
-    complete_from_onnx,
-    parse_config,
-    validate_config,
-)
+from server.models.config import ConfigError, batching_policy, parse_config, validate_config
 from server.models.config_backend import backend_parameters, tensorrt_options
 from server.models.config_fields import (
     FIELDS,
@@ -29,6 +23,7 @@ from server.models.config_fields import (
     unhandled_fields,
 )
 from server.models.config_tensors import ReshapePlan, load_labels
+from server.models.onnx_completion import complete_from_onnx
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

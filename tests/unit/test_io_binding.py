@@ -32,7 +32,8 @@ from server.backends.io_binding import (
 )
 from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions, ort_options_for
 from server.backends.pinned import PinnedStaging
-from server.models.config import ConfigError, OnnxTensor
+from server.models.config import ConfigError
+from server.models.onnx_completion import OnnxTensor
 from tests.support.bf16_models import bf16_model
 from tests.support.fake_cudart import FakeCudart
 from tests.support.fixed_model import fixed_model

@@ -13,14 +13,13 @@ from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
 from server.models.config import (
     ConfigError,
-    OnnxTensor,
     batching_policy,
-    complete_from_onnx,
     dynamic_batching_enabled,
     load_config_file,
     parse_config,
     validate_config,
 )
+from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 
 BATCHING_IN = [("x", "tensor(float)", ["batch", 4]), ("ids", "tensor(int64)", [None, "seq"])]
 BATCHING_OUT = [("y", "tensor(float)", ["batch", 2])]

@@ -30,7 +30,8 @@ from server.backends.onnxruntime_backend import (
     ort_options_for,
     providers_for,
 )
-from server.models.config import ConfigError, OnnxTensor
+from server.models.config import ConfigError
+from server.models.onnx_completion import OnnxTensor
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

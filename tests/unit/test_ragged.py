@@ -13,13 +13,8 @@ from batcher.ragged import BatchInputSpec, RaggedPlan, batch_input, gather_ragge
 from batcher.scatter import scatter
 from batcher.types import BatchingPolicy
 from server.backends.onnxruntime_backend import inspect_onnx
-from server.models.config import (
-    ConfigError,
-    batching_policy,
-    complete_from_onnx,
-    parse_config,
-    validate_config,
-)
+from server.models.config import ConfigError, batching_policy, parse_config, validate_config
+from server.models.onnx_completion import complete_from_onnx
 from tests.support.ragged_models import RAGGED_AT_ONCE, RAGGED_BATCH_OF_THREE, ragged_sum_model
 
 I64 = np.dtype(np.int64)

@@ -9,7 +9,8 @@ import pytest
 
 from batcher.sequence_types import ControlKind
 from server.backends.batch_axes import from_model, to_model
-from server.models.config import ConfigError, complete_from_onnx, parse_config, validate_config
+from server.models.config import ConfigError, parse_config, validate_config
+from server.models.onnx_completion import complete_from_onnx
 from server.models.sequence_config import sequence_model
 from tests.support import sequence_models as sm
 
