@@ -47,7 +47,7 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
-from server.models.versions import READY, UNAVAILABLE, ModelEntry, ModelVersion
+from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry, ModelVersion
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
 from server.protocol.validate import Signature
@@ -136,7 +136,7 @@ class ModelManager:
 
     @property
     def all_ready(self) -> bool:
-        return all(e.state == READY or e.dormant for e in self._models.values())
+        return all(e.ready_or_by_design for e in self._models.values())
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
@@ -183,7 +183,7 @@ class ModelManager:
             model = ready.pop()
             for ensemble, steps in sorted(self._ensemble_steps.items()):
                 entry = self._models.get(ensemble)
-                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != "unloaded"
+                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != UNLOADED
                 if model not in steps or not waiting or ensemble in tried:
                     continue
                 tried.add(ensemble)
@@ -198,7 +198,7 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         async with self._lock:
             entry = self.entry(name)
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._on_health(name, False)
             self._discard_cached(name)
             await self._retire(entry.versions.values())

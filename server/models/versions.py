@@ -18,6 +18,8 @@ from server.protocol.validate import Signature
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
+# The reason of a model unloaded on request (RepositoryModelUnload): not ready, and by design.
+UNLOADED = "unloaded"
 
 
 @dataclass
@@ -62,3 +64,9 @@ class ModelEntry:
     # Not loaded by design (a lazy model, or one explicit mode was not asked to load): it does not
     # make the server unready (server/models/lazy.py, control.py).
     dormant: bool = False
+
+    @property
+    def ready_or_by_design(self) -> bool:
+        """Ready, or not loaded on purpose (dormant, or unloaded on request): Triton's ServerReady
+        passes over a model unloaded on request, and so does ours."""
+        return self.state == READY or self.dormant or (self.state == UNAVAILABLE and self.reason == UNLOADED)

@@ -172,6 +172,9 @@ def test_explicit_mode_loads_only_what_it_is_asked(repo: Path, mlp_file: Path) -
         assert client.infer("extra", {"features": features(1)})
         client.unload_model("mlp")
         assert index(server.address)["mlp"][0][1:] == ("UNAVAILABLE", "unloaded")
+        assert client.server_ready()  # unloaded on request: as in Triton, not a reason to be unready
+        client.load_model("mlp")
+        assert client.server_ready() and client.infer("mlp", {"features": features(1)})
 
 
 def test_explicit_mode_applies_a_config_override_and_sent_files(repo: Path, mlp_file: Path) -> None:
