@@ -47,7 +47,7 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
-from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry, ModelVersion
+from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry, ModelVersion, version_number
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
 from server.protocol.validate import Signature
@@ -103,14 +103,7 @@ class ModelManager:
             if routed is not None:
                 return entry.versions[self.rollout.route(entry, routed)]
             return entry.versions[entry.order[0]]
-        if not (version.isascii() and version.isdigit()) or (version[0] == "0" and version != "0"):
-            # int() would also take " 1", "+1", "01" and non-ASCII digits as version 1.
-            raise InvalidRequest(
-                f"model_version '{version}' is not a version number "
-                "(ASCII decimal digits, no sign, spaces or leading zeros)"
-            )
-        number = int(version)
-        served = entry.versions.get(number)
+        served = entry.versions.get(version_number(version))
         if served is None:
             raise ModelNotFound(triton_text.unknown_version(name, version, entry.order))
         return served

@@ -10,6 +10,7 @@ from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.instances import ModelInstance
+from server.errors import InvalidRequest
 from server.models.ensemble import EnsembleScheduler
 from server.models.response_cache import ResponseCache
 from server.observability.sampling import ModelSampler
@@ -70,3 +71,14 @@ class ModelEntry:
         """Ready, or not loaded on purpose (dormant, or unloaded on request): Triton's ServerReady
         passes over a model unloaded on request, and so does ours."""
         return self.state == READY or self.dormant or (self.state == UNAVAILABLE and self.reason == UNLOADED)
+
+
+def version_number(version: str) -> int:
+    """A request's `model_version` (not empty) as a number; INVALID_ARGUMENT naming it otherwise."""
+    if not (version.isascii() and version.isdigit()) or (version[0] == "0" and version != "0"):
+        # int() would also take " 1", "+1", "01" and non-ASCII digits as version 1.
+        raise InvalidRequest(
+            f"model_version '{version}' is not a version number "
+            "(ASCII decimal digits, no sign, spaces or leading zeros)"
+        )
+    return int(version)

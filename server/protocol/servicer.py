@@ -28,7 +28,7 @@ from server.errors import (
 )
 from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.manager import ModelManager
-from server.models.versions import READY, ModelVersion
+from server.models.versions import READY, ModelVersion, version_number
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
@@ -97,9 +97,12 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=not self._is_stopping() and self._models.all_ready)
 
+    @answers_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        if request.version:
+            version_number(request.version)  # a malformed version is an error, as in Triton
         try:
             self._models.resolve(request.name, request.version)
         except Exception:

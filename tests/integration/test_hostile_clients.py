@@ -222,6 +222,18 @@ async def test_versions_that_only_look_like_one_are_refused(
         assert "model_version" in caught.value.details()
         request.model_version = "1"
         assert (await stub.ModelInfer(request, timeout=10)).model_version == "1"
+        # The same rule on every RPC that names a version (ModelReady was ready=false once).
+        for rpc, message in (
+            (stub.ModelReady, pb.ModelReadyRequest),
+            (stub.ModelMetadata, pb.ModelMetadataRequest),
+            (stub.ModelConfig, pb.ModelConfigRequest),
+            (stub.ModelStatistics, pb.ModelStatisticsRequest),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await rpc(message(name="mlp", version=version), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
+            assert f"model_version '{version}' is not a version number" in caught.value.details()
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="1"), timeout=10)).ready
 
 
 async def test_queued_bytes_are_bounded_per_model() -> None:
