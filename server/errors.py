@@ -88,6 +88,16 @@ class EnsembleStepFailed(Exception):
     never INTERNAL."""
 
 
+class ModelRefusedInput(InvalidRequest):
+    """onnxruntime refused a run's inputs (its INVALID_ARGUMENT): shapes or values that the config
+    lets through and the graph does not. Its message is onnxruntime's (server/backends/run_errors.py)."""
+
+
+class ModelRunFailed(Exception):
+    """onnxruntime failed a run: INTERNAL with onnxruntime's message, as Triton's onnxruntime backend
+    answers (logged once per batch where it happened). Not a ServiceError: those are never INTERNAL."""
+
+
 STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
@@ -101,6 +111,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RolloutRefused: grpc.StatusCode.FAILED_PRECONDITION,
     EnsembleStepFailed: grpc.StatusCode.INTERNAL,  # server/models/ensemble.py
+    ModelRunFailed: grpc.StatusCode.INTERNAL,  # onnxruntime's own message (backends/run_errors.py)
     FrameDropped: grpc.StatusCode.CANCELLED,  # never sent as an error (server/protocol/latest_frame.py)
     RegionNotFound: grpc.StatusCode.NOT_FOUND,
     RegionExists: grpc.StatusCode.ALREADY_EXISTS,

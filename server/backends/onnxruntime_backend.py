@@ -24,6 +24,7 @@ from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
+from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
 from server.models.config import ConfigError
 from server.models.config_backend import backend_parameters, tensorrt_options
@@ -370,12 +371,17 @@ class OrtBackend:
             name: decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
-        if self._io.runner is not None:
-            results = self._io.runner.run(feed, self._run_options)
-        elif self._bf16:
-            results = run_with_bf16(self._session, self._output_names, feed, self._run_options)
-        else:
-            results = self._session.run(self._output_names, feed, self._run_options)
+        try:
+            if self._io.runner is not None:
+                results = self._io.runner.run(feed, self._run_options)
+            elif self._bf16:
+                results = run_with_bf16(self._session, self._output_names, feed, self._run_options)
+            else:
+                results = self._session.run(self._output_names, feed, self._run_options)
+        except Exception as err:
+            if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
+                raise
+            raise run_failure(self._name, err) from err
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)

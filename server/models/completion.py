@@ -25,7 +25,7 @@ def complete_version(
     config = mc.ModelConfig()
     config.CopyFrom(source.config)
     config.name = source.name
-    where = str(source.directory / "config.pbtxt")
+    where = source.where
     if config.backend == IDENTITY:
         return complete_identity(config, where), [], []
     inputs, outputs = inspect_onnx(path)

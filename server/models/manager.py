@@ -249,7 +249,7 @@ class ModelManager:
         settings = self._settings
         done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
         config, inputs, outputs = done  # the graph's tensors (none for an identity model)
-        source_file = str(source.directory / "config.pbtxt")
+        source_file = source.where
         validate_config(config, source_file)
         labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
         seq_model = sequence_model(config, inputs, outputs, source.directory, source_file)
@@ -259,9 +259,7 @@ class ModelManager:
         run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
         sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings)
         cache = self._response_cache
-        validate_response_cache(
-            config, str(source.directory / "config.pbtxt"), 0 if cache is None else cache.capacity_bytes
-        )
+        validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
         factory, plan = factory_for(  # onnxruntime or identity instances; instance_groups, devices
             config,
             path,
@@ -335,7 +333,7 @@ class ModelManager:
         """An ensemble's version: checked against its step models, which must be ready already."""
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
-        plan = plan_ensemble(config, str(source.directory / "config.pbtxt"), self._step_config)
+        plan = plan_ensemble(config, source.where, self._step_config)
         stats = ModelStats()
         return ModelVersion(
             name=source.name,
@@ -346,7 +344,7 @@ class ModelManager:
             batcher=admission_batcher(config, stats, self._settings.max_queue_size),
             stats=stats,
             ensemble=EnsembleScheduler(plan, self.resolve),
-            latest_frame_wins=latest_frame_wins(config, str(source.directory / "config.pbtxt")),
+            latest_frame_wins=latest_frame_wins(config, source.where),
         )
 
     def _step_config(self, step: Step) -> mc.ModelConfig:

@@ -47,8 +47,10 @@ def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
 
 
 def _dims_match(config_dims: Sequence[int], model_dims: Sequence[int]) -> bool:
+    # Triton's rule: a variable (-1) graph dim takes any config dim; a fixed one must be stated as
+    # it is (a config -1 there would let requests through that onnxruntime then refuses).
     return len(config_dims) == len(model_dims) and all(
-        c == m or c == -1 or m == -1 for c, m in zip(config_dims, model_dims, strict=True)
+        c == m or m == -1 for c, m in zip(config_dims, model_dims, strict=True)
     )
 
 

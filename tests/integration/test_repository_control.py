@@ -194,4 +194,12 @@ def test_explicit_mode_applies_a_config_override_and_sent_files(repo: Path, mlp_
             client.load_model("sent", files={"1/model.onnx": b"x"})
         with pytest.raises(InvalidArgument, match="not a JSON ModelConfig"):
             client.load_model("mlp", config="{")
+        # An override the graph refutes is named as the request's, not as the repository's file.
+        bad = {"input": [{"name": "features", "data_type": "TYPE_INT8", "dims": [64]}]}
+        with pytest.raises(InvalidArgument) as caught:
+            client.load_model("mlp", config=json.dumps(bad))
+        assert "RepositoryModelLoad parameters['config']: input 'features' data_type TYPE_INT8" in str(
+            caught.value
+        )
+        assert "config.pbtxt" not in str(caught.value)
         assert client.infer("sent", {"features": features(1)})  # refused loads changed nothing

@@ -177,7 +177,9 @@ async def test_each_request_of_a_stream_gets_a_span(repo: Path, tmp_path: Path) 
 async def test_a_request_answered_inline_gets_its_spans(repo: Path, tmp_path: Path) -> None:
     """Once the estimator has seen a cheap run, an idle model answers at once (the fast path)."""
     exporter = InMemorySpanExporter()
-    async with serving(repo, tmp_path, exporter) as stub:
+    # The largest inline limit: at the default 300 µs a loaded machine (a full parallel test run
+    # beside other work) ran the mlp slower than that in all 20 tries, and no request went inline.
+    async with serving(repo, tmp_path, exporter, inline_run_max_us=5000) as stub:
         for i in range(20):
             exporter.clear()
             await stub.ModelInfer(infer_request("mlp", f"f{i}"), timeout=BOUND_S)

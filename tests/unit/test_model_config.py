@@ -122,12 +122,22 @@ def test_listed_inputs_with_max_batch_size_zero_mean_no_batching() -> None:
 
 
 def test_partial_config_is_filled_and_checked() -> None:
-    config = _parse('max_batch_size: 4 input [{ name: "x" dims: [ -1 ] }]')
+    config = _parse('max_batch_size: 4 input [{ name: "x" dims: [ 4 ] }, { name: "ids" dims: [ 7 ] }]')
     done = complete_from_onnx(config, BATCHING_IN, BATCHING_OUT)
     assert done.max_batch_size == 4
     assert done.input[0].data_type == mc.TYPE_FP32  # filled
-    assert list(done.input[0].dims) == [-1]  # -1 matches 4
+    assert list(done.input[1].dims) == [7]  # a fixed size where the graph's is variable: Triton's rule
     assert [i.name for i in done.input] == ["x", "ids"]
+
+
+def test_a_variable_config_dim_where_the_graph_fixes_it_is_refused() -> None:
+    # Triton refuses it at load; accepted, requests of other sizes passed validation and
+    # onnxruntime refused them at run time (INTERNAL, for the whole batch).
+    config = _parse('max_batch_size: 4 input [{ name: "x" dims: [ -1 ] }]')
+    with pytest.raises(
+        ConfigError, match=r"input 'x' dims \(without the batch dimension\) \[-1\] do not match"
+    ):
+        complete_from_onnx(config, BATCHING_IN, BATCHING_OUT)
 
 
 def test_complete_accepts_onnxruntime_node_args(tmp_path: Path) -> None:
