@@ -131,10 +131,24 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
 INTERNAL_MESSAGE = "internal error while serving the request (details are in the server log)"
 
 
+# A status message's bound, in UTF-8 bytes. Messages echo what the caller sent (names, versions,
+# sequence ids); grpc-message is percent-encoded (up to 3 bytes a byte), and clients refuse
+# metadata past 8-16 KiB: a 20 KB model name turned NOT_FOUND into the client's RESOURCE_EXHAUSTED.
+MESSAGE_MAX_BYTES = 2000
+
+
+def for_caller(message: str) -> str:
+    """`message`, cut to MESSAGE_MAX_BYTES (saying so) where longer."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MESSAGE_MAX_BYTES:
+        return message
+    return data[:MESSAGE_MAX_BYTES].decode("utf-8", "ignore") + f"... (cut: {len(data)} bytes)"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, bool]:
     """(status code, message for the caller, whether it was expected) for an exception."""
     for cls in type(exc).__mro__:
         code = STATUS_BY_EXCEPTION.get(cls)
         if code is not None:
-            return code, str(exc), True
+            return code, for_caller(str(exc)), True
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, False

@@ -23,6 +23,7 @@ CONFIG = "config"
 FILE_PREFIX = "file:"
 MAX_FILES = 64
 MAX_PATH_PARTS = 8
+MAX_PART_BYTES = 255  # a file name's limit on Linux file systems (NAME_MAX)
 MAX_FILE_BYTES_TOTAL = 2 * 1024 * 1024 * 1024  # the gRPC message limit usually binds first
 
 
@@ -97,12 +98,16 @@ def _file_path(key: str) -> PurePosixPath:
         or len(parts) < 2
         or len(parts) > MAX_PATH_PARTS
         or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+        or any(len(part.encode("utf-8", "surrogatepass")) > MAX_PART_BYTES for part in parts)
     ):
         raise InvalidRequest(
             f"parameters['{shown}']: expected 'file:<version>/<name>' (a relative path without "
-            f"'..', '.' parts, '\\\\' or NUL, at most {MAX_PATH_PARTS} parts)"
+            f"'..', '.' parts, '\\\\' or NUL, at most {MAX_PATH_PARTS} parts of at most "
+            f"{MAX_PART_BYTES} bytes each)"
         )
-    if not parts[0].isascii() or not parts[0].isdigit() or parts[0].startswith("0"):
+    if (
+        not parts[0].isascii() or not parts[0].isdigit() or parts[0].startswith("0") or len(parts[0]) > 19
+    ):  # int64
         raise InvalidRequest(
             f"parameters['{shown}']: '{parts[0][:20]}' is not a version directory (1, 2, ...)"
         )
@@ -125,3 +130,26 @@ def write_model_directory(parent: Path, name: str, files: dict[PurePosixPath, by
         shutil.rmtree(root, ignore_errors=True)
         raise
     return root
+
+
+UNLOAD_DEPENDENTS = "unload_dependents"
+
+
+def check_unload_parameters(parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
+    """RepositoryModelUnload's parameters: `unload_dependents` false (tritonclient always sends it)
+    is the only one served; anything else is refused, naming it, rather than ignored."""
+    for key in sorted(parameters):
+        value = parameters[key]
+        kind = value.WhichOneof("parameter_choice")
+        if key != UNLOAD_DEPENDENTS:
+            raise InvalidRequest(
+                f"RepositoryModelUnload parameter '{key[:80]}' is not supported "
+                f"(supported: '{UNLOAD_DEPENDENTS}')"
+            )
+        if kind != "bool_param":
+            raise InvalidRequest(f"parameters['{UNLOAD_DEPENDENTS}'] must be a bool_param, got {kind}")
+        if value.bool_param:
+            raise InvalidRequest(
+                f"parameters['{UNLOAD_DEPENDENTS}'] true is not supported: unload an ensemble's "
+                "models one by one"
+            )

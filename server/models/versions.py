@@ -21,6 +21,7 @@ UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
 # The reason of a model unloaded on request (RepositoryModelUnload): not ready, and by design.
 UNLOADED = "unloaded"
+MAX_VERSION_DIGITS = 19  # int64's largest, 9223372036854775807
 
 
 @dataclass
@@ -75,6 +76,12 @@ class ModelEntry:
 
 def version_number(version: str) -> int:
     """A request's `model_version` (not empty) as a number; INVALID_ARGUMENT naming it otherwise."""
+    if len(version) > MAX_VERSION_DIGITS:
+        # Triton's versions are int64; int() of a 4,301-digit string raises (Python's limit).
+        raise InvalidRequest(
+            f"model_version '{version[:MAX_VERSION_DIGITS]}...' ({len(version)} characters) is not a "
+            f"version number (at most {MAX_VERSION_DIGITS} digits: versions are int64)"
+        )
     if not (version.isascii() and version.isdigit()) or (version[0] == "0" and version != "0"):
         # int() would also take " 1", "+1", "01" and non-ASCII digits as version 1.
         raise InvalidRequest(

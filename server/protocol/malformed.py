@@ -15,6 +15,8 @@ from google.protobuf import message as protobuf_message
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from server.errors import for_caller
+
 
 class Malformed(NamedTuple):
     """A request message that did not parse; `reason` is written for the caller."""
@@ -40,7 +42,7 @@ UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 def _refusing_malformed(behavior: UnaryBehavior) -> UnaryBehavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, for_caller(request.reason))
         return await behavior(request, context)
 
     return handle

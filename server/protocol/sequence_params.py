@@ -15,6 +15,9 @@ from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
 
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
+# A string id's bound: the batcher keeps ids (live ones, and the last released ones to name them
+# in errors), so an id's size is memory the caller chooses: 40 ids of 8 MiB kept ~400 MB.
+MAX_SEQUENCE_ID_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,11 @@ def sequence_id(param: pb.InferParameter) -> SequenceId:
             raise InvalidRequest(f"parameter '{SEQUENCE_ID}' must be >= 0, got {param.int64_param}")
         return int(param.int64_param)
     if kind == "string_param":
+        size = len(param.string_param.encode("utf-8"))
+        if size > MAX_SEQUENCE_ID_BYTES:
+            raise InvalidRequest(
+                f"parameter '{SEQUENCE_ID}' is a string of {size} bytes; at most {MAX_SEQUENCE_ID_BYTES}"
+            )
         return str(param.string_param)
     raise InvalidRequest(
         f"parameter '{SEQUENCE_ID}' must be an unsigned integer or a string, got {kind or 'nothing'}"

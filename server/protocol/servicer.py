@@ -27,6 +27,7 @@ from server.errors import (
     StreamLimitReached,
 )
 from server.models.control import NOT_ALLOWED, RepositoryControl
+from server.models.load_request import check_unload_parameters
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion, version_number
 from server.observability.tracing import Tracing
@@ -205,6 +206,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         check_repository_name(request.model_name, loading=False)
+        check_unload_parameters(dict(request.parameters))
         await self._control().unload_rpc(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

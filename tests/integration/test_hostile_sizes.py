@@ -1,0 +1,116 @@
+"""Values whose size the caller chooses, against a real server: a long version, model name, upload
+path or string sequence id is refused or answered with its own status (never INTERNAL, never a
+status message too long for the client to read), and RepositoryModelUnload refuses parameters it
+does not serve. With grpc's stubs and tritonclient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.errors import MESSAGE_MAX_BYTES
+from tests.support.server_process import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess("--model-control-mode", "explicit", "--load-model", "mlp") as running:
+        yield running
+
+
+@pytest.fixture()
+def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def _mlp(**parameters: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+    for key, value in parameters.items():
+        request.parameters[key].string_param = value
+    return request
+
+
+def _refused(call: object, request: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=30)  # type: ignore[operator]
+    return caught.value
+
+
+def test_a_version_of_thousands_of_digits_is_invalid_not_internal(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # int() of more than 4,300 digits raises in Python: this was INTERNAL with a logged traceback.
+    version = "9" * 4301
+    request = _mlp()
+    request.model_version = version
+    for call, message in (
+        (stub.ModelInfer, request),
+        (stub.ModelReady, pb.ModelReadyRequest(name="mlp", version=version)),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="mlp", version=version)),
+    ):
+        err = _refused(call, message)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "(4301 characters) is not a version number (at most 19 digits" in err.details()
+    request.model_version = "9223372036854775807"  # 19 digits: a number, just not a version here
+    assert _refused(stub.ModelInfer, request).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_huge_name_gets_its_own_status_with_a_message_cut_short(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # A 20 KB name echoed whole made the status exceed the client's metadata limit: the client
+    # saw RESOURCE_EXHAUSTED ("received metadata size exceeds hard limit") instead of NOT_FOUND.
+    name = "m" * 20_000
+    err = _refused(stub.ModelMetadata, pb.ModelMetadataRequest(name=name))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "... (cut: " in err.details() and len(err.details().encode()) < MESSAGE_MAX_BYTES + 40
+    request = _mlp()
+    request.inputs[0].name = "é" * 20_000  # non-ASCII: percent-encoded on the wire, 2 bytes each
+    err = _refused(stub.ModelInfer, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_long_string_sequence_id_is_refused_naming_the_limit(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    err = _refused(stub.ModelInfer, _mlp(sequence_id="s" * 1025))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameter 'sequence_id' is a string of 1025 bytes; at most 1024" in err.details()
+
+
+@pytest.mark.parametrize("path", ["1/" + "n" * 300, "9" * 300 + "/model.onnx", "9" * 20 + "/model.onnx"])
+def test_an_upload_path_part_too_long_for_a_file_name_is_invalid(
+    stub: pb_grpc.GRPCInferenceServiceStub, path: str
+) -> None:
+    # ENAMETOOLONG from the file system was INTERNAL with a logged traceback.
+    request = pb.RepositoryModelLoadRequest(model_name="sent")
+    request.parameters["config"].string_param = "{}"
+    request.parameters[f"file:{path}"].bytes_param = b"x"
+    err = _refused(stub.RepositoryModelLoad, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters['file:" in err.details()
+
+
+def test_unload_serves_tritonclients_parameter_and_refuses_the_rest(server: ServerProcess) -> None:
+    client = triton.InferenceServerClient(server.address)
+    with pytest.raises(triton.InferenceServerException, match="'unload_dependents'] true is not supported"):
+        client.unload_model("mlp", unload_dependents=True)
+    assert client.is_model_ready("mlp")  # refused: nothing was unloaded
+    request = pb.RepositoryModelUnloadRequest(model_name="mlp")
+    request.parameters["bogus"].bool_param = True
+    with grpc.insecure_channel(server.address) as channel:
+        err = _refused(pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelUnload, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'bogus' is not supported" in err.details()
+    client.unload_model("mlp")  # tritonclient sends unload_dependents=false every time
+    assert not client.is_model_ready("mlp")
+    client.load_model("mlp")
+    assert client.is_model_ready("mlp")
