@@ -11,7 +11,7 @@ from pathlib import Path
 
 from protos import model_config_pb2 as mc
 from server.backends.identity_backend import complete_identity
-from server.backends.onnxruntime_backend import inspect_onnx, overridable_initializers
+from server.backends.onnx_inspect import inspect_onnx, overridable_initializers
 from server.models.config import IDENTITY
 from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 from server.models.repository import ModelSource

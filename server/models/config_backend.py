@@ -236,9 +236,17 @@ def tensorrt_options(params: Mapping[str, str], where: str) -> dict[str, str]:
     return options
 
 
+# Instances of one model, all groups together. Each is a session with its own memory and threads,
+# and a count can come from a client (RepositoryModelLoad's `config`): a count of 1,000,000 grew the
+# server by ~110 MB/s until the call's deadline. Triton sets none; 16 per GPU on 8 GPUs is 128.
+MAX_INSTANCES = 256
+
+
 def validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
-    """Kinds, counts and device ids of the instance groups."""
+    """Kinds, counts and device ids of the instance groups, and their total."""
+    total = 0
     for i, group in enumerate(config.instance_group):
+        total += max(group.count, 1) * max(len(group.gpus), 1)
         where = f"{source}: instance_group[{i}]"
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             raise ConfigError(f"{where}: kind KIND_MODEL is not supported (use KIND_CPU or KIND_GPU)")
@@ -248,6 +256,11 @@ def validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
             raise ConfigError(f"{where}: gpus {list(group.gpus)} given for kind KIND_CPU")
         if any(g < 0 for g in group.gpus):
             raise ConfigError(f"{where}: gpus {list(group.gpus)} has a negative device id")
+    if total > MAX_INSTANCES:
+        raise ConfigError(
+            f"{source}: instance_group asks for {total} instances (count x gpus, all groups); at most "
+            f"{MAX_INSTANCES} per model"
+        )
 
 
 def validate_optimization(config: mc.ModelConfig, source: str) -> None:

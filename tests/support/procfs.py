@@ -31,3 +31,11 @@ def alive(pid: int) -> bool:
     """Running, or stopped, but neither gone nor a zombie."""
     seen = _state_and_parent(pid)
     return seen is not None and seen[0] != "Z"
+
+
+def thread_count(pid: int) -> int:
+    """Threads of process `pid` (0 once it is gone)."""
+    try:
+        return len(list((PROC / str(pid) / "task").iterdir()))
+    except OSError:
+        return 0

@@ -14,7 +14,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
-from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, inspect_onnx
+from server.backends.onnx_inspect import inspect_onnx
+from server.backends.onnxruntime_backend import OrtBackend, OrtOptions
 from server.models.demo import IMAGENET_MEAN, IMAGENET_STD, build_demo_repository
 from server.models.onnx_completion import complete_from_onnx
 from server.models.repository import scan_repository

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats
 from protos import model_config_pb2 as mc
+from server.backends.onnx_inspect import inspect_onnx
 from server.backends.onnxruntime_backend import (
     CPU,
     CUDA,
@@ -26,7 +29,6 @@ from server.backends.onnxruntime_backend import (
     BackendLoadError,
     OrtBackend,
     OrtOptions,
-    inspect_onnx,
     ort_options_for,
     providers_for,
 )
@@ -333,3 +335,20 @@ def test_options_are_validated() -> None:
         OrtOptions(providers=(CUDA, CPU), provider_options=({},))
     assert OrtOptions(providers=(CUDA, CPU)).default_providers() == [(CUDA, {}), (CPU, {})]
     assert OrtOptions().allow_spinning is False
+
+
+def test_close_lets_go_of_the_session_even_inside_a_reference_cycle(tmp_path: Path) -> None:
+    # A retired instance sits in reference cycles (its batcher and the queue's callbacks) that
+    # only a full garbage collection frees: close() must free the session (memory, threads) itself.
+    backend = _backend(_dense_model(tmp_path / "m.onnx"))
+    backend.run_blocking({"x": np.ones((2, 8), np.float32)})
+    session = weakref.ref(backend._session)  # type: ignore[arg-type]
+    cycle: list[object] = [backend]
+    cycle.append(cycle)
+    gc.disable()  # as between the server's rare full collections
+    try:
+        backend.close()
+        del backend, cycle
+        assert session() is None, "the session outlived close() in a cycle"
+    finally:
+        gc.enable()

@@ -12,7 +12,7 @@ from batcher.form import Pending, form_batch
 from batcher.ragged import BatchInputSpec, RaggedPlan, batch_input, gather_ragged
 from batcher.scatter import scatter
 from batcher.types import BatchingPolicy
-from server.backends.onnxruntime_backend import inspect_onnx
+from server.backends.onnx_inspect import inspect_onnx
 from server.models.config import ConfigError, batching_policy, parse_config, validate_config
 from server.models.onnx_completion import complete_from_onnx
 from tests.support.ragged_models import RAGGED_AT_ONCE, RAGGED_BATCH_OF_THREE, ragged_sum_model

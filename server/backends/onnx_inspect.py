@@ -1,0 +1,62 @@
+"""A model file's graph inputs and outputs as onnx describes them, read without loading weights or
+starting a session (config completion runs before any instance is made)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from server.backends.onnxruntime_backend import BackendLoadError
+from server.models.onnx_completion import OnnxTensor
+
+
+def _onnx_type(type_proto: onnx.TypeProto) -> str:
+    kind = type_proto.WhichOneof("value")
+    if kind != "tensor_type":
+        return str(kind)  # sequence/map/optional: reported as unsupported by config completion
+    name = onnx.TensorProto.DataType.Name(type_proto.tensor_type.elem_type).lower()
+    return f"tensor({name})"  # onnxruntime's spelling: FLOAT -> tensor(float), STRING -> tensor(string)
+
+
+def _onnx_shape(type_proto: onnx.TypeProto) -> list[int | str | None]:
+    dims: list[int | str | None] = []
+    for dim in type_proto.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        else:
+            dims.append(dim.dim_param or None)
+    return dims
+
+
+def inspect_onnx(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+    """Graph inputs (initializers excluded, as onnxruntime does) and outputs, without loading weights."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError, OSError, ...: all mean "not a model"
+        raise BackendLoadError(f"{path}: not a readable ONNX model: {err}") from None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [
+        OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type))
+        for v in model.graph.input
+        if v.name not in initializers
+    ]
+    outputs = [OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type)) for v in model.graph.output]
+    return inputs, outputs
+
+
+def overridable_initializers(path: Path) -> list[OnnxTensor]:
+    """Initializers also listed as graph inputs (IR >= 4): onnxruntime lets a run override them,
+    and a run may omit them. Triton accepts a config listing one as an input."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # as inspect_onnx
+        raise BackendLoadError(f"{path}: not a readable ONNX model: {err}") from None
+    if model.ir_version < 4:
+        return []
+    listed = {v.name: v for v in model.graph.input}
+    return [
+        OnnxTensor(init.name, _onnx_type(listed[init.name].type), _onnx_shape(listed[init.name].type))
+        for init in model.graph.initializer
+        if init.name in listed
+    ]
