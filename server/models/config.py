@@ -130,6 +130,13 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         )
     if config.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size {config.max_batch_size} is negative")
+    name = config.default_model_filename
+    if "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+        # A path would load a file from anywhere (and a client's RepositoryModelLoad can set it).
+        raise ConfigError(
+            f"{source}: default_model_filename '{name[:200]}' must be a file name in the version "
+            "directory (no '/', '\\', '.' or '..')"
+        )
     check_ragged(config, source)  # allow_ragged_batch and batch_input (ragged_config.py)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()

@@ -65,7 +65,10 @@ FIELDS: dict[str, tuple[Status, str]] = {
     "instance_group.passive": ("refused", "passive instances serve only ensembles and sequences"),
     "instance_group.secondary_devices": ("refused", "NVDLA devices of the TensorRT backend"),
     "instance_group.host_policy": ("refused", "sluiceway has no --host-policy settings to name"),
-    "default_model_filename": ("honoured", "the file in each version directory"),
+    "default_model_filename": (
+        "honoured",
+        "the file in each version directory: a name (no `/`, `\\` or `..`: a path is a load error)",
+    ),
     "cc_model_filenames": ("refused", f"one model file per GPU compute capability; {_GPU}"),
     "metric_tags": ("honoured", "labels `_<key>` on the model's metrics, as Triton names them"),
     "dynamic_batching": ("honoured", "see the batching rules"),

@@ -60,12 +60,15 @@ class RepositoryControl:
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
-        for name, reason in errors.items():
-            log.error("model %s not loaded: %s", name, reason)
-            self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
-        chosen = set(sources)
+        chosen = set(sources) | set(errors)
         if self._mode == "explicit" and "*" not in self._settings.load_model:
             chosen = set(self._settings.load_model)
+        for name, reason in errors.items():
+            log.error("model %s not loaded: %s", name, reason)
+            # One explicit mode was not asked to load does not make the server unready, broken or not.
+            entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
+            self._manager.put_entry(entry)
+        if self._mode == "explicit" and "*" not in self._settings.load_model:
             for name in sorted(chosen - set(sources) - set(errors)):
                 log.error("--load-model %s: no such model in %s", name, self._root)
                 reason = f"--load-model names '{name}', which is not in the repository"
@@ -152,7 +155,7 @@ class RepositoryControl:
     async def _apply_source(self, source: ModelSource) -> None:
         """Load `source`, or list it as lazy; a failure is logged and shown in the index."""
         try:
-            lazy, _ = lazy_flags(source.config, str(source.directory / "config.pbtxt"))
+            lazy, _ = lazy_flags(source.config, source.where)
         except ConfigError as exc:
             self._failed(source.name, str(exc))
             return
@@ -166,6 +169,8 @@ class RepositoryControl:
             self._failed(source.name, str(exc))
         except Exception as exc:  # one bad model never stops the others (the manager says why)
             log.error("model %s: load failed: %s", source.name, exc)
+            if self._entry(source.name) is None:  # it failed before the manager saw it: say why
+                self._failed(source.name, str(exc))
 
     def _failed(self, name: str, reason: str) -> None:
         entry = self._entry(name)

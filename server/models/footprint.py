@@ -32,8 +32,13 @@ def files_bytes(source: ModelSource) -> int:
     for model_file in source.versions.values():
         if model_file.is_dir():  # an ensemble's or identity model's version: no model file
             version_dir = model_file
-        else:
-            version_dir = model_file.parent if model_file.parent.name.isdigit() else model_file.parent.parent
+        elif model_file.parent.name.isdigit():
+            version_dir = model_file.parent
+        elif model_file.parent.parent.name.isdigit():  # <version>/model.onnx/model.onnx: a directory
+            version_dir = model_file.parent.parent
+        else:  # never walk a tree that is not a version directory
+            total += model_file.stat().st_size
+            continue
         for path in version_dir.rglob("*"):
             if path.is_file():
                 total += path.stat().st_size

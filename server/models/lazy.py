@@ -163,13 +163,13 @@ class ModelLoads:
     async def _load(self, name: str, source: ModelSource | None) -> None:
         if source is None:
             source = await asyncio.to_thread(self._read, name)
-        where = str(source.directory / "config.pbtxt")
         try:
-            lazy, pinned = lazy_flags(source.config, where)
-        except ConfigError as exc:
-            self._manager.note_failed_reload(name, str(exc))
-            raise RepositoryError(str(exc)) from None
-        files = await asyncio.to_thread(files_bytes, source)
+            lazy, pinned = lazy_flags(source.config, source.where)
+            files = await asyncio.to_thread(files_bytes, source)
+        except (ConfigError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
+            self._manager.note_failed_reload(name, reason)
+            raise RepositoryError(reason) from None
         await self._make_room(name, self.budget.size_of(name) or files)
         before, started = self._rss(), self._clock()
         try:

@@ -203,6 +203,11 @@ def test_explicit_mode_applies_a_config_override_and_sent_files(repo: Path, mlp_
             caught.value
         )
         assert "config.pbtxt" not in str(caught.value)
+        # A model file from outside the version directory (as a client could ask) is refused.
+        with pytest.raises(
+            InvalidArgument, match="default_model_filename '/etc/hostname' must be a file name"
+        ):
+            client.load_model("mlp", config=json.dumps({"default_model_filename": "/etc/hostname"}))
         assert client.infer("sent", {"features": features(1)})  # refused loads changed nothing
 
 
@@ -233,3 +238,16 @@ def test_retired_instances_give_back_their_threads(repo: Path) -> None:
         too_many = json.dumps({"instance_group": [{"count": 300, "kind": "KIND_CPU"}]})
         with pytest.raises(InvalidArgument, match=r"asks for 300 instances .*at most 256 per model"):
             client.load_model("extra", config=too_many)
+
+
+def test_explicit_mode_a_broken_model_not_asked_for_leaves_the_server_ready(
+    repo: Path, mlp_file: Path
+) -> None:
+    write_model(repo, "typo", mlp_file, 'name: "typo"\nmax_batch_sise: 8\n')
+    args = ("--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "mlp")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        [(_, state, reason)] = index(server.address)["typo"]
+        assert state == "UNAVAILABLE" and "max_batch_sise" in reason  # listed, with why
+        assert client.server_ready()  # as a model not asked for, broken or not (it was false)
+        with pytest.raises(InvalidArgument, match="max_batch_sise"):
+            client.load_model("typo")

@@ -381,3 +381,12 @@ def test_triton_fields_that_parse_but_are_not_honoured_are_refused_by_name(text:
     config = _parse(f'name: "m"\nmax_batch_size: 8\n{text}\n')
     with pytest.raises(ConfigError, match=f"models/m/config.pbtxt: {re.escape(field)} is not supported"):
         validate_config(config, "models/m/config.pbtxt")
+
+
+@pytest.mark.parametrize("name", ["../../../outside.onnx", "/etc/hostname", "sub/model.onnx", "..", "a\\b"])
+def test_default_model_filename_is_a_name_in_the_version_directory(name: str) -> None:
+    # A path loaded a file from anywhere, and measuring its "version directory" walked / or /tmp.
+    config = mc.ModelConfig(name="m", default_model_filename=name)
+    with pytest.raises(ConfigError, match=r"default_model_filename .* must be a file name in the version"):
+        validate_config(config, "cfg")
+    validate_config(mc.ModelConfig(name="m", default_model_filename="weights.onnx"), "cfg")
