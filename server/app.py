@@ -256,7 +256,9 @@ async def serve(settings: ServerSettings) -> None:
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    port = await server.start()
+    port = await _start_unless_stopped(server, stop_requested)
+    if port is None:
+        return
     names = ", ".join(sorted(e.name for e in server.models.entries()))
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
     if server.metrics_port:  # before the ready line: whoever waits for that has this one too
@@ -269,3 +271,23 @@ async def serve(settings: ServerSettings) -> None:
         logging.getLogger(GRPC_AIO_LOGGER).removeFilter(unsent)
     log.info("shutting down (%d answers were not sent: their callers had gone)", unsent.dropped)
     await server.stop()
+
+
+async def _start_unless_stopped(server: SluicewayServer, stop_requested: asyncio.Event) -> int | None:
+    """Start `server`; a stop asked for while it loads its models ends the loading (a model whose
+    session is being made finishes in its thread, unused) and shuts the server down: the port,
+    or None when stopped. Waiting for every model first kept a pod's SIGTERM waiting ~10 s past
+    its grace, and printed the ready line just before shutting down."""
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop_requested.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if starting.done():
+        return starting.result()  # raises what start raised (a port in use, say)
+    log.info("shutting down during start-up: models still loading are not loaded")
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    await server.stop()
+    return None

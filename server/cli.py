@@ -102,6 +102,14 @@ def _demo_repository(settings: ServerSettings) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the server's own handler is in place (imports, start)
+        print("sluiceway: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "optimize":
         from server.optimize.cli import run as run_optimize

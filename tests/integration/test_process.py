@@ -150,3 +150,47 @@ def test_a_sigterm_during_start_up_stops_the_workers_and_exits_zero(demo_repo: P
         for worker in workers:
             if alive(worker):
                 os.kill(worker, signal.SIGKILL)
+
+
+IDENTITY_IO = (
+    'backend: "identity"\nmax_batch_size: 8\n'
+    'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+    'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+)
+# 60 warm-up runs of 500 ms: a load of 30 s, stopped between two runs.
+SLOW_WARMUP = (
+    'parameters { key: "execute_delay_ms" value: { string_value: "500" } }\n'
+    'model_warmup [ { name: "w" batch_size: 1 count: 60 inputs { key: "INPUT0" '
+    "value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n"
+)
+
+
+def test_a_sigterm_while_models_load_stops_the_loading(tmp_path: Path) -> None:
+    # The server loaded every model first (and printed its ready line) and only then shut down:
+    # a pod's SIGTERM waited for the whole load, ~10 s past a 5 s grace in one try.
+    for name, extra in (("a_fast", ""), ("b_slow", SLOW_WARMUP)):
+        (tmp_path / "repo" / name / "1").mkdir(parents=True)
+        (tmp_path / "repo" / name / "config.pbtxt").write_text(f'name: "{name}"\n{IDENTITY_IO}{extra}')
+    command = [sys.executable, "-m", "server", "serve", "--model-repository", str(tmp_path / "repo"),
+               "--port", "0", "--metrics-port", "0", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert server.stdout is not None
+        seen = []
+        for line in server.stdout:  # a_fast is loaded before b_slow (by name): b_slow is warming up
+            seen.append(line)
+            if "model a_fast ready" in line:
+                break
+        else:
+            pytest.fail("the server exited before loading a_fast:\n" + "".join(seen[-30:]))
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=120)
+        assert server.returncode == 0, out[-3000:]
+        assert "shutting down during start-up" in out
+        assert "sluiceway ready" not in out and "model b_slow ready" not in out
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
