@@ -68,7 +68,7 @@ class _Turn:
 
 
 class _Sequence:
-    __slots__ = ("last_used", "nbytes", "released", "sid", "state", "timer")
+    __slots__ = ("last_used", "nbytes", "owner", "released", "sid", "state", "timer")
 
     def __init__(self, sid: SequenceId, state: dict[str, Array], nbytes: int, now: float) -> None:
         self.sid = sid
@@ -77,6 +77,7 @@ class _Sequence:
         self.last_used = now
         self.timer: Timer | None = None
         self.released = False
+        self.owner: object | None = None  # who sent its latest start (a stream), if anyone said
 
 
 class SequenceBatcher:
@@ -135,10 +136,12 @@ class SequenceBatcher:
         start: bool = False,
         end: bool = False,
         trace: QueueTrace | None = None,
+        owner: object | None = None,
     ) -> Tensors:
         """Run one request of sequence `sid` after the sequence's earlier requests; its outputs
         without the state outputs. Raises UnknownSequence, SequenceLimitReached, SequenceError,
-        or whatever the runner raised (the state is then unchanged)."""
+        or whatever the runner raised (the state is then unchanged). `owner`: who sent it (a
+        stream); a start makes it the sequence's owner, which alone may `release(..., owner)` it."""
         if a.rows != 1:  # Triton's words, then the rows
             raise SequenceError(
                 f"inference request to model '{self._model}' must specify batch-size 1 due to "
@@ -158,6 +161,8 @@ class SequenceBatcher:
                     seq = self._open(sid)
                 elif start and seq.state is not self._initial:  # a start restarts a live sequence
                     self._set_state(seq, self._initial, self._spec.initial_bytes)
+                if start:
+                    seq.owner = owner
                 outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
                 result = self._keep_state(seq, outputs)
                 if end:
@@ -171,10 +176,13 @@ class SequenceBatcher:
                     seq.last_used = self._clock()
                     self._arm(seq, self._spec.idle_s)
 
-    def release(self, sid: SequenceId, why: str) -> bool:
-        """Release a live sequence now (its requests still waiting fail); False if none was live."""
+    def release(self, sid: SequenceId, why: str, owner: object | None = None) -> bool:
+        """Release a live sequence now (its requests still waiting fail); False if none was live,
+        or `owner` (when given) did not send its latest start: a stream that only continued a
+        sequence, or whose request was refused, or that another stream's start took over from, does
+        not end it."""
         seq = self._live.get(sid)
-        if seq is None:
+        if seq is None or (owner is not None and seq.owner is not owner):
             return False
         self._release(seq, why)
         return True

@@ -115,14 +115,16 @@ class ModelManager:
         return entry
 
     def release_sequences(self, seen: Iterable[tuple[str, str, SequenceId]]) -> None:
-        """Release the sequences a stream drove (its (model, version, sequence id)s): it ended."""
+        """Release the sequences a stream drove (its (model, version, sequence id)s): it ended.
+        `seen` is the stream's own record, the owner its requests carried: only the sequences whose
+        latest start it sent are released (batcher/sequence.py)."""
         for name, version, sid in seen:
             try:
                 served = self.resolve(name, version)
             except Exception:
                 continue  # gone or not ready: its sequences went with it
             if served.sequences is not None:
-                served.sequences.release(sid, "it was released when the stream that sent it ended")
+                served.sequences.release(sid, "it was released when the stream that started it ended", seen)
 
     def entries(self) -> Iterable[ModelEntry]:
         return list(self._models.values())

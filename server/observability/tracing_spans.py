@@ -93,13 +93,14 @@ class TracedPath(RequestPath):
         remaining_s: float | None,
         start_ns: int,
         named: ModelVersion | None = None,
+        owner: object | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         clock_ns = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
             self._rpc, self._parent, SpanKind.SERVER, start_time=clock_ns + start_ns
         )
         try:
-            job, response = super().start(request, remaining_s, start_ns, named)
+            job, response = super().start(request, remaining_s, start_ns, named, owner)
         except BaseException as exc:
             if span.is_recording():
                 self._end(span, request, None, clock_ns, exc)

@@ -47,6 +47,7 @@ class InferJob:
     shm: ShmTensors | None = None  # tensors in shared memory: the job holds their regions mapped
     classes: Mapping[str, int] | None = None  # classification extension: output -> class count
     outputs: Tensors | None = None  # as computed (before classification): a shadow compares them
+    owner: object | None = None  # the stream that sent it (its sequence's owner when it starts one)
 
     @classmethod
     def prepare(
@@ -118,7 +119,7 @@ class InferJob:
             return self._computed(outputs)
         if self.controls.sequence is not None:
             outputs = await sequence_outputs(
-                self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace
+                self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace, self.owner
             )
             return self._computed(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
@@ -182,6 +183,7 @@ class RequestPath:
         remaining_s: float | None,
         start_ns: int,
         named: ModelVersion | None = None,
+        owner: object | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         """Route and prepare a request, and answer it if that needs no waiting (see InferJob).
         `named`: `model_of(request)` in the same turn of the event loop, used as is when the request
@@ -194,6 +196,7 @@ class RequestPath:
             served = self._models.resolve(request.model_name, request.model_version, request)
         try:
             job = self._job_type.prepare(served, request, remaining_s, self.regions)
+            job.owner = owner
             response = job.answer_now()
         except Exception as exc:
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
@@ -246,7 +249,11 @@ class RequestPath:
         return response
 
     async def infer(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, claim: Claim | None = None
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        claim: Claim | None = None,
+        owner: object | None = None,
     ) -> pb.ModelInferResponse:
         """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim."""
         start_ns = time.perf_counter_ns()
@@ -256,7 +263,7 @@ class RequestPath:
             await demand.ready(request.model_name, remaining_s)
             if remaining_s is not None:
                 remaining_s -= time.monotonic() - waited
-        job, response = self.start(request, remaining_s, start_ns)
+        job, response = self.start(request, remaining_s, start_ns, owner=owner)
         if response is not None:
             return response
         job.claim = claim

@@ -33,12 +33,14 @@ async def sequence_outputs(
     inputs: Tensors,
     admission: Admission,
     trace: QueueTrace | None,
+    owner: object | None = None,
 ) -> Tensors:
-    """The request's outputs, run in its sequence's turn with the sequence's state."""
+    """The request's outputs, run in its sequence's turn with the sequence's state (`owner`: the
+    stream that sent it, if one did)."""
     sequences = served.sequences
     if sequences is None:  # retargeted to a version without sequence_batching
         check_sequence(served, sequence)
         raise AssertionError("unreachable")
     return await sequences.infer(
-        sequence.sid, inputs, admission, start=sequence.start, end=sequence.end, trace=trace
+        sequence.sid, inputs, admission, start=sequence.start, end=sequence.end, trace=trace, owner=owner
     )

@@ -202,7 +202,7 @@ class StreamSession:
         # Nothing earlier to wait for, and no lazy model to load first (its task waits for that).
         if (after is None or after.is_set()) and not self._path.needs_load(request):
             try:
-                job, now = self._path.start(request, self._left_s(), start_ns, served)
+                job, now = self._path.start(request, self._left_s(), start_ns, served, self._sequences)
             except Exception as exc:
                 self._send(_error(request, exc), done)
                 return None
@@ -241,7 +241,7 @@ class StreamSession:
         try:
             try:
                 if job is None:
-                    result = await self._path.infer(request, self._left_s(), claim)
+                    result = await self._path.infer(request, self._left_s(), claim, self._sequences)
                 else:
                     result = await self._path.finish(job, start_ns)
                 response = Response(infer_response=result)

@@ -269,6 +269,29 @@ def test_a_streams_sequences_are_released_when_it_ends(
     wait_until(released, "the stream's sequence to be released", timeout_s=30)
 
 
+def test_a_stream_releases_only_the_sequences_it_started(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    # Another client's stream naming a sequence (even in a request refused for its shape) released
+    # it when that stream ended: the sequence's owner lost its state.
+    assert step(stub, "accumulate", 520, 1.0, start=True)[0, 0] == 1  # started by a unary call
+    sent = [
+        request("accumulate", 520, np.ones((1, 5), np.float32)),  # refused: the wrong shape
+        request("accumulate", 520, np.ones((1, 4), np.float32)),  # continued: 2
+        request("accumulate", 521, np.ones((1, 4), np.float32), start=True),  # its own
+    ]
+    answers = list(stub.ModelStreamInfer(iter(sent)))  # half-closed: the stream ends
+    assert [bool(a.error_message) for a in answers].count(True) == 1
+
+    def own_released() -> bool:  # once the stream's own sequence is gone, its close has run
+        try:
+            step(stub, "accumulate", 521, 0.0)
+        except grpc.RpcError as err:
+            return "stream that started it ended" in err.details()
+        return False
+
+    wait_until(own_released, "the stream's own sequence to be released", timeout_s=30)
+    assert step(stub, "accumulate", 520, 1.0)[0, 0] == 3  # the unary caller's sequence goes on
+
+
 def test_sequence_parameters_are_refused_where_they_do_not_apply(
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:

@@ -292,3 +292,18 @@ async def test_a_string_state_counts_its_elements_bytes() -> None:
     assert (await sb.infer(1, text, adm()))["out"].tolist() == [[b"hello"]]
     with pytest.raises(SequenceLimitReached, match="max_sequence_state_bytes=10"):
         await sb.infer(1, {"x": np.array([[b"a long text"]], dtype=object)}, adm())
+
+
+async def test_only_the_owner_of_the_latest_start_may_release_with_an_owner() -> None:
+    # A stream that only continued a sequence, or whose start another stream's start took over
+    # from, released it when it ended (the hostile pass's hijack through one refused request).
+    sb, _, _, _ = make()
+    a, b = object(), object()
+    await sb.infer(1, x(1), adm(), start=True)  # a unary start: no owner
+    await sb.infer(1, x(1), adm(), owner=a)  # a stream continues it
+    assert not sb.release(1, "stream a ended", a) and sb.live == 1
+    await sb.infer(2, x(1), adm(), start=True, owner=a)
+    await sb.infer(2, x(1), adm(), start=True, owner=b)  # b restarts it: b's now
+    assert not sb.release(2, "stream a ended", a)
+    assert sb.release(2, "stream b ended", b) and sb.live == 1
+    assert sb.release(1, "released by the server")  # without an owner: always

@@ -31,7 +31,12 @@ class InstantPath:
         return False  # no lazy model (server/models/lazy.py)
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return None, pb.ModelInferResponse(id=request.id)
 
@@ -43,7 +48,12 @@ class HeldPath(InstantPath):
         self.release = asyncio.Event()
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return request, None
 
@@ -64,7 +74,12 @@ class OrderedPath(InstantPath):
         return self.model
 
     def start(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, start_ns: int, named: object = None
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         if int(request.id) % 2:
             return None, pb.ModelInferResponse(id=request.id)
@@ -75,7 +90,9 @@ class OrderedPath(InstantPath):
         await self.waiting[job.id].wait()
         return pb.ModelInferResponse(id=job.id)
 
-    async def infer(self, request: pb.ModelInferRequest, remaining_s: float | None, claim: object) -> Any:
+    async def infer(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, claim: object, owner: object = None
+    ) -> Any:
         job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
         return now if now is not None else await self.finish(job, 0)
 
