@@ -26,6 +26,13 @@ from server.protocol.shm_tensors import ShmTensors
 MAX_ELEMENTS = 2**40
 # Most dimensions one tensor may have: numpy 1.x describes 32 (2.x: 64).
 MAX_DIMS = 32
+# Elements decoded one by one in Python, on the event loop, per request: BYTES elements (~1 us
+# each in, as much again out) and typed `contents` values (~0.14 us each). One request of 5,000,000
+# empty strings held the loop for seconds and other callers' deadlines passed; these bounds keep a
+# request's decoding under ~0.3 s here. Tensors beyond them go in raw_input_contents (numbers) or
+# several requests (strings).
+MAX_BYTES_ELEMENTS = 262_144
+MAX_TYPED_ELEMENTS = 2_097_152
 
 
 def decode_inputs(
@@ -50,6 +57,7 @@ def decode_inputs(
     arrays: dict[str, Array] = {}
     string_errors: list[str] = []
     index = 0  # into raw_input_contents
+    strings = typed = 0  # elements decoded one by one so far (see MAX_BYTES_ELEMENTS)
     for tensor in request.inputs:
         name = tensor.name
         if name in arrays:
@@ -66,6 +74,20 @@ def decode_inputs(
             # Even with a zero dimension: numpy cannot describe such an array (and says so as an
             # error that would otherwise surface as INTERNAL).
             raise InvalidRequest(f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements")
+        count = prod(shape)
+        strings += count if dtype is datatypes.BYTES else 0
+        if strings > MAX_BYTES_ELEMENTS:  # before any of them is decoded
+            raise InvalidRequest(
+                f"input '{name}': the request holds {strings} BYTES elements so far; at most "
+                f"{MAX_BYTES_ELEMENTS} per request (each is decoded one by one: send more requests)"
+            )
+        is_typed = not raw and (shm is None or name not in shm.inputs) and dtype is not datatypes.BYTES
+        typed += count if is_typed else 0
+        if typed > MAX_TYPED_ELEMENTS:
+            raise InvalidRequest(
+                f"input '{name}': the request holds {typed} typed contents values so far; at most "
+                f"{MAX_TYPED_ELEMENTS} per request (send large tensors in raw_input_contents)"
+            )
         if shm is not None and name in shm.inputs:
             arrays[name] = shm.read(name, dtype, shape, private_shm)
         elif raw:
@@ -97,10 +119,13 @@ def _from_raw(
 ) -> Array:
     count = prod(shape)
     if dtype is datatypes.BYTES:
-        wrong_count = triton_text.string_count(name, model, data, count)
-        if wrong_count is not None:  # Triton's words; unpack_bytes' own text covers the rest
-            raise _StringCountMismatch(wrong_count)
-        return unpack_bytes(name, data, count).reshape(shape)
+        try:
+            return wire.unpack_bytes(data, count).reshape(shape)
+        except ValueError as exc:  # one walk when well formed; Triton's words for a wrong count
+            wrong_count = triton_text.string_count(name, model, data, count)
+            if wrong_count is not None:
+                raise _StringCountMismatch(wrong_count) from None
+            raise InvalidRequest(f"input '{name}': {exc}") from None
     expected = count * dtype.numpy.itemsize
     if len(data) != expected:
         detail = f"raw_input_contents[{index}] for shape {list(shape)} of {dtype.wire}"
