@@ -25,6 +25,7 @@ from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
+from server.models.versions import READY
 from server.observability.metrics import GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
@@ -259,7 +260,7 @@ async def serve(settings: ServerSettings) -> None:
     port = await _start_unless_stopped(server, stop_requested)
     if port is None:
         return
-    names = ", ".join(sorted(e.name for e in server.models.entries()))
+    names = _model_summary(server)
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
     if server.metrics_port:  # before the ready line: whoever waits for that has this one too
         print(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", flush=True)
@@ -291,3 +292,17 @@ async def _start_unless_stopped(server: SluicewayServer, stop_requested: asyncio
     await asyncio.gather(starting, return_exceptions=True)
     await server.stop()
     return None
+
+
+def _model_summary(server: SluicewayServer) -> str:
+    """The ready line's models: those serving, then those that failed and those not loaded by
+    design (lazy, or not asked for), each named: listing them all as served misled operators."""
+    entries = list(server.models.entries())
+    parts = [", ".join(sorted(e.name for e in entries if e.state == READY)) or "none ready"]
+    for label, chosen in (
+        ("failed to load", [e.name for e in entries if not e.ready_or_by_design]),
+        ("not loaded", [e.name for e in entries if e.state != READY and e.ready_or_by_design]),
+    ):
+        if chosen:
+            parts.append(f"{label}: {', '.join(sorted(chosen))}")
+    return "; ".join(parts)

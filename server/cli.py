@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings.exceptions import SettingsError
 
 from server.observability.logs import configure_logging
 from server.settings import ServerSettings
@@ -95,6 +96,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(**overrides)
 
 
+def _unusable_paths(settings: ServerSettings) -> str | None:
+    """The first path setting this machine cannot use, named ("'field': why"), else None."""
+    repo, cache = settings.model_repository, settings.cache_dir
+    if repo is not None and not repo.is_dir():
+        return f"'model_repository': {repo} " + ("is not a directory" if repo.exists() else "does not exist")
+    if cache.exists() and not cache.is_dir():
+        return f"'cache_dir': {cache} is not a directory"
+    return None
+
+
 def _demo_repository(settings: ServerSettings) -> Path:
     from server.models.demo import build_demo_repository
 
@@ -133,6 +144,13 @@ def _main(argv: Sequence[str] | None) -> int:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
             print(f"sluiceway: invalid setting '{field}': {error['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a SLUICEWAY_* list that is not JSON, say
+        print(f'sluiceway: invalid setting: {exc} (lists take JSON, e.g. \'["a", "b"]\')', file=sys.stderr)
+        return 2
+    problem = _unusable_paths(settings)  # here, not in the settings: those also check manifests
+    if problem is not None:
+        print(f"sluiceway: invalid setting {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)  # text, or JSON lines
     if args.command == "build-demo":

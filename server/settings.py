@@ -176,6 +176,17 @@ class ServerSettings(BaseSettings):
     # Server reflection (grpcurl, grpcui); with auth on it needs a token, like inference RPCs.
     reflection: bool = True
 
+    @field_validator("execution_providers", mode="after")
+    @classmethod
+    def _providers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        import onnxruntime  # here: only the server's settings need it, not every import of this module
+
+        known = set(onnxruntime.get_all_providers())  # every name onnxruntime knows, built in or not
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"{unknown}: not onnxruntime execution providers (e.g. CPUExecutionProvider)")
+        return names
+
     @field_validator("grpc_server_args", mode="after")
     @classmethod
     def _grpc_args(cls, text: str) -> str:

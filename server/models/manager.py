@@ -227,7 +227,10 @@ class ModelManager:
         except Exception as exc:  # one bad model never stops the others
             known = (ConfigError, RepositoryError, BackendLoadError, OSError)
             reason = str(exc) if isinstance(exc, known) else repr(exc)
-            log.exception("model %s failed to load", source.name)
+            if isinstance(exc, known):  # the reason says it all: one line, no traceback
+                log.error("model %s failed to load: %s", source.name, reason)
+            else:
+                log.exception("model %s failed to load", source.name)
             if old is not None and old.state == READY:
                 # A failed reload keeps the versions that were serving; the index says why.
                 self.note_failed_reload(source.name, reason)

@@ -25,6 +25,8 @@ def broken_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "config.pbtxt").write_text(BROKEN_CONFIG)
+    (repo / "corrupt" / "1").mkdir(parents=True)
+    (repo / "corrupt" / "1" / "model.onnx").write_bytes(b"")  # parses as a config, fails as a model
     return repo
 
 
@@ -54,4 +56,8 @@ def test_a_server_says_a_load_error_once(broken_repo: Path) -> None:
                 stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="absent"), timeout=30)
             assert caught.value.code() == grpc.StatusCode.NOT_FOUND
             assert caught.value.details() == NOT_THERE
-        assert server.output().count("Couldn't parse integer: nonsense") == 1, server.output()
+        out = server.output()
+        assert out.count("Couldn't parse integer: nonsense") == 1, out
+        # The ready line names the failures (it listed them as models); each is one log line.
+        assert "(models: none ready; failed to load: broken, corrupt)" in out
+        assert "Traceback" not in out and out.count("corrupt") >= 2

@@ -248,6 +248,9 @@ def test_explicit_mode_a_broken_model_not_asked_for_leaves_the_server_ready(
     with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
         [(_, state, reason)] = index(server.address)["typo"]
         assert state == "UNAVAILABLE" and "max_batch_sise" in reason  # listed, with why
+        # The ready line lists what serves, then the rest by kind (it listed all three as models).
+        assert "(models: mlp; not loaded: extra, typo)" in server.output()
+        assert not any("Traceback" in line for line in server.lines)  # one line per bad model
         assert client.server_ready()  # as a model not asked for, broken or not (it was false)
         with pytest.raises(InvalidArgument, match="max_batch_sise"):
             client.load_model("typo")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
+from pydantic import ValidationError
 
 import server.app
 import server.cli
@@ -40,11 +41,11 @@ def test_environment_variables_set_settings(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SLUICEWAY_MAX_QUEUE_SIZE", "7")
     monkeypatch.setenv("SLUICEWAY_STREAM_MAX_IN_FLIGHT", "3")
     monkeypatch.setenv("SLUICEWAY_IDLE_DISPATCH", "true")
-    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["A", "B"]')
+    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
     got = settings()
     assert got.max_queue_size == 7 and got.stream_max_in_flight == 3
     assert got.idle_dispatch is True
-    assert got.execution_providers == ("A", "B")
+    assert got.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert got.port == 8001  # untouched settings keep their defaults
 
 
@@ -52,7 +53,7 @@ def test_flags_win_over_environment_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SLUICEWAY_MAX_QUEUE_SIZE", "7")
     monkeypatch.setenv("SLUICEWAY_PORT", "9001")
     monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "DEBUG")
-    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["A", "B"]')
+    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
     monkeypatch.setenv("SLUICEWAY_WORKERS", "4")
     monkeypatch.setenv("SLUICEWAY_STREAM_MAX_IN_FLIGHT", "3")
     monkeypatch.setenv("SLUICEWAY_MAX_CONCURRENT_RPCS", "10")
@@ -60,13 +61,14 @@ def test_flags_win_over_environment_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SLUICEWAY_ALLOW_SPINNING", "true")
     got = settings(
         "--max-queue-size", "9", "--port", "0", "--log-level", "ERROR",
-        "--execution-providers", "X, Y", "--workers", "2", "--stream-max-in-flight", "2",
+        "--execution-providers", "TensorrtExecutionProvider, CPUExecutionProvider",
+        "--workers", "2", "--stream-max-in-flight", "2",
         "--max-concurrent-rpcs", "20", "--shutdown-grace-s", "0.5", "--no-allow-spinning",
     )  # fmt: skip
     assert got.max_queue_size == 9
     assert got.port == 0  # a flag of 0 (falsy) still wins
     assert got.log_level == "ERROR"
-    assert got.execution_providers == ("X", "Y")
+    assert got.execution_providers == ("TensorrtExecutionProvider", "CPUExecutionProvider")
     assert got.workers == 2
     assert got.stream_max_in_flight == 2 and got.max_concurrent_rpcs == 20
     assert got.shutdown_grace_s == 0.5 and got.allow_spinning is False
@@ -106,3 +108,9 @@ def test_a_bad_value_exits_2_naming_the_field(
         monkeypatch.setenv(name, value)
     assert main(["serve", *flags]) == 2
     assert f"invalid setting '{field}'" in capsys.readouterr().err
+
+
+def test_an_unknown_execution_provider_is_a_setting_error() -> None:
+    # A typo was accepted, and the warning blamed a model's config.pbtxt for it.
+    with pytest.raises(ValidationError, match=r"\['FooProvider'\]: not onnxruntime execution providers"):
+        settings("--execution-providers", "FooProvider, CPUExecutionProvider")
