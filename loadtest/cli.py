@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return realtime_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the run, not after
+        print(f"sluiceway-loadtest: --out {args.out} is not a folder", file=sys.stderr)
+        return 2
     try:
         results = run(args)
     except ValueError as exc:

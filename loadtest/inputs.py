@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import grpc
 import numpy as np
 
 from clients.tensors import DTYPE_BY_WIRE, build_request, set_timeout
@@ -30,12 +31,20 @@ def fetch_metadata(
     """The target model's inputs; waits up to timeout_s for the server to answer."""
     with channels.channel(target.address, security) as opened:
         stub = pb_grpc.GRPCInferenceServiceStub(opened)  # type: ignore[no-untyped-call]
-        response: pb.ModelMetadataResponse = stub.ModelMetadata(
-            pb.ModelMetadataRequest(name=target.model),
-            timeout=timeout_s,
-            wait_for_ready=True,
-            metadata=channels.metadata(security),
-        )
+        try:
+            response: pb.ModelMetadataResponse = stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=target.model),
+                timeout=timeout_s,
+                wait_for_ready=True,
+                metadata=channels.metadata(security),
+            )
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # wait_for_ready: never connected
+                raise ValueError(
+                    f"target {target.address}: no answer within {timeout_s:g} s (is a server listening "
+                    "there?)"
+                ) from None
+            raise
         return response
 
 
@@ -129,7 +138,10 @@ def load_files(metadata: pb.ModelMetadataResponse, files: Mapping[str, str], bat
         if name not in by_name:
             raise ValueError(f"--input {name}: the model has no such input (inputs: {sorted(by_name)})")
         tensor = by_name[name]
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--input {name}: cannot read {path}: {err}") from None
         if array.ndim == len(tensor.shape) - 1 and tensor.shape and tensor.shape[0] == -1:
             array = np.repeat(array[np.newaxis], batch_size, axis=0)
         if tensor.datatype != "BYTES":

@@ -93,7 +93,7 @@ def parse_config(text: str, source: str) -> mc.ModelConfig:
 def load_config_file(path: Path) -> mc.ModelConfig:
     """Read and parse one config.pbtxt."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not text
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
     return parse_config(text, str(path))

@@ -44,7 +44,12 @@ class InputSpec:
 
 def input_specs(model_path: Path) -> list[InputSpec]:
     """The graph's real inputs (initializers listed as inputs are left out)."""
-    model = onnx.load(str(model_path), load_external_data=False)
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError, OSError, ...: all mean "not a model"
+        raise OptimizeError(f"{model_path}: not a readable ONNX model: {err}") from None
+    if not model.graph.node and not model.graph.input:  # a zero-byte file parses as an empty model
+        raise OptimizeError(f"{model_path}: not an ONNX model (an empty graph: is the file empty?)")
     initializers = {init.name for init in model.graph.initializer}
     specs = []
     for value in model.graph.input:

@@ -390,3 +390,10 @@ def test_default_model_filename_is_a_name_in_the_version_directory(name: str) ->
     with pytest.raises(ConfigError, match=r"default_model_filename .* must be a file name in the version"):
         validate_config(config, "cfg")
     validate_config(mc.ModelConfig(name="m", default_model_filename="weights.onnx"), "cfg")
+
+
+def test_a_byte_order_mark_before_the_config_is_not_an_error(tmp_path: Path) -> None:
+    # Some editors write one; it was "Expected identifier or number, got \ufeff" at 1:1.
+    path = tmp_path / "config.pbtxt"
+    path.write_bytes("\ufeffmax_batch_size: 8\n".encode())
+    assert load_config_file(path).max_batch_size == 8

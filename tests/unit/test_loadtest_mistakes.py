@@ -1,0 +1,39 @@
+"""A careless operator's loadtest mistakes, each said in one line before any load is sent: an
+input file that is not there, an --out that is a file, a target where nothing listens."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from loadtest.cli import main
+from loadtest.inputs import fetch_metadata, load_files
+from loadtest.scenario import parse_target
+from protos import grpc_service_pb2 as pb
+
+
+def test_a_missing_input_file_is_named(tmp_path: Path) -> None:
+    metadata = pb.ModelMetadataResponse(name="m")
+    metadata.inputs.add(name="features", datatype="FP32", shape=[-1, 4])
+    with pytest.raises(ValueError, match=r"--input features: cannot read .*missing\.npy"):
+        load_files(metadata, {"features": str(tmp_path / "missing.npy")}, 1)
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The whole run happened, then a FileExistsError traceback lost its results.
+    out = tmp_path / "afile"
+    out.write_text("x")
+    assert main(["--target", "127.0.0.1:1", "--model", "m", "--out", str(out), "--quiet"]) == 2
+    assert f"--out {out} is not a folder" in capsys.readouterr().err
+
+
+def test_a_target_where_nothing_listens_says_so() -> None:
+    with socket.socket() as free:  # a port nothing listens on: bound, never listened, then closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(ValueError, match=r"no answer within 0.5 s \(is a server listening there\?\)"):
+        fetch_metadata(parse_target(f"127.0.0.1:{port}", "m"), timeout_s=0.5)
