@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import grpc
 import onnxruntime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import admin_pb2 as apb
@@ -31,6 +30,7 @@ from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
+from server.protocol.health import LimitedHealth
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
@@ -87,7 +87,6 @@ class SluicewayServer:
         self.port = 0
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._health = health_aio.HealthServicer()
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -117,6 +116,7 @@ class SluicewayServer:
                 settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
             )
         )
+        self._health = LimitedHealth(self.calls)  # Watch streams count as streams
         costs = Costs(settings.cost_per_core_hour, settings.cost_per_gpu_hour)
         self.metrics = Metrics(
             MetricViews(self.models, lambda: self.calls.open_streams, costs), settings.metrics

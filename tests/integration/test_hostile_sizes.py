@@ -5,6 +5,7 @@ does not serve. With grpc's stubs and tritonclient."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import grpc
@@ -114,3 +115,29 @@ def test_unload_serves_tritonclients_parameter_and_refuses_the_rest(server: Serv
     assert not client.is_model_ready("mlp")
     client.load_model("mlp")
     assert client.is_model_ready("mlp")
+
+
+async def test_health_watch_streams_count_as_streams_and_leave_room_for_calls() -> None:
+    # 70 Watch streams on a server allowing 64 concurrent RPCs refused every other call
+    # ("Concurrent RPC limit exceeded"): they now count against max_streams (8 here).
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    args = ("--max-concurrent-rpcs", "16", "--max-streams", "8", "--max-streams-per-connection", "100")
+    with ServerProcess(*args) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(12)]
+            # Each watch that is admitted says where the server stands at once; the rest are refused.
+            outcomes = await asyncio.gather(*(w.read() for w in watches), return_exceptions=True)
+            served = [o for o in outcomes if isinstance(o, health_pb2.HealthCheckResponse)]
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            assert len(served) == 8 and {r.status for r in served} == {health_pb2.HealthCheckResponse.SERVING}
+            assert len(refused) == 4, outcomes
+            for err in refused:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams=8" in err.details()
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(20):  # more than max_concurrent_rpcs, one at a time: all find room
+                assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)).live
+            for watch in watches:
+                watch.cancel()
+        assert server.terminate() == 0  # a drain ends the watches it counted

@@ -1,0 +1,44 @@
+"""grpc's health service with its Watch streams counted as streams.
+
+A Watch stream stays open as long as its client wants, and grpc.aio counts it against
+`max_concurrent_rpcs` like any call: 70 of them on a server allowing 64 concurrent RPCs refused
+every ModelInfer, ServerLive and health Check ("Concurrent RPC limit exceeded"). Counted by the
+stream limits (`max_streams`, per connection, per peer), which stay below `max_concurrent_rpcs`,
+they cannot take the room unary calls need; a drain ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from server.errors import StreamLimitReached, for_caller
+from server.protocol.calls import CallTracker
+
+
+class _Watch:
+    """One Watch stream, as the tracker's drain sees it: ending it cancels its handler."""
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+
+    def finish(self, why: str = "drain") -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
+    def __init__(self, calls: CallTracker) -> None:
+        super().__init__()
+        self._calls = calls
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        try:
+            with self._calls.stream(context.peer(), _Watch()):
+                await super().Watch(request, context)
+        except StreamLimitReached as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, for_caller(str(exc)))
