@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 import onnxruntime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
@@ -30,11 +30,11 @@ from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
-from server.protocol.health import LimitedHealth
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
 from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.side_streams import LimitedHealth, LimitedReflection
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
 from server.settings import ServerSettings, parse_grpc_args
@@ -156,18 +156,18 @@ class SluicewayServer:
         add_service(apb.DESCRIPTOR.services_by_name["Admin"], AdminServicer(self.models), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (
-                    SERVICE_NAME,
-                    ADMIN_SERVICE,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                self._grpc,
-                # Ours are in a private pool, grpc's in the default one: one pool with both.
-                pool=reflection_pool(
-                    pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR
-                ),
+            names = (
+                SERVICE_NAME,
+                ADMIN_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            # Ours are in a private pool, grpc's in the default one: one pool with both.
+            descriptors = (pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+            pool = reflection_pool(*descriptors)
+            # Its streams count as streams (server/protocol/side_streams.py).
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                LimitedReflection(names, pool, self.calls), self._grpc
             )
 
     def _repository(self) -> Path:

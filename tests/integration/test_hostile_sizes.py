@@ -117,10 +117,11 @@ def test_unload_serves_tritonclients_parameter_and_refuses_the_rest(server: Serv
     assert client.is_model_ready("mlp")
 
 
-async def test_health_watch_streams_count_as_streams_and_leave_room_for_calls() -> None:
+async def test_watch_and_reflection_streams_count_as_streams_and_leave_room_for_calls() -> None:
     # 70 Watch streams on a server allowing 64 concurrent RPCs refused every other call
     # ("Concurrent RPC limit exceeded"): they now count against max_streams (8 here).
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     args = ("--max-concurrent-rpcs", "16", "--max-streams", "8", "--max-streams-per-connection", "100")
     with ServerProcess(*args) as server:
@@ -135,6 +136,12 @@ async def test_health_watch_streams_count_as_streams_and_leave_room_for_calls() 
             assert len(refused) == 4, outcomes
             for err in refused:
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams=8" in err.details()
+            # Reflection streams count too: with every stream slot taken, one more is refused.
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+            await reflect.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await reflect.read()
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             for _ in range(20):  # more than max_concurrent_rpcs, one at a time: all find room
                 assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)).live
