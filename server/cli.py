@@ -103,6 +103,12 @@ def _unusable_paths(settings: ServerSettings) -> str | None:
         return f"'model_repository': {repo} " + ("is not a directory" if repo.exists() else "does not exist")
     if cache.exists() and not cache.is_dir():
         return f"'cache_dir': {cache} is not a directory"
+    samples = settings.sample_dir
+    if samples is not None:  # found at the first write otherwise, and those samples were lost
+        try:
+            samples.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return f"'sample_dir': {samples}: {err.strerror or err}"
     return None
 
 

@@ -135,7 +135,11 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "the onnxruntime backend's keys and sluiceway's own; identity: `execute_delay_ms`, "
         "`instance_wise_delay_multiplier`, `creation_delay_sec` (others warned, as Triton ignores them)",
     ),
-    "model_warmup": ("honoured", "run on every instance before it is ready"),
+    "model_warmup": (
+        "honoured",
+        "run on every instance before it is ready; a sample naming an unknown input, leaving one "
+        "out, or past max_batch_size is a load error naming the sample",
+    ),
     "model_operations": ("refused", "loading native custom-op libraries is not supported"),
     "model_transaction_policy": ("honoured", "decoupled false only"),
     "model_transaction_policy.decoupled": ("refused", "one response per request only"),

@@ -8,6 +8,7 @@ Scanning reads configs and lists files; it loads no model. One bad model never s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from protos import model_config_pb2 as mc
 from server import triton_text
 from server.models.config import IDENTITY, ConfigError, load_config_file, validate_config
 from server.models.ensemble_config import ENSEMBLE_PLATFORM
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "config.pbtxt"
 DEFAULT_MODEL_FILENAME = "model.onnx"
@@ -101,6 +104,9 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     else:
         source = str(directory)
         config = mc.ModelConfig()
+        for near in sorted(p.name for p in directory.iterdir() if p.name.lower() == CONFIG_FILENAME):
+            log.warning("%s: %s is not %s (names are case-sensitive): completed from the graph alone",
+                        directory, near, CONFIG_FILENAME)  # fmt: skip
     if config.name and config.name != name:
         raise ConfigError(f"{source}: name '{config.name}' differs from the directory name '{name}'")
     config.name = name

@@ -24,6 +24,7 @@ async def warm_up(config: mc.ModelConfig, backends: Sequence[Backend], directory
     await build_engines(config, backends)
     rng = np.random.default_rng(0)
     for sample in config.model_warmup:
+        check_sample(config, sample)
         inputs: dict[str, Array] = {}
         for name, spec in sample.inputs.items():
             dtype = datatypes.BY_CONFIG[spec.data_type]
@@ -35,6 +36,24 @@ async def warm_up(config: mc.ModelConfig, backends: Sequence[Backend], directory
             for _ in range(max(sample.count, 1)):
                 await backend.run(inputs)
         log.info("model %s: warm-up sample '%s' ran", config.name, sample.name)
+
+
+def check_sample(config: mc.ModelConfig, sample: mc.ModelWarmup) -> None:
+    """ValueError naming the sample's field when it cannot run: onnxruntime's own words (a feed
+    "missing" an input) named no config field."""
+    names = {i.name for i in config.input if not i.optional}
+    unknown = sorted(set(sample.inputs) - {i.name for i in config.input})
+    if unknown:
+        known = sorted(i.name for i in config.input)
+        raise ValueError(f"sample '{sample.name}': inputs {unknown} are not inputs of the model ({known})")
+    missing = sorted(names - set(sample.inputs))
+    if missing:
+        raise ValueError(f"sample '{sample.name}': inputs {missing} of the model are not given")
+    if 0 < config.max_batch_size < sample.batch_size:
+        raise ValueError(
+            f"sample '{sample.name}': batch_size {sample.batch_size} is past max_batch_size "
+            f"{config.max_batch_size}"
+        )
 
 
 async def build_engines(config: mc.ModelConfig, backends: Sequence[Backend]) -> None:

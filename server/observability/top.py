@@ -10,6 +10,7 @@ since the previous one, so the first table needs two samples `--interval` apart.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -203,8 +204,9 @@ def run_top(args: argparse.Namespace) -> int:
                 time.sleep(interval)
                 before, after = after, sample()
                 live.update(render(rows(before, after), after.metrics_error))
-    except grpc.RpcError as exc:
-        print(f"sluiceway top: {args.target}: {exc}")
+    except grpc.RpcError as exc:  # its code and details, not grpc's whole debug string
+        code, details = exc.code(), exc.details()
+        print(f"sluiceway top: {args.target}: {code.name if code else 'error'}: {details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,15 @@ def test_model_onnx_directory_with_external_data(tmp_path: Path) -> None:
 def test_missing_root_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot list"):
         scan_repository(tmp_path / "nope")
+
+
+def test_a_config_file_named_in_another_case_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `Config.pbtxt` was ignored without a word: the model served as its graph alone says.
+    _model(tmp_path, "m")
+    (tmp_path / "m" / "Config.pbtxt").write_text("max_batch_size: 8\n")
+    with caplog.at_level(logging.WARNING):
+        source = load_model_source(tmp_path, "m")
+    assert source.config.max_batch_size == 0  # not read, as in Triton (names are case-sensitive)
+    assert "Config.pbtxt is not config.pbtxt (names are case-sensitive)" in caplog.text

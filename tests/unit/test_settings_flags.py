@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -114,3 +115,16 @@ def test_an_unknown_execution_provider_is_a_setting_error() -> None:
     # A typo was accepted, and the warning blamed a model's config.pbtxt for it.
     with pytest.raises(ValidationError, match=r"\['FooProvider'\]: not onnxruntime execution providers"):
         settings("--execution-providers", "FooProvider, CPUExecutionProvider")
+
+
+@pytest.mark.parametrize("setting", ["--model-repository", "--cache-dir", "--sample-dir"])
+def test_a_path_setting_this_machine_cannot_use_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str
+) -> None:
+    # Each ended in a traceback (or, for the sample folder, in lost samples at the first write).
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    value = {"--model-repository": tmp_path / "missing", "--sample-dir": afile / "x"}.get(setting, afile)
+    assert main(["serve", "--port", "0", setting, str(value)]) == 2
+    field = setting.removeprefix("--").replace("-", "_")
+    assert f"sluiceway: invalid setting '{field}': {value}" in capsys.readouterr().err

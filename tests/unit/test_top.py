@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import socket
+
+import pytest
 from rich.console import Console
 
-from server.observability.top import Sample, add_metrics, percentile, render, rows
+from server.observability.top import Sample, add_metrics, percentile, render, rows, run_top
 
 METRICS = """\
 # TYPE sluiceway_request_duration_us histogram
@@ -48,3 +52,15 @@ def test_rows_from_statistics_and_metrics() -> None:
     console.print(render([row]))
     text = console.export_text()
     assert "mlp" in text and "100.0" in text and "8.00" in text
+
+
+def test_a_server_that_is_not_there_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # grpc's whole debug string (`<_InactiveRpcError ... debug_error_string ...>`) was printed.
+    with socket.socket() as free:  # bound, never listened to, closed: nothing answers there
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = argparse.Namespace(target=f"127.0.0.1:{port}", metrics_url=None, interval=0.1, once=True)
+    assert run_top(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"sluiceway top: 127.0.0.1:{port}: UNAVAILABLE: ")
+    assert "debug_error_string" not in err
