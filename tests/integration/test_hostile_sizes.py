@@ -138,8 +138,8 @@ async def test_watch_and_reflection_streams_count_as_streams_and_leave_room_for_
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams=8" in err.details()
             # Reflection streams count too: with every stream slot taken, one more is refused.
             reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
-            await reflect.write(reflection_pb2.ServerReflectionRequest(list_services=""))
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # refused before or after the write
+                await reflect.write(reflection_pb2.ServerReflectionRequest(list_services=""))
                 await reflect.read()
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
