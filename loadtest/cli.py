@@ -274,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for entry in results["results"]:  # the summary table stays on stdout even with --quiet
         print(step_line(entry))
+    for entry in results["results"]:  # why requests failed: the first message of each status
+        for code, message in entry.get("error_messages", {}).items():
+            where = f"{entry['target']} {entry['step']['label']}"
+            print(f"{where}: {code} x{entry['errors'][code]}, e.g. {message}", file=sys.stderr)
     if args.out:
         from loadtest.report import write_all
 

@@ -60,6 +60,7 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
         "requests": counts.scheduled,
         "ok": counts.ok,
         "errors": counts.errors,
+        "error_messages": {code: counts.messages[code] for code in counts.errors if code in counts.messages},
         "latency_us": latency,
         # Successes after the deadline (from the scheduled time); should be 0 under a deadline.
         "late_ok": counts.ok_in_window - counts.good_in_window,

@@ -19,6 +19,7 @@ HIGHEST_US = 3_600_000_000
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 OK = "OK"
+MESSAGE_CHARS = 300  # of an error status's first message, kept per status
 
 
 def new_histogram() -> HdrHistogram:
@@ -43,6 +44,9 @@ class Counts:
     # Error answers from the server (a status, not a client-side outcome): us from the moment the
     # request was sent, so a server that sheds load shows how fast it says no.
     reject_histogram: bytes = b""
+    # The first message seen with each error status (the server's details): the count alone
+    # ("INVALID_ARGUMENT: 688") left an operator guessing why.
+    messages: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> int:
@@ -67,6 +71,7 @@ class Recorder:
         self.ok_in_window = 0
         self.good_in_window = 0
         self.issued = 0
+        self.messages: dict[str, str] = {}
 
     def measured(self, scheduled: float) -> bool:
         return self.begin <= scheduled < self.end
@@ -76,7 +81,9 @@ class Recorder:
         if self.measured(scheduled):
             self.lag.record_value(min(HIGHEST_US, max(LOWEST_US, round((now - scheduled) * 1e6))))
 
-    def record(self, scheduled: float, done: float, code: str, sent: float | None = None) -> None:
+    def record(
+        self, scheduled: float, done: float, code: str, sent: float | None = None, message: str = ""
+    ) -> None:
         """One request that was scheduled at `scheduled` ended at `done` with status `code`.
 
         `sent`: when it went out, for server error answers (their time to reject); None when the
@@ -87,6 +94,8 @@ class Recorder:
             self.ok_in_window += 1
             if self.deadline_s is None or latency <= self.deadline_s:
                 self.good_in_window += 1
+        if message and code != OK and code not in self.messages:
+            self.messages[code] = message[:MESSAGE_CHARS]
         if not self.measured(scheduled):
             return
         self.scheduled += 1
@@ -106,6 +115,7 @@ class Recorder:
             histogram=_encode(self.histogram),
             lag_histogram=_encode(self.lag),
             reject_histogram=_encode(self.rejects),
+            messages=dict(self.messages),
         )
 
 
@@ -121,8 +131,11 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
     """Sum of counters, CPU and histograms (re-encoded) over workers, rounds or both."""
     parts = list(parts)
     outcomes: Counter[str] = Counter()
+    messages: dict[str, str] = {}
     for part in parts:
         outcomes.update(part.outcomes)
+        for code, message in part.messages.items():
+            messages.setdefault(code, message)
     histogram = merge_histograms(part.histogram for part in parts)
     lag = merge_histograms(part.lag_histogram for part in parts)
     rejects = merge_histograms(part.reject_histogram for part in parts)
@@ -135,6 +148,7 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
         histogram=_encode(histogram),
         lag_histogram=_encode(lag),
         reject_histogram=_encode(rejects),
+        messages=messages,
     )
 
 

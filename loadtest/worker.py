@@ -126,15 +126,16 @@ class _Unary:
         sent = time.monotonic()
         if plan.mode != "closed":  # a closed loop sends the moment it schedules: no lag to record
             recorder.sending(scheduled, sent)
+        message = ""
         try:
             answer = await self.infer(payload, timeout=timeout, metadata=self.metadata)
             code = OK if self.checked or self._looks_right(answer) else BAD_RESPONSE
         except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
+            code, message = exc.code().name, exc.details() or ""
         except asyncio.CancelledError:
             recorder.record(scheduled, time.monotonic(), NO_ANSWER)
             raise
-        recorder.record(scheduled, time.monotonic(), code, sent)
+        recorder.record(scheduled, time.monotonic(), code, sent, message)
 
     def _looks_right(self, answer: bytes) -> bool:
         self.checked = bool(pb.ModelInferResponse.FromString(answer).outputs)
@@ -226,7 +227,7 @@ async def _one_stream(
             space.release()
             match = _STREAM_STATUS.match(answer.error_message)
             code = OK if not answer.error_message else match.group(1) if match else "STREAM_ERROR"
-            recorder.record(scheduled, time.monotonic(), code)
+            recorder.record(scheduled, time.monotonic(), code, message=answer.error_message)
 
     async def send_then_wait() -> None:
         scheduled, k = plan.start_at + offset, 0

@@ -26,7 +26,7 @@ SHORT = ["--duration-s", "1", "--warmup-s", "0.3", "--quiet"]
 ENTRY_KEYS = {
     "step", "target", "rounds", "duration_s", "offered_rps", "throughput_rps", "throughput_ips",
     "goodput_rps", "requests", "ok", "errors", "latency_us", "client_lag_us", "server", "client_cpu",
-    "cdf", "ratios", "throughput_per_round",
+    "cdf", "ratios", "throughput_per_round", "error_messages",
 }  # fmt: skip
 
 
@@ -109,6 +109,19 @@ def test_tight_deadline_is_counted_by_status_code(server: ServerProcess, tmp_pat
     assert sum(entry["errors"].values()) + entry["ok"] == entry["requests"]
     assert set(entry["errors"]) <= {"DEADLINE_EXCEEDED", "CLIENT_LATE"}
     assert entry["goodput_rps"] == 0
+
+
+def test_refusals_come_with_the_servers_message(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Counts by status alone ("INVALID_ARGUMENT: 688") left an operator guessing why.
+    results = run(tmp_path, "--target", server.address, "--concurrency", "1", "--batch-size", "200")
+    (entry,) = results["results"]
+    assert entry["ok"] == 0 and set(entry["errors"]) == {"INVALID_ARGUMENT"}
+    message = entry["error_messages"]["INVALID_ARGUMENT"]
+    assert "batch-size must be <= 128" in message
+    said = f"INVALID_ARGUMENT x{entry['errors']['INVALID_ARGUMENT']}, e.g. {message}"
+    assert said in capsys.readouterr().err
 
 
 def test_streaming_video_frames(server: ServerProcess, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from loadtest.results import summarize
 from loadtest.runner import RunRecord, ServerTotals, plan_step
 from loadtest.scenario import Scenario, Step, Target, parse_target, parse_targets, split_evenly
 from loadtest.stats import (
+    MESSAGE_CHARS,
+    OK,
     Counts,
     Recorder,
     cdf_points,
@@ -179,3 +181,16 @@ def test_target_parsing() -> None:
     with pytest.raises(ValueError, match="distinct"):
         parse_targets("a=127.0.0.1:1,a=127.0.0.1:2", "mlp")
     assert split_evenly(5, 2) == [3, 2] and split_evenly(1, 4) == [1]
+
+
+def test_the_first_message_of_each_error_status_is_kept_and_merged() -> None:
+    a, b = Recorder((0.0, 10.0), None), Recorder((0.0, 10.0), None)
+    a.record(1.0, 1.1, "INVALID_ARGUMENT", 1.0, "batch-size must be <= 8")
+    a.record(2.0, 2.1, "INVALID_ARGUMENT", 2.0, "another")
+    a.record(3.0, 3.1, OK, 3.0, "")
+    b.record(1.0, 1.1, "UNAVAILABLE", 1.0, "x" * 1000)
+    b.record(1.5, 1.6, "INVALID_ARGUMENT", 1.5, "from b")
+    merged = merge_counts([a.counts(0.0), b.counts(0.0)])
+    assert merged.messages["INVALID_ARGUMENT"] == "batch-size must be <= 8"  # the first, a's
+    assert merged.messages["UNAVAILABLE"] == "x" * MESSAGE_CHARS and OK not in merged.messages
+    assert merged.errors == {"INVALID_ARGUMENT": 3, "UNAVAILABLE": 1}
