@@ -60,15 +60,14 @@ class RepositoryControl:
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
-        chosen = set(sources) | set(errors)
-        if self._mode == "explicit" and "*" not in self._settings.load_model:
-            chosen = set(self._settings.load_model)
+        explicit = self._mode == "explicit" and "*" not in self._settings.load_model
+        chosen = set(self._settings.load_model) if explicit else set(sources) | set(errors)
         for name, reason in errors.items():
             log.error("model %s not loaded: %s", name, reason)
             # One explicit mode was not asked to load does not make the server unready, broken or not.
             entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
             self._manager.put_entry(entry)
-        if self._mode == "explicit" and "*" not in self._settings.load_model:
+        if explicit:
             for name in sorted(chosen - set(sources) - set(errors)):
                 log.error("--load-model %s: no such model in %s", name, self._root)
                 reason = f"--load-model names '{name}', which is not in the repository"

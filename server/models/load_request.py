@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import InvalidRequest
+from server.models.versions import MAX_VERSION_DIGITS
 
 CONFIG = "config"
 FILE_PREFIX = "file:"
@@ -105,11 +106,11 @@ def _file_path(key: str) -> PurePosixPath:
             f"'..', '.' parts, '\\\\' or NUL, at most {MAX_PATH_PARTS} parts of at most "
             f"{MAX_PART_BYTES} bytes each)"
         )
-    if (
-        not parts[0].isascii() or not parts[0].isdigit() or parts[0].startswith("0") or len(parts[0]) > 19
-    ):  # int64
+    version = parts[0]
+    is_number = version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS
+    if not is_number or version[0] == "0":
         raise InvalidRequest(
-            f"parameters['{shown}']: '{parts[0][:20]}' is not a version directory (1, 2, ...)"
+            f"parameters['{shown}']: '{version[:20]}' is not a version directory (1, 2, ...)"
         )
     return path
 

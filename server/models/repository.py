@@ -38,11 +38,7 @@ class ModelSource:
     # only the versions the version_policy selects
     versions: dict[int, Path]
     # Where `config` came from, for errors: the config.pbtxt, or RepositoryModelLoad's `config`.
-    config_source: str = ""
-
-    @property
-    def where(self) -> str:
-        return self.config_source or str(self.directory / CONFIG_FILENAME)
+    where: str
 
 
 def _is_valid_name(name: str) -> bool:
@@ -129,7 +125,7 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
             raise ConfigError(f"{directory}: version {version} has no model file {filename}")
         versions[version] = model_file
     where = source if override is not None else str(config_path)
-    return ModelSource(name=name, directory=directory, config=config, versions=versions, config_source=where)
+    return ModelSource(name=name, directory=directory, config=config, versions=versions, where=where)
 
 
 def scan_repository(root: Path) -> tuple[dict[str, ModelSource], dict[str, str]]:

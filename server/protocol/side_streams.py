@@ -13,16 +13,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server.errors import StreamLimitReached, for_caller
+from server.errors import StreamLimitReached
+from server.protocol.answers import abort_with
 from server.protocol.calls import CallTracker
 
 
-class _Watch:
+class _SideStream:
     """One such stream, as the tracker's drain sees it: ending it cancels its handler."""
 
     def __init__(self) -> None:
@@ -40,10 +40,10 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         try:
-            with self._calls.stream(context.peer(), _Watch()):
+            with self._calls.stream(context.peer(), _SideStream()):
                 await super().Watch(request, context)
         except StreamLimitReached as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, for_caller(str(exc)))
+            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit
 
 
 class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]  # untyped
@@ -53,8 +53,8 @@ class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc
 
     async def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            with self._calls.stream(context.peer(), _Watch()):
+            with self._calls.stream(context.peer(), _SideStream()):
                 async for response in super().ServerReflectionInfo(request_iterator, context):
                     yield response
         except StreamLimitReached as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, for_caller(str(exc)))
+            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit
