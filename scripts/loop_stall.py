@@ -2,7 +2,7 @@
 pings (an identity model) sent while another connection sends one large request, against a real
 server on 127.0.0.1 (RELIABILITY.md, "Decoding one by one").
 
-    .venv/bin/python scripts/loop_stall.py [PORT]
+    .venv/bin/python scripts/loop_stall.py
 
 Rows: BYTES requests of N random-length strings (raw form) and FP32 requests of N typed
 `contents` values, at and past the per-request bounds of server/protocol/codec.py.
@@ -11,7 +11,6 @@ Rows: BYTES requests of N random-length strings (raw form) and FP32 requests of 
 from __future__ import annotations
 
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtest.server import SpawnedServer
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -88,26 +88,15 @@ def measure(address: str, big: pb.ModelInferRequest) -> tuple[str, float, float]
 
 
 def main(argv: list[str]) -> int:
-    port = int(argv[0]) if argv else 8471
     with tempfile.TemporaryDirectory() as work:
         repo = repository(Path(work) / "repo")
-        command = [sys.executable, "-m", "server", "serve", "--model-repository", str(repo)]
-        command += ["--port", str(port), "--no-metrics", "--cache-dir", str(Path(work) / "cache")]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            assert server.stdout is not None
-            for line in server.stdout:
-                if "ready on" in line:
-                    break
+        with SpawnedServer(Path(work) / "cache", ("--model-repository", str(repo))) as server:
             print("| request | outcome | its time | slowest ping meanwhile |")
             print("|---|---|---|---|")
             for kind, n in (("BYTES", 262_144), ("BYTES", 5_000_000), ("FP32 typed", 2_097_152),
                             ("FP32 typed", 8_000_000)):  # fmt: skip
-                outcome, seconds, ping_ms = measure(f"127.0.0.1:{port}", big_request(kind, n))
+                outcome, seconds, ping_ms = measure(server.address, big_request(kind, n))
                 print(f"| {kind} x {n:,} | {outcome} | {seconds:.2f} s | {ping_ms:.0f} ms |")
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
     return 0
 
 
