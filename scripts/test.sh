@@ -5,7 +5,7 @@
 # not on this machine is skipped with a message; with neither, everything runs in .venv (python3).
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
 # before each Python's runs: `bash scripts/test.sh --randomly-seed=N` repeats an order and
-# `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N (default 2) spreads test files over
+# `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N (default 3) spreads test files over
 # N pytest workers (pytest-xdist; each file stays on one worker), then runs the files marked
 # `serial` on their own: the drain, process and load-test tests race real servers or time them,
 # and met CPU contention beside another worker that they never meet alone. 0 runs everything in one
@@ -57,6 +57,11 @@ echo "== lint and type checks in $lint"
 "$lint/bin/ruff" format --check .
 "$lint/bin/mypy" batcher clients server loadtest
 
-for venv in "${venvs[@]}"; do
-  run_tests "$venv" "$@"
+# Checks that exercise a script or the package index, not the Python (tests/support/once.py), run on
+# one Python each: pip's resolution of the extras on the oldest, the dry GPU check on the newest.
+for i in "${!venvs[@]}"; do
+  once=""
+  [ "$i" = 0 ] && once+="extras-resolve,"
+  [ "$i" = $((${#venvs[@]} - 1)) ] && once+="gpu-dry-run,"
+  SLUICEWAY_TEST_ONCE=$once run_tests "${venvs[$i]}" "$@"
 done

@@ -9,7 +9,7 @@
 unset PYTHONDONTWRITEBYTECODE
 
 # run_tests VENV [PYTEST ARGS...]: the files not marked `serial` over SLUICEWAY_TEST_WORKERS (default
-# 2) pytest-xdist workers, each file on one worker, then the `serial` ones alone; 0 workers runs
+# 3) pytest-xdist workers, each file on one worker, then the `serial` ones alone; 0 workers runs
 # everything in one process and one phase. A fresh random order unless the arguments name one.
 # Returns non-zero when either phase failed (after running both).
 run_tests() {
@@ -19,14 +19,19 @@ run_tests() {
     *randomly*) ;;  # the caller chose the order
     *) order=("--randomly-seed=$((RANDOM * 32768 + RANDOM))") ;;
   esac
-  local workers=${SLUICEWAY_TEST_WORKERS:-2} rc=0
-  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} (workers: $workers)"
+  # Three workers on 2 cores: they spend part of their time waiting on the servers and load
+  # generators they start; a third took this phase from 226 s to 182-193 s here (BENCHMARKS.md,
+  # "The test command's time"). What times things or races servers runs in the serial phase.
+  local workers=${SLUICEWAY_TEST_WORKERS:-3} rc=0
+  echo "== tests on $("$venv/bin/python" --version) in $venv ${order[*]:-} (workers: $workers${SLUICEWAY_TEST_ONCE:+; once per command: ${SLUICEWAY_TEST_ONCE%,}})"
   if [ "$workers" = 0 ]; then
     "$venv/bin/python" -m pytest -q tests "${order[@]}" "$@"
     return
   fi
+  # --no-loadscope-reorder: files go out in the collection's order, which puts the long ones first
+  # (tests/conftest.py, LONG_FILES); xdist's own order (most tests first) left them for last.
   # Exit code 5 is "no test selected" (a -k of the caller's may leave a phase empty).
-  "$venv/bin/python" -m pytest -q tests -n "$workers" --dist loadfile -m "not serial" "${order[@]}" "$@" || rc=$?
+  "$venv/bin/python" -m pytest -q tests -n "$workers" --dist loadfile --no-loadscope-reorder -m "not serial" "${order[@]}" "$@" || rc=$?
   [ "$rc" = 5 ] && rc=0
   echo "== the tests marked serial, alone"
   # Only the files that mark tests `serial`: collecting all of tests/ to pick them took ~7 s.

@@ -187,6 +187,12 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"{unknown}: not onnxruntime execution providers (e.g. CPUExecutionProvider)")
         return names
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, level: object) -> object:
+        # `--log-level debug` was refused: logging's own names are upper case, people type either.
+        return level.upper() if isinstance(level, str) else level
+
     @field_validator("grpc_server_args", mode="after")
     @classmethod
     def _grpc_args(cls, text: str) -> str:

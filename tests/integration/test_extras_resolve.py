@@ -1,8 +1,9 @@
 """The runtime extras are alternatives: pip resolves `.[cpu,test]` (what scripts/bootstrap.sh installs)
 without the GPU wheel or any NVIDIA library, and `.[gpu,gpucheck]` without the CPU wheel, against the
 package index this machine's pip uses (`pip install --dry-run --report`, nothing installed; about
-20 s). The pins must exist there for this Python: a pin with no wheel fails here, not at install.
-Skipped, saying why, when the index cannot be reached."""
+20-35 s). The pins must exist there for this Python: a pin with no wheel fails here, not at install.
+Skipped, saying why, when the index cannot be reached. Once per test command, on its oldest Python
+(tests/support/once.py): the newest one's install is what scripts/bootstrap.sh has just done."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 
+from tests.support.once import EXTRAS_RESOLVE, once_per_command
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_INDEX = "https://pypi.org/simple"
 PROBE_TIMEOUT_S = 10.0
 RESOLVE_TIMEOUT_S = 120.0
 
-pytestmark = pytest.mark.network
+pytestmark = [pytest.mark.network, once_per_command(EXTRAS_RESOLVE)]
 
 
 def index_url() -> str:

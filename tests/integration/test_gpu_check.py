@@ -17,14 +17,13 @@ import pytest
 
 from loadtest.gpu_check import MODELS, PROVIDERS, mentions, plan_for
 from loadtest.gpu_report import RAW, SERVED
+from tests.support.once import GPU_DRY_RUN, once_per_command
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"^-?[\d,]+\.\d+$")
-# The dry run (~33 s of one test worker on a slow day) once per test command, on the newer of its
+# The dry run (~33 s of one test worker on a slow day) once per test command, on the newest of its
 # Pythons: it exercises the script's path, not the Python (the GPU image runs 3.12).
-ONCE = pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="the dry GPU check runs on the newer Python of the test command"
-)
+ONCE = once_per_command(GPU_DRY_RUN)
 
 
 @pytest.fixture(scope="module")

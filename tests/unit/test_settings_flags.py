@@ -75,6 +75,12 @@ def test_flags_win_over_environment_variables(monkeypatch: pytest.MonkeyPatch) -
     assert got.shutdown_grace_s == 0.5 and got.allow_spinning is False
 
 
+def test_a_log_level_is_taken_in_either_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings("--log-level", "debug").log_level == "DEBUG"
+    monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "Warning")
+    assert settings().log_level == "WARNING"
+
+
 def test_a_false_flag_wins_over_a_true_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICEWAY_IDLE_DISPATCH", "true")
     assert settings("--no-idle-dispatch").idle_dispatch is False
