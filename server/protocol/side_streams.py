@@ -4,33 +4,71 @@ A health Watch stream (or a reflection stream) stays open as long as its client 
 grpc.aio counts it against `max_concurrent_rpcs` like any call: 70 Watch streams on a server
 allowing 64 concurrent RPCs refused every ModelInfer, ServerLive and health Check ("Concurrent RPC
 limit exceeded"). Counted by the stream limits (`max_streams`, per connection, per peer), which
-stay below `max_concurrent_rpcs`, they cannot take the room unary calls need; a drain ends them.
+stay below `max_concurrent_rpcs`, they cannot take the room unary calls need.
+
+A drain ends them: a Watch first gets its service's last status (NOT_SERVING once the drain has
+begun), then each ends UNAVAILABLE. Cancelling their handlers' tasks instead had left grpc's calls
+open until the shutdown grace ran out (one idle Watch held every SIGTERM ~5 s), and the watchers
+never saw NOT_SERVING.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server.errors import StreamLimitReached
+from server.errors import ShuttingDown, StreamLimitReached
 from server.protocol.answers import abort_with
 from server.protocol.calls import CallTracker
 
+T = TypeVar("T")
+
 
 class _SideStream:
-    """One such stream, as the tracker's drain sees it: ending it cancels its handler."""
+    """One such stream, as the tracker's drain sees it."""
 
     def __init__(self) -> None:
-        self._task = asyncio.current_task()
+        self._finished = asyncio.Event()
 
     def finish(self, why: str = "drain") -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._finished.set()
+
+    async def until_finished(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
+        """`work` done (its future), or None when the stream was finished first (`work` cancelled)."""
+        doing = asyncio.ensure_future(work)
+        ending = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait((doing, ending), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+            if not doing.done():
+                doing.cancel()
+                await asyncio.gather(doing, return_exceptions=True)
+        return doing if not doing.cancelled() else None
+
+
+class _StatusesWritten:
+    """A Watch's context that remembers the last status written to it."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.last: int | None = None  # a HealthCheckResponse.ServingStatus
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        self.last = message.status  # before: a drain may cancel the write once grpc has the message
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _drained() -> ShuttingDown:
+    return ShuttingDown("server is shutting down: this stream is ended")
 
 
 class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
@@ -39,11 +77,22 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
         self._calls = calls
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        session, written = _SideStream(), _StatusesWritten(context)
         try:
-            with self._calls.stream(context.peer(), _SideStream()):
-                await super().Watch(request, context)
-        except StreamLimitReached as exc:
-            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit
+            with self._calls.stream(context.peer(), session):
+                watched = await session.until_finished(super().Watch(request, written))
+                if watched is not None:
+                    watched.result()  # it ended (raises what it raised)
+                    return
+                # The status Check answers (grpc_health's record; NOT_SERVING once draining).
+                last = self._server_status.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if written.last != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=last))
+                raise _drained()
+        except (StreamLimitReached, ShuttingDown) as exc:
+            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE
 
 
 class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]  # untyped
@@ -52,9 +101,18 @@ class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc
         self._calls = calls
 
     async def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        session = _SideStream()
         try:
-            with self._calls.stream(context.peer(), _SideStream()):
-                async for response in super().ServerReflectionInfo(request_iterator, context):
+            with self._calls.stream(context.peer(), session):
+                answers = super().ServerReflectionInfo(request_iterator, context).__aiter__()
+                while True:
+                    step = await session.until_finished(answers.__anext__())
+                    if step is None:
+                        raise _drained()
+                    try:
+                        response = step.result()
+                    except StopAsyncIteration:
+                        return
                     yield response
-        except StreamLimitReached as exc:
-            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit
+        except (StreamLimitReached, ShuttingDown) as exc:
+            await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE

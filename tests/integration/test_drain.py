@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -167,3 +168,30 @@ async def test_sigterm_ends_streams_after_answering_what_they_read() -> None:
     assert sum(errors.values()) <= 5000, errors
     # Every request the server read was answered: the answers are a prefix of what was sent.
     assert all(0 < o <= s for o, s in zip(ok, sent, strict=True)), (ok, sent)
+
+
+async def test_sigterm_tells_health_watchers_not_serving_and_ends_their_streams_at_once() -> None:
+    # One idle Watch held every SIGTERM for the whole grace period (its handler was cancelled,
+    # grpc's call stayed open), and the watcher never saw NOT_SERVING.
+    server = ServerProcess("--shutdown-grace-s", str(GRACE_S)).start()
+    statuses: list[int] = []
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="mlp"), timeout=GRACE_S + 30)
+            statuses.append((await watch.read()).status)  # SERVING: the stream is open
+            assert server.process is not None
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while (answer := await watch.read()) is not grpc.aio.EOF:
+                    statuses.append(answer.status)
+            code = await asyncio.to_thread(server.process.wait, GRACE_S + 30)
+            exit_s = time.monotonic() - signalled
+    finally:
+        server.kill()
+    assert statuses == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "server is shutting down" in (ended.value.details() or "")
+    assert code == 0
+    assert exit_s < GRACE_S, f"exit took {exit_s:.1f} s: the watch held the grace period ({GRACE_S} s)"

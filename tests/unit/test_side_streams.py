@@ -62,16 +62,43 @@ def watch(calls: CallTracker, context: Context) -> Any:
     return LimitedHealth(calls).Watch(health_pb2.HealthCheckRequest(service=""), context)
 
 
-async def test_a_watch_counts_while_open_and_a_drain_ends_it() -> None:
+DRAINED = (grpc.StatusCode.UNAVAILABLE, "server is shutting down: this stream is ended")
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_a_watch_counts_while_open_and_a_drain_ends_it_unavailable() -> None:
     calls, context = tracker(), Context()
     task = asyncio.create_task(watch(calls, context))
     await asyncio.wait_for(context.first_write.wait(), 30)
     assert (calls.open_streams, calls.active) == (1, 1)
     calls.finish_streams()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(Aborted):  # the call ends: a cancelled handler left grpc's call open
         await asyncio.wait_for(task, 30)
     assert (calls.open_streams, calls.active) == (0, 0)
-    assert context.aborted is None
+    assert context.aborted == DRAINED
+    assert [m.status for m in context.written] == [SERVING]  # "" is SERVING until a drain says not
+
+
+@pytest.mark.parametrize("shutdown_first", [True, False])
+async def test_a_drained_watch_sees_not_serving_once_before_it_ends(shutdown_first: bool) -> None:
+    # The server's drain marks every service NOT_SERVING, then ends the streams; whether the
+    # watch wrote NOT_SERVING itself or the drain's end writes it, the client sees it once.
+    calls, context = tracker(), Context()
+    health = LimitedHealth(calls)
+    await health.set("mlp", SERVING)
+    task = asyncio.create_task(health.Watch(health_pb2.HealthCheckRequest(service="mlp"), context))
+    await asyncio.wait_for(context.first_write.wait(), 30)
+    await health.enter_graceful_shutdown()
+    if shutdown_first:  # let the watch write the change itself
+        for _ in range(1000):
+            if len(context.written) == 2:
+                break
+            await asyncio.sleep(0)
+    calls.finish_streams()
+    with pytest.raises(Aborted):
+        await asyncio.wait_for(task, 30)
+    assert [m.status for m in context.written] == [SERVING, NOT_SERVING]
+    assert context.aborted == DRAINED
 
 
 @pytest.mark.parametrize(
@@ -118,7 +145,7 @@ async def list_services_then(more: asyncio.Event) -> AsyncIterator[reflection_pb
     await more.wait()  # never set: the client keeps its stream open
 
 
-async def test_a_reflection_stream_answers_counts_while_open_and_a_drain_ends_it() -> None:
+async def test_a_reflection_stream_answers_counts_while_open_and_a_drain_ends_it_unavailable() -> None:
     calls, context = tracker(), Context()
     answers: list[Any] = []
 
@@ -135,9 +162,10 @@ async def test_a_reflection_stream_answers_counts_while_open_and_a_drain_ends_it
     assert sorted(names) == sorted(SERVICES)
     assert (calls.open_streams, calls.active) == (1, 1)
     calls.finish_streams()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(Aborted):
         await asyncio.wait_for(task, 30)
     assert (calls.open_streams, calls.active) == (0, 0)
+    assert context.aborted == DRAINED and len(answers) == 1
 
 
 async def test_a_reflection_stream_that_ends_is_no_longer_counted() -> None:
