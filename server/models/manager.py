@@ -119,12 +119,21 @@ class ModelManager:
         `seen` is the stream's own record, the owner its requests carried: only the sequences whose
         latest start it sent are released (batcher/sequence.py)."""
         for name, version, sid in seen:
+            for served in self._versions_named(name, version):
+                if served.sequences is not None:
+                    served.sequences.release(sid, "it was released when the stream that started it ended", seen)
+
+    def _versions_named(self, name: str, version: str) -> list[ModelVersion]:
+        """The versions a request naming (`name`, `version`) may have reached: with no version,
+        every serving one (a traffic split sends a sequence to any; the newest alone missed those
+        routed elsewhere). None when the model is gone or not ready: its sequences went with it."""
+        if version:
             try:
-                served = self.resolve(name, version)
+                return [self.resolve(name, version)]
             except Exception:
-                continue  # gone or not ready: its sequences went with it
-            if served.sequences is not None:
-                served.sequences.release(sid, "it was released when the stream that started it ended", seen)
+                return []
+        entry = self._models.get(name)
+        return list(entry.versions.values()) if entry is not None and entry.state == READY else []
 
     def entries(self) -> Iterable[ModelEntry]:
         return list(self._models.values())

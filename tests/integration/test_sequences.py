@@ -31,6 +31,16 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         write_model(repo, name, acc, sm.accumulator_config())
     write_model(repo, "plain", acc, "max_batch_size: 8\n")
     write_model(repo, "acc_idle", acc, sm.accumulator_config(idle_us=IDLE_US))
+    # Two versions, sequences split between them by id (README "Rollouts": sticky by sequence_id).
+    split = (
+        sm.accumulator_config()
+        + "version_policy { all { } }\n"
+        + "".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+            for k, v in (("traffic_weights", "1:50,2:50"), ("traffic_sticky_key", "sequence_id"))
+        )
+    )
+    write_model(repo, "acc_split", acc, split, versions=(1, 2))
     init = write_model(repo, "acc_init", acc, sm.accumulator_config(initial_file="init.bin"))
     (init / "initial_state").mkdir()
     (init / "initial_state" / "init.bin").write_bytes(np.array([10, 20, 30, 40], np.float32).tobytes())
@@ -290,6 +300,32 @@ def test_a_stream_releases_only_the_sequences_it_started(stub: pb_grpc.GRPCInfer
 
     wait_until(own_released, "the stream's own sequence to be released", timeout_s=30)
     assert step(stub, "accumulate", 520, 1.0)[0, 0] == 3  # the unary caller's sequence goes on
+
+
+def test_a_streams_sequences_are_released_on_whichever_version_a_split_sent_them_to(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # The stream's end released them on the newest version only: those routed to version 1 lived
+    # on, and a continuation without a start was computed on the old state.
+    sids = range(600, 606)  # within --max-sequences per version, whatever the split
+    starts = [
+        request("acc_split", sid, np.ones((1, 4), np.float32), start=True, rid=str(sid)) for sid in sids
+    ]
+    answers = list(stub.ModelStreamInfer(iter(starts)))  # half-closed: the stream ends
+    assert [a.error_message for a in answers] == [""] * len(sids)
+    versions = {a.infer_response.model_version for a in answers}
+    assert versions == {"1", "2"}, f"the split sent every sequence to one version: {versions}"
+
+    def released(sid: int) -> bool:
+        try:
+            step(stub, "acc_split", sid, 0.0)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+            return "stream that started it ended" in err.details()
+        return False
+
+    for sid in sids:
+        wait_until(lambda sid=sid: released(sid), f"sequence {sid} to be released", timeout_s=30)
 
 
 def test_sequence_parameters_are_refused_where_they_do_not_apply(
