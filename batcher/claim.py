@@ -18,12 +18,20 @@ class Claim:
     it was answered): nothing happens. Returns whether the request was withdrawn.
     """
 
-    __slots__ = ("_remove", "_settled", "_withdrawn")
+    __slots__ = ("_on_admitted", "_remove", "_settled", "_withdrawn")
 
-    def __init__(self) -> None:
+    def __init__(self, on_admitted: Callable[[], object] | None = None) -> None:
         self._remove: Callable[[BaseException], bool] | None = None  # set while queued
         self._withdrawn: BaseException | None = None
         self._settled = False  # left the queue for a batch, or answered: too late to withdraw
+        self._on_admitted = on_admitted
+
+    def admitted(self) -> None:
+        """The request passed its checks (decoded, validated, admitted): `on_admitted` runs, once.
+        A newer frame withdraws an older one only then: one refused had left neither computed."""
+        hook, self._on_admitted = self._on_admitted, None
+        if hook is not None:
+            hook()
 
     @property
     def withdrawn(self) -> BaseException | None:

@@ -121,7 +121,9 @@ class ModelManager:
         for name, version, sid in seen:
             for served in self._versions_named(name, version):
                 if served.sequences is not None:
-                    served.sequences.release(sid, "it was released when the stream that started it ended", seen)
+                    served.sequences.release(
+                        sid, "it was released when the stream that started it ended", seen
+                    )
 
     def _versions_named(self, name: str, version: str) -> list[ModelVersion]:
         """The versions a request naming (`name`, `version`) may have reached: with no version,

@@ -264,6 +264,8 @@ class RequestPath:
             if remaining_s is not None:
                 remaining_s -= time.monotonic() - waited
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
+        if claim is not None:
+            claim.admitted()  # a latest-frame-wins frame: the one it supersedes is withdrawn now
         if response is not None:
             return response
         job.claim = claim

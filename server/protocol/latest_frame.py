@@ -17,6 +17,8 @@ frame's place.
 
 from __future__ import annotations
 
+import functools
+
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped
@@ -46,9 +48,10 @@ class LatestFrames:
             return None
         key = (request.model_name, request.model_version)
         older = self._newest.get(key)
-        claim = self._newest[key] = Claim()
-        if older is not None:
-            older.withdraw(FrameDropped(_SUPERSEDED))
+        # The older frame is withdrawn once this one is admitted (Claim.admitted), not before: a
+        # newer frame refused for its inputs or its deadline had left no frame computed at all.
+        supersede = None if older is None else functools.partial(older.withdraw, FrameDropped(_SUPERSEDED))
+        claim = self._newest[key] = Claim(on_admitted=supersede)
         return claim
 
 

@@ -206,6 +206,8 @@ class StreamSession:
             except Exception as exc:
                 self._send(_error(request, exc), done)
                 return None
+            if claim is not None:
+                claim.admitted()  # the frame it supersedes is withdrawn now
             if now is not None:
                 self._send(Response(infer_response=now), done)
                 return job

@@ -162,6 +162,18 @@ def test_a_frame_that_started_is_computed(
     assert dropped_total(server, "slow") == 2
 
 
+def test_a_refused_frame_supersedes_nothing(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    # A newer frame withdrew the older one on arrival, before its own checks: one refused for its
+    # inputs (or its deadline) left no frame computed at all. Here f1 (1 row) waits for 3 more rows;
+    # f2 is refused and leaves it queued; f3 (3 rows) completes the preferred batch with it.
+    bad = frame("held", "f2")
+    bad.inputs[0].name = "WRONG"
+    answers = stream(stub, [frame("held", "f1"), bad, frame("held", "f3", 3)])
+    assert [a.infer_response.id for a in answers] == ["f1", "f2", "f3"]
+    assert [outcome(a) for a in answers] == ["computed", "error", "computed"]
+    assert answers[1].error_message.startswith("INVALID_ARGUMENT: unexpected inference input 'WRONG'")
+
+
 def test_a_bad_parameter_is_answered_and_the_stream_goes_on(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     bad = frame("held", "bad")
     bad.parameters["latest_frame_wins"].string_param = "yes"

@@ -53,3 +53,13 @@ async def test_a_request_withdrawn_before_it_is_queued_is_refused_at_the_door() 
         await b.enqueue(x(1), b.admission(1), claim=claim)
     assert b.queued_requests == 0
     await b.stop()
+
+
+def test_admitted_runs_its_hook_once_and_a_claim_without_one_does_nothing() -> None:
+    calls: list[str] = []
+    claim = Claim(on_admitted=lambda: calls.append("older withdrawn"))
+    assert calls == []  # not on arrival: only once the request passed its checks
+    claim.admitted()
+    claim.admitted()
+    assert calls == ["older withdrawn"]
+    Claim().admitted()  # no hook
