@@ -169,6 +169,14 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem is not None:
         print(f"sluiceway: {problem}", file=sys.stderr)
         return 2
+    if settings.model_repository is None:
+        try:  # built here (the server finds it built) so a cache_dir it cannot write is one line
+            _demo_repository(settings)
+        except OSError as err:
+            where = settings.cache_dir / "demo"
+            print(f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {where}: "
+                  f"{err.strerror or err}", file=sys.stderr)  # fmt: skip
+            return 2
     from server.app import PortInUse, serve
 
     if settings.workers > 1:

@@ -66,6 +66,14 @@ class RepositoryError(ServiceError):
     """A repository operation failed (bad config, missing files) for a reason the caller can fix."""
 
 
+class FilesNotStored(ServiceError):
+    """The files sent with a RepositoryModelLoad could not be written (cache_dir read-only, say)."""
+
+
+class FilesNoSpace(FilesNotStored):
+    """As FilesNotStored, for want of space: a retry may find room."""
+
+
 class ModelControlDisabled(ServiceError):
     """RepositoryModelLoad/Unload under model control mode none or poll (Triton refuses them too)."""
 
@@ -106,6 +114,8 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FilesNoSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FilesNotStored: grpc.StatusCode.FAILED_PRECONDITION,
     ModelControlDisabled: grpc.StatusCode.UNAVAILABLE,  # Triton's code for it
     ModelLoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,

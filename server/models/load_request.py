@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,8 +19,10 @@ from google.protobuf import json_format
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from server.errors import InvalidRequest
+from server.errors import FilesNoSpace, FilesNotStored, InvalidRequest
 from server.models.versions import MAX_VERSION_DIGITS
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config"
 FILE_PREFIX = "file:"
@@ -116,7 +120,20 @@ def _file_path(key: str) -> PurePosixPath:
 
 
 def write_model_directory(parent: Path, name: str, files: dict[PurePosixPath, bytes]) -> Path:
-    """Write the files into a new directory under `parent`; returns the root holding `<name>/`."""
+    """Write the files into a new directory under `parent`; returns the root holding `<name>/`.
+    The disk's refusal (full, read-only) is the caller's status naming it, and one log line; it
+    had been INTERNAL with a traceback."""
+    try:
+        return _write_files(parent, name, files)
+    except OSError as err:
+        log.error("cannot store the files sent to load model %s under %s: %s", name, parent, err)
+        no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        kind = FilesNoSpace if no_space else FilesNotStored
+        why = err.strerror or type(err).__name__
+        raise kind(f"the server cannot store the files sent with model '{name}': {why}") from None
+
+
+def _write_files(parent: Path, name: str, files: dict[PurePosixPath, bytes]) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="load-", dir=parent))
     directory = (root / name).resolve()

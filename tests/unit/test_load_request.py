@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path, PurePosixPath
 
+import grpc
 import pytest
 
 from protos import grpc_service_pb2 as pb
-from server.errors import InvalidRequest
+from server.errors import FilesNoSpace, FilesNotStored, InvalidRequest, status_for
 from server.models.load_request import parse_load_parameters, write_model_directory
 
 Param = pb.ModelRepositoryParameter
@@ -63,3 +65,29 @@ def test_files_are_written_inside_a_new_directory(tmp_path: Path) -> None:
     root = write_model_directory(tmp_path, "m", {PurePosixPath("1/model.onnx"): b"abc"})
     assert root.parent == tmp_path
     assert (root / "m" / "1" / "model.onnx").read_bytes() == b"abc"
+
+
+def test_a_folder_the_files_cannot_go_in_is_refused_naming_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "uploads").write_text("a file where the folder goes")  # as a read-only cache_dir
+    with pytest.raises(FilesNotStored) as refused:
+        write_model_directory(tmp_path / "uploads", "m", {PurePosixPath("1/model.onnx"): b"abc"})
+    assert type(refused.value) is FilesNotStored
+    assert str(refused.value).startswith("the server cannot store the files sent with model 'm': ")
+    assert status_for(refused.value)[:2] == (grpc.StatusCode.FAILED_PRECONDITION, str(refused.value))
+    (record,) = [r for r in caplog.records if r.name == "server.models.load_request"]
+    assert "uploads" in record.getMessage()
+
+
+def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(FilesNoSpace, match=r"'m': No space left on device$") as refused:
+        write_model_directory(tmp_path, "m", {PurePosixPath("1/model.onnx"): b"abc"})
+    assert status_for(refused.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert list(tmp_path.iterdir()) == []  # the half-written directory is removed

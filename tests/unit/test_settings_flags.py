@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,19 @@ def test_a_path_setting_this_machine_cannot_use_exits_2_naming_it(
     assert main(["serve", "--port", "0", setting, str(value)]) == 2
     field = setting.removeprefix("--").replace("-", "_")
     assert f"sluiceway: invalid setting '{field}': {value}" in capsys.readouterr().err
+
+
+def test_a_cache_dir_the_demo_models_cannot_be_built_in_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A read-only (or full) cache_dir ended in a 46-line traceback from the demo build, exit 1.
+    def read_only(settings: ServerSettings) -> NoReturn:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(server.cli, "_demo_repository", read_only)
+    assert main(["serve", "--port", "0", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {tmp_path / 'demo'}: "
+        "Read-only file system\n"
+    )
