@@ -146,7 +146,7 @@ class StreamSession:
                     if self.ended_by is None:
                         self._admit(request)
                     else:  # draining: answered, not admitted
-                        self._send(_shutting_down(request), None)
+                        self._send(_shutting_down(request), None, request)
             except asyncio.CancelledError:
                 if self.ended_by is None:
                     raise  # the call itself ended
@@ -195,7 +195,7 @@ class StreamSession:
         try:
             claim = self._frames.arrive(request, served)  # withdraws the frame it supersedes, if any
         except Exception as exc:
-            self._send(_error(request, exc), None)
+            self._send(_error(request, exc), None, request)
             return None
         after, done = self._place_in_order(served, claim is not None)
         job: InferJob | None = None
@@ -204,12 +204,12 @@ class StreamSession:
             try:
                 job, now = self._path.start(request, self._left_s(), start_ns, served, self._sequences)
             except Exception as exc:
-                self._send(_error(request, exc), done)
+                self._send(_error(request, exc), done, request)
                 return None
             if claim is not None:
                 claim.admitted()  # the frame it supersedes is withdrawn now
             if now is not None:
-                self._send(Response(infer_response=now), done)
+                self._send(Response(infer_response=now), done, request)
                 return job
             if claim is not None:
                 job.claim = claim
@@ -254,9 +254,18 @@ class StreamSession:
             if after is not None:
                 await after.wait()
         finally:  # also when cancelled (the call ended): free the slot and the requests after it
-            self._send(response, done)
+            self._send(response, done, request)
 
-    def _send(self, response: Response | None, done: asyncio.Event | None) -> None:
+    def _send(
+        self,
+        response: Response | None,
+        done: asyncio.Event | None,
+        request: pb.ModelInferRequest | Malformed | None = None,
+    ) -> None:
+        if response is not None and _wants_final_flag(request):
+            # Triton marks a stream's last answer to such a request; ours are never decoupled, so
+            # the one answer is the last. Clients that read until the flag waited forever.
+            response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         if response is not None:
             self._answers.put_nowait(response)  # its slot is freed once it is written
         else:
@@ -266,6 +275,16 @@ class StreamSession:
 
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
+
+
+ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"  # tritonclient's enable_empty_final_response
+FINAL_RESPONSE = "triton_final_response"
+
+
+def _wants_final_flag(request: pb.ModelInferRequest | Malformed | None) -> bool:
+    if not isinstance(request, pb.ModelInferRequest) or ENABLE_FINAL_RESPONSE not in request.parameters:
+        return False
+    return bool(request.parameters[ENABLE_FINAL_RESPONSE].bool_param)
 
 
 def _shutting_down(request: pb.ModelInferRequest | Malformed) -> Response:

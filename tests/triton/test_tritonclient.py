@@ -120,6 +120,25 @@ def test_streaming_infer_answers_every_request(demo_server: ServerProcess, demo_
         np.testing.assert_allclose(results[request_id].as_numpy("scores"), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_stream_answer_carries_the_final_flag_when_asked(demo_server: ServerProcess) -> None:
+    # Clients of decoupled-capable servers read a request's answers until `triton_final_response`;
+    # it was never sent, so they waited for ever. Ours answer once: that answer is the final one.
+    client = client_for(demo_server)
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        tensor, _ = mlp_input(1)
+        client.async_stream_infer("mlp", [tensor], request_id="asked", enable_empty_final_response=True)
+        client.async_stream_infer("mlp", [tensor], request_id="plain")
+        got = [answers.get(timeout=30) for _ in range(2)]
+    finally:
+        client.stop_stream()
+    assert [error for _, error in got] == [None, None]
+    params = {r.get_response().id: r.get_response().parameters for r, _ in got}  # type: ignore[attr-defined]
+    assert params["asked"]["triton_final_response"].bool_param is True
+    assert "triton_final_response" not in params["plain"]
+
+
 def test_errors_name_the_problem_and_server_keeps_serving(demo_server: ServerProcess) -> None:
     client = client_for(demo_server)
     good, _ = mlp_input(1)
