@@ -166,8 +166,8 @@ class RepositoryControl:
             await self._loads.load(source.name, source)
         except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
             self._failed(source.name, str(exc))
-        except Exception as exc:  # one bad model never stops the others (the manager says why)
-            log.error("model %s: load failed: %s", source.name, exc)
+        except Exception as exc:  # one bad model never stops the others
+            # The manager logged its own failure (a second line here doubled every alert on it).
             if self._entry(source.name) is None:  # it failed before the manager saw it: say why
                 self._failed(source.name, str(exc))
 

@@ -61,3 +61,13 @@ def test_a_server_says_a_load_error_once(broken_repo: Path) -> None:
         # The ready line names the failures (it listed them as models); each is one log line.
         assert "(models: none ready; failed to load: broken, corrupt)" in out
         assert "Traceback" not in out and out.count("corrupt") >= 2
+
+
+@pytest.mark.parametrize("mode", ["none", "poll"])
+def test_each_load_error_is_one_log_line_in_every_mode(broken_repo: Path, mode: str) -> None:
+    # The control layer logged a second line ("model broken: load failed: failed to load model
+    # 'broken': ...") after the manager's own, doubling every alert on load errors.
+    with ServerProcess("--model-repository", str(broken_repo), "--model-control-mode", mode) as server:
+        out = server.output()
+    assert out.count("Couldn't parse integer: nonsense") == 1, out
+    assert "load failed" not in out
