@@ -168,8 +168,7 @@ class ModelLoads:
             files = await asyncio.to_thread(files_bytes, source)
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
-            self._manager.note_failed_reload(name, reason)
-            raise RepositoryError(reason) from None
+            raise self._failed(name, reason) from None
         await self._make_room(name, self.budget.size_of(name) or files)
         before, started = self._rss(), self._clock()
         try:
@@ -193,8 +192,15 @@ class ModelLoads:
         except ModelNotFoundInRepository as exc:
             raise ModelNotFound(str(exc)) from None  # its text names the model already
         except (ConfigError, OSError) as exc:
-            self._manager.note_failed_reload(name, str(exc))
-            raise RepositoryError(str(exc)) from None
+            raise self._failed(name, str(exc)) from None
+
+    def _failed(self, name: str, reason: str) -> RepositoryError:
+        """A load that failed before the manager saw it (its config or files): counted and logged
+        like the manager's own failures (a load by RPC had been neither), noted in the index."""
+        self.stats.failures += 1
+        log.error("model %s failed to load: %s", name, reason)
+        self._manager.note_failed_reload(name, reason)
+        return RepositoryError(reason)
 
     async def _make_room(self, name: str, need: int, *, after_load: bool = False) -> None:
         victims = self.budget.victims(need, self._busy, keep=name)

@@ -4,6 +4,8 @@ logs it once (issue 18: "model '' is not in the repository: model '' is not in t
 from __future__ import annotations
 
 import logging
+import re
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -14,7 +16,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from server.errors import ModelNotFound
 from server.models.manager import ModelManager
 from server.settings import ServerSettings
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, wait_until
 
 BROKEN_CONFIG = "max_batch_size: nonsense\n"
 NOT_THERE = "failed to load 'absent', failed to poll from model repository; it has no directory 'absent'"
@@ -71,3 +73,27 @@ def test_each_load_error_is_one_log_line_in_every_mode(broken_repo: Path, mode: 
         out = server.output()
     assert out.count("Couldn't parse integer: nonsense") == 1, out
     assert "load failed" not in out
+
+
+def load_failures(server: ServerProcess) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as page:
+        text = page.read().decode()
+    match = re.search(r"^sluiceway_model_load_failures_total(?:{[^}]*})? (\S+)$", text, re.M)
+    assert match is not None, "no sluiceway_model_load_failures_total on /metrics"
+    return float(match.group(1))
+
+
+def test_a_load_by_rpc_that_fails_on_its_config_is_counted_and_logged(broken_repo: Path) -> None:
+    # Failures before the manager (the config, the files) were neither counted nor logged.
+    with ServerProcess("--model-repository", str(broken_repo), "--model-control-mode", "explicit") as server:
+        before = load_failures(server)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert load_failures(server) == before + 1
+        said = "model broken failed to load: "
+        wait_until(lambda: said in server.output(), "the load error's log line", timeout_s=30)
+        out = server.output()
+    assert out.count(said) == 1, out
