@@ -243,7 +243,21 @@ def latest_frame_wins(config: mc.ModelConfig, source: str) -> bool:
         raise ConfigError(
             f"{source}: parameters '{LATEST_FRAME_WINS}' must be 'true' or 'false', got '{value}'"
         )
-    return _BOOLEANS[value.lower()]
+    wins = _BOOLEANS[value.lower()]
+    kind = _no_frames_dropped(config)
+    if wins and kind:
+        raise ConfigError(f"{source}: parameters '{LATEST_FRAME_WINS}' is not supported for {kind}")
+    return wins
+
+
+def _no_frames_dropped(config: mc.ModelConfig) -> str:
+    """Why latest-frame-wins cannot apply to `config`'s model ("" where it can): it was silently
+    ignored for these, every frame computed."""
+    if config.HasField("sequence_batching"):
+        return "sequence models (each frame carries the sequence's state: none may be dropped)"
+    if config.platform == ENSEMBLE_PLATFORM:
+        return "ensembles (their steps are queued in their own models)"
+    return ""
 
 
 def batching_policy(

@@ -21,8 +21,9 @@ import functools
 
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
-from server.errors import FrameDropped
+from server.errors import FrameDropped, InvalidRequest
 from server.models.versions import ModelVersion
+from server.protocol.controls import LATEST_FRAME_WINS
 from server.protocol.controls import latest_frame_wins as request_setting
 
 FRAME_DROPPED = "frame_dropped"  # the response parameter of a dropped frame's answer
@@ -46,6 +47,9 @@ class LatestFrames:
             return None
         if wanted is None and not served.latest_frame_wins:  # the model's setting, read at load
             return None
+        if served.ensemble is not None or served.sequences is not None:  # a load refuses the setting
+            what = "an ensemble" if served.ensemble is not None else "a sequence model"
+            raise InvalidRequest(f"parameter '{LATEST_FRAME_WINS}' true is not supported for {what}")
         key = (request.model_name, request.model_version)
         older = self._newest.get(key)
         # The older frame is withdrawn once this one is admitted (Claim.admitted), not before: a

@@ -22,7 +22,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.models.config import ConfigError, parse_config, validate_config
+from server.models.config import ConfigError, latest_frame_wins, parse_config, validate_config
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -191,3 +191,18 @@ def test_a_bad_model_setting_is_refused_naming_it() -> None:
         ConfigError, match="parameters 'latest_frame_wins' must be 'true' or 'false', got 'maybe'"
     ):
         validate_config(config, "config.pbtxt")
+
+
+@pytest.mark.parametrize(
+    ("config", "kind"),
+    [
+        ("max_batch_size: 4\nsequence_batching { }\n", "sequence models"),
+        ('platform: "ensemble"\nmax_batch_size: 4\n', "ensembles"),
+    ],
+)
+def test_a_model_that_cannot_drop_frames_refuses_the_setting(config: str, kind: str) -> None:
+    # It loaded and was silently ignored: every frame computed.
+    with pytest.raises(ConfigError, match=f"parameters 'latest_frame_wins' is not supported for {kind}"):
+        latest_frame_wins(parse_config(config + LFW, "config.pbtxt"), "config.pbtxt")
+    off = parse_config(config + LFW.replace('"true"', '"false"'), "config.pbtxt")
+    assert latest_frame_wins(off, "config.pbtxt") is False  # what it does anyway

@@ -353,3 +353,18 @@ def test_an_ensemble_passes_the_sequence_to_its_sequence_step(stub: pb_grpc.GRPC
     assert "step 2 (model 'accumulate')" in err.details()
     assert "must specify a non-zero or non-empty correlation ID" in err.details()
     assert step(stub, "double_then_acc", 72, 1.0, end=True).tolist() == [[12, 12, 12, 12]]
+
+
+def test_latest_frame_wins_on_a_sequence_model_is_refused_naming_it(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # Every frame was computed and nothing said so; a sequence's frames carry its state.
+    wins = request("accumulate", 700, np.ones((1, 4), np.float32), start=True, end=True, rid="w")
+    wins.parameters["latest_frame_wins"].bool_param = True
+    plain = request("accumulate", 701, np.ones((1, 4), np.float32), start=True, end=True, rid="p")
+    answers = list(stub.ModelStreamInfer(iter([wins, plain])))
+    by_id = {a.infer_response.id: a for a in answers}
+    assert by_id["w"].error_message == (
+        "INVALID_ARGUMENT: parameter 'latest_frame_wins' true is not supported for a sequence model"
+    )
+    assert by_id["p"].error_message == ""
