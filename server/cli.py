@@ -169,9 +169,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem is not None:
         print(f"sluiceway: {problem}", file=sys.stderr)
         return 2
-    if settings.model_repository is None:
+    repository = settings.model_repository
+    if repository is None:
         try:  # built here (the server finds it built) so a cache_dir it cannot write is one line
-            _demo_repository(settings)
+            repository = _demo_repository(settings)
         except OSError as err:
             where = settings.cache_dir / "demo"
             print(f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {where}: "
@@ -182,7 +183,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if settings.workers > 1:
         from server.workers import run_workers
 
-        repository = settings.model_repository or _demo_repository(settings)
         try:
             return run_workers(settings, repository)
         except OSError as exc:

@@ -128,7 +128,7 @@ class ModelManager:
     def _versions_named(self, name: str, version: str) -> list[ModelVersion]:
         """The versions a request naming (`name`, `version`) may have reached: with no version,
         every serving one (a traffic split sends a sequence to any; the newest alone missed those
-        routed elsewhere). None when the model is gone or not ready: its sequences went with it."""
+        routed elsewhere). None at all when the model is gone or not ready: its sequences went with it."""
         if version:
             try:
                 return [self.resolve(name, version)]
