@@ -19,13 +19,15 @@ from protos import grpc_service_pb2 as pb
 from server.admin.service import SERVICE_NAME as ADMIN_SERVICE
 from server.admin.service import AdminServicer
 from server.backends.cuda_shm import cuda_shared_memory
+from server.models import lazy, rollout
 from server.models.control import RepositoryControl
 from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
 from server.models.versions import READY
-from server.observability.metrics import GaugeSource, Metrics
+from server.observability import sampling
+from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, StreamLimits
@@ -122,9 +124,9 @@ class SluicewayServer:
             MetricViews(self.models, lambda: self.calls.open_streams, costs), settings.metrics
         )
         self.meter_provider = self.metrics.meter_provider  # explicit, never the global one
-        self.add_gauge_source(self.models.sampling.gauge_values)  # sample counts, drift scores
-        self.add_gauge_source(self.models.rollout.gauge_values)  # shadow comparisons
-        self.add_gauge_source(self.loads.gauge_values)  # loads, evictions, footprints
+        self.add_gauge_source(self.models.sampling.gauge_values, sampling.METRICS)  # samples, drift
+        self.add_gauge_source(self.models.rollout.gauge_values, rollout.METRICS)  # shadow comparisons
+        self.add_gauge_source(self.loads.gauge_values, lazy.METRICS)  # loads, evictions, footprints
         self.metrics_port = 0  # bound once started (0: metrics off)
         self.shared_memory = SharedMemoryRegistry(
             allowed=settings.allow_client_shm,
@@ -210,9 +212,10 @@ class SluicewayServer:
         self.metrics.views.mark_start()  # cost counts process CPU from here on
         return self.port
 
-    def add_gauge_source(self, source: GaugeSource) -> None:
-        """Show what `source()` yields, (metric name, labels, value), as gauges on /metrics."""
-        self.metrics.add_gauge_source(source)
+    def add_gauge_source(self, source: GaugeSource, catalog: Catalog) -> None:
+        """Show what `source()` yields, (metric name, labels, value), on /metrics, as the kinds and
+        with the HELP texts `catalog` gives."""
+        self.metrics.add_gauge_source(source, catalog)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, stop admitting, drain or fail what is queued, then close the endpoint."""

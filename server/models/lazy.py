@@ -41,6 +41,17 @@ EVICTED = "not loaded (lazy): evicted to fit the memory budget; its next request
 _BOOLEANS = {"true": True, "false": False}
 
 Gauge = tuple[str, Mapping[str, str], float]
+# The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
+METRICS = {
+    "sluiceway_model_loads_total": ("counter", "Model loads that completed (any trigger)"),
+    "sluiceway_model_lazy_loads_total": ("counter", "Loads started by a lazy model's request"),
+    "sluiceway_model_load_failures_total": ("counter", "Loads that failed (config, files or backend)"),
+    "sluiceway_model_evictions_total": ("counter", "Lazy models unloaded to fit the memory budget"),
+    "sluiceway_model_load_refusals_total": ("counter", "Loads refused: the model does not fit the budget"),
+    "sluiceway_model_memory_budget_bytes": ("gauge", "The memory budget for loaded models (0: none)"),
+    "sluiceway_model_memory_used_bytes": ("gauge", "Measured footprint of the models loaded now"),
+    "sluiceway_model_footprint_bytes": ("gauge", "Measured footprint of a loaded model"),
+}
 
 
 def _flag(config: mc.ModelConfig, key: str, source: str) -> bool:

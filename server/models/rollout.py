@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 30.0  # a window for the shadow log line when no rollback is configured
 MAX_EVENTS = 20  # rollback events kept per model for the status
+# The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
+METRICS = {
+    "sluiceway_shadow_requests": ("gauge", "Shadow copies by outcome (cumulative): mirrored, compared, "
+                                  "errors, shed, dropped"),
+    "sluiceway_shadow_max_abs_diff": ("gauge", "Largest absolute difference between a shadow copy's "
+                                      "outputs and the served version's"),
+    "sluiceway_shadow_argmax_agreement": ("gauge", "Share of compared rows whose argmax agreed (0..1)"),
+}  # fmt: skip
 
 
 class RoutedRequest(Protocol):

@@ -21,12 +21,14 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     Gauge,
     Metric,
     MetricsData,
     NumberDataPoint,
     ResourceMetrics,
     ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 SCOPE = "sluiceway"
 # A gauge source yields (metric name, labels, value) at each scrape (see Metrics.add_gauge_source).
 GaugeSource = Callable[[], Iterable[tuple[str, Mapping[str, str], float]]]
+# What a source's names are: name -> (kind, HELP text); kind "counter" (a cumulative count, which
+# Prometheus types `counter`) or "gauge". Each source module keeps its own, next to its names.
+Catalog = Mapping[str, tuple[str, str]]
 
 
 def _observe(samples: Samples) -> Callable[[CallbackOptions], Iterator[Observation]]:
@@ -77,6 +82,7 @@ class Metrics:
         self.views = views
         self.registry = CollectorRegistry()
         self._sources: list[GaugeSource] = []
+        self._catalog: dict[str, tuple[str, str]] = {}
         self._reader = _Reader(self.registry, self._extra) if enabled else None
         self.meter_provider = MeterProvider(
             metric_readers=[self._reader] if self._reader is not None else [],
@@ -91,10 +97,12 @@ class Metrics:
             create(view.name, [_observe(view.samples)], unit="", description=view.description)
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
-    def add_gauge_source(self, source: GaugeSource) -> None:
-        """Call `source` at each scrape; each (name, labels, value) it yields becomes a gauge
-        sample. A source that raises is logged and skipped for that scrape."""
+    def add_gauge_source(self, source: GaugeSource, catalog: Catalog) -> None:
+        """Call `source` at each scrape; each (name, labels, value) it yields becomes a sample of
+        the kind and HELP `catalog` gives that name (a name it lacks: an undescribed gauge). A
+        source that raises is logged and skipped for that scrape."""
         self._sources.append(source)
+        self._catalog.update(catalog)
 
     def _extra(self) -> list[Metric]:
         return [*self.views.histograms(), *self._gauges()]
@@ -109,10 +117,15 @@ class Metrics:
                     points.setdefault(name, []).append(point)
             except Exception:
                 log.exception("metrics: gauge source %r failed; skipped in this scrape", source)
-        return [
-            Metric(name=name, description="", unit="", data=Gauge(data_points=pts))
-            for name, pts in points.items()
-        ]
+        return [self._metric(name, pts) for name, pts in points.items()]
+
+    def _metric(self, name: str, points: list[NumberDataPoint]) -> Metric:
+        kind, description = self._catalog.get(name, ("gauge", ""))
+        data: Gauge | Sum = Gauge(data_points=points)
+        if kind == "counter":
+            temporality = AggregationTemporality.CUMULATIVE
+            data = Sum(data_points=points, aggregation_temporality=temporality, is_monotonic=True)
+        return Metric(name=name, description=description, unit="", data=data)
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: a free port); the bound port. Raises OSError if taken."""

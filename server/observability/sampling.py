@@ -32,6 +32,14 @@ INPUTS_AND_OUTPUTS = "inputs_and_outputs"
 SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
 AnyArray = npt.NDArray[np.generic]
 Gauge = tuple[str, dict[str, str], float]
+# The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
+METRICS = {
+    "sluiceway_samples_written_total": ("counter", "Sampled requests written to the sample store"),
+    "sluiceway_samples_dropped_total": ("counter", "Sampled requests dropped: the writer's queue was full"),
+    "sluiceway_drift_psi": ("gauge", "Population stability index of a feature against its reference"),
+    "sluiceway_drift_ks": ("gauge", "Kolmogorov-Smirnov statistic of a feature against its reference"),
+    "sluiceway_drift_drifted": ("gauge", "1 when a feature's drift passes the model's threshold, else 0"),
+}
 
 
 @dataclass(frozen=True)

@@ -245,3 +245,19 @@ def test_open_streams_and_gauge_labels(stub: pb_grpc.GRPCInferenceServiceStub, s
     samples = scrape(server)
     assert value(samples, "sluiceway_queue_requests", "mlp") == 0
     assert value(samples, "sluiceway_queue_bytes", "mlp") == 0
+
+
+def test_every_family_has_help_and_totals_are_counters(
+    stub: pb_grpc.GRPCInferenceServiceStub, server: ServerProcess
+) -> None:
+    """Every family on a real server's /metrics (the views and the loader's, sampler's and
+    rollout's sources) carries HELP, and each of ours counted in `_total` is typed counter."""
+    stub.ModelInfer(request("mlp"), timeout=30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "sluiceway_model_loads" in families  # the loader's source is there
+    assert not [name for name, f in families.items() if not f.documentation]
+    typed = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert typed["sluiceway_model_loads_total"] == "counter"
+    assert not [name for name, kind in typed.items() if name.endswith("_total") and kind != "counter"]

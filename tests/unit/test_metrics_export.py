@@ -3,6 +3,7 @@ and the HTTP endpoint's start and stop."""
 
 from __future__ import annotations
 
+import importlib
 import urllib.request
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -118,9 +119,49 @@ def test_gauge_sources_and_a_failing_one(metrics: Metrics) -> None:
         raise RuntimeError("a bug in a source")
         yield  # a generator
 
-    metrics.add_gauge_source(broken)
-    metrics.add_gauge_source(drift)
+    metrics.add_gauge_source(broken, {})
+    metrics.add_gauge_source(drift, {})
     assert samples(metrics)[key("sluiceway_drift_psi", feature="0")] == 0.25
+
+
+def families(metrics: Metrics) -> dict[str, Any]:
+    text = generate_latest(metrics.registry).decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_source_counters_are_prometheus_counters_with_help(metrics: Metrics) -> None:
+    """A source's cumulative counts are typed `counter` (rate() and increase() expect it), each
+    name keeps its one `_total`, and every name carries the HELP its catalog gives."""
+
+    def loads() -> Iterator[tuple[str, dict[str, str], float]]:
+        yield "sluiceway_model_loads_total", {}, 3.0
+        yield "sluiceway_model_memory_used_bytes", {}, 1024.0
+        yield "sluiceway_undescribed", {}, 1.0
+
+    catalog = {
+        "sluiceway_model_loads_total": ("counter", "Loads done"),
+        "sluiceway_model_memory_used_bytes": ("gauge", "Bytes used"),
+    }
+    metrics.add_gauge_source(loads, catalog)
+    got = families(metrics)
+    text = generate_latest(metrics.registry).decode()
+    assert got["sluiceway_model_loads"].type == "counter"  # the parser strips `_total`
+    assert got["sluiceway_model_loads"].documentation == "Loads done"
+    assert "sluiceway_model_loads_total 3.0" in text and "_total_total" not in text
+    assert got["sluiceway_model_memory_used_bytes"].type == "gauge"
+    assert got["sluiceway_model_memory_used_bytes"].documentation == "Bytes used"
+    assert got["sluiceway_undescribed"].type == "gauge"  # still shown, without HELP
+
+
+@pytest.mark.parametrize(
+    "module", ["server.models.lazy", "server.observability.sampling", "server.models.rollout"]
+)
+def test_every_source_catalog_types_totals_as_counters(module: str) -> None:
+    """Each catalog describes every name; a `_total` name is a counter, any other a gauge."""
+    catalog = importlib.import_module(module).METRICS
+    for name, (kind, description) in catalog.items():
+        assert description, name
+        assert kind == ("counter" if name.endswith("_total") else "gauge"), name
 
 
 def test_http_endpoint_on_a_free_port(metrics: Metrics) -> None:
