@@ -89,10 +89,6 @@ def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Settings from SLUICEWAY_* variables, overridden by the flags that were given."""
     overrides = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
-    if "execution_providers" in overrides:
-        overrides["execution_providers"] = tuple(
-            p.strip() for p in overrides["execution_providers"].split(",")
-        )
     return ServerSettings(**overrides)
 
 
@@ -151,8 +147,8 @@ def _main(argv: Sequence[str] | None) -> int:
             field = ".".join(str(part) for part in error["loc"])
             print(f"sluiceway: invalid setting '{field}': {error['msg']}", file=sys.stderr)
         return 2
-    except SettingsError as exc:  # a SLUICEWAY_* list that is not JSON, say
-        print(f'sluiceway: invalid setting: {exc} (lists take JSON, e.g. \'["a", "b"]\')', file=sys.stderr)
+    except SettingsError as exc:  # a SLUICEWAY_* variable pydantic-settings cannot read
+        print(f"sluiceway: invalid setting: {exc}", file=sys.stderr)
         return 2
     problem = _unusable_paths(settings)  # here, not in the settings: those also check manifests
     if problem is not None:

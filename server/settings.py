@@ -5,14 +5,18 @@ Validated once at start-up; a bad value stops the server with a message naming t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.security.tls import check_ca_file, check_key_pair, check_readable
 from server.security.tokens import load_tokens
+
+# A list of names: from a variable, "a,b" or JSON '["a", "b"]' (see ServerSettings._names).
+Names = Annotated[tuple[str, ...], NoDecode]
 
 
 def _default_cache_dir() -> Path:
@@ -89,7 +93,7 @@ class ServerSettings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=0)
     allow_spinning: bool = False
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
-    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    execution_providers: Names = ("CPUExecutionProvider",)
     # Triton's dynamic batcher waits up to max_queue_delay for a batch to grow even when an instance
     # is free; with idle dispatch a free instance takes what is queued now (a model's
     # `idle_dispatch` parameter overrides this).
@@ -152,7 +156,7 @@ class ServerSettings(BaseSettings):
     # only `load_model` ("*": all) and RepositoryModelLoad/Unload; poll also reloads what changes
     # on disk, checked by file events grouped over repository_poll_secs.
     model_control_mode: Literal["none", "explicit", "poll"] = "none"
-    load_model: tuple[str, ...] = ()
+    load_model: Names = ()
     repository_poll_secs: float = Field(default=15.0, gt=0, le=3600)
     # Models' resident bytes (files + onnxruntime arena after warm-up); beyond it, loading evicts
     # the least recently used lazy model. 0: no budget.
@@ -175,6 +179,17 @@ class ServerSettings(BaseSettings):
     auth_tokens_file: Path | None = None
     # Server reflection (grpcurl, grpcui); with auth on it needs a token, like inference RPCs.
     reflection: bool = True
+
+    @field_validator("execution_providers", "load_model", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        # SLUICEWAY_LOAD_MODEL=mlp was refused (pydantic-settings reads a list variable as JSON
+        # only): a string is now comma-separated names, or a JSON list when it starts with "[".
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return tuple(name.strip() for name in value.split(",") if name.strip())
 
     @field_validator("execution_providers", mode="after")
     @classmethod

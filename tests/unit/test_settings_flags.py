@@ -76,6 +76,30 @@ def test_flags_win_over_environment_variables(monkeypatch: pytest.MonkeyPatch) -
     assert got.shutdown_grace_s == 0.5 and got.allow_spinning is False
 
 
+@pytest.mark.parametrize("value", ["mlp,resnet", " mlp , resnet ", '["mlp", "resnet"]', ' ["mlp","resnet"]'])
+def test_a_list_variable_takes_commas_or_json(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """SLUICEWAY_LOAD_MODEL=mlp was refused: pydantic-settings reads list variables as JSON only."""
+    monkeypatch.setenv("SLUICEWAY_MODEL_CONTROL_MODE", "explicit")
+    monkeypatch.setenv("SLUICEWAY_LOAD_MODEL", value)
+    monkeypatch.setenv("SLUICEWAY_EXECUTION_PROVIDERS", value.replace("mlp", "CUDAExecutionProvider")
+                       .replace("resnet", "CPUExecutionProvider"))  # fmt: skip
+    got = settings()
+    assert got.load_model == ("mlp", "resnet")
+    assert got.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_a_single_name_variable_and_bad_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SLUICEWAY_MODEL_CONTROL_MODE", "explicit")
+    monkeypatch.setenv("SLUICEWAY_LOAD_MODEL", "mlp")
+    assert settings().load_model == ("mlp",)
+    monkeypatch.setenv("SLUICEWAY_LOAD_MODEL", '["mlp"')
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "load_model" in err and "Traceback" not in err
+
+
 def test_a_log_level_is_taken_in_either_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings("--log-level", "debug").log_level == "DEBUG"
     monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "Warning")
