@@ -154,7 +154,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem is not None:
         print(f"sluiceway: invalid setting {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)  # text, or JSON lines
+    configure_logging(settings.log_level, settings.log_format, settings.worker_index)  # text or JSON
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0

@@ -150,6 +150,8 @@ class ServerSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.
     reuse_port: bool = False
+    # Set by the parent in its workers only: this worker's number (0..workers-1), in its log lines.
+    worker_index: int | None = Field(default=None, ge=0)
 
     # -- repository control and cold starts (README "Repository control", "Cold starts")
     # Triton's modes: none loads every model at start and refuses load/unload RPCs; explicit loads

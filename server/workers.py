@@ -88,7 +88,11 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "server", "serve"],
-            env={**env, "SLUICEWAY_METRICS_PORT": str(worker_metrics_port(settings, i))},
+            env={
+                **env,
+                "SLUICEWAY_METRICS_PORT": str(worker_metrics_port(settings, i)),
+                "SLUICEWAY_WORKER_INDEX": str(i),
+            },
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -1,9 +1,10 @@
 """Log set-up: text or one JSON object a line (stdlib logging), with a request's fields when known.
 
-JSON fields: time (UTC, ISO 8601, ms), level, logger, message, then those of model, version,
-request_id, trace_id and span_id a record carries (`extra=request_fields(request)`), then
-`exception` (the formatted traceback) when there is one. Nothing else of a record is written, and
-no request's tensors are ever logged: a request is named by its model, version and id only.
+JSON fields: time (UTC, ISO 8601, ms), level, logger, message, then those of worker (under
+`--workers N`), model, version, request_id, trace_id and span_id a record carries
+(`extra=request_fields(request)`), then `exception` (the formatted traceback) when there is one.
+Nothing else of a record is written, and no request's tensors are ever logged: a request is named
+by its model, version and id only. Text lines carry `[worker N]` under `--workers N`.
 
 Under load the server logs nothing per request at INFO: successful and refused requests are not
 logged, unexpected failures are logged at ERROR, and grpc.aio's lines about answers to callers
@@ -19,7 +20,7 @@ from typing import Literal
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Record attributes written when present, in this order.
-REQUEST_FIELDS = ("model", "version", "request_id", "trace_id", "span_id")
+REQUEST_FIELDS = ("worker", "model", "version", "request_id", "trace_id", "span_id")
 MAX_FIELD_CHARS = 256  # request ids and names come from callers: bounded
 
 
@@ -61,14 +62,29 @@ def request_fields(request: object) -> dict[str, str]:
     return fields
 
 
-def log_handler(fmt: Literal["text", "json"]) -> logging.Handler:
-    """A stderr handler writing the chosen format."""
+class _WorkerField(logging.Filter):
+    """Marks each record with its worker's number: `--workers N` interleaves N processes' lines."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def log_handler(fmt: Literal["text", "json"], worker: int | None = None) -> logging.Handler:
+    """A stderr handler writing the chosen format; `worker`: the process's number under --workers."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT if worker is None else TEXT_FORMAT.replace("%(name)s", "[worker %(worker)s] %(name)s")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text))
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     return handler
 
 
-def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
+def configure_logging(level: str, fmt: Literal["text", "json"], worker: int | None = None) -> None:
     """The root logger's level and handler, as logging.basicConfig does (nothing when the root
     logger has handlers already, e.g. under pytest)."""
-    logging.basicConfig(level=level, handlers=[log_handler(fmt)])
+    logging.basicConfig(level=level, handlers=[log_handler(fmt, worker)])

@@ -99,6 +99,8 @@ def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
                 answered += len(stub.ModelInfer(request, timeout=30).outputs)
         assert answered == 6
         assert server.terminate() == 0
+        lines = server.output()
+        assert "[worker 0] server.models" in lines and "[worker 1] server.models" in lines  # who wrote it
     finally:
         server.kill()
 

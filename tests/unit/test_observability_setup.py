@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Literal
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -117,6 +118,28 @@ def test_request_fields_are_bounded_and_skip_what_is_empty() -> None:
     assert request_fields(pb.ModelMetadataRequest(name="m", version="3")) == {"model": "m", "version": "3"}
     assert len(request_fields(pb.ModelInferRequest(id="x" * 10_000))["request_id"]) == 256
     assert request_fields(None) == {}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_workers_lines_name_it(fmt: Literal["text", "json"]) -> None:
+    """Under --workers N, N processes write to one stderr: each line says which one wrote it."""
+    out = io.StringIO()
+    handler = log_handler(fmt, worker=3)
+    handler.setStream(out)  # type: ignore[attr-defined]
+    logger = logging.getLogger("test.observability.worker")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("model x failed to load")
+    finally:
+        logger.removeHandler(handler)
+    line = out.getvalue().strip()
+    if fmt == "json":
+        assert json.loads(line)["worker"] == "3"
+    else:
+        assert "[worker 3] test.observability.worker: model x failed to load" in line
+    plain = log_handler(fmt)
+    assert "worker" not in plain.format(logging.makeLogRecord({"msg": "m", "levelname": "INFO"}))
 
 
 def test_text_format_is_the_default() -> None:
