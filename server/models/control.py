@@ -63,7 +63,10 @@ class RepositoryControl:
         explicit = self._mode == "explicit" and "*" not in self._settings.load_model
         chosen = set(self._settings.load_model) if explicit else set(sources) | set(errors)
         for name, reason in errors.items():
-            log.error("model %s not loaded: %s", name, reason)
+            # ERROR for a model this start loads; one explicit mode was not asked for is only a note
+            # (Triton does not read it at all): its load by RPC would report the reason then.
+            level = logging.ERROR if name in chosen else logging.INFO
+            log.log(level, "model %s not loaded: %s", name, reason)
             # One explicit mode was not asked to load does not make the server unready, broken or not.
             entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
             self._manager.put_entry(entry)

@@ -250,6 +250,9 @@ def test_explicit_mode_a_broken_model_not_asked_for_leaves_the_server_ready(
         # The ready line lists what serves, then the rest by kind (it listed all three as models).
         assert "(models: mlp; not loaded: extra, typo)" in server.output()
         assert not any("Traceback" in line for line in server.lines)  # one line per bad model
+        # Not asked for: a note, not an ERROR an operator's alert would page on.
+        [note] = [line for line in server.lines if "model typo not loaded" in line]
+        assert " INFO " in note, note
         assert client.server_ready()  # as a model not asked for, broken or not (it was false)
         with pytest.raises(InvalidArgument, match="max_batch_sise"):
             client.load_model("typo")
