@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from batcher.admission import Admission
 from batcher.dynamic import DynamicBatcher
@@ -31,6 +31,9 @@ from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
+
+if TYPE_CHECKING:
+    from server.models.rollout import RoutedRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,10 @@ class StepModel(Protocol):
     def sequences(self) -> SequenceBatcher | None: ...
 
 
-Resolve = Callable[[str, str], StepModel]  # (model, version "") -> the version serving it now
+# (model, version "", the request a traffic policy routes when the step names no version) -> the
+# version serving it now: a step naming none is routed as a request naming none (a weighted split,
+# sticky keys, a rollback), never sent to the newest past a rollout.
+Resolve = Callable[[str, str, "RoutedRequest | None"], StepModel]
 
 
 def _named(exc: Exception, ensemble: str, step: Step) -> Exception:
@@ -106,7 +112,7 @@ class EnsembleScheduler:
             return None
         step, model_output = made
         try:
-            served = self._resolve(step.model, step.version)
+            served = self._resolve(step.model, step.version, None)
         except Exception:  # the step model is gone: no labels (the run itself says why)
             return None
         found = served.labels.get(model_output)
@@ -125,18 +131,25 @@ class EnsembleScheduler:
         admission: Admission,
         priority: int,
         sequence: SequenceParams | None = None,
+        routed: RoutedRequest | None = None,
     ) -> Tensors:
         """`run`, counted in the ensemble's own statistics as one execution of the request's rows
         (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
         start = time.perf_counter_ns()
-        outputs = await self.run(inputs, admission, priority, sequence)
+        outputs = await self.run(inputs, admission, priority, sequence, routed)
         stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
         return outputs
 
     async def run(
-        self, inputs: Tensors, admission: Admission, priority: int, sequence: SequenceParams | None = None
+        self,
+        inputs: Tensors,
+        admission: Admission,
+        priority: int,
+        sequence: SequenceParams | None = None,
+        routed: RoutedRequest | None = None,
     ) -> Tensors:
-        """The ensemble's outputs for one request; raises the first failing step's error."""
+        """The ensemble's outputs for one request; raises the first failing step's error. `routed`:
+        the ensemble's request, which routes the steps naming no version (Resolve)."""
         plan = self.plan
         tensors = dict(inputs) if plan.reshape is None else plan.reshape.to_model(inputs)
         batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
@@ -146,7 +159,7 @@ class EnsembleScheduler:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:
                     left.remove(step)
-                    work = self._step(step, tensors, batched, admission.hard, priority, sequence)
+                    work = self._step(step, tensors, batched, admission.hard, priority, sequence, routed)
                     task = asyncio.ensure_future(work)
                     running[task] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -175,9 +188,10 @@ class EnsembleScheduler:
         hard: float | None,
         priority: int,
         sequence: SequenceParams | None,
+        routed: RoutedRequest | None,
     ) -> tuple[Tensors, bool]:
         try:
-            served = self._resolve(step.model, step.version)
+            served = self._resolve(step.model, step.version, routed)
         except Exception as exc:
             raise _named(exc, self.plan.name, step) from None
         signature = served.signature
@@ -199,7 +213,7 @@ class EnsembleScheduler:
             nested = served.ensemble
             outputs: Tensors | None
             if nested is not None:  # an ensemble step: its own steps, under this request's deadline
-                outputs = await nested.run_counted(stats, inputs, a, priority, sequence)
+                outputs = await nested.run_counted(stats, inputs, a, priority, sequence, routed)
             elif served.sequences is not None:  # a sequence step: the request's sequence, its turn
                 if sequence is None:
                     raise InvalidRequest(triton_text.no_correlation_id(signature.model))

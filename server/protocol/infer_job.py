@@ -114,7 +114,7 @@ class InferJob:
         if self.served.ensemble is not None:  # its steps, through their models' batchers
             c = self.controls
             outputs = await self.served.ensemble.run_counted(
-                self.served.stats, self.inputs, self.admission, c.priority, c.sequence
+                self.served.stats, self.inputs, self.admission, c.priority, c.sequence, self.request
             )
             return self._computed(outputs)
         if self.controls.sequence is not None:

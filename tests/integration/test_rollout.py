@@ -79,7 +79,17 @@ MODELS = {
                    fault_hang_s="0.35"),
     "canary": params(traffic_weights="1:90,2:10"),
     "badpolicy": params(traffic_weights="1:50,7:50"),
+    "stepped": params(traffic_weights="1:50,2:50"),  # the step model of the ensemble `ens`
 }  # fmt: skip
+# An ensemble whose one step names no version of `stepped`: routed by its traffic policy.
+ENSEMBLE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [ { model_name: "stepped" model_version: -1
+    input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } } ] }
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +100,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             (repo / name / str(version)).mkdir(parents=True)
             scale_model(repo / name / str(version) / "model.onnx", float(version))
         (repo / name / "config.pbtxt").write_text(BASE + extra)
+    (repo / "ens" / "1").mkdir(parents=True)
+    (repo / "ens" / "config.pbtxt").write_text(ENSEMBLE)
     args = ["--model-repository", str(repo), "--allow-fault-injection", "--shutdown-grace-s", "1"]
     with ServerProcess(*args) as process:
         yield process
@@ -269,6 +281,23 @@ def test_a_slow_version_is_rolled_back(
     assert weights(s) == {1: 50, 2: 0}, (outcomes, s)
     assert "p99 latency" in s.events[0].reason and s.events[0].trigger == "auto"
     assert set(outcomes) <= {"1", "2"}  # slow, never failed
+
+
+def test_an_ensemble_step_naming_no_version_is_routed_and_a_rollback_holds_for_it(
+    stub: pb_grpc.GRPCInferenceServiceStub, admin: apb_grpc.AdminStub
+) -> None:
+    """Every ensemble request went to the step model's newest version, past its split and past a
+    rollback of that version: a rolled-back canary kept all the ensemble's traffic."""
+
+    def computed_by(answer: pb.ModelInferResponse) -> int:
+        y = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 4)
+        return round(float(y[0, 0] / X[0, 0]))
+
+    split = Counter(computed_by(stub.ModelInfer(request("ens", f"n{i}"), timeout=30)) for i in range(200))
+    assert split[1] > 40 and split[2] > 40 and split[1] + split[2] == 200, split  # 5 sigma: 65..135
+    admin.Rollback(apb.RollbackRequest(model="stepped", version=2, reason="bad canary"), timeout=30)
+    after = Counter(computed_by(stub.ModelInfer(request("ens", f"b{i}"), timeout=30)) for i in range(50))
+    assert after == {1: 50}
 
 
 def test_a_policy_naming_an_unserved_version_fails_the_load(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

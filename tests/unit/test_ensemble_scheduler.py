@@ -66,7 +66,7 @@ def _scheduler(ensemble: str, steps: dict[str, FakeStep], clock: Clock) -> Ensem
     config = parse_config(ENSEMBLES[ensemble], "config.pbtxt")
     config.name = ensemble
     plan = plan_ensemble(config, "config.pbtxt", lambda s: steps[s.model].config)
-    return EnsembleScheduler(plan, lambda model, version: steps[model], clock=clock)
+    return EnsembleScheduler(plan, lambda model, version, routed: steps[model], clock=clock)
 
 
 def _admission(hard: float | None) -> Admission:
