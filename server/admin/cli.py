@@ -38,12 +38,23 @@ def add_rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     set_ = actions.add_parser("set", parents=[common], help="replace the weights, e.g. 1:90,2:10")
     set_.add_argument("weights", help="VERSION:WEIGHT pairs; versions not named get 0")
     promote = actions.add_parser("promote", parents=[common], help="one version takes every request")
-    promote.add_argument("version", type=int)
+    promote.add_argument("version", type=_version)
     rollback = actions.add_parser(
         "rollback", parents=[common], help="a version (default: every candidate) out"
     )
-    rollback.add_argument("version", type=int, nargs="?", default=0)
+    rollback.add_argument("version", type=_version, nargs="?", default=0)
     rollback.add_argument("--reason", default="", help="recorded with the rollback event")
+
+
+def _version(text: str) -> int:
+    """A version number as the admin RPCs take it (int64): 2**63 ended in a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"version {text} is out of range (0 to 2**63-1)")
+    return value
 
 
 def run_rollout(args: argparse.Namespace) -> int:

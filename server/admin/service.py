@@ -25,6 +25,7 @@ from server.protocol.answers import answers_errors_untracked
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["Admin"].full_name
+MAX_REASON_CHARS = 500  # a rollback reason is cut here (it is logged and kept in the status)
 
 
 class AdminServicer(apb_grpc.AdminServicer):
@@ -80,7 +81,10 @@ class AdminServicer(apb_grpc.AdminServicer):
                 f"version must be a version number (0: every candidate), got {request.version}"
             )
         version = request.version or None
-        return self._status(self._rollout.roll_back(entry, version, request.reason[:500]))
+        # The reason goes into log lines and the status: printable text only (a newline in it wrote
+        # a line of the caller's choosing into the server's log).
+        reason = "".join(c if c.isprintable() else " " for c in request.reason[:MAX_REASON_CHARS])
+        return self._status(self._rollout.roll_back(entry, version, reason))
 
     def _status(self, state: ModelRollout) -> apb.RolloutStatusResponse:
         return status_message(state, self._rollout.rollbacks_of(state.entry.name))

@@ -234,18 +234,30 @@ class Rollout:
         """Take `version` (None: every candidate) out of traffic and out of shadowing."""
         state = self.state(entry)
         targets = state.candidates() if version is None else [version]
+        # Without a policy the newest version takes every request: it cannot be rolled back either
+        # (it was answered OK and counted, and kept serving).
+        weights = state.weights if state.weights is not None else {entry.order[0]: 100}
         for target in targets:
             if target not in entry.versions:
                 raise ModelNotFound(f"model '{entry.name}' does not serve version {target}")
-            weights = state.weights or {}
             if weights.get(target, 0) > 0 and not any(w > 0 for v, w in weights.items() if v != target):
                 raise RolloutRefused(
                     f"version {target} is the only version of '{entry.name}' taking requests; "
                     "promote or weight another version first"
                 )
         for target in targets:
+            if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
+                log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
+                continue
             self._roll_back(state, target, "manual", reason or "rolled back by an operator")
         return state
+
+    @staticmethod
+    def _in_traffic(state: ModelRollout, version: int) -> bool:
+        """`version` takes weighted requests or shadow copies now."""
+        shadow = state.shadow
+        mirrored = shadow is not None and shadow.policy.version == version and shadow.policy.fraction > 0
+        return mirrored or (state.weights or {}).get(version, 0) > 0
 
     def _roll_back(self, state: ModelRollout, version: int, trigger: str, reason: str) -> None:
         if state.weights is not None and state.weights.get(version, 0) > 0:

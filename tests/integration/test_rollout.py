@@ -80,6 +80,7 @@ MODELS = {
     "canary": params(traffic_weights="1:90,2:10"),
     "badpolicy": params(traffic_weights="1:50,7:50"),
     "stepped": params(traffic_weights="1:50,2:50"),  # the step model of the ensemble `ens`
+    "forged": params(traffic_weights="1:50,2:50"),
 }  # fmt: skip
 # An ensemble whose one step names no version of `stepped`: routed by its traffic policy.
 ENSEMBLE = """
@@ -348,6 +349,18 @@ def test_the_rollout_cli_shows_sets_promotes_and_rolls_back(
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "[9]" in unknown.stderr
     bad = rollout_cli(server, "set", "canary", "1:x")
     assert bad.returncode == 2 and "VERSION:WEIGHT" in bad.stderr
+
+
+def test_a_rollback_reason_cannot_write_log_lines_and_the_cli_bounds_versions(server: ServerProcess) -> None:
+    back = rollout_cli(server, "rollback", "forged", "2", "--reason", "ok\nCRITICAL forged: line\r")
+    assert back.returncode == 0, back.stderr
+    wait_until(lambda: "model forged version 2 rolled back" in server.output(), "the rollback's log line")
+    [line] = [line for line in server.lines if "model forged version 2 rolled back" in line]
+    assert line.rstrip().endswith("ok CRITICAL forged: line"), line  # one line, the newline a space
+    assert not [line for line in server.lines if line.startswith("CRITICAL forged")]
+    for action in ("promote", "rollback"):
+        huge = rollout_cli(server, action, "forged", "99999999999999999999")
+        assert huge.returncode == 2 and "out of range" in huge.stderr and "Traceback" not in huge.stderr
 
 
 INFER_TOKEN = "infer-rollout-5a6b7c8d9e0f1a2b"

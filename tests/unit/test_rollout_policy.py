@@ -225,3 +225,40 @@ def test_the_rollout_rolls_a_failing_candidate_back_when_its_window_ends() -> No
     assert state.weights == {1: 50, 2: 0} and state.events[0].trigger == "auto"
     assert {rollout.route(entry, pb.ModelInferRequest(id=f"r{i}")) for i in range(100)} == {1}
     assert list(rollout.rollback_counts()) == [({"model": "m", "version": "2", "trigger": "auto"}, 1)]
+
+
+def _entry(**params: str) -> object:
+    from types import SimpleNamespace
+
+    from batcher.stats import ModelStats
+
+    cfg = config(**params)
+    versions = {v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v) for v in (1, 2, 3)}
+    return SimpleNamespace(name="m", versions=versions, order=[3, 2, 1])
+
+
+def test_without_a_policy_the_newest_version_cannot_be_rolled_back() -> None:
+    """It was answered OK, counted and logged, and kept taking every request."""
+    from server.errors import RolloutRefused
+    from server.models.rollout import Rollout
+
+    rollout, entry = Rollout(), _entry()
+    with pytest.raises(RolloutRefused, match="only version"):
+        rollout.roll_back(entry, 3, "")  # type: ignore[arg-type]
+    rollout.roll_back(entry, 2, "")  # type: ignore[arg-type]  # takes nothing: a no-op
+    rollout.roll_back(entry, None, "")  # type: ignore[arg-type]  # no candidates: a no-op
+    state = rollout.state(entry)  # type: ignore[arg-type]
+    assert not state.events and not state.rolled_back and list(rollout.rollback_counts()) == []
+
+
+def test_a_rollback_of_a_version_already_out_of_traffic_counts_nothing() -> None:
+    from server.models.rollout import Rollout
+
+    rollout, entry = Rollout(), _entry(traffic_weights="1:0,2:80,3:20")
+    rollout.roll_back(entry, 3, "bad")  # type: ignore[arg-type]
+    rollout.roll_back(entry, 3, "again")  # type: ignore[arg-type]
+    rollout.roll_back(entry, 1, "never served")  # type: ignore[arg-type]
+    state = rollout.state(entry)  # type: ignore[arg-type]
+    assert state.weights == {1: 0, 2: 80, 3: 0}
+    assert [e.reason for e in state.events] == ["bad"]
+    assert list(rollout.rollback_counts()) == [({"model": "m", "version": "3", "trigger": "manual"}, 1)]
