@@ -230,7 +230,7 @@ class ModelLoads:
 
     async def _evict(self, name: str) -> None:
         freed = self.budget.size_of(name) or 0
-        await self._manager.unload(name)  # drains, as an unload does (it was idle when chosen)
+        await self._manager.unload(name, evicted=True)  # drains as an unload (it was idle when chosen)
         self.budget.forget(name)
         self.stats.evictions += 1
         self.register_lazy(name, EVICTED)

@@ -201,7 +201,9 @@ class ModelManager:
                     log.info("ensemble %s loaded now that %s is ready", ensemble, model)
                     ready.append(ensemble)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, evicted: bool = False) -> None:
+        """Unload `name`; `evicted`: by the memory budget, so its rollout state waits for its
+        next load (Rollout.hold), where an unload forgets it."""
         async with self._lock:
             entry = self.entry(name)
             entry.state, entry.reason = UNAVAILABLE, UNLOADED
@@ -210,6 +212,10 @@ class ModelManager:
             await self._retire(entry.versions.values())
             entry.versions.clear()
             entry.order.clear()
+            if evicted:
+                self.rollout.hold(name)
+            else:
+                self.rollout.forget(name)
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop every batcher: finish what is queued within the timeout, fail the rest."""

@@ -85,6 +85,10 @@ class ModelRollout:
     rolled_back: set[int] = field(default_factory=set)
     events: deque[RollbackEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     last_window: WindowReport | None = None
+    held: bool = False  # the model was evicted: carry this state onto its next load (Rollout.hold)
+    entry_versions: frozenset[int] = (
+        frozenset()
+    )  # the versions served when built (entry's empty when unloaded)
 
     def set_weights(self, weights: dict[int, int] | None) -> None:
         self.weights = weights
@@ -157,9 +161,43 @@ class Rollout:
         if state is None or state.entry is not entry:
             if state is not None and state.shadow is not None:
                 state.shadow.cancel()
-            state = self._build(entry)
-            self._models[entry.name] = state
+            built = self._build(entry)
+            if state is not None and state.held:
+                self._carry(state, built)
+            state = self._models[entry.name] = built
         return state
+
+    def forget(self, name: str) -> None:
+        """The model was unloaded: its state and its /metrics series go (they were shown for ever)."""
+        state = self._models.pop(name, None)
+        if state is not None and state.shadow is not None:
+            state.shadow.cancel()
+
+    def hold(self, name: str) -> None:
+        """The model was evicted to fit the memory budget: its next load, by a request, is not an
+        operator's reload, so the weights, rollbacks and events set since its config carry over
+        (a rolled-back canary came back at its config's weight by itself)."""
+        state = self._models.get(name)
+        if state is not None:
+            state.held = True
+            if state.shadow is not None:
+                state.shadow.cancel()
+
+    @staticmethod
+    def _carry(old: ModelRollout, new: ModelRollout) -> None:
+        """An evicted model's operator state onto its reload, when the reload serves the same
+        versions under the same config policy (otherwise the config's is the news)."""
+        if old.config_policy != new.config_policy or set(old.entry_versions) != set(new.entry.versions):
+            log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
+                     new.entry.name)  # fmt: skip
+            return
+        new.set_weights(None if old.weights is None else dict(old.weights))
+        new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
+        if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
+            Rollout._stop_shadow(new)
+        if old.source != "config":
+            log.info("rollout: model %s reloaded after an eviction: weights %s (%s) carried over",
+                     new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
     def _build(self, entry: ModelEntry) -> ModelRollout:
         config = entry.versions[entry.order[0]].config
@@ -180,6 +218,7 @@ class Rollout:
             shadow_figures=figures,
         )
         state.set_weights(None if policy is None else dict(policy.weights))
+        state.entry_versions = frozenset(entry.versions)
         state.monitor = RollbackMonitor(window_s, self._clock(), self._figures(state))  # needs the state
         if policy is not None:
             log.info("rollout: model %s traffic %s%s", entry.name, format_weights(policy.weights),

@@ -262,3 +262,32 @@ def test_a_rollback_of_a_version_already_out_of_traffic_counts_nothing() -> None
     assert state.weights == {1: 0, 2: 80, 3: 0}
     assert [e.reason for e in state.events] == ["bad"]
     assert list(rollout.rollback_counts()) == [({"model": "m", "version": "3", "trigger": "manual"}, 1)]
+
+
+def test_an_evicted_models_rollback_holds_on_its_next_load_and_an_unload_forgets_it() -> None:
+    """A lazy model evicted by the budget and loaded again by a request came back at its config's
+    weights: a rolled-back canary returned by itself. An unloaded model's shadow series stayed."""
+    from types import SimpleNamespace
+
+    from server.models.rollout import Rollout
+
+    params = {"traffic_weights": "1:50,2:50", "shadow_version": "3", "shadow_fraction": "1"}
+    rollout, entry = Rollout(), _entry(**params)
+    rollout.roll_back(entry, 2, "bad canary")  # type: ignore[arg-type]
+    rollout.roll_back(entry, 3, "bad shadow")  # type: ignore[arg-type]
+    assert [name for name, _, _ in rollout.gauge_values()]  # the shadow's series
+    rollout.hold("m")
+    reloaded = SimpleNamespace(**vars(_entry(**params)))  # the same versions and policy, anew
+    state = rollout.state(reloaded)  # type: ignore[arg-type]
+    assert state.entry is reloaded and state.weights == {1: 50, 2: 0}
+    assert state.shadow is not None and state.shadow.policy.fraction == 0
+    assert state.rolled_back == {2, 3} and [e.reason for e in state.events] == ["bad canary", "bad shadow"]
+    assert state.source == "rollback"
+
+    changed = _entry(traffic_weights="1:10,2:90")  # a new policy: the config's applies
+    rollout.hold("m")
+    assert rollout.state(changed).weights == {1: 10, 2: 90}  # type: ignore[arg-type]
+
+    rollout.forget("m")  # unloaded
+    assert list(rollout.gauge_values()) == []
+    assert rollout.state(_entry(**params)).weights == {1: 50, 2: 50}  # type: ignore[arg-type]
