@@ -17,16 +17,20 @@ from server.models.traffic import RollbackThresholds
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """A version's answered requests: successes, errors it caused, and the successes' latency as
-    counts per bucket of LATENCY_BOUNDS_NS (the last bucket: above every bound)."""
+    """A version's answered requests: successes, errors it caused, requests that missed their
+    deadline (shed for it, expired in the queue, or computed too late), and the successes' latency
+    as counts per bucket of LATENCY_BOUNDS_NS (the last bucket: above every bound). `source`: what
+    they were read from, a version's requests or its shadow copies (server/models/rollout.py)."""
 
     ok: int = 0
     errors: int = 0
     latency: tuple[int, ...] = ()
+    missed: int = 0
+    source: str = "requests"
 
     @property
     def requests(self) -> int:
-        return self.ok + self.errors
+        return self.ok + self.errors + self.missed
 
     @property
     def error_rate(self) -> float:
@@ -38,12 +42,18 @@ class Figures:
             self.ok - earlier.ok,
             self.errors - earlier.errors,
             tuple(now - then for now, then in zip(self.latency, before, strict=True)),
+            self.missed - earlier.missed,
+            self.source,
         )
 
     def quantile_s(self, q: float) -> float | None:
-        """The upper bound (seconds) of the bucket holding the q-quantile of the successes' latency;
-        inf when it is above every bound; None without successes."""
-        return quantile_s(self.latency, q)
+        """The upper bound (seconds) of the bucket holding the q-quantile of the latency of the
+        successes and of the requests that missed their deadline (those above every bound: a
+        version too slow to finish any request in time had no latency at all); inf when it is
+        above every bound; None without either."""
+        counts = list(self.latency or (0,) * (len(LATENCY_BOUNDS_NS) + 1))
+        counts[-1] += self.missed
+        return quantile_s(counts, q)
 
 
 def quantile_s(counts: Sequence[int], q: float, bounds: Sequence[int] = LATENCY_BOUNDS_NS) -> float | None:
@@ -111,8 +121,14 @@ class RollbackMonitor:
         thresholds: RollbackThresholds | None,
     ) -> WindowReport:
         """End the window at `now` (the next one starts there) and judge each candidate in it.
-        A version without a reading at the window's start has no figures for it (not judged)."""
-        figures = {v: f.minus(self._base[v]) for v, f in current.items() if v in self._base}
+        A version without a reading of the same source at the window's start has no figures for it
+        (not judged)."""
+        # A version whose figures changed source in the window (a shadow candidate given weight, or
+        # weighted one going back to shadow) has none for it: one source minus the other went negative.
+        base = self._base
+        figures = {
+            v: f.minus(base[v]) for v, f in current.items() if v in base and base[v].source == f.source
+        }
         seconds = now - self._start
         self._base, self._start = dict(current), now
         verdicts: dict[int, str] = {}

@@ -12,6 +12,7 @@ Everything runs on the event loop; /metrics reads `rollback_counts` from its own
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
-from server.models.rollback import Figures, RollbackMonitor, WindowReport, quantile_s
+from server.models.rollback import Figures, RollbackMonitor, WindowReport
 from server.models.shadow import ShadowFigures, ShadowRunner
 from server.models.traffic import (
     RollbackThresholds,
@@ -232,7 +233,9 @@ class Rollout:
         shadow = state.shadow
         if shadow is not None and not (state.weights or {}).get(shadow.policy.version):
             f = state.shadow_figures
-            out[shadow.policy.version] = Figures(f.compared, f.errors, tuple(f.shadow_latency.counts))
+            out[shadow.policy.version] = Figures(
+                f.compared, f.errors, tuple(f.shadow_latency.counts), 0, "shadow"
+            )
         return out
 
     def _close_window(self, state: ModelRollout, now: float) -> None:
@@ -364,23 +367,27 @@ def routing_key(request: RoutedRequest, sticky_key: str) -> str:
 
 def figures_of(served: ModelVersion) -> Figures:
     """A version's cumulative figures from its statistics: backend failures and run timeouts are
-    its errors (client mistakes, deadlines and cancellations are not)."""
+    its errors (client mistakes, deadlines and cancellations are not); requests shed for their
+    deadline, expired in its queue or computed too late count as latency above every bound (a
+    canary too slow for any deadline was never rolled back: it had no successes to judge)."""
     s = served.stats
-    return Figures(s.success.count, s.failures["BACKEND"], tuple(s.request_hist.counts))
+    missed = s.shed + s.expired + s.late
+    return Figures(s.success.count, s.failures["BACKEND"], tuple(s.request_hist.counts), missed)
 
 
 def window_line(report: WindowReport, state: ModelRollout) -> str:
     parts = []
     for version, f in sorted(report.figures.items()):
-        p99 = quantile_s(f.latency, 0.99)
-        p99_text = "-" if p99 is None else f"{p99 * 1000:g}ms"
-        parts.append(f"v{version} n={f.requests} err={f.error_rate:.1%} p99<={p99_text}")
+        p99 = f.quantile_s(0.99)
+        p99_text = "-" if p99 is None else "inf" if math.isinf(p99) else f"{p99 * 1000:g}ms"
+        missed = f" missed_deadline={f.missed}" if f.missed else ""
+        parts.append(f"v{version} n={f.requests} err={f.error_rate:.1%}{missed} p99<={p99_text}")
     if state.shadow is not None:
         s = state.shadow_figures
-        agree = s.argmax_agree / s.argmax_rows if s.argmax_rows else 1.0
+        agree = f"{s.argmax_agree / s.argmax_rows:.1%}" if s.argmax_rows else "-"  # none compared
         parts.append(
             f"shadow v{state.shadow.policy.version}: mirrored={s.mirrored} compared={s.compared} "
             f"errors={s.errors} shed={s.shed} dropped={s.dropped} max_abs_diff={s.max_abs_diff:g} "
-            f"argmax_agree={agree:.1%}"
+            f"argmax_agree={agree}"
         )
     return "; ".join(parts)

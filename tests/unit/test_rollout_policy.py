@@ -157,6 +157,31 @@ def test_the_monitor_judges_each_window_on_its_own_figures() -> None:
     assert monitor.close(now + 30, failing, stable=1, candidates=[2], thresholds=None).verdicts == {}
 
 
+def test_a_candidate_that_misses_its_deadlines_is_judged_slow() -> None:
+    """A canary too slow for its callers' deadlines had no successes, so no p99: never rolled back."""
+    stable = Figures(ok=200, errors=0, latency=latency(0.4, 200))
+    never_in_time = Figures(ok=0, errors=0, latency=(), missed=150)
+    verdict = decide(stable, never_in_time, T)
+    assert verdict is not None and "p99 latency <= inf" in verdict
+    assert decide(stable, Figures(199, 0, latency(0.4, 199), missed=1), T) is None  # under 1%
+    both = Figures(ok=100, errors=0, latency=latency(0.4, 100), missed=100)  # the callers' deadlines
+    assert decide(both, never_in_time, T) is None  # inf against inf: no worse than the stable
+    assert never_in_time.error_rate == 0.0 and never_in_time.requests == 150
+
+
+def test_a_window_where_a_versions_figures_change_source_judges_it_not() -> None:
+    """A shadow-only candidate given weight mid-window: its copies' count minus its requests' went
+    negative (n=-319 in the log), and the window skipped it."""
+    start = {1: Figures(500, 0, latency(0.4, 500)), 2: Figures(400, 0, latency(0.4, 400), 0, "shadow")}
+    monitor = RollbackMonitor(10, 0.0, start)
+    now = {1: Figures(600, 0, latency(0.4, 600)), 2: Figures(80, 20, latency(0.4, 80))}  # requests
+    report = monitor.close(10.0, now, stable=1, candidates=[2], thresholds=T)
+    assert set(report.figures) == {1} and report.verdicts == {}
+    later = {1: Figures(700, 0, latency(0.4, 700)), 2: Figures(160, 120, latency(0.4, 160))}
+    report = monitor.close(20.0, later, stable=1, candidates=[2], thresholds=T)  # same source now
+    assert report.figures[2].requests == 180 and list(report.verdicts) == [2]
+
+
 def test_shadow_comparison_records_diff_and_argmax() -> None:
     figures = ShadowFigures()
     stable = {"y": np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)}
