@@ -27,6 +27,7 @@ class FakeManager:
         self.entered = asyncio.Event()  # a load reached the manager
         self.loaded: list[str] = []
         self.unloaded: list[str] = []
+        self.evicted: list[str] = []  # unloaded by the budget (the rollout state waits for a reload)
 
     def entry(self, name: str) -> ModelEntry:
         if name not in self.entries:
@@ -48,8 +49,9 @@ class FakeManager:
         await self.gate.wait()
         self.entries[name] = ModelEntry(name=name, state=READY)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, evicted: bool = False) -> None:
         self.unloaded.append(name)
+        self.evicted += [name] if evicted else []
         self.entries[name].state, self.entries[name].reason = UNAVAILABLE, "unloaded"
 
 
@@ -111,7 +113,7 @@ async def test_the_least_recently_used_lazy_model_is_evicted(tmp_path: Path) -> 
     await loads.ready("b", 30.0)
     assert not loads.needs_load("a")  # a request for a: b is now the least recently used
     await loads.ready("c", 30.0)
-    assert fake.unloaded == ["b"] and loads.stats.evictions == 1
+    assert fake.unloaded == fake.evicted == ["b"] and loads.stats.evictions == 1
     assert fake.entries["b"].reason == EVICTED and loads.needs_load("b")
     assert loads.budget.used_bytes == 80_000
 
