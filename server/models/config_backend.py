@@ -44,6 +44,14 @@ def _is_count(value: str) -> bool:
     return value.strip().isdigit()
 
 
+MAX_THREADS = 256  # per session: a count can come from a client's RepositoryModelLoad config
+
+
+def _is_thread_count(value: str) -> bool:
+    # 2000 in a client's config started 2,000 threads; 100000 never finished loading.
+    return _is_count(value) and int(value) <= MAX_THREADS
+
+
 def _one_of(*allowed: str) -> Callable[[str], bool]:
     return lambda value: value.strip() in allowed
 
@@ -54,8 +62,8 @@ def _any(value: str) -> bool:
 
 # Model parameter -> (check, what a good value is). Keys the backend turns into settings below.
 ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
-    "intra_op_thread_count": (_is_count, "a count >= 0"),
-    "inter_op_thread_count": (_is_count, "a count >= 0"),
+    "intra_op_thread_count": (_is_thread_count, f"a count from 0 to {MAX_THREADS} (at most {MAX_THREADS})"),
+    "inter_op_thread_count": (_is_thread_count, f"a count from 0 to {MAX_THREADS} (at most {MAX_THREADS})"),
     "execution_mode": (_one_of("0", "1"), "0 (sequential) or 1 (parallel)"),
     "enable_mem_arena": (_is_bool, "a boolean (1/0, true/false)"),
     "enable_mem_pattern": (_is_bool, "a boolean (1/0, true/false)"),

@@ -15,8 +15,9 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 
@@ -56,6 +57,7 @@ class RepositoryControl:
         self._uploads: dict[str, Path] = {}  # model -> directory of files sent with its load
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._operations: set[asyncio.Task[None]] = set()  # loads and unloads by RPC (_to_completion)
 
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
@@ -95,6 +97,9 @@ class RepositoryControl:
         self._stop.set()
         if self._watcher is not None:
             await self._watcher
+        for task in list(self._operations):  # loads and unloads by RPC whose callers left
+            task.cancel()
+        await asyncio.gather(*self._operations, return_exceptions=True)
         await self._loads.stop()
 
     def cleanup(self) -> None:
@@ -107,6 +112,29 @@ class RepositoryControl:
 
     async def load_rpc(self, name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
         self._check_allowed()
+        await self._to_completion(self._load(name, parameters), f"load of model {name}")
+
+    async def unload_rpc(self, name: str) -> None:
+        self._check_allowed()
+        await self._to_completion(self._unload(name), f"unload of model {name}")
+
+    async def _to_completion(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run `work` to its end even if the caller goes (a deadline, a disconnect), as Triton does:
+        cancelled inside the RPC's task, a load stopped halfway, the versions it had started
+        leaked (63 MiB a try) and the model never loaded; an unload left a half-retired version."""
+        task = asyncio.create_task(work, name=what)
+        self._operations.add(task)
+        task.add_done_callback(self._operation_done)
+        await asyncio.shield(task)
+
+    def _operation_done(self, task: asyncio.Task[None]) -> None:
+        self._operations.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here too: a caller that went away never reads it. It answered the caller
+            # (if still there) and the load's own failure was logged where it failed.
+            log.debug("%s failed after its caller left: %s", task.get_name(), task.exception())
+
+    async def _load(self, name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
         override = parse_load_parameters(name, parameters)
         upload: Path | None = None
         if override.files:
@@ -124,8 +152,7 @@ class RepositoryControl:
             raise
         self._replace_upload(name, upload)
 
-    async def unload_rpc(self, name: str) -> None:
-        self._check_allowed()
+    async def _unload(self, name: str) -> None:
         await self._loads.unload(name)
         self._replace_upload(name, None)
 

@@ -234,13 +234,19 @@ class ModelManager:
             self._ensemble_steps[source.name] = frozenset(
                 s.model_name for s in source.config.ensemble_scheduling.step
             )
+        versions: dict[int, ModelVersion] = {}
         try:
-            versions = {}
-            for number, path in sorted(source.versions.items(), reverse=True):
-                if is_ensemble(source.config):
-                    versions[number] = self._load_ensemble(source, number)
-                    continue
-                versions[number] = await self._load_version(source, number, path)
+            try:
+                for number, path in sorted(source.versions.items(), reverse=True):
+                    if is_ensemble(source.config):
+                        versions[number] = self._load_ensemble(source, number)
+                        continue
+                    versions[number] = await self._load_version(source, number, path)
+            except BaseException:
+                # The versions started before the one that failed go too: a failed reload kept
+                # their sessions, batchers and threads for ever (63 MiB a try on resnet).
+                await self._retire(versions.values())
+                raise
         except Exception as exc:  # one bad model never stops the others
             known = (ConfigError, RepositoryError, BackendLoadError, OSError)
             reason = str(exc) if isinstance(exc, known) else repr(exc)

@@ -1,0 +1,87 @@
+"""Repository control under an edge operator's mistakes, against a real server: a load whose
+caller gives up, a reload that fails on one version, an unbounded thread count in a client's
+config, and load failures counted on /metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from clients import NO_RETRY, Client, DeadlineExceeded, InvalidArgument
+from tests.integration.client_fixtures import features
+from tests.support.procfs import thread_count
+from tests.support.repositories import write_model
+from tests.support.server_process import ServerProcess, wait_until
+
+EXPLICIT = ("--model-control-mode", "explicit")
+# Twelve instances of two threads each (onnxruntime's pool has one thread of its own per session).
+TWELVE = """instance_group [ { count: 12 kind: KIND_CPU } ]
+version_policy { all { } }
+parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
+"""
+
+
+@pytest.fixture()
+def repo(demo_repo: Path, tmp_path: Path) -> Path:
+    """`mlp` (version 1), and `twin`: two versions of mlp, twelve instances each."""
+    repo = tmp_path / "repo"
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(repo, "mlp", mlp, (demo_repo / "mlp" / "config.pbtxt").read_text())
+    write_model(repo, "twin", mlp, 'name: "twin"\nmax_batch_size: 8\n' + TWELVE)
+    (repo / "twin" / "2").mkdir()
+    (repo / "twin" / "2" / "model.onnx").write_bytes(mlp.read_bytes())
+    return repo
+
+
+def loads_failed(server: ServerProcess) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    [line] = [x for x in text.splitlines() if x.startswith("sluiceway_model_load_failures_total ")]
+    return float(line.split()[1])
+
+
+def test_a_load_whose_caller_gives_up_still_completes(repo: Path) -> None:
+    """The load ran inside the RPC's task: a deadline shorter than the load stopped it halfway, the
+    versions it had started leaked, and the model never loaded however often it was retried."""
+    many = json.dumps({"max_batch_size": 8, "instance_group": [{"count": 40, "kind": "KIND_CPU"}]})
+    args = ("--model-repository", str(repo), *EXPLICIT)
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.load_model("mlp", config=many, timeout_s=0.05)  # 40 sessions take longer
+        wait_until(lambda: client.model_ready("mlp"), "the load to complete after its caller left")
+        assert client.infer("mlp", {"features": features(2)})
+
+
+def test_a_reload_that_fails_on_one_version_lets_the_others_go(repo: Path) -> None:
+    """Versions load newest first; when an older one failed, the newer ones already started kept
+    their sessions, batchers and threads for ever (63 MiB and a thread per try on resnet)."""
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "twin")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        pid = server.process.pid
+        base = thread_count(pid)
+        broken = repo / "twin" / "1" / "model.onnx"
+        broken.unlink()  # a link to the shared demo model: never write through it
+        broken.write_bytes(b"not an onnx model")
+        for _ in range(3):
+            with pytest.raises(InvalidArgument):
+                client.load_model("twin")
+        assert client.infer("twin", {"features": features(1)})  # the old versions still serve
+        wait_until(
+            lambda: client.server_live() and thread_count(pid) <= base + 2,
+            "the versions the failed reloads started to let their threads go",
+            timeout_s=30,
+        )
+        assert loads_failed(server) == 3
+
+
+def test_a_clients_config_cannot_ask_for_unbounded_threads(repo: Path) -> None:
+    """intra_op_thread_count 2000 in a RepositoryModelLoad config started 2,000 threads."""
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "mlp")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        config = {"max_batch_size": 8, "parameters": {"intra_op_thread_count": {"string_value": "2000"}}}
+        with pytest.raises(InvalidArgument, match=r"intra_op_thread_count.*2000.*at most 256"):
+            client.load_model("mlp", config=json.dumps(config))
+        assert client.infer("mlp", {"features": features(1)})  # the loaded version still serves
