@@ -155,7 +155,11 @@ class SluicewayServer:
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
         add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
-        add_service(apb.DESCRIPTOR.services_by_name["Admin"], AdminServicer(self.models), self._grpc)
+        add_service(
+            apb.DESCRIPTOR.services_by_name["Admin"],
+            AdminServicer(self.models, settings.worker_index is not None),
+            self._grpc,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if settings.reflection:
             names = (

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.security.tls import check_ca_file, check_key_pair, check_readable
@@ -223,6 +223,17 @@ class ServerSettings(BaseSettings):
             # Each worker has its own regions, and a client's connections may reach different ones.
             raise ValueError("allow_client_shm needs workers=1: shared memory regions are per process")
         return workers
+
+    @model_validator(mode="after")
+    def _one_repository_state(self) -> ServerSettings:
+        if self.workers > 1 and self.model_control_mode == "explicit":
+            # A load or unload by RPC reached the one worker its connection landed on: ModelReady
+            # and answers then depended on the connection (9 of 16 saw the model).
+            raise ValueError(
+                "model_control_mode 'explicit' needs workers=1: a load or unload by RPC would reach "
+                "one worker process only (poll mode reloads every worker from the repository)"
+            )
+        return self
 
     @field_validator("load_model", mode="after")
     @classmethod

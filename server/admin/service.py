@@ -14,7 +14,7 @@ import grpc
 
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
-from server.errors import InvalidRequest, ModelNotReady
+from server.errors import InvalidRequest, ModelNotReady, RolloutRefused
 from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
 from server.models.rollout import ModelRollout, Rollout, figures_of
@@ -29,8 +29,18 @@ MAX_REASON_CHARS = 500  # a rollback reason is cut here (it is logged and kept i
 
 
 class AdminServicer(apb_grpc.AdminServicer):
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, one_of_workers: bool = False) -> None:
         self._models = models
+        # Under --workers N each process routes on its own: a change would reach one of them.
+        self._one_of_workers = one_of_workers
+
+    def _check_changes_allowed(self) -> None:
+        if self._one_of_workers:
+            raise RolloutRefused(
+                "rollout changes need workers=1: under --workers each worker process routes on its "
+                "own and this change would reach one of them; set traffic_* in config.pbtxt (poll "
+                "mode reloads every worker)"
+            )
 
     @property
     def _rollout(self) -> Rollout:
@@ -54,6 +64,7 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def SetWeights(
         self, request: apb.SetWeightsRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
+        self._check_changes_allowed()
         entry = self._entry(request.model)
         if not request.weights:
             raise InvalidRequest("weights is empty: give VERSION:WEIGHT for at least one version")
@@ -66,6 +77,7 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def Promote(
         self, request: apb.PromoteRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
+        self._check_changes_allowed()
         entry = self._entry(request.model)
         if request.version <= 0:
             raise InvalidRequest(f"version must be a positive version number, got {request.version}")
@@ -75,6 +87,7 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def Rollback(
         self, request: apb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
+        self._check_changes_allowed()
         entry = self._entry(request.model)
         if request.version < 0:
             raise InvalidRequest(

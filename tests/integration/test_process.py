@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
+from protos import admin_pb2 as apb
+from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.procfs import alive, children_of
@@ -98,6 +100,13 @@ def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
                 )
                 answered += len(stub.ModelInfer(request, timeout=30).outputs)
         assert answered == 6
+        with grpc.insecure_channel(server.address) as ch:  # a rollout change would reach one worker
+            admin = apb_grpc.AdminStub(ch)
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.SetWeights(apb.SetWeightsRequest(model="mlp", weights={1: 100}), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "workers=1" in (refused.value.details() or "")
+            assert admin.RolloutStatus(apb.RolloutStatusRequest(model="mlp"), timeout=30).model == "mlp"
         assert server.terminate() == 0
         lines = server.output()
         assert "[worker 0] server.models" in lines and "[worker 1] server.models" in lines  # who wrote it

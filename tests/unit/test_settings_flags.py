@@ -100,6 +100,13 @@ def test_a_single_name_variable_and_bad_json(
     assert "load_model" in err and "Traceback" not in err
 
 
+def test_explicit_mode_needs_one_worker() -> None:
+    """A load by RPC reached the one worker its connection landed on (9 of 16 saw the model)."""
+    with pytest.raises(ValidationError, match="explicit' needs workers=1"):
+        settings("--model-control-mode", "explicit", "--workers", "2")
+    assert settings("--model-control-mode", "poll", "--workers", "2").workers == 2
+
+
 def test_a_log_level_is_taken_in_either_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings("--log-level", "debug").log_level == "DEBUG"
     monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "Warning")
