@@ -69,6 +69,8 @@ class RepositoryControl:
             # (Triton does not read it at all): its load by RPC would report the reason then.
             level = logging.ERROR if name in chosen else logging.INFO
             log.log(level, "model %s not loaded: %s", name, reason)
+            if name in chosen:
+                self._loads.stats.failures += 1  # a config that cannot be read is a failed load
             # One explicit mode was not asked to load does not make the server unready, broken or not.
             entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
             self._manager.put_entry(entry)
@@ -195,13 +197,18 @@ class RepositoryControl:
         try:
             await self._loads.load(source.name, source)
         except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
-            self._failed(source.name, str(exc))
+            self._failed(source.name, str(exc), counted=False)  # counted as a refusal
         except Exception as exc:  # one bad model never stops the others
             # The manager logged its own failure (a second line here doubled every alert on it).
             if self._entry(source.name) is None:  # it failed before the manager saw it: say why
                 self._failed(source.name, str(exc))
 
-    def _failed(self, name: str, reason: str) -> None:
+    def _failed(self, name: str, reason: str, *, counted: bool = True) -> None:
+        """A load (at start or by the poller) that failed before the manager saw it: noted in the
+        index, logged, and counted in sluiceway_model_load_failures_total (it was not: alerts on
+        it missed the commonest mistake, a broken config.pbtxt)."""
+        if counted:
+            self._loads.stats.failures += 1
         entry = self._entry(name)
         if entry is not None and entry.versions:
             self._manager.note_failed_reload(name, reason)

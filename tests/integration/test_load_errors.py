@@ -69,8 +69,14 @@ def test_a_server_says_a_load_error_once(broken_repo: Path) -> None:
 def test_each_load_error_is_one_log_line_in_every_mode(broken_repo: Path, mode: str) -> None:
     # The control layer logged a second line ("model broken: load failed: failed to load model
     # 'broken': ...") after the manager's own, doubling every alert on load errors.
-    with ServerProcess("--model-repository", str(broken_repo), "--model-control-mode", mode) as server:
+    poll = ("--repository-poll-secs", "0.3") if mode == "poll" else ()
+    with ServerProcess("--model-repository", str(broken_repo), "--model-control-mode", mode, *poll) as server:
         out = server.output()
+        # Both counted: the broken config was not (alerts on the counter missed it).
+        assert load_failures(server) == 2
+        if mode == "poll":  # a config broken later, as the poller finds it, counts as well
+            (broken_repo / "corrupt" / "config.pbtxt").write_text(BROKEN_CONFIG)
+            wait_until(lambda: load_failures(server) == 3, "the poller's failed load to be counted")
     assert out.count("Couldn't parse integer: nonsense") == 1, out
     assert "load failed" not in out
 
