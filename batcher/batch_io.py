@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from batcher.errors import BatcherStopped, DeadlineExceeded
+from batcher.errors import BatcherStopped, DeadlineExceeded, NotAccepting
 from batcher.queue import Request
 from batcher.ragged import gather_ragged
 from batcher.scatter import gather
@@ -35,6 +35,10 @@ def computed_late() -> DeadlineExceeded:
 
 def stopped() -> BatcherStopped:
     return BatcherStopped("model stopped before the request was computed")
+
+
+def handed_over() -> NotAccepting:
+    return NotAccepting("model version retired by a reload before the request was computed")
 
 
 def record_run(

@@ -23,7 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from batcher.admission import Admission
-from batcher.batch_io import alone_rows, batch_inputs, computed_late, late, settle_batch, stopped
+from batcher.batch_io import (
+    alone_rows,
+    batch_inputs,
+    computed_late,
+    handed_over,
+    late,
+    settle_batch,
+    stopped,
+)
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
 from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
@@ -248,13 +256,15 @@ class DynamicBatcher:
             raise computed_late()
         return outputs
 
-    async def stop(self, drain: bool = True, timeout_s: float = 5.0) -> None:
+    async def stop(self, drain: bool = True, timeout_s: float = 5.0, handover: bool = False) -> None:
         """Stop admitting; finish queued and running work (drain) or fail what is queued.
 
         drain=True: queued requests are dispatched without waiting for batches to grow, and
         everything must finish within `timeout_s`. drain=False: queued requests fail with
         BatcherStopped at once; batches already running get `timeout_s` to finish. Whatever is
-        left after `timeout_s` fails with BatcherStopped.
+        left after `timeout_s` fails with BatcherStopped; with `handover` (a reload retiring this
+        batcher), what is still queued fails with NotAccepting instead: never computed, so its
+        caller may submit it to the batcher that replaced this one.
         """
         self._accepting = False
         self._closing = True
@@ -266,8 +276,9 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
             except asyncio.TimeoutError:
-                log.warning("batcher: stop timed out after %.3g s; failing what is left", timeout_s)
-        self._queue.fail_all(stopped)
+                what = "handing what is queued over" if handover else "failing what is left"
+                log.warning("batcher: stop timed out after %.3g s; %s", timeout_s, what)
+        self._queue.fail_all(handed_over if handover else stopped)
         leftovers = [*self._runs, *self._dispatchers]
         for task in leftovers:
             task.cancel()  # our own tasks; their requests are failed in _run_done

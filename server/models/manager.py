@@ -270,7 +270,7 @@ class ModelManager:
         self._on_health(source.name, True)
         log.info("model %s ready (versions %s)", source.name, ", ".join(map(str, entry.order)))
         if old is not None:
-            await self._retire(old.versions.values())
+            await self._retire(old.versions.values(), handover=True)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
@@ -403,7 +403,11 @@ class ModelManager:
         if self._response_cache is not None:
             self._response_cache.discard_model(name)
 
-    async def _retire(self, versions: Iterable[ModelVersion]) -> None:
+    async def _retire(self, versions: Iterable[ModelVersion], handover: bool = False) -> None:
+        """Stop `versions` (draining within shutdown_grace_s) and close their instances. `handover`
+        (replaced by a reload): what is still queued after the grace goes to the new versions
+        (RequestPath.finish resubmits a NotAccepting), where it failed UNAVAILABLE though they
+        were ready (12 of 20 queued requests behind a slow model)."""
         versions = list(versions)
         for version in versions:
             # Before any await: requests still running on a retired version must not fill the cache.
@@ -412,6 +416,8 @@ class ModelManager:
             if version.sequences is not None:
                 version.sequences.close()  # its sequences' state goes with it
         for version in versions:
-            await version.batcher.stop(drain=True, timeout_s=self._settings.shutdown_grace_s)
+            await version.batcher.stop(
+                drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover
+            )
             for backend in version.backends:
                 backend.close()
