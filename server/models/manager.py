@@ -201,6 +201,26 @@ class ModelManager:
                     log.info("ensemble %s loaded now that %s is ready", ensemble, model)
                     ready.append(ensemble)
 
+    async def _stop_dependent_ensembles(self, gone: str) -> None:
+        """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,
+        saying why: they stayed READY, ServerReady true, and failed every request. They load again
+        with it (_load_waiting_ensembles)."""
+        gone_now = [gone]
+        while gone_now:
+            model = gone_now.pop()
+            for ensemble, steps in sorted(self._ensemble_steps.items()):
+                entry = self._models.get(ensemble)
+                if model not in steps or entry is None or entry.state != READY:
+                    continue
+                entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
+                entry.reason = f"its step model '{model}' is not loaded; it loads again with it"
+                log.warning("ensemble %s unavailable: %s", ensemble, entry.reason)
+                self._on_health(ensemble, False)
+                await self._retire(entry.versions.values())
+                entry.versions.clear()
+                entry.order.clear()
+                gone_now.append(ensemble)
+
     async def unload(self, name: str, *, evicted: bool = False) -> None:
         """Unload `name`; `evicted`: by the memory budget, so its rollout state waits for its
         next load (Rollout.hold), where an unload forgets it."""
@@ -212,6 +232,7 @@ class ModelManager:
             await self._retire(entry.versions.values())
             entry.versions.clear()
             entry.order.clear()
+            await self._stop_dependent_ensembles(name)
             if evicted:
                 self.rollout.hold(name)
             else:

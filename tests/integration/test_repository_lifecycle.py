@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import NO_RETRY, Client, DeadlineExceeded, InvalidArgument
+from clients import NO_RETRY, Client, DeadlineExceeded, InvalidArgument, Unavailable
 from tests.integration.client_fixtures import features
 from tests.support.procfs import thread_count
 from tests.support.repositories import write_model
@@ -119,3 +119,29 @@ def test_a_reload_hands_what_is_still_queued_to_the_new_version(repo: Path, demo
         failed = [str(a.exception()) for a in answers if a.exception() is not None]
     # At most the batch running when the grace ran out is lost (its run is cancelled).
     assert len(failed) <= 1, failed
+
+
+ENSEMBLE = """platform: "ensemble"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 64 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+ensemble_scheduling { step [ { model_name: "mlp" model_version: -1
+    input_map { key: "features" value: "x" } output_map { key: "scores" value: "y" } } ] }
+"""
+
+
+def test_an_ensemble_goes_down_with_its_step_model_and_comes_back_with_it(repo: Path) -> None:
+    """Unloading a step model left its ensemble READY (ModelReady and ServerReady true), and every
+    request to it failed."""
+    (repo / "ens" / "1").mkdir(parents=True)
+    (repo / "ens" / "config.pbtxt").write_text(ENSEMBLE)
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "*")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        assert client.infer("ens", {"x": features(1)})
+        client.unload_model("mlp")
+        assert not client.model_ready("ens")
+        assert client.server_ready()  # unloaded on request, as its step: by design
+        with pytest.raises(Unavailable, match="step model 'mlp' is not loaded"):
+            client.infer("ens", {"x": features(1)})
+        client.load_model("mlp")
+        assert client.model_ready("ens") and client.infer("ens", {"x": features(1)})
