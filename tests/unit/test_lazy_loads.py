@@ -129,3 +129,26 @@ async def test_pinned_models_are_not_evicted_and_a_load_that_cannot_fit_is_refus
     with pytest.raises(MemoryBudgetExceeded, match="model_memory_budget_mb"):
         await loads.ready("a", 30.0)
     assert fake.unloaded == [] and loads.stats.refused == 1
+
+
+async def test_a_model_measured_bigger_than_its_estimate_evicts_after_its_load(tmp_path: Path) -> None:
+    """The check after a load left the loaded model out of its sum, so it never evicted anything:
+    `budget 132.7 of 130 MiB used` stayed, with an idle lazy model resident."""
+    for name in "ab":
+        model(tmp_path, name, 40_000)
+    fake = FakeManager()
+    fake.gate.set()
+    resident = [0]
+    load = fake.load
+
+    async def growing(name: str, source: object = None) -> None:
+        await load(name, source)
+        resident[0] += 70_000 if name == "b" else 40_000  # b holds more than its files say
+
+    fake.load = growing  # type: ignore[method-assign]
+    loads = ModelLoads(cast(ModelManager, fake), tmp_path, 100_000, rss=lambda: resident[0], clock=Clock())
+    for name in "ab":
+        loads.register_lazy(name)
+    await loads.ready("a", 30.0)
+    await loads.ready("b", 30.0)  # estimated 40,000: fits beside a; measured 70,000: it does not
+    assert fake.evicted == ["a"] and loads.budget.used_bytes == 70_000
