@@ -136,7 +136,7 @@ class Rollout:
         if state.monitor.due(now):
             self._close_window(state, now)  # may roll a candidate back: slices change
         key = routing_key(request, state.sticky_key)
-        return state.slices.pick(point_of(key) if key else self._rng.random())
+        return state.slices.pick_key(key) if key else state.slices.pick(self._rng.random())
 
     def answered(self, served: ModelVersion, request: RoutedRequest, explicit: bool, inputs: Tensors,
                  rows: int, outputs: Tensors | None, elapsed_ns: int) -> None:  # fmt: skip

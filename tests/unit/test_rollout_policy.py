@@ -4,6 +4,7 @@ rollback verdict over windows with a fake clock, and the shadow comparison."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from protos import model_config_pb2 as mc
 from server.models.config import ConfigError
 from server.models.rollback import Figures, RollbackMonitor, decide, quantile_s
 from server.models.shadow import ShadowFigures, compare
-from server.models.traffic import RollbackThresholds, parse_policy, parse_weights, pick, point_of
+from server.models.traffic import RollbackThresholds, Slices, parse_policy, parse_weights, pick, point_of
 
 
 def config(**params: str) -> mc.ModelConfig:
@@ -101,9 +102,27 @@ def test_a_weighted_split_is_within_five_sigma() -> None:
 
 def test_a_ramp_moves_only_the_keys_of_the_slice_that_changed_hands() -> None:
     keys = [f"user-{i}" for i in range(1000)]
-    before = {k: pick({1: 90, 2: 10}, point_of(k)) for k in keys}
-    after = {k: pick({1: 80, 2: 20}, point_of(k)) for k in keys}
+    before = {k: Slices.of({1: 90, 2: 10}).pick_key(k) for k in keys}
+    after = {k: Slices.of({1: 80, 2: 20}).pick_key(k) for k in keys}
     assert all(after[k] == 2 for k in keys if before[k] == 2)  # canary users stay on the canary
+    moved = sum(before[k] != after[k] for k in keys)
+    assert 60 <= moved <= 140, moved  # 10% of the keys: the share that changed hands (5 sigma)
+
+
+def test_a_ramp_between_two_versions_leaves_a_third_ones_keys_mostly_in_place() -> None:
+    """Slices laid end to end in version order moved every key of version 2 when version 1 gave 10
+    to version 3 (217 of 1,000 keys moved where 100 changed hands)."""
+    keys = [f"user-{i}" for i in range(4000)]
+    before = {k: Slices.of({1: 80, 2: 10, 3: 10}).pick_key(k) for k in keys}
+    after = {k: Slices.of({1: 70, 2: 10, 3: 20}).pick_key(k) for k in keys}
+    on_two = [k for k in keys if before[k] == 2]
+    assert sum(after[k] == 2 for k in on_two) >= 0.8 * len(on_two)  # measured 92%
+    assert all(after[k] == 3 for k in keys if before[k] == 3)  # the version that grew keeps its keys
+    assert not [k for k in keys if before[k] != 1 and after[k] == 1]  # none moves to the one that shrank
+    moved = sum(before[k] != after[k] for k in keys)
+    assert moved <= 0.14 * len(keys), moved  # 10% changed hands; end to end moved 21.7%
+    counts = Counter(after.values())
+    assert abs(counts[3] - 800) <= 5 * math.sqrt(4000 * 0.2 * 0.8), counts
 
 
 def latency(ms: float, count: int) -> tuple[int, ...]:
