@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import FilesNoSpace, FilesNotStored, InvalidRequest
-from server.models.versions import MAX_VERSION_DIGITS
+from server.models.versions import MAX_VERSION, MAX_VERSION_DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,10 @@ def _file_path(key: str) -> PurePosixPath:
         )
     version = parts[0]
     is_number = version.isascii() and version.isdigit() and len(version) <= MAX_VERSION_DIGITS
-    if not is_number or version[0] == "0":
+    if not is_number or version[0] == "0" or int(version) > MAX_VERSION:
         raise InvalidRequest(
-            f"parameters['{shown}']: '{version[:20]}' is not a version directory (1, 2, ...)"
+            f"parameters['{shown}']: '{version[:20]}' is not a version directory (1, 2, ... up to "
+            "2**63-1: versions are int64)"
         )
     return path
 

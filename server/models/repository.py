@@ -16,6 +16,7 @@ from protos import model_config_pb2 as mc
 from server import triton_text
 from server.models.config import IDENTITY, ConfigError, load_config_file, validate_config
 from server.models.ensemble_config import ENSEMBLE_PLATFORM
+from server.models.versions import MAX_VERSION, MAX_VERSION_DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,14 @@ def _is_valid_name(name: str) -> bool:
 
 
 def _version_dirs(directory: Path) -> dict[int, Path]:
-    # As in Triton: only numeric names count, and names starting with "0" are ignored.
+    # As in Triton: only numeric names count, and names starting with "0" are ignored; so are
+    # numbers past int64 (versions are int64: 9223372036854775808 was served).
     found: dict[int, Path] = {}
     for child in directory.iterdir():
-        if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
-            found[int(child.name)] = child
+        name = child.name
+        numeric = name.isascii() and name.isdigit() and not name.startswith("0")
+        if child.is_dir() and numeric and len(name) <= MAX_VERSION_DIGITS and int(name) <= MAX_VERSION:
+            found[int(name)] = child
     return found
 
 

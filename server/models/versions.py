@@ -22,6 +22,7 @@ LOADING = "LOADING"
 # The reason of a model unloaded on request (RepositoryModelUnload): not ready, and by design.
 UNLOADED = "unloaded"
 MAX_VERSION_DIGITS = 19  # int64's largest, 9223372036854775807
+MAX_VERSION = 2**63 - 1  # versions are int64 (model_version_policy, ModelVersion numbers)
 
 
 @dataclass

@@ -51,6 +51,10 @@ def test_files_are_parsed_with_their_version_directory() -> None:
             {"config": Param(string_param="{}"), "file:01/x": Param(bytes_param=b"x")},
             "not a version directory",
         ),
+        (  # past int64: it was loaded and served as version 9223372036854775808
+            {"config": Param(string_param="{}"), "file:9223372036854775808/x": Param(bytes_param=b"x")},
+            "versions are int64",
+        ),
         ({"shadow": Param(string_param="x")}, "parameter 'shadow' is not supported"),
     ],
 )

@@ -66,6 +66,11 @@ def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path: Path) -> None:
     assert "version 1 has no model file model.onnx" in errors["missing_file"]
 
 
+def test_version_directories_past_int64_are_not_versions(tmp_path: Path) -> None:
+    _model(tmp_path, "big", versions=(9223372036854775807, 9223372036854775808))
+    assert list(load_model_source(tmp_path, "big").versions) == [9223372036854775807]
+
+
 def test_model_without_config_takes_directory_name(tmp_path: Path) -> None:
     _model(tmp_path, "plain")
     source = load_model_source(tmp_path, "plain")
