@@ -47,7 +47,15 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
-from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry, ModelVersion, version_number
+from server.models.versions import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    UNLOADED,
+    ModelEntry,
+    ModelVersion,
+    version_number,
+)
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
 from server.protocol.validate import Signature
@@ -176,6 +184,12 @@ class ModelManager:
             except (ConfigError, OSError) as exc:
                 self.note_failed_reload(name, str(exc))
                 raise RepositoryError(str(exc)) from None
+            old = self._models.get(name)
+            if old is None or old.state != READY:  # nothing serves meanwhile: say LOADING, as Triton
+                dormant = old is not None and old.dormant  # a lazy model's requests wait for it
+                self._models[name] = ModelEntry(
+                    name, state=LOADING, reason="a load is under way", dormant=dormant
+                )
             entry = await self._load_source(source)
             if entry.state != READY:
                 raise RepositoryError(f"failed to load model '{name}': {entry.reason}")

@@ -43,3 +43,39 @@ async def test_a_reload_failing_on_an_older_version_retires_the_newer_ones_it_st
         assert manager.entry("m") is serving and all(v.batcher.accepting for v in serving.versions.values())
     finally:
         await manager.stop(1.0)
+
+
+async def test_a_model_being_loaded_says_loading(tmp_path: Path) -> None:
+    """RepositoryIndex showed a model being loaded by RPC as `UNAVAILABLE not loaded`, and its
+    requests were refused naming that stale reason; Triton says LOADING."""
+    import asyncio
+
+    from server.errors import ModelNotReady
+    from server.models.versions import LOADING
+
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    fixed_model(repo / "m" / "1" / "model.onnx")
+    manager = ModelManager(repo, ServerSettings(cache_dir=tmp_path / "cache"), lambda name, ready: None)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    load_version = manager._load_version
+
+    async def held(*args: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        return await load_version(*args)
+
+    manager._load_version = held  # type: ignore[method-assign]
+    loading = asyncio.create_task(manager.load("m"))
+    try:
+        await entered.wait()
+        assert (manager.entry("m").state, manager.entry("m").reason) == (LOADING, "a load is under way")
+        with pytest.raises(ModelNotReady, match="loading"):
+            manager.resolve("m")
+        gate.set()
+        await loading
+        assert manager.entry("m").state == READY
+    finally:
+        gate.set()
+        await asyncio.gather(loading, return_exceptions=True)
+        await manager.stop(1.0)
