@@ -9,32 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
-from batcher.dynamic import DynamicBatcher
 from batcher.sequence_types import SequenceId
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server import triton_text
-from server.backends.fault_backend import FaultSpec, Session
-from server.backends.instance_groups import describe, instance_device
-from server.backends.instances import factory_for, run_timeout_for
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, RepositoryError
-from server.models.completion import complete_version
 from server.models.config import (
     ConfigError,
-    batching_policy,
-    dynamic_batching_enabled,
     latest_frame_wins,
-    validate_config,
-    validate_response_cache,
 )
-from server.models.config_fields import warn_unapplied
-from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, admission_batcher
 from server.models.ensemble_config import Step, is_ensemble, load_rank, plan_ensemble
 from server.models.repository import (
@@ -45,8 +33,7 @@ from server.models.repository import (
 )
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
-from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
-from server.models.traffic import parse_policy
+from server.models.version_loader import load_version
 from server.models.versions import (
     LOADING,
     READY,
@@ -56,8 +43,7 @@ from server.models.versions import (
     ModelVersion,
     version_number,
 )
-from server.models.warmup import warm_up
-from server.observability.sampling import SamplingRegistry, sample_policy
+from server.observability.sampling import SamplingRegistry
 from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
@@ -309,87 +295,8 @@ class ModelManager:
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
-        settings = self._settings
-        done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
-        config, inputs, outputs = done  # the graph's tensors (none for an identity model)
-        source_file = source.where
-        validate_config(config, source_file)
-        labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
-        seq_model = sequence_model(config, inputs, outputs, source.directory, source_file)
-        parse_policy(config, source_file, source.versions)  # a bad traffic policy fails the load
-        allowed = settings.allow_fault_injection
-        faults = FaultSpec.from_config(config, source_file, allowed=allowed, version=number)
-        run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
-        sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings)
-        cache = self._response_cache
-        validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
-        factory, plan = factory_for(  # onnxruntime or identity instances; instance_groups, devices
-            config,
-            path,
-            settings,
-            source_file,
-            faults=faults,
-            batch_axes=None if seq_model is None else seq_model.batch_axes,
-        )
-        warn_unapplied(config, source_file, plan.unapplied)  # one line per load (config_fields.py)
-        sessions: list[Session] = []
-        try:
-            for slot in plan.slots:
-                sessions.append(await asyncio.to_thread(factory.session, plan.providers_of(slot)))
-            devices = tuple(instance_device(session) for session in sessions)
-            log.info("model %s version %d: instances %s", source.name, number, describe(plan.slots, sessions))
-            try:
-                # On the sessions themselves: injected faults count the batcher's runs only.
-                await warm_up(config, sessions, source.directory)
-            except Exception as exc:
-                raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
-        except BaseException:
-            for session in sessions:
-                session.close()
-            raise
-        backends = [factory.wrap(session) for session in sessions]
-        policy = batching_policy(
-            config,
-            default_max_queue_size=settings.max_queue_size,
-            max_batches_in_flight=settings.max_batches_in_flight,
-            idle_dispatch=settings.idle_dispatch,
-        )
-        if seq_model is not None:
-            policy = sequence_policy(config, policy)
-        elif not dynamic_batching_enabled(config):
-            # Without dynamic batching each request runs alone, whatever its rows.
-            policy = replace(policy, max_batch_size=0, alone_with_rows=config.max_batch_size > 0)
-        stats = ModelStats()
-        batcher = DynamicBatcher(
-            backends,
-            policy,
-            stats,
-            inline_max_s=settings.inline_run_max_us / 1e6,
-            run_timeout_s=run_timeout_s,
-            replace=factory.replacer(backends),
-            name=f"model {source.name} version {number}",
-            byte_budgets=(
-                ByteBudget(settings.max_queued_bytes_per_model, "max_queued_bytes_per_model"),
-                self._queued_bytes,
-            ),
-        )
-        batcher.start()
-        return ModelVersion(
-            name=source.name,
-            version=number,
-            config=config,
-            signature=Signature.from_config(config),
-            backends=backends,
-            batcher=batcher,
-            stats=stats,
-            response_cache=cache if config.response_cache.enable else None,
-            sampler=self.sampling.sampler_for(source.name, number, sampling),
-            sequences=None
-            if seq_model is None
-            else sequence_batcher(seq_model, batcher, settings, source.name),
-            labels=labels,
-            devices=devices,
-            latest_frame_wins=latest_frame_wins(config, source_file),
+        return await load_version(
+            source, number, path, self._settings, self._response_cache, self.sampling, self._queued_bytes
         )
 
     def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
