@@ -183,8 +183,9 @@ class RepositoryControl:
 
     # -- loading a model as its config asks ---------------------------------------------------------
 
-    async def _apply_source(self, source: ModelSource) -> None:
-        """Load `source`, or list it as lazy; a failure is logged and shown in the index."""
+    async def _apply_source(self, source: ModelSource, keep_unchanged: bool = False) -> None:
+        """Load `source`, or list it as lazy; a failure is logged and shown in the index.
+        `keep_unchanged` (the poller): versions that did not change keep serving, as Triton's do."""
         try:
             lazy, _ = lazy_flags(source.config, source.where)
         except ConfigError as exc:
@@ -195,7 +196,7 @@ class RepositoryControl:
             self._loads.register_lazy(source.name)
             return
         try:
-            await self._loads.load(source.name, source)
+            await self._loads.load(source.name, source, keep_unchanged)
         except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
             self._failed(source.name, str(exc), counted=False)  # counted as a refusal
         except Exception as exc:  # one bad model never stops the others
@@ -274,4 +275,4 @@ class RepositoryControl:
             self._failed(name, str(exc))
             return
         log.info("model %s changed on disk; loading it", name)
-        await self._apply_source(source)
+        await self._apply_source(source, keep_unchanged=True)

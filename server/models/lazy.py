@@ -150,10 +150,11 @@ class ModelLoads:
     def is_lazy(self, name: str) -> bool:
         return name in self._lazy
 
-    async def load(self, name: str, source: ModelSource | None = None) -> None:
-        """(Re)load `name` now, from the repository or `source`, within the budget."""
+    async def load(self, name: str, source: ModelSource | None = None, keep_unchanged: bool = False) -> None:
+        """(Re)load `name` now, from the repository or `source`, within the budget;
+        `keep_unchanged`: its serving versions that did not change stay (ModelManager.load)."""
         async with self._changes:
-            await self._load(name, source)
+            await self._load(name, source, keep_unchanged)
 
     async def unload(self, name: str, *, forget: bool = False) -> None:
         """Unload `name` (draining what it has queued); `forget`: also drop it from the index."""
@@ -171,7 +172,7 @@ class ModelLoads:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _load(self, name: str, source: ModelSource | None) -> None:
+    async def _load(self, name: str, source: ModelSource | None, keep_unchanged: bool = False) -> None:
         if source is None:
             source = await asyncio.to_thread(self._read, name)
         try:
@@ -183,7 +184,7 @@ class ModelLoads:
         await self._make_room(name, self.budget.size_of(name) or files)
         before, started = self._rss(), self._clock()
         try:
-            await self._manager.load(name, source)
+            await self._manager.load(name, source, keep_unchanged)
         except Exception:
             self.stats.failures += 1
             raise

@@ -30,6 +30,7 @@ from server.models.repository import (
     ModelSource,
     load_model_source,
     scan_repository,
+    version_fingerprint,
 )
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
@@ -158,9 +159,9 @@ class ModelManager:
             for name in sorted(sources, key=rank):
                 await self._load_source(sources[name])
 
-    async def load(self, name: str, source: ModelSource | None = None) -> None:
+    async def load(self, name: str, source: ModelSource | None = None, keep_unchanged: bool = False) -> None:
         """(Re)load one model from the repository (or `source`, a RepositoryModelLoad override);
-        the old versions serve until the new are ready."""
+        the old versions serve until the new are ready. `keep_unchanged`: see _load_source."""
         async with self._lock:
             try:
                 if source is None:
@@ -176,7 +177,7 @@ class ModelManager:
                 self._models[name] = ModelEntry(
                     name, state=LOADING, reason="a load is under way", dormant=dormant
                 )
-            entry = await self._load_source(source)
+            entry = await self._load_source(source, keep_unchanged)
             if entry.state != READY:
                 raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
             await self._load_waiting_ensembles(name)
@@ -249,8 +250,12 @@ class ModelManager:
                 backend.close()
         await asyncio.to_thread(self.sampling.close, drain_timeout_s)  # writes what was sampled
 
-    async def _load_source(self, source: ModelSource) -> ModelEntry:
+    async def _load_source(self, source: ModelSource, keep_unchanged: bool = False) -> ModelEntry:
+        """Load `source`'s versions and make them the model's. `keep_unchanged` (the poller): a
+        serving version whose fingerprint is the same is kept as it is, with its statistics,
+        sequences and instances, rather than loaded again (one version added reloaded them all)."""
         old = self._models.get(source.name)
+        serving = old.versions if old is not None and old.state == READY and keep_unchanged else {}
         if is_ensemble(source.config):
             self._ensemble_steps[source.name] = frozenset(
                 s.model_name for s in source.config.ensemble_scheduling.step
@@ -262,11 +267,17 @@ class ModelManager:
                     if is_ensemble(source.config):
                         versions[number] = self._load_ensemble(source, number)
                         continue
+                    kept = serving.get(number)
+                    if kept is not None and kept.fingerprint == await asyncio.to_thread(
+                        version_fingerprint, source, number
+                    ):
+                        versions[number] = kept
+                        continue
                     versions[number] = await self._load_version(source, number, path)
             except BaseException:
                 # The versions started before the one that failed go too: a failed reload kept
                 # their sessions, batchers and threads for ever (63 MiB a try on resnet).
-                await self._retire(versions.values())
+                await self._retire(v for n, v in versions.items() if serving.get(n) is not v)
                 raise
         except Exception as exc:  # one bad model never stops the others
             known = (ConfigError, RepositoryError, BackendLoadError, OSError)
@@ -289,9 +300,12 @@ class ModelManager:
         self._models[source.name] = entry
         self._discard_cached(source.name)  # outputs of the versions just replaced
         self._on_health(source.name, True)
-        log.info("model %s ready (versions %s)", source.name, ", ".join(map(str, entry.order)))
+        same = [n for n in entry.order if serving.get(n) is versions[n]]
+        kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""
+        log.info("model %s ready (versions %s%s)", source.name, ", ".join(map(str, entry.order)), kept_note)
         if old is not None:
-            await self._retire(old.versions.values(), handover=True)
+            replaced = [v for n, v in old.versions.items() if versions.get(n) is not v]
+            await self._retire(replaced, handover=True)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:

@@ -42,6 +42,23 @@ class ModelSource:
     where: str
 
 
+def version_fingerprint(source: ModelSource, number: int) -> tuple[object, ...]:
+    """What loading version `number` of `source` reads, as (config, then each file's path, size and
+    modification time): the files of its version directory and those beside the config (labels,
+    drift references). Equal fingerprints: the same version would load (a file rewritten in
+    place within the clock's resolution, same size, is the one miss)."""
+    model_file = source.versions[number]
+    version_dir = source.directory / str(number)
+    files: list[tuple[str, int, int]] = []
+    for root, deep in ((source.directory, False), (version_dir, True)):
+        for path in sorted(root.rglob("*") if deep else root.iterdir()):
+            if path.is_file():
+                stat = path.stat()
+                files.append((str(path.relative_to(source.directory)), stat.st_size, stat.st_mtime_ns))
+    config = source.config.SerializeToString(deterministic=True)
+    return (config, str(model_file), tuple(files))
+
+
 def _is_valid_name(name: str) -> bool:
     # Names come from clients (RepositoryModelLoad): never let one leave the repository root.
     return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name

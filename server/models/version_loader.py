@@ -26,7 +26,7 @@ from server.models.config import (
 )
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
-from server.models.repository import ModelSource
+from server.models.repository import ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
@@ -51,6 +51,9 @@ async def load_version(
     """Version `number` of `source` (its model file at `path`), serving; raises (ConfigError,
     BackendLoadError, OSError) when it cannot, having closed the sessions it had opened.
     `queued_bytes`: the server-wide budget every version's batcher shares."""
+    fingerprint = await asyncio.to_thread(
+        version_fingerprint, source, number
+    )  # before: a change meanwhile reloads
     done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
     config, inputs, outputs = done  # the graph's tensors (none for an identity model)
     source_file = source.where
@@ -129,4 +132,5 @@ async def load_version(
         labels=labels,
         devices=devices,
         latest_frame_wins=latest_frame_wins(config, source_file),
+        fingerprint=fingerprint,
     )

@@ -45,6 +45,9 @@ class ModelVersion:
     devices: tuple[str, ...] = ()  # where each instance runs (`cpu`, `cuda:0`), as it started
     # config.pbtxt's `latest_frame_wins`, read once at load, not per stream message (latest_frame.py).
     latest_frame_wins: bool = False
+    # What it was loaded from (repository.version_fingerprint): the poller keeps a version whose
+    # fingerprint has not changed, rather than reloading every version for one added or removed.
+    fingerprint: tuple[object, ...] = ()
     version_str: str = field(init=False)
     # dynamic_batching.preserve_ordering, read once: a stream looks at it per message (stream.py).
     preserve_ordering: bool = field(init=False)

@@ -145,3 +145,28 @@ def test_an_ensemble_goes_down_with_its_step_model_and_comes_back_with_it(repo: 
             client.infer("ens", {"x": features(1)})
         client.load_model("mlp")
         assert client.model_ready("ens") and client.infer("ens", {"x": features(1)})
+
+
+def test_the_poller_keeps_the_versions_that_did_not_change(repo: Path, demo_repo: Path) -> None:
+    """Adding one version directory reloaded every version: version 1's statistics restarted (and
+    its sequences and instances went). Only what changed loads now, as in Triton; a changed config
+    still reloads them all."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    config = 'name: "kept"\nmax_batch_size: 8\nversion_policy { all { } }\n'
+    write_model(repo, "kept", mlp, config, versions=(1, 2))
+    args = ("--model-repository", str(repo), "--model-control-mode", "poll", "--repository-poll-secs", "0.3")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        for _ in range(5):
+            client.infer("kept", {"features": features(1)}, version="1")
+
+        def served(version: str) -> int:
+            [stats] = client.model_statistics("kept", version=version).model_stats
+            return int(stats.inference_stats.success.count)
+
+        assert served("1") == 5
+        write_model(repo, "kept", mlp, None, versions=(3,))
+        wait_until(lambda: client.model_ready("kept", version="3"), "version 3 to load")
+        assert served("1") == 5  # the same version 1, still serving
+        assert "model kept ready (versions 3, 2, 1; unchanged, kept serving: 2, 1)" in server.output()
+        (repo / "kept" / "config.pbtxt").write_text(config + "dynamic_batching { }\n")
+        wait_until(lambda: served("1") == 0, "a changed config to reload every version")

@@ -43,7 +43,7 @@ class FakeManager:
     def note_failed_reload(self, name: str, reason: str) -> None:
         pass
 
-    async def load(self, name: str, source: ModelSource | None = None) -> None:
+    async def load(self, name: str, source: ModelSource | None = None, keep_unchanged: bool = False) -> None:
         self.loaded.append(name)
         self.entered.set()
         await self.gate.wait()
@@ -141,8 +141,8 @@ async def test_a_model_measured_bigger_than_its_estimate_evicts_after_its_load(t
     resident = [0]
     load = fake.load
 
-    async def growing(name: str, source: object = None) -> None:
-        await load(name, source)
+    async def growing(name: str, source: object = None, keep_unchanged: bool = False) -> None:
+        await load(name, source)  # type: ignore[arg-type]
         resident[0] += 70_000 if name == "b" else 40_000  # b holds more than its files say
 
     fake.load = growing  # type: ignore[method-assign]
