@@ -192,6 +192,9 @@ class RepositoryControl:
             self._failed(source.name, str(exc))
             return
         entry = self._entry(source.name)
+        # An ensemble over lazy models is lazy with them: it failed to load at start (its steps
+        # were not loaded), and its requests never loaded them.
+        lazy = lazy or bool(self._loads.lazy_steps(source.config))
         if lazy and (entry is None or entry.dormant):
             self._loads.register_lazy(source.name)
             return

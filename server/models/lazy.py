@@ -26,11 +26,12 @@ from server.errors import (
     RepositoryError,
 )
 from server.models.config import ConfigError
+from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, rss_bytes
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
-from server.models.versions import UNAVAILABLE, ModelEntry
+from server.models.versions import READY, UNAVAILABLE, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,20 @@ class ModelLoads:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _load(self, name: str, source: ModelSource | None, keep_unchanged: bool = False) -> None:
+    def lazy_steps(self, config: mc.ModelConfig) -> list[str]:
+        """The lazy models an ensemble's steps use (none for a model that is not an ensemble): the
+        ensemble is lazy with them, and its first request loads them first."""
+        steps = config.ensemble_scheduling.step if is_ensemble(config) else ()
+        return sorted({s.model_name for s in steps if s.model_name in self._lazy})
+
+    async def _load(
+        self,
+        name: str,
+        source: ModelSource | None,
+        keep_unchanged: bool = False,
+        within: frozenset[str] = frozenset(),
+    ) -> None:
+        """`within`: the ensembles whose loads led here (a cycle of them is refused at their load)."""
         if source is None:
             source = await asyncio.to_thread(self._read, name)
         try:
@@ -181,6 +195,16 @@ class ModelLoads:
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
             raise self._failed(name, reason) from None
+        steps = self.lazy_steps(source.config)
+        if steps:  # an ensemble over lazy models: they load first (it failed for want of them)
+            lazy, pinned = True, False
+            for step in steps:
+                if step not in within and self._manager.entry(step).dormant:
+                    log.info("model %s: loading its step model %s first (lazy_load)", name, step)
+                    await self._load(step, None, within=within | {name})
+            if self._manager.entry(name).state == READY and not keep_unchanged:
+                self._lazy.add(name)  # loaded with its steps (ModelManager._load_waiting_ensembles)
+                return
         await self._make_room(name, self.budget.size_of(name) or files)
         before, started = self._rss(), self._clock()
         try:
@@ -217,11 +241,8 @@ class ModelLoads:
         return RepositoryError(reason)
 
     async def _make_room(self, name: str, need: int, *, after_load: bool = False) -> None:
-        victims = self.budget.victims(need, self._busy, keep=name)
+        victims = self.budget.victims(need, self._busy, keep=name, best_effort=after_load)
         if victims is None:
-            if after_load:  # loaded already: say so; the next load will evict what it can
-                log.warning("model %s: over the memory budget%s", name, self._budget_note())
-                return
             self.stats.refused += 1
             raise MemoryBudgetExceeded(
                 f"loading model '{name}' needs about {need / MIB:.1f} MiB: model_memory_budget_mb "
@@ -230,6 +251,9 @@ class ModelLoads:
             )
         for victim in victims:
             await self._evict(victim)
+        if after_load and self.budget.used_bytes > self.budget.limit_bytes > 0:
+            # Loaded already, and evicting every idle lazy model was not enough: say so.
+            log.warning("model %s: over the memory budget%s", name, self._budget_note())
 
     async def _evict(self, name: str) -> None:
         freed = self.budget.size_of(name) or 0

@@ -202,7 +202,7 @@ class ModelManager:
                     log.info("ensemble %s loaded now that %s is ready", ensemble, model)
                     ready.append(ensemble)
 
-    async def _stop_dependent_ensembles(self, gone: str) -> None:
+    async def _stop_dependent_ensembles(self, gone: str, evicted: bool = False) -> None:
         """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,
         saying why: they stayed READY, ServerReady true, and failed every request. They load again
         with it (_load_waiting_ensembles)."""
@@ -215,7 +215,9 @@ class ModelManager:
                     continue
                 entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
                 entry.reason = f"its step model '{model}' is not loaded; it loads again with it"
-                log.warning("ensemble %s unavailable: %s", ensemble, entry.reason)
+                # An eviction is the budget at work (a note); an unload, an operator's act (a warning).
+                log.log(logging.INFO if evicted else logging.WARNING, "ensemble %s unavailable: %s",
+                        ensemble, entry.reason)  # fmt: skip
                 self._on_health(ensemble, False)
                 await self._retire(entry.versions.values())
                 entry.versions.clear()
@@ -233,7 +235,7 @@ class ModelManager:
             await self._retire(entry.versions.values())
             entry.versions.clear()
             entry.order.clear()
-            await self._stop_dependent_ensembles(name)
+            await self._stop_dependent_ensembles(name, evicted)
             if evicted:
                 self.rollout.hold(name)
             else:

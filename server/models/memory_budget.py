@@ -52,9 +52,12 @@ class MemoryBudget:
         resident = self._residents.get(name)
         return None if resident is None else resident.bytes
 
-    def victims(self, need_bytes: int, busy: Callable[[str], bool], keep: str = "") -> list[str] | None:
+    def victims(
+        self, need_bytes: int, busy: Callable[[str], bool], keep: str = "", best_effort: bool = False
+    ) -> list[str] | None:
         """The models to evict so that `need_bytes` more fit, least recently used first; [] when
-        they fit already, None when evicting every idle unpinned model would not make room.
+        they fit already, None when evicting every idle unpinned model would not make room (with
+        `best_effort`, every one of them then: a model already loaded over the budget).
 
         `keep` (the model being loaded) and busy models (requests queued or running) are never
         chosen; its own current bytes are not counted (a reload replaces them)."""
@@ -73,4 +76,4 @@ class MemoryBudget:
             used -= resident.bytes
             if used + need_bytes <= self.limit_bytes:
                 return chosen
-        return None
+        return chosen if best_effort else None

@@ -170,3 +170,23 @@ def test_the_poller_keeps_the_versions_that_did_not_change(repo: Path, demo_repo
         assert "model kept ready (versions 3, 2, 1; unchanged, kept serving: 2, 1)" in server.output()
         (repo / "kept" / "config.pbtxt").write_text(config + "dynamic_batching { }\n")
         wait_until(lambda: served("1") == 0, "a changed config to reload every version")
+
+
+def test_an_ensemble_over_a_lazy_model_is_lazy_with_it(repo: Path, demo_repo: Path) -> None:
+    """It failed to load at start (its step was not loaded, ServerReady false), and its requests
+    never loaded the step: only a request to the step brought both up."""
+    lazy = (demo_repo / "mlp" / "config.pbtxt").read_text() + (
+        'parameters { key: "lazy_load" value: { string_value: "true" } }\n'
+    )
+    (repo / "mlp" / "config.pbtxt").write_text(lazy)  # the fixture's mlp, made lazy
+    (repo / "ens" / "1").mkdir(parents=True)
+    (repo / "ens" / "config.pbtxt").write_text(ENSEMBLE)
+    with (
+        ServerProcess("--model-repository", str(repo)) as server,
+        Client(server.address, retry=NO_RETRY) as client,
+    ):
+        assert client.server_ready()  # both lazy: not loaded by design
+        assert not client.model_ready("ens") and not client.model_ready("mlp")
+        assert client.infer("ens", {"x": features(2)})  # loads mlp, then ens
+        assert client.model_ready("ens") and client.model_ready("mlp")
+        assert "model ens: loading its step model mlp first (lazy_load)" in server.output()

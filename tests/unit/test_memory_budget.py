@@ -50,3 +50,12 @@ def test_forget_frees_the_bytes() -> None:
     budget = budget_of(100, ("a", 60, False, 1.0))
     budget.forget("a")
     assert budget.used_bytes == 0 and budget.victims(100 * MIB, idle) == []
+
+
+def test_best_effort_evicts_every_idle_lazy_model_when_that_is_not_enough() -> None:
+    """After a load measured over the budget: nothing was evicted when evicting all would not bring
+    it under (a 127 MiB model beside an idle 12.6 MiB one, budget 120 MiB)."""
+    budget = budget_of(120, ("big", 127, False, 3.0), ("small", 12, False, 1.0), ("pinned", 5, True, 2.0))
+    assert budget.victims(127 * MIB, idle, keep="big") is None
+    assert budget.victims(127 * MIB, idle, keep="big", best_effort=True) == ["small"]
+    assert budget.victims(110 * MIB, idle, keep="big", best_effort=True) == ["small"]  # enough: as before
