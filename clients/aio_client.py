@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
 from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
+from clients.errors import SluicewayError, from_rpc_error
 from clients.repository import load_request
 from clients.stream import DEFAULT_MAX_IN_FLIGHT, StreamSession
 from protos import grpc_service_pb2 as pb
@@ -86,6 +87,7 @@ class AsyncClient(ClientBase):
             version=version_str(version),
             max_in_flight=max_in_flight,
             frame_timeout_s=self._timeout(frame_timeout_s),
+            max_message_bytes=self.channel_options.max_message_bytes,
             priority=priority,
             outputs=outputs,
             timeout_s=self.stream_timeout_s if timeout_s is None else self._timeout(timeout_s),
@@ -140,14 +142,39 @@ class AsyncClient(ClientBase):
         config: str | None = None,
         files: Mapping[str, bytes] | None = None,
         timeout_s: float | None = None,
+        endpoint: str | None = None,
     ) -> None:
-        """Load (or reload) `model`; `config` and `files` as in clients/repository.py."""
-        await self._call("RepositoryModelLoad", load_request(model, config, files), timeout_s)
+        """Load (or reload) `model`; `config` and `files` as in clients/repository.py. Sent once, to
+        `endpoint` (needed when this client has several): see ClientBase.endpoint_for."""
+        address = self.endpoint_for(endpoint, "load_model")
+        await self._call_once(address, "RepositoryModelLoad", load_request(model, config, files), timeout_s)
 
-    async def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
-        await self._call(
-            "RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model), timeout_s
-        )
+    async def unload_model(
+        self, model: str, *, timeout_s: float | None = None, endpoint: str | None = None
+    ) -> None:
+        """Unload `model`; sent once, to `endpoint` (needed when this client has several)."""
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        address = self.endpoint_for(endpoint, "unload_model")
+        await self._call_once(address, "RepositoryModelUnload", request, timeout_s)
+
+    async def _call_once(self, address: str, rpc: str, request: Any, timeout_s: float | None) -> Any:
+        """One attempt at `address`, no retry, no effect on its health (it answered or it did not)."""
+        stubs = self._stubs(address)
+        try:
+            return await getattr(stubs.inference, rpc)(
+                request, timeout=self._timeout(timeout_s), metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        except asyncio.CancelledError:
+            self._raise_if_closed()
+            raise
+
+    def _raise_if_closed(self) -> None:
+        """A call cut by close() (grpc.aio cancels the calls of a closed channel) is this error,
+        not a bare CancelledError: the task was not cancelled, and gather/TaskGroup would say so."""
+        if self._closed:
+            raise SluicewayError("the client was closed during the call", grpc.StatusCode.CANCELLED) from None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -185,6 +212,9 @@ class AsyncClient(ClientBase):
             except grpc.RpcError as exc:
                 await asyncio.sleep(attempts.failed(step, exc))  # raises the mapped error when not retrying
                 continue
+            except asyncio.CancelledError:
+                self._raise_if_closed()
+                raise
             attempts.succeeded(step)
             return response
 
@@ -201,7 +231,7 @@ class AsyncClient(ClientBase):
 
         def report(code: grpc.StatusCode) -> None:
             if code == grpc.StatusCode.UNAVAILABLE:
-                self.pool.mark_down(step.address)
+                self.pool.mark_suspect(step.address)  # its health check decides
 
         return call, report
 

@@ -45,6 +45,28 @@ def probe_failed_is_healthy(exc: grpc.RpcError) -> bool:
     return bool(code == grpc.StatusCode.UNIMPLEMENTED)
 
 
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def check_metadata(metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """Metadata gRPC will send, checked once here: a capital letter in a key or a non-ASCII value
+    failed every call as INTERNAL ("Invalid metadata", as if the server had failed), and a
+    `-bin` key with a str value raised a bare TypeError."""
+    for key, value in metadata:
+        if not key or not set(key) <= _KEY_CHARS or key.startswith("grpc-"):
+            raise ValueError(
+                f"metadata key {key!r}: lower-case letters, digits, '-', '_' and '.' only (not 'grpc-')"
+            )
+        if key.endswith("-bin"):
+            if not isinstance(value, bytes):
+                raise ValueError(f"metadata {key!r}: a '-bin' key takes bytes, got {type(value).__name__}")
+        elif not isinstance(value, str) or not all(" " <= c <= "~" for c in value):
+            raise ValueError(
+                f"metadata {key!r}: the value must be printable ASCII text (or use a '-bin' key)"
+            )
+    return tuple(metadata)
+
+
 def check_timeout(value: float, name: str) -> float:
     """Deadlines are finite and positive: a call without one can hang forever on a dead peer."""
     if not (value > 0 and math.isfinite(value)):
@@ -93,7 +115,7 @@ class ClientBase:
             raise ValueError("pass token or an authorization entry in metadata, not both")
         self.tls = tls
         self._credentials = tls.credentials() if tls is not None else credentials
-        self._metadata = (*metadata, *bearer_metadata(token))
+        self._metadata = (*check_metadata(metadata), *bearer_metadata(token))
         self._clock = clock
         self._rng = rng or random.Random()
         self.pool = EndpointPool(primaries, fallback, recheck=recheck, clock=clock, rng=self._rng)
@@ -101,6 +123,19 @@ class ClientBase:
 
     def _init_transport(self) -> None:
         """Set up the (empty) channel table: channels open on first use."""
+
+    def endpoint_for(self, endpoint: str | None, what: str) -> str:
+        """The one server a repository change goes to: `endpoint`, or this client's only one. A
+        load or unload changes one server's models: it is neither load-balanced nor retried
+        elsewhere (a refusal on one endpoint was retried on the next, which then did it)."""
+        addresses = self.pool.addresses
+        if endpoint is None:
+            if len(addresses) == 1:
+                return addresses[0]
+            raise ValueError(f"{what} changes one server's models: name it, endpoint= one of {addresses}")
+        if endpoint not in addresses:
+            raise ValueError(f"{what}: endpoint {endpoint!r} is not one of this client's, {addresses}")
+        return endpoint
 
     def endpoint_health(self) -> dict[str, bool]:
         """address -> whether the client currently considers it healthy (its cached view)."""

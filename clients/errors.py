@@ -62,6 +62,15 @@ class Overloaded(SluicewayError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class MessageTooLarge(SluicewayError):
+    """RESOURCE_EXHAUSTED for a message over a size limit: this client's
+    `ChannelOptions.max_message_bytes`, or the server's. Never retried: the same message is refused
+    again, and an answer too large to receive was computed already (as Overloaded, one call ran the
+    model six times). Send less, or raise the limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(SluicewayError):
     """Endpoint down, shutting down, or the model not ready. Retried, on another endpoint if any."""
 
@@ -107,16 +116,22 @@ def retry_after_s(call: Any) -> float | None:
     return None
 
 
+# gRPC's words for a message over a size limit, on either side ("Received message larger than max
+# (9 vs. 8)", "Sent message larger than max", "grpc: received message larger than max").
+_TOO_LARGE = "message larger than max"
+
+
 def from_rpc_error(exc: grpc.RpcError) -> SluicewayError:
     """A failed unary call (sync or aio) as our exception; keeps the original as __cause__."""
     call: Any = exc  # grpc.RpcError raised by calls also implements grpc.Call (code, details)
     code = call.code() if callable(getattr(call, "code", None)) else None
-    details = call.details() if callable(getattr(call, "details", None)) else None
-    error = error_for(
-        code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
-        str(details or exc),
-        retry_after_s=retry_after_s(call),
-    )
+    details = str(call.details() if callable(getattr(call, "details", None)) else None or exc)
+    status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    error: SluicewayError
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details.lower():
+        error = MessageTooLarge(details)
+    else:
+        error = error_for(status, details, retry_after_s=retry_after_s(call))
     error.__cause__ = exc
     return error
 

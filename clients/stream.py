@@ -22,12 +22,22 @@ from typing import Any
 import grpc
 
 from clients import tensors
-from clients.errors import InternalError, SluicewayError, from_rpc_error, from_stream_message
+from clients.errors import (
+    DeadlineExceeded,
+    InternalError,
+    MessageTooLarge,
+    SluicewayError,
+    from_rpc_error,
+    from_stream_message,
+)
 from protos import grpc_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 64
+# A frame with no answer this long after its timeout fails on the client (the server's own
+# DEADLINE_EXCEEDED answer normally comes first).
+FRAME_GRACE_S = 1.0
 # How long a clean close waits for the server to end the call before cancelling it.
 CLOSE_GRACE_S = 5.0
 
@@ -72,6 +82,7 @@ class StreamSession:
         timeout_s: float,
         priority: int | None = None,
         outputs: Sequence[str] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -79,6 +90,9 @@ class StreamSession:
         self._model, self._version = model, version
         self._priority, self._outputs = priority, list(outputs or ())
         self._frame_timeout_s, self._timeout_s = frame_timeout_s, timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # per frame: fails it when no answer comes
+        self._expired: set[str] = set()  # frames failed by their timer whose answer may still come
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._unanswered: dict[str, asyncio.Future[StreamResult]] = {}
@@ -164,6 +178,15 @@ class StreamSession:
             outputs=self._outputs,
         )
         tensors.set_timeout(request, self._frame_timeout_s)
+        size = request.ByteSize()
+        if self._max_message_bytes is not None and size > self._max_message_bytes:
+            # Refused here, the stream going on: sent, it ended the whole stream INTERNAL ("Internal
+            # error from Core"), taking the frames in flight with it.
+            raise MessageTooLarge(
+                f"frame {rid!r} is {size} bytes, over max_message_bytes ({self._max_message_bytes}); "
+                "not sent",
+                request_id=rid,
+            )
         await self._slots.acquire()  # back-pressure: released when this frame is answered
         async with self._write_lock:
             if self._failure is not None:
@@ -181,9 +204,29 @@ class StreamSession:
                 await self._call.write(request)
             except (grpc.RpcError, asyncio.InvalidStateError) as exc:
                 error = from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else self._ended()
-                self._resolve(StreamResult(rid, None, error))
+                # Not sent: its error is this raise alone (it was also yielded as a result).
+                if self._unanswered.pop(rid, None) is not None:
+                    self._slots.release()
+                with contextlib.suppress(ValueError):
+                    self._order.remove(future)
                 raise error from exc
+            self._timers[rid] = asyncio.get_running_loop().call_later(
+                self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid
+            )
         return rid
+
+    def _expire(self, rid: str) -> None:
+        """No answer within the frame's timeout (and a grace for the server's own answer): fail the
+        frame here. A frozen server answered nothing, and recv() waited out the stream's hour."""
+        self._timers.pop(rid, None)
+        if rid in self._unanswered:
+            self._expired.add(rid)
+            error = DeadlineExceeded(
+                f"no answer within the frame's timeout ({self._frame_timeout_s:g} s) and "
+                f"{FRAME_GRACE_S:g} s more",
+                request_id=rid,
+            )
+            self._resolve(StreamResult(rid, None, error))
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -221,7 +264,7 @@ class StreamSession:
         try:
             while (response := await self._call.read()) is not grpc.aio.EOF:
                 result = _result_of(response)
-                if not self._resolve(result):
+                if not self._resolve(result) and not self._late(result.request_id):
                     log.warning("stream answer for unknown request id %r dropped", result.request_id)
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
@@ -233,6 +276,9 @@ class StreamSession:
             self._finish(error or self._ended())
 
     def _resolve(self, result: StreamResult) -> bool:
+        timer = self._timers.pop(result.request_id, None)
+        if timer is not None:
+            timer.cancel()
         future = self._unanswered.pop(result.request_id, None)
         if future is None:
             return False
@@ -244,9 +290,17 @@ class StreamSession:
     def _finish(self, error: SluicewayError) -> None:
         """The call ended: fail what is unanswered, wake a waiting receiver, refuse new frames."""
         self._failure = error
+        self._expired.clear()
         for rid in list(self._unanswered):
             self._resolve(StreamResult(rid, None, _for_frame(error, rid)))
         self._sent.set()
+
+    def _late(self, rid: str) -> bool:
+        """An answer to a frame failed here for want of one (_expire): dropped quietly."""
+        if rid in self._expired:
+            self._expired.discard(rid)
+            return True
+        return False
 
     def _ended(self) -> SluicewayError:
         return self._failure or SluicewayError("the stream ended", grpc.StatusCode.CANCELLED)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
 from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
+from clients.errors import from_rpc_error
 from clients.repository import load_request
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -124,12 +125,31 @@ class Client(ClientBase):
         config: str | None = None,
         files: Mapping[str, bytes] | None = None,
         timeout_s: float | None = None,
+        endpoint: str | None = None,
     ) -> None:
-        """Load (or reload) `model`; `config` and `files` as in clients/repository.py."""
-        self._call("RepositoryModelLoad", load_request(model, config, files), timeout_s)
+        """Load (or reload) `model`; `config` and `files` as in clients/repository.py. Sent once, to
+        `endpoint` (needed when this client has several): see ClientBase.endpoint_for."""
+        address = self.endpoint_for(endpoint, "load_model")
+        self._call_once(address, "RepositoryModelLoad", load_request(model, config, files), timeout_s)
 
-    def unload_model(self, model: str, *, timeout_s: float | None = None) -> None:
-        self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model), timeout_s)
+    def unload_model(
+        self, model: str, *, timeout_s: float | None = None, endpoint: str | None = None
+    ) -> None:
+        """Unload `model`; sent once, to `endpoint` (needed when this client has several)."""
+        request = pb.RepositoryModelUnloadRequest(model_name=model)
+        self._call_once(
+            self.endpoint_for(endpoint, "unload_model"), "RepositoryModelUnload", request, timeout_s
+        )
+
+    def _call_once(self, address: str, rpc: str, request: Any, timeout_s: float | None) -> Any:
+        """One attempt at `address`, no retry, no effect on its health (it answered or it did not)."""
+        stubs = self._stubs(address)
+        try:
+            return getattr(stubs.inference, rpc)(
+                request, timeout=self._timeout(timeout_s), metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""The client under a careless application's use, no server: message-size errors, UNAVAILABLE
+answers and endpoint health, metadata, repository changes on a client of several endpoints."""
+
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+
+from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy
+from clients.endpoints import Attempts, ChannelOptions, EndpointPool
+from clients.errors import from_rpc_error
+
+CODE = grpc.StatusCode
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def attempts_over(addresses: list[str]) -> tuple[Attempts, EndpointPool, FakeClock]:
+    clock = FakeClock()
+    pool = EndpointPool(addresses, recheck=Backoff(1.0, 8.0, jitter=0.0), clock=clock, rng=random.Random(0))
+    policy = RetryPolicy(max_attempts=5, backoff=Backoff(0.05, 0.05, jitter=0.0))
+    return Attempts(pool, policy, 10.0, clock=clock, rng=random.Random(0)), pool, clock
+
+
+@pytest.mark.parametrize(
+    "details",
+    ["CLIENT: Received message larger than max (9 vs. 8)", "Sent message larger than max (9 vs. 8)"],
+)
+def test_a_message_over_a_size_limit_is_never_retried(details: str) -> None:
+    """It was Overloaded and retried: one call ran the model six times, then failed anyway."""
+    error = from_rpc_error(FakeRpcError(CODE.RESOURCE_EXHAUSTED, details))
+    assert isinstance(error, MessageTooLarge) and not isinstance(error, Overloaded)
+    attempts, pool, _ = attempts_over(["a", "b"])
+    with pytest.raises(MessageTooLarge):
+        attempts.failed(attempts.next(), FakeRpcError(CODE.RESOURCE_EXHAUSTED, details))
+    assert pool.health() == {"a": True, "b": True}
+    full = from_rpc_error(FakeRpcError(CODE.RESOURCE_EXHAUSTED, "queue is full"))
+    assert type(full) is Overloaded  # a full queue is still retried
+
+
+def test_an_unavailable_answer_has_the_endpoint_checked_at_once_not_shunned() -> None:
+    """A model not ready on one endpoint marked the whole endpoint down for the re-check backoff:
+    every other model it served got no traffic there (200 of 200 calls went elsewhere)."""
+    attempts, pool, _ = attempts_over(["a", "b"])
+    step = attempts.next()
+    assert step.address == "a"
+    attempts.failed(step, FakeRpcError(CODE.UNAVAILABLE, "model 'x' is not ready"))
+    assert pool.health()["a"] is False
+    choices = [pool.choose() for _ in range(2)]  # no time has passed
+    assert ("a", True) in [(c.address, c.probe) for c in choices]  # health-checked now, not in 1 s
+    pool.mark_up("a")  # its check passed: the endpoint serves again
+    assert {pool.choose().address for _ in range(4)} == {"a", "b"}
+
+
+def test_metadata_is_checked_when_the_client_is_made() -> None:
+    """Each of these failed every call, as INTERNAL "Invalid metadata" or a bare TypeError."""
+    for bad in ([("X-Tenant", "a")], [("tenant", "é")], [("trace-bin", "text")], [("grpc-x", "1")]):
+        with pytest.raises(ValueError, match="metadata"):
+            Client("127.0.0.1:1", metadata=bad)
+    Client("127.0.0.1:1", metadata=[("x-tenant", "a"), ("trace-bin", b"\x00\x01")]).close()
+
+
+def test_a_repository_change_goes_to_one_named_endpoint() -> None:
+    """A refusal on one endpoint was retried on the next, which then did it."""
+    with Client(["127.0.0.1:1", "127.0.0.1:2"]) as client:
+        with pytest.raises(ValueError, match="endpoint= one of"):
+            client.load_model("m")
+        with pytest.raises(ValueError, match="not one of this client's"):
+            client.unload_model("m", endpoint="127.0.0.1:3")
+    assert Client("127.0.0.1:1").endpoint_for(None, "load_model") == "127.0.0.1:1"
+
+
+def test_reconnects_are_not_left_to_grpcs_two_minute_backoff() -> None:
+    options = dict(ChannelOptions().as_grpc())
+    assert options["grpc.max_reconnect_backoff_ms"] == 2_000
+    assert options["grpc.use_local_subchannel_pool"] == 1
