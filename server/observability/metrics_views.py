@@ -10,6 +10,7 @@ is consistent and monotonic.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -72,6 +73,11 @@ class MetricViews:
         self._process_cpu_s = process_cpu_s
         self._cpu_start = process_cpu_s()
         self._start_ns = time.time_ns()
+        # Retired versions' part of the process CPU (_cpu_each); scrapes may come on two threads.
+        self._cpu_lock = threading.Lock()
+        self._last_seen: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self._retired_answered = 0
+        self._retired_runs_s = 0.0
 
     def mark_start(self) -> None:
         """Count process CPU from now on for cost (call once the models are loaded)."""
@@ -185,19 +191,40 @@ class MetricViews:
                 yield {**labels, "outcome": outcome}, count
 
     def _cpu_each(self) -> list[tuple[ModelVersion, float]]:
-        """CPU seconds per inference of each version that has computed any: its runs' CPU
+        """CPU seconds per inference of each version that has answered any: its runs' CPU
         (measured per run) plus a share, by requests answered, of the process CPU outside runs
-        since `mark_start` (the gRPC path, decode and encode, the batcher, idle threads)."""
-        versions = [v for v in self.versions() if v.stats.inference_count > 0]
-        runs = sum(v.stats.run_cpu_s for v in versions)
+        since `mark_start` (the gRPC path, decode and encode, the batcher, idle threads), over its
+        inferences (rows computed, and cache hits: a cached model was charged 300 requests' share
+        for its 2 computed rows). Versions retired since (a reload, an unload) keep their part:
+        all the CPU since start-up had gone to a reloaded version's first requests (x200)."""
+        current = self.versions()
+        with self._cpu_lock:
+            self._note_retired(current)
+            runs = sum(v.stats.run_cpu_s for v in current) + self._retired_runs_s
+            answered = sum(_answered(v) for v in current) + self._retired_answered
         rest = max(0.0, self._process_cpu_s() - self._cpu_start - runs)
-        answered = sum(v.stats.success.count + v.stats.fail.count for v in versions) or 1
         out: list[tuple[ModelVersion, float]] = []
-        for v in versions:
-            s = v.stats
-            share = rest * (s.success.count + s.fail.count) / answered
-            out.append((v, (s.run_cpu_s + share) / s.inference_count))
+        for v in current:
+            inferences = _inferences(v)
+            if inferences:
+                out.append((v, (v.stats.run_cpu_s + rest * _answered(v) / (answered or 1)) / inferences))
         return out
+
+    def _note_retired(self, current: list[ModelVersion]) -> None:
+        """Move the last figures of versions no longer served into the retired totals."""
+        seen: dict[tuple[str, str], tuple[int, int, float]] = {}
+        for v in current:
+            key = (v.name, v.version_str)
+            seen[key] = (id(v), _answered(v), v.stats.run_cpu_s)
+            last = self._last_seen.get(key)
+            if last is not None and (last[0] != id(v) or last[1] > seen[key][1]):  # replaced
+                self._retired_answered += last[1]
+                self._retired_runs_s += last[2]
+        for key, last in self._last_seen.items():
+            if key not in seen:  # unloaded
+                self._retired_answered += last[1]
+                self._retired_runs_s += last[2]
+        self._last_seen = seen
 
     def _cpu_per_inference(self) -> list[Sample]:
         return [(_labels(v), cpu_s) for v, cpu_s in self._cpu_each()]
@@ -210,7 +237,7 @@ class MetricViews:
         for v, cpu_s in self._cpu_each():
             cost = cpu_s * (core or 0.0) / 3600
             if gpu is not None:  # GPU time: the runs' wall time, each run holding the device
-                cost += _run_seconds(v.stats) / v.stats.inference_count * gpu / 3600
+                cost += _run_seconds(v.stats) / _inferences(v) * gpu / 3600
             out.append((_labels(v), cost * 1e6))
         return out
 
@@ -236,6 +263,16 @@ class MetricViews:
                    "with one was dispatched, us", lambda s: s.slack_hist, 1000),
             metric("sluiceway_batch_size", "Rows per backend run", lambda s: s.batch_hist, 1),
         ]  # fmt: skip
+
+
+def _answered(v: ModelVersion) -> int:
+    return v.stats.success.count + v.stats.fail.count
+
+
+def _inferences(v: ModelVersion) -> int:
+    """Rows computed, and cache hits (each answered its request's rows without a run: counted as
+    one, exact for requests of one row)."""
+    return v.stats.inference_count + v.stats.cache_hit.count
 
 
 def _run_seconds(stats: ModelStats) -> float:

@@ -55,13 +55,19 @@ def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def read_statistics(target: str, timeout_s: float = 5.0) -> Sample:
-    sample = Sample(at=time.monotonic())
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
         response = stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=timeout_s)
+    return sample_of(response, time.monotonic())
+
+
+def sample_of(response: pb.ModelStatisticsResponse, at: float) -> Sample:
+    """Requests answered OK (success counts cache hits already, as Triton's does: adding them
+    again showed a cached model at twice its rate), rows computed and runs, per version."""
+    sample = Sample(at=at)
     for stats in response.model_stats:
         key = (stats.name, stats.version)
-        sample.success[key] = stats.inference_stats.success.count + stats.inference_stats.cache_hit.count
+        sample.success[key] = stats.inference_stats.success.count
         sample.rows[key] = stats.inference_count
         sample.runs[key] = stats.execution_count
     return sample

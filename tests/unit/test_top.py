@@ -64,3 +64,16 @@ def test_a_server_that_is_not_there_is_one_line(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert err.startswith(f"sluiceway top: 127.0.0.1:{port}: UNAVAILABLE: ")
     assert "debug_error_string" not in err
+
+
+def test_a_cached_models_requests_are_counted_once() -> None:
+    """success counts cache hits already: adding cache_hit again showed a cached model at twice the
+    rate of an uncached one with the same traffic."""
+    from protos import grpc_service_pb2 as pb
+    from server.observability.top import sample_of
+
+    response = pb.ModelStatisticsResponse()
+    stats = response.model_stats.add(name="cached", version="1", inference_count=1, execution_count=1)
+    stats.inference_stats.success.count = 287
+    stats.inference_stats.cache_hit.count = 286
+    assert sample_of(response, 1.0).success == {("cached", "1"): 287}
