@@ -74,6 +74,25 @@ class _WorkerField(logging.Filter):
         return True
 
 
+SERVED_VERSION = "served_version"  # set on an exception by the request path: the version that ran it
+
+
+def failure_fields(request: object, exc: BaseException) -> dict[str, str]:
+    """`request_fields`, with the version that served the request when it named none (the request
+    path notes it on the exception): an error line about a routed request had no version."""
+    fields = request_fields(request)
+    served = getattr(exc, SERVED_VERSION, None)
+    if isinstance(served, str) and served:
+        fields.setdefault("version", served)
+    return fields
+
+
+def failure_message(what: str, fields: dict[str, str]) -> str:
+    """`what` and the request's fields in words, for text lines (which carry no fields)."""
+    named = ", ".join(f"{key} {value}" for key, value in fields.items())
+    return f"{what} ({named})" if named else what
+
+
 def log_handler(fmt: Literal["text", "json"], worker: int | None = None) -> logging.Handler:
     """A stderr handler writing the chosen format; `worker`: the process's number under --workers."""
     handler = logging.StreamHandler()

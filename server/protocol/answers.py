@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 
 from server.errors import status_for
-from server.observability.logs import request_fields
+from server.observability.logs import failure_fields, failure_message
 from server.protocol.calls import CallTracker
 from server.protocol.rich_status import retry_info_trailer
 
@@ -33,7 +33,8 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, request:
     an unexpected exception is logged, and answered INTERNAL with a generic message."""
     code, message, expected = status_for(exc)
     if not expected:
-        log.error("request failed", exc_info=exc, extra=request_fields(request))
+        fields = failure_fields(request, exc)
+        log.error(failure_message("request failed", fields), exc_info=exc, extra=fields)
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
         await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))

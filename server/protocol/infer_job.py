@@ -8,6 +8,7 @@ lets both RPCs share one request path (`RequestPath`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from server.errors import FrameDropped, ShuttingDown
 from server.models.manager import ModelManager
 from server.models.response_cache import request_key
 from server.models.versions import ModelVersion
+from server.observability.logs import SERVED_VERSION
 from server.observability.metrics_reasons import record_failed
 from server.protocol import codec, shm_tensors
 from server.protocol.classification import classify, requested_classes
@@ -200,6 +202,7 @@ class RequestPath:
             response = job.answer_now()
         except Exception as exc:
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
+            note_served(exc, served.version_str)
             raise
         if response is not None:
             elapsed_ns = time.perf_counter_ns() - start_ns
@@ -242,6 +245,7 @@ class RequestPath:
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
+            note_served(exc, job.served.version_str)
             raise
         elapsed_ns = time.perf_counter_ns() - start_ns
         stats.record_success(elapsed_ns)
@@ -270,3 +274,9 @@ class RequestPath:
             return response
         job.claim = claim
         return await self.finish(job, start_ns)
+
+
+def note_served(exc: BaseException, version: str) -> None:
+    """Note on a failure which version served the request (its log line names it)."""
+    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+        setattr(exc, SERVED_VERSION, version)

@@ -25,7 +25,7 @@ from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.models.versions import ModelVersion
-from server.observability.logs import request_fields
+from server.observability.logs import failure_fields, failure_message
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
@@ -304,7 +304,8 @@ def _error(request: pb.ModelInferRequest, exc: Exception) -> Response:
     """A stream answers a failed request with an error message and its id, and keeps going."""
     code, message, expected = status_for(exc)
     if not expected:
-        log.error("stream request failed", exc_info=exc, extra=request_fields(request))
+        fields = failure_fields(request, exc)
+        log.error(failure_message("stream request failed", fields), exc_info=exc, extra=fields)
     return Response(
         error_message=f"{code.name}: {message}",
         infer_response=pb.ModelInferResponse(

@@ -112,12 +112,20 @@ async def test_json_lines_name_the_failed_request_never_its_tensors(repo: Path, 
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await stub.ModelInfer(infer_request("raises", "req-json-1"), timeout=BOUND_S)
             assert failed.value.code() == grpc.StatusCode.INTERNAL
+            routed = infer_request("raises", "req-json-3")
+            routed.model_version = ""  # the server picks: the line still names the version it ran
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ModelInfer(routed, timeout=BOUND_S)
             call = stub.ModelStreamInfer(iter([infer_request("raises", "req-json-2")]), timeout=BOUND_S)
             [answer] = [a async for a in call]
             assert answer.error_message.startswith("INTERNAL")
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    failures = {entry["message"]: entry for entry in lines if entry.get("request_id")}
-    unary, streamed = failures["request failed"], failures["stream request failed"]
+    failures = {entry["request_id"]: entry for entry in lines if entry.get("request_id")}
+    unary, streamed = failures["req-json-1"], failures["req-json-2"]
+    # A text line carries no fields: the message names the request itself.
+    assert unary["message"] == "request failed (model raises, version 1, request_id req-json-1)"
+    assert streamed["message"].startswith("stream request failed (model raises")
+    assert failures["req-json-3"]["version"] == "1"  # it had no version in a line about a routed request
     assert (unary["level"], unary["model"], unary["version"], unary["request_id"]) == (
         "ERROR",
         "raises",
