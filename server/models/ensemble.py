@@ -155,11 +155,16 @@ class EnsembleScheduler:
         batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
         left = list(self.plan.steps)
         running: dict[asyncio.Task[tuple[Tensors, bool]], Step] = {}
+        # Set when a step failed: the steps still running are stopped by us, not by the caller, so
+        # they are not counted CANCELED ("the caller went away") in their models' statistics.
+        abandoned = [False]
         try:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:
                     left.remove(step)
-                    work = self._step(step, tensors, batched, admission.hard, priority, sequence, routed)
+                    work = self._step(
+                        step, tensors, batched, admission.hard, priority, sequence, routed, abandoned
+                    )
                     task = asyncio.ensure_future(work)
                     running[task] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -169,6 +174,9 @@ class EnsembleScheduler:
                     for model_output, tensor in step.output_map.items():
                         tensors[tensor] = outputs[model_output]
                         batched[tensor] = step_batches
+        except Exception:
+            abandoned[0] = True
+            raise
         finally:
             for task in running:
                 task.cancel()  # our own step tasks: their requests leave their queues
@@ -189,6 +197,7 @@ class EnsembleScheduler:
         priority: int,
         sequence: SequenceParams | None,
         routed: RoutedRequest | None,
+        abandoned: list[bool],
     ) -> tuple[Tensors, bool]:
         try:
             served = self._resolve(step.model, step.version, routed)
@@ -225,7 +234,8 @@ class EnsembleScheduler:
                 if outputs is None:
                     outputs = await batcher.enqueue(inputs, a)
         except asyncio.CancelledError:
-            stats.record_canceled()
+            if not abandoned[0]:  # the caller went away (a sibling step's failure is not that)
+                stats.record_canceled()
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)

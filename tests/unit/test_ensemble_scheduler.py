@@ -134,3 +134,43 @@ def test_batch_dims_fitted_between_batching_and_non_batching_steps() -> None:
     assert fit_batch_dim(one, True, (1, 16), False).shape == (1, 16)  # the full shape already fits
     assert fit_batch_dim(np.zeros((2, 16)), True, (16,), False).shape == (2, 16)
     assert fit_batch_dim(one, True, (16,), True) is one  # both batch: untouched
+
+
+@dataclass
+class HeldStep(FakeStep):
+    """A step whose run waits until released."""
+
+    release: asyncio.Event | None = None
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        self.calls.append(inputs)
+        assert self.release is not None
+        await self.release.wait()
+        return {"y": inputs["x"]}
+
+
+def test_a_step_stopped_because_its_sibling_failed_is_not_counted_as_the_callers_cancel() -> None:
+    """CANCELED is "the caller went away": a step the ensemble stopped itself counted as that."""
+
+    def refuse(x: np.ndarray) -> np.ndarray:
+        raise QueueFull("queue is full")
+
+    async def scenario() -> FakeStep:
+        held = HeldStep("add_one", lambda x: x, release=asyncio.Event())
+        steps = _steps(add_one=held, double=FakeStep("double", refuse))
+        for step in steps.values():
+            step.batcher.start()
+        try:
+            x = np.arange(4, dtype=np.float32).reshape(1, 4)
+            with pytest.raises(QueueFull):
+                await _scheduler("dag", steps, Clock()).run({"IN": x}, _admission(None), 0)
+        finally:
+            assert held.release is not None
+            held.release.set()
+            for step in steps.values():
+                await step.batcher.stop()
+        return held
+
+    held = asyncio.run(scenario())
+    assert held.calls  # it was running when its sibling failed
+    assert held.stats.failures["CANCELED"] == 0
