@@ -36,28 +36,9 @@ from clients.errors import ERROR_BY_CODE, from_rpc_error, from_stream_message
 from clients.stream import StreamSession
 from protos import grpc_service_pb2 as pb
 from server.protocol.rich_status import retry_info_trailer
+from tests.support.client_fakes import FakeClock, FakeRpcError
 
 CODE = grpc.StatusCode
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "boom") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -11,28 +11,9 @@ import pytest
 from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy
 from clients.endpoints import Attempts, ChannelOptions, EndpointPool
 from clients.errors import from_rpc_error
+from tests.support.client_fakes import FakeClock, FakeRpcError
 
 CODE = grpc.StatusCode
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 def attempts_over(addresses: list[str]) -> tuple[Attempts, EndpointPool, FakeClock]:
