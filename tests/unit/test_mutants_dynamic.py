@@ -29,6 +29,7 @@ from batcher import (
     Tensors,
 )
 from batcher.batch_io import cpu_timed
+from batcher.errors import NotAccepting
 
 LONG = 5.0  # an upper bound no healthy run comes near
 LOOP = threading.current_thread().name
@@ -190,6 +191,29 @@ async def test_stop_timeout_warns_and_answers_everything_before_returning(
     for task in (running, queued):
         with pytest.raises(BatcherStopped, match=r"^model stopped before the request was computed$"):
             await task
+
+
+async def test_a_reloads_stop_hands_what_is_still_queued_over(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`handover` (a reload retiring the batcher): what is queued after the grace fails NotAccepting,
+    which its caller resubmits to the new version; the run in progress still fails as stopped."""
+    be = Gated(asyncio.Event())  # never opens
+    b = make(be, max_batch_size=1)
+    running = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    queued = submit(b, 2)
+    await turns_until(lambda: b.queued_requests == 1)
+    with caplog.at_level(logging.WARNING, logger="batcher.dynamic"):
+        await asyncio.wait_for(b.stop(drain=True, timeout_s=0.01, handover=True), LONG)
+    assert "batcher: stop timed out after 0.01 s; handing what is queued over" in caplog.messages
+    with pytest.raises(
+        NotAccepting, match=r"^model version retired by a reload before the request was computed$"
+    ):
+        await queued
+    with pytest.raises(BatcherStopped, match=r"^model stopped before the request was computed$") as run:
+        await running
+    assert not isinstance(run.value, NotAccepting)  # computing when cut: not to be sent again
 
 
 async def test_a_failed_dispatch_task_fails_the_queue_and_stops_admitting(
