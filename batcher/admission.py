@@ -33,6 +33,9 @@ class Admission(NamedTuple):
     deadline: float | None  # the caller's: the earliest of its gRPC deadline and `timeout` (if allowed)
     policy_deadline: float | None  # the model's queue-policy timeout (demotes with DELAY)
     hard: float | None  # never computed, nor answered as a success, after this
+    # False for a shadow copy: computed (inference and execution counts) but not a request of the
+    # model's (its queue, deadline, rejection and per-request compute figures leave it out).
+    counted: bool = True
 
     @classmethod
     def settle(

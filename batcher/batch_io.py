@@ -88,7 +88,7 @@ def settle_batch(
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
-            stats.late += 1
+            stats.late += p.counted
             p.handle.future.set_exception(computed_late())
         else:
             p.handle.future.set_result(part)

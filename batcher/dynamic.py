@@ -193,7 +193,8 @@ class DynamicBatcher:
         try:
             p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.finish, trace)
         except BatcherError as exc:
-            self._stats.record_refusal(exc, self._queue.full(a.priority))
+            if a.counted:
+                self._stats.record_refusal(exc, self._queue.full(a.priority))
             raise
         if claim is not None:
             claim.bind(functools.partial(self._withdraw, p))
@@ -236,7 +237,8 @@ class DynamicBatcher:
         try:
             self._queue.check(a, self._forecast.now)
         except BatcherError as exc:
-            self._stats.record_refusal(exc, False)
+            if a.counted:
+                self._stats.record_refusal(exc, False)
             raise
         reason = self._alone.get(a.rows) or self._alone.setdefault(a.rows, alone_reason(a.rows, self._policy))
         self._stats.record_dispatch(reason)
@@ -244,15 +246,16 @@ class DynamicBatcher:
         t0 = time.perf_counter_ns()
         outputs = backend.run_blocking(inputs)
         t1 = time.perf_counter_ns()
-        self._stats.record_queue(0, slack_ns)
+        if a.counted:
+            self._stats.record_queue(0, slack_ns)
         rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
-        self._stats.record_batch(rows, 1, 0, t1 - t0, 0)
+        self._stats.record_batch(rows, int(a.counted), 0, t1 - t0, 0)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
         self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
         self._forecast.ran(a.rows)
         if late(a.hard, now):
-            self._stats.late += 1
+            self._stats.late += a.counted
             raise computed_late()
         return outputs
 
@@ -316,14 +319,15 @@ class DynamicBatcher:
                 q.remove(p)
             for p in f.expired:
                 q.fail(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
-            self._stats.expired += len(f.expired)
+            self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
                 self._in_flight += 1  # before the removals, so the queue never looks idle meanwhile
                 self._stats.record_dispatch("drain" if self._closing else f.reason or "idle")
                 for p in f.batch:
                     q.remove(p)
-                    slack_ns = None if p.hard is None else int((p.hard - now) * 1e9)
-                    self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)), slack_ns)
+                    if p.counted:
+                        slack_ns = None if p.hard is None else int((p.hard - now) * 1e9)
+                        self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)), slack_ns)
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
@@ -359,7 +363,7 @@ class DynamicBatcher:
                 await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
             return
         rows = offsets[-1]
-        self._stats.record_batch(rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        self._stats.record_batch(rows, sum(p.counted for p in batch), t1 - t0, t2 - t1, t3 - t2)
         done_at = self._clock()
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
         self._stats.run_cpu_s += cpu_s or 0.0
@@ -400,8 +404,8 @@ class DynamicBatcher:
         self._accepting = False
         self._queue.fail_all(stopped)
 
-    def _expired(self) -> None:
-        self._stats.expired += 1
+    def _expired(self, p: Request) -> None:
+        self._stats.expired += p.counted
 
     def _check_idle(self) -> None:
         if len(self._queue) == 0 and self._in_flight == 0:

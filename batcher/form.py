@@ -77,6 +77,7 @@ class Pending(Generic[H]):
     hard: float | None = None
     policy_deadline: float | None = None  # queue-policy timeout: demotes the request with DELAY
     ragged: frozenset[str] = frozenset()  # the model's ragged inputs: any shape joins
+    counted: bool = True  # a request of the model's statistics (Admission.counted)
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:

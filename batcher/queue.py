@@ -54,7 +54,7 @@ class RequestQueue:
         clock: Callable[[], float],
         on_remove: Callable[[], None] = lambda: None,
         budgets: Sequence[ByteBudget] = (),
-        on_expire: Callable[[], None] = lambda: None,
+        on_expire: Callable[[Request], None] = lambda p: None,
     ) -> None:
         """`on_remove`: after any request leaves; `on_expire`: one expired on its timer."""
         self._policy = policy
@@ -171,6 +171,7 @@ class RequestQueue:
             hard=a.hard,
             policy_deadline=a.policy_deadline,
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
+            counted=a.counted,
         )
         if a.hard is not None:
             self._arm(p, max(0.0, a.hard - self._clock()))
@@ -235,7 +236,7 @@ class RequestQueue:
             return
         p.handle.timer = None
         if self.remove(p):
-            self._on_expire()
+            self._on_expire(p)
             settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
 
 

@@ -76,7 +76,7 @@ class ShadowRunner:
                 rows,
                 deadline=time.monotonic() + policy.timeout_s,
                 priority=batcher.policy.priority_levels,  # the lowest level: shed first
-            )
+            )._replace(counted=False)  # not a request of the candidate's (README "Rollout")
         except (BatcherError, ValueError):
             figures.dropped += 1  # e.g. more rows than the candidate takes
             return
