@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.errors import DeadlineExceeded, MessageTooLarge, SluicewayError, from_rpc_error
+from clients.errors import NOT_RETRIED, DeadlineExceeded, MessageTooLarge, SluicewayError, from_rpc_error
 
 Clock = Callable[[], float]
 
@@ -243,8 +243,8 @@ class Attempts:
     def failed(self, step: Step, exc: BaseException) -> float:
         """Seconds to wait before the next attempt; raises the mapped error when not retrying."""
         error = exc if isinstance(exc, SluicewayError) else from_rpc_error(exc)
-        if isinstance(error, MessageTooLarge):
-            raise error  # the same message fails again, anywhere
+        if isinstance(error, MessageTooLarge) or error.reason in NOT_RETRIED:
+            raise error  # the same message fails again, anywhere; or it may hang another instance
         # Cut short by attempt_timeout_s, with time left: the endpoint hangs; try another one.
         hung = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and step.timeout_s < step.left_s
         if hung:

@@ -24,6 +24,7 @@ class SluicewayError(Exception):
         code: grpc.StatusCode | None = None,
         request_id: str | None = None,
         retry_after_s: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -33,6 +34,8 @@ class SluicewayError(Exception):
         self.request_id = request_id
         # The server's google.rpc.RetryInfo hint (an overload refusal): when to try again.
         self.retry_after_s = retry_after_s
+        # The server's google.rpc.ErrorInfo reason, e.g. RUN_TIMED_OUT (see NOT_RETRIED).
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -99,20 +102,38 @@ def error_for(
     return cls(message, request_id=request_id, retry_after_s=retry_after_s)
 
 
-def retry_after_s(call: Any) -> float | None:
-    """The RetryInfo delay in a failed call's rich status (grpc-status-details-bin), if any."""
+# ErrorInfo reasons of answers never to send again: the request's run outlived the model's run
+# timeout, so it was computing and may hang whichever instance it reaches (a retry on every
+# endpoint killed an instance on each).
+NOT_RETRIED = frozenset({"RUN_TIMED_OUT"})
+
+
+def _status_details(call: Any) -> list[Any]:
     metadata = call.trailing_metadata() if callable(getattr(call, "trailing_metadata", None)) else None
     for key, value in metadata or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            info = error_details_pb2.RetryInfo()
-            if detail.Unpack(info):
-                return float(info.retry_delay.ToNanoseconds()) / 1e9
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                return list(status_pb2.Status.FromString(value).details)
+            except DecodeError:
+                return []
+    return []
+
+
+def retry_after_s(call: Any) -> float | None:
+    """The RetryInfo delay in a failed call's rich status (grpc-status-details-bin), if any."""
+    for detail in _status_details(call):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return None
+
+
+def error_reason(call: Any) -> str | None:
+    """The ErrorInfo reason in a failed call's rich status, if any."""
+    for detail in _status_details(call):
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
     return None
 
 
@@ -132,6 +153,7 @@ def from_rpc_error(exc: grpc.RpcError) -> SluicewayError:
         error = MessageTooLarge(details)
     else:
         error = error_for(status, details, retry_after_s=retry_after_s(call))
+        error.reason = error_reason(call)
     error.__cause__ = exc
     return error
 

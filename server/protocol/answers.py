@@ -10,10 +10,11 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
+from batcher.errors import RunTimedOut
 from server.errors import status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.calls import CallTracker
-from server.protocol.rich_status import retry_info_trailer
+from server.protocol.rich_status import RUN_TIMED_OUT, error_info_trailer, retry_info_trailer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, request:
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
         await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))
+    if isinstance(exc, RunTimedOut):
+        await context.abort(code, message, trailing_metadata=error_info_trailer(code, message, RUN_TIMED_OUT))
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn
 

@@ -1,5 +1,6 @@
 """gRPC's rich error model (google.rpc.Status in the `grpc-status-details-bin` trailer): an
-overload refusal carries a google.rpc.RetryInfo with the server's estimate of when to retry."""
+overload refusal carries a google.rpc.RetryInfo with the server's estimate of when to retry; a run
+the watchdog cut carries a google.rpc.ErrorInfo saying so (a client must not send it again)."""
 
 from __future__ import annotations
 
@@ -18,5 +19,19 @@ def retry_info_trailer(code: grpc.StatusCode, message: str, retry_after_s: float
     delay.FromNanoseconds(int(max(MIN_RETRY_S, retry_after_s) * 1e9))
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return ((DETAILS_KEY, status.SerializeToString()),)
+
+
+ERROR_DOMAIN = "sluiceway"
+# The request's run outlived the model's run timeout: it was computing, and may hang any instance
+# it is sent to. Clients must not retry it (ours did, on every endpoint, killing an instance each).
+RUN_TIMED_OUT = "RUN_TIMED_OUT"
+
+
+def error_info_trailer(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:
+    """The trailing metadata of a status with an ErrorInfo detail naming `reason`."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     return ((DETAILS_KEY, status.SerializeToString()),)

@@ -103,3 +103,25 @@ async def test_a_frame_to_a_frozen_server_fails_after_its_timeout(
                 await asyncio.wait_for(stream.recv(), timeout=60)  # bounded, should it hang
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+
+
+POISON = """max_batch_size: 8
+instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters { key: "fault_hang_every" value: { string_value: "1" } }
+parameters { key: "fault_hang_s" value: { string_value: "30" } }
+parameters { key: "run_timeout_s" value: { string_value: "0.5" } }
+"""
+
+
+def test_a_request_the_watchdog_cut_is_not_sent_again(demo_repo: Path, tmp_path: Path) -> None:
+    """It was retried (UNAVAILABLE) on every endpoint, each retry hanging and killing another
+    instance: the server's answer now says RUN_TIMED_OUT (google.rpc.ErrorInfo), not to be retried."""
+    write_model(tmp_path / "repo", "poison", demo_repo / "mlp" / "1" / "model.onnx", POISON)
+    args = ("--model-repository", str(tmp_path / "repo"), "--allow-fault-injection")
+    with ServerProcess(*args) as server, Client(server.address) as client:
+        with pytest.raises(Unavailable) as caught:
+            client.infer("poison", {"features": features(1)}, timeout_s=30)
+        assert caught.value.reason == "RUN_TIMED_OUT"
+        [stats] = client.model_statistics("poison").model_stats
+        assert stats.execution_count == 0 and stats.inference_stats.fail.count == 1  # sent once
+        assert client.endpoint_health() == {server.address: True}  # the model's fault, not the server's

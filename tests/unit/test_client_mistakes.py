@@ -8,7 +8,7 @@ import random
 import grpc
 import pytest
 
-from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy
+from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy, SluicewayError
 from clients.endpoints import Attempts, ChannelOptions, EndpointPool
 from clients.errors import from_rpc_error
 from tests.support.client_fakes import FakeClock, FakeRpcError
@@ -75,3 +75,24 @@ def test_reconnects_are_not_left_to_grpcs_two_minute_backoff() -> None:
     options = dict(ChannelOptions().as_grpc())
     assert options["grpc.max_reconnect_backoff_ms"] == 2_000
     assert options["grpc.use_local_subchannel_pool"] == 1
+
+
+class CutByTheWatchdog(FakeRpcError):
+    """UNAVAILABLE with the server's ErrorInfo RUN_TIMED_OUT, as the server sends it."""
+
+    def __init__(self) -> None:
+        super().__init__(CODE.UNAVAILABLE, "the model instance did not finish the batch in time")
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        from server.protocol.rich_status import RUN_TIMED_OUT, error_info_trailer
+
+        return error_info_trailer(CODE.UNAVAILABLE, self.details(), RUN_TIMED_OUT)
+
+
+def test_a_run_the_watchdog_cut_is_neither_retried_nor_held_against_the_endpoint() -> None:
+    assert from_rpc_error(CutByTheWatchdog()).reason == "RUN_TIMED_OUT"
+    assert from_rpc_error(FakeRpcError(CODE.UNAVAILABLE, "model not ready")).reason is None
+    attempts, pool, _ = attempts_over(["a", "b"])
+    with pytest.raises(SluicewayError, match="did not finish"):
+        attempts.failed(attempts.next(), CutByTheWatchdog())
+    assert pool.health() == {"a": True, "b": True}
