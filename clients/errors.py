@@ -6,6 +6,7 @@ Both become the same classes here, so callers write one `except` whatever the tr
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import grpc
@@ -93,13 +94,17 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[SluicewayError]] = {
 
 
 def error_for(
-    code: grpc.StatusCode, message: str, request_id: str | None = None, retry_after_s: float | None = None
+    code: grpc.StatusCode,
+    message: str,
+    request_id: str | None = None,
+    retry_after_s: float | None = None,
+    reason: str | None = None,
 ) -> SluicewayError:
     """The one mapping: a status code and message -> the matching exception (the base for others)."""
     cls = ERROR_BY_CODE.get(code)
     if cls is None:
-        return SluicewayError(message, code, request_id, retry_after_s)
-    return cls(message, request_id=request_id, retry_after_s=retry_after_s)
+        return SluicewayError(message, code, request_id, retry_after_s, reason)
+    return cls(message, request_id=request_id, retry_after_s=retry_after_s, reason=reason)
 
 
 # ErrorInfo reasons of answers never to send again: the request's run outlived the model's run
@@ -108,33 +113,25 @@ def error_for(
 NOT_RETRIED = frozenset({"RUN_TIMED_OUT"})
 
 
-def _status_details(call: Any) -> list[Any]:
+def rich_details(call: Any) -> tuple[float | None, str | None]:
+    """The RetryInfo delay and the ErrorInfo reason in a failed call's rich status
+    (grpc-status-details-bin), each None when absent."""
     metadata = call.trailing_metadata() if callable(getattr(call, "trailing_metadata", None)) else None
+    details = []
     for key, value in metadata or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            try:
-                return list(status_pb2.Status.FromString(value).details)
-            except DecodeError:
-                return []
-    return []
-
-
-def retry_after_s(call: Any) -> float | None:
-    """The RetryInfo delay in a failed call's rich status (grpc-status-details-bin), if any."""
-    for detail in _status_details(call):
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return float(info.retry_delay.ToNanoseconds()) / 1e9
-    return None
-
-
-def error_reason(call: Any) -> str | None:
-    """The ErrorInfo reason in a failed call's rich status, if any."""
-    for detail in _status_details(call):
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.reason)
-    return None
+            with contextlib.suppress(DecodeError):
+                details = list(status_pb2.Status.FromString(value).details)
+            break
+    delay: float | None = None
+    reason: str | None = None
+    retry, error = error_details_pb2.RetryInfo(), error_details_pb2.ErrorInfo()
+    for detail in details:
+        if detail.Unpack(retry):
+            delay = float(retry.retry_delay.ToNanoseconds()) / 1e9
+        elif detail.Unpack(error):
+            reason = str(error.reason)
+    return delay, reason
 
 
 # gRPC's words for a message over a size limit, on either side ("Received message larger than max
@@ -152,8 +149,8 @@ def from_rpc_error(exc: grpc.RpcError) -> SluicewayError:
     if status == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details.lower():
         error = MessageTooLarge(details)
     else:
-        error = error_for(status, details, retry_after_s=retry_after_s(call))
-        error.reason = error_reason(call)
+        delay, reason = rich_details(call)
+        error = error_for(status, details, retry_after_s=delay, reason=reason)
     error.__cause__ = exc
     return error
 

@@ -87,9 +87,8 @@ class ModelRollout:
     events: deque[RollbackEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     last_window: WindowReport | None = None
     held: bool = False  # the model was evicted: carry this state onto its next load (Rollout.hold)
-    entry_versions: frozenset[int] = (
-        frozenset()
-    )  # the versions served when built (entry's empty when unloaded)
+    # The versions served when built (the entry's own are cleared when it is unloaded).
+    entry_versions: frozenset[int] = frozenset()
 
     def set_weights(self, weights: dict[int, int] | None) -> None:
         self.weights = weights

@@ -218,6 +218,7 @@ class Slices:
     bounds: tuple[float, ...]
     versions: tuple[int, ...]
     weights: tuple[int, ...] = ()
+    salts: tuple[bytes, ...] = ()  # per version, what its key hashes start with (made once)
 
     @classmethod
     def of(cls, weights: Mapping[int, int]) -> Slices:
@@ -231,7 +232,8 @@ class Slices:
                 bounds.append(running / total)
                 versions.append(version)
         bounds[-1] = math.inf  # a point rounded up to 1.0 still lands in the last slice
-        return cls(tuple(bounds), tuple(versions), tuple(weights[v] for v in versions))
+        salts = tuple(b"v%d:" % v for v in versions)
+        return cls(tuple(bounds), tuple(versions), tuple(weights[v] for v in versions), salts)
 
     def pick(self, point: float) -> int:
         """The version whose slice holds `point`."""
@@ -245,8 +247,8 @@ class Slices:
         did (a 80/10/10 -> 70/10/20 ramp moved all of version 2's users)."""
         data = key.encode("utf-8", "surrogatepass")
         best, best_score = self.versions[0], math.inf
-        for version, weight in zip(self.versions, self.weights, strict=True):
-            digest = hashlib.blake2b(b"v%d:" % version + data, digest_size=8).digest()
+        for version, weight, salt in zip(self.versions, self.weights, self.salts, strict=True):
+            digest = hashlib.blake2b(salt + data, digest_size=8).digest()
             u = (int.from_bytes(digest, "big") + 0.5) / 2.0**64  # in (0, 1): log-safe
             score = -math.log(u) / weight
             if score < best_score:

@@ -175,8 +175,26 @@ async def test_stop_drains_by_default(make: Make) -> None:
         assert ((await result(task))["y"] == 2 * rid).all()
 
 
+STOPPED = r"^model stopped before the request was computed$"
+RETIRED = r"^model version retired by a reload before the request was computed$"
+
+
+@pytest.mark.parametrize(
+    ("handover", "said", "queued_error", "queued_text"),
+    [
+        (False, "failing what is left", BatcherStopped, STOPPED),
+        # A reload retiring the batcher: what is still queued fails NotAccepting, which its caller
+        # resubmits to the new version; the run in progress still fails as stopped.
+        (True, "handing what is queued over", NotAccepting, RETIRED),
+    ],
+)
 async def test_stop_timeout_warns_and_answers_everything_before_returning(
-    make: Make, caplog: pytest.LogCaptureFixture
+    make: Make,
+    caplog: pytest.LogCaptureFixture,
+    handover: bool,
+    said: str,
+    queued_error: type[Exception],
+    queued_text: str,
 ) -> None:
     be = Gated(asyncio.Event())  # never opens
     b = make(be, max_batch_size=1)
@@ -185,33 +203,12 @@ async def test_stop_timeout_warns_and_answers_everything_before_returning(
     queued = submit(b, 2)
     await turns_until(lambda: b.queued_requests == 1)
     with caplog.at_level(logging.WARNING, logger="batcher.dynamic"):
-        await asyncio.wait_for(b.stop(drain=True, timeout_s=0.01), LONG)
+        await asyncio.wait_for(b.stop(drain=True, timeout_s=0.01, handover=handover), LONG)
     assert running.done() and queued.done()  # stop returns once every request has its outcome
-    assert "batcher: stop timed out after 0.01 s; failing what is left" in caplog.messages
-    for task in (running, queued):
-        with pytest.raises(BatcherStopped, match=r"^model stopped before the request was computed$"):
-            await task
-
-
-async def test_a_reloads_stop_hands_what_is_still_queued_over(
-    make: Make, caplog: pytest.LogCaptureFixture
-) -> None:
-    """`handover` (a reload retiring the batcher): what is queued after the grace fails NotAccepting,
-    which its caller resubmits to the new version; the run in progress still fails as stopped."""
-    be = Gated(asyncio.Event())  # never opens
-    b = make(be, max_batch_size=1)
-    running = submit(b, 1)
-    await asyncio.wait_for(be.started.wait(), LONG)
-    queued = submit(b, 2)
-    await turns_until(lambda: b.queued_requests == 1)
-    with caplog.at_level(logging.WARNING, logger="batcher.dynamic"):
-        await asyncio.wait_for(b.stop(drain=True, timeout_s=0.01, handover=True), LONG)
-    assert "batcher: stop timed out after 0.01 s; handing what is queued over" in caplog.messages
-    with pytest.raises(
-        NotAccepting, match=r"^model version retired by a reload before the request was computed$"
-    ):
+    assert f"batcher: stop timed out after 0.01 s; {said}" in caplog.messages
+    with pytest.raises(queued_error, match=queued_text):
         await queued
-    with pytest.raises(BatcherStopped, match=r"^model stopped before the request was computed$") as run:
+    with pytest.raises(BatcherStopped, match=STOPPED) as run:
         await running
     assert not isinstance(run.value, NotAccepting)  # computing when cut: not to be sent again
 
