@@ -10,7 +10,11 @@ rows after them fill a sliding window of the latest `window_rows` rows.
 Each series is scored with the population stability index (PSI, quantile bins from the reference)
 and the two-sample Kolmogorov-Smirnov statistic, numpy only. A series has drifted when
 PSI > `PSI_THRESHOLD` (0.2: the usual "significant shift"; 0.1-0.2 is moderate) or KS exceeds its
-critical value at alpha = 0.05, `1.358 * sqrt((n + m) / (n * m))`.
+critical value, `c * sqrt((n + m) / (n * m))`. The KS tests of one version share one false-alarm
+rate, alpha = 0.05 (Bonferroni: each of its k series is tested at 0.05 / k, c = sqrt(-ln(0.05 /
+(2k)) / 2), 1.358 for one): tested alone at 0.05, about one series in twenty of a model with many
+features was flagged with nothing changed. A pooled series counts rows, not values, as its sample
+sizes: the values of one row (an image's pixels) are not independent draws.
 
 Fed by the sample writer's thread; scored on demand (a metrics scrape, the CLI), cached until new
 rows arrive. Thread-safe.
@@ -31,7 +35,7 @@ Floats = npt.NDArray[np.float64]
 
 PSI_THRESHOLD = 0.2
 PSI_BINS = 10
-KS_COEFFICIENT = 1.358  # c(alpha) for alpha = 0.05
+KS_ALPHA = 0.05  # the false-alarm rate of one version's KS tests together
 MAX_FEATURES = 256
 MIN_RECENT_ROWS = 20  # fewer recent rows than this: not scored yet
 _EPS = 1e-4  # floor of a bin's share in PSI, so empty bins do not divide by zero
@@ -62,9 +66,11 @@ def ks_statistic(reference: Floats, recent: Floats) -> float:
     return float(np.max(np.abs(gap)))
 
 
-def ks_threshold(n: int, m: int) -> float:
-    """KS critical value at alpha = 0.05 for samples of n and m values."""
-    return KS_COEFFICIENT * math.sqrt((n + m) / (n * m))
+def ks_threshold(n: int, m: int, tests: int = 1) -> float:
+    """KS critical value for samples of n and m independent values, one of `tests` tests that
+    together keep a false-alarm rate of KS_ALPHA (asymptotic: c(a) = sqrt(-ln(a / 2) / 2))."""
+    c = math.sqrt(-math.log(KS_ALPHA / (2 * max(1, tests))) / 2)
+    return c * math.sqrt((n + m) / (n * m))
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Series:
     feature: str
     reference: Floats
     recent: Floats
+    rows: tuple[int, int] | None = None  # a pooled series' rows (reference, recent): its KS sizes
 
 
 def _matrix(array: npt.NDArray[np.generic]) -> tuple[Floats, bool] | None:
@@ -141,7 +148,8 @@ class _Tensor:
         ref = _stack(self.reference)
         recent = _stack(list(self.recent))[-window_rows:]
         if self.pooled or ref.shape[1] != recent.shape[1]:
-            yield Series(self.kind, self.name, POOLED, _finite(ref.ravel()), _finite(recent.ravel()))
+            rows = (ref.shape[0], recent.shape[0])
+            yield Series(self.kind, self.name, POOLED, _finite(ref.ravel()), _finite(recent.ravel()), rows)
             return
         for column in range(ref.shape[1]):
             feature = "" if self.ndim == 1 else str(column)
@@ -225,20 +233,27 @@ class DriftMonitor:
         generation = self._generation
         if self._scored[0] == generation:
             return self._scored[1]
-        rows = [score(s) for s in self.series() if s.reference.size and s.recent.size]
+        rows = score_all(self.series())
         self._scored = (generation, rows)
         return rows
 
 
-def score(series: Series) -> DriftRow:
+def score_all(series: list[Series]) -> list[DriftRow]:
+    """Every series with values on both sides, each tested as one of them all (ks_threshold)."""
+    scored = [s for s in series if s.reference.size and s.recent.size]  # all-NaN ones have none
+    return [score(s, tests=len(scored)) for s in scored]
+
+
+def score(series: Series, tests: int = 1) -> DriftRow:
     n, m = series.reference.size, series.recent.size
+    sizes = (n, m) if series.rows is None else (min(n, series.rows[0]), min(m, series.rows[1]))
     return DriftRow(
         kind=series.kind,
         tensor=series.tensor,
         feature=series.feature,
         psi=psi(series.reference, series.recent),
         ks=ks_statistic(series.reference, series.recent),
-        ks_threshold=ks_threshold(n, m),
+        ks_threshold=ks_threshold(*sizes, tests=tests),
         n_reference=n,
         n_recent=m,
     )

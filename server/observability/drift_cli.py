@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from server.models.config import ConfigError
-from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score
+from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score_all
 from server.observability.sampling import load_reference
 from server.observability.sampling_writer import FILE_GLOB
 from server.settings import ServerSettings
@@ -47,7 +47,7 @@ def run_drift(args: argparse.Namespace) -> int:
         monitor = monitor_from_files(
             directory, settings.drift_reference_samples, settings.drift_window_samples, reference
         )
-        series = monitor.series()
+        series = [s for s in monitor.series() if s.reference.size and s.recent.size]
         if not series:
             raise DriftError(
                 f"{directory}: not enough sampled rows yet (a full reference window of "
@@ -56,7 +56,7 @@ def run_drift(args: argparse.Namespace) -> int:
     except (DriftError, ConfigError) as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
         return 1
-    rows = [score(s) for s in series]
+    rows = score_all(series)
     print_table(f"{args.model} version {directory.name}", rows)
     out = Path(args.out) if args.out else directory / "drift.png"
     try:

@@ -104,3 +104,33 @@ def test_images_and_wide_tensors_are_pooled_and_bytes_ignored() -> None:
     assert set(table) == {("image", POOLED), ("logits", POOLED)}
     assert table[("logits", POOLED)].n_reference == 20 * 250  # 1000 columns strided by 4
     assert all(r.drifted for r in table.values())
+
+
+def test_many_unchanged_features_raise_no_alarm_and_a_moved_one_still_does() -> None:
+    """One version's KS tests share alpha 0.05: tested alone at 0.05 each, about 10 of 200
+    unchanged features were flagged."""
+    monitor = DriftMonitor(reference_rows=1000, window_rows=1000)
+    rng = np.random.default_rng(7)
+    monitor.feed({"x": rng.standard_normal((1000, 200))}, {})
+    recent = rng.standard_normal((1000, 200))
+    recent[:, 5] += 0.5  # one feature moves by half a sigma (KS about 0.2)
+    monitor.feed({"x": recent}, {})
+    rows = monitor.rows()
+    assert len(rows) == 200
+    assert [r.feature for r in rows if r.drifted] == ["5"]
+    alone = [r for r in rows if r.ks > ks_threshold(r.n_reference, r.n_recent)]
+    assert len(alone) > 3  # what a test at 0.05 per feature would have flagged
+    assert ks_threshold(1000, 1000) == ks_threshold(1000, 1000, tests=1) > 1.35 * (2 / 1000) ** 0.5
+
+
+def test_a_pooled_series_is_sized_by_rows_not_values() -> None:
+    """An image's pixels are not independent draws: 100 images of 4,096 values were tested as
+    409,600 values, and a brightness change too small to matter crossed that threshold."""
+    monitor = DriftMonitor(reference_rows=100, window_rows=100)
+    rng = np.random.default_rng(3)
+    monitor.feed(None, {"img": rng.standard_normal((100, 1, 64, 64)).astype(np.float32)})
+    monitor.feed(None, {"img": rng.standard_normal((100, 1, 64, 64)).astype(np.float32) + 0.05})
+    (row,) = monitor.rows()
+    assert row.feature == POOLED and row.n_reference == 100 * 256
+    assert row.ks_threshold == ks_threshold(100, 100)
+    assert not row.drifted
