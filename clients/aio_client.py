@@ -35,11 +35,14 @@ class AsyncClient(ClientBase):
     """An asyncio client for one or more endpoints; same settings and behaviour as `Client`.
 
     Channels open on first use, inside the running event loop (grpc.aio channels belong to one
-    loop). `async with AsyncClient(...) as client:` or `await client.close()`.
+    loop). Once that loop is closed (one `asyncio.run` ended), the next call opens them again in
+    its own; a call from a second loop while the first is open is refused, naming the mistake.
+    `async with AsyncClient(...) as client:` or `await client.close()`.
     """
 
     def _init_transport(self) -> None:
         self._stubs_by_address: dict[str, _Stubs] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the channels belong to
         self._closed = False
 
     # -- inference ------------------------------------------------------------------------------
@@ -181,6 +184,8 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         self._closed = True
         stubs, self._stubs_by_address = list(self._stubs_by_address.values()), {}
+        if self._loop is not None and self._loop.is_closed():
+            return  # their loop is gone, and they with it
         for item in stubs:
             await item.channel.close()
 
@@ -242,9 +247,23 @@ class AsyncClient(ClientBase):
             return probe_failed_is_healthy(exc)
         return is_serving(response)
 
+    def _own_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Channels made in a loop that is closed now are dropped (they can no longer be used or
+        closed): a second `asyncio.run` failed with "Event loop is closed" from inside grpc."""
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            raise RuntimeError(
+                "this AsyncClient's channels belong to another event loop that is still open: "
+                "use one AsyncClient per event loop"
+            )
+        self._stubs_by_address.clear()
+        self._loop = loop
+
     def _stubs(self, address: str) -> _Stubs:
         if self._closed:
             raise RuntimeError("the client is closed")
+        self._own_loop(asyncio.get_running_loop())
         stubs = self._stubs_by_address.get(address)
         if stubs is None:
             options = self._grpc_options()

@@ -75,6 +75,26 @@ async def test_closing_an_async_client_under_a_call_fails_it_with_a_client_error
     assert caught.value.code == grpc.StatusCode.CANCELLED and "closed" in caught.value.message
 
 
+def test_an_async_client_serves_one_asyncio_run_after_another(zoo_server: ServerProcess) -> None:
+    """The second `asyncio.run` failed with "Event loop is closed" from inside grpc: the channels
+    belonged to the first loop. A second loop while the first is open is refused, saying so."""
+    client = AsyncClient(zoo_server.address)
+
+    async def scores() -> tuple[int, ...]:
+        return (await client.infer("mlp", {"features": features(2)}, timeout_s=10))["scores"].shape
+
+    assert asyncio.run(scores()) == asyncio.run(scores()) == (2, 2)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(scores())
+        with pytest.raises(RuntimeError, match="another event loop that is still open"):
+            asyncio.run(scores())
+        assert first.run_until_complete(scores()) == (2, 2)  # the first loop's channels still serve
+        first.run_until_complete(client.close())
+    finally:
+        first.close()
+
+
 async def test_a_frame_over_the_message_limit_fails_alone(zoo_server: ServerProcess) -> None:
     """Sent, it ended the whole stream INTERNAL ("Internal error from Core") with the frame before it."""
     client = AsyncClient(zoo_server.address, channel_options=ChannelOptions(max_message_bytes=8192))
