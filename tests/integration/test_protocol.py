@@ -187,6 +187,12 @@ def test_health_per_model_and_reflection(zoo_server: ServerProcess) -> None:
             check(health_pb2.HealthCheckRequest(service="corrupt"), timeout=10).status
             == health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        # "" stays SERVING beside a model that failed; ServerReady is the strict answer (README).
+        assert (
+            not pb_grpc.GRPCInferenceServiceStub(channel)
+            .ServerReady(pb.ServerReadyRequest(), timeout=10)
+            .ready
+        )
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         answers = list(
             reflect.ServerReflectionInfo(
