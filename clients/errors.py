@@ -164,4 +164,6 @@ def from_stream_message(text: str, request_id: str | None = None) -> SluicewayEr
     code = _CODE_BY_NAME.get(name) if sep else None
     if code is None:  # not our format (another server): keep the whole text
         return SluicewayError(text, grpc.StatusCode.UNKNOWN, request_id)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in message.lower():
+        return MessageTooLarge(message, request_id=request_id)
     return error_for(code, message, request_id)

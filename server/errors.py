@@ -58,6 +58,12 @@ class SharedMemoryLimit(ServiceError):
     """Registering the region would pass max_shm_regions or max_shm_bytes (the message says which)."""
 
 
+class AnswerTooLarge(ServiceError):
+    """A stream answer over the server's message limit: its frame fails alone, the stream goes on
+    (sent, it ended the whole stream RESOURCE_EXHAUSTED and left the later frames unanswered).
+    The message holds gRPC's words, "message larger than max", which clients match."""
+
+
 class Unsupported(ServiceError):
     """A feature this server cannot serve as configured (client shared memory off, CUDA without a GPU)."""
 
@@ -127,6 +133,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     RegionExists: grpc.StatusCode.ALREADY_EXISTS,
     SharedMemoryLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    AnswerTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
     sequence_types.SequenceError: grpc.StatusCode.INVALID_ARGUMENT,  # UnknownSequence too
     sequence_types.SequenceLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,

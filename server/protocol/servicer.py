@@ -68,6 +68,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         *,
         stream_max_in_flight: int,
         stream_idle_timeout_s: float,
+        max_message_bytes: int | None = None,
         tracing: Tracing | None = None,
         shm: SharedMemoryRegistry | None = None,
         cuda_shm: CudaSharedMemory | None = None,
@@ -81,6 +82,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self.cuda_shm = cuda_shm or NoCudaSharedMemory("CUDA shared memory is not available")
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
+        self._max_message_bytes = max_message_bytes  # a stream answer over it fails alone
         self._is_stopping = is_stopping
         self._path = RequestPath(models, is_stopping, regions=self.shm)
         # Tracing on: a span per request, through a path bound to each call's trace context.
@@ -240,6 +242,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             deadline=None if remaining is None else time.monotonic() + remaining,
             idle_timeout_s=self._stream_idle_timeout_s,
             on_close=self._models.release_sequences,
+            max_answer_bytes=self._max_message_bytes,
         )
         try:
             with self.calls.stream(context.peer(), session):

@@ -7,7 +7,8 @@ request that needs no waiting (a cache hit, the batcher's fast path) is answered
 reader, without a task; the others get a task each. Answers leave through one queue as they
 complete, except for models with `preserve_ordering`: their answers leave in request order, each
 waiting for the one before it. A failed request is answered with an error message and its id; the
-stream goes on.
+stream goes on. So is an answer over the message limit (`max_answer_bytes`): gRPC would fail the
+whole stream for it, and every later request on it would go unanswered.
 
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator
 
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
-from server.errors import FrameDropped, status_for
+from server.errors import AnswerTooLarge, FrameDropped, status_for
 from server.models.versions import ModelVersion
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.infer_job import InferJob, RequestPath
@@ -53,8 +54,10 @@ class StreamSession:
         deadline: float | None,  # the call's gRPC deadline, absolute time.monotonic()
         idle_timeout_s: float = 0.0,  # 0: never
         on_close: OnClose | None = None,  # given the sequences it drove, when it ends
+        max_answer_bytes: int | None = None,  # the server's max_message_bytes (None: no check)
     ) -> None:
         self._requests = requests
+        self._max_answer_bytes = max_answer_bytes
         self._path = path
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
@@ -262,6 +265,8 @@ class StreamSession:
         done: asyncio.Event | None,
         request: pb.ModelInferRequest | Malformed | None = None,
     ) -> None:
+        if response is not None and self._max_answer_bytes is not None:
+            response = self._within_limit(response, request)
         if response is not None and _wants_final_flag(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
@@ -272,6 +277,17 @@ class StreamSession:
             self._slots.release()
         if done is not None:
             done.set()
+
+    def _within_limit(self, response: Response, request: pb.ModelInferRequest | Malformed | None) -> Response:
+        """`response`, or its request's error answer when it is over the message limit."""
+        size, limit = response.ByteSize(), self._max_answer_bytes
+        if limit is None or size <= limit or not isinstance(request, pb.ModelInferRequest):
+            return response
+        why = AnswerTooLarge(
+            f"answer message larger than max ({size} vs. {limit} bytes, the server's "
+            f"max_message_bytes): ask for fewer rows or outputs, or use shared memory for outputs"
+        )
+        return _error(request, why)
 
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clients import AsyncClient, InvalidArgument, NotFound, StreamResult
+from clients import AsyncClient, InvalidArgument, MessageTooLarge, NotFound, StreamResult
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import features
+from tests.support.models import filler_model
+from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
 client_limits_server = client_fixtures.client_limits_server
@@ -96,3 +99,20 @@ async def test_send_waits_while_max_in_flight_frames_are_unanswered(
             np.testing.assert_allclose(result["y"], np.ones((1, 1)), rtol=1e-5)
         (stats,) = (await client.model_statistics("pair")).model_stats
         assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {2: 2}  # held, then paired
+
+
+async def test_an_answer_over_the_message_limit_fails_its_frame_alone(tmp_path: Path) -> None:
+    """gRPC failed the whole stream RESOURCE_EXHAUSTED for one answer over max_message_bytes, and
+    the frames after it were never answered. Now that frame fails alone, as MessageTooLarge."""
+    write_model(tmp_path / "repo", "filler", filler_model(tmp_path / "filler.onnx"), None)
+    limit = 64 * 1024
+    with ServerProcess("--model-repository", str(tmp_path / "repo"), "--max-message-bytes", str(limit)) as server:
+        async with AsyncClient(server.address) as client, client.stream("filler") as stream:
+            for rid, columns in (("small", 10), ("big", 100_000), ("after", 10)):
+                await stream.send({"SHAPE": np.array([1, columns], np.int64)}, request_id=rid)
+            await stream.done_sending()
+            results = [result async for result in stream]
+    assert [r.request_id for r in results] == ["small", "big", "after"]
+    assert results[0].unwrap()["Y"].shape == (1, 10) and results[2].unwrap()["Y"].shape == (1, 10)
+    with pytest.raises(MessageTooLarge, match=f"vs. {limit} bytes, the server's max_message_bytes"):
+        results[1].unwrap()

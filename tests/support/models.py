@@ -51,3 +51,18 @@ def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def filler_model(path: Path) -> Path:
+    """SHAPE INT64 [2] -> Y FP32 [a, b] of 1.5s: a tiny request whose answer is as large as asked."""
+    value = helper.make_tensor("value", TensorProto.FLOAT, [1], [1.5])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["SHAPE"], ["Y"], value=value)],
+        "filler",
+        [helper.make_tensor_value_info("SHAPE", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["a", "b"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
