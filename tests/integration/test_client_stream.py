@@ -106,7 +106,8 @@ async def test_an_answer_over_the_message_limit_fails_its_frame_alone(tmp_path: 
     the frames after it were never answered. Now that frame fails alone, as MessageTooLarge."""
     write_model(tmp_path / "repo", "filler", filler_model(tmp_path / "filler.onnx"), None)
     limit = 64 * 1024
-    with ServerProcess("--model-repository", str(tmp_path / "repo"), "--max-message-bytes", str(limit)) as server:
+    args = ("--model-repository", str(tmp_path / "repo"), "--max-message-bytes", str(limit))
+    with ServerProcess(*args) as server:
         async with AsyncClient(server.address) as client, client.stream("filler") as stream:
             for rid, columns in (("small", 10), ("big", 100_000), ("after", 10)):
                 await stream.send({"SHAPE": np.array([1, columns], np.int64)}, request_id=rid)
