@@ -9,8 +9,15 @@ Priority follows Triton (InferenceRequest::SetPriority): 0, or a level above the
 `priority_levels`, means the model's default level. Triton does not refuse such a request, so
 neither do we.
 
-The request's own `timeout` counts only where the policy allows the override (Triton's
-`allow_timeout_override`); otherwise it is ignored, and the gRPC deadline still counts.
+The model's queue-policy timeout (`default_timeout_microseconds`) bounds the time a request
+waits in the queue, as in Triton, not its compute: with REJECT a request still queued when it
+passes is failed (`reject_at`), with DELAY it goes behind the others (`policy_deadline`). Folded
+into the hard deadline, it had also refused or failed every request whose run alone took longer
+(a 150 ms REJECT timeout on a 160 ms model failed 8 of 8 requests on an idle server). Where the
+policy allows the override (Triton's `allow_timeout_override`), the request's own `timeout`
+replaces it when shorter; otherwise it is ignored. A model without a queue-policy timeout has
+nothing to override: there a request's `timeout` bounds it as its gRPC deadline does (ours; Triton
+ignores it). The gRPC deadline always counts.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ class Admission(NamedTuple):
     rows: int  # rows it adds to a batch; 1 for a model without a batch dimension
     priority: int  # a level of the model's (1 is the highest), the default applied
     arrival: float  # when it was settled (clock seconds)
-    deadline: float | None  # the caller's: the earliest of its gRPC deadline and `timeout` (if allowed)
-    policy_deadline: float | None  # the model's queue-policy timeout (demotes with DELAY)
-    hard: float | None  # never computed, nor answered as a success, after this
+    deadline: float | None  # the caller's: its gRPC deadline, and `timeout` where no queue policy has one
+    policy_deadline: float | None  # the queue-policy timeout (or the request's shorter override)
+    hard: float | None  # never computed, nor answered as a success, after this (the caller's deadline)
     # False for a shadow copy: computed (inference and execution counts) but not a request of the
     # model's (its queue, deadline, rejection and per-request compute figures leave it out).
     counted: bool = True
+    reject_at: float | None = None  # with REJECT: failed if still queued then (policy_deadline)
 
     @classmethod
     def settle(
@@ -69,9 +77,15 @@ class Admission(NamedTuple):
         q = policy.level_policy(level) if policy.level_policies else None
         queue: BatchingPolicy | LevelQueuePolicy = policy if q is None else q
         own = None if timeout_s is None or not queue.allow_timeout_override else now + timeout_s
-        caller = own if deadline is None else (deadline if own is None else min(deadline, own))
-        policy_deadline = None if queue.default_timeout_s is None else now + queue.default_timeout_s
-        hard = caller
-        if queue.timeout_action is TimeoutAction.REJECT and policy_deadline is not None:
-            hard = policy_deadline if hard is None else min(hard, policy_deadline)
-        return cls(rows, level, now, caller, policy_deadline, hard)
+        if queue.default_timeout_s is None:  # no queue timeout: `timeout` is a deadline (ours)
+            caller = _earliest(deadline, own)
+            return cls(rows, level, now, caller, None, caller)
+        policy_deadline = _earliest(now + queue.default_timeout_s, own)  # an override only shortens
+        reject_at = policy_deadline if queue.timeout_action is TimeoutAction.REJECT else None
+        return cls(rows, level, now, deadline, policy_deadline, deadline, reject_at=reject_at)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

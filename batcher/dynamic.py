@@ -34,11 +34,11 @@ from batcher.batch_io import (
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
+from batcher.errors import BatcherError, NotAccepting, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
-from batcher.queue import Request, RequestQueue, is_done, settle_error, validate_policy
+from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
 from batcher.scatter import scatter
 from batcher.stats import ModelStats
 from batcher.types import Array, Backend, BatchingPolicy, QueueTrace, Tensors
@@ -318,7 +318,7 @@ class DynamicBatcher:
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:
-                q.fail(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+                q.fail(p, expired_in_queue(p, now))
             self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
                 self._in_flight += 1  # before the removals, so the queue never looks idle meanwhile

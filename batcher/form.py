@@ -8,10 +8,11 @@ The batch rules are Triton's dynamic batcher (dynamic_batch_scheduler.cc, GetDyn
 deadline rules Triton lacks. `max_preferred` is the largest preferred size, else max_batch_size.
 
 1. Skip cancelled requests; drop expired ones (hard deadline passed, or it cannot be met even by a
-   run of that request alone, given the predicted service time). Expired requests never run.
+   run of that request alone, given the predicted service time; or, with TimeoutAction.REJECT,
+   its queue-policy timeout `reject_at` passed while it waited). Expired requests never run.
 2. Order what is left by (late, priority, arrival): priority 1 first, FIFO within a priority. With
    TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind every
-   request still in time. (With REJECT that timeout is already part of `hard`, from admission.)
+   request still in time.
 3. Walk that order, adding rows to the pending batch. Before adding a request to a non-empty batch:
    if it would take the batch past max_preferred, mark the batch so far as the best prefix (unless
    a mark is set already; the prefix need not be a preferred size) and go on; stop if it would take
@@ -24,7 +25,8 @@ deadline rules Triton lacks. `max_preferred` is the largest preferred size, else
    walk stopped, the batch reached max_preferred, the delay is exceeded or it is 0: run the whole
    batch. Else wait until the oldest request's delay runs out, but never past the point where the
    earliest hard deadline in the batch could still be met by a run of the next preferred size;
-   when that point has come, run the whole batch now.
+   when that point has come, run the whole batch now. (A queue-policy timeout is Triton's: a
+   request still waiting when it passes is rejected, whatever it waits for.)
 5. max_batch_size 0 (no batch dimension): exactly one request per batch, at once.
 6. `idle_dispatch`: as if max_queue_delay_s were 0 (a mark still cuts the batch; else all goes).
 
@@ -72,10 +74,11 @@ class Pending(Generic[H]):
     arrival: float
     seq: int  # arrival order, unique
     handle: H
-    # After this it is never computed: the caller's deadline and timeout, and with REJECT the
-    # queue policy's timeout (settled once, at admission: see batcher/admission.py).
+    # After this it is never computed: the caller's deadline (settled once, at admission: see
+    # batcher/admission.py).
     hard: float | None = None
     policy_deadline: float | None = None  # queue-policy timeout: demotes the request with DELAY
+    reject_at: float | None = None  # queue-policy timeout with REJECT: dropped if still queued then
     ragged: frozenset[str] = frozenset()  # the model's ragged inputs: any shape joins
     counted: bool = True  # a request of the model's statistics (Admission.counted)
     key: ShapeKey = field(init=False)
@@ -191,7 +194,7 @@ def _in_order(
     for p in queue:
         if is_cancelled(p):
             out.cancelled.append(p)
-        elif cannot_finish(p.hard, now, predict(p.rows)):
+        elif cannot_finish(p.hard, now, predict(p.rows)) or (p.reject_at is not None and p.reject_at <= now):
             out.expired.append(p)
         else:
             live.append(p)

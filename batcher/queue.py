@@ -170,11 +170,13 @@ class RequestQueue:
             handle=Ticket(loop.create_future(), nbytes=nbytes, trace=trace),
             hard=a.hard,
             policy_deadline=a.policy_deadline,
+            reject_at=a.reject_at,
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
         )
-        if a.hard is not None:
-            self._arm(p, max(0.0, a.hard - self._clock()))
+        due = a.hard if a.reject_at is None else (a.reject_at if a.hard is None else min(a.hard, a.reject_at))
+        if due is not None:
+            self._arm(p, max(0.0, due - self._clock()))
         self._items[p.seq] = p
         self._rows_by_level[a.priority] = self._rows_by_level.get(a.priority, 0) + a.rows
         self._count_by_level[a.priority] = self._count_by_level.get(a.priority, 0) + 1
@@ -237,7 +239,19 @@ class RequestQueue:
         p.handle.timer = None
         if self.remove(p):
             self._on_expire(p)
-            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+            settle_error(p, expired_in_queue(p, self._clock()))
+
+
+def expired_in_queue(p: Request, now: float) -> DeadlineExceeded:
+    """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline."""
+    if p.reject_at is not None and p.reject_at <= now and (p.hard is None or p.reject_at < p.hard):
+        waited_ms = (now - p.arrival) * 1e3
+        return DeadlineExceeded(
+            f"request timeout expired: queued {waited_ms:.1f} ms, past the model's queue policy "
+            f"timeout (default_timeout_microseconds, or the request's shorter timeout; "
+            f"timeout_action REJECT)"
+        )
+    return DeadlineExceeded("deadline exceeded while waiting in the queue")
 
 
 def validate_policy(policy: BatchingPolicy) -> None:

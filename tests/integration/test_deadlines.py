@@ -1,6 +1,6 @@
-"""Deadlines over a real server: the earliest of a request's gRPC deadline, its `timeout` parameter
-and its model's `default_timeout_microseconds` ends it, and the server tells a deadline apart from
-a client's cancellation.
+"""Deadlines over a real server: the earlier of a request's gRPC deadline and its `timeout` parameter
+ends it, its model's `default_timeout_microseconds` bounds only its wait in the queue (Triton's
+REJECT), and the server tells a deadline apart from a client's cancellation.
 
 How a request is kept waiting without timing it: every model here holds a lone 1-row request in its
 queue by the batching rules (it waits for a preferred batch of 4, or for a 60 s delay, with idle
@@ -17,6 +17,7 @@ The deadlines that must not end a request are 40 s or more away and the bound on
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ BOUND_S = 20.0  # generous upper bound for an answer that a short deadline must 
 FAR_S = 120.0  # a gRPC deadline that must not be what ends a request
 FAR_TIMEOUT_US = 40_000_000  # a `timeout` parameter (40 s) that must not be what ends a request
 IN_QUEUE = "deadline exceeded while waiting in the queue"  # the server's words; gRPC's own differ
+QUEUE_TIMEOUT = "request timeout expired: queued "  # a queue-policy timeout (REJECT) passed
 
 # A 1-row request waits for 3 more rows or 60 s; the queue has room for one request.
 HELD = """
@@ -141,7 +143,7 @@ def test_a_model_default_timeout_shorter_than_both_ends_the_request(
     never_ran(stub, "default_wins")
     err, elapsed = failure_of(stub, request("default_wins", timeout_us=FAR_TIMEOUT_US), FAR_S)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
-    assert err.details() == IN_QUEUE
+    assert (err.details() or "").startswith(QUEUE_TIMEOUT), err.details()
     assert elapsed >= 1.0 * 0.9
 
 
@@ -153,7 +155,7 @@ def test_without_allow_timeout_override_a_requests_timeout_is_ignored(
     never_ran(stub, "no_override")
     err, elapsed = failure_of(stub, request("no_override", timeout_us=100_000), FAR_S)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
-    assert err.details() == IN_QUEUE
+    assert (err.details() or "").startswith(QUEUE_TIMEOUT), err.details()
     assert elapsed >= 2.0 * 0.9, f"ended after {elapsed:.3f} s: the request's own timeout counted"
 
 
@@ -204,3 +206,51 @@ def test_a_cancelled_request_and_an_expired_one_are_told_apart_and_neither_is_co
         after = stats(stub, model)
         assert after.inference_count - before.inference_count == 4
         assert after.execution_count - before.execution_count == 1
+
+
+# Every run takes 0.6 s, one instance, no batching delay.
+SLOW_RUNS = """
+max_batch_size: 4
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ default_queue_policy {{ {queue_policy} }} }}
+parameters {{ key: "fault_hang_every" value: {{ string_value: "1" }} }}
+parameters {{ key: "fault_hang_s" value: {{ string_value: "0.6" }} }}
+"""
+
+
+def in_flight(server: ServerProcess, model: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    prefix = f'sluiceway_batches_in_flight{{model="{model}",version="1"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_a_queue_timeout_shorter_than_a_run_rejects_only_what_waits_in_the_queue(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    """A 300 ms REJECT timeout on a model whose runs take 600 ms failed every request, even on an
+    idle server (it was a deadline on queue plus compute); Triton applies it to the queue only.
+    With DELAY and a shorter override it refused them all at once; DELAY never refuses."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    reject = "default_timeout_microseconds: 300000"  # timeout_action REJECT, Triton's default
+    delay = "default_timeout_microseconds: 10000000 timeout_action: DELAY allow_timeout_override: true"
+    write_model(tmp_path / "repo", "reject", mlp, SLOW_RUNS.format(queue_policy=reject))
+    write_model(tmp_path / "repo", "delay", mlp, SLOW_RUNS.format(queue_policy=delay))
+    args = ("--model-repository", str(tmp_path / "repo"), "--allow-fault-injection", "--no-idle-dispatch")
+    with ServerProcess(*args) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(request("reject"), timeout=BOUND_S)  # alone: its 600 ms run is no wait
+        first = stub.ModelInfer.future(request("reject"), timeout=BOUND_S)
+        wait_until(lambda: in_flight(server, "reject") >= 1, "the first request to run")
+        err, _ = failure_of(stub, request("reject"), BOUND_S)  # waits behind it past 300 ms
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
+        assert (err.details() or "").startswith(QUEUE_TIMEOUT + "3"), err.details()
+        first.result(timeout=BOUND_S)  # computed for 600 ms and answered
+        # A 50 ms override of a DELAY timeout demotes; the requests all run.
+        calls = [
+            stub.ModelInfer.future(request("delay", timeout_us=50_000), timeout=BOUND_S) for _ in range(3)
+        ]
+        for call in calls:
+            call.result(timeout=BOUND_S)
+        assert stats(stub, "reject").inference_stats.success.count == 2
+        assert stats(stub, "delay").inference_stats.success.count == 3

@@ -1,6 +1,6 @@
 """Admission.settle: how a request's gRPC deadline, its `timeout` parameter and the model's default
-timeout combine (the earliest wins), allow_timeout_override, rows and priority. Plain numbers for
-time: no event loop, no clock."""
+timeout combine (the caller's deadline bounds the request, the queue-policy timeout its wait in the
+queue), allow_timeout_override, rows and priority. Plain numbers for time: no event loop, no clock."""
 
 from __future__ import annotations
 
@@ -47,44 +47,31 @@ def at(seconds: float | None) -> float | None:
     return None if seconds is None else NOW + seconds
 
 
-PAIRS = [(a, b) for i, a in enumerate(SOURCES) for b in SOURCES[i + 1 :]]
+@pytest.mark.parametrize("action", list(TimeoutAction))
+@pytest.mark.parametrize("grpc_is_sooner", [True, False])
+def test_without_a_queue_timeout_the_earlier_of_grpc_deadline_and_timeout_is_hard(
+    grpc_is_sooner: bool, action: TimeoutAction
+) -> None:
+    seconds = {"grpc": SOONER, "timeout": LATER} if grpc_is_sooner else {"grpc": LATER, "timeout": SOONER}
+    a = settle(policy(None, action), seconds)
+    assert a.deadline == a.hard == NOW + SOONER
+    assert (a.policy_deadline, a.reject_at) == (None, None)
 
 
 @pytest.mark.parametrize("action", list(TimeoutAction))
-@pytest.mark.parametrize("first_is_sooner", [True, False])
-@pytest.mark.parametrize(("first", "second"), PAIRS)
-def test_the_earliest_of_each_pair_is_the_hard_deadline(
-    first: str, second: str, first_is_sooner: bool, action: TimeoutAction
+@pytest.mark.parametrize("earliest", SOURCES)
+def test_a_queue_timeout_bounds_the_wait_in_the_queue_never_the_compute(
+    earliest: str, action: TimeoutAction
 ) -> None:
-    seconds = {first: SOONER, second: LATER} if first_is_sooner else {first: LATER, second: SOONER}
-    model = seconds.pop("model", None)
+    """Folded into the hard deadline, a 150 ms REJECT timeout failed every request of a 160 ms
+    model on an idle server (Triton applies it to the queue only)."""
+    seconds = {source: (SOONER if source == earliest else LATER + i) for i, source in enumerate(SOURCES)}
+    model = seconds.pop("model")
     a = settle(policy(model, action), seconds)
-    caller = min(seconds.values())  # the gRPC deadline and `timeout` always count for the caller
-    assert a.deadline == at(caller)
-    assert a.policy_deadline == at(model)
-    if model is not None and action is TimeoutAction.DELAY:
-        # DELAY: the model's default only demotes the request; it never ends it.
-        assert a.hard == at(caller)
-    else:
-        assert a.hard == NOW + SOONER
-
-
-@pytest.mark.parametrize("earliest", SOURCES)
-def test_the_earliest_of_all_three_wins_with_reject(earliest: str) -> None:
-    seconds = {source: (SOONER if source == earliest else LATER + i) for i, source in enumerate(SOURCES)}
-    model = seconds.pop("model")
-    a = settle(policy(model, TimeoutAction.REJECT), seconds)
-    assert a.hard == NOW + SOONER
-    assert a.policy_deadline == NOW + model
-
-
-@pytest.mark.parametrize("earliest", SOURCES)
-def test_with_delay_the_model_default_demotes_and_the_caller_bounds_hard(earliest: str) -> None:
-    seconds = {source: (SOONER if source == earliest else LATER + i) for i, source in enumerate(SOURCES)}
-    model = seconds.pop("model")
-    a = settle(policy(model, TimeoutAction.DELAY), seconds)
-    assert a.hard == NOW + min(seconds.values())  # not the model's, even when it is the earliest
-    assert a.policy_deadline == NOW + model
+    assert a.deadline == a.hard == NOW + seconds["grpc"]  # the caller's deadline only
+    # The request's own timeout replaces the model's where it is shorter (allow_timeout_override).
+    assert a.policy_deadline == NOW + min(model, seconds["timeout"])
+    assert a.reject_at == (a.policy_deadline if action is TimeoutAction.REJECT else None)
 
 
 @pytest.mark.parametrize("action", list(TimeoutAction))
@@ -93,14 +80,15 @@ def test_one_source_alone(source: str, action: TimeoutAction) -> None:
     seconds = {source: SOONER}
     model = seconds.pop("model", None)
     a = settle(policy(model, action), seconds)
-    counts = source != "model" or action is TimeoutAction.REJECT
-    assert a.hard == (NOW + SOONER if counts else None)
-    assert a.deadline == (None if source == "model" else NOW + SOONER)
+    assert a.hard == a.deadline == (None if source == "model" else NOW + SOONER)
+    assert a.policy_deadline == (NOW + SOONER if source == "model" else None)
+    rejects = source == "model" and action is TimeoutAction.REJECT
+    assert a.reject_at == (NOW + SOONER if rejects else None)
 
 
 def test_no_deadline_at_all() -> None:
     a = settle(policy(), {})
-    assert (a.deadline, a.policy_deadline, a.hard) == (None, None, None)
+    assert (a.deadline, a.policy_deadline, a.hard, a.reject_at) == (None, None, None, None)
 
 
 # --- allow_timeout_override ----------------------------------------------------------------------
@@ -109,9 +97,9 @@ def test_no_deadline_at_all() -> None:
 @pytest.mark.parametrize("action", list(TimeoutAction))
 def test_without_override_the_requests_timeout_is_ignored(action: TimeoutAction) -> None:
     a = settle(policy(LATER, action, override=False), {"timeout": SOONER})
-    assert a.deadline is None
+    assert a.deadline is None and a.hard is None
     assert a.policy_deadline == NOW + LATER
-    assert a.hard == (NOW + LATER if action is TimeoutAction.REJECT else None)
+    assert a.reject_at == (NOW + LATER if action is TimeoutAction.REJECT else None)
 
 
 @pytest.mark.parametrize("action", list(TimeoutAction))
@@ -119,6 +107,7 @@ def test_without_override_the_grpc_deadline_still_counts(action: TimeoutAction) 
     a = settle(policy(LATER + 1, action, override=False), {"grpc": LATER, "timeout": SOONER})
     assert a.deadline == NOW + LATER
     assert a.hard == NOW + LATER
+    assert a.policy_deadline == NOW + LATER + 1
 
 
 def test_without_override_or_default_timeout_only_the_grpc_deadline_counts() -> None:
@@ -126,9 +115,13 @@ def test_without_override_or_default_timeout_only_the_grpc_deadline_counts() -> 
     assert settle(policy(override=False), {"timeout": SOONER, "grpc": LATER}).hard == NOW + LATER
 
 
-def test_with_override_a_timeout_shortens_the_default_but_never_extends_it() -> None:
-    assert settle(policy(LATER), {"timeout": SOONER}).hard == NOW + SOONER
-    assert settle(policy(SOONER), {"timeout": LATER}).hard == NOW + SOONER
+@pytest.mark.parametrize("action", list(TimeoutAction))
+def test_with_override_a_timeout_shortens_the_default_but_never_extends_it(action: TimeoutAction) -> None:
+    """With DELAY the shorter timeout demotes sooner; it never refuses the request (it was a hard
+    deadline: DELAY with an override refused 4 of 4 requests Triton would have served)."""
+    shorter = settle(policy(LATER, action), {"timeout": SOONER})
+    assert shorter.policy_deadline == NOW + SOONER and shorter.hard is None
+    assert settle(policy(SOONER, action), {"timeout": LATER}).policy_deadline == NOW + SOONER
 
 
 # --- rows and priority ---------------------------------------------------------------------------

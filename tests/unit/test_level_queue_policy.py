@@ -38,10 +38,11 @@ def settle(p: BatchingPolicy, priority: int, timeout_s: float | None = None) -> 
 
 def test_a_level_with_its_own_policy_takes_its_timeout_and_override() -> None:
     p = policy(l1=FAST)
-    own = settle(p, 1, timeout_s=1.0)
-    assert (own.policy_deadline, own.deadline, own.hard) == (NOW + 5.0, NOW + 1.0, NOW + 1.0)
+    own = settle(p, 1, timeout_s=1.0)  # its override shortens the level's queue timeout
+    assert (own.policy_deadline, own.reject_at, own.hard) == (NOW + 1.0, NOW + 1.0, None)
+    assert settle(p, 1).policy_deadline == NOW + 5.0
     other = settle(p, 2, timeout_s=1.0)  # default policy: the request's timeout does not count
-    assert (other.policy_deadline, other.deadline, other.hard) == (NOW + 50.0, None, NOW + 50.0)
+    assert (other.policy_deadline, other.reject_at, other.hard) == (NOW + 50.0, NOW + 50.0, None)
 
 
 async def test_each_level_with_a_policy_has_its_own_bound_and_the_others_share_theirs() -> None:
