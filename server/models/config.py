@@ -212,9 +212,23 @@ def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
             f"{where}.default_priority_level {db.default_priority_level} exceeds "
             f"priority_levels {db.priority_levels}"
         )
+    if db.priority_levels > 0 and db.default_priority_level == 0:
+        # Triton refuses it too; served, unlabelled requests took level 1, the highest.
+        raise ConfigError(
+            f"{where}.default_priority_level must be in range [1, {db.priority_levels}] "
+            f"(priority_levels is {db.priority_levels})"
+        )
     validate_priority_policies(db, where)
     # preserve_ordering matters to streams only (a unary call has one answer): the stream session
-    # (server/protocol/stream.py) sends such a model's answers in request order.
+    # (server/protocol/stream.py) sends such a model's answers in request order. Triton refuses
+    # what would reorder them: several priority levels, or requests a DELAY timeout moves back.
+    if db.preserve_ordering and db.priority_levels > 1:
+        raise ConfigError(f"{where}: only one priority level is allowed when preserve_ordering is true")
+    policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
+    if db.preserve_ordering and any(q.timeout_action == mc.ModelQueuePolicy.DELAY for q in policies):
+        raise ConfigError(
+            f"{where}: a queue policy cannot have timeout_action DELAY when preserve_ordering is true"
+        )
 
 
 # --- batching policy ------------------------------------------------------------------------------

@@ -245,7 +245,8 @@ def test_gpu_groups_count_instances_per_listed_gpu() -> None:
 def test_priority_queue_policy_maps_to_level_policies() -> None:
     config = _parse(
         "max_batch_size: 8\n"
-        "dynamic_batching { priority_levels: 3 default_queue_policy { max_queue_size: 7 }\n"
+        "dynamic_batching { priority_levels: 3 default_priority_level: 3\n"
+        "  default_queue_policy { max_queue_size: 7 }\n"
         "  priority_queue_policy { key: 2 value { max_queue_size: 3 timeout_action: DELAY "
         "default_timeout_microseconds: 2000000 } }\n"
         "  priority_queue_policy { key: 1 value { } } }"

@@ -227,9 +227,25 @@ def test_other_platforms_are_rejected(field: str, value: str) -> None:
             "default_priority_level 1 given without priority_levels",
         ),
         (
-            "max_batch_size: 4 dynamic_batching { priority_levels: 2\n"
+            "max_batch_size: 4 dynamic_batching { priority_levels: 2 default_priority_level: 2\n"
             "priority_queue_policy { key: 3 value { } } }",
             r"priority_queue_policy level 3 is not between 1 and priority_levels \(2\)",
+        ),
+        # Triton refuses these three; served, unlabelled requests took the highest level, and
+        # preserve_ordering answered a higher-priority request after lower ones.
+        (
+            "max_batch_size: 4 dynamic_batching { priority_levels: 3 }",
+            r"default_priority_level must be in range \[1, 3\]",
+        ),
+        (
+            "max_batch_size: 4 dynamic_batching { priority_levels: 2 default_priority_level: 1 "
+            "preserve_ordering: true }",
+            "only one priority level is allowed when preserve_ordering is true",
+        ),
+        (
+            "max_batch_size: 4 dynamic_batching { preserve_ordering: true "
+            "default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 100 } }",
+            "cannot have timeout_action DELAY when preserve_ordering is true",
         ),
         ("instance_group [{ kind: KIND_MODEL }]", r"instance_group\[0\]: kind KIND_MODEL"),
         ("instance_group [{ kind: KIND_CPU gpus: [ 0 ] }]", "gpus .* given for kind KIND_CPU"),
@@ -260,7 +276,7 @@ def test_valid_configs_pass() -> None:
     validate_config(
         _parse(
             "max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 4 ] priority_levels: 3 "
-            'default_priority_level: 2 preserve_ordering: true } parameters { key: "intra_op_thread_count" '
+            'default_priority_level: 2 } parameters { key: "intra_op_thread_count" '
             'value { string_value: "2" } } version_policy { all { } }'
         ),
         "m",
