@@ -6,6 +6,7 @@ costs a few dictionary lookups and tuple compares.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ class TensorSpec:
     datatype: datatypes.Datatype
     dims: tuple[int, ...]  # without the batch dimension when the model batches; -1 is variable
     optional: bool = False
+    reshape: tuple[int, ...] | None = None  # config `reshape.shape`: what the model sees per row
 
     def matches(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.dims) and all(
@@ -46,6 +48,7 @@ class Signature:
                 datatype=datatypes.BY_CONFIG[tensor.data_type],
                 dims=tuple(tensor.dims),
                 optional=getattr(tensor, "optional", False),
+                reshape=tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None,
             )
 
         return cls(
@@ -98,6 +101,8 @@ class Signature:
                 raise InvalidRequest(
                     triton_text.unexpected_shape(spec.name, self.model, list(spec.dims), list(shape))
                 )
+            if spec.reshape is not None:
+                _check_reshape(spec, shape[1:] if self.max_batch_size > 0 else shape)
         if self.max_batch_size <= 0:
             return 1
         if rows is None or rows < 1:
@@ -139,3 +144,18 @@ def _check_text(name: str, array: Array) -> None:
                 item.decode()
             except UnicodeDecodeError:
                 raise InvalidRequest(f"input '{name}': BYTES element {index} is not UTF-8 text") from None
+
+
+def _check_reshape(spec: TensorSpec, row_shape: Sequence[int]) -> None:
+    """A variable dimension in `reshape` takes what the row's elements leave: they must divide
+    evenly (it failed the whole batch INTERNAL in the run's reshape, as a server error)."""
+    assert spec.reshape is not None
+    count = math.prod(row_shape)
+    fixed = math.prod(d for d in spec.reshape if d != -1)
+    fits = count == fixed if -1 not in spec.reshape else (count % fixed == 0 if fixed else count == 0)
+    if not fits:
+        need = f"a multiple of {fixed}" if -1 in spec.reshape else str(fixed)
+        raise InvalidRequest(
+            f"input '{spec.name}': {count} elements per row cannot take the model's reshape "
+            f"{list(spec.reshape)} ({need} needed)"
+        )

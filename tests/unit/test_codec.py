@@ -218,3 +218,20 @@ def test_controls() -> None:
     seq.parameters["sequence_start"].bool_param = True
     with pytest.raises(InvalidRequest, match="sequence_start"):
         parse_controls(seq.parameters)
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 4])
+def test_a_variable_reshape_needs_rows_that_divide_evenly(max_batch_size: int) -> None:
+    """dims [-1] with reshape [-1, 2]: 5 elements failed the whole batch INTERNAL in the run."""
+    config = mc.ModelConfig(name="m", max_batch_size=max_batch_size)
+    x = config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[-1])
+    x.reshape.shape.extend([-1, 2])
+    config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[-1])
+    sig = Signature.from_config(config)
+    rows = (1,) if max_batch_size else ()
+    assert sig.check_inputs({"x": np.zeros((*rows, 6), np.float32)}) == 1
+    with pytest.raises(
+        InvalidRequest, match=r"^input 'x': 5 elements per row cannot take the model's reshape \[-1, 2\] "
+    ) as info:
+        sig.check_inputs({"x": np.zeros((*rows, 5), np.float32)})
+    assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
