@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from batcher.admission import Admission
+from batcher.errors import DeadlineExceeded
 from batcher.sequence_types import (
     ControlKind,
     SequenceError,
@@ -153,21 +154,32 @@ class SequenceBatcher:
         turn.waiting += 1
         seq: _Sequence | None = None
         try:
-            async with turn.lock:
+            await self._wait_turn(turn, a)
+            try:
                 seq = self._live.get(sid)
                 if seq is None:
                     if not start:
                         raise UnknownSequence(self._not_live(sid))
                     seq = self._open(sid)
-                elif start and seq.state is not self._initial:  # a start restarts a live sequence
-                    self._set_state(seq, self._initial, self._spec.initial_bytes)
+                    undo: tuple[dict[str, Array], int, object | None] | None = None
+                else:
+                    undo = (seq.state, seq.nbytes, seq.owner)
+                    if start and seq.state is not self._initial:  # a start restarts a live sequence
+                        self._set_state(seq, self._initial, self._spec.initial_bytes)
                 if start:
                     seq.owner = owner
-                outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
+                try:
+                    outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
+                except BaseException:
+                    if start:
+                        self._undo_start(seq, undo)
+                    raise
                 result = self._keep_state(seq, outputs)
                 if end:
                     self._release(seq, "it ended (its sequence_end request was answered)")
                 return result
+            finally:
+                turn.lock.release()
         finally:
             turn.waiting -= 1
             if turn.waiting == 0:
@@ -175,6 +187,32 @@ class SequenceBatcher:
                 if seq is not None and not seq.released:
                     seq.last_used = self._clock()
                     self._arm(seq, self._spec.idle_s)
+
+    async def _wait_turn(self, turn: _Turn, a: Admission) -> None:
+        """Take the id's lock, within the request's deadline: one waiting behind its sequence's
+        slow run was answered only when its turn came, however late."""
+        if a.hard is None:
+            await turn.lock.acquire()
+            return
+        try:
+            await asyncio.wait_for(turn.lock.acquire(), timeout=max(0.0, a.hard - self._clock()))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                "deadline exceeded while waiting for the sequence's earlier requests to run"
+            ) from None
+
+    def _undo_start(self, seq: _Sequence, undo: tuple[dict[str, Array], int, object | None] | None) -> None:
+        """A start that did not run (it failed, expired, was refused or cancelled) leaves things as
+        they were: a new sequence is not opened (it held a slot and let later requests in without
+        a start), a restarted one keeps its state and owner (it had lost its state)."""
+        if seq.released:
+            return
+        if undo is None:
+            self._release(seq, "its sequence_start request did not run (it failed, expired or was cancelled)")
+            return
+        state, nbytes, owner = undo
+        self._set_state(seq, state, nbytes)
+        seq.owner = owner
 
     def release(self, sid: SequenceId, why: str, owner: object | None = None) -> bool:
         """Release a live sequence now (its requests still waiting fail); False if none was live,

@@ -307,3 +307,60 @@ async def test_only_the_owner_of_the_latest_start_may_release_with_an_owner() ->
     assert not sb.release(2, "stream a ended", a)
     assert sb.release(2, "stream b ended", b) and sb.live == 1
     assert sb.release(1, "released by the server")  # without an owner: always
+
+
+@pytest.mark.parametrize(
+    "failure", [DeadlineExceeded("deadline exceeded while waiting in the queue"), asyncio.CancelledError()]
+)
+async def test_a_start_that_did_not_run_opens_no_sequence(failure: BaseException) -> None:
+    """An expired or cancelled start left the sequence live: later requests ran without a start
+    from the initial state, and it held one of max_sequences until its idle timeout."""
+    sb, runner, _, _ = make(max_sequences=1)
+    runner.fail_next = failure  # type: ignore[assignment]
+    with pytest.raises(type(failure)):
+        await sb.infer(3, x(1), adm(), start=True)
+    assert sb.live == 0 and sb.state_bytes == 0
+    with pytest.raises(UnknownSequence, match="its sequence_start request did not run"):
+        await sb.infer(3, x(1), adm())
+    assert (await sb.infer(4, x(1), adm(), start=True))["out"].tolist() == [[1, 1]]  # the slot is free
+
+
+async def test_a_refused_corrid_opens_no_sequence() -> None:
+    corrid = ControlSpec("CORRID", ControlKind.CORRID, np.dtype(np.int32))
+    sb, _, _, _ = make(max_sequences=1, controls=(corrid,))
+    with pytest.raises(SequenceError, match="does not fit"):
+        await sb.infer(2**40, x(1), adm(), start=True)
+    assert sb.live == 0
+    await sb.infer(5, x(1), adm(), start=True)
+
+
+async def test_a_restart_that_did_not_run_keeps_the_state_and_owner() -> None:
+    """An expired restart wiped the state (the next request answered 1 where 5 was due) and made
+    its stream the owner, whose end then released the sequence."""
+    sb, runner, _, _ = make()
+    first, second = object(), object()
+    await sb.infer(1, x(4), adm(), start=True, owner=first)
+    runner.fail_next = DeadlineExceeded("deadline exceeded while waiting in the queue")
+    with pytest.raises(DeadlineExceeded):
+        await sb.infer(1, x(100), adm(), start=True, owner=second)
+    assert not sb.release(1, "its stream ended", owner=second)
+    assert (await sb.infer(1, x(1), adm()))["out"].tolist() == [[5, 5]]
+    assert sb.release(1, "its stream ended", owner=first)
+
+
+async def test_a_request_waiting_for_its_turn_is_answered_at_its_deadline() -> None:
+    """One behind its sequence's slow run was answered DEADLINE_EXCEEDED only when its turn came."""
+    sb, runner, clock, _ = make()
+    await sb.infer(1, x(1), adm(), start=True)
+    runner.gated = True
+    slow = asyncio.create_task(sb.infer(1, x(1), adm()))
+    while not runner.gates:
+        await asyncio.sleep(0)
+    soon = Admission(1, 1, clock.now, clock.now + 0.05, None, clock.now + 0.05)
+    with pytest.raises(DeadlineExceeded, match="waiting for the sequence's earlier requests"):
+        await sb.infer(1, x(100), soon)
+    assert len(runner.feeds) == 2  # never fed to the model
+    runner.gated = False
+    runner.gates[0].set()
+    await slow
+    assert (await sb.infer(1, x(1), adm()))["out"].tolist() == [[3, 3]]
