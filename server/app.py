@@ -51,6 +51,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # A drain keeps the endpoint open until no call has arrived for this long (within the grace
 # period): calls in transit when the drain began get their UNAVAILABLE instead of CANCELLED.
 _QUIET_S = 0.25
+# ... but no longer than this once the calls in progress are answered: a client that keeps
+# calling (every call answered UNAVAILABLE) kept it open for the whole grace, and only the
+# endpoint's close (GOAWAY) sends a plain gRPC client to another replica (379 calls refused over
+# 20 s behind a connection-balancing Service).
+_QUIET_MAX_S = 1.0
 # After the grace period the batchers fail what is left; the handlers get this long to send those
 # errors before the endpoint closes.
 _ANSWER_LEFTOVERS_S = 0.5
@@ -235,7 +240,9 @@ class SluicewayServer:
         # Batchers dispatch what is queued at once; at the deadline they fail what is left.
         await self.control.stop()  # no more polling or lazy loads
         models_stopped = asyncio.create_task(self.models.stop(drain_timeout_s=grace))
-        drained = await self.calls.wait_quiet(deadline, _QUIET_S)
+        drained = await self.calls.wait_idle(deadline)  # the calls in progress are answered
+        if drained:
+            await self.calls.wait_quiet(min(deadline, time.monotonic() + _QUIET_MAX_S), _QUIET_S)
         await models_stopped
         self.control.cleanup()  # files sent with RepositoryModelLoad
         if not drained:  # the failed leftovers are being answered now

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -195,3 +196,30 @@ async def test_sigterm_tells_health_watchers_not_serving_and_ends_their_streams_
     assert "server is shutting down" in (ended.value.details() or "")
     assert code == 0
     assert exit_s < GRACE_S, f"exit took {exit_s:.1f} s: the watch held the grace period ({GRACE_S} s)"
+
+
+async def test_a_client_that_keeps_calling_does_not_hold_the_endpoint_open_for_the_grace() -> None:
+    """Every call answered UNAVAILABLE kept the endpoint open for the whole grace (20 s here): a
+    plain gRPC client behind a connection-balancing Service was refused all that time, since only
+    the close (GOAWAY) sends it elsewhere. Now it closes within about a second of the last answer."""
+    server = ServerProcess("--shutdown-grace-s", str(GRACE_S)).start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            await stub.ModelInfer(_mlp(), timeout=60)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            sigterm_at = time.monotonic()
+            exited = asyncio.create_task(asyncio.to_thread(server.process.wait, GRACE_S + 30))
+            calls = 0
+            while not exited.done() and calls < 2000:  # bounded: 2000 calls, past the grace
+                calls += 1
+                with contextlib.suppress(grpc.aio.AioRpcError):  # UNAVAILABLE while draining, then the close
+                    await stub.ModelInfer(_mlp(), timeout=5)
+                await asyncio.sleep(0.01)  # a client's own pace, not synchronisation
+            code = await exited
+        exit_s = time.monotonic() - sigterm_at
+    finally:
+        server.kill()
+    assert code == 0, server.output()[-3000:]
+    assert exit_s < GRACE_S / 2, f"exited {exit_s:.1f} s after SIGTERM: the calls held the drain open"
