@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,7 +197,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except PortInUse as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
         return 1
+    exit_now_if_runs_remain()
     return 0
+
+
+def exit_now_if_runs_remain() -> None:
+    """After the drain, a model run still in a worker thread (a single slow onnxruntime node
+    cannot be interrupted) would hold the exit: Python joins those threads at exit, and the
+    process outlived its grace (9 s for a grace of 3). Its requests were answered already."""
+    main = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main for t in threading.enumerate()):
+        logging.getLogger(__name__).warning("exiting with a model run still in progress (abandoned)")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -249,7 +249,9 @@ class ModelManager:
         await asyncio.gather(*(v.batcher.stop(drain=True, timeout_s=drain_timeout_s) for v in versions))
         for version in versions:
             for backend in version.backends:
-                backend.close()
+                # Abandoned, not closed: a run still going past the grace is told to end (its
+                # requests were failed already); the process had waited for it to exit.
+                backend.abandon()
         await asyncio.to_thread(self.sampling.close, drain_timeout_s)  # writes what was sampled
 
     async def _load_source(self, source: ModelSource, keep_unchanged: bool = False) -> ModelEntry:

@@ -9,7 +9,9 @@ import collections
 import contextlib
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,7 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.server_process import ServerProcess
+from tests.support.models import slow_model
+from tests.support.repositories import write_model
+from tests.support.server_process import ServerProcess, wait_until
 
 # Alone, after the parallel phase (scripts/test.sh): SIGTERM under load with a grace period.
 pytestmark = pytest.mark.serial
@@ -223,3 +227,38 @@ async def test_a_client_that_keeps_calling_does_not_hold_the_endpoint_open_for_t
         server.kill()
     assert code == 0, server.output()[-3000:]
     assert exit_s < GRACE_S / 2, f"exited {exit_s:.1f} s after SIGTERM: the calls held the drain open"
+
+
+async def test_a_run_still_going_past_the_grace_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """A long onnxruntime run in flight at SIGTERM held the process past its grace (9 s for a
+    grace of 3: Python joins the run's thread at exit). It is now told to end, and not waited for."""
+    model = slow_model(tmp_path / "slow.onnx", matmuls=1000, size=1024)  # about 10 s a run here
+    write_model(tmp_path / "repo", "slow", model, "max_batch_size: 4\n")
+    server = ServerProcess("--model-repository", str(tmp_path / "repo"), "--shutdown-grace-s", "1").start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            request = pb.ModelInferRequest(model_name="slow")
+            request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+            request.raw_input_contents.append(np.ones((1, 1), np.float32).tobytes())
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=120)
+            running = asyncio.ensure_future(call)
+            await asyncio.to_thread(wait_until, lambda: in_flight(server, "slow") >= 1, "the run to start")
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            sigterm_at = time.monotonic()
+            code = await asyncio.to_thread(server.process.wait, 60)
+            exit_s = time.monotonic() - sigterm_at
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await running
+    finally:
+        server.kill()
+    assert code == 0, server.output()[-3000:]
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert exit_s < 5.0, f"exited {exit_s:.1f} s after SIGTERM with a grace of 1 s"
+
+
+def in_flight(server: ServerProcess, model: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    prefix = f'sluiceway_batches_in_flight{{model="{model}",version="1"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
