@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
 
 from server.observability.logs import configure_logging
-from server.settings import ServerSettings
+from server.settings import ServerSettings, unknown_variables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,6 +158,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"sluiceway: invalid setting {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, settings.worker_index)  # text or JSON
+    if settings.worker_index is None:  # the parent says it once for all the workers
+        for line in unknown_variables(os.environ):
+            logging.getLogger(__name__).warning(line)
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0

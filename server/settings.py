@@ -5,7 +5,9 @@ Validated once at start-up; a bad value stops the server with a message naming t
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +25,14 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sluiceway"
 
 
+# grpc core takes these as C ints (milliseconds for times): larger values failed at start with an
+# OverflowError traceback inside grpc instead of an invalid-setting message.
+_GRPC_INT_MAX = 2**31 - 1
+_GRPC_MAX_S = 2_000_000.0  # about 23 days, below 2**31 ms
+# onnxruntime threads per session: 100,000 grew memory by 70 MB/s and never became ready.
+_MAX_THREADS = 256
+
+
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICEWAY_", protected_namespaces=(), extra="forbid")
 
@@ -33,7 +43,7 @@ class ServerSettings(BaseSettings):
     model_repository: Path | None = None
     cache_dir: Path = Field(default_factory=_default_cache_dir)
 
-    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=_GRPC_INT_MAX)
     # Default queue bound for models whose config sets no max_queue_size (we always bound).
     max_queue_size: int = Field(default=1024, ge=1)
     # Batches one model instance may run at once.
@@ -43,7 +53,7 @@ class ServerSettings(BaseSettings):
     # Requests one ModelStreamInfer call may have in flight before the server stops reading it.
     stream_max_in_flight: int = Field(default=256, ge=1)
     # Concurrent RPCs the server accepts (streams included) before answering RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    max_concurrent_rpcs: int = Field(default=4096, ge=1, le=_GRPC_INT_MAX)
     # Open ModelStreamInfer calls: in all (kept below max_concurrent_rpcs so streams can never
     # take every RPC slot), per connection (a peer address with its port) and per peer host.
     max_streams: int = Field(default=2048, ge=1)
@@ -62,11 +72,11 @@ class ServerSettings(BaseSettings):
     # default); after two strikes they get GOAWAY "too_many_pings". max_connection_age_s > 0 sends GOAWAY to
     # connections that old (clients reconnect, e.g. to rebalance), and calls still running
     # max_connection_age_grace_s later are cancelled; 0: connections never age out.
-    keepalive_time_s: float = Field(default=60.0, gt=0)
-    keepalive_timeout_s: float = Field(default=20.0, gt=0)
-    min_client_ping_s: float = Field(default=5.0, ge=0)
-    max_connection_age_s: float = Field(default=0.0, ge=0)
-    max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    keepalive_time_s: float = Field(default=60.0, gt=0, le=_GRPC_MAX_S)
+    keepalive_timeout_s: float = Field(default=20.0, gt=0, le=_GRPC_MAX_S)
+    min_client_ping_s: float = Field(default=5.0, ge=0, le=_GRPC_MAX_S)
+    max_connection_age_s: float = Field(default=0.0, ge=0, le=_GRPC_MAX_S)
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0, le=_GRPC_MAX_S)
     # Stateful sequences (README "Stateful sequences"), per model version: live sequences, and the
     # bytes of implicit state they hold; beyond either a new sequence is refused (RESOURCE_EXHAUSTED).
     max_sequences: int = Field(default=4096, ge=1)
@@ -89,8 +99,8 @@ class ServerSettings(BaseSettings):
     max_shm_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1)
 
     # onnxruntime session options; 0 threads lets onnxruntime choose.
-    intra_op_threads: int = Field(default=0, ge=0)
-    inter_op_threads: int = Field(default=1, ge=0)
+    intra_op_threads: int = Field(default=0, ge=0, le=_MAX_THREADS)
+    inter_op_threads: int = Field(default=1, ge=0, le=_MAX_THREADS)
     allow_spinning: bool = False
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_providers: Names = ("CPUExecutionProvider",)
@@ -290,3 +300,26 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
             raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
         pairs.append((name.strip(), int(value)))
     return pairs
+
+
+# SLUICEWAY_* variables that are not settings: the scripts' and tests' own, and the client's token.
+NOT_SETTINGS = frozenset(
+    {"SLUICEWAY_ARGS", "SLUICEWAY_INSTALLER", "SLUICEWAY_SLOW", "SLUICEWAY_TEST_ONCE",
+     "SLUICEWAY_TEST_WORKERS", "SLUICEWAY_TOKEN"}
+)  # fmt: skip
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per SLUICEWAY_* variable that names no setting, with the closest one: pydantic-
+    settings passes over them, so a typo in a manifest (SLUICEWAY_SHUTDOWN_GRACE) went unnoticed."""
+    prefix = "SLUICEWAY_"
+    known = {f"{prefix}{name.upper()}" for name in ServerSettings.model_fields}
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in known or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"environment variable {name} is not a setting and is ignored{hint}")
+    return lines

@@ -15,7 +15,7 @@ import server.app
 import server.cli
 import server.workers
 from server.cli import _parser, main, settings_from_args
-from server.settings import ServerSettings
+from server.settings import ServerSettings, unknown_variables
 
 
 @pytest.fixture(autouse=True)
@@ -134,6 +134,13 @@ def test_a_flag_replaces_a_bad_variable_of_the_same_setting(monkeypatch: pytest.
         (("--port", "70000"), {}, "port"),
         (("--workers", "0"), {"SLUICEWAY_WORKERS": "2"}, "workers"),  # the flag's value is checked
         (("--log-level", "LOUD"), {}, "log_level"),
+        # Past what grpc core and onnxruntime take: they failed with an OverflowError traceback,
+        # or grew memory by 70 MB/s and never became ready (100,000 threads).
+        ((), {"SLUICEWAY_MAX_MESSAGE_BYTES": "10000000000"}, "max_message_bytes"),
+        ((), {"SLUICEWAY_MAX_CONCURRENT_RPCS": "10000000000"}, "max_concurrent_rpcs"),
+        ((), {"SLUICEWAY_MAX_CONNECTION_AGE_S": "1e10"}, "max_connection_age_s"),
+        ((), {"SLUICEWAY_KEEPALIVE_TIME_S": "inf"}, "keepalive_time_s"),
+        (("--intra-op-threads", "100000"), {}, "intra_op_threads"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_field(
@@ -182,3 +189,16 @@ def test_a_cache_dir_the_demo_models_cannot_be_built_in_exits_2_naming_it(
         f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {tmp_path / 'demo'}: "
         "Read-only file system\n"
     )
+
+
+def test_a_variable_that_names_no_setting_is_reported_with_the_closest_one() -> None:
+    """pydantic-settings passes over unknown SLUICEWAY_* variables: a typo in a manifest
+    (SLUICEWAY_SHUTDOWN_GRACE=20) left the grace at its default, silently."""
+    lines = unknown_variables(
+        {"SLUICEWAY_SHUTDOWN_GRACE": "20", "SLUICEWAY_PORT": "1", "SLUICEWAY_TEST_WORKERS": "3", "HOME": "/"}
+    )
+    assert lines == [
+        "environment variable SLUICEWAY_SHUTDOWN_GRACE is not a setting and is ignored "
+        "(did you mean SLUICEWAY_SHUTDOWN_GRACE_S?)"
+    ]
+    assert unknown_variables({"sluiceway_port": "1"}) == []  # read case-insensitively, as pydantic does
