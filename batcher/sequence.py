@@ -93,8 +93,10 @@ class SequenceBatcher:
         model: str = "model",
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
+        unknown_hint: str = "",  # added to "never started" (the server's --workers say why)
     ) -> None:
         self._runner = runner
+        self._unknown_hint = unknown_hint
         self._spec = spec
         self._limits = limits
         self._model = model
@@ -327,7 +329,7 @@ class SequenceBatcher:
 
     def _not_live(self, sid: SequenceId) -> str:
         """Triton's words, then why the sequence is not live."""
-        why = self._released.get(sid, "it was never started (or was released long ago)")
+        why = self._released.get(sid, "it was never started (or was released long ago)" + self._unknown_hint)
         return (
             f"inference request for sequence {sid} to model '{self._model}' must specify the START "
             f"flag on the first request of the sequence (sequence_start): it is not live: {why}"

@@ -266,11 +266,13 @@ def build_server(settings: ServerSettings) -> SluicewayServer:
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM, SIGINT or SIGHUP, then shut down gracefully."""
     server = build_server(settings)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (a closed terminal, a supervisor's hang-up): its default action killed the
+    # process without a drain.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop_requested.set)
     port = await _start_unless_stopped(server, stop_requested)
     if port is None:

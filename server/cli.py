@@ -161,6 +161,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if settings.worker_index is None:  # the parent says it once for all the workers
         for line in unknown_variables(os.environ):
             logging.getLogger(__name__).warning(line)
+    else:
+        from server.workers import die_with_parent
+
+        die_with_parent()
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0

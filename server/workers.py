@@ -83,7 +83,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     # killed the parent at once, leaving its workers serving. The handler only notes the request;
     # this thread acts on it (the workers reset it on exec).
     requested: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP had left the workers serving
         signal.signal(sig, lambda signum, frame: requested.append(signum))
     children = [
         subprocess.Popen(
@@ -140,3 +140,16 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 child.kill()
         held.close()
     return code
+
+
+def die_with_parent() -> None:
+    """In a worker: get SIGTERM (a drain) when the parent dies, however it dies. A parent killed
+    by SIGKILL left its workers serving on the port, and a restart found it taken. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    # (No check that the parent is still there: in a container it is PID 1, the usual parent
+    # of an orphan, and the window between fork and this call is start-up's first moments.)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -293,4 +293,12 @@ def sequence_batcher(
 ) -> SequenceBatcher:
     """The model version's SequenceBatcher over its DynamicBatcher, bounded by the server's limits."""
     limits = SequenceLimits(settings.max_sequences, settings.max_sequence_state_bytes)
-    return SequenceBatcher(runner, model.spec, limits, model=name)
+    # 40 of 50 continuations sent over other connections than their start's failed under
+    # --workers 2, with nothing saying why.
+    hint = (
+        ""
+        if settings.worker_index is None
+        else "; with --workers each worker process keeps its own sequences: send all of a "
+        "sequence's requests over one connection (one channel, or a stream)"
+    )
+    return SequenceBatcher(runner, model.spec, limits, model=name, unknown_hint=hint)

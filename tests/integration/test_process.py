@@ -136,6 +136,40 @@ def test_workers_stop_on_a_sigterm_the_kernel_gives_another_thread_of_the_parent
             os.kill(worker, signal.SIGKILL)
 
 
+def test_sighup_drains_and_exits_zero(demo_repo: Path) -> None:
+    """Its default action had killed the server without a drain (rc -1)."""
+    server = ServerProcess("--model-repository", str(demo_repo)).start()
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        assert server.process.wait(60) == 0, server.output()[-3000:]
+        assert "shutting down" in server.output()
+    finally:
+        server.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL])
+def test_workers_do_not_outlive_a_parent_hung_up_or_killed(demo_repo: Path, how: signal.Signals) -> None:
+    """SIGHUP killed the parent without a drain, and a SIGKILLed parent left its workers serving
+    on the port (a restart found it taken). SIGHUP now drains; a dead parent's workers get SIGTERM."""
+    server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
+    workers: list[int] = []
+    try:
+        assert server.process is not None
+        workers = children_of(server.process.pid)
+        assert len(workers) == 2, workers
+        server.process.send_signal(how)
+        code = server.process.wait(60)
+        assert code == (0 if how == signal.SIGHUP else -signal.SIGKILL), server.output()[-3000:]
+        wait_until(lambda: not any(alive(w) for w in workers), "the workers to exit", timeout_s=60)
+    finally:
+        server.kill()
+        for worker in workers:
+            if alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
 def test_a_sigterm_during_start_up_stops_the_workers_and_exits_zero(demo_repo: Path) -> None:
     command = [sys.executable, "-m", "server", "serve", "--model-repository", str(demo_repo),

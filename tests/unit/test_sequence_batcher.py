@@ -364,3 +364,22 @@ async def test_a_request_waiting_for_its_turn_is_answered_at_its_deadline() -> N
     runner.gates[0].set()
     await slow
     assert (await sb.infer(1, x(1), adm()))["out"].tolist() == [[3, 3]]
+
+
+async def test_the_servers_hint_follows_never_started() -> None:
+    runner = FakeRunner()
+    sb = SequenceBatcher(runner, spec(), SequenceLimits(4, 1024), model="m", unknown_hint="; one connection")
+    with pytest.raises(
+        UnknownSequence, match=r"it was never started \(or was released long ago\); one connection$"
+    ):
+        await sb.infer(9, x(1), adm())
+
+
+def test_workers_give_sequence_models_the_one_connection_hint() -> None:
+    from server.models.sequence_config import sequence_batcher
+    from server.settings import ServerSettings
+
+    model = type("Model", (), {"spec": spec()})()
+    alone = sequence_batcher(model, FakeRunner(), ServerSettings(), "m")  # type: ignore[arg-type]
+    worker = sequence_batcher(model, FakeRunner(), ServerSettings(worker_index=1), "m")  # type: ignore[arg-type]
+    assert alone._unknown_hint == "" and "one connection" in worker._unknown_hint
