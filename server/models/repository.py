@@ -84,12 +84,13 @@ def _select_versions(config: mc.ModelConfig, on_disk: dict[int, Path], source: s
     if choice == "specific":
         wanted = sorted(set(policy.specific.versions))
         missing = [v for v in wanted if v not in on_disk]
-        if missing:
-            raise ConfigError(
-                f"{source}: version_policy.specific.versions {missing} not found on disk "
-                f"(versions present: {sorted(on_disk)})"
-            )
-        return wanted
+        present = [v for v in wanted if v in on_disk]
+        where = f"{source}: version_policy.specific.versions {missing} not found on disk"
+        if missing and not present:
+            raise ConfigError(f"{where} (versions present: {sorted(on_disk)}), and no other is listed")
+        if missing:  # as Triton: the listed versions that are there serve
+            log.warning("%s; serving %s", where, ", ".join(map(str, present)))
+        return present
     count = policy.latest.num_versions if choice == "latest" else 1
     return sorted(on_disk)[-count:]
 

@@ -117,10 +117,16 @@ def test_version_policies(tmp_path: Path, policy: str, expected: list[int]) -> N
     assert all(path == directory / str(v) / "model.onnx" for v, path in source.versions.items())
 
 
-def test_specific_version_missing_on_disk(tmp_path: Path) -> None:
-    _model(tmp_path, "m", "version_policy { specific { versions: [ 1, 2 ] } }", versions=(1,))
-    with pytest.raises(ConfigError, match=r"versions \[2\] not found on disk"):
-        load_model_source(tmp_path, "m")
+def test_a_specific_version_missing_on_disk_leaves_the_others_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Triton (a warning, the listed versions that are there load); it failed the whole model."""
+    _model(tmp_path, "m", "version_policy { specific { versions: [ 1, 7 ] } }", versions=(1,))
+    assert list(load_model_source(tmp_path, "m").versions) == [1]
+    assert "versions [7] not found on disk; serving 1" in caplog.text
+    _model(tmp_path, "n", "version_policy { specific { versions: [ 2 ] } }", versions=(1,))
+    with pytest.raises(ConfigError, match=r"versions \[2\] not found on disk .* no other is listed"):
+        load_model_source(tmp_path, "n")
 
 
 def test_unselected_version_may_lack_a_model_file(tmp_path: Path) -> None:
