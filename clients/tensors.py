@@ -69,9 +69,8 @@ def build_request(
     priority: int | None = None,
     outputs: Sequence[str] | None = None,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest with every input in raw_input_contents (no timeout: see set_timeout)."""
-    if not inputs:
-        raise ValueError("infer needs at least one input")
+    """A ModelInferRequest with every input in raw_input_contents (no timeout: see set_timeout).
+    No inputs is a request too: a model may have none (a constant or a generator)."""
     request = pb.ModelInferRequest(
         model_name=model, model_version="" if version is None else str(version), id=request_id or ""
     )

@@ -24,6 +24,7 @@ from clients import (
 )
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import features
+from tests.support.models import constant_model
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -145,3 +146,14 @@ def test_a_request_the_watchdog_cut_is_not_sent_again(demo_repo: Path, tmp_path:
         [stats] = client.model_statistics("poison").model_stats
         assert stats.execution_count == 0 and stats.inference_stats.fail.count == 1  # sent once
         assert client.endpoint_health() == {server.address: True}  # the model's fault, not the server's
+
+
+def test_a_model_without_inputs_is_called_with_none(tmp_path: Path) -> None:
+    """`infer(model, {})` raised ValueError in the client, though the server and tritonclient
+    serve such a model."""
+    write_model(tmp_path / "repo", "constant", constant_model(tmp_path / "c.onnx"), None)
+    with (
+        ServerProcess("--model-repository", str(tmp_path / "repo")) as server,
+        Client(server.address) as client,
+    ):
+        assert client.infer("constant", {}, timeout_s=10)["Y"].tolist() == [1.0, 2.0]

@@ -66,3 +66,18 @@ def filler_model(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def constant_model(path: Path) -> Path:
+    """No inputs -> Y FP32 [2] = [1, 2]: a model a client calls with nothing to send."""
+    value = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "value")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["Y"], value=value)],
+        "constant",
+        [],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
