@@ -36,9 +36,17 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "others are refused",
     ),
     "runtime": ("honoured", "only `onnxruntime`; others are refused"),
-    "version_policy": ("honoured", "latest / all / specific, as Triton"),
+    "version_policy": (
+        "honoured",
+        "latest / all / specific, as Triton (a listed version missing on disk is a warning, the "
+        "others serve)",
+    ),
     "max_batch_size": ("honoured", "0: no batch dimension"),
-    "input": ("honoured", "checked against the ONNX graph; missing ones completed from it"),
+    "input": (
+        "honoured",
+        "checked against the ONNX graph; missing ones completed from it unless the config lists both "
+        "inputs and outputs (then, as Triton, nothing is completed: a graph input left out is a load error)",
+    ),
     "input.format": ("honoured", "FORMAT_NCHW/NHWC need 3 dims (Triton's only check)"),
     "input.reshape": ("honoured", "the wire shape is `dims`; the model sees `reshape.shape`"),
     "input.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
@@ -48,12 +56,19 @@ FIELDS: dict[str, tuple[Status, str]] = {
     ),
     "input.optional": ("honoured", "a request may omit it; the model is then not fed it"),
     "input.is_non_linear_format_io": ("refused", "TensorRT non-linear I/O formats only"),
-    "output": ("honoured", "checked against the ONNX graph; missing ones completed from it"),
+    "output": (
+        "honoured",
+        "checked against the ONNX graph; missing ones completed from it unless the config lists both "
+        "inputs and outputs (then only the listed ones are served, as Triton)",
+    ),
     "output.reshape": ("honoured", "the model's shape is `reshape.shape`; clients see `dims`"),
     "output.label_filename": ("honoured", "labels of the classification extension"),
     "output.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
     "output.is_non_linear_format_io": ("refused", "TensorRT non-linear I/O formats only"),
-    "instance_group": ("honoured", "`count` instances per group (per listed GPU)"),
+    "instance_group": (
+        "honoured",
+        "`count` instances per group (per listed GPU); none: one CPU instance, shown in ModelConfig",
+    ),
     "instance_group.name": ("honoured", "shown in the load log"),
     "instance_group.gpus": ("honoured", f"`count` instances per GPU; {_GPU}, else one warning"),
     "instance_group.kind": ("honoured", "KIND_CPU / KIND_GPU / KIND_AUTO; KIND_MODEL refused"),
@@ -71,7 +86,21 @@ FIELDS: dict[str, tuple[Status, str]] = {
     ),
     "cc_model_filenames": ("refused", f"one model file per GPU compute capability; {_GPU}"),
     "metric_tags": ("honoured", "labels `_<key>` on the model's metrics, as Triton names them"),
-    "dynamic_batching": ("honoured", "see the batching rules"),
+    "dynamic_batching": (
+        "honoured",
+        "see the batching rules; a config that leaves batching to the graph gets it, as Triton's "
+        "onnxruntime backend",
+    ),
+    "dynamic_batching.preserve_ordering": (
+        "honoured",
+        "on streams: a stream's answers in request order (unary calls complete independently; Triton "
+        "holds them in arrival order); a load error with several priority levels or a DELAY queue "
+        "policy, as Triton",
+    ),
+    "dynamic_batching.priority_levels": (
+        "honoured",
+        "with levels, `default_priority_level` must be set (a load error otherwise, as Triton)",
+    ),
     "dynamic_batching.priority_queue_policy": ("honoured", "per-level queue size and timeouts"),
     "sequence_batching": (
         "honoured",

@@ -12,11 +12,13 @@ from pathlib import Path
 from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
 from batcher.stats import ModelStats
+from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
 from server.backends.instance_groups import describe, instance_device
 from server.backends.instances import factory_for, run_timeout_for
 from server.models.completion import complete_version
 from server.models.config import (
+    IDENTITY,
     ConfigError,
     batching_policy,
     dynamic_batching_enabled,
@@ -26,7 +28,7 @@ from server.models.config import (
 )
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
-from server.models.repository import ModelSource, version_fingerprint
+from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
 from server.models.traffic import parse_policy
@@ -118,6 +120,7 @@ async def load_version(
         ),
     )
     batcher.start()
+    fill_defaults(config)  # after the instances are made: what ModelConfig shows, as Triton
     return ModelVersion(
         name=source.name,
         version=number,
@@ -134,3 +137,15 @@ async def load_version(
         latest_frame_wins=latest_frame_wins(config, source_file),
         fingerprint=fingerprint,
     )
+
+
+def fill_defaults(config: mc.ModelConfig) -> None:
+    """The defaults Triton writes into the config it serves, where the file left them out: one
+    CPU instance group (what an empty one runs here), the latest version, the model file's name.
+    Tools that read ModelConfig saw none of them."""
+    if not config.instance_group:
+        config.instance_group.add(name=f"{config.name}_0", count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    if not config.default_model_filename and config.backend != IDENTITY:
+        config.default_model_filename = DEFAULT_MODEL_FILENAME

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -12,6 +13,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from protos import model_config_pb2 as mc
+from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess, wait_until
 
 NUMPY = {
@@ -253,3 +256,23 @@ def test_cancelled_request_is_never_computed(zoo_server: ServerProcess) -> None:
         assert after.inference_count - before.inference_count == 4
         assert after.execution_count - before.execution_count == 1
         assert after.inference_stats.queue.count - before.inference_stats.queue.count == 1  # that batch
+
+
+def test_model_config_shows_the_defaults_triton_fills_in(tmp_path: Path) -> None:
+    """A model without a config.pbtxt: its ModelConfig showed no instance_group, version_policy
+    or default_model_filename (Triton shows all three), and no dynamic_batching although its graph
+    batches (Triton's onnxruntime backend completes it; each request had run alone)."""
+    write_model(tmp_path / "repo", "auto", demo_repository() / "mlp" / "1" / "model.onnx", None)
+    server = ServerProcess("--model-repository", str(tmp_path / "repo"))
+    with server, grpc.insecure_channel(server.address) as channel:
+        config = (
+            pb_grpc.GRPCInferenceServiceStub(channel)
+            .ModelConfig(pb.ModelConfigRequest(name="auto"), timeout=10)
+            .config
+        )
+    assert [(g.name, g.count, g.kind) for g in config.instance_group] == [
+        ("auto_0", 1, mc.ModelInstanceGroup.KIND_CPU)
+    ]
+    assert config.version_policy.latest.num_versions == 1
+    assert config.default_model_filename == "model.onnx"
+    assert config.max_batch_size > 0 and config.HasField("dynamic_batching")

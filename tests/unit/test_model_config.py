@@ -100,6 +100,35 @@ def test_complete_batching_model_from_nothing() -> None:
     assert not config.input and config.max_batch_size == 0  # the argument is left alone
 
 
+def test_a_graph_left_to_batch_gets_the_dynamic_batcher() -> None:
+    """As Triton's onnxruntime backend completes it: without it each request ran alone."""
+    done = complete_from_onnx(mc.ModelConfig(name="m"), BATCHING_IN, BATCHING_OUT, default_max_batch_size=32)
+    assert done.HasField("dynamic_batching")
+    sequence = complete_from_onnx(_parse("sequence_batching { }"), BATCHING_IN, BATCHING_OUT)
+    assert not sequence.HasField("dynamic_batching")
+    said = complete_from_onnx(_parse("max_batch_size: 8"), BATCHING_IN, BATCHING_OUT)
+    assert not said.HasField("dynamic_batching")  # the config chose its batching: left as it is
+
+
+def test_a_config_listing_inputs_and_outputs_is_not_completed() -> None:
+    """Triton completes nothing then: an output the config leaves out is not served (it was, and
+    a default request got every output of the graph)."""
+    outputs = [("y", "tensor(float)", ["N", 2]), ("hidden", "tensor(float)", ["N", 512])]
+    config = _parse(
+        'max_batch_size: 4 input [{ name: "x" dims: [ 4 ] }, { name: "ids" dims: [ -1 ] }] '
+        'output [{ name: "y" dims: [ 2 ] }]'
+    )
+    done = complete_from_onnx(config, BATCHING_IN, outputs)
+    assert [o.name for o in done.output] == ["y"]
+    missing_input = _parse(
+        'max_batch_size: 4 input [{ name: "x" dims: [ 4 ] }] output [{ name: "y" dims: [ 2 ] }]'
+    )
+    with pytest.raises(
+        ConfigError, match=r"the ONNX model's inputs \['ids'\] are not in the config's inputs"
+    ):
+        complete_from_onnx(missing_input, BATCHING_IN, outputs)
+
+
 def test_complete_non_batching_model_keeps_full_shape() -> None:
     done = complete_from_onnx(mc.ModelConfig(name="m"), FIXED_IN, FIXED_OUT)
     assert done.max_batch_size == 0
