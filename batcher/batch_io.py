@@ -89,6 +89,8 @@ def settle_batch(
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
             stats.late += p.counted
+            if p.counted:
+                stats.take_back(p.queued_ns, p.rows, (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2]))
             p.handle.future.set_exception(computed_late())
         else:
             p.handle.future.set_result(part)

@@ -256,6 +256,8 @@ class DynamicBatcher:
         self._forecast.ran(a.rows)
         if late(a.hard, now):
             self._stats.late += a.counted
+            if a.counted:
+                self._stats.take_back(0, rows, (0, t1 - t0, 0))
             raise computed_late()
         return outputs
 
@@ -327,7 +329,8 @@ class DynamicBatcher:
                     q.remove(p)
                     if p.counted:
                         slack_ns = None if p.hard is None else int((p.hard - now) * 1e9)
-                        self._stats.record_queue(max(0, int((now - p.arrival) * 1e9)), slack_ns)
+                        p.queued_ns = max(0, int((now - p.arrival) * 1e9))
+                        self._stats.record_queue(p.queued_ns, slack_ns)
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
@@ -357,6 +360,8 @@ class DynamicBatcher:
             # The whole batch fails with the backend's own error; the server maps it.
             self._land(flight)
             for p in batch:
+                if p.counted and not is_done(p):
+                    self._stats.take_back(p.queued_ns)
                 settle_error(p, exc)
             if isinstance(exc, RunTimedOut):
                 self._trip()

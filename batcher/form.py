@@ -81,6 +81,7 @@ class Pending(Generic[H]):
     reject_at: float | None = None  # queue-policy timeout with REJECT: dropped if still queued then
     ragged: frozenset[str] = frozenset()  # the model's ragged inputs: any shape joins
     counted: bool = True  # a request of the model's statistics (Admission.counted)
+    queued_ns: int = 0  # its wait in the queue, as counted when it left for a batch
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:

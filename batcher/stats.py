@@ -150,6 +150,18 @@ class ModelStats:
         if slack_ns is not None:
             self.slack_hist.observe(slack_ns)
 
+    def take_back(self, queue_ns: int, rows: int = 0, compute_ns: tuple[int, int, int] | None = None) -> None:
+        """A request counted when it left the queue (`queue_ns`), and in its run when `compute_ns`
+        (gather, run, scatter of its batch) is given, was not answered successfully (its run
+        failed, or ended past its deadline): Triton counts queue, compute and inference_count for
+        successful requests only (3 failed of 9 showed queue 9 where success and compute showed 6)."""
+        self.queue.add(-queue_ns, -1)
+        if compute_ns is not None:
+            self.inference_count -= rows
+            self.compute_input.add(-compute_ns[0], -1)
+            self.compute_infer.add(-compute_ns[1], -1)
+            self.compute_output.add(-compute_ns[2], -1)
+
     def record_dispatch(self, reason: str) -> None:
         """A batch was dispatched, for `reason` (DISPATCH_REASONS)."""
         self.dispatch[reason] += 1
