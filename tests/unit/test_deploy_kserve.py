@@ -87,6 +87,8 @@ def test_runtime_flags_and_ports_match_the_server() -> None:
     assert settings.host == "0.0.0.0"
     (port,) = container["ports"]
     assert port == {"name": "h2c", "containerPort": settings.port, "protocol": "TCP"}  # h2c: gRPC
+    # The readiness probe asks grpc.health.v1 on the gRPC port (a TCP check passes during loading).
+    assert container["readinessProbe"]["grpc"] == {"port": settings.port}
     annotations = runtime["spec"]["annotations"]
     assert int(annotations["prometheus.kserve.io/port"]) == settings.metrics_port
     assert settings.metrics_host == "0.0.0.0"
