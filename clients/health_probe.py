@@ -1,10 +1,14 @@
 """A container health check: exit 0 when the server answers grpc.health.v1 SERVING, else 1.
 
     python -m clients.health_probe [--address 127.0.0.1:8001] [--service ""] [--timeout-s 2]
+        [--tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem] [--tls-server-name NAME]]
 
 The Dockerfiles' HEALTHCHECK runs it (Kubernetes uses its own native gRPC probe instead). The
-default port is SLUICEWAY_PORT, as the server reads it, else 8001. Plaintext only, like
-Kubernetes' gRPC probe; health checks need no token when auth is on.
+default port is SLUICEWAY_PORT, as the server reads it, else 8001. Plaintext unless `--tls-ca`
+(or HEALTH_PROBE_TLS_CA) names the CA that signed the server's certificate; with mutual TLS also
+a client certificate and key (HEALTH_PROBE_TLS_CERT, HEALTH_PROBE_TLS_KEY). A server with TLS on
+refuses plaintext, so without these the probe of a healthy TLS server failed. Health checks need
+no token when auth is on.
 """
 
 from __future__ import annotations
@@ -24,8 +28,36 @@ def default_address(env: Mapping[str, str]) -> str:
     return f"127.0.0.1:{env.get('SLUICEWAY_PORT') or 8001}"
 
 
-def check(address: str, service: str, timeout_s: float) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _channel(address: str, tls: grpc.ChannelCredentials | None, server_name: str | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(address, tls, options=options)
+
+
+def credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files (None without a CA: plaintext)."""
+    if not ca:
+        return None
+    with open(ca, "rb") as f:
+        root = f.read()
+    chain = private = None
+    if cert and key:
+        with open(cert, "rb") as f:
+            chain = f.read()
+        with open(key, "rb") as f:
+            private = f.read()
+    return grpc.ssl_channel_credentials(root, private, chain)
+
+
+def check(
+    address: str,
+    service: str,
+    timeout_s: float,
+    tls: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+) -> bool:
+    with _channel(address, tls, server_name) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -42,8 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", default=default_address(os.environ))
     parser.add_argument("--service", default="", help='"" (default): the whole server')
     parser.add_argument("--timeout-s", type=float, default=2.0)
+    env = os.environ
+    parser.add_argument(
+        "--tls-ca", default=env.get("HEALTH_PROBE_TLS_CA"), help="CA of the server's certificate"
+    )
+    parser.add_argument(
+        "--tls-cert", default=env.get("HEALTH_PROBE_TLS_CERT"), help="client certificate (mTLS)"
+    )
+    parser.add_argument("--tls-key", default=env.get("HEALTH_PROBE_TLS_KEY"), help="client key (mTLS)")
+    parser.add_argument("--tls-server-name", default=env.get("HEALTH_PROBE_TLS_SERVER_NAME"))
     args = parser.parse_args(argv)
-    serving = check(args.address, args.service, args.timeout_s)
+    try:
+        tls = credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except OSError as exc:
+        print(f"{args.address}: NOT SERVING (cannot read {exc.filename}: {exc.strerror})")
+        return 1
+    serving = check(args.address, args.service, args.timeout_s, tls, args.tls_server_name)
     print(f"{args.address}: {'SERVING' if serving else 'NOT SERVING'}")
     return 0 if serving else 1
 

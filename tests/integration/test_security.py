@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients import NO_RETRY, AsyncClient, Client, SluicewayError, TlsOptions
+from clients.health_probe import main as probe_main
 from loadtest.cli import main as loadtest_main
 from tests.integration.client_fixtures import features
 from tests.support.certs import Pki, make_pki, write_tokens
@@ -242,3 +243,19 @@ def test_loadtest_reaches_a_tls_server_with_a_token(
     assert loadtest_main([*common, "--token", WRONG_TOKEN, "--concurrency", "1", *short]) == 1
     err = capsys.readouterr().err
     assert "UNAUTHENTICATED" in err and WRONG_TOKEN not in err
+
+
+def test_the_health_probe_speaks_tls_when_given_the_ca(tls_server: ServerProcess, pki: Pki) -> None:
+    """The images' HEALTHCHECK spoke plaintext only: a healthy TLS server was reported NOT SERVING."""
+    assert probe_main(["--address", tls_server.address, "--timeout-s", "5"]) == 1  # refused plaintext
+    args = ["--address", tls_server.address, "--timeout-s", "5", "--tls-ca", str(pki.ca)]
+    assert probe_main(args) == 0
+    assert probe_main([*args, "--tls-server-name", "localhost"]) == 0
+
+
+def test_the_health_probe_passes_mutual_tls_with_a_client_certificate(
+    mtls_server: ServerProcess, pki: Pki
+) -> None:
+    args = ["--address", mtls_server.address, "--timeout-s", "5", "--tls-ca", str(pki.ca)]
+    assert probe_main(args) == 1  # no client certificate
+    assert probe_main([*args, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]) == 0
