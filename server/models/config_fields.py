@@ -93,9 +93,8 @@ FIELDS: dict[str, tuple[Status, str]] = {
     ),
     "dynamic_batching.preserve_ordering": (
         "honoured",
-        "on streams: a stream's answers in request order (unary calls complete independently; Triton "
-        "holds them in arrival order); a load error with several priority levels or a DELAY queue "
-        "policy, as Triton",
+        "answers in arrival order, as Triton: a stream's in request order, unary calls' per model "
+        "version; a load error with several priority levels or a DELAY queue policy, as Triton",
     ),
     "dynamic_batching.priority_levels": (
         "honoured",

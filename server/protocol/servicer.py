@@ -39,6 +39,7 @@ from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
 from server.protocol.stream import StreamSession
+from server.protocol.unary_order import UnaryOrder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._max_message_bytes = max_message_bytes  # a stream answer over it fails alone
+        self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
         self._is_stopping = is_stopping
         self._path = RequestPath(models, is_stopping, regions=self.shm)
         # Tracing on: a span per request, through a path bound to each call's trace context.
@@ -225,7 +227,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         traced = self._traced
         path = self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelInfer")
-        return await path.infer(request, context.time_remaining())
+        call = path.infer(request, context.time_remaining())
+        return await self._unary_order.answer(self._path.model_of(request), call)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext

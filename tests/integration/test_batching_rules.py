@@ -6,6 +6,8 @@ that does not complete within a generous bound; no test measures how fast anythi
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.repositories import write_model
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, wait_until
 
 LONG_DELAY_US = 60_000_000  # a 60 s max_queue_delay: waiting for it would fail every bound below
 BOUND_S = 20.0  # generous upper bound for a call that must not wait for the queue delay
@@ -139,3 +141,52 @@ def test_a_stream_answers_a_preserve_ordering_model_in_request_order(
         else:
             assert not answer.error_message
             assert answer.infer_response.outputs[0].shape == [rows[i], 2]
+
+
+ORDERED_SLOW_SECOND = """
+backend: "identity"
+max_batch_size: 1
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching { preserve_ordering: true }
+parameters { key: "execute_delay_ms" value { string_value: "1000" } }
+parameters { key: "instance_wise_delay_multiplier" value { string_value: "3" } }
+"""
+
+
+def test_unary_calls_to_a_preserve_ordering_model_are_answered_in_arrival_order(tmp_path: Path) -> None:
+    """Triton holds each answer of such a model until those before it are sent, whatever the
+    frontend; unary calls had completed as their instances finished (['1', '2', '3', '4', '0', '5']
+    with one instance five times slower). Here call 1 runs on the slow instance while 2-5 run on
+    the fast one after call 0 (runs of 1 s and 3 s): none of them may be answered before call 1."""
+    (tmp_path / "repo" / "ordered" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "ordered" / "config.pbtxt").write_text(ORDERED_SLOW_SECOND)
+    server = ServerProcess("--model-repository", str(tmp_path / "repo"))
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answered_at: dict[str, float] = {}
+        calls = []
+        for i in range(6):
+            request = pb.ModelInferRequest(model_name="ordered", id=str(i))
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
+            request.raw_input_contents.append(np.full((1, 4), i, np.float32).tobytes())
+            call = stub.ModelInfer.future(request, timeout=60)
+            call.add_done_callback(lambda done: answered_at.setdefault(done.result().id, time.monotonic()))
+            calls.append(call)
+            if i < 2:  # 0 and 1 arrive first, one after the other, and each takes an instance
+                wait_until(lambda n=i + 1: batches_in_flight(server, "ordered") >= n, "the call to run")
+        for call in calls:
+            call.result(timeout=60)
+    later = {rid: answered_at[rid] - answered_at["1"] for rid in "2345"}
+    # Released together once call 1 is answered: their answers may overtake its by a hair on the
+    # way to this client, never by a run (1 s).
+    assert all(gap > -0.05 for gap in later.values()), later
+    assert answered_at["0"] < answered_at["1"]
+
+
+def batches_in_flight(server: ServerProcess, model: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    prefix = f'sluiceway_batches_in_flight{{model="{model}",version="1"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))

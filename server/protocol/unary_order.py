@@ -1,0 +1,44 @@
+"""preserve_ordering for unary calls: a model's answers leave in the order its requests arrived.
+
+Triton holds each response of such a model until the responses of the requests before it are
+sent, whatever the frontend. A stream keeps its own order (server/protocol/stream.py); this does
+the same across unary calls, per model version: each call, once answered (or failed), waits for
+the call that arrived before it. A call whose caller goes away releases the ones after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from server.models.versions import ModelVersion
+
+T = TypeVar("T")
+
+
+class UnaryOrder:
+    """The latest unanswered call per ordered model version (at most one entry per version)."""
+
+    def __init__(self) -> None:
+        self._tails: dict[tuple[str, int], asyncio.Event] = {}
+
+    async def answer(self, served: ModelVersion | None, call: Awaitable[T]) -> T:
+        """`call`'s result (or exception), after the answers of the calls to `served` that
+        arrived before this one. `served`: the version the request names (None: not ordered)."""
+        if served is None or not served.preserve_ordering:
+            return await call
+        key = (served.name, served.version)
+        after = self._tails.get(key)
+        done = self._tails[key] = asyncio.Event()
+        try:
+            try:
+                result = await call
+            finally:  # a failure waits its turn too
+                if after is not None:
+                    await after.wait()
+            return result
+        finally:
+            done.set()
+            if self._tails.get(key) is done:
+                del self._tails[key]

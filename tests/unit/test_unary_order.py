@@ -1,0 +1,55 @@
+"""UnaryOrder: preserve_ordering answers of unary calls leave in arrival order, per version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from server.protocol.unary_order import UnaryOrder
+
+
+def version(name: str = "m", ordered: bool = True) -> Any:
+    return SimpleNamespace(name=name, version=1, preserve_ordering=ordered)
+
+
+async def test_answers_leave_in_arrival_order_failures_included() -> None:
+    order, gates = UnaryOrder(), [asyncio.Event() for _ in range(3)]
+    finished: list[int] = []
+
+    async def call(i: int) -> int:
+        await gates[i].wait()
+        if i == 1:
+            raise ValueError("bad rows")
+        return i
+
+    async def caller(i: int) -> None:
+        with contextlib.suppress(ValueError):
+            await order.answer(version(), call(i))
+        finished.append(i)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(3)]
+    await asyncio.sleep(0)  # all three have arrived, in order
+    for i in (2, 1, 0):  # computed in reverse
+        gates[i].set()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert finished == [0, 1, 2]
+    assert not order._tails  # nothing kept once answered
+
+
+async def test_a_caller_that_goes_away_releases_the_next_and_other_models_do_not_wait() -> None:
+    order, first_gate = UnaryOrder(), asyncio.Event()
+    first = asyncio.create_task(order.answer(version(), first_gate.wait()))
+    second = asyncio.create_task(order.answer(version(), asyncio.sleep(0, result="second")))
+    other = asyncio.create_task(order.answer(version("n"), asyncio.sleep(0, result="other")))
+    unordered = asyncio.create_task(order.answer(version(ordered=False), asyncio.sleep(0, result="free")))
+    assert await other == "other" and await unordered == "free"
+    assert not second.done()
+    first.cancel()  # its caller went away
+    assert await second == "second"
+    with pytest.raises(asyncio.CancelledError):
+        await first
