@@ -31,6 +31,10 @@ from server.protocol.sequence_route import check_sequence, sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_tensors import ShmTensors
 
+# Answers with more BYTES elements than this are encoded in a thread (about 35 ms of the loop's
+# time here, where a whole answer of 1,000,000 strings had held it 0.55 s).
+ENCODE_OFF_LOOP_STRINGS = 65_536
+
 
 @dataclass(slots=True)
 class InferJob:
@@ -119,25 +123,41 @@ class InferJob:
             outputs = await self.served.ensemble.run_counted(
                 self.served.stats, self.inputs, self.admission, c.priority, c.sequence, self.request
             )
-            return self._computed(outputs)
+            return await self._computed_later(outputs)
         if self.controls.sequence is not None:
             outputs = await sequence_outputs(
                 self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace, self.owner
             )
-            return self._computed(outputs)
+            return await self._computed_later(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
-        return self._computed(outputs)
+        return await self._computed_later(outputs)
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
+        self._store(outputs)
+        return self._wire(self._prepare(outputs))
+
+    async def _computed_later(self, outputs: Tensors) -> pb.ModelInferResponse:
+        """As `_computed`; an answer with many strings is encoded off the event loop: 3,000,000
+        BYTES elements took 2-3 s to encode, and every other call on the server waited."""
+        self._store(outputs)
+        prepared = self._prepare(outputs)
+        if sum(a.size for a in prepared.values() if a.dtype == object) > ENCODE_OFF_LOOP_STRINGS:
+            return await asyncio.to_thread(self._wire, prepared)
+        return self._wire(prepared)
+
+    def _store(self, outputs: Tensors) -> None:
         served = self.served
         if self.looked_up:
             start = time.perf_counter_ns()
             if served.response_cache is not None:  # None once this version was retired meanwhile
                 served.response_cache.insert(self.cache_key, served.name, outputs)
             served.stats.cache_miss.add(self.lookup_ns + time.perf_counter_ns() - start)
-        return self._encode(outputs)
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
+        return self._wire(self._prepare(outputs))
+
+    def _prepare(self, outputs: Tensors) -> Tensors:
+        """Sample the outputs and apply the classification extension: what goes on the wire."""
         served = self.served
         self.outputs = outputs
         if served.sampler is not None:  # computed or cached: queue references, or count a drop
@@ -147,6 +167,10 @@ class InferJob:
             if served.ensemble is not None:  # Triton: an output's labels come from the step making it
                 labels = {**served.ensemble.output_labels(), **labels}
             outputs = classify(outputs, self.classes, labels, served.config.max_batch_size > 0)
+        return outputs
+
+    def _wire(self, outputs: Tensors) -> pb.ModelInferResponse:
+        served = self.served
         return codec.encode_response(
             served.name, served.version_str, self.request.id, outputs, self.names, self.shm
         )
