@@ -232,6 +232,19 @@ class SequenceBatcher:
         for seq in list(self._live.values()):
             self._release(seq, "the model version serving it was unloaded or replaced")
 
+    def released(self) -> OrderedDict[SequenceId, str]:
+        """Why each recently released sequence went (oldest first), for the batcher that follows."""
+        return OrderedDict(self._released)
+
+    def remember(self, released: OrderedDict[SequenceId, str]) -> None:
+        """Take over a retired batcher's record (`released()`): a request continuing a sequence
+        that a reload or unload ended was told "never started" by the new version's batcher."""
+        for sid, why in released.items():
+            if sid not in self._live:
+                self._released[sid] = why
+        while len(self._released) > REMEMBER_RELEASED:
+            self._released.popitem(last=False)
+
     # -- state --------------------------------------------------------------------------------
 
     def _open(self, sid: SequenceId) -> _Sequence:

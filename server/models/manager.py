@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
+from batcher.sequence import REMEMBER_RELEASED
 from batcher.sequence_types import SequenceId
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
@@ -78,6 +80,8 @@ class ModelManager:
         # failed for want of a step model is loaded again once that model loads (as Triton does).
         self._ensemble_steps: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()  # one repository change at a time
+        # Per model: why the sequences of its retired versions ended, for the versions that follow.
+        self._ended_sequences: dict[str, OrderedDict[SequenceId, str]] = {}
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
@@ -310,6 +314,11 @@ class ModelManager:
         if old is not None:
             replaced = [v for n, v in old.versions.items() if versions.get(n) is not v]
             await self._retire(replaced, handover=True)
+        # Sequences the replaced (or earlier unloaded) versions ended are told so, not "never started".
+        ended = self._ended_sequences.pop(source.name, None)
+        for version in versions.values():
+            if ended and version.sequences is not None:
+                version.sequences.remember(ended)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
@@ -375,6 +384,10 @@ class ModelManager:
             self.sampling.retire(version.sampler)
             if version.sequences is not None:
                 version.sequences.close()  # its sequences' state goes with it
+                ended = self._ended_sequences.setdefault(version.name, OrderedDict())
+                ended.update(version.sequences.released())
+                while len(ended) > REMEMBER_RELEASED:
+                    ended.popitem(last=False)
         for version in versions:
             await version.batcher.stop(
                 drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover

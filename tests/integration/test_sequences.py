@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -368,3 +369,32 @@ def test_latest_frame_wins_on_a_sequence_model_is_refused_naming_it(
         "INVALID_ARGUMENT: parameter 'latest_frame_wins' true is not supported for a sequence model"
     )
     assert by_id["p"].error_message == ""
+
+
+def test_a_sequence_a_reload_ended_is_told_so_by_the_new_version(tmp_path: Path) -> None:
+    """The new version's batcher knew nothing of the old one's sequences: a continuation after an
+    unload and load (or a reload) was told "never started"."""
+    write_model(
+        tmp_path / "repo", "acc", sm.accumulator_model(tmp_path / "acc.onnx"), sm.accumulator_config()
+    )
+    args = (
+        "--model-repository",
+        str(tmp_path / "repo"),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "acc",
+    )
+    server = ServerProcess(*args)
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        step(stub, "acc", 7, 1.0, start=True)
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="acc"), timeout=60)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="acc"), timeout=60)
+        err = error_of(stub, request("acc", 7, np.ones((1, 4), np.float32)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the model version serving it was unloaded or replaced" in (err.details() or ""), err.details()
+        step(stub, "acc", 8, 1.0, start=True)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="acc"), timeout=60)  # a reload
+        err = error_of(stub, request("acc", 8, np.ones((1, 4), np.float32)))
+        assert "the model version serving it was unloaded or replaced" in (err.details() or ""), err.details()
