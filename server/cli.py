@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
 
-from server.observability.logs import configure_logging
+from server.observability.logs import JsonFormatter, configure_logging
 from server.settings import ServerSettings, unknown_variables
 
 
@@ -143,20 +143,30 @@ def _main(argv: Sequence[str] | None) -> int:
         from server.observability.drift_cli import run_drift
 
         return run_drift(args)
+    # A setting's or start-up's failure: one line, JSON when the logs are (a log pipeline reading
+    # JSON lines had choked on these plain ones).
+    json_lines = (
+        getattr(args, "log_format", None) or os.environ.get("SLUICEWAY_LOG_FORMAT", "")
+    ).lower() == "json"
+
+    def fail(message: str) -> None:
+        print(fatal_line(message, json_lines), file=sys.stderr)
+
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            print(f"sluiceway: invalid setting '{field}': {error['msg']}", file=sys.stderr)
+            fail(f"sluiceway: invalid setting '{field}': {error['msg']}")
         return 2
     except SettingsError as exc:  # a SLUICEWAY_* variable pydantic-settings cannot read
-        print(f"sluiceway: invalid setting: {exc}", file=sys.stderr)
+        fail(f"sluiceway: invalid setting: {exc}")
         return 2
     problem = _unusable_paths(settings)  # here, not in the settings: those also check manifests
     if problem is not None:
-        print(f"sluiceway: invalid setting {problem}", file=sys.stderr)
+        fail(f"sluiceway: invalid setting {problem}")
         return 2
+    json_lines = settings.log_format == "json"
     configure_logging(settings.log_level, settings.log_format, settings.worker_index)  # text or JSON
     if settings.worker_index is None:  # the parent says it once for all the workers
         for line in unknown_variables(os.environ):
@@ -173,7 +183,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # One onnxruntime wheel, not both (they overwrite each other); worker processes load the libraries.
     problem = ensure_runtime(preload=settings.workers <= 1)
     if problem is not None:
-        print(f"sluiceway: {problem}", file=sys.stderr)
+        fail(f"sluiceway: {problem}")
         return 2
     repository = settings.model_repository
     if repository is None:
@@ -181,8 +191,8 @@ def _main(argv: Sequence[str] | None) -> int:
             repository = _demo_repository(settings)
         except OSError as err:
             where = settings.cache_dir / "demo"
-            print(f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {where}: "
-                  f"{err.strerror or err}", file=sys.stderr)  # fmt: skip
+            fail(f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {where}: "
+                 f"{err.strerror or err}")  # fmt: skip
             return 2
     from server.app import PortInUse, serve
 
@@ -192,7 +202,7 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             return run_workers(settings, repository)
         except OSError as exc:
-            print(f"sluiceway: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+            fail(f"sluiceway: cannot listen on {settings.host}:{settings.port}: {exc}")
             return 1
     try:
         if settings.use_uvloop:
@@ -202,10 +212,19 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             asyncio.run(serve(settings))
     except PortInUse as exc:
-        print(f"sluiceway: {exc}", file=sys.stderr)
+        fail(f"sluiceway: {exc}")
         return 1
     exit_now_if_runs_remain()
     return 0
+
+
+def fatal_line(message: str, json_lines: bool) -> str:
+    """`message` as the server's logs write an ERROR line: plain, or one JSON object."""
+    if not json_lines:
+        return message
+    record = logging.makeLogRecord({"name": "sluiceway", "levelname": "ERROR", "levelno": logging.ERROR})
+    record.msg = message.removeprefix("sluiceway: ")
+    return JsonFormatter().format(record)
 
 
 def exit_now_if_runs_remain() -> None:

@@ -127,7 +127,12 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 print(f"sluiceway ready on {settings.host}:{workers}", flush=True)
         code = 0
     except WorkerFailed as exc:
-        print(f"sluiceway: {exc}; stopping the others", file=sys.stderr)
+        from server.cli import fatal_line  # not at the top: the CLI imports this module
+
+        print(
+            fatal_line(f"sluiceway: {exc}; stopping the others", settings.log_format == "json"),
+            file=sys.stderr,
+        )
         code = 1
     finally:
         for child in children:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,17 @@ def test_a_variable_that_names_no_setting_is_reported_with_the_closest_one() -> 
         "(did you mean SLUICEWAY_SHUTDOWN_GRACE_S?)"
     ]
     assert unknown_variables({"sluiceway_port": "1"}) == []  # read case-insensitively, as pydantic does
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_a_bad_setting_is_one_json_line_when_the_logs_are_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A pipeline reading JSON lines had choked on the plain refusal lines."""
+    flags = ("--log-format", "json") if how == "flag" else ()
+    if how == "variable":
+        monkeypatch.setenv("SLUICEWAY_LOG_FORMAT", "json")
+    assert main(["serve", "--port", "70000", *flags]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and entry["message"].startswith("invalid setting 'port'")
