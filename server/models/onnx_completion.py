@@ -95,6 +95,8 @@ def _complete_tensors(
             )
         if not entry.dims and graph_dims:
             entry.dims.extend(graph_dims)
+        elif _scalar_as_one(entry, graph_dims):
+            entry.reshape.SetInParent()  # as Triton: dims [1] on the wire, a scalar (per row) in the model
         elif not _dims_match(model_dims(entry), graph_dims):
             what = "dims (without the batch dimension)" if max_batch_size > 0 else "dims"
             what = "reshape.shape" if entry.HasField("reshape") else what
@@ -106,7 +108,15 @@ def _complete_tensors(
     for tensor in model:
         if add and tensor.name not in listed:
             dims = _model_dims(kind, tensor, max_batch_size, source)
-            entries.add(name=tensor.name, data_type=_onnx_datatype(tensor, source), dims=dims)
+            entry = entries.add(name=tensor.name, data_type=_onnx_datatype(tensor, source), dims=dims or [1])
+            if not dims:  # a scalar (per row): Triton's completion writes dims [1] and reshape []
+                entry.reshape.SetInParent()
+
+
+def _scalar_as_one(entry: Any, graph_dims: Sequence[int]) -> bool:
+    """A config's dims [1] for a scalar (per row) of the graph, with no reshape: Triton accepts it
+    (its own completion writes it); here it failed the load."""
+    return not graph_dims and list(entry.dims) == [1] and not entry.HasField("reshape")
 
 
 def complete_from_onnx(

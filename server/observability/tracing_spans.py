@@ -58,9 +58,9 @@ class TracedJob(InferJob):
         finally:
             self.tried_ns = time.perf_counter_ns()
 
-    def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
+    def _prepare(self, outputs: Tensors) -> Tensors:  # the encode stage begins (InferJob._wire next)
         self.encode_ns = time.perf_counter_ns()
-        return InferJob._encode(self, outputs)
+        return InferJob._prepare(self, outputs)
 
 
 class TracedPath(RequestPath):

@@ -67,8 +67,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def _ids(values: list[int]) -> triton.InferInput:
-    ids = triton.InferInput("ids", [len(values)], "INT64")
-    ids.set_data_from_numpy(np.array(values, np.int64))
+    # A scalar per row is dims [1] on the wire, as Triton completes it: [N, 1].
+    ids = triton.InferInput("ids", [len(values), 1], "INT64")
+    ids.set_data_from_numpy(np.array(values, np.int64).reshape(-1, 1))
     return ids
 
 
@@ -86,7 +87,7 @@ def test_onnxruntimes_invalid_argument_is_the_callers_with_its_message(server: S
         Client(server.address, retry=NO_RETRY) as ours,
         pytest.raises(InvalidArgument, match="indices element out of data bounds"),
     ):
-        ours.infer("lookup", {"ids": np.array([-7], np.int64)})
+        ours.infer("lookup", {"ids": np.array([[-7]], np.int64)})
 
 
 def test_a_failed_run_is_internal_with_onnxruntimes_message(server: ServerProcess) -> None:

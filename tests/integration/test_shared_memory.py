@@ -36,7 +36,8 @@ parameters { key: "idle_dispatch" value: { string_value: "false" } }
 
 
 def identity_model(path: Path) -> Path:
-    """text [N] BYTES -> text_out, wide [N,3] INT64 -> wide_out: to read both from odd offsets."""
+    """text [N] BYTES -> text_out (on the wire [N, 1], a scalar a row), wide [N,3] INT64 -> wide_out:
+    to read both from odd offsets."""
     inputs = [
         helper.make_tensor_value_info("text", TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info("wide", TensorProto.INT64, ["N", 3]),
@@ -237,7 +238,7 @@ def test_bytes_and_unaligned_inputs_and_outputs(
     key = new_object(objects, 1024, data)
     register(stub, "io", key, 1024)
     t_in = pb.ModelInferRequest.InferInputTensor(
-        name="text", datatype="BYTES", shape=[3], parameters=shm_params("io", len(packed))
+        name="text", datatype="BYTES", shape=[3, 1], parameters=shm_params("io", len(packed))
     )
     w_in = pb.ModelInferRequest.InferInputTensor(
         name="wide", datatype="INT64", shape=[3, 3], parameters=shm_params("io", wide.nbytes, len(packed) + 1)
@@ -252,7 +253,7 @@ def test_bytes_and_unaligned_inputs_and_outputs(
         pb.ModelInferRequest(model_name="ident", inputs=[t_in, w_in], outputs=out), timeout=30
     )
     assert [o.name for o in response.outputs] == ["text_out", "wide_out"]
-    assert response.outputs[0].datatype == "BYTES" and list(response.outputs[0].shape) == [3]
+    assert response.outputs[0].datatype == "BYTES" and list(response.outputs[0].shape) == [3, 1]
     assert response.raw_output_contents[0] == b""
     np.testing.assert_array_equal(
         np.frombuffer(response.raw_output_contents[1], np.int64).reshape(3, 3), wide

@@ -129,6 +129,20 @@ def test_a_config_listing_inputs_and_outputs_is_not_completed() -> None:
         complete_from_onnx(missing_input, BATCHING_IN, outputs)
 
 
+def test_scalars_are_dims_one_reshaped_to_nothing_as_triton_completes_them() -> None:
+    """Triton writes dims [1] and reshape [] for a scalar (per row): its clients send [1] (or
+    [N, 1]); completed as dims [] here, they were refused, and a config saying [1] failed to load."""
+    scalar = [("s", "tensor(float)", [])]
+    done = complete_from_onnx(mc.ModelConfig(name="m"), scalar, scalar)
+    for tensor in (done.input[0], done.output[0]):
+        assert list(tensor.dims) == [1] and tensor.HasField("reshape") and not tensor.reshape.shape
+    rows = [("r", "tensor(float)", ["N"])]
+    done = complete_from_onnx(mc.ModelConfig(name="m"), rows, rows, default_max_batch_size=8)
+    assert done.max_batch_size == 8 and list(done.input[0].dims) == [1] and done.input[0].HasField("reshape")
+    said = complete_from_onnx(_parse('input [{ name: "s" dims: [ 1 ] }]'), scalar, scalar)
+    assert said.input[0].HasField("reshape") and list(said.input[0].dims) == [1]
+
+
 def test_complete_non_batching_model_keeps_full_shape() -> None:
     done = complete_from_onnx(mc.ModelConfig(name="m"), FIXED_IN, FIXED_OUT)
     assert done.max_batch_size == 0
