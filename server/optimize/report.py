@@ -37,7 +37,17 @@ def _fmt(value: float | None, spec: str = ".4g") -> str:
 
 
 def accuracy_rows(validation: Validation) -> list[list[str]]:
-    rows = [["output", "max abs diff", "mean abs diff", "min cosine", "mean cosine", "top-1 agreement"]]
+    rows = [
+        [
+            "output",
+            "max abs diff",
+            "mean abs diff",
+            "min cosine",
+            "mean cosine",
+            "max norm change",
+            "top-1 agreement",
+        ]
+    ]
     for o in validation.outputs:
         top1 = None if o.top1_agreement is None else 100 * o.top1_agreement
         rows.append(
@@ -47,6 +57,7 @@ def accuracy_rows(validation: Validation) -> list[list[str]]:
                 _fmt(o.mean_abs),
                 f"{o.min_cosine:.5f}",
                 f"{o.mean_cosine:.5f}",
+                f"{o.max_norm_change:.5f}",
                 "-" if top1 is None else f"{top1:.1f}%",
             ]
         )
@@ -73,7 +84,9 @@ def speed_rows(validation: Validation) -> list[list[str]]:
 
 
 def drop_line(validation: Validation, limit: float | None) -> str:
-    what = "top-1 disagreement" if validation.measure == "top1" else "1 - min cosine similarity"
+    what = (
+        "top-1 disagreement" if validation.measure == "top1" else "1 - min cosine, or the largest norm change"
+    )
     bound = "no limit" if limit is None else f"limit {limit:.4g}"
     return f"accuracy drop ({what}) over {validation.rows} rows: {validation.accuracy_drop:.4g} ({bound})"
 

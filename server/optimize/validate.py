@@ -3,8 +3,11 @@
 Accuracy drop, the figure `--max-accuracy-drop` bounds, is one number in [0, 1]:
 - `top1`: the share of validation rows whose arg-max class differs between the two models (top-1
   disagreement), over every 2-D output [N, classes];
-- `cosine`: 1 - the smallest cosine similarity between a row of the original's output and the same
-  row of the optimized one, over every output (rows flattened).
+- `cosine`: the larger of 1 - the smallest cosine similarity between a row of the original's
+  output and the same row of the optimized one, and the largest relative change of a row's norm
+  (|1 - |b| / |a||), over every output (rows flattened), capped at 1. Cosine alone is blind to
+  scale: an output of one value a row only shows its sign, and a model whose outputs all halved
+  (FP16 conversion clamping large weights) scored a drop of 0 and was published.
 `auto` picks `top1` when every output is 2-D with at least 2 columns (a classifier), else `cosine`.
 """
 
@@ -32,6 +35,7 @@ class OutputComparison:
     min_cosine: float
     mean_cosine: float
     top1_agreement: float | None  # None: not a 2-D [N, classes] output
+    max_norm_change: float = 0.0  # the largest |1 - |optimized row| / |original row||, capped at 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,15 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cos
 
 
+def _norm_changes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|1 - |b| / |a|| per row, capped at 1 (a zero row against a non-zero one: 1)."""
+    na = np.linalg.norm(a.reshape(len(a), -1).astype(np.float64), axis=1)
+    nb = np.linalg.norm(b.reshape(len(b), -1).astype(np.float64), axis=1)
+    change = np.abs(1.0 - nb / np.where(na > 0, na, 1.0))
+    change = np.where(na > 0, change, np.where(nb > 0, 1.0, 0.0))
+    return np.minimum(np.nan_to_num(change, nan=1.0), 1.0)
+
+
 @dataclass
 class _Tally:
     """Differences for one output, added up batch by batch (batches may differ in non-batch shape)."""
@@ -98,6 +111,7 @@ class _Tally:
     agree: int = 0
     rows: int = 0
     classifier: bool = True
+    norm_change: float = 0.0
 
     def add(self, name: str, original: np.ndarray, optimized: np.ndarray) -> None:
         if original.shape != optimized.shape:
@@ -111,6 +125,8 @@ class _Tally:
         self.abs_sum += float(diff.sum())
         self.elements += diff.size
         self.cosines.append(_cosines(a, b))
+        if a.size:
+            self.norm_change = max(self.norm_change, float(_norm_changes(a, b).max(initial=0.0)))
         self.rows += len(a)
         self.classifier = self.classifier and a.ndim == 2 and a.shape[1] >= 2
         if self.classifier:
@@ -125,6 +141,7 @@ class _Tally:
             min_cosine=float(cos.min()),
             mean_cosine=float(cos.mean()),
             top1_agreement=self.agree / self.rows if self.classifier and self.rows else None,
+            max_norm_change=self.norm_change,
         )
 
 
@@ -153,7 +170,7 @@ def accuracy_drop(measure: Literal["top1", "cosine"], outputs: Sequence[OutputCo
     """The figure --max-accuracy-drop bounds (module docstring); the worst over the outputs."""
     if measure == "top1":
         return max(1.0 - o.top1_agreement for o in outputs if o.top1_agreement is not None)
-    return max(max(0.0, 1.0 - o.min_cosine) for o in outputs)
+    return max(min(1.0, max(0.0, 1.0 - o.min_cosine, o.max_norm_change)) for o in outputs)
 
 
 def _median_ms(sess: object, batch: Batch, repetitions: int, budget_s: float) -> tuple[float, int]:
