@@ -82,15 +82,18 @@ def settle_batch(
     """Answer each request of a run with its part of the outputs, unless it is past its hard
     deadline (then DeadlineExceeded) or its caller has gone (nothing)."""
     run: BatchRun | None = None
+    compute = (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2])
     for p, part in zip(batch, parts, strict=True):
         if p.handle.future.done():
+            if p.counted and p.handle.future.cancelled():  # its caller went away during the run
+                stats.take_back(p.queued_ns, p.rows, compute)
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
             stats.late += p.counted
             if p.counted:
-                stats.take_back(p.queued_ns, p.rows, (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2]))
+                stats.take_back(p.queued_ns, p.rows, compute)
             p.handle.future.set_exception(computed_late())
         else:
             p.handle.future.set_result(part)

@@ -138,6 +138,10 @@ class EnsembleScheduler:
         start = time.perf_counter_ns()
         outputs = await self.run(inputs, admission, priority, sequence, routed)
         stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
+        # Triton's ensembles count queue as their successes (no queue of their own: no wait).
+        # perf_analyzer picks the version whose queue count moved, so with 0 it could not profile
+        # an ensemble ("failed to find the requested model version").
+        stats.record_queue(0)
         return outputs
 
     async def run(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ensemble_repo import ensemble_repository
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
@@ -98,3 +99,26 @@ def test_perf_analyzer_with_system_shared_memory(
         left.unlink(missing_ok=True)
     assert refused.returncode != 0
     assert "client shared memory is disabled" in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("model", ["linear", "a_nested"])
+def test_perf_analyzer_profiles_an_ensemble(perf_analyzer: Path, tmp_path: Path, model: str) -> None:
+    """perf_analyzer picks the version whose queue count moved during its run; an ensemble's stayed
+    0, so it failed "failed to find the requested model version" (nested ones even with -x 1)."""
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    with ServerProcess("--model-repository", str(repo), "--allow-fault-injection") as server:
+        command = [
+            str(perf_analyzer),
+            "-m", model,
+            "-u", server.address,
+            "-i", "grpc",
+            "--concurrency-range", "2",
+            "--measurement-interval", "1500",
+            "--max-trials", "4",
+            "--stability-percentage", "999",
+        ]  # fmt: skip
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "failed to find the requested model version" not in output
