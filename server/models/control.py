@@ -25,7 +25,7 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFound, RepositoryError
 from server.models.config import ConfigError
-from server.models.ensemble_config import load_rank
+from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.lazy import ModelLoads, lazy_flags
 from server.models.load_request import parse_load_parameters, write_model_directory
 from server.models.manager import ModelManager
@@ -35,7 +35,7 @@ from server.models.repository import (
     load_model_source,
     scan_repository,
 )
-from server.models.versions import UNAVAILABLE, ModelEntry
+from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,31 @@ class RepositoryControl:
             source = None
             if not override.empty:
                 source = await asyncio.to_thread(self._read, upload or self._root, name, override.config)
+            named: ModelSource = (
+                source if source is not None else await asyncio.to_thread(self._read, self._root, name, None)
+            )
+            await self._load_steps(named, {name})
             await self._loads.load(name, source)
         except BaseException:
             if upload is not None:
                 shutil.rmtree(upload, ignore_errors=True)
             raise
         self._replace_upload(name, upload)
+
+    async def _load_steps(self, source: ModelSource, seen: set[str]) -> None:
+        """An ensemble's step models that are not ready load first, nested ones before, as
+        Triton's explicit mode does: the ensemble's load had failed "model 'pre' is not ready"."""
+        if not is_ensemble(source.config):
+            return
+        for step in source.config.ensemble_scheduling.step:
+            model = step.model_name
+            entry = self._entry(model)
+            if model in seen or (entry is not None and entry.state == READY):
+                continue
+            seen.add(model)
+            step_source = await asyncio.to_thread(self._read, self._root, model, None)
+            await self._load_steps(step_source, seen)
+            await self._loads.load(model, step_source)
 
     async def _unload(self, name: str) -> None:
         await self._loads.unload(name)

@@ -216,3 +216,25 @@ def test_an_ensemble_waiting_for_its_step_models_loads_once_they_load(tmp_path: 
         assert not triton.is_model_ready("labeled")  # unloaded on purpose: not brought back
         triton.load_model("labeled")
         assert triton.is_model_ready("labeled") and triton.is_model_ready("b_nested")
+
+
+def test_loading_an_ensemble_loads_its_step_models_nested_ones_too(tmp_path: Path) -> None:
+    """Triton's explicit mode loads an ensemble's composing models with it; here the load failed
+    "model 'pre' is not ready" until every step had been loaded by hand."""
+    import tritonclient.grpc as tc
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    args = ["--model-control-mode", "explicit", "--allow-fault-injection"]
+    with (
+        ServerProcess("--model-repository", str(repo), *args) as server,
+        tc.InferenceServerClient(server.address) as triton,
+    ):
+        triton.load_model("a_nested")  # a_nested -> b_nested -> labeled -> double_labeled; double
+        for model in ("a_nested", "b_nested", "labeled", "double_labeled", "double"):
+            assert triton.is_model_ready(model), model
+        assert not triton.is_model_ready("add_one")  # not a step of it
+        x = tc.InferInput("IN", [1, 4], "FP32")
+        x.set_data_from_numpy(_x(1))
+        np.testing.assert_allclose(triton.infer("a_nested", [x]).as_numpy("OUT"), 4 * _x(1))
