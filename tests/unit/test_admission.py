@@ -150,3 +150,8 @@ def test_a_timeout_that_is_not_positive_is_a_caller_bug(timeout_s: float) -> Non
 def test_a_negative_priority_is_a_caller_bug() -> None:
     with pytest.raises(ValueError, match="priority must be >= 0"):
         settle(policy(), {}, priority=-1)
+
+
+def test_the_arrival_is_kept_whichever_deadlines_apply() -> None:
+    for pol in (policy(), policy(LATER, TimeoutAction.REJECT), policy(LATER, TimeoutAction.DELAY)):
+        assert settle(pol, {"grpc": LATER}).arrival == NOW

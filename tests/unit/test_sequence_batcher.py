@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from batcher.admission import Admission
 from batcher.errors import DeadlineExceeded
-from batcher.sequence import SequenceBatcher
+from batcher.sequence import REMEMBER_RELEASED, SequenceBatcher
 from batcher.sequence_types import (
     ControlKind,
     ControlSpec,
@@ -383,3 +384,24 @@ def test_workers_give_sequence_models_the_one_connection_hint() -> None:
     alone = sequence_batcher(model, FakeRunner(), ServerSettings(), "m")  # type: ignore[arg-type]
     worker = sequence_batcher(model, FakeRunner(), ServerSettings(worker_index=1), "m")  # type: ignore[arg-type]
     assert alone._unknown_hint == "" and "one connection" in worker._unknown_hint
+
+
+async def test_a_batcher_takes_over_why_a_retired_ones_sequences_ended() -> None:
+    old, _, _, _ = make()
+    await old.infer(1, x(1), adm(), start=True)
+    await old.infer(2, x(1), adm(), start=True, end=True)
+    old.close()
+    record = old.released()
+    assert list(record) == [2, 1]  # oldest first: 2 ended, then 1 went with the version
+    new, _, _, _ = make()
+    await new.infer(2, x(1), adm(), start=True)  # live again here: not overwritten
+    new.remember(record)
+    with pytest.raises(
+        UnknownSequence,
+        match=r"sequence 1 .* it is not live: the model version serving it was unloaded or replaced$",
+    ):
+        await new.infer(1, x(1), adm())
+    assert (await new.infer(2, x(1), adm()))["out"].tolist() == [[2, 2]]
+    many = OrderedDict((sid, "gone") for sid in range(REMEMBER_RELEASED + 5))
+    new.remember(many)
+    assert len(new.released()) == REMEMBER_RELEASED and next(iter(new.released())) != 0  # the oldest left
