@@ -155,9 +155,21 @@ def _run(args: argparse.Namespace) -> int:
     inputs = str(args.validation_data) if args.validation_data else "generated from metadata"
     summary = report.Summary(args.model, str(source.model_file), recipe.describe(), inputs, limit, verdict)
     report.print_table(summary, result)
-    written = report.write_reports(summary, result, args.report_dir or Path("optimize-reports") / _slug(args))
+    written = report.write_reports(summary, result, args.report_dir or default_report_dir(args))
     print("report: " + ", ".join(str(p) for p in written))
     return EXIT_REFUSED if refused else 0
+
+
+def default_report_dir(args: argparse.Namespace) -> Path:
+    """./optimize-reports/<slug>, unless that is inside the repository: a server then took the
+    folder for a model without versions (UNAVAILABLE, ServerReady false). Then beside it."""
+    default = Path("optimize-reports") / _slug(args)
+    repository = getattr(args, "repository", None)
+    if repository is not None:
+        root = Path(repository).resolve()
+        if default.resolve().is_relative_to(root):
+            return root.parent / "optimize-reports" / _slug(args)
+    return default
 
 
 def _validate(
@@ -165,6 +177,7 @@ def _validate(
 ) -> Validation:
     """Outputs compared on the validation inputs, speed and size."""
     from server.optimize import data, validate
+    from server.optimize.quantize import model_bytes
 
     batches = data.obtain_batches(
         args.validation_data, specs, purpose="validation", rows=args.validation_rows,
@@ -179,8 +192,8 @@ def _validate(
         rows=sum(len(next(iter(b.values()))) for b in batches),
         outputs=outputs,
         speed=speed,
-        original_bytes=original.stat().st_size,
-        optimized_bytes=optimized.stat().st_size,
+        original_bytes=model_bytes(original),
+        optimized_bytes=model_bytes(optimized),
         measure=measure,
         accuracy_drop=validate.accuracy_drop(measure, outputs),
     )

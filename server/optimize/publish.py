@@ -16,6 +16,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from protos import model_config_pb2 as mc
 from server.models.config import ConfigError, load_config_file
 from server.models.repository import (
     CONFIG_FILENAME,
@@ -24,6 +25,8 @@ from server.models.repository import (
     load_model_source,
 )
 from server.optimize.data import OptimizeError
+
+TRAFFIC_PREFIX = "traffic_"  # the rollout's config parameters (server/models/traffic.py)
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,32 @@ def _model_filename(model_dir: Path) -> str:
     return DEFAULT_MODEL_FILENAME
 
 
+def external_files(model_file: Path) -> list[str]:
+    """The files beside `model_file` holding its external weights (relative names)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError, OSError, ...
+        raise OptimizeError(f"{model_file}: not a readable ONNX model: {err}") from None
+    names: set[str] = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(e.value for e in tensor.external_data if e.key == "location")
+    return sorted(names)
+
+
 def _write_version(model_dir: Path, version: int, model_file: Path, filename: str) -> Path:
     """Copy into a hidden staging directory, then rename into place: a server scanning the repository
-    meanwhile sees the whole version or none of it."""
+    meanwhile sees the whole version or none of it. External weight files go with the model (only
+    model.onnx had: the version failed to load, "External data path does not exist")."""
     target = model_dir / str(version)
     staging = Path(tempfile.mkdtemp(prefix=".publishing-", dir=model_dir))
     try:
         shutil.copyfile(model_file, staging / filename)
+        for name in external_files(model_file):
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_file.parent / name, staging / name)
         if target.exists():
             raise OptimizeError(f"{target} appeared while publishing (another publish?): not overwritten")
         staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
@@ -109,14 +131,44 @@ def _write_version(model_dir: Path, version: int, model_file: Path, filename: st
     return target
 
 
-def _copy_config(config_file: Path, model_dir: Path, name: str) -> None:
+def _new_config(config_file: Path, name: str) -> mc.ModelConfig:
+    """The source's config for a model new to the repository: its name set, and its traffic policy
+    left out (it named the source's versions: the new model has 1 and 2, and did not load)."""
     try:
         config = load_config_file(config_file)
     except ConfigError as err:
         raise OptimizeError(str(err)) from None
     config.name = name
+    for key in [k for k in config.parameters if k.startswith(TRAFFIC_PREFIX)]:
+        del config.parameters[key]
+    return config
+
+
+def _copy_config(config_file: Path, config: mc.ModelConfig, model_dir: Path) -> None:
+    """Write `config`, and the label files it names (the model had failed to load without them)."""
+    for output in config.output:
+        label = output.label_filename
+        if label and (config_file.parent / label).is_file() and not (model_dir / label).exists():
+            shutil.copyfile(config_file.parent / label, model_dir / label)
     text = f"# Copied by sluiceway optimize from {config_file}\n" + text_format.MessageToString(config)
     (model_dir / CONFIG_FILENAME).write_text(text, encoding="utf-8")
+
+
+def check_signature(config: mc.ModelConfig | None, model_file: Path, what: str) -> None:
+    """`model_file` as the server will read it under `config`: inputs, outputs, types and dims must
+    agree. An unrelated model had been published beside a config it did not match, and the whole
+    model went UNAVAILABLE at the next load."""
+    if config is None:
+        return
+    from server.backends.onnx_inspect import inspect_onnx
+    from server.backends.onnxruntime_backend import BackendLoadError
+    from server.models.onnx_completion import complete_from_onnx
+
+    try:
+        inputs, outputs = inspect_onnx(model_file)
+        complete_from_onnx(config, inputs, outputs, source=f"{what} against {config.name}'s config")
+    except (ConfigError, BackendLoadError) as err:
+        raise OptimizeError(f"{err}; nothing was published") from None
 
 
 def policy_note(repository: Path, name: str, version: int) -> tuple[bool, str]:
@@ -141,11 +193,25 @@ def publish(repository: Path, name: str, source: Source, optimized: Path) -> Pub
     if not repository.is_dir():
         raise OptimizeError(f"--repository {repository}: not a directory")
     model_dir = repository / name
+    existing = model_dir / CONFIG_FILENAME
+    new_model = not _numeric_versions(model_dir)
+    copied = None
+    if new_model and source.config_file is not None and not existing.exists():
+        copied = _new_config(source.config_file, name)
+    try:
+        config = (
+            copied if copied is not None else (load_config_file(existing) if existing.is_file() else None)
+        )
+    except ConfigError as err:
+        raise OptimizeError(str(err)) from None
+    check_signature(config, optimized, "the optimized model")  # before anything is written
+    if new_model:
+        check_signature(config, source.model_file, "the original")
     model_dir.mkdir(exist_ok=True)
     wrote_original = False
-    if not _numeric_versions(model_dir):
-        if source.config_file is not None and not (model_dir / CONFIG_FILENAME).exists():
-            _copy_config(source.config_file, model_dir, name)
+    if new_model:
+        if copied is not None and source.config_file is not None:
+            _copy_config(source.config_file, copied, model_dir)
         _write_version(model_dir, 1, source.model_file, _model_filename(model_dir))
         wrote_original = True
     version = max(_numeric_versions(model_dir)) + 1

@@ -201,7 +201,7 @@ def build(source: Path, workdir: Path, recipe: Recipe, calibration: list[Batch] 
 
 
 def _build(source: Path, workdir: Path, recipe: Recipe, calibration: list[Batch] | None) -> Path:
-    current = source
+    current = source = self_contained(source, workdir)
     if recipe.int8:
         prepared = preprocess(current, workdir)
         current = workdir / "int8.onnx"
@@ -219,3 +219,32 @@ def _build(source: Path, workdir: Path, recipe: Recipe, calibration: list[Batch]
         copied.write_bytes(source.read_bytes())
         current = copied
     return current
+
+
+INLINE_MAX_BYTES = 1 << 30  # protobuf's 2 GiB message limit, with room to spare
+
+
+def model_bytes(model_file: Path) -> int:
+    """The model file and its external weight files, in bytes (the header alone said 0.00 MB)."""
+    from server.optimize.publish import external_files
+
+    return model_file.stat().st_size + sum(
+        (model_file.parent / name).stat().st_size for name in external_files(model_file)
+    )
+
+
+def self_contained(source: Path, workdir: Path) -> Path:
+    """`source`, or for a model with external weights a copy in `workdir` that carries them (inline,
+    or beside it when large): the steps write their models into `workdir`, where a model naming
+    "model.onnx.data" found none ("External data path does not exist")."""
+    from server.optimize.publish import external_files
+
+    if not external_files(source):
+        return source
+    import onnx
+
+    model = onnx.load(str(source))  # with its weights
+    copy = workdir / "source.onnx"
+    large = model_bytes(source) > INLINE_MAX_BYTES
+    onnx.save(model, str(copy), save_as_external_data=large, location="source.onnx.data")
+    return copy

@@ -298,3 +298,73 @@ def test_published_version_is_served_after_repository_model_load(tmp_path: Path)
         assert np.allclose(served, _run(repo / "tiny" / "2" / "model.onnx", x), atol=1e-5)
         assert np.allclose(served, _run(source, x), atol=0.2)
         assert np.allclose(_infer(stub, "1", x), _run(source, x), atol=1e-5)  # num_versions: 2 keeps it
+
+
+def test_a_model_that_does_not_match_the_repositorys_config_is_not_published(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unrelated model was published beside a config it did not match: the whole model went
+    UNAVAILABLE at the next load, while the command said it was served."""
+    model_dir = tmp_path / "repo" / "tiny"
+    (model_dir / "1").mkdir(parents=True)
+    tiny_mlp(model_dir / "1" / "model.onnx")
+    (model_dir / "config.pbtxt").write_text(
+        CLASSIFIER_CONFIG + 'input [ { name: "x" data_type: TYPE_FP32 dims: [ 32 ] } ]\n'
+    )
+    other = tiny_cnn(tmp_path / "cnn.onnx")
+    assert optimize(other, tmp_path / "repo", "tiny", f"--fp16 {LOOSE}", tmp_path / "r") == 2
+    assert "nothing was published" in capsys.readouterr().err
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_a_new_model_gets_its_label_files_and_no_traffic_policy(tmp_path: Path) -> None:
+    """The config's label file was not copied, and its traffic policy named the source's versions:
+    both left the new model UNAVAILABLE."""
+    source = tmp_path / "src" / "tiny"
+    (source / "3").mkdir(parents=True)
+    tiny_mlp(source / "3" / "model.onnx")
+    (source / "labels.txt").write_text("\n".join(f"class{i}" for i in range(10)))
+    (source / "config.pbtxt").write_text(
+        CLASSIFIER_CONFIG.replace(
+            "version_policy { latest { num_versions: 2 } }", "version_policy { all { } }"
+        )
+        + 'output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" } ]\n'
+        + 'parameters { key: "traffic_weights" value { string_value: "3:100" } }\n'
+    )
+    (tmp_path / "repo").mkdir()
+    assert optimize(source, tmp_path / "repo", "tiny", f"--fp16 {LOOSE}", tmp_path / "r") == 0
+    published = tmp_path / "repo" / "tiny"
+    assert (published / "labels.txt").read_text() == (source / "labels.txt").read_text()
+    assert "traffic_weights" not in (published / "config.pbtxt").read_text()
+    server = ServerProcess("--model-repository", str(tmp_path / "repo"))
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for version in ("1", "2"):
+            ready = stub.ModelReady(pb.ModelReadyRequest(name="tiny", version=version), timeout=30)
+            assert ready.ready, version
+
+
+def test_a_model_with_external_weights_is_optimized_and_published_with_them(tmp_path: Path) -> None:
+    """Only model.onnx was copied (version 1 failed: "External data path does not exist"), and the
+    graph-only mode could not load the model at all."""
+    model = onnx.load(str(tiny_mlp(tmp_path / "inline.onnx")))
+    (tmp_path / "src").mkdir()
+    onnx.save(model, str(tmp_path / "src" / "model.onnx"), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)  # fmt: skip
+    assert optimize(tmp_path / "src", tmp_path, "ext", f"{LOOSE}", tmp_path / "r") == 0  # graph only
+    for version in ("1", "2"):
+        folder = tmp_path / "ext" / version
+        assert ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert (tmp_path / "ext" / "1" / "model.onnx.data").is_file()
+
+
+def test_the_default_report_folder_is_never_inside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from inside the repository, the reports made a folder the server took for a model with
+    no versions (UNAVAILABLE, ServerReady false)."""
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert optimize(tiny_mlp(tmp_path / "tiny.onnx"), Path("."), "tiny", f"--fp16 {LOOSE}") == 0
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]
+    assert (tmp_path / "optimize-reports").is_dir()
