@@ -125,12 +125,24 @@ def run(args: argparse.Namespace) -> int:
     except OptimizeError as err:
         print(f"sluiceway optimize: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a folder it cannot write, a full disk: the message, not a traceback
+        print(f"sluiceway optimize: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _run(args: argparse.Namespace) -> int:
     from server.optimize import data, publish, quantize, report
 
     source = publish.resolve_source(args.source, args.source_version)
+    reports = args.report_dir or default_report_dir(args)
+    try:  # before anything is published: an unwritable folder had failed after it, saying "refused"
+        reports.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=reports):
+            pass
+    except OSError as err:
+        raise data.OptimizeError(
+            f"--report-dir {reports}: cannot write there ({err.strerror or err})"
+        ) from None
     specs = data.input_specs(source.model_file)
     if args.int8 or args.fp16:
         quantize.refuse_optimized(source.model_file)
@@ -155,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     inputs = str(args.validation_data) if args.validation_data else "generated from metadata"
     summary = report.Summary(args.model, str(source.model_file), recipe.describe(), inputs, limit, verdict)
     report.print_table(summary, result)
-    written = report.write_reports(summary, result, args.report_dir or default_report_dir(args))
+    written = report.write_reports(summary, result, reports)
     print("report: " + ", ".join(str(p) for p in written))
     return EXIT_REFUSED if refused else 0
 

@@ -84,6 +84,13 @@ def _rows(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
 
 
 def _read_file(path: Path, specs: list[InputSpec]) -> Batch:
+    try:
+        return _read_arrays(path, specs)
+    except (ValueError, OSError, EOFError) as err:  # numpy's words for a file it cannot read
+        raise OptimizeError(f"{path}: not a numpy .npy/.npz file it can read ({err})") from None
+
+
+def _read_arrays(path: Path, specs: list[InputSpec]) -> Batch:
     if path.suffix == ".npy":
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
@@ -116,6 +123,8 @@ def load_batches(directory: Path, specs: list[InputSpec], batch_size: int, max_r
             stop = min(start + step, total, start + max_rows - taken)
             batches.append({name: a[start:stop] for name, a in arrays.items()})
             taken += stop - start
+    if not batches:
+        raise OptimizeError(f"{directory}: its files hold no rows")
     return batches
 
 

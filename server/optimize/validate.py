@@ -74,7 +74,15 @@ def session(path: Path, threads: int = 0) -> object:
 
 
 def _run(sess: object, batch: Batch) -> list[np.ndarray]:
-    outputs: list[np.ndarray] = sess.run(None, batch)  # type: ignore[attr-defined]
+    try:
+        outputs: list[np.ndarray] = sess.run(None, batch)  # type: ignore[attr-defined]
+    except Exception as err:  # onnxruntime's own untyped errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OptimizeError(
+            f"onnxruntime failed to run the model on the validation inputs: {first} (generated "
+            "inputs may be out of the model's range, e.g. token ids past a vocabulary: pass "
+            "--validation-data)"
+        ) from None
     return outputs
 
 
@@ -120,6 +128,13 @@ class _Tally:
             )
         a = original.reshape(1, -1) if original.ndim == 0 else original
         b = optimized.reshape(1, -1) if optimized.ndim == 0 else optimized
+        if a.dtype.kind in "OSUb":  # strings or booleans: rows equal or not (float math failed)
+            same = np.all(a.reshape(len(a), -1) == b.reshape(len(b), -1), axis=1).astype(np.float64)
+            self.cosines.append(same)
+            self.norm_change = max(self.norm_change, float(1.0 - same.min(initial=1.0)))
+            self.rows += len(a)
+            self.classifier = False
+            return
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.abs_sum += float(diff.sum())

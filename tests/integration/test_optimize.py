@@ -368,3 +368,24 @@ def test_the_default_report_folder_is_never_inside_the_repository(
     assert optimize(tiny_mlp(tmp_path / "tiny.onnx"), Path("."), "tiny", f"--fp16 {LOOSE}") == 0
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["tiny"]
     assert (tmp_path / "optimize-reports").is_dir()
+
+
+def test_unreadable_data_and_folders_are_refused_by_name_not_with_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tiny_mlp(tmp_path / "tiny.onnx")
+    (tmp_path / "pickled").mkdir()
+    np.save(tmp_path / "pickled" / "v.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "empty" / "v.npy", np.zeros((0, 32), np.float32))
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "file").write_text("a file where the report folder should be")
+    for flags, said in (
+        (f"--fp16 --validation-data {tmp_path / 'pickled'}", "not a numpy .npy/.npz file it can read"),
+        (f"--fp16 --validation-data {tmp_path / 'empty'}", "its files hold no rows"),
+    ):
+        assert optimize(source, tmp_path, "t", flags, tmp_path / "r") == 2
+        assert said in capsys.readouterr().err
+    assert optimize(source, tmp_path, "t", "--fp16", tmp_path / "ro" / "file" / "r") == 2
+    assert "cannot write there" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # nothing published before the report folder was known good

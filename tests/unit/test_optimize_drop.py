@@ -34,3 +34,10 @@ def test_the_drop_stays_within_zero_and_one() -> None:
     assert drop(x, -x) == 1.0
     assert drop(np.zeros((2, 3)), np.ones((2, 3))) == 1.0
     assert drop(np.zeros((2, 3)), np.zeros((2, 3))) == 0.0
+
+
+def test_string_outputs_are_compared_row_by_row() -> None:
+    """Strings made the float comparison raise: a BYTES-output model could not be validated."""
+    a = np.array([["x"], ["y"], ["z"]], dtype=object)
+    assert drop(a, a.copy()) == 0.0
+    assert drop(a, np.array([["x"], ["q"], ["z"]], dtype=object)) == 1.0
