@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from batcher.admission import Admission
 from batcher.claim import Claim
 from batcher.errors import NotAccepting
@@ -118,6 +120,7 @@ class InferJob:
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
+        self._own_shared_inputs()
         if self.served.ensemble is not None:  # its steps, through their models' batchers
             c = self.controls
             outputs = await self.served.ensemble.run_counted(
@@ -131,6 +134,25 @@ class InferJob:
             return await self._computed_later(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return await self._computed_later(outputs)
+
+    def _own_shared_inputs(self) -> None:
+        """Copy inputs that view a client's shared memory before the request waits: a client that
+        truncated its object while the request was queued or computing (an ensemble's steps, a
+        second later) made the server's next read of the mapping a SIGBUS, and the process died with
+        every request in it. The size is checked once more just before the copy."""
+        shm = self.shm
+        if shm is None or not shm.inputs:
+            return
+        for part in shm.inputs.values():
+            part.region.check_size()
+        inputs = dict(self.inputs)
+        for name in shm.inputs:
+            array = inputs.get(name)
+            if array is not None and array.dtype != object:  # BYTES were copied when decoded
+                owned = np.array(array, copy=True)
+                owned.flags.writeable = False
+                inputs[name] = owned
+        self.inputs = inputs
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
         self._store(outputs)

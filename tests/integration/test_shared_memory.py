@@ -5,6 +5,7 @@ Objects are plain files under /dev/shm (what shm_open creates), removed after ea
 
 from __future__ import annotations
 
+import os
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -302,6 +303,31 @@ def test_unregister_while_in_use_is_safe(
     got = np.frombuffer((SHM / key.lstrip("/")).read_bytes()[:8], np.float32).reshape(1, 2)
     np.testing.assert_allclose(got, mlp_reference(demo_repo, data), rtol=1e-5, atol=1e-5)
     wait_until(lambda: key.lstrip("/") not in _maps(server), "the unregistered region to be unmapped")
+
+
+def test_a_client_that_truncates_its_object_while_its_request_waits_does_not_crash_the_server(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, objects: list[Path], demo_repo: Path
+) -> None:
+    """The input stayed a view of the mapping until its batch ran: a client that truncated the
+    object meanwhile made that read a SIGBUS, and the server died with every request in it. Inputs
+    are copied before a request waits, so it is computed on what was there when it was queued."""
+    data = np.random.default_rng(9).standard_normal((1, 64)).astype(np.float32)
+    key = new_object(objects, 4096, data.tobytes())
+    register(stub, "shrinks", key, 4096)
+    held = stub.ModelInfer.future(mlp_in_shm("held", "shrinks", 1), timeout=120)
+    wait_until(lambda: _queued(server, "held"), "the shared-memory request to be queued")
+    os.truncate(SHM / key.lstrip("/"), 0)
+    rest = pb.ModelInferRequest(
+        model_name="held",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 64])],
+        raw_input_contents=[np.zeros((3, 64), np.float32).tobytes()],
+    )
+    stub.ModelInfer(rest, timeout=60)  # four rows: the held request runs with it
+    response = held.result(timeout=60)
+    got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(1, 2)
+    np.testing.assert_allclose(got, mlp_reference(demo_repo, data), rtol=1e-5, atol=1e-5)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="shrinks"), timeout=30)
 
 
 def test_a_stream_request_uses_shared_memory_too(
