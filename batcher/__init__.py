@@ -7,6 +7,7 @@ from batcher.errors import (
     DeadlineExceeded,
     Overloaded,
     QueueFull,
+    QueueTimedOut,
     TooManyRows,
 )
 from batcher.stats import BatchDurations, Duration, ModelStats
@@ -24,6 +25,7 @@ __all__ = [
     "ModelStats",
     "Overloaded",
     "QueueFull",
+    "QueueTimedOut",
     "Tensors",
     "TimeoutAction",
     "TooManyRows",

@@ -83,17 +83,19 @@ def settle_batch(
     deadline (then DeadlineExceeded) or its caller has gone (nothing)."""
     run: BatchRun | None = None
     compute = (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2])
+    alone = len(batch) == 1  # its rows are the run's (a model without dynamic batching counts them)
     for p, part in zip(batch, parts, strict=True):
+        own_rows = rows if alone else p.rows
         if p.handle.future.done():
             if p.counted and p.handle.future.cancelled():  # its caller went away during the run
-                stats.take_back(p.queued_ns, p.rows, compute)
+                stats.take_back(p.queued_ns, own_rows, compute)
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
             stats.late += p.counted
             if p.counted:
-                stats.take_back(p.queued_ns, p.rows, compute)
+                stats.take_back(p.queued_ns, own_rows, compute)
             p.handle.future.set_exception(computed_late())
         else:
             p.handle.future.set_result(part)

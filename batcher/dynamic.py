@@ -340,6 +340,9 @@ class DynamicBatcher:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
             await instance.ready.wait()
         batch = [p for p in flight.batch if not is_done(p)]  # callers cancelled since formation
+        for p in flight.batch:
+            if p.counted and is_done(p):  # counted as it left the queue; never computed
+                self._stats.take_back(p.queued_ns)
         if not batch:
             return
         batched = self._policy.max_batch_size > 0

@@ -36,6 +36,13 @@ class DeadlineExceeded(BatcherError):
     default_message = "deadline exceeded before the request was computed"
 
 
+class QueueTimedOut(DeadlineExceeded):
+    """Its queue-policy timeout (timeout_action REJECT) passed while it waited: Triton answers it
+    UNAVAILABLE "Request timeout expired", so that clients may send it elsewhere."""
+
+    default_message = "request timeout expired"
+
+
 class RunTimedOut(BatcherError):
     """The batch's run outlived the model's run timeout (the watchdog, batcher/watchdog.py): its
     requests fail, and the instance gets a fresh backend."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
-from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
+from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueTimedOut
 from batcher.form import Pending, cannot_finish
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
@@ -246,7 +246,7 @@ def expired_in_queue(p: Request, now: float) -> DeadlineExceeded:
     """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline."""
     if p.reject_at is not None and p.reject_at <= now and (p.hard is None or p.reject_at < p.hard):
         waited_ms = (now - p.arrival) * 1e3
-        return DeadlineExceeded(
+        return QueueTimedOut(
             f"request timeout expired: queued {waited_ms:.1f} ms, past the model's queue policy "
             f"timeout (default_timeout_microseconds, or the request's shorter timeout; "
             f"timeout_action REJECT)"

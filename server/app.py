@@ -273,6 +273,8 @@ async def serve(settings: ServerSettings) -> None:
     # SIGHUP too (a closed terminal, a supervisor's hang-up): its default action killed the
     # process without a drain.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # under nohup: a hang-up is to be ignored, as it asked
         loop.add_signal_handler(sig, stop_requested.set)
     port = await _start_unless_stopped(server, stop_requested)
     if port is None:

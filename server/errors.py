@@ -140,6 +140,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    batcher_errors.QueueTimedOut: grpc.StatusCode.UNAVAILABLE,  # Triton's code for it
     batcher_errors.BatcherStopped: grpc.StatusCode.UNAVAILABLE,
     # A stuck instance, not a bad request: the replacement (or another replica) can serve a retry.
     batcher_errors.RunTimedOut: grpc.StatusCode.UNAVAILABLE,

@@ -84,6 +84,8 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     # this thread acts on it (the workers reset it on exec).
     requested: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP had left the workers serving
+        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # under nohup (the workers inherit the ignoring too)
         signal.signal(sig, lambda signum, frame: requested.append(signum))
     children = [
         subprocess.Popen(

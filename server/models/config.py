@@ -225,7 +225,10 @@ def _validate_dynamic_batching(config: mc.ModelConfig, source: str) -> None:
     if db.preserve_ordering and db.priority_levels > 1:
         raise ConfigError(f"{where}: only one priority level is allowed when preserve_ordering is true")
     policies = [db.default_queue_policy, *db.priority_queue_policy.values()]
-    if db.preserve_ordering and any(q.timeout_action == mc.ModelQueuePolicy.DELAY for q in policies):
+    delays = any(
+        q.timeout_action == mc.ModelQueuePolicy.DELAY and q.default_timeout_microseconds for q in policies
+    )
+    if db.preserve_ordering and delays:  # as Triton: a DELAY with no timeout never moves anything
         raise ConfigError(
             f"{where}: a queue policy cannot have timeout_action DELAY when preserve_ordering is true"
         )

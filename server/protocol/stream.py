@@ -35,6 +35,9 @@ from server.protocol.stream_sequences import OnClose, SeenSequences
 log = logging.getLogger(__name__)
 
 Response = pb.ModelStreamInferResponse
+# Room for what an answer holds besides its raw outputs, id and model name (tensor names, shapes,
+# parameters): an answer whose raw bytes leave this much under the limit is surely within it.
+_SMALL_PARTS_BYTES = 64 * 1024
 # While draining, a stream is ended once its caller has sent nothing for this long, or this long
 # after the drain began, whichever comes first.
 DRAIN_QUIET_S = 0.05
@@ -280,8 +283,16 @@ class StreamSession:
 
     def _within_limit(self, response: Response, request: pb.ModelInferRequest | Malformed | None) -> Response:
         """`response`, or its request's error answer when it is over the message limit."""
-        size, limit = response.ByteSize(), self._max_answer_bytes
-        if limit is None or size <= limit or not isinstance(request, pb.ModelInferRequest):
+        limit = self._max_answer_bytes
+        if limit is None or not isinstance(request, pb.ModelInferRequest):
+            return response
+        # ByteSize() costs about a serialization (204 ms for 64 MiB): only near the limit.
+        answer = response.infer_response
+        raw = sum(len(b) for b in answer.raw_output_contents) + len(answer.id) + len(answer.model_name)
+        if raw + _SMALL_PARTS_BYTES < limit:  # outputs always go raw: the rest is small
+            return response
+        size = response.ByteSize()
+        if size <= limit:
             return response
         why = AnswerTooLarge(
             f"answer message larger than max ({size} vs. {limit} bytes, the server's "

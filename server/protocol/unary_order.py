@@ -37,8 +37,25 @@ class UnaryOrder:
             finally:  # a failure waits its turn too
                 if after is not None:
                     await after.wait()
-            return result
-        finally:
-            done.set()
-            if self._tails.get(key) is done:
-                del self._tails[key]
+        except asyncio.CancelledError:
+            # Its caller went away: the calls after it still wait for the ones before it (set at
+            # once, the next call's answer overtook an earlier one still computing).
+            self._release_after(key, after, done)
+            raise
+        except BaseException:
+            self._release(key, done)
+            raise
+        self._release(key, done)
+        return result
+
+    def _release(self, key: tuple[str, int], done: asyncio.Event) -> None:
+        done.set()
+        if self._tails.get(key) is done:
+            del self._tails[key]
+
+    def _release_after(self, key: tuple[str, int], after: asyncio.Event | None, done: asyncio.Event) -> None:
+        if after is None or after.is_set():
+            self._release(key, done)
+            return
+        waiter = asyncio.ensure_future(after.wait())
+        waiter.add_done_callback(lambda _: self._release(key, done))

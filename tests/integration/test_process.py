@@ -148,6 +148,27 @@ def test_sighup_drains_and_exits_zero(demo_repo: Path) -> None:
         server.kill()
 
 
+def test_sighup_is_ignored_under_nohup(demo_repo: Path) -> None:
+    """A hang-up the server was started to ignore (nohup passes SIGHUP ignored) stopped it once
+    SIGHUP drained: the handler replaced the ignoring."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child, as nohup does
+    try:
+        server = ServerProcess("--model-repository", str(demo_repo)).start()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            # Still serving after it: a drain turns ServerReady false at once.
+            assert all(stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready for _ in range(3))
+        assert server.process.poll() is None
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL])
 def test_workers_do_not_outlive_a_parent_hung_up_or_killed(demo_repo: Path, how: signal.Signals) -> None:

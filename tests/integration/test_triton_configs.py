@@ -163,7 +163,7 @@ def test_an_overriding_timeout_bounds_the_queue_wait_only_where_allowed(
         try:
             assert stub.ModelInfer(_timed(model, priority), timeout=30).outputs
         except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (model, err.details())
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, (model, err.details())  # Triton's
             assert (err.details() or "").startswith("request timeout expired"), (model, err.details())
 
 

@@ -738,3 +738,45 @@ async def test_requests_that_fail_or_are_cancelled_during_their_run_are_taken_ba
         assert stats.execution_count == 2  # the runs that completed: the one that failed is not
     finally:
         await b.stop(timeout_s=LONG)
+
+
+async def test_a_late_request_of_a_model_without_dynamic_batching_is_taken_back_by_its_rows() -> None:
+    """Each request runs alone with all its rows (alone_with_rows): 8 rows were counted, 1 taken
+    back for a request answered late, and inference_count said 7 with no success."""
+    now = [100.0]
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    stats = ModelStats()
+    policy = BatchingPolicy(max_batch_size=0, alone_with_rows=True)
+    b = DynamicBatcher([be], policy, stats, clock=lambda: now[0])
+    b.start()
+    try:
+        late = asyncio.ensure_future(b.submit(x(1, rows=8), 8, deadline=110.0))
+        await asyncio.wait_for(be.started.wait(), LONG)
+        now[0] = 120.0  # the run ends past its deadline
+        gate.set()
+        with pytest.raises(DeadlineExceeded):
+            await result(late)
+        assert (stats.inference_count, stats.queue.count, stats.compute_infer.count) == (0, 0, 0)
+        assert stats.execution_count == 1
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_a_caller_gone_between_formation_and_run_is_taken_back_out_of_the_queue_count() -> None:
+    """Counted in queue as it left for its batch, cancelled before the run began: never computed,
+    never answered, and the queue count kept it."""
+    be = FakeBackend()
+    stats = ModelStats()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats)
+    b.start()
+    try:
+        task = submit(b, 1)
+        # The turn in which formation has taken it (queue counted) and its run has not begun.
+        await turns_until(lambda: b.queued_requests == 0 and stats.queue.count == 1)
+        assert be.running == 0 and be.batches == []
+        task.cancel()
+        await turns_until(lambda: b.in_flight_batches == 0)
+        assert be.batches == [] and stats.queue.count == 0
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)

@@ -53,3 +53,27 @@ async def test_a_caller_that_goes_away_releases_the_next_and_other_models_do_not
     assert await second == "second"
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_a_held_answer_whose_caller_goes_away_does_not_let_the_next_overtake() -> None:
+    """B done and held behind A; B's caller goes away: C (done too) was answered before A."""
+    order, a_gate = UnaryOrder(), asyncio.Event()
+    finished: list[str] = []
+
+    async def caller(name: str, call: Any) -> None:
+        await order.answer(version(), call)
+        finished.append(name)
+
+    a = asyncio.create_task(caller("A", a_gate.wait()))
+    b = asyncio.create_task(caller("B", asyncio.sleep(0)))
+    c = asyncio.create_task(caller("C", asyncio.sleep(0)))
+    for _ in range(5):
+        await asyncio.sleep(0)  # B and C computed, held behind A
+    b.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert finished == [] and not c.done()
+    a_gate.set()
+    await asyncio.gather(a, c)
+    assert finished == ["A", "C"]
+    assert b.cancelled() and not order._tails
