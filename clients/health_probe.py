@@ -37,6 +37,8 @@ def _channel(address: str, tls: grpc.ChannelCredentials | None, server_name: str
 
 def credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
     """TLS credentials from PEM files (None without a CA: plaintext)."""
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together (a client certificate and its key)")
     if not ca:
         return None
     with open(ca, "rb") as f:
@@ -88,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls = credentials(args.tls_ca, args.tls_cert, args.tls_key)
     except OSError as exc:
         print(f"{args.address}: NOT SERVING (cannot read {exc.filename}: {exc.strerror})")
+        return 1
+    except ValueError as exc:
+        print(f"{args.address}: NOT SERVING ({exc})")
         return 1
     serving = check(args.address, args.service, args.timeout_s, tls, args.tls_server_name)
     print(f"{args.address}: {'SERVING' if serving else 'NOT SERVING'}")

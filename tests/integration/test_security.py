@@ -259,3 +259,4 @@ def test_the_health_probe_passes_mutual_tls_with_a_client_certificate(
     args = ["--address", mtls_server.address, "--timeout-s", "5", "--tls-ca", str(pki.ca)]
     assert probe_main(args) == 1  # no client certificate
     assert probe_main([*args, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]) == 0
+    assert probe_main([*args, "--tls-cert", str(pki.client_cert)]) == 1  # a certificate without its key
