@@ -193,7 +193,7 @@ class SequenceBatcher:
     async def _wait_turn(self, turn: _Turn, a: Admission) -> None:
         """Take the id's lock, within the request's deadline: one waiting behind its sequence's
         slow run was answered only when its turn came, however late."""
-        if a.hard is None or not turn.lock.locked():  # free: taken at once, no timer needed
+        if a.hard is None or turn.waiting == 1:  # none of its id ahead: taken at once, no timer
             await turn.lock.acquire()
             return
         try:
