@@ -18,10 +18,11 @@ tree=$(mktemp -d)
 git worktree add -q --detach "$tree/a" "$ref"
 trap 'cleanup; git worktree remove --force "$tree/a"; rm -rf "$tree"' EXIT
 # shellcheck disable=SC2086  # SERVER_ARGS is a list of flags
-(cd "$tree/a" && exec $py -m server serve --port 0 ${SERVER_ARGS:-}) >"$out/a.log" 2>&1 &
+# Metrics on free ports: both on the default 8002, the second server failed to start.
+(cd "$tree/a" && exec $py -m server serve --port 0 --metrics-port 0 ${SERVER_ARGS:-}) >"$out/a.log" 2>&1 &
 pids+=($!); a=$(port_of a "${pids[-1]}")
 # shellcheck disable=SC2086
-launch b $py -m server serve --port 0 ${SERVER_ARGS:-}; b=$(port_of b "${pids[-1]}")
+launch b $py -m server serve --port 0 --metrics-port 0 ${SERVER_ARGS:-}; b=$(port_of b "${pids[-1]}")
 
 .venv/bin/sluiceway-loadtest --compare "a_$ref=127.0.0.1:$a/$model,b_worktree=127.0.0.1:$b/$model" \
   --model "$model" --concurrency "$levels" --rounds "$rounds" --duration-s "$duration" --warmup-s 1 \
