@@ -24,6 +24,7 @@ from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, Reposito
 from server.models.config import (
     ConfigError,
     latest_frame_wins,
+    validate_response_cache,
 )
 from server.models.ensemble import EnsembleScheduler, admission_batcher
 from server.models.ensemble_config import Step, is_ensemble, load_rank, plan_ensemble
@@ -331,6 +332,8 @@ class ModelManager:
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
         plan = plan_ensemble(config, source.where, self._step_config)
+        cache = self._response_cache
+        validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
         stats = ModelStats()
         return ModelVersion(
             name=source.name,
@@ -342,6 +345,9 @@ class ModelManager:
             stats=stats,
             ensemble=EnsembleScheduler(plan, self.resolve),
             latest_frame_wins=latest_frame_wins(config, source.where),
+            # Its own cache, as Triton's ensembles have one: a hit answers without running a step
+            # (the setting was accepted and silently unused).
+            response_cache=cache if config.response_cache.enable else None,
         )
 
     def _step_config(self, step: Step) -> mc.ModelConfig:

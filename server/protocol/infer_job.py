@@ -100,8 +100,8 @@ class InferJob:
 
     def answer_now(self) -> pb.ModelInferResponse | None:
         """The response if it needs no waiting (a cache hit, or an idle model's cheap run)."""
-        if self.controls.sequence is not None or self.served.ensemble is not None:
-            return None  # it waits for its sequence's turn (batcher/sequence.py), or its steps
+        if self.controls.sequence is not None:
+            return None  # it waits for its sequence's turn (batcher/sequence.py)
         served = self.served
         cache = served.response_cache
         if cache is not None:
@@ -115,6 +115,8 @@ class InferJob:
                 return response
             self.lookup_ns = time.perf_counter_ns() - start
             self.looked_up = True
+        if served.ensemble is not None:
+            return None  # its steps, through their models' batchers (answer_later)
         outputs = served.batcher.run_now(self.inputs, self.admission)
         return None if outputs is None else self._computed(outputs)
 

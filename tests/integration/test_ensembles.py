@@ -15,7 +15,7 @@ import pytest
 from clients import NO_RETRY, AsyncClient, Client, InternalError, Unavailable
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.ensemble_repo import ensemble_repository
+from tests.support.ensemble_repo import ENSEMBLES, ensemble_repository
 from tests.support.server_process import ServerProcess
 
 
@@ -238,3 +238,24 @@ def test_loading_an_ensemble_loads_its_step_models_nested_ones_too(tmp_path: Pat
         x = tc.InferInput("IN", [1, 4], "FP32")
         x.set_data_from_numpy(_x(1))
         np.testing.assert_allclose(triton.infer("a_nested", [x]).as_numpy("OUT"), 4 * _x(1))
+
+
+def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Path) -> None:
+    """`response_cache { enable: true }` on an ensemble was accepted and never used (Triton caches
+    an ensemble's answers as it does a model's)."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    (repo / "linear_cached" / "1").mkdir(parents=True)
+    (repo / "linear_cached" / "config.pbtxt").write_text(
+        ENSEMBLES["linear"] + "response_cache { enable: true }\n"
+    )
+    args = ("--model-repository", str(repo), "--allow-fault-injection", "--response-cache-bytes", "1000000")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        answers = [client.infer("linear_cached", {"IN": _x(1)})["OUT"] for _ in range(3)]
+        stats = client.model_statistics("linear_cached").model_stats[0].inference_stats
+        steps = _counts(client, "add_one")
+    for out in answers:
+        np.testing.assert_allclose(out, 2 * (_x(1) + 1))
+    assert (stats.cache_hit.count, stats.cache_miss.count, stats.success.count) == (2, 1, 3)
+    assert steps[0] == 1  # the step ran once: the repeats never reached it
