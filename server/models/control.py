@@ -116,9 +116,20 @@ class RepositoryControl:
         self._check_allowed()
         await self._to_completion(self._load(name, parameters), f"load of model {name}")
 
-    async def unload_rpc(self, name: str) -> None:
+    async def unload_rpc(self, name: str, dependents: bool = False) -> None:
+        """`dependents` (Triton's unload_dependents): an ensemble's step models go too, nested
+        ones' as well, except those another loaded ensemble still uses."""
         self._check_allowed()
-        await self._to_completion(self._unload(name), f"unload of model {name}")
+        await self._to_completion(self._unload_with(name, dependents), f"unload of model {name}")
+
+    async def _unload_with(self, name: str, dependents: bool) -> None:
+        steps = self._manager.ensemble_steps(name) if dependents else frozenset()
+        await self._unload(name)
+        for step in sorted(steps):
+            entry = self._entry(step)
+            if entry is None or entry.state != READY or self._manager.ensembles_using(step):
+                continue
+            await self._unload_with(step, dependents)
 
     async def _to_completion(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run `work` to its end even if the caller goes (a deadline, a disconnect), as Triton does:
@@ -147,10 +158,12 @@ class RepositoryControl:
             source = None
             if not override.empty:
                 source = await asyncio.to_thread(self._read, upload or self._root, name, override.config)
-            named: ModelSource = (
-                source if source is not None else await asyncio.to_thread(self._read, self._root, name, None)
-            )
-            await self._load_steps(named, {name})
+            try:
+                named = source or await asyncio.to_thread(self._read, self._root, name, None)
+            except (ModelNotFound, RepositoryError):
+                named = None  # the load below says why, counted and logged as a failed load
+            if named is not None:
+                await self._load_steps(named, {name})
             await self._loads.load(name, source)
         except BaseException:
             if upload is not None:

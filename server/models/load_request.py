@@ -154,9 +154,10 @@ def _write_files(parent: Path, name: str, files: dict[PurePosixPath, bytes]) -> 
 UNLOAD_DEPENDENTS = "unload_dependents"
 
 
-def check_unload_parameters(parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
-    """RepositoryModelUnload's parameters: `unload_dependents` false (tritonclient always sends it)
-    is the only one served; anything else is refused, naming it, rather than ignored."""
+def check_unload_parameters(parameters: dict[str, pb.ModelRepositoryParameter]) -> bool:
+    """RepositoryModelUnload's parameters: whether `unload_dependents` is true (tritonclient always
+    sends it). Any other parameter is refused, naming it, rather than ignored."""
+    dependents = False
     for key in sorted(parameters):
         value = parameters[key]
         kind = value.WhichOneof("parameter_choice")
@@ -167,8 +168,5 @@ def check_unload_parameters(parameters: dict[str, pb.ModelRepositoryParameter]) 
             )
         if kind != "bool_param":
             raise InvalidRequest(f"parameters['{UNLOAD_DEPENDENTS}'] must be a bool_param, got {kind}")
-        if value.bool_param:
-            raise InvalidRequest(
-                f"parameters['{UNLOAD_DEPENDENTS}'] true is not supported: unload an ensemble's "
-                "models one by one"
-            )
+        dependents = value.bool_param
+    return dependents

@@ -108,6 +108,18 @@ class ModelManager:
             raise ModelNotFound(triton_text.unknown_version(name, version, entry.order))
         return served
 
+    def ensemble_steps(self, name: str) -> frozenset[str]:
+        """The models `name`'s steps use (none when it is no ensemble)."""
+        return self._ensemble_steps.get(name, frozenset())
+
+    def ensembles_using(self, model: str) -> list[str]:
+        """The loaded ensembles whose steps use `model`."""
+        return [
+            name
+            for name, steps in self._ensemble_steps.items()
+            if model in steps and name in self._models and self._models[name].state == READY
+        ]
+
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
@@ -396,7 +408,7 @@ class ModelManager:
                     ended.popitem(last=False)
         for version in versions:
             await version.batcher.stop(
-                drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover
+                drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover, finish_runs=True
             )
             for backend in version.backends:
                 backend.close()

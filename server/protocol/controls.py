@@ -48,6 +48,8 @@ def parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls:
         priority = _integer("priority", parameters["priority"])
         if priority < 0:
             raise InvalidRequest(f"parameter 'priority' must be >= 0, got {priority}")
+    if LATEST_FRAME_WINS in parameters:
+        latest_frame_wins(parameters)  # its type is checked on a unary call too (it applies on streams)
     return Controls(timeout_s=timeout_s, priority=priority, sequence=parse_sequence(parameters))
 
 

@@ -47,7 +47,7 @@ SERVER_NAME = "sluiceway"
 SERVER_VERSION = "0.1.0"
 # Exactly what works, in Triton's names; tests/triton/test_extensions.py calls each one. Not listed:
 # cuda_shared_memory (no GPU regions), parameters (no model reads custom request parameters),
-# model_repository(unload_dependents), trace and logging (no such RPCs).
+# trace and logging (no such RPCs).
 EXTENSIONS = (
     "model_repository",
     "model_configuration",
@@ -162,6 +162,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 if request.version
                 else [*self._models.entry(request.name).versions.values()]
             )
+            if not versions:  # Triton's words; an empty list broke clients reading model_stats[0]
+                raise InvalidRequest(f"requested model '{request.name}' is not available")
         else:
             versions = list(self._models.ready_versions())
         return pb.ModelStatisticsResponse(
@@ -210,8 +212,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         check_repository_name(request.model_name, loading=False)
-        check_unload_parameters(dict(request.parameters))
-        await self._control().unload_rpc(request.model_name)
+        dependents = check_unload_parameters(dict(request.parameters))
+        await self._control().unload_rpc(request.model_name, dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 
     def _control(self) -> RepositoryControl:

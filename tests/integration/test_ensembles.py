@@ -259,3 +259,24 @@ def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Pa
         np.testing.assert_allclose(out, 2 * (_x(1) + 1))
     assert (stats.cache_hit.count, stats.cache_miss.count, stats.success.count) == (2, 1, 3)
     assert steps[0] == 1  # the step ran once: the repeats never reached it
+
+
+def test_unload_dependents_takes_an_ensembles_step_models_with_it(tmp_path: Path) -> None:
+    """Triton's unload_dependents: the composing models go with the ensemble (here it was refused,
+    even for a model with none), except those another loaded ensemble still uses."""
+    import tritonclient.grpc as tc
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    args = ["--model-control-mode", "explicit", "--allow-fault-injection"]
+    with (
+        ServerProcess("--model-repository", str(repo), *args) as server,
+        tc.InferenceServerClient(server.address) as triton,
+    ):
+        triton.load_model("a_nested")  # a_nested -> b_nested -> labeled -> double_labeled; double
+        triton.load_model("linear")  # add_one, double: double is shared
+        triton.unload_model("a_nested", unload_dependents=True)
+        for model in ("a_nested", "b_nested", "labeled", "double_labeled"):
+            assert not triton.is_model_ready(model), model
+        assert triton.is_model_ready("double") and triton.is_model_ready("linear")  # linear uses it

@@ -103,9 +103,9 @@ def test_an_upload_path_part_too_long_for_a_file_name_is_invalid(
 
 def test_unload_serves_tritonclients_parameter_and_refuses_the_rest(server: ServerProcess) -> None:
     client = triton.InferenceServerClient(server.address)
-    with pytest.raises(triton.InferenceServerException, match="'unload_dependents'] true is not supported"):
-        client.unload_model("mlp", unload_dependents=True)
-    assert client.is_model_ready("mlp")  # refused: nothing was unloaded
+    client.unload_model("mlp", unload_dependents=True)  # a model with no dependents: itself (it was refused)
+    assert not client.is_model_ready("mlp")
+    client.load_model("mlp")
     request = pb.RepositoryModelUnloadRequest(model_name="mlp")
     request.parameters["bogus"].bool_param = True
     with grpc.insecure_channel(server.address) as channel:
@@ -113,6 +113,9 @@ def test_unload_serves_tritonclients_parameter_and_refuses_the_rest(server: Serv
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'bogus' is not supported" in err.details()
     client.unload_model("mlp")  # tritonclient sends unload_dependents=false every time
     assert not client.is_model_ready("mlp")
+    # Statistics of a model with no version loaded: Triton's error, not an empty list.
+    with pytest.raises(triton.InferenceServerException, match="requested model 'mlp' is not available"):
+        client.get_inference_statistics("mlp")
     client.load_model("mlp")
     assert client.is_model_ready("mlp")
 

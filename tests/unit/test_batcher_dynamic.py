@@ -29,6 +29,7 @@ from batcher import (
     Tensors,
     TooManyRows,
 )
+from batcher.errors import NotAccepting
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
@@ -780,3 +781,22 @@ async def test_a_caller_gone_between_formation_and_run_is_taken_back_out_of_the_
         assert be.batches == [] and stats.queue.count == 0
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_a_retired_batchers_running_batch_finishes_and_answers() -> None:
+    """A reload under load failed the batch running when the old version's grace ended (4 of 40
+    requests, UNAVAILABLE "model stopped before the request was computed", though computing)."""
+    gate = asyncio.Event()
+    be = FakeBackend(gate)
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), ModelStats())
+    b.start()
+    running = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    queued = submit(b, 2)
+    await turns_until(lambda: b.queued_requests == 1)
+    await b.stop(drain=True, timeout_s=0.01, handover=True, finish_runs=True)
+    with pytest.raises(NotAccepting):  # what still waited goes to the batcher that replaces it
+        await result(queued)
+    assert not running.done()
+    gate.set()
+    assert (await result(running))["y"].tolist() == [[2.0, 2.0]]

@@ -235,3 +235,13 @@ def test_a_variable_reshape_needs_rows_that_divide_evenly(max_batch_size: int) -
     ) as info:
         sig.check_inputs({"x": np.zeros((*rows, 5), np.float32)})
     assert status_for(info.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_latest_frame_wins_of_another_type_is_refused_on_a_unary_call_too() -> None:
+    """A stream refused it; a unary call answered OK (the README says another type is refused)."""
+    params = {"latest_frame_wins": pb.InferParameter(string_param="yes")}
+    with pytest.raises(
+        InvalidRequest, match="parameter 'latest_frame_wins' must be a bool, got string_param"
+    ):
+        parse_controls(params)
+    assert parse_controls({"latest_frame_wins": pb.InferParameter(bool_param=True)}).priority == 0
