@@ -252,8 +252,10 @@ class SluicewayServer:
         await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         self.shared_memory.close()  # regions are unmapped as their last holders let go
         await asyncio.to_thread(self.metrics.stop)
-        if self.tracing is not None:  # export the spans still buffered
-            await asyncio.to_thread(self.tracing.shutdown)
+        if self.tracing is not None:  # export the spans still buffered, within the grace
+            left = max(_ANSWER_LEFTOVERS_S, deadline - time.monotonic())
+            if not await asyncio.to_thread(self.tracing.shutdown, left):
+                log.warning("spans still buffered were not exported within the grace: dropped")
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

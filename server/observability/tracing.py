@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.context import Context
@@ -55,9 +56,21 @@ class Tracing:
         carrier = {k: v for k, v in metadata if k in TRACE_KEYS and isinstance(v, str)}
         return self._propagator.extract(carrier) if carrier else None
 
-    def shutdown(self) -> None:
-        """Export what is buffered and stop the exporter (blocking: call it off the event loop)."""
-        self.provider.shutdown()
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Export what is buffered and stop the exporter (blocking: call it off the event loop);
+        False when that took longer than `timeout_s` and was left behind (a daemon thread, which
+        ends with the process): with the collector down or slow, the exit had waited 23-32 s past
+        a 5 s grace for the exporter's retries."""
+        done = threading.Event()
+
+        def flush() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=flush, name="tracing shutdown", daemon=True).start()
+        return done.wait(timeout_s)
 
 
 def build_tracing(
