@@ -97,13 +97,28 @@ def log_handler(fmt: Literal["text", "json"], worker: int | None = None) -> logg
     """A stderr handler writing the chosen format; `worker`: the process's number under --workers."""
     handler = logging.StreamHandler()
     text = TEXT_FORMAT if worker is None else TEXT_FORMAT.replace("%(name)s", "[worker %(worker)s] %(name)s")
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(text))
     if worker is not None:
         handler.addFilter(_WorkerField(worker))
     return handler
+
+
+# Libraries that warn once per request about what a client sent (a malformed traceparent or
+# tracestate), quoting it: 2,000 bad requests wrote 2,000 lines, with a client's text in them.
+PER_REQUEST_LIBRARY_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
 
 
 def configure_logging(level: str, fmt: Literal["text", "json"], worker: int | None = None) -> None:
     """The root logger's level and handler, as logging.basicConfig does (nothing when the root
     logger has handlers already, e.g. under pytest)."""
     logging.basicConfig(level=level, handlers=[log_handler(fmt, worker)])
+    for name in PER_REQUEST_LIBRARY_LOGGERS:  # a bad header only starts a fresh trace: no line
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class TextFormatter(logging.Formatter):
+    """Text lines, one per record: line breaks in a message (a request id can hold any) are
+    written as \\n, or a client could forge a line of its own (JSON escapes them already)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")

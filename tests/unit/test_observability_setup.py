@@ -12,7 +12,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import get_current_span
 
 from protos import grpc_service_pb2 as pb
-from server.observability.logs import JsonFormatter, log_handler, request_fields
+from server.observability.logs import (
+    PER_REQUEST_LIBRARY_LOGGERS,
+    JsonFormatter,
+    configure_logging,
+    log_handler,
+    request_fields,
+)
 from server.observability.tracing import build_tracing, choose_exporter
 from server.settings import ServerSettings
 
@@ -146,3 +152,31 @@ def test_text_format_is_the_default() -> None:
     assert ServerSettings().log_format == "text"
     assert not isinstance(log_handler("text").formatter, JsonFormatter)
     assert isinstance(log_handler("json").formatter, JsonFormatter)
+
+
+def test_a_text_line_cannot_be_split_by_what_a_client_sent() -> None:
+    """A request id with a line break forged a second log line of the client's choosing."""
+    handler = log_handler("text")
+    record = logging.makeLogRecord(
+        {"name": "server.x", "levelname": "ERROR", "levelno": 40, "msg": "failed (request_id a\nINFO FORGED)"}
+    )
+    line = handler.format(record)
+    assert "\n" not in line and "request_id a\\nINFO FORGED" in line
+
+
+def test_malformed_trace_headers_write_no_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    """OpenTelemetry warned per request, quoting the header (a tracestate holding a bearer token)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    levels = {name: logging.getLogger(name).level for name in PER_REQUEST_LIBRARY_LOGGERS}
+    configure_logging("INFO", "text")
+    try:
+        propagator = TraceContextTextMapPropagator()
+        with caplog.at_level(logging.INFO):
+            propagator.extract({"traceparent": "00-" + "a" * 600})
+            good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            propagator.extract({"traceparent": good, "tracestate": "Authorization: Bearer SECRET"})
+        assert "SECRET" not in caplog.text and "maximum length" not in caplog.text
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
