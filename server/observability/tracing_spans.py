@@ -18,6 +18,7 @@ A request the sampler drops costs its request span's sampling decision and nothi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from server.errors import status_for
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
 from server.observability.tracing import Metadata, Tracing
-from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.infer_job import CALL_DEADLINE_PASSED, InferJob, RequestPath, past_deadline
 from server.protocol.shared_memory import SharedMemoryRegistry
 
 RPC_SERVICE = "inference.GRPCInferenceService"
@@ -122,6 +123,10 @@ class TracedPath(RequestPath):
             return await super().finish(job, start_ns)
         try:
             response = await super().finish(job, start_ns)
+        except asyncio.CancelledError as exc:
+            cut = CALL_DEADLINE_PASSED if past_deadline(job.call_deadline) else exc
+            self._end(span, job.request, traced, traced.clock_ns, cut)
+            raise
         except BaseException as exc:
             self._end(span, job.request, traced, traced.clock_ns, exc)
             raise

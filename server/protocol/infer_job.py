@@ -17,7 +17,7 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import NotAccepting
+from batcher.errors import DeadlineExceeded, NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
@@ -287,7 +287,10 @@ class RequestPath:
                 stats = served.stats
                 response = await job.answer_later()
         except asyncio.CancelledError:
-            stats.record_canceled()
+            if past_deadline(job.call_deadline):  # gRPC cut it at its deadline: a miss, not a cancel
+                record_failed(stats, time.perf_counter_ns() - start_ns, CALL_DEADLINE_PASSED)
+            else:
+                stats.record_canceled()
             raise
         except FrameDropped:
             stats.dropped += 1  # neither a success nor a failure: answered "dropped"
@@ -323,6 +326,17 @@ class RequestPath:
             return response
         job.claim = claim
         return await self.finish(job, start_ns)
+
+
+# What a request cut by its gRPC deadline during compute counts as (the caller got
+# DEADLINE_EXCEEDED from gRPC; counted CANCELED before, and its span said CANCELLED).
+CALL_DEADLINE_PASSED = DeadlineExceeded("deadline exceeded while the request was being computed")
+
+
+def past_deadline(deadline: float | None) -> bool:
+    """Whether a call's gRPC deadline (absolute time.monotonic()) has passed, with 1 ms of slack
+    for the cancellation reaching the handler just before the clock reads it."""
+    return deadline is not None and time.monotonic() >= deadline - 0.001
 
 
 def note_served(exc: BaseException, version: str) -> None:

@@ -254,3 +254,22 @@ def test_a_queue_timeout_shorter_than_a_run_rejects_only_what_waits_in_the_queue
             call.result(timeout=BOUND_S)
         assert stats(stub, "reject").inference_stats.success.count == 2
         assert stats(stub, "delay").inference_stats.success.count == 3
+
+
+def test_a_grpc_deadline_that_passes_during_the_run_counts_as_a_failure_not_a_cancel(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    """gRPC cuts the handler at the call's deadline; the server counted that as a caller who went
+    away (CANCELED, no failure) and its span said CANCELLED, while the caller got DEADLINE_EXCEEDED."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(tmp_path / "repo", "slow", mlp, SLOW_RUNS.format(queue_policy=""))
+    args = ("--model-repository", str(tmp_path / "repo"), "--allow-fault-injection")
+    with ServerProcess(*args) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request("slow"), timeout=0.2)  # the run takes 0.6 s
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: stats(stub, "slow").inference_stats.fail.count == 1, "the miss to be counted")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as page:
+            text = page.read().decode()
+    assert 'nv_inference_request_failure{model="slow",reason="REJECTED",version="1"} 1.0' in text, text
