@@ -36,6 +36,7 @@ Gauge = tuple[str, dict[str, str], float]
 METRICS = {
     "sluiceway_samples_written_total": ("counter", "Sampled requests written to the sample store"),
     "sluiceway_samples_dropped_total": ("counter", "Sampled requests dropped: the writer's queue was full"),
+    "sluiceway_samples_lost_total": ("counter", "Sampled requests lost: their file could not be written"),
     "sluiceway_drift_psi": ("gauge", "Population stability index of a feature against its reference"),
     "sluiceway_drift_ks": ("gauge", "Kolmogorov-Smirnov statistic of a feature against its reference"),
     "sluiceway_drift_drifted": ("gauge", "1 when a feature's drift passes the model's threshold, else 0"),
@@ -107,6 +108,7 @@ class ModelSampler:
         self.offered = 0  # sampled requests offered to the writer
         self.dropped = 0  # ... refused because the writer's queue was full (event loop thread)
         self.written = 0  # ... written to files (writer thread)
+        self.lost_samples = 0  # ... whose file could not be written: disk full, permissions (writer thread)
 
     @property
     def directory(self) -> Path:
@@ -118,6 +120,9 @@ class ModelSampler:
 
     def wrote(self, samples: int) -> None:
         self.written += samples
+
+    def lost(self, samples: int) -> None:
+        self.lost_samples += samples
 
     def offer(self, inputs: Mapping[str, AnyArray], outputs: Mapping[str, AnyArray]) -> None:
         """Called on the request path with a request's tensors: sample it or not; never blocks."""
@@ -194,6 +199,7 @@ class SamplingRegistry:
             labels = {"model": sampler.name, "version": sampler.version}
             yield "sluiceway_samples_written_total", labels, float(sampler.written)
             yield "sluiceway_samples_dropped_total", labels, float(sampler.dropped)
+            yield "sluiceway_samples_lost_total", labels, float(sampler.lost_samples)
             for row in sampler.monitor.rows():
                 series = {**labels, "kind": row.kind, "tensor": row.tensor, "feature": row.feature}
                 yield "sluiceway_drift_psi", series, row.psi

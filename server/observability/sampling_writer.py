@@ -46,6 +46,8 @@ class SampleSource(Protocol):
 
     def wrote(self, samples: int) -> None: ...
 
+    def lost(self, samples: int) -> None: ...
+
 
 @dataclass(slots=True)
 class Sample:
@@ -217,6 +219,7 @@ class SampleWriter:
             self._write_run(run)
         except Exception:  # disk full, permissions: count, log without contents, go on
             self.stats.write_errors += 1
+            run[0].source.lost(len(run))  # on /metrics: 5,000 lost samples had moved no counter
             log.exception("writing %d samples under %s failed", len(run), self.root)
         self._done += len(run)
 
@@ -228,9 +231,14 @@ class SampleWriter:
         self._seq += 1
         name = f"samples-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.npz"
         temporary = directory / f".{name}.tmp"
-        with open(temporary, "wb") as file:
-            self._save(file, arrays)
-        os.replace(temporary, directory / name)
+        try:
+            with open(temporary, "wb") as file:
+                self._save(file, arrays)
+            os.replace(temporary, directory / name)
+        except BaseException:
+            # A partial file left behind filled a small disk for good (outside the bytes bound).
+            temporary.unlink(missing_ok=True)
+            raise
         size = (directory / name).stat().st_size
         self.stats.files_written += 1
         self.stats.samples_written += len(run)
@@ -250,11 +258,33 @@ class SampleWriter:
 
     def _scan_existing(self) -> None:
         try:
+            for partial in self.root.glob(f"*/*/.{FILE_GLOB}.tmp"):
+                if not _writer_alive(partial.name):  # a process that died writing it
+                    partial.unlink(missing_ok=True)
             found = sorted(self.root.glob(f"*/*/{FILE_GLOB}"), key=lambda p: p.name)
             for path in found:
                 self._add_file(path, path.stat().st_size)
         except OSError:
             log.warning("could not scan %s for earlier samples", self.root)
+
+
+def _writer_alive(partial_name: str) -> bool:
+    """Whether the process named in `.samples-<ns>-<pid>-<seq>.npz.tmp` still runs (another
+    worker writing it now), so its file is left alone."""
+    parts = partial_name.split("-")
+    try:
+        pid = int(parts[2])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # a file of ours from before: this writer has written none yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _layout(sample: Sample) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
