@@ -77,7 +77,11 @@ async def test_a_shifted_input_distribution_moves_drift_past_its_threshold(
         await server.stop(grace_s=5)
 
     counts = {name: value for name, labels, value in gauges if name.startswith("sluiceway_samples")}
-    assert counts == {"sluiceway_samples_written_total": 40.0, "sluiceway_samples_dropped_total": 0.0}
+    assert counts == {
+        "sluiceway_samples_written_total": 40.0,
+        "sluiceway_samples_dropped_total": 0.0,
+        "sluiceway_samples_lost_total": 0.0,
+    }
     psi = {
         (labels["kind"], labels["tensor"], labels["feature"]): value
         for name, labels, value in gauges
