@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,13 @@ def monitor_from_files(
             with np.load(path, allow_pickle=False) as data:
                 inputs = {k[3:]: data[k] for k in data.files if k.startswith("in:")}
                 outputs = {k[4:]: data[k] for k in data.files if k.startswith("out:")}
-        except (OSError, ValueError):
-            continue  # removed by rotation meanwhile, or not a sample file
+        except FileNotFoundError:
+            continue  # removed by rotation meanwhile
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            # Not a sample file any more (truncated, corrupt): skipped, named; it had ended the
+            # command in a BadZipFile traceback.
+            print(f"sluiceway: skipping {path.name}: not a readable sample file ({err})", file=sys.stderr)
+            continue
         monitor.feed(inputs or None, outputs)
     return monitor
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from server.observability.drift import (
     INPUT,
@@ -14,6 +17,7 @@ from server.observability.drift import (
     ks_threshold,
     psi,
 )
+from server.observability.drift_cli import monitor_from_files
 
 
 def normal(seed: int, n: int, loc: float = 0.0, scale: float = 1.0) -> np.ndarray:
@@ -134,3 +138,16 @@ def test_a_pooled_series_is_sized_by_rows_not_values() -> None:
     assert row.feature == POOLED and row.n_reference == 100 * 256
     assert row.ks_threshold == ks_threshold(100, 100)
     assert not row.drifted
+
+
+def test_the_drift_command_skips_a_corrupt_file_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One truncated .npz ended `sluiceway drift` in a BadZipFile traceback."""
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        np.savez(tmp_path / f"samples-{i:020d}-1-000001.npz", **{"out:y": rng.standard_normal(50)})
+    (tmp_path / "samples-00000000000000000009-1-000001.npz").write_bytes(b"PK\x03\x04 truncated")
+    monitor = monitor_from_files(tmp_path, reference_rows=100, window_rows=50)
+    assert [r.tensor for r in monitor.rows()] == ["y"]
+    assert "skipping samples-00000000000000000009-1-000001.npz" in capsys.readouterr().err
