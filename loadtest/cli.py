@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -264,6 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the run, not after
         print(f"sluiceway-loadtest: --out {args.out} is not a folder", file=sys.stderr)
         return 2
+    if args.out is not None:
+        try:  # a folder it cannot make or write ended in a traceback after the run, its results lost
+            args.out.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=args.out).close()
+        except OSError as err:
+            print(
+                f"sluiceway-loadtest: --out {args.out}: cannot write there ({err.strerror or err})",
+                file=sys.stderr,
+            )
+            return 2
     try:
         results = run(args)
     except ValueError as exc:

@@ -142,8 +142,16 @@ def load_files(metadata: pb.ModelMetadataResponse, files: Mapping[str, str], bat
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"--input {name}: cannot read {path}: {err}") from None
-        if array.ndim == len(tensor.shape) - 1 and tensor.shape and tensor.shape[0] == -1:
+        batched = bool(tensor.shape) and tensor.shape[0] == -1
+        if array.ndim == len(tensor.shape) - 1 and batched:
             array = np.repeat(array[np.newaxis], batch_size, axis=0)
+        elif batched and array.ndim == len(tensor.shape) and len(array) != batch_size:
+            # The results count --batch-size rows a request: 8 rows sent with the default 1 read
+            # as an eighth of the rows the server computed.
+            raise ValueError(
+                f"--input {name}: {path} holds {len(array)} rows but --batch-size is {batch_size}: "
+                f"pass --batch-size {len(array)}"
+            )
         if tensor.datatype != "BYTES":
             array = array.astype(DTYPE_BY_WIRE[tensor.datatype], copy=False)
         arrays[name] = array

@@ -218,6 +218,7 @@ async def _one_stream(
     call = open_stream(timeout=bound_s + 5.0, metadata=metadata(plan.security))
     pending: dict[str, float] = {}
     space = asyncio.Semaphore(plan.max_in_flight)
+    next_frame = [plan.start_at + offset]  # the next frame's scheduled time (send_then_wait moves it)
 
     async def receive() -> None:
         async for answer in call:
@@ -230,7 +231,7 @@ async def _one_stream(
             recorder.record(scheduled, time.monotonic(), code, message=answer.error_message)
 
     async def send_then_wait() -> None:
-        scheduled, k = plan.start_at + offset, 0
+        scheduled, k = next_frame[0], 0
         while scheduled < end and recorder.issued < plan.max_requests:
             await sleep_until(scheduled)
             # A frame waits for room here; its latency still counts from its scheduled time.
@@ -242,24 +243,44 @@ async def _one_stream(
             await call.write(with_id(plan.payloads[k % len(plan.payloads)], request_id))
             k += 1
             scheduled += 1.0 / plan.rate
+            next_frame[0] = scheduled
         await call.done_writing()
         await receiver
 
     receiver = asyncio.create_task(receive())
-    status = NO_ANSWER
+    status, message = NO_ANSWER, ""
     try:
         await asyncio.wait_for(send_then_wait(), timeout=max(0.1, bound_s))
     except grpc.aio.AioRpcError as exc:
-        status = exc.code().name
+        status, message = exc.code().name, exc.details() or ""
     except (TimeoutError, asyncio.TimeoutError, asyncio.InvalidStateError):
-        pass
+        status, message = await _ended_with(call, status)
     finally:
         call.cancel()
         receiver.cancel()
         await asyncio.gather(receiver, return_exceptions=True)
         now = time.monotonic()
         for scheduled in pending.values():
-            recorder.record(scheduled, now, status)
+            recorder.record(scheduled, now, status, message=message)
+        # A stream the server ended (refused at open, say: too many streams) sends no more frames:
+        # those its plan still held count as failed with its status, so the offered rate and the
+        # errors are the plan's (a refused stream had vanished from the report).
+        if status != NO_ANSWER:
+            scheduled = next_frame[0]
+            while scheduled < end and recorder.issued < plan.max_requests:
+                recorder.issued += 1
+                recorder.record(scheduled, now, status, message=message)
+                scheduled += 1.0 / plan.rate
+
+
+async def _ended_with(call: Any, default: str) -> tuple[str, str]:
+    """The status and message the server ended `call` with, if it has ended (else `default`)."""
+    if not call.done():
+        return default, ""
+    code = await call.code()
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+        return default, ""
+    return code.name, await call.details() or ""
 
 
 def with_id(payload: bytes, request_id: str) -> bytes:

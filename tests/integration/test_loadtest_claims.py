@@ -326,3 +326,18 @@ def test_crosscheck_compares_with_perf_analyzer_and_fails_beyond_the_tolerance(
     assert loadtest.crosscheck.main([*common, "--tolerance", "0"]) == 1
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
     assert "FAIL" in row
+
+
+def test_streams_the_server_refuses_count_their_frames_as_errors(demo_repo: Path, tmp_path: Path) -> None:
+    """Two of three streams refused (max_streams 1) had vanished from the report: one stream's
+    frames offered, no error. The plan's frames are offered and the refused ones are errors."""
+    with ServerProcess("--model-repository", str(demo_repo), "--max-streams", "1") as server:
+        results = run(
+            tmp_path, "--target", server.address, "--model", "mlp", "--streams", "3", "--fps", "20",
+            "--warmup-s", "0",
+        )  # fmt: skip
+    (entry,) = results["results"]
+    refused = entry["errors"].get("RESOURCE_EXHAUSTED", 0)
+    assert refused >= entry["ok"], entry["errors"]  # two streams' frames, against one's answered
+    assert "max_streams=1" in entry["error_messages"]["RESOURCE_EXHAUSTED"]
+    assert entry["ok"] + sum(entry["errors"].values()) == entry["requests"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest.cli import main
@@ -37,3 +38,22 @@ def test_a_target_where_nothing_listens_says_so() -> None:
         port = free.getsockname()[1]
     with pytest.raises(ValueError, match=r"no answer within 0.5 s \(is a server listening there\?\)"):
         fetch_metadata(parse_target(f"127.0.0.1:{port}", "m"), timeout_s=0.5)
+
+
+def test_an_out_that_cannot_be_made_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"  # under a file: a traceback after the whole run
+    assert main(["--target", "127.0.0.1:1", "--model", "m", "--out", str(out), "--quiet"]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+
+
+def test_input_rows_must_match_the_batch_size_the_results_count(tmp_path: Path) -> None:
+    """8 rows sent with the default --batch-size 1: throughput_ips read 8x too low."""
+    metadata = pb.ModelMetadataResponse(name="m")
+    metadata.inputs.add(name="features", datatype="FP32", shape=[-1, 4])
+    np.save(tmp_path / "b8.npy", np.zeros((8, 4), np.float32))
+    with pytest.raises(ValueError, match=r"holds 8 rows but --batch-size is 1: pass --batch-size 8"):
+        load_files(metadata, {"features": str(tmp_path / "b8.npy")}, 1)
+    assert load_files(metadata, {"features": str(tmp_path / "b8.npy")}, 8)["features"].shape == (8, 4)
