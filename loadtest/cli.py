@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -275,8 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    # SIGTERM (timeout, a CI cancel) as Ctrl-C: the spawned server is stopped on the way out; it
+    # had been left running, adopted by init, for good.
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         results = run(args)
+    except KeyboardInterrupt:
+        print("sluiceway-loadtest: interrupted; no results written", file=sys.stderr)
+        return 130
     except ValueError as exc:
         print(f"sluiceway-loadtest: {exc}", file=sys.stderr)
         return 2
@@ -295,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_all(results, args.out):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(argv: list[str]) -> int:

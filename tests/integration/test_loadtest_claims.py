@@ -341,3 +341,35 @@ def test_streams_the_server_refuses_count_their_frames_as_errors(demo_repo: Path
     assert refused >= entry["ok"], entry["errors"]  # two streams' frames, against one's answered
     assert "max_streams=1" in entry["error_messages"]["RESOURCE_EXHAUSTED"]
     assert entry["ok"] + sum(entry["errors"].values()) == entry["requests"]
+
+
+def test_sigterm_stops_the_spawned_server_too(tmp_path: Path) -> None:
+    """SIGTERM (a timeout, a CI cancel) killed the harness and left its spawned server running."""
+    import signal
+    import sys
+
+    from tests.support.procfs import alive, children_of
+    from tests.support.server_process import REPO_ROOT, wait_until
+
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "--spawn-server", "--model", "mlp", "--concurrency", "1",
+         "--duration-s", "60", "--warmup-s", "0", "--quiet"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: any("server" in _cmdline(c) for c in children_of(harness.pid)), "the spawned server"
+        )
+        children = children_of(harness.pid)
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(60) == 130
+        wait_until(lambda: not any(alive(c) for c in children), "its children to exit", timeout_s=30)
+    finally:
+        harness.kill()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
