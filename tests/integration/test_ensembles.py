@@ -218,19 +218,21 @@ def test_an_ensemble_waiting_for_its_step_models_loads_once_they_load(tmp_path: 
         assert triton.is_model_ready("labeled") and triton.is_model_ready("b_nested")
 
 
+def explicit_server(tmp_path: Path) -> ServerProcess:
+    """The ensemble repository in explicit mode, nothing loaded (use it as a context manager)."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    args = ["--model-control-mode", "explicit", "--allow-fault-injection"]
+    return ServerProcess("--model-repository", str(repo), *args)
+
+
 def test_loading_an_ensemble_loads_its_step_models_nested_ones_too(tmp_path: Path) -> None:
     """Triton's explicit mode loads an ensemble's composing models with it; here the load failed
     "model 'pre' is not ready" until every step had been loaded by hand."""
     import tritonclient.grpc as tc
 
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "files").mkdir()
-    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
-    args = ["--model-control-mode", "explicit", "--allow-fault-injection"]
-    with (
-        ServerProcess("--model-repository", str(repo), *args) as server,
-        tc.InferenceServerClient(server.address) as triton,
-    ):
+    with explicit_server(tmp_path) as server, tc.InferenceServerClient(server.address) as triton:
         triton.load_model("a_nested")  # a_nested -> b_nested -> labeled -> double_labeled; double
         for model in ("a_nested", "b_nested", "labeled", "double_labeled", "double"):
             assert triton.is_model_ready(model), model
@@ -266,14 +268,7 @@ def test_unload_dependents_takes_an_ensembles_step_models_with_it(tmp_path: Path
     even for a model with none), except those another loaded ensemble still uses."""
     import tritonclient.grpc as tc
 
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "files").mkdir()
-    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
-    args = ["--model-control-mode", "explicit", "--allow-fault-injection"]
-    with (
-        ServerProcess("--model-repository", str(repo), *args) as server,
-        tc.InferenceServerClient(server.address) as triton,
-    ):
+    with explicit_server(tmp_path) as server, tc.InferenceServerClient(server.address) as triton:
         triton.load_model("a_nested")  # a_nested -> b_nested -> labeled -> double_labeled; double
         triton.load_model("linear")  # add_one, double: double is shared
         triton.unload_model("a_nested", unload_dependents=True)
