@@ -28,6 +28,7 @@ from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
+from server.observability.logs import request_fields
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
@@ -69,13 +70,14 @@ class StepModel(Protocol):
 Resolve = Callable[[str, str, "RoutedRequest | None"], StepModel]
 
 
-def _named(exc: Exception, ensemble: str, step: Step) -> Exception:
+def _named(exc: Exception, ensemble: str, step: Step, request: object = None) -> Exception:
     """`exc` again (same class: the same gRPC status) in Triton's words, "in ensemble 'E', <the
-    step's error>", then the step after `; `; an unexpected error is logged and answered INTERNAL,
-    naming the step only."""
+    step's error>", then the step after `; `; an unexpected error is logged (with the request's
+    model, version and id, which these lines lacked) and answered INTERNAL, naming the step only."""
     where = f"step {step.index} (model '{step.model}')"
     if not any(cls in STATUS_BY_EXCEPTION for cls in type(exc).__mro__):
-        log.error("ensemble '%s' %s failed", ensemble, where, exc_info=exc)
+        fields = request_fields(request) if request is not None else {}
+        log.error("ensemble '%s' %s failed", ensemble, where, exc_info=exc, extra=fields)
         return EnsembleStepFailed(
             f"in ensemble '{ensemble}', {where} failed: internal error (details are in the server log)"
         )
@@ -206,7 +208,7 @@ class EnsembleScheduler:
         try:
             served = self._resolve(step.model, step.version, routed)
         except Exception as exc:
-            raise _named(exc, self.plan.name, step) from None
+            raise _named(exc, self.plan.name, step, routed) from None
         signature = served.signature
         batches = signature.max_batch_size > 0
         inputs = {
@@ -243,7 +245,7 @@ class EnsembleScheduler:
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            raise _named(exc, self.plan.name, step) from None
+            raise _named(exc, self.plan.name, step, routed) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
         return outputs, batches
 
