@@ -74,7 +74,8 @@ class RepositoryControl:
             # One explicit mode was not asked to load does not make the server unready, broken or not.
             entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
             self._manager.put_entry(entry)
-        if explicit:
+        if explicit:  # an ensemble named brings its step models, as Triton's --load-model does
+            chosen |= steps_of(chosen, {name: source.config for name, source in sources.items()})
             for name in sorted(chosen - set(sources) - set(errors)):
                 log.error("--load-model %s: no such model in %s", name, self._root)
                 reason = f"--load-model names '{name}', which is not in the repository"
@@ -311,3 +312,19 @@ class RepositoryControl:
             return
         log.info("model %s changed on disk; loading it", name)
         await self._apply_source(source, keep_unchanged=True)
+
+
+def steps_of(names: set[str], configs: dict[str, mc.ModelConfig]) -> set[str]:
+    """The models the ensembles among `names` use, nested ensembles' too (none for others)."""
+    found: set[str] = set()
+    todo = [n for n in names if n in configs]
+    while todo:
+        config = configs[todo.pop()]
+        if not is_ensemble(config):
+            continue
+        for step in config.ensemble_scheduling.step:
+            if step.model_name not in found and step.model_name not in names:
+                found.add(step.model_name)
+                if step.model_name in configs:
+                    todo.append(step.model_name)
+    return found

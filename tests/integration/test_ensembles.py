@@ -190,28 +190,33 @@ def test_ensemble_over_a_stream(server: ServerProcess) -> None:
 
 
 def test_an_ensemble_waiting_for_its_step_models_loads_once_they_load(tmp_path: Path) -> None:
-    # Explicit mode, only the ensembles loaded: they are unavailable for want of their steps. Once
-    # the last step model loads they load too, a nesting ensemble after the one it nests, as in
-    # Triton; an ensemble unloaded on purpose stays unloaded.
+    # Explicit mode: `--load-model` of an ensemble loads its step models too, as Triton's does (it
+    # had waited, unavailable, for each to be loaded by hand). An ensemble whose step is unloaded
+    # waits and loads again once it loads, a nesting ensemble after the one it nests; an ensemble
+    # unloaded on purpose stays unloaded.
     import tritonclient.grpc as tc
 
     (tmp_path / "repo").mkdir()
     (tmp_path / "files").mkdir()
     repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
-    args = ["--model-control-mode", "explicit", "--load-model", "linear", "--load-model", "labeled"]
+    args = ["--model-control-mode", "explicit", "--load-model", "linear", "--load-model", "b_nested"]
     with (
-        ServerProcess("--model-repository", str(repo), *args, "--load-model", "b_nested") as server,
+        ServerProcess("--model-repository", str(repo), *args) as server,
         tc.InferenceServerClient(server.address) as triton,
     ):
-        assert not triton.is_model_ready("linear") and not triton.is_model_ready("b_nested")
-        triton.unload_model("labeled")
-        triton.load_model("add_one")
-        assert not triton.is_model_ready("linear")  # `double` is still missing
+        for model in ("linear", "add_one", "double", "b_nested", "labeled", "double_labeled"):
+            assert triton.is_model_ready(model), model
+        assert not triton.is_model_ready("dag")  # not named, nor a step of one named
+        triton.unload_model("double")
+        assert not triton.is_model_ready("linear")  # its step `double` is gone
         triton.load_model("double")
         assert triton.is_model_ready("linear")
         x = tc.InferInput("IN", [1, 4], "FP32")
         x.set_data_from_numpy(_x(1))
         np.testing.assert_allclose(triton.infer("linear", [x]).as_numpy("OUT"), 2 * (_x(1) + 1))
+        triton.unload_model("labeled")
+        assert not triton.is_model_ready("b_nested")
+        triton.unload_model("double_labeled")
         triton.load_model("double_labeled")
         assert not triton.is_model_ready("labeled")  # unloaded on purpose: not brought back
         triton.load_model("labeled")
