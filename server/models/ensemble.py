@@ -28,6 +28,7 @@ from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
+from server.models.response_cache import ResponseCache, request_key
 from server.observability.logs import request_fields
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
@@ -53,6 +54,15 @@ class StepModel(Protocol):
 
     @property
     def labels(self) -> Mapping[str, tuple[str, ...]]: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version_str(self) -> str: ...
+
+    @property
+    def response_cache(self) -> ResponseCache | None: ...
 
     @property
     def ensemble(self) -> EnsembleScheduler | None: ...
@@ -236,9 +246,7 @@ class EnsembleScheduler:
                     sequence.sid, inputs, a, start=sequence.start, end=sequence.end
                 )
             else:  # (a step without sequence_batching ignores the sequence, as in Triton)
-                outputs = batcher.run_now(inputs, a)
-                if outputs is None:
-                    outputs = await batcher.enqueue(inputs, a)
+                outputs = await self._run_cached(served, inputs, a)
         except asyncio.CancelledError:
             if not abandoned[0]:  # the caller went away (a sibling step's failure is not that)
                 stats.record_canceled()
@@ -248,6 +256,31 @@ class EnsembleScheduler:
             raise _named(exc, self.plan.name, step, routed) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
         return outputs, batches
+
+    @staticmethod
+    async def _run_cached(served: StepModel, inputs: dict[str, Array], a: Admission) -> Tensors:
+        """The step model's outputs, from its response cache when it has one, as Triton's steps
+        use theirs (a step's cache was never consulted inside an ensemble)."""
+        cache, stats = served.response_cache, served.stats
+        key = b""
+        if cache is not None:
+            start = time.perf_counter_ns()
+            key = request_key(served.name, served.version_str, inputs)
+            hit = cache.lookup(key)
+            if hit is not None:
+                stats.cache_hit.add(time.perf_counter_ns() - start)
+                stats.queue.add(0)  # Triton's queue count includes cache hits
+                return hit
+            lookup_ns = time.perf_counter_ns() - start
+        outputs = served.batcher.run_now(inputs, a)
+        if outputs is None:
+            outputs = await served.batcher.enqueue(inputs, a)
+        if cache is not None:
+            start = time.perf_counter_ns()
+            if served.response_cache is not None:  # None once the version was retired meanwhile
+                served.response_cache.insert(key, served.name, outputs)
+            stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - start)
+        return outputs
 
 
 def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:

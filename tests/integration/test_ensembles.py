@@ -268,6 +268,26 @@ def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Pa
     assert steps[0] == 1  # the step ran once: the repeats never reached it
 
 
+def test_a_step_models_response_cache_is_used_inside_an_ensemble(tmp_path: Path) -> None:
+    """Triton's steps use their models' caches; here a step's cache was never consulted."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    config = repo / "add_one" / "config.pbtxt"
+    config.write_text(config.read_text() + "response_cache { enable: true }\n")
+    args = ("--model-repository", str(repo), "--allow-fault-injection", "--response-cache-bytes", "1000000")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        answers = [client.infer("linear", {"IN": _x(1)})["OUT"] for _ in range(3)]
+        direct = client.infer("add_one", {"x": _x(1)})["y"]  # the same tensor as the step's
+        step = client.model_statistics("add_one").model_stats[0]
+    for out in answers:
+        np.testing.assert_allclose(out, 2 * (_x(1) + 1))
+    np.testing.assert_allclose(direct, _x(1) + 1)
+    s = step.inference_stats
+    assert (s.cache_hit.count, s.cache_miss.count, s.success.count) == (3, 1, 4)
+    assert step.execution_count == 1  # computed once, for the first ensemble request
+
+
 def test_unload_dependents_takes_an_ensembles_step_models_with_it(tmp_path: Path) -> None:
     """Triton's unload_dependents: the composing models go with the ensemble (here it was refused,
     even for a model with none), except those another loaded ensemble still uses."""
