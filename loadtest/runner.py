@@ -274,13 +274,15 @@ def _run_one(
 
     parts = pool.run(plans, at_edge)
     before, after = edges.get("begin"), edges.get("end")
+    counts = merge_counts(parts)
     return RunRecord(
         step_index=step_index,
         step=step,
         target=target,
         round=round_index,
-        counts=merge_counts(parts),
-        duration_s=scenario.duration_s,
+        counts=counts,
+        # --max-requests may end the load before the window: rates over the time it took.
+        duration_s=counts.stopped_after_s or scenario.duration_s,
         processes=len(plans),
         server=after - before if before is not None and after is not None else None,
     )

@@ -47,6 +47,10 @@ class Counts:
     # The first message seen with each error status (the server's details): the count alone
     # ("INVALID_ARGUMENT: 688") left an operator guessing why.
     messages: dict[str, str] = field(default_factory=dict)
+    # Seconds from the window's start to the last answer, when --max-requests ended the load before
+    # the window did (None: it ran the whole window). Rates use it: 500 requests done in 0.5 s of
+    # a 2 s window had read as 250/s.
+    stopped_after_s: float | None = None
 
     @property
     def ok(self) -> int:
@@ -70,11 +74,23 @@ class Recorder:
         self.scheduled = 0
         self.ok_in_window = 0
         self.good_in_window = 0
-        self.issued = 0
+        self.issued = 0  # requests sent (or refused by the client) inside the window
         self.messages: dict[str, str] = {}
+        self.last_done = self.begin
+        self.stopped_after_s: float | None = None
 
     def measured(self, scheduled: float) -> bool:
         return self.begin <= scheduled < self.end
+
+    def issue(self, at: float) -> None:
+        """One more request, sent (or scheduled) at `at`: only those inside the window count
+        toward --max-requests (warm-up had used up the limit: 0 requests measured)."""
+        if at >= self.begin:
+            self.issued += 1
+
+    def limit_reached(self, max_requests: int) -> None:
+        """The load ended at --max-requests: rates are over the time it took, not the window."""
+        self.stopped_after_s = max(1e-3, min(self.end, self.last_done) - self.begin)
 
     def sending(self, scheduled: float, now: float) -> None:
         """A request scheduled at `scheduled` is being sent at `now`."""
@@ -98,6 +114,7 @@ class Recorder:
             self.messages[code] = message[:MESSAGE_CHARS]
         if not self.measured(scheduled):
             return
+        self.last_done = max(self.last_done, done)
         self.scheduled += 1
         self.outcomes[code] += 1
         if code == OK:
@@ -116,6 +133,7 @@ class Recorder:
             lag_histogram=_encode(self.lag),
             reject_histogram=_encode(self.rejects),
             messages=dict(self.messages),
+            stopped_after_s=self.stopped_after_s,
         )
 
 
@@ -149,6 +167,12 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
         lag_histogram=_encode(lag),
         reject_histogram=_encode(rejects),
         messages=messages,
+        # Stopped early only if every part did (workers share the limit): the longest of them.
+        stopped_after_s=(
+            max(p.stopped_after_s for p in parts if p.stopped_after_s is not None)
+            if parts and all(p.stopped_after_s is not None for p in parts)
+            else None
+        ),
     )
 
 

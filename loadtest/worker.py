@@ -78,6 +78,8 @@ async def run_plan(plan: WorkerPlan) -> Counts:
             await _open(channel, plan, recorder)
         else:
             await _streams(channel, plan, recorder)
+        if recorder.issued >= plan.max_requests:
+            recorder.limit_reached(plan.max_requests)
         cpu_s = await cpu
     return recorder.counts(cpu_s)
 
@@ -153,7 +155,7 @@ async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorde
             now = time.monotonic()
             if now >= end:
                 return
-            recorder.issued += 1
+            recorder.issue(now)
             await unary.send(plan.payloads[k % len(plan.payloads)], now)
             k += 1
 
@@ -174,7 +176,7 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
             await sleep_until(scheduled)
         else:
             await asyncio.sleep(0)  # behind schedule: still let the calls in flight progress
-        recorder.issued += 1
+        recorder.issue(scheduled)
         if len(in_flight) >= plan.max_in_flight:
             recorder.record(scheduled, time.monotonic(), CLIENT_BACKLOG)
         else:
@@ -236,7 +238,7 @@ async def _one_stream(
             await sleep_until(scheduled)
             # A frame waits for room here; its latency still counts from its scheduled time.
             await space.acquire()
-            recorder.issued += 1
+            recorder.issue(scheduled)
             request_id = f"{index}-{k}"
             pending[request_id] = scheduled
             recorder.sending(scheduled, time.monotonic())
@@ -268,7 +270,7 @@ async def _one_stream(
         if status != NO_ANSWER:
             scheduled = next_frame[0]
             while scheduled < end and recorder.issued < plan.max_requests:
-                recorder.issued += 1
+                recorder.issue(scheduled)
                 recorder.record(scheduled, now, status, message=message)
                 scheduled += 1.0 / plan.rate
 

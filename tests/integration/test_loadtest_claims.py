@@ -195,6 +195,17 @@ def test_max_requests_bounds_every_kind_of_step(server: ServerProcess, tmp_path:
     for entry in entries:
         assert entry["requests"] == 7, (entry["step"], entry["requests"])
         assert entry["ok"] == 7 and entry["errors"] == {}, entry["errors"]
+        # Rates over the time the 7 took, not the whole 1 s window (which read as 7/s).
+        assert entry["duration_s"] < 1.0 and entry["offered_rps"] > 7.0, entry
+
+
+def test_warm_up_does_not_use_up_max_requests(server: ServerProcess, tmp_path: Path) -> None:
+    """Warm-up requests counted toward --max-requests: with a 1 s warm-up none were measured."""
+    args = ["--target", server.address, "--model", "mlp", "--concurrency", "1", "--max-requests", "20"]
+    args += ["--duration-s", "1", "--warmup-s", "0.5", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (entry,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert entry["requests"] == 20 and entry["ok"] == 20, entry
 
 
 def test_an_open_loop_counts_client_backlog_beyond_max_in_flight(
