@@ -234,13 +234,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = len(scenario.steps) * scenario.rounds * len(scenario.targets)
         per_run_s = START_DELAY_S + scenario.warmup_s + scenario.duration_s
         with Progress(runs * per_run_s, quiet=args.quiet) as progress:
+            done: list[RunRecord] = []
 
             def on_record(record: RunRecord) -> None:
+                done.append(record)
                 entry = summarize(scenario, [record], scenario.batch_size)["results"][0]
                 progress.finished(f"r{record.round} " + step_line(entry))
 
             started = time.monotonic()
-            records = run_scenario(scenario, progress.tick, on_record)
+            try:
+                records = run_scenario(scenario, progress.tick, on_record)
+            except KeyboardInterrupt:
+                if not done:
+                    raise
+                # Ctrl-C (or SIGTERM) after some steps: theirs are kept (every step had been lost).
+                results = summarize(scenario, done, scenario.batch_size)
+                results["wall_s"] = round(time.monotonic() - started, 2)
+                results["interrupted"] = True
+                return results
         results = summarize(scenario, records, scenario.batch_size)
         results["wall_s"] = round(time.monotonic() - started, 2)
     return results
@@ -282,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = run(args)
     except KeyboardInterrupt:
-        print("sluiceway-loadtest: interrupted; no results written", file=sys.stderr)
+        print("sluiceway-loadtest: interrupted before any step was measured", file=sys.stderr)
         return 130
     except ValueError as exc:
         print(f"sluiceway-loadtest: {exc}", file=sys.stderr)
@@ -301,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for path in write_all(results, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    if results.get("interrupted"):
+        print("sluiceway-loadtest: interrupted; the steps measured before it are above", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -384,3 +384,29 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_an_interrupted_run_keeps_the_steps_it_measured(tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM) threw away every step, those already measured too."""
+    import signal
+    import sys
+
+    from tests.support.server_process import REPO_ROOT
+
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "--spawn-server", "--model", "mlp", "--concurrency", "1,2,4",
+         "--duration-s", "1", "--warmup-s", "0", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert harness.stderr is not None
+        for line in harness.stderr:  # the progress lines: the first step's means it was measured
+            if "closed c=1 " in line:
+                break
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(60) == 130
+    finally:
+        harness.kill()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["interrupted"] is True
+    assert results["results"][0]["step"]["label"] == "closed c=1"
