@@ -45,6 +45,8 @@ class FakeStep:
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ensemble: None = None  # not an ensemble itself
     sequences: None = None  # no sequence_batching
+    response_cache: None = None  # none: every step runs
+    version_str: str = "1"
 
     def __post_init__(self) -> None:
         second = ', { name: "b" data_type: TYPE_FP32 dims: [ -1 ] }' if self.name == "add" else ""
