@@ -59,8 +59,8 @@ class Tracing:
     def shutdown(self, timeout_s: float | None = None) -> bool:
         """Export what is buffered and stop the exporter (blocking: call it off the event loop);
         False when that took longer than `timeout_s` and was left behind (a daemon thread, which
-        ends with the process): with the collector down or slow, the exit had waited 23-32 s past
-        a 5 s grace for the exporter's retries."""
+        ends with the process): with the collector down or slow, the exit had taken 23-32 s after
+        SIGTERM with a 5 s grace, waiting for the exporter's retries."""
         done = threading.Event()
 
         def flush() -> None:

@@ -1,5 +1,5 @@
 """Tracing's shutdown is bounded: an exporter stuck on a collector that is down or slow had held the
-server's exit 23-32 s past a 5 s grace."""
+server's exit for 23-32 s after SIGTERM with a 5 s grace."""
 
 from __future__ import annotations
 
