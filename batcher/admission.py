@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from batcher.errors import TooManyRows
+from batcher.form import earliest
 from batcher.types import BatchingPolicy, LevelQueuePolicy, TimeoutAction
 
 
@@ -78,14 +79,8 @@ class Admission(NamedTuple):
         queue: BatchingPolicy | LevelQueuePolicy = policy if q is None else q
         own = None if timeout_s is None or not queue.allow_timeout_override else now + timeout_s
         if queue.default_timeout_s is None:  # no queue timeout: `timeout` is a deadline (ours)
-            caller = _earliest(deadline, own)
+            caller = earliest(deadline, own)
             return cls(rows, level, now, caller, None, caller)
-        policy_deadline = _earliest(now + queue.default_timeout_s, own)  # an override only shortens
+        policy_deadline = earliest(now + queue.default_timeout_s, own)  # an override only shortens
         reject_at = policy_deadline if queue.timeout_action is TimeoutAction.REJECT else None
         return cls(rows, level, now, deadline, policy_deadline, deadline, reject_at=reject_at)
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)

@@ -343,9 +343,11 @@ class DynamicBatcher:
     async def _run(self, instance: Instance, flight: _Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
             await instance.ready.wait()
-        batch = [p for p in flight.batch if not is_done(p)]  # callers cancelled since formation
+        batch: list[Request] = []
         for p in flight.batch:
-            if p.counted and is_done(p):  # counted as it left the queue; never computed
+            if not is_done(p):
+                batch.append(p)
+            elif p.counted:  # its caller went since formation: counted as it left the queue, never run
                 self._stats.take_back(p.queued_ns)
         if not batch:
             return

@@ -230,7 +230,7 @@ def _walk(live: Sequence[Pending[H]], now: float, policy: BatchingPolicy, predic
             grown = w.rows + p.rows
             if grown > top and w.mark is None:
                 w.mark = len(w.batch)  # Triton keeps walking: a delay exceeded runs more than this
-            joined = _earliest(w.earliest, p.hard)
+            joined = earliest(w.earliest, p.hard)
             if grown > policy.max_batch_size or p.key != w.batch[0].key:
                 w.send_now = True
                 break
@@ -239,7 +239,7 @@ def _walk(live: Sequence[Pending[H]], now: float, policy: BatchingPolicy, predic
                 break
         w.batch.append(p)
         w.rows += p.rows
-        w.earliest = _earliest(w.earliest, p.hard)
+        w.earliest = earliest(w.earliest, p.hard)
         if w.rows in preferred:
             w.mark = len(w.batch)
     return w
@@ -277,7 +277,8 @@ def _why_now(w: _Walk[Any], policy: BatchingPolicy, exceeded: bool) -> DispatchR
     return "delay_expired" if exceeded else "idle"
 
 
-def _earliest(a: float | None, b: float | None) -> float | None:
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The earlier of two times, either of which may be None (no bound)."""
     if a is None:
         return b
     return a if b is None else min(a, b)

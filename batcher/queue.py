@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueTimedOut
-from batcher.form import Pending, cannot_finish
+from batcher.form import Pending, cannot_finish, earliest
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
 
@@ -174,7 +174,7 @@ class RequestQueue:
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
         )
-        due = a.hard if a.reject_at is None else (a.reject_at if a.hard is None else min(a.hard, a.reject_at))
+        due = earliest(a.hard, a.reject_at)
         if due is not None:
             self._arm(p, max(0.0, due - self._clock()))
         self._items[p.seq] = p

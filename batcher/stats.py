@@ -162,6 +162,11 @@ class ModelStats:
             self.compute_infer.add(-compute_ns[1], -1)
             self.compute_output.add(-compute_ns[2], -1)
 
+    def record_cache_hit(self, ns: int) -> None:
+        """A request answered from the response cache: Triton counts it in queue too (no wait)."""
+        self.cache_hit.add(ns)
+        self.queue.add(0)
+
     def record_dispatch(self, reason: str) -> None:
         """A batch was dispatched, for `reason` (DISPATCH_REASONS)."""
         self.dispatch[reason] += 1

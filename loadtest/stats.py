@@ -88,7 +88,7 @@ class Recorder:
         if at >= self.begin:
             self.issued += 1
 
-    def limit_reached(self, max_requests: int) -> None:
+    def limit_reached(self) -> None:
         """The load ended at --max-requests: rates are over the time it took, not the window."""
         self.stopped_after_s = max(1e-3, min(self.end, self.last_done) - self.begin)
 

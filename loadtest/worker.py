@@ -79,7 +79,7 @@ async def run_plan(plan: WorkerPlan) -> Counts:
         else:
             await _streams(channel, plan, recorder)
         if recorder.issued >= plan.max_requests:
-            recorder.limit_reached(plan.max_requests)
+            recorder.limit_reached()
         cpu_s = await cpu
     return recorder.counts(cpu_s)
 

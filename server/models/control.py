@@ -164,7 +164,7 @@ class RepositoryControl:
             except (ModelNotFound, RepositoryError):
                 named = None  # the load below says why, counted and logged as a failed load
             if named is not None:
-                await self._load_steps(named, {name})
+                await self._load_steps(named)
             await self._loads.load(name, source)
         except BaseException:
             if upload is not None:
@@ -172,20 +172,19 @@ class RepositoryControl:
             raise
         self._replace_upload(name, upload)
 
-    async def _load_steps(self, source: ModelSource, seen: set[str]) -> None:
-        """An ensemble's step models that are not ready load first, nested ones before, as
-        Triton's explicit mode does: the ensemble's load had failed "model 'pre' is not ready"."""
+    async def _load_steps(self, source: ModelSource) -> None:
+        """An ensemble's step models that are not ready load first, nested ones too, in the
+        start's order (load_rank), as Triton's explicit mode does: the ensemble's load had failed
+        "model 'pre' is not ready"."""
         if not is_ensemble(source.config):
             return
-        for step in source.config.ensemble_scheduling.step:
-            model = step.model_name
+        sources, _ = await asyncio.to_thread(scan_repository, self._root)
+        configs = {name: found.config for name, found in sources.items()}
+        steps = steps_of({source.name}, {**configs, source.name: source.config}) & set(sources)
+        for model in sorted(steps, key=load_rank(configs)):
             entry = self._entry(model)
-            if model in seen or (entry is not None and entry.state == READY):
-                continue
-            seen.add(model)
-            step_source = await asyncio.to_thread(self._read, self._root, model, None)
-            await self._load_steps(step_source, seen)
-            await self._loads.load(model, step_source)
+            if entry is None or entry.state != READY:
+                await self._loads.load(model, sources[model])
 
     async def _unload(self, name: str) -> None:
         await self._loads.unload(name)

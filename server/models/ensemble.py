@@ -268,8 +268,7 @@ class EnsembleScheduler:
             key = request_key(served.name, served.version_str, inputs)
             hit = cache.lookup(key)
             if hit is not None:
-                stats.cache_hit.add(time.perf_counter_ns() - start)
-                stats.queue.add(0)  # Triton's queue count includes cache hits
+                stats.record_cache_hit(time.perf_counter_ns() - start)
                 return hit
             lookup_ns = time.perf_counter_ns() - start
         outputs = served.batcher.run_now(inputs, a)

@@ -329,9 +329,10 @@ class ModelManager:
             await self._retire(replaced, handover=True)
         # Sequences the replaced (or earlier unloaded) versions ended are told so, not "never started".
         ended = self._ended_sequences.pop(source.name, None)
-        for version in versions.values():
-            if ended and version.sequences is not None:
-                version.sequences.remember(ended)
+        if ended:
+            for version in versions.values():
+                if version.sequences is not None:
+                    version.sequences.remember(ended)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:

@@ -110,8 +110,7 @@ class InferJob:
             hit = cache.lookup(self.cache_key)
             if hit is not None:  # answered from the cache without the batcher, as Triton does
                 response = self._encode(hit)
-                served.stats.cache_hit.add(time.perf_counter_ns() - start)
-                served.stats.queue.add(0)  # Triton's queue count includes cache hits (no wait)
+                served.stats.record_cache_hit(time.perf_counter_ns() - start)
                 return response
             self.lookup_ns = time.perf_counter_ns() - start
             self.looked_up = True

@@ -268,7 +268,7 @@ class StreamSession:
         done: asyncio.Event | None,
         request: pb.ModelInferRequest | Malformed | None = None,
     ) -> None:
-        if response is not None and self._max_answer_bytes is not None:
+        if response is not None:
             response = self._within_limit(response, request)
         if response is not None and _wants_final_flag(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
@@ -284,7 +284,7 @@ class StreamSession:
     def _within_limit(self, response: Response, request: pb.ModelInferRequest | Malformed | None) -> Response:
         """`response`, or its request's error answer when it is over the message limit."""
         limit = self._max_answer_bytes
-        if limit is None or not isinstance(request, pb.ModelInferRequest):
+        if limit is None or not isinstance(request, pb.ModelInferRequest):  # (for the type checker)
             return response
         # ByteSize() costs about a serialization (204 ms for 64 MiB): only near the limit.
         answer = response.infer_response
