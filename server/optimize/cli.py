@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         ) from None
     specs = data.input_specs(source.model_file)
     if args.int8 or args.fp16:
-        quantize.refuse_optimized(source.model_file)
+        quantize.refuse_optimized(source.model_file, int8=bool(args.int8))
     recipe = quantize.Recipe(
         int8=args.int8,
         per_channel=args.per_channel,

@@ -173,19 +173,44 @@ _QUANTIZED_OPS = frozenset(
 )
 
 
-def refuse_optimized(model_path: Path) -> None:
-    """Quantizing or converting a model that is already INT8 or FP16 compounds the loss: refuse, and say
-    how to start from the original instead."""
+# Ops that onnxruntime's own graph optimization writes (sluiceway optimize without --int8/--fp16 saves
+# them): its quantizer cannot infer their types and fails with a message about a weight's scale.
+_GRAPH_OPTIMIZER_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv", "NchwcMaxPool"})
+_START_OVER = "start from the original model (for a model directory: --source-version N)"
+
+
+def refuse_optimized(model_path: Path, int8: bool) -> None:
+    """Quantizing or converting a model that is already INT8 or FP16 compounds the loss, and INT8 of a
+    graph onnxruntime fused fails inside the quantizer: refuse, and say how to start from the original."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    ops = sorted({node.op_type for node in model.graph.node} & _QUANTIZED_OPS)
+    op_types = {node.op_type for node in model.graph.node}
+    ops = sorted(op_types & _QUANTIZED_OPS)
     fp16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     if ops or fp16:
         what = f"{', '.join(ops)} nodes" if ops else "FP16 weights"
+        raise OptimizeError(f"{model_path} is already optimized ({what}): {_START_OVER}")
+    fused = sorted(op_types & _GRAPH_OPTIMIZER_OPS)
+    if int8 and fused:
         raise OptimizeError(
-            f"{model_path} is already optimized ({what}): start from the original model "
-            "(for a model directory: --source-version N)"
+            f"{model_path} was saved by onnxruntime's graph optimization ({', '.join(fused)} nodes), "
+            f"which its INT8 quantizer cannot read: {_START_OVER}"
+        )
+
+
+def refuse_unquantized(model_path: Path, recipe: Recipe) -> None:
+    """INT8 that quantized no operator (an Add+Relu model) would publish the same model as a new
+    version, reported as INT8: refuse, naming the operators the model has."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    op_types = {node.op_type for node in model.graph.node}
+    if not op_types & _QUANTIZED_OPS:
+        raise OptimizeError(
+            f"INT8 {recipe.int8} quantized no operator of the model (its operators: "
+            f"{', '.join(sorted(op_types)) or 'none'}); onnxruntime quantizes MatMul, Gemm, Conv and a few "
+            "others: nothing to publish"
         )
 
 
@@ -206,6 +231,7 @@ def _build(source: Path, workdir: Path, recipe: Recipe, calibration: list[Batch]
         prepared = preprocess(current, workdir)
         current = workdir / "int8.onnx"
         quantize_int8(prepared, current, recipe, calibration)
+        refuse_unquantized(current, recipe)
     if recipe.fp16:
         fp16 = workdir / "fp16.onnx"
         convert_fp16(current, fp16)

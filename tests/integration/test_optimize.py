@@ -222,6 +222,36 @@ def test_bad_usage_is_refused_with_a_reason(tmp_path: Path, capsys: pytest.Captu
     assert "a model name is one directory name" in capsys.readouterr().err
 
 
+def test_int8_that_quantizes_nothing_is_refused_naming_the_operators(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An Add+Relu model came out of INT8 unchanged and was reported and publishable as INT8."""
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Add", ["x", "b"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    source = _save(nodes, {"b": np.arange(4.0)}, inp, "y", ["N", 4], tmp_path / "addrelu.onnx")
+    assert optimize(source, tmp_path, "addrelu", "--int8 dynamic", tmp_path / "r") == 2
+    err = capsys.readouterr().err
+    assert "INT8 dynamic quantized no operator of the model (its operators: Add, Relu)" in err
+    assert "nothing to publish" in err and not (tmp_path / "addrelu").exists()
+
+
+def test_int8_of_its_own_graph_optimized_output_is_refused_before_the_quantizer_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The graph-only mode saves onnxruntime's fused ops; quantizing them failed inside the library
+    ("Unable to find data type for weight_name ..."). FP16 of it still works."""
+    source = tiny_cnn(tmp_path / "cnn.onnx")
+    assert optimize(source, tmp_path, "cnn", f"{LOOSE}", tmp_path / "r") == 0
+    graph_only = tmp_path / "cnn" / "2"
+    assert "FusedConv" in {node.op_type for node in onnx.load(str(graph_only / "model.onnx")).graph.node}
+    capsys.readouterr()
+    assert optimize(tmp_path / "cnn", tmp_path, "cnn", "--int8 dynamic --no-publish", tmp_path / "r2") == 2
+    err = capsys.readouterr().err
+    assert "was saved by onnxruntime's graph optimization (FusedConv nodes)" in err
+    assert "start from the original model (for a model directory: --source-version N)" in err
+    assert optimize(tmp_path / "cnn", tmp_path, "cnn", f"--fp16 --no-publish {LOOSE}", tmp_path / "r3") == 0
+
+
 def test_data_files_are_checked_and_cut_into_batches(tmp_path: Path) -> None:
     int64 = np.dtype(np.int64)
     specs = [InputSpec("ids", (None, None), int64), InputSpec("mask", (None, None), int64)]
