@@ -8,7 +8,9 @@ start-up: rotating them takes a restart.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,8 @@ import grpc
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 def _no_password() -> bytes:
@@ -53,10 +57,38 @@ def check_ca_file(path: Path) -> None:
         raise ValueError(f"{path} holds no PEM CA certificate ({exc.reason or exc})") from None
 
 
+def validity_problem(cert_file: Path, now_s: float) -> str | None:
+    """What is wrong with the dates of the file's first (leaf) certificate at `now_s`, or None. An
+    expired certificate loads, and every client that checks it then fails the handshake with a
+    message about the client's side only. Decoded by CPython's own (undocumented) helper; where it
+    is missing, nothing is said."""
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        return None
+    try:
+        cert = decode(str(cert_file))
+        not_before = ssl.cert_time_to_seconds(cert["notBefore"])
+        not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    except (ssl.SSLError, OSError, ValueError, KeyError):
+        return None
+    if now_s > not_after:
+        return f"expired on {cert['notAfter']}"
+    if now_s < not_before:
+        return f"is not valid before {cert['notBefore']}"
+    return None
+
+
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     """TLS credentials from the settings; None for plaintext. A client CA requires client certs."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
+    problem = validity_problem(settings.tls_cert_file, time.time())
+    if problem is not None:
+        log.warning(
+            "tls_cert_file %s: the certificate %s: clients that check it refuse the handshake",
+            settings.tls_cert_file,
+            problem,
+        )
     pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
     client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(

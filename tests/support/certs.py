@@ -36,16 +36,19 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _builder(subject: str, issuer: x509.Name, key: Key) -> x509.CertificateBuilder:
+def _builder(
+    subject: str, issuer: x509.Name, key: Key, dates: tuple[datetime.datetime, datetime.datetime] | None = None
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.timezone.utc)
+    not_before, not_after = dates or (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
     )
 
 
@@ -113,6 +116,17 @@ def make_pki(folder: Path) -> Pki:
     return Pki(
         ca_cert, server_cert, server_key, client_cert, client_key, other_cert, stranger_cert, stranger_key
     )
+
+
+def write_dated_pair(
+    folder: Path, stem: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 valid only from `not_before` to `not_after`, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder("localhost", _name("localhost"), key, (not_before, not_after)).sign(key, hashes.SHA256())
+    )
+    return _write(folder, stem, (cert, key))
 
 
 def write_tokens(path: Path, inference: str, admin: str) -> Path:
