@@ -36,9 +36,10 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _builder(
-    subject: str, issuer: x509.Name, key: Key, dates: tuple[datetime.datetime, datetime.datetime] | None = None
-) -> x509.CertificateBuilder:
+Dates = tuple[datetime.datetime, datetime.datetime]
+
+
+def _builder(subject: str, issuer: x509.Name, key: Key, dates: Dates | None = None) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before, not_after = dates or (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     return (
