@@ -39,7 +39,9 @@ def _name(common_name: str) -> x509.Name:
 Dates = tuple[datetime.datetime, datetime.datetime]
 
 
-def _builder(subject: str, issuer: x509.Name, key: Key, dates: Dates | None = None) -> x509.CertificateBuilder:
+def _builder(
+    subject: str, issuer: x509.Name, key: Key, dates: Dates | None = None
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before, not_after = dates or (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     return (
@@ -124,9 +126,7 @@ def write_dated_pair(
 ) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 valid only from `not_before` to `not_after`, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _builder("localhost", _name("localhost"), key, (not_before, not_after)).sign(key, hashes.SHA256())
-    )
+    cert = _builder("localhost", _name("localhost"), key, (not_before, not_after)).sign(key, hashes.SHA256())
     return _write(folder, stem, (cert, key))
 
 
