@@ -166,7 +166,8 @@ FIELDS: dict[str, tuple[Status, str]] = {
     "model_warmup": (
         "honoured",
         "run on every instance before it is ready; a sample naming an unknown input, leaving one "
-        "out, or past max_batch_size is a load error naming the sample",
+        "out, past max_batch_size, with a count past 1000, or with inputs larger than "
+        "max_message_bytes is a load error naming the sample",
     ),
     "model_operations": ("refused", "loading native custom-op libraries is not supported"),
     "model_transaction_policy": ("honoured", "decoupled false only"),

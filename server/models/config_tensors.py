@@ -19,6 +19,7 @@ from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
 from server.models.config_errors import ConfigError
+from server.models.model_files import read_model_file
 
 _IMAGE_FORMATS = (mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NCHW)
 MAX_LABELS_BYTES = 64 << 20  # a labels file larger than this is not a labels file
@@ -75,19 +76,14 @@ def check_optional(config: mc.ModelConfig, required: Collection[str], source: st
 def load_labels(config: mc.ModelConfig, directory: Path, source: str) -> dict[str, tuple[str, ...]]:
     """Each output's labels from its `label_filename` (one a line, relative to the model directory)."""
     labels: dict[str, tuple[str, ...]] = {}
-    root = directory.resolve()
     for tensor in config.output:
         if not tensor.label_filename:
             continue
-        path = (directory / tensor.label_filename).resolve()
         where = f"{source}: output '{tensor.name}': label_filename '{tensor.label_filename}'"
-        if not path.is_relative_to(root):
-            raise ConfigError(f"{where} is outside the model directory")
+        raw = read_model_file(directory, tensor.label_filename, where, MAX_LABELS_BYTES)
         try:
-            if path.stat().st_size > MAX_LABELS_BYTES:
-                raise ConfigError(f"{where} is larger than {MAX_LABELS_BYTES} bytes")
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
             raise ConfigError(f"{where} cannot be read: {err}") from None
         labels[tensor.name] = tuple(text.splitlines())
     return labels

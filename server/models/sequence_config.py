@@ -29,6 +29,7 @@ from batcher.types import BatchingPolicy
 from protos import model_config_pb2 as mc
 from server import datatypes
 from server.models.config import ConfigError
+from server.models.model_files import read_model_file
 from server.models.onnx_completion import OnnxTensor
 from server.settings import ServerSettings
 
@@ -246,14 +247,10 @@ def _initial(state: Any, dtype: datatypes.Datatype, batched: bool, directory: Pa
         return np.zeros(shape, dtype.numpy)
     if dtype is datatypes.BYTES:
         raise ConfigError(f"{here}.initial_state.data_file: not supported for a TYPE_STRING state")
-    path = directory / "initial_state" / init.data_file
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{here}.initial_state.data_file: cannot read {path}: {err.strerror}") from None
+    # Triton's place for it: <model>/initial_state/<data_file>, and nowhere else (model_files.py).
     want = int(np.prod(shape)) * dtype.numpy.itemsize
-    if len(raw) != want:
-        raise ConfigError(f"{here}.initial_state.data_file: {path} has {len(raw)} bytes, expected {want}")
+    where = f"{here}.initial_state.data_file '{init.data_file}'"
+    raw = read_model_file(directory, f"initial_state/{init.data_file}", where, want, expected_bytes=want)
     return np.frombuffer(raw, dtype.numpy).reshape(shape).copy()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -13,34 +15,71 @@ from protos import model_config_pb2 as mc
 from server import datatypes
 from server.backends.onnxruntime_backend import TENSORRT
 from server.backends.tensorrt_options import engine_build_feeds
+from server.models.model_files import read_model_file
 from server.protocol.codec import unpack_bytes
 
 log = logging.getLogger(__name__)
 
 
-async def warm_up(config: mc.ModelConfig, backends: Sequence[Backend], directory: Path) -> None:
+# A sample's runs per instance: Triton sets no bound, and a client's config with a count of 1e9 held
+# its load (and every later load or unload of the model) until the server restarted.
+MAX_WARMUP_COUNT = 1000
+
+
+async def warm_up(
+    config: mc.ModelConfig, backends: Sequence[Backend], directory: Path, max_sample_bytes: int
+) -> None:
     """Run the config's model_warmup samples through every instance before it takes traffic
-    (after the runs that build TensorRT's engines, on TensorRT instances)."""
+    (after the runs that build TensorRT's engines, on TensorRT instances). A sample's inputs may
+    hold at most `max_sample_bytes` (the server's message limit: no request could be larger)."""
+    for sample in config.model_warmup:  # every sample checked before any engine is built or run
+        check_sample(config, sample, max_sample_bytes)
     await build_engines(config, backends)
     rng = np.random.default_rng(0)
     for sample in config.model_warmup:
-        check_sample(config, sample)
-        inputs: dict[str, Array] = {}
-        for name, spec in sample.inputs.items():
-            dtype = datatypes.BY_CONFIG[spec.data_type]
-            shape = tuple(spec.dims)
-            if config.max_batch_size > 0:
-                shape = (max(sample.batch_size, 1), *shape)
-            inputs[name] = _warmup_array(spec, dtype, shape, directory, rng)
+        # Off the event loop: the inputs may be read from files, or be large.
+        inputs = await asyncio.to_thread(_sample_inputs, config, sample, directory, rng, max_sample_bytes)
         for backend in backends:
             for _ in range(max(sample.count, 1)):
                 await backend.run(inputs)
         log.info("model %s: warm-up sample '%s' ran", config.name, sample.name)
 
 
-def check_sample(config: mc.ModelConfig, sample: mc.ModelWarmup) -> None:
+def _sample_inputs(
+    config: mc.ModelConfig, sample: mc.ModelWarmup, directory: Path, rng: np.random.Generator, max_bytes: int
+) -> dict[str, Array]:
+    inputs: dict[str, Array] = {}
+    for name, spec in sample.inputs.items():
+        where = f"sample '{sample.name}': input '{name}'"
+        dtype, shape = datatypes.BY_CONFIG[spec.data_type], _shape(config, sample, spec)
+        inputs[name] = _warmup_array(spec, dtype, shape, directory, rng, where, max_bytes)
+    return inputs
+
+
+def _shape(config: mc.ModelConfig, sample: mc.ModelWarmup, spec: mc.ModelWarmup.Input) -> tuple[int, ...]:
+    shape = tuple(spec.dims)
+    return (max(sample.batch_size, 1), *shape) if config.max_batch_size > 0 else shape
+
+
+def check_sample(config: mc.ModelConfig, sample: mc.ModelWarmup, max_sample_bytes: int) -> None:
     """ValueError naming the sample's field when it cannot run: onnxruntime's own words (a feed
     "missing" an input) named no config field."""
+    if sample.count > MAX_WARMUP_COUNT:
+        raise ValueError(f"sample '{sample.name}': count {sample.count} is past the limit {MAX_WARMUP_COUNT}")
+    total = 0
+    for name, spec in sample.inputs.items():
+        if spec.data_type not in datatypes.BY_CONFIG:
+            raise ValueError(f"sample '{sample.name}': input '{name}': data_type is not a tensor type")
+        shape = _shape(config, sample, spec)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"sample '{sample.name}': input '{name}': dims {list(spec.dims)} must be fixed")
+        dtype = datatypes.BY_CONFIG[spec.data_type]
+        total += prod(shape) * (8 if dtype is datatypes.BYTES else dtype.numpy.itemsize)  # BYTES: pointers
+        if total > max_sample_bytes:
+            raise ValueError(
+                f"sample '{sample.name}': inputs of more than {max_sample_bytes} bytes "
+                "(max_message_bytes): no request could be that large"
+            )
     names = {i.name for i in config.input if not i.optional}
     unknown = sorted(set(sample.inputs) - {i.name for i in config.input})
     if unknown:
@@ -79,12 +118,18 @@ def _warmup_array(
     shape: tuple[int, ...],
     directory: Path,
     rng: np.random.Generator,
+    where: str,
+    max_bytes: int,
 ) -> Array:
     kind = spec.WhichOneof("input_data_type")
-    if kind == "input_data_file":
-        raw = (directory / "warmup" / spec.input_data_file).read_bytes()
+    if kind == "input_data_file":  # Triton's place for it: <model>/warmup/<file>, and nowhere else
+        relative = f"warmup/{spec.input_data_file}"
+        where = f"{where}: input_data_file '{spec.input_data_file}'"
         if dtype is datatypes.BYTES:
-            return unpack_bytes(spec.input_data_file, raw, int(np.prod(shape))).reshape(shape)
+            raw = read_model_file(directory, relative, where, max_bytes)
+            return unpack_bytes(spec.input_data_file, raw, prod(shape)).reshape(shape)
+        want = prod(shape) * dtype.numpy.itemsize
+        raw = read_model_file(directory, relative, where, want, expected_bytes=want)
         return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
     if dtype is datatypes.BYTES:
         return np.full(shape, b"", dtype=object)

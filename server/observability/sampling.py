@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
+from server.models.model_files import model_file
 from server.observability.drift import DriftMonitor
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
@@ -76,7 +77,9 @@ def sample_policy(config: mc.ModelConfig, model_dir: Path, settings: ServerSetti
         )
     reference = None
     if DRIFT_REFERENCE in params:
-        reference = load_reference(model_dir / params[DRIFT_REFERENCE].string_value, source)
+        name = params[DRIFT_REFERENCE].string_value
+        where = f"{source}: parameters '{DRIFT_REFERENCE}' '{name}'"
+        reference = load_reference(model_file(model_dir, name, where), source)
     return SamplePolicy(ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference)
 
 

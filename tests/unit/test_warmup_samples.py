@@ -31,5 +31,21 @@ def sample_of(batch_size: int, name: str) -> tuple[mc.ModelConfig, mc.ModelWarmu
 )
 def test_a_sample_that_cannot_run_is_named(batch_size: int, name: str, said: str) -> None:
     with pytest.raises(ValueError, match=said):
-        check_sample(*sample_of(batch_size, name))
-    check_sample(*sample_of(8, "features"))  # the largest batch is fine
+        check_sample(*sample_of(batch_size, name), 1 << 20)
+    check_sample(*sample_of(8, "features"), 1 << 20)  # the largest batch is fine
+
+
+def test_a_sample_is_bounded_by_its_count_and_its_bytes() -> None:
+    """A client's config with count 1e9 held its load until a restart; dims of a billion elements
+    would be allocated before the first run."""
+    config, sample = sample_of(8, "features")
+    sample.count = 1001
+    with pytest.raises(ValueError, match="sample 'w': count 1001 is past the limit 1000"):
+        check_sample(config, sample, 1 << 20)
+    sample.count = 1000
+    check_sample(config, sample, 8 * 4 * 4)  # 8 rows of 4 FP32: 128 bytes
+    with pytest.raises(ValueError, match=r"inputs of more than 127 bytes \(max_message_bytes\)"):
+        check_sample(config, sample, 127)
+    sample.inputs["features"].dims[:] = [-1]
+    with pytest.raises(ValueError, match=r"input 'features': dims \[-1\] must be fixed"):
+        check_sample(config, sample, 1 << 20)
