@@ -88,14 +88,16 @@ def settle_batch(
         own_rows = rows if alone else p.rows
         if p.handle.future.done():
             if p.counted and p.handle.future.cancelled():  # its caller went away during the run
-                stats.take_back(p.queued_ns, own_rows, compute)
+                stats.take_back(own_rows, compute)
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
             stats.late += p.counted
             if p.counted:
-                stats.take_back(p.queued_ns, own_rows, compute)
+                stats.take_back(own_rows, compute)
             p.handle.future.set_exception(computed_late())
         else:
+            if p.counted:
+                stats.count_queue(p.queued_ns)
             p.handle.future.set_result(part)

@@ -143,24 +143,33 @@ class ModelStats:
             self.record_rejection("deadline", shed=True)
 
     def record_queue(self, ns: int, slack_ns: int | None = None) -> None:
-        """One request left the queue for a batch after waiting `ns`; `slack_ns`: the time then
-        left before its deadline (None: it has none)."""
-        self.queue.add(ns)
+        """One request waited `ns` in the queue and was answered: `observe_queue` and `count_queue`."""
+        self.observe_queue(ns, slack_ns)
+        self.count_queue(ns)
+
+    def observe_queue(self, ns: int, slack_ns: int | None = None) -> None:
+        """One request left the queue for a batch after waiting `ns` (the /metrics histograms);
+        `slack_ns`: the time then left before its deadline (None: it has none)."""
         self.queue_hist.observe(ns)
         if slack_ns is not None:
             self.slack_hist.observe(slack_ns)
 
-    def take_back(self, queue_ns: int, rows: int = 0, compute_ns: tuple[int, int, int] | None = None) -> None:
-        """A request counted when it left the queue (`queue_ns`), and in its run when `compute_ns`
-        (gather, run, scatter of its batch) is given, was not answered successfully (its run
-        failed, or ended past its deadline): Triton counts queue, compute and inference_count for
-        successful requests only (3 failed of 9 showed queue 9 where success and compute showed 6)."""
-        self.queue.add(-queue_ns, -1)
-        if compute_ns is not None:
-            self.inference_count -= rows
-            self.compute_input.add(-compute_ns[0], -1)
-            self.compute_infer.add(-compute_ns[1], -1)
-            self.compute_output.add(-compute_ns[2], -1)
+    def count_queue(self, ns: int) -> None:
+        """ModelStatistics' queue, once a request's run has answered it: Triton counts queue for
+        successful requests only. Added at dispatch and taken back after a failed run, the series
+        went down between two scrapes, which rate() reads as a counter reset."""
+        self.queue.add(ns)
+
+    def take_back(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
+        """A request counted in its run (`compute_ns`: gather, run, scatter of its batch, added by
+        `record_batch` in the same step, so no reader sees the series go down) was not answered
+        successfully (its caller went, or the run ended past its deadline): Triton counts compute
+        and inference_count for successful requests only (3 failed of 9 showed queue 9 where
+        success and compute showed 6)."""
+        self.inference_count -= rows
+        self.compute_input.add(-compute_ns[0], -1)
+        self.compute_infer.add(-compute_ns[1], -1)
+        self.compute_output.add(-compute_ns[2], -1)
 
     def record_cache_hit(self, ns: int) -> None:
         """A request answered from the response cache: Triton counts it in queue too (no wait)."""

@@ -24,6 +24,7 @@ from clients import (
 )
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import features
+from tests.support.dispatched import dispatched
 from tests.support.server_process import ServerProcess, wait_until_async
 
 client_limits_server = client_fixtures.client_limits_server
@@ -121,15 +122,14 @@ async def test_full_queue_is_overloaded_and_retries_get_through(client_limits_se
     x = {"x": np.ones((1, 1), np.float32)}
     async with AsyncClient(client_limits_server.address, retry=NO_RETRY, default_timeout_s=120) as client:
 
-        async def dispatched() -> int:
-            (stats,) = (await client.model_statistics("slow_q2")).model_stats
-            return int(stats.inference_stats.queue.count)  # requests that left the queue for a batch
+        async def left_queue() -> int:  # requests that left the queue for a batch
+            return await asyncio.to_thread(dispatched, client_limits_server.metrics_port, "slow_q2")
 
-        before = await dispatched()
+        before = await left_queue()
         blocker = asyncio.create_task(client.infer("slow_q2", x))
 
         async def blocker_runs() -> bool:
-            return blocker.done() or await dispatched() > before  # done: `await blocker` tells how
+            return blocker.done() or await left_queue() > before  # done: `await blocker` tells how
 
         # Read from the server, not assumed after a sleep: the blocker occupies the only instance, so
         # of the ten sent at once two wait in the queue and the rest find it full.

@@ -4,8 +4,8 @@ fail to load, and clients that cancel or go away mid-flight, while the other mod
 The server runs with --allow-fault-injection on a repository with fault-injected copies of the
 demo mlp beside a normal one (server/backends/fault_backend.py). Faults are due by run number per
 instance, so each test has models of its own that nothing else runs (checked: never run before)
-whatever order the tests run in. A request is known to be running when the model's queue count
-says it left the queue (a hung run stays there until the watchdog's limit, HANG_LIMIT_S), and
+whatever order the tests run in. A request is known to be running when /metrics counts it out of
+the queue (tests/support/dispatched.py; a hung run goes on until the watchdog's limit), and
 known to be queued when a probe finds the queue of one full. No test sleeps.
 """
 
@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.errors import INTERNAL_MESSAGE
+from tests.support.dispatched import dispatched
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -98,11 +99,9 @@ def never_ran(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelSta
     return before
 
 
-def left_queue(stub: pb_grpc.GRPCInferenceServiceStub, model: str, count: int) -> None:
+def left_queue(server: ServerProcess, model: str, count: int) -> None:
     """Until `count` requests of `model` have left its queue for a batch."""
-    wait_until(
-        lambda: stats(stub, model).inference_stats.queue.count >= count, f"{count} requests of {model} to run"
-    )
+    wait_until(lambda: dispatched(server.metrics_port, model) >= count, f"{count} requests of {model} to run")
 
 
 def error_of(future: grpc.Future) -> grpc.RpcError:
@@ -178,7 +177,7 @@ def test_a_hung_run_fails_at_the_limit_and_a_fresh_instance_serves_the_queue(
     sent = time.monotonic()
     hung = stub.ModelInfer.future(request("hangs"), timeout=BOUND_S)  # run 2: hangs
     hung.add_done_callback(lambda _: finished.setdefault("hung", time.monotonic()))
-    left_queue(stub, "hangs", 2)
+    left_queue(fault_server, "hangs", 2)
     queued = stub.ModelInfer.future(request("hangs", rows=3), timeout=BOUND_S)  # behind the hung run
     assert list(stub.ModelInfer(request("mlp"), timeout=30).outputs[0].shape) == [1, 2]  # others serve
     finished["mlp"] = time.monotonic()
@@ -196,13 +195,13 @@ def test_a_hung_run_fails_at_the_limit_and_a_fresh_instance_serves_the_queue(
 
 
 def test_calls_cancelled_while_queued_or_running_are_never_answered_or_counted(
-    stub: pb_grpc.GRPCInferenceServiceStub,
+    stub: pb_grpc.GRPCInferenceServiceStub, fault_server: ServerProcess
 ) -> None:
     probe = Probe(stub, "cancels")
     before = never_ran(stub, "cancels")
     assert list(stub.ModelInfer(request("cancels"), timeout=30).outputs[0].shape) == [1, 2]  # run 1
     running = stub.ModelInfer.future(request("cancels"), timeout=BOUND_S)  # run 2: hangs
-    left_queue(stub, "cancels", 2)
+    left_queue(fault_server, "cancels", 2)
     waiting = stub.ModelInfer.future(request("cancels", rows=2), timeout=BOUND_S)
     wait_until(lambda: waiting.done() or probe.queue_is_full(), "the request to be queued")
     assert waiting.cancel(), f"answered before it was cancelled: {waiting.exception()!r}"
@@ -232,7 +231,7 @@ def test_a_stream_closed_mid_flight_leaves_the_server_serving(
         first = next(call)
         assert not first.error_message and list(first.infer_response.outputs[0].shape) == [1, 2]
         sending.put(request("streamed"))  # run 2: hangs
-        left_queue(stub, "streamed", 2)
+        left_queue(fault_server, "streamed", 2)
         sending.put(request("streamed", rows=2))  # queued behind it
         wait_until(probe.queue_is_full, "the stream's second request to be queued")
         sending.put(request("mlp", rows=3))  # another model, on the same stream

@@ -23,6 +23,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.models.config import ConfigError, latest_frame_wins, parse_config, validate_config
+from tests.support.dispatched import dispatched
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -147,8 +148,7 @@ def test_a_frame_that_started_is_computed(
             yield item
 
     def left_queue() -> int:
-        (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats
-        return int(stats.inference_stats.queue.count)
+        return dispatched(server.metrics_port, "slow")
 
     call = stub.ModelStreamInfer(requests(), timeout=BOUND_S)
     sending.put(frame("slow", "f1"))

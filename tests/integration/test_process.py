@@ -16,6 +16,7 @@ from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.dispatched import dispatched
 from tests.support.procfs import alive, children_of
 from tests.support.server_process import REPO_ROOT, ServerProcess, wait_until
 
@@ -64,14 +65,13 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None
                 raw_input_contents=[data.tobytes()],
             )
 
-            def dispatched() -> int:  # requests that left the queue for a batch
-                stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="resnet"), timeout=30)
-                return int(stats.model_stats[0].inference_stats.queue.count)
-
-            before = dispatched()
+            before = dispatched(server.metrics_port, "resnet")
             in_flight = stub.ModelInfer.future(request, timeout=120)
             # Read from the server, not assumed after a sleep: the request is in a batch.
-            wait_until(lambda: in_flight.done() or dispatched() > before, "the request to be dispatched")
+            wait_until(
+                lambda: in_flight.done() or dispatched(server.metrics_port, "resnet") > before,
+                "the request to be dispatched",
+            )
             assert server.terminate() == 0
             # The request that was running when SIGTERM came still got its answer.
             assert list(in_flight.result().outputs[0].shape) == [16, 1000]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import cast
 
@@ -41,7 +42,7 @@ def test_sleep_until_waits_out_a_timer_that_wakes_early(monkeypatch: pytest.Monk
 
     overshoot = asyncio.run(main())
     assert min(overshoot) >= 0, overshoot
-    woke_early_then_slept = sum(1 for a, b in zip(naps, naps[1:]) if a >= 0 and b >= 0)
+    woke_early_then_slept = sum(1 for a, b in itertools.pairwise(naps) if a >= 0 and b >= 0)
     assert woke_early_then_slept >= 1, naps  # it did sleep again after waking early
 
 
