@@ -8,7 +8,13 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.models.config import ConfigError, parse_config, validate_config, validate_response_cache
-from server.models.response_cache import DIGEST_BYTES, ResponseCache, request_key
+from server.models.response_cache import (
+    DIGEST_BYTES,
+    ENTRY_OVERHEAD,
+    OUTPUT_OVERHEAD,
+    ResponseCache,
+    request_key,
+)
 from server.protocol import codec
 
 
@@ -20,7 +26,8 @@ def _outputs(nbytes: int, fill: int = 0) -> dict[str, np.ndarray]:
     return {"y": np.full(nbytes, fill, dtype=np.uint8)}
 
 
-ENTRY = DIGEST_BYTES + 100  # one key and a 100-byte output
+FIXED = DIGEST_BYTES + ENTRY_OVERHEAD + OUTPUT_OVERHEAD  # an entry of one output, besides its data
+ENTRY = FIXED + 100  # one key and a 100-byte output
 
 
 # --- LRU bounded in bytes ------------------------------------------------------------------------
@@ -30,7 +37,7 @@ def test_size_counts_outputs_and_keys() -> None:
     cache = ResponseCache(10_000)
     assert cache.insert(_key(1), "m", {"a": np.zeros(10, np.float32), "b": np.zeros(3, np.int64)})
     stats = cache.stats()
-    assert stats.entries == 1 and stats.bytes == DIGEST_BYTES + 40 + 24
+    assert stats.entries == 1 and stats.bytes == DIGEST_BYTES + ENTRY_OVERHEAD + 2 * OUTPUT_OVERHEAD + 40 + 24
 
 
 def test_least_recently_used_is_evicted_first_and_bytes_stay_bounded() -> None:
@@ -50,7 +57,7 @@ def test_least_recently_used_is_evicted_first_and_bytes_stay_bounded() -> None:
     assert cache.lookup(_key(2)) is None and cache.lookup(_key(3)) is None
     assert cache.lookup(_key(0)) is not None and cache.lookup(_key(4)) is not None
     stats = cache.stats()
-    assert stats.bytes == 2 * DIGEST_BYTES + 300 <= stats.capacity_bytes and stats.evictions == 3
+    assert stats.bytes == 2 * FIXED + 300 <= stats.capacity_bytes and stats.evictions == 3
 
 
 def test_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() -> None:
@@ -79,7 +86,7 @@ def test_reinserting_a_key_keeps_one_entry() -> None:
     cache = ResponseCache(10_000)
     cache.insert(_key(0), "m", _outputs(10, 1))
     cache.insert(_key(0), "m", _outputs(10, 2))
-    assert cache.stats().entries == 1 and cache.stats().bytes == DIGEST_BYTES + 10
+    assert cache.stats().entries == 1 and cache.stats().bytes == FIXED + 10
 
 
 def test_discard_model_drops_only_that_models_entries() -> None:
@@ -90,7 +97,7 @@ def test_discard_model_drops_only_that_models_entries() -> None:
     cache.insert(b, "b", _outputs(10))
     assert cache.discard_model("a") == 1
     assert cache.lookup(a) is None and cache.lookup(b) is not None
-    assert cache.stats().bytes == DIGEST_BYTES + 10
+    assert cache.stats().bytes == FIXED + 10
 
 
 def test_capacity_must_be_positive() -> None:
@@ -124,7 +131,7 @@ def test_bytes_outputs_are_stored_and_counted_by_content() -> None:
     words[0] = b"changed"
     got = cache.lookup(_key(0))
     assert got is not None and got["w"].tolist() == [b"abc", b"", b"defgh"]
-    assert cache.stats().bytes == DIGEST_BYTES + 8 + 3 * 4
+    assert cache.stats().bytes == FIXED + 8 + 3 * 4
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -190,3 +197,35 @@ def test_response_cache_config_is_accepted_and_needs_a_server_cache() -> None:
     assert "models/m/config.pbtxt" in message
     assert "response_cache" in message and "SLUICEWAY_RESPONSE_CACHE_BYTES" in message
     validate_response_cache(mc.ModelConfig(name="m"), "m", 0)  # not enabled: no cache needed
+
+
+def test_the_python_objects_of_an_entry_are_counted_against_the_capacity() -> None:
+    """1-row answers had been counted at 24 bytes (key and data) and held about 490 each: a cache
+    of 64 MiB of such entries took some 1.3 GB. Within 30% of tracemalloc's own count."""
+    import tracemalloc
+
+    cache = ResponseCache(1 << 40)
+    outputs = {"scores": np.ones((1, 2), np.float32)}
+    keys = [_key(i) for i in range(5000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            cache.insert(key, "m", outputs)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = cache.stats().bytes
+    assert 0.7 * used <= counted <= 1.3 * used, (counted, used)
+
+
+def test_a_bf16_input_has_a_key_of_its_own() -> None:
+    """BF16 arrays have no buffer format: hashing one failed ("cannot include dtype 'E' in a
+    buffer") and every request to a cached BF16 model was INTERNAL."""
+    import ml_dtypes
+
+    x = np.array([[1.0, -0.0, 2.5]], dtype=ml_dtypes.bfloat16)
+    key = request_key("m", "1", {"x": x})
+    assert key == request_key("m", "1", {"x": x.copy()})
+    assert key != request_key("m", "1", {"x": x.view(np.float16)})  # same bytes, another type
+    assert key != request_key("m", "1", {"x": x + 1})
