@@ -103,8 +103,17 @@ class Series:
     rows: tuple[int, int] | None = None  # a pooled series' rows (reference, recent): its KS sizes
 
 
+def numeric(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """BF16 (ml_dtypes, numpy kind 'V') widened to FP32, exactly; any other array as it is. Drift had
+    skipped BF16 tensors, and sample files stored them as raw 2-byte voids."""
+    if array.dtype.kind == "V" and array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    return array
+
+
 def _matrix(array: npt.NDArray[np.generic]) -> tuple[Floats, bool] | None:
     """[rows, k] float64 values to watch and whether they are pooled; None for non-numeric tensors."""
+    array = numeric(array)
     if array.dtype.kind not in "biuf" or array.size == 0:
         return None
     if array.ndim == 0:

@@ -24,7 +24,7 @@ from typing import IO, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.observability.drift import DriftMonitor
+from server.observability.drift import DriftMonitor, numeric
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class Sample:
 
 
 def save_npz(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
-    np.savez(file, **arrays)  # type: ignore[arg-type]
+    """BF16 saved as FP32 (exact): numpy writes ml_dtypes' bfloat16 as '|V2', which no reader can use."""
+    np.savez(file, **{name: numeric(array) for name, array in arrays.items()})  # type: ignore[arg-type]
 
 
 @dataclass

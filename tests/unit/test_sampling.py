@@ -232,3 +232,23 @@ def test_a_failed_write_is_counted_and_leaves_no_partial_file(tmp_path: Path) ->
     stale.write_bytes(b"left by a process that died")
     SampleWriter(tmp_path / "s", max_bytes=1 << 20, queue_size=10, queue_bytes=1 << 20).close(30)
     assert not stale.exists()
+
+
+def test_bf16_tensors_are_sampled_as_fp32_and_watched_for_drift(tmp_path: Path) -> None:
+    """numpy wrote BF16 samples as raw '|V2' that no reader could use, and drift skipped them ("not
+    enough sampled rows yet") where an FP16 model of the same data was scored."""
+    import ml_dtypes
+
+    monitor = DriftMonitor(reference_rows=4, window_rows=4)
+    writer = SampleWriter(tmp_path, max_bytes=1 << 20, queue_size=100, queue_bytes=1 << 20, chunk_age_s=3600)
+    source = Source(monitor=monitor)
+    values = np.array([[1.5, -2.0], [0.0, 3.25]], dtype=ml_dtypes.bfloat16)
+    for _ in range(4):
+        assert writer.put(Sample(source, {}, {"y": values}, 0, 64))
+    assert writer.flush(30)
+    (path,) = (tmp_path / "m" / "1").glob("samples-*.npz")
+    with np.load(path) as data:
+        assert data["out:y"].dtype == np.float32
+        assert data["out:y"][:2].tolist() == [[1.5, -2.0], [0.0, 3.25]]
+    assert {r.tensor for r in monitor.rows()} == {"y"}
+    writer.close(30)
