@@ -151,8 +151,13 @@ class RequestQueue:
 
         queued, limit = self._room(a.priority)
         if queued >= limit:
-            where = f" at priority {a.priority}" if self._policy.level_policies else ""
-            raise QueueFull(f"queue is full ({queued} requests waiting{where})", retry_after_s=drain_s())
+            levels = self._policy.level_policies
+            where = f" at priority {a.priority}" if levels else ""
+            own = levels and self._policy.level_policy(a.priority) is not None
+            bound = f"priority_queue_policy[{a.priority}] max_queue_size" if own else "max_queue_size"
+            raise QueueFull(
+                f"queue is full ({queued} requests waiting{where}; {bound}={limit})", retry_after_s=drain_s()
+            )
         self.check(a, predict_s, finish_s)
         nbytes = input_bytes(inputs) if self._budgets else 0
         try:

@@ -50,7 +50,7 @@ def test_refusals_give_the_times_in_milliseconds() -> None:
 async def test_a_full_queue_says_how_many_wait() -> None:
     q = queue(max_queue_size=1)
     q.admit(INPUTS, adm(), free)
-    with pytest.raises(QueueFull, match=r"^queue is full \(1 requests waiting\)$"):
+    with pytest.raises(QueueFull, match=r"^queue is full \(1 requests waiting; max_queue_size=1\)$"):
         q.admit(INPUTS, adm(), free)
 
 
