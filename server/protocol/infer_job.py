@@ -68,6 +68,7 @@ class InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
         or TooManyRows)."""
         signature = served.signature
+        signature.check_declared_datatypes((t.name, t.datatype) for t in request.inputs)
         shm = shm_tensors.resolve(request, regions)
         # Copies, not views, where the inputs outlive the request (cache keys, samples).
         inputs = codec.decode_inputs(

@@ -7,7 +7,7 @@ costs a few dictionary lookups and tuple compares.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from batcher.types import Array
@@ -63,6 +63,16 @@ class Signature:
         """The shape clients see in metadata: -1 leads when the model batches."""
         return [-1, *spec.dims] if self.max_batch_size > 0 else list(spec.dims)
 
+    def check_declared_datatypes(self, declared: Iterable[tuple[str, str]]) -> None:
+        """Each (input name, wire datatype) the request declares, against the model's, before any
+        bytes are decoded (as Triton checks): FP64 sent with FP32's byte count had been refused as
+        a byte-size mismatch whose expected size came from the wrong datatype."""
+        for name, wire in declared:
+            spec = self.inputs.get(name)
+            dtype = datatypes.BY_WIRE.get(wire)
+            if spec is not None and dtype is not None and dtype is not spec.datatype:
+                raise InvalidRequest(_datatype_mismatch(name, dtype, spec.datatype))
+
     def check_inputs(self, inputs: Mapping[str, Array]) -> int:
         """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
         for name in inputs:
@@ -76,10 +86,7 @@ class Signature:
                 continue  # optional: _check_required let it be absent
             dtype = datatypes.from_numpy(array.dtype)
             if dtype is not spec.datatype:
-                raise InvalidRequest(
-                    f"input '{spec.name}': datatype {dtype.wire} does not match "
-                    f"the model's {spec.datatype.wire}"
-                )
+                raise InvalidRequest(_datatype_mismatch(spec.name, dtype, spec.datatype))
             if dtype is datatypes.BYTES and self.text_bytes:
                 _check_text(spec.name, array)
             shape = array.shape
@@ -159,3 +166,7 @@ def _check_reshape(spec: TensorSpec, row_shape: Sequence[int]) -> None:
             f"input '{spec.name}': {count} elements per row cannot take the model's reshape "
             f"{list(spec.reshape)} ({need} needed)"
         )
+
+
+def _datatype_mismatch(name: str, sent: datatypes.Datatype, model: datatypes.Datatype) -> str:
+    return f"input '{name}': datatype {sent.wire} does not match the model's {model.wire}"

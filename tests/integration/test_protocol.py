@@ -129,6 +129,15 @@ def test_bad_requests_get_precise_statuses(stub: pb_grpc.GRPCInferenceServiceStu
         err.code() == grpc.StatusCode.INVALID_ARGUMENT and "raw_input_contents has 2 entries" in err.details()
     )
 
+    for raw in (mlp_request(1).raw_input_contents[0], b"\0" * 512):  # FP32's byte count, and FP64's
+        mislabelled = mlp_request(1)
+        mislabelled.inputs[0].datatype = "FP64"
+        mislabelled.raw_input_contents[0] = raw
+        err = error_of(stub.ModelInfer, mislabelled)
+        # The datatype first, as Triton: FP32's bytes had been "byte size mismatch ... Expected 512".
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == "input 'features': datatype FP64 does not match the model's FP32"
+
     bad_type = mlp_request(1)
     bad_type.inputs[0].datatype = "FLOAT"
     err = error_of(stub.ModelInfer, bad_type)
