@@ -49,7 +49,8 @@ async def test_each_level_with_a_policy_has_its_own_bound_and_the_others_share_t
     q = RequestQueue(policy(l1=FAST), lambda: NOW)
     for _ in range(3):
         q.admit(X, settle(q._policy, 1), lambda rows: 0.0)
-    with pytest.raises(QueueFull, match=r"\(3 requests waiting at priority 1; priority_queue_policy\[1\] max_queue_size=3\)"):
+    own = r"\(3 requests waiting at priority 1; priority_queue_policy\[1\] max_queue_size=3\)"
+    with pytest.raises(QueueFull, match=own):
         q.admit(X, settle(q._policy, 1), lambda rows: 0.0)
     assert q.full(1) and not q.full(2)  # for the refusal's reason in /metrics: by count
     q.admit(X, settle(q._policy, 2), lambda rows: 0.0)
