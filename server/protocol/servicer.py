@@ -157,13 +157,20 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         if request.name:
+            # Triton's answers (its core's ServerModelStatistics): a model with no version ready,
+            # known or not, and a version not ready are INVALID_ARGUMENT in its words; an empty
+            # list broke clients reading model_stats[0], and NOT_FOUND was not Triton's code.
+            try:
+                loaded = self._models.entry(request.name).versions
+            except ModelNotFound:
+                loaded = {}
+            if not loaded:
+                raise InvalidRequest(f"requested model '{request.name}' is not available")
             versions = (
                 [self._statistics_version(request.name, request.version)]
                 if request.version
-                else [*self._models.entry(request.name).versions.values()]
+                else [*loaded.values()]
             )
-            if not versions:  # Triton's words; an empty list broke clients reading model_stats[0]
-                raise InvalidRequest(f"requested model '{request.name}' is not available")
         else:
             versions = list(self._models.ready_versions())
         return pb.ModelStatisticsResponse(
@@ -171,11 +178,10 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         )
 
     def _statistics_version(self, name: str, version: str) -> ModelVersion:
-        self._models.entry(name)  # an unknown model keeps Triton's "Request for unknown model"
         try:
             return self._models.resolve(name, version)
-        except (ModelNotFound, ModelNotReady) as exc:  # Triton's words for a version it does not serve
-            raise type(exc)(f"{triton_text.version_not_available(name)}; {exc}") from None
+        except (ModelNotFound, ModelNotReady) as exc:  # Triton's words and code: a version not served
+            raise InvalidRequest(f"{triton_text.version_not_available(name)}; {exc}") from None
 
     # -- repository ---------------------------------------------------------------------------
 

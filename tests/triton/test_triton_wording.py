@@ -100,10 +100,16 @@ def test_load_names_in_tritons_words(limits_server: ServerProcess) -> None:
 
 
 def test_statistics_of_a_version_not_served_in_tritons_words(demo_server: ServerProcess) -> None:
+    """Triton's core (ServerModelStatistics) answers INVALID_ARG for a version not ready and for a
+    model with no version ready, known or not: ours had been NOT_FOUND for both."""
     client = client_for(demo_server)
-    message = message_of(client.get_inference_statistics, "mlp", model_version="99")
-    assert message.startswith("requested model version is not available for model 'mlp'"), message
-    # The model itself unknown: Triton's unknown-model words instead.
-    assert message_of(client.get_inference_statistics, "foo", model_version="1").startswith(
-        "Request for unknown model: 'foo' is not found"
-    )
+    for version in ("99", "0"):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_inference_statistics("mlp", model_version=version)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert info.value.message().startswith("requested model version is not available for model 'mlp'")
+    for version in ("1", ""):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_inference_statistics("foo", model_version=version)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert info.value.message() == "requested model 'foo' is not available"
