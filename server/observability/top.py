@@ -5,21 +5,31 @@ and cost. Counts come from ModelStatistics over gRPC (any KServe v2 / Triton ser
 latency percentiles, queue depth, deadline outcomes and cost from the server's /metrics when it
 has one (`--metrics-url`, default the server's host on port 8002). Each refresh shows the change
 since the previous one, so the first table needs two samples `--interval` apart.
+
+One gRPC channel serves the whole session: under `serve --workers N` the kernel hands each new
+connection to any worker, each with its own counters, and a channel per reading had mixed them
+(a steady 350/s read 348, 100, 87, -69). `--workers N` sums the workers instead, every figure from
+their /metrics pages (worker i on the metrics port + i). A counter that went down between two
+readings (a model reloaded) is a restart: that interval shows `-`, never a negative rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
+from clients.security import TlsOptions, bearer_metadata
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -27,12 +37,15 @@ if TYPE_CHECKING:  # rich and prometheus_client load only when `top` runs, not w
     from rich.table import Table
 
 Key = tuple[str, str]  # (model, version)
+Metadata = tuple[tuple[str, str], ...]
 MISSES = ("shed", "expired", "late")
+HEADINGS = ("model", "version", "req/s", "p50 ms", "p99 ms", "avg batch", "queue", "misses", "$/M inf")
+RESET_NOTE = "-: not counted this interval (a counter went down: the model was reloaded)"
 
 
 @dataclass
 class Sample:
-    """One reading of the server: cumulative counters per model version."""
+    """One reading of one server process: cumulative counters per model version."""
 
     at: float
     success: dict[Key, int] = field(default_factory=dict)
@@ -44,6 +57,7 @@ class Sample:
     misses: dict[Key, float] = field(default_factory=dict)
     cost: dict[Key, float] = field(default_factory=dict)
     metrics_error: str | None = None
+    counts_error: str | None = None  # the counts could not be read (from /metrics under --workers)
 
 
 def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,13 +66,98 @@ def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     top.add_argument("--metrics-url", help="its /metrics (default: http://HOST:8002/metrics)")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--once", action="store_true", help="print one table (two samples) and exit")
+    top.add_argument("--workers", type=int, default=1,
+                     help="the server's `serve --workers N`: sum all N from /metrics (worker i on the "
+                          "--metrics-url port + i); 1 reads one server process")  # fmt: skip
+    # The load-test harness's flags, same meaning (README "Security"); /metrics is plain HTTP.
+    group = top.add_argument_group("security (the gRPC connection)")
+    group.add_argument("--tls", action="store_true", help="TLS with the system's trusted roots")
+    group.add_argument("--tls-ca", type=Path, help="PEM CA bundle for the server's certificate (implies TLS)")
+    group.add_argument("--tls-cert", type=Path, help="client certificate chain, PEM, for mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="client private key, PEM, for mutual TLS")
+    group.add_argument("--tls-server-name", help="name to check the server's certificate against")
+    group.add_argument("--token", help="bearer token (visible in `ps`: prefer --token-file)")
+    group.add_argument("--token-file", type=Path, help="file holding the bearer token")
 
 
-def read_statistics(target: str, timeout_s: float = 5.0) -> Sample:
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        response = stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=timeout_s)
-    return sample_of(response, time.monotonic())
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def security_of(args: argparse.Namespace) -> tuple[TlsOptions | None, Metadata]:
+    """TLS options (None: plaintext) and the token's metadata; ValueError naming the flag."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("pass --token or --token-file, not both")
+    token = args.token
+    if args.token_file is not None:
+        token = (_read(args.token_file, "--token-file") or b"").decode("utf-8", "replace").strip()
+    try:
+        metadata = bearer_metadata(token)
+    except ValueError as exc:
+        raise ValueError(f"--token{'-file' if args.token_file else ''}: {exc}") from None
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name is not None):
+        return None, metadata
+    tls = TlsOptions(
+        _read(args.tls_ca, "--tls-ca"),
+        _read(args.tls_cert, "--tls-cert"),
+        _read(args.tls_key, "--tls-key"),
+        args.tls_server_name,
+    )
+    return tls, metadata
+
+
+def worker_urls(url: str, workers: int) -> list[str]:
+    """Each worker's /metrics: worker i serves the first one's port + i (`serve --workers N`)."""
+    if workers < 1:
+        raise ValueError(f"--workers must be 1 or more, not {workers}")
+    if workers == 1:
+        return [url]
+    parts = urllib.parse.urlsplit(url)
+    if parts.port is None or parts.hostname is None:
+        raise ValueError(f"--workers {workers} needs a host and port in --metrics-url, not {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return [parts._replace(netloc=f"{host}:{parts.port + i}").geturl() for i in range(workers)]
+
+
+class Reader:
+    """Reads a server for a whole session. With one process to read, ONE gRPC channel, opened
+    here: a channel keeps its connection, so every ModelStatistics call reaches the same server
+    process (under `serve --workers N`, the same worker). With several, their /metrics pages."""
+
+    def __init__(
+        self, target: str, metrics_urls: list[str], tls: TlsOptions | None = None, metadata: Metadata = ()
+    ) -> None:
+        self.metrics_urls = metrics_urls
+        self.metadata = metadata or None
+        self.channel: grpc.Channel | None = None
+        if len(metrics_urls) == 1:
+            self.channel = (
+                grpc.insecure_channel(target)
+                if tls is None
+                else grpc.secure_channel(target, tls.credentials(), options=tls.channel_args())
+            )
+            self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def read(self, timeout_s: float = 5.0) -> list[Sample]:
+        """One Sample per server process read."""
+        if self.channel is None:
+            return [_metrics_sample(url, timeout_s) for url in self.metrics_urls]
+        request = pb.ModelStatisticsRequest()
+        response = self.stub.ModelStatistics(request, timeout=timeout_s, metadata=self.metadata)
+        sample = sample_of(response, time.monotonic())
+        read_metrics(self.metrics_urls[0], sample, timeout_s=timeout_s)
+        return [sample]
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
 
 
 def sample_of(response: pb.ModelStatisticsResponse, at: float) -> Sample:
@@ -73,10 +172,13 @@ def sample_of(response: pb.ModelStatisticsResponse, at: float) -> Sample:
     return sample
 
 
-def add_metrics(sample: Sample, text: str) -> None:
-    """Fold the server's Prometheus text into `sample` (unknown metrics are ignored)."""
+def add_metrics(sample: Sample, text: str, counts: bool = False) -> None:
+    """Fold the server's Prometheus text into `sample` (unknown metrics are ignored); with `counts`,
+    the requests, rows and runs too (Triton's names, the same counters ModelStatistics reads)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    counters = {"nv_inference_request_success": sample.success, "nv_inference_count": sample.rows,
+                "nv_inference_exec_count": sample.runs}  # fmt: skip
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
@@ -91,35 +193,80 @@ def add_metrics(sample: Sample, text: str) -> None:
                     sample.misses[key] = sample.misses.get(key, 0.0) + s.value
             elif s.name == "sluiceway_cost_per_million_inferences":
                 sample.cost[key] = s.value
+            elif counts and s.name in counters:
+                counters[s.name][key] = int(s.value)
 
 
-def read_metrics(url: str, sample: Sample, timeout_s: float = 5.0) -> None:
+def read_metrics(url: str, sample: Sample, timeout_s: float = 5.0, counts: bool = False) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # the operator's URL
-            add_metrics(sample, reply.read().decode("utf-8"))
+            add_metrics(sample, reply.read().decode("utf-8"), counts)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         sample.metrics_error = f"{url}: {exc}"
 
 
-def percentile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
-    """The q-quantile (0-1) of what a cumulative histogram counted between two readings, as the
-    upper bound of the bucket it falls in (None when nothing was counted)."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = counts[-1] if counts else 0.0
-    if total <= 0:
+def _metrics_sample(url: str, timeout_s: float) -> Sample:
+    sample = Sample(at=0.0)
+    read_metrics(url, sample, timeout_s, counts=True)
+    sample.at = time.monotonic()
+    sample.counts_error = sample.metrics_error
+    return sample
+
+
+def bucket_counts(before: Mapping[float, float], after: Mapping[float, float]) -> dict[float, float]:
+    """What a cumulative histogram counted between two readings, per bucket (negative: reset)."""
+    return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+
+
+def quantile(counts: Mapping[float, float], q: float) -> float | None:
+    """The q-quantile (0-1) of cumulative bucket counts, as the upper bound of the bucket it falls
+    in; None when nothing was counted or a count is negative (a reset)."""
+    bounds = sorted(counts)
+    total = counts[bounds[-1]] if bounds else 0.0
+    if total <= 0 or any(counts[b] < 0 for b in bounds):
         return None
-    for bound, count in zip(bounds, counts, strict=True):
-        if count >= q * total:
-            return bound
-    return bounds[-1]
+    return next((b for b in bounds if counts[b] >= q * total), bounds[-1])
+
+
+def percentile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
+    """The q-quantile of what was counted between two readings (None across a reset)."""
+    return quantile(bucket_counts(before, after), q)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What one server process counted for one model version between two readings."""
+
+    rate: float
+    rows: int
+    runs: int
+    buckets: dict[float, float] | None  # None: its /metrics was not read
+    misses: float | None
+
+
+def counted(before: Sample, after: Sample, key: Key) -> Counted | None:
+    """None when the interval cannot be counted: a counter went down (the model was reloaded
+    between the readings; Prometheus's rate() takes a drop as a reset too) or was not read."""
+    if before.counts_error or after.counts_error:
+        return None
+    success = after.success[key] - before.success.get(key, 0)
+    done = after.rows.get(key, 0) - before.rows.get(key, 0)
+    runs = after.runs.get(key, 0) - before.runs.get(key, 0)
+    scraped = before.metrics_error is None and after.metrics_error is None
+    hist = None
+    if scraped and key in after.buckets:
+        hist = bucket_counts(before.buckets.get(key, {}), after.buckets[key])
+    misses = after.misses[key] - before.misses.get(key, 0.0) if scraped and key in after.misses else None
+    if min(success, done, runs, misses or 0.0, *(hist or {}).values()) < 0:
+        return None
+    return Counted(success / max(after.at - before.at, 1e-9), done, runs, hist, misses)
 
 
 @dataclass(frozen=True)
 class Row:
     model: str
     version: str
-    rate: float
+    rate: float | None  # None: not counted this interval (a reset, or counts not read)
     p50_us: float | None
     p99_us: float | None
     batch: float | None
@@ -128,26 +275,63 @@ class Row:
     cost: float | None
 
 
-def rows(before: Sample, after: Sample) -> list[Row]:
-    dt = max(after.at - before.at, 1e-9)
+def _summed(parts: Sequence[Counted], key: Key, queue: float | None, cost: float | None) -> Row:
+    """One row from every process's count: rates, rows, runs, misses and histograms add up."""
+    rows_, runs = sum(p.rows for p in parts), sum(p.runs for p in parts)
+    hists = [p.buckets for p in parts if p.buckets is not None]
+    hist: dict[float, float] | None = None
+    if hists and len(hists) == len(parts):
+        hist = {b: sum(h.get(b, 0.0) for h in hists) for b in set().union(*hists)}
+    misses = [p.misses for p in parts if p.misses is not None]
+    return Row(
+        model=key[0],
+        version=key[1],
+        rate=sum(p.rate for p in parts),
+        p50_us=quantile(hist, 0.5) if hist else None,
+        p99_us=quantile(hist, 0.99) if hist else None,
+        batch=rows_ / runs if runs > 0 else None,
+        queue=queue,
+        misses=sum(misses) if misses and len(misses) == len(parts) else None,
+        cost=cost,
+    )
+
+
+def rows_of_workers(before: Sequence[Sample], after: Sequence[Sample]) -> list[Row]:
+    """A row per model version, summed over the server processes read (before[i] and after[i]
+    are process i's readings); a version one of them could not count reads `-`."""
     table = []
-    for key in sorted(after.success):
-        runs = after.runs[key] - before.runs.get(key, 0)
-        hist_before, hist_after = before.buckets.get(key, {}), after.buckets.get(key)
-        table.append(
-            Row(
-                model=key[0],
-                version=key[1],
-                rate=(after.success[key] - before.success.get(key, 0)) / dt,
-                p50_us=percentile(hist_before, hist_after, 0.5) if hist_after else None,
-                p99_us=percentile(hist_before, hist_after, 0.99) if hist_after else None,
-                batch=(after.rows[key] - before.rows.get(key, 0)) / runs if runs > 0 else None,
-                queue=after.queue.get(key),
-                misses=after.misses[key] - before.misses.get(key, 0.0) if key in after.misses else None,
-                cost=after.cost.get(key),
-            )
-        )
+    for key in sorted({key for sample in after for key in sample.success}):
+        parts = [
+            counted(b, a, key)
+            for b, a in zip(before, after, strict=True)
+            if key in a.success or a.counts_error or b.counts_error
+        ]
+        queues = [a.queue[key] for a in after if key in a.queue]
+        costs = [a.cost[key] for a in after if key in a.cost]  # per inference: the mean, not a sum
+        queue = sum(queues) if queues else None
+        cost = sum(costs) / len(costs) if costs else None
+        known = [p for p in parts if p is not None]
+        if len(known) < len(parts):
+            table.append(Row(key[0], key[1], None, None, None, None, queue, None, cost))
+        else:
+            table.append(_summed(known, key, queue, cost))
     return table
+
+
+def rows(before: Sample, after: Sample) -> list[Row]:
+    return rows_of_workers([before], [after])
+
+
+def caption(table: Sequence[Row], after: Sequence[Sample], metrics_urls: Sequence[str]) -> str:
+    """What the figures are, a reset, and each /metrics page that did not answer."""
+    if len(after) == 1:
+        notes = ["one server process (for `serve --workers N`, pass --workers N to sum them)"]
+    else:
+        notes = [f"sum of {len(after)} workers' /metrics, from {metrics_urls[0]} on"]
+    if any(r.rate is None for r in table):
+        notes.append(RESET_NOTE)
+    notes += [s.metrics_error for s in after if s.metrics_error]
+    return "\n".join(notes)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -158,23 +342,13 @@ def render(table: Iterable[Row], note: str | None = None) -> Table:
     from rich.table import Table
 
     out = Table(title="sluiceway top", caption=note)
-    for heading in (
-        "model",
-        "version",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "avg batch",
-        "queue",
-        "misses",
-        "$/M inf",
-    ):
+    for heading in HEADINGS:
         out.add_column(heading, justify="left" if heading in ("model", "version") else "right")
     for r in table:
         out.add_row(
             r.model,
             r.version,
-            f"{r.rate:.1f}",
+            _fmt(r.rate, ".1f"),
             _fmt(None if r.p50_us is None else r.p50_us / 1e3, ".2f"),
             _fmt(None if r.p99_us is None else r.p99_us / 1e3, ".2f"),
             _fmt(r.batch, ".2f"),
@@ -185,34 +359,47 @@ def render(table: Iterable[Row], note: str | None = None) -> Table:
     return out
 
 
+def _rpc_error(target: str, exc: grpc.RpcError, metadata: Metadata) -> str:
+    """Its code and details, not grpc's whole debug string; the option a refusal asks for."""
+    code, details = exc.code(), exc.details()
+    line = f"sluiceway top: {target}: {code.name if code else 'error'}: {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED and not metadata:
+        line += " (the server wants a bearer token: pass --token-file or --token)"
+    return line
+
+
 def run_top(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
     host = args.target.rsplit(":", 1)[0]
-    url = args.metrics_url or f"http://{host}:8002/metrics"
+    try:
+        tls, metadata = security_of(args)
+        urls = worker_urls(args.metrics_url or f"http://{host}:8002/metrics", args.workers)
+    except ValueError as exc:
+        print(f"sluiceway top: {exc}", file=sys.stderr)
+        return 2
     interval = max(0.1, float(args.interval))
 
-    def sample() -> Sample:
-        s = read_statistics(args.target)
-        read_metrics(url, s)
-        return s
+    def view(before: list[Sample], after: list[Sample]) -> Table:
+        table = rows_of_workers(before, after)
+        return render(table, caption(table, after, urls))
 
-    try:
-        before = sample()
-        time.sleep(interval)  # the refresh period of a display, not synchronisation
-        after = sample()
-        if args.once:
-            Console().print(render(rows(before, after), after.metrics_error))
+    with contextlib.closing(Reader(args.target, urls, tls, metadata)) as reader:
+        try:
+            before = reader.read()
+            time.sleep(interval)  # the refresh period of a display, not synchronisation
+            after = reader.read()
+            if args.once:
+                Console().print(view(before, after))
+                return 0
+            with Live(view(before, after), refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    before, after = after, reader.read()
+                    live.update(view(before, after))
+        except grpc.RpcError as exc:
+            print(_rpc_error(args.target, exc, metadata), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
             return 0
-        with Live(render(rows(before, after), after.metrics_error), refresh_per_second=4) as live:
-            while True:
-                time.sleep(interval)
-                before, after = after, sample()
-                live.update(render(rows(before, after), after.metrics_error))
-    except grpc.RpcError as exc:  # its code and details, not grpc's whole debug string
-        code, details = exc.code(), exc.details()
-        print(f"sluiceway top: {args.target}: {code.name if code else 'error'}: {details}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0

@@ -8,7 +8,7 @@ import socket
 import pytest
 from rich.console import Console
 
-from server.observability.top import Sample, add_metrics, percentile, render, rows, run_top
+from server.observability.top import Sample, add_metrics, add_top_parser, percentile, render, rows, run_top
 
 METRICS = """\
 # TYPE sluiceway_request_duration_us histogram
@@ -24,6 +24,12 @@ sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="on_time"} 95
 sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="shed"} 4
 sluiceway_deadline_outcome_total{model="mlp",version="1",outcome="late"} 1
 """
+
+
+def top_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_top_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["top", *argv])
 
 
 def test_percentiles_come_from_the_buckets_counted_between_readings() -> None:
@@ -59,8 +65,7 @@ def test_a_server_that_is_not_there_is_one_line(capsys: pytest.CaptureFixture[st
     with socket.socket() as free:  # bound, never listened to, closed: nothing answers there
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    args = argparse.Namespace(target=f"127.0.0.1:{port}", metrics_url=None, interval=0.1, once=True)
-    assert run_top(args) == 1
+    assert run_top(top_args("--target", f"127.0.0.1:{port}", "--interval", "0.1", "--once")) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"sluiceway top: 127.0.0.1:{port}: UNAVAILABLE: ")
     assert "debug_error_string" not in err
@@ -77,3 +82,33 @@ def test_a_cached_models_requests_are_counted_once() -> None:
     stats.inference_stats.success.count = 287
     stats.inference_stats.cache_hit.count = 286
     assert sample_of(response, 1.0).success == {("cached", "1"): 287}
+
+
+def test_a_reset_between_readings_is_not_counted() -> None:
+    """A model reloaded between two readings restarts its counters: the difference had shown a
+    negative rate (-1186 req/s) and percentiles of a histogram that went down. That interval
+    reads `-`, as Prometheus takes a counter that went down as a reset."""
+    key = ("mlp", "1")
+    before = Sample(at=10.0, success={key: 5000}, rows={key: 5000}, runs={key: 900})
+    after = Sample(at=13.0, success={key: 1400}, rows={key: 1400}, runs={key: 300})
+    before.buckets[key] = {100.0: 1000.0, 1000.0: 4900.0, float("inf"): 5000.0}
+    after.buckets[key] = {100.0: 1200.0, 1000.0: 1390.0, float("inf"): 1400.0}
+    before.misses[key], after.misses[key] = 40.0, 2.0
+    (row,) = rows(before, after)
+    assert row.rate is None and row.batch is None and row.misses is None
+    assert row.p50_us is None and row.p99_us is None
+    # A bucket that went down while the total grew is a reset too, never a mixed percentile.
+    assert percentile(before.buckets[key], after.buckets[key], 0.5) is None
+    console = Console(record=True, width=140)
+    console.print(render([row]))
+    assert "-1" not in console.export_text()
+
+
+def test_a_reset_seen_only_in_the_histogram_blanks_the_row() -> None:
+    key = ("mlp", "1")
+    before = Sample(at=10.0, success={key: 100}, rows={key: 100}, runs={key: 50})
+    after = Sample(at=12.0, success={key: 300}, rows={key: 300}, runs={key: 150})
+    before.buckets[key] = {100.0: 90.0, float("inf"): 100.0}
+    after.buckets[key] = {100.0: 20.0, float("inf"): 120.0}  # restarted, then counted 120
+    (row,) = rows(before, after)
+    assert row.rate is None and row.p50_us is None and row.p99_us is None
