@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -129,4 +130,18 @@ def server_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterce
         return []
     if settings.tls_cert_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("bearer tokens are checked but TLS is off: tokens cross the network in clear text")
+    warn_if_others_can_read(settings.auth_tokens_file)
     return [BearerTokenInterceptor(load_tokens(settings.auth_tokens_file))]
+
+
+def warn_if_others_can_read(path: Path) -> None:
+    """A tokens file other users may read or write (0644 had started without a word) gives every
+    local user the tokens: one warning, naming the mode and the fix."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # the settings' check already read it; a file gone since fails at load_tokens
+    if mode & 0o077:
+        log.warning(
+            "auth_tokens_file %s can be read or written by other users (mode %04o): chmod 600 it", path, mode
+        )

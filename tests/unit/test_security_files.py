@@ -1,5 +1,6 @@
-"""The server's certificate dates, checked at start-up: an expired certificate loaded silently and
-every client that checks it failed the handshake with a message about the client's side only."""
+"""The security files, checked at start-up: the server certificate's dates (an expired one loaded
+silently, and every client that checks it failed the handshake with a message about the client's
+side only) and the tokens file's mode."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ def test_the_server_warns_once_when_it_binds_with_an_expired_certificate(
     assert len(warnings) == 1
     assert f"tls_cert_file {cert}: the certificate expired on " in warnings[0]
     assert "clients that check it refuse the handshake" in warnings[0]
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o644, True)])
+def test_a_tokens_file_others_can_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    """A world-readable tokens file (0644) had started without a word."""
+    from server.security.auth import server_interceptors
+    from tests.support.certs import write_tokens
+
+    tokens = write_tokens(tmp_path / "tokens", "i" * 24, "a" * 24)
+    tokens.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="server.security.auth"):
+        assert len(server_interceptors(ServerSettings(auth_tokens_file=tokens))) == 1
+    said = [r.getMessage() for r in caplog.records if "auth_tokens_file" in r.getMessage()]
+    assert said == (
+        [f"auth_tokens_file {tokens} can be read or written by other users (mode {mode:04o}): chmod 600 it"]
+        if warned
+        else []
+    )
