@@ -152,6 +152,7 @@ class SluicewayServer:
             lambda: self._stopping,
             stream_max_in_flight=settings.stream_max_in_flight,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            stream_max_held_bytes=settings.stream_max_held_bytes,
             max_message_bytes=settings.max_message_bytes,
             tracing=self.tracing,
             shm=self.shared_memory,

@@ -52,6 +52,9 @@ class ServerSettings(BaseSettings):
     default_max_batch_size: int = Field(default=64, ge=0)
     # Requests one ModelStreamInfer call may have in flight before the server stops reading it.
     stream_max_in_flight: int = Field(default=256, ge=1)
+    # Raw tensor bytes one ModelStreamInfer call may hold in requests read and answers not yet
+    # written before the server stops reading it (one larger frame is still read alone).
+    stream_max_held_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     # Concurrent RPCs the server accepts (streams included) before answering RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=4096, ge=1, le=_GRPC_INT_MAX)
     # Open ModelStreamInfer calls: in all (kept below max_concurrent_rpcs so streams can never

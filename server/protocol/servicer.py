@@ -7,6 +7,7 @@ exactly once with a result or an error message, and keeps going.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -69,6 +70,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         *,
         stream_max_in_flight: int,
         stream_idle_timeout_s: float,
+        stream_max_held_bytes: int | None = None,
         max_message_bytes: int | None = None,
         tracing: Tracing | None = None,
         shm: SharedMemoryRegistry | None = None,
@@ -83,6 +85,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self.cuda_shm = cuda_shm or NoCudaSharedMemory("CUDA shared memory is not available")
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
+        self._stream_max_held_bytes = stream_max_held_bytes
         self._max_message_bytes = max_message_bytes  # a stream answer over it fails alone
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
         self._is_stopping = is_stopping
@@ -246,6 +249,12 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             await abort_with(context, ShuttingDown("server is shutting down"))
         remaining = context.time_remaining()
         traced = self._traced
+        handler = asyncio.current_task()  # grpc's task for this call: cancelling it ends the call
+
+        def end_call() -> None:  # its client reads no answer: free its slot and what it holds
+            if handler is not None:
+                handler.cancel()
+
         session = StreamSession(
             request_iterator,
             self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelStreamInfer"),
@@ -254,6 +263,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             idle_timeout_s=self._stream_idle_timeout_s,
             on_close=self._models.release_sequences,
             max_answer_bytes=self._max_message_bytes,
+            max_held_bytes=self._stream_max_held_bytes,
+            on_stalled=end_call,
         )
         try:
             with self.calls.stream(context.peer(), session):

@@ -1,8 +1,10 @@
 """One ModelStreamInfer call: read requests, admit each, answer each exactly once, close.
 
 A reader task takes requests off the stream while fewer than `max_in_flight` are unanswered or
-answered but not yet written (beyond that it stops reading and HTTP/2 flow control pushes back on
-the sender; a client that stops reading its answers stops the server reading its requests). A
+answered but not yet written, and while those hold fewer than `max_held_bytes` of raw tensor bytes
+(beyond either it stops reading and HTTP/2 flow control pushes back on the sender; a client that
+stops reading its answers stops the server reading its requests). Counting requests only, 8
+streams that never read held 256 answers of 0.5 MB each: 1.1 GB. A
 request that needs no waiting (a cache hit, the batcher's fast path) is answered inline by the
 reader, without a task; the others get a task each. Answers leave through one queue as they
 complete, except for models with `preserve_ordering`: their answers leave in request order, each
@@ -12,7 +14,10 @@ whole stream for it, and every later request on it would go unanswered.
 
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
-way the reader stops reading and `ended_by` says why, for the call's final status.
+way the reader stops reading and `ended_by` says why, for the call's final status. A third ends it
+at once: answers wait to be written and its client has neither read one nor sent anything for
+`idle_timeout_s` (its reader died): `on_stalled` ends the call, which frees what it holds; it had
+kept its slot and its answers until its deadline, or for good.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
@@ -58,15 +63,22 @@ class StreamSession:
         idle_timeout_s: float = 0.0,  # 0: never
         on_close: OnClose | None = None,  # given the sequences it drove, when it ends
         max_answer_bytes: int | None = None,  # the server's max_message_bytes (None: no check)
+        max_held_bytes: int | None = None,  # raw bytes of requests read and answers unwritten
+        on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
     ) -> None:
         self._requests = requests
+        self._max_held_bytes = max_held_bytes
+        self._held_bytes = 0
+        self._room = asyncio.Event()  # set whenever the held bytes drop under the bound
+        self._on_stalled = on_stalled
         self._max_answer_bytes = max_answer_bytes
         self._path = path
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
         self._on_close = on_close
         self._sequences = SeenSequences()
-        self._answers: asyncio.Queue[Response | None] = asyncio.Queue()
+        # Each answer with the bytes it releases once written (its own and its request's).
+        self._answers: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue()
         # One slot per request read and not yet written back: in flight or answered but unsent.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Task[None]] = set()
@@ -76,6 +88,8 @@ class StreamSession:
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
         self._last_read = time.monotonic()
+        self._last_written = self._last_read  # an answer last left (its client reads them)
+        self._busy_at = 0.0  # last seen waiting for its own answers: not idle then
         self._drain_began = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.ended_by: str | None = None  # "drain" or "idle": the session stopped reading early
@@ -85,9 +99,12 @@ class StreamSession:
         self._reader = asyncio.create_task(self._read())
         self._arm_idle_timer()
         try:
-            while (response := await self._answers.get()) is not None:
+            while (item := await self._answers.get()) is not None:
+                response, held = item
                 yield response
+                self._last_written = time.monotonic()
                 self.answered += 1
+                self._release(held)
                 self._slots.release()  # written: the slot may take the next request
             await self._reader  # re-raise a reader failure (a broken request stream)
         finally:
@@ -142,6 +159,7 @@ class StreamSession:
                     self._reading = True
                     await self._slots.acquire()  # a slot before a message: none read is dropped
                     try:
+                        await self._held_room()
                         request = await anext(iterator)
                     except StopAsyncIteration:
                         self._slots.release()
@@ -149,6 +167,7 @@ class StreamSession:
                     finally:
                         self._reading = False
                     self._last_read = time.monotonic()
+                    self._held_bytes += raw_bytes(request)
                     if self.ended_by is None:
                         self._admit(request)
                     else:  # draining: answered, not admitted
@@ -161,20 +180,47 @@ class StreamSession:
         finally:
             self._answers.put_nowait(None)  # the end of the answers, after every request's own
 
+    async def _held_room(self) -> None:
+        """Until what the stream holds is under max_held_bytes (one frame larger than the bound
+        is still read when nothing else is held)."""
+        limit = self._max_held_bytes
+        while limit is not None and self._held_bytes >= limit:
+            self._room.clear()
+            await self._room.wait()
+
+    def _release(self, nbytes: int) -> None:
+        self._held_bytes -= nbytes
+        limit = self._max_held_bytes
+        if limit is not None and self._held_bytes < limit:
+            self._room.set()
+
     def _arm_idle_timer(self) -> None:
         if self._idle_timeout_s > 0:
             loop = asyncio.get_running_loop()
-            due = self._last_read + self._idle_timeout_s
+            due = max(self._last_read, self._busy_at) + self._idle_timeout_s
             self._idle_timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
 
     def _idle_check(self) -> None:
-        """End a stream that has read nothing for idle_timeout_s and has nothing in flight."""
+        """End a stream that has read nothing for idle_timeout_s and has nothing in flight, and end
+        the call of one whose client has read no answer and sent nothing for as long."""
         if self.ended_by is not None:
             return
         now = time.monotonic()
-        if self._pending or not self._answers.empty():
-            self._last_read = now  # waiting for its own answers is not idle
-        elif now - self._last_read >= self._idle_timeout_s:
+        unsent = not self._answers.empty()
+        quiet_s = now - max(self._last_written, self._last_read)
+        if unsent and quiet_s >= self._idle_timeout_s and self._on_stalled is not None:
+            self.ended_by = "stalled"
+            log.warning(
+                "stream ended: its client read no answer and sent nothing for %g s "
+                "(stream_idle_timeout_s); %d answers unsent",
+                self._idle_timeout_s,
+                self._answers.qsize(),
+            )
+            self._on_stalled()
+            return
+        if self._pending or unsent:
+            self._busy_at = now  # waiting for its own answers is not idle
+        elif now - max(self._last_read, self._busy_at) >= self._idle_timeout_s:
             self.finish("idle")
             return
         self._arm_idle_timer()
@@ -274,9 +320,14 @@ class StreamSession:
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        request_bytes = raw_bytes(request)
         if response is not None:
-            self._answers.put_nowait(response)  # its slot is freed once it is written
+            answer_bytes = sum(map(len, response.infer_response.raw_output_contents))
+            self._held_bytes += answer_bytes
+            # Its slot and bytes are freed once it is written.
+            self._answers.put_nowait((response, request_bytes + answer_bytes))
         else:
+            self._release(request_bytes)
             self._slots.release()
         if done is not None:
             done.set()
@@ -306,6 +357,13 @@ class StreamSession:
 
 ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"  # tritonclient's enable_empty_final_response
 FINAL_RESPONSE = "triton_final_response"
+
+
+def raw_bytes(request: pb.ModelInferRequest | Malformed | None) -> int:
+    """A request's raw tensor bytes, as the stream holds them while it is in flight."""
+    if not isinstance(request, pb.ModelInferRequest):
+        return 0
+    return sum(map(len, request.raw_input_contents))
 
 
 def _wants_final_flag(request: pb.ModelInferRequest | Malformed | None) -> bool:

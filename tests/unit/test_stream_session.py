@@ -240,3 +240,114 @@ async def test_an_answer_made_at_once_never_overtakes_one_made_before_it() -> No
     await settle()
     assert got == ["1", "2", "3"]
     reading.cancel()
+
+
+class EchoBytesPath(InstantPath):
+    """Answers at once with outputs as large as the request's raw inputs (an identity model)."""
+
+    def start(
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        return None, pb.ModelInferResponse(
+            id=request.id, raw_output_contents=list(request.raw_input_contents)
+        )
+
+
+class BigSource(Source):
+    """Endless requests of `frame_bytes` raw bytes each."""
+
+    def __init__(self, frame_bytes: int) -> None:
+        super().__init__()
+        self.frame = b"\0" * frame_bytes
+
+    async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        while True:
+            self.read += 1
+            yield pb.ModelInferRequest(model_name="m", id=str(self.read), raw_input_contents=[self.frame])
+
+
+async def test_what_a_stream_holds_in_bytes_bounds_what_it_reads() -> None:
+    """A client that never reads its answers: requests alone bounded it (256 answers of 0.5 MB a
+    stream, 1.1 GB for 8 streams); the bytes of requests read and answers unwritten bound it now."""
+    source = BigSource(frame_bytes=100_000)
+    stream = StreamSession(
+        source.requests(),
+        cast(RequestPath, EchoBytesPath()),
+        max_in_flight=256,
+        deadline=None,
+        max_held_bytes=1_000_000,
+    )
+    answers = stream.answers()
+    first = await anext(answers)
+    assert first.infer_response.id == "1"
+    await settle()
+    # Each frame held twice (request and answer): the reader stops at 1 MB, 5 frames and one more.
+    assert source.read <= 1 + 5 + 1, source.read
+    before = source.read
+    await anext(answers)  # one written frees its bytes: one more is read
+    await settle()
+    assert before < source.read <= before + 1
+    await answers.aclose()
+
+
+async def test_one_frame_larger_than_the_bound_is_read_alone() -> None:
+    source = BigSource(frame_bytes=3_000_000)
+    stream = StreamSession(
+        source.requests(),
+        cast(RequestPath, EchoBytesPath()),
+        max_in_flight=8,
+        deadline=None,
+        max_held_bytes=1_000_000,
+    )
+    answers = stream.answers()
+    assert (await anext(answers)).infer_response.id == "1"
+    assert (await anext(answers)).infer_response.id == "2"
+    await settle()
+    assert source.read <= 3, source.read  # the one being written, and at most one more held
+    await answers.aclose()
+
+
+async def test_a_client_that_reads_nothing_and_sends_nothing_has_its_call_ended() -> None:
+    """Its reader died: the idle timeout had not ended it (waiting answers counted as activity),
+    and it kept its slot and its answers until its deadline, or for good."""
+    source = Source(limit=3)
+    ended = asyncio.Event()
+    stream = StreamSession(
+        source.requests(),
+        cast(RequestPath, InstantPath()),
+        max_in_flight=8,
+        deadline=None,
+        idle_timeout_s=0.05,
+        on_stalled=ended.set,
+    )
+    answers = stream.answers()
+    assert (await anext(answers)).infer_response.id == "1"  # then nothing more is read by the client
+    await asyncio.wait_for(ended.wait(), 30)
+    assert stream.ended_by == "stalled" and source.read == 3
+    await answers.aclose()
+
+
+async def test_a_client_that_reads_its_answers_is_not_ended_while_it_waits_for_more() -> None:
+    source = Source(limit=2)
+    path = HeldPath()
+    stalled = asyncio.Event()
+    stream = StreamSession(
+        # 1 s: a loaded machine may take 50 ms between an answer made and its read.
+        source.requests(), cast(RequestPath, path), max_in_flight=8, deadline=None, idle_timeout_s=1.0,
+        on_stalled=stalled.set,
+    )  # fmt: skip
+    answers = stream.answers()
+    pending = asyncio.ensure_future(anext(answers))
+    await settle()
+    assert source.read == 2
+    path.release.set()  # answered after a while in the batcher: read at once by its client
+    assert (await pending).infer_response.id in ("1", "2")
+    assert (await anext(answers)).infer_response.id in ("1", "2")
+    with pytest.raises(StopAsyncIteration):  # then idle, with nothing unsent: ended "idle"
+        await asyncio.wait_for(anext(answers), 30)
+    assert stream.ended_by == "idle" and not stalled.is_set()
