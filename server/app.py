@@ -30,7 +30,7 @@ from server.observability import sampling
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
-from server.protocol.calls import CallTracker, StreamLimits
+from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
@@ -103,10 +103,12 @@ class SluicewayServer:
             *keepalive_options(settings),
             *parse_grpc_args(settings.grpc_server_args),  # HTTP/2 tuning (BENCHMARKS.md section 12)
         ]
+        # Refused streams read until quiet, shared by the stream caps and the token check.
+        self.refusals = QuietRefusals(refusal_room(settings.max_concurrent_rpcs, settings.max_streams))
         self._grpc = grpc.aio.server(
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            interceptors=server_interceptors(settings) or None,
+            interceptors=server_interceptors(settings, self.refusals) or None,
         )
         # One response cache for the server, shared by every model that enables response_cache.
         self.response_cache = (
@@ -153,6 +155,7 @@ class SluicewayServer:
             stream_max_in_flight=settings.stream_max_in_flight,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
             stream_max_held_bytes=settings.stream_max_held_bytes,
+            refusals=self.refusals,
             max_message_bytes=settings.max_message_bytes,
             tracing=self.tracing,
             shm=self.shared_memory,

@@ -35,6 +35,33 @@ async def read_until_quiet(requests: AsyncIterator[object]) -> None:
             await asyncio.wait_for(anext(iterator), min(REFUSAL_QUIET_S, left))
 
 
+class QuietRefusals:
+    """`read_until_quiet` for refused streams, at most `limit` at once. Each holds a concurrent-RPC
+    slot for up to REFUSAL_MAX_S: a client that kept writing on streams refused for want of a token
+    or past the stream caps took every slot, and health checks and unary calls were refused
+    (RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!", 35 of 43 ServerLive calls). Past the
+    bound a refusal is answered at once (its client may then see grpc/grpc#36066's INTERNAL)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lingering = 0
+
+    async def read_until_quiet(self, requests: AsyncIterator[object]) -> None:
+        if self.lingering >= self.limit:
+            return
+        self.lingering += 1
+        try:
+            await read_until_quiet(requests)
+        finally:
+            self.lingering -= 1
+
+
+def refusal_room(max_concurrent_rpcs: int, max_streams: int) -> int:
+    """Refused streams that may linger: half the slots the open streams can never take (at least
+    1), so unary calls and health checks keep the other half."""
+    return max(1, (max_concurrent_rpcs - max_streams) // 2)
+
+
 class StreamLimits(NamedTuple):
     total: int
     per_connection: int

@@ -34,7 +34,7 @@ from server.models.versions import READY, ModelVersion, version_number
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
-from server.protocol.calls import CallTracker, read_until_quiet
+from server.protocol.calls import CallTracker, QuietRefusals
 from server.protocol.infer_job import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
@@ -71,6 +71,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int,
         stream_idle_timeout_s: float,
         stream_max_held_bytes: int | None = None,
+        refusals: QuietRefusals | None = None,
         max_message_bytes: int | None = None,
         tracing: Tracing | None = None,
         shm: SharedMemoryRegistry | None = None,
@@ -86,6 +87,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._stream_max_held_bytes = stream_max_held_bytes
+        self._refusals = refusals or QuietRefusals(1)
         self._max_message_bytes = max_message_bytes  # a stream answer over it fails alone
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
         self._is_stopping = is_stopping
@@ -245,7 +247,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         if self._is_stopping():
-            await read_until_quiet(request_iterator)
+            await self._refusals.read_until_quiet(request_iterator)
             await abort_with(context, ShuttingDown("server is shutting down"))
         remaining = context.time_remaining()
         traced = self._traced
@@ -271,7 +273,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 async for response in session.answers():
                     yield response
         except StreamLimitReached as exc:
-            await read_until_quiet(request_iterator)
+            await self._refusals.read_until_quiet(request_iterator)
             await abort_with(context, exc)
         if session.ended_by == "drain":  # every request read was answered; the rest were not read
             await abort_with(

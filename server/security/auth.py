@@ -20,7 +20,7 @@ import grpc
 
 from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
-from server.protocol.calls import read_until_quiet
+from server.protocol.calls import QuietRefusals
 from server.security.tokens import GRANTS, Scope, TokenTable, load_tokens
 
 if TYPE_CHECKING:
@@ -84,14 +84,16 @@ def check(table: TokenTable, method: str, metadata: Any) -> tuple[grpc.StatusCod
     return None
 
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str, refusals: QuietRefusals
+) -> grpc.RpcMethodHandler:
     """A handler of the same kind (unary or streaming) that answers `code` without running anything."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(code, message)
 
     async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await read_until_quiet(requests)  # grpc/grpc#36066: see there
+        await refusals.read_until_quiet(requests)  # grpc/grpc#36066: see there
         await context.abort(code, message)
 
     # No deserializer: the refused request stays bytes and is never parsed.
@@ -107,8 +109,9 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Refuses RPCs whose bearer token is missing, unknown or lacks the scope `required_scope` says."""
 
-    def __init__(self, table: TokenTable) -> None:
+    def __init__(self, table: TokenTable, refusals: QuietRefusals) -> None:
         self._table = table
+        self._refusals = refusals
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -121,17 +124,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         if refused is None:
             return handler
         log.debug("refused %s: %s", method, refused[0].name)
-        return _refusal(handler, *refused)
+        return _refusal(handler, *refused, self._refusals)
 
 
-def server_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors the settings ask for (none without a tokens file)."""
+def server_interceptors(
+    settings: ServerSettings, refusals: QuietRefusals
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors the settings ask for (none without a tokens file); `refusals`: the server's
+    bound on refused streams read until quiet (server/protocol/calls.py)."""
     if settings.auth_tokens_file is None:
         return []
     if settings.tls_cert_file is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("bearer tokens are checked but TLS is off: tokens cross the network in clear text")
     warn_if_others_can_read(settings.auth_tokens_file)
-    return [BearerTokenInterceptor(load_tokens(settings.auth_tokens_file))]
+    return [BearerTokenInterceptor(load_tokens(settings.auth_tokens_file), refusals)]
 
 
 def warn_if_others_can_read(path: Path) -> None:

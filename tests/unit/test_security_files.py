@@ -57,13 +57,14 @@ def test_a_tokens_file_others_can_read_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
 ) -> None:
     """A world-readable tokens file (0644) had started without a word."""
+    from server.protocol.calls import QuietRefusals
     from server.security.auth import server_interceptors
     from tests.support.certs import write_tokens
 
     tokens = write_tokens(tmp_path / "tokens", "i" * 24, "a" * 24)
     tokens.chmod(mode)
     with caplog.at_level(logging.WARNING, logger="server.security.auth"):
-        assert len(server_interceptors(ServerSettings(auth_tokens_file=tokens))) == 1
+        assert len(server_interceptors(ServerSettings(auth_tokens_file=tokens), QuietRefusals(1))) == 1
     said = [r.getMessage() for r in caplog.records if "auth_tokens_file" in r.getMessage()]
     assert said == (
         [f"auth_tokens_file {tokens} can be read or written by other users (mode {mode:04o}): chmod 600 it"]

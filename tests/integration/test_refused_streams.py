@@ -1,0 +1,90 @@
+"""Streams refused for want of a token keep writing, over a real server with small RPC limits:
+each refused stream is read until its caller goes quiet (at most 1 s; grpc/grpc#36066), and those
+lingering refusals had taken every concurrent-RPC slot, so a client with a token was refused too,
+health checks included (35 of 43 ServerLive calls). They are bounded now (QuietRefusals), leaving
+half the slots the open streams cannot take."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.protocol.calls import REFUSAL_MAX_S, QuietRefusals, refusal_room
+from tests.support.certs import write_tokens
+from tests.support.server_process import ServerProcess
+
+TOKEN = "inference-token-0123456789"
+ATTACKERS = 80
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tokens = write_tokens(tmp_path_factory.mktemp("tokens") / "tokens", TOKEN, "admin-token-0123456789abc")
+    args = ["--auth-tokens-file", str(tokens), "--max-concurrent-rpcs", "64", "--max-streams", "32"]
+    with ServerProcess(*args, "--max-streams-per-peer", "16") as running:
+        yield running
+
+
+async def test_streams_refused_without_a_token_leave_slots_for_everyone_else(server: ServerProcess) -> None:
+    async with (
+        grpc.aio.insecure_channel(server.address) as hostile,
+        grpc.aio.insecure_channel(
+            server.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as friendly,
+    ):
+        attacker = pb_grpc.GRPCInferenceServiceStub(hostile)
+        stop = asyncio.Event()
+
+        async def keep_writing() -> None:  # no token: refused; writes on, and opens another
+            while not stop.is_set():
+                call = attacker.ModelStreamInfer()
+                try:
+                    while not stop.is_set():
+                        await call.write(pb.ModelInferRequest(model_name="mlp"))
+                        await asyncio.sleep(0.02)  # a camera's pace, not synchronisation
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await asyncio.sleep(0.02)  # refused: the stream has ended
+                finally:
+                    call.cancel()
+
+        streams = [asyncio.ensure_future(keep_writing()) for _ in range(ATTACKERS)]
+        try:
+            victim = pb_grpc.GRPCInferenceServiceStub(friendly)
+            metadata = (("authorization", f"Bearer {TOKEN}"),)
+            outcomes = []
+            await asyncio.sleep(0.5)  # the attack under way (its refusals linger up to 1 s each)
+            for _ in range(10):
+                await asyncio.sleep(0.1)  # spread over the attack, not synchronisation
+                try:
+                    await victim.ServerLive(pb.ServerLiveRequest(), timeout=10)
+                    await victim.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=10, metadata=metadata)
+                    outcomes.append("ok")
+                except grpc.aio.AioRpcError as err:
+                    outcomes.append(f"{err.code().name}: {err.details()}")
+            assert outcomes == ["ok"] * 10
+        finally:
+            stop.set()
+            await asyncio.gather(*streams)
+
+
+async def test_past_the_bound_a_refusal_is_answered_at_once() -> None:
+    refusals = QuietRefusals(2)
+
+    async def chatty() -> AsyncIterator[object]:  # a caller that never goes quiet
+        while True:
+            yield b""
+            await asyncio.sleep(0.01)
+
+    lingering = [asyncio.ensure_future(refusals.read_until_quiet(chatty())) for _ in range(2)]
+    while refusals.lingering < 2:
+        await asyncio.sleep(0)
+    await asyncio.wait_for(refusals.read_until_quiet(chatty()), REFUSAL_MAX_S / 2)  # not read at all
+    assert refusals.lingering == 2
+    await asyncio.gather(*lingering)  # each ends within REFUSAL_MAX_S
+    assert refusals.lingering == 0
+    assert (refusal_room(64, 32), refusal_room(4096, 2048), refusal_room(10, 10)) == (16, 1024, 1)
