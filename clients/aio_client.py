@@ -12,8 +12,16 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
-from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
-from clients.errors import SluicewayError, from_rpc_error
+from clients.base import (
+    HEALTH_CHECK,
+    ClientBase,
+    ClientClosed,
+    closed_during_call,
+    is_serving,
+    probe_failed_is_healthy,
+    version_str,
+)
+from clients.errors import from_rpc_error
 from clients.repository import load_request
 from clients.stream import DEFAULT_MAX_IN_FLIGHT, StreamSession
 from protos import grpc_service_pb2 as pb
@@ -168,6 +176,7 @@ class AsyncClient(ClientBase):
                 request, timeout=self._timeout(timeout_s), metadata=self._metadata
             )
         except grpc.RpcError as exc:
+            self._raise_if_closed()
             raise from_rpc_error(exc) from exc
         except asyncio.CancelledError:
             self._raise_if_closed()
@@ -177,7 +186,7 @@ class AsyncClient(ClientBase):
         """A call cut by close() (grpc.aio cancels the calls of a closed channel) is this error,
         not a bare CancelledError: the task was not cancelled, and gather/TaskGroup would say so."""
         if self._closed:
-            raise SluicewayError("the client was closed during the call", grpc.StatusCode.CANCELLED) from None
+            raise closed_during_call() from None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -203,9 +212,16 @@ class AsyncClient(ClientBase):
         self, rpc: str, request: Any, timeout_s: float | None, prepare: Callable[[float], None] | None = None
     ) -> Any:
         attempts = self._attempts(timeout_s)
+        started = False  # a client closed before the call refuses it (ClientClosed), not during
         while True:
             step = attempts.next()
-            stubs = self._stubs(step.address)
+            try:
+                stubs = self._stubs(step.address)
+            except ClientClosed as exc:
+                if started:  # closed while this call waited to retry
+                    raise closed_during_call() from exc
+                raise
+            started = True
             if step.probe:
                 attempts.probed(step, await self._healthy(stubs, attempts.probe_timeout(step)))
                 continue
@@ -215,6 +231,7 @@ class AsyncClient(ClientBase):
             try:
                 response = await call(request, timeout=step.timeout_s, metadata=self._metadata)
             except grpc.RpcError as exc:
+                self._raise_if_closed()
                 await asyncio.sleep(attempts.failed(step, exc))  # raises the mapped error when not retrying
                 continue
             except asyncio.CancelledError:
@@ -262,7 +279,7 @@ class AsyncClient(ClientBase):
 
     def _stubs(self, address: str) -> _Stubs:
         if self._closed:
-            raise RuntimeError("the client is closed")
+            raise ClientClosed("the client is closed")
         self._own_loop(asyncio.get_running_loop())
         stubs = self._stubs_by_address.get(address)
         if stubs is None:

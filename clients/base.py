@@ -24,6 +24,7 @@ from clients.endpoints import (
     EndpointPool,
     RetryPolicy,
 )
+from clients.errors import SluicewayError
 from clients.security import AUTHORIZATION, TlsOptions, bearer_metadata
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -33,6 +34,16 @@ DEFAULT_RETRY = RetryPolicy()
 DEFAULT_CHANNEL_OPTIONS = ChannelOptions()
 
 HEALTH_CHECK = health_pb2.HealthCheckRequest(service="")  # "": the whole server
+
+
+class ClientClosed(RuntimeError):
+    """A call made on a client after its close()."""
+
+
+def closed_during_call() -> SluicewayError:
+    """A call that close() cut short: CANCELLED, the same from both clients (the sync one had
+    retried it as a server's CANCELLED and then raised a bare RuntimeError)."""
+    return SluicewayError("the client was closed during the call", grpc.StatusCode.CANCELLED)
 
 
 def is_serving(response: health_pb2.HealthCheckResponse) -> bool:

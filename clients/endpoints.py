@@ -8,10 +8,11 @@ clock and a seeded `random.Random`.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -84,7 +85,8 @@ class RetryPolicy:
 
         `retry_after_s`: the server's RetryInfo hint for the endpoint that refused; the wait is at
         least that. When it leaves too little of the deadline, give up now: the caller gets the
-        overload answer at once instead of a late DEADLINE_EXCEEDED."""
+        overload answer at once instead of a late DEADLINE_EXCEEDED. (A retry on an endpoint the
+        call has not tried yet does not wait: see Attempts.failed.)"""
         if code not in RETRYABLE or attempt + 1 >= self.max_attempts:
             return None
         wait = self.backoff.delay(attempt, rng)
@@ -153,9 +155,16 @@ class EndpointPool:
         with self._lock:
             return {e.address: e.healthy for e in self._all()}
 
-    def choose(self) -> Choice:
+    def choose(self, avoid: Collection[str] = ()) -> Choice:
+        """The next endpoint. `avoid`: addresses the call tried already; a healthy endpoint not
+        among them comes first (see untried), else the usual choice, which may be one of them."""
         now = self._clock()
         with self._lock:
+            fresh = self._untried(avoid) if avoid else None
+            if fresh is not None:
+                if fresh in self._primaries:
+                    self._cursor = (self._primaries.index(fresh) + 1) % len(self._primaries)
+                return Choice(fresh.address, probe=False)
             count = len(self._primaries)
             for step in range(count):
                 endpoint = self._primaries[(self._cursor + step) % count]
@@ -167,6 +176,24 @@ class EndpointPool:
                 return self._choice(fallback, now)
             # All down and none due for a check: trying the one due first beats failing untried.
             return Choice(min(self._all(), key=lambda e: e.recheck_at).address, probe=False)
+
+    def untried(self, avoid: Collection[str]) -> str | None:
+        """The healthy endpoint a call that tried `avoid` goes to next, or None: a healthy primary
+        (round-robin), else the fallback while no primary is healthy."""
+        with self._lock:
+            endpoint = self._untried(avoid)
+            return None if endpoint is None else endpoint.address
+
+    def _untried(self, avoid: Collection[str]) -> _Endpoint | None:
+        count = len(self._primaries)
+        for step in range(count):
+            endpoint = self._primaries[(self._cursor + step) % count]
+            if endpoint.healthy and endpoint.address not in avoid:
+                return endpoint
+        fallback = self._fallback
+        if fallback is None or not fallback.healthy or fallback.address in avoid:
+            return None
+        return None if any(e.healthy for e in self._primaries) else fallback
 
     def mark_up(self, address: str) -> None:
         with self._lock:
@@ -221,13 +248,15 @@ class Attempts:
         self._deadline = clock() + timeout_s
         self._attempt = 0
         self._last: SluicewayError | None = None
+        # Endpoints failed since the last backoff: a retry goes to one not among them at once.
+        self._tried: set[str] = set()
 
     def next(self) -> Step:
         """Where and how long to try next; raises the last error once the deadline has passed."""
         left = self._deadline - self._clock()
         if left <= 0:
             raise self._last or DeadlineExceeded("the call's deadline passed before it could be sent")
-        choice = self._pool.choose()
+        choice = self._pool.choose(avoid=self._tried)
         limit = self._policy.attempt_timeout_s
         return Step(choice.address, choice.probe, left if limit is None else min(limit, left), left)
 
@@ -251,11 +280,22 @@ class Attempts:
             self._pool.mark_down(step.address)
         elif error.code in ENDPOINT_DOWN:
             self._pool.mark_suspect(step.address)  # its health check decides (next use)
-        # The hint is about the endpoint that refused: with another one up, retry there instead.
-        others_up = any(up for address, up in self._pool.health().items() if address != step.address)
-        hint = None if others_up else error.retry_after_s
+        # Another endpoint not tried yet: go there at once. A refused connection had waited the
+        # backoff (25-50 ms) first, and a 50 ms call then gave up without trying the live one.
+        self._tried.add(step.address)
         code = grpc.StatusCode.UNAVAILABLE if hung else error.code
-        delay = self._policy.delay(code, self._attempt, self._deadline - self._clock(), self._rng, hint)
+        left = self._deadline - self._clock()
+        if self._pool.untried(self._tried) is not None:
+            # Whether to retry at all is still the policy's (code, attempts; a subclass may count
+            # it), asked with no deadline since there is no wait: any time left will do.
+            granted = self._policy.delay(code, self._attempt, math.inf, self._rng) is not None
+            delay = 0.0 if granted and left >= self._policy.min_attempt_s else None
+        else:
+            # The hint is about the endpoint that refused: with another one up, retry there instead.
+            others_up = any(up for address, up in self._pool.health().items() if address != step.address)
+            hint = None if others_up else error.retry_after_s
+            delay = self._policy.delay(code, self._attempt, left, self._rng, hint)
+            self._tried.clear()  # every endpoint had its try: a new round after the backoff
         if delay is None:
             raise error
         self._attempt += 1

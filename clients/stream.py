@@ -69,6 +69,8 @@ class StreamSession:
     - `recv()` -> the next result in sending order as an outputs dict, raising that frame's error.
     - `async for result in s` yields `StreamResult`s (so one failed frame does not end the loop);
       it ends after `done_sending()` once every result is received. One receiver at a time.
+    - A stream that ends before `done_sending()` (its server failed, refused it, or ended it idle)
+      fails each unanswered frame, then `recv()` and iteration raise its error.
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class StreamSession:
         self._done_sending = False
         self._closed = False
         self._failure: SluicewayError | None = None  # the whole stream's error, once it ended
+        # It ended before done_sending(): receivers raise its error once the results run out.
+        self._cut_short = False
 
     @property
     def in_flight(self) -> int:
@@ -191,7 +195,10 @@ class StreamSession:
         async with self._write_lock:
             if self._failure is not None:
                 self._slots.release()
-                raise self._failure
+                raise _copy(self._failure)
+            if self._done_sending:  # called while this send waited for a slot
+                self._slots.release()
+                raise RuntimeError("done_sending() was called: no more frames on this stream")
             if rid in self._unanswered:
                 self._slots.release()
                 raise ValueError(f"request id {rid!r} is already in flight on this stream")
@@ -203,7 +210,7 @@ class StreamSession:
             try:
                 await self._call.write(request)
             except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-                error = from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else self._ended()
+                error = await self._write_error(exc)
                 # Not sent: its error is this raise alone (it was also yielded as a result).
                 if self._unanswered.pop(rid, None) is not None:
                     self._slots.release()
@@ -214,6 +221,17 @@ class StreamSession:
                 self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid
             )
         return rid
+
+    async def _write_error(self, exc: grpc.RpcError | asyncio.InvalidStateError) -> SluicewayError:
+        """Why a write failed. InvalidStateError says only that the call is over (done_sending() is
+        ruled out above): its status is the reader's to record, and the reader may not have run
+        yet. A refused stream's frame failed CANCELLED "the stream ended" instead of Overloaded."""
+        if isinstance(exc, grpc.RpcError):
+            return from_rpc_error(exc)
+        if self._reader is not None and self._failure is None:
+            # The call is done, so its last read returns at once; bounded all the same.
+            await asyncio.wait({self._reader}, timeout=CLOSE_GRACE_S)
+        return _copy(self._ended())
 
     def _expire(self, rid: str) -> None:
         """No answer within the frame's timeout (and a grace for the server's own answer): fail the
@@ -231,10 +249,14 @@ class StreamSession:
     # -- receiving ------------------------------------------------------------------------------
 
     async def recv_result(self) -> StreamResult:
-        """The next result in sending order; raises EOFError when none can come any more."""
+        """The next result in sending order. When none is left: the stream's error if it ended
+        before done_sending() (it had ended the iteration silently), else EOFError after
+        done_sending()."""
         async with self._recv_lock:
             while not self._order:
-                if self._done_sending or self._failure is not None:
+                if self._failure is not None and self._cut_short:
+                    raise _copy(self._failure)
+                if self._done_sending:
                     raise EOFError("no frames left on this stream")
                 self._sent.clear()
                 await self._sent.wait()
@@ -290,6 +312,7 @@ class StreamSession:
     def _finish(self, error: SluicewayError) -> None:
         """The call ended: fail what is unanswered, wake a waiting receiver, refuse new frames."""
         self._failure = error
+        self._cut_short = not self._done_sending
         self._expired.clear()
         for rid in list(self._unanswered):
             self._resolve(StreamResult(rid, None, _for_frame(error, rid)))
@@ -303,7 +326,13 @@ class StreamSession:
         return False
 
     def _ended(self) -> SluicewayError:
-        return self._failure or SluicewayError("the stream ended", grpc.StatusCode.CANCELLED)
+        """The stream's error; a call that ended with status OK before done_sending() is one too."""
+        if self._failure is not None:
+            return self._failure
+        why = (
+            "the stream ended" if self._done_sending else "the server ended the stream before done_sending()"
+        )
+        return SluicewayError(why, grpc.StatusCode.CANCELLED)
 
 
 def _result_of(response: pb.ModelStreamInferResponse) -> StreamResult:
@@ -317,6 +346,12 @@ def _result_of(response: pb.ModelStreamInferResponse) -> StreamResult:
 
 
 def _for_frame(error: SluicewayError, request_id: str) -> SluicewayError:
-    frame_error = type(error)(error.message, error.code, request_id)
-    frame_error.__cause__ = error.__cause__
-    return frame_error
+    return _copy(error, request_id)
+
+
+def _copy(error: SluicewayError, request_id: str | None = None) -> SluicewayError:
+    """A fresh exception of the same class for each raise: one instance raised again and again
+    would grow its traceback with every receiver."""
+    copy = type(error)(error.message, error.code, request_id, error.retry_after_s, error.reason)
+    copy.__cause__ = error.__cause__
+    return copy

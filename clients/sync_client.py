@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -13,7 +12,15 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from clients import tensors
-from clients.base import HEALTH_CHECK, ClientBase, is_serving, probe_failed_is_healthy, version_str
+from clients.base import (
+    HEALTH_CHECK,
+    ClientBase,
+    ClientClosed,
+    closed_during_call,
+    is_serving,
+    probe_failed_is_healthy,
+    version_str,
+)
 from clients.errors import from_rpc_error
 from clients.repository import load_request
 from protos import grpc_service_pb2 as pb
@@ -47,6 +54,7 @@ class Client(ClientBase):
         self._stubs_by_address: dict[str, _Stubs] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._closing = threading.Event()  # set by close(): wakes calls waiting to retry
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -149,6 +157,8 @@ class Client(ClientBase):
                 request, timeout=self._timeout(timeout_s), metadata=self._metadata
             )
         except grpc.RpcError as exc:
+            if self._closed:
+                raise closed_during_call() from exc
             raise from_rpc_error(exc) from exc
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -157,6 +167,7 @@ class Client(ClientBase):
         with self._lock:
             self._closed = True
             stubs, self._stubs_by_address = list(self._stubs_by_address.values()), {}
+        self._closing.set()
         for item in stubs:
             item.channel.close()
 
@@ -173,11 +184,19 @@ class Client(ClientBase):
     def _call(
         self, rpc: str, request: Any, timeout_s: float | None, prepare: Callable[[float], None] | None = None
     ) -> Any:
-        """Send `request` to `rpc` on the endpoints, retrying as the policy says; the response."""
+        """Send `request` to `rpc` on the endpoints, retrying as the policy says; the response.
+        close() from another thread fails it CANCELLED (`closed_during_call`), not retried."""
         attempts = self._attempts(timeout_s)
+        started = False  # a client closed before the call refuses it (ClientClosed), not during
         while True:
             step = attempts.next()
-            stubs = self._stubs(step.address)
+            try:
+                stubs = self._stubs(step.address)
+            except ClientClosed as exc:
+                if started:
+                    raise closed_during_call() from exc
+                raise
+            started = True
             if step.probe:
                 attempts.probed(step, self._healthy(stubs, attempts.probe_timeout(step)))
                 continue
@@ -188,7 +207,11 @@ class Client(ClientBase):
                     request, timeout=step.timeout_s, metadata=self._metadata
                 )
             except grpc.RpcError as exc:
-                time.sleep(attempts.failed(step, exc))  # raises the mapped error when not retrying
+                if self._closed:  # its channel was closed under it: CANCELLED, not the server's
+                    raise closed_during_call() from exc
+                # attempts.failed raises the mapped error when not retrying; close() ends the wait.
+                if self._closing.wait(attempts.failed(step, exc)):
+                    raise closed_during_call() from exc
                 continue
             attempts.succeeded(step)
             return response
@@ -202,7 +225,7 @@ class Client(ClientBase):
     def _stubs(self, address: str) -> _Stubs:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the client is closed")
+                raise ClientClosed("the client is closed")
             stubs = self._stubs_by_address.get(address)
             if stubs is None:
                 options = self._grpc_options()

@@ -60,6 +60,16 @@ def raw_bytes(array: Array, wire: str) -> bytes:
     return np.ascontiguousarray(array, dtype=DTYPE_BY_WIRE[wire]).tobytes()
 
 
+def as_array(value: object) -> Array:
+    """An input as numpy. A list of bytes or str becomes an object array holding the elements
+    themselves: np.asarray made a fixed-width "S"/"U" array, which drops trailing NUL bytes
+    (b"a\\x00" was sent as b"a"). An array given as such is sent as it is."""
+    array = np.asarray(value)
+    if array.dtype.kind in "SU" and not isinstance(value, np.ndarray):
+        return np.array(value, dtype=object)
+    return array
+
+
 def build_request(
     model: str,
     inputs: Mapping[str, Array],
@@ -75,7 +85,7 @@ def build_request(
         model_name=model, model_version="" if version is None else str(version), id=request_id or ""
     )
     for name, value in inputs.items():
-        array = np.asarray(value)
+        array = as_array(value)
         wire = wire_datatype(array)
         request.inputs.add(name=name, datatype=wire, shape=array.shape)
         request.raw_input_contents.append(raw_bytes(array, wire))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clients import AsyncClient, Client, RetryPolicy
+from clients import AsyncClient, Backoff, Client, RetryPolicy
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import dead_addresses, features
 from tests.support.server_process import ServerProcess
@@ -92,6 +92,18 @@ def test_calls_survive_servers_stopping_mid_run_and_fall_back_only_when_all_are_
     assert not progress.failures, progress.failures
     assert mlp_count(fallback) > fallback_before  # every primary down: the fallback served
     assert client.endpoint_health() == {first.address: False, second.address: False, fallback: True}
+
+
+def test_a_refused_connection_goes_to_the_next_endpoint_at_once(zoo_server: ServerProcess) -> None:
+    """The retry slept the backoff before trying the next endpoint, and gave up when the backoff did
+    not fit the deadline: with a 50 ms deadline a third to half of first calls failed. A backoff
+    longer than the deadline shows it without timing anything."""
+    (dead,) = dead_addresses(1)
+    slow = RetryPolicy(backoff=Backoff(initial_s=60.0, max_s=60.0))
+    for _ in range(3):  # a fresh client: its first call goes to the dead endpoint first
+        with Client([dead, zoo_server.address], retry=slow, default_timeout_s=30) as client:
+            assert client.infer("mlp", {"features": features(1)})["scores"].shape == (1, 2)
+            assert client.endpoint_health() == {dead: False, zoo_server.address: True}
 
 
 async def test_async_client_skips_a_dead_endpoint_and_uses_the_fallback_when_all_are_dead(

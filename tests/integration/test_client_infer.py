@@ -78,6 +78,17 @@ def test_every_datatype_round_trips(zoo_server: ServerProcess) -> None:
     assert out["out_BYTES"].tolist() == [[w.encode() for w in row] for row in words.tolist()]
 
 
+def test_bytes_in_a_list_keep_their_trailing_nul_bytes(zoo_server: ServerProcess) -> None:
+    """np.asarray made the list a fixed-width "S" array, which dropped trailing NULs: b"a\\x00" came
+    back b"a" and b"\\x00\\x00" came back empty."""
+    blobs = [[b"a\x00", b"\x00\x00", b"z"]]
+    words = [["x\x00", "\x00", ""]]
+    with Client(zoo_server.address) as client:
+        for given, expected in ((blobs, blobs), (words, [[b"x\x00", b"\x00", b""]])):
+            out = client.infer("identity", {**every_datatype(1), "in_BYTES": given})
+            assert out["out_BYTES"].tolist() == expected
+
+
 async def test_every_datatype_round_trips_async_with_bytes_objects(zoo_server: ServerProcess) -> None:
     inputs = every_datatype(5)
     blobs = np.empty((5, 3), dtype=object)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,45 @@ async def test_closing_an_async_client_under_a_call_fails_it_with_a_client_error
         with pytest.raises(SluicewayError) as caught:
             await call
     assert caught.value.code == grpc.StatusCode.CANCELLED and "closed" in caught.value.message
+
+
+def test_closing_a_sync_client_under_a_call_in_another_thread_fails_it_with_a_client_error(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    """The closed channel's CANCELLED was retried as the server's, and the retry raised a bare
+    RuntimeError("the client is closed"); AsyncClient said CANCELLED, as documented."""
+    write_model(tmp_path / "repo", "hangs", demo_repo / "mlp" / "1" / "model.onnx", HANGS)
+    args = (
+        "--model-repository",
+        str(tmp_path / "repo"),
+        "--allow-fault-injection",
+        "--shutdown-grace-s",
+        "0",
+    )
+    outcome: list[BaseException] = []
+
+    with ServerProcess(*args) as server:
+        client = Client(server.address)
+
+        def call() -> None:
+            try:
+                client.infer("hangs", {"features": features(1)}, timeout_s=60)
+            except BaseException as exc:  # checked below, in the test's thread
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_until(lambda: in_flight(server, "hangs") >= 1, "the call to run")
+        client.close()
+        caller.join(60)
+        assert not caller.is_alive()
+    (error,) = outcome
+    assert type(error) is SluicewayError, repr(error)
+    assert (
+        error.code == grpc.StatusCode.CANCELLED and error.message == "the client was closed during the call"
+    )
+    with pytest.raises(RuntimeError, match="the client is closed"):  # a call made after close()
+        client.server_live()
 
 
 def test_an_async_client_serves_one_asyncio_run_after_another(zoo_server: ServerProcess) -> None:

@@ -27,6 +27,7 @@ from clients import (
     Overloaded,
     RetryPolicy,
     SluicewayError,
+    StreamResult,
     Unavailable,
     error_for,
     tensors,
@@ -228,21 +229,28 @@ def test_everything_down_tries_the_endpoint_due_first_rather_than_failing_untrie
         EndpointPool([])
 
 
-def test_attempts_fail_over_and_never_retry_past_the_deadline() -> None:
+def test_attempts_fail_over_at_once_then_back_off_and_never_retry_past_the_deadline() -> None:
     pool, clock = pool_of(["a", "b"])
     policy = RetryPolicy(max_attempts=10, backoff=Backoff(0.5, 0.5, jitter=0.0))
     attempts = Attempts(pool, policy, 2.0, clock=clock, rng=random.Random(0))
     step = attempts.next()
     assert step.address == "a" and step.timeout_s == pytest.approx(2.0)
-    assert attempts.failed(step, FakeRpcError(CODE.UNAVAILABLE)) == pytest.approx(0.5)
+    # "b" is not tried yet: no wait (a refused connection had waited the backoff first).
+    assert attempts.failed(step, FakeRpcError(CODE.UNAVAILABLE)) == 0.0
     assert pool.health()["a"] is False
-    clock.now += 0.5
+    clock.now += 0.01
     step = attempts.next()
-    assert step.address == "b" and step.timeout_s == pytest.approx(1.5)
+    assert step.address == "b" and step.timeout_s == pytest.approx(1.99)
+    # Every endpoint tried: the backoff, then a new round.
     assert attempts.failed(step, FakeRpcError(CODE.RESOURCE_EXHAUSTED)) == pytest.approx(0.5)
     assert pool.health()["b"] is True  # a full queue is not a dead endpoint
-    clock.now += 1.2
+    clock.now += 0.5
+    step = attempts.next()
+    assert (step.address, step.probe) == ("a", True)  # it answered UNAVAILABLE: checked first
+    attempts.probed(step, False)
+    clock.now += 1.19
     step = attempts.next()  # 0.3 s left: less than the next backoff, so the error is final
+    assert step.address == "b"
     with pytest.raises(Overloaded):
         attempts.failed(step, FakeRpcError(CODE.RESOURCE_EXHAUSTED))
     late = Attempts(pool, policy, 1.0, clock=clock, rng=random.Random(0))
@@ -281,7 +289,8 @@ def test_retry_info_of_one_endpoint_does_not_delay_trying_another() -> None:
     pool, clock = pool_of(["a", "b"])
     policy = RetryPolicy(max_attempts=10, backoff=Backoff(0.05, 0.05, jitter=0.0))
     attempts = Attempts(pool, policy, 2.0, clock=clock, rng=random.Random(0))
-    assert attempts.failed(attempts.next(), OverloadWithHint(5.0)) == pytest.approx(0.05)
+    assert attempts.failed(attempts.next(), OverloadWithHint(5.0)) == 0.0
+    assert attempts.next().address == "b"
 
 
 # -- the sync and async call loops against fake stubs ---------------------------------------------
@@ -447,3 +456,137 @@ async def test_a_broken_stream_fails_every_unanswered_frame_and_reports_the_endp
         with pytest.raises(Unavailable):
             await stream.send({"x": np.zeros(1, np.float32)})
     assert reports == [CODE.UNAVAILABLE]
+
+
+class EndingStreamCall(FakeStreamCall):
+    """A call that can end with a status the reader has not read yet: grpc.aio's write() on a
+    finished call raises a bare InvalidStateError, the status being the reader's to report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = False
+
+    async def write(self, request: pb.ModelInferRequest) -> None:
+        if self.ended:
+            raise asyncio.InvalidStateError("RPC already finished.")
+        await super().write(request)
+
+    def end(self, error: BaseException) -> None:
+        self.ended = True
+        self.answers.put_nowait(error)
+
+
+async def test_a_stream_ended_before_done_sending_raises_its_error_from_iteration_and_recv() -> None:
+    """`async for` ended normally (StopAsyncIteration) when the stream died before done_sending(),
+    and recv() raised a bare EOFError: the error showed only at the next send()."""
+    call = EndingStreamCall()
+    session, _ = session_on(call)
+    async with session as stream:
+        got: list[StreamResult] = []
+
+        async def consume() -> None:
+            async for result in stream:
+                got.append(result)
+
+        consumer = asyncio.create_task(consume())
+        await stream.send({"x": np.zeros(1, np.float32)})
+        call.answer(0)
+        call.end(FakeRpcError(CODE.UNAVAILABLE, "Socket closed"))
+        with pytest.raises(Unavailable, match="Socket closed"):
+            await consumer
+        assert [r.outputs["y"][0] for r in got if r.outputs is not None] == [0]
+        for _ in range(2):  # every receiver, every time (a fresh exception each)
+            with pytest.raises(Unavailable, match="Socket closed"):
+                await stream.recv()
+        with pytest.raises(Unavailable, match="Socket closed"):
+            await stream.send({"x": np.zeros(1, np.float32)})
+
+
+async def test_a_stream_that_fails_after_done_sending_ends_iteration_after_the_failed_frames() -> None:
+    call = EndingStreamCall()
+    session, _ = session_on(call)
+    async with session as stream:
+        await stream.send({"x": np.zeros(1, np.float32)})
+        await stream.send({"x": np.zeros(1, np.float32)})
+        call.answer(0)
+        call.answers.put_nowait(FakeRpcError(CODE.UNAVAILABLE, "Socket closed"))
+        await stream.done_sending()  # before the reader sees the failure
+        results = [result async for result in stream]
+    assert results[0].error is None and isinstance(results[1].error, Unavailable)
+
+
+async def test_a_write_to_a_call_that_just_ended_fails_with_its_status_not_cancelled() -> None:
+    """The stream's reader had not recorded the call's status yet: the frame failed CANCELLED
+    "the stream ended" where the server had refused the stream RESOURCE_EXHAUSTED."""
+    call = EndingStreamCall()
+    session, _ = session_on(call)
+    async with session as stream:
+        await stream.send({"x": np.zeros(1, np.float32)})
+        call.end(FakeRpcError(CODE.RESOURCE_EXHAUSTED, "too many open streams on this connection"))
+        with pytest.raises(Overloaded, match="too many open streams"):
+            await stream.send({"x": np.zeros(1, np.float32)})
+        assert stream.in_flight == 0 and len(call.sent) == 1
+        with pytest.raises(Overloaded, match="too many open streams"):  # the frame sent before
+            await stream.recv()
+        with pytest.raises(Overloaded, match="too many open streams"):  # then the stream's error
+            await stream.recv()
+
+
+def test_a_failed_attempt_goes_to_an_untried_endpoint_at_once_then_backs_off() -> None:
+    """Client([closed port, live], timeout_s=0.05) failed a third to half of first calls: the retry
+    slept the backoff (25-50 ms) before trying the live endpoint, or gave up when it did not fit."""
+    log: list[Any] = []
+    slow = RetryPolicy(backoff=Backoff(5.0, 5.0))  # any wait would pass the 1 s deadline
+    client = fake_client(
+        Client(["a", "b"], retry=slow, default_timeout_s=1.0), {"a": [CODE.UNAVAILABLE], "b": []}, log
+    )
+    np.testing.assert_array_equal(client.infer("m", {"x": np.zeros((1, 1), np.float32)})["y"], [[1, 2]])
+    assert [entry[0] for entry in log] == ["a", "b"]
+    log.clear()
+    client = fake_client(Client(["a"], retry=slow, default_timeout_s=1.0), {"a": [CODE.UNAVAILABLE]}, log)
+    with pytest.raises(Unavailable):  # one endpoint: a retry would wait past the deadline
+        client.infer("m", {"x": np.zeros(1, np.float32)})
+    assert len(log) == 1
+    pool, clock = pool_of(["a"], fallback="f")
+    attempts = Attempts(
+        pool, RetryPolicy(backoff=Backoff(0.5, 0.5, jitter=0.0)), 2.0, clock=clock, rng=random.Random(0)
+    )
+    assert attempts.failed(attempts.next(), FakeRpcError(CODE.UNAVAILABLE)) == 0.0  # no primary up
+    step = attempts.next()
+    assert (step.address, step.probe) == ("f", False)
+    assert attempts.failed(step, FakeRpcError(CODE.UNAVAILABLE)) == pytest.approx(0.5)  # all tried
+
+
+def test_closing_a_sync_client_under_a_call_fails_it_cancelled_not_retried() -> None:
+    """The closed channel's CANCELLED was retried as a server's, and the retry raised a bare
+    RuntimeError("the client is closed")."""
+    log: list[Any] = []
+    client = Client(["a", "b"], retry=RetryPolicy(backoff=Backoff(0.001, 0.001)))
+
+    class ClosedUnderTheCall(FakeStubs):
+        def ModelInfer(self, *args: Any, **kwargs: Any) -> pb.ModelInferResponse:
+            client.close()  # as another thread would, while the call is in flight
+            return super().ModelInfer(*args, **kwargs)
+
+    stubs = {address: ClosedUnderTheCall(address, [CODE.CANCELLED], log) for address in ("a", "b")}
+
+    def stubs_of(address: str) -> Any:
+        if client._closed:
+            raise RuntimeError("the client is closed")
+        return stubs[address]
+
+    client._stubs = stubs_of  # type: ignore[method-assign]
+    with pytest.raises(SluicewayError) as caught:
+        client.infer("m", {"x": np.zeros(1, np.float32)})
+    assert caught.value.code == CODE.CANCELLED and "closed during the call" in caught.value.message
+    assert len(log) == 1
+
+
+def test_bytes_given_as_lists_keep_their_trailing_nul_bytes() -> None:
+    """np.asarray made a fixed-width "S" array of the list, which drops trailing NULs."""
+    for given in ([[b"a\x00", b"\x00\x00", b"z"]], [["a\x00", "\x00", ""]], b"tail\x00"):
+        request = tensors.build_request("m", {"x": given})
+        expected = np.array(given, dtype=object)
+        assert request.inputs[0].datatype == "BYTES" and list(request.inputs[0].shape) == list(expected.shape)
+        items = [item.encode() if isinstance(item, str) else item for item in expected.reshape(-1)]
+        assert request.raw_input_contents[0] == b"".join(len(i).to_bytes(4, "little") + i for i in items)
