@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--drain-s", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, help="write results.json (with every stream's figures) here")
+    parser.add_argument("--out", type=Path, help="write realtime.json (with every stream's figures) here")
     channels.add_arguments(parser)
     return parser
 

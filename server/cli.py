@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Settings that are not flags: set by the server for its own worker processes.
-_INTERNAL = frozenset({"reuse_port"})
+_INTERNAL = frozenset({"reuse_port", "worker_index"})
 
 
 def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:

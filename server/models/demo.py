@@ -193,7 +193,7 @@ def _write(directory: Path) -> None:
     builders = {"mlp": build_mlp, "resnet": build_resnet, "resnet_u8": build_resnet_u8}
     for name, config in demo_configs().items():
         (directory / name / "1").mkdir(parents=True)
-        text = f"# Demo model: built by server/demo_models.py (version {DEMO_VERSION}).\n"
+        text = f"# Demo model: built by server/models/demo.py (version {DEMO_VERSION}).\n"
         text += text_format.MessageToString(config)
         (directory / name / "config.pbtxt").write_text(text, encoding="utf-8")
         (directory / name / "1" / "model.onnx").write_bytes(builders[name]())
