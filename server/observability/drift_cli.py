@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from server.models.config import ConfigError
@@ -167,14 +168,33 @@ def plot(series: list[Series], rows: list[DriftRow], out: Path) -> None:
     for ax in axes.ravel()[len(ranked) :]:
         ax.set_visible(False)
     for ax, (s, row) in zip(axes.ravel(), ranked, strict=False):
-        both = np.concatenate([s.reference, s.recent])
-        bins = np.histogram_bin_edges(both, bins=30)
-        ax.hist(s.reference, bins=bins, density=True, alpha=0.5, label="reference")
-        ax.hist(s.recent, bins=bins, density=True, alpha=0.5, label="recent")
         mark = " DRIFT" if row.drifted else ""
         ax.set_title(f"{s.kind} {_label(s)}\nPSI {row.psi:.3f} KS {row.ks:.3f}{mark}", fontsize=9)
+        reference, recent = _finite(s.reference), _finite(s.recent)
+        bins = _bins(np.concatenate([reference, recent]))
+        if bins is None:  # nothing finite, or a range histogram edges cannot split
+            ax.text(0.5, 0.5, "no finite range to plot", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.hist(reference, bins=bins, density=True, alpha=0.5, label="reference")
+        ax.hist(recent, bins=bins, density=True, alpha=0.5, label="recent")
         ax.legend(fontsize=7)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=80)
     plt.close(figure)
+
+
+def _finite(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Finite values as float64: NaN and infinities have no bin, and edges computed in float32 near
+    its largest value overflowed ("Too many bins for data range", a traceback after the table)."""
+    wide = np.asarray(values, dtype=np.float64)
+    return wide[np.isfinite(wide)]
+
+
+def _bins(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
+    if values.size == 0:
+        return None
+    try:
+        return np.histogram_bin_edges(values, bins=30)
+    except ValueError:
+        return None

@@ -151,3 +151,21 @@ def test_the_drift_command_skips_a_corrupt_file_naming_it(
     monitor = monitor_from_files(tmp_path, reference_rows=100, window_rows=50)
     assert [r.tensor for r in monitor.rows()] == ["y"]
     assert "skipping samples-00000000000000000009-1-000001.npz" in capsys.readouterr().err
+
+
+def test_the_plot_takes_extreme_and_non_finite_values(tmp_path: Path) -> None:
+    """FP32's largest value, infinities and NaN in a sample: the table was printed, then the plot
+    failed with numpy's "Too many bins for data range" and a traceback."""
+    pytest.importorskip("matplotlib")
+    from server.observability.drift import OUTPUT, DriftRow, Series
+    from server.observability.drift_cli import plot
+
+    extreme = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(np.float32).max], np.float32)
+    nothing_finite = np.array([np.nan, np.inf], np.float32)
+    series = [
+        Series(OUTPUT, "y", "0", extreme, extreme),
+        Series(OUTPUT, "z", "0", nothing_finite, nothing_finite),
+    ]
+    rows = [DriftRow(OUTPUT, "y", "0", 0.0, 0.0, 1.0, 6, 6), DriftRow(OUTPUT, "z", "0", 0.0, 0.0, 1.0, 2, 2)]
+    plot(series, rows, tmp_path / "drift.png")
+    assert (tmp_path / "drift.png").stat().st_size > 0
