@@ -66,7 +66,7 @@ async def load_version(
     allowed = settings.allow_fault_injection
     faults = FaultSpec.from_config(config, source_file, allowed=allowed, version=number)
     run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
-    sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings)
+    sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings, source_file)
     cache = response_cache
     validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
     factory, plan = factory_for(  # onnxruntime or identity instances; instance_groups, devices

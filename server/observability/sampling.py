@@ -53,11 +53,15 @@ class SamplePolicy:
     reference: Mapping[str, AnyArray] | None = None  # from the model's drift_reference file
 
 
-def sample_policy(config: mc.ModelConfig, model_dir: Path, settings: ServerSettings) -> SamplePolicy:
-    """The model's sampling parameters over the server's settings; ConfigError names the field.
+def sample_policy(
+    config: mc.ModelConfig, model_dir: Path, settings: ServerSettings, source: str | None = None
+) -> SamplePolicy:
+    """The model's sampling parameters over the server's settings; ConfigError names the field and
+    `source`, where the config came from (default the model's config.pbtxt; a RepositoryModelLoad
+    `config` had been named as the file it replaced).
 
     Reads the drift_reference file, so call it off the event loop."""
-    source = str(model_dir / "config.pbtxt")
+    source = source or str(model_dir / "config.pbtxt")
     params = config.parameters
     ratio = settings.sample_ratio
     if SAMPLE_RATIO in params:

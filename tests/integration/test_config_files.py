@@ -112,3 +112,5 @@ def test_a_drift_reference_outside_the_model_directory_is_refused(
     config = {"max_batch_size": 8, "parameters": parameters}
     message = _refused(client, "drift_out", json.dumps(config), {"file:1/model.onnx": mlp_bytes})
     assert "drift_reference" in message and "is outside the model directory" in message
+    # Named as where the config came from, not the config.pbtxt it replaced.
+    assert "RepositoryModelLoad parameters['config']: parameters 'drift_reference'" in message
