@@ -58,15 +58,22 @@ def check(
     timeout_s: float,
     tls: grpc.ChannelCredentials | None = None,
     server_name: str | None = None,
-) -> bool:
+) -> tuple[bool, str]:
+    """Whether it serves, and why not (the status it answered, or the call's error): the probe had
+    said only "NOT SERVING" for an unreachable server and an unknown service alike."""
     with _channel(address, tls, server_name) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
-        except grpc.RpcError:
-            return False
-    return is_serving(response)
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            if code == grpc.StatusCode.NOT_FOUND and not details:  # grpc's health: no such service
+                details = f"the server has no health service {service!r}"
+            return False, f"{code.name if code is not None else 'ERROR'}: {details}"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return is_serving(response), status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{args.address}: NOT SERVING ({exc})")
         return 1
-    serving = check(args.address, args.service, args.timeout_s, tls, args.tls_server_name)
-    print(f"{args.address}: {'SERVING' if serving else 'NOT SERVING'}")
+    serving, why = check(args.address, args.service, args.timeout_s, tls, args.tls_server_name)
+    print(f"{args.address}: SERVING" if serving else f"{args.address}: NOT SERVING ({why})")
     return 0 if serving else 1
 
 

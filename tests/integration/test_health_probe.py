@@ -6,16 +6,27 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from clients.health_probe import main
 from tests.integration.client_fixtures import dead_addresses
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 
-def test_exits_0_for_a_serving_server_and_1_for_a_dead_address(zoo_server: ServerProcess) -> None:
+def test_exits_0_for_a_serving_server_and_1_for_a_dead_address(
+    zoo_server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--address", zoo_server.address]) == 0
     assert main(["--address", zoo_server.address, "--service", "no-such-service"]) == 1
     (dead,) = dead_addresses(1)
     assert main(["--address", dead, "--timeout-s", "1"]) == 1
+    # Each "NOT SERVING" says why (it had said nothing more for either).
+    lines = capsys.readouterr().out.splitlines()
+    no_service = "NOT_FOUND: the server has no health service 'no-such-service'"
+    assert lines[1] == f"{zoo_server.address}: NOT SERVING ({no_service})"
+    assert lines[2].startswith(f"{dead}: NOT SERVING (UNAVAILABLE: ") or lines[2].startswith(
+        f"{dead}: NOT SERVING (DEADLINE_EXCEEDED: "
+    ), lines[2]
 
 
 def test_as_the_image_runs_it_the_port_comes_from_sluiceway_port(zoo_server: ServerProcess) -> None:
