@@ -63,7 +63,8 @@ class ServerSettings(BaseSettings):
     max_streams_per_connection: int = Field(default=128, ge=1)
     max_streams_per_peer: int = Field(default=1024, ge=1)
     # A stream that has read nothing and has nothing in flight for this long is ended
-    # (DEADLINE_EXCEEDED); 0: never.
+    # (DEADLINE_EXCEEDED), and one whose client has read no answer and sent nothing for this long
+    # has its call ended (its reader died); 0: never.
     stream_idle_timeout_s: float = Field(default=120.0, ge=0)
     # Input bytes held by queued requests, per model version and in all; beyond either a request
     # is refused at once (RESOURCE_EXHAUSTED naming the limit).

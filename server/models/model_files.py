@@ -19,6 +19,8 @@ def model_file(directory: Path, relative: str, where: str) -> Path:
     """`relative` under the model `directory`, resolved; ConfigError (`where` names the field and the
     value) when it leads outside the directory (an absolute path, '..', a symlink) or is not a
     regular file (a directory, a FIFO, a device)."""
+    if "\0" in relative:  # the OS refuses it with a ValueError, not a ConfigError
+        raise ConfigError(f"{where} is not a file name (it holds a NUL character)")
     root = directory.resolve()
     path = (directory / relative).resolve()
     if not path.is_relative_to(root):
@@ -45,6 +47,8 @@ def read_model_file(
             opened = os.fstat(file.fileno())
             if not stat.S_ISREG(opened.st_mode):
                 raise ConfigError(f"{where} is not a regular file")
+            if not _opened_inside(file.fileno(), directory.resolve()):  # a parent swapped for a link
+                raise ConfigError(f"{where} is outside the model directory")
             _check_size(opened.st_size, where, max_bytes, expected_bytes)
             data = file.read(max_bytes + 1)  # it may have grown since
     except OSError as err:
@@ -58,3 +62,13 @@ def _check_size(size: int, where: str, max_bytes: int, expected_bytes: int | Non
         raise ConfigError(f"{where} has {size} bytes, expected {expected_bytes}")
     if size > max_bytes:
         raise ConfigError(f"{where} is larger than {max_bytes} bytes")
+
+
+def _opened_inside(fd: int, root: Path) -> bool:
+    """Whether the file open on `fd` is inside `root`, by the kernel's own path of it (Linux's
+    /proc): the path was checked before it was opened, and a parent directory replaced by a
+    symlink in between would lead out. True where /proc cannot say."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(root)
+    except OSError:
+        return True

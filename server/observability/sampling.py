@@ -12,22 +12,29 @@ scores for the metrics endpoint.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.npyio import NpzFile
 
 from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
-from server.models.model_files import model_file
+from server.models.model_files import read_model_file
 from server.observability.drift import DriftMonitor
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
 
+# A drift reference window, on disk and unpacked (a reference of 1000 rows of 256 float64 features
+# is 2 MiB).
+MAX_REFERENCE_BYTES = 256 * 1024 * 1024
 OUTPUTS = "outputs"
 INPUTS_AND_OUTPUTS = "inputs_and_outputs"
 SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
@@ -83,19 +90,34 @@ def sample_policy(
     if DRIFT_REFERENCE in params:
         name = params[DRIFT_REFERENCE].string_value
         where = f"{source}: parameters '{DRIFT_REFERENCE}' '{name}'"
-        reference = load_reference(model_file(model_dir, name, where), source)
+        # Read once, bounded, then parsed from memory: a compressed .npz unpacks 1000:1.
+        raw = read_model_file(model_dir, name, where, MAX_REFERENCE_BYTES)
+        reference = load_reference(io.BytesIO(raw), source, name)
     return SamplePolicy(ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference)
 
 
-def load_reference(path: Path, source: str) -> dict[str, AnyArray]:
-    """A reference window: an .npz with "in:<name>" / "out:<name>" arrays (a sample file's layout)."""
+def load_reference(file: Path | IO[bytes], source: str, name: str | None = None) -> dict[str, AnyArray]:
+    """A reference window: an .npz with "in:<name>" / "out:<name>" arrays (a sample file's layout),
+    at most MAX_REFERENCE_BYTES unpacked (checked on the archive's sizes before any is read);
+    `name`: what the errors call it (default the path)."""
+    called = name if name is not None else str(file)
+    where = f"{source}: parameters '{DRIFT_REFERENCE}'"
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, NpzFile):
+            raise ValueError("not an .npz archive")
+        with data:
+            members = data.zip.infolist() if data.zip is not None else []
+            unpacked = sum(int(member.file_size) for member in members)
+            if unpacked > MAX_REFERENCE_BYTES:
+                raise ConfigError(
+                    f"{where}: {called} unpacks to {unpacked} bytes, past the limit {MAX_REFERENCE_BYTES}"
+                )
             arrays = {key: data[key] for key in data.files if key.startswith(("in:", "out:"))}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{source}: parameters '{DRIFT_REFERENCE}': cannot read {path}: {exc}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{where}: cannot read {called}: {exc}") from None
     if not arrays:
-        raise ConfigError(f"{source}: parameters '{DRIFT_REFERENCE}': {path} has no 'in:' or 'out:' arrays")
+        raise ConfigError(f"{where}: {called} has no 'in:' or 'out:' arrays")
     return arrays
 
 

@@ -24,12 +24,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 from clients.security import TlsOptions, bearer_metadata
+from clients.security_flags import add_security_arguments, security_flags
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -70,47 +70,13 @@ def add_top_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
                      help="the server's `serve --workers N`: sum all N from /metrics (worker i on the "
                           "--metrics-url port + i); 1 reads one server process")  # fmt: skip
     # The load-test harness's flags, same meaning (README "Security"); /metrics is plain HTTP.
-    group = top.add_argument_group("security (the gRPC connection)")
-    group.add_argument("--tls", action="store_true", help="TLS with the system's trusted roots")
-    group.add_argument("--tls-ca", type=Path, help="PEM CA bundle for the server's certificate (implies TLS)")
-    group.add_argument("--tls-cert", type=Path, help="client certificate chain, PEM, for mutual TLS")
-    group.add_argument("--tls-key", type=Path, help="client private key, PEM, for mutual TLS")
-    group.add_argument("--tls-server-name", help="name to check the server's certificate against")
-    group.add_argument("--token", help="bearer token (visible in `ps`: prefer --token-file)")
-    group.add_argument("--token-file", type=Path, help="file holding the bearer token")
-
-
-def _read(path: Path | None, flag: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+    add_security_arguments(top, "security (the gRPC connection)")
 
 
 def security_of(args: argparse.Namespace) -> tuple[TlsOptions | None, Metadata]:
     """TLS options (None: plaintext) and the token's metadata; ValueError naming the flag."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together")
-    if args.token is not None and args.token_file is not None:
-        raise ValueError("pass --token or --token-file, not both")
-    token = args.token
-    if args.token_file is not None:
-        token = (_read(args.token_file, "--token-file") or b"").decode("utf-8", "replace").strip()
-    try:
-        metadata = bearer_metadata(token)
-    except ValueError as exc:
-        raise ValueError(f"--token{'-file' if args.token_file else ''}: {exc}") from None
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_server_name is not None):
-        return None, metadata
-    tls = TlsOptions(
-        _read(args.tls_ca, "--tls-ca"),
-        _read(args.tls_cert, "--tls-cert"),
-        _read(args.tls_key, "--tls-key"),
-        args.tls_server_name,
-    )
-    return tls, metadata
+    flags = security_flags(args)
+    return flags.tls_options(), bearer_metadata(flags.token)
 
 
 def worker_urls(url: str, workers: int) -> list[str]:

@@ -2,9 +2,9 @@
 
 A reader task takes requests off the stream while fewer than `max_in_flight` are unanswered or
 answered but not yet written, and while those hold fewer than `max_held_bytes` of raw tensor bytes
-(beyond either it stops reading and HTTP/2 flow control pushes back on the sender; a client that
-stops reading its answers stops the server reading its requests). Counting requests only, 8
-streams that never read held 256 answers of 0.5 MB each: 1.1 GB. A
+(stream_bytes.py; beyond either it stops reading and HTTP/2 flow control pushes back on the
+sender; a client that stops reading its answers stops the server reading its requests). Counting
+requests only, 8 streams that never read held 256 answers of 0.5 MB each: 1.1 GB. A
 request that needs no waiting (a cache hit, the batcher's fast path) is answered inline by the
 reader, without a task; the others get a task each. Answers leave through one queue as they
 complete, except for models with `preserve_ordering`: their answers leave in request order, each
@@ -15,9 +15,11 @@ whole stream for it, and every later request on it would go unanswered.
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
 way the reader stops reading and `ended_by` says why, for the call's final status. A third ends it
-at once: answers wait to be written and its client has neither read one nor sent anything for
-`idle_timeout_s` (its reader died): `on_stalled` ends the call, which frees what it holds; it had
-kept its slot and its answers until its deadline, or for good.
+at once: an answer waits to be written (queued, or in grpc's write) and its client has neither
+read one nor sent anything for `idle_timeout_s` (its reader died): the session is closed and
+`on_stalled` ends the call (cancelling grpc's task, the one way to end a call whose write is
+stuck; the client is not reading any status), which frees what it holds. It had kept its slot and
+its answers until its deadline, or for good.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from server.observability.logs import failure_fields, failure_message
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
+from server.protocol.stream_bytes import HeldBytes
 from server.protocol.stream_sequences import OnClose, SeenSequences
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,7 @@ class StreamSession:
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
     ) -> None:
         self._requests = requests
-        self._max_held_bytes = max_held_bytes
-        self._held_bytes = 0
-        self._room = asyncio.Event()  # set whenever the held bytes drop under the bound
+        self._held = HeldBytes(max_held_bytes)
         self._on_stalled = on_stalled
         self._max_answer_bytes = max_answer_bytes
         self._path = path
@@ -92,8 +93,10 @@ class StreamSession:
         self._busy_at = 0.0  # last seen waiting for its own answers: not idle then
         self._drain_began = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.ended_by: str | None = None  # "drain" or "idle": the session stopped reading early
+        self.ended_by: str | None = None  # "drain", "idle" or "stalled": it stopped reading early
         self.answered = 0
+        self._writing = False  # an answer is in grpc's write (yielded, not yet taken)
+        self._closed = False
 
     async def answers(self) -> AsyncIterator[Response]:
         self._reader = asyncio.create_task(self._read())
@@ -101,20 +104,31 @@ class StreamSession:
         try:
             while (item := await self._answers.get()) is not None:
                 response, held = item
+                self._writing = True
                 yield response
+                self._writing = False
                 self._last_written = time.monotonic()
                 self.answered += 1
-                self._release(held)
+                self._held.written(held)
                 self._slots.release()  # written: the slot may take the next request
             await self._reader  # re-raise a reader failure (a broken request stream)
         finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
+            self.close()
+
+    def close(self) -> None:
+        """Stop everything the session runs and release its sequences, once (when `answers()`
+        ends, or at once for a stalled call, whose generator may only be finalized later)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._reader is not None:
             self._reader.cancel()
-            for task in list(self._pending):
-                task.cancel()
-            if self._on_close is not None:
-                self._on_close(self._sequences)
+        for task in list(self._pending):
+            task.cancel()
+        if self._on_close is not None:
+            self._on_close(self._sequences)
 
     def finish(self, why: str = "drain") -> None:
         """Stop admitting; the requests already admitted are still answered, then `answers()` ends.
@@ -159,7 +173,7 @@ class StreamSession:
                     self._reading = True
                     await self._slots.acquire()  # a slot before a message: none read is dropped
                     try:
-                        await self._held_room()
+                        await self._held.room()
                         request = await anext(iterator)
                     except StopAsyncIteration:
                         self._slots.release()
@@ -167,7 +181,7 @@ class StreamSession:
                     finally:
                         self._reading = False
                     self._last_read = time.monotonic()
-                    self._held_bytes += raw_bytes(request)
+                    self._held.read(request)
                     if self.ended_by is None:
                         self._admit(request)
                     else:  # draining: answered, not admitted
@@ -179,20 +193,6 @@ class StreamSession:
                 await asyncio.gather(*self._pending)
         finally:
             self._answers.put_nowait(None)  # the end of the answers, after every request's own
-
-    async def _held_room(self) -> None:
-        """Until what the stream holds is under max_held_bytes (one frame larger than the bound
-        is still read when nothing else is held)."""
-        limit = self._max_held_bytes
-        while limit is not None and self._held_bytes >= limit:
-            self._room.clear()
-            await self._room.wait()
-
-    def _release(self, nbytes: int) -> None:
-        self._held_bytes -= nbytes
-        limit = self._max_held_bytes
-        if limit is not None and self._held_bytes < limit:
-            self._room.set()
 
     def _arm_idle_timer(self) -> None:
         if self._idle_timeout_s > 0:
@@ -206,7 +206,7 @@ class StreamSession:
         if self.ended_by is not None:
             return
         now = time.monotonic()
-        unsent = not self._answers.empty()
+        unsent = self._writing or not self._answers.empty()  # the one in grpc's write counts
         quiet_s = now - max(self._last_written, self._last_read)
         if unsent and quiet_s >= self._idle_timeout_s and self._on_stalled is not None:
             self.ended_by = "stalled"
@@ -214,8 +214,9 @@ class StreamSession:
                 "stream ended: its client read no answer and sent nothing for %g s "
                 "(stream_idle_timeout_s); %d answers unsent",
                 self._idle_timeout_s,
-                self._answers.qsize(),
+                self._answers.qsize() + self._writing,
             )
+            self.close()
             self._on_stalled()
             return
         if self._pending or unsent:
@@ -228,7 +229,7 @@ class StreamSession:
     def _admit(self, request: pb.ModelInferRequest | Malformed) -> None:
         """Answer `request` inline if it needs no waiting, else hand it to a task of its own."""
         if isinstance(request, Malformed):  # no id to answer with: the error names the message
-            self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None)
+            self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None, request)
             return
         job: InferJob | None = None
         try:
@@ -320,14 +321,10 @@ class StreamSession:
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
-        request_bytes = raw_bytes(request)
+        held = self._held.answered(request, response)
         if response is not None:
-            answer_bytes = sum(map(len, response.infer_response.raw_output_contents))
-            self._held_bytes += answer_bytes
-            # Its slot and bytes are freed once it is written.
-            self._answers.put_nowait((response, request_bytes + answer_bytes))
+            self._answers.put_nowait((response, held))  # its slot and bytes freed once written
         else:
-            self._release(request_bytes)
             self._slots.release()
         if done is not None:
             done.set()
@@ -357,13 +354,6 @@ class StreamSession:
 
 ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"  # tritonclient's enable_empty_final_response
 FINAL_RESPONSE = "triton_final_response"
-
-
-def raw_bytes(request: pb.ModelInferRequest | Malformed | None) -> int:
-    """A request's raw tensor bytes, as the stream holds them while it is in flight."""
-    if not isinstance(request, pb.ModelInferRequest):
-        return 0
-    return sum(map(len, request.raw_input_contents))
 
 
 def _wants_final_flag(request: pb.ModelInferRequest | Malformed | None) -> bool:

@@ -43,3 +43,20 @@ def test_a_fifo_a_directory_and_a_missing_file_are_named_without_blocking(model_
         model_file(model_dir, "warmup", "f")
     with pytest.raises(ConfigError, match=r"^f cannot be read: No such file or directory$"):
         model_file(model_dir, "warmup/missing.bin", "f")
+
+
+def test_a_file_opened_outside_after_its_path_was_checked_is_refused(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is checked, then opened: a parent directory swapped for a symlink in between led
+    out. The opened file's own path is checked too (found by review)."""
+    import server.models.model_files as model_files
+
+    real_open = os.open
+
+    def swapped_open(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        return real_open(model_dir.parent / "outside.bin", flags, *args)  # what the swap would open
+
+    monkeypatch.setattr(model_files.os, "open", swapped_open)
+    with pytest.raises(ConfigError, match=r"^f is outside the model directory$"):
+        read_model_file(model_dir, "warmup/x.bin", "f", 1 << 20)

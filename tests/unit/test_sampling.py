@@ -211,6 +211,27 @@ def test_a_drift_reference_file_is_loaded_relative_to_the_model(tmp_path: Path) 
         sample_policy(config(drift_reference="empty.npz"), tmp_path, ServerSettings(cache_dir=tmp_path))
 
 
+def test_a_drift_reference_is_bounded_unpacked_and_must_be_an_npz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed .npz unpacks about 1000:1 (195 KB to 200 MB): np.load of a client's file read
+    all of it, unbounded. The archive's sizes are checked first; a .npy had ended in a TypeError."""
+    from server.observability import sampling
+
+    settings = ServerSettings(cache_dir=tmp_path)
+    np.savez_compressed(tmp_path / "bomb.npz", **{"out:y": np.zeros((1000, 100), np.float32)})
+    assert (tmp_path / "bomb.npz").stat().st_size < 4096  # 400 KB unpacked
+    monkeypatch.setattr(sampling, "MAX_REFERENCE_BYTES", 100_000)
+    too_big = r"'drift_reference': bomb\.npz unpacks to \d+ bytes, past the limit 100000"
+    with pytest.raises(ConfigError, match=too_big):
+        sample_policy(config(drift_reference="bomb.npz"), tmp_path, settings)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ConfigError, match=r"cannot read plain\.npy: not an \.npz archive"):
+        sample_policy(config(drift_reference="plain.npy"), tmp_path, settings)
+    with pytest.raises(ConfigError, match="holds a NUL character"):
+        sample_policy(config(drift_reference="a\0b.npz"), tmp_path, settings)
+
+
 def test_a_failed_write_is_counted_and_leaves_no_partial_file(tmp_path: Path) -> None:
     """A full disk lost 5,000 samples with no counter moving, and each failure left a `.tmp` file
     (outside the bytes bound) that survived restarts; a dead writer's ones are removed at start."""

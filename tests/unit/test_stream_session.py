@@ -351,3 +351,48 @@ async def test_a_client_that_reads_its_answers_is_not_ended_while_it_waits_for_m
     with pytest.raises(StopAsyncIteration):  # then idle, with nothing unsent: ended "idle"
         await asyncio.wait_for(anext(answers), 30)
     assert stream.ended_by == "idle" and not stalled.is_set()
+
+
+async def test_a_stalled_client_with_one_answer_in_grpcs_write_has_its_call_ended() -> None:
+    """Its only unwritten answer had left the queue (grpc was writing it): the idle timeout ended
+    the session "idle", the stuck write kept the call, and on_stalled never came (found by review)."""
+    source = Source(limit=1)
+    ended = asyncio.Event()
+    stream = StreamSession(
+        source.requests(), cast(RequestPath, InstantPath()), max_in_flight=8, deadline=None,
+        idle_timeout_s=0.05, on_stalled=ended.set,
+    )  # fmt: skip
+    answers = stream.answers()
+    await anext(answers)  # taken by grpc, whose write then never completes
+    await asyncio.wait_for(ended.wait(), 30)
+    assert stream.ended_by == "stalled"
+    await answers.aclose()
+
+
+class BigAnswerPath(HeldPath):
+    """A batched model whose answers (500 KB) are much larger than its requests (1 KB)."""
+
+    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+        await self.release.wait()
+        return pb.ModelInferResponse(id=job.id, raw_output_contents=[bytes(500_000)])
+
+
+async def test_answers_larger_than_their_requests_are_charged_when_the_requests_are_read() -> None:
+    """Answers had been charged only once made: 1 KB requests were all read (256) and their 500 KB
+    answers held 128 MB, 7.6 times a 16 MiB bound (found by review)."""
+    source = BigSource(frame_bytes=1_000)
+    path = BigAnswerPath()
+    bound = 16 * 1024 * 1024
+    stream = StreamSession(
+        source.requests(), cast(RequestPath, path), max_in_flight=256, deadline=None, max_held_bytes=bound
+    )
+    answers = stream.answers()
+    first = asyncio.ensure_future(anext(answers))
+    await settle()
+    assert source.read <= 8 + 1  # before any answer gives their size, 8 are read ahead
+    path.release.set()
+    await first
+    await settle()
+    held_answers = 500_000 * (source.read - 1)  # every request read is answered; one was written
+    assert held_answers <= bound + 2 * 500_000, (source.read, held_answers)
+    await answers.aclose()

@@ -1,0 +1,71 @@
+"""The command-line flags for TLS and a bearer token, shared by every tool that dials a server
+(the load-test harness, `sluiceway top`): the same names, meanings and refusals everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients.security import TlsOptions, bearer_metadata
+
+
+def add_security_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    group = parser.add_argument_group(title)
+    group.add_argument("--tls", action="store_true", help="TLS with the system's trusted roots")
+    group.add_argument("--tls-ca", type=Path, help="PEM CA bundle for the server's certificate (implies TLS)")
+    group.add_argument("--tls-cert", type=Path, help="client certificate chain, PEM, for mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="client private key, PEM, for mutual TLS")
+    group.add_argument("--tls-server-name", help="name to check the server's certificate against")
+    group.add_argument("--token", help="bearer token (visible in `ps`: prefer --token-file)")
+    group.add_argument("--token-file", type=Path, help="file holding the bearer token")
+
+
+@dataclass(frozen=True)
+class SecurityFlags:
+    """What the flags say, files read: `tls` asked for by a flag, PEM bytes, and the token."""
+
+    tls: bool
+    root_certificates: bytes | None
+    certificate_chain: bytes | None
+    private_key: bytes | None
+    server_name: str | None
+    token: str | None
+
+    def tls_options(self) -> TlsOptions | None:
+        """None for plaintext; a CA or a client certificate implies TLS."""
+        if not (self.tls or self.root_certificates or self.certificate_chain):
+            return None
+        return TlsOptions(self.root_certificates, self.certificate_chain, self.private_key, self.server_name)
+
+
+def security_flags(args: argparse.Namespace) -> SecurityFlags:
+    """The flags' values; ValueError naming the flag when they do not fit or a file cannot be read."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("pass --token or --token-file, not both")
+    token = args.token
+    if args.token_file is not None:
+        token = (_read(args.token_file, "--token-file") or b"").decode("utf-8", "replace").strip()
+    try:
+        bearer_metadata(token)
+    except ValueError as exc:
+        raise ValueError(f"--token{'-file' if args.token_file else ''}: {exc}") from None
+    return SecurityFlags(
+        tls=args.tls or args.tls_server_name is not None,
+        root_certificates=_read(args.tls_ca, "--tls-ca"),
+        certificate_chain=_read(args.tls_cert, "--tls-cert"),
+        private_key=_read(args.tls_key, "--tls-key"),
+        server_name=args.tls_server_name,
+        token=token,
+    )
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None

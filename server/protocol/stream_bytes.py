@@ -1,0 +1,81 @@
+"""What one ModelStreamInfer call holds in raw tensor bytes (server/protocol/stream.py): requests
+read and not yet answered, and answers not yet written, bounded by `stream_max_held_bytes`.
+
+A request is charged when it is read for itself and for its answer, guessed from the stream's
+recent answers, and the charge is settled when the answer is made: counting answers only once they
+existed, 1 KB requests whose answers were 500 KB were all read while small, and the stream held
+7.6 times its bound. Until a first answer gives the guess, at most FIRST_READS requests are read
+ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from protos import grpc_service_pb2 as pb
+from server.protocol.malformed import Malformed
+
+FIRST_READS = 8
+Read = pb.ModelInferRequest | Malformed
+
+
+def raw_bytes(request: Read | None) -> int:
+    """A request's raw tensor bytes, as the stream holds them while it is in flight."""
+    if not isinstance(request, pb.ModelInferRequest):
+        return 0
+    return sum(map(len, request.raw_input_contents))
+
+
+def answer_bytes(response: pb.ModelStreamInferResponse) -> int:
+    return sum(map(len, response.infer_response.raw_output_contents))
+
+
+class HeldBytes:
+    """The stream's bytes and its room to read; `limit` None: no bound (and no accounting)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._room = asyncio.Event()
+        self._guess: int | None = None  # an answer's bytes, from the stream's recent answers
+        self._charged: dict[int, int] = {}  # id(request) -> its charge, until it is answered
+
+    async def room(self) -> None:
+        """Until there is room to read one more request (one larger than the bound is still read
+        when the stream holds nothing else)."""
+        while self.limit is not None and (
+            self.held >= self.limit or (self._guess is None and len(self._charged) >= FIRST_READS)
+        ):
+            self._room.clear()
+            await self._room.wait()
+
+    def read(self, request: Read) -> None:
+        if self.limit is None:
+            return
+        own = raw_bytes(request)
+        charge = own + (own if self._guess is None else self._guess)
+        self._charged[id(request)] = charge
+        self.held += charge
+
+    def answered(self, request: Read | None, response: pb.ModelStreamInferResponse | None) -> int:
+        """Settle `request`'s charge now its answer is made (`response` None: none will be sent);
+        the bytes to release once the answer is written."""
+        charged = 0 if request is None else self._charged.pop(id(request), 0)
+        if self.limit is None:
+            return 0
+        if response is None:
+            self._release(charged)
+            return 0
+        made = answer_bytes(response)
+        self._guess = max(made, (self._guess or 0) // 2)  # recent answers weigh most
+        actual = raw_bytes(request) + made
+        self.held += actual - charged
+        self._release(0)
+        return actual
+
+    def written(self, nbytes: int) -> None:
+        self._release(nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        self._room.set()  # the reader looks again (room() re-checks)
