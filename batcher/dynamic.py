@@ -34,7 +34,7 @@ from batcher.batch_io import (
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, NotAccepting, RunTimedOut
+from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
@@ -355,9 +355,9 @@ class DynamicBatcher:
         if not batch:
             self._land(flight)
         for p in waiting:
-            if late(p.hard, now):
+            if late(p.hard, now):  # its deadline, not a queue-policy timeout: a batch had taken it
                 self._stats.expired += p.counted
-                settle_error(p, expired_in_queue(p, now))
+                settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
         if not batch:
             return
         batched = self._policy.max_batch_size > 0

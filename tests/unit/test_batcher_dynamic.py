@@ -29,7 +29,7 @@ from batcher import (
     Tensors,
     TooManyRows,
 )
-from batcher.errors import NotAccepting
+from batcher.errors import NotAccepting, QueueTimedOut
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
@@ -849,3 +849,23 @@ async def test_a_retired_batchers_running_batch_finishes_and_answers() -> None:
     assert not running.done()
     gate.set()
     assert (await result(running))["y"].tolist() == [[2.0, 2.0]]
+
+
+async def test_a_deadline_passed_before_the_run_is_a_deadline_even_past_a_queue_timeout() -> None:
+    """Its REJECT queue timeout had passed too, before its deadline: the answer named the queue
+    policy (UNAVAILABLE) though a batch had taken it in time; its deadline is what stopped it."""
+    now = [100.0]
+    be = FakeBackend()
+    stats = ModelStats()
+    policy = BatchingPolicy(max_batch_size=8, default_timeout_s=0.2)  # REJECT is the default action
+    b = DynamicBatcher([be], policy, stats, clock=lambda: now[0])
+    b.start()
+    try:
+        expiring = asyncio.ensure_future(b.submit(x(1), 1, deadline=100.5))
+        await turns_until(lambda: b.queued_requests == 0 and stats.queue_hist.count == 1)
+        now[0] = 101.0  # past its queue timeout (100.2) and its deadline (100.5) before its run
+        with pytest.raises(DeadlineExceeded, match="while waiting in the queue") as info:
+            await result(expiring)
+        assert not isinstance(info.value, QueueTimedOut) and be.batches == []
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
