@@ -28,6 +28,9 @@ class FakeManager:
         self.loaded: list[str] = []
         self.unloaded: list[str] = []
         self.evicted: list[str] = []  # unloaded by the budget (the rollout state waits for a reload)
+        self.unloading = asyncio.Event()
+        self.unload_gate = asyncio.Event()
+        self.unload_gate.set()  # unloads finish at once unless a test holds them
 
     def entry(self, name: str) -> ModelEntry:
         if name not in self.entries:
@@ -53,6 +56,8 @@ class FakeManager:
         self.unloaded.append(name)
         self.evicted += [name] if evicted else []
         self.entries[name].state, self.entries[name].reason = UNAVAILABLE, "unloaded"
+        self.unloading.set()
+        await self.unload_gate.wait()  # draining what it had queued
 
 
 def model(repo: Path, name: str, size: int, config: str = LAZY) -> None:
@@ -152,3 +157,24 @@ async def test_a_model_measured_bigger_than_its_estimate_evicts_after_its_load(t
     await loads.ready("a", 30.0)
     await loads.ready("b", 30.0)  # estimated 40,000: fits beside a; measured 70,000: it does not
     assert fake.evicted == ["a"] and loads.budget.used_bytes == 70_000
+
+
+async def test_a_request_for_a_model_being_evicted_waits_for_its_next_load(tmp_path: Path) -> None:
+    """It was marked dormant only once its unload had drained: a request in between found it
+    UNAVAILABLE "unloaded" (3 in 2,000-4,000 requests), not a model to load again."""
+    for name in "ab":
+        model(tmp_path, name, 60_000)
+    fake = FakeManager()
+    fake.gate.set()
+    loads = loads_for(tmp_path, fake, 100_000)  # room for one
+    for name in "ab":
+        loads.register_lazy(name)
+    await loads.ready("a", 30.0)
+    fake.unload_gate.clear()
+    loading_b = asyncio.ensure_future(loads.ready("b", 30.0))  # evicts a
+    await asyncio.wait_for(fake.unloading.wait(), 30)
+    assert loads.needs_load("a")  # while a drains, a request for it waits for a load
+    fake.unload_gate.set()
+    await asyncio.wait_for(loading_b, 30)
+    await asyncio.wait_for(loads.ready("a", 30.0), 30)  # and a loads again (evicting b)
+    assert fake.entries["a"].state == READY and fake.evicted == ["a", "b"]
