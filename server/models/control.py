@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
-
-import watchfiles
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
@@ -35,6 +32,7 @@ from server.models.repository import (
     load_model_source,
     scan_repository,
 )
+from server.models.repository_watch import RepositoryWatch
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
@@ -262,40 +260,19 @@ class RepositoryControl:
     # -- poll mode ------------------------------------------------------------------------------------
 
     async def _watch(self, watching: asyncio.Event) -> None:
-        quiet_ms = int(self._settings.repository_poll_secs * 1000)
-        log.info("watching %s for model changes (grouped over %d ms)", self._root, quiet_ms)
-        # set() only wakes start() after this step: the loop's first step below creates the
-        # watches (awatch builds its RustNotify before its first await), so they exist by then.
-        watching.set()
-        async for changes in watchfiles.awatch(
-            self._root,
-            stop_event=self._stop,
-            step=quiet_ms,
-            debounce=max(quiet_ms * 10, 1600),
-            recursive=True,
-        ):
-            names = self._changed_models(path for _, path in changes)
-            for name in sorted(names):
-                if self._stop.is_set():
-                    return
-                try:
-                    await self._refresh(name)
-                except Exception:  # the poller must outlive any one model's trouble
-                    log.exception("model %s: applying a repository change failed", name)
+        quiet_s = self._settings.repository_poll_secs
+        log.info("watching %s for model changes (grouped over %d ms)", self._root, int(quiet_s * 1000))
+        known = lambda: [entry.name for entry in self._manager.entries()]  # noqa: E731
+        await RepositoryWatch(self._root, quiet_s, self._stop, self._apply_changes, known).run(watching)
 
-    def _changed_models(self, paths: Iterable[str]) -> set[str]:
-        """The model directories the changed paths are in (links are not followed: a model file may
-        be a link to a file elsewhere)."""
-        names: set[str] = set()
-        roots = {self._root.absolute(), self._root.resolve()}
-        for path in paths:
-            changed = Path(os.path.abspath(path))
-            for root in roots:
-                if changed.is_relative_to(root) and changed != root:
-                    first = changed.relative_to(root).parts[0]
-                    if not first.startswith("."):
-                        names.add(first)
-        return names
+    async def _apply_changes(self, names: set[str]) -> None:
+        for name in sorted(names):
+            if self._stop.is_set():
+                return
+            try:
+                await self._refresh(name)
+            except Exception:  # the poller must outlive any one model's trouble
+                log.exception("model %s: applying a repository change failed", name)
 
     async def _refresh(self, name: str) -> None:
         directory = self._root / name
