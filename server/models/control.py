@@ -24,7 +24,7 @@ from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFo
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.lazy import ModelLoads, lazy_flags
-from server.models.load_request import parse_load_parameters, write_model_directory
+from server.models.load_request import parse_load_parameters, remove_dead_uploads, write_model_directory
 from server.models.manager import ModelManager
 from server.models.repository import (
     ModelNotFoundInRepository,
@@ -59,6 +59,10 @@ class RepositoryControl:
 
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
+        if self._mode == "explicit":  # the only mode that takes uploads
+            stale = await asyncio.to_thread(remove_dead_uploads, self._settings.cache_dir / "uploads")
+            if stale:
+                log.info("removed %d upload directories of servers that are gone", len(stale))
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
         explicit = self._mode == "explicit" and "*" not in self._settings.load_model
         chosen = set(self._settings.load_model) if explicit else set(sources) | set(errors)

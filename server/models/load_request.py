@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import FilesNoSpace, FilesNotStored, InvalidRequest
 from server.models.versions import MAX_VERSION, MAX_VERSION_DIGITS
+from server.pids import named_pid, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,8 @@ def write_model_directory(parent: Path, name: str, files: dict[PurePosixPath, by
 
 def _write_files(parent: Path, name: str, files: dict[PurePosixPath, bytes]) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="load-", dir=parent))
+    # The pid in the name: a server that died (OOM, SIGKILL) leaves it, and the next one removes it.
+    root = Path(tempfile.mkdtemp(prefix=f"load-{os.getpid()}-", dir=parent))
     directory = (root / name).resolve()
     try:
         for relative, data in files.items():
@@ -170,3 +173,19 @@ def check_unload_parameters(parameters: dict[str, pb.ModelRepositoryParameter]) 
             raise InvalidRequest(f"parameters['{UNLOAD_DEPENDENTS}'] must be a bool_param, got {kind}")
         dependents = value.bool_param
     return dependents
+
+
+def remove_dead_uploads(parent: Path) -> list[Path]:
+    """Remove the upload directories of servers that are gone (`load-<pid>-*`; one without a pid
+    is from before names carried it); what was removed. A crashed server's had stayed for good."""
+    removed: list[Path] = []
+    try:
+        found = [entry for entry in parent.iterdir() if entry.is_dir() and entry.name.startswith("load-")]
+    except OSError:
+        return removed
+    for upload in found:
+        pid = named_pid(upload.name, 1)
+        if pid is None or not pid_alive(pid):
+            shutil.rmtree(upload, ignore_errors=True)
+            removed.append(upload)
+    return removed

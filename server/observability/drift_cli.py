@@ -68,6 +68,9 @@ def run_drift(args: argparse.Namespace) -> int:
             "sluiceway: no plot: matplotlib is not installed (pip install -e '.[loadtest]')", file=sys.stderr
         )
         return 0
+    except OSError as err:  # a read-only sample directory: one line, not matplotlib's traceback
+        print(f"sluiceway: no plot: cannot write {out}: {err.strerror or err} (--out FILE)", file=sys.stderr)
+        return 1
     print(f"plot: {out}")
     return 0
 

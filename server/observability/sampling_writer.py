@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.observability.drift import DriftMonitor, numeric
+from server.pids import named_pid, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +219,14 @@ class SampleWriter:
     def _write_chunk(self, run: list[Sample]) -> None:
         try:
             self._write_run(run)
-        except Exception:  # disk full, permissions: count, log without contents, go on
+        except OSError as err:  # disk full, permissions: count, one line without contents, go on
             self.stats.write_errors += 1
             run[0].source.lost(len(run))  # on /metrics: 5,000 lost samples had moved no counter
+            # One line: each failed chunk on a full disk had logged a 40-50 line traceback.
+            log.error("writing %d samples under %s failed: %s", len(run), self.root, err.strerror or err)
+        except Exception:  # a bug: the traceback says where
+            self.stats.write_errors += 1
+            run[0].source.lost(len(run))
             log.exception("writing %d samples under %s failed", len(run), self.root)
         self._done += len(run)
 
@@ -272,20 +278,8 @@ class SampleWriter:
 def _writer_alive(partial_name: str) -> bool:
     """Whether the process named in `.samples-<ns>-<pid>-<seq>.npz.tmp` still runs (another
     worker writing it now), so its file is left alone."""
-    parts = partial_name.split("-")
-    try:
-        pid = int(parts[2])
-    except (IndexError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False  # a file of ours from before: this writer has written none yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    pid = named_pid(partial_name, 2)
+    return pid is not None and pid_alive(pid)
 
 
 def _layout(sample: Sample) -> tuple[tuple[str, str, tuple[int, ...]], ...]:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, SharedMemoryLimit
 
 SHM_DIR = Path("/dev/shm")
 NAME_MAX = 255
@@ -108,6 +108,7 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
+        _refuse_if_out_of_files(exc, key)
         reason = (
             "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else os.strerror(exc.errno or 0)
         )
@@ -123,6 +124,10 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
             )
         map_offset = offset - offset % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(fd, offset + byte_size - map_offset, mmap.MAP_SHARED, offset=map_offset)
+    except OSError as exc:  # mmap duplicates the descriptor: the open-file limit can stop it too
+        os.close(fd)
+        _refuse_if_out_of_files(exc, key)
+        raise
     except BaseException:
         os.close(fd)
         raise
@@ -132,3 +137,13 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
 def mapped_bytes(region: Region) -> int:
     """Bytes of address space the region's mapping takes (what max_shm_bytes counts)."""
     return len(region.mapping)
+
+
+def _refuse_if_out_of_files(exc: OSError, key: str) -> None:
+    """The server's open-file limit, not the client's region: RESOURCE_EXHAUSTED naming it (it had
+    been INTERNAL from mmap, or INVALID_ARGUMENT from open). A region holds two descriptors."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        raise SharedMemoryLimit(
+            f"Unable to open shared memory region: '{key}': the server has no file descriptor left "
+            "(its open-file limit, ulimit -n; each registered region holds two)"
+        ) from None

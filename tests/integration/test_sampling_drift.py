@@ -120,6 +120,16 @@ async def test_a_shifted_input_distribution_moves_drift_past_its_threshold(
     assert code == 0, out
     assert plot.stat().st_size > 0
     assert "DRIFT" in out and f"{len(drifted)} of 66 series drifted" in out
+    # A plot it cannot write (a read-only folder) is one line after the table, exit 1: it had been
+    # matplotlib's traceback.
+    unwritable = tmp_path / "no-such-dir-file"
+    unwritable.write_text("a file, not a folder")
+    args = ["drift", "mlp", "--sample-dir", str(samples), "--drift-reference-samples", "1000"]
+    assert main([*args, "--drift-window-samples", "1000", "--out", str(unwritable / "drift.png")]) == 1
+    written = capsys.readouterr()
+    assert "of 66 series drifted" in written.out
+    assert written.err.startswith(f"sluiceway: no plot: cannot write {unwritable / 'drift.png'}: ")
+    assert "Traceback" not in written.err
 
 
 def test_the_drift_command_says_when_there_is_nothing_to_score(

@@ -232,9 +232,12 @@ def test_a_drift_reference_is_bounded_unpacked_and_must_be_an_npz(
         sample_policy(config(drift_reference="a\0b.npz"), tmp_path, settings)
 
 
-def test_a_failed_write_is_counted_and_leaves_no_partial_file(tmp_path: Path) -> None:
+def test_a_failed_write_is_counted_and_leaves_no_partial_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A full disk lost 5,000 samples with no counter moving, and each failure left a `.tmp` file
-    (outside the bytes bound) that survived restarts; a dead writer's ones are removed at start."""
+    (outside the bytes bound) that survived restarts; a dead writer's ones are removed at start.
+    Each failure is one log line (it had been a 40-50 line traceback)."""
 
     def full_disk(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
         file.write(b"partial")
@@ -249,6 +252,9 @@ def test_a_failed_write_is_counted_and_leaves_no_partial_file(tmp_path: Path) ->
     writer.close(30)
     assert source.lost_count == 1 and source.count == 0 and writer.stats.write_errors == 1
     assert list((tmp_path / "s" / "m" / "1").iterdir()) == []
+    failed = [r for r in caplog.records if "writing 1 samples under" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert failed[0].getMessage().endswith("failed: No space left on device")
     stale = tmp_path / "s" / "m" / "1" / ".samples-00000000000000000001-999999999-000001.npz.tmp"
     stale.write_bytes(b"left by a process that died")
     SampleWriter(tmp_path / "s", max_bytes=1 << 20, queue_size=10, queue_bytes=1 << 20).close(30)

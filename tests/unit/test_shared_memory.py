@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 from pathlib import Path
 
@@ -212,3 +213,26 @@ def test_settings_refuse_shared_memory_with_several_workers_and_bad_grpc_args() 
     ]
     with pytest.raises(ValidationError, match=r"is not grpc\.<argument>=<integer>"):
         ServerSettings(grpc_server_args="lookahead=big")
+
+
+@pytest.mark.parametrize("where", ["open", "mmap"])
+def test_the_servers_open_file_limit_is_resource_exhausted_not_the_clients_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Registering at the server's fd limit (ulimit -n 128) was INTERNAL from mmap (29 of 80), or
+    would be INVALID_ARGUMENT from open: neither is the client's mistake."""
+    import errno
+
+    from server.errors import SharedMemoryLimit
+    from server.protocol import shm_regions
+
+    def out_of_files(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    key = obj(tmp_path, "region", b"\0" * 64)
+    if where == "open":
+        monkeypatch.setattr(shm_regions.os, "open", out_of_files)
+    else:
+        monkeypatch.setattr(shm_regions.mmap, "mmap", out_of_files)
+    with pytest.raises(SharedMemoryLimit, match=r"no file descriptor left \(its open-file limit, ulimit -n"):
+        shm_regions.open_region("r", key, 0, 64, tmp_path)
