@@ -20,7 +20,13 @@ from typing import Any
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from server.errors import MemoryBudgetExceeded, ModelControlDisabled, ModelNotFound, RepositoryError
+from server.errors import (
+    MemoryBudgetExceeded,
+    ModelControlDisabled,
+    ModelNotFound,
+    RepositoryError,
+    ShuttingDown,
+)
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.lazy import ModelLoads, lazy_flags
@@ -141,7 +147,15 @@ class RepositoryControl:
         task = asyncio.create_task(work, name=what)
         self._operations.add(task)
         task.add_done_callback(self._operation_done)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._stop.is_set():
+                # stop() ended the work, not the caller: answer it. The CancelledError had left the
+                # call unanswered until grpc's own stop, the whole grace later ("Cancelling all calls").
+                why = f"server is shutting down: the {what} was stopped before it ended"
+                raise ShuttingDown(why) from None
+            raise
 
     def _operation_done(self, task: asyncio.Task[None]) -> None:
         self._operations.discard(task)

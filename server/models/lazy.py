@@ -24,6 +24,7 @@ from server.errors import (
     ModelNotFound,
     ModelNotReady,
     RepositoryError,
+    ShuttingDown,
 )
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble
@@ -120,6 +121,10 @@ class ModelLoads:
             task.add_done_callback(lambda done: self._load_ended(name, done))
         try:
             await asyncio.wait_for(asyncio.shield(task), remaining_s)
+        except asyncio.CancelledError:
+            if task.cancelled():  # stop() ended the load, not the caller: answer it (see control.py)
+                raise ShuttingDown(f"server is shutting down: model '{name}' was not loaded") from None
+            raise
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
             raise ModelLoadTimeout(
                 f"model '{name}' is loading (lazy_load) and was not ready within the request's "
