@@ -36,11 +36,16 @@ def hold_port(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
     try:
-        probe.bind((host, port))  # without SO_REUSEPORT: fails when anything holds the port
+        # Without SO_REUSEPORT: fails when a socket holds the port. With SO_REUSEADDR, as grpc binds:
+        # the connections a stopped server closed (TIME_WAIT, up to 60 s) do not hold it, and a
+        # restart right after a stop under load had failed "Address already in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
         port = probe.getsockname()[1]
     finally:
         probe.close()
     held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     held.bind((host, port))
     return held
