@@ -59,6 +59,8 @@ _QUIET_MAX_S = 1.0
 # After the grace period the batchers fail what is left; the handlers get this long to send those
 # errors before the endpoint closes.
 _ANSWER_LEFTOVERS_S = 0.5
+# How long past the grace grpc's own stop may take to hand its last answers to the network.
+_GRPC_STOP_EXTRA_S = 1.0
 
 
 def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -252,8 +254,18 @@ class SluicewayServer:
         if not drained:  # the failed leftovers are being answered now
             await self.calls.wait_idle(time.monotonic() + _ANSWER_LEFTOVERS_S)
         # grpc.aio cancels handlers still running at stop(); ours are done unless a client stopped
-        # reading its stream's answers.
-        await self._grpc.stop(max(0.0, deadline - time.monotonic()))
+        # reading its stream's answers. Its stop also waits for answers already handed to grpc
+        # core: to a client that stopped reading (SIGSTOP, a hung process), until keepalive drops
+        # the connection, 20 s by default whatever the grace. Bounded: the process exits anyway.
+        left = max(0.0, deadline - time.monotonic())
+        grpc_stopped = asyncio.ensure_future(self._grpc.stop(left))
+        done, _ = await asyncio.wait({grpc_stopped}, timeout=left + _GRPC_STOP_EXTRA_S)
+        if not done:
+            log.warning(
+                "answers to clients that stopped reading were still being sent %.1f s after the "
+                "grace; exiting without them",
+                _GRPC_STOP_EXTRA_S,
+            )
         self.shared_memory.close()  # regions are unmapped as their last holders let go
         await asyncio.to_thread(self.metrics.stop)
         if self.tracing is not None:  # export the spans still buffered, within the grace
