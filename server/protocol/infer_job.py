@@ -21,7 +21,7 @@ from batcher.errors import DeadlineExceeded, NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
-from server.models.manager import ModelManager
+from server.models.manager import ModelManager, OnDemand
 from server.models.response_cache import request_key
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
@@ -315,10 +315,7 @@ class RequestPath:
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
         if demand is not None and demand.needs_load(request.model_name):
-            waited = time.monotonic()  # a lazy model's first request: wait within the deadline
-            await demand.ready(request.model_name, remaining_s)
-            if remaining_s is not None:
-                remaining_s -= time.monotonic() - waited
+            remaining_s = await await_load(demand, request, remaining_s)
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
         if claim is not None:
             claim.admitted()  # a latest-frame-wins frame: the one it supersedes is withdrawn now
@@ -350,3 +347,23 @@ def note_served(exc: BaseException, version: str) -> None:
     """Note on a failure which version served the request (its log line names it)."""
     with contextlib.suppress(AttributeError):  # an exception type without a __dict__
         setattr(exc, SERVED_VERSION, version)
+
+
+async def await_load(
+    demand: OnDemand, request: pb.ModelInferRequest, remaining_s: float | None
+) -> float | None:
+    """Wait for a lazy model's load within the request's deadline: its gRPC deadline, or its
+    `timeout` parameter when that is sooner (it had been counted only from after the load: a 1 s
+    timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
+    deadline, so the answer naming the load reaches the caller before its own timer fires (it had
+    seen only gRPC's "Deadline Exceeded"). What is left of the deadline after the wait."""
+    timeout_s = parse_controls(request.parameters).timeout_s
+    bound = (
+        remaining_s
+        if timeout_s is None
+        else min(timeout_s, timeout_s if remaining_s is None else remaining_s)
+    )
+    slack = DEADLINE_SLACK_S if remaining_s is not None and bound == remaining_s else 0.0
+    began = time.monotonic()
+    await demand.ready(request.model_name, None if bound is None else max(0.0, bound - slack))
+    return None if bound is None else bound - (time.monotonic() - began)

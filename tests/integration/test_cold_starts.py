@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from clients import NO_RETRY, AsyncClient, Client
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.client_fixtures import features
 from tests.integration.test_repository_control import index
 from tests.support.repositories import write_model
@@ -80,3 +83,39 @@ def test_the_least_recently_used_lazy_model_is_evicted_within_the_budget(
         # Its next request loads it again (evicting `second`, now the least recently used).
         assert client.infer("first", {"image": image}, timeout_s=120)["logits"].shape == (1, 1000)
         assert "evicted" in index(server.address)["second"][0][2]
+
+
+SLOW_LAZY = (
+    """
+backend: "identity"
+max_batch_size: 8
+input { name: "INPUT0" data_type: TYPE_FP32 dims: [4] }
+output { name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }
+parameters { key: "creation_delay_sec" value { string_value: "3" } }
+"""
+    + LAZY
+)
+
+
+def test_a_first_requests_timeout_parameter_bounds_its_wait_for_the_load(tmp_path: Path) -> None:
+    """A 0.5 s `timeout` with a 30 s gRPC deadline: answered OK after the 3 s load, the timeout
+    counted only from after it. Now DEADLINE_EXCEEDED naming the load; the load goes on."""
+    (tmp_path / "slow" / "1").mkdir(parents=True)
+    (tmp_path / "slow" / "config.pbtxt").write_text(SLOW_LAZY)
+    with (
+        ServerProcess("--model-repository", str(tmp_path)) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        request = pb.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
+        request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+        request.parameters["timeout"].int64_param = 500_000  # microseconds, as Triton's
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            stub.ModelInfer(request, timeout=30)
+            raise AssertionError("answered OK after the load, past its 0.5 s timeout")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+            assert "is loading (lazy_load) and was not ready within the request's deadline" in (
+                err.details() or ""
+            )

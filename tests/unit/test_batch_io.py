@@ -139,3 +139,26 @@ def test_the_errors_say_what_happened() -> None:
     assert isinstance(stopped(), BatcherStopped)
     assert "model stopped before the request was computed" in str(stopped())
     assert isinstance(computed_late(), DeadlineExceeded)
+
+
+async def test_only_answered_requests_stay_in_queue_compute_and_inference_count() -> None:
+    """A run of 4 rows: 2 answered (2 rows), one late and one whose caller went (1 row each).
+    Queue is added for the answered ones only (each its own wait); compute and rows are added for
+    the run and taken back, exactly, for the other two (Triton counts successes only)."""
+    stats = ModelStats()
+    on_time = request(features(1), 1, 1, hard=10.0)
+    late = request(features(1), 1, 2, hard=4.0)
+    gone = request(features(1), 1, 3)
+    no_deadline = request(features(1), 1, 4)
+    for p, waited in zip([on_time, late, gone, no_deadline], [100, 200, 300, 400], strict=True):
+        p.counted, p.queued_ns = True, waited
+    stats.record_batch(4, 4, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
+    gone.handle.future.cancel()
+    parts = [{"y": np.zeros((1,), np.float32)} for _ in range(4)]
+    settle_batch([on_time, late, gone, no_deadline], parts, 4, 5.0, stats, (10, 25, 45, 70))
+    assert (stats.queue.count, stats.queue.ns) == (2, 100 + 400)
+    assert stats.inference_count == 2
+    # NS gives (10, 10, 10) per request; the run took back (15, 20, 25) for each of the two.
+    assert (stats.compute_input.count, stats.compute_input.ns) == (2, 4 * 10 - 2 * 15)
+    assert (stats.compute_infer.count, stats.compute_infer.ns) == (2, 4 * 10 - 2 * 20)
+    assert (stats.compute_output.count, stats.compute_output.ns) == (2, 4 * 10 - 2 * 25)
