@@ -162,3 +162,16 @@ async def test_only_answered_requests_stay_in_queue_compute_and_inference_count(
     assert (stats.compute_input.count, stats.compute_input.ns) == (2, 4 * 10 - 2 * 15)
     assert (stats.compute_infer.count, stats.compute_infer.ns) == (2, 4 * 10 - 2 * 20)
     assert (stats.compute_output.count, stats.compute_output.ns) == (2, 4 * 10 - 2 * 25)
+
+
+async def test_a_request_already_answered_elsewhere_is_not_taken_back() -> None:
+    """Its future was settled before the run ended (withdrawn, failed by a stop): not this run's
+    to count or take back; only a caller gone during the run is taken back."""
+    stats = ModelStats()
+    settled = request(features(1), 1, 1)
+    settled.counted = True
+    settled.handle.future.set_exception(DeadlineExceeded("withdrawn"))
+    stats.record_batch(1, 1, 10, 10, 10)
+    settle_batch([settled], [{"y": np.zeros((1,), np.float32)}], 1, 5.0, stats, NS)
+    assert (stats.inference_count, stats.compute_infer.count) == (1, 1)
+    settled.handle.future.exception()  # retrieved
