@@ -21,7 +21,7 @@ backend: "identity"
 max_batch_size: 8
 input { name: "INPUT0" data_type: TYPE_FP32 dims: [4] }
 output { name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }
-parameters { key: "creation_delay_sec" value { string_value: "6" } }
+parameters { key: "creation_delay_sec" value { string_value: "3" } }
 """
 
 
