@@ -350,14 +350,16 @@ class DynamicBatcher:
         # busy). A request expired by now is never computed: 14 of 20 had been, each answered as
         # if its deadline had passed during the run.
         now = self._clock()
-        waiting = [p for p in flight.batch if not is_done(p)]
-        batch = [p for p in waiting if not late(p.hard, now)]
+        batch: list[Request] = []
+        expired: list[Request] = []
+        for p in flight.batch:
+            if not is_done(p):
+                (expired if late(p.hard, now) else batch).append(p)
         if not batch:
             self._land(flight)
-        for p in waiting:
-            if late(p.hard, now):  # its deadline, not a queue-policy timeout: a batch had taken it
-                self._stats.expired += p.counted
-                settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+        for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it
+            self._stats.expired += p.counted
+            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
         if not batch:
             return
         batched = self._policy.max_batch_size > 0

@@ -70,11 +70,12 @@ class RepositoryWatch:
     async def run(self, watching: asyncio.Event) -> None:
         """Watch until stopped; `watching` is set once the first watches exist."""
         while not self._stop.is_set():
-            if identity(self._root) is None:  # between the two moves of a swap: wait for a root
+            root = identity(self._root)
+            if root is None:  # between the two moves of a swap: wait for a root
                 watching.set()
                 await self._pause()
                 continue
-            replaced = await self._watch(self._root.resolve(), identity(self._root), watching)
+            replaced = await self._watch(self._root.resolve(), root, watching)
             if replaced and not self._stop.is_set():
                 log.info("repository %s was replaced; rescanning every model", self._root)
                 await self._apply(model_names(self._root) | set(self._known()))

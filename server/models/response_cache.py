@@ -74,8 +74,8 @@ def request_key(model: str, version: str, inputs: Mapping[str, Array]) -> bytes:
             data = wire.pack_bytes(array)
         else:
             little = array.dtype.newbyteorder("<")
-            # The name too: BF16's str is "<V2", which says nothing of the type.
-            _frame(digest, f"{little.str}{little.name}".encode())
+            # BF16's str is "<V2", which says nothing of the type: its name too.
+            _frame(digest, (little.str + little.name if little.kind == "V" else little.str).encode())
             data = np.ascontiguousarray(array, dtype=little)  # a copy only when not already so
         _frame(digest, struct.pack(f"<{array.ndim}q", *array.shape))
         _frame(digest, data)

@@ -68,7 +68,7 @@ class InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
         or TooManyRows)."""
         signature = served.signature
-        signature.check_declared_datatypes((t.name, t.datatype) for t in request.inputs)
+        signature.check_declared_datatypes(request.inputs)
         shm = shm_tensors.resolve(request, regions)
         # Copies, not views, where the inputs outlive the request (cache keys, samples).
         inputs = codec.decode_inputs(
@@ -358,12 +358,8 @@ async def await_load(
     deadline, so the answer naming the load reaches the caller before its own timer fires (it had
     seen only gRPC's "Deadline Exceeded"). What is left of the deadline after the wait."""
     timeout_s = parse_controls(request.parameters).timeout_s
-    bound = (
-        remaining_s
-        if timeout_s is None
-        else min(timeout_s, timeout_s if remaining_s is None else remaining_s)
-    )
-    slack = DEADLINE_SLACK_S if remaining_s is not None and bound == remaining_s else 0.0
+    bound = min((b for b in (remaining_s, timeout_s) if b is not None), default=None)
+    slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
     began = time.monotonic()
     await demand.ready(request.model_name, None if bound is None else max(0.0, bound - slack))
     return None if bound is None else bound - (time.monotonic() - began)

@@ -37,7 +37,7 @@ from server.observability.logs import failure_fields, failure_message
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
-from server.protocol.stream_bytes import HeldBytes
+from server.protocol.stream_bytes import HeldBytes, answer_bytes
 from server.protocol.stream_sequences import OnClose, SeenSequences
 
 log = logging.getLogger(__name__)
@@ -315,13 +315,18 @@ class StreamSession:
         done: asyncio.Event | None,
         request: pb.ModelInferRequest | Malformed | None = None,
     ) -> None:
+        made: int | None = None  # the answer's raw output bytes, counted once
         if response is not None:
-            response = self._within_limit(response, request)
+            made = answer_bytes(response)
+            checked = self._within_limit(response, request, made)
+            if checked is not response:
+                made = 0  # its error answer carries no outputs
+            response = checked
         if response is not None and _wants_final_flag(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
-        held = self._held.answered(request, response)
+        held = self._held.answered(request, made)
         if response is not None:
             self._answers.put_nowait((response, held))  # its slot and bytes freed once written
         else:
@@ -329,14 +334,17 @@ class StreamSession:
         if done is not None:
             done.set()
 
-    def _within_limit(self, response: Response, request: pb.ModelInferRequest | Malformed | None) -> Response:
-        """`response`, or its request's error answer when it is over the message limit."""
+    def _within_limit(
+        self, response: Response, request: pb.ModelInferRequest | Malformed | None, outputs_bytes: int
+    ) -> Response:
+        """`response` (`outputs_bytes` of raw outputs), or its request's error answer when it is
+        over the message limit."""
         limit = self._max_answer_bytes
         if limit is None or not isinstance(request, pb.ModelInferRequest):  # (for the type checker)
             return response
         # ByteSize() costs about a serialization (204 ms for 64 MiB): only near the limit.
         answer = response.infer_response
-        raw = sum(len(b) for b in answer.raw_output_contents) + len(answer.id) + len(answer.model_name)
+        raw = outputs_bytes + len(answer.id) + len(answer.model_name)
         if raw + _SMALL_PARTS_BYTES < limit:  # outputs always go raw: the rest is small
             return response
         size = response.ByteSize()

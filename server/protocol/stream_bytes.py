@@ -38,7 +38,8 @@ class HeldBytes:
         self.held = 0
         self._room = asyncio.Event()
         self._guess: int | None = None  # an answer's bytes, from the stream's recent answers
-        self._charged: dict[int, int] = {}  # id(request) -> its charge, until it is answered
+        # id(request) -> (its own bytes, its charge), until it is answered
+        self._charged: dict[int, tuple[int, int]] = {}
 
     async def room(self) -> None:
         """Until there is room to read one more request (one larger than the bound is still read
@@ -54,24 +55,22 @@ class HeldBytes:
             return
         own = raw_bytes(request)
         charge = own + (own if self._guess is None else self._guess)
-        self._charged[id(request)] = charge
+        self._charged[id(request)] = own, charge
         self.held += charge
 
-    def answered(self, request: Read | None, response: pb.ModelStreamInferResponse | None) -> int:
-        """Settle `request`'s charge now its answer is made (`response` None: none will be sent);
-        the bytes to release once the answer is written."""
-        charged = 0 if request is None else self._charged.pop(id(request), 0)
+    def answered(self, request: Read | None, made: int | None) -> int:
+        """Settle `request`'s charge now its answer is made, of `made` raw output bytes (None: no
+        answer will be sent); the bytes to release once the answer is written."""
+        own, charged = (0, 0) if request is None else self._charged.pop(id(request), (0, 0))
         if self.limit is None:
             return 0
-        if response is None:
+        if made is None:
             self._release(charged)
             return 0
-        made = answer_bytes(response)
         self._guess = max(made, (self._guess or 0) // 2)  # recent answers weigh most
-        actual = raw_bytes(request) + made
-        self.held += actual - charged
+        self.held += own + made - charged
         self._release(0)
-        return actual
+        return own + made
 
     def written(self, nbytes: int) -> None:
         self._release(nbytes)

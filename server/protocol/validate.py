@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from batcher.types import Array
+from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
 from server.errors import InvalidRequest
@@ -63,19 +64,17 @@ class Signature:
         """The shape clients see in metadata: -1 leads when the model batches."""
         return [-1, *spec.dims] if self.max_batch_size > 0 else list(spec.dims)
 
-    def check_declared_datatypes(self, declared: Iterable[tuple[str, str]]) -> None:
-        """Each (input name, wire datatype) the request declares, against the model's, before any
+    def check_declared_datatypes(self, declared: Iterable[pb.ModelInferRequest.InferInputTensor]) -> None:
+        """Each input's wire datatype as the request declares it, against the model's, before any
         bytes are decoded, as Triton's core checks them before byte sizes: FP64 sent with FP32's
         byte count had been refused as a byte-size mismatch whose expected size came from the wrong
         datatype. BYTES are left to the decoding: Triton's gRPC front end counts their elements
         first (tests/triton/test_triton_wording.py)."""
-        for name, wire in declared:
-            spec = self.inputs.get(name)
-            dtype = datatypes.BY_WIRE.get(wire)
-            if dtype is datatypes.BYTES:
-                continue
-            if spec is not None and dtype is not None and dtype is not spec.datatype:
-                raise InvalidRequest(_datatype_mismatch(name, dtype, spec.datatype))
+        for tensor in declared:
+            spec = self.inputs.get(tensor.name)
+            dtype = datatypes.BY_WIRE.get(tensor.datatype)
+            if spec is not None and dtype not in (None, datatypes.BYTES, spec.datatype):
+                raise InvalidRequest(_datatype_mismatch(tensor.name, dtype, spec.datatype))
 
     def check_inputs(self, inputs: Mapping[str, Array]) -> int:
         """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
