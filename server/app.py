@@ -81,6 +81,42 @@ def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return options
 
 
+# grpc core's own bound on calls received but not yet taken up by grpc.aio (which takes them one
+# at a time); a channel argument is a C int.
+_GRPC_INT_MAX = 2**31 - 1
+
+
+def pending_call_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """grpc core's backlog of calls not yet taken up by grpc.aio: without these it cancels calls at
+    random (CANCELLED "CANCELLED", never seen by our handlers nor counted) once more than 1,000
+    wait, up to all past 3,000 (grpc's `max_pending_requests` defaults): 5-10% of 2,000 callers
+    at once, 21% of 3,000. Bounded at twice `max_concurrent_rpcs` (soft = hard: no random
+    refusals below it), so a burst reaches grpc.aio's own limit, which answers RESOURCE_EXHAUSTED.
+    `grpc_server_args` may set either."""
+    bound = min(2 * settings.max_concurrent_rpcs, _GRPC_INT_MAX)
+    return [
+        ("grpc.server.max_pending_requests", bound),
+        ("grpc.server.max_pending_requests_hard_limit", bound),
+    ]
+
+
+def grpc_server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The grpc core channel arguments of the endpoint; `grpc_server_args` (HTTP/2 tuning,
+    BENCHMARKS.md section 12) replace ours of the same name: grpc core keeps the first of two."""
+    ours = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # A port already in use is an error, never a silently shared socket; workers spawned
+        # by `--workers` share the port their parent holds.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+        *keepalive_options(settings),
+        *pending_call_options(settings),  # a burst of callers is never CANCELLED at random
+    ]
+    extra = parse_grpc_args(settings.grpc_server_args)
+    named = {name for name, _ in extra}
+    return [option for option in ours if option[0] not in named] + extra
+
+
 class PortInUse(RuntimeError):
     pass
 
@@ -96,15 +132,7 @@ class SluicewayServer:
         self.port = 0
         self._stopping = False
         self._stopped = asyncio.Event()
-        options = [
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            # A port already in use is an error, never a silently shared socket; workers spawned
-            # by `--workers` share the port their parent holds.
-            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-            *keepalive_options(settings),
-            *parse_grpc_args(settings.grpc_server_args),  # HTTP/2 tuning (BENCHMARKS.md section 12)
-        ]
+        options = grpc_server_options(settings)
         # Refused streams read until quiet, shared by the stream caps and the token check.
         self.refusals = QuietRefusals(refusal_room(settings.max_concurrent_rpcs, settings.max_streams))
         self._grpc = grpc.aio.server(
