@@ -17,6 +17,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from server.observability.logs import JsonFormatter, configure_logging
 from server.settings import ServerSettings, unknown_variables
+from server.start_signals import default_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # SIGTERM ends a start-up of `serve` cleanly, the rest by default
+        default_sigterm()
     if args.command == "optimize":
         from server.optimize.cli import run as run_optimize
 
