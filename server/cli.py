@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
 
 from server.observability.logs import JsonFormatter, configure_logging
+from server.runtime_check import quiet_telemetry
 from server.settings import ServerSettings, unknown_variables
 from server.start_signals import default_sigterm
 
@@ -131,6 +132,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":  # SIGTERM ends a start-up of `serve` cleanly, the rest by default
         default_sigterm()
+    quiet_telemetry(os.environ)  # before any command imports onnxruntime
     if args.command == "optimize":
         from server.optimize.cli import run as run_optimize
 

@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +123,14 @@ def check_installed() -> Verdict:
     """The verdict for this process's own installs and sys.path."""
     importable = importlib.util.find_spec("onnxruntime") is not None
     return check(installed_runtimes(), sys.path, importable)
+
+
+def quiet_telemetry(environ: MutableMapping[str, str]) -> None:
+    """Turn onnxruntime's telemetry off unless ORT_DISABLE_TELEMETRY says otherwise; call before
+    onnxruntime is imported. onnxruntime 1.31 starts it at import: it writes a device id under
+    $XDG_CACHE_HOME or ~/.cache (a server's HOME is often read-only, and then it printed a plain
+    "Failed to persist telemetry device ID" line among JSON logs) and would upload events."""
+    environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def ensure_runtime(preload: bool = True) -> str | None:
