@@ -14,6 +14,14 @@ slight over-estimate, since batching makes rows cheaper: a lower bound admitted 
 expired in the queue, and formed batches that finished late); with no smaller bucket seen, 0.0:
 an unknown cost never rejects a request early.
 
+Shedding reads `predict_seen` instead: the nearest bucket seen, not scaled up. By rows is no
+"slight" over-estimate where a run's cost is mostly per batch (a fixed delay, a GPU launch): after
+one 1-row run of 100 ms, a fresh model's first burst was predicted 700 ms a batch of 7 (about
+100 ms measured) and 8 of 42 requests were shed that would have been answered in time. A shed
+request never runs, so its refusal cannot correct the estimate; it rests on sizes seen (more rows
+never run faster, so this is what the runs prove). Formation keeps the over-estimate: a batch it
+keeps small still runs, and its size is then seen.
+
 The same buckets keep the cost of a run to the thread that runs it (an EWMA): CPU seconds on the
 executor thread, or wall seconds of a run made inline (what the event loop was blocked). The batcher
 runs a batch inline when that is below a thread hop's cost (`cheap`). Wall time through an executor
@@ -98,17 +106,36 @@ class ServiceTimeEstimator:
         quantile = times[min(n - 1, round(self._quantile * (n - 1)))]
         seen.high = min(quantile, typical * (1.0 + self._max_margin))
 
-    def predict(self, rows: int, now: float) -> float:
-        """Predicted seconds for a run of `rows` rows at clock time `now` (0.0 when unknown)."""
+    def _nearest(self, rows: int) -> tuple[_Seen, bool] | None:
+        """The bucket of `rows` rows if seen, else the nearest smaller one seen (with whether it is
+        the own bucket); None when none is."""
         if not self._seen:
-            return 0.0
+            return None
         own = self.bucket(rows)
         for b in range(own, -1, -1):
             seen = self._seen.get(b)
             if seen is not None:
-                scale = 1.0 if b == own else max(rows, 1) * len(seen.runs) / seen.rows_sum
-                return seen.high * scale * self._freshness(seen, now)
-        return 0.0
+                return seen, b == own
+        return None
+
+    def predict(self, rows: int, now: float) -> float:
+        """Predicted seconds for a run of `rows` rows at clock time `now` (0.0 when unknown); an unseen
+        size extrapolated by rows from the nearest smaller size seen."""
+        nearest = self._nearest(rows)
+        if nearest is None:
+            return 0.0
+        seen, own = nearest
+        scale = 1.0 if own else max(rows, 1) * len(seen.runs) / seen.rows_sum
+        return seen.high * scale * self._freshness(seen, now)
+
+    def predict_seen(self, rows: int, now: float) -> float:
+        """As `predict`, but an unseen size is predicted as the nearest smaller size seen, not scaled
+        up by rows: what observed runs prove a run of `rows` rows takes at least. For shedding."""
+        nearest = self._nearest(rows)
+        if nearest is None:
+            return 0.0
+        seen = nearest[0]
+        return seen.high * self._freshness(seen, now)
 
     def cheap(self, rows: int, max_cpu_s: float) -> bool:
         """Whether recent runs of this many rows (its own bucket) cost their thread at most `max_cpu_s`.

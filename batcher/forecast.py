@@ -5,6 +5,9 @@ two predictions: the run of a request alone on an idle model (`now`), and the en
 behind what is running and queued ahead of it (`finish`). Both come from the service-time
 estimator; `finish` also needs the predicted end of each batch running now and the size of recent
 batches, which DynamicBatcher reports here as runs start and end.
+
+`finish` reads the estimator's `predict_seen` (sizes not seen yet are not scaled up by rows): it
+sheds, and a shed request never runs to correct an over-estimate (batcher/estimate.py).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class WaitForecast:
     def started(self, rows: int, now: float) -> int:
         """A run of `rows` rows started at `now`; the key to pass to `ended`."""
         self._runs += 1
-        self._running_until[self._runs] = now + self._estimator.predict(rows, now)
+        self._running_until[self._runs] = now + self._estimator.predict_seen(rows, now)
         return self._runs
 
     def ended(self, key: int) -> None:
@@ -68,7 +71,7 @@ class WaitForecast:
         deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
-        estimate = self._estimator.predict
+        estimate = self._estimator.predict_seen
         running = sum(max(0.0, end - now) for end in self._running_until.values())
         ahead = self._queue.rows_ahead(level) + rows
         # Batches as large as recent ones, not max_batch_size: formation cuts batches to the

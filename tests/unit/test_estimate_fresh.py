@@ -1,0 +1,111 @@
+"""A freshly loaded model's first burst: shedding rests on batch sizes seen, not on sizes
+extrapolated by rows from the one size seen (a fault-delay model's 1-row run of 100 ms had
+predicted 700 ms for a batch of 7, and 8 of 42 requests of the first burst were shed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
+from batcher.estimate import ServiceTimeEstimator
+
+LONG = 5.0  # an upper bound no healthy run comes near
+
+
+def test_predict_seen_takes_the_nearest_smaller_size_seen_as_it_was_seen() -> None:
+    e = ServiceTimeEstimator(max_margin=0.0)
+    assert e.predict_seen(8, 0.0) == 0.0  # nothing seen: an unknown cost refuses nothing
+    e.observe(1, 0.100, 0.0)  # a fresh model's first run: one row
+    assert e.predict(7, 0.0) == pytest.approx(0.700)  # formation's over-estimate is kept
+    assert e.predict_seen(7, 0.0) == pytest.approx(0.100)  # shedding: only what runs proved
+    assert e.predict_seen(1, 0.0) == pytest.approx(0.100)
+    e.observe(8, 0.120, 0.0)  # once the size has run, both read its own runs
+    assert e.predict_seen(7, 0.0) == pytest.approx(0.120)
+    assert e.predict(7, 0.0) == pytest.approx(0.120)
+    assert e.predict_seen(32, 0.0) == pytest.approx(0.120)  # 17..32 unseen: as 5..8 was seen
+
+
+def test_predict_seen_fades_with_age_as_predict_does() -> None:
+    e = ServiceTimeEstimator(half_life_s=1.0, max_margin=0.0)
+    e.observe(1, 0.100, 0.0)
+    assert e.predict_seen(4, 1.0) == pytest.approx(0.050)
+    assert e.predict_seen(1, 1.0) == pytest.approx(e.predict(1, 1.0))
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Gated:
+    """An async backend answering y = 2 * x; every run waits for the gate."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+        self.started = asyncio.Event()
+        self.batches: list[int] = []
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        self.batches.append(len(inputs["x"]))
+        self.started.set()
+        await self.gate.wait()
+        return {"y": inputs["x"] * 2}
+
+
+@pytest.fixture
+async def batchers() -> AsyncIterator[Callable[..., DynamicBatcher]]:
+    made: list[DynamicBatcher] = []
+
+    def _make(backend: Any, clock: Clock) -> DynamicBatcher:
+        b = DynamicBatcher([backend], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
+        b.start()
+        made.append(b)
+        return b
+
+    yield _make
+    for b in made:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def turns_until(cond: Callable[[], bool], turns: int = 500) -> None:
+    """Let the loop take turns (no timed sleep) until `cond` holds."""
+    for _ in range(turns):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+def x(rid: float) -> dict[str, np.ndarray[Any, Any]]:
+    return {"x": np.full((1, 2), rid, np.float32)}
+
+
+async def test_a_fresh_models_first_burst_is_admitted_when_the_sizes_seen_say_it_fits(
+    batchers: Callable[..., DynamicBatcher],
+) -> None:
+    clock = Clock()
+    gate = asyncio.Event()
+    be = Gated(gate)
+    b = batchers(be, clock)
+    b.estimator.observe(1, 0.100, clock.now)  # the first run: 1 row, 100 ms (a per-batch cost)
+    deadline = clock.now + 1.0
+    first = asyncio.ensure_future(b.submit(x(0), 1, deadline=deadline))
+    await asyncio.wait_for(be.started.wait(), LONG)  # running: 1 row
+    # 20 more 1-row requests queue behind it: 3 batches of up to 8 rows. Seen: 100 ms a batch, so
+    # about 0.1 + 3 x 0.1 s. Extrapolated by rows it was 0.1 + 3 x 0.8 s: past the 1 s deadline,
+    # shed from the 9th on.
+    burst = [asyncio.ensure_future(b.submit(x(i), 1, deadline=deadline)) for i in range(1, 21)]
+    await turns_until(lambda: b.queued_requests + sum(t.done() for t in burst) == len(burst))
+    refused = [t for t in burst if t.done() and t.exception() is not None]
+    assert [type(t.exception()).__name__ for t in refused] == []
+    gate.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, *burst), LONG)
+    assert [float(a["y"][0, 0]) for a in answers] == [2.0 * i for i in range(21)]
