@@ -5,6 +5,7 @@
 - poll: as none at start, then the repository is watched (watchfiles: file events, grouped until
   nothing changed for repository_poll_secs) and each changed model is reloaded, a new one loaded,
   a removed one unloaded. A broken change keeps the serving versions; the index reason says why.
+  A load the OS failed (too many open files, no memory) is tried again later (load_retry.py).
 
 Lazy models (server/models/lazy.py) are listed, not loaded, in every mode.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.lazy import ModelLoads, lazy_flags
 from server.models.load_request import parse_load_parameters, remove_dead_uploads, write_model_directory
+from server.models.load_retry import LoadRetries, os_failure
 from server.models.manager import ModelManager
 from server.models.repository import (
     ModelNotFoundInRepository,
@@ -62,6 +65,7 @@ class RepositoryControl:
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._operations: set[asyncio.Task[None]] = set()  # loads and unloads by RPC (_to_completion)
+        self._retries = LoadRetries(settings.repository_poll_secs)  # poll mode: loads the OS failed
 
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
@@ -97,7 +101,9 @@ class RepositoryControl:
                     ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
                 )
             else:
-                await self._apply_source(source)
+                failure = await self._apply_source(source)
+                if self._mode == "poll":
+                    self._retry_if_os(name, failure)
         if self._mode == "poll":
             watching = asyncio.Event()
             self._watcher = asyncio.create_task(self._watch(watching), name="repository poller")
@@ -185,6 +191,7 @@ class RepositoryControl:
         except BaseException:
             if upload is not None:
                 shutil.rmtree(upload, ignore_errors=True)
+                self._forget_outside_repository(name)  # the answer says why; the index never will
             raise
         self._replace_upload(name, upload)
 
@@ -203,8 +210,18 @@ class RepositoryControl:
                 await self._loads.load(model, sources[model])
 
     async def _unload(self, name: str) -> None:
+        if self._entry(name) is None:
+            return  # as Triton: unloading a model it does not know changes nothing, and answers OK
         await self._loads.unload(name)
         self._replace_upload(name, None)
+        self._forget_outside_repository(name)
+
+    def _forget_outside_repository(self, name: str) -> None:
+        """A name with no directory in the repository (sent only with `file:` uploads, or given to
+        --load-model but not there) leaves the index once it is not loaded, as Triton's index lists
+        the repository's directories: each such name had stayed in it for good."""
+        if not (self._root / name).is_dir():
+            self._manager.drop_entry(name)
 
     def _check_allowed(self) -> None:
         if self._mode != "explicit":
@@ -231,29 +248,32 @@ class RepositoryControl:
 
     # -- loading a model as its config asks ---------------------------------------------------------
 
-    async def _apply_source(self, source: ModelSource, keep_unchanged: bool = False) -> None:
-        """Load `source`, or list it as lazy; a failure is logged and shown in the index.
+    async def _apply_source(self, source: ModelSource, keep_unchanged: bool = False) -> Exception | None:
+        """Load `source`, or list it as lazy; a failure is logged, shown in the index and returned.
         `keep_unchanged` (the poller): versions that did not change keep serving, as Triton's do."""
         try:
             lazy, _ = lazy_flags(source.config, source.where)
         except ConfigError as exc:
             self._failed(source.name, str(exc))
-            return
+            return exc
         entry = self._entry(source.name)
         # An ensemble over lazy models is lazy with them: it failed to load at start (its steps
         # were not loaded), and its requests never loaded them.
         lazy = lazy or bool(self._loads.lazy_steps(source.config))
         if lazy and (entry is None or entry.dormant):
             self._loads.register_lazy(source.name)
-            return
+            return None
         try:
             await self._loads.load(source.name, source, keep_unchanged)
         except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
             self._failed(source.name, str(exc), counted=False)  # counted as a refusal
+            return exc
         except Exception as exc:  # one bad model never stops the others
             # The manager logged its own failure (a second line here doubled every alert on it).
             if self._entry(source.name) is None:  # it failed before the manager saw it: say why
                 self._failed(source.name, str(exc))
+            return exc
+        return None
 
     def _failed(self, name: str, reason: str, *, counted: bool = True) -> None:
         """A load (at start or by the poller) that failed before the manager saw it: noted in the
@@ -281,7 +301,10 @@ class RepositoryControl:
         quiet_s = self._settings.repository_poll_secs
         log.info("watching %s for model changes (grouped over %d ms)", self._root, int(quiet_s * 1000))
         known = lambda: [entry.name for entry in self._manager.entries()]  # noqa: E731
-        await RepositoryWatch(self._root, quiet_s, self._stop, self._apply_changes, known).run(watching)
+        watch = RepositoryWatch(
+            self._root, quiet_s, self._stop, self._apply_changes, known, self._retries.due
+        )
+        await watch.run(watching)
 
     async def _apply_changes(self, names: set[str]) -> None:
         for name in sorted(names):
@@ -295,6 +318,7 @@ class RepositoryControl:
     async def _refresh(self, name: str) -> None:
         directory = self._root / name
         if not directory.is_dir():
+            self._retries.forget(name)
             if self._entry(name) is not None:
                 log.info("model %s: its directory was removed; unloading it", name)
                 await self._loads.unload(name, forget=True)
@@ -303,9 +327,27 @@ class RepositoryControl:
             source = await asyncio.to_thread(load_model_source, self._root, name)
         except (ConfigError, ModelNotFoundInRepository, OSError) as exc:
             self._failed(name, str(exc))
+            self._retry_if_os(name, exc)
             return
-        log.info("model %s changed on disk; loading it", name)
-        await self._apply_source(source, keep_unchanged=True)
+        failures = self._retries.failures(name)
+        if failures:
+            log.info("model %s: loading it again (%d failed on an OS error)", name, failures)
+        else:
+            log.info("model %s changed on disk; loading it", name)
+        self._retry_if_os(name, await self._apply_source(source, keep_unchanged=True))
+
+    def _retry_if_os(self, name: str, failure: Exception | None) -> None:
+        """Poll mode: a load the OS failed (EMFILE, ENOMEM, ...) is tried again later, its index
+        reason saying when; it had stayed UNAVAILABLE until its files changed. Any other outcome
+        ends the retries: a broken file waits for the next change, as before."""
+        if failure is None or not os_failure(failure):
+            self._retries.forget(name)
+            return
+        retry = self._retries.failed(name, time.monotonic())
+        entry = self._entry(name)
+        if entry is not None:
+            entry.reason = f"{entry.reason} {retry.note()}"
+        log.warning("model %s: the load failed on an OS error; trying again in %.3g s", name, retry.delay_s)
 
 
 def steps_of(names: set[str], configs: dict[str, mc.ModelConfig]) -> set[str]:

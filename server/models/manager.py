@@ -16,18 +16,11 @@ from typing import Protocol
 from batcher.budget import ByteBudget
 from batcher.sequence import REMEMBER_RELEASED
 from batcher.sequence_types import SequenceId
-from batcher.stats import ModelStats
-from protos import model_config_pb2 as mc
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
-from server.errors import InvalidRequest, ModelNotFound, ModelNotReady, RepositoryError
-from server.models.config import (
-    ConfigError,
-    latest_frame_wins,
-    validate_response_cache,
-)
-from server.models.ensemble import EnsembleScheduler, admission_batcher
-from server.models.ensemble_config import Step, is_ensemble, load_rank, plan_ensemble
+from server.errors import ModelNotFound, ModelNotReady, RepositoryError
+from server.models.config import ConfigError
+from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -37,7 +30,7 @@ from server.models.repository import (
 )
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
-from server.models.version_loader import load_version
+from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
     LOADING,
     READY,
@@ -48,7 +41,6 @@ from server.models.versions import (
     version_number,
 )
 from server.observability.sampling import SamplingRegistry
-from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -194,7 +186,7 @@ class ModelManager:
                 self._models[name] = ModelEntry(
                     name, state=LOADING, reason="a load is under way", dormant=dormant
                 )
-            entry = await self._load_source(source, keep_unchanged)
+            entry = await self._load_source(source, keep_unchanged, raise_failure=True)
             if entry.state != READY:
                 raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
             await self._load_waiting_ensembles(name)
@@ -271,10 +263,14 @@ class ModelManager:
                 backend.abandon()
         await asyncio.to_thread(self.sampling.close, drain_timeout_s)  # writes what was sampled
 
-    async def _load_source(self, source: ModelSource, keep_unchanged: bool = False) -> ModelEntry:
+    async def _load_source(
+        self, source: ModelSource, keep_unchanged: bool = False, *, raise_failure: bool = False
+    ) -> ModelEntry:
         """Load `source`'s versions and make them the model's. `keep_unchanged` (the poller): a
         serving version whose fingerprint is the same is kept as it is, with its statistics,
-        sequences and instances, rather than loaded again (one version added reloaded them all)."""
+        sequences and instances, rather than loaded again (one version added reloaded them all).
+        `raise_failure`: a failed first load raises RepositoryError caused by the failure (the
+        poller tries again a load the OS failed: load_retry.py), once the index shows it."""
         old = self._models.get(source.name)
         serving = old.versions if old is not None and old.state == READY and keep_unchanged else {}
         if is_ensemble(source.config):
@@ -314,6 +310,8 @@ class ModelManager:
             entry = ModelEntry(name=source.name, state=UNAVAILABLE, reason=reason)
             self._models[source.name] = entry
             self._on_health(source.name, False)
+            if raise_failure:
+                raise RepositoryError(f"failed to load model '{source.name}': {reason}") from exc
             return entry
         entry = ModelEntry(
             name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)
@@ -341,33 +339,8 @@ class ModelManager:
         )
 
     def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
-        """An ensemble's version: checked against its step models, which must be ready already."""
-        config = mc.ModelConfig()
-        config.CopyFrom(source.config)
-        plan = plan_ensemble(config, source.where, self._step_config)
-        cache = self._response_cache
-        validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
-        stats = ModelStats()
-        return ModelVersion(
-            name=source.name,
-            version=number,
-            config=config,
-            signature=Signature.from_config(config),
-            backends=[],
-            batcher=admission_batcher(config, stats, self._settings.max_queue_size),
-            stats=stats,
-            ensemble=EnsembleScheduler(plan, self.resolve),
-            latest_frame_wins=latest_frame_wins(config, source.where),
-            # Its own cache, as Triton's ensembles have one: a hit answers without running a step
-            # (the setting was accepted and silently unused).
-            response_cache=cache if config.response_cache.enable else None,
-        )
-
-    def _step_config(self, step: Step) -> mc.ModelConfig:
-        try:
-            return self.resolve(step.model, step.version).config
-        except (ModelNotFound, ModelNotReady, InvalidRequest) as exc:
-            raise ConfigError(str(exc)) from None
+        cache, max_queue_size = self._response_cache, self._settings.max_queue_size
+        return ensemble_version(source, number, self.resolve, cache, max_queue_size)
 
     def note_failed_reload(self, name: str, reason: str) -> None:
         """A serving model's reload failed: it keeps serving, and its index reason says why."""
@@ -382,9 +355,10 @@ class ModelManager:
         self._on_health(entry.name, False)
 
     def drop_entry(self, name: str) -> None:
-        """Forget an unloaded model (its directory left the repository)."""
+        """Forget a model that is not loaded, nor being loaded (its directory left the repository,
+        or it never had one: a name sent only with `file:` uploads)."""
         entry = self._models.get(name)
-        if entry is not None and not entry.versions:
+        if entry is not None and not entry.versions and entry.state != LOADING:
             del self._models[name]
 
     def _discard_cached(self, name: str) -> None:

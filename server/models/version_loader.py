@@ -16,6 +16,7 @@ from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
 from server.backends.instance_groups import describe, instance_device
 from server.backends.instances import factory_for, run_timeout_for
+from server.errors import InvalidRequest, ModelNotFound, ModelNotReady
 from server.models.completion import complete_version
 from server.models.config import (
     IDENTITY,
@@ -28,6 +29,8 @@ from server.models.config import (
 )
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
+from server.models.ensemble import EnsembleScheduler, Resolve, admission_batcher
+from server.models.ensemble_config import Step, plan_ensemble
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
@@ -136,6 +139,44 @@ async def load_version(
         devices=devices,
         latest_frame_wins=latest_frame_wins(config, source_file),
         fingerprint=fingerprint,
+    )
+
+
+def ensemble_version(
+    source: ModelSource,
+    number: int,
+    resolve: Resolve,
+    response_cache: ResponseCache | None,
+    max_queue_size: int,
+) -> ModelVersion:
+    """An ensemble's version: checked against its step models, which must be ready already
+    (`resolve`: the manager's, which finds the version serving a step)."""
+    config = mc.ModelConfig()
+    config.CopyFrom(source.config)
+
+    def step_config(step: Step) -> mc.ModelConfig:
+        try:
+            return resolve(step.model, step.version, None).config
+        except (ModelNotFound, ModelNotReady, InvalidRequest) as exc:
+            raise ConfigError(str(exc)) from None
+
+    plan = plan_ensemble(config, source.where, step_config)
+    cache = response_cache
+    validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
+    stats = ModelStats()
+    return ModelVersion(
+        name=source.name,
+        version=number,
+        config=config,
+        signature=Signature.from_config(config),
+        backends=[],
+        batcher=admission_batcher(config, stats, max_queue_size),
+        stats=stats,
+        ensemble=EnsembleScheduler(plan, resolve),
+        latest_frame_wins=latest_frame_wins(config, source.where),
+        # Its own cache, as Triton's ensembles have one: a hit answers without running a step
+        # (the setting was accepted and silently unused).
+        response_cache=cache if config.response_cache.enable else None,
     )
 
 
