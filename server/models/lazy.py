@@ -33,6 +33,7 @@ from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
+from server.protocol.validate import Signature
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class ModelLoads:
         self._lazy: set[str] = set()  # lazy models, loaded or not
         self._pending: dict[str, asyncio.Task[None]] = {}  # first-request loads under way
         self._changes = asyncio.Lock()  # one load, unload or eviction at a time
+        # Each lazy model's version signatures at its last load, and what that load read: a request
+        # for it while it is not loaded is judged by them (an invalid one had loaded it, evicting).
+        self._signatures: dict[str, tuple[object, dict[int, Signature]]] = {}
 
     # -- the request path -------------------------------------------------------------------
 
@@ -138,6 +142,18 @@ class ModelLoads:
             ) from None
         except (RepositoryError, ModelNotFound) as exc:
             raise ModelNotReady(f"model '{name}' (lazy_load) failed to load: {exc}") from None
+
+    async def signatures(self, name: str) -> dict[int, Signature] | None:
+        """The signatures of `name`'s versions at its last load, if its config and files are the
+        same now (each load reads the repository as it is then); None when not known."""
+        known = self._signatures.get(name)
+        if known is None or not known[1]:
+            return None
+        try:
+            key = await asyncio.to_thread(lambda: source_key(load_model_source(self._root, name)))
+        except Exception:  # its load will say what is wrong
+            return None
+        return known[1] if key == known[0] else None
 
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)
@@ -175,6 +191,7 @@ class ModelLoads:
             self._lazy.discard(name)  # unloaded on purpose: a request no longer loads it
             if forget:
                 self.budget.drop(name)
+                self._signatures.pop(name, None)
                 self._manager.drop_entry(name)
             else:
                 self.budget.forget(name)
@@ -233,6 +250,8 @@ class ModelLoads:
         size = footprint(files, before, self._in_use())
         self.budget.record(name, size, pinned=pinned, now=self._clock())
         self.budget.remember(name, key, size)
+        versions = self._manager.entry(name).versions
+        self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
         (self._lazy.add if lazy else self._lazy.discard)(name)
         self.stats.loads += 1
         log.info(
