@@ -28,11 +28,12 @@ from server.errors import (
 )
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble
-from server.models.footprint import files_bytes, footprint, rss_bytes
+from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
+from server.protocol.validate import Signature
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ METRICS = {
     "sluiceway_model_memory_used_bytes": ("gauge", "Measured footprint of the models loaded now"),
     "sluiceway_model_footprint_bytes": ("gauge", "Measured footprint of a loaded model"),
 }
+
+
+def _files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
+    """The bytes of a load's files, and what its measured footprint is remembered under."""
+    return files_bytes(source), source_key(source)
 
 
 def _flag(config: mc.ModelConfig, key: str, source: str) -> bool:
@@ -87,18 +93,22 @@ class ModelLoads:
         root: Path,
         budget_bytes: int,
         *,
-        rss: Callable[[], int] = rss_bytes,
+        in_use: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`in_use`: the process's memory in use now, read around each load (footprint.py)."""
         self._manager = manager
         self._root = root
-        self._rss = rss
+        self._in_use = in_use or memory_meter()
         self._clock = clock
         self.budget = MemoryBudget(budget_bytes)
         self.stats = LoadStats()
         self._lazy: set[str] = set()  # lazy models, loaded or not
         self._pending: dict[str, asyncio.Task[None]] = {}  # first-request loads under way
         self._changes = asyncio.Lock()  # one load, unload or eviction at a time
+        # Each lazy model's version signatures at its last load, and what that load read: a request
+        # for it while it is not loaded is judged by them (an invalid one had loaded it, evicting).
+        self._signatures: dict[str, tuple[object, dict[int, Signature]]] = {}
 
     # -- the request path -------------------------------------------------------------------
 
@@ -133,6 +143,18 @@ class ModelLoads:
         except (RepositoryError, ModelNotFound) as exc:
             raise ModelNotReady(f"model '{name}' (lazy_load) failed to load: {exc}") from None
 
+    async def signatures(self, name: str) -> dict[int, Signature] | None:
+        """The signatures of `name`'s versions at its last load, if its config and files are the
+        same now (each load reads the repository as it is then); None when not known."""
+        known = self._signatures.get(name)
+        if known is None or not known[1]:
+            return None
+        try:
+            key = await asyncio.to_thread(lambda: source_key(load_model_source(self._root, name)))
+        except Exception:  # its load will say what is wrong
+            return None
+        return known[1] if key == known[0] else None
+
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)
         if not task.cancelled() and task.exception() is not None:
@@ -166,10 +188,13 @@ class ModelLoads:
         """Unload `name` (draining what it has queued); `forget`: also drop it from the index."""
         async with self._changes:
             await self._manager.unload(name)
-            self.budget.forget(name)
             self._lazy.discard(name)  # unloaded on purpose: a request no longer loads it
             if forget:
+                self.budget.drop(name)
+                self._signatures.pop(name, None)
                 self._manager.drop_entry(name)
+            else:
+                self.budget.forget(name)
 
     async def stop(self) -> None:
         """Cancel first-request loads still under way (the server is stopping)."""
@@ -196,7 +221,7 @@ class ModelLoads:
             source = await asyncio.to_thread(self._read, name)
         try:
             lazy, pinned = lazy_flags(source.config, source.where)
-            files = await asyncio.to_thread(files_bytes, source)
+            files, key = await asyncio.to_thread(_files_and_key, source)
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
             raise self._failed(name, reason) from None
@@ -210,15 +235,23 @@ class ModelLoads:
             if self._manager.entry(name).state == READY and not keep_unchanged:
                 self._lazy.add(name)  # loaded with its steps (ModelManager._load_waiting_ensembles)
                 return
-        await self._make_room(name, self.budget.size_of(name) or files)
-        before, started = self._rss(), self._clock()
+        held = self.budget.size_of(name)  # None: not loaded now
+        need = self.budget.measured(name, key) or held or files
+        # A reload that holds no more than the model holds now frees nothing by being refused: it
+        # evicts what it can and loads (refused, a poll-mode change waited for the next eviction).
+        basis = "as measured at its last load" if need == self.budget.measured(name, key) else ""
+        await self._make_room(name, need, reload=held is not None and need <= held, basis=basis)
+        before, started = self._in_use(), self._clock()
         try:
             await self._manager.load(name, source, keep_unchanged)
         except Exception:
             self.stats.failures += 1
             raise
-        size = footprint(files, before, self._rss())
+        size = footprint(files, before, self._in_use())
         self.budget.record(name, size, pinned=pinned, now=self._clock())
+        self.budget.remember(name, key, size)
+        versions = self._manager.entry(name).versions
+        self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
         (self._lazy.add if lazy else self._lazy.discard)(name)
         self.stats.loads += 1
         log.info(
@@ -227,7 +260,7 @@ class ModelLoads:
         )  # fmt: skip
         # Measured bigger than estimated: make room for what it holds now. (With 0 here the check
         # counted only the other models, so it never evicted: 132.7 of 130 MiB stayed used.)
-        await self._make_room(name, size, after_load=True)
+        await self._make_room(name, size, loaded=True)
 
     def _read(self, name: str) -> ModelSource:
         try:
@@ -245,18 +278,24 @@ class ModelLoads:
         self._manager.note_failed_reload(name, reason)
         return RepositoryError(reason)
 
-    async def _make_room(self, name: str, need: int, *, after_load: bool = False) -> None:
-        victims = self.budget.victims(need, self._busy, keep=name, best_effort=after_load)
+    async def _make_room(
+        self, name: str, need: int, *, loaded: bool = False, reload: bool = False, basis: str = ""
+    ) -> None:
+        """Evict for `need` bytes; `loaded` (after its load) or `reload` (of what it holds now):
+        as many as it takes, or every idle lazy model, never a refusal. `basis`: where `need` came
+        from, for the refusal's message."""
+        victims = self.budget.victims(need, self._busy, keep=name, best_effort=loaded or reload)
         if victims is None:
             self.stats.refused += 1
+            why = f" ({basis})" if basis else ""
             raise MemoryBudgetExceeded(
-                f"loading model '{name}' needs about {need / MIB:.1f} MiB: model_memory_budget_mb "
+                f"loading model '{name}' needs about {need / MIB:.1f} MiB{why}: model_memory_budget_mb "
                 f"({self.budget.limit_bytes // MIB}) has {self._free_mib():.1f} MiB free and no idle "
                 "lazy model to evict (pinned models and models with requests in flight stay)"
             )
         for victim in victims:
             await self._evict(victim)
-        if after_load and self.budget.used_bytes > self.budget.limit_bytes > 0:
+        if loaded and self.budget.used_bytes > self.budget.limit_bytes > 0:
             # Loaded already, and evicting every idle lazy model was not enough: say so.
             log.warning("model %s: over the memory budget%s", name, self._budget_note())
 

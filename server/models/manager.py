@@ -55,6 +55,8 @@ class OnDemand(Protocol):
 
     async def ready(self, name: str, remaining_s: float | None) -> None: ...
 
+    async def signatures(self, name: str) -> dict[int, Signature] | None: ...
+
 
 class ModelManager:
     def __init__(

@@ -28,6 +28,10 @@ class MemoryBudget:
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes  # 0: no limit
         self._residents: dict[str, Resident] = {}
+        # Each model's latest measured footprint and what it was measured loading (its files and
+        # config): kept through an eviction, so a reload of the same files is judged by it (the
+        # files' size had been the estimate again, and a reload could pass the budget).
+        self._measured: dict[str, tuple[object, int]] = {}
 
     @property
     def used_bytes(self) -> int:
@@ -41,7 +45,22 @@ class MemoryBudget:
         self._residents[name] = Resident(name, max(size, 0), pinned, now)
 
     def forget(self, name: str) -> None:
+        """Not resident now (unloaded, evicted); its measured footprint is kept."""
         self._residents.pop(name, None)
+
+    def drop(self, name: str) -> None:
+        """Gone from the repository: nothing of it is kept."""
+        self._residents.pop(name, None)
+        self._measured.pop(name, None)
+
+    def remember(self, name: str, key: object, size: int) -> None:
+        """`size` bytes were measured loading `key` (server/models/footprint.py source_key)."""
+        self._measured[name] = (key, max(size, 0))
+
+    def measured(self, name: str, key: object) -> int | None:
+        """The footprint measured at `name`'s latest load if that load read `key`, else None."""
+        known = self._measured.get(name)
+        return known[1] if known is not None and known[0] == key else None
 
     def touch(self, name: str, now: float) -> None:
         resident = self._residents.get(name)

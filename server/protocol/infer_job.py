@@ -29,6 +29,7 @@ from server.observability.metrics_reasons import record_failed
 from server.protocol import codec, shm_tensors
 from server.protocol.classification import classify, requested_classes
 from server.protocol.controls import Controls, parse_controls
+from server.protocol.declared import check_declared_by_any
 from server.protocol.sequence_route import check_sequence, sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_tensors import ShmTensors
@@ -361,5 +362,8 @@ async def await_load(
     bound = min((b for b in (remaining_s, timeout_s) if b is not None), default=None)
     slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
     began = time.monotonic()
+    signatures = await demand.signatures(request.model_name)
+    if signatures:  # an invalid request is refused without loading the model (and evicting)
+        check_declared_by_any(signatures, request)
     await demand.ready(request.model_name, None if bound is None else max(0.0, bound - slack))
     return None if bound is None else bound - (time.monotonic() - began)

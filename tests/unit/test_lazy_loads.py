@@ -76,7 +76,7 @@ class Clock:
 
 
 def loads_for(repo: Path, fake: FakeManager, budget: int) -> ModelLoads:
-    return ModelLoads(cast(ModelManager, fake), repo, budget, rss=lambda: 0, clock=Clock())
+    return ModelLoads(cast(ModelManager, fake), repo, budget, in_use=lambda: 0, clock=Clock())
 
 
 async def test_concurrent_first_requests_share_one_load(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ async def test_a_model_measured_bigger_than_its_estimate_evicts_after_its_load(t
         resident[0] += 70_000 if name == "b" else 40_000  # b holds more than its files say
 
     fake.load = growing  # type: ignore[method-assign]
-    loads = ModelLoads(cast(ModelManager, fake), tmp_path, 100_000, rss=lambda: resident[0], clock=Clock())
+    loads = ModelLoads(cast(ModelManager, fake), tmp_path, 100_000, in_use=lambda: resident[0], clock=Clock())
     for name in "ab":
         loads.register_lazy(name)
     await loads.ready("a", 30.0)
