@@ -41,6 +41,7 @@ from server.models.versions import (
     version_number,
 )
 from server.observability.sampling import SamplingRegistry
+from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
