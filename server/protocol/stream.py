@@ -264,7 +264,8 @@ class StreamSession:
                     claim.admitted()  # answered at once: the frame it supersedes is withdrawn now
                 self._send(Response(infer_response=now), done, request)
                 return job
-            job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
+            if claim is not None:  # the batcher withdraws the frame it supersedes once it is queued
+                job.claim = claim
         task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
