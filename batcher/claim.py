@@ -27,8 +27,10 @@ class Claim:
         self._on_admitted = on_admitted
 
     def admitted(self) -> None:
-        """The request passed its checks (decoded, validated, admitted): `on_admitted` runs, once.
-        A newer frame withdraws an older one only then: one refused had left neither computed."""
+        """The request is queued (`enqueue` calls it), or was answered at once: `on_admitted` runs,
+        once. A newer frame withdraws an older one only then: one refused for its inputs or by the
+        queue (its deadline cannot be met, or has passed: a 1 ms `timeout`) had left neither
+        computed."""
         hook, self._on_admitted = self._on_admitted, None
         if hook is not None:
             hook()

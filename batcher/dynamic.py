@@ -34,7 +34,7 @@ from batcher.batch_io import (
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, DeadlineExceeded, NotAccepting, RunTimedOut
+from batcher.errors import BatcherError, ComputedThenCancelled, DeadlineExceeded, NotAccepting, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, form_batch, runs_alone_now
@@ -181,7 +181,8 @@ class DynamicBatcher:
     ) -> Tensors:
         """Queue one request and return its outputs (views into the batch's outputs). With `trace`,
         the run that computed it is recorded there (for tracing; see BatchRun). With `claim`, the
-        caller may withdraw it while it is queued (batcher/claim.py).
+        caller may withdraw it while it is queued (batcher/claim.py); the claim is told it was
+        admitted once it is queued, never for a request refused here (its deadline, a full queue).
 
         Raises NotAccepting, BatcherStopped, QueueFull, Overloaded, DeadlineExceeded, or whatever the backend
         raised for this request's batch.
@@ -198,12 +199,16 @@ class DynamicBatcher:
             raise
         if claim is not None:
             claim.bind(functools.partial(self._withdraw, p))
+            claim.admitted()
         try:
             return await p.handle.future
         except asyncio.CancelledError:
             # The caller went away: never compute it. Cancelling our await cancelled the future,
             # so a batch already formed around it skips it too.
             self._queue.remove(p)
+            future = p.handle.future
+            if not future.cancelled() and future.done() and future.exception() is None:
+                raise ComputedThenCancelled() from None  # the run had answered it first
             raise
         finally:
             if claim is not None:

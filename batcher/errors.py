@@ -6,6 +6,8 @@ The server maps each class to a gRPC status in one table; anything else raised t
 
 from __future__ import annotations
 
+import asyncio
+
 
 class BatcherError(Exception):
     """Base of every error the batcher raises on purpose."""
@@ -67,3 +69,9 @@ class TooManyRows(BatcherError):
     """The request alone has more rows than one batch may hold."""
 
     default_message = "request has more rows than the model's max_batch_size"
+
+
+class ComputedThenCancelled(asyncio.CancelledError):
+    """The caller went away after the run had answered its request, before its await resumed: it
+    was computed and counted in the run's statistics (queue, compute, inference_count), so the
+    caller counts it a success; a plain CancelledError had left it in neither success nor fail."""

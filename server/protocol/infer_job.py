@@ -17,7 +17,7 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import DeadlineExceeded, NotAccepting
+from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
@@ -77,6 +77,8 @@ class InferJob:
         )
         rows = signature.check_inputs(inputs)
         names = signature.check_outputs(codec.requested_outputs(request))
+        if shm is not None and shm.outputs:
+            shm.check_fixed_outputs(signature.outputs, names, rows if signature.max_batch_size > 0 else None)
         controls = parse_controls(request.parameters)
         check_sequence(served, controls.sequence)
         deadline = None if remaining_s is None else time.monotonic() + remaining_s
@@ -287,6 +289,11 @@ class RequestPath:
                 job.retarget(served)
                 stats = served.stats
                 response = await job.answer_later()
+        except ComputedThenCancelled:
+            # Computed (counted in queue, compute and inference_count) before its caller went: a
+            # success, as one whose answer was made but not yet written when its stream ended.
+            stats.record_success(time.perf_counter_ns() - start_ns)
+            raise
         except asyncio.CancelledError:
             if past_deadline(job.call_deadline):  # gRPC cut it at its deadline: a miss, not a cancel
                 record_failed(stats, time.perf_counter_ns() - start_ns, CALL_DEADLINE_PASSED)
@@ -318,11 +325,11 @@ class RequestPath:
         if demand is not None and demand.needs_load(request.model_name):
             remaining_s = await await_load(demand, request, remaining_s)
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
-        if claim is not None:
-            claim.admitted()  # a latest-frame-wins frame: the one it supersedes is withdrawn now
         if response is not None:
+            if claim is not None:
+                claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
             return response
-        job.claim = claim
+        job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
         return await self.finish(job, start_ns)
 
 

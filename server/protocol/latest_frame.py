@@ -10,9 +10,11 @@ version as requested) on the same stream is withdrawn if it has not started comp
 the batcher's queue, or not yet queued (batcher/claim.py). It is answered with no outputs and the
 response parameter `frame_dropped: true`, and counted in the model's statistics (`dropped`;
 `sluiceway_frames_dropped_total` on /metrics, since Triton's ModelStatistics has no such field).
-A frame that a batch has already taken is computed and answered as usual. The stream session
-answers frames taking part in request order (its order chain), so a dropped answer takes its
-frame's place.
+A frame that a batch has already taken is computed and answered as usual. The older frame is
+withdrawn only once the newer one is queued (or answered at once): a newer frame refused for its
+inputs or by the queue (its deadline cannot be met, or has passed) supersedes nothing. The stream
+session answers the frames of one model version in request order (stream_order.py), so a dropped
+answer takes its frame's place; frames of other models do not wait for them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class LatestFrames:
             raise InvalidRequest(f"parameter '{LATEST_FRAME_WINS}' true is not supported for {what}")
         key = (request.model_name, request.model_version)
         older = self._newest.get(key)
-        # The older frame is withdrawn once this one is admitted (Claim.admitted), not before: a
+        # The older frame is withdrawn once this one is queued (Claim.admitted), not before: a
         # newer frame refused for its inputs or its deadline had left no frame computed at all.
         supersede = None if older is None else functools.partial(older.withdraw, FrameDropped(_SUPERSEDED))
         claim = self._newest[key] = Claim(on_admitted=supersede)

@@ -10,7 +10,7 @@ touched, and sizes come from the request's shape, never from the region's conten
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -23,6 +23,7 @@ from server import datatypes
 from server.errors import InvalidRequest
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_regions import SharedRegion
+from server.protocol.validate import TensorSpec
 
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
@@ -79,13 +80,35 @@ class ShmTensors:
             source = np.frombuffer(wire.pack_bytes(array), dtype=np.uint8)
         else:
             source = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        if source.size > part.byte_size:  # Triton's wording, but the client's mistake
-            raise InvalidRequest(
-                f"shared memory size specified with the request for output '{name}' "
-                f"({part.byte_size} bytes) should be at least {source.size} bytes to hold the results"
-            )
+        self.check_room(name, source.size)
         part.region.check_size()
         part.region.write(part.offset, source)
+
+    def check_room(self, name: str, needed: int) -> None:
+        """InvalidRequest naming output `name` and its region when `needed` bytes do not fit."""
+        part = self.outputs[name]
+        if needed > part.byte_size:  # Triton's wording, but the client's mistake
+            raise InvalidRequest(
+                f"shared memory size specified with the request for output '{name}' "
+                f"({part.byte_size} bytes) should be at least {needed} bytes to hold the results "
+                f"(region '{part.region.name}')"
+            )
+
+    def check_fixed_outputs(
+        self, specs: Mapping[str, TensorSpec], names: Sequence[str], rows: int | None
+    ) -> None:
+        """Refuse, before the request is queued, an output in shared memory whose size the model's
+        config fixes (no variable dimension, not BYTES) and that its region cannot hold: checked
+        only after the run, it had been computed, counted in queue and compute, then failed.
+        `rows`: the request's rows (None: the model has no batch dimension)."""
+        for name in names:
+            spec = specs.get(name)
+            if name not in self.outputs or spec is None:
+                continue
+            if spec.datatype is datatypes.BYTES or -1 in spec.dims:
+                continue  # its size is known only once computed: checked when written
+            shape = spec.dims if rows is None else (rows, *spec.dims)
+            self.check_room(name, prod(shape) * spec.datatype.numpy.itemsize)
 
 
 def uses_shared_memory(request: pb.ModelInferRequest) -> bool:

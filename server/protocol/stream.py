@@ -7,10 +7,11 @@ sender; a client that stops reading its answers stops the server reading its req
 requests only, 8 streams that never read held 256 answers of 0.5 MB each: 1.1 GB. A
 request that needs no waiting (a cache hit, the batcher's fast path) is answered inline by the
 reader, without a task; the others get a task each. Answers leave through one queue as they
-complete, except for models with `preserve_ordering`: their answers leave in request order, each
-waiting for the one before it. A failed request is answered with an error message and its id; the
-stream goes on. So is an answer over the message limit (`max_answer_bytes`): gRPC would fail the
-whole stream for it, and every later request on it would go unanswered.
+complete, except for models with `preserve_ordering` and latest-frame-wins frames: those leave in
+request order per model version, each waiting for the one before it (stream_order.py). A failed
+request is answered with an error message and its id; the stream goes on. So is an answer over
+the message limit (`max_answer_bytes`): gRPC would fail the whole stream for it, and every later
+request on it would go unanswered.
 
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
@@ -32,12 +33,12 @@ from collections.abc import AsyncIterator, Callable
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import AnswerTooLarge, FrameDropped, status_for
-from server.models.versions import ModelVersion
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
 from server.protocol.stream_bytes import HeldBytes, answer_bytes
+from server.protocol.stream_order import StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ class StreamSession:
         # One slot per request read and not yet written back: in flight or answered but unsent.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Task[None]] = set()
-        # Set once the latest order-preserving request has been answered: the next one waits on it.
-        self._ordered_tail: asyncio.Event | None = None
+        self._order = StreamOrder()  # request order per model version, where kept (stream_order.py)
         self._frames = LatestFrames()  # latest-frame-wins (server/protocol/latest_frame.py)
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
@@ -250,7 +250,7 @@ class StreamSession:
         except Exception as exc:
             self._send(_error(request, exc), None, request)
             return None
-        after, done = self._place_in_order(served, claim is not None)
+        after, done = self._order.place(served, claim is not None)
         job: InferJob | None = None
         # Nothing earlier to wait for, and no lazy model to load first (its task waits for that).
         if (after is None or after.is_set()) and not self._path.needs_load(request):
@@ -259,29 +259,17 @@ class StreamSession:
             except Exception as exc:
                 self._send(_error(request, exc), done, request)
                 return None
-            if claim is not None:
-                claim.admitted()  # the frame it supersedes is withdrawn now
             if now is not None:
+                if claim is not None:
+                    claim.admitted()  # answered at once: the frame it supersedes is withdrawn now
                 self._send(Response(infer_response=now), done, request)
                 return job
-            if claim is not None:
+            if claim is not None:  # the batcher withdraws the frame it supersedes once it is queued
                 job.claim = claim
         task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return job
-
-    def _place_in_order(
-        self, served: ModelVersion | None, ordered: bool
-    ) -> tuple[asyncio.Event | None, asyncio.Event | None]:
-        """(the answer to wait for, the event to set once answered) for order-preserving models
-        and `ordered` requests (latest-frame-wins frames). `served`: None when the model is
-        unknown (its request fails in `start`, in no order)."""
-        if not ordered and (served is None or not served.preserve_ordering):
-            return None, None
-        after, done = self._ordered_tail, asyncio.Event()
-        self._ordered_tail = done
-        return after, done
 
     async def _answer_later(
         self,

@@ -68,7 +68,7 @@ class OrderedPath(InstantPath):
 
     def __init__(self) -> None:
         self.waiting: dict[str, asyncio.Event] = {}
-        self.model = SimpleNamespace(latest_frame_wins=False, preserve_ordering=True)
+        self.model = SimpleNamespace(name="m", version=1, latest_frame_wins=False, preserve_ordering=True)
 
     def model_of(self, request: pb.ModelInferRequest) -> Any:
         return self.model
