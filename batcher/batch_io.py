@@ -52,6 +52,13 @@ def record_run(
     return run
 
 
+def note_taken(batch: Sequence[Request], ns: int) -> None:
+    """Note on each traced request of a batch that its run begins now (QueueTrace.taken_ns)."""
+    for p in batch:
+        if p.handle.trace is not None:
+            p.handle.trace.taken_ns = ns
+
+
 def alone_rows(inputs: Tensors, policy: BatchingPolicy) -> int:
     """A request run alone: its rows, when the model has a batch dimension (else 1)."""
     if not policy.alone_with_rows:

@@ -29,6 +29,7 @@ from batcher.batch_io import (
     computed_late,
     handed_over,
     late,
+    note_taken,
     settle_batch,
     stopped,
 )
@@ -369,6 +370,7 @@ class DynamicBatcher:
             return
         batched = self._policy.max_batch_size > 0
         t0 = time.perf_counter_ns()
+        note_taken(batch, t0)
         try:
             inputs, offsets = batch_inputs(batch, self._policy)
             t1 = time.perf_counter_ns()

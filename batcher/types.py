@@ -118,3 +118,6 @@ class QueueTrace:
 
     context: object = None
     run: BatchRun | None = None
+    # perf_counter_ns when its batch's run began (its wait in the queue ended), noted before the
+    # run: a run that fails, or a caller cut off during it, has no BatchRun but still ended its wait.
+    taken_ns: int = 0

@@ -26,7 +26,7 @@ from server.models.manager import ModelManager
 from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
 from server.models.versions import READY
-from server.observability import sampling
+from server.observability import sampling, tracing_export
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
@@ -164,6 +164,8 @@ class SluicewayServer:
         self.add_gauge_source(self.models.sampling.gauge_values, sampling.METRICS)  # samples, drift
         self.add_gauge_source(self.models.rollout.gauge_values, rollout.METRICS)  # shadow comparisons
         self.add_gauge_source(self.loads.gauge_values, lazy.METRICS)  # loads, evictions, footprints
+        if self.tracing is not None:  # spans lost on their way out
+            self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
         self.metrics_port = 0  # bound once started (0: metrics off)
         self.shared_memory = SharedMemoryRegistry(
             allowed=settings.allow_client_shm,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batcher.admission import Admission
 from batcher.dynamic import DynamicBatcher
@@ -29,7 +30,7 @@ from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidReques
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.response_cache import ResponseCache, request_key
-from server.observability.logs import request_fields
+from server.observability.logs import failure_message, request_fields
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
@@ -80,14 +81,52 @@ class StepModel(Protocol):
 Resolve = Callable[[str, str, "RoutedRequest | None"], StepModel]
 
 
-def _named(exc: Exception, ensemble: str, step: Step, request: object = None) -> Exception:
+@dataclass(slots=True, eq=False)
+class StepRun:
+    """One step of a traced ensemble request as an observer (the server's tracing) sees it."""
+
+    ensemble: str  # the ensemble whose step it is (a nested ensemble's steps are noted too)
+    index: int
+    model: str
+    start_ns: int  # perf_counter_ns
+    version: str = ""  # the version that served it ("": it could not be resolved)
+    end_ns: int = 0
+    error: BaseException | None = None  # its (named) error, or CancelledError; None: it succeeded
+
+
+@dataclass(slots=True, eq=False)
+class EnsembleNotes:
+    """Per ensemble request: the fields its failure lines carry besides the request's own (the
+    version serving it, and its trace's ids when traced: these lines had carried no version for a
+    request naming none, and nothing tied them to a trace), and, when traced, its steps' runs."""
+
+    version: str
+    trace_fields: dict[str, str] = field(default_factory=dict)  # trace_id, span_id
+    steps: list[StepRun] | None = None  # None: not traced
+
+    def log_fields(self, request: object) -> dict[str, str]:
+        fields = request_fields(request) if request is not None else {}
+        fields.setdefault("version", self.version)
+        fields.update(self.trace_fields)
+        return fields
+
+
+def _named(
+    exc: Exception, ensemble: str, step: Step, request: object = None, notes: EnsembleNotes | None = None
+) -> Exception:
     """`exc` again (same class: the same gRPC status) in Triton's words, "in ensemble 'E', <the
     step's error>", then the step after `; `; an unexpected error is logged (with the request's
-    model, version and id, which these lines lacked) and answered INTERNAL, naming the step only."""
+    model, version, id and trace, as a plain request's failure line) and answered INTERNAL, naming
+    the step only."""
     where = f"step {step.index} (model '{step.model}')"
     if not any(cls in STATUS_BY_EXCEPTION for cls in type(exc).__mro__):
-        fields = request_fields(request) if request is not None else {}
-        log.error("ensemble '%s' %s failed", ensemble, where, exc_info=exc, extra=fields)
+        if notes is not None:
+            fields = notes.log_fields(request)
+        else:
+            fields = request_fields(request) if request is not None else {}
+        log.error(
+            failure_message(f"ensemble '{ensemble}' {where} failed", fields), exc_info=exc, extra=fields
+        )
         return EnsembleStepFailed(
             f"in ensemble '{ensemble}', {where} failed: internal error (details are in the server log)"
         )
@@ -144,11 +183,12 @@ class EnsembleScheduler:
         priority: int,
         sequence: SequenceParams | None = None,
         routed: RoutedRequest | None = None,
+        notes: EnsembleNotes | None = None,
     ) -> Tensors:
         """`run`, counted in the ensemble's own statistics as one execution of the request's rows
         (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
         start = time.perf_counter_ns()
-        outputs = await self.run(inputs, admission, priority, sequence, routed)
+        outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
         stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
         # Triton's ensembles count queue as their successes (no queue of their own: no wait).
         # perf_analyzer picks the version whose queue count moved, so with 0 it could not profile
@@ -163,9 +203,11 @@ class EnsembleScheduler:
         priority: int,
         sequence: SequenceParams | None = None,
         routed: RoutedRequest | None = None,
+        notes: EnsembleNotes | None = None,
     ) -> Tensors:
         """The ensemble's outputs for one request; raises the first failing step's error. `routed`:
-        the ensemble's request, which routes the steps naming no version (Resolve)."""
+        the ensemble's request, which routes the steps naming no version (Resolve). `notes`: its
+        failure lines' fields, and where its steps' runs are noted when it is traced."""
         plan = self.plan
         tensors = dict(inputs) if plan.reshape is None else plan.reshape.to_model(inputs)
         batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
@@ -178,10 +220,20 @@ class EnsembleScheduler:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:
                     left.remove(step)
+                    record = self._record(step, notes)
                     work = self._step(
-                        step, tensors, batched, admission.hard, priority, sequence, routed, abandoned
+                        step,
+                        tensors,
+                        batched,
+                        admission.hard,
+                        priority,
+                        sequence,
+                        routed,
+                        abandoned,
+                        notes,
+                        record,
                     )
-                    task = asyncio.ensure_future(work)
+                    task = asyncio.ensure_future(work if record is None else _recorded(record, work))
                     running[task] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -214,11 +266,15 @@ class EnsembleScheduler:
         sequence: SequenceParams | None,
         routed: RoutedRequest | None,
         abandoned: list[bool],
+        notes: EnsembleNotes | None,
+        record: StepRun | None,
     ) -> tuple[Tensors, bool]:
         try:
             served = self._resolve(step.model, step.version, routed)
         except Exception as exc:
-            raise _named(exc, self.plan.name, step, routed) from None
+            raise _named(exc, self.plan.name, step, routed, notes) from None
+        if record is not None:
+            record.version = served.version_str
         signature = served.signature
         batches = signature.max_batch_size > 0
         inputs = {
@@ -238,7 +294,7 @@ class EnsembleScheduler:
             nested = served.ensemble
             outputs: Tensors | None
             if nested is not None:  # an ensemble step: its own steps, under this request's deadline
-                outputs = await nested.run_counted(stats, inputs, a, priority, sequence, routed)
+                outputs = await nested.run_counted(stats, inputs, a, priority, sequence, routed, notes)
             elif served.sequences is not None:  # a sequence step: the request's sequence, its turn
                 if sequence is None:
                     raise InvalidRequest(triton_text.no_correlation_id(signature.model))
@@ -253,9 +309,17 @@ class EnsembleScheduler:
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            raise _named(exc, self.plan.name, step, routed) from None
+            raise _named(exc, self.plan.name, step, routed, notes) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
         return outputs, batches
+
+    def _record(self, step: Step, notes: EnsembleNotes | None) -> StepRun | None:
+        """A traced request's note of a step's run, begun now (None: not traced)."""
+        if notes is None or notes.steps is None:
+            return None
+        record = StepRun(self.plan.name, step.index, step.model, time.perf_counter_ns())
+        notes.steps.append(record)
+        return record
 
     @staticmethod
     async def _run_cached(served: StepModel, inputs: dict[str, Array], a: Admission) -> Tensors:
@@ -280,6 +344,17 @@ class EnsembleScheduler:
                 served.response_cache.insert(key, served.name, outputs)
             stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - start)
         return outputs
+
+
+async def _recorded(record: StepRun, work: Coroutine[Any, Any, tuple[Tensors, bool]]) -> tuple[Tensors, bool]:
+    """`work`, a step's run, with its end and outcome noted on `record`."""
+    try:
+        return await work
+    except BaseException as exc:
+        record.error = exc
+        raise
+    finally:
+        record.end_ns = time.perf_counter_ns()
 
 
 def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:

@@ -17,16 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from server.observability.tracing_export import CountedBatchProcessor, SpanDrops, max_queue_size
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -42,10 +38,12 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class Tracing:
-    """The server's tracer and how a call's trace context is read. `shutdown()` flushes spans."""
+    """The server's tracer and how a call's trace context is read. `shutdown()` flushes spans;
+    `drops` counts the spans lost on their way out (sluiceway_spans_dropped_total)."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, drops: SpanDrops | None = None) -> None:
         self.provider = provider
+        self.drops = drops if drops is not None else SpanDrops()
         self.tracer: Tracer = provider.get_tracer(INSTRUMENTATION)
         self._propagator = TraceContextTextMapPropagator()
 
@@ -90,16 +88,18 @@ def build_tracing(
         resource=_resource(),
         shutdown_on_exit=False,  # no atexit hook: the server shuts it down when it stops
     )
+    drops = SpanDrops()
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
         chosen = choose_exporter(settings.tracing_exporter, env)
         make = _EXPORTERS.get(chosen)
         if make is not None:
-            # Batches spans on its own thread; OTEL_BSP_* variables size and time it.
-            provider.add_span_processor(BatchSpanProcessor(make()))
+            # Batches spans on its own thread; OTEL_BSP_* variables size and time it. A span that
+            # finds its queue full is dropped and counted (BatchSpanProcessor alone drops silently).
+            provider.add_span_processor(CountedBatchProcessor(make(), max_queue_size(env), drops))
         log.info("tracing on: exporter %s, sample ratio %g", chosen, settings.tracing_sample_ratio)
-    return Tracing(provider)
+    return Tracing(provider, drops)
 
 
 def choose_exporter(setting: str, env: Mapping[str, str]) -> str:

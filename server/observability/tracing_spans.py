@@ -5,8 +5,11 @@ stream) when it arrives, as a child of the call's `traceparent`, and at its answ
 with their real start and end times:
 
     decode   route, decode, validate and settle the request's terms
-    queue    waiting in the batcher's queue (queued requests only)
-    compute  the batch run (queued: linked to the `batch` span), or the inline run / cache lookup
+    queue    waiting in the batcher's queue (queued requests only), until its batch's run began
+    compute  the batch run (queued: linked to the `batch` span; a run that failed, or that the
+             caller's deadline cut, from its start to the answer), the inline run / cache lookup,
+             or an ensemble's steps
+    step     an ensemble's request: one per step it started (model, version, outcome)
     encode   the response
 
 One `batch` span per batch run holding a traced request: its rows, requests and gather/run/scatter
@@ -31,6 +34,7 @@ from opentelemetry.trace import set_span_in_context as in_context
 from batcher.types import BatchRun, QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import status_for
+from server.models.ensemble import EnsembleNotes, StepRun
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
 from server.observability.tracing import Metadata, Tracing
@@ -110,7 +114,9 @@ class TracedPath(RequestPath):
             return job, response
         traced = cast(TracedJob, job)  # this path's jobs are TracedJobs (job_type)
         traced.span, traced.clock_ns, traced.start_ns = span, clock_ns, start_ns
-        if response is None:
+        if response is None and job.served.ensemble is not None:  # its steps are noted there
+            traced.ensemble_notes = EnsembleNotes(job.served.version_str, _trace_fields(span), steps=[])
+        elif response is None:
             traced.queue_trace = QueueTrace(context=span)  # the batcher notes its run there
         else:
             self._end(span, request, traced, clock_ns, None)
@@ -145,14 +151,25 @@ class TracedPath(RequestPath):
         if job is not None:
             _children(self._tracer, in_context(span), job, clock_ns, end_ns)
         span.set_attributes(_request_attributes(self._rpc, request, job))
-        if exc is None:
-            span.set_attribute("rpc.grpc.status_code", 0)
-        else:
-            code, message, _ = status_for(exc) if isinstance(exc, Exception) else (None, "cancelled", True)
-            span.set_attribute("rpc.grpc.status_code", 1 if code is None else code.value[0])
-            name = "CANCELLED" if code is None else code.name
-            span.set_status(Status(StatusCode.ERROR, f"{name}: {message}"[:MAX_ATTRIBUTE_CHARS]))
+        _set_outcome(span, exc)
         span.end(end_time=clock_ns + end_ns)
+
+
+def _set_outcome(span: Span, exc: BaseException | None) -> None:
+    """`rpc.grpc.status_code`, and status ERROR with `CODE: message` for a failure."""
+    if exc is None:
+        span.set_attribute("rpc.grpc.status_code", 0)
+        return
+    code, message, _ = status_for(exc) if isinstance(exc, Exception) else (None, "cancelled", True)
+    span.set_attribute("rpc.grpc.status_code", 1 if code is None else code.value[0])
+    name = "CANCELLED" if code is None else code.name
+    span.set_status(Status(StatusCode.ERROR, f"{name}: {message}"[:MAX_ATTRIBUTE_CHARS]))
+
+
+def _trace_fields(span: Span) -> dict[str, str]:
+    """The log fields naming a span (as the W3C trace context writes its ids)."""
+    context = span.get_span_context()
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
 
 
 def _request_attributes(
@@ -192,19 +209,45 @@ def _children(tracer: Tracer, parent: Context, job: TracedJob, clock_ns: int, en
     child("decode", job.start_ns, job.prepared_ns or end_ns)
     queued = job.queue_trace
     computed_until = job.encode_ns or end_ns
-    if queued is None:  # answered at once: from the cache, or run inline (the batcher's fast path)
+    notes = job.ensemble_notes
+    if notes is not None:  # an ensemble's request: no queue of its own; its steps, each a span
+        child("compute", job.tried_ns, computed_until, {"sluiceway.path": "ensemble"})
+        for step in notes.steps or ():
+            _step_span(tracer, parent, step, clock_ns, end_ns)
+    elif queued is None:  # answered at once: from the cache, or run inline (the batcher's fast path)
         if job.encode_ns:
             hit = bool(job.cache_key) and not job.looked_up
             child("compute", job.prepared_ns, job.encode_ns, {"sluiceway.path": "cache" if hit else "inline"})
     else:
         run = queued.run
-        child("queue", job.tried_ns, run.gather_ns if run is not None else computed_until)
+        # Its wait ends when its batch's run began, whatever the run's outcome: a run that failed or
+        # that the caller's deadline cut (no BatchRun) had been shown inside the `queue` span.
+        child("queue", job.tried_ns, run.gather_ns if run is not None else queued.taken_ns or computed_until)
         if run is not None:
             batch = _batch_span(tracer, run, clock_ns)
             link = Link(batch, {"sluiceway.batch.rows": run.rows, "sluiceway.batch.requests": run.requests})
             child("compute", run.run_ns, run.scatter_ns, {"sluiceway.path": "batch"}, [link])
+        elif queued.taken_ns:
+            child("compute", queued.taken_ns, computed_until, {"sluiceway.path": "batch"})
     if job.encode_ns:
         child("encode", job.encode_ns, end_ns)
+
+
+def _step_span(tracer: Tracer, parent: Context, step: StepRun, clock_ns: int, end_ns: int) -> None:
+    """One ensemble step's span: its model, the version that served it, and its outcome."""
+    span = tracer.start_span(
+        "step",
+        parent,
+        start_time=clock_ns + step.start_ns,
+        attributes={
+            "sluiceway.ensemble": step.ensemble[:MAX_ATTRIBUTE_CHARS],
+            "sluiceway.step": step.index,
+            "sluiceway.model": step.model[:MAX_ATTRIBUTE_CHARS],
+            "sluiceway.model_version": step.version,
+        },
+    )
+    _set_outcome(span, step.error)
+    span.end(end_time=clock_ns + max(step.start_ns, step.end_ns or end_ns))
 
 
 def _batch_span(tracer: Tracer, run: BatchRun, clock_ns: int) -> SpanContext:

@@ -21,6 +21,7 @@ from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
+from server.models.ensemble import EnsembleNotes
 from server.models.manager import ModelManager, OnDemand
 from server.models.response_cache import request_key
 from server.models.versions import ModelVersion
@@ -52,6 +53,7 @@ class InferJob:
     lookup_ns: int = 0
     looked_up: bool = False  # the cache was consulted: the miss is counted when outputs arrive
     queue_trace: QueueTrace | None = None  # set by tracing (server/observability) for a traced request
+    ensemble_notes: EnsembleNotes | None = None  # set by tracing for a traced ensemble request
     claim: Claim | None = None  # latest-frame-wins: a newer frame may withdraw it while queued
     shm: ShmTensors | None = None  # tensors in shared memory: the job holds their regions mapped
     classes: Mapping[str, int] | None = None  # classification extension: output -> class count
@@ -128,8 +130,9 @@ class InferJob:
         self._own_shared_inputs()
         if self.served.ensemble is not None:  # its steps, through their models' batchers
             c = self.controls
+            notes = self.ensemble_notes or EnsembleNotes(self.served.version_str)  # its failure lines' fields
             outputs = await self.served.ensemble.run_counted(
-                self.served.stats, self.inputs, self.admission, c.priority, c.sequence, self.request
+                self.served.stats, self.inputs, self.admission, c.priority, c.sequence, self.request, notes
             )
             return await self._computed_later(outputs)
         if self.controls.sequence is not None:

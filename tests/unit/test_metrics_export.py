@@ -154,7 +154,13 @@ def test_source_counters_are_prometheus_counters_with_help(metrics: Metrics) -> 
 
 
 @pytest.mark.parametrize(
-    "module", ["server.models.lazy", "server.observability.sampling", "server.models.rollout"]
+    "module",
+    [
+        "server.models.lazy",
+        "server.observability.sampling",
+        "server.models.rollout",
+        "server.observability.tracing_export",
+    ],
 )
 def test_every_source_catalog_types_totals_as_counters(module: str) -> None:
     """Each catalog describes every name; a `_total` name is a counter, any other a gauge."""
