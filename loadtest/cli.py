@@ -35,6 +35,7 @@ from loadtest.scenario import (
     Scenario,
     Step,
     Target,
+    describe_deadline,
     is_loopback,
     parse_levels,
     parse_target,
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--streams", help="streaming: concurrent ModelStreamInfer calls per step, e.g. 1,4")
     load.add_argument("--fps", type=float, default=30.0, help="frames/s of each stream")
     load.add_argument("--source", choices=("auto", "random", "video", "sensor"), default="auto")
-    load.add_argument("--deadline-ms", type=float, help="per-request deadline (gRPC deadline + timeout)")
+    load.add_argument(
+        "--deadline-ms", type=float, help="per-request deadline (gRPC deadline + timeout); default none"
+    )
     load.add_argument("--batch-size", type=int, default=1, help="rows per request (the -1 batch dim)")
     load.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     load.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...")
@@ -303,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for entry in results["results"]:  # the summary table stays on stdout even with --quiet
         print(step_line(entry))
+    print(describe_deadline(results["deadline_sent"]), file=sys.stderr)
     for entry in results["results"]:  # why requests failed: the first message of each status
         for code, message in entry.get("error_messages", {}).items():
             where = f"{entry['target']} {entry['step']['label']}"

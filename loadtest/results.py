@@ -15,7 +15,7 @@ from hdrh.histogram import HdrHistogram
 
 from loadtest import server_metrics
 from loadtest.runner import RunRecord, ServerTotals
-from loadtest.scenario import Scenario
+from loadtest.scenario import Scenario, deadline_sent
 from loadtest.stats import cdf_points, latency_summary, merge_counts, merge_histograms, rate, ratio
 
 SCHEMA_VERSION = 1
@@ -36,6 +36,7 @@ def summarize(scenario: Scenario, records: Sequence[RunRecord], batch_size: int 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "scenario": scenario_doc,
         "targets": [asdict(t) for t in scenario.targets],
+        "deadline_sent": deadline_sent(scenario),
         "results": entries,
     }
 
