@@ -200,6 +200,7 @@ def step_line(entry: dict[str, Any]) -> str:
         f"p50 {ms('p50')} p99 {ms('p99')} p99.9 {ms('p99_9')} ms err {errors} "
         f"batch {'-' if batch is None else f'{batch:.2f}'} cpu {entry['client_cpu']['percent_of_core']}% "
         f"lag p99 {_ms_or_dash(entry['client_lag_us']['p99'])} ms"
+        + _from_send_text(entry.get("latency_from_send_us"))
         + (
             f" late {entry['late_ok']} reject p50 {_ms_or_dash(entry['reject_us']['p50'])} ms"
             if errors or entry["late_ok"]
@@ -207,6 +208,11 @@ def step_line(entry: dict[str, Any]) -> str:
         )
         + _server_metrics_text(entry["server"].get("metrics"))
     )
+
+
+def _from_send_text(sent: dict[str, float | None] | None) -> str:
+    """perf_analyzer's figure: unary latency from the send (the client's lag left out)."""
+    return "" if not sent else f" from send p50 {_ms_or_dash(sent['p50'])} ms"
 
 
 def _server_metrics_text(metrics: dict[str, float] | None) -> str:

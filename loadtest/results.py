@@ -67,6 +67,8 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
         "late_ok": counts.ok_in_window - counts.good_in_window,
         "client_lag_us": _lag(merge_histograms([counts.lag_histogram])),
         "reject_us": _lag(merge_histograms([counts.reject_histogram])),
+        # Unary successes from their send, not their scheduled time: perf_analyzer's figure.
+        "latency_from_send_us": _lag(merge_histograms([counts.send_histogram])),
         "server": _server(group),
         "client_cpu": {
             "seconds": round(counts.cpu_s, 3),
