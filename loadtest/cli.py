@@ -35,6 +35,7 @@ from loadtest.scenario import (
     Scenario,
     Step,
     Target,
+    describe_deadline,
     is_loopback,
     parse_levels,
     parse_target,
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--streams", help="streaming: concurrent ModelStreamInfer calls per step, e.g. 1,4")
     load.add_argument("--fps", type=float, default=30.0, help="frames/s of each stream")
     load.add_argument("--source", choices=("auto", "random", "video", "sensor"), default="auto")
-    load.add_argument("--deadline-ms", type=float, help="per-request deadline (gRPC deadline + timeout)")
+    load.add_argument(
+        "--deadline-ms", type=float, help="per-request deadline (gRPC deadline + timeout); default none"
+    )
     load.add_argument("--batch-size", type=int, default=1, help="rows per request (the -1 batch dim)")
     load.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     load.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...")
@@ -197,6 +200,7 @@ def step_line(entry: dict[str, Any]) -> str:
         f"p50 {ms('p50')} p99 {ms('p99')} p99.9 {ms('p99_9')} ms err {errors} "
         f"batch {'-' if batch is None else f'{batch:.2f}'} cpu {entry['client_cpu']['percent_of_core']}% "
         f"lag p99 {_ms_or_dash(entry['client_lag_us']['p99'])} ms"
+        + _from_send_text(entry.get("latency_from_send_us"))
         + (
             f" late {entry['late_ok']} reject p50 {_ms_or_dash(entry['reject_us']['p50'])} ms"
             if errors or entry["late_ok"]
@@ -204,6 +208,11 @@ def step_line(entry: dict[str, Any]) -> str:
         )
         + _server_metrics_text(entry["server"].get("metrics"))
     )
+
+
+def _from_send_text(sent: dict[str, float | None] | None) -> str:
+    """perf_analyzer's figure: unary latency from the send (the client's lag left out)."""
+    return "" if not sent else f" from send p50 {_ms_or_dash(sent['p50'])} ms"
 
 
 def _server_metrics_text(metrics: dict[str, float] | None) -> str:
@@ -303,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for entry in results["results"]:  # the summary table stays on stdout even with --quiet
         print(step_line(entry))
+    print(describe_deadline(results["deadline_sent"]), file=sys.stderr)
     for entry in results["results"]:  # why requests failed: the first message of each status
         for code, message in entry.get("error_messages", {}).items():
             where = f"{entry['target']} {entry['step']['label']}"

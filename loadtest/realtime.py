@@ -9,7 +9,10 @@ streams kept real time. See loadtest/realtime_worker.py for the schedule and the
 Presets: `vad` (model silero_vad, 31.25 chunks/s of 512 samples, one sequence per stream:
 sequence_id / sequence_start / sequence_end), `camera` (resnet_u8, 15 frames/s, the
 latest_frame_wins request parameter). Any model works: its inputs come from ModelMetadata.
-Bounded: every step lasts warmup + duration + at most drain seconds.
+Bounded: every step lasts warmup + duration + at most drain seconds. No gRPC deadline is sent
+(the server takes a stream's as each chunk's): a stream still open `--drain-s` after the window is
+cancelled, its unanswered chunks counted NO_ANSWER. Streams the server refuses (its stream limits)
+count their chunks as errors with the server's status; the first message of each is printed.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class StepResult:
     computed_per_s: float
     dropped: int
     errors: dict[str, int]
+    error_messages: dict[str, str]  # the server's first message with each status
     real_time_streams: int
     latency_us: dict[str, float | None]  # computed chunks, all streams
     worst_stream_p99_us: float | None
@@ -64,6 +68,7 @@ class StepResult:
     server_cpu_cores: float | None
     server_cpu_us_per_chunk: float | None  # ... over the chunks computed in the window
     per_stream: list[dict[str, Any]]
+    deadline_sent: str = "none"  # no gRPC deadline on the streams, no timeout parameter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         payloads = inputs.payloads_for(target, scenario, "stream")
         print(
             f"{model}: {rate:g} chunks/s per stream, {len(payloads[0])} bytes per chunk, "
-            f"sequence={sequence}, latest_frame_wins={wins}; load average {load_average()}",
+            f"sequence={sequence}, latest_frame_wins={wins}; deadline sent: none (streams cancelled "
+            f"{args.drain_s:g} s after the window); load average {load_average()}",
             flush=True,
         )
         print(_HEADER, flush=True)
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             step = run_step(args, target, int(level), rate, payloads, sequence, wins, security, server_pid)
             results.append(step)
             print(_row(step), flush=True)
+            for code, message in step.error_messages.items():  # why: refused streams, say
+                print(f"{step.streams} streams: {code} x{step.errors[code]}, e.g. {message}", file=sys.stderr)
         print(f"load average after: {load_average()}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -204,9 +212,12 @@ def summarize(
 ) -> StepResult:
     per_stream: list[StreamResult] = [s for p in parts for s in p.streams]
     errors: dict[str, int] = {}
+    messages: dict[str, str] = {}
     for s in per_stream:
         for code, n in s.errors.items():
             errors[code] = errors.get(code, 0) + n
+        for code, message in s.messages.items():
+            messages.setdefault(code, message)
     p99s = [s.p99_us for s in per_stream if s.p99_us is not None]
     rows = None
     if before and after and after[1] > before[1]:
@@ -220,6 +231,7 @@ def summarize(
         computed_per_s=computed / duration_s,
         dropped=sum(s.dropped for s in per_stream),
         errors=errors,
+        error_messages={code: messages[code] for code in sorted(errors) if code in messages},
         real_time_streams=sum(s.real_time for s in per_stream),
         latency_us=latency_summary(merge_histograms(p.histogram for p in parts)),
         worst_stream_p99_us=max(p99s) if p99s else None,

@@ -5,6 +5,10 @@ Chunk k of a stream is due at `start_at + offset + k / rate` (computed from k, s
 never shifts later chunks); its latency counts from that due time, so a client that falls behind
 cannot hide it. A stream keeps real time when every chunk due inside the window was answered
 (computed, or dropped by latest-frame-wins) before the next chunk was due, without errors.
+
+No gRPC deadline goes out (the server takes a stream's deadline as each chunk's): a stream is
+bounded here, cancelled `drain_s` after the window. A stream the server ends or refuses (a stream
+limit) counts every chunk of its schedule it did not answer as an error with the server's status.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import numpy as np
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import PLAINTEXT, Security
-from loadtest.stats import HIGHEST_US, LOWEST_US, new_histogram
-from loadtest.worker import CHANNEL_OPTIONS, METHOD_STREAM, sleep_until, with_id
+from loadtest.stats import HIGHEST_US, LOWEST_US, MESSAGE_CHARS, new_histogram
+from loadtest.worker import CHANNEL_OPTIONS, METHOD_STREAM, ended_with, sleep_until, with_id
 from protos import grpc_service_pb2 as pb
 
 STREAMS_PER_CHANNEL = 64  # below the server's max_streams_per_connection (128 by default)
@@ -69,6 +73,7 @@ class StreamResult:
     dropped: int = 0
     late: int = 0  # computed or failed after the next chunk was due, or never answered
     errors: dict[str, int] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)  # the server's first message per status
     p50_us: float | None = None  # latency of computed chunks
     p99_us: float | None = None
     max_us: float | None = None
@@ -172,7 +177,8 @@ async def _stream(
     open_stream = channel.stream_stream(
         METHOD_STREAM, response_deserializer=pb.ModelStreamInferResponse.FromString
     )
-    call = open_stream(timeout=end - time.monotonic() + plan.drain_s + 5.0, metadata=metadata(plan.security))
+    call = open_stream(metadata=metadata(plan.security))  # no deadline: bounded by wait_for below
+    written = [0]  # chunks handed to the stream so far
 
     def measured(due: float) -> bool:
         return begin <= due < end
@@ -201,6 +207,7 @@ async def _stream(
             if answer.error_message:
                 match = _STATUS.match(answer.error_message)
                 code = match.group(1) if match else "STREAM_ERROR"
+                result.messages.setdefault(code, answer.error_message[:MESSAGE_CHARS])
             elif answer.infer_response.parameters["frame_dropped"].bool_param:
                 code = "dropped"
             else:
@@ -215,6 +222,7 @@ async def _stream(
             await sleep_until(due)
             request_id = f"{index}-{k}"
             pending[request_id] = due
+            written[0] = k + 1  # pending from here: counted once, whether or not the write succeeds
             suffix = first if k == 0 else last if k == chunks - 1 else middle
             if measured(due):
                 lags.append(time.monotonic() - due)
@@ -222,22 +230,30 @@ async def _stream(
         sent_all.set()
         await call.done_writing()
 
+    async def send_then_receive() -> None:
+        await send()
+        await receiver
+
     sent_all = asyncio.Event()
     receiver = asyncio.create_task(receive())
-    status = NO_ANSWER
+    status, message = NO_ANSWER, ""
     try:
-        await send()
-        await asyncio.wait_for(receiver, timeout=max(0.1, end + plan.drain_s - time.monotonic()))
+        await asyncio.wait_for(send_then_receive(), timeout=max(0.1, end + plan.drain_s - time.monotonic()))
     except grpc.aio.AioRpcError as exc:
-        status = exc.code().name
+        status, message = exc.code().name, exc.details() or ""
     except (TimeoutError, asyncio.TimeoutError, asyncio.InvalidStateError):
-        pass
+        # Writing to a stream the server has ended (refused at open, say) raises InvalidStateError.
+        status, message = await ended_with(call, status)
     finally:
         call.cancel()
         receiver.cancel()
         await asyncio.gather(receiver, return_exceptions=True)
-    for due in pending.values():  # never answered
+    # Sent and never answered, then never sent: a refused stream's chunks are errors with the
+    # server's status, offered all the same (they had vanished: 1 chunk offered, NO_ANSWER).
+    for due in [*pending.values(), *(first_due + k * period for k in range(written[0], chunks))]:
         settle(due, math.inf, status)
+    if message and errors[status]:
+        result.messages.setdefault(status, message[:MESSAGE_CHARS])
     result.errors = dict(errors)
     if latencies:
         result.p50_us, result.p99_us, result.max_us = stream_percentiles_us(latencies)

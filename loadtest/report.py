@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loadtest.scenario import describe_deadline
+
 PLOTS = {
     "latency_vs_throughput.png": "Latency vs throughput",
     "goodput_vs_offered.png": "Goodput vs offered load",
@@ -164,6 +166,7 @@ def render_html(results: dict[str, Any], pngs: list[Path]) -> str:
     )
     scenario = html.escape(json.dumps(results["scenario"], indent=1))
     targets = ", ".join(f"{t['name']} = {t['address']} / {t['model']}" for t in results["targets"])
+    sent = html.escape(describe_deadline(results["deadline_sent"])) if "deadline_sent" in results else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>sluiceway load test</title>
 <style>
@@ -176,6 +179,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 700px; }}
 <p>{html.escape(results["created"])} &mdash; targets: {html.escape(targets)}</p>
 <p>Latency counts from each request's scheduled send time; goodput is successful answers within
 the deadline per second; ratios are against the first target on the same step.</p>
+<p>{sent}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
 <div>{figures}</div>
 <details><summary>scenario</summary><pre>{scenario}</pre></details>

@@ -15,7 +15,7 @@ from hdrh.histogram import HdrHistogram
 
 from loadtest import server_metrics
 from loadtest.runner import RunRecord, ServerTotals
-from loadtest.scenario import Scenario
+from loadtest.scenario import Scenario, deadline_sent
 from loadtest.stats import cdf_points, latency_summary, merge_counts, merge_histograms, rate, ratio
 
 SCHEMA_VERSION = 1
@@ -36,6 +36,7 @@ def summarize(scenario: Scenario, records: Sequence[RunRecord], batch_size: int 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "scenario": scenario_doc,
         "targets": [asdict(t) for t in scenario.targets],
+        "deadline_sent": deadline_sent(scenario),
         "results": entries,
     }
 
@@ -66,6 +67,8 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
         "late_ok": counts.ok_in_window - counts.good_in_window,
         "client_lag_us": _lag(merge_histograms([counts.lag_histogram])),
         "reject_us": _lag(merge_histograms([counts.reject_histogram])),
+        # Unary successes from their send, not their scheduled time: perf_analyzer's figure.
+        "latency_from_send_us": _lag(merge_histograms([counts.send_histogram])),
         "server": _server(group),
         "client_cpu": {
             "seconds": round(counts.cpu_s, 3),

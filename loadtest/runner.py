@@ -20,7 +20,17 @@ from types import TracebackType
 import grpc
 
 from loadtest import channels, inputs, server_metrics
-from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Step, Target, WorkerPlan, split_evenly
+from loadtest.scenario import (
+    PLAINTEXT,
+    Mode,
+    Scenario,
+    Security,
+    Step,
+    Target,
+    WorkerPlan,
+    drain_s_for,
+    split_evenly,
+)
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
 from protos import grpc_service_pb2 as pb
@@ -28,8 +38,6 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 
 # Time for every worker to receive its plan and connect before the common start.
 START_DELAY_S = 0.5
-# How long answers may keep coming after a window closes (no deadline: this bounds each call).
-DRAIN_S = 10.0
 STATS_TIMEOUT_S = 2.0
 # gRPC core's older client I/O path polls sockets in the caller's threads instead of handing each
 # event to event-engine threads: about 15% less client CPU and ~0.1 ms less per round trip, which
@@ -217,7 +225,7 @@ def plan_step(
             start_at=start_at,
             warmup_s=scenario.warmup_s,
             duration_s=scenario.duration_s,
-            drain_s=(deadline_s + 1.0) if deadline_s else DRAIN_S,
+            drain_s=drain_s_for(deadline_s),
             max_requests=max(1, scenario.max_requests // len(shares)),
             max_in_flight=scenario.max_in_flight,
             seed=seed * 7919 + index,

@@ -5,6 +5,10 @@ worker answers with the Counts of that plan. Requests are pre-serialized bytes a
 unary calls stay bytes (only the first is parsed, as a sanity check), so the client spends its
 CPU on gRPC itself, not on protobuf. Every loop stops at the end of its window or after
 `max_requests`, whichever comes first, and waits at most `drain_s` for answers after that.
+
+No gRPC deadline goes out unless the plan has one (`deadline_s`), as with perf_analyzer: a call
+still unanswered `drain_s` after the window is cancelled here and counted NO_ANSWER (a hidden
+10 s deadline had bounded each call, and each stream's frames, instead).
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class _Unary:
 
     async def send(self, payload: bytes, scheduled: float) -> None:
         plan, recorder = self.plan, self.recorder
-        timeout = plan.drain_s
+        timeout = None  # no deadline asked, none sent: the end of the step bounds the call
         if plan.deadline_s is not None:
             timeout = plan.deadline_s - (time.monotonic() - scheduled)
             if timeout <= 0:
@@ -145,7 +149,8 @@ class _Unary:
 
 
 async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
-    """`concurrency` users, each sending its next request as soon as the last one is answered."""
+    """`concurrency` users, each sending its next request as soon as the last one is answered;
+    a request still unanswered `drain_s` after the window is cancelled (counted NO_ANSWER)."""
     unary = _Unary(channel, plan, recorder)
     end = plan.window[1]
 
@@ -159,7 +164,8 @@ async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorde
             await unary.send(plan.payloads[k % len(plan.payloads)], now)
             k += 1
 
-    await asyncio.gather(*(user(i) for i in range(plan.concurrency)))
+    users = {asyncio.create_task(user(i)) for i in range(plan.concurrency)}
+    await _drain(users, end + plan.drain_s - time.monotonic())
 
 
 async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
@@ -189,13 +195,19 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
 
 
 async def _drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait up to `timeout_s` for `tasks`, then cancel the rest (their calls count NO_ANSWER);
+    a task's own failure is raised, as gather would."""
     if not tasks:
         return
-    _, late = await asyncio.wait(set(tasks), timeout=timeout_s)
+    _, late = await asyncio.wait(set(tasks), timeout=max(0.0, timeout_s))
     for task in late:
         task.cancel()
     if late:
         await asyncio.wait(late)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 async def _streams(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
@@ -217,7 +229,8 @@ async def _one_stream(
 ) -> None:
     end = plan.window[1]
     bound_s = end - time.monotonic() + plan.drain_s
-    call = open_stream(timeout=bound_s + 5.0, metadata=metadata(plan.security))
+    # No gRPC deadline: the server takes a stream's deadline as each frame's. wait_for bounds it.
+    call = open_stream(metadata=metadata(plan.security))
     pending: dict[str, float] = {}
     space = asyncio.Semaphore(plan.max_in_flight)
     next_frame = [plan.start_at + offset]  # the next frame's scheduled time (send_then_wait moves it)
@@ -256,7 +269,7 @@ async def _one_stream(
     except grpc.aio.AioRpcError as exc:
         status, message = exc.code().name, exc.details() or ""
     except (TimeoutError, asyncio.TimeoutError, asyncio.InvalidStateError):
-        status, message = await _ended_with(call, status)
+        status, message = await ended_with(call, status)
     finally:
         call.cancel()
         receiver.cancel()
@@ -275,7 +288,7 @@ async def _one_stream(
                 scheduled += 1.0 / plan.rate
 
 
-async def _ended_with(call: Any, default: str) -> tuple[str, str]:
+async def ended_with(call: Any, default: str) -> tuple[str, str]:
     """The status and message the server ended `call` with, if it has ended (else `default`)."""
     if not call.done():
         return default, ""

@@ -194,3 +194,21 @@ def test_the_first_message_of_each_error_status_is_kept_and_merged() -> None:
     assert merged.messages["INVALID_ARGUMENT"] == "batch-size must be <= 8"  # the first, a's
     assert merged.messages["UNAVAILABLE"] == "x" * MESSAGE_CHARS and OK not in merged.messages
     assert merged.errors == {"INVALID_ARGUMENT": 3, "UNAVAILABLE": 1}
+
+
+def test_latency_from_the_send_leaves_out_the_clients_lag() -> None:
+    """perf_analyzer times from its own send; ours from the scheduled time, lag included. Both are
+    reported, so the two harnesses' figures can be compared (they had read 0.05-0.3 ms apart)."""
+    target = Target("a", "127.0.0.1:1", "mlp")
+    recorder = Recorder(WINDOW, deadline_s=None)
+    for k in range(10):  # sent 0.5 ms after its scheduled time, answered 1 ms after the send
+        scheduled = WINDOW[0] + k
+        recorder.sending(scheduled, scheduled + 0.0005)
+        recorder.record(scheduled, scheduled + 0.0015, OK, sent=scheduled + 0.0005)
+    recorder.record(WINDOW[0] + 0.5, WINDOW[0] + 0.6, "UNAVAILABLE", sent=WINDOW[0] + 0.55)  # an error
+    record = RunRecord(0, Step("open", 1), target, 0, recorder.counts(0.0), 10.0, 1, None)
+    (entry,) = summarize(Scenario(targets=(target,), steps=(Step("open", 1),)), [record])["results"]
+    assert entry["latency_us"]["p50"] == pytest.approx(1500, rel=0.01)
+    assert entry["client_lag_us"]["p50"] == pytest.approx(500, rel=0.01)
+    assert entry["latency_from_send_us"]["p50"] == pytest.approx(1000, rel=0.01)
+    assert entry["latency_from_send_us"]["max"] == pytest.approx(1000, rel=0.01)  # successes only
