@@ -35,7 +35,7 @@ from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
-from server.protocol.infer_job import RequestPath
+from server.protocol.infer_job import DEADLINE_SLACK_S, RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
@@ -132,6 +132,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        await self._load_if_lazy(request.name, context)
         served = self._models.resolve(request.name, request.version)
         signature = served.signature
         entry = self._models.entry(request.name)
@@ -154,8 +155,20 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
+        await self._load_if_lazy(request.name, context)
         served = self._models.resolve(request.name, request.version)
         return pb.ModelConfigResponse(config=served.config)
+
+    async def _load_if_lazy(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        """A lazy model not loaded (never, or evicted) is loaded by its metadata or config as by a
+        request: perf_analyzer and tritonclient ask for both before the first inference, and were
+        refused UNAVAILABLE "not loaded (lazy)" for good. Bounded by the call's deadline, as a
+        request's wait (ModelReady never loads: readiness probes must not)."""
+        demand = self._models.on_demand
+        if demand is None or not demand.needs_load(name):
+            return
+        remaining = context.time_remaining()
+        await demand.ready(name, None if remaining is None else max(0.0, remaining - DEADLINE_SLACK_S))
 
     @answers_errors
     async def ModelStatistics(

@@ -28,6 +28,7 @@ def test_a_lazy_model_loads_once_for_concurrent_first_requests(demo_repo: Path, 
     write_model(repo, "mlp", mlp / "1" / "model.onnx", config)
     write_model(repo, "lazy", mlp / "1" / "model.onnx", config.replace('"mlp"', '"lazy"') + LAZY)
     write_model(repo, "streamed", mlp / "1" / "model.onnx", config.replace('"mlp"', '"streamed"') + LAZY)
+    write_model(repo, "described", mlp / "1" / "model.onnx", config.replace('"mlp"', '"described"') + LAZY)
     with ServerProcess("--model-repository", str(repo)) as server:
         (_, state, reason) = index(server.address)["lazy"][0]
         assert state == "UNAVAILABLE" and "not loaded (lazy)" in reason
@@ -57,6 +58,18 @@ def test_a_lazy_model_loads_once_for_concurrent_first_requests(demo_repo: Path, 
 
         assert all(a["scores"].shape == (1, 2) for a in asyncio.run(first_frames()))
         assert server.output().count(FIRST_LOAD) == 2  # lazy, then streamed: once each
+
+        # perf_analyzer asks for metadata and config before its first inference: they load it.
+        channel = grpc.insecure_channel(server.address)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="described"), timeout=10).ready
+        assert index(server.address)["described"][0][1] == "UNAVAILABLE"  # neither loads it
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="described"), timeout=60)
+        assert [t.name for t in metadata.inputs] == ["features"]
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="described"), timeout=60).config
+        assert config.name == "described"
+        assert stub.ModelReady(pb.ModelReadyRequest(name="described"), timeout=10).ready
+        channel.close()
 
 
 def test_the_least_recently_used_lazy_model_is_evicted_within_the_budget(
