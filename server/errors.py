@@ -33,6 +33,11 @@ class ShuttingDown(ServiceError):
     """The server has stopped admitting requests."""
 
 
+class ChangedByReload(ServiceError):
+    """A queued request a reload handed to the new version, whose inputs or outputs no longer fit
+    it: valid when admitted, so UNAVAILABLE (retryable), not INVALID_ARGUMENT (InferJob.retarget)."""
+
+
 class StreamLimitReached(ServiceError):
     """Opening one more stream would pass a stream limit (the message names it)."""
 
@@ -117,6 +122,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    ChangedByReload: grpc.StatusCode.UNAVAILABLE,
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,

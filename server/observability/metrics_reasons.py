@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from batcher import errors as batcher_errors
 from batcher.stats import ModelStats
-from server.errors import InvalidRequest, ServiceError
+from server.errors import ChangedByReload, InvalidRequest, ServiceError
 
 # The queue refused or dropped it: full, overloaded, or its deadline (at admission, in the queue
 # or after the run). Triton counts requests its queue rejects or times out as REJECTED.
@@ -32,5 +32,5 @@ def record_failed(stats: ModelStats, total_ns: int, exc: BaseException) -> None:
     stats.record_failure(total_ns, failure_reason(exc))
     if isinstance(exc, _INVALID):
         stats.record_rejection("invalid")
-    elif isinstance(exc, batcher_errors.BatcherStopped):
+    elif isinstance(exc, (batcher_errors.BatcherStopped, ChangedByReload)):
         stats.record_rejection("unavailable")

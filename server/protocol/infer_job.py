@@ -17,10 +17,10 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting
+from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting, TooManyRows
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
-from server.errors import FrameDropped, ShuttingDown
+from server.errors import ChangedByReload, FrameDropped, InvalidRequest, ShuttingDown
 from server.models.ensemble import EnsembleNotes
 from server.models.manager import ModelManager, OnDemand
 from server.models.response_cache import request_key
@@ -93,14 +93,23 @@ class InferJob:
     def retarget(self, served: ModelVersion) -> None:
         """Point the job at `served`: the version now serving its model, after a reload retired the
         one it was prepared for before it reached that version's batcher. Checked and settled again
-        against the new version (its signature or policy may differ); the call's deadline stands."""
+        against the new version (its signature or policy may differ); the call's deadline stands.
+        A request that no longer fits is ChangedByReload (UNAVAILABLE): it was valid when admitted,
+        and had been answered INVALID_ARGUMENT, which clients do not retry."""
         signature = served.signature
-        rows = signature.check_inputs(self.inputs)
-        self.names = signature.check_outputs(codec.requested_outputs(self.request))
         c = self.controls
-        self.admission = served.batcher.admission(
-            rows, deadline=self.call_deadline, priority=c.priority, timeout_s=c.timeout_s
-        )
+        try:
+            rows = signature.check_inputs(self.inputs)
+            names = signature.check_outputs(codec.requested_outputs(self.request))
+            admission = served.batcher.admission(
+                rows, deadline=self.call_deadline, priority=c.priority, timeout_s=c.timeout_s
+            )
+        except (InvalidRequest, TooManyRows) as exc:
+            raise ChangedByReload(
+                f"model '{served.name}' was reloaded with different inputs or outputs before the request"
+                f" was computed, and the request no longer fits them: {exc}"
+            ) from None
+        self.names, self.admission = names, admission
         self.served = served
         self.looked_up = False  # the old version's cache: nothing to count or fill
 
@@ -289,8 +298,10 @@ class RequestPath:
                 served = self._models.resolve(job.request.model_name, job.request.model_version, job.request)
                 if served is job.served:
                     raise
-                job.retarget(served)
+                # Counted by the version serving now, also when it refuses the request: the retired
+                # version's statistics go with it (ModelStatistics showed neither).
                 stats = served.stats
+                job.retarget(served)
                 response = await job.answer_later()
         except ComputedThenCancelled:
             # Computed (counted in queue, compute and inference_count) before its caller went: a
