@@ -128,7 +128,7 @@ class RollbackPolicy(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., window_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., error_margin: _Optional[float] = ..., latency_margin: _Optional[float] = ...) -> None: ...
 
 class RolloutStatusResponse(_message.Message):
-    __slots__ = ("model", "source", "sticky_key", "versions", "has_shadow", "shadow", "rollback", "events", "rollbacks")
+    __slots__ = ("model", "source", "sticky_key", "versions", "has_shadow", "shadow", "rollback", "events", "rollbacks", "worker")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STICKY_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class RolloutStatusResponse(_message.Message):
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     model: str
     source: str
     sticky_key: str
@@ -147,4 +148,5 @@ class RolloutStatusResponse(_message.Message):
     rollback: RollbackPolicy
     events: _containers.RepeatedCompositeFieldContainer[RollbackEvent]
     rollbacks: int
-    def __init__(self, model: _Optional[str] = ..., source: _Optional[str] = ..., sticky_key: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionFigures, _Mapping]]] = ..., has_shadow: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowFigures, _Mapping]] = ..., rollback: _Optional[_Union[RollbackPolicy, _Mapping]] = ..., events: _Optional[_Iterable[_Union[RollbackEvent, _Mapping]]] = ..., rollbacks: _Optional[int] = ...) -> None: ...
+    worker: str
+    def __init__(self, model: _Optional[str] = ..., source: _Optional[str] = ..., sticky_key: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionFigures, _Mapping]]] = ..., has_shadow: _Optional[bool] = ..., shadow: _Optional[_Union[ShadowFigures, _Mapping]] = ..., rollback: _Optional[_Union[RollbackPolicy, _Mapping]] = ..., events: _Optional[_Iterable[_Union[RollbackEvent, _Mapping]]] = ..., rollbacks: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...

@@ -25,6 +25,7 @@ from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
+from server.models.rollout_share import RolloutShare
 from server.models.versions import READY
 from server.observability import sampling, tracing_export
 from server.observability.metrics import Catalog, GaugeSource, Metrics
@@ -150,6 +151,12 @@ class SluicewayServer:
         self.loads = ModelLoads(self.models, root, settings.model_memory_budget_mb * MIB)
         self.models.on_demand = self.loads
         self.control = RepositoryControl(root, settings, self.models, self.loads)
+        # Under --workers: each worker's automatic rollbacks followed by the others (None otherwise).
+        self.rollout_share = (
+            RolloutShare(settings.rollout_share_dir, settings.worker_index or 0, self.models)
+            if settings.rollout_share_dir is not None
+            else None
+        )
         self.calls = CallTracker(
             StreamLimits(
                 settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
@@ -199,7 +206,7 @@ class SluicewayServer:
         add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
         add_service(
             apb.DESCRIPTOR.services_by_name["Admin"],
-            AdminServicer(self.models, settings.worker_index is not None),
+            AdminServicer(self.models, settings.worker_index),
             self._grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -252,6 +259,8 @@ class SluicewayServer:
         await self._health.set(SERVICE_NAME, not_serving)
         await self._grpc.start()
         await self.control.start()  # what the model control mode loads at start
+        if self.rollout_share is not None:
+            self.rollout_share.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
@@ -275,6 +284,8 @@ class SluicewayServer:
         self.calls.finish_streams()  # stop reading; answer what was read; end with UNAVAILABLE
         # Batchers dispatch what is queued at once; at the deadline they fail what is left.
         await self.control.stop()  # no more polling or lazy loads
+        if self.rollout_share is not None:
+            await self.rollout_share.stop()
         models_stopped = asyncio.create_task(self.models.stop(drain_timeout_s=grace))
         drained = await self.calls.wait_idle(deadline)  # the calls in progress are answered
         if drained:

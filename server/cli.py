@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Settings that are not flags: set by the server for its own worker processes.
-_INTERNAL = frozenset({"reuse_port", "worker_index"})
+_INTERNAL = frozenset({"reuse_port", "worker_index", "rollout_share_dir"})
 
 
 def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:

@@ -166,6 +166,9 @@ class ServerSettings(BaseSettings):
     reuse_port: bool = False
     # Set by the parent in its workers only: this worker's number (0..workers-1), in its log lines.
     worker_index: int | None = Field(default=None, ge=0)
+    # Set by the parent in its workers only: the private directory (0700) where a worker's automatic
+    # rollback is written for the others to follow (server/models/rollout_share.py).
+    rollout_share_dir: Path | None = None
 
     # -- repository control and cold starts (README "Repository control", "Cold starts")
     # Triton's modes: none loads every model at start and refuses load/unload RPCs; explicit loads

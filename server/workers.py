@@ -4,7 +4,8 @@ Python serves gRPC on one core per process, so several processes are how a serve
 cores. The parent checks the port is free, then holds it with an SO_REUSEPORT socket (so no
 other program can take it while the workers run), spawns the workers with `reuse_port` set and
 onnxruntime threads divided between them, reports ready once all are, forwards SIGTERM/SIGINT,
-and exits 0 after they do. A worker that dies takes the others down: the parent exits 1.
+and exits 0 after they do. A worker that dies takes the others down: the parent exits 1. It also
+makes the private directory through which the workers follow one another's automatic rollbacks.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -83,6 +86,10 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     held = hold_port(settings.host, settings.port)
     port = held.getsockname()[1]
     env = worker_environment(settings, port, repository)
+    # Where a worker's automatic rollback is written for the others (server/models/rollout_share.py):
+    # private to this run (mkdtemp: mode 0700), removed at exit.
+    share_dir = Path(tempfile.mkdtemp(prefix="sluiceway-rollout-"))
+    env["SLUICEWAY_ROLLOUT_SHARE_DIR"] = str(share_dir)
     # A handler before anything else: the kernel may hand the process's SIGTERM to any of its
     # threads (numpy's and onnxruntime's libraries start their own), and there the default action
     # killed the parent at once, leaving its workers serving. The handler only notes the request;
@@ -151,6 +158,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         held.close()
+        shutil.rmtree(share_dir, ignore_errors=True)
     return code
 
 

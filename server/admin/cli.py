@@ -149,7 +149,9 @@ def render(status: apb.RolloutStatusResponse, console: Console) -> None:
         )
     else:
         console.print("automatic rollback: off")
-    console.print(f"rollbacks since start: {status.rollbacks}")
+    # Under --workers one worker answers, with its own figures (rollbacks are followed by all).
+    worker = f" (answered by worker {status.worker})" if status.worker else ""
+    console.print(f"rollbacks since start: {status.rollbacks}{worker}")
     for e in status.events:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.unix_time))
         console.print(f"  {when} version {e.version} rolled back ({e.trigger}): {e.reason}")

@@ -29,13 +29,14 @@ MAX_REASON_CHARS = 500  # a rollback reason is cut here (it is logged and kept i
 
 
 class AdminServicer(apb_grpc.AdminServicer):
-    def __init__(self, models: ModelManager, one_of_workers: bool = False) -> None:
+    def __init__(self, models: ModelManager, worker: int | None = None) -> None:
         self._models = models
-        # Under --workers N each process routes on its own: a change would reach one of them.
-        self._one_of_workers = one_of_workers
+        # Under --workers N (this worker's index) each process routes on its own: a change would
+        # reach one of them (automatic rollbacks are shared: server/models/rollout_share.py).
+        self._worker = worker
 
     def _check_changes_allowed(self) -> None:
-        if self._one_of_workers:
+        if self._worker is not None:
             raise RolloutRefused(
                 "rollout changes need workers=1: under --workers each worker process routes on its "
                 "own and this change would reach one of them; set traffic_* in config.pbtxt (poll "
@@ -100,7 +101,10 @@ class AdminServicer(apb_grpc.AdminServicer):
         return self._status(self._rollout.roll_back(entry, version, reason))
 
     def _status(self, state: ModelRollout) -> apb.RolloutStatusResponse:
-        return status_message(state, self._rollout.rollbacks_of(state.entry.name))
+        status = status_message(state, self._rollout.rollbacks_of(state.entry.name))
+        if self._worker is not None:  # the figures and counts are this worker's own
+            status.worker = str(self._worker)
+        return status
 
 
 def status_message(state: ModelRollout, rollbacks: int) -> apb.RolloutStatusResponse:

@@ -123,6 +123,8 @@ class Rollout:
         self._rng = rng or random.Random()  # routing, not secrets
         self._models: dict[str, ModelRollout] = {}
         self._rollbacks: dict[tuple[str, int, str], int] = {}  # (model, version, trigger) -> count
+        # Told of each automatic rollback decided here (under --workers: server/models/rollout_share.py).
+        self.on_auto_rollback: Callable[[ModelEntry, int, str], None] | None = None
 
     # -- the request path -------------------------------------------------------------------
 
@@ -293,6 +295,18 @@ class Rollout:
             self._roll_back(state, target, "manual", reason or "rolled back by an operator")
         return state
 
+    def follow(self, entry: ModelEntry, version: int, reason: str) -> bool:
+        """Another worker rolled `version` back automatically (server/models/rollout_share.py): do
+        the same here (trigger "shared"), unless it takes no traffic here already or is the only
+        version taking requests. True when it was rolled back here."""
+        state = self.state(entry)
+        weights = state.weights or {}
+        others = any(w > 0 for v, w in weights.items() if v != version)
+        if version not in entry.versions or not self._in_traffic(state, version) or not others:
+            return False
+        self._roll_back(state, version, "shared", reason)
+        return True
+
     @staticmethod
     def _in_traffic(state: ModelRollout, version: int) -> bool:
         """`version` takes weighted requests or shadow copies now."""
@@ -313,6 +327,8 @@ class Rollout:
         log.warning(
             "rollout: model %s version %d rolled back (%s): %s", state.entry.name, version, trigger, reason
         )
+        if trigger == "auto" and self.on_auto_rollback is not None:
+            self.on_auto_rollback(state.entry, version, reason)
 
     @staticmethod
     def _stop_shadow(state: ModelRollout) -> None:

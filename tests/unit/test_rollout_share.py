@@ -1,0 +1,165 @@
+"""Shared automatic rollbacks under --workers (server/models/rollout_share.py): the event files,
+the model's generation, and two workers' rollouts (fake entries, a fake clock) following each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from google.protobuf import text_format
+
+from batcher.stats import ModelStats
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server.errors import ModelNotFound
+from server.models.rollout import Rollout
+from server.models.rollout_share import (
+    MAX_EVENT_BYTES,
+    RolloutShare,
+    SharedRollback,
+    generation,
+    read_event,
+    write_event,
+)
+
+POLICY = {"traffic_weights": "1:50,2:50", "rollback_window_s": "10", "rollback_min_requests": "20"}
+
+
+def entry(files: str = "a", name: str = "m") -> SimpleNamespace:
+    """A ready model with versions 1 and 2 loaded from `files` (their fingerprint)."""
+    text = "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in POLICY.items()
+    )
+    cfg = text_format.Parse(text, mc.ModelConfig())
+    versions = {
+        v: SimpleNamespace(config=cfg, stats=ModelStats(), name=name, version=v, fingerprint=(files, v))
+        for v in (1, 2)
+    }
+    return SimpleNamespace(name=name, versions=versions, order=[2, 1], state="READY")
+
+
+class Worker:
+    """One worker's rollout, its model index and its share of the directory."""
+
+    def __init__(self, index: int, directory: Path, model: SimpleNamespace) -> None:
+        self.now = [100.0]
+        self.rollout = Rollout(clock=lambda: self.now[0], wall=lambda: 0.0)
+        self.index: dict[str, SimpleNamespace] = {model.name: model}
+        self.share = RolloutShare(directory, index, self)  # type: ignore[arg-type]
+
+    def entry(self, name: str) -> SimpleNamespace:
+        if name not in self.index:
+            raise ModelNotFound(name)
+        return self.index[name]
+
+    def weights(self) -> dict[int, int] | None:
+        return self.rollout.state(self.index["m"]).weights  # type: ignore[arg-type]
+
+    def fail_version_2(self) -> None:
+        """A window where version 2 fails half its requests: it is rolled back when it ends."""
+        model = self.index["m"]
+        self.rollout.route(model, pb.ModelInferRequest(id="start"))  # type: ignore[arg-type]
+        for _ in range(30):
+            model.versions[1].stats.record_success(300_000)
+            model.versions[2].stats.record_success(300_000)
+            model.versions[2].stats.record_failure(300_000, "BACKEND")
+        self.now[0] += 10
+        self.rollout.route(model, pb.ModelInferRequest(id="x"))  # type: ignore[arg-type]
+
+
+def test_an_event_file_round_trips_and_is_written_atomically(tmp_path: Path) -> None:
+    event = SharedRollback("../odd name/\u00e9", 2, "ab" * 32, 1, "error rate 50.0%", 12.5)
+    path = write_event(tmp_path, event)
+    assert path.parent == tmp_path and "/" not in path.name and path.name.endswith(".json")
+    assert read_event(path) == event
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+    assert write_event(tmp_path, event) == path  # the same rollback again: the same file
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[1, 2]",
+        json.dumps(
+            {"model": "m", "version": "2", "generation": "g", "worker": 0, "reason": "", "unix_time": 1}
+        ).encode(),
+        json.dumps(
+            {"model": "m", "version": True, "generation": "g", "worker": 0, "reason": "", "unix_time": 1}
+        ).encode(),
+        json.dumps({"model": "m", "version": 2, "generation": "g", "worker": 0, "reason": ""}).encode(),
+        b" " * (MAX_EVENT_BYTES + 1),
+    ],
+)
+def test_what_is_no_event_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError):
+        read_event(path)
+
+
+def test_the_generation_is_the_same_for_the_same_files_and_changes_with_them() -> None:
+    assert generation(entry("a")) == generation(entry("a"))  # type: ignore[arg-type]
+    assert generation(entry("a")) != generation(entry("b"))  # type: ignore[arg-type]
+    assert generation(entry("a")) != generation(entry("a", name="n"))  # type: ignore[arg-type]
+
+
+def test_a_workers_automatic_rollback_is_followed_by_the_other(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, entry()), Worker(1, tmp_path, entry())
+    assert second.share.check() == 0 and second.weights() == {1: 50, 2: 50}
+    first.fail_version_2()
+    assert first.weights() == {1: 50, 2: 0}
+    assert len(list(tmp_path.iterdir())) == 1  # told the others
+    assert first.share.check() == 0  # its own event
+
+    assert second.share.check() == 1
+    state = second.rollout.state(second.index["m"])  # type: ignore[arg-type]
+    assert state.weights == {1: 50, 2: 0} and state.rolled_back == {2} and state.source == "rollback"
+    assert state.events[0].trigger == "shared"
+    assert state.events[0].reason.startswith("rollback from worker 0: error rate 50.0%")
+    assert list(second.rollout.rollback_counts()) == [
+        ({"model": "m", "version": "2", "trigger": "shared"}, 1)
+    ]
+    assert list(first.rollout.rollback_counts()) == [({"model": "m", "version": "2", "trigger": "auto"}, 1)]
+    assert second.share.check() == 0  # once
+
+
+def test_a_rollback_from_before_a_reload_is_not_applied_after_it(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, entry("a")), Worker(1, tmp_path, entry("b"))  # second reloaded
+    first.fail_version_2()
+    assert second.share.check() == 0 and second.weights() == {1: 50, 2: 50}
+
+
+def test_a_rollback_after_a_reload_waits_for_the_other_worker_to_reload_too(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, entry("b")), Worker(1, tmp_path, entry("a"))  # first reloaded
+    first.fail_version_2()
+    assert second.share.check() == 0 and second.weights() == {1: 50, 2: 50}
+    second.index["m"] = entry("b")  # its reload: the same files as the first's
+    assert second.share.check() == 1 and second.weights() == {1: 50, 2: 0}
+
+
+def test_a_model_not_ready_or_unknown_here_waits_and_junk_files_are_passed_over(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, entry()), Worker(1, tmp_path, entry())
+    (tmp_path / "junk.json").write_text("{")
+    (tmp_path / ".half-written.json.tmp").write_text("{")
+    model = second.index.pop("m")
+    first.fail_version_2()
+    assert second.share.check() == 0  # unknown here
+    model.state = "LOADING"
+    second.index["m"] = model
+    assert second.share.check() == 0  # not ready
+    model.state = "READY"
+    assert second.share.check() == 1 and second.weights() == {1: 50, 2: 0}
+
+
+def test_a_directory_that_cannot_be_read_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = Worker(0, tmp_path / "gone", entry())
+    assert worker.share.check() == 0 and worker.share.check() == 0
+    assert len([r for r in caplog.records if "cannot read" in r.getMessage()]) == 1
+    worker.fail_version_2()  # the local rollback stands though it cannot be told
+    assert worker.weights() == {1: 50, 2: 0}
+    assert any("cannot tell the other workers" in r.getMessage() for r in caplog.records)
