@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from batcher.admission import Admission
-from batcher.errors import DeadlineExceeded
+from batcher.errors import DeadlineExceeded, NotAccepting
 from batcher.sequence_types import (
     ControlKind,
     SequenceError,
@@ -106,6 +106,7 @@ class SequenceBatcher:
         self._turns: dict[SequenceId, _Turn] = {}  # ids with requests running or waiting
         self._released: OrderedDict[SequenceId, str] = OrderedDict()
         self._state_bytes = 0
+        self._closed = False  # the model version stopped: no sequence opens any more
         self._state_outputs = frozenset(s.output_name for s in spec.states)
         # One shared mapping: a state is replaced after each run, never written in place.
         self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
@@ -228,7 +229,11 @@ class SequenceBatcher:
         return True
 
     def close(self) -> None:
-        """The model stops: release every sequence and its timer."""
+        """The model stops: release every sequence and its timer. A start after this is refused
+        NotAccepting (its caller may send it to the version serving now): one that ran here would
+        open a sequence nobody recorded as released, answered OK, its continuation told "never
+        started", and its idle timer kept this batcher alive."""
+        self._closed = True
         for seq in list(self._live.values()):
             self._release(seq, "the model version serving it was unloaded or replaced")
 
@@ -248,6 +253,11 @@ class SequenceBatcher:
     # -- state --------------------------------------------------------------------------------
 
     def _open(self, sid: SequenceId) -> _Sequence:
+        if self._closed:
+            raise NotAccepting(
+                f"sequence {sid}: the version of model '{self._model}' it was sent to was unloaded or "
+                "replaced before its sequence_start ran"
+            )
         limits = self._limits
         if len(self._live) >= limits.max_sequences:
             raise SequenceLimitReached(

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
-from batcher.sequence import REMEMBER_RELEASED
 from batcher.sequence_types import SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
@@ -30,6 +28,7 @@ from server.models.repository import (
 )
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
+from server.models.sequence_routing import SequenceRouting
 from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
     LOADING,
@@ -76,8 +75,8 @@ class ModelManager:
         # failed for want of a step model is loaded again once that model loads (as Triton does).
         self._ensemble_steps: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()  # one repository change at a time
-        # Per model: why the sequences of its retired versions ended, for the versions that follow.
-        self._ended_sequences: dict[str, OrderedDict[SequenceId, str]] = {}
+        # Where each sequence runs, and why retired versions' sequences ended (sequence_routing.py).
+        self.sequence_routing = SequenceRouting()
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
@@ -95,12 +94,14 @@ class ModelManager:
         if entry.state != READY:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
-            if routed is not None:
-                return entry.versions[self.rollout.route(entry, routed)]
+            if routed is not None:  # a sequence's continuation goes where it started
+                return entry.versions[self.sequence_routing.route(entry, routed, self.rollout.route)]
             return entry.versions[entry.order[0]]
         served = entry.versions.get(version_number(version))
         if served is None:
             raise ModelNotFound(triton_text.unknown_version(name, version, entry.order))
+        if routed is not None:
+            self.sequence_routing.note(entry, routed, served.version)
         return served
 
     def ensemble_steps(self, name: str) -> frozenset[str]:
@@ -325,15 +326,12 @@ class ModelManager:
         same = [n for n in entry.order if serving.get(n) is versions[n]]
         kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""
         log.info("model %s ready (versions %s%s)", source.name, ", ".join(map(str, entry.order)), kept_note)
-        if old is not None:
-            replaced = [v for n, v in old.versions.items() if versions.get(n) is not v]
-            await self._retire(replaced, handover=True)
-        # Sequences the replaced (or earlier unloaded) versions ended are told so, not "never started".
-        ended = self._ended_sequences.pop(source.name, None)
-        if ended:
-            for version in versions.values():
-                if version.sequences is not None:
-                    version.sequences.remember(ended)
+        replaced = [] if old is None else [v for n, v in old.versions.items() if versions.get(n) is not v]
+        self._begin_retire(replaced)  # _retire repeats it: idempotent
+        # Before the drain: continuations of the sequences the replaced (or earlier unloaded)
+        # versions ended reach the new ones meanwhile, and are told so, not "never started".
+        self.sequence_routing.hand_over(source.name, versions.values())
+        await self._retire(replaced, handover=True)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
@@ -368,22 +366,21 @@ class ModelManager:
         if self._response_cache is not None:
             self._response_cache.discard_model(name)
 
+    def _begin_retire(self, versions: Iterable[ModelVersion]) -> None:
+        """The synchronous start of retiring `versions` (before any await): requests still running
+        on them must not fill the cache; their sequences end (their state goes with them)."""
+        for version in versions:
+            version.response_cache = None
+            self.sampling.retire(version.sampler)
+            self.sequence_routing.retire(version)
+
     async def _retire(self, versions: Iterable[ModelVersion], handover: bool = False) -> None:
         """Stop `versions` (draining within shutdown_grace_s) and close their instances. `handover`
         (replaced by a reload): what is still queued after the grace goes to the new versions
         (RequestPath.finish resubmits a NotAccepting), where it failed UNAVAILABLE though they
         were ready (12 of 20 queued requests behind a slow model)."""
         versions = list(versions)
-        for version in versions:
-            # Before any await: requests still running on a retired version must not fill the cache.
-            version.response_cache = None
-            self.sampling.retire(version.sampler)
-            if version.sequences is not None:
-                version.sequences.close()  # its sequences' state goes with it
-                ended = self._ended_sequences.setdefault(version.name, OrderedDict())
-                ended.update(version.sequences.released())
-                while len(ended) > REMEMBER_RELEASED:
-                    ended.popitem(last=False)
+        self._begin_retire(versions)
         for version in versions:
             await version.batcher.stop(
                 drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover, finish_runs=True
