@@ -1,9 +1,10 @@
 """Protocol edge cases a fuzzer found, over one real server: a version number above int64 on every
 RPC that takes one, known parameters sent with no value, a BYTES length prefix running past the
-data and a zero-size shape past the dimension bound."""
+data, a zero-size shape past the dimension bound, and load overrides that no request could use."""
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.GRPCInfer
     write_model(repo, "mlp", demo / "mlp" / "1" / "model.onnx", (demo / "mlp" / "config.pbtxt").read_text())
     _identity(repo, "strings", STRINGS)
     _identity(repo, "variable", VARIABLE)
+    _identity(repo, "overridden", STRINGS)  # loaded only by the override test
     args = ["--model-repository", str(repo), "--model-control-mode", "explicit"]
     loads = ["--load-model", "mlp", "--load-model", "strings", "--load-model", "variable"]
     with ServerProcess(*args, *loads) as server, grpc.insecure_channel(server.address) as channel:
@@ -133,3 +135,41 @@ def test_a_zero_size_shape_past_the_bound_names_the_real_limit(
     assert details.startswith(f"input 'INPUT0': shape [{2**61}, 0]: its nonzero dimensions multiply past ")
     assert "elements" not in details.split("(")[0]
     assert list(call([100_000, 0]).outputs[0].shape) == [100_000, 0]
+
+
+def _load(
+    stub: pb_grpc.GRPCInferenceServiceStub, config: dict[str, object]
+) -> pb.RepositoryModelLoadResponse:
+    request = pb.RepositoryModelLoadRequest(model_name="overridden")
+    request.parameters["config"].string_param = json.dumps(config)
+    return stub.RepositoryModelLoad(request, timeout=60)
+
+
+def test_load_overrides_no_request_could_use_are_refused_naming_the_field(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    io = {
+        "backend": "identity",
+        "max_batch_size": 4,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_STRING", "dims": [3]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_STRING", "dims": [3]}],
+    }
+    tensor = {"data_type": "TYPE_FP32", "dims": [2**62, 2**62]}  # a pair the identity backend takes
+    huge = {**io, "input": [{"name": "INPUT0", **tensor}], "output": [{"name": "OUTPUT0", **tensor}]}
+    details = _refused(lambda: _load(stub, huge))
+    assert "input 'INPUT0': dims [4611686018427387904, 4611686018427387904]: its fixed dimensions" in details
+    assert "past 1099511627776 (2**40)" in details
+    delay = {**io, "dynamic_batching": {"max_queue_delay_microseconds": str(2**64 - 1)}}
+    details = _refused(lambda: _load(stub, delay))
+    assert (
+        f"dynamic_batching.max_queue_delay_microseconds {2**64 - 1} exceeds 3600000000 (one hour)" in details
+    )
+    # Priority levels allocate nothing per level: the most uint64 holds loads and serves.
+    levels = {**io, "dynamic_batching": {"priority_levels": str(2**64 - 1), "default_priority_level": "1"}}
+    _load(stub, levels)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="BYTES", shape=[1, 3])
+    request = pb.ModelInferRequest(
+        model_name="overridden", inputs=[tensor], raw_input_contents=[struct.pack("<I", 0) * 3]
+    )
+    request.parameters["priority"].uint64_param = 2**64 - 2
+    assert list(stub.ModelInfer(request, timeout=30).outputs[0].shape) == [1, 3]
