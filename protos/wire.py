@@ -55,15 +55,43 @@ def pack_bytes(array: npt.NDArray[np.generic]) -> bytes:
     return b"".join(parts)
 
 
+class ElementCutShort(ValueError):
+    """BYTES data whose element's length prefix runs past the end of the data."""
+
+
+def _cut_short(index: int, length: int, left: int) -> ElementCutShort:
+    return ElementCutShort(
+        f"BYTES element {index} is cut short: its length prefix says {length} bytes, "
+        f"the data has {left} after it"
+    )
+
+
+def _why_too_short(data: bytes, count: int) -> ValueError:
+    """Why `data` cannot hold `count` elements: the first element whose length runs past the end
+    (walking the prefixes only: at most len(data) / 4 steps), else too few bytes for the prefixes.
+    A huge first prefix had been reported as a count of elements, not as the element it is."""
+    offset = 0
+    for index in range(count):
+        if offset + LENGTH.size > len(data):
+            break
+        (length,) = LENGTH.unpack_from(data, offset)
+        offset += LENGTH.size
+        if offset + length > len(data):
+            return _cut_short(index, length, len(data) - offset)
+        offset += length
+    return ValueError(
+        f"{len(data)} bytes of BYTES data cannot hold {count} elements (each has a 4-byte length)"
+    )
+
+
 def unpack_bytes(data: bytes, count: int) -> npt.NDArray[np.generic]:
-    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed.
+    """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed
+    (ElementCutShort when an element's length runs past the end of the data).
 
     `count` comes from an untrusted shape: it is checked against the data (each element has a
     4-byte length) before anything is allocated for it."""
     if count * 4 > len(data):
-        raise ValueError(
-            f"{len(data)} bytes of BYTES data cannot hold {count} elements (each has a 4-byte length)"
-        )
+        raise _why_too_short(data, count)
     items = np.empty(count, dtype=object)
     view = memoryview(data)
     offset = 0
@@ -73,7 +101,7 @@ def unpack_bytes(data: bytes, count: int) -> npt.NDArray[np.generic]:
         (length,) = LENGTH.unpack_from(data, offset)
         offset += 4
         if offset + length > len(data):
-            raise ValueError(f"BYTES element {i} is cut short")
+            raise _cut_short(i, length, len(data) - offset)
         items[i] = bytes(view[offset : offset + length])
         offset += length
     if offset != len(data):

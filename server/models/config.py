@@ -21,6 +21,7 @@ from server.models.config_backend import (
     validate_metric_tags,
     validate_optimization,
 )
+from server.models.config_bounds import check_bounds
 from server.models.config_errors import ConfigError as ConfigError
 from server.models.config_fields import unhandled_fields
 from server.models.config_queue import (
@@ -145,6 +146,7 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
             if tensor.name in seen:
                 raise ConfigError(f"{source}: {kind} '{tensor.name}' is listed twice")
             seen.add(tensor.name)
+    check_bounds(config, source)  # values no request could be served with (config_bounds.py)
     validate_instance_groups(config, source)
     validate_metric_tags(config, source)
     _validate_version_policy(config, source)

@@ -47,6 +47,11 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "checked against the ONNX graph; missing ones completed from it unless the config lists both "
         "inputs and outputs (then, as Triton, nothing is completed: a graph input left out is a load error)",
     ),
+    "input.dims": (
+        "honoured",
+        "fixed dims multiplying past 2^40 elements, or more than 32 dims with the batch dimension, "
+        "are a load error (no request could send such a tensor)",
+    ),
     "input.format": ("honoured", "FORMAT_NCHW/NHWC need 3 dims (Triton's only check)"),
     "input.reshape": ("honoured", "the wire shape is `dims`; the model sees `reshape.shape`"),
     "input.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
@@ -61,6 +66,7 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "checked against the ONNX graph; missing ones completed from it unless the config lists both "
         "inputs and outputs (then only the listed ones are served, as Triton)",
     ),
+    "output.dims": ("honoured", "bounded as `input.dims`"),
     "output.reshape": ("honoured", "the model's shape is `reshape.shape`; clients see `dims`"),
     "output.label_filename": ("honoured", "labels of the classification extension"),
     "output.is_shape_tensor": ("refused", "TensorRT shape tensors; an ONNX model has none"),
@@ -91,6 +97,11 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "see the batching rules; a config that leaves batching to the graph gets it, as Triton's "
         "onnxruntime backend",
     ),
+    "dynamic_batching.max_queue_delay_microseconds": (
+        "honoured",
+        "at most 3600000000 (one hour), else a load error: longer, a request without batch mates waits "
+        "until its deadline",
+    ),
     "dynamic_batching.preserve_ordering": (
         "honoured",
         "answers in arrival order, as Triton: a stream's in request order, unary calls' per model "
@@ -98,7 +109,8 @@ FIELDS: dict[str, tuple[Status, str]] = {
     ),
     "dynamic_batching.priority_levels": (
         "honoured",
-        "with levels, `default_priority_level` must be set (a load error otherwise, as Triton)",
+        "with levels, `default_priority_level` must be set (a load error otherwise, as Triton); any "
+        "number up to 2^64-1 (nothing is allocated per level)",
     ),
     "dynamic_batching.priority_queue_policy": ("honoured", "per-level queue size and timeouts"),
     "sequence_batching": (
@@ -121,6 +133,14 @@ FIELDS: dict[str, tuple[Status, str]] = {
     ),
     # Three levels deep: enforced by server/models/sequence_config.py, listed here for the table.
     "sequence_batching.direct.minimum_slot_utilization": ("refused", "slot utilization is not modelled"),
+    "sequence_batching.direct.max_queue_delay_microseconds": (
+        "honoured",
+        "at most one hour, as `dynamic_batching`'s",
+    ),
+    "sequence_batching.oldest.max_queue_delay_microseconds": (
+        "honoured",
+        "at most one hour, as `dynamic_batching`'s",
+    ),
     "sequence_batching.oldest.max_candidate_sequences": ("no-op", "every live sequence is a candidate"),
     "sequence_batching.oldest.preserve_ordering": ("no-op", "a sequence's requests always run in order"),
     "sequence_batching.state.use_growable_memory": ("refused", "state buffers have fixed dims"),

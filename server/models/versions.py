@@ -92,4 +92,10 @@ def version_number(version: str) -> int:
             f"model_version '{version}' is not a version number "
             "(ASCII decimal digits, no sign, spaces or leading zeros)"
         )
-    return int(version)
+    number = int(version)
+    if number > MAX_VERSION:
+        # 19 digits can still pass int64: such a version was "not found" (ModelReady: not ready).
+        raise InvalidRequest(
+            f"model_version '{version}' is not a version number (at most {MAX_VERSION}: versions are int64)"
+        )
+    return number

@@ -21,11 +21,9 @@ from protos import wire
 from server import datatypes, triton_text
 from server.errors import InvalidRequest
 from server.protocol.shm_tensors import ShmTensors
+from server.tensor_bounds import MAX_DIMS as MAX_DIMS
+from server.tensor_bounds import MAX_ELEMENTS as MAX_ELEMENTS
 
-# Most elements one tensor's shape may describe: far beyond any message, well within numpy's sizes.
-MAX_ELEMENTS = 2**40
-# Most dimensions one tensor may have: numpy 1.x describes 32 (2.x: 64).
-MAX_DIMS = 32
 # Elements decoded one by one in Python, on the event loop, per request: BYTES elements (~1 us
 # each in, as much again out) and typed `contents` values (~0.14 us each). One request of 5,000,000
 # empty strings held the loop for seconds and other callers' deadlines passed; these bounds keep a
@@ -73,7 +71,7 @@ def decode_inputs(
         if prod(dim for dim in shape if dim) > MAX_ELEMENTS:
             # Even with a zero dimension: numpy cannot describe such an array (and says so as an
             # error that would otherwise surface as INTERNAL).
-            raise InvalidRequest(f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements")
+            raise InvalidRequest(_too_many_elements(name, shape))
         count = prod(shape)
         strings += count if dtype is datatypes.BYTES else 0
         if strings > MAX_BYTES_ELEMENTS:  # before any of them is decoded
@@ -110,6 +108,16 @@ def decode_inputs(
     return arrays
 
 
+def _too_many_elements(name: str, shape: tuple[int, ...]) -> str:
+    if 0 not in shape:
+        return f"input '{name}': shape {list(shape)} exceeds {MAX_ELEMENTS} elements"
+    # Zero elements: the bound is on the other dimensions, whose product numpy must still hold.
+    return (
+        f"input '{name}': shape {list(shape)}: its nonzero dimensions multiply past {MAX_ELEMENTS}, "
+        "the bound on any tensor's dimensions (even one with a 0 dimension and so no elements)"
+    )
+
+
 class _StringCountMismatch(InvalidRequest):
     """A BYTES input whose data holds another number of elements than its shape says."""
 
@@ -121,6 +129,8 @@ def _from_raw(
     if dtype is datatypes.BYTES:
         try:
             return wire.unpack_bytes(data, count).reshape(shape)
+        except wire.ElementCutShort as exc:  # the element, not a count: its length runs past the data
+            raise InvalidRequest(f"input '{name}': {exc}") from None
         except ValueError as exc:  # one walk when well formed; Triton's words for a wrong count
             wrong_count = triton_text.string_count(name, model, data, count)
             if wrong_count is not None:

@@ -1,8 +1,10 @@
 """Per-request controls carried in ModelInferRequest.parameters.
 
 `timeout` (microseconds, Triton's meaning), `priority` and the sequence parameters
-(server/protocol/sequence_params.py) are honoured; every other parameter is ignored (clients such
-as perf_analyzer send their own).
+(server/protocol/sequence_params.py) are honoured; the stream flags `latest_frame_wins` and
+`triton_enable_empty_final_response` are type-checked; every other parameter is ignored (clients
+such as perf_analyzer send their own). A known parameter with a value of another type, or with no
+value, is INVALID_ARGUMENT naming it.
 """
 
 from __future__ import annotations
@@ -48,21 +50,27 @@ def parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls:
         priority = _integer("priority", parameters["priority"])
         if priority < 0:
             raise InvalidRequest(f"parameter 'priority' must be >= 0, got {priority}")
-    if LATEST_FRAME_WINS in parameters:
-        latest_frame_wins(parameters)  # its type is checked on a unary call too (it applies on streams)
+    for name in (LATEST_FRAME_WINS, ENABLE_FINAL_RESPONSE):  # stream flags, checked on a unary call too
+        if name in parameters:
+            _bool(name, parameters[name])
     return Controls(timeout_s=timeout_s, priority=priority, sequence=parse_sequence(parameters))
 
 
 LATEST_FRAME_WINS = "latest_frame_wins"
+# tritonclient's enable_empty_final_response (read by server/protocol/stream.py); Triton refuses a
+# value that is not a bool ("expected bool_param"): a wrong type had been read as false.
+ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"
+
+
+def _bool(name: str, param: pb.InferParameter) -> bool:
+    kind = param.WhichOneof("parameter_choice")
+    if kind != "bool_param":
+        raise InvalidRequest(f"parameter '{name}' must be a bool, got {kind or 'nothing'}")
+    return bool(param.bool_param)
 
 
 def latest_frame_wins(parameters: Mapping[str, pb.InferParameter]) -> bool | None:
     """The request's own latest-frame-wins choice (server/protocol/latest_frame.py); None: absent,
     the model's setting applies."""
     param = parameters.get(LATEST_FRAME_WINS)
-    if param is None:
-        return None
-    kind = param.WhichOneof("parameter_choice")
-    if kind != "bool_param":
-        raise InvalidRequest(f"parameter '{LATEST_FRAME_WINS}' must be a bool, got {kind or 'nothing'}")
-    return bool(param.bool_param)
+    return None if param is None else _bool(LATEST_FRAME_WINS, param)

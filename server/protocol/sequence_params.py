@@ -53,10 +53,8 @@ def _flag(parameters: Mapping[str, pb.InferParameter], name: str) -> bool:
     if param is None:
         return False
     kind = param.WhichOneof("parameter_choice")
-    if kind is None:
-        return False
-    if kind != "bool_param":
-        raise InvalidRequest(f"parameter '{name}' must be a bool, got {kind}")
+    if kind != "bool_param":  # no value too: Triton's "expected bool_param", as for every other parameter
+        raise InvalidRequest(f"parameter '{name}' must be a bool, got {kind or 'nothing'}")
     return bool(param.bool_param)
 
 

@@ -63,14 +63,13 @@ def test_a_sequence_id_with_no_value_says_so() -> None:
     )
 
 
-def test_a_sequence_flag_with_no_value_is_off() -> None:
-    parameters = {
-        "sequence_id": pb.InferParameter(uint64_param=5),
-        "sequence_start": pb.InferParameter(),
-        "sequence_end": pb.InferParameter(bool_param=True),
-    }
-    found = parse_sequence(parameters)
-    assert found is not None and (found.start, found.end) == (False, True)
+@pytest.mark.parametrize("flag", ["sequence_start", "sequence_end"])
+def test_a_sequence_flag_with_no_value_says_so(flag: str) -> None:
+    # It had been read as false, while every other parameter with no value was refused.
+    parameters = {"sequence_id": pb.InferParameter(uint64_param=5), flag: pb.InferParameter()}
+    with pytest.raises(InvalidRequest) as refused:
+        parse_sequence(parameters)
+    assert str(refused.value) == f"parameter '{flag}' must be a bool, got nothing"
 
 
 @pytest.mark.parametrize(
