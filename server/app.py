@@ -68,6 +68,9 @@ def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
     options = [
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        # grpc core (1.85) waits this long for a keepalive ping's ack, not keepalive_timeout_ms:
+        # without it a dead peer's connection and streams stayed open 60 s (its default).
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
         # Clients that send more bad pings than this get GOAWAY "too_many_pings".
