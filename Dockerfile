@@ -39,7 +39,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/sluiceway
 EXPOSE 8001 8002
-# grpc.health.v1 "" on SLUICEWAY_PORT: SERVING once every model is loaded, NOT_SERVING while draining.
+# grpc.health.v1 "" on 127.0.0.1:$SLUICEWAY_PORT: SERVING once the repository's load has finished
+# (even when a model failed to load: that model's own service name is NOT_SERVING), NOT_SERVING
+# while draining. The probe reads SLUICEWAY_PORT only: set the port with it (-e SLUICEWAY_PORT=9001),
+# not with `--port` after the image, or the probe asks 8001 and reports a healthy server unhealthy.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-m", "clients.health_probe", "--timeout-s", "3"]
 # Exec form: the server is PID 1 and gets SIGTERM itself (it drains within shutdown_grace_s).

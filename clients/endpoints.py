@@ -331,6 +331,9 @@ class ChannelOptions:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            # grpc core waits this long for a keepalive ping's ack (keepalive_timeout_ms alone
+            # did nothing: a dead server's stream hung 60 s, this argument's default).
+            ("grpc.http2.ping_timeout_ms", self.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
             ("grpc.initial_reconnect_backoff_ms", min(1_000, self.max_reconnect_backoff_ms)),
             ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),

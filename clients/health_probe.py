@@ -4,7 +4,8 @@
         [--tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem] [--tls-server-name NAME]]
 
 The Dockerfiles' HEALTHCHECK runs it (Kubernetes uses its own native gRPC probe instead). The
-default port is SLUICEWAY_PORT, as the server reads it, else 8001. Plaintext unless `--tls-ca`
+default port is SLUICEWAY_PORT, as the server reads it, else 8001: a port given to the server as
+`--port` is not seen here, so in the images the port is set with SLUICEWAY_PORT. Plaintext unless `--tls-ca`
 (or HEALTH_PROBE_TLS_CA) names the CA that signed the server's certificate; with mutual TLS also
 a client certificate and key (HEALTH_PROBE_TLS_CERT, HEALTH_PROBE_TLS_KEY). A server with TLS on
 refuses plaintext, so without these the probe of a healthy TLS server failed. Health checks need

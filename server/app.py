@@ -18,6 +18,7 @@ from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
 from server.admin.service import SERVICE_NAME as ADMIN_SERVICE
 from server.admin.service import AdminServicer
+from server.announce import announce
 from server.backends.cuda_shm import cuda_shared_memory
 from server.models import lazy, rollout
 from server.models.control import RepositoryControl
@@ -69,6 +70,9 @@ def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
     options = [
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        # grpc core (1.85) waits this long for a keepalive ping's ack, not keepalive_timeout_ms:
+        # without it a dead peer's connection and streams stayed open 60 s (its default).
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.min_client_ping_s * 1000)),
         # Clients that send more bad pings than this get GOAWAY "too_many_pings".
@@ -340,9 +344,10 @@ async def serve(settings: ServerSettings) -> None:
         return
     names = _model_summary(server)
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
+    json_lines = settings.log_format == "json"  # then these two are JSON objects too
     if server.metrics_port:  # before the ready line: whoever waits for that has this one too
-        print(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", flush=True)
-    print(f"sluiceway ready on {settings.host}:{port} (models: {names})", flush=True)
+        announce(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", json_lines)
+    announce(f"sluiceway ready on {settings.host}:{port} (models: {names})", json_lines)
     unsent = quiet_unsent_answers()
     try:
         await stop_requested.wait()

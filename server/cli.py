@@ -161,9 +161,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"])
-            fail(f"sluiceway: invalid setting '{field}': {error['msg']}")
+        for line in setting_errors(exc):
+            fail(line)
         return 2
     except SettingsError as exc:  # a SLUICEWAY_* variable pydantic-settings cannot read
         fail(f"sluiceway: invalid setting: {exc}")
@@ -221,6 +220,17 @@ def _main(argv: Sequence[str] | None) -> int:
         fail(f"sluiceway: {exc}")
         return 1
     exit_now()
+
+
+def setting_errors(exc: ValidationError) -> list[str]:
+    """One line an error, naming its setting; a rule over several settings (no location of its
+    own, its message names them) had printed `invalid setting '':`."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        about = f"setting '{field}'" if field else "settings"
+        lines.append(f"sluiceway: invalid {about}: {error['msg']}")
+    return lines
 
 
 def fatal_line(message: str, json_lines: bool) -> str:

@@ -9,14 +9,18 @@ handler with its drain once its event loop runs. Standard library only: it must 
 
 from __future__ import annotations
 
-import logging
+# Before the handler can fire: pydantic_core's start-up imports datetime's C API, and pyo3 turns
+# a Terminated raised in that import into a panic (a Rust backtrace, exit 1). Imported, it is not
+# imported again there. ~1 ms.
+import datetime  # noqa: F401
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from types import FrameType
+from typing import TYPE_CHECKING
 
-from server.observability.logs import JsonFormatter
+if TYPE_CHECKING:  # imported before the handler is in place: only what costs nothing at run time
+    from collections.abc import Mapping, Sequence
+    from types import FrameType
 
 LINE = "SIGTERM during start-up: exiting before serving (nothing to drain)"
 
@@ -26,18 +30,28 @@ class Terminated(BaseException):
     on the way up (an import's fallback, a model load's) must not swallow it."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+class StartUpSigterm:
+    """The start-up handler: raises Terminated, and remembers it did, so an exception an import
+    made of it (an extension's init that wraps what it caught) is still known for a SIGTERM."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        raise Terminated
 
 
-def raise_on_sigterm() -> None:
+def raise_on_sigterm() -> StartUpSigterm:
     """From now until `serve` installs its own handler, SIGTERM raises Terminated."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    handler = StartUpSigterm()
+    signal.signal(signal.SIGTERM, handler)
+    return handler
 
 
 def default_sigterm() -> None:
     """Commands other than `serve` (optimize, top, ...) keep SIGTERM's default action."""
-    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+    if isinstance(signal.getsignal(signal.SIGTERM), StartUpSigterm):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -57,6 +71,10 @@ def terminated_line(json_lines: bool) -> str:
     """The one line a start-up SIGTERM writes, as the logs write an INFO line."""
     if not json_lines:
         return f"sluiceway: {LINE}"
+    import logging  # here: ~10 ms of imports that the handler must not wait for
+
+    from server.observability.logs import JsonFormatter
+
     record = logging.makeLogRecord({"name": "sluiceway", "levelname": "INFO", "levelno": logging.INFO})
     record.msg = LINE
     return JsonFormatter().format(record)

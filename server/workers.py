@@ -22,6 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from server.announce import announce, message_of
 from server.settings import ServerSettings
 
 _READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
@@ -118,7 +119,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     def pump(child: subprocess.Popen[str]) -> None:
         assert child.stdout is not None
         for line in child.stdout:
-            match = _READY.search(line)
+            match = _READY.search(message_of(line))  # plain, or a JSON object under JSON logs
             if match:
                 models.append(match.group(2))
                 ready.release()
@@ -138,7 +139,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
             if not announced and len(models) == len(children):  # every worker said ready
                 announced = True
                 workers = f"{port} (models: {models[0]}; {settings.workers} workers)"
-                print(f"sluiceway ready on {settings.host}:{workers}", flush=True)
+                announce(f"sluiceway ready on {settings.host}:{workers}", settings.log_format == "json")
         code = 0
     except WorkerFailed as exc:
         from server.cli import fatal_line  # not at the top: the CLI imports this module

@@ -13,8 +13,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from server.start_signals import terminated_line, wants_json
 from tests.support.server_process import CACHE_DIR, REPO_ROOT, wait_until
@@ -35,8 +41,23 @@ def _importing_pydantic(process: subprocess.Popen[str]) -> bool:
         return True
 
 
-def _sigterm_while_starting(*flags: str) -> tuple[int, str]:
-    command = [sys.executable, "-m", "server", "serve", "--port", "0", "--metrics-port", "0",
+# The two ways the server starts: `python -m server` and the `sluiceway` console script (the
+# images' ENTRYPOINT), which is what pip writes for pyproject's entry point: import the function,
+# call it. The script had called `server.cli:main`, which installed no start-up handler: exit -15.
+def _console_script() -> list[str]:
+    module, _, function = _pyproject()["project"]["scripts"]["sluiceway"].partition(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+LAUNCHES = {"python -m server": lambda: [sys.executable, "-m", "server"], "sluiceway": _console_script}
+
+
+def _sigterm_while_starting(*flags: str, launch: str = "python -m server") -> tuple[int, str]:
+    command = [*LAUNCHES[launch](), "serve", "--port", "0", "--metrics-port", "0",
                "--cache-dir", str(CACHE_DIR), *flags]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -56,8 +77,9 @@ def _how_it_ended(out: str) -> list[str]:
     return [line for line in out.splitlines() if START_UP in line or AFTER_READY in line]
 
 
-def test_a_sigterm_during_start_up_exits_0_with_one_line() -> None:
-    code, out = _sigterm_while_starting()
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_a_sigterm_during_start_up_exits_0_with_one_line(launch: str) -> None:
+    code, out = _sigterm_while_starting(launch=launch)
     assert code == 0, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     ended = _how_it_ended(out)

@@ -63,7 +63,7 @@ def test_runtime_stage_runs_the_server_as_configured(name: str) -> None:
     assert str(settings.model_repository) == "/models"
     assert runtime.exec_form("ENTRYPOINT") == ["sluiceway", "serve"]
     scripts = pyproject()["project"]["scripts"]
-    assert scripts["sluiceway"] == "server.cli:main"
+    assert scripts["sluiceway"] == "server.__main__:main"  # installs the start-up SIGTERM handler
     health = runtime.last("HEALTHCHECK")
     assert health is not None and '"-m", "clients.health_probe"' in health
     assert default_address(env) == f"127.0.0.1:{settings.port}"

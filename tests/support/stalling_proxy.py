@@ -1,0 +1,58 @@
+"""A TCP proxy on 127.0.0.1 that can stall: both directions stop forwarding while both sockets
+stay open, as a peer behind a dead NAT entry or a hung host looks to the other side. Runs in the
+test's event loop; `server_closed` is set when the upstream side (the server) ends a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class StallingProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.server_closed = asyncio.Event()  # the server ended a proxied connection
+        self._flowing = asyncio.Event()  # cleared for good by stall()
+        self._flowing.set()
+        self._listener: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> StallingProxy:
+        self._listener = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._listener is not None
+        self._listener.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stall(self) -> None:
+        """From now on nothing is forwarded either way; the sockets stay open."""
+        self._flowing.clear()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_writer, server_writer]
+        for task in (
+            asyncio.create_task(self._pump(client_reader, server_writer, upstream_eof=False)),
+            asyncio.create_task(self._pump(server_reader, client_writer, upstream_eof=True)),
+        ):
+            self._tasks.add(task)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream_eof: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if self._flowing.is_set():  # stalled: the bytes go nowhere, the sockets stay open
+                    writer.write(data)
+                    await writer.drain()
+        if upstream_eof:
+            self.server_closed.set()
