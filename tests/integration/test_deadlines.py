@@ -4,11 +4,12 @@ REJECT), and the server tells a deadline apart from a client's cancellation.
 
 How a request is kept waiting without timing it: every model here holds a lone 1-row request in its
 queue by the batching rules (it waits for a preferred batch of 4, or for a 60 s delay, with idle
-dispatch off), so only a deadline, or its client cancelling, ends it before then. The batcher would
-run such a request just before its deadline when its estimator predicts that a batch takes time to
-run (the slack rule, README "Batching and deadlines"); a model that has never run predicts nothing,
-so its request stays queued until its deadline passes. So each test has models of its own, which
-nothing computes before the request under test is answered (each test checks that first).
+dispatch off), so only a queue-policy timeout, or its client cancelling, ends it before then. A
+deadline of its own is different: the batcher runs the request in time for it (the slack rule,
+README "Batching and deadlines"). So a request that must wait out its deadline waits behind a
+4-row request (a preferred batch: it runs at once) on the model's one instance, whose runs take
+1.5 s (fault injection). Each test has models of its own that have not run yet (each test checks
+that first): a model that has run would predict its 1.5 s runs and refuse the request at once.
 
 The deadlines that must not end a request are 40 s or more away and the bound on every answer is
 20 s, so a request ended by the wrong deadline fails the bound; no test sleeps.
@@ -45,14 +46,20 @@ dynamic_batching {{
   default_queue_policy {{ max_queue_size: 1 {queue_policy} }}
 }}
 parameters {{ key: "idle_dispatch" value: {{ string_value: "false" }} }}
+{faults}
+"""
+SLOW = """
+instance_group [ { count: 1 kind: KIND_CPU } ]
+parameters { key: "fault_hang_every" value: { string_value: "1" } }
+parameters { key: "fault_hang_s" value: { string_value: "1.5" } }
 """
 MODELS = {
-    "timeout_wins": "",
-    "grpc_wins": "",
-    "default_wins": "default_timeout_microseconds: 1000000 allow_timeout_override: true",
-    "no_override": "default_timeout_microseconds: 2000000",  # allow_timeout_override: false (Triton's)
-    "cancelled": "",
-    "expired": "",
+    "timeout_wins": ("", SLOW),
+    "grpc_wins": ("", SLOW),
+    "default_wins": ("default_timeout_microseconds: 1000000 allow_timeout_override: true", ""),
+    "no_override": ("default_timeout_microseconds: 2000000", ""),  # allow_timeout_override: false (Triton's)
+    "cancelled": ("", ""),
+    "expired": ("", SLOW),
 }
 
 
@@ -60,9 +67,9 @@ MODELS = {
 def deadline_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("deadlines")
     mlp = demo_repo / "mlp" / "1" / "model.onnx"
-    for name, queue_policy in MODELS.items():
-        write_model(repo, name, mlp, HELD.format(queue_policy=queue_policy))
-    with ServerProcess("--model-repository", str(repo)) as server:
+    for name, (queue_policy, faults) in MODELS.items():
+        write_model(repo, name, mlp, HELD.format(queue_policy=queue_policy, faults=faults))
+    with ServerProcess("--model-repository", str(repo), "--allow-fault-injection") as server:
         yield server
 
 
@@ -97,6 +104,15 @@ def never_ran(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelSta
     return before
 
 
+def occupied(stub: pb_grpc.GRPCInferenceServiceStub, server: ServerProcess, model: str) -> grpc.Future:
+    """A 4-row request, running on `model`'s one instance for 1.5 s (longer than any deadline waited
+    out behind it): what is sent next waits in the queue."""
+    call = stub.ModelInfer.future(request(model, rows=4), timeout=BOUND_S)
+    wait_until(lambda: call.done() or in_flight(server, model) >= 1, f"a run of '{model}' to start")
+    assert not call.done(), f"the run of '{model}' ended at once: {call.exception()!r}"
+    return call
+
+
 def failure_of(
     stub: pb_grpc.GRPCInferenceServiceStub, req: pb.ModelInferRequest, grpc_timeout_s: float
 ) -> tuple[grpc.RpcError, float]:
@@ -115,10 +131,12 @@ def failure_of(
 
 
 def test_a_short_timeout_ends_a_request_long_before_its_grpc_deadline(
-    stub: pb_grpc.GRPCInferenceServiceStub,
+    stub: pb_grpc.GRPCInferenceServiceStub, deadline_server: ServerProcess
 ) -> None:
     never_ran(stub, "timeout_wins")
+    running = occupied(stub, deadline_server, "timeout_wins")
     err, elapsed = failure_of(stub, request("timeout_wins", timeout_us=500_000), FAR_S)
+    running.result(timeout=BOUND_S)
     # The server's answer (its words), not the client's: the gRPC deadline is 120 s away.
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
     assert err.details() == IN_QUEUE
@@ -126,14 +144,16 @@ def test_a_short_timeout_ends_a_request_long_before_its_grpc_deadline(
 
 
 def test_a_short_grpc_deadline_ends_a_request_whose_timeout_is_long(
-    stub: pb_grpc.GRPCInferenceServiceStub,
+    stub: pb_grpc.GRPCInferenceServiceStub, deadline_server: ServerProcess
 ) -> None:
     never_ran(stub, "grpc_wins")
-    err, elapsed = failure_of(stub, request("grpc_wins", timeout_us=FAR_TIMEOUT_US), 2.0)
+    running = occupied(stub, deadline_server, "grpc_wins")
+    err, elapsed = failure_of(stub, request("grpc_wins", timeout_us=FAR_TIMEOUT_US), 1.0)
+    running.result(timeout=BOUND_S)
     # The server expires it in its queue at the gRPC deadline, when the client gives up too: either
     # may answer first. Not before the deadline, and not at the 40 s `timeout`.
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
-    assert elapsed >= 2.0 * 0.9
+    assert elapsed >= 1.0 * 0.9
 
 
 def test_a_model_default_timeout_shorter_than_both_ends_the_request(
@@ -160,7 +180,7 @@ def test_without_allow_timeout_override_a_requests_timeout_is_ignored(
 
 
 def test_a_cancelled_request_and_an_expired_one_are_told_apart_and_neither_is_computed(
-    stub: pb_grpc.GRPCInferenceServiceStub,
+    stub: pb_grpc.GRPCInferenceServiceStub, deadline_server: ServerProcess
 ) -> None:
     def queue_is_full(model: str) -> bool:
         # A probe with a 1 us timeout: refused "queue is full" while a request is queued; else it
@@ -185,17 +205,22 @@ def test_a_cancelled_request_and_an_expired_one_are_told_apart_and_neither_is_co
         cancelled.result()
     after_cancel = stats(stub, "cancelled")
 
-    # Expired in the queue: the server answers it, and says where it was.
+    # Expired in the queue (behind a run): the server answers it, and says where it was.
     expired_before = never_ran(stub, "expired")
+    running = occupied(stub, deadline_server, "expired")
     err, _ = failure_of(stub, request("expired", timeout_us=300_000), FAR_S)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
     assert "queue" in (err.details() or ""), err.details()
+    running.result(timeout=BOUND_S)
     after_expiry = stats(stub, "expired")
 
-    for before, after in ((cancelled_before, after_cancel), (expired_before, after_expiry)):
-        assert after.execution_count == before.execution_count  # never computed
-        assert after.inference_count == before.inference_count
-        assert after.inference_stats.success.count == before.inference_stats.success.count
+    assert after_cancel.execution_count == cancelled_before.execution_count  # never computed
+    assert after_cancel.inference_count == cancelled_before.inference_count
+    assert after_cancel.inference_stats.success.count == cancelled_before.inference_stats.success.count
+    # Of the expired model, only the 4-row run it waited behind was computed.
+    assert after_expiry.execution_count == expired_before.execution_count + 1
+    assert after_expiry.inference_count == expired_before.inference_count + 4
+    assert after_expiry.inference_stats.success.count == expired_before.inference_stats.success.count + 1
     # The server answered the expired request (a failure); the cancelled one it never answered.
     assert after_expiry.inference_stats.fail.count == expired_before.inference_stats.fail.count + 1
 
