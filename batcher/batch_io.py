@@ -21,6 +21,11 @@ def late(hard: float | None, now: float) -> bool:
     return hard is not None and now > hard
 
 
+def left_ns(hard: float | None, now: float) -> int:
+    """The time a hard deadline leaves now, in ns (0: none left, or no deadline)."""
+    return 0 if hard is None else max(0, int((hard - now) * 1e9))
+
+
 def cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
     """Run on an executor thread; its outputs and the CPU seconds this thread spent (not wall time:
     that includes waiting for the GIL held by the event loop, which is what inline runs avoid)."""

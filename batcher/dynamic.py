@@ -29,6 +29,7 @@ from batcher.batch_io import (
     computed_late,
     handed_over,
     late,
+    left_ns,
     note_taken,
     settle_batch,
     stopped,
@@ -200,7 +201,7 @@ class DynamicBatcher:
             p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.finish, trace)
         except BatcherError as exc:
             if a.counted:
-                self._stats.record_refusal(exc, self._queue.full(a.priority))
+                self._stats.record_refusal(exc, self._queue.full(a.priority), left_ns(a.hard, self._clock()))
             raise
         if claim is not None:
             claim.bind(functools.partial(self._withdraw, p))
@@ -248,7 +249,7 @@ class DynamicBatcher:
             self._queue.check(a, self._forecast.now)
         except BatcherError as exc:
             if a.counted:
-                self._stats.record_refusal(exc, False)
+                self._stats.record_refusal(exc, False, left_ns(a.hard, self._clock()))
             raise
         reason = self._alone.get(a.rows) or self._alone.setdefault(a.rows, alone_reason(a.rows, self._policy))
         self._stats.record_dispatch(reason)

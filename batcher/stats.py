@@ -104,6 +104,9 @@ class ModelStats:
     batch_hist: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))  # rows per run
     slack_hist: Histogram = field(default_factory=_latency)  # per request with a deadline, at dispatch
     shed: int = 0  # refused at admission: its deadline could not be met (DeadlineExceeded, Overloaded)
+    # Refused at admission for its deadline alone (DeadlineExceeded: past, or shorter than the run):
+    # the time it had left. The rollout tells a client's impossible deadline from a slow version by it.
+    deadline_left_hist: Histogram = field(default_factory=_latency)
     expired: int = 0  # its deadline passed while it waited in the queue: never computed
     late: int = 0  # computed, but the run ended after its deadline (answered DEADLINE_EXCEEDED)
     dropped: int = 0  # latest-frame-wins: superseded by a newer frame of its stream, never computed
@@ -132,15 +135,17 @@ class ModelStats:
         self.rejections[reason] += 1
         self.shed += shed
 
-    def record_refusal(self, exc: Exception, queue_full: bool) -> None:
+    def record_refusal(self, exc: Exception, queue_full: bool, left_ns: int = 0) -> None:
         """The batcher refused a request at admission with `exc`; `queue_full`: its queue then
-        held max_queue_size requests (else a QueueFull is for the queued-bytes budgets)."""
+        held max_queue_size requests (else a QueueFull is for the queued-bytes budgets);
+        `left_ns`: the time its deadline left it then (none left: 0)."""
         if isinstance(exc, Overloaded):
             self.record_rejection("overloaded", shed=True)
         elif isinstance(exc, QueueFull):
             self.record_rejection("queue_full" if queue_full else "queued_bytes")
         elif isinstance(exc, DeadlineExceeded):
             self.record_rejection("deadline", shed=True)
+            self.deadline_left_hist.observe(max(0, left_ns))
 
     def record_queue(self, ns: int, slack_ns: int | None = None) -> None:
         """One request waited `ns` in the queue and was answered: `observe_queue` and `count_queue`."""

@@ -69,6 +69,9 @@ class AdminServicer(apb_grpc.AdminServicer):
         entry = self._entry(request.model)
         if not request.weights:
             raise InvalidRequest("weights is empty: give VERSION:WEIGHT for at least one version")
+        bad = sorted(v for v in request.weights if v <= 0)
+        if bad:  # as Promote's: not a version any model could serve (NOT_FOUND said it was unknown)
+            raise InvalidRequest(f"weights: version must be a positive version number, got {bad[0]}")
         heavy = {v: w for v, w in request.weights.items() if w > MAX_WEIGHT}
         if heavy:
             raise InvalidRequest(f"weights: {heavy} above the largest weight, {MAX_WEIGHT}")
@@ -113,7 +116,8 @@ def status_message(state: ModelRollout, rollbacks: int) -> apb.RolloutStatusResp
     weights = state.weights if state.weights is not None else {entry.order[0]: 100}
     total = sum(weights.values()) or 1
     stable, candidates = state.stable(), set(state.candidates())
-    shadow_version = state.shadow.policy.version if state.shadow is not None else None
+    shadow = state.shadow
+    shadow_version = shadow.policy.version if shadow is not None and not state.shadow_promoted else None
     out = apb.RolloutStatusResponse(
         model=entry.name,
         source=state.source if state.weights is not None else "",

@@ -29,6 +29,7 @@ from server.models.repository import (
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout, RoutedRequest
 from server.models.sequence_routing import SequenceRouting
+from server.models.traffic import parse_policy
 from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
     LOADING,
@@ -284,6 +285,10 @@ class ModelManager:
         versions: dict[int, ModelVersion] = {}
         try:
             try:
+                # The traffic policy against the versions this load serves, before any loads: a poll
+                # reload that only dropped a version loaded none, so a policy naming it was never
+                # checked, and every routed request failed INTERNAL.
+                parse_policy(source.config, source.where, source.versions)
                 for number, path in sorted(source.versions.items(), reverse=True):
                     if is_ensemble(source.config):
                         versions[number] = self._load_ensemble(source, number)

@@ -18,15 +18,19 @@ from server.models.traffic import RollbackThresholds
 @dataclass(frozen=True, slots=True)
 class Figures:
     """A version's answered requests: successes, errors it caused, requests that missed their
-    deadline (shed for it, expired in the queue, or computed too late), and the successes' latency
-    as counts per bucket of LATENCY_BOUNDS_NS (the last bucket: above every bound). `source`: what
-    they were read from, a version's requests or its shadow copies (server/models/rollout.py)."""
+    deadline for its own queue or run (shed for the work queued ahead, expired in its queue, or
+    computed too late), and the successes' latency as counts per bucket of LATENCY_BOUNDS_NS (the
+    last bucket: above every bound). `source`: what they were read from, a version's requests or
+    its shadow copies (server/models/rollout.py). `refused`: requests refused at admission for
+    their deadline alone (past, or shorter than the run), counted per bucket of the time they had
+    left; whose they are depends on the stable version (`charged`)."""
 
     ok: int = 0
     errors: int = 0
     latency: tuple[int, ...] = ()
     missed: int = 0
     source: str = "requests"
+    refused: tuple[int, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -37,14 +41,29 @@ class Figures:
         return self.errors / self.requests if self.requests else 0.0
 
     def minus(self, earlier: Figures) -> Figures:
-        before = earlier.latency or (0,) * len(self.latency)
         return Figures(
             self.ok - earlier.ok,
             self.errors - earlier.errors,
-            tuple(now - then for now, then in zip(self.latency, before, strict=True)),
+            _minus(self.latency, earlier.latency),
             self.missed - earlier.missed,
             self.source,
+            _minus(self.refused, earlier.refused),
         )
+
+    def charged(self, stable_p99_s: float | None) -> Figures:
+        """These figures with the deadline refusals that had more time left than the stable
+        version's p99 counted as missed: the stable version answered 99% of its requests sooner,
+        so this version was too slow for them. The others (a deadline already past, or shorter
+        than the stable version's own run) no version could meet: the caller's, not held against
+        this version (a client sending 1 us timeouts rolled a healthy canary back)."""
+        if stable_p99_s is None or math.isinf(stable_p99_s) or not self.refused:
+            return self
+        bound_ns = stable_p99_s * 1e9
+        # Bucket i holds times left in (bounds[i - 1], bounds[i]]: count it when all are above.
+        extra = sum(n for i, n in enumerate(self.refused) if i > 0 and LATENCY_BOUNDS_NS[i - 1] >= bound_ns)
+        if not extra:
+            return self
+        return Figures(self.ok, self.errors, self.latency, self.missed + extra, self.source, self.refused)
 
     def quantile_s(self, q: float) -> float | None:
         """The upper bound (seconds) of the bucket holding the q-quantile of the latency of the
@@ -54,6 +73,11 @@ class Figures:
         counts = list(self.latency or (0,) * (len(LATENCY_BOUNDS_NS) + 1))
         counts[-1] += self.missed
         return quantile_s(counts, q)
+
+
+def _minus(now: tuple[int, ...], then: tuple[int, ...]) -> tuple[int, ...]:
+    before = then or (0,) * len(now)
+    return tuple(a - b for a, b in zip(now, before, strict=True))
 
 
 def quantile_s(counts: Sequence[int], q: float, bounds: Sequence[int] = LATENCY_BOUNDS_NS) -> float | None:
@@ -72,6 +96,8 @@ def quantile_s(counts: Sequence[int], q: float, bounds: Sequence[int] = LATENCY_
 def decide(stable: Figures, candidate: Figures, t: RollbackThresholds) -> str | None:
     """Why the candidate must be rolled back after this window, or None: not (or not enough
     requests on either side to say)."""
+    theirs = stable.quantile_s(0.99)
+    candidate = candidate.charged(theirs)
     if stable.requests < t.min_requests or candidate.requests < t.min_requests:
         return None
     if candidate.error_rate > stable.error_rate + t.error_margin:
@@ -79,11 +105,17 @@ def decide(stable: Figures, candidate: Figures, t: RollbackThresholds) -> str | 
             f"error rate {candidate.error_rate:.1%} over {candidate.requests} requests vs the stable "
             f"version's {stable.error_rate:.1%} (rollback_error_margin {t.error_margin:g})"
         )
-    ours, theirs = candidate.quantile_s(0.99), stable.quantile_s(0.99)
-    if ours is not None and theirs is not None and ours > theirs * (1 + t.latency_margin):
+    ours = candidate.quantile_s(0.99)
+    if (
+        ours is not None
+        and theirs is not None
+        and ours > theirs * (1 + t.latency_margin)
+        and ours - theirs > t.latency_floor_s
+    ):
         return (
             f"p99 latency <= {_ms(ours)} vs the stable version's <= {_ms(theirs)} "
-            f"(rollback_latency_margin {t.latency_margin:g})"
+            f"(rollback_latency_margin {t.latency_margin:g}, "
+            f"rollback_latency_floor_ms {t.latency_floor_s * 1000:g})"
         )
     return None
 

@@ -87,6 +87,7 @@ class ModelRollout:
     events: deque[RollbackEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     last_window: WindowReport | None = None
     held: bool = False  # the model was evicted: carry this state onto its next load (Rollout.hold)
+    shadow_promoted: bool = False  # the shadow version was promoted: no longer shown as the shadow
     # The versions served when built (the entry's own are cleared when it is unloaded).
     entry_versions: frozenset[int] = frozenset()
 
@@ -195,6 +196,7 @@ class Rollout:
             return
         new.set_weights(None if old.weights is None else dict(old.weights))
         new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
+        new.shadow_promoted = old.shadow_promoted
         if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
             Rollout._stop_shadow(new)
         if old.source != "config":
@@ -271,6 +273,7 @@ class Rollout:
         state = self.set_weights(entry, {version: 100})
         if state.shadow is not None and state.shadow.policy.version == version:
             self._stop_shadow(state)
+            state.shadow_promoted = True
         return state
 
     def roll_back(self, entry: ModelEntry, version: int | None, reason: str) -> ModelRollout:
@@ -382,12 +385,15 @@ def routing_key(request: RoutedRequest, sticky_key: str) -> str:
 
 def figures_of(served: ModelVersion) -> Figures:
     """A version's cumulative figures from its statistics: backend failures and run timeouts are
-    its errors (client mistakes, deadlines and cancellations are not); requests shed for their
-    deadline, expired in its queue or computed too late count as latency above every bound (a
-    canary too slow for any deadline was never rolled back: it had no successes to judge)."""
+    its errors (client mistakes, deadlines and cancellations are not); requests shed for the work
+    queued ahead, expired in its queue or computed too late count as latency above every bound (a
+    canary too slow for any deadline was never rolled back: it had no successes to judge).
+    Requests refused for their deadline alone count only when the stable version was fast
+    enough for them (Figures.charged)."""
     s = served.stats
-    missed = s.shed + s.expired + s.late
-    return Figures(s.success.count, s.failures["BACKEND"], tuple(s.request_hist.counts), missed)
+    missed = s.rejections["overloaded"] + s.expired + s.late
+    latency, refused = tuple(s.request_hist.counts), tuple(s.deadline_left_hist.counts)
+    return Figures(s.success.count, s.failures["BACKEND"], latency, missed, "requests", refused)
 
 
 def window_line(report: WindowReport, state: ModelRollout) -> str:
@@ -396,6 +402,7 @@ def window_line(report: WindowReport, state: ModelRollout) -> str:
         p99 = f.quantile_s(0.99)
         p99_text = "-" if p99 is None else "inf" if math.isinf(p99) else f"{p99 * 1000:g}ms"
         missed = f" missed_deadline={f.missed}" if f.missed else ""
+        missed += f" deadline_refused={sum(f.refused)}" if any(f.refused) else ""
         parts.append(f"v{version} n={f.requests} err={f.error_rate:.1%}{missed} p99<={p99_text}")
     if state.shadow is not None:
         s = state.shadow_figures

@@ -35,8 +35,15 @@ ROLLBACK_WINDOW_S = "rollback_window_s"
 ROLLBACK_MIN_REQUESTS = "rollback_min_requests"
 ROLLBACK_ERROR_MARGIN = "rollback_error_margin"
 ROLLBACK_LATENCY_MARGIN = "rollback_latency_margin"
+ROLLBACK_LATENCY_FLOOR_MS = "rollback_latency_floor_ms"
 ROLLBACK_PARAMETERS = frozenset(
-    {ROLLBACK_WINDOW_S, ROLLBACK_MIN_REQUESTS, ROLLBACK_ERROR_MARGIN, ROLLBACK_LATENCY_MARGIN}
+    {
+        ROLLBACK_WINDOW_S,
+        ROLLBACK_MIN_REQUESTS,
+        ROLLBACK_ERROR_MARGIN,
+        ROLLBACK_LATENCY_MARGIN,
+        ROLLBACK_LATENCY_FLOOR_MS,
+    }
 )
 SHADOW_PARAMETERS = frozenset(
     {SHADOW_VERSION, SHADOW_FRACTION, SHADOW_TIMEOUT_MS, SHADOW_MAX_QUEUE, SHADOW_MAX_IN_FLIGHT}
@@ -50,12 +57,15 @@ class RollbackThresholds:
     """When a candidate is rolled back: over a window of `window_s` seconds in which it and the
     stable version each answered at least `min_requests`, its error rate exceeds the stable's by
     more than `error_margin` (absolute, 0.05 = 5 points), or its p99 latency exceeds the stable's
-    by more than `latency_margin` (relative, 1.0 = twice as slow)."""
+    by more than `latency_margin` (relative, 1.0 = twice as slow) and by more than
+    `latency_floor_s` (absolute: sub-millisecond p99s of identical versions differ by buckets of
+    noise, and one window of 2 ms against 0.5 ms rolled a healthy canary back)."""
 
     window_s: float = 30.0
     min_requests: int = 100
     error_margin: float = 0.05
     latency_margin: float = 1.0
+    latency_floor_s: float = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,14 @@ def parse_policy(config: mc.ModelConfig, source: str, served: Iterable[int]) -> 
         weights = {max(served_set): 1} if served_set else {}
     _check_served(weights, served_set, where.format(WEIGHTS))
     shadow = _shadow(params, served_set, where)
+    stable = max(sorted(weights), key=lambda v: weights[v]) if weights else None  # ModelRollout.stable's
+    if shadow is not None and shadow.version == stable:
+        # Its own answers are never mirrored to it: the policy would do nothing, silently.
+        raise ConfigError(
+            f"{where.format(SHADOW_VERSION)} names version {stable}, the stable version (the most "
+            f"weight in '{WEIGHTS}', or the newest without it): a version is never shadowed by its "
+            "own requests; name a candidate version"
+        )
     rollback = None
     if ROLLBACK_PARAMETERS & set(params):
         d = RollbackThresholds()
@@ -110,6 +128,10 @@ def parse_policy(config: mc.ModelConfig, source: str, served: Iterable[int]) -> 
             latency_margin=_number(
                 params, ROLLBACK_LATENCY_MARGIN, d.latency_margin, where, low=0.0, zero=True
             ),
+            latency_floor_s=_number(
+                params, ROLLBACK_LATENCY_FLOOR_MS, d.latency_floor_s * 1000, where, low=0.0, zero=True
+            )
+            / 1000,
         )
     return TrafficPolicy(weights, params.get(STICKY_KEY, ""), shadow, rollback)
 
@@ -129,7 +151,7 @@ def parse_weights(text: str) -> dict[int, int]:
         if int(version) in weights:
             raise ValueError(f"names version {int(version)} twice")
         if int(weight) > MAX_WEIGHT:
-            raise ValueError(f"weight {int(weight)} of version {int(version)} is above {MAX_WEIGHT}")
+            raise ValueError(f"gives version {int(version)} weight {int(weight)}, above {MAX_WEIGHT}")
         weights[int(version)] = int(weight)
     if not any(weights.values()):
         raise ValueError("gives every version weight 0: at least one needs a positive weight")

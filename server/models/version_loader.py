@@ -34,7 +34,6 @@ from server.models.ensemble_config import Step, plan_ensemble
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
-from server.models.traffic import parse_policy
 from server.models.versions import ModelVersion
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
@@ -65,7 +64,6 @@ async def load_version(
     validate_config(config, source_file)
     labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
     seq_model = sequence_model(config, inputs, outputs, source.directory, source_file)
-    parse_policy(config, source_file, source.versions)  # a bad traffic policy fails the load
     allowed = settings.allow_fault_injection
     faults = FaultSpec.from_config(config, source_file, allowed=allowed, version=number)
     run_timeout_s = run_timeout_for(config, source_file, settings.run_timeout_s)
