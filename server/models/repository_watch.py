@@ -50,16 +50,18 @@ def model_names(root: Path) -> set[str]:
         return set()
 
 
-def linked_models(root: Path) -> Links:
+def linked_models(root: Path) -> Links | None:
     """The model directories in `root` that are symlinks to a directory (dangling ones left out),
-    with where they lead now; a link to the root or above it is not watched (a whole file system)."""
+    with where they lead now; a link to the root or above it is not watched (a whole file system).
+    None when the root cannot be listed now (EMFILE): not "no links", which had read as every link
+    gone, and the watches made again then failed on the same EMFILE, ending the poller."""
     links: Links = {}
     try:
         entries = [
             entry for entry in os.scandir(root) if entry.is_symlink() and not entry.name.startswith(".")
         ]
     except OSError:
-        return links
+        return None
     resolved_root = root.resolve()
     for entry in entries:
         try:
@@ -138,9 +140,16 @@ class RepositoryWatch:
         """Watch `target` until the root leads elsewhere (True) or a stop (False); the watches are
         made again (the group kept) whenever the model directories that are links change."""
         group = _Group()
+        links: Links = {}
         while not self._stop.is_set():
-            links = linked_models(self._root)
-            outcome = await self._watch_with(target, watched, links, group, watching)
+            listed = linked_models(self._root)
+            links = links if listed is None else listed  # unlisted now (EMFILE): the last ones
+            try:
+                outcome = await self._watch_with(target, watched, links, group, watching)
+            except OSError as exc:  # the watches cannot be made now (EMFILE): try again, never end
+                log.warning("repository %s: cannot watch it now (%s); trying again", self._root, exc)
+                await self._pause()
+                continue
             if outcome is not None:
                 return outcome
         return False
@@ -187,6 +196,8 @@ class RepositoryWatch:
         roots = {self._root.absolute(), target}
         if moved or any(path.parent in roots for path in changed):
             now = linked_models(self._root)
+            if now is None:  # cannot list the root now: judge by where the known links lead
+                return moved
             moved |= {name for name in now.keys() | links.keys() if now.get(name) != links.get(name)}
         return moved
 

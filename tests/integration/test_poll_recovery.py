@@ -71,6 +71,11 @@ def test_a_load_the_os_failed_is_tried_again_with_no_file_change(
             return next(((m.state, m.reason) for m in models if m.name == name), None)
 
         assert shown("late") is None
+        # A model reached through a link: its watch is remade when the root's links seem to change,
+        # and under EMFILE the root could not be listed, which had read as "the link is gone"; the
+        # watches made again then failed on EMFILE too, and the poller ended for good.
+        (repo / "anchor").symlink_to(mlp_model(tmp_path / "release", "anchor", demo_repo))
+        wait_until(lambda: (shown("anchor") or ("",))[0] == "READY", "the linked model", GIVE_UP_S)
         limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         # Only 0, 1 and 2 are below the limit: the server opens no new file (EMFILE) until restored,
         # the files it has open meanwhile working on.
