@@ -62,6 +62,6 @@ echo "== lint and type checks in $lint"
 for i in "${!venvs[@]}"; do
   once=""
   [ "$i" = 0 ] && once+="extras-resolve,"
-  [ "$i" = $((${#venvs[@]} - 1)) ] && once+="gpu-dry-run,"
+  [ "$i" = $((${#venvs[@]} - 1)) ] && once+="gpu-dry-run,loadtest-runs,"
   SLUICEWAY_TEST_ONCE=$once run_tests "${venvs[$i]}" "$@"
 done

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from loadtest.cli import main
+from tests.support.once import LOADTEST_RUNS, once_per_command
 from tests.support.repositories import demo_repository
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 # Alone, after the parallel phase (scripts/test.sh): rate windows of real load runs.
-pytestmark = pytest.mark.serial
+pytestmark = [pytest.mark.serial, once_per_command(LOADTEST_RUNS)]
 
 SHORT = ["--duration-s", "1", "--warmup-s", "0.3", "--quiet"]
 ENTRY_KEYS = {

@@ -28,11 +28,12 @@ from loadtest.cli import build_parser, main, targets_from
 from loadtest.scenario import Scenario, Target
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.once import LOADTEST_RUNS, once_per_command
 from tests.support.repositories import write_model
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 # Alone, after the parallel phase (scripts/test.sh): request counts and rates of real load runs.
-pytestmark = pytest.mark.serial
+pytestmark = [pytest.mark.serial, once_per_command(LOADTEST_RUNS)]
 
 SHORT = ["--duration-s", "1", "--warmup-s", "0", "--quiet"]
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"

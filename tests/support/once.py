@@ -14,6 +14,10 @@ ENV = "SLUICEWAY_TEST_ONCE"
 # pip's resolution of the runtime extras (tests/integration/test_extras_resolve.py).
 GPU_DRY_RUN = "gpu-dry-run"
 EXTRAS_RESOLVE = "extras-resolve"
+# The load-test harness's runs against real servers (tests/integration/test_loadtest.py and
+# test_loadtest_claims.py, the serial phase's longest files, ~78 s a Python): they check what the
+# harness measures and reports, the same on every Python; its unit tests run on each.
+LOADTEST_RUNS = "loadtest-runs"
 
 
 def once_per_command(name: str) -> pytest.MarkDecorator:
