@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -75,6 +76,11 @@ class _WorkerField(logging.Filter):
 
 
 SERVED_VERSION = "served_version"  # set on an exception by the request path: the version that ran it
+# The trace and span ids of the request the current task last started (tracing on and sampled), or
+# None: each request's start sets it, in the task that logs its failure (a unary call's handler; a
+# stream frame's start on the reader, its finish in a task created right after). Not on the
+# exception: one failed batch raises the same exception object into every request in it.
+REQUEST_TRACE: ContextVar[dict[str, str] | None] = ContextVar("sluiceway_request_trace", default=None)
 
 
 def failure_fields(request: object, exc: BaseException) -> dict[str, str]:
@@ -84,6 +90,9 @@ def failure_fields(request: object, exc: BaseException) -> dict[str, str]:
     served = getattr(exc, SERVED_VERSION, None)
     if isinstance(served, str) and served:
         fields.setdefault("version", served)
+    traced = REQUEST_TRACE.get()
+    if traced is not None and traced.get("request_id", "") == fields.get("request_id", ""):
+        fields.update(trace_id=traced["trace_id"], span_id=traced["span_id"])
     return fields
 
 

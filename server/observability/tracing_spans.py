@@ -37,6 +37,7 @@ from server.errors import status_for
 from server.models.ensemble import EnsembleNotes, StepRun
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
+from server.observability.logs import REQUEST_TRACE
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import CALL_DEADLINE_PASSED, InferJob, RequestPath, past_deadline
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -104,6 +105,8 @@ class TracedPath(RequestPath):
         span = self._tracer.start_span(
             self._rpc, self._parent, SpanKind.SERVER, start_time=clock_ns + start_ns
         )
+        # This task's failure line names this request's trace (None: not sampled, no stale ids).
+        REQUEST_TRACE.set({**_trace_fields(span), "request_id": request.id} if span.is_recording() else None)
         try:
             job, response = super().start(request, remaining_s, start_ns, named, owner)
         except BaseException as exc:

@@ -217,3 +217,36 @@ async def test_a_run_cut_by_the_callers_deadline_shows_queue_then_compute(repo: 
     assert {"decode", "queue", "compute"} <= got.keys()
     queue, compute = times(got["queue"]), times(got["compute"])
     assert queue[1] <= compute[0] <= compute[1] <= times(request)[1]
+
+
+async def test_a_plain_models_failure_lines_name_their_own_traces(repo: Path, tmp_path: Path) -> None:
+    """A unary call and two stream frames to `faulty` (every run raises): each failure line carries
+    the ids of its own request's span (one failed batch shares its exception among its requests,
+    so the ids come from the request's task, not the exception)."""
+    exporter = SignallingExporter()
+    with json_log() as out:
+        async with serving(repo, tmp_path, exporter) as stub:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ModelInfer(infer_request("faulty", "unary-bad"), timeout=BOUND_S)
+            frames = [infer_request("faulty", f"frame-bad-{i}") for i in range(2)]
+            answers = [a async for a in stub.ModelStreamInfer(iter(frames), timeout=BOUND_S)]
+            assert all(a.error_message.startswith("INTERNAL") for a in answers) and len(answers) == 2
+            while (
+                len(named(exporter.get_finished_spans(), "ModelInfer"))
+                + len(named(exporter.get_finished_spans(), "ModelStreamInfer"))
+                < 3
+            ):
+                await exporter.wait_for("ModelStreamInfer")
+            spans = list(exporter.get_finished_spans())
+    by_id = {
+        dict(s.attributes or {})["sluiceway.request_id"]: s
+        for s in spans
+        if s.name in ("ModelInfer", "ModelStreamInfer")
+    }
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    failed = {line["request_id"]: line for line in lines if "request_id" in line}
+    assert failed.keys() == {"unary-bad", "frame-bad-0", "frame-bad-1"}
+    for request_id, line in failed.items():
+        span = by_id[request_id]
+        assert line["trace_id"] == format(span.context.trace_id, "032x"), request_id
+        assert line["span_id"] == format(span.context.span_id, "016x"), request_id
