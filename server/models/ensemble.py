@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batcher.admission import Admission
@@ -30,7 +30,7 @@ from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidReques
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.response_cache import ResponseCache, request_key
-from server.observability.logs import failure_message, request_fields
+from server.observability.logs import failure_message, request_fields, trace_fields
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
@@ -101,13 +101,12 @@ class EnsembleNotes:
     request naming none, and nothing tied them to a trace), and, when traced, its steps' runs."""
 
     version: str
-    trace_fields: dict[str, str] = field(default_factory=dict)  # trace_id, span_id
     steps: list[StepRun] | None = None  # None: not traced
 
     def log_fields(self, request: object) -> dict[str, str]:
         fields = request_fields(request) if request is not None else {}
         fields.setdefault("version", self.version)
-        fields.update(self.trace_fields)
+        fields.update(trace_fields(fields.get("request_id", "")))  # the request's own, when traced
         return fields
 
 

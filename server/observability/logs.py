@@ -76,11 +76,20 @@ class _WorkerField(logging.Filter):
 
 
 SERVED_VERSION = "served_version"  # set on an exception by the request path: the version that ran it
-# The trace and span ids of the request the current task last started (tracing on and sampled), or
-# None: each request's start sets it, in the task that logs its failure (a unary call's handler; a
-# stream frame's start on the reader, its finish in a task created right after). Not on the
-# exception: one failed batch raises the same exception object into every request in it.
-REQUEST_TRACE: ContextVar[dict[str, str] | None] = ContextVar("sluiceway_request_trace", default=None)
+# (request id, trace id, span id) of the request the current task last started (tracing on and
+# sampled), or None: each request's start sets it, in the task that logs its failure (a unary call's
+# handler and the tasks it starts, an ensemble's steps; a stream frame's start on the reader, its
+# finish in a task created right after). Not on the exception: one failed batch raises the same
+# exception object into every request in it. Ids are formatted only when a line is written.
+REQUEST_TRACE: ContextVar[tuple[str, int, int] | None] = ContextVar("sluiceway_request_trace", default=None)
+
+
+def trace_fields(request_id: str) -> dict[str, str]:
+    """`trace_id` and `span_id` of the request `request_id` this task started, when traced."""
+    traced = REQUEST_TRACE.get()
+    if traced is None or traced[0] != request_id:
+        return {}
+    return {"trace_id": format(traced[1], "032x"), "span_id": format(traced[2], "016x")}
 
 
 def failure_fields(request: object, exc: BaseException) -> dict[str, str]:
@@ -90,9 +99,7 @@ def failure_fields(request: object, exc: BaseException) -> dict[str, str]:
     served = getattr(exc, SERVED_VERSION, None)
     if isinstance(served, str) and served:
         fields.setdefault("version", served)
-    traced = REQUEST_TRACE.get()
-    if traced is not None and traced.get("request_id", "") == fields.get("request_id", ""):
-        fields.update(trace_id=traced["trace_id"], span_id=traced["span_id"])
+    fields.update(trace_fields(fields.get("request_id", "")))
     return fields
 
 

@@ -37,7 +37,7 @@ from server.errors import status_for
 from server.models.ensemble import EnsembleNotes, StepRun
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
-from server.observability.logs import REQUEST_TRACE
+from server.observability.logs import MAX_FIELD_CHARS, REQUEST_TRACE
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import CALL_DEADLINE_PASSED, InferJob, RequestPath, past_deadline
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -105,8 +105,10 @@ class TracedPath(RequestPath):
         span = self._tracer.start_span(
             self._rpc, self._parent, SpanKind.SERVER, start_time=clock_ns + start_ns
         )
-        # This task's failure line names this request's trace (None: not sampled, no stale ids).
-        REQUEST_TRACE.set({**_trace_fields(span), "request_id": request.id} if span.is_recording() else None)
+        # This task's failure lines name this request's trace (None: not sampled, no stale ids).
+        ids = span.get_span_context()
+        named_ids = (request.id[:MAX_FIELD_CHARS], ids.trace_id, ids.span_id)
+        REQUEST_TRACE.set(named_ids if span.is_recording() else None)
         try:
             job, response = super().start(request, remaining_s, start_ns, named, owner)
         except BaseException as exc:
@@ -118,7 +120,7 @@ class TracedPath(RequestPath):
         traced = cast(TracedJob, job)  # this path's jobs are TracedJobs (job_type)
         traced.span, traced.clock_ns, traced.start_ns = span, clock_ns, start_ns
         if response is None and job.served.ensemble is not None:  # its steps are noted there
-            traced.ensemble_notes = EnsembleNotes(job.served.version_str, _trace_fields(span), steps=[])
+            traced.ensemble_notes = EnsembleNotes(job.served.version_str, steps=[])
         elif response is None:
             traced.queue_trace = QueueTrace(context=span)  # the batcher notes its run there
         else:
@@ -167,12 +169,6 @@ def _set_outcome(span: Span, exc: BaseException | None) -> None:
     span.set_attribute("rpc.grpc.status_code", 1 if code is None else code.value[0])
     name = "CANCELLED" if code is None else code.name
     span.set_status(Status(StatusCode.ERROR, f"{name}: {message}"[:MAX_ATTRIBUTE_CHARS]))
-
-
-def _trace_fields(span: Span) -> dict[str, str]:
-    """The log fields naming a span (as the W3C trace context writes its ids)."""
-    context = span.get_span_context()
-    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
 
 
 def _request_attributes(
