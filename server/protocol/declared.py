@@ -20,14 +20,7 @@ from server.protocol.validate import Signature
 def check_declared(signature: Signature, request: pb.ModelInferRequest) -> None:
     """Raise InvalidRequest naming the field if no load of `signature`'s model could take `request`."""
     shapes = {tensor.name: list(tensor.shape) for tensor in request.inputs}
-    for name in shapes:
-        if name not in signature.inputs:
-            raise InvalidRequest(triton_text.unexpected_input(name, signature.model, signature.inputs))
-    missing = [s.name for s in signature.inputs.values() if not s.optional and s.name not in shapes]
-    if missing:
-        required = sum(not s.optional for s in signature.inputs.values())
-        total = len(signature.inputs)
-        raise InvalidRequest(triton_text.missing_inputs(signature.model, shapes, missing, required, total))
+    signature.check_input_names(shapes)
     signature.check_declared_datatypes(request.inputs)
     _check_shapes(signature, shapes)
     signature.check_outputs(requested_outputs(request))

@@ -7,7 +7,7 @@ costs a few dictionary lookups and tuple compares.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from batcher.types import Array
@@ -78,15 +78,12 @@ class Signature:
 
     def check_inputs(self, inputs: Mapping[str, Array]) -> int:
         """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
-        for name in inputs:
-            if name not in self.inputs:
-                raise InvalidRequest(triton_text.unexpected_input(name, self.model, self.inputs))
-        self._check_required(inputs)
+        self.check_input_names(inputs)
         rows: int | None = None
         for spec in self.inputs.values():
             array = inputs.get(spec.name)
             if array is None:
-                continue  # optional: _check_required let it be absent
+                continue  # optional: check_input_names let it be absent
             dtype = datatypes.from_numpy(array.dtype)
             if dtype is not spec.datatype:
                 raise InvalidRequest(_datatype_mismatch(spec.name, dtype, spec.datatype))
@@ -121,11 +118,15 @@ class Signature:
             raise InvalidRequest(triton_text.batch_too_large(self.model, self.max_batch_size, rows))
         return rows
 
-    def _check_required(self, inputs: Mapping[str, Array]) -> None:
-        missing = [s.name for s in self.inputs.values() if not s.optional and s.name not in inputs]
+    def check_input_names(self, names: Collection[str]) -> None:
+        """Every input named is the model's, and every required one is named (Triton's words)."""
+        for name in names:
+            if name not in self.inputs:
+                raise InvalidRequest(triton_text.unexpected_input(name, self.model, self.inputs))
+        missing = [s.name for s in self.inputs.values() if not s.optional and s.name not in names]
         if missing:
             required = sum(not s.optional for s in self.inputs.values())
-            message = triton_text.missing_inputs(self.model, inputs, missing, required, len(self.inputs))
+            message = triton_text.missing_inputs(self.model, names, missing, required, len(self.inputs))
             raise InvalidRequest(message)
 
     def check_outputs(self, names: Sequence[str]) -> Sequence[str]:
