@@ -12,7 +12,8 @@ run is input `input_name` of the next (the spec's initial value on the sequence'
 fills the control inputs (START, END, READY, CORRID) of each row. A failed or expired request
 leaves the state as it was. Live sequences and their state bytes are bounded; a sequence is
 released by its end request, after `idle_s` without a request (a timer, not polling), by
-`release` (the stream that drove it ended), or when the model stops.
+`release` (the stream that drove it ended), or when the model stops. Its owner may listen
+(`on_gone`): the server's sequence routing forgets where a sequence went once it is gone.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Timer(Protocol):
 
 # Calls the callable after the delay in seconds (loop.call_later by default; a fake in tests).
 Schedule = Callable[[float, Callable[[], None]], Timer]
+# Told a sequence id that is not live here any more: released (for any reason), or a start of it
+# that did not open it (refused, expired, cancelled).
+OnGone = Callable[[SequenceId], None]
 
 
 class _Turn:
@@ -96,6 +100,7 @@ class SequenceBatcher:
         unknown_hint: str = "",  # added to "never started" (the server's --workers say why)
     ) -> None:
         self._runner = runner
+        self.on_gone: OnGone | None = None  # set by the server's sequence routing (its notes)
         self._unknown_hint = unknown_hint
         self._spec = spec
         self._limits = limits
@@ -130,6 +135,14 @@ class SequenceBatcher:
 
     def is_live(self, sid: SequenceId) -> bool:
         return sid in self._live
+
+    def remembers(self, sid: SequenceId) -> bool:
+        """Whether `sid` was released here recently (a late request is told why)."""
+        return sid in self._released
+
+    @property
+    def max_sequences(self) -> int:
+        return self._limits.max_sequences
 
     async def infer(
         self,
@@ -190,6 +203,8 @@ class SequenceBatcher:
                 if seq is not None and not seq.released:
                     seq.last_used = self._clock()
                     self._arm(seq, self._spec.idle_s)
+            if start and seq is None and sid not in self._live:  # a start that opened nothing
+                self._gone(sid)
 
     async def _wait_turn(self, turn: _Turn, a: Admission) -> None:
         """Take the id's lock, within the request's deadline: one waiting behind its sequence's
@@ -329,6 +344,11 @@ class SequenceBatcher:
         self._released[seq.sid] = why
         while len(self._released) > REMEMBER_RELEASED:
             self._released.popitem(last=False)
+        self._gone(seq.sid)
+
+    def _gone(self, sid: SequenceId) -> None:
+        if self.on_gone is not None:
+            self.on_gone(sid)
 
     def _arm(self, seq: _Sequence, delay_s: float) -> None:
         if seq.timer is not None:

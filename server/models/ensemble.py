@@ -30,6 +30,7 @@ from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidReques
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.response_cache import ResponseCache, request_key
+from server.models.sequence_routing import Routed
 from server.observability.logs import failure_message, request_fields, trace_fields
 from server.observability.metrics_reasons import record_failed
 from server.protocol.sequence_params import SequenceParams
@@ -75,10 +76,11 @@ class StepModel(Protocol):
     def sequences(self) -> SequenceBatcher | None: ...
 
 
-# (model, version "", the request a traffic policy routes when the step names no version) -> the
+# (model, version "", the request a traffic policy routes when the step names no version, with its
+# sequence as parsed once: sequence_routing.Routed) -> the
 # version serving it now: a step naming none is routed as a request naming none (a weighted split,
 # sticky keys, a rollback), never sent to the newest past a rollout.
-Resolve = Callable[[str, str, "RoutedRequest | None"], StepModel]
+Resolve = Callable[[str, str, "Routed | None"], StepModel]
 
 
 @dataclass(slots=True, eq=False)
@@ -269,7 +271,8 @@ class EnsembleScheduler:
         record: StepRun | None,
     ) -> tuple[Tensors, bool]:
         try:
-            served = self._resolve(step.model, step.version, routed)
+            to_route = None if routed is None else Routed(routed, sequence)  # its sequence, parsed once
+            served = self._resolve(step.model, step.version, to_route)
         except Exception as exc:
             raise _named(exc, self.plan.name, step, routed, notes) from None
         if record is not None:

@@ -27,8 +27,8 @@ from server.models.repository import (
     version_fingerprint,
 )
 from server.models.response_cache import ResponseCache
-from server.models.rollout import Rollout, RoutedRequest
-from server.models.sequence_routing import SequenceRouting
+from server.models.rollout import Rollout
+from server.models.sequence_routing import Routed, SequenceRouting
 from server.models.traffic import parse_policy
 from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
@@ -86,9 +86,10 @@ class ModelManager:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def resolve(self, name: str, version: str = "", routed: RoutedRequest | None = None) -> ModelVersion:
+    def resolve(self, name: str, version: str = "", routed: Routed | None = None) -> ModelVersion:
         """The version serving a request; NOT_FOUND or UNAVAILABLE errors name what is missing.
-        `routed`: an inference request, routed by the model's traffic policy when it names no version."""
+        `routed`: an inference request, routed by the model's traffic policy when it names no version
+        (a sequence's start is noted, its continuations follow it: sequence_routing.py)."""
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(triton_text.unknown_model(name))
@@ -104,6 +105,13 @@ class ModelManager:
         if routed is not None:
             self.sequence_routing.note(entry, routed, served.version)
         return served
+
+    def note_named(self, served: ModelVersion, routed: Routed) -> None:
+        """`routed` names `served`'s version, resolved before without it (a stream's request): a
+        sequence's start is noted as `resolve` notes it, so unversioned continuations follow it."""
+        entry = self._models.get(served.name)
+        if entry is not None and entry.versions.get(served.version) is served:
+            self.sequence_routing.note(entry, routed, served.version)
 
     def ensemble_steps(self, name: str) -> frozenset[str]:
         """The models `name`'s steps use (none when it is no ensemble)."""
@@ -249,6 +257,7 @@ class ModelManager:
             await self._retire(entry.versions.values())
             entry.versions.clear()
             entry.order.clear()
+            self.sequence_routing.forget(name)
             await self._stop_dependent_ensembles(name, evicted)
             if evicted:
                 self.rollout.hold(name)
@@ -326,6 +335,8 @@ class ModelManager:
             name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)
         )
         self._models[source.name] = entry
+        for version in versions.values():
+            self.sequence_routing.follow(version)  # its ended sequences' notes go
         self._discard_cached(source.name)  # outputs of the versions just replaced
         self._on_health(source.name, True)
         same = [n for n in entry.order if serving.get(n) is versions[n]]

@@ -4,89 +4,136 @@ retired said about their sequences.
 A sequence's state lives in one version's SequenceBatcher (batcher/sequence.py), so a request
 continuing it must reach that version whatever the traffic policy says now: a weight change
 (an operator's ramp, a rollback) moved sticky keys to the other version, where 39 of 48 live
-sequences were then told "it was never started". A sequence's start is routed by the policy and
-the version it went to is noted (before it runs: a stream's next requests are routed as they are
-read); a continuation goes to the noted version while it is served, else to a version where the
-sequence is live, else by the policy (its version was reloaded or unloaded: the new one says so).
+sequences were then told "it was never started". A sequence's start is noted with the version it
+goes to (the policy's, or the one it names), before it runs: a stream's next requests are routed
+as they are read. A continuation goes to the noted version while it is served, else to a version
+where the sequence is live, else to one that remembers releasing it (it says why), else by the
+policy (its version was reloaded or unloaded: the new one says so).
+
+A note lives as long as its sequence: the version's batcher says when the sequence is gone
+(ended, idle, released, or its start opened nothing), and the note goes. Notes are kept per model
+and bounded by what its versions can hold, so only starts never ended and not yet released (a
+pathological client) reach the bound, and one model's churn never drops another's notes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 from batcher.sequence import REMEMBER_RELEASED
 from batcher.sequence_types import SequenceId
-from protos import grpc_service_pb2 as pb
-from server.errors import InvalidRequest
-from server.protocol.sequence_params import parse_sequence
 
 if TYPE_CHECKING:
     from server.models.rollout import RoutedRequest
     from server.models.versions import ModelEntry, ModelVersion
+    from server.protocol.sequence_params import SequenceParams
 
-# Noted starts kept (the oldest go first): an id is at most 1 KiB, so at most ~16 MiB. A sequence
-# whose note went is still found where it is live.
-MAX_NOTED_STARTS = 16384
+# Notes beyond what a model's versions hold live (sum of max_sequences): starts noted but not yet
+# run (pipelined on streams), or whose sequences are still queued. An id is at most 1 KiB.
+NOTE_SLACK = 1024
 
 Policy = Callable[["ModelEntry", "RoutedRequest"], int]
 
 
-class SequenceRouting:
-    """The version each routed sequence started on (per model), and why retired versions' sequences
-    ended, for the versions that follow them."""
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A request to route, with its sequence parameters as parsed once for it (None: it names no
+    sequence, or names one wrongly: it is refused against its version, naming the parameter)."""
 
-    def __init__(self, max_noted: int = MAX_NOTED_STARTS) -> None:
-        self._max_noted = max_noted
-        self._started: OrderedDict[tuple[str, SequenceId], int] = OrderedDict()
+    request: RoutedRequest
+    sequence: SequenceParams | None
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def parameters(self) -> Mapping[str, object]:
+        return self.request.parameters
+
+
+class SequenceRouting:
+    """The version each routed sequence started on (per model, while it lives), and why retired
+    versions' sequences ended, for the versions that follow them."""
+
+    def __init__(self, slack: int = NOTE_SLACK) -> None:
+        self._slack = slack
+        self._started: dict[str, OrderedDict[SequenceId, int]] = {}
         self._ended: dict[str, OrderedDict[SequenceId, str]] = {}
 
     # -- routing ------------------------------------------------------------------------------
 
-    def route(self, entry: ModelEntry, request: RoutedRequest, policy: Policy) -> int:
+    def route(self, entry: ModelEntry, routed: Routed, policy: Policy) -> int:
         """The version number for a request that names none: the policy's, except for a
-        continuation of a sequence started or live on a served version."""
+        continuation of a sequence started, live or ended on a served version."""
         # Asked every time: routing is also when the policy closes its rollback window.
-        chosen = policy(entry, request)
-        sid, start = self._sequence_of(entry, request)
-        if sid is None:
+        chosen = policy(entry, routed.request)
+        sequence = _sequence_of(entry, routed)
+        if sequence is None:
             return chosen
-        if start:
-            self.started(entry.name, sid, chosen)
+        if sequence.start:
+            self._note(entry, sequence.sid, chosen)
             return chosen
-        number = self._started.get((entry.name, sid))
-        if number is None or number not in entry.versions:
-            number = _live_on(entry, sid)
-        if number is None:  # ended with its version (the new one says so), or never started
-            return chosen
-        self.started(entry.name, sid, number)
-        return number
+        number = self._continued_on(entry, sequence.sid)
+        return chosen if number is None else number
 
-    def note(self, entry: ModelEntry, request: RoutedRequest, number: int) -> None:
+    def note(self, entry: ModelEntry, routed: Routed, number: int) -> None:
         """A request naming version `number`: a start there is noted like a routed one."""
-        sid, start = self._sequence_of(entry, request)
-        if sid is not None and start:
-            self.started(entry.name, sid, number)
+        sequence = _sequence_of(entry, routed)
+        if sequence is not None and sequence.start:
+            self._note(entry, sequence.sid, number)
 
-    def started(self, name: str, sid: SequenceId, number: int) -> None:
-        key = (name, sid)
-        self._started[key] = number
-        self._started.move_to_end(key)
-        while len(self._started) > self._max_noted:
-            self._started.popitem(last=False)
+    def refused(self, version: ModelVersion, routed: Routed) -> None:
+        """`routed` was refused before it reached `version`'s batcher: a start's note goes."""
+        if routed.sequence is not None and routed.sequence.start:
+            self._gone(version.name, version.version, routed.sequence.sid)
 
-    @staticmethod
-    def _sequence_of(entry: ModelEntry, request: RoutedRequest) -> tuple[SequenceId | None, bool]:
-        """The request's sequence id and start flag; (None, False) for a model without sequences,
-        or parameters the request itself is refused for later (naming them, against its version)."""
-        if not any(v.sequences is not None for v in entry.versions.values()):
-            return None, False
-        try:
-            sequence = parse_sequence(cast(Mapping[str, pb.InferParameter], request.parameters))
-        except InvalidRequest:
-            return None, False
-        return (None, False) if sequence is None else (sequence.sid, sequence.start)
+    def follow(self, version: ModelVersion) -> None:
+        """Forget a note once its sequence is gone from `version` (its batcher says so)."""
+        if version.sequences is not None:
+            version.sequences.on_gone = partial(self._gone, version.name, version.version)
+
+    def forget(self, name: str) -> None:
+        """The model was unloaded: its notes go."""
+        self._started.pop(name, None)
+
+    def noted(self, name: str) -> int:
+        """How many starts of model `name` are noted now."""
+        return len(self._started.get(name, ()))
+
+    def _continued_on(self, entry: ModelEntry, sid: SequenceId) -> int | None:
+        notes = self._started.get(entry.name)
+        number = None if notes is None else notes.get(sid)
+        if number is not None and number in entry.versions:
+            return number
+        number = _live_on(entry, sid)
+        if number is not None:  # its note was dropped at the bound: it is found where it lives
+            self._note(entry, sid, number)
+            return number
+        return _released_on(entry, sid)  # not noted: it ended, and that version says why
+
+    def _note(self, entry: ModelEntry, sid: SequenceId, number: int) -> None:
+        notes = self._started.setdefault(entry.name, OrderedDict())
+        notes[sid] = number
+        notes.move_to_end(sid)
+        bound = self._slack + sum(
+            v.sequences.max_sequences for v in entry.versions.values() if v.sequences is not None
+        )
+        while len(notes) > bound:  # starts never ended nor released: the oldest go
+            notes.popitem(last=False)
+
+    def _gone(self, name: str, number: int, sid: SequenceId) -> None:
+        """Sequence `sid` is not live on version `number` of `name`: a note naming it goes (one
+        naming another version is a later start's)."""
+        notes = self._started.get(name)
+        if notes is not None and notes.get(sid) == number:
+            del notes[sid]
+            if not notes:
+                del self._started[name]
 
     # -- retired versions ---------------------------------------------------------------------
 
@@ -112,10 +159,26 @@ class SequenceRouting:
                     version.sequences.remember(ended)
 
 
+def _sequence_of(entry: ModelEntry, routed: Routed) -> SequenceParams | None:
+    """The routed request's sequence; None for a model without sequences (it is refused there)."""
+    if routed.sequence is None or not any(v.sequences is not None for v in entry.versions.values()):
+        return None
+    return routed.sequence
+
+
 def _live_on(entry: ModelEntry, sid: SequenceId) -> int | None:
     """The newest served version where sequence `sid` is live."""
     for number in entry.order:
         sequences = entry.versions[number].sequences
         if sequences is not None and sequences.is_live(sid):
+            return number
+    return None
+
+
+def _released_on(entry: ModelEntry, sid: SequenceId) -> int | None:
+    """The newest served version that remembers releasing sequence `sid`."""
+    for number in entry.order:
+        sequences = entry.versions[number].sequences
+        if sequences is not None and sequences.remembers(sid):
             return number
     return None

@@ -56,6 +56,15 @@ def parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls:
     return Controls(timeout_s=timeout_s, priority=priority, sequence=parse_sequence(parameters))
 
 
+def try_parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls | None:
+    """`parse_controls`, or None when it refuses a parameter (parsed again where the request is
+    refused, to name it)."""
+    try:
+        return parse_controls(parameters)
+    except InvalidRequest:
+        return None
+
+
 LATEST_FRAME_WINS = "latest_frame_wins"
 # tritonclient's enable_empty_final_response (read by server/protocol/stream.py); Triton refuses a
 # value that is not a bool ("expected bool_param"): a wrong type had been read as false.

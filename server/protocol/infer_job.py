@@ -24,12 +24,13 @@ from server.errors import ChangedByReload, FrameDropped, InvalidRequest, Shuttin
 from server.models.ensemble import EnsembleNotes
 from server.models.manager import ModelManager, OnDemand
 from server.models.response_cache import request_key
+from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
 from server.observability.metrics_reasons import record_failed
 from server.protocol import codec, shm_tensors
 from server.protocol.classification import classify, requested_classes
-from server.protocol.controls import Controls, parse_controls
+from server.protocol.controls import Controls, parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
 from server.protocol.sequence_route import check_sequence, sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -67,9 +68,10 @@ class InferJob:
         request: pb.ModelInferRequest,
         remaining_s: float | None,
         regions: SharedMemoryRegistry | None = None,
+        controls: Controls | None = None,
     ) -> InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
-        or TooManyRows)."""
+        or TooManyRows). `controls`: its parameters as parsed for routing (None: parsed here)."""
         signature = served.signature
         signature.check_declared_datatypes(request.inputs)
         shm = shm_tensors.resolve(request, regions)
@@ -81,7 +83,8 @@ class InferJob:
         names = signature.check_outputs(codec.requested_outputs(request))
         if shm is not None and shm.outputs:
             shm.check_fixed_outputs(signature.outputs, names, rows if signature.max_batch_size > 0 else None)
-        controls = parse_controls(request.parameters)
+        if controls is None:  # not parsed yet, or refused: parsed here, where its error is raised
+            controls = parse_controls(request.parameters)
         check_sequence(served, controls.sequence)
         deadline = None if remaining_s is None else time.monotonic() + remaining_s
         admission = served.batcher.admission(
@@ -256,15 +259,20 @@ class RequestPath:
         names a version (a traffic policy routes only requests naming none)."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
+        # Parsed once for routing and the batcher; a refused parameter is named by `prepare`.
+        controls = try_parse_controls(request.parameters)
+        routed = Routed(request, None if controls is None else controls.sequence)
         if named is not None and request.model_version:
             served = named
+            self._models.note_named(served, routed)
         else:
-            served = self._models.resolve(request.model_name, request.model_version, request)
+            served = self._models.resolve(request.model_name, request.model_version, routed)
         try:
-            job = self._job_type.prepare(served, request, remaining_s, self.regions)
+            job = self._job_type.prepare(served, request, remaining_s, self.regions, controls)
             job.owner = owner
             response = job.answer_now()
         except Exception as exc:
+            self._models.sequence_routing.refused(served, routed)  # a start's note goes with it
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             note_served(exc, served.version_str)
             raise
@@ -295,7 +303,8 @@ class RequestPath:
                 # without a suspension point, so one retry cannot race another reload.
                 if self._is_stopping():
                     raise
-                served = self._models.resolve(job.request.model_name, job.request.model_version, job.request)
+                routed = Routed(job.request, job.controls.sequence)
+                served = self._models.resolve(job.request.model_name, job.request.model_version, routed)
                 if served is job.served:
                     raise
                 # Counted by the version serving now, also when it refuses the request: the retired
