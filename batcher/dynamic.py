@@ -333,7 +333,8 @@ class DynamicBatcher:
             now = self._clock()
             policy = self._drain_policy if self._closing else self._policy
             predict = functools.partial(self._estimator.predict, now=now)
-            f = form_batch(q.values(), now, policy, predict, is_done, WAKE_MARGIN)
+            floor = functools.partial(self._estimator.predict_seen, now=now)  # drops rest on it
+            f = form_batch(q.values(), now, policy, predict, is_done, WAKE_MARGIN, floor)
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:

@@ -14,13 +14,25 @@ slight over-estimate, since batching makes rows cheaper: a lower bound admitted 
 expired in the queue, and formed batches that finished late); with no smaller bucket seen, 0.0:
 an unknown cost never rejects a request early.
 
-Shedding reads `predict_seen` instead: the nearest bucket seen, not scaled up. By rows is no
+Whatever refuses or drops a request unrun reads `predict_seen` instead: the nearest bucket seen,
+not scaled up (more rows never run faster, so this is what the runs prove). Shedding, admission's
+DEADLINE_EXCEEDED and formation's drop of a request that cannot finish all do. By rows is no
 "slight" over-estimate where a run's cost is mostly per batch (a fixed delay, a GPU launch): after
 one 1-row run of 100 ms, a fresh model's first burst was predicted 700 ms a batch of 7 (about
-100 ms measured) and 8 of 42 requests were shed that would have been answered in time. A shed
-request never runs, so its refusal cannot correct the estimate; it rests on sizes seen (more rows
-never run faster, so this is what the runs prove). Formation keeps the over-estimate: a batch it
-keeps small still runs, and its size is then seen.
+100 ms measured) and 8 of 42 requests were shed that would have been answered in time; 10 of 10
+8-row requests with a 500 ms deadline were refused ("about 810 ms of compute needed"; 10 of 10
+answered OK on the lower bound). A refused request never runs, so its refusal cannot correct the
+estimate. Formation keeps the over-estimate for sizing batches and timing waits: a batch it keeps
+small still runs, and its size is then seen. The price: a request kept on the lower bound of a
+size whose cost is per row runs alone and may end late (answered DEADLINE_EXCEEDED), once per
+unseen size, as many at a time as shedding's forecast admits.
+
+A bucket's first run may carry one-time costs (allocations, a cold cache: a fresh mlp session's
+first runs took 500x, then 15x, its steady time). With one sample that sample is the prediction;
+when the second arrives and is faster, the first leaves the window, so it does not hold the margin
+at its cap for the next several runs (runs 2-12 of 5 fresh mlp sessions, 1 and 8 rows, predicted
+above 1.2x their steady time: 89 kept, 51 dropped). Only the first: later slow runs are the
+machine's variance, which the margin is for.
 
 The same buckets keep the cost of a run to the thread that runs it (an EWMA): CPU seconds on the
 executor thread, or wall seconds of a run made inline (what the event loop was blocked). The batcher
@@ -48,6 +60,7 @@ class _Seen:
     at: float = 0.0  # when last observed, clock seconds
     high: float = 0.0  # the prediction, cached on observe: quantile seconds, capped
     cpu: float | None = None  # EWMA of the runs' CPU seconds, where measured
+    first: bool = True  # until the bucket's second run: its first may carry one-time costs
 
 
 class ServiceTimeEstimator:
@@ -92,6 +105,14 @@ class ServiceTimeEstimator:
         if cpu_s is not None:
             seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
         times = seen.times
+        if seen.first and seen.runs:  # the bucket's second run
+            seen.first = False
+            if seen.runs[0][0] > seconds:
+                # The first run paid one-time costs (allocations, a cold cache) this one did not:
+                # it leaves, rather than hold the margin at its cap for the next several runs.
+                first_seconds, first_rows = seen.runs.popleft()
+                times.remove(first_seconds)
+                seen.rows_sum -= first_rows
         if len(seen.runs) == self._window:  # the oldest run leaves the window
             old_seconds, old_rows = seen.runs.popleft()
             del times[bisect.bisect_left(times, old_seconds)]

@@ -8,8 +8,12 @@ The batch rules are Triton's dynamic batcher (dynamic_batch_scheduler.cc, GetDyn
 deadline rules Triton lacks. `max_preferred` is the largest preferred size, else max_batch_size.
 
 1. Skip cancelled requests; drop expired ones (hard deadline passed, or it cannot be met even by a
-   run of that request alone, given the predicted service time; or, with TimeoutAction.REJECT,
-   its queue-policy timeout `reject_at` passed while it waited). Expired requests never run.
+   run of that request alone, given the proven lower bound of that run, `floor_s`; or, with
+   TimeoutAction.REJECT, its queue-policy timeout `reject_at` passed while it waited). Expired
+   requests never run. A drop rests on the lower bound, not on the cautious `predict_s` that sizes
+   batches (rule 3) and times waits (rule 4): a dropped request never runs, so a guess it was
+   dropped on is never corrected (batcher/estimate.py). A request kept on the lower bound may run
+   alone (rule 3 never refuses a batch its first request), and its size is then seen.
 2. Order what is left by (late, priority, arrival): priority 1 first, FIFO within a priority. With
    TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind every
    request still in time.
@@ -179,23 +183,20 @@ def form_batch(
     predict_s: Predict,
     is_cancelled: Callable[[Pending[H]], bool] = _never,
     margin: WakeMargin = NO_MARGIN,
+    floor_s: Predict | None = None,
 ) -> Formation[H]:
     """Decide the next batch from `queue` at time `now` (see the module docstring for the rules).
 
-    `predict_s(rows)` is the predicted backend time of a run of `rows` rows (0.0 when unknown).
+    `predict_s(rows)` is the predicted backend time of a run of `rows` rows (0.0 when unknown), a
+    cautious one: it sizes batches and times waits. `floor_s(rows)`: what runs seen prove such a run
+    takes at least, for dropping a request unrun (rule 1); None: `predict_s`.
     `margin`: how much sooner a batch waiting to grow is woken for its deadlines (rule 4).
     Callers must already reject requests with more rows than max_batch_size.
     """
-    memo: dict[int, float] = {}
-
-    def predict(rows: int) -> float:
-        s = memo.get(rows)
-        if s is None:
-            s = memo[rows] = predict_s(rows)
-        return s
-
+    predict = _memo(predict_s)
+    floor = predict if floor_s is None else _memo(floor_s)
     out: Formation[H] = Formation()
-    live = _in_order(queue, now, policy, predict, is_cancelled, out)
+    live = _in_order(queue, now, policy, floor, is_cancelled, out)
     if not live:
         return out
     if policy.max_batch_size == 0:
@@ -206,20 +207,34 @@ def form_batch(
     return out
 
 
+def _memo(predict_s: Predict) -> Predict:
+    """`predict_s`, asked once per row count within one formation."""
+    memo: dict[int, float] = {}
+
+    def predict(rows: int) -> float:
+        s = memo.get(rows)
+        if s is None:
+            s = memo[rows] = predict_s(rows)
+        return s
+
+    return predict
+
+
 def _in_order(
     queue: Iterable[Pending[H]],
     now: float,
     policy: BatchingPolicy,
-    predict: Predict,
+    floor: Predict,
     is_cancelled: Callable[[Pending[H]], bool],
     out: Formation[H],
 ) -> list[Pending[H]]:
-    """Rules 1-2: file cancelled and expired requests in `out`; the rest in batching order."""
+    """Rules 1-2: file cancelled and expired requests in `out` (expired on `floor`, the proven
+    lower bound of a run); the rest in batching order."""
     live: list[Pending[H]] = []
     for p in queue:
         if is_cancelled(p):
             out.cancelled.append(p)
-        elif cannot_finish(p.hard, now, predict(p.rows)) or (p.reject_at is not None and p.reject_at <= now):
+        elif cannot_finish(p.hard, now, floor(p.rows)) or (p.reject_at is not None and p.reject_at <= now):
             out.expired.append(p)
         else:
             live.append(p)
