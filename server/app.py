@@ -152,7 +152,12 @@ class SluicewayServer:
         root = self._repository()
         self.models = ModelManager(root, settings, self._set_model_health, response_cache=self.response_cache)
         # Every load goes through `loads` (memory budget, lazy models); `control` is the mode.
-        self.loads = ModelLoads(self.models, root, settings.model_memory_budget_mb * MIB)
+        self.loads = ModelLoads(
+            self.models,
+            root,
+            settings.model_memory_budget_mb * MIB,
+            default_max_batch_size=settings.default_max_batch_size,
+        )
         self.models.on_demand = self.loads
         self.control = RepositoryControl(root, settings, self.models, self.loads)
         # Under --workers: each worker's automatic rollbacks followed by the others (None otherwise).

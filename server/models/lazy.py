@@ -26,9 +26,10 @@ from server.errors import (
     RepositoryError,
     ShuttingDown,
 )
-from server.models.config import ConfigError
+from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
+from server.models.lazy_signatures import FreshRuns, predicted_signatures
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
@@ -95,10 +96,13 @@ class ModelLoads:
         *,
         in_use: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
-        """`in_use`: the process's memory in use now, read around each load (footprint.py)."""
+        """`in_use`: the process's memory in use now, read around each load (footprint.py);
+        `default_max_batch_size`: the setting a load completes configs with."""
         self._manager = manager
         self._root = root
+        self._default_max_batch_size = default_max_batch_size
         self._in_use = in_use or memory_meter()
         self._clock = clock
         self.budget = MemoryBudget(budget_bytes)
@@ -109,6 +113,9 @@ class ModelLoads:
         # Each lazy model's version signatures at its last load, and what that load read: a request
         # for it while it is not loaded is judged by them (an invalid one had loaded it, evicting).
         self._signatures: dict[str, tuple[object, dict[int, Signature]]] = {}
+        # Those its next load would serve, read from its files (never loaded, or changed since).
+        self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
+        self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
 
     # -- the request path -------------------------------------------------------------------
 
@@ -144,16 +151,28 @@ class ModelLoads:
             raise ModelNotReady(f"model '{name}' (lazy_load) failed to load: {exc}") from None
 
     async def signatures(self, name: str) -> dict[int, Signature] | None:
-        """The signatures of `name`'s versions at its last load, if its config and files are the
-        same now (each load reads the repository as it is then); None when not known."""
-        known = self._signatures.get(name)
-        if known is None or not known[1]:
-            return None
+        """The signatures of the versions `name`'s next load would serve (each load reads the
+        repository as it is then): its last load's if its config and files are the same now, else
+        read from them without loading it; None when not known. Concurrent requests share a read
+        that began after they came."""
+        return await self._judging.get(name)
+
+    async def _current_signatures(self, name: str) -> dict[int, Signature] | None:
+        def read() -> tuple[ModelSource, tuple[object, ...]]:
+            source = load_model_source(self._root, name)
+            return source, source_key(source)
+
         try:
-            key = await asyncio.to_thread(lambda: source_key(load_model_source(self._root, name)))
+            source, key = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
             return None
-        return known[1] if key == known[0] else None
+        for known in (self._signatures.get(name), self._predicted.get(name)):
+            if known is not None and known[0] == key:
+                return known[1] or None
+        limit = self._default_max_batch_size
+        predicted = await asyncio.to_thread(predicted_signatures, source, limit)
+        self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
+        return predicted
 
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)
@@ -192,6 +211,7 @@ class ModelLoads:
             if forget:
                 self.budget.drop(name)
                 self._signatures.pop(name, None)
+                self._predicted.pop(name, None)
                 self._manager.drop_entry(name)
             else:
                 self.budget.forget(name)
@@ -252,6 +272,7 @@ class ModelLoads:
         self.budget.remember(name, key, size)
         versions = self._manager.entry(name).versions
         self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
+        self._predicted.pop(name, None)  # what it serves is known now
         (self._lazy.add if lazy else self._lazy.discard)(name)
         self.stats.loads += 1
         log.info(

@@ -1,0 +1,90 @@
+"""What a request for a lazy model that is not loaded is judged by (server/protocol/declared.py):
+the signatures its next load would serve, read from its config, or from its ONNX graph where the
+config leaves tensors to it, without starting a session (a model never loaded yet had been loaded
+by an invalid request, then refused). And one shared read for concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from protos import model_config_pb2 as mc
+from server.models.completion import complete_version
+from server.models.config import validate_config
+from server.models.ensemble_config import is_ensemble
+from server.models.repository import ModelSource
+from server.protocol.validate import Signature
+
+T = TypeVar("T")
+
+
+def declares_everything(config: mc.ModelConfig) -> bool:
+    """Inputs and outputs all listed with their data types and dims: completion from the graph
+    changes nothing a request is judged by (it only checks them, and max_batch_size is completed
+    only for a config listing no inputs), so the config alone says what the load will serve."""
+    tensors = [*config.input, *config.output]
+    return (
+        bool(config.input)
+        and bool(config.output)
+        and all(t.data_type != mc.TYPE_INVALID and len(t.dims) > 0 for t in tensors)
+    )
+
+
+def _completed(source: ModelSource, number: int, default_max_batch_size: int) -> mc.ModelConfig:
+    if declares_everything(source.config):
+        config = mc.ModelConfig()
+        config.CopyFrom(source.config)
+        config.name = source.name
+    else:  # the graph's inputs and outputs, read with onnx (no weights loaded, no session)
+        config = complete_version(source, source.versions[number], default_max_batch_size)[0]
+    validate_config(config, source.where)  # as the load does after completing it
+    return config
+
+
+def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> dict[int, Signature] | None:
+    """The signature of each version `source`'s load would serve; None when not known here (an
+    ensemble, or a config or graph the load will refuse: its load says what is wrong). Blocks
+    (reads the graphs): call it off the event loop."""
+    if is_ensemble(source.config):
+        return None
+    try:
+        return {
+            number: Signature.from_config(_completed(source, number, default_max_batch_size))
+            for number in source.versions
+        }
+    except Exception:  # ConfigError, BackendLoadError (not a readable graph), OSError, ...
+        return None
+
+
+class FreshRuns(Generic[T]):
+    """`get(name)` awaits `run(name)`: concurrent callers share one run, and a caller joins only a
+    run that has not started yet, so what it reads (files) is never older than the call."""
+
+    def __init__(self, run: Callable[[str], Awaitable[T]]) -> None:
+        self._run = run
+        self._waiting: dict[str, asyncio.Task[T]] = {}  # the next run for each name, not started
+        self._running: dict[str, asyncio.Task[T]] = {}
+
+    async def get(self, name: str) -> T:
+        task = self._waiting.get(name)
+        if task is None:
+            task = asyncio.create_task(self._start(name, self._running.get(name)), name=f"read {name}")
+            self._waiting[name] = task
+        return await asyncio.shield(task)  # a caller that gives up leaves the run to the others
+
+    async def _start(self, name: str, before: asyncio.Task[T] | None) -> T:
+        me = asyncio.current_task()
+        assert me is not None  # a coroutine run as a task
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # its outcome is its callers'
+            del self._waiting[name]  # from now, a caller waits for a later run
+            self._running[name] = me
+            return await self._run(name)
+        finally:
+            if self._waiting.get(name) is me:
+                del self._waiting[name]
+            if self._running.get(name) is me:
+                del self._running[name]
