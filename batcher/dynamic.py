@@ -1,7 +1,8 @@
 """DynamicBatcher: one shared queue, one dispatch task per backend instance.
 
 A dispatch task waits for a free slot on its instance (at most max_batches_in_flight batches
-there), then for a batch (see form.py), runs it as its own task and goes back for the next. All
+there), then for a batch (see form.py), runs it as its own task (run_batch.py; counted in flight
+until it lands, flights.py) and goes back for the next. All
 instances pull from one queue: whichever is free takes the next batch, which balances better than
 a queue per instance. Waiting is on events only: `queue.changed` for arrivals, and a timed wait on
 it when formation asked to wait for the batch to grow.
@@ -20,45 +21,36 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.batch_io import (
     alone_rows,
-    batch_inputs,
     computed_late,
     handed_over,
     late,
     left_ns,
-    note_taken,
-    settle_batch,
     stopped,
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, ComputedThenCancelled, DeadlineExceeded, NotAccepting, RunTimedOut
+from batcher.errors import BatcherError, ComputedThenCancelled, NotAccepting
 from batcher.estimate import ServiceTimeEstimator
+from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, WakeMargin, alone_reason, form_batch, runs_alone_now
+from batcher.lateness import LoopLateness
 from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
-from batcher.scatter import scatter
+from batcher.run_batch import BatchRunner
 from batcher.stats import ModelStats
-from batcher.types import Array, Backend, BatchingPolicy, QueueTrace, Tensors
+from batcher.types import Backend, BatchingPolicy, QueueTrace, Tensors
 from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
 log = logging.getLogger(__name__)
 
 # Measured: a lone request waiting out a 3 s delay with a 1 s gRPC deadline was woken 50 us before
-# its deadline (as the server holds it, ~9 ms after its caller's), and failed (3 of 3).
+# its deadline (as the server holds it, ~9 ms after its caller's), and failed (3 of 3). The loop's
+# recent lateness (batcher/lateness.py) is added to the fixed part at each formation.
 WAKE_MARGIN = WakeMargin(fixed_s=0.005, share=0.01)
-
-
-@dataclass(slots=True, eq=False)
-class _Flight:
-    """One batch taken from the queue, until it has landed (its answers are being set)."""
-
-    batch: list[Request]
-    landed: bool = False
 
 
 class DynamicBatcher:
@@ -94,20 +86,38 @@ class DynamicBatcher:
         self._stats = stats
         self._clock = clock
         self._estimator = ServiceTimeEstimator()
-        self._idle = asyncio.Event()
+        self._lateness = LoopLateness()  # how late this batcher's timers have lately run
+        self._flights = Flights(lambda: len(self._queue))
         self._queue = RequestQueue(
-            policy, clock, on_remove=self._check_idle, budgets=byte_budgets, on_expire=self._expired
+            policy,
+            clock,
+            on_remove=self._flights.check_idle,
+            budgets=byte_budgets,
+            on_expire=self._expired,
+            min_run_s=self._estimator.predict_seen,  # what runs seen prove: never fail one early
+            hop_s=WAKE_MARGIN.fixed_s,
+            on_late=self._lateness.observe,
         )
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
-        self._runs: set[asyncio.Task[None]] = set()
-        self._in_flight = 0  # batches taken from the queue and not yet answered
+        self._runs = self._flights.runs  # the batches' run tasks
         self._forecast = WaitForecast(self._estimator, self._queue, policy, len(self._instances), clock)
         self._accepting = False
         self._closing = False
         self._inline_max_s = inline_max_s
         # The fast path's instance, when it can run on the caller's thread; looked up once.
         self._fast = self._instances[0].blocking if inline_max_s > 0 else None
+        self._runner = BatchRunner(
+            policy,
+            stats,
+            clock,
+            self._estimator,
+            self._forecast,
+            self._watchdog,
+            self._flights,
+            inline=self._runs_inline,
+            on_trip=self._trip,
+        )
 
     @property
     def policy(self) -> BatchingPolicy:
@@ -128,7 +138,7 @@ class DynamicBatcher:
 
     @property
     def in_flight_batches(self) -> int:
-        return self._in_flight
+        return self._flights.count
 
     @property
     def accepting(self) -> bool:
@@ -241,7 +251,7 @@ class DynamicBatcher:
         if not self._accepting:
             raise NotAccepting()
         backend = self._fast
-        if backend is None or self._in_flight or len(self._queue) or self._policy.ragged is not None:
+        if backend is None or self._flights.count or len(self._queue) or self._policy.ragged is not None:
             return None  # (ragged models always gather: their batch inputs are made there)
         if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
             return None
@@ -293,10 +303,10 @@ class DynamicBatcher:
         if not drain:
             self._queue.fail_all(stopped)
         self._queue.changed.set()  # wake dispatchers: they now dispatch at once, or exit
-        self._check_idle()
+        self._flights.check_idle()
         if self._dispatchers:
             try:
-                await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+                await asyncio.wait_for(self._flights.idle.wait(), timeout=timeout_s)
             except asyncio.TimeoutError:
                 what = "handing what is queued over" if handover else "failing what is left"
                 log.warning("batcher: stop timed out after %.3g s; %s", timeout_s, what)
@@ -310,19 +320,16 @@ class DynamicBatcher:
 
     async def _dispatch(self, instance: Instance) -> None:
         slots = asyncio.Semaphore(self._policy.max_batches_in_flight)
-        loop = asyncio.get_running_loop()
         while True:
             await slots.acquire()
             batch = await self._next_batch()
             if batch is None:
                 return
-            flight = _Flight(batch)
-            task = loop.create_task(self._run(instance, flight))
-            self._runs.add(task)
-            task.add_done_callback(functools.partial(self._run_done, flight, slots))
+            flight = Flight(batch)
+            self._flights.launch(self._runner.run(instance, flight), flight, slots)
             # Not held while waiting for the next batch: the inputs (and any shared-memory
             # region they view) are released when the run ends, not one batch later.
-            del batch, flight, task
+            del batch, flight
 
     async def _next_batch(self) -> list[Request] | None:
         """Wait until formation yields a batch; None once stopping and nothing is left."""
@@ -334,14 +341,15 @@ class DynamicBatcher:
             policy = self._drain_policy if self._closing else self._policy
             predict = functools.partial(self._estimator.predict, now=now)
             floor = functools.partial(self._estimator.predict_seen, now=now)  # drops rest on it
-            f = form_batch(q.values(), now, policy, predict, is_done, WAKE_MARGIN, floor)
+            margin = WAKE_MARGIN.plus(self._lateness.current(now))
+            f = form_batch(q.values(), now, policy, predict, is_done, margin, floor)
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:
                 q.fail(p, expired_in_queue(p, now))
             self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
-                self._in_flight += 1  # before the removals, so the queue never looks idle meanwhile
+                self._flights.take()  # before the removals, so the queue never looks idle meanwhile
                 self._stats.record_dispatch("drain" if self._closing else f.reason or "idle")
                 for p in f.batch:
                     q.remove(p)
@@ -352,60 +360,13 @@ class DynamicBatcher:
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
-            await q.wait_changed(f.wait_until)
+            late_s = await q.wait_changed(f.wait_until)
+            if late_s is not None:  # woken by its timer: how late the loop ran it
+                self._lateness.observe(late_s, self._clock())
 
-    async def _run(self, instance: Instance, flight: _Flight) -> None:
-        if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
-            await instance.ready.wait()
-        # Its callers may have gone, and deadlines passed, since formation: the run starts a turn
-        # of the event loop later at least (more while the instance is replaced, or the loop is
-        # busy). A request expired by now is never computed: 14 of 20 had been, each answered as
-        # if its deadline had passed during the run.
-        now = self._clock()
-        batch: list[Request] = []
-        expired: list[Request] = []
-        for p in flight.batch:
-            if not is_done(p):
-                (expired if late(p.hard, now) else batch).append(p)
-        if not batch:
-            self._land(flight)
-        for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it
-            self._stats.expired += p.counted
-            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
-        if not batch:
-            return
-        batched = self._policy.max_batch_size > 0
-        t0 = time.perf_counter_ns()
-        note_taken(batch, t0)
-        try:
-            inputs, offsets = batch_inputs(batch, self._policy)
-            t1 = time.perf_counter_ns()
-            key = self._forecast.started(offsets[-1], self._clock())
-            try:
-                inline = self._inline_max_s > 0 and self._estimator.cheap(offsets[-1], self._inline_max_s)
-                outputs, cpu_s = await self._watchdog.run(instance, inputs, inline)
-            finally:
-                self._forecast.ended(key)
-            t2 = time.perf_counter_ns()
-            parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
-            t3 = time.perf_counter_ns()
-        except Exception as exc:
-            # The whole batch fails with the backend's own error; the server maps it.
-            self._land(flight)
-            for p in batch:
-                settle_error(p, exc)
-            if isinstance(exc, RunTimedOut):
-                self._trip()
-                await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
-            return
-        rows = offsets[-1]
-        self._stats.record_batch(rows, sum(p.counted for p in batch), t1 - t0, t2 - t1, t3 - t2)
-        done_at = self._clock()
-        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
-        self._stats.run_cpu_s += cpu_s or 0.0
-        self._forecast.ran(rows)
-        self._land(flight)
-        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3))
+    def _runs_inline(self, rows: int) -> bool:
+        """Whether a batch of `rows` rows runs on the event loop thread (see `inline_max_s`)."""
+        return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s)
 
     def _trip(self) -> None:
         """A run outlived the watchdog: run nothing of this model inline (the fast path included)
@@ -413,24 +374,6 @@ class DynamicBatcher:
         hang on one is a hang any of them may have."""
         self._inline_max_s = 0.0
         self._fast = None
-
-    def _land(self, flight: _Flight) -> None:
-        """The batch no longer counts as in flight: done before its answers are set, so a caller
-        woken by its answer already sees the model idle (and may take the fast path)."""
-        if not flight.landed:
-            flight.landed = True
-            self._in_flight -= 1
-            self._check_idle()
-
-    def _run_done(self, flight: _Flight, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
-        self._runs.discard(task)
-        slots.release()
-        self._land(flight)
-        # Safety net for exactly one outcome: a run cancelled by stop() (even before it started).
-        error: BaseException | None = None if task.cancelled() else task.exception()
-        for p in flight.batch:
-            if not is_done(p):
-                settle_error(p, error if error is not None else stopped())
 
     def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -442,9 +385,3 @@ class DynamicBatcher:
 
     def _expired(self, p: Request) -> None:
         self._stats.expired += p.counted
-
-    def _check_idle(self) -> None:
-        if len(self._queue) == 0 and self._in_flight == 0:
-            self._idle.set()
-        else:
-            self._idle.clear()

@@ -113,6 +113,11 @@ class WakeMargin:
     fixed_s: float = 0.0
     share: float = 0.0
 
+    def plus(self, late_s: float) -> WakeMargin:
+        """This margin with `late_s` added to its fixed part: how late the loop has lately run
+        timers (batcher/lateness.py), so a loaded process wakes its batches that much sooner."""
+        return self if late_s <= 0.0 else WakeMargin(self.fixed_s + late_s, self.share)
+
     def start_by(self, p: Pending[Any], run_s: float) -> float | None:
         """When a run of `run_s` for `p` must start, at the latest, to be answered in time."""
         if p.hard is None:

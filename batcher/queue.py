@@ -2,8 +2,11 @@
 
 Requests live in a dict keyed by arrival number: it keeps arrival order, and removing a request
 that was cancelled, expired or dispatched is O(1). Each request with a hard deadline has a timer
-that answers DeadlineExceeded the moment it expires while still queued, even when every backend is
-busy and no batch is being formed.
+that answers DeadlineExceeded while it is still queued, even when every backend is busy and no
+batch is being formed: as soon as even a run started at once could not end before its deadline
+(the deadline less the run of its rows, by the estimator's proven lower bound, less the hop to the
+run and back), so its caller hears the server's reason before its own timer ends the call; at the
+deadline itself while no run has been seen (an unknown cost never fails a request early).
 """
 
 from __future__ import annotations
@@ -55,10 +58,19 @@ class RequestQueue:
         on_remove: Callable[[], None] = lambda: None,
         budgets: Sequence[ByteBudget] = (),
         on_expire: Callable[[Request], None] = lambda p: None,
+        *,
+        min_run_s: Callable[[int, float], float] = lambda rows, now: 0.0,
+        hop_s: float = 0.0,
+        on_late: Callable[[float, float], None] = lambda late_s, now: None,
     ) -> None:
-        """`on_remove`: after any request leaves; `on_expire`: one expired on its timer."""
+        """`on_remove`: after any request leaves; `on_expire`: one expired on its timer.
+        `min_run_s(rows, now)`: what a run of `rows` rows takes at least (0.0: unknown); `hop_s`:
+        the time to a run and back, outside it. `on_late(late_s, now)`: a timer ran `late_s` late."""
         self._policy = policy
         self._on_expire = on_expire
+        self._min_run_s = min_run_s
+        self._hop_s = hop_s
+        self._on_late = on_late
         self._budgets = tuple(budgets)  # input bytes of queued requests, bounded (batcher/budget.py)
         self._clock = clock
         self._on_remove = on_remove
@@ -179,31 +191,33 @@ class RequestQueue:
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
         )
-        due = earliest(a.hard, a.reject_at)
+        now = self._clock()
+        due = earliest(self._give_up_at(p, now), a.reject_at)
         if due is not None:
-            self._arm(p, max(0.0, due - self._clock()))
+            self._arm(p, max(0.0, due - now), due)
         self._items[p.seq] = p
         self._rows_by_level[a.priority] = self._rows_by_level.get(a.priority, 0) + a.rows
         self._count_by_level[a.priority] = self._count_by_level.get(a.priority, 0) + 1
         self.changed.set()
         return p
 
-    async def wait_changed(self, until: float | None) -> None:
+    async def wait_changed(self, until: float | None) -> float | None:
         """Until `changed` is set, or `clock()` reaches `until` (None: no time limit): formation's
         answer cannot change before either. A timer that fires early (uvloop's, rounded to whole
         milliseconds, fire up to ~1.2 ms early) is waited out here, not answered by forming the same
         batch again (the dispatcher formed 9-21 times per batch waiting out a delay). In the last
         half millisecond uvloop runs a timer on the next turn (it rounds delays to whole
         milliseconds), so the loop turns over and over: a batch's delay ends on time, at some CPU
-        (BENCHMARKS.md, "The dispatcher's wake-ups"; a thread for that stretch was tried: later)."""
+        (BENCHMARKS.md, "The dispatcher's wake-ups"; a thread for that stretch was tried: later).
+        Returns how late past `until` it returned when that ended the wait, None when woken."""
         while True:
             left = None if until is None else until - self._clock()
             if left is not None and left <= 0:
-                return
+                return -left
             try:
                 # Back to formation once woken, even if another dispatcher cleared it meanwhile.
                 await asyncio.wait_for(self.changed.wait(), timeout=left)
-                return
+                return None
             except asyncio.TimeoutError:
                 pass  # timed out, perhaps early: read the clock again
 
@@ -229,32 +243,59 @@ class RequestQueue:
         for p in list(self._items.values()):
             self.fail(p, make_exc())
 
-    def _arm(self, p: Request, delay: float) -> None:
-        due = time.monotonic() + delay  # the loop's timers run on real time, whatever `clock` says
-        p.handle.timer = asyncio.get_running_loop().call_later(delay, self._expire, p, due)
+    def _give_up_at(self, p: Request, now: float) -> float | None:
+        """When `p`, still queued, can no longer be answered in time: its deadline less a run of
+        its rows started then and the hop to it and back; its deadline itself while the estimator
+        knows nothing (0.0). None without a deadline."""
+        if p.hard is None:
+            return None
+        run_s = self._min_run_s(p.rows, now)
+        return p.hard - run_s - self._hop_s if run_s > 0.0 else p.hard
 
-    def _expire(self, p: Request, due: float) -> None:
+    def _arm(self, p: Request, delay: float, at: float) -> None:
+        """Run `_expire` in `delay` seconds, for the clock time `at` (the give-up point or the
+        queue-policy timeout it was armed for)."""
+        due = time.monotonic() + delay  # the loop's timers run on real time, whatever `clock` says
+        p.handle.timer = asyncio.get_running_loop().call_later(delay, self._expire, p, due, at)
+
+    def _expire(self, p: Request, due: float, at: float = float("inf")) -> None:
+        """`p`'s timer, due at monotonic `due`, armed for clock time `at` (inf: expire it now)."""
         left = due - time.monotonic()
         if left > 0:
             # uvloop rounds timers to whole milliseconds: they fire up to ~1.2 ms early. Waiting at
             # least 1 ms more keeps it from spinning on 0 ms timers; a late expiry costs nothing (a
             # batch formed meanwhile drops an expired request itself).
-            self._arm(p, max(left, 0.001))
+            self._arm(p, max(left, 0.001), at)
             return
         p.handle.timer = None
+        now = self._clock()
+        self._on_late(-left, now)
+        if p.reject_at is None or p.reject_at > at:  # armed for its deadline: check again
+            # The estimate may have moved down since (it fades with age): wait the difference,
+            # measured against the point armed for, so a test's standing clock cannot spin it.
+            later = self._give_up_at(p, now)
+            if later is not None and later - at > 0.001:
+                self._arm(p, later - at, later)
+                return
         if self.remove(p):
             self._on_expire(p)
-            settle_error(p, expired_in_queue(p, self._clock()))
+            settle_error(p, expired_in_queue(p, now, self._min_run_s(p.rows, now)))
 
 
-def expired_in_queue(p: Request, now: float) -> DeadlineExceeded:
-    """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline."""
+def expired_in_queue(p: Request, now: float, run_s: float = 0.0) -> DeadlineExceeded:
+    """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline: passed,
+    or (before it, with `run_s` the least compute it needs) too close for a run to end in time."""
     if p.reject_at is not None and p.reject_at <= now and (p.hard is None or p.reject_at < p.hard):
         waited_ms = (now - p.arrival) * 1e3
         return QueueTimedOut(
             f"request timeout expired: queued {waited_ms:.1f} ms, past the model's queue policy "
             f"timeout (default_timeout_microseconds, or the request's shorter timeout; "
             f"timeout_action REJECT)"
+        )
+    if p.hard is not None and p.hard > now and run_s > 0.0:
+        return DeadlineExceeded(
+            f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed, "
+            f"{(p.hard - now) * 1e3:.1f} ms left, while waiting in the queue"
         )
     return DeadlineExceeded("deadline exceeded while waiting in the queue")
 

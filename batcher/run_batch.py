@@ -1,0 +1,108 @@
+"""BatchRunner: one formed batch, from its instance being free to its answers being set.
+
+What expired or went away since formation is dropped first (never computed); the rest is
+concatenated, run on the instance through its watchdog (inline on the event loop thread when the
+batcher says runs of that size are cheap), split back by rows and answered. Each run feeds the
+estimator, the wait forecast and the statistics; a run that outlived the watchdog fails its batch
+and has the instance replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from batcher.batch_io import batch_inputs, late, note_taken, settle_batch
+from batcher.errors import DeadlineExceeded, RunTimedOut
+from batcher.estimate import ServiceTimeEstimator
+from batcher.flights import Flight, Flights
+from batcher.forecast import WaitForecast
+from batcher.queue import Request, is_done, settle_error
+from batcher.scatter import scatter
+from batcher.stats import ModelStats
+from batcher.types import Array, BatchingPolicy
+from batcher.watchdog import Instance, Watchdog
+
+
+class BatchRunner:
+    """Runs the batches of one DynamicBatcher. `inline(rows)`: whether a run of `rows` rows may run
+    on the event loop thread; `on_trip()`: a run outlived the watchdog."""
+
+    def __init__(
+        self,
+        policy: BatchingPolicy,
+        stats: ModelStats,
+        clock: Callable[[], float],
+        estimator: ServiceTimeEstimator,
+        forecast: WaitForecast,
+        watchdog: Watchdog,
+        flights: Flights,
+        inline: Callable[[int], bool],
+        on_trip: Callable[[], None],
+    ) -> None:
+        self._policy = policy
+        self._stats = stats
+        self._clock = clock
+        self._estimator = estimator
+        self._forecast = forecast
+        self._watchdog = watchdog
+        self._flights = flights
+        self._inline = inline
+        self._on_trip = on_trip
+
+    def _board(self, flight: Flight) -> list[Request]:
+        """The requests of `flight` still to compute; those expired since formation are answered.
+
+        The run starts a turn of the event loop after formation at least (more while the instance
+        is replaced, or the loop is busy). A request expired by now is never computed: 14 of 20
+        had been, each answered as if its deadline had passed during the run."""
+        now = self._clock()
+        batch: list[Request] = []
+        expired: list[Request] = []
+        for p in flight.batch:
+            if not is_done(p):
+                (expired if late(p.hard, now) else batch).append(p)
+        if not batch:
+            self._flights.land(flight)
+        for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it
+            self._stats.expired += p.counted
+            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+        return batch
+
+    async def run(self, instance: Instance, flight: Flight) -> None:
+        if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
+            await instance.ready.wait()
+        batch = self._board(flight)
+        if not batch:
+            return
+        batched = self._policy.max_batch_size > 0
+        t0 = time.perf_counter_ns()
+        note_taken(batch, t0)
+        try:
+            inputs, offsets = batch_inputs(batch, self._policy)
+            t1 = time.perf_counter_ns()
+            key = self._forecast.started(offsets[-1], self._clock())
+            try:
+                outputs, cpu_s = await self._watchdog.run(instance, inputs, self._inline(offsets[-1]))
+            finally:
+                self._forecast.ended(key)
+            t2 = time.perf_counter_ns()
+            parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
+            t3 = time.perf_counter_ns()
+        except Exception as exc:
+            # The whole batch fails with the backend's own error; the server maps it.
+            self._flights.land(flight)
+            for p in batch:
+                settle_error(p, exc)
+            if isinstance(exc, RunTimedOut):
+                self._on_trip()
+                await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
+            return
+        rows = offsets[-1]
+        self._stats.record_batch(rows, sum(p.counted for p in batch), t1 - t0, t2 - t1, t3 - t2)
+        done_at = self._clock()
+        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
+        self._stats.run_cpu_s += cpu_s or 0.0
+        self._forecast.ran(rows)
+        self._flights.land(flight)
+        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3))

@@ -1,0 +1,134 @@
+"""A queued request is answered DeadlineExceeded as soon as even a run started at once could not end
+before its deadline, not at the deadline itself.
+
+Answered at the server's copy of its deadline, a request waiting in a busy queue was answered after
+its client's own timer had ended the call (gRPC sends a deadline rounded up, and the answer has to
+travel): the client saw gRPC's "Deadline Exceeded", never the server's reason. Now its timer fires
+at its deadline less the least compute its rows need (the estimator's `predict_seen`, a bound runs
+seen prove) and the hop to the run and back; exactly at its deadline while nothing has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher.admission import Admission
+from batcher.queue import Request, RequestQueue
+
+ROW = {"x": np.zeros((1, 2), np.float32)}
+LONG = 5.0  # an upper bound no healthy wait comes near
+HOP_S = 0.005
+EARLY = (
+    r"^deadline cannot be met: about \d+\.\d ms of compute needed, \d+\.\d ms left, "
+    r"while waiting in the queue$"
+)
+
+
+class Runs:
+    """The least compute a run of some rows needs, as the test sets it (the estimator's stand-in)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, rows: int, now: float) -> float:
+        return self.seconds
+
+
+def queue_with(runs: Runs, now: float = 100.0) -> RequestQueue:
+    return RequestQueue(BatchingPolicy(max_batch_size=8), lambda: now, min_run_s=runs, hop_s=HOP_S)
+
+
+def admit(q: RequestQueue, hard: float, now: float = 100.0) -> Request:
+    a = Admission(rows=1, priority=1, arrival=now, deadline=hard, policy_deadline=None, hard=hard)
+    return q.admit(ROW, a, lambda rows: 0.0)
+
+
+def timer_in(p: Request) -> float:
+    """Seconds until `p`'s queue timer fires, by the loop's clock."""
+    assert p.handle.timer is not None
+    return p.handle.timer.when() - asyncio.get_running_loop().time()
+
+
+async def test_the_timer_fires_when_a_run_could_no_longer_end_in_time() -> None:
+    q = queue_with(Runs(0.250))
+    p = admit(q, hard=100.3)
+    # 300 ms left, a run takes 250 ms at least and the hop 5 ms: hopeless 45 ms from now.
+    assert timer_in(p) <= 0.3 - 0.250 - HOP_S + 1e-3
+    with pytest.raises(DeadlineExceeded, match=EARLY) as caught:
+        await asyncio.wait_for(p.handle.future, LONG)
+    assert "about 250.0 ms of compute needed, 300.0 ms left" in str(caught.value)
+    assert len(q) == 0
+
+
+async def test_with_no_run_seen_it_fires_at_the_deadline_itself() -> None:
+    q = queue_with(Runs(0.0))  # an unknown cost never fails a request early
+    p = admit(q, hard=100.3)
+    assert timer_in(p) == pytest.approx(0.3, abs=1e-3)
+    q.remove(p)
+
+
+async def test_an_estimate_that_moved_down_meanwhile_is_waited_for() -> None:
+    runs = Runs(0.250)
+    q = queue_with(runs)
+    p = admit(q, hard=100.3)
+    armed = 100.3 - 0.250 - HOP_S
+    runs.seconds = 0.100  # faded with age, or faster runs seen since
+    q._expire(p, 0.0, armed)  # what its timer does when due
+    assert not p.handle.future.done() and len(q) == 1
+    assert timer_in(p) == pytest.approx(0.150, abs=1e-3)  # the difference, then checked again
+    q._expire(p, 0.0, armed + 0.150)  # due again: hopeless now
+    with pytest.raises(DeadlineExceeded, match=EARLY):
+        await asyncio.wait_for(p.handle.future, LONG)
+
+
+async def test_a_queue_policy_timeout_before_it_is_not_checked_again() -> None:
+    q = queue_with(Runs(0.250))
+    now = 100.0
+    a = Admission(
+        rows=1, priority=1, arrival=now, deadline=100.3, policy_deadline=100.01, hard=100.3, reject_at=100.01
+    )
+    p = q.admit(ROW, a, lambda rows: 0.0)
+    assert timer_in(p) == pytest.approx(0.01, abs=1e-3)  # the REJECT timeout comes first
+    q.remove(p)
+
+
+class Gated:
+    """A backend whose runs wait for the test to open its gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+        self.runs: list[int] = []
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        self.runs.append(len(inputs["x"]))
+        self.started.set()
+        await self.gate.wait()
+        return {"y": inputs["x"] * 2}
+
+
+async def test_a_request_in_a_busy_queue_is_answered_before_its_deadline_and_counted_expired() -> None:
+    be, stats = Gated(), ModelStats()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats)
+    b.start()
+    try:
+        running = asyncio.ensure_future(b.submit(ROW, 1))
+        await asyncio.wait_for(be.started.wait(), LONG)
+        for _ in range(4):  # runs of 1 row take 200 ms: learnt while the instance is held
+            b.estimator.observe(1, 0.200, time.monotonic())
+        hard = time.monotonic() + 0.300
+        # Its message says how much time was left when it was answered: some (not at its deadline).
+        with pytest.raises(DeadlineExceeded, match=EARLY):
+            await asyncio.wait_for(b.submit(ROW, 1, deadline=hard), LONG)
+        assert stats.expired == 1 and b.queued_requests == 0
+        be.gate.set()
+        await asyncio.wait_for(running, LONG)
+        assert be.runs == [1]  # never computed
+    finally:
+        be.gate.set()
+        await b.stop()
