@@ -17,7 +17,8 @@ from protos import admin_pb2_grpc as apb_grpc
 from server.errors import InvalidRequest, ModelNotReady, RolloutRefused
 from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
-from server.models.rollout import ModelRollout, Rollout, figures_of
+from server.models.rollout import Rollout
+from server.models.rollout_state import ModelRollout, figures_of
 from server.models.traffic import MAX_WEIGHT
 from server.models.versions import READY, ModelEntry
 from server.protocol.answers import answers_errors_untracked
