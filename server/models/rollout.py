@@ -195,8 +195,9 @@ class Rollout:
 
     # -- operator actions (the admin service) -----------------------------------------------
 
-    def set_weights(self, entry: ModelEntry, weights: Mapping[int, int]) -> ModelRollout:
-        state = self.state(entry)
+    @staticmethod
+    def check_weights(entry: ModelEntry, weights: Mapping[int, int]) -> None:
+        """Raise what `set_weights(entry, weights)` would refuse, changing nothing."""
         unknown = sorted(set(weights) - set(entry.versions))
         if unknown:
             raise ModelNotFound(
@@ -204,6 +205,10 @@ class Rollout:
             )
         if not any(w > 0 for w in weights.values()):
             raise InvalidRequest("weights: at least one version needs a positive weight")
+
+    def set_weights(self, entry: ModelEntry, weights: Mapping[int, int]) -> ModelRollout:
+        state = self.state(entry)
+        self.check_weights(entry, weights)
         state.set_weights(dict(weights))
         state.source = "admin"
         state.rolled_back -= {v for v, w in weights.items() if w > 0}
@@ -221,6 +226,17 @@ class Rollout:
     def roll_back(self, entry: ModelEntry, version: int | None, reason: str) -> ModelRollout:
         """Take `version` (None: every candidate) out of traffic and out of shadowing."""
         state = self.state(entry)
+        for target in self.rollback_targets(entry, version):
+            if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
+                log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
+                continue
+            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
+        return state
+
+    def rollback_targets(self, entry: ModelEntry, version: int | None) -> list[int]:
+        """The versions `roll_back(entry, version, ...)` takes out; raise what it would refuse,
+        changing nothing."""
+        state = self.state(entry)
         targets = state.candidates() if version is None else [version]
         # Without a policy the newest version takes every request: it cannot be rolled back either
         # (it was answered OK and counted, and kept serving).
@@ -233,15 +249,10 @@ class Rollout:
                     f"version {target} is the only version of '{entry.name}' taking requests; "
                     "promote or weight another version first"
                 )
-        for target in targets:
-            if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
-                log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
-                continue
-            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
-        return state
+        return targets
 
     def follow(self, entry: ModelEntry, version: int, reason: str) -> bool:
-        """Another worker rolled `version` back automatically (server/models/rollout_share.py): do
+        """Another worker rolled `version` back (server/models/rollout_share.py, rollout_ops.py): do
         the same here (trigger "shared"), unless it takes no traffic here already or is the only
         version taking requests. True when it was rolled back here."""
         state = self.state(entry)
