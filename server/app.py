@@ -160,7 +160,7 @@ class SluicewayServer:
         )
         self.models.on_demand = self.loads
         self.control = RepositoryControl(root, settings, self.models, self.loads)
-        # Under --workers: each worker's automatic rollbacks followed by the others (None otherwise).
+        # Under --workers: each worker's rollbacks and operator changes followed by the others.
         self.rollout_share = (
             RolloutShare(settings.rollout_share_dir, settings.worker_index or 0, self.models)
             if settings.rollout_share_dir is not None
@@ -215,7 +215,7 @@ class SluicewayServer:
         add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
         add_service(
             apb.DESCRIPTOR.services_by_name["Admin"],
-            AdminServicer(self.models, settings.worker_index),
+            AdminServicer(self.models, settings.worker_index, self.rollout_share),
             self._grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

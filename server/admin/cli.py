@@ -96,6 +96,10 @@ def run_rollout(args: argparse.Namespace) -> int:
         print(f"sluiceway rollout {args.action}: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     render(answer, console)
+    if args.action != "status" and answer.worker:  # under --workers: one worker answered
+        from server.models.rollout_share import CHECK_S
+
+        console.print(f"worker {answer.worker} applied it; the other workers apply it within {CHECK_S:g} s")
     return 0
 
 

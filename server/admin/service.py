@@ -3,12 +3,17 @@
 Every RPC needs the `admin` scope when bearer-token auth is on (server/security/auth.py). Errors
 are answered through the one exception table (server/errors.py): an unknown model or version is
 NOT_FOUND, a bad weight INVALID_ARGUMENT, a change leaving no version serving FAILED_PRECONDITION.
+
+Under `--workers N` a change goes through the workers' shared log (server/models/rollout_share.py):
+the worker that got it checks it as one process would, applies it and answers; the others apply
+it within rollout_share.CHECK_S.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import grpc
 
@@ -17,7 +22,9 @@ from protos import admin_pb2_grpc as apb_grpc
 from server.errors import InvalidRequest, ModelNotReady, RolloutRefused
 from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
-from server.models.rollout import ModelRollout, Rollout, figures_of
+from server.models.rollout import Rollout
+from server.models.rollout_share import RolloutShare
+from server.models.rollout_state import ModelRollout, figures_of
 from server.models.traffic import MAX_WEIGHT
 from server.models.versions import READY, ModelEntry
 from server.protocol.answers import answers_errors_untracked
@@ -29,19 +36,31 @@ MAX_REASON_CHARS = 500  # a rollback reason is cut here (it is logged and kept i
 
 
 class AdminServicer(apb_grpc.AdminServicer):
-    def __init__(self, models: ModelManager, worker: int | None = None) -> None:
+    def __init__(
+        self, models: ModelManager, worker: int | None = None, share: RolloutShare | None = None
+    ) -> None:
         self._models = models
-        # Under --workers N (this worker's index) each process routes on its own: a change would
-        # reach one of them (automatic rollbacks are shared: server/models/rollout_share.py).
+        # Under --workers N: this worker's index, and the log through which every worker applies
+        # the changes any of them receives.
         self._worker = worker
+        self._share = share
 
-    def _check_changes_allowed(self) -> None:
-        if self._worker is not None:
+    def _change(
+        self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int], reason: str
+    ) -> ModelRollout:
+        """Apply a change here (and, under --workers, log it for the other workers)."""
+        if self._share is not None:
+            return self._share.submit(entry, kind, version, weights, reason)
+        if self._worker is not None:  # a worker with no shared directory: it would reach one
             raise RolloutRefused(
-                "rollout changes need workers=1: under --workers each worker process routes on its "
-                "own and this change would reach one of them; set traffic_* in config.pbtxt (poll "
-                "mode reloads every worker)"
+                "rollout changes under --workers need the workers' shared directory, which this "
+                "worker was not given; set traffic_* in config.pbtxt"
             )
+        if kind == "weights":
+            return self._rollout.set_weights(entry, weights)
+        if kind == "promote" and version is not None:
+            return self._rollout.promote(entry, version)
+        return self._rollout.roll_back(entry, version, reason)
 
     @property
     def _rollout(self) -> Rollout:
@@ -65,7 +84,6 @@ class AdminServicer(apb_grpc.AdminServicer):
     async def SetWeights(
         self, request: apb.SetWeightsRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
-        self._check_changes_allowed()
         entry = self._entry(request.model)
         if not request.weights:
             raise InvalidRequest("weights is empty: give VERSION:WEIGHT for at least one version")
@@ -75,23 +93,21 @@ class AdminServicer(apb_grpc.AdminServicer):
         heavy = {v: w for v, w in request.weights.items() if w > MAX_WEIGHT}
         if heavy:
             raise InvalidRequest(f"weights: {heavy} above the largest weight, {MAX_WEIGHT}")
-        return self._status(self._rollout.set_weights(entry, dict(request.weights)))
+        return self._status(self._change(entry, "weights", None, dict(request.weights), ""))
 
     @answers_errors_untracked
     async def Promote(
         self, request: apb.PromoteRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
-        self._check_changes_allowed()
         entry = self._entry(request.model)
         if request.version <= 0:
             raise InvalidRequest(f"version must be a positive version number, got {request.version}")
-        return self._status(self._rollout.promote(entry, request.version))
+        return self._status(self._change(entry, "promote", request.version, {}, ""))
 
     @answers_errors_untracked
     async def Rollback(
         self, request: apb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> apb.RolloutStatusResponse:
-        self._check_changes_allowed()
         entry = self._entry(request.model)
         if request.version < 0:
             raise InvalidRequest(
@@ -101,7 +117,7 @@ class AdminServicer(apb_grpc.AdminServicer):
         # The reason goes into log lines and the status: printable text only (a newline in it wrote
         # a line of the caller's choosing into the server's log).
         reason = "".join(c if c.isprintable() else " " for c in request.reason[:MAX_REASON_CHARS])
-        return self._status(self._rollout.roll_back(entry, version, reason))
+        return self._status(self._change(entry, "rollback", version, {}, reason))
 
     def _status(self, state: ModelRollout) -> apb.RolloutStatusResponse:
         status = status_message(state, self._rollout.rollbacks_of(state.entry.name))

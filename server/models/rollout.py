@@ -12,35 +12,26 @@ Everything runs on the event loop; /metrics reads `rollback_counts` from its own
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
-from server.models.rollback import Figures, RollbackMonitor, WindowReport
+from server.models.rollback import Figures, RollbackMonitor
+from server.models.rollout_state import ModelRollout, RollbackEvent, figures_of, window_line
 from server.models.shadow import ShadowFigures, ShadowRunner
-from server.models.traffic import (
-    RollbackThresholds,
-    ShadowPolicy,
-    Slices,
-    TrafficPolicy,
-    format_weights,
-    parse_policy,
-    point_of,
-)
+from server.models.traffic import ShadowPolicy, format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
     from server.models.versions import ModelEntry, ModelVersion
 
+__all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "routing_key"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 30.0  # a window for the shadow log line when no rollback is configured
-MAX_EVENTS = 20  # rollback events kept per model for the status
 # The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
 METRICS = {
     "sluiceway_shadow_requests": ("gauge", "Shadow copies by outcome (cumulative): mirrored, compared, "
@@ -59,55 +50,6 @@ class RoutedRequest(Protocol):
 
     @property
     def parameters(self) -> Mapping[str, object]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackEvent:
-    version: int
-    trigger: str  # "auto" or "manual"
-    reason: str
-    unix_time: float
-
-
-@dataclass(slots=True)
-class ModelRollout:
-    """One model's live rollout state (for one loaded set of its versions)."""
-
-    entry: ModelEntry
-    config_policy: TrafficPolicy | None
-    weights: dict[int, int] | None  # None: no policy, the newest version takes every request
-    slices: Slices | None  # the weights as routing slices (set with `set_weights`)
-    sticky_key: str
-    shadow: ShadowRunner | None
-    rollback: RollbackThresholds | None
-    monitor: RollbackMonitor
-    source: str = "config"  # who set the weights last: "config", "admin" or "rollback"
-    shadow_figures: ShadowFigures = field(default_factory=ShadowFigures)
-    rolled_back: set[int] = field(default_factory=set)
-    events: deque[RollbackEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
-    last_window: WindowReport | None = None
-    held: bool = False  # the model was evicted: carry this state onto its next load (Rollout.hold)
-    shadow_promoted: bool = False  # the shadow version was promoted: no longer shown as the shadow
-    # The versions served when built (the entry's own are cleared when it is unloaded).
-    entry_versions: frozenset[int] = frozenset()
-
-    def set_weights(self, weights: dict[int, int] | None) -> None:
-        self.weights = weights
-        self.slices = None if weights is None else Slices.of(weights)
-
-    def stable(self) -> int:
-        """The version with the most weight (ties: the older); the newest without a policy."""
-        if not self.weights or not any(self.weights.values()):
-            return self.entry.order[0]
-        return max(sorted(self.weights), key=lambda v: self.weights[v] if self.weights else 0)
-
-    def candidates(self) -> list[int]:
-        stable = self.stable()
-        out = {v for v, w in (self.weights or {}).items() if w > 0 and v != stable}
-        if self.shadow is not None and self.shadow.policy.fraction > 0:
-            out.add(self.shadow.policy.version)
-        out.discard(stable)
-        return sorted(out)
 
 
 class Rollout:
@@ -253,8 +195,9 @@ class Rollout:
 
     # -- operator actions (the admin service) -----------------------------------------------
 
-    def set_weights(self, entry: ModelEntry, weights: Mapping[int, int]) -> ModelRollout:
-        state = self.state(entry)
+    @staticmethod
+    def check_weights(entry: ModelEntry, weights: Mapping[int, int]) -> None:
+        """Raise what `set_weights(entry, weights)` would refuse, changing nothing."""
         unknown = sorted(set(weights) - set(entry.versions))
         if unknown:
             raise ModelNotFound(
@@ -262,6 +205,10 @@ class Rollout:
             )
         if not any(w > 0 for w in weights.values()):
             raise InvalidRequest("weights: at least one version needs a positive weight")
+
+    def set_weights(self, entry: ModelEntry, weights: Mapping[int, int]) -> ModelRollout:
+        state = self.state(entry)
+        self.check_weights(entry, weights)
         state.set_weights(dict(weights))
         state.source = "admin"
         state.rolled_back -= {v for v, w in weights.items() if w > 0}
@@ -279,6 +226,17 @@ class Rollout:
     def roll_back(self, entry: ModelEntry, version: int | None, reason: str) -> ModelRollout:
         """Take `version` (None: every candidate) out of traffic and out of shadowing."""
         state = self.state(entry)
+        for target in self.rollback_targets(entry, version):
+            if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
+                log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
+                continue
+            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
+        return state
+
+    def rollback_targets(self, entry: ModelEntry, version: int | None) -> list[int]:
+        """The versions `roll_back(entry, version, ...)` takes out; raise what it would refuse,
+        changing nothing."""
+        state = self.state(entry)
         targets = state.candidates() if version is None else [version]
         # Without a policy the newest version takes every request: it cannot be rolled back either
         # (it was answered OK and counted, and kept serving).
@@ -291,15 +249,10 @@ class Rollout:
                     f"version {target} is the only version of '{entry.name}' taking requests; "
                     "promote or weight another version first"
                 )
-        for target in targets:
-            if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
-                log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
-                continue
-            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
-        return state
+        return targets
 
     def follow(self, entry: ModelEntry, version: int, reason: str) -> bool:
-        """Another worker rolled `version` back automatically (server/models/rollout_share.py): do
+        """Another worker rolled `version` back (server/models/rollout_share.py, rollout_ops.py): do
         the same here (trigger "shared"), unless it takes no traffic here already or is the only
         version taking requests. True when it was rolled back here."""
         state = self.state(entry)
@@ -381,35 +334,3 @@ def routing_key(request: RoutedRequest, sticky_key: str) -> str:
                 )
             return str(getattr(param, kind))
     return request.id
-
-
-def figures_of(served: ModelVersion) -> Figures:
-    """A version's cumulative figures from its statistics: backend failures and run timeouts are
-    its errors (client mistakes, deadlines and cancellations are not); requests shed for the work
-    queued ahead, expired in its queue or computed too late count as latency above every bound (a
-    canary too slow for any deadline was never rolled back: it had no successes to judge).
-    Requests refused for their deadline alone count only when the stable version was fast
-    enough for them (Figures.charged)."""
-    s = served.stats
-    missed = s.rejections["overloaded"] + s.expired + s.late
-    latency, refused = tuple(s.request_hist.counts), tuple(s.deadline_left_hist.counts)
-    return Figures(s.success.count, s.failures["BACKEND"], latency, missed, "requests", refused)
-
-
-def window_line(report: WindowReport, state: ModelRollout) -> str:
-    parts = []
-    for version, f in sorted(report.figures.items()):
-        p99 = f.quantile_s(0.99)
-        p99_text = "-" if p99 is None else "inf" if math.isinf(p99) else f"{p99 * 1000:g}ms"
-        missed = f" missed_deadline={f.missed}" if f.missed else ""
-        missed += f" deadline_refused={sum(f.refused)}" if any(f.refused) else ""
-        parts.append(f"v{version} n={f.requests} err={f.error_rate:.1%}{missed} p99<={p99_text}")
-    if state.shadow is not None:
-        s = state.shadow_figures
-        agree = f"{s.argmax_agree / s.argmax_rows:.1%}" if s.argmax_rows else "-"  # none compared
-        parts.append(
-            f"shadow v{state.shadow.policy.version}: mirrored={s.mirrored} compared={s.compared} "
-            f"errors={s.errors} shed={s.shed} dropped={s.dropped} max_abs_diff={s.max_abs_diff:g} "
-            f"argmax_agree={agree}"
-        )
-    return "; ".join(parts)

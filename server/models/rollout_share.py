@@ -14,6 +14,13 @@ generation, so an event from before a reload is never applied after it (a reload
 the config), and one written by a worker that reloaded first waits until this worker has reloaded
 too. The files stay until the parent removes the directory at exit: one per (model, generation,
 version, worker), rewritten in place.
+
+The operators' changes (SetWeights, Promote, Rollback) go through the same directory as an ordered
+log (server/models/rollout_ops.py): `submit` is the worker that got the RPC, `check` applies the
+others' changes in their order, before the automatic rollbacks. An automatic rollback names the
+last change its worker had applied (`after_change`): it waits until a follower has applied that
+change too, and is not applied over a later SetWeights or Promote (which replaced the weights it
+changed, in the worker that decided it as well), so the workers end with the same weights.
 """
 
 from __future__ import annotations
@@ -25,15 +32,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from server.errors import ModelNotFound
+from server.errors import ModelNotFound, RolloutRefused, ServiceError
+from server.models.rollout_ops import OperatorChange, claim, log_key, parse_name, read_change
 from server.models.versions import READY
 
 if TYPE_CHECKING:
     from server.models.rollout import Rollout
+    from server.models.rollout_state import ModelRollout
     from server.models.versions import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,7 @@ CHECK_S = 0.5  # how often a worker looks for its peers' rollbacks
 MAX_EVENT_BYTES = 16 * 1024  # a bigger file is no event of ours: not read
 MAX_EVENT_FILES = 4096  # files looked at per check (each is one rollback of one generation)
 SUFFIX = ".json"
+MAX_CLAIMS = 8  # tries to claim a change's number against other workers claiming at the same time
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,7 @@ class SharedRollback:
     worker: int
     reason: str
     unix_time: float
+    after_change: int = 0  # the last operator change of the generation its worker had applied
 
     def file_name(self) -> str:
         model = hashlib.sha256(self.model.encode()).hexdigest()[:16]  # any model name, a safe path
@@ -103,7 +115,10 @@ def read_event(path: Path) -> SharedRollback:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"field '{name}' is not a {kind.__name__}")
         values[name] = value
-    return SharedRollback(**values)  # type: ignore[arg-type]
+    after = raw.get("after_change", 0)
+    if not isinstance(after, int) or isinstance(after, bool):
+        raise ValueError("field 'after_change' is not an int")
+    return SharedRollback(**values, after_change=after)  # type: ignore[arg-type]
 
 
 class Models(Protocol):
@@ -123,6 +138,9 @@ class RolloutShare:
         self._models = models
         self._events: dict[str, SharedRollback | None] = {}  # file name -> its event (None: unreadable)
         self._handled: set[str] = set()  # file names applied (or found applied already) here
+        self._changes: dict[str, OperatorChange] = {}  # change files read, not yet applied
+        self._applied: dict[tuple[str, str], int] = {}  # log key -> last change applied here
+        self._replaced: dict[tuple[str, str], int] = {}  # log key -> last SetWeights/Promote applied
         self._task: asyncio.Task[None] | None = None
         self._listing_failed = False
         models.rollout.on_auto_rollback = self.publish
@@ -130,7 +148,9 @@ class RolloutShare:
     def publish(self, entry: ModelEntry, version: int, reason: str) -> None:
         """This worker rolled `version` back automatically: tell the others. A small file written
         on the event loop: rollbacks are rare and the directory is private and local."""
-        event = SharedRollback(entry.name, version, generation(entry), self.worker, reason, time.time())
+        gen = generation(entry)
+        after = self._applied.get(log_key(entry.name, gen), 0)
+        event = SharedRollback(entry.name, version, gen, self.worker, reason, time.time(), after)
         try:
             path = write_event(self.directory, event)
         except OSError as err:  # the rollback stands here; the others judge on their own
@@ -143,13 +163,14 @@ class RolloutShare:
         """Follow the other workers' rollbacks of the generation each model has here; how many were
         applied now. One listing of a small private directory; each file is read once."""
         try:
-            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX) and n[0] != ".")
+            listed = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX) and n[0] != ".")
         except OSError as err:
             if not self._listing_failed:  # said once, not every CHECK_S
                 log.error("rollout: cannot read the workers' shared rollbacks in %s: %s", self.directory, err)
                 self._listing_failed = True
             return 0
-        applied = 0
+        names = [n for n in listed if parse_name(n) is None]
+        applied = self._follow_changes([n for n in listed if parse_name(n) is not None])
         generations: dict[str, str | None] = {}
         for name in names[:MAX_EVENT_FILES]:
             if name in self._handled:
@@ -161,7 +182,14 @@ class RolloutShare:
                 generations[event.model] = self._generation_of(event.model)
             if generations[event.model] != event.generation:
                 continue  # another load of the model (before a reload, or after one not done here yet)
+            key = log_key(event.model, event.generation)
+            if self._applied.get(key, 0) < event.after_change:
+                continue  # decided after an operator's change not applied here yet
             self._handled.add(name)
+            if self._replaced.get(key, 0) > event.after_change:
+                log.info("rollout: worker %d's rollback of model %s version %d is older than the weights "
+                         "set since: not applied", event.worker, event.model, event.version)  # fmt: skip
+                continue
             entry = self._models.entry(event.model)
             reason = "".join(c if c.isprintable() else " " for c in event.reason)
             if self._models.rollout.follow(
@@ -169,6 +197,121 @@ class RolloutShare:
             ):
                 applied += 1
         return applied
+
+    def submit(
+        self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int], reason: str
+    ) -> ModelRollout:
+        """An operator's change (rollout_ops.KINDS) this worker received: checked and applied here
+        after every change logged before it, and logged for the other workers (they apply it
+        within CHECK_S). A change refused here raises as in one process and is never logged."""
+        gen = generation(entry)
+        key = log_key(entry.name, gen)
+        pairs = tuple(sorted(weights.items()))
+        for _ in range(MAX_CLAIMS):
+            self.check()  # the changes (and rollbacks) logged so far, so this one comes after them
+            versions = self._check_change(entry, kind, version, weights)
+            seq = self._applied.get(key, 0) + 1
+            change = OperatorChange(
+                entry.name, gen, seq, self.worker, kind, pairs, versions, reason, time.time()
+            )
+            try:
+                claimed = claim(self.directory, change)
+            except OSError as err:  # never applied here alone: the workers would route apart
+                log.error("rollout: cannot log model %s's %s change for the other workers in %s: %s",
+                          entry.name, kind, self.directory, err)  # fmt: skip
+                raise RolloutRefused(
+                    "the change could not be passed to the other workers (see the server's log): "
+                    "nothing changed"
+                ) from err
+            if claimed:
+                self._mark(key, change)
+                return self._apply_own(entry, kind, version, weights, reason)
+        raise RolloutRefused(
+            f"other workers' changes to model '{entry.name}' came first {MAX_CLAIMS} times: nothing "
+            "changed; try again"
+        )
+
+    def _check_change(
+        self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int]
+    ) -> tuple[int, ...]:
+        """Raise what applying the change would refuse; the versions it names (a rollback's: those
+        it takes out)."""
+        rollout = self._models.rollout
+        if kind == "weights":
+            rollout.check_weights(entry, weights)
+            return ()
+        if kind == "promote" and version is not None:
+            rollout.check_weights(entry, {version: 100})
+            return (version,)
+        return tuple(rollout.rollback_targets(entry, version))
+
+    def _apply_own(
+        self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int], reason: str
+    ) -> ModelRollout:
+        rollout = self._models.rollout
+        if kind == "weights":
+            return rollout.set_weights(entry, weights)
+        if kind == "promote" and version is not None:
+            return rollout.promote(entry, version)
+        return rollout.roll_back(entry, version, reason)
+
+    def _follow_changes(self, names: list[str]) -> int:
+        """Apply the other workers' logged changes not applied here yet, each log in its order;
+        how many changed something here."""
+        pending: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for name in names:
+            parsed = parse_name(name)
+            if parsed is not None and parsed[1] > self._applied.get(parsed[0], 0):
+                pending.setdefault(parsed[0], []).append((parsed[1], name))
+        applied = 0
+        for key, changes in pending.items():
+            for seq, name in sorted(changes):
+                if seq != self._applied.get(key, 0) + 1:
+                    break  # numbers are claimed in order: a gap is a file not listed yet
+                change = self._change(name)
+                if change is None:  # unreadable (said in the log): passed over
+                    self._applied[key] = seq
+                    continue
+                if self._generation_of(change.model) != change.generation:
+                    break  # another load of the model here: wait (or never, after a reload)
+                if change.worker != self.worker:
+                    applied += self._follow(self._models.entry(change.model), change)
+                self._mark(key, change)
+        return applied
+
+    def _follow(self, entry: ModelEntry, change: OperatorChange) -> bool:
+        rollout = self._models.rollout
+        try:
+            if change.kind == "weights":
+                rollout.set_weights(entry, dict(change.weights))
+            elif change.kind == "promote" and change.versions:
+                rollout.promote(entry, change.versions[0])
+            else:
+                reason = "".join(c if c.isprintable() else " " for c in change.reason)
+                text = f"rollback from worker {change.worker} (manual): {reason or 'by an operator'}"
+                return any([rollout.follow(entry, v, text) for v in change.versions])
+        except ServiceError as err:  # the same generation serves the same versions: not expected
+            log.warning("rollout: worker %d's change %d of model %s not applied here: %s",
+                        change.worker, change.seq, change.model, err)  # fmt: skip
+            return False
+        return True
+
+    def _mark(self, key: tuple[str, str], change: OperatorChange) -> None:
+        self._applied[key] = change.seq
+        if change.kind in ("weights", "promote"):
+            self._replaced[key] = change.seq
+        self._changes.pop(change.file_name(), None)
+
+    def _change(self, name: str) -> OperatorChange | None:
+        """The change in file `name`, read once (kept until applied); None when unreadable."""
+        change = self._changes.get(name)
+        if change is None:
+            try:
+                change = self._changes[name] = read_change(self.directory / name)
+            except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested JSON
+                log.error("rollout: %s in %s is no operator change (%s): passed over",
+                          name, self.directory, err)  # fmt: skip
+        return change
 
     def _event(self, name: str) -> SharedRollback | None:
         if name not in self._events:

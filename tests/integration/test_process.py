@@ -100,12 +100,10 @@ def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
                 )
                 answered += len(stub.ModelInfer(request, timeout=30).outputs)
         assert answered == 6
-        with grpc.insecure_channel(server.address) as ch:  # a rollout change would reach one worker
+        with grpc.insecure_channel(server.address) as ch:  # shared by the workers: rollout_share.py
             admin = apb_grpc.AdminStub(ch)
-            with pytest.raises(grpc.RpcError) as refused:
-                admin.SetWeights(apb.SetWeightsRequest(model="mlp", weights={1: 100}), timeout=30)
-            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "workers=1" in (refused.value.details() or "")
+            changed = admin.SetWeights(apb.SetWeightsRequest(model="mlp", weights={1: 100}), timeout=30)
+            assert changed.source == "admin" and changed.worker in ("0", "1")
             assert admin.RolloutStatus(apb.RolloutStatusRequest(model="mlp"), timeout=30).model == "mlp"
         assert server.terminate() == 0
         lines = server.output()

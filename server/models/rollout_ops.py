@@ -1,0 +1,128 @@
+"""Under `--workers N`: the operators' rollout changes (SetWeights, Promote, Rollback), one ordered
+log per model and generation that every worker applies in the same order.
+
+The worker an admin RPC reaches first applies every change already logged for the model's
+generation (server/models/rollout_share.py's check), checks the new one against that state exactly
+as one process would (a refused change is never written), then claims the next sequence number: it
+writes the change to a temporary file and hard-links it to `op-<model>-<generation>-<seq>.json`.
+The link fails when that name exists, so of two workers claiming the same number one wins; the
+other reads the winner's change, applies it, checks its own again and claims the next number. Each
+file is whole when it appears (a link of a written file) and never changes. The claimant applies
+its change at once and answers; every other worker applies it at its next check (CHECK_S).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+PREFIX = "op-"  # not a hex digit: the automatic rollbacks' files start with one
+SUFFIX = ".json"
+MAX_CHANGE_BYTES = 16 * 1024  # a bigger file is no change of ours: not read
+KINDS = ("weights", "promote", "rollback")
+T = TypeVar("T")
+_NAME = re.compile(r"op-([0-9a-f]{16})-([0-9a-f]{1,16})-(\d{10})\.json")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorChange:
+    """Change number `seq` to `model`'s rollout in its `generation`, received by `worker`."""
+
+    model: str
+    generation: str
+    seq: int
+    worker: int
+    kind: str  # one of KINDS
+    weights: tuple[tuple[int, int], ...]  # "weights": (version, weight) pairs
+    versions: tuple[int, ...]  # "promote": the version; "rollback": the versions taken out
+    reason: str  # "rollback": the operator's reason
+    unix_time: float
+
+    def file_name(self) -> str:
+        return change_file_name(self.model, self.generation, self.seq)
+
+
+def model_key(model: str) -> str:
+    """Any model name as a safe piece of a file name."""
+    return hashlib.sha256(model.encode()).hexdigest()[:16]
+
+
+def log_key(model: str, generation: str) -> tuple[str, str]:
+    """The log a change of `model` in `generation` belongs to, as its file names spell it."""
+    return model_key(model), generation[:16]
+
+
+def change_file_name(model: str, generation: str, seq: int) -> str:
+    key, gen = log_key(model, generation)
+    return f"{PREFIX}{key}-{gen}-{seq:010d}{SUFFIX}"
+
+
+def parse_name(name: str) -> tuple[tuple[str, str], int] | None:
+    """(log key, sequence number) of a change's file name; None for any other name."""
+    match = _NAME.fullmatch(name)
+    return None if match is None else ((match.group(1), match.group(2)), int(match.group(3)))
+
+
+def claim(directory: Path, change: OperatorChange) -> bool:
+    """Write `change` under its sequence number unless another worker took that number first
+    (False). A reader sees the whole file or none: the name appears by a link of a written file."""
+    final = directory / change.file_name()
+    temporary = directory / f".{final.name}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(asdict(change)), encoding="utf-8")
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+    return True
+
+
+def read_change(path: Path) -> OperatorChange:
+    """The change in `path`; ValueError (or OSError) when it is not one."""
+    with path.open("rb") as file:
+        data = file.read(MAX_CHANGE_BYTES + 1)
+    if len(data) > MAX_CHANGE_BYTES:
+        raise ValueError(f"larger than {MAX_CHANGE_BYTES} bytes")
+    raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    kind = _field(raw, "kind", str)
+    if kind not in KINDS:
+        raise ValueError(f"field 'kind' is {kind!r}, not one of {KINDS}")
+    pairs = _field(raw, "weights", list)
+    if not all(isinstance(p, list) and len(p) == 2 and all(_is_int(x) for x in p) for p in pairs):
+        raise ValueError("field 'weights' is not a list of [version, weight] pairs")
+    versions = _field(raw, "versions", list)
+    if not all(_is_int(v) for v in versions):
+        raise ValueError("field 'versions' is not a list of version numbers")
+    unix_time = raw.get("unix_time")
+    if not isinstance(unix_time, (int, float)) or isinstance(unix_time, bool):
+        raise ValueError("field 'unix_time' is not a number")
+    return OperatorChange(
+        model=_field(raw, "model", str),
+        generation=_field(raw, "generation", str),
+        seq=_field(raw, "seq", int),
+        worker=_field(raw, "worker", int),
+        kind=kind,
+        weights=tuple((p[0], p[1]) for p in pairs),
+        versions=tuple(versions),
+        reason=_field(raw, "reason", str),
+        unix_time=float(unix_time),
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(raw: dict[str, object], name: str, kind: type[T]) -> T:
+    value = raw.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field '{name}' is not a {kind.__name__}")
+    return value
