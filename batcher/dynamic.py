@@ -31,6 +31,7 @@ from batcher.batch_io import (
     late,
     left_ns,
     note_taken,
+    refusal,
     settle_batch,
     stopped,
 )
@@ -270,6 +271,11 @@ class DynamicBatcher:
             if a.counted:
                 self._stats.take_back(rows, (0, t1 - t0, 0))
             raise computed_late()
+        refused = refusal(a.accept, outputs)
+        if refused is not None:  # not its answer: counted in `fail` only, by its caller
+            if a.counted:
+                self._stats.take_back(rows, (0, t1 - t0, 0))
+            raise refused
         if a.counted:
             self._stats.count_queue(0)
         return outputs

@@ -178,6 +178,7 @@ class RequestQueue:
             reject_at=a.reject_at,
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
+            accept=a.accept,
         )
         due = earliest(a.hard, a.reject_at)
         if due is not None:
