@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from batcher.errors import TooManyRows
 from batcher.form import earliest
-from batcher.types import BatchingPolicy, LevelQueuePolicy, TimeoutAction
+from batcher.types import Accept, BatchingPolicy, LevelQueuePolicy, TimeoutAction
 
 
 class Admission(NamedTuple):
@@ -45,6 +45,7 @@ class Admission(NamedTuple):
     # model's (its queue, deadline, rejection and per-request compute figures leave it out).
     counted: bool = True
     reject_at: float | None = None  # with REJECT: failed if still queued then (policy_deadline)
+    accept: Accept | None = None  # checks its outputs before they count (None: any are its answer)
 
     @classmethod
     def settle(

@@ -12,7 +12,7 @@ from batcher.queue import Request
 from batcher.ragged import gather_ragged
 from batcher.scatter import gather
 from batcher.stats import ModelStats
-from batcher.types import Array, BatchingPolicy, BatchRun, QueueTrace, Tensors
+from batcher.types import Accept, Array, BatchingPolicy, BatchRun, QueueTrace, Tensors
 
 
 def late(hard: float | None, now: float) -> bool:
@@ -104,12 +104,28 @@ def settle_batch(
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
+        refused = refusal(p.accept, part)
         if late(p.hard, done_at):
             stats.late += p.counted
             if p.counted:
                 stats.take_back(own_rows, compute)
             p.handle.future.set_exception(computed_late())
+        elif refused is not None:  # not its answer: counted in `fail` only, by its caller
+            if p.counted:
+                stats.take_back(own_rows, compute)
+            p.handle.future.set_exception(refused)
         else:
             if p.counted:
                 stats.count_queue(p.queued_ns)
             p.handle.future.set_result(part)
+
+
+def refusal(accept: Accept | None, outputs: Tensors) -> Exception | None:
+    """Why `accept` (Admission.accept) refuses `outputs` as its request's answer (None: it does not)."""
+    if accept is None:
+        return None
+    try:
+        accept(outputs)
+    except Exception as exc:
+        return exc
+    return None

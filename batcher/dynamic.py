@@ -29,6 +29,7 @@ from batcher.batch_io import (
     handed_over,
     late,
     left_ns,
+    refusal,
     stopped,
 )
 from batcher.budget import ByteBudget
@@ -280,6 +281,11 @@ class DynamicBatcher:
             if a.counted:
                 self._stats.take_back(rows, (0, t1 - t0, 0))
             raise computed_late()
+        refused = refusal(a.accept, outputs)
+        if refused is not None:  # not its answer: counted in `fail` only, by its caller
+            if a.counted:
+                self._stats.take_back(rows, (0, t1 - t0, 0))
+            raise refused
         if a.counted:
             self._stats.count_queue(0)
         return outputs

@@ -190,6 +190,7 @@ class RequestQueue:
             reject_at=a.reject_at,
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
+            accept=a.accept,
         )
         now = self._clock()
         due = earliest(self._give_up_at(p, now), a.reject_at)

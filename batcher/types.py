@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # batcher/ragged.py imports this module
 
 Array = npt.NDArray[np.generic]
 Tensors = Mapping[str, Array]
+# Checks a request's own outputs once computed, before they are counted as its answer; raises why
+# they cannot be its answer (the caller's: an output region too small, an answer over its message
+# limit). Checked after the count, such a request was in `fail` and also in queue, compute and
+# inference_count.
+Accept = Callable[[Tensors], None]
 
 
 class Backend(Protocol):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from batcher.admission import Admission
+from batcher.batch_io import refusal
 from batcher.dynamic import DynamicBatcher
 from batcher.errors import DeadlineExceeded
 from batcher.sequence import SequenceBatcher
@@ -190,6 +191,9 @@ class EnsembleScheduler:
         (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
         start = time.perf_counter_ns()
         outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
+        refused = refusal(admission.accept, outputs)
+        if refused is not None:  # not its answer (Admission.accept): counted in `fail` only, by its caller
+            raise refused
         stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
         # Triton's ensembles count queue as their successes (no queue of their own: no wait).
         # perf_analyzer picks the version whose queue count moved, so with 0 it could not profile

@@ -80,8 +80,9 @@ class TracedPath(RequestPath):
         rpc: str = "ModelInfer",
         parent: Context | None = None,
         regions: SharedMemoryRegistry | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
-        super().__init__(models, is_stopping, TracedJob, regions)
+        super().__init__(models, is_stopping, TracedJob, regions, max_answer_bytes)
         self._tracing = tracing
         self._tracer: Tracer = tracing.tracer
         self._rpc = rpc
@@ -90,8 +91,9 @@ class TracedPath(RequestPath):
     def bind(self, metadata: Metadata | None, rpc: str) -> TracedPath:
         """This path for one call: its RPC's name, and the parent its metadata carry."""
         return TracedPath(
-            self._models, self._is_stopping, self._tracing, rpc, self._tracing.parent(metadata), self.regions
-        )
+            self._models, self._is_stopping, self._tracing, rpc, self._tracing.parent(metadata), self.regions,
+            self.max_answer_bytes,
+        )  # fmt: skip
 
     def start(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
 from server.observability.metrics_reasons import record_failed
 from server.protocol import codec, shm_tensors
+from server.protocol.answer_checks import AnswerCheck, check_answer
 from server.protocol.classification import classify, requested_classes
 from server.protocol.controls import Controls, parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
@@ -60,6 +62,8 @@ class InferJob:
     classes: Mapping[str, int] | None = None  # classification extension: output -> class count
     outputs: Tensors | None = None  # as computed (before classification): a shadow compares them
     owner: object | None = None  # the stream that sent it (its sequence's owner when it starts one)
+    answer_limit: int | None = None  # the server's max_message_bytes (None: no limit)
+    framed: bool = False  # its answer is a stream's frame (a ModelStreamInferResponse wraps it)
 
     @classmethod
     def prepare(
@@ -115,6 +119,24 @@ class InferJob:
         self.names, self.admission = names, admission
         self.served = served
         self.looked_up = False  # the old version's cache: nothing to count or fill
+        self.limit_answer(self.answer_limit, self.framed)  # its names and version: checked anew
+
+    def limit_answer(self, limit: int | None, framed: bool) -> None:
+        """Check its outputs before the batcher counts them as its answer (answer_checks.py)."""
+        self.answer_limit, self.framed = limit, framed
+        if limit is None and (self.shm is None or not self.shm.outputs):
+            return
+        served = self.served
+        header = pb.ModelInferResponse(
+            model_name=served.name, model_version=served.version_str, id=self.request.id
+        )
+        # Classified outputs are sized once classified, on the encoded answer (_wire). The check
+        # holds no reference to the job: a cycle through it had kept a request's shared-memory
+        # regions mapped, after they were unregistered, until a garbage collection.
+        check = AnswerCheck(
+            self.names, self.shm, None if self.classes else limit, self.request if framed else None, header
+        )
+        self.admission = self.admission._replace(accept=check)
 
     def answer_now(self) -> pb.ModelInferResponse | None:
         """The response if it needs no waiting (a cache hit, or an idle model's cheap run)."""
@@ -213,9 +235,11 @@ class InferJob:
 
     def _wire(self, outputs: Tensors) -> pb.ModelInferResponse:
         served = self.served
-        return codec.encode_response(
+        answer = codec.encode_response(
             served.name, served.version_str, self.request.id, outputs, self.names, self.shm
         )
+        check_answer(answer, self.answer_limit, self.request if self.framed else None)
+        return answer
 
 
 class RequestPath:
@@ -227,11 +251,20 @@ class RequestPath:
         is_stopping: Callable[[], bool],
         job_type: type[InferJob] = InferJob,
         regions: SharedMemoryRegistry | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self._models = models
         self._is_stopping = is_stopping
         self._job_type = job_type  # tracing's subclass notes when each stage ended
         self.regions = regions  # registered shared memory (None: requests naming a region are refused)
+        self.max_answer_bytes = max_answer_bytes  # the server's max_message_bytes (None: no limit)
+        self.framed = False  # its answers are a stream's frames (`frames`)
+
+    def frames(self) -> RequestPath:
+        """This path for a stream, whose answers are frames wrapping them (a few bytes more)."""
+        framed = copy.copy(self)
+        framed.framed = True
+        return framed
 
     def needs_load(self, request: pb.ModelInferRequest) -> bool:
         """Whether the request's (lazy) model must load first (server/models/lazy.py)."""
@@ -270,6 +303,7 @@ class RequestPath:
         try:
             job = self._job_type.prepare(served, request, remaining_s, self.regions, controls)
             job.owner = owner
+            job.limit_answer(self.max_answer_bytes, self.framed)
             response = job.answer_now()
         except Exception as exc:
             self._models.sequence_routing.refused(served, routed)  # a start's note goes with it

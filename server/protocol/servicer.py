@@ -88,12 +88,18 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._stream_max_held_bytes = stream_max_held_bytes
         self._refusals = refusals or QuietRefusals(1)
-        self._max_message_bytes = max_message_bytes  # a stream answer over it fails alone
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
         self._is_stopping = is_stopping
-        self._path = RequestPath(models, is_stopping, regions=self.shm)
+        # An answer over max_message_bytes fails alone, RESOURCE_EXHAUSTED (answer_checks.py).
+        self._path = RequestPath(models, is_stopping, regions=self.shm, max_answer_bytes=max_message_bytes)
         # Tracing on: a span per request, through a path bound to each call's trace context.
-        self._traced = None if tracing is None else TracedPath(models, is_stopping, tracing, regions=self.shm)
+        self._traced = (
+            None
+            if tracing is None
+            else TracedPath(
+                models, is_stopping, tracing, regions=self.shm, max_answer_bytes=max_message_bytes
+            )
+        )
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -270,14 +276,16 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if handler is not None:
                 handler.cancel()
 
+        path = (
+            self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelStreamInfer")
+        )
         session = StreamSession(
             request_iterator,
-            self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelStreamInfer"),
+            path.frames(),
             max_in_flight=self._stream_max_in_flight,
             deadline=None if remaining is None else time.monotonic() + remaining,
             idle_timeout_s=self._stream_idle_timeout_s,
             on_close=self._models.release_sequences,
-            max_answer_bytes=self._max_message_bytes,
             max_held_bytes=self._stream_max_held_bytes,
             on_stalled=end_call,
         )

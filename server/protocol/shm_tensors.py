@@ -99,16 +99,18 @@ class ShmTensors:
     ) -> None:
         """Refuse, before the request is queued, an output in shared memory whose size the model's
         config fixes (no variable dimension, not BYTES) and that its region cannot hold: checked
-        only after the run, it had been computed, counted in queue and compute, then failed.
+        only after the run, it had been computed, counted in queue and compute, then failed. A BYTES
+        output of fixed shape takes 4 bytes an element at least (its lengths): a region smaller
+        than that is refused too. One with a variable dimension may be empty (a -1 may be 0): its
+        size is known only once computed (answer_checks.py, before the run is counted).
         `rows`: the request's rows (None: the model has no batch dimension)."""
         for name in names:
             spec = specs.get(name)
-            if name not in self.outputs or spec is None:
+            if name not in self.outputs or spec is None or -1 in spec.dims:
                 continue
-            if spec.datatype is datatypes.BYTES or -1 in spec.dims:
-                continue  # its size is known only once computed: checked when written
             shape = spec.dims if rows is None else (rows, *spec.dims)
-            self.check_room(name, prod(shape) * spec.datatype.numpy.itemsize)
+            least = 4 if spec.datatype is datatypes.BYTES else spec.datatype.numpy.itemsize
+            self.check_room(name, prod(shape) * least)
 
 
 def uses_shared_memory(request: pb.ModelInferRequest) -> bool:

@@ -10,8 +10,8 @@ reader, without a task; the others get a task each. Answers leave through one qu
 complete, except for models with `preserve_ordering` and latest-frame-wins frames: those leave in
 request order per model version, each waiting for the one before it (stream_order.py). A failed
 request is answered with an error message and its id; the stream goes on. So is an answer over
-the message limit (`max_answer_bytes`): gRPC would fail the whole stream for it, and every later
-request on it would go unanswered.
+the message limit (refused by the request path, answer_checks.py, and counted a failure): sent,
+gRPC would fail the whole stream for it, and every later request on it would go unanswered.
 
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
@@ -32,8 +32,9 @@ from collections.abc import AsyncIterator, Callable
 
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
-from server.errors import AnswerTooLarge, FrameDropped, status_for
+from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
+from server.protocol.answer_checks import FINAL_RESPONSE, wants_final_flag
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
@@ -44,9 +45,6 @@ from server.protocol.stream_sequences import OnClose, SeenSequences
 log = logging.getLogger(__name__)
 
 Response = pb.ModelStreamInferResponse
-# Room for what an answer holds besides its raw outputs, id and model name (tensor names, shapes,
-# parameters): an answer whose raw bytes leave this much under the limit is surely within it.
-_SMALL_PARTS_BYTES = 64 * 1024
 # While draining, a stream is ended once its caller has sent nothing for this long, or this long
 # after the drain began, whichever comes first.
 DRAIN_QUIET_S = 0.05
@@ -66,14 +64,12 @@ class StreamSession:
         deadline: float | None,  # the call's gRPC deadline, absolute time.monotonic()
         idle_timeout_s: float = 0.0,  # 0: never
         on_close: OnClose | None = None,  # given the sequences it drove, when it ends
-        max_answer_bytes: int | None = None,  # the server's max_message_bytes (None: no check)
         max_held_bytes: int | None = None,  # raw bytes of requests read and answers unwritten
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
     ) -> None:
         self._requests = requests
         self._held = HeldBytes(max_held_bytes)
         self._on_stalled = on_stalled
-        self._max_answer_bytes = max_answer_bytes
         self._path = path
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
@@ -303,13 +299,7 @@ class StreamSession:
         done: asyncio.Event | None,
         request: pb.ModelInferRequest | Malformed | None = None,
     ) -> None:
-        made: int | None = None  # the answer's raw output bytes, counted once
-        if response is not None:
-            made = answer_bytes(response)
-            checked = self._within_limit(response, request, made)
-            if checked is not response:
-                made = 0  # its error answer carries no outputs
-            response = checked
+        made = None if response is None else answer_bytes(response)  # its raw output bytes, counted once
         if response is not None and _wants_final_flag(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
@@ -322,40 +312,12 @@ class StreamSession:
         if done is not None:
             done.set()
 
-    def _within_limit(
-        self, response: Response, request: pb.ModelInferRequest | Malformed | None, outputs_bytes: int
-    ) -> Response:
-        """`response` (`outputs_bytes` of raw outputs), or its request's error answer when it is
-        over the message limit."""
-        limit = self._max_answer_bytes
-        if limit is None or not isinstance(request, pb.ModelInferRequest):  # (for the type checker)
-            return response
-        # ByteSize() costs about a serialization (204 ms for 64 MiB): only near the limit.
-        answer = response.infer_response
-        raw = outputs_bytes + len(answer.id) + len(answer.model_name)
-        if raw + _SMALL_PARTS_BYTES < limit:  # outputs always go raw: the rest is small
-            return response
-        size = response.ByteSize()
-        if size <= limit:
-            return response
-        why = AnswerTooLarge(
-            f"answer message larger than max ({size} vs. {limit} bytes, the server's "
-            f"max_message_bytes): ask for fewer rows or outputs, or use shared memory for outputs"
-        )
-        return _error(request, why)
-
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
 
-ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"  # tritonclient's enable_empty_final_response
-FINAL_RESPONSE = "triton_final_response"
-
-
 def _wants_final_flag(request: pb.ModelInferRequest | Malformed | None) -> bool:
-    if not isinstance(request, pb.ModelInferRequest) or ENABLE_FINAL_RESPONSE not in request.parameters:
-        return False
-    return bool(request.parameters[ENABLE_FINAL_RESPONSE].bool_param)
+    return isinstance(request, pb.ModelInferRequest) and wants_final_flag(request)
 
 
 def _shutting_down(request: pb.ModelInferRequest | Malformed) -> Response:

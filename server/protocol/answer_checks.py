@@ -1,0 +1,144 @@
+"""Whether a request's computed outputs can be its answer: outputs into shared-memory regions too
+small for them, and answers over the server's message limit (`max_message_bytes`).
+
+Both can only be known once the outputs exist (an output of variable shape, BYTES). They are
+checked before the batcher counts the outputs as the request's answer (`Admission.accept`), so a
+request refused here is counted in `fail` only, never also in queue, compute and inference_count;
+and once more on the encoded answer (`check_answer`), for what the first check cannot size (BYTES
+sent inline, classification). Unary and stream answers follow one rule: an answer whose message is
+over the limit is refused RESOURCE_EXHAUSTED naming its size and the limit. A unary one had been
+left to gRPC ("Sent message larger than max") and a stream's to the stream, both counted successes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from batcher.types import Array, Tensors
+from protos import grpc_service_pb2 as pb
+from server import datatypes
+from server.errors import AnswerTooLarge
+from server.protocol.controls import ENABLE_FINAL_RESPONSE
+from server.protocol.shm_tensors import ShmTensors
+
+# Room for what an answer holds besides its raw outputs, id and model name (tensor names, shapes,
+# parameters): an answer whose raw bytes leave this much under the limit is surely within it, and
+# its exact size (about a serialization: 204 ms for 64 MiB) is not worked out.
+SMALL_PARTS_BYTES = 64 * 1024
+# What a stream's frame adds to the ModelInferResponse it wraps: the field's tag and length.
+_FRAME_TAG_BYTES = 1
+FINAL_RESPONSE = "triton_final_response"
+# The parameter a stream adds to the answer of a request that asked for the final-response flag.
+_FINAL_FLAG_BYTES = pb.ModelInferResponse(
+    parameters={FINAL_RESPONSE: pb.InferParameter(bool_param=True)}
+).ByteSize()
+
+
+def wants_final_flag(request: pb.ModelInferRequest) -> bool:
+    """Whether a stream marks this request's answer as its last (enable_empty_final_response)."""
+    param = request.parameters.get(ENABLE_FINAL_RESPONSE)
+    return param is not None and bool(param.bool_param)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCheck:
+    """`check_outputs` for one request: its Admission.accept."""
+
+    names: Sequence[str]
+    shm: ShmTensors | None
+    limit: int | None
+    frame: pb.ModelInferRequest | None
+    header: pb.ModelInferResponse
+
+    def __call__(self, outputs: Tensors) -> None:
+        check_outputs(outputs, self.names, self.shm, self.limit, self.frame, self.header)
+
+
+def check_outputs(
+    outputs: Tensors,
+    names: Sequence[str],
+    shm: ShmTensors | None,
+    limit: int | None,
+    frame: pb.ModelInferRequest | None,
+    header: pb.ModelInferResponse,
+) -> None:
+    """Raise InvalidRequest for an output its region cannot hold, AnswerTooLarge for an answer of
+    `names` from `outputs` over `limit` (None: no limit). `frame`: the request, when its answer is a
+    stream's frame (None: a unary answer). `header`: the answer's model name, version and id."""
+    raw = 0
+    for name in names:
+        array = outputs.get(name)
+        if array is None:
+            continue
+        if shm is not None and name in shm.outputs:
+            shm.check_room(name, _least_bytes(array, shm.outputs[name].byte_size))
+        elif array.dtype.kind in "OSU":
+            raw += 4 * array.size  # its least (a length an element): its size is known once packed
+        else:
+            raw += array.nbytes
+    if limit is None or raw + len(header.id) + len(header.model_name) + SMALL_PARTS_BYTES < limit:
+        return
+    answer = pb.ModelInferResponse()
+    answer.CopyFrom(header)
+    for name in names:
+        array = outputs.get(name)
+        if array is not None:
+            wire = datatypes.from_numpy(array.dtype).wire
+            answer.outputs.add(name=name, datatype=wire, shape=array.shape)
+            answer.raw_output_contents.append(b"")
+    size = answer.ByteSize() + sum(
+        _entry_bytes(_raw_size(outputs[n])) - 1  # each empty entry already counts its tag and a 0 length
+        for n in names
+        if n in outputs and (shm is None or n not in shm.outputs)
+    )
+    check_size(size, limit, frame)  # with BYTES inline, `size` is its least: over the limit, surely
+
+
+def check_answer(
+    answer: pb.ModelInferResponse, limit: int | None, frame: pb.ModelInferRequest | None
+) -> None:
+    """AnswerTooLarge when the encoded `answer` is over `limit`: what `check_outputs` could not size."""
+    if limit is None:
+        return
+    raw = sum(map(len, answer.raw_output_contents)) + len(answer.id) + len(answer.model_name)
+    if raw + SMALL_PARTS_BYTES < limit:
+        return
+    check_size(answer.ByteSize(), limit, frame)
+
+
+def check_size(size: int, limit: int, frame: pb.ModelInferRequest | None) -> None:
+    """AnswerTooLarge when a ModelInferResponse of `size` bytes makes a message over `limit`."""
+    if frame is not None:  # a ModelStreamInferResponse around it, with the flag if asked for
+        inner = size + (_FINAL_FLAG_BYTES if wants_final_flag(frame) else 0)
+        size = _FRAME_TAG_BYTES + _entry_bytes(inner)
+    if size > limit:
+        raise AnswerTooLarge(
+            f"answer message larger than max ({size} vs. {limit} bytes, the server's "
+            f"max_message_bytes): ask for fewer rows or outputs, or use shared memory for outputs"
+        )
+
+
+def _entry_bytes(length: int) -> int:
+    """A length-delimited field's length prefix and contents (its tag not included)."""
+    prefix = 1
+    while length >= 1 << (7 * prefix):
+        prefix += 1
+    return prefix + length
+
+
+def _raw_size(array: Array) -> int:
+    return 4 * array.size if array.dtype.kind in "OSU" else array.nbytes
+
+
+def _least_bytes(array: Array, room: int) -> int:
+    """The bytes `array` takes in a region of `room` bytes. A BYTES output's elements are sized
+    only when their lengths alone (4 bytes each) fit: the work is bounded by the client's region."""
+    if array.dtype.kind not in "OSU":
+        return array.nbytes
+    needed = 4 * array.size
+    if needed > room:
+        return needed
+    for item in array.reshape(-1).tolist():  # bytes or str (else packing fails, as it would)
+        needed += len(item.encode() if isinstance(item, str) else item)
+    return needed
