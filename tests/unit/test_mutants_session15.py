@@ -13,8 +13,11 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from google.protobuf import text_format
 
 from batcher.stats import LATENCY_BOUNDS_NS
+from protos import model_config_pb2 as mc
+from server.models.config_bounds import check_bounds
 from server.models.config_errors import ConfigError
 from server.models.load_retry import LoadRetries, os_failure
 from server.models.rollback import Figures, RollbackMonitor, decide, quantile_s
@@ -362,3 +365,92 @@ def test_a_sticky_key_lands_where_the_rendezvous_rule_says_in_every_release() ->
     slices = Slices.of(weights)
     keys = [f"user-{i}" for i in range(200)]
     assert [slices.pick_key(k) for k in keys] == [_rendezvous(weights, k) for k in keys]
+
+
+def test_rollback_parameters_are_read_down_to_their_bounds() -> None:
+    policy = parse_policy(
+        config(
+            rollback_window_s="0.5",
+            rollback_error_margin="0",
+            rollback_latency_margin="0",
+            rollback_latency_floor_ms="0",
+        ),
+        "m",
+        [1],
+    )
+    assert policy is not None and policy.rollback == RollbackThresholds(0.5, 100, 0.0, 0.0, 0.0)
+    policy = parse_policy(
+        config(rollback_error_margin="0.5", rollback_latency_margin="0.5", rollback_latency_floor_ms="2"),
+        "m",
+        [1],
+    )
+    assert policy is not None and policy.rollback == RollbackThresholds(30.0, 100, 0.5, 0.5, 0.002)
+    assert _refusal(rollback_latency_margin="-1") == (
+        "m: parameters 'rollback_latency_margin' must be a number >= 0, got '-1'"
+    )
+    assert _refusal(rollback_latency_floor_ms="-1") == (
+        "m: parameters 'rollback_latency_floor_ms' must be a number >= 0, got '-1'"
+    )
+
+
+def test_weights_alone_set_no_sticky_key_and_no_rollback() -> None:
+    policy = parse_policy(config(traffic_weights="1:90,2:10"), "m", [1, 2])
+    assert policy is not None and (policy.sticky_key, policy.shadow, policy.rollback) == ("", None, None)
+
+
+def test_shadowing_the_stable_version_is_refused_in_one_sentence() -> None:
+    assert _refusal(traffic_weights="1:100", shadow_version="1") == (
+        "m: parameters 'shadow_version' names version 1, the stable version (the most weight in "
+        "'traffic_weights', or the newest without it): a version is never shadowed by its own requests; "
+        "name a candidate version"
+    )
+
+
+# -- config_bounds ------------------------------------------------------------------------------
+
+
+def _bounds_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def _bounds_refusal(text: str) -> str:
+    with pytest.raises(ConfigError) as refused:
+        check_bounds(_bounds_config(text), "m/config.pbtxt")
+    return str(refused.value)
+
+
+def test_a_batch_of_one_still_has_a_batch_dimension() -> None:
+    dims = ", ".join(["1"] * 32)
+    assert _bounds_refusal(f'max_batch_size: 1 input {{ name: "x" dims: [{dims}] }}') == (
+        f"m/config.pbtxt: input 'x': dims [{dims}] has 32 dimensions; "
+        "at most 31 (one more is the batch dimension)"
+    )
+    many = ", ".join(["1"] * 33)
+    assert _bounds_refusal(f'max_batch_size: 0 input {{ name: "x" dims: [{many}] }}') == (
+        f"m/config.pbtxt: input 'x': dims [{many}] has 33 dimensions; at most 32"
+    )
+
+
+def test_outputs_and_reshapes_are_bounded_and_named_too() -> None:
+    big = 2**41
+    assert _bounds_refusal(f'max_batch_size: 4 output {{ name: "y" dims: [{big}] }}').startswith(
+        f"m/config.pbtxt: output 'y': dims [{big}]: its fixed dimensions multiply past"
+    )
+    dims = ", ".join(["1"] * 32)
+    reshaped = f'max_batch_size: 4 input {{ name: "x" dims: [4] reshape {{ shape: [{dims}] }} }}'
+    assert "input 'x': reshape.shape" in _bounds_refusal(reshaped)
+    assert "has 32 dimensions; at most 31" in _bounds_refusal(reshaped)
+
+
+def test_a_zero_dimension_does_not_hide_the_others_product() -> None:
+    assert "multiply past" in _bounds_refusal(f'max_batch_size: 0 input {{ name: "x" dims: [0, {2**41}] }}')
+
+
+def test_a_queue_delay_refusal_names_its_source_and_field() -> None:
+    late = 3_600_000_001
+    assert _bounds_refusal(f"dynamic_batching {{ max_queue_delay_microseconds: {late} }}") == (
+        f"m/config.pbtxt: dynamic_batching.max_queue_delay_microseconds {late} exceeds 3600000000 "
+        "(one hour): a request without batch mates would wait that long"
+    )
+    direct = f"sequence_batching {{ direct {{ max_queue_delay_microseconds: {late} }} }}"
+    assert "m/config.pbtxt: sequence_batching.direct.max_queue_delay_microseconds" in _bounds_refusal(direct)
