@@ -122,7 +122,7 @@ def parse_policy(config: mc.ModelConfig, source: str, served: Iterable[int]) -> 
         rollback = RollbackThresholds(
             window_s=_number(params, ROLLBACK_WINDOW_S, d.window_s, where, low=0.0),
             min_requests=int(
-                _number(params, ROLLBACK_MIN_REQUESTS, d.min_requests, where, low=1, whole=True)
+                _number(params, ROLLBACK_MIN_REQUESTS, d.min_requests, where, low=1, whole=True, zero=True)
             ),
             error_margin=_number(params, ROLLBACK_ERROR_MARGIN, d.error_margin, where, low=0.0, zero=True),
             latency_margin=_number(
@@ -192,7 +192,9 @@ def _shadow(params: dict[str, str], served: set[int], where: str) -> ShadowPolic
         fraction=fraction,
         timeout_s=_number(params, SHADOW_TIMEOUT_MS, d.timeout_s * 1000, where, low=0.0) / 1000,
         max_queue=int(_number(params, SHADOW_MAX_QUEUE, d.max_queue, where, low=0, whole=True, zero=True)),
-        max_in_flight=int(_number(params, SHADOW_MAX_IN_FLIGHT, d.max_in_flight, where, low=1, whole=True)),
+        max_in_flight=int(
+            _number(params, SHADOW_MAX_IN_FLIGHT, d.max_in_flight, where, low=1, whole=True, zero=True)
+        ),
     )
 
 
