@@ -40,6 +40,7 @@ class Signature:
     outputs: Mapping[str, TensorSpec]
     # BYTES inputs must be UTF-8 text (onnxruntime's strings); the identity backend takes any bytes.
     text_bytes: bool = True
+    sequences: bool = False  # the model has sequence_batching: requests must name a sequence
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Signature:
@@ -58,6 +59,7 @@ class Signature:
             inputs={t.name: spec(t) for t in config.input},
             outputs={t.name: spec(t) for t in config.output},
             text_bytes=config.backend != IDENTITY,
+            sequences=config.HasField("sequence_batching"),
         )
 
     def wire_shape(self, spec: TensorSpec) -> list[int]:

@@ -6,6 +6,7 @@ share one read that began after they came."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import onnx
@@ -54,6 +55,7 @@ def lazy_model(repo: Path, name: str, config: str, graph: bool = True, first: in
 def request(name: str = "x", shape: tuple[int, ...] = (1, 3), datatype: str = "FP32") -> pb.ModelInferRequest:
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name=name, datatype=datatype, shape=list(shape))
+    message.raw_input_contents.append(bytes(4 * math.prod(shape)))  # FP32 or INT32: judged decoded
     return message
 
 
