@@ -29,12 +29,13 @@ from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
 from server.observability.metrics_reasons import record_failed
-from server.protocol import codec, shm_tensors
+from server.protocol import codec
 from server.protocol.answer_checks import AnswerCheck, check_answer
 from server.protocol.classification import classify, requested_classes
 from server.protocol.controls import Controls, parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
-from server.protocol.sequence_route import check_sequence, sequence_outputs
+from server.protocol.request_checks import check_request
+from server.protocol.sequence_route import sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_tensors import ShmTensors
 
@@ -77,24 +78,17 @@ class InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
         or TooManyRows). `controls`: its parameters as parsed for routing (None: parsed here)."""
         signature = served.signature
-        signature.check_declared_datatypes(request.inputs)
-        shm = shm_tensors.resolve(request, regions)
         # Copies, not views, where the inputs outlive the request (cache keys, samples).
-        inputs = codec.decode_inputs(
-            request, shm, served.response_cache is not None or served.sampler is not None
-        )
-        rows = signature.check_inputs(inputs)
-        names = signature.check_outputs(codec.requested_outputs(request))
-        if shm is not None and shm.outputs:
-            shm.check_fixed_outputs(signature.outputs, names, rows if signature.max_batch_size > 0 else None)
-        if controls is None:  # not parsed yet, or refused: parsed here, where its error is raised
-            controls = parse_controls(request.parameters)
-        check_sequence(served, controls.sequence)
+        private = served.response_cache is not None or served.sampler is not None
+        sequences = None if served.ensemble is not None else served.sequences is not None
+        checked = check_request(signature, request, regions, controls, sequences=sequences, private=private)
+        controls = checked.controls
         deadline = None if remaining_s is None else time.monotonic() + remaining_s
         admission = served.batcher.admission(
-            rows, deadline=deadline, priority=controls.priority, timeout_s=controls.timeout_s
+            checked.rows, deadline=deadline, priority=controls.priority, timeout_s=controls.timeout_s
         )
         classes = requested_classes(request, signature)
+        inputs, names, shm = checked.inputs, checked.names, checked.shm
         return cls(served, request, inputs, names, admission, controls, deadline, shm=shm, classes=classes)
 
     def retarget(self, served: ModelVersion) -> None:
@@ -380,7 +374,7 @@ class RequestPath:
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
         if demand is not None and demand.needs_load(request.model_name):
-            remaining_s = await await_load(demand, request, remaining_s)
+            remaining_s = await await_load(demand, request, remaining_s, self.regions)
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
         if response is not None:
             if claim is not None:
@@ -415,19 +409,26 @@ def note_served(exc: BaseException, version: str) -> None:
 
 
 async def await_load(
-    demand: OnDemand, request: pb.ModelInferRequest, remaining_s: float | None
+    demand: OnDemand,
+    request: pb.ModelInferRequest,
+    remaining_s: float | None,
+    regions: SharedMemoryRegistry | None = None,
 ) -> float | None:
     """Wait for a lazy model's load within the request's deadline: its gRPC deadline, or its
     `timeout` parameter when that is sooner (it had been counted only from after the load: a 1 s
     timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
     deadline, so the answer naming the load reaches the caller before its own timer fires (it had
-    seen only gRPC's "Deadline Exceeded"). What is left of the deadline after the wait."""
-    timeout_s = parse_controls(request.parameters).timeout_s
-    bound = min((b for b in (remaining_s, timeout_s) if b is not None), default=None)
-    slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
+    seen only gRPC's "Deadline Exceeded"). A request the load's signatures would refuse is refused
+    first, as the loaded model would (declared.py). What is left of the deadline after the wait."""
     began = time.monotonic()
+    controls = try_parse_controls(request.parameters)
     signatures = await demand.signatures(request.model_name)
     if signatures:  # an invalid request is refused without loading the model (and evicting)
-        check_declared_by_any(signatures, request)
-    await demand.ready(request.model_name, None if bound is None else max(0.0, bound - slack))
+        check_declared_by_any(signatures, request, regions, controls)
+    if controls is None:  # a model not judged: its refused parameter is named without loading it
+        controls = parse_controls(request.parameters)
+    bound = min((b for b in (remaining_s, controls.timeout_s) if b is not None), default=None)
+    slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
+    left = None if bound is None else bound - (time.monotonic() - began)
+    await demand.ready(request.model_name, None if left is None else max(0.0, left - slack))
     return None if bound is None else bound - (time.monotonic() - began)

@@ -1,30 +1,21 @@
 """Route a request's sequence parameters to its model's SequenceBatcher (batcher/sequence.py).
 
-A model with sequence_batching takes only requests naming a sequence; any other model refuses the
-sequence parameters, naming the parameter (Triton's wording where it has one).
+Which models take sequence parameters is checked with the request's other checks
+(server/protocol/request_checks.py `check_sequence_params`).
 """
 
 from __future__ import annotations
 
 from batcher.admission import Admission
 from batcher.types import QueueTrace, Tensors
-from server import triton_text
-from server.errors import InvalidRequest
 from server.models.versions import ModelVersion
-from server.protocol.sequence_params import SEQUENCE_ID, SequenceParams
+from server.protocol.request_checks import check_sequence_params
+from server.protocol.sequence_params import SequenceParams
 
 
 def check_sequence(served: ModelVersion, sequence: SequenceParams | None) -> None:
-    if served.ensemble is not None:
-        return  # its sequence steps take the sequence, the others ignore it (models/ensemble.py)
-    if served.sequences is None:
-        if sequence is not None:
-            raise InvalidRequest(
-                f"parameter '{SEQUENCE_ID}': model '{served.name}' has no sequence_batching "
-                "(send sequence parameters only to models with it)"
-            )
-    elif sequence is None:
-        raise InvalidRequest(f"{triton_text.no_correlation_id(served.name)} (parameter '{SEQUENCE_ID}')")
+    if served.ensemble is None:  # an ensemble's sequence steps take the sequence, the others ignore it
+        check_sequence_params(served.name, served.sequences is not None, sequence)
 
 
 async def sequence_outputs(

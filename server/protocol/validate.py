@@ -16,6 +16,7 @@ from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
 from server.errors import InvalidRequest
 from server.models.config import IDENTITY
+from server.models.ensemble_config import is_ensemble
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class Signature:
     outputs: Mapping[str, TensorSpec]
     # BYTES inputs must be UTF-8 text (onnxruntime's strings); the identity backend takes any bytes.
     text_bytes: bool = True
+    # The model has sequence_batching: its requests must name a sequence (None: an ensemble, whose
+    # steps with sequence_batching take the sequence and the others ignore it).
+    sequences: bool | None = False
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Signature:
@@ -58,6 +62,7 @@ class Signature:
             inputs={t.name: spec(t) for t in config.input},
             outputs={t.name: spec(t) for t in config.output},
             text_bytes=config.backend != IDENTITY,
+            sequences=None if is_ensemble(config) else config.HasField("sequence_batching"),
         )
 
     def wire_shape(self, spec: TensorSpec) -> list[int]:

@@ -6,6 +6,7 @@ share one read that began after they came."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import onnx
@@ -13,10 +14,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
 from server.errors import InvalidRequest
 from server.models.lazy_signatures import FreshRuns, predicted_signatures
 from server.models.repository import load_model_source
 from server.protocol.declared import check_declared_by_any
+from server.protocol.validate import Signature
 from tests.unit.test_lazy_loads import LAZY, FakeManager, loads_for
 
 DECLARED = (
@@ -54,6 +57,7 @@ def lazy_model(repo: Path, name: str, config: str, graph: bool = True, first: in
 def request(name: str = "x", shape: tuple[int, ...] = (1, 3), datatype: str = "FP32") -> pb.ModelInferRequest:
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name=name, datatype=datatype, shape=list(shape))
+    message.raw_input_contents.append(bytes(4 * math.prod(shape)))  # FP32 or INT32: judged decoded
     return message
 
 
@@ -125,3 +129,26 @@ async def test_concurrent_reads_share_one_run_that_began_after_them() -> None:
     assert await first == 1
     assert await asyncio.gather(*later) == [2] * 8  # one run for the eight, begun after they came
     assert runs == [1, 2]
+
+
+def test_sequence_parameters_are_judged_as_the_loaded_model_judges_them() -> None:
+    """A plain model refuses a sequence id, a sequence model needs one, an ensemble (its kept
+    signature, once evicted) takes it for its steps: never refused where its load would take it."""
+    sequence_id = request()
+    sequence_id.parameters["sequence_id"].int64_param = 5
+    for platform, sequences, refused in (
+        ("onnxruntime_onnx", False, (sequence_id, "has no sequence_batching")),
+        ("onnxruntime_onnx", True, (request(), "correlation ID")),
+        ("ensemble", False, None),
+    ):
+        config = mc.ModelConfig(name="m", platform=platform, max_batch_size=4)
+        config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[3])
+        config.output.add(name="y", data_type=mc.TYPE_FP32, dims=[3])
+        if sequences:
+            config.sequence_batching.SetInParent()
+        signatures = {1: Signature.from_config(config)}
+        if refused is None:
+            check_declared_by_any(signatures, sequence_id)
+            continue
+        with pytest.raises(InvalidRequest, match=refused[1]):
+            check_declared_by_any(signatures, refused[0])

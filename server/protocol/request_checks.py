@@ -1,0 +1,79 @@
+"""The ordered checks a request passes against its model's signature before it is admitted: one
+sequence for a loaded model (InferJob.prepare) and for a lazy model judged before its load
+(declared.py), so a request with several faults is refused for the same first one, with the same
+status and message, either way (the early judge had checked names before datatypes, shapes in the
+request's order, and no byte sizes or shared-memory regions).
+
+Order (Triton's where it has one): datatypes as declared, shared-memory regions, decoding (counts,
+byte sizes), names, each input in the model's order (datatype, text, shape, reshape), rows, outputs,
+outputs' shared-memory room, request parameters, sequence parameters. What follows (admission,
+classification) needs the loaded model's batcher or comes after it, and is checked by the load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from batcher.types import Tensors
+from protos import grpc_service_pb2 as pb
+from server import triton_text
+from server.errors import InvalidRequest
+from server.protocol import codec, shm_tensors
+from server.protocol.controls import Controls, parse_controls
+from server.protocol.sequence_params import SEQUENCE_ID, SequenceParams
+from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.shm_tensors import ShmTensors
+from server.protocol.validate import Signature
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the checks settled about one request."""
+
+    shm: ShmTensors | None  # its tensors in shared memory (None: none)
+    inputs: Tensors  # decoded
+    rows: int  # 1 for a model without a batch dimension
+    names: Sequence[str]  # the outputs to return
+    controls: Controls
+
+
+def check_request(
+    signature: Signature,
+    request: pb.ModelInferRequest,
+    regions: SharedMemoryRegistry | None,
+    controls: Controls | None,
+    *,
+    sequences: bool | None,
+    private: bool = False,
+) -> Checked:
+    """Run the checks in order; raises the first fault's error (InvalidRequest naming the field,
+    RegionNotFound, ...). `controls`: the request's parameters if parsed already (None: parsed
+    here, where a refused one is named). `sequences`: whether the model has sequence_batching (None:
+    an ensemble, whose steps judge the sequence). `private`: decoded inputs never view the caller's
+    buffers or shared memory (they outlive the request: cache keys, samples)."""
+    signature.check_declared_datatypes(request.inputs)
+    shm = shm_tensors.resolve(request, regions)
+    inputs = codec.decode_inputs(request, shm, private)
+    rows = signature.check_inputs(inputs)
+    names = signature.check_outputs(codec.requested_outputs(request))
+    if shm is not None and shm.outputs:
+        shm.check_fixed_outputs(signature.outputs, names, rows if signature.max_batch_size > 0 else None)
+    if controls is None:
+        controls = parse_controls(request.parameters)
+    if sequences is not None:
+        check_sequence_params(signature.model, sequences, controls.sequence)
+    return Checked(shm, inputs, rows, names, controls)
+
+
+def check_sequence_params(model: str, sequences: bool, sequence: SequenceParams | None) -> None:
+    """A model with sequence_batching takes only requests naming a sequence; any other model
+    refuses the sequence parameters, naming the parameter (Triton's wording where it has one)."""
+    if not sequences:
+        if sequence is not None:
+            raise InvalidRequest(
+                f"parameter '{SEQUENCE_ID}': model '{model}' has no sequence_batching "
+                "(send sequence parameters only to models with it)"
+            )
+    elif sequence is None:
+        raise InvalidRequest(f"{triton_text.no_correlation_id(model)} (parameter '{SEQUENCE_ID}')")
