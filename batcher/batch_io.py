@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from batcher.errors import BatcherStopped, DeadlineExceeded, NotAccepting
+from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request
 from batcher.ragged import gather_ragged
 from batcher.scatter import gather
@@ -24,6 +25,16 @@ def late(hard: float | None, now: float) -> bool:
 def left_ns(hard: float | None, now: float) -> int:
     """The time a hard deadline leaves now, in ns (0: none left, or no deadline)."""
     return 0 if hard is None else max(0, int((hard - now) * 1e9))
+
+
+def cut_at_deadline(p: Request, now: float, margin: WakeMargin) -> bool:
+    """Whether `p`, counted and gone (its caller cancelled it), may have gone for its deadline: by
+    `now` its caller's copy of the deadline may have passed (the server's less `margin`: gRPC sends
+    a deadline rounded up, and the call takes time to arrive). Then it is a deadline outcome
+    (`expired` unrun, `late` computed), not a cancellation: such requests had been in no outcome
+    (8 of 105 in an overload run)."""
+    by = margin.start_by(p, 0.0)
+    return p.counted and by is not None and now >= by
 
 
 def cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tensors, float]:
@@ -90,9 +101,11 @@ def settle_batch(
     done_at: float,
     stats: ModelStats,
     ns: tuple[int, int, int, int],  # perf_counter_ns at: start, gathered, run, scattered
+    margin: WakeMargin = NO_MARGIN,
 ) -> None:
     """Answer each request of a run with its part of the outputs, unless it is past its hard
-    deadline (then DeadlineExceeded) or its caller has gone (nothing)."""
+    deadline (then DeadlineExceeded) or its caller has gone (nothing; counted `late` when the run
+    ended past its caller's deadline, by `margin`: `cut_at_deadline`)."""
     run: BatchRun | None = None
     compute = (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2])
     alone = len(batch) == 1  # its rows are the run's (a model without dynamic batching counts them)
@@ -101,6 +114,7 @@ def settle_batch(
         if p.handle.future.done():
             if p.counted and p.handle.future.cancelled():  # its caller went away during the run
                 stats.take_back(own_rows, compute)
+                stats.late += cut_at_deadline(p, done_at, margin)  # computed, not in time
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)

@@ -26,6 +26,7 @@ from batcher.admission import Admission
 from batcher.batch_io import (
     alone_rows,
     computed_late,
+    cut_at_deadline,
     handed_over,
     late,
     left_ns,
@@ -95,7 +96,7 @@ class DynamicBatcher:
             on_remove=self._flights.check_idle,
             budgets=byte_budgets,
             on_expire=self._expired,
-            min_run_s=self._estimator.predict_seen,  # what runs seen prove: never fail one early
+            min_run_s=self._estimator.predict_floor,  # what runs seen prove: never fail one early
             hop_s=WAKE_MARGIN.fixed_s,
             on_late=self._lateness.observe,
         )
@@ -118,6 +119,7 @@ class DynamicBatcher:
             self._flights,
             inline=self._runs_inline,
             on_trip=self._trip,
+            margin=WAKE_MARGIN,
         )
 
     @property
@@ -209,7 +211,7 @@ class DynamicBatcher:
         if claim is not None and claim.withdrawn is not None:
             raise claim.withdrawn  # withdrawn before it reached the queue
         try:
-            p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.finish, trace)
+            p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.shed_s, trace)
         except BatcherError as exc:
             if a.counted:
                 self._stats.record_refusal(exc, self._queue.full(a.priority), left_ns(a.hard, self._clock()))
@@ -222,7 +224,8 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             # The caller went away: never compute it. Cancelling our await cancelled the future,
             # so a batch already formed around it skips it too.
-            self._queue.remove(p)
+            if self._queue.remove(p):  # still queued: gone at its deadline is `expired`
+                self._stats.expired += cut_at_deadline(p, self._clock(), WAKE_MARGIN)
             future = p.handle.future
             if not future.cancelled() and future.done() and future.exception() is None:
                 raise ComputedThenCancelled() from None  # the run had answered it first
@@ -346,13 +349,13 @@ class DynamicBatcher:
             now = self._clock()
             policy = self._drain_policy if self._closing else self._policy
             predict = functools.partial(self._estimator.predict, now=now)
-            floor = functools.partial(self._estimator.predict_seen, now=now)  # drops rest on it
+            floor = functools.partial(self._estimator.predict_floor, now=now)  # drops rest on it
             margin = WAKE_MARGIN.plus(self._lateness.current(now))
-            f = form_batch(q.values(), now, policy, predict, is_done, margin, floor)
+            f = form_batch(q.values(), now, policy, predict, is_done, margin, floor, WAKE_MARGIN.fixed_s)
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:
-                q.fail(p, expired_in_queue(p, now))
+                q.fail(p, expired_in_queue(p, now, floor(p.rows), WAKE_MARGIN.fixed_s))
             self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
                 self._flights.take()  # before the removals, so the queue never looks idle meanwhile

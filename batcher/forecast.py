@@ -6,11 +6,14 @@ behind what is running and queued ahead of it (`finish`). Both come from the ser
 estimator; `finish` also needs the predicted end of each batch running now and the size of recent
 batches, which DynamicBatcher reports here as runs start and end.
 
-Both read the estimator's `predict_seen` (sizes not seen yet are not scaled up by rows): they refuse,
-and a refused request never runs to correct an over-estimate (batcher/estimate.py). `now` had read
-the by-rows `predict`: after one 1-row run of 100 ms of a model whose cost is per batch, 10 of 10
-8-row requests with a 500 ms deadline were refused ("about 810 ms of compute needed"), each run
-alone taking ~100 ms.
+`now` is the request's own "cannot finish" figure: the estimator's `predict_floor`, the fastest
+recent run of its rows or fewer, the figure the queue gives up on too (batcher/queue.py). It had read
+the by-rows `predict` (10 of 10 8-row requests refused after one 1-row run of 100 ms: "about 810 ms
+of compute needed"), then the bucket's cautious `predict_seen` (5-row requests refused on the
+5..8-row bucket's figure from 8-row runs). `finish` forecasts the work ahead with `predict_seen`
+(sizes not seen yet are not scaled up by rows); a request that runs at once on a free instance
+with nothing queued ahead waits for nothing, so its own run is left to `now` (a cautious figure
+there shed requests on an idle server that the floor admitted).
 """
 
 from __future__ import annotations
@@ -58,7 +61,16 @@ class WaitForecast:
 
     def now(self, rows: int) -> float:
         """Seconds a run of `rows` rows started now takes at least, as far as runs seen prove."""
-        return self._estimator.predict_seen(rows, self._clock())
+        return self._estimator.predict_floor(rows, self._clock())
+
+    def shed_s(self, level: int, rows: int) -> float:
+        """What admission sheds on (Overloaded): `finish`, except for a request that would run at
+        once (nothing queued before it, an instance free), whose wait is its own run alone: `now`,
+        the floor admission's DeadlineExceeded already checked. On `finish`'s cautious figure an
+        idle server shed requests its floor admitted."""
+        if not self._queue.rows_ahead(level) and len(self._running_until) < self._instances:
+            return self.now(rows)
+        return self.finish(level, rows)
 
     def finish(self, level: int, rows: int) -> float:
         """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.

@@ -7,8 +7,9 @@ instance has a free slot.
 The batch rules are Triton's dynamic batcher (dynamic_batch_scheduler.cc, GetDynamicBatch), plus
 deadline rules Triton lacks. `max_preferred` is the largest preferred size, else max_batch_size.
 
-1. Skip cancelled requests; drop expired ones (hard deadline passed, or it cannot be met even by a
-   run of that request alone, given the proven lower bound of that run, `floor_s`; or, with
+1. Skip cancelled requests; drop expired ones (past the give-up point, `give_up_at`: the hard
+   deadline less the proven lower bound of a run of that request alone, `floor_s`, and the hop
+   margin `hop_s`, the rule admission and the queue's timer follow too; or, with
    TimeoutAction.REJECT, its queue-policy timeout `reject_at` passed while it waited). Expired
    requests never run. A drop rests on the lower bound, not on the cautious `predict_s` that sizes
    batches (rule 3) and times waits (rule 4): a dropped request never runs, so a guess it was
@@ -134,6 +135,20 @@ def cannot_finish(deadline: float | None, now: float, service_s: float) -> bool:
     return deadline is not None and (deadline <= now or deadline - now < service_s)
 
 
+def give_up_at(hard: float, run_s: float, hop_s: float) -> float:
+    """The last moment a request with hard deadline `hard` can still be started: its deadline less
+    the least compute its rows need (`run_s`) and the hop to the run and back (`hop_s`); the
+    deadline itself while that compute is unknown (0.0: an unknown cost never fails one early).
+    Admission refuses after it, the queue's timer and formation give up at it: one rule."""
+    return hard - run_s - hop_s if run_s > 0.0 else hard
+
+
+def gives_up(hard: float | None, now: float, run_s: float, hop_s: float) -> bool:
+    """Whether a request with hard deadline `hard` is past its give-up point (`give_up_at`) at `now`:
+    refused at admission, dropped by formation (the queue's timer fires at that point)."""
+    return cannot_finish(hard, now, run_s + hop_s if run_s > 0.0 else 0.0)
+
+
 def _preferred(policy: BatchingPolicy) -> tuple[int, ...]:
     return tuple(sorted({s for s in policy.preferred_batch_sizes if 0 < s <= policy.max_batch_size}))
 
@@ -190,19 +205,21 @@ def form_batch(
     is_cancelled: Callable[[Pending[H]], bool] = _never,
     margin: WakeMargin = NO_MARGIN,
     floor_s: Predict | None = None,
+    hop_s: float = 0.0,
 ) -> Formation[H]:
     """Decide the next batch from `queue` at time `now` (see the module docstring for the rules).
 
     `predict_s(rows)` is the predicted backend time of a run of `rows` rows (0.0 when unknown), a
     cautious one: it sizes batches and times waits. `floor_s(rows)`: what runs seen prove such a run
-    takes at least, for dropping a request unrun (rule 1); None: `predict_s`.
+    takes at least, for dropping a request unrun (rule 1, past `give_up_at` with `hop_s`, the rule
+    admission and the queue's timer follow); None: `predict_s`.
     `margin`: how much sooner a batch waiting to grow is woken for its deadlines (rule 4).
     Callers must already reject requests with more rows than max_batch_size.
     """
     predict = _memo(predict_s)
     floor = predict if floor_s is None else _memo(floor_s)
     out: Formation[H] = Formation()
-    live = _in_order(queue, now, policy, floor, is_cancelled, out)
+    live = _in_order(queue, now, policy, floor, hop_s, is_cancelled, out)
     if not live:
         return out
     if policy.max_batch_size == 0:
@@ -231,16 +248,17 @@ def _in_order(
     now: float,
     policy: BatchingPolicy,
     floor: Predict,
+    hop_s: float,
     is_cancelled: Callable[[Pending[H]], bool],
     out: Formation[H],
 ) -> list[Pending[H]]:
-    """Rules 1-2: file cancelled and expired requests in `out` (expired on `floor`, the proven
-    lower bound of a run); the rest in batching order."""
+    """Rules 1-2: file cancelled and expired requests in `out` (expired past `give_up_at` on
+    `floor`, the proven lower bound of a run, and `hop_s`); the rest in batching order."""
     live: list[Pending[H]] = []
     for p in queue:
         if is_cancelled(p):
             out.cancelled.append(p)
-        elif cannot_finish(p.hard, now, floor(p.rows)) or (p.reject_at is not None and p.reject_at <= now):
+        elif gives_up(p.hard, now, floor(p.rows), hop_s) or (p.reject_at is not None and p.reject_at <= now):
             out.expired.append(p)
         else:
             live.append(p)

@@ -7,6 +7,11 @@ batch is being formed: as soon as even a run started at once could not end befor
 (the deadline less the run of its rows, by the estimator's proven lower bound, less the hop to the
 run and back), so its caller hears the server's reason before its own timer ends the call; at the
 deadline itself while no run has been seen (an unknown cost never fails a request early).
+
+Admission refuses by the same rule (`give_up_at`: the same run figure and the same hop): a request
+is admitted only while its give-up point is still ahead. Admission had checked the run alone, with
+no hop, so a request with up to 5 ms more slack than the run was admitted with its give-up point
+already past and failed ~1 ms later (15 of 15 lone 1-row requests, timeout = estimate + 0.5..4.5 ms).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueTimedOut
-from batcher.form import Pending, cannot_finish, earliest
+from batcher.form import Pending, cannot_finish, earliest, give_up_at, gives_up
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
 
@@ -132,12 +137,9 @@ class RequestQueue:
         now = self._clock()
         if hard <= now:
             raise DeadlineExceeded("deadline exceeded before the request was queued")
-        service_s = predict_s(a.rows)
-        if cannot_finish(hard, now, service_s):
-            raise DeadlineExceeded(
-                f"deadline cannot be met: about {service_s * 1e3:.1f} ms of compute needed, "
-                f"{(hard - now) * 1e3:.1f} ms left"
-            )
+        run_s = predict_s(a.rows)
+        if gives_up(hard, now, run_s, self._hop_s):
+            raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now)
         if finish_s is not None:
             wait_s = finish_s(a.priority, a.rows)
             if cannot_finish(hard, now, wait_s):
@@ -250,8 +252,7 @@ class RequestQueue:
         knows nothing (0.0). None without a deadline."""
         if p.hard is None:
             return None
-        run_s = self._min_run_s(p.rows, now)
-        return p.hard - run_s - self._hop_s if run_s > 0.0 else p.hard
+        return give_up_at(p.hard, self._min_run_s(p.rows, now), self._hop_s)
 
     def _arm(self, p: Request, delay: float, at: float) -> None:
         """Run `_expire` in `delay` seconds, for the clock time `at` (the give-up point or the
@@ -280,12 +281,23 @@ class RequestQueue:
                 return
         if self.remove(p):
             self._on_expire(p)
-            settle_error(p, expired_in_queue(p, now, self._min_run_s(p.rows, now)))
+            settle_error(p, expired_in_queue(p, now, self._min_run_s(p.rows, now), self._hop_s))
 
 
-def expired_in_queue(p: Request, now: float, run_s: float = 0.0) -> DeadlineExceeded:
+def cannot_be_met(rows: int, run_s: float, hop_s: float, left_s: float, where: str = "") -> DeadlineExceeded:
+    """The answer to a request past its give-up point (`give_up_at`), naming both parts of what it
+    needed: the compute (the fastest recent run of its rows or fewer) and the margin."""
+    margin = f" plus a {hop_s * 1e3:.1f} ms margin" if hop_s > 0.0 else ""
+    return DeadlineExceeded(
+        f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed (the fastest recent run "
+        f"of {rows} rows or fewer){margin}, {left_s * 1e3:.1f} ms left{where}"
+    )
+
+
+def expired_in_queue(p: Request, now: float, run_s: float = 0.0, hop_s: float = 0.0) -> DeadlineExceeded:
     """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline: passed,
-    or (before it, with `run_s` the least compute it needs) too close for a run to end in time."""
+    or (before it, with `run_s` the least compute it needs and `hop_s` the margin) too close for a
+    run to end in time."""
     if p.reject_at is not None and p.reject_at <= now and (p.hard is None or p.reject_at < p.hard):
         waited_ms = (now - p.arrival) * 1e3
         return QueueTimedOut(
@@ -294,10 +306,7 @@ def expired_in_queue(p: Request, now: float, run_s: float = 0.0) -> DeadlineExce
             f"timeout_action REJECT)"
         )
     if p.hard is not None and p.hard > now and run_s > 0.0:
-        return DeadlineExceeded(
-            f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed, "
-            f"{(p.hard - now) * 1e3:.1f} ms left, while waiting in the queue"
-        )
+        return cannot_be_met(p.rows, run_s, hop_s, p.hard - now, ", while waiting in the queue")
     return DeadlineExceeded("deadline exceeded while waiting in the queue")
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from batcher.batch_io import batch_inputs, late, note_taken, settle_batch
+from batcher.batch_io import batch_inputs, cut_at_deadline, late, note_taken, settle_batch
 from batcher.errors import DeadlineExceeded, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
+from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request, is_done, settle_error
 from batcher.scatter import scatter
 from batcher.stats import ModelStats
@@ -39,7 +40,11 @@ class BatchRunner:
         flights: Flights,
         inline: Callable[[int], bool],
         on_trip: Callable[[], None],
+        margin: WakeMargin = NO_MARGIN,
     ) -> None:
+        """`margin`: how much earlier than the server a caller may hold its deadline, for counting a
+        request whose caller went at its deadline (batch_io.cut_at_deadline)."""
+        self._margin = margin
         self._policy = policy
         self._stats = stats
         self._clock = clock
@@ -62,6 +67,8 @@ class BatchRunner:
         for p in flight.batch:
             if not is_done(p):
                 (expired if late(p.hard, now) else batch).append(p)
+            elif p.handle.future.cancelled():  # its caller went before the run: never computed
+                self._stats.expired += cut_at_deadline(p, now, self._margin)
         if not batch:
             self._flights.land(flight)
         for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it
@@ -105,4 +112,4 @@ class BatchRunner:
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
         self._flights.land(flight)
-        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3))
+        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3), self._margin)

@@ -125,7 +125,7 @@ async def test_a_deadline_below_the_proven_lower_bound_is_still_refused_at_once(
     clock, backend = Clock(), Gated()
     b = make(backend, clock)
     b.estimator.observe(1, 0.1, clock.now)
-    with pytest.raises(DeadlineExceeded, match=r"about 100\.0 ms of compute needed, 50\.0 ms left"):
+    with pytest.raises(DeadlineExceeded, match=r"about 100\.0 ms of compute needed .*, 50\.0 ms left"):
         await asyncio.wait_for(b.submit(x(8), 8, deadline=clock.now + 0.05), LONG)
     assert backend.rows == []
 

@@ -338,12 +338,12 @@ async def test_formation_drops_what_the_estimate_says_would_be_late(make: Make) 
     b = make(be, clock=clock)
     running = submit(b, 1)
     await asyncio.wait_for(be.started.wait(), LONG)
-    doomed = submit(b, 2, deadline=101.0)  # admitted: nothing was known about run times
+    doomed = submit(b, 2, rows=2, deadline=101.0)  # admitted: nothing was known about run times
     await turns_until(lambda: b.queued_requests == 1)
     for _ in range(16):
-        b.estimator.observe(1, 5.0, clock.now)  # now runs are known to take 5 s
+        b.estimator.observe(2, 5.0, clock.now)  # now 2-row runs are known to take 5 s at least
     gate.set()
-    with pytest.raises(DeadlineExceeded, match=r"^deadline exceeded while waiting in the queue$"):
+    with pytest.raises(DeadlineExceeded, match=r"^deadline cannot be met: about 5000\.0 ms of compute"):
         await result(doomed)
     await result(running)
     assert be.batches == [[1]]
