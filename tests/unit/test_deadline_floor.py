@@ -106,7 +106,7 @@ def timer_in(p: Request) -> float:
 @pytest.mark.parametrize("extra_ms", [0.5, 1.5, 2.5, 3.5, 4.5])
 async def test_a_request_inside_the_margin_is_refused_at_admission_not_given_up_after(
     extra_ms: float,
-) -> None:  # noqa: E501
+) -> None:
     """The tester's case 1: slack = the server's own figure + 0.5..4.5 ms, on one queue."""
     est = ServiceTimeEstimator()
     hundred_ms_model(est)
