@@ -101,6 +101,16 @@ class RolloutRefused(ServiceError):
     """A rollout change that would leave a model with no version taking requests."""
 
 
+class RolloutRetry(ServiceError):
+    """Under --workers: other workers' rollout changes kept taking the next number; nothing changed,
+    a retry is expected to get in (ABORTED: a conflict with concurrent changes)."""
+
+
+class RolloutShareLost(ServiceError):
+    """Under --workers: the workers' shared change directory is gone or cannot be written, so a
+    rollout change could not reach the other workers; nothing changed."""
+
+
 class EnsembleStepFailed(Exception):
     """An ensemble step failed unexpectedly: INTERNAL, as any unexpected error, but naming the step
     (its message holds nothing else; the details are in the log). Not a ServiceError: those are
@@ -132,6 +142,8 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ModelLoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RolloutRefused: grpc.StatusCode.FAILED_PRECONDITION,
+    RolloutRetry: grpc.StatusCode.ABORTED,
+    RolloutShareLost: grpc.StatusCode.UNAVAILABLE,
     EnsembleStepFailed: grpc.StatusCode.INTERNAL,  # server/models/ensemble.py
     ModelRunFailed: grpc.StatusCode.INTERNAL,  # onnxruntime's own message (backends/run_errors.py)
     FrameDropped: grpc.StatusCode.CANCELLED,  # never sent as an error (server/protocol/latest_frame.py)

@@ -99,7 +99,10 @@ def run_rollout(args: argparse.Namespace) -> int:
     if args.action != "status" and answer.worker:  # under --workers: one worker answered
         from server.models.rollout_share import CHECK_S
 
-        console.print(f"worker {answer.worker} applied it; the other workers apply it within {CHECK_S:g} s")
+        console.print(
+            f"worker {answer.worker} applied it; the other workers serving the same model files "
+            f"apply it within {CHECK_S:g} s"
+        )
     return 0
 
 

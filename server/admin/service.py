@@ -6,7 +6,8 @@ NOT_FOUND, a bad weight INVALID_ARGUMENT, a change leaving no version serving FA
 
 Under `--workers N` a change goes through the workers' shared log (server/models/rollout_share.py):
 the worker that got it checks it as one process would, applies it and answers; the others apply
-it within rollout_share.CHECK_S.
+it within rollout_share.CHECK_S. Other workers' changes taking its number every try answer ABORTED
+(retry), a shared directory gone UNAVAILABLE.
 """
 
 from __future__ import annotations

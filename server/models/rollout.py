@@ -4,7 +4,10 @@ the automatic rollback change about it (weights, promote, roll back, shadow).
 A model's rollout state is read from its config's traffic policy (server/models/traffic.py) the
 first time a request is routed after the model was (re)loaded: a reload starts again from the
 config, so changes made through the admin service last until the next reload. Rollback counts
-outlive reloads (they are /metrics counters).
+outlive reloads (they are /metrics counters). Under `--workers N` a model's state is its config's
+policy plus its generation's change log (server/models/rollout_share.py): a reload that loads the
+same files (the same generation) keeps the state, and a state built anew catches up with the log
+before it routes anything.
 
 Everything runs on the event loop; /metrics reads `rollback_counts` from its own thread (a copy).
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
+from server.models.rollout_ops import generation
 from server.models.rollout_state import ModelRollout, RollbackEvent, figures_of, window_line
 from server.models.shadow import ShadowFigures, ShadowRunner
 from server.models.traffic import ShadowPolicy, format_weights, parse_policy, point_of
@@ -52,6 +56,16 @@ class RoutedRequest(Protocol):
     def parameters(self) -> Mapping[str, object]: ...
 
 
+class SharedLog(Protocol):
+    """Under --workers: the workers' change log (server/models/rollout_share.py's RolloutShare)."""
+
+    def built(self, entry: ModelEntry) -> None:
+        """A state was built for `entry`: apply the changes its generation's log holds already."""
+
+    def auto_rollback(self, entry: ModelEntry, version: int, reason: str) -> None:
+        """This worker's window says roll `version` back: log it in order, then apply it."""
+
+
 class Rollout:
     """Every model's rollout state, built lazily per loaded entry."""
 
@@ -66,8 +80,8 @@ class Rollout:
         self._rng = rng or random.Random()  # routing, not secrets
         self._models: dict[str, ModelRollout] = {}
         self._rollbacks: dict[tuple[str, int, str], int] = {}  # (model, version, trigger) -> count
-        # Told of each automatic rollback decided here (under --workers: server/models/rollout_share.py).
-        self.on_auto_rollback: Callable[[ModelEntry, int, str], None] | None = None
+        # Under --workers: every change goes through the workers' log (rollout_share.py).
+        self.shared: SharedLog | None = None
 
     # -- the request path -------------------------------------------------------------------
 
@@ -107,10 +121,25 @@ class Rollout:
             if state is not None and state.shadow is not None:
                 state.shadow.cancel()
             built = self._build(entry)
-            if state is not None and state.held:
+            if state is not None and self._carries(state, built):
                 self._carry(state, built)
             state = self._models[entry.name] = built
+            if self.shared is not None:  # stored first: the log's changes find this state
+                self.shared.built(entry)
         return state
+
+    def names(self) -> list[str]:
+        """The models with a state here."""
+        return list(self._models)
+
+    def _carries(self, old: ModelRollout, new: ModelRollout) -> bool:
+        """Whether `old`'s operator state goes onto `new`. Under --workers: exactly when the same
+        files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
+        other files start from the config and their own log, as every worker loading them does.
+        In one process: after an eviction (Rollout.hold)."""
+        if self.shared is not None:
+            return old.generation == new.generation
+        return old.held
 
     def forget(self, name: str) -> None:
         """The model was unloaded: its state and its /metrics series go (they were shown for ever)."""
@@ -138,11 +167,11 @@ class Rollout:
             return
         new.set_weights(None if old.weights is None else dict(old.weights))
         new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
-        new.shadow_promoted = old.shadow_promoted
+        new.shadow_promoted, new.log_seq = old.shadow_promoted, old.log_seq
         if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
             Rollout._stop_shadow(new)
         if old.source != "config":
-            log.info("rollout: model %s reloaded after an eviction: weights %s (%s) carried over",
+            log.info("rollout: model %s loaded again from the same files: weights %s (%s) carried over",
                      new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
     def _build(self, entry: ModelEntry) -> ModelRollout:
@@ -165,6 +194,8 @@ class Rollout:
         )
         state.set_weights(None if policy is None else dict(policy.weights))
         state.entry_versions = frozenset(entry.versions)
+        if self.shared is not None:  # the log's key; a hash of every version's fingerprint
+            state.generation = generation(entry)
         state.monitor = RollbackMonitor(window_s, self._clock(), self._figures(state))  # needs the state
         if policy is not None:
             log.info("rollout: model %s traffic %s%s", entry.name, format_weights(policy.weights),
@@ -191,7 +222,10 @@ class Rollout:
             log.info("rollout: model %s window %.0f s: %s", state.entry.name, report.seconds,
                      window_line(report, state))  # fmt: skip
         for version, reason in report.verdicts.items():
-            self._roll_back(state, version, "auto", reason)
+            if self.shared is not None:  # in the workers' order, after the changes logged before
+                self.shared.auto_rollback(state.entry, version, reason)
+            else:
+                self._roll_back(state, version, "auto", reason)
 
     # -- operator actions (the admin service) -----------------------------------------------
 
@@ -254,14 +288,30 @@ class Rollout:
     def follow(self, entry: ModelEntry, version: int, reason: str) -> bool:
         """Another worker rolled `version` back (server/models/rollout_share.py, rollout_ops.py): do
         the same here (trigger "shared"), unless it takes no traffic here already or is the only
-        version taking requests. True when it was rolled back here."""
+        version taking requests (said in the log: the workers' states differ). True when it was
+        rolled back here."""
         state = self.state(entry)
-        weights = state.weights or {}
-        others = any(w > 0 for v, w in weights.items() if v != version)
-        if version not in entry.versions or not self._in_traffic(state, version) or not others:
+        refusal = self.auto_refusal(state, version)
+        if refusal:
+            if refusal != "out":
+                log.warning("rollout: model %s: %s: not applied here: %s", entry.name, reason, refusal)
             return False
         self._roll_back(state, version, "shared", reason)
         return True
+
+    def auto_refusal(self, state: ModelRollout, version: int) -> str:
+        """Why rolling `version` back automatically changes nothing ("out": it takes no traffic
+        already) or is refused (the only version taking requests); "" when it can be."""
+        others = any(w > 0 for v, w in (state.weights or {}).items() if v != version)
+        if version not in state.entry.versions or not self._in_traffic(state, version):
+            return "out"
+        if not others:
+            return f"version {version} is the only version taking requests"
+        return ""
+
+    def roll_back_auto(self, state: ModelRollout, version: int, reason: str) -> None:
+        """This worker's window rolled `version` back (rollout_share.py, once it is logged)."""
+        self._roll_back(state, version, "auto", reason)
 
     @staticmethod
     def _in_traffic(state: ModelRollout, version: int) -> bool:
@@ -283,8 +333,6 @@ class Rollout:
         log.warning(
             "rollout: model %s version %d rolled back (%s): %s", state.entry.name, version, trigger, reason
         )
-        if trigger == "auto" and self.on_auto_rollback is not None:
-            self.on_auto_rollback(state.entry, version, reason)
 
     @staticmethod
     def _stop_shadow(state: ModelRollout) -> None:

@@ -1,5 +1,6 @@
-"""Under `--workers N`: the operators' rollout changes (SetWeights, Promote, Rollback), one ordered
-log per model and generation that every worker applies in the same order.
+"""Under `--workers N`: every rollout change (the operators' SetWeights, Promote and Rollback, and
+each worker's automatic rollbacks), one ordered log per model and generation that every worker
+applies in the same order, so the workers' states are alike: the config's policy, then the log.
 
 The worker an admin RPC reaches first applies every change already logged for the model's
 generation (server/models/rollout_share.py's check), checks the new one against that state exactly
@@ -8,7 +9,14 @@ writes the change to a temporary file and hard-links it to `op-<model>-<generati
 The link fails when that name exists, so of two workers claiming the same number one wins; the
 other reads the winner's change, applies it, checks its own again and claims the next number. Each
 file is whole when it appears (a link of a written file) and never changes. The claimant applies
-its change at once and answers; every other worker applies it at its next check (CHECK_S).
+its change at once and answers; every other worker applies it at its next check (CHECK_S), or at
+once when it builds the model's state (a lazy model's first load, a new generation). An automatic
+rollback is claimed the same way (kind "auto") by the worker whose window decided it, after it
+applied what was logged before: a decision the earlier changes made moot is dropped there and
+never logged, so no worker applies it.
+
+A worker remembers, per model, the number its state has reached (ModelRollout.log_seq) and looks
+only for the next file by name: a check costs one failed open per model, however long the log.
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from server.models.versions import ModelEntry
 
 PREFIX = "op-"  # not a hex digit: the automatic rollbacks' files start with one
 SUFFIX = ".json"
 MAX_CHANGE_BYTES = 16 * 1024  # a bigger file is no change of ours: not read
-KINDS = ("weights", "promote", "rollback")
+KINDS = ("weights", "promote", "rollback", "auto")
 T = TypeVar("T")
 _NAME = re.compile(r"op-([0-9a-f]{16})-([0-9a-f]{1,16})-(\d{10})\.json")
 
@@ -39,12 +50,21 @@ class OperatorChange:
     worker: int
     kind: str  # one of KINDS
     weights: tuple[tuple[int, int], ...]  # "weights": (version, weight) pairs
-    versions: tuple[int, ...]  # "promote": the version; "rollback": the versions taken out
-    reason: str  # "rollback": the operator's reason
+    versions: tuple[int, ...]  # "promote": the version; "rollback"/"auto": the versions taken out
+    reason: str  # "rollback": the operator's reason; "auto": the window's verdict
     unix_time: float
 
     def file_name(self) -> str:
         return change_file_name(self.model, self.generation, self.seq)
+
+
+def generation(entry: ModelEntry) -> str:
+    """A digest of what `entry`'s versions were loaded from (repository.version_fingerprint):
+    equal in every worker that loaded the same files, different after any change a reload picks up."""
+    digest = hashlib.sha256(entry.name.encode())
+    for number in sorted(entry.versions):
+        digest.update(f"\0{number}\0{entry.versions[number].fingerprint!r}".encode())
+    return digest.hexdigest()
 
 
 def model_key(model: str) -> str:

@@ -49,6 +49,8 @@ class ModelRollout:
     shadow_promoted: bool = False  # the shadow version was promoted: no longer shown as the shadow
     # The versions served when built (the entry's own are cleared when it is unloaded).
     entry_versions: frozenset[int] = frozenset()
+    generation: str = ""  # what the versions were loaded from (rollout_ops.generation)
+    log_seq: int = 0  # under --workers: the last change of the generation's log applied to this state
 
     def set_weights(self, weights: dict[int, int] | None) -> None:
         self.weights = weights

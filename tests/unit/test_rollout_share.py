@@ -1,5 +1,6 @@
-"""Shared automatic rollbacks under --workers (server/models/rollout_share.py): the event files,
-the model's generation, and two workers' rollouts (fake entries, a fake clock) following each other."""
+"""Shared automatic rollbacks under --workers (server/models/rollout_share.py): logged in the
+workers' change log (rollout_ops.py), the model's generation, and two workers' rollouts (fake
+entries, a fake clock) following each other."""
 
 from __future__ import annotations
 
@@ -15,14 +16,8 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.errors import ModelNotFound
 from server.models.rollout import Rollout
-from server.models.rollout_share import (
-    MAX_EVENT_BYTES,
-    RolloutShare,
-    SharedRollback,
-    generation,
-    read_event,
-    write_event,
-)
+from server.models.rollout_ops import MAX_CHANGE_BYTES, read_change
+from server.models.rollout_share import RolloutShare, generation
 
 POLICY = {"traffic_weights": "1:50,2:50", "rollback_window_s": "10", "rollback_min_requests": "20"}
 
@@ -69,35 +64,20 @@ class Worker:
         self.rollout.route(model, pb.ModelInferRequest(id="x"))  # type: ignore[arg-type]
 
 
-def test_an_event_file_round_trips_and_is_written_atomically(tmp_path: Path) -> None:
-    event = SharedRollback("../odd name/\u00e9", 2, "ab" * 32, 1, "error rate 50.0%", 12.5)
-    path = write_event(tmp_path, event)
-    assert path.parent == tmp_path and "/" not in path.name and path.name.endswith(".json")
-    assert read_event(path) == event
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
-    assert write_event(tmp_path, event) == path  # the same rollback again: the same file
-
-
 @pytest.mark.parametrize(
     "content",
     [
         b"not json",
         b"[1, 2]",
-        json.dumps(
-            {"model": "m", "version": "2", "generation": "g", "worker": 0, "reason": "", "unix_time": 1}
-        ).encode(),
-        json.dumps(
-            {"model": "m", "version": True, "generation": "g", "worker": 0, "reason": "", "unix_time": 1}
-        ).encode(),
-        json.dumps({"model": "m", "version": 2, "generation": "g", "worker": 0, "reason": ""}).encode(),
-        b" " * (MAX_EVENT_BYTES + 1),
+        json.dumps({"model": "m", "generation": "g", "seq": 1, "worker": 0, "kind": "auto"}).encode(),
+        b" " * (MAX_CHANGE_BYTES + 1),
     ],
 )
-def test_what_is_no_event_is_refused(tmp_path: Path, content: bytes) -> None:
+def test_what_is_no_change_is_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.json"
     path.write_bytes(content)
     with pytest.raises(ValueError):
-        read_event(path)
+        read_change(path)
 
 
 def test_the_generation_is_the_same_for_the_same_files_and_changes_with_them() -> None:
@@ -112,7 +92,7 @@ def test_a_workers_automatic_rollback_is_followed_by_the_other(tmp_path: Path) -
     first.fail_version_2()
     assert first.weights() == {1: 50, 2: 0}
     assert len(list(tmp_path.iterdir())) == 1  # told the others
-    assert first.share.check() == 0  # its own event
+    assert first.share.check() == 0  # its own change
 
     assert second.share.check() == 1
     state = second.rollout.state(second.index["m"])  # type: ignore[arg-type]
@@ -134,6 +114,7 @@ def test_a_rollback_from_before_a_reload_is_not_applied_after_it(tmp_path: Path)
 
 def test_a_rollback_after_a_reload_waits_for_the_other_worker_to_reload_too(tmp_path: Path) -> None:
     first, second = Worker(0, tmp_path, entry("b")), Worker(1, tmp_path, entry("a"))  # first reloaded
+    assert second.weights() == {1: 50, 2: 50}
     first.fail_version_2()
     assert second.share.check() == 0 and second.weights() == {1: 50, 2: 50}
     second.index["m"] = entry("b")  # its reload: the same files as the first's
@@ -144,6 +125,7 @@ def test_a_model_not_ready_or_unknown_here_waits_and_junk_files_are_passed_over(
     first, second = Worker(0, tmp_path, entry()), Worker(1, tmp_path, entry())
     (tmp_path / "junk.json").write_text("{")
     (tmp_path / ".half-written.json.tmp").write_text("{")
+    assert second.weights() == {1: 50, 2: 50}
     model = second.index.pop("m")
     first.fail_version_2()
     assert second.share.check() == 0  # unknown here

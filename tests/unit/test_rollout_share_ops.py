@@ -86,6 +86,7 @@ def test_a_number_is_claimed_once_and_a_change_file_round_trips(tmp_path: Path) 
 
 def test_each_operator_change_reaches_the_other_worker_in_order(tmp_path: Path) -> None:
     first, second = Worker(0, tmp_path), Worker(1, tmp_path)
+    assert second.weights() == {1: 50, 2: 50}  # its state, built before the change
     first.submit("weights", weights={1: 90, 2: 10})
     assert first.weights() == {1: 90, 2: 10}  # applied at once where it was received
     assert second.weights() == {1: 50, 2: 50}  # the other, at its next check
@@ -146,6 +147,7 @@ def test_an_automatic_rollback_older_than_a_setweights_is_not_applied_over_it(tm
 
 def test_an_automatic_rollback_after_a_change_waits_for_that_change(tmp_path: Path) -> None:
     first, second = Worker(0, tmp_path), Worker(1, tmp_path)
+    assert second.weights() == {1: 50, 2: 50}
     first.submit("weights", weights={1: 60, 2: 40})
     first.fail_version_2()  # after the change: applied over it
     assert first.weights() == {1: 60, 2: 0}

@@ -1,0 +1,194 @@
+"""Under --workers, one order for every rollout change (server/models/rollout_share.py,
+rollout_ops.py): simulated workers sharing a directory (fake entries, fake clocks) end in the
+same state whatever the interleaving: automatic rollbacks in the operators' log, a reload of the
+same files, a state built after changes were logged, an eviction; a check's cost does not grow
+with the log; the retryable and lost-directory answers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import text_format
+
+from batcher.stats import ModelStats
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server import errors
+from server.errors import ModelNotFound
+from server.models import rollout_share
+from server.models.rollout import Rollout
+from server.models.rollout_ops import OperatorChange, claim
+from server.models.rollout_share import RolloutShare, generation
+
+POLICY = {"traffic_weights": "1:50,2:50", "rollback_window_s": "10", "rollback_min_requests": "20"}
+
+
+def entry(files: str = "a") -> SimpleNamespace:
+    """A freshly loaded ready model "m", versions 1 and 2 from `files` (their fingerprint)."""
+    text = "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in POLICY.items()
+    )
+    cfg = text_format.Parse(text, mc.ModelConfig())
+    versions = {
+        v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v, fingerprint=(files, v))
+        for v in (1, 2)
+    }
+    return SimpleNamespace(name="m", versions=versions, order=[2, 1], state="READY")
+
+
+class Worker:
+    """One worker: its rollout, its model index and its share of the directory."""
+
+    def __init__(self, index: int, directory: Path, files: str = "a") -> None:
+        self.now = [100.0]
+        self.rollout = Rollout(clock=lambda: self.now[0], wall=lambda: 0.0)
+        self.index: dict[str, Any] = {"m": entry(files)}
+        self.share = RolloutShare(directory, index, self)  # type: ignore[arg-type]
+
+    def entry(self, name: str) -> Any:
+        if name not in self.index:
+            raise ModelNotFound(name)
+        return self.index[name]
+
+    def weights(self) -> dict[int, int] | None:
+        return self.rollout.state(self.index["m"]).weights
+
+    def submit(self, kind: str, version: int | None = None, weights: dict[int, int] | None = None) -> None:
+        self.share.submit(self.index["m"], kind, version, weights or {}, "drill")
+
+    def fail_version_2(self) -> None:
+        """A window where version 2 fails half its requests; judged at the next routed request."""
+        model = self.index["m"]
+        self.rollout.route(model, pb.ModelInferRequest(id="start"))
+        for _ in range(30):
+            model.versions[1].stats.record_success(300_000)
+            model.versions[2].stats.record_success(300_000)
+            model.versions[2].stats.record_failure(300_000, "BACKEND")
+        self.now[0] += 10
+        self.rollout.route(model, pb.ModelInferRequest(id="x"))
+
+
+def settle(*workers: Worker) -> None:
+    for worker in workers:
+        worker.share.check()
+
+
+def test_an_automatic_rollback_racing_a_rollback_of_the_other_version_leaves_every_worker_alike(
+    tmp_path: Path,
+) -> None:
+    first, second, third = (Worker(i, tmp_path) for i in range(3))
+    for worker in (first, second, third):
+        assert worker.weights() == {1: 50, 2: 50}
+    second.submit("rollback", version=1)  # the operator's, at worker 1
+    assert second.weights() == {1: 0, 2: 50}
+    first.fail_version_2()  # worker 0's window, before its check saw the operator's change
+    settle(first, second, third)
+    settle(first, second, third)
+    assert first.weights() == second.weights() == third.weights() == {1: 0, 2: 50}
+
+
+def test_an_automatic_rollback_first_refuses_the_operators_rollback_everywhere(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path), Worker(1, tmp_path)
+    assert first.weights() == second.weights() == {1: 50, 2: 50}
+    first.fail_version_2()
+    with pytest.raises(errors.RolloutRefused, match="only version"):
+        second.submit("rollback", version=1)
+    settle(first, second)
+    assert first.weights() == second.weights() == {1: 50, 2: 0}
+
+
+def test_a_check_with_nothing_new_opens_one_file_however_long_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = generation(entry())  # type: ignore[arg-type]
+    for seq in range(1, 301):
+        pairs = ((1, seq % 90 + 1), (2, 10))
+        assert claim(tmp_path, OperatorChange("m", gen, seq, 0, "weights", pairs, (), "", 1.0))
+    worker = Worker(1, tmp_path)
+    worker.share.check()
+    assert worker.weights() == {1: 300 % 90 + 1, 2: 10}  # the whole log, in order
+    touched: list[str] = []
+    real_listdir, real_scandir, real_open = os.listdir, os.scandir, Path.open
+
+    def listdir(path: Any = ".") -> list[str]:
+        names = real_listdir(path)
+        touched.extend(names)
+        return names
+
+    def scandir(path: Any = ".") -> Any:
+        touched.append(f"scandir {path}")
+        return real_scandir(path)
+
+    def path_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        touched.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "open", path_open)
+    assert worker.share.check() == 0
+    assert len(touched) <= 1, touched[:5]
+
+
+def test_a_reload_of_the_same_files_keeps_the_state_the_log_applies_to(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path), Worker(1, tmp_path)
+    assert first.weights() == second.weights() == {1: 50, 2: 50}
+    first.index["m"] = entry("a")  # worker 0 reloads (poll: nothing of the versions changed)
+    assert first.weights() == {1: 50, 2: 50}
+    second.submit("weights", weights={1: 90, 2: 10})  # between the two workers' reloads
+    settle(first, second)
+    second.index["m"] = entry("a")  # worker 1 reloads the same files
+    settle(first, second)
+    assert first.weights() == second.weights() == {1: 90, 2: 10}
+
+
+def test_a_state_built_after_changes_were_logged_routes_by_them_at_once(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path), Worker(1, tmp_path)  # the second has not loaded "m" yet
+    first.submit("weights", weights={1: 0, 2: 100})
+    routed = {
+        second.rollout.route(second.index["m"], pb.ModelInferRequest(id=f"r{i}")) for i in range(20)
+    }  # its first requests, before any check
+    assert routed == {2}
+
+
+def test_workers_loading_the_same_new_files_start_alike_whether_evicted_or_reloaded(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path), Worker(1, tmp_path)
+    first.submit("weights", weights={1: 90, 2: 10})
+    settle(first, second)
+    assert first.weights() == second.weights() == {1: 90, 2: 10}
+    first.rollout.hold("m")  # worker 0 evicted "m" and loads it again from changed files
+    first.index["m"] = entry("b")
+    second.index["m"] = entry("b")  # worker 1 reloads the changed files
+    settle(first, second)
+    assert first.weights() == second.weights()
+    second.submit("weights", weights={1: 30, 2: 70})  # a change to the new files reaches both
+    settle(first, second)
+    assert first.weights() == second.weights() == {1: 30, 2: 70}
+
+
+def test_a_change_that_keeps_losing_its_number_is_aborted_and_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = Worker(0, tmp_path)
+    monkeypatch.setattr(rollout_share, "claim", lambda directory, change: False)
+    with pytest.raises(errors.ServiceError, match="try again") as raised:
+        worker.submit("weights", weights={1: 90, 2: 10})
+    assert errors.status_for(raised.value)[0] == grpc.StatusCode.ABORTED
+    assert worker.weights() == {1: 50, 2: 50}
+
+
+def test_a_change_when_the_shared_directory_is_gone_is_unavailable_naming_it(tmp_path: Path) -> None:
+    directory = tmp_path / "share"
+    directory.mkdir()
+    worker = Worker(0, directory)
+    directory.rmdir()
+    with pytest.raises(errors.ServiceError, match="is gone") as raised:
+        worker.submit("weights", weights={1: 90, 2: 10})
+    code, message, _ = errors.status_for(raised.value)
+    assert code == grpc.StatusCode.UNAVAILABLE and str(directory) in message
+    assert worker.weights() == {1: 50, 2: 50}
