@@ -300,12 +300,15 @@ class RequestPath:
             self._models.note_named(served, routed)
         else:
             served = self._models.resolve(request.model_name, request.model_version, routed)
+        job: InferJob | None = None
         try:
             job = self._job_type.prepare(served, request, remaining_s, self.regions, controls)
             job.owner = owner
             job.limit_answer(self.max_answer_bytes, self.framed)
             response = job.answer_now()
         except Exception as exc:
+            if job is not None and job.shm is not None:
+                job.shm.release()  # as `finish` does
             self._models.sequence_routing.refused(served, routed)  # a start's note goes with it
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             note_served(exc, served.version_str)
@@ -326,6 +329,17 @@ class RequestPath:
 
     async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
         """The answer of a request `start` could not answer at once."""
+        try:
+            return await self._finish(job, start_ns)
+        finally:
+            # Answered or failed, it needs its shared-memory regions no more. A failure's
+            # traceback, in a reference cycle (grpc keeps an aborted call's AbortError; Python
+            # 3.10 links every frame to its caller's), had kept them mapped after unregister
+            # until a garbage collection.
+            if job.shm is not None:
+                job.shm.release()
+
+    async def _finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
         stats = job.served.stats
         try:
             try:
