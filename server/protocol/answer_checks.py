@@ -142,3 +142,31 @@ def _least_bytes(array: Array, room: int) -> int:
     for item in array.reshape(-1).tolist():  # bytes or str (else packing fails, as it would)
         needed += len(item.encode() if isinstance(item, str) else item)
     return needed
+
+
+CUT_NOTE = " [message cut to fit max_message_bytes]"
+
+
+def fit_error_frame(frame: pb.ModelStreamInferResponse, limit: int | None) -> None:
+    """Shorten an error frame's message so the frame fits `limit`: gRPC ends the whole stream for
+    a frame over it ("Sent message larger than max"), and every later request went unanswered. The
+    start of the message is kept, with a note that it was cut; the request's id is kept (the
+    request fitted, so its id does). A frame still over the limit (a request just under it, whose
+    id and model name leave no room for the flag) goes without model name and version, then id."""
+    if limit is None or not frame.error_message:
+        return
+    answer = frame.infer_response
+    small = len(frame.error_message.encode()) + len(answer.id) + len(answer.model_name)
+    if small + SMALL_PARTS_BYTES < limit:
+        return  # surely within it
+    over = frame.ByteSize() - limit
+    if over <= 0:
+        return
+    message = frame.error_message.encode()
+    keep = max(0, len(message) - over - len(CUT_NOTE))
+    frame.error_message = message[:keep].decode(errors="ignore") + CUT_NOTE
+    for field in ("model_version", "model_name", "id"):
+        if frame.ByteSize() <= limit:
+            return
+        frame.error_message = CUT_NOTE.strip()
+        answer.ClearField(field)

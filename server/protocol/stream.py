@@ -34,7 +34,7 @@ from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
-from server.protocol.answer_checks import FINAL_RESPONSE, wants_final_flag
+from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame, wants_final_flag
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
@@ -304,6 +304,8 @@ class StreamSession:
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        if response is not None:
+            fit_error_frame(response, self._path.max_answer_bytes)  # over it, gRPC ends the stream
         held = self._held.answered(request, made)
         if response is not None:
             self._answers.put_nowait((response, held))  # its slot and bytes freed once written
