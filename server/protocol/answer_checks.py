@@ -72,7 +72,7 @@ def check_outputs(
         if array is None:
             continue
         if shm is not None and name in shm.outputs:
-            shm.check_room(name, _least_bytes(array, shm.outputs[name].byte_size))
+            shm.check_room(name, _region_bytes(array))
         elif array.dtype.kind in "OSU":
             raw += 4 * array.size  # its least (a length an element): its size is known once packed
         else:
@@ -131,14 +131,13 @@ def _raw_size(array: Array) -> int:
     return 4 * array.size if array.dtype.kind in "OSU" else array.nbytes
 
 
-def _least_bytes(array: Array, room: int) -> int:
-    """The bytes `array` takes in a region of `room` bytes. A BYTES output's elements are sized
-    only when their lengths alone (4 bytes each) fit: the work is bounded by the client's region."""
+def _region_bytes(array: Array) -> int:
+    """The bytes `array` takes in its region: a BYTES output as packed (its lengths,
+    4 bytes an element, and its items), so a region too small hears the size it needs (it had
+    heard the lengths' 4 bytes an element alone; Triton names the packed size)."""
     if array.dtype.kind not in "OSU":
         return array.nbytes
     needed = 4 * array.size
-    if needed > room:
-        return needed
     for item in array.reshape(-1).tolist():  # bytes or str (else packing fails, as it would)
         needed += len(item.encode() if isinstance(item, str) else item)
     return needed
