@@ -12,7 +12,7 @@ left to gRPC ("Sent message larger than max") and a stream's to the stream, both
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from batcher.types import Array, Tensors
@@ -50,9 +50,15 @@ class AnswerCheck:
     limit: int | None
     frame: pb.ModelInferRequest | None
     header: pb.ModelInferResponse
+    classify: Callable[[Tensors], Tensors] | None = None  # the classification extension's, if asked
 
     def __call__(self, outputs: Tensors) -> None:
-        check_outputs(outputs, self.names, self.shm, self.limit, self.frame, self.header)
+        packed: Collection[str] = ()
+        if self.classify is not None:  # sized as sent: the classes' strings, packed
+            classified = self.classify(outputs)
+            packed = [name for name in classified if classified[name] is not outputs.get(name)]
+            outputs = classified
+        check_outputs(outputs, self.names, self.shm, self.limit, self.frame, self.header, packed)
 
 
 def check_outputs(
@@ -62,10 +68,12 @@ def check_outputs(
     limit: int | None,
     frame: pb.ModelInferRequest | None,
     header: pb.ModelInferResponse,
+    packed: Collection[str] = (),
 ) -> None:
     """Raise InvalidRequest for an output its region cannot hold, AnswerTooLarge for an answer of
     `names` from `outputs` over `limit` (None: no limit). `frame`: the request, when its answer is a
-    stream's frame (None: a unary answer). `header`: the answer's model name, version and id."""
+    stream's frame (None: a unary answer). `header`: the answer's model name, version and id.
+    `packed`: BYTES outputs sized exactly (classified ones: a few strings a row), not by their least."""
     raw = 0
     for name in names:
         array = outputs.get(name)
@@ -73,8 +81,8 @@ def check_outputs(
             continue
         if shm is not None and name in shm.outputs:
             shm.check_room(name, _region_bytes(array))
-        elif array.dtype.kind in "OSU":
-            raw += 4 * array.size  # its least (a length an element): its size is known once packed
+        elif array.dtype.kind in "OSU":  # its least (a length an element) unless sized packed
+            raw += _region_bytes(array) if name in packed else 4 * array.size
         else:
             raw += array.nbytes
     if limit is None or raw + len(header.id) + len(header.model_name) + SMALL_PARTS_BYTES < limit:
@@ -88,7 +96,8 @@ def check_outputs(
             answer.outputs.add(name=name, datatype=wire, shape=array.shape)
             answer.raw_output_contents.append(b"")
     size = answer.ByteSize() + sum(
-        _entry_bytes(_raw_size(outputs[n])) - 1  # each empty entry already counts its tag and a 0 length
+        # each empty entry already counts its tag and a 0 length
+        _entry_bytes(_raw_size(outputs[n], n in packed)) - 1
         for n in names
         if n in outputs and (shm is None or n not in shm.outputs)
     )
@@ -127,8 +136,10 @@ def _entry_bytes(length: int) -> int:
     return prefix + length
 
 
-def _raw_size(array: Array) -> int:
-    return 4 * array.size if array.dtype.kind in "OSU" else array.nbytes
+def _raw_size(array: Array, packed: bool) -> int:
+    if array.dtype.kind not in "OSU":
+        return array.nbytes
+    return _region_bytes(array) if packed else 4 * array.size
 
 
 def _region_bytes(array: Array) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,12 +131,18 @@ class InferJob:
         header = pb.ModelInferResponse(
             model_name=served.name, model_version=served.version_str, id=self.request.id
         )
-        # Classified outputs are sized once classified, on the encoded answer (_wire). The check
-        # holds no reference to the job: a cycle through it had kept a request's shared-memory
-        # regions mapped, after they were unregistered, until a garbage collection.
-        check = AnswerCheck(
-            self.names, self.shm, None if self.classes else limit, self.request if framed else None, header
-        )
+        # The check holds no reference to the job: a cycle through it had kept a request's
+        # shared-memory regions mapped, after they were unregistered, until a garbage collection.
+        # Classified outputs are sized as classified (they had not been sized before counting).
+        classes = None
+        if self.classes:
+            labels = served.labels
+            if served.ensemble is not None:  # as _prepare: an output's labels from its step
+                labels = {**served.ensemble.output_labels(), **labels}
+            batched = served.config.max_batch_size > 0
+            classes = functools.partial(classify, classes=dict(self.classes), labels=labels, batched=batched)
+        frame = self.request if framed else None
+        check = AnswerCheck(self.names, self.shm, limit, frame, header, classes)
         self.admission = self.admission._replace(accept=check)
 
     def answer_now(self) -> pb.ModelInferResponse | None:
