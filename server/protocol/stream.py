@@ -66,7 +66,9 @@ class StreamSession:
         on_close: OnClose | None = None,  # given the sequences it drove, when it ends
         max_held_bytes: int | None = None,  # raw bytes of requests read and answers unwritten
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
+        max_frame_bytes: int | None = None,  # the server's max_message_bytes (None: no limit)
     ) -> None:
+        self._max_frame_bytes = max_frame_bytes
         self._requests = requests
         self._held = HeldBytes(max_held_bytes)
         self._on_stalled = on_stalled
@@ -305,7 +307,7 @@ class StreamSession:
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         if response is not None:
-            fit_error_frame(response, self._path.max_answer_bytes)  # over it, gRPC ends the stream
+            fit_error_frame(response, self._max_frame_bytes)  # over it, gRPC ends the stream
         held = self._held.answered(request, made)
         if response is not None:
             self._answers.put_nowait((response, held))  # its slot and bytes freed once written
