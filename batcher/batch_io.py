@@ -141,5 +141,8 @@ def refusal(accept: Accept | None, outputs: Tensors) -> Exception | None:
     try:
         accept(outputs)
     except Exception as exc:
-        return exc
+        # Without its traceback: its frames (this one's caller holds the batch, whose futures get
+        # the exception) made a reference cycle that kept a failed request's job, and the shared-
+        # memory regions it holds, until a garbage collection. The message says what was wrong.
+        return exc.with_traceback(None)
     return None

@@ -233,6 +233,10 @@ class DynamicBatcher:
         finally:
             if claim is not None:
                 claim.settle()
+            # A failure raised here keeps this frame in its traceback, and `p` (its future) holds
+            # the failure: a reference cycle that kept the request's job (its shared-memory regions
+            # mapped) until a garbage collection.
+            del p
 
     def _withdraw(self, p: Request, exc: BaseException) -> bool:
         """A Claim's withdrawal: out of the queue, its await fails with `exc`; False once a batch
@@ -288,7 +292,10 @@ class DynamicBatcher:
         if refused is not None:  # not its answer: counted in `fail` only, by its caller
             if a.counted:
                 self._stats.take_back(rows, (0, t1 - t0, 0))
-            raise refused
+            try:
+                raise refused
+            finally:  # this frame, in its traceback, must not hold it: a cycle (see refusal)
+                del refused
         if a.counted:
             self._stats.count_queue(0)
         return outputs

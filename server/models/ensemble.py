@@ -193,7 +193,10 @@ class EnsembleScheduler:
         outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
         refused = refusal(admission.accept, outputs)
         if refused is not None:  # not its answer (Admission.accept): counted in `fail` only, by its caller
-            raise refused
+            try:
+                raise refused
+            finally:  # this frame, in its traceback, must not hold it: a cycle (batch_io.refusal)
+                del refused
         stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
         # Triton's ensembles count queue as their successes (no queue of their own: no wait).
         # perf_analyzer picks the version whose queue count moved, so with 0 it could not profile

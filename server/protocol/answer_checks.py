@@ -12,7 +12,7 @@ left to gRPC ("Sent message larger than max") and a stream's to the stream, both
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from batcher.types import Array, Tensors
@@ -50,9 +50,15 @@ class AnswerCheck:
     limit: int | None
     frame: pb.ModelInferRequest | None
     header: pb.ModelInferResponse
+    classify: Callable[[Tensors], Tensors] | None = None  # the classification extension's, if asked
 
     def __call__(self, outputs: Tensors) -> None:
-        check_outputs(outputs, self.names, self.shm, self.limit, self.frame, self.header)
+        packed: Collection[str] = ()
+        if self.classify is not None:  # sized as sent: the classes' strings, packed
+            classified = self.classify(outputs)
+            packed = [name for name in classified if classified[name] is not outputs.get(name)]
+            outputs = classified
+        check_outputs(outputs, self.names, self.shm, self.limit, self.frame, self.header, packed)
 
 
 def check_outputs(
@@ -62,19 +68,21 @@ def check_outputs(
     limit: int | None,
     frame: pb.ModelInferRequest | None,
     header: pb.ModelInferResponse,
+    packed: Collection[str] = (),
 ) -> None:
     """Raise InvalidRequest for an output its region cannot hold, AnswerTooLarge for an answer of
     `names` from `outputs` over `limit` (None: no limit). `frame`: the request, when its answer is a
-    stream's frame (None: a unary answer). `header`: the answer's model name, version and id."""
+    stream's frame (None: a unary answer). `header`: the answer's model name, version and id.
+    `packed`: BYTES outputs sized exactly (classified ones: a few strings a row), not by their least."""
     raw = 0
     for name in names:
         array = outputs.get(name)
         if array is None:
             continue
         if shm is not None and name in shm.outputs:
-            shm.check_room(name, _least_bytes(array, shm.outputs[name].byte_size))
-        elif array.dtype.kind in "OSU":
-            raw += 4 * array.size  # its least (a length an element): its size is known once packed
+            shm.check_room(name, _region_bytes(array))
+        elif array.dtype.kind in "OSU":  # its least (a length an element) unless sized packed
+            raw += _region_bytes(array) if name in packed else 4 * array.size
         else:
             raw += array.nbytes
     if limit is None or raw + len(header.id) + len(header.model_name) + SMALL_PARTS_BYTES < limit:
@@ -88,7 +96,8 @@ def check_outputs(
             answer.outputs.add(name=name, datatype=wire, shape=array.shape)
             answer.raw_output_contents.append(b"")
     size = answer.ByteSize() + sum(
-        _entry_bytes(_raw_size(outputs[n])) - 1  # each empty entry already counts its tag and a 0 length
+        # each empty entry already counts its tag and a 0 length
+        _entry_bytes(_raw_size(outputs[n], n in packed)) - 1
         for n in names
         if n in outputs and (shm is None or n not in shm.outputs)
     )
@@ -127,18 +136,47 @@ def _entry_bytes(length: int) -> int:
     return prefix + length
 
 
-def _raw_size(array: Array) -> int:
-    return 4 * array.size if array.dtype.kind in "OSU" else array.nbytes
+def _raw_size(array: Array, packed: bool) -> int:
+    if array.dtype.kind not in "OSU":
+        return array.nbytes
+    return _region_bytes(array) if packed else 4 * array.size
 
 
-def _least_bytes(array: Array, room: int) -> int:
-    """The bytes `array` takes in a region of `room` bytes. A BYTES output's elements are sized
-    only when their lengths alone (4 bytes each) fit: the work is bounded by the client's region."""
+def _region_bytes(array: Array) -> int:
+    """The bytes `array` takes in its region: a BYTES output as packed (its lengths,
+    4 bytes an element, and its items), so a region too small hears the size it needs (it had
+    heard the lengths' 4 bytes an element alone; Triton names the packed size)."""
     if array.dtype.kind not in "OSU":
         return array.nbytes
     needed = 4 * array.size
-    if needed > room:
-        return needed
     for item in array.reshape(-1).tolist():  # bytes or str (else packing fails, as it would)
         needed += len(item.encode() if isinstance(item, str) else item)
     return needed
+
+
+CUT_NOTE = " [message cut to fit max_message_bytes]"
+
+
+def fit_error_frame(frame: pb.ModelStreamInferResponse, limit: int | None) -> None:
+    """Shorten an error frame's message so the frame fits `limit`: gRPC ends the whole stream for
+    a frame over it ("Sent message larger than max"), and every later request went unanswered. The
+    start of the message is kept, with a note that it was cut; the request's id is kept (the
+    request fitted, so its id does). A frame still over the limit (a request just under it, whose
+    id and model name leave no room for the flag) goes without model name and version, then id."""
+    if limit is None or not frame.error_message:
+        return
+    answer = frame.infer_response
+    small = len(frame.error_message.encode()) + len(answer.id) + len(answer.model_name)
+    if small + SMALL_PARTS_BYTES < limit:
+        return  # surely within it
+    over = frame.ByteSize() - limit
+    if over <= 0:
+        return
+    message = frame.error_message.encode()
+    keep = max(0, len(message) - over - len(CUT_NOTE))
+    frame.error_message = message[:keep].decode(errors="ignore") + CUT_NOTE
+    for field in ("model_version", "model_name", "id"):
+        if frame.ByteSize() <= limit:
+            return
+        frame.error_message = CUT_NOTE.strip()
+        answer.ClearField(field)

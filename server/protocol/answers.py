@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -29,20 +30,45 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Self, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:
-    """End the call with `exc`'s status (RetryInfo in the trailer when it says when to retry);
-    an unexpected exception is logged, and answered INTERNAL with a generic message."""
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The one gRPC status a failure is answered with."""
+
+    code: grpc.StatusCode
+    message: str
+    trailer: tuple[tuple[str, bytes], ...] | None = None
+
+
+def status_of(exc: Exception, request: object = None) -> Status:
+    """`exc`'s status (RetryInfo in the trailer when it says when to retry); an unexpected
+    exception is logged, and answered INTERNAL with a generic message."""
     code, message, expected = status_for(exc)
     if not expected:
         fields = failure_fields(request, exc)
         log.error(failure_message("request failed", fields), exc_info=exc, extra=fields)
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
-        await context.abort(code, message, trailing_metadata=retry_info_trailer(code, message, retry_after_s))
+        return Status(code, message, retry_info_trailer(code, message, retry_after_s))
     if isinstance(exc, RunTimedOut):
-        await context.abort(code, message, trailing_metadata=error_info_trailer(code, message, RUN_TIMED_OUT))
-    await context.abort(code, message)
+        return Status(code, message, error_info_trailer(code, message, RUN_TIMED_OUT))
+    return Status(code, message)
+
+
+async def abort_as(context: grpc.aio.ServicerContext, status: Status) -> NoReturn:
+    """End the call with `status`. Call it outside an `except` clause, holding no exception: grpc
+    keeps the AbortError it raises in the call's state, which its traceback's frames reference (a
+    reference cycle), and an exception it was raised while handling (its __context__) stayed in
+    that cycle with its own frames: a failed request's job and its shared-memory regions, mapped
+    after their unregister until a garbage collection."""
+    if status.trailer is not None:
+        await context.abort(status.code, status.message, trailing_metadata=status.trailer)
+    await context.abort(status.code, status.message)
     raise AssertionError("unreachable: context.abort raises")  # grpc's stub is not typed NoReturn
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, request: object = None) -> NoReturn:
+    """End the call with `exc`'s status (`status_of`), for failures that hold no request's job."""
+    await abort_as(context, status_of(exc, request))
 
 
 def answers_errors(handler: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
@@ -53,9 +79,11 @@ def answers_errors(handler: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp
     async def wrapped(self: Self, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         self.calls.enter()
         try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            await abort_with(context, exc, request)
+            try:
+                return await handler(self, request, context)
+            except Exception as exc:
+                status = status_of(exc, request)
+            await abort_as(context, status)  # outside the `except`: see abort_as
         finally:
             self.calls.exit()
 
@@ -70,6 +98,7 @@ def answers_errors_untracked(handler: Callable[..., Awaitable[Any]]) -> Callable
         try:
             return await handler(self, request, context)
         except Exception as exc:
-            await abort_with(context, exc, request)
+            status = status_of(exc, request)
+        await abort_as(context, status)  # outside the `except`: see abort_as
 
     return wrapped

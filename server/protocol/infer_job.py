@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,12 +125,18 @@ class InferJob:
         header = pb.ModelInferResponse(
             model_name=served.name, model_version=served.version_str, id=self.request.id
         )
-        # Classified outputs are sized once classified, on the encoded answer (_wire). The check
-        # holds no reference to the job: a cycle through it had kept a request's shared-memory
-        # regions mapped, after they were unregistered, until a garbage collection.
-        check = AnswerCheck(
-            self.names, self.shm, None if self.classes else limit, self.request if framed else None, header
-        )
+        # The check holds no reference to the job: a cycle through it had kept a request's
+        # shared-memory regions mapped, after they were unregistered, until a garbage collection.
+        # Classified outputs are sized as classified (they had not been sized before counting).
+        classes = None
+        if self.classes:
+            labels = served.labels
+            if served.ensemble is not None:  # as _prepare: an output's labels from its step
+                labels = {**served.ensemble.output_labels(), **labels}
+            batched = served.config.max_batch_size > 0
+            classes = functools.partial(classify, classes=dict(self.classes), labels=labels, batched=batched)
+        frame = self.request if framed else None
+        check = AnswerCheck(self.names, self.shm, limit, frame, header, classes)
         self.admission = self.admission._replace(accept=check)
 
     def answer_now(self) -> pb.ModelInferResponse | None:
@@ -294,12 +301,15 @@ class RequestPath:
             self._models.note_named(served, routed)
         else:
             served = self._models.resolve(request.model_name, request.model_version, routed)
+        job: InferJob | None = None
         try:
             job = self._job_type.prepare(served, request, remaining_s, self.regions, controls)
             job.owner = owner
             job.limit_answer(self.max_answer_bytes, self.framed)
             response = job.answer_now()
         except Exception as exc:
+            if job is not None and job.shm is not None:
+                job.shm.release()  # as `finish` does
             self._models.sequence_routing.refused(served, routed)  # a start's note goes with it
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             note_served(exc, served.version_str)
@@ -320,6 +330,17 @@ class RequestPath:
 
     async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
         """The answer of a request `start` could not answer at once."""
+        try:
+            return await self._finish(job, start_ns)
+        finally:
+            # Answered or failed, it needs its shared-memory regions no more. A failure's
+            # traceback, in a reference cycle (grpc keeps an aborted call's AbortError; Python
+            # 3.10 links every frame to its caller's), had kept them mapped after unregister
+            # until a garbage collection.
+            if job.shm is not None:
+                job.shm.release()
+
+    async def _finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
         stats = job.served.stats
         try:
             try:

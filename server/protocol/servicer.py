@@ -288,6 +288,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             on_close=self._models.release_sequences,
             max_held_bytes=self._stream_max_held_bytes,
             on_stalled=end_call,
+            max_frame_bytes=path.max_answer_bytes,
         )
         try:
             with self.calls.stream(context.peer(), session):

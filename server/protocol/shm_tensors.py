@@ -44,8 +44,14 @@ class ShmSlice:
 class ShmTensors:
     """The shared-memory inputs and outputs of one request, resolved against the registry."""
 
-    inputs: Mapping[str, ShmSlice]
-    outputs: Mapping[str, ShmSlice]
+    inputs: dict[str, ShmSlice]
+    outputs: dict[str, ShmSlice]
+
+    def release(self) -> None:
+        """Let go of the regions once the request is answered or failed: whatever still holds this
+        (a failure's traceback in a reference cycle) no longer keeps them mapped after unregister."""
+        self.inputs.clear()
+        self.outputs.clear()
 
     def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], private: bool) -> Array:
         """Input `name` (shape and datatype checked by the caller); `private`: a copy, never a view

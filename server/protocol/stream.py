@@ -34,7 +34,7 @@ from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
-from server.protocol.answer_checks import FINAL_RESPONSE, wants_final_flag
+from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame, wants_final_flag
 from server.protocol.infer_job import InferJob, RequestPath
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
@@ -66,7 +66,9 @@ class StreamSession:
         on_close: OnClose | None = None,  # given the sequences it drove, when it ends
         max_held_bytes: int | None = None,  # raw bytes of requests read and answers unwritten
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
+        max_frame_bytes: int | None = None,  # the server's max_message_bytes (None: no limit)
     ) -> None:
+        self._max_frame_bytes = max_frame_bytes
         self._requests = requests
         self._held = HeldBytes(max_held_bytes)
         self._on_stalled = on_stalled
@@ -304,6 +306,8 @@ class StreamSession:
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        if response is not None:
+            fit_error_frame(response, self._max_frame_bytes)  # over it, gRPC ends the stream
         held = self._held.answered(request, made)
         if response is not None:
             self._answers.put_nowait((response, held))  # its slot and bytes freed once written

@@ -162,3 +162,27 @@ def test_a_variable_output_too_large_for_its_region_is_counted_in_fail_alone(
     finally:
         stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name=key), timeout=30)
         (SHM / key).unlink(missing_ok=True)
+
+
+def test_a_classified_answer_over_the_limit_is_counted_in_fail_alone(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """A request classifying its output (top 20,000 classes of 20,000) whose answer is over the
+    limit: refused before its run is counted, naming its exact size (it had been counted in queue,
+    compute and inference_count as well as fail: classified outputs were not sized)."""
+    request = filler(20_000)
+    request.outputs.add(name="Y").parameters["classification"].int64_param = 20_000
+    classes = [f"1.500000:{i}".encode() for i in range(20_000)]  # ties: lower index first
+    answer = pb.ModelInferResponse(model_name="filler", model_version="1", raw_output_contents=[
+        b"".join(len(c).to_bytes(4, "little") + c for c in classes)
+    ])  # fmt: skip
+    answer.outputs.add(name="Y", datatype="BYTES", shape=[20_000])  # no batch dimension: [k]
+    before = counts(stub)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    assert f"answer message larger than max ({answer.ByteSize()} vs. 65536" in (info.value.details() or "")
+    moved = delta(before, counts(stub))
+    assert moved == {
+        "success": 0, "fail": 1, "queue": 0, "compute": 0, "inference_count": 0, "execution_count": 1
+    }, moved  # fmt: skip

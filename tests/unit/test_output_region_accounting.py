@@ -145,3 +145,10 @@ def test_a_stream_answer_with_the_final_flag_counts_the_flag() -> None:
     with pytest.raises(AnswerTooLarge, match=f"\\({size} vs. {size - 1} bytes"):
         check_outputs(outputs, ["Y"], None, size - 1, request, HEADER)
     check_outputs(outputs, ["Y"], None, size, request, HEADER)
+
+
+def test_a_bytes_output_far_too_large_for_its_region_hears_its_packed_size() -> None:
+    # 100 items of 3 bytes: 700 bytes packed; a 64-byte region had heard "at least 400" (4 an item).
+    outputs = {"T": np.array([b"1.5"] * 100, dtype=object)}
+    with pytest.raises(InvalidRequest, match=r"output 'T' \(64 bytes\) should be at least 700 bytes"):
+        check_outputs(outputs, ["T"], shm_for("T", 64), None, None, HEADER)

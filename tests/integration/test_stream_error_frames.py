@@ -1,0 +1,86 @@
+"""Every frame a stream sends fits max_message_bytes, error frames too: an error frame over it
+(a request with a long id, just under the limit, whose answer is refused) made gRPC end the whole
+stream ("Sent message larger than max (65591 vs. 65536)"), and the requests after it went
+unanswered. Its message is now cut to fit (its start kept, the cut said), its id kept, the
+stream goes on, and each request has exactly one answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.protocol.answer_checks import CUT_NOTE, fit_error_frame
+from tests.support.models import filler_model
+from tests.support.repositories import write_model
+from tests.support.server_process import ServerProcess
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("error-frames")
+    write_model(repo, "filler", filler_model(repo / "filler.onnx"), None)
+    with ServerProcess("--model-repository", str(repo), "--max-message-bytes", str(LIMIT)) as process:
+        yield process
+
+
+def filler(columns: int, rid: str, final: bool = False) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(
+        model_name="filler",
+        id=rid,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="SHAPE", datatype="INT64", shape=[2])],
+        raw_input_contents=[np.array([1, columns], np.int64).tobytes()],
+    )
+    if final:
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+def counts(stub: pb_grpc.GRPCInferenceServiceStub) -> tuple[int, int]:
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="filler"), timeout=30).model_stats
+    return stats.inference_stats.success.count, stats.inference_stats.fail.count
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["plain", "final-flag"])
+def test_an_error_frame_over_the_limit_is_cut_to_fit_and_the_stream_goes_on(
+    server: ServerProcess, final: bool
+) -> None:
+    long_id = "e" * 65_400
+    refused = filler(20_000, long_id, final)  # an answer of 80 KB: refused RESOURCE_EXHAUSTED
+    assert refused.ByteSize() < LIMIT  # the request fits
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        before = counts(stub)
+        frames = list(stub.ModelStreamInfer(iter([refused, filler(10, "after", final)]), timeout=60))
+        success, fail = counts(stub)
+    assert [f.infer_response.id for f in frames] == [long_id, "after"]  # had ended the stream
+    error = frames[0]
+    assert error.ByteSize() <= LIMIT, error.ByteSize()
+    assert error.error_message.startswith("RESOURCE_EXHAUSTED: answer message larger"), error.error_message
+    assert error.error_message.endswith(CUT_NOTE)
+    assert not frames[1].error_message and frames[1].infer_response.outputs[0].shape == [1, 10]
+    assert (success - before[0], fail - before[1]) == (1, 1)
+
+
+def test_a_frame_within_the_limit_is_left_as_is() -> None:
+    frame = pb.ModelStreamInferResponse(
+        error_message="INVALID_ARGUMENT: no", infer_response=pb.ModelInferResponse(id="r")
+    )
+    fit_error_frame(frame, 64)
+    assert frame.error_message == "INVALID_ARGUMENT: no" and frame.infer_response.id == "r"
+
+
+def test_a_message_is_cut_on_a_character_boundary_to_the_limit_exactly() -> None:
+    message = "INVALID_ARGUMENT: " + "\u03bb" * 40_000  # 2 bytes a character
+    frame = pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id="r" * 100)
+    )
+    fit_error_frame(frame, 1000)
+    assert 990 <= frame.ByteSize() <= 1000, frame.ByteSize()
+    assert frame.error_message.startswith("INVALID_ARGUMENT: \u03bb") and frame.infer_response.id == "r" * 100
