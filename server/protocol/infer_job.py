@@ -2,39 +2,32 @@
 (a response-cache hit, or the batcher's synchronous fast path) and what must wait for a batch.
 
 Splitting it lets a stream answer fast-path requests inline, without a task per request, and
-lets both RPCs share one request path (`RequestPath`).
+lets both RPCs share one request path (`RequestPath`, server/protocol/request_path.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting, TooManyRows
+from batcher.errors import TooManyRows
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
-from server.errors import ChangedByReload, FrameDropped, InvalidRequest, ShuttingDown
+from server.errors import ChangedByReload, InvalidRequest
 from server.models.ensemble import EnsembleNotes
-from server.models.manager import ModelManager, OnDemand
 from server.models.response_cache import request_key
-from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
-from server.observability.logs import SERVED_VERSION
-from server.observability.metrics_reasons import record_failed
 from server.protocol import codec
 from server.protocol.answer_checks import AnswerCheck, check_answer
 from server.protocol.classification import classify, requested_classes
-from server.protocol.controls import Controls, parse_controls, try_parse_controls
-from server.protocol.declared import check_declared_by_any
+from server.protocol.controls import Controls
 from server.protocol.request_checks import check_request
 from server.protocol.sequence_route import sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -241,215 +234,3 @@ class InferJob:
         )
         check_answer(answer, self.answer_limit, self.request if self.framed else None)
         return answer
-
-
-class RequestPath:
-    """Route, prepare and answer requests for both RPCs, recording per-version statistics."""
-
-    def __init__(
-        self,
-        models: ModelManager,
-        is_stopping: Callable[[], bool],
-        job_type: type[InferJob] = InferJob,
-        regions: SharedMemoryRegistry | None = None,
-        max_answer_bytes: int | None = None,
-    ) -> None:
-        self._models = models
-        self._is_stopping = is_stopping
-        self._job_type = job_type  # tracing's subclass notes when each stage ended
-        self.regions = regions  # registered shared memory (None: requests naming a region are refused)
-        self.max_answer_bytes = max_answer_bytes  # the server's max_message_bytes (None: no limit)
-        self.framed = False  # its answers are a stream's frames (`frames`)
-
-    def frames(self) -> RequestPath:
-        """This path for a stream, whose answers are frames wrapping them (a few bytes more)."""
-        framed = copy.copy(self)
-        framed.framed = True
-        return framed
-
-    def needs_load(self, request: pb.ModelInferRequest) -> bool:
-        """Whether the request's (lazy) model must load first (server/models/lazy.py)."""
-        demand = self._models.on_demand
-        return demand is not None and demand.needs_load(request.model_name)
-
-    def model_of(self, request: pb.ModelInferRequest) -> ModelVersion | None:
-        """The version the request names now, before a traffic policy routes it (None: none; `start`
-        says why). A stream resolves each message once, here, and hands the version on."""
-        try:
-            return self._models.resolve(request.model_name, request.model_version)
-        except Exception:
-            return None
-
-    def start(
-        self,
-        request: pb.ModelInferRequest,
-        remaining_s: float | None,
-        start_ns: int,
-        named: ModelVersion | None = None,
-        owner: object | None = None,
-    ) -> tuple[InferJob, pb.ModelInferResponse | None]:
-        """Route and prepare a request, and answer it if that needs no waiting (see InferJob).
-        `named`: `model_of(request)` in the same turn of the event loop, used as is when the request
-        names a version (a traffic policy routes only requests naming none)."""
-        if self._is_stopping():
-            raise ShuttingDown("server is shutting down")
-        # Parsed once for routing and the batcher; a refused parameter is named by `prepare`.
-        controls = try_parse_controls(request.parameters)
-        routed = Routed(request, None if controls is None else controls.sequence)
-        if named is not None and request.model_version:
-            served = named
-            self._models.note_named(served, routed)
-        else:
-            served = self._models.resolve(request.model_name, request.model_version, routed)
-        job: InferJob | None = None
-        try:
-            job = self._job_type.prepare(served, request, remaining_s, self.regions, controls)
-            job.owner = owner
-            job.limit_answer(self.max_answer_bytes, self.framed)
-            response = job.answer_now()
-        except Exception as exc:
-            if job is not None and job.shm is not None:
-                job.shm.release()  # as `finish` does
-            self._models.sequence_routing.refused(served, routed)  # a start's note goes with it
-            record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
-            note_served(exc, served.version_str)
-            raise
-        if response is not None:
-            elapsed_ns = time.perf_counter_ns() - start_ns
-            served.stats.record_success(elapsed_ns)
-            self._answered(job, elapsed_ns)
-        return job, response
-
-    def _answered(self, job: InferJob, elapsed_ns: int) -> None:
-        """Offer an answered request to its model's shadow candidate (server/models/rollout.py);
-        never one in shared memory (the region may change once answered) or of a sequence."""
-        if job.shm is None and job.controls.sequence is None:
-            request = job.request
-            self._models.rollout.answered(job.served, request, bool(request.model_version), job.inputs,
-                                          job.admission.rows, job.outputs, elapsed_ns)  # fmt: skip
-
-    async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
-        """The answer of a request `start` could not answer at once."""
-        try:
-            return await self._finish(job, start_ns)
-        finally:
-            # Answered or failed, it needs its shared-memory regions no more. A failure's
-            # traceback, in a reference cycle (grpc keeps an aborted call's AbortError; Python
-            # 3.10 links every frame to its caller's), had kept them mapped after unregister
-            # until a garbage collection.
-            if job.shm is not None:
-                job.shm.release()
-
-    async def _finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
-        stats = job.served.stats
-        try:
-            try:
-                response = await job.answer_later()
-            except NotAccepting:
-                # A stream prepares a request, then a task of its own submits it: a reload may retire
-                # the version in between. Unless the server itself is stopping, submit it to the
-                # version serving now. Resolving, retargeting and the batcher's admission check run
-                # without a suspension point, so one retry cannot race another reload.
-                if self._is_stopping():
-                    raise
-                routed = Routed(job.request, job.controls.sequence)
-                served = self._models.resolve(job.request.model_name, job.request.model_version, routed)
-                if served is job.served:
-                    raise
-                # Counted by the version serving now, also when it refuses the request: the retired
-                # version's statistics go with it (ModelStatistics showed neither).
-                stats = served.stats
-                job.retarget(served)
-                response = await job.answer_later()
-        except ComputedThenCancelled:
-            # Computed (counted in queue, compute and inference_count) before its caller went: a
-            # success, as one whose answer was made but not yet written when its stream ended.
-            stats.record_success(time.perf_counter_ns() - start_ns)
-            raise
-        except asyncio.CancelledError:
-            if past_deadline(job.call_deadline):  # gRPC cut it at its deadline: a miss, not a cancel
-                record_failed(stats, time.perf_counter_ns() - start_ns, CALL_DEADLINE_PASSED)
-            else:
-                stats.record_canceled()
-            raise
-        except FrameDropped:
-            stats.dropped += 1  # neither a success nor a failure: answered "dropped"
-            raise
-        except Exception as exc:
-            record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            note_served(exc, job.served.version_str)
-            raise
-        elapsed_ns = time.perf_counter_ns() - start_ns
-        stats.record_success(elapsed_ns)
-        self._answered(job, elapsed_ns)
-        return response
-
-    async def infer(
-        self,
-        request: pb.ModelInferRequest,
-        remaining_s: float | None,
-        claim: Claim | None = None,
-        owner: object | None = None,
-    ) -> pb.ModelInferResponse:
-        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim."""
-        start_ns = time.perf_counter_ns()
-        demand = self._models.on_demand
-        if demand is not None and demand.needs_load(request.model_name):
-            remaining_s = await await_load(demand, request, remaining_s, self.regions)
-        job, response = self.start(request, remaining_s, start_ns, owner=owner)
-        if response is not None:
-            if claim is not None:
-                claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
-            return response
-        job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
-        return await self.finish(job, start_ns)
-
-
-# What a request cut by its gRPC deadline during compute counts as (the caller got
-# DEADLINE_EXCEEDED from gRPC; counted CANCELED before, and its span said CANCELLED).
-CALL_DEADLINE_PASSED = DeadlineExceeded("deadline exceeded while the request was being computed")
-
-
-# A client's gRPC deadline fires on its own clock, from when it sent the call: it cancels the call
-# (RST_STREAM) before the server's copy of the deadline, counted from when the call arrived, by the
-# call's transit time. A cancellation this close to the deadline is taken as the deadline (with 1 ms
-# of slack, a loaded machine's transit made it a cancel, and the test counting it failed once).
-DEADLINE_SLACK_S = 0.05
-
-
-def past_deadline(deadline: float | None) -> bool:
-    """Whether a call's gRPC deadline (absolute time.monotonic()) has passed, or is close enough
-    that the caller's own timer, not the caller, cut it (DEADLINE_SLACK_S)."""
-    return deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
-
-
-def note_served(exc: BaseException, version: str) -> None:
-    """Note on a failure which version served the request (its log line names it)."""
-    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
-        setattr(exc, SERVED_VERSION, version)
-
-
-async def await_load(
-    demand: OnDemand,
-    request: pb.ModelInferRequest,
-    remaining_s: float | None,
-    regions: SharedMemoryRegistry | None = None,
-) -> float | None:
-    """Wait for a lazy model's load within the request's deadline: its gRPC deadline, or its
-    `timeout` parameter when that is sooner (it had been counted only from after the load: a 1 s
-    timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
-    deadline, so the answer naming the load reaches the caller before its own timer fires (it had
-    seen only gRPC's "Deadline Exceeded"). A request the load's signatures would refuse is refused
-    first, as the loaded model would (declared.py). What is left of the deadline after the wait."""
-    began = time.monotonic()
-    controls = try_parse_controls(request.parameters)
-    signatures = await demand.signatures(request.model_name)
-    if signatures:  # an invalid request is refused without loading the model (and evicting)
-        check_declared_by_any(signatures, request, regions, controls)
-    if controls is None:  # a model not judged: its refused parameter is named without loading it
-        controls = parse_controls(request.parameters)
-    bound = min((b for b in (remaining_s, controls.timeout_s) if b is not None), default=None)
-    slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
-    left = None if bound is None else bound - (time.monotonic() - began)
-    await demand.ready(request.model_name, None if left is None else max(0.0, left - slack))
-    return None if bound is None else bound - (time.monotonic() - began)

@@ -35,7 +35,7 @@ from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
-from server.protocol.infer_job import DEADLINE_SLACK_S, RequestPath
+from server.protocol.request_path import DEADLINE_SLACK_S, RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto

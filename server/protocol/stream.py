@@ -35,9 +35,10 @@ from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame, wants_final_flag
-from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
+from server.protocol.request_path import RequestPath
 from server.protocol.stream_bytes import HeldBytes, answer_bytes
 from server.protocol.stream_order import StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences

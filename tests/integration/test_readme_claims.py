@@ -398,7 +398,7 @@ async def test_unloading_a_model_drops_its_cache_entries(repo_dir: Path, tmp_pat
     # drops the model's entries too, so only the cache itself shows what the unload did.
     from server.models.manager import ModelManager
     from server.models.response_cache import ResponseCache
-    from server.protocol.infer_job import RequestPath
+    from server.protocol.request_path import RequestPath
     from server.settings import ServerSettings
 
     settings = ServerSettings(model_repository=repo_dir, cache_dir=tmp_path)

@@ -13,7 +13,8 @@ from clients import AsyncClient
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.models.manager import ModelManager
-from server.protocol.infer_job import InferJob, RequestPath
+from server.protocol.infer_job import InferJob
+from server.protocol.request_path import RequestPath
 from server.settings import ServerSettings
 from tests.integration.client_fixtures import features
 from tests.support.repositories import write_model

@@ -23,7 +23,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from server.models.manager import ModelManager
 from server.protocol.answers import answers_errors
-from server.protocol.infer_job import RequestPath
+from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.settings import ServerSettings
 from tests.support.models import filler_model

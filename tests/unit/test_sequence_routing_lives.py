@@ -26,7 +26,7 @@ from server.models.manager import ModelManager
 from server.models.sequence_routing import NOTE_SLACK, Routed, SequenceRouting
 from server.models.versions import READY, ModelEntry
 from server.protocol import controls as controls_module
-from server.protocol.infer_job import RequestPath
+from server.protocol.request_path import RequestPath
 from server.protocol.sequence_params import SequenceParams
 from server.settings import ServerSettings
 from tests.support import sequence_models as sm

@@ -12,8 +12,8 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from server.protocol.controls import parse_controls
-from server.protocol.infer_job import RequestPath
 from server.protocol.malformed import Malformed
+from server.protocol.request_path import RequestPath
 from server.protocol.stream import StreamSession
 from server.protocol.stream_sequences import SeenSequences
 
