@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from batcher.errors import BatcherStopped, DeadlineExceeded, NotAccepting
+from batcher.errors import BatcherStopped, ComputedLate, NotAccepting
 from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request
 from batcher.ragged import gather_ragged
@@ -45,8 +45,8 @@ def cpu_timed(run: Callable[[Tensors], Tensors], inputs: Tensors) -> tuple[Tenso
     return outputs, time.thread_time() - start
 
 
-def computed_late() -> DeadlineExceeded:
-    return DeadlineExceeded("deadline exceeded while the request was being computed")
+def computed_late() -> ComputedLate:
+    return ComputedLate("deadline exceeded while the request was being computed")
 
 
 def stopped() -> BatcherStopped:

@@ -44,6 +44,7 @@ from batcher.lateness import LoopLateness
 from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
 from batcher.run_batch import BatchRunner
 from batcher.stats import ModelStats
+from batcher.turn_deadline import TurnDeadline
 from batcher.types import Backend, BatchingPolicy, QueueTrace, Tensors
 from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
@@ -99,7 +100,9 @@ class DynamicBatcher:
             min_run_s=self._estimator.predict_floor,  # what runs seen prove: never fail one early
             hop_s=WAKE_MARGIN.fixed_s,
             on_late=self._lateness.observe,
+            floor_basis=self._estimator.floor_basis,
         )
+        self.turn_deadline = TurnDeadline(self._queue, stats)  # for sequences' waits (sequence.py)
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
@@ -362,7 +365,7 @@ class DynamicBatcher:
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:
-                q.fail(p, expired_in_queue(p, now, floor(p.rows), WAKE_MARGIN.fixed_s))
+                q.fail(p, expired_in_queue(p, now, floor(p.rows), WAKE_MARGIN.fixed_s, q.basis(p.rows, now)))
             self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
                 self._flights.take()  # before the removals, so the queue never looks idle meanwhile

@@ -38,6 +38,13 @@ class DeadlineExceeded(BatcherError):
     default_message = "deadline exceeded before the request was computed"
 
 
+class ComputedLate(DeadlineExceeded):
+    """Computed, but its run ended after its deadline (counted `late`, not `expired`): an ensemble
+    tells its own deadline outcome from its step's error by it (server/models/ensemble.py)."""
+
+    default_message = "deadline exceeded while the request was being computed"
+
+
 class QueueTimedOut(DeadlineExceeded):
     """Its queue-policy timeout (timeout_action REJECT) passed while it waited: Triton answers it
     UNAVAILABLE "Request timeout expired", so that clients may send it elsewhere."""

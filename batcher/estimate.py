@@ -29,8 +29,12 @@ unseen size, as many at a time as shedding's forecast admits.
 `predict_seen` is still a cautious figure, not a lower bound: a bucket's 0.9 quantile (capped),
 of whatever sizes ran in it. What says a request "cannot finish" (admission's DEADLINE_EXCEEDED,
 formation's drop, the queue's give-up point) reads `predict_floor`: the fastest recent run of the
-request's rows or fewer (within its own bucket only runs of no more rows count; every smaller
-bucket's fastest run bounds it too; the largest of these bounds), faded with age like the rest. On
+request's rows or fewer, faded with age like the rest; raised to a bucket's fastest run (within
+its own bucket only runs of no more rows count) once that bucket holds `BOUND_RUNS` (3) such runs,
+so a per-row cost (the demo resnet) still bounds larger requests under load. A lone run does not
+bound larger sizes: one hung 2-row run (1103 ms, where 1-row runs took 105 ms) had refused every
+2..8-row request with a 600 ms deadline for ~4.5 s, "the fastest recent run of 4 rows or fewer"
+said to be 1077 ms (a 1-row run had just taken 103 ms). `floor_basis` words which figure it is. On
 `predict_seen` a 5-row request of the demo resnet was refused "about 1053.1 ms of compute needed"
 with a 960 ms timeout (the 5..8-row bucket's quantile, from 8-row runs) while a 5-row run took
 ~637 ms; and the queue gave up 1-row requests within 1 ms of admitting them (a 100 ms model,
@@ -62,6 +66,10 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass, field
+
+# How many runs of a bucket (of no more rows than a request) its fastest needs before it bounds that
+# request's "cannot finish" figure (`predict_floor`): one run may be an outlier (a hang, a pause).
+BOUND_RUNS = 3
 
 
 @dataclass(slots=True)
@@ -172,22 +180,53 @@ class ServiceTimeEstimator:
 
     def predict_floor(self, rows: int, now: float) -> float:
         """What runs seen prove a run of `rows` rows takes at least, at clock time `now` (0.0 when
-        no run of `rows` rows or fewer was seen): the fastest recent run of that many rows or fewer,
-        the largest such bound over its bucket and every smaller one, faded with age. For deciding
-        that a request cannot finish (a refusal or a drop it never recovers from)."""
+        no run of `rows` rows or fewer was seen), faded with age: the fastest recent run of that many
+        rows or fewer, raised to the fastest run of a bucket (of no more rows) where that bucket holds
+        at least `BOUND_RUNS` such runs. For deciding that a request cannot finish (a refusal or a
+        drop it never recovers from). `floor_basis` says which figure it is."""
+        return self._floor(rows, now)[0]
+
+    def floor_basis(self, rows: int, now: float) -> str:
+        """What `predict_floor(rows, now)` is, in words for a client's message."""
+        _, bucket, count = self._floor(rows, now)
+        if bucket is None:
+            return f"the fastest recent run of {max(rows, 1)} rows or fewer"
+        sizes = [n for _, n in self._seen[bucket].runs if n <= rows]
+        low, high = min(sizes), max(sizes)
+        of = f"{low} rows" if low == high else f"{low} to {high} rows"
+        return f"the fastest of {count} recent runs of {of}"
+
+    def _floor(self, rows: int, now: float) -> tuple[float, int | None, int]:
+        """(seconds, the bucket whose runs set it or None for the fastest run of any size, how many
+        runs of that bucket it is the fastest of). A bucket's fastest run bounds larger sizes only
+        from its `BOUND_RUNS`th run on: alone, a hung run (1103 ms where 2 runs of 1 row took
+        105 ms) had refused every larger request for seconds, and a refused size never runs to
+        correct it."""
         rows = max(rows, 1)
         own = self.bucket(rows)
-        floor = 0.0
+        fastest_any = float("inf")
+        bound, bound_bucket, bound_count = 0.0, None, 0
         for b, seen in self._seen.items():
             if b > own:
                 continue
             if b < own:  # every run of a smaller bucket has fewer rows
-                fastest: float | None = seen.times[0] if seen.times else None
+                count = len(seen.times)
+                fastest = seen.times[0] if count else None
             else:
-                fastest = min((s for s, n in seen.runs if n <= rows), default=None)
-            if fastest is not None:
-                floor = max(floor, fastest * self._freshness(seen, now))
-        return floor
+                fitting = [s for s, n in seen.runs if n <= rows]
+                count = len(fitting)
+                fastest = min(fitting, default=None)
+            if fastest is None:
+                continue
+            fastest *= self._freshness(seen, now)
+            fastest_any = min(fastest_any, fastest)
+            if count >= BOUND_RUNS and fastest > bound:
+                bound, bound_bucket, bound_count = fastest, b, count
+        if fastest_any == float("inf"):
+            return 0.0, None, 0
+        if bound > fastest_any:
+            return bound, bound_bucket, bound_count
+        return fastest_any, None, 0
 
     def cheap(self, rows: int, max_cpu_s: float) -> bool:
         """Whether recent runs of this many rows (its own bucket) cost their thread at most `max_cpu_s`.

@@ -67,15 +67,19 @@ class RequestQueue:
         min_run_s: Callable[[int, float], float] = lambda rows, now: 0.0,
         hop_s: float = 0.0,
         on_late: Callable[[float, float], None] = lambda late_s, now: None,
+        floor_basis: Callable[[int, float], str] | None = None,
     ) -> None:
         """`on_remove`: after any request leaves; `on_expire`: one expired on its timer.
         `min_run_s(rows, now)`: what a run of `rows` rows takes at least (0.0: unknown); `hop_s`:
-        the time to a run and back, outside it. `on_late(late_s, now)`: a timer ran `late_s` late."""
+        the time to a run and back, outside it. `on_late(late_s, now)`: a timer ran `late_s` late.
+        `floor_basis(rows, now)`: what `min_run_s` is, in words (None: "the fastest recent run of
+        N rows or fewer")."""
         self._policy = policy
         self._on_expire = on_expire
         self._min_run_s = min_run_s
         self._hop_s = hop_s
         self._on_late = on_late
+        self._floor_basis = floor_basis
         self._budgets = tuple(budgets)  # input bytes of queued requests, bounded (batcher/budget.py)
         self._clock = clock
         self._on_remove = on_remove
@@ -139,7 +143,7 @@ class RequestQueue:
             raise DeadlineExceeded("deadline exceeded before the request was queued")
         run_s = predict_s(a.rows)
         if gives_up(hard, now, run_s, self._hop_s):
-            raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now)
+            raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now, basis=self.basis(a.rows, now))
         if finish_s is not None:
             wait_s = finish_s(a.priority, a.rows)
             if cannot_finish(hard, now, wait_s):
@@ -250,9 +254,19 @@ class RequestQueue:
         """When `p`, still queued, can no longer be answered in time: its deadline less a run of
         its rows started then and the hop to it and back; its deadline itself while the estimator
         knows nothing (0.0). None without a deadline."""
-        if p.hard is None:
-            return None
-        return give_up_at(p.hard, self._min_run_s(p.rows, now), self._hop_s)
+        return None if p.hard is None else self.give_up(p.rows, p.hard, now)
+
+    def give_up(self, rows: int, hard: float, now: float) -> float:
+        """The give-up point (`give_up_at`) at `now` of a request of `rows` rows and deadline `hard`."""
+        return give_up_at(hard, self._min_run_s(rows, now), self._hop_s)
+
+    def gave_up(self, rows: int, hard: float | None, now: float, where: str) -> DeadlineExceeded:
+        """Why a request of `rows` rows past its give-up point at `now` is failed `where` (", while
+        ..."): `cannot_be_met` with the figures, or its deadline passed (no run seen, or no deadline)."""
+        run_s = self._min_run_s(rows, now)
+        if hard is not None and hard > now and run_s > 0.0:
+            return cannot_be_met(rows, run_s, self._hop_s, hard - now, where, self.basis(rows, now))
+        return DeadlineExceeded(f"deadline exceeded{where}")
 
     def _arm(self, p: Request, delay: float, at: float) -> None:
         """Run `_expire` in `delay` seconds, for the clock time `at` (the give-up point or the
@@ -281,23 +295,34 @@ class RequestQueue:
                 return
         if self.remove(p):
             self._on_expire(p)
-            settle_error(p, expired_in_queue(p, now, self._min_run_s(p.rows, now), self._hop_s))
+            run_s = self._min_run_s(p.rows, now)
+            settle_error(p, expired_in_queue(p, now, run_s, self._hop_s, self.basis(p.rows, now)))
+
+    def basis(self, rows: int, now: float) -> str | None:
+        """What the least compute of `rows` rows (`min_run_s`) is, in words (None: the default's)."""
+        return None if self._floor_basis is None else self._floor_basis(rows, now)
 
 
-def cannot_be_met(rows: int, run_s: float, hop_s: float, left_s: float, where: str = "") -> DeadlineExceeded:
+def cannot_be_met(
+    rows: int, run_s: float, hop_s: float, left_s: float, where: str = "", basis: str | None = None
+) -> DeadlineExceeded:
     """The answer to a request past its give-up point (`give_up_at`), naming both parts of what it
-    needed: the compute (the fastest recent run of its rows or fewer) and the margin."""
+    needed: the compute, with what that figure is (`basis`, the estimator's `floor_basis`; None: the
+    fastest recent run of its rows or fewer), and the margin."""
     margin = f" plus a {hop_s * 1e3:.1f} ms margin" if hop_s > 0.0 else ""
+    what = f"the fastest recent run of {rows} rows or fewer" if basis is None else basis
     return DeadlineExceeded(
-        f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed (the fastest recent run "
-        f"of {rows} rows or fewer){margin}, {left_s * 1e3:.1f} ms left{where}"
+        f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed ({what}){margin}, "
+        f"{left_s * 1e3:.1f} ms left{where}"
     )
 
 
-def expired_in_queue(p: Request, now: float, run_s: float = 0.0, hop_s: float = 0.0) -> DeadlineExceeded:
+def expired_in_queue(
+    p: Request, now: float, run_s: float = 0.0, hop_s: float = 0.0, basis: str | None = None
+) -> DeadlineExceeded:
     """Why a queued request is failed: its queue-policy timeout (REJECT), or its deadline: passed,
-    or (before it, with `run_s` the least compute it needs and `hop_s` the margin) too close for a
-    run to end in time."""
+    or (before it, with `run_s` the least compute it needs, `basis` what that figure is, and
+    `hop_s` the margin) too close for a run to end in time."""
     if p.reject_at is not None and p.reject_at <= now and (p.hard is None or p.reject_at < p.hard):
         waited_ms = (now - p.arrival) * 1e3
         return QueueTimedOut(
@@ -306,7 +331,7 @@ def expired_in_queue(p: Request, now: float, run_s: float = 0.0, hop_s: float = 
             f"timeout_action REJECT)"
         )
     if p.hard is not None and p.hard > now and run_s > 0.0:
-        return cannot_be_met(p.rows, run_s, hop_s, p.hard - now, ", while waiting in the queue")
+        return cannot_be_met(p.rows, run_s, hop_s, p.hard - now, ", while waiting in the queue", basis)
     return DeadlineExceeded("deadline exceeded while waiting in the queue")
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from batcher.admission import Admission
-from batcher.errors import DeadlineExceeded, NotAccepting
+from batcher.errors import NotAccepting
 from batcher.sequence_types import (
     ControlKind,
     SequenceError,
@@ -38,6 +38,7 @@ from batcher.sequence_types import (
     UnknownSequence,
     state_bytes,
 )
+from batcher.turn_deadline import TurnDeadlines, wait_turn
 from batcher.types import Array, QueueTrace, Tensors
 
 # How many released sequence ids are remembered, to say why a late request finds none.
@@ -98,8 +99,10 @@ class SequenceBatcher:
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
         unknown_hint: str = "",  # added to "never started" (the server's --workers say why)
+        deadlines: TurnDeadlines | None = None,  # the runner's give-up rule (None: the deadline)
     ) -> None:
         self._runner = runner
+        self._deadlines = deadlines
         self.on_gone: OnGone | None = None  # set by the server's sequence routing (its notes)
         self._unknown_hint = unknown_hint
         self._spec = spec
@@ -207,17 +210,12 @@ class SequenceBatcher:
                 self._gone(sid)
 
     async def _wait_turn(self, turn: _Turn, a: Admission) -> None:
-        """Take the id's lock, within the request's deadline: one waiting behind its sequence's
-        slow run was answered only when its turn came, however late."""
+        """Take the id's lock: at once with none of its id ahead, else until the request's give-up
+        point (batcher/turn_deadline.py)."""
         if a.hard is None or turn.waiting == 1:  # none of its id ahead: taken at once, no timer
             await turn.lock.acquire()
             return
-        try:
-            await asyncio.wait_for(turn.lock.acquire(), timeout=max(0.0, a.hard - self._clock()))
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(
-                "deadline exceeded while waiting for the sequence's earlier requests to run"
-            ) from None
+        await wait_turn(turn.lock, a, self._clock, self._deadlines)
 
     def _undo_start(self, seq: _Sequence, undo: tuple[dict[str, Array], int, object | None] | None) -> None:
         """A start that did not run (it failed, expired, was refused or cancelled) leaves things as

@@ -33,7 +33,7 @@ from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
 from server.observability.logs import failure_message, request_fields, trace_fields
-from server.observability.metrics_reasons import record_failed
+from server.observability.metrics_reasons import record_ensemble_outcome, record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
 
@@ -190,7 +190,12 @@ class EnsembleScheduler:
         """`run`, counted in the ensemble's own statistics as one execution of the request's rows
         (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
         start = time.perf_counter_ns()
-        outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
+        try:
+            outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
+        except Exception as exc:  # in one deadline outcome of its own, by what ended it
+            if admission.counted:
+                record_ensemble_outcome(stats, exc)
+            raise
         refused = refusal(admission.accept, outputs)
         if refused is not None:  # not its answer (Admission.accept): counted in `fail` only, by its caller
             try:

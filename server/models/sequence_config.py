@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from batcher.dynamic import DynamicBatcher
 from batcher.sequence import Runner, SequenceBatcher
 from batcher.sequence_types import ControlKind, ControlSpec, SequenceLimits, SequenceSpec, StateSpec
 from batcher.types import BatchingPolicy
@@ -298,4 +299,6 @@ def sequence_batcher(
         else "; with --workers each worker process keeps its own sequences: send all of a "
         "sequence's requests over one connection (one channel, or a stream)"
     )
-    return SequenceBatcher(runner, model.spec, limits, model=name, unknown_hint=hint)
+    # A request waiting its sequence's turn gives up by its model queue's rule, counted there.
+    deadlines = runner.turn_deadline if isinstance(runner, DynamicBatcher) else None
+    return SequenceBatcher(runner, model.spec, limits, model=name, unknown_hint=hint, deadlines=deadlines)

@@ -34,3 +34,17 @@ def record_failed(stats: ModelStats, total_ns: int, exc: BaseException) -> None:
         stats.record_rejection("invalid")
     elif isinstance(exc, (batcher_errors.BatcherStopped, ChangedByReload)):
         stats.record_rejection("unavailable")
+
+
+def record_ensemble_outcome(stats: ModelStats, exc: BaseException) -> None:
+    """Count an ensemble request that a step's error `exc` ended in the ensemble's own deadline
+    outcome (its steps count theirs in their own series): a step shed (Overloaded) -> `shed`; a
+    step refused or dropped unrun for its deadline (cannot be met, expired in its queue or its
+    sequence's turn, a REJECT queue timeout) -> `expired`, since the ensemble request itself was
+    under way; computed past it -> `late`. Ensemble requests had counted only `on_time`."""
+    if isinstance(exc, batcher_errors.Overloaded):
+        stats.shed += 1
+    elif isinstance(exc, batcher_errors.ComputedLate):
+        stats.late += 1
+    elif isinstance(exc, batcher_errors.DeadlineExceeded):
+        stats.expired += 1

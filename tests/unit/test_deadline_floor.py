@@ -78,9 +78,11 @@ def test_the_floor_is_the_fastest_run_of_as_many_rows_or_fewer_not_the_buckets_c
 def test_runs_of_more_rows_in_its_own_bucket_do_not_bound_it_and_smaller_buckets_do() -> None:
     est = ServiceTimeEstimator()
     est.observe(8, 1.000, NOW)
-    est.observe(2, 0.200, NOW)
+    for _ in range(3):  # a bucket's fastest bounds larger sizes from its third run on
+        est.observe(2, 0.200, NOW)
     assert est.predict_floor(5, NOW) == pytest.approx(0.200)  # not the 8-row run
-    est.observe(3, 0.300, NOW)  # bucket 3..4: the larger of the bounds counts
+    for _ in range(3):
+        est.observe(3, 0.300, NOW)  # bucket 3..4: the larger of the bounds counts
     assert est.predict_floor(5, NOW) == pytest.approx(0.300)
     assert ServiceTimeEstimator().predict_floor(5, NOW) == 0.0  # nothing seen: unknown
 
@@ -197,7 +199,8 @@ async def test_formation_drops_on_the_same_rule_and_says_why() -> None:
         while b.queued_requests != 1:
             await asyncio.sleep(0)
         clock.now = NOW + 9.9  # 100 ms left: a 2-row run takes 97 ms at least, plus the 5 ms margin
-        b.estimator.observe(2, 0.097, clock.now)
+        for _ in range(3):  # three runs: their fastest bounds 2 rows (the 1-row run took ~0 s)
+            b.estimator.observe(2, 0.097, clock.now)
         be.gate.set()
         why = r"about 97\.0 ms of compute needed .* plus a 5\.0 ms margin"
         with pytest.raises(DeadlineExceeded, match=why):

@@ -1,0 +1,81 @@
+"""The queue's give-up rule for a request not queued yet: a sequence request waiting for its
+sequence's earlier requests to run (batcher/sequence.py).
+
+Such a request waited on its sequence's lock until its deadline itself, then failed "deadline
+exceeded while waiting ..." in no deadline outcome: behind a hung run its client heard gRPC's own
+"Deadline Exceeded" (2 of 4 runs), and `sluiceway_deadline_outcome_total` missed it. It now gives
+up where a queued request does (its deadline less the floor of its rows and the hop margin,
+`RequestQueue.give_up`), says so in the queue's words, and counts `expired`, as a queued request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from batcher.admission import Admission
+from batcher.errors import DeadlineExceeded
+from batcher.queue import RequestQueue
+from batcher.stats import ModelStats
+
+
+class TurnDeadline:
+    """One model version's give-up rule and `expired` count, for requests outside its queue."""
+
+    def __init__(self, queue: RequestQueue, stats: ModelStats) -> None:
+        self._queue = queue
+        self._stats = stats
+
+    def give_up_at(self, a: Admission, now: float) -> float | None:
+        """When request `a` can no longer be answered in time, as of `now` (None: no deadline)."""
+        return None if a.hard is None else self._queue.give_up(a.rows, a.hard, now)
+
+    def gave_up(self, a: Admission, now: float, where: str) -> DeadlineExceeded:
+        """Count `a`, given up at `now` before it was queued, `expired`; the error to answer it."""
+        self._stats.expired += a.counted
+        return self._queue.gave_up(a.rows, a.hard, now, where)
+
+
+# Said of a request given up while it waited for its turn.
+WAITING_TURN = ", while waiting for the sequence's earlier requests to run"
+
+
+class TurnDeadlines(Protocol):
+    """What a request waiting its turn needs of its runner (TurnDeadline, a DynamicBatcher's)."""
+
+    def give_up_at(self, a: Admission, now: float) -> float | None: ...
+
+    def gave_up(self, a: Admission, now: float, where: str) -> DeadlineExceeded: ...
+
+
+async def wait_turn(
+    lock: asyncio.Lock, a: Admission, clock: Callable[[], float], deadlines: TurnDeadlines | None
+) -> None:
+    """Acquire `lock` for request `a` (with a deadline), or raise DeadlineExceeded at its give-up
+    point by `deadlines` (None: its deadline itself, uncounted), checked again when due: the floor
+    may have faded meanwhile, moving the point later."""
+    assert a.hard is not None
+    hard = a.hard
+
+    def give_up_at(now: float) -> float:
+        found = None if deadlines is None else deadlines.give_up_at(a, now)
+        return hard if found is None else found
+
+    now = clock()
+    due = give_up_at(now)
+    wait = max(0.0, due - now)
+    while True:
+        try:
+            await asyncio.wait_for(lock.acquire(), timeout=wait)
+            return
+        except asyncio.TimeoutError:
+            pass
+        now = clock()
+        later = give_up_at(now)
+        if later - due <= 0.001:  # measured against the point waited for: a standing clock ends it
+            break
+        wait, due = later - due, later
+    if deadlines is None:
+        raise DeadlineExceeded(f"deadline exceeded{WAITING_TURN}")
+    raise deadlines.gave_up(a, now, WAITING_TURN)

@@ -1,0 +1,116 @@
+"""A sequence request waiting behind its own sequence's earlier request gives up where a queued
+request does (its deadline less the floor of its rows and the hop margin), says why in the queue's
+words, and counts `expired`.
+
+The tester's case (seq_turn.py): during a hung run, a same-sequence request with a 0.5 s deadline
+was answered at 501-503 ms (gRPC's own "Deadline Exceeded" in 2 of 4 runs), and
+`sluiceway_deadline_outcome_total` missed it (expired +1 for the other sequence only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher.admission import Admission
+from batcher.sequence import SequenceBatcher
+from batcher.sequence_types import SequenceLimits, SequenceSpec, StateSpec
+
+LONG = 5.0
+GAVE_UP = (
+    r"^deadline cannot be met: about \d+\.\d ms of compute needed \(the fastest recent run of 1 rows "
+    r"or fewer\) plus a 5\.0 ms margin, \d+\.\d ms left, while waiting for the sequence's earlier "
+    r"requests to run$"
+)
+
+
+class Held:
+    """An accumulator backend (out = acc + x) whose runs wait while `hold` is clear."""
+
+    def __init__(self) -> None:
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.started = asyncio.Event()
+        self.runs = 0
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        self.runs += 1
+        self.started.set()
+        await self.hold.wait()
+        out = inputs["acc"] + inputs["x"]
+        return {"out": out, "acc_out": out.copy()}
+
+
+def spec() -> SequenceSpec:
+    initial = np.zeros((1, 2), np.float32)
+    initial.flags.writeable = False
+    return SequenceSpec((), (StateSpec("acc", "acc_out", initial),), 60.0)
+
+
+def x() -> dict[str, np.ndarray]:
+    return {"x": np.ones((1, 2), np.float32)}
+
+
+async def test_a_request_behind_its_sequences_slow_run_gives_up_early_and_counts_expired() -> None:
+    be, stats = Held(), ModelStats()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats)
+    b.start()
+    sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
+    try:
+        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
+        be.hold.clear()
+        be.started.clear()
+        slow = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
+        await asyncio.wait_for(be.started.wait(), LONG)
+        for _ in range(16):  # runs of 1 row take 200 ms (a window of them, the fast start's gone)
+            b.estimator.observe(1, 0.200, time.monotonic())
+        waiting = b.admission(1, deadline=time.monotonic() + 0.300)
+        with pytest.raises(DeadlineExceeded, match=GAVE_UP) as caught:
+            await asyncio.wait_for(sb.infer(1, x(), waiting), LONG)
+        needed_ms = float(str(caught.value).split("about ")[1].split(" ms")[0])
+        left_ms = float(str(caught.value).split("margin, ")[1].split(" ms left")[0])
+        assert 0.0 < left_ms < needed_ms + 5.0  # answered before its deadline, once hopeless
+        assert stats.expired == 1 and stats.shed == 0
+        be.hold.set()
+        assert (await asyncio.wait_for(slow, LONG))["out"].tolist() == [[2.0, 2.0]]
+        assert be.runs == 2  # the request that gave up never ran
+    finally:
+        be.hold.set()
+        await b.stop()
+
+
+class Moving:
+    """A give-up point the test moves (the floor fading while the request waits); counts give-ups."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.gave = 0
+
+    def give_up_at(self, a: Admission, now: float) -> float | None:
+        return self.at
+
+    def gave_up(self, a: Admission, now: float, where: str) -> DeadlineExceeded:
+        self.gave += 1
+        return DeadlineExceeded("gave up" + where)
+
+
+async def test_a_give_up_point_that_moved_later_meanwhile_is_waited_for() -> None:
+    from batcher.turn_deadline import wait_turn
+
+    lock = asyncio.Lock()
+    await lock.acquire()  # the sequence's earlier request runs
+    now = time.monotonic()
+    deadlines = Moving(now + 0.02)
+    a = Admission(1, 1, now, now + 10.0, None, now + 10.0)
+    turn = asyncio.ensure_future(wait_turn(lock, a, time.monotonic, deadlines))
+    deadlines.at = now + 10.0  # the floor faded: hopeless no more
+    await asyncio.sleep(0)  # (a turn of the loop, not a wait for time: the lock decides)
+    while not lock._waiters or all(w.cancelled() for w in lock._waiters):  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+    lock.release()  # its turn comes
+    await asyncio.wait_for(turn, LONG)
+    assert lock.locked() and deadlines.gave == 0
