@@ -62,7 +62,9 @@ async def test_a_models_footprint_measures_the_same_on_its_reload(tmp_path: Path
         measured.append(loads.budget.size_of(name) or 0)
     assert fake.evicted == ["a", "b"], ([m / 2**20 for m in measured], fake.evicted)
     first, _, reload = measured
-    assert abs(reload - first) <= first // 10, [m / 2**20 for m in measured]
+    # Within a quarter: onnxruntime 1.23 (the 3.10 venv) allocates 67-78 MiB for the same session
+    # from load to load (10% failed about 1 run in 4); the resident set's measure was 2-3x apart.
+    assert abs(reload - first) <= first // 4, [m / 2**20 for m in measured]
 
 
 def growth(sizes: dict[str, int], fake: FakeManager) -> list[int]:
