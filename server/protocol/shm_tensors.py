@@ -90,14 +90,16 @@ class ShmTensors:
         part.region.check_size()
         part.region.write(part.offset, source)
 
-    def check_room(self, name: str, needed: int) -> None:
-        """InvalidRequest naming output `name` and its region when `needed` bytes do not fit."""
+    def check_room(self, name: str, needed: int, strings: bool = False) -> None:
+        """InvalidRequest naming output `name` and its region when `needed` bytes do not fit.
+        `strings`: `needed` counts only a BYTES output's lengths, before it is computed."""
         part = self.outputs[name]
         if needed > part.byte_size:  # Triton's wording, but the client's mistake
+            least = " plus the strings themselves (known once computed)" if strings else ""
             raise InvalidRequest(
                 f"shared memory size specified with the request for output '{name}' "
-                f"({part.byte_size} bytes) should be at least {needed} bytes to hold the results "
-                f"(region '{part.region.name}')"
+                f"({part.byte_size} bytes) should be at least {needed} bytes{least} to hold the "
+                f"results (region '{part.region.name}')"
             )
 
     def check_fixed_outputs(
@@ -115,8 +117,8 @@ class ShmTensors:
             if name not in self.outputs or spec is None or -1 in spec.dims:
                 continue
             shape = spec.dims if rows is None else (rows, *spec.dims)
-            least = 4 if spec.datatype is datatypes.BYTES else spec.datatype.numpy.itemsize
-            self.check_room(name, prod(shape) * least)
+            strings = spec.datatype is datatypes.BYTES  # 4 bytes of length an element, at least
+            self.check_room(name, prod(shape) * (4 if strings else spec.datatype.numpy.itemsize), strings)
 
 
 def uses_shared_memory(request: pb.ModelInferRequest) -> bool:

@@ -110,7 +110,10 @@ def test_a_fixed_bytes_output_is_refused_before_its_run_when_even_its_lengths_do
         "T": TensorSpec("T", datatypes.BYTES, (3,)),
         "V": TensorSpec("V", datatypes.BYTES, (-1,)),  # may be empty: known once computed
     }
-    with pytest.raises(InvalidRequest, match=r"output 'T' \(20 bytes\) should be at least 24 bytes"):
+    # Its lengths alone are known before the run: the message says the strings come on top (a
+    # client that sized its region to "at least 24 bytes" was refused again after the run).
+    lengths = r"output 'T' \(20 bytes\) should be at least 24 bytes plus the strings themselves"
+    with pytest.raises(InvalidRequest, match=lengths):
         shm_for("T", 20).check_fixed_outputs(specs, ["T"], rows=2)
     shm_for("T", 24).check_fixed_outputs(specs, ["T"], rows=2)
     shm_for("V", 0).check_fixed_outputs(specs, ["V"], rows=2)
