@@ -33,7 +33,7 @@ from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
 from server.observability.logs import failure_message, request_fields, trace_fields
-from server.observability.metrics_reasons import record_ensemble_outcome, record_failed
+from server.observability.metrics_reasons import record_cut, record_ensemble_outcome, record_failed
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
 
@@ -318,8 +318,10 @@ class EnsembleScheduler:
             else:  # (a step without sequence_batching ignores the sequence, as in Triton)
                 outputs = await self._run_cached(served, inputs, a)
         except asyncio.CancelledError:
-            if not abandoned[0]:  # the caller went away (a sibling step's failure is not that)
-                stats.record_canceled()
+            if not abandoned[0]:  # its call ended (a sibling step's failure is not that)
+                # gRPC cut it at the deadline: a miss, with the `late` its run counts, as a direct
+                # call's (it had counted CANCELED: late exceeded fail on the step)
+                record_cut(stats, time.perf_counter_ns() - start_ns, hard, self._clock())
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)

@@ -5,6 +5,8 @@ Called only when a request fails, never on the success path.
 
 from __future__ import annotations
 
+import time
+
 from batcher import errors as batcher_errors
 from batcher.stats import ModelStats
 from server.errors import ChangedByReload, InvalidRequest, ServiceError
@@ -34,6 +36,35 @@ def record_failed(stats: ModelStats, total_ns: int, exc: BaseException) -> None:
         stats.record_rejection("invalid")
     elif isinstance(exc, (batcher_errors.BatcherStopped, ChangedByReload)):
         stats.record_rejection("unavailable")
+
+
+# What a request cut by its gRPC deadline during compute counts as (the caller got
+# DEADLINE_EXCEEDED from gRPC; counted CANCELED before, and its span said CANCELLED).
+CALL_DEADLINE_PASSED = batcher_errors.DeadlineExceeded(
+    "deadline exceeded while the request was being computed"
+)
+
+# A client's gRPC deadline fires on its own clock, from when it sent the call: it cancels the call
+# (RST_STREAM) before the server's copy of the deadline, counted from when the call arrived, by the
+# call's transit time. A cancellation this close to the deadline is taken as the deadline (with 1 ms
+# of slack, a loaded machine's transit made it a cancel, and the test counting it failed once).
+DEADLINE_SLACK_S = 0.05
+
+
+def past_deadline(deadline: float | None, now: float | None = None) -> bool:
+    """Whether a call's gRPC deadline (absolute time.monotonic()) has passed at `now` (default:
+    now), or is close enough that the caller's own timer, not the caller, cut it (DEADLINE_SLACK_S)."""
+    at = time.monotonic() if now is None else now
+    return deadline is not None and at >= deadline - DEADLINE_SLACK_S
+
+
+def record_cut(stats: ModelStats, total_ns: int, deadline: float | None, now: float | None = None) -> None:
+    """Count a request whose call ended while it was queued or running: at its deadline (gRPC cut
+    it) a failure like any deadline miss (fail, REJECTED), else the caller went away (CANCELED)."""
+    if past_deadline(deadline, now):
+        record_failed(stats, total_ns, CALL_DEADLINE_PASSED)
+    else:
+        stats.record_canceled()
 
 
 def record_ensemble_outcome(stats: ModelStats, exc: BaseException) -> None:

@@ -38,9 +38,10 @@ from server.models.ensemble import EnsembleNotes, StepRun
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
 from server.observability.logs import MAX_FIELD_CHARS, REQUEST_TRACE
+from server.observability.metrics_reasons import CALL_DEADLINE_PASSED, past_deadline
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import InferJob
-from server.protocol.request_path import CALL_DEADLINE_PASSED, RequestPath, past_deadline
+from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 
 RPC_SERVICE = "inference.GRPCInferenceService"

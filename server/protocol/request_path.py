@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 
 from batcher.claim import Claim
-from batcher.errors import ComputedThenCancelled, DeadlineExceeded, NotAccepting
+from batcher.errors import ComputedThenCancelled, NotAccepting
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
 from server.models.manager import ModelManager, OnDemand
 from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
-from server.observability.metrics_reasons import record_failed
+from server.observability.metrics_reasons import DEADLINE_SLACK_S, record_cut, record_failed
 from server.protocol.controls import parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
 from server.protocol.infer_job import InferJob
@@ -150,10 +150,7 @@ class RequestPath:
             stats.record_success(time.perf_counter_ns() - start_ns)
             raise
         except asyncio.CancelledError:
-            if past_deadline(job.call_deadline):  # gRPC cut it at its deadline: a miss, not a cancel
-                record_failed(stats, time.perf_counter_ns() - start_ns, CALL_DEADLINE_PASSED)
-            else:
-                stats.record_canceled()
+            record_cut(stats, time.perf_counter_ns() - start_ns, job.call_deadline)
             raise
         except FrameDropped:
             stats.dropped += 1  # neither a success nor a failure: answered "dropped"
@@ -186,24 +183,6 @@ class RequestPath:
             return response
         job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
         return await self.finish(job, start_ns)
-
-
-# What a request cut by its gRPC deadline during compute counts as (the caller got
-# DEADLINE_EXCEEDED from gRPC; counted CANCELED before, and its span said CANCELLED).
-CALL_DEADLINE_PASSED = DeadlineExceeded("deadline exceeded while the request was being computed")
-
-
-# A client's gRPC deadline fires on its own clock, from when it sent the call: it cancels the call
-# (RST_STREAM) before the server's copy of the deadline, counted from when the call arrived, by the
-# call's transit time. A cancellation this close to the deadline is taken as the deadline (with 1 ms
-# of slack, a loaded machine's transit made it a cancel, and the test counting it failed once).
-DEADLINE_SLACK_S = 0.05
-
-
-def past_deadline(deadline: float | None) -> bool:
-    """Whether a call's gRPC deadline (absolute time.monotonic()) has passed, or is close enough
-    that the caller's own timer, not the caller, cut it (DEADLINE_SLACK_S)."""
-    return deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
 
 
 def note_served(exc: BaseException, version: str) -> None:

@@ -31,11 +31,12 @@ from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.load_request import check_unload_parameters
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion, version_number
+from server.observability.metrics_reasons import DEADLINE_SLACK_S
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
-from server.protocol.request_path import DEADLINE_SLACK_S, RequestPath
+from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
