@@ -27,6 +27,7 @@ from server.errors import (
     ShuttingDown,
 )
 from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
+from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.lazy_signatures import FreshRuns, predicted_signatures
@@ -116,6 +117,7 @@ class ModelLoads:
         # Those its next load would serve, read from its files (never loaded, or changed since).
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
         self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
+        self.refused_early = EarlyRefusals()  # requests those signatures refused, counted per version
 
     # -- the request path -------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class ModelLoads:
         async with self._changes:
             await self._manager.unload(name)
             self._lazy.discard(name)  # unloaded on purpose: a request no longer loads it
+            self.refused_early.forget(name)  # its statistics go, as its versions'
             if forget:
                 self.budget.drop(name)
                 self._signatures.pop(name, None)
@@ -271,6 +274,7 @@ class ModelLoads:
         self.budget.record(name, size, pinned=pinned, now=self._clock())
         self.budget.remember(name, key, size)
         versions = self._manager.entry(name).versions
+        self.refused_early.hand_over(name, versions)  # its counts go on growing
         self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
         self._predicted.pop(name, None)  # what it serves is known now
         (self._lazy.add if lazy else self._lazy.discard)(name)

@@ -18,6 +18,7 @@ from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.models.config import ConfigError
+from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.repository import (
     ModelNotFoundInRepository,
@@ -57,6 +58,9 @@ class OnDemand(Protocol):
     async def ready(self, name: str, remaining_s: float | None) -> None: ...
 
     async def signatures(self, name: str) -> dict[int, Signature] | None: ...
+
+    @property
+    def refused_early(self) -> EarlyRefusals: ...
 
 
 class ModelManager:

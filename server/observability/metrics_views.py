@@ -94,11 +94,20 @@ class MetricViews:
     def _each(self, value: Callable[[ModelVersion], float]) -> Samples:
         return lambda: [(_labels(v), value(v)) for v in self.versions()]
 
-    def _per_reason(self, field: Callable[[ModelStats], dict[str, int]], label: str) -> Samples:
+    def _per_reason(
+        self, field: Callable[[ModelStats], dict[str, int]], label: str, refused_early: bool = False
+    ) -> Samples:
+        """`refused_early`: with the requests lazy models not loaded refused (early_refusals.py)."""
+
         def samples() -> Iterator[Sample]:
             for v in self.versions():
                 for reason, count in dict(field(v.stats)).items():
                     yield {**_labels(v), label: reason}, count
+            demand = self._models.on_demand
+            if refused_early and demand is not None:
+                for name, number, stats in demand.refused_early.each():
+                    for reason, count in dict(field(stats)).items():
+                        yield {"model": name, "version": str(number), label: reason}, count
 
         return samples
 
@@ -117,7 +126,7 @@ class MetricViews:
             View("nv_inference_request_success", "gauge", "Successful requests (cumulative, Triton's name)",
                  each(lambda v: v.stats.success.count)),
             View("nv_inference_request_failure", "gauge", "Failed requests by Triton's reason (cumulative)",
-                 per_reason(lambda s: s.failures, "reason")),
+                 per_reason(lambda s: s.failures, "reason", refused_early=True)),
             View("nv_inference_count", "gauge", "Inferences (batch rows) computed (cumulative)",
                  each(lambda v: v.stats.inference_count)),
             View("nv_inference_exec_count", "gauge", "Backend runs (batches) (cumulative)",
@@ -154,7 +163,7 @@ class MetricViews:
             View("sluiceway_batch_dispatch_total", "counter", "Batches dispatched, by why they were cut",
                  per_reason(lambda s: s.dispatch, "reason")),
             View("sluiceway_rejection_total", "counter", "Requests refused, by reason",
-                 per_reason(lambda s: s.rejections, "reason")),
+                 per_reason(lambda s: s.rejections, "reason", refused_early=True)),
             View("sluiceway_rollbacks_total", "counter", "Versions taken out of traffic (trigger: auto "
                  "or manual; server/models/rollout.py)", self._models.rollout.rollback_counts),
             View("sluiceway_run_cpu_seconds_total", "counter", "Measured CPU seconds of backend runs",

@@ -15,6 +15,7 @@ from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled, NotAccepting
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
+from server.models.early_refusals import counted_version
 from server.models.manager import ModelManager, OnDemand
 from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
@@ -202,12 +203,22 @@ async def await_load(
     timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
     deadline, so the answer naming the load reaches the caller before its own timer fires (it had
     seen only gRPC's "Deadline Exceeded"). A request the load's signatures would refuse is refused
-    first, as the loaded model would (declared.py). What is left of the deadline after the wait."""
+    first, as the loaded model would (declared.py), and counted in the version it would have reached
+    (early_refusals.py). What is left of the deadline after the wait."""
     began = time.monotonic()
     controls = try_parse_controls(request.parameters)
     signatures = await demand.signatures(request.model_name)
     if signatures:  # an invalid request is refused without loading the model (and evicting)
-        check_declared_by_any(signatures, request, regions, controls)
+        try:
+            check_declared_by_any(signatures, request, regions, controls)
+        except Exception as exc:
+            # Counted as the loaded model's refusal would be (it had been counted nowhere).
+            number = counted_version(signatures, request.model_version)
+            if number is not None:
+                stats = demand.refused_early.stats_for(request.model_name, number)
+                record_failed(stats, int((time.monotonic() - began) * 1e9), exc)
+                note_served(exc, str(number))
+            raise
     if controls is None:  # a model not judged: its refused parameter is named without loading it
         controls = parse_controls(request.parameters)
     bound = min((b for b in (remaining_s, controls.timeout_s) if b is not None), default=None)

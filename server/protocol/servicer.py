@@ -190,7 +190,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             except ModelNotFound:
                 loaded = {}
             if not loaded:
-                raise InvalidRequest(f"requested model '{request.name}' is not available")
+                return self._refused_early_statistics(request)
             versions = (
                 [self._statistics_version(request.name, request.version)]
                 if request.version
@@ -198,9 +198,23 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             )
         else:
             versions = list(self._models.ready_versions())
+        demand = self._models.on_demand
+        early = [] if request.name or demand is None else list(demand.refused_early.each())
         return pb.ModelStatisticsResponse(
             model_stats=[to_proto(v.name, v.version_str, v.stats) for v in versions]
+            + [to_proto(name, str(number), stats) for name, number, stats in early]
         )
+
+    def _refused_early_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        """A lazy model not loaded: the versions that counted requests refused before its load
+        (server/models/early_refusals.py); without any, not available (as Triton), never loading it."""
+        demand = self._models.on_demand
+        early = {} if demand is None else demand.refused_early.of(request.name)
+        shown = [(str(n), stats) for n, stats in sorted(early.items(), reverse=True)]
+        shown = [(v, stats) for v, stats in shown if not request.version or v == request.version]
+        if not shown:
+            raise InvalidRequest(f"requested model '{request.name}' is not available")
+        return pb.ModelStatisticsResponse(model_stats=[to_proto(request.name, v, s) for v, s in shown])
 
     def _statistics_version(self, name: str, version: str) -> ModelVersion:
         try:

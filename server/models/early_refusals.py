@@ -1,0 +1,72 @@
+"""The statistics of requests a lazy model not loaded refused before its load (judged by the
+signatures its load would serve: server/protocol/declared.py), per model and version.
+
+The loaded model would have counted each in its version's statistics (fail, its failure reason,
+its rejection); before its load no version has statistics, and these requests had been counted
+nowhere. They are kept here, shown by ModelStatistics and /metrics while the model is not loaded,
+and handed over to the versions its next load serves, so its counts only grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from batcher.stats import ModelStats
+from server.errors import InvalidRequest
+from server.models.versions import ModelVersion, version_number
+
+
+def counted_version(signatures: Mapping[int, object], named: str) -> int | None:
+    """The version a refused request is counted in: the one it names, or, naming none, the newest
+    its load would serve (the one whose refusal it heard; a traffic policy's choice is not known
+    before the load). None for a version not served or not a number: the loaded model refuses
+    those before any version's statistics, too."""
+    if not named:
+        return max(signatures, default=None)
+    try:
+        number = version_number(named)
+    except InvalidRequest:
+        return None
+    return number if number in signatures else None
+
+
+def add_failures(into: ModelStats, early: ModelStats) -> None:
+    """Add `early`'s failure counts (all that a refusal counts) to `into`."""
+    into.fail.add(early.fail.ns, early.fail.count)
+    for reason, count in early.failures.items():
+        into.failures[reason] += count
+    for reason, count in early.rejections.items():
+        into.rejections[reason] += count
+    into.shed += early.shed
+
+
+class EarlyRefusals:
+    """Per lazy model not loaded, per version: the statistics of the requests refused before its load."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, dict[int, ModelStats]] = {}
+
+    def stats_for(self, name: str, version: int) -> ModelStats:
+        """Where a request refused before `name`'s load is counted, for `version`."""
+        return self._stats.setdefault(name, {}).setdefault(version, ModelStats())
+
+    def of(self, name: str) -> dict[int, ModelStats]:
+        """`name`'s versions with requests refused since its last load (a copy)."""
+        return dict(self._stats.get(name, {}))
+
+    def each(self) -> Iterator[tuple[str, int, ModelStats]]:
+        """Every (model, version, statistics); safe to call from a scrape's thread (copies)."""
+        for name, versions in list(self._stats.items()):
+            for number, stats in list(versions.items()):
+                yield name, number, stats
+
+    def hand_over(self, name: str, versions: Mapping[int, ModelVersion]) -> None:
+        """`name` loaded `versions`: they take its early counts (a version it does not serve now
+        drops them, as an unloaded version's statistics go)."""
+        for number, early in self._stats.pop(name, {}).items():
+            loaded = versions.get(number)
+            if loaded is not None:
+                add_failures(loaded.stats, early)
+
+    def forget(self, name: str) -> None:
+        self._stats.pop(name, None)
