@@ -209,7 +209,7 @@ class ServiceTimeEstimator:
         for b, seen in self._seen.items():
             if b > own:
                 continue
-            if b < own:  # every run of a smaller bucket has fewer rows
+            if b < own or rows >= 1 << b:  # every run of this bucket has no more rows (no list)
                 count = len(seen.times)
                 fastest = seen.times[0] if count else None
             else:
