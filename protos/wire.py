@@ -44,15 +44,24 @@ def pack_bytes(array: npt.NDArray[np.generic]) -> bytes:
     """BYTES elements (bytes, or str encoded as UTF-8) in the length-prefixed raw form."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        if isinstance(item, str):
-            data = item.encode()
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            data = bytes(item)
-        else:  # bytes(5) would silently send five zero bytes
-            raise TypeError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
+        data = _element(item)
         parts.append(LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+def packed_size(array: npt.NDArray[np.generic]) -> int:
+    """len(pack_bytes(array)), without building it: a region or message limit checked first."""
+    return sum(LENGTH.size + len(_element(item)) for item in array.reshape(-1))
+
+
+def _element(item: object) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    # bytes(5) would silently send five zero bytes
+    raise TypeError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
 
 
 class ElementCutShort(ValueError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from batcher.types import Array, Tensors
 from protos import grpc_service_pb2 as pb
+from protos import wire
 from server import datatypes
 from server.errors import AnswerTooLarge
 from server.protocol.controls import ENABLE_FINAL_RESPONSE
@@ -146,12 +147,7 @@ def _region_bytes(array: Array) -> int:
     """The bytes `array` takes in its region: a BYTES output as packed (its lengths,
     4 bytes an element, and its items), so a region too small hears the size it needs (it had
     heard the lengths' 4 bytes an element alone; Triton names the packed size)."""
-    if array.dtype.kind not in "OSU":
-        return array.nbytes
-    needed = 4 * array.size
-    for item in array.reshape(-1).tolist():  # bytes or str (else packing fails, as it would)
-        needed += len(item.encode() if isinstance(item, str) else item)
-    return needed
+    return array.nbytes if array.dtype.kind not in "OSU" else wire.packed_size(array)
 
 
 CUT_NOTE = " [message cut to fit max_message_bytes]"
