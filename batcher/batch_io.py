@@ -118,13 +118,12 @@ def settle_batch(
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
-        refused = refusal(p.accept, part)
         if late(p.hard, done_at):
             stats.late += p.counted
             if p.counted:
                 stats.take_back(own_rows, compute)
             p.handle.future.set_exception(computed_late())
-        elif refused is not None:  # not its answer: counted in `fail` only, by its caller
+        elif (refused := refusal(p.accept, part)) is not None:  # not its answer: `fail` only
             if p.counted:
                 stats.take_back(own_rows, compute)
             p.handle.future.set_exception(refused)
