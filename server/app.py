@@ -33,6 +33,7 @@ from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
+from server.protocol.frame_size import received_ceiling
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
@@ -110,7 +111,9 @@ def grpc_server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     BENCHMARKS.md section 12) replace ours of the same name: grpc core keeps the first of two."""
     ours = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Above max_message_bytes: our deserializer refuses a message over that alone (a stream's
+        # frame with an error frame); past this ceiling grpc ends the call (frame_size.py).
+        ("grpc.max_receive_message_length", received_ceiling(settings.max_message_bytes)),
         # A port already in use is an error, never a silently shared socket; workers spawned
         # by `--workers` share the port their parent holds.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
@@ -212,11 +215,14 @@ class SluicewayServer:
         )
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
-        add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc)
+        # A message over max_message_bytes is refused unparsed, RESOURCE_EXHAUSTED (frame_size.py).
+        limit = settings.max_message_bytes
+        add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc, limit)
         add_service(
             apb.DESCRIPTOR.services_by_name["Admin"],
             AdminServicer(self.models, settings.worker_index, self.rollout_share),
             self._grpc,
+            limit,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if settings.reflection:

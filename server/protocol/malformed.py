@@ -2,7 +2,9 @@
 deserializer error path (which answers UNKNOWN, logs a traceback per message and ends a stream).
 
 The service is registered with tolerant deserializers: bytes that are not a valid message of the
-method's request type become a `Malformed` value the handler answers as a client mistake.
+method's request type become a `Malformed` value the handler answers as a client mistake, and
+bytes over `max_message_bytes` an `Oversized` one, unparsed (frame_size.py), answered
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from server.errors import for_caller
+from server.protocol.frame_size import Oversized, oversized
 
 
 class Malformed(NamedTuple):
@@ -24,10 +27,14 @@ class Malformed(NamedTuple):
     reason: str
 
 
-def tolerant_deserializer(message_type: type[protobuf_message.Message]) -> Callable[[bytes], Any]:
+def tolerant_deserializer(
+    message_type: type[protobuf_message.Message], max_bytes: int | None = None
+) -> Callable[[bytes], Any]:
     name = message_type.DESCRIPTOR.full_name
 
-    def deserialize(data: bytes) -> protobuf_message.Message | Malformed:
+    def deserialize(data: bytes) -> protobuf_message.Message | Malformed | Oversized:
+        if max_bytes is not None and len(data) > max_bytes:  # checked before it is parsed
+            return oversized(data, max_bytes, message_type)
         try:
             return message_type.FromString(data)
         except protobuf_message.DecodeError as exc:
@@ -43,18 +50,26 @@ def _refusing_malformed(behavior: UnaryBehavior) -> UnaryBehavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, for_caller(request.reason))
+        if isinstance(request, Oversized):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
         return await behavior(request, context)
 
     return handle
 
 
-def add_service(service: ServiceDescriptor, servicer: object, server: grpc.aio.Server) -> None:
+def add_service(
+    service: ServiceDescriptor,
+    servicer: object,
+    server: grpc.aio.Server,
+    max_message_bytes: int | None = None,
+) -> None:
     """Register the service's methods as the generated `add_*_to_server` does, except that
-    requests are parsed tolerantly. Unary methods refuse a Malformed request here; streaming
-    methods receive Malformed values in their request iterator and answer them in-band."""
+    requests are parsed tolerantly, and not at all past `max_message_bytes`. Unary methods refuse a
+    Malformed or Oversized request here; streaming methods receive them in their request iterator
+    and answer them in-band."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        deserializer = tolerant_deserializer(GetMessageClass(method.input_type))
+        deserializer = tolerant_deserializer(GetMessageClass(method.input_type), max_message_bytes)
         serializer = GetMessageClass(method.output_type).SerializeToString
         behavior = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:

@@ -11,7 +11,9 @@ complete, except for models with `preserve_ordering` and latest-frame-wins frame
 request order per model version, each waiting for the one before it (stream_order.py). A failed
 request is answered with an error message and its id; the stream goes on. So is an answer over
 the message limit (refused by the request path, answer_checks.py, and counted a failure): sent,
-gRPC would fail the whole stream for it, and every later request on it would go unanswered.
+gRPC would fail the whole stream for it, and every later request on it would go unanswered. And
+so is a frame over the limit, refused unparsed by the deserializer (frame_size.py): received by
+grpc's own limit, it had ended the stream.
 
 A session ends early in two ways, both after answering every request it has read: `finish()` (the
 server is draining) and an idle timeout (nothing read or in flight for `idle_timeout_s`). Either
@@ -35,11 +37,12 @@ from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame, wants_final_flag
+from server.protocol.frame_size import Oversized
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath
-from server.protocol.stream_bytes import HeldBytes, answer_bytes
+from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
 from server.protocol.stream_order import StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
 
@@ -58,7 +61,7 @@ class StreamSession:
 
     def __init__(
         self,
-        requests: AsyncIterator[pb.ModelInferRequest | Malformed],
+        requests: AsyncIterator[Read],
         path: RequestPath,
         *,
         max_in_flight: int,
@@ -225,10 +228,13 @@ class StreamSession:
             return
         self._arm_idle_timer()
 
-    def _admit(self, request: pb.ModelInferRequest | Malformed) -> None:
+    def _admit(self, request: Read) -> None:
         """Answer `request` inline if it needs no waiting, else hand it to a task of its own."""
         if isinstance(request, Malformed):  # no id to answer with: the error names the message
             self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None, request)
+            return
+        if isinstance(request, Oversized):  # this frame alone, with its id when it could be read
+            self._send(_refusal(f"RESOURCE_EXHAUSTED: {request.reason}", request.head), None, request)
             return
         job: InferJob | None = None
         try:
@@ -300,7 +306,7 @@ class StreamSession:
         self,
         response: Response | None,
         done: asyncio.Event | None,
-        request: pb.ModelInferRequest | Malformed | None = None,
+        request: Read | None = None,
     ) -> None:
         made = None if response is None else answer_bytes(response)  # its raw output bytes, counted once
         if response is not None and _wants_final_flag(request):
@@ -321,14 +327,23 @@ class StreamSession:
         return None if self._deadline is None else self._deadline - time.monotonic()
 
 
-def _wants_final_flag(request: pb.ModelInferRequest | Malformed | None) -> bool:
+def _wants_final_flag(request: Read | None) -> bool:
+    if isinstance(request, Oversized):
+        request = request.head
     return isinstance(request, pb.ModelInferRequest) and wants_final_flag(request)
 
 
-def _shutting_down(request: pb.ModelInferRequest | Malformed) -> Response:
+def _shutting_down(request: Read) -> Response:
     """The answer to a message read while the server drains: stop sending on this stream."""
     message = "UNAVAILABLE: server is shutting down: request not admitted; stop sending on this stream"
     if isinstance(request, Malformed):
+        return Response(error_message=message)
+    return _refusal(message, request.head if isinstance(request, Oversized) else request)
+
+
+def _refusal(message: str, request: pb.ModelInferRequest | None) -> Response:
+    """An error frame for a request not admitted, with its model, version and id when known."""
+    if request is None:
         return Response(error_message=message)
     return Response(
         error_message=message,

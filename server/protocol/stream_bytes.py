@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 
 from protos import grpc_service_pb2 as pb
+from server.protocol.frame_size import Oversized
 from server.protocol.malformed import Malformed
 
 FIRST_READS = 8
-Read = pb.ModelInferRequest | Malformed
+# A frame as read: a request, or one refused unparsed (Malformed, Oversized: it holds no tensors).
+Read = pb.ModelInferRequest | Malformed | Oversized
 
 
 def raw_bytes(request: Read | None) -> int:

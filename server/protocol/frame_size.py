@@ -1,0 +1,96 @@
+"""Request messages over `max_message_bytes`: refused one by one, never by ending a stream.
+
+grpc core ends the whole call for a message over its receive limit, so a stream lost every frame
+and every answer not yet written for one oversized frame. grpc's receive limit is therefore a hard
+ceiling above `max_message_bytes` (`received_ceiling`: what grpc may hold for one message stays
+bounded), and the request deserializer checks each message's length against `max_message_bytes`
+before parsing it: one over it becomes an `Oversized` value, answered RESOURCE_EXHAUSTED by the
+handler (a stream's error frame for that frame alone). Only a message over the ceiling still ends
+its call, with grpc's own "Received message larger than max".
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from google.protobuf import message as protobuf_message
+
+from protos import grpc_service_pb2 as pb
+
+# grpc core takes a channel argument as a C int.
+GRPC_INT_MAX = 2**31 - 1
+# An oversized frame's model name, version, id and parameters are read from at most this many
+# bytes at its start, to answer it with its id (clients match answers by id) and its final-response
+# flag; beyond it (or bytes that do not parse) it is answered without them.
+HEAD_MAX_BYTES = 16 * 1024
+# ModelInferRequest's fields up to `parameters` (model_name 1, model_version 2, id 3,
+# parameters 4), all length-delimited; serializers write fields in number order, so they come first.
+_LAST_HEAD_FIELD = 4
+_LENGTH_DELIMITED = 2
+
+
+def received_ceiling(max_message_bytes: int) -> int:
+    """grpc's receive limit: twice `max_message_bytes` (at most a C int), so a frame up to that
+    size is refused alone; one beyond it still ends its call."""
+    return min(2 * max_message_bytes, GRPC_INT_MAX)
+
+
+class Oversized(NamedTuple):
+    """A request message over `limit` bytes, not parsed; `head` holds a stream frame's model name,
+    version, id and parameters when they could be read (None otherwise)."""
+
+    size: int
+    limit: int
+    head: pb.ModelInferRequest | None = None
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"request message larger than max ({self.size} vs. {self.limit} bytes, the server's "
+            "max_message_bytes): send fewer rows, or use shared memory for inputs"
+        )
+
+
+def oversized(data: bytes, limit: int, message_type: type[protobuf_message.Message]) -> Oversized:
+    """The marker for `data`, over `limit`; its head is read only for ModelInferRequest (the
+    stream's frames)."""
+    head = request_head(data) if message_type is pb.ModelInferRequest else None
+    return Oversized(len(data), limit, head)
+
+
+def request_head(data: bytes) -> pb.ModelInferRequest | None:
+    """A ModelInferRequest of `data`'s first fields up to `parameters` (the tensors left out),
+    parsed from at most HEAD_MAX_BYTES; None when they are longer or do not parse."""
+    end = 0
+    while end < len(data):
+        tag, at = _varint(data, end)
+        if tag is None or tag >> 3 > _LAST_HEAD_FIELD:
+            break  # the tensors begin (or bytes that are no field: parse what came before)
+        if tag & 7 != _LENGTH_DELIMITED:
+            return None
+        length, at = _varint(data, at)
+        if length is None:
+            return None
+        end = at + length
+        if end > HEAD_MAX_BYTES:
+            return None
+    head = pb.ModelInferRequest()
+    try:
+        head.ParseFromString(data[:end])
+    except protobuf_message.DecodeError:
+        return None
+    return head
+
+
+def _varint(data: bytes, at: int) -> tuple[int | None, int]:
+    """The varint at `at` and the position after it; None when it does not end within 10 bytes."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if at >= len(data):
+            return None, at
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+    return None, at
