@@ -3,11 +3,14 @@ queue with the same status and message: a sequence request of 2 rows (the sequen
 refusal), classification parameters the loaded model refuses, and a request naming no version that
 its newest version refuses when no traffic policy could route it elsewhere (Triton's version_policy
 sends it to the newest). Each had loaded the model first. Each case has a model of its own, so it is
-sent before that model's load and after.
+sent before that model's load and after. And /metrics and ModelStatistics show a never-loaded model
+that refused requests as they show a loaded one that refused the same requests (its zeros too).
 """
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,3 +198,43 @@ def test_a_model_never_loaded_refuses_as_once_loaded_without_loading(
         after = answer(stub, case.invalid(name))
     assert after[0] == "INVALID_ARGUMENT", after
     assert before == after
+
+
+def scrape(server: ServerProcess, model: str) -> dict[str, float]:
+    """`model`'s series on /metrics: name and labels (without the model) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as page:
+        lines = page.read().decode().splitlines()
+    shown: dict[str, float] = {}
+    for line in lines:
+        found = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+        if found is None or f'model="{model}"' not in found.group(2):
+            continue
+        labels = ",".join(sorted(p for p in found.group(2).split(",") if not p.startswith("model=")))
+        shown[f"{found.group(1)}{{{labels}}}"] = float(found.group(3))
+    return shown
+
+
+def statistics(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> list[pb.ModelStatistics]:
+    shown = list(stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30).model_stats)
+    for stats in shown:  # times and names differ; the counts and the fields shown must not
+        stats.name, stats.last_inference = "", 0
+        for duration in (stats.inference_stats.fail, stats.inference_stats.success):
+            duration.ns = 0
+    return shown
+
+
+def test_a_never_loaded_model_shows_its_refusals_as_a_loaded_one_does(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for model in ("stats_lazy", "stats_loaded"):
+            for width in (5, 6):
+                assert answer(stub, infer(model, width=width))[0] == "INVALID_ARGUMENT"
+        assert not_loaded(server.address, "stats_lazy")
+        assert statistics(stub, "stats_lazy") == statistics(stub, "stats_loaded")
+    loaded = scrape(server, "stats_loaded")
+    # Its instances and its memory footprint are what a model not loaded does not have.
+    resident = ("sluiceway_model_instances", "sluiceway_model_footprint_bytes")
+    loaded = {k: v for k, v in loaded.items() if not k.startswith(resident)}
+    assert loaded['nv_inference_request_failure{reason="OTHER",version="1"}'] == 2
+    assert scrape(server, "stats_lazy") == loaded
+    assert not_loaded(server.address, "stats_lazy")
