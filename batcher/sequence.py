@@ -36,6 +36,7 @@ from batcher.sequence_types import (
     SequenceLimits,
     SequenceSpec,
     UnknownSequence,
+    check_one_row,
     state_bytes,
 )
 from batcher.turn_deadline import TurnDeadlines, wait_turn
@@ -162,11 +163,7 @@ class SequenceBatcher:
         without the state outputs. Raises UnknownSequence, SequenceLimitReached, SequenceError,
         or whatever the runner raised (the state is then unchanged). `owner`: who sent it (a
         stream); a start makes it the sequence's owner, which alone may `release(..., owner)` it."""
-        if a.rows != 1:  # Triton's words, then the rows
-            raise SequenceError(
-                f"inference request to model '{self._model}' must specify batch-size 1 due to "
-                f"requirements of sequence batcher (sequence {sid}: got {a.rows} rows)"
-            )
+        check_one_row(self._model, sid, a.rows)
         turn = self._turns.get(sid)
         if turn is None:
             turn = self._turns[sid] = _Turn()

@@ -82,6 +82,16 @@ class SequenceError(BatcherError):
     default_message = "invalid sequence request"
 
 
+def check_one_row(model: str, sid: SequenceId, rows: int) -> None:
+    """A sequence's request holds one row (its sequence's slot in a batch): SequenceError otherwise,
+    in Triton's words, then the rows. Also judged before a lazy model's load (server/protocol/declared.py)."""
+    if rows != 1:
+        raise SequenceError(
+            f"inference request to model '{model}' must specify batch-size 1 due to "
+            f"requirements of sequence batcher (sequence {sid}: got {rows} rows)"
+        )
+
+
 class UnknownSequence(SequenceError):
     """Not the start of a sequence, and its id names no live sequence (never started, ended, or
     released: the message says which, when the server still remembers)."""

@@ -30,7 +30,7 @@ from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
-from server.models.lazy_signatures import FreshRuns, predicted_signatures
+from server.models.lazy_signatures import FreshRuns, has_traffic_policy, predicted_signatures
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
@@ -117,6 +117,8 @@ class ModelLoads:
         # Those its next load would serve, read from its files (never loaded, or changed since).
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
         self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
+        # Whether the config last read for those signatures has a traffic policy (routes_unnamed).
+        self._routed_by_policy: dict[str, bool] = {}
         self.refused_early = EarlyRefusals()  # requests those signatures refused, counted per version
 
     # -- the request path -------------------------------------------------------------------
@@ -167,7 +169,9 @@ class ModelLoads:
         try:
             source, key = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
+            self._routed_by_policy.pop(name, None)
             return None
+        self._routed_by_policy[name] = has_traffic_policy(source.config)
         for known in (self._signatures.get(name), self._predicted.get(name)):
             if known is not None and known[0] == key:
                 return known[1] or None
@@ -175,6 +179,15 @@ class ModelLoads:
         predicted = await asyncio.to_thread(predicted_signatures, source, limit)
         self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
         return predicted
+
+    def routes_unnamed_to_newest(self, name: str) -> bool:
+        """Whether `name`'s next load sends a request naming no version to its newest version, as
+        the signatures last read say (Triton's version_policy): its config has no traffic policy,
+        and no weights wait for the load (an operator's or a rollback's, kept through an eviction,
+        or under --workers another worker's changes in the shared log). False when not known."""
+        if self._routed_by_policy.get(name, True):
+            return False
+        return not self._manager.rollout.may_weigh(name)
 
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)

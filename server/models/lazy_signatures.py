@@ -15,6 +15,7 @@ from server.models.completion import complete_version
 from server.models.config import validate_config
 from server.models.ensemble_config import is_ensemble
 from server.models.repository import ModelSource
+from server.models.traffic import TRAFFIC_PARAMETERS
 from server.protocol.validate import Signature
 
 T = TypeVar("T")
@@ -41,6 +42,12 @@ def _completed(source: ModelSource, number: int, default_max_batch_size: int) ->
         config = complete_version(source, source.versions[number], default_max_batch_size)[0]
     validate_config(config, source.where)  # as the load does after completing it
     return config
+
+
+def has_traffic_policy(config: mc.ModelConfig) -> bool:
+    """Whether `config` has a traffic policy (server/models/traffic.py): with one, a request naming
+    no version may be routed to any version; without, it goes to the newest."""
+    return any(key in TRAFFIC_PARAMETERS for key in config.parameters)
 
 
 def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> dict[int, Signature] | None:

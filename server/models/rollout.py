@@ -128,6 +128,13 @@ class Rollout:
                 self.shared.built(entry)
         return state
 
+    def may_weigh(self, name: str) -> bool:
+        """Whether `name`'s next state may route by weights its config does not set: an operator's
+        or a rollback's kept through an eviction (hold), or, under --workers, the changes the
+        shared log holds for the files it loads (read only once it loads)."""
+        state = self._models.get(name)
+        return self.shared is not None or (state is not None and state.weights is not None)
+
     def names(self) -> list[str]:
         """The models with a state here."""
         return list(self._models)

@@ -91,23 +91,35 @@ class MetricViews:
                 out.extend(list(entry.versions.values()))
         return out
 
+    def _refused_early(self) -> list[tuple[Labels, ModelStats]]:
+        """The versions of lazy models not loaded that refused requests before their load
+        (early_refusals.py), with those requests' statistics: shown as a loaded version that
+        refused them is, zeros included (only their failure series had been)."""
+        demand = self._models.on_demand
+        if demand is None:
+            return []
+        return [({"model": m, "version": str(n)}, stats) for m, n, stats in demand.refused_early.each()]
+
+    def _shown(self) -> list[tuple[Labels, ModelStats]]:
+        """Every version shown: ready ones, then those of `_refused_early`."""
+        return [(_labels(v), v.stats) for v in self.versions()] + self._refused_early()
+
     def _each(self, value: Callable[[ModelVersion], float]) -> Samples:
-        return lambda: [(_labels(v), value(v)) for v in self.versions()]
+        """A figure of each ready version's batcher now; 0 for `_refused_early` (nothing queued)."""
+        return lambda: (
+            [(_labels(v), value(v)) for v in self.versions()]
+            + [(labels, 0) for labels, _ in self._refused_early()]
+        )
 
-    def _per_reason(
-        self, field: Callable[[ModelStats], dict[str, int]], label: str, refused_early: bool = False
-    ) -> Samples:
-        """`refused_early`: with the requests lazy models not loaded refused (early_refusals.py)."""
+    def _stat(self, value: Callable[[ModelStats], float]) -> Samples:
+        """A figure of each shown version's statistics."""
+        return lambda: [(labels, value(stats)) for labels, stats in self._shown()]
 
+    def _per_reason(self, field: Callable[[ModelStats], dict[str, int]], label: str) -> Samples:
         def samples() -> Iterator[Sample]:
-            for v in self.versions():
-                for reason, count in dict(field(v.stats)).items():
-                    yield {**_labels(v), label: reason}, count
-            demand = self._models.on_demand
-            if refused_early and demand is not None:
-                for name, number, stats in demand.refused_early.each():
-                    for reason, count in dict(field(stats)).items():
-                        yield {"model": name, "version": str(number), label: reason}, count
+            for labels, stats in self._shown():
+                for reason, count in dict(field(stats)).items():
+                    yield {**labels, label: reason}, count
 
         return samples
 
@@ -120,30 +132,30 @@ class MetricViews:
     def views(self) -> list[View]:
         """Every counter and gauge. Triton's names are gauges: OpenTelemetry's Prometheus mapping
         appends `_total` to every monotonic sum, which would rename them (README "Metrics")."""
-        each, per_reason, cached = self._each, self._per_reason, self._cached
+        each, stat, per_reason, cached = self._each, self._stat, self._per_reason, self._cached
         us = 1e-3
         return [
             View("nv_inference_request_success", "gauge", "Successful requests (cumulative, Triton's name)",
-                 each(lambda v: v.stats.success.count)),
+                 stat(lambda s: s.success.count)),
             View("nv_inference_request_failure", "gauge", "Failed requests by Triton's reason (cumulative)",
-                 per_reason(lambda s: s.failures, "reason", refused_early=True)),
+                 per_reason(lambda s: s.failures, "reason")),
             View("nv_inference_count", "gauge", "Inferences (batch rows) computed (cumulative)",
-                 each(lambda v: v.stats.inference_count)),
+                 stat(lambda s: s.inference_count)),
             View("nv_inference_exec_count", "gauge", "Backend runs (batches) (cumulative)",
-                 each(lambda v: v.stats.execution_count)),
+                 stat(lambda s: s.execution_count)),
             View("nv_inference_request_duration_us", "gauge", "End-to-end time of successful requests, us "
-                 "(cumulative)", each(lambda v: v.stats.success.ns * us)),
+                 "(cumulative)", stat(lambda s: s.success.ns * us)),
             View("nv_inference_queue_duration_us", "gauge", "Time requests waited in the queue, us "
-                 "(cumulative)", each(lambda v: v.stats.queue.ns * us)),
+                 "(cumulative)", stat(lambda s: s.queue.ns * us)),
             View("nv_inference_compute_input_duration_us", "gauge", "Input gathering time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 each(lambda v: v.stats.compute_input.ns * us)),
+                 stat(lambda s: s.compute_input.ns * us)),
             View("nv_inference_compute_infer_duration_us", "gauge", "Model run time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 each(lambda v: v.stats.compute_infer.ns * us)),
+                 stat(lambda s: s.compute_infer.ns * us)),
             View("nv_inference_compute_output_duration_us", "gauge", "Output scatter time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 each(lambda v: v.stats.compute_output.ns * us)),
+                 stat(lambda s: s.compute_output.ns * us)),
             View("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue now",
                  each(lambda v: v.batcher.queued_requests)),
             View("nv_cache_num_hits_per_model", "gauge", "Response cache hits (cumulative)",
@@ -157,17 +169,17 @@ class MetricViews:
             View("sluiceway_deadline_outcome_total", "counter", "Requests by deadline outcome: shed at "
                  "admission, expired in the queue, ran late, on time", self._outcomes),
             View("sluiceway_frames_dropped_total", "counter", "Stream frames superseded by a newer "
-                 "frame before they were computed (latest_frame_wins)", each(lambda v: v.stats.dropped)),
+                 "frame before they were computed (latest_frame_wins)", stat(lambda s: s.dropped)),
             View("sluiceway_goodput_total", "counter", "Requests answered OK within their deadline "
-                 "(or without one)", each(lambda v: v.stats.success.count)),
+                 "(or without one)", stat(lambda s: s.success.count)),
             View("sluiceway_batch_dispatch_total", "counter", "Batches dispatched, by why they were cut",
                  per_reason(lambda s: s.dispatch, "reason")),
             View("sluiceway_rejection_total", "counter", "Requests refused, by reason",
-                 per_reason(lambda s: s.rejections, "reason", refused_early=True)),
+                 per_reason(lambda s: s.rejections, "reason")),
             View("sluiceway_rollbacks_total", "counter", "Versions taken out of traffic (trigger: auto "
                  "or manual; server/models/rollout.py)", self._models.rollout.rollback_counts),
             View("sluiceway_run_cpu_seconds_total", "counter", "Measured CPU seconds of backend runs",
-                 each(lambda v: v.stats.run_cpu_s)),
+                 stat(lambda s: s.run_cpu_s)),
             View("sluiceway_queue_requests", "gauge", "Requests waiting in the queue now",
                  each(lambda v: v.batcher.queued_requests)),
             View("sluiceway_queue_bytes", "gauge", "Input bytes of the requests waiting in the queue now",
@@ -193,8 +205,7 @@ class MetricViews:
                 yield {**_labels(v), "device": device}, count
 
     def _outcomes(self) -> Iterator[Sample]:
-        for v in self.versions():
-            s, labels = v.stats, _labels(v)
+        for labels, s in self._shown():
             counts = {"shed": s.shed, "expired": s.expired, "late": s.late, "on_time": s.success.count}
             for outcome, count in counts.items():
                 yield {**labels, "outcome": outcome}, count
@@ -253,11 +264,11 @@ class MetricViews:
     def histograms(self) -> list[Metric]:
         """The latency, batch-size and slack histograms, from the fixed buckets counted on the hot
         path: handed to the exporter as OpenTelemetry histogram points (pre-aggregated)."""
-        versions = self.versions()
+        shown = self._shown()
         now = time.time_ns()
 
         def metric(name: str, description: str, pick: Callable[[ModelStats], Buckets], scale: int) -> Metric:
-            points = [_point(_labels(v), pick(v.stats), scale, self._start_ns, now) for v in versions]
+            points = [_point(labels, pick(stats), scale, self._start_ns, now) for labels, stats in shown]
             data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
             return Metric(name=name, description=description, unit="", data=data)
 

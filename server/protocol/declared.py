@@ -1,7 +1,11 @@
 """A request for a lazy model that is not loaded, judged by the signatures its load would serve
 (server/models/lazy.py): refused without loading it when the loaded model would refuse it, with the
 same status and message, found in the same order (the loaded path's own checks, request_checks.py,
-up to the request's sequence parameters; admission and classification are left to the load).
+then what follows them with no loaded state: the classification parameters, and a sequence
+request's single row, which the loaded model's sequence batcher refuses after admission). What
+admission itself refuses needs the loaded batcher's figures (a deadline it cannot meet, a full
+queue) and is left to the load; it refuses nothing the checks above let through by itself
+(`priority` above the model's levels means its default level, as Triton).
 
 Only what is certainly wrong is refused here, so this never refuses a request the loaded model
 would take. Its inputs are decoded to judge them (as the load does: their counts, byte sizes and
@@ -12,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from batcher.errors import BatcherError
+from batcher.sequence_types import check_one_row
 from protos import grpc_service_pb2 as pb
 from server import triton_text
 from server.errors import ModelNotFound, ServiceError
 from server.models.versions import version_number
+from server.protocol.classification import requested_classes
 from server.protocol.controls import Controls
 from server.protocol.request_checks import check_request
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -29,8 +36,12 @@ def check_declared(
     controls: Controls | None = None,
 ) -> None:
     """Raise the error the loaded model (`signature`'s) would answer `request` with, if any
-    before its admission."""
-    check_request(signature, request, regions, controls, sequences=signature.sequences)
+    before its queue (InferJob.prepare's order: the checks, classification, a sequence's row)."""
+    checked = check_request(signature, request, regions, controls, sequences=signature.sequences)
+    requested_classes(request, signature)
+    sequence = checked.controls.sequence
+    if signature.sequences and sequence is not None:
+        check_one_row(signature.model, sequence.sid, checked.rows)
 
 
 def check_declared_by_any(
@@ -38,10 +49,14 @@ def check_declared_by_any(
     request: pb.ModelInferRequest,
     regions: SharedMemoryRegistry | None = None,
     controls: Controls | None = None,
+    *,
+    unnamed_to_newest: bool = False,
 ) -> None:
     """Judge `request` by the version it names (a version the load will not serve is NOT_FOUND, as
-    the loaded model's), or, naming none, refuse it only if every version would (a traffic policy
-    may route it to any); the newest version's error is the one raised."""
+    the loaded model's), or, naming none, by the newest version when `unnamed_to_newest` (no
+    traffic policy: the loaded model routes it there, as Triton's version_policy does), else refuse
+    it only if every version would (a traffic policy may route it to any); the newest version's
+    error is the one raised."""
     named = request.model_version
     if named:
         number = version_number(named)  # INVALID_ARGUMENT naming it, as the loaded model's resolve
@@ -51,12 +66,13 @@ def check_declared_by_any(
             raise ModelNotFound(triton_text.unknown_version(request.model_name, named, served))
         check_declared(signature, request, regions, controls)
         return
-    error: ServiceError | None = None
-    for number in sorted(signatures, reverse=True):
+    newest_first = sorted(signatures, reverse=True)
+    error: ServiceError | BatcherError | None = None
+    for number in newest_first[:1] if unnamed_to_newest else newest_first:
         try:
             check_declared(signatures[number], request, regions, controls)
             return
-        except ServiceError as exc:
+        except (ServiceError, BatcherError) as exc:  # a sequence's row refusal is the batcher's
             error = error or exc
     if error is not None:
         raise error

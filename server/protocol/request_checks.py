@@ -7,7 +7,8 @@ request's order, and no byte sizes or shared-memory regions).
 Order (Triton's where it has one): datatypes as declared, shared-memory regions, decoding (counts,
 byte sizes), names, each input in the model's order (datatype, text, shape, reshape), rows, outputs,
 outputs' shared-memory room, request parameters, sequence parameters. What follows (admission,
-classification) needs the loaded model's batcher or comes after it, and is checked by the load.
+classification, a sequence's single row) is InferJob.prepare's and the batcher's; declared.py
+judges the parts of it that need no loaded model, in the same order.
 """
 
 from __future__ import annotations

@@ -210,7 +210,8 @@ async def await_load(
     signatures = await demand.signatures(request.model_name)
     if signatures:  # an invalid request is refused without loading the model (and evicting)
         try:
-            check_declared_by_any(signatures, request, regions, controls)
+            newest = demand.routes_unnamed_to_newest(request.model_name)  # no policy to route it
+            check_declared_by_any(signatures, request, regions, controls, unnamed_to_newest=newest)
         except Exception as exc:
             # Counted as the loaded model's refusal would be (it had been counted nowhere).
             number = counted_version(signatures, request.model_version)

@@ -33,6 +33,7 @@ class FakeModels:
     def __init__(self, *versions: Any) -> None:
         self.list = [SimpleNamespace(state=READY, versions={1: v}) for v in versions]
         self.rollout = Rollout()  # rollback counts (server/models/rollout.py)
+        self.on_demand = None  # no lazy models (their early refusals: server/models/early_refusals.py)
 
     def entries(self) -> list[Any]:
         return list(self.list)
