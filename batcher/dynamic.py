@@ -102,7 +102,8 @@ class DynamicBatcher:
             on_late=self._lateness.observe,
             floor_basis=self._estimator.floor_basis,
         )
-        self.turn_deadline = TurnDeadline(self._queue, stats)  # for sequences' waits (sequence.py)
+        # For sequences' waits (sequence.py): the queue's give-up rule, and its margin for a cut.
+        self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN)
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
