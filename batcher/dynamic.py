@@ -35,7 +35,7 @@ from batcher.batch_io import (
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, ComputedThenCancelled, NotAccepting
+from batcher.errors import BatcherError, CancelledInRun, ComputedThenCancelled, NotAccepting
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
@@ -230,9 +230,12 @@ class DynamicBatcher:
             # so a batch already formed around it skips it too.
             if self._queue.remove(p):  # still queued: gone at its deadline is `expired`
                 self._stats.expired += cut_at_deadline(p, self._clock(), WAKE_MARGIN)
+                raise
             future = p.handle.future
             if not future.cancelled() and future.done() and future.exception() is None:
                 raise ComputedThenCancelled() from None  # the run had answered it first
+            if future.cancelled():  # a batch had taken it: its run computes it all the same
+                raise CancelledInRun() from None
             raise
         finally:
             if claim is not None:
