@@ -5,8 +5,10 @@ series, as a direct call cut so does: its step in its run -> `late`, its step st
 
 Each case has its own step model (an identity model sleeping a run, one instance) and ensemble, so
 the cases share one server in any order. No run has ended when the call is cut, so no floor is
-known: the server never gives up first (its give-up point is the deadline itself, which its
-client's timer reaches first).
+known: the server gives up at the deadline itself, which its client's timer reaches first by the
+call's transit, so the cut usually wins; where the server's answer wins instead (a loaded client),
+the queued case counts `expired` through the step's error, as before this fix. Exact counterparts,
+on a fake clock: tests/unit/test_ensemble_cut_outcome.py.
 """
 
 from __future__ import annotations
@@ -108,6 +110,13 @@ def test_an_ensemble_call_cut_at_its_deadline_during_its_steps_run_counts_late(
     cut(stub, "ens_in_run", 0.3)  # its step's run takes 1.5 s
     wait_until(lambda: outcomes(server, "ens_in_run").get("late") == 1, "the ensemble's own `late`")
     assert outcomes(server, "ens_in_run") == {"shed": 0, "expired": 0, "late": 1, "on_time": 0}
+    # The protocol's own count of the cut (CALL_DEADLINE_PASSED) agrees: a failure, not a cancel.
+    reasons = {
+        m.split('reason="')[1].split('"')[0]: float(m.rsplit(" ", 1)[1])
+        for m in metrics(server)
+        if m.startswith('nv_inference_request_failure{model="ens_in_run"')
+    }
+    assert reasons.get("REJECTED") == 1 and reasons.get("CANCELED", 0) == 0, reasons
     wait_until(lambda: outcomes(server, "in_run_step").get("late") == 1, "the step's run to end, late")
     assert outcomes(server, "in_run_step") == {"shed": 0, "expired": 0, "late": 1, "on_time": 0}
 
