@@ -35,7 +35,7 @@ from batcher.batch_io import (
 )
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
-from batcher.errors import BatcherError, ComputedThenCancelled, NotAccepting
+from batcher.errors import BatcherError, CancelledInRun, ComputedThenCancelled, NotAccepting
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
@@ -102,7 +102,8 @@ class DynamicBatcher:
             on_late=self._lateness.observe,
             floor_basis=self._estimator.floor_basis,
         )
-        self.turn_deadline = TurnDeadline(self._queue, stats)  # for sequences' waits (sequence.py)
+        # For sequences' waits (sequence.py): the queue's give-up rule, and its margin for a cut.
+        self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN)
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
@@ -229,9 +230,12 @@ class DynamicBatcher:
             # so a batch already formed around it skips it too.
             if self._queue.remove(p):  # still queued: gone at its deadline is `expired`
                 self._stats.expired += cut_at_deadline(p, self._clock(), WAKE_MARGIN)
+                raise
             future = p.handle.future
             if not future.cancelled() and future.done() and future.exception() is None:
                 raise ComputedThenCancelled() from None  # the run had answered it first
+            if future.cancelled():  # a batch had taken it: its run computes it all the same
+                raise CancelledInRun() from None
             raise
         finally:
             if claim is not None:

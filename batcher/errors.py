@@ -82,3 +82,10 @@ class ComputedThenCancelled(asyncio.CancelledError):
     """The caller went away after the run had answered its request, before its await resumed: it
     was computed and counted in the run's statistics (queue, compute, inference_count), so the
     caller counts it a success; a plain CancelledError had left it in neither success nor fail."""
+
+
+class CancelledInRun(asyncio.CancelledError):
+    """The caller went away after a batch had taken its request, before the run answered it: the
+    run computes it anyway (and counts it `late` there when it was cut at its deadline). An
+    ensemble tells its own deadline outcome of a call cut at its deadline by it: a step in its run
+    -> `late`, else `expired` (server/models/ensemble.py)."""

@@ -122,9 +122,12 @@ class WakeMargin:
 
     def start_by(self, p: Pending[Any], run_s: float) -> float | None:
         """When a run of `run_s` for `p` must start, at the latest, to be answered in time."""
-        if p.hard is None:
-            return None
-        return p.hard - run_s - self.fixed_s - self.share * max(0.0, p.hard - p.arrival)
+        return None if p.hard is None else self.last_start(p.hard, p.arrival, run_s)
+
+    def last_start(self, hard: float, arrival: float, run_s: float) -> float:
+        """`start_by` for a request not queued (a sequence's waiting its turn): its hard deadline
+        `hard`, settled at `arrival`."""
+        return hard - run_s - self.fixed_s - self.share * max(0.0, hard - arrival)
 
 
 NO_MARGIN = WakeMargin()

@@ -6,6 +6,9 @@ exceeded while waiting ..." in no deadline outcome: behind a hung run its client
 "Deadline Exceeded" (2 of 4 runs), and `sluiceway_deadline_outcome_total` missed it. It now gives
 up where a queued request does (its deadline less the floor of its rows and the hop margin,
 `RequestQueue.give_up`), says so in the queue's words, and counts `expired`, as a queued request.
+A caller whose call gRPC cut at its deadline while it waited (before that answer: the floor was
+unknown, or its client's clock ran ahead) counts `expired` too, as a queued request cut so does
+(batch_io.cut_at_deadline); it had been in no outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Protocol
 
 from batcher.admission import Admission
 from batcher.errors import DeadlineExceeded
+from batcher.form import WakeMargin
 from batcher.queue import RequestQueue
 from batcher.stats import ModelStats
 
@@ -23,9 +27,10 @@ from batcher.stats import ModelStats
 class TurnDeadline:
     """One model version's give-up rule and `expired` count, for requests outside its queue."""
 
-    def __init__(self, queue: RequestQueue, stats: ModelStats) -> None:
+    def __init__(self, queue: RequestQueue, stats: ModelStats, margin: WakeMargin) -> None:
         self._queue = queue
         self._stats = stats
+        self._margin = margin  # the queue's rule for a cut caller (batch_io.cut_at_deadline)
 
     def give_up_at(self, a: Admission, now: float) -> float | None:
         """When request `a` can no longer be answered in time, as of `now` (None: no deadline)."""
@@ -35,6 +40,12 @@ class TurnDeadline:
         """Count `a`, given up at `now` before it was queued, `expired`; the error to answer it."""
         self._stats.expired += a.counted
         return self._queue.gave_up(a.rows, a.hard, now, where)
+
+    def cut(self, a: Admission, now: float) -> None:
+        """Count `a`, whose caller went while it waited for its turn, `expired` when by `now` its
+        caller's copy of the deadline may have passed (a cut at its deadline, not a cancel)."""
+        if a.counted and a.hard is not None and now >= self._margin.last_start(a.hard, a.arrival, 0.0):
+            self._stats.expired += 1
 
 
 # Said of a request given up while it waited for its turn.
@@ -48,13 +59,15 @@ class TurnDeadlines(Protocol):
 
     def gave_up(self, a: Admission, now: float, where: str) -> DeadlineExceeded: ...
 
+    def cut(self, a: Admission, now: float) -> None: ...
+
 
 async def wait_turn(
     lock: asyncio.Lock, a: Admission, clock: Callable[[], float], deadlines: TurnDeadlines | None
 ) -> None:
     """Acquire `lock` for request `a` (with a deadline), or raise DeadlineExceeded at its give-up
     point by `deadlines` (None: its deadline itself, uncounted), checked again when due: the floor
-    may have faded meanwhile, moving the point later."""
+    may have faded meanwhile, moving the point later. A cancelled wait is told to `deadlines.cut`."""
     assert a.hard is not None
     hard = a.hard
 
@@ -71,6 +84,10 @@ async def wait_turn(
             return
         except asyncio.TimeoutError:
             pass
+        except asyncio.CancelledError:  # its caller went: at its deadline, a deadline outcome
+            if deadlines is not None:
+                deadlines.cut(a, clock())
+            raise
         now = clock()
         later = give_up_at(now)
         if later - due <= 0.001:  # measured against the point waited for: a standing clock ends it

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from batcher.admission import Admission
 from batcher.batch_io import refusal
 from batcher.dynamic import DynamicBatcher
-from batcher.errors import DeadlineExceeded
+from batcher.errors import CancelledInRun, DeadlineExceeded
 from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array, BatchingPolicy, Tensors
@@ -30,10 +29,16 @@ from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
 from server.models.config import IDENTITY, batching_policy
 from server.models.ensemble_config import EnsemblePlan, Step, agree
+from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
-from server.observability.logs import failure_message, request_fields, trace_fields
-from server.observability.metrics_reasons import record_cut, record_ensemble_outcome, record_failed
+from server.observability.logs import failure_message, request_fields
+from server.observability.metrics_reasons import (
+    past_deadline,
+    record_cut,
+    record_ensemble_outcome,
+    record_failed,
+)
 from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
 
@@ -82,35 +87,6 @@ class StepModel(Protocol):
 # version serving it now: a step naming none is routed as a request naming none (a weighted split,
 # sticky keys, a rollback), never sent to the newest past a rollout.
 Resolve = Callable[[str, str, "Routed | None"], StepModel]
-
-
-@dataclass(slots=True, eq=False)
-class StepRun:
-    """One step of a traced ensemble request as an observer (the server's tracing) sees it."""
-
-    ensemble: str  # the ensemble whose step it is (a nested ensemble's steps are noted too)
-    index: int
-    model: str
-    start_ns: int  # perf_counter_ns
-    version: str = ""  # the version that served it ("": it could not be resolved)
-    end_ns: int = 0
-    error: BaseException | None = None  # its (named) error, or CancelledError; None: it succeeded
-
-
-@dataclass(slots=True, eq=False)
-class EnsembleNotes:
-    """Per ensemble request: the fields its failure lines carry besides the request's own (the
-    version serving it, and its trace's ids when traced: these lines had carried no version for a
-    request naming none, and nothing tied them to a trace), and, when traced, its steps' runs."""
-
-    version: str
-    steps: list[StepRun] | None = None  # None: not traced
-
-    def log_fields(self, request: object) -> dict[str, str]:
-        fields = request_fields(request) if request is not None else {}
-        fields.setdefault("version", self.version)
-        fields.update(trace_fields(fields.get("request_id", "")))  # the request's own, when traced
-        return fields
 
 
 def _named(
@@ -196,6 +172,16 @@ class EnsembleScheduler:
             if admission.counted:
                 record_ensemble_outcome(stats, exc)
             raise
+        except asyncio.CancelledError as cut:
+            # gRPC cut the call at its deadline: a miss, as a direct call cut so (a step in its run
+            # -> `late`, else `expired`); it had been in none of the ensemble's outcomes. A caller
+            # that went well before its deadline is in none, as a direct call.
+            if admission.counted and past_deadline(admission.hard, self._clock()):
+                if isinstance(cut, CancelledInRun):
+                    stats.late += 1
+                else:
+                    stats.expired += 1
+            raise
         refused = refusal(admission.accept, outputs)
         if refused is not None:  # not its answer (Admission.accept): counted in `fail` only, by its caller
             try:
@@ -229,6 +215,7 @@ class EnsembleScheduler:
         # Set when a step failed: the steps still running are stopped by us, not by the caller, so
         # they are not counted CANCELED ("the caller went away") in their models' statistics.
         abandoned = [False]
+        in_run = [False]  # set by a step whose run had taken it when the call was cut
         try:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:
@@ -243,10 +230,11 @@ class EnsembleScheduler:
                         sequence,
                         routed,
                         abandoned,
+                        in_run,
                         notes,
                         record,
                     )
-                    task = asyncio.ensure_future(work if record is None else _recorded(record, work))
+                    task = asyncio.ensure_future(work if record is None else recorded(record, work))
                     running[task] = step
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -255,14 +243,16 @@ class EnsembleScheduler:
                     for model_output, tensor in step.output_map.items():
                         tensors[tensor] = outputs[model_output]
                         batched[tensor] = step_batches
+        except asyncio.CancelledError:  # its call was cut: its steps see the cut first
+            await _stop(running)
+            if in_run[0]:  # (a nested ensemble's caller learns it so too)
+                raise CancelledInRun() from None
+            raise
         except Exception:
             abandoned[0] = True
             raise
         finally:
-            for task in running:
-                task.cancel()  # our own step tasks: their requests leave their queues
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            await _stop(running)
         answer = {
             name: fit_batch_dim(tensors[name], batched[name], dims, plan.batching)
             for name, dims in zip(plan.outputs, plan.output_dims, strict=True)
@@ -279,6 +269,7 @@ class EnsembleScheduler:
         sequence: SequenceParams | None,
         routed: RoutedRequest | None,
         abandoned: list[bool],
+        in_run: list[bool],
         notes: EnsembleNotes | None,
         record: StepRun | None,
     ) -> tuple[Tensors, bool]:
@@ -317,8 +308,9 @@ class EnsembleScheduler:
                 )
             else:  # (a step without sequence_batching ignores the sequence, as in Triton)
                 outputs = await self._run_cached(served, inputs, a)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cut:
             if not abandoned[0]:  # its call ended (a sibling step's failure is not that)
+                in_run[0] = in_run[0] or isinstance(cut, CancelledInRun)
                 # gRPC cut it at the deadline: a miss, with the `late` its run counts, as a direct
                 # call's (it had counted CANCELED: late exceeded fail on the step)
                 record_cut(stats, time.perf_counter_ns() - start_ns, hard, self._clock())
@@ -362,15 +354,14 @@ class EnsembleScheduler:
         return outputs
 
 
-async def _recorded(record: StepRun, work: Coroutine[Any, Any, tuple[Tensors, bool]]) -> tuple[Tensors, bool]:
-    """`work`, a step's run, with its end and outcome noted on `record`."""
-    try:
-        return await work
-    except BaseException as exc:
-        record.error = exc
-        raise
-    finally:
-        record.end_ns = time.perf_counter_ns()
+async def _stop(running: dict[asyncio.Task[tuple[Tensors, bool]], Step]) -> None:
+    """Cancel the request's step tasks still running (their requests leave their queues), and wait
+    for them to end."""
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
+        running.clear()
 
 
 def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:

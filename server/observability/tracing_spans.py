@@ -34,7 +34,7 @@ from opentelemetry.trace import set_span_in_context as in_context
 from batcher.types import BatchRun, QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import status_for
-from server.models.ensemble import EnsembleNotes, StepRun
+from server.models.ensemble_notes import EnsembleNotes, StepRun
 from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
 from server.observability.logs import MAX_FIELD_CHARS, REQUEST_TRACE

@@ -21,7 +21,7 @@ from batcher.errors import TooManyRows
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import ChangedByReload, InvalidRequest
-from server.models.ensemble import EnsembleNotes
+from server.models.ensemble_notes import EnsembleNotes
 from server.models.response_cache import request_key
 from server.models.versions import ModelVersion
 from server.protocol import codec

@@ -97,6 +97,9 @@ class Moving:
         self.gave += 1
         return DeadlineExceeded("gave up" + where)
 
+    def cut(self, a: Admission, now: float) -> None:
+        pass
+
 
 async def test_a_give_up_point_that_moved_later_meanwhile_is_waited_for() -> None:
     from batcher.turn_deadline import wait_turn
@@ -114,3 +117,52 @@ async def test_a_give_up_point_that_moved_later_meanwhile_is_waited_for() -> Non
     lock.release()  # its turn comes
     await asyncio.wait_for(turn, LONG)
     assert lock.locked() and deadlines.gave == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_caller_cut_at_its_deadline_waiting_its_turn_counts_expired_an_early_cancel_none() -> None:
+    """gRPC cut the call at its deadline while it waited its turn (no floor known: its give-up point
+    is the deadline itself): `expired`, as a queued request cut so; it had been in no outcome. A
+    caller that cancels well before its deadline is in none."""
+    be, stats = Held(), ModelStats()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats)
+    b.start()
+    clock = FakeClock()  # the sequence's (its waits' `now`); the runs keep the real one
+    limits = SequenceLimits(4, 1024)
+    sb = SequenceBatcher(b, spec(), limits, model="m", clock=clock, deadlines=b.turn_deadline)
+    try:
+        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
+        be.hold.clear()
+        be.started.clear()
+        slow = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
+        await asyncio.wait_for(be.started.wait(), LONG)
+        at = clock.now
+        waits = [
+            asyncio.ensure_future(sb.infer(1, x(), Admission(1, 1, at, at + 10.0, None, at + 10.0)))
+            for _ in range(2)
+        ]
+        while sb._turns[1].waiting < 3:  # both wait for the turn (a turn of the loop each)
+            await asyncio.sleep(0)
+        cancelled_early, cut = waits
+        cancelled_early.cancel()  # its caller went 10 s before its deadline
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled_early
+        assert stats.expired == 0
+        clock.now = at + 10.0 - 0.001  # its client's timer: the server's copy less the transit
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        assert stats.expired == 1 and stats.late == 0 and stats.shed == 0
+        be.hold.set()
+        assert (await asyncio.wait_for(slow, LONG))["out"].tolist() == [[2.0, 2.0]]
+        assert be.runs == 2  # neither waiting request ran
+    finally:
+        be.hold.set()
+        await b.stop()
