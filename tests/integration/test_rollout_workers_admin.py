@@ -23,6 +23,8 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess, wait_until
 
+COMPACTION_CHANGES = 200
+MAX_CHANGE_FILES = 63  # rollout_ops: 2 * COMPACT_EVERY - 1 per log
 MAX_CONNECTIONS = 40  # fresh connections tried to reach both workers (each lands on either)
 FRESH = 6  # fresh connections whose status must agree too
 X = np.ones((1, 4), dtype=np.float32)
@@ -49,14 +51,26 @@ def scale_model(path: Path, k: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's temp directory (TMPDIR): where the parent makes the workers' share directory."""
+    return tmp_path_factory.mktemp("workers-admin-tmp")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, temp_dir: Path) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("workers-admin")
     for version in (1, 2):
         (repo / "sc" / str(version)).mkdir(parents=True)
         scale_model(repo / "sc" / str(version) / "model.onnx", float(version))
     (repo / "sc" / "config.pbtxt").write_text(CONFIG)
     with ServerProcess(
-        "--model-repository", str(repo), "--workers", "2", "--shutdown-grace-s", "1"
+        "--model-repository",
+        str(repo),
+        "--workers",
+        "2",
+        "--shutdown-grace-s",
+        "1",
+        env={"TMPDIR": str(temp_dir)},
     ) as process:
         yield process
 
@@ -151,3 +165,21 @@ def test_operator_changes_sent_to_either_worker_reach_both(server: ServerProcess
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "only version" in (refused.value.details() or "")
         assert weights(status(zero)) == weights(status(one)) == {1: (60, "stable"), 2: (0, "off")}
+
+
+def test_many_changes_leave_a_bounded_log_and_both_workers_as_one_process(
+    server: ServerProcess, temp_dir: Path
+) -> None:
+    """200 changes alternately to each worker: the log is compacted (rollout_ops.compact), and
+    both workers end with the last change's weights, as one process applying them all would."""
+    (share,) = temp_dir.glob("sluiceway-rollout-*")
+    with ExitStack() as stack:
+        workers = channels_to_each_worker(server.address, stack)
+        for seq in range(1, COMPACTION_CHANGES + 1):
+            request = apb.SetWeightsRequest(model="sc", weights={1: seq % 99 + 1, 2: 1})
+            admin(workers[str(seq % 2)]).SetWeights(request, timeout=30)
+        files = [p.name for p in share.iterdir() if p.name.startswith("op-")]
+        assert len(files) <= MAX_CHANGE_FILES, f"{len(files)} change files after {COMPACTION_CHANGES}"
+        assert [p.name for p in share.iterdir() if p.name.startswith("snap-")]  # the compacted state
+        last = COMPACTION_CHANGES % 99 + 1
+        agree(server.address, workers, {1: (last, "stable"), 2: (1, "candidate")})
