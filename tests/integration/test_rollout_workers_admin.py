@@ -7,6 +7,9 @@ worker that held the admin connection.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,8 +55,15 @@ def scale_model(path: Path, k: float) -> None:
 
 @pytest.fixture(scope="module")
 def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The server's temp directory (TMPDIR): where the parent makes the workers' share directory."""
-    return tmp_path_factory.mktemp("workers-admin-tmp")
+    """The server's temp directory (TMPDIR): where the parent makes the workers' share directory,
+    and where a parent killed by SIGKILL left one (its owner gone), beside a live parent's."""
+    temp_dir = tmp_path_factory.mktemp("workers-admin-tmp")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid no process holds now
+    for name, owner in (("killed", f"{child.pid} 1"), ("live", f"{os.getpid()} -")):
+        (temp_dir / f"sluiceway-rollout-{name}").mkdir(mode=0o700)
+        (temp_dir / f"sluiceway-rollout-{name}" / "owner").write_text(owner)
+    return temp_dir
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +182,7 @@ def test_many_changes_leave_a_bounded_log_and_both_workers_as_one_process(
 ) -> None:
     """200 changes alternately to each worker: the log is compacted (rollout_ops.compact), and
     both workers end with the last change's weights, as one process applying them all would."""
-    (share,) = temp_dir.glob("sluiceway-rollout-*")
+    (share,) = [p for p in temp_dir.glob("sluiceway-rollout-*") if p.name != "sluiceway-rollout-live"]
     with ExitStack() as stack:
         workers = channels_to_each_worker(server.address, stack)
         for seq in range(1, COMPACTION_CHANGES + 1):
@@ -183,3 +193,11 @@ def test_many_changes_leave_a_bounded_log_and_both_workers_as_one_process(
         assert [p.name for p in share.iterdir() if p.name.startswith("snap-")]  # the compacted state
         last = COMPACTION_CHANGES % 99 + 1
         agree(server.address, workers, {1: (last, "stable"), 2: (1, "candidate")})
+
+
+def test_the_parent_removed_the_directory_a_killed_parent_left_and_kept_a_live_ones(
+    server: ServerProcess, temp_dir: Path
+) -> None:
+    assert not (temp_dir / "sluiceway-rollout-killed").exists()
+    assert (temp_dir / "sluiceway-rollout-live" / "owner").is_file()
+    assert len(list(temp_dir.glob("sluiceway-rollout-*"))) == 2  # the live one and the server's
