@@ -5,7 +5,8 @@ cores. The parent checks the port is free, then holds it with an SO_REUSEPORT so
 other program can take it while the workers run), spawns the workers with `reuse_port` set and
 onnxruntime threads divided between them, reports ready once all are, forwards SIGTERM/SIGINT,
 and exits 0 after they do. A worker that dies takes the others down: the parent exits 1. It also
-makes the private directory through which the workers follow one another's automatic rollbacks.
+makes the private directory through which the workers follow one another's rollout changes
+(server/models/rollout_dir.py), first removing those that parents killed by SIGKILL left.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 from server.announce import announce, message_of
+from server.models.rollout_dir import make_share_dir, remove_stale_share_dirs
 from server.settings import ServerSettings
 
 _READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
@@ -88,8 +89,10 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     port = held.getsockname()[1]
     env = worker_environment(settings, port, repository)
     # Where a worker's automatic rollback is written for the others (server/models/rollout_share.py):
-    # private to this run (mkdtemp: mode 0700), removed at exit.
-    share_dir = Path(tempfile.mkdtemp(prefix="sluiceway-rollout-"))
+    # private to this run (mkdtemp: mode 0700), removed at exit; those of parents killed by SIGKILL
+    # (their recorded owner gone) are removed first.
+    remove_stale_share_dirs()
+    share_dir = make_share_dir()
     env["SLUICEWAY_ROLLOUT_SHARE_DIR"] = str(share_dir)
     # A handler before anything else: the kernel may hand the process's SIGTERM to any of its
     # threads (numpy's and onnxruntime's libraries start their own), and there the default action

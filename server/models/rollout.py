@@ -17,18 +17,26 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
 from server.models.rollout_ops import generation
-from server.models.rollout_state import ModelRollout, RollbackEvent, figures_of, window_line
+from server.models.rollout_state import (
+    MAX_EVENTS,
+    ModelRollout,
+    RollbackEvent,
+    figures_of,
+    window_line,
+)
 from server.models.shadow import ShadowFigures, ShadowRunner
 from server.models.traffic import ShadowPolicy, format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
+    from server.models.rollout_snapshot import Snapshot
     from server.models.versions import ModelEntry, ModelVersion
 
 __all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "routing_key"]
@@ -163,6 +171,22 @@ class Rollout:
             state.held = True
             if state.shadow is not None:
                 state.shadow.cancel()
+
+    @staticmethod
+    def restore(state: ModelRollout, snapshot: Snapshot) -> None:
+        """Under --workers: the log's snapshot after change `snapshot.seq` (rollout_snapshot.py) onto
+        `state`, a state of the same generation that has applied fewer of its changes: it ends as
+        applying them would (its rollback counters do not count the skipped rollbacks)."""
+        state.set_weights(None if snapshot.weights is None else dict(snapshot.weights))
+        state.source, state.rolled_back = snapshot.source, set(snapshot.rolled_back)
+        state.shadow_promoted = snapshot.shadow_promoted
+        state.events = deque(snapshot.events, maxlen=MAX_EVENTS)
+        if snapshot.shadow_stopped and state.shadow is not None and state.shadow.policy.fraction > 0:
+            Rollout._stop_shadow(state)
+        state.log_seq = snapshot.seq
+        log.info("rollout: model %s took the workers' state after change %d: weights %s (%s)",
+                 state.entry.name, snapshot.seq, format_weights(state.weights or {}),
+                 state.source)  # fmt: skip
 
     @staticmethod
     def _carry(old: ModelRollout, new: ModelRollout) -> None:

@@ -17,17 +17,35 @@ never logged, so no worker applies it.
 
 A worker remembers, per model, the number its state has reached (ModelRollout.log_seq) and looks
 only for the next file by name: a check costs one failed open per model, however long the log.
+
+Compaction keeps the log bounded: the claimant of every COMPACT_EVERY-th change writes the state
+after it as the log's snapshot (server/models/rollout_snapshot.py) and removes the change files
+more than COMPACT_EVERY changes older, so a log holds at most 2 * COMPACT_EVERY - 1 change files and
+one snapshot. A state whose next change file is gone starts from the snapshot (a worker that fell
+behind, a lazy model's first load, a worker that loads the model later). A number once compacted
+is never claimed again: a claim takes the log's lock shared and refuses a number the snapshot
+already covers; compaction takes it exclusively and replaces the snapshot before it removes files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+
+from server.models.rollout_snapshot import (
+    Snapshot,
+    read_snapshot,
+    snapshot_file_name,
+    write_snapshot,
+)
 
 if TYPE_CHECKING:
     from server.models.versions import ModelEntry
@@ -36,6 +54,7 @@ PREFIX = "op-"  # not a hex digit: the automatic rollbacks' files start with one
 SUFFIX = ".json"
 MAX_CHANGE_BYTES = 16 * 1024  # a bigger file is no change of ours: not read
 KINDS = ("weights", "promote", "rollback", "auto")
+COMPACT_EVERY = 32  # changes between snapshots; as many older change files are kept for followers
 T = TypeVar("T")
 _NAME = re.compile(r"op-([0-9a-f]{16})-([0-9a-f]{1,16})-(\d{10})\.json")
 
@@ -90,17 +109,64 @@ def parse_name(name: str) -> tuple[tuple[str, str], int] | None:
 
 def claim(directory: Path, change: OperatorChange) -> bool:
     """Write `change` under its sequence number unless another worker took that number first
-    (False). A reader sees the whole file or none: the name appears by a link of a written file."""
+    (False), or it is one the log's snapshot covers (compacted meanwhile: False, as taken). A
+    reader sees the whole file or none: the name appears by a link of a written file."""
     final = directory / change.file_name()
     temporary = directory / f".{final.name}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(asdict(change)), encoding="utf-8")
-    try:
-        os.link(temporary, final)
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)
+    key = log_key(change.model, change.generation)
+    with log_lock(directory, exclusive=False):  # no compaction between the check and the link
+        if snapshot_seq(directory, key) >= change.seq:  # its old file may be removed: never reuse
+            return False
+        temporary.write_text(json.dumps(asdict(change)), encoding="utf-8")
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            return False
+        finally:
+            temporary.unlink(missing_ok=True)
     return True
+
+
+def compact(directory: Path, snapshot: Snapshot) -> int:
+    """Make `snapshot` the log's (unless a later one is there) and remove its change files numbered
+    COMPACT_EVERY or more below it; how many were removed. The snapshot is in place before any file
+    goes, so a reader that finds its next change gone finds the snapshot covering it."""
+    key = log_key(snapshot.model, snapshot.generation)
+    with log_lock(directory, exclusive=True):
+        if snapshot_seq(directory, key) >= snapshot.seq:
+            return 0
+        write_snapshot(directory, snapshot, key)
+        floor = snapshot.seq - COMPACT_EVERY
+        removed = 0
+        for name in os.listdir(directory):  # once per COMPACT_EVERY changes
+            parsed = parse_name(name)
+            if parsed is not None and parsed[0] == key and parsed[1] <= floor:
+                (directory / name).unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def snapshot_seq(directory: Path, key: tuple[str, str]) -> int:
+    """The change number the log's snapshot is at; 0 when there is none (or none readable)."""
+    try:
+        return read_snapshot(directory / snapshot_file_name(key)).seq
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, RecursionError):  # said by the followers reading it
+        return 0
+
+
+@contextlib.contextmanager
+def log_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """The log's lock, a flock of the directory itself (no file of its own; the workers are
+    processes of this host): claims hold it shared, compaction exclusively, each for a few file
+    operations. OSError when the directory is gone."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_change(path: Path) -> OperatorChange:

@@ -14,8 +14,15 @@ The generation is a digest of what a model's serving versions were loaded from
 (repository.version_fingerprint: config and files with sizes and modification times), the same in
 every worker for the same files. A change applies to the workers serving its generation: a worker
 that loaded other files starts again from their config and follows their log. A reload of the same
-files keeps the state (Rollout._carries) and its place in the log. The files stay until the parent
-removes the directory at exit: one small file per change.
+files keeps the state (Rollout._carries) and its place in the log.
+
+The log is compacted (rollout_ops.compact): every COMPACT_EVERY-th change's claimant writes the
+state after it as the log's snapshot and removes the older change files, keeping the last
+COMPACT_EVERY; a state whose next change file is gone takes the snapshot, then follows the files
+after it. A check looks for the snapshot only when the directory changed since the last check
+that did (its modification time, from the one stat a check makes) or every PROBE_EVERY-th check
+(a change within the same clock tick as that stat): with nothing new, a check opens one file per
+model, as before compaction.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,12 +39,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from server.errors import ModelNotFound, RolloutRetry, RolloutShareLost, ServiceError
 from server.models.rollout_ops import (
+    COMPACT_EVERY,
     OperatorChange,
     change_file_name,
     claim,
+    compact,
     generation,
+    log_key,
     read_change,
 )
+from server.models.rollout_snapshot import Snapshot, read_snapshot, snapshot_file_name, snapshot_of
 from server.models.versions import READY
 
 if TYPE_CHECKING:
@@ -50,6 +62,7 @@ log = logging.getLogger(__name__)
 
 CHECK_S = 0.5  # how often a worker applies the changes its peers logged
 MAX_CLAIMS = 8  # tries to claim a change's number against other workers claiming at the same time
+PROBE_EVERY = 20  # checks between looks for a snapshot when the directory seems unchanged
 
 
 class Models(Protocol):
@@ -71,6 +84,8 @@ class RolloutShare:
         self._passed: set[str] = set()  # unreadable change files, said once
         self._task: asyncio.Task[None] | None = None
         self._missing_said = False
+        self._checks = 0
+        self._probed_stamp: int | None = None  # the directory's mtime at the last check that probed
         self.files_opened = 0  # change files looked for (found or not): a check's cost
         models.rollout.shared = self
 
@@ -79,8 +94,12 @@ class RolloutShare:
     def check(self) -> int:
         """Apply the changes logged since each model's state here last looked; how many changed
         something here. One open per model with a state here, plus one per new change."""
-        if not self._directory_present():
+        stamp = self._directory_stamp()
+        if stamp is None:
             return 0
+        self._checks += 1
+        # A compaction changes the directory (a rename, removals): look for snapshots then.
+        probe = stamp != self._probed_stamp or self._checks % PROBE_EVERY == 0
         applied = 0
         for name in self._models.rollout.names():
             try:
@@ -88,7 +107,9 @@ class RolloutShare:
             except ModelNotFound:  # unloaded here meanwhile
                 continue
             if entry.state == READY and entry.versions:
-                applied += self.catch_up(entry)
+                applied += self.catch_up(entry, snapshots=probe)
+        if probe:
+            self._probed_stamp = stamp
         return applied
 
     def built(self, entry: ModelEntry) -> None:
@@ -96,9 +117,10 @@ class RolloutShare:
         if entry.name not in self._catching_up:
             self.catch_up(entry)
 
-    def catch_up(self, entry: ModelEntry) -> int:
-        """Apply every change of `entry`'s generation logged after the state's log_seq, in order;
-        how many changed something here."""
+    def catch_up(self, entry: ModelEntry, snapshots: bool = True) -> int:
+        """Apply every change of `entry`'s generation logged after the state's log_seq, in order,
+        starting from the log's snapshot when the next change's file was compacted away (looked
+        for when `snapshots`); how many changed something here."""
         if entry.name in self._catching_up:
             return 0
         self._catching_up.add(entry.name)
@@ -109,7 +131,13 @@ class RolloutShare:
                 seq = state.log_seq + 1
                 change = self._read(entry.name, state.generation, seq)
                 if change is None:
-                    return applied
+                    snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
+                    if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
+                        return applied
+                    self._models.rollout.restore(state, snapshot)  # changes up to it were removed
+                    snapshots = False
+                    applied += 1
+                    continue
                 state.log_seq = seq
                 if isinstance(change, OperatorChange):  # not one passed over
                     applied += self._follow(entry, change)
@@ -134,6 +162,25 @@ class RolloutShare:
             log.error("rollout: %s in %s names another change: passed over", name, self.directory)
             return False
         return change
+
+    def _read_snapshot(self, model: str, gen: str) -> Snapshot | None:
+        """The log's snapshot; None when there is none or it is unreadable (said once)."""
+        name = snapshot_file_name(log_key(model, gen))
+        self.files_opened += 1
+        try:
+            snapshot = read_snapshot(self.directory / name)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError) as err:
+            if name not in self._passed:
+                self._passed.add(name)
+                log.error("rollout: %s in %s is no rollout snapshot (%s): not used",
+                          name, self.directory, err)  # fmt: skip
+            return None
+        if snapshot.model != model or snapshot.generation != gen:
+            log.error("rollout: %s in %s names another model's state: not used", name, self.directory)
+            return None
+        return snapshot
 
     def _follow(self, entry: ModelEntry, change: OperatorChange) -> int:
         """Apply a logged change here; 1 when it changed something, 0 when refused (logged)."""
@@ -175,7 +222,9 @@ class RolloutShare:
                                     pairs, versions, reason, time.time())  # fmt: skip
             if self._claim(change):
                 state.log_seq = change.seq
-                return self._apply_own(entry, kind, version, weights, reason)
+                applied = self._apply_own(entry, kind, version, weights, reason)
+                self._compact(state)
+                return applied
         raise RolloutRetry(
             f"other workers' changes to model '{entry.name}' came first {MAX_CLAIMS} times: nothing "
             "changed; try again"
@@ -208,6 +257,7 @@ class RolloutShare:
             if claimed:
                 state.log_seq = change.seq
                 rollout.roll_back_auto(state, version, reason)
+                self._compact(state)
                 return
         log.error("rollout: model %s version %d's automatic rollback lost its number %d times to other "
                   "workers' changes: not rolled back; the next window judges again", entry.name, version,
@@ -228,6 +278,20 @@ class RolloutShare:
             raise RolloutShareLost(
                 f"{cause}: the change could not reach the other workers; nothing changed"
             ) from err
+
+    def _compact(self, state: ModelRollout) -> None:
+        """After this worker's own change: every COMPACT_EVERY-th, the state after it becomes the
+        log's snapshot and the older change files go (rollout_ops.compact)."""
+        if state.log_seq % COMPACT_EVERY:
+            return
+        try:
+            removed = compact(self.directory, snapshot_of(state))
+        except OSError as err:  # the files stay; the next COMPACT_EVERY-th change tries again
+            log.warning("rollout: cannot compact model %s's change log in %s: %s",
+                        state.entry.name, self.directory, err)  # fmt: skip
+            return
+        log.info("rollout: model %s's change log compacted at change %d (%d files removed)",
+                 state.entry.name, state.log_seq, removed)  # fmt: skip
 
     def _check_change(
         self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int]
@@ -254,15 +318,19 @@ class RolloutShare:
         return rollout.roll_back(entry, version, reason)
 
     def _directory_present(self) -> bool:
-        """Whether the shared directory is there (one stat); said once when it is not."""
+        return self._directory_stamp() is not None
+
+    def _directory_stamp(self) -> int | None:
+        """The shared directory's modification time (one stat); None, said once, when it is gone."""
         try:
-            present = os.path.isdir(self.directory)
+            info = os.stat(self.directory)
+            stamp: int | None = info.st_mtime_ns if stat.S_ISDIR(info.st_mode) else None
         except OSError:
-            present = False
-        if not present and not self._missing_said:
+            stamp = None
+        if stamp is None and not self._missing_said:
             log.error("rollout: cannot read the workers' shared changes: %s is gone", self.directory)
-        self._missing_said = not present
-        return present
+        self._missing_said = stamp is None
+        return stamp
 
     # -- the periodic check ----------------------------------------------------------------
 

@@ -7,6 +7,9 @@ worker that held the admin connection.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,6 +26,8 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess, wait_until
 
+COMPACTION_CHANGES = 200
+MAX_CHANGE_FILES = 63  # rollout_ops: 2 * COMPACT_EVERY - 1 per log
 MAX_CONNECTIONS = 40  # fresh connections tried to reach both workers (each lands on either)
 FRESH = 6  # fresh connections whose status must agree too
 X = np.ones((1, 4), dtype=np.float32)
@@ -49,14 +54,33 @@ def scale_model(path: Path, k: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's temp directory (TMPDIR): where the parent makes the workers' share directory,
+    and where a parent killed by SIGKILL left one (its owner gone), beside a live parent's."""
+    temp_dir = tmp_path_factory.mktemp("workers-admin-tmp")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid no process holds now
+    for name, owner in (("killed", f"{child.pid} 1"), ("live", f"{os.getpid()} -")):
+        (temp_dir / f"sluiceway-rollout-{name}").mkdir(mode=0o700)
+        (temp_dir / f"sluiceway-rollout-{name}" / "owner").write_text(owner)
+    return temp_dir
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, temp_dir: Path) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("workers-admin")
     for version in (1, 2):
         (repo / "sc" / str(version)).mkdir(parents=True)
         scale_model(repo / "sc" / str(version) / "model.onnx", float(version))
     (repo / "sc" / "config.pbtxt").write_text(CONFIG)
     with ServerProcess(
-        "--model-repository", str(repo), "--workers", "2", "--shutdown-grace-s", "1"
+        "--model-repository",
+        str(repo),
+        "--workers",
+        "2",
+        "--shutdown-grace-s",
+        "1",
+        env={"TMPDIR": str(temp_dir)},
     ) as process:
         yield process
 
@@ -151,3 +175,29 @@ def test_operator_changes_sent_to_either_worker_reach_both(server: ServerProcess
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "only version" in (refused.value.details() or "")
         assert weights(status(zero)) == weights(status(one)) == {1: (60, "stable"), 2: (0, "off")}
+
+
+def test_many_changes_leave_a_bounded_log_and_both_workers_as_one_process(
+    server: ServerProcess, temp_dir: Path
+) -> None:
+    """200 changes alternately to each worker: the log is compacted (rollout_ops.compact), and
+    both workers end with the last change's weights, as one process applying them all would."""
+    (share,) = [p for p in temp_dir.glob("sluiceway-rollout-*") if p.name != "sluiceway-rollout-live"]
+    with ExitStack() as stack:
+        workers = channels_to_each_worker(server.address, stack)
+        for seq in range(1, COMPACTION_CHANGES + 1):
+            request = apb.SetWeightsRequest(model="sc", weights={1: seq % 99 + 1, 2: 1})
+            admin(workers[str(seq % 2)]).SetWeights(request, timeout=30)
+        files = [p.name for p in share.iterdir() if p.name.startswith("op-")]
+        assert len(files) <= MAX_CHANGE_FILES, f"{len(files)} change files after {COMPACTION_CHANGES}"
+        assert [p.name for p in share.iterdir() if p.name.startswith("snap-")]  # the compacted state
+        last = COMPACTION_CHANGES % 99 + 1
+        agree(server.address, workers, {1: (last, "stable"), 2: (1, "candidate")})
+
+
+def test_the_parent_removed_the_directory_a_killed_parent_left_and_kept_a_live_ones(
+    server: ServerProcess, temp_dir: Path
+) -> None:
+    assert not (temp_dir / "sluiceway-rollout-killed").exists()
+    assert (temp_dir / "sluiceway-rollout-live" / "owner").is_file()
+    assert len(list(temp_dir.glob("sluiceway-rollout-*"))) == 2  # the live one and the server's

@@ -1,0 +1,155 @@
+"""Under `--workers N`: a model's rollout state after change `seq` of its generation's log, the file
+that lets the log's older change files go (server/models/rollout_ops.py's compact).
+
+A snapshot holds what the log's changes set on the config's state (weights, who set them, the
+rolled-back versions, whether the shadow was stopped or promoted, the last events), so applying it
+to a state built from the same config (the same generation) leaves it as applying changes 1..seq
+would. One file per log, `snap-<model>-<generation>.json`, replaced whole (a rename of a written
+file) and only by a later one (under the log's lock): a reader sees the old or the new, never part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from server.models.rollout_state import MAX_EVENTS, RollbackEvent
+
+if TYPE_CHECKING:
+    from server.models.rollout_state import ModelRollout
+
+SNAPSHOT_PREFIX = "snap-"
+MAX_SNAPSHOT_BYTES = 1024 * 1024  # MAX_EVENTS events with reasons up to a change file's 16 KiB
+SOURCES = ("config", "admin", "rollback")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """`model`'s rollout state in `generation` after the log's changes 1..`seq`."""
+
+    model: str
+    generation: str
+    seq: int
+    weights: tuple[tuple[int, int], ...] | None  # None: no policy (the newest version takes all)
+    source: str  # one of SOURCES
+    rolled_back: tuple[int, ...]
+    shadow_stopped: bool  # a rollback stopped the shadow copies (or the shadow was promoted)
+    shadow_promoted: bool
+    events: tuple[RollbackEvent, ...]  # the last MAX_EVENTS, oldest first
+
+
+def snapshot_of(state: ModelRollout) -> Snapshot:
+    """What the log has set on `state` so far (its config's state plus changes 1..log_seq)."""
+    shadow = state.shadow
+    return Snapshot(
+        model=state.entry.name,
+        generation=state.generation,
+        seq=state.log_seq,
+        weights=None if state.weights is None else tuple(sorted(state.weights.items())),
+        source=state.source,
+        rolled_back=tuple(sorted(state.rolled_back)),
+        shadow_stopped=shadow is not None and shadow.policy.fraction == 0,
+        shadow_promoted=state.shadow_promoted,
+        events=tuple(state.events),
+    )
+
+
+def snapshot_file_name(key: tuple[str, str]) -> str:
+    """The snapshot's name for the log `key` (rollout_ops.log_key)."""
+    return f"{SNAPSHOT_PREFIX}{key[0]}-{key[1]}.json"
+
+
+def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) -> None:
+    """Replace the log's snapshot with `snapshot` whole: a rename of a written file. The caller
+    holds the log's lock exclusively (rollout_ops.compact), so no older one replaces it."""
+    final = directory / snapshot_file_name(key)
+    temporary = directory / f".{final.name}.{os.getpid()}.tmp"
+    raw = {
+        "model": snapshot.model,
+        "generation": snapshot.generation,
+        "seq": snapshot.seq,
+        "weights": None if snapshot.weights is None else [list(p) for p in snapshot.weights],
+        "source": snapshot.source,
+        "rolled_back": list(snapshot.rolled_back),
+        "shadow_stopped": snapshot.shadow_stopped,
+        "shadow_promoted": snapshot.shadow_promoted,
+        "events": [[e.version, e.trigger, e.reason, e.unix_time] for e in snapshot.events],
+    }
+    try:
+        temporary.write_text(json.dumps(raw), encoding="utf-8")
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """The snapshot in `path`; FileNotFoundError when there is none; ValueError (or another
+    OSError) when it is not one."""
+    with path.open("rb") as file:
+        data = file.read(MAX_SNAPSHOT_BYTES + 1)
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise ValueError(f"larger than {MAX_SNAPSHOT_BYTES} bytes")
+    raw = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    weights = raw.get("weights")
+    if weights is not None and not (isinstance(weights, list) and all(_is_pair(p) for p in weights)):
+        raise ValueError("field 'weights' is neither null nor a list of [version, weight] pairs")
+    source = _field(raw, "source", str)
+    if source not in SOURCES:
+        raise ValueError(f"field 'source' is {source!r}, not one of {SOURCES}")
+    rolled_back = _field(raw, "rolled_back", list)
+    if not all(_is_int(v) for v in rolled_back):
+        raise ValueError("field 'rolled_back' is not a list of version numbers")
+    events = _field(raw, "events", list)
+    if len(events) > MAX_EVENTS or not all(_is_event(e) for e in events):
+        raise ValueError(f"field 'events' is not a list of up to {MAX_EVENTS} events")
+    return Snapshot(
+        model=_field(raw, "model", str),
+        generation=_field(raw, "generation", str),
+        seq=_field(raw, "seq", int),
+        weights=None if weights is None else tuple((p[0], p[1]) for p in weights),
+        source=source,
+        rolled_back=tuple(rolled_back),
+        shadow_stopped=_flag(raw, "shadow_stopped"),
+        shadow_promoted=_flag(raw, "shadow_promoted"),
+        events=tuple(RollbackEvent(e[0], e[1], e[2], float(e[3])) for e in events),
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_int(x) for x in value)
+
+
+def _is_event(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and _is_int(value[0])
+        and isinstance(value[1], str)
+        and isinstance(value[2], str)
+        and isinstance(value[3], (int, float))
+        and not isinstance(value[3], bool)
+    )
+
+
+def _flag(raw: dict[str, object], name: str) -> bool:
+    value = raw.get(name)
+    if not isinstance(value, bool):
+        raise ValueError(f"field '{name}' is not true or false")
+    return value
+
+
+def _field(raw: dict[str, object], name: str, kind: type[T]) -> T:
+    value = raw.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field '{name}' is not a {kind.__name__}")
+    return value
