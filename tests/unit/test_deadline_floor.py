@@ -19,7 +19,8 @@ import pytest
 from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
 from batcher.admission import Admission
 from batcher.estimate import ServiceTimeEstimator
-from batcher.queue import Request, RequestQueue
+from batcher.queue import RequestQueue
+from tests.support.loop_timers import armed_about, armed_delay, loop_now
 
 NOW = 100.0
 HOP_S = 0.005
@@ -100,11 +101,6 @@ def admission(hard: float, n: int = 1) -> Admission:
     return Admission(rows=n, priority=1, arrival=NOW, deadline=hard, policy_deadline=None, hard=hard)
 
 
-def timer_in(p: Request) -> float:
-    assert p.handle.timer is not None
-    return p.handle.timer.when() - asyncio.get_running_loop().time()
-
-
 @pytest.mark.parametrize("extra_ms", [0.5, 1.5, 2.5, 3.5, 4.5])
 async def test_a_request_inside_the_margin_is_refused_at_admission_not_given_up_after(
     extra_ms: float,
@@ -117,7 +113,7 @@ async def test_a_request_inside_the_margin_is_refused_at_admission_not_given_up_
     hard = NOW + run_s + extra_ms / 1e3
     with pytest.raises(DeadlineExceeded) as refused:
         p = q.admit(rows(1), admission(hard), lambda n: est.predict_seen(n, NOW))
-        left = timer_in(p)  # before: admitted with its give-up point already behind it
+        left = armed_delay(p, loop_now())[0]  # before: admitted with its give-up point already behind it
         q.remove(p)
         raise AssertionError(f"admitted, to be given up in {left * 1e3:.1f} ms")
     assert "while waiting in the queue" not in str(refused.value)
@@ -129,8 +125,9 @@ async def test_a_request_admitted_is_given_up_no_sooner_than_its_slack_beyond_ru
     hundred_ms_model(est)
     q = RequestQueue(BatchingPolicy(max_batch_size=8), lambda: NOW, min_run_s=est.predict_floor, hop_s=HOP_S)
     hard = NOW + 0.100 + HOP_S + 0.002
+    before = loop_now()
     p = q.admit(rows(1), admission(hard), lambda n: est.predict_floor(n, NOW))
-    assert timer_in(p) == pytest.approx(0.002, abs=1e-3)
+    assert armed_about(p, before, 0.002), armed_delay(p, before)
     q.remove(p)
 
 

@@ -19,6 +19,7 @@ import pytest
 from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
 from batcher.admission import Admission
 from batcher.queue import Request, RequestQueue
+from tests.support.loop_timers import armed_about, armed_delay, loop_now
 
 ROW = {"x": np.zeros((1, 2), np.float32)}
 LONG = 5.0  # an upper bound no healthy wait comes near
@@ -48,17 +49,12 @@ def admit(q: RequestQueue, hard: float, now: float = 100.0) -> Request:
     return q.admit(ROW, a, lambda rows: 0.0)
 
 
-def timer_in(p: Request) -> float:
-    """Seconds until `p`'s queue timer fires, by the loop's clock."""
-    assert p.handle.timer is not None
-    return p.handle.timer.when() - asyncio.get_running_loop().time()
-
-
 async def test_the_timer_fires_when_a_run_could_no_longer_end_in_time() -> None:
     q = queue_with(Runs(0.250))
+    before = loop_now()
     p = admit(q, hard=100.3)
     # 300 ms left, a run takes 250 ms at least and the hop 5 ms: hopeless 45 ms from now.
-    assert timer_in(p) <= 0.3 - 0.250 - HOP_S + 1e-3
+    assert armed_delay(p, before)[0] <= 0.3 - 0.250 - HOP_S + 1e-3
     with pytest.raises(DeadlineExceeded, match=EARLY) as caught:
         await asyncio.wait_for(p.handle.future, LONG)
     assert "about 250.0 ms of compute needed" in str(caught.value)
@@ -68,8 +64,9 @@ async def test_the_timer_fires_when_a_run_could_no_longer_end_in_time() -> None:
 
 async def test_with_no_run_seen_it_fires_at_the_deadline_itself() -> None:
     q = queue_with(Runs(0.0))  # an unknown cost never fails a request early
+    before = loop_now()
     p = admit(q, hard=100.3)
-    assert timer_in(p) == pytest.approx(0.3, abs=1e-3)
+    assert armed_about(p, before, 0.3), armed_delay(p, before)
     q.remove(p)
 
 
@@ -79,9 +76,10 @@ async def test_an_estimate_that_moved_down_meanwhile_is_waited_for() -> None:
     p = admit(q, hard=100.3)
     armed = 100.3 - 0.250 - HOP_S
     runs.seconds = 0.100  # faded with age, or faster runs seen since
+    before = loop_now()
     q._expire(p, 0.0, armed)  # what its timer does when due
     assert not p.handle.future.done() and len(q) == 1
-    assert timer_in(p) == pytest.approx(0.150, abs=1e-3)  # the difference, then checked again
+    assert armed_about(p, before, 0.150), armed_delay(p, before)  # the difference, then checked again
     q._expire(p, 0.0, armed + 0.150)  # due again: hopeless now
     with pytest.raises(DeadlineExceeded, match=EARLY):
         await asyncio.wait_for(p.handle.future, LONG)
@@ -93,8 +91,9 @@ async def test_a_queue_policy_timeout_before_it_is_not_checked_again() -> None:
     a = Admission(
         rows=1, priority=1, arrival=now, deadline=100.3, policy_deadline=100.01, hard=100.3, reject_at=100.01
     )
+    before = loop_now()
     p = q.admit(ROW, a, lambda rows: 0.0)
-    assert timer_in(p) == pytest.approx(0.01, abs=1e-3)  # the REJECT timeout comes first
+    assert armed_about(p, before, 0.01), armed_delay(p, before)  # the REJECT timeout comes first
     q.remove(p)
 
 
