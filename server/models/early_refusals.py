@@ -4,7 +4,8 @@ signatures its load would serve: server/protocol/declared.py), per model and ver
 The loaded model would have counted each in its version's statistics (fail, its failure reason,
 its rejection); before its load no version has statistics, and these requests had been counted
 nowhere. They are kept here, shown by ModelStatistics and /metrics while the model is not loaded,
-and handed over to the versions its next load serves, so its counts only grow.
+and handed over to the versions its next load serves, so its counts only grow from the first load
+on (an eviction is an unload: its versions' counts go with it, as a reload's, and start from zero).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_the_least_recently_used_lazy_model_is_evicted_within_the_budget(
         shown = index(server.address)
         assert shown["second"][0][1] == "READY"
         assert shown["first"][0][1] == "UNAVAILABLE" and "evicted" in shown["first"][0][2]
-        assert "model first evicted" in server.output()
+        server.wait_for_output("model first evicted")
         # Its next request loads it again (evicting `second`, now the least recently used).
         assert client.infer("first", {"image": image}, timeout_s=120)["logits"].shape == (1, 1000)
         assert "evicted" in index(server.address)["second"][0][2]

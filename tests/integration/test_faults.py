@@ -165,7 +165,7 @@ def test_a_batch_that_raises_fails_with_internal_and_the_next_batches_run(
     assert after.inference_stats.queue.count - before.inference_stats.queue.count == 2
     assert after.inference_stats.compute_infer.count - before.inference_stats.compute_infer.count == 2
     assert list(stub.ModelInfer(request("mlp"), timeout=30).outputs[0].shape) == [1, 2]
-    wait_until(lambda: "run 4 raised on purpose (fault_raise_every=2)" in fault_server.output(), "the log")
+    fault_server.wait_for_output("run 4 raised on purpose (fault_raise_every=2)")
 
 
 def test_a_hung_run_fails_at_the_limit_and_a_fresh_instance_serves_the_queue(
@@ -189,9 +189,10 @@ def test_a_hung_run_fails_at_the_limit_and_a_fresh_instance_serves_the_queue(
     assert list(queued.result(timeout=BOUND_S).outputs[0].shape) == [3, 2]  # run 1 of the fresh instance
     # The hung run computed nothing; its request is one failure, the others successes.
     assert delta(stats(stub, "hangs"), before) == (2, 1, 2, 4)
-    log = fault_server.output()
-    assert "model hangs version 1: instance 0 ran a batch of 1 rows (1 requests) past run_timeout_s" in log
-    assert "model hangs: instance 0 replaced (new session and executor)" in log
+    fault_server.wait_for_output(
+        "model hangs version 1: instance 0 ran a batch of 1 rows (1 requests) past run_timeout_s"
+    )
+    fault_server.wait_for_output("model hangs: instance 0 replaced (new session and executor)")
 
 
 def test_calls_cancelled_while_queued_or_running_are_never_answered_or_counted(

@@ -100,6 +100,6 @@ def test_a_load_by_rpc_that_fails_on_its_config_is_counted_and_logged(broken_rep
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert load_failures(server) == before + 1
         said = "model broken failed to load: "
-        wait_until(lambda: said in server.output(), "the load error's log line", timeout_s=30)
+        server.wait_for_output(said, timeout_s=30)
         out = server.output()
     assert out.count(said) == 1, out

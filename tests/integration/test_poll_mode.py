@@ -56,4 +56,4 @@ def test_a_replaced_repository_is_rescanned(demo_repo: Path, tmp_path: Path, how
         write_model(root, "m04", demo_repo / "mlp" / "1" / "model.onnx",
                     (demo_repo / "mlp" / "config.pbtxt").read_text().replace('"mlp"', '"m04"'))  # fmt: skip
         wait_until(lambda: "m04" in ready(server.address), "a model added to the new release")
-        assert "was replaced; rescanning every model" in server.output()
+        server.wait_for_output("was replaced; rescanning every model")

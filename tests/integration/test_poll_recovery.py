@@ -92,7 +92,7 @@ def test_a_load_the_os_failed_is_tried_again_with_no_file_change(
         wait_until(lambda: (shown("late") or ("",))[0] == "READY", "late loaded by a retry", GIVE_UP_S)
     with Client(server.address, retry=NO_RETRY) as client:
         assert client.infer("late", {"features": features(1)})
-    assert "the load failed on an OS error; trying again in" in server.output()
+    server.wait_for_output("the load failed on an OS error; trying again in")
 
 
 def test_edits_inside_a_symlinked_model_directory_are_seen(

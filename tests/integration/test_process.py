@@ -77,13 +77,13 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None
             assert list(in_flight.result().outputs[0].shape) == [16, 1000]
     finally:
         server.kill()
-    assert "shutting down" in server.output()
+    server.wait_for_output("shutting down")
 
 
 def test_workers_share_the_port_and_stop_together(demo_repo: Path) -> None:
     server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
     try:
-        assert "2 workers" in server.output()
+        server.wait_for_output("2 workers")
         # The port is held: a second server cannot take it.
         run = run_cli("serve", "--model-repository", str(demo_repo), "--port", str(server.port))
         assert run.returncode == 1 and "cannot listen" in run.stderr
@@ -141,7 +141,7 @@ def test_sighup_drains_and_exits_zero(demo_repo: Path) -> None:
         assert server.process is not None
         server.process.send_signal(signal.SIGHUP)
         assert server.process.wait(60) == 0, server.output()[-3000:]
-        assert "shutting down" in server.output()
+        server.wait_for_output("shutting down")
     finally:
         server.kill()
 

@@ -262,7 +262,7 @@ def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(demo_repo: P
         assert server.process.wait(60) == 1
         readable, _, _ = select.select([pidfds[1]], [], [], 60)
         assert readable, "the other worker still runs after the parent exited"
-        assert "a worker exited; stopping the others" in server.output()
+        server.wait_for_output("a worker exited; stopping the others")
     finally:
         server.kill()
         for fd in pidfds:  # a worker left running when this test fails is not left behind

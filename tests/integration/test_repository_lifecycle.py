@@ -167,7 +167,7 @@ def test_the_poller_keeps_the_versions_that_did_not_change(repo: Path, demo_repo
         write_model(repo, "kept", mlp, None, versions=(3,))
         wait_until(lambda: client.model_ready("kept", version="3"), "version 3 to load")
         assert served("1") == 5  # the same version 1, still serving
-        assert "model kept ready (versions 3, 2, 1; unchanged, kept serving: 2, 1)" in server.output()
+        server.wait_for_output("model kept ready (versions 3, 2, 1; unchanged, kept serving: 2, 1)")
         (repo / "kept" / "config.pbtxt").write_text(config + "dynamic_batching { }\n")
         wait_until(lambda: served("1") == 0, "a changed config to reload every version")
 
@@ -189,4 +189,4 @@ def test_an_ensemble_over_a_lazy_model_is_lazy_with_it(repo: Path, demo_repo: Pa
         assert not client.model_ready("ens") and not client.model_ready("mlp")
         assert client.infer("ens", {"x": features(2)})  # loads mlp, then ens
         assert client.model_ready("ens") and client.model_ready("mlp")
-        assert "model ens: loading its step model mlp first (lazy_load)" in server.output()
+        server.wait_for_output("model ens: loading its step model mlp first (lazy_load)")

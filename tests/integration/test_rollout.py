@@ -268,7 +268,7 @@ def test_a_failing_version_is_rolled_back(
         served_by(stub.ModelInfer(request("failing", f"after{i}"), timeout=30)) for i in range(50)
     )
     assert after == {1: 50}
-    assert "model failing version 2 rolled back (auto): error rate" in server.output()
+    server.wait_for_output("model failing version 2 rolled back (auto): error rate")
     text = metrics(server)
     counted = 'sluiceway_rollbacks_total{model="failing",trigger="auto",version="2"} 1.0'
     assert counted in text, [line for line in text.splitlines() if "rollback" in line]
@@ -354,7 +354,7 @@ def test_the_rollout_cli_shows_sets_promotes_and_rolls_back(
 def test_a_rollback_reason_cannot_write_log_lines_and_the_cli_bounds_versions(server: ServerProcess) -> None:
     back = rollout_cli(server, "rollback", "forged", "2", "--reason", "ok\nCRITICAL forged: line\r")
     assert back.returncode == 0, back.stderr
-    wait_until(lambda: "model forged version 2 rolled back" in server.output(), "the rollback's log line")
+    server.wait_for_output("model forged version 2 rolled back")
     [line] = [line for line in server.lines if "model forged version 2 rolled back" in line]
     assert line.rstrip().endswith("ok CRITICAL forged: line"), line  # one line, the newline a space
     assert not [line for line in server.lines if line.startswith("CRITICAL forged")]

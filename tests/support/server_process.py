@@ -29,6 +29,8 @@ class ServerProcess:
         self.port = 0
         self.metrics_port = 0  # from the "sluiceway metrics on" line, printed before the ready line
         self.lines: list[str] = []
+        self._new_line = threading.Condition()  # told of each line the pump reads, and of the end
+        self._ended = False
 
     @property
     def address(self) -> str:
@@ -48,7 +50,9 @@ class ServerProcess:
         def pump() -> None:
             assert self.process is not None and self.process.stdout is not None
             for line in self.process.stdout:
-                self.lines.append(line)
+                with self._new_line:
+                    self.lines.append(line)
+                    self._new_line.notify_all()
                 metrics = _METRICS.search(line)
                 if metrics and not self.metrics_port:
                     self.metrics_port = int(metrics.group(2))
@@ -56,6 +60,9 @@ class ServerProcess:
                 if match:
                     self.port = int(match.group(2))
                     ready.set()
+            with self._new_line:
+                self._ended = True
+                self._new_line.notify_all()
             ready.set()  # process ended
 
         threading.Thread(target=pump, daemon=True).start()
@@ -66,6 +73,18 @@ class ServerProcess:
 
     def output(self) -> str:
         return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout_s: float = 60.0) -> None:
+        """Wait until the server has printed `text` (AssertionError after `timeout_s`, or when the
+        process ended without it). The server writes a log line before the answers that follow it,
+        but this process reads the pipe on a thread of its own, which can lag behind those answers."""
+        deadline = time.monotonic() + timeout_s
+        with self._new_line:
+            while text not in self.output():
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    raise AssertionError(f"the server did not print {text!r}:\n{self.output()[-3000:]}")
+                self._new_line.wait(left)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait for a graceful exit, return the exit code."""
