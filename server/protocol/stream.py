@@ -315,7 +315,8 @@ class StreamSession:
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         if response is not None:
             fit_error_frame(response, self._max_frame_bytes)  # over it, gRPC ends the stream
-        held = self._held.answered(request, made)
+        refused = response is not None and bool(response.error_message)
+        held = self._held.answered(request, made, refused)
         if response is not None:
             self._answers.put_nowait((response, held))  # its slot and bytes freed once written
         else:

@@ -60,16 +60,20 @@ class HeldBytes:
         self._charged[id(request)] = own, charge
         self.held += charge
 
-    def answered(self, request: Read | None, made: int | None) -> int:
+    def answered(self, request: Read | None, made: int | None, refused: bool = False) -> int:
         """Settle `request`'s charge now its answer is made, of `made` raw output bytes (None: no
-        answer will be sent); the bytes to release once the answer is written."""
+        answer will be sent); the bytes to release once the answer is written. `refused`: the
+        answer is an error frame, which says nothing of what an answer weighs: each had halved the
+        guess, and ~20 refused frames took it to 0, so the requests read after them were charged
+        their own bytes alone (up to `stream_max_in_flight` large answers held past the bound)."""
         own, charged = (0, 0) if request is None else self._charged.pop(id(request), (0, 0))
         if self.limit is None:
             return 0
         if made is None:
             self._release(charged)
             return 0
-        self._guess = max(made, (self._guess or 0) // 2)  # recent answers weigh most
+        if not refused:
+            self._guess = max(made, (self._guess or 0) // 2)  # recent answers weigh most
         self.held += own + made - charged
         self._release(0)
         return own + made

@@ -396,3 +396,61 @@ async def test_answers_larger_than_their_requests_are_charged_when_the_requests_
     held_answers = 500_000 * (source.read - 1)  # every request read is answered; one was written
     assert held_answers <= bound + 2 * 500_000, (source.read, held_answers)
     await answers.aclose()
+
+
+class FirstAnsweredBigPath(HeldPath):
+    """Request "1" is answered at once with 500 KB; every other one waits in a batcher (never
+    released): a client that stops reading after its first answer."""
+
+    def start(
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        if request.id == "1":
+            return None, pb.ModelInferResponse(id="1", raw_output_contents=[bytes(500_000)])
+        return request, None
+
+
+class RefusedBetweenSource(Source):
+    """One 1 KB request, then `refused` messages that do not parse, then endless 1 KB requests."""
+
+    def __init__(self, refused: int) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        while True:
+            self.read += 1
+            if 1 < self.read <= 1 + self.refused:
+                yield Malformed("not a ModelInferRequest")
+            else:
+                yield pb.ModelInferRequest(
+                    model_name="m", id=str(self.read), raw_input_contents=[bytes(1_000)]
+                )
+
+
+async def test_refused_frames_do_not_wear_down_the_guess_of_an_answers_size() -> None:
+    """A refused frame's error answer carries no outputs, and it had halved the stream's guess of
+    an answer's size: after ~20 of them the guess was 0 and every later request was charged its own
+    1 KB alone, so a client that stopped reading had up to `max_in_flight` 500 KB answers held
+    against a 1 MiB bound (tester: 97-201 answers computed, +85-136 MB, against 9 without refusals)."""
+    source = RefusedBetweenSource(refused=30)
+    bound = 2_000_000
+    stream = StreamSession(
+        source.requests(),
+        cast(RequestPath, FirstAnsweredBigPath()),
+        max_in_flight=256,
+        deadline=None,
+        max_held_bytes=bound,
+    )
+    answers = stream.answers()
+    first = await anext(answers)
+    assert first.infer_response.id == "1"
+    await settle()
+    held = source.read - 1 - 30  # requests read after the refused ones, charged an answer each
+    assert 0 < held <= bound // 500_000 + 1, source.read
+    await answers.aclose()
