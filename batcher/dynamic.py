@@ -5,7 +5,8 @@ there), then for a batch (see form.py), runs it as its own task (run_batch.py; c
 until it lands, flights.py) and goes back for the next. All
 instances pull from one queue: whichever is free takes the next batch, which balances better than
 a queue per instance. Waiting is on events only: `queue.changed` for arrivals, and a timed wait on
-it when formation asked to wait for the batch to grow.
+it when formation asked to wait for the batch to grow. A request the rules would run alone at once
+on an idle model, cheaply, runs on the spot instead (`run_now`, fast_path.py).
 
 Every request gets exactly one outcome: a result, or an exception set on its future (never a
 cancel). A caller that goes away cancels its own future; it is removed from the queue at once, and
@@ -23,23 +24,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from batcher.admission import Admission
-from batcher.batch_io import (
-    alone_rows,
-    computed_late,
-    cut_at_deadline,
-    handed_over,
-    late,
-    left_ns,
-    refusal,
-    stopped,
-)
+from batcher.batch_io import cut_at_deadline, handed_over, left_ns, stopped
 from batcher.budget import ByteBudget
 from batcher.claim import Claim
 from batcher.errors import BatcherError, CancelledInRun, ComputedThenCancelled, NotAccepting
 from batcher.estimate import ServiceTimeEstimator
+from batcher.fast_path import FastPath
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
-from batcher.form import DispatchReason, WakeMargin, alone_reason, form_batch, runs_alone_now
+from batcher.form import WakeMargin, form_batch
 from batcher.lateness import LoopLateness
 from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
 from batcher.run_batch import BatchRunner
@@ -104,15 +97,22 @@ class DynamicBatcher:
         )
         # For sequences' waits (sequence.py): the queue's give-up rule, and its margin for a cut.
         self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN)
-        self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
         self._forecast = WaitForecast(self._estimator, self._queue, policy, len(self._instances), clock)
         self._accepting = False
         self._closing = False
-        self._inline_max_s = inline_max_s
-        # The fast path's instance, when it can run on the caller's thread; looked up once.
-        self._fast = self._instances[0].blocking if inline_max_s > 0 else None
+        self._fast_path = FastPath(
+            self._instances[0].blocking,
+            inline_max_s,
+            policy,
+            stats,
+            clock,
+            self._estimator,
+            self._forecast,
+            self._queue,
+            self._flights,
+        )
         self._runner = BatchRunner(
             policy,
             stats,
@@ -121,7 +121,7 @@ class DynamicBatcher:
             self._forecast,
             self._watchdog,
             self._flights,
-            inline=self._runs_inline,
+            inline=self._fast_path.runs_inline,
             on_trip=self._trip,
             margin=WAKE_MARGIN,
         )
@@ -257,7 +257,8 @@ class DynamicBatcher:
         """The fast path, synchronous: None (nothing done) unless the batching rules would run
         this request alone at once on an idle model (nothing queued, nothing running) and the
         estimator says runs of its size are cheap enough for the event loop thread. Then it is
-        checked as admission would and run on the spot. Raises as `enqueue` does.
+        checked as admission would and run on the spot (batcher/fast_path.py). Raises as
+        `enqueue` does.
 
         A case of the batching rules, not a second path: formation would make the same batch.
         It saves the queue entry, the dispatch wake-up, a run task and a future (and, for a
@@ -265,47 +266,7 @@ class DynamicBatcher:
         """
         if not self._accepting:
             raise NotAccepting()
-        backend = self._fast
-        if backend is None or self._flights.count or len(self._queue) or self._policy.ragged is not None:
-            return None  # (ragged models always gather: their batch inputs are made there)
-        if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
-            return None
-        try:
-            self._queue.check(a, self._forecast.now)
-        except BatcherError as exc:
-            if a.counted:
-                self._stats.record_refusal(exc, False, left_ns(a.hard, self._clock()))
-            raise
-        reason = self._alone.get(a.rows) or self._alone.setdefault(a.rows, alone_reason(a.rows, self._policy))
-        self._stats.record_dispatch(reason)
-        slack_ns = None if a.hard is None else int((a.hard - self._clock()) * 1e9)
-        t0 = time.perf_counter_ns()
-        outputs = backend.run_blocking(inputs)
-        t1 = time.perf_counter_ns()
-        if a.counted:
-            self._stats.observe_queue(0, slack_ns)
-        rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
-        self._stats.record_batch(rows, int(a.counted), 0, t1 - t0, 0)
-        self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
-        now = self._clock()
-        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
-        self._forecast.ran(a.rows)
-        if late(a.hard, now):
-            self._stats.late += a.counted
-            if a.counted:
-                self._stats.take_back(rows, (0, t1 - t0, 0))
-            raise computed_late()
-        refused = refusal(a.accept, outputs)
-        if refused is not None:  # not its answer: counted in `fail` only, by its caller
-            if a.counted:
-                self._stats.take_back(rows, (0, t1 - t0, 0))
-            try:
-                raise refused
-            finally:  # this frame, in its traceback, must not hold it: a cycle (see refusal)
-                del refused
-        if a.counted:
-            self._stats.count_queue(0)
-        return outputs
+        return self._fast_path.run(inputs, a)
 
     async def stop(
         self, drain: bool = True, timeout_s: float = 5.0, handover: bool = False, finish_runs: bool = False
@@ -387,16 +348,9 @@ class DynamicBatcher:
             if late_s is not None:  # woken by its timer: how late the loop ran it
                 self._lateness.observe(late_s, self._clock())
 
-    def _runs_inline(self, rows: int) -> bool:
-        """Whether a batch of `rows` rows runs on the event loop thread (see `inline_max_s`)."""
-        return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s)
-
     def _trip(self) -> None:
-        """A run outlived the watchdog: run nothing of this model inline (the fast path included)
-        from now on, since an inline run cannot be timed. Its instances share one graph, so a
-        hang on one is a hang any of them may have."""
-        self._inline_max_s = 0.0
-        self._fast = None
+        """A run outlived the watchdog: nothing of this model runs inline from now on (FastPath.trip)."""
+        self._fast_path.trip()
 
     def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

@@ -269,7 +269,7 @@ class ModelLoads:
                     log.info("model %s: loading its step model %s first (lazy_load)", name, step)
                     await self._load(step, None, within=within | {name})
             if self._manager.entry(name).state == READY and not keep_unchanged:
-                self._lazy.add(name)  # loaded with its steps (ModelManager._load_waiting_ensembles)
+                self._lazy.add(name)  # loaded with its steps (EnsembleDependents.load_waiting)
                 return
         held = self.budget.size_of(name)  # None: not loaded now
         need = self.budget.measured(name, key) or held or files

@@ -20,6 +20,7 @@ from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.models.config import ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
+from server.models.ensemble_dependents import EnsembleDependents
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -78,9 +79,8 @@ class ModelManager:
         self._on_health = on_health
         self._response_cache = response_cache  # shared by every model that enables it
         self._models: dict[str, ModelEntry] = {}
-        # Ensemble -> the models its steps name, as last loaded (whatever the outcome): one that
-        # failed for want of a step model is loaded again once that model loads (as Triton does).
-        self._ensemble_steps: dict[str, frozenset[str]] = {}
+        # The ensembles' step models: an ensemble loads and goes with them (ensemble_dependents.py).
+        self._ensembles = EnsembleDependents(self._models, on_health)
         self._lock = asyncio.Lock()  # one repository change at a time
         # Where each sequence runs, and why retired versions' sequences ended (sequence_routing.py).
         self.sequence_routing = SequenceRouting()
@@ -121,15 +121,11 @@ class ModelManager:
 
     def ensemble_steps(self, name: str) -> frozenset[str]:
         """The models `name`'s steps use (none when it is no ensemble)."""
-        return self._ensemble_steps.get(name, frozenset())
+        return self._ensembles.steps(name)
 
     def ensembles_using(self, model: str) -> list[str]:
         """The loaded ensembles whose steps use `model`."""
-        return [
-            name
-            for name, steps in self._ensemble_steps.items()
-            if model in steps and name in self._models and self._models[name].state == READY
-        ]
+        return self._ensembles.using(model)
 
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
@@ -208,49 +204,15 @@ class ModelManager:
             entry = await self._load_source(source, keep_unchanged, raise_failure=True)
             if entry.state != READY:
                 raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
-            await self._load_waiting_ensembles(name)
+            await self._ensembles.load_waiting(name, self._load_ensemble_again)
 
-    async def _load_waiting_ensembles(self, loaded: str) -> None:
-        """Load again the ensembles that are unavailable and use `loaded` (and, as they come up,
-        those nesting them). Bounded: each ensemble is tried at most once per call."""
-        ready, tried = [loaded], set()
-        while ready:
-            model = ready.pop()
-            for ensemble, steps in sorted(self._ensemble_steps.items()):
-                entry = self._models.get(ensemble)
-                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != UNLOADED
-                if model not in steps or not waiting or ensemble in tried:
-                    continue
-                tried.add(ensemble)
-                try:
-                    source = await asyncio.to_thread(load_model_source, self._root, ensemble)
-                except (ModelNotFoundInRepository, ConfigError, OSError):
-                    continue  # gone or broken meanwhile: its entry keeps the reason it had
-                if (await self._load_source(source)).state == READY:
-                    log.info("ensemble %s loaded now that %s is ready", ensemble, model)
-                    ready.append(ensemble)
-
-    async def _stop_dependent_ensembles(self, gone: str, evicted: bool = False) -> None:
-        """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,
-        saying why: they stayed READY, ServerReady true, and failed every request. They load again
-        with it (_load_waiting_ensembles)."""
-        gone_now = [gone]
-        while gone_now:
-            model = gone_now.pop()
-            for ensemble, steps in sorted(self._ensemble_steps.items()):
-                entry = self._models.get(ensemble)
-                if model not in steps or entry is None or entry.state != READY:
-                    continue
-                entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
-                entry.reason = f"its step model '{model}' is not loaded; it loads again with it"
-                # An eviction is the budget at work (a note); an unload, an operator's act (a warning).
-                log.log(logging.INFO if evicted else logging.WARNING, "ensemble %s unavailable: %s",
-                        ensemble, entry.reason)  # fmt: skip
-                self._on_health(ensemble, False)
-                await self._retire(entry.versions.values())
-                entry.versions.clear()
-                entry.order.clear()
-                gone_now.append(ensemble)
+    async def _load_ensemble_again(self, name: str) -> bool:
+        """A waiting ensemble's load, now that a step model is ready (EnsembleDependents): READY?"""
+        try:
+            source = await asyncio.to_thread(load_model_source, self._root, name)
+        except (ModelNotFoundInRepository, ConfigError, OSError):
+            return False  # gone or broken meanwhile: its entry keeps the reason it had
+        return (await self._load_source(source)).state == READY
 
     async def unload(self, name: str, *, evicted: bool = False) -> None:
         """Unload `name`; `evicted`: by the memory budget, so its rollout state waits for its
@@ -264,7 +226,7 @@ class ModelManager:
             entry.versions.clear()
             entry.order.clear()
             self.sequence_routing.forget(name)
-            await self._stop_dependent_ensembles(name, evicted)
+            await self._ensembles.stop_dependent(name, evicted, self._retire)
             if evicted:
                 self.rollout.hold(name)
             else:
@@ -293,10 +255,7 @@ class ModelManager:
         poller tries again a load the OS failed: load_retry.py), once the index shows it."""
         old = self._models.get(source.name)
         serving = old.versions if old is not None and old.state == READY and keep_unchanged else {}
-        if is_ensemble(source.config):
-            self._ensemble_steps[source.name] = frozenset(
-                s.model_name for s in source.config.ensemble_scheduling.step
-            )
+        self._ensembles.note(source)
         versions: dict[int, ModelVersion] = {}
         try:
             try:

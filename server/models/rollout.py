@@ -6,8 +6,8 @@ first time a request is routed after the model was (re)loaded: a reload starts a
 config, so changes made through the admin service last until the next reload. Rollback counts
 outlive reloads (they are /metrics counters). Under `--workers N` a model's state is its config's
 policy plus its generation's change log (server/models/rollout_share.py): a reload that loads the
-same files (the same generation) keeps the state, and a state built anew catches up with the log
-before it routes anything.
+same files (the same generation) keeps the state (rollout_carry.py), and a state built anew catches
+up with the log before it routes anything.
 
 Everything runs on the event loop; /metrics reads `rollback_counts` from its own thread (a copy).
 """
@@ -17,26 +17,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
+from server.models.rollout_carry import carries, carry
 from server.models.rollout_ops import generation
-from server.models.rollout_state import (
-    MAX_EVENTS,
-    ModelRollout,
-    RollbackEvent,
-    figures_of,
-    window_line,
-)
+from server.models.rollout_state import ModelRollout, RollbackEvent, figures_of, stop_shadow, window_line
 from server.models.shadow import ShadowFigures, ShadowRunner
-from server.models.traffic import ShadowPolicy, format_weights, parse_policy, point_of
+from server.models.traffic import format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
-    from server.models.rollout_snapshot import Snapshot
     from server.models.versions import ModelEntry, ModelVersion
 
 __all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "routing_key"]
@@ -129,8 +122,8 @@ class Rollout:
             if state is not None and state.shadow is not None:
                 state.shadow.cancel()
             built = self._build(entry)
-            if state is not None and self._carries(state, built):
-                self._carry(state, built)
+            if state is not None and carries(state, built, self.shared is not None):
+                carry(state, built)  # an operator's state outlives the rebuild (rollout_carry.py)
             state = self._models[entry.name] = built
             if self.shared is not None:  # stored first: the log's changes find this state
                 self.shared.built(entry)
@@ -147,15 +140,6 @@ class Rollout:
         """The models with a state here."""
         return list(self._models)
 
-    def _carries(self, old: ModelRollout, new: ModelRollout) -> bool:
-        """Whether `old`'s operator state goes onto `new`. Under --workers: exactly when the same
-        files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
-        other files start from the config and their own log, as every worker loading them does.
-        In one process: after an eviction (Rollout.hold)."""
-        if self.shared is not None:
-            return old.generation == new.generation
-        return old.held
-
     def forget(self, name: str) -> None:
         """The model was unloaded: its state and its /metrics series go (they were shown for ever)."""
         state = self._models.pop(name, None)
@@ -171,39 +155,6 @@ class Rollout:
             state.held = True
             if state.shadow is not None:
                 state.shadow.cancel()
-
-    @staticmethod
-    def restore(state: ModelRollout, snapshot: Snapshot) -> None:
-        """Under --workers: the log's snapshot after change `snapshot.seq` (rollout_snapshot.py) onto
-        `state`, a state of the same generation that has applied fewer of its changes: it ends as
-        applying them would (its rollback counters do not count the skipped rollbacks)."""
-        state.set_weights(None if snapshot.weights is None else dict(snapshot.weights))
-        state.source, state.rolled_back = snapshot.source, set(snapshot.rolled_back)
-        state.shadow_promoted = snapshot.shadow_promoted
-        state.events = deque(snapshot.events, maxlen=MAX_EVENTS)
-        if snapshot.shadow_stopped and state.shadow is not None and state.shadow.policy.fraction > 0:
-            Rollout._stop_shadow(state)
-        state.log_seq = snapshot.seq
-        log.info("rollout: model %s took the workers' state after change %d: weights %s (%s)",
-                 state.entry.name, snapshot.seq, format_weights(state.weights or {}),
-                 state.source)  # fmt: skip
-
-    @staticmethod
-    def _carry(old: ModelRollout, new: ModelRollout) -> None:
-        """An evicted model's operator state onto its reload, when the reload serves the same
-        versions under the same config policy (otherwise the config's is the news)."""
-        if old.config_policy != new.config_policy or set(old.entry_versions) != set(new.entry.versions):
-            log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
-                     new.entry.name)  # fmt: skip
-            return
-        new.set_weights(None if old.weights is None else dict(old.weights))
-        new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
-        new.shadow_promoted, new.log_seq = old.shadow_promoted, old.log_seq
-        if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
-            Rollout._stop_shadow(new)
-        if old.source != "config":
-            log.info("rollout: model %s loaded again from the same files: weights %s (%s) carried over",
-                     new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
     def _build(self, entry: ModelEntry) -> ModelRollout:
         config = entry.versions[entry.order[0]].config
@@ -284,7 +235,7 @@ class Rollout:
         """`version` takes every request; it stops being a shadow candidate."""
         state = self.set_weights(entry, {version: 100})
         if state.shadow is not None and state.shadow.policy.version == version:
-            self._stop_shadow(state)
+            stop_shadow(state)
             state.shadow_promoted = True
         return state
 
@@ -355,7 +306,7 @@ class Rollout:
         if state.weights is not None and state.weights.get(version, 0) > 0:
             state.set_weights({**state.weights, version: 0})
         if state.shadow is not None and state.shadow.policy.version == version:
-            self._stop_shadow(state)
+            stop_shadow(state)
         state.rolled_back.add(version)
         state.source = "rollback"
         state.events.append(RollbackEvent(version, trigger, reason, self._wall()))
@@ -364,15 +315,6 @@ class Rollout:
         log.warning(
             "rollout: model %s version %d rolled back (%s): %s", state.entry.name, version, trigger, reason
         )
-
-    @staticmethod
-    def _stop_shadow(state: ModelRollout) -> None:
-        if state.shadow is not None:
-            state.shadow.cancel()
-            p = state.shadow.policy
-            state.shadow = ShadowRunner(
-                ShadowPolicy(p.version, 0.0, p.timeout_s, p.max_queue, p.max_in_flight), state.shadow_figures
-            )
 
     # -- reading ----------------------------------------------------------------------------
 

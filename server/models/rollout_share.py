@@ -14,7 +14,7 @@ The generation is a digest of what a model's serving versions were loaded from
 (repository.version_fingerprint: config and files with sizes and modification times), the same in
 every worker for the same files. A change applies to the workers serving its generation: a worker
 that loaded other files starts again from their config and follows their log. A reload of the same
-files keeps the state (Rollout._carries) and its place in the log.
+files keeps the state (rollout_carry.carries) and its place in the log.
 
 The log is compacted (rollout_ops.compact): every COMPACT_EVERY-th change's claimant writes the
 state after it as the log's snapshot and removes the older change files, keeping the last
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import ModelNotFound, RolloutRetry, RolloutShareLost, ServiceError
+from server.models.rollout_carry import restore
 from server.models.rollout_ops import (
     COMPACT_EVERY,
     OperatorChange,
@@ -134,7 +135,7 @@ class RolloutShare:
                     snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
                     if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
                         return applied
-                    self._models.rollout.restore(state, snapshot)  # changes up to it were removed
+                    restore(state, snapshot)  # changes up to it were removed
                     snapshots = False
                     applied += 1
                     continue

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from server.models.rollback import Figures, RollbackMonitor, WindowReport
 from server.models.shadow import ShadowFigures, ShadowRunner
-from server.models.traffic import RollbackThresholds, Slices, TrafficPolicy
+from server.models.traffic import RollbackThresholds, ShadowPolicy, Slices, TrafficPolicy
 
 if TYPE_CHECKING:
     from server.models.versions import ModelEntry, ModelVersion
@@ -69,6 +69,17 @@ class ModelRollout:
             out.add(self.shadow.policy.version)
         out.discard(stable)
         return sorted(out)
+
+
+def stop_shadow(state: ModelRollout) -> None:
+    """`state`'s shadow copies stop (a rollback, a promotion): its runner is replaced by one
+    mirroring nothing, which keeps the figures gathered so far."""
+    if state.shadow is not None:
+        state.shadow.cancel()
+        p = state.shadow.policy
+        state.shadow = ShadowRunner(
+            ShadowPolicy(p.version, 0.0, p.timeout_s, p.max_queue, p.max_in_flight), state.shadow_figures
+        )
 
 
 def figures_of(served: ModelVersion) -> Figures:

@@ -14,53 +14,32 @@ on a fake clock: tests/unit/test_ensemble_cut_outcome.py.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.metrics_page import deadline_outcomes as outcomes
+from tests.support.metrics_page import metrics_lines as metrics
+from tests.support.metrics_page import summed
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.slow_steps import one_row as request
+from tests.support.slow_steps import one_step_ensemble, slow_identity, write_repository
 
-STEP = """
-name: "{name}"
-backend: "identity"
-max_batch_size: 4
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-dynamic_batching {{ }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-parameters {{ key: "execute_delay_ms" value: {{ string_value: "{delay_ms}" }} }}
-"""
-ENSEMBLE = """
-name: "{name}"
-platform: "ensemble"
-max_batch_size: 4
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-ensemble_scheduling {{ step [
-  {{ model_name: "{step}" model_version: -1
-    input_map {{ key: "x" value: "x" }} output_map {{ key: "y" value: "y" }} }}
-] }}
-"""
 MODELS = {
-    "in_run_step": STEP.format(name="in_run_step", delay_ms=1500),
-    "ens_in_run": ENSEMBLE.format(name="ens_in_run", step="in_run_step"),
-    "queued_step": STEP.format(name="queued_step", delay_ms=2500),
-    "ens_queued": ENSEMBLE.format(name="ens_queued", step="queued_step"),
+    "in_run_step": slow_identity("in_run_step", 1500),
+    "ens_in_run": one_step_ensemble("ens_in_run", "in_run_step"),
+    "queued_step": slow_identity("queued_step", 2500),
+    "ens_queued": one_step_ensemble("ens_queued", "queued_step"),
 }
 BOUND_S = 30.0  # generous upper bound for an answer that must come
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    repo = tmp_path_factory.mktemp("cut_repo")
-    for name, config in MODELS.items():
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "config.pbtxt").write_text(config)
+    repo = write_repository(tmp_path_factory.mktemp("cut_repo"), MODELS)
     with ServerProcess("--model-repository", str(repo)) as started:
         yield started
 
@@ -71,31 +50,8 @@ def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def request(model: str) -> pb.ModelInferRequest:
-    return pb.ModelInferRequest(
-        model_name=model,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-        raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
-    )
-
-
-def metrics(server: ServerProcess) -> list[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
-        return list(answer.read().decode().splitlines())
-
-
-def outcomes(server: ServerProcess, model: str) -> dict[str, float]:
-    prefix = f'sluiceway_deadline_outcome_total{{model="{model}",outcome="'
-    return {
-        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in metrics(server)
-        if line.startswith(prefix)
-    }
-
-
 def gauge(server: ServerProcess, name: str, model: str) -> float:
-    prefix = f'{name}{{model="{model}"'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics(server) if line.startswith(prefix))
+    return summed(server, f'{name}{{model="{model}"')
 
 
 def cut(stub: pb_grpc.GRPCInferenceServiceStub, model: str, timeout_s: float) -> None:

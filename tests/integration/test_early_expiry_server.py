@@ -19,30 +19,24 @@ runs, slowed by contention, forecast 1243 ms) and left the early answer only ~10
 from __future__ import annotations
 
 import re
-import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.metrics_page import summed
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.slow_steps import one_row, slow_identity, write_repository
 
 BOUND_S = 20.0  # generous upper bound for an answer that must come
 DEADLINE_S = 2.0
-CONFIG = """
-name: "slow"
-backend: "identity"
-max_batch_size: 4
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-parameters { key: "execute_delay_ms" value: { string_value: "300" } }
-parameters { key: "fault_hang_every" value: { string_value: "3" } }
-parameters { key: "fault_hang_s" value: { string_value: "2.5" } }
-"""
+CONFIG = slow_identity(
+    "slow",
+    300,
+    'parameters { key: "fault_hang_every" value: { string_value: "3" } }\n'
+    'parameters { key: "fault_hang_s" value: { string_value: "2.5" } }\n',
+)
 SERVERS_REASON = re.compile(
     r"^deadline cannot be met: about (\d+\.\d) ms of compute needed \(the fastest recent run of 1 rows "
     r"or fewer\) plus a (5\.0) ms margin, (\d+\.\d) ms left, while waiting in the queue$"
@@ -50,33 +44,19 @@ SERVERS_REASON = re.compile(
 
 
 def request() -> pb.ModelInferRequest:
-    return pb.ModelInferRequest(
-        model_name="slow",
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-        raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
-    )
-
-
-def metrics(server: ServerProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
-        return str(answer.read().decode())
-
-
-def sample(text: str, prefix: str) -> float:
-    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+    return one_row("slow")
 
 
 def test_a_request_that_can_no_longer_be_served_in_time_hears_the_servers_reason(tmp_path: Path) -> None:
-    (tmp_path / "repo" / "slow" / "1").mkdir(parents=True)  # identity: no model file
-    (tmp_path / "repo" / "slow" / "config.pbtxt").write_text(CONFIG)
-    args = ("--model-repository", str(tmp_path / "repo"), "--allow-fault-injection")
+    repo = write_repository(tmp_path / "repo", {"slow": CONFIG})  # identity: no model file
+    args = ("--model-repository", str(repo), "--allow-fault-injection")
     with ServerProcess(*args) as server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(2):  # runs 1 and 2: their cost is now known
             stub.ModelInfer(request(), timeout=BOUND_S)
         running = stub.ModelInfer.future(request(), timeout=BOUND_S)  # run 3: hangs 2.5 s first
         in_flight = 'sluiceway_batches_in_flight{model="slow",version="1"} '
-        wait_until(lambda: running.done() or sample(metrics(server), in_flight) >= 1, "run 3 to start")
+        wait_until(lambda: running.done() or summed(server, in_flight) >= 1, "run 3 to start")
         assert not running.done(), f"run 3 ended at once: {running.exception()!r}"
         call = stub.ModelInfer.future(request(), timeout=DEADLINE_S)
         try:
@@ -94,4 +74,4 @@ def test_a_request_that_can_no_longer_be_served_in_time_hears_the_servers_reason
             assert compute_ms + margin_ms + 1.1 >= left_ms, err.details()
         running.result(timeout=BOUND_S)
         expired = 'sluiceway_deadline_outcome_total{model="slow",outcome="expired",version="1"} '
-        wait_until(lambda: sample(metrics(server), expired) == 1, "the early answer counted expired")
+        wait_until(lambda: summed(server, expired) == 1, "the early answer counted expired")

@@ -8,60 +8,28 @@ step's first run is admitted (no run time known yet).
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.metrics_page import summed as metric
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.slow_steps import one_row, one_step_ensemble, slow_identity, write_repository
 
-STEP = """
-name: "slow"
-backend: "identity"
-max_batch_size: 4
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-parameters { key: "execute_delay_ms" value: { string_value: "600" } }
-"""
-ENSEMBLE = """
-name: "ens"
-platform: "ensemble"
-max_batch_size: 4
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-ensemble_scheduling { step [
-  { model_name: "slow" model_version: -1
-    input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }
-] }
-"""
-
-
-def metric(server: ServerProcess, prefix: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
-        lines = answer.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+MODELS = {"slow": slow_identity("slow", 600), "ens": one_step_ensemble("ens", "slow")}
 
 
 def test_a_step_cut_by_the_ensembles_grpc_deadline_counts_fail_with_its_late(tmp_path: Path) -> None:
-    for name, config in (("slow", STEP), ("ens", ENSEMBLE)):
-        (tmp_path / "repo" / name / "1").mkdir(parents=True)
-        (tmp_path / "repo" / name / "config.pbtxt").write_text(config)
+    repo = write_repository(tmp_path / "repo", MODELS)
     with (
-        ServerProcess("--model-repository", str(tmp_path / "repo")) as server,
+        ServerProcess("--model-repository", str(repo)) as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(
-            model_name="ens",
-            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-            raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
-        )
+        request = one_row("ens")
         with pytest.raises(grpc.RpcError) as cut:
             stub.ModelInfer(request, timeout=0.2)
         assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -20,57 +20,16 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
-from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.metrics_page import deadline_outcomes as outcomes
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.slow_steps import one_row as request
+from tests.support.slow_steps import one_step_ensemble, slow_identity, write_repository
 
 BOUND_S = 20.0  # generous upper bound for an answer that must come
-STEP = """
-name: "s1"
-backend: "identity"
-max_batch_size: 4
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-parameters { key: "execute_delay_ms" value: { string_value: "800" } }
-"""
-ENSEMBLE = """
-name: "ens"
-platform: "ensemble"
-max_batch_size: 4
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-ensemble_scheduling { step [
-  { model_name: "s1" model_version: -1 input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }
-] }
-"""
-
-
-def request(model: str, timeout_us: int | None = None) -> pb.ModelInferRequest:
-    r = pb.ModelInferRequest(
-        model_name=model,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])],
-        raw_input_contents=[np.ones((1, 1), np.float32).tobytes()],
-    )
-    if timeout_us is not None:
-        r.parameters["timeout"].int64_param = timeout_us
-    return r
-
-
-def outcomes(server: ServerProcess, model: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as answer:
-        text = answer.read().decode()
-    prefix = f'sluiceway_deadline_outcome_total{{model="{model}",outcome="'
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            outcome, value = line[len(prefix) :].split('"', 1)[0], line.rsplit(" ", 1)[1]
-            found[outcome] = float(value)
-    return found
+MODELS = {"s1": slow_identity("s1", 800), "ens": one_step_ensemble("ens", "s1")}
 
 
 def refused(stub: pb_grpc.GRPCInferenceServiceStub, timeout_us: int) -> grpc.RpcError:
@@ -80,11 +39,9 @@ def refused(stub: pb_grpc.GRPCInferenceServiceStub, timeout_us: int) -> grpc.Rpc
 
 
 def test_each_failed_ensemble_request_lands_in_one_outcome_of_its_own(tmp_path: Path) -> None:
-    for name, config in (("s1", STEP), ("ens", ENSEMBLE)):
-        (tmp_path / "repo" / name / "1").mkdir(parents=True)
-        (tmp_path / "repo" / name / "config.pbtxt").write_text(config)
+    repo = write_repository(tmp_path / "repo", MODELS)
     with (
-        ServerProcess("--model-repository", str(tmp_path / "repo")) as server,
+        ServerProcess("--model-repository", str(repo)) as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

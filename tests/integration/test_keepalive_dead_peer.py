@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients.endpoints import ChannelOptions
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.app import keepalive_options
+from server.grpc_options import keepalive_options
 from server.settings import ServerSettings
 from tests.support.server_process import ServerProcess, wait_until_async
 from tests.support.stalling_proxy import StallingProxy

@@ -4,7 +4,7 @@ grpc.aio takes calls off grpc core one at a time; those not yet taken wait in co
 by grpc's defaults (`grpc.server.max_pending_requests` 1,000, hard limit 3,000) cancelled calls at
 random past 1,000: CANCELLED "CANCELLED" for 5-10% of 2,000 callers at once and 630 of 3,000 here,
 never seen by a handler nor counted. The server now bounds that backlog at twice
-`max_concurrent_rpcs` (server/app.py `pending_call_options`)."""
+`max_concurrent_rpcs` (server/grpc_options.py `pending_call_options`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.app import grpc_server_options, pending_call_options
+from server.grpc_options import grpc_server_options, pending_call_options
 from server.settings import ServerSettings
 from tests.support.server_process import ServerProcess
 

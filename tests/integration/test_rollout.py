@@ -16,37 +16,20 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.certs import write_tokens
+from tests.support.models import scale_model
 from tests.support.server_process import REPO_ROOT, ServerProcess, wait_until
 
 MAX_REQUESTS = 2000  # every load loop below stops here at the latest
-
-
-def scale_model(path: Path, k: float) -> Path:
-    """x FP32 [N,4] -> y FP32 [N,4] = k * x."""
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.float32(k), "k")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def params(**values: str) -> str:

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.models import scale_model
 from tests.support.server_process import ServerProcess, wait_until
 
 COMPACTION_CHANGES = 200
@@ -37,20 +36,6 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 version_policy { all { } }
 parameters { key: "traffic_weights" value: { string_value: "1:50,2:50" } }
 """
-
-
-def scale_model(path: Path, k: float) -> None:
-    """x FP32 [N,4] -> y = k * x: an answer says which version computed it."""
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.float32(k), "k")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
 
 
 @pytest.fixture(scope="module")

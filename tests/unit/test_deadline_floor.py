@@ -20,6 +20,7 @@ from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats
 from batcher.admission import Admission
 from batcher.estimate import ServiceTimeEstimator
 from batcher.queue import RequestQueue
+from tests.support.batcher_fakes import Clock, Gated
 from tests.support.loop_timers import armed_about, armed_delay, loop_now
 
 NOW = 100.0
@@ -29,29 +30,6 @@ LONG = 5.0  # an upper bound no healthy wait comes near
 
 def rows(n: int) -> Tensors:
     return {"x": np.zeros((n, 2), np.float32)}
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Gated:
-    """A backend whose runs wait for the test to open its gate (open from the start: `gate.set()`)."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = asyncio.Event()
-        self.runs: list[int] = []
-
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.runs.append(len(inputs["x"]))
-        self.started.set()
-        await self.gate.wait()
-        return {"y": inputs["x"] * 2}
 
 
 def hundred_ms_model(est: ServiceTimeEstimator, at: float = NOW) -> None:

@@ -16,9 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats
 from batcher.admission import Admission
 from batcher.queue import Request, RequestQueue
+from tests.support.batcher_fakes import Gated
 from tests.support.loop_timers import armed_about, armed_delay, loop_now
 
 ROW = {"x": np.zeros((1, 2), np.float32)}
@@ -95,21 +96,6 @@ async def test_a_queue_policy_timeout_before_it_is_not_checked_again() -> None:
     p = q.admit(ROW, a, lambda rows: 0.0)
     assert armed_about(p, before, 0.01), armed_delay(p, before)  # the REJECT timeout comes first
     q.remove(p)
-
-
-class Gated:
-    """A backend whose runs wait for the test to open its gate."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.started = asyncio.Event()
-        self.runs: list[int] = []
-
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.runs.append(len(inputs["x"]))
-        self.started.set()
-        await self.gate.wait()
-        return {"y": inputs["x"] * 2}
 
 
 async def test_a_request_in_a_busy_queue_is_answered_before_its_deadline_and_counted_expired() -> None:

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
+from batcher import DynamicBatcher
 from batcher.estimate import ServiceTimeEstimator
+from tests.support.batcher_fakes import Clock, Gated, MakeBatcher, started_batchers, turns_until
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
@@ -37,51 +38,10 @@ def test_predict_seen_fades_with_age_as_predict_does() -> None:
     assert e.predict_seen(1, 1.0) == pytest.approx(e.predict(1, 1.0))
 
 
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Gated:
-    """An async backend answering y = 2 * x; every run waits for the gate."""
-
-    def __init__(self, gate: asyncio.Event) -> None:
-        self.gate = gate
-        self.started = asyncio.Event()
-        self.batches: list[int] = []
-
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.batches.append(len(inputs["x"]))
-        self.started.set()
-        await self.gate.wait()
-        return {"y": inputs["x"] * 2}
-
-
 @pytest.fixture
-async def batchers() -> AsyncIterator[Callable[..., DynamicBatcher]]:
-    made: list[DynamicBatcher] = []
-
-    def _make(backend: Any, clock: Clock) -> DynamicBatcher:
-        b = DynamicBatcher([backend], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
-        b.start()
-        made.append(b)
-        return b
-
-    yield _make
-    for b in made:
-        await b.stop(drain=False, timeout_s=0.1)
-
-
-async def turns_until(cond: Callable[[], bool], turns: int = 500) -> None:
-    """Let the loop take turns (no timed sleep) until `cond` holds."""
-    for _ in range(turns):
-        if cond():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
+async def batchers() -> AsyncIterator[MakeBatcher]:
+    async with started_batchers() as made:
+        yield made
 
 
 def x(rid: float) -> dict[str, np.ndarray[Any, Any]]:

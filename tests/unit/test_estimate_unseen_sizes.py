@@ -11,67 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher import BatchingPolicy, DeadlineExceeded
 from batcher.estimate import ServiceTimeEstimator
 from batcher.form import Pending, form_batch
+from tests.support.batcher_fakes import Clock, Gated, started_batchers, turns_until
+from tests.support.batcher_fakes import MakeBatcher as Make
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
 
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Gated:
-    """An async backend answering y = 2 * x; every run waits for `gate` (set: no wait)."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.started = asyncio.Event()
-        self.rows: list[int] = []
-
-    async def run(self, inputs: Tensors) -> Tensors:
-        self.rows.append(len(inputs["x"]))
-        self.started.set()
-        await self.gate.wait()
-        return {"y": inputs["x"] * 2}
-
-
-Make = Callable[..., DynamicBatcher]
-
-
 @pytest.fixture
 async def make() -> AsyncIterator[Make]:
-    made: list[DynamicBatcher] = []
-
-    def _make(backend: Gated, clock: Clock, max_batch_size: int = 8) -> DynamicBatcher:
-        b = DynamicBatcher([backend], BatchingPolicy(max_batch_size=max_batch_size), ModelStats(), clock)
-        b.start()
-        made.append(b)
-        return b
-
-    yield _make
-    for b in made:
-        await b.stop(drain=False, timeout_s=0.1)
-
-
-async def turns_until(cond: Callable[[], bool], turns: int = 500) -> None:
-    for _ in range(turns):
-        if cond():
-            return
-        await asyncio.sleep(0)  # one loop turn: lets the submitted task reach the queue
-    raise AssertionError("condition not reached")
+    async with started_batchers() as made:
+        yield made
 
 
 def x(rows: int) -> dict[str, np.ndarray[Any, Any]]:
@@ -112,29 +70,29 @@ def test_only_the_first_run_is_dropped_and_only_when_slower() -> None:
 
 
 async def test_eight_rows_with_500_ms_after_one_1_row_run_of_100_ms_is_run(make: Make) -> None:
-    clock, backend = Clock(), Gated()
+    clock, backend = Clock(), Gated(gate_open=True)
     b = make(backend, clock)
     b.estimator.observe(1, 0.1, clock.now)
     # Refused before: "about 800.0 ms of compute needed, 500.0 ms left".
     out = await asyncio.wait_for(b.submit(x(8), 8, deadline=clock.now + 0.5), LONG)
     np.testing.assert_array_equal(out["y"], x(8)["x"] * 2)
-    assert backend.rows == [8]
+    assert backend.runs == [8]
 
 
 async def test_a_deadline_below_the_proven_lower_bound_is_still_refused_at_once(make: Make) -> None:
-    clock, backend = Clock(), Gated()
+    clock, backend = Clock(), Gated(gate_open=True)
     b = make(backend, clock)
     b.estimator.observe(1, 0.1, clock.now)
     with pytest.raises(DeadlineExceeded, match=r"about 100\.0 ms of compute needed .*, 50\.0 ms left"):
         await asyncio.wait_for(b.submit(x(8), 8, deadline=clock.now + 0.05), LONG)
-    assert backend.rows == []
+    assert backend.runs == []
 
 
 # -- formation -------------------------------------------------------------------------------------
 
 
 async def test_formation_does_not_drop_a_queued_request_on_the_by_rows_guess(make: Make) -> None:
-    clock, backend = Clock(), Gated()
+    clock, backend = Clock(), Gated(gate_open=True)
     b = make(backend, clock, max_batch_size=16)
     backend.gate.clear()
     running = asyncio.ensure_future(b.submit(x(16), 16))  # a larger size: no bound for 8 rows
@@ -147,7 +105,7 @@ async def test_formation_does_not_drop_a_queued_request_on_the_by_rows_guess(mak
     await asyncio.wait_for(running, LONG)
     out = await asyncio.wait_for(queued, LONG)  # dropped before: "about 800 ms" by rows
     np.testing.assert_array_equal(out["y"], x(8)["x"] * 2)
-    assert backend.rows == [16, 8]
+    assert backend.runs == [16, 8]
 
 
 def pending(seq: int, rows: int, hard: float | None) -> Pending[int]:

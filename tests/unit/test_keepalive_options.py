@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.app import keepalive_options
+from server.grpc_options import keepalive_options
 from server.settings import ServerSettings
 
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from google.protobuf import text_format
 
-from batcher.stats import ModelStats
-from protos import model_config_pb2 as mc
-from server.errors import ModelNotFound
 from server.models import rollout_ops, rollout_share
 from server.models.rollout import Rollout
 from server.models.rollout_ops import OperatorChange, claim, parse_name
-from server.models.rollout_share import RolloutShare, generation
+from server.models.rollout_share import generation
+from tests.support.rollout_workers import Worker as SharingWorker
+from tests.support.rollout_workers import model_entry
 
 POLICY = {"traffic_weights": "1:50,2:25,3:25", "rollback_window_s": "10", "rollback_min_requests": "20"}
 CHANGES = 200
@@ -29,30 +26,15 @@ MAX_CHANGE_FILES = 63  # 2 * COMPACT_EVERY - 1: the last COMPACT_EVERY kept, up 
 
 def entry() -> SimpleNamespace:
     """A freshly loaded ready model "m", versions 1 to 3."""
-    text = "\n".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in POLICY.items()
-    )
-    cfg = text_format.Parse(text, mc.ModelConfig())
-    versions = {
-        v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v, fingerprint=("a", v))
-        for v in (1, 2, 3)
-    }
-    return SimpleNamespace(name="m", versions=versions, order=[3, 2, 1], state="READY")
+    return model_entry(policy=POLICY, versions=(1, 2, 3))
 
 
-class Worker:
-    """One worker: its rollout, its model index and its share of the directory."""
+class Worker(SharingWorker):
+    """One worker of the drill, its model "m" (versions 1 to 3) loaded and its state built."""
 
     def __init__(self, index: int, directory: Path) -> None:
-        self.rollout = Rollout(clock=lambda: 100.0, wall=lambda: 0.0)
-        self.index: dict[str, Any] = {"m": entry()}
-        self.share = RolloutShare(directory, index, self)  # type: ignore[arg-type]
+        super().__init__(index, directory, entry())
         self.rollout.state(self.index["m"])  # it has routed: the state checks follow
-
-    def entry(self, name: str) -> Any:
-        if name not in self.index:
-            raise ModelNotFound(name)
-        return self.index[name]
 
     def state(self) -> tuple[object, ...]:
         s = self.rollout.state(self.index["m"])

@@ -6,62 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from google.protobuf import text_format
 
-from batcher.stats import ModelStats
-from protos import grpc_service_pb2 as pb
-from protos import model_config_pb2 as mc
-from server.errors import ModelNotFound
-from server.models.rollout import Rollout
 from server.models.rollout_ops import MAX_CHANGE_BYTES, read_change
-from server.models.rollout_share import RolloutShare, generation
-
-POLICY = {"traffic_weights": "1:50,2:50", "rollback_window_s": "10", "rollback_min_requests": "20"}
-
-
-def entry(files: str = "a", name: str = "m") -> SimpleNamespace:
-    """A ready model with versions 1 and 2 loaded from `files` (their fingerprint)."""
-    text = "\n".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in POLICY.items()
-    )
-    cfg = text_format.Parse(text, mc.ModelConfig())
-    versions = {
-        v: SimpleNamespace(config=cfg, stats=ModelStats(), name=name, version=v, fingerprint=(files, v))
-        for v in (1, 2)
-    }
-    return SimpleNamespace(name=name, versions=versions, order=[2, 1], state="READY")
-
-
-class Worker:
-    """One worker's rollout, its model index and its share of the directory."""
-
-    def __init__(self, index: int, directory: Path, model: SimpleNamespace) -> None:
-        self.now = [100.0]
-        self.rollout = Rollout(clock=lambda: self.now[0], wall=lambda: 0.0)
-        self.index: dict[str, SimpleNamespace] = {model.name: model}
-        self.share = RolloutShare(directory, index, self)  # type: ignore[arg-type]
-
-    def entry(self, name: str) -> SimpleNamespace:
-        if name not in self.index:
-            raise ModelNotFound(name)
-        return self.index[name]
-
-    def weights(self) -> dict[int, int] | None:
-        return self.rollout.state(self.index["m"]).weights  # type: ignore[arg-type]
-
-    def fail_version_2(self) -> None:
-        """A window where version 2 fails half its requests: it is rolled back when it ends."""
-        model = self.index["m"]
-        self.rollout.route(model, pb.ModelInferRequest(id="start"))  # type: ignore[arg-type]
-        for _ in range(30):
-            model.versions[1].stats.record_success(300_000)
-            model.versions[2].stats.record_success(300_000)
-            model.versions[2].stats.record_failure(300_000, "BACKEND")
-        self.now[0] += 10
-        self.rollout.route(model, pb.ModelInferRequest(id="x"))  # type: ignore[arg-type]
+from server.models.rollout_share import generation
+from tests.support.rollout_workers import Worker
+from tests.support.rollout_workers import model_entry as entry
 
 
 @pytest.mark.parametrize(

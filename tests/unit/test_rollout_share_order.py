@@ -8,69 +8,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import text_format
 
-from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
-from protos import model_config_pb2 as mc
 from server import errors
-from server.errors import ModelNotFound
 from server.models import rollout_share
-from server.models.rollout import Rollout
 from server.models.rollout_ops import OperatorChange, claim
-from server.models.rollout_share import RolloutShare, generation
-
-POLICY = {"traffic_weights": "1:50,2:50", "rollback_window_s": "10", "rollback_min_requests": "20"}
-
-
-def entry(files: str = "a") -> SimpleNamespace:
-    """A freshly loaded ready model "m", versions 1 and 2 from `files` (their fingerprint)."""
-    text = "\n".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in POLICY.items()
-    )
-    cfg = text_format.Parse(text, mc.ModelConfig())
-    versions = {
-        v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v, fingerprint=(files, v))
-        for v in (1, 2)
-    }
-    return SimpleNamespace(name="m", versions=versions, order=[2, 1], state="READY")
+from server.models.rollout_share import generation
+from tests.support.rollout_workers import Worker as SharingWorker
+from tests.support.rollout_workers import model_entry as entry
 
 
-class Worker:
-    """One worker: its rollout, its model index and its share of the directory."""
+class Worker(SharingWorker):
+    """One worker, its model "m" loaded from `files`."""
 
     def __init__(self, index: int, directory: Path, files: str = "a") -> None:
-        self.now = [100.0]
-        self.rollout = Rollout(clock=lambda: self.now[0], wall=lambda: 0.0)
-        self.index: dict[str, Any] = {"m": entry(files)}
-        self.share = RolloutShare(directory, index, self)  # type: ignore[arg-type]
-
-    def entry(self, name: str) -> Any:
-        if name not in self.index:
-            raise ModelNotFound(name)
-        return self.index[name]
-
-    def weights(self) -> dict[int, int] | None:
-        return self.rollout.state(self.index["m"]).weights
-
-    def submit(self, kind: str, version: int | None = None, weights: dict[int, int] | None = None) -> None:
-        self.share.submit(self.index["m"], kind, version, weights or {}, "drill")
-
-    def fail_version_2(self) -> None:
-        """A window where version 2 fails half its requests; judged at the next routed request."""
-        model = self.index["m"]
-        self.rollout.route(model, pb.ModelInferRequest(id="start"))
-        for _ in range(30):
-            model.versions[1].stats.record_success(300_000)
-            model.versions[2].stats.record_success(300_000)
-            model.versions[2].stats.record_failure(300_000, "BACKEND")
-        self.now[0] += 10
-        self.rollout.route(model, pb.ModelInferRequest(id="x"))
+        super().__init__(index, directory, entry(files))
 
 
 def settle(*workers: Worker) -> None:

@@ -1,0 +1,111 @@
+"""FastPath: a request run alone, at once, on the event loop thread, without entering the queue.
+
+Separate from dispatch (dynamic.py) because it is a job of its own: it never waits, never forms a
+batch and never starts a task. It applies only when the batching rules would run the request alone
+at once on an idle model (nothing queued, nothing running) and the estimator says runs of its size
+are cheap enough for the loop thread; then it checks the request as admission would, runs it
+synchronously and keeps the books a queued run keeps (statistics, estimator, forecast, a late or
+refused answer). It also owns the model's inline switch, which the batches' runs read: a run that
+outlived the watchdog turns inline runs off for good (`trip`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from batcher.admission import Admission
+from batcher.batch_io import alone_rows, computed_late, late, left_ns, refusal
+from batcher.errors import BatcherError
+from batcher.estimate import ServiceTimeEstimator
+from batcher.flights import Flights
+from batcher.forecast import WaitForecast
+from batcher.form import DispatchReason, alone_reason, runs_alone_now
+from batcher.queue import RequestQueue
+from batcher.stats import ModelStats
+from batcher.types import BatchingPolicy, RunsBlocking, Tensors
+
+
+class FastPath:
+    """The fast path of one DynamicBatcher. `backend`: its first instance when that RunsBlocking
+    (None: no fast path); `inline_max_s`: see DynamicBatcher (0 disables inline runs)."""
+
+    def __init__(
+        self,
+        backend: RunsBlocking | None,
+        inline_max_s: float,
+        policy: BatchingPolicy,
+        stats: ModelStats,
+        clock: Callable[[], float],
+        estimator: ServiceTimeEstimator,
+        forecast: WaitForecast,
+        queue: RequestQueue,
+        flights: Flights,
+    ) -> None:
+        self._inline_max_s = inline_max_s
+        # The fast path's instance, when it can run on the caller's thread; looked up once.
+        self._fast = backend if inline_max_s > 0 else None
+        self._policy = policy
+        self._stats = stats
+        self._clock = clock
+        self._estimator = estimator
+        self._forecast = forecast
+        self._queue = queue
+        self._flights = flights
+        self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a batch of `rows` rows runs on the event loop thread (see `inline_max_s`)."""
+        return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s)
+
+    def trip(self) -> None:
+        """A run outlived the watchdog: run nothing of this model inline (the fast path included)
+        from now on, since an inline run cannot be timed. Its instances share one graph, so a
+        hang on one is a hang any of them may have."""
+        self._inline_max_s = 0.0
+        self._fast = None
+
+    def run(self, inputs: Tensors, a: Admission) -> Tensors | None:
+        """DynamicBatcher.run_now once it is accepting: None (nothing done) unless the request
+        runs alone at once here; raises as DynamicBatcher.enqueue does."""
+        backend = self._fast
+        if backend is None or self._flights.count or len(self._queue) or self._policy.ragged is not None:
+            return None  # (ragged models always gather: their batch inputs are made there)
+        if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
+            return None
+        try:
+            self._queue.check(a, self._forecast.now)
+        except BatcherError as exc:
+            if a.counted:
+                self._stats.record_refusal(exc, False, left_ns(a.hard, self._clock()))
+            raise
+        reason = self._alone.get(a.rows) or self._alone.setdefault(a.rows, alone_reason(a.rows, self._policy))
+        self._stats.record_dispatch(reason)
+        slack_ns = None if a.hard is None else int((a.hard - self._clock()) * 1e9)
+        t0 = time.perf_counter_ns()
+        outputs = backend.run_blocking(inputs)
+        t1 = time.perf_counter_ns()
+        if a.counted:
+            self._stats.observe_queue(0, slack_ns)
+        rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
+        self._stats.record_batch(rows, int(a.counted), 0, t1 - t0, 0)
+        self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
+        now = self._clock()
+        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
+        self._forecast.ran(a.rows)
+        if late(a.hard, now):
+            self._stats.late += a.counted
+            if a.counted:
+                self._stats.take_back(rows, (0, t1 - t0, 0))
+            raise computed_late()
+        refused = refusal(a.accept, outputs)
+        if refused is not None:  # not its answer: counted in `fail` only, by its caller
+            if a.counted:
+                self._stats.take_back(rows, (0, t1 - t0, 0))
+            try:
+                raise refused
+            finally:  # this frame, in its traceback, must not hold it: a cycle (see refusal)
+                del refused
+        if a.counted:
+            self._stats.count_queue(0)
+        return outputs

@@ -1,0 +1,92 @@
+"""EnsembleDependents: which models each ensemble's steps use, and what their loads and unloads do
+to the ensembles.
+
+Separate from the manager (manager.py) because it is one rule of its own over the loaded models,
+as Triton has it: an ensemble that failed for want of a step model loads again once that model
+loads, and a READY ensemble whose step model goes becomes UNAVAILABLE (and loads again with it).
+The manager does the loading and retiring; this module decides which ensembles, in which order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from server.models.ensemble_config import is_ensemble
+from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry
+
+if TYPE_CHECKING:
+    from server.models.repository import ModelSource
+    from server.models.versions import ModelVersion
+
+log = logging.getLogger(__name__)
+
+LoadAgain = Callable[[str], Awaitable[bool]]  # load a model from the repository again: READY?
+Retire = Callable[[Iterable["ModelVersion"]], Awaitable[None]]
+
+
+class EnsembleDependents:
+    """The step models of every ensemble loaded (or tried), over the manager's `models` index."""
+
+    def __init__(self, models: Mapping[str, ModelEntry], on_health: Callable[[str, bool], None]) -> None:
+        self._models = models
+        self._on_health = on_health
+        # Ensemble -> the models its steps name, as last loaded (whatever the outcome): one that
+        # failed for want of a step model is loaded again once that model loads (as Triton does).
+        self._steps: dict[str, frozenset[str]] = {}
+
+    def note(self, source: ModelSource) -> None:
+        """`source` is being loaded: when it is an ensemble, its steps are what it uses now."""
+        if is_ensemble(source.config):
+            self._steps[source.name] = frozenset(s.model_name for s in source.config.ensemble_scheduling.step)
+
+    def steps(self, name: str) -> frozenset[str]:
+        """The models `name`'s steps use (none when it is no ensemble)."""
+        return self._steps.get(name, frozenset())
+
+    def using(self, model: str) -> list[str]:
+        """The loaded ensembles whose steps use `model`."""
+        return [
+            name
+            for name, steps in self._steps.items()
+            if model in steps and name in self._models and self._models[name].state == READY
+        ]
+
+    async def load_waiting(self, loaded: str, load_again: LoadAgain) -> None:
+        """Load again the ensembles that are unavailable and use `loaded` (and, as they come up,
+        those nesting them). Bounded: each ensemble is tried at most once per call."""
+        ready, tried = [loaded], set()
+        while ready:
+            model = ready.pop()
+            for ensemble, steps in sorted(self._steps.items()):
+                entry = self._models.get(ensemble)
+                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != UNLOADED
+                if model not in steps or not waiting or ensemble in tried:
+                    continue
+                tried.add(ensemble)
+                if await load_again(ensemble):
+                    log.info("ensemble %s loaded now that %s is ready", ensemble, model)
+                    ready.append(ensemble)
+
+    async def stop_dependent(self, gone: str, evicted: bool, retire: Retire) -> None:
+        """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,
+        saying why: they stayed READY, ServerReady true, and failed every request. They load again
+        with it (load_waiting)."""
+        gone_now = [gone]
+        while gone_now:
+            model = gone_now.pop()
+            for ensemble, steps in sorted(self._steps.items()):
+                entry = self._models.get(ensemble)
+                if model not in steps or entry is None or entry.state != READY:
+                    continue
+                entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
+                entry.reason = f"its step model '{model}' is not loaded; it loads again with it"
+                # An eviction is the budget at work (a note); an unload, an operator's act (a warning).
+                log.log(logging.INFO if evicted else logging.WARNING, "ensemble %s unavailable: %s",
+                        ensemble, entry.reason)  # fmt: skip
+                self._on_health(ensemble, False)
+                await retire(entry.versions.values())
+                entry.versions.clear()
+                entry.order.clear()
+                gone_now.append(ensemble)

@@ -1,0 +1,66 @@
+"""How a model's operator rollout state outlives a rebuild of its state: carried onto the state of
+the model's next load, or restored from the workers' log snapshot.
+
+Separate from Rollout (rollout.py), which routes and changes one live state, because this is the
+rule for moving what operators and rollbacks set (weights, who set them, rolled-back versions,
+events, a stopped or promoted shadow) from one state to another: in one process after an eviction
+(Rollout.hold), under --workers when the same files (generation) are loaded again, and from a
+snapshot once the log's older change files are gone (rollout_snapshot.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from server.models.rollout_state import MAX_EVENTS, ModelRollout, stop_shadow
+from server.models.traffic import format_weights
+
+if TYPE_CHECKING:
+    from server.models.rollout_snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def carries(old: ModelRollout, new: ModelRollout, shared: bool) -> bool:
+    """Whether `old`'s operator state goes onto `new`. Under --workers (`shared`): exactly when the
+    same files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
+    other files start from the config and their own log, as every worker loading them does.
+    In one process: after an eviction (Rollout.hold)."""
+    if shared:
+        return old.generation == new.generation
+    return old.held
+
+
+def carry(old: ModelRollout, new: ModelRollout) -> None:
+    """An evicted model's operator state onto its reload, when the reload serves the same
+    versions under the same config policy (otherwise the config's is the news)."""
+    if old.config_policy != new.config_policy or set(old.entry_versions) != set(new.entry.versions):
+        log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
+                 new.entry.name)  # fmt: skip
+        return
+    new.set_weights(None if old.weights is None else dict(old.weights))
+    new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
+    new.shadow_promoted, new.log_seq = old.shadow_promoted, old.log_seq
+    if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
+        stop_shadow(new)
+    if old.source != "config":
+        log.info("rollout: model %s loaded again from the same files: weights %s (%s) carried over",
+                 new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
+
+
+def restore(state: ModelRollout, snapshot: Snapshot) -> None:
+    """Under --workers: the log's snapshot after change `snapshot.seq` (rollout_snapshot.py) onto
+    `state`, a state of the same generation that has applied fewer of its changes: it ends as
+    applying them would (its rollback counters do not count the skipped rollbacks)."""
+    state.set_weights(None if snapshot.weights is None else dict(snapshot.weights))
+    state.source, state.rolled_back = snapshot.source, set(snapshot.rolled_back)
+    state.shadow_promoted = snapshot.shadow_promoted
+    state.events = deque(snapshot.events, maxlen=MAX_EVENTS)
+    if snapshot.shadow_stopped and state.shadow is not None and state.shadow.policy.fraction > 0:
+        stop_shadow(state)
+    state.log_seq = snapshot.seq
+    log.info("rollout: model %s took the workers' state after change %d: weights %s (%s)",
+             state.entry.name, snapshot.seq, format_weights(state.weights or {}),
+             state.source)  # fmt: skip
