@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 import onnxruntime
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
@@ -34,6 +34,7 @@ from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
+from server.protocol.frame_size import add_size_limited_service
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
@@ -165,20 +166,25 @@ class SluicewayServer:
             self._grpc,
             limit,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        # grpc's own services too: grpc's receive limit is only the ceiling above max_message_bytes.
+        health = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        add_size_limited_service(health, self._health, self._grpc, limit)
         if settings.reflection:
             names = (
                 SERVICE_NAME,
                 ADMIN_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                health.full_name,
                 reflection.SERVICE_NAME,
             )
             # Ours are in a private pool, grpc's in the default one: one pool with both.
             descriptors = (pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
             pool = reflection_pool(*descriptors)
             # Its streams count as streams (server/protocol/side_streams.py).
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                LimitedReflection(names, pool, self.calls), self._grpc
+            add_size_limited_service(
+                reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                LimitedReflection(names, pool, self.calls),
+                self._grpc,
+                limit,
             )
 
     def _repository(self) -> Path:

@@ -151,28 +151,46 @@ def _region_bytes(array: Array) -> int:
 
 
 CUT_NOTE = " [message cut to fit max_message_bytes]"
+# The least of an error message kept before echoed fields are dropped: its status and reason.
+MESSAGE_KEPT_BYTES = 160
 
 
 def fit_error_frame(frame: pb.ModelStreamInferResponse, limit: int | None) -> None:
     """Shorten an error frame's message so the frame fits `limit`: gRPC ends the whole stream for
     a frame over it ("Sent message larger than max"), and every later request went unanswered. The
-    start of the message is kept, with a note that it was cut; the request's id is kept (the
-    request fitted, so its id does). A frame still over the limit (a request just under it, whose
-    id and model name leave no room for the flag) goes without model name and version, then id."""
+    start of the message is kept, with a note that it was cut. Where the echoed fields leave less
+    than MESSAGE_KEPT_BYTES of it (an oversized frame's head may hold a 16 KiB version or name,
+    more than a small limit: the message had gone to the note alone, status and reason lost), the
+    model version, then the model name, are dropped first; then the message is cut further, and
+    only then is the request's id (clients match answers by it) dropped."""
     if limit is None or not frame.error_message:
         return
     answer = frame.infer_response
     small = len(frame.error_message.encode()) + len(answer.id) + len(answer.model_name)
+    small += len(answer.model_version)
     if small + SMALL_PARTS_BYTES < limit:
         return  # surely within it
-    over = frame.ByteSize() - limit
-    if over <= 0:
+    if frame.ByteSize() <= limit:
         return
     message = frame.error_message.encode()
-    keep = max(0, len(message) - over - len(CUT_NOTE))
-    frame.error_message = message[:keep].decode(errors="ignore") + CUT_NOTE
-    for field in ("model_version", "model_name", "id"):
-        if frame.ByteSize() <= limit:
+    for field, least in (("", MESSAGE_KEPT_BYTES), ("model_version", MESSAGE_KEPT_BYTES),
+                         ("model_name", MESSAGE_KEPT_BYTES), ("", 0), ("id", 0)):  # fmt: skip
+        if field:
+            answer.ClearField(field)
+        if _cut_to_fit(frame, message, limit, min(least, len(message))):
             return
-        frame.error_message = CUT_NOTE.strip()
-        answer.ClearField(field)
+    frame.error_message = CUT_NOTE.strip()
+
+
+def _cut_to_fit(frame: pb.ModelStreamInferResponse, message: bytes, limit: int, least: int) -> bool:
+    """Put `message` in the frame, cut to fit `limit` if it keeps `least` bytes of it at least;
+    whether the frame fits."""
+    frame.error_message = message.decode(errors="ignore")
+    over = frame.ByteSize() - limit
+    if over <= 0:
+        return True
+    keep = len(message) - over - len(CUT_NOTE)
+    if keep < least:
+        return False
+    frame.error_message = message[:keep].decode(errors="ignore") + CUT_NOTE
+    return bool(frame.ByteSize() <= limit)

@@ -84,3 +84,34 @@ def test_a_message_is_cut_on_a_character_boundary_to_the_limit_exactly() -> None
     fit_error_frame(frame, 1000)
     assert 990 <= frame.ByteSize() <= 1000, frame.ByteSize()
     assert frame.error_message.startswith("INVALID_ARGUMENT: \u03bb") and frame.infer_response.id == "r" * 100
+
+
+def refusal_frame(**echo: str) -> pb.ModelStreamInferResponse:
+    message = (
+        "RESOURCE_EXHAUSTED: request message larger than max (8000 vs. 4096 bytes, the server's "
+        "max_message_bytes)"
+    )
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(**echo))
+
+
+def test_a_long_echoed_version_is_dropped_before_the_status_and_reason_are() -> None:
+    """An oversized frame's head may echo a 7,000-byte version into a 4 KiB limit: the message had
+    been cut to the note alone, status and reason lost, though dropping the version left room."""
+    frame = refusal_frame(id="id-ver", model_name="mlp", model_version="9" * 7000)
+    fit_error_frame(frame, 4096)
+    assert frame.ByteSize() <= 4096
+    assert frame.error_message == refusal_frame().error_message  # whole
+    answer = frame.infer_response
+    assert (answer.id, answer.model_name, answer.model_version) == ("id-ver", "mlp", "")
+
+
+def test_an_id_too_long_for_the_limit_goes_last_after_the_message_is_cut() -> None:
+    frame = refusal_frame(id="i" * 4000, model_name="n" * 3000)
+    fit_error_frame(frame, 4096)
+    assert frame.ByteSize() <= 4096
+    assert frame.infer_response.id == "i" * 4000 and not frame.infer_response.model_name
+    assert frame.error_message.startswith("RESOURCE_EXHAUSTED") and frame.error_message.endswith(CUT_NOTE)
+    frame = refusal_frame(id="i" * 16_000)
+    fit_error_frame(frame, 4096)
+    assert frame.ByteSize() <= 4096 and not frame.infer_response.id
+    assert frame.error_message == refusal_frame().error_message

@@ -9,6 +9,7 @@ past the hard ceiling (twice the limit) still ends its stream, with grpc's own m
 from __future__ import annotations
 
 import queue
+import re
 from collections.abc import Iterator
 
 import grpc
@@ -121,3 +122,31 @@ def test_a_frame_past_the_ceiling_still_ends_its_stream(server: ServerProcess) -
             list(stub.ModelStreamInfer(iter([filler(3, "huge", pad=3 * LIMIT)]), timeout=60))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
     assert "vs. 131072)" in (info.value.details() or ""), info.value.details()
+
+
+def test_health_and_reflection_refuse_a_request_over_the_limit_too(server: ServerProcess) -> None:
+    """grpc's own services had only the ceiling (twice the limit): a 70 KB Health request was
+    processed, and a reflection request's echo went over the send limit and ended its stream."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    name = "s" * (LIMIT + 1000)
+    over = rf"^request message larger than max \(\d+ vs. {LIMIT} bytes, the server's max_message_bytes\)$"
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for call in (health.Check, lambda r, timeout: next(iter(health.Watch(r, timeout=timeout)))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(health_pb2.HealthCheckRequest(service=name), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert re.match(over, refused.value.details() or ""), refused.value.details()
+        ok = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [reflection_pb2.ServerReflectionRequest(file_by_filename=name)]
+        with pytest.raises(grpc.RpcError) as refused:
+            list(reflect.ServerReflectionInfo(iter(requests), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert re.match(over, refused.value.details() or ""), refused.value.details()
+        listed = reflection_pb2.ServerReflectionRequest(list_services="")
+        answers = list(reflect.ServerReflectionInfo(iter([listed]), timeout=30))
+        assert "inference.GRPCInferenceService" in {s.name for s in answers[0].list_services_response.service}

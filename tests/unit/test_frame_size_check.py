@@ -5,7 +5,14 @@ ends a stream, is a ceiling above it."""
 from __future__ import annotations
 
 from protos import grpc_service_pb2 as pb
-from server.protocol.frame_size import GRPC_INT_MAX, HEAD_MAX_BYTES, Oversized, received_ceiling, request_head
+from server.protocol.frame_size import (
+    GRPC_INT_MAX,
+    HEAD_MAX_BYTES,
+    HEAD_MAX_FIELDS,
+    Oversized,
+    received_ceiling,
+    request_head,
+)
 from server.protocol.malformed import Malformed, tolerant_deserializer
 from server.protocol.stream_bytes import HeldBytes
 
@@ -73,3 +80,22 @@ def test_an_oversized_frame_holds_no_bytes_of_the_stream() -> None:
     released = held.answered(refused, 0)
     held.written(released)
     assert held.held == 0
+
+
+def test_a_head_of_many_fields_is_not_walked_past_its_bound() -> None:
+    """8,192 empty model_name fields fit in 16 KiB: walking them in Python held the loop ~14 ms a
+    frame (a tester's crafted head). Past HEAD_MAX_FIELDS the frame is answered without its head."""
+    many = b"\x0a\x00" * 8192 + big_request(10).SerializeToString()
+    assert request_head(many) is None
+    few = (
+        b"\x0a\x00" * (HEAD_MAX_FIELDS - 4) + big_request(10).SerializeToString()
+    )  # its 4: name, version, id, a parameter
+    head = request_head(few)
+    assert head is not None and head.id == "frame-7"
+
+
+def test_only_an_inference_requests_refusal_suggests_fewer_rows() -> None:
+    infer = tolerant_deserializer(pb.ModelInferRequest, max_bytes=100)(big_request(200).SerializeToString())
+    other = tolerant_deserializer(pb.ServerLiveRequest, max_bytes=100)(b"\x00" * 101)
+    assert isinstance(infer, Oversized) and infer.reason.endswith("use shared memory for inputs")
+    assert isinstance(other, Oversized) and other.reason.endswith("the server's max_message_bytes)")
