@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from batcher.errors import BatcherStopped, ComputedLate, NotAccepting
+from batcher.errors import BatcherStopped, ComputedLate, NotAccepting, OutputNotSplit
 from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request
 from batcher.ragged import gather_ragged
-from batcher.scatter import gather
+from batcher.scatter import Part, gather
 from batcher.stats import ModelStats
-from batcher.types import Accept, Array, BatchingPolicy, BatchRun, QueueTrace, Tensors
+from batcher.types import Accept, BatchingPolicy, BatchRun, QueueTrace, Tensors
 
 
 def late(hard: float | None, now: float) -> bool:
@@ -86,7 +86,9 @@ def batch_inputs(batch: Sequence[Request], policy: BatchingPolicy) -> tuple[Tens
     """The model's inputs for `batch` and each request's first row in them (offsets, with the
     total rows last)."""
     if policy.ragged is not None:  # batched or not: the model takes ragged inputs flat, with batch inputs
-        return gather_ragged([p.inputs for p in batch], [p.rows for p in batch], policy.ragged)
+        # Run alone (no dynamic batching), a request was admitted as 1 row; its arrays hold its own.
+        rows = [p.rows for p in batch] if policy.max_batch_size > 0 else [alone_rows(batch[0].inputs, policy)]
+        return gather_ragged([p.inputs for p in batch], rows, policy.ragged)
     if policy.max_batch_size > 0:
         return gather([p.inputs for p in batch], [p.rows for p in batch])
     # One request alone (no batch dimension, or no dynamic batching): its own rows still count,
@@ -94,9 +96,17 @@ def batch_inputs(batch: Sequence[Request], policy: BatchingPolicy) -> tuple[Tens
     return batch[0].inputs, [0, alone_rows(batch[0].inputs, policy)]
 
 
+def splits_outputs(policy: BatchingPolicy) -> bool:
+    """Whether a run's outputs are split by its requests' rows (else a request run alone without a
+    batch dimension gets them whole). A ragged model has a batch dimension even run alone (no
+    dynamic batching), and its outputs may hold one row per request rather than per row: split,
+    a request of several rows that such outputs cannot answer fails as in a batch (OutputNotSplit)."""
+    return policy.max_batch_size > 0 or policy.ragged is not None
+
+
 def settle_batch(
     batch: Sequence[Request],
-    parts: Sequence[dict[str, Array]],
+    parts: Sequence[Part],
     rows: int,  # the run's rows
     done_at: float,
     stats: ModelStats,
@@ -123,6 +133,10 @@ def settle_batch(
             if p.counted:
                 stats.take_back(own_rows, compute)
             p.handle.future.set_exception(computed_late())
+        elif isinstance(part, OutputNotSplit):  # the outputs hold no rows for it: `fail` only
+            if p.counted:
+                stats.take_back(own_rows, compute)
+            p.handle.future.set_exception(part)
         elif (refused := refusal(p.accept, part)) is not None:  # not its answer: `fail` only
             if p.counted:
                 stats.take_back(own_rows, compute)

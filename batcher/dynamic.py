@@ -124,6 +124,7 @@ class DynamicBatcher:
             inline=self._fast_path.runs_inline,
             on_trip=self._trip,
             margin=WAKE_MARGIN,
+            name=name,
         )
 
     @property

@@ -89,3 +89,12 @@ class CancelledInRun(asyncio.CancelledError):
     run computes it anyway (and counts it `late` there when it was cut at its deadline). An
     ensemble tells its own deadline outcome of a call cut at its deadline by it: a step in its run
     -> `late`, else `expired` (server/models/ensemble.py)."""
+
+
+class OutputNotSplit(BatcherError):
+    """A model output has fewer rows than the batch's requests asked for: each request whose rows
+    lie past its end fails with this (the requests before it are answered), as Triton's output
+    responder fails them (UNSUPPORTED). A ragged model answering one row per request, sent a
+    request of several rows, is the usual cause (batcher/scatter.py)."""
+
+    default_message = "failed to split the output tensor in responses"

@@ -9,20 +9,24 @@ and has the instance replaced.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from itertools import pairwise
 
-from batcher.batch_io import batch_inputs, cut_at_deadline, late, note_taken, settle_batch
-from batcher.errors import DeadlineExceeded, RunTimedOut
+from batcher.batch_io import batch_inputs, cut_at_deadline, late, note_taken, settle_batch, splits_outputs
+from batcher.errors import DeadlineExceeded, OutputNotSplit, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request, is_done, settle_error
-from batcher.scatter import scatter
+from batcher.scatter import Part, scatter
 from batcher.stats import ModelStats
-from batcher.types import Array, BatchingPolicy
+from batcher.types import BatchingPolicy, Tensors
 from batcher.watchdog import Instance, Watchdog
+
+log = logging.getLogger(__name__)
 
 
 class BatchRunner:
@@ -41,10 +45,12 @@ class BatchRunner:
         inline: Callable[[int], bool],
         on_trip: Callable[[], None],
         margin: WakeMargin = NO_MARGIN,
+        name: str = "batcher",
     ) -> None:
         """`margin`: how much earlier than the server a caller may hold its deadline, for counting a
-        request whose caller went at its deadline (batch_io.cut_at_deadline)."""
+        request whose caller went at its deadline (batch_io.cut_at_deadline). `name` is for the log."""
         self._margin = margin
+        self._name = name
         self._policy = policy
         self._stats = stats
         self._clock = clock
@@ -82,7 +88,7 @@ class BatchRunner:
         batch = self._board(flight)
         if not batch:
             return
-        batched = self._policy.max_batch_size > 0
+        split = splits_outputs(self._policy)
         t0 = time.perf_counter_ns()
         note_taken(batch, t0)
         try:
@@ -94,7 +100,7 @@ class BatchRunner:
             finally:
                 self._forecast.ended(key)
             t2 = time.perf_counter_ns()
-            parts: list[dict[str, Array]] = scatter(outputs, offsets) if batched else [dict(outputs)]
+            parts: list[Part] = scatter(outputs, offsets) if split else [dict(outputs)]
             t3 = time.perf_counter_ns()
         except Exception as exc:
             # The whole batch fails with the backend's own error; the server maps it.
@@ -112,4 +118,22 @@ class BatchRunner:
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
         self._flights.land(flight)
+        self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3), self._margin)
+
+    def _log_not_split(self, parts: list[Part], outputs: Tensors, offsets: list[int]) -> None:
+        """One line for a run whose outputs held no rows for some of its requests (OutputNotSplit):
+        the model's outputs do not follow the requests' rows, which its operator should know."""
+        failed = [part for part in parts if isinstance(part, OutputNotSplit)]
+        if failed:
+            shapes = {name: arr.shape for name, arr in outputs.items()}
+            log.warning(
+                "%s: %d of %d requests of a run of %d rows (rows %s) not answered: %s (output shapes %s)",
+                self._name,
+                len(failed),
+                len(parts),
+                offsets[-1],
+                [stop - start for start, stop in pairwise(offsets)],
+                failed[0],
+                shapes,
+            )

@@ -10,6 +10,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from batcher.errors import OutputNotSplit
 from batcher.types import Array, Tensors
 
 
@@ -43,16 +44,39 @@ def gather(requests: Sequence[Tensors], rows: Sequence[int]) -> tuple[dict[str, 
     return {name: np.concatenate([req[name] for req in requests], axis=0) for name in requests[0]}, offsets
 
 
-def scatter(outputs: Tensors, offsets: Sequence[int]) -> list[dict[str, Array]]:
+Part = dict[str, Array] | OutputNotSplit  # a request's outputs, or why it has none
+
+
+def scatter(outputs: Tensors, offsets: Sequence[int]) -> list[Part]:
     """Split each output by `offsets` into one mapping per request; slices are views, no copies.
 
-    Raises ValueError when an output's first dimension is not the batch's total rows: the backend
-    broke the batch contract, so the whole batch fails rather than answering misaligned rows.
+    An output with fewer rows than the batch fails only the requests whose rows lie past its end
+    (OutputNotSplit, in Triton's words: its output responder does the same); the requests before
+    them are answered. A ragged model that answers one row per request, sent a request of several
+    rows, gives such outputs: failing the whole batch had failed requests that were fine.
+    Raises ValueError when an output has no batch dimension or more rows than the batch: the
+    backend broke the batch contract, and no request's rows can be told apart.
     """
     total = offsets[-1]
     for name, arr in outputs.items():
-        if arr.ndim == 0 or arr.shape[0] != total:
+        if arr.ndim == 0 or arr.shape[0] > total:
             raise ValueError(
                 f"backend returned output {name!r} with shape {arr.shape} for a batch of {total} rows"
             )
-    return [{name: arr[start:stop] for name, arr in outputs.items()} for start, stop in pairwise(offsets)]
+    parts: list[Part] = []
+    for start, stop in pairwise(offsets):
+        short = next((name for name, arr in outputs.items() if arr.shape[0] < stop), None)
+        if short is None:
+            parts.append({name: arr[start:stop] for name, arr in outputs.items()})
+        else:
+            parts.append(OutputNotSplit(not_split(short, stop, outputs[short].shape[0])))
+    return parts
+
+
+def not_split(output: str, rows: int, got: int) -> str:
+    """Triton's words (its output responder) for an output of `got` rows that a request whose
+    rows end at `rows` cannot be given its rows of."""
+    return (
+        f"failed to split the output tensor '{output}' in responses: expected batch size of at "
+        f"least {rows} in model output, got {got}"
+    )

@@ -153,6 +153,8 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     AnswerTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.TooManyRows: grpc.StatusCode.INVALID_ARGUMENT,
+    # Triton's UNSUPPORTED for an output its responder cannot split by the requests' rows.
+    batcher_errors.OutputNotSplit: grpc.StatusCode.UNIMPLEMENTED,
     sequence_types.SequenceError: grpc.StatusCode.INVALID_ARGUMENT,  # UnknownSequence too
     sequence_types.SequenceLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -74,3 +74,39 @@ def ragged_sum_model(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+# A ragged model whose outputs follow the rows (a plain input `y` [rows, 1]), not the requests:
+# z = y + 0 * (sum(x) + sum(COUNT)), so a request of several rows gets its own rows back.
+RAGGED_BY_ROWS_INPUTS = """
+  input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },
+          { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+  batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "COUNT" data_type: TYPE_INT64 source_input: "x" } ]
+"""
+
+
+def ragged_rows_model(path: Path) -> Path:
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["x_sum"]),
+        helper.make_node("Cast", ["COUNT"], ["count_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["count_f"], ["count_sum"]),
+        helper.make_node("Add", ["x_sum", "count_sum"], ["both"]),
+        helper.make_node("Mul", ["both", "zero"], ["nothing"]),
+        helper.make_node("Add", ["y", "nothing"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ragged_rows",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T"]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", 1]),
+            helper.make_tensor_value_info("COUNT", TensorProto.INT64, ["Q"]),
+        ],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["R", 1])],
+        initializer=[zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
