@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -89,11 +88,11 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     port = held.getsockname()[1]
     env = worker_environment(settings, port, repository)
     # Where a worker's automatic rollback is written for the others (server/models/rollout_share.py):
-    # private to this run (mkdtemp: mode 0700), removed at exit; those of parents killed by SIGKILL
-    # (their recorded owner gone) are removed first.
+    # private to this run (mkdtemp: mode 0700), locked by this process while it lives, removed at
+    # exit; those of parents killed by SIGKILL (their lock free) are removed first.
     remove_stale_share_dirs()
     share_dir = make_share_dir()
-    env["SLUICEWAY_ROLLOUT_SHARE_DIR"] = str(share_dir)
+    env["SLUICEWAY_ROLLOUT_SHARE_DIR"] = str(share_dir.path)
     # A handler before anything else: the kernel may hand the process's SIGTERM to any of its
     # threads (numpy's and onnxruntime's libraries start their own), and there the default action
     # killed the parent at once, leaving its workers serving. The handler only notes the request;
@@ -162,7 +161,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         held.close()
-        shutil.rmtree(share_dir, ignore_errors=True)
+        share_dir.remove()
     return code
 
 

@@ -24,7 +24,15 @@ from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
 from server.models.rollout_carry import carries, carry
 from server.models.rollout_ops import generation
-from server.models.rollout_state import ModelRollout, RollbackEvent, figures_of, stop_shadow, window_line
+from server.models.rollout_state import (
+    MANUAL_REASON,
+    EventOrigin,
+    ModelRollout,
+    RollbackEvent,
+    figures_of,
+    stop_shadow,
+    window_line,
+)
 from server.models.shadow import ShadowFigures, ShadowRunner
 from server.models.traffic import format_weights, parse_policy, point_of
 
@@ -239,14 +247,17 @@ class Rollout:
             state.shadow_promoted = True
         return state
 
-    def roll_back(self, entry: ModelEntry, version: int | None, reason: str) -> ModelRollout:
-        """Take `version` (None: every candidate) out of traffic and out of shadowing."""
+    def roll_back(
+        self, entry: ModelEntry, version: int | None, reason: str, origin: EventOrigin | None = None
+    ) -> ModelRollout:
+        """Take `version` (None: every candidate) out of traffic and out of shadowing (`origin`:
+        under --workers, the logged change this is)."""
         state = self.state(entry)
         for target in self.rollback_targets(entry, version):
             if not self._in_traffic(state, target):  # already out: nothing to do, nothing counted
                 log.info("rollout: model %s version %d takes no traffic already", entry.name, target)
                 continue
-            self._roll_back(state, target, "manual", reason or "rolled back by an operator")
+            self._roll_back(state, target, "manual", reason or MANUAL_REASON, origin)
         return state
 
     def rollback_targets(self, entry: ModelEntry, version: int | None) -> list[int]:
@@ -267,18 +278,25 @@ class Rollout:
                 )
         return targets
 
-    def follow(self, entry: ModelEntry, version: int, reason: str) -> bool:
-        """Another worker rolled `version` back (server/models/rollout_share.py, rollout_ops.py): do
-        the same here (trigger "shared"), unless it takes no traffic here already or is the only
-        version taking requests (said in the log: the workers' states differ). True when it was
-        rolled back here."""
+    def follow(
+        self,
+        entry: ModelEntry,
+        version: int,
+        reason: str,
+        origin: EventOrigin | None = None,
+        trigger: str = "shared",
+    ) -> bool:
+        """A logged rollback of `version` (server/models/rollout_share.py, rollout_ops.py), another
+        worker's (trigger "shared"; this worker's own, applied to a state built later: its own
+        trigger): do the same here, unless it takes no traffic here already or is the only version
+        taking requests (said in the log: the workers' states differ). True when rolled back here."""
         state = self.state(entry)
         refusal = self.auto_refusal(state, version)
         if refusal:
             if refusal != "out":
                 log.warning("rollout: model %s: %s: not applied here: %s", entry.name, reason, refusal)
             return False
-        self._roll_back(state, version, "shared", reason)
+        self._roll_back(state, version, trigger, reason, origin)
         return True
 
     def auto_refusal(self, state: ModelRollout, version: int) -> str:
@@ -291,9 +309,11 @@ class Rollout:
             return f"version {version} is the only version taking requests"
         return ""
 
-    def roll_back_auto(self, state: ModelRollout, version: int, reason: str) -> None:
+    def roll_back_auto(
+        self, state: ModelRollout, version: int, reason: str, origin: EventOrigin | None = None
+    ) -> None:
         """This worker's window rolled `version` back (rollout_share.py, once it is logged)."""
-        self._roll_back(state, version, "auto", reason)
+        self._roll_back(state, version, "auto", reason, origin)
 
     @staticmethod
     def _in_traffic(state: ModelRollout, version: int) -> bool:
@@ -302,14 +322,16 @@ class Rollout:
         mirrored = shadow is not None and shadow.policy.version == version and shadow.policy.fraction > 0
         return mirrored or (state.weights or {}).get(version, 0) > 0
 
-    def _roll_back(self, state: ModelRollout, version: int, trigger: str, reason: str) -> None:
+    def _roll_back(
+        self, state: ModelRollout, version: int, trigger: str, reason: str, origin: EventOrigin | None = None
+    ) -> None:
         if state.weights is not None and state.weights.get(version, 0) > 0:
             state.set_weights({**state.weights, version: 0})
         if state.shadow is not None and state.shadow.policy.version == version:
             stop_shadow(state)
         state.rolled_back.add(version)
         state.source = "rollback"
-        state.events.append(RollbackEvent(version, trigger, reason, self._wall()))
+        state.events.append(RollbackEvent(version, trigger, reason, self._wall(), origin))
         key = (state.entry.name, version, trigger)
         self._rollbacks[key] = self._rollbacks.get(key, 0) + 1
         log.warning(

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from server.models.rollout_state import MAX_EVENTS, ModelRollout, stop_shadow
+from server.models.rollout_state import MAX_EVENTS, ModelRollout, event_seen_by, stop_shadow
 from server.models.traffic import format_weights
 
 if TYPE_CHECKING:
@@ -50,14 +50,15 @@ def carry(old: ModelRollout, new: ModelRollout) -> None:
                  new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
 
-def restore(state: ModelRollout, snapshot: Snapshot) -> None:
+def restore(state: ModelRollout, snapshot: Snapshot, worker: int) -> None:
     """Under --workers: the log's snapshot after change `snapshot.seq` (rollout_snapshot.py) onto
-    `state`, a state of the same generation that has applied fewer of its changes: it ends as
-    applying them would (its rollback counters do not count the skipped rollbacks)."""
+    `state`, worker `worker`'s state of the same generation that has applied fewer of its
+    changes: it ends as applying them would, its events as this worker would have recorded them
+    (not as the snapshot's writer did); its rollback counters do not count the skipped ones."""
     state.set_weights(None if snapshot.weights is None else dict(snapshot.weights))
     state.source, state.rolled_back = snapshot.source, set(snapshot.rolled_back)
     state.shadow_promoted = snapshot.shadow_promoted
-    state.events = deque(snapshot.events, maxlen=MAX_EVENTS)
+    state.events = deque((event_seen_by(e, worker) for e in snapshot.events), maxlen=MAX_EVENTS)
     if snapshot.shadow_stopped and state.shadow is not None and state.shadow.policy.fraction > 0:
         stop_shadow(state)
     state.log_seq = snapshot.seq

@@ -1,44 +1,78 @@
 """Under `--workers N`: the parent's private directory for the workers' rollout log
-(server/models/rollout_share.py), made with a record of its owner, and the clean-up of those a
-parent killed by SIGKILL left in the temp directory.
+(server/models/rollout_share.py), made with a lock its owner holds for its whole life, and the
+clean-up of those a parent killed by SIGKILL left in the temp directory.
 
-The parent removes its directory at exit; SIGKILL gives it no exit. So each directory holds
-`owner`: the parent's pid and its start time (Linux's /proc/<pid>/stat, in clock ticks since
-boot), and a parent starting removes the directories of its kind (the prefix, a real directory of
-its own uid) whose owner is gone: no such pid, or a pid now held by a later process (another start
-time). A directory whose owner lives, or that has no readable record (made by an older version, or
-being made right now), is never removed.
+The parent removes its directory at exit; SIGKILL gives it no exit. So each directory holds `lock`,
+a file its parent holds an exclusive flock on from before the name appears until it exits (the fd
+is close-on-exec: the workers, spawned by exec, never hold it). The kernel drops the lock when the
+owner dies, as soon as it dies (a zombie not yet reaped holds none), and a flock is the file's
+whatever the PID namespace: a pid said nothing in another container sharing /tmp, where a live
+server's directory was taken for a dead one's. A parent starting removes the directories of its kind
+(the prefix, a real directory of its own uid) whose lock it can take at once; one whose owner lives,
+or that has no lock file (made by an older version, or being made right now), is never removed.
+`owner` records the parent's pid and start time (/proc/<pid>/stat, in clock ticks since boot) for
+the log line and for people; it decides nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 DIR_PREFIX = "sluiceway-rollout-"
 OWNER_FILE = "owner"  # "<pid> <start time>" ("-" when the start time is not known)
+LOCK_FILE = "lock"  # flocked (exclusive) by the owner for its whole life
 MAX_OWNER_BYTES = 64
 
 
-def make_share_dir(temp_dir: Path | None = None) -> Path:
-    """A new private directory (mkdtemp: mode 0700) recording this process as its owner."""
+class ShareDir:
+    """A share directory this process made and owns: its lock is held until `remove`."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+
+    def remove(self) -> None:
+        """Remove the directory, then let go of its lock (so no clean-up races the removal)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def make_share_dir(temp_dir: Path | None = None) -> ShareDir:
+    """A new private directory (mkdtemp: mode 0700) recording this process as its owner and locked
+    by it: the lock file is locked before its name appears, so a clean-up never finds it free."""
     directory = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=temp_dir))
     start = start_time(os.getpid())
     temporary = directory / f".{OWNER_FILE}.tmp"
     temporary.write_text(f"{os.getpid()} {'-' if start is None else start}\n", encoding="ascii")
     os.replace(temporary, directory / OWNER_FILE)  # read whole or not at all by a clean-up
-    return directory
+    locking = directory / f".{LOCK_FILE}.tmp"
+    # O_CLOEXEC (Python's default, said anyway): a worker holding it would keep a dead parent's
+    # directory "alive" for as long as it drains.
+    fd = os.open(locking, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: free
+        os.replace(locking, directory / LOCK_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return ShareDir(directory, fd)
 
 
 def remove_stale_share_dirs(temp_dir: Path | None = None) -> list[Path]:
-    """Remove this uid's share directories in `temp_dir` (default: the temp directory) whose
-    recorded owner is no longer running; the directories removed."""
+    """Remove this uid's share directories in `temp_dir` (default: the temp directory) whose owner
+    no longer runs (their lock is free); the directories removed."""
     base = Path(temp_dir or tempfile.gettempdir())
     removed = []
     try:
@@ -52,14 +86,40 @@ def remove_stale_share_dirs(temp_dir: Path | None = None) -> list[Path]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():  # not one we made
             continue
-        owner = read_owner(path)
-        if owner is None or owner_alive(*owner):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
+        with _owner_gone(path) as gone:
+            if not gone:
+                continue
+            owner = read_owner(path)  # read before the removal, said after it
+            shutil.rmtree(path, ignore_errors=True)  # under the lock: its owner is gone for good
         if not path.exists():
             removed.append(path)
-            log.warning("removed %s: left by server process %d, which is gone", path, owner[0])
+            who = "an unrecorded process" if owner is None else f"server process {owner[0]}"
+            log.warning("removed %s: left by %s, which is gone", path, who)
     return removed
+
+
+@contextlib.contextmanager
+def _owner_gone(directory: Path) -> Iterator[bool]:
+    """True, holding the directory's lock, when its owner is gone: the lock file is a regular file
+    whose exclusive flock is free; False while the owner runs or without a lock file."""
+    try:
+        # O_NONBLOCK: something else put there (a FIFO) never blocks the start.
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # none (an older version's, or one being made), or a link
+        yield False
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: its owner holds it
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_owner(directory: Path) -> tuple[int, int | None] | None:
@@ -80,21 +140,6 @@ def read_owner(directory: Path) -> tuple[int, int | None] | None:
     if parts[1] != "-" and not parts[1].isdigit():
         return None
     return int(parts[0]), None if parts[1] == "-" else int(parts[1])
-
-
-def owner_alive(pid: int, start: int | None) -> bool:
-    """Whether process `pid`, started at `start`, may still run: False only when certain it does
-    not (no such process, or one with another start time: the pid was reused)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: a process of another user holds the pid; alive
-        pass
-    now = start_time(pid)
-    return start is None or now is None or now == start
 
 
 def start_time(pid: int) -> int | None:

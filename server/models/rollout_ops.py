@@ -21,8 +21,10 @@ only for the next file by name: a check costs one failed open per model, however
 Compaction keeps the log bounded: the claimant of every COMPACT_EVERY-th change writes the state
 after it as the log's snapshot (server/models/rollout_snapshot.py) and removes the change files
 more than COMPACT_EVERY changes older, so a log holds at most 2 * COMPACT_EVERY - 1 change files and
-one snapshot. A state whose next change file is gone starts from the snapshot (a worker that fell
-behind, a lazy model's first load, a worker that loads the model later). A number once compacted
+one snapshot once a compaction is done; the COMPACT_EVERY-th change's file, and those other workers
+claim before its claimant takes the log's lock to compact, add to them for that moment (a few). A
+state whose next change file is gone starts from the snapshot (a worker that fell behind, a lazy
+model's first load, a worker that loads the model later). A number once compacted
 is never claimed again: a claim takes the log's lock shared and refuses a number the snapshot
 already covers; compaction takes it exclusively and replaces the snapshot before it removes files.
 """

@@ -50,6 +50,7 @@ from server.models.rollout_ops import (
     read_change,
 )
 from server.models.rollout_snapshot import Snapshot, read_snapshot, snapshot_file_name, snapshot_of
+from server.models.rollout_state import EventOrigin, seen_by
 from server.models.versions import READY
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class RolloutShare:
                     snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
                     if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
                         return applied
-                    restore(state, snapshot)  # changes up to it were removed
+                    restore(state, snapshot, self.worker)  # changes up to it were removed
                     snapshots = False
                     applied += 1
                     continue
@@ -193,13 +194,10 @@ class RolloutShare:
             elif change.kind == "promote" and change.versions:
                 rollout.promote(entry, change.versions[0])
             else:
-                reason = "".join(c if c.isprintable() else " " for c in change.reason)
-                text = (
-                    f"rollback from {who}: {reason}"
-                    if change.kind == "auto"
-                    else f"rollback from {who} (manual): {reason or 'by an operator'}"
-                )
-                return int(any([rollout.follow(entry, v, text) for v in change.versions]))
+                kind = "auto" if change.kind == "auto" else "manual"
+                origin = EventOrigin(change.worker, kind, change.reason)
+                trigger, text = seen_by(origin, self.worker)  # as the snapshot's readers show it
+                return int(any([rollout.follow(entry, v, text, origin, trigger) for v in change.versions]))
         except ServiceError as err:  # the same state refuses alike: a sign the states differ
             log.warning("rollout: %s's change %d of model %s not applied here: %s",
                         who, change.seq, change.model, err)  # fmt: skip
@@ -257,7 +255,7 @@ class RolloutShare:
                 return
             if claimed:
                 state.log_seq = change.seq
-                rollout.roll_back_auto(state, version, reason)
+                rollout.roll_back_auto(state, version, reason, EventOrigin(self.worker, "auto", reason))
                 self._compact(state)
                 return
         log.error("rollout: model %s version %d's automatic rollback lost its number %d times to other "
@@ -316,7 +314,7 @@ class RolloutShare:
             return rollout.set_weights(entry, weights)
         if kind == "promote" and version is not None:
             return rollout.promote(entry, version)
-        return rollout.roll_back(entry, version, reason)
+        return rollout.roll_back(entry, version, reason, EventOrigin(self.worker, "manual", reason))
 
     def _directory_present(self) -> bool:
         return self._directory_stamp() is not None

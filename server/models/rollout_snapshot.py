@@ -2,10 +2,12 @@
 that lets the log's older change files go (server/models/rollout_ops.py's compact).
 
 A snapshot holds what the log's changes set on the config's state (weights, who set them, the
-rolled-back versions, whether the shadow was stopped or promoted, the last events), so applying it
-to a state built from the same config (the same generation) leaves it as applying changes 1..seq
-would. One file per log, `snap-<model>-<generation>.json`, replaced whole (a rename of a written
-file) and only by a later one (under the log's lock): a reader sees the old or the new, never part.
+rolled-back versions, whether the shadow was stopped or promoted, the last events, each with the
+change it came from: the worker that logged it, manual or automatic, the logged reason), so applying
+it to a state built from the same config (the same generation) leaves it as applying changes 1..seq
+would, each event shown as the reader would have recorded it (Rollout.restore). One file per
+log, `snap-<model>-<generation>.json`, replaced whole (a rename of a written file) and only by a
+later one (under the log's lock): a reader sees the old or the new, never part.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from server.models.rollout_state import MAX_EVENTS, RollbackEvent
+from server.models.rollout_state import MAX_EVENTS, EventOrigin, RollbackEvent
 
 if TYPE_CHECKING:
     from server.models.rollout_state import ModelRollout
@@ -39,7 +41,7 @@ class Snapshot:
     rolled_back: tuple[int, ...]
     shadow_stopped: bool  # a rollback stopped the shadow copies (or the shadow was promoted)
     shadow_promoted: bool
-    events: tuple[RollbackEvent, ...]  # the last MAX_EVENTS, oldest first
+    events: tuple[RollbackEvent, ...]  # the last MAX_EVENTS, oldest first, as the writer saw them
 
 
 def snapshot_of(state: ModelRollout) -> Snapshot:
@@ -77,7 +79,7 @@ def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) ->
         "rolled_back": list(snapshot.rolled_back),
         "shadow_stopped": snapshot.shadow_stopped,
         "shadow_promoted": snapshot.shadow_promoted,
-        "events": [[e.version, e.trigger, e.reason, e.unix_time] for e in snapshot.events],
+        "events": [_event_list(e) for e in snapshot.events],
     }
     try:
         temporary.write_text(json.dumps(raw), encoding="utf-8")
@@ -117,8 +119,22 @@ def read_snapshot(path: Path) -> Snapshot:
         rolled_back=tuple(rolled_back),
         shadow_stopped=_flag(raw, "shadow_stopped"),
         shadow_promoted=_flag(raw, "shadow_promoted"),
-        events=tuple(RollbackEvent(e[0], e[1], e[2], float(e[3])) for e in events),
+        events=tuple(RollbackEvent(e[0], e[1], e[2], float(e[3]), _origin(e[4])) for e in events),
     )
+
+
+def _event_list(event: RollbackEvent) -> list[object]:
+    origin = event.origin
+    plain = None if origin is None else [origin.worker, origin.kind, origin.reason]
+    return [event.version, event.trigger, event.reason, event.unix_time, plain]
+
+
+def _origin(value: list[object] | None) -> EventOrigin | None:
+    if value is None:
+        return None
+    worker, kind, reason = value
+    assert isinstance(worker, int) and isinstance(kind, str) and isinstance(reason, str)  # _is_event
+    return EventOrigin(worker, kind, reason)
 
 
 def _is_int(value: object) -> bool:
@@ -130,14 +146,26 @@ def _is_pair(value: object) -> bool:
 
 
 def _is_event(value: object) -> bool:
+    """[version, trigger, reason, unix time, origin: null or [worker, "manual"|"auto", reason]]"""
     return (
         isinstance(value, list)
-        and len(value) == 4
+        and len(value) == 5
         and _is_int(value[0])
         and isinstance(value[1], str)
         and isinstance(value[2], str)
         and isinstance(value[3], (int, float))
         and not isinstance(value[3], bool)
+        and (value[4] is None or _is_origin(value[4]))
+    )
+
+
+def _is_origin(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and _is_int(value[0])
+        and value[1] in ("manual", "auto")
+        and isinstance(value[2], str)
     )
 
 

@@ -20,12 +20,45 @@ if TYPE_CHECKING:
 MAX_EVENTS = 20  # rollback events kept per model for the status
 
 
+MANUAL_REASON = "rolled back by an operator"  # an operator's rollback without a reason
+
+
+@dataclass(frozen=True, slots=True)
+class EventOrigin:
+    """Under --workers: the logged change a rollback event came from, so that any worker can show
+    the event as applying that change itself would have (a snapshot's reader: event_seen_by)."""
+
+    worker: int  # the worker that received the operator's rollback, or whose window decided it
+    kind: str  # "manual" or "auto"
+    reason: str  # as logged: the operator's reason ("": none given) or the window's verdict
+
+
 @dataclass(frozen=True, slots=True)
 class RollbackEvent:
     version: int
-    trigger: str  # "auto" or "manual"
+    trigger: str  # "auto" or "manual"; "shared" on a worker that followed another's
     reason: str
     unix_time: float
+    origin: EventOrigin | None = None  # under --workers: the change it came from
+
+
+def seen_by(origin: EventOrigin, worker: int) -> tuple[str, str]:
+    """(trigger, reason) of the event `origin`'s change makes on `worker`: its own on the worker
+    that logged it, "shared" and naming that worker on the others (rollout_share.py)."""
+    if origin.worker == worker:
+        return origin.kind, (origin.reason or MANUAL_REASON) if origin.kind == "manual" else origin.reason
+    reason = "".join(c if c.isprintable() else " " for c in origin.reason)  # another's text: one line
+    if origin.kind == "auto":
+        return "shared", f"rollback from worker {origin.worker}: {reason}"
+    return "shared", f"rollback from worker {origin.worker} (manual): {reason or 'by an operator'}"
+
+
+def event_seen_by(event: RollbackEvent, worker: int) -> RollbackEvent:
+    """`event`, recorded by any worker, as `worker` recorded it (or would have) applying its change."""
+    if event.origin is None:  # not a logged change's (one process)
+        return event
+    trigger, reason = seen_by(event.origin, worker)
+    return RollbackEvent(event.version, trigger, reason, event.unix_time, event.origin)
 
 
 @dataclass(slots=True)

@@ -7,7 +7,6 @@ worker that held the admin connection.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,13 +21,16 @@ from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.models.rollout_dir import make_share_dir
 from tests.support.models import scale_model
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.share_owner import end, made_by, start_owner
 
 COMPACTION_CHANGES = 200
 MAX_CHANGE_FILES = 63  # rollout_ops: 2 * COMPACT_EVERY - 1 per log
 MAX_CONNECTIONS = 40  # fresh connections tried to reach both workers (each lands on either)
 FRESH = 6  # fresh connections whose status must agree too
+KEPT = ("live", "older")  # share directories the server's parent must leave (see temp_dir)
 X = np.ones((1, 4), dtype=np.float32)
 CONFIG = """
 max_batch_size: 8
@@ -39,16 +41,25 @@ parameters { key: "traffic_weights" value: { string_value: "1:50,2:50" } }
 
 
 @pytest.fixture(scope="module")
-def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The server's temp directory (TMPDIR): where the parent makes the workers' share directory,
-    and where a parent killed by SIGKILL left one (its owner gone), beside a live parent's."""
+    and where a parent killed by SIGKILL left one (its lock free), beside a live parent's (this
+    process's, whose recorded pid means nothing: as from another PID namespace) and an older
+    version's (no lock file)."""
     temp_dir = tmp_path_factory.mktemp("workers-admin-tmp")
+    scratch = tmp_path_factory.mktemp("workers-admin-scratch")
+    owner = start_owner(scratch)
+    made_by(owner, scratch).rename(temp_dir / "sluiceway-rollout-killed")
+    end(owner)
+    live = make_share_dir(temp_dir)
+    live.path.rename(temp_dir / "sluiceway-rollout-live")  # the lock stays with the open file
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # a pid no process holds now
-    for name, owner in (("killed", f"{child.pid} 1"), ("live", f"{os.getpid()} -")):
-        (temp_dir / f"sluiceway-rollout-{name}").mkdir(mode=0o700)
-        (temp_dir / f"sluiceway-rollout-{name}" / "owner").write_text(owner)
-    return temp_dir
+    (temp_dir / "sluiceway-rollout-live" / "owner").write_text(f"{child.pid} 1")
+    (temp_dir / "sluiceway-rollout-older").mkdir(mode=0o700)
+    (temp_dir / "sluiceway-rollout-older" / "owner").write_text(f"{child.pid} 1")
+    yield temp_dir
+    live.remove()
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +178,7 @@ def test_many_changes_leave_a_bounded_log_and_both_workers_as_one_process(
 ) -> None:
     """200 changes alternately to each worker: the log is compacted (rollout_ops.compact), and
     both workers end with the last change's weights, as one process applying them all would."""
-    (share,) = [p for p in temp_dir.glob("sluiceway-rollout-*") if p.name != "sluiceway-rollout-live"]
+    (share,) = [p for p in temp_dir.glob("sluiceway-rollout-*") if p.name.rsplit("-", 1)[1] not in KEPT]
     with ExitStack() as stack:
         workers = channels_to_each_worker(server.address, stack)
         for seq in range(1, COMPACTION_CHANGES + 1):
@@ -184,5 +195,6 @@ def test_the_parent_removed_the_directory_a_killed_parent_left_and_kept_a_live_o
     server: ServerProcess, temp_dir: Path
 ) -> None:
     assert not (temp_dir / "sluiceway-rollout-killed").exists()
-    assert (temp_dir / "sluiceway-rollout-live" / "owner").is_file()
-    assert len(list(temp_dir.glob("sluiceway-rollout-*"))) == 2  # the live one and the server's
+    for name in KEPT:
+        assert (temp_dir / f"sluiceway-rollout-{name}" / "owner").is_file(), name
+    assert len(list(temp_dir.glob("sluiceway-rollout-*"))) == 3  # those kept and the server's
