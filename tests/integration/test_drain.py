@@ -56,6 +56,7 @@ async def _sigterm_under_unary_load(
     outcomes: collections.Counter[str] = collections.Counter()
     sent = answered = 0
     everyone_answered = asyncio.Event()
+    signalled = asyncio.Event()  # set just before SIGTERM is sent
     seen: set[int] = set()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -65,6 +66,7 @@ async def _sigterm_under_unary_load(
                 nonlocal sent, answered
                 while True:
                     sent += 1
+                    after = signalled.is_set()
                     try:
                         await stub.ModelInfer(model_request, timeout=60)
                         outcomes["OK"] += 1
@@ -72,7 +74,7 @@ async def _sigterm_under_unary_load(
                         if len(seen) == clients:
                             everyone_answered.set()
                     except grpc.aio.AioRpcError as exc:
-                        outcomes[f"{exc.code().name}: {exc.details()}"] += 1
+                        outcomes[f"{exc.code().name}: {exc.details()}{AFTER if after else ''}"] += 1
                         return
                     finally:
                         answered += 1
@@ -80,6 +82,7 @@ async def _sigterm_under_unary_load(
             tasks = [asyncio.create_task(client(i)) for i in range(clients)]
             await asyncio.wait_for(everyone_answered.wait(), 120)
             assert server.process is not None
+            signalled.set()
             server.process.send_signal(signal.SIGTERM)
             sigterm_at = time.monotonic()
             await asyncio.wait_for(asyncio.gather(*tasks), GRACE_S + 30)
@@ -91,12 +94,21 @@ async def _sigterm_under_unary_load(
     return outcomes, sent, answered, exit_s
 
 
+# Said of a failed call sent after SIGTERM.
+AFTER = " (sent after SIGTERM)"
+
+
 def _refused_only_as_shutting_down(outcomes: collections.Counter[str]) -> None:
     errors = {k: v for k, v in outcomes.items() if k != "OK"}
     assert errors, outcomes
     for what in errors:
         # UNAVAILABLE from the handler ("shutting down"), or from the client once the listener
-        # has closed; never CANCELLED, INTERNAL or anything else.
+        # has closed; never CANCELLED, INTERNAL or anything else. Except for a call sent after
+        # SIGTERM that met the close: grpc core answers CANCELLED for a call it took but had not yet
+        # handed to a handler when the server shuts down (grpc/grpc#41785), which a client slower
+        # than the drain's quiet window meets (seen at load average 7: 2-3 of 8 clients).
+        if what == "CANCELLED: CANCELLED" + AFTER:
+            continue
         assert what.startswith("UNAVAILABLE: "), outcomes
 
 
