@@ -100,7 +100,7 @@ def splits_outputs(policy: BatchingPolicy) -> bool:
     """Whether a run's outputs are split by its requests' rows (else a request run alone without a
     batch dimension gets them whole). A ragged model has a batch dimension even run alone (no
     dynamic batching), and its outputs may hold one row per request rather than per row: split,
-    a request of several rows that such outputs cannot answer fails as in a batch (OutputNotSplit)."""
+    a request of several rows that such outputs cannot answer fails (OutputNotSplit)."""
     return policy.max_batch_size > 0 or policy.ragged is not None
 
 

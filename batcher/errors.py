@@ -92,9 +92,8 @@ class CancelledInRun(asyncio.CancelledError):
 
 
 class OutputNotSplit(BatcherError):
-    """A model output has fewer rows than the batch's requests asked for: each request whose rows
-    lie past its end fails with this (the requests before it are answered), as Triton's output
-    responder fails them (UNSUPPORTED). A ragged model answering one row per request, sent a
-    request of several rows, is the usual cause (batcher/scatter.py)."""
+    """A ragged model answered one output row per request, and this request has several rows:
+    which of them is its answer cannot be told, so it fails (UNSUPPORTED, in Triton's words first)
+    and the requests of one row in its run get their own rows (batcher/scatter.py)."""
 
     default_message = "failed to split the output tensor in responses"

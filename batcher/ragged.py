@@ -8,7 +8,8 @@ entry per request (not per row):
 - BATCH_ELEMENT_COUNT: the element count of the source input in each request, shape [requests].
 - BATCH_ACCUMULATED_ELEMENT_COUNT: their running sum, shape [requests].
 - BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO: the same with a leading 0, shape [requests + 1].
-Outputs keep a batch dimension and are scattered by rows as usual (batcher/scatter.py).
+Outputs keep a batch dimension and are scattered by rows, or by request when they hold one row
+per request (batcher/scatter.py).
 """
 
 from __future__ import annotations

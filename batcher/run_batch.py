@@ -100,7 +100,9 @@ class BatchRunner:
             finally:
                 self._forecast.ended(key)
             t2 = time.perf_counter_ns()
-            parts: list[Part] = scatter(outputs, offsets) if split else [dict(outputs)]
+            parts: list[Part] = (
+                scatter(outputs, offsets, self._policy.ragged is not None) if split else [dict(outputs)]
+            )
             t3 = time.perf_counter_ns()
         except Exception as exc:
             # The whole batch fails with the backend's own error; the server maps it.

@@ -47,36 +47,51 @@ def gather(requests: Sequence[Tensors], rows: Sequence[int]) -> tuple[dict[str, 
 Part = dict[str, Array] | OutputNotSplit  # a request's outputs, or why it has none
 
 
-def scatter(outputs: Tensors, offsets: Sequence[int]) -> list[Part]:
+def scatter(outputs: Tensors, offsets: Sequence[int], per_request: bool = False) -> list[Part]:
     """Split each output by `offsets` into one mapping per request; slices are views, no copies.
 
-    An output with fewer rows than the batch fails only the requests whose rows lie past its end
-    (OutputNotSplit, in Triton's words: its output responder does the same); the requests before
-    them are answered. A ragged model that answers one row per request, sent a request of several
-    rows, gives such outputs: failing the whole batch had failed requests that were fine.
-    Raises ValueError when an output has no batch dimension or more rows than the batch: the
-    backend broke the batch contract, and no request's rows can be told apart.
+    Every output has the batch's rows: split by rows. `per_request` (a ragged model: its batch
+    inputs have one value per request) also takes outputs of one row per request, when the batch
+    has more rows than requests: each request of one row gets its own row, by its index; a request
+    of several rows fails (OutputNotSplit, Triton's words first), as its rows cannot be told apart.
+    Splitting such outputs by rows had given a request the rows of the requests after it, as OK.
+    Raises ValueError for any other output (no batch dimension, or rows neither the batch's nor,
+    per request, one a request): the backend broke the batch contract, and no request's rows can
+    be told apart, so the whole run fails.
     """
     total = offsets[-1]
+    requests = len(offsets) - 1
+    short: str | None = None  # the first output of one row per request, not per row
     for name, arr in outputs.items():
-        if arr.ndim == 0 or arr.shape[0] > total:
+        if arr.ndim > 0 and arr.shape[0] == total:
+            continue
+        if not (per_request and arr.ndim > 0 and arr.shape[0] == requests):
             raise ValueError(
                 f"backend returned output {name!r} with shape {arr.shape} for a batch of {total} rows"
+                + (f" in {requests} requests" if per_request else "")
             )
+        short = short or name
+    if short is None:
+        return [{name: arr[start:stop] for name, arr in outputs.items()} for start, stop in pairwise(offsets)]
     parts: list[Part] = []
-    for start, stop in pairwise(offsets):
-        short = next((name for name, arr in outputs.items() if arr.shape[0] < stop), None)
-        if short is None:
-            parts.append({name: arr[start:stop] for name, arr in outputs.items()})
+    for i, (start, stop) in enumerate(pairwise(offsets)):
+        if stop - start != 1:
+            parts.append(OutputNotSplit(not_split(short, requests, stop - start)))
         else:
-            parts.append(OutputNotSplit(not_split(short, stop, outputs[short].shape[0])))
+            parts.append(
+                {
+                    name: arr[start:stop] if arr.shape[0] == total else arr[i : i + 1]
+                    for name, arr in outputs.items()
+                }
+            )
     return parts
 
 
-def not_split(output: str, rows: int, got: int) -> str:
-    """Triton's words (its output responder) for an output of `got` rows that a request whose
-    rows end at `rows` cannot be given its rows of."""
+def not_split(output: str, requests: int, rows: int) -> str:
+    """Triton's words (its output responder) first, for a request of `rows` rows whose model
+    answered `output` with one row per request (`requests` of them)."""
     return (
-        f"failed to split the output tensor '{output}' in responses: expected batch size of at "
-        f"least {rows} in model output, got {got}"
+        f"failed to split the output tensor '{output}' in responses: the model answered one row per "
+        f"request ({requests} rows for {requests} requests) and this request has {rows} rows: send one "
+        "row per request"
     )

@@ -13,7 +13,7 @@ from server.models.config import BACKEND, DEFAULT_MAX_BATCH_SIZE, PLATFORM, chec
 from server.models.config_errors import ConfigError
 from server.models.config_fields import sequence_hidden_names
 from server.models.config_tensors import check_optional, model_dims
-from server.models.ragged_config import batch_input_targets, ragged_graph_shapes
+from server.models.ragged_config import batch_input_targets, check_batch_input_targets, ragged_graph_shapes
 
 
 class OnnxTensor(NamedTuple):
@@ -44,6 +44,11 @@ def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
     if dt is None:
         raise ConfigError(f"{source}: ONNX tensor '{tensor.name}' has unsupported type {tensor.type}")
     return dt.config
+
+
+def _config_type(tensor: OnnxTensor) -> int | None:
+    dt = datatypes.BY_ONNX.get(tensor.type)
+    return None if dt is None else dt.config
 
 
 def _dims_match(config_dims: Sequence[int], model_dims: Sequence[int]) -> bool:
@@ -146,6 +151,7 @@ def complete_from_onnx(
         inputs = [t for t in inputs if t.name not in hidden_in]
         outputs = [t for t in outputs if t.name not in hidden_out]
     targets = batch_input_targets(done)  # batch inputs: filled by the server, as sequence controls
+    check_batch_input_targets(done, {t.name: _config_type(t) for t in inputs}, source)
     ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
     model_batches = all(_is_batch_dim(t.shape) for t in (*inputs, *outputs)) and bool(inputs)

@@ -67,6 +67,27 @@ def batch_input_targets(config: mc.ModelConfig) -> frozenset[str]:
     return frozenset(t for entry in config.batch_input for t in entry.target_name)
 
 
+def check_batch_input_targets(config: mc.ModelConfig, graph: Mapping[str, int | None], source: str) -> None:
+    """Refuse a batch input whose target is not a graph input, or of another type than the graph's
+    (`graph`: each input's config data type, None when it has none). Loaded, every request had been
+    refused INVALID_ARGUMENT by onnxruntime: a config fault blamed on the client. Triton's
+    onnxruntime backend refuses an unknown target at load too."""
+    for i, entry in enumerate(config.batch_input):
+        for target in entry.target_name:
+            if target not in graph:
+                raise ConfigError(
+                    f"{source}: batch_input[{i}]: target_name '{target}' is not an input of the ONNX "
+                    f"model (its inputs: {sorted(graph)})"
+                )
+            graph_type = graph[target]
+            if graph_type != entry.data_type:
+                theirs = "an unsupported type" if graph_type is None else datatypes.config_name(graph_type)
+                raise ConfigError(
+                    f"{source}: batch_input[{i}]: data_type {datatypes.config_name(entry.data_type)} of "
+                    f"target '{target}' does not match the ONNX model's {theirs}"
+                )
+
+
 def ragged_graph_shapes(
     config: mc.ModelConfig, graph: Mapping[str, Sequence[int | str | None]], source: str
 ) -> dict[str, list[int | str | None]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batcher.errors import OutputNotSplit
 from batcher.scatter import gather, offsets_of, scatter
 from batcher.types import Tensors
 
@@ -63,9 +62,6 @@ def test_scatter_slices_views_by_offsets() -> None:
 
 def test_scatter_rejects_wrong_row_count() -> None:
     with pytest.raises(ValueError, match=r"'y'.*3 rows"):
-        scatter({"y": np.zeros((4, 4))}, [0, 1, 3])
-    first, second = scatter({"y": np.zeros((2, 4))}, [0, 1, 3])  # short: only the second fails
-    assert isinstance(first, dict) and first["y"].shape == (1, 4)
-    assert isinstance(second, OutputNotSplit) and "at least 3 in model output, got 2" in str(second)
+        scatter({"y": np.zeros((2, 4))}, [0, 1, 3])
     with pytest.raises(ValueError, match="'s'"):
         scatter({"s": np.array(1.0)}, [0, 1])

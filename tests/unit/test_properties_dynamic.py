@@ -4,10 +4,9 @@ error, or the caller's own cancellation), rows in = rows out, and nothing is com
 after it was dropped.
 
 Hypothesis draws a script of steps; a scripted backend holds each run until the script ends it
-(with outputs, an error, or outputs a row short: the run's last request fails, the others are
-answered). The batcher reads a fake clock the script advances; the queue's expiry timers run on the
-loop's own clock. No sleeps: the loop is turned with `asyncio.sleep(0)` and the end is awaited with
-generous bounds.
+(with outputs, an error, or outputs of the wrong size). The batcher reads a fake clock the script
+advances; the queue's expiry timers run on the loop's own clock. No sleeps: the loop is turned
+with `asyncio.sleep(0)` and the end is awaited with generous bounds.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from batcher import (
     QueueFull,
     Tensors,
 )
-from batcher.errors import OutputNotSplit
 
 LONG = 10.0  # an upper bound no healthy scenario comes near
 
@@ -182,11 +180,13 @@ def check(world: World, stats: ModelStats) -> None:
             assert i not in run_of, f"request {i} was computed twice"
             run_of[i] = run
             assert run.ids.count(i) == world.sent[i].rows  # its rows, together
-    ok_runs = [run for run in runs if outcome_of(run) in ("ok", "short")]  # outputs came back
+    ok_runs = [run for run in runs if outcome_of(run) == "ok"]
     # Rows out, less those of requests the run ended too late for (Triton counts successes only).
     # A caller cancelled after its late answer was set hides which it was: bounds, then.
     computed = [
-        (rid, sent) for rid, sent in enumerate(world.sent) if rid in run_of and answered(run_of[rid], rid)
+        (rid, sent)
+        for rid, sent in enumerate(world.sent)
+        if rid in run_of and outcome_of(run_of[rid]) == "ok"
     ]
     late = [
         s.rows
@@ -194,7 +194,7 @@ def check(world: World, stats: ModelStats) -> None:
         if not s.task.cancelled() and isinstance(s.task.exception(), DeadlineExceeded)
     ]
     maybe = [s.rows for _, s in computed if s.task.cancelled()]
-    rows_out = sum(s.rows for _, s in computed) - sum(late)
+    rows_out = sum(run.rows for run in ok_runs) - sum(late)
     assert rows_out - sum(maybe) <= stats.inference_count <= rows_out
     assert stats.execution_count == len(ok_runs)
     for rid, sent in enumerate(world.sent):
@@ -210,26 +210,17 @@ def check_outcome(rid: int, sent: Sent, run: Run | None) -> None:
         return
     exc = task.exception()
     if exc is None:
-        assert run is not None and answered(run, rid)
+        assert run is not None and outcome_of(run) == "ok"
         y = task.result()["y"]
         assert y.shape == (sent.rows, 2) and (y == 2 * rid).all()  # its own rows, all of them
         return
     if run is None:  # never computed: refused, expired or stopped before a run
         assert isinstance(exc, (QueueFull, DeadlineExceeded, BatcherStopped)), repr(exc)
         return
-    if answered(run, rid):
-        expected: tuple[type[BaseException], ...] = (DeadlineExceeded,)  # its run ended too late
-    elif outcome_of(run) == "short":  # the outputs hold no rows for it (or it was late anyway)
-        expected = (OutputNotSplit, DeadlineExceeded)
-    else:
-        expected = (RuntimeError,)
+    expected: type[BaseException] = {"ok": DeadlineExceeded, "fail": RuntimeError, "short": ValueError}[
+        outcome_of(run)
+    ]
     assert isinstance(exc, expected), (rid, outcome_of(run), repr(exc))
-
-
-def answered(run: Run, rid: int) -> bool:
-    """Whether `run`'s outputs answer request `rid`: all of an "ok" run's; of a "short" run's (a row
-    missing), all but the last request's (OutputNotSplit: Triton's responder splits so too)."""
-    return outcome_of(run) == "ok" or (outcome_of(run) == "short" and run.ids[-1] != rid)
 
 
 @given(

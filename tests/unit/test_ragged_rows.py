@@ -1,7 +1,8 @@
 """Requests of several rows to a ragged model (batcher/batch_io.py, batcher/scatter.py), as Triton
 serves them: its ragged input holds all of a request's elements (every row), its batch inputs one
 value per request, and the outputs are split by the requests' rows, run alone (no dynamic
-batching) or batched. Outputs with fewer rows than that fail only the requests past their end."""
+batching) or batched. Outputs of one row per request answer each request of one row with its own
+row; a request of several rows then fails, never given another request's rows."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from batcher.errors import OutputNotSplit
 from batcher.form import Pending
 from batcher.queue import Request, Ticket
 from batcher.ragged import BatchInputSpec, RaggedPlan
+from batcher.scatter import scatter
 
 PLAN = RaggedPlan(
     inputs=frozenset({"x"}),
@@ -76,10 +78,18 @@ async def test_a_request_its_outputs_hold_no_rows_for_fails_alone() -> None:
 
 
 class OneRowPerRequest:
-    """A ragged model's backend that answers one row per request (from its batch input)."""
+    """A ragged model's backend that answers one row per request: its element count (COUNT)."""
 
     async def run(self, inputs: Tensors) -> Tensors:
-        return {"sum": np.zeros((len(inputs["COUNT"]), 1), np.float32)}
+        return {"sum": inputs["COUNT"].astype(np.float32).reshape(-1, 1)}
+
+
+def several_rows(rows: int, requests: int) -> str:
+    return (
+        "failed to split the output tensor 'sum' in responses: the model answered one row per request "
+        f"({requests} rows for {requests} requests) and this request has {rows} rows: send one row "
+        "per request"
+    )
 
 
 @pytest.mark.parametrize("policy", [ALONE, BATCHED], ids=["alone", "batched"])
@@ -90,15 +100,51 @@ async def test_several_rows_to_one_row_per_request_fail_in_tritons_words(
     b.start()
     try:
         one = await asyncio.wait_for(b.submit(ragged(1, 5), 1), LONG)
-        assert one["sum"].shape == (1, 1)
+        assert one["sum"].tolist() == [[5.0]]
         rows = 3 if policy.max_batch_size else 1  # as admitted: a request run alone is 1
         warnings = caplog.at_level(logging.WARNING, logger="batcher.run_batch")
         with warnings, pytest.raises(OutputNotSplit) as info:
             await asyncio.wait_for(b.submit(ragged(3, 3), rows), LONG)
-        assert str(info.value) == (
-            "failed to split the output tensor 'sum' in responses: expected batch size of at least 3 in "
-            "model output, got 1"
-        )
+        assert str(info.value) == several_rows(3, 1)
         assert "model m version 1" in caplog.text and "output shapes {'sum': (1, 1)}" in caplog.text
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_requests_of_one_row_batched_with_several_rows_get_their_own_row() -> None:
+    # The tester's batch: A (2 rows), B and C (1 row each), one run of 4 rows, outputs of 3 (one per
+    # request). Split by rows, A got its row and B's, and B got C's row with OK.
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=60.0, ragged=PLAN)
+    b = DynamicBatcher([OneRowPerRequest()], policy, ModelStats())
+    b.start()
+    try:
+        tasks = [
+            asyncio.create_task(b.submit(x, rows))
+            for x, rows in [(ragged(2, 1), 2), (ragged(1, 5), 1), (ragged(1, 7), 1)]
+        ]
+        a, b_answer, c = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), LONG)
+        assert isinstance(a, OutputNotSplit) and str(a) == several_rows(2, 3)
+        assert isinstance(b_answer, dict) and b_answer["sum"].tolist() == [[5.0]]  # its own count
+        assert isinstance(c, dict) and c["sum"].tolist() == [[7.0]]
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+def test_scatter_by_request_gives_each_request_of_one_row_its_own_row() -> None:
+    offsets = [0, 1, 2, 5]  # rows 1, 1, 3: outputs of 3 rows are one per request
+    per_request, per_row = np.arange(3.0).reshape(3, 1), np.arange(5.0).reshape(5, 1)
+    first, second, third = scatter({"s": per_request, "r": per_row}, offsets, per_request=True)
+    assert isinstance(first, dict) and first["s"].tolist() == [[0.0]] and first["r"].tolist() == [[0.0]]
+    assert isinstance(second, dict) and second["s"].tolist() == [[1.0]] and second["r"].tolist() == [[1.0]]
+    assert isinstance(third, OutputNotSplit) and str(third).startswith(
+        "failed to split the output tensor 's' in responses: the model answered one row per request (3 rows"
+    )
+
+
+@pytest.mark.parametrize("rows", [2, 4, 6])
+def test_scatter_refuses_the_whole_run_for_rows_neither_per_row_nor_per_request(rows: int) -> None:
+    # 3 requests, 5 rows: an output of 2, 4 or 6 rows cannot be told apart by request or by row.
+    with pytest.raises(ValueError, match=r"'s'.*batch of 5 rows in 3 requests"):
+        scatter({"s": np.zeros((rows, 1))}, [0, 1, 2, 5], per_request=True)
+    with pytest.raises(ValueError, match=r"'s'.*batch of 5 rows"):  # not ragged: never per request
+        scatter({"s": np.zeros((3, 1))}, [0, 1, 2, 5])
