@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,25 @@ class ShareDir:
             self._lock_fd = None
 
 
+def temp_dir_fallback(environ: Mapping[str, str], chosen: str) -> str | None:
+    """Why the temp directory `chosen` is not the TMPDIR `environ` names (Python's tempfile skips a
+    TMPDIR it cannot write to, silently: a container given a TMPDIR of its own that is full or
+    read-only shared the host's /tmp), or None when it is, or none is named."""
+    named = environ.get("TMPDIR")
+    if not named or os.path.realpath(named) == os.path.realpath(chosen):
+        return None
+    return f"TMPDIR {named} cannot be written (full, read-only or missing): using {chosen} instead"
+
+
 def make_share_dir(temp_dir: Path | None = None) -> ShareDir:
     """A new private directory (mkdtemp: mode 0700) recording this process as its owner and locked
     by it: the lock file is locked before its name appears, so a clean-up never finds it free."""
-    directory = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=temp_dir))
+    base = str(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    directory = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=base))
+    fallback = None if temp_dir is not None else temp_dir_fallback(os.environ, base)
+    if fallback is not None:
+        log.warning("the workers' share directory: %s", fallback)
+    log.info("the workers' rollout changes are shared in %s", directory)
     start = start_time(os.getpid())
     temporary = directory / f".{OWNER_FILE}.tmp"
     temporary.write_text(f"{os.getpid()} {'-' if start is None else start}\n", encoding="ascii")

@@ -19,6 +19,7 @@ from server.models.rollout_dir import (
     read_owner,
     remove_stale_share_dirs,
     start_time,
+    temp_dir_fallback,
 )
 from tests.support.share_owner import end, made_by, start_owner
 
@@ -72,3 +73,16 @@ def test_a_new_directory_is_private_and_records_this_process(tmp_path: Path) -> 
     assert read_owner(path) == (os.getpid(), start_time(os.getpid()))
     assert remove_stale_share_dirs(tmp_path) == [] and path.is_dir()
     directory.remove()
+
+
+def test_a_tmpdir_python_skipped_is_said(tmp_path: Path) -> None:
+    """Python's tempfile skips a TMPDIR it cannot write to, silently: a container given its own
+    full TMPDIR shared the host's /tmp for its workers' directory (an SRE tester, a 64 KiB tmpfs)."""
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert temp_dir_fallback({}, "/tmp") is None
+    assert temp_dir_fallback({"TMPDIR": str(tmp_path / "link")}, str(tmp_path)) is None  # the same
+    said = temp_dir_fallback({"TMPDIR": str(tmp_path / "full")}, "/tmp")
+    assert (
+        said
+        == f"TMPDIR {tmp_path / 'full'} cannot be written (full, read-only or missing): using /tmp instead"
+    )
