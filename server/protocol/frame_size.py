@@ -11,13 +11,9 @@ its call, with grpc's own "Received message larger than max".
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import grpc
 from google.protobuf import message as protobuf_message
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message_factory import GetMessageClass
 
 from protos import grpc_service_pb2 as pb
 
@@ -111,66 +107,3 @@ def _varint(data: bytes, at: int) -> tuple[int | None, int]:
         if not byte & 0x80:
             return value, at
     return None, at
-
-
-def _limited_deserializer(message_type: type[protobuf_message.Message], limit: int) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        if len(data) > limit:  # checked before it is parsed, as our services' (malformed.py)
-            return Oversized(len(data), limit)
-        return message_type.FromString(data)
-
-    return deserialize
-
-
-def _refusing_oversized(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    """`behavior` (a grpc aio method of `kind`), ending its call RESOURCE_EXHAUSTED on a request
-    over the limit, as grpc's own receive limit had (the other requests of a stream go with it:
-    these services' streams carry no tensors)."""
-
-    async def refused(request: Oversized, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
-
-    if kind == "stream_stream":
-
-        async def checked(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, Oversized):
-                    await refused(request, context)
-                yield request
-
-        async def streamed(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            async for response in behavior(checked(requests, context), context):
-                yield response
-
-        return streamed
-
-    async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, Oversized):
-            await refused(request, context)
-        return await behavior(request, context)
-
-    return single
-
-
-def add_size_limited_service(
-    service: ServiceDescriptor, servicer: object, server: grpc.aio.Server, limit: int
-) -> None:
-    """Register a service that is not ours (health, reflection) as its generated `add_*_to_server`
-    does, but with `max_message_bytes` checked before a request is parsed: grpc's receive limit is
-    only the ceiling above it (`received_ceiling`), and these had accepted requests up to it."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service.methods:
-        kind = ("stream" if method.client_streaming else "unary") + "_"
-        kind += "stream" if method.server_streaming else "unary"
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        handlers[method.name] = make(
-            _refusing_oversized(kind, getattr(servicer, method.name)),
-            request_deserializer=_limited_deserializer(GetMessageClass(method.input_type), limit),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)

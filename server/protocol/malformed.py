@@ -9,7 +9,7 @@ RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -84,5 +84,63 @@ def add_service(
             )
         else:
             raise ValueError(f"{method.full_name}: only unary and bidirectional methods are served")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+async def _refuse(request: Malformed | Oversized, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, for_caller(request.reason))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
+
+
+def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """`behavior` (a grpc aio method of `kind`), ending its call on a request that did not parse
+    (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED): these services' streams carry
+    no tensors, so the other requests of a stream go with it, as grpc's own checks had ended it."""
+    if kind == "stream_stream":
+
+        async def checked(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, (Malformed, Oversized)):
+                    await _refuse(request, context)
+                yield request
+
+        async def streamed(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for response in behavior(checked(requests, context), context):
+                yield response
+
+        return streamed
+
+    async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, (Malformed, Oversized)):
+            await _refuse(request, context)
+        return await behavior(request, context)
+
+    return single
+
+
+def add_foreign_service(
+    service: ServiceDescriptor, servicer: object, server: grpc.aio.Server, limit: int
+) -> None:
+    """Register a service that is not ours (health, reflection) as its generated `add_*_to_server`
+    does, but with requests parsed tolerantly and `max_message_bytes` checked before parsing:
+    grpc's receive limit is only the ceiling above it (frame_size.received_ceiling), and grpc's own
+    deserializer answered a malformed message UNKNOWN with a traceback logged per message (health
+    takes no token: a log flood open to anyone, ~1.4 MiB/s from one client)."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        kind = ("stream" if method.client_streaming else "unary") + "_"
+        kind += "stream" if method.server_streaming else "unary"
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        handlers[method.name] = make(
+            _refusing(kind, getattr(servicer, method.name)),
+            request_deserializer=tolerant_deserializer(GetMessageClass(method.input_type), limit),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)

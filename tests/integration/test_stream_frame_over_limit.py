@@ -150,3 +150,32 @@ def test_health_and_reflection_refuse_a_request_over_the_limit_too(server: Serve
         listed = reflection_pb2.ServerReflectionRequest(list_services="")
         answers = list(reflect.ServerReflectionInfo(iter([listed]), timeout=30))
         assert "inference.GRPCInferenceService" in {s.name for s in answers[0].list_services_response.service}
+
+
+def test_health_and_reflection_answer_a_malformed_request_invalid_argument(server: ServerProcess) -> None:
+    """grpc's own deserializer answered UNKNOWN and logged a 10-line traceback per message; health
+    takes no token, so anyone could fill the log (~1.4 MiB/s from one client, a tester's flood)."""
+    garbage = b"\xff\xff\xff"
+    identity = lambda data: data  # noqa: E731  # the bytes as they are
+    with grpc.insecure_channel(server.address) as channel:
+        calls = {
+            "Check": channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=identity),
+            "Watch": lambda data, timeout: next(
+                iter(
+                    channel.unary_stream("/grpc.health.v1.Health/Watch", request_serializer=identity)(
+                        data, timeout=timeout
+                    )
+                )
+            ),
+            "reflection": lambda data, timeout: list(
+                channel.stream_stream(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                    request_serializer=identity,
+                )(iter([data]), timeout=timeout)
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call(garbage, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, refused.value.details())
+            assert "not a valid grpc." in (refused.value.details() or ""), (name, refused.value.details())
