@@ -82,6 +82,20 @@ def alone_rows(inputs: Tensors, policy: BatchingPolicy) -> int:
     return next((a.shape[0] for a in inputs.values() if a.ndim > 0), 1)
 
 
+def check_rows(outputs: Tensors, rows: int, policy: BatchingPolicy) -> None:
+    """Raise ValueError unless each output holds the run's `rows` rows, for a run whose outputs are
+    not split (a request run alone: no dynamic batching, or the fast path), where the model has a
+    batch dimension: passed through whole, an output of 1 row for a request of 3 (or 6 for 3) had
+    been answered OK; split by `scatter`, the same outputs fail the run (INTERNAL)."""
+    if policy.max_batch_size <= 0 and not policy.alone_with_rows:
+        return  # no batch dimension: the outputs are the model's, whatever their shape
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise ValueError(
+                f"backend returned output {name!r} with shape {array.shape} for a batch of {rows} rows"
+            )
+
+
 def batch_inputs(batch: Sequence[Request], policy: BatchingPolicy) -> tuple[Tensors, list[int]]:
     """The model's inputs for `batch` and each request's first row in them (offsets, with the
     total rows last)."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from batcher.admission import Admission
-from batcher.batch_io import alone_rows, computed_late, late, left_ns, refusal
+from batcher.batch_io import alone_rows, check_rows, computed_late, late, left_ns, refusal
 from batcher.errors import BatcherError
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flights
@@ -85,9 +85,10 @@ class FastPath:
         t0 = time.perf_counter_ns()
         outputs = backend.run_blocking(inputs)
         t1 = time.perf_counter_ns()
+        rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
+        check_rows(outputs, rows, self._policy)  # as a run's error: raised before it is counted
         if a.counted:
             self._stats.observe_queue(0, slack_ns)
-        rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
         self._stats.record_batch(rows, int(a.counted), 0, t1 - t0, 0)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()

@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 
-from batcher.batch_io import batch_inputs, cut_at_deadline, late, note_taken, settle_batch, splits_outputs
+from batcher.batch_io import (
+    batch_inputs,
+    check_rows,
+    cut_at_deadline,
+    late,
+    note_taken,
+    settle_batch,
+    splits_outputs,
+)
 from batcher.errors import DeadlineExceeded, OutputNotSplit, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
@@ -100,6 +108,8 @@ class BatchRunner:
             finally:
                 self._forecast.ended(key)
             t2 = time.perf_counter_ns()
+            if not split:
+                check_rows(outputs, offsets[-1], self._policy)
             parts: list[Part] = (
                 scatter(outputs, offsets, self._policy.ragged is not None) if split else [dict(outputs)]
             )

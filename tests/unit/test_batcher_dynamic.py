@@ -869,3 +869,33 @@ async def test_a_deadline_passed_before_the_run_is_a_deadline_even_past_a_queue_
         assert not isinstance(info.value, QueueTimedOut) and be.batches == []
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+
+
+class OneRowBlocking(BlockingBackend):
+    """Answers one row whatever the request's rows once `broken`: a broken model."""
+
+    def __init__(self, broken: bool = True) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def run_blocking(self, inputs: Tensors) -> Tensors:
+        out = super().run_blocking(inputs)
+        return {"y": out["y"][:1]} if self.broken else out
+
+
+async def test_a_request_run_alone_with_outputs_of_other_rows_fails_as_a_batch_does(
+    make: MakeBatcher,
+) -> None:
+    """Outputs not split (no dynamic batching, or the fast path) were passed through whole: a
+    model answering 1 row for a request of 3 was answered OK (a README tester); split by scatter the
+    same outputs fail the run. Now both fail, with scatter's words."""
+    alone = make(OneRowBlocking(), max_batch_size=0, alone_with_rows=True)
+    with pytest.raises(ValueError, match=r"'y' with shape \(1, 2\) for a batch of 3 rows"):
+        await result(alone.submit(x(1, rows=3), 1))
+    be = OneRowBlocking(broken=False)
+    fast = make(be, inline_max_s=1.0)
+    await result(fast.submit(x(0, rows=2), 2))  # 2-row runs are now known to be cheap
+    be.broken = True
+    with pytest.raises(ValueError, match=r"'y' with shape \(1, 2\) for a batch of 2 rows"):
+        fast.run_now(x(5, rows=2), fast.admission(2))  # on the loop thread, at once
+    assert be.threads[-1] == LOOP  # it was the fast path that ran it
