@@ -40,7 +40,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from server.models.rollout_snapshot import (
     Snapshot,
@@ -48,6 +48,7 @@ from server.models.rollout_snapshot import (
     snapshot_file_name,
     write_snapshot,
 )
+from server.models.share_files import field, is_int, is_pair, read_json_object
 
 if TYPE_CHECKING:
     from server.models.versions import ModelEntry
@@ -57,7 +58,6 @@ SUFFIX = ".json"
 MAX_CHANGE_BYTES = 16 * 1024  # a bigger file is no change of ours: not read
 KINDS = ("weights", "promote", "rollback", "auto")
 COMPACT_EVERY = 32  # changes between snapshots; as many older change files are kept for followers
-T = TypeVar("T")
 _NAME = re.compile(r"op-([0-9a-f]{16})-([0-9a-f]{1,16})-(\d{10})\.json")
 
 
@@ -173,44 +173,27 @@ def log_lock(directory: Path, exclusive: bool) -> Iterator[None]:
 
 def read_change(path: Path) -> OperatorChange:
     """The change in `path`; ValueError (or OSError) when it is not one."""
-    with path.open("rb") as file:
-        data = file.read(MAX_CHANGE_BYTES + 1)
-    if len(data) > MAX_CHANGE_BYTES:
-        raise ValueError(f"larger than {MAX_CHANGE_BYTES} bytes")
-    raw = json.loads(data)
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    kind = _field(raw, "kind", str)
+    raw = read_json_object(path, MAX_CHANGE_BYTES)
+    kind = field(raw, "kind", str)
     if kind not in KINDS:
         raise ValueError(f"field 'kind' is {kind!r}, not one of {KINDS}")
-    pairs = _field(raw, "weights", list)
-    if not all(isinstance(p, list) and len(p) == 2 and all(_is_int(x) for x in p) for p in pairs):
+    pairs = field(raw, "weights", list)
+    if not all(is_pair(p) for p in pairs):
         raise ValueError("field 'weights' is not a list of [version, weight] pairs")
-    versions = _field(raw, "versions", list)
-    if not all(_is_int(v) for v in versions):
+    versions = field(raw, "versions", list)
+    if not all(is_int(v) for v in versions):
         raise ValueError("field 'versions' is not a list of version numbers")
     unix_time = raw.get("unix_time")
     if not isinstance(unix_time, (int, float)) or isinstance(unix_time, bool):
         raise ValueError("field 'unix_time' is not a number")
     return OperatorChange(
-        model=_field(raw, "model", str),
-        generation=_field(raw, "generation", str),
-        seq=_field(raw, "seq", int),
-        worker=_field(raw, "worker", int),
+        model=field(raw, "model", str),
+        generation=field(raw, "generation", str),
+        seq=field(raw, "seq", int),
+        worker=field(raw, "worker", int),
         kind=kind,
         weights=tuple((p[0], p[1]) for p in pairs),
         versions=tuple(versions),
-        reason=_field(raw, "reason", str),
+        reason=field(raw, "reason", str),
         unix_time=float(unix_time),
     )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _field(raw: dict[str, object], name: str, kind: type[T]) -> T:
-    value = raw.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"field '{name}' is not a {kind.__name__}")
-    return value

@@ -16,9 +16,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from server.models.rollout_state import MAX_EVENTS, EventOrigin, RollbackEvent
+from server.models.share_files import field, is_int, is_pair, read_json_object
 
 if TYPE_CHECKING:
     from server.models.rollout_state import ModelRollout
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 SNAPSHOT_PREFIX = "snap-"
 MAX_SNAPSHOT_BYTES = 1024 * 1024  # MAX_EVENTS events with reasons up to a change file's 16 KiB
 SOURCES = ("config", "admin", "rollback")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +91,23 @@ def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) ->
 def read_snapshot(path: Path) -> Snapshot:
     """The snapshot in `path`; FileNotFoundError when there is none; ValueError (or another
     OSError) when it is not one."""
-    with path.open("rb") as file:
-        data = file.read(MAX_SNAPSHOT_BYTES + 1)
-    if len(data) > MAX_SNAPSHOT_BYTES:
-        raise ValueError(f"larger than {MAX_SNAPSHOT_BYTES} bytes")
-    raw = json.loads(data)
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
+    raw = read_json_object(path, MAX_SNAPSHOT_BYTES)
     weights = raw.get("weights")
-    if weights is not None and not (isinstance(weights, list) and all(_is_pair(p) for p in weights)):
+    if weights is not None and not (isinstance(weights, list) and all(is_pair(p) for p in weights)):
         raise ValueError("field 'weights' is neither null nor a list of [version, weight] pairs")
-    source = _field(raw, "source", str)
+    source = field(raw, "source", str)
     if source not in SOURCES:
         raise ValueError(f"field 'source' is {source!r}, not one of {SOURCES}")
-    rolled_back = _field(raw, "rolled_back", list)
-    if not all(_is_int(v) for v in rolled_back):
+    rolled_back = field(raw, "rolled_back", list)
+    if not all(is_int(v) for v in rolled_back):
         raise ValueError("field 'rolled_back' is not a list of version numbers")
-    events = _field(raw, "events", list)
+    events = field(raw, "events", list)
     if len(events) > MAX_EVENTS or not all(_is_event(e) for e in events):
         raise ValueError(f"field 'events' is not a list of up to {MAX_EVENTS} events")
     return Snapshot(
-        model=_field(raw, "model", str),
-        generation=_field(raw, "generation", str),
-        seq=_field(raw, "seq", int),
+        model=field(raw, "model", str),
+        generation=field(raw, "generation", str),
+        seq=field(raw, "seq", int),
         weights=None if weights is None else tuple((p[0], p[1]) for p in weights),
         source=source,
         rolled_back=tuple(rolled_back),
@@ -137,20 +131,12 @@ def _origin(value: list[object] | None) -> EventOrigin | None:
     return EventOrigin(worker, kind, reason)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_pair(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(_is_int(x) for x in value)
-
-
 def _is_event(value: object) -> bool:
     """[version, trigger, reason, unix time, origin: null or [worker, "manual"|"auto", reason]]"""
     return (
         isinstance(value, list)
         and len(value) == 5
-        and _is_int(value[0])
+        and is_int(value[0])
         and isinstance(value[1], str)
         and isinstance(value[2], str)
         and isinstance(value[3], (int, float))
@@ -163,7 +149,7 @@ def _is_origin(value: object) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 3
-        and _is_int(value[0])
+        and is_int(value[0])
         and value[1] in ("manual", "auto")
         and isinstance(value[2], str)
     )
@@ -173,11 +159,4 @@ def _flag(raw: dict[str, object], name: str) -> bool:
     value = raw.get(name)
     if not isinstance(value, bool):
         raise ValueError(f"field '{name}' is not true or false")
-    return value
-
-
-def _field(raw: dict[str, object], name: str, kind: type[T]) -> T:
-    value = raw.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"field '{name}' is not a {kind.__name__}")
     return value
