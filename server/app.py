@@ -35,7 +35,7 @@ from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
-from server.protocol.malformed import add_foreign_service, add_service
+from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -165,9 +165,9 @@ class SluicewayServer:
             self._grpc,
             limit,
         )
-        # grpc's own services too: grpc's receive limit is only the ceiling above max_message_bytes.
+        # grpc's own services too, their streams ended by such a message (malformed.add_service).
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]
-        add_foreign_service(health, self._health, self._grpc, limit)
+        add_service(health, self._health, self._grpc, limit, streams_answer_in_band=False)
         if settings.reflection:
             names = (
                 SERVICE_NAME,
@@ -179,11 +179,12 @@ class SluicewayServer:
             descriptors = (pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
             pool = reflection_pool(*descriptors)
             # Its streams count as streams (server/protocol/side_streams.py).
-            add_foreign_service(
+            add_service(
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
                 LimitedReflection(names, pool, self.calls),
                 self._grpc,
                 limit,
+                streams_answer_in_band=False,
             )
 
     def _repository(self) -> Path:

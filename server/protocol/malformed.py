@@ -9,7 +9,7 @@ RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -43,51 +43,6 @@ def tolerant_deserializer(
     return deserialize
 
 
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-def _refusing_malformed(behavior: UnaryBehavior) -> UnaryBehavior:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, for_caller(request.reason))
-        if isinstance(request, Oversized):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
-        return await behavior(request, context)
-
-    return handle
-
-
-def add_service(
-    service: ServiceDescriptor,
-    servicer: object,
-    server: grpc.aio.Server,
-    max_message_bytes: int | None = None,
-) -> None:
-    """Register the service's methods as the generated `add_*_to_server` does, except that
-    requests are parsed tolerantly, and not at all past `max_message_bytes`. Unary methods refuse a
-    Malformed or Oversized request here; streaming methods receive them in their request iterator
-    and answer them in-band."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service.methods:
-        deserializer = tolerant_deserializer(GetMessageClass(method.input_type), max_message_bytes)
-        serializer = GetMessageClass(method.output_type).SerializeToString
-        behavior = getattr(servicer, method.name)
-        if method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                behavior, request_deserializer=deserializer, response_serializer=serializer
-            )
-        elif not method.client_streaming and not method.server_streaming:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _refusing_malformed(behavior),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        else:
-            raise ValueError(f"{method.full_name}: only unary and bidirectional methods are served")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
-
-
 async def _refuse(request: Malformed | Oversized, context: grpc.aio.ServicerContext) -> None:
     if isinstance(request, Malformed):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, for_caller(request.reason))
@@ -96,8 +51,9 @@ async def _refuse(request: Malformed | Oversized, context: grpc.aio.ServicerCont
 
 def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     """`behavior` (a grpc aio method of `kind`), ending its call on a request that did not parse
-    (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED): these services' streams carry
-    no tensors, so the other requests of a stream go with it, as grpc's own checks had ended it."""
+    (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED); for a bidirectional method, on
+    any such message of its stream (the other messages go with it, as grpc's own checks had ended
+    the call)."""
     if kind == "stream_stream":
 
         async def checked(
@@ -124,22 +80,32 @@ def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     return single
 
 
-def add_foreign_service(
-    service: ServiceDescriptor, servicer: object, server: grpc.aio.Server, limit: int
+def add_service(
+    service: ServiceDescriptor,
+    servicer: object,
+    server: grpc.aio.Server,
+    max_message_bytes: int | None = None,
+    *,
+    streams_answer_in_band: bool = True,
 ) -> None:
-    """Register a service that is not ours (health, reflection) as its generated `add_*_to_server`
-    does, but with requests parsed tolerantly and `max_message_bytes` checked before parsing:
-    grpc's receive limit is only the ceiling above it (frame_size.received_ceiling), and grpc's own
-    deserializer answered a malformed message UNKNOWN with a traceback logged per message (health
-    takes no token: a log flood open to anyone, ~1.4 MiB/s from one client)."""
+    """Register the service's methods as the generated `add_*_to_server` does, except that
+    requests are parsed tolerantly, and not at all past `max_message_bytes`. A method refuses a
+    Malformed or Oversized request by ending its call, except a bidirectional one of a service whose
+    `streams_answer_in_band` (ours: ModelStreamInfer answers each in-band and goes on). Services
+    that are not ours (health, reflection) are registered so too (`streams_answer_in_band=False`):
+    grpc's own deserializer answered a malformed message UNKNOWN with a traceback logged per message
+    (health takes no token: a log flood open to anyone, ~1.4 MiB/s from one client), and grpc's
+    receive limit is only the ceiling above `max_message_bytes` (frame_size.received_ceiling)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         kind = ("stream" if method.client_streaming else "unary") + "_"
         kind += "stream" if method.server_streaming else "unary"
-        make = getattr(grpc, f"{kind}_rpc_method_handler")
-        handlers[method.name] = make(
-            _refusing(kind, getattr(servicer, method.name)),
-            request_deserializer=tolerant_deserializer(GetMessageClass(method.input_type), limit),
+        behavior = getattr(servicer, method.name)
+        if not (kind == "stream_stream" and streams_answer_in_band):
+            behavior = _refusing(kind, behavior)
+        handlers[method.name] = getattr(grpc, f"{kind}_rpc_method_handler")(
+            behavior,
+            request_deserializer=tolerant_deserializer(GetMessageClass(method.input_type), max_message_bytes),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
