@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, save
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.test_repository_control import index
+from tests.support.answers import answer
 from tests.support.sequence_models import accumulator_config, accumulator_model
 from tests.support.server_process import ServerProcess
 
@@ -170,14 +171,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         (repo / name / "config.pbtxt").write_text(identity() + lazy)
     with ServerProcess("--model-repository", str(repo)) as running:
         yield running
-
-
-def answer(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> tuple[str, str]:
-    try:
-        stub.ModelInfer(request, timeout=60)
-    except grpc.RpcError as refused:
-        return refused.code().name, refused.details() or ""
-    return "OK", ""
 
 
 def not_loaded(address: str, name: str) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.test_repository_control import index
+from tests.support.answers import answer
 from tests.support.sequence_models import accumulator_config, accumulator_model
 from tests.support.server_process import ServerProcess
 
@@ -96,14 +97,6 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (repo / name / "config.pbtxt").write_text(config + LAZY)
     with ServerProcess("--model-repository", str(repo), "--allow-client-shm") as server:
         yield server.address
-
-
-def answer(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> tuple[str, str]:
-    try:
-        stub.ModelInfer(request, timeout=60)
-    except grpc.RpcError as refused:
-        return refused.code().name, refused.details() or ""
-    return "OK", ""
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
