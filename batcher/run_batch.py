@@ -108,11 +108,12 @@ class BatchRunner:
             finally:
                 self._forecast.ended(key)
             t2 = time.perf_counter_ns()
-            if not split:
+            parts: list[Part]
+            if split:
+                parts = scatter(outputs, offsets, self._policy.ragged is not None)
+            else:  # a request run alone: its outputs whole, once they hold its rows
                 check_rows(outputs, offsets[-1], self._policy)
-            parts: list[Part] = (
-                scatter(outputs, offsets, self._policy.ragged is not None) if split else [dict(outputs)]
-            )
+                parts = [dict(outputs)]
             t3 = time.perf_counter_ns()
         except Exception as exc:
             # The whole batch fails with the backend's own error; the server maps it.
