@@ -235,8 +235,10 @@ class DynamicBatcher:
             future = p.handle.future
             if not future.cancelled() and future.done() and future.exception() is None:
                 raise ComputedThenCancelled() from None  # the run had answered it first
-            if future.cancelled():  # a batch had taken it: its run computes it all the same
+            if future.cancelled() and p.handle.boarded:  # its run computes it all the same
                 raise CancelledInRun() from None
+            # Taken by a batch whose run has not started: the run drops it unrun (`expired` at its
+            # deadline), so its caller is told it was not in a run.
             raise
         finally:
             if claim is not None:

@@ -85,8 +85,8 @@ class ComputedThenCancelled(asyncio.CancelledError):
 
 
 class CancelledInRun(asyncio.CancelledError):
-    """The caller went away after a batch had taken its request, before the run answered it: the
-    run computes it anyway (and counts it `late` there when it was cut at its deadline). An
+    """The caller went away after its batch's run had started (boarded it), before the run answered
+    it: the run computes it anyway (and counts it `late` there when it was cut at its deadline). An
     ensemble tells its own deadline outcome of a call cut at its deadline by it: a step in its run
     -> `late`, else `expired` (server/models/ensemble.py)."""
 

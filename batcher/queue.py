@@ -37,6 +37,9 @@ class Ticket:
     timer: asyncio.TimerHandle | None = None
     nbytes: int = 0  # input bytes charged to the queue's byte budgets while queued
     trace: QueueTrace | None = None  # a traced request: its run is recorded there
+    # Set when its batch's run boarded it (run_batch): from then on it is computed even if its
+    # caller goes; before, a caller that goes leaves it dropped unrun.
+    boarded: bool = False
 
 
 Request = Pending[Ticket]

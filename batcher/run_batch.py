@@ -83,6 +83,8 @@ class BatchRunner:
                 (expired if late(p.hard, now) else batch).append(p)
             elif p.handle.future.cancelled():  # its caller went before the run: never computed
                 self._stats.expired += cut_at_deadline(p, now, self._margin)
+        for p in batch:  # computed from now on, even if its caller goes (CancelledInRun)
+            p.handle.boarded = True
         if not batch:
             self._flights.land(flight)
         for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it

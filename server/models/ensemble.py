@@ -215,7 +215,7 @@ class EnsembleScheduler:
         # Set when a step failed: the steps still running are stopped by us, not by the caller, so
         # they are not counted CANCELED ("the caller went away") in their models' statistics.
         abandoned = [False]
-        in_run = [False]  # set by a step whose run had taken it when the call was cut
+        in_run = [False]  # set by a step whose run had started (boarded it) when the call was cut
         try:
             while left or running:
                 for step in [s for s in left if all(t in tensors for t in s.input_map.values())]:

@@ -334,6 +334,9 @@ class Rollout:
         state.events.append(RollbackEvent(version, trigger, reason, self._wall(), origin))
         key = (state.entry.name, version, trigger)
         self._rollbacks[key] = self._rollbacks.get(key, 0) + 1
+        if origin is not None:  # a logged change's: a snapshot carries its count (rollout_carry.restore)
+            logged = (version, origin.worker, origin.kind)
+            state.log_rollbacks[logged] = state.log_rollbacks.get(logged, 0) + 1
         log.warning(
             "rollout: model %s version %d rolled back (%s): %s", state.entry.name, version, trigger, reason
         )
@@ -359,6 +362,13 @@ class Rollout:
             yield "sluiceway_shadow_max_abs_diff", labels, f.max_abs_diff
             if f.argmax_rows:
                 yield "sluiceway_shadow_argmax_agreement", labels, f.argmax_agree / f.argmax_rows
+
+    def count_rollbacks(self, model: str, counts: Mapping[tuple[int, str], int]) -> None:
+        """Count rollbacks of `model` applied without `_roll_back` ((version, trigger) -> count): the
+        logged ones a state restored from the workers' snapshot skipped (rollout_carry.restore)."""
+        for (version, trigger), count in counts.items():
+            key = (model, version, trigger)
+            self._rollbacks[key] = self._rollbacks.get(key, 0) + count
 
     def rollbacks_of(self, model: str) -> int:
         return sum(c for (m, _, _), c in dict(self._rollbacks).items() if m == model)

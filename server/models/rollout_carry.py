@@ -14,7 +14,14 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from server.models.rollout_state import MAX_EVENTS, ModelRollout, event_seen_by, stop_shadow
+from server.models.rollout_state import (
+    MAX_EVENTS,
+    EventOrigin,
+    ModelRollout,
+    event_seen_by,
+    seen_by,
+    stop_shadow,
+)
 from server.models.traffic import format_weights
 
 if TYPE_CHECKING:
@@ -43,6 +50,7 @@ def carry(old: ModelRollout, new: ModelRollout) -> None:
     new.set_weights(None if old.weights is None else dict(old.weights))
     new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
     new.shadow_promoted, new.log_seq = old.shadow_promoted, old.log_seq
+    new.log_rollbacks = dict(old.log_rollbacks)
     if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
         stop_shadow(new)
     if old.source != "config":
@@ -50,11 +58,14 @@ def carry(old: ModelRollout, new: ModelRollout) -> None:
                  new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
 
-def restore(state: ModelRollout, snapshot: Snapshot, worker: int) -> None:
+def restore(state: ModelRollout, snapshot: Snapshot, worker: int) -> dict[tuple[int, str], int]:
     """Under --workers: the log's snapshot after change `snapshot.seq` (rollout_snapshot.py) onto
     `state`, worker `worker`'s state of the same generation that has applied fewer of its
     changes: it ends as applying them would, its events as this worker would have recorded them
-    (not as the snapshot's writer did); its rollback counters do not count the skipped ones."""
+    (not as the snapshot's writer did). Returns the rollbacks of the changes it skipped,
+    (version, trigger as this worker's) -> count, for its rollback counters (Rollout.count_rollbacks)."""
+    skipped = skipped_rollbacks(state, snapshot, worker)
+    state.log_rollbacks = {(v, w, k): c for v, w, k, c in snapshot.rollbacks}
     state.set_weights(None if snapshot.weights is None else dict(snapshot.weights))
     state.source, state.rolled_back = snapshot.source, set(snapshot.rolled_back)
     state.shadow_promoted = snapshot.shadow_promoted
@@ -65,3 +76,16 @@ def restore(state: ModelRollout, snapshot: Snapshot, worker: int) -> None:
     log.info("rollout: model %s took the workers' state after change %d: weights %s (%s)",
              state.entry.name, snapshot.seq, format_weights(state.weights or {}),
              state.source)  # fmt: skip
+    return skipped
+
+
+def skipped_rollbacks(state: ModelRollout, snapshot: Snapshot, worker: int) -> dict[tuple[int, str], int]:
+    """The rollbacks the snapshot's changes applied that `state` has not: (version, trigger as
+    worker `worker` records it: its own `manual`/`auto`, the others' `shared`) -> count."""
+    skipped: dict[tuple[int, str], int] = {}
+    for version, writer, kind, count in snapshot.rollbacks:
+        missed = count - state.log_rollbacks.get((version, writer, kind), 0)
+        if missed > 0:
+            trigger = seen_by(EventOrigin(writer, kind, ""), worker)[0]
+            skipped[(version, trigger)] = skipped.get((version, trigger), 0) + missed
+    return skipped

@@ -12,6 +12,12 @@ server's directory was taken for a dead one's. A parent starting removes the dir
 or that has no lock file (made by an older version, or being made right now), is never removed.
 `owner` records the parent's pid and start time (/proc/<pid>/stat, in clock ticks since boot) for
 the log line and for people; it decides nothing.
+
+A directory without a lock file is never removed automatically because nothing proves its owner
+gone: its pid means nothing in another PID namespace sharing /tmp (a live server's directory was
+removed so), its age says nothing of an idle server that logs no change for hours, and the
+pre-lock builds held nothing a survivor could test. The start names those not changed for
+MAKING_S (so not one being made) in one warning line, for an operator to remove by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -32,6 +39,8 @@ DIR_PREFIX = "sluiceway-rollout-"
 OWNER_FILE = "owner"  # "<pid> <start time>" ("-" when the start time is not known)
 LOCK_FILE = "lock"  # flocked (exclusive) by the owner for its whole life
 MAX_OWNER_BYTES = 64
+MAKING_S = 60.0  # a directory without a lock file changed since then may be being made: not named
+MAX_NAMED = 10  # lockless directories named in the start's line; the rest are counted
 
 
 class ShareDir:
@@ -90,6 +99,7 @@ def remove_stale_share_dirs(temp_dir: Path | None = None) -> list[Path]:
     no longer runs (their lock is free); the directories removed."""
     base = Path(temp_dir or tempfile.gettempdir())
     removed = []
+    lockless = []
     try:
         candidates = [p for p in base.iterdir() if p.name.startswith(DIR_PREFIX)]
     except OSError:
@@ -101,6 +111,9 @@ def remove_stale_share_dirs(temp_dir: Path | None = None) -> list[Path]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():  # not one we made
             continue
+        if _lockless(path, info, time.time()):
+            lockless.append(path)
+            continue
         with _owner_gone(path) as gone:
             if not gone:
                 continue
@@ -110,7 +123,32 @@ def remove_stale_share_dirs(temp_dir: Path | None = None) -> list[Path]:
             removed.append(path)
             who = "an unrecorded process" if owner is None else f"server process {owner[0]}"
             log.warning("removed %s: left by %s, which is gone", path, who)
+    if lockless:
+        log.warning("%s", lockless_line(sorted(lockless)))
     return removed
+
+
+def _lockless(path: Path, info: os.stat_result, now: float) -> bool:
+    """Whether `path` (lstat `info`) has no lock file and was not changed for MAKING_S: a
+    pre-lock build's directory, not one being made now (its lock is renamed in within moments)."""
+    try:
+        os.lstat(path / LOCK_FILE)
+    except FileNotFoundError:
+        return now - info.st_mtime >= MAKING_S
+    except OSError:
+        return False
+    return False
+
+
+def lockless_line(paths: list[Path]) -> str:
+    """The start's one line naming the share directories without a lock file (up to MAX_NAMED)."""
+    named = ", ".join(str(p) for p in paths[:MAX_NAMED])
+    more = f" and {len(paths) - MAX_NAMED} more" if len(paths) > MAX_NAMED else ""
+    return (
+        f"{len(paths)} workers' share directories without a lock file (made by a build before the "
+        f"lock file) kept, since whether their server still runs cannot be told (a pid says nothing "
+        f"in another PID namespace): {named}{more}; remove each by hand once no such server runs"
+    )
 
 
 @contextlib.contextmanager

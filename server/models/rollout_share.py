@@ -136,7 +136,8 @@ class RolloutShare:
                     snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
                     if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
                         return applied
-                    restore(state, snapshot, self.worker)  # changes up to it were removed
+                    skipped = restore(state, snapshot, self.worker)  # changes up to it were removed
+                    self._models.rollout.count_rollbacks(entry.name, skipped)
                     snapshots = False
                     applied += 1
                     continue

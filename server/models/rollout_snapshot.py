@@ -3,11 +3,12 @@ that lets the log's older change files go (server/models/rollout_ops.py's compac
 
 A snapshot holds what the log's changes set on the config's state (weights, who set them, the
 rolled-back versions, whether the shadow was stopped or promoted, the last events, each with the
-change it came from: the worker that logged it, manual or automatic, the logged reason), so applying
-it to a state built from the same config (the same generation) leaves it as applying changes 1..seq
-would, each event shown as the reader would have recorded it (Rollout.restore). One file per
-log, `snap-<model>-<generation>.json`, replaced whole (a rename of a written file) and only by a
-later one (under the log's lock): a reader sees the old or the new, never part.
+change it came from: the worker that logged it, manual or automatic, the logged reason; and how many
+rollbacks each worker's manual or automatic changes applied, per version), so applying it to a state
+built from the same config (the same generation) leaves it as applying changes 1..seq would, each
+event shown and each skipped rollback counted as the reader would have (rollout_carry.restore).
+One file per log, `snap-<model>-<generation>.json`, replaced whole (a rename of a written file) and
+only by a later one (under the log's lock): a reader sees the old or the new, never part.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Snapshot:
     shadow_stopped: bool  # a rollback stopped the shadow copies (or the shadow was promoted)
     shadow_promoted: bool
     events: tuple[RollbackEvent, ...]  # the last MAX_EVENTS, oldest first, as the writer saw them
+    # Every rollback changes 1..seq applied: (version, the worker that logged it, kind, count).
+    rollbacks: tuple[tuple[int, int, str, int], ...]
 
 
 def snapshot_of(state: ModelRollout) -> Snapshot:
@@ -57,6 +60,7 @@ def snapshot_of(state: ModelRollout) -> Snapshot:
         shadow_stopped=shadow is not None and shadow.policy.fraction == 0,
         shadow_promoted=state.shadow_promoted,
         events=tuple(state.events),
+        rollbacks=tuple((v, w, k, c) for (v, w, k), c in sorted(state.log_rollbacks.items())),
     )
 
 
@@ -80,6 +84,7 @@ def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) ->
         "shadow_stopped": snapshot.shadow_stopped,
         "shadow_promoted": snapshot.shadow_promoted,
         "events": [_event_list(e) for e in snapshot.events],
+        "rollbacks": [list(r) for r in snapshot.rollbacks],
     }
     try:
         temporary.write_text(json.dumps(raw), encoding="utf-8")
@@ -104,6 +109,9 @@ def read_snapshot(path: Path) -> Snapshot:
     events = field(raw, "events", list)
     if len(events) > MAX_EVENTS or not all(_is_event(e) for e in events):
         raise ValueError(f"field 'events' is not a list of up to {MAX_EVENTS} events")
+    rollbacks = field(raw, "rollbacks", list)
+    if not all(_is_count(r) for r in rollbacks):
+        raise ValueError("field 'rollbacks' is not a list of [version, worker, kind, count] counts")
     return Snapshot(
         model=field(raw, "model", str),
         generation=field(raw, "generation", str),
@@ -114,6 +122,7 @@ def read_snapshot(path: Path) -> Snapshot:
         shadow_stopped=_flag(raw, "shadow_stopped"),
         shadow_promoted=_flag(raw, "shadow_promoted"),
         events=tuple(RollbackEvent(e[0], e[1], e[2], float(e[3]), _origin(e[4])) for e in events),
+        rollbacks=tuple((r[0], r[1], r[2], r[3]) for r in rollbacks),
     )
 
 
@@ -152,6 +161,19 @@ def _is_origin(value: object) -> bool:
         and is_int(value[0])
         and value[1] in ("manual", "auto")
         and isinstance(value[2], str)
+    )
+
+
+def _is_count(value: object) -> bool:
+    """[version, worker, "manual"|"auto", count]"""
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and is_int(value[0])
+        and is_int(value[1])
+        and value[2] in ("manual", "auto")
+        and is_int(value[3])
+        and value[3] > 0
     )
 
 

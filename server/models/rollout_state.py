@@ -84,6 +84,9 @@ class ModelRollout:
     entry_versions: frozenset[int] = frozenset()
     generation: str = ""  # what the versions were loaded from (rollout_ops.generation)
     log_seq: int = 0  # under --workers: the last change of the generation's log applied to this state
+    # Under --workers: the logged rollbacks applied to this state, (version, the worker that logged
+    # it, "manual" or "auto") -> count, so that a snapshot's reader counts the ones it skipped.
+    log_rollbacks: dict[tuple[int, int, str], int] = field(default_factory=dict)
 
     def set_weights(self, weights: dict[int, int] | None) -> None:
         self.weights = weights

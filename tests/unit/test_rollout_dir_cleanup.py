@@ -6,8 +6,10 @@ older version's), another prefix, a link, or one whose lock file is a link.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,39 @@ def test_a_tmpdir_python_skipped_is_said(tmp_path: Path) -> None:
         said
         == f"TMPDIR {tmp_path / 'full'} cannot be written (full, read-only or missing): using /tmp instead"
     )
+
+
+def test_directories_without_a_lock_file_are_named_in_one_line_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pre-lock build's directory cannot be proved dead (its pid means nothing in another PID
+    namespace): the start names it for an operator, once; one being made (changed just now) is not
+    named. They had been kept silently."""
+    older = left(tmp_path, f"{DIR_PREFIX}older", "999999999 1\n")
+    no_record = left(tmp_path, f"{DIR_PREFIX}norecord", None)
+    long_ago = time.time() - 3600  # (MAKING_S is a minute)
+    for path in (older, no_record):
+        os.utime(path, (long_ago, long_ago))
+    making = left(tmp_path, f"{DIR_PREFIX}making", "999999999 1\n")  # its lock not renamed in yet
+    live = make_share_dir(tmp_path)
+    os.utime(live.path, (long_ago, long_ago))
+
+    with caplog.at_level(logging.WARNING, logger="server.models.rollout_dir"):
+        assert remove_stale_share_dirs(tmp_path) == []
+
+    lines = [r.getMessage() for r in caplog.records if "without a lock file" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert str(older) in lines[0] and str(no_record) in lines[0], lines
+    assert str(making) not in lines[0] and str(live.path) not in lines[0], lines
+    for kept in (older, no_record, making, live.path):
+        assert kept.is_dir(), kept
+    live.remove()
+
+
+def test_the_line_names_a_bounded_number_of_directories() -> None:
+    from server.models.rollout_dir import MAX_NAMED, lockless_line
+
+    paths = [Path(f"/tmp/{DIR_PREFIX}{i:02d}") for i in range(MAX_NAMED + 3)]
+    line = lockless_line(paths)
+    assert str(paths[MAX_NAMED - 1]) in line and str(paths[MAX_NAMED]) not in line
+    assert "and 3 more" in line and line.startswith(f"{MAX_NAMED + 3} workers' share directories")
