@@ -33,7 +33,7 @@ from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.lazy_signatures import FreshRuns, has_traffic_policy, predicted_signatures
 from server.models.manager import ModelManager
-from server.models.memory_budget import MIB, MemoryBudget
+from server.models.memory_budget import MIB, MemoryBudget, refusal
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.protocol.validate import Signature
@@ -276,10 +276,13 @@ class ModelLoads:
                 self._lazy.add(name)  # loaded with its steps (EnsembleDependents.load_waiting)
                 return
         held = self.budget.size_of(name)  # None: not loaded now
-        need = self.budget.measured(name, key) or held or files
+        measured = self.budget.measured(name, key)
+        need = measured or held or files
+        basis = (
+            "as measured at its last load" if measured else "its footprint now" if held else "its files' size"
+        )
         # A reload that holds no more than the model holds now frees nothing by being refused: it
         # evicts what it can and loads (refused, a poll-mode change waited for the next eviction).
-        basis = "as measured at its last load" if need == self.budget.measured(name, key) else ""
         await self._make_room(name, need, reload=held is not None and need <= held, basis=basis)
         await self._pay_one_time_costs()
         before, started = self._in_use(), self._clock()
@@ -342,12 +345,7 @@ class ModelLoads:
         victims = self.budget.victims(need, self._busy, keep=name, best_effort=loaded or reload)
         if victims is None:
             self.stats.refused += 1
-            why = f" ({basis})" if basis else ""
-            raise MemoryBudgetExceeded(
-                f"loading model '{name}' needs about {need / MIB:.1f} MiB{why}: model_memory_budget_mb "
-                f"({self.budget.limit_bytes // MIB}) has {self._free_mib():.1f} MiB free and no idle "
-                "lazy model to evict (pinned models and models with requests in flight stay)"
-            )
+            raise MemoryBudgetExceeded(refusal(name, need, basis, self.budget))
         for victim in victims:
             await self._evict(victim)
         if loaded and self.budget.used_bytes > self.budget.limit_bytes > 0:
@@ -371,9 +369,6 @@ class ModelLoads:
         except ModelNotFound:
             return False
         return any(v.batcher.queued_requests or v.batcher.in_flight_batches for v in entry.versions.values())
-
-    def _free_mib(self) -> float:
-        return max(self.budget.limit_bytes - self.budget.used_bytes, 0) / MIB
 
     def _budget_note(self) -> str:
         if self.budget.limit_bytes <= 0:
