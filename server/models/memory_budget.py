@@ -96,3 +96,23 @@ class MemoryBudget:
             if used + need_bytes <= self.limit_bytes:
                 return chosen
         return chosen if best_effort else None
+
+
+def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
+    """Why loading `name` (`need` bytes, estimated from `basis`) is refused under `budget`: more
+    than the whole budget (no eviction could ever make room: had said "no idle lazy model to
+    evict"), or more than evicting what may be evicted now would free."""
+    limit = budget.limit_bytes
+    if need > limit:
+        why = f", {basis}" if basis else ""
+        return (
+            f"loading model '{name}' needs {need} bytes (about {need / MIB:.1f} MiB{why}), more than "
+            f"the whole memory budget: model_memory_budget_mb is {limit / MIB:g} ({limit} bytes; set "
+            "by --model-memory-budget-mb or SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+        )
+    free, why = max(limit - budget.used_bytes, 0), f" ({basis})" if basis else ""
+    return (
+        f"loading model '{name}' needs about {need / MIB:.1f} MiB{why}: model_memory_budget_mb "
+        f"({limit / MIB:g}) has {free / MIB:.1f} MiB free and no idle lazy model to evict "
+        "(pinned models and models with requests in flight stay)"
+    )

@@ -9,6 +9,7 @@ from math import prod
 from pathlib import Path
 
 import numpy as np
+import numpy.random  # imported at start: numpy imports it on first use, and a first load paid it
 
 from batcher.types import Array, Backend
 from protos import model_config_pb2 as mc

@@ -145,3 +145,30 @@ async def test_a_loaded_models_reload_is_not_refused_for_its_own_bytes(tmp_path:
     await loads.load("a", keep_unchanged=True)
     assert fake.events == ["load a"] and loads.stats.refused == 0
     assert loads.budget.used_bytes == 150_000
+
+
+async def test_a_refusal_says_whether_the_model_outgrows_the_whole_budget_or_only_what_is_free(
+    tmp_path: Path,
+) -> None:
+    """A need over the whole budget had been refused "no idle lazy model to evict" as if an
+    eviction could help; a need that only the pinned models leave no room for keeps that message."""
+    model(tmp_path, "pinned", 90_000, config="")
+    model(tmp_path, "a", 40_000)
+    model(tmp_path, "big", 150_000)
+    loads = ModelLoads(cast(ModelManager, EventManager()), tmp_path, 100_000, in_use=lambda: 0, clock=Clock())
+    await loads.load("pinned")
+    for name in ("a", "big"):
+        loads.register_lazy(name)
+    with pytest.raises(MemoryBudgetExceeded) as full:
+        await loads.ready("a", 30.0)
+    assert "(its files' size): model_memory_budget_mb (0.0953674) has 0.0 MiB free and no idle lazy" in str(
+        full.value
+    )
+    with pytest.raises(MemoryBudgetExceeded) as too_big:
+        await loads.ready("big", 30.0)
+    assert str(too_big.value) == (
+        "loading model 'big' needs 150000 bytes (about 0.1 MiB, its files' size), more than the whole "
+        "memory budget: model_memory_budget_mb is 0.0953674 (100000 bytes; set by --model-memory-budget-mb "
+        "or SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+    )
+    assert loads.stats.refused == 2
