@@ -107,10 +107,11 @@ def error_for(
     return cls(message, request_id=request_id, retry_after_s=retry_after_s, reason=reason)
 
 
-# ErrorInfo reasons of answers never to send again: the request's run outlived the model's run
-# timeout, so it was computing and may hang whichever instance it reaches (a retry on every
-# endpoint killed an instance on each).
-NOT_RETRIED = frozenset({"RUN_TIMED_OUT"})
+# ErrorInfo reasons of answers never to send again. RUN_TIMED_OUT: the request's run outlived the
+# model's run timeout, so it was computing and may hang whichever instance it reaches (a retry on
+# every endpoint killed an instance on each). OUTGROWS_MEMORY_BUDGET: the model needs more than
+# the server's whole memory budget, so every retry is refused alike.
+NOT_RETRIED = frozenset({"RUN_TIMED_OUT", "OUTGROWS_MEMORY_BUDGET"})
 
 
 def rich_details(call: Any) -> tuple[float | None, str | None]:

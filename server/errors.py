@@ -97,6 +97,11 @@ class MemoryBudgetExceeded(ServiceError):
     """Loading would pass model_memory_budget_mb and not enough idle lazy models can be evicted."""
 
 
+class OutgrowsMemoryBudget(MemoryBudgetExceeded):
+    """The model needs more than the whole model_memory_budget_mb: no eviction can ever make room,
+    so the refusal says not to send it again (ErrorInfo OUTGROWS_MEMORY_BUDGET)."""
+
+
 class RolloutRefused(ServiceError):
     """A rollout change that would leave a model with no version taking requests."""
 

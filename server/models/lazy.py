@@ -24,6 +24,7 @@ from server.errors import (
     ModelLoadTimeout,
     ModelNotFound,
     ModelNotReady,
+    OutgrowsMemoryBudget,
     RepositoryError,
     ShuttingDown,
 )
@@ -345,7 +346,10 @@ class ModelLoads:
         victims = self.budget.victims(need, self._busy, keep=name, best_effort=loaded or reload)
         if victims is None:
             self.stats.refused += 1
-            raise MemoryBudgetExceeded(refusal(name, need, basis, self.budget))
+            why = refusal(name, need, basis, self.budget)
+            if need > self.budget.limit_bytes:  # no eviction can ever make room: not to be retried
+                raise OutgrowsMemoryBudget(why)
+            raise MemoryBudgetExceeded(why)
         for victim in victims:
             await self._evict(victim)
         if loaded and self.budget.used_bytes > self.budget.limit_bytes > 0:

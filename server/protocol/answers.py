@@ -12,10 +12,15 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 
 from batcher.errors import RunTimedOut
-from server.errors import status_for
+from server.errors import OutgrowsMemoryBudget, status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.calls import CallTracker
-from server.protocol.rich_status import RUN_TIMED_OUT, error_info_trailer, retry_info_trailer
+from server.protocol.rich_status import (
+    OUTGROWS_MEMORY_BUDGET,
+    RUN_TIMED_OUT,
+    error_info_trailer,
+    retry_info_trailer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ def status_of(exc: Exception, request: object = None) -> Status:
         return Status(code, message, retry_info_trailer(code, message, retry_after_s))
     if isinstance(exc, RunTimedOut):
         return Status(code, message, error_info_trailer(code, message, RUN_TIMED_OUT))
+    if isinstance(exc, OutgrowsMemoryBudget):
+        return Status(code, message, error_info_trailer(code, message, OUTGROWS_MEMORY_BUDGET))
     return Status(code, message)
 
 

@@ -27,6 +27,9 @@ ERROR_DOMAIN = "sluiceway"
 # The request's run outlived the model's run timeout: it was computing, and may hang any instance
 # it is sent to. Clients must not retry it (ours did, on every endpoint, killing an instance each).
 RUN_TIMED_OUT = "RUN_TIMED_OUT"
+# The model needs more than the whole memory budget: every retry is refused the same way (our
+# client had retried it as an overload until its attempts ran out).
+OUTGROWS_MEMORY_BUDGET = "OUTGROWS_MEMORY_BUDGET"
 
 
 def error_info_trailer(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:

@@ -10,8 +10,12 @@ import grpc
 import numpy as np
 import pytest
 
+from clients import Client
+from clients.endpoints import RetryPolicy
+from clients.errors import SluicewayError
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.metrics_page import summed
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess
 
@@ -64,3 +68,21 @@ def test_a_model_needing_more_than_the_whole_budget_is_refused_saying_so(
     budget = f"model_memory_budget_mb is {BUDGET_MIB} ({BUDGET_MIB << 20} bytes"
     assert f"more than the whole memory budget: {budget}" in details, details
     assert "--model-memory-budget-mb" in details and "no idle lazy model" not in details, details
+
+
+def test_a_model_needing_more_than_the_whole_budget_is_not_retried_by_our_client(
+    server: tuple[ServerProcess, int],
+) -> None:
+    """The refusal carries ErrorInfo OUTGROWS_MEMORY_BUDGET, so our client raises it at once: it had
+    retried it as an overload (Overloaded) until its attempts ran out, each refused alike."""
+    process, _ = server
+    refusals = "sluiceway_model_load_refusals_total"
+    before = summed(process, refusals)
+    with (
+        Client(process.address, retry=RetryPolicy(max_attempts=5)) as client,
+        pytest.raises(SluicewayError) as refused,
+    ):
+        client.infer("r", {"image": np.zeros((1, 3, 224, 224), np.float32)}, timeout_s=60)
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert refused.value.reason == "OUTGROWS_MEMORY_BUDGET", refused.value
+    assert summed(process, refusals) == before + 1  # sent once: 5 refusals before
