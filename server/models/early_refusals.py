@@ -11,8 +11,10 @@ on (an eviction is an unload: its versions' counts go with it, as a reload's, an
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from batcher.stats import ModelStats
+from protos import model_config_pb2 as mc
 from server.errors import InvalidRequest
 from server.models.versions import ModelVersion, version_number
 
@@ -41,11 +43,29 @@ def add_failures(into: ModelStats, early: ModelStats) -> None:
     into.shed += early.shed
 
 
+@dataclass(frozen=True, slots=True)
+class Series:
+    """What a model's config adds to its /metrics series (server/observability/metrics_views.py)."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)  # metric_tags: labels `_<key>`
+    cached: bool = False  # response_cache enabled: its cache series are shown
+
+
 class EarlyRefusals:
-    """Per lazy model not loaded, per version: the statistics of the requests refused before its load."""
+    """Per lazy model not loaded, per version: the statistics of the requests refused before its load,
+    and what its config adds to their series."""
 
     def __init__(self) -> None:
         self._stats: dict[str, dict[int, ModelStats]] = {}
+        self._series: dict[str, Series] = {}
+
+    def describe(self, name: str, config: mc.ModelConfig) -> None:
+        """`name`'s config as last read (for its signatures): its series are labelled by it, as its
+        loaded versions' are (they had lacked its metric_tags labels and its cache series)."""
+        self._series[name] = Series(dict(config.metric_tags), config.response_cache.enable)
+
+    def series(self, name: str) -> Series:
+        return self._series.get(name) or Series()
 
     def stats_for(self, name: str, version: int) -> ModelStats:
         """Where a request refused before `name`'s load is counted, for `version`."""
@@ -71,3 +91,4 @@ class EarlyRefusals:
 
     def forget(self, name: str) -> None:
         self._stats.pop(name, None)
+        self._series.pop(name, None)

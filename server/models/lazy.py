@@ -172,6 +172,7 @@ class ModelLoads:
             self._routed_by_policy.pop(name, None)
             return None
         self._routed_by_policy[name] = has_traffic_policy(source.config)
+        self.refused_early.describe(name, source.config)  # its refusals' series: labels, cache
         for known in (self._signatures.get(name), self._predicted.get(name)):
             if known is not None and known[0] == key:
                 return known[1] or None
