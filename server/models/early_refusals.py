@@ -19,13 +19,16 @@ from server.errors import InvalidRequest
 from server.models.versions import ModelVersion, version_number
 
 
-def counted_version(signatures: Mapping[int, object], named: str) -> int | None:
-    """The version a refused request is counted in: the one it names, or, naming none, the newest
-    its load would serve (the one whose refusal it heard; a traffic policy's choice is not known
-    before the load). None for a version not served or not a number: the loaded model refuses
-    those before any version's statistics, too."""
+def counted_version(
+    signatures: Mapping[int, object], named: str, unnamed_to: int | None = None
+) -> int | None:
+    """The version a refused request is counted in: the one it names, or, naming none, `unnamed_to`
+    (the one version routing sends it to, when known) or else the newest its load would serve (the
+    one whose refusal it heard; a traffic policy splitting the traffic chooses only once loaded).
+    None for a version not served or not a number: the loaded model refuses those before any
+    version's statistics, too."""
     if not named:
-        return max(signatures, default=None)
+        return unnamed_to if unnamed_to in signatures else max(signatures, default=None)
     try:
         number = version_number(named)
     except InvalidRequest:

@@ -228,13 +228,13 @@ async def _judge_and_wait(
     signatures = await demand.signatures(name)
     if signatures:  # an invalid request is refused without loading the model (and evicting)
         try:
-            newest = demand.routes_unnamed_to_newest(name)  # no policy to route it
-            check_declared_by_any(signatures, request, regions, controls, unnamed_to_newest=newest)
+            unnamed_to = demand.unnamed_version(name)  # where routing sends it, if one version
+            check_declared_by_any(signatures, request, regions, controls, unnamed_to=unnamed_to)
             if controls is not None and demand.needs_load(name):
                 sequences.check(name, controls.sequence)  # still not loaded: no sequence is live
         except Exception as exc:
             # Counted as the loaded model's refusal would be (it had been counted nowhere).
-            number = counted_version(signatures, request.model_version)
+            number = counted_version(signatures, request.model_version, demand.unnamed_version(name))
             if number is not None:
                 stats = demand.refused_early.stats_for(name, number)
                 record_failed(stats, int((time.monotonic() - began) * 1e9), exc)

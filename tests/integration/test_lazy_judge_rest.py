@@ -3,7 +3,9 @@ not a start, for an id never started, is refused with the loaded sequence batche
 message (it had loaded the model to hear it), while a start and its continuation sent together on a
 stream still wait for the load and both run. And a never-loaded model's /metrics series carry its
 config's `metric_tags` labels and its response-cache series, as the loaded model's do (they were
-other series, without the labels).
+other series, without the labels). A request naming no version, to a model whose traffic policy
+gives one version all the traffic, is judged by that version (it had been refused early only when
+every version refused it: one the routed version refuses and another takes loaded the model).
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.test_lazy_judge_more import LAZY, identity, infer, not_loaded, scrape
+from tests.integration.test_lazy_judge_more import (
+    LAZY,
+    TWO_WIDTHS,
+    identity,
+    infer,
+    not_loaded,
+    scrape,
+    statistics,
+    width_model,
+)
 from tests.support.answers import answer
 from tests.support.sequence_models import accumulator_config, accumulator_model
 from tests.support.server_process import ServerProcess
 
 TAGS = 'metric_tags { key: "team" value: "vision" }\nresponse_cache { enable: true }\n'
+# Version 1 takes [N, 4], version 2 [N, 8]; every request naming no version goes to version 1.
+OLDEST_ONLY = 'parameters { key: "traffic_weights" value { string_value: "1:100,2:0" } }\n'
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +46,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # The same tagged, cached identity model twice: lazy (never loaded) and loaded at start.
     write(repo, "tags_lazy", identity() + TAGS + LAZY)
     write(repo, "tags_loaded", identity() + TAGS)
+    (repo / "oldest_only" / "2").mkdir(parents=True)
+    write(repo, "oldest_only", TWO_WIDTHS + OLDEST_ONLY + LAZY)
+    width_model(repo / "oldest_only" / "1" / "model.onnx", 4)
+    width_model(repo / "oldest_only" / "2" / "model.onnx", 8)
     with ServerProcess("--model-repository", str(repo), "--response-cache-bytes", "1000000") as running:
         yield running
 
@@ -90,3 +107,22 @@ def test_a_never_loaded_models_series_carry_its_metric_tags_and_cache_series(ser
     assert loaded['nv_cache_num_misses_per_model{_team="vision",version="1"}'] == 0
     assert scrape(server, "tags_lazy") == loaded
     assert not_loaded(server.address, "tags_lazy")
+
+
+def test_an_unnamed_request_is_judged_by_the_one_version_its_traffic_policy_routes_to(
+    server: ServerProcess,
+) -> None:
+    name = "oldest_only"
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        before = answer(stub, infer(name, width=8, datatype="onnx"))  # version 2 would take it
+        assert not_loaded(server.address, name), before  # refused without loading it
+        counted = {s.version: s.inference_stats.fail.count for s in statistics(stub, name)}
+        assert counted == {"1": 1}  # in the version routing sends it to, as once loaded
+        assert answer(stub, infer(name, width=4, datatype="onnx")) == ("OK", "")  # loads it
+        assert not not_loaded(server.address, name)
+        after = answer(stub, infer(name, width=8, datatype="onnx"))
+        counted = {s.version: s.inference_stats.fail.count for s in statistics(stub, name)}
+    assert after[0] == "INVALID_ARGUMENT", after
+    assert before == after
+    assert counted == {"1": 2, "2": 0}

@@ -1,18 +1,22 @@
 """What a lazy model not loaded judges without its load: a sequence's continuation that no load could
-find live (server/models/lazy_sequences.py), and the labels of its refusals' series
-(server/models/early_refusals.py)."""
+find live (server/models/lazy_sequences.py), the labels of its refusals' series
+(server/models/early_refusals.py), and the one version a request naming none is routed to
+(server/models/lazy_signatures.py)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from batcher.sequence_types import NEVER_STARTED, UnknownSequence, not_live
 from protos import model_config_pb2 as mc
-from server.models.early_refusals import EarlyRefusals, Series
+from server.models.early_refusals import EarlyRefusals, Series, counted_version
 from server.models.lazy_sequences import SequencesBeforeLoad
+from server.models.lazy_signatures import unnamed_version
+from server.models.repository import ModelSource
 from server.models.sequence_routing import SequenceRouting
 from server.observability.metrics_views import series_labels
 from server.protocol.sequence_params import SequenceParams
@@ -83,3 +87,29 @@ def test_early_refusals_series_are_labelled_by_the_config_last_read() -> None:
     assert shown == {"model": "m", "version": "1", "_team": "vision"}
     early.forget("m")
     assert early.series("m") == Series()
+
+
+def source(versions: list[int], **parameters: str) -> ModelSource:
+    config = mc.ModelConfig(name="m")
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    where = "m/config.pbtxt"
+    return ModelSource("m", Path("m"), config, {v: Path(f"m/{v}") for v in versions}, where)
+
+
+def test_the_one_version_a_request_naming_none_reaches_is_known_from_the_config() -> None:
+    assert unnamed_version(source([1, 2])) == 2  # no policy: the newest
+    assert unnamed_version(source([1, 2, 3], traffic_weights="1:100,3:0")) == 1
+    assert unnamed_version(source([1, 2], traffic_weights="2:5")) == 2
+    assert unnamed_version(source([1, 2], shadow_version="1", shadow_fraction="0.5")) == 2  # no weights
+    assert unnamed_version(source([1, 2], traffic_weights="1:50,2:50")) is None  # picked per request
+    assert unnamed_version(source([1, 2], traffic_weights="3:100")) is None  # its load refuses it
+    assert unnamed_version(source([])) is None
+
+
+def test_an_unnamed_refusal_is_counted_in_the_version_routing_sends_it_to() -> None:
+    served = {1: None, 2: None}
+    assert counted_version(served, "", unnamed_to=1) == 1
+    assert counted_version(served, "", unnamed_to=None) == 2  # not known: the newest
+    assert counted_version(served, "", unnamed_to=5) == 2
+    assert counted_version(served, "1", unnamed_to=2) == 1  # it names one
