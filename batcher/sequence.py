@@ -29,6 +29,7 @@ import numpy as np
 from batcher.admission import Admission
 from batcher.errors import NotAccepting
 from batcher.sequence_types import (
+    NEVER_STARTED,
     ControlKind,
     SequenceError,
     SequenceId,
@@ -37,6 +38,7 @@ from batcher.sequence_types import (
     SequenceSpec,
     UnknownSequence,
     check_one_row,
+    not_live,
     state_bytes,
 )
 from batcher.turn_deadline import TurnDeadlines, wait_turn
@@ -175,7 +177,7 @@ class SequenceBatcher:
                 seq = self._live.get(sid)
                 if seq is None:
                     if not start:
-                        raise UnknownSequence(self._not_live(sid))
+                        raise self._not_live(sid)
                     seq = self._open(sid)
                     undo: tuple[dict[str, Array], int, object | None] | None = None
                 else:
@@ -365,13 +367,9 @@ class SequenceBatcher:
         else:
             self._arm(seq, self._spec.idle_s - idle)
 
-    def _not_live(self, sid: SequenceId) -> str:
+    def _not_live(self, sid: SequenceId) -> UnknownSequence:
         """Triton's words, then why the sequence is not live."""
-        why = self._released.get(sid, "it was never started (or was released long ago)" + self._unknown_hint)
-        return (
-            f"inference request for sequence {sid} to model '{self._model}' must specify the START "
-            f"flag on the first request of the sequence (sequence_start): it is not live: {why}"
-        )
+        return not_live(self._model, sid, self._released.get(sid, NEVER_STARTED + self._unknown_hint))
 
 
 def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:

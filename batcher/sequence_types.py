@@ -97,6 +97,18 @@ class UnknownSequence(SequenceError):
     released: the message says which, when the server still remembers)."""
 
 
+NEVER_STARTED = "it was never started (or was released long ago)"
+
+
+def not_live(model: str, sid: SequenceId, why: str) -> UnknownSequence:
+    """A request continuing sequence `sid`, not live: Triton's words, then `why`. Also answered for
+    a lazy model before its load (server/models/lazy_sequences.py), so both say the same."""
+    return UnknownSequence(
+        f"inference request for sequence {sid} to model '{model}' must specify the START "
+        f"flag on the first request of the sequence (sequence_start): it is not live: {why}"
+    )
+
+
 class SequenceLimitReached(BatcherError):
     """Starting or growing a sequence would pass max_sequences or max_sequence_state_bytes."""
 

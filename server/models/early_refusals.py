@@ -11,19 +11,24 @@ on (an eviction is an unload: its versions' counts go with it, as a reload's, an
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from batcher.stats import ModelStats
+from protos import model_config_pb2 as mc
 from server.errors import InvalidRequest
 from server.models.versions import ModelVersion, version_number
 
 
-def counted_version(signatures: Mapping[int, object], named: str) -> int | None:
-    """The version a refused request is counted in: the one it names, or, naming none, the newest
-    its load would serve (the one whose refusal it heard; a traffic policy's choice is not known
-    before the load). None for a version not served or not a number: the loaded model refuses
-    those before any version's statistics, too."""
+def counted_version(
+    signatures: Mapping[int, object], named: str, unnamed_to: int | None = None
+) -> int | None:
+    """The version a refused request is counted in: the one it names, or, naming none, `unnamed_to`
+    (the one version routing sends it to, when known) or else the newest its load would serve (the
+    one whose refusal it heard; a traffic policy splitting the traffic chooses only once loaded).
+    None for a version not served or not a number: the loaded model refuses those before any
+    version's statistics, too."""
     if not named:
-        return max(signatures, default=None)
+        return unnamed_to if unnamed_to in signatures else max(signatures, default=None)
     try:
         number = version_number(named)
     except InvalidRequest:
@@ -41,11 +46,29 @@ def add_failures(into: ModelStats, early: ModelStats) -> None:
     into.shed += early.shed
 
 
+@dataclass(frozen=True, slots=True)
+class Series:
+    """What a model's config adds to its /metrics series (server/observability/metrics_views.py)."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)  # metric_tags: labels `_<key>`
+    cached: bool = False  # response_cache enabled: its cache series are shown
+
+
 class EarlyRefusals:
-    """Per lazy model not loaded, per version: the statistics of the requests refused before its load."""
+    """Per lazy model not loaded, per version: the statistics of the requests refused before its load,
+    and what its config adds to their series."""
 
     def __init__(self) -> None:
         self._stats: dict[str, dict[int, ModelStats]] = {}
+        self._series: dict[str, Series] = {}
+
+    def describe(self, name: str, config: mc.ModelConfig) -> None:
+        """`name`'s config as last read (for its signatures): its series are labelled by it, as its
+        loaded versions' are (they had lacked its metric_tags labels and its cache series)."""
+        self._series[name] = Series(dict(config.metric_tags), config.response_cache.enable)
+
+    def series(self, name: str) -> Series:
+        return self._series.get(name) or Series()
 
     def stats_for(self, name: str, version: int) -> ModelStats:
         """Where a request refused before `name`'s load is counted, for `version`."""
@@ -71,3 +94,4 @@ class EarlyRefusals:
 
     def forget(self, name: str) -> None:
         self._stats.pop(name, None)
+        self._series.pop(name, None)

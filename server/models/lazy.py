@@ -32,7 +32,7 @@ from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
-from server.models.lazy_signatures import FreshRuns, has_traffic_policy, predicted_signatures
+from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget, refusal
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
@@ -122,8 +122,8 @@ class ModelLoads:
         # Those its next load would serve, read from its files (never loaded, or changed since).
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
         self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
-        # Whether the config last read for those signatures has a traffic policy (routes_unnamed).
-        self._routed_by_policy: dict[str, bool] = {}
+        # The version a request naming none reaches, as the config last read for them says.
+        self._unnamed_to: dict[str, int | None] = {}
         self.refused_early = EarlyRefusals()  # requests those signatures refused, counted per version
 
     # -- the request path -------------------------------------------------------------------
@@ -174,9 +174,10 @@ class ModelLoads:
         try:
             source, key = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
-            self._routed_by_policy.pop(name, None)
+            self._unnamed_to.pop(name, None)
             return None
-        self._routed_by_policy[name] = has_traffic_policy(source.config)
+        self._unnamed_to[name] = unnamed_version(source)
+        self.refused_early.describe(name, source.config)  # its refusals' series: labels, cache
         for known in (self._signatures.get(name), self._predicted.get(name)):
             if known is not None and known[0] == key:
                 return known[1] or None
@@ -185,14 +186,15 @@ class ModelLoads:
         self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
         return predicted
 
-    def routes_unnamed_to_newest(self, name: str) -> bool:
-        """Whether `name`'s next load sends a request naming no version to its newest version, as
-        the signatures last read say (Triton's version_policy): its config has no traffic policy,
-        and no weights wait for the load (an operator's or a rollback's, kept through an eviction,
-        or under --workers another worker's changes in the shared log). False when not known."""
-        if self._routed_by_policy.get(name, True):
-            return False
-        return not self._manager.rollout.may_weigh(name)
+    def unnamed_version(self, name: str) -> int | None:
+        """The one version `name`'s next load sends a request naming no version to, as the config
+        read for the signatures last says (lazy_signatures.unnamed_version: the newest without a
+        traffic policy, or the one version its weights give all the traffic), when no weights wait
+        for the load (an operator's or a rollback's, kept through an eviction, or under --workers
+        another worker's changes in the shared log). None when not known, or not one version."""
+        if self._manager.rollout.may_weigh(name):
+            return None
+        return self._unnamed_to.get(name)
 
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)

@@ -15,7 +15,7 @@ from server.models.completion import complete_version
 from server.models.config import validate_config
 from server.models.ensemble_config import is_ensemble
 from server.models.repository import ModelSource
-from server.models.traffic import TRAFFIC_PARAMETERS
+from server.models.traffic import parse_policy
 from server.protocol.validate import Signature
 
 T = TypeVar("T")
@@ -44,10 +44,20 @@ def _completed(source: ModelSource, number: int, default_max_batch_size: int) ->
     return config
 
 
-def has_traffic_policy(config: mc.ModelConfig) -> bool:
-    """Whether `config` has a traffic policy (server/models/traffic.py): with one, a request naming
-    no version may be routed to any version; without, it goes to the newest."""
-    return any(key in TRAFFIC_PARAMETERS for key in config.parameters)
+def unnamed_version(source: ModelSource) -> int | None:
+    """The version a request naming no version reaches once `source` is loaded, as its config says:
+    without a traffic policy the newest (Triton's version_policy); with one whose weights give a
+    single version all the traffic (or that sets none: the newest), that version. None when its
+    weights split the traffic (routing picks per request), or the policy is one its load refuses."""
+    served = sorted(source.versions)
+    try:
+        policy = parse_policy(source.config, source.where, served)
+    except Exception:  # ConfigError: its load says what is wrong
+        return None
+    if policy is None:
+        return served[-1] if served else None
+    weighted = [number for number, weight in policy.weights.items() if weight > 0]
+    return weighted[0] if len(weighted) == 1 else None
 
 
 def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> dict[int, Signature] | None:

@@ -21,6 +21,7 @@ from server.models.config import ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.ensemble_dependents import EnsembleDependents
+from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -30,6 +31,7 @@ from server.models.repository import (
 )
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout
+from server.models.sequence_config import unknown_sequence_hint
 from server.models.sequence_routing import Routed, SequenceRouting
 from server.models.traffic import parse_policy
 from server.models.version_loader import ensemble_version, load_version
@@ -60,7 +62,7 @@ class OnDemand(Protocol):
 
     async def signatures(self, name: str) -> dict[int, Signature] | None: ...
 
-    def routes_unnamed_to_newest(self, name: str) -> bool: ...
+    def unnamed_version(self, name: str) -> int | None: ...
 
     @property
     def refused_early(self) -> EarlyRefusals: ...
@@ -84,6 +86,9 @@ class ModelManager:
         self._lock = asyncio.Lock()  # one repository change at a time
         # Where each sequence runs, and why retired versions' sequences ended (sequence_routing.py).
         self.sequence_routing = SequenceRouting()
+        # Continuations a lazy model not loaded refuses before its load (lazy_sequences.py).
+        hint = unknown_sequence_hint(settings)
+        self.sequences_before_load = SequencesBeforeLoad(self.sequence_routing, hint)
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors

@@ -291,14 +291,18 @@ def sequence_batcher(
 ) -> SequenceBatcher:
     """The model version's SequenceBatcher over its DynamicBatcher, bounded by the server's limits."""
     limits = SequenceLimits(settings.max_sequences, settings.max_sequence_state_bytes)
-    # 40 of 50 continuations sent over other connections than their start's failed under
-    # --workers 2, with nothing saying why.
-    hint = (
-        ""
-        if settings.worker_index is None
-        else "; with --workers each worker process keeps its own sequences: send all of a "
-        "sequence's requests over one connection (one channel, or a stream)"
-    )
+    hint = unknown_sequence_hint(settings)
     # A request waiting its sequence's turn gives up by its model queue's rule, counted there.
     deadlines = runner.turn_deadline if isinstance(runner, DynamicBatcher) else None
     return SequenceBatcher(runner, model.spec, limits, model=name, unknown_hint=hint, deadlines=deadlines)
+
+
+def unknown_sequence_hint(settings: ServerSettings) -> str:
+    """What "never started" adds under --workers: 40 of 50 continuations sent over other
+    connections than their start's failed under --workers 2, with nothing saying why."""
+    if settings.worker_index is None:
+        return ""
+    return (
+        "; with --workers each worker process keeps its own sequences: send all of a "
+        "sequence's requests over one connection (one channel, or a stream)"
+    )

@@ -148,6 +148,12 @@ class SequenceRouting:
         while len(ended) > REMEMBER_RELEASED:
             ended.popitem(last=False)
 
+    def ended_why(self, name: str, sid: SequenceId) -> str | None:
+        """Why retired versions of `name` (an unload, an eviction) ended sequence `sid`, when
+        remembered and not yet handed over: what the next load's versions will say."""
+        ended = self._ended.get(name)
+        return None if ended is None else ended.get(sid)
+
     def hand_over(self, name: str, versions: Iterable[ModelVersion]) -> None:
         """The retired versions' record goes to `versions`, the model's serving ones: a continuation
         of a sequence a reload or unload ended is told so, not "never started". Called before the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from opentelemetry.sdk.metrics.export import (
@@ -51,8 +51,13 @@ class Costs:
 
 
 def _labels(v: ModelVersion) -> Labels:
-    labels = {"model": v.name, "version": v.version_str}
-    for key, value in v.config.metric_tags.items():  # config metric_tags, as Triton labels them
+    return series_labels(v.name, v.version_str, v.config.metric_tags)
+
+
+def series_labels(model: str, version: str, tags: Mapping[str, str]) -> Labels:
+    """A version's series' labels: its model, version and config metric_tags, as Triton labels them."""
+    labels = {"model": model, "version": version}
+    for key, value in tags.items():
         labels[f"_{key}"] = value
     return labels
 
@@ -91,14 +96,22 @@ class MetricViews:
                 out.extend(list(entry.versions.values()))
         return out
 
-    def _refused_early(self) -> list[tuple[Labels, ModelStats]]:
+    def _refused_early(self, cached: bool = False) -> list[tuple[Labels, ModelStats]]:
         """The versions of lazy models not loaded that refused requests before their load
         (early_refusals.py), with those requests' statistics: shown as a loaded version that
-        refused them is, zeros included (only their failure series had been)."""
+        refused them is, zeros included (only their failure series had been), labelled by the
+        config last read (its metric_tags had been missing: other series than the loaded ones).
+        `cached`: only those whose config enables the response cache."""
         demand = self._models.on_demand
         if demand is None:
             return []
-        return [({"model": m, "version": str(n)}, stats) for m, n, stats in demand.refused_early.each()]
+        early = demand.refused_early
+        shown = [(early.series(m), m, n, stats) for m, n, stats in early.each()]
+        return [
+            (series_labels(m, str(n), series.tags), stats)
+            for series, m, n, stats in shown
+            if series.cached or not cached
+        ]
 
     def _shown(self) -> list[tuple[Labels, ModelStats]]:
         """Every version shown: ready ones, then those of `_refused_early`."""
@@ -125,9 +138,10 @@ class MetricViews:
 
     def _cached(self, value: Callable[[ModelStats], float]) -> Samples:
         """Only for versions whose config enables the response cache (as Triton)."""
-        return lambda: [
-            (_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable
-        ]
+        return lambda: (
+            [(_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable]
+            + [(labels, value(stats)) for labels, stats in self._refused_early(cached=True)]
+        )
 
     def views(self) -> list[View]:
         """Every counter and gauge. Triton's names are gauges: OpenTelemetry's Prometheus mapping

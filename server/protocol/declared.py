@@ -50,13 +50,14 @@ def check_declared_by_any(
     regions: SharedMemoryRegistry | None = None,
     controls: Controls | None = None,
     *,
-    unnamed_to_newest: bool = False,
+    unnamed_to: int | None = None,
 ) -> None:
     """Judge `request` by the version it names (a version the load will not serve is NOT_FOUND, as
-    the loaded model's), or, naming none, by the newest version when `unnamed_to_newest` (no
-    traffic policy: the loaded model routes it there, as Triton's version_policy does), else refuse
-    it only if every version would (a traffic policy may route it to any); the newest version's
-    error is the one raised."""
+    the loaded model's), or, naming none, by version `unnamed_to` when the loaded model's routing
+    sends every such request there (the newest without a traffic policy, as Triton's version_policy;
+    the one version a policy's weights give all the traffic), else refuse it only if every version
+    would (a policy splitting the traffic may route it to any); the newest version's error is the
+    one raised."""
     named = request.model_version
     if named:
         number = version_number(named)  # INVALID_ARGUMENT naming it, as the loaded model's resolve
@@ -68,7 +69,8 @@ def check_declared_by_any(
         return
     newest_first = sorted(signatures, reverse=True)
     error: ServiceError | BatcherError | None = None
-    for number in newest_first[:1] if unnamed_to_newest else newest_first:
+    judges = newest_first if unnamed_to is None or unnamed_to not in signatures else [unnamed_to]
+    for number in judges:
         try:
             check_declared(signatures[number], request, regions, controls)
             return

@@ -16,12 +16,13 @@ from batcher.errors import ComputedThenCancelled, NotAccepting
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
 from server.models.early_refusals import counted_version
+from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.manager import ModelManager, OnDemand
 from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION
 from server.observability.metrics_reasons import DEADLINE_SLACK_S, record_cut, record_failed
-from server.protocol.controls import parse_controls, try_parse_controls
+from server.protocol.controls import Controls, parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
 from server.protocol.infer_job import InferJob
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -176,7 +177,8 @@ class RequestPath:
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
         if demand is not None and demand.needs_load(request.model_name):
-            remaining_s = await await_load(demand, request, remaining_s, self.regions)
+            sequences = self._models.sequences_before_load
+            remaining_s = await await_load(demand, sequences, request, remaining_s, self.regions)
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
         if response is not None:
             if claim is not None:
@@ -194,6 +196,7 @@ def note_served(exc: BaseException, version: str) -> None:
 
 async def await_load(
     demand: OnDemand,
+    sequences: SequencesBeforeLoad,
     request: pb.ModelInferRequest,
     remaining_s: float | None,
     regions: SharedMemoryRegistry | None = None,
@@ -204,19 +207,36 @@ async def await_load(
     deadline, so the answer naming the load reaches the caller before its own timer fires (it had
     seen only gRPC's "Deadline Exceeded"). A request the load's signatures would refuse is refused
     first, as the loaded model would (declared.py), and counted in the version it would have reached
-    (early_refusals.py). What is left of the deadline after the wait."""
-    began = time.monotonic()
+    (early_refusals.py); so is a sequence's continuation no load could find live (`sequences`,
+    lazy_sequences.py: a start waiting for the load holds its id meanwhile). What is left of the
+    deadline after the wait."""
     controls = try_parse_controls(request.parameters)
-    signatures = await demand.signatures(request.model_name)
+    with sequences.hold(request.model_name, None if controls is None else controls.sequence):
+        return await _judge_and_wait(demand, request, remaining_s, regions, controls, sequences)
+
+
+async def _judge_and_wait(
+    demand: OnDemand,
+    request: pb.ModelInferRequest,
+    remaining_s: float | None,
+    regions: SharedMemoryRegistry | None,
+    controls: Controls | None,
+    sequences: SequencesBeforeLoad,
+) -> float | None:
+    began = time.monotonic()
+    name = request.model_name
+    signatures = await demand.signatures(name)
     if signatures:  # an invalid request is refused without loading the model (and evicting)
         try:
-            newest = demand.routes_unnamed_to_newest(request.model_name)  # no policy to route it
-            check_declared_by_any(signatures, request, regions, controls, unnamed_to_newest=newest)
+            unnamed_to = demand.unnamed_version(name)  # where routing sends it, if one version
+            check_declared_by_any(signatures, request, regions, controls, unnamed_to=unnamed_to)
+            if controls is not None and demand.needs_load(name):
+                sequences.check(name, controls.sequence)  # still not loaded: no sequence is live
         except Exception as exc:
             # Counted as the loaded model's refusal would be (it had been counted nowhere).
-            number = counted_version(signatures, request.model_version)
+            number = counted_version(signatures, request.model_version, demand.unnamed_version(name))
             if number is not None:
-                stats = demand.refused_early.stats_for(request.model_name, number)
+                stats = demand.refused_early.stats_for(name, number)
                 record_failed(stats, int((time.monotonic() - began) * 1e9), exc)
                 note_served(exc, str(number))
             raise
@@ -225,5 +245,5 @@ async def await_load(
     bound = min((b for b in (remaining_s, controls.timeout_s) if b is not None), default=None)
     slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
     left = None if bound is None else bound - (time.monotonic() - began)
-    await demand.ready(request.model_name, None if left is None else max(0.0, left - slack))
+    await demand.ready(name, None if left is None else max(0.0, left - slack))
     return None if bound is None else bound - (time.monotonic() - began)

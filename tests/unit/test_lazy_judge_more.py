@@ -42,11 +42,11 @@ def request(rows: int = 1, width: int = 3) -> pb.ModelInferRequest:
 def test_an_unnamed_request_is_judged_by_the_newest_version_only_when_routing_goes_there() -> None:
     versions = {1: signature(3), 2: signature(4)}  # version 1 takes width 3, the newest does not
     with pytest.raises(InvalidRequest, match="'x'"):
-        check_declared_by_any(versions, request(), unnamed_to_newest=True)
+        check_declared_by_any(versions, request(), unnamed_to=2)
     check_declared_by_any(versions, request())  # a policy may route it to version 1: not refused
     named = request()
     named.model_version = "1"
-    check_declared_by_any(versions, named, unnamed_to_newest=True)  # it names one that takes it
+    check_declared_by_any(versions, named, unnamed_to=2)  # it names one that takes it
 
 
 def test_classification_and_a_sequence_row_are_judged() -> None:
@@ -83,10 +83,10 @@ async def test_a_model_routes_unnamed_requests_to_the_newest_without_a_policy_or
     loads = loads_for(tmp_path, fake, 0)
     for name in ("plain", "weighted"):
         loads.register_lazy(name)
-        assert not loads.routes_unnamed_to_newest(name)  # nothing read yet: not known
+        assert loads.unnamed_version(name) is None  # nothing read yet: not known
         assert await loads.signatures(name) is not None
-    assert loads.routes_unnamed_to_newest("plain")
-    assert not loads.routes_unnamed_to_newest("weighted")  # a policy may route it to either
+    assert loads.unnamed_version("plain") == 2
+    assert loads.unnamed_version("weighted") is None  # a policy may route it to either
     rollout.shared = SimpleNamespace()  # type: ignore[assignment]  # --workers: the log may weigh
-    assert not loads.routes_unnamed_to_newest("plain")
+    assert loads.unnamed_version("plain") is None
     assert fake.loaded == []
