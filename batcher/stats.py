@@ -29,6 +29,10 @@ DISPATCH_REASONS = ("full", "preferred", "delay_expired", "idle", "deadline", "d
 REJECTION_REASONS = ("queue_full", "queued_bytes", "overloaded", "deadline", "invalid", "unavailable")
 # Triton's `reason` label of nv_inference_request_failure.
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+# Why a stream's call ended with answers made (counted a success or a failure) and never written:
+# cancelled by its client or by grpc (a frame over its hard ceiling), its deadline, its client
+# read nothing (stalled), the server stopped, or its request stream failed.
+UNSENT_REASONS = ("cancelled", "deadline", "stalled", "shutdown", "error")
 
 
 @dataclass(slots=True)
@@ -110,6 +114,8 @@ class ModelStats:
     expired: int = 0  # its deadline passed while it waited in the queue: never computed
     late: int = 0  # computed, but the run ended after its deadline (answered DEADLINE_EXCEEDED)
     dropped: int = 0  # latest-frame-wins: superseded by a newer frame of its stream, never computed
+    # Answers counted in success or fail whose stream's call ended before they were written.
+    unsent: dict[str, int] = field(default_factory=lambda: _reasons(UNSENT_REASONS))
     dispatch: dict[str, int] = field(default_factory=lambda: _reasons(DISPATCH_REASONS))
     rejections: dict[str, int] = field(default_factory=lambda: _reasons(REJECTION_REASONS))
     failures: dict[str, int] = field(default_factory=lambda: _reasons(FAILURE_REASONS))
@@ -129,6 +135,11 @@ class ModelStats:
     def record_canceled(self) -> None:
         """The caller went away before its answer: not a failure in ModelStatistics (as before)."""
         self.failures["CANCELED"] += 1
+
+    def record_unsent(self, reason: str) -> None:
+        """An answer counted in success or fail was never written: its stream's call ended first
+        (UNSENT_REASONS). Added, never taken back: success and fail only ever grow."""
+        self.unsent[reason] += 1
 
     def record_rejection(self, reason: str, shed: bool = False) -> None:
         """A request refused before it was queued (REJECTION_REASONS); `shed` when for its deadline."""

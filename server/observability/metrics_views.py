@@ -184,6 +184,9 @@ class MetricViews:
                  "admission, expired in the queue, ran late, on time", self._outcomes),
             View("sluiceway_frames_dropped_total", "counter", "Stream frames superseded by a newer "
                  "frame before they were computed (latest_frame_wins)", stat(lambda s: s.dropped)),
+            View("sluiceway_stream_answers_dropped_total", "counter", "Stream answers counted a success "
+                 "or a failure whose call ended before they were written, by why it ended",
+                 per_reason(lambda s: s.unsent, "reason")),
             View("sluiceway_goodput_total", "counter", "Requests answered OK within their deadline "
                  "(or without one)", stat(lambda s: s.success.count)),
             View("sluiceway_batch_dispatch_total", "counter", "Batches dispatched, by why they were cut",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled, NotAccepting
+from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
 from server.models.early_refusals import counted_version
@@ -26,6 +27,8 @@ from server.protocol.controls import Controls, parse_controls, try_parse_control
 from server.protocol.declared import check_declared_by_any
 from server.protocol.infer_job import InferJob
 from server.protocol.shared_memory import SharedMemoryRegistry
+
+_COUNTED_IN = "counted_in"  # set on an exception by `note_served`: the ModelStats it was counted in
 
 
 class RequestPath:
@@ -97,7 +100,7 @@ class RequestPath:
                 job.shm.release()  # as `finish` does
             self._models.sequence_routing.refused(served, routed)  # a start's note goes with it
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
-            note_served(exc, served.version_str)
+            note_served(exc, served.version_str, served.stats)
             raise
         if response is not None:
             elapsed_ns = time.perf_counter_ns() - start_ns
@@ -146,10 +149,12 @@ class RequestPath:
                 stats = served.stats
                 job.retarget(served)
                 response = await job.answer_later()
-        except ComputedThenCancelled:
+        except ComputedThenCancelled as exc:
             # Computed (counted in queue, compute and inference_count) before its caller went: a
-            # success, as one whose answer was made but not yet written when its stream ended.
+            # success, as one whose answer was made but not yet written when its stream ended
+            # (which the stream counts unsent, in the statistics noted here).
             stats.record_success(time.perf_counter_ns() - start_ns)
+            note_served(exc, job.served.version_str, stats)
             raise
         except asyncio.CancelledError:
             record_cut(stats, time.perf_counter_ns() - start_ns, job.call_deadline)
@@ -159,7 +164,7 @@ class RequestPath:
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            note_served(exc, job.served.version_str)
+            note_served(exc, job.served.version_str, stats)
             raise
         elapsed_ns = time.perf_counter_ns() - start_ns
         stats.record_success(elapsed_ns)
@@ -172,14 +177,19 @@ class RequestPath:
         remaining_s: float | None,
         claim: Claim | None = None,
         owner: object | None = None,
+        on_job: Callable[[InferJob], None] | None = None,
     ) -> pb.ModelInferResponse:
-        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim."""
+        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim.
+        `on_job`: given the job once prepared (a stream notes which version's statistics its
+        outcome is counted in)."""
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
         if demand is not None and demand.needs_load(request.model_name):
             sequences = self._models.sequences_before_load
             remaining_s = await await_load(demand, sequences, request, remaining_s, self.regions)
         job, response = self.start(request, remaining_s, start_ns, owner=owner)
+        if on_job is not None:
+            on_job(job)
         if response is not None:
             if claim is not None:
                 claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
@@ -188,10 +198,19 @@ class RequestPath:
         return await self.finish(job, start_ns)
 
 
-def note_served(exc: BaseException, version: str) -> None:
-    """Note on a failure which version served the request (its log line names it)."""
+def note_served(exc: BaseException, version: str, stats: ModelStats) -> None:
+    """Note on a failure which version served the request (its log line names it) and the
+    statistics it was counted in (a stream whose answer is never written counts it unsent there)."""
     with contextlib.suppress(AttributeError):  # an exception type without a __dict__
         setattr(exc, SERVED_VERSION, version)
+        setattr(exc, _COUNTED_IN, stats)
+
+
+def counted_in(exc: BaseException) -> ModelStats | None:
+    """The statistics a failure was counted in, as noted by `note_served` (None: in none). Read it
+    where the failure is caught, before any await: one exception may fail every request of a run."""
+    stats = getattr(exc, _COUNTED_IN, None)
+    return stats if isinstance(stats, ModelStats) else None
 
 
 async def await_load(
@@ -238,7 +257,7 @@ async def _judge_and_wait(
             if number is not None:
                 stats = demand.refused_early.stats_for(name, number)
                 record_failed(stats, int((time.monotonic() - began) * 1e9), exc)
-                note_served(exc, str(number))
+                note_served(exc, str(number), stats)
             raise
     if controls is None:  # a model not judged: its refused parameter is named without loading it
         controls = parse_controls(request.parameters)

@@ -304,6 +304,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             max_held_bytes=self._stream_max_held_bytes,
             on_stalled=end_call,
             max_frame_bytes=path.max_answer_bytes,
+            peer=context.peer(),
         )
         try:
             with self.calls.stream(context.peer(), session):

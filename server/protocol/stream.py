@@ -33,22 +33,29 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from batcher.claim import Claim
+from batcher.errors import ComputedThenCancelled
+from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, status_for
 from server.observability.logs import failure_fields, failure_message
-from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame, wants_final_flag
-from server.protocol.frame_size import Oversized
+from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame
+from server.protocol.frame_size import Oversized, received_ceiling
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.malformed import Malformed
-from server.protocol.request_path import RequestPath
+from server.protocol.request_path import RequestPath, counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
+from server.protocol.stream_frames import refusal, shutting_down, wants_final_flag_of
 from server.protocol.stream_order import StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
+from server.protocol.stream_unsent import Unsent, end_reason
 
 log = logging.getLogger(__name__)
 
 Response = pb.ModelStreamInferResponse
+# An answer with the bytes it releases once written (its own and its request's) and the statistics
+# its outcome was counted in (None: none), where it is counted unsent if its call ends first.
+Item = tuple[Response, int, ModelStats | None]
 # While draining, a stream is ended once its caller has sent nothing for this long, or this long
 # after the drain began, whichever comes first.
 DRAIN_QUIET_S = 0.05
@@ -71,7 +78,10 @@ class StreamSession:
         max_held_bytes: int | None = None,  # raw bytes of requests read and answers unwritten
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
         max_frame_bytes: int | None = None,  # the server's max_message_bytes (None: no limit)
+        peer: str = "",  # the call's peer, for the line that names answers left unwritten
     ) -> None:
+        self._peer = peer
+        self._unsent = Unsent()  # answers made and never written (stream_unsent.py)
         self._max_frame_bytes = max_frame_bytes
         self._requests = requests
         self._held = HeldBytes(max_held_bytes)
@@ -81,8 +91,7 @@ class StreamSession:
         self._idle_timeout_s = idle_timeout_s
         self._on_close = on_close
         self._sequences = SeenSequences()
-        # Each answer with the bytes it releases once written (its own and its request's).
-        self._answers: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue()
+        self._answers: asyncio.Queue[Item | None] = asyncio.Queue()
         # One slot per request read and not yet written back: in flight or answered but unsent.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Task[None]] = set()
@@ -97,32 +106,44 @@ class StreamSession:
         self._idle_timer: asyncio.TimerHandle | None = None
         self.ended_by: str | None = None  # "drain", "idle" or "stalled": it stopped reading early
         self.answered = 0
-        self._writing = False  # an answer is in grpc's write (yielded, not yet taken)
+        self._in_write: Item | None = None  # the answer in grpc's write (yielded, not yet taken)
         self._closed = False
 
     async def answers(self) -> AsyncIterator[Response]:
         self._reader = asyncio.create_task(self._read())
         self._arm_idle_timer()
+        failed = False
         try:
             while (item := await self._answers.get()) is not None:
-                response, held = item
-                self._writing = True
-                yield response
-                self._writing = False
+                self._in_write = item
+                yield item[0]
+                self._in_write = None
                 self._last_written = time.monotonic()
                 self.answered += 1
-                self._held.written(held)
+                self._held.written(item[1])
                 self._slots.release()  # written: the slot may take the next request
             await self._reader  # re-raise a reader failure (a broken request stream)
-        finally:
-            self.close()
+        except Exception:
+            failed = True
+            raise
+        finally:  # ended normally (nothing unsent), or the call ended under it (grpc cancelled it)
+            self.close(end_reason(failed, self.ended_by, self._deadline))
 
-    def close(self) -> None:
+    def close(self, reason: str = "cancelled") -> None:
         """Stop everything the session runs and release its sequences, once (when `answers()`
-        ends, or at once for a stalled call, whose generator may only be finalized later)."""
+        ends, or at once for a stalled call, whose generator may only be finalized later). The
+        answers not yet written are counted unsent for `reason` (stream_unsent.py), now and as the
+        tasks cancelled here finish; one line says so once the last has."""
         if self._closed:
             return
         self._closed = True
+        self._unsent.ended(reason)
+        unwritten: list[Item | None] = [] if self._in_write is None else [self._in_write]
+        while not self._answers.empty():
+            unwritten.append(self._answers.get_nowait())
+        for item in unwritten:
+            if item is not None:
+                self._unsent.drop(item[2], not item[0].error_message)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._reader is not None:
@@ -131,6 +152,17 @@ class StreamSession:
             task.cancel()
         if self._on_close is not None:
             self._on_close(self._sequences)
+        self._report_unsent()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if self._closed:
+            self._report_unsent()
+
+    def _report_unsent(self) -> None:
+        if not self._pending:  # the last task cancelled by `close` has counted its answer
+            ceiling = None if self._max_frame_bytes is None else received_ceiling(self._max_frame_bytes)
+            self._unsent.report(self._peer, ceiling, self._idle_timeout_s)
 
     def finish(self, why: str = "drain") -> None:
         """Stop admitting; the requests already admitted are still answered, then `answers()` ends.
@@ -187,7 +219,7 @@ class StreamSession:
                     if self.ended_by is None:
                         self._admit(request)
                     else:  # draining: answered, not admitted
-                        self._send(_shutting_down(request), None, request)
+                        self._send(shutting_down(request), None, request)
             except asyncio.CancelledError:
                 if self.ended_by is None:
                     raise  # the call itself ended
@@ -208,17 +240,11 @@ class StreamSession:
         if self.ended_by is not None:
             return
         now = time.monotonic()
-        unsent = self._writing or not self._answers.empty()  # the one in grpc's write counts
+        unsent = self._in_write is not None or not self._answers.empty()  # the one in grpc's write counts
         quiet_s = now - max(self._last_written, self._last_read)
         if unsent and quiet_s >= self._idle_timeout_s and self._on_stalled is not None:
             self.ended_by = "stalled"
-            log.warning(
-                "stream ended: its client read no answer and sent nothing for %g s "
-                "(stream_idle_timeout_s); %d answers unsent",
-                self._idle_timeout_s,
-                self._answers.qsize() + self._writing,
-            )
-            self.close()
+            self.close("stalled")  # its line names the answers left unwritten
             self._on_stalled()
             return
         if self._pending or unsent:
@@ -234,7 +260,7 @@ class StreamSession:
             self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None, request)
             return
         if isinstance(request, Oversized):  # this frame alone, with its id when it could be read
-            self._send(_refusal(f"RESOURCE_EXHAUSTED: {request.reason}", request.head), None, request)
+            self._send(refusal(f"RESOURCE_EXHAUSTED: {request.reason}", request.head), None, request)
             return
         job: InferJob | None = None
         try:
@@ -262,18 +288,18 @@ class StreamSession:
             try:
                 job, now = self._path.start(request, self._left_s(), start_ns, served, self._sequences)
             except Exception as exc:
-                self._send(_error(request, exc), done, request)
+                self._send(_error(request, exc), done, request, counted_in(exc))
                 return None
             if now is not None:
                 if claim is not None:
                     claim.admitted()  # answered at once: the frame it supersedes is withdrawn now
-                self._send(Response(infer_response=now), done, request)
+                self._send(Response(infer_response=now), done, request, job.served.stats)
                 return job
             if claim is not None:  # the batcher withdraws the frame it supersedes once it is queued
                 job.claim = claim
         task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._task_done)
         return job
 
     async def _answer_later(
@@ -286,30 +312,39 @@ class StreamSession:
         claim: Claim | None = None,
     ) -> None:
         response: Response | None = None
+        counted: ModelStats | None = None  # the statistics its outcome was counted in
+        jobs = [] if job is None else [job]
         try:
             try:
                 if job is None:
-                    result = await self._path.infer(request, self._left_s(), claim, self._sequences)
+                    left_s, owner = self._left_s(), self._sequences
+                    result = await self._path.infer(request, left_s, claim, owner, on_job=jobs.append)
                 else:
                     result = await self._path.finish(job, start_ns)
                 response = Response(infer_response=result)
+                counted = jobs[-1].served.stats  # the version that served it, after a reload too
+            except ComputedThenCancelled as exc:  # computed, counted a success; its call ended
+                self._unsent.drop(counted_in(exc), success=True)
+                raise
             except FrameDropped:
                 response = dropped_response(request)
             except Exception as exc:
                 response = _error(request, exc)
+                counted = counted_in(exc)
             if after is not None:
                 await after.wait()
         finally:  # also when cancelled (the call ended): free the slot and the requests after it
-            self._send(response, done, request)
+            self._send(response, done, request, counted)
 
     def _send(
         self,
         response: Response | None,
         done: asyncio.Event | None,
         request: Read | None = None,
+        counted: ModelStats | None = None,  # the statistics its outcome was counted in
     ) -> None:
         made = None if response is None else answer_bytes(response)  # its raw output bytes, counted once
-        if response is not None and _wants_final_flag(request):
+        if response is not None and wants_final_flag_of(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.
             response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
@@ -317,8 +352,10 @@ class StreamSession:
             fit_error_frame(response, self._max_frame_bytes)  # over it, gRPC ends the stream
         refused = response is not None and bool(response.error_message)
         held = self._held.answered(request, made, refused)
-        if response is not None:
-            self._answers.put_nowait((response, held))  # its slot and bytes freed once written
+        if response is not None and self._closed:  # its call ended: it is never written
+            self._unsent.drop(counted, not response.error_message)
+        elif response is not None:
+            self._answers.put_nowait((response, held, counted))  # its slot and bytes freed once written
         else:
             self._slots.release()
         if done is not None:
@@ -326,32 +363,6 @@ class StreamSession:
 
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
-
-
-def _wants_final_flag(request: Read | None) -> bool:
-    if isinstance(request, Oversized):
-        request = request.head
-    return isinstance(request, pb.ModelInferRequest) and wants_final_flag(request)
-
-
-def _shutting_down(request: Read) -> Response:
-    """The answer to a message read while the server drains: stop sending on this stream."""
-    message = "UNAVAILABLE: server is shutting down: request not admitted; stop sending on this stream"
-    if isinstance(request, Malformed):
-        return Response(error_message=message)
-    return _refusal(message, request.head if isinstance(request, Oversized) else request)
-
-
-def _refusal(message: str, request: pb.ModelInferRequest | None) -> Response:
-    """An error frame for a request not admitted, with its model, version and id when known."""
-    if request is None:
-        return Response(error_message=message)
-    return Response(
-        error_message=message,
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
-    )
 
 
 def _error(request: pb.ModelInferRequest, exc: Exception) -> Response:

@@ -21,6 +21,11 @@ from server.protocol.stream_sequences import SeenSequences
 SETTLE_TURNS = 200
 
 
+def job_of(request: pb.ModelInferRequest) -> Any:
+    """A fake InferJob: the request's id, and a served version counting in no statistics."""
+    return SimpleNamespace(id=request.id, served=SimpleNamespace(stats=None))
+
+
 class InstantPath:
     """Answers every request at once (as a cache hit or the fast path would)."""
 
@@ -38,7 +43,7 @@ class InstantPath:
         named: object = None,
         owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
-        return None, pb.ModelInferResponse(id=request.id)
+        return job_of(request), pb.ModelInferResponse(id=request.id)
 
 
 class HeldPath(InstantPath):
@@ -55,7 +60,7 @@ class HeldPath(InstantPath):
         named: object = None,
         owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
-        return request, None
+        return job_of(request), None
 
     async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
         await self.release.wait()
@@ -82,18 +87,25 @@ class OrderedPath(InstantPath):
         owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         if int(request.id) % 2:
-            return None, pb.ModelInferResponse(id=request.id)
+            return job_of(request), pb.ModelInferResponse(id=request.id)
         self.waiting[request.id] = asyncio.Event()
-        return request, None
+        return job_of(request), None
 
     async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
         await self.waiting[job.id].wait()
         return pb.ModelInferResponse(id=job.id)
 
     async def infer(
-        self, request: pb.ModelInferRequest, remaining_s: float | None, claim: object, owner: object = None
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        claim: object,
+        owner: object = None,
+        on_job: Any = None,
     ) -> Any:
         job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
+        if on_job is not None:
+            on_job(job)
         return now if now is not None else await self.finish(job, 0)
 
 
@@ -253,7 +265,7 @@ class EchoBytesPath(InstantPath):
         named: object = None,
         owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
-        return None, pb.ModelInferResponse(
+        return job_of(request), pb.ModelInferResponse(
             id=request.id, raw_output_contents=list(request.raw_input_contents)
         )
 
@@ -411,8 +423,8 @@ class FirstAnsweredBigPath(HeldPath):
         owner: object = None,
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         if request.id == "1":
-            return None, pb.ModelInferResponse(id="1", raw_output_contents=[bytes(500_000)])
-        return request, None
+            return job_of(request), pb.ModelInferResponse(id="1", raw_output_contents=[bytes(500_000)])
+        return job_of(request), None
 
 
 class RefusedBetweenSource(Source):
