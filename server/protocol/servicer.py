@@ -41,6 +41,7 @@ from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
 from server.protocol.stream import StreamSession
+from server.protocol.stream_unsent import UnsentLines
 from server.protocol.unary_order import UnaryOrder
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_held_bytes = stream_max_held_bytes
         self._refusals = refusals or QuietRefusals(1)
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
+        self._unsent_lines = UnsentLines()  # lines for streams that ended with answers unwritten
         self._is_stopping = is_stopping
         # An answer over max_message_bytes fails alone, RESOURCE_EXHAUSTED (answer_checks.py).
         self._path = RequestPath(models, is_stopping, regions=self.shm, max_answer_bytes=max_message_bytes)
@@ -305,6 +307,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             on_stalled=end_call,
             max_frame_bytes=path.max_answer_bytes,
             peer=context.peer(),
+            unsent_lines=self._unsent_lines,
         )
         try:
             with self.calls.stream(context.peer(), session):

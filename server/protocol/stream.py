@@ -48,7 +48,7 @@ from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
 from server.protocol.stream_frames import refusal, shutting_down, wants_final_flag_of
 from server.protocol.stream_order import StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
-from server.protocol.stream_unsent import Unsent, end_reason
+from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ class StreamSession:
         on_stalled: Callable[[], None] | None = None,  # ends the call (its client reads nothing)
         max_frame_bytes: int | None = None,  # the server's max_message_bytes (None: no limit)
         peer: str = "",  # the call's peer, for the line that names answers left unwritten
+        unsent_lines: UnsentLines | None = None,  # the server's ration of those lines
     ) -> None:
         self._peer = peer
+        self._unsent_lines = unsent_lines or UnsentLines()
         self._unsent = Unsent()  # answers made and never written (stream_unsent.py)
         self._max_frame_bytes = max_frame_bytes
         self._requests = requests
@@ -162,7 +164,7 @@ class StreamSession:
     def _report_unsent(self) -> None:
         if not self._pending:  # the last task cancelled by `close` has counted its answer
             ceiling = None if self._max_frame_bytes is None else received_ceiling(self._max_frame_bytes)
-            self._unsent.report(self._peer, ceiling, self._idle_timeout_s)
+            self._unsent_lines.report(self._unsent, self._peer, ceiling, self._idle_timeout_s)
 
     def finish(self, why: str = "drain") -> None:
         """Stop admitting; the requests already admitted are still answered, then `answers()` ends.

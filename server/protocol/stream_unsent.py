@@ -10,11 +10,17 @@ log line per stream end says how many and why. They had been lost silently while
 grpc.aio gives a handler no status when the call ends under it: a client's cancel, a lost
 connection and grpc's own refusal of a frame over its hard ceiling (twice `max_message_bytes`: the
 client sees RESOURCE_EXHAUSTED) all cancel the handler alike, so they share the reason `cancelled`.
+
+The lines are rationed (`UnsentLines`, one per server): a client that opened streams, sent work
+and cancelled them in a loop wrote 122 lines (55 KB) a second. Past a burst, the stream ends not
+logged are summed into the next line; the counter counts every answer.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from batcher.stats import ModelStats
@@ -78,23 +84,54 @@ class Unsent:
         else:
             self.failures += 1
 
-    def report(self, peer: str, ceiling: int | None, idle_s: float) -> None:
-        """Log one line, once, when any answer went unsent. `ceiling`: grpc's receive limit (None:
-        none); `idle_s`: stream_idle_timeout_s."""
-        if self.reported or not self.total:
-            return
-        self.reported = True
+    def line(self, peer: str, ceiling: int | None, idle_s: float) -> str:
+        """What `UnsentLines` logs for this stream. `ceiling`: grpc's receive limit (None: none);
+        `idle_s`: stream_idle_timeout_s."""
         bound = "(none)" if ceiling is None else f"{ceiling} bytes"
-        why = _WHY.get(self.reason, self.reason).format(ceiling=bound, idle_s=idle_s)
-        log.warning(
-            "stream from %s ended with %d answers not written (%d counted successes, %d counted "
-            "failures, %d counted in no model): %s; counted in sluiceway_stream_answers_dropped_total"
-            '{reason="%s"}',
-            peer,
-            self.total,
-            self.successes,
-            self.failures,
-            self.uncounted,
-            why,
-            self.reason or "cancelled",
+        reason = self.reason or "cancelled"
+        why = _WHY.get(reason, reason).format(ceiling=bound, idle_s=idle_s)
+        counted = self.successes + self.failures
+        metric = f'sluiceway_stream_answers_dropped_total{{reason="{reason}"}}'
+        where = f"; {counted} counted in {metric}" if counted else ""
+        return (
+            f"stream from {peer} ended with {self.total} answers not written ({self.successes} counted "
+            f"successes, {self.failures} counted failures, {self.uncounted} refusals counted in no "
+            f"model): {why}{where}"
         )
+
+
+class UnsentLines:
+    """The server's lines for streams that ended with answers not written: up to `burst` at once,
+    then one per `every_s`; the stream ends not logged meanwhile are summed into the next line."""
+
+    def __init__(self, burst: int = 10, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self._burst = burst
+        self._every_s = every_s
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self._skipped_streams = 0
+        self._skipped_answers = 0
+
+    def report(self, unsent: Unsent, peer: str, ceiling: int | None, idle_s: float) -> None:
+        """Log `unsent` once, when any answer went unsent, if the ration allows; else sum it."""
+        if unsent.reported or not unsent.total:
+            return
+        unsent.reported = True
+        now = self._clock()
+        self._tokens = min(float(self._burst), self._tokens + (now - self._last) / self._every_s)
+        self._last = now
+        if self._tokens < 1.0:
+            self._skipped_streams += 1
+            self._skipped_answers += unsent.total
+            return
+        self._tokens -= 1.0
+        line = unsent.line(peer, ceiling, idle_s)
+        if self._skipped_streams:
+            line += (
+                f" (and {self._skipped_streams} more streams ended with {self._skipped_answers} answers "
+                f"not written since the last line, not logged: more than {self._burst} lines at once, "
+                f"then one per {self._every_s:g} s)"
+            )
+            self._skipped_streams = self._skipped_answers = 0
+        log.warning("%s", line)

@@ -23,7 +23,7 @@ from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
 from server.protocol.request_path import RequestPath, note_served
 from server.protocol.stream import StreamSession
-from server.protocol.stream_unsent import Unsent, end_reason
+from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
 
 SETTLE_TURNS = 50
 
@@ -178,9 +178,52 @@ def test_unsent_counts_in_the_statistics_given_and_reports_once(caplog: pytest.L
     ledger.drop(stats, success=True)
     ledger.drop(None, success=False)  # a refusal counted in no model's statistics
     assert stats.unsent == {**dict.fromkeys(UNSENT_REASONS, 0), "stalled": 1}
+    lines = UnsentLines()
     with caplog.at_level(logging.WARNING, "server.protocol.stream_unsent"):
-        ledger.report("ipv4:127.0.0.1:1", 131072, 2.0)
-        ledger.report("ipv4:127.0.0.1:1", 131072, 2.0)
+        lines.report(ledger, "ipv4:127.0.0.1:1", 131072, 2.0)
+        lines.report(ledger, "ipv4:127.0.0.1:1", 131072, 2.0)
     (line,) = [r.getMessage() for r in caplog.records]
-    assert "2 answers not written (1 counted successes, 0 counted failures, 1 counted in no model)" in line
+    counts = "(1 counted successes, 0 counted failures, 1 refusals counted in no model)"
+    assert f"2 answers not written {counts}" in line
+    assert '1 counted in sluiceway_stream_answers_dropped_total{reason="stalled"}' in line
     assert "read no answer and sent nothing for 2 s" in line
+
+
+def test_a_line_for_answers_counted_in_no_model_names_no_counter() -> None:
+    """A tester found the line saying "counted in sluiceway_stream_answers_dropped_total" for
+    refusals counted nowhere (an unknown model's): the counter had not moved."""
+    ledger = Unsent()
+    ledger.ended("cancelled")
+    ledger.drop(None, success=False)
+    line = ledger.line("ipv4:127.0.0.1:1", None, 2.0)
+    assert "1 refusals counted in no model" in line and "sluiceway_stream_answers_dropped_total" not in line
+
+
+def test_the_lines_are_rationed_and_the_streams_not_logged_are_summed_into_the_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client cancelling streams with work in flight in a loop wrote 122 lines (55 KB) a second:
+    now `burst` lines at once, then one per `every_s`, the rest summed into the next line."""
+    now = [0.0]
+    lines = UnsentLines(burst=3, every_s=10.0, clock=lambda: now[0])
+
+    def stream_end() -> None:
+        ledger = Unsent()
+        ledger.ended("cancelled")
+        ledger.drop(ModelStats(), success=True)
+        ledger.drop(ModelStats(), success=True)
+        lines.report(ledger, "ipv4:127.0.0.1:1", None, 2.0)
+
+    with caplog.at_level(logging.WARNING, "server.protocol.stream_unsent"):
+        for _ in range(100):
+            stream_end()
+        assert len(caplog.records) == 3
+        now[0] = 9.9  # not yet a whole line's worth
+        stream_end()
+        assert len(caplog.records) == 3
+        now[0] = 10.0
+        stream_end()
+    assert len(caplog.records) == 4
+    last = caplog.records[-1].getMessage()
+    assert "2 answers not written" in last
+    assert "and 98 more streams ended with 196 answers not written since the last line" in last
