@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+# How many of a model's latest measurements (of the same files) its estimate is drawn from.
+KEPT_MEASUREMENTS = 2
 
 
 @dataclass
@@ -22,16 +24,51 @@ class Resident:
     last_used: float  # time.monotonic() of its latest request (or its load)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What a model's loads of the same files (and config) measured."""
+
+    key: object  # what they read (server/models/footprint.py source_key)
+    latest: tuple[int, ...]  # the latest KEPT_MEASUREMENTS, oldest first
+    smallest: int  # of every load of these files
+    times: int  # loads of these files measured
+
+    @property
+    def bytes(self) -> int:
+        """The estimate for its next load: the smallest of the latest (other threads' work during
+        a load mostly adds; an old figure that it made smaller is forgotten)."""
+        return min(self.latest)
+
+    @property
+    def basis(self) -> str:
+        """Where `bytes` comes from, for a refusal's message."""
+        if self.times == 1:
+            return "as measured at its last load"
+        return f"the smallest of its last {len(self.latest)} loads' measurements"
+
+    def outgrows(self, limit_bytes: int) -> bool:
+        """More than `limit_bytes` at every load of these files, two at least: a verdict. One
+        figure over it, or a figure under it ever, may be other work's noise."""
+        return self.times >= 2 and self.smallest > limit_bytes > 0
+
+    def then(self, size: int) -> Measured:
+        """These measurements and `size` bytes measured at a further load of the same files."""
+        latest = (*self.latest, size)[-KEPT_MEASUREMENTS:]
+        return Measured(self.key, latest, min(self.smallest, size), self.times + 1)
+
+
 class MemoryBudget:
     """Resident models' bytes against a limit; eviction candidates in least-recently-used order."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes  # 0: no limit
         self._residents: dict[str, Resident] = {}
-        # Each model's latest measured footprint and what it was measured loading (its files and
-        # config): kept through an eviction, so a reload of the same files is judged by it (the
-        # files' size had been the estimate again, and a reload could pass the budget).
-        self._measured: dict[str, tuple[object, int]] = {}
+        # Each model's latest measured footprints and what they were measured loading (its files
+        # and config): kept through an eviction, so a reload of the same files is judged by them
+        # (the files' size had been the estimate again, and a reload could pass the budget). The
+        # latest alone had been kept: one load measured while other threads allocated (0.45 MiB
+        # MLP measured 1.5) then refused the model for good under a 1 MiB budget.
+        self._measured: dict[str, Measured] = {}
 
     @property
     def used_bytes(self) -> int:
@@ -54,13 +91,20 @@ class MemoryBudget:
         self._measured.pop(name, None)
 
     def remember(self, name: str, key: object, size: int) -> None:
-        """`size` bytes were measured loading `key` (server/models/footprint.py source_key)."""
-        self._measured[name] = (key, max(size, 0))
+        """`size` bytes were measured loading `key` (server/models/footprint.py source_key); the
+        measurements of other files are forgotten."""
+        size, known = max(size, 0), self.measured(name, key)
+        self._measured[name] = known.then(size) if known else Measured(key, (size,), size, 1)
 
-    def measured(self, name: str, key: object) -> int | None:
-        """The footprint measured at `name`'s latest load if that load read `key`, else None."""
+    def measured(self, name: str, key: object) -> Measured | None:
+        """What `name`'s loads of `key` measured, or None when its latest load read other files."""
         known = self._measured.get(name)
-        return known[1] if known is not None and known[0] == key else None
+        return known if known is not None and known.key == key else None
+
+    def estimate(self, name: str, key: object) -> int:
+        """The bytes `name` is counted for once loaded from `key` (just measured)."""
+        known = self.measured(name, key)
+        return known.bytes if known else 0
 
     def touch(self, name: str, now: float) -> None:
         resident = self._residents.get(name)
