@@ -46,6 +46,11 @@ class StreamIdle(ServiceError):
     """A stream read nothing for stream_idle_timeout_s and had nothing in flight."""
 
 
+class StreamStalled(StreamIdle):
+    """A stream's client read no answer and sent nothing for stream_idle_timeout_s while answers
+    waited to be written: the server ended its call."""
+
+
 class FrameDropped(ServiceError):
     """Latest-frame-wins: a newer frame of the same stream and model superseded this one before it
     started computing. A stream answers it with the `frame_dropped` parameter, never an error."""

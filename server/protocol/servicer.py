@@ -26,6 +26,7 @@ from server.errors import (
     ShuttingDown,
     StreamIdle,
     StreamLimitReached,
+    StreamStalled,
 )
 from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.load_request import check_unload_parameters
@@ -36,6 +37,7 @@ from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
+from server.protocol.late_status import LateStatuses
 from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
@@ -91,6 +93,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_held_bytes = stream_max_held_bytes
         self._refusals = refusals or QuietRefusals(1)
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
+        self._late_statuses = LateStatuses()  # a stalled stream's end, sent after its handler's
         self._unsent_lines = UnsentLines()  # lines for streams that ended with answers unwritten
         self._is_stopping = is_stopping
         # An answer over max_message_bytes fails alone, RESOURCE_EXHAUSTED (answer_checks.py).
@@ -291,7 +294,13 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
 
         def end_call() -> None:  # its client reads no answer: free its slot and what it holds
             if handler is not None:
-                handler.cancel()
+                handler.cancel()  # frees what the call holds here, and sends nothing: so
+            why = (
+                f"stream ended by the server: its client read no answer and sent nothing for "
+                f"{self._stream_idle_timeout_s:g} s while answers waited (stream_idle_timeout_s); "
+                "open a new stream and read its answers"
+            )
+            self._late_statuses.send(context, StreamStalled(why))
 
         path = (
             self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelStreamInfer")

@@ -86,6 +86,20 @@ async def test_a_client_that_never_reads_is_bounded_in_bytes_then_ended(server: 
             await wait_until_async(opened, "the stream to open")
             # Ended by the server once nothing was read or sent for stream_idle_timeout_s (1 s).
             await wait_until_async(ended, "the server to end the stalled stream")
+            # Reading again, the client gets what grpc had taken, then the call's end: grpc.aio
+            # sends no status for a handler the server cancels, and it waited until its deadline
+            # (for good without one, as here; a camera-fleet tester).
+            read: list[object] = []
+
+            async def read_all() -> None:
+                async for answer in call:
+                    read.append(answer)
+
+            with pytest.raises(grpc.aio.AioRpcError) as ended_by:
+                await asyncio.wait_for(read_all(), 60)
+            assert ended_by.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended_by.value
+            assert "stream_idle_timeout_s" in (ended_by.value.details() or ""), ended_by.value
+            assert len(read) < FRAMES
         finally:
             writer.cancel()
             call.cancel()
