@@ -187,7 +187,8 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "honoured",
         "run on every instance before it is ready; a sample naming an unknown input, leaving one "
         "out, past max_batch_size, with a count past 1000, or with inputs larger than "
-        "max_message_bytes is a load error naming the sample",
+        "max_message_bytes is a load error naming the sample; on a sequence model a sample may leave "
+        'out the state and control inputs, which the server fills (section "Stateful sequences")',
     ),
     "model_operations": ("refused", "loading native custom-op libraries is not supported"),
     "model_transaction_policy": ("honoured", "decoupled false only"),

@@ -87,7 +87,7 @@ async def load_version(
         log.info("model %s version %d: instances %s", source.name, number, describe(plan.slots, sessions))
         try:
             # On the sessions themselves: injected faults count the batcher's runs only.
-            await warm_up(config, sessions, source.directory, settings.max_message_bytes)
+            await warm_up(config, sessions, source.directory, settings.max_message_bytes, seq_model)
         except Exception as exc:
             raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
     except BaseException:

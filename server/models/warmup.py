@@ -14,9 +14,12 @@ import numpy.random  # imported at start: numpy imports it on first use, and a f
 from batcher.types import Array, Backend
 from protos import model_config_pb2 as mc
 from server import datatypes
+from server.backends.batch_axes import to_model
 from server.backends.onnxruntime_backend import TENSORRT
 from server.backends.tensorrt_options import engine_build_feeds
 from server.models.model_files import read_model_file
+from server.models.sequence_config import SequenceModel
+from server.models.warmup_sequence import check_server_filled, server_filled, with_server_filled
 from server.protocol.codec import unpack_bytes
 
 log = logging.getLogger(__name__)
@@ -28,11 +31,18 @@ MAX_WARMUP_COUNT = 1000
 
 
 async def warm_up(
-    config: mc.ModelConfig, backends: Sequence[Backend], directory: Path, max_sample_bytes: int
+    config: mc.ModelConfig,
+    backends: Sequence[Backend],
+    directory: Path,
+    max_sample_bytes: int,
+    sequence: SequenceModel | None = None,
 ) -> None:
     """Run the config's model_warmup samples through every instance before it takes traffic
     (after the runs that build TensorRT's engines, on TensorRT instances). A sample's inputs may
-    hold at most `max_sample_bytes` (the server's message limit: no request could be larger)."""
+    hold at most `max_sample_bytes` (the server's message limit: no request could be larger).
+    On a sequence model (`sequence`) the state and control inputs a sample leaves out are filled
+    as for a one-request sequence (warmup_sequence.py); the instances are run directly, so no
+    sequence is opened."""
     for sample in config.model_warmup:  # every sample checked before any engine is built or run
         check_sample(config, sample, max_sample_bytes)
     await build_engines(config, backends)
@@ -40,6 +50,9 @@ async def warm_up(
     for sample in config.model_warmup:
         # Off the event loop: the inputs may be read from files, or be large.
         inputs = await asyncio.to_thread(_sample_inputs, config, sample, directory, rng, max_sample_bytes)
+        if sequence is not None:
+            inputs = with_server_filled(sequence.spec, inputs, max(sample.batch_size, 1))
+            inputs = to_model(inputs, sequence.batch_axes)  # the instances here are not wrapped
         for backend in backends:
             for _ in range(max(sample.count, 1)):
                 await backend.run(inputs)
@@ -82,10 +95,17 @@ def check_sample(config: mc.ModelConfig, sample: mc.ModelWarmup, max_sample_byte
                 "(max_message_bytes): no request could be that large"
             )
     names = {i.name for i in config.input if not i.optional}
-    unknown = sorted(set(sample.inputs) - {i.name for i in config.input})
+    # A sequence model's state and control inputs may be given (as Triton's samples must), else
+    # the server fills them.
+    filled = server_filled(config)
+    unknown = sorted(set(sample.inputs) - {i.name for i in config.input} - set(filled))
     if unknown:
         known = sorted(i.name for i in config.input)
-        raise ValueError(f"sample '{sample.name}': inputs {unknown} are not inputs of the model ({known})")
+        also = f"; sequence_batching's state and control inputs: {sorted(filled)}" if filled else ""
+        raise ValueError(
+            f"sample '{sample.name}': inputs {unknown} are not inputs of the model ({known}{also})"
+        )
+    check_server_filled(config, sample)
     missing = sorted(names - set(sample.inputs))
     if missing:
         raise ValueError(f"sample '{sample.name}': inputs {missing} of the model are not given")
