@@ -62,7 +62,9 @@ class Unsent:
     reason: str = ""  # set by `ended`; nothing is unsent before
     successes: int = 0
     failures: int = 0
-    uncounted: int = 0  # refusals counted in no model's statistics (a malformed frame, an unknown model)
+    # Answers in no model's success or fail: refusals of no model (a malformed frame, an unknown
+    # model) and latest-frame-wins frames superseded (in sluiceway_frames_dropped_total).
+    uncounted: int = 0
     reported: bool = False
 
     @property
@@ -95,8 +97,8 @@ class Unsent:
         where = f"; {counted} counted in {metric}" if counted else ""
         return (
             f"stream from {peer} ended with {self.total} answers not written ({self.successes} counted "
-            f"successes, {self.failures} counted failures, {self.uncounted} refusals counted in no "
-            f"model): {why}{where}"
+            f"successes, {self.failures} counted failures, {self.uncounted} counted in neither: "
+            f"refusals of no model or frames superseded): {why}{where}"
         )
 
 

@@ -183,7 +183,7 @@ def test_unsent_counts_in_the_statistics_given_and_reports_once(caplog: pytest.L
         lines.report(ledger, "ipv4:127.0.0.1:1", 131072, 2.0)
         lines.report(ledger, "ipv4:127.0.0.1:1", 131072, 2.0)
     (line,) = [r.getMessage() for r in caplog.records]
-    counts = "(1 counted successes, 0 counted failures, 1 refusals counted in no model)"
+    counts = "(1 counted successes, 0 counted failures, 1 counted in neither: refusals of no model"
     assert f"2 answers not written {counts}" in line
     assert '1 counted in sluiceway_stream_answers_dropped_total{reason="stalled"}' in line
     assert "read no answer and sent nothing for 2 s" in line
@@ -196,7 +196,7 @@ def test_a_line_for_answers_counted_in_no_model_names_no_counter() -> None:
     ledger.ended("cancelled")
     ledger.drop(None, success=False)
     line = ledger.line("ipv4:127.0.0.1:1", None, 2.0)
-    assert "1 refusals counted in no model" in line and "sluiceway_stream_answers_dropped_total" not in line
+    assert "1 counted in neither" in line and "sluiceway_stream_answers_dropped_total" not in line
 
 
 def test_the_lines_are_rationed_and_the_streams_not_logged_are_summed_into_the_next(
