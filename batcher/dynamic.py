@@ -136,6 +136,12 @@ class DynamicBatcher:
         return self._estimator
 
     @property
+    def stopped(self) -> bool:
+        """`stop` began (its version is retired, or the server stops); also for a batcher never
+        started (an ensemble's, which only settles admissions)."""
+        return self._closing
+
+    @property
     def queued_requests(self) -> int:
         return len(self._queue)
 

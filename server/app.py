@@ -21,7 +21,7 @@ from server.admin.service import AdminServicer
 from server.announce import announce
 from server.backends.cuda_shm import cuda_shared_memory
 from server.grpc_options import grpc_server_options
-from server.models import lazy, rollout
+from server.models import load_metrics, rollout
 from server.models.control import RepositoryControl
 from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
@@ -123,7 +123,7 @@ class SluicewayServer:
         self.meter_provider = self.metrics.meter_provider  # explicit, never the global one
         self.add_gauge_source(self.models.sampling.gauge_values, sampling.METRICS)  # samples, drift
         self.add_gauge_source(self.models.rollout.gauge_values, rollout.METRICS)  # shadow comparisons
-        self.add_gauge_source(self.loads.gauge_values, lazy.METRICS)  # loads, evictions, footprints
+        self.add_gauge_source(self.loads.gauge_values, load_metrics.METRICS)  # loads, evictions, footprints
         if self.tracing is not None:  # spans lost on their way out
             self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
         self.metrics_port = 0  # bound once started (0: metrics off)

@@ -22,12 +22,12 @@ from batcher.dynamic import DynamicBatcher
 from batcher.errors import CancelledInRun, DeadlineExceeded
 from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
-from batcher.types import Array, BatchingPolicy, Tensors
+from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server import triton_text
 from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
-from server.models.config import IDENTITY, batching_policy
+from server.models.config import IDENTITY
 from server.models.ensemble_config import EnsemblePlan, Step, agree
 from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
 from server.models.response_cache import ResponseCache, request_key
@@ -123,6 +123,9 @@ class EnsembleScheduler:
         self.plan = plan
         self._resolve = resolve  # resolved per request: a step model's reload is picked up
         self._clock = clock
+        # Requests running now, from their start to their end: each keeps every step model from
+        # eviction meanwhile (server/models/eviction_guard.py), between its steps too.
+        self.in_flight = 0
 
     def output_labels(self) -> dict[str, tuple[str, ...]]:
         """Each ensemble output's classification labels: those of the step output that makes it
@@ -207,6 +210,21 @@ class EnsembleScheduler:
         """The ensemble's outputs for one request; raises the first failing step's error. `routed`:
         the ensemble's request, which routes the steps naming no version (Resolve). `notes`: its
         failure lines' fields, and where its steps' runs are noted when it is traced."""
+        self.in_flight += 1
+        try:
+            return await self._run(inputs, admission, priority, sequence, routed, notes)
+        finally:
+            self.in_flight -= 1
+
+    async def _run(
+        self,
+        inputs: Tensors,
+        admission: Admission,
+        priority: int,
+        sequence: SequenceParams | None,
+        routed: RoutedRequest | None,
+        notes: EnsembleNotes | None,
+    ) -> Tensors:
         plan = self.plan
         tensors = dict(inputs) if plan.reshape is None else plan.reshape.to_model(inputs)
         batched = dict.fromkeys(inputs, plan.batching)  # tensor -> leads with a batch dim
@@ -377,19 +395,3 @@ def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: b
     if array.shape[:1] == (1,) and not agree(dims, array.shape):
         return array.reshape(array.shape[1:])
     return array
-
-
-class _NoRuns:
-    """The backend of an ensemble's batcher, which only settles admissions (rows against
-    max_batch_size, deadline, priority) and is never started: the steps' batchers run the work."""
-
-    async def run(self, inputs: Tensors) -> Tensors:
-        raise RuntimeError("an ensemble's own batcher never runs")
-
-
-def admission_batcher(config: mc.ModelConfig, stats: ModelStats, max_queue_size: int) -> DynamicBatcher:
-    """The ModelVersion.batcher of an ensemble (see _NoRuns): InferJob settles its admission there."""
-    policy: BatchingPolicy = batching_policy(
-        config, default_max_queue_size=max_queue_size, max_batches_in_flight=1
-    )
-    return DynamicBatcher([_NoRuns()], policy, stats, name=f"ensemble {config.name}")

@@ -55,19 +55,26 @@ class EnsembleDependents:
 
     async def load_waiting(self, loaded: str, load_again: LoadAgain) -> None:
         """Load again the ensembles that are unavailable and use `loaded` (and, as they come up,
-        those nesting them). Bounded: each ensemble is tried at most once per call."""
+        those nesting them), unless another of their steps is a lazy model not loaded. Bounded:
+        each ensemble is tried at most once per call."""
         ready, tried = [loaded], set()
         while ready:
             model = ready.pop()
             for ensemble, steps in sorted(self._steps.items()):
                 entry = self._models.get(ensemble)
                 waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != UNLOADED
-                if model not in steps or not waiting or ensemble in tried:
+                if model not in steps or not waiting or ensemble in tried or self._dormant_step(steps):
                     continue
                 tried.add(ensemble)
                 if await load_again(ensemble):
                     log.info("ensemble %s loaded now that %s is ready", ensemble, model)
                     ready.append(ensemble)
+
+    def _dormant_step(self, steps: frozenset[str]) -> bool:
+        """One of `steps` is a lazy model not loaded: the ensemble's load would fail for want of it
+        and leave it failed for good (no longer lazy: its requests no longer load its steps); it
+        stays lazy, and its next request loads its steps, then it (server/models/lazy.py)."""
+        return any(step in self._models and self._models[step].dormant for step in steps)
 
     async def stop_dependent(self, gone: str, evicted: bool, retire: Retire) -> None:
         """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from protos import model_config_pb2 as mc
@@ -31,8 +30,10 @@ from server.errors import (
 from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
+from server.models.eviction_guard import EvictionGuard
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
+from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget, refusal
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
@@ -46,19 +47,6 @@ PINNED = "pinned"
 NOT_LOADED = "not loaded (lazy): its first request loads it"
 EVICTED = "not loaded (lazy): evicted to fit the memory budget; its next request loads it"
 _BOOLEANS = {"true": True, "false": False}
-
-Gauge = tuple[str, Mapping[str, str], float]
-# The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
-METRICS = {
-    "sluiceway_model_loads_total": ("counter", "Model loads that completed (any trigger)"),
-    "sluiceway_model_lazy_loads_total": ("counter", "Loads started by a lazy model's request"),
-    "sluiceway_model_load_failures_total": ("counter", "Loads that failed (config, files or backend)"),
-    "sluiceway_model_evictions_total": ("counter", "Lazy models unloaded to fit the memory budget"),
-    "sluiceway_model_load_refusals_total": ("counter", "Loads refused: the model does not fit the budget"),
-    "sluiceway_model_memory_budget_bytes": ("gauge", "The memory budget for loaded models (0: none)"),
-    "sluiceway_model_memory_used_bytes": ("gauge", "Measured footprint of the models loaded now"),
-    "sluiceway_model_footprint_bytes": ("gauge", "Measured footprint of a loaded model"),
-}
 
 
 def _files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
@@ -79,15 +67,6 @@ def lazy_flags(config: mc.ModelConfig, source: str) -> tuple[bool, bool]:
     """(lazy, pinned) from a model's parameters; a model that is not lazy is always pinned."""
     lazy = _flag(config, LAZY_LOAD, source)
     return lazy, (not lazy) or _flag(config, PINNED, source)
-
-
-@dataclass
-class LoadStats:
-    loads: int = 0  # successful loads of any kind
-    lazy_loads: int = 0  # of which started by a first request
-    failures: int = 0
-    evictions: int = 0
-    refused: int = 0  # loads refused: the budget could not make room
 
 
 class ModelLoads:
@@ -116,6 +95,7 @@ class ModelLoads:
         self._lazy: set[str] = set()  # lazy models, loaded or not
         self._pending: dict[str, asyncio.Task[None]] = {}  # first-request loads under way
         self._changes = asyncio.Lock()  # one load, unload or eviction at a time
+        self._guard = EvictionGuard(manager)  # what may not be evicted now, besides pinned models
         # Each lazy model's version signatures at its last load, and what that load read: a request
         # for it while it is not loaded is judged by them (an invalid one had loaded it, evicting).
         self._signatures: dict[str, tuple[object, dict[int, Signature]]] = {}
@@ -262,6 +242,15 @@ class ModelLoads:
         """`within`: the ensembles whose loads led here (a cycle of them is refused at their load)."""
         if source is None:
             source = await asyncio.to_thread(self._read, name)
+        # Until its load ends, a model and the models its steps use (an ensemble's) are not evicted:
+        # the load of an ensemble's second step evicted its first, and the ensemble's load failed.
+        steps = source.config.ensemble_scheduling.step if is_ensemble(source.config) else ()
+        with self._guard.hold([name, *(s.model_name for s in steps)]):
+            await self._load_held(name, source, keep_unchanged, within)
+
+    async def _load_held(
+        self, name: str, source: ModelSource, keep_unchanged: bool, within: frozenset[str]
+    ) -> None:
         try:
             lazy, pinned = lazy_flags(source.config, source.where)
             files, key = await asyncio.to_thread(_files_and_key, source)
@@ -353,15 +342,19 @@ class ModelLoads:
         """Evict for `need` bytes; `loaded` (after its load) or `best_effort` (before a load that
         goes on anyway): as many as it takes, or every idle lazy model, never a refusal. `basis`:
         where `need` came from, for the refusal's message."""
-        victims = self.budget.victims(need, self._busy, keep=name, best_effort=loaded or best_effort)
+        best_effort = loaded or best_effort
+        victims = self.budget.victims(need, self._guard.busy, keep=name, best_effort=best_effort)
+        while victims:
+            await self._evict(victims[0])
+            # Chosen again after each eviction (it awaits): a model chosen idle may be in use now
+            # (an ensemble's request began meanwhile), and is kept.
+            victims = self.budget.victims(need, self._guard.busy, keep=name, best_effort=best_effort)
         if victims is None:
             self.stats.refused += 1
             why = refusal(name, need, basis, self.budget)
             if need > self.budget.limit_bytes:  # no eviction can ever make room: not to be retried
                 raise OutgrowsMemoryBudget(why)
             raise MemoryBudgetExceeded(why)
-        for victim in victims:
-            await self._evict(victim)
         if loaded and self.budget.used_bytes > self.budget.limit_bytes > 0:
             # Loaded already, and evicting every idle lazy model was not enough: say so.
             log.warning("model %s: over the memory budget%s", name, self._budget_note())
@@ -369,20 +362,16 @@ class ModelLoads:
     async def _evict(self, name: str) -> None:
         freed = self.budget.size_of(name) or 0
         # Dormant from now: a request that arrives while it drains waits for its next load. It
-        # was marked only after, and 3 in 2,000-4,000 requests failed "not ready (unloaded)".
-        self._manager.entry(name).dormant = True
+        # was marked only after, and 3 in 2,000-4,000 requests failed "not ready (unloaded)". So
+        # are the ensembles using it, which go with it (EnsembleDependents.stop_dependent): a
+        # request for one began its steps and failed at the evicted one's.
+        for model in (name, *self._guard.ensembles_over(name)):
+            self._manager.entry(model).dormant = True
         await self._manager.unload(name, evicted=True)  # drains as an unload (it was idle when chosen)
         self.budget.forget(name)
         self.stats.evictions += 1
         self.register_lazy(name, EVICTED)
         log.info("model %s evicted: %.1f MiB freed%s", name, freed / MIB, self._budget_note())
-
-    def _busy(self, name: str) -> bool:
-        try:
-            entry = self._manager.entry(name)
-        except ModelNotFound:
-            return False
-        return any(v.batcher.queued_requests or v.batcher.in_flight_batches for v in entry.versions.values())
 
     def _budget_note(self) -> str:
         if self.budget.limit_bytes <= 0:
@@ -393,12 +382,4 @@ class ModelLoads:
 
     def gauge_values(self) -> Iterator[Gauge]:
         """Loads, evictions and footprints for /metrics (server/observability/metrics.py)."""
-        yield "sluiceway_model_loads_total", {}, float(self.stats.loads)
-        yield "sluiceway_model_lazy_loads_total", {}, float(self.stats.lazy_loads)
-        yield "sluiceway_model_load_failures_total", {}, float(self.stats.failures)
-        yield "sluiceway_model_evictions_total", {}, float(self.stats.evictions)
-        yield "sluiceway_model_load_refusals_total", {}, float(self.stats.refused)
-        yield "sluiceway_model_memory_budget_bytes", {}, float(self.budget.limit_bytes)
-        yield "sluiceway_model_memory_used_bytes", {}, float(self.budget.used_bytes)
-        for resident in self.budget.residents():
-            yield "sluiceway_model_footprint_bytes", {"model": resident.name}, float(resident.bytes)
+        return load_gauges(self.stats, self.budget)

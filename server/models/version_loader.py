@@ -29,7 +29,8 @@ from server.models.config import (
 )
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
-from server.models.ensemble import EnsembleScheduler, Resolve, admission_batcher
+from server.models.ensemble import EnsembleScheduler, Resolve
+from server.models.ensemble_admission import admission_batcher
 from server.models.ensemble_config import Step, plan_ensemble
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache

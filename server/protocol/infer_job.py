@@ -17,7 +17,7 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import TooManyRows
+from batcher.errors import NotAccepting, TooManyRows
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import ChangedByReload, InvalidRequest
@@ -157,6 +157,8 @@ class InferJob:
         """The response through the batcher's queue (after `answer_now` returned None)."""
         self._own_shared_inputs()
         if self.served.ensemble is not None:  # its steps, through their models' batchers
+            if self.served.batcher.stopped:  # retired (a step evicted) since it was prepared
+                raise NotAccepting()  # its caller sends it to the version serving now
             c = self.controls
             notes = self.ensemble_notes or EnsembleNotes(self.served.version_str)  # its failure lines' fields
             outputs = await self.served.ensemble.run_counted(

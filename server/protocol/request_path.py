@@ -132,6 +132,8 @@ class RequestPath:
         stats = job.served.stats
         try:
             try:
+                if await _load_again_for(self._models, job):  # evicted since it was prepared
+                    raise NotAccepting()  # its version is gone: to the one serving now, as below
                 response = await job.answer_later()
             except NotAccepting:
                 # A stream prepares a request, then a task of its own submits it: a reload may retire
@@ -140,6 +142,7 @@ class RequestPath:
                 # without a suspension point, so one retry cannot race another reload.
                 if self._is_stopping():
                     raise
+                await _load_again_for(self._models, job)
                 routed = Routed(job.request, job.controls.sequence)
                 served = self._models.resolve(job.request.model_name, job.request.model_version, routed)
                 if served is job.served:
@@ -196,6 +199,20 @@ class RequestPath:
             return response
         job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
         return await self.finish(job, start_ns)
+
+
+async def _load_again_for(models: ModelManager, job: InferJob) -> bool:
+    """Whether the job's lazy model was evicted between its preparing and its run (a stream's
+    task runs it later; an ensemble goes with an evicted step), and then waited for its next load
+    within the call's deadline, as a request arriving then would. Such a frame had failed
+    UNAVAILABLE at an ensemble's step ("not ready (unloaded)": 1 to 2 of 300 frames)."""
+    demand = models.on_demand
+    name = job.request.model_name
+    if demand is None or not demand.needs_load(name):
+        return False
+    deadline = job.call_deadline
+    await demand.ready(name, None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return True
 
 
 def note_served(exc: BaseException, version: str, stats: ModelStats) -> None:

@@ -31,6 +31,7 @@ class FakeManager:
         self.unloading = asyncio.Event()
         self.unload_gate = asyncio.Event()
         self.unload_gate.set()  # unloads finish at once unless a test holds them
+        self.ensembles: dict[str, set[str]] = {}  # ensemble -> its step models (EnsembleDependents)
 
     def entry(self, name: str) -> ModelEntry:
         if name not in self.entries:
@@ -39,6 +40,9 @@ class FakeManager:
 
     def put_entry(self, entry: ModelEntry) -> None:
         self.entries[entry.name] = entry
+
+    def ensembles_using(self, model: str) -> list[str]:
+        return [e for e, steps in self.ensembles.items() if model in steps and self.entries[e].state == READY]
 
     def drop_entry(self, name: str) -> None:
         self.entries.pop(name, None)

@@ -157,7 +157,7 @@ def test_source_counters_are_prometheus_counters_with_help(metrics: Metrics) -> 
 @pytest.mark.parametrize(
     "module",
     [
-        "server.models.lazy",
+        "server.models.load_metrics",
         "server.observability.sampling",
         "server.models.rollout",
         "server.observability.tracing_export",
