@@ -17,14 +17,18 @@ from tests.support.server_process import REPO_ROOT, ServerProcess
 
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
 SHM = Path("/dev/shm")
+NOT_FOUND = f"perf_analyzer wrapper not found at {PERF_ANALYZER}"
 # Above the suite's 120 s: on a fresh machine the first test also waits for the tool's set-up.
-pytestmark = pytest.mark.timeout(720)
+# Without the wrapper every test skips before its fixtures: the session-scoped servers they ask for
+# are set up before the module-scoped `perf_analyzer` check, and two servers had started (~2 CPU s,
+# ~7 s of a worker) only to be skipped.
+pytestmark = [pytest.mark.timeout(720), pytest.mark.skipif(not PERF_ANALYZER.exists(), reason=NOT_FOUND)]
 
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
     if not PERF_ANALYZER.exists():
-        pytest.skip(f"perf_analyzer wrapper not found at {PERF_ANALYZER}")
+        pytest.skip(NOT_FOUND)
     try:
         # The first call sets the tool up (downloads its wheel and runtime libraries).
         probe = subprocess.run([str(PERF_ANALYZER)], capture_output=True, text=True, timeout=600)
