@@ -140,7 +140,10 @@ class StreamSession:
             return
         self._closed = True
         self._unsent.ended(reason)
-        unwritten: list[Item | None] = [] if self._in_write is None else [self._in_write]
+        # The answer in grpc's write of a stalled call is grpc's: sent before the call's status
+        # (late_status.py) once its client reads (a tester read it, counted unsent).
+        taken = self._in_write is None or reason == "stalled"
+        unwritten: list[Item | None] = [] if taken else [self._in_write]
         while not self._answers.empty():
             unwritten.append(self._answers.get_nowait())
         for item in unwritten:

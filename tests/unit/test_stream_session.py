@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.protocol.controls import parse_controls
 from server.protocol.malformed import Malformed
@@ -378,6 +379,42 @@ async def test_a_stalled_client_with_one_answer_in_grpcs_write_has_its_call_ende
     await anext(answers)  # taken by grpc, whose write then never completes
     await asyncio.wait_for(ended.wait(), 30)
     assert stream.ended_by == "stalled"
+    await answers.aclose()
+
+
+class CountedPath(InstantPath):
+    """InstantPath whose answers are counted in one model version's statistics."""
+
+    def __init__(self) -> None:
+        self.stats = ModelStats()
+
+    def start(
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        named: object = None,
+        owner: object = None,
+    ) -> tuple[Any, pb.ModelInferResponse | None]:
+        job = SimpleNamespace(id=request.id, served=SimpleNamespace(stats=self.stats))
+        return job, pb.ModelInferResponse(id=request.id)
+
+
+async def test_a_stalled_calls_answer_in_grpcs_write_is_not_counted_unsent() -> None:
+    """grpc sends it before the status the server sends the stalled call (late_status.py) once its
+    client reads: a tester read it, where it had been counted unsent (delivered = success - 1)."""
+    source = Source(limit=1)
+    path = CountedPath()
+    ended = asyncio.Event()
+    stream = StreamSession(
+        source.requests(), cast(RequestPath, path), max_in_flight=8, deadline=None,
+        idle_timeout_s=0.05, on_stalled=ended.set,
+    )  # fmt: skip
+    answers = stream.answers()
+    await anext(answers)  # taken by grpc, whose write then never completes
+    await asyncio.wait_for(ended.wait(), 30)
+    assert stream.ended_by == "stalled"
+    assert sum(path.stats.unsent.values()) == 0, path.stats.unsent
     await answers.aclose()
 
 
