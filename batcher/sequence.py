@@ -30,6 +30,7 @@ from batcher.admission import Admission
 from batcher.errors import NotAccepting
 from batcher.sequence_types import (
     NEVER_STARTED,
+    RETIRED,
     ControlKind,
     SequenceError,
     SequenceId,
@@ -240,14 +241,15 @@ class SequenceBatcher:
         self._release(seq, why)
         return True
 
-    def close(self) -> None:
-        """The model stops: release every sequence and its timer. A start after this is refused
+    def close(self, why: str = RETIRED) -> None:
+        """The model stops: release every sequence and its timer, saying `why` to its continuations
+        (a budget's eviction says so). A start after this is refused
         NotAccepting (its caller may send it to the version serving now): one that ran here would
         open a sequence nobody recorded as released, answered OK, its continuation told "never
         started", and its idle timer kept this batcher alive."""
         self._closed = True
         for seq in list(self._live.values()):
-            self._release(seq, "the model version serving it was unloaded or replaced")
+            self._release(seq, why)
 
     def released(self) -> OrderedDict[SequenceId, str]:
         """Why each recently released sequence went (oldest first), for the batcher that follows."""

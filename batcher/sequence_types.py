@@ -98,6 +98,8 @@ class UnknownSequence(SequenceError):
 
 
 NEVER_STARTED = "it was never started (or was released long ago)"
+# Why a stopped model version's sequences ended (SequenceBatcher.close), unless its caller says more.
+RETIRED = "the model version serving it was unloaded or replaced"
 
 
 def not_live(model: str, sid: SequenceId, why: str) -> UnknownSequence:

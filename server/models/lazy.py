@@ -269,7 +269,10 @@ class ModelLoads:
                 return
         held = self.budget.size_of(name)  # None: not loaded now
         measured = self.budget.measured(name, key)
-        need = (measured.bytes if measured else 0) or held or files
+        # An ensemble holds no memory of its own (its steps are counted): counted at 0 and never
+        # evicted, where its load's measure (other threads' work) had made it a victim freeing 0.
+        ensemble = is_ensemble(source.config)
+        need = 0 if ensemble else (measured.bytes if measured else 0) or held or files
         basis = measured.basis if measured else "its footprint now" if held else "its files' size"
         # A reload that holds no more than the model holds now frees nothing by being refused: it
         # evicts what it can and loads (refused, a poll-mode change waited for the next eviction).
@@ -292,10 +295,11 @@ class ModelLoads:
             raise
         size = footprint(files, before, self._in_use())
         self.budget.remember(name, key, size)
-        holds = self.budget.estimate(name, key)  # one figure inflated by other work is not held
+        holds = 0 if ensemble else self.budget.estimate(name, key)  # one inflated figure is not held
         self.budget.record(name, holds, pinned=pinned, now=self._clock())
         versions = self._manager.entry(name).versions
         self.refused_early.hand_over(name, versions)  # its counts go on growing
+        self._hand_over_ensembles(name)
         self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
         self._predicted.pop(name, None)  # what it serves is known now
         (self._lazy.add if lazy else self._lazy.discard)(name)
@@ -307,6 +311,12 @@ class ModelLoads:
         # Measured bigger than estimated: make room for what it holds now. (With 0 here the check
         # counted only the other models, so it never evicted: 132.7 of 130 MiB stayed used.)
         await self._make_room(name, holds, loaded=True)
+
+    def _hand_over_ensembles(self, name: str) -> None:
+        """The ensembles `name`'s load brought up with it (EnsembleDependents.load_waiting) take
+        their early refusals' counts too: they had stayed apart, listed beside the loaded ones."""
+        for ensemble in self._guard.ensembles_over(name):
+            self.refused_early.hand_over(ensemble, self._manager.entry(ensemble).versions)
 
     async def _pay_one_time_costs(self) -> None:
         """Before the process's first measured load: the runtime's once-a-process allocations
@@ -343,12 +353,12 @@ class ModelLoads:
         goes on anyway): as many as it takes, or every idle lazy model, never a refusal. `basis`:
         where `need` came from, for the refusal's message."""
         best_effort = loaded or best_effort
-        victims = self.budget.victims(need, self._guard.busy, keep=name, best_effort=best_effort)
+        victims = self.budget.victims(need, self._kept, keep=name, best_effort=best_effort)
         while victims:
             await self._evict(victims[0])
             # Chosen again after each eviction (it awaits): a model chosen idle may be in use now
             # (an ensemble's request began meanwhile), and is kept.
-            victims = self.budget.victims(need, self._guard.busy, keep=name, best_effort=best_effort)
+            victims = self.budget.victims(need, self._kept, keep=name, best_effort=best_effort)
         if victims is None:
             self.stats.refused += 1
             why = refusal(name, need, basis, self.budget)
@@ -359,16 +369,28 @@ class ModelLoads:
             # Loaded already, and evicting every idle lazy model was not enough: say so.
             log.warning("model %s: over the memory budget%s", name, self._budget_note())
 
+    def _kept(self, name: str) -> bool:
+        """`name` may not be chosen for eviction now: busy (eviction_guard.py), or not loaded (an
+        ensemble its step's eviction took down: nothing to free)."""
+        if self._guard.busy(name):
+            return True
+        try:
+            return self._manager.entry(name).state != READY
+        except ModelNotFound:
+            return True
+
     async def _evict(self, name: str) -> None:
         freed = self.budget.size_of(name) or 0
         # Dormant from now: a request that arrives while it drains waits for its next load. It
         # was marked only after, and 3 in 2,000-4,000 requests failed "not ready (unloaded)". So
         # are the ensembles using it, which go with it (EnsembleDependents.stop_dependent): a
         # request for one began its steps and failed at the evicted one's.
-        for model in (name, *self._guard.ensembles_over(name)):
+        ensembles = self._guard.ensembles_over(name)
+        for model in (name, *ensembles):
             self._manager.entry(model).dormant = True
         await self._manager.unload(name, evicted=True)  # drains as an unload (it was idle when chosen)
-        self.budget.forget(name)
+        for model in (name, *ensembles):  # the ensembles hold nothing once down: not counted
+            self.budget.forget(model)
         self.stats.evictions += 1
         self.register_lazy(name, EVICTED)
         log.info("model %s evicted: %.1f MiB freed%s", name, freed / MIB, self._budget_note())

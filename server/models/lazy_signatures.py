@@ -61,11 +61,13 @@ def unnamed_version(source: ModelSource) -> int | None:
 
 
 def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> dict[int, Signature] | None:
-    """The signature of each version `source`'s load would serve; None when not known here (an
-    ensemble, or a config or graph the load will refuse: its load says what is wrong). Blocks
-    (reads the graphs): call it off the event loop."""
-    if is_ensemble(source.config):
-        return None
+    """The signature of each version `source`'s load would serve; None when not known here (a
+    config or graph the load will refuse: its load says what is wrong). An ensemble's is its config's
+    own, as its load makes it (it declares every input and output; its steps judge the rest once
+    loaded): an invalid request had loaded it and its steps, evicting others. Blocks (reads the
+    graphs): call it off the event loop."""
+    if is_ensemble(source.config):  # read and checked by load_model_source already, as a load does
+        return {number: Signature.from_config(source.config) for number in source.versions}
     try:
         return {
             number: Signature.from_config(_completed(source, number, default_max_batch_size))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
-from batcher.sequence_types import SequenceId
+from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
@@ -32,7 +32,7 @@ from server.models.repository import (
 from server.models.response_cache import ResponseCache
 from server.models.rollout import Rollout
 from server.models.sequence_config import unknown_sequence_hint
-from server.models.sequence_routing import Routed, SequenceRouting
+from server.models.sequence_routing import EVICTED_SEQUENCE, Routed, SequenceRouting
 from server.models.traffic import parse_policy
 from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
@@ -227,7 +227,9 @@ class ModelManager:
             entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._on_health(name, False)
             self._discard_cached(name)
-            await self._retire(entry.versions.values())
+            # Its live sequences' continuations are told why they ended (an eviction had read
+            # "unloaded or replaced", as an operator's unload).
+            await self._retire(entry.versions.values(), why=EVICTED_SEQUENCE if evicted else RETIRED)
             entry.versions.clear()
             entry.order.clear()
             self.sequence_routing.forget(name)
@@ -352,21 +354,23 @@ class ModelManager:
         if self._response_cache is not None:
             self._response_cache.discard_model(name)
 
-    def _begin_retire(self, versions: Iterable[ModelVersion]) -> None:
+    def _begin_retire(self, versions: Iterable[ModelVersion], why: str = RETIRED) -> None:
         """The synchronous start of retiring `versions` (before any await): requests still running
-        on them must not fill the cache; their sequences end (their state goes with them)."""
+        on them must not fill the cache; their sequences end (their state goes with them), `why`."""
         for version in versions:
             version.response_cache = None
             self.sampling.retire(version.sampler)
-            self.sequence_routing.retire(version)
+            self.sequence_routing.retire(version, why)
 
-    async def _retire(self, versions: Iterable[ModelVersion], handover: bool = False) -> None:
+    async def _retire(
+        self, versions: Iterable[ModelVersion], handover: bool = False, why: str = RETIRED
+    ) -> None:
         """Stop `versions` (draining within shutdown_grace_s) and close their instances. `handover`
         (replaced by a reload): what is still queued after the grace goes to the new versions
         (RequestPath.finish resubmits a NotAccepting), where it failed UNAVAILABLE though they
         were ready (12 of 20 queued requests behind a slow model)."""
         versions = list(versions)
-        self._begin_retire(versions)
+        self._begin_retire(versions, why)
         for version in versions:
             await version.batcher.stop(
                 drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover, finish_runs=True

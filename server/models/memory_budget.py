@@ -116,13 +116,14 @@ class MemoryBudget:
         return None if resident is None else resident.bytes
 
     def victims(
-        self, need_bytes: int, busy: Callable[[str], bool], keep: str = "", best_effort: bool = False
+        self, need_bytes: int, kept: Callable[[str], bool], keep: str = "", best_effort: bool = False
     ) -> list[str] | None:
         """The models to evict so that `need_bytes` more fit, least recently used first; [] when
         they fit already, None when evicting every idle unpinned model would not make room (with
         `best_effort`, every one of them then: a model already loaded over the budget).
 
-        `keep` (the model being loaded) and busy models (requests queued or running) are never
+        `keep` (the model being loaded), models `kept` says stay (requests queued or running, not
+        loaded) and models counted at 0 bytes (an ensemble: evicting it frees nothing) are never
         chosen; its own current bytes are not counted (a reload replaces them)."""
         if self.limit_bytes <= 0:
             return []
@@ -131,7 +132,11 @@ class MemoryBudget:
             return []
         chosen: list[str] = []
         candidates = sorted(
-            (r for r in self._residents.values() if not r.pinned and r.name != keep and not busy(r.name)),
+            (
+                r
+                for r in self._residents.values()
+                if not r.pinned and r.bytes > 0 and r.name != keep and not kept(r.name)
+            ),
             key=lambda r: r.last_used,
         )
         for resident in candidates:

@@ -25,7 +25,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from batcher.sequence import REMEMBER_RELEASED
-from batcher.sequence_types import SequenceId
+from batcher.sequence_types import RETIRED, SequenceId
 
 if TYPE_CHECKING:
     from server.models.rollout import RoutedRequest
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 NOTE_SLACK = 1024
 
 Policy = Callable[["ModelEntry", "RoutedRequest"], int]
+
+# Why a version the memory budget evicted ended its sequences (`retire`'s `why`): they had been
+# told "unloaded or replaced", as by an operator's unload, with nothing naming the budget.
+EVICTED_SEQUENCE = (
+    "the model version serving it was evicted to fit the memory budget (model_memory_budget_mb)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +143,12 @@ class SequenceRouting:
 
     # -- retired versions ---------------------------------------------------------------------
 
-    def retire(self, version: ModelVersion) -> None:
-        """End `version`'s sequences (it is being retired) and keep why, for its successors. Its
+    def retire(self, version: ModelVersion, why: str = RETIRED) -> None:
+        """End `version`'s sequences (it is being retired) and keep `why`, for its successors. Its
         batcher opens no sequence after this (a start is handed to the version serving now)."""
         if version.sequences is None:
             return
-        version.sequences.close()
+        version.sequences.close(why)
         ended = self._ended.setdefault(version.name, OrderedDict())
         ended.update(version.sequences.released())
         while len(ended) > REMEMBER_RELEASED:

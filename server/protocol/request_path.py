@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled, NotAccepting
@@ -27,6 +27,7 @@ from server.protocol.controls import Controls, parse_controls, try_parse_control
 from server.protocol.declared import check_declared_by_any
 from server.protocol.infer_job import InferJob
 from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.validate import Signature
 
 _COUNTED_IN = "counted_in"  # set on an exception by `note_served`: the ModelStats it was counted in
 
@@ -251,6 +252,11 @@ async def await_load(
         return await _judge_and_wait(demand, request, remaining_s, regions, controls, sequences)
 
 
+def _ensemble(signatures: Mapping[int, Signature]) -> bool:
+    """The signatures are an ensemble's (its own: sequences are its steps' to judge)."""
+    return any(signature.sequences is None for signature in signatures.values())
+
+
 async def _judge_and_wait(
     demand: OnDemand,
     request: pb.ModelInferRequest,
@@ -266,8 +272,10 @@ async def _judge_and_wait(
         try:
             unnamed_to = demand.unnamed_version(name)  # where routing sends it, if one version
             check_declared_by_any(signatures, request, regions, controls, unnamed_to=unnamed_to)
-            if controls is not None and demand.needs_load(name):
-                sequences.check(name, controls.sequence)  # still not loaded: no sequence is live
+            if controls is not None and demand.needs_load(name) and not _ensemble(signatures):
+                # Still not loaded: no sequence is live. Not so for an ensemble's sequence step,
+                # loaded with live sequences while the ensemble is not: its steps judge that.
+                sequences.check(name, controls.sequence)
         except Exception as exc:
             # Counted as the loaded model's refusal would be (it had been counted nowhere).
             number = counted_version(signatures, request.model_version, demand.unnamed_version(name))

@@ -68,7 +68,7 @@ def test_why_an_evicted_models_sequence_ended_and_the_workers_hint_are_said() ->
     routing = SequenceRouting()
     why = "the model version serving it was unloaded or replaced"
     ended = OrderedDict([(7, why)])
-    sequences = SimpleNamespace(close=lambda: None, released=lambda: ended)
+    sequences = SimpleNamespace(close=lambda why: None, released=lambda: ended)
     routing.retire(SimpleNamespace(name="m", version=1, sequences=sequences))  # type: ignore[arg-type]
     judge = SequencesBeforeLoad(routing, unknown_hint="; hint")
     assert refusal(judge, "m", continued(7)).endswith(f"it is not live: {why}")
