@@ -31,7 +31,8 @@ from server.errors import (
 )
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble, load_rank
-from server.models.lazy import ModelLoads, lazy_flags
+from server.models.lazy import ModelLoads
+from server.models.lazy_flags import lazy_flags
 from server.models.load_request import parse_load_parameters, remove_dead_uploads, write_model_directory
 from server.models.load_retry import LoadRetries, os_failure
 from server.models.manager import ModelManager

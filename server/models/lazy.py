@@ -32,6 +32,7 @@ from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
+from server.models.lazy_flags import lazy_flags
 from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
@@ -42,31 +43,13 @@ from server.protocol.validate import Signature
 
 log = logging.getLogger(__name__)
 
-LAZY_LOAD = "lazy_load"
-PINNED = "pinned"
 NOT_LOADED = "not loaded (lazy): its first request loads it"
 EVICTED = "not loaded (lazy): evicted to fit the memory budget; its next request loads it"
-_BOOLEANS = {"true": True, "false": False}
 
 
 def _files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
     """The bytes of a load's files, and what its measured footprint is remembered under."""
     return files_bytes(source), source_key(source)
-
-
-def _flag(config: mc.ModelConfig, key: str, source: str) -> bool:
-    if key not in config.parameters:
-        return False
-    value = config.parameters[key].string_value
-    if value.lower() not in _BOOLEANS:
-        raise ConfigError(f"{source}: parameters '{key}' must be 'true' or 'false', got '{value[:32]}'")
-    return _BOOLEANS[value.lower()]
-
-
-def lazy_flags(config: mc.ModelConfig, source: str) -> tuple[bool, bool]:
-    """(lazy, pinned) from a model's parameters; a model that is not lazy is always pinned."""
-    lazy = _flag(config, LAZY_LOAD, source)
-    return lazy, (not lazy) or _flag(config, PINNED, source)
 
 
 class ModelLoads:
