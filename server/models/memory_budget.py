@@ -147,6 +147,18 @@ class MemoryBudget:
         return chosen if best_effort else None
 
 
+def load_need(held: int | None, measured: Measured | None, files: int) -> tuple[int, str]:
+    """The bytes a model's load is estimated to need, and what the figure rests on (for a
+    refusal's message): what loads of these same files measured (each at least their size), else
+    its footprint now or the files' size, whichever is larger. The files are the floor: a reload
+    of new files (1.2 MiB) had been estimated at the old files' footprint (0.1 MiB) and loaded."""
+    if measured is not None:
+        return measured.bytes, measured.basis
+    if held is not None and held > files:
+        return held, "its footprint now"
+    return files, "its files' size"
+
+
 def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
     """Why loading `name` (`need` bytes, estimated from `basis`) is refused under `budget`: more
     than the whole budget (no eviction could ever make room: had said "no idle lazy model to
