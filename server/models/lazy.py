@@ -36,7 +36,7 @@ from server.models.lazy_flags import lazy_flags
 from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
-from server.models.memory_budget import MIB, MemoryBudget, load_need, refusal
+from server.models.memory_budget import MIB, MemoryBudget, for_ensembles, load_need, refusal
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.protocol.validate import Signature
@@ -270,7 +270,12 @@ class ModelLoads:
         if remeasure:
             log.info("model %s measured %.1f MiB, over the budget: loading it to measure again",
                      name, need / MIB)  # fmt: skip
-        await self._make_room(name, need, best_effort=reload or remeasure, basis=basis)
+        try:
+            await self._make_room(name, need, best_effort=reload or remeasure, basis=basis)
+        except MemoryBudgetExceeded as exc:
+            # Loading an ensemble's step: it says so, and whether its steps could ever fit together.
+            ensembles = sorted(within)
+            raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
         await self._pay_one_time_costs()
         before, started = self._in_use(), self._clock()
         try:
