@@ -249,9 +249,12 @@ class RepositoryControl:
 
     # -- loading a model as its config asks ---------------------------------------------------------
 
-    async def _apply_source(self, source: ModelSource, keep_unchanged: bool = False) -> Exception | None:
+    async def _apply_source(
+        self, source: ModelSource, keep_unchanged: bool = False, why: str = ""
+    ) -> Exception | None:
         """Load `source`, or list it as lazy; a failure is logged, shown in the index and returned.
-        `keep_unchanged` (the poller): versions that did not change keep serving, as Triton's do."""
+        `keep_unchanged` (the poller): versions that did not change keep serving, as Triton's do;
+        `why` (the poller's): what led here, logged with what is done about it."""
         try:
             lazy, _ = lazy_flags(source.config, source.where)
         except ConfigError as exc:
@@ -262,8 +265,13 @@ class RepositoryControl:
         # were not loaded), and its requests never loaded them.
         lazy = lazy or bool(self._loads.lazy_steps(source.config))
         if lazy and (entry is None or entry.dormant):
+            if why:  # it had said "loading it", and loaded nothing
+                log.info("model %s %s; not loaded now (lazy_load): listed, its next request loads it",
+                         source.name, why)  # fmt: skip
             self._loads.register_lazy(source.name)
             return None
+        if why:
+            log.info("model %s %s; loading it", source.name, why)
         try:
             await self._loads.load(source.name, source, keep_unchanged)
         except MemoryBudgetExceeded as exc:  # refused before the manager saw it: show why
@@ -331,11 +339,8 @@ class RepositoryControl:
             self._retry_if_os(name, exc)
             return
         failures = self._retries.failures(name)
-        if failures:
-            log.info("model %s: loading it again (%d failed on an OS error)", name, failures)
-        else:
-            log.info("model %s changed on disk; loading it", name)
-        self._retry_if_os(name, await self._apply_source(source, keep_unchanged=True))
+        why = f"failed to load on an OS error {failures} time(s)" if failures else "changed on disk"
+        self._retry_if_os(name, await self._apply_source(source, keep_unchanged=True, why=why))
 
     def _retry_if_os(self, name: str, failure: Exception | None) -> None:
         """Poll mode: a load the OS failed (EMFILE, ENOMEM, ...) is tried again later, its index

@@ -36,7 +36,7 @@ from server.models.lazy_flags import lazy_flags
 from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
-from server.models.memory_budget import MIB, MemoryBudget, refusal
+from server.models.memory_budget import MIB, MemoryBudget, for_ensembles, load_need, refusal
 from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.protocol.validate import Signature
@@ -255,20 +255,27 @@ class ModelLoads:
         # An ensemble holds no memory of its own (its steps are counted): counted at 0 and never
         # evicted, where its load's measure (other threads' work) had made it a victim freeing 0.
         ensemble = is_ensemble(source.config)
-        need = 0 if ensemble else (measured.bytes if measured else 0) or held or files
-        basis = measured.basis if measured else "its footprint now" if held else "its files' size"
+        need, basis = (0, "") if ensemble else load_need(held, measured, files)
+        limit = self.budget.limit_bytes
+        if files > limit > 0 and not ensemble:  # no eviction can ever make room, whatever it holds now
+            self.stats.refused += 1  # (a reload of such files had been loaded, evicting idle models)
+            raise OutgrowsMemoryBudget(refusal(name, files, "its files' size", self.budget))
         # A reload that holds no more than the model holds now frees nothing by being refused: it
         # evicts what it can and loads (refused, a poll-mode change waited for the next eviction).
         reload = held is not None and need <= held
         # A measured need over the whole budget, files within it, is no verdict until every load
         # measured over it (other threads' allocations count too: a 0.45 MiB MLP measured 1.5 once
         # and was refused for good): it loads, evicting all it can, and is measured again.
-        limit = self.budget.limit_bytes
         remeasure = measured is not None and files <= limit < need and not measured.outgrows(limit)
         if remeasure:
             log.info("model %s measured %.1f MiB, over the budget: loading it to measure again",
                      name, need / MIB)  # fmt: skip
-        await self._make_room(name, need, best_effort=reload or remeasure, basis=basis)
+        try:
+            await self._make_room(name, need, best_effort=reload or remeasure, basis=basis)
+        except MemoryBudgetExceeded as exc:
+            # Loading an ensemble's step: it says so, and whether its steps could ever fit together.
+            ensembles = sorted(within)
+            raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
         await self._pay_one_time_costs()
         before, started = self._in_use(), self._clock()
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from server.errors import MemoryBudgetExceeded, OutgrowsMemoryBudget
+
 MIB = 1024 * 1024
 # How many of a model's latest measurements (of the same files) its estimate is drawn from.
 KEPT_MEASUREMENTS = 2
@@ -147,6 +149,18 @@ class MemoryBudget:
         return chosen if best_effort else None
 
 
+def load_need(held: int | None, measured: Measured | None, files: int) -> tuple[int, str]:
+    """The bytes a model's load is estimated to need, and what the figure rests on (for a
+    refusal's message): what loads of these same files measured (each at least their size), else
+    its footprint now or the files' size, whichever is larger. The files are the floor: a reload
+    of new files (1.2 MiB) had been estimated at the old files' footprint (0.1 MiB) and loaded."""
+    if measured is not None:
+        return measured.bytes, measured.basis
+    if held is not None and held > files:
+        return held, "its footprint now"
+    return files, "its files' size"
+
+
 def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
     """Why loading `name` (`need` bytes, estimated from `basis`) is refused under `budget`: more
     than the whole budget (no eviction could ever make room: had said "no idle lazy model to
@@ -165,3 +179,45 @@ def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
         f"({limit / MIB:g}) has {free / MIB:.1f} MiB free and no idle lazy model to evict "
         "(pinned models and models with requests in flight stay)"
     )
+
+
+def steps_outgrow(
+    ensembles: list[str], step: str, need: int, basis: str, held: Callable[[str], bool], budget: MemoryBudget
+) -> str | None:
+    """Why the load of `ensembles` is refused for good when loading their step model `step` (`need`
+    bytes, from `basis`) did not fit: with the step models their load holds loaded (`held`), it
+    needs more than the whole budget, and no eviction could ever make room for them together.
+    None when they would fit (another model is in the way now). It had said "no idle lazy model to
+    evict", naming neither the ensemble nor the steps, and was retried."""
+    kept = {r.name: r.bytes for r in budget.residents() if r.name != step and r.bytes > 0 and held(r.name)}
+    total, limit = need + sum(kept.values()), budget.limit_bytes
+    if not kept or total <= limit:
+        return None
+    names = ", ".join(f"'{e}'" for e in ensembles)
+    loaded = ", ".join(f"'{n}' {size / MIB:.1f} MiB (loaded)" for n, size in sorted(kept.items()))
+    return (
+        f"loading ensemble{'s' if len(ensembles) > 1 else ''} {names} needs its step models loaded "
+        f"together: '{step}' about {need / MIB:.1f} MiB ({basis}) and {loaded}, {total} bytes "
+        f"(about {total / MIB:.1f} MiB) in all, more than the whole memory budget: model_memory_budget_mb "
+        f"is {limit / MIB:g} ({limit} bytes; set by --model-memory-budget-mb or "
+        "SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+    )
+
+
+def for_ensembles(
+    exc: MemoryBudgetExceeded,
+    ensembles: list[str],
+    step: str,
+    need: int,
+    basis: str,
+    held: Callable[[str], bool],
+    budget: MemoryBudget,
+) -> MemoryBudgetExceeded:
+    """`exc`, a refusal of `step`'s load, as the load of `ensembles` (empty: not one) answers it:
+    naming them, and not to be retried when their steps need more than the whole budget together."""
+    if not ensembles or isinstance(exc, OutgrowsMemoryBudget):
+        return exc
+    why = steps_outgrow(ensembles, step, need, basis, held, budget)
+    if why is not None:
+        return OutgrowsMemoryBudget(why)
+    return MemoryBudgetExceeded(f"loading ensemble {', '.join(ensembles)}: {exc}")
