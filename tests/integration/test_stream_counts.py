@@ -8,6 +8,7 @@ tests/unit/test_batcher_cancel_counts.py: it counts a success now.)
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,8 +27,10 @@ from tests.support.server_process import ServerProcess, wait_until
 SHM = Path("/dev/shm")
 BOUND_S = 30.0
 SENT = 8
-# Answers in request order, each run 50 ms: when the stream ends after its first answer, later
-# requests are queued, running, or computed and waiting for their turn.
+# Answers in request order, each run 300 ms: when the stream ends after its first answer, later
+# requests are queued, running, or computed and waiting for their turn; and the server has read
+# them all (a request it never read is never counted: with 50 ms runs, a CI run under load once
+# cancelled before the server had read the last ones, and waited 60 s for their counts).
 ORDERED = """
 backend: "identity"
 max_batch_size: 2
@@ -35,7 +38,7 @@ input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 dynamic_batching { preserve_ordering: true }
 instance_group [ { count: 2 kind: KIND_CPU } ]
-parameters { key: "execute_delay_ms" value { string_value: "50" } }
+parameters { key: "execute_delay_ms" value { string_value: "300" } }
 """
 
 
@@ -95,15 +98,26 @@ def test_a_cancelled_streams_requests_each_end_in_one_count(
         )
         for i in range(SENT)
     ]
-    call = stub.ModelStreamInfer(iter(frames), timeout=BOUND_S)
+    sent_all = threading.Event()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        yield from frames
+        sent_all.set()  # grpc asks for the next once it has sent the one before
+
+    call = stub.ModelStreamInfer(requests(), timeout=BOUND_S)
     assert next(call).infer_response.id == "r0"
+    assert sent_all.wait(BOUND_S)
     call.cancel()  # the others: queued, running, or computed and not yet sent
 
     def settled() -> bool:
         d = delta(stats(stub, "ordered"), before)
         return d["success"] + d["fail"] + canceled(server, "ordered") - canceled_before == SENT
 
-    wait_until(settled, "every request of the cancelled stream to be counted once")
+    try:
+        wait_until(settled, "every request of the cancelled stream to be counted once")
+    except AssertionError as exc:  # with the counts it stopped at
+        now, cut = delta(stats(stub, "ordered"), before), canceled(server, "ordered") - canceled_before
+        raise AssertionError(f"{exc}: {now}, CANCELED {cut}") from None
     d = delta(stats(stub, "ordered"), before)
     assert d["fail"] == 0
     # Queue, compute and rows: exactly the successes (1 row each), computed-but-unsent included.
