@@ -36,6 +36,7 @@ from batcher.form import WakeMargin, form_batch
 from batcher.lateness import LoopLateness
 from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
 from batcher.run_batch import BatchRunner
+from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from batcher.turn_deadline import TurnDeadline
 from batcher.types import Backend, BatchingPolicy, QueueTrace, Tensors
@@ -64,18 +65,21 @@ class DynamicBatcher:
         replace: ReplaceBackend | None = None,
         name: str = "batcher",
         byte_budgets: Sequence[ByteBudget] = (),
+        run_count: RunCount | None = None,
     ) -> None:
         """`inline_max_s`: batches on a RunsBlocking backend whose recent runs of that size took at
         most this much CPU run on the event loop thread, not in the backend's executor (for tiny
         models a thread hop costs more than the run); 0 disables. `run_timeout_s`: the watchdog's
         limit on a run (0: none); `replace` gives an instance whose run outlived it a fresh backend
         (None: it keeps its own). `name` is for the log. `byte_budgets` bound the input bytes of
-        queued requests (this model's and the server's; batcher/budget.py)."""
+        queued requests (this model's and the server's; batcher/budget.py). `run_count` counts its
+        runs, with every other batcher's of the server (batcher/run_count.py)."""
         if not backends:
             raise ValueError("DynamicBatcher needs at least one backend instance")
         validate_policy(policy)
         self._instances = tuple(Instance(i, backend) for i, backend in enumerate(backends))
-        self._watchdog = Watchdog(run_timeout_s, replace, name)
+        run_count = run_count if run_count is not None else RunCount()
+        self._watchdog = Watchdog(run_timeout_s, replace, name, run_count)
         self._policy = policy
         # While stopping, nothing waits for a batch to grow.
         self._drain_policy = dataclasses.replace(policy, max_queue_delay_s=0.0)
@@ -112,6 +116,7 @@ class DynamicBatcher:
             self._forecast,
             self._queue,
             self._flights,
+            run_count,
         )
         self._runner = BatchRunner(
             policy,

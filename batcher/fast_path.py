@@ -22,6 +22,7 @@ from batcher.flights import Flights
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, runs_alone_now
 from batcher.queue import RequestQueue
+from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, RunsBlocking, Tensors
 
@@ -41,6 +42,7 @@ class FastPath:
         forecast: WaitForecast,
         queue: RequestQueue,
         flights: Flights,
+        runs: RunCount,
     ) -> None:
         self._inline_max_s = inline_max_s
         # The fast path's instance, when it can run on the caller's thread; looked up once.
@@ -52,6 +54,7 @@ class FastPath:
         self._forecast = forecast
         self._queue = queue
         self._flights = flights
+        self._runs = runs
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
 
     def runs_inline(self, rows: int) -> bool:
@@ -83,7 +86,11 @@ class FastPath:
         self._stats.record_dispatch(reason)
         slack_ns = None if a.hard is None else int((a.hard - self._clock()) * 1e9)
         t0 = time.perf_counter_ns()
-        outputs = backend.run_blocking(inputs)
+        self._runs.started += 1
+        try:
+            outputs = backend.run_blocking(inputs)
+        finally:
+            self._runs.ended += 1
         t1 = time.perf_counter_ns()
         rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
         check_rows(outputs, rows, self._policy)  # as a run's error: raised before it is counted

@@ -23,6 +23,7 @@ from typing import TypeVar, cast
 
 from batcher.batch_io import cpu_timed
 from batcher.errors import RunTimedOut
+from batcher.run_count import RunCount
 from batcher.types import Backend, RunsBlocking, Tensors
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ class Instance:
 class Watchdog:
     """Times the runs of one model version; `limit_s` 0 watches nothing."""
 
-    def __init__(self, limit_s: float, replace: ReplaceBackend | None, name: str) -> None:
+    def __init__(
+        self, limit_s: float, replace: ReplaceBackend | None, name: str, runs: RunCount | None = None
+    ) -> None:
+        """`runs`: counts every run this watchdog makes (shared by a server's batchers)."""
         if not limit_s >= 0:
             raise ValueError(f"run timeout must be >= 0 s, got {limit_s}")
         self.limit_s = limit_s
@@ -66,6 +70,7 @@ class Watchdog:
         self._name = name
         self.timeouts = 0  # runs that outlived the limit
         self.replaced = 0  # instances replaced after one
+        self._runs = runs if runs is not None else RunCount()
 
     async def watch(self, run: Awaitable[T]) -> T:
         """`run`'s result, or RunTimedOut once it has taken `limit_s` (the run is then cancelled
@@ -97,6 +102,13 @@ class Watchdog:
         """Run one batch on `instance`: on this thread when `inline` and it RunsBlocking, else in its
         backend's executor (or its own `run`) under this watchdog; the outputs and the run's CPU
         seconds (None where not measured)."""
+        self._runs.started += 1
+        try:
+            return await self._run(instance, inputs, inline)
+        finally:
+            self._runs.ended += 1
+
+    async def _run(self, instance: Instance, inputs: Tensors, inline: bool) -> tuple[Tensors, float | None]:
         blocking = instance.blocking
         if blocking is None:
             return await self.watch(instance.backend.run(inputs)), None

@@ -101,6 +101,7 @@ class SluicewayServer:
             root,
             settings.model_memory_budget_mb * MIB,
             default_max_batch_size=settings.default_max_batch_size,
+            runs=self.models.runs,
         )
         self.models.on_demand = self.loads
         self.control = RepositoryControl(root, settings, self.models, self.loads)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from batcher.run_count import RunCount
 from protos import model_config_pb2 as mc
 from server.backends.one_time_costs import pay_one_time_costs
 from server.errors import (
@@ -63,8 +64,10 @@ class ModelLoads:
         clock: Callable[[], float] = time.monotonic,
         default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         one_time_costs: Callable[[], None] = pay_one_time_costs,
+        runs: RunCount | None = None,
     ) -> None:
-        """`in_use`: the process's memory in use now, read around each load (footprint.py);
+        """`in_use`: the process's memory in use now, read around each load (footprint.py); `runs`:
+        every model's backend runs (the manager's), read around it too: is its measure a verdict;
         `default_max_batch_size`: the setting a load completes configs with; `one_time_costs`: run
         once before the first load is measured, so that the first model is not charged them."""
         self._manager = manager
@@ -73,6 +76,7 @@ class ModelLoads:
         self._in_use = in_use or memory_meter()
         self._one_time_costs: Callable[[], None] | None = one_time_costs  # None once paid
         self._clock = clock
+        self._runs = runs if runs is not None else RunCount()
         self.budget = MemoryBudget(budget_bytes)
         self.stats = LoadStats()
         self._lazy: set[str] = set()  # lazy models, loaded or not
@@ -277,14 +281,16 @@ class ModelLoads:
             ensembles = sorted(within)
             raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
         await self._pay_one_time_costs()
-        before, started = self._in_use(), self._clock()
+        runs, before, started = self._runs.mark(), self._in_use(), self._clock()
         try:
             await self._manager.load(name, source, keep_unchanged)
         except Exception:
             self.stats.failures += 1
             raise
         size = footprint(files, before, self._in_use())
-        self.budget.remember(name, key, size)
+        # Other models' runs during it add to its measure: then no verdict (memory_budget.Measured).
+        quiet = self._runs.none_since(runs)
+        self.budget.remember(name, key, size, quiet)
         holds = 0 if ensemble else self.budget.estimate(name, key)  # one inflated figure is not held
         self.budget.record(name, holds, pinned=pinned, now=self._clock())
         versions = self._manager.entry(name).versions
@@ -295,8 +301,9 @@ class ModelLoads:
         (self._lazy.add if lazy else self._lazy.discard)(name)
         self.stats.loads += 1
         log.info(
-            "model %s loaded in %.2f s: footprint %.1f MiB (files %.1f MiB)%s",
-            name, self._clock() - started, size / MIB, files / MIB, self._budget_note(),
+            "model %s loaded in %.2f s: footprint %.1f MiB (files %.1f MiB%s)%s",
+            name, self._clock() - started, size / MIB, files / MIB,
+            "" if quiet else "; other models ran during it", self._budget_note(),
         )  # fmt: skip
         # Measured bigger than estimated: make room for what it holds now. (With 0 here the check
         # counted only the other models, so it never evicted: 132.7 of 130 MiB stayed used.)

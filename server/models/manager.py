@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from batcher.budget import ByteBudget
+from batcher.run_count import RunCount
 from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
@@ -91,6 +92,9 @@ class ModelManager:
         self.sequences_before_load = SequencesBeforeLoad(self.sequence_routing, hint)
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
+        # Backend runs of every version: a load's footprint is trusted for a verdict only when
+        # none ran during it (lazy.py).
+        self.runs = RunCount()
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
         self.on_demand: OnDemand | None = None  # set by the app when lazy models may exist
         self.rollout = Rollout()  # traffic policies, shadow and rollback (server/models/rollout.py)
@@ -323,9 +327,8 @@ class ModelManager:
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
-        return await load_version(
-            source, number, path, self._settings, self._response_cache, self.sampling, self._queued_bytes
-        )
+        shared = (self._response_cache, self.sampling, self._queued_bytes, self.runs)  # by every version
+        return await load_version(source, number, path, self._settings, *shared)
 
     def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
         cache, max_queue_size = self._response_cache, self._settings.max_queue_size

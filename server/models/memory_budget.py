@@ -32,8 +32,12 @@ class Measured:
 
     key: object  # what they read (server/models/footprint.py source_key)
     latest: tuple[int, ...]  # the latest KEPT_MEASUREMENTS, oldest first
-    smallest: int  # of every load of these files
     times: int  # loads of these files measured
+    # Of the loads measured while no batch ran in any model (quiet): how many, and their smallest
+    # (0 while none). Only they make a verdict: another model's run during a load adds to it (its
+    # first run's arena chunk: a 0.45 MiB MLP measured 1.5 MiB twice and was refused for good).
+    quiet_times: int = 0
+    quiet_smallest: int = 0
 
     @property
     def bytes(self) -> int:
@@ -49,14 +53,19 @@ class Measured:
         return f"the smallest of its last {len(self.latest)} loads' measurements"
 
     def outgrows(self, limit_bytes: int) -> bool:
-        """More than `limit_bytes` at every load of these files, two at least: a verdict. One
-        figure over it, or a figure under it ever, may be other work's noise."""
-        return self.times >= 2 and self.smallest > limit_bytes > 0
+        """More than `limit_bytes` at every quiet load of these files, two at least: a verdict. A
+        figure measured while other models ran may be their allocations; one quiet figure over
+        it, or a quiet figure under it ever, is no verdict either."""
+        return self.quiet_times >= 2 and self.quiet_smallest > limit_bytes > 0
 
-    def then(self, size: int) -> Measured:
-        """These measurements and `size` bytes measured at a further load of the same files."""
+    def then(self, size: int, quiet: bool) -> Measured:
+        """These measurements and `size` bytes measured at a further load of the same files
+        (`quiet`: while no batch ran)."""
         latest = (*self.latest, size)[-KEPT_MEASUREMENTS:]
-        return Measured(self.key, latest, min(self.smallest, size), self.times + 1)
+        if not quiet:
+            return Measured(self.key, latest, self.times + 1, self.quiet_times, self.quiet_smallest)
+        smallest = min(self.quiet_smallest, size) if self.quiet_times else size
+        return Measured(self.key, latest, self.times + 1, self.quiet_times + 1, smallest)
 
 
 class MemoryBudget:
@@ -92,11 +101,12 @@ class MemoryBudget:
         self._residents.pop(name, None)
         self._measured.pop(name, None)
 
-    def remember(self, name: str, key: object, size: int) -> None:
-        """`size` bytes were measured loading `key` (server/models/footprint.py source_key); the
-        measurements of other files are forgotten."""
+    def remember(self, name: str, key: object, size: int, quiet: bool = True) -> None:
+        """`size` bytes were measured loading `key` (server/models/footprint.py source_key);
+        `quiet`: no batch of any model ran during the load. The measurements of other files are
+        forgotten."""
         size, known = max(size, 0), self.measured(name, key)
-        self._measured[name] = known.then(size) if known else Measured(key, (size,), size, 1)
+        self._measured[name] = (known or Measured(key, (), 0)).then(size, quiet)
 
     def measured(self, name: str, key: object) -> Measured | None:
         """What `name`'s loads of `key` measured, or None when its latest load read other files."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
+from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
@@ -52,10 +53,12 @@ async def load_version(
     response_cache: ResponseCache | None,
     sampling_registry: SamplingRegistry,
     queued_bytes: ByteBudget,
+    run_count: RunCount | None = None,
 ) -> ModelVersion:
     """Version `number` of `source` (its model file at `path`), serving; raises (ConfigError,
     BackendLoadError, OSError) when it cannot, having closed the sessions it had opened.
-    `queued_bytes`: the server-wide budget every version's batcher shares."""
+    `queued_bytes`: the server-wide budget every version's batcher shares; `run_count`: the
+    server-wide count of backend runs (batcher/run_count.py)."""
     fingerprint = await asyncio.to_thread(
         version_fingerprint, source, number
     )  # before: a change meanwhile reloads
@@ -120,6 +123,7 @@ async def load_version(
             ByteBudget(settings.max_queued_bytes_per_model, "max_queued_bytes_per_model"),
             queued_bytes,
         ),
+        run_count=run_count,
     )
     batcher.start()
     fill_defaults(config)  # after the instances are made: what ModelConfig shows, as Triton
