@@ -303,7 +303,7 @@ class ModelLoads:
         log.info(
             "model %s loaded in %.2f s: footprint %.1f MiB (files %.1f MiB%s)%s",
             name, self._clock() - started, size / MIB, files / MIB,
-            "" if quiet else "; other models ran during it", self._budget_note(),
+            "" if quiet else "; other models ran during it", self.budget.note(),
         )  # fmt: skip
         # Measured bigger than estimated: make room for what it holds now. (With 0 here the check
         # counted only the other models, so it never evicted: 132.7 of 130 MiB stayed used.)
@@ -364,7 +364,7 @@ class ModelLoads:
             raise MemoryBudgetExceeded(why)
         if loaded and self.budget.used_bytes > self.budget.limit_bytes > 0:
             # Loaded already, and evicting every idle lazy model was not enough: say so.
-            log.warning("model %s: over the memory budget%s", name, self._budget_note())
+            log.warning("model %s: over the memory budget%s", name, self.budget.note())
 
     def _kept(self, name: str) -> bool:
         """`name` may not be chosen for eviction now: busy (eviction_guard.py), or not loaded (an
@@ -390,12 +390,7 @@ class ModelLoads:
             self.budget.forget(model)
         self.stats.evictions += 1
         self.register_lazy(name, EVICTED)
-        log.info("model %s evicted: %.1f MiB freed%s", name, freed / MIB, self._budget_note())
-
-    def _budget_note(self) -> str:
-        if self.budget.limit_bytes <= 0:
-            return ""
-        return f"; budget {self.budget.used_bytes / MIB:.1f} of {self.budget.limit_bytes / MIB:.0f} MiB used"
+        log.info("model %s evicted: %.1f MiB freed%s", name, freed / MIB, self.budget.note())
 
     # -- observability ----------------------------------------------------------------------
 

@@ -81,6 +81,12 @@ class MemoryBudget:
         # MLP measured 1.5) then refused the model for good under a 1 MiB budget.
         self._measured: dict[str, Measured] = {}
 
+    def note(self) -> str:
+        """The tail of a log line: "; budget U of L MiB used", or "" without a budget."""
+        if self.limit_bytes <= 0:
+            return ""
+        return f"; budget {self.used_bytes / MIB:.1f} of {self.limit_bytes / MIB:.0f} MiB used"
+
     @property
     def used_bytes(self) -> int:
         return sum(r.bytes for r in self._residents.values())
