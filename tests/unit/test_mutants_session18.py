@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from batcher.admission import Admission
-from batcher.errors import DeadlineExceeded, QueueTimedOut
+from batcher.dynamic import DynamicBatcher
+from batcher.errors import BatcherStopped, DeadlineExceeded, QueueTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
@@ -24,7 +25,10 @@ from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, Tensors
 from batcher.watchdog import Instance, Watchdog
 from tests.unit.test_batch_io import request
-from tests.unit.test_mutants_dynamic import Clock
+from tests.unit.test_mutants_dynamic import Clock, Gated, Make, make, turns_until
+from tests.unit.test_mutants_dynamic import x as dyn_x
+
+__all__ = ["make"]  # the fixture, imported for pytest
 
 
 class Echo:
@@ -290,3 +294,72 @@ async def test_an_expiry_names_what_the_least_run_is() -> None:
         "deadline cannot be met: about 10.0 ms of compute needed (the floor of 1 rows at 0), "
         "20.0 ms left, while waiting in the queue"
     )
+
+
+# -- dynamic: requests failed or gone while queued --------------------------------------------------
+
+
+def queued(
+    b: DynamicBatcher, rid: float, deadline: float | None = None, rows: int = 1
+) -> asyncio.Task[Tensors]:
+    return asyncio.ensure_future(b.submit(dyn_x(rid, rows), rows, deadline=deadline))
+
+
+async def test_callers_gone_at_their_deadlines_while_queued_each_count_expired(make: Make) -> None:
+    clock, stats = Clock(), ModelStats()
+    be = Gated(asyncio.Event())
+    b = make(be, clock=clock, stats=stats)
+    running = queued(b, 1)
+    await be.started.wait()  # the only instance is busy: the next two wait in the queue
+    waiting = [queued(b, 2, deadline=clock.now + 10.0), queued(b, 3, deadline=clock.now + 10.0)]
+    await turns_until(lambda: b.queued_requests == 2)
+    clock.now += 20.0  # past both deadlines (their timers, on real time, are 10 s off)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert stats.expired == 2
+    running.cancel()
+
+
+class Fails(Exception):
+    pass
+
+
+async def test_an_expiry_at_formation_names_what_the_least_run_is(make: Make) -> None:
+    clock, stats = Clock(), ModelStats()
+
+    def fail(inputs: Tensors) -> Tensors:
+        raise Fails("no outputs")  # the run observes nothing: the estimate stays as it was
+
+    be = Gated(asyncio.Event(), answer=fail)
+    b = make(be, clock=clock, stats=stats)
+    # 2-row runs take 1 s at least (fading), by 3 of them (a 1-row run's 0.1 s does not bound them):
+    # what that least run is, in words, is not the default's "the fastest recent run of ...".
+    b.estimator.observe(1, 0.1, clock.now)
+    for _ in range(3):
+        b.estimator.observe(2, 1.0, clock.now)
+    first = queued(b, 1)
+    await be.started.wait()
+    # Given up at about 3 s from now: its timer is due then, in real time.
+    late = queued(b, 2, deadline=clock.now + 4.0, rows=2)
+    await turns_until(lambda: b.queued_requests == 1)
+    clock.now += 3.5  # past its give-up point by then (the floor faded to ~0.6 s), before its timer
+    be.gate.set()  # the instance is free: formation finds it past that point
+    with pytest.raises(Fails):
+        await first
+    with pytest.raises(DeadlineExceeded, match=r"\(the fastest of 3 recent runs of 2 rows\)") as caught:
+        await asyncio.wait_for(late, 5.0)
+    assert str(caught.value).endswith("ms left, while waiting in the queue")
+    assert stats.expired == 1
+
+
+async def test_stop_fails_what_is_left_as_stopped_unless_handing_over(make: Make) -> None:
+    be = Gated(asyncio.Event())
+    b = make(be)
+    running = queued(b, 1)
+    await be.started.wait()
+    left = queued(b, 2)
+    await turns_until(lambda: b.queued_requests == 1)
+    await b.stop(timeout_s=0.0)  # no handover by default: never computed, and not to retry
+    outcomes = await asyncio.gather(running, left, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [BatcherStopped, BatcherStopped]
