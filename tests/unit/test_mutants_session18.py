@@ -363,3 +363,10 @@ async def test_stop_fails_what_is_left_as_stopped_unless_handing_over(make: Make
     await b.stop(timeout_s=0.0)  # no handover by default: never computed, and not to retry
     outcomes = await asyncio.gather(running, left, return_exceptions=True)
     assert [type(o) for o in outcomes] == [BatcherStopped, BatcherStopped]
+
+
+async def test_a_batcher_not_stopped_says_false_not_just_falsy(make: Make) -> None:
+    b = make(Gated(), start=False)
+    assert b.stopped is False
+    await b.stop()
+    assert b.stopped is True
