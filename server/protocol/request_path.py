@@ -133,7 +133,8 @@ class RequestPath:
         stats = job.served.stats
         try:
             try:
-                if await _load_again_for(self._models, job):  # evicted since it was prepared
+                if _evicted(self._models, job):  # since it was prepared: wait for its next load
+                    await _load_again_for(self._models, job)
                     raise NotAccepting()  # its version is gone: to the one serving now, as below
                 response = await job.answer_later()
             except NotAccepting:
@@ -202,17 +203,24 @@ class RequestPath:
         return await self.finish(job, start_ns)
 
 
-async def _load_again_for(models: ModelManager, job: InferJob) -> bool:
-    """Whether the job's lazy model was evicted between its preparing and its run (a stream's
-    task runs it later; an ensemble goes with an evicted step), and then waited for its next load
-    within the call's deadline, as a request arriving then would. Such a frame had failed
-    UNAVAILABLE at an ensemble's step ("not ready (unloaded)": 1 to 2 of 300 frames)."""
+def _evicted(models: ModelManager, job: InferJob) -> bool:
+    """Whether the job's lazy model was evicted between its preparing and its run (a stream's task
+    runs it later; an ensemble goes with an evicted step). Such a frame had failed UNAVAILABLE at
+    an ensemble's step ("not ready (unloaded)": 1 to 2 of 300 frames). Not a coroutine: it runs
+    for every queued request."""
     demand = models.on_demand
-    name = job.request.model_name
-    if demand is None or not demand.needs_load(name):
+    return demand is not None and demand.needs_load(job.request.model_name)
+
+
+async def _load_again_for(models: ModelManager, job: InferJob) -> bool:
+    """Wait for the job's lazy model's next load, if it needs one (`_evicted`), within the call's
+    deadline, as a request arriving then would; whether it did."""
+    demand = models.on_demand
+    if demand is None or not _evicted(models, job):
         return False
     deadline = job.call_deadline
-    await demand.ready(name, None if deadline is None else max(0.0, deadline - time.monotonic()))
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    await demand.ready(job.request.model_name, left)
     return True
 
 
