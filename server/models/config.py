@@ -244,25 +244,24 @@ def dynamic_batching_enabled(config: mc.ModelConfig) -> bool:
     return config.max_batch_size > 0 and config.HasField("dynamic_batching")
 
 
-def _idle_dispatch(config: mc.ModelConfig, source: str, *, default: bool) -> bool:
-    if IDLE_DISPATCH not in config.parameters:
+def bool_parameter(config: mc.ModelConfig, key: str, source: str, *, default: bool = False) -> bool:
+    """The config's `parameters` entry `key` as 'true' or 'false' (any case), `default` when absent;
+    ConfigError names the parameter otherwise."""
+    if key not in config.parameters:
         return default
-    value = config.parameters[IDLE_DISPATCH].string_value
+    value = config.parameters[key].string_value
     if value.lower() not in _BOOLEANS:
-        raise ConfigError(f"{source}: parameters '{IDLE_DISPATCH}' must be 'true' or 'false', got '{value}'")
+        raise ConfigError(f"{source}: parameters '{key}' must be 'true' or 'false', got '{value[:32]}'")
     return _BOOLEANS[value.lower()]
+
+
+def _idle_dispatch(config: mc.ModelConfig, source: str, *, default: bool) -> bool:
+    return bool_parameter(config, IDLE_DISPATCH, source, default=default)
 
 
 def latest_frame_wins(config: mc.ModelConfig, source: str) -> bool:
     """The model's `latest_frame_wins` parameter (default false); ConfigError names it if not a bool."""
-    if LATEST_FRAME_WINS not in config.parameters:
-        return False
-    value = config.parameters[LATEST_FRAME_WINS].string_value
-    if value.lower() not in _BOOLEANS:
-        raise ConfigError(
-            f"{source}: parameters '{LATEST_FRAME_WINS}' must be 'true' or 'false', got '{value}'"
-        )
-    wins = _BOOLEANS[value.lower()]
+    wins = bool_parameter(config, LATEST_FRAME_WINS, source)
     kind = _no_frames_dropped(config)
     if wins and kind:
         raise ConfigError(f"{source}: parameters '{LATEST_FRAME_WINS}' is not supported for {kind}")
