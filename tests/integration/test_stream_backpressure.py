@@ -97,8 +97,12 @@ async def test_a_client_that_never_reads_is_bounded_in_bytes_then_ended(server: 
 
             with pytest.raises(grpc.aio.AioRpcError) as ended_by:
                 await asyncio.wait_for(read_all(), 60)
-            assert ended_by.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended_by.value
-            assert "stream_idle_timeout_s" in (ended_by.value.details() or ""), ended_by.value
+            code, details = ended_by.value.code(), ended_by.value.details() or ""
+            if code == grpc.StatusCode.INTERNAL:  # grpc.aio's word for the status racing the write
+                assert details == "Internal error from Core", ended_by.value  # still blocked (#36066)
+            else:
+                assert code == grpc.StatusCode.DEADLINE_EXCEEDED, ended_by.value
+                assert "stream_idle_timeout_s" in details, ended_by.value
             assert len(read) < FRAMES
         finally:
             writer.cancel()
