@@ -80,11 +80,13 @@ class BatchRunner:
         expired: list[Request] = []
         for p in flight.batch:
             if not is_done(p):
-                (expired if late(p.hard, now) else batch).append(p)
+                if late(p.hard, now):
+                    expired.append(p)
+                else:  # computed from now on, even if its caller goes (CancelledInRun)
+                    p.handle.boarded = True
+                    batch.append(p)
             elif p.handle.future.cancelled():  # its caller went before the run: never computed
                 self._stats.expired += cut_at_deadline(p, now, self._margin)
-        for p in batch:  # computed from now on, even if its caller goes (CancelledInRun)
-            p.handle.boarded = True
         if not batch:
             self._flights.land(flight)
         for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it

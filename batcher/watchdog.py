@@ -101,26 +101,24 @@ class Watchdog:
     async def run(self, instance: Instance, inputs: Tensors, inline: bool) -> tuple[Tensors, float | None]:
         """Run one batch on `instance`: on this thread when `inline` and it RunsBlocking, else in its
         backend's executor (or its own `run`) under this watchdog; the outputs and the run's CPU
-        seconds (None where not measured)."""
+        seconds (None where not measured). Counted in `runs` while it runs (no extra coroutine:
+        one per batch)."""
         self._runs.started += 1
         try:
-            return await self._run(instance, inputs, inline)
+            blocking = instance.blocking
+            if blocking is None:
+                return await self.watch(instance.backend.run(inputs)), None
+            if inline:
+                # Inline, the wall time is what the event loop was blocked: the cost that matters
+                # here. Not watched (it blocks the loop that would time it): DynamicBatcher._trip.
+                start = time.perf_counter()
+                outputs = blocking.run_blocking(inputs)
+                return outputs, time.perf_counter() - start
+            loop = asyncio.get_running_loop()
+            run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
+            return await self.watch(run)
         finally:
             self._runs.ended += 1
-
-    async def _run(self, instance: Instance, inputs: Tensors, inline: bool) -> tuple[Tensors, float | None]:
-        blocking = instance.blocking
-        if blocking is None:
-            return await self.watch(instance.backend.run(inputs)), None
-        if inline:
-            # Inline, the wall time is what the event loop was blocked: the cost that matters here.
-            # Not watched (it blocks the loop that would time it): see DynamicBatcher._trip.
-            start = time.perf_counter()
-            outputs = blocking.run_blocking(inputs)
-            return outputs, time.perf_counter() - start
-        loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
-        return await self.watch(run)
 
     async def replace(self, instance: Instance, rows: int, requests: int) -> None:
         """After a timeout on `instance`: log it once, then give the instance a fresh backend (its
