@@ -30,6 +30,7 @@ from server.errors import (
 )
 from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.early_refusals import EarlyRefusals
+from server.models.ensemble_budget import judge_steps, step_models
 from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
@@ -98,12 +99,7 @@ class ModelLoads:
     def needs_load(self, name: str) -> bool:
         """Note a request for `name` (least-recently-used order); True if it must wait for a load."""
         self.budget.touch(name, self._clock())
-        if name not in self._lazy:
-            return False
-        try:
-            return self._manager.entry(name).dormant
-        except ModelNotFound:
-            return False
+        return name in self._lazy and self._dormant(name)
 
     async def ready(self, name: str, remaining_s: float | None) -> None:
         """Load a lazy model for a request; wait at most `remaining_s` (the load goes on after)."""
@@ -247,6 +243,7 @@ class ModelLoads:
         steps = self.lazy_steps(source.config)
         if steps:  # an ensemble over lazy models: they load first (it failed for want of them)
             lazy, pinned = True, False
+            await self._judge_steps(name, source.config, within)
             for step in steps:
                 if step not in within and self._manager.entry(step).dormant:
                     log.info("model %s: loading its step model %s first (lazy_load)", name, step)
@@ -308,6 +305,25 @@ class ModelLoads:
         # Measured bigger than estimated: make room for what it holds now. (With 0 here the check
         # counted only the other models, so it never evicted: 132.7 of 130 MiB stayed used.)
         await self._make_room(name, holds, loaded=True)
+
+    async def _judge_steps(self, name: str, config: mc.ModelConfig, within: frozenset[str]) -> None:
+        """Before any step of ensemble `name` loads: refused OUTGROWS_MEMORY_BUDGET when its steps
+        can never fit together (its first step had loaded, evicting idle models, before its second
+        showed it; server/models/ensemble_budget.py)."""
+        steps = [s for s in step_models(config) if s not in within]
+        if not any(self._dormant(s) for s in steps):
+            return
+        try:
+            await judge_steps(sorted(within | {name}), steps, self.budget, self._root, self._dormant)
+        except OutgrowsMemoryBudget:
+            self.stats.refused += 1
+            raise
+
+    def _dormant(self, name: str) -> bool:
+        try:
+            return self._manager.entry(name).dormant
+        except ModelNotFound:
+            return False
 
     def _hand_over_ensembles(self, name: str) -> None:
         """The ensembles `name`'s load brought up with it (EnsembleDependents.load_waiting) take

@@ -205,19 +205,43 @@ def steps_outgrow(
     needs more than the whole budget, and no eviction could ever make room for them together.
     None when they would fit (another model is in the way now). It had said "no idle lazy model to
     evict", naming neither the ensemble nor the steps, and was retried."""
-    kept = {r.name: r.bytes for r in budget.residents() if r.name != step and r.bytes > 0 and held(r.name)}
-    total, limit = need + sum(kept.values()), budget.limit_bytes
-    if not kept or total <= limit:
+    kept = [
+        (r.name, r.bytes, LOADED)
+        for r in sorted(budget.residents(), key=lambda r: r.name)
+        if r.name != step and r.bytes > 0 and held(r.name)
+    ]
+    if not kept:
         return None
+    return steps_together(ensembles, [(step, need, basis), *kept], budget)
+
+
+LOADED = "loaded"  # the basis of a step's figure that is its footprint now
+
+
+def steps_together(
+    ensembles: list[str], steps: list[tuple[str, int, str]], budget: MemoryBudget
+) -> str | None:
+    """Why the load of `ensembles` is refused for good: their step models, each `(name, bytes,
+    basis)` (basis LOADED: held now), need more than the whole budget together, so no eviction could
+    ever make room for them. None when they fit it (or there is no budget)."""
+    total, limit = sum(size for _, size, _ in steps), budget.limit_bytes
+    if limit <= 0 or total <= limit:
+        return None
+    figures = [_step_figure(step, size, basis) for step, size, basis in steps]
+    listed = figures[0] if len(figures) == 1 else f"{', '.join(figures[:-1])} and {figures[-1]}"
     names = ", ".join(f"'{e}'" for e in ensembles)
-    loaded = ", ".join(f"'{n}' {size / MIB:.1f} MiB (loaded)" for n, size in sorted(kept.items()))
     return (
         f"loading ensemble{'s' if len(ensembles) > 1 else ''} {names} needs its step models loaded "
-        f"together: '{step}' about {need / MIB:.1f} MiB ({basis}) and {loaded}, {total} bytes "
-        f"(about {total / MIB:.1f} MiB) in all, more than the whole memory budget: model_memory_budget_mb "
-        f"is {limit / MIB:g} ({limit} bytes; set by --model-memory-budget-mb or "
-        "SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+        f"together: {listed}, {total} bytes (about {total / MIB:.1f} MiB) in all, more than the whole "
+        f"memory budget: model_memory_budget_mb is {limit / MIB:g} ({limit} bytes; set by "
+        "--model-memory-budget-mb or SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
     )
+
+
+def _step_figure(step: str, size: int, basis: str) -> str:
+    if basis == LOADED:
+        return f"'{step}' {size / MIB:.1f} MiB (loaded)"
+    return f"'{step}' about {size / MIB:.1f} MiB ({basis})"
 
 
 def for_ensembles(
