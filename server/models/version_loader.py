@@ -33,6 +33,7 @@ from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, Resolve
 from server.models.ensemble_admission import admission_batcher
 from server.models.ensemble_config import Step, plan_ensemble
+from server.models.first_run import first_run
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
@@ -94,6 +95,9 @@ async def load_version(
             await warm_up(config, sessions, source.directory, settings.max_message_bytes, seq_model)
         except Exception as exc:
             raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
+        # Without model_warmup: one row of zeros, so the load's footprint holds each session's arena
+        # chunk, allocated at its first run (it fell into the next load's measure).
+        await first_run(config, sessions, settings.max_message_bytes, seq_model)
     except BaseException:
         for session in sessions:
             session.close()
