@@ -6,6 +6,9 @@ down between scrapes. So when grpc ends the call with answers made and not yet w
 grpc's write, or made by a task the end cancelled), each is counted once more, as unsent, in the
 statistics its outcome was counted in (`sluiceway_stream_answers_dropped_total{reason}`), and one
 log line per stream end says how many and why. They had been lost silently while counted successes.
+A latest-frame-wins frame's `frame_dropped` answer (counted in `dropped`, neither a success nor a
+failure) never written is counted under the reason `frame_dropped`, whatever ended its call: it had
+been counted nowhere, so answers made and not written could not be told from the counters.
 
 grpc.aio gives a handler no status when the call ends under it: a client's cancel, a lost
 connection and grpc's own refusal of a frame over its hard ceiling (twice `max_message_bytes`: the
@@ -24,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batcher.stats import ModelStats
+from protos import grpc_service_pb2 as pb
 from server.observability.metrics_reasons import past_deadline
+from server.protocol.latest_frame import FRAME_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +67,34 @@ class Unsent:
     reason: str = ""  # set by `ended`; nothing is unsent before
     successes: int = 0
     failures: int = 0
-    # Answers in no model's success or fail: refusals of no model (a malformed frame, an unknown
-    # model) and latest-frame-wins frames superseded (in sluiceway_frames_dropped_total).
+    # Latest-frame-wins frames superseded (in the model's `dropped`): counted as `frame_dropped`.
+    superseded: int = 0
+    # Answers in no model's statistics: refusals of no model (a malformed frame, an unknown model).
     uncounted: int = 0
     reported: bool = False
 
     @property
     def total(self) -> int:
-        return self.successes + self.failures + self.uncounted
+        return self.successes + self.failures + self.superseded + self.uncounted
 
     def ended(self, reason: str) -> None:
         if not self.reason:
             self.reason = reason
 
-    def drop(self, counted_in: ModelStats | None, success: bool) -> None:
-        """An answer never written; `counted_in`: the statistics its outcome was counted in."""
+    def drop_answer(self, counted_in: ModelStats | None, response: pb.ModelStreamInferResponse) -> None:
+        """`response` was never written; `counted_in`: the statistics its outcome was counted in."""
+        dropped = FRAME_DROPPED in response.infer_response.parameters  # `in` adds no entry
+        self.drop(counted_in, not response.error_message, frame_dropped=dropped)
+
+    def drop(self, counted_in: ModelStats | None, success: bool, frame_dropped: bool = False) -> None:
+        """An answer never written; `counted_in`: the statistics its outcome was counted in;
+        `frame_dropped`: a superseded frame's answer (counted in `dropped`, not success or fail)."""
         if counted_in is None:
             self.uncounted += 1
+            return
+        if frame_dropped:
+            counted_in.record_unsent("frame_dropped")
+            self.superseded += 1
             return
         counted_in.record_unsent(self.reason or "cancelled")
         if success:
@@ -93,12 +109,14 @@ class Unsent:
         reason = self.reason or "cancelled"
         why = _WHY.get(reason, reason).format(ceiling=bound, idle_s=idle_s)
         counted = self.successes + self.failures
-        metric = f'sluiceway_stream_answers_dropped_total{{reason="{reason}"}}'
-        where = f"; {counted} counted in {metric}" if counted else ""
+        metric = 'sluiceway_stream_answers_dropped_total{{reason="{}"}}'
+        where = f"; {counted} counted in {metric.format(reason)}" if counted else ""
+        if self.superseded:
+            where += f"; {self.superseded} in {metric.format('frame_dropped')}"
         return (
             f"stream from {peer} ended with {self.total} answers not written ({self.successes} counted "
             f"successes, {self.failures} counted failures, {self.uncounted} counted in neither: "
-            f"refusals of no model or frames superseded): {why}{where}"
+            f"refusals of no model; {self.superseded} frames superseded, latest_frame_wins): {why}{where}"
         )
 
 
