@@ -31,8 +31,10 @@ REJECTION_REASONS = ("queue_full", "queued_bytes", "overloaded", "deadline", "in
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 # Why a stream's call ended with answers made (counted a success or a failure) and never written:
 # cancelled by its client or by grpc (a frame over its hard ceiling), its deadline, its client
-# read nothing (stalled), the server stopped, or its request stream failed.
-UNSENT_REASONS = ("cancelled", "deadline", "stalled", "shutdown", "error")
+# read nothing (stalled), the server stopped, or its request stream failed. And `frame_dropped`:
+# a latest-frame-wins frame's `frame_dropped` answer (counted in `dropped`, neither a success nor a
+# failure) never written, whatever ended its call; so every answer made and unsent counts once.
+UNSENT_REASONS = ("cancelled", "deadline", "stalled", "shutdown", "error", "frame_dropped")
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ class ModelStats:
     expired: int = 0  # its deadline passed while it waited in the queue: never computed
     late: int = 0  # computed, but the run ended after its deadline (answered DEADLINE_EXCEEDED)
     dropped: int = 0  # latest-frame-wins: superseded by a newer frame of its stream, never computed
-    # Answers counted in success or fail whose stream's call ended before they were written.
+    # Answers counted in success, fail or dropped whose stream's call ended before they were written.
     unsent: dict[str, int] = field(default_factory=lambda: _reasons(UNSENT_REASONS))
     dispatch: dict[str, int] = field(default_factory=lambda: _reasons(DISPATCH_REASONS))
     rejections: dict[str, int] = field(default_factory=lambda: _reasons(REJECTION_REASONS))

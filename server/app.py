@@ -276,6 +276,7 @@ class SluicewayServer:
             left = max(_ANSWER_LEFTOVERS_S, deadline - time.monotonic())
             if not await asyncio.to_thread(self.tracing.shutdown, left):
                 log.warning("spans still buffered were not exported within the grace: dropped")
+        self._servicer.close()  # every stream has ended: the lines still rationed are logged
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -184,8 +184,9 @@ class MetricViews:
                  "admission, expired in the queue, ran late, on time", self._outcomes),
             View("sluiceway_frames_dropped_total", "counter", "Stream frames superseded by a newer "
                  "frame before they were computed (latest_frame_wins)", stat(lambda s: s.dropped)),
-            View("sluiceway_stream_answers_dropped_total", "counter", "Stream answers counted a success "
-                 "or a failure whose call ended before they were written, by why it ended",
+            View("sluiceway_stream_answers_dropped_total", "counter", "Stream answers counted a success, "
+                 "a failure or a dropped frame whose call ended before they were written, by why it ended "
+                 "(frame_dropped: a superseded frame's answer)",
                  per_reason(lambda s: s.unsent, "reason")),
             View("sluiceway_goodput_total", "counter", "Requests answered OK within their deadline "
                  "(or without one)", stat(lambda s: s.success.count)),

@@ -14,7 +14,8 @@ class LateStatuses:
     """Statuses sent to calls whose handler the server cancelled. grpc.aio sends none for a
     cancelled handler: its call stays open on the wire, and a stalled stream's client that read
     again got what grpc had taken to write, then nothing until its own deadline (for good without
-    one). Sent from a task of their own (the handler's is gone), they follow what grpc had taken."""
+    one). Sent from a task of their own (the handler's is gone), they follow what grpc had taken:
+    a client that never reads again never gets one (grpc.aio has no server-side RST_STREAM)."""
 
     def __init__(self) -> None:
         self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references

@@ -164,8 +164,9 @@ class RequestPath:
         except asyncio.CancelledError:
             record_cut(stats, time.perf_counter_ns() - start_ns, job.call_deadline)
             raise
-        except FrameDropped:
+        except FrameDropped as exc:
             stats.dropped += 1  # neither a success nor a failure: answered "dropped"
+            note_served(exc, job.served.version_str, stats)  # unsent, it counts there too
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)

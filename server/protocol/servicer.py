@@ -107,6 +107,10 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             )
         )
 
+    def close(self) -> None:
+        """The server stops: stream-end lines the ration still holds are logged now."""
+        self._unsent_lines.close()
+
     # -- health and metadata ----------------------------------------------------------------
 
     async def ServerLive(

@@ -148,7 +148,7 @@ class StreamSession:
             unwritten.append(self._answers.get_nowait())
         for item in unwritten:
             if item is not None:
-                self._unsent.drop(item[2], not item[0].error_message)
+                self._unsent.drop_answer(item[2], item[0])
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         if self._reader is not None:
@@ -331,8 +331,9 @@ class StreamSession:
             except ComputedThenCancelled as exc:  # computed, counted a success; its call ended
                 self._unsent.drop(counted_in(exc), success=True)
                 raise
-            except FrameDropped:
+            except FrameDropped as exc:
                 response = dropped_response(request)
+                counted = counted_in(exc)  # in `dropped`: unsent, counted as frame_dropped
             except Exception as exc:
                 response = _error(request, exc)
                 counted = counted_in(exc)
@@ -358,7 +359,7 @@ class StreamSession:
         refused = response is not None and bool(response.error_message)
         held = self._held.answered(request, made, refused)
         if response is not None and self._closed:  # its call ended: it is never written
-            self._unsent.drop(counted, not response.error_message)
+            self._unsent.drop_answer(counted, response)
         elif response is not None:
             self._answers.put_nowait((response, held, counted))  # its slot and bytes freed once written
         else:
