@@ -154,9 +154,10 @@ class ModelLoads:
             return None
         self._routing[name] = unnamed_routing(source)
         self.refused_early.describe(name, source.config)  # its refusals' series: labels, cache
-        models = self._manager.entries()
-        if is_ensemble(source.config) and await self._plans.refusal(source, models, self._lazy):
-            return None  # its load would fail planning its steps: that load says what is wrong
+        if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
+            refused = await self._plans.refusal(source, self._manager.entries(), self._lazy)
+            if refused is not None:
+                return None
         for known in (self._signatures.get(name), self._predicted.get(name)):
             if known is not None and known[0] == key:
                 return known[1] or None
