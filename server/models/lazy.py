@@ -35,7 +35,14 @@ from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.lazy_flags import lazy_flags
-from server.models.lazy_signatures import FreshRuns, predicted_signatures, unnamed_version
+from server.models.lazy_plans import PlanCheck
+from server.models.lazy_signatures import (
+    FreshRuns,
+    UnnamedRouting,
+    completed_config,
+    predicted_signatures,
+    unnamed_routing,
+)
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget, for_ensembles, load_need, refusal
@@ -90,9 +97,11 @@ class ModelLoads:
         # Those its next load would serve, read from its files (never loaded, or changed since).
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
         self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
-        # The version a request naming none reaches, as the config last read for them says.
-        self._unnamed_to: dict[str, int | None] = {}
+        # How a request naming no version is routed, as the config last read for them says.
+        self._routing: dict[str, UnnamedRouting | None] = {}
         self.refused_early = EarlyRefusals()  # requests those signatures refused, counted per version
+        # An ensemble whose load would fail planning its steps is not judged (lazy_plans.py).
+        self._plans = PlanCheck(root, lambda s, n: completed_config(s, n, default_max_batch_size))
 
     # -- the request path -------------------------------------------------------------------
 
@@ -137,10 +146,14 @@ class ModelLoads:
         try:
             source, key = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
-            self._unnamed_to.pop(name, None)
+            self._routing.pop(name, None)
             return None
-        self._unnamed_to[name] = unnamed_version(source)
+        self._routing[name] = unnamed_routing(source)
         self.refused_early.describe(name, source.config)  # its refusals' series: labels, cache
+        if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
+            refused = await self._plans.refusal(source, self._manager.entries(), self._lazy)
+            if refused is not None:
+                return None
         for known in (self._signatures.get(name), self._predicted.get(name)):
             if known is not None and known[0] == key:
                 return known[1] or None
@@ -150,14 +163,22 @@ class ModelLoads:
         return predicted
 
     def unnamed_version(self, name: str) -> int | None:
-        """The one version `name`'s next load sends a request naming no version to, as the config
-        read for the signatures last says (lazy_signatures.unnamed_version: the newest without a
-        traffic policy, or the one version its weights give all the traffic), when no weights wait
-        for the load (an operator's or a rollback's, kept through an eviction, or under --workers
-        another worker's changes in the shared log). None when not known, or not one version."""
+        """The one version `name`'s next load sends every request naming no version to (`routing`);
+        None when not known, or not one version."""
+        routing = self.routing(name)
+        return None if routing is None else routing.only
+
+    def routing(self, name: str) -> UnnamedRouting | None:
+        """How `name`'s next load routes a request naming no version, as the config read for the
+        signatures last says, when no weights wait for the load (an operator's or a rollback's, kept
+        through an eviction, or under --workers another worker's changes in the shared log)."""
         if self._manager.rollout.may_weigh(name):
             return None
-        return self._unnamed_to.get(name)
+        return self._routing.get(name)
+
+    def draw(self) -> float:
+        """A random routing point from the routing's own source (Rollout.draw)."""
+        return self._manager.rollout.draw()
 
     def _load_ended(self, name: str, task: asyncio.Task[None]) -> None:
         self._pending.pop(name, None)

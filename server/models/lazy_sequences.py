@@ -51,6 +51,11 @@ class SequencesBeforeLoad:
             if not starts:
                 self._starts.pop(name, None)
 
+    def follows_start(self, name: str, sequence: SequenceParams | None) -> bool:
+        """A continuation whose start waits for model `name`'s load: once loaded it goes where its
+        start went, not where the traffic policy would route it."""
+        return sequence is not None and not sequence.start and sequence.sid in self._starts.get(name, ())
+
     def check(self, name: str, sequence: SequenceParams | None) -> None:
         """Raise UnknownSequence, as the loaded model's batcher would, for a request continuing a
         sequence (not a start) of model `name`, not loaded now, whose start is not waiting for the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from protos import model_config_pb2 as mc
@@ -15,7 +16,8 @@ from server.models.completion import complete_version
 from server.models.config import validate_config
 from server.models.ensemble_config import is_ensemble
 from server.models.repository import ModelSource
-from server.models.traffic import parse_policy
+from server.models.rollout import RoutedRequest, pick_version
+from server.models.traffic import Slices, parse_policy
 from server.protocol.validate import Signature
 
 T = TypeVar("T")
@@ -33,7 +35,7 @@ def declares_everything(config: mc.ModelConfig) -> bool:
     )
 
 
-def _completed(source: ModelSource, number: int, default_max_batch_size: int) -> mc.ModelConfig:
+def completed_config(source: ModelSource, number: int, default_max_batch_size: int) -> mc.ModelConfig:
     if declares_everything(source.config):
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
@@ -44,20 +46,55 @@ def _completed(source: ModelSource, number: int, default_max_batch_size: int) ->
     return config
 
 
-def unnamed_version(source: ModelSource) -> int | None:
-    """The version a request naming no version reaches once `source` is loaded, as its config says:
-    without a traffic policy the newest (Triton's version_policy); with one whose weights give a
-    single version all the traffic (or that sets none: the newest), that version. None when its
-    weights split the traffic (routing picks per request), or the policy is one its load refuses."""
+@dataclass(frozen=True, slots=True)
+class UnnamedRouting:
+    """How the loaded model routes a request naming no version, as its config says: without a
+    traffic policy to the newest (Triton's version_policy), with one by its weights and sticky key
+    (Rollout.route, by the same `pick_version`)."""
+
+    newest: int
+    slices: Slices | None = None  # None: no traffic policy
+    sticky_key: str = ""
+
+    @property
+    def only(self) -> int | None:
+        """The one version every such request reaches; None when the weights split the traffic."""
+        if self.slices is None:
+            return self.newest
+        return self.slices.versions[0] if len(self.slices.versions) == 1 else None
+
+    def pick(self, request: RoutedRequest, draw: Callable[[], float]) -> tuple[int, float]:
+        """The version the loaded model routes `request` to, and the random point drawn for it
+        (`draw`), to route it by once loaded (used only when it has no routing key). Raises the
+        loaded routing's InvalidRequest for a sticky key parameter of the wrong type."""
+        point = draw()
+        if self.slices is None:
+            return self.newest, point
+        return pick_version(self.slices, self.sticky_key, request, lambda: point), point
+
+
+def unnamed_routing(source: ModelSource) -> UnnamedRouting | None:
+    """`source`'s routing of requests naming no version once loaded; None when its load refuses
+    its policy (ConfigError: its load says what is wrong) or it serves no version."""
     served = sorted(source.versions)
     try:
         policy = parse_policy(source.config, source.where, served)
     except Exception:  # ConfigError: its load says what is wrong
         return None
+    if not served:
+        return None
     if policy is None:
-        return served[-1] if served else None
-    weighted = [number for number, weight in policy.weights.items() if weight > 0]
-    return weighted[0] if len(weighted) == 1 else None
+        return UnnamedRouting(served[-1])
+    return UnnamedRouting(served[-1], Slices.of(policy.weights), policy.sticky_key)
+
+
+def unnamed_version(source: ModelSource) -> int | None:
+    """The version a request naming no version reaches once `source` is loaded, as its config says:
+    without a traffic policy the newest (Triton's version_policy); with one whose weights give a
+    single version all the traffic (or that sets none: the newest), that version. None when its
+    weights split the traffic (routing picks per request), or the policy is one its load refuses."""
+    routing = unnamed_routing(source)
+    return None if routing is None else routing.only
 
 
 def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> dict[int, Signature] | None:
@@ -70,7 +107,7 @@ def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> di
         return {number: Signature.from_config(source.config) for number in source.versions}
     try:
         return {
-            number: Signature.from_config(_completed(source, number, default_max_batch_size))
+            number: Signature.from_config(completed_config(source, number, default_max_batch_size))
             for number in source.versions
         }
     except Exception:  # ConfigError, BackendLoadError (not a readable graph), OSError, ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.ensemble_dependents import EnsembleDependents
 from server.models.lazy_sequences import SequencesBeforeLoad
+from server.models.lazy_signatures import UnnamedRouting
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -64,6 +66,10 @@ class OnDemand(Protocol):
     async def signatures(self, name: str) -> dict[int, Signature] | None: ...
 
     def unnamed_version(self, name: str) -> int | None: ...
+
+    def routing(self, name: str) -> UnnamedRouting | None: ...
+
+    def draw(self) -> float: ...
 
     @property
     def refused_early(self) -> EarlyRefusals: ...
@@ -112,7 +118,8 @@ class ModelManager:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
             if routed is not None:  # a sequence's continuation goes where it started
-                return entry.versions[self.sequence_routing.route(entry, routed, self.rollout.route)]
+                policy = partial(self.rollout.route, point=routed.point)
+                return entry.versions[self.sequence_routing.route(entry, routed, policy)]
             return entry.versions[entry.order[0]]
         served = entry.versions.get(version_number(version))
         if served is None:

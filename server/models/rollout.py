@@ -34,13 +34,13 @@ from server.models.rollout_state import (
     window_line,
 )
 from server.models.shadow import ShadowFigures, ShadowRunner
-from server.models.traffic import format_weights, parse_policy, point_of
+from server.models.traffic import Slices, format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
     from server.models.versions import ModelEntry, ModelVersion
 
-__all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "routing_key"]
+__all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "pick_version", "routing_key"]
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,21 @@ class Rollout:
 
     # -- the request path -------------------------------------------------------------------
 
-    def route(self, entry: ModelEntry, request: RoutedRequest) -> int:
-        """The version number for a request that names none."""
+    def route(self, entry: ModelEntry, request: RoutedRequest, point: float | None = None) -> int:
+        """The version number for a request that names none. `point`: the random point drawn for it
+        before its lazy model's load (`draw`), so that the version it was judged by serves it."""
         state = self.state(entry)
         if state.slices is None:
             return entry.order[0]
         now = self._clock()
         if state.monitor.due(now):
             self._close_window(state, now)  # may roll a candidate back: slices change
-        key = routing_key(request, state.sticky_key)
-        return state.slices.pick_key(key) if key else state.slices.pick(self._rng.random())
+        draw = self._rng.random if point is None else lambda: point
+        return pick_version(state.slices, state.sticky_key, request, draw)
+
+    def draw(self) -> float:
+        """A random point for routing a request without a routing key (Slices.pick)."""
+        return self._rng.random()
 
     def answered(self, served: ModelVersion, request: RoutedRequest, explicit: bool, inputs: Tensors,
                  rows: int, outputs: Tensors | None, elapsed_ns: int) -> None:  # fmt: skip
@@ -372,6 +377,13 @@ class Rollout:
 
     def rollbacks_of(self, model: str) -> int:
         return sum(c for (m, _, _), c in dict(self._rollbacks).items() if m == model)
+
+
+def pick_version(slices: Slices, sticky_key: str, request: RoutedRequest, draw: Callable[[], float]) -> int:
+    """The version `slices` route a request naming none to: its routing key's, else the slice of a
+    random point (`draw`). InvalidRequest for a sticky key parameter of the wrong type."""
+    key = routing_key(request, sticky_key)
+    return slices.pick_key(key) if key else slices.pick(draw())
 
 
 def routing_key(request: RoutedRequest, sticky_key: str) -> str:

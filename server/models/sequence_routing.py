@@ -52,6 +52,9 @@ class Routed:
 
     request: RoutedRequest
     sequence: SequenceParams | None
+    # The random point its lazy model's early judge drew to route it (None: none drawn): the
+    # policy routes by it, so the version it was judged by serves it (Rollout.route).
+    point: float | None = None
 
     @property
     def id(self) -> str:

@@ -104,6 +104,7 @@ class TracedPath(RequestPath):
         start_ns: int,
         named: ModelVersion | None = None,
         owner: object | None = None,
+        point: float | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         clock_ns = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
@@ -114,7 +115,7 @@ class TracedPath(RequestPath):
         named_ids = (request.id[:MAX_FIELD_CHARS], ids.trace_id, ids.span_id)
         REQUEST_TRACE.set(named_ids if span.is_recording() else None)
         try:
-            job, response = super().start(request, remaining_s, start_ns, named, owner)
+            job, response = super().start(request, remaining_s, start_ns, named, owner, point)
         except BaseException as exc:
             if span.is_recording():
                 self._end(span, request, None, clock_ns, exc)

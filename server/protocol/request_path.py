@@ -76,15 +76,18 @@ class RequestPath:
         start_ns: int,
         named: ModelVersion | None = None,
         owner: object | None = None,
+        point: float | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         """Route and prepare a request, and answer it if that needs no waiting (see InferJob).
         `named`: `model_of(request)` in the same turn of the event loop, used as is when the request
-        names a version (a traffic policy routes only requests naming none)."""
+        names a version (a traffic policy routes only requests naming none). `point`: the routing
+        point its lazy model's early judge drew (`await_load`): routed by it, it reaches the
+        version it was judged by."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
         # Parsed once for routing and the batcher; a refused parameter is named by `prepare`.
         controls = try_parse_controls(request.parameters)
-        routed = Routed(request, None if controls is None else controls.sequence)
+        routed = Routed(request, None if controls is None else controls.sequence, point)
         if named is not None and request.model_version:
             served = named
             self._models.note_named(served, routed)
@@ -190,10 +193,11 @@ class RequestPath:
         outcome is counted in)."""
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
+        point = None
         if demand is not None and demand.needs_load(request.model_name):
             sequences = self._models.sequences_before_load
-            remaining_s = await await_load(demand, sequences, request, remaining_s, self.regions)
-        job, response = self.start(request, remaining_s, start_ns, owner=owner)
+            remaining_s, point = await await_load(demand, sequences, request, remaining_s, self.regions)
+        job, response = self.start(request, remaining_s, start_ns, owner=owner, point=point)
         if on_job is not None:
             on_job(job)
         if response is not None:
@@ -246,7 +250,7 @@ async def await_load(
     request: pb.ModelInferRequest,
     remaining_s: float | None,
     regions: SharedMemoryRegistry | None = None,
-) -> float | None:
+) -> tuple[float | None, float | None]:
     """Wait for a lazy model's load within the request's deadline: its gRPC deadline, or its
     `timeout` parameter when that is sooner (it had been counted only from after the load: a 1 s
     timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
@@ -255,7 +259,8 @@ async def await_load(
     first, as the loaded model would (declared.py), and counted in the version it would have reached
     (early_refusals.py); so is a sequence's continuation no load could find live (`sequences`,
     lazy_sequences.py: a start waiting for the load holds its id meanwhile). What is left of the
-    deadline after the wait."""
+    deadline after the wait, and the routing point drawn to judge a request naming no version (the
+    traffic policy routes it by that point once loaded, as it was judged; None: none drawn)."""
     controls = try_parse_controls(request.parameters)
     with sequences.hold(request.model_name, None if controls is None else controls.sequence):
         return await _judge_and_wait(demand, request, remaining_s, regions, controls, sequences)
@@ -273,13 +278,16 @@ async def _judge_and_wait(
     regions: SharedMemoryRegistry | None,
     controls: Controls | None,
     sequences: SequencesBeforeLoad,
-) -> float | None:
+) -> tuple[float | None, float | None]:
     began = time.monotonic()
     name = request.model_name
     signatures = await demand.signatures(name)
+    point = None
     if signatures:  # an invalid request is refused without loading the model (and evicting)
+        # Routed first, as the loaded model routes before its checks: a sticky key parameter of the
+        # wrong type is refused here, counted nowhere (InvalidRequest), as once loaded.
+        unnamed_to, point = _route_early(demand, request, controls, sequences, _ensemble(signatures))
         try:
-            unnamed_to = demand.unnamed_version(name)  # where routing sends it, if one version
             check_declared_by_any(signatures, request, regions, controls, unnamed_to=unnamed_to)
             if controls is not None and demand.needs_load(name) and not _ensemble(signatures):
                 # Still not loaded: no sequence is live. Not so for an ensemble's sequence step,
@@ -287,7 +295,7 @@ async def _judge_and_wait(
                 sequences.check(name, controls.sequence)
         except Exception as exc:
             # Counted as the loaded model's refusal would be (it had been counted nowhere).
-            number = counted_version(signatures, request.model_version, demand.unnamed_version(name))
+            number = counted_version(signatures, request.model_version, unnamed_to)
             if number is not None:
                 stats = demand.refused_early.stats_for(name, number)
                 record_failed(stats, int((time.monotonic() - began) * 1e9), exc)
@@ -299,4 +307,27 @@ async def _judge_and_wait(
     slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
     left = None if bound is None else bound - (time.monotonic() - began)
     await demand.ready(name, None if left is None else max(0.0, left - slack))
-    return None if bound is None else bound - (time.monotonic() - began)
+    return None if bound is None else bound - (time.monotonic() - began), point
+
+
+def _route_early(
+    demand: OnDemand,
+    request: pb.ModelInferRequest,
+    controls: Controls | None,
+    sequences: SequencesBeforeLoad,
+    ensemble: bool,
+) -> tuple[int | None, float | None]:
+    """The version a request naming none will be routed to once its model is loaded, and the
+    routing point drawn for it (kept for that routing: a policy splitting the traffic picks at
+    random without a routing key). (None, None) when not known here: it names a version, the
+    routing is not known (weights set since its config), or it continues a sequence whose start
+    waits for the same load (it goes where its start goes: judged by every version unless one
+    version takes all the traffic)."""
+    routing = demand.routing(request.model_name)
+    if request.model_version or routing is None:
+        return None, None
+    unnamed_to, point = routing.pick(request, demand.draw)  # a wrong sticky key raises, as once loaded
+    sequence = None if controls is None else controls.sequence
+    if not ensemble and sequences.follows_start(request.model_name, sequence):
+        return routing.only, point
+    return unnamed_to, point
