@@ -35,14 +35,8 @@ from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
 from server.models.footprint import files_bytes, footprint, memory_meter, source_key
 from server.models.lazy_flags import lazy_flags
-from server.models.lazy_plans import PlanCheck
-from server.models.lazy_signatures import (
-    FreshRuns,
-    UnnamedRouting,
-    completed_config,
-    predicted_signatures,
-    unnamed_routing,
-)
+from server.models.lazy_judged import JudgedSignatures
+from server.models.lazy_signatures import UnnamedRouting
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget, for_ensembles, load_need, refusal
@@ -91,17 +85,11 @@ class ModelLoads:
         self._pending: dict[str, asyncio.Task[None]] = {}  # first-request loads under way
         self._changes = asyncio.Lock()  # one load, unload or eviction at a time
         self._guard = EvictionGuard(manager)  # what may not be evicted now, besides pinned models
-        # Each lazy model's version signatures at its last load, and what that load read: a request
-        # for it while it is not loaded is judged by them (an invalid one had loaded it, evicting).
-        self._signatures: dict[str, tuple[object, dict[int, Signature]]] = {}
-        # Those its next load would serve, read from its files (never loaded, or changed since).
-        self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}
-        self._judging = FreshRuns(self._current_signatures)  # one read for concurrent requests
-        # How a request naming no version is routed, as the config last read for them says.
-        self._routing: dict[str, UnnamedRouting | None] = {}
-        self.refused_early = EarlyRefusals()  # requests those signatures refused, counted per version
-        # An ensemble whose load would fail planning its steps is not judged (lazy_plans.py).
-        self._plans = PlanCheck(root, lambda s, n: completed_config(s, n, default_max_batch_size))
+        self.refused_early = EarlyRefusals()  # requests the judge refused, counted per version
+        # What a request for a lazy model not loaded is judged by (lazy_judged.py).
+        self._judged = JudgedSignatures(
+            manager, root, default_max_batch_size, self.refused_early, lambda: self._lazy
+        )
 
     # -- the request path -------------------------------------------------------------------
 
@@ -132,35 +120,8 @@ class ModelLoads:
             raise ModelNotReady(f"model '{name}' (lazy_load) failed to load: {exc}") from None
 
     async def signatures(self, name: str) -> dict[int, Signature] | None:
-        """The signatures of the versions `name`'s next load would serve (each load reads the
-        repository as it is then): its last load's if its config and files are the same now, else
-        read from them without loading it; None when not known. Concurrent requests share a read
-        that began after they came."""
-        return await self._judging.get(name)
-
-    async def _current_signatures(self, name: str) -> dict[int, Signature] | None:
-        def read() -> tuple[ModelSource, tuple[object, ...]]:
-            source = load_model_source(self._root, name)
-            return source, source_key(source)
-
-        try:
-            source, key = await asyncio.to_thread(read)
-        except Exception:  # its load will say what is wrong
-            self._routing.pop(name, None)
-            return None
-        self._routing[name] = unnamed_routing(source)
-        self.refused_early.describe(name, source.config)  # its refusals' series: labels, cache
-        if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
-            refused = await self._plans.refusal(source, self._manager.entries(), self._lazy)
-            if refused is not None:
-                return None
-        for known in (self._signatures.get(name), self._predicted.get(name)):
-            if known is not None and known[0] == key:
-                return known[1] or None
-        limit = self._default_max_batch_size
-        predicted = await asyncio.to_thread(predicted_signatures, source, limit)
-        self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
-        return predicted
+        """The signatures of the versions `name`'s next load would serve (JudgedSignatures.get)."""
+        return await self._judged.get(name)
 
     def unnamed_version(self, name: str) -> int | None:
         """The one version `name`'s next load sends every request naming no version to (`routing`);
@@ -174,7 +135,7 @@ class ModelLoads:
         through an eviction, or under --workers another worker's changes in the shared log)."""
         if self._manager.rollout.may_weigh(name):
             return None
-        return self._routing.get(name)
+        return self._judged.routing(name)
 
     def draw(self) -> float:
         """A random routing point from the routing's own source (Rollout.draw)."""
@@ -217,8 +178,7 @@ class ModelLoads:
             self.refused_early.forget(name)  # its statistics go, as its versions'
             if forget:
                 self.budget.drop(name)
-                self._signatures.pop(name, None)
-                self._predicted.pop(name, None)
+                self._judged.forget(name)
                 self._manager.drop_entry(name)
             else:
                 self.budget.forget(name)
@@ -314,8 +274,7 @@ class ModelLoads:
         versions = self._manager.entry(name).versions
         self.refused_early.hand_over(name, versions)  # its counts go on growing
         self._hand_over_ensembles(name)
-        self._signatures[name] = (key, {number: v.signature for number, v in versions.items()})
-        self._predicted.pop(name, None)  # what it serves is known now
+        self._judged.loaded(name, key, versions)  # what it serves is known now
         (self._lazy.add if lazy else self._lazy.discard)(name)
         self.stats.loads += 1
         log.info(

@@ -1,0 +1,99 @@
+"""What a request for a lazy model that is not loaded is judged by, without loading it.
+
+Each lazy model's version signatures at its last load (with what that load read), or those its next
+load would serve, read from its files when it was never loaded or they changed since; and how its
+next load routes a request naming no version. An invalid request had loaded the model, evicting
+others, only to be refused (server/protocol/request_path.py judges it by these).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from server.models.early_refusals import EarlyRefusals
+from server.models.ensemble_config import is_ensemble
+from server.models.footprint import source_key
+from server.models.lazy_plans import PlanCheck
+from server.models.lazy_signatures import (
+    FreshRuns,
+    UnnamedRouting,
+    completed_config,
+    predicted_signatures,
+    unnamed_routing,
+)
+from server.models.manager import ModelManager
+from server.models.repository import ModelSource, load_model_source
+from server.models.versions import ModelVersion
+from server.protocol.validate import Signature
+
+
+class JudgedSignatures:
+    def __init__(
+        self,
+        manager: ModelManager,
+        root: Path,
+        default_max_batch_size: int,
+        refused_early: EarlyRefusals,
+        lazy: Callable[[], set[str]],
+    ) -> None:
+        """`refused_early`: where the judge's refusals are counted (described from the config read
+        here); `lazy`: the lazy models now, loaded or not (an ensemble's steps are judged by them)."""
+        self._manager = manager
+        self._root = root
+        self._default_max_batch_size = default_max_batch_size
+        self._refused_early = refused_early
+        self._lazy = lazy
+        self._loaded: dict[str, tuple[object, dict[int, Signature]]] = {}  # at the last load
+        self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}  # from files
+        self._reads = FreshRuns(self._current)  # one read for concurrent requests
+        self._routing: dict[str, UnnamedRouting | None] = {}  # as the config last read says
+        # An ensemble whose load would fail planning its steps is not judged (lazy_plans.py).
+        self._plans = PlanCheck(root, lambda s, n: completed_config(s, n, default_max_batch_size))
+
+    async def get(self, name: str) -> dict[int, Signature] | None:
+        """The signatures of the versions `name`'s next load would serve (each load reads the
+        repository as it is then): its last load's if its config and files are the same now, else
+        read from them without loading it; None when not known. Concurrent requests share a read
+        that began after they came."""
+        return await self._reads.get(name)
+
+    def routing(self, name: str) -> UnnamedRouting | None:
+        """How `name`'s next load routes a request naming no version, as its config read by `get`
+        last said (None before, or when it could not be read)."""
+        return self._routing.get(name)
+
+    def loaded(self, name: str, key: object, versions: Mapping[int, ModelVersion]) -> None:
+        """`name` was loaded from the files `key` names: what it serves is known now."""
+        self._loaded[name] = (key, {number: v.signature for number, v in versions.items()})
+        self._predicted.pop(name, None)
+
+    def forget(self, name: str) -> None:
+        """`name` left the index."""
+        self._loaded.pop(name, None)
+        self._predicted.pop(name, None)
+
+    async def _current(self, name: str) -> dict[int, Signature] | None:
+        def read() -> tuple[ModelSource, tuple[object, ...]]:
+            source = load_model_source(self._root, name)
+            return source, source_key(source)
+
+        try:
+            source, key = await asyncio.to_thread(read)
+        except Exception:  # its load will say what is wrong
+            self._routing.pop(name, None)
+            return None
+        self._routing[name] = unnamed_routing(source)
+        self._refused_early.describe(name, source.config)  # its refusals' series: labels, cache
+        if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
+            refused = await self._plans.refusal(source, self._manager.entries(), self._lazy())
+            if refused is not None:
+                return None
+        for known in (self._loaded.get(name), self._predicted.get(name)):
+            if known is not None and known[0] == key:
+                return known[1] or None
+        limit = self._default_max_batch_size
+        predicted = await asyncio.to_thread(predicted_signatures, source, limit)
+        self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
+        return predicted
