@@ -33,6 +33,7 @@ from server.observability import sampling, tracing_export
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
+from server.protocol import core_calls
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.malformed import add_service
@@ -53,6 +54,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 # A drain keeps the endpoint open until no call has arrived for this long (within the grace
 # period): calls in transit when the drain began get their UNAVAILABLE instead of CANCELLED.
+# Arrivals are counted where grpc core takes a call (core_calls.py), not only where a handler
+# sees it: a call core holds when the endpoint closes is answered CANCELLED (grpc/grpc#41785).
 _QUIET_S = 0.25
 # ... but no longer than this once the calls in progress are answered: a client that keeps
 # calling (every call answered UNAVAILABLE) kept it open for the whole grace, and only the
@@ -84,11 +87,15 @@ class SluicewayServer:
         options = grpc_server_options(settings)
         # Refused streams read until quiet, shared by the stream caps and the token check.
         self.refusals = QuietRefusals(refusal_room(settings.max_concurrent_rpcs, settings.max_streams))
+        servers_before = core_calls.server_ids()
         self._grpc = grpc.aio.server(
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             interceptors=server_interceptors(settings, self.refusals) or None,
         )
+        # grpc core's count of the calls it has taken, handed to a handler or not: the drain
+        # waits for those too (grpc/grpc#41785), None where channelz is off.
+        self.core_calls = core_calls.CoreCalls.of_new_server(servers_before)
         # One response cache for the server, shared by every model that enables response_cache.
         self.response_cache = (
             ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes > 0 else None
@@ -252,7 +259,8 @@ class SluicewayServer:
         models_stopped = asyncio.create_task(self.models.stop(drain_timeout_s=grace))
         drained = await self.calls.wait_idle(deadline)  # the calls in progress are answered
         if drained:
-            await self.calls.wait_quiet(min(deadline, time.monotonic() + _QUIET_MAX_S), _QUIET_S)
+            core = self.core_calls.counts if self.core_calls is not None else None
+            await self.calls.wait_quiet(min(deadline, time.monotonic() + _QUIET_MAX_S), _QUIET_S, core)
         await models_stopped
         self.control.cleanup()  # files sent with RepositoryModelLoad
         if not drained:  # the failed leftovers are being answered now

@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NamedTuple, Protocol
 
 from server.errors import StreamLimitReached
+from server.protocol.core_calls import CoreCounts
 
 # A refused stream is answered once its caller has sent nothing for this long (at most the max).
 REFUSAL_QUIET_S = 0.05
 REFUSAL_MAX_S = 1.0
+# How often a drain's quiet wait looks at grpc core's call counts (core_calls.py).
+CORE_LOOK_S = 0.02
 
 
 async def read_until_quiet(requests: AsyncIterator[object]) -> None:
@@ -147,21 +150,35 @@ class CallTracker:
         for session in list(self._sessions):
             session.finish("drain")
 
-    async def wait_quiet(self, deadline: float, quiet_s: float) -> bool:
+    async def wait_quiet(
+        self, deadline: float, quiet_s: float, core: Callable[[], CoreCounts | None] | None = None
+    ) -> bool:
         """Wait until no call is in progress and none has arrived for `quiet_s`, or `deadline`.
 
         A handler that has returned may still be sending its answer, and calls a client sent
         before it saw UNAVAILABLE are still arriving: grpc.aio cancels both at stop(), so the
-        endpoint stays open until the callers have gone quiet.
+        endpoint stays open until the callers have gone quiet. `core` (core_calls.py) adds what
+        grpc core has taken: a call no handler has seen yet counts as an arrival, and the wait
+        goes on while core has calls unanswered (grpc/grpc#41785 answers them CANCELLED).
         """
+        seen: CoreCounts | None = None
+        core_arrival = 0.0
         while await self.wait_idle(deadline):
             now = time.monotonic()
-            quiet_at = self._last_arrival + quiet_s
-            if now >= quiet_at:
+            counts = core() if core is not None else None
+            if counts is not None:
+                if seen is not None and counts.started != seen.started:
+                    core_arrival = now  # taken by core since the last look, maybe by no handler yet
+                seen = counts
+            quiet_at = max(self._last_arrival, core_arrival) + quiet_s
+            if now >= quiet_at and (counts is None or counts.unanswered <= 0):
                 return True
             if now >= deadline:
                 return False
-            await asyncio.sleep(min(quiet_at, deadline) - now)
+            # grpc core tells of no call it takes: its counts are looked at again every
+            # CORE_LOOK_S while the drain waits (bounded by `deadline`: at most 1 s in a drain).
+            wake_at = min(quiet_at if counts is None else now + CORE_LOOK_S, deadline)
+            await asyncio.sleep(max(0.0, wake_at - now))
         return False
 
     async def wait_idle(self, deadline: float) -> bool:
