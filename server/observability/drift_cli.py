@@ -1,10 +1,12 @@
 """`sluiceway drift MODEL`: the drift table of a model's sampled files, and a plot of it.
 
-Reads `<sample_dir>/<model>/<version>/samples-*.npz` oldest first into a `DriftMonitor`: the
-first `drift_reference_samples` rows (or `--reference FILE`) are the reference, the latest
-`drift_window_samples` rows the recent window, as in the server (unless files were rotated away
-meanwhile: keep a reference file for that). Prints one row per series and writes a PNG of the
-series that drifted most (matplotlib, from the `loadtest` or `test` extra).
+Reads `<sample_dir>/<model>/<version>/samples-*.npz` of one load of the version (`--load`: the
+newest by default, an id, or all) oldest first into a `DriftMonitor`: the first
+`drift_reference_samples` rows (or `--reference FILE`) are the reference, the latest
+`drift_window_samples` rows the recent window, as in the server, where a reload starts a new
+reference (unless files were rotated away meanwhile: keep a reference file for that). Files
+written before chunks carried their load (no `load_ns`) count as one load, id 0. Prints one row
+per series and writes a PNG of the series that drifted most (matplotlib, from the `loadtest` or `test` extra).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,12 @@ from pydantic import ValidationError
 from server.models.config import ConfigError
 from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score_all
 from server.observability.sampling import load_reference
-from server.observability.sampling_writer import FILE_GLOB
+from server.observability.sampling_writer import FILE_GLOB, LOAD_KEY
 from server.settings import ServerSettings
 
 PLOTTED = 12  # series in the plot
+NEWEST, ALL = "newest", "all"  # --load's words; else a load's id
+UNKNOWN_LOAD = 0  # the load of files written before chunks named theirs
 
 
 class DriftError(Exception):
@@ -46,9 +51,9 @@ def run_drift(args: argparse.Namespace) -> int:
     try:
         directory = version_dir(root, args.model, args.version)
         reference = None if args.reference is None else load_reference(Path(args.reference), "--reference")
-        monitor = monitor_from_files(
-            directory, settings.drift_reference_samples, settings.drift_window_samples, reference
-        )
+        files, scored = files_of_load(directory, args.load or NEWEST)
+        windows = settings.drift_reference_samples, settings.drift_window_samples
+        monitor = monitor_of(files, *windows, reference)
         series = [s for s in monitor.series() if s.reference.size and s.recent.size]
         if not series:
             raise DriftError(
@@ -59,6 +64,7 @@ def run_drift(args: argparse.Namespace) -> int:
         print(f"sluiceway: {exc}", file=sys.stderr)
         return 1
     rows = score_all(series)
+    print(scored)
     print_table(f"{args.model} version {directory.name}", rows)
     out = Path(args.out) if args.out else directory / "drift.png"
     try:
@@ -94,10 +100,61 @@ def monitor_from_files(
     reference_rows: int,
     window_rows: int,
     reference: dict[str, Any] | None = None,
+    load: str = NEWEST,
 ) -> DriftMonitor:
-    """A monitor fed with a version's sample files, oldest first."""
+    """A monitor fed with the sample files of one load (`load`: NEWEST, ALL or an id) of a version."""
+    return monitor_of(files_of_load(directory, load)[0], reference_rows, window_rows, reference)
+
+
+def files_of_load(directory: Path, load: str) -> tuple[list[Path], str]:
+    """The sample files of `load` (NEWEST, ALL or a load's id), oldest first, and a line saying
+    which load they are and which others the folder holds. Each reload starts the server's drift
+    reference anew, so files of two loads scored together had compared the new weights with the
+    old load's rows."""
+    found = [(path, load_of(path)) for path in sorted(directory.glob(FILE_GLOB), key=lambda p: p.name)]
+    readable = [(path, load_id) for path, load_id in found if load_id is not None]
+    loads = sorted({load_id for _, load_id in readable})
+    if load == ALL:
+        every = [path for path, _ in readable]
+        return every, f"scoring all {len(loads)} loads' files together: {_ids(loads)}"
+    if load == NEWEST:
+        chosen = loads[-1] if loads else UNKNOWN_LOAD
+    else:
+        try:
+            chosen = int(load)
+        except ValueError:
+            raise DriftError(f"--load must be '{NEWEST}', '{ALL}' or a load's id, got '{load}'") from None
+        if chosen not in loads:
+            found_ids = _ids(loads) or "none"
+            raise DriftError(f"{directory}: no samples of load {chosen}; loads found: {found_ids}")
+    others = [load_id for load_id in loads if load_id != chosen]
+    line = f"scoring load {chosen} ({_when(chosen)})"
+    if others:
+        line += f"; other loads in this folder (--load ID or --load all): {_ids(others)}"
+    return [path for path, load_id in readable if load_id == chosen], line
+
+
+def load_of(path: Path) -> int | None:
+    """The id of the load that wrote a sample file (UNKNOWN_LOAD before chunks named it); None
+    when the file is gone (rotated away) or not a readable sample file (said on stderr)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(data[LOAD_KEY][0]) if LOAD_KEY in data.files else UNKNOWN_LOAD
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, IndexError, zipfile.BadZipFile) as err:
+        # Not a sample file any more (truncated, corrupt): skipped, named; it had ended the
+        # command in a BadZipFile traceback.
+        print(f"sluiceway: skipping {path.name}: not a readable sample file ({err})", file=sys.stderr)
+        return None
+
+
+def monitor_of(
+    files: list[Path], reference_rows: int, window_rows: int, reference: dict[str, Any] | None = None
+) -> DriftMonitor:
+    """A monitor fed with these sample files, in order."""
     monitor = DriftMonitor(reference_rows, window_rows, reference)
-    for path in sorted(directory.glob(FILE_GLOB), key=lambda p: p.name):
+    for path in files:
         try:
             with np.load(path, allow_pickle=False) as data:
                 inputs = {k[3:]: data[k] for k in data.files if k.startswith("in:")}
@@ -105,12 +162,21 @@ def monitor_from_files(
         except FileNotFoundError:
             continue  # removed by rotation meanwhile
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            # Not a sample file any more (truncated, corrupt): skipped, named; it had ended the
-            # command in a BadZipFile traceback.
             print(f"sluiceway: skipping {path.name}: not a readable sample file ({err})", file=sys.stderr)
             continue
         monitor.feed(inputs or None, outputs)
     return monitor
+
+
+def _ids(loads: list[int]) -> str:
+    return ", ".join(f"{load_id} ({_when(load_id)})" for load_id in loads)
+
+
+def _when(load_id: int) -> str:
+    """A load id (time_ns when the version loaded) as a UTC time, for people."""
+    if load_id == UNKNOWN_LOAD:
+        return "files without a load id"
+    return datetime.fromtimestamp(load_id / 1e9, tz=timezone.utc).strftime("loaded %Y-%m-%d %H:%M:%S UTC")
 
 
 def _label(row: DriftRow | Series) -> str:

@@ -1,8 +1,9 @@
 """Prediction sampling: a configurable fraction of each model's requests, to rotating local files.
 
 Per model version, `sample_ratio` of the requests (the model's parameter, else the server's
-setting) are sampled, deterministically: a credit grows by the ratio with every request and each
-whole credit samples one (ratio 0.25: every 4th request). `sample_what` says whether the inputs
+setting) are sampled, deterministically: request n is sampled when floor(n * ratio) grows, in
+exact integer arithmetic on the ratio's decimal value (0.25: every 4th request, 0.1 every 10th; a
+float credit had sampled 99 of 1000 at 0.1, the 11th, 21st, ...). `sample_what` says whether the inputs
 are kept too ("inputs_and_outputs") or only the outputs ("outputs"). The request path only calls
 `ModelSampler.offer`, which appends references to the writer's bounded queue
 (sampling_writer.py) or counts a drop; the writer's thread feeds each version's drift monitor
@@ -18,6 +19,7 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +37,9 @@ from server.settings import ServerSettings
 # A drift reference window, on disk and unpacked (a reference of 1000 rows of 256 float64 features
 # is 2 MiB).
 MAX_REFERENCE_BYTES = 256 * 1024 * 1024
+# The ratio's denominator at most: every decimal of up to 12 places is exact, the credit stays a
+# small int.
+MAX_RATIO_DENOMINATOR = 10**12
 OUTPUTS = "outputs"
 INPUTS_AND_OUTPUTS = "inputs_and_outputs"
 SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
@@ -58,6 +63,13 @@ class SamplePolicy:
     ratio: float = 0.0
     with_inputs: bool = False
     reference: Mapping[str, AnyArray] | None = None  # from the model's drift_reference file
+
+
+def ratio_fraction(ratio: float) -> tuple[int, int]:
+    """The ratio as (numerator, denominator) of the decimal it was written as: 0.1 is 1/10, not
+    the binary float just below it (whose credit reached 1.0 one request late)."""
+    exact = Fraction(repr(ratio)).limit_denominator(MAX_RATIO_DENOMINATOR)
+    return exact.numerator, exact.denominator
 
 
 def sample_policy(
@@ -125,15 +137,25 @@ class ModelSampler:
     """One model version's sampling: which requests, the drop count, its drift monitor."""
 
     def __init__(
-        self, name: str, version: int, policy: SamplePolicy, writer: SampleWriter, monitor: DriftMonitor
+        self,
+        name: str,
+        version: int,
+        policy: SamplePolicy,
+        writer: SampleWriter,
+        monitor: DriftMonitor,
+        load_ns: int = 0,
     ) -> None:
         self.name = name
         self.version = str(version)
-        self._ratio = policy.ratio
+        # This load's id, in each chunk it writes: a reload starts a new drift reference, and
+        # `sluiceway drift` scores the newest load's files (they had shared the old load's).
+        self.load_ns = load_ns
+        # Integer credit: n * numerator mod denominator; each wrap samples one request.
+        self._numerator, self._denominator = ratio_fraction(policy.ratio)
         self._with_inputs = policy.with_inputs
         self._writer = writer
         self._monitor = monitor
-        self._credit = 0.0
+        self._credit = 0
         self.offered = 0  # sampled requests offered to the writer
         self.dropped = 0  # ... refused because the writer's queue was full (event loop thread)
         self.written = 0  # ... written to files (writer thread)
@@ -155,10 +177,10 @@ class ModelSampler:
 
     def offer(self, inputs: Mapping[str, AnyArray], outputs: Mapping[str, AnyArray]) -> None:
         """Called on the request path with a request's tensors: sample it or not; never blocks."""
-        self._credit += self._ratio
-        if self._credit < 1.0:
+        self._credit += self._numerator
+        if self._credit < self._denominator:
             return
-        self._credit -= 1.0
+        self._credit -= self._denominator
         kept_inputs = inputs if self._with_inputs else None
         nbytes = sum(a.nbytes for a in outputs.values())
         if kept_inputs is not None:
@@ -194,7 +216,11 @@ class SamplingRegistry:
             monitor = DriftMonitor(
                 settings.drift_reference_samples, settings.drift_window_samples, policy.reference
             )
-            sampler = ModelSampler(name, version, policy, self._writer, monitor)
+            # The load's id: its wall-clock time, above the load it replaces (a clock step back
+            # or two loads within one tick must not make the older look newer).
+            replaced = self._samplers.get((name, str(version)))
+            load_ns = time.time_ns() if replaced is None else max(time.time_ns(), replaced.load_ns + 1)
+            sampler = ModelSampler(name, version, policy, self._writer, monitor, load_ns)
             self._samplers[(name, sampler.version)] = sampler
         return sampler
 

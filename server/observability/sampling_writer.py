@@ -4,7 +4,10 @@
 bytes: the caller counts a drop). The thread feeds each sample to its model's drift monitor, then
 writes the samples of one model version, in arrival order, as one `.npz` chunk under
 `<root>/<model>/<version>/samples-<time_ns>-<pid>-<seq>.npz` (written to a temporary name, then
-renamed). The chunks under `root` are kept within `max_bytes`: the oldest are removed first
+renamed), with the id of the load that sampled them (`load_ns`: a reload of the version starts a
+new drift reference, and its files are told apart from the earlier load's). BYTES tensors are
+kept as fixed-width bytes plus each value's length (`len:in:<name>`), since numpy's fixed-width
+bytes drop trailing NULs. The chunks under `root` are kept within `max_bytes`: the oldest are removed first
 (chunks left by an earlier run are counted when the thread starts). Tensor contents never reach
 the logs.
 """
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 AnyArray = npt.NDArray[np.generic]
 SaveFn = Callable[[IO[bytes], Mapping[str, AnyArray]], None]
 FILE_GLOB = "samples-*.npz"
+LENGTHS = "len:"  # + "in:<name>" / "out:<name>": each BYTES value's length in bytes
+LOAD_KEY = "load_ns"  # the id of the load that sampled a chunk (absent in files before it)
 CHUNK_AGE_S = 10.0  # an open chunk is written at most this long after its first sample
 CHUNK_MAX_BYTES = 4 * 1024 * 1024
 
@@ -41,6 +46,9 @@ class SampleSource(Protocol):
 
     @property
     def directory(self) -> Path: ...  # relative to the writer's root: <model>/<version>
+
+    @property
+    def load_ns(self) -> int: ...  # the load's id: time.time_ns() when the version loaded
 
     @property
     def monitor(self) -> DriftMonitor | None: ...
@@ -293,16 +301,25 @@ def _layout(sample: Sample) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
 
 
 def _chunk_arrays(run: list[Sample]) -> dict[str, AnyArray]:
-    """Every tensor's rows of the run concatenated, plus each sample's rows and time."""
+    """Every tensor's rows of the run concatenated (BYTES: and their lengths), plus each sample's
+    rows and time, and the load that sampled them (one source: one load)."""
     arrays: dict[str, AnyArray] = {}
     first = run[0]
     for prefix, tensors in (("in:", first.inputs or {}), ("out:", first.outputs)):
         for name in tensors:
-            parts = [_storable(((s.inputs or {}) if prefix == "in:" else s.outputs)[name]) for s in run]
-            arrays[prefix + name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            parts = [_at_least_1d(((s.inputs or {}) if prefix == "in:" else s.outputs)[name]) for s in run]
+            if parts[0].dtype.kind in "OS":
+                arrays[LENGTHS + prefix + name] = _joined([_lengths(part) for part in parts])
+                parts = [_fixed_width(part) for part in parts]
+            arrays[prefix + name] = _joined(parts)
     arrays["rows"] = np.array([_rows(s) for s in run], dtype=np.int64)
     arrays["time_ns"] = np.array([s.time_ns for s in run], dtype=np.int64)
+    arrays[LOAD_KEY] = np.array([first.source.load_ns], dtype=np.int64)
     return arrays
+
+
+def _joined(parts: list[AnyArray]) -> AnyArray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _rows(sample: Sample) -> int:
@@ -311,9 +328,32 @@ def _rows(sample: Sample) -> int:
     return 0
 
 
-def _storable(array: AnyArray) -> AnyArray:
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.dtype.kind == "O":  # BYTES: fixed-width bytes, loadable without pickle
-        return np.asarray(array.tolist(), dtype=np.bytes_).reshape(array.shape)
-    return array
+def _at_least_1d(array: AnyArray) -> AnyArray:
+    return array.reshape(1) if array.ndim == 0 else array
+
+
+def _fixed_width(array: AnyArray) -> AnyArray:
+    """BYTES as fixed-width bytes, loadable without pickle (trailing NULs dropped: see _lengths)."""
+    if array.dtype.kind == "S":
+        return array
+    return np.asarray(array.tolist(), dtype=np.bytes_).reshape(array.shape)
+
+
+def _lengths(array: AnyArray) -> AnyArray:
+    """Each BYTES value's length: what a fixed-width value read back lacks is trailing NULs, so
+    this restores it exactly (b"ab\\0" had read back as b"ab", b"\\0\\0" as b"")."""
+    if array.dtype.kind == "S":  # already fixed-width: its own trailing NULs are gone
+        return np.char.str_len(array).astype(np.int64)
+    lengths = [len(value) for value in array.reshape(-1).tolist()]
+    return np.array(lengths, dtype=np.int64).reshape(array.shape)
+
+
+def exact_bytes(values: AnyArray, lengths: AnyArray) -> AnyArray:
+    """A sample file's BYTES tensor as sent: `values` (`in:<name>`) padded back with the NULs numpy
+    dropped, to `lengths` (`len:in:<name>`); an object array of bytes."""
+    out = np.empty(values.shape, dtype=object)
+    out.reshape(-1)[:] = [
+        bytes(value).ljust(int(length), b"\0")
+        for value, length in zip(values.reshape(-1), lengths.reshape(-1), strict=True)
+    ]
+    return out

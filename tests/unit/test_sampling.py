@@ -22,6 +22,7 @@ class Source:
     def __init__(self, directory: str = "m/1", monitor: DriftMonitor | None = None) -> None:
         self.directory = Path(directory)
         self.monitor = monitor
+        self.load_ns = 0
         self.count = 0
         self.lost_count = 0
 
