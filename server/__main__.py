@@ -18,13 +18,13 @@ def main() -> int:
 
         return cli_main()
     except Terminated:  # SIGTERM from here until `serve` installs its drain: exit 0, one line
-        return exit_terminated()
+        return exit_terminated(sigterm.signal_name)
     except KeyboardInterrupt:  # Ctrl-C in the imports, before the CLI's own handling of it
         print("sluiceway: interrupted", file=sys.stderr)
         return 130
     except BaseException:
         if sigterm.received:  # Terminated, wrapped by the import it interrupted
-            return exit_terminated()
+            return exit_terminated(sigterm.signal_name)
         raise
 
 

@@ -44,6 +44,7 @@ from server.protocol.side_streams import LimitedHealth, LimitedReflection
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
 from server.settings import ServerSettings
+from server.start_signals import stop_was_asked
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -304,9 +305,12 @@ async def serve(settings: ServerSettings) -> None:
     # SIGHUP too (a closed terminal, a supervisor's hang-up): its default action killed the
     # process without a drain.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+        previous = signal.getsignal(sig)
+        if sig == signal.SIGHUP and previous is signal.SIG_IGN:
             continue  # under nohup: a hang-up is to be ignored, as it asked
         loop.add_signal_handler(sig, stop_requested.set)
+        if stop_was_asked(previous):  # a start-up SIGTERM whose Terminated was lost on the way
+            stop_requested.set()
     port = await _start_unless_stopped(server, stop_requested)
     if port is None:
         return
@@ -336,7 +340,7 @@ async def _start_unless_stopped(server: SluicewayServer, stop_requested: asyncio
         await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-    if starting.done():
+    if starting.done() and not stop_requested.is_set():  # a stop asked for meanwhile wins
         return starting.result()  # raises what start raised (a port in use, say)
     log.info("shutting down during start-up: models still loading are not loaded")
     starting.cancel()

@@ -65,6 +65,6 @@ def grpc_server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         *keepalive_options(settings),
         *pending_call_options(settings),  # a burst of callers is never CANCELLED at random
     ]
-    extra = parse_grpc_args(settings.grpc_server_args)
+    extra = parse_grpc_args(settings.grpc_server_args or "")
     named = {name for name, _ in extra}
     return [option for option in ours if option[0] not in named] + extra

@@ -34,7 +34,11 @@ _MAX_THREADS = 256
 
 
 class ServerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLUICEWAY_", protected_namespaces=(), extra="forbid")
+    # allow_inf_nan off: `inf` had passed every `ge=0` bound (a grace, a timeout, a price) and
+    # failed later (time.sleep's OverflowError) or meant "never" where 0 is the documented never.
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICEWAY_", protected_namespaces=(), extra="forbid", allow_inf_nan=False
+    )
 
     host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is reported by the running server.
@@ -92,7 +96,7 @@ class ServerSettings(BaseSettings):
     # Extra grpc core channel arguments for the server, "name=int,name=int" (e.g.
     # "grpc.http2.lookahead_bytes=4194304"): HTTP/2 window and buffer tuning for large messages
     # (BENCHMARKS.md section 12 has what was measured).
-    grpc_server_args: str = ""
+    grpc_server_args: str | None = None
 
     # System shared memory (README "Shared memory"): clients on this host register POSIX shm
     # objects and pass tensors through them. Off by default, as Triton's --allow-client-shm: the
@@ -199,6 +203,16 @@ class ServerSettings(BaseSettings):
     # Server reflection (grpcurl, grpcui); with auth on it needs a token, like inference RPCs.
     reflection: bool = True
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # An empty flag or variable (a manifest's `value: ""`) had meant Path("") = the current
+        # directory for paths (every folder served as a failed model) and grpc's raw error for a
+        # host: every setting refuses it; unset it for the default.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (leave the flag or SLUICEWAY_* variable out for the default)")
+        return value
+
     @field_validator("execution_providers", "load_model", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
@@ -216,6 +230,8 @@ class ServerSettings(BaseSettings):
         import onnxruntime  # here: only the server's settings need it, not every import of this module
 
         known = set(onnxruntime.get_all_providers())  # every name onnxruntime knows, built in or not
+        if not names:  # " , " or "[]": onnxruntime would pick for itself, unasked
+            raise ValueError("names no execution provider (e.g. CPUExecutionProvider)")
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError(f"{unknown}: not onnxruntime execution providers (e.g. CPUExecutionProvider)")
@@ -229,8 +245,8 @@ class ServerSettings(BaseSettings):
 
     @field_validator("grpc_server_args", mode="after")
     @classmethod
-    def _grpc_args(cls, text: str) -> str:
-        parse_grpc_args(text)
+    def _grpc_args(cls, text: str | None) -> str | None:
+        parse_grpc_args(text or "")
         return text
 
     @field_validator("workers", mode="after")
@@ -240,6 +256,17 @@ class ServerSettings(BaseSettings):
             # Each worker has its own regions, and a client's connections may reach different ones.
             raise ValueError("allow_client_shm needs workers=1: shared memory regions are per process")
         return workers
+
+    @model_validator(mode="after")
+    def _worker_metrics_ports(self) -> ServerSettings:
+        last = self.metrics_port + self.workers - 1
+        if self.metrics and self.metrics_port and last > 65535:
+            # Worker i serves metrics on metrics_port + i: the last one's bind failed (exit 1).
+            raise ValueError(
+                f"metrics_port {self.metrics_port} with workers={self.workers}: worker i serves "
+                f"metrics on metrics_port + i, and {last} is above 65535 (or use metrics_port 0)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_repository_state(self) -> ServerSettings:
@@ -305,7 +332,10 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
         name, _, value = entry.partition("=")
         if not name.startswith("grpc.") or not value.strip().lstrip("-").isdigit():
             raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
-        pairs.append((name.strip(), int(value)))
+        number = int(value)
+        if not -_GRPC_INT_MAX - 1 <= number <= _GRPC_INT_MAX:  # a C int: grpc's OverflowError at start
+            raise ValueError(f"'{entry}': grpc takes -2^31 to 2^31-1")
+        pairs.append((name.strip(), number))
     return pairs
 
 

@@ -22,37 +22,52 @@ if TYPE_CHECKING:  # imported before the handler is in place: only what costs no
     from collections.abc import Mapping, Sequence
     from types import FrameType
 
-LINE = "SIGTERM during start-up: exiting before serving (nothing to drain)"
+LINE = "{signal} during start-up: exiting before serving (nothing to drain)"
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived during start-up. A BaseException, as KeyboardInterrupt: `except Exception`
-    on the way up (an import's fallback, a model load's) must not swallow it."""
+    """SIGTERM (or SIGHUP) arrived during start-up. A BaseException, as KeyboardInterrupt: `except
+    Exception` on the way up (an import's fallback, a model load's) must not swallow it."""
 
 
 class StartUpSigterm:
-    """The start-up handler: raises Terminated, and remembers it did, so an exception an import
-    made of it (an extension's init that wraps what it caught) is still known for a SIGTERM."""
+    """The start-up handler: raises Terminated, and remembers it did (and for which signal), so an
+    exception an import made of it (an extension's init that wraps what it caught), or one dropped
+    on the way (raised in a `__del__` or weakref callback: "Exception ignored"), is still known
+    for a stop: `serve` and the `--workers` parent ask `stop_was_asked` as they take over."""
 
     def __init__(self) -> None:
         self.received = False
+        self.signal_name = "SIGTERM"
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
+        self.signal_name = signal.Signals(signum).name
         raise Terminated
 
 
 def raise_on_sigterm() -> StartUpSigterm:
-    """From now until `serve` installs its own handler, SIGTERM raises Terminated."""
+    """From now until `serve` installs its own handlers, SIGTERM raises Terminated, and so does
+    SIGHUP (which `serve` drains on too; its default action had killed an importing process, exit
+    129 without a line), unless SIGHUP is ignored (nohup)."""
     handler = StartUpSigterm()
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
     return handler
 
 
+def stop_was_asked(previous: object) -> bool:
+    """Whether `previous`, the handler being replaced, is the start-up one and got its signal: a
+    Terminated lost on the way must still stop the server before it reports ready."""
+    return isinstance(previous, StartUpSigterm) and previous.received
+
+
 def default_sigterm() -> None:
-    """Commands other than `serve` (optimize, top, ...) keep SIGTERM's default action."""
-    if isinstance(signal.getsignal(signal.SIGTERM), StartUpSigterm):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Commands other than `serve` (optimize, top, ...) keep SIGTERM's and SIGHUP's default action."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if isinstance(signal.getsignal(sig), StartUpSigterm):
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
@@ -67,20 +82,22 @@ def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     return value.strip().lower() == "json"
 
 
-def terminated_line(json_lines: bool) -> str:
-    """The one line a start-up SIGTERM writes, as the logs write an INFO line."""
+def terminated_line(json_lines: bool, signal_name: str = "SIGTERM") -> str:
+    """The one line a start-up SIGTERM (or SIGHUP) writes, as the logs write an INFO line."""
+    line = LINE.format(signal=signal_name)
     if not json_lines:
-        return f"sluiceway: {LINE}"
+        return f"sluiceway: {line}"
     import logging  # here: ~10 ms of imports that the handler must not wait for
 
     from server.observability.logs import JsonFormatter
 
     record = logging.makeLogRecord({"name": "sluiceway", "levelname": "INFO", "levelno": logging.INFO})
-    record.msg = LINE
+    record.msg = line
     return JsonFormatter().format(record)
 
 
-def exit_terminated() -> int:
-    """Write the line; the exit code of a start-up SIGTERM (0)."""
-    print(terminated_line(wants_json(sys.argv[1:], os.environ)), file=sys.stderr, flush=True)
+def exit_terminated(signal_name: str = "SIGTERM") -> int:
+    """Write the line; the exit code of a start-up SIGTERM or SIGHUP (0)."""
+    line = terminated_line(wants_json(sys.argv[1:], os.environ), signal_name)
+    print(line, file=sys.stderr, flush=True)
     return 0

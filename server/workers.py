@@ -24,6 +24,7 @@ from pathlib import Path
 from server.announce import announce, message_of
 from server.models.rollout_dir import make_share_dir, remove_stale_share_dirs
 from server.settings import ServerSettings
+from server.start_signals import exit_terminated, stop_was_asked
 
 _READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
 
@@ -101,20 +102,11 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP had left the workers serving
         if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
             continue  # under nohup (the workers inherit the ignoring too)
-        signal.signal(sig, lambda signum, frame: requested.append(signum))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
-            env={
-                **env,
-                "SLUICEWAY_METRICS_PORT": str(worker_metrics_port(settings, i)),
-                "SLUICEWAY_WORKER_INDEX": str(i),
-            },
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(settings.workers)
-    ]
+        previous = signal.signal(sig, lambda signum, frame: requested.append(signum))
+        if stop_was_asked(previous):  # a start-up SIGTERM whose Terminated was lost on the way
+            requested.append(sig)
+    # None started when the stop came first (a start-up SIGTERM noted above).
+    children = [] if requested else [_spawn(settings, env, i) for i in range(settings.workers)]
     ready = threading.Semaphore(0)
     models: list[str] = []
 
@@ -162,7 +154,22 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 child.kill()
         held.close()
         share_dir.remove()
+    if not children:  # stopped before any worker started: the start-up line, exit 0
+        return exit_terminated(signal.Signals(requested[0]).name)
     return code
+
+
+def _spawn(settings: ServerSettings, env: dict[str, str], index: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "server", "serve"],
+        env={
+            **env,
+            "SLUICEWAY_METRICS_PORT": str(worker_metrics_port(settings, index)),
+            "SLUICEWAY_WORKER_INDEX": str(index),
+        },
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def die_with_parent() -> None:

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from clients.security import bearer_metadata
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
+from server.security.tls import check_ca_file
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `sluiceway serve` never loads it
     from rich.console import Console
@@ -63,10 +65,14 @@ def run_rollout(args: argparse.Namespace) -> int:
     from server.models.traffic import parse_weights
 
     console = Console(width=max(Console().width, 100))
-    token = args.token or os.environ.get("SLUICEWAY_TOKEN")
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
     try:
-        with _channel(args.target, args.ca_file) as channel:
+        metadata = _metadata(args.token)
+        credentials = _credentials(args.ca_file)
+    except ValueError as exc:
+        print(f"sluiceway rollout: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with _channel(args.target, credentials) as channel:
             stub = apb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
             if args.action == "status":
                 answer = stub.RolloutStatus(
@@ -106,10 +112,34 @@ def run_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _channel(target: str, ca_file: Path | None) -> grpc.Channel:
+def _metadata(flag_token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The token's metadata, checked here: a line break had made grpc answer "INTERNAL: Invalid
+    metadata" on the client's side."""
+    token = flag_token or os.environ.get("SLUICEWAY_TOKEN")
+    try:
+        return bearer_metadata(token or None) or None
+    except ValueError as exc:
+        raise ValueError(f"{'--token' if flag_token else 'SLUICEWAY_TOKEN'}: {exc}") from None
+
+
+def _credentials(ca_file: Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials for --ca-file (None: plaintext), the file checked first: a missing file or
+    a directory had ended in a traceback, and a file without a PEM certificate in grpc's own
+    "Cannot load server root certificates" line, then UNAVAILABLE."""
     if ca_file is None:
+        return None
+    try:
+        check_ca_file(ca_file)  # the server's check of its own CA files, with ssl (OpenSSL)
+        return grpc.ssl_channel_credentials(ca_file.read_bytes())
+    except (ValueError, OSError) as exc:
+        why = exc if isinstance(exc, ValueError) else f"cannot read {ca_file}: {exc.strerror or exc}"
+        raise ValueError(f"--ca-file: {why}") from None
+
+
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
         return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_file.read_bytes()))
+    return grpc.secure_channel(target, credentials)
 
 
 def render(status: apb.RolloutStatusResponse, console: Console) -> None:

@@ -148,6 +148,8 @@ def parse_weights(text: str) -> dict[int, int]:
             or not (weight.isascii() and weight.isdigit())
         ):
             raise ValueError(f"must be VERSION:WEIGHT pairs such as '1:90,2:10', got '{part.strip()}'")
+        if int(version) >= 2**63:  # versions are int64: the request had failed in protobuf
+            raise ValueError(f"names version {version}, out of range (0 to 2**63-1)")
         if int(version) in weights:
             raise ValueError(f"names version {int(version)} twice")
         if int(weight) > MAX_WEIGHT:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import math
 import sys
 import time
 import urllib.error
@@ -77,6 +79,18 @@ def security_of(args: argparse.Namespace) -> tuple[TlsOptions | None, Metadata]:
     """TLS options (None: plaintext) and the token's metadata; ValueError naming the flag."""
     flags = security_flags(args)
     return flags.tls_options(), bearer_metadata(flags.token)
+
+
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.1, 86400.0
+
+
+def interval_of(seconds: float) -> float:
+    """--interval, checked: inf had ended in time.sleep's OverflowError, and -1 or nan had been
+    raised to 0.1 s without a word."""
+    if not (math.isfinite(seconds) and MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S):
+        limits = f"{MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g}"
+        raise ValueError(f"--interval must be {limits} seconds, not {seconds:g}")
+    return seconds
 
 
 def worker_urls(url: str, workers: int) -> list[str]:
@@ -167,6 +181,10 @@ def read_metrics(url: str, sample: Sample, timeout_s: float = 5.0, counts: bool 
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # the operator's URL
             add_metrics(sample, reply.read().decode("utf-8"), counts)
+    except http.client.HTTPException as exc:
+        # A port that answers something other than HTTP (the gRPC port) had ended top with a
+        # BadStatusLine traceback; its text is the bytes it got (HTTP/2 frames): not shown.
+        sample.metrics_error = f"{url}: no HTTP answer there ({type(exc).__name__}): is it the metrics port?"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         sample.metrics_error = f"{url}: {exc}"
 
@@ -342,10 +360,10 @@ def run_top(args: argparse.Namespace) -> int:
     try:
         tls, metadata = security_of(args)
         urls = worker_urls(args.metrics_url or f"http://{host}:8002/metrics", args.workers)
+        interval = interval_of(args.interval)
     except ValueError as exc:
         print(f"sluiceway top: {exc}", file=sys.stderr)
         return 2
-    interval = max(0.1, float(args.interval))
 
     def view(before: list[Sample], after: list[Sample]) -> Table:
         table = rows_of_workers(before, after)
