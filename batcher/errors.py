@@ -57,6 +57,9 @@ class RunTimedOut(BatcherError):
     requests fail, and the instance gets a fresh backend."""
 
     default_message = "the model instance did not finish the batch in time; it is being replaced"
+    # The google.rpc.ErrorInfo reason its answer carries (server/protocol/answers.py `status_of`):
+    # the request was computing and may hang any instance it is sent to, so never send it again.
+    error_reason = "RUN_TIMED_OUT"
 
 
 class BatcherStopped(BatcherError):

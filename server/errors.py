@@ -106,6 +106,9 @@ class OutgrowsMemoryBudget(MemoryBudgetExceeded):
     """The model needs more than the whole model_memory_budget_mb: no eviction can ever make room,
     so the refusal says not to send it again (ErrorInfo OUTGROWS_MEMORY_BUDGET)."""
 
+    # The google.rpc.ErrorInfo reason its answer carries (server/protocol/answers.py `status_of`).
+    error_reason = "OUTGROWS_MEMORY_BUDGET"
+
 
 class RolloutRefused(ServiceError):
     """A rollout change that would leave a model with no version taking requests."""

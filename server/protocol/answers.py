@@ -11,16 +11,10 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
-from batcher.errors import RunTimedOut
-from server.errors import OutgrowsMemoryBudget, status_for
+from server.errors import status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.calls import CallTracker
-from server.protocol.rich_status import (
-    OUTGROWS_MEMORY_BUDGET,
-    RUN_TIMED_OUT,
-    error_info_trailer,
-    retry_info_trailer,
-)
+from server.protocol.rich_status import error_info_trailer, retry_info_trailer
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +39,9 @@ class Status:
 
 
 def status_of(exc: Exception, request: object = None) -> Status:
-    """`exc`'s status (RetryInfo in the trailer when it says when to retry); an unexpected
-    exception is logged, and answered INTERNAL with a generic message."""
+    """`exc`'s status: a RetryInfo in the trailer when it says when to retry (`retry_after_s`), else
+    an ErrorInfo when its class names a reason (`error_reason`, e.g. RUN_TIMED_OUT: never send it
+    again); an unexpected exception is logged, and answered INTERNAL with a generic message."""
     code, message, expected = status_for(exc)
     if not expected:
         fields = failure_fields(request, exc)
@@ -54,10 +49,9 @@ def status_of(exc: Exception, request: object = None) -> Status:
     retry_after_s = getattr(exc, "retry_after_s", None)
     if retry_after_s is not None:
         return Status(code, message, retry_info_trailer(code, message, retry_after_s))
-    if isinstance(exc, RunTimedOut):
-        return Status(code, message, error_info_trailer(code, message, RUN_TIMED_OUT))
-    if isinstance(exc, OutgrowsMemoryBudget):
-        return Status(code, message, error_info_trailer(code, message, OUTGROWS_MEMORY_BUDGET))
+    reason = getattr(exc, "error_reason", None)
+    if isinstance(reason, str) and reason:
+        return Status(code, message, error_info_trailer(code, message, reason))
     return Status(code, message)
 
 

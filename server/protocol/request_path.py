@@ -180,17 +180,20 @@ class RequestPath:
         self._answered(job, elapsed_ns)
         return response
 
-    async def infer(
+    async def infer(self, request: pb.ModelInferRequest, remaining_s: float | None) -> pb.ModelInferResponse:
+        """Serve one request end to end (`serve`), for its response alone."""
+        return (await self.serve(request, remaining_s))[1]
+
+    async def serve(
         self,
         request: pb.ModelInferRequest,
         remaining_s: float | None,
         claim: Claim | None = None,
         owner: object | None = None,
-        on_job: Callable[[InferJob], None] | None = None,
-    ) -> pb.ModelInferResponse:
-        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim.
-        `on_job`: given the job once prepared (a stream notes which version's statistics its
-        outcome is counted in)."""
+    ) -> tuple[InferJob, pb.ModelInferResponse]:
+        """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim. The
+        job comes back with the response: its version (`job.served`, the one serving it after a
+        reload too) is the one whose statistics counted the outcome (a stream notes them)."""
         start_ns = time.perf_counter_ns()
         demand = self._models.on_demand
         point = None
@@ -198,14 +201,12 @@ class RequestPath:
             sequences = self._models.sequences_before_load
             remaining_s, point = await await_load(demand, sequences, request, remaining_s, self.regions)
         job, response = self.start(request, remaining_s, start_ns, owner=owner, point=point)
-        if on_job is not None:
-            on_job(job)
         if response is not None:
             if claim is not None:
                 claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
-            return response
+            return job, response
         job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
-        return await self.finish(job, start_ns)
+        return job, await self.finish(job, start_ns)
 
 
 def _evicted(models: ModelManager, job: InferJob) -> bool:

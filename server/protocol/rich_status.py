@@ -8,6 +8,9 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from batcher.errors import RunTimedOut
+from server.errors import OutgrowsMemoryBudget
+
 DETAILS_KEY = "grpc-status-details-bin"
 # A hint shorter than this says "now": it is rounded up so clients still back off a little.
 MIN_RETRY_S = 0.001
@@ -24,12 +27,13 @@ def retry_info_trailer(code: grpc.StatusCode, message: str, retry_after_s: float
 
 
 ERROR_DOMAIN = "sluiceway"
+# The reasons are the exceptions' own `error_reason` (server/protocol/answers.py `status_of`).
 # The request's run outlived the model's run timeout: it was computing, and may hang any instance
 # it is sent to. Clients must not retry it (ours did, on every endpoint, killing an instance each).
-RUN_TIMED_OUT = "RUN_TIMED_OUT"
+RUN_TIMED_OUT = RunTimedOut.error_reason
 # The model needs more than the whole memory budget: every retry is refused the same way (our
 # client had retried it as an overload until its attempts ran out).
-OUTGROWS_MEMORY_BUDGET = "OUTGROWS_MEMORY_BUDGET"
+OUTGROWS_MEMORY_BUDGET = OutgrowsMemoryBudget.error_reason
 
 
 def error_info_trailer(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:

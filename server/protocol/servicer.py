@@ -283,8 +283,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         traced = self._traced
         path = self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelInfer")
-        call = path.infer(request, context.time_remaining())
-        return await self._unary_order.answer(self._path.model_of(request), call)
+        call = path.serve(request, context.time_remaining())
+        return (await self._unary_order.answer(self._path.model_of(request), call))[1]
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext

@@ -318,16 +318,14 @@ class StreamSession:
     ) -> None:
         response: Response | None = None
         counted: ModelStats | None = None  # the statistics its outcome was counted in
-        jobs = [] if job is None else [job]
         try:
             try:
                 if job is None:
-                    left_s, owner = self._left_s(), self._sequences
-                    result = await self._path.infer(request, left_s, claim, owner, on_job=jobs.append)
+                    job, result = await self._path.serve(request, self._left_s(), claim, self._sequences)
                 else:
                     result = await self._path.finish(job, start_ns)
                 response = Response(infer_response=result)
-                counted = jobs[-1].served.stats  # the version that served it, after a reload too
+                counted = job.served.stats  # the version that served it, after a reload too
             except ComputedThenCancelled as exc:  # computed, counted a success; its call ended
                 self._unsent.drop(counted_in(exc), success=True)
                 raise

@@ -96,18 +96,15 @@ class OrderedPath(InstantPath):
         await self.waiting[job.id].wait()
         return pb.ModelInferResponse(id=job.id)
 
-    async def infer(
+    async def serve(
         self,
         request: pb.ModelInferRequest,
         remaining_s: float | None,
         claim: object,
         owner: object = None,
-        on_job: Any = None,
     ) -> Any:
         job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
-        if on_job is not None:
-            on_job(job)
-        return now if now is not None else await self.finish(job, 0)
+        return job, now if now is not None else await self.finish(job, 0)
 
 
 class Source:

@@ -72,11 +72,9 @@ class HeldFirst:
         self.stats.record_success(0)
         return pb.ModelInferResponse(id=job.id)
 
-    async def infer(self, request: pb.ModelInferRequest, *args: object, on_job: Any = None) -> Any:
+    async def serve(self, request: pb.ModelInferRequest, *args: object) -> Any:
         job, now = self.start(request)
-        if on_job is not None:
-            on_job(job)
-        return now if now is not None else await self.finish(job, 0)
+        return job, now if now is not None else await self.finish(job, 0)
 
 
 async def three_requests() -> AsyncIterator[pb.ModelInferRequest]:
