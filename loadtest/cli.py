@@ -235,13 +235,13 @@ def _ms_or_dash(value: float | None) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.progress import Progress
     from loadtest.results import summarize
-    from loadtest.runner import START_DELAY_S, RunRecord, run_scenario
+    from loadtest.runner import START_MARGIN_S, RunRecord, run_scenario
 
     with maybe_spawn(args) as spawned:
         address, metrics_url = (spawned.address, spawned.metrics_url) if spawned else (None, None)
         scenario = scenario_from(args, targets_from(args, address, metrics_url))
         runs = len(scenario.steps) * scenario.rounds * len(scenario.targets)
-        per_run_s = START_DELAY_S + scenario.warmup_s + scenario.duration_s
+        per_run_s = START_MARGIN_S + scenario.warmup_s + scenario.duration_s
         with Progress(runs * per_run_s, quiet=args.quiet) as progress:
             done: list[RunRecord] = []
 
