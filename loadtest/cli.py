@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-in-flight", type=int, default=1024, help="per process (open) or stream")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=Path, help="write results.json, report.html and PNGs here")
+    run.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="with --out: no PNGs (report.html has the table only; 'report RESULTS.json' draws them later)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines (stderr)")
     add_security_arguments(parser)
     return parser
@@ -320,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         from loadtest.report import write_all
 
-        for path in write_all(results, args.out):
+        for path in write_all(results, args.out, plots=not args.no_plots):
             print(f"wrote {path}", file=sys.stderr)
     if results.get("interrupted"):
         print("sluiceway-loadtest: interrupted; the steps measured before it are above", file=sys.stderr)
