@@ -240,7 +240,8 @@ def _ms_or_dash(value: float | None) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.progress import Progress
     from loadtest.results import summarize
-    from loadtest.runner import START_MARGIN_S, RunRecord, run_scenario
+    from loadtest.runner import RunRecord, run_scenario
+    from loadtest.start import START_MARGIN_S
 
     with maybe_spawn(args) as spawned:
         address, metrics_url = (spawned.address, spawned.metrics_url) if spawned else (None, None)

@@ -32,16 +32,12 @@ from loadtest.scenario import (
     drain_s_for,
     split_evenly,
 )
+from loadtest.start import START_MARGIN_S, send_start, wait_connected
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
-# Every worker connects its channel and says so; the common start is then this far ahead, time for
-# the start message to reach each worker's loop. It had been a fixed 0.5 s from sending the plans,
-# whether the workers took 10 ms or more to connect (~0.4 s of every step spent waiting).
-START_MARGIN_S = 0.1
-CONNECT_TIMEOUT_S = 60.0
 STATS_TIMEOUT_S = 2.0
 # gRPC core's older client I/O path polls sockets in the caller's threads instead of handing each
 # event to event-engine threads: about 15% less client CPU and ~0.1 ms less per round trip, which
@@ -110,10 +106,9 @@ class WorkerPool:
         conns = self.conns[: len(plans)]
         for conn, plan in zip(conns, plans, strict=True):
             conn.send(plan)
-        self._wait_connected(conns)
-        start_at = time.monotonic() + START_MARGIN_S
-        for conn in conns:
-            conn.send(start_at)
+        # Each worker connects, then all start together (loadtest/start.py): no fixed delay.
+        wait_connected(conns, self.tick)
+        start_at = send_start(conns)
         begin, end = dataclasses.replace(plans[0], start_at=start_at).window
         results: dict[int, Counts] = {}
         self._wait(conns, results, begin)
@@ -124,22 +119,6 @@ class WorkerPool:
         if len(results) < len(conns):
             raise RuntimeError("load workers did not report within the drain time")
         return [results[i] for i in range(len(conns))]
-
-    def _wait_connected(self, conns: list[Connection]) -> None:
-        """Until every worker has connected its channel (or one failed to)."""
-        pending = list(conns)
-        give_up = time.monotonic() + CONNECT_TIMEOUT_S
-        while pending:
-            remaining = give_up - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"load workers did not connect within {CONNECT_TIMEOUT_S:.0f} s")
-            ready = wait(pending, timeout=min(0.25, remaining))
-            for conn in [conn for conn in pending if conn in ready]:
-                kind, value = conn.recv()
-                if kind == "error":
-                    raise RuntimeError(f"load worker failed:\n{value}")
-                pending.remove(conn)
-            self.tick()
 
     def _wait(
         self, conns: list[Connection], results: dict[int, Counts], until: float, until_all: bool = False

@@ -28,6 +28,7 @@ import grpc
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import WorkerPlan
+from loadtest.start import Stopped, common_start
 from loadtest.stats import OK, Counts, Recorder
 from protos import grpc_service_pb2 as pb
 
@@ -57,27 +58,14 @@ def worker_main(conn: Connection) -> None:
         asyncio.run(_serve(conn))
 
 
-class Stopped(Exception):
-    """The coordinator sent None instead of a start time: the run is over."""
-
-
 async def _serve(conn: Connection) -> None:
     conn.send(("ready", None))
-
-    async def start_time() -> float:
-        # Connected: the coordinator answers with the common start once every worker is.
-        conn.send(("connected", None))
-        start_at: float | None = await asyncio.to_thread(conn.recv)
-        if start_at is None:
-            raise Stopped
-        return start_at
-
     while True:
         plan = await asyncio.to_thread(conn.recv)
         if plan is None:
             return
         try:
-            conn.send(("ok", await run_plan(plan, start_time)))
+            conn.send(("ok", await run_plan(plan, lambda: common_start(conn))))
         except Stopped:
             return
         except Exception:  # the coordinator reports it; this worker can take the next plan

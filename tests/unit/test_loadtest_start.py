@@ -7,13 +7,17 @@ play the worker's side of the exchange: plan, "connected", the start time, the c
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
+import pytest
+
 from loadtest.runner import WorkerPool, plan_step
 from loadtest.scenario import Scenario, Step, Target
+from loadtest.start import Stopped, common_start, wait_connected
 from loadtest.stats import Counts
 
 TARGET = Target("sluiceway", "127.0.0.1:1", "mlp")
@@ -65,3 +69,20 @@ def test_the_common_start_follows_every_workers_connection() -> None:
     assert [edge for edge, _ in edges] == ["begin", "end"]
     assert edges[0][1] >= start + SCENARIO.warmup_s
     assert edges[0][1] < plans[0].start_at
+
+
+def test_a_worker_that_fails_to_connect_fails_the_step_with_its_traceback() -> None:
+    ours, theirs = Pipe()
+    good_ours, good_theirs = Pipe()
+    good_theirs.send(("connected", None))
+    theirs.send(("error", "Traceback ...\nTimeoutError: channel not ready"))
+    with pytest.raises(RuntimeError, match="channel not ready"):
+        wait_connected([good_ours, ours])
+
+
+def test_a_worker_told_none_instead_of_a_start_stops() -> None:
+    ours, theirs = Pipe()
+    ours.send(None)
+    with pytest.raises(Stopped):
+        asyncio.run(common_start(theirs))
+    assert ours.recv() == ("connected", None)
