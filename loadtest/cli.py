@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-in-flight", type=int, default=1024, help="per process (open) or stream")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=Path, help="write results.json, report.html and PNGs here")
+    run.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="with --out: no PNGs (report.html has the table only; 'report RESULTS.json' draws them later)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines (stderr)")
     add_security_arguments(parser)
     return parser
@@ -235,13 +240,14 @@ def _ms_or_dash(value: float | None) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.progress import Progress
     from loadtest.results import summarize
-    from loadtest.runner import START_DELAY_S, RunRecord, run_scenario
+    from loadtest.runner import RunRecord, run_scenario
+    from loadtest.start import START_MARGIN_S
 
     with maybe_spawn(args) as spawned:
         address, metrics_url = (spawned.address, spawned.metrics_url) if spawned else (None, None)
         scenario = scenario_from(args, targets_from(args, address, metrics_url))
         runs = len(scenario.steps) * scenario.rounds * len(scenario.targets)
-        per_run_s = START_DELAY_S + scenario.warmup_s + scenario.duration_s
+        per_run_s = START_MARGIN_S + scenario.warmup_s + scenario.duration_s
         with Progress(runs * per_run_s, quiet=args.quiet) as progress:
             done: list[RunRecord] = []
 
@@ -320,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         from loadtest.report import write_all
 
-        for path in write_all(results, args.out):
+        for path in write_all(results, args.out, plots=not args.no_plots):
             print(f"wrote {path}", file=sys.stderr)
     if results.get("interrupted"):
         print("sluiceway-loadtest: interrupted; the steps measured before it are above", file=sys.stderr)

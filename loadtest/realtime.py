@@ -37,6 +37,7 @@ from loadtest.proc import cpu_s, load_average
 from loadtest.realtime_worker import ProcessResult, RealtimePlan, StreamResult, worker_main
 from loadtest.scenario import Scenario, Target, is_loopback, parse_levels, split_evenly
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
+from loadtest.start import START_MARGIN_S, send_start, wait_connected
 from loadtest.stats import latency_summary, merge_histograms
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -45,7 +46,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vad": {"model": "silero_vad", "rate": 31.25, "sequence": True, "latest_frame_wins": False},
     "camera": {"model": "resnet_u8", "rate": 15.0, "sequence": False, "latest_frame_wins": True},
 }
-START_DELAY_S = 2.0  # every process connects its channels before the common start
 
 
 @dataclass
@@ -158,7 +158,9 @@ def run_step(
     server_pid: int | None = None,
 ) -> StepResult:
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.monotonic() + START_DELAY_S + 1.0  # + process start-up
+    # A placeholder: once every process has started and connected, they start together
+    # (loadtest/start.py). A fixed 3 s ahead had been ~2 s of waiting a step.
+    start_at = time.monotonic() + START_MARGIN_S
     shares = split_evenly(streams, args.processes)
     sequence_base = (int(time.time()) % 100_000) * 10_000  # fresh ids per step: no stale sequences
     conns, procs, first = [], [], 0
@@ -174,7 +176,15 @@ def run_step(
         conns.append(parent)
         procs.append(proc)
         first += share
+    try:
+        wait_connected(conns)
+    except BaseException:
+        for conn in conns:  # the others wait for a start: None ends them
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        raise
     before = _server_rows(target, security)
+    start_at = send_start(conns)
     window = start_at + args.warmup_s, start_at + args.warmup_s + args.duration_s
     server_cpu_s = None if server_pid is None else _window_cpu_s(server_pid, *window)
     bound = start_at + args.warmup_s + args.duration_s + args.drain_s + 30.0

@@ -14,6 +14,7 @@ limit) counts every chunk of its schedule it did not answer as an error with the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import random
@@ -21,7 +22,7 @@ import re
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import PLAINTEXT, Security
+from loadtest.start import Stopped, common_start
 from loadtest.stats import HIGHEST_US, LOWEST_US, MESSAGE_CHARS, new_histogram
 from loadtest.worker import CHANNEL_OPTIONS, METHOD_STREAM, ended_with, sleep_until, with_id
 from protos import grpc_service_pb2 as pb
@@ -101,12 +103,18 @@ def worker_main(conn: Connection) -> None:
         run = asyncio.run
     try:
         plan = conn.recv()
-        conn.send(("ok", run(run_plan(plan))))
+        conn.send(("ok", run(run_plan(plan, lambda: common_start(conn)))))
+    except Stopped:
+        return
     except Exception:
         conn.send(("error", traceback.format_exc()))
 
 
-async def run_plan(plan: RealtimePlan) -> ProcessResult:
+async def run_plan(
+    plan: RealtimePlan, start_time: Callable[[], Awaitable[float]] | None = None
+) -> ProcessResult:
+    """Every stream of the plan; with `start_time`, start_at is what it returns once every channel
+    is connected (the coordinator's common start, loadtest/start.py)."""
     histogram = new_histogram()
     lags: list[float] = []
     rng = random.Random(plan.seed + plan.first_stream)
@@ -118,6 +126,8 @@ async def run_plan(plan: RealtimePlan) -> ProcessResult:
     try:
         for chan in chans:
             await asyncio.wait_for(chan.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
+        if start_time is not None:
+            plan = dataclasses.replace(plan, start_at=await start_time())
         before = os.times()
         results = await asyncio.gather(
             *(

@@ -22,12 +22,13 @@ PLOTS = {
 }
 
 
-def write_all(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """results.json, the PNGs and report.html in out_dir; returns the paths written."""
+def write_all(results: dict[str, Any], out_dir: Path, plots: bool = True) -> list[Path]:
+    """results.json, the PNGs (unless `plots` is False: matplotlib takes ~1 CPU s) and report.html
+    in out_dir; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    pngs = write_plots(results, out_dir)
+    pngs = write_plots(results, out_dir) if plots else []
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(results, pngs))
     return [json_path, *pngs, html_path]

@@ -8,6 +8,7 @@ so their start-up cost is paid once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -31,13 +32,12 @@ from loadtest.scenario import (
     drain_s_for,
     split_evenly,
 )
+from loadtest.start import START_MARGIN_S, send_start, wait_connected
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
-# Time for every worker to receive its plan and connect before the common start.
-START_DELAY_S = 0.5
 STATS_TIMEOUT_S = 2.0
 # gRPC core's older client I/O path polls sockets in the caller's threads instead of handing each
 # event to event-engine threads: about 15% less client CPU and ~0.1 ms less per round trip, which
@@ -106,7 +106,10 @@ class WorkerPool:
         conns = self.conns[: len(plans)]
         for conn, plan in zip(conns, plans, strict=True):
             conn.send(plan)
-        begin, end = plans[0].window
+        # Each worker connects, then all start together (loadtest/start.py): no fixed delay.
+        wait_connected(conns, self.tick)
+        start_at = send_start(conns)
+        begin, end = dataclasses.replace(plans[0], start_at=start_at).window
         results: dict[int, Counts] = {}
         self._wait(conns, results, begin)
         at_window_edge("begin")
@@ -274,7 +277,8 @@ def _run_one(
     payloads: tuple[bytes, ...],
     seed: int,
 ) -> RunRecord:
-    plans = plan_step(scenario, step, target, payloads, seed, time.monotonic() + START_DELAY_S)
+    # start_at is a placeholder: the pool sets the common start once every worker is connected.
+    plans = plan_step(scenario, step, target, payloads, seed, time.monotonic() + START_MARGIN_S)
     edges: dict[str, ServerTotals | None] = {}
 
     def at_edge(edge: str) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from loadtest import hdr_figures
+
 # 1 us .. 1 hour at 3 significant digits: every latency a bounded run can produce.
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
@@ -195,10 +197,11 @@ def latency_summary(histogram: HdrHistogram) -> dict[str, float | None]:
     keys = [*PERCENTILES, "mean", "min", "max"]
     if histogram.get_total_count() == 0:
         return dict.fromkeys(keys)
+    seen = hdr_figures.recorded(histogram)  # hdrh's own figures walk every counter in Python
     summary: dict[str, float | None] = {
-        key: float(histogram.get_value_at_percentile(pct)) for key, pct in PERCENTILES.items()
+        key: float(hdr_figures.value_at_percentile(histogram, seen, pct)) for key, pct in PERCENTILES.items()
     }
-    summary["mean"] = round(histogram.get_mean_value(), 1)
+    summary["mean"] = round(hdr_figures.mean(seen), 1)
     summary["min"] = float(histogram.get_min_value())
     summary["max"] = float(histogram.get_max_value())
     return summary
@@ -207,13 +210,9 @@ def latency_summary(histogram: HdrHistogram) -> dict[str, float | None]:
 def cdf_points(histogram: HdrHistogram, max_points: int = 300) -> list[tuple[float, float]]:
     """(latency us, % of answers at or below it) for each recorded bucket, thinned to about
     max_points but always keeping the first and the last (the maximum)."""
-    total = histogram.get_total_count()
-    if total == 0:
+    if histogram.get_total_count() == 0:
         return []
-    points = [
-        (float(item.value_iterated_to), 100.0 * item.total_count_to_this_value / total)
-        for item in histogram.get_recorded_iterator()
-    ]
+    points = hdr_figures.cdf(hdr_figures.recorded(histogram))
     step = max(1, len(points) // max_points)
     thinned = points[::step]
     if thinned[-1] != points[-1]:

@@ -14,6 +14,7 @@ still unanswered `drain_s` after the window is cancelled here and counted NO_ANS
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -27,6 +28,7 @@ import grpc
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import WorkerPlan
+from loadtest.start import Stopped, common_start
 from loadtest.stats import OK, Counts, Recorder
 from protos import grpc_service_pb2 as pb
 
@@ -63,17 +65,26 @@ async def _serve(conn: Connection) -> None:
         if plan is None:
             return
         try:
-            conn.send(("ok", await run_plan(plan)))
+            conn.send(("ok", await run_plan(plan, lambda: common_start(conn))))
+        except Stopped:
+            return
         except Exception:  # the coordinator reports it; this worker can take the next plan
             conn.send(("error", traceback.format_exc()))
 
 
-async def run_plan(plan: WorkerPlan) -> Counts:
-    """Run one plan in this process's loop and count what happened."""
-    recorder = Recorder(plan.window, plan.deadline_s)
+StartTime = Callable[[], Awaitable[float]]
+
+
+async def run_plan(plan: WorkerPlan, start_time: StartTime | None = None) -> Counts:
+    """Run one plan in this process's loop and count what happened. With `start_time`, the plan's
+    start_at is replaced by what it returns once the channel is connected (the coordinator's
+    common start, set when every worker is connected, rather than a fixed delay ahead)."""
     async with aio_channel(plan.address, plan.security, CHANNEL_OPTIONS) as channel:
         # Connect before the start time, so connection set-up is not part of the first latency.
         await asyncio.wait_for(channel.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
+        if start_time is not None:
+            plan = dataclasses.replace(plan, start_at=await start_time())
+        recorder = Recorder(plan.window, plan.deadline_s)
         cpu = asyncio.create_task(_cpu_in_window(plan.window))
         await sleep_until(plan.start_at)
         if plan.mode == "closed":

@@ -1,7 +1,7 @@
 """sluiceway-loadtest against a real server: short steps, small loads, every mode and the report.
 
 Each run spawns its client worker processes and measures 1 s windows, so the whole module takes
-about half a minute on two cores.
+about half a minute on two cores. Plots are drawn where they are checked only.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def server() -> Iterator[ServerProcess]:
         yield process
 
 
-def run(tmp_path: Path, *args: str) -> dict[str, Any]:
-    assert main([*args, *SHORT, "--out", str(tmp_path)]) == 0
+def run(tmp_path: Path, *args: str, plots: bool = False) -> dict[str, Any]:
+    """Plots only where a test checks them (~1 CPU s each; tests/unit/test_loadtest_plots.py draws
+    every kind of entry)."""
+    assert main([*args, *SHORT, "--out", str(tmp_path), *([] if plots else ["--no-plots"])]) == 0
     return json.loads((tmp_path / "results.json").read_text())
 
 
@@ -66,7 +68,7 @@ def assert_sent_at_the_rate(entry: dict[str, Any], rate: float) -> None:
 
 
 def test_closed_loop_writes_results_html_and_pngs(server: ServerProcess, tmp_path: Path) -> None:
-    results = run(tmp_path, "--target", server.address, "--concurrency", "1,4")
+    results = run(tmp_path, "--target", server.address, "--concurrency", "1,4", plots=True)
     assert {"schema", "created", "scenario", "targets", "results"} <= results.keys()
     entries = results["results"]
     assert [e["step"]["level"] for e in entries] == [1, 4]
@@ -121,6 +123,7 @@ def test_refusals_come_with_the_servers_message(
     assert entry["ok"] == 0 and set(entry["errors"]) == {"INVALID_ARGUMENT"}
     message = entry["error_messages"]["INVALID_ARGUMENT"]
     assert "batch-size must be <= 128" in message
+    assert not list(tmp_path.glob("*.png"))  # --no-plots (run's default here)
     said = f"INVALID_ARGUMENT x{entry['errors']['INVALID_ARGUMENT']}, e.g. {message}"
     assert said in capsys.readouterr().err
 
@@ -157,7 +160,7 @@ def test_compare_two_targets_yields_ratios(server: ServerProcess, tmp_path: Path
 def test_console_module_spawns_its_own_server(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "loadtest", "--spawn-server", "--concurrency", "2",
-        "--cache-dir", str(REPO_ROOT / ".cache"), "--out", str(tmp_path), *SHORT,
+        "--cache-dir", str(REPO_ROOT / ".cache"), "--out", str(tmp_path), "--no-plots", *SHORT,
     ]  # fmt: skip
     run_ = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert run_.returncode == 0, run_.stderr[-3000:]

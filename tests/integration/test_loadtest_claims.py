@@ -103,7 +103,8 @@ def statistics(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelSt
 
 
 def run(out: Path, *args: str) -> dict[str, Any]:
-    assert main([*args, *SHORT, "--out", str(out)]) == 0
+    """No plots (~1 CPU s each): the report's test redraws and checks them from results.json."""
+    assert main([*args, *SHORT, "--out", str(out), "--no-plots"]) == 0
     results: dict[str, Any] = json.loads((out / "results.json").read_text())
     return results
 
@@ -203,7 +204,7 @@ def test_max_requests_bounds_every_kind_of_step(server: ServerProcess, tmp_path:
 def test_warm_up_does_not_use_up_max_requests(server: ServerProcess, tmp_path: Path) -> None:
     """Warm-up requests counted toward --max-requests: with a 1 s warm-up none were measured."""
     args = ["--target", server.address, "--model", "mlp", "--concurrency", "1", "--max-requests", "20"]
-    args += ["--duration-s", "1", "--warmup-s", "0.5", "--quiet", "--out", str(tmp_path)]
+    args += ["--duration-s", "1", "--warmup-s", "0.5", "--quiet", "--out", str(tmp_path), "--no-plots"]
     assert main(args) == 0
     (entry,) = json.loads((tmp_path / "results.json").read_text())["results"]
     assert entry["requests"] == 20 and entry["ok"] == 20, entry
@@ -396,7 +397,7 @@ def test_an_interrupted_run_keeps_the_steps_it_measured(tmp_path: Path) -> None:
 
     harness = subprocess.Popen(
         [sys.executable, "-m", "loadtest", "--spawn-server", "--model", "mlp", "--concurrency", "1,2,4",
-         "--duration-s", "1", "--warmup-s", "0", "--out", str(tmp_path)],
+         "--duration-s", "1", "--warmup-s", "0", "--out", str(tmp_path), "--no-plots"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

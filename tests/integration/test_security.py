@@ -229,7 +229,7 @@ def test_loadtest_reaches_a_tls_server_with_a_token(
     token = tmp_path / "token"
     token.write_text(INFER_TOKEN + "\n")
     common = ["--target", tls_server.address, "--tls-ca", str(pki.ca), "--quiet"]
-    short = ["--duration-s", "1", "--warmup-s", "0.3", "--out", str(tmp_path)]
+    short = ["--duration-s", "1", "--warmup-s", "0.3", "--out", str(tmp_path), "--no-plots"]
     # Closed loop and a stream, two workers: the options reach every process and every call.
     args = [*common, "--token-file", str(token), "--concurrency", "2", "--streams", "1", "--fps", "20"]
     assert loadtest_main([*args, "--processes", "2", *short]) == 0
