@@ -24,8 +24,9 @@ from pydantic import ValidationError
 
 from server.models.config import ConfigError
 from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score_all
+from server.observability.sample_layout import LOAD_KEY
 from server.observability.sampling import load_reference
-from server.observability.sampling_writer import FILE_GLOB, LOAD_KEY
+from server.observability.sampling_writer import FILE_GLOB
 from server.settings import ServerSettings
 
 PLOTTED = 12  # series in the plot

@@ -31,6 +31,7 @@ from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
 from server.models.model_files import read_model_file
 from server.observability.drift import DriftMonitor
+from server.observability.sample_layout import stored_bytes
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
 
@@ -182,9 +183,11 @@ class ModelSampler:
             return
         self._credit -= self._denominator
         kept_inputs = inputs if self._with_inputs else None
-        nbytes = sum(a.nbytes for a in outputs.values())
+        # Real sizes: an object array's nbytes is 8 a BYTES value, so 1 MiB values had passed the
+        # queue's and the chunks' bounds as 8 bytes.
+        nbytes = sum(stored_bytes(a) for a in outputs.values())
         if kept_inputs is not None:
-            nbytes += sum(a.nbytes for a in kept_inputs.values())
+            nbytes += sum(stored_bytes(a) for a in kept_inputs.values())
         self.offered += 1
         if not self._writer.put(Sample(self, kept_inputs, outputs, time.time_ns(), nbytes)):
             self.dropped += 1
