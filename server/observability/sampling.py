@@ -14,6 +14,7 @@ scores for the metrics endpoint.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 import zipfile
@@ -41,6 +42,7 @@ MAX_REFERENCE_BYTES = 256 * 1024 * 1024
 # The ratio's denominator at most: every decimal of up to 12 places is exact, the credit stays a
 # small int.
 MAX_RATIO_DENOMINATOR = 10**12
+DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # sample_ratio's spelling
 OUTPUTS = "outputs"
 INPUTS_AND_OUTPUTS = "inputs_and_outputs"
 SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
@@ -86,10 +88,8 @@ def sample_policy(
     ratio = settings.sample_ratio
     if SAMPLE_RATIO in params:
         text = params[SAMPLE_RATIO].string_value
-        try:
-            ratio = float(text)
-        except ValueError:
-            ratio = -1.0
+        # A decimal number only: float() also took "0.1_0" (as 0.1), " 1", "inf".
+        ratio = float(text) if DECIMAL.fullmatch(text) else -1.0
         if not 0.0 <= ratio <= 1.0:  # also refuses nan
             raise ConfigError(
                 f"{source}: parameters '{SAMPLE_RATIO}' must be a number in [0, 1], got '{text}'"

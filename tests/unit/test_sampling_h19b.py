@@ -1,6 +1,7 @@
 """Sampling BYTES tensors: chunks the size of the bytes sent (fixed-width bytes had padded every
 value to the widest of the chunk, 100-600x), sizes counted by the values' bytes, and samples not
-written at a forced shutdown counted lost."""
+written at a forced shutdown counted lost. And malformed `sample_ratio` / `drift --load` values
+refused."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from typing import IO
 import numpy as np
 import pytest
 
+from protos import model_config_pb2 as mc
+from server.cli import main
+from server.models.config import ConfigError
 from server.observability.drift import DriftMonitor
 from server.observability.sample_layout import AnyArray, bytes_tensor, stored_bytes
-from server.observability.sampling import ModelSampler, SamplePolicy
+from server.observability.sampling import ModelSampler, SamplePolicy, sample_policy
 from server.observability.sampling_writer import Sample, SampleWriter, save_npz
+from server.settings import ServerSettings
 
 KIB = 1024
 BIG = 64 * KIB
@@ -191,3 +196,35 @@ def test_samples_not_written_when_close_gives_up_are_counted_lost(
     assert not writer._thread.is_alive()
     assert list((tmp_path / "b" / "1").glob("*samples-*")) == []
     assert (source.lost_count, source.written) == (3, 0)
+
+
+@pytest.mark.parametrize("text", ["0.1_0", "1_0e-1", " 0.1", "0.1 ", "inf", "nan", "-0.1", "\u0661", ""])
+def test_a_malformed_sample_ratio_is_refused_naming_the_field(tmp_path: Path, text: str) -> None:
+    """float() had taken "0.1_0" as 0.1."""
+    config = mc.ModelConfig(name="b")
+    config.parameters["sample_ratio"].string_value = text
+    with pytest.raises(ConfigError, match=r"'sample_ratio' must be a number in \[0, 1\]"):
+        sample_policy(config, tmp_path, ServerSettings(cache_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("text", "ratio"), [("0.1", 0.1), ("1", 1.0), ("0", 0.0), (".5", 0.5), ("1e-1", 0.1)]
+)
+def test_a_decimal_sample_ratio_is_taken(tmp_path: Path, text: str, ratio: float) -> None:
+    config = mc.ModelConfig(name="b")
+    config.parameters["sample_ratio"].string_value = text
+    assert sample_policy(config, tmp_path, ServerSettings(cache_dir=tmp_path)).ratio == ratio
+
+
+@pytest.mark.parametrize("load", ["", "1_0", " 7", "-3", "latest"])
+def test_a_bad_drift_load_is_a_usage_error(
+    tmp_path: Path, load: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--load ""` had been taken as newest, and a bad id exited 1, like a folder without samples."""
+    with pytest.raises(SystemExit) as exited:
+        main(["drift", "b", "--sample-dir", str(tmp_path), "--load", load])
+    assert exited.value.code == 2
+    assert "--load: must be 'newest', 'all' or a load's id" in capsys.readouterr().err
+    # The words and an id are taken: here there are no samples, which exits 1.
+    for good in ("newest", "all", "12"):
+        assert main(["drift", "b", "--sample-dir", str(tmp_path), "--load", good]) == 1
