@@ -387,7 +387,8 @@ def pick_version(slices: Slices, sticky_key: str, request: RoutedRequest, draw: 
 
 
 def routing_key(request: RoutedRequest, sticky_key: str) -> str:
-    """The request's routing key: its `sticky_key` parameter (a string or an integer), else its id."""
+    """The request's routing key: its `sticky_key` parameter (a string or an integer), else (absent
+    or the empty string) its id; "" when it has neither (routed at random)."""
     if sticky_key:
         param = request.parameters.get(sticky_key)
         if param is not None:
@@ -397,5 +398,7 @@ def routing_key(request: RoutedRequest, sticky_key: str) -> str:
                     f"parameter '{sticky_key}' (the model's traffic_sticky_key) must be a string or "
                     f"an integer, got {kind or 'nothing'}"
                 )
-            return str(getattr(param, kind))
+            key = str(getattr(param, kind))
+            if key:  # an empty key is no key: it had routed at random, ignoring the id
+                return key
     return request.id

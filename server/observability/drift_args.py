@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from typing import Any
+
+LOAD_WORDS = ("newest", "all")
+
+
+def load_choice(text: str) -> str:
+    """`--load`'s value: 'newest', 'all' or a load's id (digits); a usage error (exit 2) otherwise
+    ("" had been taken as newest, and a bad id exited 1 like a folder without samples)."""
+    if text in LOAD_WORDS or re.fullmatch(r"[0-9]+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be 'newest', 'all' or a load's id (digits), got '{text}'")
 
 
 def add_drift_parser(commands: Any) -> None:
@@ -14,6 +26,7 @@ def add_drift_parser(commands: Any) -> None:
     drift.add_argument("--cache-dir", help="the server's cache_dir (default ~/.cache/sluiceway)")
     drift.add_argument(
         "--load",
+        type=load_choice,
         help="which load of the version: 'newest' (default: a reload starts a new reference), 'all', "
         "or a load's id",
     )

@@ -12,6 +12,7 @@ per series and writes a PNG of the series that drifted most (matplotlib, from th
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import zipfile
 from datetime import datetime, timezone
@@ -24,8 +25,9 @@ from pydantic import ValidationError
 
 from server.models.config import ConfigError
 from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score_all
+from server.observability.sample_layout import LOAD_KEY
 from server.observability.sampling import load_reference
-from server.observability.sampling_writer import FILE_GLOB, LOAD_KEY
+from server.observability.sampling_writer import FILE_GLOB
 from server.settings import ServerSettings
 
 PLOTTED = 12  # series in the plot
@@ -120,10 +122,9 @@ def files_of_load(directory: Path, load: str) -> tuple[list[Path], str]:
     if load == NEWEST:
         chosen = loads[-1] if loads else UNKNOWN_LOAD
     else:
-        try:
-            chosen = int(load)
-        except ValueError:
-            raise DriftError(f"--load must be '{NEWEST}', '{ALL}' or a load's id, got '{load}'") from None
+        if not re.fullmatch(r"[0-9]+", load):  # int() also took "1_0", " 7", "-3"
+            raise DriftError(f"--load must be '{NEWEST}', '{ALL}' or a load's id, got '{load}'")
+        chosen = int(load)
         if chosen not in loads:
             found_ids = _ids(loads) or "none"
             raise DriftError(f"{directory}: no samples of load {chosen}; loads found: {found_ids}")

@@ -14,6 +14,7 @@ scores for the metrics endpoint.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 import zipfile
@@ -31,6 +32,7 @@ from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
 from server.models.model_files import read_model_file
 from server.observability.drift import DriftMonitor
+from server.observability.sample_layout import stored_bytes
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
 
@@ -40,6 +42,7 @@ MAX_REFERENCE_BYTES = 256 * 1024 * 1024
 # The ratio's denominator at most: every decimal of up to 12 places is exact, the credit stays a
 # small int.
 MAX_RATIO_DENOMINATOR = 10**12
+DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # sample_ratio's spelling
 OUTPUTS = "outputs"
 INPUTS_AND_OUTPUTS = "inputs_and_outputs"
 SAMPLE_WHATS = (OUTPUTS, INPUTS_AND_OUTPUTS)
@@ -85,10 +88,8 @@ def sample_policy(
     ratio = settings.sample_ratio
     if SAMPLE_RATIO in params:
         text = params[SAMPLE_RATIO].string_value
-        try:
-            ratio = float(text)
-        except ValueError:
-            ratio = -1.0
+        # A decimal number only: float() also took "0.1_0" (as 0.1), " 1", "inf".
+        ratio = float(text) if DECIMAL.fullmatch(text) else -1.0
         if not 0.0 <= ratio <= 1.0:  # also refuses nan
             raise ConfigError(
                 f"{source}: parameters '{SAMPLE_RATIO}' must be a number in [0, 1], got '{text}'"
@@ -182,9 +183,11 @@ class ModelSampler:
             return
         self._credit -= self._denominator
         kept_inputs = inputs if self._with_inputs else None
-        nbytes = sum(a.nbytes for a in outputs.values())
+        # Real sizes: an object array's nbytes is 8 a BYTES value, so 1 MiB values had passed the
+        # queue's and the chunks' bounds as 8 bytes.
+        nbytes = sum(stored_bytes(a) for a in outputs.values())
         if kept_inputs is not None:
-            nbytes += sum(a.nbytes for a in kept_inputs.values())
+            nbytes += sum(stored_bytes(a) for a in kept_inputs.values())
         self.offered += 1
         if not self._writer.put(Sample(self, kept_inputs, outputs, time.time_ns(), nbytes)):
             self.dropped += 1

@@ -5,11 +5,11 @@ bytes: the caller counts a drop). The thread feeds each sample to its model's dr
 writes the samples of one model version, in arrival order, as one `.npz` chunk under
 `<root>/<model>/<version>/samples-<time_ns>-<pid>-<seq>.npz` (written to a temporary name, then
 renamed), with the id of the load that sampled them (`load_ns`: a reload of the version starts a
-new drift reference, and its files are told apart from the earlier load's). BYTES tensors are
-kept as fixed-width bytes plus each value's length (`len:in:<name>`), since numpy's fixed-width
-bytes drop trailing NULs. The chunks under `root` are kept within `max_bytes`: the oldest are removed first
-(chunks left by an earlier run are counted when the thread starts). Tensor contents never reach
-the logs.
+new drift reference, and its files are told apart from the earlier load's); sample_layout.py
+says what a chunk holds (BYTES unpadded, with their lengths). The chunks under `root` are kept
+within `max_bytes`: the oldest are removed first (chunks left by an earlier run are counted when
+the thread starts). Samples the thread has not written when `close` gives up are counted lost.
+Tensor contents never reach the logs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from server.observability.drift import DriftMonitor, numeric
+from server.observability.sample_layout import LOAD_KEY as LOAD_KEY  # re-exported: readers had it here
+from server.observability.sample_layout import chunk_arrays, layout
+from server.observability.sample_layout import exact_bytes as exact_bytes  # the earlier layout's reader
 from server.pids import named_pid, pid_alive
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,6 @@ log = logging.getLogger(__name__)
 AnyArray = npt.NDArray[np.generic]
 SaveFn = Callable[[IO[bytes], Mapping[str, AnyArray]], None]
 FILE_GLOB = "samples-*.npz"
-LENGTHS = "len:"  # + "in:<name>" / "out:<name>": each BYTES value's length in bytes
-LOAD_KEY = "load_ns"  # the id of the load that sampled a chunk (absent in files before it)
 CHUNK_AGE_S = 10.0  # an open chunk is written at most this long after its first sample
 CHUNK_MAX_BYTES = 4 * 1024 * 1024
 
@@ -64,7 +65,11 @@ class Sample:
     inputs: Mapping[str, AnyArray] | None  # None: outputs only
     outputs: Mapping[str, AnyArray]
     time_ns: int
-    nbytes: int
+    nbytes: int  # its size in a chunk (sample_layout.stored_bytes): the queue's and chunks' bounds
+
+
+class _Abandoned(Exception):
+    """close() gave up on the thread: what it writes now is counted lost already."""
 
 
 def save_npz(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
@@ -119,12 +124,19 @@ class SampleWriter:
         self._items: deque[Sample] = deque()
         self._queued_bytes = 0
         self._pending = 0  # put but not yet in a file (or failed)
+        # The same per source: what close() counts lost when the thread does not finish in time
+        # (the process exits, a daemon thread dies mid-write: those samples had moved no counter).
+        self._pending_of: dict[int, tuple[SampleSource, int]] = {}
         self._closing = False
         self._flushing = False
         self._cond = threading.Condition()
         # The thread's own: per source, samples waiting to be written as one chunk, since when.
         self._open: dict[int, _Chunk] = {}
-        self._done = 0  # samples the thread wrote (or failed) since it last settled _pending
+        # Held to count a chunk (written or lost) and to give up on the thread: never both (the
+        # thread and close() take it, never the event loop).
+        self._commit = threading.Lock()
+        self._abandoned = False
+        self._writing: Path | None = None  # the temporary file being written
         self._files = _Files()
         self._seq = 0
         self.stats = WriterStats()
@@ -134,17 +146,21 @@ class SampleWriter:
     # -- the event loop's side ---------------------------------------------------------------
 
     def put(self, sample: Sample) -> bool:
-        """Queue a sample; False (never blocking) when the queue is full or closed."""
+        """Queue a sample; False (never blocking) when the queue is full or closed, or the sample
+        is larger than every chunk kept (it would be removed as soon as written)."""
         with self._cond:
             if (
                 self._closing
                 or len(self._items) >= self._queue_size
                 or self._queued_bytes + sample.nbytes > self._queue_bytes
+                or sample.nbytes > self.max_bytes
             ):
                 return False
             self._items.append(sample)
             self._queued_bytes += sample.nbytes
             self._pending += 1
+            key = id(sample.source)
+            self._pending_of[key] = (sample.source, self._pending_of.get(key, (sample.source, 0))[1] + 1)
             self._cond.notify_all()
             return True
 
@@ -156,11 +172,37 @@ class SampleWriter:
             return self._cond.wait_for(lambda: self._pending == 0, timeout_s)
 
     def close(self, timeout_s: float) -> None:
-        """Write what is queued (within the timeout), then stop the thread."""
+        """Write what is queued (within the timeout), then stop the thread; what it has not
+        written by then is counted lost, and the file it is writing removed."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._abandon(timeout_s)
+
+    def _abandon(self, timeout_s: float) -> None:
+        # The process exits next, killing the daemon thread mid-write: a 394 MB .tmp had been left
+        # and the samples counted nowhere.
+        with self._commit:
+            self._abandoned = True
+            writing = self._writing
+            with self._cond:
+                left = list(self._pending_of.values())
+                self._pending_of.clear()
+                self._pending = 0
+                self._items.clear()
+                self._queued_bytes = 0
+                self._cond.notify_all()
+            for source, count in left:
+                source.lost(count)
+        if writing is not None:
+            writing.unlink(missing_ok=True)
+        lost = sum(count for _, count in left)
+        if lost:
+            log.error(
+                "%d sampled requests not written within %.1f s of shutdown: counted lost", lost, timeout_s
+            )
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -182,8 +224,6 @@ class SampleWriter:
                 self._collect(sample)
             self._write_due(force)
             with self._cond:
-                self._pending -= self._done
-                self._done = 0
                 if force:
                     self._flushing = False
                 self._cond.notify_all()
@@ -207,7 +247,7 @@ class SampleWriter:
             log.exception("drift monitor of %s failed", sample.source.directory)
         key = id(sample.source)
         chunk = self._open.get(key)
-        if chunk is not None and _layout(sample) != _layout(chunk.samples[0]):
+        if chunk is not None and layout(sample) != layout(chunk.samples[0]):
             self._write_chunk(self._open.pop(key).samples)
             chunk = None
         if chunk is None:
@@ -225,40 +265,78 @@ class SampleWriter:
                 self._write_chunk(chunk.samples)
 
     def _write_chunk(self, run: list[Sample]) -> None:
+        if self._abandoned:  # close() counted these lost
+            return
         try:
             self._write_run(run)
+        except _Abandoned:
+            return
         except OSError as err:  # disk full, permissions: count, one line without contents, go on
             self.stats.write_errors += 1
-            run[0].source.lost(len(run))  # on /metrics: 5,000 lost samples had moved no counter
             # One line: each failed chunk on a full disk had logged a 40-50 line traceback.
             log.error("writing %d samples under %s failed: %s", len(run), self.root, err.strerror or err)
+            self._settle(run, written=False)  # on /metrics: 5,000 lost samples had moved no counter
+            return
         except Exception:  # a bug: the traceback says where
             self.stats.write_errors += 1
-            run[0].source.lost(len(run))
             log.exception("writing %d samples under %s failed", len(run), self.root)
-        self._done += len(run)
+            self._settle(run, written=False)
+            return
+
+    def _settle(self, run: list[Sample], written: bool) -> None:
+        """Count a chunk written or lost, unless close() gave up and counted it lost already."""
+        with self._commit:
+            if not self._abandoned:
+                self._count(run, written)
+
+    def _count(self, run: list[Sample], written: bool) -> None:
+        """_settle's work, with _commit held."""
+        source = run[0].source
+        if written:
+            self.stats.samples_written += len(run)
+            source.wrote(len(run))
+        else:
+            source.lost(len(run))
+        with self._cond:
+            self._pending -= len(run)
+            key = id(source)
+            left = self._pending_of[key][1] - len(run)
+            if left:
+                self._pending_of[key] = (source, left)
+            else:
+                del self._pending_of[key]
+            self._cond.notify_all()
 
     def _write_run(self, run: list[Sample]) -> None:
         source = run[0].source
-        arrays = _chunk_arrays(run)
+        arrays = chunk_arrays(run, source.load_ns)
         directory = self.root / source.directory
         directory.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         name = f"samples-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.npz"
         temporary = directory / f".{name}.tmp"
         try:
+            with self._commit:
+                if self._abandoned:
+                    raise _Abandoned
+                self._writing = temporary
             with open(temporary, "wb") as file:
                 self._save(file, arrays)
-            os.replace(temporary, directory / name)
+                file.flush()
+                size = os.fstat(file.fileno()).st_size
+            with self._commit:  # close() removes the temporary file once it gives up
+                if self._abandoned:
+                    raise _Abandoned
+                os.replace(temporary, directory / name)
+                self._writing = None
+                self.stats.files_written += 1
+                self._add_file(directory / name, size)  # before flush() returns: the bound kept
+                self._count(run, written=True)  # with the rename: never also counted lost
         except BaseException:
             # A partial file left behind filled a small disk for good (outside the bytes bound).
             temporary.unlink(missing_ok=True)
+            self._writing = None
             raise
-        size = (directory / name).stat().st_size
-        self.stats.files_written += 1
-        self.stats.samples_written += len(run)
-        source.wrote(len(run))
-        self._add_file(directory / name, size)
 
     def _add_file(self, path: Path, size: int) -> None:
         files = self._files
@@ -288,72 +366,3 @@ def _writer_alive(partial_name: str) -> bool:
     worker writing it now), so its file is left alone."""
     pid = named_pid(partial_name, 2)
     return pid is not None and pid_alive(pid)
-
-
-def _layout(sample: Sample) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    def one(prefix: str, tensors: Mapping[str, AnyArray]) -> list[tuple[str, str, tuple[int, ...]]]:
-        return [
-            (prefix + name, "S" if a.dtype.kind in "OS" else a.dtype.str, a.shape[1:])
-            for name, a in tensors.items()
-        ]
-
-    return tuple(one("in:", sample.inputs or {}) + one("out:", sample.outputs))
-
-
-def _chunk_arrays(run: list[Sample]) -> dict[str, AnyArray]:
-    """Every tensor's rows of the run concatenated (BYTES: and their lengths), plus each sample's
-    rows and time, and the load that sampled them (one source: one load)."""
-    arrays: dict[str, AnyArray] = {}
-    first = run[0]
-    for prefix, tensors in (("in:", first.inputs or {}), ("out:", first.outputs)):
-        for name in tensors:
-            parts = [_at_least_1d(((s.inputs or {}) if prefix == "in:" else s.outputs)[name]) for s in run]
-            if parts[0].dtype.kind in "OS":
-                arrays[LENGTHS + prefix + name] = _joined([_lengths(part) for part in parts])
-                parts = [_fixed_width(part) for part in parts]
-            arrays[prefix + name] = _joined(parts)
-    arrays["rows"] = np.array([_rows(s) for s in run], dtype=np.int64)
-    arrays["time_ns"] = np.array([s.time_ns for s in run], dtype=np.int64)
-    arrays[LOAD_KEY] = np.array([first.source.load_ns], dtype=np.int64)
-    return arrays
-
-
-def _joined(parts: list[AnyArray]) -> AnyArray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _rows(sample: Sample) -> int:
-    for array in sample.outputs.values():
-        return int(array.shape[0]) if array.ndim else 1
-    return 0
-
-
-def _at_least_1d(array: AnyArray) -> AnyArray:
-    return array.reshape(1) if array.ndim == 0 else array
-
-
-def _fixed_width(array: AnyArray) -> AnyArray:
-    """BYTES as fixed-width bytes, loadable without pickle (trailing NULs dropped: see _lengths)."""
-    if array.dtype.kind == "S":
-        return array
-    return np.asarray(array.tolist(), dtype=np.bytes_).reshape(array.shape)
-
-
-def _lengths(array: AnyArray) -> AnyArray:
-    """Each BYTES value's length: what a fixed-width value read back lacks is trailing NULs, so
-    this restores it exactly (b"ab\\0" had read back as b"ab", b"\\0\\0" as b"")."""
-    if array.dtype.kind == "S":  # already fixed-width: its own trailing NULs are gone
-        return np.char.str_len(array).astype(np.int64)
-    lengths = [len(value) for value in array.reshape(-1).tolist()]
-    return np.array(lengths, dtype=np.int64).reshape(array.shape)
-
-
-def exact_bytes(values: AnyArray, lengths: AnyArray) -> AnyArray:
-    """A sample file's BYTES tensor as sent: `values` (`in:<name>`) padded back with the NULs numpy
-    dropped, to `lengths` (`len:in:<name>`); an object array of bytes."""
-    out = np.empty(values.shape, dtype=object)
-    out.reshape(-1)[:] = [
-        bytes(value).ljust(int(length), b"\0")
-        for value, length in zip(values.reshape(-1), lengths.reshape(-1), strict=True)
-    ]
-    return out

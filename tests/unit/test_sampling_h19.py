@@ -13,8 +13,9 @@ import pytest
 from protos import model_config_pb2 as mc
 from server.observability.drift import DriftMonitor
 from server.observability.drift_cli import ALL, files_of_load, monitor_from_files
+from server.observability.sample_layout import bytes_tensor
 from server.observability.sampling import ModelSampler, SamplingRegistry, sample_policy
-from server.observability.sampling_writer import LOAD_KEY, Sample, SampleWriter, exact_bytes
+from server.observability.sampling_writer import LOAD_KEY, Sample, SampleWriter
 from server.settings import ServerSettings
 
 
@@ -98,9 +99,9 @@ def test_bytes_values_round_trip_exactly_with_their_nul_bytes(tmp_path: Path) ->
     writer.close(30)
     (path,) = (tmp_path / "m" / "1").glob("samples-*.npz")
     with np.load(path) as data:  # no pickle
-        sent_in = exact_bytes(data["in:s"], data["len:in:s"])
-        sent_out = exact_bytes(data["out:o_s"], data["len:out:o_s"])
-        assert data["in:s"].dtype.kind == "S" and data["len:in:s"].shape == (8, 1)
+        sent_in = bytes_tensor(data, "in:s")
+        sent_out = bytes_tensor(data, "out:o_s")
+        assert data["bytes:in:s"].dtype == np.uint8 and data["len:in:s"].shape == (8, 1)
     assert sent_in[:, 0].tolist() == first + second
     assert sent_out[:, 0].tolist() == first[::-1] + second[::-1]
     # Drift still skips BYTES, and the lengths are no series of their own.
@@ -126,6 +127,7 @@ def test_the_chunks_of_two_loads_are_told_apart_and_the_cli_scores_the_newest(tm
         sample_what="inputs_and_outputs",
         drift_reference_samples=ROWS,
         drift_window_samples=ROWS,
+        sample_queue_size=4 * ROWS * 2,  # every sample queued: 1024 had dropped some on a busy machine
     )
     registry = SamplingRegistry(settings)
     policy = sample_policy(mc.ModelConfig(name="m"), tmp_path, settings)
