@@ -206,9 +206,10 @@ class IdentityBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_blocking, inputs)
 
-    def run_blocking(self, inputs: Tensors) -> dict[str, Array]:
+    def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
         """One batch on the calling thread: each output a copy of its input (a request's input may
-        be a view of its message or of a shared-memory region, which the answer may outlive)."""
+        be a view of its message or of a shared-memory region, which the answer may outlive).
+        `log_failure`: as OrtBackend's (it logs nothing itself)."""
         if self._delay_s > 0:
             self._released.wait(self._delay_s)
         if self._reshape is not None:

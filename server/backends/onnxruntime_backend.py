@@ -313,8 +313,10 @@ class OrtBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_blocking, inputs)
 
-    def run_blocking(self, inputs: Tensors) -> dict[str, Array]:
-        """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL)."""
+    def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
+        """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL).
+        `log_failure`: log onnxruntime's failure as a failed batch's (not for a load's zero run,
+        server/models/first_run.py, which logs its own line)."""
         if self._reshape is not None:
             inputs = self._reshape.to_model(inputs)
         feed = {
@@ -334,7 +336,7 @@ class OrtBackend:
         except Exception as err:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise
-            raise run_failure(self._name, err) from err
+            raise run_failure(self._name, err, log_it=log_failure) from err
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results, strict=True)

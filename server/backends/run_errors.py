@@ -24,13 +24,16 @@ def is_onnxruntime_error(err: BaseException) -> bool:
     return type(err).__module__.startswith("onnxruntime")
 
 
-def run_failure(model: str, err: Exception) -> ModelRefusedInput | ModelRunFailed:
-    """The exception every request of a batch whose run raised `err` (onnxruntime's) is answered with."""
+def run_failure(model: str, err: Exception, log_it: bool = True) -> ModelRefusedInput | ModelRunFailed:
+    """The exception every request of a batch whose run raised `err` (onnxruntime's) is answered
+    with; logged unless not `log_it` (a run that is no batch, whose caller logs it its own way)."""
     text = " ".join(_PREFIX.sub("", str(err)).split()) or type(err).__name__
     if len(text) > MESSAGE_MAX_CHARS:
         text = text[:MESSAGE_MAX_CHARS] + "..."
     if type(err).__name__ == "InvalidArgument":
-        log.warning("model %s: onnxruntime refused a batch's inputs: %s", model, text)
+        if log_it:
+            log.warning("model %s: onnxruntime refused a batch's inputs: %s", model, text)
         return ModelRefusedInput(f"onnxruntime refused the inputs of model '{model}': {text}")
-    log.error("model %s: onnxruntime failed a batch (%s): %s", model, type(err).__name__, text)
+    if log_it:
+        log.error("model %s: onnxruntime failed a batch (%s): %s", model, type(err).__name__, text)
     return ModelRunFailed(f"onnxruntime failed the run of model '{model}': {text}")

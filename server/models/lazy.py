@@ -288,14 +288,15 @@ class ModelLoads:
 
     async def _judge_steps(self, name: str, config: mc.ModelConfig, within: frozenset[str]) -> None:
         """Before any step of ensemble `name` loads: refused OUTGROWS_MEMORY_BUDGET when its steps
-        can never fit together (its first step had loaded, evicting idle models, before its second
-        showed it; server/models/ensemble_budget.py)."""
+        can never fit together, RESOURCE_EXHAUSTED when not beside the models never evicted (its
+        first step had loaded, evicting idle models, before its second showed it;
+        server/models/ensemble_budget.py)."""
         steps = [s for s in step_models(config) if s not in within]
         if not any(self._dormant(s) for s in steps):
             return
         try:
             await judge_steps(sorted(within | {name}), steps, self.budget, self._root, self._dormant)
-        except OutgrowsMemoryBudget:
+        except MemoryBudgetExceeded:  # OUTGROWS, or not beside the models never evicted
             self.stats.refused += 1
             raise
 

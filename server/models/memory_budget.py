@@ -227,14 +227,45 @@ def steps_together(
     total, limit = sum(size for _, size, _ in steps), budget.limit_bytes
     if limit <= 0 or total <= limit:
         return None
+    return (
+        f"{_together(ensembles, steps)}, more than the whole memory budget: model_memory_budget_mb "
+        f"is {limit / MIB:g} ({limit} bytes; set by --model-memory-budget-mb or "
+        "SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+    )
+
+
+def steps_beside_fixed(
+    ensembles: list[str], steps: list[tuple[str, int, str]], budget: MemoryBudget
+) -> str | None:
+    """Why the load of `ensembles` is refused now, retryably: their step models (as in
+    `steps_together`) fit the whole budget, but not beside the models never evicted (not lazy, or
+    pinned; resident, and not among the steps), so no eviction could make room while those stay
+    (an operator may unload one). None when they fit beside them. Models with requests in flight
+    are not counted: they may be idle by the time a step needs room."""
+    limit, names = budget.limit_bytes, {step for step, _, _ in steps}
+    fixed = sorted(
+        (r for r in budget.residents() if r.pinned and r.bytes > 0 and r.name not in names),
+        key=lambda r: r.name,
+    )
+    total, held = sum(size for _, size, _ in steps), sum(r.bytes for r in fixed)
+    if limit <= 0 or not fixed or total + held <= limit:
+        return None
+    listed = ", ".join(f"'{r.name}' {r.bytes / MIB:.1f} MiB" for r in fixed)
+    return (
+        f"{_together(ensembles, steps)}: model_memory_budget_mb ({limit / MIB:g}) has "
+        f"{max(limit - held, 0) / MIB:.1f} MiB beside the models never evicted ({listed}: not lazy, "
+        "or pinned); unload one of them or raise the budget"
+    )
+
+
+def _together(ensembles: list[str], steps: list[tuple[str, int, str]]) -> str:
+    total = sum(size for _, size, _ in steps)
     figures = [_step_figure(step, size, basis) for step, size, basis in steps]
     listed = figures[0] if len(figures) == 1 else f"{', '.join(figures[:-1])} and {figures[-1]}"
     names = ", ".join(f"'{e}'" for e in ensembles)
     return (
         f"loading ensemble{'s' if len(ensembles) > 1 else ''} {names} needs its step models loaded "
-        f"together: {listed}, {total} bytes (about {total / MIB:.1f} MiB) in all, more than the whole "
-        f"memory budget: model_memory_budget_mb is {limit / MIB:g} ({limit} bytes; set by "
-        "--model-memory-budget-mb or SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
+        f"together: {listed}, {total} bytes (about {total / MIB:.1f} MiB) in all"
     )
 
 

@@ -33,7 +33,7 @@ from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, Resolve
 from server.models.ensemble_admission import admission_batcher
 from server.models.ensemble_config import Step, plan_ensemble
-from server.models.first_run import first_run
+from server.models.first_run import first_run, first_run_limit
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
@@ -95,9 +95,17 @@ async def load_version(
             await warm_up(config, sessions, source.directory, settings.max_message_bytes, seq_model)
         except Exception as exc:
             raise ConfigError(f"{source_file}: model_warmup failed: {exc}") from exc
-        # Without model_warmup: one row of zeros, so the load's footprint holds each session's arena
-        # chunk, allocated at its first run (it fell into the next load's measure).
-        await first_run(config, sessions, settings.max_message_bytes, seq_model)
+        if settings.model_memory_budget_mb > 0:
+            # Without model_warmup: one row of zeros, so the load's footprint holds each session's
+            # arena chunk, allocated at its first run (it fell into the next load's measure). Only
+            # under a budget, the one reader of footprints: a zero input may take a slow or costly
+            # path real inputs never do. Bounded by the model's run timeout (first_run.py).
+            async def renew(index: int) -> Session:
+                return await asyncio.to_thread(factory.session, plan.providers_of(plan.slots[index]), index)
+
+            limit_s = first_run_limit(run_timeout_s)
+            max_bytes = settings.max_message_bytes
+            await first_run(config, sessions, max_bytes, seq_model, renew=renew, limit_s=limit_s)
     except BaseException:
         for session in sessions:
             session.close()

@@ -61,4 +61,7 @@ async def test_steps_that_fit_together_but_not_now_are_refused_for_a_while_namin
     with pytest.raises(MemoryBudgetExceeded) as refused:
         await loads.ready("ens", 30.0)
     assert not isinstance(refused.value, OutgrowsMemoryBudget)
-    assert str(refused.value).startswith("loading ensemble ens: loading model 'add_one' needs about")
+    # Refused before add_one loads (test_budget_h19b_ensemble_fixed.py): it had said "loading
+    # ensemble ens: loading model 'add_one' needs about ..." after loading nothing but failing there.
+    assert str(refused.value).startswith("loading ensemble 'ens' needs its step models loaded together")
+    assert "beside the models never evicted ('pinned'" in str(refused.value)

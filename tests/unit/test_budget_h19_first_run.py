@@ -70,10 +70,10 @@ async def loaded_mlp(tmp_path: Path) -> AsyncIterator[tuple[ModelManager, ModelL
     assert "model_warmup" not in text
     write_model(tmp_path / "repo", "a", mlp / "1" / "model.onnx", text)
     (tmp_path / "cache").mkdir()
-    manager = ModelManager(
-        tmp_path / "repo", ServerSettings(cache_dir=tmp_path / "cache", metrics=False), lambda n, r: None
-    )
-    loads = ModelLoads(manager, tmp_path / "repo", 0)
+    # The zero run is made under a memory budget only (test_budget_h19b_first_run.py).
+    settings = ServerSettings(cache_dir=tmp_path / "cache", metrics=False, model_memory_budget_mb=100)
+    manager = ModelManager(tmp_path / "repo", settings, lambda n, r: None)
+    loads = ModelLoads(manager, tmp_path / "repo", 100 * MIB)
     manager.on_demand = loads
     try:
         loads.register_lazy("a")
