@@ -6,6 +6,7 @@ refused OUTGROWS_MEMORY_BUDGET before its first step loads. That had been found 
 second step's load did not fit, after the first had loaded, evicting idle models for it. Likewise,
 when they fit the budget but not beside the models never evicted (not lazy, or pinned) the load is
 refused at once, retryably (an operator may unload one): it had loaded and evicted on every retry.
+The steps are judged again after each step's load, by what it measured (server/models/lazy.py).
 """
 
 from __future__ import annotations

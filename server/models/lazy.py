@@ -209,8 +209,13 @@ class ModelLoads:
         # Until its load ends, a model and the models its steps use (an ensemble's) are not evicted:
         # the load of an ensemble's second step evicted its first, and the ensemble's load failed.
         steps = source.config.ensemble_scheduling.step if is_ensemble(source.config) else ()
-        with self._guard.hold([name, *(s.model_name for s in steps)]):
-            await self._load_held(name, source, keep_unchanged, within)
+        try:
+            with self._guard.hold([name, *(s.model_name for s in steps)]):
+                await self._load_held(name, source, keep_unchanged, within)
+        except Exception:  # steps loaded for a refused ensemble are idle now: back within the budget
+            if steps:  # (they had stayed loaded over it, 2.3 of 2 MiB, until another model's load)
+                await self._make_room(name, 0, loaded=True)
+            raise
 
     async def _load_held(
         self, name: str, source: ModelSource, keep_unchanged: bool, within: frozenset[str]
@@ -229,6 +234,7 @@ class ModelLoads:
                 if step not in within and self._manager.entry(step).dormant:
                     log.info("model %s: loading its step model %s first (lazy_load)", name, step)
                     await self._load(step, None, within=within | {name})
+                    await self._judge_steps(name, source.config, within)  # by what it measured
             if self._manager.entry(name).state == READY and not keep_unchanged:
                 self._lazy.add(name)  # loaded with its steps (EnsembleDependents.load_waiting)
                 return
@@ -252,8 +258,8 @@ class ModelLoads:
         if remeasure:
             log.info("model %s measured %.1f MiB, over the budget: loading it to measure again",
                      name, need / MIB)  # fmt: skip
-        try:
-            await self._make_room(name, need, best_effort=reload or remeasure, basis=basis)
+        try:  # an ensemble (0 bytes; its steps judged above) is never refused for room it does not take
+            await self._make_room(name, need, best_effort=reload or remeasure or ensemble, basis=basis)
         except MemoryBudgetExceeded as exc:
             # Loading an ensemble's step: it says so, and whether its steps could ever fit together.
             ensembles = sorted(within)
@@ -287,13 +293,11 @@ class ModelLoads:
         await self._make_room(name, holds, loaded=True)
 
     async def _judge_steps(self, name: str, config: mc.ModelConfig, within: frozenset[str]) -> None:
-        """Before any step of ensemble `name` loads: refused OUTGROWS_MEMORY_BUDGET when its steps
-        can never fit together, RESOURCE_EXHAUSTED when not beside the models never evicted (its
-        first step had loaded, evicting idle models, before its second showed it;
-        server/models/ensemble_budget.py)."""
+        """Before any step of ensemble `name` loads, and after each step's load (measured bigger than
+        its files: it had been let through, and the ensemble refused "needs about 0.0 MiB"), even
+        when every step is loaded: refused OUTGROWS_MEMORY_BUDGET when its steps can never fit
+        together, RESOURCE_EXHAUSTED when not beside the models never evicted (ensemble_budget.py)."""
         steps = [s for s in step_models(config) if s not in within]
-        if not any(self._dormant(s) for s in steps):
-            return
         try:
             await judge_steps(sorted(within | {name}), steps, self.budget, self._root, self._dormant)
         except MemoryBudgetExceeded:  # OUTGROWS, or not beside the models never evicted
