@@ -26,6 +26,7 @@ from server.observability.metrics_reasons import DEADLINE_SLACK_S, record_cut, r
 from server.protocol.controls import Controls, parse_controls, try_parse_controls
 from server.protocol.declared import check_declared_by_any
 from server.protocol.infer_job import InferJob
+from server.protocol.load_order import Turn
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.validate import Signature
 
@@ -190,23 +191,50 @@ class RequestPath:
         remaining_s: float | None,
         claim: Claim | None = None,
         owner: object | None = None,
+        turn: Turn | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse]:
         """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim. The
         job comes back with the response: its version (`job.served`, the one serving it after a
-        reload too) is the one whose statistics counted the outcome (a stream notes them)."""
+        reload too) is the one whose statistics counted the outcome (a stream notes them). `turn`:
+        a stream frame's place behind its earlier frames of the model held for a load
+        (load_order.py): it reaches the batcher after them, and lets the next go once it has."""
         start_ns = time.perf_counter_ns()
-        demand = self._models.on_demand
-        point = None
-        if demand is not None and demand.needs_load(request.model_name):
-            sequences = self._models.sequences_before_load
-            remaining_s, point = await await_load(demand, sequences, request, remaining_s, self.regions)
-        job, response = self.start(request, remaining_s, start_ns, owner=owner, point=point)
+        try:
+            job, response = await self._start_in_turn(request, remaining_s, start_ns, owner, turn)
+        finally:
+            if turn is not None:  # reached the batcher's door, or failed: the next frame may go
+                turn.admitted()
         if response is not None:
             if claim is not None:
                 claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
             return job, response
         job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
+        # `finish` queues it before its first suspension: the next frame's turn resumes after that.
         return job, await self.finish(job, start_ns)
+
+    async def _start_in_turn(
+        self,
+        request: pb.ModelInferRequest,
+        remaining_s: float | None,
+        start_ns: int,
+        owner: object | None,
+        turn: Turn | None,
+    ) -> tuple[InferJob, pb.ModelInferResponse | None]:
+        """`start` the request once its lazy model is loaded and its turn (if any) has come."""
+        demand = self._models.on_demand
+        point = None
+        while True:
+            if demand is not None and demand.needs_load(request.model_name):
+                sequences = self._models.sequences_before_load
+                remaining_s, point = await await_load(demand, sequences, request, remaining_s, self.regions)
+            if turn is None or turn.came:
+                break
+            waited = time.monotonic()
+            await turn.wait()  # behind the stream's earlier frames of the model (load_order.py)
+            if remaining_s is not None:  # the time spent behind them counts too
+                remaining_s -= time.monotonic() - waited
+            # Then once more round: evicted meanwhile, it waits for the next load in its place.
+        return self.start(request, remaining_s, start_ns, owner=owner, point=point)
 
 
 def _evicted(models: ModelManager, job: InferJob) -> bool:

@@ -42,6 +42,7 @@ from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame
 from server.protocol.frame_size import Oversized, received_ceiling
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
+from server.protocol.load_order import LoadOrder, Turn
 from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath, counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
@@ -99,6 +100,7 @@ class StreamSession:
         self._pending: set[asyncio.Task[None]] = set()
         self._order = StreamOrder()  # request order per model version, where kept (stream_order.py)
         self._frames = LatestFrames()  # latest-frame-wins (server/protocol/latest_frame.py)
+        self._loads = LoadOrder()  # frames in read order per model across its load (load_order.py)
         self._reader: asyncio.Task[None] | None = None
         self._reading = False  # the reader waits for a slot or a message (safe to cancel)
         self._last_read = time.monotonic()
@@ -288,8 +290,13 @@ class StreamSession:
             return None
         after, done = self._order.place(served, claim is not None)
         job: InferJob | None = None
-        # Nothing earlier to wait for, and no lazy model to load first (its task waits for that).
-        if (after is None or after.is_set()) and not self._path.needs_load(request):
+        turn: Turn | None = None
+        name = request.model_name
+        if self._path.needs_load(request) or self._loads.waiting(name):
+            # Its lazy model loads first, or an earlier frame of it still waits for that: it
+            # reaches the batcher behind those (load_order.py); its task waits for both.
+            turn = self._loads.enter(name)
+        elif after is None or after.is_set():  # nothing earlier to wait for
             try:
                 job, now = self._path.start(request, self._left_s(), start_ns, served, self._sequences)
             except Exception as exc:
@@ -302,7 +309,7 @@ class StreamSession:
                 return job
             if claim is not None:  # the batcher withdraws the frame it supersedes once it is queued
                 job.claim = claim
-        task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim))
+        task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim, turn))
         self._pending.add(task)
         task.add_done_callback(self._task_done)
         return job
@@ -315,13 +322,15 @@ class StreamSession:
         after: asyncio.Event | None,
         done: asyncio.Event | None,
         claim: Claim | None = None,
+        turn: Turn | None = None,  # its place behind the frames of its model waiting for a load
     ) -> None:
         response: Response | None = None
         counted: ModelStats | None = None  # the statistics its outcome was counted in
         try:
             try:
                 if job is None:
-                    job, result = await self._path.serve(request, self._left_s(), claim, self._sequences)
+                    left = self._left_s()
+                    job, result = await self._path.serve(request, left, claim, self._sequences, turn)
                 else:
                     result = await self._path.finish(job, start_ns)
                 response = Response(infer_response=result)

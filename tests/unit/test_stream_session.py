@@ -102,6 +102,7 @@ class OrderedPath(InstantPath):
         remaining_s: float | None,
         claim: object,
         owner: object = None,
+        turn: object = None,  # always None here: no lazy model
     ) -> Any:
         job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
         return job, now if now is not None else await self.finish(job, 0)
