@@ -32,16 +32,15 @@ def _parser(only_serve: bool = False) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model repository (default: the demo models)")
     serve.add_argument("--model-repository", help="Triton-layout repository (default: built-in demo models)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8001; 0 picks a free one)")
+    serve.add_argument("--port", help="port to bind (default 8001; 0 picks a free one)")
     serve.add_argument("--cache-dir", help="where demo models are built (default ~/.cache/sluiceway)")
-    serve.add_argument("--max-queue-size", type=int, help="default queue bound per model")
-    serve.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    serve.add_argument("--max-queue-size", help="default queue bound per model")
+    serve.add_argument("--max-message-bytes", help="largest gRPC message (default 64 MiB)")
     serve.add_argument(
         "--response-cache-bytes",
-        type=int,
         help="response cache size for models that enable response_cache (default 64 MiB; 0: none)",
     )
-    serve.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads (0: its default)")
+    serve.add_argument("--intra-op-threads", help="onnxruntime intra-op threads (0: its default)")
     serve.add_argument("--execution-providers", help="comma-separated onnxruntime providers, in order")
     serve.add_argument(
         "--idle-dispatch",
@@ -54,7 +53,7 @@ def _parser(only_serve: bool = False) -> argparse.ArgumentParser:
         help="model loaded at start with --model-control-mode explicit (repeatable; '*': all)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    serve.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
+    serve.add_argument("--workers", help="server processes sharing the port (default 1)")
     _add_remaining_settings(serve)
     if only_serve:
         return parser
@@ -89,12 +88,9 @@ def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:
         if field.annotation is bool:
             serve.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
-            parse: type[int] | type[float] | type[str] = str  # pydantic converts the rest
-            if field.annotation is int:
-                parse = int
-            elif field.annotation is float:
-                parse = float
-            serve.add_argument(flag, type=parse, help=text)
+            # The text as given, numbers too: the settings check it and name the field (argparse's
+            # int() and float() had taken "0.1_0" as 0.1).
+            serve.add_argument(flag, help=text)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:

@@ -205,12 +205,15 @@ class ServerSettings(BaseSettings):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _not_empty(cls, value: object) -> object:
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
         # An empty flag or variable (a manifest's `value: ""`) had meant Path("") = the current
         # directory for paths (every folder served as a failed model) and grpc's raw error for a
         # host: every setting refuses it; unset it for the default.
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty (leave the flag or SLUICEWAY_* variable out for the default)")
+        # Python's and pydantic's number parsing take digit separators: "0.1_0" was 0.1, "1_0" 10.
+        if isinstance(value, str) and "_" in value and info.field_name in _NUMBERS:
+            raise ValueError(f"must be a plain number, without '_': got {value!r}")
         return value
 
     @field_validator("execution_providers", "load_model", mode="before")
@@ -323,6 +326,13 @@ class ServerSettings(BaseSettings):
         if path is not None:
             load_tokens(path)  # the server reads it again when it starts; this only checks it
         return path
+
+
+# The settings that are numbers (their text is checked before pydantic parses it).
+_NUMBER_TYPES = (int, float, int | None, float | None)
+_NUMBERS = frozenset(
+    name for name, field in ServerSettings.model_fields.items() if field.annotation in _NUMBER_TYPES
+)
 
 
 def parse_grpc_args(text: str) -> list[tuple[str, int]]:

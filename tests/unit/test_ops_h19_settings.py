@@ -41,6 +41,11 @@ EMPTY = "must not be empty"
         (("--execution-providers", ""), {}, "execution_providers", "no execution provider"),
         (("--execution-providers", " , "), {}, "execution_providers", "no execution provider"),
         ((), {"SLUICEWAY_EXECUTION_PROVIDERS": "[]"}, "execution_providers", "no execution provider"),
+        # Digit separators: argparse's float() and pydantic took "0.1_0" as 0.1, "1_0" as 10.
+        (("--sample-ratio", "0.1_0"), {}, "sample_ratio", "plain number"),
+        ((), {"SLUICEWAY_SAMPLE_RATIO": "0.1_0"}, "sample_ratio", "plain number"),
+        (("--port", "80_01"), {}, "port", "plain number"),
+        (("--max-queue-size", "1_000"), {}, "max_queue_size", "plain number"),
     ],
 )
 def test_a_careless_setting_exits_2_naming_it(
