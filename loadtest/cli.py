@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from loadtest import ending
 from loadtest.channels import add_arguments as add_security_arguments
 from loadtest.channels import security_from
 from loadtest.scenario import (
@@ -240,8 +241,8 @@ def _ms_or_dash(value: float | None) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loadtest.progress import Progress
     from loadtest.results import summarize
-    from loadtest.runner import RunRecord, run_scenario
-    from loadtest.start import START_MARGIN_S
+    from loadtest.runner import LoadWorkerFailed, RunRecord, run_scenario
+    from loadtest.start import START_MARGIN_S, TargetUnreachable
 
     with maybe_spawn(args) as spawned:
         address, metrics_url = (spawned.address, spawned.metrics_url) if spawned else (None, None)
@@ -259,13 +260,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             try:
                 records = run_scenario(scenario, progress.tick, on_record)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, LoadWorkerFailed, TargetUnreachable) as exc:
                 if not done:
                     raise
-                # Ctrl-C (or SIGTERM) after some steps: theirs are kept (every step had been lost).
+                # Ctrl-C (or SIGTERM), a worker that died, a target gone after some steps: theirs are
+                # kept (every step had been lost).
                 results = summarize(scenario, done, scenario.batch_size)
                 results["wall_s"] = round(time.monotonic() - started, 2)
                 results["interrupted"] = True
+                if not isinstance(exc, KeyboardInterrupt):
+                    results["stopped_by"] = _stopped_by(exc)
                 return results
         results = summarize(scenario, records, scenario.batch_size)
         results["wall_s"] = round(time.monotonic() - started, 2)
@@ -310,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sluiceway-loadtest: interrupted before any step was measured", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a load worker or the target gone before any step was measured
+        stopped = _stopped_by(exc)
+        print(f"sluiceway-loadtest: {stopped['message']}; no step was measured", file=sys.stderr)
+        return ending.exit_status({"stopped_by": stopped})
     except ValueError as exc:
         print(f"sluiceway-loadtest: {exc}", file=sys.stderr)
         return 2
@@ -328,10 +336,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for path in write_all(results, args.out, plots=not args.no_plots):
             print(f"wrote {path}", file=sys.stderr)
-    if results.get("interrupted"):
-        print("sluiceway-loadtest: interrupted; the steps measured before it are above", file=sys.stderr)
-        return 130
-    return 0
+    for line in ending.lines(results):
+        print(line, file=sys.stderr)
+    return ending.exit_status(results)
+
+
+def _stopped_by(exc: BaseException) -> dict[str, str]:
+    """results["stopped_by"] for a run a worker or the target ended; the worker's traceback, where
+    it sent one, goes to stderr."""
+    from loadtest.runner import LoadWorkerFailed
+    from loadtest.start import TargetUnreachable
+
+    if isinstance(exc, LoadWorkerFailed) and exc.detail:
+        print(exc.detail, file=sys.stderr)
+    kind = ending.TARGET_UNREACHABLE if isinstance(exc, TargetUnreachable) else ending.LOAD_WORKER
+    return ending.stopped_by(kind, str(exc))
 
 
 def _interrupted(signum: int, frame: object) -> None:

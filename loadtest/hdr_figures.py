@@ -1,14 +1,17 @@
 """An HdrHistogram's percentiles, mean and CDF read from its counts array with numpy.
 
-The same numbers as hdrh's own `get_value_at_percentile`, `get_mean_value` and recorded iterator
-(tests/unit/test_hdr_figures.py compares them), without their Python walk over all ~23,500
-counters of our 1 us .. 1 h histograms: hdrh took ~35-50 ms for each mean or CDF, ~0.25 s a results
-entry; this takes well under a millisecond.
+The same numbers as hdrh's own `get_mean_value` and recorded iterator (tests/unit/test_hdr_figures.py
+compares them), without their Python walk over all ~23,500 counters of our 1 us .. 1 h histograms:
+hdrh took ~35-50 ms for each mean or CDF, ~0.25 s a results entry; this takes well under a
+millisecond. Percentiles are the nearest rank (ceil), not hdrh's rank rounded half-up, which
+under-reported a tail: 11 of 1060 latencies at 90 ms (1.04%) had read p99 = 1 ms.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -58,9 +61,22 @@ def recorded(histogram: HdrHistogram) -> Recorded:
     )
 
 
+def nearest_rank(percentile: float, total: int) -> int:
+    """The 1-based rank of the `percentile` of `total` sorted values: ceil(p * total / 100), at least 1.
+
+    hdrh's get_target_count_at_percentile rounds half-up instead (int(p * total / 100 + 0.5)): the
+    rank below whenever the fraction is under .5, a smaller value than at least p% of the values
+    are. The percentile is taken as the decimal it is written as (99.9 is 999/10): in binary
+    floating point 99.9 * 1000 / 100 is a hair above 999, and ceil would make it 1000.
+    """
+    share = Fraction(repr(min(max(float(percentile), 0.0), 100.0)))
+    return max(1, math.ceil(share * total / 100))
+
+
 def value_at_percentile(histogram: HdrHistogram, seen: Recorded, percentile: float) -> int:
-    """hdrh's get_value_at_percentile: the first counter whose running count reaches the target."""
-    target = histogram.get_target_count_at_percentile(percentile)
+    """The value at the nearest rank: the first counter whose running count reaches it (its highest
+    equivalent value, or the lowest for percentile 0, as hdrh's get_value_at_percentile)."""
+    target = nearest_rank(percentile, seen.total)
     place = int(np.searchsorted(seen.cumulative, target, side="left"))
     if place == len(seen.cumulative):
         return 0

@@ -37,7 +37,7 @@ from loadtest.proc import cpu_s, load_average
 from loadtest.realtime_worker import ProcessResult, RealtimePlan, StreamResult, worker_main
 from loadtest.scenario import Scenario, Target, is_loopback, parse_levels, split_evenly
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
-from loadtest.start import START_MARGIN_S, send_start, wait_connected
+from loadtest.start import START_MARGIN_S, receive, send_start, wait_connected
 from loadtest.stats import latency_summary, merge_histograms
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -189,10 +189,10 @@ def run_step(
     server_cpu_s = None if server_pid is None else _window_cpu_s(server_pid, *window)
     bound = start_at + args.warmup_s + args.duration_s + args.drain_s + 30.0
     parts: list[ProcessResult] = []
-    for conn in conns:
+    for index, conn in enumerate(conns):
         if not conn.poll(max(1.0, bound - time.monotonic())):
             raise RuntimeError("a real-time client process did not finish in time")
-        kind, value = conn.recv()
+        kind, value = receive(conn, index)
         if kind != "ok":
             raise RuntimeError(f"a real-time client process failed:\n{value}")
         parts.append(value)

@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 
 from loadtest.channels import aio_channel, metadata
+from loadtest.hdr_figures import nearest_rank
 from loadtest.scenario import PLAINTEXT, Security
 from loadtest.start import Stopped, common_start
 from loadtest.stats import HIGHEST_US, LOWEST_US, MESSAGE_CHARS, new_histogram
@@ -272,12 +273,11 @@ async def _stream(
 
 def stream_percentiles_us(latencies_s: list[float]) -> tuple[float, float, float]:
     """p50, p99 and max of one stream's latencies, in microseconds. Nearest rank, as the run's HDR
-    histogram reads its percentiles: interpolated, one stream's p99 had read 134 ms where the
+    figures read their percentiles: interpolated, one stream's p99 had read 134 ms where the
     run's, of the same frames, read 162."""
     values = np.sort(np.asarray(latencies_s)) * 1e6
 
-    def at(percent: float) -> float:  # HdrHistogram's rank: the count at the percentile, rounded
-        rank = max(1, int(percent / 100 * len(values) + 0.5))
-        return float(values[rank - 1])
+    def at(percent: float) -> float:  # ceil(p * n / 100); hdrh's half-up rank had read lower
+        return float(values[nearest_rank(percent, len(values)) - 1])
 
     return at(50.0), at(99.0), float(values[-1])

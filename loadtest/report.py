@@ -28,10 +28,18 @@ def write_all(results: dict[str, Any], out_dir: Path, plots: bool = True) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    pngs = write_plots(results, out_dir) if plots else []
+    pngs = write_plots(results, out_dir) if plots else _remove_plots(out_dir)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(results, pngs))
     return [json_path, *pngs, html_path]
+
+
+def _remove_plots(out_dir: Path) -> list[Path]:
+    """The PNGs an earlier, plotted run left in out_dir (only the names this harness draws): beside
+    the new results.json they showed the other run's figures."""
+    for name in PLOTS:
+        (out_dir / name).unlink(missing_ok=True)
+    return []
 
 
 def _series(results: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:

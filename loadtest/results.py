@@ -61,6 +61,8 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
         "requests": counts.scheduled,
         "ok": counts.ok,
         "errors": counts.errors,
+        # Of the errors, requests that could not reach the target (its connection gone): exit 3.
+        "unreachable": counts.unreachable,
         "error_messages": {code: counts.messages[code] for code in counts.errors if code in counts.messages},
         "latency_us": latency,
         # Successes after the deadline (from the scheduled time); should be 0 under a deadline.

@@ -12,6 +12,7 @@ import dataclasses
 import multiprocessing
 import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ from loadtest.scenario import (
     drain_s_for,
     split_evenly,
 )
-from loadtest.start import START_MARGIN_S, send_start, wait_connected
+from loadtest.start import (
+    START_MARGIN_S,
+    ProcessExited,
+    TargetUnreachable,
+    receive,
+    send_start,
+    wait_connected,
+)
 from loadtest.stats import Counts, merge_counts
 from loadtest.worker import worker_main
 from protos import grpc_service_pb2 as pb
@@ -80,6 +88,14 @@ class RunRecord:
     server: ServerTotals | None
 
 
+class LoadWorkerFailed(RuntimeError):
+    """A load worker exited or failed mid-run: the run ends, keeping the steps measured before."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail  # the worker's traceback, where it sent one
+
+
 class WorkerPool:
     """`size` spawned worker processes, each fed plans over its own pipe (one plan per worker)."""
 
@@ -96,18 +112,44 @@ class WorkerPool:
                 child.close()
                 self.conns.append(parent)
                 self.processes.append(process)
-        for conn in self.conns:
-            if not conn.poll(60):
-                raise RuntimeError("a load worker did not start within 60 s")
-            conn.recv()
+        try:
+            for index, conn in enumerate(self.conns):
+                if not conn.poll(60):
+                    raise RuntimeError("a load worker did not start within 60 s")
+                try:
+                    receive(conn, index)
+                except ProcessExited as exc:
+                    raise LoadWorkerFailed(f"load worker {index + 1} {self.exited(index)} at start") from exc
+        except BaseException:
+            self.close(hurry=True)  # no `with` holds the pool yet: its other workers are stopped here
+            raise
 
-    def run(self, plans: Sequence[WorkerPlan], at_window_edge: Callable[[str], None]) -> list[Counts]:
-        """Send one plan per worker; call at_window_edge('begin'/'end') on time; return their Counts."""
+    def run(
+        self, plans: Sequence[WorkerPlan], at_window_edge: Callable[[str], None], during: str = "a step"
+    ) -> list[Counts]:
+        """Send one plan per worker; call at_window_edge('begin'/'end') on time; return their Counts.
+        A worker that exits or fails raises LoadWorkerFailed naming it and `during`."""
+        try:
+            return self._run(plans, at_window_edge)
+        except ProcessExited as exc:
+            ended = self.exited(exc.index)
+            raise LoadWorkerFailed(f"load worker {exc.index + 1} {ended} during {during}") from exc
+        except LoadWorkerFailed as exc:
+            raise LoadWorkerFailed(f"{exc} during {during}", exc.detail) from exc
+        except TargetUnreachable as exc:
+            raise TargetUnreachable(f"{exc} before {during}") from exc
+
+    def _run(self, plans: Sequence[WorkerPlan], at_window_edge: Callable[[str], None]) -> list[Counts]:
         conns = self.conns[: len(plans)]
         for conn, plan in zip(conns, plans, strict=True):
             conn.send(plan)
         # Each worker connects, then all start together (loadtest/start.py): no fixed delay.
-        wait_connected(conns, self.tick)
+        try:
+            wait_connected(conns, self.tick)
+        except (ProcessExited, TargetUnreachable):
+            raise
+        except RuntimeError as exc:  # a worker's traceback: it failed before its load began
+            raise LoadWorkerFailed("a load worker failed to connect", str(exc)) from exc
         start_at = send_start(conns)
         begin, end = dataclasses.replace(plans[0], start_at=start_at).window
         results: dict[int, Counts] = {}
@@ -132,18 +174,38 @@ class WorkerPool:
             ready = wait(pending, timeout=min(0.25, remaining))
             for index, conn in enumerate(conns):
                 if conn in ready:
-                    kind, value = conn.recv()
+                    kind, value = receive(conn, index)
                     if kind == "error":
-                        raise RuntimeError(f"load worker failed:\n{value}")
+                        last = value.strip().splitlines()[-1] if value.strip() else "no traceback"
+                        raise LoadWorkerFailed(f"load worker {index + 1} failed ({last})", value)
                     results[index] = value
             self.tick()
             if not until_all and time.monotonic() >= until:
                 return
 
-    def close(self) -> None:
+    def exited(self, index: int) -> str:
+        """How worker `index` ended, for a message: 'exited (signal 9, SIGKILL)'."""
+        if index >= len(self.processes):
+            return "closed its pipe"
+        process = self.processes[index]
+        process.join(2)  # its pipe closed as it died: the exit status follows at once
+        code = process.exitcode
+        if code is None:
+            return "closed its pipe"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"exited (signal {-code}, {signal.Signals(-code).name})"
+            return f"exited (signal {-code})"
+        return f"exited (exit status {code})"
+
+    def close(self, hurry: bool = False) -> None:
+        """Each worker gets None and exits; `hurry` (the run failed or was interrupted): the ones
+        still running a plan are stopped at once, not after their window and 5 s."""
         for conn, process in zip(self.conns, self.processes, strict=True):
             with contextlib.suppress(OSError):  # a worker that died has closed its pipe
                 conn.send(None)
+            if hurry and process.is_alive():
+                process.terminate()
             process.join(5)
             if process.is_alive():
                 process.terminate()
@@ -155,7 +217,7 @@ class WorkerPool:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(hurry=exc is not None)
 
 
 @contextlib.contextmanager
@@ -284,7 +346,10 @@ def _run_one(
     def at_edge(edge: str) -> None:
         edges[edge] = stats.totals(target)
 
-    parts = pool.run(plans, at_edge)
+    where = [step.label, *[target.name] * (len(scenario.targets) > 1)]
+    where += [f"r{round_index}"] * (scenario.rounds > 1)
+    during = f"step {step_index + 1} ({', '.join(where)})"
+    parts = pool.run(plans, at_edge, during)
     before, after = edges.get("begin"), edges.get("end")
     counts = merge_counts(parts)
     return RunRecord(

@@ -57,6 +57,9 @@ class Counts:
     # the window did (None: it ran the whole window). Rates use it: 500 requests done in 0.5 s of
     # a 2 s window had read as 250/s.
     stopped_after_s: float | None = None
+    # Measured requests that failed because the target could not be reached (UNAVAILABLE with the
+    # channel's connection gone): a server that died, not an answer to measure. The run exits 3.
+    unreachable: int = 0
 
     @property
     def ok(self) -> int:
@@ -85,6 +88,7 @@ class Recorder:
         self.messages: dict[str, str] = {}
         self.last_done = self.begin
         self.stopped_after_s: float | None = None
+        self.unreachable = 0
 
     def measured(self, scheduled: float) -> bool:
         return self.begin <= scheduled < self.end
@@ -105,12 +109,19 @@ class Recorder:
             self.lag.record_value(min(HIGHEST_US, max(LOWEST_US, round((now - scheduled) * 1e6))))
 
     def record(
-        self, scheduled: float, done: float, code: str, sent: float | None = None, message: str = ""
+        self,
+        scheduled: float,
+        done: float,
+        code: str,
+        sent: float | None = None,
+        message: str = "",
+        unreachable: bool = False,
     ) -> None:
         """One request that was scheduled at `scheduled` ended at `done` with status `code`.
 
         `sent`: when it went out, for server error answers (their time to reject); None when the
-        outcome was the client's own (never sent, or no answer).
+        outcome was the client's own (never sent, or no answer). `unreachable`: it failed because
+        the connection to the target was gone, not by the target's answer.
         """
         latency = done - scheduled
         if code == OK and self.begin <= done <= self.end:
@@ -124,6 +135,7 @@ class Recorder:
         self.last_done = max(self.last_done, done)
         self.scheduled += 1
         self.outcomes[code] += 1
+        self.unreachable += unreachable
         if code == OK:
             self.histogram.record_value(min(HIGHEST_US, max(LOWEST_US, round(latency * 1e6))))
             if sent is not None:
@@ -144,6 +156,7 @@ class Recorder:
             send_histogram=_encode(self.from_send),
             messages=dict(self.messages),
             stopped_after_s=self.stopped_after_s,
+            unreachable=self.unreachable,
         )
 
 
@@ -185,6 +198,7 @@ def merge_counts(parts: Iterable[Counts]) -> Counts:
             if parts and all(p.stopped_after_s is not None for p in parts)
             else None
         ),
+        unreachable=sum(p.unreachable for p in parts),
     )
 
 

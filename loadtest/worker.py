@@ -14,10 +14,12 @@ still unanswered `drain_s` after the window is cancelled here and counted NO_ANS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
 import re
+import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,7 @@ import grpc
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import WorkerPlan
-from loadtest.start import Stopped, common_start
+from loadtest.start import UNREACHABLE, Stopped, TargetUnreachable, common_start
 from loadtest.stats import OK, Counts, Recorder
 from protos import grpc_service_pb2 as pb
 
@@ -44,12 +46,21 @@ CLIENT_LATE = "CLIENT_LATE"  # the deadline had passed before the client could s
 CLIENT_BACKLOG = "CLIENT_BACKLOG"  # max_in_flight requests were unanswered at the send time
 NO_ANSWER = "NO_ANSWER"  # still unanswered when the drain time ran out
 BAD_RESPONSE = "BAD_RESPONSE"  # an answer without outputs
+# A closed-loop user whose request found the connection gone waits this long at most (or until the
+# channel is ready again) before its next: it had spun on instant failures, 65,225 UNAVAILABLE in
+# ~4 s at 140% of a core, once the server died. Answers, refusals included, never wait.
+CONNECTION_BACKOFF_S = 0.1
 _STREAM_STATUS = re.compile(r"^([A-Z_]+):")
 _ID_FIELD_TAG = b"\x1a"  # ModelInferRequest.id: field 3, length-delimited
 
 
 def worker_main(conn: Connection) -> None:
-    """Process entry point: serve plans from `conn` until it sends None."""
+    """Process entry point: serve plans from `conn` until it sends None.
+
+    Ctrl-C reaches the terminal's whole process group: the coordinator takes it (it keeps the steps
+    measured and stops its workers), so a worker ignores it (each had printed a 30-line
+    CancelledError ... KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import uvloop
 
@@ -68,6 +79,8 @@ async def _serve(conn: Connection) -> None:
             conn.send(("ok", await run_plan(plan, lambda: common_start(conn))))
         except Stopped:
             return
+        except TargetUnreachable as exc:
+            conn.send((UNREACHABLE, str(exc)))
         except Exception:  # the coordinator reports it; this worker can take the next plan
             conn.send(("error", traceback.format_exc()))
 
@@ -81,7 +94,12 @@ async def run_plan(plan: WorkerPlan, start_time: StartTime | None = None) -> Cou
     common start, set when every worker is connected, rather than a fixed delay ahead)."""
     async with aio_channel(plan.address, plan.security, CHANNEL_OPTIONS) as channel:
         # Connect before the start time, so connection set-up is not part of the first latency.
-        await asyncio.wait_for(channel.channel_ready(), timeout=max(5.0, plan.start_at - time.monotonic()))
+        connect_s = max(5.0, plan.start_at - time.monotonic())
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=connect_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            unreachable = f"{plan.address} accepted no connection within {connect_s:.0f} s"
+            raise TargetUnreachable(unreachable) from None
         if start_time is not None:
             plan = dataclasses.replace(plan, start_at=await start_time())
         recorder = Recorder(plan.window, plan.deadline_s)
@@ -122,37 +140,55 @@ async def _cpu_in_window(window: tuple[float, float]) -> float:
 Infer = Callable[..., Awaitable[Any]]
 
 
+def connection_lost(channel: grpc.aio.Channel, code: str) -> bool:
+    """UNAVAILABLE with the channel no longer connected: the target could not be reached (died,
+    refused the connection), rather than an UNAVAILABLE it answered with, which is a measurement."""
+    return code == "UNAVAILABLE" and channel.get_state() != grpc.ChannelConnectivity.READY
+
+
+async def back_off(channel: grpc.aio.Channel, until: float) -> None:
+    """Until the channel is connected again, at most CONNECTION_BACKOFF_S and never past `until`."""
+    timeout = min(CONNECTION_BACKOFF_S, until - time.monotonic())
+    if timeout > 0:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+
+
 class _Unary:
     """Sends one pre-serialized request and records how it ended."""
 
     def __init__(self, channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
         # No serializers: requests go out as the bytes we hold and answers come back as bytes.
         self.infer: Infer = channel.unary_unary(METHOD_INFER)
+        self.channel = channel
         self.plan, self.recorder = plan, recorder
         self.metadata = metadata(plan.security)
         self.checked = False
 
-    async def send(self, payload: bytes, scheduled: float) -> None:
+    async def send(self, payload: bytes, scheduled: float) -> bool:
+        """Send and record one request; True when it failed because the target was unreachable."""
         plan, recorder = self.plan, self.recorder
         timeout = None  # no deadline asked, none sent: the end of the step bounds the call
         if plan.deadline_s is not None:
             timeout = plan.deadline_s - (time.monotonic() - scheduled)
             if timeout <= 0:
                 recorder.record(scheduled, time.monotonic(), CLIENT_LATE)
-                return
+                return False
         sent = time.monotonic()
         if plan.mode != "closed":  # a closed loop sends the moment it schedules: no lag to record
             recorder.sending(scheduled, sent)
-        message = ""
+        message, lost = "", False
         try:
             answer = await self.infer(payload, timeout=timeout, metadata=self.metadata)
             code = OK if self.checked or self._looks_right(answer) else BAD_RESPONSE
         except grpc.aio.AioRpcError as exc:
             code, message = exc.code().name, exc.details() or ""
+            lost = connection_lost(self.channel, code)
         except asyncio.CancelledError:
             recorder.record(scheduled, time.monotonic(), NO_ANSWER)
             raise
-        recorder.record(scheduled, time.monotonic(), code, sent, message)
+        recorder.record(scheduled, time.monotonic(), code, sent, message, unreachable=lost)
+        return lost
 
     def _looks_right(self, answer: bytes) -> bool:
         self.checked = bool(pb.ModelInferResponse.FromString(answer).outputs)
@@ -172,7 +208,8 @@ async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorde
             if now >= end:
                 return
             recorder.issue(now)
-            await unary.send(plan.payloads[k % len(plan.payloads)], now)
+            if await unary.send(plan.payloads[k % len(plan.payloads)], now):
+                await back_off(channel, end)
             k += 1
 
     users = {asyncio.create_task(user(i)) for i in range(plan.concurrency)}
@@ -185,7 +222,7 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
     rng = random.Random(plan.seed)
     poisson = plan.arrival == "poisson"
     end = plan.window[1]
-    in_flight: set[asyncio.Task[None]] = set()
+    in_flight: set[asyncio.Task[bool]] = set()
     scheduled = plan.start_at + (rng.expovariate(plan.rate) if poisson else plan.phase_s)
     k = 0
     while scheduled < end and recorder.issued < plan.max_requests:
@@ -205,7 +242,7 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
     await _drain(in_flight, plan.drain_s)
 
 
-async def _drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
+async def _drain(tasks: set[asyncio.Task[Any]], timeout_s: float) -> None:
     """Wait up to `timeout_s` for `tasks`, then cancel the rest (their calls count NO_ANSWER);
     a task's own failure is raised, as gather would."""
     if not tasks:
@@ -229,14 +266,19 @@ async def _streams(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Record
     rng = random.Random(plan.seed)
     await asyncio.gather(
         *(
-            _one_stream(open_stream, plan, recorder, index, rng.uniform(0, 1.0 / plan.rate))
+            _one_stream(open_stream, plan, recorder, index, rng.uniform(0, 1.0 / plan.rate), channel)
             for index in range(plan.concurrency)
         )
     )
 
 
 async def _one_stream(
-    open_stream: Callable[..., Any], plan: WorkerPlan, recorder: Recorder, index: int, offset: float
+    open_stream: Callable[..., Any],
+    plan: WorkerPlan,
+    recorder: Recorder,
+    index: int,
+    offset: float,
+    channel: grpc.aio.Channel,
 ) -> None:
     end = plan.window[1]
     bound_s = end - time.monotonic() + plan.drain_s
@@ -286,8 +328,9 @@ async def _one_stream(
         receiver.cancel()
         await asyncio.gather(receiver, return_exceptions=True)
         now = time.monotonic()
+        lost = connection_lost(channel, status)
         for scheduled in pending.values():
-            recorder.record(scheduled, now, status, message=message)
+            recorder.record(scheduled, now, status, message=message, unreachable=lost)
         # A stream the server ended (refused at open, say: too many streams) sends no more frames:
         # those its plan still held count as failed with its status, so the offered rate and the
         # errors are the plan's (a refused stream had vanished from the report).
@@ -295,7 +338,7 @@ async def _one_stream(
             scheduled = next_frame[0]
             while scheduled < end and recorder.issued < plan.max_requests:
                 recorder.issue(scheduled)
-                recorder.record(scheduled, now, status, message=message)
+                recorder.record(scheduled, now, status, message=message, unreachable=lost)
                 scheduled += 1.0 / plan.rate
 
 

@@ -1,5 +1,7 @@
-"""loadtest.hdr_figures gives hdrh's own numbers: percentiles, mean and the recorded iterator's CDF,
-on empty, single-value, merged (decoded) and wide histograms, and each counter's values."""
+"""loadtest.hdr_figures gives hdrh's own numbers: mean and the recorded iterator's CDF, and
+percentiles as hdrh's walk reads them at the nearest rank (ceil; hdrh's own rounds the rank half-up:
+tests/unit/test_loadtest_h19_percentiles.py), on empty, single-value, merged (decoded) and wide
+histograms, and each counter's values."""
 
 from __future__ import annotations
 
@@ -37,6 +39,20 @@ def _hdrh_cdf(histogram: HdrHistogram) -> list[tuple[float, float]]:
     ]
 
 
+def _hdrh_at_nearest_rank(histogram: HdrHistogram, percentile: float) -> int:
+    """hdrh's get_value_at_percentile walk, its target count the nearest rank."""
+    target = hdr_figures.nearest_rank(percentile, histogram.get_total_count())
+    total = 0
+    for index in range(histogram.counts_len):
+        total += histogram.get_count_at_index(index)
+        if total >= target:
+            value = histogram.get_value_from_index(index)
+            if percentile:
+                return int(histogram.get_highest_equivalent_value(value))
+            return int(histogram.get_lowest_equivalent_value(value))
+    return 0
+
+
 def _histograms() -> dict[str, HdrHistogram]:
     rng = random.Random(7)
     wide = [min(HIGHEST_US, max(1, int(rng.lognormvariate(7, 2.5)))) for _ in range(3000)]
@@ -72,7 +88,7 @@ def test_figures_equal_hdrhs_own(name: str, histograms: dict[str, HdrHistogram])
     seen = hdr_figures.recorded(histogram)
     for percentile in ASKED:
         ours = hdr_figures.value_at_percentile(histogram, seen, percentile)
-        assert ours == histogram.get_value_at_percentile(percentile), percentile
+        assert ours == _hdrh_at_nearest_rank(histogram, percentile), percentile
     assert hdr_figures.mean(seen) == histogram.get_mean_value()
     assert hdr_figures.cdf(seen) == _hdrh_cdf(histogram)
 
@@ -94,14 +110,15 @@ def test_every_counters_values_are_hdrhs() -> None:
 
 
 def test_the_reports_figures_are_unchanged(histograms: dict[str, HdrHistogram]) -> None:
-    """latency_summary and cdf_points as they were with hdrh's iterators (the results' numbers)."""
+    """latency_summary and cdf_points as hdrh's iterators read them (the results' numbers), the
+    percentiles at the nearest rank."""
     for name in ("empty", "one value", "wide (1 us .. 1 h)", "merged from encoded parts"):
         histogram = histograms[name]
         if histogram.get_total_count() == 0:
             assert latency_summary(histogram) == dict.fromkeys([*PERCENTILES, "mean", "min", "max"])
             assert cdf_points(histogram) == []
             continue
-        summary = {key: float(histogram.get_value_at_percentile(p)) for key, p in PERCENTILES.items()}
+        summary = {key: float(_hdrh_at_nearest_rank(histogram, p)) for key, p in PERCENTILES.items()}
         summary["mean"] = round(histogram.get_mean_value(), 1)
         summary["min"] = float(histogram.get_min_value())
         summary["max"] = float(histogram.get_max_value())
