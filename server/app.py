@@ -228,11 +228,13 @@ class SluicewayServer:
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", not_serving)
         await self._health.set(SERVICE_NAME, not_serving)
+        self.models.reading_repository()  # no NOT_FOUND before the repository is listed
         await self._grpc.start()
         await self.control.start()  # what the model control mode loads at start
         if self.rollout_share is not None:
             self.rollout_share.start()
         serving = health_pb2.HealthCheckResponse.SERVING
+        self.models.start_load_ended()  # ServerReady with health "": not before this
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
         self.metrics.views.mark_start()  # cost counts process CPU from here on
