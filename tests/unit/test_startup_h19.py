@@ -13,8 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 
+from protos import model_config_pb2 as mc
+from server.backends.instance_groups import plan_instances
 from server.errors import ModelNotFound, ModelNotReady
 from server.models.control import NOT_CHOSEN, RepositoryControl
 from server.models.lazy import NOT_LOADED, ModelLoads
@@ -162,3 +165,30 @@ async def test_a_model_that_failed_to_load_at_start_keeps_server_ready_false(tmp
     finally:
         await control.stop()
         await manager.stop(drain_timeout_s=1)
+
+
+def missing_provider() -> str:
+    """A provider onnxruntime knows but this build lacks (CUDA on a CPU build)."""
+    available = set(ort.get_available_providers())
+    return next(name for name in ort.get_all_providers() if name not in available)
+
+
+def test_a_provider_the_setting_names_is_warned_once_naming_the_setting_not_each_config() -> None:
+    missing = missing_provider()
+    setting = (missing, "CPUExecutionProvider")  # the GPU overlay's SLUICEWAY_EXECUTION_PROVIDERS
+    cpu_group = mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU)
+    plain = mc.ModelConfig(name="mlp", instance_group=[cpu_group])
+    plan = plan_instances(plain, setting)
+    assert not [note for note in plan.unapplied if missing in note]  # its config.pbtxt names none
+    assert [name for name, _ in plan.providers] == ["CPUExecutionProvider"]
+    from server.backends.instance_groups import setting_note  # here: its module is the subject
+
+    note = setting_note(setting)
+    assert note is not None and "execution_providers setting" in note and repr([missing]) in note
+    assert setting_note(("CPUExecutionProvider",)) is None
+    # A config that asks for a provider itself is still told so in its own load warning.
+    accelerated = mc.ModelConfig(name="gpu_model")
+    accelerated.optimization.execution_accelerators.gpu_execution_accelerator.add(name="cuda")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        asked = plan_instances(accelerated, ("CPUExecutionProvider",)).unapplied
+        assert any("CUDAExecutionProvider" in note for note in asked), asked
