@@ -20,6 +20,7 @@ from server.admin.service import SERVICE_NAME as ADMIN_SERVICE
 from server.admin.service import AdminServicer
 from server.announce import announce
 from server.backends.cuda_shm import cuda_shared_memory
+from server.backends.instance_groups import setting_note
 from server.grpc_options import grpc_server_options
 from server.models import load_metrics, rollout
 from server.models.control import RepositoryControl
@@ -228,11 +229,16 @@ class SluicewayServer:
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set("", not_serving)
         await self._health.set(SERVICE_NAME, not_serving)
+        providers_note = setting_note(self.settings.execution_providers)
+        if providers_note is not None:  # once for the server, not in every model's load warning
+            log.warning("%s", providers_note)
+        self.models.reading_repository()  # no NOT_FOUND before the repository is listed
         await self._grpc.start()
         await self.control.start()  # what the model control mode loads at start
         if self.rollout_share is not None:
             self.rollout_share.start()
         serving = health_pb2.HealthCheckResponse.SERVING
+        self.models.start_load_ended()  # ServerReady with health "": not before this
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
         self.metrics.views.mark_start()  # cost counts process CPU from here on

@@ -63,6 +63,31 @@ def usable_providers(providers: Sequence[Provider]) -> tuple[list[Provider], lis
     return kept, note
 
 
+def asks_providers(config: mc.ModelConfig) -> bool:
+    """Whether `config` chooses its providers (an accelerator, a KIND_GPU group); else the server's
+    `execution_providers` setting does (providers_for)."""
+    accel = config.optimization.execution_accelerators
+    chosen = accel.gpu_execution_accelerator or accel.cpu_execution_accelerator
+    return bool(chosen) or any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group)
+
+
+def setting_note(defaults: Sequence[str | tuple[str, dict[str, str]]]) -> str | None:
+    """The one start-up warning for the `execution_providers` setting's providers this build
+    lacks; None when it has them all. Said once for the server, where each model's load warning
+    had blamed its own config.pbtxt (which named no provider) for the server-wide setting."""
+    names = [item if isinstance(item, str) else item[0] for item in defaults]
+    kept, _ = usable_providers([(name, {}) for name in names])
+    missing = [name for name in names if name not in {k for k, _ in kept}]
+    if not missing:
+        return None
+    instead = [name for name, _ in kept if name != CPU] or ["CPU"]
+    return (
+        f"the execution_providers setting (--execution-providers, SLUICEWAY_EXECUTION_PROVIDERS) "
+        f"names {missing}, not in this onnxruntime build: models whose config names no provider "
+        f"run on {', '.join(instead)} instead"
+    )
+
+
 def instance_device(session: object) -> str:
     """Where an instance runs: an onnxruntime session's device (`cpu`, `cuda:0`), else `cpu`."""
     return str(getattr(session, "device", "cpu"))
@@ -123,7 +148,9 @@ def plan_instances(
     """The instances of `config` on this machine (`defaults`: the server's execution providers;
     `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs)."""
     has_gpu = gpu_available()
-    providers, unapplied = usable_providers(providers_for(config, defaults))
+    providers, missing = usable_providers(providers_for(config, defaults))
+    # Missing providers the setting names are the server's to say, once (setting_note), not this model's.
+    unapplied = missing if asks_providers(config) else []
     slots, groups = instance_slots(config, has_gpu=has_gpu)
     unapplied += groups + list(backend_parameters(config, has_gpu=has_gpu).unapplied)
     cache, cache_notes = _engine_cache(engine_cache, providers)

@@ -43,7 +43,7 @@ from server.models.repository import (
     scan_repository,
 )
 from server.models.repository_watch import RepositoryWatch
-from server.models.versions import READY, UNAVAILABLE, ModelEntry
+from server.models.versions import LOADING, READY, UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # Triton's message (and code, UNAVAILABLE) for load/unload RPCs in modes none and poll.
 NOT_ALLOWED = "explicit model load / unload is not allowed if polling is enabled"
 NOT_CHOSEN = "not loaded (model control mode explicit: load it with RepositoryModelLoad)"
+START_LOAD = "waiting for its turn in the start-up load"
 
 
 class RepositoryControl:
@@ -95,14 +96,12 @@ class RepositoryControl:
                 self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
         # An ensemble after the models its steps use (models/ensemble_config.py).
         rank = load_rank({name: source.config for name, source in sources.items()})
-        for name in sorted(sources, key=rank):
-            source = sources[name]
-            if name not in chosen:
-                self._manager.put_entry(
-                    ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
-                )
-            else:
-                failure = await self._apply_source(source)
+        order = sorted(sources, key=rank)
+        lazy = self._list_at_start(order, sources, chosen)
+        self._manager.start_listed()
+        for name in order:
+            if name in chosen and name not in lazy:
+                failure = await self._apply_source(sources[name])
                 if self._mode == "poll":
                     self._retry_if_os(name, failure)
         if self._mode == "poll":
@@ -110,6 +109,31 @@ class RepositoryControl:
             self._watcher = asyncio.create_task(self._watch(watching), name="repository poller")
             # Ready only once the watches exist: a change made right after start() must be seen.
             await watching.wait()
+
+    def _list_at_start(self, order: list[str], sources: dict[str, ModelSource], chosen: set[str]) -> set[str]:
+        """List every model of the repository before the first load begins, in load order: those
+        this start loads as LOADING (their requests UNAVAILABLE, retryable: a model not yet reached
+        had answered NOT_FOUND, which no client retries), lazy ones and those explicit mode was
+        not asked for as not loaded. Returns the lazy ones (listed, not loaded)."""
+        lazy: set[str] = set()
+        for name in order:
+            if name not in chosen:
+                entry = ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
+                self._manager.put_entry(entry)
+            elif self._lazy_at_start(sources[name]):
+                self._loads.register_lazy(name)  # an ensemble over lazy steps after them (order)
+                lazy.add(name)
+            else:
+                self._manager.put_entry(ModelEntry(name=name, state=LOADING, reason=START_LOAD))
+        return lazy
+
+    def _lazy_at_start(self, source: ModelSource) -> bool:
+        """`lazy_load`, or an ensemble over lazy models (as _apply_source decides)."""
+        try:
+            lazy, _ = lazy_flags(source.config, source.where)
+        except ConfigError:
+            return False  # its load fails and says why (_apply_source)
+        return lazy or bool(self._loads.lazy_steps(source.config))
 
     async def stop(self) -> None:
         self._stop.set()

@@ -104,6 +104,13 @@ class ModelManager:
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
         self.on_demand: OnDemand | None = None  # set by the app when lazy models may exist
         self.rollout = Rollout()  # traffic policies, shadow and rollback (server/models/rollout.py)
+        # ServerReady is false until the start-up load has ended (start_load_ended): it was true on
+        # the empty index right after the port opened, then flapped as each model was added.
+        self._starting = True
+        # From the port's opening until the repository is listed (reading_repository ..
+        # start_listed), a model not in the index is not ready, retryable, rather than NOT_FOUND,
+        # which no client retries.
+        self._listing = False
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -113,6 +120,9 @@ class ModelManager:
         (a sequence's start is noted, its continuations follow it: sequence_routing.py)."""
         entry = self._models.get(name)
         if entry is None:
+            if self._listing:
+                why = "the server is starting (reading its repository)"
+                raise ModelNotReady(f"model '{name}' is not ready: {why}")
             raise ModelNotFound(triton_text.unknown_model(name))
         if entry.state != READY:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
@@ -177,7 +187,21 @@ class ModelManager:
 
     @property
     def all_ready(self) -> bool:
-        return all(e.ready_or_by_design for e in self._models.values())
+        """ServerReady: the start-up load has ended and every model is ready, or not loaded on
+        purpose (a model that failed to load keeps it false)."""
+        return not self._starting and all(e.ready_or_by_design for e in self._models.values())
+
+    def reading_repository(self) -> None:
+        """The server answers before it has read its repository (SluicewayServer.start)."""
+        self._listing = True
+
+    def start_listed(self) -> None:
+        """Every model of the repository is in the index (loading, lazy, failed, not chosen)."""
+        self._listing = False
+
+    def start_load_ended(self) -> None:
+        """The models the start loads have loaded (or failed): ServerReady may now be true."""
+        self._starting = self._listing = False
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
