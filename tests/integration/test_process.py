@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -134,9 +136,22 @@ def test_workers_stop_on_a_sigterm_the_kernel_gives_another_thread_of_the_parent
             os.kill(worker, signal.SIGKILL)
 
 
+@contextmanager
+def hangups_not_ignored() -> Iterator[None]:
+    """Servers started inside it get SIGHUP's default disposition, whatever this process has: a test
+    command run under nohup (SIGHUP ignored, inherited through exec) had its servers ignore the
+    hang-up these tests send, as the server is meant to under nohup, and they timed out."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_sighup_drains_and_exits_zero(demo_repo: Path) -> None:
     """Its default action had killed the server without a drain (rc -1)."""
-    server = ServerProcess("--model-repository", str(demo_repo)).start()
+    with hangups_not_ignored():
+        server = ServerProcess("--model-repository", str(demo_repo)).start()
     try:
         assert server.process is not None
         server.process.send_signal(signal.SIGHUP)
@@ -172,7 +187,8 @@ def test_sighup_is_ignored_under_nohup(demo_repo: Path) -> None:
 def test_workers_do_not_outlive_a_parent_hung_up_or_killed(demo_repo: Path, how: signal.Signals) -> None:
     """SIGHUP killed the parent without a drain, and a SIGKILLed parent left its workers serving
     on the port (a restart found it taken). SIGHUP now drains; a dead parent's workers get SIGTERM."""
-    server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
+    with hangups_not_ignored():
+        server = ServerProcess("--model-repository", str(demo_repo), "--workers", "2").start()
     workers: list[int] = []
     try:
         assert server.process is not None
