@@ -292,7 +292,7 @@ class RepositoryControl:
             if why:  # it had said "loading it", and loaded nothing
                 log.info("model %s %s; not loaded now (lazy_load): listed, its next request loads it",
                          source.name, why)  # fmt: skip
-            self._loads.register_lazy(source.name)
+            self._loads.register_lazy(source.name, source=source)
             return None
         if why:
             log.info("model %s %s; loading it", source.name, why)

@@ -94,3 +94,8 @@ def source_key(source: ModelSource) -> tuple[object, ...]:
 def footprint(files: int, before: int, after: int) -> int:
     """A model's estimated bytes: the memory its load added, at least its files' size."""
     return max(files, after - before)
+
+
+def files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
+    """The bytes of a load's files, and what its measured footprint is remembered under."""
+    return files_bytes(source), source_key(source)

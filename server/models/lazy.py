@@ -33,7 +33,8 @@ from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_budget import judge_steps, step_models
 from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
-from server.models.footprint import files_bytes, footprint, memory_meter, source_key
+from server.models.footprint import files_and_key, footprint, memory_meter
+from server.models.frame_rules import FrameRules
 from server.models.lazy_flags import lazy_flags
 from server.models.lazy_judged import JudgedSignatures
 from server.models.lazy_signatures import UnnamedRouting
@@ -48,11 +49,6 @@ log = logging.getLogger(__name__)
 
 NOT_LOADED = "not loaded (lazy): its first request loads it"
 EVICTED = "not loaded (lazy): evicted to fit the memory budget; its next request loads it"
-
-
-def _files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
-    """The bytes of a load's files, and what its measured footprint is remembered under."""
-    return files_bytes(source), source_key(source)
 
 
 class ModelLoads:
@@ -156,13 +152,18 @@ class ModelLoads:
 
     # -- repository changes -----------------------------------------------------------------
 
-    def register_lazy(self, name: str, reason: str = NOT_LOADED) -> None:
-        """List a lazy model in the index, not loaded."""
+    def register_lazy(self, name: str, reason: str = NOT_LOADED, source: ModelSource | None = None) -> None:
+        """List a lazy model in the index, not loaded (`source`: as just read, when it was)."""
+        if source is not None:
+            self._judged.listed(source)
         self._lazy.add(name)
         self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=True))
 
     def is_lazy(self, name: str) -> bool:
         return name in self._lazy
+
+    def frame_rules(self, name: str) -> FrameRules | None:
+        return self._judged.frame_rules(name)  # for its frames waiting for a load (frame_rules.py)
 
     async def load(self, name: str, source: ModelSource | None = None, keep_unchanged: bool = False) -> None:
         """(Re)load `name` now, from the repository or `source`, within the budget;
@@ -222,7 +223,7 @@ class ModelLoads:
     ) -> None:
         try:
             lazy, pinned = lazy_flags(source.config, source.where)
-            files, key = await asyncio.to_thread(_files_and_key, source)
+            files, key = await asyncio.to_thread(files_and_key, source)
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
             raise self._failed(name, reason) from None

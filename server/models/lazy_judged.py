@@ -15,6 +15,7 @@ from pathlib import Path
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
 from server.models.footprint import source_key
+from server.models.frame_rules import FrameRules, config_rules, version_rules
 from server.models.lazy_plans import PlanCheck
 from server.models.lazy_signatures import (
     FreshRuns,
@@ -49,6 +50,7 @@ class JudgedSignatures:
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}  # from files
         self._reads = FreshRuns(self._current)  # one read for concurrent requests
         self._routing: dict[str, UnnamedRouting | None] = {}  # as the config last read says
+        self._rules: dict[str, FrameRules | None] = {}  # latest-frame-wins, as last loaded or read
         # An ensemble whose load would fail planning its steps is not judged (lazy_plans.py).
         self._plans = PlanCheck(root, lambda s, n: completed_config(s, n, default_max_batch_size))
 
@@ -64,15 +66,27 @@ class JudgedSignatures:
         last said (None before, or when it could not be read)."""
         return self._routing.get(name)
 
+    def frame_rules(self, name: str) -> FrameRules | None:
+        """What latest-frame-wins knows of `name` while not loaded (frame_rules.py): its config as
+        listed or last read, else its last load's (None: not known)."""
+        return self._rules.get(name)
+
+    def listed(self, source: ModelSource) -> None:
+        """`source`'s model is listed, not loaded: its config read for the index says its rules."""
+        self._rules[source.name] = config_rules(source.config, source.where)
+
     def loaded(self, name: str, key: object, versions: Mapping[int, ModelVersion]) -> None:
         """`name` was loaded from the files `key` names: what it serves is known now."""
         self._loaded[name] = (key, {number: v.signature for number, v in versions.items()})
         self._predicted.pop(name, None)
+        if versions:  # one config for every version
+            self._rules[name] = version_rules(next(iter(versions.values())))
 
     def forget(self, name: str) -> None:
         """`name` left the index."""
         self._loaded.pop(name, None)
         self._predicted.pop(name, None)
+        self._rules.pop(name, None)
 
     async def _current(self, name: str) -> dict[int, Signature] | None:
         def read() -> tuple[ModelSource, tuple[object, ...]]:
@@ -85,6 +99,7 @@ class JudgedSignatures:
             self._routing.pop(name, None)
             return None
         self._routing[name] = unnamed_routing(source)
+        self.listed(source)  # as its next load reads it
         self._refused_early.describe(name, source.config)  # its refusals' series: labels, cache
         if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
             refused = await self._plans.refusal(source, self._manager.entries(), self._lazy())

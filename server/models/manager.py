@@ -23,6 +23,7 @@ from server.models.config import ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.ensemble_dependents import EnsembleDependents
+from server.models.frame_rules import FrameRules
 from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.lazy_signatures import UnnamedRouting
 from server.models.repository import (
@@ -60,6 +61,10 @@ class OnDemand(Protocol):
     """Lazy models (server/models/lazy.py): a request may first wait for its model to load."""
 
     def needs_load(self, name: str) -> bool: ...
+
+    def is_lazy(self, name: str) -> bool: ...
+
+    def frame_rules(self, name: str) -> FrameRules | None: ...
 
     async def ready(self, name: str, remaining_s: float | None) -> None: ...
 

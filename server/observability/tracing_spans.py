@@ -41,6 +41,7 @@ from server.observability.logs import MAX_FIELD_CHARS, REQUEST_TRACE
 from server.observability.metrics_reasons import CALL_DEADLINE_PASSED, past_deadline
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import InferJob
+from server.protocol.load_order import Turn
 from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 
@@ -132,13 +133,13 @@ class TracedPath(RequestPath):
             self._end(span, request, traced, clock_ns, None)
         return job, response
 
-    async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
+    async def finish(self, job: InferJob, start_ns: int, turn: Turn | None = None) -> pb.ModelInferResponse:
         traced = cast(TracedJob, job)
         span = traced.span
         if span is None:  # not sampled
-            return await super().finish(job, start_ns)
+            return await super().finish(job, start_ns, turn)
         try:
-            response = await super().finish(job, start_ns)
+            response = await super().finish(job, start_ns, turn)
         except asyncio.CancelledError as exc:
             cut = CALL_DEADLINE_PASSED if past_deadline(job.call_deadline) else exc
             self._end(span, job.request, traced, traced.clock_ns, cut)

@@ -13,8 +13,9 @@ response parameter `frame_dropped: true`, and counted in the model's statistics 
 A frame that a batch has already taken is computed and answered as usual. The older frame is
 withdrawn only once the newer one is queued (or answered at once): a newer frame refused for its
 inputs or by the queue (its deadline cannot be met, or has passed) supersedes nothing. The stream
-session answers the frames of one model version in request order (stream_order.py), so a dropped
-answer takes its frame's place; frames of other models do not wait for them.
+session answers the frames of one model and version as requested in request order
+(stream_order.py), so a dropped answer takes its frame's place; frames of other models do not wait
+for them. Frames waiting for a lazy model's load take part by its config (frame_rules.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import functools
 from batcher.claim import Claim
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, InvalidRequest
+from server.models.frame_rules import FrameRules, refused_for
 from server.models.versions import ModelVersion
 from server.protocol.controls import LATEST_FRAME_WINS
 from server.protocol.controls import latest_frame_wins as request_setting
@@ -39,18 +41,20 @@ class LatestFrames:
         # Keyed by resolvable models only, so its size is bounded by the repository, not the client.
         self._newest: dict[tuple[str, str], Claim] = {}
 
-    def arrive(self, request: pb.ModelInferRequest, served: ModelVersion | None) -> Claim | None:
+    def arrive(self, request: pb.ModelInferRequest, served: ModelVersion | FrameRules | None) -> Claim | None:
         """A claim for `request` when latest-frame-wins applies to it (None otherwise); the older
         frame it supersedes is withdrawn if that has not started. `served`: the version the
-        request names (RequestPath.model_of; None: no such model, `start` answers why). Raises
-        InvalidRequest when the request's parameter is not a bool."""
+        request names (RequestPath.model_of), or the rules of a lazy model not loaded, read from
+        its config (RequestPath.frame_rules: its frames waiting for the load take part too);
+        None: no such model (`start` answers why). Raises InvalidRequest when the request's
+        parameter is not a bool, or is true for a model that refuses the setting."""
         wanted = request_setting(request.parameters)
         if wanted is False or served is None:
             return None
         if wanted is None and not served.latest_frame_wins:  # the model's setting, read at load
             return None
-        if served.ensemble is not None or served.sequences is not None:  # a load refuses the setting
-            what = "an ensemble" if served.ensemble is not None else "a sequence model"
+        what = refused_for(served)
+        if what:  # a load refuses the setting
             raise InvalidRequest(f"parameter '{LATEST_FRAME_WINS}' true is not supported for {what}")
         key = (request.model_name, request.model_version)
         older = self._newest.get(key)

@@ -10,6 +10,11 @@ wait for the load itself (judged early, within its own deadline) but reaches the
 after every earlier frame of that model has reached it or failed. Frames of other models do not
 wait (a stream's answers keep no order across models: README "Protocol"). A model with no frame
 waiting costs the hot path one check of an empty dict.
+
+A frame prepared while its lazy model was loaded, whose task queues it later, takes a turn too
+(the stream's later frames of the model wait behind it): evicted in between, it waits for the
+reload (request_path.py `_load_again_for`), and the frames read meanwhile had taken turns with
+nothing ahead and overtaken it. A model that is not lazy is never evicted: its frames take none.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
 from server.models.early_refusals import counted_version
+from server.models.frame_rules import FrameRules
 from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.manager import ModelManager, OnDemand
 from server.models.sequence_routing import Routed
@@ -61,6 +62,19 @@ class RequestPath:
         """Whether the request's (lazy) model must load first (server/models/lazy.py)."""
         demand = self._models.on_demand
         return demand is not None and demand.needs_load(request.model_name)
+
+    def evictable(self, request: pb.ModelInferRequest) -> bool:
+        """Whether the request's model is lazy: evicted between a stream frame's preparing and its
+        task's run, it waits for the next load (`_load_again_for`) and the stream's later frames of
+        the model queue behind it (load_order.py)."""
+        demand = self._models.on_demand
+        return demand is not None and demand.is_lazy(request.model_name)
+
+    def frame_rules(self, request: pb.ModelInferRequest) -> FrameRules | None:
+        """Latest-frame-wins' view of the request's lazy model while not loaded, read from its
+        config (None: not such a model, or not known): its frames waiting for the load take part."""
+        demand = self._models.on_demand
+        return None if demand is None else demand.frame_rules(request.model_name)
 
     def model_of(self, request: pb.ModelInferRequest) -> ModelVersion | None:
         """The version the request names now, before a traffic policy routes it (None: none; `start`
@@ -121,11 +135,14 @@ class RequestPath:
             self._models.rollout.answered(job.served, request, bool(request.model_version), job.inputs,
                                           job.admission.rows, job.outputs, elapsed_ns)  # fmt: skip
 
-    async def finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
-        """The answer of a request `start` could not answer at once."""
+    async def finish(self, job: InferJob, start_ns: int, turn: Turn | None = None) -> pb.ModelInferResponse:
+        """The answer of a request `start` could not answer at once. `turn`: a stream frame's place
+        in its lazy model's order (load_order.py), let go once it is queued, or has failed."""
         try:
-            return await self._finish(job, start_ns)
+            return await self._finish(job, start_ns, turn)
         finally:
+            if turn is not None:
+                turn.admitted()
             # Answered or failed, it needs its shared-memory regions no more. A failure's
             # traceback, in a reference cycle (grpc keeps an aborted call's AbortError; Python
             # 3.10 links every frame to its caller's), had kept them mapped after unregister
@@ -133,13 +150,14 @@ class RequestPath:
             if job.shm is not None:
                 job.shm.release()
 
-    async def _finish(self, job: InferJob, start_ns: int) -> pb.ModelInferResponse:
+    async def _finish(self, job: InferJob, start_ns: int, turn: Turn | None) -> pb.ModelInferResponse:
         stats = job.served.stats
         try:
             try:
                 if _evicted(self._models, job):  # since it was prepared: wait for its next load
                     await _load_again_for(self._models, job)
                     raise NotAccepting()  # its version is gone: to the one serving now, as below
+                _queued(turn)
                 response = await job.answer_later()
             except NotAccepting:
                 # A stream prepares a request, then a task of its own submits it: a reload may retire
@@ -157,6 +175,7 @@ class RequestPath:
                 # version's statistics go with it (ModelStatistics showed neither).
                 stats = served.stats
                 job.retarget(served)
+                _queued(turn)
                 response = await job.answer_later()
         except ComputedThenCancelled as exc:
             # Computed (counted in queue, compute and inference_count) before its caller went: a
@@ -237,6 +256,13 @@ class RequestPath:
         return self.start(request, remaining_s, start_ns, owner=owner, point=point)
 
 
+def _queued(turn: Turn | None) -> None:
+    """The job is queued in the step that follows (`answer_later` reaches the batcher before its
+    first suspension): the stream's next frame of the model may go after it (load_order.py)."""
+    if turn is not None:
+        turn.admitted()
+
+
 def _evicted(models: ModelManager, job: InferJob) -> bool:
     """Whether the job's lazy model was evicted between its preparing and its run (a stream's task
     runs it later; an ensemble goes with an evicted step). Such a frame had failed UNAVAILABLE at
@@ -254,7 +280,10 @@ async def _load_again_for(models: ModelManager, job: InferJob) -> bool:
         return False
     deadline = job.call_deadline
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-    await demand.ready(job.request.model_name, left)
+    # A start holds its id meanwhile, as one waiting in `await_load`: its continuations read by the
+    # stream since (waiting for the same load) had been refused "never started" by the early judge.
+    with models.sequences_before_load.hold(job.request.model_name, job.controls.sequence):
+        await demand.ready(job.request.model_name, left)
     return True
 
 

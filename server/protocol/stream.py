@@ -283,12 +283,13 @@ class StreamSession:
         # One lookup of the request's model per message, for latest-frame-wins, order and `start`
         # (which routes a request naming no version once, as a unary call's: RequestPath.start).
         served = self._path.model_of(request)
-        try:
-            claim = self._frames.arrive(request, served)  # withdraws the frame it supersedes, if any
+        try:  # a lazy model not loaded: by its config, for frames waiting for its load (frame_rules.py)
+            rules = served or self._path.frame_rules(request)
+            claim = self._frames.arrive(request, rules)  # withdraws the frame it supersedes, if any
         except Exception as exc:
             self._send(_error(request, exc), None, request)
             return None
-        after, done = self._order.place(served, claim is not None)
+        after, done = self._order.place(request, served, claim is not None)
         job: InferJob | None = None
         turn: Turn | None = None
         name = request.model_name
@@ -309,6 +310,8 @@ class StreamSession:
                 return job
             if claim is not None:  # the batcher withdraws the frame it supersedes once it is queued
                 job.claim = claim
+        if turn is None and self._path.evictable(request):  # evicted before its task queues it, it
+            turn = self._loads.enter(name)  # waits for the reload: the later frames behind it
         task = asyncio.create_task(self._answer_later(request, job, start_ns, after, done, claim, turn))
         self._pending.add(task)
         task.add_done_callback(self._task_done)
@@ -332,7 +335,7 @@ class StreamSession:
                     left = self._left_s()
                     job, result = await self._path.serve(request, left, claim, self._sequences, turn)
                 else:
-                    result = await self._path.finish(job, start_ns)
+                    result = await self._path.finish(job, start_ns, turn)
                 response = Response(infer_response=result)
                 counted = job.served.stats  # the version that served it, after a reload too
             except ComputedThenCancelled as exc:  # computed, counted a success; its call ended

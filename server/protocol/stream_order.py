@@ -5,12 +5,16 @@ latest-frame-wins frames (server/protocol/latest_frame.py): those leave in reque
 stream's requests to the same model version, each waiting for the one before it, as Triton's
 `preserve_ordering` orders a model's responses. One chain for every model had made a fast model's
 frame wait for a slow model's earlier frame (1.0 s behind a 1 s run, for a 2 ms model).
+Latest-frame-wins frames are chained by model name and version as requested, the frames that
+supersede one another: known before a lazy model's load too, where no version is (its frames
+waiting for the load had been answered in any order, a dropped answer before older computed ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from protos import grpc_service_pb2 as pb
 from server.models.versions import ModelVersion
 
 
@@ -19,18 +23,22 @@ class StreamOrder:
     repository serves: requests of unknown models keep no order)."""
 
     def __init__(self) -> None:
-        self._tails: dict[tuple[str, int], asyncio.Event] = {}
+        self._tails: dict[tuple[str, int | str], asyncio.Event] = {}
 
     def place(
-        self, served: ModelVersion | None, ordered: bool
+        self, request: pb.ModelInferRequest, served: ModelVersion | None, ordered: bool
     ) -> tuple[asyncio.Event | None, asyncio.Event | None]:
-        """(the answer to wait for, the event to set once answered) for a request to `served`:
-        (None, None) unless its model preserves ordering or the request is `ordered` (a
-        latest-frame-wins frame). `served`: the version the request names (RequestPath.model_of;
-        None when the model is unknown: its request fails in `start`, in no order)."""
-        if served is None or not (ordered or served.preserve_ordering):
+        """(the answer to wait for, the event to set once answered) for `request`: (None, None)
+        unless it is `ordered` (a latest-frame-wins frame: by its model and version as requested)
+        or its model preserves ordering. `served`: the version the request names
+        (RequestPath.model_of; None when not loaded, or unknown: then it fails in `start`)."""
+        key: tuple[str, int | str]
+        if ordered:  # the request's own version string: an int key is a served version's
+            key = (request.model_name, request.model_version)
+        elif served is not None and served.preserve_ordering:
+            key = (served.name, served.version)
+        else:
             return None, None
-        key = (served.name, served.version)
         after = self._tails.get(key)
         done = self._tails[key] = asyncio.Event()
         return after, done

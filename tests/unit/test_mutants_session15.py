@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import text_format
 
 from batcher.stats import LATENCY_BOUNDS_NS
+from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.models.config_bounds import check_bounds
 from server.models.config_errors import ConfigError
@@ -308,25 +309,37 @@ def _served(name: str, version: int, preserve_ordering: bool = False) -> ModelVe
     return cast(ModelVersion, served)
 
 
+def _frame(name: str, version: str = "") -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(model_name=name, model_version=version)
+
+
 def test_only_ordered_requests_and_ordering_models_take_a_place() -> None:
     order = StreamOrder()
-    assert order.place(None, ordered=True) == (None, None)  # an unknown model keeps no order
-    assert order.place(_served("m", 1), ordered=False) == (None, None)
-    after, done = order.place(_served("m", 1), ordered=True)
+    assert order.place(_frame("x"), None, ordered=False) == (None, None)  # an unknown model keeps no order
+    assert order.place(_frame("m"), _served("m", 1), ordered=False) == (None, None)
+    after, done = order.place(_frame("m"), _served("m", 1), ordered=True)
     assert after is None and isinstance(done, asyncio.Event) and not done.is_set()
-    after, done = order.place(_served("p", 1, preserve_ordering=True), ordered=False)
+    after, done = order.place(_frame("p"), _served("p", 1, preserve_ordering=True), ordered=False)
     assert after is None and done is not None
 
 
 def test_each_answer_waits_for_the_one_before_it_of_the_same_version_only() -> None:
     order = StreamOrder()
-    _, first = order.place(_served("m", 1), ordered=True)
-    after_first, second = order.place(_served("m", 1), ordered=True)
+    _, first = order.place(_frame("p"), _served("p", 1, True), ordered=False)
+    after_first, second = order.place(_frame("p"), _served("p", 1, True), ordered=False)
     assert after_first is first and second is not first
-    assert order.place(_served("m", 2), ordered=True)[0] is None  # another version: its own chain
-    assert order.place(_served("n", 1), ordered=True)[0] is None  # another model: its own chain
-    assert order.place(_served("m", 1), ordered=True)[0] is second
-    assert order.place(_served("m", 1), ordered=False) == (None, None)  # unordered: not in the chain
+    assert order.place(_frame("p"), _served("p", 2, True), ordered=False)[0] is None  # another version
+    assert order.place(_frame("n"), _served("n", 1, True), ordered=False)[0] is None  # another model
+    assert order.place(_frame("p"), _served("p", 1, True), ordered=False)[0] is second
+    assert order.place(_frame("p"), _served("p", 1), ordered=False) == (None, None)  # unordered
+
+
+def test_latest_frame_wins_frames_chain_by_model_and_version_as_requested() -> None:
+    order = StreamOrder()
+    _, first = order.place(_frame("m"), None, ordered=True)  # waiting for its lazy model's load
+    assert order.place(_frame("m"), _served("m", 1), ordered=True)[0] is first  # read once loaded
+    assert order.place(_frame("m", "1"), _served("m", 1), ordered=True)[0] is None  # another chain
+    assert order.place(_frame("n"), None, ordered=True)[0] is None  # another model
 
 
 # -- traffic: policy defaults and slices --------------------------------------------------------

@@ -40,6 +40,12 @@ class LazyDemand:
     def needs_load(self, name: str) -> bool:
         return name.startswith("lazy") and name not in self.loaded
 
+    def is_lazy(self, name: str) -> bool:
+        return name.startswith("lazy")
+
+    def frame_rules(self, name: str) -> None:
+        return None  # not latest-frame-wins
+
     async def signatures(self, name: str) -> None:
         return None  # not judged: straight to the load
 

@@ -36,6 +36,12 @@ class InstantPath:
     def needs_load(self, request: pb.ModelInferRequest) -> bool:
         return False  # no lazy model (server/models/lazy.py)
 
+    def evictable(self, request: pb.ModelInferRequest) -> bool:
+        return False
+
+    def frame_rules(self, request: pb.ModelInferRequest) -> None:
+        return None
+
     def start(
         self,
         request: pb.ModelInferRequest,
@@ -63,7 +69,7 @@ class HeldPath(InstantPath):
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return job_of(request), None
 
-    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
         await self.release.wait()
         return pb.ModelInferResponse(id=job.id)
 
@@ -92,7 +98,7 @@ class OrderedPath(InstantPath):
         self.waiting[request.id] = asyncio.Event()
         return job_of(request), None
 
-    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
         await self.waiting[job.id].wait()
         return pb.ModelInferResponse(id=job.id)
 
@@ -419,7 +425,7 @@ async def test_a_stalled_calls_answer_in_grpcs_write_is_not_counted_unsent() -> 
 class BigAnswerPath(HeldPath):
     """A batched model whose answers (500 KB) are much larger than its requests (1 KB)."""
 
-    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
         await self.release.wait()
         return pb.ModelInferResponse(id=job.id, raw_output_contents=[bytes(500_000)])
 

@@ -45,6 +45,9 @@ class HeldFirst:
     def needs_load(self, request: pb.ModelInferRequest) -> bool:
         return False
 
+    def evictable(self, request: pb.ModelInferRequest) -> bool:
+        return False
+
     def job(self, request: pb.ModelInferRequest) -> Any:
         return SimpleNamespace(id=request.id, served=SimpleNamespace(stats=self.stats))
 
@@ -59,7 +62,7 @@ class HeldFirst:
         self.stats.record_success(0)
         return self.job(request), pb.ModelInferResponse(id=request.id)
 
-    async def finish(self, job: Any, start_ns: int) -> pb.ModelInferResponse:
+    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
         try:
             await self.release.wait()
         except asyncio.CancelledError:
