@@ -121,7 +121,8 @@ class RepositoryControl:
                 entry = ModelEntry(name=name, state=UNAVAILABLE, reason=NOT_CHOSEN, dormant=True)
                 self._manager.put_entry(entry)
             elif self._lazy_at_start(sources[name]):
-                self._loads.register_lazy(name)  # an ensemble over lazy steps after them (order)
+                # Its config as read: latest-frame-wins for frames waiting for its first load.
+                self._loads.register_lazy(name, source=sources[name])  # ensembles over lazy steps after them
                 lazy.add(name)
             else:
                 self._manager.put_entry(ModelEntry(name=name, state=LOADING, reason=START_LOAD))

@@ -192,3 +192,21 @@ def test_a_provider_the_setting_names_is_warned_once_naming_the_setting_not_each
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         asked = plan_instances(accelerated, ("CPUExecutionProvider",)).unapplied
         assert any("CUDAExecutionProvider" in note for note in asked), asked
+
+
+async def test_a_lazy_model_listed_at_start_knows_its_latest_frame_wins_before_its_first_load(
+    tmp_path: Path,
+) -> None:
+    """Listed at start without its config's rules, a never-loaded lazy model's frames waiting for its
+    first load did not take part in latest-frame-wins: computed, answered out of request order."""
+    wins = 'parameters { key: "latest_frame_wins" value: { string_value: "true" } }'
+    repo = write_repository(tmp_path / "repo", {"cam": slow_identity("cam", 0, f"{LAZY}\n{wins}")})
+    manager, loads, control = start_parts(repo, tmp_path, ["cam"])
+    try:
+        await control.start()
+        assert manager.entry("cam").dormant and not loads.seen  # listed, never loaded
+        rules = loads.frame_rules("cam")
+        assert rules is not None and rules.latest_frame_wins and rules.refused_for == ""
+    finally:
+        await control.stop()
+        await manager.stop(drain_timeout_s=1)
