@@ -30,6 +30,7 @@ def _default_cache_dir() -> Path:
 # OverflowError traceback inside grpc instead of an invalid-setting message.
 _GRPC_INT_MAX = 2**31 - 1
 _GRPC_INT = re.compile(r"-?[0-9]+")  # a grpc argument's value: ASCII digits, an optional minus
+MAX_WORKERS = 64  # server processes of `serve --workers` (also `top --workers`)
 _GRPC_MAX_S = 2_000_000.0  # about 23 days, below 2**31 ms
 # onnxruntime threads per session: 100,000 grew memory by 70 MB/s and never became ready.
 _MAX_THREADS = 256
@@ -167,7 +168,7 @@ class ServerSettings(BaseSettings):
     cost_per_gpu_hour: float | None = Field(default=None, ge=0)
 
     # Server processes sharing the port (SO_REUSEPORT); the parent holds the port and spawns them.
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.
     reuse_port: bool = False
     # Set by the parent in its workers only: this worker's number (0..workers-1), in its log lines.
