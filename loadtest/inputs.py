@@ -13,6 +13,7 @@ import numpy as np
 from clients.tensors import DTYPE_BY_WIRE, build_request, set_timeout
 from loadtest import channels
 from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Target
+from loadtest.start import CONNECT_WAIT_S, TargetUnreachable
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -28,23 +29,25 @@ Arrays = dict[str, np.ndarray]
 def fetch_metadata(
     target: Target, timeout_s: float = 10.0, security: Security = PLAINTEXT
 ) -> pb.ModelMetadataResponse:
-    """The target model's inputs; waits up to timeout_s for the server to answer."""
+    """The target model's inputs. A target that accepts no connection within CONNECT_WAIT_S (the
+    wait a worker gives it before each step) raises TargetUnreachable (exit 3, as the same target
+    gone before a later step; it had been a ValueError, a usage error's exit 2); then up to
+    timeout_s for the answer."""
     with channels.channel(target.address, security) as opened:
-        stub = pb_grpc.GRPCInferenceServiceStub(opened)  # type: ignore[no-untyped-call]
         try:
-            response: pb.ModelMetadataResponse = stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=target.model),
-                timeout=timeout_s,
-                wait_for_ready=True,
-                metadata=channels.metadata(security),
-            )
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # wait_for_ready: never connected
-                raise ValueError(
-                    f"target {target.address}: no answer within {timeout_s:g} s (is a server listening "
-                    "there?)"
-                ) from None
-            raise
+            grpc.channel_ready_future(opened).result(timeout=CONNECT_WAIT_S)
+        except grpc.FutureTimeoutError:
+            raise TargetUnreachable(
+                f"target {target.address} accepted no connection within {CONNECT_WAIT_S:g} s (is a "
+                "server listening there?)"
+            ) from None
+        stub = pb_grpc.GRPCInferenceServiceStub(opened)  # type: ignore[no-untyped-call]
+        response: pb.ModelMetadataResponse = stub.ModelMetadata(
+            pb.ModelMetadataRequest(name=target.model),
+            timeout=timeout_s,
+            wait_for_ready=True,
+            metadata=channels.metadata(security),
+        )
         return response
 
 

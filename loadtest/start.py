@@ -18,6 +18,9 @@ from typing import Any
 # Time for the start message to reach each process's loop once all are connected.
 START_MARGIN_S = 0.1
 CONNECT_TIMEOUT_S = 60.0
+# How long the target may take to accept a connection: before the first step (metadata) and by
+# each worker before each step; past it the run ends target_unreachable (exit 3).
+CONNECT_WAIT_S = 5.0
 CONNECTED = "connected"
 UNREACHABLE = "unreachable"
 

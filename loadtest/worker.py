@@ -30,7 +30,7 @@ import grpc
 
 from loadtest.channels import aio_channel, metadata
 from loadtest.scenario import WorkerPlan
-from loadtest.start import UNREACHABLE, Stopped, TargetUnreachable, common_start
+from loadtest.start import CONNECT_WAIT_S, UNREACHABLE, Stopped, TargetUnreachable, common_start
 from loadtest.stats import OK, Counts, Recorder
 from protos import grpc_service_pb2 as pb
 
@@ -94,7 +94,7 @@ async def run_plan(plan: WorkerPlan, start_time: StartTime | None = None) -> Cou
     common start, set when every worker is connected, rather than a fixed delay ahead)."""
     async with aio_channel(plan.address, plan.security, CHANNEL_OPTIONS) as channel:
         # Connect before the start time, so connection set-up is not part of the first latency.
-        connect_s = max(5.0, plan.start_at - time.monotonic())
+        connect_s = max(CONNECT_WAIT_S, plan.start_at - time.monotonic())
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=connect_s)
         except (TimeoutError, asyncio.TimeoutError):

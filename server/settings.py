@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,6 +29,8 @@ def _default_cache_dir() -> Path:
 # grpc core takes these as C ints (milliseconds for times): larger values failed at start with an
 # OverflowError traceback inside grpc instead of an invalid-setting message.
 _GRPC_INT_MAX = 2**31 - 1
+_GRPC_INT = re.compile(r"-?[0-9]+")  # a grpc argument's value: ASCII digits, an optional minus
+MAX_WORKERS = 64  # server processes of `serve --workers` (also `top --workers`)
 _GRPC_MAX_S = 2_000_000.0  # about 23 days, below 2**31 ms
 # onnxruntime threads per session: 100,000 grew memory by 70 MB/s and never became ready.
 _MAX_THREADS = 256
@@ -165,7 +168,7 @@ class ServerSettings(BaseSettings):
     cost_per_gpu_hour: float | None = Field(default=None, ge=0)
 
     # Server processes sharing the port (SO_REUSEPORT); the parent holds the port and spawns them.
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     # Set by the parent in its workers only: bind with SO_REUSEPORT to share the parent's port.
     reuse_port: bool = False
     # Set by the parent in its workers only: this worker's number (0..workers-1), in its log lines.
@@ -214,6 +217,10 @@ class ServerSettings(BaseSettings):
         # Python's and pydantic's number parsing take digit separators: "0.1_0" was 0.1, "1_0" 10.
         if isinstance(value, str) and "_" in value and info.field_name in _NUMBERS:
             raise ValueError(f"must be a plain number, without '_': got {value!r}")
+        # " 0.5" and " 48001 " had passed (pydantic strips them), where the sample_ratio parameter
+        # refuses spaces: a number setting is its digits alone.
+        if isinstance(value, str) and value != value.strip() and info.field_name in _NUMBERS:
+            raise ValueError(f"must be a plain number, without spaces around it: got {value!r}")
         return value
 
     @field_validator("execution_providers", "load_model", mode="before")
@@ -221,11 +228,14 @@ class ServerSettings(BaseSettings):
     def _names(cls, value: object) -> object:
         # SLUICEWAY_LOAD_MODEL=mlp was refused (pydantic-settings reads a list variable as JSON
         # only): a string is now comma-separated names, or a JSON list when it starts with "[".
-        if not isinstance(value, str):
-            return value
-        if value.lstrip().startswith("["):
-            return json.loads(value)
-        return tuple(name.strip() for name in value.split(",") if name.strip())
+        if isinstance(value, str):
+            if not value.lstrip().startswith("["):
+                return tuple(name.strip() for name in value.split(",") if name.strip())
+            value = json.loads(value)
+        if isinstance(value, (list, tuple)) and any(isinstance(n, str) and not n.strip() for n in value):
+            # `--load-model ''` or '[""]' had started a server that loaded nothing ("no such model").
+            raise ValueError(f"an empty name in {list(value)!r}: every name must be given")
+        return value
 
     @field_validator("execution_providers", mode="after")
     @classmethod
@@ -340,11 +350,14 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
     pairs: list[tuple[str, int]] = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = entry.partition("=")
-        if not name.startswith("grpc.") or not value.strip().lstrip("-").isdigit():
+        # ASCII digits only: str.isdigit() and int() had taken "=\u0661" (Arabic-Indic one) as 1.
+        if not name.startswith("grpc.") or not _GRPC_INT.fullmatch(value.strip()):
             raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
         number = int(value)
         if not -_GRPC_INT_MAX - 1 <= number <= _GRPC_INT_MAX:  # a C int: grpc's OverflowError at start
             raise ValueError(f"'{entry}': grpc takes -2^31 to 2^31-1")
+        if any(seen == name.strip() for seen, _ in pairs):  # the last one had silently won
+            raise ValueError(f"'{name.strip()}' is given twice")
         pairs.append((name.strip(), number))
     return pairs
 

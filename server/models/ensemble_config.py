@@ -96,6 +96,12 @@ def check_ensemble(config: mc.ModelConfig, source: str) -> None:
         raise ConfigError(f"{source}: instance_group cannot be set on an ensemble (it has no instances)")
     if not config.ensemble_scheduling.step:
         raise ConfigError(f"{source}: ensemble_scheduling needs at least one step")
+    for step in _steps(config):
+        if config.name and step.model == config.name:
+            # Triton's "circular dependency": a lazy one had answered "not ready (loading)" for good.
+            raise ConfigError(
+                f"{source}: {step.where(config.name)}: an ensemble cannot be its own step (a cycle)"
+            )
     if not config.input or not config.output:
         raise ConfigError(
             f"{source}: an ensemble must list its inputs and outputs (no graph to complete from)"

@@ -226,6 +226,11 @@ class DriftMonitor:
                         tensor.add(matrix[0], self.reference_rows, self.window_rows)
             self._generation += 1
 
+    def scorable(self) -> bool:
+        """Whether any numeric tensor was seen (BYTES and empty tensors are not scored)."""
+        with self._lock:
+            return bool(self._tensors)
+
     def series(self) -> list[Series]:
         """The values each row is scored on: tensors with a full reference and enough recent rows."""
         with self._lock:

@@ -39,8 +39,16 @@ class DriftError(Exception):
     """Nothing to score; the message says what is missing."""
 
 
+class NothingToScore(DriftError):
+    """The sampled tensors are none that drift scores (BYTES): more samples will not help."""
+
+
+EXIT_NOT_YET, EXIT_NOTHING_TO_SCORE = 1, 3  # 2: a usage error
+
+
 def run_drift(args: argparse.Namespace) -> int:
-    """Print the table and write the plot; 1 when there is nothing to score, 2 on a bad setting."""
+    """Print the table and write the plot; 1 when there are not yet enough rows, 3 when the files
+    hold no tensor drift scores, 2 on a bad setting."""
     names = ("sample_dir", "cache_dir", "drift_reference_samples", "drift_window_samples")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
@@ -57,6 +65,12 @@ def run_drift(args: argparse.Namespace) -> int:
         windows = settings.drift_reference_samples, settings.drift_window_samples
         monitor = monitor_of(files, *windows, reference)
         series = [s for s in monitor.series() if s.reference.size and s.recent.size]
+        if files and not series and not monitor.scorable():
+            # "not enough sampled rows yet" had sent the operator to wait for rows that never count.
+            raise NothingToScore(
+                f"{directory}: nothing to score: no numeric tensor in the sampled files (BYTES "
+                "tensors are not scored for drift), so more samples will not change that"
+            )
         if not series:
             raise DriftError(
                 f"{directory}: not enough sampled rows yet (a full reference window of "
@@ -64,7 +78,7 @@ def run_drift(args: argparse.Namespace) -> int:
             )
     except (DriftError, ConfigError) as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_NOTHING_TO_SCORE if isinstance(exc, NothingToScore) else EXIT_NOT_YET
     rows = score_all(series)
     print(scored)
     print_table(f"{args.model} version {directory.name}", rows)

@@ -34,6 +34,7 @@ from clients.security import TlsOptions, bearer_metadata
 from clients.security_flags import add_security_arguments, security_flags
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from server.settings import MAX_WORKERS
 
 if TYPE_CHECKING:  # rich and prometheus_client load only when `top` runs, not with every CLI start
     from rich.table import Table
@@ -93,15 +94,36 @@ def interval_of(seconds: float) -> float:
     return seconds
 
 
+def target_of(text: str) -> str:
+    """--target, checked: '' had printed grpc core's "Source Location Trace" block, exit 1."""
+    if not text.strip():
+        raise ValueError("--target must not be empty (the server's gRPC HOST:PORT)")
+    return text
+
+
+def metrics_url_of(url: str) -> str:
+    """--metrics-url, checked: urllib opens file:// too (the caption had shown a file's first line)."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"--metrics-url must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
 def worker_urls(url: str, workers: int) -> list[str]:
-    """Each worker's /metrics: worker i serves the first one's port + i (`serve --workers N`)."""
-    if workers < 1:
-        raise ValueError(f"--workers must be 1 or more, not {workers}")
+    """Each worker's /metrics: worker i serves the first one's port + i (`serve --workers N`); as
+    many workers as serve takes (70000 had polled 70,016 URLs, ports past 65535 among them)."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be 1 to {MAX_WORKERS} (as `serve --workers`), not {workers}")
     if workers == 1:
         return [url]
     parts = urllib.parse.urlsplit(url)
     if parts.port is None or parts.hostname is None:
         raise ValueError(f"--workers {workers} needs a host and port in --metrics-url, not {url!r}")
+    if parts.port + workers - 1 > 65535:  # serve's own rule for its workers' metrics ports
+        raise ValueError(
+            f"--workers {workers} with --metrics-url port {parts.port}: worker i is on port + i, and "
+            f"{parts.port + workers - 1} is above 65535"
+        )
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return [parts._replace(netloc=f"{host}:{parts.port + i}").geturl() for i in range(workers)]
 
@@ -359,7 +381,8 @@ def run_top(args: argparse.Namespace) -> int:
     host = args.target.rsplit(":", 1)[0]
     try:
         tls, metadata = security_of(args)
-        urls = worker_urls(args.metrics_url or f"http://{host}:8002/metrics", args.workers)
+        target_of(args.target)
+        urls = worker_urls(metrics_url_of(args.metrics_url or f"http://{host}:8002/metrics"), args.workers)
         interval = interval_of(args.interval)
     except ValueError as exc:
         print(f"sluiceway top: {exc}", file=sys.stderr)

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtest import inputs
 from loadtest.cli import main
 from loadtest.inputs import fetch_metadata, load_files
 from loadtest.scenario import parse_target
+from loadtest.start import TargetUnreachable
 from protos import grpc_service_pb2 as pb
 
 
@@ -32,12 +34,14 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(
     assert f"--out {out} is not a folder" in capsys.readouterr().err
 
 
-def test_a_target_where_nothing_listens_says_so() -> None:
+def test_a_target_where_nothing_listens_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as free:  # a port nothing listens on: bound, never listened, then closed
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    with pytest.raises(ValueError, match=r"no answer within 0.5 s \(is a server listening there\?\)"):
-        fetch_metadata(parse_target(f"127.0.0.1:{port}", "m"), timeout_s=0.5)
+    monkeypatch.setattr(inputs, "CONNECT_WAIT_S", 0.5)
+    unreachable = r"accepted no connection within 0.5 s \(is a server listening there\?\)"
+    with pytest.raises(TargetUnreachable, match=unreachable):  # exit 3, as before a later step
+        fetch_metadata(parse_target(f"127.0.0.1:{port}", "m"))
 
 
 def test_an_out_that_cannot_be_made_is_refused_before_the_run(

@@ -46,6 +46,22 @@ EMPTY = "must not be empty"
         ((), {"SLUICEWAY_SAMPLE_RATIO": "0.1_0"}, "sample_ratio", "plain number"),
         (("--port", "80_01"), {}, "port", "plain number"),
         (("--max-queue-size", "1_000"), {}, "max_queue_size", "plain number"),
+        # h19 cli2: an empty model name had started a server that loaded nothing ("no such model").
+        (("--model-control-mode", "explicit", "--load-model", ""), {}, "load_model", "empty name"),
+        (
+            ("--model-control-mode", "explicit", "--load-model", "mlp", "--load-model", " "),
+            {},
+            "load_model",
+            "empty name",
+        ),
+        (("--model-control-mode", "explicit"), {"SLUICEWAY_LOAD_MODEL": '[""]'}, "load_model", "empty name"),
+        # Spaces around a number had passed (pydantic strips them); the sample_ratio parameter refuses them.
+        (("--sample-ratio", " 0.5"), {}, "sample_ratio", "without spaces"),
+        (("--max-queue-size", " 5"), {}, "max_queue_size", "without spaces"),
+        ((), {"SLUICEWAY_PORT": " 48001 "}, "port", "without spaces"),
+        # int() takes any Unicode digit: "=\u0661" had been 1, where "=+1" was refused.
+        (("--grpc-server-args", "grpc.http2.bdp_probe=\u0661"), {}, "grpc_server_args", "<integer>"),
+        (("--grpc-server-args", "grpc.a=1,grpc.b=2,grpc.a=3"), {}, "grpc_server_args", "'grpc.a' is given"),
     ],
 )
 def test_a_careless_setting_exits_2_naming_it(

@@ -79,7 +79,7 @@ def test_worker_urls_are_the_next_ports() -> None:
     assert worker_urls("http://[::1]:9000/metrics", 2)[1] == "http://[::1]:9001/metrics"
     with pytest.raises(ValueError, match="--workers 2 needs a host and port in --metrics-url"):
         worker_urls("http://example.com/metrics", 2)
-    with pytest.raises(ValueError, match="--workers must be 1 or more"):
+    with pytest.raises(ValueError, match="--workers must be 1 to 64"):
         worker_urls("http://127.0.0.1:8002/metrics", 0)
 
 
