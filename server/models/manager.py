@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -133,8 +132,7 @@ class ModelManager:
             raise ModelNotReady(f"model '{name}' is not ready ({entry.state.lower()}: {entry.reason})")
         if not version:
             if routed is not None:  # a sequence's continuation goes where it started
-                policy = partial(self.rollout.route, point=routed.point)
-                return entry.versions[self.sequence_routing.route(entry, routed, policy)]
+                return entry.versions[self.sequence_routing.route(entry, routed, self.rollout.route)]
             return entry.versions[entry.order[0]]
         served = entry.versions.get(version_number(version))
         if served is None:

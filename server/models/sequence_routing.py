@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # run (pipelined on streams), or whose sequences are still queued. An id is at most 1 KiB.
 NOTE_SLACK = 1024
 
-Policy = Callable[["ModelEntry", "RoutedRequest"], int]
+Policy = Callable[["ModelEntry", "RoutedRequest", "float | None"], int]  # Rollout.route
 
 # Why a version the memory budget evicted ended its sequences (`retire`'s `why`): they had been
 # told "unloaded or replaced", as by an operator's unload, with nothing naming the budget.
@@ -80,7 +80,7 @@ class SequenceRouting:
         """The version number for a request that names none: the policy's, except for a
         continuation of a sequence started, live or ended on a served version."""
         # Asked every time: routing is also when the policy closes its rollback window.
-        chosen = policy(entry, routed.request)
+        chosen = policy(entry, routed.request, routed.point)  # the point drawn before a lazy load
         sequence = _sequence_of(entry, routed)
         if sequence is None:
             return chosen

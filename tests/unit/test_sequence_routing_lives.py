@@ -48,7 +48,7 @@ class Policy:
 
     to: int
 
-    def __call__(self, entry: ModelEntry, request: object) -> int:
+    def __call__(self, entry: ModelEntry, request: object, point: float | None = None) -> int:
         return self.to
 
 
