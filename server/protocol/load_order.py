@@ -26,13 +26,14 @@ class Turn:
     """One frame's place in its stream's order for a model: `wait()` for the frames before it,
     then `admitted()` once it has reached the batcher, or failed before (idempotent)."""
 
-    __slots__ = ("_after", "_mine", "_name", "_order")
+    __slots__ = ("_admitted", "_after", "_mine", "_name", "_order")
 
     def __init__(self, order: LoadOrder, name: str, after: asyncio.Future[None] | None) -> None:
         self._order = order
         self._name = name
         self._after = after  # the frame before it: done once it and those before it are admitted
         self._mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._admitted = False  # said once: a queued frame says it again as it ends
 
     @property
     def future(self) -> asyncio.Future[None]:
@@ -52,6 +53,9 @@ class Turn:
     def admitted(self) -> None:
         """This frame reached the batcher, or will not: the next may go once those before it have
         too (a frame failed early must not let the next overtake one still waiting)."""
+        if self._admitted:
+            return
+        self._admitted = True
         after = self._after
         if after is None or after.done():
             self._release()
