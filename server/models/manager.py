@@ -115,6 +115,8 @@ class ModelManager:
         # start_listed), a model not in the index is not ready, retryable, rather than NOT_FOUND,
         # which no client retries.
         self._listing = False
+        self._listed = asyncio.Event()  # cleared over the same span: RepositoryIndex waits on it
+        self._listed.set()
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -197,14 +199,22 @@ class ModelManager:
     def reading_repository(self) -> None:
         """The server answers before it has read its repository (SluicewayServer.start)."""
         self._listing = True
+        self._listed.clear()
 
     def start_listed(self) -> None:
         """Every model of the repository is in the index (loading, lazy, failed, not chosen)."""
         self._listing = False
+        self._listed.set()
 
     def start_load_ended(self) -> None:
         """The models the start loads have loaded (or failed): ServerReady may now be true."""
         self._starting = self._listing = False
+        self._listed.set()
+
+    async def listed(self) -> None:
+        """Returns once the repository is listed: an index asked for while it is being read would
+        have been empty (a CI run polled it in that span and saw none of the seven models)."""
+        await self._listed.wait()
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():

@@ -10,12 +10,15 @@ ready (loading: ...)"), and ServerReady stays false until the start-up load has 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import onnxruntime as ort
 import pytest
 
+from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server.backends.instance_groups import plan_instances
 from server.errors import ModelNotFound, ModelNotReady
@@ -24,6 +27,8 @@ from server.models.lazy import NOT_LOADED, ModelLoads
 from server.models.manager import ModelManager
 from server.models.repository import ModelSource
 from server.models.versions import LOADING, READY, UNAVAILABLE
+from server.protocol.calls import CallTracker, StreamLimits
+from server.protocol.servicer import InferenceServicer
 from server.settings import ServerSettings
 from tests.support.slow_steps import one_step_ensemble, slow_identity, write_repository
 
@@ -113,6 +118,34 @@ def test_a_request_before_the_repository_is_listed_is_unavailable_not_not_found(
     manager.start_listed()  # RepositoryControl.start: every model of the repository is listed now
     with pytest.raises(ModelNotFound):
         manager.resolve("a")
+
+
+async def test_the_repository_index_asked_for_while_the_repository_is_read_waits_for_the_listing(
+    tmp_path: Path,
+) -> None:
+    """Before: an index asked for between the port's opening and the listing was empty (a CI run's
+    polling client saw none of its seven models once; tests/integration/test_startup_h19.py)."""
+    manager, _, control = start_parts(repository(tmp_path), tmp_path, [])
+    calls = CallTracker(StreamLimits(8, 8, 8))
+    servicer = InferenceServicer(
+        manager, calls, lambda: False, stream_max_in_flight=8, stream_idle_timeout_s=5
+    )
+    context = cast(grpc.aio.ServicerContext, None)  # RepositoryIndex reads nothing of it
+    manager.reading_repository()  # as SluicewayServer.start, before the port opens
+    asked = asyncio.ensure_future(servicer.RepositoryIndex(pb.RepositoryIndexRequest(), context))
+    try:
+        for _ in range(20):  # the loop goes round; the index waits
+            await asyncio.sleep(0)
+        assert not asked.done(), asked.result()
+        await control.start()
+        listed = await asyncio.wait_for(asked, 10)
+        assert {model.name for model in listed.models} == {"a", "b", "c", "ens", "lz"}
+        ready_only = await servicer.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), context)
+        assert {model.name for model in ready_only.models} == {"a", "b", "c", "ens"}
+    finally:
+        asked.cancel()
+        await control.stop()
+        await manager.stop(drain_timeout_s=1)
 
 
 async def test_explicit_mode_lists_the_models_not_asked_for_before_its_first_load(tmp_path: Path) -> None:
