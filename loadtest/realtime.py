@@ -32,12 +32,12 @@ from typing import Any
 
 import grpc
 
-from loadtest import channels, inputs
+from loadtest import channels, ending, inputs
 from loadtest.proc import cpu_s, load_average
 from loadtest.realtime_worker import ProcessResult, RealtimePlan, StreamResult, worker_main
 from loadtest.scenario import Scenario, Target, is_loopback, parse_levels, split_evenly
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
-from loadtest.start import START_MARGIN_S, receive, send_start, wait_connected
+from loadtest.start import START_MARGIN_S, TargetUnreachable, receive, send_start, wait_connected
 from loadtest.stats import latency_summary, merge_histograms
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -101,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _measure(args)
+    except TargetUnreachable as exc:  # had ended in a traceback, exit status 1
+        print(f"sluiceway-loadtest realtime: {exc}; no step was measured", file=sys.stderr)
+        return ending.EXIT_UNREACHABLE
+    except grpc.RpcError as exc:  # the target's metadata: an unknown model, a refused token...
+        print(f"sluiceway-loadtest realtime: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _measure(args: argparse.Namespace) -> int:
+    """Every level of --streams in turn, a table row each; realtime.json into --out."""
     preset = PRESETS.get(args.preset or "", {})
     model = args.model or preset.get("model", "mlp")
     rate = args.rate or preset.get("rate", 30.0)

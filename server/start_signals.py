@@ -9,6 +9,8 @@ handler with its drain once its event loop runs. Standard library only: it must 
 
 from __future__ import annotations
 
+import contextlib
+
 # Before the handler can fire: pydantic_core's start-up imports datetime's C API, and pyo3 turns
 # a Terminated raised in that import into a panic (a Rust backtrace, exit 1). Imported, it is not
 # imported again there. ~1 ms.
@@ -16,7 +18,7 @@ import datetime  # noqa: F401
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # imported before the handler is in place: only what costs nothing at run time
     from collections.abc import Mapping, Sequence
@@ -43,7 +45,33 @@ class StartUpSigterm:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
         self.signal_name = signal.Signals(signum).name
+        if _inside_an_import(frame):
+            # Raised in an import, Terminated went through extensions' inits (numpy's printed its
+            # PyErr_Print traceback in ~1 start-up SIGTERM of 4; one start crashed, SIGSEGV). Before
+            # `serve` takes over nothing is made that an exit must undo: leave now, one line.
+            exit_now(self.signal_name)
         raise Terminated
+
+
+def _inside_an_import(frame: FrameType | None) -> bool:
+    """Whether the main thread was stopped inside an import (importlib's frames are on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def exit_now(signal_name: str) -> NoReturn:
+    """Write the start-up signal's line and end the process at once (exit 0), unwinding nothing."""
+    try:
+        exit_terminated(signal_name)
+    except BaseException:  # the JSON line's imports, themselves half-imported: the plain line then
+        print(f"sluiceway: {LINE.format(signal=signal_name)}", file=sys.stderr, flush=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)
 
 
 def raise_on_sigterm() -> StartUpSigterm:

@@ -30,7 +30,7 @@ from server.errors import (
     ShuttingDown,
 )
 from server.models.config import ConfigError
-from server.models.ensemble_config import is_ensemble, load_rank
+from server.models.ensemble_config import cycle_refusals, is_ensemble, load_rank, steps_of
 from server.models.lazy import ModelLoads
 from server.models.lazy_flags import lazy_flags
 from server.models.load_request import parse_load_parameters, remove_dead_uploads, write_model_directory
@@ -76,6 +76,9 @@ class RepositoryControl:
             if stale:
                 log.info("removed %d upload directories of servers that are gone", len(stale))
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
+        for name, reason in cycle_refusals({name: found.config for name, found in sources.items()}).items():
+            del sources[name]
+            errors[name] = reason
         explicit = self._mode == "explicit" and "*" not in self._settings.load_model
         chosen = set(self._settings.load_model) if explicit else set(sources) | set(errors)
         for name, reason in errors.items():
@@ -229,6 +232,10 @@ class RepositoryControl:
             return
         sources, _ = await asyncio.to_thread(scan_repository, self._root)
         configs = {name: found.config for name, found in sources.items()}
+        cycle = cycle_refusals({**configs, source.name: source.config}).get(source.name)
+        if cycle is not None:
+            self._failed(source.name, cycle)
+            raise RepositoryError(cycle)
         steps = steps_of({source.name}, {**configs, source.name: source.config}) & set(sources)
         for model in sorted(steps, key=load_rank(configs)):
             entry = self._entry(model)
@@ -363,6 +370,13 @@ class RepositoryControl:
             self._failed(name, str(exc))
             self._retry_if_os(name, exc)
             return
+        if is_ensemble(source.config):  # a cycle of ensembles: each would wait on the other's load
+            sources, _ = await asyncio.to_thread(scan_repository, self._root)
+            configs = {found.name: found.config for found in sources.values()}
+            cycle = cycle_refusals({**configs, name: source.config}).get(name)
+            if cycle is not None:
+                self._failed(name, cycle)
+                return
         failures = self._retries.failures(name)
         why = f"failed to load on an OS error {failures} time(s)" if failures else "changed on disk"
         self._retry_if_os(name, await self._apply_source(source, keep_unchanged=True, why=why))
@@ -379,19 +393,3 @@ class RepositoryControl:
         if entry is not None:
             entry.reason = f"{entry.reason} {retry.note()}"
         log.warning("model %s: the load failed on an OS error; trying again in %.3g s", name, retry.delay_s)
-
-
-def steps_of(names: set[str], configs: dict[str, mc.ModelConfig]) -> set[str]:
-    """The models the ensembles among `names` use, nested ensembles' too (none for others)."""
-    found: set[str] = set()
-    todo = [n for n in names if n in configs]
-    while todo:
-        config = configs[todo.pop()]
-        if not is_ensemble(config):
-            continue
-        for step in config.ensemble_scheduling.step:
-            if step.model_name not in found and step.model_name not in names:
-                found.add(step.model_name)
-                if step.model_name in configs:
-                    todo.append(step.model_name)
-    return found

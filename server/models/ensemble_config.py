@@ -261,3 +261,64 @@ def _check_same(where: str, what: str, spec: mc.ModelInput | mc.ModelOutput, max
     want, shape = _shape(max_batch_size, spec_dims), ([-1] if batched else []) + dims
     if not (agree(spec_dims, dims) or agree(want, shape)):
         raise ConfigError(f"{where}: {what} has shape {want} but {origin} has {shape} (-1 is variable)")
+
+
+def steps_of(names: set[str], configs: Mapping[str, mc.ModelConfig]) -> set[str]:
+    """The models the ensembles among `names` use, nested ensembles' too (none for others)."""
+    found: set[str] = set()
+    todo = [n for n in names if n in configs]
+    while todo:
+        config = configs[todo.pop()]
+        if not is_ensemble(config):
+            continue
+        for step in config.ensemble_scheduling.step:
+            if step.model_name not in found and step.model_name not in names:
+                found.add(step.model_name)
+                if step.model_name in configs:
+                    todo.append(step.model_name)
+    return found
+
+
+def ensemble_cycle(name: str, configs: Mapping[str, mc.ModelConfig]) -> list[str] | None:
+    """The path by which ensemble `name` reaches itself through its steps' ensembles
+    (['a', 'b', 'a']), or None. An ensemble that is its own step is refused by check_ensemble."""
+    path = [name]
+    on_path = {name}
+    done: set[str] = set()  # ensembles from which `name` is not reached
+
+    def reaches(current: str) -> bool:
+        config = configs.get(current)
+        if config is None or not is_ensemble(config):
+            return False
+        for step in config.ensemble_scheduling.step:
+            model = step.model_name
+            if model == name and current != name:
+                path.append(name)
+                return True
+            if model in on_path or model in done:
+                continue
+            path.append(model)
+            on_path.add(model)
+            if reaches(model):
+                return True
+            path.pop()
+            on_path.discard(model)
+            done.add(model)
+        return False
+
+    return path if reaches(name) else None
+
+
+def cycle_refusals(configs: Mapping[str, mc.ModelConfig]) -> dict[str, str]:
+    """Each ensemble in a cycle of ensembles, and why it is not loaded: each one's load had waited
+    on the other's and failed "model 'b' is not ready", naming no cycle (Triton: a circular
+    dependency)."""
+    refused: dict[str, str] = {}
+    for name in sorted(configs):
+        cycle = ensemble_cycle(name, configs)
+        if cycle is not None:
+            refused[name] = (
+                f"ensemble '{name}' is in a cycle of ensembles: {' -> '.join(cycle)} (an ensemble "
+                "cannot reach itself through its steps; change a step in one of their config.pbtxt)"
+            )
+    return refused

@@ -218,6 +218,8 @@ def _number(
         value = float(text) if not whole else float(int(text))
     except ValueError:
         value = math.nan
+    if "_" in text:  # Python's float() and int() read '1_0' as 10: a typo here, refused
+        value = math.nan
     ok = math.isfinite(value) and (value > low or (zero and value == low))
     if not ok:
         kind = "a whole number" if whole else "a number"

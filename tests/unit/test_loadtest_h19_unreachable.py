@@ -151,3 +151,16 @@ def test_a_run_whose_target_died_exits_3_with_its_steps_written(
     (entry,) = json.loads((tmp_path / "results.json").read_text())["results"]
     assert entry["unreachable"] == 20 and entry["errors"] == {"UNAVAILABLE": 20}
     assert "the target stopped answering: 20 of 50 requests could not reach it" in capsys.readouterr().err
+
+
+def test_realtime_against_a_target_nothing_listens_on_says_so_and_exits_3(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: a traceback ending in TargetUnreachable, exit status 1."""
+    from loadtest import realtime
+
+    address = f"127.0.0.1:{_free_port()}"
+    status = realtime.main(["--target", address, "--streams", "1", "--duration-s", "0.1", "--warmup-s", "0"])
+    err = capsys.readouterr().err
+    assert status == ending.EXIT_UNREACHABLE == 3, err
+    assert f"target {address} accepted no connection" in err and "Traceback" not in err, err

@@ -63,6 +63,10 @@ def test_a_full_policy_parses() -> None:
         ({"rollback_min_requests": "0"}, "rollback_min_requests"),
         ({"rollback_window_s": "nan"}, "rollback_window_s"),
         ({"rollback_error_margin": "-1"}, "rollback_error_margin"),
+        # Digit separators: float() and int() had read these as 10 and 2000.
+        ({"rollback_min_requests": "1_0"}, "rollback_min_requests"),
+        ({"rollback_latency_floor_ms": "2_000"}, "rollback_latency_floor_ms"),
+        ({"traffic_weights": "1:9_0,2:10"}, "traffic_weights"),
     ],
 )
 def test_bad_policies_name_the_parameter(params: dict[str, str], named: str) -> None:
