@@ -122,7 +122,7 @@ class SampleWriter:
         self._chunk_bytes = min(max(max_bytes // 16, 1), CHUNK_MAX_BYTES)
         self._chunk_age_s = chunk_age_s
         self._items: deque[Sample] = deque()
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # of the samples put and not yet written or lost, open chunks too
         self._pending = 0  # put but not yet in a file (or failed)
         # The same per source: what close() counts lost when the thread does not finish in time
         # (the process exits, a daemon thread dies mid-write: those samples had moved no counter).
@@ -218,7 +218,8 @@ class SampleWriter:
                 while self._items and (not batch or size + self._items[0].nbytes <= self._chunk_bytes):
                     batch.append(self._items.popleft())
                     size += batch[-1].nbytes
-                self._queued_bytes -= size
+                # Their bytes stay counted until their chunk is written or lost (_count): the open
+                # chunks and the one being saved had been outside sample_queue_bytes.
                 force = (self._closing or self._flushing) and not self._items
             for sample in batch:
                 self._collect(sample)
@@ -299,6 +300,7 @@ class SampleWriter:
             source.lost(len(run))
         with self._cond:
             self._pending -= len(run)
+            self._queued_bytes -= sum(sample.nbytes for sample in run)
             key = id(source)
             left = self._pending_of[key][1] - len(run)
             if left:

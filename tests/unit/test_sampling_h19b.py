@@ -228,3 +228,19 @@ def test_a_bad_drift_load_is_a_usage_error(
     # The words and an id are taken: here there are no samples, which exits 1.
     for good in ("newest", "all", "12"):
         assert main(["drift", "b", "--sample-dir", str(tmp_path), "--load", good]) == 1
+
+
+def test_samples_in_an_open_chunk_count_against_the_queue_bytes_until_written(tmp_path: Path) -> None:
+    """The thread took samples off the queue into its open chunk and stopped counting them: a
+    32 KiB sample_queue_bytes held 32 KiB queued plus a whole chunk (up to 4 MiB per sampled version)."""
+    writer = writer_at(tmp_path, queue_bytes=32 * KIB)  # chunks of 4 MiB, written after an hour
+    value = b"x" * (10 * KIB - 12)  # a sample of X and Y: 2 * (value + 8 of length) = 20 KiB - 8
+    assert identity_put(writer, value)
+    with writer._cond:  # the thread has moved it into its open chunk
+        assert writer._cond.wait_for(lambda: not writer._items, 30)
+    assert not identity_put(writer, value)  # before: taken, the first no longer counted
+    assert writer.flush(30)  # the chunk is written: its bytes are free again
+    assert identity_put(writer, value)
+    assert writer.flush(30)
+    assert writer.stats.samples_written == 2
+    writer.close(30)
