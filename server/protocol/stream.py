@@ -47,7 +47,7 @@ from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath, counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
 from server.protocol.stream_frames import refusal, shutting_down, wants_final_flag_of
-from server.protocol.stream_order import StreamOrder
+from server.protocol.stream_order import Before, StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
 from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
 
@@ -289,7 +289,7 @@ class StreamSession:
         except Exception as exc:
             self._send(_error(request, exc), None, request)
             return None
-        after, done = self._order.place(request, served, claim is not None)
+        after, done = self._order.place(request, rules, claim is not None)
         job: InferJob | None = None
         turn: Turn | None = None
         name = request.model_name
@@ -322,7 +322,7 @@ class StreamSession:
         request: pb.ModelInferRequest,
         job: InferJob | None,  # None: not started yet (it waited for an earlier answer)
         start_ns: int,
-        after: asyncio.Event | None,
+        after: Before | None,
         done: asyncio.Event | None,
         claim: Claim | None = None,
         turn: Turn | None = None,  # its place behind the frames of its model waiting for a load

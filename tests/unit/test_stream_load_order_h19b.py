@@ -374,7 +374,9 @@ def test_a_lazy_models_rules_come_from_its_config_then_from_its_last_load() -> N
     assert judged.frame_rules("m") is None
     judged.listed(cast(ModelSource, SimpleNamespace(name="m", config=_config(wins), where="m")))
     assert judged.frame_rules("m") == FrameRules(True, "")
-    version = SimpleNamespace(signature=None, latest_frame_wins=False, ensemble=None, sequences=None)
+    version = SimpleNamespace(
+        signature=None, latest_frame_wins=False, ensemble=None, sequences=None, preserve_ordering=False
+    )
     judged.loaded("m", (), {1: cast(Any, version)})
     assert judged.frame_rules("m") == FrameRules(False, "")
     judged.forget("m")
