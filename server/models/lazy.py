@@ -126,11 +126,7 @@ class ModelLoads:
         return None if routing is None else routing.only
 
     def routing(self, name: str) -> UnnamedRouting | None:
-        """How `name`'s next load routes a request naming no version, as the config read for the
-        signatures last says, when no weights wait for the load (an operator's or a rollback's, kept
-        through an eviction, or under --workers another worker's changes in the shared log)."""
-        if self._manager.rollout.may_weigh(name):
-            return None
+        """How `name`'s next load routes a request naming no version (JudgedSignatures.routing)."""
         return self._judged.routing(name)
 
     def draw(self) -> float:

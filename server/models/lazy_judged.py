@@ -26,6 +26,9 @@ from server.models.lazy_signatures import (
 )
 from server.models.manager import ModelManager
 from server.models.repository import ModelSource, load_model_source
+from server.models.rollout import SharedLog
+from server.models.rollout_carry import carried_weights
+from server.models.rollout_ops import generation_of
 from server.models.versions import ModelVersion
 from server.protocol.validate import Signature
 
@@ -63,8 +66,17 @@ class JudgedSignatures:
 
     def routing(self, name: str) -> UnnamedRouting | None:
         """How `name`'s next load routes a request naming no version, as its config read by `get`
-        last said (None before, or when it could not be read)."""
-        return self._routing.get(name)
+        last said (None before, or when it could not be read), by the weights its load's state will
+        route by where its config does not set them: an operator's or a rollback's kept through an
+        eviction (rollout_carry.carried_weights), under --workers its generation's shared log's
+        (read with the config: rollout_replay.py)."""
+        routing = self._routing.get(name)
+        rollout = self._manager.rollout
+        if routing is None or rollout.shared is not None:
+            return routing
+        kept = rollout.kept(name)
+        weights = None if kept is None else carried_weights(kept, routing.policy, routing.served)
+        return routing if weights is None else routing.weighed(weights)
 
     def frame_rules(self, name: str) -> FrameRules | None:
         """What latest-frame-wins knows of `name` while not loaded (frame_rules.py): its config as
@@ -89,16 +101,19 @@ class JudgedSignatures:
         self._rules.pop(name, None)
 
     async def _current(self, name: str) -> dict[int, Signature] | None:
-        def read() -> tuple[ModelSource, tuple[object, ...]]:
+        shared = self._manager.rollout.shared
+
+        def read() -> tuple[ModelSource, tuple[object, ...], UnnamedRouting | None]:
             source = load_model_source(self._root, name)
-            return source, source_key(source)
+            key = source_key(source)
+            return source, key, logged_routing(shared, source, key)
 
         try:
-            source, key = await asyncio.to_thread(read)
+            source, key, routing = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
             self._routing.pop(name, None)
             return None
-        self._routing[name] = unnamed_routing(source)
+        self._routing[name] = routing
         self.listed(source)  # as its next load reads it
         self._refused_early.describe(name, source.config)  # its refusals' series: labels, cache
         if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
@@ -112,3 +127,18 @@ class JudgedSignatures:
         predicted = await asyncio.to_thread(predicted_signatures, source, limit)
         self._predicted[name] = (key, predicted)  # read once for these files (a graph may be big)
         return predicted
+
+
+def logged_routing(
+    shared: SharedLog | None, source: ModelSource, key: tuple[object, ...]
+) -> UnnamedRouting | None:
+    """`source`'s routing once loaded (unnamed_routing), under --workers (`shared`) by the weights
+    its generation's log sets (the files `key` fingerprints, in version order: rollout_ops.generation).
+    Reads files: off the event loop."""
+    routing = unnamed_routing(source)
+    if routing is None or shared is None:
+        return routing
+    generation = generation_of(source.name, dict(zip(sorted(source.versions), key, strict=True)))
+    config = None if routing.policy is None else routing.policy.weights
+    weights = shared.logged_weights(source.name, generation, config, routing.served)
+    return routing if weights is None or not any(weights.values()) else routing.weighed(weights)

@@ -7,8 +7,8 @@ by an invalid request, then refused). And one shared read for concurrent request
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from protos import model_config_pb2 as mc
@@ -17,7 +17,7 @@ from server.models.config import validate_config
 from server.models.ensemble_config import is_ensemble
 from server.models.repository import ModelSource
 from server.models.rollout import RoutedRequest, pick_version
-from server.models.traffic import Slices, parse_policy
+from server.models.traffic import Slices, TrafficPolicy, parse_policy
 from server.protocol.validate import Signature
 
 T = TypeVar("T")
@@ -55,6 +55,13 @@ class UnnamedRouting:
     newest: int
     slices: Slices | None = None  # None: no traffic policy
     sticky_key: str = ""
+    policy: TrafficPolicy | None = None  # the config's, as its load's state reads it
+    served: frozenset[int] = frozenset()  # the versions its load serves
+
+    def weighed(self, weights: Mapping[int, int]) -> UnnamedRouting:
+        """This routing by `weights` that its config does not set (an operator's or a rollback's,
+        kept for its load: Rollout.kept, or logged under --workers), its sticky key the config's."""
+        return replace(self, slices=Slices.of(weights))
 
     @property
     def only(self) -> int | None:
@@ -84,8 +91,8 @@ def unnamed_routing(source: ModelSource) -> UnnamedRouting | None:
     if not served:
         return None
     if policy is None:
-        return UnnamedRouting(served[-1])
-    return UnnamedRouting(served[-1], Slices.of(policy.weights), policy.sticky_key)
+        return UnnamedRouting(served[-1], served=frozenset(served))
+    return UnnamedRouting(served[-1], Slices.of(policy.weights), policy.sticky_key, policy, frozenset(served))
 
 
 def unnamed_version(source: ModelSource) -> int | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
@@ -73,6 +73,11 @@ class SharedLog(Protocol):
 
     def auto_rollback(self, entry: ModelEntry, version: int, reason: str) -> None:
         """This worker's window says roll `version` back: log it in order, then apply it."""
+
+    def logged_weights(
+        self, model: str, generation: str, weights: Mapping[int, int] | None, served: Collection[int]
+    ) -> dict[int, int] | None:
+        """`weights` after `model`'s log for `generation`, read from its files (not loaded here)."""
 
 
 class Rollout:
@@ -142,12 +147,10 @@ class Rollout:
                 self.shared.built(entry)
         return state
 
-    def may_weigh(self, name: str) -> bool:
-        """Whether `name`'s next state may route by weights its config does not set: an operator's
-        or a rollback's kept through an eviction (hold), or, under --workers, the changes the
-        shared log holds for the files it loads (read only once it loads)."""
+    def kept(self, name: str) -> ModelRollout | None:
+        """`name`'s state kept for its next load (evicted: `hold`); None when there is none."""
         state = self._models.get(name)
-        return self.shared is not None or (state is not None and state.weights is not None)
+        return state if state is not None and state.held else None
 
     def names(self) -> list[str]:
         """The models with a state here."""

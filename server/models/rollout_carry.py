@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from server.models.rollout_state import (
@@ -26,6 +27,7 @@ from server.models.traffic import format_weights
 
 if TYPE_CHECKING:
     from server.models.rollout_snapshot import Snapshot
+    from server.models.traffic import TrafficPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,27 @@ def carries(old: ModelRollout, new: ModelRollout, shared: bool) -> bool:
     return old.held
 
 
+def same_load(old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]) -> bool:
+    """A load reading `policy` and serving `served` takes `old`'s operator state (`carry`):
+    otherwise its config's is the news."""
+    return old.config_policy == policy and set(old.entry_versions) == set(served)
+
+
+def carried_weights(
+    old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]
+) -> dict[int, int] | None:
+    """The weights a load reading `policy` and serving `served` routes by when it takes `old`'s
+    state (kept through an eviction: Rollout.kept), as the lazy model's early judge predicts it;
+    None when that load routes by its config's (or `old` sets none that route anything)."""
+    if not same_load(old, policy, served) or not any(w > 0 for w in (old.weights or {}).values()):
+        return None
+    return dict(old.weights or {})
+
+
 def carry(old: ModelRollout, new: ModelRollout) -> None:
     """An evicted model's operator state onto its reload, when the reload serves the same
     versions under the same config policy (otherwise the config's is the news)."""
-    if old.config_policy != new.config_policy or set(old.entry_versions) != set(new.entry.versions):
+    if not same_load(old, new.config_policy, new.entry.versions):
         log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
                  new.entry.name)  # fmt: skip
         return

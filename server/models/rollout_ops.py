@@ -37,7 +37,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,9 +82,15 @@ class OperatorChange:
 def generation(entry: ModelEntry) -> str:
     """A digest of what `entry`'s versions were loaded from (repository.version_fingerprint):
     equal in every worker that loaded the same files, different after any change a reload picks up."""
-    digest = hashlib.sha256(entry.name.encode())
-    for number in sorted(entry.versions):
-        digest.update(f"\0{number}\0{entry.versions[number].fingerprint!r}".encode())
+    return generation_of(entry.name, {n: v.fingerprint for n, v in entry.versions.items()})
+
+
+def generation_of(model: str, fingerprints: Mapping[int, object]) -> str:
+    """`generation` of a load of `model` whose versions have these fingerprints (version -> its
+    repository.version_fingerprint), known before the load (a lazy model's early judge)."""
+    digest = hashlib.sha256(model.encode())
+    for number in sorted(fingerprints):
+        digest.update(f"\0{number}\0{fingerprints[number]!r}".encode())
     return digest.hexdigest()
 
 

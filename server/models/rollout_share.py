@@ -33,7 +33,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +49,7 @@ from server.models.rollout_ops import (
     log_key,
     read_change,
 )
+from server.models.rollout_replay import logged_weights
 from server.models.rollout_snapshot import Snapshot, read_snapshot, snapshot_file_name, snapshot_of
 from server.models.rollout_state import EventOrigin, seen_by
 from server.models.versions import READY
@@ -204,6 +205,13 @@ class RolloutShare:
                         who, change.seq, change.model, err)  # fmt: skip
             return 0
         return 1
+
+    def logged_weights(
+        self, model: str, generation: str, weights: Mapping[int, int] | None, served: Collection[int]
+    ) -> dict[int, int] | None:
+        """`weights` (its config's) after `model`'s log for `generation` (a lazy model not loaded
+        here: rollout_replay.py). Reads files only: callable off the event loop."""
+        return logged_weights(self.directory, model, generation, weights, served)
 
     # -- claiming --------------------------------------------------------------------------
 

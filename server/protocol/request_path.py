@@ -378,7 +378,7 @@ def _route_early(
     """The version a request naming none will be routed to once its model is loaded, and the
     routing point drawn for it (kept for that routing: a policy splitting the traffic picks at
     random without a routing key). (None, None) when not known here: it names a version, the
-    routing is not known (weights set since its config), or it continues a sequence whose start
+    routing is not known (its config could not be read), or it continues a sequence whose start
     waits for the same load (it goes where its start goes: judged by every version unless one
     version takes all the traffic)."""
     routing = demand.routing(request.model_name)

@@ -87,6 +87,8 @@ async def test_a_model_routes_unnamed_requests_to_the_newest_without_a_policy_or
         assert await loads.signatures(name) is not None
     assert loads.unnamed_version("plain") == 2
     assert loads.unnamed_version("weighted") is None  # a policy may route it to either
-    rollout.shared = SimpleNamespace()  # type: ignore[assignment]  # --workers: the log may weigh
-    assert loads.unnamed_version("plain") is None
+    # --workers: by the weights its generation's shared log sets, read with its config (h20)
+    rollout.shared = SimpleNamespace(logged_weights=lambda *_: {1: 100})  # type: ignore[assignment]
+    assert await loads.signatures("plain") is not None
+    assert loads.unnamed_version("plain") == 1
     assert fake.loaded == []

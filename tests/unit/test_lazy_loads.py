@@ -13,6 +13,7 @@ from server.errors import MemoryBudgetExceeded, ModelLoadTimeout, ModelNotFound
 from server.models.lazy import EVICTED, NOT_LOADED, ModelLoads
 from server.models.manager import ModelManager
 from server.models.repository import ModelSource
+from server.models.rollout import Rollout
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 
 LAZY = 'parameters { key: "lazy_load" value { string_value: "true" } }\n'
@@ -32,6 +33,7 @@ class FakeManager:
         self.unload_gate = asyncio.Event()
         self.unload_gate.set()  # unloads finish at once unless a test holds them
         self.ensembles: dict[str, set[str]] = {}  # ensemble -> its step models (EnsembleDependents)
+        self.rollout = Rollout()  # what the lazy judge reads of routing (weights kept, --workers)
 
     def entry(self, name: str) -> ModelEntry:
         if name not in self.entries:
