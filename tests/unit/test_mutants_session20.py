@@ -50,11 +50,14 @@ from server.protocol.load_order import LoadOrder, Turn
 # -- frame_rules --------------------------------------------------------------------------------
 
 
-def _version(*, ensemble: bool = False, sequences: bool = False, wins: bool = False) -> ModelVersion:
+def _version(
+    *, ensemble: bool = False, sequences: bool = False, wins: bool = False, ordered: bool = False
+) -> ModelVersion:
     served = SimpleNamespace(
         ensemble=object() if ensemble else None,
         sequences=object() if sequences else None,
         latest_frame_wins=wins,
+        preserve_ordering=ordered,
     )
     return cast(ModelVersion, served)
 
@@ -68,6 +71,7 @@ def test_a_loaded_version_says_what_it_is_when_latest_frame_wins_is_refused() ->
     assert version_rules(_version(sequences=True)) == FrameRules(False, "a sequence model")
     assert version_rules(_version(ensemble=True)) == FrameRules(False, "an ensemble")
     assert version_rules(_version(wins=True)) == FrameRules(True, "")
+    assert version_rules(_version(ordered=True)) == FrameRules(False, "", preserve_ordering=True)
 
 
 # -- load_order ---------------------------------------------------------------------------------
