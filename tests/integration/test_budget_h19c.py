@@ -62,6 +62,8 @@ def test_an_ensemble_whose_steps_measure_over_the_budget_is_refused_for_good_nam
             message = str(refused.value)
             assert "loading ensemble 'ens' needs its step models loaded together: 'one'" in message, message
             assert "'two' 1." in message and "needs about 0.0 MiB" not in message, message
+        server.wait_for_output("loaded in", times=2)  # the output pump can lag behind the answers
+        server.wait_for_output("model one evicted: ")
         log = server.output()
         assert log.count("loaded in") == 2, log  # each step once: later requests load nothing
         # The steps loaded for it went back within the budget: the first of them evicted.

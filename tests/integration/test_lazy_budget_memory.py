@@ -49,6 +49,9 @@ def test_an_invalid_request_for_an_evicted_model_is_refused_without_loading_it(t
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stub.ModelInfer(request("a"), timeout=60)
         stub.ModelInfer(request("b"), timeout=60)  # evicts a
+        # Both loads' lines came before b's answer, but the output pump can lag behind it (it had
+        # read only a's line when the count below was taken, once in the full suite).
+        server.wait_for_output(FIRST_LOAD, times=2)
         assert "evicted" in index(server.address)["a"][0][2]
         for invalid, field in (
             (request("a", name="INPUT1"), "INPUT1"),  # no such input

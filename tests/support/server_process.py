@@ -74,16 +74,19 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for_output(self, text: str, timeout_s: float = 60.0) -> None:
-        """Wait until the server has printed `text` (AssertionError after `timeout_s`, or when the
-        process ended without it). The server writes a log line before the answers that follow it,
-        but this process reads the pipe on a thread of its own, which can lag behind those answers."""
+    def wait_for_output(self, text: str, timeout_s: float = 60.0, times: int = 1) -> None:
+        """Wait until the server has printed `text` (at least `times` times; AssertionError after
+        `timeout_s`, or when the process ended without it). The server writes a log line before the
+        answers that follow it, but this process reads the pipe on a thread of its own, which can
+        lag behind those answers."""
         deadline = time.monotonic() + timeout_s
         with self._new_line:
-            while text not in self.output():
+            while self.output().count(text) < times:
                 left = deadline - time.monotonic()
                 if self._ended or left <= 0:
-                    raise AssertionError(f"the server did not print {text!r}:\n{self.output()[-3000:]}")
+                    raise AssertionError(
+                        f"the server did not print {text!r} {times} time(s):\n{self.output()[-3000:]}"
+                    )
                 self._new_line.wait(left)
 
     def terminate(self, timeout_s: float = 30.0) -> int:

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import json
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from loadtest import runner as runner_module
 from loadtest.runner import RunRecord, plan_step
 from loadtest.scenario import Scenario, Step, Target
 from loadtest.stats import Recorder
+from tests.support.nothing_listening import nothing_listening
 
 WINDOW_S = 0.5
 CONCURRENCY = 4
@@ -46,14 +46,9 @@ async def _closed_loop(address: str) -> Recorder:
     return recorder
 
 
-def _free_port() -> int:
-    with socket.socket() as free:  # bound, never listened, then closed: nothing answers there
-        free.bind(("127.0.0.1", 0))
-        return int(free.getsockname()[1])
-
-
 def test_a_closed_loop_against_a_gone_target_counts_unreachable_and_waits_between_tries() -> None:
-    recorder = asyncio.run(_closed_loop(f"127.0.0.1:{_free_port()}"))
+    with nothing_listening() as address:
+        recorder = asyncio.run(_closed_loop(address))
     assert recorder.outcomes.keys() == {"UNAVAILABLE"}
     assert recorder.unreachable == recorder.scheduled > 0
     # Each user tries once per back-off at most (it had been thousands of tries in the window).
@@ -159,8 +154,9 @@ def test_realtime_against_a_target_nothing_listens_on_says_so_and_exits_3(
     """Before: a traceback ending in TargetUnreachable, exit status 1."""
     from loadtest import realtime
 
-    address = f"127.0.0.1:{_free_port()}"
-    status = realtime.main(["--target", address, "--streams", "1", "--duration-s", "0.1", "--warmup-s", "0"])
+    with nothing_listening() as address:
+        argv = ["--target", address, "--streams", "1", "--duration-s", "0.1", "--warmup-s", "0"]
+        status = realtime.main(argv)
     err = capsys.readouterr().err
     assert status == ending.EXIT_UNREACHABLE == 3, err
     assert f"target {address} accepted no connection" in err and "Traceback" not in err, err

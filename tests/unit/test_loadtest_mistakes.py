@@ -3,7 +3,6 @@ input file that is not there, an --out that is a file, a target where nothing li
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from loadtest.inputs import fetch_metadata, load_files
 from loadtest.scenario import parse_target
 from loadtest.start import TargetUnreachable
 from protos import grpc_service_pb2 as pb
+from tests.support.nothing_listening import nothing_listening
 
 
 def test_a_missing_input_file_is_named(tmp_path: Path) -> None:
@@ -35,13 +35,10 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(
 
 
 def test_a_target_where_nothing_listens_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as free:  # a port nothing listens on: bound, never listened, then closed
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     monkeypatch.setattr(inputs, "CONNECT_WAIT_S", 0.5)
     unreachable = r"accepted no connection within 0.5 s \(is a server listening there\?\)"
-    with pytest.raises(TargetUnreachable, match=unreachable):  # exit 3, as before a later step
-        fetch_metadata(parse_target(f"127.0.0.1:{port}", "m"))
+    with nothing_listening() as address, pytest.raises(TargetUnreachable, match=unreachable):
+        fetch_metadata(parse_target(address, "m"))  # exit 3, as before a later step
 
 
 def test_an_out_that_cannot_be_made_is_refused_before_the_run(

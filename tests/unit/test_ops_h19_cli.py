@@ -15,6 +15,7 @@ from server.cli import main
 from server.models.traffic import parse_weights
 from server.observability.top import Sample, read_metrics
 from tests.support.certs import make_pki
+from tests.support.nothing_listening import nothing_listening
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +24,10 @@ def no_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def free_target() -> str:
-    """An address nothing listens on (bound, never listened to, closed)."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{free.getsockname()[1]}"
+def free_target() -> Iterator[str]:
+    """An address nothing listens on (bound for the test, never listened to)."""
+    with nothing_listening() as address:
+        yield address
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import socket
 
 import pytest
 from rich.console import Console
 
 from server.observability.top import Sample, add_metrics, add_top_parser, percentile, render, rows, run_top
+from tests.support.nothing_listening import nothing_listening
 
 METRICS = """\
 # TYPE sluiceway_request_duration_us histogram
@@ -62,12 +62,10 @@ def test_rows_from_statistics_and_metrics() -> None:
 
 def test_a_server_that_is_not_there_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     # grpc's whole debug string (`<_InactiveRpcError ... debug_error_string ...>`) was printed.
-    with socket.socket() as free:  # bound, never listened to, closed: nothing answers there
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    assert run_top(top_args("--target", f"127.0.0.1:{port}", "--interval", "0.1", "--once")) == 1
+    with nothing_listening() as address:
+        assert run_top(top_args("--target", address, "--interval", "0.1", "--once")) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"sluiceway top: 127.0.0.1:{port}: UNAVAILABLE: ")
+    assert err.startswith(f"sluiceway top: {address}: UNAVAILABLE: ")
     assert "debug_error_string" not in err
 
 
