@@ -154,6 +154,10 @@ class ModelManager:
         """The models `name`'s steps use (none when it is no ensemble)."""
         return self._ensembles.steps(name)
 
+    def note_ensemble(self, source: ModelSource) -> None:
+        """Ensemble `source` was refused before its load: it loads again once a step model loads."""
+        self._ensembles.note(source)
+
     def ensembles_using(self, model: str) -> list[str]:
         """The loaded ensembles whose steps use `model`."""
         return self._ensembles.using(model)
@@ -318,6 +322,7 @@ class ModelManager:
                 # reload that only dropped a version loaded none, so a policy naming it was never
                 # checked, and every routed request failed INTERNAL.
                 parse_policy(source.config, source.where, source.versions)
+                self._ensembles.refuse_cycle(source)  # under the lock: loads in turn
                 for number, path in sorted(source.versions.items(), reverse=True):
                     if is_ensemble(source.config):
                         versions[number] = self._load_ensemble(source, number)
