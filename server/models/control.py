@@ -76,9 +76,9 @@ class RepositoryControl:
             if stale:
                 log.info("removed %d upload directories of servers that are gone", len(stale))
         sources, errors = await asyncio.to_thread(scan_repository, self._root)
-        for name, reason in cycle_refusals({name: found.config for name, found in sources.items()}).items():
-            del sources[name]
-            errors[name] = reason
+        in_cycles = cycle_refusals({name: found.config for name, found in sources.items()})
+        cycled = {name: sources.pop(name) for name in in_cycles}
+        errors.update(in_cycles)
         explicit = self._mode == "explicit" and "*" not in self._settings.load_model
         chosen = set(self._settings.load_model) if explicit else set(sources) | set(errors)
         for name, reason in errors.items():
@@ -88,6 +88,8 @@ class RepositoryControl:
             log.log(level, "model %s not loaded: %s", name, reason)
             if name in chosen:
                 self._loads.stats.failures += 1  # a config that cannot be read is a failed load
+                if name in cycled:  # it loads again once a step model loads (the cycle fixed)
+                    self._manager.note_ensemble(cycled[name])
             # One explicit mode was not asked to load does not make the server unready, broken or not.
             entry = ModelEntry(name=name, state=UNAVAILABLE, reason=reason, dormant=name not in chosen)
             self._manager.put_entry(entry)
@@ -234,7 +236,7 @@ class RepositoryControl:
         configs = {name: found.config for name, found in sources.items()}
         cycle = cycle_refusals({**configs, source.name: source.config}).get(source.name)
         if cycle is not None:
-            self._failed(source.name, cycle)
+            self._refuse_cycle(source, cycle)
             raise RepositoryError(cycle)
         steps = steps_of({source.name}, {**configs, source.name: source.config}) & set(sources)
         for model in sorted(steps, key=load_rank(configs)):
@@ -330,6 +332,13 @@ class RepositoryControl:
             self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
             log.error("model %s not loaded: %s", name, reason)
 
+    def _refuse_cycle(self, source: ModelSource, reason: str) -> None:
+        """Ensemble `source` is in a cycle: not loaded, and its steps noted, so that it loads again
+        once one of them loads (the cycle fixed), as an ensemble waiting on a step does: it had
+        stayed refused, "in a cycle", until its own files changed."""
+        self._manager.note_ensemble(source)
+        self._failed(source.name, reason)
+
     def _entry(self, name: str) -> ModelEntry | None:
         try:
             return self._manager.entry(name)
@@ -375,7 +384,7 @@ class RepositoryControl:
             configs = {found.name: found.config for found in sources.values()}
             cycle = cycle_refusals({**configs, name: source.config}).get(name)
             if cycle is not None:
-                self._failed(name, cycle)
+                self._refuse_cycle(source, cycle)
                 return
         failures = self._retries.failures(name)
         why = f"failed to load on an OS error {failures} time(s)" if failures else "changed on disk"

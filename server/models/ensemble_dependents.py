@@ -13,7 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from server.models.ensemble_config import is_ensemble
+from protos import model_config_pb2 as mc
+from server.models.config import ConfigError
+from server.models.ensemble_config import ensemble_cycle, is_ensemble
 from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry
 
 if TYPE_CHECKING:
@@ -40,6 +42,22 @@ class EnsembleDependents:
         """`source` is being loaded: when it is an ensemble, its steps are what it uses now."""
         if is_ensemble(source.config):
             self._steps[source.name] = frozenset(s.model_name for s in source.config.ensemble_scheduling.step)
+
+    def refuse_cycle(self, source: ModelSource) -> None:
+        """ConfigError when ensemble `source` would reach itself through the versions serving now:
+        the repository's configs alone missed a cycle closed by a RepositoryModelLoad `config`
+        override (or a step changed on disk since it loaded), and one request then nested the
+        ensembles without end (1.8 GB and a server SIGTERM no longer stopped, in 5 s)."""
+        if not is_ensemble(source.config):
+            return
+        configs = {name: _steps_served(entry) for name, entry in self._models.items() if entry.versions}
+        cycle = ensemble_cycle(source.name, {**configs, source.name: source.config})
+        if cycle is not None:
+            raise ConfigError(
+                f"{source.where}: ensemble '{source.name}' would be in a cycle of ensembles with the "
+                f"versions serving now: {' -> '.join(cycle)} (an ensemble cannot reach itself "
+                "through its steps; change a step, or load the other ensembles again first)"
+            )
 
     def steps(self, name: str) -> frozenset[str]:
         """The models `name`'s steps use (none when it is no ensemble)."""
@@ -97,3 +115,14 @@ class EnsembleDependents:
                 entry.versions.clear()
                 entry.order.clear()
                 gone_now.append(ensemble)
+
+
+def _steps_served(entry: ModelEntry) -> mc.ModelConfig:
+    """One config whose steps are every serving version's (a step naming no version may be routed
+    to any of them): what a request to `entry` can reach."""
+    served = mc.ModelConfig(name=entry.name)
+    for version in entry.versions.values():
+        if is_ensemble(version.config):
+            served.platform = version.config.platform
+            served.ensemble_scheduling.step.extend(version.config.ensemble_scheduling.step)
+    return served

@@ -17,7 +17,7 @@ from batcher.run_count import RunCount
 from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
-from server.errors import ModelNotFound, ModelNotReady, RepositoryError
+from server.errors import ModelNotFound, ModelNotReady, RepositoryError, ShuttingDown
 from server.models.config import ConfigError
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
@@ -154,6 +154,10 @@ class ModelManager:
         """The models `name`'s steps use (none when it is no ensemble)."""
         return self._ensembles.steps(name)
 
+    def note_ensemble(self, source: ModelSource) -> None:
+        """Ensemble `source` was refused before its load: it loads again once a step model loads."""
+        self._ensembles.note(source)
+
     def ensembles_using(self, model: str) -> list[str]:
         """The loaded ensembles whose steps use `model`."""
         return self._ensembles.using(model)
@@ -215,6 +219,8 @@ class ModelManager:
         """Returns once the repository is listed: an index asked for while it is being read would
         have been empty (a CI run polled it in that span and saw none of the seven models)."""
         await self._listed.wait()
+        if self._listing:  # stop() woke it: the listing will not end (a stop during the start)
+            raise ShuttingDown("server is shutting down before its model repository was listed")
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
@@ -289,6 +295,8 @@ class ModelManager:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop every batcher: finish what is queued within the timeout, fail the rest."""
+        # An index waiting for the start-up listing is answered now, not cut after the whole grace.
+        self._listed.set()
         versions = [v for e in self._models.values() for v in e.versions.values()]
         for entry in self._models.values():
             self._on_health(entry.name, False)
@@ -318,6 +326,7 @@ class ModelManager:
                 # reload that only dropped a version loaded none, so a policy naming it was never
                 # checked, and every routed request failed INTERNAL.
                 parse_policy(source.config, source.where, source.versions)
+                self._ensembles.refuse_cycle(source)  # under the lock: loads in turn
                 for number, path in sorted(source.versions.items(), reverse=True):
                     if is_ensemble(source.config):
                         versions[number] = self._load_ensemble(source, number)

@@ -218,7 +218,7 @@ def _number(
         value = float(text) if not whole else float(int(text))
     except ValueError:
         value = math.nan
-    if "_" in text:  # Python's float() and int() read '1_0' as 10: a typo here, refused
+    if "_" in text or not text.isascii():  # float(), int() read '1_0', fullwidth '10' as 10: refused
         value = math.nan
     ok = math.isfinite(value) and (value > low or (zero and value == low))
     if not ok:

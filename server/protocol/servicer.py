@@ -233,6 +233,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
 
     # -- repository ---------------------------------------------------------------------------
 
+    @answers_errors  # ShuttingDown: a stop during the start's listing
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
