@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+from server.models.ensemble_config import cycle_refusals, ensemble_cycle, steps_of
 from server.models.frame_rules import FrameRules
 from server.models.rollout import Rollout
 from server.models.rollout_carry import carried_weights, same_load, skipped_rollbacks
@@ -28,8 +31,12 @@ from server.models.rollout_snapshot import Snapshot, snapshot_file_name, write_s
 from server.models.rollout_state import ModelRollout
 from server.models.traffic import parse_policy
 from server.models.versions import ModelEntry, ModelVersion
+from server.observability.sampling_writer import Sample, SampleWriter
 from server.protocol.stream_order import AllOf, StreamOrder
 from tests.support.rollout_workers import POLICY, Worker, model_entry
+from tests.unit.test_sampling_h19b import HeldSave, Source, held, strings
+
+__all__ = ["held"]  # the fixture, used here
 
 UNLOADED = FrameRules(False, "", preserve_ordering=True)  # a lazy preserve_ordering model's rules
 
@@ -341,3 +348,75 @@ def test_the_skipped_rollbacks_are_those_counted_in_the_snapshot_and_not_in_the_
     state = cast(ModelRollout, SimpleNamespace(log_rollbacks={(3, 0, "auto"): 2}))
     # Worker 1: worker 0's rollbacks are "shared" ones, its own keep their kind.
     assert skipped_rollbacks(state, snapshot, 1) == {(2, "shared"): 1, (2, "auto"): 2}
+
+
+# -- ensemble_config: the steps of ensembles, cycles --------------------------------------------
+
+
+def _ensemble(*steps: str) -> mc.ModelConfig:
+    config = mc.ModelConfig(platform="ensemble")
+    for step in steps:
+        config.ensemble_scheduling.step.add(model_name=step)
+    return config
+
+
+class CountedReads(dict[str, mc.ModelConfig]):
+    """Configs that count each model's reads by `get`."""
+
+    def __init__(self, configs: Mapping[str, mc.ModelConfig]) -> None:
+        super().__init__(configs)
+        self.reads: Counter[str] = Counter()
+
+    def get(self, key: str, default: object = None) -> Any:
+        self.reads[key] += 1
+        return super().get(key, default)
+
+
+def test_the_steps_of_nested_ensembles_past_a_plain_step_and_none_of_those_asked() -> None:
+    configs = {
+        "e": _ensemble("f", "m"),  # "m" is taken from the list first: a plain model, nothing more
+        "f": _ensemble("g", "missing"),
+        "g": _ensemble("m"),
+        "m": mc.ModelConfig(backend="identity"),
+    }
+    assert steps_of({"e"}, configs) == {"f", "g", "m", "missing"}
+    assert steps_of({"e", "f"}, configs) == {"g", "m", "missing"}  # the names asked are not steps
+    assert steps_of({"m", "unknown"}, configs) == set()
+
+
+def test_a_cycle_is_found_past_a_step_that_is_the_ensemble_itself_or_one_seen() -> None:
+    configs = {"a": _ensemble("a", "x", "x", "b"), "b": _ensemble("a"), "x": _ensemble("m")}
+    assert ensemble_cycle("a", configs) == ["a", "b", "a"]
+
+
+def test_each_ensemble_is_read_once_however_many_steps_lead_to_it() -> None:
+    configs = CountedReads({"a": _ensemble("x", "y", "x"), "y": _ensemble("x"), "x": _ensemble("m")})
+    assert ensemble_cycle("a", configs) is None
+    assert configs.reads["x"] == 1
+
+
+def test_a_cycles_refusal_in_full() -> None:
+    configs = {"a": _ensemble("b"), "b": _ensemble("a")}
+    assert cycle_refusals(configs) == {
+        name: f"ensemble '{name}' is in a cycle of ensembles: {name} -> {other} -> {name} (an ensemble "
+        "cannot reach itself through its steps; change a step in one of their config.pbtxt)"
+        for name, other in (("a", "b"), ("b", "a"))
+    }
+
+
+# -- sampling_writer: a source's pending count ---------------------------------------------------
+
+
+def test_samples_written_before_close_gives_up_are_not_counted_lost(tmp_path: Path, held: HeldSave) -> None:
+    writer = SampleWriter(tmp_path, 256 << 20, 1024, 64 << 20, save=held, chunk_age_s=0)
+    source = Source()
+    tensor = strings([b"v"], (1, 1))
+    held.release.set()
+    assert writer.put(Sample(source, {"X": tensor}, {"Y": tensor}, 0, 18))
+    assert writer.flush(30) and source.written == 1
+    held.release.clear()
+    held.entered.clear()
+    assert writer.put(Sample(source, {"X": tensor}, {"Y": tensor}, 0, 18))
+    assert held.entered.wait(30)
+    writer.close(0.05)  # the thread is held: it cannot finish in time
+    assert (source.written, source.lost_count) == (1, 1)
