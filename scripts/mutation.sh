@@ -6,7 +6,8 @@
 # config_bounds.py, load_retry.py, traffic.py and rollback.py, server/protocol/stream_order.py,
 # frame_size.py and stream_bytes.py, server/models/share_files.py and rollout_snapshot.py,
 # server/tensor_bounds.py and protos/wire.py, server/protocol/load_order.py, server/models/frame_rules.py,
-# lazy_plans.py, ensemble_budget.py and first_run.py, server/observability/sample_layout.py,
+# lazy_plans.py, ensemble_budget.py, first_run.py, rollout_replay.py, rollout_carry.py and
+# ensemble_config.py, server/observability/sample_layout.py and sampling_writer.py,
 # against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #
