@@ -100,6 +100,9 @@ def read_snapshot(path: Path) -> Snapshot:
     weights = raw.get("weights")
     if weights is not None and not (isinstance(weights, list) and all(is_pair(p) for p in weights)):
         raise ValueError("field 'weights' is neither null nor a list of [version, weight] pairs")
+    if weights is not None and (any(p[1] < 0 for p in weights) or not any(p[1] > 0 for p in weights)):
+        # No state writes these: restore() raised on them, failing the model's load (catch_up).
+        raise ValueError("field 'weights' has a negative weight or none positive")
     source = field(raw, "source", str)
     if source not in SOURCES:
         raise ValueError(f"field 'source' is {source!r}, not one of {SOURCES}")
