@@ -232,13 +232,24 @@ def test_a_bad_drift_load_is_a_usage_error(
 
 def test_samples_in_an_open_chunk_count_against_the_queue_bytes_until_written(tmp_path: Path) -> None:
     """The thread took samples off the queue into its open chunk and stopped counting them: a
-    32 KiB sample_queue_bytes held 32 KiB queued plus a whole chunk (up to 4 MiB per sampled version)."""
-    writer = writer_at(tmp_path, queue_bytes=32 * KIB)  # chunks of 4 MiB, written after an hour
+    32 KiB sample_queue_bytes held 32 KiB queued plus a whole chunk (up to 4 MiB per sampled version).
+    An open chunk over half the queue's bytes is written at once (SampleWriter._relieve): held in
+    its save here, its bytes still count."""
+    saving = threading.Event()
+    gate = threading.Event()
+
+    def held_save(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
+        saving.set()
+        assert gate.wait(30)
+        save_npz(file, arrays)
+
+    terms = {"max_bytes": 256 << 20, "queue_size": 1024, "queue_bytes": 32 * KIB}
+    writer = SampleWriter(tmp_path, chunk_age_s=3600, save=held_save, **terms)  # 4 MiB chunks
     value = b"x" * (10 * KIB - 12)  # a sample of X and Y: 2 * (value + 8 of length) = 20 KiB - 8
     assert identity_put(writer, value)
-    with writer._cond:  # the thread has moved it into its open chunk
-        assert writer._cond.wait_for(lambda: not writer._items, 30)
+    assert saving.wait(30)  # the thread has moved it into its chunk, being written
     assert not identity_put(writer, value)  # before: taken, the first no longer counted
+    gate.set()
     assert writer.flush(30)  # the chunk is written: its bytes are free again
     assert identity_put(writer, value)
     assert writer.flush(30)
