@@ -30,7 +30,7 @@ from server.errors import (
     ShuttingDown,
 )
 from server.models.config import ConfigError
-from server.models.ensemble_config import cycle_refusals, is_ensemble, load_rank, steps_of
+from server.models.ensemble_config import cycle_refusal, cycle_refusals, is_ensemble, load_rank, steps_of
 from server.models.lazy import ModelLoads
 from server.models.lazy_flags import lazy_flags
 from server.models.load_request import parse_load_parameters, remove_dead_uploads, write_model_directory
@@ -234,9 +234,8 @@ class RepositoryControl:
             return
         sources, _ = await asyncio.to_thread(scan_repository, self._root)
         configs = {name: found.config for name, found in sources.items()}
-        cycle = cycle_refusals({**configs, source.name: source.config}).get(source.name)
+        cycle = self._refused_for_cycle(source, configs)
         if cycle is not None:
-            self._refuse_cycle(source, cycle)
             raise RepositoryError(cycle)
         steps = steps_of({source.name}, {**configs, source.name: source.config}) & set(sources)
         for model in sorted(steps, key=load_rank(configs)):
@@ -332,12 +331,16 @@ class RepositoryControl:
             self._manager.put_entry(ModelEntry(name=name, state=UNAVAILABLE, reason=reason))
             log.error("model %s not loaded: %s", name, reason)
 
-    def _refuse_cycle(self, source: ModelSource, reason: str) -> None:
-        """Ensemble `source` is in a cycle: not loaded, and its steps noted, so that it loads again
-        once one of them loads (the cycle fixed), as an ensemble waiting on a step does: it had
-        stayed refused, "in a cycle", until its own files changed."""
-        self._manager.note_ensemble(source)
-        self._failed(source.name, reason)
+    def _refused_for_cycle(self, source: ModelSource, configs: dict[str, mc.ModelConfig]) -> str | None:
+        """The refusal of ensemble `source` when it is in a cycle with the repository's `configs`
+        (None: it is not). Refused, its steps are noted, so that it loads again once one of them
+        loads (the cycle fixed), as an ensemble waiting on a step does: it had stayed refused, "in
+        a cycle", until its own files changed."""
+        reason = cycle_refusal(source.name, {**configs, source.name: source.config})
+        if reason is not None:
+            self._manager.note_ensemble(source)
+            self._failed(source.name, reason)
+        return reason
 
     def _entry(self, name: str) -> ModelEntry | None:
         try:
@@ -381,10 +384,7 @@ class RepositoryControl:
             return
         if is_ensemble(source.config):  # a cycle of ensembles: each would wait on the other's load
             sources, _ = await asyncio.to_thread(scan_repository, self._root)
-            configs = {found.name: found.config for found in sources.values()}
-            cycle = cycle_refusals({**configs, name: source.config}).get(name)
-            if cycle is not None:
-                self._refuse_cycle(source, cycle)
+            if self._refused_for_cycle(source, {n: found.config for n, found in sources.items()}):
                 return
         failures = self._retries.failures(name)
         why = f"failed to load on an OS error {failures} time(s)" if failures else "changed on disk"

@@ -309,16 +309,20 @@ def ensemble_cycle(name: str, configs: Mapping[str, mc.ModelConfig]) -> list[str
     return path if reaches(name) else None
 
 
+def cycle_refusal(name: str, configs: Mapping[str, mc.ModelConfig]) -> str | None:
+    """Why ensemble `name` is not loaded when it is in a cycle of ensembles (None: it is not): its
+    load had waited on the other's and failed "model 'b' is not ready", naming no cycle (Triton: a
+    circular dependency)."""
+    cycle = ensemble_cycle(name, configs)
+    if cycle is None:
+        return None
+    return (
+        f"ensemble '{name}' is in a cycle of ensembles: {' -> '.join(cycle)} (an ensemble "
+        "cannot reach itself through its steps; change a step in one of their config.pbtxt)"
+    )
+
+
 def cycle_refusals(configs: Mapping[str, mc.ModelConfig]) -> dict[str, str]:
-    """Each ensemble in a cycle of ensembles, and why it is not loaded: each one's load had waited
-    on the other's and failed "model 'b' is not ready", naming no cycle (Triton: a circular
-    dependency)."""
-    refused: dict[str, str] = {}
-    for name in sorted(configs):
-        cycle = ensemble_cycle(name, configs)
-        if cycle is not None:
-            refused[name] = (
-                f"ensemble '{name}' is in a cycle of ensembles: {' -> '.join(cycle)} (an ensemble "
-                "cannot reach itself through its steps; change a step in one of their config.pbtxt)"
-            )
-    return refused
+    """Each ensemble of `configs` in a cycle of ensembles, and why it is not loaded (cycle_refusal)."""
+    refused = {name: cycle_refusal(name, configs) for name in sorted(configs)}
+    return {name: reason for name, reason in refused.items() if reason is not None}
