@@ -31,7 +31,9 @@ from tests.support.slow_steps import one_step_ensemble, slow_identity, write_rep
 MODELS = {
     "in_run_step": slow_identity("in_run_step", 1500),
     "ens_in_run": one_step_ensemble("ens_in_run", "in_run_step"),
-    "queued_step": slow_identity("queued_step", 5000),  # long: a loaded machine stalls the test seconds
+    # Long: a loaded machine stalls the test (or the server) seconds between the first run's start
+    # and the cut; a CI run on 2026-12-02 waited 60 s for `expired` with 5 s (2.5 s had failed too).
+    "queued_step": slow_identity("queued_step", 10000),
     "ens_queued": one_step_ensemble("ens_queued", "queued_step"),
 }
 BOUND_S = 30.0  # generous upper bound for an answer that must come
@@ -84,7 +86,7 @@ def test_an_ensemble_call_cut_at_its_deadline_while_its_step_is_queued_counts_ex
     first = threading.Thread(
         target=lambda: answered.append(stub.ModelInfer(request("queued_step"), timeout=BOUND_S)), daemon=True
     )
-    first.start()  # runs 5 s on the step's one instance, no deadline
+    first.start()  # runs 10 s on the step's one instance, no deadline
     wait_until(lambda: gauge(server, "sluiceway_batches_in_flight", "queued_step") == 1, "the first run")
     cut(stub, "ens_queued", 0.4)  # its step waits in the queue behind that run
     wait_until(lambda: outcomes(server, "ens_queued").get("expired") == 1, "the ensemble's own `expired`")
