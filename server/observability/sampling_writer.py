@@ -305,8 +305,12 @@ class SampleWriter:
                 self._count(run, written)
 
     def _count(self, run: list[Sample], written: bool) -> None:
-        """_settle's work, with _commit held."""
+        """_settle's work, with _commit held. The bytes are freed before the source hears of the
+        write, so a producer woken by `wrote` finds room (a test saw a put refused right after)."""
         source = run[0].source
+        with self._cond:
+            self._queued_bytes -= sum(sample.nbytes for sample in run)
+            self._cond.notify_all()
         if written:
             self.stats.samples_written += len(run)
             source.wrote(len(run))
@@ -314,7 +318,6 @@ class SampleWriter:
             source.lost(len(run))
         with self._cond:
             self._pending -= len(run)
-            self._queued_bytes -= sum(sample.nbytes for sample in run)
             key = id(source)
             left = self._pending_of[key][1] - len(run)
             if left:
