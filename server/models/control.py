@@ -1,7 +1,8 @@
 """Triton's model control modes: what is loaded at start, which RPCs may load, what polling sees.
 
 - none: every model loads at start; RepositoryModelLoad/Unload are refused (Triton's words).
-- explicit: only `--load-model` models load at start ("*": all); the RPCs load and unload.
+- explicit: only `--load-model` models load at start ("*": all); the RPCs load and unload, each
+  load or unload run to its end though its caller leaves (rpc_operations.py).
 - poll: as none at start, then the repository is watched (watchfiles: file events, grouped until
   nothing changed for repository_poll_secs) and each changed model is reloaded, a new one loaded,
   a removed one unloaded. A broken change keeps the serving versions; the index reason says why.
@@ -16,9 +17,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
@@ -27,7 +26,6 @@ from server.errors import (
     ModelControlDisabled,
     ModelNotFound,
     RepositoryError,
-    ShuttingDown,
 )
 from server.models.config import ConfigError
 from server.models.ensemble_config import cycle_refusal, cycle_refusals, is_ensemble, load_rank, steps_of
@@ -43,6 +41,7 @@ from server.models.repository import (
     scan_repository,
 )
 from server.models.repository_watch import RepositoryWatch
+from server.models.rpc_operations import RpcOperations
 from server.models.versions import LOADING, READY, UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
@@ -66,7 +65,7 @@ class RepositoryControl:
         self._uploads: dict[str, Path] = {}  # model -> directory of files sent with its load
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
-        self._operations: set[asyncio.Task[None]] = set()  # loads and unloads by RPC (_to_completion)
+        self._operations = RpcOperations(self._stop)  # loads and unloads by RPC, run to their end
         self._retries = LoadRetries(settings.repository_poll_secs)  # poll mode: loads the OS failed
 
     async def start(self) -> None:
@@ -145,9 +144,7 @@ class RepositoryControl:
         self._stop.set()
         if self._watcher is not None:
             await self._watcher
-        for task in list(self._operations):  # loads and unloads by RPC whose callers left
-            task.cancel()
-        await asyncio.gather(*self._operations, return_exceptions=True)
+        await self._operations.cancel()  # loads and unloads by RPC whose callers left
         await self._loads.stop()
 
     def cleanup(self) -> None:
@@ -160,13 +157,13 @@ class RepositoryControl:
 
     async def load_rpc(self, name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
         self._check_allowed()
-        await self._to_completion(self._load(name, parameters), f"load of model {name}")
+        await self._operations.run(self._load(name, parameters), f"load of model {name}")
 
     async def unload_rpc(self, name: str, dependents: bool = False) -> None:
         """`dependents` (Triton's unload_dependents): an ensemble's step models go too, nested
         ones' as well, except those another loaded ensemble still uses."""
         self._check_allowed()
-        await self._to_completion(self._unload_with(name, dependents), f"unload of model {name}")
+        await self._operations.run(self._unload_with(name, dependents), f"unload of model {name}")
 
     async def _unload_with(self, name: str, dependents: bool) -> None:
         steps = self._manager.ensemble_steps(name) if dependents else frozenset()
@@ -176,30 +173,6 @@ class RepositoryControl:
             if entry is None or entry.state != READY or self._manager.ensembles_using(step):
                 continue
             await self._unload_with(step, dependents)
-
-    async def _to_completion(self, work: Coroutine[Any, Any, None], what: str) -> None:
-        """Run `work` to its end even if the caller goes (a deadline, a disconnect), as Triton does:
-        cancelled inside the RPC's task, a load stopped halfway, the versions it had started
-        leaked (63 MiB a try) and the model never loaded; an unload left a half-retired version."""
-        task = asyncio.create_task(work, name=what)
-        self._operations.add(task)
-        task.add_done_callback(self._operation_done)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled() and self._stop.is_set():
-                # stop() ended the work, not the caller: answer it. The CancelledError had left the
-                # call unanswered until grpc's own stop, the whole grace later ("Cancelling all calls").
-                why = f"server is shutting down: the {what} was stopped before it ended"
-                raise ShuttingDown(why) from None
-            raise
-
-    def _operation_done(self, task: asyncio.Task[None]) -> None:
-        self._operations.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Retrieved here too: a caller that went away never reads it. It answered the caller
-            # (if still there) and the load's own failure was logged where it failed.
-            log.debug("%s failed after its caller left: %s", task.get_name(), task.exception())
 
     async def _load(self, name: str, parameters: dict[str, pb.ModelRepositoryParameter]) -> None:
         override = parse_load_parameters(name, parameters)

@@ -43,7 +43,7 @@ from server.protocol.sequence_params import SequenceParams
 from server.protocol.validate import Signature
 
 if TYPE_CHECKING:
-    from server.models.rollout import RoutedRequest
+    from server.models.routing_key import RoutedRequest
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from server.models.completion import complete_version
 from server.models.config import validate_config
 from server.models.ensemble_config import is_ensemble
 from server.models.repository import ModelSource
-from server.models.rollout import RoutedRequest, pick_version
+from server.models.routing_key import RoutedRequest, pick_version
 from server.models.traffic import Slices, TrafficPolicy, parse_policy
 from server.protocol.validate import Signature
 

@@ -2,6 +2,8 @@
 
 The manager owns the lifecycle (load, warm up, serve, reload, unload, stop) and answers the
 question every RPC asks first: which model version serves this request, and is it ready?
+Versions leaving service are retirement.py's job, the start's phases start_phase.py's, and what a
+request asks of a lazy model before its load is on_demand.py's protocol.
 """
 
 from __future__ import annotations
@@ -10,21 +12,18 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
 
 from batcher.budget import ByteBudget
 from batcher.run_count import RunCount
 from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
-from server.errors import ModelNotFound, ModelNotReady, RepositoryError, ShuttingDown
+from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.models.config import ConfigError
-from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.ensemble_dependents import EnsembleDependents
-from server.models.frame_rules import FrameRules
 from server.models.lazy_sequences import SequencesBeforeLoad
-from server.models.lazy_signatures import UnnamedRouting
+from server.models.on_demand import OnDemand
 from server.models.repository import (
     ModelNotFoundInRepository,
     ModelSource,
@@ -33,9 +32,11 @@ from server.models.repository import (
     version_fingerprint,
 )
 from server.models.response_cache import ResponseCache
+from server.models.retirement import Retirement
 from server.models.rollout import Rollout
 from server.models.sequence_config import unknown_sequence_hint
 from server.models.sequence_routing import EVICTED_SEQUENCE, Routed, SequenceRouting
+from server.models.start_phase import StartPhase
 from server.models.traffic import parse_policy
 from server.models.version_loader import ensemble_version, load_version
 from server.models.versions import (
@@ -48,35 +49,11 @@ from server.models.versions import (
     version_number,
 )
 from server.observability.sampling import SamplingRegistry
-from server.protocol.validate import Signature
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 HealthCallback = Callable[[str, bool], None]
-
-
-class OnDemand(Protocol):
-    """Lazy models (server/models/lazy.py): a request may first wait for its model to load."""
-
-    def needs_load(self, name: str) -> bool: ...
-
-    def is_lazy(self, name: str) -> bool: ...
-
-    def frame_rules(self, name: str) -> FrameRules | None: ...
-
-    async def ready(self, name: str, remaining_s: float | None) -> None: ...
-
-    async def signatures(self, name: str) -> dict[int, Signature] | None: ...
-
-    def unnamed_version(self, name: str) -> int | None: ...
-
-    def routing(self, name: str) -> UnnamedRouting | None: ...
-
-    def draw(self) -> float: ...
-
-    @property
-    def refused_early(self) -> EarlyRefusals: ...
 
 
 class ModelManager:
@@ -106,17 +83,13 @@ class ModelManager:
         # none ran during it (lazy.py).
         self.runs = RunCount()
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
+        # Replaced or unloaded versions leave service: cache, sampling, sequences, drain (retirement.py).
+        self._retirement = Retirement(
+            settings.shutdown_grace_s, response_cache, self.sampling, self.sequence_routing
+        )
         self.on_demand: OnDemand | None = None  # set by the app when lazy models may exist
         self.rollout = Rollout()  # traffic policies, shadow and rollback (server/models/rollout.py)
-        # ServerReady is false until the start-up load has ended (start_load_ended): it was true on
-        # the empty index right after the port opened, then flapped as each model was added.
-        self._starting = True
-        # From the port's opening until the repository is listed (reading_repository ..
-        # start_listed), a model not in the index is not ready, retryable, rather than NOT_FOUND,
-        # which no client retries.
-        self._listing = False
-        self._listed = asyncio.Event()  # cleared over the same span: RepositoryIndex waits on it
-        self._listed.set()
+        self._start = StartPhase()  # reading the repository, then its load (start_phase.py)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -126,7 +99,7 @@ class ModelManager:
         (a sequence's start is noted, its continuations follow it: sequence_routing.py)."""
         entry = self._models.get(name)
         if entry is None:
-            if self._listing:
+            if self._start.listing:
                 why = "the server is starting (reading its repository)"
                 raise ModelNotReady(f"model '{name}' is not ready: {why}")
             raise ModelNotFound(triton_text.unknown_model(name))
@@ -198,29 +171,23 @@ class ModelManager:
     def all_ready(self) -> bool:
         """ServerReady: the start-up load has ended and every model is ready, or not loaded on
         purpose (a model that failed to load keeps it false)."""
-        return not self._starting and all(e.ready_or_by_design for e in self._models.values())
+        return not self._start.loading and all(e.ready_or_by_design for e in self._models.values())
 
     def reading_repository(self) -> None:
         """The server answers before it has read its repository (SluicewayServer.start)."""
-        self._listing = True
-        self._listed.clear()
+        self._start.reading()
 
     def start_listed(self) -> None:
         """Every model of the repository is in the index (loading, lazy, failed, not chosen)."""
-        self._listing = False
-        self._listed.set()
+        self._start.listed_all()
 
     def start_load_ended(self) -> None:
         """The models the start loads have loaded (or failed): ServerReady may now be true."""
-        self._starting = self._listing = False
-        self._listed.set()
+        self._start.load_ended()
 
     async def listed(self) -> None:
-        """Returns once the repository is listed: an index asked for while it is being read would
-        have been empty (a CI run polled it in that span and saw none of the seven models)."""
-        await self._listed.wait()
-        if self._listing:  # stop() woke it: the listing will not end (a stop during the start)
-            raise ShuttingDown("server is shutting down before its model repository was listed")
+        """Returns once the repository is listed (StartPhase.wait_listed)."""
+        await self._start.wait_listed()
 
     def ready_versions(self) -> Iterable[ModelVersion]:
         for entry in self._models.values():
@@ -280,14 +247,16 @@ class ModelManager:
             entry = self.entry(name)
             entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._on_health(name, False)
-            self._discard_cached(name)
+            self._retirement.discard_cached(name)
             # Its live sequences' continuations are told why they ended (an eviction had read
             # "unloaded or replaced", as an operator's unload).
-            await self._retire(entry.versions.values(), why=EVICTED_SEQUENCE if evicted else RETIRED)
+            await self._retirement.retire(
+                entry.versions.values(), why=EVICTED_SEQUENCE if evicted else RETIRED
+            )
             entry.versions.clear()
             entry.order.clear()
             self.sequence_routing.forget(name)
-            await self._ensembles.stop_dependent(name, evicted, self._retire)
+            await self._ensembles.stop_dependent(name, evicted, self._retirement.retire)
             if evicted:
                 self.rollout.hold(name)
             else:
@@ -295,8 +264,7 @@ class ModelManager:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop every batcher: finish what is queued within the timeout, fail the rest."""
-        # An index waiting for the start-up listing is answered now, not cut after the whole grace.
-        self._listed.set()
+        self._start.stopping()  # an index waiting for the start-up listing is answered now
         versions = [v for e in self._models.values() for v in e.versions.values()]
         for entry in self._models.values():
             self._on_health(entry.name, False)
@@ -341,7 +309,7 @@ class ModelManager:
             except BaseException:
                 # The versions started before the one that failed go too: a failed reload kept
                 # their sessions, batchers and threads for ever (63 MiB a try on resnet).
-                await self._retire(v for n, v in versions.items() if serving.get(n) is not v)
+                await self._retirement.retire(v for n, v in versions.items() if serving.get(n) is not v)
                 raise
         except Exception as exc:  # one bad model never stops the others
             known = (ConfigError, RepositoryError, BackendLoadError, OSError)
@@ -366,17 +334,17 @@ class ModelManager:
         self._models[source.name] = entry
         for version in versions.values():
             self.sequence_routing.follow(version)  # its ended sequences' notes go
-        self._discard_cached(source.name)  # outputs of the versions just replaced
+        self._retirement.discard_cached(source.name)  # outputs of the versions just replaced
         self._on_health(source.name, True)
         same = [n for n in entry.order if serving.get(n) is versions[n]]
         kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""
         log.info("model %s ready (versions %s%s)", source.name, ", ".join(map(str, entry.order)), kept_note)
         replaced = [] if old is None else [v for n, v in old.versions.items() if versions.get(n) is not v]
-        self._begin_retire(replaced)  # _retire repeats it: idempotent
+        self._retirement.begin(replaced)  # retire repeats it: idempotent
         # Before the drain: continuations of the sequences the replaced (or earlier unloaded)
         # versions ended reach the new ones meanwhile, and are told so, not "never started".
         self.sequence_routing.hand_over(source.name, versions.values())
-        await self._retire(replaced, handover=True)
+        await self._retirement.retire(replaced, handover=True)
         return entry
 
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
@@ -405,31 +373,3 @@ class ModelManager:
         entry = self._models.get(name)
         if entry is not None and not entry.versions and entry.state != LOADING:
             del self._models[name]
-
-    def _discard_cached(self, name: str) -> None:
-        if self._response_cache is not None:
-            self._response_cache.discard_model(name)
-
-    def _begin_retire(self, versions: Iterable[ModelVersion], why: str = RETIRED) -> None:
-        """The synchronous start of retiring `versions` (before any await): requests still running
-        on them must not fill the cache; their sequences end (their state goes with them), `why`."""
-        for version in versions:
-            version.response_cache = None
-            self.sampling.retire(version.sampler)
-            self.sequence_routing.retire(version, why)
-
-    async def _retire(
-        self, versions: Iterable[ModelVersion], handover: bool = False, why: str = RETIRED
-    ) -> None:
-        """Stop `versions` (draining within shutdown_grace_s) and close their instances. `handover`
-        (replaced by a reload): what is still queued after the grace goes to the new versions
-        (RequestPath.finish resubmits a NotAccepting), where it failed UNAVAILABLE though they
-        were ready (12 of 20 queued requests behind a slow model)."""
-        versions = list(versions)
-        self._begin_retire(versions, why)
-        for version in versions:
-            await version.batcher.stop(
-                drain=True, timeout_s=self._settings.shutdown_grace_s, handover=handover, finish_runs=True
-            )
-            for backend in version.backends:
-                backend.close()

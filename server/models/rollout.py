@@ -9,6 +9,9 @@ policy plus its generation's change log (server/models/rollout_share.py): a relo
 same files (the same generation) keeps the state (rollout_carry.py), and a state built anew catches
 up with the log before it routes anything.
 
+A request's routing key and the version a split picks for it are routing_key.py's rule, shared
+with the early judge of a lazy model not loaded.
+
 Everything runs on the event loop; /metrics reads `rollback_counts` from its own thread (a copy).
 """
 
@@ -33,14 +36,15 @@ from server.models.rollout_state import (
     stop_shadow,
     window_line,
 )
+from server.models.routing_key import RoutedRequest, pick_version, routing_key
 from server.models.shadow import ShadowFigures, ShadowRunner
-from server.models.traffic import Slices, format_weights, parse_policy, point_of
+from server.models.traffic import format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
     from server.models.versions import ModelEntry, ModelVersion
 
-__all__ = ["ModelRollout", "Rollout", "RoutedRequest", "figures_of", "pick_version", "routing_key"]
+__all__ = ["ModelRollout", "Rollout", "figures_of"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +57,6 @@ METRICS = {
                                       "outputs and the served version's"),
     "sluiceway_shadow_argmax_agreement": ("gauge", "Share of compared rows whose argmax agreed (0..1)"),
 }  # fmt: skip
-
-
-class RoutedRequest(Protocol):
-    """What routing reads of a request (a ModelInferRequest)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def parameters(self) -> Mapping[str, object]: ...
 
 
 class SharedLog(Protocol):
@@ -380,28 +374,3 @@ class Rollout:
 
     def rollbacks_of(self, model: str) -> int:
         return sum(c for (m, _, _), c in dict(self._rollbacks).items() if m == model)
-
-
-def pick_version(slices: Slices, sticky_key: str, request: RoutedRequest, draw: Callable[[], float]) -> int:
-    """The version `slices` route a request naming none to: its routing key's, else the slice of a
-    random point (`draw`). InvalidRequest for a sticky key parameter of the wrong type."""
-    key = routing_key(request, sticky_key)
-    return slices.pick_key(key) if key else slices.pick(draw())
-
-
-def routing_key(request: RoutedRequest, sticky_key: str) -> str:
-    """The request's routing key: its `sticky_key` parameter (a string or an integer), else (absent
-    or the empty string) its id; "" when it has neither (routed at random)."""
-    if sticky_key:
-        param = request.parameters.get(sticky_key)
-        if param is not None:
-            kind = param.WhichOneof("parameter_choice")  # type: ignore[attr-defined]
-            if kind not in ("string_param", "int64_param", "uint64_param"):
-                raise InvalidRequest(
-                    f"parameter '{sticky_key}' (the model's traffic_sticky_key) must be a string or "
-                    f"an integer, got {kind or 'nothing'}"
-                )
-            key = str(getattr(param, kind))
-            if key:  # an empty key is no key: it had routed at random, ignoring the id
-                return key
-    return request.id

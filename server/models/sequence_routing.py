@@ -28,7 +28,7 @@ from batcher.sequence import REMEMBER_RELEASED
 from batcher.sequence_types import RETIRED, SequenceId
 
 if TYPE_CHECKING:
-    from server.models.rollout import RoutedRequest
+    from server.models.routing_key import RoutedRequest
     from server.models.versions import ModelEntry, ModelVersion
     from server.protocol.sequence_params import SequenceParams
 

@@ -19,7 +19,8 @@ from server.errors import FrameDropped, ShuttingDown
 from server.models.early_refusals import counted_version
 from server.models.frame_rules import FrameRules
 from server.models.lazy_sequences import SequencesBeforeLoad
-from server.models.manager import ModelManager, OnDemand
+from server.models.manager import ModelManager
+from server.models.on_demand import OnDemand
 from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
 from server.observability.logs import SERVED_VERSION

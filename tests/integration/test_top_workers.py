@@ -89,7 +89,8 @@ def test_every_reading_comes_from_one_worker(
 def test_workers_summed_from_their_metrics(
     workers_server: ServerProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.observability.top import Reader, worker_urls
+    from server.observability.top import worker_urls
+    from server.observability.top_reader import Reader
 
     url = f"http://127.0.0.1:{workers_server.metrics_port}/metrics"
     reader = Reader(workers_server.address, worker_urls(url, 2))  # two URLs: /metrics only, no channel

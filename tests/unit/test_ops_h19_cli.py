@@ -13,7 +13,7 @@ import pytest
 
 from server.cli import main
 from server.models.traffic import parse_weights
-from server.observability.top import Sample, read_metrics
+from server.observability.top_reader import Sample, read_metrics
 from tests.support.certs import make_pki
 from tests.support.nothing_listening import nothing_listening
 

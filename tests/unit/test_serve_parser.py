@@ -12,7 +12,13 @@ import pytest
 from server.cli import _parser
 from tests.support.server_process import REPO_ROOT
 
-NOT_FOR_SERVING = ("clients", "server.observability.top", "server.admin.cli", "server.optimize.cli")
+NOT_FOR_SERVING = (
+    "clients",
+    "server.observability.top",
+    "server.observability.top_reader",
+    "server.admin.cli",
+    "server.optimize.cli",
+)
 
 
 @pytest.mark.parametrize(

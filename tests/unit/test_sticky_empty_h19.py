@@ -11,7 +11,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from server.models.lazy_signatures import UnnamedRouting
-from server.models.rollout import pick_version, routing_key
+from server.models.routing_key import pick_version, routing_key
 from server.models.traffic import Slices
 
 SLICES = Slices.of({1: 50, 2: 50})

@@ -7,7 +7,8 @@ import argparse
 import pytest
 from rich.console import Console
 
-from server.observability.top import Sample, add_metrics, add_top_parser, percentile, render, rows, run_top
+from server.observability.top import add_top_parser, percentile, render, rows, run_top
+from server.observability.top_reader import Sample, add_metrics
 from tests.support.nothing_listening import nothing_listening
 
 METRICS = """\
@@ -73,7 +74,7 @@ def test_a_cached_models_requests_are_counted_once() -> None:
     """success counts cache hits already: adding cache_hit again showed a cached model at twice the
     rate of an uncached one with the same traffic."""
     from protos import grpc_service_pb2 as pb
-    from server.observability.top import sample_of
+    from server.observability.top_reader import sample_of
 
     response = pb.ModelStatisticsResponse()
     stats = response.model_stats.add(name="cached", version="1", inference_count=1, execution_count=1)

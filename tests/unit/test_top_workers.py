@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.observability.top import (
-    Sample,
-    add_metrics,
-    add_top_parser,
-    rows_of_workers,
-    security_of,
-    worker_urls,
-)
+from server.observability.top import add_top_parser, rows_of_workers, security_of, worker_urls
+from server.observability.top_reader import Sample, add_metrics
 
 
 def metrics(success: int, rows: int, runs: int, under_ms: int, over_ms: int, queue: int) -> str:
