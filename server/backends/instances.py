@@ -108,7 +108,9 @@ class InstanceFactory:
         if instance_id is None:
             instance_id, self._made = self._made, self._made + 1
             if instance_id == 0 and self._faults is not None and self._faults.load_gate:
-                wait_at_gate(self._name, self._faults.load_gate)  # fault_load_gate: the version's load held
+                wait_at_gate(
+                    f"model {self._name}: load", self._faults.load_gate
+                )  # fault_load_gate: the version's load held
         if self._identity is not None:
             if instance_id == 0 and self._identity.creation_delay_s > 0:
                 time.sleep(self._identity.creation_delay_s)  # creation_delay_sec, as Triton: off the loop

@@ -53,6 +53,7 @@ FAULT_PARAMETERS = frozenset(
         "fault_hang_s",
         "fault_load_error",
         "fault_load_gate",
+        "fault_run_gate",
         "fault_versions",
     }
 )

@@ -288,6 +288,8 @@ def test_a_load_gate_must_be_a_named_pipe(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     spec = FaultSpec.from_config(config(params(fault_load_gate=str(fifo))), "c", allowed=True)
     assert spec == FaultSpec(load_gate=str(fifo))
+    spec = FaultSpec.from_config(config(params(fault_run_gate=str(fifo))), "c", allowed=True)
+    assert spec == FaultSpec(run_gate=str(fifo))
     (tmp_path / "file").write_text("")
     for path in (str(tmp_path / "file"), str(tmp_path / "missing"), "gate", str(tmp_path)):
         with pytest.raises(
@@ -300,7 +302,7 @@ def test_a_load_waits_at_its_gate_until_a_writer_opens_and_closes_it(tmp_path: P
     fifo = tmp_path / "gate"
     os.mkfifo(fifo)
     through = threading.Event()
-    waiting = threading.Thread(target=lambda: (wait_at_gate("m", str(fifo)), through.set()))
+    waiting = threading.Thread(target=lambda: (wait_at_gate("model m: load", str(fifo)), through.set()))
     waiting.start()
     with fifo.open("wb") as writer:  # opens once the waiting side has opened the pipe
         writer.write(b"x")
