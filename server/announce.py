@@ -1,8 +1,9 @@
-"""The server's own lines on stdout, which whoever starts it waits for: `sluiceway metrics on
-HOST:PORT/metrics`, then `sluiceway ready on HOST:PORT (models: ...)`. Under JSON logs each is one
-JSON object (an INFO record, as the logs write one) whose message is that same text: a collector
-had choked on the two plain lines among the JSON ones, and a search for "sluiceway ready on" in
-the raw line still finds it."""
+"""The server's own lines on stdout, which whoever starts it waits for: `sluiceway listening on
+HOST:PORT (loading models)` once the endpoint answers (the port `--port 0` chose, before the models
+load), `sluiceway metrics on HOST:PORT/metrics`, then `sluiceway ready on HOST:PORT (models: ...)`.
+Under JSON logs each is one JSON object (an INFO record, as the logs write one) whose message is
+that same text: a collector had choked on the plain lines among the JSON ones, and a search for
+"sluiceway ready on" in the raw line still finds it."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -211,8 +212,9 @@ class SluicewayServer:
         # Health updates are coroutines on the aio servicer; schedule without awaiting.
         asyncio.get_running_loop().create_task(self._health.set(name, status))
 
-    async def start(self) -> int:
-        """Bind, start answering (live, not yet ready), load every model, then report SERVING."""
+    async def start(self, on_listening: Callable[[int], None] | None = None) -> int:
+        """Bind, start answering (live, not yet ready), load every model, then report SERVING.
+        `on_listening(port)` is called once the endpoint answers, before the models load."""
         address = f"{self.settings.host}:{self.settings.port}"
         try:
             self.port = bind_port(self._grpc, address, self.settings)  # TLS when configured
@@ -234,6 +236,8 @@ class SluicewayServer:
             log.warning("%s", providers_note)
         self.models.reading_repository()  # no NOT_FOUND before the repository is listed
         await self._grpc.start()
+        if on_listening is not None:
+            on_listening(self.port)
         await self.control.start()  # what the model control mode loads at start
         if self.rollout_share is not None:
             self.rollout_share.start()
@@ -317,12 +321,16 @@ async def serve(settings: ServerSettings) -> None:
         loop.add_signal_handler(sig, stop_requested.set)
         if stop_was_asked(previous):  # a start-up SIGTERM whose Terminated was lost on the way
             stop_requested.set()
-    port = await _start_unless_stopped(server, stop_requested)
+    json_lines = settings.log_format == "json"  # then these lines are JSON objects too
+
+    def listening(port: int) -> None:  # the port `--port 0` chose, for a client that watches the load
+        announce(f"sluiceway listening on {settings.host}:{port} (loading models)", json_lines)
+
+    port = await _start_unless_stopped(server, stop_requested, listening)
     if port is None:
         return
     names = _model_summary(server)
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
-    json_lines = settings.log_format == "json"  # then these two are JSON objects too
     if server.metrics_port:  # before the ready line: whoever waits for that has this one too
         announce(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", json_lines)
     announce(f"sluiceway ready on {settings.host}:{port} (models: {names})", json_lines)
@@ -335,12 +343,14 @@ async def serve(settings: ServerSettings) -> None:
     await server.stop()
 
 
-async def _start_unless_stopped(server: SluicewayServer, stop_requested: asyncio.Event) -> int | None:
+async def _start_unless_stopped(
+    server: SluicewayServer, stop_requested: asyncio.Event, on_listening: Callable[[int], None]
+) -> int | None:
     """Start `server`; a stop asked for while it loads its models ends the loading (a model whose
     session is being made finishes in its thread, unused) and shuts the server down: the port,
     or None when stopped. Waiting for every model first kept a pod's SIGTERM waiting ~10 s past
     its grace, and printed the ready line just before shutting down."""
-    starting = asyncio.ensure_future(server.start())
+    starting = asyncio.ensure_future(server.start(on_listening))
     stopping = asyncio.ensure_future(stop_requested.wait())
     try:
         await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)

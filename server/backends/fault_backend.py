@@ -8,6 +8,13 @@ A model switches it on with `parameters` of its config.pbtxt, and only on a serv
   before running normally: past the watchdog's limit (`run_timeout_s`) the batch fails and the
   instance is replaced; a hang shorter than the limit is a slow run.
 - `fault_load_error: "true"`: the model fails to load, as with a broken model file.
+- `fault_load_gate: "/abs/path/fifo"`: the version's load waits, before its first instance, until a
+  writer opens that named pipe (FIFO) and closes it: a load held for exactly as long as a test or
+  drill wants, released by `open(path, "wb").close()`, timing nothing. A load waiting there cannot
+  be cancelled (a thread blocked in open): release it before stopping the server.
+- `fault_run_gate: "/abs/path/fifo"`: each run waits likewise before it runs (a run in flight for
+  as long as the test wants: a request queued behind it stays queued); past `run_timeout_s` the
+  watchdog fails it as any stuck run, its thread still waiting there.
 - `fault_versions: "2,3"`: only these versions get the faults above (default: every version), so
   one version of a model can fail or be slow while the others serve (rollout tests and drills).
 
@@ -23,6 +30,9 @@ event loop thread, where a hang could not be watched; every run goes through its
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -36,9 +46,13 @@ RAISE_EVERY = "fault_raise_every"
 HANG_EVERY = "fault_hang_every"
 HANG_S = "fault_hang_s"
 LOAD_ERROR = "fault_load_error"
+LOAD_GATE = "fault_load_gate"
+RUN_GATE = "fault_run_gate"
 VERSIONS = "fault_versions"
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_HANG_S = 3600.0  # "for ever": a hung run ends when its instance is abandoned or closed
+
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -54,6 +68,8 @@ class FaultSpec:
     hang_every: int = 0
     hang_s: float = DEFAULT_HANG_S
     load_error: bool = False
+    load_gate: str = ""  # a FIFO's absolute path ("": none)
+    run_gate: str = ""  # likewise
 
     @classmethod
     def from_config(
@@ -76,6 +92,8 @@ class FaultSpec:
             hang_every=_count(values, HANG_EVERY, source),
             hang_s=_seconds(values, HANG_S, source),
             load_error=_boolean(values, LOAD_ERROR, source),
+            load_gate=_fifo(values, LOAD_GATE, source),
+            run_gate=_fifo(values, RUN_GATE, source),
         )
         versions = _versions(values, source)
         return spec if version is None or version in versions else None
@@ -120,6 +138,27 @@ def _boolean(values: dict[str, str], key: str, source: str) -> bool:
     return _BOOLEANS[value.lower()]
 
 
+def _fifo(values: dict[str, str], key: str, source: str) -> str:
+    path = values.get(key, "")
+    if not path:
+        return ""
+    try:
+        is_fifo = os.path.isabs(path) and stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        is_fifo = False
+    if not is_fifo:
+        raise ConfigError(f"{source}: parameters '{key}' must be the absolute path of a named pipe (FIFO)")
+    return path
+
+
+def wait_at_gate(what: str, path: str, parameter: str = LOAD_GATE) -> None:
+    """Block (in a loader or run thread) until a writer opens the FIFO at `path` and closes it; the
+    line tells whoever holds the gate that `what` waits there."""
+    log.info("%s held until %s is opened and closed (%s)", what, path, parameter)
+    with open(path, "rb") as gate:  # open blocks until a writer opens the pipe
+        gate.read()  # then read until that writer closes it
+
+
 class Session(Protocol):
     """An instance with its own executor and a blocking run (onnxruntime's, the identity backend's)."""
 
@@ -160,6 +199,8 @@ class FaultBackend:
 
     def _run(self, number: int, inputs: Tensors) -> Tensors:
         spec = self._spec
+        if spec.run_gate:
+            wait_at_gate(f"run {number}", spec.run_gate, RUN_GATE)
         if spec.hang_every and number % spec.hang_every == 0 and self._released.wait(spec.hang_s):
             raise InjectedFault(f"run {number} hung on purpose ({HANG_EVERY}) and its instance was abandoned")
         if spec.raise_every and number % spec.raise_every == 0:

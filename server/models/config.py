@@ -47,7 +47,15 @@ RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s
 LATEST_FRAME_WINS = "latest_frame_wins"
 # Fault injection (server/backends/fault_backend.py), refused unless allow_fault_injection is set.
 FAULT_PARAMETERS = frozenset(
-    {"fault_raise_every", "fault_hang_every", "fault_hang_s", "fault_load_error", "fault_versions"}
+    {
+        "fault_raise_every",
+        "fault_hang_every",
+        "fault_hang_s",
+        "fault_load_error",
+        "fault_load_gate",
+        "fault_run_gate",
+        "fault_versions",
+    }
 )
 # Prediction sampling and drift (server/observability/sampling.py checks their values).
 SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE = "sample_ratio", "sample_what", "drift_reference"

@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from protos import model_config_pb2 as mc
+from server.pids import named_pid, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ DEMO_VERSION = 3
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR version: loads on onnxruntime >= 1.13
 MARKER = ".sluiceway-demo"
+STAGING_PREFIX = ".demo-building-"  # + the builder's pid + "-" + mkdtemp's random part
 
 
 class _Graph:
@@ -199,15 +201,34 @@ def _write(directory: Path) -> None:
         (directory / name / "1" / "model.onnx").write_bytes(builders[name]())
 
 
+def remove_stale_staging(cache_dir: Path) -> None:
+    """Remove the staging directories of builds whose process is gone. A start-up SIGTERM or SIGHUP
+    landing in an import during a build ends the process with os._exit (start_signals.exit_now),
+    past the build's own clean-up. Kept: this process's (a concurrent build on another thread)
+    and those of builders still running. One named without a pid is from before pids were in the
+    name: stale."""
+    try:
+        entries = list(cache_dir.glob(f"{STAGING_PREFIX}*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = named_pid(entry.name, 2)  # .demo-building-PID-RANDOM
+        if pid == os.getpid() or (pid is not None and pid_alive(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 def build_demo_repository(cache_dir: Path) -> Path:
     """The demo repository under `cache_dir`, built unless a complete one of this version is there."""
     key = _build_key()
     target = cache_dir / f"demo-repository-{key}"
+    remove_stale_staging(cache_dir)
     if (target / MARKER).is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename into place: a concurrent start sees all of it or none.
-    staging = Path(tempfile.mkdtemp(prefix=".demo-building-", dir=cache_dir))
+    # The pid in the name tells a later build whether its builder still runs.
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=cache_dir))
     try:
         _write(staging)
         (staging / MARKER).write_text(key + "\n", encoding="utf-8")

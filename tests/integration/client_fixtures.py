@@ -6,7 +6,6 @@ so that each server starts once per session, whichever module asks first.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,15 +75,3 @@ def mlp_reference(demo_repo: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 def features(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
-
-
-def dead_addresses(count: int) -> list[str]:
-    """Distinct localhost ports nothing listens on (bound together, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()

@@ -9,7 +9,8 @@ import numpy as np
 
 from clients import AsyncClient, Backoff, Client, RetryPolicy
 from tests.integration import client_fixtures
-from tests.integration.client_fixtures import dead_addresses, features
+from tests.integration.client_fixtures import features
+from tests.support.nothing_listening import nothing_listening
 from tests.support.server_process import ServerProcess
 
 start_demo_server = client_fixtures.start_demo_server
@@ -98,25 +99,25 @@ def test_a_refused_connection_goes_to_the_next_endpoint_at_once(zoo_server: Serv
     """The retry slept the backoff before trying the next endpoint, and gave up when the backoff did
     not fit the deadline: with a 50 ms deadline a third to half of first calls failed. A backoff
     longer than the deadline shows it without timing anything."""
-    (dead,) = dead_addresses(1)
     slow = RetryPolicy(backoff=Backoff(initial_s=60.0, max_s=60.0))
-    for _ in range(3):  # a fresh client: its first call goes to the dead endpoint first
-        with Client([dead, zoo_server.address], retry=slow, default_timeout_s=30) as client:
-            assert client.infer("mlp", {"features": features(1)})["scores"].shape == (1, 2)
-            assert client.endpoint_health() == {dead: False, zoo_server.address: True}
+    with nothing_listening() as dead:  # held: no other test's server can take the port meanwhile
+        for _ in range(3):  # a fresh client: its first call goes to the dead endpoint first
+            with Client([dead, zoo_server.address], retry=slow, default_timeout_s=30) as client:
+                assert client.infer("mlp", {"features": features(1)})["scores"].shape == (1, 2)
+                assert client.endpoint_health() == {dead: False, zoo_server.address: True}
 
 
 async def test_async_client_skips_a_dead_endpoint_and_uses_the_fallback_when_all_are_dead(
     zoo_server: ServerProcess,
 ) -> None:
     data = {"features": features(1)}
-    dead, other_dead = dead_addresses(2)
-    async with AsyncClient([dead, zoo_server.address]) as client:
-        results = [await client.infer("mlp", data) for _ in range(6)]
-        assert client.endpoint_health() == {dead: False, zoo_server.address: True}
-    async with AsyncClient([dead, other_dead], fallback=zoo_server.address) as client:
-        results += [await client.infer("mlp", data) for _ in range(3)]
-        assert client.endpoint_health()[zoo_server.address] is True
-        assert not any(client.endpoint_health()[a] for a in client.pool.addresses[:2])
+    with nothing_listening() as dead, nothing_listening() as other_dead:  # held for the test
+        async with AsyncClient([dead, zoo_server.address]) as client:
+            results = [await client.infer("mlp", data) for _ in range(6)]
+            assert client.endpoint_health() == {dead: False, zoo_server.address: True}
+        async with AsyncClient([dead, other_dead], fallback=zoo_server.address) as client:
+            results += [await client.infer("mlp", data) for _ in range(3)]
+            assert client.endpoint_health()[zoo_server.address] is True
+            assert not any(client.endpoint_health()[a] for a in client.pool.addresses[:2])
     for result in results[1:]:
         np.testing.assert_allclose(result["scores"], results[0]["scores"], rtol=1e-6)

@@ -13,8 +13,11 @@ on a fake clock: tests/unit/test_ensemble_cut_outcome.py.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -31,19 +34,34 @@ from tests.support.slow_steps import one_step_ensemble, slow_identity, write_rep
 MODELS = {
     "in_run_step": slow_identity("in_run_step", 1500),
     "ens_in_run": one_step_ensemble("ens_in_run", "in_run_step"),
-    # Long: a loaded machine stalls the test (or the server) seconds between the first run's start
-    # and the cut; a CI run on 2026-12-02 waited 60 s for `expired` with 5 s (2.5 s had failed too).
-    "queued_step": slow_identity("queued_step", 10000),
     "ens_queued": one_step_ensemble("ens_queued", "queued_step"),
 }
 BOUND_S = 30.0  # generous upper bound for an answer that must come
 
 
+@dataclass
+class Served:
+    process: ServerProcess
+    run_gate: Path  # queued_step's runs wait here until the test opens and closes it
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    repo = write_repository(tmp_path_factory.mktemp("cut_repo"), MODELS)
-    with ServerProcess("--model-repository", str(repo)) as started:
-        yield started
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    where = tmp_path_factory.mktemp("cut_repo")
+    gate = where / "run_gate"
+    os.mkfifo(gate)
+    # queued_step's run is held at a gate, not for a time: a first run that lasted 2.5, 5, then
+    # 10 s had ended on a loaded machine before the ensemble's step queued behind it (a CI run
+    # waited 60 s for `expired`); now it lasts until the test has seen the cut counted.
+    held = f'parameters {{ key: "fault_run_gate" value: {{ string_value: "{gate}" }} }}'
+    repo = write_repository(where / "repo", {**MODELS, "queued_step": slow_identity("queued_step", 0, held)})
+    with ServerProcess("--model-repository", str(repo), "--allow-fault-injection") as started:
+        yield Served(started, gate)
+
+
+@pytest.fixture(scope="module")
+def server(served: Served) -> ServerProcess:
+    return served.process
 
 
 @pytest.fixture()
@@ -80,17 +98,21 @@ def test_an_ensemble_call_cut_at_its_deadline_during_its_steps_run_counts_late(
 
 
 def test_an_ensemble_call_cut_at_its_deadline_while_its_step_is_queued_counts_expired(
-    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+    served: Served, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
+    server = served.process
     answered: list[pb.ModelInferResponse] = []
     first = threading.Thread(
         target=lambda: answered.append(stub.ModelInfer(request("queued_step"), timeout=BOUND_S)), daemon=True
     )
-    first.start()  # runs 10 s on the step's one instance, no deadline
-    wait_until(lambda: gauge(server, "sluiceway_batches_in_flight", "queued_step") == 1, "the first run")
-    cut(stub, "ens_queued", 0.4)  # its step waits in the queue behind that run
-    wait_until(lambda: outcomes(server, "ens_queued").get("expired") == 1, "the ensemble's own `expired`")
-    assert outcomes(server, "ens_queued") == {"shed": 0, "expired": 1, "late": 0, "on_time": 0}
+    first.start()  # held at the gate on the step's one instance, no deadline
+    try:
+        server.wait_for_output("run 1 held until")  # the first run is in flight
+        cut(stub, "ens_queued", 0.4)  # its step waits in the queue behind that run
+        wait_until(lambda: outcomes(server, "ens_queued").get("expired") == 1, "the ensemble's own `expired`")
+        assert outcomes(server, "ens_queued") == {"shed": 0, "expired": 1, "late": 0, "on_time": 0}
+    finally:
+        served.run_gate.open("wb").close()  # the first run goes on (its run thread opened the gate)
     first.join(BOUND_S)
     assert len(answered) == 1
     # the step counts its own cut in the queue, once (and the first request on time)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from clients.health_probe import main
-from tests.integration.client_fixtures import dead_addresses
+from tests.support.nothing_listening import nothing_listening
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
 
@@ -18,8 +18,8 @@ def test_exits_0_for_a_serving_server_and_1_for_a_dead_address(
 ) -> None:
     assert main(["--address", zoo_server.address]) == 0
     assert main(["--address", zoo_server.address, "--service", "no-such-service"]) == 1
-    (dead,) = dead_addresses(1)
-    assert main(["--address", dead, "--timeout-s", "1"]) == 1
+    with nothing_listening() as dead:  # held: no other test's server can take the port meanwhile
+        assert main(["--address", dead, "--timeout-s", "1"]) == 1
     # Each "NOT SERVING" says why (it had said nothing more for either).
     lines = capsys.readouterr().out.splitlines()
     no_service = "NOT_FOUND: the server has no health service 'no-such-service'"

@@ -23,7 +23,11 @@ def test_the_ready_and_metrics_lines_are_json_objects() -> None:
     messages = [record["message"] for record in records]
     ready = [m for m in messages if m.startswith(f"sluiceway ready on 127.0.0.1:{server.port} (models: ")]
     metrics = [m for m in messages if m == f"sluiceway metrics on 127.0.0.1:{server.metrics_port}/metrics"]
-    assert len(ready) == len(metrics) == 1, messages
+    listening = [
+        m for m in messages if m == f"sluiceway listening on 127.0.0.1:{server.port} (loading models)"
+    ]
+    assert len(ready) == len(metrics) == len(listening) == 1, messages
+    assert messages.index(listening[0]) < messages.index(ready[0])  # printed before the models load
 
 
 def test_a_plain_line_stays_plain_and_both_forms_read_back() -> None:

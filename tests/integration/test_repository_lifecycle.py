@@ -5,6 +5,7 @@ config, and load failures counted on /metrics."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,14 +45,24 @@ def loads_failed(server: ServerProcess) -> float:
     return float(line.split()[1])
 
 
-def test_a_load_whose_caller_gives_up_still_completes(repo: Path) -> None:
+def test_a_load_whose_caller_gives_up_still_completes(repo: Path, tmp_path: Path) -> None:
     """The load ran inside the RPC's task: a deadline shorter than the load stopped it halfway, the
-    versions it had started leaked, and the model never loaded however often it was retried."""
-    many = json.dumps({"max_batch_size": 8, "instance_group": [{"count": 40, "kind": "KIND_CPU"}]})
-    args = ("--model-repository", str(repo), *EXPLICIT)
+    versions it had started leaked, and the model never loaded however often it was retried.
+
+    The load waits at a gate (`fault_load_gate`, a named pipe) until the caller has given up, so
+    the deadline falls inside it whatever the machine's speed (it had rested on 40 instances
+    taking longer than 50 ms); 3 s only bounds the call's way to the server."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    held = {"max_batch_size": 8, "instance_group": [{"count": 2, "kind": "KIND_CPU"}]}
+    held["parameters"] = {"fault_load_gate": {"string_value": str(gate)}}
+    args = ("--model-repository", str(repo), *EXPLICIT, "--allow-fault-injection")
     with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
         with pytest.raises(DeadlineExceeded):
-            client.load_model("mlp", config=many, timeout_s=0.05)  # 40 sessions take longer
+            client.load_model("mlp", config=json.dumps(held), timeout_s=3)
+        server.wait_for_output("model mlp: load held until")  # the load is at the gate
+        assert not client.model_ready("mlp")
+        gate.open("wb").close()  # let the load go on, its caller gone
         wait_until(lambda: client.model_ready("mlp"), "the load to complete after its caller left")
         assert client.infer("mlp", {"features": features(2)})
 

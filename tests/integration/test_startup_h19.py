@@ -10,7 +10,6 @@ that a client polling from the port's opening sees the start-up load under way.
 
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +46,6 @@ def repository(tmp_path: Path) -> Path:
     return write_repository(tmp_path / "repo", configs)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def one_row(model: str) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="x", datatype="FP32", shape=[1, 1])
@@ -81,12 +74,15 @@ def one_round(stub: pb_grpc.GRPCInferenceServiceStub, seen: Seen) -> None:
 
 
 def test_a_client_polling_from_the_ports_opening_never_sees_ready_early_nor_not_found(tmp_path: Path) -> None:
-    port = free_port()
-    server = ServerProcess("--model-repository", str(repository(tmp_path)), "--port", str(port))
+    # The server binds a free port itself (--port 0, ServerProcess's default) and names it once
+    # its endpoint answers, before the models load: a port picked here and bound by the server
+    # later could be taken meanwhile by another test worker's server.
+    server = ServerProcess("--model-repository", str(repository(tmp_path)))
     started = threading.Thread(target=server.start)
     started.start()
     seen = Seen()
     try:
+        port = server.listening_port()
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=QUICK_RECONNECT) as channel:
             grpc.channel_ready_future(channel).result(timeout=120)  # the port is open
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

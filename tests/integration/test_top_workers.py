@@ -5,7 +5,6 @@ worker, each with its own counters. A channel per reading had mixed them (a stea
 from __future__ import annotations
 
 import argparse
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.observability.top import add_top_parser, run_top
+from tests.support.held_ports import held_ports
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
@@ -23,31 +23,19 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # never a connection a
 READINGS = 6  # `top --once` runs: with a channel per reading, each had an even chance of two workers
 
 
-def two_free_ports() -> int:
-    """A port P with P + 1 free too (worker i serves metrics on P + i)."""
-    for _ in range(50):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def workers_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("top-workers-repo")
     config = (demo_repo / "mlp" / "config.pbtxt").read_text()
     write_model(repo, "mlp", demo_repo / "mlp" / "1" / "model.onnx", config)
-    metrics_port = two_free_ports()
-    args = ("--model-repository", str(repo), "--workers", "2", "--metrics-port", str(metrics_port))
-    with ServerProcess(*args) as server:
-        assert server.metrics_port == metrics_port or server.metrics_port == metrics_port + 1, server.output()
-        server.metrics_port = metrics_port  # worker 0's, whichever worker printed first
-        yield server
+    # Worker i serves metrics on P + i, which `top --workers 2` reads: P and P + 1 stay held from
+    # the choice on, so no other test worker's server can take one before the workers bind it.
+    with held_ports(2) as metrics_port:
+        args = ("--model-repository", str(repo), "--workers", "2", "--metrics-port", str(metrics_port))
+        with ServerProcess(*args) as server:
+            assert server.metrics_port in (metrics_port, metrics_port + 1), server.output()
+            server.metrics_port = metrics_port  # worker 0's, whichever worker printed first
+            yield server
 
 
 def infer(channel: grpc.Channel, count: int) -> None:

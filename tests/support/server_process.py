@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache"
 _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
 _METRICS = re.compile(r"sluiceway metrics on ([\d.]+):(\d+)/metrics")
+_LISTENING = re.compile(r"sluiceway listening on ([\d.]+):(\d+)")
 
 
 class ServerProcess:
@@ -88,6 +89,15 @@ class ServerProcess:
                         f"the server did not print {text!r} {times} time(s):\n{self.output()[-3000:]}"
                     )
                 self._new_line.wait(left)
+
+    def listening_port(self, timeout_s: float = 120.0) -> int:
+        """The port the server answers on, from its `sluiceway listening on` line, printed before
+        the models load (for a test that watches the start while `start` runs on another thread):
+        the server binds it itself, so no other test's server can take it first."""
+        self.wait_for_output("sluiceway listening on", timeout_s)
+        match = _LISTENING.search(self.output())
+        assert match is not None, self.output()[-3000:]
+        return int(match.group(2))
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait for a graceful exit, return the exit code."""

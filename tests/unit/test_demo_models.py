@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -148,3 +151,28 @@ def test_resnet_u8_is_resnet_on_normalized_frames(repo: Path) -> None:
     tolerance = 1e-3 * float(np.abs(from_images).max())
     np.testing.assert_allclose(from_frames, from_images, rtol=1e-3, atol=tolerance)
     assert not np.allclose(from_frames[0], from_frames[1])
+
+
+def test_a_build_removes_the_staging_left_by_a_builder_that_is_gone(repo: Path, tmp_path: Path) -> None:
+    """A start-up signal landing in an import during a build ends the process with os._exit, past
+    the build's clean-up: its `.demo-building-PID-*` directory stayed in the cache for good. A
+    later build removes those whose process is gone, never a running builder's."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)  # exited: as a build ended by os._exit
+    cache = tmp_path  # nothing built yet: this build runs beside the leftovers
+    killed = cache / f".demo-building-{dead_pid}-abc123"
+    (killed / "mlp" / "1").mkdir(parents=True)  # what a build had written when it was stopped
+    (killed / "mlp" / "config.pbtxt").write_text("name: 'mlp'\n")
+    from_before = cache / ".demo-building-x1y2z3"  # a name from before pids were in it
+    from_before.mkdir()
+    running = cache / f".demo-building-{os.getppid()}-def456"  # a concurrent builder, still running
+    running.mkdir()
+    built = build_demo_repository(cache)
+    assert _files(built) == _files(repo)
+    assert not killed.exists() and not from_before.exists()
+    assert running.is_dir()
+    running.rmdir()
+    assert [p.name for p in cache.iterdir()] == [built.name]  # nor did this build leave its own
+    assert build_demo_repository(cache) == built  # reused

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from batcher.errors import RunTimedOut
 from protos import model_config_pb2 as mc
-from server.backends.fault_backend import FaultBackend, FaultSpec, InjectedFault
+from server.backends.fault_backend import FaultBackend, FaultSpec, InjectedFault, wait_at_gate
 from server.backends.instances import InstanceFactory, run_timeout_for
 from server.backends.onnxruntime_backend import CPU, BackendLoadError, OrtBackend, OrtOptions
 from server.models.config import ConfigError
@@ -280,3 +281,31 @@ async def test_a_hung_instance_is_replaced_by_a_fresh_session(repo: Path, tmp_pa
         assert batcher.watchdog.replaced == 1
         with pytest.raises(RuntimeError):  # the stuck one was abandoned
             await stuck.run(X)
+
+
+def test_a_load_gate_must_be_a_named_pipe(tmp_path: Path) -> None:
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    spec = FaultSpec.from_config(config(params(fault_load_gate=str(fifo))), "c", allowed=True)
+    assert spec == FaultSpec(load_gate=str(fifo))
+    spec = FaultSpec.from_config(config(params(fault_run_gate=str(fifo))), "c", allowed=True)
+    assert spec == FaultSpec(run_gate=str(fifo))
+    (tmp_path / "file").write_text("")
+    for path in (str(tmp_path / "file"), str(tmp_path / "missing"), "gate", str(tmp_path)):
+        with pytest.raises(
+            ConfigError, match=r"^c: parameters 'fault_load_gate' must be the absolute path of a"
+        ):
+            FaultSpec.from_config(config(params(fault_load_gate=path)), "c", allowed=True)
+
+
+def test_a_load_waits_at_its_gate_until_a_writer_opens_and_closes_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    through = threading.Event()
+    waiting = threading.Thread(target=lambda: (wait_at_gate("model m: load", str(fifo)), through.set()))
+    waiting.start()
+    with fifo.open("wb") as writer:  # opens once the waiting side has opened the pipe
+        writer.write(b"x")
+        assert not through.is_set()  # still reading: the writer has not closed
+    waiting.join(30)
+    assert through.is_set()
