@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ OPSET = 17
 IR_VERSION = 8  # opset 17's IR version: loads on onnxruntime >= 1.13
 MARKER = ".sluiceway-demo"
 STAGING_PREFIX = ".demo-building-"  # + the builder's pid + "-" + mkdtemp's random part
+# A build takes seconds. A staging directory younger than this is kept even when its pid looks
+# dead: a cache shared between containers sees other pid namespaces' builders that way.
+STALE_STAGING_S = 600.0
 
 
 class _Graph:
@@ -205,17 +209,24 @@ def remove_stale_staging(cache_dir: Path) -> None:
     """Remove the staging directories of builds whose process is gone. A start-up SIGTERM or SIGHUP
     landing in an import during a build ends the process with os._exit (start_signals.exit_now),
     past the build's own clean-up. Kept: this process's (a concurrent build on another thread)
-    and those of builders still running. One named without a pid is from before pids were in the
-    name: stale."""
+    and those of builders still running, and any younger than STALE_STAGING_S. One named without a
+    pid is from before pids were in the name: stale once old enough."""
     try:
         entries = list(cache_dir.glob(f"{STAGING_PREFIX}*"))
     except OSError:
         return
     for entry in entries:
         pid = named_pid(entry.name, 2)  # .demo-building-PID-RANDOM
-        if pid == os.getpid() or (pid is not None and pid_alive(pid)):
+        if pid == os.getpid() or (pid is not None and pid_alive(pid)) or _younger(entry, STALE_STAGING_S):
             continue
         shutil.rmtree(entry, ignore_errors=True)
+
+
+def _younger(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:  # removed meanwhile (its build finished): nothing to do
+        return True
 
 
 def build_demo_repository(cache_dir: Path) -> Path:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -169,10 +170,17 @@ def test_a_build_removes_the_staging_left_by_a_builder_that_is_gone(repo: Path, 
     from_before.mkdir()
     running = cache / f".demo-building-{os.getppid()}-def456"  # a concurrent builder, still running
     running.mkdir()
+    # A fresh one whose pid looks dead: another pid namespace's builder on a shared cache volume.
+    fresh = cache / f".demo-building-{dead_pid}-ghi789"
+    fresh.mkdir()
+    hour_ago = time.time() - 3600
+    for left in (killed, from_before, running):
+        os.utime(left, (hour_ago, hour_ago))
     built = build_demo_repository(cache)
     assert _files(built) == _files(repo)
     assert not killed.exists() and not from_before.exists()
-    assert running.is_dir()
+    assert running.is_dir() and fresh.is_dir()
     running.rmdir()
+    fresh.rmdir()
     assert [p.name for p in cache.iterdir()] == [built.name]  # nor did this build leave its own
     assert build_demo_repository(cache) == built  # reused

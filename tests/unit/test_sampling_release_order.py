@@ -42,7 +42,9 @@ def sample(source: PuttingSource, nbytes: int) -> Sample:
 
 
 def test_a_written_chunks_bytes_are_free_when_its_source_hears_of_it(tmp_path: Path) -> None:
-    writer = SampleWriter(tmp_path, max_bytes=16 << 20, queue_size=64, queue_bytes=QUEUE_BYTES, chunk_age_s=3600)
+    writer = SampleWriter(
+        tmp_path, max_bytes=16 << 20, queue_size=64, queue_bytes=QUEUE_BYTES, chunk_age_s=3600
+    )
     source = PuttingSource()
     source.writer = writer
     try:
