@@ -78,3 +78,16 @@ def test_a_caller_gets_at_most_a_thousand_characters_of_it(length: int) -> None:
     tail = str(run_failure("m", ort_error("Fail", text))).split("model 'm': ", 1)[1]
     assert tail == (text if length <= 1000 else "y" * 1000 + "...")
     assert MESSAGE_MAX_CHARS == 1000
+
+
+@pytest.mark.parametrize("what", ["division", "modulo"])
+def test_an_integer_division_by_zero_is_the_inputs_fault(what: str) -> None:
+    # onnxruntime 1.31's own words for a client's zero divisor: FAIL, though the zero is the input's.
+    err = ort_error(
+        "Fail",
+        "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Div node. "
+        f"Name:'Div_3' Status Message: element_wise_ops.cc:692 Compute Integer {what} by zero",
+    )
+    got = run_failure("div", err, log_it=False)
+    assert type(got) is ModelRefusedInput
+    assert f"Integer {what} by zero" in str(got) and "Name:'Div_3'" in str(got)
