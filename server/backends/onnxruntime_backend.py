@@ -22,6 +22,7 @@ import onnxruntime as ort
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
+from server.backends.int_division_guard import DivisionGuard, division_guard_for
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
@@ -72,6 +73,9 @@ class OrtOptions:
     session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
     run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
     io_binding: bool | None = None  # the `io_binding` parameter; None: on for CUDA/TensorRT (io_binding.py)
+    # Integer Div/Mod guarded against zero divisors (int_division_guard.py); None: where onnxruntime
+    # traps on one (before 1.31), True/False: always/never (tests run the guard on any build).
+    int_division_guard: bool | None = None
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in _GRAPH_LEVELS:
@@ -195,15 +199,18 @@ class OrtBackend:
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
-            session = self._create_session(options, providers)
+            session = self._guarded_session(options, providers)
         except BaseException:
             executor.shutdown(wait=False)
             raise
         self._session: ort.InferenceSession | None = session  # None once closed
         self._active_providers = list(session.get_providers())
         self._inputs = [OnnxTensor(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
-        self._outputs = [OnnxTensor(o.name, o.type, list(o.shape)) for o in session.get_outputs()]
+        every = {o.name: OnnxTensor(o.name, o.type, list(o.shape)) for o in session.get_outputs()}
+        flags = [every.pop(name) for name in self._guard.flags] if self._guard else []
+        self._outputs = list(every.values())  # the model's own: the guard's flags are the server's
         self._output_names = [o.name for o in self._outputs]
+        self._run_names = [*self._output_names, *(f.name for f in flags)]  # what every run fetches
         self._string_inputs = frozenset(i.name for i in self._inputs if i.type == "tensor(string)")
         self._string_outputs = frozenset(o.name for o in self._outputs if o.type == "tensor(string)")
         # BF16 needs OrtValues in and out (server/backends/bf16.py); other models keep `run`.
@@ -212,7 +219,9 @@ class OrtBackend:
             executor.shutdown(wait=False)
             raise BackendLoadError(string_inputs_refusal(self._name, list(self._string_inputs)))
         try:  # batches through IO binding on a GPU (or when asked), else session.run
-            self._io: InstanceIo = instance_io(session, self._inputs, self._outputs, options.io_binding)
+            self._io: InstanceIo = instance_io(
+                session, self._inputs, [*self._outputs, *flags], options.io_binding
+            )
         except ValueError as err:
             executor.shutdown(wait=False)
             raise BackendLoadError(f"model '{self._name}': {err}") from None
@@ -221,6 +230,27 @@ class OrtBackend:
         for key, value in options.run_entries:
             self._run_options.add_run_config_entry(key, value)
         prepare_run_options(self._io.mode, self._run_options)
+
+    def _guarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+        """A session of the model, its integer divisions guarded where this onnxruntime traps on a
+        zero divisor (int_division_guard.py); unguarded, with a WARNING, if the rewrite fails to load."""
+        self._guard: DivisionGuard | None = division_guard_for(
+            self._path, self._name, ort.__version__, options.int_division_guard
+        )
+        if self._guard is None:
+            return self._create_session(options, providers)
+        try:
+            return self._create_session(options, providers)
+        except BackendLoadError as err:
+            logger.warning(
+                "model %s: integer Div/Mod left unguarded: the guarded graph does not load (%s); "
+                "a request with a zero divisor will end this server (onnxruntime %s)",
+                self._name,
+                err,
+                ort.__version__,
+            )
+            self._guard = None
+            return self._create_session(options, providers)
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
@@ -271,7 +301,7 @@ class OrtBackend:
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
         return ort.InferenceSession(
-            str(self._path),
+            str(self._path) if self._guard is None else self._guard.model_bytes,
             sess_options=so,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],
@@ -330,16 +360,19 @@ class OrtBackend:
             if runner is not None:
                 results = runner.run(feed, self._run_options)
             elif self._bf16:
-                results = run_with_bf16(session, self._output_names, feed, self._run_options)
+                results = run_with_bf16(session, self._run_names, feed, self._run_options)
             else:
-                results = session.run(self._output_names, feed, self._run_options)
+                results = session.run(self._run_names, feed, self._run_options)
         except Exception as err:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise
             raise run_failure(self._name, err, log_it=log_failure) from err
+        own = len(self._output_names)
+        if self._guard is not None:  # its counts follow the model's outputs
+            self._guard.check(self._name, results[own:], log_it=log_failure)
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value
-            for name, value in zip(self._output_names, results, strict=True)
+            for name, value in zip(self._output_names, results[:own], strict=True)
         }
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)
 

@@ -1,0 +1,120 @@
+"""Models dividing integers, for the tests of the integer division guard
+(server/backends/int_division_guard.py): its unit tests and a real server's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.support.repositories import write_model
+
+DIV_CONFIG = """
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8  # onnxruntime 1.31 loads IR 13 at most; onnx 1.23 writes 14 (README)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _value(name: str, elem: int, dims: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def mixed_divisions(path: Path, *, bf16: bool = False) -> Path:
+    """q = x / y (int32, node 'Div_3'); r = a % b (int64, 'Mod_int64'); h = x / [2, -3, 5] (a
+    constant with no zero: left alone); f = u / v (float: left alone). `bf16`: also w = s, a BF16
+    pass-through (so that the backend runs it through OrtValues)."""
+    nonzero = numpy_helper.from_array(np.asarray([2, -3, 5], np.int32), "nonzero")
+    nodes = [
+        helper.make_node("Div", ["x", "y"], ["q"], name="Div_3"),
+        helper.make_node("Mod", ["a", "b"], ["r"], name="Mod_int64"),
+        helper.make_node("Div", ["x", "nonzero"], ["h"], name="Div_const"),
+        helper.make_node("Div", ["u", "v"], ["f"], name="Div_float"),
+    ]
+    inputs = [
+        _value("x", TensorProto.INT32, ["N", 3]),
+        _value("y", TensorProto.INT32, ["N", 3]),
+        _value("a", TensorProto.INT64, ["N", 3]),
+        _value("b", TensorProto.INT64, ["N", 3]),
+        _value("u", TensorProto.FLOAT, ["N", 3]),
+        _value("v", TensorProto.FLOAT, ["N", 3]),
+    ]
+    outputs = [
+        _value("q", TensorProto.INT32, ["N", 3]),
+        _value("r", TensorProto.INT64, ["N", 3]),
+        _value("h", TensorProto.INT32, ["N", 3]),
+        _value("f", TensorProto.FLOAT, ["N", 3]),
+    ]
+    if bf16:
+        nodes.append(helper.make_node("Identity", ["s"], ["w"]))
+        inputs.append(_value("s", TensorProto.BFLOAT16, ["N", 2]))
+        outputs.append(_value("w", TensorProto.BFLOAT16, ["N", 2]))
+    graph = helper.make_graph(nodes, "divisions", inputs, outputs, initializer=[nonzero])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def narrow_mods(path: Path, opset: int = 13) -> Path:
+    """r8 = a8 % b8 (int8), r16 = a16 % b16 (uint16), and k = a8 % [3] as a Constant node (no zero:
+    left alone): types Where has no kernel for in onnxruntime 1.23."""
+    three = numpy_helper.from_array(np.asarray([3], np.int8), "three")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mod", ["a8", "b8"], ["r8"], name="Mod_int8"),
+            helper.make_node("Mod", ["a16", "b16"], ["r16"], name="Mod_uint16"),
+            helper.make_node("Constant", [], ["three"], value=three),
+            helper.make_node("Mod", ["a8", "three"], ["k"], name="Mod_const"),
+        ],
+        "narrow",
+        [
+            _value("a8", TensorProto.INT8, ["N"]),
+            _value("b8", TensorProto.INT8, ["N"]),
+            _value("a16", TensorProto.UINT16, ["N"]),
+            _value("b16", TensorProto.UINT16, ["N"]),
+        ],
+        [
+            _value("r8", TensorProto.INT8, ["N"]),
+            _value("r16", TensorProto.UINT16, ["N"]),
+            _value("k", TensorProto.INT8, ["N"]),
+        ],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+
+
+def constant_zero_divisor(path: Path) -> Path:
+    """z = x / [2, 0, 5], the divisor an initializer holding a zero (int64): always guarded."""
+    with_zero = numpy_helper.from_array(np.asarray([2, 0, 5], np.int64), "with_zero")
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "with_zero"], ["z"], name="Div_const_zero")],
+        "const_zero",
+        [_value("x", TensorProto.INT64, ["N", 3])],
+        [_value("z", TensorProto.INT64, ["N", 3])],
+        initializer=[with_zero],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def int_div(path: Path, opset: int = 13) -> Path:
+    """q = x / y on int32 [3] tensors, nothing else (node 'Div_xy')."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["q"], name="Div_xy")],
+        "int_div",
+        [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+
+
+def int_div_repository(repo: Path, files: Path) -> Path:
+    """A repository with `div` (int_div, no batching, two instances)."""
+    write_model(repo, "div", int_div(files / "div.onnx"), DIV_CONFIG)
+    return repo

@@ -1,0 +1,224 @@
+"""server/backends/int_division_guard.py: integer Div/Mod rewritten so that a zero divisor never
+reaches onnxruntime, and flagged; and the onnxruntime backend running such a model on each of its
+run paths (session.run, IO binding, BF16 OrtValues). Every run here is safe on any onnxruntime: the
+originals run only with nonzero divisors, the rewritten models divide by 1 where a zero was."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from server.backends.int_division_guard import (
+    RESERVED_PREFIX,
+    DivisionGuard,
+    division_guard_for,
+    guard_model,
+    runtime_traps,
+)
+from server.backends.onnx_inspect import inspect_onnx
+from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
+from server.errors import ModelRefusedInput
+from tests.support.division_models import constant_zero_divisor, int_div, mixed_divisions, narrow_mods
+
+FEED = {
+    "x": np.asarray([[7, -7, 9], [100, 3, -1]], np.int32),
+    "y": np.asarray([[2, 2, -4], [7, 5, 1]], np.int32),
+    "a": np.asarray([[7, -7, 9], [100, 3, -1]], np.int64),
+    "b": np.asarray([[3, 3, -4], [7, -5, 2]], np.int64),
+    "u": np.asarray([[1, 2, 3], [4, 5, 6]], np.float32),
+    "v": np.asarray([[0, 2, 3], [4, 0, 6]], np.float32),
+}
+
+
+def session(model: bytes | Path) -> ort.InferenceSession:
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, providers=[CPU])
+
+
+def guarded(path: Path) -> DivisionGuard:
+    guard = guard_model(onnx.load(str(path)))
+    assert guard is not None
+    return guard
+
+
+def run_guarded(guard: DivisionGuard, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The model's own outputs and each flag's count."""
+    s = session(guard.model_bytes)
+    own = [o.name for o in s.get_outputs() if o.name not in guard.flags]
+    values = s.run([*own, *guard.flags], feed)
+    return values[: len(own)], [int(v) for v in values[len(own) :]]
+
+
+@pytest.mark.parametrize(
+    ("version", "traps"),
+    [("1.23.2", True), ("1.30.0", True), ("1.31.1", False), ("1.32.0", False), ("2.0.0", False), ("x", True)],
+)
+def test_onnxruntime_before_1_31_traps(version: str, traps: bool) -> None:
+    assert runtime_traps(version) is traps
+
+
+def test_integer_divisions_by_a_variable_are_guarded_constants_and_floats_left_alone(tmp_path: Path) -> None:
+    guard = guarded(mixed_divisions(tmp_path / "m.onnx"))
+    assert guard.nodes == ("Div_3", "Mod_int64")
+    assert len(guard.flags) == 2 and all(f.startswith(RESERVED_PREFIX) for f in guard.flags)
+    rewritten = onnx.load_from_string(guard.model_bytes)
+    divisors = {n.name: n.input[1] for n in rewritten.graph.node if n.op_type in ("Div", "Mod")}
+    assert divisors["Div_const"] == "nonzero" and divisors["Div_float"] == "v"
+    assert divisors["Div_3"].startswith(RESERVED_PREFIX) and divisors["Mod_int64"].startswith(RESERVED_PREFIX)
+    onnx.checker.check_model(rewritten)
+
+
+def test_the_rewritten_model_answers_as_the_original_for_nonzero_divisors(tmp_path: Path) -> None:
+    path = mixed_divisions(tmp_path / "m.onnx")
+    original = session(path).run(None, FEED)
+    outputs, counts = run_guarded(guarded(path), FEED)
+    assert counts == [0, 0]
+    for want, got in zip(original, outputs, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert outputs[0].tolist() == [[3, -3, -2], [14, 0, -1]]  # truncated toward zero, as ONNX says
+
+
+@pytest.mark.parametrize(
+    ("zero_in", "flagged"),
+    [("y", [1, 0]), ("b", [0, 1]), ("both", [1, 1])],
+)
+def test_the_flag_is_set_exactly_where_a_divisor_holds_a_zero(
+    tmp_path: Path, zero_in: str, flagged: list[int]
+) -> None:
+    feed = {name: array.copy() for name, array in FEED.items()}
+    for name in ("y", "b") if zero_in == "both" else (zero_in,):
+        feed[name][1, 2] = 0
+    _, counts = run_guarded(guarded(mixed_divisions(tmp_path / "m.onnx")), feed)
+    assert [min(c, 1) for c in counts] == flagged
+
+
+def test_an_empty_batch_sets_no_flag(tmp_path: Path) -> None:
+    empty = {name: array[:0] for name, array in FEED.items()}
+    outputs, counts = run_guarded(guarded(mixed_divisions(tmp_path / "m.onnx")), empty)
+    assert counts == [0, 0] and outputs[0].shape == (0, 3)
+
+
+def test_narrow_integer_types_are_guarded_through_int64(tmp_path: Path) -> None:
+    path = narrow_mods(tmp_path / "n.onnx")
+    guard = guarded(path)
+    assert guard.nodes == ("Mod_int8", "Mod_uint16")  # Mod_const: a Constant with no zero
+    feed = {
+        "a8": np.asarray([7, -7, 100], np.int8),
+        "b8": np.asarray([3, 3, -9], np.int8),
+        "a16": np.asarray([7, 65535, 1], np.uint16),
+        "b16": np.asarray([2, 1000, 65535], np.uint16),
+    }
+    outputs, counts = run_guarded(guard, feed)
+    assert counts == [0, 0]
+    for want, got in zip(session(path).run(None, feed), outputs, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    feed["b16"][0] = 0
+    assert run_guarded(guard, feed)[1] == [0, 1]
+
+
+def test_a_constant_divisor_holding_a_zero_is_guarded(tmp_path: Path) -> None:
+    guard = guarded(constant_zero_divisor(tmp_path / "z.onnx"))
+    assert guard.nodes == ("Div_const_zero",)
+    outputs, counts = run_guarded(guard, {"x": np.asarray([[4, 4, 10]], np.int64)})
+    assert counts == [1] and outputs[0].tolist() == [[2, 4, 2]]  # divided by 1: never an answer
+
+
+def test_models_without_integer_divisions_are_not_rewritten(tmp_path: Path) -> None:
+    model = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
+    kept = [n for n in model.graph.node if n.name in ("Div_const", "Div_float")]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    assert guard_model(model) is None
+
+
+def test_a_runtime_that_raises_gets_the_model_as_it_is(tmp_path: Path) -> None:
+    path = mixed_divisions(tmp_path / "m.onnx")
+    assert division_guard_for(path, "m", "1.31.1") is None
+    assert division_guard_for(path, "m", "1.23.2") is not None
+    assert division_guard_for(path, "m", "1.31.1", wanted=True) is not None
+
+
+def test_external_data_loads_unguarded_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
+    path = tmp_path / "ext" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, size_threshold=0, location="w.bin")
+    with caplog.at_level(logging.WARNING, logger="server.backends.int_division_guard"):
+        assert division_guard_for(path, "ext", "1.23.2") is None
+    (record,) = caplog.records
+    assert "model ext: integer Div/Mod left unguarded" in record.getMessage()
+    assert "external data" in record.getMessage()
+
+
+def test_an_opset_without_where_loads_unguarded_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = int_div(tmp_path / "old.onnx", opset=8)
+    with caplog.at_level(logging.WARNING, logger="server.backends.int_division_guard"):
+        assert division_guard_for(path, "old", "1.23.2") is None
+    (record,) = caplog.records
+    assert "opset 8 has no Where" in record.getMessage()
+
+
+def backend(path: Path, **options: bool) -> OrtBackend:
+    executor = ThreadPoolExecutor(max_workers=1)
+    return OrtBackend(path, OrtOptions(**options), [(CPU, {})], executor, model_name="div")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path_kind", ["run", "io_binding", "bf16"])
+def test_the_backend_refuses_a_zero_divisor_on_each_run_path_and_shows_only_the_models_outputs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, path_kind: str
+) -> None:
+    path = mixed_divisions(tmp_path / "m.onnx", bf16=path_kind == "bf16")
+    feed = dict(FEED)
+    if path_kind == "bf16":
+        feed["s"] = np.asarray([[1.5, -2], [0.25, 8]], np.float32).astype(ml_dtypes.bfloat16)
+    io = {"io_binding": True} if path_kind == "io_binding" else {}
+    plain = backend(path, int_division_guard=False)
+    guarded_backend = backend(path, int_division_guard=True, **io)
+    try:
+        assert guarded_backend.io.mode == ("bound" if io else "plain")
+        assert guarded_backend.outputs == plain.outputs == inspect_onnx(path)[1]
+        want = plain.run_blocking(feed)
+        got = guarded_backend.run_blocking(feed)
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        zero = {**feed, "y": np.asarray([[2, 2, -4], [7, 0, 1]], np.int32)}
+        refused = "model 'div': integer division by zero in node 'Div_3'"
+        with (
+            caplog.at_level(logging.WARNING, logger="server.backends.int_division_guard"),
+            pytest.raises(ModelRefusedInput, match=refused),
+        ):
+            guarded_backend.run_blocking(zero)
+        assert len(caplog.records) == 1 and "Div_3" in caplog.records[0].getMessage()
+        np.testing.assert_array_equal(guarded_backend.run_blocking(feed)["q"], want["q"])  # still serves
+    finally:
+        plain.close()
+        guarded_backend.close()
+
+
+def test_the_zero_run_of_a_load_is_not_logged_as_a_refused_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = backend(int_div(tmp_path / "d.onnx"), int_division_guard=True)
+    try:
+        zeros = {"x": np.zeros(3, np.int32), "y": np.zeros(3, np.int32)}
+        with (
+            caplog.at_level(logging.WARNING, logger="server.backends.int_division_guard"),
+            pytest.raises(ModelRefusedInput, match="node 'Div_xy'"),
+        ):
+            b.run_blocking(zeros, log_failure=False)
+        assert caplog.records == []
+    finally:
+        b.close()
