@@ -242,6 +242,8 @@ class OrtBackend:
         try:
             return self._create_session(options, providers)
         except BackendLoadError as err:
+            self._guard = None
+            session = self._create_session(options, providers)  # the model's own error, if it is its
             logger.warning(
                 "model %s: integer Div/Mod left unguarded: the guarded graph does not load (%s); "
                 "a request with a zero divisor will end this server (onnxruntime %s)",
@@ -249,8 +251,7 @@ class OrtBackend:
                 err,
                 ort.__version__,
             )
-            self._guard = None
-            return self._create_session(options, providers)
+            return session
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
