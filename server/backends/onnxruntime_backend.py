@@ -240,7 +240,9 @@ class OrtBackend:
         if self._guard is None:
             return self._create_session(options, providers)
         try:
-            return self._create_session(options, providers)
+            session = self._create_session(options, providers)
+            self._guard = dataclasses.replace(self._guard, model_bytes=b"")  # the session holds its own copy
+            return session
         except BackendLoadError as err:
             self._guard = None
             session = self._create_session(options, providers)  # the model's own error, if it is its
