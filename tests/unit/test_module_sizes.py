@@ -29,6 +29,9 @@ def oversized(root: Path) -> list[str]:
     return found
 
 
+# scripts/mutation.sh runs the unit tests in mutmut's copy of the project (mutants/), whose
+# modules carry every mutant beside the original: thousands of lines, not the code's size.
+@pytest.mark.skipif(REPO_ROOT.name == "mutants", reason="mutmut's mutated copies, not the modules")
 def test_every_module_is_at_most_400_lines() -> None:
     over = oversized(REPO_ROOT)
     assert not over, f"modules over {MAX_LINES} lines (split a job out): " + "; ".join(over)
