@@ -1,18 +1,23 @@
-"""Integer Div and Mod guarded against a zero divisor, for onnxruntime builds that trap on one.
+"""Integer Div and Mod guarded against a divisor x86 `idiv` traps on: zero, and -1 under the type's
+minimum (INT_MIN / -1 overflows).
 
-onnxruntime before 1.31 (1.23.2 is the newest for Python 3.10) divides integers with x86 `idiv`,
-which raises SIGFPE on a zero divisor: the whole server process ends, and every request in flight
-with it (onnxruntime issue #27686). A signal cannot be caught and resumed from Python, so a zero must
-never reach such a Div or Mod. On those builds a model's top-level integer Div/Mod nodes are
-rewritten at load, divisor `B` -> `Where(Equal(B, 0), 1, B)`, and each guarded node gets one extra
-graph output, the count of zeros its divisor held (`ReduceSum(Cast(Equal(B, 0), INT64))`: a sum is
-0 over an empty tensor, where ReduceMax's value differs between onnxruntime versions). The backend
-fetches those counts with every run, never shows or sends them, and fails a batch whose count is
-not 0 as onnxruntime 1.31 does, with the inputs' fault (INVALID_ARGUMENT).
+x86 `idiv` raises SIGFPE on both, and onnxruntime divides integers with it: before 1.31 (1.23.2 is
+the newest for Python 3.10) a zero divisor ends the whole server process, and every request in flight
+with it (onnxruntime issue #27686); 1.31 checks for a zero but still traps on INT_MIN / -1 (int32 and
+int64; narrower types are divided as int). A signal cannot be caught and resumed from Python, so such
+a pair must never reach a Div or Mod: on every onnxruntime a model's top-level integer Div/Mod nodes
+are rewritten at load, divisor `B` -> `Where(bad, 1, B)`, and each guarded node gets extra graph
+outputs, the count of bad pairs it met (`ReduceSum(Cast(bad, INT64))`: a sum is 0 over an empty
+tensor, where ReduceMax's value differs between onnxruntime versions). `bad` is `Equal(B, 0)`, and
+for a 32/64-bit signed Div also `Equal(A, MIN) and Equal(B, -1)`, counted apart (its own flag). A
+signed Mod by -1 is replaced by a Mod by 1 instead, the same answer (0) with no flag. The backend
+fetches the counts with every run, never shows or sends them, and fails a batch whose count is not 0
+with the inputs' fault (INVALID_ARGUMENT), as onnxruntime 1.31 does for a zero.
 
-Left alone: a divisor that is a constant with no zero, float types, nodes inside subgraphs (If,
-Loop, Scan bodies). A model this cannot rewrite (external data, an opset without Where, a divisor
-type shape inference cannot tell) loads unguarded, with one WARNING line.
+Left alone: a divisor that is a constant with no zero (and no -1 where it could overflow), float
+types, nodes inside subgraphs (If, Loop, Scan bodies). A model this cannot rewrite (external data,
+an opset without Where, a divisor type shape inference cannot tell) loads unguarded, with one
+WARNING line.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,7 +37,6 @@ from server.errors import ModelRefusedInput
 
 log = logging.getLogger(__name__)
 
-FIRST_RAISING = (1, 31)  # the first onnxruntime known to raise "Integer division by zero" instead
 RESERVED_PREFIX = "__sluiceway_int_division_guard__/"  # names of the nodes and outputs added here
 MIN_OPSET = 9  # Where's first opset
 _DIVISIONS = ("Div", "Mod")
@@ -48,39 +53,39 @@ _INTEGERS = frozenset(
     }
 )
 # Types Equal (opset 7) and Where (onnxruntime 1.23's kernels) take as they are; the others are
-# compared and replaced in INT64 and cast back.
+# compared and replaced in INT64 and cast back. They are also the types whose MIN / -1 traps.
 _DIRECT = frozenset({TensorProto.INT32, TensorProto.INT64})
+_MINIMUM: dict[int, int] = {
+    TensorProto.INT32: int(np.iinfo(np.int32).min),
+    TensorProto.INT64: int(np.iinfo(np.int64).min),
+}
+BY_ZERO = "integer division by zero"
+OVERFLOW = "integer division overflow (the type's minimum / -1)"
 
 
 class GuardUnavailable(Exception):
     """The model's integer divisions cannot be guarded; the message says why."""
 
 
-def runtime_traps(version: str) -> bool:
-    """Whether onnxruntime `version` ends the process on an integer division by zero: every
-    version before FIRST_RAISING, and one whose number cannot be read (the safe side)."""
-    try:
-        major, minor = (int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return True
-    return (major, minor) < FIRST_RAISING
-
-
 @dataclass(frozen=True)
 class DivisionGuard:
-    """A rewritten model: its bytes, its extra outputs (one per guarded node) and those nodes."""
+    """A rewritten model: its bytes, its extra outputs (flags) and, for each, its node and fault."""
 
     model_bytes: bytes
-    flags: tuple[str, ...]  # extra graph outputs, the count of zeros in each guarded divisor
+    flags: tuple[str, ...]  # extra graph outputs, the count of bad divisors a guarded node met
     nodes: tuple[str, ...]  # the guarded node of each flag, as a message names it
+    faults: tuple[str, ...]  # what each flag counts: BY_ZERO or OVERFLOW
 
     def check(self, model: str, counts: Sequence[Array], *, log_it: bool = True) -> None:
         """Raise ModelRefusedInput when a run's `counts` (the flags' values, in order) say a
-        divisor held a zero: the run divided by 1 there, and its outputs are not the model's."""
-        hit = [node for node, count in zip(self.nodes, counts, strict=True) if np.asarray(count).any()]
+        divisor was bad: the run divided by 1 there, and its outputs are not the model's."""
+        hit: dict[str, list[str]] = {}
+        for node, fault, count in zip(self.nodes, self.faults, counts, strict=True):
+            if np.asarray(count).any():
+                hit.setdefault(fault, []).append(repr(node))
         if not hit:
             return
-        where = f"integer division by zero in node {', '.join(repr(n) for n in hit)}"
+        where = "; ".join(f"{fault} in node {', '.join(nodes)}" for fault, nodes in hit.items())
         if log_it:  # as run_errors.py logs onnxruntime's refusals: once per batch
             log.warning("model %s: refused a batch's inputs: %s", model, where)
         raise ModelRefusedInput(f"model '{model}': {where}")
@@ -89,10 +94,10 @@ class DivisionGuard:
 def division_guard_for(
     path: Path, model: str, runtime_version: str, wanted: bool | None = None
 ) -> DivisionGuard | None:
-    """The guarded model for `path` when `wanted` (None: when onnxruntime `runtime_version` traps)
-    and the model has integer divisions to guard; None otherwise, also when it cannot be rewritten
-    (one WARNING)."""
-    if not (runtime_traps(runtime_version) if wanted is None else wanted):
+    """The guarded model for `path` unless `wanted` is False (None: on every onnxruntime, as all
+    known trap on MIN / -1), when the model has integer divisions to guard; None otherwise, also
+    when it cannot be rewritten (one WARNING naming `runtime_version`)."""
+    if wanted is False:
         return None
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -100,7 +105,7 @@ def division_guard_for(
     except Exception as err:  # GuardUnavailable, or onnx cannot read what onnxruntime may
         log.warning(
             "model %s: integer Div/Mod left unguarded (onnxruntime %s ends the process on a zero "
-            "divisor; a request with one will end this server): %s",
+            "divisor or MIN / -1; a request with one will end this server): %s",
             model,
             runtime_version,
             err,
@@ -122,7 +127,7 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
         elem = next((types[n] for n in (*node.input[:2], node.output[0]) if n in types), None)
         if elem is None:
             raise GuardUnavailable(f"the type of node {_label(node, index)!r} is not known")
-        if elem in _INTEGERS and not _nonzero_constant(constants.get(node.input[1])):
+        if elem in _INTEGERS and not _safe_constant(constants.get(node.input[1]), elem):
             targets.append((index, elem))
     if not targets:
         return None
@@ -141,53 +146,77 @@ def _rewrite(model: onnx.ModelProto, targets: Sequence[tuple[int, int]]) -> Divi
     guards: dict[int, list[onnx.NodeProto]] = {}
     flags: list[str] = []
     labels: list[str] = []
+    faults: list[str] = []
     for index, elem in targets:
         node = graph.node[index]
         prefix = f"{RESERVED_PREFIX}{index}/"
-        nodes, safe, flag = _guard_nodes(prefix, node.input[1], elem)
+        nodes, safe, counted = _guard_nodes(prefix, node, elem)
         guards[index] = nodes
         node.input[1] = safe
-        graph.output.append(helper.make_tensor_value_info(flag, TensorProto.INT64, []))
-        flags.append(flag)
-        labels.append(_label(node, index))
+        for flag, fault in counted:
+            graph.output.append(helper.make_tensor_value_info(flag, TensorProto.INT64, []))
+            flags.append(flag)
+            labels.append(_label(node, index))
+            faults.append(fault)
     ordered: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):  # each guard right before its node: still topological
         ordered.extend(guards.get(index, ()))
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
-    return DivisionGuard(model.SerializeToString(), tuple(flags), tuple(labels))
+    return DivisionGuard(model.SerializeToString(), tuple(flags), tuple(labels), tuple(faults))
 
 
-def _guard_nodes(prefix: str, divisor: str, elem: int) -> tuple[list[onnx.NodeProto], str, str]:
-    """The nodes computing a safe divisor and the zero count from `divisor` (of type `elem`), the
-    safe divisor's name and the count's."""
-    nodes: list[onnx.NodeProto] = []
+def _guard_nodes(
+    prefix: str, node: onnx.NodeProto, elem: int
+) -> tuple[list[onnx.NodeProto], str, list[tuple[str, str]]]:
+    """The nodes computing a safe divisor for `node` (its divisor of type `elem`) and the counts of
+    bad ones: those nodes, the safe divisor's name and (count's name, fault) for each count."""
+    dividend, divisor = node.input[0], node.input[1]
+    build = _Nodes(prefix)
     work, work_type = divisor, elem
     if elem not in _DIRECT:
-        work, work_type = prefix + "wide", TensorProto.INT64
-        nodes.append(helper.make_node("Cast", [divisor], [work], to=TensorProto.INT64))
-    zero, one, is_zero = prefix + "zero", prefix + "one", prefix + "is_zero"
-    safe = prefix + "safe"
-    replaced = safe if elem in _DIRECT else prefix + "safe_wide"
-    flag = prefix + "zero_divisors"
-    nodes += [
-        helper.make_node("Constant", [], [zero], value=helper.make_tensor(zero, work_type, [], [0])),
-        helper.make_node("Constant", [], [one], value=helper.make_tensor(one, work_type, [], [1])),
-        helper.make_node("Equal", [work, zero], [is_zero]),
-        helper.make_node("Where", [is_zero, one, work], [replaced]),
-    ]
-    if elem not in _DIRECT:
-        nodes.append(helper.make_node("Cast", [replaced], [safe], to=elem))
-    counted = prefix + "zeros"
-    nodes += [
-        helper.make_node("Cast", [is_zero], [counted], to=TensorProto.INT64),
+        work, work_type = build.add("Cast", [divisor], "wide", to=TensorProto.INT64), TensorProto.INT64
+    is_zero = build.add("Equal", [work, build.constant("zero", work_type, 0)], "is_zero")
+    counts = [(build.count(is_zero, "zero_divisors"), BY_ZERO)]
+    bad = is_zero
+    if elem in _DIRECT:  # MIN / -1 traps too; narrower types are divided as int, unsigned never
+        minus_one = build.add("Equal", [work, build.constant("minus_one", work_type, -1)], "is_minus_one")
+        if node.op_type == "Mod":  # x mod -1 == x mod 1 == 0: divide by 1, the same answer
+            bad = build.add("Or", [is_zero, minus_one], "bad")
+        else:
+            minimum = build.constant("minimum", work_type, _MINIMUM[elem])
+            at_min = build.add("Equal", [dividend, minimum], "is_minimum")
+            overflow = build.add("And", [at_min, minus_one], "overflows")
+            counts.append((build.count(overflow, "overflows_count"), OVERFLOW))
+            bad = build.add("Or", [is_zero, overflow], "bad")
+    replaced = build.add("Where", [bad, build.constant("one", work_type, 1), work], "safe_wide")
+    safe = replaced if elem in _DIRECT else build.add("Cast", [replaced], "safe", to=elem)
+    return build.nodes, safe, counts
+
+
+class _Nodes:
+    """Guard nodes under one prefix: each named `prefix + position`, each output `prefix + name`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        name = self.prefix + output
+        node = helper.make_node(op, inputs, [name], name=f"{self.prefix}{len(self.nodes)}", **attrs)
+        self.nodes.append(node)
+        return name
+
+    def constant(self, output: str, elem: int, value: int) -> str:
+        name = self.prefix + output
+        return self.add("Constant", [], output, value=helper.make_tensor(name, elem, [], [value]))
+
+    def count(self, condition: str, output: str) -> str:
+        """The number of true elements of `condition` (0 for an empty one), as a scalar INT64."""
+        counted = self.add("Cast", [condition], output + "_int64", to=TensorProto.INT64)
         # No axes (attribute before opset 13, input since): every axis, in both forms.
-        helper.make_node("ReduceSum", [counted], [flag], keepdims=0),
-    ]
-    for position, guard in enumerate(nodes):
-        guard.name = f"{prefix}{position}"
-    return nodes, safe, flag
+        return self.add("ReduceSum", [counted], output, keepdims=0)
 
 
 def _is_division(node: onnx.NodeProto) -> bool:
@@ -223,21 +252,26 @@ def _constant_divisors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | o
     return constants
 
 
-def _nonzero_constant(value: onnx.TensorProto | onnx.AttributeProto | None) -> bool:
-    """Whether a constant divisor is known to hold no zero (external or odd forms: not known)."""
+def _safe_constant(value: onnx.TensorProto | onnx.AttributeProto | None, elem: int) -> bool:
+    """Whether a constant divisor is known to hold no zero, nor -1 where MIN / -1 traps (external
+    or odd forms: not known)."""
     if value is None:
         return False
     if isinstance(value, onnx.AttributeProto):
         if value.name == "value_int":
-            return value.i != 0
-        if value.name == "value_ints":
-            return all(v != 0 for v in value.ints)
-        if value.name != "value":
+            values = np.asarray([value.i])
+        elif value.name == "value_ints":
+            values = np.asarray(list(value.ints))
+        elif value.name == "value" and not external_data_helper.uses_external_data(value.t):
+            values = numpy_helper.to_array(value.t)
+        else:
             return False
-        value = value.t
-    if external_data_helper.uses_external_data(value):
+    elif external_data_helper.uses_external_data(value):
         return False
-    return bool(np.all(numpy_helper.to_array(value) != 0))
+    else:
+        values = numpy_helper.to_array(value)
+    bad = (0, -1) if elem in _DIRECT else (0,)
+    return bool(np.all(~np.isin(values, bad)))
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:

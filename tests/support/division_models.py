@@ -118,3 +118,14 @@ def int_div_repository(repo: Path, files: Path) -> Path:
     """A repository with `div` (int_div, no batching, two instances)."""
     write_model(repo, "div", int_div(files / "div.onnx"), DIV_CONFIG)
     return repo
+
+
+def int_mod64(path: Path) -> Path:
+    """r = a % b on int64 [3] tensors (node 'Mod_ab', fmod 0: the divisor's sign)."""
+    graph = helper.make_graph(
+        [helper.make_node("Mod", ["a", "b"], ["r"], name="Mod_ab")],
+        "int_mod64",
+        [_value("a", TensorProto.INT64, [3]), _value("b", TensorProto.INT64, [3])],
+        [_value("r", TensorProto.INT64, [3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)

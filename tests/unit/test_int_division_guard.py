@@ -16,11 +16,12 @@ import onnxruntime as ort
 import pytest
 
 from server.backends.int_division_guard import (
+    BY_ZERO,
+    OVERFLOW,
     RESERVED_PREFIX,
     DivisionGuard,
     division_guard_for,
     guard_model,
-    runtime_traps,
 )
 from server.backends.onnx_inspect import inspect_onnx
 from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
@@ -56,18 +57,11 @@ def run_guarded(guard: DivisionGuard, feed: dict[str, np.ndarray]) -> tuple[list
     return values[: len(own)], [int(v) for v in values[len(own) :]]
 
 
-@pytest.mark.parametrize(
-    ("version", "traps"),
-    [("1.23.2", True), ("1.30.0", True), ("1.31.1", False), ("1.32.0", False), ("2.0.0", False), ("x", True)],
-)
-def test_onnxruntime_before_1_31_traps(version: str, traps: bool) -> None:
-    assert runtime_traps(version) is traps
-
-
 def test_integer_divisions_by_a_variable_are_guarded_constants_and_floats_left_alone(tmp_path: Path) -> None:
     guard = guarded(mixed_divisions(tmp_path / "m.onnx"))
-    assert guard.nodes == ("Div_3", "Mod_int64")
-    assert len(guard.flags) == 2 and all(f.startswith(RESERVED_PREFIX) for f in guard.flags)
+    assert guard.nodes == ("Div_3", "Div_3", "Mod_int64")  # a signed Div: zeros, and MIN / -1
+    assert guard.faults == (BY_ZERO, OVERFLOW, BY_ZERO)
+    assert len(guard.flags) == 3 and all(f.startswith(RESERVED_PREFIX) for f in guard.flags)
     rewritten = onnx.load_from_string(guard.model_bytes)
     divisors = {n.name: n.input[1] for n in rewritten.graph.node if n.op_type in ("Div", "Mod")}
     assert divisors["Div_const"] == "nonzero" and divisors["Div_float"] == "v"
@@ -79,7 +73,7 @@ def test_the_rewritten_model_answers_as_the_original_for_nonzero_divisors(tmp_pa
     path = mixed_divisions(tmp_path / "m.onnx")
     original = session(path).run(None, FEED)
     outputs, counts = run_guarded(guarded(path), FEED)
-    assert counts == [0, 0]
+    assert counts == [0, 0, 0]
     for want, got in zip(original, outputs, strict=True):
         np.testing.assert_array_equal(got, want)
     assert outputs[0].tolist() == [[3, -3, -2], [14, 0, -1]]  # truncated toward zero, as ONNX says
@@ -87,7 +81,7 @@ def test_the_rewritten_model_answers_as_the_original_for_nonzero_divisors(tmp_pa
 
 @pytest.mark.parametrize(
     ("zero_in", "flagged"),
-    [("y", [1, 0]), ("b", [0, 1]), ("both", [1, 1])],
+    [("y", [1, 0, 0]), ("b", [0, 0, 1]), ("both", [1, 0, 1])],
 )
 def test_the_flag_is_set_exactly_where_a_divisor_holds_a_zero(
     tmp_path: Path, zero_in: str, flagged: list[int]
@@ -102,7 +96,7 @@ def test_the_flag_is_set_exactly_where_a_divisor_holds_a_zero(
 def test_an_empty_batch_sets_no_flag(tmp_path: Path) -> None:
     empty = {name: array[:0] for name, array in FEED.items()}
     outputs, counts = run_guarded(guarded(mixed_divisions(tmp_path / "m.onnx")), empty)
-    assert counts == [0, 0] and outputs[0].shape == (0, 3)
+    assert counts == [0, 0, 0] and outputs[0].shape == (0, 3)
 
 
 def test_narrow_integer_types_are_guarded_through_int64(tmp_path: Path) -> None:
@@ -126,9 +120,9 @@ def test_narrow_integer_types_are_guarded_through_int64(tmp_path: Path) -> None:
 
 def test_a_constant_divisor_holding_a_zero_is_guarded(tmp_path: Path) -> None:
     guard = guarded(constant_zero_divisor(tmp_path / "z.onnx"))
-    assert guard.nodes == ("Div_const_zero",)
+    assert guard.nodes == ("Div_const_zero", "Div_const_zero")
     outputs, counts = run_guarded(guard, {"x": np.asarray([[4, 4, 10]], np.int64)})
-    assert counts == [1] and outputs[0].tolist() == [[2, 4, 2]]  # divided by 1: never an answer
+    assert counts == [1, 0] and outputs[0].tolist() == [[2, 4, 2]]  # divided by 1: never an answer
 
 
 def test_models_without_integer_divisions_are_not_rewritten(tmp_path: Path) -> None:
@@ -139,11 +133,11 @@ def test_models_without_integer_divisions_are_not_rewritten(tmp_path: Path) -> N
     assert guard_model(model) is None
 
 
-def test_a_runtime_that_raises_gets_the_model_as_it_is(tmp_path: Path) -> None:
-    path = mixed_divisions(tmp_path / "m.onnx")
-    assert division_guard_for(path, "m", "1.31.1") is None
-    assert division_guard_for(path, "m", "1.23.2") is not None
-    assert division_guard_for(path, "m", "1.31.1", wanted=True) is not None
+def test_every_runtime_gets_the_guard_unless_it_is_turned_off(tmp_path: Path) -> None:
+    path = mixed_divisions(tmp_path / "m.onnx")  # 1.31 raises on a zero, but traps on MIN / -1
+    for version in ("1.23.2", "1.31.1", "2.0.0", "x"):
+        assert division_guard_for(path, "m", version) is not None
+    assert division_guard_for(path, "m", "1.23.2", wanted=False) is None
 
 
 def test_external_data_loads_unguarded_with_one_warning(
@@ -222,3 +216,50 @@ def test_the_zero_run_of_a_load_is_not_logged_as_a_refused_batch(
         assert caplog.records == []
     finally:
         b.close()
+
+
+MIN32, MIN64 = int(np.iinfo(np.int32).min), int(np.iinfo(np.int64).min)
+
+
+def test_the_overflow_flag_is_set_exactly_for_min_over_minus_one(tmp_path: Path) -> None:
+    guard = guarded(mixed_divisions(tmp_path / "m.onnx"))
+    feed = {name: array.copy() for name, array in FEED.items()}
+    feed["x"][0] = [MIN32, MIN32, 5]
+    feed["y"][0] = [1, 2, -1]  # MIN / 1, MIN / 2, 5 / -1: all fine
+    outputs, counts = run_guarded(guard, feed)
+    assert counts == [0, 0, 0] and outputs[0][0].tolist() == [MIN32, MIN32 // 2, -5]
+    feed["y"][0, 0] = -1
+    assert run_guarded(guard, feed)[1] == [0, 1, 0]
+
+
+def test_a_signed_mod_by_minus_one_answers_zero_with_no_flag(tmp_path: Path) -> None:
+    feed = {name: array.copy() for name, array in FEED.items()}
+    feed["a"][0] = [MIN64, 7, -7]
+    feed["b"][0] = [-1, -1, -1]
+    outputs, counts = run_guarded(guarded(mixed_divisions(tmp_path / "m.onnx")), feed)
+    assert counts == [0, 0, 0]
+    np.testing.assert_array_equal(outputs[1], np.mod(feed["a"], feed["b"]))  # Python's mod, as ONNX's
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_divisions_answer_bit_for_bit_as_plain_onnxruntime(tmp_path: Path, seed: int) -> None:
+    """Negative and extreme values, the trapping pairs left out (the plain model would end the
+    process on them): the guarded model's answers are the plain model's, bit for bit."""
+    path = mixed_divisions(tmp_path / "m.onnx")
+    rng = np.random.default_rng(seed)
+    feed = {name: array.copy() for name, array in FEED.items()}
+    for name, dtype in (("x", np.int32), ("y", np.int32), ("a", np.int64), ("b", np.int64)):
+        info = np.iinfo(dtype)
+        values = rng.integers(info.min, info.max, size=(64, 3), dtype=dtype, endpoint=True)
+        values[:8] = rng.choice([info.min, info.max, -1, 1, -2, 2], size=(8, 3)).astype(dtype)
+        feed[name] = values
+    for dividend, divisor, dtype in (("x", "y", np.int32), ("a", "b", np.int64)):
+        trapping = (feed[divisor] == 0) | ((feed[dividend] == np.iinfo(dtype).min) & (feed[divisor] == -1))
+        feed[divisor][trapping] = 3
+    feed["u"] = rng.standard_normal((64, 3)).astype(np.float32)
+    feed["v"] = rng.standard_normal((64, 3)).astype(np.float32)
+    want = session(path).run(None, feed)
+    got, counts = run_guarded(guarded(path), feed)
+    assert counts == [0, 0, 0]
+    for plain, mine in zip(want, got, strict=True):
+        assert plain.dtype == mine.dtype and plain.tobytes() == mine.tobytes()
