@@ -129,3 +129,59 @@ def int_mod64(path: Path) -> Path:
         [_value("r", TensorProto.INT64, [3])],
     )
     return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def subgraph_divisions(path: Path) -> Path:
+    """Integer Div inside subgraphs, on int32 [3] x and y: q = If(sum(x) > 0, then: x / y (node
+    'Div_then'), else: x - y), and l = Loop twice over acc = x: acc / y (node 'Div_loop')."""
+    x, y = _value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])
+    then_branch = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["then_q"], name="Div_then")],
+        "then",
+        [],
+        [_value("then_q", TensorProto.INT32, [3])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sub", ["x", "y"], ["else_q"], name="Sub_else")],
+        "else",
+        [],
+        [_value("else_q", TensorProto.INT32, [3])],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Div", ["acc_in", "y"], ["acc_out"], name="Div_loop"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            _value("i", TensorProto.INT64, []),
+            _value("cond_in", TensorProto.BOOL, []),
+            _value("acc_in", TensorProto.INT32, [3]),
+        ],
+        [_value("cond_out", TensorProto.BOOL, []), _value("acc_out", TensorProto.INT32, [3])],
+    )
+    two = numpy_helper.from_array(np.asarray(2, np.int64), "two")
+    yes = numpy_helper.from_array(np.asarray(True), "yes")
+    zero = numpy_helper.from_array(np.asarray(0, np.int32), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+            helper.make_node("Greater", ["sum", "zero"], ["positive"]),
+            helper.make_node(
+                "If", ["positive"], ["q"], name="If_q", then_branch=then_branch, else_branch=else_branch
+            ),
+            helper.make_node("Loop", ["two", "yes", "x"], ["l"], name="Loop_l", body=body),
+        ],
+        "subgraphs",
+        [x, y],
+        [_value("q", TensorProto.INT32, [3]), _value("l", TensorProto.INT32, [3])],
+        initializer=[two, yes, zero],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+SUBGRAPH_CONFIG = """
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "l" data_type: TYPE_INT32 dims: [ 3 ] } ]
+"""

@@ -26,7 +26,13 @@ from server.backends.int_division_guard import (
 from server.backends.onnx_inspect import inspect_onnx
 from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
 from server.errors import ModelRefusedInput
-from tests.support.division_models import constant_zero_divisor, int_div, mixed_divisions, narrow_mods
+from tests.support.division_models import (
+    constant_zero_divisor,
+    int_div,
+    mixed_divisions,
+    narrow_mods,
+    subgraph_divisions,
+)
 
 FEED = {
     "x": np.asarray([[7, -7, 9], [100, 3, -1]], np.int32),
@@ -45,6 +51,12 @@ def session(model: bytes | Path) -> ort.InferenceSession:
 
 def guarded(path: Path) -> DivisionGuard:
     guard = guard_model(onnx.load(str(path)))
+    assert guard is not None
+    return guard
+
+
+def guarded_model(model: onnx.ModelProto) -> DivisionGuard:
+    guard = guard_model(model)
     assert guard is not None
     return guard
 
@@ -263,3 +275,78 @@ def test_random_divisions_answer_bit_for_bit_as_plain_onnxruntime(tmp_path: Path
     assert counts == [0, 0, 0]
     for plain, mine in zip(want, got, strict=True):
         assert plain.dtype == mine.dtype and plain.tobytes() == mine.tobytes()
+
+
+def test_divisions_inside_if_and_loop_bodies_are_guarded_and_flagged_out(tmp_path: Path) -> None:
+    path = subgraph_divisions(tmp_path / "s.onnx")
+    guard = guarded(path)
+    assert guard.nodes == (
+        "Div_then (in If_q)",
+        "Div_then (in If_q)",
+        "Div_loop (in Loop_l)",
+        "Div_loop (in Loop_l)",
+    )
+    assert guard.faults == (BY_ZERO, OVERFLOW, BY_ZERO, OVERFLOW)
+    onnx.checker.check_model(onnx.load_from_string(guard.model_bytes), full_check=True)
+    for x in ([100, -50, 7], [-100, -50, 7]):  # the If's then branch, then its else branch
+        good = {"x": np.asarray(x, np.int32), "y": np.asarray([3, 4, -2], np.int32)}
+        outputs, counts = run_guarded(guard, good)
+        assert counts == [0, 0, 0, 0]
+        for want, got in zip(session(path).run(None, good), outputs, strict=True):
+            assert want.tobytes() == got.tobytes()
+    zero = {"x": np.asarray([-100, -50, 7], np.int32), "y": np.asarray([3, 0, -2], np.int32)}
+    assert run_guarded(guard, zero)[1] == [0, 0, 2, 0]  # else branch: no If count; twice round the Loop
+    overflow = {"x": np.asarray([100, MIN32, 7], np.int32), "y": np.asarray([3, -1, -2], np.int32)}
+    # sum(x) < 0: the else branch; MIN / -1 in both of the Loop's turns (each divided by 1 instead)
+    assert run_guarded(guard, overflow)[1] == [0, 0, 0, 2]
+
+
+def test_a_graph_input_shadowing_an_initializer_divisor_is_guarded(tmp_path: Path) -> None:
+    model = onnx.load(str(int_div(tmp_path / "d.onnx")))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([1, 2, 3], np.int32), "y"))
+    guard = guard_model(model)  # y is an input with a default: a client may send zeros for it
+    assert guard is not None and guard.nodes == ("Div_xy", "Div_xy")
+
+
+def test_a_body_input_shadowing_an_outer_constant_is_guarded(tmp_path: Path) -> None:
+    """The Loop body's `y` is its own carried value, not the outer constant [3, 4, 5] of that name."""
+    model = onnx.load(str(subgraph_divisions(tmp_path / "s.onnx")))
+    graph = model.graph
+    graph.node.insert(
+        0,
+        onnx.helper.make_node(
+            "Constant", [], ["k"], value=onnx.numpy_helper.from_array(np.asarray([3, 4, 5], np.int32))
+        ),
+    )
+    body = next(a.g for n in graph.node if n.op_type == "Loop" for a in n.attribute)
+    body.input[2].name = "k"  # the carried acc is now named k in the body
+    body.node[0].input[:] = ["y", "k"]  # y / k: k is the carried value (x at first), not the constant
+    guard = guarded_model(model)
+    assert "Div_loop (in Loop_l)" in guard.nodes
+    assert (
+        run_guarded(guard, {"x": np.asarray([-1, 0, 1], np.int32), "y": np.asarray([3, 4, 5], np.int32)})[1][
+            2
+        ]
+        == 1
+    )
+
+
+def test_a_division_in_a_model_local_function_is_guarded_where_it_is_called(tmp_path: Path) -> None:
+    function = onnx.helper.make_function(
+        "local",
+        "divide",
+        ["a", "b"],
+        ["c"],
+        [onnx.helper.make_node("Div", ["a", "b"], ["c"], name="Div_fn")],
+        [onnx.helper.make_opsetid("", 13)],
+    )
+    model = onnx.load(str(int_div(tmp_path / "d.onnx")))
+    model.graph.node[0].CopyFrom(
+        onnx.helper.make_node("divide", ["x", "y"], ["q"], name="call", domain="local")
+    )
+    model.functions.append(function)
+    model.opset_import.append(onnx.helper.make_opsetid("local", 1))
+    guard = guarded_model(model)
+    assert len(guard.nodes) == 2 and guard.faults == (BY_ZERO, OVERFLOW)
+    zero = {"x": np.asarray([1, 2, 3], np.int32), "y": np.asarray([1, 0, 3], np.int32)}
+    assert run_guarded(guard, zero)[1] == [1, 0]
