@@ -185,3 +185,23 @@ max_batch_size: 0
 input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
 output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "l" data_type: TYPE_INT32 dims: [ 3 ] } ]
 """
+
+
+def batched_div(path: Path) -> Path:
+    """q = x / y on int32 [N, 3] tensors, for dynamic batching (node 'Div_batched')."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["q"], name="Div_batched")],
+        "batched_div",
+        [_value("x", TensorProto.INT32, ["N", 3]), _value("y", TensorProto.INT32, ["N", 3])],
+        [_value("q", TensorProto.INT32, ["N", 3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+BATCHED_CONFIG = """
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+"""
