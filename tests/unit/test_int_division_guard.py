@@ -350,3 +350,43 @@ def test_a_division_in_a_model_local_function_is_guarded_where_it_is_called(tmp_
     assert len(guard.nodes) == 2 and guard.faults == (BY_ZERO, OVERFLOW)
     zero = {"x": np.asarray([1, 2, 3], np.int32), "y": np.asarray([1, 0, 3], np.int32)}
     assert run_guarded(guard, zero)[1] == [1, 0]
+
+
+def test_a_mod_inside_a_scan_body_is_guarded_per_iteration() -> None:
+    """Scan's body: s += 10 % e over the scanned e; its scan_output_directions gets an entry for
+    the count's scan output, as onnx requires one per scan output."""
+    value = onnx.helper.make_tensor_value_info
+    body = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Mod", ["ten", "e"], ["r"], name="Mod_scan"),
+            onnx.helper.make_node("Add", ["s", "r"], ["s_out"]),
+            onnx.helper.make_node("Identity", ["r"], ["r_out"]),
+        ],
+        "scan_body",
+        [value("s", onnx.TensorProto.INT64, []), value("e", onnx.TensorProto.INT64, [])],
+        [value("s_out", onnx.TensorProto.INT64, []), value("r_out", onnx.TensorProto.INT64, [])],
+    )
+    scan = onnx.helper.make_node(
+        "Scan",
+        ["s0", "es"],
+        ["s_final", "rs"],
+        name="S",
+        body=body,
+        num_scan_inputs=1,
+        scan_output_directions=[0],
+    )
+    graph = onnx.helper.make_graph(
+        [scan],
+        "scanned",
+        [value("s0", onnx.TensorProto.INT64, []), value("es", onnx.TensorProto.INT64, ["N"])],
+        [value("s_final", onnx.TensorProto.INT64, []), value("rs", onnx.TensorProto.INT64, ["N"])],
+        initializer=[onnx.numpy_helper.from_array(np.asarray(10, np.int64), "ten")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    guard = guarded_model(model)
+    assert guard.nodes == ("Mod_scan (in S)",) and guard.faults == (BY_ZERO,)
+    good = {"s0": np.asarray(0, np.int64), "es": np.asarray([3, -1, 4], np.int64)}
+    outputs, counts = run_guarded(guard, good)
+    assert counts == [0] and outputs[1].tolist() == [1, 0, 2] and int(outputs[0]) == 3
+    assert run_guarded(guard, {**good, "es": np.asarray([3, 0, 0, 4], np.int64)})[1] == [2]
