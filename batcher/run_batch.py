@@ -100,9 +100,10 @@ class BatchRunner:
         batch = self._board(flight)
         if not batch:
             return
-        note_taken(batch, time.perf_counter_ns())
+        t0 = time.perf_counter_ns()
+        note_taken(batch, t0)  # the run's start, as its record's gather_ns
         try:
-            parts, outputs, offsets, ns, cpu_s = await self._compute(instance, batch)
+            parts, outputs, offsets, ns, cpu_s = await self._compute(instance, batch, t0)
         except InputsRefused as exc:
             if len(batch) == 1:
                 self._fail(flight, batch, exc)
@@ -125,11 +126,11 @@ class BatchRunner:
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 
     async def _compute(
-        self, instance: Instance, batch: list[Request]
+        self, instance: Instance, batch: list[Request], t0: int
     ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], float | None]:
-        """Run `batch` on `instance`: each request's part, the run's outputs and row offsets, the
-        perf_counter_ns at start, gathered, run and scattered, and the run's CPU seconds."""
-        t0 = time.perf_counter_ns()
+        """Run `batch` on `instance`, started at perf_counter_ns `t0`: each request's part, the
+        run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
+        and the run's CPU seconds."""
         inputs, offsets = batch_inputs(batch, self._policy)
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
@@ -163,7 +164,9 @@ class BatchRunner:
             if is_done(p):  # its caller went meanwhile
                 continue
             try:
-                parts, outputs, offsets, ns, cpu_s = await self._compute(instance, [p])
+                parts, outputs, offsets, ns, cpu_s = await self._compute(
+                    instance, [p], time.perf_counter_ns()
+                )
             except InputsRefused as exc:
                 settle_error(p, exc)
                 continue
