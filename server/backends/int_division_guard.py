@@ -16,9 +16,10 @@ fetches the counts with every run, never shows or sends them, and fails a batch 
 with the inputs' fault (INVALID_ARGUMENT), as onnxruntime 1.31 does for a zero.
 
 Left alone: a divisor that is a constant with no zero (and no -1 where it could overflow), float
-types. A model this cannot rewrite (external data, an opset without Where, a divisor type shape
-inference cannot tell, a division in a subgraph of a node other than If, Loop and Scan) loads
-unguarded, with one WARNING line.
+types. A model whose weights are in external data files is guarded too: its session, made from the
+rewritten bytes, reads them beside the model file. A model this cannot rewrite (an opset without
+Where, a divisor type shape inference cannot tell, a division in a subgraph of a node other than
+If, Loop and Scan) loads unguarded, with one WARNING line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, inliner, shape_inference
 
 from batcher.types import Array
@@ -49,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 9  # Where's first opset
+# Where a session made from bytes reads external data files (onnxruntime 1.23 and 1.31 honour it).
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,6 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     if any(_divides(f) for f in model.functions):  # their nodes are guarded where they are used
         model = inliner.inline_local_functions(model)
     graph = model.graph
-    tensors = [init for g in graphs(graph) for init in g.initializer]
-    if any(tensor.data_location == TensorProto.EXTERNAL for tensor in tensors):
-        raise GuardUnavailable("its weights are in external data files")
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         raise GuardUnavailable(f"opset {opset} has no Where (opset {MIN_OPSET} or newer is needed)")
@@ -123,6 +124,15 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
         tuple(f.node for f in flags),
         tuple(f.fault for f in flags),
     )
+
+
+def session_source(guard: DivisionGuard | None, path: Path, options: ort.SessionOptions) -> str | bytes:
+    """What a session of the model at `path` is made from: the file, or the guarded model's bytes,
+    whose external data files (if any) `options` then has onnxruntime read beside `path`."""
+    if guard is None:
+        return str(path)
+    options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
+    return guard.model_bytes
 
 
 def _divides(function: onnx.FunctionProto) -> bool:

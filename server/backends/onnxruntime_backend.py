@@ -22,7 +22,7 @@ import onnxruntime as ort
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
-from server.backends.int_division_guard import DivisionGuard, division_guard_for
+from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
@@ -304,7 +304,7 @@ class OrtBackend:
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
         return ort.InferenceSession(
-            str(self._path) if self._guard is None else self._guard.model_bytes,
+            session_source(self._guard, self._path, so),  # the file, or the guarded model's bytes
             sess_options=so,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],

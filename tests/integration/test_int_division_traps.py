@@ -16,7 +16,14 @@ import pytest
 from clients import tensors
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.division_models import SUBGRAPH_CONFIG, int_div_repository, int_mod64, subgraph_divisions
+from tests.support.division_models import (
+    DIV_CONFIG,
+    SUBGRAPH_CONFIG,
+    external_data_div,
+    int_div_repository,
+    int_mod64,
+    subgraph_divisions,
+)
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
@@ -37,6 +44,8 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     repo = int_div_repository(tmp_path / "repo", files)
     write_model(repo, "mod64", int_mod64(files / "mod64.onnx"), MOD_CONFIG)
     write_model(repo, "subgraphs", subgraph_divisions(files / "subgraphs.onnx"), SUBGRAPH_CONFIG)
+    external_data_div(repo / "ext" / "1" / "model.onnx")  # its w.bin beside it, as a repository holds it
+    (repo / "ext" / "config.pbtxt").write_text(DIV_CONFIG)
     with ServerProcess("--model-repository", str(repo)) as running:
         yield running
 
@@ -79,3 +88,18 @@ def test_a_zero_divisor_inside_a_subgraph_is_refused_and_the_server_lives(
         assert answer["q"].tolist() == [33, -12, -3] and answer["l"].tolist() == [11, -3, 1]
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=BOUND_S).live
     assert server.process is not None and server.process.poll() is None
+
+
+def test_a_model_with_external_data_refuses_int_min_over_minus_one(server: ServerProcess) -> None:
+    """Its weights in a file beside it: loaded unguarded before (with a WARNING), and ended."""
+    overflow = {"x": np.asarray([7, MIN32, 1], np.int32), "y": np.asarray([2, -1, 1], np.int32)}
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(tensors.build_request("ext", overflow), timeout=BOUND_S)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert "overflow" in str(info.value.details()) and "Div_ext" in str(info.value.details())
+        answer = stub.ModelInfer(tensors.build_request("ext", GOOD), timeout=BOUND_S)
+        assert tensors.decode_response(answer)["q"].tolist() == [7, -6, -42]  # (x * [2, 3, 3]) / y
+    assert server.process is not None and server.process.poll() is None
+    assert "left unguarded" not in server.output()

@@ -205,3 +205,24 @@ output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] } ]
 instance_group [ { count: 1 kind: KIND_CPU } ]
 dynamic_batching { max_queue_delay_microseconds: 20000 }
 """
+
+
+def external_data_div(path: Path) -> Path:
+    """q = (x * w) / y on int32 [3] tensors (node 'Div_ext'), w = [2, 3, 3] saved in an external
+    data file `w.bin` beside the model."""
+    weight = numpy_helper.from_array(np.asarray([2, 3, 3], np.int32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "w"], ["xw"]),
+            helper.make_node("Div", ["xw", "y"], ["q"], name="Div_ext"),
+        ],
+        "external_div",
+        [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    return path

@@ -28,6 +28,7 @@ from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
 from server.errors import ModelRefusedInput
 from tests.support.division_models import (
     constant_zero_divisor,
+    external_data_div,
     int_div,
     mixed_divisions,
     narrow_mods,
@@ -152,18 +153,17 @@ def test_every_runtime_gets_the_guard_unless_it_is_turned_off(tmp_path: Path) ->
     assert division_guard_for(path, "m", "1.23.2", wanted=False) is None
 
 
-def test_external_data_loads_unguarded_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    model = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
-    path = tmp_path / "ext" / "m.onnx"
-    path.parent.mkdir()
-    onnx.save(model, str(path), save_as_external_data=True, size_threshold=0, location="w.bin")
-    with caplog.at_level(logging.WARNING, logger="server.backends.int_division_guard"):
-        assert division_guard_for(path, "ext", "1.23.2") is None
-    (record,) = caplog.records
-    assert "model ext: integer Div/Mod left unguarded" in record.getMessage()
-    assert "external data" in record.getMessage()
+def test_a_model_with_external_data_is_guarded_and_reads_its_weights_beside_its_file(tmp_path: Path) -> None:
+    path = external_data_div(tmp_path / "ext" / "m.onnx")
+    assert division_guard_for(path, "ext", "1.23.2") is not None
+    b = backend(path, int_division_guard=True)
+    try:
+        good = {"x": np.asarray([7, -9, 100], np.int32), "y": np.asarray([2, 4, -7], np.int32)}
+        assert b.run_blocking(good)["q"].tolist() == [7, -6, -42]  # (x * [2, 3, 3]) / y
+        with pytest.raises(ModelRefusedInput, match="division by zero in node 'Div_ext'"):
+            b.run_blocking({**good, "y": np.asarray([2, 0, -7], np.int32)})
+    finally:
+        b.close()
 
 
 def test_an_opset_without_where_loads_unguarded_with_one_warning(
