@@ -112,9 +112,7 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         raise GuardUnavailable(f"opset {opset} has no Where (opset {MIN_OPSET} or newer is needed)")
-    if any(name.startswith(RESERVED_PREFIX) for g in graphs(graph) for name in _names(g)):
-        raise GuardUnavailable(f"it already names values '{RESERVED_PREFIX}...'")
-    flags = rewrite_graph(graph, _inferred(model), Scope(), RESERVED_PREFIX)
+    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph))
     if not flags:
         return None
     graph.output.extend(helper.make_tensor_value_info(f.name, TensorProto.INT64, []) for f in flags)
@@ -141,6 +139,17 @@ def _divides(function: onnx.FunctionProto) -> bool:
 
 def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _free_prefix(graph: onnx.GraphProto) -> str:
+    """RESERVED_PREFIX, or RESERVED_PREFIX with a number where the model already names things so
+    (giving up there had left the model unguarded: a zero from a client still ended the server)."""
+    names = {name for g in graphs(graph) for name in _names(g)}
+    prefix, number = RESERVED_PREFIX, 1
+    while any(name.startswith(prefix) for name in names):
+        number += 1
+        prefix = f"{RESERVED_PREFIX[:-1]}{number}/"
+    return prefix
 
 
 def _names(graph: onnx.GraphProto) -> set[str]:

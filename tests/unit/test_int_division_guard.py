@@ -390,3 +390,18 @@ def test_a_mod_inside_a_scan_body_is_guarded_per_iteration() -> None:
     outputs, counts = run_guarded(guard, good)
     assert counts == [0] and outputs[1].tolist() == [1, 0, 2] and int(outputs[0]) == 3
     assert run_guarded(guard, {**good, "es": np.asarray([3, 0, 0, 4], np.int64)})[1] == [2]
+
+
+def test_a_model_already_naming_values_with_the_prefix_is_guarded_under_another(tmp_path: Path) -> None:
+    """A node, an output and a graph output of the model's own named `RESERVED_PREFIX...`."""
+    model = onnx.load(str(int_div(tmp_path / "d.onnx")))
+    taken = f"{RESERVED_PREFIX}0/zero_divisors"  # the name the guard's first count would take
+    model.graph.node[0].name = f"{RESERVED_PREFIX}0/0"
+    model.graph.node.append(onnx.helper.make_node("Identity", ["q"], [taken], name="mine"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(taken, onnx.TensorProto.INT32, [3]))
+    guard = guarded_model(model)
+    assert not any(f.startswith(RESERVED_PREFIX) for f in guard.flags)
+    outputs, counts = run_guarded(
+        guard, {"x": np.asarray([4, 4, 4], np.int32), "y": np.asarray([2, 0, 1], np.int32)}
+    )
+    assert counts == [1, 0] and outputs[1].tolist() == outputs[0].tolist()  # its own output untouched
