@@ -100,3 +100,10 @@ class OutputNotSplit(BatcherError):
     and the requests of one row in its run get their own rows (batcher/scatter.py)."""
 
     default_message = "failed to split the output tensor in responses"
+
+
+class InputsRefused(Exception):
+    """Base for a backend's refusal of a run for its inputs' values (a zero divisor), not for the
+    run itself: a batch so refused has its requests run again one at a time (run_batch.py), so
+    that only those at fault get the refusal. Not a BatcherError: the backend's class says how the
+    server answers it."""

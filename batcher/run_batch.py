@@ -23,7 +23,7 @@ from batcher.batch_io import (
     settle_batch,
     splits_outputs,
 )
-from batcher.errors import DeadlineExceeded, OutputNotSplit, RunTimedOut
+from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
@@ -100,43 +100,98 @@ class BatchRunner:
         batch = self._board(flight)
         if not batch:
             return
-        split = splits_outputs(self._policy)
         t0 = time.perf_counter_ns()
-        note_taken(batch, t0)
+        note_taken(batch, t0)  # the run's start, as its record's gather_ns
         try:
-            inputs, offsets = batch_inputs(batch, self._policy)
-            t1 = time.perf_counter_ns()
-            key = self._forecast.started(offsets[-1], self._clock())
-            try:
-                outputs, cpu_s = await self._watchdog.run(instance, inputs, self._inline(offsets[-1]))
-            finally:
-                self._forecast.ended(key)
-            t2 = time.perf_counter_ns()
-            parts: list[Part]
-            if split:
-                parts = scatter(outputs, offsets, self._policy.ragged is not None)
-            else:  # a request run alone: its outputs whole, once they hold its rows
-                check_rows(outputs, offsets[-1], self._policy)
-                parts = [dict(outputs)]
-            t3 = time.perf_counter_ns()
-        except Exception as exc:
-            # The whole batch fails with the backend's own error; the server maps it.
-            self._flights.land(flight)
-            for p in batch:
-                settle_error(p, exc)
-            if isinstance(exc, RunTimedOut):
-                self._on_trip()
-                await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
+            parts, outputs, offsets, ns, cpu_s = await self._compute(instance, batch, t0)
+        except InputsRefused as exc:
+            if len(batch) == 1:
+                self._fail(flight, batch, exc)
+            else:  # one request's values (a zero divisor) must not fail the others beside it
+                log.warning(
+                    "%s: a batch of %d requests refused for its inputs; running each of its requests alone",
+                    self._name,
+                    len(batch),
+                )
+                await self._each_alone(instance, batch)
+                self._flights.land(flight)
             return
-        rows = offsets[-1]
-        self._stats.record_batch(rows, sum(p.counted for p in batch), t1 - t0, t2 - t1, t3 - t2)
+        except Exception as exc:
+            await self._fail_batch(instance, flight, batch, exc)
+            return
         done_at = self._clock()
+        self._record(offsets[-1], sum(p.counted for p in batch), ns, cpu_s, done_at)
+        self._flights.land(flight)
+        self._log_not_split(parts, outputs, offsets)
+        settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
+
+    async def _compute(
+        self, instance: Instance, batch: list[Request], t0: int
+    ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], float | None]:
+        """Run `batch` on `instance`, started at perf_counter_ns `t0`: each request's part, the
+        run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
+        and the run's CPU seconds."""
+        inputs, offsets = batch_inputs(batch, self._policy)
+        t1 = time.perf_counter_ns()
+        key = self._forecast.started(offsets[-1], self._clock())
+        try:
+            outputs, cpu_s = await self._watchdog.run(instance, inputs, self._inline(offsets[-1]))
+        finally:
+            self._forecast.ended(key)
+        t2 = time.perf_counter_ns()
+        parts: list[Part]
+        if splits_outputs(self._policy):
+            parts = scatter(outputs, offsets, self._policy.ragged is not None)
+        else:  # a request run alone: its outputs whole, once they hold its rows
+            check_rows(outputs, offsets[-1], self._policy)
+            parts = [dict(outputs)]
+        return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), cpu_s
+
+    def _record(
+        self, rows: int, counted: int, ns: tuple[int, int, int, int], cpu_s: float | None, done_at: float
+    ) -> None:
+        """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it."""
+        t0, t1, t2, t3 = ns
+        self._stats.record_batch(rows, counted, t1 - t0, t2 - t1, t3 - t2)
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
-        self._flights.land(flight)
-        self._log_not_split(parts, outputs, offsets)
-        settle_batch(batch, parts, rows, done_at, self._stats, (t0, t1, t2, t3), self._margin)
+
+    async def _each_alone(self, instance: Instance, batch: list[Request]) -> None:
+        """Run each request of a batch refused for its inputs on its own, once: those at fault get
+        their refusal, the others their answers. Any other failure fails the rest, as a batch's."""
+        for index, p in enumerate(batch):
+            if is_done(p):  # its caller went meanwhile
+                continue
+            try:
+                parts, outputs, offsets, ns, cpu_s = await self._compute(
+                    instance, [p], time.perf_counter_ns()
+                )
+            except InputsRefused as exc:
+                settle_error(p, exc)
+                continue
+            except Exception as exc:
+                await self._fail_batch(instance, None, batch[index:], exc)
+                return
+            done_at = self._clock()
+            self._record(offsets[-1], p.counted, ns, cpu_s, done_at)
+            self._log_not_split(parts, outputs, offsets)
+            settle_batch([p], parts, offsets[-1], done_at, self._stats, ns, self._margin)
+
+    def _fail(self, flight: Flight | None, batch: list[Request], exc: Exception) -> None:
+        """The whole batch fails with the backend's own error; the server maps it."""
+        if flight is not None:
+            self._flights.land(flight)
+        for p in batch:
+            settle_error(p, exc)
+
+    async def _fail_batch(
+        self, instance: Instance, flight: Flight | None, batch: list[Request], exc: Exception
+    ) -> None:
+        self._fail(flight, batch, exc)
+        if isinstance(exc, RunTimedOut):  # the instance gets a fresh backend
+            self._on_trip()
+            await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))
 
     def _log_not_split(self, parts: list[Part], outputs: Tensors, offsets: list[int]) -> None:
         """One line for a run whose outputs held no rows for some of its requests (OutputNotSplit):

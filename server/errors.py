@@ -130,9 +130,10 @@ class EnsembleStepFailed(Exception):
     never INTERNAL."""
 
 
-class ModelRefusedInput(InvalidRequest):
+class ModelRefusedInput(InvalidRequest, batcher_errors.InputsRefused):
     """onnxruntime refused a run's inputs (its INVALID_ARGUMENT): shapes or values that the config
-    lets through and the graph does not. Its message is onnxruntime's (server/backends/run_errors.py)."""
+    lets through and the graph does not. Its message is onnxruntime's (server/backends/run_errors.py).
+    A batch so refused is run again one request at a time (InputsRefused): only the culprits fail."""
 
 
 class ModelRunFailed(Exception):

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
-from server.backends.int_division_guard import DivisionGuard, division_guard_for
+from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
@@ -73,8 +73,8 @@ class OrtOptions:
     session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
     run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
     io_binding: bool | None = None  # the `io_binding` parameter; None: on for CUDA/TensorRT (io_binding.py)
-    # Integer Div/Mod guarded against zero divisors (int_division_guard.py); None: where onnxruntime
-    # traps on one (before 1.31), True/False: always/never (tests run the guard on any build).
+    # Integer Div/Mod guarded against divisors idiv traps on (int_division_guard.py); None or True:
+    # guarded (every onnxruntime traps on MIN / -1), False: never (tests compare with the plain model).
     int_division_guard: bool | None = None
 
     def __post_init__(self) -> None:
@@ -232,8 +232,8 @@ class OrtBackend:
         prepare_run_options(self._io.mode, self._run_options)
 
     def _guarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
-        """A session of the model, its integer divisions guarded where this onnxruntime traps on a
-        zero divisor (int_division_guard.py); unguarded, with a WARNING, if the rewrite fails to load."""
+        """A session of the model, its integer divisions guarded against divisors onnxruntime traps
+        on (int_division_guard.py); unguarded, with a WARNING, if the rewrite fails to load."""
         self._guard: DivisionGuard | None = division_guard_for(
             self._path, self._name, ort.__version__, options.int_division_guard
         )
@@ -248,7 +248,7 @@ class OrtBackend:
             session = self._create_session(options, providers)  # the model's own error, if it is its
             logger.warning(
                 "model %s: integer Div/Mod left unguarded: the guarded graph does not load (%s); "
-                "a request with a zero divisor will end this server (onnxruntime %s)",
+                "a request with a zero divisor or MIN / -1 will end this server (onnxruntime %s)",
                 self._name,
                 err,
                 ort.__version__,
@@ -304,7 +304,7 @@ class OrtBackend:
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
         return ort.InferenceSession(
-            str(self._path) if self._guard is None else self._guard.model_bytes,
+            session_source(self._guard, self._path, so),  # the file, or the guarded model's bytes
             sess_options=so,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],

@@ -118,3 +118,111 @@ def int_div_repository(repo: Path, files: Path) -> Path:
     """A repository with `div` (int_div, no batching, two instances)."""
     write_model(repo, "div", int_div(files / "div.onnx"), DIV_CONFIG)
     return repo
+
+
+def int_mod64(path: Path) -> Path:
+    """r = a % b on int64 [3] tensors (node 'Mod_ab', fmod 0: the divisor's sign)."""
+    graph = helper.make_graph(
+        [helper.make_node("Mod", ["a", "b"], ["r"], name="Mod_ab")],
+        "int_mod64",
+        [_value("a", TensorProto.INT64, [3]), _value("b", TensorProto.INT64, [3])],
+        [_value("r", TensorProto.INT64, [3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def subgraph_divisions(path: Path) -> Path:
+    """Integer Div inside subgraphs, on int32 [3] x and y: q = If(sum(x) > 0, then: x / y (node
+    'Div_then'), else: x - y), and l = Loop twice over acc = x: acc / y (node 'Div_loop')."""
+    x, y = _value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])
+    then_branch = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["then_q"], name="Div_then")],
+        "then",
+        [],
+        [_value("then_q", TensorProto.INT32, [3])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sub", ["x", "y"], ["else_q"], name="Sub_else")],
+        "else",
+        [],
+        [_value("else_q", TensorProto.INT32, [3])],
+    )
+    body = helper.make_graph(
+        [
+            helper.make_node("Div", ["acc_in", "y"], ["acc_out"], name="Div_loop"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            _value("i", TensorProto.INT64, []),
+            _value("cond_in", TensorProto.BOOL, []),
+            _value("acc_in", TensorProto.INT32, [3]),
+        ],
+        [_value("cond_out", TensorProto.BOOL, []), _value("acc_out", TensorProto.INT32, [3])],
+    )
+    two = numpy_helper.from_array(np.asarray(2, np.int64), "two")
+    yes = numpy_helper.from_array(np.asarray(True), "yes")
+    zero = numpy_helper.from_array(np.asarray(0, np.int32), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+            helper.make_node("Greater", ["sum", "zero"], ["positive"]),
+            helper.make_node(
+                "If", ["positive"], ["q"], name="If_q", then_branch=then_branch, else_branch=else_branch
+            ),
+            helper.make_node("Loop", ["two", "yes", "x"], ["l"], name="Loop_l", body=body),
+        ],
+        "subgraphs",
+        [x, y],
+        [_value("q", TensorProto.INT32, [3]), _value("l", TensorProto.INT32, [3])],
+        initializer=[two, yes, zero],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+SUBGRAPH_CONFIG = """
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "l" data_type: TYPE_INT32 dims: [ 3 ] } ]
+"""
+
+
+def batched_div(path: Path) -> Path:
+    """q = x / y on int32 [N, 3] tensors, for dynamic batching (node 'Div_batched')."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["q"], name="Div_batched")],
+        "batched_div",
+        [_value("x", TensorProto.INT32, ["N", 3]), _value("y", TensorProto.INT32, ["N", 3])],
+        [_value("q", TensorProto.INT32, ["N", 3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+BATCHED_CONFIG = """
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_INT32 dims: [ 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+output [ { name: "q" data_type: TYPE_INT32 dims: [ 3 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+"""
+
+
+def external_data_div(path: Path) -> Path:
+    """q = (x * w) / y on int32 [3] tensors (node 'Div_ext'), w = [2, 3, 3] saved in an external
+    data file `w.bin` beside the model."""
+    weight = numpy_helper.from_array(np.asarray([2, 3, 3], np.int32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "w"], ["xw"]),
+            helper.make_node("Div", ["xw", "y"], ["q"], name="Div_ext"),
+        ],
+        "external_div",
+        [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    return path

@@ -29,7 +29,7 @@ from batcher import (
     Tensors,
     TooManyRows,
 )
-from batcher.errors import NotAccepting, QueueTimedOut
+from batcher.errors import InputsRefused, NotAccepting, QueueTimedOut
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
@@ -899,3 +899,52 @@ async def test_a_request_run_alone_with_outputs_of_other_rows_fails_as_a_batch_d
     with pytest.raises(ValueError, match=r"'y' with shape \(1, 2\) for a batch of 2 rows"):
         fast.run_now(x(5, rows=2), fast.admission(2))  # on the loop thread, at once
     assert be.threads[-1] == LOOP  # it was the fast path that ran it
+
+
+class Refused(InputsRefused):
+    """A backend's refusal of a run for its inputs' values."""
+
+
+class RefusingBackend(FakeBackend):
+    """Refuses (InputsRefused) any run holding the id `refuse`; other ids as FakeBackend."""
+
+    def __init__(self, gate: asyncio.Event, refuse: float) -> None:
+        super().__init__(gate)
+        self.refuse = refuse
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        out = await super().run(inputs)
+        if self.refuse in inputs["x"]:
+            raise Refused(f"{self.refuse} refused")
+        return out
+
+
+async def test_a_batch_refused_for_its_inputs_runs_each_request_alone(make: MakeBatcher) -> None:
+    """Only the request at fault gets the refusal; before, all five did."""
+    stats = ModelStats()
+    gate = asyncio.Event()
+    be = RefusingBackend(gate, refuse=4)
+    b = make(be, stats=stats)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    rest = [submit(b, rid) for rid in (2, 3, 4, 5)]
+    await turns_until(lambda: b.queued_requests == 4)
+    gate.set()
+    assert (await result(first))["y"].tolist() == [[2, 2]]
+    with pytest.raises(Refused, match="4 refused"):
+        await result(rest[2])
+    for rid, task in zip((2, 3, 5), (rest[0], rest[1], rest[3]), strict=True):
+        assert ((await result(task))["y"] == 2 * rid).all()
+    assert be.batches == [[1], [2, 3, 4, 5], [2], [3], [4], [5]]
+    assert stats.execution_count == 4 and stats.inference_count == 4  # the answered runs only
+    assert b.in_flight_batches == 0
+
+
+async def test_a_refused_request_alone_is_not_run_again(make: MakeBatcher) -> None:
+    gate = asyncio.Event()
+    gate.set()
+    be = RefusingBackend(gate, refuse=4)
+    b = make(be)
+    with pytest.raises(Refused):
+        await result(submit(b, 4))
+    assert be.batches == [[4]]

@@ -1,0 +1,112 @@
+"""The nodes the integer division guard (int_division_guard.py) puts before one integer Div or Mod:
+a safe divisor (1 where x86 `idiv` would trap) and the counts of the divisors replaced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+RESERVED_PREFIX = "__sluiceway_int_division_guard__/"  # names of the nodes and outputs added here
+BY_ZERO = "integer division by zero"
+OVERFLOW = "integer division overflow (the type's minimum / -1)"
+_DIVISIONS = ("Div", "Mod")
+INTEGERS = frozenset(
+    {
+        TensorProto.INT8,
+        TensorProto.UINT8,
+        TensorProto.INT16,
+        TensorProto.UINT16,
+        TensorProto.INT32,
+        TensorProto.UINT32,
+        TensorProto.INT64,
+        TensorProto.UINT64,
+    }
+)
+# Types Equal (opset 7) and Where (onnxruntime 1.23's kernels) take as they are; the others are
+# compared and replaced in INT64 and cast back. They are also the types whose MIN / -1 traps.
+_DIRECT = frozenset({TensorProto.INT32, TensorProto.INT64})
+_MINIMUM: dict[int, int] = {
+    TensorProto.INT32: int(np.iinfo(np.int32).min),
+    TensorProto.INT64: int(np.iinfo(np.int64).min),
+}
+
+
+def is_division(node: onnx.NodeProto) -> bool:
+    return node.op_type in _DIVISIONS and node.domain in ("", "ai.onnx") and len(node.input) >= 2
+
+
+def guard_nodes(
+    prefix: str, node: onnx.NodeProto, elem: int
+) -> tuple[list[onnx.NodeProto], str, list[tuple[str, str]]]:
+    """The nodes computing a safe divisor for `node` (its divisor of type `elem`) and the counts of
+    bad ones: those nodes, the safe divisor's name and (count's name, fault) for each count."""
+    dividend, divisor = node.input[0], node.input[1]
+    build = GuardNodes(prefix)
+    work, work_type = divisor, elem
+    if elem not in _DIRECT:
+        work, work_type = build.add("Cast", [divisor], "wide", to=TensorProto.INT64), TensorProto.INT64
+    is_zero = build.add("Equal", [work, build.constant("zero", work_type, 0)], "is_zero")
+    counts = [(build.count(is_zero, "zero_divisors"), BY_ZERO)]
+    bad = is_zero
+    if elem in _DIRECT:  # MIN / -1 traps too; narrower types are divided as int, unsigned never
+        minus_one = build.add("Equal", [work, build.constant("minus_one", work_type, -1)], "is_minus_one")
+        if node.op_type == "Mod":  # x mod -1 == x mod 1 == 0: divide by 1, the same answer
+            bad = build.add("Or", [is_zero, minus_one], "bad")
+        else:
+            minimum = build.constant("minimum", work_type, _MINIMUM[elem])
+            at_min = build.add("Equal", [dividend, minimum], "is_minimum")
+            overflow = build.add("And", [at_min, minus_one], "overflows")
+            counts.append((build.count(overflow, "overflows_count"), OVERFLOW))
+            bad = build.add("Or", [is_zero, overflow], "bad")
+    replaced = build.add("Where", [bad, build.constant("one", work_type, 1), work], "safe_wide")
+    safe = replaced if elem in _DIRECT else build.add("Cast", [replaced], "safe", to=elem)
+    return build.nodes, safe, counts
+
+
+class GuardNodes:
+    """Guard nodes under one prefix: each named `prefix + position`, each output `prefix + name`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        name = self.prefix + output
+        node = helper.make_node(op, inputs, [name], name=f"{self.prefix}{len(self.nodes)}", **attrs)
+        self.nodes.append(node)
+        return name
+
+    def constant(self, output: str, elem: int, value: int) -> str:
+        name = self.prefix + output
+        return self.add("Constant", [], output, value=helper.make_tensor(name, elem, [], [value]))
+
+    def count(self, condition: str, output: str) -> str:
+        """The number of true elements of `condition` (0 for an empty one), as a scalar INT64."""
+        counted = self.add("Cast", [condition], output + "_int64", to=TensorProto.INT64)
+        # No axes (attribute before opset 13, input since): every axis, in both forms.
+        return self.add("ReduceSum", [counted], output, keepdims=0)
+
+
+def safe_constant(value: onnx.TensorProto | onnx.AttributeProto | None, elem: int) -> bool:
+    """Whether a constant divisor is known to hold no zero, nor -1 where MIN / -1 traps (external
+    or odd forms: not known)."""
+    if value is None:
+        return False
+    if isinstance(value, onnx.AttributeProto):
+        if value.name == "value_int":
+            values = np.asarray([value.i])
+        elif value.name == "value_ints":
+            values = np.asarray(list(value.ints))
+        elif value.name == "value" and not external_data_helper.uses_external_data(value.t):
+            values = numpy_helper.to_array(value.t)
+        else:
+            return False
+    elif external_data_helper.uses_external_data(value):
+        return False
+    else:
+        values = numpy_helper.to_array(value)
+    bad = (0, -1) if elem in _DIRECT else (0,)
+    return bool(np.all(~np.isin(values, bad)))
