@@ -104,6 +104,6 @@ class OutputNotSplit(BatcherError):
 
 class InputsRefused(Exception):
     """Base for a backend's refusal of a run for its inputs' values (a zero divisor), not for the
-    run itself: a batch so refused has its requests run again one at a time (run_batch.py), so
+    run itself: a batch so refused has its halves run again, halved while refused (run_batch.py), so
     that only those at fault get the refusal. Not a BatcherError: the backend's class says how the
     server answers it."""

@@ -109,11 +109,11 @@ class BatchRunner:
                 self._fail(flight, batch, exc)
             else:  # one request's values (a zero divisor) must not fail the others beside it
                 log.warning(
-                    "%s: a batch of %d requests refused for its inputs; running each of its requests alone",
+                    "%s: a batch of %d requests refused for its inputs; running its halves again",
                     self._name,
                     len(batch),
                 )
-                await self._each_alone(instance, batch)
+                await self._halves_again(instance, batch)
                 self._flights.land(flight)
             return
         except Exception as exc:
@@ -157,26 +157,51 @@ class BatchRunner:
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
 
-    async def _each_alone(self, instance: Instance, batch: list[Request]) -> None:
-        """Run each request of a batch refused for its inputs on its own, once: those at fault get
-        their refusal, the others their answers. Any other failure fails the rest, as a batch's."""
-        for index, p in enumerate(batch):
-            if is_done(p):  # its caller went meanwhile
+    async def _halves_again(self, instance: Instance, batch: list[Request]) -> None:
+        """Run the halves of a batch refused for its inputs, each halved again while refused, down
+        to single requests, which get the refusal: the others get their answers. Halving costs
+        about 2*log2(n) more runs for one culprit among n, where running each request alone cost
+        n (a client putting one bad request in every batch would have made each batch n runs).
+        What expired or went meanwhile is not computed. Any other failure fails what is left."""
+        middle = len(batch) // 2
+        pending = [batch[middle:], batch[:middle]]  # popped from the end: the first half first
+        while pending:
+            part = self._still_wanted(pending.pop())
+            if not part:
                 continue
             try:
                 parts, outputs, offsets, ns, cpu_s = await self._compute(
-                    instance, [p], time.perf_counter_ns()
+                    instance, part, time.perf_counter_ns()
                 )
             except InputsRefused as exc:
-                settle_error(p, exc)
+                if len(part) == 1:
+                    settle_error(part[0], exc)
+                else:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]
                 continue
             except Exception as exc:
-                await self._fail_batch(instance, None, batch[index:], exc)
+                await self._fail_batch(instance, None, [p for q in (part, *pending) for p in q], exc)
                 return
             done_at = self._clock()
-            self._record(offsets[-1], p.counted, ns, cpu_s, done_at)
+            self._record(offsets[-1], sum(p.counted for p in part), ns, cpu_s, done_at)
             self._log_not_split(parts, outputs, offsets)
-            settle_batch([p], parts, offsets[-1], done_at, self._stats, ns, self._margin)
+            settle_batch(part, parts, offsets[-1], done_at, self._stats, ns, self._margin)
+
+    def _still_wanted(self, part: list[Request]) -> list[Request]:
+        """The requests of `part` to run again: not answered, not gone, not past their deadline
+        (answered DEADLINE_EXCEEDED here, as a batch's expired requests are at boarding)."""
+        now = self._clock()
+        wanted = []
+        for p in part:
+            if is_done(p):
+                continue
+            if late(p.hard, now):
+                self._stats.expired += p.counted
+                settle_error(p, DeadlineExceeded("deadline exceeded while its batch was run again"))
+            else:
+                wanted.append(p)
+        return wanted
 
     def _fail(self, flight: Flight | None, batch: list[Request], exc: Exception) -> None:
         """The whole batch fails with the backend's own error; the server maps it."""

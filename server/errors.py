@@ -133,7 +133,8 @@ class EnsembleStepFailed(Exception):
 class ModelRefusedInput(InvalidRequest, batcher_errors.InputsRefused):
     """onnxruntime refused a run's inputs (its INVALID_ARGUMENT): shapes or values that the config
     lets through and the graph does not. Its message is onnxruntime's (server/backends/run_errors.py).
-    A batch so refused is run again one request at a time (InputsRefused): only the culprits fail."""
+    A batch so refused has its halves run again, halved while refused (InputsRefused): only the
+    culprits fail."""
 
 
 class ModelRunFailed(Exception):

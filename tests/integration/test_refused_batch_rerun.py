@@ -1,6 +1,6 @@
 """One client's bad inputs in a dynamic batch over a real server: the batch is refused for its
-inputs (here a zero divisor, server/backends/int_division_guard.py), and its requests are run again
-one at a time, so that only the request at fault is refused. Before, every request sharing the
+inputs (here a zero divisor, server/backends/int_division_guard.py), and its halves are run again,
+halved while refused, so that only the request at fault is refused. Before, every request sharing the
 batch got the culprit's INVALID_ARGUMENT: one request in ten holding a zero failed all 200."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ BOUND_S = 60.0  # generous: a bound on a test that fails, never a measure
 REQUESTS = 200  # with one instance, many arrive while it runs: batches form
 GOOD = {"x": np.asarray([[7, -9, 100]], np.int32), "y": np.asarray([[2, 4, -7]], np.int32)}
 ZERO = {"x": np.asarray([[7, -9, 100]], np.int32), "y": np.asarray([[2, 0, -7]], np.int32)}
-RERUN_LINE = "refused for its inputs; running each of its requests alone"
+RERUN_LINE = "refused for its inputs; running its halves again"
 
 
 @pytest.fixture()

@@ -919,8 +919,9 @@ class RefusingBackend(FakeBackend):
         return out
 
 
-async def test_a_batch_refused_for_its_inputs_runs_each_request_alone(make: MakeBatcher) -> None:
-    """Only the request at fault gets the refusal; before, all five did."""
+async def test_a_batch_refused_for_its_inputs_runs_its_halves_again(make: MakeBatcher) -> None:
+    """Only the request at fault gets the refusal; before, all five did. Halves, not each request
+    alone: the half without the culprit is one run."""
     stats = ModelStats()
     gate = asyncio.Event()
     be = RefusingBackend(gate, refuse=4)
@@ -935,8 +936,8 @@ async def test_a_batch_refused_for_its_inputs_runs_each_request_alone(make: Make
         await result(rest[2])
     for rid, task in zip((2, 3, 5), (rest[0], rest[1], rest[3]), strict=True):
         assert ((await result(task))["y"] == 2 * rid).all()
-    assert be.batches == [[1], [2, 3, 4, 5], [2], [3], [4], [5]]
-    assert stats.execution_count == 4 and stats.inference_count == 4  # the answered runs only
+    assert be.batches == [[1], [2, 3, 4, 5], [2, 3], [4, 5], [4], [5]]
+    assert stats.execution_count == 3 and stats.inference_count == 4  # the answered runs only
     assert b.in_flight_batches == 0
 
 
@@ -948,3 +949,59 @@ async def test_a_refused_request_alone_is_not_run_again(make: MakeBatcher) -> No
     with pytest.raises(Refused):
         await result(submit(b, 4))
     assert be.batches == [[4]]
+
+
+async def test_a_refused_batch_is_halved_not_run_request_by_request(make: MakeBatcher) -> None:
+    """One culprit among eight: its batch's halves, halved again while refused, take 6 more runs
+    where each request alone took 8; a client putting one bad request in every batch multiplies
+    the runs by about 2*log2(n), not n."""
+    gate = asyncio.Event()
+    be = RefusingBackend(gate, refuse=6)
+    b = make(be)
+    first = submit(b, 1)
+    await asyncio.wait_for(be.started.wait(), LONG)
+    rest = {rid: submit(b, rid) for rid in range(2, 10)}
+    await turns_until(lambda: b.queued_requests == 8)
+    gate.set()
+    await result(first)
+    with pytest.raises(Refused):
+        await result(rest.pop(6))
+    for rid, task in rest.items():
+        assert ((await result(task))["y"] == 2 * rid).all()
+    assert be.batches == [[1], [2, 3, 4, 5, 6, 7, 8, 9], [2, 3, 4, 5], [6, 7, 8, 9], [6, 7], [6], [7], [8, 9]]
+
+
+async def test_a_request_expired_while_its_batch_was_refused_is_not_run_again() -> None:
+    """The mission's rule holds in the runs again: what is past its deadline is answered
+    DEADLINE_EXCEEDED, not computed."""
+    now = [100.0]
+
+    class SlowRefusal(RefusingBackend):
+        async def run(self, inputs: Tensors) -> Tensors:
+            try:
+                return await super().run(inputs)
+            except Refused:
+                now[0] = 101.0  # the refused run outlasted request 2's deadline
+                raise
+
+    gate = asyncio.Event()
+    be = SlowRefusal(gate, refuse=3)
+    stats = ModelStats()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats, clock=lambda: now[0])
+    b.start()
+    try:
+        first = submit(b, 1)
+        await asyncio.wait_for(be.started.wait(), LONG)
+        doomed, culprit, good = submit(b, 2, deadline=100.5), submit(b, 3), submit(b, 4)
+        await turns_until(lambda: b.queued_requests == 3)
+        gate.set()
+        await result(first)
+        with pytest.raises(DeadlineExceeded, match="while its batch was run again"):
+            await result(doomed)
+        with pytest.raises(Refused):
+            await result(culprit)
+        assert ((await result(good))["y"] == 8).all()
+        assert be.batches == [[1], [2, 3, 4], [3, 4], [3], [4]]
+        assert stats.expired == 1
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
