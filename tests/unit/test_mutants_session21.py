@@ -1,0 +1,332 @@
+"""server/backends/int_division_guard.py: what the first mutation run (343/422) showed untested.
+
+Which nodes are guarded (ONNX's Div/Mod only, in either spelling of the default domain), which
+divisors count as constants with no zero (Constant's value_int, value_ints, value, sparse_value;
+initializers in external data), how element types are found (initializers, Constant nodes onnx
+cannot infer), and the exact refusal and WARNING texts an operator reads. Every run here divides
+only by nonzero values or through the guard, so it is safe on any onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.int_division_guard import (
+    RESERVED_PREFIX,
+    DivisionGuard,
+    GuardUnavailable,
+    division_guard_for,
+    guard_model,
+)
+from server.errors import ModelRefusedInput
+from tests.support.division_models import int_div, mixed_divisions
+
+LOGGER = "server.backends.int_division_guard"
+CUSTOM = "com.example"  # a domain onnx knows no schema of: its nodes' outputs have no inferred type
+
+
+def _value(name: str, elem: int, dims: list[int | str] | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    *,
+    initializer: list[onnx.TensorProto] | None = None,
+    opsets: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializer or [])
+    imports = [helper.make_opsetid(domain, version) for domain, version in (opsets or {"": 13}).items()]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8  # onnxruntime 1.31 loads IR 13 at most (see division_models.save)
+    return model
+
+
+def _int64_div(divisor_node: onnx.NodeProto, opsets: dict[str, int] | None = None) -> onnx.ModelProto:
+    """q = x / c (int64 [2], node 'D'), c made by `divisor_node`."""
+    return _model(
+        [divisor_node, helper.make_node("Div", ["x", "c"], ["q"], name="D")],
+        [_value("x", TensorProto.INT64, [2])],
+        [_value("q", TensorProto.INT64, [2])],
+        opsets=opsets,
+    )
+
+
+def _run(guard: DivisionGuard, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The model's own outputs, then each flag's zero count."""
+    session = ort.InferenceSession(guard.model_bytes, providers=["CPUExecutionProvider"])
+    own = [o.name for o in session.get_outputs() if o.name not in guard.flags]
+    values = session.run([*own, *guard.flags], feed)
+    return values[: len(own)], [int(v) for v in values[len(own) :]]
+
+
+def _counts(*zeros: int) -> list[np.ndarray]:
+    """Flag values as a run returns them: 0-d INT64 arrays."""
+    return [np.asarray(count, np.int64) for count in zeros]
+
+
+def _two_node_guard() -> DivisionGuard:
+    return DivisionGuard(b"", ("f0", "f1"), ("Div_3", "Mod_int64"))
+
+
+# DivisionGuard.check: the refusal and its one WARNING line
+
+
+def test_check_logs_by_default_one_warning_naming_the_model_and_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(ModelRefusedInput):
+        _two_node_guard().check("div", _counts(2, 0))
+    (record,) = caplog.records
+    assert (
+        record.getMessage() == "model div: refused a batch's inputs: integer division by zero in node 'Div_3'"
+    )
+
+
+def test_check_names_every_node_that_met_a_zero_comma_separated() -> None:
+    with pytest.raises(ModelRefusedInput) as refused:
+        _two_node_guard().check("div", _counts(1, 3), log_it=False)
+    assert str(refused.value) == "model 'div': integer division by zero in node 'Div_3', 'Mod_int64'"
+
+
+def test_check_refuses_counts_that_do_not_match_its_flags() -> None:
+    """A count missing (a fetch that lost a flag) is a bug to surface, never a divisor read as safe."""
+    with pytest.raises(ValueError, match="zip"):
+        _two_node_guard().check("div", _counts(0), log_it=False)
+
+
+# division_guard_for: the WARNING of a model left unguarded
+
+
+def test_the_unguarded_warning_names_the_model_the_runtime_and_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = int_div(tmp_path / "old.onnx", opset=8)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert division_guard_for(path, "old", "1.23.2") is None
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "model old: integer Div/Mod left unguarded (onnxruntime 1.23.2 ends the process on a zero "
+        "divisor; a request with one will end this server): opset 8 has no Where (opset 9 or newer "
+        "is needed)"
+    )
+
+
+def test_opset_9_the_first_with_where_is_guarded_and_runs(tmp_path: Path) -> None:
+    guard = guard_model(onnx.load(str(int_div(tmp_path / "nine.onnx", opset=9))))
+    assert guard is not None and guard.nodes == ("Div_xy",)
+    feed = {"x": np.asarray([6, 6, 6], np.int32), "y": np.asarray([3, 0, -2], np.int32)}
+    outputs, counts = _run(guard, feed)
+    assert counts == [1] and outputs[0].tolist() == [2, 6, -3]
+
+
+def test_the_reasons_a_model_cannot_be_guarded_are_stated_exactly(tmp_path: Path) -> None:
+    model = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
+    external = tmp_path / "ext" / "m.onnx"
+    external.parent.mkdir()
+    onnx.save(model, str(external), save_as_external_data=True, size_threshold=0, location="w.bin")
+    with pytest.raises(GuardUnavailable) as err:
+        guard_model(onnx.load(str(external), load_external_data=False))
+    assert str(err.value) == "its weights are in external data files"
+
+    taken = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
+    taken.graph.node[0].name = f"{RESERVED_PREFIX}mine"
+    with pytest.raises(GuardUnavailable) as err:
+        guard_model(taken)
+    assert str(err.value) == f"it already names values '{RESERVED_PREFIX}...'"
+
+
+def test_an_external_initializer_divisor_is_not_taken_for_a_constant_with_no_zero(tmp_path: Path) -> None:
+    """Its values are not read at load: it may hold a zero, so the model is reported unguarded."""
+    weights = numpy_helper.from_array(np.asarray([2, 4], np.int64), "c")
+    model = _model(
+        [helper.make_node("Div", ["x", "c"], ["q"], name="D")],
+        [_value("x", TensorProto.INT64, [2])],
+        [_value("q", TensorProto.INT64, [2])],
+        initializer=[weights],
+    )
+    path = tmp_path / "ext" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, size_threshold=0, location="w.bin")
+    with pytest.raises(GuardUnavailable, match="external data"):
+        guard_model(onnx.load(str(path), load_external_data=False))
+
+
+# Which nodes are guarded, and their names in messages
+
+
+def test_an_unnamed_node_is_named_by_its_op_and_place_in_the_graph() -> None:
+    model = _model(
+        [
+            helper.make_node("Identity", ["x"], ["x2"]),
+            helper.make_node("Mod", ["x2", "y"], ["r"]),
+        ],
+        [_value("x", TensorProto.INT32, [2]), _value("y", TensorProto.INT32, [2])],
+        [_value("r", TensorProto.INT32, [2])],
+    )
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("Mod (unnamed, node 1 of the graph)",)
+    with pytest.raises(ModelRefusedInput, match=r"node 'Mod \(unnamed, node 1 of the graph\)'"):
+        guard.check(
+            "m",
+            _counts(*_run(guard, {"x": np.asarray([5, 5], np.int32), "y": np.asarray([0, 2], np.int32)})[1]),
+        )
+
+
+@pytest.mark.parametrize(("op", "domain"), [("Add", ""), ("Mul", ""), ("Div", CUSTOM)])
+def test_only_onnx_div_and_mod_are_divisions(op: str, domain: str) -> None:
+    """An integer Add takes two inputs too; a custom domain's 'Div' is not ONNX's."""
+    model = _model(
+        [helper.make_node(op, ["x", "y"], ["q"], domain=domain, name="N")],
+        [_value("x", TensorProto.INT64, [2]), _value("y", TensorProto.INT64, [2])],
+        [_value("q", TensorProto.INT64, [2])],
+        opsets={"": 13, CUSTOM: 1},
+    )
+    assert guard_model(model) is None
+
+
+@pytest.mark.parametrize("node_domain", ["", "ai.onnx"])
+def test_the_default_domain_spelled_ai_onnx_is_guarded_and_runs(node_domain: str) -> None:
+    """'ai.onnx' is the default domain's other name, for a node's domain and for the opset import."""
+    model = _model(
+        [helper.make_node("Div", ["x", "y"], ["q"], domain=node_domain, name="D")],
+        [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+        opsets={"ai.onnx": 17},
+    )
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("D",)
+    outputs, counts = _run(
+        guard, {"x": np.asarray([4, 4, 4], np.int32), "y": np.asarray([2, 0, 1], np.int32)}
+    )
+    assert counts == [1] and outputs[0].tolist() == [2, 4, 4]
+
+
+# Constant divisors: which are known to hold no zero
+
+
+def _constant(**value: Any) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], ["c"], **value)
+
+
+@pytest.mark.parametrize(
+    ("value", "guarded"),
+    [
+        ({"value_int": 1}, False),
+        ({"value_int": 0}, True),
+        ({"value_ints": [1, 2]}, False),
+        ({"value_ints": [1, 0]}, True),
+        ({"value": numpy_helper.from_array(np.asarray([1, 0], np.int64))}, True),
+        ({"value": numpy_helper.from_array(np.asarray([1, 2], np.int64))}, False),
+    ],
+    ids=["int_1", "int_0", "ints_1_2", "ints_1_0", "tensor_1_0", "tensor_1_2"],
+)
+def test_a_constant_node_divisor_is_guarded_exactly_when_it_holds_a_zero(
+    value: dict[str, Any], guarded: bool
+) -> None:
+    guard = guard_model(_int64_div(_constant(**value)))
+    assert (guard is not None) is guarded
+    if guard is not None:
+        assert guard.nodes == ("D",)
+
+
+def test_a_sparse_constant_divisor_is_guarded_its_implicit_zeros_counted() -> None:
+    """[0, 5] with only the 5 stored: the zero is implicit, never read as 'no zero'."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.asarray([5], np.int64), "values"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "indices"),
+        [2],
+    )
+    guard = guard_model(_int64_div(_constant(sparse_value=sparse)))
+    assert guard is not None and guard.nodes == ("D",)
+    outputs, counts = _run(guard, {"x": np.asarray([10, 10], np.int64)})
+    assert counts == [1] and outputs[0].tolist() == [10, 2]
+
+
+def test_a_constant_in_the_ai_onnx_spelling_with_no_zero_is_left_alone() -> None:
+    constant = helper.make_node(
+        "Constant", [], ["c"], domain="ai.onnx", value=numpy_helper.from_array(np.asarray([2, 3], np.int64))
+    )
+    assert guard_model(_int64_div(constant, opsets={"ai.onnx": 13})) is None
+
+
+def test_a_custom_domains_constant_is_not_taken_for_a_known_value() -> None:
+    """Only ONNX's Constant is fixed at load; another domain's op of that name may make anything."""
+    constant = helper.make_node(
+        "Constant", [], ["c"], domain=CUSTOM, value=numpy_helper.from_array(np.asarray([2, 3], np.int64))
+    )
+    guard = guard_model(_int64_div(constant, opsets={"": 13, CUSTOM: 1}))
+    assert guard is not None and guard.nodes == ("D",)
+
+
+# Element types: through initializers and Constant values; unknown ones are said
+
+
+def test_an_initializer_types_a_division_that_has_no_other_typed_value() -> None:
+    """q = w / table[idx]: the dividend and the table are initializers; q is no graph output."""
+    model = _model(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["d"]),
+            helper.make_node("Div", ["w", "d"], ["q"], name="D"),
+            helper.make_node("Identity", ["q"], ["out"]),
+        ],
+        [_value("idx", TensorProto.INT64, [2])],
+        [_value("out", TensorProto.INT32, [2])],
+        initializer=[
+            numpy_helper.from_array(np.asarray([6, 8], np.int32), "w"),
+            numpy_helper.from_array(np.asarray([0, 2, 4], np.int32), "table"),
+        ],
+    )
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("D",)
+    outputs, counts = _run(guard, {"idx": np.asarray([1, 0], np.int64)})
+    assert counts == [1] and outputs[0].tolist() == [3, 8]
+
+
+def _untyped(name: str) -> onnx.NodeProto:
+    return helper.make_node("Make", [], [name], domain=CUSTOM)
+
+
+@pytest.mark.parametrize("output", ["undefined", "no_type"])
+def test_a_division_of_unknown_type_is_refused_by_name(output: str) -> None:
+    """An output declared with elem_type UNDEFINED is no type either: never read as 'not an integer'."""
+    q = _value("q", TensorProto.UNDEFINED, None) if output == "undefined" else onnx.ValueInfoProto(name="q")
+    model = _model(
+        [_untyped("x"), _untyped("y"), helper.make_node("Div", ["x", "y"], ["q"])],
+        [],
+        [q],
+        opsets={"": 13, CUSTOM: 1},
+    )
+    with pytest.raises(GuardUnavailable) as err:
+        guard_model(model)
+    assert str(err.value) == "the type of node 'Div (unnamed, node 2 of the graph)' is not known"
+
+
+@pytest.mark.parametrize(("op", "typed"), [("Constant", True), ("Fill", False)])
+def test_a_constant_nodes_value_types_it_where_onnx_inference_cannot(op: str, typed: bool) -> None:
+    """q = c / y, both from a domain onnx cannot infer: a node named Constant is typed by its value
+    tensor; another op's 'value' attribute says nothing of its output's type."""
+    made = helper.make_node(
+        op, [], ["c"], domain=CUSTOM, value=numpy_helper.from_array(np.asarray([2], np.int64))
+    )
+    model = _model(
+        [made, _untyped("y"), helper.make_node("Div", ["c", "y"], ["q"], name="D")],
+        [],
+        [onnx.ValueInfoProto(name="q")],
+        opsets={"": 13, CUSTOM: 1},
+    )
+    if typed:
+        guard = guard_model(model)
+        assert guard is not None and guard.nodes == ("D",)
+    else:
+        with pytest.raises(GuardUnavailable, match="the type of node 'D' is not known"):
+            guard_model(model)
