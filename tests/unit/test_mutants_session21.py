@@ -9,6 +9,7 @@ only by nonzero values or through the guard, so it is safe on any onnxruntime.""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.int_division_guard import (
-    RESERVED_PREFIX,
+    BY_ZERO,
+    OVERFLOW,
     DivisionGuard,
     GuardUnavailable,
     division_guard_for,
     guard_model,
 )
 from server.errors import ModelRefusedInput
-from tests.support.division_models import int_div, mixed_divisions
+from tests.support.division_models import int_div
 
 LOGGER = "server.backends.int_division_guard"
+# A 32/64-bit signed Div gets two flags, both naming it: a zero divisor, then MIN / -1.
+DIV_FAULTS = (BY_ZERO, OVERFLOW)
 CUSTOM = "com.example"  # a domain onnx knows no schema of: its nodes' outputs have no inferred type
 
 
@@ -75,7 +79,7 @@ def _counts(*zeros: int) -> list[np.ndarray]:
 
 
 def _two_node_guard() -> DivisionGuard:
-    return DivisionGuard(b"", ("f0", "f1"), ("Div_3", "Mod_int64"))
+    return DivisionGuard(b"", ("f0", "f1"), ("Div_3", "Mod_int64"), (BY_ZERO, BY_ZERO))
 
 
 # DivisionGuard.check: the refusal and its one WARNING line
@@ -98,6 +102,14 @@ def test_check_names_every_node_that_met_a_zero_comma_separated() -> None:
     assert str(refused.value) == "model 'div': integer division by zero in node 'Div_3', 'Mod_int64'"
 
 
+def test_check_groups_the_nodes_by_fault_one_clause_each() -> None:
+    """One node met both faults: each fault its own clause, in flag order, '; ' between."""
+    guard = DivisionGuard(b"", ("f0", "f1", "f2"), ("D", "D", "E"), (BY_ZERO, OVERFLOW, BY_ZERO))
+    with pytest.raises(ModelRefusedInput) as refused:
+        guard.check("div", _counts(1, 1, 2), log_it=False)
+    assert str(refused.value) == (f"model 'div': {BY_ZERO} in node 'D', 'E'; {OVERFLOW} in node 'D'")
+
+
 def test_check_refuses_counts_that_do_not_match_its_flags() -> None:
     """A count missing (a fetch that lost a flag) is a bug to surface, never a divisor read as safe."""
     with pytest.raises(ValueError, match="zip"):
@@ -116,37 +128,57 @@ def test_the_unguarded_warning_names_the_model_the_runtime_and_the_reason(
     (record,) = caplog.records
     assert record.getMessage() == (
         "model old: integer Div/Mod left unguarded (onnxruntime 1.23.2 ends the process on a zero "
-        "divisor; a request with one will end this server): opset 8 has no Where (opset 9 or newer "
-        "is needed)"
+        "divisor or MIN / -1; a request with one will end this server): opset 8 has no Where "
+        "(opset 9 or newer is needed)"
     )
 
 
 def test_opset_9_the_first_with_where_is_guarded_and_runs(tmp_path: Path) -> None:
     guard = guard_model(onnx.load(str(int_div(tmp_path / "nine.onnx", opset=9))))
-    assert guard is not None and guard.nodes == ("Div_xy",)
-    feed = {"x": np.asarray([6, 6, 6], np.int32), "y": np.asarray([3, 0, -2], np.int32)}
-    outputs, counts = _run(guard, feed)
-    assert counts == [1] and outputs[0].tolist() == [2, 6, -3]
+    assert guard is not None and guard.nodes == ("Div_xy", "Div_xy") and guard.faults == DIV_FAULTS
+    minimum = np.iinfo(np.int32).min
+    feed = {"x": np.asarray([6, 6, minimum], np.int32), "y": np.asarray([-2, 0, -1], np.int32)}
+    outputs, counts = _run(guard, feed)  # opset 9's Equal, And, Or, Where and ReduceSum all run
+    assert counts == [1, 1] and outputs[0].tolist() == [-3, 6, minimum]
 
 
-def test_the_reasons_a_model_cannot_be_guarded_are_stated_exactly(tmp_path: Path) -> None:
-    model = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
-    external = tmp_path / "ext" / "m.onnx"
-    external.parent.mkdir()
-    onnx.save(model, str(external), save_as_external_data=True, size_threshold=0, location="w.bin")
+def _custom_node_over_a_division(*, as_list: bool) -> onnx.ModelProto:
+    """r = A(x), A a custom op whose subgraph (or graph list) divides the outer int64 x by itself."""
+    body = helper.make_graph(
+        [helper.make_node("Div", ["x", "x"], ["q"], name="D")],
+        "body",
+        [],
+        [_value("q", TensorProto.INT64, [2])],
+    )
+    node = helper.make_node("A", ["x"], ["r"], domain=CUSTOM, name="A")
+    node.attribute.append(
+        helper.make_attribute("bodies", [body]) if as_list else helper.make_attribute("body", body)
+    )
+    return _model(
+        [node],
+        [_value("x", TensorProto.INT64, [2])],
+        [_value("r", TensorProto.INT64, [2])],
+        opsets={"": 13, CUSTOM: 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("as_list", "reason"),
+    [
+        (False, "node 'A' (A) has integer divisions in its subgraph"),
+        (True, "node 'A' (A) has divisions in a graph list"),
+    ],
+)
+def test_the_reasons_a_model_cannot_be_guarded_are_stated_exactly(as_list: bool, reason: str) -> None:
+    """Only If, Loop and Scan bodies can pass their counts out; another op's subgraph, or a graph
+    list, is refused by name. (External data and a taken prefix, refused before, are now guarded.)"""
     with pytest.raises(GuardUnavailable) as err:
-        guard_model(onnx.load(str(external), load_external_data=False))
-    assert str(err.value) == "its weights are in external data files"
-
-    taken = onnx.load(str(mixed_divisions(tmp_path / "m.onnx")))
-    taken.graph.node[0].name = f"{RESERVED_PREFIX}mine"
-    with pytest.raises(GuardUnavailable) as err:
-        guard_model(taken)
-    assert str(err.value) == f"it already names values '{RESERVED_PREFIX}...'"
+        guard_model(_custom_node_over_a_division(as_list=as_list))
+    assert str(err.value) == reason
 
 
 def test_an_external_initializer_divisor_is_not_taken_for_a_constant_with_no_zero(tmp_path: Path) -> None:
-    """Its values are not read at load: it may hold a zero, so the model is reported unguarded."""
+    """Its values are not read at load: it may hold a zero (or -1), so its node is guarded."""
     weights = numpy_helper.from_array(np.asarray([2, 4], np.int64), "c")
     model = _model(
         [helper.make_node("Div", ["x", "c"], ["q"], name="D")],
@@ -157,14 +189,15 @@ def test_an_external_initializer_divisor_is_not_taken_for_a_constant_with_no_zer
     path = tmp_path / "ext" / "m.onnx"
     path.parent.mkdir()
     onnx.save(model, str(path), save_as_external_data=True, size_threshold=0, location="w.bin")
-    with pytest.raises(GuardUnavailable, match="external data"):
-        guard_model(onnx.load(str(path), load_external_data=False))
+    guard = guard_model(onnx.load(str(path), load_external_data=False))
+    assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
 
 
 # Which nodes are guarded, and their names in messages
 
 
-def test_an_unnamed_node_is_named_by_its_op_and_place_in_the_graph() -> None:
+@pytest.mark.parametrize(("graph_name", "place"), [("g", "g"), ("", "a graph")])
+def test_an_unnamed_node_is_named_by_its_op_and_place_in_the_graph(graph_name: str, place: str) -> None:
     model = _model(
         [
             helper.make_node("Identity", ["x"], ["x2"]),
@@ -173,9 +206,11 @@ def test_an_unnamed_node_is_named_by_its_op_and_place_in_the_graph() -> None:
         [_value("x", TensorProto.INT32, [2]), _value("y", TensorProto.INT32, [2])],
         [_value("r", TensorProto.INT32, [2])],
     )
-    guard = guard_model(model)
-    assert guard is not None and guard.nodes == ("Mod (unnamed, node 1 of the graph)",)
-    with pytest.raises(ModelRefusedInput, match=r"node 'Mod \(unnamed, node 1 of the graph\)'"):
+    model.graph.name = graph_name
+    label = f"Mod (unnamed, node 1 of {place})"
+    guard = guard_model(model)  # a Mod gets no overflow flag: x mod -1 is divided as x mod 1
+    assert guard is not None and guard.nodes == (label,) and guard.faults == (BY_ZERO,)
+    with pytest.raises(ModelRefusedInput, match=re.escape(f"node '{label}'")):
         guard.check(
             "m",
             _counts(*_run(guard, {"x": np.asarray([5, 5], np.int32), "y": np.asarray([0, 2], np.int32)})[1]),
@@ -204,11 +239,11 @@ def test_the_default_domain_spelled_ai_onnx_is_guarded_and_runs(node_domain: str
         opsets={"ai.onnx": 17},
     )
     guard = guard_model(model)
-    assert guard is not None and guard.nodes == ("D",)
+    assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
     outputs, counts = _run(
         guard, {"x": np.asarray([4, 4, 4], np.int32), "y": np.asarray([2, 0, 1], np.int32)}
     )
-    assert counts == [1] and outputs[0].tolist() == [2, 4, 4]
+    assert counts == [1, 0] and outputs[0].tolist() == [2, 4, 4]
 
 
 # Constant divisors: which are known to hold no zero
@@ -223,12 +258,13 @@ def _constant(**value: Any) -> onnx.NodeProto:
     [
         ({"value_int": 1}, False),
         ({"value_int": 0}, True),
+        ({"value_int": -1}, True),  # int64: MIN / -1 traps
         ({"value_ints": [1, 2]}, False),
         ({"value_ints": [1, 0]}, True),
         ({"value": numpy_helper.from_array(np.asarray([1, 0], np.int64))}, True),
         ({"value": numpy_helper.from_array(np.asarray([1, 2], np.int64))}, False),
     ],
-    ids=["int_1", "int_0", "ints_1_2", "ints_1_0", "tensor_1_0", "tensor_1_2"],
+    ids=["int_1", "int_0", "int_minus_1", "ints_1_2", "ints_1_0", "tensor_1_0", "tensor_1_2"],
 )
 def test_a_constant_node_divisor_is_guarded_exactly_when_it_holds_a_zero(
     value: dict[str, Any], guarded: bool
@@ -236,7 +272,7 @@ def test_a_constant_node_divisor_is_guarded_exactly_when_it_holds_a_zero(
     guard = guard_model(_int64_div(_constant(**value)))
     assert (guard is not None) is guarded
     if guard is not None:
-        assert guard.nodes == ("D",)
+        assert guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
 
 
 def test_a_sparse_constant_divisor_is_guarded_its_implicit_zeros_counted() -> None:
@@ -247,9 +283,9 @@ def test_a_sparse_constant_divisor_is_guarded_its_implicit_zeros_counted() -> No
         [2],
     )
     guard = guard_model(_int64_div(_constant(sparse_value=sparse)))
-    assert guard is not None and guard.nodes == ("D",)
+    assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
     outputs, counts = _run(guard, {"x": np.asarray([10, 10], np.int64)})
-    assert counts == [1] and outputs[0].tolist() == [10, 2]
+    assert counts == [1, 0] and outputs[0].tolist() == [10, 2]
 
 
 def test_a_constant_in_the_ai_onnx_spelling_with_no_zero_is_left_alone() -> None:
@@ -265,7 +301,7 @@ def test_a_custom_domains_constant_is_not_taken_for_a_known_value() -> None:
         "Constant", [], ["c"], domain=CUSTOM, value=numpy_helper.from_array(np.asarray([2, 3], np.int64))
     )
     guard = guard_model(_int64_div(constant, opsets={"": 13, CUSTOM: 1}))
-    assert guard is not None and guard.nodes == ("D",)
+    assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
 
 
 # Element types: through initializers and Constant values; unknown ones are said
@@ -287,9 +323,9 @@ def test_an_initializer_types_a_division_that_has_no_other_typed_value() -> None
         ],
     )
     guard = guard_model(model)
-    assert guard is not None and guard.nodes == ("D",)
+    assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
     outputs, counts = _run(guard, {"idx": np.asarray([1, 0], np.int64)})
-    assert counts == [1] and outputs[0].tolist() == [3, 8]
+    assert counts == [1, 0] and outputs[0].tolist() == [3, 8]
 
 
 def _untyped(name: str) -> onnx.NodeProto:
@@ -308,15 +344,20 @@ def test_a_division_of_unknown_type_is_refused_by_name(output: str) -> None:
     )
     with pytest.raises(GuardUnavailable) as err:
         guard_model(model)
-    assert str(err.value) == "the type of node 'Div (unnamed, node 2 of the graph)' is not known"
+    assert str(err.value) == "the type of node 'Div (unnamed, node 2 of g)' is not known"
 
 
-@pytest.mark.parametrize(("op", "typed"), [("Constant", True), ("Fill", False)])
-def test_a_constant_nodes_value_types_it_where_onnx_inference_cannot(op: str, typed: bool) -> None:
-    """q = c / y, both from a domain onnx cannot infer: a node named Constant is typed by its value
-    tensor; another op's 'value' attribute says nothing of its output's type."""
+@pytest.mark.parametrize(
+    ("domain", "op", "typed"), [("", "Constant", True), (CUSTOM, "Constant", False), (CUSTOM, "Fill", False)]
+)
+def test_only_onnxs_constant_types_a_division_whose_other_values_are_untyped(
+    domain: str, op: str, typed: bool
+) -> None:
+    """q = c / y, y from a domain onnx cannot infer: ONNX's Constant types c (and so the Div); a
+    custom domain's op, even one named Constant, says nothing of its output's type whatever its
+    'value' attribute holds (the merged code reads a Constant only in the default domain)."""
     made = helper.make_node(
-        op, [], ["c"], domain=CUSTOM, value=numpy_helper.from_array(np.asarray([2], np.int64))
+        op, [], ["c"], domain=domain, value=numpy_helper.from_array(np.asarray([2], np.int64))
     )
     model = _model(
         [made, _untyped("y"), helper.make_node("Div", ["c", "y"], ["q"], name="D")],
@@ -326,7 +367,7 @@ def test_a_constant_nodes_value_types_it_where_onnx_inference_cannot(op: str, ty
     )
     if typed:
         guard = guard_model(model)
-        assert guard is not None and guard.nodes == ("D",)
+        assert guard is not None and guard.nodes == ("D", "D") and guard.faults == DIV_FAULTS
     else:
         with pytest.raises(GuardUnavailable, match="the type of node 'D' is not known"):
             guard_model(model)
