@@ -22,11 +22,13 @@ from onnx import TensorProto, helper, numpy_helper
 from server.backends.int_division_guard import (
     BY_ZERO,
     OVERFLOW,
+    RESERVED_PREFIX,
     DivisionGuard,
     GuardUnavailable,
     division_guard_for,
     guard_model,
 )
+from server.backends.int_division_rewrite import graphs
 from server.errors import ModelRefusedInput
 from tests.support.division_models import int_div
 
@@ -142,8 +144,9 @@ def test_opset_9_the_first_with_where_is_guarded_and_runs(tmp_path: Path) -> Non
     assert counts == [1, 1] and outputs[0].tolist() == [-3, 6, minimum]
 
 
-def _custom_node_over_a_division(*, as_list: bool) -> onnx.ModelProto:
-    """r = A(x), A a custom op whose subgraph (or graph list) divides the outer int64 x by itself."""
+def _custom_node_over_a_division(kind: str) -> onnx.ModelProto:
+    """r = A(x), A a custom op whose subgraph divides the outer int64 x by itself: one `body`, a graph
+    list, or If's two attribute names (`then_branch`, `else_branch`) on an op that is not If."""
     body = helper.make_graph(
         [helper.make_node("Div", ["x", "x"], ["q"], name="D")],
         "body",
@@ -151,9 +154,12 @@ def _custom_node_over_a_division(*, as_list: bool) -> onnx.ModelProto:
         [_value("q", TensorProto.INT64, [2])],
     )
     node = helper.make_node("A", ["x"], ["r"], domain=CUSTOM, name="A")
-    node.attribute.append(
-        helper.make_attribute("bodies", [body]) if as_list else helper.make_attribute("body", body)
-    )
+    if kind == "list":
+        node.attribute.append(helper.make_attribute("bodies", [body]))
+    elif kind == "branches":
+        node.attribute.extend(helper.make_attribute(name, body) for name in ("then_branch", "else_branch"))
+    else:
+        node.attribute.append(helper.make_attribute("body", body))
     return _model(
         [node],
         [_value("x", TensorProto.INT64, [2])],
@@ -163,18 +169,35 @@ def _custom_node_over_a_division(*, as_list: bool) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize(
-    ("as_list", "reason"),
+    ("kind", "reason"),
     [
-        (False, "node 'A' (A) has integer divisions in its subgraph"),
-        (True, "node 'A' (A) has divisions in a graph list"),
+        ("body", "node 'A' (A) has integer divisions in its subgraph"),
+        ("branches", "node 'A' (A) has integer divisions in its subgraph"),
+        ("list", "node 'A' (A) has divisions in a graph list"),
     ],
 )
-def test_the_reasons_a_model_cannot_be_guarded_are_stated_exactly(as_list: bool, reason: str) -> None:
-    """Only If, Loop and Scan bodies can pass their counts out; another op's subgraph, or a graph
-    list, is refused by name. (External data and a taken prefix, refused before, are now guarded.)"""
+def test_the_reasons_a_model_cannot_be_guarded_are_stated_exactly(kind: str, reason: str) -> None:
+    """Only If, Loop and Scan bodies can pass their counts out (an If by its op, not by its
+    attributes' names); another op's subgraph, or a graph list, is refused by name. (External data
+    and a taken prefix, refused before, are now guarded.)"""
     with pytest.raises(GuardUnavailable) as err:
-        guard_model(_custom_node_over_a_division(as_list=as_list))
+        guard_model(_custom_node_over_a_division(kind))
     assert str(err.value) == reason
+
+
+def test_a_graph_list_without_divisions_does_not_stop_the_guard() -> None:
+    """Only a graph list holding a division is refused; the model's own Div is still guarded."""
+    empty = helper.make_graph([helper.make_node("Identity", ["x"], ["i"])], "empty", [], [])
+    other = helper.make_node("A", ["x"], ["r"], domain=CUSTOM, name="A")
+    other.attribute.append(helper.make_attribute("bodies", [empty]))
+    model = _model(
+        [other, helper.make_node("Div", ["x", "y"], ["q"], name="D")],
+        [_value("x", TensorProto.INT64, [2]), _value("y", TensorProto.INT64, [2])],
+        [_value("q", TensorProto.INT64, [2]), _value("r", TensorProto.INT64, [2])],
+        opsets={"": 13, CUSTOM: 1},
+    )
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("D", "D")
 
 
 def test_an_external_initializer_divisor_is_not_taken_for_a_constant_with_no_zero(tmp_path: Path) -> None:
@@ -371,3 +394,113 @@ def test_only_onnxs_constant_types_a_division_whose_other_values_are_untyped(
     else:
         with pytest.raises(GuardUnavailable, match="the type of node 'D' is not known"):
             guard_model(model)
+
+
+# The new modules: int_division_nodes.py (narrow types) and int_division_rewrite.py (bodies, names)
+
+
+@pytest.mark.parametrize(("values", "guarded"), [([-1, 2], False), ([0, 2], True)])
+def test_a_narrow_constant_divisor_is_guarded_for_zero_only(values: list[int], guarded: bool) -> None:
+    """int16 is divided as int, so its -1 never overflows: a constant -1 is safe, a 0 is not."""
+    constant = _constant(value=numpy_helper.from_array(np.asarray(values, np.int16)))
+    model = _model(
+        [constant, helper.make_node("Div", ["x", "c"], ["q"], name="D")],
+        [_value("x", TensorProto.INT16, [2])],
+        [_value("q", TensorProto.INT16, [2])],
+    )
+    guard = guard_model(model)
+    assert (guard is not None) is guarded
+    if guard is not None:
+        assert guard.nodes == ("D",) and guard.faults == (BY_ZERO,)
+
+
+def _graph_names(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """Node names and value names of `graph` and its subgraphs (node names may be '')."""
+    nodes: set[str] = set()
+    values: set[str] = set()
+    for g in graphs(graph):
+        values.update(v.name for v in (*g.input, *g.output, *g.initializer))
+        for node in g.node:
+            nodes.add(node.name)
+            values.update(node.output)
+    return nodes, values
+
+
+def _if_model(taken: list[str]) -> onnx.ModelProto:
+    """q = If(cond, then: x / y, else: x); `taken` names Identity nodes of the model's own."""
+    then = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["t"], name="D")],
+        "then",
+        [],
+        [_value("t", TensorProto.INT64, [2])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"], name="E")],
+        "else",
+        [],
+        [_value("e", TensorProto.INT64, [2])],
+    )
+    own = [helper.make_node("Identity", ["x"], [f"x_{i}"], name=name) for i, name in enumerate(taken)]
+    return _model(
+        [*own, helper.make_node("If", ["cond"], ["q"], name="I", then_branch=then, else_branch=other)],
+        [
+            _value("cond", TensorProto.BOOL, []),
+            _value("x", TensorProto.INT64, [2]),
+            _value("y", TensorProto.INT64, [2]),
+        ],
+        [_value("q", TensorProto.INT64, [2])],
+    )
+
+
+@pytest.mark.parametrize(
+    ("taken", "prefix"),
+    [
+        ([], RESERVED_PREFIX),
+        ([f"{RESERVED_PREFIX}a", f"{RESERVED_PREFIX[:-1]}1/a"], f"{RESERVED_PREFIX[:-1]}2/"),
+    ],
+)
+def test_every_node_and_value_the_guard_adds_is_named_under_a_free_reserved_prefix(
+    taken: list[str], prefix: str
+) -> None:
+    """In the If's branches too (the else branch's Constant 0): named nodes, so an onnxruntime error
+    or profile points at the guard, and names no model uses (the first free numbered prefix)."""
+    model = _if_model(taken)
+    own_nodes, own_values = _graph_names(model.graph)
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("D (in I)", "D (in I)")
+    guarded = onnx.load_from_string(guard.model_bytes)
+    nodes, values = _graph_names(guarded.graph)
+    assert (added_nodes := nodes - own_nodes) and (added_values := values - own_values)
+    assert all(name.startswith(prefix) for name in added_nodes | added_values)
+    feed = {"cond": np.asarray(True), "x": np.asarray([6, 6], np.int64), "y": np.asarray([3, 0], np.int64)}
+    outputs, counts = _run(guard, feed)
+    assert counts == [1, 0] and outputs[0].tolist() == [2, 6]
+    assert _run(guard, {**feed, "cond": np.asarray(False)})[1] == [0, 0]
+
+
+def test_a_scan_with_scan_output_axes_gets_an_axis_0_entry_per_count() -> None:
+    """onnxruntime wants one scan_output_axes entry per scan output; the count's is axis 0 (its
+    per-iteration values stacked), summed after the Scan by a ReduceSum named under the prefix."""
+    body = helper.make_graph(
+        [helper.make_node("Mod", ["ten", "e"], ["r"], name="M")],
+        "scan_body",
+        [_value("e", TensorProto.INT64, [])],
+        [_value("r", TensorProto.INT64, [])],
+        initializer=[numpy_helper.from_array(np.asarray(10, np.int64), "ten")],
+    )
+    scan = helper.make_node(
+        "Scan", ["es"], ["rs"], name="S", body=body, num_scan_inputs=1, scan_output_axes=[0]
+    )
+    model = _model([scan], [_value("es", TensorProto.INT64, ["N"])], [_value("rs", TensorProto.INT64, ["N"])])
+    guard = guard_model(model)
+    assert guard is not None and guard.nodes == ("M (in S)",)
+    attribute = next(
+        a
+        for a in onnx.load_from_string(guard.model_bytes).graph.node[0].attribute
+        if a.name == "scan_output_axes"
+    )
+    assert list(attribute.ints) == [0, 0]
+    outputs, counts = _run(guard, {"es": np.asarray([3, 0, 4, 0], np.int64)})
+    assert counts == [2] and outputs[0].tolist() == [1, 0, 2, 0]  # x mod 1 where the divisor was 0
+    summed = [n for n in onnx.load_from_string(guard.model_bytes).graph.node if n.op_type == "ReduceSum"]
+    assert [n.name for n in summed] == list(guard.flags)
