@@ -504,3 +504,26 @@ def test_a_scan_with_scan_output_axes_gets_an_axis_0_entry_per_count() -> None:
     assert counts == [2] and outputs[0].tolist() == [1, 0, 2, 0]  # x mod 1 where the divisor was 0
     summed = [n for n in onnx.load_from_string(guard.model_bytes).graph.node if n.op_type == "ReduceSum"]
     assert [n.name for n in summed] == list(guard.flags)
+
+
+def test_a_model_local_function_holding_only_a_mod_is_guarded_where_it_is_called() -> None:
+    """A function is looked into for Mod as for Div: else its Mod is never inlined nor guarded."""
+    function = helper.make_function(
+        "local",
+        "rem",
+        ["a", "b"],
+        ["c"],
+        [helper.make_node("Mod", ["a", "b"], ["c"])],
+        [helper.make_opsetid("", 13)],
+    )
+    model = _model(
+        [helper.make_node("rem", ["x", "y"], ["r"], name="call", domain="local")],
+        [_value("x", TensorProto.INT32, [2]), _value("y", TensorProto.INT32, [2])],
+        [_value("r", TensorProto.INT32, [2])],
+        opsets={"": 13, "local": 1},
+    )
+    model.functions.append(function)
+    guard = guard_model(model)
+    assert guard is not None and guard.faults == (BY_ZERO,)
+    outputs, counts = _run(guard, {"x": np.asarray([7, 7], np.int32), "y": np.asarray([0, 4], np.int32)})
+    assert counts == [1] and outputs[0].tolist() == [0, 3]
