@@ -90,9 +90,13 @@ class BatchRunner:
         if not batch:
             self._flights.land(flight)
         for p in expired:  # its deadline, not a queue-policy timeout: a batch had taken it
-            self._stats.expired += p.counted
-            settle_error(p, DeadlineExceeded("deadline exceeded while waiting in the queue"))
+            self._expire(p, "deadline exceeded while waiting in the queue")
         return batch
+
+    def _expire(self, p: Request, message: str) -> None:
+        """Answer `p`, past its deadline before it was computed: DEADLINE_EXCEEDED, counted."""
+        self._stats.expired += p.counted
+        settle_error(p, DeadlineExceeded(message))
 
     async def run(self, instance: Instance, flight: Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
@@ -197,8 +201,7 @@ class BatchRunner:
             if is_done(p):
                 continue
             if late(p.hard, now):
-                self._stats.expired += p.counted
-                settle_error(p, DeadlineExceeded("deadline exceeded while its batch was run again"))
+                self._expire(p, "deadline exceeded while its batch was run again")
             else:
                 wanted.append(p)
         return wanted

@@ -370,12 +370,13 @@ class OrtBackend:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise
             raise run_failure(self._name, err, log_it=log_failure) from err
-        own = len(self._output_names)
         if self._guard is not None:  # its counts follow the model's outputs
+            own = len(self._output_names)
             self._guard.check(self._name, results[own:], log_it=log_failure)
+            results = results[:own]
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value
-            for name, value in zip(self._output_names, results[:own], strict=True)
+            for name, value in zip(self._output_names, results, strict=True)
         }
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)
 
