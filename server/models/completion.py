@@ -11,7 +11,7 @@ from pathlib import Path
 
 from protos import model_config_pb2 as mc
 from server.backends.identity_backend import complete_identity
-from server.backends.onnx_inspect import inspect_onnx, overridable_initializers
+from server.backends.onnx_inspect import read_signature
 from server.models.config import IDENTITY
 from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 from server.models.repository import ModelSource
@@ -28,13 +28,13 @@ def complete_version(
     where = source.where
     if config.backend == IDENTITY:
         return complete_identity(config, where), [], []
-    inputs, outputs = inspect_onnx(path)
+    signature = read_signature(path)
     completed = complete_from_onnx(
         config,
-        inputs,
-        outputs,
+        signature.inputs,
+        signature.outputs,
         default_max_batch_size=default_max_batch_size,
         source=where,
-        initializers=overridable_initializers(path),
+        initializers=signature.overridable,
     )
-    return completed, inputs, outputs
+    return completed, signature.inputs, signature.outputs
