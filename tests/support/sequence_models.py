@@ -148,3 +148,36 @@ ensemble_scheduling { step [
     input_map { key: "x" value: "t" } output_map { key: "out" value: "out" } }
 ] }
 """
+
+
+def dividing_accumulator_model(path: Path) -> Path:
+    """x, y int32[B,3] + implicit state acc int32[B,3] -> out = acc + x / y (node 'Div_seq', an
+    integer Div by the request's own y: a zero there is refused by the server's division guard)
+    and acc_out (the same)."""
+    i32 = TensorProto.INT32
+    return _save(
+        [
+            helper.make_node("Div", ["x", "y"], ["q"], name="Div_seq"),
+            helper.make_node("Add", ["acc", "q"], ["out"]),
+            helper.make_node("Identity", ["out"], ["acc_out"]),
+        ],
+        [helper.make_tensor_value_info(name, i32, ["B", 3]) for name in ("x", "y", "acc")],
+        [helper.make_tensor_value_info(name, i32, ["B", 3]) for name in ("out", "acc_out")],
+        path,
+    )
+
+
+def dividing_accumulator_config(strategy: str, batch: int, delay_us: int) -> str:
+    """Batches of `batch` rows, each formed at once when full, else after `delay_us`, with the
+    `strategy` ("oldest" or "direct") of Triton's sequence batcher."""
+    preferred = f"preferred_batch_size: [ {batch} ]" if strategy == "oldest" else ""
+    return f"""
+max_batch_size: {batch}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+sequence_batching {{
+  max_sequence_idle_microseconds: 60000000
+  {strategy} {{ max_queue_delay_microseconds: {delay_us} {preferred} }}
+  state [ {{ input_name: "acc" output_name: "acc_out" data_type: TYPE_INT32 dims: [ 3 ]
+            initial_state {{ data_type: TYPE_INT32 dims: [ 3 ] zero_data: true name: "zeros" }} }} ]
+}}
+"""
