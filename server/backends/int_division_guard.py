@@ -50,7 +50,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIN_OPSET = 9  # Where's first opset
+MIN_OPSET = 7  # Equal/Add broadcasting without attributes (opset 1-6 ask for `broadcast`)
+WHERE_OPSET = 9  # Where's first opset; below it the safe divisor is computed with Add
 # Where a session made from bytes reads external data files (onnxruntime 1.23 and 1.31 honour it).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -111,8 +112,10 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     graph = model.graph
     opset = _default_opset(model)
     if opset < MIN_OPSET:
-        raise GuardUnavailable(f"opset {opset} has no Where (opset {MIN_OPSET} or newer is needed)")
-    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph))
+        raise GuardUnavailable(
+            f"opset {opset} is older than the guard's nodes (opset {MIN_OPSET} or newer is needed)"
+        )
+    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph), where=opset >= WHERE_OPSET)
     if not flags:
         return None
     graph.output.extend(helper.make_tensor_value_info(f.name, TensorProto.INT64, []) for f in flags)
@@ -167,6 +170,8 @@ def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
     source = model.graph
     skeleton = onnx.ModelProto(ir_version=model.ir_version)
     skeleton.opset_import.extend(model.opset_import)
+    if all(o.domain != "" for o in model.opset_import):  # "ai.onnx" only: spelt "" below
+        skeleton.opset_import.append(helper.make_opsetid("", _default_opset(model)))
     skeleton.functions.extend(model.functions)
     graph = skeleton.graph
     for name in ("node", "input", "output", "value_info"):
@@ -175,4 +180,16 @@ def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
     for init in source.initializer:
         if init.name not in inputs:
             graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    for function in skeleton.functions:
+        _default_domain(function.node)
+    for each in graphs(graph):
+        _default_domain(each.node)
     return shape_inference.infer_shapes(skeleton).graph
+
+
+def _default_domain(nodes: Sequence[onnx.NodeProto]) -> None:
+    """Spell the default domain "" (onnx's inference knows no "ai.onnx" unless imported by that
+    name; onnxruntime takes both), on the skeleton only: the model keeps its spelling."""
+    for node in nodes:
+        if node.domain == "ai.onnx":
+            node.domain = ""
