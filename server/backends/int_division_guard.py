@@ -7,8 +7,9 @@ with it (onnxruntime issue #27686); 1.31 checks for a zero but still traps on IN
 int64; narrower types are divided as int). A signal cannot be caught and resumed from Python, so such
 a pair must never reach a Div or Mod: on every onnxruntime a model's integer Div/Mod nodes (in
 subgraphs and model-local functions too: int_division_rewrite.py) are rewritten at load, divisor
-`B` -> `Where(bad, 1, B)` (int_division_nodes.py), and each guarded node gets extra graph outputs,
-the count of bad pairs it met (`ReduceSum(Cast(bad, INT64))`: a sum is 0 over an empty
+`B` -> `Where(bad, 1, B)` (int_division_nodes.py; below opset 9, which has no Where, the same value
+as `B + Cast(B == 0) + 2 * Cast(B == -1 where it must become 1)`), and each guarded node gets
+extra graph outputs, the count of bad pairs it met (`ReduceSum(Cast(bad, INT64))`: a sum is 0 over an empty
 tensor, where ReduceMax's value differs between onnxruntime versions). `bad` is `Equal(B, 0)`, and
 for a 32/64-bit signed Div also `Equal(A, MIN) and Equal(B, -1)`, counted apart (its own flag). A
 signed Mod by -1 is replaced by a Mod by 1 instead, the same answer (0) with no flag. The backend
@@ -17,9 +18,12 @@ with the inputs' fault (INVALID_ARGUMENT), as onnxruntime 1.31 does for a zero.
 
 Left alone: a divisor that is a constant with no zero (and no -1 where it could overflow), float
 types. A model whose weights are in external data files is guarded too: its session, made from the
-rewritten bytes, reads them beside the model file. A model this cannot rewrite (an opset without
-Where, a divisor type shape inference cannot tell, a division in a subgraph of a node other than
-If, Loop and Scan) loads unguarded, with one WARNING line.
+rewritten bytes, reads them beside the model file (a Constant divisor stored there is not read:
+not known safe, guarded). A node spelt in domain "ai.onnx" in a model importing only "" is typed
+with the domain spelt "" (onnx's inference refuses the spelling, onnxruntime runs it). A model this
+cannot rewrite (opset 6 or older, a divisor type shape inference cannot tell, a division in a
+subgraph of a node other than If, Loop, Scan and SequenceMap: only custom domains have such nodes)
+loads unguarded, with one WARNING line.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The nodes the integer division guard (int_division_guard.py) puts before one integer Div or Mod:
-a safe divisor (1 where x86 `idiv` would trap) and the counts of the divisors replaced."""
+a safe divisor (1 where x86 `idiv` would trap) and the counts of the divisors replaced. Every node
+here is in opset 7 but Where (opset 9), which is left out below opset 9 (`GuardNodes.safe_divisor`)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The integer division guard's walk over a graph and its subgraphs (int_division_guard.py).
 
 Each integer Div/Mod gets its guard nodes (int_division_nodes.py) right before it. A guarded node
-inside an If, Loop or Scan body cannot fail the run itself, so its counts leave the body as extra
-outputs: an If's both branches each output every count of either (a Constant 0 for the other
-branch's), a Loop's or Scan's body outputs them as scan outputs (one per iteration), summed after
-the node. Each count so reaches the top-level graph, where it becomes a graph output (a flag).
+inside an If, Loop, Scan or SequenceMap body cannot fail the run itself, so its counts leave the
+body as extra outputs: an If's both branches each output every count of either (a Constant 0 for
+the other branch's), a Loop's or Scan's body outputs them as scan outputs (one per iteration), a
+SequenceMap's as sequences (one per item), summed after the node. Each count so reaches the
+top-level graph, where it becomes a graph output (a flag).
 
 Names are scoped as onnxruntime resolves them: a subgraph sees the outer graphs' values unless it
 defines the same name itself (a body input named as an outer constant is not that constant).
