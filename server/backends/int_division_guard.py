@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, inliner, shape_inference
 from batcher.types import Array
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, graphs, has_division, rewrite_graph
+from server.backends.int_division_scan import may_divide
 from server.errors import ModelRefusedInput
 
 __all__ = [
@@ -91,6 +92,8 @@ def division_guard_for(
     known trap on MIN / -1), when the model has integer divisions to guard; None otherwise, also
     when it cannot be rewritten (one WARNING naming `runtime_version`)."""
     if wanted is False:
+        return None
+    if not may_divide(path):  # no Div/Mod node: the parse below is skipped (~90 ms for resnet)
         return None
     try:
         proto = onnx.load(str(path), load_external_data=False)
