@@ -148,3 +148,52 @@ def test_a_sequence_map_over_no_items_counts_zero(tmp_path: Path, caplog: pytest
     feed = {"x": np.zeros((0, 3), np.int32), "y": np.asarray([2, 0, -1], np.int32)}
     rows, *counts = run(guard.model_bytes, feed, guard.flags)
     assert rows == [] and [int(c) for c in counts] == [0, 0]
+
+
+def test_an_opset_8_loop_body_is_guarded_without_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counts leave the body as scan outputs and are summed by ReduceSum's pre-13 form."""
+    value = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [
+            helper.make_node("Div", ["acc_in", "y"], ["acc_out"], name="Div_loop8"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            value("i", TensorProto.INT64, []),
+            value("cond_in", TensorProto.BOOL, []),
+            value("acc_in", TensorProto.INT64, [3]),
+        ],
+        [value("cond_out", TensorProto.BOOL, []), value("acc_out", TensorProto.INT64, [3])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "yes", "x"], ["l"], name="Loop_8", body=body)],
+        "loop8",
+        [
+            value("x", TensorProto.INT64, [3]),
+            value("y", TensorProto.INT64, [3]),
+            value("trips", TensorProto.INT64, []),
+        ],
+        [value("l", TensorProto.INT64, [3])],
+        initializer=[onnx.numpy_helper.from_array(np.asarray(True), "yes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    onnx.save(model, str(tmp_path / "loop8.onnx"))
+    guard = guarded(tmp_path / "loop8.onnx", caplog)
+    assert guard.nodes == ("Div_loop8 (in Loop_8)", "Div_loop8 (in Loop_8)")
+    x, trips = np.asarray([100, -50, 7], np.int64), np.asarray(2, np.int64)
+    feed = {"x": x, "y": np.asarray([3, 0, -1], np.int64), "trips": trips}
+    assert [int(c) for c in run(guard.model_bytes, feed, guard.flags)[1:]] == [2, 0]  # a zero each trip
+    feed["x"] = np.asarray([100, -50, np.iinfo(np.int64).min], np.int64)
+    feed["y"] = np.asarray([3, 4, -1], np.int64)
+    counts = [int(c) for c in run(guard.model_bytes, feed, guard.flags)[1:]]
+    assert counts == [0, 2]  # MIN / -1 on each trip: divided by 1 there, MIN stays MIN
+    good = {"x": np.asarray([100, -50, 7], np.int64), "y": np.asarray([3, 4, -2], np.int64), "trips": trips}
+    assert (
+        run(guard.model_bytes, good, guard.flags)[0].tolist()
+        == run(tmp_path / "loop8.onnx", good)[0].tolist()
+    )
+    assert run(guard.model_bytes, {**good, "trips": np.asarray(0, np.int64)}, guard.flags)[1:] == [0, 0]
