@@ -7,8 +7,9 @@ with it (onnxruntime issue #27686); 1.31 checks for a zero but still traps on IN
 int64; narrower types are divided as int). A signal cannot be caught and resumed from Python, so such
 a pair must never reach a Div or Mod: on every onnxruntime a model's integer Div/Mod nodes (in
 subgraphs and model-local functions too: int_division_rewrite.py) are rewritten at load, divisor
-`B` -> `Where(bad, 1, B)` (int_division_nodes.py), and each guarded node gets extra graph outputs,
-the count of bad pairs it met (`ReduceSum(Cast(bad, INT64))`: a sum is 0 over an empty
+`B` -> `Where(bad, 1, B)` (int_division_nodes.py; below opset 9, which has no Where, the same value
+as `B + Cast(B == 0) + 2 * Cast(B == -1 where it must become 1)`), and each guarded node gets
+extra graph outputs, the count of bad pairs it met (`ReduceSum(Cast(bad, INT64))`: a sum is 0 over an empty
 tensor, where ReduceMax's value differs between onnxruntime versions). `bad` is `Equal(B, 0)`, and
 for a 32/64-bit signed Div also `Equal(A, MIN) and Equal(B, -1)`, counted apart (its own flag). A
 signed Mod by -1 is replaced by a Mod by 1 instead, the same answer (0) with no flag. The backend
@@ -17,9 +18,12 @@ with the inputs' fault (INVALID_ARGUMENT), as onnxruntime 1.31 does for a zero.
 
 Left alone: a divisor that is a constant with no zero (and no -1 where it could overflow), float
 types. A model whose weights are in external data files is guarded too: its session, made from the
-rewritten bytes, reads them beside the model file. A model this cannot rewrite (an opset without
-Where, a divisor type shape inference cannot tell, a division in a subgraph of a node other than
-If, Loop and Scan) loads unguarded, with one WARNING line.
+rewritten bytes, reads them beside the model file (a Constant divisor stored there is not read:
+not known safe, guarded). A node spelt in domain "ai.onnx" in a model importing only "" is typed
+with the domain spelt "" (onnx's inference refuses the spelling, onnxruntime runs it). A model this
+cannot rewrite (opset 6 or older, a divisor type shape inference cannot tell, a division in a
+subgraph of a node other than If, Loop, Scan and SequenceMap: only custom domains have such nodes)
+loads unguarded, with one WARNING line.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from onnx import TensorProto, helper, inliner, shape_inference
 from batcher.types import Array
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, graphs, has_division, rewrite_graph
+from server.backends.int_division_scan import may_divide
 from server.errors import ModelRefusedInput
 
 __all__ = [
@@ -50,7 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIN_OPSET = 9  # Where's first opset
+MIN_OPSET = 7  # Equal/Add broadcasting without attributes (opset 1-6 ask for `broadcast`)
+WHERE_OPSET = 9  # Where's first opset; below it the safe divisor is computed with Add
 # Where a session made from bytes reads external data files (onnxruntime 1.23 and 1.31 honour it).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -87,6 +93,8 @@ def division_guard_for(
     when it cannot be rewritten (one WARNING naming `runtime_version`)."""
     if wanted is False:
         return None
+    if not may_divide(path):  # no Div/Mod node: the parse below is skipped (~90 ms for resnet)
+        return None
     try:
         proto = onnx.load(str(path), load_external_data=False)
         return guard_model(proto)
@@ -111,8 +119,10 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     graph = model.graph
     opset = _default_opset(model)
     if opset < MIN_OPSET:
-        raise GuardUnavailable(f"opset {opset} has no Where (opset {MIN_OPSET} or newer is needed)")
-    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph))
+        raise GuardUnavailable(
+            f"opset {opset} is older than the guard's nodes (opset {MIN_OPSET} or newer is needed)"
+        )
+    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph), where=opset >= WHERE_OPSET)
     if not flags:
         return None
     graph.output.extend(helper.make_tensor_value_info(f.name, TensorProto.INT64, []) for f in flags)
@@ -167,6 +177,8 @@ def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
     source = model.graph
     skeleton = onnx.ModelProto(ir_version=model.ir_version)
     skeleton.opset_import.extend(model.opset_import)
+    if all(o.domain != "" for o in model.opset_import):  # "ai.onnx" only: spelt "" below
+        skeleton.opset_import.append(helper.make_opsetid("", _default_opset(model)))
     skeleton.functions.extend(model.functions)
     graph = skeleton.graph
     for name in ("node", "input", "output", "value_info"):
@@ -175,4 +187,16 @@ def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
     for init in source.initializer:
         if init.name not in inputs:
             graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    for function in skeleton.functions:
+        _default_domain(function.node)
+    for each in graphs(graph):
+        _default_domain(each.node)
     return shape_inference.infer_shapes(skeleton).graph
+
+
+def _default_domain(nodes: Sequence[onnx.NodeProto]) -> None:
+    """Spell the default domain "" (onnx's inference knows no "ai.onnx" unless imported by that
+    name; onnxruntime takes both), on the skeleton only: the model keeps its spelling."""
+    for node in nodes:
+        if node.domain == "ai.onnx":
+            node.domain = ""

@@ -1,5 +1,6 @@
 """The nodes the integer division guard (int_division_guard.py) puts before one integer Div or Mod:
-a safe divisor (1 where x86 `idiv` would trap) and the counts of the divisors replaced."""
+a safe divisor (1 where x86 `idiv` would trap) and the counts of the divisors replaced. Every node
+here is in opset 7 but Where (opset 9), which is left out below opset 9 (`GuardNodes.safe_divisor`)."""
 
 from __future__ import annotations
 
@@ -39,29 +40,28 @@ def is_division(node: onnx.NodeProto) -> bool:
 
 
 def guard_nodes(
-    prefix: str, node: onnx.NodeProto, elem: int
+    prefix: str, node: onnx.NodeProto, elem: int, *, where: bool = True
 ) -> tuple[list[onnx.NodeProto], str, list[tuple[str, str]]]:
     """The nodes computing a safe divisor for `node` (its divisor of type `elem`) and the counts of
     bad ones: those nodes, the safe divisor's name and (count's name, fault) for each count."""
     dividend, divisor = node.input[0], node.input[1]
-    build = GuardNodes(prefix)
+    build = GuardNodes(prefix, where=where)
     work, work_type = divisor, elem
     if elem not in _DIRECT:
         work, work_type = build.add("Cast", [divisor], "wide", to=TensorProto.INT64), TensorProto.INT64
     is_zero = build.add("Equal", [work, build.constant("zero", work_type, 0)], "is_zero")
     counts = [(build.count(is_zero, "zero_divisors"), BY_ZERO)]
-    bad = is_zero
+    minus_one_to_one = None  # where a -1 divisor must become 1
     if elem in _DIRECT:  # MIN / -1 traps too; narrower types are divided as int, unsigned never
         minus_one = build.add("Equal", [work, build.constant("minus_one", work_type, -1)], "is_minus_one")
         if node.op_type == "Mod":  # x mod -1 == x mod 1 == 0: divide by 1, the same answer
-            bad = build.add("Or", [is_zero, minus_one], "bad")
+            minus_one_to_one = minus_one
         else:
             minimum = build.constant("minimum", work_type, _MINIMUM[elem])
             at_min = build.add("Equal", [dividend, minimum], "is_minimum")
-            overflow = build.add("And", [at_min, minus_one], "overflows")
-            counts.append((build.count(overflow, "overflows_count"), OVERFLOW))
-            bad = build.add("Or", [is_zero, overflow], "bad")
-    replaced = build.add("Where", [bad, build.constant("one", work_type, 1), work], "safe_wide")
+            minus_one_to_one = build.add("And", [at_min, minus_one], "overflows")
+            counts.append((build.count(minus_one_to_one, "overflows_count"), OVERFLOW))
+    replaced = build.safe_divisor(work, work_type, is_zero, minus_one_to_one)
     safe = replaced if elem in _DIRECT else build.add("Cast", [replaced], "safe", to=elem)
     return build.nodes, safe, counts
 
@@ -69,8 +69,9 @@ def guard_nodes(
 class GuardNodes:
     """Guard nodes under one prefix: each named `prefix + position`, each output `prefix + name`."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, where: bool = True) -> None:
         self.prefix = prefix
+        self.where = where  # False: the opset has no Where (below 9)
         self.nodes: list[onnx.NodeProto] = []
 
     def add(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
@@ -82,6 +83,21 @@ class GuardNodes:
     def constant(self, output: str, elem: int, value: int) -> str:
         name = self.prefix + output
         return self.add("Constant", [], output, value=helper.make_tensor(name, elem, [], [value]))
+
+    def safe_divisor(self, divisor: str, elem: int, is_zero: str, minus_one_to_one: str | None) -> str:
+        """`divisor` with 1 where `is_zero` or `minus_one_to_one` holds (never both: 0 is not -1).
+        With Where (opset 9) where the model has it, else `divisor + zero + 2 * minus_one` (the
+        conditions cast to `elem`): Equal/And/Or/Cast/Add/Mul are all in opset 7."""
+        if self.where:
+            bad = is_zero if minus_one_to_one is None else self.add("Or", [is_zero, minus_one_to_one], "bad")
+            return self.add("Where", [bad, self.constant("one", elem, 1), divisor], "safe_wide")
+        plus = self.add("Cast", [is_zero], "zero_as_one", to=elem)
+        safe = self.add("Add", [divisor, plus], "zero_to_one")
+        if minus_one_to_one is None:
+            return safe
+        minus = self.add("Cast", [minus_one_to_one], "minus_one_as_one", to=elem)
+        twice = self.add("Add", [minus, minus], "minus_one_as_two")
+        return self.add("Add", [safe, twice], "safe_wide")
 
     def count(self, condition: str, output: str) -> str:
         """The number of true elements of `condition` (0 for an empty one), as a scalar INT64."""

@@ -1,10 +1,11 @@
 """The integer division guard's walk over a graph and its subgraphs (int_division_guard.py).
 
 Each integer Div/Mod gets its guard nodes (int_division_nodes.py) right before it. A guarded node
-inside an If, Loop or Scan body cannot fail the run itself, so its counts leave the body as extra
-outputs: an If's both branches each output every count of either (a Constant 0 for the other
-branch's), a Loop's or Scan's body outputs them as scan outputs (one per iteration), summed after
-the node. Each count so reaches the top-level graph, where it becomes a graph output (a flag).
+inside an If, Loop, Scan or SequenceMap body cannot fail the run itself, so its counts leave the
+body as extra outputs: an If's both branches each output every count of either (a Constant 0 for
+the other branch's), a Loop's or Scan's body outputs them as scan outputs (one per iteration), a
+SequenceMap's as sequences (one per item), summed after the node. Each count so reaches the
+top-level graph, where it becomes a graph output (a flag).
 
 Names are scoped as onnxruntime resolves them: a subgraph sees the outer graphs' values unless it
 defines the same name itself (a body input named as an outer constant is not that constant).
@@ -58,10 +59,12 @@ def has_division(graph: onnx.GraphProto) -> bool:
     return any(is_division(node) for g in graphs(graph) for node in g.node)
 
 
-def rewrite_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, outer: Scope, path: str) -> list[Flag]:
+def rewrite_graph(
+    graph: onnx.GraphProto, inferred: onnx.GraphProto, outer: Scope, path: str, *, where: bool = True
+) -> list[Flag]:
     """Guard `graph`'s integer divisions, its subgraphs' too, in place; their flags, values of
     `graph`. `inferred` is `graph` after onnx's shape inference (the same nodes, typed values),
-    `path` makes the added names unique across subgraphs."""
+    `path` makes the added names unique across subgraphs, `where`: the model's opset has Where."""
     scope = _scope(graph, inferred, outer)
     before: dict[int, list[onnx.NodeProto]] = {}
     after: dict[int, list[onnx.NodeProto]] = {}
@@ -74,10 +77,10 @@ def rewrite_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, outer: Scop
             if elem is None:
                 raise GuardUnavailable(f"the type of node {label!r} is not known")
             if elem in INTEGERS and not safe_constant(scope.constants.get(node.input[1]), elem):
-                before[index], node.input[1], counted = guard_nodes(prefix, node, elem)
+                before[index], node.input[1], counted = guard_nodes(prefix, node, elem, where=where)
                 flags += [Flag(name, label, fault) for name, fault in counted]
         elif any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            after[index], inner = _rewrite_bodies(node, inferred.node[index], scope, prefix)
+            after[index], inner = _rewrite_bodies(node, inferred.node[index], scope, prefix, where)
             flags += inner
     ordered: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):  # guards right before their node: still topological
@@ -88,7 +91,7 @@ def rewrite_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, outer: Scop
 
 
 def _rewrite_bodies(
-    node: onnx.NodeProto, inferred: onnx.NodeProto, scope: Scope, prefix: str
+    node: onnx.NodeProto, inferred: onnx.NodeProto, scope: Scope, prefix: str, where: bool
 ) -> tuple[list[onnx.NodeProto], list[Flag]]:
     """Guard the subgraphs of `node` and thread their flags out of it: the nodes to put after
     `node` and the flags, values of `node`'s graph."""
@@ -99,7 +102,9 @@ def _rewrite_bodies(
             raise GuardUnavailable(f"node {node.name!r} ({node.op_type}) has divisions in a graph list")
         if attribute.type == onnx.AttributeProto.GRAPH:
             path = f"{prefix}{attribute.name}/"
-            bodies[attribute.name] = rewrite_graph(attribute.g, typed[attribute.name].g, scope, path)
+            bodies[attribute.name] = rewrite_graph(
+                attribute.g, typed[attribute.name].g, scope, path, where=where
+            )
     every = [flag for inner in bodies.values() for flag in inner]
     if not every:
         return [], []
@@ -124,7 +129,41 @@ def _rewrite_bodies(
             for each, flag in zip(per_iteration, outer, strict=True)
         ]
         return sums, outer
+    if node.op_type == "SequenceMap" and set(bodies) == {"body"}:
+        body = next(a.g for a in node.attribute if a.name == "body")
+        _output_flags(body, every, every)
+        per_item = [f"{prefix}{i}/per_item" for i in range(len(every))]
+        node.output.extend(per_item)  # a sequence of counts, one per item
+        outer = [Flag(f"{prefix}{i}", f"{f.node} (in {label})", f.fault) for i, f in enumerate(every)]
+        return _sequence_sums(prefix, per_item, outer), outer
     raise GuardUnavailable(f"node {label!r} ({node.op_type}) has integer divisions in its subgraph")
+
+
+def _sequence_sums(prefix: str, sequences: list[str], flags: list[Flag]) -> list[onnx.NodeProto]:
+    """Nodes summing each sequence of scalar counts into its flag; a 0 is put in first, as an empty
+    sequence cannot be concatenated (a SequenceMap over no items)."""
+    zero = f"{prefix}zero"
+    nodes = [
+        helper.make_node(
+            "Constant", [], [zero], name=zero, value=helper.make_tensor(zero, TensorProto.INT64, [], [0])
+        )
+    ]
+    for sequence, flag in zip(sequences, flags, strict=True):
+        nodes += [
+            helper.make_node(
+                "SequenceInsert", [sequence, zero], [f"{sequence}/and_zero"], name=f"{sequence}/and_zero"
+            ),
+            helper.make_node(
+                "ConcatFromSequence",
+                [f"{sequence}/and_zero"],
+                [f"{sequence}/all"],
+                name=f"{sequence}/all",
+                axis=0,
+                new_axis=1,
+            ),
+            helper.make_node("ReduceSum", [f"{sequence}/all"], [flag.name], name=flag.name, keepdims=0),
+        ]
+    return nodes
 
 
 def _output_flags(body: onnx.GraphProto, own: list[Flag], every: list[Flag]) -> None:

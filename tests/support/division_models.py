@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from tests.support.repositories import write_model
 
@@ -225,4 +225,75 @@ def external_data_div(path: Path) -> Path:
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    return path
+
+
+def ai_onnx_div(path: Path) -> Path:
+    """q = x / y on int32 [3] tensors, the Div's domain spelt "ai.onnx" while the model imports
+    only "" (node 'Div_ai'): onnxruntime runs it, onnx's type inference refuses it."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["q"], name="Div_ai", domain="ai.onnx")],
+        "ai_onnx_div",
+        [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def external_constant_div(path: Path) -> Path:
+    """q = x / c on int32 [3] tensors (node 'Div_ext_const'), c = [2, -1, 4] a Constant node whose
+    tensor is in the external data file `c.bin` beside the model (-1: MIN / -1 traps)."""
+    tensor = numpy_helper.from_array(np.asarray([2, -1, 4], np.int32), "c")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "c.bin").write_bytes(tensor.raw_data)
+    external_data_helper.set_external_data(tensor, "c.bin", 0, len(tensor.raw_data))
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")  # onnx.save leaves a Constant's tensor inline: moved by hand
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["c"], value=tensor),
+            helper.make_node("Div", ["x", "c"], ["q"], name="Div_ext_const"),
+        ],
+        "external_constant_div",
+        [_value("x", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, [3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def sequence_map_div(path: Path) -> Path:
+    """q = each row of x (int32 [N, 3]) / y (int32 [3]) through SequenceMap (opset 17; its body's
+    node 'Div_row'): x split into a sequence of rows, mapped, the rows stacked again."""
+    body = helper.make_graph(
+        [helper.make_node("Div", ["row", "divisor"], ["row_q"], name="Div_row")],
+        "row_body",
+        [_value("row", TensorProto.INT32, [3]), _value("divisor", TensorProto.INT32, [3])],
+        [_value("row_q", TensorProto.INT32, [3])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("SplitToSequence", ["x"], ["rows"], axis=0, keepdims=0),
+            helper.make_node("SequenceMap", ["rows", "y"], ["rows_q"], name="Map_rows", body=body),
+            helper.make_node("ConcatFromSequence", ["rows_q"], ["q"], axis=0, new_axis=1),
+        ],
+        "sequence_map_div",
+        [_value("x", TensorProto.INT32, ["N", 3]), _value("y", TensorProto.INT32, [3])],
+        [_value("q", TensorProto.INT32, ["N", 3])],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def opset_div(path: Path, opset: int, elem: int) -> Path:
+    """q = x / y on [N] tensors of type `elem` at `opset` (node 'Div_old'): below 9 there is no
+    Where, and Div takes only 32/64-bit types (Mod is opset 10)."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "y"], ["q"], name="Div_old")],
+        "opset_div",
+        [_value("x", elem, ["N"]), _value("y", elem, ["N"])],
+        [_value("q", elem, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3  # opset 7 and 8's IR
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
     return path
