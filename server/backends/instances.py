@@ -11,7 +11,6 @@ in the manager's list too (so stopping closes it).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import time
@@ -129,13 +128,9 @@ class InstanceFactory:
         if providers is not None:
             self._slot_providers[instance_id] = list(providers)
         chosen = self._slot_providers.get(instance_id, self._providers)
-        backend = OrtBackend(
+        return OrtBackend(
             self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape
         )
-        if backend.guard is None:  # the file has no division to guard (or cannot be): the next
-            # instances skip the guard's look, a parse of the whole file (~70 ms for the demo resnet)
-            self._options = dataclasses.replace(self._options, int_division_guard=False)
-        return backend
 
     def wrap(self, session: Session) -> ModelInstance:
         """The instance the batcher runs: the session, or the session with its faults. An identity

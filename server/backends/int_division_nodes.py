@@ -87,7 +87,7 @@ class GuardNodes:
     def safe_divisor(self, divisor: str, elem: int, is_zero: str, minus_one_to_one: str | None) -> str:
         """`divisor` with 1 where `is_zero` or `minus_one_to_one` holds (never both: 0 is not -1).
         With Where (opset 9) where the model has it, else `divisor + zero + 2 * minus_one` (the
-        conditions cast to `elem`): Equal/And/Or/Cast/Add/Mul are all in opset 7."""
+        conditions cast to `elem`): Equal/And/Or/Cast/Add are all in opset 7."""
         if self.where:
             bad = is_zero if minus_one_to_one is None else self.add("Or", [is_zero, minus_one_to_one], "bad")
             return self.add("Where", [bad, self.constant("one", elem, 1), divisor], "safe_wide")

@@ -207,7 +207,7 @@ class OrtBackend:
         self._active_providers = list(session.get_providers())
         self._inputs = [OnnxTensor(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
         every = {o.name: OnnxTensor(o.name, o.type, list(o.shape)) for o in session.get_outputs()}
-        flags = [every.pop(name) for name in self.guard.flags] if self.guard else []
+        flags = [every.pop(name) for name in self._guard.flags] if self._guard else []
         self._outputs = list(every.values())  # the model's own: the guard's flags are the server's
         self._output_names = [o.name for o in self._outputs]
         self._run_names = [*self._output_names, *(f.name for f in flags)]  # what every run fetches
@@ -234,18 +234,17 @@ class OrtBackend:
     def _guarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         """A session of the model, its integer divisions guarded against divisors onnxruntime traps
         on (int_division_guard.py); unguarded, with a WARNING, if the rewrite fails to load."""
-        # Public: InstanceFactory skips the look for the next instances when it is None.
-        self.guard: DivisionGuard | None = division_guard_for(
+        self._guard: DivisionGuard | None = division_guard_for(
             self._path, self._name, ort.__version__, options.int_division_guard
         )
-        if self.guard is None:
+        if self._guard is None:
             return self._create_session(options, providers)
         try:
             session = self._create_session(options, providers)
-            self.guard = dataclasses.replace(self.guard, model_bytes=b"")  # the session holds its own copy
+            self._guard = dataclasses.replace(self._guard, model_bytes=b"")  # the session holds its own copy
             return session
         except BackendLoadError as err:
-            self.guard = None
+            self._guard = None
             session = self._create_session(options, providers)  # the model's own error, if it is its
             logger.warning(
                 "model %s: integer Div/Mod left unguarded: the guarded graph does not load (%s); "
@@ -305,7 +304,7 @@ class OrtBackend:
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
         return ort.InferenceSession(
-            session_source(self.guard, self._path, so),  # the file, or the guarded model's bytes
+            session_source(self._guard, self._path, so),  # the file, or the guarded model's bytes
             sess_options=so,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],
@@ -371,9 +370,9 @@ class OrtBackend:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise
             raise run_failure(self._name, err, log_it=log_failure) from err
-        if self.guard is not None:  # its counts follow the model's outputs
+        if self._guard is not None:  # its counts follow the model's outputs
             own = len(self._output_names)
-            self.guard.check(self._name, results[own:], log_it=log_failure)
+            self._guard.check(self._name, results[own:], log_it=log_failure)
             results = results[:own]
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value

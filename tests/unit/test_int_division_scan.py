@@ -5,14 +5,17 @@ it and a client's zero divisor end the server); a False for a model without one 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from server.backends import int_division_scan
 from server.backends.int_division_guard import division_guard_for
 from server.backends.int_division_rewrite import has_division
 from server.backends.int_division_scan import may_divide
@@ -140,3 +143,17 @@ def test_what_the_walk_cannot_read_may_divide(tmp_path: Path, content: bytes) ->
 
 def test_a_missing_file_may_divide(tmp_path: Path) -> None:
     assert may_divide(tmp_path / "absent.onnx")  # the full look then reports it, as before
+
+
+def test_a_file_that_shrinks_under_the_walk_may_divide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model copied over in place as it loads: the walk meets the end early and answers True (the
+    # full look decides), never an error (and never SIGBUS: the file is read, not mapped).
+    path = _weighted_identity(tmp_path / "m.onnx")
+    assert not may_divide(path)
+    fstat = os.fstat
+    monkeypatch.setattr(
+        int_division_scan.os, "fstat", lambda fd: SimpleNamespace(st_size=fstat(fd).st_size + 64)
+    )
+    assert may_divide(path)
