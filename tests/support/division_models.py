@@ -228,16 +228,16 @@ def external_data_div(path: Path) -> Path:
     return path
 
 
-def ai_onnx_div(path: Path) -> Path:
+def ai_onnx_div(path: Path, imports: str = "") -> Path:
     """q = x / y on int32 [3] tensors, the Div's domain spelt "ai.onnx" while the model imports
-    only "" (node 'Div_ai'): onnxruntime runs it, onnx's type inference refuses it."""
+    only `imports` (node 'Div_ai'): onnxruntime runs it; with "", onnx's type inference refuses it."""
     graph = helper.make_graph(
         [helper.make_node("Div", ["x", "y"], ["q"], name="Div_ai", domain="ai.onnx")],
         "ai_onnx_div",
         [_value("x", TensorProto.INT32, [3]), _value("y", TensorProto.INT32, [3])],
         [_value("q", TensorProto.INT32, [3])],
     )
-    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid(imports, 13)]), path)
 
 
 def external_constant_div(path: Path) -> Path:

@@ -88,8 +88,11 @@ def test_an_opset_without_where_flags_exactly_the_zeros_and_min_over_minus_one(
     assert [int(c) for c in run(guard.model_bytes, {"x": empty, "y": empty}, guard.flags)[1:]] == [0, 0]
 
 
-def test_a_div_spelt_in_domain_ai_onnx_is_guarded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = ai_onnx_div(tmp_path / "ai.onnx")
+@pytest.mark.parametrize("imports", ["", "ai.onnx"])  # the guard's nodes are in "" either way
+def test_a_div_spelt_in_domain_ai_onnx_is_guarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, imports: str
+) -> None:
+    path = ai_onnx_div(tmp_path / "ai.onnx", imports)
     guard = guarded(path, caplog)
     assert guard.nodes == ("Div_ai", "Div_ai")
     node = next(n for n in onnx.load_from_string(guard.model_bytes).graph.node if n.name == "Div_ai")
