@@ -14,7 +14,7 @@ import tritonclient.grpc as tg
 
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
-from tests.support.zoo_checks import BATCH_OF_THREE, assert_each_alone, ours_together, triton_together
+from tests.support.zoo_checks import BATCH_OF_FOUR_ROWS, assert_each_alone, ours_together, triton_together
 from tests.support.zoo_models import column_sums
 
 
@@ -22,7 +22,7 @@ from tests.support.zoo_models import column_sums
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     repo = tmp_path_factory.mktemp("zoo-dims")
     model = column_sums(tmp_path_factory.mktemp("zoo-dims-files") / "column_sums.onnx")
-    write_model(repo, "sums_batched", model, BATCH_OF_THREE)
+    write_model(repo, "sums_batched", model, BATCH_OF_FOUR_ROWS)
     write_model(repo, "sums", model, None)
     with ServerProcess("--model-repository", str(repo)) as server:
         yield server, model

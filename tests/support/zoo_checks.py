@@ -16,11 +16,11 @@ from tritonclient.utils import np_to_triton_dtype
 from clients import Client
 
 BOUND_S = 30.0  # generous: only the 60 s queue delay (which a full batch never waits for) exceeds it
-# Three requests reach the preferred size and run as one batch at once; fewer wait 60 s, past any
-# bound here: three requests sent together are batched together for certain.
-BATCH_OF_THREE = """
+# Requests of four rows in all reach the preferred size (in rows, as Triton's) and run as one batch
+# at once; fewer wait 60 s, past any bound here: sent together, they are batched together for certain.
+BATCH_OF_FOUR_ROWS = """
 max_batch_size: 8
-dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 60000000 }
+dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 60000000 }
 instance_group [ { count: 1 kind: KIND_CPU } ]
 parameters { key: "idle_dispatch" value: { string_value: "false" } }
 """
@@ -78,7 +78,15 @@ def alone(model_file: Path, request: Tensors) -> dict[str, np.ndarray]:
     """onnxruntime on `request` alone: the answer it must get, batched or not."""
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(request)), strict=True))
+    feed = {name: _as_text(array) for name, array in request.items()}
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def _as_text(array: np.ndarray) -> np.ndarray:
+    """BYTES as onnxruntime's Python binding takes a string tensor: str (UTF-8), not bytes."""
+    if array.dtype != object:
+        return array
+    return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else b, otypes=[object])(array)
 
 
 def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
