@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from batcher.errors import BatcherStopped, ComputedLate, NotAccepting, OutputNotSplit
+from batcher.errors import BatcherStopped, ComputedLate, NotAccepting, OutputNotSplit, OutputRowsWrong
 from batcher.form import NO_MARGIN, WakeMargin
 from batcher.queue import Request
 from batcher.ragged import gather_ragged
@@ -83,15 +83,16 @@ def alone_rows(inputs: Tensors, policy: BatchingPolicy) -> int:
 
 
 def check_rows(outputs: Tensors, rows: int, policy: BatchingPolicy) -> None:
-    """Raise ValueError unless each output holds the run's `rows` rows, for a run whose outputs are
-    not split (a request run alone: no dynamic batching, or the fast path), where the model has a
-    batch dimension: passed through whole, an output of 1 row for a request of 3 (or 6 for 3) had
-    been answered OK; split by `scatter`, the same outputs fail the run (INTERNAL)."""
+    """Raise OutputRowsWrong (a ValueError) unless each output holds the run's `rows` rows, for a
+    run whose outputs are not split (a request run alone: no dynamic batching, or the fast path),
+    where the model has a batch dimension: passed through whole, an output of 1 row for a request
+    of 3 (or 6 for 3) had been answered OK; split by `scatter`, the same outputs fail the run
+    (UNIMPLEMENTED, naming the output)."""
     if policy.max_batch_size <= 0 and not policy.alone_with_rows:
         return  # no batch dimension: the outputs are the model's, whatever their shape
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != rows:
-            raise ValueError(
+            raise OutputRowsWrong(
                 f"backend returned output {name!r} with shape {array.shape} for a batch of {rows} rows"
             )
 

@@ -1,7 +1,8 @@
 """Why the batcher refused or failed a request. Messages are for clients: no internals.
 
 The server maps each class to a gRPC status in one table; anything else raised through `submit`
-(a backend's own exception, a scatter error) is unexpected and answers INTERNAL.
+(a backend's own exception) is unexpected and answers INTERNAL; outputs that do not hold the
+batch's rows are the model's, OutputRowsWrong (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ class OutputNotSplit(BatcherError):
     and the requests of one row in its run get their own rows (batcher/scatter.py)."""
 
     default_message = "failed to split the output tensor in responses"
+
+
+class OutputRowsWrong(OutputNotSplit, ValueError):
+    """An output whose first dim is not the run's rows (nor, ragged, one row per request): the
+    model's outputs do not follow the batch (NonZero's count first, a reduction over the batch),
+    so no request's rows can be told apart and the whole run fails, UNSUPPORTED as in Triton
+    ("failed to split the output tensor"), naming the output and its shape. It had been INTERNAL,
+    the output named only in the server log. A ValueError too: the batch contract was broken."""
+
+    default_message = "the model's outputs do not hold the batch's rows"
 
 
 class InputsRefused(Exception):

@@ -23,7 +23,7 @@ from batcher.batch_io import (
     settle_batch,
     splits_outputs,
 )
-from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, RunTimedOut
+from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, OutputRowsWrong, RunTimedOut
 from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
@@ -217,6 +217,8 @@ class BatchRunner:
         self, instance: Instance, flight: Flight | None, batch: list[Request], exc: Exception
     ) -> None:
         self._fail(flight, batch, exc)
+        if isinstance(exc, OutputRowsWrong):  # the model's outputs, not the requests: its operator's
+            log.warning("%s: a run of %d requests failed: %s", self._name, len(batch), exc)
         if isinstance(exc, RunTimedOut):  # the instance gets a fresh backend
             self._on_trip()
             await self._watchdog.replace(instance, sum(p.rows for p in batch), len(batch))

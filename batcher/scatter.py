@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from batcher.errors import OutputNotSplit
+from batcher.errors import OutputNotSplit, OutputRowsWrong
 from batcher.types import Array, Tensors
 
 
@@ -55,9 +55,9 @@ def scatter(outputs: Tensors, offsets: Sequence[int], per_request: bool = False)
     has more rows than requests: each request of one row gets its own row, by its index; a request
     of several rows fails (OutputNotSplit, Triton's words first), as its rows cannot be told apart.
     Splitting such outputs by rows had given a request the rows of the requests after it, as OK.
-    Raises ValueError for any other output (no batch dimension, or rows neither the batch's nor,
-    per request, one a request): the backend broke the batch contract, and no request's rows can
-    be told apart, so the whole run fails.
+    Raises OutputRowsWrong (a ValueError) for any other output (no batch dimension, or rows neither
+    the batch's nor, per request, one a request): the backend broke the batch contract, and no
+    request's rows can be told apart, so the whole run fails.
     """
     total = offsets[-1]
     requests = len(offsets) - 1
@@ -66,7 +66,7 @@ def scatter(outputs: Tensors, offsets: Sequence[int], per_request: bool = False)
         if arr.ndim > 0 and arr.shape[0] == total:
             continue
         if not (per_request and arr.ndim > 0 and arr.shape[0] == requests):
-            raise ValueError(
+            raise OutputRowsWrong(
                 f"backend returned output {name!r} with shape {arr.shape} for a batch of {total} rows"
                 + (f" in {requests} requests" if per_request else "")
             )

@@ -39,6 +39,21 @@ def _is_batch_dim(shape: Sequence[int | str | None]) -> bool:
     return len(shape) > 0 and not (isinstance(shape[0], int) and shape[0] >= 0)
 
 
+def _not_batch(tensor: OnnxTensor, graph: Sequence[OnnxTensor]) -> str | None:
+    """Why `tensor`'s variable first dim is provably not the batch (None: it may be): its symbol
+    names a later dim of some graph input or output (x [N, M] -> y [M], ReduceSum over axis 0, or a
+    Gram matrix [N, N]). Batching such a model handed each request another slice of the batch's
+    result as its own rows (column sums of three coalesced requests, one element each, OK)."""
+    first = tensor.shape[0] if tensor.shape else None
+    if not isinstance(first, str) or not first:
+        return None
+    for other in graph:
+        for axis, dim in enumerate(other.shape[1:], start=1):
+            if dim == first:
+                return f"its first dim '{first}' is dim {axis} of '{other.name}' {list(other.shape)}"
+    return None
+
+
 def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
     dt = datatypes.BY_ONNX.get(tensor.type)
     if dt is None:
@@ -59,8 +74,11 @@ def _dims_match(config_dims: Sequence[int], model_dims: Sequence[int]) -> bool:
     )
 
 
-def _model_dims(kind: str, tensor: OnnxTensor, max_batch_size: int, source: str) -> list[int]:
-    """The tensor's dims as the config states them: without the batch dimension when batching."""
+def _model_dims(
+    kind: str, tensor: OnnxTensor, max_batch_size: int, source: str, graph: Sequence[OnnxTensor] = ()
+) -> list[int]:
+    """The tensor's dims as the config states them: without the batch dimension when batching.
+    `graph`: every input and output of the graph, to tell a first dim that is not the batch."""
     shape = list(tensor.shape)
     if max_batch_size == 0:
         return _dims(shape)
@@ -68,6 +86,12 @@ def _model_dims(kind: str, tensor: OnnxTensor, max_batch_size: int, source: str)
         raise ConfigError(
             f"{source}: max_batch_size is {max_batch_size} but ONNX {kind} '{tensor.name}' "
             f"has shape {shape} with no variable first (batch) dimension"
+        )
+    if (why := _not_batch(tensor, graph)) is not None:
+        raise ConfigError(
+            f"{source}: max_batch_size is {max_batch_size} but ONNX {kind} '{tensor.name}' has shape "
+            f"{shape}: {why}, so it is not the batch dimension (batching would split it as rows); "
+            "set max_batch_size: 0"
         )
     return _dims(shape[1:])
 
@@ -80,6 +104,7 @@ def _complete_tensors(
     source: str,
     listable: Sequence[OnnxTensor] = (),
     add: bool = True,  # add the graph's tensors the config does not list
+    graph: Sequence[OnnxTensor] = (),  # every graph input and output (_not_batch)
 ) -> None:
     # `listable`: tensors a config may list but that are not completed from the graph (initializers).
     by_name = {t.name: t for t in (*listable, *model)}
@@ -90,7 +115,7 @@ def _complete_tensors(
                 f"{source}: {kind} '{entry.name}' is not in the ONNX model (its {kind}s: {sorted(by_name)})"
             )
         model_type = _onnx_datatype(tensor, source)
-        graph_dims = _model_dims(kind, tensor, max_batch_size, source)
+        graph_dims = _model_dims(kind, tensor, max_batch_size, source, graph)
         if entry.data_type == mc.TYPE_INVALID:
             entry.data_type = model_type
         elif entry.data_type != model_type:
@@ -112,7 +137,7 @@ def _complete_tensors(
     listed = {e.name for e in entries}
     for tensor in model:
         if add and tensor.name not in listed:
-            dims = _model_dims(kind, tensor, max_batch_size, source)
+            dims = _model_dims(kind, tensor, max_batch_size, source, graph)
             entry = entries.add(name=tensor.name, data_type=_onnx_datatype(tensor, source), dims=dims or [1])
             if not dims:  # a scalar (per row): Triton's completion writes dims [1] and reshape []
                 entry.reshape.SetInParent()
@@ -154,7 +179,10 @@ def complete_from_onnx(
     check_batch_input_targets(done, {t.name: _config_type(t) for t in inputs}, source)
     ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
-    model_batches = all(_is_batch_dim(t.shape) for t in (*inputs, *outputs)) and bool(inputs)
+    graph = (*inputs, *outputs)
+    model_batches = bool(inputs) and all(
+        _is_batch_dim(t.shape) and _not_batch(t, graph) is None for t in graph
+    )
     if done.max_batch_size == 0 and not done.input and model_batches:
         # Nothing said about batching: a graph whose every tensor has a variable first dim batches,
         # and with the dynamic batcher on, as Triton's onnxruntime backend completes it (without
@@ -171,7 +199,7 @@ def complete_from_onnx(
     # Triton completes nothing when the config lists inputs and outputs: the outputs it leaves out
     # are not served (they were, and a default request got every one of them).
     listed = bool(config.input) and bool(config.output)
-    _complete_tensors("input", done.input, inputs, done.max_batch_size, source, listable, add=not listed)
+    _complete_tensors("input", done.input, inputs, done.max_batch_size, source, listable, not listed, graph)
     if listed:
         missing = sorted({t.name for t in inputs} - {e.name for e in done.input})
         if missing:
@@ -180,5 +208,5 @@ def complete_from_onnx(
                 "config that lists inputs and outputs is not completed from the graph, as in Triton)"
             )
     check_optional(done, {t.name for t in inputs}, source)
-    _complete_tensors("output", done.output, outputs, done.max_batch_size, source, add=not listed)
+    _complete_tensors("output", done.output, outputs, done.max_batch_size, source, (), not listed, graph)
     return done

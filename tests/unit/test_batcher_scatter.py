@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
+from batcher.batch_io import check_rows
+from batcher.errors import OutputNotSplit, OutputRowsWrong
 from batcher.scatter import gather, offsets_of, scatter
-from batcher.types import Tensors
+from batcher.types import BatchingPolicy, Tensors
+from server.errors import status_for
 
 
 def test_offsets() -> None:
@@ -65,3 +69,18 @@ def test_scatter_rejects_wrong_row_count() -> None:
         scatter({"y": np.zeros((2, 4))}, [0, 1, 3])
     with pytest.raises(ValueError, match="'s'"):
         scatter({"s": np.array(1.0)}, [0, 1])
+
+
+def test_an_output_without_the_runs_rows_is_unsupported_not_internal() -> None:
+    """The model's outputs, not a bug of ours: OutputNotSplit (UNIMPLEMENTED, Triton's UNSUPPORTED,
+    naming the output); it had been a bare ValueError, answered INTERNAL with the name in the log."""
+    with pytest.raises(OutputRowsWrong) as err:
+        scatter({"idx": np.zeros((8, 2), np.int64)}, [0, 1, 3, 4])
+    assert isinstance(err.value, OutputNotSplit)
+    assert status_for(err.value)[:2] == (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "backend returned output 'idx' with shape (8, 2) for a batch of 4 rows",
+    )
+    policy = BatchingPolicy(max_batch_size=8)
+    with pytest.raises(OutputRowsWrong, match=r"'idx' with shape \(2, 2\) for a batch of 1 rows"):
+        check_rows({"idx": np.zeros((2, 2), np.int64)}, 1, policy)

@@ -1,0 +1,196 @@
+"""A zoo of small ONNX models as a Triton user brings them: outputs whose first dim is not the
+batch, variable sequence lengths, every element type, optional inputs, no inputs, odd names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Dim = int | str
+
+
+def _vi(name: str, elem: int, shape: list[Dim] | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _save(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializer: list[onnx.TensorProto] | None = None,
+    opset: int = 17,
+) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=initializer or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def column_sums(path: Path) -> Path:
+    """y = ReduceSum(x, axis 0, keepdims 0): x [N, M] -> y [M]. Every tensor's first dim is
+    variable, so it looks batchable; its output's first dim is the input's second, not the batch."""
+    axes = numpy_helper.from_array(np.zeros(1, np.int64), "axes")
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)]
+    return _save(
+        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", "M"])], [_vi("y", TensorProto.FLOAT, ["M"])], [axes]
+    )
+
+
+def nonzero_rows(path: Path) -> Path:
+    """idx = Transpose(NonZero(x)): x [N, 4] -> idx [nnz, 2] INT64; nnz depends on the values."""
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+    ]
+    return _save(
+        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 4])], [_vi("idx", TensorProto.INT64, ["nnz", 2])]
+    )
+
+
+def nonzero(path: Path) -> Path:
+    """idx = NonZero(x): x [N, 4] -> idx [2, nnz] INT64."""
+    nodes = [helper.make_node("NonZero", ["x"], ["idx"])]
+    return _save(
+        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 4])], [_vi("idx", TensorProto.INT64, [2, "nnz"])]
+    )
+
+
+def shape_of(path: Path) -> Path:
+    """s = Shape(x) and a scalar t = ReduceSum(x) over all: x [N, M] -> s [2] INT64, t []."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ReduceSum", ["x"], ["t"], keepdims=0),
+    ]
+    outputs = [_vi("s", TensorProto.INT64, [2]), _vi("t", TensorProto.FLOAT, [])]
+    return _save(path, nodes, [_vi("x", TensorProto.FLOAT, ["N", "M"])], outputs)
+
+
+def token_pool(path: Path) -> Path:
+    """An NLP-like model: ids INT64 [N, S] and mask INT64 [N, S]; pooled FP32 [N, 4] is the masked
+    mean of an embedding table's rows, top INT64 [N, S] each token's argmax over that table row."""
+    table = np.arange(64 * 4, dtype=np.float32).reshape(64, 4) % 7 - 3.0
+    inits = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.ones(1, np.int64), "axis1"),
+        numpy_helper.from_array(np.asarray(1e-3, np.float32), "eps"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0),  # [N, S, 4]
+        helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),  # [N, S]
+        helper.make_node("Unsqueeze", ["maskf", "axis1_2"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["total"], keepdims=0),  # [N, 4]
+        helper.make_node("ReduceSum", ["maskf", "axis1"], ["count"], keepdims=1),  # [N, 1]
+        helper.make_node("Add", ["count", "eps"], ["count_eps"]),
+        helper.make_node("Div", ["total", "count_eps"], ["pooled"]),
+        helper.make_node("ArgMax", ["emb"], ["top"], axis=2, keepdims=0),  # [N, S]
+    ]
+    inits.append(numpy_helper.from_array(np.asarray([2], np.int64), "axis1_2"))
+    inputs = [_vi("ids", TensorProto.INT64, ["N", "S"]), _vi("mask", TensorProto.INT64, ["N", "S"])]
+    outputs = [_vi("pooled", TensorProto.FLOAT, ["N", 4]), _vi("top", TensorProto.INT64, ["N", "S"])]
+    return _save(path, nodes, inputs, outputs, inits)
+
+
+def all_types(path: Path) -> Path:
+    """One input per element type, each answered by a batch-wise op: h FP16 -> h2 = h * 2, u UINT8
+    -> u1 = u + 1, i INT8 -> ineg = -i, b BOOL -> bnot = !b, s STRING -> s2 = s, and from h:
+    arg INT64 [N] = ArgMax, top INT64 [N, 2] = TopK's indices."""
+    inits = [
+        numpy_helper.from_array(np.asarray(2, np.float16), "two"),
+        numpy_helper.from_array(np.asarray(1, np.uint8), "one_u8"),
+        numpy_helper.from_array(np.asarray([2], np.int64), "k"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["h", "two"], ["h2"]),
+        helper.make_node("Add", ["u", "one_u8"], ["u1"]),
+        helper.make_node("Neg", ["i"], ["ineg"]),
+        helper.make_node("Not", ["b"], ["bnot"]),
+        helper.make_node("Identity", ["s"], ["s2"]),
+        helper.make_node("ArgMax", ["h"], ["arg"], axis=1, keepdims=0),
+        helper.make_node("TopK", ["h", "k"], ["topv", "top"], axis=1),
+    ]
+    inputs = [
+        _vi("h", TensorProto.FLOAT16, ["N", 3]),
+        _vi("u", TensorProto.UINT8, ["N", 3]),
+        _vi("i", TensorProto.INT8, ["N", 3]),
+        _vi("b", TensorProto.BOOL, ["N", 3]),
+        _vi("s", TensorProto.STRING, ["N", 2]),
+    ]
+    outputs = [
+        _vi("h2", TensorProto.FLOAT16, ["N", 3]),
+        _vi("u1", TensorProto.UINT8, ["N", 3]),
+        _vi("ineg", TensorProto.INT8, ["N", 3]),
+        _vi("bnot", TensorProto.BOOL, ["N", 3]),
+        _vi("s2", TensorProto.STRING, ["N", 2]),
+        _vi("arg", TensorProto.INT64, ["N"]),
+        _vi("top", TensorProto.INT64, ["N", 2]),
+    ]
+    return _save(path, nodes, inputs, outputs, inits)
+
+
+def overridable_bias(path: Path) -> Path:
+    """y = x + bias, with `bias` [3] an initializer also listed as a graph input (overridable)."""
+    bias = numpy_helper.from_array(np.asarray([1.0, 2.0, 3.0], np.float32), "bias")
+    nodes = [helper.make_node("Add", ["x", "bias"], ["y"])]
+    inputs = [_vi("x", TensorProto.FLOAT, ["N", 3]), _vi("bias", TensorProto.FLOAT, [3])]
+    return _save(path, nodes, inputs, [_vi("y", TensorProto.FLOAT, ["N", 3])], [bias])
+
+
+def constant_only(path: Path) -> Path:
+    """No inputs: c = a Constant [2, 3] FP32."""
+    value = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "value")
+    nodes = [helper.make_node("Constant", [], ["c"], value=value)]
+    return _save(path, nodes, [], [_vi("c", TensorProto.FLOAT, [2, 3])])
+
+
+def mixed_outputs(path: Path) -> Path:
+    """Two outputs of different batch-ness: row = x * 2 [N, 3], col = ReduceSum(x, 0) [3]."""
+    inits = [
+        numpy_helper.from_array(np.asarray(2, np.float32), "two"),
+        numpy_helper.from_array(np.zeros(1, np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["row"]),
+        helper.make_node("ReduceSum", ["x", "axes"], ["col"], keepdims=0),
+    ]
+    outputs = [_vi("row", TensorProto.FLOAT, ["N", 3]), _vi("col", TensorProto.FLOAT, [3])]
+    return _save(path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 3])], outputs, inits)
+
+
+def odd_names(path: Path) -> Path:
+    """PyTorch-style names: input "input.1"; outputs "logits/Add:0" (x + 1) and "out put" = the
+    input itself (the graph output IS the graph input, no node)."""
+    one = numpy_helper.from_array(np.asarray(1, np.float32), "one")
+    nodes = [
+        helper.make_node("Add", ["input.1", "one"], ["logits/Add:0"]),
+        helper.make_node("Identity", ["input.1"], ["out put"]),
+    ]
+    outputs = [_vi("logits/Add:0", TensorProto.FLOAT, ["N", 3]), _vi("out put", TensorProto.FLOAT, ["N", 3])]
+    return _save(path, nodes, [_vi("input.1", TensorProto.FLOAT, ["N", 3])], outputs, [one])
+
+
+def passthrough(path: Path) -> Path:
+    """A graph whose output is its input (no node at all): x [N, 3] -> x."""
+    return _save(path, [], [_vi("x", TensorProto.FLOAT, ["N", 3])], [_vi("x", TensorProto.FLOAT, ["N", 3])])
+
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "column_sums": column_sums,
+    "nonzero_rows": nonzero_rows,
+    "nonzero": nonzero,
+    "shape_of": shape_of,
+    "token_pool": token_pool,
+    "all_types": all_types,
+    "overridable_bias": overridable_bias,
+    "constant_only": constant_only,
+    "mixed_outputs": mixed_outputs,
+    "odd_names": odd_names,
+    "passthrough": passthrough,
+}
