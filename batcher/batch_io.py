@@ -155,6 +155,8 @@ def settle_batch(
             if p.counted:
                 stats.record_computed(own_rows, compute)
                 stats.count_queue(p.queued_ns)
+            if p.computed is not None:
+                p.computed(compute)
             p.handle.future.set_result(part)
 
 
