@@ -36,6 +36,16 @@ parameters {{ key: "execute_delay_ms" value: {{ string_value: "{delay}" }} }}
 {extra}"""
 
 
+# Its answers hold more strings than the server encodes on the event loop (ENCODE_OFF_LOOP_STRINGS).
+_STRINGS = """
+backend: "identity"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_STRING dims: [ -1 ] } ]
+"""
+MANY_STRINGS = 262_144  # the most a request may hold: its answer takes a while to encode
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("stats-exact")
@@ -46,6 +56,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         for version in versions:
             (repo / name / str(version)).mkdir(parents=True)  # the identity backend needs no file
         (repo / name / "config.pbtxt").write_text(_IDENTITY.format(name=name, delay=delay, extra=extra))
+    (repo / "strings" / "1").mkdir(parents=True)
+    (repo / "strings" / "config.pbtxt").write_text(_STRINGS)
     with ServerProcess("--model-repository", str(repo)) as running:
         yield running
 
@@ -203,4 +215,38 @@ def test_cache_hits_count_as_successes_and_nothing_else(
     )
     assert page["nv_cache_miss_duration_per_model"] == pytest.approx(
         ns["cache_miss"] / 1000, rel=1e-9, abs=1e-3
+    )
+
+
+def test_a_request_computed_then_cancelled_while_its_answer_is_encoded_is_a_success(
+    server: ServerProcess, client: triton.InferenceServerClient
+) -> None:
+    """Its run answered it (queue, compute, inference_count): a success, as one whose caller went
+    once it was computed (README, Statistics). Cancelled while its many strings were encoded off
+    the event loop, it had counted CANCELED: 6 of 6 such cancels left queue 7 beside success 1."""
+    strings = triton.InferInput("x", [MANY_STRINGS], "BYTES")
+    strings.set_data_from_numpy(np.array([b"ab"] * MANY_STRINGS, dtype=object))
+    answers: queue.Queue[str] = queue.Queue()
+    cancelled = 0
+    for _ in range(10):  # a cancel that lands after the answer was sent tests nothing: again
+        runs = int(_one(client, "strings", "1").get("execution_count", 0))
+        call = client.async_infer(
+            "strings",
+            [strings],
+            lambda result, error: answers.put("OK" if error is None else str(error.status())),
+        )
+        _until(
+            lambda r=runs: int(_one(client, "strings", "1").get("execution_count", 0)) > r, "its run ended"
+        )
+        call.cancel()
+        cancelled += answers.get(timeout=60) == "StatusCode.CANCELLED"
+        if cancelled == 2:
+            break
+    assert cancelled == 2
+    stats = _one(client, "strings", "1")
+    counts = _counts(stats)
+    runs = int(stats["execution_count"])
+    assert counts["success"] == counts["queue"] == counts["compute_infer"] == runs, (counts, runs)
+    assert (
+        counts["fail"] == 0 and _metrics(server, "strings", "1")["nv_inference_request_failure.CANCELED"] == 0
     )
