@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from batcher.errors import TooManyRows
 from batcher.form import earliest
-from batcher.types import Accept, BatchingPolicy, LevelQueuePolicy, TimeoutAction
+from batcher.types import Accept, BatchingPolicy, Computed, LevelQueuePolicy, TimeoutAction
 
 
 class Admission(NamedTuple):
@@ -46,6 +46,7 @@ class Admission(NamedTuple):
     counted: bool = True
     reject_at: float | None = None  # with REJECT: failed if still queued then (policy_deadline)
     accept: Accept | None = None  # checks its outputs before they count (None: any are its answer)
+    computed: Computed | None = None  # told its run's compute times once answered (an ensemble's step)
 
     @classmethod
     def settle(

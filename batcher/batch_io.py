@@ -130,35 +130,34 @@ def settle_batch(
 ) -> None:
     """Answer each request of a run with its part of the outputs, unless it is past its hard
     deadline (then DeadlineExceeded) or its caller has gone (nothing; counted `late` when the run
-    ended past its caller's deadline, by `margin`: `cut_at_deadline`)."""
+    ended past its caller's deadline, by `margin`: `cut_at_deadline`). Only a request answered
+    with its outputs counts its rows, compute and queue (the run itself is `record_run`'s)."""
     run: BatchRun | None = None
     compute = (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2])
     alone = len(batch) == 1  # its rows are the run's (a model without dynamic batching counts them)
     for p, part in zip(batch, parts, strict=True):
         own_rows = rows if alone else p.rows
+        if not p.counted:
+            stats.count_copy(own_rows)
         if p.handle.future.done():
             if p.counted and p.handle.future.cancelled():  # its caller went away during the run
-                stats.take_back(own_rows, compute)
                 stats.late += cut_at_deadline(p, done_at, margin)  # computed, not in time
             continue
         if p.handle.trace is not None:
             run = record_run(run, p.handle.trace, rows, len(batch), ns)
         if late(p.hard, done_at):
             stats.late += p.counted
-            if p.counted:
-                stats.take_back(own_rows, compute)
             p.handle.future.set_exception(computed_late())
         elif isinstance(part, OutputNotSplit):  # the outputs hold no rows for it: `fail` only
-            if p.counted:
-                stats.take_back(own_rows, compute)
             p.handle.future.set_exception(part)
         elif (refused := refusal(p.accept, part)) is not None:  # not its answer: `fail` only
-            if p.counted:
-                stats.take_back(own_rows, compute)
             p.handle.future.set_exception(refused)
         else:
             if p.counted:
+                stats.record_computed(own_rows, compute)
                 stats.count_queue(p.queued_ns)
+            if p.computed is not None:
+                p.computed(compute)
             p.handle.future.set_result(part)
 
 

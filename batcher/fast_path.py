@@ -96,24 +96,25 @@ class FastPath:
         check_rows(outputs, rows, self._policy)  # as a run's error: raised before it is counted
         if a.counted:
             self._stats.observe_queue(0, slack_ns)
-        self._stats.record_batch(rows, int(a.counted), 0, t1 - t0, 0)
+        self._stats.record_run(rows, 0, t1 - t0, 0)  # the request itself once answered, below
+        if not a.counted:
+            self._stats.count_copy(rows)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
         self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
         self._forecast.ran(a.rows)
         if late(a.hard, now):
             self._stats.late += a.counted
-            if a.counted:
-                self._stats.take_back(rows, (0, t1 - t0, 0))
             raise computed_late()
         refused = refusal(a.accept, outputs)
         if refused is not None:  # not its answer: counted in `fail` only, by its caller
-            if a.counted:
-                self._stats.take_back(rows, (0, t1 - t0, 0))
             try:
                 raise refused
             finally:  # this frame, in its traceback, must not hold it: a cycle (see refusal)
                 del refused
         if a.counted:
+            self._stats.record_computed(rows, (0, t1 - t0, 0))
             self._stats.count_queue(0)
+        if a.computed is not None:
+            a.computed((0, t1 - t0, 0))
         return outputs

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from batcher.types import Accept, BatchingPolicy, Tensors, TimeoutAction
+from batcher.types import Accept, BatchingPolicy, Computed, Tensors, TimeoutAction
 
 H = TypeVar("H")
 
@@ -89,6 +89,7 @@ class Pending(Generic[H]):
     counted: bool = True  # a request of the model's statistics (Admission.counted)
     queued_ns: int = 0  # its wait in the queue, as counted when it left for a batch
     accept: Accept | None = None  # its outputs checked before they are counted (Admission.accept)
+    computed: Computed | None = None  # told its run's compute times once answered (Admission.computed)
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:

@@ -200,6 +200,7 @@ class RequestQueue:
             ragged=self._policy.ragged.inputs if self._policy.ragged else frozenset(),
             counted=a.counted,
             accept=a.accept,
+            computed=a.computed,
         )
         now = self._clock()
         due = earliest(self._give_up_at(p, now), a.reject_at)

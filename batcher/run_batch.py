@@ -124,7 +124,7 @@ class BatchRunner:
             await self._fail_batch(instance, flight, batch, exc)
             return
         done_at = self._clock()
-        self._record(offsets[-1], sum(p.counted for p in batch), ns, cpu_s, done_at)
+        self._record(offsets[-1], ns, cpu_s, done_at)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
@@ -151,12 +151,10 @@ class BatchRunner:
             parts = [dict(outputs)]
         return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), cpu_s
 
-    def _record(
-        self, rows: int, counted: int, ns: tuple[int, int, int, int], cpu_s: float | None, done_at: float
-    ) -> None:
+    def _record(self, rows: int, ns: tuple[int, int, int, int], cpu_s: float | None, done_at: float) -> None:
         """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it."""
         t0, t1, t2, t3 = ns
-        self._stats.record_batch(rows, counted, t1 - t0, t2 - t1, t3 - t2)
+        self._stats.record_run(rows, t1 - t0, t2 - t1, t3 - t2)  # its requests: settle_batch
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
@@ -188,7 +186,7 @@ class BatchRunner:
                 await self._fail_batch(instance, None, [p for q in (part, *pending) for p in q], exc)
                 return
             done_at = self._clock()
-            self._record(offsets[-1], sum(p.counted for p in part), ns, cpu_s, done_at)
+            self._record(offsets[-1], ns, cpu_s, done_at)
             self._log_not_split(parts, outputs, offsets)
             settle_batch(part, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 

@@ -178,16 +178,21 @@ class ModelStats:
         went down between two scrapes, which rate() reads as a counter reset."""
         self.queue.add(ns)
 
-    def take_back(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
-        """A request counted in its run (`compute_ns`: gather, run, scatter of its batch, added by
-        `record_batch` in the same step, so no reader sees the series go down) was not answered
-        successfully (its caller went, or the run ended past its deadline): Triton counts compute
-        and inference_count for successful requests only (3 failed of 9 showed queue 9 where
-        success and compute showed 6)."""
-        self.inference_count -= rows
-        self.compute_input.add(-compute_ns[0], -1)
-        self.compute_infer.add(-compute_ns[1], -1)
-        self.compute_output.add(-compute_ns[2], -1)
+    def record_computed(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
+        """One request of a run answered with its outputs: its `rows` in inference_count and its
+        batch's compute times (`compute_ns`: gather, run, scatter), as Triton counts successes.
+        Added only once the request is answered, never added for the whole run and then taken
+        back: the metrics thread reads these between any two bytecodes, and a series that went
+        down between two scrapes reads as a counter reset to Prometheus's rate()."""
+        self.inference_count += rows
+        self.compute_input.add(compute_ns[0])
+        self.compute_infer.add(compute_ns[1])
+        self.compute_output.add(compute_ns[2])
+
+    def count_copy(self, rows: int) -> None:
+        """A computed request that is not the model's own (a shadow copy: `Admission.counted`
+        False): its rows in inference_count, as computed, and nowhere else."""
+        self.inference_count += rows
 
     def record_cache_hit(self, ns: int) -> None:
         """A request answered from the response cache: Triton counts it in queue too (no wait)."""
@@ -199,11 +204,20 @@ class ModelStats:
         self.dispatch[reason] += 1
 
     def record_batch(self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        """One backend run of `rows` rows serving `requests` requests.
+        """One backend run of `rows` rows serving `requests` requests, every one answered.
 
         batch_stats counts runs; inference_stats counts requests, each charged the whole batch's
         time, as Triton does (per request, the three compute counts are equal).
         """
+        self.record_run(rows, input_ns, infer_ns, output_ns)
+        self.inference_count += rows
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
+
+    def record_run(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One backend run of `rows` rows that completed: execution_count and batch_stats (Triton
+        counts every run there); its requests count by `record_computed` as each is answered."""
         per_size = self.batch_stats.get(rows)
         if per_size is None:
             per_size = self.batch_stats[rows] = BatchDurations()
@@ -211,10 +225,6 @@ class ModelStats:
         per_size.compute_infer.add(infer_ns)
         per_size.compute_output.add(output_ns)
         self.execution_count += 1
-        self.inference_count += rows
-        self.compute_input.add(input_ns * requests, requests)
-        self.compute_infer.add(infer_ns * requests, requests)
-        self.compute_output.add(output_ns * requests, requests)
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.infer_hist.observe(infer_ns)
         self.batch_hist.observe(rows)

@@ -21,6 +21,9 @@ Tensors = Mapping[str, Array]
 # limit). Checked after the count, such a request was in `fail` and also in queue, compute and
 # inference_count.
 Accept = Callable[[Tensors], None]
+# Told the compute times (gather, run, scatter ns) of the run that answered a request with its
+# outputs: an ensemble's request sums its steps' so, as Triton's ensembles report theirs.
+Computed = Callable[[tuple[int, int, int]], None]
 
 
 class Backend(Protocol):

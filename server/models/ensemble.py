@@ -28,7 +28,7 @@ from server import triton_text
 from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
 from server.models.config import IDENTITY
-from server.models.ensemble_config import EnsemblePlan, Step, agree
+from server.models.ensemble_config import EnsemblePlan, Step, fit_batch_dim
 from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
@@ -166,11 +166,13 @@ class EnsembleScheduler:
         routed: RoutedRequest | None = None,
         notes: EnsembleNotes | None = None,
     ) -> Tensors:
-        """`run`, counted in the ensemble's own statistics as one execution of the request's rows
-        (Triton's ensembles report execution_count and batch_stats so; the time is the whole run)."""
-        start = time.perf_counter_ns()
+        """`run`, counted in the ensemble's own statistics as one execution of the request's rows,
+        its compute times the sums of its steps' (Triton's EnsembleContext reports them so; the
+        whole run as compute_infer had put every step's queue and the hops between steps there)."""
+        spent = [0, 0, 0]  # gather, run, scatter ns of the runs that answered its steps
+        steps = admission._replace(computed=lambda ns: _add(spent, ns))
         try:
-            outputs = await self.run(inputs, admission, priority, sequence, routed, notes)
+            outputs = await self.run(inputs, steps, priority, sequence, routed, notes)
         except Exception as exc:  # in one deadline outcome of its own, by what ended it
             if admission.counted:
                 record_ensemble_outcome(stats, exc)
@@ -191,7 +193,9 @@ class EnsembleScheduler:
                 raise refused
             finally:  # this frame, in its traceback, must not hold it: a cycle (batch_io.refusal)
                 del refused
-        stats.record_batch(admission.rows, 1, 0, time.perf_counter_ns() - start, 0)
+        stats.record_batch(admission.rows, 1, *spent)
+        if admission.computed is not None:  # a nested ensemble's: its parent's sums include it
+            admission.computed((spent[0], spent[1], spent[2]))
         # Triton's ensembles count queue as their successes (no queue of their own: no wait).
         # perf_analyzer picks the version whose queue count moved, so with 0 it could not profile
         # an ensemble ("failed to find the requested model version").
@@ -243,7 +247,7 @@ class EnsembleScheduler:
                         step,
                         tensors,
                         batched,
-                        admission.hard,
+                        admission,
                         priority,
                         sequence,
                         routed,
@@ -282,7 +286,7 @@ class EnsembleScheduler:
         step: Step,
         tensors: dict[str, Array],
         batched: dict[str, bool],
-        hard: float | None,
+        ensemble: Admission,  # the ensemble request's: its deadline, where its steps' times go
         priority: int,
         sequence: SequenceParams | None,
         routed: RoutedRequest | None,
@@ -306,14 +310,14 @@ class EnsembleScheduler:
             )
             for model_input, tensor in step.input_map.items()
         }
-        start_ns = time.perf_counter_ns()
+        start_ns, hard = time.perf_counter_ns(), ensemble.hard
         stats = served.stats
         try:
             if hard is not None and self._clock() >= hard:
                 raise DeadlineExceeded("deadline exceeded before the step started (it was not run)")
             rows = served.signature.check_inputs(inputs)
             batcher = served.batcher
-            a = batcher.admission(rows, deadline=hard, priority=priority)
+            a = batcher.admission(rows, deadline=hard, priority=priority)._replace(computed=ensemble.computed)
             nested = served.ensemble
             outputs: Tensors | None
             if nested is not None:  # an ensemble step: its own steps, under this request's deadline
@@ -372,6 +376,11 @@ class EnsembleScheduler:
         return outputs
 
 
+def _add(spent: list[int], ns: tuple[int, int, int]) -> None:
+    for i, value in enumerate(ns):
+        spent[i] += value
+
+
 async def _stop(running: dict[asyncio.Task[tuple[Tensors, bool]], Step]) -> None:
     """Cancel the request's step tasks still running (their requests leave their queues), and wait
     for them to end."""
@@ -380,18 +389,3 @@ async def _stop(running: dict[asyncio.Task[tuple[Tensors, bool]], Step]) -> None
     if running:
         await asyncio.gather(*running, return_exceptions=True)
         running.clear()
-
-
-def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:
-    """A tensor passed between a batching and a non-batching model, as Triton's ensembles pass it.
-
-    Into a batching model, a tensor without a batch dim whose shape matches the model's dims gets
-    a batch of 1; into a non-batching model, a batch of 1 loses its batch dim unless the whole
-    shape already matches. Anything else is passed as it is (and checked by the step model)."""
-    if batched == batches:
-        return array
-    if batches:
-        return array.reshape((1, *array.shape)) if agree(dims, array.shape) else array
-    if array.shape[:1] == (1,) and not agree(dims, array.shape):
-        return array.reshape(array.shape[1:])
-    return array

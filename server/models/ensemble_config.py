@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
 from server.models.config_errors import ConfigError
@@ -180,6 +181,21 @@ def _shape(max_batch_size: int, dims: Sequence[int]) -> list[int]:
 def agree(a: Sequence[int], b: Sequence[int]) -> bool:
     """Triton's CompareDimsWithWildcard: same rank, each dim equal or either one -1."""
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def fit_batch_dim(array: Array, batched: bool, dims: tuple[int, ...], batches: bool) -> Array:
+    """A tensor passed between a batching and a non-batching model, as Triton's ensembles pass it.
+
+    Into a batching model, a tensor without a batch dim whose shape matches the model's dims gets
+    a batch of 1; into a non-batching model, a batch of 1 loses its batch dim unless the whole
+    shape already matches. Anything else is passed as it is (and checked by the step model)."""
+    if batched == batches:
+        return array
+    if batches:
+        return array.reshape((1, *array.shape)) if agree(dims, array.shape) else array
+    if array.shape[:1] == (1,) and not agree(dims, array.shape):
+        return array.reshape(array.shape[1:])
+    return array
 
 
 def _dims(tensor: mc.ModelInput | mc.ModelOutput) -> list[int]:

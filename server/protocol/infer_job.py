@@ -17,7 +17,7 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.claim import Claim
-from batcher.errors import NotAccepting, TooManyRows
+from batcher.errors import ComputedThenCancelled, NotAccepting, TooManyRows
 from batcher.types import QueueTrace, Tensors
 from protos import grpc_service_pb2 as pb
 from server.errors import ChangedByReload, InvalidRequest
@@ -202,7 +202,13 @@ class InferJob:
         self._store(outputs)
         prepared = self._prepare(outputs)
         if sum(a.size for a in prepared.values() if a.dtype == object) > ENCODE_OFF_LOOP_STRINGS:
-            return await asyncio.to_thread(self._wire, prepared)
+            try:
+                return await asyncio.to_thread(self._wire, prepared)
+            except asyncio.CancelledError:
+                # Its run answered it (counted in queue, compute and inference_count): a success,
+                # as one whose caller went once computed. As CANCELED, 6 of 6 such cancels left
+                # queue 7 beside success 1.
+                raise ComputedThenCancelled() from None
         return self._wire(prepared)
 
     def _store(self, outputs: Tensors) -> None:

@@ -7,6 +7,7 @@ clean run checks those too. Skipped with the reason when the tool cannot start h
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import pytest
 from tests.support.ensemble_repo import ensemble_repository
 from tests.support.server_process import REPO_ROOT, ServerProcess
 
-PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
+# SLUICEWAY_PERF_ANALYZER names it elsewhere (a git worktree has no ../shared of its own).
+PERF_ANALYZER = Path(
+    os.environ.get("SLUICEWAY_PERF_ANALYZER", REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer")
+)
 SHM = Path("/dev/shm")
 NOT_FOUND = f"perf_analyzer wrapper not found at {PERF_ANALYZER}"
 # Above the suite's 120 s: on a fresh machine the first test also waits for the tool's set-up.

@@ -141,10 +141,10 @@ def test_the_errors_say_what_happened() -> None:
     assert isinstance(computed_late(), DeadlineExceeded)
 
 
-async def test_only_answered_requests_stay_in_queue_compute_and_inference_count() -> None:
+async def test_only_answered_requests_count_in_queue_compute_and_inference_count() -> None:
     """A run of 4 rows: 2 answered (2 rows), one late and one whose caller went (1 row each).
-    Queue is added for the answered ones only (each its own wait); compute and rows are added for
-    the run and taken back, exactly, for the other two (Triton counts successes only)."""
+    Queue, compute and rows are added for the answered ones only (each its own wait, each its
+    batch's compute), as Triton counts successes; the run counts in batch_stats."""
     stats = ModelStats()
     on_time = request(features(1), 1, 1, hard=10.0)
     late = request(features(1), 1, 2, hard=4.0)
@@ -152,26 +152,69 @@ async def test_only_answered_requests_stay_in_queue_compute_and_inference_count(
     no_deadline = request(features(1), 1, 4)
     for p, waited in zip([on_time, late, gone, no_deadline], [100, 200, 300, 400], strict=True):
         p.counted, p.queued_ns = True, waited
-    stats.record_batch(4, 4, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
+    stats.record_run(4, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
     gone.handle.future.cancel()
     parts = [{"y": np.zeros((1,), np.float32)} for _ in range(4)]
     settle_batch([on_time, late, gone, no_deadline], parts, 4, 5.0, stats, (10, 25, 45, 70))
     assert (stats.queue.count, stats.queue.ns) == (2, 100 + 400)
-    assert stats.inference_count == 2
-    # NS gives (10, 10, 10) per request; the run took back (15, 20, 25) for each of the two.
-    assert (stats.compute_input.count, stats.compute_input.ns) == (2, 4 * 10 - 2 * 15)
-    assert (stats.compute_infer.count, stats.compute_infer.ns) == (2, 4 * 10 - 2 * 20)
-    assert (stats.compute_output.count, stats.compute_output.ns) == (2, 4 * 10 - 2 * 25)
+    assert (stats.inference_count, stats.execution_count) == (2, 1)
+    assert (stats.compute_input.count, stats.compute_input.ns) == (2, 2 * 15)
+    assert (stats.compute_infer.count, stats.compute_infer.ns) == (2, 2 * 20)
+    assert (stats.compute_output.count, stats.compute_output.ns) == (2, 2 * 25)
+    assert stats.batch_stats[4].compute_infer.count == 1
+    late.handle.future.exception()  # retrieved
 
 
-async def test_a_request_already_answered_elsewhere_is_not_taken_back() -> None:
-    """Its future was settled before the run ended (withdrawn, failed by a stop): not this run's
-    to count or take back; only a caller gone during the run is taken back."""
+class _Watched(ModelStats):
+    """ModelStats that remembers every value its cumulative figures took, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int, int, int]] = []
+
+    def record_run(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        super().record_run(rows, input_ns, infer_ns, output_ns)
+        self._look()
+
+    def record_computed(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
+        super().record_computed(rows, compute_ns)
+        self._look()
+
+    def count_queue(self, ns: int) -> None:
+        super().count_queue(ns)
+        self._look()
+
+    def _look(self) -> None:
+        figures = (self.inference_count, self.compute_infer.count, self.compute_infer.ns, self.queue.count)
+        self.seen.append(figures)
+
+
+async def test_a_run_s_unanswered_requests_never_make_a_cumulative_figure_go_down() -> None:
+    """The metrics thread may read the figures between any two steps: rows and compute had been
+    added for the whole run, then taken back for a late request and one whose caller went, so a
+    scrape in between saw nv_inference_count go down (a counter reset to Prometheus's rate())."""
+    stats = _Watched()
+    on_time, late = request(features(1), 1, 1), request(features(1), 1, 2, hard=4.0)
+    gone = request(features(1), 1, 3)
+    for p in (on_time, late, gone):
+        p.counted = True
+    stats.record_run(3, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
+    gone.handle.future.cancel()
+    settle_batch([on_time, late, gone], [{"y": np.zeros((1,), np.float32)}] * 3, 3, 5.0, stats, NS)
+    for before, after in zip(stats.seen, stats.seen[1:], strict=False):
+        assert all(b <= a for b, a in zip(before, after, strict=True)), stats.seen
+    assert stats.seen[-1] == (1, 1, NS[2] - NS[1], 1)
+    late.handle.future.exception()  # retrieved
+
+
+async def test_a_request_already_answered_elsewhere_is_not_counted_by_the_run() -> None:
+    """Its future was settled before the run ended (withdrawn, failed by a stop): answered with an
+    error, it is in no success figure (the run had counted its rows and compute all the same)."""
     stats = ModelStats()
     settled = request(features(1), 1, 1)
     settled.counted = True
     settled.handle.future.set_exception(DeadlineExceeded("withdrawn"))
-    stats.record_batch(1, 1, 10, 10, 10)
+    stats.record_run(1, 10, 10, 10)
     settle_batch([settled], [{"y": np.zeros((1,), np.float32)}], 1, 5.0, stats, NS)
-    assert (stats.inference_count, stats.compute_infer.count) == (1, 1)
+    assert (stats.inference_count, stats.compute_infer.count, stats.execution_count) == (0, 0, 1)
     settled.handle.future.exception()  # retrieved

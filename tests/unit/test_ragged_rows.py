@@ -68,13 +68,13 @@ async def test_a_request_its_outputs_hold_no_rows_for_fails_alone() -> None:
     batch = [request(ragged(1, 2), 1, 1), request(ragged(3, 2), 3, 2)]
     for p in batch:
         p.counted = True
-    stats.record_batch(4, 2, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
+    stats.record_run(4, NS[1] - NS[0], NS[2] - NS[1], NS[3] - NS[2])
     parts = [{"y": np.zeros((1, 1), np.float32)}, OutputNotSplit("failed to split the output tensor 'y'")]
     settle_batch(batch, parts, 4, 0.0, stats, NS)
     assert batch[0].handle.future.result()["y"].shape == (1, 1)
     with pytest.raises(OutputNotSplit, match="'y'"):
         batch[1].handle.future.result()
-    assert stats.inference_count == 1  # its rows taken back: Triton counts successes only
+    assert (stats.inference_count, stats.compute_infer.count) == (1, 1)  # Triton counts successes only
 
 
 class OneRowPerRequest:
