@@ -41,13 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
-def inputs(seq: int, step: int) -> dict[str, np.ndarray]:
-    """Values of their own for each sequence and step (positive: Div truncates as // does)."""
-    x = np.asarray([[60 * (seq + 1) + step, 9 * step + seq, 100 + seq]], np.int32)
-    y = np.asarray([[2, 3, 0 if (seq, step) == (CULPRIT, BAD_STEP) else 7]], np.int32)
-    return {"x": x, "y": y}
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_only_the_step_holding_a_zero_is_refused_and_each_state_advances_once(
     server: ServerProcess, strategy: str
@@ -60,10 +53,7 @@ def test_only_the_step_holding_a_zero_is_refused_and_each_state_advances_once(
         for step in range(STEPS):
             futures = []
             for seq in range(SEQUENCES):
-                request = tensors.build_request(model, inputs(seq, step), request_id=f"{seq}-{step}")
-                request.parameters["sequence_id"].int64_param = base + seq
-                request.parameters["sequence_start"].bool_param = step == 0
-                request.parameters["sequence_end"].bool_param = step == STEPS - 1
+                request = sm.dividing_request(model, base + seq, seq, step, STEPS, (CULPRIT, BAD_STEP))
                 futures.append(stub.ModelInfer.future(request, timeout=BOUND_S))
             for seq, future in enumerate(futures):
                 if (seq, step) == (CULPRIT, BAD_STEP):
@@ -72,7 +62,7 @@ def test_only_the_step_holding_a_zero_is_refused_and_each_state_advances_once(
                     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
                     assert "division by zero in node 'Div_seq'" in str(info.value.details())
                     continue  # its state stays as it was
-                sent = inputs(seq, step)
+                sent = sm.dividing_step(seq, step, (CULPRIT, BAD_STEP))
                 expected[seq] = expected[seq] + sent["x"] // sent["y"]
                 got = tensors.decode_response(future.result())
                 assert got["out"].tolist() == expected[seq].tolist(), (seq, step)

@@ -71,19 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
-def inputs(seq: int, step: int) -> dict[str, np.ndarray]:
-    """Values of their own for each sequence and step (positive: Div truncates as // does)."""
-    x = np.asarray([[60 * (seq + 1) + step, 9 * step + seq, 100 + seq]], np.int32)
-    y = np.asarray([[2, 3, 0 if (seq, step) == (CULPRIT, BAD_STEP) else 7]], np.int32)
-    return {"x": x, "y": y}
-
-
 def request(model: str, base: int, seq: int, step: int) -> pb.ModelInferRequest:
-    req = tensors.build_request(model, inputs(seq, step), request_id=f"{seq}-{step}")
-    req.parameters["sequence_id"].int64_param = base + seq
-    req.parameters["sequence_start"].bool_param = step == 0
-    req.parameters["sequence_end"].bool_param = step == STEPS - 1
-    return req
+    return sm.dividing_request(model, base + seq, seq, step, STEPS, (CULPRIT, BAD_STEP))
 
 
 class Stream:
@@ -113,7 +102,7 @@ class State:
         self.expected = [np.zeros((1, 3), np.int32) for _ in range(SEQUENCES)]
 
     def answered(self, seq: int, step: int, got: dict[str, np.ndarray]) -> None:
-        sent = inputs(seq, step)
+        sent = sm.dividing_step(seq, step, (CULPRIT, BAD_STEP))
         self.expected[seq] = self.expected[seq] + sent["x"] // sent["y"]
         assert got["out"].tolist() == self.expected[seq].tolist(), (seq, step)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from clients import tensors
+from protos import grpc_service_pb2 as pb
 
 
 def _save(
@@ -181,3 +185,22 @@ sequence_batching {{
             initial_state {{ data_type: TYPE_INT32 dims: [ 3 ] zero_data: true name: "zeros" }} }} ]
 }}
 """
+
+
+def dividing_step(seq: int, step: int, zero_at: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Inputs of one step of `dividing_accumulator_model`, values of their own for each sequence and
+    step (positive: Div truncates as // does); the divisor holds a zero at `zero_at` (seq, step)."""
+    x = np.asarray([[60 * (seq + 1) + step, 9 * step + seq, 100 + seq]], np.int32)
+    y = np.asarray([[2, 3, 0 if (seq, step) == zero_at else 7]], np.int32)
+    return {"x": x, "y": y}
+
+
+def dividing_request(
+    model: str, sequence_id: int, seq: int, step: int, steps: int, zero_at: tuple[int, int]
+) -> pb.ModelInferRequest:
+    """Step `step` of `steps` of sequence `sequence_id` (index `seq`), its id "seq-step"."""
+    request = tensors.build_request(model, dividing_step(seq, step, zero_at), request_id=f"{seq}-{step}")
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = step == 0
+    request.parameters["sequence_end"].bool_param = step == steps - 1
+    return request
