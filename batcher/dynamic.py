@@ -79,7 +79,7 @@ class DynamicBatcher:
         validate_policy(policy)
         self._instances = tuple(Instance(i, backend) for i, backend in enumerate(backends))
         run_count = run_count if run_count is not None else RunCount()
-        self._watchdog = Watchdog(run_timeout_s, replace, name, run_count)
+        self._watchdog = Watchdog(run_timeout_s, replace, name, run_count, clock)
         self._policy = policy
         # While stopping, nothing waits for a batch to grow.
         self._drain_policy = dataclasses.replace(policy, max_queue_delay_s=0.0)

@@ -10,6 +10,7 @@ and has the instance replaced.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -32,9 +33,20 @@ from batcher.queue import Request, is_done, settle_error
 from batcher.scatter import Part, scatter
 from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, Tensors
-from batcher.watchdog import Instance, Watchdog
+from batcher.watchdog import ExpiredUnrun, Instance, Watchdog
 
 log = logging.getLogger(__name__)
+
+
+def start_by(batch: list[Request]) -> float | None:
+    """The latest hard deadline in `batch` (None when a request has none): a run taken up past it
+    would compute only answers nobody can use."""
+    latest = -math.inf
+    for p in batch:
+        if p.hard is None:
+            return None
+        latest = max(latest, p.hard)
+    return latest
 
 
 class BatchRunner:
@@ -98,6 +110,16 @@ class BatchRunner:
         self._stats.expired += p.counted
         settle_error(p, DeadlineExceeded(message))
 
+    def _expire_unrun(self, batch: list[Request]) -> None:
+        """A run not started (ExpiredUnrun): it waited for an executor thread, behind a stuck run,
+        until every deadline of its batch had passed. Never computed, so `expired`, each once."""
+        now = self._clock()
+        for p in batch:
+            if not is_done(p):
+                self._expire(p, "deadline exceeded while its batch waited for a thread of its instance")
+            elif p.handle.future.cancelled():  # its caller went meanwhile: as at boarding
+                self._stats.expired += cut_at_deadline(p, now, self._margin)
+
     async def run(self, instance: Instance, flight: Flight) -> None:
         if not instance.ready.is_set():  # its backend is being replaced (another slot's timeout)
             await instance.ready.wait()
@@ -108,6 +130,10 @@ class BatchRunner:
         note_taken(batch, t0)  # the run's start, as its record's gather_ns
         try:
             parts, outputs, offsets, ns, cpu_s = await self._compute(instance, batch, t0)
+        except ExpiredUnrun:
+            self._flights.land(flight)
+            self._expire_unrun(batch)
+            return
         except InputsRefused as exc:
             if len(batch) == 1:
                 self._fail(flight, batch, exc)
@@ -139,7 +165,9 @@ class BatchRunner:
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
         try:
-            outputs, cpu_s = await self._watchdog.run(instance, inputs, self._inline(offsets[-1]))
+            outputs, cpu_s = await self._watchdog.run(
+                instance, inputs, self._inline(offsets[-1]), start_by(batch)
+            )
         finally:
             self._forecast.ended(key)
         t2 = time.perf_counter_ns()
@@ -175,6 +203,9 @@ class BatchRunner:
                 parts, outputs, offsets, ns, cpu_s = await self._compute(
                     instance, part, time.perf_counter_ns()
                 )
+            except ExpiredUnrun:
+                self._expire_unrun(part)
+                continue
             except InputsRefused as exc:
                 if len(part) == 1:
                     settle_error(part[0], exc)

@@ -10,6 +10,12 @@ Only runs the batcher awaits can be watched: a run made inline on the event loop
 batches, see dynamic.py) blocks the very loop that would time it. So once any run of a model has
 exceeded the limit, the batcher runs nothing of that model inline again (`DynamicBatcher._trip`),
 and backends that are not RunsBlocking (a fault-injecting backend, for one) never run inline.
+
+An abandoned run keeps its executor thread: without a replacement (none given, or one that failed)
+the instance's next batch waits in the executor's queue, maybe until every deadline in it has
+passed. So a RunsBlocking run checks, in its thread as it starts, the latest deadline of its batch
+(`start_by`): past it, it raises ExpiredUnrun instead of computing (one comparison per run). An
+async backend's `run` decides itself when its compute starts: not checked.
 """
 
 from __future__ import annotations
@@ -29,6 +35,21 @@ from batcher.types import Backend, RunsBlocking, Tensors
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class ExpiredUnrun(Exception):
+    """A run not started: when its executor thread took it, every request of its batch was past
+    its deadline. The batch runner answers them DEADLINE_EXCEEDED; never a request's own answer."""
+
+
+def _unless_expired(
+    clock: Callable[[], float], start_by: float | None, run: Callable[[Tensors], Tensors], inputs: Tensors
+) -> tuple[Tensors, float]:
+    """In the executor thread: `cpu_timed(run, inputs)`, unless `clock()` is past `start_by`."""
+    if start_by is not None and clock() > start_by:
+        raise ExpiredUnrun
+    return cpu_timed(run, inputs)
+
 
 # Given the backend that outlived the limit, a fresh one for the same instance (raises if it cannot).
 ReplaceBackend = Callable[[Backend], Awaitable[Backend]]
@@ -60,9 +81,15 @@ class Watchdog:
     """Times the runs of one model version; `limit_s` 0 watches nothing."""
 
     def __init__(
-        self, limit_s: float, replace: ReplaceBackend | None, name: str, runs: RunCount | None = None
+        self,
+        limit_s: float,
+        replace: ReplaceBackend | None,
+        name: str,
+        runs: RunCount | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`runs`: counts every run this watchdog makes (shared by a server's batchers)."""
+        """`runs`: counts every run this watchdog makes (shared by a server's batchers). `clock`:
+        the batcher's, that deadlines are on; read in executor threads, so thread-safe."""
         if not limit_s >= 0:
             raise ValueError(f"run timeout must be >= 0 s, got {limit_s}")
         self.limit_s = limit_s
@@ -71,6 +98,7 @@ class Watchdog:
         self.timeouts = 0  # runs that outlived the limit
         self.replaced = 0  # instances replaced after one
         self._runs = runs if runs is not None else RunCount()
+        self._clock = clock
 
     async def watch(self, run: Awaitable[T]) -> T:
         """`run`'s result, or RunTimedOut once it has taken `limit_s` (the run is then cancelled
@@ -98,11 +126,14 @@ class Watchdog:
         finally:
             timer.cancel()
 
-    async def run(self, instance: Instance, inputs: Tensors, inline: bool) -> tuple[Tensors, float | None]:
+    async def run(
+        self, instance: Instance, inputs: Tensors, inline: bool, start_by: float | None = None
+    ) -> tuple[Tensors, float | None]:
         """Run one batch on `instance`: on this thread when `inline` and it RunsBlocking, else in its
         backend's executor (or its own `run`) under this watchdog; the outputs and the run's CPU
         seconds (None where not measured). Counted in `runs` while it runs (no extra coroutine:
-        one per batch)."""
+        one per batch). ExpiredUnrun when its executor thread takes it past `start_by` (the
+        batch's latest deadline; None: never)."""
         self._runs.started += 1
         try:
             blocking = instance.blocking
@@ -115,7 +146,9 @@ class Watchdog:
                 outputs = blocking.run_blocking(inputs)
                 return outputs, time.perf_counter() - start
             loop = asyncio.get_running_loop()
-            run = loop.run_in_executor(blocking.executor, cpu_timed, blocking.run_blocking, inputs)
+            run = loop.run_in_executor(
+                blocking.executor, _unless_expired, self._clock, start_by, blocking.run_blocking, inputs
+            )
             return await self.watch(run)
         finally:
             self._runs.ended += 1
