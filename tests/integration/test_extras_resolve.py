@@ -26,7 +26,13 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 PROBE_TIMEOUT_S = 10.0
 RESOLVE_TIMEOUT_S = 300.0  # 40 s here; a repeated run at load average ~14 took longer than 120
 
-pytestmark = [pytest.mark.network, once_per_command(EXTRAS_RESOLVE)]
+# pytest-timeout's 120 s per test would end the fixture's resolutions (bounded at RESOLVE_TIMEOUT_S)
+# first: at a load average of ~10 they took over 120 s and the fixture errored.
+pytestmark = [
+    pytest.mark.network,
+    once_per_command(EXTRAS_RESOLVE),
+    pytest.mark.timeout(RESOLVE_TIMEOUT_S + 60),
+]
 
 
 def index_url() -> str:

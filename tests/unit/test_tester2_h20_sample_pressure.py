@@ -54,14 +54,23 @@ def test_a_small_queue_keeps_taking_samples_as_open_chunks_are_written(tmp_path:
     try:
         for i in range(200):  # over 6 times the queue's bytes
             source = sources[i % versions]
-            if writer.put(sample(source)):
-                continue
-            # Refused: the open chunks hold the bound; a write of one of them frees it.
-            with changed:
-                before = sum(s.written for s in sources)
-                wrote = changed.wait_for(lambda b=before: sum(s.written for s in sources) > b, 10)
-            assert wrote, f"nothing written after {i} samples"
-            assert writer.put(sample(source)), f"sample {i} refused again after a chunk was written"
+            deadline = time.monotonic() + 10
+            while True:
+                with changed:
+                    before = sum(s.written for s in sources)
+                if writer.put(sample(source)):
+                    break
+                # Refused: the open chunks hold the bound; a chunk written since `before` frees room.
+                # Counted before the put: a chunk's bytes are freed before its source hears of the
+                # write, so a write heard of after a refused put freed its bytes after that put
+                # (counted after the refusal, a write that freed room the samples before had taken
+                # woke this thread to no room, and the test failed under load).
+                with changed:
+                    wrote = changed.wait_for(
+                        lambda b=before: sum(s.written for s in sources) > b,
+                        max(0.0, deadline - time.monotonic()),
+                    )
+                assert wrote, f"nothing written within 10 s after {i} samples"
     finally:
         writer.close(10)
     assert sum(s.written for s in sources) == 200
