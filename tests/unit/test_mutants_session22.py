@@ -207,7 +207,7 @@ async def test_the_computed_callback_is_told_the_runs_three_compute_times() -> N
 def test_a_scalar_output_per_request_is_refused_as_rows_wrong() -> None:
     """Kills `scatter__mutmut_18` (`arr.ndim >= 0`: the mutant indexes a 0-d array, IndexError)."""
     with pytest.raises(OutputRowsWrong, match=r"output 's' with shape \(\) for a batch of 3 rows in 2"):
-        scatter({"s": np.float32(1.0).reshape(())}, [0, 1, 3], per_request=True)
+        scatter({"s": np.array(1.0, np.float32)}, [0, 1, 3], per_request=True)
 
 
 def test_outputs_per_request_beside_outputs_per_row_split_by_each_request_own_rows() -> None:
