@@ -8,7 +8,8 @@
 # server/tensor_bounds.py and protos/wire.py, server/protocol/load_order.py, server/models/frame_rules.py,
 # lazy_plans.py, ensemble_budget.py, first_run.py, rollout_replay.py, rollout_carry.py and
 # ensemble_config.py, server/observability/sample_layout.py and sampling_writer.py,
-# server/backends/int_division_guard.py, int_division_rewrite.py and int_division_nodes.py,
+# server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
+# int_division_scan.py,
 # against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #
