@@ -135,6 +135,8 @@ def settle_batch(
     run: BatchRun | None = None
     compute = (ns[1] - ns[0], ns[2] - ns[1], ns[3] - ns[2])
     alone = len(batch) == 1  # its rows are the run's (a model without dynamic batching counts them)
+    answered = answered_rows = 0  # counted once after the loop: no await in it, so no reader
+    # between an answer and its count but the metrics thread, to which the figures only grow
     for p, part in zip(batch, parts, strict=True):
         own_rows = rows if alone else p.rows
         if not p.counted:
@@ -154,11 +156,14 @@ def settle_batch(
             p.handle.future.set_exception(refused)
         else:
             if p.counted:
-                stats.record_computed(own_rows, compute)
+                answered += 1
+                answered_rows += own_rows
                 stats.count_queue(p.queued_ns)
             if p.computed is not None:
                 p.computed(compute)
             p.handle.future.set_result(part)
+    if answered:
+        stats.record_computed(answered_rows, compute, answered)
 
 
 def refusal(accept: Accept | None, outputs: Tensors) -> Exception | None:

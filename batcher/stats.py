@@ -178,16 +178,17 @@ class ModelStats:
         went down between two scrapes, which rate() reads as a counter reset."""
         self.queue.add(ns)
 
-    def record_computed(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
-        """One request of a run answered with its outputs: its `rows` in inference_count and its
-        batch's compute times (`compute_ns`: gather, run, scatter), as Triton counts successes.
-        Added only once the request is answered, never added for the whole run and then taken
-        back: the metrics thread reads these between any two bytecodes, and a series that went
-        down between two scrapes reads as a counter reset to Prometheus's rate()."""
+    def record_computed(self, rows: int, compute_ns: tuple[int, int, int], requests: int = 1) -> None:
+        """`requests` requests of a run answered with their outputs: their `rows` in
+        inference_count and, each, their batch's compute times (`compute_ns`: gather, run,
+        scatter), as Triton counts successes. Added only once they are answered, never added for
+        the whole run and then taken back: the metrics thread reads these between any two
+        bytecodes, and a series that went down between two scrapes reads as a counter reset to
+        Prometheus's rate()."""
         self.inference_count += rows
-        self.compute_input.add(compute_ns[0])
-        self.compute_infer.add(compute_ns[1])
-        self.compute_output.add(compute_ns[2])
+        self.compute_input.add(compute_ns[0] * requests, requests)
+        self.compute_infer.add(compute_ns[1] * requests, requests)
+        self.compute_output.add(compute_ns[2] * requests, requests)
 
     def count_copy(self, rows: int) -> None:
         """A computed request that is not the model's own (a shadow copy: `Admission.counted`

@@ -176,8 +176,8 @@ class _Watched(ModelStats):
         super().record_run(rows, input_ns, infer_ns, output_ns)
         self._look()
 
-    def record_computed(self, rows: int, compute_ns: tuple[int, int, int]) -> None:
-        super().record_computed(rows, compute_ns)
+    def record_computed(self, rows: int, compute_ns: tuple[int, int, int], requests: int = 1) -> None:
+        super().record_computed(rows, compute_ns, requests)
         self._look()
 
     def count_queue(self, ns: int) -> None:
