@@ -201,6 +201,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         stream_rate_hz=args.stream_rate,
         cancel_rate_hz=args.cancel_rate,
         reload_every_s=args.reload_every_s,
+        raise_every=args.raise_every,
+        hang_every=args.hang_every,
         seed=args.seed,
     )
     with TemporaryDirectory(prefix="sluiceway-soak-") as tmp:

@@ -170,10 +170,11 @@ def rules() -> dict[str, Rule]:
 async def hostile_loop(
     channel: grpc.aio.Channel, stub: Any, books: Books, pause_s: float, end: float
 ) -> None:
-    """Every kind in turn until `end`, `pause_s` apart; each settled in its own class."""
+    """Every kind in turn until `end`, `pause_s` apart; each settled in its own class. Every kind
+    is sent at least once, however busy the machine (a whole round past `end` if need be)."""
     loop = asyncio.get_running_loop()
     n = 0
-    while loop.time() < end:
+    while loop.time() < end or n < len(KINDS):
         kind = KINDS[n % len(KINDS)]
         tally = books.of(HOSTILE + kind.name)
         tally.sent += 1
