@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# From nothing: run every test on the oldest and the newest Python the package supports
-# (requires-python >= 3.10), each in a venv of its own (.venv-3.10, .venv-3.13; .venv itself where
+# From nothing: run the tests on the oldest and the newest Python the package supports
+# (requires-python >= 3.10; the two share the integration tests, below), each in a venv of its own (.venv-3.10, .venv-3.13; .venv itself where
 # python3 is that version), after linting and type-checking in the newest one's. A Python that is
 # not on this machine is skipped with a message; with neither, everything runs in .venv (python3).
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
@@ -59,9 +59,17 @@ echo "== lint and type checks in $lint"
 
 # Checks that exercise a script or the package index, not the Python (tests/support/once.py), run on
 # one Python each: pip's resolution of the extras on the oldest, the dry GPU check on the newest.
+# The Pythons share the integration test files (tests/support/share.py: the unit tests and the
+# files that test onnxruntime's or numpy's own behaviour run on each, every other file on one);
+# SLUICEWAY_TEST_FULL=1 runs every test on each Python (the long run: ~16-18 minutes here).
+full=${SLUICEWAY_TEST_FULL:-0}
+[ "$full" = 1 ] || echo "== the Pythons share the integration tests (SLUICEWAY_TEST_FULL=1: every test on each)"
+rc=0
 for i in "${!venvs[@]}"; do
-  once=""
+  once="" share=""
   [ "$i" = 0 ] && once+="extras-resolve,"
   [ "$i" = $((${#venvs[@]} - 1)) ] && once+="gpu-dry-run,loadtest-runs,"
-  SLUICEWAY_TEST_ONCE=$once run_tests "${venvs[$i]}" "$@"
+  [ "$full" = 1 ] || share="$i/${#venvs[@]}"
+  SLUICEWAY_TEST_ONCE=$once SLUICEWAY_TEST_SHARE=$share run_tests "${venvs[$i]}" "$@" || rc=$?
 done
+exit "$rc"

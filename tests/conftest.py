@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.gpu import gpu_skip_reason
+from tests.support.share import deselect_other_shares
 
 # Near-valid request strategies filter some draws; on a busy machine hypothesis' health checks
 # then fail a run that found nothing wrong, so they are off: the examples' count bounds each test.
@@ -60,9 +61,11 @@ def long_files_first(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long files first (after pytest-randomly's shuffle, which runs before this hook). Tests marked
-    `gpu` are skipped unless this machine has onnxruntime-gpu and an NVIDIA GPU
-    (tests/support/gpu.py); the probe runs only when such a test was collected."""
+    """Only this Python's share of the files when the test command shares them out
+    (tests/support/share.py), long files first (after pytest-randomly's shuffle, which runs before
+    this hook). Tests marked `gpu` are skipped unless this machine has onnxruntime-gpu and an NVIDIA
+    GPU (tests/support/gpu.py); the probe runs only when such a test was collected."""
+    deselect_other_shares(config, items)
     long_files_first(items)
     marked = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not marked:
