@@ -351,7 +351,8 @@ def traffic(address: str, stub: Any, books: Books, plan: Plan, end: float) -> li
         maker = _mlp_maker("mlp_hangs", f"fh{i}")
         start(closed_loop(stub, hung, end, maker, have_hung, 2 * plan.hang_every))
     start(cancel_loop(address, stub, books, plan, end))
-    start(reload_loop(stub, books.of("reload"), "mlp", plan.reload_every_s, end))
+    if plan.reload_every_s > 0:
+        start(reload_loop(stub, books.of("reload"), "mlp", plan.reload_every_s, end))
     return tasks
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from loadtest import soak_hostile
+from loadtest.soak import RULES, exercised
 from loadtest.soak_hostile import HOSTILE, KINDS, Kind, hostile_loop
 from loadtest.soak_traffic import Books, closed_loop, mlp_request
 from protos import grpc_service_pb2 as pb
@@ -85,3 +86,15 @@ def test_every_hostile_kind_is_sent_even_when_the_window_is_over(monkeypatch: py
     for kind in KINDS:
         tally = books.of(HOSTILE + kind.name)
         assert tally.sent == 1 and tally.errors[kind.expect] == 1
+
+
+def test_with_reloads_off_the_soak_neither_checks_nor_misses_them() -> None:
+    books = Books()
+    for name in RULES:
+        books.of(name).sent = 0 if name == "reload" else 1
+    names = {check.name: check for check in exercised(books, {}, reloads=False)}
+    assert "mlp reloaded" not in names
+    assert names["every traffic class and hostile kind sent requests"].passed
+    with_reloads = {check.name: check for check in exercised(books, {}, reloads=True)}
+    assert not with_reloads["mlp reloaded"].passed
+    assert with_reloads["every traffic class and hostile kind sent requests"].detail == "reload"
