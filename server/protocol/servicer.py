@@ -207,6 +207,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             )
         else:
             versions = list(self._models.ready_versions())
+        # Triton lists models by name and each model's versions oldest first (its ordered maps).
+        versions.sort(key=lambda v: (v.name, v.version))
         demand = self._models.on_demand
         early = [] if request.name or demand is None else list(demand.refused_early.each())
         return pb.ModelStatisticsResponse(
@@ -219,7 +221,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         (server/models/early_refusals.py); without any, not available (as Triton), never loading it."""
         demand = self._models.on_demand
         early = {} if demand is None else demand.refused_early.of(request.name)
-        shown = [(str(n), stats) for n, stats in sorted(early.items(), reverse=True)]
+        shown = [(str(n), stats) for n, stats in sorted(early.items())]  # oldest first, as Triton
         shown = [(v, stats) for v, stats in shown if not request.version or v == request.version]
         if not shown:
             raise InvalidRequest(f"requested model '{request.name}' is not available")
