@@ -17,20 +17,25 @@ from google.protobuf import message as protobuf_message
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from protos import grpc_service_pb2 as pb
 from server.errors import for_caller
 from server.protocol.frame_size import Oversized, oversized
+from server.protocol.utf8_fields import BytesTwins
 
 
 class Malformed(NamedTuple):
-    """A request message that did not parse; `reason` is written for the caller."""
+    """A request message that did not parse; `reason` is written for the caller; `head` holds a
+    stream frame's model name, version, id and parameters when they could be read (utf8_fields)."""
 
     reason: str
+    head: pb.ModelInferRequest | None = None
 
 
 def tolerant_deserializer(
     message_type: type[protobuf_message.Message], max_bytes: int | None = None
 ) -> Callable[[bytes], Any]:
     name = message_type.DESCRIPTOR.full_name
+    twins = BytesTwins()
 
     def deserialize(data: bytes) -> protobuf_message.Message | Malformed | Oversized:
         if max_bytes is not None and len(data) > max_bytes:  # checked before it is parsed
@@ -38,7 +43,11 @@ def tolerant_deserializer(
         try:
             return message_type.FromString(data)
         except protobuf_message.DecodeError as exc:
-            return Malformed(f"request is not a valid {name} message ({len(data)} bytes): {exc}")
+            said = f"request is not a valid {name} message ({len(data)} bytes)"
+            fault = twins.fault(data, message_type)  # protobuf's own words name no field
+            if fault is None:
+                return Malformed(f"{said}: {exc}")
+            return Malformed(f"{said}: {fault.reason}", fault.head)
 
     return deserialize
 

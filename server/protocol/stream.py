@@ -263,8 +263,8 @@ class StreamSession:
 
     def _admit(self, request: Read) -> None:
         """Answer `request` inline if it needs no waiting, else hand it to a task of its own."""
-        if isinstance(request, Malformed):  # no id to answer with: the error names the message
-            self._send(Response(error_message=f"INVALID_ARGUMENT: {request.reason}"), None, request)
+        if isinstance(request, Malformed):  # with its id when it could be read (utf8_fields.py)
+            self._send(refusal(f"INVALID_ARGUMENT: {request.reason}", request.head), None, request)
             return
         if isinstance(request, Oversized):  # this frame alone, with its id when it could be read
             self._send(refusal(f"RESOURCE_EXHAUSTED: {request.reason}", request.head), None, request)

@@ -14,7 +14,7 @@ Response = pb.ModelStreamInferResponse
 
 def wants_final_flag_of(request: Read | None) -> bool:
     """Whether the request a stream answers asked for Triton's final-response flag."""
-    if isinstance(request, Oversized):
+    if isinstance(request, (Oversized, Malformed)):
         request = request.head
     return isinstance(request, pb.ModelInferRequest) and wants_final_flag(request)
 
@@ -22,9 +22,7 @@ def wants_final_flag_of(request: Read | None) -> bool:
 def shutting_down(request: Read) -> Response:
     """The answer to a message read while the server drains: stop sending on this stream."""
     message = "UNAVAILABLE: server is shutting down: request not admitted; stop sending on this stream"
-    if isinstance(request, Malformed):
-        return Response(error_message=message)
-    return refusal(message, request.head if isinstance(request, Oversized) else request)
+    return refusal(message, request.head if isinstance(request, (Oversized, Malformed)) else request)
 
 
 def refusal(message: str, request: pb.ModelInferRequest | None) -> Response:
