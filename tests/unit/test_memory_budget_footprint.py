@@ -67,8 +67,8 @@ async def three_loads(root: Path, resnet: Path) -> dict[str, list[object]]:
 
 
 # Runs `three_loads` in a fresh interpreter; prints its result as JSON.
-# With onnxruntime before 1.24 (the only one on Python 3.10) a process's first load sometimes
-# measures ~65 MiB more than the later ones (below).
+# With onnxruntime before 1.24 (the only one on Python 3.10) a load now and then measures ~65 MiB
+# more than the others, most often a process's first (below).
 _OLD_ORT = tuple(int(part) for part in ort.__version__.split(".")[:2]) < (1, 24)
 THREE_LOADS = """
 import asyncio, json, sys
@@ -102,11 +102,11 @@ def test_a_models_footprint_measures_the_same_on_its_reload(tmp_path: Path) -> N
     first, second, reload = measured
     # Within a quarter: onnxruntime 1.23 (the 3.10 venv) allocates 67-78 MiB for the same session
     # from load to load (10% failed about 1 run in 4); the resident set's measure was 2-3x apart.
-    # With onnxruntime 1.23 the first load of some processes also measures 134.4 MiB (1 child in 8
-    # here, twice in CI runs; bare sessions never did; 1.31 measured 45.0 MiB for all three loads in
-    # 8 of 8): not resolved (RELIABILITY.md, twenty-third session). There the reload is held to the
-    # second load, which still catches a reload that reuses the heap its eviction freed (the resident
-    # set's 9-67 MiB).
+    # With onnxruntime 1.23 a session's creation now and then holds ~65 MiB more (134.4 MiB for the
+    # first load in 1 child of 8 here, twice in CI runs; 1.31 measured 45.0 MiB for all three loads in
+    # 8 of 8): not resolved (RELIABILITY.md, twenty-third session). Seen most on a process's first load,
+    # so there the reload is held to the second load, which still catches a reload that reuses the
+    # heap its eviction freed (the resident set's 9-67 MiB).
     against = second if _OLD_ORT else first
     assert abs(reload - against) <= against // 4, [m / 2**20 for m in measured]
 
