@@ -29,8 +29,12 @@ except BaseException:
     print("the import went on")
 """
 
+# SIGHUP's default first, even under nohup: here, not in a preexec_fn, which makes subprocess fork
+# the pytest worker (grpc's threads and all: a CI run's child wrote grpc's "epoll_wait error: Bad file
+# descriptor" to stderr before the line) where it otherwise starts the child without a fork.
 START = """
-import sys
+import signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 from server.start_signals import raise_on_sigterm
 raise_on_sigterm()
 sys.path.insert(0, sys.argv[1])
@@ -46,7 +50,6 @@ def test_a_start_up_signal_inside_an_import_exits_0_with_only_the_line(tmp_path:
     out = subprocess.run(
         [sys.executable, "-c", START, str(tmp_path)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # even under nohup
     )  # fmt: skip
     assert (out.returncode, out.stdout) == (0, ""), (out.returncode, out.stdout, out.stderr)
     assert out.stderr == f"sluiceway: {LINE.format(signal=name)}\n", out.stderr
