@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # From nothing: run the tests on the oldest and the newest Python the package supports
-# (requires-python >= 3.10; the two share the integration tests, below), each in a venv of its own (.venv-3.10, .venv-3.13; .venv itself where
-# python3 is that version), after linting and type-checking in the newest one's. A Python that is
-# not on this machine is skipped with a message; with neither, everything runs in .venv (python3).
+# (requires-python >= 3.10; the two share the integration tests, below), each in a venv of its
+# own (.venv-3.10, .venv-3.13; .venv itself where python3 is that version), after linting and
+# type-checking in the newest one's. A Python that is not on this machine is skipped with a
+# message; with neither, everything runs in .venv (python3).
 # Extra arguments go to pytest. Tests run in random order (pytest-randomly) with a seed printed
 # before each Python's runs: `bash scripts/test.sh --randomly-seed=N` repeats an order and
 # `-p no:randomly` turns shuffling off. SLUICEWAY_TEST_WORKERS=N (default 3) spreads test files over
