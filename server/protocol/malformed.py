@@ -5,10 +5,16 @@ The service is registered with tolerant deserializers: bytes that are not a vali
 method's request type become a `Malformed` value the handler answers as a client mistake, and
 bytes over `max_message_bytes` an `Oversized` one, unparsed (frame_size.py), answered
 RESOURCE_EXHAUSTED.
+
+Methods that take one request are registered as client-streaming and read it themselves: grpc.aio's
+unary path returns without any status when a call half-closes with no message (or a truncated
+one), before a handler runs, so its caller waited for its own deadline (RELIABILITY.md, "A call
+with no request message"). Read here, the missing message is answered INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
@@ -62,7 +68,9 @@ def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
     """`behavior` (a grpc aio method of `kind`), ending its call on a request that did not parse
     (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED); for a bidirectional method, on
     any such message of its stream (the other messages go with it, as grpc's own checks had ended
-    the call)."""
+    the call). A method of one request reads it itself (`_one_request`)."""
+    if kind == "stream_unary":  # none is served: a client-streaming method would need its own
+        raise ValueError("client-streaming methods are not supported by add_service")
     if kind == "stream_stream":
 
         async def checked(
@@ -81,12 +89,30 @@ def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
 
         return streamed
 
-    async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, (Malformed, Oversized)):
-            await _refuse(request, context)
-        return await behavior(request, context)
+    if kind == "unary_stream" and inspect.isasyncgenfunction(behavior):  # none: health's Watch writes
+        raise ValueError("a server-streaming method must write its answers (context.write), not yield them")
+
+    # A method of one answer, or a server-streaming one that writes its answers (health's Watch).
+    async def single(_: object, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await _one_request(context), context)
 
     return single
+
+
+async def _one_request(context: grpc.aio.ServicerContext) -> Any:
+    """The call's request message (its method takes one), read from the client-streaming call it
+    is registered as; the call ends INVALID_ARGUMENT when it half-closed with none, or the message
+    did not parse, RESOURCE_EXHAUSTED when it was over the limit. A second message is not read: it
+    would cost every call another read, and the first one is served, as grpc's unary path does."""
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the call carried no request message (or only part of one); this method takes exactly one",
+        )
+    if isinstance(request, (Malformed, Oversized)):
+        await _refuse(request, context)
+    return request
 
 
 def add_service(
@@ -112,7 +138,8 @@ def add_service(
         behavior = getattr(servicer, method.name)
         if not (kind == "stream_stream" and streams_answer_in_band):
             behavior = _refusing(kind, behavior)
-        handlers[method.name] = getattr(grpc, f"{kind}_rpc_method_handler")(
+        registered = "stream_" + kind.split("_")[1]  # one request too: read by `_one_request`
+        handlers[method.name] = getattr(grpc, f"{registered}_rpc_method_handler")(
             behavior,
             request_deserializer=tolerant_deserializer(GetMessageClass(method.input_type), max_message_bytes),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,

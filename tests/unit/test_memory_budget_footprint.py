@@ -90,25 +90,37 @@ def test_a_models_footprint_measures_the_same_on_its_reload(tmp_path: Path) -> N
     load at 134.4 MiB against 68.3 and 76.6 for the next two). The server's own loads share that
     limit (RELIABILITY.md: a noisy measure is no verdict); this test pins the measure itself."""
     resnet = demo_repository() / "resnet" / "1" / "model.onnx"
+    # With onnxruntime 1.23 a session's creation now and then holds ~65 MiB more (134.4 MiB for the
+    # first load in 1 child of 8 here, twice in CI runs; 1.31 measured 45.0 MiB for all three loads in
+    # 8 of 8): not resolved (RELIABILITY.md, twenty-third session). Seen most on a process's first load,
+    # so there the reload is held to the second load, and a second child runs when the first's loads
+    # disagree: the fault this test is for (a reload that reuses the heap its eviction freed: the
+    # resident set's 9-67 MiB against 156) shows in every child, an outlier creation in few.
+    attempts = []
+    for attempt in range(2 if _OLD_ORT else 1):
+        measured = _three_loads_in_a_child(tmp_path / str(attempt), resnet)
+        first, second, reload = measured
+        against = second if _OLD_ORT else first
+        # Within a quarter: onnxruntime 1.23 (the 3.10 venv) allocates 67-78 MiB for the same session
+        # from load to load (10% failed about 1 run in 4); the resident set's measure was 2-3x apart.
+        attempts.append([m / 2**20 for m in measured])
+        if abs(reload - against) <= against // 4:
+            return
+    raise AssertionError(f"a reload's footprint differs (MiB, per child): {attempts}")
+
+
+def _three_loads_in_a_child(root: Path, resnet: Path) -> list[int]:
+    root.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run(
-        [sys.executable, "-c", THREE_LOADS, str(tmp_path), str(resnet)],
+        [sys.executable, "-c", THREE_LOADS, str(root), str(resnet)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     measured = [int(size) for size in result["measured"]]
     assert result["evicted"] == ["a", "b"], ([m / 2**20 for m in measured], result["evicted"])
-    first, second, reload = measured
-    # Within a quarter: onnxruntime 1.23 (the 3.10 venv) allocates 67-78 MiB for the same session
-    # from load to load (10% failed about 1 run in 4); the resident set's measure was 2-3x apart.
-    # With onnxruntime 1.23 a session's creation now and then holds ~65 MiB more (134.4 MiB for the
-    # first load in 1 child of 8 here, twice in CI runs; 1.31 measured 45.0 MiB for all three loads in
-    # 8 of 8): not resolved (RELIABILITY.md, twenty-third session). Seen most on a process's first load,
-    # so there the reload is held to the second load, which still catches a reload that reuses the
-    # heap its eviction freed (the resident set's 9-67 MiB).
-    against = second if _OLD_ORT else first
-    assert abs(reload - against) <= against // 4, [m / 2**20 for m in measured]
+    return measured
 
 
 def growth(sizes: dict[str, int], fake: FakeManager) -> list[int]:
