@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import Client
 from protos import admin_pb2 as apb
 from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.raw_http2 import grpc_frame, raw_call
 from tests.support.server_process import ServerProcess
 
@@ -120,3 +121,23 @@ def test_a_watch_with_its_request_streams_the_servers_status(channel: grpc.Chann
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
+
+
+def test_calls_without_a_message_and_without_a_deadline_hold_no_slot() -> None:
+    # Unanswered, each held one of max_concurrent_rpcs until its client went away: 20 of them on a
+    # server allowing 16 had every other call refused "Concurrent RPC limit exceeded!" (4,500 from
+    # one client did so at the default 4,096).
+    limited = ServerProcess("--max-concurrent-rpcs", "16")
+    with limited as server, grpc.insecure_channel(server.address) as chan:
+        path = "/inference.GRPCInferenceService/ModelInfer"
+        infer = chan.stream_unary(path, request_serializer=bytes, response_deserializer=bytes)
+        futures = [infer.future(iter([])) for _ in range(40)]  # no deadline: only an answer ends them
+        try:
+            codes = [future.exception(timeout=30).code() for future in futures]  # type: ignore[union-attr]
+        finally:
+            for future in futures:
+                future.cancel()
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 40
+        stub = pb_grpc.GRPCInferenceServiceStub(chan)
+        for _ in range(20):  # more than the limit, one at a time: every one finds room
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
