@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -12,12 +13,17 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.support.server_zygote import ForkedServer, Zygote
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Demo models are built once per checkout and reused by every test run.
 CACHE_DIR = REPO_ROOT / ".cache"
 _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
 _METRICS = re.compile(r"sluiceway metrics on ([\d.]+):(\d+)/metrics")
 _LISTENING = re.compile(r"sluiceway listening on ([\d.]+):(\d+)")
+# This test process's zygote, started with its first server and kept to its end.
+_ZYGOTE = Zygote()
+atexit.register(_ZYGOTE.close)
 
 
 class ServerProcess:
@@ -26,7 +32,7 @@ class ServerProcess:
         self.args = ["--port", "0", "--metrics-port", "0", "--cache-dir", str(CACHE_DIR), *args]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[str] | ForkedServer | None = None
         self.port = 0
         self.metrics_port = 0  # from the "sluiceway metrics on" line, printed before the ready line
         self.lines: list[str] = []
@@ -38,14 +44,18 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 180.0) -> ServerProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", *self.args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        # Forked from a process that has imported the server (server_zygote.py), else as a command.
+        argv = [str(REPO_ROOT / "server" / "__main__.py"), "serve", *self.args]
+        self.process = _ZYGOTE.start(argv, self.env)
+        if self.process is None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server", "serve", *self.args],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         ready = threading.Event()
 
         def pump() -> None:
