@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from tests.support.zygote_main import PASSED_SIGNALS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Variables that may differ from the zygote's: the server's settings, and pytest's own per-test
 # ones (PYTEST_CURRENT_TEST changes with every test).
@@ -76,28 +78,32 @@ class Zygote:
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._retired: list[tuple[socket.socket, subprocess.Popen[bytes]]] = []
         self._env: dict[str, str] = {}  # the zygote's: the test process's when it started
         self.refusal = ""  # why the last start was left to Popen, for a test to say
         self._broken = os.environ.get("SLUICEWAY_TEST_ZYGOTE", "1") == "0"
 
     def close(self) -> None:
-        """End the zygote for good; the servers it forked go on."""
+        """End the zygotes (the close of a socket tells its zygote), for good; their servers go on,
+        and their exit codes are no longer known (ForkedServer says -9)."""
         with self._lock:
             self._broken = True
-            self._stop()
+            self._retire()
+            for control, process in self._retired:
+                control.close()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+            self._retired.clear()
 
-    def _stop(self) -> None:
-        """End the zygote (the close of its socket tells it)."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        if self._process is not None:
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-            self._process = None
+    def _retire(self) -> None:
+        """Start no more servers from the current zygote. It goes on, and reaps those it started:
+        its end would tell them all they had ended."""
+        if self._control is not None and self._process is not None:
+            self._retired.append((self._control, self._process))
+        self._control, self._process = None, None
 
     def _started(self) -> socket.socket | None:
         if self._control is None and not self._broken:
@@ -128,7 +134,7 @@ class Zygote:
             return None
         with self._lock:
             if self._control is not None and _differs(env, self._env):
-                self._stop()  # the test process's environment changed since: a zygote of the new one
+                self._retire()  # the test process's environment changed since: a zygote of the new one
             control = self._started()
             if control is None:
                 self.refusal = "the zygote is off or broken"
@@ -136,7 +142,8 @@ class Zygote:
             read_end, write_end = os.pipe()
             status_read, status_write = os.pipe()
             try:
-                request = json.dumps({"argv": argv, "env": env}).encode()
+                ignored = [int(n) for n in PASSED_SIGNALS if signal.getsignal(n) == signal.SIG_IGN]
+                request = json.dumps({"argv": argv, "env": env, "ignored_signals": ignored}).encode()
                 socket.send_fds(control, [request], [write_end, status_write])
                 pid = int(json.loads(control.recv(256))["pid"])
             except (OSError, ValueError, KeyError):

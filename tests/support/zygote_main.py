@@ -7,10 +7,10 @@ pydantic); the test command starts some hundreds. A forked child has them alread
 `python -m server` runs (server/__main__.py), with the request's argv and environment and its
 stdout and stderr on the pipe sent with the request.
 
-Each request is one message, JSON {"argv": [...], "env": {...}}, with two file descriptors: the
-child's output pipe and a status pipe. The reply is {"pid": N}. When the child ends, its exit code
-(negative: the signal that ended it, as subprocess reports it) is written to the status pipe, which
-is then closed. The zygote ends when its socket's other end closes.
+Each request is one message, JSON {"argv": [...], "env": {...}, "ignored_signals": [...]}, with two
+file descriptors: the child's output pipe and a status pipe. The reply is {"pid": N}. When the
+child ends, its exit code (negative: the signal that ended it, as subprocess reports it) is written
+to the status pipe, which is then closed. The zygote ends when its socket's other end closes.
 
 Forking is safe here because nothing has started: onnxruntime's telemetry thread is off
 (quiet_telemetry, as the CLI does), no grpc channel or server exists, no event loop; the one other
@@ -27,6 +27,10 @@ import socket
 import sys
 
 MAX_REQUEST_BYTES = 1 << 20
+# The signals whose disposition a child gets from its starter (ignored or not).
+PASSED_SIGNALS = (
+    signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
 
 
 def _import_the_server() -> None:
@@ -45,9 +49,14 @@ def _child(request: dict[str, object], output: int) -> list[str]:
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
-    for number in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(number, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # As a command gets them: what its starter ignores stays ignored (nohup's SIGHUP), the rest
+    # default, and SIGINT Python's KeyboardInterrupt unless ignored.
+    ignored = request["ignored_signals"]
+    assert isinstance(ignored, list)
+    for number in (signal.SIGCHLD, *PASSED_SIGNALS):
+        signal.signal(number, signal.SIG_IGN if number in ignored else signal.SIG_DFL)
+    if signal.SIGINT not in ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     env = request["env"]
     assert isinstance(env, dict)
     os.environ.clear()

@@ -57,3 +57,28 @@ def test_an_environment_read_at_import_falls_back_to_a_command() -> None:
     assert zygote.start(argv, {**os.environ, "HOME": "/nonexistent"}) is None
     assert zygote.start(argv, {k: v for k, v in os.environ.items() if k != "PATH"}) is None
     zygote.close()
+
+
+@zygote_on
+def test_a_changed_environment_gets_a_new_zygote_and_the_old_ones_servers_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zygote = Zygote()
+    argv = ["server", "serve", "--port", "0", "--metrics-port", "0", "--cache-dir", str(CACHE_DIR)]
+    first = zygote.start(argv, dict(os.environ))
+    monkeypatch.setenv("ZYGOTE_TEST_CHANGED", "1")  # the test process's own environment changes
+    second = zygote.start(argv, dict(os.environ))
+    try:
+        assert first is not None and second is not None, zygote.refusal
+        for forked in (first, second):
+            assert any("sluiceway ready on" in line for line in forked.stdout)
+        assert first.poll() is None  # its zygote, retired, still reaps it: no false end
+        for forked in (first, second):
+            forked.send_signal(signal.SIGTERM)
+            assert forked.wait(30) == 0
+    finally:
+        for forked in (first, second):
+            if forked is not None:
+                forked.kill()
+                forked.stdout.close()
+        zygote.close()
