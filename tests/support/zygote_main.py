@@ -19,6 +19,7 @@ thread is OpenBLAS's pool, which handles fork itself (pthread_atfork).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -80,7 +81,8 @@ def serve_forks(control: socket.socket) -> list[str] | None:
                     selector.unregister(pidfd)
                     os.close(pidfd)
                     _, status = os.waitpid(pid, 0)
-                    os.write(status_pipe, str(os.waitstatus_to_exitcode(status)).encode())
+                    with contextlib.suppress(BrokenPipeError):  # its handle is gone: nobody waits
+                        os.write(status_pipe, str(os.waitstatus_to_exitcode(status)).encode())
                     os.close(status_pipe)
                     continue
                 message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 2)
