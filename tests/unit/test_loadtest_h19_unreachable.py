@@ -71,7 +71,12 @@ async def _refusing_server() -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
-def test_an_unavailable_the_target_answers_with_is_a_measurement() -> None:
+def test_an_unavailable_the_target_answers_with_is_a_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long back-off, so that any wait per refusal shows in the count however busy the machine:
+    # with 0.1 s, a CI run's 27 refusals in the window (no back-off, 3 workers on 2 cores) fell
+    # under the bound of 28 a back-off could allow.
+    monkeypatch.setattr(worker, "CONNECTION_BACKOFF_S", 5.0)
+
     async def main() -> Recorder:
         server, port = await _refusing_server()
         try:
