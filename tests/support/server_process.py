@@ -22,7 +22,7 @@ _READY = re.compile(r"sluiceway ready on ([\d.]+):(\d+)")
 _METRICS = re.compile(r"sluiceway metrics on ([\d.]+):(\d+)/metrics")
 _LISTENING = re.compile(r"sluiceway listening on ([\d.]+):(\d+)")
 # This test process's zygote, started with its first server and kept to its end.
-_ZYGOTE = Zygote()
+_ZYGOTE = Zygote(REPO_ROOT)
 atexit.register(_ZYGOTE.close)
 
 

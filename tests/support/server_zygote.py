@@ -23,7 +23,6 @@ from typing import IO
 
 from tests.support.zygote_main import PASSED_SIGNALS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Variables that may differ from the zygote's: the server's settings, and pytest's own per-test
 # ones (PYTEST_CURRENT_TEST changes with every test).
 READ_AT_START = ("SLUICEWAY_", "PYTEST_")
@@ -72,9 +71,11 @@ class ForkedServer:
 
 
 class Zygote:
-    """One test process's zygote; `start` returns None where it cannot serve (use Popen)."""
+    """One test process's zygote, run in `repo_root`; `start` returns None where it cannot serve
+    (use Popen)."""
 
-    def __init__(self) -> None:
+    def __init__(self, repo_root: Path) -> None:
+        self._repo_root = repo_root
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -111,7 +112,7 @@ class Zygote:
             self._env = dict(os.environ)
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "tests.support.zygote_main", str(theirs.fileno())],
-                cwd=REPO_ROOT, env=self._env, pass_fds=[theirs.fileno()],
+                cwd=self._repo_root, env=self._env, pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             theirs.close()

@@ -67,6 +67,15 @@ def _child(request: dict[str, object], output: int) -> list[str]:
     return [str(word) for word in argv]
 
 
+def _report_exit(pidfd: int, pid: int, status_pipe: int) -> None:
+    """Reap the child that ended and write its exit code (as subprocess says it) to its status pipe."""
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(BrokenPipeError):  # its handle is gone: nobody waits
+        os.write(status_pipe, str(os.waitstatus_to_exitcode(status)).encode())
+    os.close(status_pipe)
+
+
 def serve_forks(control: socket.socket) -> list[str] | None:
     """Fork a child for each request until the control socket closes: None in the zygote, the
     child's argv in each child (which returns from here to run it)."""
@@ -76,14 +85,8 @@ def serve_forks(control: socket.socket) -> list[str] | None:
         while True:
             for key, _ in selector.select():
                 if key.fileobj is not control:  # a child ended
-                    pidfd = int(key.fd)
-                    pid, status_pipe = statuses.pop(pidfd)
-                    selector.unregister(pidfd)
-                    os.close(pidfd)
-                    _, status = os.waitpid(pid, 0)
-                    with contextlib.suppress(BrokenPipeError):  # its handle is gone: nobody waits
-                        os.write(status_pipe, str(os.waitstatus_to_exitcode(status)).encode())
-                    os.close(status_pipe)
+                    selector.unregister(key.fd)
+                    _report_exit(key.fd, *statuses.pop(key.fd))
                     continue
                 message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 2)
                 if not message or len(fds) != 2:  # the test process is gone

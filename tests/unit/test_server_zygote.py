@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clients import Client
-from tests.support.server_process import _ZYGOTE, CACHE_DIR, ServerProcess
+from tests.support.server_process import _ZYGOTE, CACHE_DIR, REPO_ROOT, ServerProcess
 from tests.support.server_zygote import ForkedServer, Zygote
 
 zygote_on = pytest.mark.skipif(
@@ -35,7 +35,7 @@ def test_a_forked_server_serves_and_exits_0_on_sigterm() -> None:
 
 @zygote_on
 def test_a_killed_forked_server_says_the_signal_and_wait_times_out_before() -> None:
-    zygote = Zygote()
+    zygote = Zygote(REPO_ROOT)
     argv = ["server", "serve", "--port", "0", "--metrics-port", "0", "--cache-dir", str(CACHE_DIR)]
     forked = zygote.start(argv, dict(os.environ))
     assert forked is not None
@@ -52,7 +52,7 @@ def test_a_killed_forked_server_says_the_signal_and_wait_times_out_before() -> N
 
 
 def test_an_environment_read_at_import_falls_back_to_a_command() -> None:
-    zygote = Zygote()
+    zygote = Zygote(REPO_ROOT)
     argv = ["server", "serve", "--port", "0"]
     assert zygote.start(argv, {**os.environ, "HOME": "/nonexistent"}) is None
     assert zygote.start(argv, {k: v for k, v in os.environ.items() if k != "PATH"}) is None
@@ -63,7 +63,7 @@ def test_an_environment_read_at_import_falls_back_to_a_command() -> None:
 def test_a_changed_environment_gets_a_new_zygote_and_the_old_ones_servers_go_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    zygote = Zygote()
+    zygote = Zygote(REPO_ROOT)
     argv = ["server", "serve", "--port", "0", "--metrics-port", "0", "--cache-dir", str(CACHE_DIR)]
     first = zygote.start(argv, dict(os.environ))
     monkeypatch.setenv("ZYGOTE_TEST_CHANGED", "1")  # the test process's own environment changes
