@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from server.backends.onnx_data_sized import data_sized_outputs
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.models.onnx_completion import OnnxTensor
 
@@ -71,8 +72,18 @@ def _inputs_outputs(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[Onnx
         for v in model.graph.input
         if v.name not in initializers
     ]
-    outputs = [OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type)) for v in model.graph.output]
+    sized = data_sized_outputs(model)
+    outputs = [
+        OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type), _sized_why(sized.get(v.name)))
+        for v in model.graph.output
+    ]
     return inputs, outputs
+
+
+def _sized_why(origin: str | None) -> str | None:
+    if origin is None:
+        return None
+    return f"its first dim is sized by the values of the data ({origin})"
 
 
 def _overridable(model: onnx.ModelProto) -> list[OnnxTensor]:

@@ -22,9 +22,13 @@ class OnnxTensor(NamedTuple):
     name: str
     type: str  # onnxruntime type string, e.g. "tensor(float)"
     shape: Sequence[int | str | None]  # str or None: a symbolic / unknown dimension
+    # Why its first dim is not the batch, read in the graph's ops (server/backends/onnx_data_sized.py).
+    not_batch: str | None = None
 
 
 def _as_tensor(item: Any) -> OnnxTensor:
+    if isinstance(item, OnnxTensor):
+        return item._replace(shape=list(item.shape))
     if isinstance(item, tuple):
         name, type_, shape = item
         return OnnxTensor(str(name), str(type_), list(shape))
@@ -42,8 +46,11 @@ def _is_batch_dim(shape: Sequence[int | str | None]) -> bool:
 def _not_batch(tensor: OnnxTensor, graph: Sequence[OnnxTensor]) -> str | None:
     """Why `tensor`'s variable first dim is provably not the batch (None: it may be): its symbol
     names a later dim of some graph input or output (x [N, M] -> y [M], ReduceSum over axis 0, or a
-    Gram matrix [N, N]). Batching such a model handed each request another slice of the batch's
-    result as its own rows (column sums of three coalesced requests, one element each, OK)."""
+    Gram matrix [N, N]), or the data's values size it (NonZero upstream: `tensor.not_batch`).
+    Batching such a model handed each request another slice of the batch's result as its own rows
+    (column sums of three coalesced requests, one element each, OK)."""
+    if tensor.not_batch is not None:
+        return tensor.not_batch
     first = tensor.shape[0] if tensor.shape else None
     if not isinstance(first, str) or not first:
         return None
@@ -88,10 +95,15 @@ def _model_dims(
             f"has shape {shape} with no variable first (batch) dimension"
         )
     if (why := _not_batch(tensor, graph)) is not None:
+        hatch = (
+            ""
+            if tensor.not_batch is None
+            else "; if it is the batch, name it in the graph as the inputs' first dim"
+        )
         raise ConfigError(
             f"{source}: max_batch_size is {max_batch_size} but ONNX {kind} '{tensor.name}' has shape "
             f"{shape}: {why}, so it is not the batch dimension (batching would split it as rows); "
-            "set max_batch_size: 0"
+            f"set max_batch_size: 0{hatch}"
         )
     return _dims(shape[1:])
 

@@ -2,9 +2,11 @@
 sums (ReduceSum over axis 0, x [N, M] -> y [M]): batching it handed each of three coalesced
 requests one element of the batch's column sums, OK; now completion leaves it unbatched (each
 request answered whole) and a config that says max_batch_size > 0 fails its load, naming why.
-NonZero's rows (idx [nnz, 2]), which no graph symbol tells from the batch: a run whose output does
-not hold its rows answers UNIMPLEMENTED naming the output, as Triton's UNSUPPORTED (it was INTERNAL,
-the output named only in the server log)."""
+NonZero's rows (idx [nnz, 2]), sized by the data's values: batched, a run whose indices held as
+many rows as the run was split by rows, and two of three coalesced requests got another's indices,
+OK (as in Triton); now it is treated like column sums. Declared the batch in its graph (idx
+['N', 2]), it is batched as the graph says, and a run whose output does not hold its rows answers
+UNIMPLEMENTED naming the output, as Triton's UNSUPPORTED (it was INTERNAL, named only in the log)."""
 
 from __future__ import annotations
 
@@ -22,16 +24,19 @@ from tests.support.zoo_models import column_sums, nonzero_rows
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, Path]]]:
     repo = tmp_path_factory.mktemp("zoo-dims")
     model = column_sums(tmp_path_factory.mktemp("zoo-dims-files") / "column_sums.onnx")
     write_model(repo, "sums_batched", model, BATCH_OF_FOUR_ROWS)
     write_model(repo, "sums", model, None)
-    nonzero = nonzero_rows(tmp_path_factory.mktemp("zoo-dims-files") / "nonzero_rows.onnx")
-    write_model(repo, "nonzero_batched", nonzero, BATCH_OF_FOUR_ROWS)
-    write_model(repo, "nonzero", nonzero, None)
+    files = tmp_path_factory.mktemp("zoo-dims-files")
+    write_model(repo, "nonzero_batched", nonzero_rows(files / "nonzero_rows.onnx"), BATCH_OF_FOUR_ROWS)
+    write_model(repo, "nonzero", nonzero_rows(files / "nonzero_rows.onnx"), None)
+    declared = nonzero_rows(files / "nonzero_declared.onnx", first="N")
+    write_model(repo, "declared_batched", declared, BATCH_OF_FOUR_ROWS)
+    write_model(repo, "declared", declared, None)
     with ServerProcess("--model-repository", str(repo)) as server:
-        yield server, model
+        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx"}
 
 
 def _requests() -> list[dict[str, np.ndarray]]:
@@ -39,32 +44,66 @@ def _requests() -> list[dict[str, np.ndarray]]:
     return [{"x": rng.integers(-9, 9, (rows, 3)).astype(np.float32)} for rows in (1, 2, 1)]
 
 
-def test_batching_said_in_the_config_fails_the_load_naming_the_output(
-    zoo: tuple[ServerProcess, Path],
-) -> None:
-    server, _ = zoo
+def _index(server: ServerProcess) -> dict[str, tg.service_pb2.RepositoryIndexResponse.ModelIndex]:
     client = tg.InferenceServerClient(server.address)
     try:
-        index = {m.name: m for m in client.get_model_repository_index().models}
+        return {m.name: m for m in client.get_model_repository_index().models}
     finally:
         client.close()
+
+
+def test_batching_said_in_the_config_fails_the_load_naming_the_output(
+    zoo: tuple[ServerProcess, dict[str, Path]],
+) -> None:
+    index = _index(zoo[0])
     assert index["sums_batched"].state == "UNAVAILABLE"
     reason = index["sums_batched"].reason
     assert "output 'y'" in reason and "'M' is dim 1 of 'x'" in reason, reason
     assert "not the batch dimension" in reason and "max_batch_size: 0" in reason, reason
 
 
+def test_batching_a_data_sized_output_fails_the_load_naming_the_output_and_the_op(
+    zoo: tuple[ServerProcess, dict[str, Path]],
+) -> None:
+    index = _index(zoo[0])
+    assert index["nonzero_batched"].state == "UNAVAILABLE"
+    reason = index["nonzero_batched"].reason
+    assert (
+        "output 'idx'" in reason
+        and "sized by the values of the data (the NonZero node making 'nz')" in reason
+    )
+    assert "max_batch_size: 0" in reason and "name it in the graph as the inputs' first dim" in reason, reason
+    assert index["nonzero"].state == index["declared_batched"].state == "READY"
+
+
+# One nonzero a row: a run of as many requests' rows holds as many indices, which splitting by rows
+# had handed out as each request's own (request 2 got rows 1-2 of the run's indices, not its own).
+ONE_A_ROW = [{"x": np.tile(np.eye(4, dtype=np.float32)[i], (rows, 1))} for i, rows in enumerate((1, 2, 1))]
+
+
+@pytest.mark.parametrize("send", ["tritonclient", "ours"])
+def test_completed_without_a_config_each_request_gets_its_own_indices(
+    zoo: tuple[ServerProcess, dict[str, Path]], send: str
+) -> None:
+    server, files = zoo
+    if send == "tritonclient":
+        answers = triton_together(server.address, "nonzero", ONE_A_ROW, ["idx"])
+    else:
+        answers = ours_together(server.address, "nonzero", ONE_A_ROW)
+    assert_each_alone(files["nonzero"], ONE_A_ROW, answers, "nonzero")
+
+
 @pytest.mark.parametrize("send", ["tritonclient", "ours"])
 def test_completed_without_a_config_each_request_gets_its_own_column_sums(
-    zoo: tuple[ServerProcess, Path], send: str
+    zoo: tuple[ServerProcess, dict[str, Path]], send: str
 ) -> None:
-    server, model = zoo
+    server, files = zoo
     requests = _requests()
     if send == "tritonclient":
         answers = triton_together(server.address, "sums", requests, ["y"])
     else:
         answers = ours_together(server.address, "sums", requests)
-    assert_each_alone(model, requests, answers, "sums")
+    assert_each_alone(files["sums"], requests, answers, "sums")
 
 
 # Two nonzeros a row: 8 rows of indices for a run of 4 rows, 2 for a request of 1 row alone.
@@ -72,11 +111,11 @@ NONZERO_REQUESTS = [{"x": np.tile(np.float32([[1, 0, 2, 0]]), (rows, 1))} for ro
 
 
 @pytest.mark.parametrize(
-    ("model", "requests"), [("nonzero_batched", NONZERO_REQUESTS), ("nonzero", NONZERO_REQUESTS[:1])]
+    ("model", "requests"), [("declared_batched", NONZERO_REQUESTS), ("declared", NONZERO_REQUESTS[:1])]
 )
 @pytest.mark.parametrize("send", ["tritonclient", "ours"])
 def test_an_output_without_the_runs_rows_answers_unimplemented_naming_it(
-    zoo: tuple[ServerProcess, Path], model: str, requests: list[dict[str, np.ndarray]], send: str
+    zoo: tuple[ServerProcess, dict[str, Path]], model: str, requests: list[dict[str, np.ndarray]], send: str
 ) -> None:
     server, _ = zoo
     if send == "tritonclient":
@@ -92,4 +131,4 @@ def test_an_output_without_the_runs_rows_answers_unimplemented_naming_it(
         )
     # The server serves on: column sums, completed unbatched, still answer.
     good = _requests()
-    assert_each_alone(zoo[1], good, ours_together(server.address, "sums", good), "sums")
+    assert_each_alone(zoo[1]["sums"], good, ours_together(server.address, "sums", good), "sums")

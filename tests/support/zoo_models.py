@@ -43,14 +43,15 @@ def column_sums(path: Path) -> Path:
     )
 
 
-def nonzero_rows(path: Path) -> Path:
-    """idx = Transpose(NonZero(x)): x [N, 4] -> idx [nnz, 2] INT64; nnz depends on the values."""
+def nonzero_rows(path: Path, first: str = "nnz") -> Path:
+    """idx = Transpose(NonZero(x)): x [N, 4] -> idx [nnz, 2] INT64; nnz depends on the values.
+    `first`: the name the graph gives idx's first dim ("N" declares it the batch, wrongly)."""
     nodes = [
         helper.make_node("NonZero", ["x"], ["nz"]),
         helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
     ]
     return _save(
-        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 4])], [_vi("idx", TensorProto.INT64, ["nnz", 2])]
+        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 4])], [_vi("idx", TensorProto.INT64, [first, 2])]
     )
 
 

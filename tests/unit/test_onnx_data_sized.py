@@ -1,0 +1,161 @@
+"""Outputs whose first dim the data's values size (server/backends/onnx_data_sized.py), and what
+config completion does with them: NonZero's indices [nnz, 2] had been completed as batched, and a
+run whose indices happened to hold as many rows as the run was split by rows (two of three
+coalesced requests got another's indices, OK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from protos import model_config_pb2 as mc
+from server.backends.onnx_data_sized import data_sized_outputs
+from server.backends.onnx_inspect import read_signature
+from server.models.config_errors import ConfigError
+from server.models.onnx_completion import complete_from_onnx
+
+Shape = list[int | str | None]
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    outputs: dict[str, Shape],
+    x: Shape | None = None,
+    initializer: list[onnx.TensorProto] | None = None,
+    opset: int = 17,
+    out_type: int = TensorProto.INT64,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x if x is not None else ["N", 4])],
+        [helper.make_tensor_value_info(name, out_type, shape) for name, shape in outputs.items()],
+        initializer=initializer or [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _nonzero_rows(first: int | str | None = "nnz", x: Shape | None = None) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"], name="nz"),
+        helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+    ]
+    return _model(nodes, {"idx": [first, 2]}, x)
+
+
+@pytest.mark.parametrize("x", [["N", 4], [None, 4]])
+def test_nonzeros_indices_are_named_with_the_op(x: Shape) -> None:
+    assert data_sized_outputs(_nonzero_rows(x=x)) == {"idx": "NonZero node 'nz'"}
+
+
+def test_an_unnamed_node_is_named_by_what_it_makes() -> None:
+    nodes = [helper.make_node("Unique", ["x"], ["u"]), helper.make_node("Identity", ["u"], ["y"])]
+    model = _model(nodes, {"y": ["k"]}, out_type=TensorProto.FLOAT)
+    assert data_sized_outputs(model) == {"y": "the Unique node making 'u'"}
+
+
+def test_kept_boxes_of_non_max_suppression_are_data_sized() -> None:
+    # boxes [N, 4] read as one image's; scores built from x: selected [k, 3].
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "zero"], ["boxes"]),
+        helper.make_node("ReduceSum", ["x", "one"], ["s"], keepdims=0),
+        helper.make_node("Unsqueeze", ["s", "zero_one"], ["scores"]),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["selected"], name="nms"),
+    ]
+    init = [
+        numpy_helper.from_array(np.int64([0]), "zero"),
+        numpy_helper.from_array(np.int64([1]), "one"),
+        numpy_helper.from_array(np.int64([0, 1]), "zero_one"),
+    ]
+    model = _model(nodes, {"selected": ["k", 3]}, initializer=init)
+    assert data_sized_outputs(model) == {"selected": "NonMaxSuppression node 'nms'"}
+
+
+def test_a_row_wise_output_downstream_of_nonzero_is_cleared_by_shape_inference() -> None:
+    # y = x * (count of nonzeros): NonZero feeds it, but y's first dim is x's.
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Size", ["nz"], ["n"]),
+        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "nf"], ["y"]),
+    ]
+    for x in (["N", 4], [None, 4]):
+        model = _model(nodes, {"y": ["whatever", 4]}, x, out_type=TensorProto.FLOAT)
+        assert data_sized_outputs(model) == {}, x
+
+
+def test_a_graph_that_declares_the_inputs_first_dim_is_taken_at_its_word() -> None:
+    assert data_sized_outputs(_nonzero_rows(first="N")) == {}
+    assert data_sized_outputs(_nonzero_rows(first=None)) == {"idx": "NonZero node 'nz'"}
+
+
+def test_an_op_inside_a_subgraph_taints_its_nodes_outputs() -> None:
+    then = helper.make_graph(
+        [helper.make_node("Compress", ["x", "keep"], ["kept"], axis=0, name="c")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "zero"], ["cond"]),
+        helper.make_node("Greater", ["x", "zero"], ["gt"]),
+        helper.make_node("ReduceMin", ["gt_f", "one"], ["keep_f"], keepdims=0),
+        helper.make_node("Cast", ["gt"], ["gt_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["keep_f"], ["keep"], to=TensorProto.BOOL),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="pick"),
+    ]
+    init = [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.int64([1]), "one")]
+    model = _model(nodes, {"y": ["k", 4]}, initializer=init, out_type=TensorProto.FLOAT)
+    assert data_sized_outputs(model) == {"y": "Compress node 'c' inside If node 'pick'"}
+
+
+def test_a_custom_domains_nonzero_is_not_read_as_onnxs() -> None:
+    nodes = [helper.make_node("NonZero", ["x"], ["idx"], domain="com.example")]
+    model = _model(nodes, {"idx": ["k", 2]})
+    assert data_sized_outputs(model) == {}
+
+
+def test_a_plain_batched_model_is_not_suspect() -> None:
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"y": ["N", 3]}, [None, 4], [w])
+    assert data_sized_outputs(model) == {}
+
+
+def _signature(tmp_path: Path, model: onnx.ModelProto) -> tuple[list, list]:  # type: ignore[type-arg]
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    signature = read_signature(path)
+    return signature.inputs, signature.outputs
+
+
+def test_completion_leaves_a_data_sized_output_unbatched(tmp_path: Path) -> None:
+    inputs, outputs = _signature(tmp_path, _nonzero_rows())
+    done = complete_from_onnx(mc.ModelConfig(name="nz"), inputs, outputs)
+    assert done.max_batch_size == 0 and not done.HasField("dynamic_batching")
+    assert [list(o.dims) for o in done.output] == [[-1, 2]]
+    # Named as the inputs' first dim by the graph: batched, as before.
+    inputs, outputs = _signature(tmp_path, _nonzero_rows(first="N"))
+    assert complete_from_onnx(mc.ModelConfig(name="nz"), inputs, outputs).max_batch_size > 0
+
+
+def test_a_config_that_batches_a_data_sized_output_fails_naming_output_and_op(tmp_path: Path) -> None:
+    inputs, outputs = _signature(tmp_path, _nonzero_rows())
+    config = mc.ModelConfig(name="nz", max_batch_size=8)
+    config.dynamic_batching.SetInParent()
+    with pytest.raises(ConfigError) as err:
+        complete_from_onnx(config, inputs, outputs, source="nz/config.pbtxt")
+    text = str(err.value)
+    assert text.startswith("nz/config.pbtxt: max_batch_size is 8 but ONNX output 'idx'"), text
+    assert "sized by the values of the data (NonZero node 'nz')" in text, text
+    assert "set max_batch_size: 0" in text and "name it in the graph as the inputs' first dim" in text, text
