@@ -50,6 +50,11 @@ class Costs:
     per_gpu_hour: float | None = None
 
 
+def _whole_us(ns: int) -> int:
+    """Whole microseconds, as Triton's `_us` counters are (ns * 1e-3 had carried fractions)."""
+    return ns // 1000
+
+
 def _labels(v: ModelVersion) -> Labels:
     return series_labels(v.name, v.version_str, v.config.metric_tags)
 
@@ -147,7 +152,7 @@ class MetricViews:
         """Every counter and gauge. Triton's names are gauges: OpenTelemetry's Prometheus mapping
         appends `_total` to every monotonic sum, which would rename them (README "Metrics")."""
         each, stat, per_reason, cached = self._each, self._stat, self._per_reason, self._cached
-        us = 1e-3
+        us = _whole_us
         return [
             View("nv_inference_request_success", "gauge", "Successful requests (cumulative, Triton's name)",
                  stat(lambda s: s.success.count)),
@@ -158,18 +163,18 @@ class MetricViews:
             View("nv_inference_exec_count", "gauge", "Backend runs (batches) (cumulative)",
                  stat(lambda s: s.execution_count)),
             View("nv_inference_request_duration_us", "gauge", "End-to-end time of successful requests, us "
-                 "(cumulative)", stat(lambda s: s.success.ns * us)),
+                 "(cumulative)", stat(lambda s: us(s.success.ns))),
             View("nv_inference_queue_duration_us", "gauge", "Time requests waited in the queue, us "
-                 "(cumulative)", stat(lambda s: s.queue.ns * us)),
+                 "(cumulative)", stat(lambda s: us(s.queue.ns))),
             View("nv_inference_compute_input_duration_us", "gauge", "Input gathering time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 stat(lambda s: s.compute_input.ns * us)),
+                 stat(lambda s: us(s.compute_input.ns))),
             View("nv_inference_compute_infer_duration_us", "gauge", "Model run time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 stat(lambda s: s.compute_infer.ns * us)),
+                 stat(lambda s: us(s.compute_infer.ns))),
             View("nv_inference_compute_output_duration_us", "gauge", "Output scatter time per request, us "
                  "(cumulative; each request charged its whole batch's)",
-                 stat(lambda s: s.compute_output.ns * us)),
+                 stat(lambda s: us(s.compute_output.ns))),
             View("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue now",
                  each(lambda v: v.batcher.queued_requests)),
             View("nv_cache_num_hits_per_model", "gauge", "Response cache hits (cumulative)",
@@ -177,9 +182,9 @@ class MetricViews:
             View("nv_cache_num_misses_per_model", "gauge", "Response cache misses (cumulative)",
                  cached(lambda s: s.cache_miss.count)),
             View("nv_cache_hit_duration_per_model", "gauge", "Time of cache hits (lookup and answer), us "
-                 "(cumulative)", cached(lambda s: s.cache_hit.ns * us)),
+                 "(cumulative)", cached(lambda s: us(s.cache_hit.ns))),
             View("nv_cache_miss_duration_per_model", "gauge", "Time of cache misses (lookup and insert), us "
-                 "(cumulative)", cached(lambda s: s.cache_miss.ns * us)),
+                 "(cumulative)", cached(lambda s: us(s.cache_miss.ns))),
             View("sluiceway_deadline_outcome_total", "counter", "Requests by deadline outcome: shed at "
                  "admission, expired in the queue, ran late, on time", self._outcomes),
             View("sluiceway_frames_dropped_total", "counter", "Stream frames superseded by a newer "

@@ -180,7 +180,7 @@ def test_every_figure_is_exact_after_known_traffic(
     fields = {"request": "success", "queue": "queue", "compute_input": "compute_input"}
     fields.update({"compute_infer": "compute_infer", "compute_output": "compute_output"})
     for name, field in fields.items():
-        assert page[f"nv_inference_{name}_duration_us"] == pytest.approx(ns[field] / 1000, rel=1e-9, abs=1e-3)
+        assert page[f"nv_inference_{name}_duration_us"] == ns[field] // 1000  # whole us, as Triton's
 
     # Version 2 took nothing; the unnamed version lists both; unknown names are refused.
     idle = _one(client, "counted", "2")
@@ -210,12 +210,8 @@ def test_cache_hits_count_as_successes_and_nothing_else(
     assert (page["nv_inference_request_success"], page["nv_inference_request_failure.OTHER"]) == (5, 1)
     assert (page["nv_inference_count"], page["nv_inference_exec_count"]) == (4, 2)
     assert (page["nv_cache_num_hits_per_model"], page["nv_cache_num_misses_per_model"]) == (3, 2)
-    assert page["nv_cache_hit_duration_per_model"] == pytest.approx(
-        ns["cache_hit"] / 1000, rel=1e-9, abs=1e-3
-    )
-    assert page["nv_cache_miss_duration_per_model"] == pytest.approx(
-        ns["cache_miss"] / 1000, rel=1e-9, abs=1e-3
-    )
+    assert page["nv_cache_hit_duration_per_model"] == ns["cache_hit"] // 1000
+    assert page["nv_cache_miss_duration_per_model"] == ns["cache_miss"] // 1000
 
 
 def test_a_request_computed_then_cancelled_while_its_answer_is_encoded_is_a_success(
