@@ -1,5 +1,6 @@
 """Graph outputs whose first dim the data's values size (NonZero, Unique, Compress,
-NonMaxSuppression upstream), so it is not the batch.
+NonMaxSuppression upstream, or a Reshape, Range, Tile, ... whose size input is computed from the
+data's values), so it is not the batch.
 
 Such an output (NonZero's indices [nnz, 2], a detector's kept boxes [k, 6]) has a variable first
 dim that no symbol tells from the batch. Batched, a run whose output happened to hold as many rows
@@ -12,8 +13,7 @@ An output downstream of such an op may still be batched (a mask computed with No
 row by row): onnx's shape inference, run only when some output is suspect, clears an output whose
 first dim it carries through from an input's first dim, and so does a graph that declares the
 output's first dim with an input's batch symbol (the exporter's word, e.g. torch's dynamic_axes).
-Not covered: ops that take a size from a tensor computed from the data's values (Reshape, Expand,
-Range, Tile with such a shape) and custom-domain ops.
+Not covered: custom-domain ops, and sizes read by ops outside SIZE_INPUTS.
 """
 
 from __future__ import annotations
@@ -24,14 +24,32 @@ import onnx
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
 DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression"})
+# Standard ops that take an output size from some inputs' values: sized by the data when one of
+# those inputs is computed from the data's values (not from shapes alone: Shape, Size).
+SIZE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Slice": (1, 2, 4),
+    "Pad": (1,),
+    "Resize": (2, 3),
+    "Upsample": (1,),
+    "Split": (1,),
+    "Loop": (0,),
+}
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read their input's shape, never its values
 _BATCH_SYMBOL = "__sluiceway_batch_{}"  # names an input's unnamed first dim for shape inference
 
 
 def data_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Each graph output whose first dim is sized by the data's values, and why (the op), for
     outputs not shown to carry an input's first dim."""
-    origins = _origins(model.graph, {})
-    suspects = {out.name: origins[out.name] for out in model.graph.output if out.name in origins}
+    initializers = {init.name for init in model.graph.initializer}
+    walk = _Walk({v.name for v in model.graph.input if v.name not in initializers})
+    walk.graph(model.graph)
+    suspects = {out.name: walk.origins[out.name] for out in model.graph.output if out.name in walk.origins}
     if not suspects:
         return {}
     cleared = _declared_batch(model, suspects) | _inferred_batch(model, suspects)
@@ -46,30 +64,46 @@ def _describe(node: onnx.NodeProto) -> str:
     )
 
 
-def _origins(graph: onnx.GraphProto, outer: dict[str, str]) -> dict[str, str]:
-    """Tensor name -> the data-sized op it depends on (graph order is topological in ONNX)."""
-    origins = dict(outer)
-    for node in graph.node:
-        why = _node_origin(node, origins)
-        if why is not None:
+class _Walk:
+    """One pass over a graph in its (topological) order: `origins` maps each tensor whose size
+    the data's values set to the op that does, `valued` holds the tensors whose values the data's
+    values set."""
+
+    def __init__(self, valued: set[str]) -> None:
+        self.origins: dict[str, str] = {}
+        self.valued = set(valued)
+
+    def graph(self, graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            why, valued = self._node(node)
             for name in node.output:
-                if name:
-                    origins[name] = why
-    return origins
+                if name and why is not None:
+                    self.origins[name] = why
+                if name and valued:
+                    self.valued.add(name)
 
-
-def _node_origin(node: onnx.NodeProto, origins: dict[str, str]) -> str | None:
-    if node.op_type in DATA_SIZED_OPS and node.domain in ("", "ai.onnx"):
-        return _describe(node)
-    for name in node.input:
-        if name in origins:
-            return origins[name]
-    for sub in _subgraphs(node):  # If/Loop/Scan: an op inside, or an outer tensor that depends on one
-        inside = _origins(sub, origins)
-        for out in sub.output:
-            if out.name in inside:
-                return f"{inside[out.name]} inside {node.op_type} node '{node.name or node.output[0]}'"
-    return None
+    def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool]:
+        standard = node.domain in ("", "ai.onnx")
+        valued = node.op_type not in SHAPE_ONLY_OPS and any(n in self.valued for n in node.input)
+        if standard and node.op_type in DATA_SIZED_OPS:
+            return _describe(node), valued
+        if standard:
+            for i in SIZE_INPUTS.get(node.op_type, ()):
+                if i < len(node.input) and node.input[i] in self.valued:
+                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued
+        for name in node.input:
+            if name in self.origins:
+                return self.origins[name], valued
+        for sub in _subgraphs(node):  # If/Loop/Scan: an op inside, or outer tensors it reads
+            inner = _Walk(self.valued | ({i.name for i in sub.input} if valued else set()))
+            inner.origins = dict(self.origins)
+            inner.graph(sub)
+            valued = valued or any(out.name in inner.valued for out in sub.output)
+            for out in sub.output:
+                if out.name in inner.origins:
+                    where = f"{node.op_type} node '{node.name or node.output[0]}'"
+                    return f"{inner.origins[out.name]} inside {where}", valued
+        return None, valued
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

@@ -159,3 +159,81 @@ def test_a_config_that_batches_a_data_sized_output_fails_naming_output_and_op(tm
     assert text.startswith("nz/config.pbtxt: max_batch_size is 8 but ONNX output 'idx'"), text
     assert "sized by the values of the data (NonZero node 'nz')" in text, text
     assert "set max_batch_size: 0" in text and "name it in the graph as the inputs' first dim" in text, text
+
+
+def _int(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.int64(values), name)
+
+
+def _scalar(name: str, value: int) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.int64(value), name)
+
+
+def test_a_range_whose_limit_the_data_sets_is_data_sized() -> None:
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node("Range", ["start", "limit", "step"], ["y"], name="r"),
+    ]
+    model = _model(nodes, {"y": ["k"]}, initializer=[_scalar("start", 0), _scalar("step", 1)])
+    assert data_sized_outputs(model) == {"y": "Range node 'r', from its input 'limit'"}
+
+
+def test_a_shape_from_shapes_alone_is_not_the_datas() -> None:
+    # y = Reshape(x, [N * 4]) with N read by Shape: sized by x's shape, not its values.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ReduceProd", ["s"], ["n"], keepdims=1),
+        helper.make_node("Reshape", ["x", "n"], ["y"], name="flat"),
+    ]
+    model = _model(nodes, {"y": ["k"]}, out_type=TensorProto.FLOAT)
+    assert data_sized_outputs(model) == {}
+
+
+def test_a_shape_a_client_sends_is_the_datas() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="grow")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, ["N", 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert data_sized_outputs(model) == {"y": "Expand node 'grow', from its input 'shape'"}
+
+
+def test_a_reshape_that_keeps_the_first_dim_by_shape_is_cleared() -> None:
+    # y = Reshape(x, [N, k]) with k from the values: the first dim is still x's.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=1),
+        helper.make_node("Reshape", ["m", "one"], ["m1"]),
+        helper.make_node("Cast", ["m1"], ["k"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["n", "k"], ["shape"], axis=0),
+        helper.make_node("Expand", ["x", "shape"], ["y"], name="grow"),
+    ]
+    init = [_int("zero", [0]), _int("one", [1])]
+    model = _model(nodes, {"y": ["a", "b"]}, initializer=init, out_type=TensorProto.FLOAT)
+    assert data_sized_outputs(model) == {}
+
+
+def test_a_subgraph_that_sizes_by_an_outer_value_is_data_sized() -> None:
+    branch = helper.make_graph(
+        [helper.make_node("Range", ["start", "limit", "step"], ["r"], name="inner")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.INT64, None)],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node("Greater", ["limit", "start"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch, name="pick"),
+    ]
+    model = _model(nodes, {"y": ["k"]}, initializer=[_scalar("start", 0), _scalar("step", 1)])
+    assert data_sized_outputs(model) == {
+        "y": "Range node 'inner', from its input 'limit' inside If node 'pick'"
+    }
