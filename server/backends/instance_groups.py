@@ -16,7 +16,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from protos import model_config_pb2 as mc
-from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider, providers_for
+from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
+from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
 from server.models.config_backend import backend_parameters
 

@@ -86,17 +86,23 @@ class DivisionGuard:
 
 
 def division_guard_for(
-    path: Path, model: str, runtime_version: str, wanted: bool | None = None
+    path: Path,
+    model: str,
+    runtime_version: str,
+    wanted: bool | None = None,
+    *,
+    model_proto: onnx.ModelProto | None = None,
 ) -> DivisionGuard | None:
-    """The guarded model for `path` unless `wanted` is False (None: on every onnxruntime, as all
-    known trap on MIN / -1), when the model has integer divisions to guard; None otherwise, also
-    when it cannot be rewritten (one WARNING naming `runtime_version`)."""
+    """The guarded model for `path` (or for `model_proto`, the model at `path` rewritten already)
+    unless `wanted` is False (None: on every onnxruntime, as all known trap on MIN / -1), when the
+    model has integer divisions to guard; None otherwise, also when it cannot be rewritten (one
+    WARNING naming `runtime_version`)."""
     if wanted is False:
         return None
     if not may_divide(path):  # no Div/Mod node: the parse below is skipped (~90 ms for resnet)
         return None
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = model_proto if model_proto is not None else onnx.load(str(path), load_external_data=False)
         return guard_model(proto)
     except Exception as err:  # GuardUnavailable, or onnx cannot read what onnxruntime may
         log.warning(
@@ -134,13 +140,17 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     )
 
 
-def session_source(guard: DivisionGuard | None, path: Path, options: ort.SessionOptions) -> str | bytes:
-    """What a session of the model at `path` is made from: the file, or the guarded model's bytes,
-    whose external data files (if any) `options` then has onnxruntime read beside `path`."""
-    if guard is None:
+def session_source(
+    guard: DivisionGuard | None, path: Path, options: ort.SessionOptions, rewritten: bytes | None = None
+) -> str | bytes:
+    """What a session of the model at `path` is made from: the file, or the guarded model's bytes
+    (else `rewritten`, the model otherwise rewritten), whose external data files (if any)
+    `options` then has onnxruntime read beside `path`."""
+    source = guard.model_bytes if guard is not None else rewritten
+    if source is None:
         return str(path)
     options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
-    return guard.model_bytes
+    return source
 
 
 def _divides(function: onnx.FunctionProto) -> bool:

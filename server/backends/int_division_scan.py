@@ -32,32 +32,38 @@ class _NotWalkable(Exception):
 
 def may_divide(path: Path) -> bool:
     """False only when the model at `path` has no Div or Mod node (see the module's docstring)."""
+    return may_hold(path, _MARKS)
+
+
+def may_hold(path: Path, marks: tuple[bytes, ...]) -> bool:
+    """False only when no node of the model at `path` has an op_type holding one of `marks`
+    (read the same way, outside the weights)."""
     try:
         with path.open("rb") as file:
             size = os.fstat(file.fileno()).st_size
-            return size == 0 or _marked(file, size)  # empty: not a model, the full look says so
+            return size == 0 or _marked(file, size, marks)  # empty: not a model, the full look says so
     except (OSError, _NotWalkable):  # unreadable, or not protobuf (or it changed under the walk)
         return True
 
 
-def _marked(file: BinaryIO, size: int) -> bool:
+def _marked(file: BinaryIO, size: int, marks: tuple[bytes, ...]) -> bool:
     for number, start, end in _fields(file, 0, size):
         if number != _MODEL_GRAPH:
-            if _holds_mark(file, start, end):
+            if _holds_mark(file, start, end, marks):
                 return True
             continue
         for inner, inner_start, inner_end in _fields(file, start, end):
-            if inner not in _GRAPH_WEIGHTS and _holds_mark(file, inner_start, inner_end):
+            if inner not in _GRAPH_WEIGHTS and _holds_mark(file, inner_start, inner_end, marks):
                 return True
     return False
 
 
-def _holds_mark(file: BinaryIO, start: int, end: int) -> bool:
+def _holds_mark(file: BinaryIO, start: int, end: int, marks: tuple[bytes, ...]) -> bool:
     file.seek(start)
     field = file.read(end - start)
     if len(field) != end - start:  # the file shrank under the walk
         raise _NotWalkable
-    return any(mark in field for mark in _MARKS)
+    return any(mark in field for mark in marks)
 
 
 def _fields(file: BinaryIO, pos: int, end: int) -> Iterator[tuple[int, int, int]]:

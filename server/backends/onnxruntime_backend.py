@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,10 @@ from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
+from server.backends.row_quantization import row_quantized
 from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
-from server.models.config import ConfigError
-from server.models.config_backend import backend_parameters, tensorrt_options
+from server.models.config_backend import backend_parameters
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
 
@@ -76,6 +76,8 @@ class OrtOptions:
     # Integer Div/Mod guarded against divisors idiv traps on (int_division_guard.py); None or True:
     # guarded (every onnxruntime traps on MIN / -1), False: never (tests compare with the plain model).
     int_division_guard: bool | None = None
+    # Dynamic INT8 quantization made per row at load (row_quantization.py): set where requests batch.
+    row_quantization: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in _GRAPH_LEVELS:
@@ -109,55 +111,6 @@ def ort_options_for(config: mc.ModelConfig, base: OrtOptions) -> OrtOptions:
         if getattr(params, name):
             changes[name] = getattr(params, name)
     return dataclasses.replace(base, **changes) if changes else base
-
-
-def providers_for(
-    config: mc.ModelConfig,
-    default_providers: Sequence[str | tuple[str, Mapping[str, str]]],
-    *,
-    device_id: int | None = None,
-) -> list[Provider]:
-    """Execution providers for one instance of `config`, most preferred first; CPU always last.
-
-    Order of precedence: the config's execution_accelerators, then a KIND_GPU instance group
-    (CUDA), then the server's defaults. `device_id` defaults to the first GPU the groups name.
-    """
-    if device_id is None:
-        gpus = [g for group in config.instance_group for g in group.gpus]
-        device_id = gpus[0] if gpus else 0
-    device = {"device_id": str(device_id)}
-    cuda = {**device, **backend_parameters(config, has_gpu=True).cuda}  # Triton's deprecated CUDA keys
-    accel = config.optimization.execution_accelerators
-    chosen: list[Provider] = []
-    for entry in accel.gpu_execution_accelerator:
-        params = dict(entry.parameters)
-        if entry.name == "tensorrt":
-            chosen.append((TENSORRT, {**device, **tensorrt_options(params, f"model '{config.name}'")}))
-            chosen.append((CUDA, dict(cuda)))  # TensorRT hands the nodes it cannot build to CUDA
-        elif entry.name == "cuda":
-            chosen.append((CUDA, {**cuda, **params}))
-        else:
-            raise ConfigError(
-                f"model '{config.name}': gpu_execution_accelerator '{entry.name}' is not supported"
-            )
-    for entry in accel.cpu_execution_accelerator:
-        if entry.name != "openvino":
-            raise ConfigError(
-                f"model '{config.name}': cpu_execution_accelerator '{entry.name}' is not supported"
-            )
-        chosen.append((OPENVINO, dict(entry.parameters)))
-    if not chosen and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
-        chosen.append((CUDA, dict(cuda)))
-    if not chosen:
-        for item in default_providers:
-            name, opts = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
-            chosen.append((name, opts))
-    unique: list[Provider] = []
-    for name, opts in chosen:
-        if name != CPU and all(name != seen for seen, _ in unique):
-            unique.append((name, opts))
-    cpu_opts = next((opts for name, opts in chosen if name == CPU), {})
-    return [*unique, (CPU, cpu_opts)]
 
 
 def _session_options(options: OrtOptions) -> ort.SessionOptions:
@@ -233,19 +186,24 @@ class OrtBackend:
 
     def _guarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         """A session of the model, its integer divisions guarded against divisors onnxruntime traps
-        on (int_division_guard.py); unguarded, with a WARNING, if the rewrite fails to load."""
+        on (int_division_guard.py) and, where requests batch, its dynamic quantization made per row
+        (row_quantization.py); without either, with a WARNING, if its rewrite fails to load."""
+        rows = row_quantized(self._path, self._name) if options.row_quantization else None
         self._guard: DivisionGuard | None = division_guard_for(
-            self._path, self._name, ort.__version__, options.int_division_guard
+            self._path, self._name, ort.__version__, options.int_division_guard, model_proto=rows
         )
+        # What an unguarded session is made from: the per-row model's bytes, or None (the file).
+        self._rewritten = rows.SerializeToString() if rows is not None else None
         if self._guard is None:
-            return self._create_session(options, providers)
+            return self._unguarded_session(options, providers)
         try:
             session = self._create_session(options, providers)
             self._guard = dataclasses.replace(self._guard, model_bytes=b"")  # the session holds its own copy
+            self._rewritten = None
             return session
         except BackendLoadError as err:
             self._guard = None
-            session = self._create_session(options, providers)  # the model's own error, if it is its
+            session = self._unguarded_session(options, providers)  # the model's own error, if it is its
             logger.warning(
                 "model %s: integer Div/Mod left unguarded: the guarded graph does not load (%s); "
                 "a request with a zero divisor or MIN / -1 will end this server (onnxruntime %s)",
@@ -254,6 +212,23 @@ class OrtBackend:
                 ort.__version__,
             )
             return session
+
+    def _unguarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+        if self._rewritten is None:
+            return self._create_session(options, providers)
+        try:
+            return self._create_session(options, providers)
+        except BackendLoadError as err:
+            self._rewritten = None
+            session = self._create_session(options, providers)  # the model's own error, if it is its
+            logger.warning(
+                "model %s: dynamic quantization left per batch: its per-row graph does not load (%s)",
+                self._name,
+                err,
+            )
+            return session
+        finally:
+            self._rewritten = None  # the session holds its own copy
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
@@ -304,7 +279,7 @@ class OrtBackend:
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
         return ort.InferenceSession(
-            session_source(self._guard, self._path, so),  # the file, or the guarded model's bytes
+            session_source(self._guard, self._path, so, self._rewritten),  # the file, or rewritten bytes
             sess_options=so,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],

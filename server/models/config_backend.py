@@ -79,6 +79,9 @@ ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
     "do_copy_in_default_stream": (_one_of("0", "1"), "0 or 1"),
     # Sluiceway's: batches through IO binding (server/backends/io_binding.py); unset: on GPUs only.
     "io_binding": (_is_bool, "a boolean (1/0, true/false)"),
+    # Sluiceway's: dynamic INT8 quantized per row (server/backends/row_quantization.py) or, as the
+    # model has it, per batch; unset: per row where requests are batched together.
+    "dynamic_quantization": (_one_of("per_row", "per_batch"), "per_row or per_batch"),
 }
 CUDA_PARAMETERS = (
     "cudnn_conv_algo_search",
@@ -123,6 +126,11 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
             options[name] = int(values[key])
     if "io_binding" in values:
         options["io_binding"] = parse_bool(values["io_binding"])
+    batches_requests = config.max_batch_size > 0 and (
+        config.HasField("dynamic_batching") or config.HasField("sequence_batching")
+    )
+    if values.get("dynamic_quantization", "per_row") == "per_row" and batches_requests:
+        options["row_quantization"] = True
     if "execution_mode" in values:
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
     attrs = tuple(

@@ -89,9 +89,9 @@ def test_a_field_longer_than_its_message_is_never_read(
     read: list[tuple[int, int]] = []
     holds = int_division_scan._holds_mark
 
-    def spy(file: object, start: int, end: int) -> bool:
+    def spy(file: object, start: int, end: int, marks: tuple[bytes, ...]) -> bool:
         read.append((start, end))
-        return holds(file, start, end)  # type: ignore[arg-type]
+        return holds(file, start, end, marks)  # type: ignore[arg-type]
 
     monkeypatch.setattr(int_division_scan, "_holds_mark", spy)
     assert may_divide(tmp_path / "long.onnx")

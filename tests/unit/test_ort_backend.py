@@ -30,8 +30,8 @@ from server.backends.onnxruntime_backend import (
     OrtBackend,
     OrtOptions,
     ort_options_for,
-    providers_for,
 )
+from server.backends.provider_choice import providers_for
 from server.models.config import ConfigError
 from server.models.onnx_completion import OnnxTensor
 

@@ -12,7 +12,8 @@ from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
 from server.backends.instance_groups import plan_instances
-from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, providers_for
+from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT
+from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import (
     cuda_field_notes,
     engine_build_feeds,

@@ -1,0 +1,130 @@
+"""Dynamic INT8 quantization made per row (server/backends/row_quantization.py): each row of a batch
+gets what it gets alone. Per batch, as onnxruntime's quantize_dynamic writes it, one row 40x the
+others changed every other row's answer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from protos import model_config_pb2 as mc
+from server.backends.row_quantization import make_per_row, row_quantized
+from server.models.config_backend import backend_parameters
+from server.models.config_errors import ConfigError
+from server.optimize.quantize import offline_optimize
+from tests.support.dynamic_int8 import dynamic_int8, float_mlp, float_two_heads, rows_with_an_outlier
+
+
+def _session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def _each_alone(session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+    return [session.run(None, {"x": x[i : i + 1]})[0][0] for i in range(len(x))]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+@pytest.mark.parametrize("weights", ["int8", "uint8"])
+def test_each_row_of_a_batch_gets_exactly_what_the_model_gives_it_alone(
+    tmp_path: Path, opset: int, weights: str
+) -> None:
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx", opset), tmp_path / "q.onnx", weights)
+    original = _session(path)
+    x = rows_with_an_outlier(8)
+    alone = _each_alone(original, x)
+    batched = original.run(None, {"x": x})[0]
+    # The defect: per batch, the outlier row changes the others' answers.
+    assert not all(np.array_equal(batched[i], alone[i]) for i in range(1, 8))
+    model = onnx.load(str(path))
+    done = make_per_row(model)
+    assert len(done.per_row) == 2 and done.kept == []
+    onnx.checker.check_model(model)
+    per_row = _session(model)
+    batched = per_row.run(None, {"x": x})[0]
+    for i in range(8):
+        assert np.array_equal(batched[i], alone[i]), i  # bit for bit, the outlier and the zeros too
+
+
+@pytest.mark.parametrize(
+    ("build", "fused"),
+    [(float_mlp, "DynamicQuantizeMatMul"), (float_two_heads, "MatMulIntegerToFloat")],
+)
+def test_onnxruntimes_fused_forms_are_made_per_row_too(tmp_path: Path, build: object, fused: str) -> None:
+    # What `sluiceway optimize --int8 dynamic` saves: the graph after onnxruntime's fusions.
+    quantized = dynamic_int8(build(tmp_path / "f.onnx"), tmp_path / "q.onnx")  # type: ignore[operator]
+    offline_optimize(quantized, tmp_path / "saved.onnx")
+    model = onnx.load(str(tmp_path / "saved.onnx"))
+    assert fused in {n.op_type for n in model.graph.node}
+    original = _session(tmp_path / "saved.onnx")
+    x = rows_with_an_outlier(6)
+    alone = _each_alone(original, x)
+    assert not all(np.array_equal(original.run(None, {"x": x})[0][i], alone[i]) for i in range(1, 6))
+    done = make_per_row(model)
+    assert done.per_row and done.kept == [], done
+    batched = _session(model).run(None, {"x": x})[0]
+    for i in range(6):
+        assert np.array_equal(batched[i], alone[i]), i
+
+
+def test_rows_of_a_rank_three_input_are_its_last_axis(tmp_path: Path) -> None:
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx", rank=3), tmp_path / "q.onnx")
+    model = onnx.load(str(path))
+    assert len(make_per_row(model).per_row) == 2
+    session = _session(model)
+    x = rows_with_an_outlier(4, lead=(3,))
+    batched = session.run(None, {"x": x})[0]
+    for i in range(4):  # a request's answer does not depend on the other requests in its batch
+        assert np.array_equal(batched[i], session.run(None, {"x": x[i : i + 1]})[0][0]), i
+
+
+def test_a_model_without_dynamic_quantization_is_left_as_it_is(tmp_path: Path) -> None:
+    path = float_mlp(tmp_path / "f.onnx")
+    assert row_quantized(path, "plain") is None
+    model = onnx.load(str(path))
+    before = model.SerializeToString()
+    assert make_per_row(model).per_row == [] and model.SerializeToString() == before
+
+
+def test_a_quantization_with_another_consumer_is_kept_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    model = onnx.load(str(path))
+    first = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear")
+    model.graph.output.append(helper.make_tensor_value_info(first.output[1], TensorProto.FLOAT, []))
+    onnx.save(model, tmp_path / "shown.onnx")
+    with caplog.at_level(logging.INFO, logger="server.backends.row_quantization"):
+        rewritten = row_quantized(tmp_path / "shown.onnx", "shown")
+    assert rewritten is not None  # the other node still made per row
+    kept = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(kept) == 1 and f"'{first.name}' (an output of the graph)" in kept[0], kept
+    assert "model shown: dynamic quantization made per row in 1 node(s)" in caplog.text
+
+
+def test_the_config_chooses_per_row_where_requests_batch(tmp_path: Path) -> None:
+    def options(text: str) -> dict[str, object]:
+        from google.protobuf import text_format
+
+        config = text_format.Parse(text, mc.ModelConfig(name="m"))
+        return backend_parameters(config, has_gpu=False).options
+
+    assert options("max_batch_size: 8 dynamic_batching {}").get("row_quantization") is True
+    assert options("max_batch_size: 8 sequence_batching {}").get("row_quantization") is True
+    assert "row_quantization" not in options("max_batch_size: 8")  # each request runs alone
+    assert "row_quantization" not in options("max_batch_size: 0")
+    per_batch = (
+        "max_batch_size: 8 dynamic_batching {} "
+        'parameters { key: "dynamic_quantization" value { string_value: "per_batch" } }'
+    )
+    assert "row_quantization" not in options(per_batch)
+    with pytest.raises(
+        ConfigError, match="'dynamic_quantization' value 'per_tensor' is not per_row or per_batch"
+    ):
+        options(per_batch.replace("per_batch", "per_tensor"))
