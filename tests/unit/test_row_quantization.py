@@ -5,6 +5,7 @@ others changed every other row's answer."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from protos import model_config_pb2 as mc
+from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
 from server.backends.row_quantization import make_per_row, row_quantized
+from server.errors import ModelRefusedInput
 from server.models.config_backend import backend_parameters
 from server.models.config_errors import ConfigError
 from server.optimize.quantize import offline_optimize
@@ -128,3 +131,37 @@ def test_the_config_chooses_per_row_where_requests_batch(tmp_path: Path) -> None
         ConfigError, match="'dynamic_quantization' value 'per_tensor' is not per_row or per_batch"
     ):
         options(per_batch.replace("per_batch", "per_tensor"))
+
+
+def test_the_backend_makes_it_per_row_and_guards_its_divisions_too(tmp_path: Path) -> None:
+    # A quantized MLP with an integer division beside it: both rewrites, one session.
+    quantized = onnx.load(str(dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")))
+    graph = quantized.graph
+    graph.input.extend([helper.make_tensor_value_info(n, TensorProto.INT32, ["N"]) for n in ("a", "b")])
+    graph.node.append(helper.make_node("Div", ["a", "b"], ["ratio"], name="Div_ab"))
+    graph.output.append(helper.make_tensor_value_info("ratio", TensorProto.INT32, ["N"]))
+    onnx.save(quantized, tmp_path / "both.onnx")
+    x = rows_with_an_outlier(4)
+    ints = {"a": np.array([7, -9, 8, 5], np.int32), "b": np.array([2, 3, -4, 5], np.int32)}
+    original = _session(tmp_path / "both.onnx")
+    want = [
+        original.run(["y"], {"x": x[i : i + 1], "a": ints["a"][i : i + 1], "b": ints["b"][i : i + 1]})[0][0]
+        for i in range(4)
+    ]
+    backend = OrtBackend(
+        tmp_path / "both.onnx",
+        OrtOptions(row_quantization=True),
+        [(CPU, {})],
+        ThreadPoolExecutor(1),
+        model_name="both",
+    )
+    try:
+        got = backend.run_blocking({"x": x, **ints})
+        assert list(got) == ["y", "ratio"]  # the guard's flags are not shown
+        assert got["ratio"].tolist() == [3, -3, -2, 1]
+        for i in range(4):
+            assert np.array_equal(got["y"][i], want[i]), i
+        with pytest.raises(ModelRefusedInput, match="division by zero in node 'Div_ab'"):
+            backend.run_blocking({"x": x, "a": ints["a"], "b": np.array([2, 0, 1, 1], np.int32)})
+    finally:
+        backend.close()
