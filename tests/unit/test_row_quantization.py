@@ -165,3 +165,34 @@ def test_the_backend_makes_it_per_row_and_guards_its_divisions_too(tmp_path: Pat
             backend.run_blocking({"x": x, "a": ints["a"], "b": np.array([2, 0, 1, 1], np.int32)})
     finally:
         backend.close()
+
+
+def test_a_rewrite_that_does_not_load_falls_back_to_the_model_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import server.backends.onnxruntime_backend as backend_module
+    from server.backends.int_division_guard import DivisionGuard
+
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    broken = onnx.load(str(path))
+    broken.graph.node[0].op_type = "NoSuchOp"  # onnxruntime refuses this graph
+    monkeypatch.setattr(backend_module, "row_quantized", lambda _path, _name: broken)
+    bad_guard = DivisionGuard(b"not a model", ("flag",), ("Div_x",), ("division by zero",))
+    monkeypatch.setattr(backend_module, "division_guard_for", lambda *_a, **_k: bad_guard)
+    x = rows_with_an_outlier(3)
+    with caplog.at_level(logging.WARNING):
+        backend = OrtBackend(
+            path, OrtOptions(row_quantization=True), [(CPU, {})], ThreadPoolExecutor(1), model_name="m"
+        )
+    try:
+        # Neither rewrite: the model as written, per batch.
+        assert np.array_equal(backend.run_blocking({"x": x})["y"], _session(path).run(None, {"x": x})[0])
+    finally:
+        backend.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("integer Div/Mod left unguarded: the guarded graph does not load" in m for m in messages), (
+        messages
+    )
+    assert any(
+        "dynamic quantization left per batch: its per-row graph does not load" in m for m in messages
+    ), messages
