@@ -162,7 +162,11 @@ def _run(args: argparse.Namespace) -> int:
                 batch_size=DATA_BATCH, seed=args.seed,
             )  # fmt: skip
         optimized = quantize.build(source.model_file, Path(scratch), recipe, calibration)
-        result = _validate(args, source.model_file, optimized, specs)
+        # Measured as served batched: dynamic quantization per row (the file is published as built).
+        measured = (
+            quantize.as_served_batched(optimized, Path(scratch)) if args.int8 == "dynamic" else optimized
+        )
+        result = _validate(args, source.model_file, measured, specs, published=optimized)
         refused, verdict = _decide(args, limit, result.accuracy_drop, source, optimized)
     inputs = str(args.validation_data) if args.validation_data else "generated from metadata"
     summary = report.Summary(args.model, str(source.model_file), recipe.describe(), inputs, limit, verdict)
@@ -185,9 +189,9 @@ def default_report_dir(args: argparse.Namespace) -> Path:
 
 
 def _validate(
-    args: argparse.Namespace, original: Path, optimized: Path, specs: list[InputSpec]
+    args: argparse.Namespace, original: Path, optimized: Path, specs: list[InputSpec], published: Path
 ) -> Validation:
-    """Outputs compared on the validation inputs, speed and size."""
+    """Outputs compared on the validation inputs, speed, and the size of the file `published`."""
     from server.optimize import data, validate
     from server.optimize.quantize import model_bytes
 
@@ -205,7 +209,7 @@ def _validate(
         outputs=outputs,
         speed=speed,
         original_bytes=model_bytes(original),
-        optimized_bytes=model_bytes(optimized),
+        optimized_bytes=model_bytes(published),
         measure=measure,
         accuracy_drop=validate.accuracy_drop(measure, outputs),
     )

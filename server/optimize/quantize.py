@@ -44,6 +44,8 @@ class Recipe:
             parts.append(f"INT8 {self.int8}" + (" per-channel" if self.per_channel else " per-tensor"))
             if self.int8 == "static":
                 parts.append(f"{self.activations} activations (QDQ)")
+            else:  # what a server that batches requests runs (server/backends/row_quantization.py)
+                parts.append("activations quantized per row, as a batching server runs them")
         if self.fp16:
             parts.append("FP16 (FP32 inputs and outputs kept)")
         if self.offline_optimize:
@@ -134,6 +136,22 @@ def quantize_int8(source: Path, output: Path, recipe: Recipe, calibration: list[
         activation_type=QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
     )
+
+
+def as_served_batched(model_file: Path, workdir: Path) -> Path:
+    """The model as a server that batches requests runs it: its dynamic quantization made per row
+    at load (server/backends/row_quantization.py), so that validation measures what is served. The
+    model is published as it is written."""
+    import onnx
+
+    from server.backends.row_quantization import make_per_row
+
+    model = onnx.load(str(model_file))
+    if not make_per_row(model).per_row:
+        return model_file
+    served = workdir / "as-served.onnx"
+    onnx.save(model, str(served))
+    return served
 
 
 def convert_fp16(source: Path, output: Path) -> None:

@@ -135,6 +135,9 @@ def test_dynamic_int8_publishes_the_next_version_with_a_report(
     for heading in ("top-1 agreement", "min cosine", "speed-up", "size", "latency.png"):
         assert heading in text
     assert (report / "report.html").is_file() and (report / "latency.png").is_file()
+    # Measured as a batching server runs it (per row), published as written (the server rewrites it).
+    assert "activations quantized per row, as a batching server runs them" in text
+    assert not any(n.name.startswith("sluiceway_rowq") for n in onnx.load(str(published)).graph.initializer)
     # From the model directory: its newest version is the INT8 one, which is not quantized again.
     assert optimize(repo / "tiny", repo, "tiny", "--int8 dynamic --per-channel", report) == 2
     assert "is already optimized (" in capsys.readouterr().err
