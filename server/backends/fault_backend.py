@@ -15,6 +15,8 @@ A model switches it on with `parameters` of its config.pbtxt, and only on a serv
 - `fault_run_gate: "/abs/path/fifo"`: each run waits likewise before it runs (a run in flight for
   as long as the test wants: a request queued behind it stays queued); past `run_timeout_s` the
   watchdog fails it as any stuck run, its thread still waiting there.
+- `fault_replace_gate: "/abs/path/fifo"`: a replacement of a stuck instance waits likewise before
+  its new session (the instance's next batches wait for it, as for a slow replacement).
 - `fault_versions: "2,3"`: only these versions get the faults above (default: every version), so
   one version of a model can fail or be slow while the others serve (rollout tests and drills).
 
@@ -48,6 +50,7 @@ HANG_S = "fault_hang_s"
 LOAD_ERROR = "fault_load_error"
 LOAD_GATE = "fault_load_gate"
 RUN_GATE = "fault_run_gate"
+REPLACE_GATE = "fault_replace_gate"
 VERSIONS = "fault_versions"
 _BOOLEANS = {"true": True, "false": False}
 DEFAULT_HANG_S = 3600.0  # "for ever": a hung run ends when its instance is abandoned or closed
@@ -70,6 +73,7 @@ class FaultSpec:
     load_error: bool = False
     load_gate: str = ""  # a FIFO's absolute path ("": none)
     run_gate: str = ""  # likewise
+    replace_gate: str = ""  # likewise
 
     @classmethod
     def from_config(
@@ -94,6 +98,7 @@ class FaultSpec:
             load_error=_boolean(values, LOAD_ERROR, source),
             load_gate=_fifo(values, LOAD_GATE, source),
             run_gate=_fifo(values, RUN_GATE, source),
+            replace_gate=_fifo(values, REPLACE_GATE, source),
         )
         versions = _versions(values, source)
         return spec if version is None or version in versions else None

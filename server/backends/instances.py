@@ -23,7 +23,14 @@ from batcher.types import Backend, Tensors
 from batcher.watchdog import ReplaceBackend
 from protos import model_config_pb2 as mc
 from server.backends.batch_axes import with_batch_axes
-from server.backends.fault_backend import LOAD_ERROR, FaultBackend, FaultSpec, Session, wait_at_gate
+from server.backends.fault_backend import (
+    LOAD_ERROR,
+    REPLACE_GATE,
+    FaultBackend,
+    FaultSpec,
+    Session,
+    wait_at_gate,
+)
 from server.backends.identity_backend import IdentityBackend, IdentitySpec, OffLoop, identity_plan
 from server.backends.instance_groups import InstancePlan, plan_instances
 from server.backends.onnxruntime_backend import (
@@ -111,6 +118,12 @@ class InstanceFactory:
                 wait_at_gate(
                     f"model {self._name}: load", self._faults.load_gate
                 )  # fault_load_gate: the version's load held
+        elif self._faults is not None and self._faults.replace_gate:  # a stuck instance's replacement
+            wait_at_gate(
+                f"model {self._name}: instance {instance_id} replaced",
+                self._faults.replace_gate,
+                REPLACE_GATE,
+            )
         if self._identity is not None:
             if instance_id == 0 and self._identity.creation_delay_s > 0:
                 time.sleep(self._identity.creation_delay_s)  # creation_delay_sec, as Triton: off the loop

@@ -54,6 +54,7 @@ FAULT_PARAMETERS = frozenset(
         "fault_load_error",
         "fault_load_gate",
         "fault_run_gate",
+        "fault_replace_gate",
         "fault_versions",
     }
 )
