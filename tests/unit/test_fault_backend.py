@@ -290,6 +290,12 @@ def test_a_load_gate_must_be_a_named_pipe(tmp_path: Path) -> None:
     assert spec == FaultSpec(load_gate=str(fifo))
     spec = FaultSpec.from_config(config(params(fault_run_gate=str(fifo))), "c", allowed=True)
     assert spec == FaultSpec(run_gate=str(fifo))
+    spec = FaultSpec.from_config(config(params(fault_replace_gate=str(fifo))), "c", allowed=True)
+    assert spec == FaultSpec(replace_gate=str(fifo))
+    with pytest.raises(
+        ConfigError, match=r"^c: parameters 'fault_replace_gate' must be the absolute path of a"
+    ):
+        FaultSpec.from_config(config(params(fault_replace_gate="gate")), "c", allowed=True)
     (tmp_path / "file").write_text("")
     for path in (str(tmp_path / "file"), str(tmp_path / "missing"), "gate", str(tmp_path)):
         with pytest.raises(
