@@ -84,6 +84,7 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
     graph = model.graph
     done = RowQuantization()
     done.kept.extend(f"{_named(n)} (fused; not rewritten)" for n in graph.node if n.op_type in KEPT_FUSED)
+    done.kept.extend(_inside_subgraphs(graph))
     opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 0)
     weights = {init.name: init for init in graph.initializer}
     old = list(graph.node)
@@ -156,6 +157,25 @@ def _optional(
     node: onnx.NodeProto, slot: int, weights: dict[str, onnx.TensorProto]
 ) -> onnx.TensorProto | None:
     return weights[node.input[slot]] if len(node.input) > slot and node.input[slot] else None
+
+
+_DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", *KEPT_FUSED})
+
+
+def _inside_subgraphs(graph: onnx.GraphProto) -> list[str]:
+    """Dynamic quantization inside If/Loop/Scan bodies: not rewritten, named."""
+    found: list[str] = []
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                found.extend(
+                    f"{_named(inner)} (inside {_named(node)}; not rewritten)"
+                    for inner in body.node
+                    if inner.op_type in _DYNAMIC_OPS
+                )
+                found.extend(_inside_subgraphs(body))
+    return found
 
 
 def _named(node: onnx.NodeProto) -> str:

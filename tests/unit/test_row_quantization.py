@@ -196,3 +196,28 @@ def test_a_rewrite_that_does_not_load_falls_back_to_the_model_with_a_warning(
     assert any(
         "dynamic quantization left per batch: its per-row graph does not load" in m for m in messages
     ), messages
+
+
+def test_dynamic_quantization_inside_a_subgraph_is_named_not_rewritten() -> None:
+    branch = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="inner_dql")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch, name="pick")],
+        "g",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    done = make_per_row(model)
+    assert done.per_row == []
+    assert done.kept == [
+        "DynamicQuantizeLinear node 'inner_dql' (inside If node 'pick'; not rewritten)",
+        "DynamicQuantizeLinear node 'inner_dql' (inside If node 'pick'; not rewritten)",
+    ]
