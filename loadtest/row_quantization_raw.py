@@ -1,6 +1,7 @@
 """Per-row dynamic quantization (server/backends/row_quantization.py) on raw onnxruntime, no server:
 how much a batch mate changes a row's answer, per batch and per row, and what per row costs in
-model time (best of 3 windows), for the demo MLP and a transformer-sized feed-forward block.
+model time (best of 3 windows), for the demo MLP and a transformer-sized feed-forward block, and
+what the rewrite adds to each instance's load.
 
     .venv/bin/python -m loadtest.row_quantization_raw
 """
@@ -17,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from server.backends.row_quantization import make_per_row
+from server.backends.row_quantization import make_per_row, row_quantized
 from server.models.demo import build_mlp
 
 WINDOW_S = 0.4
@@ -103,6 +104,18 @@ def main() -> None:
                 f"(that row's answer: {size:.3g})"
             )
     ffn = _quantized(_ffn(folder / "ffn.onnx"), folder / "ffn_int8.onnx")
+    load_ms = []
+    for _ in range(5):  # what each instance's load adds: the scan, the parse, the rewrite, the bytes
+        start = time.perf_counter()
+        rewritten = row_quantized(folder / "ffn_int8.onnx", "ffn")
+        assert rewritten is not None
+        rewritten.SerializeToString()
+        load_ms.append((time.perf_counter() - start) * 1e3)
+    size_mb = (folder / "ffn_int8.onnx").stat().st_size / 1e6
+    print(
+        f"ffn load: the per-row rewrite of its {size_mb:.1f} MB file took "
+        f"{sorted(load_ms)[2]:.1f} ms (median of 5)"
+    )
     rng = np.random.default_rng(1)
     for model, sessions, name, shapes in (
         ("mlp", mlp, "features", [(1, 64), (8, 64), (64, 64)]),
