@@ -221,3 +221,43 @@ def test_dynamic_quantization_inside_a_subgraph_is_named_not_rewritten() -> None
         "DynamicQuantizeLinear node 'inner_dql' (inside If node 'pick'; not rewritten)",
         "DynamicQuantizeLinear node 'inner_dql' (inside If node 'pick'; not rewritten)",
     ]
+
+
+def test_saved_shapes_of_the_scales_do_not_fail_the_load(tmp_path: Path) -> None:
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    scales = [v for v in inferred.graph.value_info if v.name.endswith("_scale")]
+    assert scales and all(len(v.type.tensor_type.shape.dim) == 0 for v in scales)  # one value each
+    assert len(make_per_row(inferred).per_row) == 2
+    onnx.shape_inference.infer_shapes(inferred, strict_mode=True)  # refused stale shapes: rank 2 vs 0
+    x = rows_with_an_outlier(3)
+    alone = _each_alone(_session(path), x)
+    batched = _session(inferred).run(None, {"x": x})[0]
+    assert all(np.array_equal(batched[i], alone[i]) for i in range(3))
+
+
+def test_weights_in_an_external_file_are_kept_per_batch_and_named(tmp_path: Path) -> None:
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    model = onnx.load(str(path))
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, size_threshold=0, location="w.bin")
+    done = make_per_row(onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False))
+    assert done.per_row == [] and len(done.kept) == 2, done
+    assert all("weights are in an external data file" in why for why in done.kept), done.kept
+
+
+def test_a_rewrite_that_fails_leaves_the_model_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import server.backends.row_quantization as module
+
+    def broken(_model: onnx.ModelProto) -> None:
+        raise ValueError("a graph it does not understand")
+
+    monkeypatch.setattr(module, "make_per_row", broken)
+    path = dynamic_int8(float_mlp(tmp_path / "f.onnx"), tmp_path / "q.onnx")
+    with caplog.at_level(logging.WARNING):
+        assert module.row_quantized(path, "odd") is None
+    assert (
+        "model odd: dynamic quantization left per batch: its rewrite failed (a graph it does not understand)"
+        in caplog.text
+    )
