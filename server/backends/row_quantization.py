@@ -104,15 +104,20 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
         if index in replaced:
             nodes.extend(replaced.pop(index))
             continue
+        quantizes = node.op_type == "DynamicQuantizeLinear" and node.domain in _STANDARD
+        fused = node.op_type == "DynamicQuantizeMatMul" and node.domain == _MICROSOFT
+        if not (quantizes or fused):
+            nodes.append(node)
+            continue
         rows = RowNodes(graph, opset, f"{prefix}{len(done.per_row)}/")
-        if node.op_type == "DynamicQuantizeLinear" and node.domain in _STANDARD:
+        if quantizes:
             why = _dql_blocker(node, old, users, weights, outputs)
             if why is None:
                 q, scale, _ = node.output
                 zp32 = rows.quantize_rows(node.input[0], q, scale)
                 for user, _slot in users.get(q, []):
                     replaced[user] = _matmul(rows, old[user], q, scale, zp32, weights)
-        elif node.op_type == "DynamicQuantizeMatMul" and node.domain == _MICROSOFT:
+        else:
             why = _weights_blocker(node, 1, 3, weights)
             if why is None:
                 q, scale = rows.name("q"), rows.name("scale")
@@ -121,9 +126,6 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
                 bias = node.input[4] if len(node.input) > 4 else ""
                 b = weights[node.input[1]]
                 rows.float_matmul(q, scale, zp32, b, node.input[2], b_zero, bias, node.output[0])
-        else:
-            nodes.append(node)
-            continue
         if why is not None:
             done.kept.append(f"{_named(node)} ({why})")
             nodes.append(node)
@@ -221,7 +223,7 @@ def _dql_blocker(
     """Why `node`'s outputs cannot be made per row (None: they can)."""
     if outputs & set(node.output):
         return "an output of the graph"
-    readers = set()
+    readers: set[int] = set()
     for slot_of, name in enumerate(node.output):
         for index, slot in users.get(name, []):
             user = old[index]
