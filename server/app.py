@@ -35,9 +35,10 @@ from server.observability import sampling, tracing_export
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
-from server.protocol import core_calls
+from server.protocol import core_calls, loop_pace
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
+from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import add_service
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
@@ -151,6 +152,10 @@ class SluicewayServer:
             taken=self.shared_memory.has,
         )
         self.shared_memory.device_regions = cuda_shm  # requests name either kind of region
+        # Stream reads wait a tick while the loop lags and new calls wait (loop_pace.py).
+        lag_s, tick_s = settings.stream_pace_lag_ms / 1000, settings.stream_pace_tick_ms / 1000
+        self.pace = LoopPace(lag_s, tick_s, self._calls_wait)
+        self.add_gauge_source(self.pace.gauge_values, loop_pace.METRICS)
         self._servicer = InferenceServicer(
             self.models,
             self.calls,
@@ -164,6 +169,7 @@ class SluicewayServer:
             shm=self.shared_memory,
             cuda_shm=cuda_shm,
             repository=self.control,
+            pace=self.pace,
         )
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
@@ -204,6 +210,12 @@ class SluicewayServer:
         from server.models.demo import build_demo_repository
 
         return build_demo_repository(self.settings.cache_dir / "demo")
+
+    def _calls_wait(self) -> bool:
+        """Whether grpc core holds calls no handler has taken (or a handler has just answered):
+        they wait for the event loop's turns. Unknown without channelz: then say yes."""
+        counts = self.core_calls.counts() if self.core_calls is not None else None
+        return counts is None or counts.unanswered > self.calls.active
 
     def _set_model_health(self, name: str, ready: bool) -> None:
         status = (
@@ -295,6 +307,7 @@ class SluicewayServer:
             left = max(_ANSWER_LEFTOVERS_S, deadline - time.monotonic())
             if not await asyncio.to_thread(self.tracing.shutdown, left):
                 log.warning("spans still buffered were not exported within the grace: dropped")
+        self.pace.close()
         self._servicer.close()  # every stream has ended: the lines still rationed are logged
         self._stopped.set()
 

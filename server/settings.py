@@ -73,6 +73,11 @@ class ServerSettings(BaseSettings):
     # (DEADLINE_EXCEEDED), and one whose client has read no answer and sent nothing for this long
     # has its call ended (its reader died); 0: never.
     stream_idle_timeout_s: float = Field(default=120.0, ge=0)
+    # While the event loop runs this late and grpc core holds calls no handler has taken yet,
+    # stream readers wait a tick (stream_pace_tick_ms) before each read, so new calls get turns
+    # (server/protocol/loop_pace.py); 0: off.
+    stream_pace_lag_ms: float = Field(default=2.0, ge=0, le=1000)
+    stream_pace_tick_ms: float = Field(default=5.0, gt=0, le=1000)
     # Input bytes held by queued requests, per model version and in all; beyond either a request
     # is refused at once (RESOURCE_EXHAUSTED naming the limit).
     max_queued_bytes_per_model: int = Field(default=512 * 1024 * 1024, ge=1)

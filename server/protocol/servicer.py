@@ -38,6 +38,7 @@ from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
 from server.protocol.late_status import LateStatuses
+from server.protocol.loop_pace import LoopPace
 from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
@@ -81,6 +82,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         shm: SharedMemoryRegistry | None = None,
         cuda_shm: CudaSharedMemory | None = None,
         repository: RepositoryControl | None = None,
+        pace: LoopPace | None = None,  # stream reads held while new calls wait (loop_pace.py)
     ) -> None:
         self._models = models
         self._repository = repository  # model control modes (server/models/control.py)
@@ -94,6 +96,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._refusals = refusals or QuietRefusals(1)
         self._unary_order = UnaryOrder()  # preserve_ordering across unary calls
         self._late_statuses = LateStatuses()  # a stalled stream's end, sent after its handler's
+        self._pace = pace
         self._unsent_lines = UnsentLines()  # lines for streams that ended with answers unwritten
         self._is_stopping = is_stopping
         # An answer over max_message_bytes fails alone, RESOURCE_EXHAUSTED (answer_checks.py).
@@ -325,6 +328,7 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             max_frame_bytes=path.max_answer_bytes,
             peer=context.peer(),
             unsent_lines=self._unsent_lines,
+            pace=self._pace,
         )
         try:
             with self.calls.stream(context.peer(), session):

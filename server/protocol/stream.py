@@ -43,6 +43,7 @@ from server.protocol.frame_size import Oversized, received_ceiling
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.load_order import LoadOrder, Turn
+from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath, counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
@@ -81,7 +82,9 @@ class StreamSession:
         max_frame_bytes: int | None = None,  # the server's max_message_bytes (None: no limit)
         peer: str = "",  # the call's peer, for the line that names answers left unwritten
         unsent_lines: UnsentLines | None = None,  # the server's ration of those lines
+        pace: LoopPace | None = None,  # holds reads while the loop lags (loop_pace.py)
     ) -> None:
+        self._pace = pace
         self._peer = peer
         self._unsent_lines = unsent_lines or UnsentLines()
         self._unsent = Unsent()  # answers made and never written (stream_unsent.py)
@@ -214,6 +217,8 @@ class StreamSession:
                     self._reading = True
                     await self._slots.acquire()  # a slot before a message: none read is dropped
                     try:
+                        if self._pace is not None:
+                            await self._pace.hold()
                         await self._held.room()
                         request = await anext(iterator)
                     except StopAsyncIteration:

@@ -4,6 +4,7 @@ the model asks for it, and `finish()` stops reading but answers every request al
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -13,6 +14,7 @@ import pytest
 from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.protocol.controls import parse_controls
+from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath
 from server.protocol.stream import StreamSession
@@ -507,3 +509,27 @@ async def test_refused_frames_do_not_wear_down_the_guess_of_an_answers_size() ->
     held = source.read - 1 - 30  # requests read after the refused ones, charged an answer each
     assert 0 < held <= bound // 500_000 + 1, source.read
     await answers.aclose()
+
+
+async def test_a_paced_stream_reads_a_frame_a_tick_while_the_loop_lags_and_every_frame_is_answered() -> None:
+    # server/protocol/loop_pace.py: samples given by hand; the sampler's own tick is an hour away.
+    pace = LoopPace(0.002, 3600.0, lambda: True)
+    pace.lag_sample(0.010, 1.0)  # late, and calls wait: reads are held
+    source = Source(limit=5)
+    stream = StreamSession(
+        source.requests(), cast(RequestPath, InstantPath()), max_in_flight=8, deadline=None, pace=pace
+    )
+    got: list[str] = []
+    collector = asyncio.create_task(collect(stream.answers(), got))
+    await settle()
+    assert source.read == 0 and got == []
+    pace.lag_sample(0.010, 1.01)  # a tick, still late: one more frame read
+    await settle()
+    assert source.read == 1 and got == ["1"]
+    pace.lag_sample(0.0, 1.02)  # on time again: the rest is read at once
+    await settle()
+    assert source.read == 5 and got == ["1", "2", "3", "4", "5"] and pace.held == 2
+    collector.cancel()  # the source stays open, silent: end the stream as grpc would
+    with contextlib.suppress(asyncio.CancelledError):
+        await collector
+    pace.close()

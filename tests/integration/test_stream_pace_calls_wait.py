@@ -1,0 +1,97 @@
+"""What the stream pace asks before it holds a read (server/protocol/loop_pace.py): whether grpc
+core holds calls no handler has taken. A real server in this process: its event loop is held on
+purpose (as a busy one is) while a unary call arrives, so the call waits in grpc core."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from server.app import SluicewayServer
+from server.protocol.core_calls import CoreCalls
+from server.settings import ServerSettings
+from tests.support.repositories import write_model
+from tests.support.server_process import wait_until
+
+pytestmark = pytest.mark.serial  # it blocks its event loop on purpose
+
+
+def _mlp(rid: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="mlp", id=rid)
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
+    return request
+
+
+def _started(core: CoreCalls) -> int:
+    counts = core.counts()
+    return 0 if counts is None else counts.started
+
+
+def _unanswered(core: CoreCalls) -> int:
+    counts = core.counts()
+    return -1 if counts is None else counts.unanswered
+
+
+@pytest.fixture
+def repo(demo_repo: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    config = (demo_repo / "mlp" / "config.pbtxt").read_text()
+    write_model(root, "mlp", demo_repo / "mlp" / "1" / "model.onnx", config)
+    return root
+
+
+async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken(
+    repo: Path, tmp_path: Path
+) -> None:
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, metrics=False
+    )
+    server = SluicewayServer(settings)
+    await server.start()
+    core = server.core_calls
+    assert core is not None, "grpc core's counts (channelz) were not found"
+    address = f"127.0.0.1:{server.port}"
+    try:
+        assert not server._calls_wait()  # nothing at all
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stream = stub.ModelStreamInfer()
+            await stream.write(_mlp("s1"))
+            assert (await stream.read()).infer_response.id == "s1"
+            assert not server._calls_wait()  # an open stream has its handler: it waits for nothing
+            before = _started(core)
+            sent = threading.Event()
+
+            def call() -> str:
+                with grpc.insecure_channel(address) as blocking:
+                    infer = pb_grpc.GRPCInferenceServiceStub(blocking).ModelInfer
+                    future = infer.future(_mlp("u"), timeout=60)
+                    sent.set()
+                    return str(future.result().id)
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(call)
+                # The loop is held until grpc core has taken the call: no handler has seen it.
+                wait_until(lambda: sent.is_set() and _started(core) > before, "the unary call")
+                assert server._calls_wait()
+                assert await asyncio.wrap_future(answer) == "u"  # the loop runs: it is answered
+            await stream.done_writing()
+            assert await stream.read() == grpc.aio.EOF
+        await asyncio.wait_for(_until(lambda: _unanswered(core) == 0), 30)
+        assert not server._calls_wait()  # every call ended
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+async def _until(done: object) -> None:
+    while not done():  # type: ignore[operator]
+        await asyncio.sleep(0.01)  # polls a condition with a bound (wait_for), not a timed wait

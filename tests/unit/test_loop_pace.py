@@ -1,0 +1,133 @@
+"""LoopPace: a stream read waits one tick while the loop lags and new calls wait, never longer,
+and never while nothing waits. Samples are given by hand (`lag_sample`); the sampler's own tick
+is set to an hour so it takes no part, except in the test of its idle stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.protocol import loop_pace
+from server.protocol.loop_pace import PACED, LoopPace
+
+HOUR = 3600.0
+LAG_S = 0.002
+
+
+class Waiting:
+    """A `waiting()` answer set by the test; counts how often it was asked."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.answer
+
+
+async def until_waiting(task: asyncio.Task[None]) -> None:
+    """Let `task` run until it awaits (a few turns of the loop, no timer)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()
+
+
+def test_reads_are_not_held_while_the_loop_keeps_time() -> None:
+    async def main() -> None:
+        pace = LoopPace(LAG_S, HOUR, Waiting(True))
+        pace.lag_sample(LAG_S / 2, 0.0)
+        await asyncio.wait_for(pace.hold(), 1)
+        assert pace.held == 0 and pace.holding_ticks == 0
+        pace.close()
+
+    asyncio.run(main())
+
+
+def test_a_read_waits_for_the_next_tick_while_the_loop_lags_and_calls_wait() -> None:
+    async def main() -> None:
+        pace = LoopPace(LAG_S, HOUR, Waiting(True))
+        await pace.hold()  # starts the sampler
+        pace.lag_sample(0.010, 1.0)
+        readers = [asyncio.create_task(pace.hold()) for _ in range(3)]
+        for reader in readers:
+            await until_waiting(reader)
+        pace.lag_sample(0.010, 1.01)  # still lagging: the tick releases them all the same
+        await asyncio.wait_for(asyncio.gather(*readers), 1)
+        assert pace.held == 3 and pace.holding_ticks == 2
+        assert list(pace.gauge_values()) == [(PACED, {}, 3.0)]
+        pace.close()
+
+    asyncio.run(main())
+
+
+def test_nothing_is_held_when_no_call_waits_for_a_handler() -> None:
+    async def main() -> None:
+        waiting = Waiting(False)
+        pace = LoopPace(LAG_S, HOUR, waiting)
+        pace.lag_sample(0.5, 1.0)
+        await asyncio.wait_for(pace.hold(), 1)
+        assert pace.held == 0 and waiting.asked == 1
+        pace.close()
+
+    asyncio.run(main())
+
+
+def test_waiting_is_asked_at_most_once_per_look_interval() -> None:
+    waiting = Waiting(True)
+    pace = LoopPace(LAG_S, HOUR, waiting)
+    look = loop_pace.WAITING_LOOK_S
+    for i in range(10):  # ten lagging samples within one look interval
+        pace.lag_sample(0.010, 1.0 + i * look / 20)
+    assert waiting.asked == 1
+    waiting.answer = False
+    pace.lag_sample(0.010, 1.0 + look)
+    assert waiting.asked == 2 and pace.holding_ticks == 10
+    pace.lag_sample(0.0, 1.0 + 2 * look)  # on time: not even asked
+    assert waiting.asked == 2
+
+
+def test_off_when_the_lag_limit_is_zero() -> None:
+    async def main() -> None:
+        waiting = Waiting(True)
+        pace = LoopPace(0.0, HOUR, waiting)
+        await pace.hold()
+        assert pace._sampler is None and waiting.asked == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_reader_leaves_the_tick_to_the_others() -> None:
+    async def main() -> None:
+        pace = LoopPace(LAG_S, HOUR, Waiting(True))
+        await pace.hold()
+        pace.lag_sample(0.010, 1.0)
+        first, second = asyncio.create_task(pace.hold()), asyncio.create_task(pace.hold())
+        await until_waiting(first)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        pace.lag_sample(0.0, 1.01)
+        await asyncio.wait_for(second, 1)
+        pace.close()
+
+    asyncio.run(main())
+
+
+def test_the_sampler_stops_without_reads_and_releases_what_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop_pace, "IDLE_STOP_S", 0.05)
+
+    async def main() -> None:
+        pace = LoopPace(LAG_S, 0.01, Waiting(True))
+        await pace.hold()
+        sampler = pace._sampler
+        assert sampler is not None
+        await asyncio.wait_for(sampler, 5)  # ends on its own once no read came for IDLE_STOP_S
+        assert pace._sampler is None
+        pace.lag_sample(0.010, 10.0)  # a lag seen last, then no sampler: a read must not wait forever
+        reader = asyncio.create_task(pace.hold())  # starts a new sampler, which ticks it free
+        await asyncio.wait_for(reader, 5)
+        pace.close()
+
+    asyncio.run(main())
