@@ -33,7 +33,7 @@ STRATEGIES = ("oldest", "direct")
 # A stream per sequence; one stream for them all, a step's requests sent once the step before is
 # answered; or one stream for them all, every step sent before any answer is read.
 LAYOUTS = ("own", "shared", "pipelined")
-TRANSPORTS = ("unary", "stream")
+TRANSPORTS = ("unary", "stream", "shared_stream")  # shared: one stream for every sequence
 DIVISION = "division by zero in node 'Div_seq'"
 
 
@@ -185,8 +185,8 @@ def test_through_an_ensemble_only_the_step_holding_a_zero_is_refused_and_each_st
     ensemble, step_model = f"ens_div_{transport}", f"seq_div_step_{transport}"
     base = 1000 + 100 * TRANSPORTS.index(transport)
     words = (f"in ensemble '{ensemble}', ", DIVISION, f"; step 1 (model '{step_model}')")
-    if transport == "stream":
-        run_streams(server, ensemble, base, "own", words)
+    if transport.endswith("stream"):
+        run_streams(server, ensemble, base, "own" if transport == "stream" else "shared", words)
     else:
         run_unary(server, ensemble, base, words)
     server.wait_for_output(f"model {step_model} version 1: a batch of {SEQUENCES} requests refused", BOUND_S)
