@@ -131,3 +131,14 @@ def test_the_sampler_stops_without_reads_and_releases_what_it_held(monkeypatch: 
         pace.close()
 
     asyncio.run(main())
+
+
+def test_the_sampler_looks_every_tick_while_reads_were_held_in_the_last_second_else_calmly() -> None:
+    tick = 0.005
+    pace = LoopPace(LAG_S, tick, Waiting(True))
+    assert pace.period(0.0) == loop_pace.CALM_LOOK_S  # nothing held yet
+    pace.lag_sample(0.010, 1.0)  # held
+    pace.lag_sample(0.0, 1.005)  # on time again: still every tick, lag comes back within 50 ms
+    assert pace.period(1.005) == tick
+    assert pace.period(1.0 + loop_pace.CALM_AFTER_S * 0.99) == tick
+    assert pace.period(1.0 + loop_pace.CALM_AFTER_S) == loop_pace.CALM_LOOK_S
