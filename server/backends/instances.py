@@ -40,6 +40,7 @@ from server.backends.onnxruntime_backend import (
     Provider,
     ort_options_for,
 )
+from server.backends.prepared_graph import PreparedGraph
 from server.backends.tensorrt_options import engine_cache_dir
 from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError
 from server.models.config_tensors import ReshapePlan
@@ -90,8 +91,12 @@ class InstanceFactory:
         reshape: ReshapePlan | None = None,
         identity: IdentitySpec | None = None,
         max_batch_size: int = 0,
+        planned: int = 0,  # instances the load makes: its first's prepared graph serves the rest
     ) -> None:
         self._path = path
+        self._planned = planned
+        # The load's prepared graph by providers (prepared_graph.py), until its last instance.
+        self._prepared: dict[tuple[str, ...], PreparedGraph] = {}
         self._batch_axes = dict(batch_axes or {})  # tensors batched on another axis (batch_axes.py)
         self._options = options
         self._providers = list(providers)
@@ -112,6 +117,7 @@ class InstanceFactory:
             raise BackendLoadError(
                 f"model '{self._name}': failed to load on purpose (parameters '{LOAD_ERROR}')"
             )
+        initial = instance_id is None  # one of the load's instances, not a replacement
         if instance_id is None:
             instance_id, self._made = self._made, self._made + 1
             if instance_id == 0 and self._faults is not None and self._faults.load_gate:
@@ -141,9 +147,18 @@ class InstanceFactory:
         if providers is not None:
             self._slot_providers[instance_id] = list(providers)
         chosen = self._slot_providers.get(instance_id, self._providers)
-        return OrtBackend(
-            self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape
-        )
+        key = tuple(name for name, _ in chosen)
+        more = initial and instance_id + 1 < self._planned  # the load makes more after this one
+        backend = OrtBackend(
+            self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape,
+            prepared=self._prepared.get(key) if initial else None,
+            keep_prepared=more and key not in self._prepared,
+        )  # fmt: skip
+        if backend.prepared is not None:
+            self._prepared[key] = backend.prepared
+        if not more:
+            self._prepared.clear()  # the load's last instance (or a replacement): nothing held
+        return backend
 
     def wrap(self, session: Session) -> ModelInstance:
         """The instance the batcher runs: the session, or the session with its faults. An identity
@@ -209,6 +224,6 @@ def factory_for(
     plan = plan_instances(config, settings.execution_providers, engine_cache=engines)  # groups, devices
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
-        batch_axes=batch_axes, reshape=reshape,
+        batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots),
     )  # fmt: skip
     return factory, plan

@@ -24,6 +24,7 @@ from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
+from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
 from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
@@ -146,13 +147,25 @@ class OrtBackend:
         *,
         model_name: str = "",
         reshape: ReshapePlan | None = None,
+        prepared: PreparedGraph | None = None,  # another instance's outcome (prepared_graph.py)
+        keep_prepared: bool = False,  # keep this one's outcome in `prepared` for the next
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
+        self.prepared: PreparedGraph | None = None
+        self._keep_prepared = keep_prepared
+        self._guard: DivisionGuard | None = None
+        self._rewritten: bytes | None = None
         self._reshape = reshape  # config `reshape`s: wire shapes <-> the model's
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
-            session = self._guarded_session(options, providers)
+            if prepared is not None:
+                self._guard, self._rewritten = prepared.guard, prepared.rewritten
+                session = self._create_session(options, providers)  # what loaded for the first
+                self._guard = dataclasses.replace(self._guard, model_bytes=b"") if self._guard else None
+                self._rewritten = None
+            else:
+                session = self._guarded_session(options, providers)
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -189,7 +202,7 @@ class OrtBackend:
         on (int_division_guard.py) and, where requests batch, its dynamic quantization made per row
         (row_quantization.py); without either, with a WARNING, if its rewrite fails to load."""
         rows = row_quantized(self._path, self._name) if options.row_quantization else None
-        self._guard: DivisionGuard | None = division_guard_for(
+        self._guard = division_guard_for(
             self._path, self._name, ort.__version__, options.int_division_guard, model_proto=rows
         )
         # What an unguarded session is made from: the per-row model's bytes, or None (the file).
@@ -198,6 +211,7 @@ class OrtBackend:
             return self._unguarded_session(options, providers)
         try:
             session = self._create_session(options, providers)
+            self._keep(self._guard, None)
             self._guard = dataclasses.replace(self._guard, model_bytes=b"")  # the session holds its own copy
             self._rewritten = None
             return session
@@ -213,14 +227,24 @@ class OrtBackend:
             )
             return session
 
+    def _keep(self, guard: DivisionGuard | None, rewritten: bytes | None) -> None:
+        """What loaded, for the other instances of this load (prepared_graph.py)."""
+        if self._keep_prepared:
+            self.prepared = PreparedGraph(guard, rewritten)
+
     def _unguarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         if self._rewritten is None:
-            return self._create_session(options, providers)
+            session = self._create_session(options, providers)
+            self._keep(None, None)
+            return session
         try:
-            return self._create_session(options, providers)
+            session = self._create_session(options, providers)
+            self._keep(None, self._rewritten)
+            return session
         except BackendLoadError as err:
             self._rewritten = None
             session = self._create_session(options, providers)  # the model's own error, if it is its
+            self._keep(None, None)
             logger.warning(
                 "model %s: dynamic quantization left per batch: its per-row graph does not load (%s)",
                 self._name,
