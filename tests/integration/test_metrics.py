@@ -242,6 +242,8 @@ def test_open_streams_and_gauge_labels(stub: pb_grpc.GRPCInferenceServiceStub, s
     samples = scrape(server)
     assert value(samples, "sluiceway_queue_requests", "mlp") == 0
     assert value(samples, "sluiceway_queue_bytes", "mlp") == 0
+    # Exported from the start (server-wide); what makes it count: RELIABILITY.md, loadtest.beside_streams.
+    assert value(samples, "sluiceway_stream_reads_paced_total") >= 0
 
 
 def test_every_family_has_help_and_totals_are_counters(
