@@ -1,6 +1,6 @@
 """Graph outputs whose first dim the data's values size (NonZero, Unique, Compress,
-NonMaxSuppression upstream, or a Reshape, Range, Tile, ... whose size input is computed from the
-data's values), so it is not the batch.
+NonMaxSuppression, StringSplit upstream, or a Reshape, Range, Tile, TopK, OneHot, ... whose size
+input is computed from the data's values), so it is not the batch.
 
 Such an output (NonZero's indices [nnz, 2], a detector's kept boxes [k, 6]) has a variable first
 dim that no symbol tells from the batch. Batched, a run whose output happened to hold as many rows
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import onnx
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
-DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression"})
+DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"})
 # Standard ops that take an output size from some inputs' values: sized by the data when one of
 # those inputs is computed from the data's values (not from shapes alone: Shape, Size).
 SIZE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -38,6 +38,10 @@ SIZE_INPUTS: dict[str, tuple[int, ...]] = {
     "Upsample": (1,),
     "Split": (1,),
     "Loop": (0,),
+    "TopK": (1,),  # k
+    "OneHot": (1,),  # depth
+    "CenterCropPad": (1,),  # shape
+    "Col2Im": (1, 2),  # image_shape, block_shape
 }
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read their input's shape, never its values
 _BATCH_SYMBOL = "__sluiceway_batch_{}"  # names an input's unnamed first dim for shape inference

@@ -237,3 +237,36 @@ def test_a_subgraph_that_sizes_by_an_outer_value_is_data_sized() -> None:
     assert data_sized_outputs(model) == {
         "y": "Range node 'inner', from its input 'limit' inside If node 'pick'"
     }
+
+
+def _k_from_data() -> list[onnx.NodeProto]:
+    """k = [max over x], as int64 [1]: a size computed from the data's values."""
+    return [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["m64"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["m64", "one"], ["k"]),
+    ]
+
+
+@pytest.mark.parametrize(("axis", "sized"), [(0, True), (-1, False)])
+def test_top_k_with_k_from_the_data_is_data_sized_along_its_axis(axis: int, sized: bool) -> None:
+    nodes = [*_k_from_data(), helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=axis, name="top")]
+    outputs: dict[str, Shape] = {"i": ["k", 4] if axis == 0 else ["N", "k"]}
+    one = numpy_helper.from_array(np.asarray([1], np.int64), "one")
+    found = data_sized_outputs(_model(nodes, outputs, initializer=[one]))
+    # Along the last axis onnx's inference carries the input's first dim: the batch, cleared.
+    assert found == ({"i": "TopK node 'top', from its input 'k'"} if sized else {})
+
+
+def test_one_hot_whose_depth_the_data_sets_is_data_sized_on_a_leading_axis() -> None:
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["depth"], to=TensorProto.INT64),
+        helper.make_node("OneHot", ["idx", "depth", "values"], ["y"], axis=0, name="hot"),
+    ]
+    initializer = [
+        numpy_helper.from_array(np.asarray([0, 1], np.int64), "idx"),
+        numpy_helper.from_array(np.asarray([0, 1], np.int64), "values"),
+    ]
+    found = data_sized_outputs(_model(nodes, {"y": ["d", 2]}, initializer=initializer))
+    assert found == {"y": "OneHot node 'hot', from its input 'depth'"}
