@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtest.row_quantization_raw import _ffn, _quantized
+from loadtest.row_quantization_raw import ffn_block, quantized_sessions
 from server.backends.instances import InstanceFactory
 from server.backends.onnxruntime_backend import CPU, OrtOptions
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="prepared-"))
-    _quantized(_ffn(folder / "ffn.onnx"), folder / "ffn_int8.onnx")
+    quantized_sessions(ffn_block(folder / "ffn.onnx"), folder / "ffn_int8.onnx")
     path = folder / "ffn_int8.onnx"
     times: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.rounds):

@@ -24,7 +24,7 @@ from server.models.demo import build_mlp
 WINDOW_S = 0.4
 
 
-def _ffn(path: Path) -> Path:
+def ffn_block(path: Path) -> Path:
     """768 -> 3072 -> 768 (BERT-base's feed-forward), x [N, S, 768]."""
     rng = np.random.default_rng(0)
     weights = [
@@ -49,7 +49,7 @@ def _ffn(path: Path) -> Path:
     return path
 
 
-def _quantized(source: Path, path: Path) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+def quantized_sessions(source: Path, path: Path) -> tuple[ort.InferenceSession, ort.InferenceSession]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's advice, every call
@@ -91,7 +91,7 @@ def _coupling(session: ort.InferenceSession, x: np.ndarray) -> tuple[float, floa
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="rowq-"))
     (folder / "mlp.onnx").write_bytes(build_mlp())
-    mlp = _quantized(folder / "mlp.onnx", folder / "mlp_int8.onnx")
+    mlp = quantized_sessions(folder / "mlp.onnx", folder / "mlp_int8.onnx")
     x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     x[0] *= 10
     for name, session in zip(("per_batch", "per_row"), mlp, strict=True):
@@ -103,7 +103,7 @@ def main() -> None:
                 f"mlp {name}: a row batched with a 10x row changed by up to {worst:.4g} "
                 f"(that row's answer: {size:.3g})"
             )
-    ffn = _quantized(_ffn(folder / "ffn.onnx"), folder / "ffn_int8.onnx")
+    ffn = quantized_sessions(ffn_block(folder / "ffn.onnx"), folder / "ffn_int8.onnx")
     load_ms = []
     for _ in range(5):  # what each instance's load adds: the scan, the parse, the rewrite, the bytes
         start = time.perf_counter()

@@ -149,10 +149,10 @@ class InstanceFactory:
         chosen = self._slot_providers.get(instance_id, self._providers)
         key = tuple(name for name, _ in chosen)
         more = initial and instance_id + 1 < self._planned  # the load makes more after this one
+        # Only an instance that prepared its own graph keeps it (`backend.prepared`).
         backend = OrtBackend(
             self._path, self._options, chosen, executor, model_name=self._name, reshape=self._reshape,
-            prepared=self._prepared.get(key) if initial else None,
-            keep_prepared=more and key not in self._prepared,
+            prepared=self._prepared.get(key), keep_prepared=more,
         )  # fmt: skip
         if backend.prepared is not None:
             self._prepared[key] = backend.prepared

@@ -159,13 +159,7 @@ class OrtBackend:
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
         try:
-            if prepared is not None:
-                self._guard, self._rewritten = prepared.guard, prepared.rewritten
-                session = self._create_session(options, providers)  # what loaded for the first
-                self._guard = dataclasses.replace(self._guard, model_bytes=b"") if self._guard else None
-                self._rewritten = None
-            else:
-                session = self._guarded_session(options, providers)
+            session = self._guarded_session(options, providers, prepared)
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -173,7 +167,7 @@ class OrtBackend:
         self._active_providers = list(session.get_providers())
         self._inputs = [OnnxTensor(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
         every = {o.name: OnnxTensor(o.name, o.type, list(o.shape)) for o in session.get_outputs()}
-        flags = [every.pop(name) for name in self._guard.flags] if self._guard else []
+        flags: list[OnnxTensor] = [every.pop(name) for name in self._guard.flags] if self._guard else []
         self._outputs = list(every.values())  # the model's own: the guard's flags are the server's
         self._output_names = [o.name for o in self._outputs]
         self._run_names = [*self._output_names, *(f.name for f in flags)]  # what every run fetches
@@ -197,10 +191,19 @@ class OrtBackend:
             self._run_options.add_run_config_entry(key, value)
         prepare_run_options(self._io.mode, self._run_options)
 
-    def _guarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+    def _guarded_session(
+        self, options: OrtOptions, providers: Sequence[Provider], prepared: PreparedGraph | None
+    ) -> ort.InferenceSession:
         """A session of the model, its integer divisions guarded against divisors onnxruntime traps
         on (int_division_guard.py) and, where requests batch, its dynamic quantization made per row
-        (row_quantization.py); without either, with a WARNING, if its rewrite fails to load."""
+        (row_quantization.py); without either, with a WARNING, if its rewrite fails to load.
+        `prepared`: what loaded for the load's first instance, used as it is."""
+        if prepared is not None:
+            self._guard, self._rewritten = prepared.guard, prepared.rewritten
+            try:
+                return self._create_session(options, providers)
+            finally:
+                self._release_bytes()
         rows = row_quantized(self._path, self._name) if options.row_quantization else None
         self._guard = division_guard_for(
             self._path, self._name, ort.__version__, options.int_division_guard, model_proto=rows
@@ -212,8 +215,7 @@ class OrtBackend:
         try:
             session = self._create_session(options, providers)
             self._keep(self._guard, None)
-            self._guard = dataclasses.replace(self._guard, model_bytes=b"")  # the session holds its own copy
-            self._rewritten = None
+            self._release_bytes()
             return session
         except BackendLoadError as err:
             self._guard = None
@@ -226,6 +228,12 @@ class OrtBackend:
                 ort.__version__,
             )
             return session
+
+    def _release_bytes(self) -> None:
+        """The session holds its own copy of the model: drop this instance's."""
+        if self._guard is not None:
+            self._guard = dataclasses.replace(self._guard, model_bytes=b"")
+        self._rewritten = None
 
     def _keep(self, guard: DivisionGuard | None, rewritten: bytes | None) -> None:
         """What loaded, for the other instances of this load (prepared_graph.py)."""
@@ -252,7 +260,7 @@ class OrtBackend:
             )
             return session
         finally:
-            self._rewritten = None  # the session holds its own copy
+            self._release_bytes()
 
     def _create_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
         available = set(ort.get_available_providers())

@@ -12,28 +12,19 @@ import threading
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
-from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.app import SluicewayServer
 from server.protocol.core_calls import CoreCalls, server_ids
 from server.settings import ServerSettings
-from tests.support.repositories import write_model
+from tests.support.in_process import core_started, mlp_only_repo, mlp_request
 from tests.support.server_process import wait_until
 
 # It blocks its event loop on purpose while calls arrive; alone, it is not raced by another worker.
 pytestmark = pytest.mark.serial
 
 CALLS = 12
-
-
-def _mlp() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="mlp")
-    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
-    request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
-    return request
 
 
 def _outcome(future: grpc.Future) -> str:
@@ -49,17 +40,14 @@ def _send(address: str, calls: int, sent: threading.Event) -> collections.Counte
     held): the outcome of each."""
     with grpc.insecure_channel(address) as channel:
         infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer  # type: ignore[no-untyped-call]
-        futures = [infer.future(_mlp(), timeout=60) for _ in range(calls)]
+        futures = [infer.future(mlp_request(), timeout=60) for _ in range(calls)]
         sent.set()
         return collections.Counter(_outcome(f) for f in futures)
 
 
 @pytest.fixture
 def repo(demo_repo: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    config = (demo_repo / "mlp" / "config.pbtxt").read_text()
-    write_model(root, "mlp", demo_repo / "mlp" / "1" / "model.onnx", config)
-    return root
+    return mlp_only_repo(demo_repo, tmp_path / "repo")
 
 
 async def test_calls_grpc_core_holds_at_the_drain_are_answered_unavailable_not_cancelled(
@@ -80,7 +68,7 @@ async def test_calls_grpc_core_holds_at_the_drain_are_answered_unavailable_not_c
             outcomes = pool.submit(_send, f"127.0.0.1:{server.port}", CALLS, sent)
             # The event loop is held (as a busy one is under load) until grpc core has taken every
             # call: grpc.aio hands it none meanwhile, so they wait in grpc core, no handler saw them.
-            wait_until(lambda: sent.is_set() and _started(core) >= before.started + CALLS, "the calls")
+            wait_until(lambda: sent.is_set() and core_started(core) >= before.started + CALLS, "the calls")
             await server.stop(grace_s=10.0)  # the drain, as SIGTERM starts it
             counted = await asyncio.wrap_future(outcomes)
     finally:
@@ -88,11 +76,6 @@ async def test_calls_grpc_core_holds_at_the_drain_are_answered_unavailable_not_c
     # Before: the drain's quiet window counted only calls a handler had seen, and closed at once:
     # grpc core answered the calls it held CANCELLED (9 of 12 here, 2 runs on each Python).
     assert counted == {"UNAVAILABLE: server is shutting down": CALLS}, counted
-
-
-def _started(core: CoreCalls) -> int:
-    counts = core.counts()
-    return 0 if counts is None else counts.started
 
 
 async def test_a_server_reads_its_own_grpc_core_counts_not_another_servers() -> None:

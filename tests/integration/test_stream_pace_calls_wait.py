@@ -10,30 +10,16 @@ import threading
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
-from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.app import SluicewayServer
 from server.protocol.core_calls import CoreCalls
 from server.settings import ServerSettings
-from tests.support.repositories import write_model
+from tests.support.in_process import core_started, mlp_only_repo, mlp_request
 from tests.support.server_process import wait_until
 
 pytestmark = pytest.mark.serial  # it blocks its event loop on purpose
-
-
-def _mlp(rid: str) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="mlp", id=rid)
-    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
-    request.raw_input_contents.append(np.zeros((1, 64), np.float32).tobytes())
-    return request
-
-
-def _started(core: CoreCalls) -> int:
-    counts = core.counts()
-    return 0 if counts is None else counts.started
 
 
 def _unanswered(core: CoreCalls) -> int:
@@ -43,10 +29,7 @@ def _unanswered(core: CoreCalls) -> int:
 
 @pytest.fixture
 def repo(demo_repo: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    config = (demo_repo / "mlp" / "config.pbtxt").read_text()
-    write_model(root, "mlp", demo_repo / "mlp" / "1" / "model.onnx", config)
-    return root
+    return mlp_only_repo(demo_repo, tmp_path / "repo")
 
 
 async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken(
@@ -65,23 +48,23 @@ async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stream = stub.ModelStreamInfer()
-            await stream.write(_mlp("s1"))
+            await stream.write(mlp_request("s1"))
             assert (await stream.read()).infer_response.id == "s1"
             assert not server._calls_wait()  # an open stream has its handler: it waits for nothing
-            before = _started(core)
+            before = core_started(core)
             sent = threading.Event()
 
             def call() -> str:
                 with grpc.insecure_channel(address) as blocking:
                     infer = pb_grpc.GRPCInferenceServiceStub(blocking).ModelInfer
-                    future = infer.future(_mlp("u"), timeout=60)
+                    future = infer.future(mlp_request("u"), timeout=60)
                     sent.set()
                     return str(future.result().id)
 
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 answer = pool.submit(call)
                 # The loop is held until grpc core has taken the call: no handler has seen it.
-                wait_until(lambda: sent.is_set() and _started(core) > before, "the unary call")
+                wait_until(lambda: sent.is_set() and core_started(core) > before, "the unary call")
                 assert server._calls_wait()
                 assert await asyncio.wrap_future(answer) == "u"  # the loop runs: it is answered
             await stream.done_writing()
