@@ -200,10 +200,9 @@ class OrtBackend:
         `prepared`: what loaded for the load's first instance, used as it is."""
         if prepared is not None:
             self._guard, self._rewritten = prepared.guard, prepared.rewritten
-            try:
-                return self._create_session(options, providers)
-            finally:
-                self._release_bytes()
+            session = self._create_session(options, providers)
+            self._release_bytes()
+            return session
         rows = row_quantized(self._path, self._name) if options.row_quantization else None
         self._guard = division_guard_for(
             self._path, self._name, ort.__version__, options.int_division_guard, model_proto=rows
@@ -213,8 +212,7 @@ class OrtBackend:
         if self._guard is None:
             return self._unguarded_session(options, providers)
         try:
-            session = self._create_session(options, providers)
-            self._keep(self._guard, None)
+            session = self._loaded(options, providers)
             self._release_bytes()
             return session
         except BackendLoadError as err:
@@ -235,24 +233,22 @@ class OrtBackend:
             self._guard = dataclasses.replace(self._guard, model_bytes=b"")
         self._rewritten = None
 
-    def _keep(self, guard: DivisionGuard | None, rewritten: bytes | None) -> None:
-        """What loaded, for the other instances of this load (prepared_graph.py)."""
+    def _loaded(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
+        """A session of what this instance holds now (guarded bytes, else per-row bytes, else the
+        file), kept for the load's other instances when asked (prepared_graph.py)."""
+        session = self._create_session(options, providers)
         if self._keep_prepared:
-            self.prepared = PreparedGraph(guard, rewritten)
+            self.prepared = PreparedGraph(self._guard, None if self._guard else self._rewritten)
+        return session
 
     def _unguarded_session(self, options: OrtOptions, providers: Sequence[Provider]) -> ort.InferenceSession:
-        if self._rewritten is None:
-            session = self._create_session(options, providers)
-            self._keep(None, None)
-            return session
         try:
-            session = self._create_session(options, providers)
-            self._keep(None, self._rewritten)
-            return session
+            return self._loaded(options, providers)
         except BackendLoadError as err:
+            if self._rewritten is None:
+                raise  # the model's own error
             self._rewritten = None
-            session = self._create_session(options, providers)  # the model's own error, if it is its
-            self._keep(None, None)
+            session = self._loaded(options, providers)  # the model's own error, if it is its
             logger.warning(
                 "model %s: dynamic quantization left per batch: its per-row graph does not load (%s)",
                 self._name,
