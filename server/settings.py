@@ -369,8 +369,9 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
 
 # SLUICEWAY_* variables that are not settings: the scripts' and tests' own, and the client's token.
 NOT_SETTINGS = frozenset(
-    {"SLUICEWAY_ARGS", "SLUICEWAY_INSTALLER", "SLUICEWAY_SLOW", "SLUICEWAY_TEST_ONCE",
-     "SLUICEWAY_TEST_WORKERS", "SLUICEWAY_TOKEN"}
+    {"SLUICEWAY_ARGS", "SLUICEWAY_INSTALLER", "SLUICEWAY_PERF_ANALYZER", "SLUICEWAY_SLOW",
+     "SLUICEWAY_TEST_FULL", "SLUICEWAY_TEST_ONCE", "SLUICEWAY_TEST_SHARE", "SLUICEWAY_TEST_WORKERS",
+     "SLUICEWAY_TEST_ZYGOTE", "SLUICEWAY_TOKEN"}
 )  # fmt: skip
 
 
