@@ -9,7 +9,8 @@
 # lazy_plans.py, ensemble_budget.py, first_run.py, rollout_replay.py, rollout_carry.py and
 # ensemble_config.py, server/observability/sample_layout.py and sampling_writer.py,
 # server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
-# int_division_scan.py,
+# int_division_scan.py, server/protocol/loop_pace.py, server/backends/prepared_graph.py,
+# onnx_data_sized.py, row_quantization.py, row_quantization_nodes.py and batch_axes.py,
 # against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #

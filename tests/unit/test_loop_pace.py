@@ -5,11 +5,13 @@ is set to an hour so it takes no part, except in the test of its idle stop."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
 from server.protocol import loop_pace
 from server.protocol.loop_pace import PACED, LoopPace
+from tests.unit.test_batcher_delay_slack import VirtualTime, run_virtual
 
 HOUR = 3600.0
 LAG_S = 0.002
@@ -142,3 +144,106 @@ def test_the_sampler_looks_every_tick_while_reads_were_held_in_the_last_second_e
     assert pace.period(1.005) == tick
     assert pace.period(1.0 + loop_pace.CALM_AFTER_S * 0.99) == tick
     assert pace.period(1.0 + loop_pace.CALM_AFTER_S) == loop_pace.CALM_LOOK_S
+
+
+# --- the sampler on a loop whose time the test controls (tests/unit/test_batcher_delay_slack.py) ---
+
+
+class Recorded(LoopPace):
+    """A LoopPace that records every sample the sampler gives it: (late_s, now)."""
+
+    def __init__(self, lag_limit_s: float, tick_s: float, waiting: Waiting) -> None:
+        super().__init__(lag_limit_s, tick_s, waiting)
+        self.samples: list[tuple[float, float]] = []
+
+    def lag_sample(self, late_s: float, now: float) -> None:
+        self.samples.append((late_s, now))
+        super().lag_sample(late_s, now)
+
+
+def run_sampler(pace: LoopPace, clock: VirtualTime) -> None:
+    """One read at the clock's start, then the sampler until it stops on its own."""
+
+    async def main() -> None:
+        await pace.hold()
+        sampler = pace._sampler
+        assert sampler is not None
+        await sampler
+        assert pace._sampler is None
+
+    run_virtual(clock, main())
+
+
+@pytest.fixture
+def binary_periods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Periods that add up exactly in floating point (1/16 s calm, the idle stop at 1 s)."""
+    monkeypatch.setattr(loop_pace, "CALM_LOOK_S", 1 / 16)
+    monkeypatch.setattr(loop_pace, "IDLE_STOP_S", 1.0)
+
+
+@pytest.mark.usefixtures("binary_periods")
+def test_an_on_time_sampler_looks_calmly_until_a_second_without_reads_then_stops() -> None:
+    clock = VirtualTime()
+    start = clock.now
+    pace = Recorded(LAG_S, 1 / 128, Waiting(True))
+    run_sampler(pace, clock)
+    calm = [(0.0, start + k / 16) for k in range(1, 17)]  # every 1/16 s up to 1 s after the read
+    assert pace.samples == [*calm, (0.0, start + 1.0)]  # the last: the sampler's release at its stop
+    assert pace.holding_ticks == 0 and pace.held == 0
+
+
+@pytest.mark.usefixtures("binary_periods")
+def test_a_late_loop_is_measured_and_then_looked_at_every_tick() -> None:
+    late, tick = 1 / 64, 1 / 128
+    clock = VirtualTime(late_s=late)
+    start = clock.now
+    waiting = Waiting(True)
+    pace = Recorded(LAG_S, tick, waiting)
+    run_sampler(pace, clock)
+    *ticks, last = pace.samples
+    assert all(late_s == late for late_s, _ in ticks)  # how late each timer fired, exactly
+    times = [start] + [now for _, now in ticks]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] == 1 / 16 + late  # calm before the first lag
+    assert set(gaps[1:]) == {tick + late}  # then every tick while reads were held
+    assert times[-2] - start < 1.0 <= times[-1] - start
+    assert pace.holding_ticks == len(ticks)
+    assert last[0] == 0.0 and not pace._holding  # stopped: nothing left held
+
+
+def test_a_lag_of_exactly_the_limit_holds_nothing() -> None:
+    pace = LoopPace(LAG_S, HOUR, Waiting(True))
+    pace.lag_sample(LAG_S, 1.0)
+    assert pace.holding_ticks == 0
+    pace.lag_sample(LAG_S * 1.5, 2.0)
+    assert pace.holding_ticks == 1
+
+
+def test_calls_are_taken_as_waiting_unless_the_server_says_otherwise() -> None:
+    pace = LoopPace(LAG_S, HOUR)  # no `waiting`: a lag alone holds reads
+    pace.lag_sample(0.010, 1.0)
+    assert pace.holding_ticks == 1
+
+
+def test_the_first_lag_on_a_fresh_loop_asks_whether_calls_wait() -> None:
+    # The loop's clock may start at 0: the first look is due at once, not WAITING_LOOK_S later.
+    waiting = Waiting(True)
+    pace = LoopPace(LAG_S, HOUR, waiting)
+    pace.lag_sample(0.010, 0.0)
+    assert waiting.asked == 1 and pace.holding_ticks == 1
+
+
+def test_close_stops_the_sampler() -> None:
+    async def main() -> None:
+        pace = LoopPace(LAG_S, HOUR, Waiting(True))
+        await pace.hold()
+        sampler = pace._sampler
+        assert sampler is not None
+        await asyncio.sleep(0)  # the sampler waits for its first tick
+        pace.close()
+        with pytest.raises(asyncio.CancelledError):
+            await sampler
+        assert pace._sampler is None
+        pace.close()  # again, with no sampler: nothing to do
+
+    asyncio.run(main())

@@ -270,3 +270,158 @@ def test_one_hot_whose_depth_the_data_sets_is_data_sized_on_a_leading_axis() -> 
     ]
     found = data_sized_outputs(_model(nodes, {"y": ["d", 2]}, initializer=initializer))
     assert found == {"y": "OneHot node 'hot', from its input 'depth'"}
+
+
+# --- what the walk reads exactly (tests/MUTANTS.md: the run of the twenty-third session) ----------
+
+
+def test_a_nonzero_in_the_explicit_ai_onnx_domain_is_onnxs() -> None:
+    nodes = [helper.make_node("NonZero", ["x"], ["idx"], domain="ai.onnx", name="nz")]
+    model = _model(nodes, {"idx": ["k", 2]})
+    assert data_sized_outputs(model) == {"idx": "NonZero node 'nz'"}
+
+
+def test_a_size_from_an_explicit_ai_onnx_range_is_the_datas() -> None:
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node("Range", ["start", "limit", "step"], ["y"], domain="ai.onnx", name="r"),
+    ]
+    model = _model(nodes, {"y": ["k"]}, initializer=[_scalar("start", 0), _scalar("step", 1)])
+    assert data_sized_outputs(model) == {"y": "Range node 'r', from its input 'limit'"}
+
+
+def test_an_initializer_listed_among_the_inputs_is_not_the_datas() -> None:
+    # Older exporters list initializers as graph inputs too: their values are the model's.
+    model = _model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="flat")],
+        {"y": ["k"]},
+        initializer=[_int("shape", [-1])],
+        out_type=TensorProto.FLOAT,
+    )
+    model.graph.input.append(helper.make_tensor_value_info("shape", TensorProto.INT64, [1]))
+    assert data_sized_outputs(model) == {}
+
+
+def test_a_size_input_left_empty_or_absent_is_not_read() -> None:
+    # Resize by constant scales (no sizes input) and Slice without steps: sized by x's shape only.
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["y"], name="grow"),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["z"], name="cut"),
+        helper.make_node("Dropout", ["x"], ["d", ""], name="drop"),  # an optional output left unnamed
+        helper.make_node("Resize", ["d", "", "", "sizes"], ["w"], name="fixed"),
+    ]
+    init = [
+        numpy_helper.from_array(np.float32([1, 2]), "scales"),
+        _int("starts", [0]),
+        _int("ends", [2]),
+        _int("axes", [1]),
+        _int("sizes", [3, 8]),
+    ]
+    model = _model(
+        nodes, {"y": ["a", 8], "z": ["b", 2], "w": [3, 8]}, initializer=init, out_type=TensorProto.FLOAT
+    )
+    assert data_sized_outputs(model) == {}
+
+
+def test_an_unnamed_optional_output_of_a_data_sized_op_taints_nothing() -> None:
+    # Unique's unnamed outputs are "": an empty (absent) input of a later node is not its output.
+    nodes = [
+        helper.make_node("Unique", ["x"], ["u", "", "", ""], name="uniq"),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="fixed"),
+    ]
+    model = _model(
+        nodes,
+        {"u": ["k"], "y": [3, 8]},
+        initializer=[_int("sizes", [3, 8])],
+        out_type=TensorProto.FLOAT,
+    )
+    assert data_sized_outputs(model) == {"u": "Unique node 'uniq'"}
+
+
+def test_a_value_passed_through_an_if_branch_is_still_the_datas() -> None:
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["limit"], ["same"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("same", TensorProto.INT64, None)],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node("If", ["always"], ["passed"], then_branch=branch, else_branch=branch),
+        helper.make_node("Range", ["start", "passed", "step"], ["y"], name="r"),
+    ]
+    init = [_scalar("start", 0), _scalar("step", 1), numpy_helper.from_array(np.bool_(True), "always")]
+    model = _model(nodes, {"y": ["k"]}, initializer=init)
+    assert data_sized_outputs(model) == {"y": "Range node 'r', from its input 'passed'"}
+
+
+def _loop_of_ranges(limit_from_data: bool) -> onnx.ModelProto:
+    """A Loop whose body makes a Range up to its carried value: the data's when the Loop's
+    initial value is."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["v"], ["v_out"]),
+            helper.make_node("Range", ["start", "v", "step"], ["r"], name="inner"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.INT64, []),
+            helper.make_tensor_value_info("r", TensorProto.INT64, None),
+        ],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node(
+            "Loop", ["trips", "", "limit" if limit_from_data else "ten"], ["v_last", "rs"], body=body
+        ),
+    ]
+    init = [_scalar("start", 0), _scalar("step", 1), _scalar("trips", 2), _scalar("ten", 10)]
+    return _model(nodes, {"rs": ["t", "k"]}, initializer=init)
+
+
+def test_a_loop_body_reading_a_value_the_data_set_is_data_sized() -> None:
+    assert data_sized_outputs(_loop_of_ranges(True)) == {
+        "rs": "Range node 'inner', from its input 'v' inside Loop node 'v_last'"
+    }
+    assert data_sized_outputs(_loop_of_ranges(False)) == {}
+
+
+def test_an_op_inside_a_list_of_subgraphs_taints_its_nodes_outputs() -> None:
+    body = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["nz"], name="inner")],
+        "body",
+        [],
+        [helper.make_tensor_value_info("nz", TensorProto.INT64, None)],
+    )
+    node = helper.make_node("Branches", ["x"], ["y"], domain="com.example", name="custom")
+    node.attribute.append(helper.make_attribute("bodies", [body, body]))
+    model = _model([node], {"y": ["k", 2]})
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert data_sized_outputs(model) == {"y": "NonZero node 'inner' inside Branches node 'custom'"}
+
+
+def test_a_scalar_input_beside_the_data_does_not_stop_the_look() -> None:
+    model = _nonzero_rows()
+    model.graph.input.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, []))
+    assert data_sized_outputs(model) == {"idx": "NonZero node 'nz'"}
+
+
+@pytest.mark.parametrize("x", [["N"], [None]])
+def test_nonzero_of_a_one_dimensional_input_is_data_sized(x: Shape) -> None:
+    assert data_sized_outputs(_nonzero_rows(x=x)) == {"idx": "NonZero node 'nz'"}
+
+
+def test_a_fixed_first_dim_is_no_batch_symbol() -> None:
+    # An input of a fixed first dim names no batch: an output with an unnamed first dim is not its.
+    assert data_sized_outputs(_nonzero_rows(first=None, x=[2, 4])) == {"idx": "NonZero node 'nz'"}
+    assert data_sized_outputs(_nonzero_rows(first=None, x=[2, "N"])) == {"idx": "NonZero node 'nz'"}
