@@ -29,6 +29,7 @@ from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest
 from server.models.config import IDENTITY
 from server.models.ensemble_config import EnsemblePlan, Step, fit_batch_dim
+from server.models.ensemble_fit import step_inputs
 from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
@@ -304,18 +305,15 @@ class EnsembleScheduler:
             record.version = served.version_str
         signature = served.signature
         batches = signature.max_batch_size > 0
-        inputs = {
-            model_input: fit_batch_dim(
-                tensors[tensor], batched[tensor], signature.inputs[model_input].dims, batches
-            )
-            for model_input, tensor in step.input_map.items()
-        }
         start_ns, hard = time.perf_counter_ns(), ensemble.hard
         stats = served.stats
         try:
             if hard is not None and self._clock() >= hard:
                 raise DeadlineExceeded("deadline exceeded before the step started (it was not run)")
-            rows = served.signature.check_inputs(inputs)
+            # ChangedByReload (named below) when the version serving it no longer fits the step
+            max_rows = self.plan.max_batch_size
+            inputs = step_inputs(step, signature, served.version_str, max_rows, tensors, batched)
+            rows = signature.check_inputs(inputs)
             batcher = served.batcher
             a = batcher.admission(rows, deadline=hard, priority=priority)._replace(computed=ensemble.computed)
             nested = served.ensemble

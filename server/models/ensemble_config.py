@@ -45,6 +45,7 @@ class EnsemblePlan:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     batching: bool = False  # the ensemble's max_batch_size > 0: its inputs lead with a batch dim
+    max_batch_size: int = 0  # the ensemble's: a step's reload below it no longer fits (ensemble_fit)
     # Dims of `outputs` as the steps make them (`reshape.shape` where given, else `dims`), in order.
     output_dims: tuple[tuple[int, ...], ...] = ()
     reshape: ReshapePlan | None = None  # the ensemble's own `reshape`s: the steps see those shapes
@@ -259,6 +260,7 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
         inputs=tuple(t.name for t in config.input),
         outputs=tuple(t.name for t in config.output),
         batching=batching,
+        max_batch_size=config.max_batch_size,
         output_dims=tuple(tuple(_dims(t)) for t in config.output),
         reshape=ReshapePlan.from_config(config),
     )

@@ -1,0 +1,92 @@
+"""Whether the version serving a step's model now still fits the ensemble's step, per request.
+
+An ensemble is checked against its step models when it loads (ensemble_config.plan_ensemble), and
+a step naming no version runs on the version serving its model when the step runs, so a step
+model's reload is picked up without reloading the ensemble (README "Ensembles"). A reload that no
+longer fits the step (an input_map or output_map key the model no longer has, a required input the
+step does not give, a max_batch_size below the ensemble's that the request's rows pass) is not the
+client's mistake: its request is valid by the ensemble's own config. It is ChangedByReload
+(UNAVAILABLE, retryable, as a request a reload handed to a version it no longer fits:
+InferJob.retarget), not INVALID_ARGUMENT, and had been INTERNAL (a KeyError) for a renamed tensor.
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from batcher.types import Array
+from server.errors import ChangedByReload
+from server.models.ensemble_config import Step, fit_batch_dim
+from server.protocol.validate import Signature
+
+
+def _misfit_names(step: Step, signature: Signature) -> str | None:
+    """What of the step's maps the model no longer has (None: every name fits)."""
+    for model_input in step.input_map:
+        if model_input not in signature.inputs:
+            return (
+                f"it has no input '{model_input}' (its inputs: {sorted(signature.inputs)}), "
+                "which the step's input_map names"
+            )
+    for model_output in step.output_map:
+        if model_output not in signature.outputs:
+            return (
+                f"it has no output '{model_output}' (its outputs: {sorted(signature.outputs)}), "
+                "which the step's output_map names"
+            )
+    needed = sorted(n for n, s in signature.inputs.items() if not s.optional and n not in step.input_map)
+    if needed:
+        return f"it needs input '{needed[0]}', which the step's input_map does not give"
+    return None
+
+
+def _misfit_rows(
+    signature: Signature, ensemble_max_batch_size: int, inputs: Mapping[str, Array]
+) -> str | None:
+    """The step's max_batch_size below the ensemble's and passed by the request's rows (a step
+    with none, or at least the ensemble's, checks its rows itself, as a request to it)."""
+    limit = signature.max_batch_size
+    if not 0 < limit < ensemble_max_batch_size:
+        return None
+    rows = max((array.shape[0] for array in inputs.values() if array.ndim > 0), default=0)
+    if limit < rows <= ensemble_max_batch_size:
+        return (
+            f"its max_batch_size {limit} is below the ensemble's {ensemble_max_batch_size}, and the "
+            f"request has {rows} rows"
+        )
+    return None
+
+
+def _refusal(step: Step, version: str, why: str) -> ChangedByReload:
+    return ChangedByReload(
+        f"model '{step.model}' (version {version}, serving it now) no longer fits the ensemble: "
+        f"{why} (it changed since the ensemble loaded: load either again so that they fit)"
+    )
+
+
+def step_inputs(
+    step: Step,
+    signature: Signature,
+    version: str,
+    ensemble_max_batch_size: int,
+    tensors: Mapping[str, Array],
+    batched: Mapping[str, bool],
+) -> dict[str, Array]:
+    """The step model's inputs from the ensemble's tensors (a batch dim fitted as Triton's ensembles
+    fit it); ChangedByReload when the version serving it (`signature`, `version`) no longer fits
+    the step. The caller names the ensemble and the step (ensemble._named)."""
+    why = _misfit_names(step, signature)
+    if why is not None:
+        raise _refusal(step, version, why)
+    batches = signature.max_batch_size > 0
+    inputs = {
+        model_input: fit_batch_dim(
+            tensors[tensor], batched[tensor], signature.inputs[model_input].dims, batches
+        )
+        for model_input, tensor in step.input_map.items()
+    }
+    why = _misfit_rows(signature, ensemble_max_batch_size, inputs)
+    if why is not None:
+        raise _refusal(step, version, why)
+    return inputs
