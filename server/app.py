@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -40,6 +41,7 @@ from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refu
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import add_service
+from server.protocol.message_wait import MessageWaits
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -174,17 +176,22 @@ class SluicewayServer:
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
         # A message over max_message_bytes is refused unparsed, RESOURCE_EXHAUSTED (frame_size.py).
-        limit = settings.max_message_bytes
-        add_service(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer, self._grpc, limit)
-        add_service(
-            apb.DESCRIPTOR.services_by_name["Admin"],
-            AdminServicer(self.models, settings.worker_index, self.rollout_share),
-            self._grpc,
-            limit,
+        # A call's one request message is waited for within bounds (message_wait.py).
+        self.message_waits = MessageWaits(
+            settings.request_message_timeout_s, settings.max_calls_awaiting_message_per_peer
         )
+        serve = functools.partial(
+            add_service,
+            server=self._grpc,
+            max_message_bytes=settings.max_message_bytes,
+            waits=self.message_waits,
+        )
+        serve(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer)
+        admin = AdminServicer(self.models, settings.worker_index, self.rollout_share)
+        serve(apb.DESCRIPTOR.services_by_name["Admin"], admin)
         # grpc's own services too, their streams ended by such a message (malformed.add_service).
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]
-        add_service(health, self._health, self._grpc, limit, streams_answer_in_band=False)
+        serve(health, self._health, streams_answer_in_band=False)
         if settings.reflection:
             names = (
                 SERVICE_NAME,
@@ -196,11 +203,10 @@ class SluicewayServer:
             descriptors = (pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
             pool = reflection_pool(*descriptors)
             # Its streams count as streams (server/protocol/side_streams.py).
-            add_service(
+            reflecting = LimitedReflection(names, pool, self.calls)
+            serve(
                 reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-                LimitedReflection(names, pool, self.calls),
-                self._grpc,
-                limit,
+                reflecting,
                 streams_answer_in_band=False,
             )
 
@@ -213,9 +219,10 @@ class SluicewayServer:
 
     def _calls_wait(self) -> bool:
         """Whether grpc core holds calls no handler has taken (or a handler has just answered):
-        they wait for the event loop's turns. Unknown without channelz: then say yes."""
+        they wait for the event loop's turns. Unknown without channelz: then say yes. A call whose
+        handler waits for its request message waits for its client, not for the loop."""
         counts = self.core_calls.counts() if self.core_calls is not None else None
-        return counts is None or counts.unanswered > self.calls.active
+        return counts is None or counts.unanswered > self.calls.active + self.message_waits.count
 
     def _set_model_health(self, name: str, ready: bool) -> None:
         status = (
@@ -308,6 +315,7 @@ class SluicewayServer:
             if not await asyncio.to_thread(self.tracing.shutdown, left):
                 log.warning("spans still buffered were not exported within the grace: dropped")
         self.pace.close()
+        self.message_waits.close()
         self._servicer.close()  # every stream has ended: the lines still rationed are logged
         self._stopped.set()
 

@@ -73,6 +73,12 @@ class ServerSettings(BaseSettings):
     # (DEADLINE_EXCEEDED), and one whose client has read no answer and sent nothing for this long
     # has its call ended (its reader died); 0: never.
     stream_idle_timeout_s: float = Field(default=120.0, ge=0)
+    # A call of one request message (every method but ModelStreamInfer) whose message has not come
+    # this long after the call began is ended (DEADLINE_EXCEEDED); 0: never. And a peer host's calls
+    # waiting for theirs over 1 s, beyond this many, are ended (RESOURCE_EXHAUSTED), oldest first:
+    # calls that never send one held every max_concurrent_rpcs slot (message_wait.py).
+    request_message_timeout_s: float = Field(default=30.0, ge=0)
+    max_calls_awaiting_message_per_peer: int = Field(default=64, ge=1)
     # While the event loop runs this late and grpc core holds calls no handler has taken yet,
     # stream readers wait a tick (stream_pace_tick_ms) before each read, so new calls get turns
     # (server/protocol/loop_pace.py); 0: off.

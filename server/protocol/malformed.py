@@ -26,6 +26,7 @@ from google.protobuf.message_factory import GetMessageClass
 from protos import grpc_service_pb2 as pb
 from server.errors import for_caller
 from server.protocol.frame_size import Oversized, oversized
+from server.protocol.message_wait import MessageWaits, read_message
 from server.protocol.utf8_fields import BytesTwins
 
 
@@ -64,7 +65,9 @@ async def _refuse(request: Malformed | Oversized, context: grpc.aio.ServicerCont
     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.reason)
 
 
-def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _refusing(
+    kind: str, behavior: Callable[..., Any], waits: MessageWaits | None = None
+) -> Callable[..., Any]:
     """`behavior` (a grpc aio method of `kind`), ending its call on a request that did not parse
     (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED); for a bidirectional method, on
     any such message of its stream (the other messages go with it, as grpc's own checks had ended
@@ -94,17 +97,18 @@ def _refusing(kind: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
 
     # A method of one answer, or a server-streaming one that writes its answers (health's Watch).
     async def single(_: object, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await _one_request(context), context)
+        return await behavior(await _one_request(context, waits), context)
 
     return single
 
 
-async def _one_request(context: grpc.aio.ServicerContext) -> Any:
+async def _one_request(context: grpc.aio.ServicerContext, waits: MessageWaits | None = None) -> Any:
     """The call's request message (its method takes one), read from the client-streaming call it
     is registered as; the call ends INVALID_ARGUMENT when it half-closed with none, or the message
     did not parse, RESOURCE_EXHAUSTED when it was over the limit. A second message is not read: it
-    would cost every call another read, and the first one is served, as grpc's unary path does."""
-    request = await context.read()
+    would cost every call another read, and the first one is served, as grpc's unary path does.
+    `waits` bounds how long, and how many a peer host's calls, wait for it (message_wait.py)."""
+    request = await read_message(context, waits)
     if request is grpc.aio.EOF:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -122,6 +126,7 @@ def add_service(
     max_message_bytes: int | None = None,
     *,
     streams_answer_in_band: bool = True,
+    waits: MessageWaits | None = None,
 ) -> None:
     """Register the service's methods as the generated `add_*_to_server` does, except that
     requests are parsed tolerantly, and not at all past `max_message_bytes`. A method refuses a
@@ -137,7 +142,7 @@ def add_service(
         kind += "stream" if method.server_streaming else "unary"
         behavior = getattr(servicer, method.name)
         if not (kind == "stream_stream" and streams_answer_in_band):
-            behavior = _refusing(kind, behavior)
+            behavior = _refusing(kind, behavior, waits)
         registered = "stream_" + kind.split("_")[1]  # one request too: read by `_one_request`
         handlers[method.name] = getattr(grpc, f"{registered}_rpc_method_handler")(
             behavior,

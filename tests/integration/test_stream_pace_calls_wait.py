@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -78,3 +79,35 @@ async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken
 async def _until(done: object) -> None:
     while not done():  # type: ignore[operator]
         await asyncio.sleep(0.01)  # polls a condition with a bound (wait_for), not a timed wait
+
+
+async def test_a_call_waiting_for_its_request_message_is_not_a_call_waiting_for_the_loop(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A call whose handler waits for its client's message has been taken: counted as waiting, one
+    such call (a client that never sends it) held every stream read a tick for as long as it stayed."""
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, metrics=False
+    )
+    server = SluicewayServer(settings)
+    await server.start()
+    core = server.core_calls
+    assert core is not None, "grpc core's counts (channelz) were not found"
+    stop = asyncio.Event()
+
+    async def never() -> AsyncIterator[bytes]:
+        await stop.wait()
+        yield b""
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            live = "/inference.GRPCInferenceService/ServerLive"
+            call = channel.stream_unary(live, request_serializer=bytes, response_deserializer=bytes)(never())
+            await asyncio.wait_for(_until(lambda: server.message_waits.count == 1), 30)
+            assert _unanswered(core) >= 1  # grpc core holds it unanswered ...
+            assert not server._calls_wait()  # ... and its handler has it
+            call.cancel()
+        await asyncio.wait_for(_until(lambda: server.message_waits.count == 0), 30)
+    finally:
+        stop.set()
+        await server.stop(grace_s=1.0)

@@ -1,0 +1,130 @@
+"""Calls waiting for their request message: bounded in time and per peer host.
+
+A method of one request reads its message in the handler (malformed.py), and the call holds one of
+`max_concurrent_rpcs` slots from the moment grpc accepts it. A client that opens calls and never
+sends their message (nor half-closes) held every slot with no time limit: health checks and every
+other client were answered RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" (RELIABILITY.md,
+twenty-seventh session). Here such a call is ended once it has waited `timeout_s`
+(DEADLINE_EXCEEDED), and a peer host's calls that have waited longer than GRACE_S beyond
+`per_peer` are ended at once, oldest first (RESOURCE_EXHAUSTED), as the stream caps bound streams.
+
+The request path pays a dict insert and a delete per call; the look at the calls runs on a timer
+(every SWEEP_S while any call waits), not per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import grpc
+
+from server.protocol.calls import peer_host
+
+# A call whose message has not come after this long counts against its peer host's bound (a
+# message normally arrives with the call's headers: microseconds).
+GRACE_S = 1.0
+SWEEP_S = 0.5
+
+
+class Wait:
+    """One call waiting for its message; `why` is set when the sweep ends it (code, message)."""
+
+    __slots__ = ("context", "since", "task", "why")
+
+    def __init__(self, context: grpc.aio.ServicerContext, task: asyncio.Task[object] | None) -> None:
+        self.context = context
+        self.since = time.monotonic()
+        self.task = task
+        self.why: tuple[grpc.StatusCode, str] | None = None
+
+
+class MessageWaits:
+    """The server's calls waiting for their request message. `timeout_s` 0: no time limit."""
+
+    def __init__(self, timeout_s: float, per_peer: int) -> None:
+        self._timeout_s = timeout_s
+        self._per_peer = per_peer
+        self._waits: dict[int, Wait] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self.ended = 0  # calls the sweep ended (for the tests and the log)
+
+    @property
+    def count(self) -> int:
+        """Calls taken by a handler that still wait for their message (the stream pace counts
+        them as taken: they wait for their client, not for the event loop)."""
+        return len(self._waits)
+
+    def begin(self, context: grpc.aio.ServicerContext) -> Wait:
+        """The calling handler starts to wait for its call's message; pair with `end`."""
+        wait = Wait(context, asyncio.current_task())
+        self._waits[id(wait)] = wait
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+        return wait
+
+    def end(self, wait: Wait) -> None:
+        self._waits.pop(id(wait), None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        by_host: dict[str, list[Wait]] = defaultdict(list)
+        for wait in list(self._waits.values()):
+            waited = now - wait.since
+            if wait.why is not None or waited < GRACE_S:
+                continue
+            if self._timeout_s and waited >= self._timeout_s:
+                self._end(
+                    wait,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the request message did not arrive within {self._timeout_s:g} s of the call's "
+                    "start (request_message_timeout_s)",
+                )
+                continue
+            by_host[peer_host(wait.context.peer())].append(wait)
+        for host, waits in by_host.items():
+            if len(waits) > self._per_peer:
+                waits.sort(key=lambda w: w.since)
+                for wait in waits[: len(waits) - self._per_peer]:
+                    self._end(
+                        wait,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"too many calls from {host} waiting over {GRACE_S:g} s for their request "
+                        f"message (max_calls_awaiting_message_per_peer={self._per_peer})",
+                    )
+        if self._waits:
+            self._timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def _end(self, wait: Wait, code: grpc.StatusCode, message: str) -> None:
+        """End a waiting call: its handler's read is cancelled, and the handler answers `why`."""
+        if wait.task is None:
+            return
+        wait.why = (code, message)
+        wait.task.cancel()
+        self.ended += 1
+
+
+async def read_message(context: grpc.aio.ServicerContext, waits: MessageWaits | None) -> object:
+    """`context.read()`, ended with the sweep's status when the call waited too long."""
+    if waits is None:
+        return await context.read()
+    wait = waits.begin(context)
+    try:
+        return await context.read()
+    except asyncio.CancelledError:
+        if wait.why is None:
+            raise  # grpc's own cancel: the client went, or the server stops
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):  # 3.11+: this cancel is answered here
+            task.uncancel()
+        await context.abort(*wait.why)
+        raise  # abort raises; never reached
+    finally:
+        waits.end(wait)

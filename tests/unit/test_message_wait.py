@@ -1,0 +1,124 @@
+"""The sweep over calls waiting for their request message (server/protocol/message_wait.py): which
+calls it ends, with what, and when it looks again; on fake calls, their ages set by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import grpc
+import pytest
+
+from server.protocol.message_wait import GRACE_S, MessageWaits, Wait, read_message
+
+
+class FakeContext:
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+async def _waiting(waits: MessageWaits, peer: str, age_s: float) -> tuple[Wait, asyncio.Task[None]]:
+    """A task that waits for ever, registered as a call from `peer` that began `age_s` ago."""
+    holder: list[Wait] = []
+
+    async def handler() -> None:
+        holder.append(waits.begin(cast(grpc.aio.ServicerContext, FakeContext(peer))))
+        await asyncio.Event().wait()
+
+    task = asyncio.get_running_loop().create_task(handler())
+    await asyncio.sleep(0)  # the task registers itself
+    holder[0].since -= age_s
+    return holder[0], task
+
+
+async def test_a_peers_calls_past_the_grace_beyond_its_bound_are_ended_oldest_first() -> None:
+    waits = MessageWaits(timeout_s=30, per_peer=2)
+    made = [
+        await _waiting(waits, f"ipv4:10.0.0.1:{5000 + i}", GRACE_S + age)
+        for i, age in enumerate((3, 1, 4, 2))
+    ]
+    young = await _waiting(waits, "ipv4:10.0.0.1:6000", 0)  # within the grace: not counted
+    other = await _waiting(waits, "ipv4:10.0.0.2:5000", GRACE_S + 9)  # another host: its own bound
+    waits._sweep()
+    ended = [w.why is not None for w, _ in made]
+    assert ended == [True, False, True, False]  # the two oldest of 10.0.0.1's four
+    code, message = made[0][0].why or (None, "")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many calls from ipv4:10.0.0.1 waiting over 1 s" in message
+    assert "max_calls_awaiting_message_per_peer=2" in message
+    assert young[0].why is None and other[0].why is None
+    assert waits.ended == 2 and waits.count == 6
+    for _, task in [*made, young, other]:
+        task.cancel()
+    waits.close()
+
+
+async def test_a_call_past_the_timeout_is_ended_deadline_exceeded_and_none_without_one() -> None:
+    timed = MessageWaits(timeout_s=5, per_peer=64)
+    old, task = await _waiting(timed, "ipv4:10.0.0.1:5000", 5.1)
+    fresh, fresh_task = await _waiting(timed, "ipv4:10.0.0.1:5001", 4.9)
+    timed._sweep()
+    assert old.why == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the request message did not arrive within 5 s of the call's start (request_message_timeout_s)",
+    )
+    assert fresh.why is None
+    untimed = MessageWaits(timeout_s=0, per_peer=64)
+    ancient, ancient_task = await _waiting(untimed, "ipv4:10.0.0.1:5002", 3600)
+    untimed._sweep()
+    assert ancient.why is None
+    for t in (task, fresh_task, ancient_task):
+        t.cancel()
+    timed.close()
+    untimed.close()
+
+
+async def test_the_sweep_looks_again_only_while_calls_wait() -> None:
+    waits = MessageWaits(timeout_s=30, per_peer=64)
+    wait, task = await _waiting(waits, "ipv4:10.0.0.1:5000", 0)
+    assert waits._timer is not None  # the first call scheduled a look
+    waits._sweep()
+    assert waits._timer is not None  # it still waits: another look
+    waits.end(wait)
+    waits._sweep()
+    assert waits._timer is None and waits.count == 0  # nothing waits: no timer runs
+    task.cancel()
+
+
+@pytest.mark.parametrize("ended_by_sweep", [False, True])
+async def test_a_handlers_read_answers_the_sweeps_status_or_passes_grpcs_cancel_on(
+    ended_by_sweep: bool,
+) -> None:
+    aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    class Context(FakeContext):
+        async def read(self) -> object:
+            await asyncio.Event().wait()
+            return None
+
+        async def abort(self, code: grpc.StatusCode, message: str) -> None:
+            aborted.append((code, message))
+            raise RuntimeError("aborted")  # grpc's AbortError
+
+    waits = MessageWaits(timeout_s=5, per_peer=64)
+    task = asyncio.get_running_loop().create_task(
+        read_message(cast(grpc.aio.ServicerContext, Context("p")), waits)
+    )
+    await asyncio.sleep(0)
+    (wait,) = waits._waits.values()
+    if ended_by_sweep:
+        wait.since -= 6
+        waits._sweep()
+        with pytest.raises(RuntimeError, match="aborted"):
+            await task
+        assert aborted and aborted[0][0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert aborted == []
+    assert waits.count == 0
+    waits.close()
