@@ -108,5 +108,9 @@ class LoopPace:
         yield PACED, {}, float(self.held)
 
     def close(self) -> None:
+        """Off for good (the server stops): the sampler ends and releases any held reader; one
+        made but not yet started never runs its `finally`, so it is let go here too."""
+        self._lag_limit_s = 0.0
         if self._sampler is not None:
             self._sampler.cancel()
+            self._sampler = None

@@ -247,3 +247,18 @@ def test_close_stops_the_sampler() -> None:
         pace.close()  # again, with no sampler: nothing to do
 
     asyncio.run(main())
+
+
+def test_a_pace_closed_before_its_sampler_started_holds_nothing_and_starts_no_other() -> None:
+    async def main() -> None:
+        pace = LoopPace(LAG_S, HOUR, Waiting(True))
+        await pace.hold()  # makes the sampler; it has not run yet
+        sampler = pace._sampler
+        pace.close()
+        assert pace._sampler is None and sampler is not None
+        await pace.hold()  # closed: returns at once and makes no sampler
+        assert pace._sampler is None and pace.held == 0
+        await asyncio.sleep(0)
+        assert sampler.done()
+
+    asyncio.run(main())
