@@ -1,0 +1,126 @@
+"""How many parameters and tensors an inference request's bytes hold, counted before protobuf parses
+them, and refused past a bound.
+
+Requests are parsed on the event loop (grpc.aio calls the deserializer there), and protobuf's cost
+is per field, not per byte: a message of map entries parsed at ~150 ns a byte, so one request of
+`max_message_bytes` (64 MiB) of parameters held the loop, and every other call, for about 10 s;
+100,000 requested outputs (500 KB) took 69 ms. Tensor data (raw contents, packed numbers, one long
+string) parses at memory speed. So a message over WALK_FROM_BYTES is walked here first, its top
+level and each tensor's fields, and refused at the first count past its bound: the walk stops
+there, and a request within the bounds costs a few steps per tensor.
+"""
+
+from __future__ import annotations
+
+# Below this, any message parses within a few milliseconds: not walked.
+WALK_FROM_BYTES = 16 * 1024
+# Bounds no real request comes near (a Triton client sends a handful of parameters; a model with
+# thousands of inputs or outputs is unheard of), far below what stalls the loop.
+MAX_PARAMETERS = 256  # in the request's own map, and in each tensor's
+MAX_TENSORS = 1024  # inputs, requested outputs, raw_input_contents: each
+
+# ModelInferRequest's fields (protos/grpc_service.proto): parameters 4, inputs 5, outputs 6,
+# raw_input_contents 7; an input's parameters are its field 4, a requested output's its field 2.
+_REQUEST_BOUNDS = {4: ("parameters", MAX_PARAMETERS), 5: ("inputs", MAX_TENSORS), 6: ("outputs", MAX_TENSORS),
+                   7: ("raw_input_contents", MAX_TENSORS)}  # fmt: skip
+_TENSOR_PARAMETERS = {5: 4, 6: 2}  # the field of a tensor's parameters, by the tensor's field
+# Every field counts toward these, unknown ones too (protobuf keeps those, at a cost per field):
+# the bounded ones plus a few scalars (names, ids, a tensor's datatype, shape and contents).
+_MAX_FIELDS = sum(bound for _, bound in _REQUEST_BOUNDS.values()) + 16
+_MAX_TENSOR_FIELDS = MAX_PARAMETERS + 16
+
+
+class _Truncated(Exception):
+    """The bytes end inside a field: left to protobuf, whose error names it."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Truncated
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
+    """(field, wire type, the value's start, the next field's start) of the field at `pos`."""
+    key = data[pos]  # one byte for every field below 16: no call (the walk's common step)
+    if key < 0x80:
+        pos += 1
+    else:
+        key, pos = _varint(data, pos)
+    field, wire_type = key >> 3, key & 7
+    if wire_type == 2:
+        length = data[pos] if pos < end else 0x80
+        if length < 0x80:
+            pos += 1
+        else:
+            length, pos = _varint(data, pos)
+        after = pos + length
+    elif wire_type == 0:
+        _, after = _varint(data, pos)
+    elif wire_type == 1:
+        after = pos + 8
+    elif wire_type == 5:
+        after = pos + 4
+    else:  # groups (3, 4) and the unknown 6, 7: not in this protocol
+        raise _Truncated
+    if after > end:
+        raise _Truncated
+    return field, wire_type, pos, after
+
+
+def crowded(data: bytes) -> str | None:
+    """Why a ModelInferRequest's bytes hold too many parameters or tensors to be parsed (the first
+    bound passed, for the caller's INVALID_ARGUMENT), else None; None too for bytes that end inside
+    a field, which protobuf refuses in its own words."""
+    if len(data) <= WALK_FROM_BYTES:
+        return None
+    counts = dict.fromkeys(_REQUEST_BOUNDS, 0)
+    pos, end, fields = 0, len(data), 0
+    try:
+        while pos < end:
+            fields += 1
+            if fields > _MAX_FIELDS:
+                return f"the request has more than {_MAX_FIELDS} fields (the server's bound)"
+            field, wire_type, value_at, pos = _next_field(data, pos, end)
+            if wire_type != 2 or field not in counts:
+                continue
+            counts[field] += 1
+            name, bound = _REQUEST_BOUNDS[field]
+            if counts[field] > bound:
+                return f"the request has more than {bound} {name} (the server's bound)"
+            inner = _TENSOR_PARAMETERS.get(field)
+            if inner is not None and pos - value_at > 2 * MAX_PARAMETERS:
+                too_many = _tensor_parameters(data, value_at, pos, inner)
+                if too_many:
+                    kind = "input" if field == 5 else "requested output"
+                    return (
+                        f"{kind} {counts[field] - 1} of the request has more than {MAX_PARAMETERS} "
+                        f"parameters or {_MAX_TENSOR_FIELDS} fields (the server's bound)"
+                    )
+    except _Truncated:
+        return None
+    return None
+
+
+def _tensor_parameters(data: bytes, pos: int, end: int, field: int) -> bool:
+    """Whether the tensor in data[pos:end] has more than MAX_PARAMETERS entries in its parameters
+    (`field`), or more than _MAX_TENSOR_FIELDS fields. A tensor too short to hold that many (a field
+    takes at least 2 bytes) is not walked at all (the caller's length test)."""
+    count = fields = 0
+    while pos < end:
+        fields += 1
+        if fields > _MAX_TENSOR_FIELDS:
+            return True
+        number, wire_type, _, pos = _next_field(data, pos, end)
+        if number == field and wire_type == 2:
+            count += 1
+            if count > MAX_PARAMETERS:
+                return True
+    return False

@@ -1,0 +1,116 @@
+"""An inference request's parameters and tensors counted on the wire before it is parsed
+(server/protocol/field_counts.py): refused past each bound, naming it; never for a request within
+the bounds, a small one, or bytes protobuf must refuse in its own words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from server.protocol import field_counts
+from server.protocol.field_counts import MAX_PARAMETERS, MAX_TENSORS, WALK_FROM_BYTES, crowded
+from server.protocol.malformed import Malformed, tolerant_deserializer
+
+PAD = "x" * WALK_FROM_BYTES  # makes any request long enough to be walked
+
+
+def _request(**counts: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m", id=PAD)
+    for i in range(counts.get("parameters", 0)):
+        request.parameters[f"p{i}"].int64_param = i
+    for i in range(counts.get("inputs", 0)):
+        request.inputs.add(name=f"i{i}", datatype="FP32", shape=[1, 4])
+    for i in range(counts.get("outputs", 0)):
+        request.outputs.add(name=f"o{i}")
+    for _ in range(counts.get("raw", 0)):
+        request.raw_input_contents.append(np.zeros(4, np.float32).tobytes())
+    return request
+
+
+@pytest.mark.parametrize(
+    ("kind", "bound", "name"),
+    [("parameters", MAX_PARAMETERS, "parameters"), ("inputs", MAX_TENSORS, "inputs"),
+     ("outputs", MAX_TENSORS, "outputs"), ("raw", MAX_TENSORS, "raw_input_contents")],
+)  # fmt: skip
+def test_each_count_is_refused_one_past_its_bound_and_not_at_it(kind: str, bound: int, name: str) -> None:
+    assert crowded(_request(**{kind: bound}).SerializeToString()) is None
+    said = crowded(_request(**{kind: bound + 1}).SerializeToString())
+    assert said == f"the request has more than {bound} {name} (the server's bound)"
+
+
+@pytest.mark.parametrize("tensor", ["input", "requested output"])
+def test_a_tensors_own_parameters_are_bounded(tensor: str) -> None:
+    def with_parameters(count: int) -> bytes:
+        request = _request()
+        target = request.inputs.add(name="x") if tensor == "input" else request.outputs.add(name="y")
+        for i in range(count):
+            target.parameters[f"p{i}"].bool_param = True
+        return request.SerializeToString()
+
+    assert crowded(with_parameters(MAX_PARAMETERS)) is None
+    said = crowded(with_parameters(MAX_PARAMETERS + 1))
+    assert said is not None and said.startswith(
+        f"{tensor} 0 of the request has more than {MAX_PARAMETERS} parameters"
+    )
+
+
+def test_fields_protobuf_does_not_know_count_too() -> None:
+    # Unknown fields are kept by protobuf at a cost per field: 100,000 of them are refused, the walk
+    # stopping at the bound.
+    unknown = bytes([15 << 3 | 0, 1]) * 100_000  # field 15, a varint
+    said = crowded(_request().SerializeToString() + unknown)
+    assert said is not None and "fields (the server's bound)" in said
+
+
+def test_a_small_request_is_not_walked() -> None:
+    small = pb.ModelInferRequest(model_name="m")
+    for i in range(MAX_PARAMETERS + 1):
+        small.parameters[f"{i}"].bool_param = True
+    data = small.SerializeToString()
+    assert len(data) <= WALK_FROM_BYTES
+    assert crowded(data) is None
+
+
+def test_bytes_that_end_inside_a_field_are_left_to_protobuf() -> None:
+    data = _request(parameters=MAX_PARAMETERS + 1).SerializeToString()
+    assert crowded(data[: WALK_FROM_BYTES + 10]) is None  # cut inside the padding's field
+    within = _request(parameters=2).SerializeToString()
+    assert crowded(within + b"\x0a\xff") is None  # a length past the end
+
+
+def test_a_large_request_within_the_bounds_parses_as_before() -> None:
+    request = _request(parameters=8, inputs=3, outputs=2, raw=3)
+    request.inputs[0].contents.fp32_contents.extend(np.arange(100_000, dtype=np.float32))
+    request.inputs[1].parameters["shared_memory_region"].string_param = "r"
+    data = request.SerializeToString()
+    assert crowded(data) is None
+    parsed = tolerant_deserializer(pb.ModelInferRequest)(data)
+    assert parsed == request
+
+
+def test_the_deserializer_answers_a_crowded_request_malformed_unparsed() -> None:
+    data = _request(outputs=MAX_TENSORS + 1).SerializeToString()
+    answer = tolerant_deserializer(pb.ModelInferRequest)(data)
+    assert isinstance(answer, Malformed)
+    assert answer.reason == (
+        f"request is not parsed ({len(data)} bytes): the request has more than {MAX_TENSORS} outputs "
+        "(the server's bound)"
+    )
+    # Other messages are not walked: a stream's other services parse theirs as before.
+    assert not isinstance(tolerant_deserializer(pb.ModelInferResponse)(b""), Malformed)
+
+
+def test_a_tensor_too_short_to_pass_its_bound_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    walked: list[int] = []
+    real = field_counts._tensor_parameters
+
+    def spy(data: bytes, pos: int, end: int, field: int) -> bool:
+        walked.append(end - pos)
+        return real(data, pos, end, field)
+
+    monkeypatch.setattr(field_counts, "_tensor_parameters", spy)
+    request = _request(inputs=2)
+    request.inputs[0].contents.fp32_contents.extend(np.zeros(1000, np.float32))
+    assert crowded(request.SerializeToString()) is None
+    assert walked == [request.inputs[0].ByteSize()]  # the long one only
