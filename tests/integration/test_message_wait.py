@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from clients import Client
+from loadtest import silent_calls
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess
@@ -105,3 +106,11 @@ async def test_other_clients_get_slots_while_calls_wait_for_their_message(server
             stop.set()
             for call in calls:
                 call.cancel()
+
+
+async def test_the_benchmarks_short_mode_finds_the_server_answering(server: ServerProcess) -> None:
+    """loadtest.silent_calls, small: its last ServerLive finds a slot while the silent calls are
+    ended (the first, at 2 s, may come before the server's first look on a slow machine)."""
+    seen = await silent_calls.run(server.address, SLOTS, 6.0)
+    assert [at for at, _, _ in seen] == [2.0, 6.0]
+    assert seen[-1][1] == "OK" and seen[-1][2] >= SLOTS - PER_PEER
