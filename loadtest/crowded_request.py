@@ -2,11 +2,14 @@
 (server/protocol/field_counts.py).
 
     .venv/bin/python -m loadtest.crowded_request --target 127.0.0.1:8001 [--mib 18]
+    .venv/bin/python -m loadtest.crowded_request --target 127.0.0.1:8001 --frames [--count 10]
 
 Sends one ModelInfer for `mlp` whose request parameters fill `--mib` MiB (distinct keys, 16 bytes
 an entry) while a second channel sends ServerLive every 10 ms, and prints the crowded call's time
 and status and the slowest ServerLive meanwhile. Bounded: one crowded call, a probe that stops with
 it. A server whose `max_message_bytes` is below the request refuses it RESOURCE_EXHAUSTED unparsed.
+`--frames`: the time a frame of each crowded kind (100,000 requested outputs, inputs, parameters of
+the request, of an input, of an output, raw contents) takes on one stream, `--count` frames each.
 """
 
 from __future__ import annotations
@@ -73,11 +76,66 @@ async def measure(target: str, mib: float) -> Stall:
     return Stall(len(data), call_s, status, slowest)
 
 
+def _mlp(rid: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="mlp", id=rid)
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(bytes(4 * 64))
+    return request
+
+
+def crowded_frames(many: int = 100_000) -> dict[str, bytes]:
+    """One frame of each crowded kind, `many` fields of it."""
+    kinds: dict[str, pb.ModelInferRequest] = {}
+    kinds["requested outputs"] = pb.ModelInferRequest(model_name="mlp", id="o")
+    kinds["requested outputs"].outputs.extend(
+        pb.ModelInferRequest.InferRequestedOutputTensor(name="o") for _ in range(many)
+    )
+    kinds["inputs"] = pb.ModelInferRequest(model_name="mlp", id="i")
+    for _ in range(many):
+        kinds["inputs"].inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    kinds["request parameters"], kinds["an input's parameters"] = _mlp("p"), _mlp("q")
+    kinds["an output's parameters"], kinds["raw_input_contents"] = _mlp("s"), _mlp("r")
+    output = kinds["an output's parameters"].outputs.add(name="scores")
+    for i in range(many):
+        kinds["request parameters"].parameters[f"k{i}"].int64_param = 1
+        kinds["an input's parameters"].inputs[0].parameters[f"k{i}"].int64_param = 1
+        output.parameters[f"k{i}"].int64_param = 1
+    kinds["raw_input_contents"].raw_input_contents.extend(b"" for _ in range(many))
+    return {name: request.SerializeToString() for name, request in kinds.items()}
+
+
+async def frame_times(target: str, count: int, many: int = 100_000) -> dict[str, tuple[int, float, str]]:
+    """Per kind: (frame bytes, seconds a frame, the last answer's error or "")."""
+    times: dict[str, tuple[int, float, str]] = {}
+    options = [("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        for name, data in crowded_frames(many).items():
+            call = channel.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                request_serializer=bytes,
+                response_deserializer=pb.ModelStreamInferResponse.FromString,
+            )()
+            start = time.perf_counter()
+            said = ""
+            for _ in range(count):
+                await call.write(data)
+                said = (await call.read()).error_message
+            times[name] = (len(data), (time.perf_counter() - start) / count, said)
+            await call.done_writing()
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="127.0.0.1:8001")
     parser.add_argument("--mib", type=float, default=18.0, help="MiB of request parameters")
+    parser.add_argument("--frames", action="store_true", help="crowded frames on a stream instead")
+    parser.add_argument("--count", type=int, default=10, help="--frames: frames of each kind")
     args = parser.parse_args(argv)
+    if args.frames:
+        for name, (size, seconds, said) in asyncio.run(frame_times(args.target, args.count)).items():
+            print(f"100,000 {name:<24} {size / 1e3:7.0f} KB {seconds * 1e3:7.1f} ms a frame  {said[:90]}")
+        return 0
     stall = asyncio.run(measure(args.target, args.mib))
     print(
         f"request {stall.request_bytes / 2**20:.1f} MiB: the call {stall.call_s * 1e3:.0f} ms, "

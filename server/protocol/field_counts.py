@@ -4,7 +4,7 @@ them, and refused past a bound.
 Requests are parsed on the event loop (grpc.aio calls the deserializer there), and protobuf's cost
 is per field, not per byte: a message of small fields parsed at 17-150 ns a byte, so one request
 of 63 MiB of parameters (within the default `max_message_bytes`) held every other call 2.6 s;
-100,000 requested outputs (500 KB) took 69 ms. Tensor data (raw contents, packed numbers, one long
+100,000 requested outputs (500 KB) took 72 ms a frame. Tensor data (raw contents, packed numbers, one long
 string) parses at memory speed. So a message over WALK_FROM_BYTES is walked here first, its top
 level and each tensor's fields, and refused at the first count past its bound: the walk stops
 there, and a request within the bounds costs a few steps per tensor.

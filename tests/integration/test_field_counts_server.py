@@ -91,3 +91,12 @@ def test_the_benchmarks_short_mode_is_refused_unparsed_and_the_probe_answered(se
     stall = asyncio.run(crowded_request.measure(server.address, 0.5))
     assert stall.status.startswith("INVALID_ARGUMENT: request is not parsed")
     assert stall.request_bytes > 0.4 * 2**20 and stall.slowest_live_s > 0
+
+
+def test_the_benchmarks_crowded_frames_are_each_refused_and_the_stream_answers_every_one(
+    server: ServerProcess,
+) -> None:
+    times = asyncio.run(crowded_request.frame_times(server.address, count=2, many=2000))
+    assert len(times) == 6
+    for name, (_, _, said) in times.items():
+        assert said.startswith("INVALID_ARGUMENT"), (name, said)
