@@ -6,7 +6,7 @@ sends their message (nor half-closes) held every slot with no time limit: health
 other client were answered RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" (RELIABILITY.md,
 twenty-seventh session). Here such a call is ended once it has waited `timeout_s`
 (DEADLINE_EXCEEDED), and a peer host's calls that have waited longer than GRACE_S beyond
-`per_peer` are ended at once, oldest first (RESOURCE_EXHAUSTED), as the stream caps bound streams.
+`per_peer` are ended, oldest first (RESOURCE_EXHAUSTED), as the stream caps bound streams.
 
 The request path pays a dict insert and a delete per call; the look at the calls runs on a timer
 (every SWEEP_S while any call waits), not per call.
@@ -31,13 +31,14 @@ SWEEP_S = 0.5
 class Wait:
     """One call waiting for its message; `why` is set when the sweep ends it (code, message)."""
 
-    __slots__ = ("context", "since", "task", "why")
+    __slots__ = ("context", "old", "since", "task", "why")
 
     def __init__(self, context: grpc.aio.ServicerContext, task: asyncio.Task[object] | None) -> None:
         self.context = context
         self.since = time.monotonic()
         self.task = task
         self.why: tuple[grpc.StatusCode, str] | None = None
+        self.old = False  # past the grace at an earlier look
 
 
 class MessageWaits:
@@ -79,6 +80,11 @@ class MessageWaits:
         for wait in list(self._waits.values()):
             waited = now - wait.since
             if wait.why is not None or waited < GRACE_S:
+                continue
+            if not wait.old:
+                # Ended only at a later look: after the loop was held (a stall ages every call),
+                # a message that had come is read in the loop's next turns, before that look.
+                wait.old = True
                 continue
             if self._timeout_s and waited >= self._timeout_s:
                 self._end(

@@ -43,6 +43,8 @@ async def test_a_peers_calls_past_the_grace_beyond_its_bound_are_ended_oldest_fi
     young = await _waiting(waits, "ipv4:10.0.0.1:6000", 0)  # within the grace: not counted
     other = await _waiting(waits, "ipv4:10.0.0.2:5000", GRACE_S + 9)  # another host: its own bound
     waits._sweep()
+    assert waits.ended == 0  # the first look past the grace only marks them (a stall ages all)
+    waits._sweep()
     ended = [w.why is not None for w, _ in made]
     assert ended == [True, False, True, False]  # the two oldest of 10.0.0.1's four
     code, message = made[0][0].why or (None, "")
@@ -61,6 +63,7 @@ async def test_a_call_past_the_timeout_is_ended_deadline_exceeded_and_none_witho
     old, task = await _waiting(timed, "ipv4:10.0.0.1:5000", 5.1)
     fresh, fresh_task = await _waiting(timed, "ipv4:10.0.0.1:5001", 4.9)
     timed._sweep()
+    timed._sweep()
     assert old.why == (
         grpc.StatusCode.DEADLINE_EXCEEDED,
         "the request message did not arrive within 5 s of the call's start (request_message_timeout_s)",
@@ -68,6 +71,7 @@ async def test_a_call_past_the_timeout_is_ended_deadline_exceeded_and_none_witho
     assert fresh.why is None
     untimed = MessageWaits(timeout_s=0, per_peer=64)
     ancient, ancient_task = await _waiting(untimed, "ipv4:10.0.0.1:5002", 3600)
+    untimed._sweep()
     untimed._sweep()
     assert ancient.why is None
     for t in (task, fresh_task, ancient_task):
@@ -112,6 +116,7 @@ async def test_a_handlers_read_answers_the_sweeps_status_or_passes_grpcs_cancel_
     if ended_by_sweep:
         wait.since -= 6
         waits._sweep()
+        waits._sweep()
         with pytest.raises(RuntimeError, match="aborted"):
             await task
         assert aborted and aborted[0][0] == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -121,4 +126,20 @@ async def test_a_handlers_read_answers_the_sweeps_status_or_passes_grpcs_cancel_
             await task
         assert aborted == []
     assert waits.count == 0
+    waits.close()
+
+
+async def test_a_call_whose_message_came_during_a_stall_is_read_before_the_look_that_ends_calls() -> None:
+    """The loop held 2 s ages every call waiting then; the first look after it only marks them,
+    and the handler whose message had come reads it in the loop's next turns, before the next look."""
+    waits = MessageWaits(timeout_s=1.5, per_peer=1)
+    stalled = [await _waiting(waits, f"ipv4:10.0.0.1:{5000 + i}", 2.0) for i in range(3)]
+    waits._sweep()  # the first look after the stall
+    assert waits.ended == 0
+    for wait, _ in stalled[:2]:
+        waits.end(wait)  # their messages had come: read in the next turns
+    waits._sweep()
+    assert [w.why is not None for w, _ in stalled] == [False, False, True]  # past the 1.5 s timeout
+    for _, task in stalled:
+        task.cancel()
     waits.close()
