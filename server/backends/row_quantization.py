@@ -40,6 +40,8 @@ PREFIX = "sluiceway_rowq"
 KEPT_FUSED = ("DynamicQuantizeLSTM", "QAttention")
 _MARKS = (b"DynamicQuantize", b"QAttention")
 _STANDARD = ("", "ai.onnx")
+# The standard opset imported for the rewrite when a model imports none.
+ADDED_OPSET = 13
 _MICROSOFT = "com.microsoft"
 Users = dict[str, list[tuple[int, int]]]  # tensor -> (node index, input slot) of each node reading it
 
@@ -89,7 +91,11 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
     done = RowQuantization()
     done.kept.extend(f"{_named(n)} (fused; not rewritten)" for n in graph.node if n.op_type in KEPT_FUSED)
     done.kept.extend(_inside_subgraphs(graph))
-    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 0)
+    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), None)
+    if opset is None:  # custom-domain ops alone: the rewrite's ops need the standard domain, and
+        # onnxruntime reads a missing import as its newest opset (ReduceMin's `axes` then an input)
+        opset = ADDED_OPSET
+        model.opset_import.append(onnx.helper.make_opsetid("", opset))
     weights = {init.name: init for init in graph.initializer}
     old = list(graph.node)
     users: Users = {}

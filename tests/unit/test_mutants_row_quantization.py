@@ -483,3 +483,12 @@ def test_a_quantization_whose_values_nobody_reads_is_made_per_row_without_a_matm
     model.graph.node.append(helper.make_node("Mul", ["s", "ws"], ["y"]))
     assert make_per_row(model).per_row == ["DynamicQuantizeLinear node 'dql'"]
     assert "MatMulInteger" not in {n.op_type for n in model.graph.node}
+
+
+def test_a_model_importing_only_onnxruntimes_domain_gets_the_standard_opset_the_rewrite_needs() -> None:
+    # A lone DynamicQuantizeMatMul needs no ai.onnx import; onnxruntime reads none as its newest
+    # opset, where ReduceMin takes `axes` as an input, and refused the rewrite written for opset 0.
+    model = quantized("fused")
+    del model.opset_import[0]
+    assert [o.domain for o in model.opset_import] == [MS]
+    assert_each_row_as_alone(model, check=False)
