@@ -4,7 +4,8 @@ An ensemble is checked against its step models when it loads (ensemble_config.pl
 a step naming no version runs on the version serving its model when the step runs, so a step
 model's reload is picked up without reloading the ensemble (README "Ensembles"). A reload that no
 longer fits the step (an input_map or output_map key the model no longer has, a required input the
-step does not give, a max_batch_size below the ensemble's that the request's rows pass) is not the
+step does not give, a max_batch_size below the ensemble's that the request's rows pass, an input's
+datatype other than the tensor the step gives it) is not the
 client's mistake: its request is valid by the ensemble's own config. It is ChangedByReload
 (UNAVAILABLE, retryable, as a request a reload handed to a version it no longer fits:
 InferJob.retarget), not INVALID_ARGUMENT, and had been INTERNAL (a KeyError) for a renamed tensor.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from batcher.types import Array
+from server import datatypes
 from server.errors import ChangedByReload
 from server.models.ensemble_config import Step, fit_batch_dim
 from server.protocol.validate import Signature
@@ -86,7 +88,22 @@ def step_inputs(
         )
         for model_input, tensor in step.input_map.items()
     }
-    why = _misfit_rows(signature, ensemble_max_batch_size, inputs)
+    why = _misfit_rows(signature, ensemble_max_batch_size, inputs) or _misfit_types(step, signature, inputs)
     if why is not None:
         raise _refusal(step, version, why)
     return inputs
+
+
+def _misfit_types(step: Step, signature: Signature, inputs: Mapping[str, Array]) -> str | None:
+    """A step input whose datatype the step's tensor no longer has. Never the client's: the
+    ensemble's own inputs were checked against its config, which fitted the step at load, and its
+    inner tensors are what the earlier steps made (one of them reloaded, maybe)."""
+    for model_input, array in inputs.items():
+        want = signature.inputs[model_input].datatype
+        got = datatypes.from_numpy(array.dtype)
+        if got is not want:
+            return (
+                f"its input '{model_input}' takes {want.wire}, and the step gives it "
+                f"'{step.input_map[model_input]}' as {got.wire}"
+            )
+    return None

@@ -25,15 +25,21 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess
 
 
-def _identity(name: str, max_batch_size: int = 4, input_name: str = "x", output_name: str = "y") -> str:
+def _identity(
+    name: str,
+    max_batch_size: int = 4,
+    input_name: str = "x",
+    output_name: str = "y",
+    dtype: str = "TYPE_FP32",
+) -> str:
     """An identity step's config as JSON (RepositoryModelLoad's `config`)."""
     return json.dumps(
         {
             "name": name,
             "backend": "identity",
             "max_batch_size": max_batch_size,
-            "input": [{"name": input_name, "data_type": "TYPE_FP32", "dims": [1]}],
-            "output": [{"name": output_name, "data_type": "TYPE_FP32", "dims": [1]}],
+            "input": [{"name": input_name, "data_type": dtype, "dims": [1]}],
+            "output": [{"name": output_name, "data_type": dtype, "dims": [1]}],
             "dynamic_batching": {},
         }
     )
@@ -121,10 +127,14 @@ def _refused(stub: pb_grpc.GRPCInferenceServiceStub, rows: int = 1) -> str:
     [
         (_identity("fast", input_name="z"), "it has no input 'x' (its inputs: ['z'])"),
         (_identity("fast", output_name="w"), "it has no output 'y' (its outputs: ['w'])"),
+        (
+            _identity("fast", dtype="TYPE_INT32"),
+            "its input 'x' takes INT32, and the step gives it 'mid' as FP32",
+        ),
     ],
-    ids=["input-renamed", "output-renamed"],
+    ids=["input-renamed", "output-renamed", "datatype-changed"],
 )
-def test_a_step_reloaded_with_a_renamed_tensor_answers_unavailable_naming_it(
+def test_a_step_reloaded_with_a_renamed_or_retyped_tensor_answers_unavailable_naming_it(
     client: Client, stub: pb_grpc.GRPCInferenceServiceStub, config: str, missing: str
 ) -> None:
     _serves(stub, 2)
