@@ -33,9 +33,8 @@ def repo(demo_repo: Path, tmp_path: Path) -> Path:
     return mlp_only_repo(demo_repo, tmp_path / "repo")
 
 
-async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken(
-    repo: Path, tmp_path: Path
-) -> None:
+async def _started(repo: Path, tmp_path: Path) -> tuple[SluicewayServer, CoreCalls]:
+    """A server in this process on a free port, and grpc core's counts of its calls."""
     settings = ServerSettings(
         host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, metrics=False
     )
@@ -43,6 +42,13 @@ async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken
     await server.start()
     core = server.core_calls
     assert core is not None, "grpc core's counts (channelz) were not found"
+    return server, core
+
+
+async def test_calls_wait_only_while_grpc_core_holds_a_call_no_handler_has_taken(
+    repo: Path, tmp_path: Path
+) -> None:
+    server, core = await _started(repo, tmp_path)
     address = f"127.0.0.1:{server.port}"
     try:
         assert not server._calls_wait()  # nothing at all
@@ -86,13 +92,7 @@ async def test_a_call_waiting_for_its_request_message_is_not_a_call_waiting_for_
 ) -> None:
     """A call whose handler waits for its client's message has been taken: counted as waiting, one
     such call (a client that never sends it) held every stream read a tick for as long as it stayed."""
-    settings = ServerSettings(
-        host="127.0.0.1", port=0, model_repository=repo, cache_dir=tmp_path, metrics=False
-    )
-    server = SluicewayServer(settings)
-    await server.start()
-    core = server.core_calls
-    assert core is not None, "grpc core's counts (channelz) were not found"
+    server, core = await _started(repo, tmp_path)
     stop = asyncio.Event()
 
     async def never() -> AsyncIterator[bytes]:
