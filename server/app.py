@@ -36,12 +36,12 @@ from server.observability import sampling, tracing_export
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.tracing import build_tracing
-from server.protocol import core_calls, loop_pace
+from server.protocol import core_calls, loop_pace, message_wait
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import add_service
-from server.protocol.message_wait import MessageWaits
+from server.protocol.message_wait import message_waits_for
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
 from server.protocol.shared_memory import SharedMemoryRegistry
@@ -177,9 +177,8 @@ class SluicewayServer:
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.
         # A message over max_message_bytes is refused unparsed, RESOURCE_EXHAUSTED (frame_size.py).
         # A call's one request message is waited for within bounds (message_wait.py).
-        self.message_waits = MessageWaits(
-            settings.request_message_timeout_s, settings.max_calls_awaiting_message_per_peer
-        )
+        self.message_waits = message_waits_for(settings)
+        self.add_gauge_source(self.message_waits.gauge_values, message_wait.METRICS)
         serve = functools.partial(
             add_service,
             server=self._grpc,

@@ -63,9 +63,9 @@ def decode_inputs(
         dtype = datatypes.BY_WIRE.get(tensor.datatype)
         if dtype is None:
             raise InvalidRequest(f"input '{name}': unknown datatype '{tensor.datatype}'")
+        if (dims := len(tensor.shape)) > MAX_DIMS:  # before the tuple: 65 million dims took 3.6 s
+            raise InvalidRequest(f"input '{name}': shape has {dims} dimensions, at most {MAX_DIMS}")
         shape = tuple(tensor.shape)
-        if len(shape) > MAX_DIMS:
-            raise InvalidRequest(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_DIMS}")
         if any(dim < 0 for dim in shape):
             raise InvalidRequest(f"input '{name}': shape {list(shape)} has a negative dimension")
         if prod(dim for dim in shape if dim) > MAX_ELEMENTS:

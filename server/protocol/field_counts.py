@@ -12,6 +12,8 @@ there, and a request within the bounds costs a few steps per tensor.
 
 from __future__ import annotations
 
+from server.tensor_bounds import MAX_DIMS
+
 # Below this, any message parses within a few milliseconds: not walked.
 WALK_FROM_BYTES = 16 * 1024
 # Bounds no real request comes near (a Triton client sends a handful of parameters; a model with
@@ -28,10 +30,19 @@ _TENSOR_PARAMETERS = {5: 4, 6: 2}  # the field of a tensor's parameters, by the 
 # the bounded ones plus a few scalars (names, ids, a tensor's datatype, shape and contents).
 _MAX_FIELDS = sum(bound for _, bound in _REQUEST_BOUNDS.values()) + 16
 _MAX_TENSOR_FIELDS = MAX_PARAMETERS + 16
+_INPUT_SHAPE = 3  # an input's packed shape: at most MAX_DIMS varints of at most 10 bytes
+_MAX_SHAPE_BYTES = 10 * MAX_DIMS
+# A tensor shorter than this can pass none of the bounds above (a field takes at least 2 bytes).
+_WALK_TENSOR_FROM_BYTES = min(2 * MAX_PARAMETERS, _MAX_SHAPE_BYTES)
 
 
 class _Truncated(Exception):
     """The bytes end inside a field: left to protobuf, whose error names it."""
+
+
+class _Group(Exception):
+    """A group (wire types 3 and 4): proto3 has none and no client of this protocol sends one, but
+    protobuf parses an unknown one and the rest after it, so it cannot be stepped over unwalked."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -68,7 +79,9 @@ def _next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
         after = pos + 8
     elif wire_type == 5:
         after = pos + 4
-    else:  # groups (3, 4) and the unknown 6, 7: not in this protocol
+    elif wire_type in (3, 4):
+        raise _Group
+    else:  # 6, 7: no such wire type; protobuf refuses the message
         raise _Truncated
     if after > end:
         raise _Truncated
@@ -95,32 +108,38 @@ def crowded(data: bytes) -> str | None:
             name, bound = _REQUEST_BOUNDS[field]
             if counts[field] > bound:
                 return f"the request has more than {bound} {name} (the server's bound)"
-            inner = _TENSOR_PARAMETERS.get(field)
-            if inner is not None and pos - value_at > 2 * MAX_PARAMETERS:
-                too_many = _tensor_parameters(data, value_at, pos, inner)
-                if too_many:
+            if field in _TENSOR_PARAMETERS and pos - value_at > _WALK_TENSOR_FROM_BYTES:
+                fault = _tensor_fault(data, value_at, pos, field)
+                if fault is not None:
                     kind = "input" if field == 5 else "requested output"
-                    return (
-                        f"{kind} {counts[field] - 1} of the request has more than {MAX_PARAMETERS} "
-                        f"parameters or {_MAX_TENSOR_FIELDS} fields (the server's bound)"
-                    )
+                    return f"{kind} {counts[field] - 1} of the request has {fault} (the server's bound)"
     except _Truncated:
         return None
+    except _Group:
+        return "the request holds a protobuf group, which this protocol has none of"
     return None
 
 
-def _tensor_parameters(data: bytes, pos: int, end: int, field: int) -> bool:
-    """Whether the tensor in data[pos:end] has more than MAX_PARAMETERS entries in its parameters
-    (`field`), or more than _MAX_TENSOR_FIELDS fields. A tensor too short to hold that many (a field
-    takes at least 2 bytes) is not walked at all (the caller's length test)."""
+def _tensor_fault(data: bytes, pos: int, end: int, tensor_field: int) -> str | None:
+    """What of the tensor in data[pos:end] passes a bound: more than MAX_PARAMETERS entries in its
+    parameters, more than _MAX_TENSOR_FIELDS fields, or (an input) a packed shape longer than
+    MAX_DIMS dims can be (one field, which protobuf and the shape's copy took seconds over at 65
+    million dims); else None. A tensor too short to pass any (a field takes at least 2 bytes) is
+    not walked at all (the caller's length test)."""
+    parameters = _TENSOR_PARAMETERS[tensor_field]
+    shape = _INPUT_SHAPE if tensor_field == 5 else None
     count = fields = 0
     while pos < end:
         fields += 1
         if fields > _MAX_TENSOR_FIELDS:
-            return True
-        number, wire_type, _, pos = _next_field(data, pos, end)
-        if number == field and wire_type == 2:
+            return f"more than {_MAX_TENSOR_FIELDS} fields"
+        number, wire_type, value_at, pos = _next_field(data, pos, end)
+        if wire_type != 2:
+            continue
+        if number == parameters:
             count += 1
             if count > MAX_PARAMETERS:
-                return True
-    return False
+                return f"more than {MAX_PARAMETERS} parameters"
+        elif number == shape and pos - value_at > _MAX_SHAPE_BYTES:
+            return f"a shape of more than {MAX_DIMS} dims"
+    return None

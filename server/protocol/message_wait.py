@@ -15,12 +15,17 @@ The request path pays a dict insert and a delete per call; the look at the calls
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
 
 import grpc
 
 from server.protocol.calls import peer_host
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 # A call whose message has not come after this long counts against its peer host's bound (a
 # message normally arrives with the call's headers: microseconds).
@@ -41,21 +46,43 @@ class Wait:
         self.old = False  # past the grace at an earlier look
 
 
-class MessageWaits:
-    """The server's calls waiting for their request message. `timeout_s` 0: no time limit."""
+ENDED = "sluiceway_calls_ended_waiting_for_message_total"
+METRICS = {
+    ENDED: (
+        "counter",
+        "Calls the server ended while they waited for their request message: reason timeout "
+        "(request_message_timeout_s) or per_peer (max_calls_awaiting_message_per_peer)",
+    ),
+}
+LOG_EVERY_S = 10.0  # at most one log line this often, with the counts since the last
 
-    def __init__(self, timeout_s: float, per_peer: int) -> None:
+
+class MessageWaits:
+    """The server's calls waiting for their request message. `timeout_s` 0: no time limit.
+    `pressure_at`: a peer host's bound applies only while more calls than this (in all) have
+    waited past the grace; below it a slow link's calls (many through one proxy) wait on, up to
+    `timeout_s` (0: always applies)."""
+
+    def __init__(self, timeout_s: float, per_peer: int, pressure_at: int = 0) -> None:
         self._timeout_s = timeout_s
         self._per_peer = per_peer
+        self._pressure_at = pressure_at
         self._waits: dict[int, Wait] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self.ended = 0  # calls the sweep ended (for the tests and the log)
+        self.ended = {"timeout": 0, "per_peer": 0}  # calls the look ended, by reason (/metrics)
+        self._logged = dict(self.ended)
+        self._logged_at = float("-inf")
 
     @property
     def count(self) -> int:
         """Calls taken by a handler that still wait for their message (the stream pace counts
         them as taken: they wait for their client, not for the event loop)."""
         return len(self._waits)
+
+    def gauge_values(self) -> Iterator[tuple[str, Mapping[str, str], float]]:
+        """The counts for /metrics (a gauge source: server/observability/metrics.py)."""
+        for reason, count in self.ended.items():
+            yield ENDED, {"reason": reason}, float(count)
 
     def begin(self, context: grpc.aio.ServicerContext) -> Wait:
         """The calling handler starts to wait for its call's message; pair with `end`."""
@@ -77,6 +104,7 @@ class MessageWaits:
         self._timer = None
         now = time.monotonic()
         by_host: dict[str, list[Wait]] = defaultdict(list)
+        old = 0
         for wait in list(self._waits.values()):
             waited = now - wait.since
             if wait.why is not None or waited < GRACE_S:
@@ -92,29 +120,56 @@ class MessageWaits:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"the request message did not arrive within {self._timeout_s:g} s of the call's "
                     "start (request_message_timeout_s)",
+                    "timeout",
                 )
                 continue
+            old += 1
             by_host[peer_host(wait.context.peer())].append(wait)
-        for host, waits in by_host.items():
-            if len(waits) > self._per_peer:
-                waits.sort(key=lambda w: w.since)
-                for wait in waits[: len(waits) - self._per_peer]:
-                    self._end(
-                        wait,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"too many calls from {host} waiting over {GRACE_S:g} s for their request "
-                        f"message (max_calls_awaiting_message_per_peer={self._per_peer})",
-                    )
+        if old > self._pressure_at:
+            for host, waits in by_host.items():
+                if len(waits) > self._per_peer:
+                    waits.sort(key=lambda w: w.since)
+                    for wait in waits[: len(waits) - self._per_peer]:
+                        self._end(
+                            wait,
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"too many calls from {host} waiting over {GRACE_S:g} s for their request "
+                            f"message (max_calls_awaiting_message_per_peer={self._per_peer})",
+                            "per_peer",
+                        )
+        if self.ended != self._logged and now - self._logged_at >= LOG_EVERY_S:
+            self._log(now)
         if self._waits:
             self._timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
-    def _end(self, wait: Wait, code: grpc.StatusCode, message: str) -> None:
+    def _end(self, wait: Wait, code: grpc.StatusCode, message: str, reason: str) -> None:
         """End a waiting call: its handler's read is cancelled, and the handler answers `why`."""
         if wait.task is None:
             return
         wait.why = (code, message)
         wait.task.cancel()
-        self.ended += 1
+        self.ended[reason] += 1
+
+    def _log(self, now: float) -> None:
+        timeout = self.ended["timeout"] - self._logged["timeout"]
+        per_peer = self.ended["per_peer"] - self._logged["per_peer"]
+        log.warning(
+            "ended %d calls waiting for their request message: %d past request_message_timeout_s "
+            "(%g s), %d beyond max_calls_awaiting_message_per_peer (%d) (at most a line every %g s)",
+            timeout + per_peer, timeout, self._timeout_s, per_peer, self._per_peer, LOG_EVERY_S,
+        )  # fmt: skip
+        self._logged = dict(self.ended)
+        self._logged_at = now
+
+
+def message_waits_for(settings: ServerSettings) -> MessageWaits:
+    """The server's: its peer-host bound applies while over a quarter of `max_concurrent_rpcs`
+    are calls waiting past the grace (a slowloris's thousands, not a slow proxy's hundred)."""
+    return MessageWaits(
+        settings.request_message_timeout_s,
+        settings.max_calls_awaiting_message_per_peer,
+        pressure_at=settings.max_concurrent_rpcs // 4,
+    )
 
 
 async def read_message(context: grpc.aio.ServicerContext, waits: MessageWaits | None) -> object:

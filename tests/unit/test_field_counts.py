@@ -103,14 +103,50 @@ def test_the_deserializer_answers_a_crowded_request_malformed_unparsed() -> None
 
 def test_a_tensor_too_short_to_pass_its_bound_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
     walked: list[int] = []
-    real = field_counts._tensor_parameters
+    real = field_counts._tensor_fault
 
-    def spy(data: bytes, pos: int, end: int, field: int) -> bool:
+    def spy(data: bytes, pos: int, end: int, field: int) -> str | None:
         walked.append(end - pos)
         return real(data, pos, end, field)
 
-    monkeypatch.setattr(field_counts, "_tensor_parameters", spy)
+    monkeypatch.setattr(field_counts, "_tensor_fault", spy)
     request = _request(inputs=2)
     request.inputs[0].contents.fp32_contents.extend(np.zeros(1000, np.float32))
     assert crowded(request.SerializeToString()) is None
     assert walked == [request.inputs[0].ByteSize()]  # the long one only
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+def test_a_group_anywhere_walked_is_refused_not_stepped_over() -> None:
+    # Protobuf parses an unknown group and all after it: 62 MiB of parameters behind a 4-byte group
+    # had passed the walk (which gave up at it) and held the loop 3-4 s.
+    group = bytes([15 << 3 | 3, 0x08, 0x01, 15 << 3 | 4])  # field 15: start, a varint, end
+    behind = _request(parameters=MAX_PARAMETERS + 1).SerializeToString()
+    said = "the request holds a protobuf group, which this protocol has none of"
+    assert len(pb.ModelInferRequest.FromString(group + behind).parameters) > MAX_PARAMETERS  # taken
+    assert crowded(group + behind) == said
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1])
+    for i in range(40):
+        tensor.parameters[f"p{i}"].bool_param = True  # long enough to be walked
+    body = group + tensor.SerializeToString()
+    crafted = _request().SerializeToString() + bytes([5 << 3 | 2]) + _varint(len(body)) + body
+    assert pb.ModelInferRequest.FromString(crafted).inputs[0].name == "x"  # protobuf takes it
+    assert crowded(crafted) == said
+
+
+def test_an_inputs_packed_shape_longer_than_its_dims_can_be_is_refused() -> None:
+    request = _request()
+    request.inputs.add(name="x", datatype="FP32", shape=[1] * (field_counts.MAX_DIMS * 10 + 1))
+    said = crowded(request.SerializeToString())
+    dims = field_counts.MAX_DIMS
+    assert said == f"input 0 of the request has a shape of more than {dims} dims (the server's bound)"
+    request = _request()
+    request.inputs.add(name="x", datatype="FP32", shape=[2**62] * field_counts.MAX_DIMS)  # 10-byte dims
+    assert crowded(request.SerializeToString()) is None

@@ -43,7 +43,7 @@ async def test_a_peers_calls_past_the_grace_beyond_its_bound_are_ended_oldest_fi
     young = await _waiting(waits, "ipv4:10.0.0.1:6000", 0)  # within the grace: not counted
     other = await _waiting(waits, "ipv4:10.0.0.2:5000", GRACE_S + 9)  # another host: its own bound
     waits._sweep()
-    assert waits.ended == 0  # the first look past the grace only marks them (a stall ages all)
+    assert waits.ended == {"timeout": 0, "per_peer": 0}  # the first look past the grace marks them
     waits._sweep()
     ended = [w.why is not None for w, _ in made]
     assert ended == [True, False, True, False]  # the two oldest of 10.0.0.1's four
@@ -52,7 +52,7 @@ async def test_a_peers_calls_past_the_grace_beyond_its_bound_are_ended_oldest_fi
     assert "too many calls from ipv4:10.0.0.1 waiting over 1 s" in message
     assert "max_calls_awaiting_message_per_peer=2" in message
     assert young[0].why is None and other[0].why is None
-    assert waits.ended == 2 and waits.count == 6
+    assert waits.ended == {"timeout": 0, "per_peer": 2} and waits.count == 6
     for _, task in [*made, young, other]:
         task.cancel()
     waits.close()
@@ -135,11 +135,46 @@ async def test_a_call_whose_message_came_during_a_stall_is_read_before_the_look_
     waits = MessageWaits(timeout_s=1.5, per_peer=1)
     stalled = [await _waiting(waits, f"ipv4:10.0.0.1:{5000 + i}", 2.0) for i in range(3)]
     waits._sweep()  # the first look after the stall
-    assert waits.ended == 0
+    assert sum(waits.ended.values()) == 0
     for wait, _ in stalled[:2]:
         waits.end(wait)  # their messages had come: read in the next turns
     waits._sweep()
     assert [w.why is not None for w, _ in stalled] == [False, False, True]  # past the 1.5 s timeout
     for _, task in stalled:
+        task.cancel()
+    waits.close()
+
+
+async def test_a_peers_bound_applies_only_while_many_calls_wait_past_the_grace() -> None:
+    """Many calls of one host through a slow proxy wait on (up to the timeout) while the server has
+    room: the bound is for a slowloris's thousands, not a slow link's hundred."""
+    for pressure_at, ended in ((4, 0), (3, 2)):
+        waits = MessageWaits(timeout_s=30, per_peer=2, pressure_at=pressure_at)
+        made = [await _waiting(waits, f"ipv4:10.0.0.1:{5000 + i}", GRACE_S + i) for i in range(4)]
+        waits._sweep()
+        waits._sweep()
+        assert waits.ended["per_peer"] == ended
+        for _, task in made:
+            task.cancel()
+        waits.close()
+
+
+async def test_ended_calls_are_counted_for_metrics_and_logged_once_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    waits = MessageWaits(timeout_s=5, per_peer=1)
+    made = [await _waiting(waits, f"ipv4:10.0.0.1:{5000 + i}", age) for i, age in enumerate((6, 2, 3))]
+    with caplog.at_level("WARNING", logger="server.protocol.message_wait"):
+        waits._sweep()
+        waits._sweep()
+        waits._sweep()
+    values = {labels["reason"]: value for _, labels, value in waits.gauge_values()}
+    assert values == {"timeout": 1.0, "per_peer": 1.0}
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "ended 2 calls waiting for their request message: 1 past request_message_timeout_s (5 s), "
+        "1 beyond max_calls_awaiting_message_per_peer (1) (at most a line every 10 s)"
+    ]
+    for _, task in made:
         task.cancel()
     waits.close()
