@@ -23,8 +23,9 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 SILENT_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
-async def _silent(stop: asyncio.Event) -> AsyncIterator[bytes]:
-    await stop.wait()  # no message and no half-close until the run ends
+async def silent(stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """A call's request stream that sends no message and does not half-close until `stop`."""
+    await stop.wait()
     yield b""
 
 
@@ -46,7 +47,7 @@ async def run(target: str, calls: int, wait_s: float) -> list[tuple[float, str, 
     seen: list[tuple[float, str, int]] = []
     async with grpc.aio.insecure_channel(target) as channel:
         open_call = channel.stream_unary(SILENT_PATH, request_serializer=bytes, response_deserializer=bytes)
-        opened = [open_call(_silent(stop)) for _ in range(calls)]
+        opened = [open_call(silent(stop)) for _ in range(calls)]
         try:
             for at, pause in ((2.0, 2.0), (wait_s, max(0.0, wait_s - 2.0))):
                 await asyncio.sleep(pause)  # the measure's own schedule, not a synchronisation

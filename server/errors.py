@@ -29,6 +29,15 @@ class InvalidRequest(ServiceError):
     """The request does not fit the model: names, datatypes, shapes, sizes, parameters."""
 
 
+class WrongDatatype(InvalidRequest):
+    """An input in another datatype than the model's: `name`, and the datatypes `sent` and the
+    `model`'s (KServe strings), for an ensemble to tell a reloaded step's misfit from a client's."""
+
+    def __init__(self, message: str, name: str = "", sent: str = "", model: str = "") -> None:
+        super().__init__(message)
+        self.name, self.sent, self.model = name, sent, model
+
+
 class ShuttingDown(ServiceError):
     """The server has stopped admitting requests."""
 

@@ -5,7 +5,7 @@ a step naming no version runs on the version serving its model when the step run
 model's reload is picked up without reloading the ensemble (README "Ensembles"). A reload that no
 longer fits the step (an input_map or output_map key the model no longer has, a required input the
 step does not give, a max_batch_size below the ensemble's that the request's rows pass, an input's
-datatype other than the tensor the step gives it) is not the
+datatype other than the tensor the step gives it: `retyped`) is not the
 client's mistake: its request is valid by the ensemble's own config. It is ChangedByReload
 (UNAVAILABLE, retryable, as a request a reload handed to a version it no longer fits:
 InferJob.retarget), not INVALID_ARGUMENT, and had been INTERNAL (a KeyError) for a renamed tensor.
@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from batcher.types import Array
-from server import datatypes
-from server.errors import ChangedByReload
+from server.errors import ChangedByReload, WrongDatatype
 from server.models.ensemble_config import Step, fit_batch_dim
 from server.protocol.validate import Signature
 
@@ -37,9 +36,11 @@ def _misfit_names(step: Step, signature: Signature) -> str | None:
                 f"it has no output '{model_output}' (its outputs: {sorted(signature.outputs)}), "
                 "which the step's output_map names"
             )
-    needed = sorted(n for n, s in signature.inputs.items() if not s.optional and n not in step.input_map)
-    if needed:
-        return f"it needs input '{needed[0]}', which the step's input_map does not give"
+    needed = next(
+        (n for n, s in signature.inputs.items() if not s.optional and n not in step.input_map), None
+    )
+    if needed is not None:
+        return f"it needs input '{needed}', which the step's input_map does not give"
     return None
 
 
@@ -88,22 +89,18 @@ def step_inputs(
         )
         for model_input, tensor in step.input_map.items()
     }
-    why = _misfit_rows(signature, ensemble_max_batch_size, inputs) or _misfit_types(step, signature, inputs)
+    why = _misfit_rows(signature, ensemble_max_batch_size, inputs)
     if why is not None:
         raise _refusal(step, version, why)
     return inputs
 
 
-def _misfit_types(step: Step, signature: Signature, inputs: Mapping[str, Array]) -> str | None:
-    """A step input whose datatype the step's tensor no longer has. Never the client's: the
-    ensemble's own inputs were checked against its config, which fitted the step at load, and its
-    inner tensors are what the earlier steps made (one of them reloaded, maybe)."""
-    for model_input, array in inputs.items():
-        want = signature.inputs[model_input].datatype
-        got = datatypes.from_numpy(array.dtype)
-        if got is not want:
-            return (
-                f"its input '{model_input}' takes {want.wire}, and the step gives it "
-                f"'{step.input_map[model_input]}' as {got.wire}"
-            )
-    return None
+def retyped(step: Step, version: str, wrong: WrongDatatype) -> ChangedByReload:
+    """A step input in another datatype than the step's model now takes (its check_inputs found
+    it). Never the client's: the ensemble's own inputs were checked against its config, which fitted
+    the step at load, and its inner tensors are what the earlier steps made (one reloaded, maybe)."""
+    why = (
+        f"its input '{wrong.name}' takes {wrong.model}, and the step gives it "
+        f"'{step.input_map[wrong.name]}' as {wrong.sent}"
+    )
+    return _refusal(step, version, why)

@@ -12,6 +12,7 @@ there, and a request within the bounds costs a few steps per tensor.
 
 from __future__ import annotations
 
+from server.protocol.frame_size import read_varint
 from server.tensor_bounds import MAX_DIMS
 
 # Below this, any message parses within a few milliseconds: not walked.
@@ -46,16 +47,10 @@ class _Group(Exception):
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Truncated
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    value, pos = read_varint(data, pos)
+    if value is None:
+        raise _Truncated
+    return value, pos
 
 
 def _next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:

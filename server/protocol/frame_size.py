@@ -74,12 +74,12 @@ def request_head(data: bytes) -> pb.ModelInferRequest | None:
     for _ in range(HEAD_MAX_FIELDS + 1):
         if end >= len(data):
             break
-        tag, at = _varint(data, end)
+        tag, at = read_varint(data, end)
         if tag is None or tag >> 3 > _LAST_HEAD_FIELD:
             break  # the tensors begin (or bytes that are no field: parse what came before)
         if tag & 7 != _LENGTH_DELIMITED:
             return None
-        length, at = _varint(data, at)
+        length, at = read_varint(data, at)
         if length is None:
             return None
         end = at + length
@@ -95,7 +95,7 @@ def request_head(data: bytes) -> pb.ModelInferRequest | None:
     return head
 
 
-def _varint(data: bytes, at: int) -> tuple[int | None, int]:
+def read_varint(data: bytes, at: int) -> tuple[int | None, int]:
     """The varint at `at` and the position after it; None when it does not end within 10 bytes."""
     value = 0
     for shift in range(0, 70, 7):

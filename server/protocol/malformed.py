@@ -25,7 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from protos import grpc_service_pb2 as pb
 from server.errors import for_caller
-from server.protocol.field_counts import crowded
+from server.protocol.field_counts import WALK_FROM_BYTES, crowded
 from server.protocol.frame_size import Oversized, oversized
 from server.protocol.message_wait import MessageWaits, read_message
 from server.protocol.utf8_fields import BytesTwins
@@ -50,7 +50,7 @@ def tolerant_deserializer(
     def deserialize(data: bytes) -> protobuf_message.Message | Malformed | Oversized:
         if max_bytes is not None and len(data) > max_bytes:  # checked before it is parsed
             return oversized(data, max_bytes, message_type)
-        if counted and (too_many := crowded(data)) is not None:
+        if counted and len(data) > WALK_FROM_BYTES and (too_many := crowded(data)) is not None:
             return Malformed(f"request is not parsed ({len(data)} bytes): {too_many}")
         try:
             return message_type.FromString(data)

@@ -67,7 +67,7 @@ class MessageWaits:
         self._timeout_s = timeout_s
         self._per_peer = per_peer
         self._pressure_at = pressure_at
-        self._waits: dict[int, Wait] = {}
+        self._waits: set[Wait] = set()
         self._timer: asyncio.TimerHandle | None = None
         self.ended = {"timeout": 0, "per_peer": 0}  # calls the look ended, by reason (/metrics)
         self._logged = dict(self.ended)
@@ -87,13 +87,13 @@ class MessageWaits:
     def begin(self, context: grpc.aio.ServicerContext) -> Wait:
         """The calling handler starts to wait for its call's message; pair with `end`."""
         wait = Wait(context, asyncio.current_task())
-        self._waits[id(wait)] = wait
+        self._waits.add(wait)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
         return wait
 
     def end(self, wait: Wait) -> None:
-        self._waits.pop(id(wait), None)
+        self._waits.discard(wait)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -105,7 +105,7 @@ class MessageWaits:
         now = time.monotonic()
         by_host: dict[str, list[Wait]] = defaultdict(list)
         old = 0
-        for wait in list(self._waits.values()):
+        for wait in list(self._waits):
             waited = now - wait.since
             if wait.why is not None or waited < GRACE_S:
                 continue

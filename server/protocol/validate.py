@@ -14,7 +14,7 @@ from batcher.types import Array
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, WrongDatatype
 from server.models.config import IDENTITY
 from server.models.ensemble_config import is_ensemble
 
@@ -79,7 +79,7 @@ class Signature:
             spec = self.inputs.get(tensor.name)
             dtype = datatypes.BY_WIRE.get(tensor.datatype)
             if spec is not None and dtype not in (None, datatypes.BYTES, spec.datatype):
-                raise InvalidRequest(_datatype_mismatch(tensor.name, dtype, spec.datatype))
+                raise _wrong_datatype(tensor.name, dtype, spec.datatype)
 
     def check_inputs(self, inputs: Mapping[str, Array]) -> int:
         """Validate inputs; return the request's rows (1 for a model without a batch dimension)."""
@@ -91,7 +91,7 @@ class Signature:
                 continue  # optional: check_input_names let it be absent
             dtype = datatypes.from_numpy(array.dtype)
             if dtype is not spec.datatype:
-                raise InvalidRequest(_datatype_mismatch(spec.name, dtype, spec.datatype))
+                raise _wrong_datatype(spec.name, dtype, spec.datatype)
             if dtype is datatypes.BYTES and self.text_bytes:
                 _check_text(spec.name, array)
             shape = array.shape
@@ -177,5 +177,6 @@ def _check_reshape(spec: TensorSpec, row_shape: Sequence[int]) -> None:
         )
 
 
-def _datatype_mismatch(name: str, sent: datatypes.Datatype, model: datatypes.Datatype) -> str:
-    return f"input '{name}': datatype {sent.wire} does not match the model's {model.wire}"
+def _wrong_datatype(name: str, sent: datatypes.Datatype, model: datatypes.Datatype) -> WrongDatatype:
+    message = f"input '{name}': datatype {sent.wire} does not match the model's {model.wire}"
+    return WrongDatatype(message, name, sent.wire, model.wire)

@@ -11,7 +11,7 @@ and any call still waiting after `request_message_timeout_s` DEADLINE_EXCEEDED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -33,11 +33,6 @@ def server() -> Iterator[ServerProcess]:
             "--request-message-timeout-s", str(TIMEOUT_S))  # fmt: skip
     with ServerProcess(*args) as running:
         yield running
-
-
-async def _never(stop: asyncio.Event) -> AsyncIterator[bytes]:
-    await stop.wait()  # sends no message and does not half-close until the test ends
-    yield b""
 
 
 async def _status(call: grpc.aio.StreamUnaryCall[bytes, bytes]) -> tuple[grpc.StatusCode, str]:
@@ -72,7 +67,7 @@ async def test_calls_that_never_send_their_message_are_ended_and_others_are_serv
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(server.address) as channel:
         open_call = channel.stream_unary(LIVE, request_serializer=bytes, response_deserializer=bytes)
-        calls = [open_call(_never(stop)) for _ in range(SLOTS)]  # every slot
+        calls = [open_call(silent_calls.silent(stop)) for _ in range(SLOTS)]  # every slot
         try:
             # Bounded: before the fix none of them ever ended (no deadline of their own).
             statuses = await asyncio.wait_for(asyncio.gather(*(_status(c) for c in calls)), 60)
@@ -97,7 +92,7 @@ async def test_other_clients_get_slots_while_calls_wait_for_their_message(server
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(server.address) as channel:
         open_call = channel.stream_unary(LIVE, request_serializer=bytes, response_deserializer=bytes)
-        calls = [open_call(_never(stop)) for _ in range(SLOTS)]
+        calls = [open_call(silent_calls.silent(stop)) for _ in range(SLOTS)]
         try:
             await asyncio.wait_for(_ended(calls, SLOTS - PER_PEER), 30)
             assert await _live(server.address) == grpc.StatusCode.OK

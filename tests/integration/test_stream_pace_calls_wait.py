@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from loadtest import silent_calls
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.app import SluicewayServer
 from server.protocol.core_calls import CoreCalls
@@ -94,15 +94,12 @@ async def test_a_call_waiting_for_its_request_message_is_not_a_call_waiting_for_
     such call (a client that never sends it) held every stream read a tick for as long as it stayed."""
     server, core = await _started(repo, tmp_path)
     stop = asyncio.Event()
-
-    async def never() -> AsyncIterator[bytes]:
-        await stop.wait()
-        yield b""
-
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             live = "/inference.GRPCInferenceService/ServerLive"
-            call = channel.stream_unary(live, request_serializer=bytes, response_deserializer=bytes)(never())
+            call = channel.stream_unary(live, request_serializer=bytes, response_deserializer=bytes)(
+                silent_calls.silent(stop)
+            )
             await asyncio.wait_for(_until(lambda: server.message_waits.count == 1), 30)
             assert _unanswered(core) >= 1  # grpc core holds it unanswered ...
             assert not server._calls_wait()  # ... and its handler has it

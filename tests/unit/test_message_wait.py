@@ -112,7 +112,7 @@ async def test_a_handlers_read_answers_the_sweeps_status_or_passes_grpcs_cancel_
         read_message(cast(grpc.aio.ServicerContext, Context("p")), waits)
     )
     await asyncio.sleep(0)
-    (wait,) = waits._waits.values()
+    (wait,) = waits._waits
     if ended_by_sweep:
         wait.since -= 6
         waits._sweep()
