@@ -1,6 +1,7 @@
-"""A request holding far more parameters or tensors than any model takes is refused before it is
-parsed, unary or on a stream, and the server goes on serving (server/protocol/field_counts.py).
-One such request (63 MiB of parameters) had held the event loop, and every other call, 2.6 s."""
+"""A request holding far more parameters, tensors or typed contents' fields than any model takes is
+refused before it is parsed, unary or on a stream, and the server goes on serving
+(server/protocol/field_counts.py). One such request (63 MiB of parameters) had held the event loop,
+and every other call, 2.6 s; 62 MiB of one-byte strings in typed contents ~1 s."""
 
 from __future__ import annotations
 
@@ -87,10 +88,30 @@ def test_tritonclient_and_our_client_are_served_beside_it(server: ServerProcess)
         assert result.as_numpy("scores").shape == (2, 2)
 
 
-def test_the_benchmarks_short_mode_is_refused_unparsed_and_the_probe_answered(server: ServerProcess) -> None:
-    stall = asyncio.run(crowded_request.measure(server.address, 0.5))
-    assert stall.status.startswith("INVALID_ARGUMENT: request is not parsed")
-    assert stall.request_bytes > 0.4 * 2**20 and stall.slowest_live_s > 0
+@pytest.mark.parametrize("kind", ["parameters", *crowded_request.KINDS])
+def test_the_benchmarks_short_mode_is_refused_unparsed_and_the_probe_answered(
+    server: ServerProcess, kind: str
+) -> None:
+    # Each kind past its bound at 3 MiB (a million one-byte strings or keys, 3 million varints,
+    # a million unknown fields): refused before protobuf parses it, naming the bound.
+    stall = asyncio.run(crowded_request.measure(server.address, 3.0, kind))
+    assert stall.status.startswith("INVALID_ARGUMENT: request is not parsed"), stall.status
+    assert stall.status.endswith("(the server's bound)")
+    assert stall.request_bytes > 3 * 2**20 and stall.slowest_live_s > 0
+
+
+def test_strings_within_the_bound_are_served_as_before(server: ServerProcess) -> None:
+    # 100,000 strings in typed contents (the walk's common case) reach the model's own checks.
+    request = pb.ModelInferRequest(model_name="mlp", id="strings")
+    request.inputs.add(name="features", datatype="BYTES", shape=[100_000])
+    request.inputs[0].contents.bytes_contents.extend([b"s"] * 100_000)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "BYTES does not match the model's FP32" in (caught.value.details() or "")
+        assert stub.ModelInfer(_mlp("after"), timeout=60).id == "after"
 
 
 def test_the_benchmarks_crowded_frames_are_each_refused_and_the_stream_answers_every_one(

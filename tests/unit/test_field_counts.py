@@ -9,6 +9,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from server.protocol import field_counts
+from server.protocol.codec import MAX_BYTES_ELEMENTS, MAX_TYPED_ELEMENTS
 from server.protocol.field_counts import MAX_PARAMETERS, MAX_TENSORS, WALK_FROM_BYTES, crowded
 from server.protocol.malformed import Malformed, tolerant_deserializer
 
@@ -105,9 +106,9 @@ def test_a_tensor_too_short_to_pass_its_bound_is_not_walked(monkeypatch: pytest.
     walked: list[int] = []
     real = field_counts._tensor_fault
 
-    def spy(data: bytes, pos: int, end: int, field: int) -> str | None:
+    def spy(data: bytes, pos: int, end: int, field: int, budget: field_counts._Budget) -> str | None:
         walked.append(end - pos)
-        return real(data, pos, end, field)
+        return real(data, pos, end, field, budget)
 
     monkeypatch.setattr(field_counts, "_tensor_fault", spy)
     request = _request(inputs=2)
@@ -150,3 +151,138 @@ def test_an_inputs_packed_shape_longer_than_its_dims_can_be_is_refused() -> None
     request = _request()
     request.inputs.add(name="x", datatype="FP32", shape=[2**62] * field_counts.MAX_DIMS)  # 10-byte dims
     assert crowded(request.SerializeToString()) is None
+
+
+def _contents(*fills: bytes) -> bytes:
+    """A walked request with one INT32 input per fill, each fill its contents' bytes as sent."""
+    data = _request().SerializeToString()
+    for fill in fills:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT32", shape=[1])
+        body = tensor.SerializeToString() + bytes([5 << 3 | 2]) + _varint(len(fill)) + fill
+        data += bytes([5 << 3 | 2]) + _varint(len(body)) + body
+    return data
+
+
+def _strings(count: int, size: int = 1) -> bytes:
+    return pb.InferTensorContents(bytes_contents=[b"s" * size] * count).SerializeToString()
+
+
+STRINGS = MAX_BYTES_ELEMENTS
+OTHERS = field_counts.MAX_OTHER_CONTENTS_FIELDS
+
+
+def test_strings_in_typed_contents_are_counted_across_the_requests_inputs() -> None:
+    # 62 MiB of one-byte strings held the loop ~1 s in protobuf's parse: refused past as many
+    # strings as the decode takes, the walk stopping there.
+    half = STRINGS // 2
+    assert crowded(_contents(_strings(half), _strings(STRINGS - half))) is None
+    said = crowded(_contents(_strings(half), _strings(STRINGS - half + 1)))
+    assert said == (
+        f"input 1 of the request has typed contents that take the request past {STRINGS} strings "
+        "(the server's bound)"
+    )
+
+
+@pytest.mark.parametrize("size", [1, 200, 20_000])  # a length of one byte, two, three
+def test_strings_of_every_length_are_counted(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(field_counts._Budget, "__init__", _small_budget)  # 300 strings
+    assert crowded(_contents(_strings(150, size), _strings(150, size))) is None
+    said = crowded(_contents(_strings(150, size), _strings(151, size)))
+    assert said is not None and said.startswith("input 1 of the request has typed contents that take")
+
+
+def _small_budget(self: field_counts._Budget) -> None:
+    self.strings, self.packed, self.other_fields, self.varints = 300, 4, 4, 4
+
+
+def test_unpacked_values_and_unknown_fields_in_contents_are_bounded() -> None:
+    unpacked = bytes([2 << 3 | 0, 1])  # an int_contents value with its own key
+    unknown = bytes([0xA0, 0x01, 1])  # field 20, a varint: two bytes of key
+    for unit in (unpacked, unknown):
+        assert crowded(_contents(unit * (OTHERS // 2), unit * (OTHERS - OTHERS // 2))) is None
+        said = crowded(_contents(unit * (OTHERS // 2), unit * (OTHERS - OTHERS // 2 + 1)))
+        assert said == (
+            f"input 1 of the request has typed contents that take the request past {OTHERS} fields "
+            "other than strings and packed numbers (unpacked values, unknown fields) (the server's bound)"
+        )
+
+
+def test_packed_varints_are_counted_by_their_elements() -> None:
+    most = MAX_TYPED_ELEMENTS
+
+    def packed(values: int, width: int = 1, field: int = 2) -> bytes:
+        body = (b"\xff" * (width - 1) + b"\x01") * values
+        return bytes([field << 3 | 2]) + _varint(len(body)) + body
+
+    assert crowded(_contents(packed(most // 2, 3), packed(most - most // 2))) is None
+    said = f"input 1 of the request has packed contents that take the request past {most} values"
+    assert (
+        crowded(_contents(packed(most // 2, 3), packed(most - most // 2 + 1)))
+        == f"{said} (the server's bound)"
+    )
+    assert (
+        crowded(_contents(packed(most + 1, 10)))
+        == said.replace("input 1", "input 0") + " (the server's bound)"
+    )
+    floats = bytes([6 << 3 | 2]) + _varint(4 * most + 4) + bytes(4 * most + 4)  # fp32_contents
+    assert crowded(_contents(floats)) is None  # fixed-size numbers parse at memory speed: not counted
+    assert len(pb.InferTensorContents.FromString(floats).fp32_contents) == most + 1
+
+
+def test_packed_fields_are_bounded_in_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(field_counts._Budget, "__init__", _small_budget)
+    one = pb.InferTensorContents(fp32_contents=np.zeros(100, np.float32)).SerializeToString()
+    assert crowded(_contents(one * 2, one * 2)) is None
+    said = crowded(_contents(one * 2, one * 3))
+    assert said == (
+        f"input 1 of the request has typed contents that take the request past {MAX_TENSORS} packed "
+        "fields (the server's bound)"
+    )
+
+
+def test_contents_that_end_past_their_tensor_are_left_to_protobuf() -> None:
+    cut = bytes([8 << 3 | 2, 100]) + b"s" * 50  # a string's length past the contents' end
+    data = _contents(_strings(400) + cut)
+    assert crowded(data) is None
+    with pytest.raises(Exception, match="Error parsing message"):
+        pb.ModelInferRequest.FromString(data)
+
+
+def test_a_parameters_entry_and_its_value_are_bounded_in_fields() -> None:
+    most = field_counts.MAX_ENTRY_FIELDS
+    value = bytes([2 << 3 | 0, 1])  # InferParameter's int64_param
+
+    def entry(keys: int, values: int) -> bytes:
+        body = bytes([1 << 3 | 2, 1, 65]) * keys + bytes([2 << 3 | 2]) + _varint(2 * values) + value * values
+        return bytes([4 << 3 | 2]) + _varint(len(body)) + body
+
+    base = _request().SerializeToString()
+    assert crowded(base + entry(most - 1, most)) is None
+    assert pb.ModelInferRequest.FromString(base + entry(most - 1, most)).parameters["A"].int64_param == 1
+    said = f"request parameter 0 has a parameter of more than {most} fields (the server's bound)"
+    assert crowded(base + entry(most, 1)) == said  # one key too many: the entry's value is a field
+    assert crowded(base + entry(1, most + 1)) == said
+    assert crowded(base + entry(20_000_000 // 3, 1)) == said  # the walk stops at the bound
+    request = _request()
+    request.parameters["long"].string_param = "v" * 100_000  # a long value is one field
+    request.inputs.add(name="x").parameters["shared_memory_region"].string_param = "r" * 1_000
+    assert crowded(request.SerializeToString()) is None
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x").SerializeToString() + entry(200, 1)  # walked
+    crafted = base + bytes([5 << 3 | 2]) + _varint(len(tensor)) + tensor
+    assert crowded(crafted) == (
+        f"input 0 of the request has a parameter of more than {most} fields (its parameter 0) "
+        "(the server's bound)"
+    )
+
+
+def test_the_benchmarks_walk_mode_times_each_case() -> None:
+    from loadtest.crowded_request import KINDS, walk_times
+
+    times = walk_times(3.0)  # past each kind's bound, as the integration test's requests
+    assert len(times) == len(KINDS) + 3
+    for name, (walked, parse, said) in times.items():
+        assert walked > 0
+        if "strings of" in name:  # at the bound: passes, then parsed
+            assert said == "passes" and parse is not None
+        else:
+            assert said.endswith("(the server's bound)") and parse is None, (name, said)
