@@ -27,6 +27,13 @@ class QueueFull(BatcherError):
     default_message = "queue is full"
 
 
+class QueueSizeReached(QueueFull):
+    """The model's queue holds its config's `max_queue_size` requests: Triton answers that UNAVAILABLE
+    "Exceeds maximum queue size" (its clients and QA match the words), which clients retry."""
+
+    default_message = "Exceeds maximum queue size"
+
+
 class Overloaded(QueueFull):
     """The work queued ahead cannot finish before the request's deadline: shed at admission."""
 

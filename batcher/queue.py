@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
-from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueTimedOut
+from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueSizeReached, QueueTimedOut
 from batcher.form import Pending, cannot_finish, earliest, give_up_at, gives_up
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
@@ -176,8 +176,9 @@ class RequestQueue:
             where = f" at priority {a.priority}" if levels else ""
             own = levels and self._policy.level_policy(a.priority) is not None
             bound = f"priority_queue_policy[{a.priority}] max_queue_size" if own else "max_queue_size"
-            raise QueueFull(
-                f"queue is full ({queued} requests waiting{where}; {bound}={limit})", retry_after_s=drain_s()
+            raise QueueSizeReached(
+                f"Exceeds maximum queue size ({queued} requests waiting{where}; {bound}={limit})",
+                retry_after_s=drain_s(),
             )
         self.check(a, predict_s, finish_s)
         nbytes = input_bytes(inputs) if self._budgets else 0

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.errors import NOT_RETRIED, DeadlineExceeded, MessageTooLarge, SluicewayError, from_rpc_error
+from clients.errors import (
+    NOT_RETRIED,
+    DeadlineExceeded,
+    MessageTooLarge,
+    Overloaded,
+    SluicewayError,
+    from_rpc_error,
+)
 
 Clock = Callable[[], float]
 
@@ -278,7 +285,7 @@ class Attempts:
         hung = error.code == grpc.StatusCode.DEADLINE_EXCEEDED and step.timeout_s < step.left_s
         if hung:
             self._pool.mark_down(step.address)
-        elif error.code in ENDPOINT_DOWN:
+        elif error.code in ENDPOINT_DOWN and not isinstance(error, Overloaded):  # a full queue is well
             self._pool.mark_suspect(step.address)  # its health check decides (next use)
         # Another endpoint not tried yet: go there at once. A refused connection had waited the
         # backoff (25-50 ms) first, and a 50 ms call then gave up without trying the live one.

@@ -61,7 +61,9 @@ class DeadlineExceeded(SluicewayError):
 
 
 class Overloaded(SluicewayError):
-    """RESOURCE_EXHAUSTED: the model's queue (or the server) is full. Retried with backoff."""
+    """RESOURCE_EXHAUSTED: the model's queue (or the server) is full; or UNAVAILABLE "Exceeds
+    maximum queue size", Triton's answer for a queue at its config's max_queue_size (the endpoint
+    is well: not health-checked as an Unavailable's would be). Retried with backoff."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -93,6 +95,10 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[SluicewayError]] = {
 }
 
 
+# Triton's words (and ours) for a request refused at a model's max_queue_size, answered UNAVAILABLE.
+QUEUE_SIZE_REACHED = "Exceeds maximum queue size"
+
+
 def error_for(
     code: grpc.StatusCode,
     message: str,
@@ -101,6 +107,8 @@ def error_for(
     reason: str | None = None,
 ) -> SluicewayError:
     """The one mapping: a status code and message -> the matching exception (the base for others)."""
+    if code == grpc.StatusCode.UNAVAILABLE and QUEUE_SIZE_REACHED in message:
+        return Overloaded(message, code, request_id, retry_after_s, reason)
     cls = ERROR_BY_CODE.get(code)
     if cls is None:
         return SluicewayError(message, code, request_id, retry_after_s, reason)

@@ -15,8 +15,9 @@ from typing import Any
 NO_ANSWER = "NO_ANSWER"  # the client's own deadline passed (or a stream ended) without an answer
 BAD_ANSWER = "BAD_ANSWER"  # answered OK, but not with the outputs the request asked for
 WATCHDOG = "UNAVAILABLE (watchdog)"  # UNAVAILABLE naming run_timeout_s: the documented status
+QUEUE_FULL = "UNAVAILABLE (queue full)"  # a model's max_queue_size reached: Triton's code and words
 # Statuses the server gives a well-formed request under load (overload shedding, deadlines).
-LOAD = frozenset({"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
+LOAD = frozenset({"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", QUEUE_FULL})
 
 
 @dataclass(slots=True)

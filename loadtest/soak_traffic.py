@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.errors import from_stream_message
+from clients.errors import QUEUE_SIZE_REACHED, from_stream_message
 from clients.tensors import build_request, set_timeout
-from loadtest.soak_report import BAD_ANSWER, NO_ANSWER, WATCHDOG, ClassTally
+from loadtest.soak_report import BAD_ANSWER, NO_ANSWER, QUEUE_FULL, WATCHDOG, ClassTally
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -77,11 +77,14 @@ def settle(tally: ClassTally, status: str | None, detail: str = "") -> None:
 
 
 def status_of(code: grpc.StatusCode, details: str, elapsed_s: float, deadline_s: float) -> str:
-    """An error's class: the watchdog's UNAVAILABLE apart, a client-side deadline as no answer."""
+    """An error's class: the watchdog's and a full queue's UNAVAILABLE apart, a client-side deadline
+    as no answer."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and elapsed_s >= 0.95 * deadline_s:
         return NO_ANSWER
     if code == grpc.StatusCode.UNAVAILABLE and "run_timeout_s" in details:
         return WATCHDOG
+    if code == grpc.StatusCode.UNAVAILABLE and QUEUE_SIZE_REACHED in details:
+        return QUEUE_FULL
     return str(code.name)
 
 

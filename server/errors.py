@@ -181,7 +181,8 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     batcher_errors.OutputNotSplit: grpc.StatusCode.UNIMPLEMENTED,
     sequence_types.SequenceError: grpc.StatusCode.INVALID_ARGUMENT,  # UnknownSequence too
     sequence_types.SequenceLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    batcher_errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,  # our byte budgets
+    batcher_errors.QueueSizeReached: grpc.StatusCode.UNAVAILABLE,  # Triton's code for max_queue_size
     batcher_errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     batcher_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     batcher_errors.QueueTimedOut: grpc.StatusCode.UNAVAILABLE,  # Triton's code for it

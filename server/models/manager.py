@@ -229,7 +229,7 @@ class ModelManager:
                 )
             entry = await self._load_source(source, keep_unchanged, raise_failure=True)
             if entry.state != READY:
-                raise RepositoryError(f"failed to load model '{name}': {entry.reason}")
+                raise RepositoryError(f"load failed for model '{name}': {entry.reason}")  # Triton's words
             await self._ensembles.load_waiting(name, self._load_ensemble_again)
 
     async def _load_ensemble_again(self, name: str) -> bool:
@@ -321,12 +321,14 @@ class ModelManager:
             if old is not None and old.state == READY:
                 # A failed reload keeps the versions that were serving; the index says why.
                 self.note_failed_reload(source.name, reason)
-                raise RepositoryError(f"failed to reload model '{source.name}': {reason}") from None
+                raise RepositoryError(
+                    f"load failed for model '{source.name}' (a reload; the versions serving stay): {reason}"
+                ) from None
             entry = ModelEntry(name=source.name, state=UNAVAILABLE, reason=reason)
             self._models[source.name] = entry
             self._on_health(source.name, False)
             if raise_failure:
-                raise RepositoryError(f"failed to load model '{source.name}': {reason}") from exc
+                raise RepositoryError(f"load failed for model '{source.name}': {reason}") from exc
             return entry
         entry = ModelEntry(
             name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)

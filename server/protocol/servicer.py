@@ -56,6 +56,7 @@ SERVER_VERSION = "0.1.0"
 # trace and logging (no such RPCs).
 EXTENSIONS = (
     "model_repository",
+    "model_repository(unload_dependents)",  # Triton's name for RepositoryModelUnload's parameter
     "model_configuration",
     "statistics",
     "schedule_policy",

@@ -183,13 +183,13 @@ def test_a_cancelled_request_and_an_expired_one_are_told_apart_and_neither_is_co
     stub: pb_grpc.GRPCInferenceServiceStub, deadline_server: ServerProcess
 ) -> None:
     def queue_is_full(model: str) -> bool:
-        # A probe with a 1 us timeout: refused "queue is full" while a request is queued; else it
+        # A probe with a 1 us timeout: refused at max_queue_size while a request is queued; else it
         # ends by its own deadline (at once, or within a microsecond of being queued).
         try:
             stub.ModelInfer(request(model, timeout_us=1), timeout=30)
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                assert "queue is full" in (err.details() or ""), err.details()
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                assert "Exceeds maximum queue size" in (err.details() or ""), err.details()
                 return True
             assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
             return False

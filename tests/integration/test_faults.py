@@ -114,7 +114,7 @@ def error_of(future: grpc.Future) -> grpc.RpcError:
 
 class Probe:
     """Whether a model's queue of one is full, asked with requests that never enter it (their
-    1 us timeout has passed by then): refused "queue is full" while a request is queued, else for
+    1 us timeout has passed by then): refused at max_queue_size while a request is queued, else for
     their deadline. Each probe is one failure in the model's statistics: `sent` counts them."""
 
     def __init__(self, stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> None:
@@ -127,8 +127,8 @@ class Probe:
         try:
             self.stub.ModelInfer(request(self.model, timeout_us=1), timeout=30)
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                assert "queue is full" in (err.details() or ""), err.details()
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                assert "Exceeds maximum queue size" in (err.details() or ""), err.details()
                 return True
             assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
             return False

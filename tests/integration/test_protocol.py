@@ -240,10 +240,10 @@ def test_cancelled_request_is_never_computed(zoo_server: ServerProcess) -> None:
 
         def queue_is_full() -> bool:
             # A probe that never enters the queue: its 1 us timeout has passed by the time it would.
-            # Refused "queue is full" while a request is queued, else for its deadline.
+            # Refused "Exceeds maximum queue size" while a request is queued, else for its deadline.
             err = error_of(stub.ModelInfer, held_request(1, timeout_us=1))
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                assert "queue is full" in err.details(), err.details()
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                assert "Exceeds maximum queue size" in err.details(), err.details()
                 return True
             assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
             refused = ("before the request was queued", "cannot be met")  # not "while waiting in the queue"

@@ -77,11 +77,11 @@ def statistics(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelSt
 
 def queue_is_full(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> bool:
     """Whether `model`'s queue is full, from a probe that never enters it: its 1 us timeout has
-    passed by the time it would be queued, so it is refused "queue is full" or for its deadline.
+    passed by the time it would be queued, so it is refused at max_queue_size or for its deadline.
     Its inputs are never computed, so it never finds or leaves a response-cache entry."""
     err = error_of(stub.ModelInfer, with_timeout(infer_request(model, seed=999), 1))
-    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        assert "queue is full" in err.details(), err.details()
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        assert "Exceeds maximum queue size" in err.details(), err.details()
         return True
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err.code(), err.details())
     return False

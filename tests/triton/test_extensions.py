@@ -27,9 +27,20 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     write_model(repo, "mlp", mlp / "1" / "model.onnx", (mlp / "config.pbtxt").read_text())
     acc = sm.accumulator_model(tmp_path_factory.mktemp("ext-files") / "acc.onnx")
     write_model(repo, "accumulate", acc, sm.accumulator_config())
+    (repo / "mlp_ensemble" / "1").mkdir(parents=True)
+    (repo / "mlp_ensemble" / "config.pbtxt").write_text(ENSEMBLE)
     args = ("--model-control-mode", "explicit", "--load-model", "*", "--allow-client-shm")
     with ServerProcess("--model-repository", str(repo), *args) as process:
         yield process
+
+
+ENSEMBLE = """platform: "ensemble"
+max_batch_size: 8
+input { name: "features" data_type: TYPE_FP32 dims: [64] }
+output { name: "scores" data_type: TYPE_FP32 dims: [2] }
+ensemble_scheduling { step { model_name: "mlp" model_version: -1
+    input_map { key: "features" value: "features" } output_map { key: "scores" value: "scores" } } }
+"""
 
 
 def features(rows: int = 1) -> grpcclient.InferInput:
@@ -62,6 +73,15 @@ def model_repository(client: Client) -> None:
     assert client.is_model_ready("mlp")
     names = {m.name for m in client.get_model_repository_index().models}
     assert {"mlp", "accumulate"} <= names
+
+
+def unload_dependents(client: Client) -> None:
+    client.load_model("mlp_ensemble")  # loads its step, mlp, too
+    assert client.is_model_ready("mlp_ensemble") and client.is_model_ready("mlp")
+    client.unload_model("mlp_ensemble", unload_dependents=True)
+    assert not client.is_model_ready("mlp_ensemble") and not client.is_model_ready("mlp")  # its step too
+    client.load_model("mlp")
+    assert client.is_model_ready("mlp")
 
 
 def schedule_policy(client: Client) -> None:
@@ -105,6 +125,7 @@ CALLS: dict[str, Callable[[Client], None]] = {
     "classification": classification,
     "sequence": sequence,
     "model_repository": model_repository,
+    "model_repository(unload_dependents)": unload_dependents,
     "schedule_policy": schedule_policy,
     "model_configuration": model_configuration,
     "statistics": statistics,

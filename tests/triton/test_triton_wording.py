@@ -3,11 +3,15 @@ the same calls through tritonclient get the same words from sluiceway (README "E
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
 # Load names from Triton's ModelNameValidationTest: refused as path traversal, or merely not found.
@@ -113,3 +117,20 @@ def test_statistics_of_a_version_not_served_in_tritons_words(demo_server: Server
             client.get_inference_statistics("foo", model_version=version)
         assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
         assert info.value.message() == "requested model 'foo' is not available"
+
+
+def test_a_failed_load_in_tritons_words(tmp_path: Path, demo_repo: Path) -> None:
+    # Triton's qa/L0_lifecycle matches "load failed for model" on an explicit load that fails.
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not onnx")
+    mlp = demo_repo / "mlp"
+    write_model(tmp_path, "mlp", mlp / "1" / "model.onnx", (mlp / "config.pbtxt").read_text())
+    with ServerProcess("--model-repository", str(tmp_path), "--model-control-mode", "explicit") as server:
+        client = client_for(server)
+        assert message_of(client.load_model, "broken").startswith("load failed for model 'broken': ")
+        client.load_model("mlp")
+        wrong = {"name": "mlp", "platform": "onnxruntime_onnx", "max_batch_size": 8,
+                 "input": [{"name": "nope", "data_type": "TYPE_FP32", "dims": [64]}]}  # fmt: skip
+        said = message_of(client.load_model, "mlp", config=json.dumps(wrong))
+        assert said.startswith("load failed for model 'mlp'"), said
+        assert client.is_model_ready("mlp")  # the failed reload left the serving version

@@ -282,11 +282,11 @@ def test_full_queue_answers_resource_exhausted_and_every_request_gets_one_answer
     got = [answers.get(timeout=120) for _ in range(11)]
     assert sorted(index for index, _, _ in got) == list(range(11))  # exactly one answer each
     codes = ["OK" if e is None else e.status() for _, _, e in got]
-    assert codes.count("StatusCode.RESOURCE_EXHAUSTED") >= 6, codes
+    assert codes.count("StatusCode.UNAVAILABLE") >= 6, codes  # Triton's code and words
     assert codes.count("OK") >= 3, codes
-    assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
+    assert set(codes) <= {"OK", "StatusCode.UNAVAILABLE"}, codes
     messages = [e.message() for _, _, e in got if e is not None]
-    assert all("queue is full" in m for m in messages), messages
+    assert all(m.startswith("Exceeds maximum queue size") for m in messages), messages
     np.testing.assert_allclose(client.infer("slow_q2", [x]).as_numpy("y"), np.ones((1, 1)), rtol=1e-5)
 
 

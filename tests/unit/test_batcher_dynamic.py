@@ -144,7 +144,7 @@ async def test_full_queue_rejects_at_once(make: MakeBatcher) -> None:
     await asyncio.wait_for(be.started.wait(), LONG)
     queued = [submit(b, 2), submit(b, 3)]
     await turns_until(lambda: b.queued_requests == 2)
-    with pytest.raises(QueueFull, match="queue is full"):
+    with pytest.raises(QueueFull, match="Exceeds maximum queue size"):
         await result(b.submit(x(4), 1))
     gate.set()
     for t in (first, *queued):

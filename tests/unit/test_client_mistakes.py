@@ -8,9 +8,9 @@ import random
 import grpc
 import pytest
 
-from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy, SluicewayError
+from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy, SluicewayError, Unavailable
 from clients.endpoints import Attempts, ChannelOptions, EndpointPool
-from clients.errors import from_rpc_error
+from clients.errors import from_rpc_error, from_stream_message
 from tests.support.client_fakes import FakeClock, FakeRpcError
 
 CODE = grpc.StatusCode
@@ -37,6 +37,21 @@ def test_a_message_over_a_size_limit_is_never_retried(details: str) -> None:
     assert pool.health() == {"a": True, "b": True}
     full = from_rpc_error(FakeRpcError(CODE.RESOURCE_EXHAUSTED, "queue is full"))
     assert type(full) is Overloaded  # a full queue is still retried
+
+
+def test_tritons_unavailable_for_a_full_queue_is_overloaded_and_the_endpoint_kept() -> None:
+    """A queue at its config's max_queue_size is UNAVAILABLE "Exceeds maximum queue size" (Triton's
+    answer): retried with backoff as Overloaded, and the endpoint, which is well, not re-checked."""
+    said = "Exceeds maximum queue size (2 requests waiting; max_queue_size=2)"
+    full = from_rpc_error(FakeRpcError(CODE.UNAVAILABLE, said))
+    assert type(full) is Overloaded and full.code == CODE.UNAVAILABLE and full.message == said
+    framed = from_stream_message(f"UNAVAILABLE: in ensemble 'e', {said}; step 1 (model 'm')")
+    assert type(framed) is Overloaded
+    attempts, pool, _ = attempts_over(["a", "b"])
+    step = attempts.next()
+    assert attempts.failed(step, FakeRpcError(CODE.UNAVAILABLE, said)) == 0.0  # the other one, at once
+    assert pool.health() == {"a": True, "b": True}
+    assert type(from_rpc_error(FakeRpcError(CODE.UNAVAILABLE, "model 'x' is not ready"))) is Unavailable
 
 
 def test_an_unavailable_answer_has_the_endpoint_checked_at_once_not_shunned() -> None:

@@ -36,7 +36,9 @@ async def test_a_reload_failing_on_an_older_version_retires_the_newer_ones_it_st
 
         manager._load_version = spy  # type: ignore[method-assign]
         (repo / "m" / "1" / "model.onnx").write_bytes(b"not an onnx model")
-        with pytest.raises(RepositoryError, match="failed to reload model 'm'"):
+        with pytest.raises(
+            RepositoryError, match=r"^load failed for model 'm' \(a reload; the versions serving stay\): "
+        ):
             await manager.load("m")
         assert [v.version for v in started] == [2]  # version 2 started, then version 1 failed
         assert not started[0].batcher.accepting  # retired: stopped, its instances closed

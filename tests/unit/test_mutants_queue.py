@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from batcher.admission import Admission
-from batcher.errors import DeadlineExceeded, Overloaded, QueueFull
+from batcher.errors import DeadlineExceeded, Overloaded, QueueSizeReached
 from batcher.queue import RequestQueue, validate_policy
 from batcher.types import BatchingPolicy
 
@@ -50,7 +50,8 @@ def test_refusals_give_the_times_in_milliseconds() -> None:
 async def test_a_full_queue_says_how_many_wait() -> None:
     q = queue(max_queue_size=1)
     q.admit(INPUTS, adm(), free)
-    with pytest.raises(QueueFull, match=r"^queue is full \(1 requests waiting; max_queue_size=1\)$"):
+    said = r"^Exceeds maximum queue size \(1 requests waiting; max_queue_size=1\)$"
+    with pytest.raises(QueueSizeReached, match=said):
         q.admit(INPUTS, adm(), free)
 
 

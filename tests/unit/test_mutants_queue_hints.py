@@ -83,7 +83,7 @@ async def test_levels_without_a_policy_share_the_default_bound_apart_from_those_
     q = RequestQueue(policy, lambda: NOW)
     q.admit(X, admission(policy, priority=2), lambda rows: 0.0)
     q.admit(X, admission(policy, priority=3), lambda rows: 0.0)  # 2 of the shared 2
-    shared = r"queue is full \(2 requests waiting at priority 3; max_queue_size=2\)"
+    shared = r"Exceeds maximum queue size \(2 requests waiting at priority 3; max_queue_size=2\)"
     with pytest.raises(QueueFull, match=shared):
         q.admit(X, admission(policy, priority=3), lambda rows: 0.0)
     for _ in range(5):  # level 1's own bound, apart from the shared one
