@@ -38,6 +38,15 @@ class WrongDatatype(InvalidRequest):
         self.name, self.sent, self.model = name, sent, model
 
 
+class WrongShape(InvalidRequest):
+    """An input whose shape the model's dims do not take: `name`, for an ensemble to tell a reloaded
+    step's misfit from a client's (ensemble_fit.reshaped)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class ShuttingDown(ServiceError):
     """The server has stopped admitting requests."""
 

@@ -26,10 +26,10 @@ from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server import triton_text
 from server.backends.identity_backend import paired_input
-from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest, WrongDatatype
+from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
 from server.models.ensemble_config import EnsemblePlan, Step, fit_batch_dim
-from server.models.ensemble_fit import retyped, step_inputs
+from server.models.ensemble_fit import reshaped, retyped, step_inputs
 from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
@@ -317,6 +317,9 @@ class EnsembleScheduler:
                 rows = signature.check_inputs(inputs)
             except WrongDatatype as wrong:
                 raise retyped(step, served.version_str, wrong) from None
+            except WrongShape as wrong:
+                loaded = self.plan.step_dims.get(step.index, {}).get(wrong.name)
+                raise reshaped(step, signature, served.version_str, wrong, loaded) from None
             batcher = served.batcher
             a = batcher.admission(rows, deadline=hard, priority=priority)._replace(computed=ensemble.computed)
             nested = served.ensemble

@@ -11,7 +11,7 @@ there is no cycle. Every message names the step ("ensemble 'e' step 2 (model 'm'
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batcher.types import Array
 from protos import model_config_pb2 as mc
@@ -48,6 +48,9 @@ class EnsemblePlan:
     max_batch_size: int = 0  # the ensemble's: a step's reload below it no longer fits (ensemble_fit)
     # Dims of `outputs` as the steps make them (`reshape.shape` where given, else `dims`), in order.
     output_dims: tuple[tuple[int, ...], ...] = ()
+    # Each step's inputs' dims in its model's config when the ensemble loaded, by step index: a
+    # reload that changed them no longer fits (ensemble_fit.reshaped).
+    step_dims: Mapping[int, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
     reshape: ReshapePlan | None = None  # the ensemble's own `reshape`s: the steps see those shapes
 
 
@@ -91,9 +94,9 @@ def check_ensemble(config: mc.ModelConfig, source: str) -> None:
         if config.HasField("ensemble_scheduling"):
             raise ConfigError(f'{source}: ensemble_scheduling needs platform "{ENSEMBLE_PLATFORM}"')
         return
-    for field in _NOT_FOR_ENSEMBLES:
-        if config.HasField(field) if field != "model_warmup" else config.model_warmup:
-            raise ConfigError(f"{source}: {field} cannot be set on an ensemble (set it on its step models)")
+    for setting in _NOT_FOR_ENSEMBLES:
+        if config.HasField(setting) if setting != "model_warmup" else config.model_warmup:
+            raise ConfigError(f"{source}: {setting} cannot be set on an ensemble (set it on its step models)")
     if config.instance_group:
         raise ConfigError(f"{source}: instance_group cannot be set on an ensemble (it has no instances)")
     if not config.ensemble_scheduling.step:
@@ -216,6 +219,7 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
     tensors: dict[str, Tensor] = {
         t.name: (t.data_type, _dims(t), batching, f"ensemble input '{t.name}'") for t in config.input
     }
+    step_dims: dict[int, dict[str, tuple[int, ...]]] = {}
     for step in steps:
         where = f"{source}: {step.where(name)}"
         try:
@@ -238,6 +242,7 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
             _check_same(
                 where, f"input '{model_input}'", spec, model.max_batch_size, tensors[tensor], list(spec.dims)
             )
+            step_dims.setdefault(step.index, {})[model_input] = tuple(spec.dims)
         missing = sorted(n for n, t in ins.items() if not t.optional and n not in step.input_map)
         if missing:
             raise ConfigError(f"{where}: inputs {missing} are not in its input_map")
@@ -262,6 +267,7 @@ def plan_ensemble(config: mc.ModelConfig, source: str, step_config: StepConfig) 
         batching=batching,
         max_batch_size=config.max_batch_size,
         output_dims=tuple(tuple(_dims(t)) for t in config.output),
+        step_dims=step_dims,
         reshape=ReshapePlan.from_config(config),
     )
 

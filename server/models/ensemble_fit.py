@@ -5,7 +5,8 @@ a step naming no version runs on the version serving its model when the step run
 model's reload is picked up without reloading the ensemble (README "Ensembles"). A reload that no
 longer fits the step (an input_map or output_map key the model no longer has, a required input the
 step does not give, a max_batch_size below the ensemble's that the request's rows pass, an input's
-datatype other than the tensor the step gives it: `retyped`) is not the
+datatype other than the tensor the step gives it: `retyped`, or dims other than at the ensemble's
+load that the tensor does not fit: `reshaped`) is not the
 client's mistake: its request is valid by the ensemble's own config. It is ChangedByReload
 (UNAVAILABLE, retryable, as a request a reload handed to a version it no longer fits:
 InferJob.retarget), not INVALID_ARGUMENT, and had been INTERNAL (a KeyError) for a renamed tensor.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from batcher.types import Array
-from server.errors import ChangedByReload, WrongDatatype
+from server.errors import ChangedByReload, WrongDatatype, WrongShape
 from server.models.ensemble_config import Step, fit_batch_dim
 from server.protocol.validate import Signature
 
@@ -93,6 +94,19 @@ def step_inputs(
     if why is not None:
         raise _refusal(step, version, why)
     return inputs
+
+
+def reshaped(
+    step: Step, signature: Signature, version: str, wrong: WrongShape, loaded: tuple[int, ...] | None
+) -> WrongShape | ChangedByReload:
+    """A step input whose shape the step's model refused (its check_inputs): the client's when the
+    model's dims are those the ensemble loaded against (`loaded`; with a -1 in the ensemble's own
+    dims a request's shape can miss a step's fixed one), else the reload's (ChangedByReload)."""
+    now = signature.inputs[wrong.name].dims
+    if loaded is None or now == loaded:
+        return wrong
+    why = f"its input '{wrong.name}' takes dims {list(now)}, not {list(loaded)} as when the ensemble loaded"
+    return _refusal(step, version, why)
 
 
 def retyped(step: Step, version: str, wrong: WrongDatatype) -> ChangedByReload:

@@ -14,7 +14,7 @@ from batcher.types import Array
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
-from server.errors import InvalidRequest, WrongDatatype
+from server.errors import InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
 from server.models.ensemble_config import is_ensemble
 
@@ -97,11 +97,10 @@ class Signature:
             shape = array.shape
             if self.max_batch_size > 0:
                 if len(shape) == 0 or not spec.matches(shape[1:]):
-                    raise InvalidRequest(
-                        triton_text.unexpected_shape(
-                            spec.name, self.model, self.wire_shape(spec), list(shape)
-                        )
+                    said = triton_text.unexpected_shape(
+                        spec.name, self.model, self.wire_shape(spec), list(shape)
                     )
+                    raise WrongShape(said, spec.name)
                 batch = shape[0]
                 if rows is None:
                     rows = batch
@@ -110,9 +109,8 @@ class Signature:
                         f"input '{spec.name}': batch dimension {batch} differs from the other inputs' {rows}"
                     )
             elif not spec.matches(shape):
-                raise InvalidRequest(
-                    triton_text.unexpected_shape(spec.name, self.model, list(spec.dims), list(shape))
-                )
+                said = triton_text.unexpected_shape(spec.name, self.model, list(spec.dims), list(shape))
+                raise WrongShape(said, spec.name)
             if spec.reshape is not None:
                 _check_reshape(spec, shape[1:] if self.max_batch_size > 0 else shape)
         if self.max_batch_size <= 0:

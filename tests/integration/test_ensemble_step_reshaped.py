@@ -4,9 +4,10 @@ that it no longer fits the step, against a real server (README "Ensembles").
 A step picks up its model's reload without the ensemble's (the version serving it when the step
 runs). A step input or output renamed had answered every ensemble request, unary and stream,
 INTERNAL (a KeyError in the scheduler); a step's max_batch_size narrowed below the ensemble's had
-answered a request the ensemble's own config allows INVALID_ARGUMENT, the client's mistake. Both
-are UNAVAILABLE now, naming the ensemble, the step and what no longer fits; loading the step back
-with its own config serves the ensemble again.
+answered a request the ensemble's own config allows INVALID_ARGUMENT, the client's mistake, as had
+a step reloaded with another datatype or other dims. All are UNAVAILABLE now, naming the ensemble,
+the step and what no longer fits; loading the step back with its own config serves the ensemble
+again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def _identity(
     input_name: str = "x",
     output_name: str = "y",
     dtype: str = "TYPE_FP32",
+    dims: int = 1,
 ) -> str:
     """An identity step's config as JSON (RepositoryModelLoad's `config`)."""
     return json.dumps(
@@ -38,8 +40,8 @@ def _identity(
             "name": name,
             "backend": "identity",
             "max_batch_size": max_batch_size,
-            "input": [{"name": input_name, "data_type": dtype, "dims": [1]}],
-            "output": [{"name": output_name, "data_type": dtype, "dims": [1]}],
+            "input": [{"name": input_name, "data_type": dtype, "dims": [dims]}],
+            "output": [{"name": output_name, "data_type": dtype, "dims": [dims]}],
             "dynamic_batching": {},
         }
     )
@@ -68,13 +70,28 @@ ensemble_scheduling { step [
 """
 
 
+# Its dims are looser than its step's: a request's shape can miss the step's, the client's mistake.
+LOOSE = """name: "loose"
+platform: "ensemble"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "fast" model_version: -1
+    input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } }
+] }
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo: Path = tmp_path_factory.mktemp("reshaped-repo")
-    for name, text in (("slow", _step_pbtxt("slow")), ("fast", _step_pbtxt("fast")), ("ens", ENS)):
+    models = (("slow", _step_pbtxt("slow")), ("fast", _step_pbtxt("fast")), ("ens", ENS), ("loose", LOOSE))
+    for name, text in models:
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(text)
-    args = ("--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "ens")
+    args = ("--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "ens",
+            "--load-model", "loose")  # fmt: skip
     with ServerProcess(*args) as process:
         yield process
 
@@ -131,8 +148,9 @@ def _refused(stub: pb_grpc.GRPCInferenceServiceStub, rows: int = 1) -> str:
             _identity("fast", dtype="TYPE_INT32"),
             "its input 'x' takes INT32, and the step gives it 'mid' as FP32",
         ),
+        (_identity("fast", dims=2), "its input 'x' takes dims [2], not [1] as when the ensemble loaded"),
     ],
-    ids=["input-renamed", "output-renamed", "datatype-changed"],
+    ids=["input-renamed", "output-renamed", "datatype-changed", "dims-changed"],
 )
 def test_a_step_reloaded_with_a_renamed_or_retyped_tensor_answers_unavailable_naming_it(
     client: Client, stub: pb_grpc.GRPCInferenceServiceStub, config: str, missing: str
@@ -166,3 +184,16 @@ def test_a_step_reloaded_with_a_smaller_max_batch_size_refuses_only_what_it_cann
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     client.load_model("slow")
     _serves(stub, 4)
+
+
+def test_a_shape_the_step_never_took_is_still_the_clients_mistake(
+    client: Client, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    # The ensemble's dims [-1] take [3]; its step's [1], unchanged since the ensemble loaded, do not.
+    request = pb.ModelInferRequest(model_name="loose", id="r")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    request.raw_input_contents.append(np.zeros(3, np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "unexpected shape for input 'x' for model 'fast'" in str(info.value.details())

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.errors import STATUS_BY_EXCEPTION, ChangedByReload
+from server.errors import STATUS_BY_EXCEPTION, ChangedByReload, InvalidRequest, WrongShape
 from server.models.config import parse_config
-from server.models.ensemble_config import Step
-from server.models.ensemble_fit import step_inputs
+from server.models.ensemble_config import Step, plan_ensemble
+from server.models.ensemble_fit import reshaped, step_inputs
 from server.protocol.validate import Signature
 
 STEP = Step(index=2, model="fast", version="", input_map={"x": "mid"}, output_map={"y": "out"})
@@ -84,3 +84,37 @@ def test_rows_the_ensemble_itself_does_not_allow_are_left_to_the_steps_own_check
         _inputs(_signature(max_batch_size=step_max), rows=rows, ensemble_max=ensemble_max)["x"].shape[0]
         == rows
     )
+
+
+def test_a_shape_refused_is_the_reloads_only_when_the_steps_dims_changed_since_the_ensembles_load() -> None:
+    signature = _signature()  # x: dims [1]
+    with pytest.raises(WrongShape) as refused:
+        signature.check_inputs({"x": np.zeros((1, 3), np.float32)})
+    wrong = refused.value
+    assert wrong.name == "x" and isinstance(wrong, InvalidRequest)  # INVALID_ARGUMENT
+    assert reshaped(STEP, signature, "3", wrong, (1,)) is wrong  # the dims it loaded against: the client's
+    assert reshaped(STEP, signature, "3", wrong, None) is wrong  # nothing known of the load: as before
+    moved = reshaped(STEP, signature, "3", wrong, (3,))
+    assert isinstance(moved, ChangedByReload)
+    assert str(moved) == (
+        "model 'fast' (version 3, serving it now) no longer fits the ensemble: its input 'x' takes "
+        "dims [1], not [3] as when the ensemble loaded (it changed since the ensemble loaded: load "
+        "either again so that they fit)"
+    )
+
+
+def test_the_plan_keeps_each_steps_input_dims_as_loaded() -> None:
+    ensemble = parse_config(
+        'platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "a" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "b" data_type: TYPE_FP32 dims: [ 1 ] } ]\nensemble_scheduling { step [ { '
+        'model_name: "fast" model_version: -1 input_map { key: "x" value: "a" } output_map { key: "y" '
+        'value: "b" } } ] }\n',
+        "ens",
+    )
+    step_config = parse_config(
+        'max_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n',
+        "fast",
+    )
+    plan = plan_ensemble(ensemble, "ens", lambda step: step_config)
+    assert plan.step_dims == {1: {"x": (1,)}}
