@@ -32,6 +32,9 @@ MAX_FILES = 64
 MAX_PATH_PARTS = 8
 MAX_PART_BYTES = 255  # a file name's limit on Linux file systems (NAME_MAX)
 MAX_FILE_BYTES_TOTAL = 2 * 1024 * 1024 * 1024  # the gRPC message limit usually binds first
+# The `config` JSON, parsed on the event loop (protobuf's json_format: ~0.6 s a MiB; 17 MB of
+# parameters held every other call 6.6 s). A real config is a few KB.
+MAX_CONFIG_JSON_BYTES = 256 * 1024
 
 
 @dataclass
@@ -81,6 +84,11 @@ def parse_load_parameters(name: str, parameters: dict[str, pb.ModelRepositoryPar
 
 
 def _config(name: str, text: str) -> mc.ModelConfig:
+    if len(text) > MAX_CONFIG_JSON_BYTES:  # characters: at least as many bytes
+        raise InvalidRequest(
+            f"parameters['config'] is {len(text)} characters; at most {MAX_CONFIG_JSON_BYTES} bytes "
+            "of JSON (the server's bound)"
+        )
     config = mc.ModelConfig()
     try:
         json_format.Parse(text, config)

@@ -32,8 +32,9 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from server.observability.metrics_http import start_metrics_server
 from server.observability.metrics_views import MetricViews, Samples
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Metrics:
         """Serve /metrics on host:port (0: a free port); the bound port. Raises OSError if taken."""
         if self._reader is None:
             raise RuntimeError("metrics are disabled")
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        server, thread = start_metrics_server(host, port, self.registry)
         self._http = (server, thread)
         return int(server.server_port)
 

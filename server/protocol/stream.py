@@ -364,7 +364,7 @@ class StreamSession:
         request: Read | None = None,
         counted: ModelStats | None = None,  # the statistics its outcome was counted in
     ) -> None:
-        made = None if response is None else answer_bytes(response)  # its raw output bytes, counted once
+        made = None if response is None else answer_bytes(response)  # its bytes (answer_bytes), counted once
         if response is not None and wants_final_flag_of(request):
             # Triton marks a stream's last answer to such a request; ours are never decoupled, so
             # the one answer is the last. Clients that read until the flag waited forever.

@@ -1,5 +1,7 @@
-"""What one ModelStreamInfer call holds in raw tensor bytes (server/protocol/stream.py): requests
-read and not yet answered, and answers not yet written, bounded by `stream_max_held_bytes`.
+"""What one ModelStreamInfer call holds in bytes (server/protocol/stream.py): requests read and not
+yet answered, and answers not yet written, bounded by `stream_max_held_bytes`. A frame weighs its
+raw tensor bytes and the strings it carries or echoes (id, model name, an error's message): answers
+of 16 MiB ids a client never read had been weighed 0, and 256 of them held 4 GB.
 
 A request is charged when it is read for itself and for its answer, guessed from the stream's
 recent answers, and the charge is settled when the answer is made: counting answers only once they
@@ -21,15 +23,19 @@ FIRST_READS = 8
 Read = pb.ModelInferRequest | Malformed | Oversized
 
 
-def raw_bytes(request: Read | None) -> int:
-    """A request's raw tensor bytes, as the stream holds them while it is in flight."""
+def frame_bytes(request: Read | None) -> int:
+    """A request's raw tensor bytes and its id and model name (characters: a few attribute reads,
+    no walk of the message), as the stream holds them while it is in flight."""
     if not isinstance(request, pb.ModelInferRequest):
         return 0
-    return sum(map(len, request.raw_input_contents))
+    return sum(map(len, request.raw_input_contents)) + len(request.id) + len(request.model_name)
 
 
 def answer_bytes(response: pb.ModelStreamInferResponse) -> int:
-    return sum(map(len, response.infer_response.raw_output_contents))
+    """An answer's raw output bytes and the strings it echoes or says, as `frame_bytes`."""
+    answer = response.infer_response
+    strings = len(answer.id) + len(answer.model_name) + len(response.error_message)
+    return sum(map(len, answer.raw_output_contents)) + strings
 
 
 class HeldBytes:
@@ -55,13 +61,13 @@ class HeldBytes:
     def read(self, request: Read) -> None:
         if self.limit is None:
             return
-        own = raw_bytes(request)
+        own = frame_bytes(request)
         charge = own + (own if self._guess is None else self._guess)
         self._charged[id(request)] = own, charge
         self.held += charge
 
     def answered(self, request: Read | None, made: int | None, refused: bool = False) -> int:
-        """Settle `request`'s charge now its answer is made, of `made` raw output bytes (None: no
+        """Settle `request`'s charge now its answer is made, of `made` bytes (answer_bytes; None: no
         answer will be sent); the bytes to release once the answer is written. `refused`: the
         answer is an error frame, which says nothing of what an answer weighs: each had halved the
         guess, and ~20 refused frames took it to 0, so the requests read after them were charged

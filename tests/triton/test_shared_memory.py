@@ -100,6 +100,20 @@ def test_register_errors_as_triton(client: grpcclient.InferenceServerClient, reg
     with pytest.raises(InferenceServerException) as info:
         client.register_system_shared_memory("big", key, 65)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # A name is bounded as a key is (256 regions of 4 MiB names had held 1 GB): 255 bytes pass.
+    client.register_system_shared_memory("n" * 255, key, 64)
+    client.unregister_system_shared_memory("n" * 255)
+    for register in (
+        lambda name: client.register_system_shared_memory(name, key, 64),
+        lambda name: client.register_cuda_shared_memory(name, b"\0" * 64, 0, 64),
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            register("n" * 1_000_000)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert (
+            info.value.message() == f"shared memory region name '{'n' * 64}...' is 1000000 bytes; at most 255"
+        )
+    assert client.get_system_shared_memory_status(as_json=True) == {}
 
 
 def test_cuda_shared_memory_is_refused_clearly(client: grpcclient.InferenceServerClient) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -131,7 +133,17 @@ def test_bytes_outputs_are_stored_and_counted_by_content() -> None:
     words[0] = b"changed"
     got = cache.lookup(_key(0))
     assert got is not None and got["w"].tolist() == [b"abc", b"", b"defgh"]
-    assert cache.stats().bytes == FIXED + 8 + 3 * 4
+    held = sum(sys.getsizeof(w) for w in (b"abc", b"", b"defgh")) + 3 * 8  # objects and pointers
+    assert cache.stats().bytes == FIXED + held
+
+
+def test_bytes_outputs_are_charged_what_they_hold_in_memory_not_their_wire_size() -> None:
+    # 262,144 two-byte strings an entry were charged 6 bytes each (~62 in memory): a 64 MiB cache
+    # held ~740 MiB of them.
+    words = np.array(["ab"] * 1000, dtype=object)
+    cache = ResponseCache(10_000_000)
+    cache.insert(_key(0), "m", {"w": words})
+    assert cache.stats().bytes - FIXED >= 1000 * (sys.getsizeof("ab") + 8) > 1000 * 50
 
 
 # --- keys --------------------------------------------------------------------------------------

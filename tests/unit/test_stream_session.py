@@ -13,6 +13,7 @@ import pytest
 
 from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
+from server.protocol import stream_sequences
 from server.protocol.controls import parse_controls
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import Malformed
@@ -216,6 +217,28 @@ def test_a_sequence_is_noted_alike_from_the_request_and_from_its_parsed_controls
     assert set(by_controls) == set(by_request) == noted
 
 
+def test_the_noted_sequences_are_bounded_in_bytes_and_names_of_no_model_are_not_noted() -> None:
+    # A stream of frames each naming a new 1 MiB model (NOT_FOUND) with a sequence_id had held
+    # every name till the stream ended: 4,000 frames, 4 GB.
+    seen = SeenSequences()
+    for i in range(64):
+        request = pb.ModelInferRequest(model_name=f"{i:0>1000}")  # 1,000 characters: names no model
+        request.parameters["sequence_id"].int64_param = 1
+        seen.note(request)
+    assert set(seen) == set()
+    wide = "m" * stream_sequences.MODEL_NAME_MAX  # the longest a model name can be: noted
+    for i in range(10_000):
+        request = pb.ModelInferRequest(model_name=wide)
+        request.parameters["sequence_id"].string_param = f"{i:0>1000}"  # ids of 1,000 bytes
+        seen.note(request)
+    kept = len(set(seen))
+    assert kept == stream_sequences.MAX_SEEN_BYTES // (len(wide) + 1000)  # the bytes' bound, not 10,000
+    again = pb.ModelInferRequest(model_name="m")
+    again.parameters["sequence_id"].string_param = "x" * 1000
+    seen.note(again)
+    assert len(set(seen)) == kept  # past the bytes' bound: not noted
+
+
 async def collect(answers: AsyncIterator[pb.ModelStreamInferResponse], got: list[str]) -> None:
     async for answer in answers:
         got.append(answer.infer_response.id)
@@ -311,6 +334,36 @@ async def test_what_a_stream_holds_in_bytes_bounds_what_it_reads() -> None:
     await anext(answers)  # one written frees its bytes: one more is read
     await settle()
     assert before < source.read <= before + 1
+    await answers.aclose()
+
+
+class LongIdSource(Source):
+    """Endless requests with no tensors and an id of `id_bytes` characters (answers echo it)."""
+
+    def __init__(self, id_bytes: int) -> None:
+        super().__init__()
+        self.id_bytes = id_bytes
+
+    async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
+        while True:
+            self.read += 1
+            yield pb.ModelInferRequest(model_name="m", id=f"{self.read:0>{self.id_bytes}}")
+
+
+async def test_the_strings_a_frame_carries_and_its_answer_echoes_count_toward_the_bound() -> None:
+    """Answers of 16 MiB ids a client never read weighed nothing (no tensors): 256 held 4 GB."""
+    source = LongIdSource(id_bytes=100_000)
+    stream = StreamSession(
+        source.requests(),
+        cast(RequestPath, EchoBytesPath()),
+        max_in_flight=256,
+        deadline=None,
+        max_held_bytes=1_000_000,
+    )
+    answers = stream.answers()
+    await anext(answers)
+    await settle()
+    assert source.read <= 1 + 5 + 1, source.read  # each frame held twice, as raw bytes are
     await answers.aclose()
 
 

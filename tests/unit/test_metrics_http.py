@@ -1,0 +1,88 @@
+"""The /metrics HTTP server (server/observability/metrics_http.py): scrapes answered; a connection
+idle past the read timeout closed; past MAX_CONNECTIONS at once a new one closed unanswered.
+prometheus_client's own server had held a thread per idle connection for as long as it stayed
+open (500 connections, 500 threads)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from server.observability import metrics_http
+
+WAIT_S = 10.0  # bounds every wait below; none is a sleep standing in for an event
+
+
+@pytest.fixture()
+def registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Counter("sluiceway_test_scrapes", "a counter to scrape", registry=registry).inc()
+    return registry
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_S) as answer:
+        return str(answer.read().decode())
+
+
+def _idle(port: int) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    conn.sendall(b"GET /metr")  # a request line never finished
+    return conn
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1) == b""  # EOF: the server closed it (blocks up to WAIT_S)
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture()
+def started(registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(metrics_http._Handler, "timeout", 0.5)
+    server, thread = metrics_http.start_metrics_server("127.0.0.1", 0, registry)
+    yield int(server.server_port)
+    server.shutdown()
+    server.server_close()
+    thread.join(WAIT_S)
+
+
+def test_a_scrape_is_answered(started: int) -> None:
+    assert "sluiceway_test_scrapes_total 1.0" in _scrape(started)
+
+
+def test_a_connection_idle_past_the_read_timeout_is_closed(started: int) -> None:
+    conn = _idle(started)
+    with conn:
+        assert _closed_by_server(conn)
+    assert "sluiceway_test_scrapes_total" in _scrape(started)
+
+
+def test_past_the_most_connections_a_new_one_is_closed_unanswered(
+    started: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_http._Handler, "timeout", 2 * WAIT_S)  # the four stay while tested
+    held = [_idle(started) for _ in range(4)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", started), timeout=WAIT_S)
+        with extra:
+            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert _closed_by_server(extra)  # nothing answered: the four hold every slot
+    finally:
+        for conn in held:
+            conn.close()
+    deadline = time.monotonic() + WAIT_S  # the four's threads see their EOF and free their slots
+    while True:
+        try:
+            assert "sluiceway_test_scrapes_total" in _scrape(started)
+            break
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
