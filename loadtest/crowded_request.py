@@ -41,7 +41,7 @@ class Stall(NamedTuple):
     slowest_live_s: float
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -50,7 +50,7 @@ def _varint(value: int) -> bytes:
 
 
 def _field(number: int, body: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
+    return varint(number << 3 | 2) + varint(len(body)) + body
 
 
 # Each kind's repeated unit, filling an input's contents (InferTensorContents' fields: int_contents

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from loadtest.crowded_request import varint
 from protos import grpc_service_pb2 as pb
 from server.protocol import field_counts
 from server.protocol.codec import MAX_BYTES_ELEMENTS, MAX_TYPED_ELEMENTS
@@ -117,14 +118,6 @@ def test_a_tensor_too_short_to_pass_its_bound_is_not_walked(monkeypatch: pytest.
     assert walked == [request.inputs[0].ByteSize()]  # the long one only
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out + bytes([value]))
-
-
 def test_a_group_anywhere_walked_is_refused_not_stepped_over() -> None:
     # Protobuf parses an unknown group and all after it: 62 MiB of parameters behind a 4-byte group
     # had passed the walk (which gave up at it) and held the loop 3-4 s.
@@ -137,7 +130,7 @@ def test_a_group_anywhere_walked_is_refused_not_stepped_over() -> None:
     for i in range(40):
         tensor.parameters[f"p{i}"].bool_param = True  # long enough to be walked
     body = group + tensor.SerializeToString()
-    crafted = _request().SerializeToString() + bytes([5 << 3 | 2]) + _varint(len(body)) + body
+    crafted = _request().SerializeToString() + bytes([5 << 3 | 2]) + varint(len(body)) + body
     assert pb.ModelInferRequest.FromString(crafted).inputs[0].name == "x"  # protobuf takes it
     assert crowded(crafted) == said
 
@@ -158,8 +151,8 @@ def _contents(*fills: bytes) -> bytes:
     data = _request().SerializeToString()
     for fill in fills:
         tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT32", shape=[1])
-        body = tensor.SerializeToString() + bytes([5 << 3 | 2]) + _varint(len(fill)) + fill
-        data += bytes([5 << 3 | 2]) + _varint(len(body)) + body
+        body = tensor.SerializeToString() + bytes([5 << 3 | 2]) + varint(len(fill)) + fill
+        data += bytes([5 << 3 | 2]) + varint(len(body)) + body
     return data
 
 
@@ -212,7 +205,7 @@ def test_packed_varints_are_counted_by_their_elements() -> None:
 
     def packed(values: int, width: int = 1, field: int = 2) -> bytes:
         body = (b"\xff" * (width - 1) + b"\x01") * values
-        return bytes([field << 3 | 2]) + _varint(len(body)) + body
+        return bytes([field << 3 | 2]) + varint(len(body)) + body
 
     assert crowded(_contents(packed(most // 2, 3), packed(most - most // 2))) is None
     said = f"input 1 of the request has packed contents that take the request past {most} values"
@@ -224,7 +217,7 @@ def test_packed_varints_are_counted_by_their_elements() -> None:
         crowded(_contents(packed(most + 1, 10)))
         == said.replace("input 1", "input 0") + " (the server's bound)"
     )
-    floats = bytes([6 << 3 | 2]) + _varint(4 * most + 4) + bytes(4 * most + 4)  # fp32_contents
+    floats = bytes([6 << 3 | 2]) + varint(4 * most + 4) + bytes(4 * most + 4)  # fp32_contents
     assert crowded(_contents(floats)) is None  # fixed-size numbers parse at memory speed: not counted
     assert len(pb.InferTensorContents.FromString(floats).fp32_contents) == most + 1
 
@@ -253,8 +246,8 @@ def test_a_parameters_entry_and_its_value_are_bounded_in_fields() -> None:
     value = bytes([2 << 3 | 0, 1])  # InferParameter's int64_param
 
     def entry(keys: int, values: int) -> bytes:
-        body = bytes([1 << 3 | 2, 1, 65]) * keys + bytes([2 << 3 | 2]) + _varint(2 * values) + value * values
-        return bytes([4 << 3 | 2]) + _varint(len(body)) + body
+        body = bytes([1 << 3 | 2, 1, 65]) * keys + bytes([2 << 3 | 2]) + varint(2 * values) + value * values
+        return bytes([4 << 3 | 2]) + varint(len(body)) + body
 
     base = _request().SerializeToString()
     assert crowded(base + entry(most - 1, most)) is None
@@ -268,7 +261,7 @@ def test_a_parameters_entry_and_its_value_are_bounded_in_fields() -> None:
     request.inputs.add(name="x").parameters["shared_memory_region"].string_param = "r" * 1_000
     assert crowded(request.SerializeToString()) is None
     tensor = pb.ModelInferRequest.InferInputTensor(name="x").SerializeToString() + entry(200, 1)  # walked
-    crafted = base + bytes([5 << 3 | 2]) + _varint(len(tensor)) + tensor
+    crafted = base + bytes([5 << 3 | 2]) + varint(len(tensor)) + tensor
     assert crowded(crafted) == (
         f"input 0 of the request has a parameter of more than {most} fields (its parameter 0) "
         "(the server's bound)"
