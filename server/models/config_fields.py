@@ -75,7 +75,10 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "honoured",
         "`count` instances per group (per listed GPU); none: one CPU instance, shown in ModelConfig",
     ),
-    "instance_group.name": ("honoured", "shown in the load log"),
+    "instance_group.name": (
+        "honoured",
+        "shown in the load log; none: `<model>_<index>` in ModelConfig, as Triton names it",
+    ),
     "instance_group.gpus": ("honoured", f"`count` instances per GPU; {_GPU}, else one warning"),
     "instance_group.kind": ("honoured", "KIND_CPU / KIND_GPU / KIND_AUTO; KIND_MODEL refused"),
     "instance_group.profile": ("refused", "TensorRT optimization profiles"),

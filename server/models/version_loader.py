@@ -197,10 +197,13 @@ def ensemble_version(
 
 def fill_defaults(config: mc.ModelConfig) -> None:
     """The defaults Triton writes into the config it serves, where the file left them out: one
-    CPU instance group (what an empty one runs here), the latest version, the model file's name.
-    Tools that read ModelConfig saw none of them."""
+    CPU instance group (what an empty one runs here), a group's name (`<model>_<index>`) and count
+    (1), the latest version, the model file's name. Tools that read ModelConfig saw none of them."""
     if not config.instance_group:
         config.instance_group.add(name=f"{config.name}_0", count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for index, group in enumerate(config.instance_group):
+        group.name = group.name or f"{config.name}_{index}"
+        group.count = max(group.count, 1)
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
     if not config.default_model_filename and config.backend != IDENTITY:

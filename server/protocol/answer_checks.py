@@ -20,7 +20,6 @@ from protos import grpc_service_pb2 as pb
 from protos import wire
 from server import datatypes
 from server.errors import AnswerTooLarge
-from server.protocol.controls import ENABLE_FINAL_RESPONSE
 from server.protocol.shm_tensors import ShmTensors
 
 # Room for what an answer holds besides its raw outputs, id and model name (tensor names, shapes,
@@ -30,16 +29,10 @@ SMALL_PARTS_BYTES = 64 * 1024
 # What a stream's frame adds to the ModelInferResponse it wraps: the field's tag and length.
 _FRAME_TAG_BYTES = 1
 FINAL_RESPONSE = "triton_final_response"
-# The parameter a stream adds to the answer of a request that asked for the final-response flag.
+# The parameter a stream adds to each answer (Triton's final-response flag).
 _FINAL_FLAG_BYTES = pb.ModelInferResponse(
     parameters={FINAL_RESPONSE: pb.InferParameter(bool_param=True)}
 ).ByteSize()
-
-
-def wants_final_flag(request: pb.ModelInferRequest) -> bool:
-    """Whether a stream marks this request's answer as its last (enable_empty_final_response)."""
-    param = request.parameters.get(ENABLE_FINAL_RESPONSE)
-    return param is not None and bool(param.bool_param)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +112,8 @@ def check_answer(
 
 def check_size(size: int, limit: int, frame: pb.ModelInferRequest | None) -> None:
     """AnswerTooLarge when a ModelInferResponse of `size` bytes makes a message over `limit`."""
-    if frame is not None:  # a ModelStreamInferResponse around it, with the flag if asked for
-        inner = size + (_FINAL_FLAG_BYTES if wants_final_flag(frame) else 0)
+    if frame is not None:  # a ModelStreamInferResponse around it, with the final-response flag
+        inner = size + _FINAL_FLAG_BYTES
         size = _FRAME_TAG_BYTES + _entry_bytes(inner)
     if size > limit:
         raise AnswerTooLarge(

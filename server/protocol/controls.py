@@ -66,8 +66,9 @@ def try_parse_controls(parameters: Mapping[str, pb.InferParameter]) -> Controls 
 
 
 LATEST_FRAME_WINS = "latest_frame_wins"
-# tritonclient's enable_empty_final_response (read by server/protocol/stream.py); Triton refuses a
-# value that is not a bool ("expected bool_param"): a wrong type had been read as false.
+# tritonclient's enable_empty_final_response: asks a decoupled model for an empty last answer. No
+# model here is decoupled, and every stream answer carries the final flag (server/protocol/stream.py),
+# so it asks for nothing; Triton refuses a value that is not a bool ("expected bool_param"), as here.
 ENABLE_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled
@@ -47,7 +47,7 @@ from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import Malformed
 from server.protocol.request_path import RequestPath, counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
-from server.protocol.stream_frames import refusal, shutting_down, wants_final_flag_of
+from server.protocol.stream_frames import refusal, shutting_down
 from server.protocol.stream_order import Before, StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
 from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
@@ -116,7 +116,7 @@ class StreamSession:
         self._in_write: Item | None = None  # the answer in grpc's write (yielded, not yet taken)
         self._closed = False
 
-    async def answers(self) -> AsyncIterator[Response]:
+    async def answers(self) -> AsyncGenerator[Response, None]:
         self._reader = asyncio.create_task(self._read())
         self._arm_idle_timer()
         failed = False
@@ -365,11 +365,10 @@ class StreamSession:
         counted: ModelStats | None = None,  # the statistics its outcome was counted in
     ) -> None:
         made = None if response is None else answer_bytes(response)  # its bytes (answer_bytes), counted once
-        if response is not None and wants_final_flag_of(request):
-            # Triton marks a stream's last answer to such a request; ours are never decoupled, so
-            # the one answer is the last. Clients that read until the flag waited forever.
-            response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
         if response is not None:
+            # Triton marks every stream answer (error frames too) final or not; ours are never
+            # decoupled, so each is. Clients that read until the flag had waited forever.
+            response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
             fit_error_frame(response, self._max_frame_bytes)  # over it, gRPC ends the stream
         refused = response is not None and bool(response.error_message)
         held = self._held.answered(request, made, refused)

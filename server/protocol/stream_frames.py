@@ -1,22 +1,21 @@
 """A stream's own error frames: for a message refused before it was admitted (malformed, over
-the size limit, read while the server drains), and whether a frame asks for the final flag."""
+the size limit, read while the server drains); and Triton's `triton_grpc_error` header, under which
+a stream's first error frame ends the call with its status instead."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
 from protos import grpc_service_pb2 as pb
-from server.protocol.answer_checks import wants_final_flag
+from server.protocol.answers import Status
 from server.protocol.frame_size import Oversized
 from server.protocol.malformed import Malformed
 from server.protocol.stream_bytes import Read
 
 Response = pb.ModelStreamInferResponse
-
-
-def wants_final_flag_of(request: Read | None) -> bool:
-    """Whether the request a stream answers asked for Triton's final-response flag."""
-    if isinstance(request, (Oversized, Malformed)):
-        request = request.head
-    return isinstance(request, pb.ModelInferRequest) and wants_final_flag(request)
 
 
 def shutting_down(request: Read) -> Response:
@@ -35,3 +34,22 @@ def refusal(message: str, request: pb.ModelInferRequest | None) -> Response:
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
+
+
+# Triton's header (its clients' `headers={"triton_grpc_error": "true"}`): the stream's first error
+# ends the call with that error's status, as a unary call's would, and nothing after it is answered.
+GRPC_ERROR_HEADER = "triton_grpc_error"
+
+
+def wants_grpc_error(metadata: Sequence[Any] | None) -> bool:
+    """Whether the call's metadata sets `triton_grpc_error: true` (any case, as Triton reads it)."""
+    return any(key == GRPC_ERROR_HEADER and str(value).lower() == "true" for key, value in metadata or ())
+
+
+def frame_status(error_message: str) -> Status:
+    """The status an error frame's `"<STATUS>: <message>"` says."""
+    name, _, message = error_message.partition(": ")
+    code = getattr(grpc.StatusCode, name, None)
+    if not isinstance(code, grpc.StatusCode):
+        return Status(grpc.StatusCode.UNKNOWN, error_message)
+    return Status(code, message)

@@ -285,3 +285,16 @@ def test_model_config_shows_the_defaults_triton_fills_in(tmp_path: Path) -> None
     assert config.version_policy.latest.num_versions == 1
     assert config.default_model_filename == "model.onnx"
     assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+
+
+def test_instance_groups_without_a_name_or_count_are_named_and_counted_as_triton_does(tmp_path: Path) -> None:
+    # Triton names such a group `<model>_<index>` and counts it 1; ModelConfig had shown neither (the
+    # demo config's own group is one of them).
+    groups = 'instance_group [ { kind: KIND_CPU }, { name: "mine" count: 2 kind: KIND_CPU } ]\n'
+    config_text = (demo_repository() / "mlp" / "config.pbtxt").read_text() + groups
+    write_model(tmp_path / "repo", "mlp", demo_repository() / "mlp" / "1" / "model.onnx", config_text)
+    server = ServerProcess("--model-repository", str(tmp_path / "repo"))
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=10).config
+    assert [(g.name, g.count) for g in config.instance_group] == [("mlp_0", 1), ("mlp_1", 1), ("mine", 2)]

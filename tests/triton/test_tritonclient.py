@@ -6,12 +6,15 @@ import queue
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess, wait_until
 
 
@@ -120,9 +123,10 @@ def test_streaming_infer_answers_every_request(demo_server: ServerProcess, demo_
         np.testing.assert_allclose(results[request_id].as_numpy("scores"), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_stream_answer_carries_the_final_flag_when_asked(demo_server: ServerProcess) -> None:
+def test_every_stream_answer_carries_the_final_flag(demo_server: ServerProcess) -> None:
     # Clients of decoupled-capable servers read a request's answers until `triton_final_response`;
-    # it was never sent, so they waited for ever. Ours answer once: that answer is the final one.
+    # it was never sent, so they waited for ever; then only when asked for, which tritonclient's aio
+    # stream cannot ask. Triton sets it on every stream answer, error frames too; ours answer once.
     client = client_for(demo_server)
     answers: queue.Queue[tuple[object, object]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
@@ -130,13 +134,59 @@ def test_a_stream_answer_carries_the_final_flag_when_asked(demo_server: ServerPr
         tensor, _ = mlp_input(1)
         client.async_stream_infer("mlp", [tensor], request_id="asked", enable_empty_final_response=True)
         client.async_stream_infer("mlp", [tensor], request_id="plain")
-        got = [answers.get(timeout=30) for _ in range(2)]
+        client.async_stream_infer("nope", [tensor], request_id="failed")
+        got = [answers.get(timeout=30) for _ in range(3)]
     finally:
         client.stop_stream()
-    assert [error for _, error in got] == [None, None]
-    params = {r.get_response().id: r.get_response().parameters for r, _ in got}  # type: ignore[attr-defined]
+    assert sorted(error is None for _, error in got) == [False, True, True]
+    params = {r.get_response().id: r.get_response().parameters for r, e in got if e is None}  # type: ignore[attr-defined]
     assert params["asked"]["triton_final_response"].bool_param is True
-    assert "triton_final_response" not in params["plain"]
+    assert params["plain"]["triton_final_response"].bool_param is True
+    with grpc.insecure_channel(demo_server.address) as channel:  # an error frame carries it too
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        [frame] = stub.ModelStreamInfer(iter([pb.ModelInferRequest(model_name="nope", id="e")]), timeout=30)
+    assert frame.error_message.startswith("NOT_FOUND") and frame.infer_response.id == "e"
+    assert frame.infer_response.parameters["triton_final_response"].bool_param is True
+
+
+def _mlp_frame(rid: str, model: str = "mlp") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, id=rid)
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+    return request
+
+
+def test_the_triton_grpc_error_header_ends_a_stream_with_its_first_errors_status(
+    demo_server: ServerProcess,
+) -> None:
+    # Triton's header: the first error ends the stream with its status (its QA and clients rely on
+    # it); it had been ignored, every error an in-band frame and the stream going on.
+    frames = [_mlp_frame("a"), _mlp_frame("b", model="nope"), _mlp_frame("c")]
+    with grpc.insecure_channel(demo_server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        got: list[pb.ModelStreamInferResponse] = []
+        with pytest.raises(grpc.RpcError) as ended:
+            for answer in stub.ModelStreamInfer(
+                iter(frames), timeout=30, metadata=(("triton_grpc_error", "true"),)
+            ):
+                got.append(answer)
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND
+        assert ended.value.details() == "Request for unknown model: 'nope' is not found"
+        assert [a.infer_response.id for a in got] in ([], ["a"]) and not any(a.error_message for a in got)
+        plain = list(stub.ModelStreamInfer(iter(frames), timeout=30))  # without it: in band, all three
+        assert sorted(a.infer_response.id for a in plain) == ["a", "b", "c"]
+    client = client_for(demo_server)
+    errors: queue.Queue[object] = queue.Queue()
+    client.start_stream(
+        callback=lambda result, error: errors.put(error), headers={"triton_grpc_error": "true"}
+    )
+    try:
+        tensor, _ = mlp_input(1)
+        client.async_stream_infer("nope", [tensor], request_id="x")
+        error = errors.get(timeout=30)
+    finally:
+        client.stop_stream()
+    assert isinstance(error, InferenceServerException) and error.status() == "StatusCode.NOT_FOUND"
 
 
 def test_errors_name_the_problem_and_server_keeps_serving(demo_server: ServerProcess) -> None:

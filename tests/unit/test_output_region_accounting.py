@@ -126,8 +126,11 @@ def test_the_answer_limit_is_the_encoded_message_size_exactly(frame: bool) -> No
     request = pb.ModelInferRequest(id="r") if frame else None
     answer = codec.encode_response("m", "1", "r", outputs, ["Y", "Z"])
     size = answer.ByteSize()
-    if frame:
-        size = pb.ModelStreamInferResponse(infer_response=answer).ByteSize()
+    if frame:  # every stream answer carries the final-response flag
+        flagged = pb.ModelInferResponse()
+        flagged.CopyFrom(answer)
+        flagged.parameters["triton_final_response"].bool_param = True
+        size = pb.ModelStreamInferResponse(infer_response=flagged).ByteSize()
     with pytest.raises(
         AnswerTooLarge, match=f"answer message larger than max \\({size} vs. {size - 1} bytes"
     ):
@@ -140,8 +143,7 @@ def test_the_answer_limit_is_the_encoded_message_size_exactly(frame: bool) -> No
 
 def test_a_stream_answer_with_the_final_flag_counts_the_flag() -> None:
     outputs = {"Y": np.ones((1, 20_000), np.float32)}
-    request = pb.ModelInferRequest(id="r")
-    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    request = pb.ModelInferRequest(id="r")  # asked for or not, every stream answer carries it
     answer = codec.encode_response("m", "1", "r", outputs, ["Y"])
     answer.parameters["triton_final_response"].bool_param = True
     size = pb.ModelStreamInferResponse(infer_response=answer).ByteSize()
