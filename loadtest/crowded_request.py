@@ -11,7 +11,8 @@ and status and the slowest ServerLive meanwhile. Bounded: one crowded call, a pr
 it. A server whose `max_message_bytes` is below the request refuses it RESOURCE_EXHAUSTED unparsed.
 `--kind` fills the request with another per-element cost instead: one input's `bytes_contents` of
 one-byte strings, its `int_contents` packed as one-byte varints or unpacked, unknown fields inside
-its contents, or one request parameter whose map entry repeats its key.
+its contents, or one request parameter whose map entry repeats its key; or another method's request:
+a RepositoryModelLoad of parameter entries, a ServerLive of unknown fields.
 `--frames`: the time a frame of each crowded kind (100,000 requested outputs, inputs, parameters of
 the request, of an input, of an output, raw contents) takes on one stream, `--count` frames each.
 `--walk`: in this process, no server: the walk's time (server/protocol/field_counts.py) and
@@ -61,7 +62,13 @@ KINDS = {
     "unpacked": bytes([2 << 3 | 0, 1]),  # an int_contents value with its own tag
     "unknown": bytes([0xA0, 0x01, 1]),  # field 20, unknown to protobuf
     "entry-keys": bytes([1 << 3 | 2, 1, 65]),  # the entry's key, again
+    # Other methods' requests (message_fields.py): a RepositoryModelLoad of parameter entries (its
+    # field 3, each "k" -> bool_param true), a ServerLive of unknown fields.
+    "load-entries": _field(3, _field(1, b"k") + _field(2, b"\x08\x01")),
+    "live-unknown": bytes([15 << 3 | 0, 1]),
 }
+# The method each kind is sent to: ModelInfer but for these.
+METHODS = {"load-entries": "RepositoryModelLoad", "live-unknown": "ServerLive"}
 
 
 def crowded(mib: float, kind: str = "parameters") -> bytes:
@@ -74,6 +81,8 @@ def crowded(mib: float, kind: str = "parameters") -> bytes:
     unit = KINDS[kind]
     body = unit * int(mib * 2**20 / len(unit))
     head: bytes = pb.ModelInferRequest(model_name="mlp", id="crowded").SerializeToString()
+    if kind in METHODS:
+        return body
     if kind == "entry-keys":
         return head + _field(4, body + _field(2, b"\x10\x01"))  # the entry's value: int64_param 1
     contents = _field(2, body) if kind == "varints" else body
@@ -105,7 +114,8 @@ async def measure(target: str, mib: float, kind: str = "parameters") -> Stall:
         probing = asyncio.create_task(probe())
         start = time.perf_counter()
         try:
-            await sender.unary_unary("/inference.GRPCInferenceService/ModelInfer")(data, timeout=120)
+            method = METHODS.get(kind, "ModelInfer")
+            await sender.unary_unary(f"/inference.GRPCInferenceService/{method}")(data, timeout=120)
             status = "OK"
         except grpc.aio.AioRpcError as exc:
             status = f"{exc.code().name}: {exc.details()}"
@@ -169,22 +179,24 @@ def walk_times(mib: float) -> dict[str, tuple[float, float | None, str]]:
     answer)."""
     from server.protocol.codec import MAX_BYTES_ELEMENTS
     from server.protocol.field_counts import crowded as walk
+    from server.protocol.message_fields import too_many_fields
 
-    cases = {f"{kind} ({mib:g} MiB)": crowded(mib, kind) for kind in ["parameters", *KINDS]}
+    cases = {f"{kind} ({mib:g} MiB)": (kind, crowded(mib, kind)) for kind in ["parameters", *KINDS]}
     for size in (1, 200):
         request = pb.ModelInferRequest(model_name="mlp")
         strings = request.inputs.add(name="s", datatype="BYTES", shape=[MAX_BYTES_ELEMENTS])
         strings.contents.bytes_contents.extend([b"s" * size] * MAX_BYTES_ELEMENTS)
-        cases[f"{MAX_BYTES_ELEMENTS} strings of {size} bytes"] = request.SerializeToString()
+        cases[f"{MAX_BYTES_ELEMENTS} strings of {size} bytes"] = ("strings", request.SerializeToString())
     times: dict[str, tuple[float, float | None, str]] = {}
-    for name, data in cases.items():
+    for name, (kind, data) in cases.items():
+        message_type = getattr(pb, f"{METHODS.get(kind, 'ModelInfer')}Request")
         start = time.perf_counter()
-        said = walk(data)
+        said = walk(data) if kind not in METHODS else too_many_fields(data, message_type.DESCRIPTOR)
         walked = time.perf_counter() - start
         parse = None
         if said is None:
             start = time.perf_counter()
-            pb.ModelInferRequest.FromString(data)
+            message_type.FromString(data)
             parse = time.perf_counter() - start
         times[name] = (walked, parse, said or "passes")
     return times

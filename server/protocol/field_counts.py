@@ -68,11 +68,11 @@ class _Budget:
         self.varints = MAX_TYPED_ELEMENTS
 
 
-class _Truncated(Exception):
+class Truncated(Exception):
     """The bytes end inside a field: left to protobuf, whose error names it."""
 
 
-class _Group(Exception):
+class GroupFound(Exception):
     """A group (wire types 3 and 4): proto3 has none and no client of this protocol sends one, but
     protobuf parses an unknown one and the rest after it, so it cannot be stepped over unwalked."""
 
@@ -80,11 +80,11 @@ class _Group(Exception):
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     value, pos = read_varint(data, pos)
     if value is None:
-        raise _Truncated
+        raise Truncated
     return value, pos
 
 
-def _next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
+def next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
     """(field, wire type, the value's start, the next field's start) of the field at `pos`."""
     key = data[pos]  # one byte for every field below 16, two below 2048: no call
     if key < 0x80:
@@ -109,11 +109,11 @@ def _next_field(data: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
     elif wire_type == 5:
         after = pos + 4
     elif wire_type in (3, 4):
-        raise _Group
+        raise GroupFound
     else:  # 6, 7: no such wire type; protobuf refuses the message
-        raise _Truncated
+        raise Truncated
     if after > end:
-        raise _Truncated
+        raise Truncated
     return field, wire_type, pos, after
 
 
@@ -131,7 +131,7 @@ def crowded(data: bytes) -> str | None:
             fields += 1
             if fields > _MAX_FIELDS:
                 return f"the request has more than {_MAX_FIELDS} fields (the server's bound)"
-            field, wire_type, value_at, pos = _next_field(data, pos, end)
+            field, wire_type, value_at, pos = next_field(data, pos, end)
             if wire_type != 2 or field not in counts:
                 continue
             counts[field] += 1
@@ -147,9 +147,9 @@ def crowded(data: bytes) -> str | None:
                 if fault is not None:
                     kind = "input" if field == 5 else "requested output"
                     return f"{kind} {counts[field] - 1} of the request has {fault} (the server's bound)"
-    except _Truncated:
+    except Truncated:
         return None
-    except _Group:
+    except GroupFound:
         return "the request holds a protobuf group, which this protocol has none of"
     return None
 
@@ -169,7 +169,7 @@ def _tensor_fault(data: bytes, pos: int, end: int, tensor_field: int, budget: _B
         fields += 1
         if fields > _MAX_TENSOR_FIELDS:
             return f"more than {_MAX_TENSOR_FIELDS} fields"
-        number, wire_type, value_at, pos = _next_field(data, pos, end)
+        number, wire_type, value_at, pos = next_field(data, pos, end)
         if wire_type != 2:
             continue
         if number == parameters:
@@ -193,7 +193,7 @@ def _entry_fault(data: bytes, pos: int, end: int, value: bool = False) -> str | 
         fields += 1
         if fields > MAX_ENTRY_FIELDS:
             return f"a parameter of more than {MAX_ENTRY_FIELDS} fields"
-        number, wire_type, value_at, pos = _next_field(data, pos, end)
+        number, wire_type, value_at, pos = next_field(data, pos, end)
         long = pos - value_at > 2 * MAX_ENTRY_FIELDS
         if not value and number == _ENTRY_VALUE and wire_type == 2 and long:
             fault = _entry_fault(data, value_at, pos, value=True)
@@ -220,7 +220,7 @@ def _contents_fault(data: bytes, pos: int, end: int, budget: _Budget) -> str | N
             strings -= 1
         if pos >= end:
             break
-        number, wire_type, value_at, after = _next_field(data, pos, end)
+        number, wire_type, value_at, after = next_field(data, pos, end)
         if number == _STRINGS and wire_type == 2:
             strings -= 1
         elif wire_type == 2 and number in _PACKED_CONTENTS:
@@ -240,7 +240,7 @@ def _contents_fault(data: bytes, pos: int, end: int, budget: _Budget) -> str | N
     if strings < 0:
         return f"typed contents that take the request past {MAX_BYTES_ELEMENTS} strings"
     if pos > end:
-        raise _Truncated
+        raise Truncated
     budget.strings, budget.other_fields = strings, others
     return None
 

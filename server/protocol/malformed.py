@@ -27,6 +27,7 @@ from protos import grpc_service_pb2 as pb
 from server.errors import for_caller
 from server.protocol.field_counts import WALK_FROM_BYTES, crowded
 from server.protocol.frame_size import Oversized, oversized
+from server.protocol.message_fields import too_many_fields
 from server.protocol.message_wait import MessageWaits, read_message
 from server.protocol.utf8_fields import BytesTwins
 
@@ -44,14 +45,17 @@ def tolerant_deserializer(
 ) -> Callable[[bytes], Any]:
     name = message_type.DESCRIPTOR.full_name
     twins = BytesTwins()
-    # An inference request's fields are counted before it is parsed (field_counts.py).
+    # An inference request's fields are counted before it is parsed (field_counts.py), any other's
+    # by its schema (message_fields.py).
     counted = message_type is pb.ModelInferRequest
 
     def deserialize(data: bytes) -> protobuf_message.Message | Malformed | Oversized:
         if max_bytes is not None and len(data) > max_bytes:  # checked before it is parsed
             return oversized(data, max_bytes, message_type)
-        if counted and len(data) > WALK_FROM_BYTES and (too_many := crowded(data)) is not None:
-            return Malformed(f"request is not parsed ({len(data)} bytes): {too_many}")
+        if len(data) > WALK_FROM_BYTES:  # counted before it is parsed (a cost per field)
+            too_many = crowded(data) if counted else too_many_fields(data, message_type.DESCRIPTOR)
+            if too_many is not None:
+                return Malformed(f"request is not parsed ({len(data)} bytes): {too_many}")
         try:
             return message_type.FromString(data)
         except protobuf_message.DecodeError as exc:

@@ -1,7 +1,7 @@
 """What one ModelStreamInfer call holds in bytes (server/protocol/stream.py): requests read and not
-yet answered, and answers not yet written, bounded by `stream_max_held_bytes`. A frame weighs its
-raw tensor bytes and the strings it carries or echoes (id, model name, an error's message): answers
-of 16 MiB ids a client never read had been weighed 0, and 256 of them held 4 GB.
+yet answered, and answers not yet written, bounded by `stream_max_held_bytes`. A request weighs its
+encoded size, an answer its raw tensor bytes and the strings it echoes (id, model name, an error's
+message): answers of 16 MiB ids a client never read had been weighed 0, and 256 held 4 GB.
 
 A request is charged when it is read for itself and for its answer, guessed from the stream's
 recent answers, and the charge is settled when the answer is made: counting answers only once they
@@ -24,11 +24,13 @@ Read = pb.ModelInferRequest | Malformed | Oversized
 
 
 def frame_bytes(request: Read | None) -> int:
-    """A request's raw tensor bytes and its id and model name (characters: a few attribute reads,
-    no walk of the message), as the stream holds them while it is in flight."""
+    """A request's encoded size, as the stream holds it while it is in flight: its tensors, typed
+    contents, parameters and strings (counted by raw tensor bytes, then also its id and model name,
+    8 MiB a frame of parameters had still weighed nothing: 1.1 GB on one stream). protobuf works
+    it out by a walk of the message, whose fields the wire walk has bounded (field_counts.py)."""
     if not isinstance(request, pb.ModelInferRequest):
         return 0
-    return sum(map(len, request.raw_input_contents)) + len(request.id) + len(request.model_name)
+    return int(request.ByteSize())
 
 
 def answer_bytes(response: pb.ModelStreamInferResponse) -> int:

@@ -1,7 +1,9 @@
 """A request holding far more parameters, tensors or typed contents' fields than any model takes is
 refused before it is parsed, unary or on a stream, and the server goes on serving
 (server/protocol/field_counts.py). One such request (63 MiB of parameters) had held the event loop,
-and every other call, 2.6 s; 62 MiB of one-byte strings in typed contents ~1 s."""
+and every other call, 2.6 s; 62 MiB of one-byte strings in typed contents ~1 s. Other methods'
+requests are counted by their schema (server/protocol/message_fields.py): a RepositoryModelLoad of
+4 million parameter entries had held them 4.9 s."""
 
 from __future__ import annotations
 
@@ -96,8 +98,8 @@ def test_the_benchmarks_short_mode_is_refused_unparsed_and_the_probe_answered(
     # a million unknown fields): refused before protobuf parses it, naming the bound.
     stall = asyncio.run(crowded_request.measure(server.address, 3.0, kind))
     assert stall.status.startswith("INVALID_ARGUMENT: request is not parsed"), stall.status
-    assert stall.status.endswith("(the server's bound)")
-    assert stall.request_bytes > 3 * 2**20 and stall.slowest_live_s > 0
+    assert "(the server's bound" in stall.status, stall.status
+    assert stall.request_bytes > 2.9 * 2**20 and stall.slowest_live_s > 0
 
 
 def test_strings_within_the_bound_are_served_as_before(server: ServerProcess) -> None:

@@ -304,25 +304,36 @@ class BigSource(Source):
     """Endless requests of `frame_bytes` raw bytes each (none: no tensors), ids of at least
     `id_bytes` characters."""
 
-    def __init__(self, frame_bytes: int, id_bytes: int = 0) -> None:
+    def __init__(self, frame_bytes: int, id_bytes: int = 0, parameter_bytes: int = 0) -> None:
         super().__init__()
         self.frame = [b"\0" * frame_bytes] if frame_bytes else []
         self.id_bytes = id_bytes
+        self.parameter = "p" * parameter_bytes
 
     async def requests(self) -> AsyncIterator[pb.ModelInferRequest | Malformed]:
         while True:
             self.read += 1
             rid = f"{self.read:0>{self.id_bytes}}" if self.id_bytes else str(self.read)
-            yield pb.ModelInferRequest(model_name="m", id=rid, raw_input_contents=self.frame)
+            request = pb.ModelInferRequest(model_name="m", id=rid, raw_input_contents=self.frame)
+            if self.parameter:
+                request.parameters["pad"].string_param = self.parameter
+            yield request
 
 
 @pytest.mark.parametrize(
-    "source", [BigSource(frame_bytes=100_000), BigSource(frame_bytes=0, id_bytes=100_000)]
+    ("source", "most"),
+    [
+        (BigSource(frame_bytes=100_000), 1 + 5 + 1),  # each frame held twice (request and answer)
+        (BigSource(frame_bytes=0, id_bytes=100_000), 1 + 5 + 1),  # the answer echoes the id
+        (BigSource(frame_bytes=0, parameter_bytes=100_000), 1 + 10 + 1),  # the request's alone
+    ],
+    ids=["raw", "id", "parameter"],
 )
-async def test_what_a_stream_holds_in_bytes_bounds_what_it_reads(source: BigSource) -> None:
+async def test_what_a_stream_holds_in_bytes_bounds_what_it_reads(source: BigSource, most: int) -> None:
     """A client that never reads its answers: requests alone bounded it (256 answers of 0.5 MB a
     stream, 1.1 GB for 8 streams); the bytes of requests read and answers unwritten bound it now,
-    ids and model names too (answers of 16 MiB ids, no tensors, had weighed nothing: 256 held 4 GB)."""
+    ids and parameters too (answers of 16 MiB ids, or 8 MiB parameters, no tensors, had weighed
+    nothing: 4 GB and 1.1 GB a stream)."""
     stream = StreamSession(
         source.requests(),
         cast(RequestPath, EchoBytesPath()),
@@ -334,8 +345,8 @@ async def test_what_a_stream_holds_in_bytes_bounds_what_it_reads(source: BigSour
     first = await anext(answers)
     assert first.infer_response.id.endswith("1")
     await settle()
-    # Each frame held twice (request and answer): the reader stops at 1 MB, 5 frames and one more.
-    assert source.read <= 1 + 5 + 1, source.read
+    # The reader stops at 1 MB of frames read and answers unwritten, and one more.
+    assert source.read <= most, source.read
     before = source.read
     await anext(answers)  # one written frees its bytes: one more is read
     await settle()
