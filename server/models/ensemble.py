@@ -319,7 +319,8 @@ class EnsembleScheduler:
                 raise retyped(step, served.version_str, wrong) from None
             except WrongShape as wrong:
                 loaded = self.plan.step_dims.get(step.index, {}).get(wrong.name)
-                raise reshaped(step, signature, served.version_str, wrong, loaded) from None
+                shape = inputs[wrong.name].shape
+                raise reshaped(step, signature, served.version_str, wrong, loaded, shape) from None
             batcher = served.batcher
             a = batcher.admission(rows, deadline=hard, priority=priority)._replace(computed=ensemble.computed)
             nested = served.ensemble

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from batcher.types import Array
 from server.errors import ChangedByReload, WrongDatatype, WrongShape
-from server.models.ensemble_config import Step, fit_batch_dim
+from server.models.ensemble_config import Step, agree, fit_batch_dim
 from server.protocol.validate import Signature
 
 
@@ -97,13 +97,20 @@ def step_inputs(
 
 
 def reshaped(
-    step: Step, signature: Signature, version: str, wrong: WrongShape, loaded: tuple[int, ...] | None
+    step: Step,
+    signature: Signature,
+    version: str,
+    wrong: WrongShape,
+    loaded: tuple[int, ...] | None,
+    shape: tuple[int, ...],
 ) -> WrongShape | ChangedByReload:
-    """A step input whose shape the step's model refused (its check_inputs): the client's when the
-    model's dims are those the ensemble loaded against (`loaded`; with a -1 in the ensemble's own
-    dims a request's shape can miss a step's fixed one), else the reload's (ChangedByReload)."""
+    """A step input of `shape` that the step's model refused (its check_inputs): the reload's
+    (ChangedByReload) when the dims the ensemble loaded against (`loaded`) took it, else the
+    client's (with a -1 in the ensemble's own dims a request's shape can miss a step's fixed one,
+    before or after a reload)."""
     now = signature.inputs[wrong.name].dims
-    if loaded is None or now == loaded:
+    rows = 1 if signature.max_batch_size > 0 else 0  # a batching model's dims leave its rows out
+    if loaded is None or now == loaded or not agree(loaded, shape[rows:]):
         return wrong
     why = f"its input '{wrong.name}' takes dims {list(now)}, not {list(loaded)} as when the ensemble loaded"
     return _refusal(step, version, why)

@@ -84,10 +84,12 @@ def parse_load_parameters(name: str, parameters: dict[str, pb.ModelRepositoryPar
 
 
 def _config(name: str, text: str) -> mc.ModelConfig:
-    if len(text) > MAX_CONFIG_JSON_BYTES:  # characters: at least as many bytes
+    # Past the bound in characters it is past it in bytes: not encoded (a copy) to say so.
+    size = len(text) if len(text) > MAX_CONFIG_JSON_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_JSON_BYTES:
         raise InvalidRequest(
-            f"parameters['config'] is {len(text)} characters; at most {MAX_CONFIG_JSON_BYTES} bytes "
-            "of JSON (the server's bound)"
+            f"parameters['config'] is at least {size} bytes; at most {MAX_CONFIG_JSON_BYTES} bytes of JSON "
+            "(the server's bound)"
         )
     config = mc.ModelConfig()
     try:

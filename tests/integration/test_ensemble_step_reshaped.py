@@ -197,3 +197,14 @@ def test_a_shape_the_step_never_took_is_still_the_clients_mistake(
         stub.ModelInfer(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     assert "unexpected shape for input 'x' for model 'fast'" in str(info.value.details())
+    client.load_model(
+        "fast", config=_identity("fast", dims=2)
+    )  # fits neither [1] nor [2]: still the client's
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    request.inputs[0].shape[:] = [1, 1]  # fitted the dims loaded against: the reload's
+    request.raw_input_contents[:] = [np.zeros(1, np.float32).tobytes()]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()

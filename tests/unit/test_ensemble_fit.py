@@ -92,9 +92,11 @@ def test_a_shape_refused_is_the_reloads_only_when_the_steps_dims_changed_since_t
         signature.check_inputs({"x": np.zeros((1, 3), np.float32)})
     wrong = refused.value
     assert wrong.name == "x" and isinstance(wrong, InvalidRequest)  # INVALID_ARGUMENT
-    assert reshaped(STEP, signature, "3", wrong, (1,)) is wrong  # the dims it loaded against: the client's
-    assert reshaped(STEP, signature, "3", wrong, None) is wrong  # nothing known of the load: as before
-    moved = reshaped(STEP, signature, "3", wrong, (3,))
+    shape = (1, 3)
+    assert reshaped(STEP, signature, "3", wrong, (1,), shape) is wrong  # the dims it loaded against
+    assert reshaped(STEP, signature, "3", wrong, None, shape) is wrong  # nothing known of the load
+    assert reshaped(STEP, signature, "3", wrong, (2,), shape) is wrong  # [3] fits neither: the client's
+    moved = reshaped(STEP, signature, "3", wrong, (3,), shape)  # it fitted the dims loaded against
     assert isinstance(moved, ChangedByReload)
     assert str(moved) == (
         "model 'fast' (version 3, serving it now) no longer fits the ensemble: its input 'x' takes "

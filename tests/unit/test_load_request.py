@@ -33,10 +33,15 @@ def test_a_config_past_its_bound_is_refused_before_it_is_parsed(monkeypatch: pyt
     assert parsed == [text]
     with pytest.raises(InvalidRequest) as refused:
         parse_load_parameters("m", {"config": Param(string_param=text + " ")})
-    assert str(refused.value) == (
-        f"parameters['config'] is {most + 1} characters; at most {most} bytes of JSON (the server's bound)"
+    bound = "(the server's bound)"
+    assert (
+        str(refused.value)
+        == f"parameters['config'] is at least {most + 1} bytes; at most {most} bytes of JSON {bound}"
     )
-    assert len(parsed) == 1  # not parsed
+    euros = '{"max_batch_size": 4}'.ljust(most + 1 - 3000) + "€" * 1000  # fewer characters than bytes
+    with pytest.raises(InvalidRequest, match=r"is at least 262145 bytes"):
+        parse_load_parameters("m", {"config": Param(string_param=euros)})
+    assert len(parsed) == 1  # neither parsed
 
 
 def test_files_are_parsed_with_their_version_directory() -> None:
