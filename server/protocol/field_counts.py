@@ -31,6 +31,7 @@ MAX_TENSORS = 1024  # inputs, requested outputs, raw_input_contents: each
 # raw_input_contents 7; an input's parameters are its field 4, a requested output's its field 2.
 _REQUEST_BOUNDS = {4: ("parameters", MAX_PARAMETERS), 5: ("inputs", MAX_TENSORS), 6: ("outputs", MAX_TENSORS),
                    7: ("raw_input_contents", MAX_TENSORS)}  # fmt: skip
+_PARAMETERS = 4  # the request's own parameters
 _TENSOR_PARAMETERS = {5: 4, 6: 2}  # the field of a tensor's parameters, by the tensor's field
 # Every field counts toward these, unknown ones too (protobuf keeps those, at a cost per field):
 # the bounded ones plus a few scalars (names, ids, a tensor's datatype, shape and contents).
@@ -138,7 +139,7 @@ def crowded(data: bytes) -> str | None:
             name, bound = _REQUEST_BOUNDS[field]
             if counts[field] > bound:
                 return f"the request has more than {bound} {name} (the server's bound)"
-            if field == 4 and pos - value_at > 2 * MAX_ENTRY_FIELDS:
+            if field == _PARAMETERS and pos - value_at > 2 * MAX_ENTRY_FIELDS:
                 fault = _entry_fault(data, value_at, pos)
                 if fault is not None:
                     return f"request parameter {counts[field] - 1} has {fault} (the server's bound)"
@@ -218,7 +219,7 @@ def _contents_fault(data: bytes, pos: int, end: int, budget: _Budget) -> str | N
             else:
                 break
             strings -= 1
-        if pos >= end:
+        if strings < 0 or pos >= end:
             break
         number, wire_type, value_at, after = next_field(data, pos, end)
         if number == _STRINGS and wire_type == 2:
@@ -234,8 +235,6 @@ def _contents_fault(data: bytes, pos: int, end: int, budget: _Budget) -> str | N
                     f"typed contents that take the request past {MAX_OTHER_CONTENTS_FIELDS} fields "
                     "other than strings and packed numbers (unpacked values, unknown fields)"
                 )
-        if strings < 0:
-            break
         pos = after
     if strings < 0:
         return f"typed contents that take the request past {MAX_BYTES_ELEMENTS} strings"

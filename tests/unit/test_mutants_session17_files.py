@@ -27,7 +27,7 @@ from server.models.rollout_snapshot import (
 from server.models.rollout_state import MAX_EVENTS, EventOrigin, ModelRollout, RollbackEvent
 from server.models.share_files import field, is_int, is_pair, read_json_object
 from server.protocol.frame_size import HEAD_MAX_BYTES, HEAD_MAX_FIELDS, oversized, request_head
-from server.protocol.stream_bytes import FIRST_READS, HeldBytes
+from server.protocol.stream_bytes import FIRST_READS, HeldBytes, frame_bytes
 
 # -- share_files ---------------------------------------------------------------------------------
 
@@ -262,9 +262,9 @@ async def _blocks(held: HeldBytes) -> bool:
 
 
 def _request(nbytes: int) -> pb.ModelInferRequest:
-    """A request of `nbytes` bytes encoded (what the stream charges it; up to 129), under 2: empty."""
-    request = pb.ModelInferRequest(id="i" * (nbytes - 2)) if nbytes >= 2 else pb.ModelInferRequest()
-    assert request.ByteSize() == (nbytes if nbytes >= 2 else 0)
+    """A request the stream charges `nbytes` (its id's characters)."""
+    request = pb.ModelInferRequest(id="i" * nbytes)
+    assert frame_bytes(request) == nbytes
     return request
 
 
@@ -315,3 +315,14 @@ def test_a_request_with_no_answer_gives_back_its_charge() -> None:
     held.read(request)
     assert held.held == 60
     assert held.answered(request, None) == 0 and held.held == 0
+
+
+def test_a_frame_weighs_its_tensors_parameters_and_typed_contents() -> None:
+    # 8 MiB in a request's or a requested output's parameter had weighed nothing on a stream.
+    request = pb.ModelInferRequest(model_name="m", id="r", raw_input_contents=[b"\0" * 100])
+    request.parameters["pad"].string_param = "p" * 1000
+    tensor = request.inputs.add(name="x", datatype="INT32", shape=[50])
+    tensor.parameters["k"].string_param = "v" * 200
+    tensor.contents.int_contents.extend([1] * 50)  # 50 one-byte varints, packed: 52 bytes
+    request.outputs.add(name="y").parameters["q"].string_param = "w" * 300
+    assert frame_bytes(request) == 100 + 1 + 1 + (3 + 1000) + (1 + 200) + 52 + (1 + 300)
