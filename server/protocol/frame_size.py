@@ -20,8 +20,8 @@ from protos import grpc_service_pb2 as pb
 # grpc core takes a channel argument as a C int.
 GRPC_INT_MAX = 2**31 - 1
 # An oversized frame's model name, version, id and parameters are read from at most this many
-# bytes at its start, to answer it with its id (clients match answers by id) and its final-response
-# flag; beyond it (or bytes that do not parse) it is answered without them.
+# bytes at its start, to answer it with its id (clients match answers by id); beyond it (or bytes
+# that do not parse) it is answered without them.
 HEAD_MAX_BYTES = 16 * 1024
 # ... and from at most this many fields, walked here in Python: 8,192 empty fields fit in 16 KiB,
 # and walking them took ~14 ms of the event loop per frame (a tester's crafted head: another

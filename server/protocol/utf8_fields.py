@@ -133,7 +133,8 @@ def _is_utf8(value: bytes) -> bool:
 
 def _head(twin: Any) -> pb.ModelInferRequest:
     """A request's model name, version, id and parameters from its twin, each when it is UTF-8
-    (the parameters for the final-response flag its error frame may owe)."""
+    (its error frame names the first three; every stream answer carries the final-response flag
+    now, which the parameters had been read for)."""
     head = pb.ModelInferRequest()
     for name in _HEAD_FIELDS:
         value = getattr(twin, name)
