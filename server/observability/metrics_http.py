@@ -5,7 +5,8 @@ prometheus_client's own start_http_server gives every connection a thread with n
 connections that never finished their request line held 500 threads while they stayed open, and
 2,000 of them slowed a scrape to 6.4 s. Here a connection idle for READ_TIMEOUT_S is closed, and
 past MAX_CONNECTIONS at once a new one is closed unanswered (a scraper retries at its next
-interval).
+interval). As Triton's metrics port, only GET /metrics (or /metrics/) is the page: another path
+is 400 and another method 405, so a probe at / is not mistaken for a scrape target.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -23,6 +25,26 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 256
 READ_TIMEOUT_S = 10.0
+
+
+METRICS_PATHS = ("/metrics", "/metrics/")
+
+_WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def metrics_page_only(app: _WsgiApp) -> _WsgiApp:
+    """`app` for GET /metrics; 405 for another method, 400 for another path (Triton's answers)."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET":
+            start_response("405 Method Not Allowed", [("Allow", "GET")])
+            return [b"Method Not Allowed\n"]
+        if environ.get("PATH_INFO") not in METRICS_PATHS:
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"the metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return serve
 
 
 class _Handler(WSGIRequestHandler):
@@ -72,7 +94,7 @@ def start_metrics_server(
     """Serve `registry` on host:port (0: a free port) from a daemon thread; OSError if taken."""
     server_class = _BoundedServer6 if ":" in host else _BoundedServer
     server: WSGIServer = make_server(
-        host, port, make_wsgi_app(registry), server_class, handler_class=_Handler
+        host, port, metrics_page_only(make_wsgi_app(registry)), server_class, handler_class=_Handler
     )
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()

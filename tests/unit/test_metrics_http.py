@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -86,3 +87,23 @@ def test_past_the_most_connections_a_new_one_is_closed_unanswered(
         except (OSError, AssertionError):
             if time.monotonic() > deadline:
                 raise
+
+
+def _status(port: int, method: str, path: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+def test_only_get_metrics_is_the_page_as_on_tritons_metrics_port(started: int) -> None:
+    assert _status(started, "GET", "/metrics") == 200
+    assert _status(started, "GET", "/metrics/") == 200
+    assert _status(started, "GET", "/metrics?name[]=sluiceway_test_scrapes_total") == 200
+    assert _status(started, "GET", "/") == 400
+    assert _status(started, "GET", "/favicon.ico") == 400
+    assert _status(started, "GET", "/metricsx") == 400
+    assert _status(started, "POST", "/metrics") == 405
+    assert _status(started, "HEAD", "/metrics") == 405
