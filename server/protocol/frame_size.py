@@ -19,17 +19,18 @@ from protos import grpc_service_pb2 as pb
 
 # grpc core takes a channel argument as a C int.
 GRPC_INT_MAX = 2**31 - 1
-# An oversized frame's model name, version, id and parameters are read from at most this many
+# An oversized frame's model name, version and id are read from at most this many
 # bytes at its start, to answer it with its id (clients match answers by id); beyond it (or bytes
 # that do not parse) it is answered without them.
 HEAD_MAX_BYTES = 16 * 1024
 # ... and from at most this many fields, walked here in Python: 8,192 empty fields fit in 16 KiB,
 # and walking them took ~14 ms of the event loop per frame (a tester's crafted head: another
-# client's p50 went from 2 to 51 ms). A head is 3 fields and one per request parameter.
+# client's p50 went from 2 to 51 ms). A head is 3 fields.
 HEAD_MAX_FIELDS = 64
-# ModelInferRequest's fields up to `parameters` (model_name 1, model_version 2, id 3,
-# parameters 4), all length-delimited; serializers write fields in number order, so they come first.
-_LAST_HEAD_FIELD = 4
+# ModelInferRequest's fields up to `id` (model_name 1, model_version 2, id 3), all
+# length-delimited; serializers write fields in number order, so they come first (the parameters,
+# 4, and the tensors after them are not read: an error frame names only these three).
+_LAST_HEAD_FIELD = 3
 _LENGTH_DELIMITED = 2
 
 
@@ -41,7 +42,7 @@ def received_ceiling(max_message_bytes: int) -> int:
 
 class Oversized(NamedTuple):
     """A request message over `limit` bytes, not parsed; `head` holds a stream frame's model name,
-    version, id and parameters when they could be read (None otherwise); `tensors`: an inference
+    version and id when they could be read (None otherwise); `tensors`: an inference
     request (the only messages whose size is their tensors')."""
 
     size: int
@@ -67,7 +68,7 @@ def oversized(data: bytes, limit: int, message_type: type[protobuf_message.Messa
 
 
 def request_head(data: bytes) -> pb.ModelInferRequest | None:
-    """A ModelInferRequest of `data`'s first fields up to `parameters` (the tensors left out),
+    """A ModelInferRequest of `data`'s first fields up to `id` (parameters and tensors left out),
     parsed from at most HEAD_MAX_BYTES and HEAD_MAX_FIELDS fields; None when they are longer or do
     not parse."""
     end = 0
@@ -76,7 +77,7 @@ def request_head(data: bytes) -> pb.ModelInferRequest | None:
             break
         tag, at = read_varint(data, end)
         if tag is None or tag >> 3 > _LAST_HEAD_FIELD:
-            break  # the tensors begin (or bytes that are no field: parse what came before)
+            break  # the parameters or tensors begin (or bytes that are no field: parse what came before)
         if tag & 7 != _LENGTH_DELIMITED:
             return None
         length, at = read_varint(data, at)

@@ -34,7 +34,7 @@ from server.protocol.utf8_fields import BytesTwins
 
 class Malformed(NamedTuple):
     """A request message that did not parse; `reason` is written for the caller; `head` holds a
-    stream frame's model name, version, id and parameters when they could be read (utf8_fields)."""
+    stream frame's model name, version and id when they could be read (utf8_fields)."""
 
     reason: str
     head: pb.ModelInferRequest | None = None

@@ -132,19 +132,11 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def _head(twin: Any) -> pb.ModelInferRequest:
-    """A request's model name, version, id and parameters from its twin, each when it is UTF-8
-    (its error frame names the first three; every stream answer carries the final-response flag
-    now, which the parameters had been read for)."""
+    """A request's model name, version and id from its twin, each when it is UTF-8 (its error
+    frame names them)."""
     head = pb.ModelInferRequest()
     for name in _HEAD_FIELDS:
         value = getattr(twin, name)
         if _is_utf8(value):
             setattr(head, name, value.decode())
-    for entry in twin.parameters[:MAX_FIELDS_WALKED]:
-        alone = type(twin)()
-        alone.parameters.add().CopyFrom(entry)
-        try:
-            head.MergeFromString(alone.SerializeToString())  # same wire form; refused if not UTF-8
-        except protobuf_message.DecodeError:
-            continue
     return head

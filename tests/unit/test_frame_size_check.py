@@ -42,14 +42,23 @@ def test_a_message_at_the_limit_parses() -> None:
     assert isinstance(parsed, pb.ModelInferRequest) and parsed.id == "frame-7"
 
 
-def test_the_head_of_an_oversized_frame_has_its_id_and_parameters_not_its_tensors() -> None:
+def test_the_head_of_an_oversized_frame_has_its_id_not_its_parameters_or_tensors() -> None:
     data = big_request(200_000).SerializeToString()
     refused = tolerant_deserializer(pb.ModelInferRequest, max_bytes=100_000)(data)
     assert isinstance(refused, Oversized) and refused.head is not None
     head = refused.head
     assert (head.model_name, head.model_version, head.id) == ("m", "2", "frame-7")
-    assert head.parameters["triton_enable_empty_final_response"].bool_param
+    assert not head.parameters  # an error frame names model, version and id only
     assert not head.inputs and not head.raw_input_contents
+
+
+def test_a_head_is_read_however_many_parameters_follow_it() -> None:
+    request = pb.ModelInferRequest(model_name="m", id="many", raw_input_contents=[b"x"])
+    for n in range(HEAD_MAX_FIELDS * 2):  # past the head's field bound, had they been walked
+        request.parameters[f"p{n}"].int64_param = n
+    head = request_head(request.SerializeToString())
+    assert head is not None and (head.model_name, head.id) == ("m", "many")
+    assert not head.parameters
 
 
 def test_a_head_longer_than_its_bound_or_not_a_message_is_left_out() -> None:
