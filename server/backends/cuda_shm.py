@@ -59,7 +59,7 @@ class CudaRegion:
     def check_size(self) -> None:
         return None  # a device allocation cannot shrink under its mapping, unlike a shm object
 
-    def view(self, offset: int, byte_size: int) -> np.ndarray:
+    def read(self, offset: int, byte_size: int) -> np.ndarray:
         """Bytes [offset, offset + byte_size) copied to a new host array (a device pointer has no
         host view)."""
         out = np.empty(byte_size, dtype=np.uint8)

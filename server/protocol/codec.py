@@ -33,16 +33,14 @@ MAX_BYTES_ELEMENTS = 262_144
 MAX_TYPED_ELEMENTS = 2_097_152
 
 
-def decode_inputs(
-    request: pb.ModelInferRequest, shm: ShmTensors | None = None, private_shm: bool = False
-) -> dict[str, Array]:
+def decode_inputs(request: pb.ModelInferRequest, shm: ShmTensors | None = None) -> dict[str, Array]:
     """The request's input tensors as numpy arrays, checked for self-consistency.
 
     Raises InvalidRequest naming the input for unknown datatypes, negative dims, duplicate names,
     byte or element counts that do not match the declared shape, typed values out of their
     datatype's range, typed contents in another datatype's field, and typed contents in a request
-    that sends raw_input_contents. Inputs in `shm` are read from their shared-memory regions (a
-    copy when `private_shm`); raw_input_contents then holds one entry per other input, as Triton.
+    that sends raw_input_contents. Inputs in `shm` are copied out of their shared-memory regions;
+    raw_input_contents then holds one entry per other input, as Triton.
     """
     raw = request.raw_input_contents
     in_shm = 0 if shm is None else len(shm.inputs)
@@ -87,7 +85,7 @@ def decode_inputs(
                 f"{MAX_TYPED_ELEMENTS} per request (send large tensors in raw_input_contents)"
             )
         if shm is not None and name in shm.inputs:
-            arrays[name] = shm.read(name, dtype, shape, private_shm)
+            arrays[name] = shm.read(name, dtype, shape)
         elif raw:
             if tensor.HasField("contents"):
                 # Triton's rule and wording: one of the two would otherwise be silently ignored.

@@ -13,8 +13,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from batcher.admission import Admission
 from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled, NotAccepting, TooManyRows
@@ -72,10 +70,8 @@ class InferJob:
         """Decode, validate and settle the request's terms (raises InvalidRequest naming the field,
         or TooManyRows). `controls`: its parameters as parsed for routing (None: parsed here)."""
         signature = served.signature
-        # Copies, not views, where the inputs outlive the request (cache keys, samples).
-        private = served.response_cache is not None or served.sampler is not None
         sequences = None if served.ensemble is not None else served.sequences is not None
-        checked = check_request(signature, request, regions, controls, sequences=sequences, private=private)
+        checked = check_request(signature, request, regions, controls, sequences=sequences)
         controls = checked.controls
         deadline = None if remaining_s is None else time.monotonic() + remaining_s
         admission = served.batcher.admission(
@@ -155,7 +151,6 @@ class InferJob:
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
-        self._own_shared_inputs()
         if self.served.ensemble is not None:  # its steps, through their models' batchers
             if self.served.batcher.stopped:  # retired (a step evicted) since it was prepared
                 raise NotAccepting()  # its caller sends it to the version serving now
@@ -172,25 +167,6 @@ class InferJob:
             return await self._computed_later(outputs)
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return await self._computed_later(outputs)
-
-    def _own_shared_inputs(self) -> None:
-        """Copy inputs that view a client's shared memory before the request waits: a client that
-        truncated its object while the request was queued or computing (an ensemble's steps, a
-        second later) made the server's next read of the mapping a SIGBUS, and the process died with
-        every request in it. The size is checked once more just before the copy."""
-        shm = self.shm
-        if shm is None or not shm.inputs:
-            return
-        for part in shm.inputs.values():
-            part.region.check_size()
-        inputs = dict(self.inputs)
-        for name in shm.inputs:
-            array = inputs.get(name)
-            if array is not None and array.dtype != object:  # BYTES were copied when decoded
-                owned = np.array(array, copy=True)
-                owned.flags.writeable = False
-                inputs[name] = owned
-        self.inputs = inputs
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
         self._store(outputs)

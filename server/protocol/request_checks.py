@@ -46,17 +46,15 @@ def check_request(
     controls: Controls | None,
     *,
     sequences: bool | None,
-    private: bool = False,
 ) -> Checked:
     """Run the checks in order; raises the first fault's error (InvalidRequest naming the field,
     RegionNotFound, ...). `controls`: the request's parameters if parsed already (None: parsed
     here, where a refused one is named). `sequences`: whether the model has sequence_batching (None:
-    an ensemble, whose steps judge the sequence). `private`: decoded inputs never view the caller's
-    buffers or shared memory (they outlive the request: cache keys, samples)."""
+    an ensemble, whose steps judge the sequence)."""
     check_counts(signature, request)
     signature.check_declared_datatypes(request.inputs)
     shm = shm_tensors.resolve(request, regions)
-    inputs = codec.decode_inputs(request, shm, private)
+    inputs = codec.decode_inputs(request, shm)
     rows = signature.check_inputs(inputs)
     names = signature.check_outputs(codec.requested_outputs(request))
     if shm is not None and shm.outputs:

@@ -6,6 +6,14 @@ directly in the shm directory, opened with O_NOFOLLOW and matched (device, inode
 lstat that was checked, so a symlink or a file swapped in between is refused. The mapping starts
 at the page below `offset` (mmap needs page-aligned offsets; Triton's does not allow others), and
 a request sees only [offset, offset + byte_size) of it.
+
+The mapping is what a registration holds (its pages are what max_shm_bytes counts, and a request
+in flight keeps it, and so the descriptor, alive), but data never moves through it: tensors are
+read with pread and written with pwrite on the descriptor. A client that truncates its object makes
+a touch of the mapping past the new end a SIGBUS, which kills the server; a size check before the
+touch cannot close that race (a tester's loop shrinking and regrowing the object killed the server
+between check and copy, on the input and the output path). pread past the end comes up short, and
+the request is refused with RegionGone.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def object_name(key: str) -> str:
 
 class SharedRegion(Protocol):
     """A region a request reads inputs from and writes outputs to: a system one (Region, below)
-    or a CUDA one (server/backends/cuda_shm.py, whose `view` is a copy from the device)."""
+    or a CUDA one (server/backends/cuda_shm.py); `read` copies the bytes out of either."""
 
     @property
     def name(self) -> str: ...
@@ -55,7 +63,7 @@ class SharedRegion(Protocol):
 
     def check_size(self) -> None: ...
 
-    def view(self, offset: int, byte_size: int) -> np.ndarray: ...
+    def read(self, offset: int, byte_size: int) -> np.ndarray: ...
 
     def write(self, offset: int, data: np.ndarray) -> None: ...
 
@@ -70,8 +78,7 @@ class Region:
     offset: int
     byte_size: int
     fd: int
-    mapping: mmap.mmap
-    start: int  # where `offset` lies within `mapping` (offset minus the page-aligned map offset)
+    mapping: mmap.mmap  # held, never touched (see the module's docstring)
 
     def check_size(self) -> None:
         """Refuse use of a region whose object was truncated below it: touching pages past the
@@ -83,14 +90,28 @@ class Region:
                 f"less than the registered offset {self.offset} + byte_size {self.byte_size}"
             )
 
-    def view(self, offset: int, byte_size: int) -> np.ndarray:
-        """Bytes [offset, offset + byte_size) of the region as a uint8 array over the mapping
-        (no copy); the caller has checked the bounds."""
-        return np.frombuffer(self.mapping, dtype=np.uint8, count=byte_size, offset=self.start + offset)
+    def read(self, offset: int, byte_size: int) -> np.ndarray:
+        """Bytes [offset, offset + byte_size) of the region, a new uint8 array (pread, not the
+        mapping); RegionGone when the object ends before them. The caller has checked the bounds."""
+        out = np.empty(byte_size, dtype=np.uint8)
+        into = memoryview(out)
+        done = 0
+        while done < byte_size:
+            got = os.preadv(self.fd, [into[done:]], self.offset + offset + done)
+            if got <= 0:  # the object was truncated since it was checked
+                self.check_size()
+                raise RegionGone(f"shared memory region '{self.name}': its object '{self.key}' shrank")
+            done += got
+        return out
 
     def write(self, offset: int, data: np.ndarray) -> None:
-        """`data` (uint8) into bytes [offset, offset + data.size); the caller has checked the bounds."""
-        self.view(offset, data.size)[:] = data
+        """`data` (uint8) into bytes [offset, offset + data.size) (pwrite, not the mapping: an object
+        truncated meanwhile grows back rather than killing the server); the caller has checked the
+        bounds and the object's size."""
+        source = memoryview(np.ascontiguousarray(data)).cast("B")
+        done = 0
+        while done < len(source):
+            done += os.pwrite(self.fd, source[done:], self.offset + offset + done)
 
 
 def open_region(name: str, key: str, offset: int, byte_size: int, directory: Path = SHM_DIR) -> Region:
@@ -131,7 +152,7 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
     except BaseException:
         os.close(fd)
         raise
-    return Region(name, key, offset, byte_size, fd, mapping, start=offset - map_offset)
+    return Region(name, key, offset, byte_size, fd, mapping)
 
 
 def mapped_bytes(region: Region) -> int:

@@ -1,8 +1,9 @@
 """Tensors in system shared memory: Triton's `shared_memory_region`, `shared_memory_offset` and
 `shared_memory_byte_size` parameters on inputs and requested outputs.
 
-An input is read from its region as a numpy view (no copy) when the address suits its element
-type; BYTES inputs use the protocol's 4-byte-length framing. A requested output is written into
+An input is copied out of its region (pread: see shm_regions.py; a view of the mapping could be
+a SIGBUS if the client truncated its object), so no input views a client's memory; BYTES inputs
+use the protocol's 4-byte-length framing. A requested output is written into
 its region after the run, and the response carries its name, datatype and shape with an empty
 raw_output_contents entry (Triton's form). Every range is checked against the region before it is
 touched, and sizes come from the request's shape, never from the region's contents.
@@ -53,15 +54,14 @@ class ShmTensors:
         self.inputs.clear()
         self.outputs.clear()
 
-    def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...], private: bool) -> Array:
-        """Input `name` (shape and datatype checked by the caller); `private`: a copy, never a view
-        the client can change under a cache key or a sample."""
+    def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
+        """Input `name`, a copy the client cannot change (shape and datatype checked by the caller)."""
         part = self.inputs[name]
         count = prod(shape)
         part.region.check_size()
-        data = part.region.view(part.offset, part.byte_size)
+        data = part.region.read(part.offset, part.byte_size)
         if dtype is datatypes.BYTES:
-            try:  # copied first: the client cannot change lengths while they are parsed
+            try:
                 return wire.unpack_bytes(data.tobytes(), count).reshape(shape)
             except ValueError as exc:
                 raise InvalidRequest(f"input '{name}': {exc}") from None
@@ -71,11 +71,7 @@ class ShmTensors:
                 f"input '{name}': shared_memory_byte_size is {part.byte_size}, expected {expected} "
                 f"for shape {list(shape)} of {dtype.wire}"
             )
-        aligned = data.ctypes.data % dtype.numpy.alignment == 0
-        array = data.view(dtype.numpy) if aligned else data.copy().view(dtype.numpy)
-        if private and aligned:
-            array = array.copy()
-        array = array.reshape(shape)
+        array = data.view(dtype.numpy).reshape(shape)  # a new array: aligned for every datatype
         array.flags.writeable = False  # as raw_input_contents views: nothing downstream writes inputs
         return array
 

@@ -6,6 +6,7 @@ Objects are plain files under /dev/shm (what shm_open creates), removed after ea
 from __future__ import annotations
 
 import os
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -59,6 +60,28 @@ def identity_model(path: Path) -> Path:
     return path
 
 
+# Its tensors declared: max_batch_size 0 alone is "not set", and completion would batch it.
+FLAT = """
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
+
+
+def flat_identity(path: Path) -> Path:
+    """x [L] FP32 -> y, no batch dimension (max_batch_size 0): tensors as large as a test wants."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["L"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("shm-repo")
@@ -66,6 +89,7 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     write_model(repo, "mlp", mlp, (demo_repo / "mlp" / "config.pbtxt").read_text())
     write_model(repo, "held", mlp, HELD)
     write_model(repo, "ident", identity_model(tmp_path_factory.mktemp("m") / "ident.onnx"), None)
+    write_model(repo, "flat", flat_identity(tmp_path_factory.mktemp("m") / "flat.onnx"), FLAT)
     flags = ["--allow-client-shm", "--max-shm-regions", str(MAX_REGIONS), "--max-shm-bytes", str(MAX_BYTES)]
     with ServerProcess("--model-repository", str(repo), *flags) as process:
         yield process
@@ -328,6 +352,51 @@ def test_a_client_that_truncates_its_object_while_its_request_waits_does_not_cra
     np.testing.assert_allclose(got, mlp_reference(demo_repo, data), rtol=1e-5, atol=1e-5)
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
     stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="shrinks"), timeout=30)
+
+
+def _shrink_and_regrow(paths: list[Path], size: int, stop: threading.Event) -> None:
+    """A client's object truncated to nothing and extended back, over and over, until `stop`."""
+    while not stop.is_set():
+        for path in paths:
+            os.truncate(path, 0)
+            os.truncate(path, size)
+
+
+def test_objects_shrinking_under_every_request_never_kill_the_server(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, objects: list[Path]
+) -> None:
+    """Between the server's size check and its touch of the mapping, a client could truncate its
+    object: the touch was a SIGBUS, and the process died (a tester's loop killed it within three
+    requests, on the input and on the output path). Data now moves by pread and pwrite: each request
+    is answered, OK or INVALID_ARGUMENT naming its region, and the server lives."""
+    size = 393_216  # 96 Ki floats: a copy long enough for the race to land
+    paths = [SHM / new_object(objects, size).lstrip("/") for _ in range(2)]
+    register(stub, "shrinking_in", "/" + paths[0].name, size)
+    register(stub, "shrinking_out", "/" + paths[1].name, size)
+    request = pb.ModelInferRequest(model_name="flat")
+    request.inputs.add(
+        name="x", datatype="FP32", shape=[size // 4], parameters=shm_params("shrinking_in", size)
+    )
+    request.outputs.add(name="y", parameters=shm_params("shrinking_out", size))
+    stop = threading.Event()
+    toggler = threading.Thread(target=_shrink_and_regrow, args=(paths, size, stop), daemon=True)
+    toggler.start()
+    answers: dict[str, int] = {}
+    try:
+        for _ in range(150):
+            try:
+                stub.ModelInfer(request, timeout=30)
+                answers["OK"] = answers.get("OK", 0) + 1
+            except grpc.RpcError as refused:
+                assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.details()
+                assert "shared memory region 'shrinking_" in str(refused.details()), refused.details()
+                answers["refused"] = answers.get("refused", 0) + 1
+    finally:
+        stop.set()
+        toggler.join(30)
+    assert sum(answers.values()) == 150
+    assert server.process is not None and server.process.poll() is None
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
 
 
 def test_a_stream_request_uses_shared_memory_too(

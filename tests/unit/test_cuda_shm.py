@@ -59,7 +59,7 @@ def test_register_maps_the_handle_and_the_region_reads_and_writes_device_memory(
     assert lib.open == {address: 1}  # opened on the named GPU
     region = cuda.lookup("gpu")
     assert region is not None and cuda.lookup("other") is None
-    assert region.view(8, 8).view(np.float32).tolist() == [2.0, 3.0]
+    assert region.read(8, 8).view(np.float32).tolist() == [2.0, 3.0]
     region.write(60, np.frombuffer(b"\x01\x02\x03\x04", np.uint8))
     assert lib.read(address + 60, 4) == b"\x01\x02\x03\x04"
     assert cuda.live_mappings == (1, 64)
@@ -125,7 +125,7 @@ def test_unregister_while_in_use_closes_the_mapping_after_the_last_holder(lib: F
     with pytest.raises(RegionNotFound, match="'gpu'"):
         cuda.status("gpu")
     assert cuda.lookup("gpu") is None
-    assert held is not None and held.view(0, 4).tobytes() == b"held"  # still mapped
+    assert held is not None and held.read(0, 4).tobytes() == b"held"  # still mapped
     assert lib.closed == [] and cuda.live_mappings == (1, 16)  # still counted against the limits
     del held
     gc.collect()
@@ -149,7 +149,7 @@ def test_a_failed_copy_is_the_clients_region_error_not_internal(lib: FakeCudart)
     assert region is not None
     lib.fail_copies = True
     with pytest.raises(InvalidRequest, match=r"region 'gpu': cudaMemcpy \(device to host\) failed"):
-        region.view(0, 8)
+        region.read(0, 8)
     with pytest.raises(InvalidRequest, match=r"region 'gpu': cudaMemcpy \(host to device\) failed"):
         region.write(0, np.zeros(8, np.uint8))
 
@@ -178,7 +178,7 @@ def test_a_request_reads_inputs_from_and_writes_outputs_to_a_cuda_region(lib: Fa
     )
     tensors = shm_tensors.resolve(request, system)
     assert tensors is not None
-    read = tensors.read("x", datatypes.BY_WIRE["FP32"], (2, 3), private=False)
+    read = tensors.read("x", datatypes.BY_WIRE["FP32"], (2, 3))
     np.testing.assert_array_equal(read, x)
     tensors.write("y", x * 2)
     np.testing.assert_array_equal(np.frombuffer(lib.read(out_address, 24), np.float32), (x * 2).ravel())

@@ -1,7 +1,7 @@
 """System shared memory where mutation testing showed rules untested (server/protocol/shm_tensors.py,
 shared_memory.py, shm_regions.py): each refusal's whole message (naming the tensor, the parameter
 or the region), a range exactly at a region's end and one byte past it, uint64 parameters, the
-offset honoured, BYTES tensors both ways, a private input copied at an unaligned address, the
+offset honoured, BYTES tensors both ways, an input copied at an unaligned address, the
 registry's counts and its retry after a collection, and keys and sizes at their bounds."""
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def test_a_range_ending_at_the_regions_end_is_taken_and_uint64_parameters_too(tm
     }
     tensors = shm_tensors.resolve(input_request(p), shm)
     assert tensors is not None
-    assert tensors.read("x", FP32, (4,), private=False).tolist() == [12, 13, 14, 15]  # the offset is used
+    assert tensors.read("x", FP32, (4,)).tolist() == [12, 13, 14, 15]  # the offset is used
 
 
 def test_tensors_without_shared_memory_parameters_are_left_alone(tmp_path: Path) -> None:
@@ -152,23 +152,23 @@ def test_bytes_inputs_are_read_in_their_shape_and_bad_framing_names_the_input(tm
     shm.register("r", obj(tmp_path, "o", framed + bytes(8)), 0, len(framed) + 8)
     tensors = shm_tensors.resolve(input_request(params("r", len(framed))), shm)
     assert tensors is not None
-    value = tensors.read("x", BYTES, (2, 2), private=False)
+    value = tensors.read("x", BYTES, (2, 2))
     assert value.shape == (2, 2) and value.tolist() == [[b"ab", b""], [b"xyz", b"q"]]
     with pytest.raises(InvalidRequest) as refused:
-        tensors.read("x", BYTES, (5,), private=False)
+        tensors.read("x", BYTES, (5,))
     assert str(refused.value).startswith("input 'x': ")
 
 
-def test_a_private_input_at_an_unaligned_address_is_a_copy(tmp_path: Path) -> None:
+def test_an_input_at_an_unaligned_address_is_a_copy(tmp_path: Path) -> None:
     shm = registry(tmp_path)
     values = np.arange(4, dtype=np.float32)
     key = obj(tmp_path, "o", b"\0" + values.tobytes() + bytes(3))
     shm.register("r", key, 0, 20)
     tensors = shm_tensors.resolve(input_request(params("r", 16, 1)), shm)
     assert tensors is not None
-    private = tensors.read("x", FP32, (4,), private=True)
+    read = tensors.read("x", FP32, (4,))
     shm.lookup("r").write(1, np.zeros(16, np.uint8))  # the client changes the region afterwards
-    assert private.tolist() == [0, 1, 2, 3] and not private.flags.writeable
+    assert read.tolist() == [0, 1, 2, 3] and not read.flags.writeable
 
 
 def test_bytes_and_two_dimensional_outputs_are_written_whole(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_a_region_at_an_unaligned_offset_past_the_first_page_reads_its_own_bytes
     data = random.Random(5).randbytes(3 * 4096)
     shm = registry(tmp_path)
     shm.register("a", obj(tmp_path, "o", data), 5000, 100)
-    assert bytes(shm.lookup("a").view(0, 100)) == data[5000:5100]
+    assert bytes(shm.lookup("a").read(0, 100)) == data[5000:5100]
 
 
 # --- keys and sizes -----------------------------------------------------------------------------

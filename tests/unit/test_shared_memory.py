@@ -55,7 +55,7 @@ def test_register_status_unregister(tmp_path: Path) -> None:
     shm.register("a", key, 4100, 100)  # an offset that is not page-aligned
     assert [(r.name, r.key, r.offset, r.byte_size) for r in shm.status("")] == [("a", key, 4100, 100)]
     region = shm.lookup("a")
-    assert bytes(region.view(0, 4)) == bytes([4100 % 256 + i for i in range(4)])
+    assert bytes(region.read(0, 4)) == bytes([4100 % 256 + i for i in range(4)])
     with pytest.raises(RegionExists, match="already in manager"):
         shm.register("a", key, 0, 8)
     with pytest.raises(InvalidRequest, match="beyond the end"):
@@ -81,7 +81,6 @@ def test_unregistered_region_stays_mapped_while_a_request_holds_it(tmp_path: Pat
     shm = registry(tmp_path, max_regions=1)
     shm.register("a", obj(tmp_path, "o", b"\1" * 64), 0, 64)
     held = shm.lookup("a")  # what a request in flight holds
-    view = held.view(0, 8)
     mapping = weakref.ref(held.mapping)
     shm.unregister("a")
     with pytest.raises(RegionNotFound):
@@ -89,8 +88,8 @@ def test_unregistered_region_stays_mapped_while_a_request_holds_it(tmp_path: Pat
     assert shm.live_mappings == (1, 64)
     with pytest.raises(SharedMemoryLimit, match="max_shm_regions"):  # still counted
         shm.register("b", "/o", 0, 64)
-    assert bytes(view) == b"\1" * 8  # still readable
-    del held, view
+    assert bytes(held.read(0, 8)) == b"\1" * 8  # still readable
+    del held
     gc.collect()
     assert mapping() is None and shm.live_mappings == (0, 0)
     shm.register("b", "/o", 0, 64)
@@ -144,16 +143,14 @@ def test_inputs_are_views_when_aligned_and_copies_when_not_or_private(tmp_path: 
     tensors = shm_tensors.resolve(request, shm)
     assert tensors is not None
     fp32 = datatypes.BY_WIRE["FP32"]
-    x = tensors.read("x", fp32, (2, 3), private=False)
-    y = tensors.read("y", fp32, (2, 3), private=False)
-    private = tensors.read("x", fp32, (2, 3), private=True)
-    for array in (x, y, private):
+    x = tensors.read("x", fp32, (2, 3))
+    y = tensors.read("y", fp32, (2, 3))
+    for array in (x, y):
         np.testing.assert_array_equal(array, values.reshape(2, 3))
         assert not array.flags.writeable
-    assert np.shares_memory(x, shm.lookup("a").view(0, 24))
-    assert not np.shares_memory(private, shm.lookup("a").view(0, 24))
+        assert not np.shares_memory(array, shm.lookup("a").mapping)  # copied out, never a view
     with pytest.raises(InvalidRequest, match="expected 16"):
-        tensors.read("x", fp32, (2, 2), private=False)
+        tensors.read("x", fp32, (2, 2))
 
 
 def test_outputs_that_do_not_fit_name_the_output(tmp_path: Path) -> None:
@@ -236,3 +233,20 @@ def test_the_servers_open_file_limit_is_resource_exhausted_not_the_clients_fault
         monkeypatch.setattr(shm_regions.mmap, "mmap", out_of_files)
     with pytest.raises(SharedMemoryLimit, match=r"no file descriptor left \(its open-file limit, ulimit -n"):
         shm_regions.open_region("r", key, 0, 64, tmp_path)
+
+
+def test_a_region_whose_object_shrank_is_refused_on_read_and_write_never_touched(tmp_path: Path) -> None:
+    """Reads and writes go through the descriptor (pread, pwrite), never the mapping: a touch of
+    the mapping past a truncated object's end is a SIGBUS, and a size check before it cannot close
+    the race (a tester's shrinking loop killed the server between check and copy)."""
+    shm = registry(tmp_path)
+    key = obj(tmp_path, "o", bytes(range(64)))
+    shm.register("a", key, 0, 64)
+    held = shm.lookup("a")
+    assert bytes(held.read(8, 4)) == bytes([8, 9, 10, 11])
+    os.truncate(tmp_path / "o", 10)  # shrinks below the region, after the request's checks
+    with pytest.raises(RegionGone, match="is now 10 bytes"):
+        held.read(8, 4)  # [8, 12) ends past the object's 10 bytes: a short pread
+    held.write(60, np.ones(4, np.uint8))  # grows the object back (a write past its end), no SIGBUS
+    assert (tmp_path / "o").stat().st_size == 64
+    assert bytes(held.read(60, 4)) == bytes([1] * 4)
