@@ -52,7 +52,10 @@ machine's variance, which the margin is for.
 
 The same buckets keep the cost of a run to the thread that runs it (an EWMA): CPU seconds on the
 executor thread, or wall seconds of a run made inline (what the event loop was blocked). The batcher
-runs a batch inline when that is below a thread hop's cost (`cheap`). Wall time through an executor
+runs a batch inline when that is below a thread hop's cost (`cheap`), and when a recent run of that
+bucket at least as large in input bytes cost no more: rows alone do not say a run's cost where a
+model's other dimensions vary (a tester's 1-row 3000x3000 request ran inline after tiny 1-row ones,
+held the loop 3.8 s, and no watchdog could time it). Wall time through an executor
 would not do: it includes the hop and waiting for the GIL, the very costs an inline run avoids, so a
 tiny model would look too costly to ever run inline.
 
@@ -67,6 +70,8 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
+from batcher.types import Tensors
+
 # How many runs of a bucket (of no more rows than a request) its fastest needs before it bounds that
 # request's "cannot finish" figure (`predict_floor`): one run may be an outlier (a hang, a pause).
 BOUND_RUNS = 3
@@ -80,6 +85,7 @@ class _Seen:
     at: float = 0.0  # when last observed, clock seconds
     high: float = 0.0  # the prediction, cached on observe: quantile seconds, capped
     cpu: float | None = None  # EWMA of the runs' CPU seconds, where measured
+    costs: deque[tuple[float, int]] = field(default_factory=deque)  # (CPU seconds, input bytes), latest
     first: bool = True  # until the bucket's second run: its first may carry one-time costs
 
 
@@ -115,15 +121,20 @@ class ServiceTimeEstimator:
     def _freshness(self, seen: _Seen, now: float) -> float:
         return float(0.5 ** (max(now - seen.at, 0.0) / self._half_life_s))
 
-    def observe(self, rows: int, seconds: float, now: float, cpu_s: float | None = None) -> None:
-        """Record that a run of `rows` rows took `seconds` (wall) and cost `cpu_s` to the thread that
-        ran it (None: not measured), observed at clock time `now`."""
+    def observe(
+        self, rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0
+    ) -> None:
+        """Record that a run of `rows` rows and `nbytes` input bytes took `seconds` (wall) and cost
+        `cpu_s` to the thread that ran it (None: not measured), observed at clock time `now`."""
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
             seen = self._seen[b] = _Seen(deque())
         if cpu_s is not None:
             seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
+            if len(seen.costs) == self._window:
+                seen.costs.popleft()
+            seen.costs.append((cpu_s, nbytes))
         times = seen.times
         if seen.first and seen.runs:  # the bucket's second run
             seen.first = False
@@ -228,8 +239,16 @@ class ServiceTimeEstimator:
             return bound, bound_bucket, bound_count
         return fastest_any, None, 0
 
-    def cheap(self, rows: int, max_cpu_s: float) -> bool:
-        """Whether recent runs of this many rows (its own bucket) cost their thread at most `max_cpu_s`.
-        Unknown: no (a first run of any size goes through the executor and is measured there)."""
+    def cheap(self, rows: int, max_cpu_s: float, nbytes: int = 0) -> bool:
+        """Whether recent runs of this many rows (its own bucket) cost their thread at most
+        `max_cpu_s`, one of them of at least `nbytes` input bytes among them. Unknown: no (a first
+        run of any size, or larger than those seen, goes through the executor, measured there)."""
         seen = self._seen.get(self.bucket(rows))
-        return seen is not None and seen.cpu is not None and seen.cpu <= max_cpu_s
+        if seen is None or seen.cpu is None or seen.cpu > max_cpu_s:
+            return False
+        return any(cpu <= max_cpu_s and size >= nbytes for cpu, size in seen.costs)
+
+
+def input_bytes(inputs: Tensors) -> int:
+    """A run's size beside its rows: its inputs' bytes (a BYTES tensor's pointers, not its strings)."""
+    return sum(array.nbytes for array in inputs.values())

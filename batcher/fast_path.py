@@ -17,7 +17,7 @@ from collections.abc import Callable
 from batcher.admission import Admission
 from batcher.batch_io import alone_rows, check_rows, computed_late, late, left_ns, refusal
 from batcher.errors import BatcherError
-from batcher.estimate import ServiceTimeEstimator
+from batcher.estimate import ServiceTimeEstimator, input_bytes
 from batcher.flights import Flights
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, runs_alone_now
@@ -57,9 +57,10 @@ class FastPath:
         self._runs = runs
         self._alone: dict[int, DispatchReason] = {}  # the fast path's dispatch reason by rows
 
-    def runs_inline(self, rows: int) -> bool:
-        """Whether a batch of `rows` rows runs on the event loop thread (see `inline_max_s`)."""
-        return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s)
+    def runs_inline(self, rows: int, nbytes: int) -> bool:
+        """Whether a batch of `rows` rows and `nbytes` input bytes runs on the event loop thread
+        (see `inline_max_s`)."""
+        return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s, nbytes)
 
     def trip(self) -> None:
         """A run outlived the watchdog: run nothing of this model inline (the fast path included)
@@ -74,7 +75,10 @@ class FastPath:
         backend = self._fast
         if backend is None or self._flights.count or len(self._queue) or self._policy.ragged is not None:
             return None  # (ragged models always gather: their batch inputs are made there)
-        if not runs_alone_now(a.rows, self._policy) or not self._estimator.cheap(a.rows, self._inline_max_s):
+        if not runs_alone_now(a.rows, self._policy):
+            return None
+        nbytes = input_bytes(inputs)
+        if not self._estimator.cheap(a.rows, self._inline_max_s, nbytes):
             return None
         try:
             self._queue.check(a, self._forecast.now)
@@ -101,7 +105,7 @@ class FastPath:
             self._stats.count_copy(rows)
         self._stats.run_cpu_s += (t1 - t0) / 1e9  # on the loop thread: wall time is its CPU time
         now = self._clock()
-        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9)
+        self._estimator.observe(a.rows, (t1 - t0) / 1e9, now, cpu_s=(t1 - t0) / 1e9, nbytes=nbytes)
         self._forecast.ran(a.rows)
         if late(a.hard, now):
             self._stats.late += a.counted

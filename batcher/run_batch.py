@@ -25,7 +25,7 @@ from batcher.batch_io import (
     splits_outputs,
 )
 from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, OutputRowsWrong, RunTimedOut
-from batcher.estimate import ServiceTimeEstimator
+from batcher.estimate import ServiceTimeEstimator, input_bytes
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
@@ -50,8 +50,8 @@ def start_by(batch: list[Request]) -> float | None:
 
 
 class BatchRunner:
-    """Runs the batches of one DynamicBatcher. `inline(rows)`: whether a run of `rows` rows may run
-    on the event loop thread; `on_trip()`: a run outlived the watchdog."""
+    """Runs the batches of one DynamicBatcher. `inline(rows, nbytes)`: whether a run of `rows` rows
+    and `nbytes` input bytes may run on the event loop thread; `on_trip()`: a run outlived the watchdog."""
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class BatchRunner:
         forecast: WaitForecast,
         watchdog: Watchdog,
         flights: Flights,
-        inline: Callable[[int], bool],
+        inline: Callable[[int, int], bool],
         on_trip: Callable[[], None],
         margin: WakeMargin = NO_MARGIN,
         name: str = "batcher",
@@ -129,7 +129,7 @@ class BatchRunner:
         t0 = time.perf_counter_ns()
         note_taken(batch, t0)  # the run's start, as its record's gather_ns
         try:
-            parts, outputs, offsets, ns, cpu_s = await self._compute(instance, batch, t0)
+            parts, outputs, offsets, ns, cost = await self._compute(instance, batch, t0)
         except ExpiredUnrun:
             self._flights.land(flight)
             self._expire_unrun(batch)
@@ -150,23 +150,24 @@ class BatchRunner:
             await self._fail_batch(instance, flight, batch, exc)
             return
         done_at = self._clock()
-        self._record(offsets[-1], ns, cpu_s, done_at)
+        self._record(offsets[-1], ns, cost, done_at)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 
     async def _compute(
         self, instance: Instance, batch: list[Request], t0: int
-    ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], float | None]:
+    ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], tuple[float | None, int]]:
         """Run `batch` on `instance`, started at perf_counter_ns `t0`: each request's part, the
         run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
-        and the run's CPU seconds."""
+        and the run's CPU seconds and input bytes."""
         inputs, offsets = batch_inputs(batch, self._policy)
+        nbytes = input_bytes(inputs)
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
         try:
             outputs, cpu_s = await self._watchdog.run(
-                instance, inputs, self._inline(offsets[-1]), start_by(batch)
+                instance, inputs, self._inline(offsets[-1], nbytes), start_by(batch)
             )
         finally:
             self._forecast.ended(key)
@@ -177,13 +178,17 @@ class BatchRunner:
         else:  # a request run alone: its outputs whole, once they hold its rows
             check_rows(outputs, offsets[-1], self._policy)
             parts = [dict(outputs)]
-        return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), cpu_s
+        return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), (cpu_s, nbytes)
 
-    def _record(self, rows: int, ns: tuple[int, int, int, int], cpu_s: float | None, done_at: float) -> None:
-        """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it."""
+    def _record(
+        self, rows: int, ns: tuple[int, int, int, int], cost: tuple[float | None, int], done_at: float
+    ) -> None:
+        """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it.
+        `cost`: its CPU seconds (None: not measured) and input bytes."""
         t0, t1, t2, t3 = ns
+        cpu_s, nbytes = cost
         self._stats.record_run(rows, t1 - t0, t2 - t1, t3 - t2)  # its requests: settle_batch
-        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s)
+        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s, nbytes)
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
 
@@ -200,7 +205,7 @@ class BatchRunner:
             if not part:
                 continue
             try:
-                parts, outputs, offsets, ns, cpu_s = await self._compute(
+                parts, outputs, offsets, ns, cost = await self._compute(
                     instance, part, time.perf_counter_ns()
                 )
             except ExpiredUnrun:
@@ -217,7 +222,7 @@ class BatchRunner:
                 await self._fail_batch(instance, None, [p for q in (part, *pending) for p in q], exc)
                 return
             done_at = self._clock()
-            self._record(offsets[-1], ns, cpu_s, done_at)
+            self._record(offsets[-1], ns, cost, done_at)
             self._log_not_split(parts, outputs, offsets)
             settle_batch(part, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 

@@ -620,6 +620,23 @@ async def test_fast_path_checks_like_admission(make: MakeBatcher) -> None:
     assert be.batches == [[0], [2]]
 
 
+async def test_a_request_larger_in_bytes_than_the_cheap_runs_seen_goes_to_the_executor(
+    make: MakeBatcher,
+) -> None:
+    """Rows alone do not say a run's cost where a model's other dimensions vary: a tester's 1-row
+    3000x3000 request ran inline after tiny 1-row ones and held the event loop 3.8 s, where no
+    watchdog could time it. A run is inline only if a recent cheap run was at least as large."""
+    be = BlockingBackend()
+    b = make(be, inline_max_s=1.0)
+    await result(b.submit(x(1), 1))  # 8 bytes: unknown, so on the executor thread, measured there
+    assert b.run_now(x(2), b.admission(1)) is not None  # known cheap at 8 bytes: inline
+    wide = {"x": np.full((1, 4096), 3.0, np.float32)}  # 1 row too, 16 KiB
+    assert b.run_now(wide, b.admission(1)) is None  # larger than any cheap run seen
+    await result(b.submit(wide, 1))  # through the executor, measured there
+    assert b.run_now(wide, b.admission(1)) is not None  # now known cheap at its size
+    assert [thread == LOOP for thread in be.threads] == [False, True, False, True]
+
+
 async def test_fast_path_with_several_instances(make: MakeBatcher) -> None:
     backends = [BlockingBackend(), BlockingBackend()]
     b = make(*backends, inline_max_s=1.0)
@@ -629,12 +646,12 @@ async def test_fast_path_with_several_instances(make: MakeBatcher) -> None:
 
 async def test_fast_path_only_where_the_rules_run_a_lone_request_at_once(make: MakeBatcher) -> None:
     waits = make(BlockingBackend(), max_queue_delay_s=LONG, preferred_batch_sizes=(4,), inline_max_s=1.0)
-    waits.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6)
-    waits.estimator.observe(4, 1e-6, time.monotonic(), cpu_s=1e-6)
+    waits.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6, nbytes=1 << 20)
+    waits.estimator.observe(4, 1e-6, time.monotonic(), cpu_s=1e-6, nbytes=1 << 20)
     assert waits.run_now(x(1), waits.admission(1)) is None  # Triton's rules wait for a batch of 4
     assert waits.run_now(x(2, rows=4), waits.admission(4)) is not None  # a preferred size: at once
     idle = make(BlockingBackend(), max_queue_delay_s=LONG, idle_dispatch=True, inline_max_s=1.0)
-    idle.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6)
+    idle.estimator.observe(1, 1e-6, time.monotonic(), cpu_s=1e-6, nbytes=1 << 20)
     assert idle.run_now(x(3), idle.admission(1)) is not None  # idle dispatch: at once
 
 
@@ -668,7 +685,7 @@ async def test_fast_path_run_past_the_deadline_is_not_a_success() -> None:
     stats = ModelStats()
     be = Slow()
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), stats, clock=lambda: now[0], inline_max_s=1.0)
-    b.estimator.observe(1, 1e-6, now[0], cpu_s=1e-6)
+    b.estimator.observe(1, 1e-6, now[0], cpu_s=1e-6, nbytes=1 << 20)
     b.start()
     try:
         with pytest.raises(DeadlineExceeded, match="being computed"):

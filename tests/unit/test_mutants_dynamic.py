@@ -250,7 +250,7 @@ async def test_without_inline_max_every_run_goes_to_the_executor(make: Make) -> 
 
 async def test_inline_max_zero_turns_the_fast_path_off(make: Make) -> None:
     b = make(Blocking())
-    b.estimator.observe(1, 0.0, time.monotonic(), cpu_s=0.0)  # even a run that cost nothing
+    b.estimator.observe(1, 0.0, time.monotonic(), cpu_s=0.0, nbytes=1 << 20)  # even a run that cost nothing
     assert b.run_now(x(1), b.admission(1)) is None
 
 
@@ -267,7 +267,7 @@ async def test_submit_takes_the_fast_path_once_with_its_statistics(make: Make) -
     stats = ModelStats()
     be = Blocking()
     b = make(be, clock=clock, stats=stats, inline_max_s=1.0)
-    b.estimator.observe(1, 1.0, clock.now, cpu_s=0.0)  # known cheap (and slow: see below)
+    b.estimator.observe(1, 1.0, clock.now, cpu_s=0.0, nbytes=1 << 20)  # known cheap (and slow: see below)
     out = await b.submit(x(7), 1)
     np.testing.assert_array_equal(out["y"], x(7)["x"] * 2)
     assert be.threads == [LOOP] and be.tasks == [asyncio.current_task()]  # in the caller's task
@@ -399,7 +399,7 @@ async def test_a_batch_is_costed_and_placed_by_its_total_rows(make: Make) -> Non
     clock = Clock()
     be = Blocking()
     b = make(be, clock=clock, max_batch_size=2, max_queue_delay_s=LONG, inline_max_s=1.0)
-    b.estimator.observe(1, 0.1, clock.now, cpu_s=0.0)
+    b.estimator.observe(1, 0.1, clock.now, cpu_s=0.0, nbytes=1 << 20)
     b.estimator.observe(2, 1.0, clock.now)
     tasks = [submit(b, 1), submit(b, 2)]
     for task in tasks:
@@ -427,7 +427,7 @@ async def test_a_running_batch_counts_its_total_rows_in_the_wait_estimate(make: 
 
 
 def seeded(b: DynamicBatcher, now: float) -> None:
-    b.estimator.observe(1, 1.0, now, cpu_s=0.0)  # cheap
+    b.estimator.observe(1, 1.0, now, cpu_s=0.0, nbytes=1 << 20)  # cheap
     b.estimator.observe(2, 1.0, now)
     b.estimator.observe(8, 0.01, now)  # 5..8 rows: 10 ms
 

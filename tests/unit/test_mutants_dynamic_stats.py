@@ -46,9 +46,9 @@ def observed(b: DynamicBatcher) -> Seen:
     estimator = b.estimator
     real = estimator.observe
 
-    def observe(rows: int, seconds: float, now: float, cpu_s: float | None = None) -> None:
+    def observe(rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0) -> None:
         seen.append((rows, seconds, now, cpu_s))
-        real(rows, seconds, now, cpu_s)
+        real(rows, seconds, now, cpu_s, nbytes)
 
     estimator.observe = observe  # type: ignore[method-assign]
     return seen
@@ -57,7 +57,7 @@ def observed(b: DynamicBatcher) -> Seen:
 def cheap(b: DynamicBatcher, now: float, *rows: int, seconds: float = 0.0) -> None:
     """Runs of these sizes are known, costing no CPU: the fast path and inline runs take them."""
     for r in rows:
-        b.estimator.observe(r, seconds, now, cpu_s=0.0)
+        b.estimator.observe(r, seconds, now, cpu_s=0.0, nbytes=1 << 20)
 
 
 # -- the fast path ---------------------------------------------------------------------------------

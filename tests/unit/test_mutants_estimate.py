@@ -69,3 +69,15 @@ def test_cpu_cost_is_an_ewma_and_cheap_is_inclusive() -> None:
     assert est.cheap(1, 0.5)
     est.observe(1, 1.0, 0.0, cpu_s=1.5)  # 0.5 + 0.2 x (1.5 - 0.5) = 0.7
     assert est.cheap(1, 0.71) and not est.cheap(1, 0.69)
+
+
+def test_cheap_needs_a_recent_cheap_run_at_least_as_large_in_bytes() -> None:
+    est = ServiceTimeEstimator(window=2)
+    est.observe(1, 1e-4, 0.0, cpu_s=1e-4, nbytes=100)
+    assert est.cheap(1, 1e-3, 100) and not est.cheap(1, 1e-3, 101)
+    est.observe(1, 2e-3, 0.0, cpu_s=2e-3, nbytes=1000)  # larger, and not cheap itself
+    assert not est.cheap(1, 1e-3, 1000)  # the bucket's EWMA is (0.48 ms), that run was not
+    assert est.cheap(1, 1e-3, 100)
+    est.observe(1, 1e-4, 0.0, cpu_s=1e-4, nbytes=50)  # a window of 2: the 100-byte run leaves
+    assert not est.cheap(1, 1e-3, 100) and est.cheap(1, 1e-3, 50)
+    assert not est.cheap(2, 1e-3, 0)  # another bucket: unknown

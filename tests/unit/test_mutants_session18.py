@@ -70,7 +70,7 @@ def runner(
             forecast,
             watchdog,
             flights,
-            lambda r: False,
+            lambda rows, nbytes: False,
             lambda: None,
             margin,
         )
@@ -83,7 +83,7 @@ def runner(
             forecast,
             watchdog,
             flights,
-            lambda r: False,
+            lambda rows, nbytes: False,
             lambda: None,
             margin,
             name,

@@ -67,7 +67,7 @@ async def test_the_fast_path_refuses_before_counting_too() -> None:
     batcher = DynamicBatcher([backend], BatchingPolicy(max_batch_size=8), stats, inline_max_s=1.0)
     batcher.start()
     try:
-        await batcher.enqueue({"x": np.ones((1, 2), np.float32)}, batcher.admission(1))  # now known cheap
+        await batcher.enqueue({"x": np.ones((1, 3), np.float32)}, batcher.admission(1))  # cheap at this size
         with pytest.raises(InvalidRequest, match="does not fit"):
             batcher.run_now(
                 {"x": np.ones((1, 3), np.float32)}, batcher.admission(1)._replace(accept=refuse_wide)
