@@ -63,6 +63,19 @@ class EnsembleDependents:
         """The models `name`'s steps use (none when it is no ensemble)."""
         return self._steps.get(name, frozenset())
 
+    def above(self, model: str) -> set[str]:
+        """Every ensemble whose steps reach `model`, however deeply nested, in any state: those
+        whose cached answers a change of `model` makes stale."""
+        found: set[str] = set()
+        pending = [model]
+        while pending:
+            used = pending.pop()
+            for name, steps in self._steps.items():
+                if used in steps and name not in found:
+                    found.add(name)
+                    pending.append(name)
+        return found
+
     def using(self, model: str) -> list[str]:
         """The loaded ensembles whose steps use `model`."""
         return [

@@ -135,6 +135,13 @@ class ModelManager:
         """The loaded ensembles whose steps use `model`."""
         return self._ensembles.using(model)
 
+    def _discard_cached(self, name: str) -> None:
+        """Forget the cached answers of `name` and of every ensemble above it: an ensemble's were
+        computed by the step versions now replaced or gone (an ensemble with response_cache kept
+        answering a reloaded step's old outputs)."""
+        for model in (name, *self._ensembles.above(name)):
+            self._retirement.discard_cached(model)
+
     def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
@@ -247,7 +254,7 @@ class ModelManager:
             entry = self.entry(name)
             entry.state, entry.reason = UNAVAILABLE, UNLOADED
             self._on_health(name, False)
-            self._retirement.discard_cached(name)
+            self._discard_cached(name)
             # Its live sequences' continuations are told why they ended (an eviction had read
             # "unloaded or replaced", as an operator's unload).
             await self._retirement.retire(
@@ -336,7 +343,7 @@ class ModelManager:
         self._models[source.name] = entry
         for version in versions.values():
             self.sequence_routing.follow(version)  # its ended sequences' notes go
-        self._retirement.discard_cached(source.name)  # outputs of the versions just replaced
+        self._discard_cached(source.name)  # outputs of the versions just replaced
         self._on_health(source.name, True)
         same = [n for n in entry.order if serving.get(n) is versions[n]]
         kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""

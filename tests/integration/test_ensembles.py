@@ -5,6 +5,7 @@ of steps across ensemble requests, and the ensemble's own statistics."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +267,33 @@ def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Pa
         np.testing.assert_allclose(out, 2 * (_x(1) + 1))
     assert (stats.cache_hit.count, stats.cache_miss.count, stats.success.count) == (2, 1, 3)
     assert steps[0] == 1  # the step ran once: the repeats never reached it
+
+
+def test_an_ensembles_cached_answers_go_when_a_step_model_below_it_is_reloaded(tmp_path: Path) -> None:
+    """An ensemble's cached answer was computed by its steps' versions: after a step's reload with
+    new weights it kept answering the old outputs (a tester: 2.0 from the cached ensemble, 3.0 from
+    the step and an uncached twin). Nested ensembles above the step lose theirs too."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "files").mkdir()
+    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
+    (repo / "linear_cached" / "1").mkdir(parents=True)
+    (repo / "linear_cached" / "config.pbtxt").write_text(
+        ENSEMBLES["linear"] + "response_cache { enable: true }\n"
+    )
+    args = ("--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*")
+    args += ("--response-cache-bytes", "1000000")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        before = client.infer("linear_cached", {"IN": _x(1)})["OUT"]
+        np.testing.assert_allclose(client.infer("linear_cached", {"IN": _x(1)})["OUT"], before)  # a hit
+        shutil.copyfile(repo / "double" / "1" / "model.onnx", tmp_path / "add_one.onnx")
+        (repo / "add_one" / "1" / "model.onnx").unlink()  # add_one becomes a doubling, in place
+        shutil.copyfile(tmp_path / "add_one.onnx", repo / "add_one" / "1" / "model.onnx")
+        client.load_model("add_one")
+        after = client.infer("linear_cached", {"IN": _x(1)})["OUT"]
+        stats = client.model_statistics("linear_cached").model_stats[0].inference_stats
+    np.testing.assert_allclose(before, 2 * (_x(1) + 1))
+    np.testing.assert_allclose(after, 4 * _x(1))  # (2x) then doubled: the reloaded step's answer
+    assert (stats.cache_hit.count, stats.cache_miss.count) == (1, 2)
 
 
 def test_a_step_models_response_cache_is_used_inside_an_ensemble(tmp_path: Path) -> None:
