@@ -24,7 +24,7 @@ from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
-from server import triton_text
+from server import errors, triton_text
 from server.backends.identity_backend import paired_input
 from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
@@ -96,8 +96,10 @@ def _named(
     """`exc` again (same class: the same gRPC status) in Triton's words, "in ensemble 'E', <the
     step's error>", then the step after `; `; an unexpected error is logged (with the request's
     model, version, id and trace, as a plain request's failure line) and answered INTERNAL, naming
-    the step only."""
+    the step only. A step model gone from the index is UNAVAILABLE, as one not ready."""
     where = f"step {step.index} (model '{step.model}')"
+    if isinstance(exc, errors.ModelNotFound):  # left the index since the ensemble loaded: not the caller's
+        exc = errors.ModelNotReady(f"model '{step.model}' is not ready (unavailable: {exc})")
     if not any(cls in STATUS_BY_EXCEPTION for cls in type(exc).__mro__):
         if notes is not None:
             fields = notes.log_fields(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from batcher.errors import DeadlineExceeded, QueueFull
 from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, Tensors
 from protos import model_config_pb2 as mc
+from server.errors import STATUS_BY_EXCEPTION, ModelNotFound, ModelNotReady
 from server.models.config import parse_config
 from server.models.ensemble import EnsembleScheduler
 from server.models.ensemble_config import plan_ensemble
@@ -123,6 +125,37 @@ def test_a_failing_step_keeps_its_error_class_and_is_named() -> None:
         QueueFull, match=r"^in ensemble 'linear', queue is full.*; step 2 \(model 'double'\)$"
     ):
         asyncio.run(_run("linear", steps, Clock(), None))
+
+
+def test_a_step_model_gone_from_the_index_is_unavailable_not_unknown() -> None:
+    """A step model removed from the repository (poll mode) or unloaded left the index before the
+    ensemble was marked unavailable: its lookup's NOT_FOUND reached the caller, a status no client
+    retries (a tester: 9 of 37,000 requests while a step's directory came and went)."""
+    steps = _steps()
+    config = parse_config(ENSEMBLES["linear"], "config.pbtxt")
+    config.name = "linear"
+    plan = plan_ensemble(config, "config.pbtxt", lambda s: steps[s.model].config)
+
+    def resolve(model: str, version: str, routed: object) -> FakeStep:
+        if model == "double":
+            raise ModelNotFound("Request for unknown model: 'double' is not found")
+        return steps[model]
+
+    async def scenario() -> None:
+        steps["add_one"].batcher.start()
+        try:
+            x = np.arange(4, dtype=np.float32).reshape(1, 4)
+            await EnsembleScheduler(plan, resolve).run({"IN": x}, _admission(None), 0)
+        finally:
+            await steps["add_one"].batcher.stop()
+
+    with pytest.raises(ModelNotReady) as gone:
+        asyncio.run(scenario())
+    assert str(gone.value) == (
+        "in ensemble 'linear', model 'double' is not ready (unavailable: Request for unknown model: "
+        "'double' is not found); step 2 (model 'double')"
+    )
+    assert STATUS_BY_EXCEPTION[ModelNotReady] is grpc.StatusCode.UNAVAILABLE
 
 
 def test_batch_dims_fitted_between_batching_and_non_batching_steps() -> None:
