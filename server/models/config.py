@@ -7,7 +7,9 @@ config from its ONNX graph (Triton's auto-complete) is server/models/onnx_comple
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -100,10 +102,28 @@ def parse_config(text: str, source: str) -> mc.ModelConfig:
     return config
 
 
+# A config.pbtxt is text of kilobytes (labels, warm-up data and states are files of their own);
+# one past this is refused unread, as one that is no regular file: a FIFO had blocked the read
+# (the repository frozen for good, SIGTERM no longer heard) and a link to /dev/zero grew without end.
+MAX_CONFIG_FILE_BYTES = 4 << 20
+
+
 def load_config_file(path: Path) -> mc.ModelConfig:
-    """Read and parse one config.pbtxt."""
+    """Read and parse one config.pbtxt (a regular file of at most MAX_CONFIG_FILE_BYTES; a
+    symlink is followed, as Triton does)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is not text
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO cannot block the open
+        with os.fdopen(fd, "rb") as file:
+            opened = os.fstat(file.fileno())
+            if not stat.S_ISREG(opened.st_mode):
+                raise ConfigError(f"{path}: not a regular file (a config.pbtxt must be one)")
+            data = b"" if opened.st_size > MAX_CONFIG_FILE_BYTES else file.read(MAX_CONFIG_FILE_BYTES + 1)
+        if max(opened.st_size, len(data)) > MAX_CONFIG_FILE_BYTES:  # it may have grown since fstat
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_FILE_BYTES} bytes (a config is text of kilobytes)"
+            )
+        # A byte-order mark (some editors write one) is not text; newlines read as text mode reads them.
+        text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
     return parse_config(text, str(path))

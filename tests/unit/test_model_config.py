@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper
 from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
 from server.models.config import (
+    MAX_CONFIG_FILE_BYTES,
     ConfigError,
     batching_policy,
     dynamic_batching_enabled,
@@ -65,6 +67,25 @@ def test_bad_value_names_line() -> None:
 def test_missing_file_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config_file(tmp_path / "nope.pbtxt")
+
+
+def test_a_config_that_is_no_regular_file_or_too_large_is_refused_unread(tmp_path: Path) -> None:
+    """A FIFO had blocked the read (the repository frozen, SIGTERM unheard); a link to /dev/zero
+    grew without end (1.6 GB in 6 s); both found by a tester."""
+    fifo = tmp_path / "fifo.pbtxt"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config_file(fifo)  # returns at once: nothing is written to it
+    zero = tmp_path / "zero.pbtxt"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config_file(zero)
+    big = _write(tmp_path, 'name: "m"\n' + "#" * MAX_CONFIG_FILE_BYTES)
+    with pytest.raises(ConfigError, match=f"larger than {MAX_CONFIG_FILE_BYTES} bytes"):
+        load_config_file(big)
+    linked = tmp_path / "linked.pbtxt"
+    linked.symlink_to(_write(tmp_path, 'name: "m"\r\nmax_batch_size: 8\r\n'))  # followed, as Triton
+    assert load_config_file(linked).max_batch_size == 8
 
 
 def test_parses_triton_style_config() -> None:
