@@ -7,6 +7,8 @@ generic message and its details go to the log only.
 
 from __future__ import annotations
 
+import errno
+
 import grpc
 
 from batcher import errors as batcher_errors
@@ -100,6 +102,26 @@ class RepositoryError(ServiceError):
     """A repository operation failed (bad config, missing files) for a reason the caller can fix."""
 
 
+class LoadOutOfResources(RepositoryError):
+    """A load failed for want of the server's own resources (open files, memory), not for anything
+    in the repository: UNAVAILABLE, which clients retry (it had been INVALID_ARGUMENT)."""
+
+
+# The OS errors that say the server is short of something, whatever file it was reading.
+SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def load_failure(message: str, exc: BaseException) -> RepositoryError:
+    """The error a failed load answers with: LoadOutOfResources when `exc` or what caused it is an
+    OSError of SHORTAGE_ERRNOS, else RepositoryError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in SHORTAGE_ERRNOS:
+            return LoadOutOfResources(message)
+        seen = seen.__cause__
+    return RepositoryError(message)
+
+
 class FilesNotStored(ServiceError):
     """The files sent with a RepositoryModelLoad could not be written (cache_dir read-only, say)."""
 
@@ -167,6 +189,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     ChangedByReload: grpc.StatusCode.UNAVAILABLE,
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
+    LoadOutOfResources: grpc.StatusCode.UNAVAILABLE,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StreamIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
     FilesNoSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -125,7 +125,7 @@ def load_config_file(path: Path) -> mc.ModelConfig:
         # A byte-order mark (some editors write one) is not text; newlines read as text mode reads them.
         text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from None
+        raise ConfigError(f"{path}: cannot read: {err}") from err  # its errno: errors.load_failure
     return parse_config(text, str(path))
 
 

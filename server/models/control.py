@@ -26,6 +26,7 @@ from server.errors import (
     ModelControlDisabled,
     ModelNotFound,
     RepositoryError,
+    load_failure,
 )
 from server.models.config import ConfigError
 from server.models.ensemble_config import cycle_refusal, cycle_refusals, is_ensemble, load_rank, steps_of
@@ -251,7 +252,7 @@ class RepositoryControl:
         except ModelNotFoundInRepository as exc:
             raise ModelNotFound(str(exc)) from None  # its text names the model already
         except (ConfigError, OSError) as exc:
-            raise RepositoryError(str(exc)) from None
+            raise load_failure(str(exc), exc) from None
 
     # -- loading a model as its config asks ---------------------------------------------------------
 

@@ -27,6 +27,7 @@ from server.errors import (
     OutgrowsMemoryBudget,
     RepositoryError,
     ShuttingDown,
+    load_failure,
 )
 from server.models.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from server.models.early_refusals import EarlyRefusals
@@ -222,7 +223,7 @@ class ModelLoads:
             files, key = await asyncio.to_thread(files_and_key, source)
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
-            raise self._failed(name, reason) from None
+            raise self._failed(name, reason, exc) from None
         steps = self.lazy_steps(source.config)
         if steps:  # an ensemble over lazy models: they load first (it failed for want of them)
             lazy, pinned = True, False
@@ -331,15 +332,16 @@ class ModelLoads:
         except ModelNotFoundInRepository as exc:
             raise ModelNotFound(str(exc)) from None  # its text names the model already
         except (ConfigError, OSError) as exc:
-            raise self._failed(name, str(exc)) from None
+            raise self._failed(name, str(exc), exc) from None
 
-    def _failed(self, name: str, reason: str) -> RepositoryError:
-        """A load that failed before the manager saw it (its config or files): counted and logged
-        like the manager's own failures (a load by RPC had been neither), noted in the index."""
+    def _failed(self, name: str, reason: str, exc: BaseException) -> RepositoryError:
+        """A load that failed before the manager saw it (its config or files, `exc`): counted and
+        logged like the manager's own failures (a load by RPC had been neither), noted in the index;
+        UNAVAILABLE when the server was short of files or memory (errors.load_failure)."""
         self.stats.failures += 1
         log.error("model %s failed to load: %s", name, reason)
         self._manager.note_failed_reload(name, reason)
-        return RepositoryError(reason)
+        return load_failure(reason, exc)
 
     async def _make_room(
         self, name: str, need: int, *, loaded: bool = False, best_effort: bool = False, basis: str = ""

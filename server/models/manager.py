@@ -18,7 +18,7 @@ from batcher.run_count import RunCount
 from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
-from server.errors import ModelNotFound, ModelNotReady, RepositoryError
+from server.errors import ModelNotFound, ModelNotReady, RepositoryError, load_failure
 from server.models.config import ConfigError
 from server.models.ensemble_config import is_ensemble, load_rank
 from server.models.ensemble_dependents import EnsembleDependents
@@ -227,7 +227,7 @@ class ModelManager:
                 raise ModelNotFound(str(exc)) from None  # its text names the model already
             except (ConfigError, OSError) as exc:
                 self.note_failed_reload(name, str(exc))
-                raise RepositoryError(str(exc)) from None
+                raise load_failure(str(exc), exc) from None
             old = self._models.get(name)
             if old is None or old.state != READY:  # nothing serves meanwhile: say LOADING, as Triton
                 dormant = old is not None and old.dormant  # a lazy model's requests wait for it
@@ -328,14 +328,13 @@ class ModelManager:
             if old is not None and old.state == READY:
                 # A failed reload keeps the versions that were serving; the index says why.
                 self.note_failed_reload(source.name, reason)
-                raise RepositoryError(
-                    f"load failed for model '{source.name}' (a reload; the versions serving stay): {reason}"
-                ) from None
+                said = f"load failed for model '{source.name}' (a reload; the versions serving stay)"
+                raise load_failure(f"{said}: {reason}", exc) from None
             entry = ModelEntry(name=source.name, state=UNAVAILABLE, reason=reason)
             self._models[source.name] = entry
             self._on_health(source.name, False)
             if raise_failure:
-                raise RepositoryError(f"load failed for model '{source.name}': {reason}") from exc
+                raise load_failure(f"load failed for model '{source.name}': {reason}", exc) from exc
             return entry
         entry = ModelEntry(
             name=source.name, versions=versions, state=READY, order=sorted(versions, reverse=True)

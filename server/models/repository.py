@@ -132,7 +132,7 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     try:
         on_disk = _version_dirs(directory)
     except OSError as err:
-        raise ConfigError(f"{directory}: cannot list versions: {err}") from None
+        raise ConfigError(f"{directory}: cannot list versions: {err}") from err  # errors.load_failure
     if not on_disk:
         raise ConfigError(f"{directory}: no version directories (expected e.g. {directory / '1'})")
     filename = config.default_model_filename or DEFAULT_MODEL_FILENAME

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 
+import grpc
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
+from server.errors import STATUS_BY_EXCEPTION, LoadOutOfResources, RepositoryError, load_failure
+from server.models import config as config_module
 from server.models.config import (
     MAX_CONFIG_FILE_BYTES,
     ConfigError,
@@ -477,3 +481,24 @@ def test_a_byte_order_mark_before_the_config_is_not_an_error(tmp_path: Path) -> 
     path = tmp_path / "config.pbtxt"
     path.write_bytes("\ufeffmax_batch_size: 8\n".encode())
     assert load_config_file(path).max_batch_size == 8
+
+
+def test_a_load_failed_for_want_of_open_files_is_unavailable_not_the_callers_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tester's server at its open-file limit answered RepositoryModelLoad INVALID_ARGUMENT
+    ("cannot read: [Errno 24] Too many open files"), a status no client retries."""
+    path = _write(tmp_path, 'name: "m"\n')
+
+    def no_files(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(config_module.os, "open", no_files)
+    with pytest.raises(ConfigError) as refused:
+        load_config_file(path)
+    answer = load_failure(str(refused.value), refused.value)
+    assert isinstance(answer, LoadOutOfResources) and "Too many open files" in str(answer)
+    assert STATUS_BY_EXCEPTION[LoadOutOfResources] is grpc.StatusCode.UNAVAILABLE
+    plain = load_failure("bad", ConfigError("bad"))  # the repository's own faults stay the caller's
+    assert type(plain) is RepositoryError
+    assert STATUS_BY_EXCEPTION[RepositoryError] is grpc.StatusCode.INVALID_ARGUMENT
