@@ -249,6 +249,6 @@ class ServiceTimeEstimator:
         return any(cpu <= max_cpu_s and size >= nbytes for cpu, size in seen.costs)
 
 
-def input_bytes(inputs: Tensors) -> int:
+def array_bytes(inputs: Tensors) -> int:
     """A run's size beside its rows: its inputs' bytes (a BYTES tensor's pointers, not its strings)."""
     return sum(array.nbytes for array in inputs.values())

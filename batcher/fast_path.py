@@ -17,7 +17,7 @@ from collections.abc import Callable
 from batcher.admission import Admission
 from batcher.batch_io import alone_rows, check_rows, computed_late, late, left_ns, refusal
 from batcher.errors import BatcherError
-from batcher.estimate import ServiceTimeEstimator, input_bytes
+from batcher.estimate import ServiceTimeEstimator, array_bytes
 from batcher.flights import Flights
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, runs_alone_now
@@ -77,7 +77,7 @@ class FastPath:
             return None  # (ragged models always gather: their batch inputs are made there)
         if not runs_alone_now(a.rows, self._policy):
             return None
-        nbytes = input_bytes(inputs)
+        nbytes = array_bytes(inputs)
         if not self._estimator.cheap(a.rows, self._inline_max_s, nbytes):
             return None
         try:

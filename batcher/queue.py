@@ -9,9 +9,8 @@ run and back), so its caller hears the server's reason before its own timer ends
 deadline itself while no run has been seen (an unknown cost never fails a request early).
 
 Admission refuses by the same rule (`give_up_at`: the same run figure and the same hop): a request
-is admitted only while its give-up point is still ahead. Admission had checked the run alone, with
-no hop, so a request with up to 5 ms more slack than the run was admitted with its give-up point
-already past and failed ~1 ms later (15 of 15 lone 1-row requests, timeout = estimate + 0.5..4.5 ms).
+is admitted only while its give-up point is still ahead (checking the run alone, with no hop, had
+admitted requests with up to 5 ms more slack than the run, which then failed ~1 ms later).
 """
 
 from __future__ import annotations
@@ -89,6 +88,7 @@ class RequestQueue:
         self._items: dict[int, Request] = {}
         self._rows_by_level: dict[int, int] = {}  # queued rows per priority level, for admission
         self._count_by_level: dict[int, int] = {}  # queued requests per level, for per-level bounds
+        self._held = 0  # requests held outside, waiting for their sequence's turn (`hold`)
         self._seq = itertools.count()
         self.changed = asyncio.Event()
 
@@ -106,14 +106,40 @@ class RequestQueue:
     def _room(self, level: int) -> tuple[int, int]:
         """(requests queued, the bound) that a new request at `level` is checked against: its
         level's own max_queue_size, else max_queue_size shared by the levels without their own."""
-        policy = self._policy
+        policy, held = self._policy, self._held
         if not policy.level_policies:
-            return len(self._items), policy.max_queue_size
+            return len(self._items) + held, policy.max_queue_size
         own = policy.level_policy(level)
         if own is not None:
-            return self._count_by_level.get(level, 0), own.max_queue_size
+            return self._count_by_level.get(level, 0) + held, own.max_queue_size
         others = sum(self._count_by_level.get(lvl, 0) for lvl, _ in policy.level_policies)
-        return len(self._items) - others, policy.max_queue_size
+        return len(self._items) - others + held, policy.max_queue_size
+
+    def _refuse_if_full(self, level: int, retry_after_s: float | None) -> None:
+        queued, limit = self._room(level)
+        if queued >= limit:
+            levels = self._policy.level_policies
+            where = f" at priority {level}" if levels else ""
+            own = levels and self._policy.level_policy(level) is not None
+            bound = f"priority_queue_policy[{level}] max_queue_size" if own else "max_queue_size"
+            held = f", {self._held} of them for their sequence's turn" if self._held else ""
+            raise QueueSizeReached(
+                f"Exceeds maximum queue size ({queued} requests waiting{where}{held}; {bound}={limit})",
+                retry_after_s=retry_after_s,
+            )
+
+    def hold(self, inputs: Tensors, level: int) -> int:
+        """Count a request waiting outside the queue (a sequence's, for its turn) as a queued one:
+        refused at max_queue_size or past a byte budget; its bytes, for `release_hold`."""
+        self._refuse_if_full(level, None)
+        charge(self._budgets, nbytes := input_bytes(inputs) if self._budgets else 0)
+        self._held += 1
+        return nbytes
+
+    def release_hold(self, nbytes: int) -> None:  # its turn came, or it went
+        self._held -= 1
+        for budget in self._budgets:
+            budget.release(nbytes)
 
     def full(self, level: int) -> bool:
         """Whether a new request at `level` would find its bound (by count) reached."""
@@ -170,16 +196,7 @@ class RequestQueue:
         def drain_s() -> float | None:
             return None if finish_s is None else finish_s(self._policy.priority_levels, 0)
 
-        queued, limit = self._room(a.priority)
-        if queued >= limit:
-            levels = self._policy.level_policies
-            where = f" at priority {a.priority}" if levels else ""
-            own = levels and self._policy.level_policy(a.priority) is not None
-            bound = f"priority_queue_policy[{a.priority}] max_queue_size" if own else "max_queue_size"
-            raise QueueSizeReached(
-                f"Exceeds maximum queue size ({queued} requests waiting{where}; {bound}={limit})",
-                retry_after_s=drain_s(),
-            )
+        self._refuse_if_full(a.priority, drain_s())
         self.check(a, predict_s, finish_s)
         nbytes = input_bytes(inputs) if self._budgets else 0
         try:

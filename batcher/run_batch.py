@@ -25,7 +25,7 @@ from batcher.batch_io import (
     splits_outputs,
 )
 from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, OutputRowsWrong, RunTimedOut
-from batcher.estimate import ServiceTimeEstimator, input_bytes
+from batcher.estimate import ServiceTimeEstimator, array_bytes
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
@@ -162,7 +162,7 @@ class BatchRunner:
         run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
         and the run's CPU seconds and input bytes."""
         inputs, offsets = batch_inputs(batch, self._policy)
-        nbytes = input_bytes(inputs)
+        nbytes = array_bytes(inputs)
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
         try:

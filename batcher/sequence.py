@@ -170,10 +170,19 @@ class SequenceBatcher:
         turn = self._turns.get(sid)
         if turn is None:
             turn = self._turns[sid] = _Turn()
+        # One of its id ahead: it waits outside the runner's queue, so it is held against that
+        # queue's bounds meanwhile (200 waiters of one sequence had passed max_queue_size and the
+        # byte budgets, counted nowhere).
+        rules = self._deadlines
+        held = None if rules is None or not turn.waiting else rules.hold(inputs, a)
         turn.waiting += 1
         seq: _Sequence | None = None
         try:
-            await self._wait_turn(turn, a)
+            try:
+                await self._wait_turn(turn, a)
+            finally:
+                if rules is not None and held is not None:
+                    rules.release(held)
             try:
                 seq = self._live.get(sid)
                 if seq is None:

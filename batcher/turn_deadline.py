@@ -18,10 +18,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from batcher.admission import Admission
-from batcher.errors import DeadlineExceeded
+from batcher.errors import BatcherError, DeadlineExceeded, QueueSizeReached
 from batcher.form import WakeMargin
 from batcher.queue import RequestQueue
 from batcher.stats import ModelStats
+from batcher.types import Tensors
 
 
 class TurnDeadline:
@@ -40,6 +41,19 @@ class TurnDeadline:
         """Count `a`, given up at `now` before it was queued, `expired`; the error to answer it."""
         self._stats.expired += a.counted
         return self._queue.gave_up(a.rows, a.hard, now, where)
+
+    def hold(self, inputs: Tensors, a: Admission) -> int:
+        """Count `a`, about to wait for its turn, against the queue's bounds as a queued request
+        (RequestQueue.hold); refused as the queue refuses, counted so. Its bytes, for `release`."""
+        try:
+            return self._queue.hold(inputs, a.priority)
+        except BatcherError as exc:
+            if a.counted:
+                self._stats.record_refusal(exc, isinstance(exc, QueueSizeReached))
+            raise
+
+    def release(self, nbytes: int) -> None:
+        self._queue.release_hold(nbytes)
 
     def cut(self, a: Admission, now: float) -> None:
         """Count `a`, whose caller went while it waited for its turn, `expired` when by `now` its
@@ -60,6 +74,10 @@ class TurnDeadlines(Protocol):
     def gave_up(self, a: Admission, now: float, where: str) -> DeadlineExceeded: ...
 
     def cut(self, a: Admission, now: float) -> None: ...
+
+    def hold(self, inputs: Tensors, a: Admission) -> int: ...
+
+    def release(self, nbytes: int) -> None: ...
 
 
 async def wait_turn(

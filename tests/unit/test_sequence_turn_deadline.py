@@ -17,6 +17,8 @@ import pytest
 
 from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
 from batcher.admission import Admission
+from batcher.budget import ByteBudget
+from batcher.errors import QueueSizeReached
 from batcher.sequence import SequenceBatcher
 from batcher.sequence_types import SequenceLimits, SequenceSpec, StateSpec
 
@@ -163,6 +165,42 @@ async def test_a_caller_cut_at_its_deadline_waiting_its_turn_counts_expired_an_e
         be.hold.set()
         assert (await asyncio.wait_for(slow, LONG))["out"].tolist() == [[2.0, 2.0]]
         assert be.runs == 2  # neither waiting request ran
+    finally:
+        be.hold.set()
+        await b.stop()
+
+
+async def test_requests_waiting_for_their_sequences_turn_count_against_the_queues_bounds() -> None:
+    """A sequence's later requests wait for its turn outside the queue: 200 of them behind one held
+    run had passed max_queue_size 4 and a 2,000-byte budget, counted nowhere (a tester). They are
+    held against both: refused as the queue refuses, and given back once their turn comes."""
+    be, stats = Held(), ModelStats()
+    budget = ByteBudget(40, "max_queued_bytes_per_model")  # five requests' 8 bytes
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4, max_queue_size=3), stats, byte_budgets=[budget])
+    b.start()
+    sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
+    try:
+        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
+        be.hold.clear()
+        be.started.clear()
+        first = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
+        await asyncio.wait_for(be.started.wait(), LONG)
+        waiting = [asyncio.ensure_future(sb.infer(1, x(), b.admission(1))) for _ in range(3)]
+        for _ in range(100):  # loop turns until each waits for its turn (a condition, not a time)
+            if budget.used == 3 * 8:
+                break
+            await asyncio.sleep(0)
+        assert budget.used == 3 * 8
+        with pytest.raises(
+            QueueSizeReached, match=r"\(3 requests waiting, 3 of them for their sequence's turn;"
+        ):
+            await asyncio.wait_for(sb.infer(1, x(), b.admission(1)), LONG)
+        assert stats.rejections.get("queue_full") == 1
+        be.hold.set()
+        sums = [(await asyncio.wait_for(w, LONG))["out"][0, 0] for w in (first, *waiting)]
+        assert sums == [2.0, 3.0, 4.0, 5.0]  # every held one ran, in order
+        assert budget.used == 0 and b.queued_requests == 0
+        assert (await asyncio.wait_for(sb.infer(1, x(), b.admission(1)), LONG))["out"][0, 0] == 6.0
     finally:
         be.hold.set()
         await b.stop()
