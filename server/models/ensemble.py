@@ -11,7 +11,6 @@ it. A step's error keeps its class (so its gRPC status) and names the step.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
@@ -24,16 +23,15 @@ from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
-from server import errors, triton_text
+from server import triton_text
 from server.backends.identity_backend import paired_input
-from server.errors import STATUS_BY_EXCEPTION, EnsembleStepFailed, InvalidRequest, WrongDatatype, WrongShape
+from server.errors import InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
 from server.models.ensemble_config import EnsemblePlan, Step, fit_batch_dim
 from server.models.ensemble_fit import reshaped, retyped, step_inputs
-from server.models.ensemble_notes import EnsembleNotes, StepRun, recorded
+from server.models.ensemble_notes import EnsembleNotes, StepRun, named_failure, recorded
 from server.models.response_cache import ResponseCache, request_key
 from server.models.sequence_routing import Routed
-from server.observability.logs import failure_message, request_fields
 from server.observability.metrics_reasons import (
     past_deadline,
     record_cut,
@@ -45,8 +43,6 @@ from server.protocol.validate import Signature
 
 if TYPE_CHECKING:
     from server.models.routing_key import RoutedRequest
-
-log = logging.getLogger(__name__)
 
 
 class StepModel(Protocol):
@@ -88,35 +84,6 @@ class StepModel(Protocol):
 # version serving it now: a step naming none is routed as a request naming none (a weighted split,
 # sticky keys, a rollback), never sent to the newest past a rollout.
 Resolve = Callable[[str, str, "Routed | None"], StepModel]
-
-
-def _named(
-    exc: Exception, ensemble: str, step: Step, request: object = None, notes: EnsembleNotes | None = None
-) -> Exception:
-    """`exc` again (same class: the same gRPC status) in Triton's words, "in ensemble 'E', <the
-    step's error>", then the step after `; `; an unexpected error is logged (with the request's
-    model, version, id and trace, as a plain request's failure line) and answered INTERNAL, naming
-    the step only. A step model gone from the index is UNAVAILABLE, as one not ready."""
-    where = f"step {step.index} (model '{step.model}')"
-    if isinstance(exc, errors.ModelNotFound):  # left the index since the ensemble loaded: not the caller's
-        exc = errors.ModelNotReady(f"model '{step.model}' is not ready (unavailable: {exc})")
-    if not any(cls in STATUS_BY_EXCEPTION for cls in type(exc).__mro__):
-        if notes is not None:
-            fields = notes.log_fields(request)
-        else:
-            fields = request_fields(request) if request is not None else {}
-        log.error(
-            failure_message(f"ensemble '{ensemble}' {where} failed", fields), exc_info=exc, extra=fields
-        )
-        return EnsembleStepFailed(
-            f"in ensemble '{ensemble}', {where} failed: internal error (details are in the server log)"
-        )
-    try:
-        renamed = type(exc)(f"in ensemble '{ensemble}', {exc}; {where}")
-    except Exception:  # a class whose constructor takes something else: keep it as it is
-        return exc
-    renamed.__cause__ = exc
-    return renamed
 
 
 class EnsembleScheduler:
@@ -302,7 +269,7 @@ class EnsembleScheduler:
             to_route = None if routed is None else Routed(routed, sequence)  # its sequence, parsed once
             served = self._resolve(step.model, step.version, to_route)
         except Exception as exc:
-            raise _named(exc, self.plan.name, step, routed, notes) from None
+            raise named_failure(exc, self.plan.name, step, routed, notes) from None
         if record is not None:
             record.version = served.version_str
         signature = served.signature
@@ -332,8 +299,9 @@ class EnsembleScheduler:
             elif served.sequences is not None:  # a sequence step: the request's sequence, its turn
                 if sequence is None:
                     raise InvalidRequest(triton_text.no_correlation_id(signature.model))
+                owner = None if notes is None else notes.owner
                 outputs = await served.sequences.infer(
-                    sequence.sid, inputs, a, start=sequence.start, end=sequence.end
+                    sequence.sid, inputs, a, start=sequence.start, end=sequence.end, owner=owner
                 )
             else:  # (a step without sequence_batching ignores the sequence, as in Triton)
                 outputs = await self._run_cached(served, inputs, a)
@@ -346,7 +314,7 @@ class EnsembleScheduler:
             raise
         except Exception as exc:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
-            raise _named(exc, self.plan.name, step, routed, notes) from None
+            raise named_failure(exc, self.plan.name, step, routed, notes) from None
         stats.record_success(time.perf_counter_ns() - start_ns)
         return outputs, batches
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from batcher.budget import ByteBudget
 from batcher.run_count import RunCount
+from batcher.sequence import SequenceBatcher
 from batcher.sequence_types import RETIRED, SequenceId
 from server import triton_text
 from server.backends.onnxruntime_backend import BackendLoadError
@@ -153,11 +154,20 @@ class ModelManager:
         `seen` is the stream's own record, the owner its requests carried: only the sequences whose
         latest start it sent are released (batcher/sequence.py)."""
         for name, version, sid in seen:
-            for served in self._versions_named(name, version):
-                if served.sequences is not None:
-                    served.sequences.release(
-                        sid, "it was released when the stream that started it ended", seen
-                    )
+            for sequences in self._holding_sequences(name, version, set()):
+                sequences.release(sid, "it was released when the stream that started it ended", seen)
+
+    def _holding_sequences(self, name: str, version: str, seen: set[str]) -> list[SequenceBatcher]:
+        """The sequences of the versions a request naming (`name`, `version`) may have started one
+        in: its own, or an ensemble's sequence steps', however nested (their starts carry its sender)."""
+        found: list[SequenceBatcher] = []
+        for served in self._versions_named(name, version):
+            if served.sequences is not None:
+                found.append(served.sequences)
+            elif served.ensemble is not None:
+                for step in self._ensembles.steps(name) - seen:
+                    found += self._holding_sequences(step, "", seen | {name})
+        return found
 
     def _versions_named(self, name: str, version: str) -> list[ModelVersion]:
         """The versions a request naming (`name`, `version`) may have reached: with no version,

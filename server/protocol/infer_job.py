@@ -156,6 +156,7 @@ class InferJob:
                 raise NotAccepting()  # its caller sends it to the version serving now
             c = self.controls
             notes = self.ensemble_notes or EnsembleNotes(self.served.version_str)  # its failure lines' fields
+            notes.owner = self.owner  # its sequence steps' starts are its sender's
             outputs = await self.served.ensemble.run_counted(
                 self.served.stats, self.inputs, self.admission, c.priority, c.sequence, self.request, notes
             )

@@ -356,6 +356,29 @@ def test_an_ensemble_passes_the_sequence_to_its_sequence_step(stub: pb_grpc.GRPC
     assert step(stub, "double_then_acc", 72, 1.0, end=True).tolist() == [[12, 12, 12, 12]]
 
 
+def test_a_sequence_a_stream_started_through_an_ensemble_is_released_when_it_ends(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # The ensemble ran its sequence step with no owner, and a stream's end releases only the
+    # sequences of the model it named: the step's stayed live to its idle timeout (a tester).
+    sent = [request("double_then_acc", 530, np.ones((1, 4), np.float32), start=True)]
+    answers = list(stub.ModelStreamInfer(iter(sent)))  # half-closed: the stream ends
+    assert [a.error_message for a in answers] == [""]
+
+    def released() -> bool:
+        try:
+            step(stub, "double_then_acc", 530, 0.0)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+            return "stream that started it ended" in err.details()
+        return False
+
+    wait_until(released, "the ensemble's sequence step to release the stream's sequence", timeout_s=30)
+    assert step(stub, "double_then_acc", 531, 1.0, start=True)[0, 0] == 2  # a unary start: no owner
+    list(stub.ModelStreamInfer(iter([request("double_then_acc", 531, np.ones((1, 4), np.float32))])))
+    assert step(stub, "double_then_acc", 531, 1.0, end=True)[0, 0] == 6  # a stream that only continued
+
+
 def test_latest_frame_wins_on_a_sequence_model_is_refused_naming_it(
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:

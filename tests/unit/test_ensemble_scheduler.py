@@ -216,12 +216,12 @@ def test_an_unexpected_step_failure_is_logged_with_the_requests_fields(
 ) -> None:
     """3,000 such lines lacked model, version and request id: they could not be joined to requests."""
     from protos import grpc_service_pb2 as pb
-    from server.models.ensemble import _named
     from server.models.ensemble_config import Step
+    from server.models.ensemble_notes import named_failure
 
     step = Step(index=2, model="gather", version="", input_map={}, output_map={})
     request = pb.ModelInferRequest(model_name="pipe", model_version="1", id="req-7")
     with caplog.at_level("ERROR"):
-        _named(RuntimeError("boom"), "pipe", step, request)
+        named_failure(RuntimeError("boom"), "pipe", step, request)
     (record,) = caplog.records
     assert (record.model, record.version, record.request_id) == ("pipe", "1", "req-7")  # type: ignore[attr-defined]
