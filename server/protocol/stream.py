@@ -240,15 +240,15 @@ class StreamSession:
         finally:
             self._answers.put_nowait(None)  # the end of the answers, after every request's own
 
-    def _arm_idle_timer(self) -> None:
+    def _arm_idle_timer(self, due: float | None = None) -> None:
         if self._idle_timeout_s > 0:
             loop = asyncio.get_running_loop()
-            due = max(self._last_read, self._busy_at) + self._idle_timeout_s
+            due = max(self._last_read, self._busy_at) + self._idle_timeout_s if due is None else due
             self._idle_timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._idle_check)
 
     def _idle_check(self) -> None:
-        """End a stream that has read nothing for idle_timeout_s and has nothing in flight, and end
-        the call of one whose client has read no answer and sent nothing for as long."""
+        """End a stream idle (nothing read, nothing in flight) or stalled (nothing written or read)
+        for idle_timeout_s."""
         if self.ended_by is not None:
             return
         now = time.monotonic()
@@ -264,7 +264,8 @@ class StreamSession:
         elif now - max(self._last_read, self._busy_at) >= self._idle_timeout_s:
             self.finish("idle")
             return
-        self._arm_idle_timer()
+        # Answers unwritten: checked again when it would stall (a full period on had cut at 2x).
+        self._arm_idle_timer(now - quiet_s + self._idle_timeout_s if unsent and self._on_stalled else None)
 
     def _admit(self, request: Read) -> None:
         """Answer `request` inline if it needs no waiting, else hand it to a task of its own."""

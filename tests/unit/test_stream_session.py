@@ -428,6 +428,26 @@ async def test_a_stalled_client_with_one_answer_in_grpcs_write_has_its_call_ende
     await answers.aclose()
 
 
+async def test_a_client_that_stops_reading_is_checked_again_when_it_would_stall() -> None:
+    """The check before the stall re-armed a full period from itself: a tester's stream whose
+    client stopped reading was cut at 14.5-16.5 s with stream_idle_timeout_s 8."""
+    source = Source(limit=2)
+    stream = StreamSession(
+        source.requests(), cast(RequestPath, InstantPath()), max_in_flight=8, deadline=None,
+        idle_timeout_s=10.0, on_stalled=lambda: None,
+    )  # fmt: skip
+    answers = stream.answers()
+    await anext(answers)  # one read; the second answer waits unwritten
+    await settle()
+    stream._last_written -= 6.0  # its client went quiet 6 s ago (as the clock would say)
+    stream._last_read -= 6.0
+    stream._idle_check()  # not stalled yet: 4 s to go
+    assert stream.ended_by is None and stream._idle_timer is not None
+    loop = asyncio.get_running_loop()
+    assert 3.0 < stream._idle_timer.when() - loop.time() <= 4.0  # not 10 s on
+    await answers.aclose()
+
+
 class CountedPath(InstantPath):
     """InstantPath whose answers are counted in one model version's statistics."""
 
