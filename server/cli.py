@@ -15,6 +15,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
 
+from server.malloc_arenas import bound_malloc_arenas
 from server.observability.logs import JsonFormatter, configure_logging
 from server.runtime_check import quiet_telemetry
 from server.settings import ServerSettings, unknown_variables
@@ -174,6 +175,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem is not None:
         fail(f"sluiceway: invalid setting {problem}")
         return 2
+    bound_malloc_arenas(settings.malloc_arena_max)  # before any thread: arenas made after it count
     json_lines = settings.log_format == "json"
     configure_logging(settings.log_level, settings.log_format, settings.worker_index)  # text or JSON
     if settings.worker_index is None:  # the parent says it once for all the workers

@@ -124,6 +124,8 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0, le=_MAX_THREADS)
     inter_op_threads: int = Field(default=1, ge=0, le=_MAX_THREADS)
     allow_spinning: bool = False
+    # glibc malloc arenas, set before any thread starts (server/malloc_arenas.py); 0: glibc's own.
+    malloc_arena_max: int = Field(default=2, ge=0, le=1024)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_providers: Names = ("CPUExecutionProvider",)
     # Triton's dynamic batcher waits up to max_queue_delay for a batch to grow even when an instance
