@@ -246,8 +246,7 @@ class ModelLoads:
         if files > limit > 0 and not ensemble:  # no eviction can ever make room, whatever it holds now
             self.stats.refused += 1  # (a reload of such files had been loaded, evicting idle models)
             raise OutgrowsMemoryBudget(refusal(name, files, "its files' size", self.budget))
-        # A reload that holds no more than the model holds now frees nothing by being refused: it
-        # evicts what it can and loads (refused, a poll-mode change waited for the next eviction).
+        # A reload holding no more than now frees nothing by being refused: it evicts what it can.
         reload = held is not None and need <= held
         # A measured need over the whole budget, files within it, is no verdict until every load
         # measured over it (other threads' allocations count too: a 0.45 MiB MLP measured 1.5 once
@@ -269,7 +268,8 @@ class ModelLoads:
         except Exception:
             self.stats.failures += 1
             raise
-        size = footprint(files, before, self._in_use())
+        # A reload retired the versions it replaced before this reads: what they held is back.
+        size = footprint(files, before - (held or 0), self._in_use())
         # Other models' runs during it add to its measure: then no verdict (memory_budget.Measured).
         quiet = self._runs.none_since(runs)
         self.budget.remember(name, key, size, quiet)

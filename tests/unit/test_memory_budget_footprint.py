@@ -191,7 +191,8 @@ async def test_a_loaded_models_reload_is_not_refused_for_its_own_bytes(tmp_path:
     model(tmp_path, "a", 20_000)
     model(tmp_path, "b", 20_000)
     fake = EventManager()
-    in_use = growth({"a": 150_000, "b": 20_000}, fake)
+    sizes = {"a": 150_000, "b": 20_000}
+    in_use = growth(sizes, fake)
     loads = ModelLoads(cast(ModelManager, fake), tmp_path, 100_000, in_use=lambda: in_use[0], clock=Clock())
     for name in "ba":
         loads.register_lazy(name)
@@ -199,7 +200,7 @@ async def test_a_loaded_models_reload_is_not_refused_for_its_own_bytes(tmp_path:
     await loads.ready("a", 30.0)  # b evicted after the load, and a alone is over the budget
     (tmp_path / "a" / "config.pbtxt").write_text(LAZY + "# edited\n")  # what the poller reloads
     fake.events.clear()
-    in_use[0] -= 150_000  # the reload replaces what a held
+    sizes["a"] = 0  # the reload's 150,000, less what a held, freed as it retired the old version
     await loads.load("a", keep_unchanged=True)
     assert fake.events == ["load a"] and loads.stats.refused == 0
     assert loads.budget.used_bytes == 150_000
@@ -230,3 +231,26 @@ async def test_a_refusal_says_whether_the_model_outgrows_the_whole_budget_or_onl
         "or SLUICEWAY_MODEL_MEMORY_BUDGET_MB)"
     )
     assert loads.stats.refused == 2
+
+
+async def test_a_reload_is_measured_as_what_it_holds_though_the_old_versions_went_during_it(
+    tmp_path: Path,
+) -> None:
+    """A reload retires the versions it replaced before its measure is read: a reload of the same
+    files read about 0, and the model was counted at its files' size from then on (a tester's
+    20 MiB budget let in 17, 35, 52, then 71 tiny models, one round of reloads after another)."""
+    model(tmp_path, "a", 1_000, config="")
+    fake = EventManager()
+    in_use = [0]
+    load = fake.load
+
+    async def loading(name: str, source: object = None, keep_unchanged: bool = False) -> None:
+        await load(name, source)  # type: ignore[arg-type]
+        in_use[0] = 60_000  # the new versions hold 60,000; those they replaced are gone by now
+
+    fake.load = loading  # type: ignore[method-assign]
+    loads = ModelLoads(cast(ModelManager, fake), tmp_path, 100_000, in_use=lambda: in_use[0], clock=Clock())
+    await loads.load("a")
+    assert loads.budget.used_bytes == 60_000
+    await loads.load("a")  # read 60,000 before and after
+    assert loads.budget.used_bytes == 60_000
