@@ -25,6 +25,7 @@ from server.errors import (
     MemoryBudgetExceeded,
     ModelControlDisabled,
     ModelNotFound,
+    OutgrowsMemoryBudget,
     RepositoryError,
     load_failure,
 )
@@ -68,6 +69,7 @@ class RepositoryControl:
         self._watcher: asyncio.Task[None] | None = None
         self._operations = RpcOperations(self._stop)  # loads and unloads by RPC, run to their end
         self._retries = LoadRetries(settings.repository_poll_secs)  # poll mode: loads the OS failed
+        self._no_room: set[str] = set()  # of those, the budget's refusals: tried once room is made
 
     async def start(self) -> None:
         """Load what the mode loads at start; in poll mode, start watching the repository."""
@@ -349,6 +351,7 @@ class RepositoryControl:
             if self._entry(name) is not None:
                 log.info("model %s: its directory was removed; unloading it", name)
                 await self._loads.unload(name, forget=True)
+                self._retries.hurry(self._no_room)  # its room may be theirs
             return
         try:
             source = await asyncio.to_thread(load_model_source, self._root, name)
@@ -361,18 +364,22 @@ class RepositoryControl:
             if self._refused_for_cycle(source, {n: found.config for n, found in sources.items()}):
                 return
         failures = self._retries.failures(name)
-        why = f"failed to load on an OS error {failures} time(s)" if failures else "changed on disk"
+        why = f"failed to load {failures} time(s) for now" if failures else "changed on disk"
         self._retry_if_os(name, await self._apply_source(source, keep_unchanged=True, why=why))
 
     def _retry_if_os(self, name: str, failure: Exception | None) -> None:
-        """Poll mode: a load the OS failed (EMFILE, ENOMEM, ...) is tried again later, its index
-        reason saying when; it had stayed UNAVAILABLE until its files changed. Any other outcome
-        ends the retries: a broken file waits for the next change, as before."""
-        if failure is None or not os_failure(failure):
+        """Poll mode: a load the OS failed (EMFILE, ENOMEM, ...) or the memory budget had no room
+        for now is tried again later, its index reason saying when; it had stayed UNAVAILABLE
+        until its files changed (a budget's refusals even after other models left). Any other
+        outcome ends the retries: a broken file waits for the next change, as before."""
+        no_room = isinstance(failure, MemoryBudgetExceeded) and not isinstance(failure, OutgrowsMemoryBudget)
+        (self._no_room.add if no_room else self._no_room.discard)(name)
+        if failure is None or not (no_room or os_failure(failure)):
             self._retries.forget(name)
             return
         retry = self._retries.failed(name, time.monotonic())
         entry = self._entry(name)
+        cause = "no room in the memory budget now" if no_room else "an OS error"
         if entry is not None:
-            entry.reason = f"{entry.reason} {retry.note()}"
-        log.warning("model %s: the load failed on an OS error; trying again in %.3g s", name, retry.delay_s)
+            entry.reason = f"{entry.reason} {retry.note(cause)}"
+        log.warning("model %s: the load failed (%s); trying again in %.3g s", name, cause, retry.delay_s)

@@ -45,9 +45,9 @@ class Retry:
     delay_s: float
     attempt: int
 
-    def note(self) -> str:
+    def note(self, cause: str = "an OS error") -> str:
         """What the index adds to the failure's reason."""
-        return f"(an OS error: the poller tries again in {self.delay_s:.3g} s, attempt {self.attempt})"
+        return f"({cause}: the poller tries again in {self.delay_s:.3g} s, attempt {self.attempt})"
 
 
 class LoadRetries:
@@ -71,6 +71,11 @@ class LoadRetries:
         """`name` loaded, failed for a reason a retry cannot mend, or left the repository."""
         self._due.pop(name, None)
         self._attempts.pop(name, None)
+
+    def hurry(self, names: set[str]) -> None:
+        """Try these again at the next poll (room was made for them), whatever their wait."""
+        for name in names & self._due.keys():
+            self._due[name] = float("-inf")
 
     def due(self, now: float) -> set[str]:
         """The models whose time has come; each is handed out once per failure."""

@@ -177,6 +177,12 @@ def load_need(held: int | None, measured: Measured | None, files: int) -> tuple[
     return files, "its files' size"
 
 
+def _sized(nbytes: int) -> str:
+    """MiB to one decimal, its bytes too below 1 MiB ("needs 0.3 MiB ... has 0.3 MiB free" had
+    read as a contradiction)."""
+    return f"{nbytes / MIB:.1f} MiB" if nbytes >= MIB else f"{nbytes / MIB:.1f} MiB ({nbytes} bytes)"
+
+
 def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
     """Why loading `name` (`need` bytes, estimated from `basis`) is refused under `budget`: more
     than the whole budget (no eviction could ever make room: had said "no idle lazy model to
@@ -191,8 +197,8 @@ def refusal(name: str, need: int, basis: str, budget: MemoryBudget) -> str:
         )
     free, why = max(limit - budget.used_bytes, 0), f" ({basis})" if basis else ""
     return (
-        f"loading model '{name}' needs about {need / MIB:.1f} MiB{why}: model_memory_budget_mb "
-        f"({limit / MIB:g}) has {free / MIB:.1f} MiB free and no idle lazy model to evict "
+        f"loading model '{name}' needs about {_sized(need)}{why}: model_memory_budget_mb "
+        f"({limit / MIB:g}) has {_sized(free)} free and no idle lazy model to evict "
         "(pinned models and models with requests in flight stay)"
     )
 

@@ -92,7 +92,7 @@ def test_a_load_the_os_failed_is_tried_again_with_no_file_change(
         wait_until(lambda: (shown("late") or ("",))[0] == "READY", "late loaded by a retry", GIVE_UP_S)
     with Client(server.address, retry=NO_RETRY) as client:
         assert client.infer("late", {"features": features(1)})
-    server.wait_for_output("the load failed on an OS error; trying again in")
+    server.wait_for_output("the load failed (an OS error); trying again in")
 
 
 def test_edits_inside_a_symlinked_model_directory_are_seen(
@@ -144,3 +144,35 @@ def test_removing_the_only_version_keeps_it_serving_as_triton_does(
     assert (version, state) == ("1", "READY") and "no version directories" in reason, reason
     with Client(server.address, retry=NO_RETRY) as client:
         assert client.infer("solo", {"features": features(1)})
+
+
+def test_a_model_the_budget_had_no_room_for_loads_once_other_models_leave(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    """Poll mode had tried a budget's refusal again only when its files changed: with room made
+    by models removed from the repository, a tester's nine refused models stayed UNAVAILABLE."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    names = [f"m{i:02d}" for i in range(12)]
+    for name in names:  # each measured at ~1.4 MiB (a session's arena chunk): 8 fit, then 1 and 4
+        mlp_model(repo, name, demo_repo)
+    args = ["--model-repository", str(repo), "--model-control-mode", "poll"]
+    args += ["--repository-poll-secs", POLL_SECS, "--model-memory-budget-mb", "12"]
+    with ServerProcess(*args) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def states() -> dict[str, tuple[str, str]]:
+            models = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models
+            return {m.name: (m.state, m.reason) for m in models}
+
+        shown = states()
+        refused = sorted(n for n, (state, _) in shown.items() if state != "READY")
+        assert refused and all("memory budget" in shown[n][1] for n in refused), shown
+        assert all("the poller tries again in" in shown[n][1] for n in refused), shown
+        for name in sorted(set(names) - set(refused))[1:]:  # one stays loaded
+            shutil.rmtree(repo / name)
+        wait_until(
+            lambda: all(states().get(n, ("",))[0] == "READY" for n in refused),
+            "the refused models to load once there is room, no file of theirs changed",
+            60.0,
+        )
