@@ -9,6 +9,7 @@ Scanning reads configs and lists files; it loads no model. One bad model never s
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,18 @@ def _select_versions(config: mc.ModelConfig, on_disk: dict[int, Path], source: s
     return sorted(on_disk)[-count:]
 
 
+def _why_no_model_file(path: Path) -> str:
+    """Why `path` is not a model file, in words (a FIFO, a directory and a dangling link had all
+    read "has no model file")."""
+    if path.is_symlink() and not path.exists():
+        return f"has a dangling symlink as its model file {path.name} (to {os.readlink(path)})"
+    if path.is_dir():
+        return f"has a directory {path.name} without {DEFAULT_MODEL_FILENAME} in it"
+    if path.exists():
+        return f"has {path.name}, not a regular file (a FIFO, a socket or a device)"
+    return f"has no model file {path.name}"
+
+
 def _model_file(version_dir: Path, filename: str) -> Path | None:
     path = version_dir / filename
     if path.is_file():
@@ -144,7 +157,10 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
             continue
         model_file = _model_file(on_disk[version], filename)
         if model_file is None:
-            raise ConfigError(f"{directory}: version {version} has no model file {filename}")
+            why = _why_no_model_file(on_disk[version] / filename)
+            raise ConfigError(f"{directory}: version {version} {why}")
+        if model_file.stat().st_size == 0:  # read by onnxruntime as a graph of nothing
+            raise ConfigError(f"{directory}: version {version}'s {filename} is empty (0 bytes)")
         versions[version] = model_file
     where = source if override is not None else str(config_path)
     return ModelSource(name=name, directory=directory, config=config, versions=versions, where=where)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,22 @@ def test_scan_keeps_good_models_and_reports_bad_ones(tmp_path: Path) -> None:
     assert "config.pbtxt:1:1: unsupported field 'sequence_batcher'" in errors["bad_config"]
     assert "no version directories" in errors["no_versions"]
     assert "version 1 has no model file model.onnx" in errors["missing_file"]
+
+
+def test_a_model_file_that_is_none_says_what_it_is(tmp_path: Path) -> None:
+    """A FIFO, a directory and a dangling link had all read "has no model file"; an empty file had
+    been read by completion as a graph with no inputs ("input 'x' is not in the ONNX model")."""
+    for name in ("fifo", "folder", "dangling", "empty"):
+        (tmp_path / name / "1").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo" / "1" / "model.onnx")
+    (tmp_path / "folder" / "1" / "model.onnx").mkdir()
+    (tmp_path / "dangling" / "1" / "model.onnx").symlink_to(tmp_path / "nowhere.onnx")
+    (tmp_path / "empty" / "1" / "model.onnx").write_bytes(b"")
+    _, errors = scan_repository(tmp_path)
+    assert "version 1 has model.onnx, not a regular file (a FIFO" in errors["fifo"]
+    assert "version 1 has a directory model.onnx without model.onnx in it" in errors["folder"]
+    assert "version 1 has a dangling symlink as its model file model.onnx (to " in errors["dangling"]
+    assert "version 1's model.onnx is empty (0 bytes)" in errors["empty"]
 
 
 def test_version_directories_past_int64_are_not_versions(tmp_path: Path) -> None:
