@@ -30,6 +30,9 @@ REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
 CLASSIFICATION = "classification"
+# A BYTES input in shared memory is copied and parsed on the event loop, string by string: at most
+# the default max_message_bytes, as much as one request could send on the wire.
+MAX_SHM_BYTES_INPUT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,22 +58,31 @@ class ShmTensors:
         self.outputs.clear()
 
     def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
-        """Input `name`, a copy the client cannot change (shape and datatype checked by the caller)."""
+        """Input `name`, a copy the client cannot change (shape and datatype checked by the caller).
+        Its size is checked before anything is read: the copy is as large as the declared
+        shared_memory_byte_size (a 100-byte request of shape [1] naming a sparse 1 GiB region had
+        the server allocate and read it all, 2-4 s on the event loop, before refusing it)."""
         part = self.inputs[name]
         count = prod(shape)
-        part.region.check_size()
-        data = part.region.read(part.offset, part.byte_size)
-        if dtype is datatypes.BYTES:
-            try:
-                return wire.unpack_bytes(data.tobytes(), count).reshape(shape)
-            except ValueError as exc:
-                raise InvalidRequest(f"input '{name}': {exc}") from None
-        expected = count * dtype.numpy.itemsize
-        if part.byte_size != expected:
+        strings = dtype is datatypes.BYTES
+        expected = None if strings else count * dtype.numpy.itemsize
+        if expected is not None and part.byte_size != expected:
             raise InvalidRequest(
                 f"input '{name}': shared_memory_byte_size is {part.byte_size}, expected {expected} "
                 f"for shape {list(shape)} of {dtype.wire}"
             )
+        if strings and part.byte_size > MAX_SHM_BYTES_INPUT:  # its strings are parsed one by one
+            raise InvalidRequest(
+                f"input '{name}': shared_memory_byte_size {part.byte_size} is over {MAX_SHM_BYTES_INPUT} "
+                "bytes, the most a BYTES input in shared memory may hold"
+            )
+        part.region.check_size()
+        data = part.region.read(part.offset, part.byte_size)
+        if strings:
+            try:
+                return wire.unpack_bytes(data.tobytes(), count).reshape(shape)
+            except ValueError as exc:
+                raise InvalidRequest(f"input '{name}': {exc}") from None
         array = data.view(dtype.numpy).reshape(shape)  # a new array: aligned for every datatype
         array.flags.writeable = False  # as raw_input_contents views: nothing downstream writes inputs
         return array

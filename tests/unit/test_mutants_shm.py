@@ -359,3 +359,25 @@ def test_an_object_the_server_may_not_open_says_permission_denied(
     with pytest.raises(InvalidRequest) as refused:
         shm.register("r", key, 0, 8)
     assert str(refused.value) == "Unable to open shared memory region: '/o' (permission denied)"
+
+
+def test_an_inputs_size_is_checked_before_a_byte_of_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100-byte request of shape [1] naming a whole sparse 1 GiB region had the server allocate
+    and read it all (2-4 s on the event loop, 1.2 GB) before refusing it (a tester)."""
+    size = 1 << 30
+    (tmp_path / "o").touch()
+    os.truncate(tmp_path / "o", size)  # sparse: the client spends nothing
+    shm = registry(tmp_path, max_bytes=2 * size)
+    shm.register("r", "/o", 0, size)
+    region = shm.lookup("r")
+    reads: list[int] = []
+    monkeypatch.setattr(region, "read", lambda offset, n: reads.append(n))
+    tensors = shm_tensors.resolve(input_request(params("r", size)), shm)
+    assert tensors is not None
+    with pytest.raises(InvalidRequest, match=f"shared_memory_byte_size is {size}, expected 4"):
+        tensors.read("x", FP32, (1,))
+    with pytest.raises(InvalidRequest, match=f"over {shm_tensors.MAX_SHM_BYTES_INPUT} bytes"):
+        tensors.read("x", BYTES, (1,))  # strings are parsed one by one: bounded
+    assert reads == []
