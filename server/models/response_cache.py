@@ -119,6 +119,9 @@ class ResponseCache:
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        # Per model, how many times its entries were discarded: an answer computed across a discard
+        # (an ensemble's, its step reloaded while it ran) is not stored (`insert`'s `generation`).
+        self._generations: dict[str, int] = {}
 
     @property
     def capacity_bytes(self) -> int:
@@ -135,12 +138,22 @@ class ResponseCache:
         self._hits += 1
         return entry.outputs
 
-    def insert(self, key: bytes, model: str, outputs: Mapping[str, Array]) -> bool:
+    def generation(self, model: str) -> int:
+        """How many times `model`'s entries were discarded so far (read at lookup, for `insert`)."""
+        return self._generations.get(model, 0)
+
+    def insert(
+        self, key: bytes, model: str, outputs: Mapping[str, Array], generation: int | None = None
+    ) -> bool:
         """Store read-only copies of `outputs` under `key`, evicting the least recently used entries.
 
-        Returns False, storing nothing, when the entry alone is larger than the whole cache. An
+        Returns False, storing nothing, when the entry alone is larger than the whole cache, or
+        when `model`'s entries were discarded since `generation` was read (an ensemble's answer
+        computed by a step version since replaced had been stored, and answered every repeat). An
         existing entry for `key` is kept (same inputs, same model version: same outputs).
         """
+        if generation is not None and generation != self.generation(model):
+            return False
         if key in self._entries:
             self._entries.move_to_end(key)
             return True
@@ -158,6 +171,7 @@ class ResponseCache:
 
     def discard_model(self, model: str) -> int:
         """Drop every entry of `model` (on reload or unload); returns how many were dropped."""
+        self._generations[model] = self.generation(model) + 1
         stale = [key for key, entry in self._entries.items() if entry.model == model]
         for key in stale:
             self._bytes -= self._entries.pop(key).size

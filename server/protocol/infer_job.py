@@ -48,6 +48,7 @@ class InferJob:
     cache_key: bytes = b""
     lookup_ns: int = 0
     looked_up: bool = False  # the cache was consulted: the miss is counted when outputs arrive
+    cache_generation: int = 0  # its model's cache generation at the lookup (ResponseCache.insert)
     queue_trace: QueueTrace | None = None  # set by tracing (server/observability) for a traced request
     ensemble_notes: EnsembleNotes | None = None  # set by tracing for a traced ensemble request
     claim: Claim | None = None  # latest-frame-wins: a newer frame may withdraw it while queued
@@ -137,6 +138,7 @@ class InferJob:
         if cache is not None:
             start = time.perf_counter_ns()
             self.cache_key = request_key(served.name, served.version_str, self.inputs)
+            self.cache_generation = cache.generation(served.name)
             hit = cache.lookup(self.cache_key)
             if hit is not None:  # answered from the cache without the batcher, as Triton does
                 response = self._encode(hit)
@@ -193,7 +195,7 @@ class InferJob:
         if self.looked_up:
             start = time.perf_counter_ns()
             if served.response_cache is not None:  # None once this version was retired meanwhile
-                served.response_cache.insert(self.cache_key, served.name, outputs)
+                served.response_cache.insert(self.cache_key, served.name, outputs, self.cache_generation)
             served.stats.cache_miss.add(self.lookup_ns + time.perf_counter_ns() - start)
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:

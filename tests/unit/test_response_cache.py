@@ -241,3 +241,18 @@ def test_a_bf16_input_has_a_key_of_its_own() -> None:
     assert key == request_key("m", "1", {"x": x.copy()})
     assert key != request_key("m", "1", {"x": x.view(np.float16)})  # same bytes, another type
     assert key != request_key("m", "1", {"x": x + 1})
+
+
+def test_an_answer_computed_across_a_discard_of_its_model_is_not_stored() -> None:
+    """An ensemble request running while its step was reloaded stored the old step's answer after
+    the reload discarded the ensemble's entries, and every repeat got it (a tester: 10, 10, 10
+    where the reloaded step gave 15)."""
+    cache = ResponseCache(10_000)
+    before = cache.generation("ens")
+    cache.discard_model("ens")  # a step below it reloaded while the request ran
+    assert not cache.insert(_key(1), "ens", {"y": np.ones(2, np.float32)}, before)
+    assert cache.lookup(_key(1)) is None
+    now = cache.generation("ens")
+    assert now == before + 1 and cache.generation("other") == 0
+    assert cache.insert(_key(1), "ens", {"y": np.ones(2, np.float32)}, now)
+    assert cache.lookup(_key(1)) is not None
