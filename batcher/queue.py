@@ -128,11 +128,11 @@ class RequestQueue:
                 retry_after_s=retry_after_s,
             )
 
-    def hold(self, inputs: Tensors, level: int) -> int:
-        """Count a request waiting outside the queue (a sequence's, for its turn) as a queued one:
-        refused at max_queue_size or past a byte budget; its bytes, for `release_hold`."""
+    def hold(self, inputs: Tensors, level: int, extra: int = 0) -> int:
+        """Count a request waiting outside the queue for its sequence's turn as queued, with `extra`
+        bytes besides `inputs` (state, controls); its bytes, for `release_hold`."""
         self._refuse_if_full(level, None)
-        charge(self._budgets, nbytes := input_bytes(inputs) if self._budgets else 0)
+        charge(self._budgets, nbytes := input_bytes(inputs) + extra if self._budgets else 0)
         self._held += 1
         return nbytes
 

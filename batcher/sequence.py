@@ -3,17 +3,15 @@
 A sequence is a series of requests with one correlation id. Its requests run one at a time, in
 the order they arrived (a FIFO lock per sequence id), so a batch holds at most one request of each
 sequence: one slot per live sequence, and whichever sequences have a request ready share a batch
-(a model without a batch dimension runs each request alone).
-The runner (the model's DynamicBatcher) forms and runs those batches with its usual rules: a
-request past its deadline is never computed.
+(a model without a batch dimension runs each request alone). The runner (the model's
+DynamicBatcher) forms and runs those batches with its usual rules.
 
 Between a sequence's requests the batcher keeps its implicit state: output `output_name` of one
 run is input `input_name` of the next (the spec's initial value on the sequence's start). It also
 fills the control inputs (START, END, READY, CORRID) of each row. A failed or expired request
 leaves the state as it was. Live sequences and their state bytes are bounded; a sequence is
-released by its end request, after `idle_s` without a request (a timer, not polling), by
-`release` (the stream that drove it ended), or when the model stops. Its owner may listen
-(`on_gone`): the server's sequence routing forgets where a sequence went once it is gone.
+released by its end request, after `idle_s` without a request (a timer), by `release` (the stream
+that drove it ended), or when the model stops; `on_gone` hears of it (the server's routing).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from batcher.admission import Admission
+from batcher.budget import input_bytes
 from batcher.errors import NotAccepting
 from batcher.sequence_types import (
     NEVER_STARTED,
@@ -61,14 +60,13 @@ class Timer(Protocol):
 
 # Calls the callable after the delay in seconds (loop.call_later by default; a fake in tests).
 Schedule = Callable[[float, Callable[[], None]], Timer]
-# Told a sequence id that is not live here any more: released (for any reason), or a start of it
-# that did not open it (refused, expired, cancelled).
+# Told a sequence id no longer live here: released, or a start that opened nothing (refused, ...).
 OnGone = Callable[[SequenceId], None]
 
 
 class _Turn:
-    """The requests of one sequence id holding or waiting for their turn. Kept apart from the
-    sequence itself: an end and the next start of the same id, sent back to back, keep their order."""
+    """One sequence id's requests holding or waiting for their turn (apart from the sequence: an end
+    and the next start of the id, back to back, keep their order)."""
 
     __slots__ = ("lock", "waiting")
 
@@ -170,11 +168,9 @@ class SequenceBatcher:
         turn = self._turns.get(sid)
         if turn is None:
             turn = self._turns[sid] = _Turn()
-        # One of its id ahead: it waits outside the runner's queue, so it is held against that
-        # queue's bounds meanwhile (200 waiters of one sequence had passed max_queue_size and the
-        # byte budgets, counted nowhere).
+        # One of its id ahead: held against the queue's bounds while it waits (200 had passed them).
         rules = self._deadlines
-        held = None if rules is None or not turn.waiting else rules.hold(inputs, a)
+        held = None if rules is None or not turn.waiting else rules.hold(inputs, a, self._fed_besides(sid))
         turn.waiting += 1
         seq: _Sequence | None = None
         try:
@@ -300,6 +296,11 @@ class SequenceBatcher:
         self._state_bytes += needed
         self._arm(seq, self._spec.idle_s)
         return seq
+
+    def _fed_besides(self, sid: SequenceId) -> int:
+        """Bytes a request of `sid` is queued with besides its inputs (state, controls): held too."""
+        seq = self._live.get(sid) or _Sequence(sid, self._initial, 0, 0.0)
+        return input_bytes(self._feed(seq, {}, False, False))  # as the queue will count them
 
     def _feed(self, seq: _Sequence, inputs: Tensors, start: bool, end: bool) -> dict[str, Array]:
         feed = dict(inputs)

@@ -42,11 +42,11 @@ class TurnDeadline:
         self._stats.expired += a.counted
         return self._queue.gave_up(a.rows, a.hard, now, where)
 
-    def hold(self, inputs: Tensors, a: Admission) -> int:
+    def hold(self, inputs: Tensors, a: Admission, extra: int = 0) -> int:
         """Count `a`, about to wait for its turn, against the queue's bounds as a queued request
         (RequestQueue.hold); refused as the queue refuses, counted so. Its bytes, for `release`."""
         try:
-            return self._queue.hold(inputs, a.priority)
+            return self._queue.hold(inputs, a.priority, extra)
         except BatcherError as exc:
             if a.counted:
                 self._stats.record_refusal(exc, isinstance(exc, QueueSizeReached))
@@ -75,7 +75,7 @@ class TurnDeadlines(Protocol):
 
     def cut(self, a: Admission, now: float) -> None: ...
 
-    def hold(self, inputs: Tensors, a: Admission) -> int: ...
+    def hold(self, inputs: Tensors, a: Admission, extra: int = 0) -> int: ...
 
     def release(self, nbytes: int) -> None: ...
 

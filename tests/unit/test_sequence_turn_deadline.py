@@ -175,7 +175,7 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
     run had passed max_queue_size 4 and a 2,000-byte budget, counted nowhere (a tester). They are
     held against both: refused as the queue refuses, and given back once their turn comes."""
     be, stats = Held(), ModelStats()
-    budget = ByteBudget(40, "max_queued_bytes_per_model")  # five requests' 8 bytes
+    budget = ByteBudget(80, "max_queued_bytes_per_model")  # five requests' 16 bytes (x and state)
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4, max_queue_size=3), stats, byte_budgets=[budget])
     b.start()
     sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
@@ -187,10 +187,10 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
         await asyncio.wait_for(be.started.wait(), LONG)
         waiting = [asyncio.ensure_future(sb.infer(1, x(), b.admission(1))) for _ in range(3)]
         for _ in range(100):  # loop turns until each waits for its turn (a condition, not a time)
-            if budget.used == 3 * 8:
+            if budget.used == 3 * 16:
                 break
             await asyncio.sleep(0)
-        assert budget.used == 3 * 8
+        assert budget.used == 3 * 16  # held for their state too, queued with it at their turn
         with pytest.raises(
             QueueSizeReached, match=r"\(3 requests waiting, 3 of them for their sequence's turn;"
         ):
