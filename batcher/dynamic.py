@@ -100,7 +100,7 @@ class DynamicBatcher:
             floor_basis=self._estimator.floor_basis,
         )
         # For sequences' waits (sequence.py): the queue's give-up rule, and its margin for a cut.
-        self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN)
+        self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN, self._drain_hint_s)
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
         self._forecast = WaitForecast(self._estimator, self._queue, policy, len(self._instances), clock)
@@ -146,9 +146,14 @@ class DynamicBatcher:
         started (an ensemble's, which only settles admissions)."""
         return self._closing
 
+    def _drain_hint_s(self) -> float:
+        """About when the queued and running work will have drained: a queue-full refusal's hint."""
+        return self._forecast.shed_s(self._policy.priority_levels, 0)
+
     @property
     def queued_requests(self) -> int:
-        return len(self._queue)
+        """Requests queued, and those held waiting for their sequence's turn (they count as queued)."""
+        return len(self._queue) + self._queue.held
 
     @property
     def queued_bytes(self) -> int:

@@ -88,7 +88,7 @@ class RequestQueue:
         self._items: dict[int, Request] = {}
         self._rows_by_level: dict[int, int] = {}  # queued rows per priority level, for admission
         self._count_by_level: dict[int, int] = {}  # queued requests per level, for per-level bounds
-        self._held = 0  # requests held outside, waiting for their sequence's turn (`hold`)
+        self.held = 0  # requests held outside, waiting for their sequence's turn (`hold`)
         self._seq = itertools.count()
         self.changed = asyncio.Event()
 
@@ -106,7 +106,7 @@ class RequestQueue:
     def _room(self, level: int) -> tuple[int, int]:
         """(requests queued, the bound) that a new request at `level` is checked against: its
         level's own max_queue_size, else max_queue_size shared by the levels without their own."""
-        policy, held = self._policy, self._held
+        policy, held = self._policy, self.held
         if not policy.level_policies:
             return len(self._items) + held, policy.max_queue_size
         own = policy.level_policy(level)
@@ -122,7 +122,7 @@ class RequestQueue:
             where = f" at priority {level}" if levels else ""
             own = levels and self._policy.level_policy(level) is not None
             bound = f"priority_queue_policy[{level}] max_queue_size" if own else "max_queue_size"
-            held = f", {self._held} of them for their sequence's turn" if self._held else ""
+            held = f", {self.held} of them for their sequence's turn" if self.held else ""
             raise QueueSizeReached(
                 f"Exceeds maximum queue size ({queued} requests waiting{where}{held}; {bound}={limit})",
                 retry_after_s=retry_after_s,
@@ -133,11 +133,11 @@ class RequestQueue:
         bytes besides `inputs` (state, controls); its bytes, for `release_hold`."""
         self._refuse_if_full(level, None)
         charge(self._budgets, nbytes := input_bytes(inputs) + extra if self._budgets else 0)
-        self._held += 1
+        self.held += 1
         return nbytes
 
     def release_hold(self, nbytes: int) -> None:  # its turn came, or it went
-        self._held -= 1
+        self.held -= 1
         for budget in self._budgets:
             budget.release(nbytes)
 

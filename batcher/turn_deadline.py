@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from batcher.admission import Admission
-from batcher.errors import BatcherError, DeadlineExceeded, QueueSizeReached
+from batcher.errors import BatcherError, DeadlineExceeded, QueueFull, QueueSizeReached
 from batcher.form import WakeMargin
 from batcher.queue import RequestQueue
 from batcher.stats import ModelStats
@@ -28,8 +28,15 @@ from batcher.types import Tensors
 class TurnDeadline:
     """One model version's give-up rule and `expired` count, for requests outside its queue."""
 
-    def __init__(self, queue: RequestQueue, stats: ModelStats, margin: WakeMargin) -> None:
+    def __init__(
+        self,
+        queue: RequestQueue,
+        stats: ModelStats,
+        margin: WakeMargin,
+        drain_s: Callable[[], float] | None = None,
+    ) -> None:
         self._queue = queue
+        self._drain_s = drain_s  # when the queued and running work will have drained: a retry hint
         self._stats = stats
         self._margin = margin  # the queue's rule for a cut caller (batch_io.cut_at_deadline)
 
@@ -50,6 +57,8 @@ class TurnDeadline:
         except BatcherError as exc:
             if a.counted:
                 self._stats.record_refusal(exc, isinstance(exc, QueueSizeReached))
+            if isinstance(exc, QueueFull) and self._drain_s is not None:  # RetryInfo, as the queue's
+                exc.retry_after_s = self._drain_s()
             raise
 
     def release(self, nbytes: int) -> None:

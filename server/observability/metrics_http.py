@@ -42,7 +42,9 @@ def metrics_page_only(app: _WsgiApp) -> _WsgiApp:
         if environ.get("PATH_INFO") not in METRICS_PATHS:
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"the metrics are at /metrics\n"]
-        return app(environ, start_response)
+        # The whole page whatever the query, as Triton's: prometheus_client's `name[]` filter
+        # answered an empty page (our series come from one collector), a scrape of nothing.
+        return app({**environ, "QUERY_STRING": ""}, start_response)
 
     return serve
 

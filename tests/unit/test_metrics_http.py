@@ -102,6 +102,8 @@ def test_only_get_metrics_is_the_page_as_on_tritons_metrics_port(started: int) -
     assert _status(started, "GET", "/metrics") == 200
     assert _status(started, "GET", "/metrics/") == 200
     assert _status(started, "GET", "/metrics?name[]=sluiceway_test_scrapes_total") == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{started}/metrics?name[]=other", timeout=WAIT_S) as page:
+        assert b"sluiceway_test_scrapes_total 1.0" in page.read()  # the whole page, as Triton's
     assert _status(started, "GET", "/") == 400
     assert _status(started, "GET", "/favicon.ico") == 400
     assert _status(started, "GET", "/metricsx") == 400

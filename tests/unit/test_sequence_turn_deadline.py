@@ -193,9 +193,10 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
         assert budget.used == 3 * 16  # held for their state too, queued with it at their turn
         with pytest.raises(
             QueueSizeReached, match=r"\(3 requests waiting, 3 of them for their sequence's turn;"
-        ):
+        ) as refused:
             await asyncio.wait_for(sb.infer(1, x(), b.admission(1)), LONG)
-        assert stats.rejections.get("queue_full") == 1
+        assert refused.value.retry_after_s is not None  # RetryInfo, as the queue's own refusals
+        assert stats.rejections.get("queue_full") == 1 and b.queued_requests == 3  # the held ones
         be.hold.set()
         sums = [(await asyncio.wait_for(w, LONG))["out"][0, 0] for w in (first, *waiting)]
         assert sums == [2.0, 3.0, 4.0, 5.0]  # every held one ran, in order
