@@ -117,6 +117,7 @@ class DynamicBatcher:
             self._queue,
             self._flights,
             run_count,
+            run_timeout_s,
         )
         self._runner = BatchRunner(
             policy,

@@ -70,8 +70,6 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
-from batcher.types import Tensors
-
 # How many runs of a bucket (of no more rows than a request) its fastest needs before it bounds that
 # request's "cannot finish" figure (`predict_floor`): one run may be an outlier (a hang, a pause).
 BOUND_RUNS = 3
@@ -247,8 +245,3 @@ class ServiceTimeEstimator:
         if seen is None or seen.cpu is None or seen.cpu > max_cpu_s:
             return False
         return any(cpu <= max_cpu_s and size >= nbytes for cpu, size in seen.costs)
-
-
-def array_bytes(inputs: Tensors) -> int:
-    """A run's size beside its rows: its inputs' bytes (a BYTES tensor's pointers, not its strings)."""
-    return sum(array.nbytes for array in inputs.values())

@@ -11,13 +11,15 @@ outlived the watchdog turns inline runs off for good (`trip`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from batcher.admission import Admission
 from batcher.batch_io import alone_rows, check_rows, computed_late, late, left_ns, refusal
+from batcher.budget import input_bytes
 from batcher.errors import BatcherError
-from batcher.estimate import ServiceTimeEstimator, array_bytes
+from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flights
 from batcher.forecast import WaitForecast
 from batcher.form import DispatchReason, alone_reason, runs_alone_now
@@ -25,6 +27,8 @@ from batcher.queue import RequestQueue
 from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, RunsBlocking, Tensors
+
+log = logging.getLogger(__name__)
 
 
 class FastPath:
@@ -43,8 +47,10 @@ class FastPath:
         queue: RequestQueue,
         flights: Flights,
         runs: RunCount,
+        run_timeout_s: float = 0.0,
     ) -> None:
         self._inline_max_s = inline_max_s
+        self._run_timeout_s = run_timeout_s  # an inline run past it trips inline runs off (`overran`)
         # The fast path's instance, when it can run on the caller's thread; looked up once.
         self._fast = backend if inline_max_s > 0 else None
         self._policy = policy
@@ -62,6 +68,17 @@ class FastPath:
         (see `inline_max_s`)."""
         return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s, nbytes)
 
+    def overran(self, seconds: float) -> bool:
+        """Whether an inline run of `seconds` outlived run_timeout_s, where no watchdog could cut it
+        (a cost set by an input's value, not its size: a 16-byte n for an n x n product): if so,
+        inline runs are off (`trip`), so that happens once."""
+        if not 0 < self._run_timeout_s < seconds:
+            return False
+        log.warning("an inline run took %.3f s, past run_timeout_s (%g s): none runs inline any more",
+                    seconds, self._run_timeout_s)  # fmt: skip
+        self.trip()
+        return True
+
     def trip(self) -> None:
         """A run outlived the watchdog: run nothing of this model inline (the fast path included)
         from now on, since an inline run cannot be timed. Its instances share one graph, so a
@@ -77,7 +94,7 @@ class FastPath:
             return None  # (ragged models always gather: their batch inputs are made there)
         if not runs_alone_now(a.rows, self._policy):
             return None
-        nbytes = array_bytes(inputs)
+        nbytes = input_bytes(inputs)  # a BYTES tensor's strings too (not 8 bytes a string: 50 MB ran inline)
         if not self._estimator.cheap(a.rows, self._inline_max_s, nbytes):
             return None
         try:
@@ -96,6 +113,7 @@ class FastPath:
         finally:
             self._runs.ended += 1
         t1 = time.perf_counter_ns()
+        self.overran((t1 - t0) / 1e9)
         rows = alone_rows(inputs, self._policy) if a.rows == 1 else a.rows
         check_rows(outputs, rows, self._policy)  # as a run's error: raised before it is counted
         if a.counted:

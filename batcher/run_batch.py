@@ -24,8 +24,9 @@ from batcher.batch_io import (
     settle_batch,
     splits_outputs,
 )
+from batcher.budget import input_bytes
 from batcher.errors import DeadlineExceeded, InputsRefused, OutputNotSplit, OutputRowsWrong, RunTimedOut
-from batcher.estimate import ServiceTimeEstimator, array_bytes
+from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
@@ -162,13 +163,16 @@ class BatchRunner:
         run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
         and the run's CPU seconds and input bytes."""
         inputs, offsets = batch_inputs(batch, self._policy)
-        nbytes = array_bytes(inputs)
+        nbytes = input_bytes(inputs)
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
+        inline = self._inline(offsets[-1], nbytes)
         try:
-            outputs, cpu_s = await self._watchdog.run(
-                instance, inputs, self._inline(offsets[-1], nbytes), start_by(batch)
-            )
+            outputs, cpu_s = await self._watchdog.run(instance, inputs, inline, start_by(batch))
+            if inline and cpu_s is not None and 0 < self._watchdog.limit_s < cpu_s:  # none could cut it
+                log.warning("%s: an inline run took %.3f s, past run_timeout_s (%g s): none runs inline "
+                            "any more", self._name, cpu_s, self._watchdog.limit_s)  # fmt: skip
+                self._on_trip()
         finally:
             self._forecast.ended(key)
         t2 = time.perf_counter_ns()

@@ -637,6 +637,33 @@ async def test_a_request_larger_in_bytes_than_the_cheap_runs_seen_goes_to_the_ex
     assert [thread == LOOP for thread in be.threads] == [False, True, False, True]
 
 
+async def test_an_inline_run_past_run_timeout_s_turns_inline_runs_off() -> None:
+    """A run's cost may be set by an input's value, not its size (a 16-byte n for an n x n
+    product): a tester's n=3500 ran inline for 0.57-0.91 s past run_timeout_s 0.5, round after
+    round, where no watchdog could cut it. The first such run turns inline runs off, as a timeout."""
+
+    class ByValue(BlockingBackend):
+        def run_blocking(self, inputs: Tensors) -> Tensors:
+            if inputs["x"][0, 0] == 9:
+                time.sleep(0.05)  # the compute a large value asks for (a stand-in, not a wait)
+            return super().run_blocking(inputs)
+
+    be = ByValue()
+    b = DynamicBatcher(
+        [be], BatchingPolicy(max_batch_size=8), ModelStats(), inline_max_s=1.0, run_timeout_s=0.01
+    )
+    b.start()
+    try:
+        await result(b.submit(x(1), 1))  # measured on the executor thread
+        assert b.run_now(x(2), b.admission(1)) is not None  # cheap: inline
+        assert b.run_now(x(9), b.admission(1)) is not None  # inline too, and 50 ms past 10 ms
+        assert b.run_now(x(3), b.admission(1)) is None  # inline runs are off
+        await result(b.submit(x(3), 1))
+        assert [thread == LOOP for thread in be.threads] == [False, True, True, False]
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
 async def test_fast_path_with_several_instances(make: MakeBatcher) -> None:
     backends = [BlockingBackend(), BlockingBackend()]
     b = make(*backends, inline_max_s=1.0)
