@@ -8,6 +8,7 @@ generic message and its details go to the log only.
 from __future__ import annotations
 
 import errno
+import os
 
 import grpc
 
@@ -109,14 +110,20 @@ class LoadOutOfResources(RepositoryError):
 
 # The OS errors that say the server is short of something, whatever file it was reading.
 SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# ... and their words, in the messages of C++ code that reports them as text (onnxruntime's).
+_SHORTAGE_WORDS = (*(os.strerror(code) for code in SHORTAGE_ERRNOS), "system error number 24")
 
 
 def load_failure(message: str, exc: BaseException) -> RepositoryError:
     """The error a failed load answers with: LoadOutOfResources when `exc` or what caused it is an
-    OSError of SHORTAGE_ERRNOS, else RepositoryError."""
+    OSError of SHORTAGE_ERRNOS (or says one in words), else RepositoryError."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(8):  # a chain's depth, bounded
+        if seen is None:
+            break
         if isinstance(seen, OSError) and seen.errno in SHORTAGE_ERRNOS:
+            return LoadOutOfResources(message)
+        if any(words in str(seen) for words in _SHORTAGE_WORDS):
             return LoadOutOfResources(message)
         seen = seen.__cause__
     return RepositoryError(message)

@@ -28,7 +28,7 @@ def model_file(directory: Path, relative: str, where: str) -> Path:
     try:
         mode = path.stat().st_mode
     except OSError as err:
-        raise ConfigError(f"{where} cannot be read: {err.strerror or err}") from None
+        raise ConfigError(f"{where} cannot be read: {err.strerror or err}") from err  # errors.load_failure
     if not stat.S_ISREG(mode):
         raise ConfigError(f"{where} is not a regular file")
     return path
@@ -52,7 +52,7 @@ def read_model_file(
             _check_size(opened.st_size, where, max_bytes, expected_bytes)
             data = file.read(max_bytes + 1)  # it may have grown since
     except OSError as err:
-        raise ConfigError(f"{where} cannot be read: {err.strerror or err}") from None
+        raise ConfigError(f"{where} cannot be read: {err.strerror or err}") from err  # errors.load_failure
     _check_size(len(data), where, max_bytes, expected_bytes)
     return data
 

@@ -502,3 +502,15 @@ def test_a_load_failed_for_want_of_open_files_is_unavailable_not_the_callers_mis
     plain = load_failure("bad", ConfigError("bad"))  # the repository's own faults stay the caller's
     assert type(plain) is RepositoryError
     assert STATUS_BY_EXCEPTION[RepositoryError] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_shortage_said_in_words_or_in_a_files_cause_is_unavailable_too() -> None:
+    """onnxruntime reports EMFILE only in its text; a label or warm-up file's read kept its errno
+    only as a cause (a tester found both answered INVALID_ARGUMENT)."""
+    session = RuntimeError("Load model from m.onnx failed: system error number 24")
+    assert isinstance(load_failure("load failed", session), LoadOutOfResources)
+    label = ConfigError("labels.txt cannot be read: Too many open files")
+    label.__cause__ = OSError(errno.EMFILE, "Too many open files")
+    assert isinstance(load_failure(str(label), label), LoadOutOfResources)
+    denied = ConfigError("labels.txt cannot be read: Permission denied")  # the operator's to mend
+    assert type(load_failure(str(denied), denied)) is RepositoryError
