@@ -118,6 +118,7 @@ class DynamicBatcher:
             self._flights,
             run_count,
             run_timeout_s,
+            name,
         )
         self._runner = BatchRunner(
             policy,
@@ -129,6 +130,7 @@ class DynamicBatcher:
             self._flights,
             inline=self._fast_path.runs_inline,
             on_trip=self._trip,
+            overran=self._fast_path.overran,
             margin=WAKE_MARGIN,
             name=name,
         )

@@ -127,11 +127,9 @@ class ServiceTimeEstimator:
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
-            seen = self._seen[b] = _Seen(deque())
+            seen = self._seen[b] = _Seen(deque(), costs=deque(maxlen=self._window))
         if cpu_s is not None:
             seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
-            if len(seen.costs) == self._window:
-                seen.costs.popleft()
             seen.costs.append((cpu_s, nbytes))
         times = seen.times
         if seen.first and seen.runs:  # the bucket's second run

@@ -48,7 +48,9 @@ class FastPath:
         flights: Flights,
         runs: RunCount,
         run_timeout_s: float = 0.0,
+        name: str = "batcher",
     ) -> None:
+        self._name = name
         self._inline_max_s = inline_max_s
         self._run_timeout_s = run_timeout_s  # an inline run past it trips inline runs off (`overran`)
         # The fast path's instance, when it can run on the caller's thread; looked up once.
@@ -68,16 +70,14 @@ class FastPath:
         (see `inline_max_s`)."""
         return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s, nbytes)
 
-    def overran(self, seconds: float) -> bool:
-        """Whether an inline run of `seconds` outlived run_timeout_s, where no watchdog could cut it
-        (a cost set by an input's value, not its size: a 16-byte n for an n x n product): if so,
-        inline runs are off (`trip`), so that happens once."""
-        if not 0 < self._run_timeout_s < seconds:
-            return False
-        log.warning("an inline run took %.3f s, past run_timeout_s (%g s): none runs inline any more",
-                    seconds, self._run_timeout_s)  # fmt: skip
-        self.trip()
-        return True
+    def overran(self, seconds: float) -> None:
+        """An inline run (the fast path's, or a batch's) took `seconds`: past run_timeout_s, where no
+        watchdog could cut it (a cost set by an input's value, not its size: a 16-byte n for an
+        n x n product), inline runs go off (`trip`), so that happens once."""
+        if 0 < self._run_timeout_s < seconds:
+            log.warning("%s: an inline run took %.3f s, past run_timeout_s (%g s): none runs inline "
+                        "any more", self._name, seconds, self._run_timeout_s)  # fmt: skip
+            self.trip()
 
     def trip(self) -> None:
         """A run outlived the watchdog: run nothing of this model inline (the fast path included)

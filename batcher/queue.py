@@ -198,7 +198,7 @@ class RequestQueue:
 
         self._refuse_if_full(a.priority, drain_s())
         self.check(a, predict_s, finish_s)
-        nbytes = input_bytes(inputs) if self._budgets else 0
+        nbytes = input_bytes(inputs) if self._budgets else 0  # its batch's run is sized by it too
         try:
             charge(self._budgets, nbytes)
         except QueueFull as exc:

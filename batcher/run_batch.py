@@ -52,7 +52,8 @@ def start_by(batch: list[Request]) -> float | None:
 
 class BatchRunner:
     """Runs the batches of one DynamicBatcher. `inline(rows, nbytes)`: whether a run of `rows` rows
-    and `nbytes` input bytes may run on the event loop thread; `on_trip()`: a run outlived the watchdog."""
+    and `nbytes` input bytes may run on the event loop thread; `on_trip()`: a run outlived the
+    watchdog; `overran(seconds)`: an inline run took that long."""
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class BatchRunner:
         on_trip: Callable[[], None],
         margin: WakeMargin = NO_MARGIN,
         name: str = "batcher",
+        overran: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         """`margin`: how much earlier than the server a caller may hold its deadline, for counting a
         request whose caller went at its deadline (batch_io.cut_at_deadline). `name` is for the log."""
@@ -81,6 +83,7 @@ class BatchRunner:
         self._flights = flights
         self._inline = inline
         self._on_trip = on_trip
+        self._overran = overran  # told an inline run's seconds (FastPath.overran)
 
     def _board(self, flight: Flight) -> list[Request]:
         """The requests of `flight` still to compute; those expired since formation are answered.
@@ -163,16 +166,15 @@ class BatchRunner:
         run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
         and the run's CPU seconds and input bytes."""
         inputs, offsets = batch_inputs(batch, self._policy)
-        nbytes = input_bytes(inputs)
+        # Each request's bytes were measured at admission (with byte budgets: a server's always).
+        nbytes = sum(p.handle.nbytes for p in batch) or input_bytes(inputs)
         t1 = time.perf_counter_ns()
         key = self._forecast.started(offsets[-1], self._clock())
         inline = self._inline(offsets[-1], nbytes)
         try:
             outputs, cpu_s = await self._watchdog.run(instance, inputs, inline, start_by(batch))
-            if inline and cpu_s is not None and 0 < self._watchdog.limit_s < cpu_s:  # none could cut it
-                log.warning("%s: an inline run took %.3f s, past run_timeout_s (%g s): none runs inline "
-                            "any more", self._name, cpu_s, self._watchdog.limit_s)  # fmt: skip
-                self._on_trip()
+            if inline and cpu_s is not None:  # its wall time, which no watchdog could cut
+                self._overran(cpu_s)
         finally:
             self._forecast.ended(key)
         t2 = time.perf_counter_ns()

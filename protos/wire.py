@@ -75,7 +75,7 @@ def _cut_short(index: int, length: int, left: int) -> ElementCutShort:
     )
 
 
-def _why_too_short(data: bytes, count: int) -> ValueError:
+def _why_too_short(data: bytes | memoryview, count: int) -> ValueError:
     """Why `data` cannot hold `count` elements: the first element whose length runs past the end
     (walking the prefixes only: at most len(data) / 4 steps), else too few bytes for the prefixes.
     A huge first prefix had been reported as a count of elements, not as the element it is."""
@@ -93,7 +93,7 @@ def _why_too_short(data: bytes, count: int) -> ValueError:
     )
 
 
-def unpack_bytes(data: bytes, count: int) -> npt.NDArray[np.generic]:
+def unpack_bytes(data: bytes | memoryview, count: int) -> npt.NDArray[np.generic]:
     """`count` length-prefixed elements -> an object array of bytes; raises ValueError if malformed
     (ElementCutShort when an element's length runs past the end of the data).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 
 import grpc
 
@@ -114,18 +115,25 @@ SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _SHORTAGE_WORDS = (*(os.strerror(code) for code in SHORTAGE_ERRNOS), "system error number 24")
 
 
-def load_failure(message: str, exc: BaseException) -> RepositoryError:
-    """The error a failed load answers with: LoadOutOfResources when `exc` or what caused it is an
-    OSError of SHORTAGE_ERRNOS (or says one in words), else RepositoryError."""
+def failure_chain(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
+    """`exc` and what led to it, at most `depth` deep: its cause, else its context (`raise ... from
+    None` keeps the original as __context__: wrapped errors are still seen)."""
     seen: BaseException | None = exc
-    for _ in range(8):  # a chain's depth, bounded
+    for _ in range(depth):
         if seen is None:
-            break
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def load_failure(message: str, exc: BaseException) -> RepositoryError:
+    """The error a failed load answers with: LoadOutOfResources when `exc` or what led to it is an
+    OSError of SHORTAGE_ERRNOS (or says one in words), else RepositoryError."""
+    for seen in failure_chain(exc):
         if isinstance(seen, OSError) and seen.errno in SHORTAGE_ERRNOS:
             return LoadOutOfResources(message)
         if any(words in str(seen) for words in _SHORTAGE_WORDS):
             return LoadOutOfResources(message)
-        seen = seen.__cause__
     return RepositoryError(message)
 
 

@@ -13,8 +13,9 @@ import errno
 import os
 from dataclasses import dataclass
 
+from server.errors import failure_chain
+
 RETRY_MAX_S = 60.0  # the longest wait between two tries of one model
-_CHAIN_DEPTH = 8  # how far a failure's causes are followed
 # onnxruntime and other C++ code report errno only in their text (and Python's thread start has
 # its own words): these sentences mark such a failure as the OS's too.
 _OS_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC)
@@ -24,17 +25,12 @@ _OS_WORDS = (*(os.strerror(code) for code in _OS_ERRNOS), "can't start new threa
 def os_failure(exc: BaseException) -> bool:
     """Whether the OS failed the load (an OSError or MemoryError among its causes, or an OS error's
     words in a library's message), rather than the model's files being wrong."""
-    seen: BaseException | None = exc
-    for _ in range(_CHAIN_DEPTH):
-        if seen is None:
-            return False
+    for seen in failure_chain(exc):
         if isinstance(seen, (OSError, MemoryError)):
             return True
         text = str(seen)
         if any(words in text for words in _OS_WORDS):
             return True
-        # `raise ... from None` keeps the original as __context__: wrapped errors are still seen.
-        seen = seen.__cause__ or seen.__context__
     return False
 
 

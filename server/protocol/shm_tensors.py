@@ -76,11 +76,10 @@ class ShmTensors:
                 f"input '{name}': shared_memory_byte_size {part.byte_size} is over {MAX_SHM_BYTES_INPUT} "
                 "bytes, the most a BYTES input in shared memory may hold"
             )
-        part.region.check_size()
-        data = part.region.read(part.offset, part.byte_size)
+        data = part.region.read(part.offset, part.byte_size)  # RegionGone if its object shrank
         if strings:
             try:
-                return wire.unpack_bytes(data.tobytes(), count).reshape(shape)
+                return wire.unpack_bytes(memoryview(data), count).reshape(shape)  # a copy already
             except ValueError as exc:
                 raise InvalidRequest(f"input '{name}': {exc}") from None
         array = data.view(dtype.numpy).reshape(shape)  # a new array: aligned for every datatype
