@@ -248,9 +248,8 @@ def test_loading_an_ensemble_loads_its_step_models_nested_ones_too(tmp_path: Pat
         np.testing.assert_allclose(triton.infer("a_nested", [x]).as_numpy("OUT"), 4 * _x(1))
 
 
-def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Path) -> None:
-    """`response_cache { enable: true }` on an ensemble was accepted and never used (Triton caches
-    an ensemble's answers as it does a model's)."""
+def cached_linear_repository(tmp_path: Path) -> Path:
+    """The ensemble repository with `linear_cached`: `linear` with its response cache on."""
     (tmp_path / "repo").mkdir()
     (tmp_path / "files").mkdir()
     repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
@@ -258,6 +257,13 @@ def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Pa
     (repo / "linear_cached" / "config.pbtxt").write_text(
         ENSEMBLES["linear"] + "response_cache { enable: true }\n"
     )
+    return repo
+
+
+def test_an_ensemble_with_a_response_cache_answers_a_repeat_from_it(tmp_path: Path) -> None:
+    """`response_cache { enable: true }` on an ensemble was accepted and never used (Triton caches
+    an ensemble's answers as it does a model's)."""
+    repo = cached_linear_repository(tmp_path)
     args = ("--model-repository", str(repo), "--allow-fault-injection", "--response-cache-bytes", "1000000")
     with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
         answers = [client.infer("linear_cached", {"IN": _x(1)})["OUT"] for _ in range(3)]
@@ -273,13 +279,7 @@ def test_an_ensembles_cached_answers_go_when_a_step_model_below_it_is_reloaded(t
     """An ensemble's cached answer was computed by its steps' versions: after a step's reload with
     new weights it kept answering the old outputs (a tester: 2.0 from the cached ensemble, 3.0 from
     the step and an uncached twin). Nested ensembles above the step lose theirs too."""
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "files").mkdir()
-    repo = ensemble_repository(tmp_path / "repo", tmp_path / "files")
-    (repo / "linear_cached" / "1").mkdir(parents=True)
-    (repo / "linear_cached" / "config.pbtxt").write_text(
-        ENSEMBLES["linear"] + "response_cache { enable: true }\n"
-    )
+    repo = cached_linear_repository(tmp_path)
     args = ("--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*")
     args += ("--response-cache-bytes", "1000000")
     with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:

@@ -57,17 +57,23 @@ def x() -> dict[str, np.ndarray]:
     return {"x": np.ones((1, 2), np.float32)}
 
 
+async def started_then_held(be: Held, b: DynamicBatcher, sb: SequenceBatcher) -> asyncio.Future[Tensors]:
+    """Sequence 1 started, then its next request running, held by `be`."""
+    await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
+    be.hold.clear()
+    be.started.clear()
+    running = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))
+    await asyncio.wait_for(be.started.wait(), LONG)
+    return running
+
+
 async def test_a_request_behind_its_sequences_slow_run_gives_up_early_and_counts_expired() -> None:
     be, stats = Held(), ModelStats()
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats)
     b.start()
     sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
     try:
-        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
-        be.hold.clear()
-        be.started.clear()
-        slow = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
-        await asyncio.wait_for(be.started.wait(), LONG)
+        slow = await started_then_held(be, b, sb)  # holds the sequence's turn
         for _ in range(16):  # runs of 1 row take 200 ms (a window of them, the fast start's gone)
             b.estimator.observe(1, 0.200, time.monotonic())
         waiting = b.admission(1, deadline=time.monotonic() + 0.300)
@@ -140,11 +146,7 @@ async def test_a_caller_cut_at_its_deadline_waiting_its_turn_counts_expired_an_e
     limits = SequenceLimits(4, 1024)
     sb = SequenceBatcher(b, spec(), limits, model="m", clock=clock, deadlines=b.turn_deadline)
     try:
-        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
-        be.hold.clear()
-        be.started.clear()
-        slow = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
-        await asyncio.wait_for(be.started.wait(), LONG)
+        slow = await started_then_held(be, b, sb)  # holds the sequence's turn
         at = clock.now
         waits = [
             asyncio.ensure_future(sb.infer(1, x(), Admission(1, 1, at, at + 10.0, None, at + 10.0)))
@@ -180,11 +182,7 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
     b.start()
     sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
     try:
-        await asyncio.wait_for(sb.infer(1, x(), b.admission(1), start=True), LONG)
-        be.hold.clear()
-        be.started.clear()
-        first = asyncio.ensure_future(sb.infer(1, x(), b.admission(1)))  # holds the sequence's turn
-        await asyncio.wait_for(be.started.wait(), LONG)
+        first = await started_then_held(be, b, sb)  # holds the sequence's turn
         waiting = [asyncio.ensure_future(sb.infer(1, x(), b.admission(1))) for _ in range(3)]
         for _ in range(100):  # loop turns until each waits for its turn (a condition, not a time)
             if budget.used == 3 * 16:
