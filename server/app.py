@@ -134,7 +134,6 @@ class SluicewayServer:
         self.metrics = Metrics(
             MetricViews(self.models, lambda: self.calls.open_streams, costs), settings.metrics
         )
-        self.meter_provider = self.metrics.meter_provider  # explicit, never the global one
         self.add_gauge_source(self.models.sampling.gauge_values, sampling.METRICS)  # samples, drift
         self.add_gauge_source(self.models.rollout.gauge_values, rollout.METRICS)  # shadow comparisons
         self.add_gauge_source(self.loads.gauge_values, load_metrics.METRICS)  # loads, evictions, footprints

@@ -1,16 +1,18 @@
-"""The /metrics HTTP server: prometheus_client's WSGI app on a threaded server whose connections are
-bounded in number and in the time each may wait between reads.
+"""The /metrics HTTP server: the page (metrics_page.py) on prometheus_client's threaded WSGI server,
+its connections bounded in number and in the time each may wait between reads.
 
 prometheus_client's own start_http_server gives every connection a thread with no timeout: 500
 connections that never finished their request line held 500 threads while they stayed open, and
 2,000 of them slowed a scrape to 6.4 s. Here a connection idle for READ_TIMEOUT_S is closed, and
 past MAX_CONNECTIONS at once a new one is closed unanswered (a scraper retries at its next
 interval). As Triton's metrics port, only GET /metrics (or /metrics/) is the page: another path
-is 400 and another method 405, so a probe at / is not mistaken for a scrape target.
+(`//metrics` too) is 400 and another method 405, so a probe at / is not mistaken for a scrape
+target. A scraper that accepts gzip gets the page gzipped (zlib works without the GIL).
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
@@ -18,8 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from server.observability.metrics_page import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +31,48 @@ READ_TIMEOUT_S = 10.0
 
 
 METRICS_PATHS = ("/metrics", "/metrics/")
+REQUEST_LINE = "sluiceway.request_line"  # the environ key _Handler puts the request line under
 
 _WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def metrics_page_only(app: _WsgiApp) -> _WsgiApp:
-    """`app` for GET /metrics; 405 for another method, 400 for another path (Triton's answers)."""
+def metrics_app(page: Callable[[], bytes]) -> _WsgiApp:
+    """`page()` for GET /metrics, whatever the query (as Triton's); 405 for another method, 400
+    for another path (Triton's answers)."""
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "GET":
             start_response("405 Method Not Allowed", [("Allow", "GET")])
             return [b"Method Not Allowed\n"]
-        if environ.get("PATH_INFO") not in METRICS_PATHS:
+        if environ.get("PATH_INFO") not in METRICS_PATHS or _raw_path(environ) not in METRICS_PATHS:
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"the metrics are at /metrics\n"]
-        # The whole page whatever the query, as Triton's: prometheus_client's `name[]` filter
-        # answered an empty page (our series come from one collector), a scrape of nothing.
-        return app({**environ, "QUERY_STRING": ""}, start_response)
+        body = page()
+        headers = [("Content-Type", CONTENT_TYPE)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=6)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
     return serve
 
 
+def _raw_path(environ: dict[str, Any]) -> str:
+    """The path as the request line wrote it: http.server turns a leading `//` into `/` (against
+    open redirects), so PATH_INFO alone let `//metrics` through."""
+    line = str(environ.get(REQUEST_LINE) or "")
+    parts = line.split(" ")
+    return parts[1].split("?", 1)[0] if len(parts) >= 2 else str(environ.get("PATH_INFO"))
+
+
 class _Handler(WSGIRequestHandler):
     timeout = READ_TIMEOUT_S  # socketserver.StreamRequestHandler: the socket's timeout for each read
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ[REQUEST_LINE] = self.requestline
+        return environ
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged."""
@@ -91,13 +113,11 @@ class _BoundedServer6(_BoundedServer):
 
 
 def start_metrics_server(
-    host: str, port: int, registry: CollectorRegistry
+    host: str, port: int, page: Callable[[], bytes]
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve `registry` on host:port (0: a free port) from a daemon thread; OSError if taken."""
+    """Serve `page()` on host:port (0: a free port) from a daemon thread; OSError if taken."""
     server_class = _BoundedServer6 if ":" in host else _BoundedServer
-    server: WSGIServer = make_server(
-        host, port, metrics_page_only(make_wsgi_app(registry)), server_class, handler_class=_Handler
-    )
+    server: WSGIServer = make_server(host, port, metrics_app(page), server_class, handler_class=_Handler)
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return server, thread

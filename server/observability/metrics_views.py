@@ -9,23 +9,16 @@ is consistent and monotonic.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-)
-
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion
+from server.observability.metrics_page import Family, HistogramPoint
 
 Labels = dict[str, str]
 Sample = tuple[Labels, float]
@@ -124,14 +117,16 @@ class MetricViews:
 
     def _each(self, value: Callable[[ModelVersion], float]) -> Samples:
         """A figure of each ready version's batcher now; 0 for `_refused_early` (nothing queued)."""
-        return lambda: (
-            [(_labels(v), value(v)) for v in self.versions()]
-            + [(labels, 0) for labels, _ in self._refused_early()]
-        )
+
+        def samples() -> Iterator[Sample]:
+            yield from ((_labels(v), value(v)) for v in self.versions())
+            yield from ((labels, 0) for labels, _ in self._refused_early())
+
+        return samples
 
     def _stat(self, value: Callable[[ModelStats], float]) -> Samples:
         """A figure of each shown version's statistics."""
-        return lambda: [(labels, value(stats)) for labels, stats in self._shown()]
+        return lambda: ((labels, value(stats)) for labels, stats in self._shown())
 
     def _per_reason(self, field: Callable[[ModelStats], dict[str, int]], label: str) -> Samples:
         def samples() -> Iterator[Sample]:
@@ -143,10 +138,14 @@ class MetricViews:
 
     def _cached(self, value: Callable[[ModelStats], float]) -> Samples:
         """Only for versions whose config enables the response cache (as Triton)."""
-        return lambda: (
-            [(_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable]
-            + [(labels, value(stats)) for labels, stats in self._refused_early(cached=True)]
-        )
+
+        def samples() -> Iterator[Sample]:
+            yield from (
+                (_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable
+            )
+            yield from ((labels, value(stats)) for labels, stats in self._refused_early(cached=True))
+
+        return samples
 
     def views(self) -> list[View]:
         """Every counter and gauge. Triton's names are gauges: OpenTelemetry's Prometheus mapping
@@ -284,27 +283,32 @@ class MetricViews:
             out.append((_labels(v), cost * 1e6))
         return out
 
-    def histograms(self) -> list[Metric]:
+    def histograms(self) -> list[Family]:
         """The latency, batch-size and slack histograms, from the fixed buckets counted on the hot
-        path: handed to the exporter as OpenTelemetry histogram points (pre-aggregated)."""
+        path (their counts copied: the event loop goes on counting while the page is written)."""
         shown = self._shown()
-        now = time.time_ns()
 
-        def metric(name: str, description: str, pick: Callable[[ModelStats], Buckets], scale: int) -> Metric:
-            points = [_point(labels, pick(stats), scale, self._start_ns, now) for labels, stats in shown]
-            data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
-            return Metric(name=name, description=description, unit="", data=data)
+        def points(pick: Callable[[ModelStats], Buckets], scale: int) -> Iterator[HistogramPoint]:
+            bounds: tuple[int, ...] = ()
+            for labels, stats in shown:
+                h = pick(stats)
+                if len(bounds) != len(h.bounds):  # one bounds tuple for the family's points
+                    bounds = tuple(b // scale for b in h.bounds)
+                yield HistogramPoint(labels, bounds, list(h.counts), h.total / scale)
+
+        def family(name: str, description: str, pick: Callable[[ModelStats], Buckets], scale: int) -> Family:
+            return Family(name, "histogram", description, points(pick, scale))  # read as it is written
 
         return [
-            metric("sluiceway_request_duration_us", "End-to-end time of successful requests, us",
+            family("sluiceway_request_duration_us", "End-to-end time of successful requests, us",
                    lambda s: s.request_hist, 1000),
-            metric("sluiceway_queue_duration_us", "Time each request waited in the queue, us",
+            family("sluiceway_queue_duration_us", "Time each request waited in the queue, us",
                    lambda s: s.queue_hist, 1000),
-            metric("sluiceway_compute_infer_duration_us", "Model run time per backend run, us",
+            family("sluiceway_compute_infer_duration_us", "Model run time per backend run, us",
                    lambda s: s.infer_hist, 1000),
-            metric("sluiceway_slack_at_dispatch_us", "Time left before the deadline when a request "
+            family("sluiceway_slack_at_dispatch_us", "Time left before the deadline when a request "
                    "with one was dispatched, us", lambda s: s.slack_hist, 1000),
-            metric("sluiceway_batch_size", "Rows per backend run", lambda s: s.batch_hist, 1),
+            family("sluiceway_batch_size", "Rows per backend run", lambda s: s.batch_hist, 1),
         ]  # fmt: skip
 
 
@@ -321,18 +325,3 @@ def _inferences(v: ModelVersion) -> int:
 def _run_seconds(stats: ModelStats) -> float:
     """Wall seconds of backend runs (the time a GPU was held, on a GPU provider)."""
     return sum(b.compute_infer.ns for b in dict(stats.batch_stats).values()) / 1e9
-
-
-def _point(labels: Labels, h: Buckets, scale: int, start_ns: int, now_ns: int) -> HistogramDataPoint:
-    counts = list(h.counts)
-    return HistogramDataPoint(
-        attributes=labels,
-        start_time_unix_nano=start_ns,
-        time_unix_nano=now_ns,
-        count=sum(counts),
-        sum=h.total / scale,
-        bucket_counts=counts,
-        explicit_bounds=[b // scale for b in h.bounds],
-        min=math.nan,  # not tracked (the Prometheus form has neither)
-        max=math.nan,
-    )

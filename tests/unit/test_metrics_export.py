@@ -10,14 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.stats import ModelStats
 from server.models.rollout import Rollout
 from server.models.versions import READY
 from server.observability.metrics import Metrics
-from server.observability.metrics_views import Costs, MetricViews
+from server.observability.metrics_views import Costs, MetricViews, View
 
 
 def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
@@ -40,7 +39,7 @@ class FakeModels:
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.page().decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -87,7 +86,7 @@ def test_names_types_and_no_unit_suffixes(metrics: Metrics) -> None:
     assert key("nv_cache_num_hits_per_model") not in got  # the model has no response cache
     assert got[key("sluiceway_model_instances", device="cuda:0")] == 2
     assert got[key("sluiceway_model_instances", device="cpu")] == 1
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.page().decode()
     assert "# TYPE nv_inference_count gauge" in text and "otel_scope" not in text
     assert "microseconds" not in text  # no unit suffix added to our names
 
@@ -125,8 +124,22 @@ def test_gauge_sources_and_a_failing_one(metrics: Metrics) -> None:
     assert samples(metrics)[key("sluiceway_drift_psi", feature="0")] == 0.25
 
 
+def test_a_view_that_fails_midway_keeps_what_it_gave_and_the_rest_of_the_page(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    def half() -> Iterator[tuple[dict[str, str], float]]:
+        yield {"model": "mlp", "version": "1"}, 5
+        raise RuntimeError("a bug in a view")
+
+    metrics._views.insert(0, View("sluiceway_half", "gauge", "a view that fails", half))
+    got = samples(metrics)
+    assert got[key("sluiceway_half")] == 5  # written before it failed; the page is still whole
+    assert got[key("nv_inference_request_success")] == 4
+    assert "sluiceway_half failed" in caplog.text
+
+
 def families(metrics: Metrics) -> dict[str, Any]:
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.page().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
@@ -145,7 +158,7 @@ def test_source_counters_are_prometheus_counters_with_help(metrics: Metrics) -> 
     }
     metrics.add_gauge_source(loads, catalog)
     got = families(metrics)
-    text = generate_latest(metrics.registry).decode()
+    text = metrics.page().decode()
     assert got["sluiceway_model_loads"].type == "counter"  # the parser strips `_total`
     assert got["sluiceway_model_loads"].documentation == "Loads done"
     assert "sluiceway_model_loads_total 3.0" in text and "_total_total" not in text
@@ -182,7 +195,7 @@ def test_http_endpoint_on_a_free_port(metrics: Metrics) -> None:
 
 def test_disabled_metrics_serve_nothing(stats: ModelStats) -> None:
     m = Metrics(MetricViews(FakeModels(version("mlp", stats)), lambda: 0), enabled=False)
-    assert generate_latest(m.registry) == b""
+    assert m.page() == b""
     with pytest.raises(RuntimeError):
         m.start("127.0.0.1", 0)
     m.stop()

@@ -5,6 +5,7 @@ open (500 connections, 500 threads)."""
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
 import urllib.error
@@ -12,18 +13,15 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
 
 from server.observability import metrics_http
+from server.observability.metrics_page import Family, render
 
 WAIT_S = 10.0  # bounds every wait below; none is a sleep standing in for an event
 
 
-@pytest.fixture()
-def registry() -> CollectorRegistry:
-    registry = CollectorRegistry()
-    Counter("sluiceway_test_scrapes", "a counter to scrape", registry=registry).inc()
-    return registry
+def page() -> bytes:
+    return render([Family("sluiceway_test_scrapes_total", "counter", "a counter to scrape", [({}, 1)])])
 
 
 def _scrape(port: int) -> str:
@@ -45,10 +43,10 @@ def _closed_by_server(conn: socket.socket) -> bool:
 
 
 @pytest.fixture()
-def started(registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 4)
     monkeypatch.setattr(metrics_http._Handler, "timeout", 0.5)
-    server, thread = metrics_http.start_metrics_server("127.0.0.1", 0, registry)
+    server, thread = metrics_http.start_metrics_server("127.0.0.1", 0, page)
     yield int(server.server_port)
     server.shutdown()
     server.server_close()
@@ -107,5 +105,21 @@ def test_only_get_metrics_is_the_page_as_on_tritons_metrics_port(started: int) -
     assert _status(started, "GET", "/") == 400
     assert _status(started, "GET", "/favicon.ico") == 400
     assert _status(started, "GET", "/metricsx") == 400
+    assert _status(started, "GET", "//metrics") == 400  # http.server had read it as /metrics
+    assert _status(started, "GET", "//metrics/") == 400
     assert _status(started, "POST", "/metrics") == 405
     assert _status(started, "HEAD", "/metrics") == 405
+
+
+def test_the_page_is_text_format_and_gzipped_for_a_scraper_that_asks(started: int) -> None:
+    plain = urllib.request.Request(f"http://127.0.0.1:{started}/metrics")
+    with urllib.request.urlopen(plain, timeout=WAIT_S) as answer:
+        assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert answer.headers["Content-Encoding"] is None
+        assert answer.read() == page()
+    zipped = urllib.request.Request(
+        f"http://127.0.0.1:{started}/metrics", headers={"Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(zipped, timeout=WAIT_S) as answer:
+        assert answer.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(answer.read()) == page()

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import SluicewayServer
@@ -102,7 +101,7 @@ async def test_a_traced_servers_metrics_show_the_drops(tmp_path: Path) -> None:
     try:
         assert server.tracing is not None
         server.tracing.drops.queue_full = 7
-        text = generate_latest(server.metrics.registry).decode()
+        text = server.metrics.page().decode()
         families = {f.name: f for f in text_string_to_metric_families(text)}
         family = families[DROPPED.removesuffix("_total")]  # the parser strips `_total`
         assert family.type == "counter" and family.documentation
