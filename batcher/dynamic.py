@@ -160,7 +160,8 @@ class DynamicBatcher:
 
     @property
     def queued_bytes(self) -> int:
-        """Input bytes of the requests queued now (charged to the byte budgets)."""
+        """Input bytes of the requests queued now, and held for their sequence's turn (charged to
+        the byte budgets)."""
         return self._queue.nbytes
 
     @property

@@ -88,7 +88,7 @@ class RequestQueue:
         self._items: dict[int, Request] = {}
         self._rows_by_level: dict[int, int] = {}  # queued rows per priority level, for admission
         self._count_by_level: dict[int, int] = {}  # queued requests per level, for per-level bounds
-        self.held = 0  # requests held outside, waiting for their sequence's turn (`hold`)
+        self.held = self.held_bytes = 0  # requests held outside for their sequence's turn (`hold`)
         self._seq = itertools.count()
         self.changed = asyncio.Event()
 
@@ -100,8 +100,8 @@ class RequestQueue:
 
     @property
     def nbytes(self) -> int:
-        """Input bytes of the queued requests (0 without byte budgets). Safe from another thread."""
-        return sum(p.handle.nbytes for p in list(self._items.values()))
+        """Input bytes of the queued and held requests (0 without byte budgets); any thread may read."""
+        return self.held_bytes + sum(p.handle.nbytes for p in list(self._items.values()))
 
     def _room(self, level: int) -> tuple[int, int]:
         """(requests queued, the bound) that a new request at `level` is checked against: its
@@ -133,11 +133,11 @@ class RequestQueue:
         bytes besides `inputs` (state, controls); its bytes, for `release_hold`."""
         self._refuse_if_full(level, None)
         charge(self._budgets, nbytes := input_bytes(inputs) + extra if self._budgets else 0)
-        self.held += 1
+        self.held, self.held_bytes = self.held + 1, self.held_bytes + nbytes
         return nbytes
 
     def release_hold(self, nbytes: int) -> None:  # its turn came, or it went
-        self.held -= 1
+        self.held, self.held_bytes = self.held - 1, self.held_bytes - nbytes
         for budget in self._budgets:
             budget.release(nbytes)
 

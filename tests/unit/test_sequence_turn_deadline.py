@@ -189,6 +189,7 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
                 break
             await asyncio.sleep(0)
         assert budget.used == 3 * 16  # held for their state too, queued with it at their turn
+        assert b.queued_bytes == 3 * 16  # the gauge shows them (sluiceway_queue_bytes had not)
         with pytest.raises(
             QueueSizeReached, match=r"\(3 requests waiting, 3 of them for their sequence's turn;"
         ) as refused:
@@ -198,7 +199,7 @@ async def test_requests_waiting_for_their_sequences_turn_count_against_the_queue
         be.hold.set()
         sums = [(await asyncio.wait_for(w, LONG))["out"][0, 0] for w in (first, *waiting)]
         assert sums == [2.0, 3.0, 4.0, 5.0]  # every held one ran, in order
-        assert budget.used == 0 and b.queued_requests == 0
+        assert budget.used == 0 and b.queued_requests == 0 and b.queued_bytes == 0
         assert (await asyncio.wait_for(sb.infer(1, x(), b.admission(1)), LONG))["out"][0, 0] == 6.0
     finally:
         be.hold.set()
