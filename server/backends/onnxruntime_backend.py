@@ -26,7 +26,7 @@ from server.backends.int_division_guard import DivisionGuard, division_guard_for
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
-from server.backends.run_errors import is_onnxruntime_error, run_failure
+from server.backends.run_errors import closed_instance, is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
 from server.models.config_backend import backend_parameters
 from server.models.config_tensors import ReshapePlan
@@ -361,7 +361,7 @@ class OrtBackend:
         }
         session, runner = self._session, self._io.runner  # held here until the run ends (close)
         if session is None:
-            raise RuntimeError(f"model '{self._name}': a batch reached an instance that was closed")
+            raise closed_instance(self._name)
         try:
             if runner is not None:
                 results = runner.run(feed, self._run_options)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
-from batcher.errors import RunTimedOut
+from batcher.errors import NotAccepting, RunTimedOut
 from batcher.types import Backend
 from batcher.watchdog import Watchdog
 
@@ -298,3 +298,15 @@ async def test_a_stop_while_a_run_is_watched_is_a_stop_not_a_timeout(make: Make)
 def test_a_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match=r"run timeout must be >= 0 s, got -1"):
         Watchdog(-1.0, None, "m")
+
+
+async def test_a_batch_reaching_a_closed_instance_is_not_accepting_not_internal(make: Make) -> None:
+    """A retired version's instance closed while a batch still waited to run (a reload past its
+    grace): the batch had failed with the executor's RuntimeError, answered INTERNAL. Nothing was
+    computed: NotAccepting, which the server hands to the version serving now (else UNAVAILABLE)."""
+    closed = Stuck("closed")
+    closed.pool.shutdown(wait=True)  # as OnnxRuntimeBackend.close does
+    b = make(closed)
+    with pytest.raises(NotAccepting, match="its version was retired before this batch ran"):
+        await result(submit(b, 1.0))
+    assert closed.batches == []

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats
+from batcher.errors import NotAccepting
 from protos import model_config_pb2 as mc
 from server.backends.onnx_inspect import inspect_onnx
 from server.backends.onnxruntime_backend import (
@@ -161,6 +162,10 @@ async def test_closed_backend_takes_no_more_batches(tmp_path: Path) -> None:
     backend.close()
     with pytest.raises(RuntimeError):
         await backend.run({"x": np.ones((1, 8), np.float32)})
+    # A batch already handed to its thread when the instance closed: not computed, NotAccepting
+    # (to the version serving now, else UNAVAILABLE), where it had been a RuntimeError (INTERNAL).
+    with pytest.raises(NotAccepting, match="model 'm': its version was retired before this batch ran"):
+        backend.run_blocking({"x": np.ones((1, 8), np.float32)})
 
 
 def test_missing_provider_falls_back_to_cpu_with_one_warning(
