@@ -14,6 +14,7 @@ unknown, or its client's clock ran ahead) counts `expired` too, as a queued requ
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -106,6 +107,7 @@ async def wait_turn(
     due = give_up_at(now)
     wait = max(0.0, due - now)
     while True:
+        timer_due = time.monotonic() + wait  # the loop's timers run on real time, whatever `clock` says
         try:
             await asyncio.wait_for(lock.acquire(), timeout=wait)
             return
@@ -115,6 +117,10 @@ async def wait_turn(
             if deadlines is not None:
                 deadlines.cut(a, clock())
             raise
+        early = timer_due - time.monotonic()
+        if early > 0:  # uvloop rounds timers to whole ms: up to ~1.2 ms early (its figures then
+            wait = max(early, 0.001)  # said it could still be met); at least 1 ms, never a spin
+            continue
         now = clock()
         later = give_up_at(now)
         if later - due <= 0.001:  # measured against the point waited for: a standing clock ends it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,6 +126,34 @@ async def test_a_give_up_point_that_moved_later_meanwhile_is_waited_for() -> Non
     lock.release()  # its turn comes
     await asyncio.wait_for(turn, LONG)
     assert lock.locked() and deadlines.gave == 0
+
+
+async def test_a_timer_that_fires_early_does_not_give_up_before_the_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop rounds timers to whole milliseconds, so a wait for the give-up point could end up to
+    ~1.2 ms early, and the request was failed then, its message's figures saying the deadline could
+    still be met (a tester: 1 refusal in 12). A wait that ends early now waits out the rest."""
+    from batcher import turn_deadline
+
+    real_wait_for = asyncio.wait_for
+    fired: list[float] = []
+
+    async def early_once(aw: Any, timeout: float | None) -> Any:
+        if not fired:  # the first timer "fires" at once, 50 ms before it was due
+            fired.append(time.monotonic())
+            aw.close()
+            raise asyncio.TimeoutError
+        return await real_wait_for(aw, timeout)
+
+    monkeypatch.setattr(turn_deadline.asyncio, "wait_for", early_once)
+    lock = asyncio.Lock()
+    await lock.acquire()  # the sequence's earlier request runs, past the deadline
+    now = time.monotonic()
+    a = Admission(1, 1, now, now + 0.05, None, now + 0.05)
+    with pytest.raises(DeadlineExceeded):
+        await real_wait_for(turn_deadline.wait_turn(lock, a, time.monotonic, None), LONG)
+    assert fired and time.monotonic() >= now + 0.05  # given up at its point, not when the timer fired
 
 
 class FakeClock:
