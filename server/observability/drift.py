@@ -4,8 +4,9 @@ A `DriftMonitor` watches one model version. Each tensor becomes one or more seri
 a 2-D tensor [rows, features] with at most `MAX_FEATURES` columns gives one series per column
 (tabular inputs, scores); a 1-D tensor gives one series (feature ""); anything else (images,
 wide logits) gives one pooled series of at most `MAX_FEATURES` evenly strided values per row
-(feature "*"). The first `reference_rows` rows seen (or a reference file) are the reference; the
-rows after them fill a sliding window of the latest `window_rows` rows.
+(feature "*"), as does a variable-length tensor (a -1 dim; its widths differ between requests). The
+first `reference_rows` rows seen (or a reference file) are the reference; the rows after them fill a
+sliding window of the latest `window_rows` rows.
 
 Each series is scored with the population stability index (PSI, quantile bins from the reference)
 and the two-sample Kolmogorov-Smirnov statistic, numpy only. A series has drifted when
@@ -128,7 +129,8 @@ def _matrix(array: npt.NDArray[np.generic]) -> tuple[Floats, bool] | None:
 
 
 class _Tensor:
-    """One tensor's reference rows (kept) and recent rows (a sliding window), as [rows, k] chunks."""
+    """One tensor's reference rows (kept) and recent rows (a sliding window), as [rows, k] chunks
+    (k differs between chunks of a variable-length tensor)."""
 
     def __init__(self, kind: str, name: str, ndim: int, pooled: bool) -> None:
         self.kind, self.name, self.ndim, self.pooled = kind, name, ndim, pooled
@@ -154,22 +156,33 @@ class _Tensor:
     def series(self, window_rows: int) -> Iterator[Series]:
         if not self.reference or not self.recent:
             return
-        ref = _stack(self.reference)
-        recent = _stack(list(self.recent))[-window_rows:]
-        if self.pooled or ref.shape[1] != recent.shape[1]:
-            rows = (ref.shape[0], recent.shape[0])
-            yield Series(self.kind, self.name, POOLED, _finite(ref.ravel()), _finite(recent.ravel()), rows)
+        recent = _last_rows(list(self.recent), window_rows)
+        widths = {chunk.shape[1] for chunk in (*self.reference, *recent)}
+        if self.pooled or len(widths) > 1:
+            # Pooled by rows: a variable-length tensor's columns are no features (column 0 of
+            # 8-long and 12-long rows mixed), and its windows count requests' rows, not values.
+            rows = (sum(c.shape[0] for c in self.reference), sum(c.shape[0] for c in recent))
+            yield Series(self.kind, self.name, POOLED, _pool(self.reference), _pool(recent), rows)
             return
+        ref, last = np.concatenate(self.reference), np.concatenate(recent)
         for column in range(ref.shape[1]):
             feature = "" if self.ndim == 1 else str(column)
-            yield Series(self.kind, self.name, feature, _finite(ref[:, column]), _finite(recent[:, column]))
+            yield Series(self.kind, self.name, feature, _finite(ref[:, column]), _finite(last[:, column]))
 
 
-def _stack(chunks: list[Floats]) -> Floats:
-    widths = {c.shape[1] for c in chunks}
-    if len(widths) > 1:  # a pooled tensor whose size varies: pool every chunk into one column
-        return np.concatenate([c.reshape(-1, 1) for c in chunks])
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+def _last_rows(chunks: list[Floats], rows: int) -> list[Floats]:
+    """The chunks' last `rows` rows, as chunks (the first one cut)."""
+    kept: list[Floats] = []
+    for chunk in reversed(chunks):
+        if rows <= 0:
+            break
+        kept.append(chunk[-rows:])
+        rows -= kept[-1].shape[0]
+    return kept[::-1]
+
+
+def _pool(chunks: list[Floats]) -> Floats:
+    return _finite(np.concatenate([chunk.ravel() for chunk in chunks]))
 
 
 def _finite(values: Floats) -> Floats:
@@ -184,11 +197,15 @@ class DriftMonitor:
         reference_rows: int,
         window_rows: int,
         reference: Mapping[str, npt.NDArray[np.generic]] | None = None,
+        variable: frozenset[str] = frozenset(),
     ) -> None:
         """`reference`: arrays keyed "in:<name>" / "out:<name>" (a sample file's layout) that
-        replace the first `reference_rows` sampled rows for those tensors."""
+        replace the first `reference_rows` sampled rows for those tensors. `variable`: the keys
+        of tensors whose shape past the rows varies (a -1 dim): pooled from their first rows (a
+        tensor whose widths differ between requests is pooled when they do)."""
         self.reference_rows = reference_rows
         self.window_rows = window_rows
+        self._variable = variable
         self._tensors: dict[tuple[str, str], _Tensor] = {}
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every feed; scores are cached per generation
@@ -208,7 +225,8 @@ class DriftMonitor:
             matrix = _matrix(array)
             if matrix is None:
                 return None
-            tensor = self._tensors[(kind, name)] = _Tensor(kind, name, array.ndim, matrix[1])
+            pooled = matrix[1] or f"{'in' if kind == INPUT else 'out'}:{name}" in self._variable
+            tensor = self._tensors[(kind, name)] = _Tensor(kind, name, array.ndim, pooled)
         return tensor
 
     def feed(

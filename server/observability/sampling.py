@@ -66,6 +66,7 @@ class SamplePolicy:
     ratio: float = 0.0
     with_inputs: bool = False
     reference: Mapping[str, AnyArray] | None = None  # from the model's drift_reference file
+    variable: frozenset[str] = frozenset()  # "in:<name>" / "out:<name>" of variable-length tensors
 
 
 def ratio_fraction(ratio: float) -> tuple[int, int]:
@@ -106,7 +107,51 @@ def sample_policy(
         # Read once, bounded, then parsed from memory: a compressed .npz unpacks 1000:1.
         raw = read_model_file(model_dir, name, where, MAX_REFERENCE_BYTES)
         reference = load_reference(io.BytesIO(raw), source, name)
-    return SamplePolicy(ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference)
+        check_reference(config, reference, where)
+    shapes = tensor_shapes(config)
+    variable = frozenset(key for key, (shape, _) in shapes.items() if -1 in shape)
+    return SamplePolicy(
+        ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference, variable=variable
+    )
+
+
+def tensor_shapes(config: mc.ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]]:
+    """Each tensor's shape past the rows, keyed as in a sample file ("in:<name>" / "out:<name>"):
+    its dims, and its `reshape` (the model's side) when it has one. Without batching the first dim
+    is the rows (a sample's rows are its first axis)."""
+    skip = 0 if config.max_batch_size > 0 else 1
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {}
+    for prefix, tensors in (("in:", config.input), ("out:", config.output)):
+        for tensor in tensors:
+            reshape = tuple(tensor.reshape.shape)[skip:] if tensor.HasField("reshape") else None
+            shapes[prefix + tensor.name] = tuple(tensor.dims)[skip:], reshape
+    return shapes
+
+
+def check_reference(config: mc.ModelConfig, reference: Mapping[str, AnyArray], where: str) -> None:
+    """ConfigError unless every reference array is a tensor of the model, shaped [rows, *its shape]
+    (-1: any size): a misnamed key had been ignored (that tensor's reference taken from the first
+    sampled rows instead), and a [rows, 1] reference of a [rows, 4] output pooled 1 column against 4."""
+    shapes = tensor_shapes(config)
+    for key, array in reference.items():
+        kind, _, name = key.partition(":")
+        side = "input" if kind == "in" else "output"
+        if key not in shapes:
+            known = ", ".join(repr(k.partition(":")[2]) for k in shapes if k.startswith(kind + ":"))
+            raise ConfigError(
+                f"{where}: the array '{key}' names no {side} of the model ({side}s: {known or 'none'})"
+            )
+        wanted = [s for s in shapes[key] if s is not None]
+        if array.ndim == 0 or not any(_fits(array.shape[1:], s) for s in wanted):
+            rows = " or ".join("[" + ", ".join(["rows", *map(str, s)]) + "]" for s in wanted)
+            raise ConfigError(
+                f"{where}: the array '{key}' is shaped {list(array.shape)}, but the {side} '{name}' "
+                f"is {rows} (-1: any size)"
+            )
+
+
+def _fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    return len(shape) == len(wanted) and all(w in (-1, d) for d, w in zip(shape, wanted, strict=True))
 
 
 def load_reference(file: Path | IO[bytes], source: str, name: str | None = None) -> dict[str, AnyArray]:
@@ -217,7 +262,10 @@ class SamplingRegistry:
                     settings.sample_queue_bytes,
                 )
             monitor = DriftMonitor(
-                settings.drift_reference_samples, settings.drift_window_samples, policy.reference
+                settings.drift_reference_samples,
+                settings.drift_window_samples,
+                policy.reference,
+                policy.variable,
             )
             # The load's id: its wall-clock time, above the load it replaces (a clock step back
             # or two loads within one tick must not make the older look newer).

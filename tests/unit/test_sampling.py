@@ -205,7 +205,10 @@ def test_model_parameters_win_over_settings_and_bad_values_name_the_field(tmp_pa
 def test_a_drift_reference_file_is_loaded_relative_to_the_model(tmp_path: Path) -> None:
     with open(tmp_path / "ref.npz", "wb") as file:
         save_npz(file, {"out:y": np.zeros((5, 2), np.float32), "rows": np.array([5])})
-    policy = sample_policy(config(drift_reference="ref.npz"), tmp_path, ServerSettings(cache_dir=tmp_path))
+    model = config(drift_reference="ref.npz")
+    model.max_batch_size = 8
+    model.output.add(name="y", data_type=mc.TYPE_FP32, dims=[2])  # the reference must fit a tensor
+    policy = sample_policy(model, tmp_path, ServerSettings(cache_dir=tmp_path))
     assert policy.reference is not None and set(policy.reference) == {"out:y"}
     np.savez(tmp_path / "empty.npz", rows=np.array([5]))
     with pytest.raises(ConfigError, match="no 'in:' or 'out:' arrays"):
