@@ -68,7 +68,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0.01,
         help="refuse to publish past this drop (default 0.01; negative: no limit). Classifiers: top-1 "
-        "disagreement rate; otherwise 1 - min cosine similarity (see --accuracy-measure)",
+        "disagreement rate; otherwise the larger of 1 - min cosine similarity and the largest row error "
+        "over the output's RMS row norm (see --accuracy-measure)",
     )
     p.add_argument(
         "--accuracy-measure",
@@ -146,12 +147,17 @@ def _run(args: argparse.Namespace) -> int:
     specs = data.input_specs(source.model_file)
     if args.int8 or args.fp16:
         quantize.refuse_optimized(source.model_file, int8=bool(args.int8))
+    serving = publish.serving_config(args.repository, args.model, source)
+    # Validation batches no larger than the server takes (a request past max_batch_size is refused).
+    rows = min(DATA_BATCH, serving.max_batch_size) if serving.max_batch_size > 0 else DATA_BATCH
     recipe = quantize.Recipe(
         int8=args.int8,
         per_channel=args.per_channel,
         activations=args.int8_activations,
         fp16=args.fp16,
         offline_optimize=args.offline_optimize,
+        per_row=args.int8 == "dynamic" and quantize.serves_per_row(serving),
+        batch_rows=rows,
     )
     limit = args.max_accuracy_drop if args.max_accuracy_drop >= 0 else None
     with tempfile.TemporaryDirectory(prefix="sluiceway-optimize-") as scratch:
@@ -162,18 +168,17 @@ def _run(args: argparse.Namespace) -> int:
                 batch_size=DATA_BATCH, seed=args.seed,
             )  # fmt: skip
         optimized = quantize.build(source.model_file, Path(scratch), recipe, calibration)
-        # Measured as served batched: dynamic quantization per row (the file is published as built).
-        measured = (
-            quantize.as_served_batched(optimized, Path(scratch)) if args.int8 == "dynamic" else optimized
-        )
-        result = _validate(args, source.model_file, measured, specs, published=optimized)
-        refused, verdict = _decide(args, limit, result.accuracy_drop, source, optimized)
+        # Measured as the config serves it: dynamic quantization per row where the server batches
+        # requests, else per batch, on batches it may serve (the file is published as built).
+        measured = quantize.as_served_batched(optimized, Path(scratch)) if recipe.per_row else optimized
+        result = _validate(args, source.model_file, measured, specs, optimized, rows)
+        code, verdict = _decide(args, limit, result, source, optimized)
     inputs = str(args.validation_data) if args.validation_data else "generated from metadata"
     summary = report.Summary(args.model, str(source.model_file), recipe.describe(), inputs, limit, verdict)
     report.print_table(summary, result)
     written = report.write_reports(summary, result, reports)
     print("report: " + ", ".join(str(p) for p in written))
-    return EXIT_REFUSED if refused else 0
+    return code
 
 
 def default_report_dir(args: argparse.Namespace) -> Path:
@@ -189,15 +194,21 @@ def default_report_dir(args: argparse.Namespace) -> Path:
 
 
 def _validate(
-    args: argparse.Namespace, original: Path, optimized: Path, specs: list[InputSpec], published: Path
+    args: argparse.Namespace,
+    original: Path,
+    optimized: Path,
+    specs: list[InputSpec],
+    published: Path,
+    batch_rows: int,
 ) -> Validation:
-    """Outputs compared on the validation inputs, speed, and the size of the file `published`."""
+    """Outputs compared on the validation inputs (batches of `batch_rows`), speed, and the size of the
+    file `published`."""
     from server.optimize import data, validate
     from server.optimize.quantize import model_bytes
 
     batches = data.obtain_batches(
         args.validation_data, specs, purpose="validation", rows=args.validation_rows,
-        batch_size=DATA_BATCH, seed=args.seed + 1,
+        batch_size=batch_rows, seed=args.seed + 1,
     )  # fmt: skip
     outputs = validate.compare_outputs(original, optimized, batches)
     measure = validate.resolve_measure(args.accuracy_measure, outputs)
@@ -216,20 +227,23 @@ def _validate(
 
 
 def _decide(
-    args: argparse.Namespace, limit: float | None, drop: float, source: Source, optimized: Path
-) -> tuple[bool, str]:
-    """Refuse, skip or publish; whether refused, and the sentence that says what happened."""
+    args: argparse.Namespace, limit: float | None, result: Validation, source: Source, optimized: Path
+) -> tuple[int, str]:
+    """Refuse, skip or publish; the exit status, and the sentence that says what happened."""
     from server.optimize.publish import publish
 
+    drop = result.accuracy_drop
     if limit is not None and drop > limit:
-        return True, (
+        return EXIT_REFUSED, (
             f"REFUSED: accuracy drop {drop:.4g} exceeds --max-accuracy-drop {limit:.4g} by "
             f"{drop - limit:.4g}; nothing was published"
         )
     if not args.publish:
-        return False, "not published (--no-publish)"
+        return 0, "not published (--no-publish)"
     done = publish(args.repository, args.model, source, optimized)
     verdict = f"published as version {done.version} at {done.directory}"
     if done.wrote_original:
         verdict += " (the original went in as version 1)"
-    return False, verdict + f"; {done.note}. A running server loads it on RepositoryModelLoad or a restart."
+    if not done.loads:  # a safety net: the checks before writing had let it through
+        return EXIT_USAGE, f"{verdict}, but {done.note}: fix the model before serving it"
+    return 0, verdict + f"; {done.note}. A running server loads it on RepositoryModelLoad or a restart."

@@ -83,11 +83,24 @@ def _rows(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     return array
 
 
+NPY_MAGIC, NPZ_MAGIC = b"\x93NUMPY", b"PK"  # how numpy's array files and zip archives start
+
+
 def _read_file(path: Path, specs: list[InputSpec]) -> Batch:
     try:
-        return _read_arrays(path, specs)
+        with path.open("rb") as file:
+            head = file.read(len(NPY_MAGIC))
+        magic, kind = (NPY_MAGIC, ".npy array") if path.suffix == ".npy" else (NPZ_MAGIC, ".npz archive")
+        if not head.startswith(magic):  # numpy's own words were about "pickled (object) data"
+            raise OptimizeError(f"{path}: not a numpy {kind} file (it does not start as one: a text file?)")
+        batch = _read_arrays(path, specs)
     except (ValueError, OSError, EOFError) as err:  # numpy's words for a file it cannot read
         raise OptimizeError(f"{path}: not a numpy .npy/.npz file it can read ({err})") from None
+    for name, array in batch.items():
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+            count = int(np.sum(~np.isfinite(array)))
+            raise OptimizeError(f"{path}: input '{name}' holds {count} NaN or infinite values")
+    return batch
 
 
 def _read_arrays(path: Path, specs: list[InputSpec]) -> Batch:

@@ -3,7 +3,8 @@ repository, beside the original; the version_policy is checked so the command ca
 new version will be served.
 
 A model not yet in the repository gets the original as version 1 (a version to compare with and roll
-back to) and the optimized one as version 2, with the source's config.pbtxt copied (name set).
+back to) and the optimized one as version 2, with the source's config.pbtxt copied (name set), the
+files it names beside it, and what named the source's versions rewritten.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
-from server.models.config import ConfigError, load_config_file
+from server.models.config import DRIFT_REFERENCE, ConfigError, load_config_file
+from server.models.model_files import read_model_file
 from server.models.repository import (
     CONFIG_FILENAME,
     DEFAULT_MODEL_FILENAME,
     ModelNotFoundInRepository,
     load_model_source,
+    select_versions,
 )
+from server.observability.sampling import MAX_REFERENCE_BYTES
 from server.optimize.data import OptimizeError
 
 TRAFFIC_PREFIX = "traffic_"  # the rollout's config parameters (server/models/traffic.py)
+NEW_MODEL_VERSION = 2  # a new model: the original is version 1, the optimized one version 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Published:
     wrote_original: bool  # the model was new to the repository: the original went in as version 1
     served: bool  # whether the version_policy serves the new version
     note: str  # what the version_policy serves, or why the new version will not be served
+    loads: bool = True  # False: the model does not load from the repository (note says why)
 
 
 def _numeric_versions(model_dir: Path) -> list[int]:
@@ -132,8 +138,9 @@ def _write_version(model_dir: Path, version: int, model_file: Path, filename: st
 
 
 def _new_config(config_file: Path, name: str) -> mc.ModelConfig:
-    """The source's config for a model new to the repository: its name set, and its traffic policy
-    left out (it named the source's versions: the new model has 1 and 2, and did not load)."""
+    """The source's config for a model new to the repository: its name set, and what named the
+    source's versions rewritten (the new model has 1 and 2, and did not load): the traffic policy
+    left out, a `specific` version_policy made to serve the published version."""
     try:
         config = load_config_file(config_file)
     except ConfigError as err:
@@ -141,15 +148,46 @@ def _new_config(config_file: Path, name: str) -> mc.ModelConfig:
     config.name = name
     for key in [k for k in config.parameters if k.startswith(TRAFFIC_PREFIX)]:
         del config.parameters[key]
+    if config.version_policy.WhichOneof("policy_choice") == "specific":
+        config.version_policy.specific.ClearField("versions")
+        config.version_policy.specific.versions.append(NEW_MODEL_VERSION)
     return config
 
 
-def _copy_config(config_file: Path, config: mc.ModelConfig, model_dir: Path) -> None:
-    """Write `config`, and the label files it names (the model had failed to load without them)."""
+@dataclass(frozen=True)
+class ModelDirFile:
+    """A file the config names, read from the source's model directory, to write beside the copy."""
+
+    name: str  # relative to the model directory
+    data: bytes
+
+
+def _reference(config_file: Path, config: mc.ModelConfig) -> ModelDirFile | None:
+    """The drift_reference file's name and bytes, read as the server reads it, before anything is
+    written (the new model had failed to load without it)."""
+    if DRIFT_REFERENCE not in config.parameters:
+        return None
+    name = config.parameters[DRIFT_REFERENCE].string_value
+    where = f"{config_file}: parameters '{DRIFT_REFERENCE}' '{name}'"
+    try:
+        return ModelDirFile(name, read_model_file(config_file.parent, name, where, MAX_REFERENCE_BYTES))
+    except ConfigError as err:
+        raise OptimizeError(f"{err}; nothing was published") from None
+
+
+def _copy_config(
+    config_file: Path, config: mc.ModelConfig, reference: ModelDirFile | None, model_dir: Path
+) -> None:
+    """Write `config`, and the label files and drift reference it names (the model had failed to
+    load without them)."""
     for output in config.output:
         label = output.label_filename
         if label and (config_file.parent / label).is_file() and not (model_dir / label).exists():
             shutil.copyfile(config_file.parent / label, model_dir / label)
+    if reference is not None:
+        target = model_dir / reference.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(reference.data)
     text = f"# Copied by sluiceway optimize from {config_file}\n" + text_format.MessageToString(config)
     (model_dir / CONFIG_FILENAME).write_text(text, encoding="utf-8")
 
@@ -171,20 +209,67 @@ def check_signature(config: mc.ModelConfig | None, model_file: Path, what: str) 
         raise OptimizeError(f"{err}; nothing was published") from None
 
 
-def policy_note(repository: Path, name: str, version: int) -> tuple[bool, str]:
-    """Whether the model's version_policy serves `version`, and a sentence saying what it serves."""
+@dataclass(frozen=True)
+class PolicyNote:
+    loads: bool  # whether the model loads from the repository
+    served: bool  # whether its version_policy serves the version asked about
+    note: str  # what it serves, or why it does not load
+
+
+def policy_note(repository: Path, name: str, version: int) -> PolicyNote:
+    """Whether the model loads and its version_policy serves `version`, and a sentence saying what
+    it serves (or why it does not load)."""
     try:
         found = load_model_source(repository, name)
     except (ConfigError, ModelNotFoundInRepository) as err:
-        return False, f"the model does not load from the repository: {err}"
+        return PolicyNote(False, False, f"the model does not load from the repository: {err}")
     served = sorted(found.versions)
     if version in served:
-        return True, f"its version_policy serves versions {served}"
+        return PolicyNote(True, True, f"its version_policy serves versions {served}")
     config = repository / name / CONFIG_FILENAME
-    return False, (
+    return PolicyNote(
+        True,
+        False,
         f"its version_policy serves versions {served}, not {version}: edit {config} "
-        f"(e.g. version_policy {{ latest {{ num_versions: 2 }} }}) to serve it"
+        f"(e.g. version_policy {{ latest {{ num_versions: 2 }} }}) to serve it",
     )
+
+
+def _check_policy(config: mc.ModelConfig | None, versions: list[int], where: Path) -> None:
+    """The version_policy against the versions the model will have: one that serves none of them
+    leaves the model unable to load, so nothing is written."""
+    if config is None:
+        return
+    try:
+        select_versions(config, versions, str(where))
+    except ConfigError as err:
+        raise OptimizeError(f"{err}; nothing was published") from None
+
+
+def serving_config(repository: Path, name: str, source: Source) -> mc.ModelConfig:
+    """The config the server will serve `name` under once published, completed from the source's
+    graph as a load completes it (a config that says nothing of batching gets the dynamic batcher):
+    the repository's config, else the source's as it is copied, else the graph's alone."""
+    from server.backends.onnx_inspect import inspect_onnx
+    from server.backends.onnxruntime_backend import BackendLoadError
+    from server.models.onnx_completion import complete_from_onnx
+
+    _check_name(name)
+    existing = repository / name / CONFIG_FILENAME
+    config: mc.ModelConfig | None = None
+    if _numeric_versions(repository / name) or existing.exists():
+        try:
+            config = load_config_file(existing) if existing.is_file() else None
+        except ConfigError as err:
+            raise OptimizeError(str(err)) from None
+    elif source.config_file is not None:
+        config = _new_config(source.config_file, name)
+    config = config if config is not None else mc.ModelConfig(name=name)
+    try:
+        inputs, outputs = inspect_onnx(source.model_file)
+        return complete_from_onnx(config, inputs, outputs, source=str(existing))
+    except (ConfigError, BackendLoadError):
+        return config  # a model that does not match its config: publishing refuses it, saying why
 
 
 def publish(repository: Path, name: str, source: Source, optimized: Path) -> Published:
@@ -194,10 +279,12 @@ def publish(repository: Path, name: str, source: Source, optimized: Path) -> Pub
         raise OptimizeError(f"--repository {repository}: not a directory")
     model_dir = repository / name
     existing = model_dir / CONFIG_FILENAME
-    new_model = not _numeric_versions(model_dir)
-    copied = None
+    on_disk = _numeric_versions(model_dir)
+    new_model = not on_disk
+    copied, reference = None, None
     if new_model and source.config_file is not None and not existing.exists():
         copied = _new_config(source.config_file, name)
+        reference = _reference(source.config_file, copied)
     try:
         config = (
             copied if copied is not None else (load_config_file(existing) if existing.is_file() else None)
@@ -207,14 +294,16 @@ def publish(repository: Path, name: str, source: Source, optimized: Path) -> Pub
     check_signature(config, optimized, "the optimized model")  # before anything is written
     if new_model:
         check_signature(config, source.model_file, "the original")
+    planned = [1, NEW_MODEL_VERSION] if new_model else [*on_disk, max(on_disk) + 1]
+    _check_policy(config, planned, existing)
     model_dir.mkdir(exist_ok=True)
     wrote_original = False
     if new_model:
         if copied is not None and source.config_file is not None:
-            _copy_config(source.config_file, copied, model_dir)
+            _copy_config(source.config_file, copied, reference, model_dir)
         _write_version(model_dir, 1, source.model_file, _model_filename(model_dir))
         wrote_original = True
     version = max(_numeric_versions(model_dir)) + 1
     directory = _write_version(model_dir, version, optimized, _model_filename(model_dir))
-    served, note = policy_note(repository, name, version)
-    return Published(version, directory, wrote_original, served, note)
+    policy = policy_note(repository, name, version)
+    return Published(version, directory, wrote_original, policy.served, policy.note, policy.loads)

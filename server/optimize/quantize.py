@@ -15,9 +15,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from server.optimize.data import Batch, OptimizeError
+
+if TYPE_CHECKING:
+    from protos import model_config_pb2 as mc
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,10 @@ class Recipe:
     activations: Literal["uint8", "int8"] = "uint8"
     fp16: bool = False
     offline_optimize: bool = True
+    # Dynamic INT8: whether the model's config has the server quantize per row (serves_per_row), and
+    # the rows of a validation batch (the model is measured per batch of that many when not).
+    per_row: bool = False
+    batch_rows: int = 8
 
     def describe(self) -> str:
         parts = []
@@ -44,13 +51,19 @@ class Recipe:
             parts.append(f"INT8 {self.int8}" + (" per-channel" if self.per_channel else " per-tensor"))
             if self.int8 == "static":
                 parts.append(f"{self.activations} activations (QDQ)")
-            else:  # what a server that batches requests runs (server/backends/row_quantization.py)
+            elif self.per_row:  # what a server that batches requests runs (row_quantization.py)
                 parts.append("activations quantized per row, as a batching server runs them")
+            else:
+                parts.append(
+                    "activations quantized per batch, as this config serves them (no dynamic_batching "
+                    "or sequence_batching, or dynamic_quantization per_batch): measured on batches "
+                    f"of {self.batch_rows} rows"
+                )
         if self.fp16:
             parts.append("FP16 (FP32 inputs and outputs kept)")
         if self.offline_optimize:
             parts.append("offline-optimized graph")
-        return ", ".join(parts) or "copy"
+        return ", ".join(parts) or "no step"
 
 
 def preprocess(source: Path, workdir: Path) -> Path:
@@ -136,6 +149,18 @@ def quantize_int8(source: Path, output: Path, recipe: Recipe, calibration: list[
         activation_type=QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
     )
+
+
+def serves_per_row(config: mc.ModelConfig) -> bool:
+    """Whether the server runs a dynamically quantized model under `config` (completed) per row: the
+    backend's own rule (server/models/config_backend.py)."""
+    from server.models.config import ConfigError
+    from server.models.config_backend import backend_parameters
+
+    try:
+        return bool(backend_parameters(config, has_gpu=False).options.get("row_quantization"))
+    except ConfigError as err:
+        raise OptimizeError(str(err)) from None
 
 
 def as_served_batched(model_file: Path, workdir: Path) -> Path:
@@ -258,11 +283,31 @@ def _build(source: Path, workdir: Path, recipe: Recipe, calibration: list[Batch]
         optimized = workdir / "optimized.onnx"
         offline_optimize(current, optimized)
         current = optimized
-    if current == source:
-        copied = workdir / "model.onnx"
-        copied.write_bytes(source.read_bytes())
-        current = copied
+    refuse_unchanged(source, current, recipe)
     return current
+
+
+def refuse_unchanged(source: Path, built: Path, recipe: Recipe) -> None:
+    """A recipe that changed nothing (no step, or a graph the offline optimization left as it was)
+    would publish the same model as a new version: refuse, as INT8 that quantized nothing is."""
+    if built == source:
+        raise OptimizeError(
+            "--no-offline-optimize without --int8 or --fp16 changes nothing: nothing to publish"
+        )
+    if _graph_key(source) == _graph_key(built):
+        raise OptimizeError(
+            f"{recipe.describe()} left the model as it was (the same nodes and weights as the "
+            "source's): nothing to publish"
+        )
+
+
+def _graph_key(model_file: Path) -> list[bytes]:
+    """What a model computes: its nodes and weights (not shapes the optimizer may have annotated)."""
+    import onnx
+
+    graph = onnx.load(str(model_file)).graph
+    parts = [*graph.node, *graph.initializer, *graph.input, *graph.output]
+    return [part.SerializeToString(deterministic=True) for part in parts]
 
 
 INLINE_MAX_BYTES = 1 << 30  # protobuf's 2 GiB message limit, with room to spare

@@ -44,7 +44,7 @@ def accuracy_rows(validation: Validation) -> list[list[str]]:
             "mean abs diff",
             "min cosine",
             "mean cosine",
-            "max norm change",
+            "max rel. error",
             "top-1 agreement",
         ]
     ]
@@ -57,7 +57,7 @@ def accuracy_rows(validation: Validation) -> list[list[str]]:
                 _fmt(o.mean_abs),
                 f"{o.min_cosine:.5f}",
                 f"{o.mean_cosine:.5f}",
-                f"{o.max_norm_change:.5f}",
+                f"{o.max_relative_error:.5f}",
                 "-" if top1 is None else f"{top1:.1f}%",
             ]
         )
@@ -70,25 +70,39 @@ def speed_rows(validation: Validation) -> list[list[str]]:
         rows.append(
             [str(s.batch), _ms(s.original_ms), _ms(s.optimized_ms), f"{s.speedup:.2f}x", str(s.repetitions)]
         )
-    size_ratio = validation.original_bytes / max(validation.optimized_bytes, 1)
     rows.append(
         [
             "size",
             _mb(validation.original_bytes),
             _mb(validation.optimized_bytes),
-            f"{size_ratio:.2f}x smaller",
+            size_change(validation.original_bytes, validation.optimized_bytes),
             "",
         ]
     )
     return rows
 
 
+def size_change(original: int, optimized: int) -> str:
+    """ "2.00x smaller", or "1.45x larger" (a larger model had read "0.69x smaller")."""
+    if optimized > original:
+        return f"{optimized / max(original, 1):.2f}x larger"
+    return f"{original / max(optimized, 1):.2f}x smaller"
+
+
 def drop_line(validation: Validation, limit: float | None) -> str:
     what = (
-        "top-1 disagreement" if validation.measure == "top1" else "1 - min cosine, or the largest norm change"
+        "top-1 disagreement"
+        if validation.measure == "top1"
+        else "1 - min cosine, or the largest row error over the output's RMS row norm"
     )
     bound = "no limit" if limit is None else f"limit {limit:.4g}"
-    return f"accuracy drop ({what}) over {validation.rows} rows: {validation.accuracy_drop:.4g} ({bound})"
+    line = f"accuracy drop ({what}) over {validation.rows} rows: {validation.accuracy_drop:.4g} ({bound})"
+    for o in validation.outputs:
+        if o.nonfinite_rows:
+            line += (
+                f"; the optimized model's output '{o.name}' holds NaN or infinity in {o.nonfinite_rows} rows"
+            )
+    return line
 
 
 def print_table(summary: Summary, validation: Validation, out: TextIO | None = None) -> None:

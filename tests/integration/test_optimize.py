@@ -198,7 +198,7 @@ def test_refuses_to_publish_past_the_accuracy_limit(
     assert optimize(source, tmp_path, "tiny", flags, tmp_path / "r") == 1
     out = capsys.readouterr().out
     assert "REFUSED: accuracy drop" in out and "exceeds --max-accuracy-drop 1e-09 by" in out
-    assert "1 - min cosine, or the largest norm change" in out
+    assert "1 - min cosine, or the largest row error over the output's RMS row norm" in out
     assert not (tmp_path / "tiny").exists()
     assert "REFUSED" in (tmp_path / "r" / "report.md").read_text()
 
