@@ -11,6 +11,7 @@ subclasses named after gRPC status codes.
 """
 
 from clients.aio_client import AsyncClient
+from clients.base import MAX_TIMEOUT_S
 from clients.endpoints import NO_RETRY, Backoff, ChannelOptions, RetryPolicy
 from clients.errors import (
     DeadlineExceeded,
@@ -28,6 +29,7 @@ from clients.stream import StreamResult, StreamSession
 from clients.sync_client import Client
 
 __all__ = [
+    "MAX_TIMEOUT_S",
     "NO_RETRY",
     "AsyncClient",
     "Backoff",

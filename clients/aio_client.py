@@ -97,11 +97,11 @@ class AsyncClient(ClientBase):
             model,
             version=version_str(version),
             max_in_flight=max_in_flight,
-            frame_timeout_s=self._timeout(frame_timeout_s),
+            frame_timeout_s=self._timeout(frame_timeout_s, "frame_timeout_s"),
             max_message_bytes=self.channel_options.max_message_bytes,
             priority=priority,
             outputs=outputs,
-            timeout_s=self.stream_timeout_s if timeout_s is None else self._timeout(timeout_s),
+            timeout_s=self.stream_timeout_s if timeout_s is None else self._timeout(timeout_s, "timeout_s"),
         )
 
     # -- health, metadata, repository -----------------------------------------------------------

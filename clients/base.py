@@ -7,6 +7,7 @@ every decision (which endpoint, how long, whether to retry) lives here and in en
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import time
 from collections.abc import Sequence
@@ -78,11 +79,28 @@ def check_metadata(metadata: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any]
     return tuple(metadata)
 
 
+# The longest timeout a call, stream or frame takes (about 31.7 years). grpc's deadline overflowed
+# past ~9.2e9 s (failing DEADLINE_EXCEEDED at once), and the request's `timeout` parameter, int64
+# microseconds, past ~9.2e12 s (protobuf's bare "Value out of range").
+MAX_TIMEOUT_S = 1e9
+
+
 def check_timeout(value: float, name: str) -> float:
     """Deadlines are finite and positive: a call without one can hang forever on a dead peer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # True had been 1 s
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    if value > MAX_TIMEOUT_S:
+        raise ValueError(f"{name} must be at most {MAX_TIMEOUT_S:g} s (MAX_TIMEOUT_S), got {value!r}")
     return float(value)
+
+
+def check_endpoint(address: object, name: str) -> str:
+    """An endpoint is a non-empty "host:port" string: "" had been taken, and every call failed UNKNOWN."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"{name} must be a 'host:port' address, got {address!r}")
+    return address
 
 
 class ClientBase:
@@ -116,6 +134,10 @@ class ClientBase:
         rng: random.Random | None = None,
     ) -> None:
         primaries = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        for address in primaries:
+            check_endpoint(address, "endpoints")
+        if fallback is not None:
+            check_endpoint(fallback, "fallback")
         self.default_timeout_s = check_timeout(default_timeout_s, "default_timeout_s")
         self.stream_timeout_s = check_timeout(stream_timeout_s, "stream_timeout_s")
         self.retry = retry
@@ -152,8 +174,8 @@ class ClientBase:
         """address -> whether the client currently considers it healthy (its cached view)."""
         return self.pool.health()
 
-    def _timeout(self, timeout_s: float | None) -> float:
-        return self.default_timeout_s if timeout_s is None else check_timeout(timeout_s, "timeout_s")
+    def _timeout(self, timeout_s: float | None, name: str = "timeout_s") -> float:
+        return self.default_timeout_s if timeout_s is None else check_timeout(timeout_s, name)
 
     def _attempts(self, timeout_s: float | None) -> Attempts:
         return Attempts(self.pool, self.retry, self._timeout(timeout_s), clock=self._clock, rng=self._rng)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.base import is_serving
+from clients.base import check_timeout, is_serving
 
 
 def default_address(env: Mapping[str, str]) -> str:
@@ -77,13 +77,21 @@ def check(
     return is_serving(response), status
 
 
+def _timeout_arg(text: str) -> float:
+    """--timeout-s: 0 or less had probed anyway and printed NOT SERVING, blaming the server."""
+    try:
+        return check_timeout(float(text), "--timeout-s")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--timeout-s ")) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clients.health_probe", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--address", default=default_address(os.environ))
     parser.add_argument("--service", default="", help='"" (default): the whole server')
-    parser.add_argument("--timeout-s", type=float, default=2.0)
+    parser.add_argument("--timeout-s", type=_timeout_arg, default=2.0)
     env = os.environ
     parser.add_argument(
         "--tls-ca", default=env.get("HEALTH_PROBE_TLS_CA"), help="CA of the server's certificate"

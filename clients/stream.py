@@ -3,7 +3,9 @@
 The server answers frames in completion order, each with its request's id; the session hands
 results back in the order frames were sent (a reorder buffer of one future per frame, matched by
 id). A failed frame is a result holding that frame's error; the stream goes on. `send` waits
-while `max_in_flight` frames are unanswered, so a fast producer cannot queue without bound.
+while `max_in_flight` frames are sent and not yet received (answered or not): results are bounded.
+A write the server does not take within `frame_timeout_s` (frozen, or a port that never answers)
+cuts the stream Unavailable: grpc alone had held `send()` 20 s, then failed INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,23 +16,25 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 
 from clients import tensors
-from clients.errors import (
-    DeadlineExceeded,
-    InternalError,
-    MessageTooLarge,
-    SluicewayError,
-    from_rpc_error,
-    from_stream_message,
+from clients.errors import DeadlineExceeded, MessageTooLarge, SluicewayError, Unavailable, from_rpc_error
+from clients.stream_results import (
+    CORE_ERROR,
+    StreamResult,
+    copy_error,
+    for_frame,
+    result_of,
+    within,
+    write_failure,
 )
-from protos import grpc_service_pb2 as pb
+
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "StreamResult", "StreamSession"]
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +49,13 @@ CLOSE_GRACE_S = 5.0
 OpenStream = Callable[[float], Awaitable[tuple[Any, Callable[[grpc.StatusCode], None]]]]
 
 
-@dataclass(frozen=True, slots=True)
-class StreamResult:
-    """One frame's answer: outputs, or the error for this frame only."""
-
-    request_id: str
-    outputs: dict[str, tensors.Array] | None
-    error: SluicewayError | None = None
-
-    def unwrap(self) -> dict[str, tensors.Array]:
-        """The outputs, or raise this frame's error."""
-        if self.error is not None:
-            raise self.error
-        assert self.outputs is not None
-        return self.outputs
-
-
 class StreamSession:
     """`async with client.stream(model) as s:` then `await s.send(...)` and `await s.recv()`.
 
     - `send(inputs, request_id=None) -> request_id` (ids are generated when not given, and must be
-      unique among unanswered frames); waits while `max_in_flight` frames are unanswered.
+      unique among unanswered frames, and not one whose frame failed here for want of an answer
+      until that answer came); waits while `max_in_flight` frames are sent and not yet received:
+      receive while sending (another task), or send at most `max_in_flight` before receiving.
     - `recv()` -> the next result in sending order as an outputs dict, raising that frame's error.
     - `async for result in s` yields `StreamResult`s (so one failed frame does not end the loop);
       it ends after `done_sending()` once every result is received. One receiver at a time.
@@ -96,7 +86,9 @@ class StreamSession:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per frame: fails it when no answer comes
         self._expired: set[str] = set()  # frames failed by their timer whose answer may still come
         self.max_in_flight = max_in_flight
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._held = 0  # slots: frames sent (or being sent) and not yet received by the caller
+        self._room = asyncio.Event()  # set when a slot is freed or the stream ended
+        self._cut: SluicewayError | None = None  # why this client cancelled the call, if it did
         self._unanswered: dict[str, asyncio.Future[StreamResult]] = {}
         self._order: deque[asyncio.Future[StreamResult]] = deque()  # sent, not yet received
         self._write_lock = asyncio.Lock()
@@ -117,6 +109,11 @@ class StreamSession:
     def in_flight(self) -> int:
         """Frames sent and not answered yet (never more than max_in_flight)."""
         return len(self._unanswered)
+
+    @property
+    def unreceived(self) -> int:
+        """Frames sent and not yet received by the caller, answered or not (<= max_in_flight)."""
+        return len(self._order)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -152,9 +149,10 @@ class StreamSession:
             self._done_sending = True
             self._sent.set()
             if self._failure is None:
-                # A failure here is the call's end, which the reader reports.
-                with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
-                    await self._call.done_writing()
+                # A failure here is the call's end, which the reader reports (grpc core's own error
+                # on a call that never connected had escaped `async with` as ExecuteBatchError).
+                with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError, CORE_ERROR):
+                    await self._bounded(self._call.done_writing(), "done_sending()")
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -171,8 +169,7 @@ class StreamSession:
         if self._done_sending:
             raise RuntimeError("done_sending() was called: no more frames on this stream")
         rid = request_id or f"{self._prefix}-{next(self._ids)}"
-        if rid in self._unanswered:  # checked again once a slot is ours
-            raise ValueError(f"request id {rid!r} is already in flight on this stream")
+        self._check_id(rid)  # checked again once a slot is ours
         request = tensors.build_request(
             self._model,
             inputs,
@@ -191,47 +188,109 @@ class StreamSession:
                 "not sent",
                 request_id=rid,
             )
-        await self._slots.acquire()  # back-pressure: released when this frame is answered
-        async with self._write_lock:
-            if self._failure is not None:
-                self._slots.release()
-                raise _copy(self._failure)
-            if self._done_sending:  # called while this send waited for a slot
-                self._slots.release()
-                raise RuntimeError("done_sending() was called: no more frames on this stream")
-            if rid in self._unanswered:
-                self._slots.release()
-                raise ValueError(f"request id {rid!r} is already in flight on this stream")
+        async with self._writing():
+            try:
+                if self._failure is not None:
+                    raise copy_error(self._failure)
+                if self._done_sending:  # called while this send waited for a slot
+                    raise RuntimeError("done_sending() was called: no more frames on this stream")
+                self._check_id(rid)
+            except BaseException:
+                self._free_slot()
+                raise
             future: asyncio.Future[StreamResult] = asyncio.get_running_loop().create_future()
             # Registered before writing: the answer may arrive before write() returns.
             self._unanswered[rid] = future
             self._order.append(future)
             self._sent.set()
             try:
-                await self._call.write(request)
+                await self._bounded(self._call.write(request), f"frame {rid!r}")
             except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-                error = await self._write_error(exc)
+                error = await self._write_error(exc, rid)
                 # Not sent: its error is this raise alone (it was also yielded as a result).
-                if self._unanswered.pop(rid, None) is not None:
-                    self._slots.release()
+                self._unanswered.pop(rid, None)
                 with contextlib.suppress(ValueError):
                     self._order.remove(future)
+                    self._free_slot()  # unless a receiver took its result (and freed it) already
                 raise error from exc
             self._timers[rid] = asyncio.get_running_loop().call_later(
                 self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid
             )
         return rid
 
-    async def _write_error(self, exc: grpc.RpcError | asyncio.InvalidStateError) -> SluicewayError:
+    def _check_id(self, rid: str) -> None:
+        if rid in self._unanswered:
+            raise ValueError(f"request id {rid!r} is already in flight on this stream")
+        if rid in self._expired:
+            # Refused, not matched: answers leave the server in completion order, so the old
+            # frame's late answer may come before or after a new one's, and either could be taken
+            # for the other (the old answer had been returned as the new frame's result).
+            raise ValueError(
+                f"request id {rid!r} failed here for want of an answer, and its late answer has not "
+                "come yet: use another id"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """A slot (back-pressure: freed when the caller receives the frame's result), then the
+        write lock; the slot is freed again if the wait for the lock is cancelled."""
+        await self._take_slot()
+        try:
+            await self._write_lock.acquire()
+        except BaseException:
+            self._free_slot()
+            raise
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    async def _take_slot(self) -> None:
+        while self._held >= self.max_in_flight and self._failure is None:
+            self._room.clear()
+            if not await within(self._room.wait(), self._frame_timeout_s) and not self._unanswered:
+                # Not an error (a receiver may be slow); but a task that sends all before it
+                # receives waits here for good.
+                log.warning(
+                    "send() has waited %g s for a slot: %d frames are answered and not received; "
+                    "receive (recv() or `async for`, in another task) while sending",
+                    self._frame_timeout_s,
+                    self._held,
+                )
+        if self._failure is not None:  # woken by the stream's end, or it had ended already
+            raise copy_error(self._failure)
+        self._held += 1
+
+    def _free_slot(self) -> None:
+        self._held -= 1
+        self._room.set()
+
+    async def _bounded(self, operation: Awaitable[None], what: str) -> None:
+        """A write bounded by frame_timeout_s. Past it the server takes nothing (frozen, or a port
+        that accepts and never answers): the call is cancelled and the stream ends Unavailable."""
+        try:
+            async with asyncio.timeout(self._frame_timeout_s):
+                await operation
+        except TimeoutError:
+            if self._cut is None:
+                self._cut = Unavailable(
+                    f"the server took no data for {what} within frame_timeout_s "
+                    f"({self._frame_timeout_s:g} s): the stream was cancelled"
+                )
+                self._report(grpc.StatusCode.UNAVAILABLE)
+            self._call.cancel()
+            raise asyncio.InvalidStateError("the call was cancelled") from None
+
+    async def _write_error(self, exc: grpc.RpcError | asyncio.InvalidStateError, rid: str) -> SluicewayError:
         """Why a write failed. InvalidStateError says only that the call is over (done_sending() is
         ruled out above): its status is the reader's to record, and the reader may not have run
         yet. A refused stream's frame failed CANCELLED "the stream ended" instead of Overloaded."""
         if isinstance(exc, grpc.RpcError):
-            return from_rpc_error(exc)
+            return write_failure(exc, rid)
         if self._reader is not None and self._failure is None:
             # The call is done, so its last read returns at once; bounded all the same.
             await asyncio.wait({self._reader}, timeout=CLOSE_GRACE_S)
-        return _copy(self._ended())
+        return copy_error(self._ended())
 
     def _expire(self, rid: str) -> None:
         """No answer within the frame's timeout (and a grace for the server's own answer): fail the
@@ -255,7 +314,7 @@ class StreamSession:
         async with self._recv_lock:
             while not self._order:
                 if self._failure is not None and self._cut_short:
-                    raise _copy(self._failure)
+                    raise copy_error(self._failure)
                 if self._done_sending:
                     raise EOFError("no frames left on this stream")
                 self._sent.clear()
@@ -264,6 +323,7 @@ class StreamSession:
             # Shielded: a cancelled receiver leaves the frame at the head for the next one.
             result = await asyncio.shield(future)
             self._order.popleft()
+            self._free_slot()
             return result
 
     async def recv(self) -> dict[str, tensors.Array]:
@@ -285,8 +345,9 @@ class StreamSession:
         error: SluicewayError | None = None
         try:
             while (response := await self._call.read()) is not grpc.aio.EOF:
-                result = _result_of(response)
-                if not self._resolve(result) and not self._late(result.request_id):
+                result = result_of(response)
+                # A late answer first: its id may be in flight again only once it came (_check_id).
+                if not self._late(result.request_id) and not self._resolve(result):
                     log.warning("stream answer for unknown request id %r dropped", result.request_id)
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
@@ -295,7 +356,7 @@ class StreamSession:
             error = SluicewayError("the stream was closed", grpc.StatusCode.CANCELLED)
             raise
         finally:
-            self._finish(error or self._ended())
+            self._finish(self._cut or error or self._ended())
 
     def _resolve(self, result: StreamResult) -> bool:
         timer = self._timers.pop(result.request_id, None)
@@ -306,7 +367,6 @@ class StreamSession:
             return False
         if not future.done():  # never resolve a done future
             future.set_result(result)
-        self._slots.release()
         return True
 
     def _finish(self, error: SluicewayError) -> None:
@@ -315,8 +375,9 @@ class StreamSession:
         self._cut_short = not self._done_sending
         self._expired.clear()
         for rid in list(self._unanswered):
-            self._resolve(StreamResult(rid, None, _for_frame(error, rid)))
+            self._resolve(StreamResult(rid, None, for_frame(error, rid)))
         self._sent.set()
+        self._room.set()  # a send waiting for a slot raises the error
 
     def _late(self, rid: str) -> bool:
         """An answer to a frame failed here for want of one (_expire): dropped quietly."""
@@ -329,29 +390,9 @@ class StreamSession:
         """The stream's error; a call that ended with status OK before done_sending() is one too."""
         if self._failure is not None:
             return self._failure
+        if self._cut is not None:
+            return self._cut
         why = (
             "the stream ended" if self._done_sending else "the server ended the stream before done_sending()"
         )
         return SluicewayError(why, grpc.StatusCode.CANCELLED)
-
-
-def _result_of(response: pb.ModelStreamInferResponse) -> StreamResult:
-    rid = response.infer_response.id
-    if response.error_message:
-        return StreamResult(rid, None, from_stream_message(response.error_message, rid))
-    try:
-        return StreamResult(rid, tensors.decode_response(response.infer_response))
-    except ValueError as exc:  # a malformed answer fails its frame, not the stream
-        return StreamResult(rid, None, InternalError(f"undecodable answer: {exc}", request_id=rid))
-
-
-def _for_frame(error: SluicewayError, request_id: str) -> SluicewayError:
-    return _copy(error, request_id)
-
-
-def _copy(error: SluicewayError, request_id: str | None = None) -> SluicewayError:
-    """A fresh exception of the same class for each raise: one instance raised again and again
-    would grow its traceback with every receiver."""
-    copy = type(error)(error.message, error.code, request_id, error.retry_after_s, error.reason)
-    copy.__cause__ = error.__cause__
-    return copy

@@ -81,6 +81,8 @@ def build_request(
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest with every input in raw_input_contents (no timeout: see set_timeout).
     No inputs is a request too: a model may have none (a constant or a generator)."""
+    if not isinstance(inputs, Mapping):  # a list of arrays had failed with a bare AttributeError
+        raise TypeError(f"inputs must be a mapping of input name -> array, got {type(inputs).__name__}")
     request = pb.ModelInferRequest(
         model_name=model, model_version="" if version is None else str(version), id=request_id or ""
     )

@@ -424,7 +424,10 @@ async def test_stream_results_come_back_in_sending_order_whatever_the_answer_ord
         assert [r async for r in stream] == []
 
 
-async def test_stream_send_waits_while_max_in_flight_frames_are_unanswered() -> None:
+async def test_stream_send_waits_while_max_in_flight_frames_are_not_received() -> None:
+    """A slot is freed when the caller receives a result, not when its answer arrives: answered
+    results the caller did not read had piled up without bound (tests/integration/
+    test_client_stream_bounds.py)."""
     call = FakeStreamCall()
     session, _ = session_on(call, max_in_flight=2)
     async with session as stream:
@@ -434,11 +437,16 @@ async def test_stream_send_waits_while_max_in_flight_frames_are_unanswered() -> 
         for _ in range(5):
             await asyncio.sleep(0)
         assert not third.done() and stream.in_flight == 2 and len(call.sent) == 2
-        call.answer(1)  # any answer frees a slot, even out of order
+        call.answer(1)  # answered out of order: held for the caller, the slot still taken
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not third.done() and stream.in_flight == 1 and stream.unreceived == 2
+        call.answer(0)
+        assert (await stream.recv())["y"][0] == 0  # received: its slot is free
         await third
         assert len(call.sent) == 3
         with pytest.raises(ValueError):
-            await stream.send({"x": np.zeros(1, np.float32)}, request_id=call.sent[0].id)
+            await stream.send({"x": np.zeros(1, np.float32)}, request_id=call.sent[2].id)
 
 
 async def test_a_broken_stream_fails_every_unanswered_frame_and_reports_the_endpoint() -> None:

@@ -1,6 +1,8 @@
 """A TCP proxy on 127.0.0.1 that can stall: both directions stop forwarding while both sockets
 stay open, as a peer behind a dead NAT entry or a hung host looks to the other side. Runs in the
-test's event loop; `server_closed` is set when the upstream side (the server) ends a connection."""
+test's event loop; `server_closed` is set when the upstream side (the server) ends a connection.
+`hold_answers()` delays the server's bytes instead (kept in order, forwarded at `release_answers()`):
+a network that is late, not one that loses them."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ class StallingProxy:
         self.server_closed = asyncio.Event()  # the server ended a proxied connection
         self._flowing = asyncio.Event()  # cleared for good by stall()
         self._flowing.set()
+        self._answers = asyncio.Event()  # cleared while the server's bytes are held back
+        self._answers.set()
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -37,6 +41,13 @@ class StallingProxy:
         """From now on nothing is forwarded either way; the sockets stay open."""
         self._flowing.clear()
 
+    def hold_answers(self) -> None:
+        """From now on the server's bytes wait in the proxy, in order, until release_answers()."""
+        self._answers.clear()
+
+    def release_answers(self) -> None:
+        self._answers.set()
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [client_writer, server_writer]
@@ -51,6 +62,8 @@ class StallingProxy:
     ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
+                if upstream_eof:
+                    await self._answers.wait()
                 if self._flowing.is_set():  # stalled: the bytes go nowhere, the sockets stay open
                     writer.write(data)
                     await writer.drain()

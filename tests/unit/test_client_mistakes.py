@@ -10,7 +10,8 @@ import pytest
 
 from clients import Backoff, Client, MessageTooLarge, Overloaded, RetryPolicy, SluicewayError, Unavailable
 from clients.endpoints import Attempts, ChannelOptions, EndpointPool
-from clients.errors import from_rpc_error, from_stream_message
+from clients.errors import InternalError, from_rpc_error, from_stream_message
+from clients.stream_results import write_failure
 from tests.support.client_fakes import FakeClock, FakeRpcError
 
 CODE = grpc.StatusCode
@@ -111,3 +112,12 @@ def test_a_run_the_watchdog_cut_is_neither_retried_nor_held_against_the_endpoint
     with pytest.raises(SluicewayError, match="did not finish"):
         attempts.failed(attempts.next(), CutByTheWatchdog())
     assert pool.health() == {"a": True, "b": True}
+
+
+def test_a_stream_write_grpc_core_failed_is_unavailable_not_internal() -> None:
+    """A frozen server's stream: after ~20 s grpc core failed the blocked write INTERNAL "Internal
+    error from Core", a failure of the client's own connection, raised as if the server had failed."""
+    core = write_failure(FakeRpcError(CODE.INTERNAL, "Internal error from Core"), "f-1")
+    assert type(core) is Unavailable and "'f-1'" in core.message
+    server = write_failure(FakeRpcError(CODE.INTERNAL, "the model failed"), "f-2")
+    assert type(server) is InternalError  # a server's own INTERNAL stays what it is

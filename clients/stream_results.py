@@ -1,0 +1,78 @@
+"""A stream frame's result, how answers and errors become results, and grpc core's own failures
+(clients/stream.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import grpc
+
+from clients import tensors
+from clients.errors import InternalError, SluicewayError, Unavailable, from_rpc_error, from_stream_message
+from protos import grpc_service_pb2 as pb
+
+# grpc core's failure to start an operation on a call that already failed at the transport
+# (ExecuteBatchError): done_writing() raises it as it is, where write() turns it into INTERNAL.
+CORE_ERROR: type[Exception] = importlib.import_module("grpc._cython.cygrpc").BaseError
+# The details of that INTERNAL status: the client's own transport failed, not the server.
+CORE_DETAILS = "Internal error from Core"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """One frame's answer: outputs, or the error for this frame only."""
+
+    request_id: str
+    outputs: dict[str, tensors.Array] | None
+    error: SluicewayError | None = None
+
+    def unwrap(self) -> dict[str, tensors.Array]:
+        """The outputs, or raise this frame's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.outputs is not None
+        return self.outputs
+
+
+def result_of(response: pb.ModelStreamInferResponse) -> StreamResult:
+    rid = response.infer_response.id
+    if response.error_message:
+        return StreamResult(rid, None, from_stream_message(response.error_message, rid))
+    try:
+        return StreamResult(rid, tensors.decode_response(response.infer_response))
+    except ValueError as exc:  # a malformed answer fails its frame, not the stream
+        return StreamResult(rid, None, InternalError(f"undecodable answer: {exc}", request_id=rid))
+
+
+def for_frame(error: SluicewayError, request_id: str) -> SluicewayError:
+    return copy_error(error, request_id)
+
+
+def copy_error(error: SluicewayError, request_id: str | None = None) -> SluicewayError:
+    """A fresh exception of the same class for each raise: one instance raised again and again
+    would grow its traceback with every receiver."""
+    copy = type(error)(error.message, error.code, request_id, error.retry_after_s, error.reason)
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+async def within(waiting: Awaitable[object], timeout_s: float) -> bool:
+    """Whether `waiting` ended within timeout_s (it is cancelled if not)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await waiting
+    except TimeoutError:
+        return False
+    return True
+
+
+def write_failure(exc: grpc.RpcError, rid: str) -> SluicewayError:
+    """A failed write's error. INTERNAL "Internal error from Core" is grpc core failing to send on
+    a connection that failed (a frozen server's, after ~20 s): no server said INTERNAL."""
+    error = from_rpc_error(exc)
+    if error.code == grpc.StatusCode.INTERNAL and error.message == CORE_DETAILS:
+        return Unavailable(f"the stream's connection failed while sending frame {rid!r}")
+    return error
