@@ -1025,7 +1025,7 @@ async def test_a_request_expired_while_its_batch_was_refused_is_not_run_again() 
             try:
                 return await super().run(inputs)
             except Refused:
-                now[0] = 101.0  # the refused run outlasted request 2's deadline
+                now[0] = 131.0  # the refused run outlasted request 2's deadline
                 raise
 
     gate = asyncio.Event()
@@ -1036,7 +1036,9 @@ async def test_a_request_expired_while_its_batch_was_refused_is_not_run_again() 
     try:
         first = submit(b, 1)
         await asyncio.wait_for(be.started.wait(), LONG)
-        doomed, culprit, good = submit(b, 2, deadline=100.5), submit(b, 3), submit(b, 4)
+        # 30 s ahead: the queue's expiry timer runs on real time, and a 0.5 s deadline had expired
+        # request 2 in the queue when the machine was busy (a full run failed; alone it passed).
+        doomed, culprit, good = submit(b, 2, deadline=130.0), submit(b, 3), submit(b, 4)
         await turns_until(lambda: b.queued_requests == 3)
         gate.set()
         await result(first)
