@@ -96,12 +96,6 @@ def _select_versions(config: mc.ModelConfig, on_disk: dict[int, Path], source: s
     return sorted(on_disk)[-count:]
 
 
-def select_versions(config: mc.ModelConfig, versions: list[int], source: str) -> list[int]:
-    """The versions `config`'s version_policy serves out of `versions` (ConfigError: none of them);
-    `sluiceway optimize` checks a policy against the versions it is about to write."""
-    return _select_versions(config, {v: Path(str(v)) for v in versions}, source)
-
-
 def _why_no_model_file(path: Path) -> str:
     """Why `path` is not a model file, in words (a FIFO, a directory and a dangling link had all
     read "has no model file")."""

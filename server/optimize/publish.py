@@ -9,6 +9,7 @@ files it names beside it, and what named the source's versions rewritten.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -19,15 +20,14 @@ from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, ConfigError, load_config_file
-from server.models.model_files import read_model_file
+from server.models.model_files import model_file, read_model_file
 from server.models.repository import (
     CONFIG_FILENAME,
     DEFAULT_MODEL_FILENAME,
     ModelNotFoundInRepository,
     load_model_source,
-    select_versions,
 )
-from server.observability.sampling import MAX_REFERENCE_BYTES
+from server.observability.sampling import MAX_REFERENCE_BYTES, check_reference, load_reference
 from server.optimize.data import OptimizeError
 
 TRAFFIC_PREFIX = "traffic_"  # the rollout's config parameters (server/models/traffic.py)
@@ -162,17 +162,25 @@ class ModelDirFile:
     data: bytes
 
 
-def _reference(config_file: Path, config: mc.ModelConfig) -> ModelDirFile | None:
-    """The drift_reference file's name and bytes, read as the server reads it, before anything is
-    written (the new model had failed to load without it)."""
+def _reference(config_file: Path, config: mc.ModelConfig, serving: mc.ModelConfig) -> ModelDirFile | None:
+    """The drift_reference file, read and checked as a load reads and checks it (against `serving`,
+    the config as the server completes it), before anything is written: the new model had failed to
+    load without it, or with a reference that did not fit. It is kept under its path inside the
+    model directory, and the copy's config names it so: an absolute name (inside the source's
+    directory) had been written there again, over the source's own file."""
     if DRIFT_REFERENCE not in config.parameters:
         return None
     name = config.parameters[DRIFT_REFERENCE].string_value
     where = f"{config_file}: parameters '{DRIFT_REFERENCE}' '{name}'"
+    source_dir = config_file.parent
     try:
-        return ModelDirFile(name, read_model_file(config_file.parent, name, where, MAX_REFERENCE_BYTES))
+        relative = model_file(source_dir, name, where).relative_to(source_dir.resolve()).as_posix()
+        data = read_model_file(source_dir, name, where, MAX_REFERENCE_BYTES)
+        check_reference(serving, load_reference(io.BytesIO(data), str(config_file), name), where)
     except ConfigError as err:
         raise OptimizeError(f"{err}; nothing was published") from None
+    config.parameters[DRIFT_REFERENCE].string_value = relative
+    return ModelDirFile(relative, data)
 
 
 def _copy_config(
@@ -185,7 +193,7 @@ def _copy_config(
         if label and (config_file.parent / label).is_file() and not (model_dir / label).exists():
             shutil.copyfile(config_file.parent / label, model_dir / label)
     if reference is not None:
-        target = model_dir / reference.name
+        target = model_dir / reference.name  # relative, inside the model directory (_reference)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(reference.data)
     text = f"# Copied by sluiceway optimize from {config_file}\n" + text_format.MessageToString(config)
@@ -236,14 +244,17 @@ def policy_note(repository: Path, name: str, version: int) -> PolicyNote:
 
 
 def _check_policy(config: mc.ModelConfig | None, versions: list[int], where: Path) -> None:
-    """The version_policy against the versions the model will have: one that serves none of them
-    leaves the model unable to load, so nothing is written."""
-    if config is None:
+    """The version_policy against the versions the model will have once published: a `specific`
+    one that names none of them leaves the model unable to load, so nothing is written (`latest`
+    and `all` always serve one)."""
+    if config is None or config.version_policy.WhichOneof("policy_choice") != "specific":
         return
-    try:
-        select_versions(config, versions, str(where))
-    except ConfigError as err:
-        raise OptimizeError(f"{err}; nothing was published") from None
+    wanted = sorted(set(config.version_policy.specific.versions))
+    if not set(wanted) & set(versions):
+        raise OptimizeError(
+            f"{where}: version_policy.specific.versions {wanted} names none of the versions the model "
+            f"would have once published ({versions}), so it would not load; nothing was published"
+        )
 
 
 def serving_config(repository: Path, name: str, source: Source) -> mc.ModelConfig:
@@ -284,7 +295,7 @@ def publish(repository: Path, name: str, source: Source, optimized: Path) -> Pub
     copied, reference = None, None
     if new_model and source.config_file is not None and not existing.exists():
         copied = _new_config(source.config_file, name)
-        reference = _reference(source.config_file, copied)
+        reference = _reference(source.config_file, copied, serving_config(repository, name, source))
     try:
         config = (
             copied if copied is not None else (load_config_file(existing) if existing.is_file() else None)

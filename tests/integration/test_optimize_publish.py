@@ -60,7 +60,8 @@ def test_a_version_policy_that_serves_nothing_is_refused_before_anything_is_writ
     (model_dir / "config.pbtxt").write_text('name: "tiny"\nversion_policy { specific { versions: [7] } }\n')
     assert optimize(model_dir / "1" / "model.onnx", tmp_path / "repo", "tiny", "--fp16", tmp_path / "r") == 2
     err = capsys.readouterr().err
-    assert "version_policy.specific.versions [7] not found on disk" in err and "nothing was published" in err
+    assert "version_policy.specific.versions [7] names none of the versions the model would have once" in err
+    assert "published ([1, 2])" in err and "nothing was published" in err  # not "present on disk"
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
 
 
@@ -83,6 +84,38 @@ def test_a_new_model_gets_its_drift_reference(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "parameters 'drift_reference' 'refs/ref.npz' cannot be read" in err
     assert "nothing was published" in err and not (tmp_path / "repo" / "other").exists()
+
+
+def test_an_absolute_or_unfit_drift_reference_never_writes_into_the_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reference named by an absolute path inside the source's folder had been written over the
+    source's own file (the new folder joined with an absolute name is that name), the new model
+    failing to load; one that did not fit the model had been copied with an exit 0."""
+    source = _source(tmp_path, "")
+    ref = source / "ref.npz"
+    np.savez(ref, **{"out:logits": np.zeros((4, 10), np.float32)})
+    config = source / "config.pbtxt"
+    plain = config.read_text()
+    config.write_text(plain + f'parameters {{ key: "drift_reference" value {{ string_value: "{ref}" }} }}\n')
+    before = (ref.read_bytes(), ref.stat().st_mtime_ns)
+    (tmp_path / "repo").mkdir()
+    assert optimize(source, tmp_path / "repo", "newm", f"--fp16 {LOOSE}", tmp_path / "r") == 0
+    assert (ref.read_bytes(), ref.stat().st_mtime_ns) == before  # the source's file untouched
+    model_dir = tmp_path / "repo" / "newm"
+    assert (model_dir / "ref.npz").read_bytes() == before[0]
+    found = load_model_source(tmp_path / "repo", "newm")
+    assert found.config.parameters["drift_reference"].string_value == "ref.npz"
+    assert sample_policy(found.config, model_dir, ServerSettings()).reference is not None
+    for name, arrays in (("wide", {"out:logits": np.zeros((4, 3), np.float32)}), ("junk", None)):
+        if arrays is None:
+            ref.write_bytes(b"not an archive")
+        else:
+            np.savez(ref, **arrays)
+        assert optimize(source, tmp_path / "repo", name, f"--fp16 {LOOSE}", tmp_path / "r") == 2
+        err = capsys.readouterr().err
+        assert "nothing was published" in err and not (tmp_path / "repo" / name).exists()
+        assert ("is shaped [4, 3]" if arrays else "cannot read") in err
 
 
 def _mean_abs_in_report(report: Path) -> float:
