@@ -205,7 +205,7 @@ class DriftMonitor:
         tensor whose widths differ between requests is pooled when they do)."""
         self.reference_rows = reference_rows
         self.window_rows = window_rows
-        self._variable = variable
+        self.variable = variable
         self._tensors: dict[tuple[str, str], _Tensor] = {}
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every feed; scores are cached per generation
@@ -225,7 +225,7 @@ class DriftMonitor:
             matrix = _matrix(array)
             if matrix is None:
                 return None
-            pooled = matrix[1] or f"{'in' if kind == INPUT else 'out'}:{name}" in self._variable
+            pooled = matrix[1] or f"{'in' if kind == INPUT else 'out'}:{name}" in self.variable
             tensor = self._tensors[(kind, name)] = _Tensor(kind, name, array.ndim, pooled)
         return tensor
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from server.models.config import ConfigError
 from server.observability.drift import OUTPUT, PSI_THRESHOLD, DriftMonitor, DriftRow, Series, score_all
-from server.observability.sample_layout import LOAD_KEY
+from server.observability.sample_layout import LOAD_KEY, VARIABLE_KEY
 from server.observability.sampling import load_reference
 from server.observability.sampling_writer import FILE_GLOB
 from server.settings import ServerSettings
@@ -167,8 +167,9 @@ def load_of(path: Path) -> int | None:
 def monitor_of(
     files: list[Path], reference_rows: int, window_rows: int, reference: dict[str, Any] | None = None
 ) -> DriftMonitor:
-    """A monitor fed with these sample files, in order."""
-    monitor = DriftMonitor(reference_rows, window_rows, reference)
+    """A monitor fed with these sample files, in order; the tensors the files say the server pooled
+    as variable-length are pooled here too (the gauges and this command had disagreed)."""
+    monitor = DriftMonitor(reference_rows, window_rows, reference, _variable(files))
     for path in files:
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -181,6 +182,19 @@ def monitor_of(
             continue
         monitor.feed(inputs or None, outputs)
     return monitor
+
+
+def _variable(files: list[Path]) -> frozenset[str]:
+    """The variable-length tensors the files name (VARIABLE_KEY; an .npz reads only that array)."""
+    found: set[str] = set()
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if VARIABLE_KEY in data.files:
+                    found.update(str(key) for key in data[VARIABLE_KEY].tolist())
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            continue  # said when it is fed
+    return frozenset(found)
 
 
 def _ids(loads: list[int]) -> str:

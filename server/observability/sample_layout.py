@@ -20,6 +20,9 @@ AnyArray = npt.NDArray[np.generic]
 BYTES = "bytes:"  # + "in:<name>" / "out:<name>": a BYTES tensor's values concatenated (uint8)
 LENGTHS = "len:"  # + "in:<name>" / "out:<name>": each BYTES value's length in bytes
 LOAD_KEY = "load_ns"  # the id of the load that sampled a chunk (absent in files before it)
+# "in:<name>" / "out:<name>" of the tensors the server's drift monitor pools as variable-length (a
+# -1 dim in the config): `sluiceway drift` has no config, and had scored them per column.
+VARIABLE_KEY = "variable"
 LENGTH_BYTES = 8  # a value's int64 length, counted in a sample's size
 Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
 
@@ -61,9 +64,12 @@ def layout(sample: Sampled) -> Layout:
     return tuple(one("in:", sample.inputs or {}) + one("out:", sample.outputs))
 
 
-def chunk_arrays(run: Sequence[Sampled], load_ns: int) -> dict[str, AnyArray]:
+def chunk_arrays(
+    run: Sequence[Sampled], load_ns: int, variable: frozenset[str] = frozenset()
+) -> dict[str, AnyArray]:
     """Every tensor's rows of the run concatenated (BYTES: unpadded, with their lengths), plus each
-    sample's rows and time, and the load that sampled them (one source: one load)."""
+    sample's rows and time, the load that sampled them (one source: one load), and the keys of its
+    variable-length tensors (VARIABLE_KEY)."""
     arrays: dict[str, AnyArray] = {}
     first = run[0]
     for prefix, tensors in (("in:", first.inputs or {}), ("out:", first.outputs)):
@@ -79,6 +85,8 @@ def chunk_arrays(run: Sequence[Sampled], load_ns: int) -> dict[str, AnyArray]:
     arrays["rows"] = np.array([_rows(s) for s in run], dtype=np.int64)
     arrays["time_ns"] = np.array([s.time_ns for s in run], dtype=np.int64)
     arrays[LOAD_KEY] = np.array([load_ns], dtype=np.int64)
+    if variable:
+        arrays[VARIABLE_KEY] = np.array(sorted(variable), dtype=np.str_)
     return arrays
 
 

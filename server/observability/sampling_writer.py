@@ -328,7 +328,8 @@ class SampleWriter:
 
     def _write_run(self, run: list[Sample]) -> None:
         source = run[0].source
-        arrays = chunk_arrays(run, source.load_ns)
+        monitor = source.monitor
+        arrays = chunk_arrays(run, source.load_ns, monitor.variable if monitor is not None else frozenset())
         directory = self.root / source.directory
         directory.mkdir(parents=True, exist_ok=True)
         self._seq += 1

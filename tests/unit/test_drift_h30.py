@@ -4,6 +4,7 @@ name the model's tensors in their shapes (it had been taken silently, misnamed o
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,3 +103,26 @@ def test_a_reference_that_fits_is_taken_and_a_minus_one_dim_is_variable(tmp_path
     # Without batching the first dim is the rows: a [3, 4] output's reference is [rows, 4].
     unbatched = policy_of(tmp_path, model(dims=(3, 4), max_batch_size=0), **{"out:y": np.zeros((9, 4))})
     assert unbatched.variable == frozenset()
+
+
+def test_the_command_pools_what_the_server_pooled_as_variable_length(tmp_path: Path) -> None:
+    """A `-1` tensor sampled at one width: the server pools it (its config says -1), and
+    `sluiceway drift` (no config) had scored its 6 columns, "drifted" where the gauges were not.
+    The chunk files now say which tensors the server pools, and the command pools them too."""
+    from server.observability.drift_cli import monitor_of
+    from server.observability.sample_layout import chunk_arrays
+
+    rng = np.random.default_rng(7)
+    files = []
+    for i in range(4):
+        sample = SimpleNamespace(
+            inputs={"x": rng.standard_normal((30, 6)).astype(np.float32)},
+            outputs={"y": rng.standard_normal((30, 2)).astype(np.float32)},
+            time_ns=i,
+        )
+        arrays = chunk_arrays([sample], 1, frozenset({"in:x"}))  # type: ignore[list-item]
+        files.append(tmp_path / f"samples-{i:020d}-1-000001.npz")
+        np.savez(files[-1], **arrays)
+    monitor = monitor_of(files, reference_rows=60, window_rows=60)
+    features = {(s.tensor, s.feature) for s in monitor.series()}
+    assert features == {("x", "*"), ("y", "0"), ("y", "1")}
