@@ -384,11 +384,11 @@ class OrtBackend:
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)
 
     def close(self) -> None:
-        """Stop taking batches and let go of the session and its IO buffers; a batch already running
-        holds them until it ends. A retired instance stays in reference cycles (a batcher and its
-        queue's callbacks) that only a full garbage collection frees: until this, its session's
-        memory and threads stayed with it (30 instances loaded and unloaded kept 30 threads)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Let go of the session and IO buffers (a running batch holds them until it ends; batches
+        queued for its thread fail NotAccepting, to the version serving now: cancelled, they were
+        UNAVAILABLE; an abandoned one's are cancelled). Until this, a retired instance's memory and
+        threads stayed until a full GC (30 instances loaded and unloaded kept 30 threads)."""
+        self._executor.shutdown(wait=False, cancel_futures=self._run_options.terminate)
         self._session = None
         self._io = dataclasses.replace(self._io, runner=None, staging=None)
 

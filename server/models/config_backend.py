@@ -311,8 +311,10 @@ def validate_optimization(config: mc.ModelConfig, source: str) -> None:
         )
 
 
-# A tag becomes the Prometheus label `_<key>` (Triton's form), so the key must make a label name.
-_TAG_KEY = re.compile(r"[A-Za-z0-9_]+")
+# A tag becomes the Prometheus label `_<key>` (Triton's form), so the key must make a label name,
+# and not one starting `__` (reserved by Prometheus: `_name__` made `__name__`, and the page's
+# parsers refused the whole page).
+_TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 
 
 def validate_metric_tags(config: mc.ModelConfig, source: str) -> None:
@@ -321,5 +323,6 @@ def validate_metric_tags(config: mc.ModelConfig, source: str) -> None:
         if not _TAG_KEY.fullmatch(key):
             raise ConfigError(
                 f"{source}: metric_tags key '{key[:64]}' cannot be a Prometheus label "
-                "(letters, digits and '_' only; it becomes the label '_<key>')"
+                "(letters, digits and '_' only, not first: it becomes the label '_<key>', and labels "
+                "starting '__' are Prometheus's own)"
             )

@@ -94,7 +94,12 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "the file in each version directory: a name (no `/`, `\\` or `..`: a path is a load error)",
     ),
     "cc_model_filenames": ("refused", f"one model file per GPU compute capability; {_GPU}"),
-    "metric_tags": ("honoured", "labels `_<key>` on the model's metrics, as Triton names them"),
+    "metric_tags": (
+        "honoured",
+        "labels `_<key>` on the model's metrics, as Triton names them; a key of "
+        "letters, digits and `_`, not starting with `_` (a load error otherwise: `_name__` had "
+        "made the label `__name__`, and Prometheus's parsers refused the whole page)",
+    ),
     "dynamic_batching": (
         "honoured",
         "see the batching rules; a config that leaves batching to the graph gets it, as Triton's "

@@ -62,7 +62,17 @@ def version_fingerprint(source: ModelSource, number: int) -> tuple[object, ...]:
 
 def _is_valid_name(name: str) -> bool:
     # Names come from clients (RepositoryModelLoad): never let one leave the repository root.
-    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name and _utf8(name)
+
+
+def _utf8(name: str) -> bool:
+    """A folder name that is UTF-8 (Python shows other bytes as surrogates): a model's name is a
+    protobuf string. One that was not had stopped the server at start (UnicodeEncodeError)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _version_dirs(directory: Path) -> dict[int, Path]:
@@ -175,6 +185,9 @@ def scan_repository(root: Path) -> tuple[dict[str, ModelSource], dict[str, str]]
     except OSError as err:
         raise ConfigError(f"model repository {root}: cannot list: {err}") from None
     for child in children:
+        if child.is_dir() and not _utf8(child.name):
+            shown = child.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            log.warning("model repository %s: folder %r skipped: its name is not UTF-8", root, shown)
         if not child.is_dir() or not _is_valid_name(child.name):
             continue
         try:

@@ -49,13 +49,31 @@ def metrics_app(page: Callable[[], bytes]) -> _WsgiApp:
             return [b"the metrics are at /metrics\n"]
         body = page()
         headers = [("Content-Type", CONTENT_TYPE)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
             body = gzip.compress(body, compresslevel=6)
             headers.append(("Content-Encoding", "gzip"))
         start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
     return serve
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip: named (any case) or by `*`, with a q above 0
+    (`gzip;q=0` refuses it: it had been sent gzip all the same)."""
+    weights: dict[str, float] = {}
+    for part in header.split(","):
+        coding, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[coding.strip().lower()] = q
+    return weights.get("gzip", weights.get("*", 0.0)) > 0.0
 
 
 def _raw_path(environ: dict[str, Any]) -> str:

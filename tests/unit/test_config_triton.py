@@ -62,7 +62,9 @@ def test_refused_and_warned_fields_are_named_per_instance() -> None:
     ]  # metric_tags is honoured: Prometheus labels
 
 
-@pytest.mark.parametrize("key", ["team-name", "a.b", "", "caf\u00e9"])
+# "_" and "_name__" made the labels `__` and `__name__` (Prometheus's own): the page's parsers
+# refused the whole page, every model's series with it.
+@pytest.mark.parametrize("key", ["team-name", "a.b", "", "caf\u00e9", "_", "_name__", "_x"])
 def test_a_metric_tag_that_cannot_be_a_label_is_refused_naming_it(key: str) -> None:
     config = _parse(f'metric_tags {{ key: "{key}" value: "v" }}\n')
     with pytest.raises(ConfigError, match=r"metric_tags key .* cannot be a Prometheus label"):

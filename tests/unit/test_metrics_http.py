@@ -123,3 +123,21 @@ def test_the_page_is_text_format_and_gzipped_for_a_scraper_that_asks(started: in
     with urllib.request.urlopen(zipped, timeout=WAIT_S) as answer:
         assert answer.headers["Content-Encoding"] == "gzip"
         assert gzip.decompress(answer.read()) == page()
+
+
+@pytest.mark.parametrize(
+    ("header", "gzipped"),
+    [
+        ("gzip", True),
+        ("GZIP", True),  # content-codings are case-insensitive
+        ("deflate, gzip;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),  # refused: it had been sent gzip all the same
+        ("identity, gzip;q=0", False),
+        ("*, gzip;q=0", False),
+        ("br", False),
+        ("", False),
+    ],
+)
+def test_gzip_only_where_the_scraper_takes_it(header: str, gzipped: bool) -> None:
+    assert metrics_http.accepts_gzip(header) is gzipped

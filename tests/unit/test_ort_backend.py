@@ -168,6 +168,31 @@ async def test_closed_backend_takes_no_more_batches(tmp_path: Path) -> None:
         backend.run_blocking({"x": np.ones((1, 8), np.float32)})
 
 
+def test_a_batch_queued_for_a_closed_instances_thread_is_not_accepting_not_cancelled(tmp_path: Path) -> None:
+    """A retired version's instance closed while a batch waited for its thread (a tester: 7-59
+    requests a run of reloads under load): shutdown(cancel_futures=True) cancelled it, answered
+    UNAVAILABLE "model stopped" though the new version was ready. It now runs into the closed
+    session: NotAccepting, which the server hands to the version serving now."""
+    backend = _backend(_dense_model(tmp_path / "m.onnx"))
+    busy, release = threading.Event(), threading.Event()
+
+    def occupy() -> None:
+        busy.set()
+        release.wait(5.0)
+
+    try:
+        held = backend.executor.submit(occupy)  # the instance's one thread is taken
+        assert busy.wait(5.0)
+        queued = backend.executor.submit(backend.run_blocking, {"x": np.ones((1, 8), np.float32)})
+        backend.close()
+    finally:
+        release.set()
+    held.result(5.0)
+    assert not queued.cancelled()
+    with pytest.raises(NotAccepting, match="its version was retired before this batch ran"):
+        queued.result(5.0)
+
+
 def test_missing_provider_falls_back_to_cpu_with_one_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -179,3 +179,18 @@ def test_a_config_file_named_in_another_case_is_warned_about(
         source = load_model_source(tmp_path, "m")
     assert source.config.max_batch_size == 0  # not read, as in Triton (names are case-sensitive)
     assert "Config.pbtxt is not config.pbtxt (names are case-sensitive)" in caplog.text
+
+
+def test_a_folder_whose_name_is_not_utf8_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder named by bytes that are not UTF-8 (Python holds them as surrogates) had stopped the
+    server at start: UnicodeEncodeError setting the config's name. A model's name is a protobuf
+    string, so no client could name it: skipped, said once, the other models served."""
+    _model(tmp_path, "good")
+    bad = os.fsencode(tmp_path) + b"/caf\xff"
+    _model(Path(os.fsdecode(bad)).parent, os.fsdecode(b"caf\xff"))
+    with caplog.at_level(logging.WARNING, logger="server.models.repository"):
+        models, errors = scan_repository(tmp_path)
+    assert list(models) == ["good"] and errors == {}
+    assert "its name is not UTF-8" in caplog.text and "caf\ufffd" in caplog.text
