@@ -269,9 +269,8 @@ class StreamSession:
         """A write bounded by frame_timeout_s. Past it the server takes nothing (frozen, or a port
         that accepts and never answers): the call is cancelled and the stream ends Unavailable."""
         try:
-            async with asyncio.timeout(self._frame_timeout_s):
-                await operation
-        except TimeoutError:
+            await asyncio.wait_for(operation, self._frame_timeout_s)  # asyncio.timeout: 3.11+
+        except asyncio.TimeoutError:
             if self._cut is None:
                 self._cut = Unavailable(
                     f"the server took no data for {what} within frame_timeout_s "

@@ -62,9 +62,8 @@ def copy_error(error: SluicewayError, request_id: str | None = None) -> Sluicewa
 async def within(waiting: Awaitable[object], timeout_s: float) -> bool:
     """Whether `waiting` ended within timeout_s (it is cancelled if not)."""
     try:
-        async with asyncio.timeout(timeout_s):
-            await waiting
-    except TimeoutError:
+        await asyncio.wait_for(waiting, timeout_s)  # asyncio.timeout is 3.11+ (Python 3.10 is served)
+    except asyncio.TimeoutError:
         return False
     return True
 
