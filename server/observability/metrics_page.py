@@ -109,19 +109,29 @@ class _LabelText:
         return ",".join(parts)
 
 
-def _simple(name: str, samples: Iterable[tuple[Labels, float]], text: _LabelText, out: list[str]) -> None:
+def _simple(
+    name: str, samples: Iterable[tuple[Labels, float]], text: _LabelText, out: list[str], seen: set[str]
+) -> None:
     for labels, value in samples:
         if len(out) & YIELD_EVERY_LINES == 0:
             time.sleep(0)
         inner = text.inner(labels)
+        if inner in seen:
+            continue
+        seen.add(inner)
         out.append(f"{name}{{{inner}}} {number(value)}\n" if inner else f"{name} {number(value)}\n")
 
 
-def _histogram(name: str, points: Iterable[HistogramPoint], text: _LabelText, out: list[str]) -> None:
+def _histogram(
+    name: str, points: Iterable[HistogramPoint], text: _LabelText, out: list[str], seen: set[str]
+) -> None:
     for point in points:
         if len(out) & YIELD_EVERY_LINES < 26:  # a point writes ~26 lines
             time.sleep(0)
         inner = text.inner(point.labels)
+        if inner in seen:
+            continue
+        seen.add(inner)
         head = f"{name}_bucket{{{inner}," if inner else f"{name}_bucket{{"
         running = 0
         for le, count in zip(text.les(point.bounds), point.counts, strict=False):
@@ -141,7 +151,9 @@ def render(families: Iterable[Family]) -> bytes:
 
     Samples are read as they are written, never gathered: a scrape that held every sample until
     the end (the exporter's way) kept enough objects alive to set off a full collection of the
-    cyclic GC, 110 ms of every thread stopped with 900 versions loaded."""
+    cyclic GC, 110 ms of every thread stopped with 900 versions loaded. A series given twice (the
+    same name and labels) is written once, the first: a page with two is refused by Prometheus's
+    parsers (a lazy model's version both ready and in its early refusals had been written twice)."""
     grouped: dict[str, list[Family]] = {}
     for family in families:
         if family.kind not in KINDS:
@@ -156,11 +168,12 @@ def render(families: Iterable[Family]) -> bytes:
     for name, same in grouped.items():
         first = same[0]
         out = [f"# HELP {name} {first.help.translate(_HELP_ESCAPES)}\n# TYPE {name} {first.kind}\n"]
+        seen: set[str] = set()  # label texts written: strings, which the GC does not track
         for family in same:
             if first.kind == "histogram":
-                _histogram(name, family.samples, text, out)  # type: ignore[arg-type]
+                _histogram(name, family.samples, text, out, seen)  # type: ignore[arg-type]
             else:
-                _simple(name, family.samples, text, out)  # type: ignore[arg-type]
+                _simple(name, family.samples, text, out, seen)  # type: ignore[arg-type]
         if len(out) > 1:  # no samples: no HELP and TYPE either
             chunks.append("".join(out).encode())
             time.sleep(0)

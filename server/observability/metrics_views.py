@@ -99,12 +99,15 @@ class MetricViews:
         (early_refusals.py), with those requests' statistics: shown as a loaded version that
         refused them is, zeros included (only their failure series had been), labelled by the
         config last read (its metric_tags had been missing: other series than the loaded ones).
-        `cached`: only those whose config enables the response cache."""
+        `cached`: only those whose config enables the response cache. A version ready now is
+        shown as ready only: one evicted while it drained, or loaded while a refusal was judged,
+        can be in both for a while, and its series had been written twice (a tester)."""
         demand = self._models.on_demand
         if demand is None:
             return []
         early = demand.refused_early
-        shown = [(early.series(m), m, n, stats) for m, n, stats in early.each()]
+        ready = {(v.name, v.version_str) for v in self.versions()}
+        shown = [(early.series(m), m, n, stats) for m, n, stats in early.each() if (m, str(n)) not in ready]
         return [
             (series_labels(m, str(n), series.tags), stats)
             for series, m, n, stats in shown

@@ -73,7 +73,11 @@ def reference(families: list[Family]) -> str:
 def _same_keys(rows: list[tuple[dict[str, str], float]]) -> list[tuple[dict[str, str], float]]:
     """prometheus_client's families give every sample the same label names: fill the missing."""
     keys = sorted({k for labels, _ in rows for k in labels})
-    return [({k: labels.get(k, "") for k in keys}, value) for labels, value in rows]
+    filled = [({k: labels.get(k, "") for k in keys}, value) for labels, value in rows]
+    series: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], float]] = {}
+    for labels, value in filled:  # one sample a series (the writer keeps the first of a repeat)
+        series.setdefault(tuple(sorted((label_name(k), v) for k, v in labels.items())), (labels, value))
+    return list(series.values())
 
 
 @settings(max_examples=60, deadline=None)
@@ -142,3 +146,17 @@ def test_values_and_label_names_as_prometheus_reads_them() -> None:
         "_9lives",
         "a_b_c",
     ]
+
+
+def test_a_series_given_twice_is_written_once_the_first() -> None:
+    """A lazy model's version both ready and in its early refusals had been written twice; two
+    samples of one series make Prometheus's parsers refuse the page."""
+    rows = [({"model": "m", "version": "1"}, 3), ({"version": "1", "model": "m"}, 5), ({"model": "n"}, 1)]
+    point = HistogramPoint({"model": "m"}, (1,), [1, 0], 1.0)
+    text = render([
+        Family("x_total", "counter", "counted", rows),
+        Family("h", "histogram", "hist", [point, HistogramPoint({"model": "m"}, (1,), [0, 2], 9.0)]),
+    ]).decode()  # fmt: skip
+    assert read(text)["x"][2] == [("x_total", [("model", "m"), ("version", "1")], 3.0),
+                                  ("x_total", [("model", "n")], 1.0)]  # fmt: skip
+    assert text.count('h_bucket{model="m",le="+Inf"}') == 1 and 'h_sum{model="m"} 1.0' in text
