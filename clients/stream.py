@@ -23,15 +23,17 @@ from typing import Any
 import grpc
 
 from clients import tensors
-from clients.errors import DeadlineExceeded, MessageTooLarge, SluicewayError, Unavailable, from_rpc_error
+from clients.errors import DeadlineExceeded, MessageTooLarge, SluicewayError, Unavailable
 from clients.stream_results import (
     CORE_ERROR,
     StreamResult,
+    check_id,
     copy_error,
     for_frame,
     result_of,
     within,
     write_failure,
+    written,
 )
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "StreamResult", "StreamSession"]
@@ -89,6 +91,7 @@ class StreamSession:
         self._held = 0  # slots: frames sent (or being sent) and not yet received by the caller
         self._room = asyncio.Event()  # set when a slot is freed or the stream ended
         self._cut: SluicewayError | None = None  # why this client cancelled the call, if it did
+        self._heard = 0.0  # loop time of the last answer (or the open): the server is alive
         self._unanswered: dict[str, asyncio.Future[StreamResult]] = {}
         self._order: deque[asyncio.Future[StreamResult]] = deque()  # sent, not yet received
         self._write_lock = asyncio.Lock()
@@ -119,6 +122,7 @@ class StreamSession:
 
     async def __aenter__(self) -> StreamSession:
         self._call, self._report = await self._open(self._timeout_s)
+        self._heard = asyncio.get_running_loop().time()
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -219,16 +223,7 @@ class StreamSession:
         return rid
 
     def _check_id(self, rid: str) -> None:
-        if rid in self._unanswered:
-            raise ValueError(f"request id {rid!r} is already in flight on this stream")
-        if rid in self._expired:
-            # Refused, not matched: answers leave the server in completion order, so the old
-            # frame's late answer may come before or after a new one's, and either could be taken
-            # for the other (the old answer had been returned as the new frame's result).
-            raise ValueError(
-                f"request id {rid!r} failed here for want of an answer, and its late answer has not "
-                "come yet: use another id"
-            )
+        check_id(rid, self._unanswered, self._expired)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
@@ -266,14 +261,13 @@ class StreamSession:
         self._room.set()
 
     async def _bounded(self, operation: Awaitable[None], what: str) -> None:
-        """A write bounded by frame_timeout_s. Past it the server takes nothing (frozen, or a port
-        that accepts and never answers): the call is cancelled and the stream ends Unavailable."""
-        try:
-            await asyncio.wait_for(operation, self._frame_timeout_s)  # asyncio.timeout: 3.11+
-        except asyncio.TimeoutError:
+        """A write, cut when the stream hears no answer for frame_timeout_s while it waits (frozen,
+        or a port that accepts and never answers): the call is cancelled, the stream Unavailable.
+        A busy server that stops reading while it answers earlier frames is not cut (it had been)."""
+        if not await written(operation, self._frame_timeout_s, lambda: self._heard):
             if self._cut is None:
                 self._cut = Unavailable(
-                    f"the server took no data for {what} within frame_timeout_s "
+                    f"the server took no data for {what} and answered nothing for frame_timeout_s "
                     f"({self._frame_timeout_s:g} s): the stream was cancelled"
                 )
                 self._report(grpc.StatusCode.UNAVAILABLE)
@@ -293,9 +287,14 @@ class StreamSession:
 
     def _expire(self, rid: str) -> None:
         """No answer within the frame's timeout (and a grace for the server's own answer): fail the
-        frame here. A frozen server answered nothing, and recv() waited out the stream's hour."""
+        frame here. A frozen server answered nothing, and recv() waited out the stream's hour. While
+        other answers still come, wait on: the server may read it late (a busy one stops reading
+        while it holds a stream's bytes) and its own deadline answers it (OK answers were dropped)."""
         self._timers.pop(rid, None)
-        if rid in self._unanswered:
+        loop, limit = asyncio.get_running_loop(), self._frame_timeout_s + FRAME_GRACE_S
+        if rid in self._unanswered and loop.time() - self._heard < limit:
+            self._timers[rid] = loop.call_later(self._heard + limit - loop.time(), self._expire, rid)
+        elif rid in self._unanswered:
             self._expired.add(rid)
             error = DeadlineExceeded(
                 f"no answer within the frame's timeout ({self._frame_timeout_s:g} s) and "
@@ -321,8 +320,9 @@ class StreamSession:
             future = self._order[0]
             # Shielded: a cancelled receiver leaves the frame at the head for the next one.
             result = await asyncio.shield(future)
-            self._order.popleft()
-            self._free_slot()
+            if self._order and self._order[0] is future:  # a failed send may have taken it out
+                self._order.popleft()
+                self._free_slot()
             return result
 
     async def recv(self) -> dict[str, tensors.Array]:
@@ -344,12 +344,13 @@ class StreamSession:
         error: SluicewayError | None = None
         try:
             while (response := await self._call.read()) is not grpc.aio.EOF:
+                self._heard = asyncio.get_running_loop().time()
                 result = result_of(response)
                 # A late answer first: its id may be in flight again only once it came (_check_id).
                 if not self._late(result.request_id) and not self._resolve(result):
                     log.warning("stream answer for unknown request id %r dropped", result.request_id)
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            error = write_failure(exc)
             self._report(error.code)
         except asyncio.CancelledError:
             error = SluicewayError("the stream was closed", grpc.StatusCode.CANCELLED)

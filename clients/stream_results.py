@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 
 import grpc
@@ -68,10 +68,47 @@ async def within(waiting: Awaitable[object], timeout_s: float) -> bool:
     return True
 
 
-def write_failure(exc: grpc.RpcError, rid: str) -> SluicewayError:
-    """A failed write's error. INTERNAL "Internal error from Core" is grpc core failing to send on
-    a connection that failed (a frozen server's, after ~20 s): no server said INTERNAL."""
+def check_id(rid: str, unanswered: Container[str], expired: Container[str]) -> None:
+    """ValueError for an id in flight, or one whose frame failed here for want of an answer and
+    whose late answer has not come: refused, not matched (answers leave the server in completion
+    order, so the old late answer may come before or after the new one's; it had been returned as
+    the new frame's result)."""
+    if rid in unanswered:
+        raise ValueError(f"request id {rid!r} is already in flight on this stream")
+    if rid in expired:
+        raise ValueError(
+            f"request id {rid!r} failed here for want of an answer, and its late answer has not "
+            "come yet: use another id"
+        )
+
+
+async def written(operation: Awaitable[object], quiet_s: float, heard: Callable[[], float]) -> bool:
+    """Await a write: True once done (its error raised), False when it was cancelled because the
+    stream heard nothing for `quiet_s` while it waited (`heard()`: the loop time of the stream's
+    last answer). A server answering earlier frames is alive, though it does not read yet."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(operation)
+    start = loop.time()
+    try:
+        while not task.done():
+            quiet = loop.time() - max(heard(), start)
+            if quiet >= quiet_s:
+                task.cancel()
+                return False
+            await asyncio.wait({task}, timeout=quiet_s - quiet)
+    except BaseException:  # the caller's cancel: the write goes with it (grpc cancels the call)
+        task.cancel()
+        raise
+    task.result()
+    return True
+
+
+def write_failure(exc: grpc.RpcError, rid: str | None = None) -> SluicewayError:
+    """A failed write's (or the call's, `rid` None) error. INTERNAL "Internal error from Core" is
+    grpc core failing to send on a connection that failed (a frozen or killed server's): no server
+    said INTERNAL (the reader had raised it to receivers as InternalError)."""
     error = from_rpc_error(exc)
     if error.code == grpc.StatusCode.INTERNAL and error.message == CORE_DETAILS:
-        return Unavailable(f"the stream's connection failed while sending frame {rid!r}")
+        where = "" if rid is None else f" while sending frame {rid!r}"
+        return Unavailable(f"the stream's connection failed{where}")
     return error

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,39 @@ async def test_the_longest_timeouts_are_taken_by_grpc_and_the_server(zoo_server:
         async with client.stream("mlp") as stream:
             await stream.send({"features": features(1)})
             assert (await stream.recv())["scores"].shape == (1, 2)
+
+
+BUSY_CONFIG = """
+name: "busy"
+backend: "identity"
+max_batch_size: 8
+dynamic_batching { }
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+parameters [ { key: "execute_delay_ms" value: { string_value: "400" } } ]
+"""
+
+
+async def test_a_busy_server_that_reads_late_gets_its_frames_answered_not_cut(tmp_path: Path) -> None:
+    """The server stops reading a stream holding `stream_max_held_bytes` while it answers earlier
+    frames (here 1 MiB, one frame, 0.4 s a run). The client had cut the stream Unavailable when a
+    write waited frame_timeout_s, and failed frames DeadlineExceeded whose OK answers came later
+    than frame_timeout_s after their write (a tester: 11 of 16). Answers still coming, it waits."""
+    (tmp_path / "busy" / "1").mkdir(parents=True)
+    (tmp_path / "busy" / "config.pbtxt").write_text(BUSY_CONFIG)
+    args = ("--model-repository", str(tmp_path), "--stream-max-held-bytes", str(1 << 20))
+    frame = np.arange((1 << 20) // 4, dtype=np.float32)[None]
+    with ServerProcess(*args) as server:
+        client = AsyncClient(server.address)
+        async with client, client.stream("busy", max_in_flight=6, frame_timeout_s=0.6) as stream:
+
+            async def send_all() -> None:
+                for i in range(6):
+                    await stream.send({"INPUT0": frame + i})
+                await stream.done_sending()
+
+            sender = asyncio.create_task(send_all())
+            got = [result async for result in stream]
+            await asyncio.wait_for(sender, BOUND_S)
+    for i, result in enumerate(got):
+        np.testing.assert_array_equal(result.unwrap()["OUTPUT0"], frame + i)  # none failed here

@@ -240,3 +240,22 @@ def test_a_cached_models_hits_count_as_its_inferences() -> None:
     cpu[0] += 0.3  # 1 ms a request answered
     [(_, per_inference)] = views._cpu_each()
     assert per_inference == pytest.approx(0.001)  # was 0.15
+
+
+def test_a_version_ready_and_in_its_early_refusals_is_shown_once_as_ready(stats: ModelStats) -> None:
+    """A lazy model evicted while it drained (or loaded while a refusal was judged) is for a while
+    both ready and in its early refusals: its series had been written twice (a tester)."""
+    early = ModelStats()
+    refused = SimpleNamespace(
+        each=lambda: [("mlp", 1, early), ("lazy", 2, early)],
+        series=lambda name: SimpleNamespace(tags={}, cached=False),
+    )
+    models = FakeModels(version("mlp", stats))
+    models.on_demand = SimpleNamespace(refused_early=refused)
+    m = Metrics(MetricViews(models, lambda: 0))
+    shown = [(labels["model"], labels["version"]) for labels, _ in m.views._shown()]
+    assert shown == [("mlp", "1"), ("lazy", "2")]  # the views give it once (the page also keeps one)
+    text = m.page().decode()
+    assert text.count('nv_inference_request_success{model="mlp",version="1"}') == 1
+    assert samples(m)[key("nv_inference_request_success")] == 4  # the ready version's
+    assert samples(m)[key("nv_inference_request_success", model="lazy", version="2")] == 0
