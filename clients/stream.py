@@ -29,6 +29,7 @@ from clients.stream_results import (
     StreamResult,
     check_id,
     copy_error,
+    expire_later,
     for_frame,
     result_of,
     within,
@@ -217,9 +218,7 @@ class StreamSession:
                     self._order.remove(future)
                     self._free_slot()  # unless a receiver took its result (and freed it) already
                 raise error from exc
-            self._timers[rid] = asyncio.get_running_loop().call_later(
-                self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid
-            )
+            self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
         return rid
 
     def _check_id(self, rid: str) -> None:
@@ -293,7 +292,7 @@ class StreamSession:
         self._timers.pop(rid, None)
         loop, limit = asyncio.get_running_loop(), self._frame_timeout_s + FRAME_GRACE_S
         if rid in self._unanswered and loop.time() - self._heard < limit:
-            self._timers[rid] = loop.call_later(self._heard + limit - loop.time(), self._expire, rid)
+            self._timers[rid] = expire_later(self._heard + limit - loop.time(), self._expire, rid)
         elif rid in self._unanswered:
             self._expired.add(rid)
             error = DeadlineExceeded(
