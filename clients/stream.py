@@ -218,7 +218,8 @@ class StreamSession:
                     self._order.remove(future)
                     self._free_slot()  # unless a receiver took its result (and freed it) already
                 raise error from exc
-            self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
+            if rid in self._unanswered:  # answered while write() ran: no timer to arm (one had been)
+                self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
         return rid
 
     def _check_id(self, rid: str) -> None:

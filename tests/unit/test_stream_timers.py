@@ -1,6 +1,7 @@
 """A stream frame's client-side timer (clients/stream_results.py `expire_later`) holds its session
-weakly: a cancelled timer stays in the loop's heap until its time, and had kept closed sessions and
-their unreceived answers alive that long (a tester: ~150 sessions, 230 MB where 81 MB now)."""
+weakly: a timer left armed (one for every frame answered while its write ran, never cancelled) had
+kept closed sessions and their unreceived answers alive until its time (a tester: ~150 sessions,
+230 MB where 81 MB now)."""
 
 from __future__ import annotations
 
