@@ -83,6 +83,15 @@ class NotAccepting(BatcherStopped):
     (a reload retired this one) may submit it there instead."""
 
 
+class InstanceClosed(NotAccepting):
+    """A batch that reached a model instance after it was closed: its version was retired (a
+    reload, an unload) while the batch waited to run past the retirement's grace. Nothing was
+    computed, so it goes to the version serving now, else UNAVAILABLE (it had answered INTERNAL)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model '{model}': its version was retired before this batch ran")
+
+
 class TooManyRows(BatcherError):
     """The request alone has more rows than one batch may hold."""
 

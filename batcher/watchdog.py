@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from batcher.batch_io import cpu_timed
-from batcher.errors import NotAccepting, RunTimedOut
+from batcher.errors import InstanceClosed, RunTimedOut
 from batcher.run_count import RunCount
 from batcher.types import Backend, RunsBlocking, Tensors
 
@@ -151,8 +151,7 @@ class Watchdog:
                     blocking.executor, _unless_expired, self._clock, start_by, blocking.run_blocking, inputs
                 )
             except RuntimeError as exc:  # its executor was shut down: the instance was closed
-                retired = f"model '{self._name}': its version was retired before this batch ran"
-                raise NotAccepting(retired) from exc
+                raise InstanceClosed(self._name) from exc
             return await self.watch(run)
         finally:
             self._runs.ended += 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
@@ -26,7 +27,7 @@ from server.backends.int_division_guard import DivisionGuard, division_guard_for
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
-from server.backends.run_errors import closed_instance, is_onnxruntime_error, run_failure
+from server.backends.run_errors import is_onnxruntime_error, run_failure
 from server.backends.strings import decode_strings, encode_strings
 from server.models.config_backend import backend_parameters
 from server.models.config_tensors import ReshapePlan
@@ -351,17 +352,16 @@ class OrtBackend:
 
     def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
         """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL).
-        `log_failure`: log onnxruntime's failure as a failed batch's (not for a load's zero run,
-        server/models/first_run.py, which logs its own line)."""
+        `log_failure`: log its failure as a batch's (not a load's zero run: first_run.py logs it)."""
+        session, runner = self._session, self._io.runner  # held here until the run ends (close)
+        if session is None:  # before any work on the inputs
+            raise InstanceClosed(self._name)
         if self._reshape is not None:
             inputs = self._reshape.to_model(inputs)
         feed = {
             name: decode_strings(name, array) if name in self._string_inputs else array
             for name, array in inputs.items()
         }
-        session, runner = self._session, self._io.runner  # held here until the run ends (close)
-        if session is None:
-            raise closed_instance(self._name)
         try:
             if runner is not None:
                 results = runner.run(feed, self._run_options)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 
-from batcher.errors import NotAccepting
 from server.errors import ModelRefusedInput, ModelRunFailed
 
 log = logging.getLogger(__name__)
@@ -42,10 +41,3 @@ def run_failure(model: str, err: Exception, log_it: bool = True) -> ModelRefused
     if log_it:
         log.error("model %s: onnxruntime failed a batch (%s): %s", model, type(err).__name__, text)
     return ModelRunFailed(f"onnxruntime failed the run of model '{model}': {text}")
-
-
-def closed_instance(model: str) -> NotAccepting:
-    """A batch that reached an instance after it was closed: its version was retired (a reload, an
-    unload) while the batch waited to run past the retirement's grace. Nothing was computed, so it
-    goes to the version serving now (RequestPath), else UNAVAILABLE; it had answered INTERNAL."""
-    return NotAccepting(f"model '{model}': its version was retired before this batch ran")
