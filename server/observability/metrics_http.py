@@ -44,7 +44,7 @@ def metrics_app(page: Callable[[], bytes]) -> _WsgiApp:
         if environ.get("REQUEST_METHOD") != "GET":
             start_response("405 Method Not Allowed", [("Allow", "GET")])
             return [b"Method Not Allowed\n"]
-        if environ.get("PATH_INFO") not in METRICS_PATHS or _raw_path(environ) not in METRICS_PATHS:
+        if _raw_path(environ) not in METRICS_PATHS:
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"the metrics are at /metrics\n"]
         body = page()

@@ -94,20 +94,22 @@ class MetricViews:
                 out.extend(list(entry.versions.values()))
         return out
 
-    def _refused_early(self, cached: bool = False) -> list[tuple[Labels, ModelStats]]:
+    def _refused_early(
+        self, ready: list[ModelVersion], cached: bool = False
+    ) -> list[tuple[Labels, ModelStats]]:
         """The versions of lazy models not loaded that refused requests before their load
         (early_refusals.py), with those requests' statistics: shown as a loaded version that
         refused them is, zeros included (only their failure series had been), labelled by the
         config last read (its metric_tags had been missing: other series than the loaded ones).
-        `cached`: only those whose config enables the response cache. A version ready now is
+        `cached`: only those whose config enables the response cache. A version of `ready` is
         shown as ready only: one evicted while it drained, or loaded while a refusal was judged,
         can be in both for a while, and its series had been written twice (a tester)."""
         demand = self._models.on_demand
         if demand is None:
             return []
         early = demand.refused_early
-        ready = {(v.name, v.version_str) for v in self.versions()}
-        shown = [(early.series(m), m, n, stats) for m, n, stats in early.each() if (m, str(n)) not in ready]
+        loaded = {(v.name, v.version_str) for v in ready}
+        shown = [(early.series(m), m, n, stats) for m, n, stats in early.each() if (m, str(n)) not in loaded]
         return [
             (series_labels(m, str(n), series.tags), stats)
             for series, m, n, stats in shown
@@ -116,14 +118,16 @@ class MetricViews:
 
     def _shown(self) -> list[tuple[Labels, ModelStats]]:
         """Every version shown: ready ones, then those of `_refused_early`."""
-        return [(_labels(v), v.stats) for v in self.versions()] + self._refused_early()
+        ready = self.versions()
+        return [(_labels(v), v.stats) for v in ready] + self._refused_early(ready)
 
     def _each(self, value: Callable[[ModelVersion], float]) -> Samples:
         """A figure of each ready version's batcher now; 0 for `_refused_early` (nothing queued)."""
 
         def samples() -> Iterator[Sample]:
-            yield from ((_labels(v), value(v)) for v in self.versions())
-            yield from ((labels, 0) for labels, _ in self._refused_early())
+            ready = self.versions()
+            yield from ((_labels(v), value(v)) for v in ready)
+            yield from ((labels, 0) for labels, _ in self._refused_early(ready))
 
         return samples
 
@@ -143,10 +147,9 @@ class MetricViews:
         """Only for versions whose config enables the response cache (as Triton)."""
 
         def samples() -> Iterator[Sample]:
-            yield from (
-                (_labels(v), value(v.stats)) for v in self.versions() if v.config.response_cache.enable
-            )
-            yield from ((labels, value(stats)) for labels, stats in self._refused_early(cached=True))
+            ready = self.versions()
+            yield from ((_labels(v), value(v.stats)) for v in ready if v.config.response_cache.enable)
+            yield from ((labels, value(stats)) for labels, stats in self._refused_early(ready, cached=True))
 
         return samples
 
