@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from protos import model_config_pb2 as mc
     from server.optimize.data import InputSpec
     from server.optimize.publish import Source
     from server.optimize.validate import Validation
@@ -172,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         # requests, else per batch, on batches it may serve (the file is published as built).
         measured = quantize.as_served_batched(optimized, Path(scratch)) if recipe.per_row else optimized
         result = _validate(args, source.model_file, measured, specs, optimized, rows)
-        code, verdict = _decide(args, limit, result, source, optimized)
+        code, verdict = _decide(args, limit, result, source, optimized, serving)
     inputs = str(args.validation_data) if args.validation_data else "generated from metadata"
     summary = report.Summary(args.model, str(source.model_file), recipe.describe(), inputs, limit, verdict)
     report.print_table(summary, result)
@@ -227,9 +228,15 @@ def _validate(
 
 
 def _decide(
-    args: argparse.Namespace, limit: float | None, result: Validation, source: Source, optimized: Path
+    args: argparse.Namespace,
+    limit: float | None,
+    result: Validation,
+    source: Source,
+    optimized: Path,
+    serving: mc.ModelConfig,
 ) -> tuple[int, str]:
-    """Refuse, skip or publish; the exit status, and the sentence that says what happened."""
+    """Refuse, skip or publish (under `serving`, the config the server will serve it under); the
+    exit status, and the sentence that says what happened."""
     from server.optimize.publish import publish
 
     drop = result.accuracy_drop
@@ -240,7 +247,7 @@ def _decide(
         )
     if not args.publish:
         return 0, "not published (--no-publish)"
-    done = publish(args.repository, args.model, source, optimized)
+    done = publish(args.repository, args.model, source, optimized, serving)
     verdict = f"published as version {done.version} at {done.directory}"
     if done.wrote_original:
         verdict += " (the original went in as version 1)"

@@ -283,8 +283,11 @@ def serving_config(repository: Path, name: str, source: Source) -> mc.ModelConfi
         return config  # a model that does not match its config: publishing refuses it, saying why
 
 
-def publish(repository: Path, name: str, source: Source, optimized: Path) -> Published:
-    """Write `optimized` as the next version of `name` in `repository`."""
+def publish(
+    repository: Path, name: str, source: Source, optimized: Path, serving: mc.ModelConfig
+) -> Published:
+    """Write `optimized` as the next version of `name` in `repository`; `serving` is the config the
+    server will serve it under (`serving_config`), that a copied drift reference must fit."""
     _check_name(name)
     if not repository.is_dir():
         raise OptimizeError(f"--repository {repository}: not a directory")
@@ -295,7 +298,7 @@ def publish(repository: Path, name: str, source: Source, optimized: Path) -> Pub
     copied, reference = None, None
     if new_model and source.config_file is not None and not existing.exists():
         copied = _new_config(source.config_file, name)
-        reference = _reference(source.config_file, copied, serving_config(repository, name, source))
+        reference = _reference(source.config_file, copied, serving)
     try:
         config = (
             copied if copied is not None else (load_config_file(existing) if existing.is_file() else None)
