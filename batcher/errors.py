@@ -88,8 +88,9 @@ class InstanceClosed(NotAccepting):
     reload, an unload) while the batch waited to run past the retirement's grace. Nothing was
     computed, so it goes to the version serving now, else UNAVAILABLE (it had answered INTERNAL)."""
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"model '{model}': its version was retired before this batch ran")
+    @classmethod
+    def of(cls, model: str) -> InstanceClosed:
+        return cls(f"model '{model}': its version was retired before this batch ran")
 
 
 class TooManyRows(BatcherError):

@@ -151,7 +151,7 @@ class Watchdog:
                     blocking.executor, _unless_expired, self._clock, start_by, blocking.run_blocking, inputs
                 )
             except RuntimeError as exc:  # its executor was shut down: the instance was closed
-                raise InstanceClosed(self._name) from exc
+                raise InstanceClosed.of(self._name) from exc
             return await self.watch(run)
         finally:
             self._runs.ended += 1

@@ -355,7 +355,7 @@ class OrtBackend:
         `log_failure`: log its failure as a batch's (not a load's zero run: first_run.py logs it)."""
         session, runner = self._session, self._io.runner  # held here until the run ends (close)
         if session is None:  # before any work on the inputs
-            raise InstanceClosed(self._name)
+            raise InstanceClosed.of(self._name)
         if self._reshape is not None:
             inputs = self._reshape.to_model(inputs)
         feed = {
