@@ -39,16 +39,20 @@ class DriftError(Exception):
     """Nothing to score; the message says what is missing."""
 
 
+class ReferenceMisfit(DriftError):
+    """`--reference` unreadable, or not shaped as the sampled tensors: a usage error (exit 2)."""
+
+
 class NothingToScore(DriftError):
     """The sampled tensors are none that drift scores (BYTES): more samples will not help."""
 
 
-EXIT_NOT_YET, EXIT_NOTHING_TO_SCORE = 1, 3  # 2: a usage error
+EXIT_NOT_YET, EXIT_USAGE, EXIT_NOTHING_TO_SCORE = 1, 2, 3
 
 
 def run_drift(args: argparse.Namespace) -> int:
     """Print the table and write the plot; 1 when there are not yet enough rows, 3 when the files
-    hold no tensor drift scores, 2 on a bad setting."""
+    hold no tensor drift scores, 2 on a bad setting or a `--reference` that does not fit."""
     names = ("sample_dir", "cache_dir", "drift_reference_samples", "drift_window_samples")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
@@ -60,8 +64,8 @@ def run_drift(args: argparse.Namespace) -> int:
     root = settings.sample_dir or settings.cache_dir / "samples"
     try:
         directory = version_dir(root, args.model, args.version)
-        reference = None if args.reference is None else load_reference(Path(args.reference), "--reference")
         files, scored = files_of_load(directory, args.load or NEWEST)
+        reference = None if args.reference is None else reference_for(Path(args.reference), files)
         windows = settings.drift_reference_samples, settings.drift_window_samples
         monitor = monitor_of(files, *windows, reference)
         series = [s for s in monitor.series() if s.reference.size and s.recent.size]
@@ -76,8 +80,10 @@ def run_drift(args: argparse.Namespace) -> int:
                 f"{directory}: not enough sampled rows yet (a full reference window of "
                 f"{settings.drift_reference_samples} rows, then recent rows)"
             )
-    except (DriftError, ConfigError) as exc:
+    except DriftError as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
+        if isinstance(exc, ReferenceMisfit):
+            return EXIT_USAGE
         return EXIT_NOTHING_TO_SCORE if isinstance(exc, NothingToScore) else EXIT_NOT_YET
     rows = score_all(series)
     print(scored)
@@ -95,6 +101,49 @@ def run_drift(args: argparse.Namespace) -> int:
         return 1
     print(f"plot: {out}")
     return 0
+
+
+def reference_for(path: Path, files: list[Path]) -> dict[str, Any]:
+    """`--reference`'s arrays, each a numeric tensor of the sampled files shaped [rows, *its shape
+    past the rows] (any widths for a variable-length one). The server checks its `drift_reference`
+    against the config; this command has no config, and had taken a misnamed array silently (that
+    tensor scored against its first sampled rows) and a misshapen one into a pooled series."""
+    try:
+        reference = load_reference(path, "--reference", str(path))
+    except ConfigError as exc:
+        raise ReferenceMisfit(str(exc)) from None
+    sampled = _sampled_shapes(files)
+    if not sampled:
+        return reference  # no rows yet: said below
+    variable = _variable(files)
+    for key, array in reference.items():
+        if key not in sampled:
+            names = ", ".join(f"'{k}'" for k in sorted(sampled))
+            raise ReferenceMisfit(
+                f"--reference {path}: the array '{key}' names no numeric tensor of the sampled files "
+                f"(they hold {names})"
+            )
+        wanted = sampled[key]
+        fits = array.ndim == len(wanted) + 1 and (key in variable or array.shape[1:] == wanted)
+        if not fits:
+            shape = "[" + ", ".join(["rows", *("*" if key in variable else str(d) for d in wanted)]) + "]"
+            raise ReferenceMisfit(
+                f"--reference {path}: the array '{key}' is shaped {list(array.shape)}, but the sampled "
+                f"rows of '{key}' are {shape}"
+            )
+    return reference
+
+
+def _sampled_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Each numeric tensor's shape past the rows, as the newest readable file holds it."""
+    for path in reversed(files):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys = [k for k in data.files if k.startswith(("in:", "out:"))]
+                return {key: tuple(data[key].shape[1:]) for key in keys if data[key].dtype.kind in "biufc"}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            continue  # said when it is fed
+    return {}
 
 
 def version_dir(root: Path, model: str, version: str | None) -> Path:
