@@ -52,6 +52,14 @@ class Family:
     samples: Iterable[tuple[Labels, float]] | Iterable[HistogramPoint]
 
 
+def series_labels(model: str, version: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """A version's series' labels: its model, version and config metric_tags, as Triton labels them."""
+    labels = {"model": model, "version": version}
+    for key, value in tags.items():
+        labels[f"_{key}"] = value
+    return labels
+
+
 def label_name(key: str) -> str:
     """A label name Prometheus accepts: characters outside [a-zA-Z0-9_] become `_`, and one
     starting with a digit gets a `_` in front (a config's metric_tags key may be anything)."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion
-from server.observability.metrics_page import Family, HistogramPoint
+from server.observability.metrics_page import Family, HistogramPoint, series_labels
 
 Labels = dict[str, str]
 Sample = tuple[Labels, float]
@@ -50,14 +50,6 @@ def _whole_us(ns: int) -> int:
 
 def _labels(v: ModelVersion) -> Labels:
     return series_labels(v.name, v.version_str, v.config.metric_tags)
-
-
-def series_labels(model: str, version: str, tags: Mapping[str, str]) -> Labels:
-    """A version's series' labels: its model, version and config metric_tags, as Triton labels them."""
-    labels = {"model": model, "version": version}
-    for key, value in tags.items():
-        labels[f"_{key}"] = value
-    return labels
 
 
 class MetricViews:

@@ -19,7 +19,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import IO
@@ -32,6 +32,7 @@ from protos import model_config_pb2 as mc
 from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, ConfigError
 from server.models.model_files import read_model_file
 from server.observability.drift import DriftMonitor
+from server.observability.metrics_page import series_labels
 from server.observability.sample_layout import stored_bytes
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
@@ -67,6 +68,7 @@ class SamplePolicy:
     with_inputs: bool = False
     reference: Mapping[str, AnyArray] | None = None  # from the model's drift_reference file
     variable: frozenset[str] = frozenset()  # "in:<name>" / "out:<name>" of variable-length tensors
+    tags: Mapping[str, str] = field(default_factory=dict)  # the config's metric_tags: labels `_<key>`
 
 
 def ratio_fraction(ratio: float) -> tuple[int, int]:
@@ -111,7 +113,11 @@ def sample_policy(
     shapes = tensor_shapes(config)
     variable = frozenset(key for key, (shape, _) in shapes.items() if -1 in shape)
     return SamplePolicy(
-        ratio=ratio, with_inputs=what == INPUTS_AND_OUTPUTS, reference=reference, variable=variable
+        ratio=ratio,
+        with_inputs=what == INPUTS_AND_OUTPUTS,
+        reference=reference,
+        variable=variable,
+        tags=dict(config.metric_tags),
     )
 
 
@@ -193,6 +199,9 @@ class ModelSampler:
     ) -> None:
         self.name = name
         self.version = str(version)
+        # Its series' labels, the config's metric_tags with them: the version's other series
+        # carry them, and the drift series had not (a join on `_team` lost them).
+        self.labels = series_labels(name, self.version, policy.tags)
         # This load's id, in each chunk it writes: a reload starts a new drift reference, and
         # `sluiceway drift` scores the newest load's files (they had shared the old load's).
         self.load_ns = load_ns
@@ -302,7 +311,7 @@ class SamplingRegistry:
         with self._lock:
             samplers = list(self._samplers.values())
         for sampler in samplers:
-            labels = {"model": sampler.name, "version": sampler.version}
+            labels = sampler.labels
             yield "sluiceway_samples_written_total", labels, float(sampler.written)
             yield "sluiceway_samples_dropped_total", labels, float(sampler.dropped)
             yield "sluiceway_samples_lost_total", labels, float(sampler.lost_samples)

@@ -24,6 +24,7 @@ max_batch_size: 128
 dynamic_batching { }
 parameters { key: "sample_ratio" value: { string_value: "1" } }
 parameters { key: "sample_what" value: { string_value: "inputs_and_outputs" } }
+metric_tags { key: "team" value: "vision" }
 """
 ROWS, REQUESTS = 50, 20  # 1000 rows fill the reference, 1000 more the recent window
 SHIFTED, SHIFT = 32, 3.0  # features 0..31 move by 3 standard deviations; 32..63 stay put
@@ -99,14 +100,18 @@ async def test_a_shifted_input_distribution_moves_drift_past_its_threshold(
     assert max(psi[("output", "scores", str(f))] for f in range(2)) > PSI_THRESHOLD
     assert drifted & {("output", "scores", "0"), ("output", "scores", "1")}
 
+    # With the config's metric_tags, as the version's other series (they had lacked `_team`).
+    tagged = '_team="vision",'
+    assert f'nv_inference_count{{{tagged}model="mlp",version="1"}}' in scraped
     assert (
-        'sluiceway_drift_psi{feature="0",kind="input",model="mlp",tensor="features",version="1"}' in scraped
-    )
-    assert (
-        'sluiceway_drift_drifted{feature="0",kind="output",model="mlp",tensor="scores",version="1"}'
+        f'sluiceway_drift_psi{{{tagged}feature="0",kind="input",model="mlp",tensor="features",version="1"}}'
         in scraped
     )
-    assert 'sluiceway_samples_written_total{model="mlp",version="1"} 40.0' in scraped
+    assert (
+        f'sluiceway_drift_drifted{{{tagged}feature="0",kind="output",model="mlp",tensor="scores",version="1"}}'
+        in scraped
+    )
+    assert f'sluiceway_samples_written_total{{{tagged}model="mlp",version="1"}} 40.0' in scraped
 
     # The files the server wrote (stop() flushed them) give the same table through the CLI.
     plot = tmp_path / "drift.png"

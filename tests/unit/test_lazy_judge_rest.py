@@ -18,7 +18,7 @@ from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.lazy_signatures import unnamed_version
 from server.models.repository import ModelSource
 from server.models.sequence_routing import SequenceRouting
-from server.observability.metrics_views import series_labels
+from server.observability.metrics_page import series_labels
 from server.protocol.sequence_params import SequenceParams
 
 
