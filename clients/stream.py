@@ -218,8 +218,9 @@ class StreamSession:
                     self._order.remove(future)
                     self._free_slot()  # unless a receiver took its result (and freed it) already
                 raise error from exc
-            if rid in self._unanswered:  # answered while write() ran: no timer to arm (one had been)
-                self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
+            finally:  # sent (a cancelled send's write ended first) and not answered while it ran
+                if rid in self._unanswered and rid not in self._timers:
+                    self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
         return rid
 
     def _check_id(self, rid: str) -> None:

@@ -103,7 +103,8 @@ async def written(operation: Awaitable[object], quiet_s: float, heard: Callable[
     stream heard nothing for `quiet_s` while it waited (`heard()`: the loop time of the stream's
     last answer). A server answering earlier frames is alive, though it does not read yet. The
     write is a task of its own (cancelling the call does not end a write still connecting),
-    watched by a timer (asyncio.wait in a loop had cost ~40 us a frame, this about half)."""
+    watched by a timer (asyncio.wait in a loop had cost ~40 us a frame, this about half). A
+    caller's cancel is raised once the write ended, whatever its outcome."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(operation)
     start = loop.time()
@@ -120,12 +121,21 @@ async def written(operation: Awaitable[object], quiet_s: float, heard: Callable[
             task.cancel()
 
     timer = loop.call_later(quiet_s, watch)
+    # A caller's cancel waits for the write to end, then is raised: a message half-written cannot
+    # be taken back, and grpc cancelled the whole call with a cancelled write (every frame in
+    # flight failed). The watch still bounds the wait.
+    cancelled = False
     try:
-        await task  # a caller's cancel reaches the write through this await
-    except asyncio.CancelledError:
-        if not cut:
-            raise
-        return False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = cancelled or not task.done()
+        if cancelled:
+            raise asyncio.CancelledError
+        if cut:
+            return False
+        task.result()  # the write's error, if any
     finally:
         timer.cancel()
     return True

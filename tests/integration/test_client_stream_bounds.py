@@ -14,6 +14,7 @@ import pytest
 
 from clients import AsyncClient, DeadlineExceeded, Unavailable
 from clients.base import MAX_TIMEOUT_S
+from clients.stream import StreamSession
 from tests.integration import client_fixtures
 from tests.integration.client_fixtures import features
 from tests.support.never_answers import never_answers
@@ -168,3 +169,41 @@ async def test_a_busy_server_that_reads_late_gets_its_frames_answered_not_cut(tm
             await asyncio.wait_for(sender, BOUND_S)
     for i, result in enumerate(got):
         np.testing.assert_array_equal(result.unwrap()["OUTPUT0"], frame + i)  # none failed here
+
+
+async def test_a_send_cancelled_mid_write_leaves_the_stream_going(
+    zoo_server: ServerProcess, mlp_reference: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """A message half-written cannot be taken back, and grpc cancelled the whole call with a
+    cancelled write: every frame in flight failed and the stream was over. The write now ends
+    first; the frame counts as sent, its result comes in order, and the stream goes on."""
+    big = np.zeros((128, 64), np.float32)  # 32 KiB, the model's most rows
+    async with StallingProxy(zoo_server.port) as proxy:
+        client = AsyncClient(f"127.0.0.1:{proxy.port}")
+        async with client, client.stream("mlp", frame_timeout_s=BOUND_S, max_in_flight=256) as stream:
+            await stream.send({"features": features(1)}, request_id="first")
+            await stream.recv()  # connected
+            proxy.hold_requests()
+            # 4 MiB in 128 frames: more than the connection's windows, so the writes cannot end
+            # while the proxy holds the client's bytes.
+            frames = [{"features": big + i} for i in range(128)]
+            sending = asyncio.create_task(send_all(stream, frames))
+            done, _ = await asyncio.wait({sending}, timeout=0.5)
+            assert not done, "the writes ended with the client's bytes held"
+            sending.cancel()
+            proxy.release_requests()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(sending, BOUND_S)
+            after = features(2, seed=2)
+            await stream.send({"features": after}, request_id="after")
+            await stream.done_sending()
+            results = [result async for result in stream]
+    ids = [result.request_id for result in results]
+    assert ids[-1] == "after" and ids[:-1] == [f"f{i}" for i in range(len(ids) - 1)], ids
+    assert all(result.error is None for result in results), [r.error for r in results]
+    np.testing.assert_allclose(results[-1].outputs["scores"], mlp_reference(after), rtol=1e-5, atol=1e-5)
+
+
+async def send_all(stream: StreamSession, frames: list[dict[str, np.ndarray]]) -> None:
+    for i, frame in enumerate(frames):
+        await stream.send(frame, request_id=f"f{i}")

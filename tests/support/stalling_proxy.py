@@ -2,7 +2,7 @@
 stay open, as a peer behind a dead NAT entry or a hung host looks to the other side. Runs in the
 test's event loop; `server_closed` is set when the upstream side (the server) ends a connection.
 `hold_answers()` delays the server's bytes instead (kept in order, forwarded at `release_answers()`):
-a network that is late, not one that loses them."""
+a network that is late, not one that loses them; `hold_requests()` the client's bytes alike."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class StallingProxy:
         self._flowing.set()
         self._answers = asyncio.Event()  # cleared while the server's bytes are held back
         self._answers.set()
+        self._requests = asyncio.Event()  # cleared while the client's bytes are held back
+        self._requests.set()
         self._listener: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -48,6 +50,13 @@ class StallingProxy:
     def release_answers(self) -> None:
         self._answers.set()
 
+    def hold_requests(self) -> None:
+        """From now on the client's bytes wait in the proxy, in order, until release_requests()."""
+        self._requests.clear()
+
+    def release_requests(self) -> None:
+        self._requests.set()
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [client_writer, server_writer]
@@ -62,8 +71,7 @@ class StallingProxy:
     ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                if upstream_eof:
-                    await self._answers.wait()
+                await (self._answers if upstream_eof else self._requests).wait()
                 if self._flowing.is_set():  # stalled: the bytes go nowhere, the sockets stay open
                     writer.write(data)
                     await writer.drain()
