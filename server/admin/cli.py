@@ -172,7 +172,8 @@ def render(status: apb.RolloutStatusResponse, console: Console) -> None:
         s = status.shadow
         agree = f"{s.argmax_agree / s.argmax_rows:.2%}" if s.argmax_rows else "-"
         console.print(
-            f"shadow: version {s.version} at {s.fraction:g}: mirrored {s.mirrored}, compared {s.compared}, "
+            f"shadow: version {s.version} at {s.fraction:g}{' (stopped)' if not s.fraction else ''}: "
+            f"mirrored {s.mirrored}, compared {s.compared}, "
             f"errors {s.errors}, shed {s.shed}, dropped {s.dropped}; max abs diff {s.max_abs_diff:.4g}, "
             f"argmax agreement {agree} of {s.argmax_rows} rows; p50/p99 ms shadow "
             f"{_ms(s.shadow_p50_ms)}/{_ms(s.shadow_p99_ms)} vs stable "

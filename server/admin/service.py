@@ -132,9 +132,9 @@ def status_message(state: ModelRollout, rollbacks: int) -> apb.RolloutStatusResp
     entry = state.entry
     weights = state.weights if state.weights is not None else {entry.order[0]: 100}
     total = sum(weights.values()) or 1
+    # A shadow stopped by a rollback or a promotion is no candidate: "off" (or "stable"), where it
+    # had still read "shadow" though nothing was mirrored (its figures stay below, at fraction 0).
     stable, candidates = state.stable(), set(state.candidates())
-    shadow = state.shadow
-    shadow_version = shadow.policy.version if shadow is not None and not state.shadow_promoted else None
     out = apb.RolloutStatusResponse(
         model=entry.name,
         source=state.source if state.weights is not None else "",
@@ -152,8 +152,6 @@ def status_message(state: ModelRollout, rollbacks: int) -> apb.RolloutStatusResp
             role = "stable"
         elif version in candidates:
             role = "candidate" if weight > 0 else "shadow"
-        elif version == shadow_version:
-            role = "shadow"  # its fraction is 0 (stopped): still shown as the shadow version
         out.versions.append(
             apb.VersionFigures(
                 version=version,

@@ -194,7 +194,9 @@ class RepositoryControl:
                 named = None  # the load below says why, counted and logged as a failed load
             if named is not None:
                 await self._load_steps(named)
-            await self._loads.load(name, source)
+            # Versions whose files and config did not change keep serving (instances, statistics,
+            # sequences), as Triton's load does since 24.08 and our poller did: it had reloaded all.
+            await self._loads.load(name, source, keep_unchanged=True)
         except BaseException:
             if upload is not None:
                 shutil.rmtree(upload, ignore_errors=True)

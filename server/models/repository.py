@@ -47,12 +47,16 @@ def version_fingerprint(source: ModelSource, number: int) -> tuple[object, ...]:
     """What loading version `number` of `source` reads, as (config, then each file's path, size and
     modification time): the files of its version directory and those beside the config (labels,
     drift references). Equal fingerprints: the same version would load (a file rewritten in
-    place within the clock's resolution, same size, is the one miss)."""
+    place within the clock's resolution, same size, is the one miss). The config counts by its
+    content, not its file's time: one rewritten with the same text (a configmap or git-sync
+    refresh) had reloaded every version and reset the operator's rollout changes."""
     model_file = source.versions[number]
     version_dir = source.directory / str(number)
     files: list[tuple[str, int, int]] = []
     for root, deep in ((source.directory, False), (version_dir, True)):
         for path in sorted(root.rglob("*") if deep else root.iterdir()):
+            if not deep and path.name == CONFIG_FILENAME:
+                continue  # its content is `config` below
             if path.is_file():
                 stat = path.stat()
                 files.append((str(path.relative_to(source.directory)), stat.st_size, stat.st_mtime_ns))

@@ -4,8 +4,9 @@ the model's next load, or restored from the workers' log snapshot.
 Separate from Rollout (rollout.py), which routes and changes one live state, because this is the
 rule for moving what operators and rollbacks set (weights, who set them, rolled-back versions,
 events, a stopped or promoted shadow) from one state to another: in one process after an eviction
-(Rollout.hold), under --workers when the same files (generation) are loaded again, and from a
-snapshot once the log's older change files are gone (rollout_snapshot.py).
+(Rollout.hold) or a reload that kept the versions it names serving, under --workers when the same
+files (generation) are loaded again, and from a snapshot once the log's older change files are
+gone (rollout_snapshot.py).
 """
 
 from __future__ import annotations
@@ -36,10 +37,33 @@ def carries(old: ModelRollout, new: ModelRollout, shared: bool) -> bool:
     """Whether `old`'s operator state goes onto `new`. Under --workers (`shared`): exactly when the
     same files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
     other files start from the config and their own log, as every worker loading them does.
-    In one process: after an eviction (Rollout.hold)."""
+    In one process: after an eviction (Rollout.hold) that loads the same versions under the same
+    policy, and after a reload that kept serving what the state names (`kept_serving`)."""
     if shared:
         return old.generation == new.generation
-    return old.held
+    if not old.held:
+        return kept_serving(old, new)
+    if same_load(old, new.config_policy, new.entry.versions):
+        return True
+    log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
+             new.entry.name)  # fmt: skip
+    return False
+
+
+def kept_serving(old: ModelRollout, new: ModelRollout) -> bool:
+    """A reload that keeps `old`'s state: the config's traffic policy unchanged, and every version
+    the state names (weighted, rolled back, the shadow) kept serving as it was (the same instance:
+    ModelManager keeps a version whose files did not change). A version added beside them, or a
+    config rewritten with the same text, had reset the state: a rolled-back canary came back at
+    its config's weight and failed requests again. A named version loaded from new files, or
+    another policy, starts from the config's."""
+    if old.config_policy != new.config_policy:
+        return False
+    named = {v for v, w in (old.weights or {}).items() if w > 0} | old.rolled_back
+    if old.shadow is not None:
+        named.add(old.shadow.policy.version)
+    now, before = new.entry.versions, old.entry.versions
+    return all(v in now and now[v] is before.get(v) for v in named)
 
 
 def same_load(old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]) -> bool:
@@ -60,12 +84,7 @@ def carried_weights(
 
 
 def carry(old: ModelRollout, new: ModelRollout) -> None:
-    """An evicted model's operator state onto its reload, when the reload serves the same
-    versions under the same config policy (otherwise the config's is the news)."""
-    if not same_load(old, new.config_policy, new.entry.versions):
-        log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
-                 new.entry.name)  # fmt: skip
-        return
+    """`old`'s operator state onto `new`, a state `carries` said takes it."""
     new.set_weights(None if old.weights is None else dict(old.weights))
     new.source, new.rolled_back, new.events = old.source, set(old.rolled_back), old.events
     new.shadow_promoted, new.log_seq = old.shadow_promoted, old.log_seq
@@ -73,7 +92,8 @@ def carry(old: ModelRollout, new: ModelRollout) -> None:
     if old.shadow is not None and old.shadow.policy.fraction == 0:  # stopped by a rollback
         stop_shadow(new)
     if old.source != "config":
-        log.info("rollout: model %s loaded again from the same files: weights %s (%s) carried over",
+        log.info("rollout: model %s loaded again, the versions its weights name unchanged: "
+                 "weights %s (%s) carried over",
                  new.entry.name, format_weights(new.weights or {}), old.source)  # fmt: skip
 
 

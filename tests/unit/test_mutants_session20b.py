@@ -300,7 +300,8 @@ def test_carry_logs_what_it_carries_and_keeps_the_logged_rollback_counts(
     assert state.log_rollbacks == {(2, 0, "manual"): 3} and state.log_rollbacks is not kept.log_rollbacks
     said = [r.getMessage() for r in caplog.records if r.name == "server.models.rollout_carry"]
     assert said == [
-        "rollout: model m loaded again from the same files: weights 1:0,2:100 (admin) carried over"
+        "rollout: model m loaded again, the versions its weights name unchanged: weights 1:0,2:100 "
+        "(admin) carried over"
     ]
     caplog.clear()
     rollout, _ = _evicted(None)  # the config's weights: carried, nothing to say

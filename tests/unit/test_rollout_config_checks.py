@@ -98,7 +98,9 @@ def roles(rollout: Rollout, entry: ModelEntry) -> dict[int, tuple[str, bool]]:
 def test_a_promoted_shadow_rolled_back_later_is_not_shown_as_the_shadow() -> None:
     rollout, entry = Rollout(), model("1:80,2:20", shadow="3")
     rollout.roll_back(entry, None, "drill")  # every candidate: 2 and the shadow 3
-    assert roles(rollout, entry)[3] == ("shadow", True)  # it is the (stopped) shadow
+    # The stopped shadow mirrors nothing: "off", rolled back (it had still read "shadow").
+    assert roles(rollout, entry)[3] == ("off", True)
+    assert status_message(rollout.state(entry), 0).shadow.fraction == 0
     rollout.promote(entry, 3)
     rollout.set_weights(entry, {1: 50, 3: 50})
     rollout.roll_back(entry, 3, "drill")  # a weighted candidate now, not the shadow
