@@ -17,7 +17,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from server.app import build_server
 from server.cli import main
 from server.settings import ServerSettings
-from tests.support.repositories import write_model
+from tests.support.repositories import newer, write_model
 
 SAMPLED = """
 max_batch_size: 128
@@ -65,6 +65,7 @@ async def test_after_a_reload_the_drift_command_scores_the_windows_of_the_gauges
                 await stub.ModelInfer(request(seed, 0.0), timeout=30)
             sampling = server.models.sampling
             assert await asyncio.to_thread(sampling.flush, 30)
+            newer(repo / "mlp" / "1" / "model.onnx")  # a load of unchanged files keeps the version
             await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"), timeout=60)
             for seed in range(2 * REQUESTS, 4 * REQUESTS):
                 await stub.ModelInfer(request(seed, SHIFT), timeout=30)

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.procfs import children_of
-from tests.support.repositories import write_model
+from tests.support.repositories import newer, write_model
 from tests.support.server_process import ServerProcess, wait_until
 
 # A lone 1-row request waits in the queue for 3 more rows, or for 60 s: held there by the batching
@@ -376,7 +376,7 @@ def test_a_cache_hit_is_answered_when_the_deadline_would_refuse_a_computation(
 
 
 def test_an_answer_computed_on_a_retired_version_is_not_cached(
-    repo_stub: pb_grpc.GRPCInferenceServiceStub,
+    repo_stub: pb_grpc.GRPCInferenceServiceStub, repo_dir: Path
 ) -> None:
     # A request queued on `cached_held` when it is reloaded runs on the old version as that
     # version is retired (reloading drops the model's entries first). Had its answer been stored,
@@ -386,6 +386,7 @@ def test_an_answer_computed_on_a_retired_version_is_not_cached(
     queued = repo_stub.ModelInfer.future(request, timeout=120)
     wait_until(lambda: queued.done() or queue_is_full(repo_stub, "cached_held"), "the request to be queued")
     assert not queued.done(), f"answered before the reload: {queued.exception()!r}"
+    newer(repo_dir / "cached_held" / "1" / "model.onnx")  # a load of unchanged files keeps the version
     repo_stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cached_held"), timeout=60)
     assert list(queued.result(timeout=60).outputs[0].shape) == [1, 2]  # computed on the old version
     err = error_of(repo_stub.ModelInfer, with_timeout(request, 1))

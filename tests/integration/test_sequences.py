@@ -14,7 +14,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support import sequence_models as sm
-from tests.support.repositories import write_model
+from tests.support.repositories import newer, write_model
 from tests.support.server_process import ServerProcess, wait_until
 
 MAX_SEQUENCES = 6
@@ -418,6 +418,7 @@ def test_a_sequence_a_reload_ended_is_told_so_by_the_new_version(tmp_path: Path)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "the model version serving it was unloaded or replaced" in (err.details() or ""), err.details()
         step(stub, "acc", 8, 1.0, start=True)
+        newer(tmp_path / "repo" / "acc" / "1" / "model.onnx")  # unchanged files would be kept
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="acc"), timeout=60)  # a reload
         err = error_of(stub, request("acc", 8, np.ones((1, 4), np.float32)))
         assert "the model version serving it was unloaded or replaced" in (err.details() or ""), err.details()
