@@ -28,8 +28,9 @@ def _outputs(nbytes: int, fill: int = 0) -> dict[str, np.ndarray]:
     return {"y": np.full(nbytes, fill, dtype=np.uint8)}
 
 
-FIXED = DIGEST_BYTES + ENTRY_OVERHEAD + OUTPUT_OVERHEAD  # an entry of one output, besides its data
-ENTRY = FIXED + 100  # one key and a 100-byte output
+# An entry of one 1-D output, besides its data: its key, the entry, the output and its one dim.
+FIXED = DIGEST_BYTES + ENTRY_OVERHEAD + OUTPUT_OVERHEAD + 16
+ENTRY = FIXED + 112  # one key and a 100-byte output (held as 112: allocations come in 16 bytes)
 
 
 # --- LRU bounded in bytes ------------------------------------------------------------------------
@@ -39,7 +40,9 @@ def test_size_counts_outputs_and_keys() -> None:
     cache = ResponseCache(10_000)
     assert cache.insert(_key(1), "m", {"a": np.zeros(10, np.float32), "b": np.zeros(3, np.int64)})
     stats = cache.stats()
-    assert stats.entries == 1 and stats.bytes == DIGEST_BYTES + ENTRY_OVERHEAD + 2 * OUTPUT_OVERHEAD + 40 + 24
+    # Each output: its dims (16 bytes each) and its data rounded up to 16 bytes (40 -> 48, 24 -> 32).
+    assert stats.entries == 1
+    assert stats.bytes == DIGEST_BYTES + ENTRY_OVERHEAD + 2 * OUTPUT_OVERHEAD + (16 + 48) + (16 + 32)
 
 
 def test_least_recently_used_is_evicted_first_and_bytes_stay_bounded() -> None:
@@ -59,7 +62,7 @@ def test_least_recently_used_is_evicted_first_and_bytes_stay_bounded() -> None:
     assert cache.lookup(_key(2)) is None and cache.lookup(_key(3)) is None
     assert cache.lookup(_key(0)) is not None and cache.lookup(_key(4)) is not None
     stats = cache.stats()
-    assert stats.bytes == 2 * FIXED + 300 <= stats.capacity_bytes and stats.evictions == 3
+    assert stats.bytes == 2 * FIXED + 112 + 208 <= stats.capacity_bytes and stats.evictions == 3
 
 
 def test_entry_larger_than_the_cache_is_not_stored_and_evicts_nothing() -> None:
@@ -88,7 +91,7 @@ def test_reinserting_a_key_keeps_one_entry() -> None:
     cache = ResponseCache(10_000)
     cache.insert(_key(0), "m", _outputs(10, 1))
     cache.insert(_key(0), "m", _outputs(10, 2))
-    assert cache.stats().entries == 1 and cache.stats().bytes == FIXED + 10
+    assert cache.stats().entries == 1 and cache.stats().bytes == FIXED + 16
 
 
 def test_discard_model_drops_only_that_models_entries() -> None:
@@ -99,7 +102,7 @@ def test_discard_model_drops_only_that_models_entries() -> None:
     cache.insert(b, "b", _outputs(10))
     assert cache.discard_model("a") == 1
     assert cache.lookup(a) is None and cache.lookup(b) is not None
-    assert cache.stats().bytes == FIXED + 10
+    assert cache.stats().bytes == FIXED + 16
 
 
 def test_capacity_must_be_positive() -> None:
@@ -133,7 +136,8 @@ def test_bytes_outputs_are_stored_and_counted_by_content() -> None:
     words[0] = b"changed"
     got = cache.lookup(_key(0))
     assert got is not None and got["w"].tolist() == [b"abc", b"", b"defgh"]
-    held = sum(sys.getsizeof(w) for w in (b"abc", b"", b"defgh")) + 3 * 8  # objects and pointers
+    # Objects as allocated (rounded up to 16 bytes) and pointers.
+    held = sum(-(-sys.getsizeof(w) // 16) * 16 for w in (b"abc", b"", b"defgh")) + 3 * 8
     assert cache.stats().bytes == FIXED + held
 
 
@@ -211,14 +215,26 @@ def test_response_cache_config_is_accepted_and_needs_a_server_cache() -> None:
     validate_response_cache(mc.ModelConfig(name="m"), "m", 0)  # not enabled: no cache needed
 
 
-def test_the_python_objects_of_an_entry_are_counted_against_the_capacity() -> None:
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"scores": np.ones((1, 2), np.float32)},
+        # One element of rank 32, 32 of them: their dims (512 bytes each) had not been counted,
+        # and a cache held 4.3x its bound (a tester).
+        {f"o{k}": np.full([1] * 32, k, np.float32) for k in range(32)},
+        {f"o{k}": np.full([1] * 4, k, np.float32) for k in range(32)},
+    ],
+    ids=["1x2", "32-outputs-rank-32", "32-outputs-rank-4"],
+)
+def test_the_python_objects_of_an_entry_are_counted_against_the_capacity(
+    outputs: dict[str, np.ndarray],
+) -> None:
     """1-row answers had been counted at 24 bytes (key and data) and held about 490 each: a cache
     of 64 MiB of such entries took some 1.3 GB. Within 30% of tracemalloc's own count."""
     import tracemalloc
 
     cache = ResponseCache(1 << 40)
-    outputs = {"scores": np.ones((1, 2), np.float32)}
-    keys = [_key(i) for i in range(5000)]
+    keys = [_key(i) for i in range(1000)]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
