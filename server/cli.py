@@ -103,10 +103,22 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def _unusable_paths(settings: ServerSettings) -> str | None:
     """The first path setting this machine cannot use, named ("'field': why"), else None."""
     repo, cache = settings.model_repository, settings.cache_dir
-    if repo is not None and not repo.is_dir():
-        return f"'model_repository': {repo} " + ("is not a directory" if repo.exists() else "does not exist")
-    if cache.exists() and not cache.is_dir():
-        return f"'cache_dir': {cache} is not a directory"
+    try:
+        if repo is not None and not repo.is_dir():
+            why = "is not a directory" if repo.exists() else "does not exist"
+            return f"'model_repository': {repo} {why}"
+        if repo is not None:
+            # Listed before the port opens: one the server's user cannot list (a volume with the
+            # wrong fsGroup) had printed "listening", then ended in a 46-line traceback.
+            with os.scandir(repo) as entries:
+                next(entries, None)
+    except OSError as err:
+        return f"'model_repository': {repo}: cannot list it: {err.strerror or err}"
+    try:
+        if cache.exists() and not cache.is_dir():
+            return f"'cache_dir': {cache} is not a directory"
+    except OSError as err:  # a parent it cannot search (HOME another user's: `sudo -u` without -H)
+        return f"'cache_dir': {cache}: {err.strerror or err} (set --cache-dir or SLUICEWAY_CACHE_DIR)"
     samples = settings.sample_dir
     if samples is not None:  # found at the first write otherwise, and those samples were lost
         try:
@@ -234,8 +246,18 @@ def setting_errors(exc: ValidationError) -> list[str]:
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
         about = f"setting '{field}'" if field else "settings"
-        lines.append(f"sluiceway: invalid {about}: {error['msg']}")
+        lines.append(f"sluiceway: invalid {about}: {error['msg']}{_got(error.get('input'), error['msg'])}")
     return lines
+
+
+def _got(value: object, message: str) -> str:
+    """The value refused, when the message does not show it: Kubernetes' service links set
+    SLUICEWAY_PORT=tcp://10.96.12.34:8001 (a Service named sluiceway), refused as "Input should be
+    a valid integer" with nothing to say where it came from."""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) in message:
+        return ""
+    text = str(value)
+    return f" (got {text[:80]!r}{'...' if len(text) > 80 else ''})"
 
 
 def fatal_line(message: str, json_lines: bool) -> str:

@@ -8,7 +8,8 @@ measured and explained here, and tested without a server.
 from __future__ import annotations
 
 from server.protocol.frame_size import received_ceiling
-from server.settings import ServerSettings, parse_grpc_args
+from server.settings import ServerSettings
+from server.settings_rules import parse_grpc_args
 
 
 def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:

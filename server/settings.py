@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.security.tls import check_ca_file, check_key_pair, check_readable
 from server.security.tokens import load_tokens
+from server.settings_rules import GRPC_INT_MAX, check_host, check_ports, parse_grpc_args, stream_cap
 
 # A list of names: from a variable, "a,b" or JSON '["a", "b"]' (see ServerSettings._names).
 Names = Annotated[tuple[str, ...], NoDecode]
@@ -28,8 +28,7 @@ def _default_cache_dir() -> Path:
 
 # grpc core takes these as C ints (milliseconds for times): larger values failed at start with an
 # OverflowError traceback inside grpc instead of an invalid-setting message.
-_GRPC_INT_MAX = 2**31 - 1
-_GRPC_INT = re.compile(r"-?[0-9]+")  # a grpc argument's value: ASCII digits, an optional minus
+_GRPC_INT_MAX = GRPC_INT_MAX
 MAX_WORKERS = 64  # server processes of `serve --workers` (also `top --workers`)
 _GRPC_MAX_S = 2_000_000.0  # about 23 days, below 2**31 ms
 # onnxruntime threads per session: 100,000 grew memory by 70 MB/s and never became ready.
@@ -64,8 +63,8 @@ class ServerSettings(BaseSettings):
     stream_max_held_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     # Concurrent RPCs the server accepts (streams included) before answering RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=4096, ge=1, le=_GRPC_INT_MAX)
-    # Open ModelStreamInfer calls: in all (kept below max_concurrent_rpcs so streams can never
-    # take every RPC slot), per connection (a peer address with its port) and per peer host.
+    # Open ModelStreamInfer calls: in all (below max_concurrent_rpcs: settings_rules.stream_cap),
+    # per connection (a peer address with its port) and per peer host.
     max_streams: int = Field(default=2048, ge=1)
     max_streams_per_connection: int = Field(default=128, ge=1)
     max_streams_per_peer: int = Field(default=1024, ge=1)
@@ -284,15 +283,16 @@ class ServerSettings(BaseSettings):
         return workers
 
     @model_validator(mode="after")
-    def _worker_metrics_ports(self) -> ServerSettings:
-        last = self.metrics_port + self.workers - 1
-        if self.metrics and self.metrics_port and last > 65535:
-            # Worker i serves metrics on metrics_port + i: the last one's bind failed (exit 1).
-            raise ValueError(
-                f"metrics_port {self.metrics_port} with workers={self.workers}: worker i serves "
-                f"metrics on metrics_port + i, and {last} is above 65535 (or use metrics_port 0)"
-            )
+    def _across(self) -> ServerSettings:
+        check_ports(self.port, self.metrics, self.metrics_port, self.workers)
+        given = "max_streams" in self.model_fields_set
+        self.max_streams = stream_cap(self.max_streams, self.max_concurrent_rpcs, given)
         return self
+
+    @field_validator("host", mode="after")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        return check_host(host)
 
     @model_validator(mode="after")
     def _one_repository_state(self) -> ServerSettings:
@@ -356,23 +356,6 @@ _NUMBER_TYPES = (int, float, int | None, float | None)
 _NUMBERS = frozenset(
     name for name, field in ServerSettings.model_fields.items() if field.annotation in _NUMBER_TYPES
 )
-
-
-def parse_grpc_args(text: str) -> list[tuple[str, int]]:
-    """ "grpc.a=1,grpc.b=2" -> [("grpc.a", 1), ("grpc.b", 2)]; ValueError naming a bad entry."""
-    pairs: list[tuple[str, int]] = []
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = entry.partition("=")
-        # ASCII digits only: str.isdigit() and int() had taken "=\u0661" (Arabic-Indic one) as 1.
-        if not name.startswith("grpc.") or not _GRPC_INT.fullmatch(value.strip()):
-            raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
-        number = int(value)
-        if not -_GRPC_INT_MAX - 1 <= number <= _GRPC_INT_MAX:  # a C int: grpc's OverflowError at start
-            raise ValueError(f"'{entry}': grpc takes -2^31 to 2^31-1")
-        if any(seen == name.strip() for seen, _ in pairs):  # the last one had silently won
-            raise ValueError(f"'{name.strip()}' is given twice")
-        pairs.append((name.strip(), number))
-    return pairs
 
 
 # SLUICEWAY_* variables that are not settings: the scripts' and tests' own, and the client's token.

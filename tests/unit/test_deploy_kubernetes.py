@@ -111,6 +111,9 @@ def test_probes_ports_and_variables_match_the_server_settings(name: str) -> None
     # Drain: the kubelet's SIGKILL comes after the server's own shutdown_grace_s, not long after.
     grace = pod["terminationGracePeriodSeconds"]
     assert settings.shutdown_grace_s < grace <= settings.shutdown_grace_s + 15
+    # A Service named sluiceway would otherwise set SLUICEWAY_PORT=tcp://IP:8001 in the pod: the
+    # server refused it (exit 2) where the image alone sets the port (a tester).
+    assert pod["enableServiceLinks"] is False
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[str(settings.model_repository)]["readOnly"] is True
     # The root filesystem is read-only: whatever the server writes goes under a mounted emptyDir.

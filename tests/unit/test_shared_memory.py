@@ -199,7 +199,8 @@ def test_cuda_seam_says_why_it_refuses() -> None:
 def test_settings_refuse_shared_memory_with_several_workers_and_bad_grpc_args() -> None:
     from pydantic import ValidationError
 
-    from server.settings import ServerSettings, parse_grpc_args
+    from server.settings import ServerSettings
+    from server.settings_rules import parse_grpc_args
 
     with pytest.raises(ValidationError, match="allow_client_shm needs workers=1"):
         ServerSettings(allow_client_shm=True, workers=2)

@@ -1,0 +1,52 @@
+"""Open streams never take every RPC slot (a tester's finding): with `--max-concurrent-rpcs 12` and
+max_streams left at its default (2048), 14 open streams had answered health checks, ServerLive and
+unary calls RESOURCE_EXHAUSTED (a liveness probe would have restarted the pod). max_streams now
+stays below max_concurrent_rpcs: left unset it is half of it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+from tests.support.server_process import ServerProcess
+
+STREAMS = 14
+
+
+def frame() -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="mlp",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 64])],
+        raw_input_contents=[np.ones((1, 64), np.float32).tobytes()],
+    )
+
+
+async def test_open_streams_leave_slots_for_health_checks_and_unary_calls() -> None:
+    with ServerProcess("--max-concurrent-rpcs", "12") as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            calls = [stub.ModelStreamInfer() for _ in range(STREAMS)]
+            outcomes = []
+            for call in calls:  # each stream answered (open) or refused, in turn
+                try:
+                    await call.write(frame())
+                    answer = await call.read()
+                    outcomes.append(answer.error_message or "ok")
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # refused: the call is over
+                    outcomes.append(f"{(await call.code()).name}: {await call.details()}")
+            assert outcomes.count("ok") == 6, outcomes  # max_streams: 12 // 2
+            refused = [o for o in outcomes if o != "ok"]
+            assert all("RESOURCE_EXHAUSTED" in o and "max_streams=6" in o for o in refused), refused
+            health = health_pb2_grpc.HealthStub(channel)
+            checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert checked.status == health_pb2.HealthCheckResponse.SERVING
+            assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)).live
+            answer = await stub.ModelInfer(frame(), timeout=10)
+            assert list(answer.outputs[0].shape) == [1, 2]
+            for call in calls:
+                call.cancel()
