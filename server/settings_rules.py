@@ -63,8 +63,18 @@ def check_host(host: str) -> str:
     return host
 
 
+# grpc arguments a setting of ours owns: given in grpc_server_args they replaced it (a receive
+# limit of -5, grpc's "unlimited", went around max_message_bytes without a word).
+OWNED_GRPC_ARGS = {
+    "grpc.max_send_message_length": "max_message_bytes",
+    "grpc.max_receive_message_length": "max_message_bytes",
+    "grpc.so_reuseport": "workers",
+}
+
+
 def parse_grpc_args(text: str) -> list[tuple[str, int]]:
-    """ "grpc.a=1,grpc.b=2" -> [("grpc.a", 1), ("grpc.b", 2)]; ValueError naming a bad entry."""
+    """ "grpc.a=1,grpc.b=2" -> [("grpc.a", 1), ("grpc.b", 2)]; ValueError naming a bad entry, or
+    one a setting owns (OWNED_GRPC_ARGS)."""
     pairs: list[tuple[str, int]] = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = entry.partition("=")
@@ -74,6 +84,9 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
         number = int(value)
         if not -GRPC_INT_MAX - 1 <= number <= GRPC_INT_MAX:  # a C int: grpc's OverflowError at start
             raise ValueError(f"'{entry}': grpc takes -2^31 to 2^31-1")
+        owner = OWNED_GRPC_ARGS.get(name.strip())
+        if owner is not None:
+            raise ValueError(f"'{name.strip()}' is set by the setting {owner}: use that")
         if any(seen == name.strip() for seen, _ in pairs):  # the last one had silently won
             raise ValueError(f"'{name.strip()}' is given twice")
         pairs.append((name.strip(), number))

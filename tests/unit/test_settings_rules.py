@@ -106,3 +106,16 @@ def test_a_cache_dir_behind_a_parent_it_cannot_search_exits_2_naming_it(
     err = capsys.readouterr().err
     assert err.startswith(f"sluiceway: invalid setting 'cache_dir': {cache}: Permission denied"), err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("arg", "owner"),
+    [
+        ("grpc.max_receive_message_length=-5", "max_message_bytes"),  # -5: grpc's unlimited
+        ("grpc.max_send_message_length=1024", "max_message_bytes"),
+        ("grpc.so_reuseport=1", "workers"),
+    ],
+)
+def test_a_grpc_argument_a_setting_owns_is_refused_naming_the_setting(arg: str, owner: str) -> None:
+    """It had replaced the setting's own value silently (a receive limit around max_message_bytes)."""
+    assert f"is set by the setting {owner}: use that" in refused(grpc_server_args=arg)
