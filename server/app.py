@@ -23,6 +23,7 @@ from server.admin.service import AdminServicer
 from server.announce import announce
 from server.backends.cuda_shm import cuda_shared_memory
 from server.backends.instance_groups import setting_note
+from server.bind_failure import PortInUse, bind_failure
 from server.grpc_options import grpc_server_options
 from server.models import load_metrics, rollout
 from server.models.control import RepositoryControl
@@ -73,10 +74,6 @@ _QUIET_MAX_S = 1.0
 _ANSWER_LEFTOVERS_S = 0.5
 # How long past the grace grpc's own stop may take to hand its last answers to the network.
 _GRPC_STOP_EXTRA_S = 1.0
-
-
-class PortInUse(RuntimeError):
-    pass
 
 
 class SluicewayServer:
@@ -236,9 +233,9 @@ class SluicewayServer:
         try:
             self.port = bind_port(self._grpc, address, self.settings)  # TLS when configured
         except RuntimeError as exc:
-            raise PortInUse(f"cannot listen on {address}: {exc}") from None
+            raise bind_failure(self.settings, address, str(exc)) from None
         if self.port == 0:
-            raise PortInUse(f"cannot listen on {address} (port in use?)")
+            raise bind_failure(self.settings, address, "")
         if self.settings.metrics:
             try:
                 self.metrics_port = self.metrics.start(self.settings.metrics_host, self.settings.metrics_port)

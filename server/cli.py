@@ -216,7 +216,8 @@ def _main(argv: Sequence[str] | None) -> int:
             fail(f"sluiceway: invalid setting 'cache_dir': cannot build the demo models in {where}: "
                  f"{err.strerror or err}")  # fmt: skip
             return 2
-    from server.app import PortInUse, serve
+    from server.app import serve
+    from server.bind_failure import PortInUse, TlsRefused
 
     if settings.workers > 1:
         from server.workers import run_workers
@@ -235,7 +236,7 @@ def _main(argv: Sequence[str] | None) -> int:
             asyncio.run(serve(settings))
     except PortInUse as exc:
         fail(f"sluiceway: {exc}")
-        return 1
+        return 2 if isinstance(exc, TlsRefused) else 1
     exit_now()
 
 
