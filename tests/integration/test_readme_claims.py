@@ -195,20 +195,32 @@ def test_rpcs_beyond_max_concurrent_rpcs_are_refused_then_served_again(limits_se
             yield infer_request("mlp")
             finish.wait(120)
 
-        streams = [stub.ModelStreamInfer(one_request_then_wait(), timeout=120) for _ in range(MAX_RPCS)]
+        def no_message() -> Iterator[bytes]:  # a call that holds its slot until `finish`
+            finish.wait(120)
+            yield from ()
+
+        # Streams may take half the slots at most (max_streams below max_concurrent_rpcs): calls
+        # still waiting for their request message take the rest.
+        streams = [stub.ModelStreamInfer(one_request_then_wait(), timeout=120) for _ in range(MAX_RPCS // 2)]
+        silent = channel.stream_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=bytes,
+            response_deserializer=bytes,
+        )
+        waiting = []
         try:
             for stream in streams:  # an answer proves the server holds that call open
                 assert next(stream).error_message == ""
-            for call, request in (
-                (stub.ServerLive, pb.ServerLiveRequest()),
-                (stub.ModelInfer, infer_request("mlp")),
-            ):
-                err = error_of(call, request)
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
+            waiting = [silent.future(no_message(), timeout=120) for _ in range(MAX_RPCS - len(streams))]
+            wait_until(lambda: not _live(stub), "the silent calls to take the last slots")
+            err = error_of(stub.ModelInfer, infer_request("mlp"))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
         finally:
             finish.set()
         for stream in streams:
             assert list(stream) == []
+        for call in waiting:  # answered once they half-close without a message
+            assert call.exception(timeout=30).code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[union-attr]
         # The calls have ended: RPCs are served again (the count drops as each call is finished).
         wait_until(lambda: _live(stub), "RPCs to be served again after the streams ended")
         assert list(stub.ModelInfer(infer_request("mlp"), timeout=30).outputs[0].shape) == [1, 2]
