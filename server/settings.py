@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.security.tls import check_ca_file, check_key_pair, check_readable
+from server.security.tls import check_ca_file, check_key_pair, read_pem
 from server.security.tokens import load_tokens
 from server.settings_rules import GRPC_INT_MAX, check_host, check_ports, parse_grpc_args, stream_cap
 
@@ -319,7 +319,7 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _tls_cert(cls, cert: Path | None) -> Path | None:
         if cert is not None:
-            check_readable(cert)
+            read_pem(cert)
         return cert
 
     @field_validator("tls_key_file", mode="after")

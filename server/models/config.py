@@ -7,15 +7,14 @@ config from its ONNX graph (Triton's auto-complete) is server/models/onnx_comple
 from __future__ import annotations
 
 import logging
-import os
 import re
-import stat
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from batcher.types import BatchingPolicy
 from protos import model_config_pb2 as mc
+from protos.regular_files import FileTooLarge, NotRegularFile, read_regular_file
 from server.models.config_backend import (
     ORT_PARAMETERS,
     backend_parameters,
@@ -112,18 +111,13 @@ def load_config_file(path: Path) -> mc.ModelConfig:
     """Read and parse one config.pbtxt (a regular file of at most MAX_CONFIG_FILE_BYTES; a
     symlink is followed, as Triton does)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO cannot block the open
-        with os.fdopen(fd, "rb") as file:
-            opened = os.fstat(file.fileno())
-            if not stat.S_ISREG(opened.st_mode):
-                raise ConfigError(f"{path}: not a regular file (a config.pbtxt must be one)")
-            data = b"" if opened.st_size > MAX_CONFIG_FILE_BYTES else file.read(MAX_CONFIG_FILE_BYTES + 1)
-        if max(opened.st_size, len(data)) > MAX_CONFIG_FILE_BYTES:  # it may have grown since fstat
-            raise ConfigError(
-                f"{path}: larger than {MAX_CONFIG_FILE_BYTES} bytes (a config is text of kilobytes)"
-            )
+        data = read_regular_file(path, MAX_CONFIG_FILE_BYTES)
         # A byte-order mark (some editors write one) is not text; newlines read as text mode reads them.
         text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+    except NotRegularFile as err:
+        raise ConfigError(f"{path}: {err} (a config.pbtxt must be one)") from None
+    except FileTooLarge as err:
+        raise ConfigError(f"{path}: {err} (a config is text of kilobytes)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err  # its errno: errors.load_failure
     return parse_config(text, str(path))

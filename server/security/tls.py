@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from protos.regular_files import MAX_PEM_FILE_BYTES, FileTooLarge, NotRegularFile, read_regular_file
+
 if TYPE_CHECKING:
     from server.settings import ServerSettings
 
@@ -27,18 +29,24 @@ def _no_password() -> bytes:
     return b""
 
 
-def check_readable(path: Path) -> None:
+def read_pem(path: Path) -> bytes:
+    """The bytes of a PEM file the settings name: a regular file of at most MAX_PEM_FILE_BYTES,
+    checked before it is read (a FIFO had hung start-up for good; /dev/zero was read until the
+    SSL library gave up; a 200 MB file was read whole, twice)."""
     try:
-        with path.open("rb"):
-            pass
+        return read_regular_file(path, MAX_PEM_FILE_BYTES)
+    except NotRegularFile as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except FileTooLarge as exc:
+        raise ValueError(f"{path}: {exc}, the limit for a PEM file") from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def check_key_pair(cert_file: Path, key_file: Path) -> None:
     """The server's certificate chain and its unencrypted private key, both PEM, matching."""
-    check_readable(cert_file)
-    check_readable(key_file)
+    read_pem(cert_file)  # ssl reads the files by name: each is checked first
+    read_pem(key_file)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file, password=_no_password)
     except ssl.SSLError as exc:
@@ -50,7 +58,7 @@ def check_key_pair(cert_file: Path, key_file: Path) -> None:
 
 def check_ca_file(path: Path) -> None:
     """PEM CA certificates (one or more), as trusted for client certificates."""
-    check_readable(path)
+    read_pem(path)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=path)
     except ssl.SSLError as exc:
@@ -89,8 +97,8 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
             settings.tls_cert_file,
             problem,
         )
-    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
-    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    pair = (read_pem(settings.tls_key_file), read_pem(settings.tls_cert_file))
+    client_ca = read_pem(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

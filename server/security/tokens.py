@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from protos.regular_files import FileTooLarge, NotRegularFile, read_regular_file
+
 
 class Scope(str, Enum):
     INFERENCE = "inference"  # every inference-service RPC except the admin ones; reflection
@@ -27,6 +29,8 @@ GRANTS: dict[Scope, frozenset[Scope]] = {
 # Guessable tokens are refused at start-up; 16 visible characters is already ~100 bits of base64.
 MIN_TOKEN_CHARS = 16
 MAX_TOKEN_CHARS = 4096
+# A tokens file is read whole at start-up: 16 MiB holds some 4,000 tokens of MAX_TOKEN_CHARS.
+MAX_TOKENS_FILE_BYTES = 16 << 20
 
 
 class TokenFileError(ValueError):
@@ -89,8 +93,14 @@ def parse_tokens(text: str, source: str = "tokens file") -> TokenTable:
 
 
 def load_tokens(path: Path) -> TokenTable:
+    """The table of the tokens file at `path`: a regular file of at most MAX_TOKENS_FILE_BYTES,
+    checked before it is read (a FIFO had hung start-up, /dev/zero had ended in MemoryError)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_TOKENS_FILE_BYTES).decode("utf-8")
+    except NotRegularFile as exc:
+        raise TokenFileError(f"{path}: {exc}") from None
+    except FileTooLarge as exc:
+        raise TokenFileError(f"{path}: {exc}, the limit for a tokens file") from None
     except OSError as exc:
         raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

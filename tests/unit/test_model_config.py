@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 
 from batcher.types import BatchingPolicy, TimeoutAction
 from protos import model_config_pb2 as mc
+from protos import regular_files
 from server.errors import STATUS_BY_EXCEPTION, LoadOutOfResources, RepositoryError, load_failure
-from server.models import config as config_module
 from server.models.config import (
     MAX_CONFIG_FILE_BYTES,
     ConfigError,
@@ -493,7 +493,7 @@ def test_a_load_failed_for_want_of_open_files_is_unavailable_not_the_callers_mis
     def no_files(*args: object, **kwargs: object) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(config_module.os, "open", no_files)
+    monkeypatch.setattr(regular_files.os, "open", no_files)
     with pytest.raises(ConfigError) as refused:
         load_config_file(path)
     answer = load_failure(str(refused.value), refused.value)

@@ -1,18 +1,28 @@
 """The security files, checked at start-up: the server certificate's dates (an expired one loaded
 silently, and every client that checks it failed the handshake with a message about the client's
-side only) and the tokens file's mode."""
+side only), the tokens file's mode, and each file's kind and size (a FIFO had hung start-up for
+good; /dev/zero as the tokens file grew memory until MemoryError)."""
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+import server.app
+import server.cli
+import server.workers
+from protos.regular_files import MAX_PEM_FILE_BYTES
+from server.cli import main
 from server.security.tls import server_credentials, validity_problem
+from server.security.tokens import MAX_TOKENS_FILE_BYTES
 from server.settings import ServerSettings
-from tests.support.certs import write_dated_pair
+from tests.support.certs import Pki, make_pki, write_dated_pair, write_tokens
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -71,3 +81,83 @@ def test_a_tokens_file_others_can_read_is_warned_about(
         if warned
         else []
     )
+
+
+# -- what kind of file, and how large -----------------------------------------------------------
+
+
+@pytest.fixture
+def no_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No SLUICEWAY_* leaks in, and `main` never starts a server (as in test_security_rules.py)."""
+    for name in list(os.environ):
+        if name.startswith("SLUICEWAY_"):
+            monkeypatch.delenv(name)
+
+    def must_not_start(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("settings were accepted: the server was about to start")
+
+    for module, name in (
+        (server.app, "serve"),
+        (server.workers, "run_workers"),
+        (server.cli, "_demo_repository"),
+    ):
+        monkeypatch.setattr(module, name, must_not_start)
+    yield
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _special(tmp_path: Path, kind: str, size: int) -> tuple[Path, str]:
+    """A file of `kind` and what the one line refusing it says: a FIFO (nothing ever writes it),
+    /dev/zero, or a sparse file one byte over `size` (nothing of it is read)."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        return tmp_path / "fifo", "not a regular file (a FIFO)"
+    if kind == "zero":
+        return Path("/dev/zero"), "not a regular file (a device)"
+    with (tmp_path / "large").open("wb") as file:
+        file.truncate(size + 1)
+    return tmp_path / "large", f"larger than {size} bytes ({size >> 20} MiB), the limit for a"
+
+
+@pytest.mark.timeout(30)  # the FIFO had blocked the read for good
+@pytest.mark.parametrize(
+    ("setting", "kind"),
+    [
+        ("auth_tokens_file", "fifo"),
+        ("auth_tokens_file", "zero"),
+        ("auth_tokens_file", "large"),
+        ("tls_cert_file", "fifo"),
+        ("tls_cert_file", "zero"),
+        ("tls_cert_file", "large"),
+        ("tls_key_file", "fifo"),
+        ("tls_key_file", "large"),
+        ("tls_client_ca_file", "fifo"),
+        ("tls_client_ca_file", "large"),
+    ],
+)
+def test_a_special_or_oversized_file_is_one_line_and_exit_2(
+    setting: str, kind: str, pki: Pki, tmp_path: Path, no_start: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bound = MAX_TOKENS_FILE_BYTES if setting == "auth_tokens_file" else MAX_PEM_FILE_BYTES
+    path, says = _special(tmp_path, kind, bound)
+    files = {"tls_cert_file": pki.server_cert, "tls_key_file": pki.server_key}
+    if setting.startswith("tls"):
+        files |= {setting: path}
+    else:
+        files = {setting: path}
+    flags = [part for name, value in files.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+    assert main(["serve", *flags]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sluiceway: invalid setting '{setting}': "), lines
+    assert f"{path}: {says}" in lines[0], lines[0]
+
+
+def test_a_tokens_file_at_its_bound_is_read(tmp_path: Path, no_start: None) -> None:
+    tokens = write_tokens(tmp_path / "tokens", "i" * 24, "a" * 24)
+    with tokens.open("a") as file:
+        file.write("#" * (MAX_TOKENS_FILE_BYTES - tokens.stat().st_size))
+    assert ServerSettings(auth_tokens_file=tokens).auth_tokens_file == tokens
