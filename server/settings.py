@@ -338,7 +338,7 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _client_ca(cls, ca: Path | None, info: ValidationInfo) -> Path | None:
         if ca is not None:
-            if info.data.get("tls_cert_file") is None:
+            if info.data.get("tls_cert_file", "refused") is None:  # a refused one has its own line
                 raise ValueError("mutual TLS needs the server's own tls_cert_file and tls_key_file")
             check_ca_file(ca)
         return ca

@@ -161,3 +161,14 @@ def test_a_tokens_file_at_its_bound_is_read(tmp_path: Path, no_start: None) -> N
     with tokens.open("a") as file:
         file.write("#" * (MAX_TOKENS_FILE_BYTES - tokens.stat().st_size))
     assert ServerSettings(auth_tokens_file=tokens).auth_tokens_file == tokens
+
+
+def test_a_missing_certificate_with_a_client_ca_is_one_line(
+    pki: Pki, tmp_path: Path, no_start: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second, wrong line had said mutual TLS needs the tls_cert_file that was given."""
+    missing = tmp_path / "missing.pem"
+    flags = ["--tls-cert-file", str(missing), "--tls-key-file", str(pki.server_key)]
+    assert main(["serve", *flags, "--tls-client-ca-file", str(pki.ca)]) == 2
+    said = f"Value error, cannot read {missing}: No such file or directory"
+    assert capsys.readouterr().err.splitlines() == [f"sluiceway: invalid setting 'tls_cert_file': {said}"]
