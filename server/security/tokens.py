@@ -7,10 +7,14 @@ with the same parser the interceptor's table is built from.
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 
 from protos.regular_files import FileTooLarge, NotRegularFile, read_regular_file
 
@@ -29,8 +33,10 @@ GRANTS: dict[Scope, frozenset[Scope]] = {
 # Guessable tokens are refused at start-up; 16 visible characters is already ~100 bits of base64.
 MIN_TOKEN_CHARS = 16
 MAX_TOKEN_CHARS = 4096
-# A tokens file is read whole at start-up: 16 MiB holds some 4,000 tokens of MAX_TOKEN_CHARS.
+# A tokens file is read whole at start-up: 16 MiB holds some 4,000 tokens of MAX_TOKEN_CHARS or
+# 600,000 short ones (their table then takes about 80 MB; a lookup costs the same at any size).
 MAX_TOKENS_FILE_BYTES = 16 << 20
+_VISIBLE_ASCII = re.compile("[!-~]+")  # a regex: a loop over characters took 5 s for 600,000 tokens
 
 
 class TokenFileError(ValueError):
@@ -39,36 +45,40 @@ class TokenFileError(ValueError):
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Configured tokens (as bytes, for hmac.compare_digest) with their scopes."""
+    """Configured tokens' scopes, keyed by each token's keyed BLAKE2b digest (a key of this table's own).
 
-    entries: tuple[tuple[bytes, Scope], ...]
+    A lookup is one digest and one dict probe, whatever the number of tokens: comparing the
+    presented token with every configured one had cost 24 ms of the event loop per call with
+    200,000 of them. The dict compares digests, never tokens, so its timing can tell at most how
+    a digest of the presented token begins; the key (random, never stored) keeps even that from
+    being worked out offline.
+    """
+
+    key: bytes = field(repr=False)
+    scopes: Mapping[bytes, Scope] = field(repr=False)
 
     def scope_of(self, presented: str) -> Scope | None:
-        """The scope of a presented token, or None when it is unknown.
+        """The scope of a presented token, or None when it is unknown."""
+        return self.scopes.get(_digest(self.key, presented.encode("utf-8", "surrogateescape")))
 
-        Compared with every configured token, without stopping at a match, so the time taken does
-        not tell which entry (or how much of one) matched.
-        """
-        candidate = presented.encode("utf-8", "surrogateescape")
-        found: Scope | None = None
-        for token, scope in self.entries:
-            if hmac.compare_digest(candidate, token):
-                found = scope
-        return found
+
+def _digest(key: bytes, token: bytes) -> bytes:
+    # BLAKE2b's keyed mode is a MAC, and three times as fast as HMAC-SHA256 here (1.4 µs a token).
+    return hashlib.blake2b(token, key=key, digest_size=32).digest()
 
 
 def _check_token(token: str, where: str) -> None:
     if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS:
         raise TokenFileError(f"{where}: a token must have {MIN_TOKEN_CHARS} to {MAX_TOKEN_CHARS} characters")
     # Visible ASCII only: a token travels as an HTTP/2 header value.
-    if not all("!" <= char <= "~" for char in token):
+    if not _VISIBLE_ASCII.fullmatch(token):
         raise TokenFileError(f"{where}: a token may contain only visible ASCII characters")
 
 
 def parse_tokens(text: str, source: str = "tokens file") -> TokenTable:
     """`<scope> <token>` per line; blank lines and lines starting with '#' are skipped."""
-    entries: list[tuple[bytes, Scope]] = []
-    seen: dict[str, Scope] = {}
+    key = secrets.token_bytes(32)
+    scopes: dict[bytes, Scope] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -83,13 +93,13 @@ def parse_tokens(text: str, source: str = "tokens file") -> TokenTable:
         except ValueError:
             raise TokenFileError(f"{where}: unknown scope {name!r} (scopes: inference, admin)") from None
         _check_token(token, where)
-        if token in seen:
+        digest = _digest(key, token.encode("ascii"))
+        if digest in scopes:
             raise TokenFileError(f"{where}: the same token is listed twice")
-        seen[token] = scope
-        entries.append((token.encode("ascii"), scope))
-    if not entries:
+        scopes[digest] = scope
+    if not scopes:
         raise TokenFileError(f"{source}: no tokens (auth would refuse every call)")
-    return TokenTable(tuple(entries))
+    return TokenTable(key, MappingProxyType(scopes))
 
 
 def load_tokens(path: Path) -> TokenTable:
