@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from protos.regular_files import MAX_PEM_FILE_BYTES, RefusedFile, read_regular_file
+
 AUTHORIZATION = "authorization"
 
 
@@ -46,10 +48,16 @@ class TlsOptions:
         server_name: str | None = None,
     ) -> TlsOptions:
         """Read PEM files: the CA bundle that signed the server's certificate, and the client's
-        certificate chain and key for mutual TLS."""
+        certificate chain and key for mutual TLS. Each must be a regular file of at most
+        MAX_PEM_FILE_BYTES (1 MiB), else ValueError: a FIFO would block the read for good."""
 
         def read(path: str | Path | None) -> bytes | None:
-            return None if path is None else Path(path).read_bytes()
+            if path is None:
+                return None
+            try:
+                return read_regular_file(path, MAX_PEM_FILE_BYTES)
+            except RefusedFile as exc:
+                raise ValueError(f"{path}: {exc}") from None
 
         return cls(read(ca), read(cert), read(key), server_name)
 

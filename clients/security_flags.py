@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.security import TlsOptions, bearer_metadata
+from protos.regular_files import MAX_PEM_FILE_BYTES, FileTooLarge, NotRegularFile, read_regular_file
+
+# --token-file holds one token (the server takes at most 4096 characters), a line or two.
+MAX_TOKEN_FILE_BYTES = 64 << 10
 
 
 def add_security_arguments(parser: argparse.ArgumentParser, title: str) -> None:
@@ -47,7 +51,8 @@ def security_flags(args: argparse.Namespace) -> SecurityFlags:
         raise ValueError("pass --token or --token-file, not both")
     token = args.token
     if args.token_file is not None:
-        token = (_read(args.token_file, "--token-file") or b"").decode("utf-8", "replace").strip()
+        data = _read(args.token_file, "--token-file", MAX_TOKEN_FILE_BYTES) or b""
+        token = data.decode("utf-8", "replace").strip()
     try:
         bearer_metadata(token)
     except ValueError as exc:
@@ -62,10 +67,16 @@ def security_flags(args: argparse.Namespace) -> SecurityFlags:
     )
 
 
-def _read(path: Path | None, flag: str) -> bytes | None:
+def _read(path: Path | None, flag: str, max_bytes: int = MAX_PEM_FILE_BYTES) -> bytes | None:
+    """The file a flag names: a regular file of at most `max_bytes`, checked before it is read (a
+    FIFO or /dev/zero as --token-file had hung `sluiceway top` until MemoryError)."""
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        return read_regular_file(path, max_bytes)
+    except NotRegularFile as exc:
+        raise ValueError(f"{flag} {path}: {exc}") from None
+    except FileTooLarge as exc:
+        raise ValueError(f"{flag} {path}: {exc}, the limit for {flag}") from None
     except OSError as exc:
         raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None

@@ -20,7 +20,7 @@ import grpc
 from clients.security import bearer_metadata
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
-from server.security.tls import check_ca_file
+from server.security.tls import check_ca_file, read_pem
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `sluiceway serve` never loads it
     from rich.console import Console
@@ -130,7 +130,7 @@ def _credentials(ca_file: Path | None) -> grpc.ChannelCredentials | None:
         return None
     try:
         check_ca_file(ca_file)  # the server's check of its own CA files, with ssl (OpenSSL)
-        return grpc.ssl_channel_credentials(ca_file.read_bytes())
+        return grpc.ssl_channel_credentials(read_pem(ca_file))  # bounded: a FIFO cannot hang it
     except (ValueError, OSError) as exc:
         why = exc if isinstance(exc, ValueError) else f"cannot read {ca_file}: {exc.strerror or exc}"
         raise ValueError(f"--ca-file: {why}") from None

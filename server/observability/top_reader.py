@@ -22,10 +22,13 @@ import grpc
 from clients.security import TlsOptions
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from protos.regular_files import size_limit
 
 Key = tuple[str, str]  # (model, version)
 Metadata = tuple[tuple[str, str], ...]
 MISSES = ("shed", "expired", "late")  # the deadline outcomes counted as misses
+# A server's /metrics page: some 14 KB a model version (41 KB for three), so this is thousands.
+MAX_METRICS_PAGE_BYTES = 64 << 20
 
 
 @dataclass
@@ -119,7 +122,15 @@ def add_metrics(sample: Sample, text: str, counts: bool = False) -> None:
 def read_metrics(url: str, sample: Sample, timeout_s: float = 5.0, counts: bool = False) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # the operator's URL
-            add_metrics(sample, reply.read().decode("utf-8"), counts)
+            # Bounded: an HTTP server answering an endless body had grown memory until MemoryError.
+            page = reply.read(MAX_METRICS_PAGE_BYTES + 1)
+        if len(page) > MAX_METRICS_PAGE_BYTES:
+            sample.metrics_error = (
+                f"{url}: the answer is larger than {size_limit(MAX_METRICS_PAGE_BYTES)}, the limit for "
+                "a /metrics page: is --metrics-url the server's /metrics?"
+            )
+            return
+        add_metrics(sample, page.decode("utf-8"), counts)
     except http.client.HTTPException as exc:
         # A port that answers something other than HTTP (the gRPC port) had ended top with a
         # BadStatusLine traceback; its text is the bytes it got (HTTP/2 frames): not shown.

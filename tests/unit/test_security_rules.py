@@ -243,6 +243,15 @@ def test_client_tls_and_token_options_are_checked_when_built(pki: Pki) -> None:
     assert tls.channel_args() == [("grpc.ssl_target_name_override", "localhost")]
 
 
+@pytest.mark.timeout(30)  # a FIFO would block the read for good
+def test_client_pem_files_must_be_regular_files_of_at_most_1_mib(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match=r"fifo: not a regular file \(a FIFO\)$"):
+        TlsOptions.from_files(ca=tmp_path / "fifo")
+    with pytest.raises(ValueError, match=r"^/dev/zero: not a regular file \(a device\)$"):
+        TlsOptions.from_files(ca="/dev/zero")
+
+
 def test_loadtest_security_flags(pki: Pki, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(INFER_TOKEN + "\n")

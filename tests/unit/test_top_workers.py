@@ -4,10 +4,12 @@ the security flags, parsed as the load-test harness parses them."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
 
+from clients.security_flags import MAX_TOKEN_FILE_BYTES
 from server.observability.top import add_top_parser, rows_of_workers, security_of, worker_urls
 from server.observability.top_reader import Sample, add_metrics
 
@@ -98,3 +100,18 @@ def test_security_flags(tmp_path: Path) -> None:
         security_of(top_args("--tls-ca", str(tmp_path / "missing.pem")))
     with pytest.raises(ValueError, match="--token: a token must be"):
         security_of(top_args("--token", "two words"))
+
+
+@pytest.mark.timeout(30)  # a FIFO had blocked the read for good
+def test_a_token_or_pem_file_that_is_no_regular_file_or_too_large_is_refused_unread(tmp_path: Path) -> None:
+    """`--token-file /dev/zero` had read until MemoryError, a FIFO had hung `top` (a tester)."""
+    os.mkfifo(tmp_path / "fifo")
+    with (tmp_path / "large").open("wb") as file:
+        file.truncate(MAX_TOKEN_FILE_BYTES + 1)  # sparse: nothing of it is read
+    with pytest.raises(ValueError, match=r"^--token-file /dev/zero: not a regular file \(a device\)$"):
+        security_of(top_args("--token-file", "/dev/zero"))
+    with pytest.raises(ValueError, match=r"^--tls-ca \S+/fifo: not a regular file \(a FIFO\)$"):
+        security_of(top_args("--tls-ca", str(tmp_path / "fifo")))
+    limit = r"larger than 65536 bytes \(64 KiB\), the limit for --token-file$"
+    with pytest.raises(ValueError, match=rf"^--token-file \S+/large: {limit}"):
+        security_of(top_args("--token-file", str(tmp_path / "large")))
