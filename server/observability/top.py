@@ -10,7 +10,8 @@ How a server is read (one gRPC channel for the whole session; `--workers N` sums
 figure from their /metrics pages, worker i on the metrics port + i) is top_reader.py's job; this
 module checks the flags, turns two readings into rows and shows them. A counter that went down
 between two readings (a model reloaded) is a restart: that interval shows `-`, never a negative
-rate.
+rate. Under `--workers N` a worker whose /metrics did not answer blanks the sums too (its queue
+included): the caption says how many did not answer, and names their URLs.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def rows_of_workers(before: Sequence[Sample], after: Sequence[Sample]) -> list[R
             for b, a in zip(before, after, strict=True)
             if key in a.success or a.counts_error or b.counts_error
         ]
-        queues = [a.queue[key] for a in after if key in a.queue]
+        # A sum over the workers read: with one unread it is no total (the cost is a mean: kept).
+        queues = [] if unread(after) else [a.queue[key] for a in after if key in a.queue]
         costs = [a.cost[key] for a in after if key in a.cost]  # per inference: the mean, not a sum
         queue = sum(queues) if queues else None
         cost = sum(costs) / len(costs) if costs else None
@@ -213,15 +215,27 @@ def rows(before: Sample, after: Sample) -> list[Row]:
     return rows_of_workers([before], [after])
 
 
-def caption(table: Sequence[Row], after: Sequence[Sample], metrics_urls: Sequence[str]) -> str:
-    """What the figures are, a reset, and each /metrics page that did not answer."""
+def unread(samples: Sequence[Sample]) -> set[int]:
+    """Which processes' counts could not be read (under `--workers N`: their /metrics did not answer)."""
+    return {i for i, sample in enumerate(samples) if sample.counts_error}
+
+
+def caption(
+    table: Sequence[Row], before: Sequence[Sample], after: Sequence[Sample], metrics_urls: Sequence[str]
+) -> str:
+    """What the figures are, why a row reads `-`, and each /metrics page that did not answer."""
     if len(after) == 1:
         notes = ["one server process (for `serve --workers N`, pass --workers N to sum them)"]
     else:
         notes = [f"sum of {len(after)} workers' /metrics, from {metrics_urls[0]} on"]
-    if any(r.rate is None for r in table):
+    missing = unread(before) | unread(after)
+    if missing:  # not a reset: a worker's counts are missing, so no sum is whole
+        notes.append(f"-: not counted this interval ({len(missing)} of {len(after)} workers did not answer)")
+    elif any(r.rate is None for r in table):
         notes.append(RESET_NOTE)
-    notes += [s.metrics_error for s in after if s.metrics_error]
+    for now, then in zip(after, before, strict=True):
+        if now.metrics_error or then.metrics_error:
+            notes.append(now.metrics_error or f"{then.metrics_error} (at the previous reading)")
     return "\n".join(notes)
 
 
@@ -275,7 +289,7 @@ def run_top(args: argparse.Namespace) -> int:
 
     def view(before: list[Sample], after: list[Sample]) -> Table:
         table = rows_of_workers(before, after)
-        return render(table, caption(table, after, urls))
+        return render(table, caption(table, before, after, urls))
 
     with contextlib.closing(Reader(args.target, urls, tls, metadata)) as reader:
         try:

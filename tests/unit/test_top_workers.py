@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from clients.security_flags import MAX_TOKEN_FILE_BYTES
-from server.observability.top import add_top_parser, rows_of_workers, security_of, worker_urls
+from server.observability.top import (
+    RESET_NOTE,
+    add_top_parser,
+    caption,
+    rows_of_workers,
+    security_of,
+    worker_urls,
+)
 from server.observability.top_reader import Sample, add_metrics
 
 
@@ -64,6 +71,52 @@ def test_a_worker_that_did_not_answer_blanks_the_sum() -> None:
     gone = Sample(at=2.0, metrics_error="refused", counts_error="refused")
     (row,) = rows_of_workers(before, [sample(2.0, metrics(300, 300, 100, 300, 0, 0)), gone])
     assert row.rate is None
+
+
+URLS = ["http://127.0.0.1:8002/metrics", "http://127.0.0.1:8003/metrics"]
+REFUSED = f"{URLS[1]}: <urlopen error [Errno 111] Connection refused>"
+
+
+def unanswered(at: float) -> Sample:
+    return Sample(at, metrics_error=REFUSED, counts_error=REFUSED)  # as _metrics_sample leaves it
+
+
+def test_a_worker_that_did_not_answer_is_said_and_its_queue_is_no_total() -> None:
+    """The caption had blamed a reload ("a counter went down") and the queue column had shown the
+    one worker that answered as the total (a tester: worker 1's port had nothing listening)."""
+    before = [sample(0.0, metrics(100, 100, 50, 100, 0, 0)), sample(0.0, metrics(0, 0, 0, 0, 0, 5))]
+    after = [
+        sample(2.0, metrics(300, 300, 100, 300, 0, 2)),
+        Sample(2.0, metrics_error=REFUSED, counts_error=REFUSED),
+    ]
+    table = rows_of_workers(before, after)
+    assert [(row.rate, row.queue, row.cost) for row in table] == [(None, None, 0.5)]
+    assert caption(table, before, after, URLS).splitlines() == [
+        f"sum of 2 workers' /metrics, from {URLS[0]} on",
+        "-: not counted this interval (1 of 2 workers did not answer)",
+        REFUSED,
+    ]
+
+
+def test_a_worker_back_since_the_previous_reading_is_said_with_that_reading() -> None:
+    before = [
+        sample(0.0, metrics(100, 100, 50, 100, 0, 0)),
+        Sample(0.0, metrics_error=REFUSED, counts_error=REFUSED),
+    ]
+    after = [sample(2.0, metrics(300, 300, 100, 300, 0, 2)), sample(2.0, metrics(0, 0, 0, 0, 0, 5))]
+    table = rows_of_workers(before, after)
+    assert [(row.rate, row.queue) for row in table] == [(None, 7)]  # both answered now: the queue is whole
+    assert caption(table, before, after, URLS).splitlines()[1:] == [
+        "-: not counted this interval (1 of 2 workers did not answer)",
+        f"{REFUSED} (at the previous reading)",
+    ]
+
+
+def test_a_reset_is_still_said_as_one() -> None:
+    before = [sample(0.0, metrics(100, 100, 50, 100, 0, 0)), sample(0.0, metrics(500, 500, 100, 500, 0, 0))]
+    after = [sample(2.0, metrics(300, 300, 100, 300, 0, 0)), sample(2.0, metrics(40, 40, 10, 40, 0, 0))]
+    table = rows_of_workers(before, after)
+    assert caption(table, before, after, URLS).splitlines()[1:] == [RESET_NOTE]
 
 
 def test_worker_urls_are_the_next_ports() -> None:
