@@ -8,8 +8,12 @@ default port is SLUICEWAY_PORT, as the server reads it, else 8001: a port given 
 `--port` is not seen here, so in the images the port is set with SLUICEWAY_PORT. Plaintext unless `--tls-ca`
 (or HEALTH_PROBE_TLS_CA) names the CA that signed the server's certificate; with mutual TLS also
 a client certificate and key (HEALTH_PROBE_TLS_CERT, HEALTH_PROBE_TLS_KEY). A server with TLS on
-refuses plaintext, so without these the probe of a healthy TLS server failed. Health checks need
-no token when auth is on.
+refuses plaintext, so without these the probe of a healthy TLS server failed; a client certificate
+or a server name without the CA is refused. Health checks need no token when auth is on.
+
+A mistake in the probe's own options (a flag, SLUICEWAY_PORT, a HEALTH_PROBE_* variable, a TLS file
+that cannot be used) is one line naming it, on stderr, and exit 1 as well, never "NOT SERVING":
+Docker reserves exit 2 of a HEALTHCHECK. `--address` is HOST:PORT (probe_options.py).
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.base import check_timeout, is_serving
+from clients.probe_options import check_address, credentials, default_address
 
-
-def default_address(env: Mapping[str, str]) -> str:
-    return f"127.0.0.1:{env.get('SLUICEWAY_PORT') or 8001}"
+USAGE_ERROR = 1  # the probe's own options are wrong; 0 is SERVING, 1 anything else (never 2)
 
 
 def _channel(address: str, tls: grpc.ChannelCredentials | None, server_name: str | None) -> grpc.Channel:
@@ -34,23 +38,6 @@ def _channel(address: str, tls: grpc.ChannelCredentials | None, server_name: str
         return grpc.insecure_channel(address)
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     return grpc.secure_channel(address, tls, options=options)
-
-
-def credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
-    """TLS credentials from PEM files (None without a CA: plaintext)."""
-    if bool(cert) != bool(key):
-        raise ValueError("--tls-cert and --tls-key go together (a client certificate and its key)")
-    if not ca:
-        return None
-    with open(ca, "rb") as f:
-        root = f.read()
-    chain = private = None
-    if cert and key:
-        with open(cert, "rb") as f:
-            chain = f.read()
-        with open(key, "rb") as f:
-            private = f.read()
-    return grpc.ssl_channel_credentials(root, private, chain)
 
 
 def check(
@@ -85,11 +72,17 @@ def _timeout_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--timeout-s ")) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit 1, as every failure of a probe: Docker reserves exit 2 of
+    a HEALTHCHECK ("do not use"), and Kubernetes takes any other code as a failed probe."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clients.health_probe", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--address", default=default_address(os.environ))
+    parser = _Parser(prog="python -m clients.health_probe", description=__doc__.split("\n")[0])
+    parser.add_argument("--address", help="HOST:PORT (default: 127.0.0.1:SLUICEWAY_PORT, else 8001)")
     parser.add_argument("--service", default="", help='"" (default): the whole server')
     parser.add_argument("--timeout-s", type=_timeout_arg, default=2.0)
     env = os.environ
@@ -103,15 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-server-name", default=env.get("HEALTH_PROBE_TLS_SERVER_NAME"))
     args = parser.parse_args(argv)
     try:
-        tls = credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    except OSError as exc:
-        print(f"{args.address}: NOT SERVING (cannot read {exc.filename}: {exc.strerror})")
-        return 1
-    except ValueError as exc:
-        print(f"{args.address}: NOT SERVING ({exc})")
-        return 1
-    serving, why = check(args.address, args.service, args.timeout_s, tls, args.tls_server_name)
-    print(f"{args.address}: SERVING" if serving else f"{args.address}: NOT SERVING ({why})")
+        address = default_address(env) if args.address is None else check_address(args.address)
+        tls = credentials(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    except ValueError as exc:  # the probe's own options: not the server's health
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    serving, why = check(address, args.service, args.timeout_s, tls, args.tls_server_name)
+    print(f"{address}: SERVING" if serving else f"{address}: NOT SERVING ({why})")
     return 0 if serving else 1
 
 
