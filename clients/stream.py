@@ -174,7 +174,7 @@ class StreamSession:
         if self._done_sending:
             raise RuntimeError("done_sending() was called: no more frames on this stream")
         rid = request_id or f"{self._prefix}-{next(self._ids)}"
-        self._check_id(rid)  # checked again once a slot is ours
+        check_id(rid, self._unanswered, self._expired)  # checked again once a slot is ours
         request = tensors.build_request(
             self._model,
             inputs,
@@ -199,7 +199,7 @@ class StreamSession:
                     raise copy_error(self._failure)
                 if self._done_sending:  # called while this send waited for a slot
                     raise RuntimeError("done_sending() was called: no more frames on this stream")
-                self._check_id(rid)
+                check_id(rid, self._unanswered, self._expired)
             except BaseException:
                 self._free_slot()
                 raise
@@ -222,9 +222,6 @@ class StreamSession:
                 if rid in self._unanswered and rid not in self._timers:
                     self._timers[rid] = expire_later(self._frame_timeout_s + FRAME_GRACE_S, self._expire, rid)
         return rid
-
-    def _check_id(self, rid: str) -> None:
-        check_id(rid, self._unanswered, self._expired)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
@@ -263,9 +260,10 @@ class StreamSession:
 
     async def _bounded(self, operation: Awaitable[None], what: str) -> None:
         """A write, cut when the stream hears no answer for frame_timeout_s while it waits (frozen,
-        or a port that accepts and never answers): the call is cancelled, the stream Unavailable.
-        A busy server that stops reading while it answers earlier frames is not cut (it had been)."""
-        if not await written(operation, self._frame_timeout_s, lambda: self._heard):
+        a silent port): the call is cancelled, the stream Unavailable (a busy server that answers
+        earlier frames is not cut)."""
+
+        def cut() -> None:
             if self._cut is None:
                 self._cut = Unavailable(
                     f"the server took no data for {what} and answered nothing for frame_timeout_s "
@@ -273,6 +271,8 @@ class StreamSession:
                 )
                 self._report(grpc.StatusCode.UNAVAILABLE)
             self._call.cancel()
+
+        if not await written(operation, self._frame_timeout_s, lambda: self._heard, cut):
             raise asyncio.InvalidStateError("the call was cancelled") from None
 
     async def _write_error(self, exc: grpc.RpcError | asyncio.InvalidStateError, rid: str) -> SluicewayError:

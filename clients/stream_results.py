@@ -98,13 +98,17 @@ def check_id(rid: str, unanswered: Container[str], expired: Container[str]) -> N
         )
 
 
-async def written(operation: Awaitable[object], quiet_s: float, heard: Callable[[], float]) -> bool:
+async def written(
+    operation: Awaitable[object], quiet_s: float, heard: Callable[[], float], on_cut: Callable[[], None]
+) -> bool:
     """Await a write: True once done (its error raised), False when it was cancelled because the
     stream heard nothing for `quiet_s` while it waited (`heard()`: the loop time of the stream's
-    last answer). A server answering earlier frames is alive, though it does not read yet. The
-    write is a task of its own (cancelling the call does not end a write still connecting),
-    watched by a timer (asyncio.wait in a loop had cost ~40 us a frame, this about half). A
-    caller's cancel is raised once the write ended, whatever its outcome."""
+    last answer; `on_cut()` is called then, before the write is cancelled, so that a caller's
+    cancel knows it too: its frames had failed "the stream was closed", not Unavailable). A
+    server answering earlier frames is alive, though it does not read yet. The write is a task of
+    its own (cancelling the call does not end a write still connecting), watched by a timer
+    (asyncio.wait in a loop had cost ~40 us a frame, this about half). A caller's cancel is
+    raised once the write ended, whatever its outcome."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(operation)
     start = loop.time()
@@ -118,6 +122,7 @@ async def written(operation: Awaitable[object], quiet_s: float, heard: Callable[
             timer = loop.call_later(quiet_s - quiet, watch)
         else:
             cut = True
+            on_cut()
             task.cancel()
 
     timer = loop.call_later(quiet_s, watch)

@@ -207,3 +207,27 @@ async def test_a_send_cancelled_mid_write_leaves_the_stream_going(
 async def send_all(stream: StreamSession, frames: list[dict[str, np.ndarray]]) -> None:
     for i, frame in enumerate(frames):
         await stream.send(frame, request_id=f"f{i}")
+
+
+async def test_a_send_cancelled_while_a_frozen_server_cut_the_stream_leaves_it_unavailable(
+    zoo_server: ServerProcess,
+) -> None:
+    """A caller's cancel (asyncio.wait_for) during a write the frozen server never took: the cut
+    had gone unrecorded, and every frame failed CANCELLED "the stream was closed" instead of
+    Unavailable, the error a caller fails over on (a tester)."""
+    frame = {"features": np.zeros((128, 64), np.float32)}  # 32 KiB: a few fill the window
+    async with StallingProxy(zoo_server.port) as proxy:
+        client = AsyncClient(f"127.0.0.1:{proxy.port}")
+        async with client, client.stream("mlp", frame_timeout_s=FRAME_TIMEOUT_S, max_in_flight=256) as stream:
+            await stream.send(frame)
+            await stream.recv()
+            proxy.stall()
+            with pytest.raises((asyncio.TimeoutError, Unavailable)):
+                for _ in range(200):  # until a write blocks; its caller gives up first
+                    await asyncio.wait_for(stream.send(frame), FRAME_TIMEOUT_S / 5)
+            results = []
+            with pytest.raises(Unavailable, match="frame_timeout_s"):
+                while True:
+                    results.append(await asyncio.wait_for(stream.recv_result(), BOUND_S))
+            errors = {type(r.error) for r in results if r.error is not None}
+            assert errors <= {Unavailable}, [r.error for r in results]
