@@ -109,7 +109,7 @@ def reference_for(path: Path, files: list[Path]) -> dict[str, Any]:
     against the config; this command has no config, and had taken a misnamed array silently (that
     tensor scored against its first sampled rows) and a misshapen one into a pooled series."""
     try:
-        reference = load_reference(path, "--reference", str(path))
+        reference = load_reference(path, "--reference", str(path), where="--reference")
     except ConfigError as exc:
         raise ReferenceMisfit(str(exc)) from None
     sampled = _sampled_shapes(files)
@@ -122,6 +122,10 @@ def reference_for(path: Path, files: list[Path]) -> dict[str, Any]:
             raise ReferenceMisfit(
                 f"--reference {path}: the array '{key}' names no numeric tensor of the sampled files "
                 f"(they hold {names})"
+            )
+        if array.dtype.kind not in "biuf":  # strings or objects: it had been passed over silently
+            raise ReferenceMisfit(
+                f"--reference {path}: the array '{key}' holds {array.dtype} values, not numbers"
             )
         wanted = sampled[key]
         fits = array.ndim == len(wanted) + 1 and (key in variable or array.shape[1:] == wanted)

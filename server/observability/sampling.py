@@ -160,12 +160,15 @@ def _fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
     return len(shape) == len(wanted) and all(w in (-1, d) for d, w in zip(shape, wanted, strict=True))
 
 
-def load_reference(file: Path | IO[bytes], source: str, name: str | None = None) -> dict[str, AnyArray]:
+def load_reference(
+    file: Path | IO[bytes], source: str, name: str | None = None, where: str | None = None
+) -> dict[str, AnyArray]:
     """A reference window: an .npz with "in:<name>" / "out:<name>" arrays (a sample file's layout),
     at most MAX_REFERENCE_BYTES unpacked (checked on the archive's sizes before any is read);
-    `name`: what the errors call it (default the path)."""
+    `name`: what the errors call it (default the path); `where`: the errors' prefix (default the
+    config's parameter)."""
     called = name if name is not None else str(file)
-    where = f"{source}: parameters '{DRIFT_REFERENCE}'"
+    where = where if where is not None else f"{source}: parameters '{DRIFT_REFERENCE}'"
     try:
         data = np.load(file, allow_pickle=False)
         if not isinstance(data, NpzFile):
@@ -179,7 +182,10 @@ def load_reference(file: Path | IO[bytes], source: str, name: str | None = None)
                 )
             arrays = {key: data[key] for key in data.files if key.startswith(("in:", "out:"))}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{where}: cannot read {called}: {exc}") from None
+        # numpy reads any file that is not an array as a pickle, and refuses it with advice to
+        # load it unsafely: not what a junk file needs said.
+        why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc)
+        raise ConfigError(f"{where}: cannot read {called}: {why}") from None
     if not arrays:
         raise ConfigError(f"{where}: {called} has no 'in:' or 'out:' arrays")
     return arrays

@@ -47,6 +47,8 @@ def drift(tmp_path: Path, reference: Path) -> int:
          "'out:y' is shaped [50, 1], but the sampled rows of 'out:y' are [rows, 2]"),
         ({"in:x": np.zeros(50, np.float32)},
          "'in:x' is shaped [50], but the sampled rows of 'in:x' are [rows, 3]"),
+        # Strings for a numeric output had been passed over: scored against its first rows.
+        ({"out:y": np.full((50, 2), "a")}, "the array 'out:y' holds <U1 values, not numbers"),
     ],
 )  # fmt: skip
 def test_a_reference_that_does_not_fit_the_samples_exits_2_naming_the_array(
@@ -63,9 +65,12 @@ def test_a_reference_that_does_not_fit_the_samples_exits_2_naming_the_array(
 def test_an_unreadable_reference_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     samples(tmp_path / "m" / "1")
     reference = tmp_path / "ref.npz"
-    reference.write_bytes(b"PK\x03\x04 not an archive")
+    reference.write_bytes(b"junk")  # numpy had offered to unpickle it
     assert drift(tmp_path, reference) == 2
-    assert "cannot read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # The flag, not the config's parameter; and no advice to unpickle a junk file.
+    assert err.startswith(f"sluiceway: --reference: cannot read {reference}: not an .npz archive"), err
+    assert "pickle" not in err and "drift_reference" not in err, err
 
 
 def test_a_reference_that_fits_replaces_the_first_rows(
