@@ -50,6 +50,7 @@ from server.protocol.side_streams import LimitedHealth, LimitedReflection
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
 from server.settings import ServerSettings
+from server.settings_rules import grpc_address
 from server.start_signals import stop_was_asked
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class SluicewayServer:
     async def start(self, on_listening: Callable[[int], None] | None = None) -> int:
         """Bind, start answering (live, not yet ready), load every model, then report SERVING.
         `on_listening(port)` is called once the endpoint answers, before the models load."""
-        address = f"{self.settings.host}:{self.settings.port}"
+        address = grpc_address(self.settings.host, self.settings.port)
         try:
             self.port = bind_port(self._grpc, address, self.settings)  # TLS when configured
         except RuntimeError as exc:
@@ -340,7 +341,7 @@ async def serve(settings: ServerSettings) -> None:
     json_lines = settings.log_format == "json"  # then these lines are JSON objects too
 
     def listening(port: int) -> None:  # the port `--port 0` chose, for a client that watches the load
-        announce(f"sluiceway listening on {settings.host}:{port} (loading models)", json_lines)
+        announce(f"sluiceway listening on {grpc_address(settings.host, port)} (loading models)", json_lines)
 
     port = await _start_unless_stopped(server, stop_requested, listening)
     if port is None:
@@ -349,7 +350,7 @@ async def serve(settings: ServerSettings) -> None:
     log.info("sluiceway serving on %s:%d (models: %s)", settings.host, port, names)
     if server.metrics_port:  # before the ready line: whoever waits for that has this one too
         announce(f"sluiceway metrics on {settings.metrics_host}:{server.metrics_port}/metrics", json_lines)
-    announce(f"sluiceway ready on {settings.host}:{port} (models: {names})", json_lines)
+    announce(f"sluiceway ready on {grpc_address(settings.host, port)} (models: {names})", json_lines)
     unsent = quiet_unsent_answers()
     try:
         await stop_requested.wait()

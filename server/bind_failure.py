@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 
 from server.settings import ServerSettings
+from server.settings_rules import unbracketed
 
 
 class PortInUse(RuntimeError):
@@ -34,7 +35,7 @@ def bind_failure(settings: ServerSettings, address: str, detail: str) -> PortInU
 
 def _free(host: str, port: int) -> bool:
     """Whether a plain socket binds host:port now (port 0: any free one)."""
-    name = host[1:-1] if host.startswith("[") else host
+    name = unbracketed(host)
     family = socket.AF_INET6 if ":" in name else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:

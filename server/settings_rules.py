@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 GRPC_INT_MAX = 2**31 - 1  # grpc core takes its arguments as C ints
 _GRPC_INT = re.compile(r"-?[0-9]+")  # a grpc argument's value: ASCII digits, an optional minus
 # A host name's labels (RFC 1123): letters, digits and inner hyphens, at most 63 each.
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def check_ports(port: int, metrics: bool, metrics_port: int, workers: int) -> None:
@@ -47,20 +48,38 @@ def stream_cap(max_streams: int, max_concurrent_rpcs: int, given: bool) -> int:
 
 
 def check_host(host: str) -> str:
-    """`host` when it can name an address to bind: an IP address, or a host name (RFC 1123). A
-    dotted quad out of range ("999.1.1.1") or a bad name had failed in grpc's bind, exit 1, with a
-    raw grpc line (not JSON under --log-format json) and no setting named."""
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    """`host` when it can name an address to bind: an IP address (IPv6 with or without brackets),
+    or a host name (RFC 1123 labels, `_` allowed as resolvers do; a trailing dot dropped, which
+    grpc's resolver refused). A dotted quad out of range ("999.1.1.1") or a bad name had failed in
+    grpc's bind, exit 1, with a raw grpc line (not JSON under --log-format json), no setting named."""
+    text = unbracketed(host)
     try:
         ipaddress.ip_address(text)
         return host
     except ValueError:
         pass
     labels = text.rstrip(".").split(".")
-    numeric = all(label.isdigit() for label in labels)
-    if numeric or ":" in text or len(text) > 253 or not all(_LABEL.fullmatch(x) for x in labels):
+    if all(label.isdigit() for label in labels):  # an IPv4 shorthand (127.1) resolves, 999.1.1.1 not
+        try:
+            socket.inet_aton(text)
+            return host
+        except OSError:
+            raise ValueError(f"'{host[:80]}' is not an IP address or a host name") from None
+    if ":" in text or len(text) > 253 or not all(_LABEL.fullmatch(x) for x in labels):
         raise ValueError(f"'{host[:80]}' is not an IP address or a host name")
-    return host
+    return text.rstrip(".")
+
+
+def unbracketed(host: str) -> str:
+    """`host` without the brackets of an IPv6 address ("[::1]" -> "::1"), as sockets take it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def grpc_address(host: str, port: int) -> str:
+    """host:port as grpc binds it: an IPv6 address in brackets ("::" alone had failed grpc's
+    resolver, "Misformatted domain name", exit 1)."""
+    bare = unbracketed(host)
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
 # grpc arguments a setting of ours owns: given in grpc_server_args they replaced it (a receive

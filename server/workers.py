@@ -24,6 +24,7 @@ from pathlib import Path
 from server.announce import announce, message_of
 from server.models.rollout_dir import make_share_dir, remove_stale_share_dirs
 from server.settings import ServerSettings
+from server.settings_rules import unbracketed
 from server.start_signals import exit_terminated, stop_was_asked
 
 _READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
@@ -38,6 +39,7 @@ def hold_port(host: str, port: int) -> socket.socket:
 
     Raises OSError when the port is in use. Port 0 picks a free port.
     """
+    host = unbracketed(host)  # "[::1]" is grpc's form, not a socket's
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -52,15 +52,20 @@ def test_streams_stay_below_the_rpc_slots() -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "0.0.0.0", "::", "::1", "[::1]", "localhost", "my-host.example.com", "node-1."]
-)
-def test_a_bindable_host_is_taken(host: str) -> None:
-    assert ServerSettings(host=host).host == host
+    ("host", "kept"),
+    [
+        ("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "0.0.0.0"), ("::", "::"), ("::1", "::1"), ("[::1]", "[::1]"),
+        ("localhost", "localhost"), ("my-host.example.com", "my-host.example.com"),
+        ("my_host", "my_host"),  # docker-compose service names: had been refused
+        ("127.1", "127.1"),  # an IPv4 shorthand the resolver takes: had been refused
+        ("localhost.", "localhost"), ("node-1.", "node-1"),  # grpc's resolver refused the dot
+    ],
+)  # fmt: skip
+def test_a_bindable_host_is_taken(host: str, kept: str) -> None:
+    assert ServerSettings(host=host).host == kept
 
 
-@pytest.mark.parametrize(
-    "host", ["999.1.1.1", "1.2.3", "bad host", "-lead.example", "a..b", "x" * 64, "1:2:3"]
-)
+@pytest.mark.parametrize("host", ["999.1.1.1", "bad host", "-lead.example", "a..b", "x" * 64, "1:2:3"])
 def test_a_host_that_cannot_be_bound_is_refused_naming_it(host: str) -> None:
     """They had failed in grpc's bind, exit 1, with a raw grpc line and no setting named."""
     said = refused(host=host)
@@ -119,3 +124,15 @@ def test_a_cache_dir_behind_a_parent_it_cannot_search_exits_2_naming_it(
 def test_a_grpc_argument_a_setting_owns_is_refused_naming_the_setting(arg: str, owner: str) -> None:
     """It had replaced the setting's own value silently (a receive limit around max_message_bytes)."""
     assert f"is set by the setting {owner}: use that" in refused(grpc_server_args=arg)
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [("::", "[::]:8001"), ("[::1]", "[::1]:8001"), ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]:8001"),
+     ("127.0.0.1", "127.0.0.1:8001"), ("localhost", "localhost:8001")],
+)  # fmt: skip
+def test_grpc_binds_an_ipv6_host_in_brackets(host: str, address: str) -> None:
+    """`--host ::` passed the settings, then grpc's resolver refused ':::8001' (exit 1, a raw line)."""
+    from server.settings_rules import grpc_address
+
+    assert grpc_address(host, 8001) == address
