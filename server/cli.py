@@ -200,6 +200,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "build-demo":
         print(_demo_repository(settings))
         return 0
+    if settings.tracing:  # OpenTelemetry's own reading of a bad one had ended in a traceback
+        from server.observability.tracing_env import tracing_env_problem
+
+        problem = tracing_env_problem(settings.tracing_exporter, os.environ)
+        if problem is not None:
+            fail(problem)
+            return 2
     from server.runtime_check import ensure_runtime
 
     # One onnxruntime wheel, not both (they overwrite each other); worker processes load the libraries.

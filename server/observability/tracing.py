@@ -22,7 +22,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from server.observability.tracing_export import CountedBatchProcessor, SpanDrops, max_queue_size
+from server.observability.tracing_env import Batching, disabled, read_tracing_env
+from server.observability.tracing_export import CountedBatchProcessor, SpanDrops
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ SERVICE_NAME = "sluiceway"
 INSTRUMENTATION = "sluiceway.server"
 # Metadata keys of the W3C trace context (gRPC metadata keys are lower case).
 TRACE_KEYS = ("traceparent", "tracestate")
-_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-_PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -79,10 +78,12 @@ def build_tracing(
     """The server's tracing, or None when it is off (the setting, or OTEL_SDK_DISABLED=true).
 
     `exporter` (tests): spans go there at once, synchronously, instead of the exporter settings and
-    the OTEL_* variables choose."""
+    the OTEL_* variables choose. An OTEL_* value it cannot use raises BadOtelVariable (tracing_env.py;
+    `sluiceway serve` checks them first and exits 2)."""
     env = os.environ if environ is None else environ
-    if not settings.tracing or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if not settings.tracing or disabled(env):
         return None
+    told = read_tracing_env(settings.tracing_exporter, env)  # before the SDK reads any of them
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio)),
         resource=_resource(),
@@ -92,48 +93,44 @@ def build_tracing(
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        chosen = choose_exporter(settings.tracing_exporter, env)
-        make = _EXPORTERS.get(chosen)
+        make = _EXPORTERS.get(told.exporter)
         if make is not None:
             # Batches spans on its own thread; OTEL_BSP_* variables size and time it. A span that
             # finds its queue full is dropped and counted (BatchSpanProcessor alone drops silently).
-            provider.add_span_processor(CountedBatchProcessor(make(), max_queue_size(env), drops))
-        log.info("tracing on: exporter %s, sample ratio %g", chosen, settings.tracing_sample_ratio)
+            provider.add_span_processor(_batched(make(told.compression), told.batching, drops))
+        log.info("tracing on: exporter %s, sample ratio %g", told.exporter, settings.tracing_sample_ratio)
     return Tracing(provider, drops)
 
 
-def choose_exporter(setting: str, env: Mapping[str, str]) -> str:
-    """The exporter ("otlp", "console" or "none"): the setting, unless "auto": then
-    OTEL_TRACES_EXPORTER when set, else "otlp" when an OTLP endpoint variable is set, else "console"."""
-    if setting != "auto":
-        return setting
-    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if named:
-        first = named.split(",")[0].strip()
-        if first not in _EXPORTERS and first != "none":
-            log.warning("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console, none): using none", named)
-            return "none"
-        return first
-    return "otlp" if any(env.get(name) for name in _ENDPOINTS) else "console"
+def _batched(exporter: SpanExporter, batching: Batching, drops: SpanDrops) -> CountedBatchProcessor:
+    """Every OTEL_BSP_* value passed explicitly: OpenTelemetry's own reading of them logged a
+    traceback for a value it could not read, and raised for one it would not take."""
+    return CountedBatchProcessor(
+        exporter,
+        batching.max_queue_size,
+        drops,
+        schedule_delay_millis=batching.schedule_delay_ms,
+        max_export_batch_size=batching.max_export_batch_size,
+        export_timeout_millis=batching.export_timeout_ms,
+    )
 
 
-def _otlp() -> SpanExporter:
+def _otlp(compression: str) -> SpanExporter:
     """OTLP over gRPC; the exporter reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS, _TIMEOUT,
-    _COMPRESSION, _CERTIFICATE and _INSECURE itself."""
+    _CERTIFICATE and _INSECURE itself (tracing_env.py checked them). The compression is passed: it
+    refused `none`, the standard word for no compression."""
+    from grpc import Compression
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    for name in _PROTOCOLS:
-        protocol = os.environ.get(name, "grpc")
-        if protocol != "grpc":
-            log.warning("%s=%s: only OTLP over gRPC is built in; exporting with grpc", name, protocol)
-    return OTLPSpanExporter()
+    chosen = Compression.Gzip if compression == "gzip" else Compression.NoCompression
+    return OTLPSpanExporter(compression=chosen)
 
 
-def _console() -> SpanExporter:
+def _console(compression: str) -> SpanExporter:
     return ConsoleSpanExporter(out=sys.stderr)  # stdout carries the server's ready line
 
 
-_EXPORTERS: dict[str, Callable[[], SpanExporter]] = {"otlp": _otlp, "console": _console}
+_EXPORTERS: dict[str, Callable[[str], SpanExporter]] = {"otlp": _otlp, "console": _console}
 
 
 def _resource() -> Resource:

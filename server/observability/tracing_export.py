@@ -22,6 +22,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from server.observability.tracing_env import DEFAULT_MAX_QUEUE_SIZE
+
 log = logging.getLogger(__name__)
 
 DROPPED = "sluiceway_spans_dropped_total"
@@ -32,8 +34,6 @@ METRICS = {
         "is behind) or export_failed (the exporter gave up on their batch)",
     ),
 }
-DEFAULT_MAX_QUEUE_SIZE = 2048  # OpenTelemetry's default for OTEL_BSP_MAX_QUEUE_SIZE
-_MAX_QUEUE_SIZE = "OTEL_BSP_MAX_QUEUE_SIZE"
 
 
 class SpanDrops:
@@ -61,6 +61,7 @@ class CountedBatchProcessor(SpanProcessor):
         drops: SpanDrops | None = None,
         schedule_delay_millis: float | None = None,  # None: OTEL_BSP_SCHEDULE_DELAY or its default
         max_export_batch_size: int | None = None,  # None: OTEL_BSP_MAX_EXPORT_BATCH_SIZE or its default
+        export_timeout_millis: float | None = None,  # None: OTEL_BSP_EXPORT_TIMEOUT or its default
     ) -> None:
         self.drops = drops if drops is not None else SpanDrops()
         self._max_queue_size = max_queue_size
@@ -72,6 +73,7 @@ class CountedBatchProcessor(SpanProcessor):
             max_queue_size=max_queue_size,
             schedule_delay_millis=schedule_delay_millis,
             max_export_batch_size=max_export_batch_size,
+            export_timeout_millis=export_timeout_millis,
         )
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -136,15 +138,3 @@ class _CountedExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._inner.force_flush(timeout_millis)
-
-
-def max_queue_size(env: Mapping[str, str]) -> int:
-    """OTEL_BSP_MAX_QUEUE_SIZE as OpenTelemetry reads it (its default when unset or not a number)."""
-    value = env.get(_MAX_QUEUE_SIZE, "")
-    if not value.strip():
-        return DEFAULT_MAX_QUEUE_SIZE
-    try:
-        return int(value)
-    except ValueError:
-        log.warning("%s=%r is not a number: using %d", _MAX_QUEUE_SIZE, value, DEFAULT_MAX_QUEUE_SIZE)
-        return DEFAULT_MAX_QUEUE_SIZE

@@ -19,7 +19,8 @@ from server.observability.logs import (
     log_handler,
     request_fields,
 )
-from server.observability.tracing import build_tracing, choose_exporter
+from server.observability.tracing import build_tracing
+from server.observability.tracing_env import choose_exporter
 from server.settings import ServerSettings
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -41,7 +42,8 @@ def test_tracing_is_off_unless_asked_for() -> None:
         ("auto", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317"}, "otlp"),
         ("auto", {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "x"}, "none"),
         ("auto", {"OTEL_TRACES_EXPORTER": "console"}, "console"),
-        ("auto", {"OTEL_TRACES_EXPORTER": "zipkin"}, "none"),
+        ("auto", {"OTEL_TRACES_EXPORTER": "console,otlp"}, "console"),  # (the first one)
+        ("otlp", {"OTEL_TRACES_EXPORTER": "zipkin"}, "otlp"),  # (not read: the setting chose)
         ("none", {"OTEL_EXPORTER_OTLP_ENDPOINT": "x"}, "none"),
         ("otlp", {}, "otlp"),
     ],

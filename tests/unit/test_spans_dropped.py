@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import SluicewayServer
 from server.observability.tracing import build_tracing
-from server.observability.tracing_export import DROPPED, CountedBatchProcessor, max_queue_size
+from server.observability.tracing_env import read_tracing_env
+from server.observability.tracing_export import DROPPED, CountedBatchProcessor
 from server.settings import ServerSettings
 
 BOUND_S = 30.0  # an upper bound on any wait here
@@ -85,9 +86,12 @@ def test_spans_of_a_batch_the_exporter_gives_up_on_are_counted() -> None:
 
 
 def test_the_queue_size_is_otel_bsp_max_queue_size() -> None:
-    assert max_queue_size({}) == 2048
-    assert max_queue_size({"OTEL_BSP_MAX_QUEUE_SIZE": "64"}) == 64
-    assert max_queue_size({"OTEL_BSP_MAX_QUEUE_SIZE": "many"}) == 2048  # as OpenTelemetry reads it
+    def size(env: dict[str, str]) -> int:
+        return read_tracing_env("console", env).batching.max_queue_size
+
+    assert size({}) == 2048
+    assert size({"OTEL_BSP_MAX_QUEUE_SIZE": "64"}) == 64
+    # (A value that is not a whole number above 0 is refused: tests/unit/test_tracing_env.py.)
 
 
 async def test_a_traced_servers_metrics_show_the_drops(tmp_path: Path) -> None:
