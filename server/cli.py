@@ -135,14 +135,8 @@ def _demo_repository(settings: ServerSettings) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the server's own handler is in place (imports, start)
-        print("sluiceway: interrupted", file=sys.stderr)
-        return 130
-
-
-def _main(argv: Sequence[str] | None) -> int:
+    """The command line's exit code. A Ctrl-C before `serve` has its handlers (exit 130, one line)
+    is server/__main__.py's: it knows the signal came, whatever an import made of it."""
     words = list(sys.argv[1:] if argv is None else argv)
     # `serve ...` parses the same with the serve command alone (there are no top-level flags).
     args = _parser(only_serve=words[:1] == ["serve"]).parse_args(words)

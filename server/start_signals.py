@@ -4,7 +4,9 @@
 its own handlers; a SIGTERM then (a pod deleted as it starts, a supervisor's restart) ended the
 process by the signal (exit -15), which orchestrators report as a crash. The handler installed
 here first turns it into `Terminated`, raised wherever the main thread is; `serve` replaces the
-handler with its drain once its event loop runs. Standard library only: it must be cheap to import.
+handler with its drain once its event loop runs. Ctrl-C (SIGINT) then ends the start with exit
+130 and one line, `sluiceway: interrupted`, whatever an interrupted import made of its
+KeyboardInterrupt. Standard library only: it must be cheap to import.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:  # imported before the handler is in place: only what costs no
     from types import FrameType
 
 LINE = "{signal} during start-up: exiting before serving (nothing to drain)"
+INTERRUPTED = "sluiceway: interrupted"  # Ctrl-C during start-up: exit 130 with this line
 
 
 class Terminated(BaseException):
@@ -74,6 +77,59 @@ def exit_now(signal_name: str) -> NoReturn:
     os._exit(0)
 
 
+class StartUpSigint:
+    """The start-up Ctrl-C handler: raises KeyboardInterrupt, as Python's own, and remembers it did,
+    so an exception an import made of it is still known for a Ctrl-C (`interrupted`)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if _inside_an_import(frame):
+            # Raised in an import, KeyboardInterrupt went through extensions' inits: numpy's printed
+            # its traceback and became "ImportError: import numpy failed" (exit 1, 37-75 lines).
+            exit_interrupted()
+        raise KeyboardInterrupt
+
+
+def raise_on_sigint() -> StartUpSigint:
+    """From now until `serve` installs its own handlers, SIGINT raises KeyboardInterrupt, or ends
+    the process inside an import; unless it is ignored (a background job's)."""
+    handler = StartUpSigint()
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
+    return handler
+
+
+def interrupted(exc: BaseException, sigint: StartUpSigint | None = None) -> bool:
+    """Whether `exc` ended a start-up for a Ctrl-C: a KeyboardInterrupt, one in its cause or context
+    (an import that wrapped it), or anything once the handler saw SIGINT (an extension's init that
+    printed the KeyboardInterrupt and raised its own error: numpy's "import numpy failed")."""
+    if sigint is not None and sigint.received:
+        return True
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+    return False
+
+
+def exit_interrupted() -> NoReturn:
+    """Write the Ctrl-C line and end the process at once (exit 130), unwinding nothing: a normal
+    exit after a KeyboardInterrupt that some C code had seen could end by the signal (exit -2)."""
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    os._exit(130)
+
+
 def raise_on_sigterm() -> StartUpSigterm:
     """From now until `serve` installs its own handlers, SIGTERM raises Terminated, and so does
     SIGHUP (which `serve` drains on too; its default action had killed an importing process, exit
@@ -86,16 +142,20 @@ def raise_on_sigterm() -> StartUpSigterm:
 
 
 def stop_was_asked(previous: object) -> bool:
-    """Whether `previous`, the handler being replaced, is the start-up one and got its signal: a
-    Terminated lost on the way must still stop the server before it reports ready."""
-    return isinstance(previous, StartUpSigterm) and previous.received
+    """Whether `previous`, the handler being replaced, is a start-up one and got its signal: a
+    Terminated (or KeyboardInterrupt) lost on the way must still stop the server before it reports
+    ready."""
+    return isinstance(previous, (StartUpSigterm, StartUpSigint)) and previous.received
 
 
 def default_sigterm() -> None:
-    """Commands other than `serve` (optimize, top, ...) keep SIGTERM's and SIGHUP's default action."""
+    """Commands other than `serve` (optimize, top, ...) keep SIGTERM's and SIGHUP's default action,
+    and Python's KeyboardInterrupt for SIGINT."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if isinstance(signal.getsignal(sig), StartUpSigterm):
             signal.signal(sig, signal.SIG_DFL)
+    if isinstance(signal.getsignal(signal.SIGINT), StartUpSigint):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wants_json(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
