@@ -25,6 +25,7 @@ from protos import model_config_pb2 as mc
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
+from server.backends.ort_paths import NotUtf8Path, onnxruntime_path
 from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
 from server.backends.run_errors import is_onnxruntime_error, run_failure
@@ -275,7 +276,7 @@ class OrtBackend:
             session = self._new_session(so, usable)
         except Exception as err:
             accelerated = [name for name, _ in usable if name != CPU]
-            if not accelerated:
+            if not accelerated or isinstance(err, NotUtf8Path):  # (no provider reads it either)
                 raise BackendLoadError(
                     f"model '{self._name}': cannot load {self._path}: {_first_line(err)}"
                 ) from err
@@ -307,12 +308,10 @@ class OrtBackend:
         return session
 
     def _new_session(self, so: ort.SessionOptions, providers: list[Provider]) -> ort.InferenceSession:
-        return ort.InferenceSession(
-            session_source(self._guard, self._path, so, self._rewritten),  # the file, or rewritten bytes
-            sess_options=so,
-            providers=[name for name, _ in providers],
-            provider_options=[opts for _, opts in providers],
-        )
+        with onnxruntime_path(self._path) as path:  # a UTF-8 one: onnxruntime takes no other
+            source = session_source(self._guard, path, so, self._rewritten)  # the file, or rewritten bytes
+            names, options = [name for name, _ in providers], [opts for _, opts in providers]
+            return ort.InferenceSession(source, sess_options=so, providers=names, provider_options=options)
 
     @property
     def name(self) -> str:
