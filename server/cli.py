@@ -256,8 +256,8 @@ def _got(value: object, message: str) -> str:
     """The value refused, when the message does not show it: Kubernetes' service links set
     SLUICEWAY_PORT=tcp://10.96.12.34:8001 (a Service named sluiceway), refused as "Input should be
     a valid integer" with nothing to say where it came from."""
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) in message:
-        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value)[:40] in message:
+        return ""  # shown already (a message cuts a long value: its start is enough)
     text = str(value)
     return f" (got {text[:80]!r}{'...' if len(text) > 80 else ''})"
 

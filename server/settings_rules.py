@@ -99,7 +99,9 @@ def parse_grpc_args(text: str) -> list[tuple[str, int]]:
         name, _, value = entry.partition("=")
         # ASCII digits only: str.isdigit() and int() had taken "=\u0661" (Arabic-Indic one) as 1.
         if not name.startswith("grpc.") or not _GRPC_INT.fullmatch(value.strip()):
-            raise ValueError(f"'{entry}' is not grpc.<argument>=<integer>")
+            raise ValueError(f"'{entry[:80]}' is not grpc.<argument>=<integer>")
+        if len(value.strip().lstrip("-")) > 12:  # Python's int() of 4,300+ digits had said its own limit
+            raise ValueError(f"'{name.strip()[:80]}': grpc takes -2^31 to 2^31-1")
         number = int(value)
         if not -GRPC_INT_MAX - 1 <= number <= GRPC_INT_MAX:  # a C int: grpc's OverflowError at start
             raise ValueError(f"'{entry}': grpc takes -2^31 to 2^31-1")

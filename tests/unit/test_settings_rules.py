@@ -136,3 +136,17 @@ def test_grpc_binds_an_ipv6_host_in_brackets(host: str, address: str) -> None:
     from server.settings_rules import grpc_address
 
     assert grpc_address(host, 8001) == address
+
+
+def test_a_grpc_argument_of_thousands_of_digits_is_refused_by_its_range() -> None:
+    """Python's int() of 4,300+ digits had answered with its own limit and advice."""
+    said = refused(grpc_server_args="grpc.a=" + "9" * 5000)
+    assert "'grpc.a': grpc takes -2^31 to 2^31-1" in said and "set_int_max_str_digits" not in said
+
+
+def test_a_long_value_is_shown_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import main
+
+    assert main(["serve", "--host", "a" * 300]) == 2
+    err = capsys.readouterr().err
+    assert err.count("'" + "a" * 80 + "'") == 1 and "(got" not in err, err
