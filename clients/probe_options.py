@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from protos.regular_files import MAX_PEM_FILE_BYTES, FileTooLarge, NotRegularFile, read_regular_file
+from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 DEFAULT_PORT = 8001  # the server's
 # grpc target schemes passed through as they are (a HOST:PORT is checked).
@@ -82,14 +82,7 @@ def _no_password() -> bytes:
 
 
 def _pem(path: str, option: str) -> bytes:
-    try:
-        return read_regular_file(path, MAX_PEM_FILE_BYTES)
-    except NotRegularFile as exc:
-        raise ValueError(f"{NAMES[option]} {path}: {exc}") from None
-    except FileTooLarge as exc:
-        raise ValueError(f"{NAMES[option]} {path}: {exc}, the limit for a PEM file") from None
-    except OSError as exc:
-        raise ValueError(f"{NAMES[option]}: cannot read {path}: {exc.strerror or exc}") from None
+    return read_or_refuse(path, MAX_PEM_FILE_BYTES, "a PEM file", NAMES[option])
 
 
 def credentials(

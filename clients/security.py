@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from protos.regular_files import MAX_PEM_FILE_BYTES, RefusedFile, read_regular_file
+from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 AUTHORIZATION = "authorization"
 
@@ -52,12 +52,7 @@ class TlsOptions:
         MAX_PEM_FILE_BYTES (1 MiB), else ValueError: a FIFO would block the read for good."""
 
         def read(path: str | Path | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return read_regular_file(path, MAX_PEM_FILE_BYTES)
-            except RefusedFile as exc:
-                raise ValueError(f"{path}: {exc}") from None
+            return None if path is None else read_or_refuse(path, MAX_PEM_FILE_BYTES, "a PEM file")
 
         return cls(read(ca), read(cert), read(key), server_name)
 

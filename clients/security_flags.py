@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.security import TlsOptions, bearer_metadata
-from protos.regular_files import MAX_PEM_FILE_BYTES, FileTooLarge, NotRegularFile, read_regular_file
+from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 # --token-file holds one token (the server takes at most 4096 characters), a line or two.
 MAX_TOKEN_FILE_BYTES = 64 << 10
@@ -70,13 +70,4 @@ def security_flags(args: argparse.Namespace) -> SecurityFlags:
 def _read(path: Path | None, flag: str, max_bytes: int = MAX_PEM_FILE_BYTES) -> bytes | None:
     """The file a flag names: a regular file of at most `max_bytes`, checked before it is read (a
     FIFO or /dev/zero as --token-file had hung `sluiceway top` until MemoryError)."""
-    if path is None:
-        return None
-    try:
-        return read_regular_file(path, max_bytes)
-    except NotRegularFile as exc:
-        raise ValueError(f"{flag} {path}: {exc}") from None
-    except FileTooLarge as exc:
-        raise ValueError(f"{flag} {path}: {exc}, the limit for {flag}") from None
-    except OSError as exc:
-        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+    return None if path is None else read_or_refuse(path, max_bytes, flag, flag)

@@ -51,6 +51,27 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
+def read_or_refuse(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    what: str,
+    label: str = "",
+    error: type[ValueError] = ValueError,
+) -> bytes:
+    """`read_regular_file`, its refusals and OSError as one `error` line naming the file (after
+    `label`, a setting's or flag's name, when given) and, past the bound, `what` it is for ("a
+    PEM file"): the server's and the clients' readers of such files say it alike."""
+    named = f"{label} {path}" if label else str(path)
+    try:
+        return read_regular_file(path, max_bytes)
+    except NotRegularFile as exc:
+        raise error(f"{named}: {exc}") from None
+    except FileTooLarge as exc:
+        raise error(f"{named}: {exc}, the limit for {what}") from None
+    except OSError as exc:
+        raise error(f"{label + ': ' if label else ''}cannot read {path}: {exc.strerror or exc}") from None
+
+
 def refuse_special(mode: int) -> None:
     """NotRegularFile unless `mode` (a stat's st_mode) is a regular file's."""
     if stat.S_ISREG(mode):

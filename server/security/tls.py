@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from protos.regular_files import MAX_PEM_FILE_BYTES, FileTooLarge, NotRegularFile, read_regular_file
+from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
@@ -33,14 +33,7 @@ def read_pem(path: Path) -> bytes:
     """The bytes of a PEM file the settings name: a regular file of at most MAX_PEM_FILE_BYTES,
     checked before it is read (a FIFO had hung start-up for good; /dev/zero was read until the
     SSL library gave up; a 200 MB file was read whole, twice)."""
-    try:
-        return read_regular_file(path, MAX_PEM_FILE_BYTES)
-    except NotRegularFile as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    except FileTooLarge as exc:
-        raise ValueError(f"{path}: {exc}, the limit for a PEM file") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return read_or_refuse(path, MAX_PEM_FILE_BYTES, "a PEM file")
 
 
 def check_key_pair(cert_file: Path, key_file: Path) -> None:

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 
-from protos.regular_files import FileTooLarge, NotRegularFile, read_regular_file
+from protos.regular_files import read_or_refuse
 
 
 class Scope(str, Enum):
@@ -106,13 +106,9 @@ def load_tokens(path: Path) -> TokenTable:
     """The table of the tokens file at `path`: a regular file of at most MAX_TOKENS_FILE_BYTES,
     checked before it is read (a FIFO had hung start-up, /dev/zero had ended in MemoryError)."""
     try:
-        text = read_regular_file(path, MAX_TOKENS_FILE_BYTES).decode("utf-8")
-    except NotRegularFile as exc:
-        raise TokenFileError(f"{path}: {exc}") from None
-    except FileTooLarge as exc:
-        raise TokenFileError(f"{path}: {exc}, the limit for a tokens file") from None
-    except OSError as exc:
-        raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        text = read_or_refuse(path, MAX_TOKENS_FILE_BYTES, "a tokens file", error=TokenFileError).decode(
+            "utf-8"
+        )
     except UnicodeDecodeError:
         raise TokenFileError(f"{path}: not UTF-8 text") from None
     return parse_tokens(text, str(path))
