@@ -10,11 +10,11 @@ SLUICEWAY_PORT=' 8001', which the server refuses, had been probed.
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping
 
 import grpc
 
+from clients.security import check_ca_pem, check_client_pair
 from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 DEFAULT_PORT = 8001  # the server's
@@ -76,11 +76,6 @@ def check_address(address: str) -> str:
     return address
 
 
-def _no_password() -> bytes:
-    # An encrypted key fails here instead of OpenSSL prompting for a pass phrase on the terminal.
-    return b""
-
-
 def _pem(path: str, option: str) -> bytes:
     return read_or_refuse(path, MAX_PEM_FILE_BYTES, "a PEM file", NAMES[option])
 
@@ -102,22 +97,9 @@ def credentials(
             )
         return None
     root = _pem(ca, "ca")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        context.load_verify_locations(cadata=root.decode("ascii"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{NAMES['ca']} {ca} is not PEM text (DER? grpc takes PEM)") from None
-    except (ssl.SSLError, ValueError) as exc:  # ValueError: an empty file
-        reason = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else exc)
-        raise ValueError(f"{NAMES['ca']} {ca} holds no PEM CA certificate ({reason})") from None
+    check_ca_pem(root, f"{NAMES['ca']} {ca}")
     if not (cert and key):
         return grpc.ssl_channel_credentials(root)
     chain, private = _pem(cert, "cert"), _pem(key, "key")
-    try:  # by name: ssl takes no bytes here (both were checked as regular files above)
-        context.load_cert_chain(cert, key, password=_no_password)
-    except ssl.SSLError as exc:
-        raise ValueError(
-            f"{NAMES['cert']} {cert} and {NAMES['key']} {key} are not a PEM certificate chain and its "
-            f"unencrypted private key ({exc.reason or exc})"
-        ) from None
+    check_client_pair(cert, key, f"{NAMES['cert']} {cert} and {NAMES['key']} {key}")
     return grpc.ssl_channel_credentials(root, private, chain)

@@ -11,6 +11,7 @@ plaintext endpoint behind a TLS-terminating proxy; without TLS it is readable on
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,29 @@ import grpc
 from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 AUTHORIZATION = "authorization"
+
+
+def check_ca_pem(root: bytes, named: str) -> None:
+    """ValueError naming `named` (a flag and its file) unless `root` holds PEM CA certificates
+    OpenSSL loads: grpc had failed inside the channel, with its own lines and no flag named."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=root.decode("ascii"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{named} is not PEM text (DER? grpc takes PEM)") from None
+    except (ssl.SSLError, ValueError) as exc:  # ValueError: an empty file
+        reason = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else exc)
+        raise ValueError(f"{named} holds no PEM CA certificate ({reason})") from None
+
+
+def check_client_pair(cert: str | Path, key: str | Path, named: str) -> None:
+    """ValueError naming `named` unless the files are a PEM certificate chain and its unencrypted
+    key (by name: ssl takes no bytes here; read as regular files already)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:  # an encrypted key fails here, no pass phrase prompt on the terminal
+        raise ValueError(
+            f"{named} are not a PEM certificate chain and its unencrypted private key ({exc.reason or exc})"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

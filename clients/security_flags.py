@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from clients.security import TlsOptions, bearer_metadata
+from clients.security import TlsOptions, bearer_metadata, check_ca_pem, check_client_pair
 from protos.regular_files import MAX_PEM_FILE_BYTES, read_or_refuse
 
 # --token-file holds one token (the server takes at most 4096 characters), a line or two.
@@ -57,11 +57,19 @@ def security_flags(args: argparse.Namespace) -> SecurityFlags:
         bearer_metadata(token)
     except ValueError as exc:
         raise ValueError(f"--token{'-file' if args.token_file else ''}: {exc}") from None
+    root = _read(args.tls_ca, "--tls-ca")
+    if root is not None:  # checked here: grpc had failed inside the channel, no flag named
+        check_ca_pem(root, f"--tls-ca {args.tls_ca}")
+    chain, key = _read(args.tls_cert, "--tls-cert"), _read(args.tls_key, "--tls-key")
+    if chain is not None:
+        check_client_pair(
+            args.tls_cert, args.tls_key, f"--tls-cert {args.tls_cert} and --tls-key {args.tls_key}"
+        )
     return SecurityFlags(
         tls=args.tls or args.tls_server_name is not None,
-        root_certificates=_read(args.tls_ca, "--tls-ca"),
-        certificate_chain=_read(args.tls_cert, "--tls-cert"),
-        private_key=_read(args.tls_key, "--tls-key"),
+        root_certificates=root,
+        certificate_chain=chain,
+        private_key=key,
         server_name=args.tls_server_name,
         token=token,
     )

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
+from loadtest.server_metrics import MAX_PAGE_BYTES
 
 PACED = "sluiceway_stream_reads_paced_total"
 
@@ -50,7 +51,7 @@ def _paced(metrics_url: str | None) -> float:
     if metrics_url is None:
         return float("nan")
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:  # 127.0.0.1 only (SpawnedServer)
-        for line in reply.read().decode().splitlines():
+        for line in reply.read(MAX_PAGE_BYTES).decode(errors="replace").splitlines():
             if line.startswith(PACED):
                 return float(line.split()[-1])
     return 0.0

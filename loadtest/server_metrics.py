@@ -43,11 +43,16 @@ def parse(text: str, model: str) -> Figures:
     return tuple(sorted(figures.items()))
 
 
+# A /metrics page: some 14 KB a model version, so this is thousands (top_reader's bound).
+MAX_PAGE_BYTES = 64 << 20
+
+
 def read(url: str, model: str) -> Figures:
     """The model's figures from `url`; none when it cannot be read (the run goes on without)."""
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as reply:
-            return parse(reply.read().decode("utf-8"), model)
+            page = reply.read(MAX_PAGE_BYTES + 1)  # an endless body had grown memory without end
+        return () if len(page) > MAX_PAGE_BYTES else parse(page.decode("utf-8"), model)
     except (urllib.error.URLError, OSError, ValueError):
         return ()
 

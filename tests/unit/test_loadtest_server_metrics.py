@@ -3,6 +3,8 @@ read at the window's end, several windows merged."""
 
 from __future__ import annotations
 
+import pytest
+
 from loadtest.server_metrics import difference, parse, total
 
 TEXT = """\
@@ -34,3 +36,28 @@ def test_counters_are_deltas_and_gauges_are_last_values() -> None:
     assert dict(window) == {"deadline_on_time": 80.0, "gauge_cpu_us_per_inference": 500.0}
     later = (("deadline_on_time", 5.0), ("gauge_cpu_us_per_inference", 400.0))
     assert total([window, later]) == {"deadline_on_time": 85.0, "gauge_cpu_us_per_inference": 400.0}
+
+
+def test_an_endless_page_is_read_to_its_bound_and_gives_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP server answering an endless body had grown the harness's memory without end."""
+    import urllib.request
+
+    from loadtest import server_metrics
+
+    asked: list[int] = []
+
+    class Endless:
+        def __enter__(self) -> Endless:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def read(self, size: int = -1) -> bytes:
+            assert size > 0, "read without a bound"
+            asked.append(size)
+            return b"#" * size
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Endless())
+    assert server_metrics.read("http://127.0.0.1:1/metrics", "mlp") == ()
+    assert asked == [server_metrics.MAX_PAGE_BYTES + 1]

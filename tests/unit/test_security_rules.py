@@ -280,6 +280,8 @@ def test_loadtest_security_flags(pki: Pki, tmp_path: Path) -> None:
     [
         (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
         (["--tls-ca", "/nonexistent/ca.pem"], "--tls-ca: cannot read"),
+        # Garbage as the CA had failed inside grpc's channel, its own lines, no flag named.
+        (["--tls-ca", __file__], "holds no PEM CA certificate"),
         (["--token", "has space"], "--token:"),
     ],
 )
