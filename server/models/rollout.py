@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
-from server.models.rollout_carry import carries, carry
+from server.models.rollout_carry import carries, carry, carry_rollbacks
 from server.models.rollout_ops import generation
 from server.models.rollout_state import (
     MANUAL_REASON,
@@ -136,6 +136,8 @@ class Rollout:
             built = self._build(entry)
             if state is not None and carries(state, built, self.shared is not None):
                 carry(state, built)  # an operator's state outlives the rebuild (rollout_carry.py)
+            elif state is not None and self.shared is None and not state.held:
+                carry_rollbacks(state, built)  # its rollbacks of versions served as they were
             state = self._models[entry.name] = built
             if self.shared is not None:  # stored first: the log's changes find this state
                 self.shared.built(entry)

@@ -83,6 +83,34 @@ def carried_weights(
     return dict(old.weights or {})
 
 
+def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
+    """A reload that does not carry `old` whole (a version it names has new files, in one
+    process): the config's weights apply, but the versions `old` rolled back that are still served
+    as they were stay rolled back (weight 0, their events kept). A rolled-back canary had come back
+    at its config's weight when the stable version was redeployed. False when none does, or when
+    nothing would be left to route."""
+    if old.config_policy != new.config_policy:
+        return False
+    now, before = new.entry.versions, old.entry.versions
+    kept = {v for v in old.rolled_back if v in now and now[v] is before.get(v)}
+    others = [v for v in now if v not in kept]
+    if not kept or not others:
+        return False
+    # No policy: the newest version takes every request, so the newest not rolled back does.
+    weights = dict(new.weights) if new.weights is not None else {max(others): 100}
+    weights.update(dict.fromkeys(kept, 0))
+    if not any(w > 0 for w in weights.values()):
+        return False
+    new.set_weights(weights)
+    new.rolled_back, new.source, new.events = set(kept), "rollback", old.events
+    if new.shadow is not None and new.shadow.policy.version in kept:
+        stop_shadow(new)
+    log.info("rollout: model %s reloaded with new files for a version its weights name: the config's "
+             "weights, version(s) %s kept rolled back: %s", new.entry.name,
+             ", ".join(map(str, sorted(kept))), format_weights(weights))  # fmt: skip
+    return True
+
+
 def carry(old: ModelRollout, new: ModelRollout) -> None:
     """`old`'s operator state onto `new`, a state `carries` said takes it."""
     new.set_weights(None if old.weights is None else dict(old.weights))

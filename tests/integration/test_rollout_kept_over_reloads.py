@@ -1,8 +1,10 @@
-"""An operator's rollout changes outlive a reload that keeps serving the versions they name (a
-tester's finding): a version directory added beside a rolled-back canary had put the canary back at
-its config's weight (31 more failed requests), and a config rewritten with the same text (a
-configmap or git-sync refresh) had undone a Promote. An explicit load keeps the versions whose
-files did not change, as the poller does (and Triton's load since 24.08): it had reloaded them all."""
+"""An operator's rollout changes outlive a reload that keeps serving the versions they name, and
+its rollbacks of versions served as they were outlive any reload in one process (testers'
+findings): a version directory added beside a rolled-back canary had put the canary back at its
+config's weight (31 more failed requests), a config rewritten with the same text (a configmap or
+git-sync refresh) had undone a Promote, and a redeployed stable version had brought a rolled-back
+canary back. An explicit load keeps the versions whose files did not change, as the poller does
+(and Triton's load since 24.08): it had reloaded them all."""
 
 from __future__ import annotations
 
@@ -72,13 +74,18 @@ def test_a_rollback_and_a_promote_outlive_reloads_that_keep_their_versions(tmp_p
         assert routed(stub, "e") == {3}
         assert status(admin).source == "admin"
 
-        # New files for a version the state names: the config's weights apply again.
+        # New files for a version the state names (the promoted one redeployed): the config's
+        # weights apply again, but version 2, served as it was, stays rolled back (it had come
+        # back at its config's weight, a tester).
         scale_model(repo / "m" / "3" / "model.onnx", 3.0)
         later += 2_000_000_000
         os.utime(repo / "m" / "3" / "model.onnx", ns=(later, later))
         server.wait_for_output("unchanged, kept serving: 4, 2, 1")
-        assert routed(stub, "f") == {1, 2}
-        assert status(admin).source == "config"
+        assert routed(stub, "f") == {1}
+        answer = status(admin)
+        roles = {v.version: (v.weight, v.rolled_back) for v in answer.versions}
+        assert answer.source == "rollback" and roles[1] == (80, False) and roles[2] == (0, True), roles
+        assert [e.version for e in answer.events] == [2]
 
 
 def test_an_explicit_load_keeps_the_versions_whose_files_did_not_change(tmp_path: Path) -> None:
@@ -106,3 +113,29 @@ def test_an_explicit_load_keeps_the_versions_whose_files_did_not_change(tmp_path
         y = np.frombuffer(answer.raw_output_contents[0], np.float32)
         x = np.frombuffer(request("m").raw_input_contents[0], np.float32)
         np.testing.assert_allclose(y, 7.0 * x)  # version 2's new files
+
+
+def test_a_rollback_outlives_the_stable_version_redeployed_without_config_weights(tmp_path: Path) -> None:
+    """No traffic policy in the config: the newest version takes every request. The operator's
+    weights and rollback of version 2, then version 1 redeployed: version 2, the newest, had taken
+    every request again (a tester: 20 of 20)."""
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        (repo / "m" / str(version)).mkdir(parents=True)
+        scale_model(repo / "m" / str(version) / "model.onnx", float(version))
+    (repo / "m" / "config.pbtxt").write_text(BASE)
+    with (
+        ServerProcess("--model-repository", str(repo), *POLL) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub, admin = pb_grpc.GRPCInferenceServiceStub(channel), apb_grpc.AdminStub(channel)
+        admin.SetWeights(apb.SetWeightsRequest(model="m", weights={1: 50, 2: 50}), timeout=30)
+        admin.Rollback(apb.RollbackRequest(model="m", version=2, reason="drill"), timeout=30)
+        assert routed(stub, "a") == {1}
+        model_file = repo / "m" / "1" / "model.onnx"
+        later = os.stat(model_file).st_mtime_ns + 2_000_000_000
+        os.utime(model_file, ns=(later, later))  # version 1 redeployed (new files)
+        server.wait_for_output("model m ready (versions 2, 1; unchanged, kept serving: 2)")
+        assert routed(stub, "b") == {1}
+        roles = {v.version: (v.weight, v.rolled_back) for v in status(admin).versions}
+        assert roles == {1: (100, False), 2: (0, True)}, roles
