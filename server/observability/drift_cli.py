@@ -33,6 +33,7 @@ from server.settings import ServerSettings
 PLOTTED = 12  # series in the plot
 NEWEST, ALL = "newest", "all"  # --load's words; else a load's id
 UNKNOWN_LOAD = 0  # the load of files written before chunks named theirs
+NUMERIC = "biuf"  # numpy kinds drift scores (a --reference array of another kind is refused)
 
 
 class DriftError(Exception):
@@ -123,7 +124,7 @@ def reference_for(path: Path, files: list[Path]) -> dict[str, Any]:
                 f"--reference {path}: the array '{key}' names no numeric tensor of the sampled files "
                 f"(they hold {names})"
             )
-        if array.dtype.kind not in "biuf":  # strings or objects: it had been passed over silently
+        if array.dtype.kind not in NUMERIC:  # strings or objects: it had been passed over silently
             raise ReferenceMisfit(
                 f"--reference {path}: the array '{key}' holds {array.dtype} values, not numbers"
             )
@@ -143,8 +144,8 @@ def _sampled_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     for path in reversed(files):
         try:
             with np.load(path, allow_pickle=False) as data:
-                keys = [k for k in data.files if k.startswith(("in:", "out:"))]
-                return {key: tuple(data[key].shape[1:]) for key in keys if data[key].dtype.kind in "biufc"}
+                arrays = ((k, data[k]) for k in data.files if k.startswith(("in:", "out:")))  # each read once
+                return {key: tuple(array.shape[1:]) for key, array in arrays if array.dtype.kind in NUMERIC}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             continue  # said when it is fed
     return {}

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from protos.regular_files import MAX_PEM_FILE_BYTES, RefusedFile, read_regular_file
+
 EXPORTERS = ("otlp", "console", "none")
 DEFAULT_MAX_QUEUE_SIZE = 2048  # OpenTelemetry's defaults for OTEL_BSP_*
 DEFAULT_SCHEDULE_DELAY_MS = 5000
@@ -205,12 +207,15 @@ def _positive_seconds(value: str) -> bool:
 
 
 def _readable_file(env: Mapping[str, str], name: str) -> None:
+    """A PEM file the exporter reads: a regular one of at most MAX_PEM_FILE_BYTES (a plain open
+    of a FIFO here had blocked start-up, as the server's own TLS files had)."""
     path = env.get(name, "")
     if not path:
         return
     try:
-        with open(path, "rb"):
-            pass
+        read_regular_file(path, MAX_PEM_FILE_BYTES)
+    except RefusedFile as err:
+        raise BadOtelVariable(name, path, str(err)) from None
     except OSError as err:
         raise BadOtelVariable(name, path, f"cannot read it: {err.strerror or err}") from None
 

@@ -148,3 +148,17 @@ def test_values_opentelemetry_refused_build_tracing(monkeypatch: pytest.MonkeyPa
 def test_build_tracing_refuses_what_the_cli_refuses() -> None:
     with pytest.raises(BadOtelVariable, match="OTEL_BSP_MAX_QUEUE_SIZE='0'"):
         build_tracing(ServerSettings(tracing=True), environ={"OTEL_BSP_MAX_QUEUE_SIZE": "0"})
+
+
+@pytest.mark.timeout(30)  # a FIFO opened plainly would block for good
+def test_a_fifo_as_the_otlp_certificate_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check had opened the file, which for a FIFO waits for a writer: start-up hung."""
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    for name, value in {**ENDPOINT, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(fifo)}.items():
+        monkeypatch.setenv(name, value)
+    flags = ["--tracing", "--tracing-exporter", "otlp", "--model-repository", str(tmp_path)]
+    assert main(["serve", *flags]) == 2
+    assert "not a regular file (a FIFO)" in capsys.readouterr().err
