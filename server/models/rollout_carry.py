@@ -62,8 +62,13 @@ def kept_serving(old: ModelRollout, new: ModelRollout) -> bool:
     named = {v for v, w in (old.weights or {}).items() if w > 0} | old.rolled_back
     if old.shadow is not None:
         named.add(old.shadow.policy.version)
+    return served_as_before(old, new, named) == named
+
+
+def served_as_before(old: ModelRollout, new: ModelRollout, versions: Iterable[int]) -> set[int]:
+    """Those of `versions` `new` serves as the same instances `old` did (files unchanged)."""
     now, before = new.entry.versions, old.entry.versions
-    return all(v in now and now[v] is before.get(v) for v in named)
+    return {v for v in versions if v in now and now[v] is before.get(v)}
 
 
 def same_load(old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]) -> bool:
@@ -91,9 +96,8 @@ def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
     nothing would be left to route."""
     if old.config_policy != new.config_policy:
         return False
-    now, before = new.entry.versions, old.entry.versions
-    kept = {v for v in old.rolled_back if v in now and now[v] is before.get(v)}
-    others = [v for v in now if v not in kept]
+    kept = served_as_before(old, new, old.rolled_back)
+    others = [v for v in new.entry.versions if v not in kept]
     if not kept or not others:
         return False
     # No policy: the newest version takes every request, so the newest not rolled back does.
