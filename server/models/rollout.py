@@ -42,6 +42,7 @@ from server.models.traffic import format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
+    from server.models.rollout_snapshot import Snapshot
     from server.models.versions import ModelEntry, ModelVersion
 
 __all__ = ["ModelRollout", "Rollout", "figures_of"]
@@ -62,8 +63,12 @@ METRICS = {
 class SharedLog(Protocol):
     """Under --workers: the workers' change log (server/models/rollout_share.py's RolloutShare)."""
 
-    def built(self, entry: ModelEntry) -> None:
-        """A state was built for `entry`: apply the changes its generation's log holds already."""
+    def carry_proposal(self, old: ModelRollout, new: ModelRollout) -> Snapshot | None:
+        """What `old` (its log applied to the end) would carry onto `new`, a state of other files."""
+
+    def built(self, entry: ModelEntry, carried: Snapshot | None = None) -> None:
+        """A state was built for `entry`: apply the changes its generation's log holds already
+        (`carried`, what the files before carry, logged first when the log holds none)."""
 
     def auto_rollback(self, entry: ModelEntry, version: int, reason: str) -> None:
         """This worker's window says roll `version` back: log it in order, then apply it."""
@@ -134,13 +139,16 @@ class Rollout:
             if state is not None and state.shadow is not None:
                 state.shadow.cancel()
             built = self._build(entry)
-            if state is not None and carries(state, built, self.shared is not None):
+            carried = None
+            if state is not None and self.shared is not None and state.generation != built.generation:
+                carried = self.shared.carry_proposal(state, built)  # other files: logged, not applied
+            elif state is not None and carries(state, built, self.shared is not None):
                 carry(state, built)  # an operator's state outlives the rebuild (rollout_carry.py)
             elif state is not None and self.shared is None and not state.held:
                 carry_rollbacks(state, built)  # its rollbacks of versions served as they were
             state = self._models[entry.name] = built
             if self.shared is not None:  # stored first: the log's changes find this state
-                self.shared.built(entry)
+                self.shared.built(entry, carried)
         return state
 
     def kept(self, name: str) -> ModelRollout | None:

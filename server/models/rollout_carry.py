@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from server.models.rollout_snapshot import Snapshot
 from server.models.rollout_state import (
     MAX_EVENTS,
     EventOrigin,
@@ -27,7 +28,6 @@ from server.models.rollout_state import (
 from server.models.traffic import format_weights
 
 if TYPE_CHECKING:
-    from server.models.rollout_snapshot import Snapshot
     from server.models.traffic import TrafficPolicy
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 def carries(old: ModelRollout, new: ModelRollout, shared: bool) -> bool:
     """Whether `old`'s operator state goes onto `new`. Under --workers (`shared`): exactly when the
     same files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
-    other files start from the config and their own log, as every worker loading them does.
+    other files start from the config and their own log, as every worker loading them does (its
+    change 1 the state the first of them carried: carried_snapshot).
     In one process: after an eviction (Rollout.hold) that loads the same versions under the same
     policy, and after a reload that kept serving what the state names (`kept_serving`)."""
     if shared:
@@ -94,17 +95,10 @@ def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
     as they were stay rolled back (weight 0, their events kept). A rolled-back canary had come back
     at its config's weight when the stable version was redeployed. False when none does, or when
     nothing would be left to route."""
-    if old.config_policy != new.config_policy:
+    found = rollbacks_kept(old, new)
+    if found is None:
         return False
-    kept = served_as_before(old, new, old.rolled_back)
-    others = [v for v in new.entry.versions if v not in kept]
-    if not kept or not others:
-        return False
-    # No policy: the newest version takes every request, so the newest not rolled back does.
-    weights = dict(new.weights) if new.weights is not None else {max(others): 100}
-    weights.update(dict.fromkeys(kept, 0))
-    if not any(w > 0 for w in weights.values()):
-        return False
+    kept, weights = found
     new.set_weights(weights)
     new.rolled_back, new.source, new.events = set(kept), "rollback", old.events
     if new.shadow is not None and new.shadow.policy.version in kept:
@@ -113,6 +107,54 @@ def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
              "weights, version(s) %s kept rolled back: %s", new.entry.name,
              ", ".join(map(str, sorted(kept))), format_weights(weights))  # fmt: skip
     return True
+
+
+def rollbacks_kept(old: ModelRollout, new: ModelRollout) -> tuple[set[int], dict[int, int]] | None:
+    """carry_rollbacks' rule: (the versions that stay rolled back, the weights `new` routes by);
+    None when it keeps nothing."""
+    if old.config_policy != new.config_policy:
+        return None
+    kept = served_as_before(old, new, old.rolled_back)
+    others = [v for v in new.entry.versions if v not in kept]
+    if not kept or not others:
+        return None
+    # No policy: the newest version takes every request, so the newest not rolled back does.
+    weights = dict(new.weights) if new.weights is not None else {max(others): 100}
+    weights.update(dict.fromkeys(kept, 0))
+    return (kept, weights) if any(w > 0 for w in weights.values()) else None
+
+
+def carried_snapshot(old: ModelRollout, new: ModelRollout) -> Snapshot | None:
+    """Under --workers, a load of other files (`new`, another generation) after `old`'s: the
+    state one process would carry onto it (kept_serving, else rollbacks_kept), as change 1 of the
+    new generation's log (rollout_share.py); None when the config's state is the news. Its
+    rollback counts start again (the counters on /metrics outlive the reload anyway)."""
+    if old.held:  # evicted: its versions were loaded again, never served as before
+        return None
+    stopped = new.shadow is not None and old.shadow is not None and old.shadow.policy.fraction == 0
+    if kept_serving(old, new):
+        if old.source == "config" and not old.rolled_back and not old.shadow_promoted and not stopped:
+            return None
+        weights, source, rolled_back, promoted = old.weights, old.source, old.rolled_back, old.shadow_promoted
+    else:
+        found = rollbacks_kept(old, new)
+        if found is None:
+            return None
+        rolled_back, weights = found
+        source, promoted = "rollback", False
+        stopped = new.shadow is not None and new.shadow.policy.version in rolled_back
+    return Snapshot(
+        model=new.entry.name,
+        generation=new.generation,
+        seq=1,
+        weights=None if weights is None else tuple(sorted(weights.items())),
+        source=source,
+        rolled_back=tuple(sorted(rolled_back)),
+        shadow_stopped=stopped,
+        shadow_promoted=promoted,
+        events=tuple(old.events),
+        rollbacks=(),
+    )
 
 
 def carry(old: ModelRollout, new: ModelRollout) -> None:

@@ -38,14 +38,17 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.models.rollout_snapshot import (
+    MAX_SNAPSHOT_BYTES,
     Snapshot,
     read_snapshot,
     snapshot_file_name,
+    snapshot_from_raw,
+    snapshot_raw,
     write_snapshot,
 )
 from server.models.share_files import field, is_int, is_pair, read_json_object
@@ -55,8 +58,11 @@ if TYPE_CHECKING:
 
 PREFIX = "op-"  # not a hex digit: the automatic rollbacks' files start with one
 SUFFIX = ".json"
-MAX_CHANGE_BYTES = 16 * 1024  # a bigger file is no change of ours: not read
-KINDS = ("weights", "promote", "rollback", "auto")
+# A bigger file is no change of ours: not read. A carry holds a state (events with their reasons).
+MAX_CHANGE_BYTES = 16 * 1024 + MAX_SNAPSHOT_BYTES
+# "carry": change 1 of a new generation's log, the state the previous files' log had come to
+# (rollout_carry.carried_snapshot), claimed by the first worker to load the new files.
+KINDS = ("weights", "promote", "rollback", "auto", "carry")
 COMPACT_EVERY = 32  # changes between snapshots; as many older change files are kept for followers
 _NAME = re.compile(r"op-([0-9a-f]{16})-([0-9a-f]{1,16})-(\d{10})\.json")
 
@@ -74,6 +80,7 @@ class OperatorChange:
     versions: tuple[int, ...]  # "promote": the version; "rollback"/"auto": the versions taken out
     reason: str  # "rollback": the operator's reason; "auto": the window's verdict
     unix_time: float
+    state: Snapshot | None = None  # "carry": the state every worker takes (seq 1 of this generation)
 
     def file_name(self) -> str:
         return change_file_name(self.model, self.generation, self.seq)
@@ -125,7 +132,7 @@ def claim(directory: Path, change: OperatorChange) -> bool:
     with log_lock(directory, exclusive=False):  # no compaction between the check and the link
         if snapshot_seq(directory, key) >= change.seq:  # its old file may be removed: never reuse
             return False
-        temporary.write_text(json.dumps(asdict(change)), encoding="utf-8")
+        temporary.write_text(json.dumps(change_raw(change)), encoding="utf-8")
         try:
             os.link(temporary, final)
         except FileExistsError:
@@ -177,6 +184,13 @@ def log_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def change_raw(change: OperatorChange) -> dict[str, object]:
+    """`change` as JSON values (its file)."""
+    raw: dict[str, object] = {f.name: getattr(change, f.name) for f in fields(change)}
+    raw["state"] = None if change.state is None else snapshot_raw(change.state)
+    return raw
+
+
 def read_change(path: Path) -> OperatorChange:
     """The change in `path`; ValueError (or OSError) when it is not one."""
     raw = read_json_object(path, MAX_CHANGE_BYTES)
@@ -192,6 +206,11 @@ def read_change(path: Path) -> OperatorChange:
     unix_time = raw.get("unix_time")
     if not isinstance(unix_time, (int, float)) or isinstance(unix_time, bool):
         raise ValueError("field 'unix_time' is not a number")
+    state = None
+    if kind == "carry":
+        state = snapshot_from_raw(field(raw, "state", dict))
+        if (state.model, state.generation, state.seq) != (raw.get("model"), raw.get("generation"), 1):
+            raise ValueError("field 'state' is not its model's, generation's and change 1's")
     return OperatorChange(
         model=field(raw, "model", str),
         generation=field(raw, "generation", str),
@@ -202,4 +221,5 @@ def read_change(path: Path) -> OperatorChange:
         versions=tuple(versions),
         reason=field(raw, "reason", str),
         unix_time=float(unix_time),
+        state=state,
     )

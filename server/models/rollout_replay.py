@@ -42,6 +42,8 @@ def logged_weights(
 
 def applied(weights: Weights, change: OperatorChange, served: Collection[int]) -> Weights:
     """`weights` after `change` (a refused change leaves them: Rollout.check_weights, auto_refusal)."""
+    if change.kind == "carry" and change.state is not None:  # what the files before had, as restore
+        return None if change.state.weights is None else dict(change.state.weights)
     if change.kind == "weights":
         asked = dict(change.weights)
         valid = set(asked) <= set(served) and any(w > 0 for w in asked.values())

@@ -13,8 +13,10 @@ alone while the log holds changes. A follower's rollback is trigger "shared".
 The generation is a digest of what a model's serving versions were loaded from
 (repository.version_fingerprint: config and files with sizes and modification times), the same in
 every worker for the same files. A change applies to the workers serving its generation: a worker
-that loaded other files starts again from their config and follows their log. A reload of the same
-files keeps the state (rollout_carry.carries) and its place in the log.
+that loaded other files starts again from their config and follows their log, whose change 1 is
+what the first worker to build a state for them carried from the files before (a "carry": what one
+process keeps across such a reload, rollout_carry.carried_snapshot). A reload of the same files
+keeps the state (rollout_carry.carries) and its place in the log.
 
 The log is compacted (rollout_ops.compact): every COMPACT_EVERY-th change's claimant writes the
 state after it as the log's snapshot and removes the older change files, keeping the last
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import ModelNotFound, RolloutRetry, RolloutShareLost, ServiceError
-from server.models.rollout_carry import restore
+from server.models.rollout_carry import carried_snapshot, restore
 from server.models.rollout_ops import (
     COMPACT_EVERY,
     OperatorChange,
@@ -52,6 +54,7 @@ from server.models.rollout_ops import (
 from server.models.rollout_replay import logged_weights
 from server.models.rollout_snapshot import Snapshot, read_snapshot, snapshot_file_name, snapshot_of
 from server.models.rollout_state import EventOrigin, seen_by
+from server.models.traffic import format_weights
 from server.models.versions import READY
 
 if TYPE_CHECKING:
@@ -115,9 +118,12 @@ class RolloutShare:
             self._probed_stamp = stamp
         return applied
 
-    def built(self, entry: ModelEntry) -> None:
-        """Rollout built a state for `entry` (Rollout.state): the log's changes before it routes."""
-        if entry.name not in self._catching_up:
+    def built(self, entry: ModelEntry, carried: Snapshot | None = None) -> None:
+        """Rollout built a state for `entry` (Rollout.state): the log's changes before it routes,
+        `carried` (carry_proposal) claimed first as change 1 when the log holds none yet."""
+        if carried is not None:
+            self._claim_carry(entry, carried)
+        if entry.name not in self._catching_up:  # else the catch-up under way reads it
             self.catch_up(entry)
 
     def catch_up(self, entry: ModelEntry, snapshots: bool = True) -> int:
@@ -128,25 +134,49 @@ class RolloutShare:
             return 0
         self._catching_up.add(entry.name)
         try:
-            state = self._models.rollout.state(entry)  # built here (and not caught up twice)
-            applied = 0
-            while True:
-                seq = state.log_seq + 1
-                change = self._read(entry.name, state.generation, seq)
-                if change is None:
-                    snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
-                    if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
-                        return applied
-                    skipped = restore(state, snapshot, self.worker)  # changes up to it were removed
-                    self._models.rollout.count_rollbacks(entry.name, skipped)
-                    snapshots = False
-                    applied += 1
-                    continue
-                state.log_seq = seq
-                if isinstance(change, OperatorChange):  # not one passed over
-                    applied += self._follow(entry, change)
+            return self._apply_log(self._models.rollout.state(entry), snapshots)  # built here once
         finally:
             self._catching_up.discard(entry.name)
+
+    def _apply_log(self, state: ModelRollout, snapshots: bool) -> int:
+        entry, applied = state.entry, 0
+        while True:
+            seq = state.log_seq + 1
+            change = self._read(entry.name, state.generation, seq)
+            if change is None:
+                snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
+                if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
+                    return applied
+                skipped = restore(state, snapshot, self.worker)  # changes up to it were removed
+                self._models.rollout.count_rollbacks(entry.name, skipped)
+                snapshots = False
+                applied += 1
+                continue
+            state.log_seq = seq
+            if isinstance(change, OperatorChange):  # not one passed over
+                applied += self._follow(entry, change)
+
+    def carry_proposal(self, old: ModelRollout, new: ModelRollout) -> Snapshot | None:
+        """`old` (still the model's state: its changes apply to it) after the rest of its
+        generation's log, carried onto `new`, a load of other files: what this worker proposes as
+        change 1 of their log (every worker takes change 1, whoever claimed it: one state).
+        A worker still serving the old files may log a change there after this: it is not carried."""
+        self._apply_log(old, snapshots=True)
+        return carried_snapshot(old, new)
+
+    def _claim_carry(self, entry: ModelEntry, carried: Snapshot) -> None:
+        change = OperatorChange(entry.name, carried.generation, 1, self.worker, "carry", (), (),
+                                "", time.time(), carried)  # fmt: skip
+        try:
+            won = claim(self.directory, change)
+        except OSError as err:  # the config's state, as on every worker following no carry
+            log.error("rollout: cannot log model %s's carried state for the other workers in %s: %s",
+                      entry.name, self.directory, err)  # fmt: skip
+            return
+        if won:
+            log.info("rollout: model %s's new files take the state the files before had: weights %s "
+                     "(%s); logged for the other workers", entry.name,
+                     format_weights(dict(carried.weights or ())), carried.source)  # fmt: skip
 
     def _read(self, model: str, gen: str, seq: int) -> OperatorChange | bool | None:
         """Change `seq` of the log; None when not logged (yet); False when unreadable (passed over)."""
@@ -191,7 +221,9 @@ class RolloutShare:
         rollout = self._models.rollout
         who = f"worker {change.worker}"
         try:
-            if change.kind == "weights":
+            if change.kind == "carry" and change.state is not None:  # change 1: what the files before had
+                restore(self._models.rollout.state(entry), change.state, self.worker)
+            elif change.kind == "weights":
                 rollout.set_weights(entry, dict(change.weights))
             elif change.kind == "promote" and change.versions:
                 rollout.promote(entry, change.versions[0])

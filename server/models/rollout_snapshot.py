@@ -74,7 +74,16 @@ def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) ->
     holds the log's lock exclusively (rollout_ops.compact), so no older one replaces it."""
     final = directory / snapshot_file_name(key)
     temporary = directory / f".{final.name}.{os.getpid()}.tmp"
-    raw = {
+    try:
+        temporary.write_text(json.dumps(snapshot_raw(snapshot)), encoding="utf-8")
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def snapshot_raw(snapshot: Snapshot) -> dict[str, object]:
+    """`snapshot` as JSON values (its file; a carry change's `state`, rollout_ops.py)."""
+    return {
         "model": snapshot.model,
         "generation": snapshot.generation,
         "seq": snapshot.seq,
@@ -86,17 +95,16 @@ def write_snapshot(directory: Path, snapshot: Snapshot, key: tuple[str, str]) ->
         "events": [_event_list(e) for e in snapshot.events],
         "rollbacks": [list(r) for r in snapshot.rollbacks],
     }
-    try:
-        temporary.write_text(json.dumps(raw), encoding="utf-8")
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_snapshot(path: Path) -> Snapshot:
     """The snapshot in `path`; FileNotFoundError when there is none; ValueError (or another
     OSError) when it is not one."""
-    raw = read_json_object(path, MAX_SNAPSHOT_BYTES)
+    return snapshot_from_raw(read_json_object(path, MAX_SNAPSHOT_BYTES))
+
+
+def snapshot_from_raw(raw: dict[str, object]) -> Snapshot:
+    """The snapshot `raw` (snapshot_raw's form) holds; ValueError naming a field that is wrong."""
     weights = raw.get("weights")
     if weights is not None and not (isinstance(weights, list) and all(is_pair(p) for p in weights)):
         raise ValueError("field 'weights' is neither null nor a list of [version, weight] pairs")

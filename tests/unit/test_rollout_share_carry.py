@@ -1,0 +1,98 @@
+"""Under --workers, a reload of other files (a new generation, its own log) keeps what one process
+keeps (rollout_carry.carried_snapshot): the first worker to build a state for the new files logs
+the state the files before had come to as change 1 of their log, and every worker takes that
+change, whatever its own state was (simulated workers sharing a directory, fake entries)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from server.models.rollout_ops import change_file_name, read_change
+from server.models.rollout_replay import logged_weights
+from server.models.rollout_share import generation
+from tests.support.rollout_workers import Worker, model_entry
+
+
+def added(model: SimpleNamespace, version: int) -> SimpleNamespace:
+    """`model` reloaded with a version directory added: the other versions kept as they were (the
+    same instances, as the manager keeps a version whose files did not change)."""
+    extra = model_entry(f"new{version}", versions=(version,)).versions[version]
+    versions = {**model.versions, version: extra}
+    return SimpleNamespace(name=model.name, versions=versions, order=sorted(versions, reverse=True),
+                           state="READY")  # fmt: skip
+
+
+def state(worker: Worker) -> tuple[dict[int, int] | None, set[int], str]:
+    found = worker.rollout.state(worker.index["m"])
+    return found.weights, found.rolled_back, found.source
+
+
+def test_a_rollback_outlives_a_version_added_in_every_worker_even_one_behind(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, model_entry()), Worker(1, tmp_path, model_entry())
+    assert state(second)[0] == {1: 50, 2: 50}
+    first.submit("rollback", 2)  # the second has not checked since: its state is behind
+    old = first.index["m"]
+    second.index["m"] = added(second.index["m"], 3)  # the second reloads first
+    assert state(second) == ({1: 50, 2: 0}, {2}, "rollback")  # the old log applied, then carried
+    new = second.index["m"]
+    carried = read_change(tmp_path / change_file_name("m", generation(new), 1))  # type: ignore[arg-type]
+    assert carried.kind == "carry" and carried.worker == 1 and carried.state is not None
+
+    first.index["m"] = added(old, 3)
+    assert state(first) == ({1: 50, 2: 0}, {2}, "rollback")  # took change 1, logged nothing itself
+    events = first.rollout.state(first.index["m"]).events
+    assert [(e.version, e.trigger) for e in events] == [(2, "manual")]  # its own rollback, as before
+    assert [(e.version, e.trigger) for e in second.rollout.state(new).events] == [(2, "shared")]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("op-")) == sorted(
+        [change_file_name("m", generation(old), 1), carried.file_name()]  # type: ignore[arg-type]
+    )
+    # A lazy model's early judge in a third worker routes by the carried weights too.
+    assert logged_weights(tmp_path, "m", generation(new), {1: 50, 2: 50, 3: 0}, {1, 2, 3}) == {  # type: ignore[arg-type]
+        1: 50,
+        2: 0,
+    }
+
+    second.submit("weights", weights={1: 40, 3: 60})  # the new files' log goes on after change 1
+    first.share.check()
+    assert state(first)[0] == state(second)[0] == {1: 40, 3: 60}
+
+
+def test_new_files_for_a_version_the_weights_name_keep_the_rollbacks_only(tmp_path: Path) -> None:
+    policy = {"traffic_weights": "1:50,2:30,3:20"}
+    first = Worker(0, tmp_path, model_entry(versions=(1, 2, 3), policy=policy))
+    second = Worker(1, tmp_path, model_entry(versions=(1, 2, 3), policy=policy))
+    first.submit("rollback", 3)
+    first.submit("weights", weights={1: 10, 2: 90, 3: 0})
+    second.share.check()
+    for worker in (first, second):  # version 2 redeployed: the operator's weights name it
+        old = worker.index["m"]
+        redeployed = model_entry("b", versions=(2,), policy=policy).versions[2]
+        worker.index["m"] = SimpleNamespace(name="m", versions={**old.versions, 2: redeployed},
+                                            order=[3, 2, 1], state="READY")  # fmt: skip
+    assert state(first) == state(second) == ({1: 50, 2: 30, 3: 0}, {3}, "rollback")
+
+
+def test_a_state_the_config_set_logs_nothing_and_the_config_applies(tmp_path: Path) -> None:
+    first, second = Worker(0, tmp_path, model_entry()), Worker(1, tmp_path, model_entry())
+    for worker in (first, second):
+        state(worker)
+        worker.index["m"] = added(worker.index["m"], 3)
+        assert state(worker) == ({1: 50, 2: 50}, set(), "config")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_carry_naming_another_generation_is_no_change(tmp_path: Path) -> None:
+    first = Worker(0, tmp_path, model_entry())
+    first.submit("rollback", 2)
+    first.index["m"] = added(first.index["m"], 3)
+    state(first)
+    path = tmp_path / change_file_name("m", generation(first.index["m"]), 1)  # type: ignore[arg-type]
+    raw = json.loads(path.read_text())
+    raw["state"]["generation"] = "0" * 64
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="field 'state'"):
+        read_change(path)
