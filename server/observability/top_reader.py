@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,6 +22,7 @@ from clients.security import TlsOptions
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos.regular_files import size_limit
+from server.observability.page_fetch import PageTooLarge, PageTooSlow, fetch_page
 
 Key = tuple[str, str]  # (model, version)
 Metadata = tuple[tuple[str, str], ...]
@@ -121,16 +121,17 @@ def add_metrics(sample: Sample, text: str, counts: bool = False) -> None:
 
 def read_metrics(url: str, sample: Sample, timeout_s: float = 5.0, counts: bool = False) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:  # the operator's URL
-            # Bounded: an HTTP server answering an endless body had grown memory until MemoryError.
-            page = reply.read(MAX_METRICS_PAGE_BYTES + 1)
-        if len(page) > MAX_METRICS_PAGE_BYTES:
-            sample.metrics_error = (
-                f"{url}: the answer is larger than {size_limit(MAX_METRICS_PAGE_BYTES)}, the limit for "
-                "a /metrics page: is --metrics-url the server's /metrics?"
-            )
-            return
+        # Bounded in size (an endless body had grown memory until MemoryError) and in time for the
+        # whole answer (a trickling server had held top: urllib's timeout is per read).
+        page = fetch_page(url, timeout_s, MAX_METRICS_PAGE_BYTES)
         add_metrics(sample, page.decode("utf-8"), counts)
+    except PageTooLarge:
+        sample.metrics_error = (
+            f"{url}: the answer is larger than {size_limit(MAX_METRICS_PAGE_BYTES)}, the limit for "
+            "a /metrics page: is --metrics-url the server's /metrics?"
+        )
+    except PageTooSlow as exc:
+        sample.metrics_error = f"{url}: {exc}"
     except http.client.HTTPException as exc:
         # A port that answers something other than HTTP (the gRPC port) had ended top with a
         # BadStatusLine traceback; its text is the bytes it got (HTTP/2 frames): not shown.

@@ -7,7 +7,6 @@ import argparse
 import pytest
 from rich.console import Console
 
-from server.observability import top_reader
 from server.observability.top import add_top_parser, percentile, render, rows, run_top
 from server.observability.top_reader import Sample, add_metrics
 from tests.support.nothing_listening import nothing_listening
@@ -112,31 +111,3 @@ def test_a_reset_seen_only_in_the_histogram_blanks_the_row() -> None:
     after.buckets[key] = {100.0: 20.0, float("inf"): 120.0}  # restarted, then counted 120
     (row,) = rows(before, after)
     assert row.rate is None and row.p50_us is None and row.p99_us is None
-
-
-class EndlessReply:
-    """An HTTP answer whose body never ends (a wrong server at --metrics-url), without a socket."""
-
-    def __enter__(self) -> EndlessReply:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def read(self, amount: int | None = None) -> bytes:
-        if amount is None:  # the whole body: it had grown memory until MemoryError
-            raise MemoryError
-        return b"# junk\n" * (amount // 7) + b"#" * (amount % 7)
-
-
-def test_an_endless_metrics_page_is_read_to_its_bound_and_said_in_one_line(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(top_reader.urllib.request, "urlopen", lambda url, timeout: EndlessReply())
-    sample = Sample(at=0.0)
-    top_reader.read_metrics("http://127.0.0.1:9/metrics", sample, counts=True)
-    assert sample.metrics_error == (
-        "http://127.0.0.1:9/metrics: the answer is larger than 67108864 bytes (64 MiB), the limit for a "
-        "/metrics page: is --metrics-url the server's /metrics?"
-    )
-    assert sample.success == {} and sample.buckets == {}
