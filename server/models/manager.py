@@ -39,7 +39,7 @@ from server.models.sequence_config import unknown_sequence_hint
 from server.models.sequence_routing import EVICTED_SEQUENCE, Routed, SequenceRouting
 from server.models.start_phase import StartPhase
 from server.models.traffic import parse_policy
-from server.models.version_loader import ensemble_version, load_version
+from server.models.version_loader import load_ensemble, load_version
 from server.models.versions import (
     LOADING,
     READY,
@@ -313,10 +313,11 @@ class ModelManager:
                 parse_policy(source.config, source.where, source.versions)
                 self._ensembles.refuse_cycle(source)  # under the lock: loads in turn
                 for number, path in sorted(source.versions.items(), reverse=True):
-                    if is_ensemble(source.config):
-                        versions[number] = self._load_ensemble(source, number)
-                        continue
                     kept = serving.get(number)
+                    if is_ensemble(source.config):
+                        shared = (self.resolve, self._response_cache, self._settings.max_queue_size)
+                        versions[number] = await load_ensemble(source, number, kept, *shared)
+                        continue
                     if kept is not None and kept.fingerprint == await asyncio.to_thread(
                         version_fingerprint, source, number
                     ):
@@ -368,10 +369,6 @@ class ModelManager:
     async def _load_version(self, source: ModelSource, number: int, path: Path) -> ModelVersion:
         shared = (self._response_cache, self.sampling, self._queued_bytes, self.runs)  # by every version
         return await load_version(source, number, path, self._settings, *shared)
-
-    def _load_ensemble(self, source: ModelSource, number: int) -> ModelVersion:
-        cache, max_queue_size = self._response_cache, self._settings.max_queue_size
-        return ensemble_version(source, number, self.resolve, cache, max_queue_size)
 
     def note_failed_reload(self, name: str, reason: str) -> None:
         """A serving model's reload failed: it keeps serving, and its index reason says why."""

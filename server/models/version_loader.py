@@ -32,7 +32,7 @@ from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, Resolve
 from server.models.ensemble_admission import admission_batcher
-from server.models.ensemble_config import Step, plan_ensemble
+from server.models.ensemble_config import EnsemblePlan, Step, plan_ensemble
 from server.models.first_run import first_run, first_run_limit
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
@@ -157,17 +157,30 @@ async def load_version(
     )
 
 
-def ensemble_version(
+async def load_ensemble(
     source: ModelSource,
     number: int,
+    kept: ModelVersion | None,
     resolve: Resolve,
     response_cache: ResponseCache | None,
     max_queue_size: int,
 ) -> ModelVersion:
-    """An ensemble's version: checked against its step models, which must be ready already
-    (`resolve`: the manager's, which finds the version serving a step)."""
-    config = mc.ModelConfig()
-    config.CopyFrom(source.config)
+    """An ensemble's version; `kept` (the one serving, when the load keeps unchanged versions)
+    when its files are the same and its steps check as they did: its statistics and rollout state
+    go on (it had been rebuilt at every load, its statistics started over)."""
+    cache_bytes = 0 if response_cache is None else response_cache.capacity_bytes
+    plan = ensemble_plan(source, resolve, cache_bytes)
+    files = await asyncio.to_thread(version_fingerprint, source, number)
+    steps = None if kept is None or kept.ensemble is None else kept.ensemble.plan
+    if kept is not None and (kept.fingerprint, steps) == (files, plan):
+        return kept
+    return ensemble_version(source, number, plan, resolve, response_cache, max_queue_size, files)
+
+
+def ensemble_plan(source: ModelSource, resolve: Resolve, cache_bytes: int) -> EnsemblePlan:
+    """An ensemble's steps checked against their step models, which must be ready already
+    (`resolve`: the manager's, which finds the version serving a step), and its response cache
+    against the server's (`cache_bytes`); ConfigError saying what does not fit."""
 
     def step_config(step: Step) -> mc.ModelConfig:
         try:
@@ -175,9 +188,23 @@ def ensemble_version(
         except (ModelNotFound, ModelNotReady, InvalidRequest) as exc:
             raise ConfigError(str(exc)) from None
 
-    plan = plan_ensemble(config, source.where, step_config)
-    cache = response_cache
-    validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
+    plan = plan_ensemble(source.config, source.where, step_config)
+    validate_response_cache(source.config, source.where, cache_bytes)
+    return plan
+
+
+def ensemble_version(
+    source: ModelSource,
+    number: int,
+    plan: EnsemblePlan,
+    resolve: Resolve,
+    response_cache: ResponseCache | None,
+    max_queue_size: int,
+    fingerprint: tuple[object, ...],
+) -> ModelVersion:
+    """An ensemble's version running `plan` (ensemble_plan's)."""
+    config = mc.ModelConfig()
+    config.CopyFrom(source.config)
     stats = ModelStats()
     return ModelVersion(
         name=source.name,
@@ -191,7 +218,8 @@ def ensemble_version(
         latest_frame_wins=latest_frame_wins(config, source.where),
         # Its own cache, as Triton's ensembles have one: a hit answers without running a step
         # (the setting was accepted and silently unused).
-        response_cache=cache if config.response_cache.enable else None,
+        response_cache=response_cache if config.response_cache.enable else None,
+        fingerprint=fingerprint,
     )
 
 
