@@ -7,9 +7,14 @@ measured and explained here, and tested without a server.
 
 from __future__ import annotations
 
+import logging
+
+from server.grpc_arg_names import unfamiliar
 from server.protocol.frame_size import received_ceiling
 from server.settings import ServerSettings
 from server.settings_rules import parse_grpc_args
+
+log = logging.getLogger(__name__)
 
 
 def keepalive_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -68,4 +73,6 @@ def grpc_server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
     extra = parse_grpc_args(settings.grpc_server_args or "")
     named = {name for name, _ in extra}
+    for line in unfamiliar(sorted(named)):  # grpc ignores such a name without a word
+        log.warning("%s", line)
     return [option for option in ours if option[0] not in named] + extra
