@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_config import is_ensemble
@@ -26,9 +27,9 @@ from server.models.lazy_signatures import (
 )
 from server.models.manager import ModelManager
 from server.models.repository import ModelSource, load_model_source
-from server.models.rollout import SharedLog
 from server.models.rollout_carry import carried_weights
 from server.models.rollout_ops import generation_of
+from server.models.rollout_shared_log import SharedLog
 from server.models.versions import ModelVersion
 from server.protocol.validate import Signature
 
@@ -53,6 +54,7 @@ class JudgedSignatures:
         self._predicted: dict[str, tuple[object, dict[int, Signature] | None]] = {}  # from files
         self._reads = FreshRuns(self._current)  # one read for concurrent requests
         self._routing: dict[str, UnnamedRouting | None] = {}  # as the config last read says
+        self._files: dict[str, dict[int, tuple[object, ...]]] = {}  # the versions' fingerprints then
         self._rules: dict[str, FrameRules | None] = {}  # latest-frame-wins, as last loaded or read
         # An ensemble whose load would fail planning its steps is not judged (lazy_plans.py).
         self._plans = PlanCheck(root, lambda s, n: completed_config(s, n, default_max_batch_size))
@@ -74,8 +76,8 @@ class JudgedSignatures:
         rollout = self._manager.rollout
         if routing is None or rollout.shared is not None:
             return routing
-        kept = rollout.kept(name)
-        weights = None if kept is None else carried_weights(kept, routing.policy, routing.served)
+        kept, files = rollout.kept(name), self._files.get(name, {})
+        weights = None if kept is None else carried_weights(kept, routing.policy, files)
         return routing if weights is None else routing.weighed(weights)
 
     def frame_rules(self, name: str) -> FrameRules | None:
@@ -99,6 +101,7 @@ class JudgedSignatures:
         self._loaded.pop(name, None)
         self._predicted.pop(name, None)
         self._rules.pop(name, None)
+        self._files.pop(name, None)
 
     async def _current(self, name: str) -> dict[int, Signature] | None:
         shared = self._manager.rollout.shared
@@ -112,8 +115,11 @@ class JudgedSignatures:
             source, key, routing = await asyncio.to_thread(read)
         except Exception:  # its load will say what is wrong
             self._routing.pop(name, None)
+            self._files.pop(name, None)
             return None
         self._routing[name] = routing
+        fingerprints = cast("tuple[tuple[object, ...], ...]", key)  # footprint.source_key's
+        self._files[name] = dict(zip(sorted(source.versions), fingerprints, strict=True))
         self.listed(source)  # as its next load reads it
         self._refused_early.describe(name, source.config)  # its refusals' series: labels, cache
         if is_ensemble(source.config):  # a load failing to plan its steps says what is wrong
@@ -138,7 +144,7 @@ def logged_routing(
     routing = unnamed_routing(source)
     if routing is None or shared is None:
         return routing
-    generation = generation_of(source.name, dict(zip(sorted(source.versions), key, strict=True)))
+    files = generation_of(source.name, dict(zip(sorted(source.versions), key, strict=True)))
     config = None if routing.policy is None else routing.policy.weights
-    weights = shared.logged_weights(source.name, generation, config, routing.served)
+    weights = shared.logged_weights(source.name, files, config, routing.served)
     return routing if weights is None or not any(weights.values()) else routing.weighed(weights)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from server.errors import InvalidRequest, ModelNotFound, RolloutRefused
 from server.models.rollback import Figures, RollbackMonitor
 from server.models.rollout_carry import carries, carry, carry_rollbacks
 from server.models.rollout_ops import generation
+from server.models.rollout_shared_log import SharedLog
 from server.models.rollout_state import (
     MANUAL_REASON,
     EventOrigin,
@@ -42,7 +43,6 @@ from server.models.traffic import format_weights, parse_policy, point_of
 
 if TYPE_CHECKING:
     from batcher.types import Tensors
-    from server.models.rollout_snapshot import Snapshot
     from server.models.versions import ModelEntry, ModelVersion
 
 __all__ = ["ModelRollout", "Rollout", "figures_of"]
@@ -58,25 +58,6 @@ METRICS = {
                                       "outputs and the served version's"),
     "sluiceway_shadow_argmax_agreement": ("gauge", "Share of compared rows whose argmax agreed (0..1)"),
 }  # fmt: skip
-
-
-class SharedLog(Protocol):
-    """Under --workers: the workers' change log (server/models/rollout_share.py's RolloutShare)."""
-
-    def carry_proposal(self, old: ModelRollout, new: ModelRollout) -> Snapshot | None:
-        """What `old` (its log applied to the end) would carry onto `new`, a state of other files."""
-
-    def built(self, entry: ModelEntry, carried: Snapshot | None = None) -> None:
-        """A state was built for `entry`: apply the changes its generation's log holds already
-        (`carried`, what the files before carry, logged first when the log holds none)."""
-
-    def auto_rollback(self, entry: ModelEntry, version: int, reason: str) -> None:
-        """This worker's window says roll `version` back: log it in order, then apply it."""
-
-    def logged_weights(
-        self, model: str, generation: str, weights: Mapping[int, int] | None, served: Collection[int]
-    ) -> dict[int, int] | None:
-        """`weights` after `model`'s log for `generation`, read from its files (not loaded here)."""
 
 
 class Rollout:
@@ -140,16 +121,36 @@ class Rollout:
                 state.shadow.cancel()
             built = self._build(entry)
             carried = None
-            if state is not None and self.shared is not None and state.generation != built.generation:
-                carried = self.shared.carry_proposal(state, built)  # other files: logged, not applied
-            elif state is not None and carries(state, built, self.shared is not None):
+            if state is not None and carries(state, built, self.shared is not None):
                 carry(state, built)  # an operator's state outlives the rebuild (rollout_carry.py)
-            elif state is not None and self.shared is None and not state.held:
-                carry_rollbacks(state, built)  # its rollbacks of versions served as they were
+            elif self.shared is not None:  # other files: their period's log (rollout_periods.py)
+                switching = state is not None and not state.held
+                built.generation = self.shared.log_generation(entry.name, built.files, switching)
+                if state is not None:
+                    carried = self.shared.carry_proposal(state, built)  # logged, not applied
+            elif state is not None:
+                carry_rollbacks(state, built)  # its rollbacks of versions whose files are the same
             state = self._models[entry.name] = built
             if self.shared is not None:  # stored first: the log's changes find this state
                 self.shared.built(entry, carried)
         return state
+
+    def rebase(self, entry: ModelEntry, generation: str) -> None:
+        """Under --workers: follow the log `generation` of the same files from the config's state
+        (this worker was left on an older period's: rollout_periods.py)."""
+        old = self._models.pop(entry.name, None)
+        if old is not None and old.shadow is not None:
+            old.shadow.cancel()
+        built = self._build(entry)
+        built.generation = generation
+        self._models[entry.name] = built
+        if self.shared is not None:
+            self.shared.built(entry)
+
+    def built_for(self, entry: ModelEntry) -> ModelRollout | None:
+        """`entry`'s state if one was built for this load of it (none is built here)."""
+        state = self._models.get(entry.name)
+        return state if state is not None and state.entry is entry else None
 
     def kept(self, name: str) -> ModelRollout | None:
         """`name`'s state kept for its next load (evicted: `hold`); None when there is none."""
@@ -165,6 +166,8 @@ class Rollout:
         state = self._models.pop(name, None)
         if state is not None and state.shadow is not None:
             state.shadow.cancel()
+        if state is not None and self.shared is not None:
+            self.shared.unloaded(name)  # its next load starts from the config, as in one process
 
     def hold(self, name: str) -> None:
         """The model was evicted to fit the memory budget: its next load, by a request, is not an
@@ -196,8 +199,9 @@ class Rollout:
         )
         state.set_weights(None if policy is None else dict(policy.weights))
         state.entry_versions = frozenset(entry.versions)
+        state.version_files = {number: version.fingerprint for number, version in entry.versions.items()}
         if self.shared is not None:  # the log's key; a hash of every version's fingerprint
-            state.generation = generation(entry)
+            state.files = state.generation = generation(entry)  # the log: Rollout.state sets it
         state.monitor = RollbackMonitor(window_s, self._clock(), self._figures(state))  # needs the state
         if policy is not None:
             log.info("rollout: model %s traffic %s%s", entry.name, format_weights(policy.weights),

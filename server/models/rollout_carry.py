@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from server.models.rollout_snapshot import Snapshot
@@ -38,55 +38,62 @@ def carries(old: ModelRollout, new: ModelRollout, shared: bool) -> bool:
     same files were loaded again (evicted or reloaded), so the log goes on applying on top of it;
     other files start from the config and their own log, as every worker loading them does (its
     change 1 the state the first of them carried: carried_snapshot).
-    In one process: after an eviction (Rollout.hold) that loads the same versions under the same
-    policy, and after a reload that kept serving what the state names (`kept_serving`)."""
+    In one process: after a reload, or an eviction's load (Rollout.hold), that serves what the
+    state names from the same files (`kept_serving`). An evicted model loaded again after a
+    version it names got new files had kept the operator's weights (by version numbers alone),
+    where a reload takes the config's, as under --workers."""
     if shared:
-        return old.generation == new.generation
-    if not old.held:
-        return kept_serving(old, new)
-    if same_load(old, new.config_policy, new.entry.versions):
-        return True
-    log.info("rollout: model %s reloaded with another policy or versions: its config's applies",
-             new.entry.name)  # fmt: skip
-    return False
+        return old.files == new.files
+    return kept_serving(old, new)
 
 
 def kept_serving(old: ModelRollout, new: ModelRollout) -> bool:
     """A reload that keeps `old`'s state: the config's traffic policy unchanged, and every version
     the state names (weighted, rolled back, the shadow) kept serving as it was (the same instance:
-    ModelManager keeps a version whose files did not change). A version added beside them, or a
-    config rewritten with the same text, had reset the state: a rolled-back canary came back at
-    its config's weight and failed requests again. A named version loaded from new files, or
-    another policy, starts from the config's."""
+    ModelManager keeps a version whose files did not change; or, after an eviction, the same
+    files). A version added beside them, or a config rewritten with the same text, had reset the
+    state: a rolled-back canary came back at its config's weight and failed requests again. A
+    named version loaded from new files, or another policy, starts from the config's."""
     if old.config_policy != new.config_policy:
         return False
-    named = {v for v, w in (old.weights or {}).items() if w > 0} | old.rolled_back
-    if old.shadow is not None:
-        named.add(old.shadow.policy.version)
+    named = named_versions(old)
     return served_as_before(old, new, named) == named
 
 
+def named_versions(state: ModelRollout) -> set[int]:
+    """The versions `state`'s operator changes name: weighted, rolled back, the shadow."""
+    named = {v for v, w in (state.weights or {}).items() if w > 0} | state.rolled_back
+    if state.shadow is not None:
+        named.add(state.shadow.policy.version)
+    return named
+
+
 def served_as_before(old: ModelRollout, new: ModelRollout, versions: Iterable[int]) -> set[int]:
-    """Those of `versions` `new` serves as the same instances `old` did (files unchanged)."""
-    now, before = new.entry.versions, old.entry.versions
-    return {v for v in versions if v in now and now[v] is before.get(v)}
-
-
-def same_load(old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]) -> bool:
-    """A load reading `policy` and serving `served` takes `old`'s operator state (`carry`):
-    otherwise its config's is the news."""
-    return old.config_policy == policy and set(old.entry_versions) == set(served)
+    """Those of `versions` `new` serves as `old` did: the same instances (a reload keeps a version
+    whose files did not change), or loaded again from the same files (an eviction's load)."""
+    now, before, files = new.entry.versions, old.entry.versions, old.version_files
+    return {
+        v
+        for v in versions
+        if v in now and (now[v] is before.get(v) or (bool(files.get(v)) and now[v].fingerprint == files[v]))
+    }
 
 
 def carried_weights(
-    old: ModelRollout, policy: TrafficPolicy | None, served: Iterable[int]
+    old: ModelRollout, policy: TrafficPolicy | None, files: Mapping[int, tuple[object, ...]]
 ) -> dict[int, int] | None:
-    """The weights a load reading `policy` and serving `served` routes by when it takes `old`'s
-    state (kept through an eviction: Rollout.kept), as the lazy model's early judge predicts it;
-    None when that load routes by its config's (or `old` sets none that route anything)."""
-    if not same_load(old, policy, served) or not any(w > 0 for w in (old.weights or {}).values()):
+    """The weights a load reading `policy` and serving versions loaded from `files` (version ->
+    its fingerprint) routes by when it takes what `old` keeps (an evicted state: Rollout.kept),
+    as the lazy model's early judge predicts it: kept_serving's, else rollbacks_kept's rule, on
+    the files; None when that load routes by its config's."""
+    if old.config_policy != policy:
         return None
-    return dict(old.weights or {})
+    same = {v for v, f in files.items() if f and old.version_files.get(v) == f}
+    if named_versions(old) <= same:
+        weights = old.weights or {}
+        return dict(weights) if any(w > 0 for w in weights.values()) else None
+    found = weights_without(old.rolled_back & same, files, None if policy is None else policy.weights)
+    return None if found is None else found[1]
 
 
 def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
@@ -114,14 +121,22 @@ def rollbacks_kept(old: ModelRollout, new: ModelRollout) -> tuple[set[int], dict
     None when it keeps nothing."""
     if old.config_policy != new.config_policy:
         return None
-    kept = served_as_before(old, new, old.rolled_back)
-    others = [v for v in new.entry.versions if v not in kept]
+    return weights_without(served_as_before(old, new, old.rolled_back), new.entry.versions, new.weights)
+
+
+def weights_without(
+    kept: set[int], served: Iterable[int], weights: Mapping[int, int] | None
+) -> tuple[set[int], dict[int, int]] | None:
+    """(`kept`, the config's `weights` with the versions in `kept` at 0), the weights a load
+    serving `served` routes by when those stay rolled back; None when none does, or when nothing
+    would be left to route."""
+    others = [v for v in served if v not in kept]
     if not kept or not others:
         return None
     # No policy: the newest version takes every request, so the newest not rolled back does.
-    weights = dict(new.weights) if new.weights is not None else {max(others): 100}
-    weights.update(dict.fromkeys(kept, 0))
-    return (kept, weights) if any(w > 0 for w in weights.values()) else None
+    result = dict(weights) if weights is not None else {max(others): 100}
+    result.update(dict.fromkeys(kept, 0))
+    return (kept, result) if any(w > 0 for w in result.values()) else None
 
 
 def carried_snapshot(old: ModelRollout, new: ModelRollout) -> Snapshot | None:

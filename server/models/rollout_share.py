@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import stat
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -41,18 +39,17 @@ from typing import TYPE_CHECKING, Protocol
 
 from server.errors import ModelNotFound, RolloutRetry, RolloutShareLost, ServiceError
 from server.models.rollout_carry import carried_snapshot, restore
+from server.models.rollout_log_files import LogFiles
 from server.models.rollout_ops import (
     COMPACT_EVERY,
     OperatorChange,
-    change_file_name,
     claim,
     compact,
     generation,
-    log_key,
-    read_change,
 )
+from server.models.rollout_periods import current, generation_for, logged_generation, unloaded
 from server.models.rollout_replay import logged_weights
-from server.models.rollout_snapshot import Snapshot, read_snapshot, snapshot_file_name, snapshot_of
+from server.models.rollout_snapshot import Snapshot, snapshot_of
 from server.models.rollout_state import EventOrigin, seen_by
 from server.models.traffic import format_weights
 from server.models.versions import READY
@@ -86,21 +83,24 @@ class RolloutShare:
         self.directory = directory
         self.worker = worker
         self._models = models
+        self.log_files = LogFiles(directory)
         self._catching_up: set[str] = set()  # models whose log is being applied now (no re-entry)
-        self._passed: set[str] = set()  # unreadable change files, said once
         self._task: asyncio.Task[None] | None = None
-        self._missing_said = False
         self._checks = 0
         self._probed_stamp: int | None = None  # the directory's mtime at the last check that probed
-        self.files_opened = 0  # change files looked for (found or not): a check's cost
         models.rollout.shared = self
+
+    @property
+    def files_opened(self) -> int:
+        """Change and snapshot files looked for (found or not): a check's cost."""
+        return self.log_files.opened
 
     # -- following -------------------------------------------------------------------------
 
     def check(self) -> int:
         """Apply the changes logged since each model's state here last looked; how many changed
         something here. One open per model with a state here, plus one per new change."""
-        stamp = self._directory_stamp()
+        stamp = self.log_files.stamp()
         if stamp is None:
             return 0
         self._checks += 1
@@ -113,6 +113,8 @@ class RolloutShare:
             except ModelNotFound:  # unloaded here meanwhile
                 continue
             if entry.state == READY and entry.versions:
+                if probe:  # a switch of periods writes the directory (rollout_periods.py)
+                    self._follow_period(entry)
                 applied += self.catch_up(entry, snapshots=probe)
         if probe:
             self._probed_stamp = stamp
@@ -142,9 +144,9 @@ class RolloutShare:
         entry, applied = state.entry, 0
         while True:
             seq = state.log_seq + 1
-            change = self._read(entry.name, state.generation, seq)
+            change = self.log_files.change(entry.name, state.generation, seq)
             if change is None:
-                snapshot = self._read_snapshot(entry.name, state.generation) if snapshots else None
+                snapshot = self.log_files.snapshot(entry.name, state.generation) if snapshots else None
                 if snapshot is None or snapshot.seq < seq:  # nothing logged after log_seq yet
                     return applied
                 skipped = restore(state, snapshot, self.worker)  # changes up to it were removed
@@ -178,44 +180,6 @@ class RolloutShare:
                      "(%s); logged for the other workers", entry.name,
                      format_weights(dict(carried.weights or ())), carried.source)  # fmt: skip
 
-    def _read(self, model: str, gen: str, seq: int) -> OperatorChange | bool | None:
-        """Change `seq` of the log; None when not logged (yet); False when unreadable (passed over)."""
-        name = change_file_name(model, gen, seq)
-        self.files_opened += 1
-        try:
-            change = read_change(self.directory / name)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested JSON
-            if name not in self._passed:
-                self._passed.add(name)
-                log.error("rollout: %s in %s is no rollout change (%s): passed over",
-                          name, self.directory, err)  # fmt: skip
-            return False
-        if change.model != model or change.generation != gen or change.seq != seq:
-            log.error("rollout: %s in %s names another change: passed over", name, self.directory)
-            return False
-        return change
-
-    def _read_snapshot(self, model: str, gen: str) -> Snapshot | None:
-        """The log's snapshot; None when there is none or it is unreadable (said once)."""
-        name = snapshot_file_name(log_key(model, gen))
-        self.files_opened += 1
-        try:
-            snapshot = read_snapshot(self.directory / name)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, RecursionError) as err:
-            if name not in self._passed:
-                self._passed.add(name)
-                log.error("rollout: %s in %s is no rollout snapshot (%s): not used",
-                          name, self.directory, err)  # fmt: skip
-            return None
-        if snapshot.model != model or snapshot.generation != gen:
-            log.error("rollout: %s in %s names another model's state: not used", name, self.directory)
-            return None
-        return snapshot
-
     def _follow(self, entry: ModelEntry, change: OperatorChange) -> int:
         """Apply a logged change here; 1 when it changed something, 0 when refused (logged)."""
         rollout = self._models.rollout
@@ -239,11 +203,44 @@ class RolloutShare:
         return 1
 
     def logged_weights(
-        self, model: str, generation: str, weights: Mapping[int, int] | None, served: Collection[int]
+        self, model: str, files: str, weights: Mapping[int, int] | None, served: Collection[int]
     ) -> dict[int, int] | None:
-        """`weights` (its config's) after `model`'s log for `generation` (a lazy model not loaded
-        here: rollout_replay.py). Reads files only: callable off the event loop."""
+        """`weights` (its config's) after the log a load of `model`'s files `files` would follow
+        (a lazy model not loaded here: rollout_replay.py). Reads files only: off the event loop."""
+        generation = logged_generation(self.directory, model, files)
         return logged_weights(self.directory, model, generation, weights, served)
+
+    # -- periods of files (rollout_periods.py) ----------------------------------------------------
+
+    def log_generation(self, model: str, files: str, switching: bool) -> str:
+        """The log a state built now for `model`'s files `files` follows (rollout_periods.py);
+        `switching`: from this worker's state of other files."""
+        try:
+            return generation_for(self.directory, model, files, switching)
+        except OSError as err:  # the directory is gone: said at the next change; the files' own log
+            log.error("rollout: cannot read model %s's period in %s: %s", model, self.directory, err)
+            return files
+
+    def unloaded(self, model: str) -> None:
+        try:
+            unloaded(self.directory, model)
+        except OSError as err:
+            log.error("rollout: cannot record model %s's unload in %s: %s", model, self.directory, err)
+
+    def _follow_period(self, entry: ModelEntry) -> None:
+        """This worker's state of `entry` follows an older period of the same files than the
+        current one (the files flipped back before it looked): take the current period's log."""
+        state = self._models.rollout.built_for(entry)  # else the catch-up builds it: not left behind
+        now = None if state is None else current(self.directory, entry.name)
+        if (
+            state is not None
+            and now is not None
+            and now.files == state.files
+            and now.generation != state.generation
+        ):
+            log.info("rollout: model %s: the other workers serve these files in a later period: its log "
+                     "applies here", entry.name)  # fmt: skip
+            self._models.rollout.rebase(entry, now.generation)
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -312,7 +309,7 @@ class RolloutShare:
             cause = (
                 f"the workers' shared directory {self.directory} is gone (removed while the server "
                 "runs; restart it)"
-                if not self._directory_present()
+                if not (self.log_files.stamp() is not None)
                 else f"the workers' shared directory {self.directory} cannot be written ({err.strerror})"
             )
             raise RolloutShareLost(
@@ -356,21 +353,6 @@ class RolloutShare:
         if kind == "promote" and version is not None:
             return rollout.promote(entry, version)
         return rollout.roll_back(entry, version, reason, EventOrigin(self.worker, "manual", reason))
-
-    def _directory_present(self) -> bool:
-        return self._directory_stamp() is not None
-
-    def _directory_stamp(self) -> int | None:
-        """The shared directory's modification time (one stat); None, said once, when it is gone."""
-        try:
-            info = os.stat(self.directory)
-            stamp: int | None = info.st_mtime_ns if stat.S_ISDIR(info.st_mode) else None
-        except OSError:
-            stamp = None
-        if stamp is None and not self._missing_said:
-            log.error("rollout: cannot read the workers' shared changes: %s is gone", self.directory)
-        self._missing_said = stamp is None
-        return stamp
 
     # -- the periodic check ----------------------------------------------------------------
 

@@ -82,7 +82,10 @@ class ModelRollout:
     shadow_promoted: bool = False  # the shadow version was promoted: no longer shown as the shadow
     # The versions served when built (the entry's own are cleared when it is unloaded).
     entry_versions: frozenset[int] = frozenset()
-    generation: str = ""  # what the versions were loaded from (rollout_ops.generation)
+    # What each of them was loaded from (ModelVersion.fingerprint): an eviction clears the entry's.
+    version_files: dict[int, tuple[object, ...]] = field(default_factory=dict)
+    files: str = ""  # under --workers: what the versions were loaded from (rollout_ops.generation)
+    generation: str = ""  # under --workers: the change log it follows (rollout_periods.py)
     log_seq: int = 0  # under --workers: the last change of the generation's log applied to this state
     # Under --workers: the logged rollbacks applied to this state, (version, the worker that logged
     # it, "manual" or "auto") -> count, so that a snapshot's reader counts the ones it skipped.

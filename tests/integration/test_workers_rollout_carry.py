@@ -86,3 +86,28 @@ def test_a_rollback_outlives_a_version_added_and_the_stable_one_redeployed_in_ev
             assert (source, events) == ("rollback", [2]), (name, source, events)
             assert versions == {1: (80, False), 2: (0, True), 3: (0, False)}, (name, versions)
             assert routed(channel, f"c{name}") == {1}, name
+
+
+def test_files_served_again_keep_the_rollback_made_since_in_every_worker(tmp_path: Path) -> None:
+    # A version added, then moved away again: the files of the first period, whose log held a
+    # SetWeights. Every worker had replayed that log: the rolled-back canary back at 50 (a tester).
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        (repo / "m" / str(version)).mkdir(parents=True)
+        scale_model(repo / "m" / str(version) / "model.onnx", float(version))
+    (repo / "m" / "config.pbtxt").write_text(CONFIG)
+    with ServerProcess("--model-repository", str(repo), *ARGS) as server, ExitStack() as stack:
+        workers = channels_to_each_worker(server.address, stack)
+        admin = apb_grpc.AdminStub(workers["0"])
+        admin.SetWeights(apb.SetWeightsRequest(model="m", weights={1: 50, 2: 50}), timeout=30)
+        (repo / "m" / "3").mkdir()
+        scale_model(repo / "m" / "3" / "model.onnx", 3.0)
+        server.wait_for_output("model m ready (versions 3, 2, 1; unchanged, kept serving: 2, 1)", times=2)
+        admin.Rollback(apb.RollbackRequest(model="m", version=2, reason="canary bad"), timeout=30)
+        (repo / "m" / "3").rename(tmp_path / "away")
+        server.wait_for_output("model m ready (versions 2, 1; unchanged, kept serving: 2, 1)", times=2)
+        for name, channel in workers.items():
+            source, versions, events = roles(channel)
+            assert (source, events) == ("rollback", [2]), (name, source, events)
+            assert versions == {1: (50, False), 2: (0, True)}, (name, versions)
+            assert routed(channel, f"d{name}") == {1}, name

@@ -34,7 +34,10 @@ def source(versions: list[int], **parameters: str) -> ModelSource:
 
 def loaded(config: mc.ModelConfig) -> ModelEntry:
     versions = {
-        v: cast(ModelVersion, SimpleNamespace(name="m", version=v, config=config, stats=ModelStats()))
+        v: cast(
+            ModelVersion,
+            SimpleNamespace(name="m", version=v, config=config, stats=ModelStats(), fingerprint=(v,)),
+        )
         for v in (1, 2)
     }
     return ModelEntry("m", versions=versions, state=READY, order=[2, 1])

@@ -24,7 +24,7 @@ from protos import model_config_pb2 as mc
 from server.models.ensemble_config import cycle_refusals, ensemble_cycle, steps_of
 from server.models.frame_rules import FrameRules
 from server.models.rollout import Rollout
-from server.models.rollout_carry import carried_weights, same_load, skipped_rollbacks
+from server.models.rollout_carry import carried_weights, skipped_rollbacks
 from server.models.rollout_ops import OperatorChange, change_file_name, claim, generation, log_key
 from server.models.rollout_replay import logged_weights
 from server.models.rollout_snapshot import Snapshot, snapshot_file_name, write_snapshot
@@ -256,7 +256,8 @@ def _predicted_and_loaded(
     rollout, kept = _evicted(weights, policy)
     entry = model_entry(policy=policy if reloaded is None else reloaded, versions=versions)
     config = entry.versions[1].config
-    predicted = carried_weights(kept, parse_policy(config, "model 'm'", entry.versions), entry.versions)
+    files = {n: v.fingerprint for n, v in entry.versions.items()}
+    predicted = carried_weights(kept, parse_policy(config, "model 'm'", entry.versions), files)
     return predicted, rollout.state(cast(ModelEntry, entry)).weights
 
 
@@ -269,8 +270,10 @@ def test_the_weights_kept_through_an_eviction_are_those_the_reload_routes_by() -
 
 
 def test_a_reload_of_other_versions_or_another_policy_routes_by_its_configs_weights() -> None:
+    # A version added beside the ones the weights name (their files the same): carried, as a
+    # reload in one process carries them (rollout_carry.kept_serving).
     predicted, loaded = _predicted_and_loaded({1: 0, 2: 100}, versions=(1, 2, 3))
-    assert predicted is None and loaded is not None and loaded[2] == 50
+    assert predicted == loaded == {1: 0, 2: 100}
     other = {**POLICY, "traffic_weights": "1:20,2:80"}
     predicted, loaded = _predicted_and_loaded({1: 0, 2: 100}, reloaded=other)
     assert predicted is None and loaded == {1: 20, 2: 80}
@@ -282,12 +285,14 @@ def test_a_model_without_a_policy_keeps_none_and_its_reload_routes_to_the_newest
 
 
 def test_kept_weights_routing_nothing_are_not_carried() -> None:
+    files = {1: ("a", 1), 2: ("a", 2)}
     old = cast(
         ModelRollout,
-        SimpleNamespace(config_policy=None, entry_versions=frozenset({1, 2}), weights={1: 0, 2: 0}),
+        SimpleNamespace(
+            config_policy=None, weights={1: 0, 2: 0}, rolled_back=set(), shadow=None, version_files=files
+        ),
     )
-    assert carried_weights(old, None, [1, 2]) is None
-    assert same_load(old, None, (2, 1)) and not same_load(old, None, [1])
+    assert carried_weights(old, None, files) is None
 
 
 def test_carry_logs_what_it_carries_and_keeps_the_logged_rollback_counts(
@@ -307,10 +312,10 @@ def test_carry_logs_what_it_carries_and_keeps_the_logged_rollback_counts(
     rollout, _ = _evicted(None)  # the config's weights: carried, nothing to say
     rollout.state(cast(ModelEntry, model_entry()))
     assert not [r for r in caplog.records if r.name == "server.models.rollout_carry"]
-    rollout, _ = _evicted({1: 0, 2: 100})
-    rollout.state(cast(ModelEntry, model_entry(versions=(1, 2, 3))))
-    said = [r.getMessage() for r in caplog.records if r.name == "server.models.rollout_carry"]
-    assert said == ["rollout: model m reloaded with another policy or versions: its config's applies"]
+    rollout, _ = _evicted({1: 0, 2: 100})  # version 2, which the weights name, from other files
+    state = rollout.state(cast(ModelEntry, model_entry("b")))
+    assert state.weights == {1: 50, 2: 50} and state.source == "config"
+    assert not [r for r in caplog.records if r.name == "server.models.rollout_carry"]
 
 
 SHADOWED = {"traffic_weights": "1:100,2:0", "shadow_version": "2", "shadow_fraction": "0.5"}

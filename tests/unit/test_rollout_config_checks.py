@@ -68,7 +68,10 @@ def model(weights: str, shadow: str = "") -> ModelEntry:
     extra = {"shadow_version": shadow, "shadow_fraction": "1"} if shadow else {}
     cfg = config(traffic_weights=weights, **extra)
     versions = {
-        v: cast(ModelVersion, SimpleNamespace(name="m", version=v, config=cfg, stats=ModelStats()))
+        v: cast(
+            ModelVersion,
+            SimpleNamespace(name="m", version=v, config=cfg, stats=ModelStats(), fingerprint=(v,)),
+        )
         for v in (1, 2, 3)
     }
     return ModelEntry("m", versions=versions, state=READY, order=[3, 2, 1])

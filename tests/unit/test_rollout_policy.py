@@ -249,12 +249,11 @@ def test_fault_versions_limit_faults_to_those_versions() -> None:
 def test_the_rollout_rolls_a_failing_candidate_back_when_its_window_ends() -> None:
     from types import SimpleNamespace
 
-    from batcher.stats import ModelStats
     from protos import grpc_service_pb2 as pb
     from server.models.rollout import Rollout
 
     cfg = config(traffic_weights="1:50,2:50", rollback_window_s="10", rollback_min_requests="20")
-    versions = {v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v) for v in (1, 2)}
+    versions = {v: fake_version(cfg, v) for v in (1, 2)}
     entry = SimpleNamespace(name="m", versions=versions, order=[2, 1])
     now = [100.0]
     rollout = Rollout(clock=lambda: now[0], wall=lambda: 0.0)
@@ -278,10 +277,8 @@ def test_the_rollout_rolls_a_failing_candidate_back_when_its_window_ends() -> No
 def _entry(**params: str) -> object:
     from types import SimpleNamespace
 
-    from batcher.stats import ModelStats
-
     cfg = config(**params)
-    versions = {v: SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=v) for v in (1, 2, 3)}
+    versions = {v: fake_version(cfg, v) for v in (1, 2, 3)}
     return SimpleNamespace(name="m", versions=versions, order=[3, 2, 1])
 
 
@@ -339,3 +336,12 @@ def test_an_evicted_models_rollback_holds_on_its_next_load_and_an_unload_forgets
     rollout.forget("m")  # unloaded
     assert list(rollout.gauge_values()) == []
     assert rollout.state(_entry(**params)).weights == {1: 50, 2: 50}  # type: ignore[arg-type]
+
+
+def fake_version(cfg: object, version: int) -> object:
+    """A served version as Rollout reads it (its files: its number)."""
+    from types import SimpleNamespace
+
+    from batcher.stats import ModelStats
+
+    return SimpleNamespace(config=cfg, stats=ModelStats(), name="m", version=version, fingerprint=(version,))

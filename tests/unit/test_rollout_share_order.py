@@ -68,6 +68,7 @@ def test_a_check_with_nothing_new_opens_one_file_however_long_the_log(
     worker = Worker(1, tmp_path)
     worker.share.check()
     assert worker.weights() == {1: 300 % 90 + 1, 2: 10}  # the whole log, in order
+    worker.share.check()  # the first wrote the model's period (rollout_periods.py): looked at once
     touched: list[str] = []
     real_listdir, real_scandir, real_open = os.listdir, os.scandir, Path.open
 
