@@ -53,14 +53,19 @@ def roles(channel: grpc.Channel) -> tuple[str, dict[int, tuple[int, bool]], list
     return answer.source, versions, [e.version for e in answer.events]
 
 
-def test_a_rollback_outlives_a_version_added_and_the_stable_one_redeployed_in_every_worker(
-    tmp_path: Path,
-) -> None:
-    repo = tmp_path / "repo"
+def repository(repo: Path) -> Path:
+    """Model m, versions 1 and 2 (y = version * x), under CONFIG."""
     for version in (1, 2):
         (repo / "m" / str(version)).mkdir(parents=True)
         scale_model(repo / "m" / str(version) / "model.onnx", float(version))
     (repo / "m" / "config.pbtxt").write_text(CONFIG)
+    return repo
+
+
+def test_a_rollback_outlives_a_version_added_and_the_stable_one_redeployed_in_every_worker(
+    tmp_path: Path,
+) -> None:
+    repo = repository(tmp_path / "repo")
     with ServerProcess("--model-repository", str(repo), *ARGS) as server, ExitStack() as stack:
         workers = channels_to_each_worker(server.address, stack)
         assert routed(workers["0"], "a") == {1, 2} == routed(workers["1"], "a")
@@ -91,11 +96,7 @@ def test_a_rollback_outlives_a_version_added_and_the_stable_one_redeployed_in_ev
 def test_files_served_again_keep_the_rollback_made_since_in_every_worker(tmp_path: Path) -> None:
     # A version added, then moved away again: the files of the first period, whose log held a
     # SetWeights. Every worker had replayed that log: the rolled-back canary back at 50 (a tester).
-    repo = tmp_path / "repo"
-    for version in (1, 2):
-        (repo / "m" / str(version)).mkdir(parents=True)
-        scale_model(repo / "m" / str(version) / "model.onnx", float(version))
-    (repo / "m" / "config.pbtxt").write_text(CONFIG)
+    repo = repository(tmp_path / "repo")
     with ServerProcess("--model-repository", str(repo), *ARGS) as server, ExitStack() as stack:
         workers = channels_to_each_worker(server.address, stack)
         admin = apb_grpc.AdminStub(workers["0"])
