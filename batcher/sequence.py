@@ -11,12 +11,14 @@ run is input `input_name` of the next (the spec's initial value on the sequence'
 fills the control inputs (START, END, READY, CORRID) of each row. A failed or expired request
 leaves the state as it was. Live sequences and their state bytes are bounded; a sequence is
 released by its end request, after `idle_s` without a request (a timer), by `release` (the stream
-that drove it ended), or when the model stops; `on_gone` hears of it (the server's routing).
+that drove it ended), or when its model version is retired (`close`, then `drain`); `on_gone`
+hears of it (the server's routing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,24 +28,29 @@ import numpy as np
 
 from batcher.admission import Admission
 from batcher.budget import input_bytes
-from batcher.errors import NotAccepting
+from batcher.errors import BatcherStopped, NotAccepting
 from batcher.sequence_types import (
     NEVER_STARTED,
     RETIRED,
     ControlKind,
-    SequenceError,
+    LiveSequence,
     SequenceId,
     SequenceLimitReached,
     SequenceLimits,
+    SequenceRetired,
     SequenceSpec,
+    Timer,
     UnknownSequence,
     check_one_row,
+    corrid_tensor,
     not_live,
     state_bytes,
 )
-from batcher.turn_deadline import TurnDeadlines, wait_turn
+from batcher.turn_deadline import Turn, TurnDeadlines, take_turn
 from batcher.types import Array, QueueTrace, Tensors
 
+# What a start changed, to put back if it does not run: the state, its bytes, the owner (None: opened).
+Undo = tuple[dict[str, Array], int, object | None] | None
 # How many released sequence ids are remembered, to say why a late request finds none.
 REMEMBER_RELEASED = 1024
 
@@ -54,38 +61,10 @@ class Runner(Protocol):
     async def enqueue(self, inputs: Tensors, a: Admission, trace: QueueTrace | None = None) -> Tensors: ...
 
 
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
 # Calls the callable after the delay in seconds (loop.call_later by default; a fake in tests).
 Schedule = Callable[[float, Callable[[], None]], Timer]
 # Told a sequence id no longer live here: released, or a start that opened nothing (refused, ...).
 OnGone = Callable[[SequenceId], None]
-
-
-class _Turn:
-    """One sequence id's requests holding or waiting for their turn (apart from the sequence: an end
-    and the next start of the id, back to back, keep their order)."""
-
-    __slots__ = ("lock", "waiting")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()  # FIFO: the id's requests run in arrival order
-        self.waiting = 0
-
-
-class _Sequence:
-    __slots__ = ("last_used", "nbytes", "owner", "released", "sid", "state", "timer")
-
-    def __init__(self, sid: SequenceId, state: dict[str, Array], nbytes: int, now: float) -> None:
-        self.sid = sid
-        self.state = state  # by state input name, batch-first, one row; replaced, never mutated
-        self.nbytes = nbytes
-        self.last_used = now
-        self.timer: Timer | None = None
-        self.released = False
-        self.owner: object | None = None  # who sent its latest start (a stream), if anyone said
 
 
 class SequenceBatcher:
@@ -112,11 +91,13 @@ class SequenceBatcher:
         self._model = model
         self._clock = clock
         self._schedule = schedule
-        self._live: dict[SequenceId, _Sequence] = {}
-        self._turns: dict[SequenceId, _Turn] = {}  # ids with requests running or waiting
+        self._live: dict[SequenceId, LiveSequence] = {}
+        self._turns: dict[SequenceId, Turn] = {}  # ids with requests running or waiting
         self._released: OrderedDict[SequenceId, str] = OrderedDict()
         self._state_bytes = 0
         self._closed = False  # the model version stopped: no sequence opens any more
+        self._why = RETIRED  # why, said to the continuations of its sequences (close)
+        self._drained = asyncio.Event()  # set once closed and the sequences it kept have gone
         self._state_outputs = frozenset(s.output_name for s in spec.states)
         # One shared mapping: a state is replaced after each run, never written in place.
         self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
@@ -167,15 +148,15 @@ class SequenceBatcher:
         check_one_row(self._model, sid, a.rows)
         turn = self._turns.get(sid)
         if turn is None:
-            turn = self._turns[sid] = _Turn()
+            turn = self._turns[sid] = Turn()
         # One of its id ahead: held against the queue's bounds while it waits (200 had passed them).
         rules = self._deadlines
         held = None if rules is None or not turn.waiting else rules.hold(inputs, a, self._fed_besides(sid))
         turn.waiting += 1
-        seq: _Sequence | None = None
+        seq: LiveSequence | None = None
         try:
             try:
-                await self._wait_turn(turn, a)
+                await take_turn(turn, a, self._clock, rules)
             finally:
                 if rules is not None and held is not None:
                     rules.release(held)
@@ -183,9 +164,11 @@ class SequenceBatcher:
                 seq = self._live.get(sid)
                 if seq is None:
                     if not start:
-                        raise self._not_live(sid)
+                        raise self._retired(sid, turn.retired) if turn.retired else self._not_live(sid)
+                    if self._closed:  # refused below: the requests queued behind it are told why
+                        turn.retired = f"{self._why}, before the sequence_start queued ahead of it ran"
                     seq = self._open(sid)
-                    undo: tuple[dict[str, Array], int, object | None] | None = None
+                    undo: Undo = None
                 else:
                     undo = (seq.state, seq.nbytes, seq.owner)
                     if start and seq.state is not self._initial:  # a start restarts a live sequence
@@ -194,9 +177,11 @@ class SequenceBatcher:
                     seq.owner = owner
                 try:
                     outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
-                except BaseException:
+                except BaseException as exc:
                     if start:
                         self._undo_start(seq, undo)
+                    elif self._closed and isinstance(exc, BatcherStopped):  # the drain ended first
+                        raise self._retired(sid, turn.retired or self._why) from None
                     raise
                 result = self._keep_state(seq, outputs)
                 if end:
@@ -208,21 +193,20 @@ class SequenceBatcher:
             turn.waiting -= 1
             if turn.waiting == 0:
                 del self._turns[sid]
-                if seq is not None and not seq.released:
-                    seq.last_used = self._clock()
-                    self._arm(seq, self._spec.idle_s)
+                self._turns_done(sid)
             if start and seq is None and sid not in self._live:  # a start that opened nothing
                 self._gone(sid)
 
-    async def _wait_turn(self, turn: _Turn, a: Admission) -> None:
-        """Take the id's lock: at once with none of its id ahead, else until the request's give-up
-        point (batcher/turn_deadline.py)."""
-        if a.hard is None or turn.waiting == 1:  # none of its id ahead: taken at once, no timer
-            await turn.lock.acquire()
-            return
-        await wait_turn(turn.lock, a, self._clock, self._deadlines)
+    def _turns_done(self, sid: SequenceId) -> None:
+        """The last request of `sid` was answered: its idle time starts (retired: the sequence goes)."""
+        seq = self._live.get(sid)
+        if seq is not None and self._closed:
+            self._release(seq, self._why)
+        elif seq is not None:
+            seq.last_used = self._clock()
+            self._arm(seq, self._spec.idle_s)
 
-    def _undo_start(self, seq: _Sequence, undo: tuple[dict[str, Array], int, object | None] | None) -> None:
+    def _undo_start(self, seq: LiveSequence, undo: Undo) -> None:
         """A start that did not run (it failed, expired, was refused or cancelled) leaves things as
         they were: a new sequence is not opened (it held a slot and let later requests in without
         a start), a restarted one keeps its state and owner (it had lost its state)."""
@@ -247,14 +231,38 @@ class SequenceBatcher:
         return True
 
     def close(self, why: str = RETIRED) -> None:
-        """The model stops: release every sequence and its timer, saying `why` to its continuations
-        (a budget's eviction says so). A start after this is refused
-        NotAccepting (its caller may send it to the version serving now): one that ran here would
-        open a sequence nobody recorded as released, answered OK, its continuation told "never
-        started", and its idle timer kept this batcher alive."""
-        self._closed = True
+        """The version is retired: its sequences end, telling continuations `why` (an eviction says
+        so); one with requests queued (waiting or running) once they have run (`drain`): they had
+        been refused "must specify the START flag". For the routing and `released()` all are gone
+        now. A start after this is refused NotAccepting (to the version serving now): one run here
+        opened a sequence nobody recorded as released, answered OK, its continuation told "never
+        started", and its idle timer kept this batcher alive. Idempotent."""
+        if self._closed:
+            return
+        self._closed, self._why = True, why
         for seq in list(self._live.values()):
-            self._release(seq, why)
+            if seq.sid in self._turns:
+                self._released[seq.sid] = why
+                self._gone(seq.sid)
+            else:
+                self._release(seq, why)
+        self.on_gone = None  # told now: a later release must not drop a newer start's note
+
+    async def drain(self, timeout_s: float) -> None:
+        """After `close`: wait up to `timeout_s` for the requests the kept sequences had queued to
+        run, then release those sequences: their requests still waiting are answered
+        SequenceRetired (UNAVAILABLE, naming the grace), not run."""
+        if not self._closed:
+            return
+        if self._live:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout_s)
+        left = f"{self._why}, and the {timeout_s:g} s it had to run the requests already queued ran out"
+        for seq in list(self._live.values()):
+            turn = self._turns.get(seq.sid)
+            if turn is not None:
+                turn.retired = f"{left} (the server's shutdown_grace_s)"
+            self._release(seq, self._why)
 
     def released(self) -> OrderedDict[SequenceId, str]:
         """Why each recently released sequence went (oldest first), for the batcher that follows."""
@@ -271,7 +279,7 @@ class SequenceBatcher:
 
     # -- state --------------------------------------------------------------------------------
 
-    def _open(self, sid: SequenceId) -> _Sequence:
+    def _open(self, sid: SequenceId) -> LiveSequence:
         if self._closed:
             raise NotAccepting(
                 f"sequence {sid}: the version of model '{self._model}' it was sent to was unloaded or "
@@ -290,7 +298,7 @@ class SequenceBatcher:
                 f"model '{self._model}': a new sequence's {needed} state bytes would pass "
                 f"max_sequence_state_bytes={limits.max_state_bytes} ({self._state_bytes} held)"
             )
-        seq = _Sequence(sid, self._initial, needed, self._clock())
+        seq = LiveSequence(sid, self._initial, needed, self._clock())
         self._live[sid] = seq
         self._released.pop(sid, None)
         self._state_bytes += needed
@@ -299,22 +307,22 @@ class SequenceBatcher:
 
     def _fed_besides(self, sid: SequenceId) -> int:
         """Bytes a request of `sid` is queued with besides its inputs (state, controls): held too."""
-        seq = self._live.get(sid) or _Sequence(sid, self._initial, 0, 0.0)
+        seq = self._live.get(sid) or LiveSequence(sid, self._initial, 0, 0.0)
         return input_bytes(self._feed(seq, {}, False, False))  # as the queue will count them
 
-    def _feed(self, seq: _Sequence, inputs: Tensors, start: bool, end: bool) -> dict[str, Array]:
+    def _feed(self, seq: LiveSequence, inputs: Tensors, start: bool, end: bool) -> dict[str, Array]:
         feed = dict(inputs)
         feed.update(seq.state)
         for control in self._spec.controls:
             kind = control.kind
             if kind is ControlKind.CORRID:
-                feed[control.name] = _corrid(control.name, control.dtype, seq.sid, self._control_shape)
+                feed[control.name] = corrid_tensor(control.name, control.dtype, seq.sid, self._control_shape)
             else:
                 on = kind is ControlKind.READY or (start if kind is ControlKind.START else end)
                 feed[control.name] = self._flags[control.name][on]
         return feed
 
-    def _keep_state(self, seq: _Sequence, outputs: Tensors) -> dict[str, Array]:
+    def _keep_state(self, seq: LiveSequence, outputs: Tensors) -> dict[str, Array]:
         """Take the state outputs into the sequence's state; the rest is the caller's."""
         if seq.released:  # released while it ran (its stream ended): nothing to keep
             return {k: v for k, v in outputs.items() if k not in self._state_outputs}
@@ -334,13 +342,13 @@ class SequenceBatcher:
         self._set_state(seq, state, nbytes)
         return {k: v for k, v in outputs.items() if k not in self._state_outputs}
 
-    def _set_state(self, seq: _Sequence, state: dict[str, Array], nbytes: int) -> None:
+    def _set_state(self, seq: LiveSequence, state: dict[str, Array], nbytes: int) -> None:
         self._state_bytes += nbytes - seq.nbytes
         seq.state, seq.nbytes = state, nbytes
 
     # -- release ------------------------------------------------------------------------------
 
-    def _release(self, seq: _Sequence, why: str) -> None:
+    def _release(self, seq: LiveSequence, why: str) -> None:
         if seq.released:
             return
         seq.released = True
@@ -354,18 +362,20 @@ class SequenceBatcher:
         while len(self._released) > REMEMBER_RELEASED:
             self._released.popitem(last=False)
         self._gone(seq.sid)
+        if self._closed and not self._live:
+            self._drained.set()
 
     def _gone(self, sid: SequenceId) -> None:
         if self.on_gone is not None:
             self.on_gone(sid)
 
-    def _arm(self, seq: _Sequence, delay_s: float) -> None:
+    def _arm(self, seq: LiveSequence, delay_s: float) -> None:
         if seq.timer is not None:
             seq.timer.cancel()
         schedule = self._schedule or asyncio.get_running_loop().call_later
         seq.timer = schedule(delay_s, lambda: self._idle_check(seq))
 
-    def _idle_check(self, seq: _Sequence) -> None:
+    def _idle_check(self, seq: LiveSequence) -> None:
         seq.timer = None
         if seq.released or seq.sid in self._turns:
             return  # re-armed when its last request is answered
@@ -379,22 +389,12 @@ class SequenceBatcher:
         else:
             self._arm(seq, self._spec.idle_s - idle)
 
+    def _retired(self, sid: SequenceId, why: str) -> SequenceRetired:
+        return SequenceRetired(
+            f"sequence {sid} of model '{self._model}' ended while this request waited for its turn: "
+            f"{why}; the request was not run: start the sequence again (sequence_start)"
+        )
+
     def _not_live(self, sid: SequenceId) -> UnknownSequence:
         """Triton's words, then why the sequence is not live."""
         return not_live(self._model, sid, self._released.get(sid, NEVER_STARTED + self._unknown_hint))
-
-
-def _corrid(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:
-    if dtype.kind == "O":  # TYPE_STRING: the id's text
-        return np.full(shape, str(sid).encode(), dtype=object)
-    if isinstance(sid, str):
-        raise SequenceError(
-            f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
-            "correlation ids; send sequence_id as an integer"
-        )
-    info = np.iinfo(dtype.type) if dtype.kind in "iu" else None  # type: ignore[type-var]
-    if info is not None and not info.min <= sid <= info.max:
-        raise SequenceError(
-            f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
-        )
-    return np.full(shape, sid, dtype)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from batcher.errors import BatcherError
+from batcher.errors import BatcherError, BatcherStopped
 from batcher.types import Array
 
 # A sequence's correlation id: Triton takes an unsigned integer or a string (distinct kinds).
@@ -76,6 +77,25 @@ class SequenceLimits:
     max_state_bytes: int  # state bytes those sequences hold
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class LiveSequence:
+    """A live sequence of a SequenceBatcher (batcher/sequence.py): its state and idle timer."""
+
+    __slots__ = ("last_used", "nbytes", "owner", "released", "sid", "state", "timer")
+
+    def __init__(self, sid: SequenceId, state: dict[str, Array], nbytes: int, now: float) -> None:
+        self.sid = sid
+        self.state = state  # by state input name, batch-first, one row; replaced, never mutated
+        self.nbytes = nbytes
+        self.last_used = now
+        self.timer: Timer | None = None
+        self.released = False
+        self.owner: object | None = None  # who sent its latest start (a stream), if anyone said
+
+
 class SequenceError(BatcherError):
     """A sequence request the model cannot take as sent (INVALID_ARGUMENT): the message says why."""
 
@@ -111,7 +131,35 @@ def not_live(model: str, sid: SequenceId, why: str) -> UnknownSequence:
     )
 
 
+class SequenceRetired(BatcherStopped):
+    """A request of a live sequence, queued behind the sequence's earlier requests when its model
+    version was retired (an unload, a reload that replaced it, an eviction), that the version did
+    not run before it went: UNAVAILABLE. The client did nothing wrong (it had been INVALID_ARGUMENT
+    "must specify the START flag"), but the sequence's state went with the version, so the request
+    is not to be sent again as is (ErrorInfo SEQUENCE_RETIRED): the sequence starts again."""
+
+    default_message = "the sequence's model version was retired before this request ran"
+    error_reason = "SEQUENCE_RETIRED"
+
+
 class SequenceLimitReached(BatcherError):
     """Starting or growing a sequence would pass max_sequences or max_sequence_state_bytes."""
 
     default_message = "too many live sequences"
+
+
+def corrid_tensor(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:
+    """One row's CORRID control tensor: the sequence id in the control's datatype."""
+    if dtype.kind == "O":  # TYPE_STRING: the id's text
+        return np.full(shape, str(sid).encode(), dtype=object)
+    if isinstance(sid, str):
+        raise SequenceError(
+            f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
+            "correlation ids; send sequence_id as an integer"
+        )
+    info = np.iinfo(dtype.type) if dtype.kind in "iu" else None  # type: ignore[type-var]
+    if info is not None and not info.min <= sid <= info.max:
+        raise SequenceError(
+            f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
+        )
+    return np.full(shape, sid, dtype)

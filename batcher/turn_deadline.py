@@ -1,5 +1,6 @@
-"""The queue's give-up rule for a request not queued yet: a sequence request waiting for its
-sequence's earlier requests to run (batcher/sequence.py).
+"""A sequence id's turn (its requests run one at a time), and the queue's give-up rule for a
+request not queued yet: a sequence request waiting for its sequence's earlier requests to run
+(batcher/sequence.py).
 
 Such a request waited on its sequence's lock until its deadline itself, then failed "deadline
 exceeded while waiting ..." in no deadline outcome: behind a hung run its client heard gRPC's own
@@ -88,6 +89,30 @@ class TurnDeadlines(Protocol):
     def hold(self, inputs: Tensors, a: Admission, extra: int = 0) -> int: ...
 
     def release(self, nbytes: int) -> None: ...
+
+
+class Turn:
+    """One sequence id's requests holding or waiting for their turn (batcher/sequence.py; apart from
+    the sequence: an end and the next start of the id, back to back, keep their order)."""
+
+    __slots__ = ("lock", "retired", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()  # FIFO: the id's requests run in arrival order
+        self.waiting = 0
+        # Why its waiting requests will not run: their version was retired meanwhile.
+        self.retired: str | None = None
+
+
+async def take_turn(
+    turn: Turn, a: Admission, clock: Callable[[], float], deadlines: TurnDeadlines | None
+) -> None:
+    """Take the id's lock for request `a`, counted in `turn.waiting`: at once with none of its id
+    ahead (no timer), else until its give-up point (`wait_turn`)."""
+    if a.hard is None or turn.waiting == 1:
+        await turn.lock.acquire()
+        return
+    await wait_turn(turn.lock, a, clock, deadlines)
 
 
 async def wait_turn(

@@ -1,6 +1,7 @@
 """Retiring model versions a reload replaced or an unload (or eviction) ended: the shared response
-cache and prediction sampling let go of them, their live sequences end saying why, their batchers
-drain within the shutdown grace, and their backend instances close.
+cache and prediction sampling let go of them, their live sequences end saying why (once the requests
+they had queued have run), their batchers drain within the shutdown grace, and their backend
+instances close.
 
 Retiring has a synchronous start (`begin`, before any await: requests still running on a retired
 version must not fill the cache) and an asynchronous end (`retire`); `retire` repeats `begin`, which
@@ -9,6 +10,7 @@ is idempotent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from batcher.sequence_types import RETIRED
@@ -56,8 +58,13 @@ class Retirement:
         versions = list(versions)
         self.begin(versions, why)
         for version in versions:
-            await version.batcher.stop(
-                drain=True, timeout_s=self._grace_s, handover=handover, finish_runs=True
-            )
+            grace_s = self._grace_s
+            if version.sequences is not None:
+                # First the requests its live sequences had queued (waiting for their turn): they
+                # were accepted, and had been refused "must specify the START flag" at once.
+                began = time.monotonic()
+                await version.sequences.drain(grace_s)
+                grace_s = max(0.0, grace_s - (time.monotonic() - began))
+            await version.batcher.stop(drain=True, timeout_s=grace_s, handover=handover, finish_runs=True)
             for backend in version.backends:
                 backend.close()

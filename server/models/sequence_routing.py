@@ -147,8 +147,9 @@ class SequenceRouting:
     # -- retired versions ---------------------------------------------------------------------
 
     def retire(self, version: ModelVersion, why: str = RETIRED) -> None:
-        """End `version`'s sequences (it is being retired) and keep `why`, for its successors. Its
-        batcher opens no sequence after this (a start is handed to the version serving now)."""
+        """End `version`'s sequences (it is being retired; those with requests queued once they have
+        run, within the grace: Retirement.retire) and keep `why`, for its successors. Its batcher
+        opens no sequence after this (a start is handed to the version serving now)."""
         if version.sequences is None:
             return
         version.sequences.close(why)

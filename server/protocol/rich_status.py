@@ -9,6 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from batcher.errors import RunTimedOut
+from batcher.sequence_types import SequenceRetired
 from server.errors import OutgrowsMemoryBudget
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -34,6 +35,9 @@ RUN_TIMED_OUT = RunTimedOut.error_reason
 # The model needs more than the whole memory budget: every retry is refused the same way (our
 # client had retried it as an overload until its attempts ran out).
 OUTGROWS_MEMORY_BUDGET = OutgrowsMemoryBudget.error_reason
+# A sequence's request that its retired model version did not run: its state is gone, so the same
+# request is refused anywhere; the sequence starts again.
+SEQUENCE_RETIRED = SequenceRetired.error_reason
 
 
 def error_info_trailer(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes]]:
