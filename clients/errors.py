@@ -118,8 +118,11 @@ def error_for(
 # ErrorInfo reasons of answers never to send again. RUN_TIMED_OUT: the request's run outlived the
 # model's run timeout, so it was computing and may hang whichever instance it reaches (a retry on
 # every endpoint killed an instance on each). OUTGROWS_MEMORY_BUDGET: the model needs more than
-# the server's whole memory budget, so every retry is refused alike.
-NOT_RETRIED = frozenset({"RUN_TIMED_OUT", "OUTGROWS_MEMORY_BUDGET"})
+# the server's whole memory budget, so every retry is refused alike. SEQUENCE_RETIRED: a sequence's
+# request queued when the sequence's model version was unloaded or replaced, not run: the sequence's
+# state went with that version, so the same request anywhere is refused as not live (INVALID_ARGUMENT
+# "must specify the START flag"); the sequence must be started again.
+NOT_RETRIED = frozenset({"RUN_TIMED_OUT", "OUTGROWS_MEMORY_BUDGET", "SEQUENCE_RETIRED"})
 
 
 def rich_details(call: Any) -> tuple[float | None, str | None]:

@@ -114,6 +114,28 @@ def test_a_run_the_watchdog_cut_is_neither_retried_nor_held_against_the_endpoint
     assert pool.health() == {"a": True, "b": True}
 
 
+class RetiredWhileQueued(FakeRpcError):
+    """A sequence's request its retired model version did not run, as the server answers it."""
+
+    def __init__(self) -> None:
+        super().__init__(CODE.UNAVAILABLE, "sequence 7 of model 'm' ended while this request waited")
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        from server.protocol.rich_status import SEQUENCE_RETIRED, error_info_trailer
+
+        return error_info_trailer(CODE.UNAVAILABLE, self.details(), SEQUENCE_RETIRED)
+
+
+def test_a_sequence_request_a_retired_version_did_not_run_is_not_retried() -> None:
+    """Sent again it reaches the version serving now, where its sequence is not live: refused
+    INVALID_ARGUMENT "must specify the START flag", the UNAVAILABLE that said why lost."""
+    attempts, pool, _ = attempts_over(["a", "b"])
+    with pytest.raises(SluicewayError, match="ended while this request waited") as info:
+        attempts.failed(attempts.next(), RetiredWhileQueued())
+    assert info.value.reason == "SEQUENCE_RETIRED"
+    assert pool.health() == {"a": True, "b": True}
+
+
 def test_a_stream_write_grpc_core_failed_is_unavailable_not_internal() -> None:
     """A frozen server's stream: after ~20 s grpc core failed the blocked write INTERNAL "Internal
     error from Core", a failure of the client's own connection, raised as if the server had failed."""

@@ -8,6 +8,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from batcher.errors import Overloaded, RunTimedOut
+from batcher.sequence_types import SequenceRetired
+from clients.errors import NOT_RETRIED
 from server.errors import ModelNotReady, OutgrowsMemoryBudget
 from server.protocol.answers import status_of
 from server.protocol.rich_status import DETAILS_KEY, ERROR_DOMAIN, error_info_trailer
@@ -47,3 +49,12 @@ def test_a_retry_hint_still_wins_and_an_exception_without_a_reason_has_no_traile
     hinted = status_of(Overloaded("busy", retry_after_s=0.5))
     assert hinted.trailer is not None and b"RetryInfo" in hinted.trailer[0][1]
     assert status_of(ModelNotReady("model 'm' is not ready")).trailer is None
+
+
+def test_a_sequence_request_its_retired_version_did_not_run_says_not_to_send_it_again() -> None:
+    """UNAVAILABLE (the client did nothing wrong), with ErrorInfo SEQUENCE_RETIRED: the same
+    continuation is refused as not live anywhere, so our client raises it at once."""
+    status = status_of(SequenceRetired("sequence 7 of model 'm' ended while this request waited"))
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    _, _, info = error_info(status.trailer)
+    assert info.reason == "SEQUENCE_RETIRED" and info.reason in NOT_RETRIED
