@@ -42,7 +42,7 @@ from batcher.sequence_types import (
     Timer,
     UnknownSequence,
     check_one_row,
-    corrid_tensor,
+    corrid_input,
     not_live,
     state_bytes,
 )
@@ -316,7 +316,7 @@ class SequenceBatcher:
         for control in self._spec.controls:
             kind = control.kind
             if kind is ControlKind.CORRID:
-                feed[control.name] = corrid_tensor(control.name, control.dtype, seq.sid, self._control_shape)
+                feed[control.name] = corrid_input(control.name, control.dtype, seq.sid, self._control_shape)
             else:
                 on = kind is ControlKind.READY or (start if kind is ControlKind.START else end)
                 feed[control.name] = self._flags[control.name][on]

@@ -1,4 +1,5 @@
-"""The sequence batcher's vocabulary: what a model's sequence_batching asks for, and its errors.
+"""The sequence batcher's vocabulary: what a model's sequence_batching asks for, the CORRID
+control input an id fills, and its errors.
 
 Built by the server from config.pbtxt (server/models/sequence_config.py); read by
 batcher/sequence.py. Tensors are batch-first here: one sequence is one row.
@@ -112,6 +113,27 @@ def check_one_row(model: str, sid: SequenceId, rows: int) -> None:
         )
 
 
+def corrid_input(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:
+    """Control input `name` (CONTROL_SEQUENCE_CORRID, of `dtype`) holding sequence id `sid`."""
+    if dtype.kind == "O":  # TYPE_STRING: the id's text, every byte of it
+        # Filled, not np.full: that converts the bytes to numpy's 'S' type first, which drops
+        # trailing NULs ("a\x00" reached the model as b"a", "\x00" as b"", the id of no sequence).
+        corrid = np.empty(shape, dtype=object)
+        corrid.fill(str(sid).encode())
+        return corrid
+    if isinstance(sid, str):
+        raise SequenceError(
+            f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
+            "correlation ids; send sequence_id as an integer"
+        )
+    info = np.iinfo(dtype.type) if dtype.kind in "iu" else None  # type: ignore[type-var]
+    if info is not None and not info.min <= sid <= info.max:
+        raise SequenceError(
+            f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
+        )
+    return np.full(shape, sid, dtype)
+
+
 class UnknownSequence(SequenceError):
     """Not the start of a sequence, and its id names no live sequence (never started, ended, or
     released: the message says which, when the server still remembers)."""
@@ -146,20 +168,3 @@ class SequenceLimitReached(BatcherError):
     """Starting or growing a sequence would pass max_sequences or max_sequence_state_bytes."""
 
     default_message = "too many live sequences"
-
-
-def corrid_tensor(name: str, dtype: np.dtype[np.generic], sid: SequenceId, shape: tuple[int, ...]) -> Array:
-    """One row's CORRID control tensor: the sequence id in the control's datatype."""
-    if dtype.kind == "O":  # TYPE_STRING: the id's text
-        return np.full(shape, str(sid).encode(), dtype=object)
-    if isinstance(sid, str):
-        raise SequenceError(
-            f"sequence {sid!r}: control input '{name}' (CONTROL_SEQUENCE_CORRID) takes integer "
-            "correlation ids; send sequence_id as an integer"
-        )
-    info = np.iinfo(dtype.type) if dtype.kind in "iu" else None  # type: ignore[type-var]
-    if info is not None and not info.min <= sid <= info.max:
-        raise SequenceError(
-            f"sequence_id {sid} does not fit control input '{name}' ({dtype.name}, CONTROL_SEQUENCE_CORRID)"
-        )
-    return np.full(shape, sid, dtype)

@@ -204,3 +204,37 @@ def dividing_request(
     request.parameters["sequence_start"].bool_param = step == 0
     request.parameters["sequence_end"].bool_param = step == steps - 1
     return request
+
+
+def string_corrid_model(path: Path) -> Path:
+    """x f32[B,1] + implicit state acc f32[B,1] -> out (= acc + x), acc_out (the same), and
+    corrid_out: the STRING CORRID control input the server fills, echoed."""
+    f32 = TensorProto.FLOAT
+    return _save(
+        [
+            helper.make_node("Add", ["x", "acc"], ["out"]),
+            helper.make_node("Identity", ["out"], ["acc_out"]),
+            helper.make_node("Identity", ["corrid"], ["corrid_out"]),
+        ],
+        [
+            helper.make_tensor_value_info("x", f32, ["B", 1]),
+            helper.make_tensor_value_info("acc", f32, ["B", 1]),
+            helper.make_tensor_value_info("corrid", TensorProto.STRING, ["B", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("out", f32, ["B", 1]),
+            helper.make_tensor_value_info("acc_out", f32, ["B", 1]),
+            helper.make_tensor_value_info("corrid_out", TensorProto.STRING, ["B", 1]),
+        ],
+        path,
+    )
+
+
+STRING_CORRID_CONFIG = """
+max_batch_size: 8
+sequence_batching {
+  control_input [ { name: "corrid" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] } ]
+  state [ { input_name: "acc" output_name: "acc_out" data_type: TYPE_FP32 dims: [ 1 ]
+            initial_state { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true name: "zeros" } } ]
+}
+"""
