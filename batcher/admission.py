@@ -11,9 +11,10 @@ neither do we.
 
 The model's queue-policy timeout (`default_timeout_microseconds`) bounds the time a request
 waits in the queue, as in Triton, not its compute: with REJECT a request still queued when it
-passes is failed (`reject_at`), with DELAY it goes behind the others (`policy_deadline`). Folded
-into the hard deadline, it had also refused or failed every request whose run alone took longer
-(a 150 ms REJECT timeout on a 160 ms model failed 8 of 8 requests on an idle server). Where the
+passes is failed (`reject_at`), with DELAY it goes behind the others of its priority level
+(`policy_deadline`, batcher/form.py rule 2). Folded into the hard deadline, it had also refused
+or failed every request whose run alone took longer (a 150 ms REJECT timeout on a 160 ms model
+failed 8 of 8 requests on an idle server). Where the
 policy allows the override (Triton's `allow_timeout_override`), the request's own `timeout`
 replaces it when shorter; otherwise it is ignored. A model without a queue-policy timeout has
 nothing to override: there a request's `timeout` bounds it as its gRPC deadline does (ours; Triton

@@ -15,9 +15,11 @@ deadline rules Triton lacks. `max_preferred` is the largest preferred size, else
    batches (rule 3) and times waits (rule 4): a dropped request never runs, so a guess it was
    dropped on is never corrected (batcher/estimate.py). A request kept on the lower bound may run
    alone (rule 3 never refuses a batch its first request), and its size is then seen.
-2. Order what is left by (late, priority, arrival): priority 1 first, FIFO within a priority. With
-   TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind every
-   request still in time.
+2. Order what is left by (priority, late, arrival): priority 1 first, FIFO within a priority. With
+   TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind the
+   requests of its own level still in time, never behind a lower level (Triton's PriorityQueue
+   takes level by level, each level's main queue before its delayed one). It had gone behind every
+   request in time, a delayed priority-1 request behind every priority-2 one.
 3. Walk that order, adding rows to the pending batch. Before adding a request to a non-empty batch:
    if it would take the batch past max_preferred, mark the batch so far as the best prefix (unless
    a mark is set already; the prefix need not be a preferred size) and go on; stop if it would take
@@ -83,7 +85,7 @@ class Pending(Generic[H]):
     # After this it is never computed: the caller's deadline (settled once, at admission: see
     # batcher/admission.py).
     hard: float | None = None
-    policy_deadline: float | None = None  # queue-policy timeout: demotes the request with DELAY
+    policy_deadline: float | None = None  # queue-policy timeout: demotes it within its level with DELAY
     reject_at: float | None = None  # queue-policy timeout with REJECT: dropped if still queued then
     ragged: frozenset[str] = frozenset()  # the model's ragged inputs: any shape joins
     counted: bool = True  # a request of the model's statistics (Admission.counted)
@@ -270,9 +272,9 @@ def _in_order(
     delays = policy.timeout_action is TimeoutAction.DELAY
     own = {level: q.timeout_action is TimeoutAction.DELAY for level, q in policy.level_policies}
 
-    def order(p: Pending[H]) -> tuple[bool, int, int]:
+    def order(p: Pending[H]) -> tuple[int, bool, int]:
         late = own.get(p.priority, delays) and p.policy_deadline is not None and p.policy_deadline <= now
-        return (late, p.priority, p.seq)
+        return (p.priority, late, p.seq)
 
     live.sort(key=order)
     return live

@@ -48,7 +48,7 @@ class RunsBlocking(Protocol):
 
 class TimeoutAction(enum.Enum):
     REJECT = "reject"  # a request past its queue-policy timeout is answered DEADLINE_EXCEEDED
-    DELAY = "delay"  # ... is moved behind every request still in time, and computed later
+    DELAY = "delay"  # ... is moved behind its level's requests still in time, and computed later
 
 
 @dataclass(frozen=True, slots=True)

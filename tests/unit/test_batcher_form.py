@@ -177,13 +177,19 @@ def test_requests_of_other_shapes_are_not_batched_together() -> None:
     assert ids(f.batch) == ["r0"]  # stops at r1, dispatches now: it cannot grow
 
 
-def test_delay_action_demotes_late_requests_behind_in_time_ones() -> None:
+def test_delay_action_demotes_late_requests_behind_the_in_time_ones_of_their_level_only() -> None:
+    # As Triton's PriorityQueue: level by level, each level's delayed requests after its others. The
+    # late r0 had gone behind the lower level's r2 too (["r1", "r2", "r0"]).
     q = [req(0, policy_deadline=0.5), req(1, policy_deadline=2.0), req(2, priority=2, policy_deadline=2.0)]
     f = form(q, now=1.0, timeout_action=TimeoutAction.DELAY, priority_levels=2)
     assert f.expired == []
-    assert ids(f.batch) == ["r1", "r2", "r0"]
+    assert ids(f.batch) == ["r1", "r0", "r2"]
     one = form(q, now=1.0, timeout_action=TimeoutAction.DELAY, priority_levels=2, max_batch_size=1)
     assert ids(one.batch) == ["r1"]
+    alone = form(
+        [q[0], q[2]], now=1.0, timeout_action=TimeoutAction.DELAY, priority_levels=2, max_batch_size=1
+    )
+    assert ids(alone.batch) == ["r0"]  # late, but ahead of every lower level
 
 
 def test_delay_action_still_drops_past_hard_deadline() -> None:

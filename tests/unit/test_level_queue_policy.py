@@ -65,14 +65,19 @@ def _pending(seq: int, priority: int, policy_deadline: float) -> Pending[int]:
                    hard=None, policy_deadline=policy_deadline)  # fmt: skip
 
 
-def test_only_levels_whose_action_is_delay_demote_late_requests() -> None:
+def test_only_levels_whose_action_is_delay_demote_late_requests_and_only_within_the_level() -> None:
     delay = LevelQueuePolicy(max_queue_size=4, default_timeout_s=1.0, timeout_action=TimeoutAction.DELAY)
     p = BatchingPolicy(max_batch_size=1, priority_levels=2, level_policies=((1, delay),))
-    late_delayed = _pending(0, 1, NOW - 1)  # level 1 delays: behind everything still in time
-    waiting = _pending(1, 2, NOW + 10)
-    assert form_batch([late_delayed, waiting], NOW, p, lambda rows: 0.0).batch == [waiting]
+    late_delayed = _pending(0, 1, NOW - 1)  # level 1 delays: behind level 1's requests still in time
+    in_time = _pending(1, 1, NOW + 10)
+    waiting = _pending(2, 2, NOW + 10)
+    assert form_batch([late_delayed, in_time, waiting], NOW, p, lambda rows: 0.0).batch == [in_time]
+    # Never behind a lower level, as Triton (it had been: `waiting` went first).
+    assert form_batch([late_delayed, waiting], NOW, p, lambda rows: 0.0).batch == [late_delayed]
     p_reject = BatchingPolicy(max_batch_size=1, priority_levels=2, level_policies=((1, FAST),))
-    assert form_batch([late_delayed, waiting], NOW, p_reject, lambda rows: 0.0).batch == [late_delayed]
+    assert form_batch([late_delayed, in_time, waiting], NOW, p_reject, lambda rows: 0.0).batch == [
+        late_delayed
+    ]
 
 
 def test_level_policies_are_validated() -> None:

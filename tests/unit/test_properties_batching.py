@@ -78,7 +78,8 @@ def linear(per_row: float) -> Predict:
 
 
 def batching_order(live: Sequence[Pending[int]], now: float, policy: BatchingPolicy) -> list[Pending[int]]:
-    """Late (DELAY only) last, then priority 1 first, then arrival: the documented order."""
+    """Priority 1 first, within a priority the late (DELAY only) last, then arrival: the documented
+    order (batcher/form.py rule 2)."""
 
     def late(p: Pending[int]) -> bool:
         return (
@@ -87,7 +88,7 @@ def batching_order(live: Sequence[Pending[int]], now: float, policy: BatchingPol
             and p.policy_deadline <= now
         )
 
-    return sorted(live, key=lambda p: (late(p), p.priority, p.seq))
+    return sorted(live, key=lambda p: (p.priority, late(p), p.seq))
 
 
 def rows_of(batch: Sequence[Pending[int]]) -> int:
