@@ -1,5 +1,5 @@
 """A request continuing a sequence, to a lazy sequence model not loaded: refused without loading it
-when no sequence of that id can be live once it has loaded (server/protocol/request_path.py's
+when no sequence of that id can be live once it has loaded (server/protocol/load_wait.py's
 `await_load`).
 
 A model not loaded holds no live sequence: one never loaded never opened any, an evicted one's

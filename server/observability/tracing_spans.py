@@ -44,6 +44,7 @@ from server.protocol.infer_job import InferJob
 from server.protocol.load_order import Turn
 from server.protocol.request_path import RequestPath
 from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.stream_order import Before
 
 RPC_SERVICE = "inference.GRPCInferenceService"
 MAX_ATTRIBUTE_CHARS = 256  # request ids and error messages come from callers: bounded
@@ -106,6 +107,7 @@ class TracedPath(RequestPath):
         named: ModelVersion | None = None,
         owner: object | None = None,
         point: float | None = None,
+        turn_pending: bool = False,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         clock_ns = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
@@ -116,7 +118,7 @@ class TracedPath(RequestPath):
         named_ids = (request.id[:MAX_FIELD_CHARS], ids.trace_id, ids.span_id)
         REQUEST_TRACE.set(named_ids if span.is_recording() else None)
         try:
-            job, response = super().start(request, remaining_s, start_ns, named, owner, point)
+            job, response = super().start(request, remaining_s, start_ns, named, owner, point, turn_pending)
         except BaseException as exc:
             if span.is_recording():
                 self._end(span, request, None, clock_ns, exc)
@@ -129,17 +131,24 @@ class TracedPath(RequestPath):
             traced.ensemble_notes = EnsembleNotes(job.served.version_str, steps=[])
         elif response is None:
             traced.queue_trace = QueueTrace(context=span)  # the batcher notes its run there
-        else:
+        elif not turn_pending:  # else `finish` ends it once its turn has come
             self._end(span, request, traced, clock_ns, None)
         return job, response
 
-    async def finish(self, job: InferJob, start_ns: int, turn: Turn | None = None) -> pb.ModelInferResponse:
+    async def finish(
+        self,
+        job: InferJob,
+        start_ns: int,
+        turn: Turn | None = None,
+        before: Before | None = None,
+        made: pb.ModelInferResponse | None = None,
+    ) -> pb.ModelInferResponse:
         traced = cast(TracedJob, job)
         span = traced.span
         if span is None:  # not sampled
-            return await super().finish(job, start_ns, turn)
+            return await super().finish(job, start_ns, turn, before, made)
         try:
-            response = await super().finish(job, start_ns, turn)
+            response = await super().finish(job, start_ns, turn, before, made)
         except asyncio.CancelledError as exc:
             cut = CALL_DEADLINE_PASSED if past_deadline(job.call_deadline) else exc
             self._end(span, job.request, traced, traced.clock_ns, cut)

@@ -1,6 +1,6 @@
 """A stream's frames for one model, in the order read, across that model's (lazy) load.
 
-A frame for a lazy model not loaded waits for the load (request_path.py `await_load`); a frame read
+A frame for a lazy model not loaded waits for the load (load_wait.py `await_load`); a frame read
 just after the load ended went straight to the loaded batcher and overtook the frames still
 waiting, and those resumed from the load in any order among themselves: a sequence's
 continuations ran before their start ("never started") or before its earlier frames (wrong sums

@@ -1,38 +1,33 @@
 """The request path both RPCs share: route a request to a version, prepare it (InferJob), answer it
-at once or after its batch, and record the outcome in the version's statistics; and, for a lazy
-model not loaded, the wait for its load within the request's deadline (`await_load`).
+at once or after its batch, and record the outcome in the version's statistics (a preserve_ordering
+answer's once its turn has come: answer_turn.py); and, for a lazy model not loaded, the wait for its
+load within the request's deadline (load_wait.py `await_load`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled, NotAccepting
-from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped, ShuttingDown
-from server.models.early_refusals import counted_version
 from server.models.frame_rules import FrameRules
-from server.models.lazy_sequences import SequencesBeforeLoad
 from server.models.manager import ModelManager
-from server.models.on_demand import OnDemand
 from server.models.sequence_routing import Routed
 from server.models.versions import ModelVersion
-from server.observability.logs import SERVED_VERSION
-from server.observability.metrics_reasons import DEADLINE_SLACK_S, record_cut, record_failed
-from server.protocol.controls import Controls, parse_controls, try_parse_controls
-from server.protocol.declared import check_declared_by_any
+from server.observability.metrics_reasons import record_cut, record_failed
+from server.protocol.answer_turn import count_missed, wait_turn
+from server.protocol.controls import try_parse_controls
 from server.protocol.infer_job import InferJob
 from server.protocol.load_order import Turn
+from server.protocol.load_wait import await_load
+from server.protocol.served_notes import note_served
 from server.protocol.shared_memory import SharedMemoryRegistry
-from server.protocol.validate import Signature
-
-_COUNTED_IN = "counted_in"  # set on an exception by `note_served`: the ModelStats it was counted in
+from server.protocol.stream_order import Before
 
 
 class RequestPath:
@@ -93,12 +88,14 @@ class RequestPath:
         named: ModelVersion | None = None,
         owner: object | None = None,
         point: float | None = None,
+        turn_pending: bool = False,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         """Route and prepare a request, and answer it if that needs no waiting (see InferJob).
         `named`: `model_of(request)` in the same turn of the event loop, used as is when the request
         names a version (a traffic policy routes only requests naming none). `point`: the routing
         point its lazy model's early judge drew (`await_load`): routed by it, it reaches the
-        version it was judged by."""
+        version it was judged by. `turn_pending`: an answer made at once waits for its turn, and
+        `finish` counts it then."""
         if self._is_stopping():
             raise ShuttingDown("server is shutting down")
         # Parsed once for routing and the batcher; a refused parameter is named by `prepare`.
@@ -122,25 +119,37 @@ class RequestPath:
             record_failed(served.stats, time.perf_counter_ns() - start_ns, exc)
             note_served(exc, served.version_str, served.stats)
             raise
-        if response is not None:
-            elapsed_ns = time.perf_counter_ns() - start_ns
-            served.stats.record_success(elapsed_ns)
-            self._answered(job, elapsed_ns)
+        if response is not None and not turn_pending:
+            self._succeeded(job, start_ns)
         return job, response
 
-    def _answered(self, job: InferJob, elapsed_ns: int) -> None:
-        """Offer an answered request to its model's shadow candidate (server/models/rollout.py);
+    def _succeeded(self, job: InferJob, start_ns: int) -> None:
+        """Count a success; offer it to its model's shadow candidate (server/models/rollout.py),
         never one in shared memory (the region may change once answered) or of a sequence."""
+        elapsed_ns = time.perf_counter_ns() - start_ns
+        job.served.stats.record_success(elapsed_ns)
         if job.shm is None and job.controls.sequence is None:
             request = job.request
             self._models.rollout.answered(job.served, request, bool(request.model_version), job.inputs,
                                           job.admission.rows, job.outputs, elapsed_ns)  # fmt: skip
 
-    async def finish(self, job: InferJob, start_ns: int, turn: Turn | None = None) -> pb.ModelInferResponse:
-        """The answer of a request `start` could not answer at once. `turn`: a stream frame's place
-        in its lazy model's order (load_order.py), let go once it is queued, or has failed."""
+    async def finish(
+        self,
+        job: InferJob,
+        start_ns: int,
+        turn: Turn | None = None,
+        before: Before | None = None,
+        made: pb.ModelInferResponse | None = None,
+    ) -> pb.ModelInferResponse:
+        """The answer of a request `start` could not answer at once (or `made`, the one it made
+        with `turn_pending`). `turn`: a stream frame's place in its lazy model's order
+        (load_order.py), let go once it is queued, or has failed. `before`: the answer ahead of it
+        (preserve_ordering), waited for within its deadline before it counts (answer_turn.py)."""
         try:
-            return await self._finish(job, start_ns, turn)
+            if made is None:
+                made = await self._finish(job, start_ns, turn)
+            await self._in_turn(job, start_ns, before)
+            return made
         finally:
             if turn is not None:
                 turn.admitted()
@@ -196,10 +205,19 @@ class RequestPath:
             record_failed(stats, time.perf_counter_ns() - start_ns, exc)
             note_served(exc, job.served.version_str, stats)
             raise
-        elapsed_ns = time.perf_counter_ns() - start_ns
-        stats.record_success(elapsed_ns)
-        self._answered(job, elapsed_ns)
         return response
+
+    async def _in_turn(self, job: InferJob, start_ns: int, before: Before | None) -> None:
+        """Count the job's success once the answer `before` it is out, within its deadline."""
+        if before is not None:
+            try:
+                await wait_turn(before, job.admission.hard)
+            except BaseException as exc:
+                stats = job.served.stats
+                counted = count_missed(stats, time.perf_counter_ns() - start_ns, exc, job.call_deadline)
+                note_served(counted, job.served.version_str, stats)
+                raise counted from None
+        self._succeeded(job, start_ns)
 
     async def infer(self, request: pb.ModelInferRequest, remaining_s: float | None) -> pb.ModelInferResponse:
         """Serve one request end to end (`serve`), for its response alone."""
@@ -212,25 +230,28 @@ class RequestPath:
         claim: Claim | None = None,
         owner: object | None = None,
         turn: Turn | None = None,
+        before: Before | None = None,
     ) -> tuple[InferJob, pb.ModelInferResponse]:
         """Serve one request end to end; raises on any failure. `claim`: see InferJob.claim. The
         job comes back with the response: its version (`job.served`, the one serving it after a
         reload too) is the one whose statistics counted the outcome (a stream notes them). `turn`:
         a stream frame's place behind its earlier frames of the model held for a load
-        (load_order.py): it reaches the batcher after them, and lets the next go once it has."""
+        (load_order.py): it reaches the batcher after them, and lets the next go once it has.
+        `before`: the answer ahead of it (preserve_ordering): see `finish`."""
         start_ns = time.perf_counter_ns()
+        pending = before is not None and not before.is_set()
         try:
-            job, response = await self._start_in_turn(request, remaining_s, start_ns, owner, turn)
+            job, response = await self._start_in_turn(request, remaining_s, start_ns, owner, turn, pending)
         finally:
             if turn is not None:  # reached the batcher's door, or failed: the next frame may go
                 turn.admitted()
         if response is not None:
             if claim is not None:
                 claim.admitted()  # a latest-frame-wins frame answered at once: it supersedes the older
-            return job, response
+            return job, response if not pending else await self.finish(job, start_ns, None, before, response)
         job.claim = claim  # the batcher withdraws the frame it supersedes once it is queued
         # `finish` queues it before its first suspension: the next frame's turn resumes after that.
-        return job, await self.finish(job, start_ns)
+        return job, await self.finish(job, start_ns, None, before)
 
     async def _start_in_turn(
         self,
@@ -239,6 +260,7 @@ class RequestPath:
         start_ns: int,
         owner: object | None,
         turn: Turn | None,
+        turn_pending: bool,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
         """`start` the request once its lazy model is loaded and its turn (if any) has come."""
         demand = self._models.on_demand
@@ -254,7 +276,7 @@ class RequestPath:
             if remaining_s is not None:  # the time spent behind them counts too
                 remaining_s -= time.monotonic() - waited
             # Then once more round: evicted meanwhile, it waits for the next load in its place.
-        return self.start(request, remaining_s, start_ns, owner=owner, point=point)
+        return self.start(request, remaining_s, start_ns, owner=owner, point=point, turn_pending=turn_pending)
 
 
 def _queued(turn: Turn | None) -> None:
@@ -286,107 +308,3 @@ async def _load_again_for(models: ModelManager, job: InferJob) -> bool:
     with models.sequences_before_load.hold(job.request.model_name, job.controls.sequence):
         await demand.ready(job.request.model_name, left)
     return True
-
-
-def note_served(exc: BaseException, version: str, stats: ModelStats) -> None:
-    """Note on a failure which version served the request (its log line names it) and the
-    statistics it was counted in (a stream whose answer is never written counts it unsent there)."""
-    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
-        setattr(exc, SERVED_VERSION, version)
-        setattr(exc, _COUNTED_IN, stats)
-
-
-def counted_in(exc: BaseException) -> ModelStats | None:
-    """The statistics a failure was counted in, as noted by `note_served` (None: in none). Read it
-    where the failure is caught, before any await: one exception may fail every request of a run."""
-    stats = getattr(exc, _COUNTED_IN, None)
-    return stats if isinstance(stats, ModelStats) else None
-
-
-async def await_load(
-    demand: OnDemand,
-    sequences: SequencesBeforeLoad,
-    request: pb.ModelInferRequest,
-    remaining_s: float | None,
-    regions: SharedMemoryRegistry | None = None,
-) -> tuple[float | None, float | None]:
-    """Wait for a lazy model's load within the request's deadline: its gRPC deadline, or its
-    `timeout` parameter when that is sooner (it had been counted only from after the load: a 1 s
-    timeout was answered OK after a 5 s load). The wait ends DEADLINE_SLACK_S before the gRPC
-    deadline, so the answer naming the load reaches the caller before its own timer fires (it had
-    seen only gRPC's "Deadline Exceeded"). A request the load's signatures would refuse is refused
-    first, as the loaded model would (declared.py), and counted in the version it would have reached
-    (early_refusals.py); so is a sequence's continuation no load could find live (`sequences`,
-    lazy_sequences.py: a start waiting for the load holds its id meanwhile). What is left of the
-    deadline after the wait, and the routing point drawn to judge a request naming no version (the
-    traffic policy routes it by that point once loaded, as it was judged; None: none drawn)."""
-    controls = try_parse_controls(request.parameters)
-    with sequences.hold(request.model_name, None if controls is None else controls.sequence):
-        return await _judge_and_wait(demand, request, remaining_s, regions, controls, sequences)
-
-
-def _ensemble(signatures: Mapping[int, Signature]) -> bool:
-    """The signatures are an ensemble's (its own: sequences are its steps' to judge)."""
-    return any(signature.sequences is None for signature in signatures.values())
-
-
-async def _judge_and_wait(
-    demand: OnDemand,
-    request: pb.ModelInferRequest,
-    remaining_s: float | None,
-    regions: SharedMemoryRegistry | None,
-    controls: Controls | None,
-    sequences: SequencesBeforeLoad,
-) -> tuple[float | None, float | None]:
-    began = time.monotonic()
-    name = request.model_name
-    signatures = await demand.signatures(name)
-    point = None
-    if signatures:  # an invalid request is refused without loading the model (and evicting)
-        # Routed first, as the loaded model routes before its checks: a sticky key parameter of the
-        # wrong type is refused here, counted nowhere (InvalidRequest), as once loaded.
-        unnamed_to, point = _route_early(demand, request, controls, sequences, _ensemble(signatures))
-        try:
-            check_declared_by_any(signatures, request, regions, controls, unnamed_to=unnamed_to)
-            if controls is not None and demand.needs_load(name) and not _ensemble(signatures):
-                # Still not loaded: no sequence is live. Not so for an ensemble's sequence step,
-                # loaded with live sequences while the ensemble is not: its steps judge that.
-                sequences.check(name, controls.sequence)
-        except Exception as exc:
-            # Counted as the loaded model's refusal would be (it had been counted nowhere).
-            number = counted_version(signatures, request.model_version, unnamed_to)
-            if number is not None:
-                stats = demand.refused_early.stats_for(name, number)
-                record_failed(stats, int((time.monotonic() - began) * 1e9), exc)
-                note_served(exc, str(number), stats)
-            raise
-    if controls is None:  # a model not judged: its refused parameter is named without loading it
-        controls = parse_controls(request.parameters)
-    bound = min((b for b in (remaining_s, controls.timeout_s) if b is not None), default=None)
-    slack = DEADLINE_SLACK_S if bound is not None and bound == remaining_s else 0.0
-    left = None if bound is None else bound - (time.monotonic() - began)
-    await demand.ready(name, None if left is None else max(0.0, left - slack))
-    return None if bound is None else bound - (time.monotonic() - began), point
-
-
-def _route_early(
-    demand: OnDemand,
-    request: pb.ModelInferRequest,
-    controls: Controls | None,
-    sequences: SequencesBeforeLoad,
-    ensemble: bool,
-) -> tuple[int | None, float | None]:
-    """The version a request naming none will be routed to once its model is loaded, and the
-    routing point drawn for it (kept for that routing: a policy splitting the traffic picks at
-    random without a routing key). (None, None) when not known here: it names a version, the
-    routing is not known (its config could not be read), or it continues a sequence whose start
-    waits for the same load (it goes where its start goes: judged by every version unless one
-    version takes all the traffic)."""
-    routing = demand.routing(request.model_name)
-    if request.model_version or routing is None:
-        return None, None
-    unnamed_to, point = routing.pick(request, demand.draw)  # a wrong sticky key raises, as once loaded
-    sequence = None if controls is None else controls.sequence
-    if not ensemble and sequences.follows_start(request.model_name, sequence):
-        return routing.only, point
-    return unnamed_to, point

@@ -292,8 +292,12 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         traced = self._traced
         path = self._path if traced is None else traced.bind(context.invocation_metadata(), "ModelInfer")
-        call = path.serve(request, context.time_remaining())
-        return (await self._unary_order.answer(self._path.model_of(request), call))[1]
+        remaining = context.time_remaining()
+        # Ordered (preserve_ordering): once computed, it waits for `before` within its deadline.
+        served = await self._unary_order.answer(
+            self._path.model_of(request), lambda before: path.serve(request, remaining, before=before)
+        )
+        return served[1]
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext

@@ -28,7 +28,6 @@ its answers until its deadline, or for good.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
@@ -36,23 +35,22 @@ from batcher.claim import Claim
 from batcher.errors import ComputedThenCancelled
 from batcher.stats import ModelStats
 from protos import grpc_service_pb2 as pb
-from server.errors import FrameDropped, status_for
-from server.observability.logs import failure_fields, failure_message
+from server.errors import FrameDropped
 from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame
+from server.protocol.answer_turn import LateForTurn, when_set
 from server.protocol.frame_size import Oversized, received_ceiling
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
 from server.protocol.load_order import LoadOrder, Turn
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import Malformed
-from server.protocol.request_path import RequestPath, counted_in
+from server.protocol.request_path import RequestPath
+from server.protocol.served_notes import counted_in
 from server.protocol.stream_bytes import HeldBytes, Read, answer_bytes
-from server.protocol.stream_frames import refusal, shutting_down
+from server.protocol.stream_frames import failure_frame, refusal, shutting_down
 from server.protocol.stream_order import Before, StreamOrder
 from server.protocol.stream_sequences import OnClose, SeenSequences
 from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
-
-log = logging.getLogger(__name__)
 
 Response = pb.ModelStreamInferResponse
 # An answer with the bytes it releases once written (its own and its request's) and the statistics
@@ -293,7 +291,7 @@ class StreamSession:
             rules = served or self._path.frame_rules(request)
             claim = self._frames.arrive(request, rules)  # withdraws the frame it supersedes, if any
         except Exception as exc:
-            self._send(_error(request, exc), None, request)
+            self._send(failure_frame(request, exc), None, request)
             return None
         after, done = self._order.place(request, rules, claim is not None)
         job: InferJob | None = None
@@ -307,7 +305,7 @@ class StreamSession:
             try:
                 job, now = self._path.start(request, self._left_s(), start_ns, served, self._sequences)
             except Exception as exc:
-                self._send(_error(request, exc), done, request, counted_in(exc))
+                self._send(failure_frame(request, exc), done, request, counted_in(exc))
                 return None
             if now is not None:
                 if claim is not None:
@@ -339,9 +337,10 @@ class StreamSession:
             try:
                 if job is None:
                     left = self._left_s()
-                    job, result = await self._path.serve(request, left, claim, self._sequences, turn)
+                    # Once computed, it waits for `after` within its deadline (answer_turn.py).
+                    job, result = await self._path.serve(request, left, claim, self._sequences, turn, after)
                 else:
-                    result = await self._path.finish(job, start_ns, turn)
+                    result = await self._path.finish(job, start_ns, turn, after)
                 response = Response(infer_response=result)
                 counted = job.served.stats  # the version that served it, after a reload too
             except ComputedThenCancelled as exc:  # computed, counted a success; its call ended
@@ -351,8 +350,11 @@ class StreamSession:
                 response = dropped_response(request)
                 counted = counted_in(exc)  # in `dropped`: unsent, counted as frame_dropped
             except Exception as exc:
-                response = _error(request, exc)
+                response = failure_frame(request, exc)
                 counted = counted_in(exc)
+                if isinstance(exc, LateForTurn) and after is not None and done is not None:
+                    when_set(after, done.set)  # sent now; the answers after it wait for those before it
+                    after = done = None
             if after is not None:
                 await after.wait()
         finally:  # also when cancelled (the call ended): free the slot and the requests after it
@@ -384,17 +386,3 @@ class StreamSession:
 
     def _left_s(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
-
-
-def _error(request: pb.ModelInferRequest, exc: Exception) -> Response:
-    """A stream answers a failed request with an error message and its id, and keeps going."""
-    code, message, expected = status_for(exc)
-    if not expected:
-        fields = failure_fields(request, exc)
-        log.error(failure_message("stream request failed", fields), exc_info=exc, extra=fields)
-    return Response(
-        error_message=f"{code.name}: {message}",
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
-    )

@@ -1,19 +1,25 @@
 """A stream's own error frames: for a message refused before it was admitted (malformed, over
-the size limit, read while the server drains); and Triton's `triton_grpc_error` header, under which
-a stream's first error frame ends the call with its status instead."""
+the size limit, read while the server drains) or a request that failed; and Triton's
+`triton_grpc_error` header, under which a stream's first error frame ends the call with its status
+instead."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from protos import grpc_service_pb2 as pb
+from server.errors import status_for
+from server.observability.logs import failure_fields, failure_message
 from server.protocol.answers import Status
 from server.protocol.frame_size import Oversized
 from server.protocol.malformed import Malformed
 from server.protocol.stream_bytes import Read
+
+log = logging.getLogger("server.protocol.stream")  # its failure lines, as when they were logged there
 
 Response = pb.ModelStreamInferResponse
 
@@ -34,6 +40,15 @@ def refusal(message: str, request: pb.ModelInferRequest | None) -> Response:
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
+
+
+def failure_frame(request: pb.ModelInferRequest, exc: Exception) -> Response:
+    """A stream answers a failed request with an error message and its id, and keeps going."""
+    code, message, expected = status_for(exc)
+    if not expected:
+        fields = failure_fields(request, exc)
+        log.error(failure_message("stream request failed", fields), exc_info=exc, extra=fields)
+    return refusal(f"{code.name}: {message}", request)
 
 
 # Triton's header (its clients' `headers={"triton_grpc_error": "true"}`): the stream's first error

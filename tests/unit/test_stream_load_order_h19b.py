@@ -184,7 +184,7 @@ class Job:
     owner = None
     call_deadline = None
     inputs = outputs = None  # offered to the (fake) rollout once answered
-    admission = SimpleNamespace(rows=1)
+    admission = SimpleNamespace(rows=1, hard=None)  # no deadline
 
     def __init__(self, served: Any, request: pb.ModelInferRequest, controls: Controls) -> None:
         self.served, self.request, self.controls = served, request, controls

@@ -72,7 +72,9 @@ class HeldPath(InstantPath):
     ) -> tuple[Any, pb.ModelInferResponse | None]:
         return job_of(request), None
 
-    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
+    async def finish(
+        self, job: Any, start_ns: int, turn: object = None, before: object = None
+    ) -> pb.ModelInferResponse:
         await self.release.wait()
         return pb.ModelInferResponse(id=job.id)
 
@@ -101,7 +103,9 @@ class OrderedPath(InstantPath):
         self.waiting[request.id] = asyncio.Event()
         return job_of(request), None
 
-    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
+    async def finish(
+        self, job: Any, start_ns: int, turn: object = None, before: object = None
+    ) -> pb.ModelInferResponse:
         await self.waiting[job.id].wait()
         return pb.ModelInferResponse(id=job.id)
 
@@ -112,6 +116,7 @@ class OrderedPath(InstantPath):
         claim: object,
         owner: object = None,
         turn: object = None,  # always None here: no lazy model
+        before: object = None,  # the answer ahead: the session waits for it too
     ) -> Any:
         job, now = self.start(request, remaining_s, 0)  # started once the answer before it was made
         return job, now if now is not None else await self.finish(job, 0)
@@ -487,7 +492,9 @@ async def test_a_stalled_calls_answer_in_grpcs_write_is_not_counted_unsent() -> 
 class BigAnswerPath(HeldPath):
     """A batched model whose answers (500 KB) are much larger than its requests (1 KB)."""
 
-    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
+    async def finish(
+        self, job: Any, start_ns: int, turn: object = None, before: object = None
+    ) -> pb.ModelInferResponse:
         await self.release.wait()
         return pb.ModelInferResponse(id=job.id, raw_output_contents=[bytes(500_000)])
 

@@ -21,7 +21,8 @@ from batcher.errors import ComputedThenCancelled
 from batcher.stats import UNSENT_REASONS, ModelStats
 from protos import grpc_service_pb2 as pb
 from server.errors import InvalidRequest
-from server.protocol.request_path import RequestPath, note_served
+from server.protocol.request_path import RequestPath
+from server.protocol.served_notes import note_served
 from server.protocol.stream import StreamSession
 from server.protocol.stream_unsent import Unsent, UnsentLines, end_reason
 
@@ -62,7 +63,9 @@ class HeldFirst:
         self.stats.record_success(0)
         return self.job(request), pb.ModelInferResponse(id=request.id)
 
-    async def finish(self, job: Any, start_ns: int, turn: object = None) -> pb.ModelInferResponse:
+    async def finish(
+        self, job: Any, start_ns: int, turn: object = None, before: object = None
+    ) -> pb.ModelInferResponse:
         try:
             await self.release.wait()
         except asyncio.CancelledError:
