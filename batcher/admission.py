@@ -48,6 +48,10 @@ class Admission(NamedTuple):
     reject_at: float | None = None  # with REJECT: failed if still queued then (policy_deadline)
     accept: Accept | None = None  # checks its outputs before they count (None: any are its answer)
     computed: Computed | None = None  # told its run's compute times once answered (an ensemble's step)
+    # A step of an ensemble request admitted whole (server/models/ensemble_admission.py): when that
+    # admission was. The step is queued as if it had arrived then, ahead of what came after, and not
+    # shed again: its ensemble's admission forecast every step and reserved their rows.
+    since: float | None = None
 
     @classmethod
     def settle(

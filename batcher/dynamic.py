@@ -144,6 +144,11 @@ class DynamicBatcher:
         return self._estimator
 
     @property
+    def forecast(self) -> WaitForecast:
+        """Its admission's predictions, and the rows ensemble requests pledged here (forecast.py)."""
+        return self._forecast
+
+    @property
     def stopped(self) -> bool:
         """`stop` began (its version is retired, or the server stops); also for a batcher never
         started (an ensemble's, which only settles admissions)."""

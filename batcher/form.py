@@ -15,11 +15,13 @@ deadline rules Triton lacks. `max_preferred` is the largest preferred size, else
    batches (rule 3) and times waits (rule 4): a dropped request never runs, so a guess it was
    dropped on is never corrected (batcher/estimate.py). A request kept on the lower bound may run
    alone (rule 3 never refuses a batch its first request), and its size is then seen.
-2. Order what is left by (priority, late, arrival): priority 1 first, FIFO within a priority. With
-   TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes behind the
-   requests of its own level still in time, never behind a lower level (Triton's PriorityQueue
-   takes level by level, each level's main queue before its delayed one). It had gone behind every
-   request in time, a delayed priority-1 request behind every priority-2 one.
+2. Order what is left by (priority, late, since, arrival): priority 1 first, FIFO within a
+   priority. With TimeoutAction.DELAY a request past its queue-policy timeout is "late": it goes
+   behind the requests of its own level still in time, never behind a lower level (Triton's
+   PriorityQueue takes level by level, each level's main queue before its delayed one); it had gone
+   behind every request in time. `since` is when its queue took it, except for a step of an
+   ensemble request admitted whole (Admission.since): that admission, so the request's later steps
+   go before new work admitted after it, which its admission's forecast put behind them.
 3. Walk that order, adding rows to the pending batch. Before adding a request to a non-empty batch:
    if it would take the batch past max_preferred, mark the batch so far as the best prefix (unless
    a mark is set already; the prefix need not be a preferred size) and go on; stop if it would take
@@ -92,6 +94,7 @@ class Pending(Generic[H]):
     queued_ns: int = 0  # its wait in the queue, as counted when it left for a batch
     accept: Accept | None = None  # its outputs checked before they are counted (Admission.accept)
     computed: Computed | None = None  # told its run's compute times once answered (Admission.computed)
+    since: float = 0.0  # its place within its priority (rule 2), before its arrival number `seq`
     key: ShapeKey = field(init=False)
 
     def __post_init__(self) -> None:
@@ -272,9 +275,9 @@ def _in_order(
     delays = policy.timeout_action is TimeoutAction.DELAY
     own = {level: q.timeout_action is TimeoutAction.DELAY for level, q in policy.level_policies}
 
-    def order(p: Pending[H]) -> tuple[int, bool, int]:
+    def order(p: Pending[H]) -> tuple[int, bool, float, int]:
         late = own.get(p.priority, delays) and p.policy_deadline is not None and p.policy_deadline <= now
-        return (p.priority, late, p.seq)
+        return (p.priority, late, p.since, p.seq)
 
     live.sort(key=order)
     return live

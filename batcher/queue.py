@@ -156,8 +156,8 @@ class RequestQueue:
         predict_s: Callable[[int], float],
         finish_s: Callable[[int, int], float] | None = None,
     ) -> None:
-        """Whether request `a` may be served now, without queueing it; raises why not
-        (DeadlineExceeded, Overloaded). The fast path runs what this accepts at once.
+        """Whether request `a` may be served now, without queueing it; raises why not (DeadlineExceeded,
+        Overloaded: not for an ensemble's step, Admission.since). The fast path runs what it accepts.
 
         `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
         DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
@@ -173,7 +173,7 @@ class RequestQueue:
         run_s = predict_s(a.rows)
         if gives_up(hard, now, run_s, self._hop_s):
             raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now, basis=self.basis(a.rows, now))
-        if finish_s is not None:
+        if finish_s is not None and a.since is None:  # (an ensemble's step: forecast at its admission)
             wait_s = finish_s(a.priority, a.rows)
             if cannot_finish(hard, now, wait_s):
                 raise Overloaded(
@@ -204,7 +204,7 @@ class RequestQueue:
         except QueueFull as exc:
             exc.retry_after_s = drain_s()
             raise
-        loop = asyncio.get_running_loop()
+        loop, now = asyncio.get_running_loop(), self._clock()
         p: Request = Pending(
             inputs=inputs,
             rows=a.rows,
@@ -219,8 +219,8 @@ class RequestQueue:
             counted=a.counted,
             accept=a.accept,
             computed=a.computed,
+            since=now if a.since is None else a.since,
         )
-        now = self._clock()
         due = earliest(self._give_up_at(p, now), a.reject_at)
         if due is not None:
             self._arm(p, max(0.0, due - now), due)
