@@ -5,7 +5,10 @@ admitted to the step model's batcher like any request to that model, so it batch
 model's other traffic (other ensemble requests' steps included) and counts in its statistics.
 Tensors pass between steps as the arrays scatter gave (no copies). The request's hard deadline
 applies to every step: a step is not started once it has passed, and each step's admission carries
-it. A step's error keeps its class (so its gRPC status) and names the step.
+it. A request with a deadline is first checked against its whole path of steps
+(server/models/ensemble_admission.py): refused there, no step runs; admitted, its steps' rows are
+pledged at their models and its steps queue in the order of its admission. A step's error keeps
+its class (so its gRPC status) and names the step.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from batcher.admission import Admission
-from batcher.batch_io import refusal
+from batcher.batch_io import left_ns, refusal
 from batcher.dynamic import DynamicBatcher
-from batcher.errors import CancelledInRun, DeadlineExceeded
+from batcher.errors import BatcherError, CancelledInRun, DeadlineExceeded
 from batcher.sequence import SequenceBatcher
 from batcher.stats import ModelStats
 from batcher.types import Array, Tensors
@@ -27,6 +30,7 @@ from server import triton_text
 from server.backends.identity_backend import paired_input
 from server.errors import InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
+from server.models.ensemble_admission import PathEnd, Pledges, admit_whole, path_ends
 from server.models.ensemble_config import EnsemblePlan, Step, fit_batch_dim
 from server.models.ensemble_fit import reshaped, retyped, step_inputs
 from server.models.ensemble_notes import EnsembleNotes, StepRun, named_failure, recorded
@@ -135,14 +139,27 @@ class EnsembleScheduler:
         sequence: SequenceParams | None = None,
         routed: RoutedRequest | None = None,
         notes: EnsembleNotes | None = None,
+        pledges: Pledges | None = None,
     ) -> Tensors:
         """`run`, counted in the ensemble's own statistics as one execution of the request's rows,
         its compute times the sums of its steps' (Triton's EnsembleContext reports them so; the
-        whole run as compute_infer had put every step's queue and the hops between steps there)."""
+        whole run as compute_infer had put every step's queue and the hops between steps there).
+        Admitted whole first (`admit_whole`: refused there, counted as a model's refusal at its
+        admission), unless `pledges` says an outer ensemble admitted it as its step."""
         spent = [0, 0, 0]  # gather, run, scatter ns of the runs that answered its steps
         steps = admission._replace(computed=lambda ns: _add(spent, ns))
+        if pledges is None:
+            now = self._clock()
+            try:
+                pledges = admit_whole(self.plan, self._resolve, admission, priority, now)
+            except BatcherError as exc:
+                if admission.counted:
+                    stats.record_refusal(exc, False, left_ns(admission.hard, self._clock()))
+                raise
+            if admission.hard is not None:  # its steps queue as of now (Admission.since)
+                steps = steps._replace(since=now)
         try:
-            outputs = await self.run(inputs, steps, priority, sequence, routed, notes)
+            outputs = await self.run(inputs, steps, priority, sequence, routed, notes, pledges)
         except Exception as exc:  # in one deadline outcome of its own, by what ended it
             if admission.counted:
                 record_ensemble_outcome(stats, exc)
@@ -180,15 +197,25 @@ class EnsembleScheduler:
         sequence: SequenceParams | None = None,
         routed: RoutedRequest | None = None,
         notes: EnsembleNotes | None = None,
+        pledges: Pledges | None = None,
     ) -> Tensors:
         """The ensemble's outputs for one request; raises the first failing step's error. `routed`:
         the ensemble's request, which routes the steps naming no version (Resolve). `notes`: its
-        failure lines' fields, and where its steps' runs are noted when it is traced."""
+        failure lines' fields, and where its steps' runs are noted when it is traced. `pledges`:
+        its steps' rows pledged at its admission, released as each starts and when it ends."""
+        pledges = Pledges() if pledges is None else pledges
         self.in_flight += 1
         try:
-            return await self._run(inputs, admission, priority, sequence, routed, notes)
+            return await self._run(inputs, admission, priority, sequence, routed, notes, pledges)
         finally:
             self.in_flight -= 1
+            pledges.release_all()
+
+    def path_end(
+        self, a: Admission, priority: int, now: float, pledges: Pledges, ready: PathEnd
+    ) -> tuple[PathEnd, dict[int, PathEnd]]:
+        """As a nested ensemble's step: when its outputs and steps would end (ensemble_admission)."""
+        return path_ends(self.plan, self._resolve, a, priority, now, pledges, ready)
 
     async def _run(
         self,
@@ -198,6 +225,7 @@ class EnsembleScheduler:
         sequence: SequenceParams | None,
         routed: RoutedRequest | None,
         notes: EnsembleNotes | None,
+        pledges: Pledges,
     ) -> Tensors:
         plan = self.plan
         tensors = dict(inputs) if plan.reshape is None else plan.reshape.to_model(inputs)
@@ -225,6 +253,7 @@ class EnsembleScheduler:
                         in_run,
                         notes,
                         record,
+                        pledges,
                     )
                     task = asyncio.ensure_future(work if record is None else recorded(record, work))
                     running[task] = step
@@ -264,7 +293,9 @@ class EnsembleScheduler:
         in_run: list[bool],
         notes: EnsembleNotes | None,
         record: StepRun | None,
+        pledges: Pledges,
     ) -> tuple[Tensors, bool]:
+        pledges.release(step.index)  # its rows are queued from here on (or it fails)
         try:
             to_route = None if routed is None else Routed(routed, sequence)  # its sequence, parsed once
             served = self._resolve(step.model, step.version, to_route)
@@ -291,11 +322,13 @@ class EnsembleScheduler:
                 shape = inputs[wrong.name].shape
                 raise reshaped(step, signature, served.version_str, wrong, loaded, shape) from None
             batcher = served.batcher
-            a = batcher.admission(rows, deadline=hard, priority=priority)._replace(computed=ensemble.computed)
+            a = batcher.admission(rows, deadline=hard, priority=priority)
+            a = a._replace(computed=ensemble.computed, since=ensemble.since)
             nested = served.ensemble
             outputs: Tensors | None
             if nested is not None:  # an ensemble step: its own steps, under this request's deadline
-                outputs = await nested.run_counted(stats, inputs, a, priority, sequence, routed, notes)
+                held = pledges.nested(step.index)  # admitted whole with this request
+                outputs = await nested.run_counted(stats, inputs, a, priority, sequence, routed, notes, held)
             elif served.sequences is not None:  # a sequence step: the request's sequence, its turn
                 if sequence is None:
                     raise InvalidRequest(triton_text.no_correlation_id(signature.model))

@@ -1,17 +1,21 @@
 """Over a real server: an ensemble request with a deadline lands in exactly one outcome of the
 ensemble's own `sluiceway_deadline_outcome_total` series, from what ended it (a step computed past
-the deadline -> late, a step that could not be met -> expired, a step shed -> shed); its step's
-series counts the step's own outcome, once. The ensemble's series had counted only `on_time`
-(tester: shed 0, expired 0, late 0 while ModelStatistics fail +3).
+the deadline -> late; refused at the ensemble's admission, its deadline not to be met or its steps
+overloaded -> shed, as a direct request refused at its model's admission); its step's series counts
+the step's own outcome, once. The ensemble's series had counted only `on_time` (tester: shed 0,
+expired 0, late 0 while ModelStatistics fail +3).
 
 The step is an identity model sleeping 800 ms a run (a sleep: CPU contention barely moves it), on
 one instance. Deadlines are the request's `timeout` parameter (the server's deadline; a gRPC
 deadline would end the call on the client's timer instead of letting the server answer):
 1. late: 100 ms, the step's first run (no cost known: admitted), computed in 800 ms;
-2. cannot be met: 100 ms again, now that a run of 800 ms was seen (refused at the step's admission);
+2. cannot be met: 100 ms again, now that a run of 800 ms was seen (refused at the ensemble's
+   admission: the step never sees it; it had been refused at the step's own, counted `expired`);
 3. shed: 850 ms, while the step's instance runs another request: its own run would fit (805 ms),
    not behind what is left of the running one (shed while more than 50 ms of it is left, so the
    request must arrive within ~750 ms of that run's start: a wide margin on a loaded machine).
+A step refused or dropped for its deadline after its ensemble's admission counts `expired`
+(tests/integration/test_deadline_outcomes_cut.py, tests/unit/test_ensemble_cut_outcome.py).
 """
 
 from __future__ import annotations
@@ -69,6 +73,6 @@ def test_each_failed_ensemble_request_lands_in_one_outcome_of_its_own(tmp_path: 
         assert shed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, shed.details()
         busy.result()
 
-        assert outcomes(server, "ens") == {"shed": 1, "expired": 1, "late": 1, "on_time": 0}
-        # The step's own series: each of its requests once (a refusal at its admission is its shed).
-        assert outcomes(server, "s1") == {"shed": 2, "expired": 0, "late": 1, "on_time": 1}
+        assert outcomes(server, "ens") == {"shed": 2, "expired": 0, "late": 1, "on_time": 0}
+        # The step's own series: each of its requests once (the two refused never reached it).
+        assert outcomes(server, "s1") == {"shed": 0, "expired": 0, "late": 1, "on_time": 1}

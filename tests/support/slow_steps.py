@@ -7,7 +7,7 @@ backend needs no model file, so a model is its config alone (x -> y, FP32 [N, 1]
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,12 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 
 
-def slow_identity(name: str, delay_ms: int, extra: str = "") -> str:
+def slow_identity(name: str, delay_ms: int, extra: str = "", max_batch_size: int = 4) -> str:
     """The config of identity model `name` sleeping `delay_ms` each run; `extra`: more config lines."""
     return f"""
 name: "{name}"
 backend: "identity"
-max_batch_size: 4
+max_batch_size: {max_batch_size}
 input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
 output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
 dynamic_batching {{ }}
@@ -40,6 +40,27 @@ output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
 ensemble_scheduling {{ step [
   {{ model_name: "{step}" model_version: -1
     input_map {{ key: "x" value: "x" }} output_map {{ key: "y" value: "y" }} }}
+] }}
+"""
+
+
+def chain_ensemble(name: str, steps: Sequence[str], max_batch_size: int = 4) -> str:
+    """The config of ensemble `name` running `steps` (model names, a model may repeat) one after
+    another, each step's y the next one's x: x -> ... -> y."""
+    tensors = ["x", *(f"t{i}" for i in range(1, len(steps))), "y"]
+    listed = ",\n".join(
+        f'  {{ model_name: "{model}" model_version: -1 input_map {{ key: "x" value: "{tensors[i]}" }}'
+        f' output_map {{ key: "y" value: "{tensors[i + 1]}" }} }}'
+        for i, model in enumerate(steps)
+    )
+    return f"""
+name: "{name}"
+platform: "ensemble"
+max_batch_size: {max_batch_size}
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+ensemble_scheduling {{ step [
+{listed}
 ] }}
 """
 
