@@ -12,10 +12,12 @@ import pytest
 
 from batcher.errors import DeadlineExceeded, Overloaded
 from batcher.stats import ModelStats
+from protos import model_config_pb2 as mc
 from server.models.config import parse_config
+from server.models.ensemble import EnsembleScheduler
 from server.models.ensemble_admission import admit_whole
 from server.models.ensemble_config import plan_ensemble
-from tests.support.ensemble_repo import _step, ensemble
+from tests.support.ensemble_repo import ENSEMBLES, _step, ensemble
 from tests.unit.test_ensemble_scheduler import Clock, FakeStep, _admission, _scheduler, _steps
 
 
@@ -94,3 +96,32 @@ def test_without_a_deadline_nothing_is_checked_or_pledged() -> None:
     plan = _scheduler("linear", steps, Clock()).plan
     admit_whole(plan, lambda m, v, r: steps[m], _admission(None), 0, 0.0)
     assert (_pledged(steps["add_one"]), _pledged(steps["double"])) == (0, 0)
+
+
+class _Nested:
+    """A step model that is an ensemble itself (its `ensemble` runs its steps)."""
+
+    def __init__(self, scheduler: EnsembleScheduler, config: mc.ModelConfig) -> None:
+        self.ensemble = scheduler
+        self.config = config
+
+
+def test_a_nested_ensembles_steps_are_on_the_path_and_pledged_with_the_request() -> None:
+    """wrap: one step, the ensemble `linear` (add_one 100 ms, then double 100 ms)."""
+    steps = _costs(_steps(), add_one=0.1, double=0.1)
+    inner = _scheduler("linear", steps, Clock())
+    inner_config = parse_config(ENSEMBLES["linear"], "config.pbtxt")
+    inner_config.name = "linear"
+    nested = _Nested(inner, inner_config)
+    config = parse_config(ensemble([_step("linear", {"IN": "IN"}, {"OUT": "OUT"})]), "config.pbtxt")
+    config.name = "wrap"
+    plan = plan_ensemble(config, "config.pbtxt", lambda s: inner_config)
+    resolve = lambda m, v, r: nested if m == "linear" else steps[m]  # noqa: E731
+    pledges = admit_whole(plan, resolve, _admission(10.0), 0, 0.0)
+    assert (_pledged(steps["add_one"]), _pledged(steps["double"])) == (1, 1)
+    pledges.release_all()
+    assert (_pledged(steps["add_one"]), _pledged(steps["double"])) == (0, 0)
+    with pytest.raises(DeadlineExceeded) as refused:
+        admit_whole(plan, resolve, _admission(0.15), 0, 0.0)
+    assert "then step 2 (model 'double') of ensemble 'linear': 100.0 ms" in str(refused.value)
+    assert str(refused.value).endswith("; step 1 (model 'linear')")
