@@ -26,6 +26,7 @@ from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
 from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
+from server.models.config_cuda import ort_cuda_values
 
 _PROFILE_KEYS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
 _ODD_TYPES = {mc.TYPE_STRING: "string", mc.TYPE_BF16: "BF16"}
@@ -79,26 +80,38 @@ def profile(config: mc.ModelConfig) -> tuple[Profile | None, str]:
     return Profile((1, max(preferred, default=top), top), dims), ""
 
 
-def graph_blocker(config: mc.ModelConfig) -> str | None:
-    """Why onnxruntime cannot replay CUDA graphs of this model, or None when it can."""
+def graph_blockers(config: mc.ModelConfig) -> list[str]:
+    """Every reason onnxruntime cannot replay CUDA graphs of this model (for each kind of reason,
+    the first tensor it applies to); empty when it can."""
+    why: list[str] = []
     if config.max_batch_size > 0:
-        return (
+        why.append(
             f"it batches (max_batch_size {config.max_batch_size}): the batch dimension varies, and "
             "onnxruntime's CUDA graphs replay fixed shapes"
         )
     unlisted = _unlisted_inputs(config)
     if unlisted is not None:
-        return unlisted
-    for kind, tensors in (("input", config.input), ("output", config.output)):
-        for tensor in tensors:
-            dims = _model_dims(tensor)
-            if any(d < 0 for d in dims):
-                return f"{kind} '{tensor.name}' has variable dims {list(dims)}"
-            if tensor.data_type in _ODD_TYPES:
-                kind_of = _ODD_TYPES[tensor.data_type]
-                return f"{kind} '{tensor.name}' is {kind_of}, which is not kept in a device buffer"
+        why.append(unlisted)
+    tensors = [("input", t) for t in config.input] + [("output", t) for t in config.output]
+    variable = [(kind, t) for kind, t in tensors if any(d < 0 for d in _model_dims(t))]
+    if variable:
+        kind, tensor = variable[0]
+        why.append(f"{kind} '{tensor.name}' has variable dims {list(_model_dims(tensor))}")
+    odd = [(kind, t) for kind, t in tensors if t.data_type in _ODD_TYPES]
+    if odd:
+        kind, tensor = odd[0]
+        why.append(
+            f"{kind} '{tensor.name}' is {_ODD_TYPES[tensor.data_type]}, which is not kept in a device buffer"
+        )
     optional = [t.name for t in config.input if t.optional]
-    return f"input '{optional[0]}' is optional: a graph needs every input each run" if optional else None
+    if optional:
+        why.append(f"input '{optional[0]}' is optional: a graph needs every input each run")
+    return why
+
+
+def graph_blocker(config: mc.ModelConfig) -> str | None:
+    """Why onnxruntime cannot replay CUDA graphs of this model (every reason), or None when it can."""
+    return "; ".join(graph_blockers(config)) or None
 
 
 def cuda_field_notes(config: mc.ModelConfig, on_gpu: bool) -> list[str]:
@@ -106,9 +119,11 @@ def cuda_field_notes(config: mc.ModelConfig, on_gpu: bool) -> list[str]:
     cuda = config.optimization.cuda
     notes: list[str] = []
     if cuda.graphs:
-        why = graph_blocker(config) if on_gpu else "no CUDA or TensorRT instance: it runs on the CPU"
-        if why is not None:
-            notes.append(f"optimization.cuda.graphs (CUDA graphs not used: {why})")
+        # Off a GPU the model's own blockers are named too: a GPU instance alone would not be enough.
+        where = [] if on_gpu else ["no CUDA or TensorRT instance: it runs on the CPU"]
+        why = where + graph_blockers(config)
+        if why:
+            notes.append(f"optimization.cuda.graphs (CUDA graphs not used: {'; '.join(why)})")
     for field, what in (
         ("busy_wait_events", "the TensorRT backend's event polling"),
         ("output_copy_stream", "the TensorRT backend's separate output copy stream"),
@@ -146,8 +161,11 @@ def gpu_provider_options(
             if graphs:
                 defaults["trt_cuda_graph_enable"] = "1"
             options = {**defaults, **options}
-        elif name == CUDA and name == first and graphs:  # not behind TensorRT: its nodes are not all CUDA's
-            options = {"enable_cuda_graph": "1", **options}
+        elif name == CUDA:
+            # Triton's numbers and boolean spellings in onnxruntime's form (config_cuda.py).
+            options = ort_cuda_values(options)
+            if name == first and graphs:  # not behind TensorRT: its nodes are not all CUDA's
+                options = {"enable_cuda_graph": "1", **options}
         out.append((name, options))
     return out
 

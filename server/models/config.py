@@ -23,6 +23,7 @@ from server.models.config_backend import (
     validate_optimization,
 )
 from server.models.config_bounds import check_bounds
+from server.models.config_cuda import validate_cuda_accelerators
 from server.models.config_errors import ConfigError as ConfigError
 from server.models.config_fields import unhandled_fields
 from server.models.config_queue import (
@@ -174,6 +175,7 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
     validate_metric_tags(config, source)
     _validate_version_policy(config, source)
     validate_optimization(config, source)
+    validate_cuda_accelerators(config, source)  # the `cuda` accelerator's keys (config_cuda.py)
     # The identity backend ignores parameters it does not read, as Triton's (named at load).
     unknown = sorted(set(config.parameters) - SUPPORTED_PARAMETERS)
     if unknown and config.backend != IDENTITY:

@@ -15,6 +15,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.backends.instance_groups import gpu_available
+from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 from tests.support.triton_repo import densenet_scores, triton_repository
 
@@ -199,3 +200,47 @@ def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warni
     assert len(lines) == 1, lines
     assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)" in lines[0]
     assert "gpu_groups version 1: instances g x4 (cpu)" in out
+
+
+CUDA_ACCEL = """
+max_batch_size: 8
+instance_group [ {{ kind: KIND_GPU }} ]
+optimization {{ execution_accelerators {{ gpu_execution_accelerator [ {{ name: "cuda" {params} }} ] }} }}
+"""
+
+
+def _cuda_params(**values: str) -> str:
+    return " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in values.items())
+
+
+def test_cuda_accelerator_values_are_refused_at_load_on_any_machine(demo_repo: Path, tmp_path: Path) -> None:
+    # They were handed to onnxruntime as written: without a GPU never looked at, with one a
+    # failure only when the session started. Refused as the tensorrt ones are (INVALID_ARGUMENT).
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    models = {
+        "cuda_bool": _cuda_params(do_copy_in_default_stream="maybe"),
+        "cuda_algo": _cuda_params(cudnn_conv_algo_search="FASTEST"),
+        "cuda_unknown": _cuda_params(no_such_cuda_option="1"),
+        "cuda_good": _cuda_params(cudnn_conv_algo_search="HEURISTIC", use_ep_level_unified_stream="on"),
+        "trt_bad": 'parameters { key: "precision_mode" value: "FP8" }',
+    }
+    for name, params in models.items():
+        text = CUDA_ACCEL.format(params=params)
+        write_model(tmp_path, name, mlp, text.replace('"cuda"', '"tensorrt"') if name == "trt_bad" else text)
+    refusals = {
+        "cuda_bool": "cuda accelerator parameter 'do_copy_in_default_stream' value 'maybe' is not a boolean",
+        "cuda_algo": "'cudnn_conv_algo_search' value 'FASTEST' is not EXHAUSTIVE, HEURISTIC or DEFAULT",
+        "cuda_unknown": "cuda accelerator parameter 'no_such_cuda_option' is not supported (known: [",
+        "trt_bad": "tensorrt precision_mode 'FP8' is not one of",
+    }
+    args = ("--model-repository", str(tmp_path), "--model-control-mode", "explicit")
+    with ServerProcess(*args) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for name, message in refusals.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name), timeout=60)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, caught.value.details())
+            assert message in (caught.value.details() or ""), (name, caught.value.details())
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cuda_good"), timeout=60)
+        answer = stub.ModelInfer(_request("cuda_good", features=np.ones((2, 64), np.float32)), timeout=60)
+        assert answer.outputs[0].shape[0] == 2

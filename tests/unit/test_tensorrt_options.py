@@ -197,3 +197,30 @@ def test_the_plan_on_this_machine(tmp_path: Path) -> None:
         return
     assert plan.providers == [(CPU, {})] and not cache.exists() and plan.engine_cache is None
     assert any("optimization.cuda.graphs (CUDA graphs not used" in note for note in plan.unapplied)
+
+
+def test_off_a_gpu_the_graphs_note_gives_every_reason_that_applies() -> None:
+    # On a CPU box the note said only "no CUDA or TensorRT instance"; a batching model would not
+    # replay graphs on a GPU either, and the one warning says so too.
+    batched = config(RESNET + GRAPHS + " instance_group [ { kind: KIND_GPU } ]")
+    (note,) = cuda_field_notes(batched, on_gpu=False)
+    assert "no CUDA or TensorRT instance: it runs on the CPU" in note
+    assert "it batches (max_batch_size 16)" in note
+    (note,) = cuda_field_notes(config(FIXED + GRAPHS), on_gpu=False)  # only the machine stops it
+    assert (
+        note
+        == "optimization.cuda.graphs (CUDA graphs not used: no CUDA or TensorRT instance: it runs on the CPU)"
+    )
+    several = config(
+        'max_batch_size: 4 input { name: "a" data_type: TYPE_FP32 dims: [ -1 ] } '
+        'input { name: "b" data_type: TYPE_STRING dims: [ 1 ] optional: true } '
+        'output { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ' + GRAPHS
+    )
+    (note,) = cuda_field_notes(several, on_gpu=True)
+    for why in (
+        "it batches",
+        "input 'a' has variable dims [-1]",
+        "input 'b' is string",
+        "input 'b' is optional",
+    ):
+        assert why in note, (why, note)
