@@ -12,7 +12,8 @@ as the batch's arrays the batcher then scatters by rows. Three ways to run a bat
 - `fixed`: persistent input and output buffers bound once, updated in place, for CUDA graphs,
   which replay the addresses they captured. Only for models whose every shape is fixed.
 
-Models with string tensors always run `plain`: onnxruntime binds only fixed-size tensors.
+Models with string tensors always run `plain`: onnxruntime binds only fixed-size tensors. Asked for
+with `io_binding: "true"`, the model's load warning names those tensors (string_binding_notes).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import numpy as np
 import onnxruntime as ort
 
 from batcher.types import Array
+from protos import model_config_pb2 as mc
 from server import datatypes
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
 from server.backends.pinned import PinnedStaging
+from server.models.config_backend import parse_bool
 from server.models.onnx_completion import OnnxTensor
 
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -98,6 +101,28 @@ def io_mode(
     if requested is None:
         return "plain" if device.kind == "cpu" else "bound"
     return "bound" if requested else "plain"
+
+
+def string_binding_notes(
+    config: mc.ModelConfig, inputs: Sequence[OnnxTensor], outputs: Sequence[OnnxTensor]
+) -> list[str]:
+    """For the model's one load warning (config_fields.warn_unapplied): `io_binding: "true"` asked
+    of a model with string tensors, whose batches run `plain` all the same (io_mode)."""
+    asked = config.parameters["io_binding"].string_value if "io_binding" in config.parameters else ""
+    if not parse_bool(asked):
+        return []
+    named = [
+        f"{kind} '{tensor.name}'"
+        for kind, tensors in (("input", inputs), ("output", outputs))
+        for tensor in tensors
+        if tensor.type == "tensor(string)"
+    ]
+    if not named:
+        return []
+    return [
+        f"parameters 'io_binding' ({', '.join(named)} {'is a string' if len(named) == 1 else 'are strings'} "
+        "(BYTES), which onnxruntime does not bind: batches run through session.run)"
+    ]
 
 
 class Runner(Protocol):

@@ -17,6 +17,7 @@ from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
 from server.backends.instance_groups import describe, instance_device
 from server.backends.instances import factory_for, run_timeout_for
+from server.backends.io_binding import string_binding_notes
 from server.errors import InvalidRequest, ModelNotFound, ModelNotReady
 from server.models.completion import complete_version
 from server.models.config import (
@@ -83,7 +84,8 @@ async def load_version(
         faults=faults,
         batch_axes=None if seq_model is None else seq_model.batch_axes,
     )
-    warn_unapplied(config, source_file, plan.unapplied)  # one line per load (config_fields.py)
+    notes = plan.unapplied + string_binding_notes(config, inputs, outputs)
+    warn_unapplied(config, source_file, notes)  # one line per load (config_fields.py)
     sessions: list[Session] = []
     try:
         for slot in plan.slots:

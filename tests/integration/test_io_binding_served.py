@@ -20,6 +20,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.bf16_models import bf16_model
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import ServerProcess
+from tests.support.zoo_models import all_types
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BOUND_S = 60.0  # generous: a CNN batch on a busy 2-core machine; only the 60 s queue delay exceeds it
@@ -48,6 +49,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     for name, path in models.items():
         write_model(repo, f"{name}_bound", path, BATCH_OF_FOUR.format(extra=IO_BINDING))
         write_model(repo, f"{name}_plain", path, BATCH_OF_FOUR.format(extra=""))
+    # String tensors are not bound: asked for, it is said at load (and the model runs session.run).
+    strings = all_types(tmp_path_factory.mktemp("io_binding-strings") / "all_types.onnx")
+    write_model(repo, "strings_bound", strings, BATCH_OF_FOUR.format(extra=IO_BINDING))
     with ServerProcess("--model-repository", str(repo)) as running:
         yield running
 
@@ -114,3 +118,14 @@ def test_the_load_log_and_metrics_name_each_instances_device(server: ServerProce
     }
     assert instances[("mlp_bound", "cpu")] == 1 and instances[("resnet_plain", "cpu")] == 1
     assert {device for _, device in instances} == {"cpu"}  # KIND_CPU groups, on any machine
+
+
+def test_io_binding_asked_of_a_string_model_is_said_once_at_load(server: ServerProcess) -> None:
+    out = server.output()
+    lines = [line for line in out.splitlines() if "strings_bound" in line and "WARNING" in line]
+    assert len(lines) == 1, lines
+    assert (
+        "accepted but not applied here: parameters 'io_binding' (input 's', output 's2' are strings"
+        in lines[0]
+    )
+    assert "strings_bound version 1: instances strings_bound_0 x1 (cpu)" in out  # session.run, no binding

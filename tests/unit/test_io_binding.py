@@ -29,6 +29,7 @@ from server.backends.io_binding import (
     graphs_enabled,
     io_mode,
     session_device,
+    string_binding_notes,
 )
 from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions, ort_options_for
 from server.backends.pinned import PinnedStaging
@@ -177,3 +178,21 @@ def test_the_io_binding_parameter_reaches_the_instance(tmp_path: Path) -> None:
     assert instance.io.mode == "plain" and str(instance.device) == "cpu"  # strings are never bound
     out = instance.run_blocking({"s": np.asarray([[b"a"], [b"b"]], dtype=object)})
     assert out["t"].tolist() == [[b"a"], [b"b"]]
+
+
+def test_io_binding_asked_of_a_model_with_strings_is_said_in_the_load_warning() -> None:
+    # Such a model runs session.run all the same (io_mode): it was dropped without a word.
+    text = 'parameters { key: "io_binding" value: { string_value: "%s" } }'
+    asked = text_format.Parse(text % "true", mc.ModelConfig(name="m"))
+    inputs = [OnnxTensor("x", "tensor(float)", ["N", 2]), OnnxTensor("s", "tensor(string)", ["N", 1])]
+    outputs = [OnnxTensor("t", "tensor(string)", ["N", 1])]
+    (note,) = string_binding_notes(asked, inputs, outputs)
+    assert note.startswith("parameters 'io_binding' (input 's', output 't' are strings (BYTES)")
+    assert "batches run through session.run" in note
+    (one,) = string_binding_notes(asked, inputs, [OnnxTensor("y", "tensor(float)", ["N", 2])])
+    assert "input 's' is a string (BYTES)" in one
+    # Not asked, asked off, or nothing unbound: nothing to say.
+    off = text_format.Parse(text % "0", mc.ModelConfig(name="m"))
+    assert string_binding_notes(off, inputs, outputs) == []
+    assert string_binding_notes(mc.ModelConfig(name="m"), inputs, outputs) == []
+    assert string_binding_notes(asked, inputs[:1], []) == []
