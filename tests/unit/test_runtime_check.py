@@ -4,6 +4,8 @@ every case from injected distributions, paths and probes, no wheel installed or 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from server.gpu_libraries import TENSORRT_LIBRARIES, preload_for
-from server.runtime_check import FIX, Installed, check, check_installed, installed_runtimes, normalise
+from server.runtime_check import (
+    BUILD_INFO,
+    FIX,
+    Installed,
+    check,
+    check_installed,
+    imported_location,
+    installed_runtimes,
+    normalise,
+)
 from tests.support.gpu import CUDA_PROVIDER, gpu_skip_reason
 
 SITE = "/venv/lib/python3.12/site-packages"
@@ -22,12 +33,12 @@ GPU = Installed("onnxruntime-gpu", "1.31.1", SITE)
 
 def test_one_runtime_passes_without_a_word() -> None:
     for runtime in (CPU, GPU):
-        verdict = check([runtime], [SITE])
+        verdict = check([runtime], SITE)
         assert verdict == type(verdict)(runtime)
 
 
 def test_both_wheels_in_one_folder_stop_the_server_and_name_the_fix() -> None:
-    verdict = check([CPU, GPU], [SITE])
+    verdict = check([CPU, GPU], SITE)
     assert verdict.runtime is None and verdict.error is not None
     assert "onnxruntime 1.31.1" in verdict.error and "onnxruntime-gpu 1.31.1" in verdict.error
     assert "overwrite" in verdict.error and FIX in verdict.error
@@ -37,22 +48,22 @@ def test_both_wheels_in_one_folder_stop_the_server_and_name_the_fix() -> None:
 
 def test_wheels_in_different_folders_warn_and_name_the_one_imported() -> None:
     system_cpu = Installed("onnxruntime", "1.30.0", SYSTEM)
-    verdict = check([system_cpu, GPU], [SITE, SYSTEM])
+    verdict = check([system_cpu, GPU], SITE)
     assert verdict.error is None and verdict.runtime == GPU
     assert verdict.warning is not None
     assert f"using onnxruntime-gpu 1.31.1 ({SITE})" in verdict.warning and "1.30.0" in verdict.warning
     # The other order on sys.path: the CPU wheel is the one imported, and the warning says so.
-    flipped = check([system_cpu, GPU], [SYSTEM, SITE])
+    flipped = check([system_cpu, GPU], SYSTEM)
     assert flipped.runtime == system_cpu and flipped.warning is not None
     assert f"using onnxruntime 1.30.0 ({SYSTEM})" in flipped.warning
 
 
 def test_no_runtime_stops_the_server_with_the_install_command() -> None:
-    verdict = check([], [SITE])
+    verdict = check([], None)
     assert verdict.runtime is None and verdict.error is not None
     assert "no onnxruntime is installed" in verdict.error and "sluiceway[cpu]" in verdict.error
     # A module without wheel metadata (built from source) is let through with a warning.
-    source_build = check([], [SITE], importable=True)
+    source_build = check([], SITE)
     assert source_build.error is None and source_build.warning is not None
 
 
@@ -66,6 +77,95 @@ def test_this_environment_has_exactly_one_runtime() -> None:
     assert [r.name for r in runtimes] in (["onnxruntime"], ["onnxruntime-gpu"]), runtimes
     verdict = check_installed()
     assert verdict.error is None and verdict.runtime == runtimes[0]
+
+
+def wheel(site: Path, name: str, files_of: str | None) -> None:
+    """`name` 1.31.1's metadata in `site`, its RECORD listing its build file by hash; the package
+    itself written as `files_of`'s build (None: not written, the metadata left alone)."""
+
+    def build(owner: str) -> bytes:
+        return f"package_name = '{owner}'\n__version__ = '1.31.1'\n".encode()
+
+    digest = base64.urlsafe_b64encode(hashlib.sha256(build(name)).digest()).rstrip(b"=").decode()
+    info = site / f"{name.replace('-', '_')}-1.31.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.31.1\n")
+    (info / "RECORD").write_text(
+        f"{BUILD_INFO},sha256={digest},{len(build(name))}\nonnxruntime/__init__.py,,\n"
+    )
+    if files_of is not None:
+        (site / BUILD_INFO).parent.mkdir(parents=True, exist_ok=True)
+        (site / BUILD_INFO).write_bytes(build(files_of))
+        (site / "onnxruntime" / "__init__.py").write_text("")
+
+
+def verdict_for(*sites: Path) -> object:
+    path = [str(site) for site in sites]
+    return check(installed_runtimes(path), imported_location(path))
+
+
+def test_a_leftover_dist_info_ahead_on_the_path_is_named_as_such_not_as_the_wheel_in_use(
+    tmp_path: Path,
+) -> None:
+    # onnxruntime-gpu's metadata without its files, in a folder ahead on sys.path (PYTHONPATH): it
+    # was named "using onnxruntime-gpu" while the CPU wheel's module was what import loaded.
+    fake, site = tmp_path / "fake", tmp_path / "site"
+    wheel(fake, "onnxruntime-gpu", None)
+    wheel(site, "onnxruntime", "onnxruntime")
+    verdict = verdict_for(fake, site)
+    assert verdict.error is None and verdict.runtime == Installed("onnxruntime", "1.31.1", str(site))
+    assert verdict.warning is not None and "using onnxruntime-gpu" not in verdict.warning
+    assert f"using onnxruntime 1.31.1 ({site}), whose files are the module imported" in verdict.warning
+    assert (
+        f"onnxruntime-gpu 1.31.1 ({fake}): metadata without its files (a leftover .dist-info"
+        in verdict.warning
+    )
+    assert FIX in verdict.warning
+    # Metadata alone, no module anywhere: the server stops with the fix.
+    alone = verdict_for(fake)
+    assert alone.runtime is None and alone.error is not None
+    assert "no module `onnxruntime` can be imported" in alone.error and "leftover .dist-info" in alone.error
+    assert FIX in alone.error
+
+
+def test_both_wheels_in_one_folder_name_whose_files_the_module_now_is(tmp_path: Path) -> None:
+    wheel(tmp_path, "onnxruntime", None)
+    wheel(tmp_path, "onnxruntime-gpu", "onnxruntime-gpu")  # installed last: its files
+    verdict = verdict_for(tmp_path)
+    assert verdict.runtime is None and verdict.error is not None
+    assert "the module `onnxruntime` there is now onnxruntime-gpu's" in verdict.error and FIX in verdict.error
+
+
+def test_one_wheels_metadata_over_another_wheels_files_stops_the_server(tmp_path: Path) -> None:
+    # The GPU wheel uninstalled after the CPU one overwrote it: the CPU metadata is left over files
+    # that are not its own (here: the GPU build's), so which build would run is not known.
+    wheel(tmp_path, "onnxruntime", "onnxruntime-gpu")
+    verdict = verdict_for(tmp_path)
+    assert verdict.runtime is None and verdict.error is not None
+    assert f"is not the files onnxruntime 1.31.1 ({tmp_path}) installed" in verdict.error
+    assert FIX in verdict.error
+
+
+def test_this_processes_check_names_the_wheel_imported_past_a_leftover(tmp_path: Path) -> None:
+    # A real interpreter, with the other wheel's leftover metadata first on sys.path (PYTHONPATH).
+    ours = check_installed().runtime
+    assert ours is not None
+    other = "onnxruntime-gpu" if ours.name == "onnxruntime" else "onnxruntime"
+    wheel(tmp_path, other, None)
+    root = Path(__file__).resolve().parents[2]
+    code = "from server.runtime_check import check_installed\nv = check_installed()\n"
+    code += "print(v.runtime.name)\nprint(v.warning)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    name, warning = done.stdout.splitlines()[:2]
+    assert name == ours.name, done.stdout
+    assert f"{other} 1.31.1 ({tmp_path}): metadata without its files" in warning
 
 
 def test_serve_refuses_to_start_without_a_runtime(tmp_path: Path) -> None:
