@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from protos import model_config_pb2 as mc
+from server.models.config_backend import parse_bool
 from server.models.config_errors import ConfigError
 
-_TRUE, _FALSE = ("true", "1", "on"), ("false", "0", "off")  # Triton's ParseBoolValue, any case
 _SIZE_MAX = 2**64 - 1
 _INT_MAX = 2**31 - 1
 _ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # by Triton's numbers 0, 1, 2
@@ -34,8 +34,8 @@ class Rule:
 
 
 def _bool(value: str) -> str | None:
-    low = value.strip().lower()
-    return "1" if low in _TRUE else "0" if low in _FALSE else None
+    parsed = parse_bool(value)  # Triton's ParseBoolValue: true/1/on, false/0/off, any case
+    return None if parsed is None else "1" if parsed else "0"
 
 
 def _count(limit: int) -> Callable[[str], str | None]:
