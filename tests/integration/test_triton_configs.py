@@ -14,6 +14,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from protos import model_config_pb2 as mc
 from server.backends.instance_groups import gpu_available
 from tests.support.server_process import ServerProcess
 from tests.support.triton_repo import densenet_scores, triton_repository
@@ -197,5 +198,16 @@ def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warni
     out = server.output()
     lines = [line for line in out.splitlines() if "gpu_groups" in line and "WARNING" in line]
     assert len(lines) == 1, lines
-    assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)" in lines[0]
+    assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances, served as KIND_CPU)" in lines[0]
     assert "gpu_groups version 1: instances g x4 (cpu)" in out
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")
+def test_gpu_groups_without_a_gpu_are_served_as_the_cpu_instances_they_are(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # Tools read ModelConfig to learn where a model runs: 2 per GPU on [0, 1], run on the CPU,
+    # is 4 CPU instances (it had shown KIND_GPU gpus [0, 1]).
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="gpu_groups")).config
+    shown = [(g.name, g.kind, g.count, list(g.gpus)) for g in config.instance_group]
+    assert shown == [("g", mc.ModelInstanceGroup.KIND_CPU, 4, [])]
