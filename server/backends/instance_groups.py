@@ -23,7 +23,7 @@ from server.backends.gpu_devices import visible_gpus
 from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
 from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
-from server.models.config_backend import backend_parameters
+from server.models.config_backend import MAX_INSTANCES, backend_parameters
 from server.models.config_errors import ConfigError
 
 _GPU, _AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO
@@ -87,6 +87,11 @@ def instance_slots(config: mc.ModelConfig, *, gpus: Sequence[int]) -> tuple[list
                     f"instance_group '{name}' KIND_AUTO{listed} ({why}: KIND_CPU, {n} instances)"
                 )
         slots.extend(InstanceSlot(name, None, index) for _ in range(n))
+    if len(slots) > MAX_INSTANCES:  # `count` on every visible GPU: the config's own check saw one
+        raise ConfigError(
+            f"model '{config.name}': instance_group makes {len(slots)} instances on the {len(gpus)} visible "
+            f"GPUs; at most {MAX_INSTANCES} per model"
+        )
     return slots or [InstanceSlot(f"{config.name}_0", None, 0)], unapplied
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
+from server.backends.gpu_devices import visible_gpus
 from server.backends.instance_groups import gpu_available
 from tests.support.server_process import ServerProcess
 from tests.support.triton_repo import densenet_scores, triton_repository
@@ -65,8 +67,13 @@ def test_every_config_of_the_repository_loads(stub: pb_grpc.GRPCInferenceService
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
     states = {m.name: (m.state, m.reason) for m in index.models}
     names = ("densenet_onnx", "reshape", "optional", "queue_strict", "queue_override", "backend_params")
-    for name in (*names, "gpu_groups"):
+    for name in names:
         assert states[name] == ("READY", ""), (name, states.get(name))
+    gpus = visible_gpus(ort.get_available_providers())
+    if gpus and 1 not in gpus:  # gpu_groups names GPUs 0 and 1: Triton refuses a GPU it cannot see
+        assert states["gpu_groups"][0] == "UNAVAILABLE" and "names GPU 1" in states["gpu_groups"][1]
+    else:
+        assert states["gpu_groups"] == ("READY", ""), states.get("gpu_groups")
 
 
 def test_reshape_round_trip_keeps_wire_shapes(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

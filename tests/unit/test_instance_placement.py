@@ -50,6 +50,13 @@ def test_a_gpu_that_is_not_visible_is_refused_naming_the_group_and_the_visible_i
     ]
 
 
+def test_count_on_every_visible_gpu_is_bounded() -> None:
+    config = _parse("instance_group [ { count: 64 kind: KIND_GPU } ]")  # 64: within the config's check
+    assert len(instance_slots(config, gpus=[0, 1, 2, 3])[0]) == 256
+    with pytest.raises(ConfigError, match="makes 320 instances on the 5 visible GPUs; at most 256"):
+        instance_slots(config, gpus=[0, 1, 2, 3, 4])
+
+
 def _served(text: str, devices: list[str], gpus: list[int]) -> list[tuple[str, int, int, list[int]]]:
     config = _parse(text)
     slots = instance_slots(config, gpus=gpus)[0]
