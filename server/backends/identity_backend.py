@@ -150,7 +150,7 @@ def complete_identity(config: mc.ModelConfig, source: str) -> mc.ModelConfig:
 
 def identity_plan(config: mc.ModelConfig, spec: IdentitySpec) -> InstancePlan:
     """The instances to make (every one on the CPU) and what the load warning says."""
-    slots, _ = instance_slots(config, has_gpu=False)
+    slots, _ = instance_slots(config, gpus=())
     notes = [f"parameters {list(spec.ignored)} (the identity backend does not read them)"] * bool(
         spec.ignored
     )

@@ -1,10 +1,13 @@
 """Which instances a model's instance_group list asks for, as Triton counts them.
 
 Triton makes `count` instances per group, and for a GPU group `count` per listed GPU (`gpus`
-empty: every GPU). Each instance carries its group's name (Triton's default: `<model>_<index>`)
-and its device, for the load log. Without a GPU, GPU groups' instances run on the CPU, with one
-line in the model's load warning. The providers get the GPU defaults the config implies (TensorRT
-engine cache and profile, CUDA graphs: server/backends/tensorrt_options.py).
+empty: every visible GPU); KIND_AUTO is KIND_GPU where a GPU is visible (and every GPU it lists
+is), else KIND_CPU; a listed GPU that is not visible is refused. Each instance carries its group's
+name (Triton's default: `<model>_<index>`) and its device, for the load log. Without a GPU, GPU
+groups' instances run on the CPU, with one line in the model's load warning; ModelConfig then
+shows them as the KIND_CPU instances they are (served_groups). A GPU accelerator applies to GPU
+instances only. The providers get the GPU defaults the config implies (TensorRT engine cache and
+profile, CUDA graphs: server/backends/tensorrt_options.py).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from pathlib import Path
 import onnxruntime as ort
 
 from protos import model_config_pb2 as mc
+from server.backends.gpu_devices import visible_gpus
 from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
 from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
-from server.models.config_backend import backend_parameters
+from server.models.config_backend import MAX_INSTANCES, backend_parameters
+from server.models.config_errors import ConfigError
+
+_GPU, _AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO
 
 
 def gpu_available() -> bool:
@@ -32,26 +39,87 @@ def gpu_available() -> bool:
 class InstanceSlot:
     group: str  # the instance group's name
     device_id: int | None  # the GPU for a GPU instance, else None
+    index: int = 0  # the group's place in instance_group (0 for the implicit one)
 
 
-def instance_slots(config: mc.ModelConfig, *, has_gpu: bool) -> tuple[list[InstanceSlot], list[str]]:
-    """The instances to make, in order, and what of the groups cannot apply here."""
+def _group_gpus(
+    config: mc.ModelConfig, group: mc.ModelInstanceGroup, name: str, gpus: Sequence[int]
+) -> list[int]:
+    """The GPUs a group's instances go on (empty: the CPU), given the visible `gpus`."""
+    listed = list(group.gpus)
+    hidden = [g for g in listed if g not in gpus]
+    if group.kind == _AUTO:
+        return [] if not gpus or hidden else listed or list(gpus)
+    if group.kind != _GPU or not gpus:
+        return []
+    if hidden:  # Triton refuses a GPU it cannot see
+        raise ConfigError(
+            f"model '{config.name}': instance_group '{name}' KIND_GPU gpus {listed} names GPU "
+            f"{hidden[0]}, which is not visible here (visible GPUs: {list(gpus)}; CUDA_VISIBLE_DEVICES "
+            "and the driver decide)"
+        )
+    return listed or list(gpus)
+
+
+def instance_slots(config: mc.ModelConfig, *, gpus: Sequence[int]) -> tuple[list[InstanceSlot], list[str]]:
+    """The instances to make, in order, and what of the groups cannot apply here. `gpus`: the
+    GPU ids visible to this process (gpu_devices.visible_gpus; empty: none)."""
     slots: list[InstanceSlot] = []
     unapplied: list[str] = []
     for index, group in enumerate(config.instance_group):
         name = group.name or f"{config.name}_{index}"
         count = max(group.count, 1)
-        gpus = list(group.gpus) or [0]
-        if group.kind == mc.ModelInstanceGroup.KIND_GPU and not has_gpu:
+        on = _group_gpus(config, group, name, gpus)
+        if on:
+            slots.extend(InstanceSlot(name, gpu, index) for gpu in on for _ in range(count))
+            continue
+        listed = f" gpus {list(group.gpus)}" if group.gpus else ""
+        if group.kind == _GPU:  # `count` per listed GPU, as it would have run with them
+            n = count * max(len(group.gpus), 1)
             unapplied.append(
-                f"instance_group '{name}' KIND_GPU gpus {gpus} (no GPU: {count * len(gpus)} CPU instances)"
+                f"instance_group '{name}' KIND_GPU{listed} (no GPU: {n} CPU instances, served as KIND_CPU)"
             )
-            slots.extend(InstanceSlot(name, None) for _ in gpus for _ in range(count))
-        elif group.kind == mc.ModelInstanceGroup.KIND_GPU:
-            slots.extend(InstanceSlot(name, gpu) for gpu in gpus for _ in range(count))
         else:
-            slots.extend(InstanceSlot(name, None) for _ in range(count))
-    return slots or [InstanceSlot(f"{config.name}_0", None)], unapplied
+            n = count
+            if group.kind == _AUTO and group.gpus:
+                why = "not all visible" if gpus else "no GPU"
+                unapplied.append(
+                    f"instance_group '{name}' KIND_AUTO{listed} ({why}: KIND_CPU, {n} instances)"
+                )
+        slots.extend(InstanceSlot(name, None, index) for _ in range(n))
+    if len(slots) > MAX_INSTANCES:  # `count` on every visible GPU: the config's own check saw one
+        raise ConfigError(
+            f"model '{config.name}': instance_group makes {len(slots)} instances on the {len(gpus)} visible "
+            f"GPUs; at most {MAX_INSTANCES} per model"
+        )
+    return slots or [InstanceSlot(f"{config.name}_0", None, 0)], unapplied
+
+
+def served_groups(
+    config: mc.ModelConfig, slots: Sequence[InstanceSlot], devices: Sequence[str]
+) -> list[mc.ModelInstanceGroup]:
+    """The instance groups ModelConfig shows: each as its instances actually run (`devices`, the
+    slots' `cpu` / `cuda:N`), as Triton's served config is: KIND_AUTO resolved, a GPU group's
+    `gpus` filled in, and a GPU group whose instances all run on the CPU (no GPU, or no CUDA
+    provider) shown as KIND_CPU with its instance count, since tools read ModelConfig to learn
+    where a model runs. `config` has its groups filled in (the implicit one too)."""
+    served: list[mc.ModelInstanceGroup] = []
+    for index, group in enumerate(config.instance_group):
+        mine = [(slot, device) for slot, device in zip(slots, devices, strict=False) if slot.index == index]
+        on_gpu = sorted({int(d.split(":")[1]) for _, d in mine if d.startswith("cuda:")})
+        shown = mc.ModelInstanceGroup()
+        shown.CopyFrom(group)
+        del shown.gpus[:]
+        if not on_gpu:
+            shown.kind = mc.ModelInstanceGroup.KIND_CPU
+            shown.count = max(len(mine), 1)
+        else:
+            planned = sorted({s.device_id for s, _ in mine if s.device_id is not None})
+            shown.kind = _GPU
+            shown.gpus.extend(planned or on_gpu)
+            shown.count = max(group.count, 1) if planned else max(len(mine) // len(on_gpu), 1)
+        served.append(shown)
+    return served
 
 
 def usable_providers(providers: Sequence[Provider]) -> tuple[list[Provider], list[str]]:
@@ -116,17 +184,26 @@ class InstancePlan:
     """A model version's instances: slots in order, providers (per device) and what is warned."""
 
     slots: list[InstanceSlot]
-    providers: list[Provider]  # for a CPU instance; a GPU one's name its device
+    providers: list[Provider]  # for a GPU group's instance without a GPU, or the implicit group's
     unapplied: list[str]  # for the model's one load warning (config_fields.warn_unapplied)
     config: mc.ModelConfig
     defaults: tuple[str | tuple[str, dict[str, str]], ...]
     engine_cache: Path | None = None  # TensorRT's engines (tensorrt_options.py), when it runs
+    cpu_providers: list[Provider] | None = None  # a KIND_CPU (or CPU-resolved KIND_AUTO) instance's
 
     def providers_of(self, slot: InstanceSlot) -> list[Provider]:
         if slot.device_id is None:
-            return self.providers
-        chosen = usable_providers(providers_for(self.config, self.defaults, device_id=slot.device_id))[0]
-        return gpu_provider_options(self.config, chosen, engine_cache=self.engine_cache)
+            cpu = self.cpu_providers is not None and cpu_group(self.config, slot)
+            return self.cpu_providers if cpu and self.cpu_providers is not None else self.providers
+        chosen = providers_for(self.config, self.defaults, device_id=slot.device_id, gpu_instance=True)
+        return gpu_provider_options(self.config, usable_providers(chosen)[0], engine_cache=self.engine_cache)
+
+
+def cpu_group(config: mc.ModelConfig, slot: InstanceSlot) -> bool:
+    """Whether `slot` (not on a GPU) is of a listed group that is not KIND_GPU: a CPU instance,
+    which the GPU accelerators do not apply to (Triton's onnxruntime backend)."""
+    groups = config.instance_group
+    return slot.index < len(groups) and groups[slot.index].kind != _GPU
 
 
 def _engine_cache(directory: Path | None, providers: Sequence[Provider]) -> tuple[Path | None, list[str]]:
@@ -140,22 +217,44 @@ def _engine_cache(directory: Path | None, providers: Sequence[Provider]) -> tupl
     return directory, []
 
 
+def _unused_gpu_accelerators(config: mc.ModelConfig) -> list[str]:
+    names = [entry.name for entry in config.optimization.execution_accelerators.gpu_execution_accelerator]
+    return [
+        f"optimization.execution_accelerators.gpu_execution_accelerator {names} (unused: every "
+        "instance is KIND_CPU, and GPU accelerators apply to GPU instances only)"
+    ] * bool(names)
+
+
 def plan_instances(
     config: mc.ModelConfig,
     defaults: Sequence[str | tuple[str, dict[str, str]]],
     *,
     engine_cache: Path | None = None,
+    gpus: Sequence[int] | None = None,
 ) -> InstancePlan:
     """The instances of `config` on this machine (`defaults`: the server's execution providers;
-    `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs)."""
-    has_gpu = gpu_available()
-    providers, missing = usable_providers(providers_for(config, defaults))
+    `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs;
+    `gpus`: the visible GPU ids, found here when None)."""
+    visible = visible_gpus(ort.get_available_providers()) if gpus is None else tuple(gpus)
+    slots, groups = instance_slots(config, gpus=visible)
+    cpu = [cpu_group(config, s) for s in slots if s.device_id is None]
+    # The implicit group's, and a GPU group's instances without a GPU: all the config names.
+    providers = usable_providers(providers_for(config, defaults))[0]
+    cpu_providers = usable_providers(providers_for(config, defaults, gpu_instance=False))[0]
+    elsewhere = any(s.device_id is not None for s in slots) or not all(cpu)
     # Missing providers the setting names are the server's to say, once (setting_note), not this model's.
-    unapplied = missing if asks_providers(config) else []
-    slots, groups = instance_slots(config, has_gpu=has_gpu)
-    unapplied += groups + list(backend_parameters(config, has_gpu=has_gpu).unapplied)
-    cache, cache_notes = _engine_cache(engine_cache, providers)
-    on_gpu = any(s.device_id is not None for s in slots) or providers[0][0] in (CUDA, TENSORRT)
+    asked: list[Provider] = providers_for(config, defaults) if elsewhere and asks_providers(config) else []
+    if any(cpu) and config.optimization.execution_accelerators.cpu_execution_accelerator:
+        asked += providers_for(config, defaults, gpu_instance=False)
+    unapplied = usable_providers(list(dict(asked).items()))[1]
+    if not elsewhere and config.instance_group:
+        unapplied += _unused_gpu_accelerators(config)
+    unapplied += groups + list(backend_parameters(config, has_gpu=bool(visible)).unapplied)
+    cache, cache_notes = _engine_cache(engine_cache, providers if elsewhere else [])
+    on_gpu = any(s.device_id is not None for s in slots) or (
+        elsewhere and providers[0][0] in (CUDA, TENSORRT)
+    )
     unapplied += cache_notes + cuda_field_notes(config, on_gpu)
     tuned = gpu_provider_options(config, providers, engine_cache=cache)
-    return InstancePlan(slots, tuned, unapplied, config, tuple(defaults), cache)
+    cpu_tuned = gpu_provider_options(config, cpu_providers, engine_cache=cache)
+    return InstancePlan(slots, tuned, unapplied, config, tuple(defaults), cache, cpu_tuned)

@@ -16,11 +16,15 @@ def providers_for(
     default_providers: Sequence[str | tuple[str, Mapping[str, str]]],
     *,
     device_id: int | None = None,
+    gpu_instance: bool | None = None,
 ) -> list[Provider]:
     """Execution providers for one instance of `config`, most preferred first; CPU always last.
 
     Order of precedence: the config's execution_accelerators, then a KIND_GPU instance group
     (CUDA), then the server's defaults. `device_id` defaults to the first GPU the groups name.
+    `gpu_instance`: True for an instance on a GPU (CUDA when nothing else is named), False for a
+    CPU instance (as in Triton, the GPU accelerators do not apply to it), None for either (the
+    implicit group's, or a GPU group's without a GPU: CUDA where a group is KIND_GPU).
     """
     if device_id is None:
         gpus = [g for group in config.instance_group for g in group.gpus]
@@ -29,7 +33,7 @@ def providers_for(
     cuda = {**device, **backend_parameters(config, has_gpu=True).cuda}  # Triton's deprecated CUDA keys
     accel = config.optimization.execution_accelerators
     chosen: list[Provider] = []
-    for entry in accel.gpu_execution_accelerator:
+    for entry in accel.gpu_execution_accelerator if gpu_instance is not False else ():
         params = dict(entry.parameters)
         if entry.name == "tensorrt":
             chosen.append((TENSORRT, {**device, **tensorrt_options(params, f"model '{config.name}'")}))
@@ -46,7 +50,8 @@ def providers_for(
                 f"model '{config.name}': cpu_execution_accelerator '{entry.name}' is not supported"
             )
         chosen.append((OPENVINO, dict(entry.parameters)))
-    if not chosen and any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group):
+    gpu_group = any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in config.instance_group)
+    if not chosen and (gpu_instance or (gpu_instance is None and gpu_group)):
         chosen.append((CUDA, dict(cuda)))
     if not chosen:
         for item in default_providers:

@@ -299,16 +299,8 @@ def validate_optimization(config: mc.ModelConfig, source: str) -> None:
                 )
             if entry.name == "tensorrt":  # values checked as Triton does
                 tensorrt_options(dict(entry.parameters), source)
-    groups = config.instance_group
-    if (
-        accel.gpu_execution_accelerator
-        and groups
-        and all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in groups)
-    ):
-        raise ConfigError(
-            f"{source}: optimization.execution_accelerators.gpu_execution_accelerator needs a "
-            "KIND_GPU or KIND_AUTO instance_group, but every group is KIND_CPU"
-        )
+    # A GPU accelerator with only KIND_CPU groups loads, as in Triton: it applies to GPU instances
+    # only, and the load warning says it is unused (server/backends/instance_groups.py).
 
 
 # A tag becomes the Prometheus label `_<key>` (Triton's form), so the key must make a label name,

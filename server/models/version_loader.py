@@ -15,7 +15,7 @@ from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
-from server.backends.instance_groups import describe, instance_device
+from server.backends.instance_groups import describe, instance_device, served_groups
 from server.backends.instances import factory_for, run_timeout_for
 from server.backends.io_binding import string_binding_notes
 from server.errors import InvalidRequest, ModelNotFound, ModelNotReady
@@ -141,6 +141,9 @@ async def load_version(
     )
     batcher.start()
     fill_defaults(config)  # after the instances are made: what ModelConfig shows, as Triton
+    shown = served_groups(config, plan.slots, devices)  # each group as its instances run
+    del config.instance_group[:]
+    config.instance_group.extend(shown)
     return ModelVersion(
         name=source.name,
         version=number,

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from protos import model_config_pb2 as mc
+from server.backends.gpu_devices import visible_gpus
 from server.backends.instance_groups import gpu_available
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
@@ -65,8 +68,13 @@ def test_every_config_of_the_repository_loads(stub: pb_grpc.GRPCInferenceService
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
     states = {m.name: (m.state, m.reason) for m in index.models}
     names = ("densenet_onnx", "reshape", "optional", "queue_strict", "queue_override", "backend_params")
-    for name in (*names, "gpu_groups"):
+    for name in names:
         assert states[name] == ("READY", ""), (name, states.get(name))
+    gpus = visible_gpus(ort.get_available_providers())
+    if gpus and 1 not in gpus:  # gpu_groups names GPUs 0 and 1: Triton refuses a GPU it cannot see
+        assert states["gpu_groups"][0] == "UNAVAILABLE" and "names GPU 1" in states["gpu_groups"][1]
+    else:
+        assert states["gpu_groups"] == ("READY", ""), states.get("gpu_groups")
 
 
 def test_reshape_round_trip_keeps_wire_shapes(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
@@ -198,8 +206,19 @@ def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warni
     out = server.output()
     lines = [line for line in out.splitlines() if "gpu_groups" in line and "WARNING" in line]
     assert len(lines) == 1, lines
-    assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)" in lines[0]
+    assert "instance_group 'g' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances, served as KIND_CPU)" in lines[0]
     assert "gpu_groups version 1: instances g x4 (cpu)" in out
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")
+def test_gpu_groups_without_a_gpu_are_served_as_the_cpu_instances_they_are(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # Tools read ModelConfig to learn where a model runs: 2 per GPU on [0, 1], run on the CPU,
+    # is 4 CPU instances (it had shown KIND_GPU gpus [0, 1]).
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="gpu_groups")).config
+    shown = [(g.name, g.kind, g.count, list(g.gpus)) for g in config.instance_group]
+    assert shown == [("g", mc.ModelInstanceGroup.KIND_CPU, 4, [])]
 
 
 CUDA_ACCEL = """

@@ -235,13 +235,15 @@ def test_gpu_groups_count_instances_per_listed_gpu() -> None:
     config = _parse(
         'instance_group [ { name: "a" count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }, { count: 1 kind: KIND_CPU } ]'
     )
-    slots, unapplied = instance_slots(config, has_gpu=True)
-    assert slots == [InstanceSlot("a", 0)] * 2 + [InstanceSlot("a", 1)] * 2 + [InstanceSlot("m_1", None)]
+    slots, unapplied = instance_slots(config, gpus=[0, 1])
+    assert slots == [InstanceSlot("a", 0)] * 2 + [InstanceSlot("a", 1)] * 2 + [InstanceSlot("m_1", None, 1)]
     assert unapplied == []
-    slots, unapplied = instance_slots(config, has_gpu=False)
+    slots, unapplied = instance_slots(config, gpus=())
     assert [s.device_id for s in slots] == [None] * 5
-    assert unapplied == ["instance_group 'a' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances)"]
-    assert instance_slots(_parse(""), has_gpu=False) == ([InstanceSlot("m_0", None)], [])
+    assert unapplied == [
+        "instance_group 'a' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances, served as KIND_CPU)"
+    ]
+    assert instance_slots(_parse(""), gpus=()) == ([InstanceSlot("m_0", None)], [])
 
 
 def test_priority_queue_policy_maps_to_level_policies() -> None:

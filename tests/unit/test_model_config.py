@@ -325,11 +325,6 @@ def test_other_platforms_are_rejected(field: str, value: str) -> None:
             'optimization { execution_accelerators { gpu_execution_accelerator [{ name: "rocm" }] } }',
             "gpu_execution_accelerator 'rocm' is not supported",
         ),
-        (
-            "instance_group [{ kind: KIND_CPU }] optimization { execution_accelerators { "
-            'gpu_execution_accelerator [{ name: "tensorrt" }] } }',
-            "needs a KIND_GPU or KIND_AUTO instance_group",
-        ),
         ('parameters { key: "foo" value { string_value: "1" } }', r"parameters \['foo'\] are not supported"),
         ('runtime: "model.py"', "runtime 'model.py'"),
     ],
