@@ -6,7 +6,9 @@ KIND_GPU when there is one, and refuses a `gpus` entry that is not visible
 renumbered by CUDA_VISIBLE_DEVICES. The driver's devices are counted from
 /proc/driver/nvidia/gpus (one folder per GPU; a container sees only its own), else from
 `nvidia-smi -L` where there is no such folder; an onnxruntime build without the CUDA provider
-can use none of them.
+can use none of them. Where neither can count (no folder, no nvidia-smi: some containers), a CUDA
+build is taken to have one device, GPU 0, as before this count existed: its instances then find
+out at session start, and fall back to the CPU there, with the instance's own line.
 """
 
 from __future__ import annotations
@@ -44,27 +46,28 @@ def visible_ids(value: str | None, physical: int) -> tuple[int, ...]:
     return tuple(range(len(seen)))
 
 
-def smi_count() -> int:
-    """GPUs `nvidia-smi -L` lists (`GPU 0: ...` lines); 0 where it is missing or fails."""
+def smi_count() -> int | None:
+    """GPUs `nvidia-smi -L` lists (`GPU 0: ...` lines); None where it is missing or fails."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return 0
+        return None
     try:
         done = subprocess.run(
             [smi, "-L"], capture_output=True, text=True, timeout=_SMI_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.SubprocessError):
-        return 0
+        return None
     if done.returncode != 0:
-        return 0
+        return None
     return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
 
 
-def physical_count(proc_gpus: Path = PROC_GPUS, fallback: Callable[[], int] = smi_count) -> int:
-    """The driver's GPUs: /proc/driver/nvidia/gpus's folders, else `fallback` (nvidia-smi)."""
+def physical_count(proc_gpus: Path = PROC_GPUS, fallback: Callable[[], int | None] = smi_count) -> int | None:
+    """The driver's GPUs: /proc/driver/nvidia/gpus's folders, else `fallback` (nvidia-smi); None
+    where neither can say."""
     try:
         return sum(1 for entry in proc_gpus.iterdir() if entry.is_dir())
-    except OSError:  # no NVIDIA driver here, or a system without /proc
+    except OSError:  # no NVIDIA driver folder here, or a system without /proc
         return fallback()
 
 
@@ -72,11 +75,13 @@ def visible_gpus(
     providers: list[str] | tuple[str, ...],
     environ: Mapping[str, str] | None = None,
     proc_gpus: Path = PROC_GPUS,
-    fallback: Callable[[], int] = smi_count,
+    fallback: Callable[[], int | None] = smi_count,
 ) -> tuple[int, ...]:
     """The GPU ids instances may use: none when `providers` (onnxruntime's available providers)
     lack CUDA; else the visible ones (CUDA_VISIBLE_DEVICES of `environ`, default os.environ)."""
     if CUDA_PROVIDER not in providers:
         return ()
     env = os.environ if environ is None else environ
-    return visible_ids(env.get("CUDA_VISIBLE_DEVICES"), physical_count(proc_gpus, fallback))
+    counted = physical_count(proc_gpus, fallback)
+    # Uncounted: GPU 0 alone, whose session says at its start whether it is there (module doc).
+    return visible_ids(env.get("CUDA_VISIBLE_DEVICES"), 1 if counted is None else counted)

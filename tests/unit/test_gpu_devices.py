@@ -21,7 +21,7 @@ def _proc(tmp_path: Path, n: int) -> Path:
     return gpus
 
 
-def _no_smi() -> int:
+def _no_smi() -> int | None:
     raise AssertionError("nvidia-smi asked although /proc answered")
 
 
@@ -62,3 +62,12 @@ def test_visible_ids_without_devices_is_empty() -> None:
     assert visible_ids(None, 0) == ()
     assert visible_ids("0,1", 0) == ()
     assert visible_ids(None, 2) == (0, 1)
+
+
+def test_a_cuda_build_whose_devices_cannot_be_counted_gets_gpu_0(tmp_path: Path) -> None:
+    # No driver folder and no nvidia-smi (some containers): GPU 0, as before the count existed,
+    # not none at all (which would have put every KIND_GPU instance on the CPU).
+    assert physical_count(tmp_path / "missing", lambda: None) is None
+    assert visible_gpus(CUDA, {}, tmp_path / "missing", lambda: None) == (0,)
+    assert visible_gpus(CUDA, {"CUDA_VISIBLE_DEVICES": ""}, tmp_path / "missing", lambda: None) == ()
+    assert visible_gpus(["CPUExecutionProvider"], {}, tmp_path / "missing", lambda: None) == ()
