@@ -19,6 +19,7 @@ installing wheels.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import importlib.machinery
 import importlib.metadata
@@ -74,21 +75,29 @@ def normalise(name: str) -> str:
 BUILD_INFO = "onnxruntime/capi/build_and_package_info.py"
 
 
+def _record(dist: importlib.metadata.Distribution) -> dict[str, str]:
+    """The RECORD's paths and hashes (`sha256=...`, or '' where none), read as text: Python 3.13's
+    `Distribution.files` leaves out the files that are missing, the very ones a leftover lacks."""
+    rows = csv.reader((dist.read_text("RECORD") or "").splitlines())
+    return {row[0].replace("\\", "/"): row[1] if len(row) > 1 else "" for row in rows if row}
+
+
 def _files_present(dist: importlib.metadata.Distribution) -> bool:
     """Whether the wheel's build file is there with the content its RECORD gives (listed without a
     hash: there at all); True when the RECORD names no such file (nothing to judge by)."""
-    listed = {str(path).replace("\\", "/"): path for path in dist.files or []}
-    path = listed.get(BUILD_INFO) or listed.get("onnxruntime/__init__.py")
-    if path is None:
+    listed = _record(dist)
+    name = next((n for n in (BUILD_INFO, "onnxruntime/__init__.py") if n in listed), None)
+    if name is None:
         return True
     try:
-        content = Path(str(dist.locate_file(path))).read_bytes()
+        content = Path(str(dist.locate_file(name))).read_bytes()
     except OSError:
         return False
-    if path.hash is None or path.hash.mode != "sha256":
+    mode, _, value = listed[name].partition("=")
+    if mode != "sha256" or not value:
         return True
     digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
-    return digest == path.hash.value
+    return digest == value
 
 
 def installed_runtimes(path: list[str] | None = None) -> list[Installed]:

@@ -80,7 +80,11 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "shown in the load log; none: `<model>_<index>` in ModelConfig, as Triton names it",
     ),
     "instance_group.gpus": ("honoured", f"`count` instances per GPU; {_GPU}, else one warning"),
-    "instance_group.kind": ("honoured", "KIND_CPU / KIND_GPU / KIND_AUTO; KIND_MODEL refused"),
+    "instance_group.kind": (
+        "honoured",
+        "KIND_CPU / KIND_GPU / KIND_AUTO (resolved at load: KIND_GPU where a GPU is visible, "
+        "else KIND_CPU); KIND_MODEL refused",
+    ),
     "instance_group.profile": ("refused", "TensorRT optimization profiles"),
     "instance_group.rate_limiter": (
         "warned",
