@@ -256,7 +256,7 @@ class ServerSettings(BaseSettings):
 
         known = set(onnxruntime.get_all_providers())  # every name onnxruntime knows, built in or not
         if not names:  # " , " or "[]": onnxruntime would pick for itself, unasked
-            raise ValueError("names no execution provider (e.g. CPUExecutionProvider)")
+            raise ValueError("must not be empty: it names no execution provider (e.g. CPUExecutionProvider)")
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError(f"{unknown}: not onnxruntime execution providers (e.g. CPUExecutionProvider)")

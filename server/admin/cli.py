@@ -2,7 +2,9 @@
 admin service (sluiceway.admin.v1.Admin), shown as rich tables.
 
 The token (the `admin` scope, when the server checks tokens) comes from --token or
-SLUICEWAY_TOKEN; --ca-file switches to TLS with that CA.
+SLUICEWAY_TOKEN; --ca-file switches to TLS with that CA, and --tls-cert/--tls-key (the flags of
+`sluiceway top` and the load-test harness) present a client certificate to a server that asks
+for one (mutual TLS).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,7 @@ import grpc
 from clients.security import bearer_metadata
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
-from server.security.tls import check_ca_file, read_pem
+from server.security.tls import check_ca_file, check_key_pair, read_pem
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `sluiceway serve` never loads it
     from rich.console import Console
@@ -36,6 +39,8 @@ def add_rollout_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     common.add_argument("--target", default="127.0.0.1:8001", help="the server's gRPC HOST:PORT")
     common.add_argument("--token", help="bearer token with the admin scope (default: $SLUICEWAY_TOKEN)")
     common.add_argument("--ca-file", type=Path, help="PEM CA to verify the server's TLS certificate")
+    common.add_argument("--tls-cert", type=Path, help="client certificate chain, PEM, for mutual TLS")
+    common.add_argument("--tls-key", type=Path, help="client private key, PEM, for mutual TLS")
     actions.add_parser("status", parents=[common], help="weights, per-version figures, shadow, rollbacks")
     set_ = actions.add_parser("set", parents=[common], help="replace the weights, e.g. 1:90,2:10")
     set_.add_argument("weights", help="VERSION:WEIGHT pairs; versions not named get 0")
@@ -67,7 +72,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 100))
     try:
         metadata = _metadata(args.token)
-        credentials = _credentials(args.ca_file)
+        credentials = _credentials(args.ca_file, args.tls_cert, args.tls_key)
     except ValueError as exc:
         print(f"sluiceway rollout: {exc}", file=sys.stderr)
         return 2
@@ -122,18 +127,36 @@ def _metadata(flag_token: str | None) -> tuple[tuple[str, str], ...] | None:
         raise ValueError(f"{'--token' if flag_token else 'SLUICEWAY_TOKEN'}: {exc}") from None
 
 
-def _credentials(ca_file: Path | None) -> grpc.ChannelCredentials | None:
-    """TLS credentials for --ca-file (None: plaintext), the file checked first: a missing file or
-    a directory had ended in a traceback, and a file without a PEM certificate in grpc's own
-    "Cannot load server root certificates" line, then UNAVAILABLE."""
-    if ca_file is None:
+def _credentials(
+    ca_file: Path | None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials for --ca-file and --tls-cert/--tls-key (None: plaintext), the files checked
+    first: a missing file or a directory had ended in a traceback, and a file without a PEM
+    certificate in grpc's own "Cannot load server root certificates" line, then UNAVAILABLE. A
+    client certificate without --ca-file checks the server against the system's roots."""
+    if (cert is None) != (key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if ca_file is None and cert is None:
         return None
+    root = None if ca_file is None else _checked(ca_file, "--ca-file", lambda: check_ca_file(ca_file))
+    if cert is None or key is None:
+        return grpc.ssl_channel_credentials(root)
+    flag = f"--tls-cert {cert} and --tls-key {key}"
+    _checked(cert, flag, lambda: check_key_pair(cert, key))  # one chain and its unencrypted key
+    chain = _checked(cert, "--tls-cert", lambda: None)
+    private = _checked(key, "--tls-key", lambda: None)
+    return grpc.ssl_channel_credentials(root, private_key=private, certificate_chain=chain)
+
+
+def _checked(path: Path, flag: str, check: Callable[[], None]) -> bytes:
+    """`path`'s bytes after `check` (the server's own checks of such files, with ssl), each
+    refusal a ValueError naming `flag`; read bounded: a FIFO cannot hang it."""
     try:
-        check_ca_file(ca_file)  # the server's check of its own CA files, with ssl (OpenSSL)
-        return grpc.ssl_channel_credentials(read_pem(ca_file))  # bounded: a FIFO cannot hang it
+        check()
+        return read_pem(path)
     except (ValueError, OSError) as exc:
-        why = exc if isinstance(exc, ValueError) else f"cannot read {ca_file}: {exc.strerror or exc}"
-        raise ValueError(f"--ca-file: {why}") from None
+        why = exc if isinstance(exc, ValueError) else f"cannot read {path}: {exc.strerror or exc}"
+        raise ValueError(f"{flag}: {why}") from None
 
 
 def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:

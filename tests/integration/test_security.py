@@ -260,3 +260,22 @@ def test_the_health_probe_passes_mutual_tls_with_a_client_certificate(
     assert probe_main(args) == 1  # no client certificate
     assert probe_main([*args, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]) == 0
     assert probe_main([*args, "--tls-cert", str(pki.client_cert)]) == 1  # a certificate without its key
+
+
+def test_the_rollout_command_passes_mutual_tls_with_a_client_certificate(
+    mtls_server: ServerProcess, pki: Pki, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sluiceway rollout` had --ca-file alone: a server asking for client certificates closed its
+    connections (UNAVAILABLE), where `top`, the harness and the probe pass with --tls-cert/--tls-key."""
+    from server.cli import main as server_main
+
+    monkeypatch.setenv("SLUICEWAY_TOKEN", ADMIN_TOKEN)
+    args = ["rollout", "status", "mlp", "--target", mtls_server.address, "--ca-file", str(pki.ca)]
+    assert server_main(args) == 1  # no client certificate: refused by the server
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert server_main([*args, "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]) == 0
+    assert "mlp" in capsys.readouterr().out
+    assert server_main([*args, "--tls-cert", str(pki.client_cert)]) == 2  # a certificate without its key
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert server_main([*args, "--tls-cert", str(pki.ca), "--tls-key", str(pki.client_key)]) == 2
+    assert "are not a PEM certificate chain and its unencrypted private key" in capsys.readouterr().err

@@ -163,6 +163,14 @@ def test_an_unknown_execution_provider_is_a_setting_error() -> None:
         settings("--execution-providers", "FooProvider, CPUExecutionProvider")
 
 
+@pytest.mark.parametrize("value", ["", " , "])
+def test_an_empty_execution_providers_setting_says_must_not_be_empty(value: str) -> None:
+    # The README's word for an empty value of every setting; this one had said only "names no
+    # execution provider".
+    with pytest.raises(ValidationError, match=r"must not be empty: it names no execution provider"):
+        settings("--execution-providers", value)
+
+
 @pytest.mark.parametrize("setting", ["--model-repository", "--cache-dir", "--sample-dir"])
 def test_a_path_setting_this_machine_cannot_use_exits_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str
