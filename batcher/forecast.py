@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from batcher.estimate import ServiceTimeEstimator
-from batcher.form import backlog_rows, runs_alone_now
+from batcher.form import backlog_rows
 from batcher.queue import RequestQueue
 from batcher.types import BatchingPolicy
 
@@ -47,23 +47,18 @@ class WaitForecast:
         clock: Callable[[], float],
         hop_s: float = 0.0,
     ) -> None:
-        """`hop_s`: the least time from a run's end to its answers and its instance's next run."""
+        """`hop_s`: from a run's end to its answers and its instance's next run (measured: 1-2 ms,
+        8 ms at the 99th percentile under 2x overload; the give-up rule's 5 ms margin)."""
         self._estimator = estimator
         self._queue = queue
         self._policy = policy
         self._instances = instances
         self._clock = clock
         self._hop_s = hop_s
-        # Each batch running now, by a key per run: its predicted end (clock seconds), whether its
-        # cost is known (an unknown one never refuses a request), its instance.
-        self._running_until: dict[int, tuple[float, bool, int]] = {}
+        # Each batch running now, by a key per run: its predicted end (clock seconds), and whether
+        # its cost is known (an unknown one never refuses a request: no hop after it).
+        self._running_until: dict[int, tuple[float, bool]] = {}
         self._runs = 0
-        # From a run's end to its instance's next run while work was queued (answers, formation,
-        # gathering: none of it in a run's time), recent turns' average; and by instance, when its
-        # last run ended with work queued. Not counted, a 3 s backlog of 100 ms batches forecast
-        # ~105 ms a batch ran in ~112 ms ones: 8-12 of 130 admitted were dropped at its end.
-        self._turn_s = 0.0
-        self._ended_at: dict[int, float] = {}
         self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
         self._pledged: dict[int, int] = {}  # rows pledged by priority level (`pledge`)
 
@@ -86,22 +81,15 @@ class WaitForecast:
         pledged = sum(rows for lvl, rows in self._pledged.items() if lvl <= level)
         return self._queue.rows_ahead(level) + pledged
 
-    def started(self, rows: int, now: float, instance: int = 0) -> int:
-        """A run of `rows` rows started at `now` on `instance`; the key to pass to `ended`."""
-        ended_at = self._ended_at.pop(instance, None)
-        if ended_at is not None and runs_alone_now(rows, self._policy):  # no formation delay in it
-            self._turn_s += 0.2 * (max(0.0, now - ended_at) - self._turn_s)
+    def started(self, rows: int, now: float) -> int:
+        """A run of `rows` rows started at `now`; the key to pass to `ended`."""
         run_s = self._estimator.predict_seen(rows, None)
         self._runs += 1
-        self._running_until[self._runs] = (now + run_s, run_s > 0.0, instance)
+        self._running_until[self._runs] = (now + run_s, run_s > 0.0)
         return self._runs
 
     def ended(self, key: int) -> None:
-        _, _, instance = self._running_until.pop(key)
-        if len(self._queue) and all(i != instance for _, _, i in self._running_until.values()):
-            self._ended_at[instance] = self._clock()
-        else:
-            self._ended_at.pop(instance, None)
+        del self._running_until[key]
 
     def ran(self, rows: int) -> None:
         """A run of `rows` rows completed (inline or not): recent batch sizes move towards it (for
@@ -135,10 +123,9 @@ class WaitForecast:
         deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
-        turn_s = max(self._hop_s, self._turn_s)
         free = [0.0] * self._instances  # seconds until each instance is free
-        for end, known, _ in sorted(self._running_until.values()):  # more than instances: queued
-            heapq.heapreplace(free, free[0] + max(0.0, end - now) + (turn_s if known else 0.0))
+        for end, known in sorted(self._running_until.values()):  # more than instances: queued
+            heapq.heapreplace(free, free[0] + max(0.0, end - now) + (self._hop_s if known else 0.0))
         oldest = next(iter(self._queue.values()), None)  # the first deadline formation cuts to
         hard = None if oldest is None or oldest.priority > level else oldest.hard
         first = None if slack_s is None or hard is None else min(slack_s, hard - now)
@@ -147,7 +134,7 @@ class WaitForecast:
             lambda n: backlog_rows(n, self._policy),
             lambda n: est.predict_seen(n, None),  # as last seen, not faded: see batcher/estimate.py
             lambda n, ran: est.predict(n, None) if ran is None else est.predict_after(n, None, *ran),
-            turn_s,
+            self._hop_s,
         )
         return backlog(self._ahead(level) + rows, free, costs, slack_s, first)
 
@@ -171,7 +158,7 @@ class Costs(NamedTuple):
     # Formation's figure for `n` rows, the one it checks a batch against its deadline by, as it
     # will read once the batch `ran` (rows, seconds) has run and been seen (None: none assumed).
     cut_s: Callable[[int, tuple[int, float] | None], float]
-    turn_s: float  # from a run's end to its answers and its instance's next run
+    hop_s: float  # from a run's end to its answers and its instance's next run
 
 
 def backlog(
@@ -210,7 +197,7 @@ def backlog(
             slack_s = None  # past the asker's deadline: the rest only sizes the figure it is told
         due = None if slack_s is None or first_s is None else first_s + spread * done
         n = costs.size(left)
-        whole = _turned(costs.run_s(n), costs.turn_s)
+        whole = _hopped(costs.run_s(n), costs.hop_s)
         per_round = n * len(free)
         bound = None if due is None else (due - walk(n), spread * per_round)
         rounds = _rounds(left, per_round, whole, free, bound)
@@ -226,8 +213,8 @@ def backlog(
             n = joined
         run = costs.run_s(n)
         if left <= n:
-            return start + _turned(run, costs.turn_s)
-        heapq.heapreplace(free, start + _turned(run, costs.turn_s))
+            return start + _hopped(run, costs.hop_s)
+        heapq.heapreplace(free, start + _hopped(run, costs.hop_s))
         left, done = left - n, done + n
         ran = _seen(ran, n, run)
     return max(free, default=0.0)  # no rows: when the running batches are done
@@ -236,7 +223,7 @@ def backlog(
 def _rounds(
     left: int, per_round: int, whole: float, free: list[float], bound: tuple[float, float] | None
 ) -> int:
-    """How many rounds of full batches (`per_round` rows, `whole` seconds each with the turn), one
+    """How many rounds of full batches (`per_round` rows, `whole` seconds each with the hop), one
     per instance, the queue can be taken in at once: while the instances are free within one batch
     of each other (each then takes the next batch in turn), leaving the last batch to place alone.
     `bound`: (the latest start of round 0's batches, how much later each next round's may start)."""
@@ -252,9 +239,9 @@ def _rounds(
     return rounds if slope <= 0.0 else min(rounds, math.floor(room / slope) + 1)
 
 
-def _turned(run_s: float, turn_s: float) -> float:
-    """A run and the turn after it; 0.0 for a run of unknown cost, as `give_up_at` counts its hop."""
-    return run_s + turn_s if run_s > 0.0 else 0.0
+def _hopped(run_s: float, hop_s: float) -> float:
+    """A run and the hop after it; 0.0 for a run of unknown cost, as `give_up_at` counts it."""
+    return run_s + hop_s if run_s > 0.0 else 0.0
 
 
 def _seen(ran: tuple[int, float] | None, rows: int, run_s: float) -> tuple[int, float]:

@@ -169,7 +169,7 @@ class BatchRunner:
         # Each request's bytes were measured at admission (with byte budgets: a server's always).
         nbytes = sum(p.handle.nbytes for p in batch) or input_bytes(inputs)
         t1 = time.perf_counter_ns()
-        key = self._forecast.started(offsets[-1], self._clock(), instance.index)
+        key = self._forecast.started(offsets[-1], self._clock())
         inline = self._inline(offsets[-1], nbytes)
         try:
             outputs, cpu_s = await self._watchdog.run(instance, inputs, inline, start_by(batch))

@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Overloaded, Tensors
-from batcher.admission import Admission
 from batcher.estimate import ServiceTimeEstimator
-from batcher.forecast import Costs, WaitForecast, backlog
+from batcher.forecast import Costs, backlog
 from batcher.form import backlog_rows
-from batcher.queue import RequestQueue
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
 NOW = 100.0
@@ -132,7 +130,7 @@ def reference(
         if slack_s is not None and start < slack_s:
             due = first + spread * done
             n = next((k for k in range(1, n) if start + costs.cut_s(k + 1, None) > due), n)
-        run = costs.run_s(n) + costs.turn_s
+        run = costs.run_s(n) + costs.hop_s
         if left <= n:
             return start + run
         free[free.index(start)] = start + run
@@ -205,7 +203,7 @@ async def test_after_single_requests_a_burst_that_fits_is_admitted_and_no_more()
         await b.stop(drain=False, timeout_s=0.1)
 
 
-# -- WaitForecast: figures as last seen, and the turn between runs ----------------------------------
+# -- WaitForecast: figures as last seen ----------------------------------
 
 
 async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
@@ -218,29 +216,3 @@ async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
     clock.now = NOW + 5.0  # a half-life later
     assert b._forecast.finish(1, 8) == pytest.approx(2 * 1.005)
     assert b.estimator.predict_seen(4, clock.now) == pytest.approx(0.5)  # faded for the rest
-
-
-def forecast_after_cycles(queued: bool, turn_s: float) -> WaitForecast:
-    """A forecast that saw 30 runs of 4 rows (100 ms), each next one `turn_s` after the last ended,
-    with (`queued`) or without a request waiting meanwhile."""
-    clock, policy, est = Clock(NOW), BatchingPolicy(max_batch_size=4), ServiceTimeEstimator()
-    for _ in range(3):
-        est.observe(4, 0.1, NOW)
-    queue = RequestQueue(policy, clock)
-    if queued:
-        queue.admit(x(0), Admission.settle(policy, 1, now=NOW), lambda rows: 0.0)
-    forecast = WaitForecast(est, queue, policy, 1, clock, hop_s=0.005)
-    for _ in range(30):
-        key = forecast.started(4, clock.now)
-        clock.now += 0.1
-        forecast.ended(key)
-        clock.now += turn_s  # its answers, the next formation, gathering its inputs
-    return forecast
-
-
-async def test_the_turn_between_runs_is_learned_while_work_is_queued() -> None:
-    # Turns of 30 ms: 8 rows are 2 batches of 130 ms, not of 105 ms (the hop alone).
-    assert forecast_after_cycles(True, 0.030).finish(1, 7) == pytest.approx(0.26, rel=0.01)
-    assert forecast_after_cycles(True, 0.001).finish(1, 7) == pytest.approx(0.21)  # the hop at least
-    # An instance idle between runs says nothing of the turn: the hop.
-    assert forecast_after_cycles(False, 0.030).finish(1, 8) == pytest.approx(0.21)
