@@ -115,6 +115,7 @@ class ServiceTimeEstimator:
         self._quantile = quantile
         self._max_margin = max_margin
         self._seen: dict[int, _Seen] = {}
+        self.runs = 0  # runs observed: a figure read as last seen holds until this changes
 
     @staticmethod
     def bucket(rows: int) -> int:
@@ -131,6 +132,7 @@ class ServiceTimeEstimator:
     ) -> None:
         """Record that a run of `rows` rows and `nbytes` input bytes took `seconds` (wall) and cost
         `cpu_s` to the thread that ran it (None: not measured), observed at clock time `now`."""
+        self.runs += 1
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:

@@ -51,7 +51,6 @@ class WaitForecast:
         8 ms at the 99th percentile under 2x overload; the give-up rule's 5 ms margin)."""
         self._estimator = estimator
         self._queue = queue
-        self._policy = policy
         self._instances = instances
         self._clock = clock
         self._hop_s = hop_s
@@ -59,7 +58,16 @@ class WaitForecast:
         # its cost is known (an unknown one never refuses a request: no hop after it).
         self._running_until: dict[int, tuple[float, bool]] = {}
         self._runs = 0
-        self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
+        # The estimator's figures as last seen, kept until it observes a run: read afresh each time,
+        # they were ~40 us of a forecast's ~50 (now ~10 us; the former rule's ~5, 1000 queued or 16).
+        self._sizes = [backlog_rows(n, policy) for n in range(max(1, policy.max_batch_size) + 1)]
+        self._read_at = -1  # the estimator's run count when these were read
+        self._run_s: dict[int, float] = {}
+        self._cut_s: dict[tuple[int, tuple[int, float] | None], float] = {}
+        self._costs = Costs(self._size, self._run, self._cut, hop_s)
+        # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
+        self._rows_per_run = float(policy.max_batch_size or 1)
+        self._max_batch_size = policy.max_batch_size
         self._pledged: dict[int, int] = {}  # rows pledged by priority level (`pledge`)
 
     def pledge(self, rows: int, level: int) -> None:
@@ -81,9 +89,36 @@ class WaitForecast:
         pledged = sum(rows for lvl, rows in self._pledged.items() if lvl <= level)
         return self._queue.rows_ahead(level) + pledged
 
+    def _size(self, rows: int) -> int:
+        return self._sizes[min(rows, len(self._sizes) - 1)]
+
+    def _run(self, rows: int) -> float:
+        """The estimator's `predict_seen`, as last seen."""
+        s = self._run_s.get(rows)
+        if s is None:
+            s = self._run_s[rows] = self._estimator.predict_seen(rows, None)
+        return s
+
+    def _cut(self, rows: int, ran: tuple[int, float] | None) -> float:
+        """The estimator's `predict` (`predict_after` a batch `ran`), as last seen."""
+        s = self._cut_s.get((rows, ran))
+        if s is None:
+            est = self._estimator
+            s = est.predict(rows, None) if ran is None else est.predict_after(rows, None, *ran)
+            self._cut_s[rows, ran] = s
+        return s
+
+    def _fresh(self) -> None:
+        """Forget figures read before the estimator's last run."""
+        if self._read_at != self._estimator.runs:
+            self._read_at = self._estimator.runs
+            self._run_s.clear()
+            self._cut_s.clear()
+
     def started(self, rows: int, now: float) -> int:
         """A run of `rows` rows started at `now`; the key to pass to `ended`."""
-        run_s = self._estimator.predict_seen(rows, None)
+        self._fresh()
+        run_s = self._run(rows)
         self._runs += 1
         self._running_until[self._runs] = (now + run_s, run_s > 0.0)
         return self._runs
@@ -129,14 +164,8 @@ class WaitForecast:
         oldest = next(iter(self._queue.values()), None)  # the first deadline formation cuts to
         hard = None if oldest is None or oldest.priority > level else oldest.hard
         first = None if slack_s is None or hard is None else min(slack_s, hard - now)
-        est = self._estimator
-        costs = Costs(
-            lambda n: backlog_rows(n, self._policy),
-            lambda n: est.predict_seen(n, None),  # as last seen, not faded: see batcher/estimate.py
-            lambda n, ran: est.predict(n, None) if ran is None else est.predict_after(n, None, *ran),
-            self._hop_s,
-        )
-        return backlog(self._ahead(level) + rows, free, costs, slack_s, first)
+        self._fresh()  # as last seen, not faded: see batcher/estimate.py
+        return backlog(self._ahead(level) + rows, free, self._costs, slack_s, first)
 
     def turn_s(self, level: int, own: int = 0) -> float:
         """What a request that reaches a busy model later (an ensemble's later step) may wait besides
@@ -146,8 +175,8 @@ class WaitForecast:
         `own`, the rows its own request pledged here (nothing newer is there to take its turn)."""
         if not self._running_until and self._ahead(level) <= own:
             return 0.0
-        per_batch = min(self._policy.max_batch_size or 1, max(1, round(self._rows_per_run)))
-        return self._estimator.predict_seen(per_batch, None) / self._instances
+        self._fresh()  # as last seen, as `finish` reads them
+        return self._run(min(self._max_batch_size or 1, max(1, round(self._rows_per_run)))) / self._instances
 
 
 class Costs(NamedTuple):
@@ -180,13 +209,16 @@ def backlog(
     forecast assumes the run it gives that batch (`run_s`) is what formation then reads.
     """
     left, done, ran = rows, 0, None
+    run_s, cut_s = costs.run_s, costs.cut_s
 
-    def walk(n: int) -> float:
+    def walk(n: int, ran: tuple[int, float] | None) -> float:
         """What a batch of `n` rows must still end in time by for formation to grow it that far: it
         adds a request only while the grown batch does, so each size on the way counts (a bucket's
-        largest, batcher/estimate.py)."""
-        sizes = (min(n, 1 << b) for b in range(ServiceTimeEstimator.bucket(n) + 1))
-        return max(costs.cut_s(k, ran) for k in sizes)
+        largest, batcher/estimate.py: 1, 2, 4... and `n`)."""
+        reach, k = cut_s(n, ran), 1
+        while k < n:
+            reach, k = max(reach, cut_s(k, ran)), k * 2
+        return reach
 
     if first_s is None:
         first_s = slack_s
@@ -197,21 +229,21 @@ def backlog(
             slack_s = None  # past the asker's deadline: the rest only sizes the figure it is told
         due = None if slack_s is None or first_s is None else first_s + spread * done
         n = costs.size(left)
-        whole = _hopped(costs.run_s(n), costs.hop_s)
+        whole = _hopped(run_s(n), costs.hop_s)
         per_round = n * len(free)
-        bound = None if due is None else (due - walk(n), spread * per_round)
+        bound = None if due is None else (due - walk(n, ran), spread * per_round)
         rounds = _rounds(left, per_round, whole, free, bound)
         if rounds:  # full batches, one per instance a round: in one step, however long the queue
             free[:] = [f + rounds * whole for f in free]
             left, done = left - rounds * per_round, done + rounds * per_round
-            ran = _seen(ran, n, costs.run_s(n))
+            ran = _seen(ran, n, run_s(n))
             continue
         if due is not None:
             joined = 1  # formation adds requests while the batch still ends in time
-            while joined < n and start + costs.cut_s(joined + 1, ran) <= due:
+            while joined < n and start + cut_s(joined + 1, ran) <= due:
                 joined += 1
             n = joined
-        run = costs.run_s(n)
+        run = run_s(n)
         if left <= n:
             return start + _hopped(run, costs.hop_s)
         heapq.heapreplace(free, start + _hopped(run, costs.hop_s))

@@ -216,3 +216,6 @@ async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
     clock.now = NOW + 5.0  # a half-life later
     assert b._forecast.finish(1, 8) == pytest.approx(2 * 1.005)
     assert b.estimator.predict_seen(4, clock.now) == pytest.approx(0.5)  # faded for the rest
+    for _ in range(16):  # figures kept between forecasts are read again once a run is observed
+        b.estimator.observe(4, 3.0, clock.now)
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * 3.005)
