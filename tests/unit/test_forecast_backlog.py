@@ -219,3 +219,34 @@ async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
     for _ in range(16):  # figures kept between forecasts are read again once a run is observed
         b.estimator.observe(4, 3.0, clock.now)
     assert b._forecast.finish(1, 8) == pytest.approx(2 * 3.005)
+
+
+# -- WaitForecast: rows pledged by ensemble requests admitted whole -------------------------------
+
+
+async def test_rows_pledged_by_ensembles_are_forecast_in_the_batches_formation_forms() -> None:
+    """A step model (10 s a batch of up to 4, every size seen; recent runs of 1 row) with 7 rows
+    pledged by admitted ensemble requests (server/models/ensemble_admission.py): a request is
+    forecast behind them in 2 batches of 4, its own row the 8th (about 20 s), not in batches of
+    recent runs' size (4 of 2 rows, 40 s: refused with 25 s left); nothing queued and the instance
+    free do not make it one that runs at once while rows are pledged ahead of it."""
+    clock, be = Clock(NOW), Gated(gate_open=True)
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), ModelStats(), clock)
+    b.start()
+    try:
+        for i in range(5):
+            await asyncio.wait_for(b.submit(x(i), 1), LONG)
+        for _ in range(16):  # their real times replaced: runs of 1 and of 4 rows take 10 s
+            b.estimator.observe(1, 10.0, NOW)
+        for _ in range(3):
+            b.estimator.observe(4, 10.0, NOW)
+        level = b.admission(1).priority
+        b.forecast.pledge(7, level)
+        assert b.forecast.shed_s(level, 1, 25.0) == pytest.approx(2 * 10.005)  # each with the hop
+        with pytest.raises(Overloaded):
+            await asyncio.wait_for(b.submit(x(10), 1, deadline=NOW + 19.0), LONG)
+        await asyncio.wait_for(b.submit(x(11), 1, deadline=NOW + 25.0), LONG)  # admitted, and run
+        b.forecast.unpledge(7, level)
+        assert b.forecast.shed_s(level, 1, 25.0) == b.forecast.now(1)  # at once: its run alone
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
