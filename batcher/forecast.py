@@ -19,7 +19,10 @@ Rows pledged (`pledge`) are an ensemble request's steps not queued here yet: adm
 later steps will come and go before what is admitted after it (Admission.since), so `finish`
 counts them ahead of a new request as it counts the queued rows (without them, a model shared by
 two steps admitted first steps whose second steps then found no room: 95% of its rows were spent
-on requests that failed, under 2x overload).
+on requests that failed, under 2x overload). They are cut into the batches `backlog` forms as the
+queued rows are; their own deadlines are not known here, so they count between the oldest queued
+request's and the asker's. `turn_s`, the batch of newer work such a step may find its model just
+took, is still one as large as recent runs (`ran`): the only use left of their size.
 """
 
 from __future__ import annotations
