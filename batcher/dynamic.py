@@ -103,7 +103,9 @@ class DynamicBatcher:
         self.turn_deadline = TurnDeadline(self._queue, stats, WAKE_MARGIN, self._drain_hint_s)
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
-        self._forecast = WaitForecast(self._estimator, self._queue, policy, len(self._instances), clock)
+        self._forecast = WaitForecast(
+            self._estimator, self._queue, policy, len(self._instances), clock, WAKE_MARGIN.fixed_s
+        )
         self._accepting = False
         self._closing = False
         self._fast_path = FastPath(

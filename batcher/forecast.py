@@ -3,30 +3,37 @@
 Admission (batcher/queue.py) refuses a request that cannot finish before its deadline, so it needs
 two predictions: the run of a request alone on an idle model (`now`), and the end of its batch
 behind what is running and queued ahead of it (`finish`). Both come from the service-time
-estimator; `finish` also needs the predicted end of each batch running now and the size of recent
-batches, which DynamicBatcher reports here as runs start and end.
+estimator; `finish` also needs the predicted end of each batch running now, which DynamicBatcher
+reports here as runs start and end, and the batches formation will cut the queue into (`backlog`).
 
 `now` is the request's own "cannot finish" figure: the estimator's `predict_floor`, the fastest
 recent run of its rows or fewer, the figure the queue gives up on too (batcher/queue.py). It had read
 the by-rows `predict` (10 of 10 8-row requests refused after one 1-row run of 100 ms: "about 810 ms
 of compute needed"), then the bucket's cautious `predict_seen` (5-row requests refused on the
 5..8-row bucket's figure from 8-row runs). `finish` forecasts the work ahead with `predict_seen`
-(sizes not seen yet are not scaled up by rows); a request that runs at once on a free instance
-with nothing queued ahead waits for nothing, so its own run is left to `now` (a cautious figure
-there shed requests on an idle server that the floor admitted).
+(sizes not seen yet are not scaled up by rows), in batches cut by formation's `predict`; a request
+that runs at once on a free instance with nothing queued ahead waits for nothing, so its own run is
+left to `now` (a cautious figure there shed requests on an idle server that the floor admitted).
 
 Rows pledged (`pledge`) are an ensemble request's steps not queued here yet: admitted whole, its
 later steps will come and go before what is admitted after it (Admission.since), so `finish`
 counts them ahead of a new request as it counts the queued rows (without them, a model shared by
 two steps admitted first steps whose second steps then found no room: 95% of its rows were spent
-on requests that failed, under 2x overload).
+on requests that failed, under 2x overload). They are cut into the batches `backlog` forms as the
+queued rows are; their own deadlines are not known here, so they count between the oldest queued
+request's and the asker's. `turn_s`, the batch of newer work such a step may find its model just
+took, is still one as large as recent runs (`ran`): the only use left of their size.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 from batcher.estimate import ServiceTimeEstimator
+from batcher.form import backlog_rows
 from batcher.queue import RequestQueue
 from batcher.types import BatchingPolicy
 
@@ -41,16 +48,29 @@ class WaitForecast:
         policy: BatchingPolicy,
         instances: int,
         clock: Callable[[], float],
+        hop_s: float = 0.0,
     ) -> None:
+        """`hop_s`: from a run's end to its answers and its instance's next run (measured: 1-2 ms,
+        8 ms at the 99th percentile under 2x overload; the give-up rule's 5 ms margin)."""
         self._estimator = estimator
         self._queue = queue
-        self._max_batch_size = policy.max_batch_size
         self._instances = instances
         self._clock = clock
-        # Predicted end (clock seconds) of each batch running now, by a key per run.
-        self._running_until: dict[int, float] = {}
+        self._hop_s = hop_s
+        # Each batch running now, by a key per run: its predicted end (clock seconds), and whether
+        # its cost is known (an unknown one never refuses a request: no hop after it).
+        self._running_until: dict[int, tuple[float, bool]] = {}
         self._runs = 0
-        self._rows_per_run = float(policy.max_batch_size or 1)  # EWMA of rows in recent runs
+        # The estimator's figures as last seen, kept until it observes a run: read afresh each time,
+        # they were ~40 us of a forecast's ~50 (now ~10 us; the former rule's ~5, 1000 queued or 16).
+        self._sizes = [backlog_rows(n, policy) for n in range(max(1, policy.max_batch_size) + 1)]
+        self._read_at = -1  # the estimator's run count when these were read
+        self._run_s: dict[int, float] = {}
+        self._cut_s: dict[tuple[int, tuple[int, float] | None], float] = {}
+        self._costs = Costs(self._size, self._run, self._cut, hop_s)
+        # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
+        self._rows_per_run = float(policy.max_batch_size or 1)
+        self._max_batch_size = policy.max_batch_size
         self._pledged: dict[int, int] = {}  # rows pledged by priority level (`pledge`)
 
     def pledge(self, rows: int, level: int) -> None:
@@ -72,39 +92,68 @@ class WaitForecast:
         pledged = sum(rows for lvl, rows in self._pledged.items() if lvl <= level)
         return self._queue.rows_ahead(level) + pledged
 
+    def _size(self, rows: int) -> int:
+        return self._sizes[min(rows, len(self._sizes) - 1)]
+
+    def _run(self, rows: int) -> float:
+        """The estimator's `predict_seen`, as last seen."""
+        s = self._run_s.get(rows)
+        if s is None:
+            s = self._run_s[rows] = self._estimator.predict_seen(rows, None)
+        return s
+
+    def _cut(self, rows: int, ran: tuple[int, float] | None) -> float:
+        """The estimator's `predict` (`predict_after` a batch `ran`), as last seen."""
+        s = self._cut_s.get((rows, ran))
+        if s is None:
+            est = self._estimator
+            s = est.predict(rows, None) if ran is None else est.predict_after(rows, None, *ran)
+            self._cut_s[rows, ran] = s
+        return s
+
+    def _fresh(self) -> None:
+        """Forget figures read before the estimator's last run."""
+        if self._read_at != self._estimator.runs:
+            self._read_at = self._estimator.runs
+            self._run_s.clear()
+            self._cut_s.clear()
+
     def started(self, rows: int, now: float) -> int:
         """A run of `rows` rows started at `now`; the key to pass to `ended`."""
+        self._fresh()
+        run_s = self._run(rows)
         self._runs += 1
-        self._running_until[self._runs] = now + self._estimator.predict_seen(rows, now)
+        self._running_until[self._runs] = (now + run_s, run_s > 0.0)
         return self._runs
 
     def ended(self, key: int) -> None:
         del self._running_until[key]
 
     def ran(self, rows: int) -> None:
-        """A run of `rows` rows completed (inline or not): recent batch sizes move towards it."""
+        """A run of `rows` rows completed (inline or not): recent batch sizes move towards it (for
+        `turn_s`)."""
         self._rows_per_run += 0.2 * (rows - self._rows_per_run)
 
     def now(self, rows: int) -> float:
         """Seconds a run of `rows` rows started now takes at least, as far as runs seen prove."""
         return self._estimator.predict_floor(rows, self._clock())
 
-    def shed_s(self, level: int, rows: int) -> float:
+    def shed_s(self, level: int, rows: int, slack_s: float | None = None) -> float:
         """What admission sheds on (Overloaded): `finish`, except for a request that would run at
         once (nothing queued before it, an instance free), whose wait is its own run alone: `now`,
         the floor admission's DeadlineExceeded already checked. On `finish`'s cautious figure an
         idle server shed requests its floor admitted."""
         if not self._ahead(level) and len(self._running_until) < self._instances:
             return self.now(rows)
-        return self.finish(level, rows)
+        return self.finish(level, rows, slack_s)
 
-    def finish(self, level: int, rows: int) -> float:
-        """Seconds until a request of `rows` rows at priority `level`, admitted now, is answered.
+    def finish(self, level: int, rows: int, slack_s: float | None = None) -> float:
+        """Seconds until a request of `rows` rows at priority `level`, admitted now with `slack_s`
+        seconds to its deadline (None: none), is answered.
 
-        What is left of the running batches, plus the queued and pledged rows served before it
-        (its own included) cut into batches as large as recent ones, shared among the instances. A
-        rough, cheap estimate: it ignores formation delay and preferred sizes; 0.0 until a run has
-        been observed.
+        What is left of each instance's running batches, then the queued and pledged rows served
+        before it (its own included) cut into the batches formation will run (`backlog`), each on
+        the instance free first. It ignores formation delay; 0.0 until a run has been observed.
 
         With the same margin formation uses: a request admitted here is one formation will run
         when its turn comes. Admitting on mean run times instead (tried) let borderline requests
@@ -112,13 +161,14 @@ class WaitForecast:
         deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
-        estimate = self._estimator.predict_seen
-        running = sum(max(0.0, end - now) for end in self._running_until.values())
-        ahead = self._ahead(level) + rows
-        per_batch = self._per_batch()
-        batches = -(-ahead // per_batch)
-        queued = batches * estimate(min(ahead, per_batch), now)
-        return (running + queued) / self._instances
+        free = [0.0] * self._instances  # seconds until each instance is free
+        for end, known in sorted(self._running_until.values()):  # more than instances: queued
+            heapq.heapreplace(free, free[0] + max(0.0, end - now) + (self._hop_s if known else 0.0))
+        oldest = next(iter(self._queue.values()), None)  # the first deadline formation cuts to
+        hard = None if oldest is None or oldest.priority > level else oldest.hard
+        first = None if slack_s is None or hard is None else min(slack_s, hard - now)
+        self._fresh()  # as last seen, not faded: see batcher/estimate.py
+        return backlog(self._ahead(level) + rows, free, self._costs, slack_s, first)
 
     def turn_s(self, level: int, own: int = 0) -> float:
         """What a request that reaches a busy model later (an ensemble's later step) may wait besides
@@ -128,9 +178,107 @@ class WaitForecast:
         `own`, the rows its own request pledged here (nothing newer is there to take its turn)."""
         if not self._running_until and self._ahead(level) <= own:
             return 0.0
-        return self._estimator.predict_seen(self._per_batch(), self._clock()) / self._instances
+        self._fresh()  # as last seen, as `finish` reads them
+        return self._run(min(self._max_batch_size or 1, max(1, round(self._rows_per_run)))) / self._instances
 
-    def _per_batch(self) -> int:
-        """Rows of batches as large as recent ones, not max_batch_size: formation cuts batches to
-        the slack of their oldest request, so a long queue drains in several smaller batches."""
-        return min(self._max_batch_size or 1, max(1, round(self._rows_per_run)))
+
+class Costs(NamedTuple):
+    """How formation cuts and runs a backlog, for `backlog`."""
+
+    size: Callable[[int], int]  # rows of the batch the policy forms from `n` queued rows
+    run_s: Callable[[int], float]  # a run of `n` rows: the forecast's cautious figure
+    # Formation's figure for `n` rows, the one it checks a batch against its deadline by, as it
+    # will read once the batch `ran` (rows, seconds) has run and been seen (None: none assumed).
+    cut_s: Callable[[int, tuple[int, float] | None], float]
+    hop_s: float  # from a run's end to its answers and its instance's next run
+
+
+def backlog(
+    rows: int, free: list[float], costs: Costs, slack_s: float | None = None, first_s: float | None = None
+) -> float:
+    """Seconds until the last of `rows` queued rows is answered, each batch going to the instance
+    free first: `free` holds the seconds until each is (a heap, changed here).
+
+    Batches as formation forms them: of the policy's size (`costs.size`: max_batch_size, preferred
+    sizes), cut to the rows whose run (`costs.cut_s`) still ends before the earliest deadline in the
+    batch, one row at least. The deadlines: the oldest request's `first_s` seconds away, the asker's
+    (the last row's) `slack_s`, the rows between spread evenly (arrivals at a steady rate with one
+    timeout; a burst's are all about the same); None: no cut.
+
+    Not batches of recent runs' size (as it had been: ~2 rows after a few single requests): a backlog
+    of a 100 ms model batching 4 rows was forecast as batches of 2, so a burst of 24 with 350 ms
+    deadlines had 19 refused where 9 could be answered; and the batches shedding kept small kept
+    the figure small. A size formation has not seen is one it sizes by rows (`predict`): the
+    forecast assumes the run it gives that batch (`run_s`) is what formation then reads.
+    """
+    left, done, ran = rows, 0, None
+    run_s, cut_s = costs.run_s, costs.cut_s
+
+    def walk(n: int, ran: tuple[int, float] | None) -> float:
+        """What a batch of `n` rows must still end in time by for formation to grow it that far: it
+        adds a request only while the grown batch does, so each size on the way counts (a bucket's
+        largest, batcher/estimate.py: 1, 2, 4... and `n`)."""
+        reach, k = cut_s(n, ran), 1
+        while k < n:
+            reach, k = max(reach, cut_s(k, ran)), k * 2
+        return reach
+
+    if first_s is None:
+        first_s = slack_s
+    spread = 0.0 if slack_s is None or first_s is None else (slack_s - first_s) / max(1, rows - 1)
+    while left > 0:
+        start = free[0]
+        if slack_s is not None and start >= slack_s:
+            slack_s = None  # past the asker's deadline: the rest only sizes the figure it is told
+        due = None if slack_s is None or first_s is None else first_s + spread * done
+        n = costs.size(left)
+        whole = _hopped(run_s(n), costs.hop_s)
+        per_round = n * len(free)
+        bound = None if due is None else (due - walk(n, ran), spread * per_round)
+        rounds = _rounds(left, per_round, whole, free, bound)
+        if rounds:  # full batches, one per instance a round: in one step, however long the queue
+            free[:] = [f + rounds * whole for f in free]
+            left, done = left - rounds * per_round, done + rounds * per_round
+            ran = _seen(ran, n, run_s(n))
+            continue
+        if due is not None:
+            joined = 1  # formation adds requests while the batch still ends in time
+            while joined < n and start + cut_s(joined + 1, ran) <= due:
+                joined += 1
+            n = joined
+        run = run_s(n)
+        if left <= n:
+            return start + _hopped(run, costs.hop_s)
+        heapq.heapreplace(free, start + _hopped(run, costs.hop_s))
+        left, done = left - n, done + n
+        ran = _seen(ran, n, run)
+    return max(free, default=0.0)  # no rows: when the running batches are done
+
+
+def _rounds(
+    left: int, per_round: int, whole: float, free: list[float], bound: tuple[float, float] | None
+) -> int:
+    """How many rounds of full batches (`per_round` rows, `whole` seconds each with the hop), one
+    per instance, the queue can be taken in at once: while the instances are free within one batch
+    of each other (each then takes the next batch in turn), leaving the last batch to place alone.
+    `bound`: (the latest start of round 0's batches, how much later each next round's may start)."""
+    if left <= per_round or max(free) - free[0] > whole:
+        return 0
+    rounds = (left - 1) // per_round
+    if bound is None:
+        return rounds
+    latest, rise = bound
+    room, slope = latest - max(free), whole - rise
+    if room < 0.0:
+        return 0
+    return rounds if slope <= 0.0 else min(rounds, math.floor(room / slope) + 1)
+
+
+def _hopped(run_s: float, hop_s: float) -> float:
+    """A run and the hop after it; 0.0 for a run of unknown cost, as `give_up_at` counts it."""
+    return run_s + hop_s if run_s > 0.0 else 0.0
+
+
+def _seen(ran: tuple[int, float] | None, rows: int, run_s: float) -> tuple[int, float]:
+    """The largest batch assumed run so far: what formation will size the next by."""
+    return (rows, run_s) if ran is None or rows > ran[0] else ran

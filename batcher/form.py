@@ -168,6 +168,18 @@ def target_rows(policy: BatchingPolicy) -> int:
     return preferred[-1] if preferred else policy.max_batch_size
 
 
+def backlog_rows(rows: int, policy: BatchingPolicy) -> int:
+    """Rows of the first batch `form_batch` runs from a queue of `rows` 1-row requests, none of them
+    late (rules 3-4, no delay waited out): its largest preferred size once it holds that many, else
+    the largest preferred size it holds, else all of it; 1 without a batch dimension."""
+    if policy.max_batch_size == 0:
+        return 1
+    top = target_rows(policy)
+    if rows >= top:
+        return top
+    return max((s for s in _preferred(policy) if s <= rows), default=rows)
+
+
 def _next_target(rows: int, policy: BatchingPolicy) -> int:
     """Triton's next_preferred_batch_size: the smallest preferred size above `rows`."""
     return min((s for s in _preferred(policy) if s > rows), default=target_rows(policy))

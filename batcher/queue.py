@@ -154,15 +154,15 @@ class RequestQueue:
         self,
         a: Admission,
         predict_s: Callable[[int], float],
-        finish_s: Callable[[int, int], float] | None = None,
+        finish_s: Callable[[int, int, float | None], float] | None = None,
     ) -> None:
         """Whether request `a` may be served now, without queueing it; raises why not (DeadlineExceeded,
         Overloaded: not for an ensemble's step, Admission.since). The fast path runs what it accepts.
 
         `predict_s(rows)`: compute seconds of a batch of `rows`; more than the time left is
-        DeadlineExceeded (no server could make it). `finish_s(level, rows)`: seconds until the
-        request would be answered behind the work queued and running now; more than the time left
-        is Overloaded (a less busy server could), so it is shed now rather than expire in the queue.
+        DeadlineExceeded (no server could make it). `finish_s(level, rows, slack)`: seconds until
+        the request (`slack` seconds from its deadline; None: a drain hint) is answered behind the
+        work queued and running now; more is Overloaded, shed now rather than expire queued.
         """
         hard = a.hard
         if hard is None:
@@ -174,7 +174,7 @@ class RequestQueue:
         if gives_up(hard, now, run_s, self._hop_s):
             raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now, basis=self.basis(a.rows, now))
         if finish_s is not None and a.since is None:  # (an ensemble's step: forecast at its admission)
-            wait_s = finish_s(a.priority, a.rows)
+            wait_s = finish_s(a.priority, a.rows, hard - now)
             if cannot_finish(hard, now, wait_s):
                 raise Overloaded(
                     f"overloaded: about {wait_s * 1e3:.1f} ms until an answer behind the queued "
@@ -187,14 +187,14 @@ class RequestQueue:
         inputs: Tensors,
         a: Admission,
         predict_s: Callable[[int], float],
-        finish_s: Callable[[int, int], float] | None = None,
+        finish_s: Callable[[int, int, float | None], float] | None = None,
         trace: QueueTrace | None = None,
     ) -> Request:
         """Queue a request, or raise why not: as `check`, and QueueFull beyond max_queue_size."""
 
         # A refusal's retry hint: about when the queued and running work will have drained.
         def drain_s() -> float | None:
-            return None if finish_s is None else finish_s(self._policy.priority_levels, 0)
+            return None if finish_s is None else finish_s(self._policy.priority_levels, 0, None)
 
         self._refuse_if_full(a.priority, drain_s())
         self.check(a, predict_s, finish_s)

@@ -236,13 +236,15 @@ async def test_admission_divides_the_backlog_among_instances() -> None:
     gate = asyncio.Event()
     backends = [FakeBackend(gate), FakeBackend(gate)]
     b = DynamicBatcher(backends, BatchingPolicy(max_batch_size=2), ModelStats(), clock=lambda: now[0])
+    b.estimator.observe(1, 1.0, now[0])
     b.estimator.observe(2, 1.0, now[0])
     b.start()
     try:
         tasks = [submit(b, 1, rows=2), submit(b, 2, rows=2)]
         await turns_until(lambda: all(be.started.is_set() for be in backends))
-        # Two running batches (1 s left each) and 4 queued rows = 2 batches, over 2 instances:
-        # (2 + 2) / 2 = 2 s, so a deadline 2.5 s away is admitted, 1.5 s away is shed.
+        # Two running batches (1 s left each), then 4 queued rows in 2 batches of 2, one on each
+        # instance as it frees: answered in about 2 s, so a deadline 2.5 s away is admitted, and
+        # 1.5 s away is shed (formation would cut its batches to 1 row each, 1 s).
         tasks += [submit(b, 3, rows=2), submit(b, 4, rows=1)]
         await turns_until(lambda: b.queued_requests == 2)
         with pytest.raises(Overloaded):
@@ -722,10 +724,10 @@ async def test_fast_path_run_past_the_deadline_is_not_a_success() -> None:
         await b.stop(drain=False, timeout_s=0.1)
 
 
-async def test_backlog_is_cut_into_batches_as_large_as_recent_ones() -> None:
-    # Runs of 1 and of 4 rows both take 1 s: by the estimate alone, three queued rows would go in
-    # one 1 s batch. But recent batches held 1 row each (formation cut them), so the backlog is
-    # counted as three 1 s batches, and a request that would need them is shed at admission.
+async def test_backlog_is_cut_into_the_batches_formation_forms_not_as_recent_ones() -> None:
+    # Runs of 1 and of 4 rows both take 1 s, and recent batches held 1 row each (there was never
+    # more queued). Formation runs three queued rows in one 1 s batch, and so does the forecast:
+    # it had counted three 1 s batches, as large as recent ones, and shed the request.
     now = [100.0]
     be = FakeBackend()
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock=lambda: now[0])
@@ -741,9 +743,9 @@ async def test_backlog_is_cut_into_batches_as_large_as_recent_ones() -> None:
         await asyncio.wait_for(be.started.wait(), LONG)  # ends at about 101
         queued = [submit(b, 101), submit(b, 102)]
         await turns_until(lambda: b.queued_requests == 2)
-        with pytest.raises(Overloaded):  # 1 s left + 3 batches of 1 s = 104 > 103.5
-            await result(b.submit(x(103), 1, deadline=103.5))
-        admitted = submit(b, 104, deadline=105.5)  # 1 + 4 batches = 105
+        with pytest.raises(Overloaded):  # 1 s left + one batch of 1 s, and the hops: > 101.9
+            await result(b.submit(x(103), 1, deadline=101.9))
+        admitted = submit(b, 104, deadline=103.5)  # about 102
         await turns_until(lambda: b.queued_requests == 3)
         be.gate.set()
         for task in (running, *queued, admitted):

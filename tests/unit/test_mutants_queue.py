@@ -44,7 +44,7 @@ def test_refusals_give_the_times_in_milliseconds() -> None:
     with pytest.raises(
         Overloaded, match=r"about 700\.0 ms until an answer .* 300\.0 ms left before the deadline$"
     ):
-        q.check(adm(hard=1.3), free, lambda level, rows: 0.7)
+        q.check(adm(hard=1.3), free, lambda level, rows, slack: 0.7)
 
 
 async def test_a_full_queue_says_how_many_wait() -> None:

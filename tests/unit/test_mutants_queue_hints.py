@@ -19,9 +19,10 @@ NOW = 10.0
 X = {"x": np.zeros((1, 4), np.float32)}  # 16 bytes
 
 
-def finish_s(level: int, rows: int) -> float:
-    """Seconds until an answer at `level` for `rows` more rows: distinct for every argument."""
-    return 10.0 * level + rows
+def finish_s(level: int, rows: int, slack_s: float | None) -> float:
+    """Seconds until an answer at `level` for `rows` more rows, `slack_s` before its deadline (None:
+    a drain hint): distinct for every argument."""
+    return 10.0 * level + rows + (0.5 if slack_s is None else 100.0 * slack_s)
 
 
 def admission(policy: BatchingPolicy, priority: int = 0, deadline: float | None = None) -> Admission:
@@ -34,7 +35,7 @@ async def test_a_full_queue_hints_when_the_queued_work_will_have_drained() -> No
     q.admit(X, admission(policy), lambda rows: 0.0, finish_s)
     with pytest.raises(QueueFull) as refused:
         q.admit(X, admission(policy), lambda rows: 0.0, finish_s)
-    assert refused.value.retry_after_s == finish_s(3, 0)  # behind every level, no rows of its own
+    assert refused.value.retry_after_s == finish_s(3, 0, None)  # behind every level, no rows, no deadline
     with pytest.raises(QueueFull) as refused:
         q.admit(X, admission(policy), lambda rows: 0.0)  # without a forecast: no hint
     assert refused.value.retry_after_s is None
@@ -46,7 +47,7 @@ async def test_a_byte_budget_refusal_hints_the_same_drain_time() -> None:
     q.admit(X, admission(policy), lambda rows: 0.0, finish_s)
     with pytest.raises(QueueFull, match="max_queued_bytes_per_model=20") as refused:
         q.admit(X, admission(policy), lambda rows: 0.0, finish_s)
-    assert refused.value.retry_after_s == finish_s(2, 0)
+    assert refused.value.retry_after_s == finish_s(2, 0, None)
 
 
 async def test_a_shed_request_hints_its_own_wait() -> None:
@@ -54,7 +55,7 @@ async def test_a_shed_request_hints_its_own_wait() -> None:
     q = RequestQueue(policy, lambda: NOW)
     with pytest.raises(Overloaded) as refused:
         q.admit(X, admission(policy, priority=1, deadline=NOW + 5.0), lambda rows: 0.0, finish_s)
-    assert refused.value.retry_after_s == finish_s(1, 1)
+    assert refused.value.retry_after_s == finish_s(1, 1, 5.0)  # its own slack: 5 s
 
 
 async def test_without_budgets_no_input_bytes_are_counted() -> None:

@@ -44,7 +44,7 @@ def _admission(since: float | None) -> Admission:
 
 def test_a_step_admitted_with_its_ensemble_is_not_shed_again_but_still_checked_for_its_deadline() -> None:
     queue = RequestQueue(BatchingPolicy(max_batch_size=4), clock=lambda: 0.0)
-    behind = lambda level, rows: 5.0  # noqa: E731 (the work ahead would end long after the deadline)
+    behind = lambda level, rows, slack: 5.0  # noqa: E731 (the work ahead would end long after the deadline)
     with pytest.raises(Overloaded):
         queue.check(_admission(None), lambda rows: 0.1, behind)
     queue.check(_admission(0.0), lambda rows: 0.1, behind)
