@@ -31,10 +31,20 @@ REJECTION_REASONS = ("queue_full", "queued_bytes", "overloaded", "deadline", "in
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 # Why a stream's call ended with answers made (counted a success or a failure) and never written:
 # cancelled by its client or by grpc (a frame over its hard ceiling), its deadline, its client
-# read nothing (stalled), the server stopped, or its request stream failed. And `frame_dropped`:
+# read nothing (stalled), the server stopped, its request stream failed, or an earlier answer's
+# error ended it (`grpc_error_ended`: Triton's triton_grpc_error header; that error itself is
+# delivered, as the call's status). And `frame_dropped`:
 # a latest-frame-wins frame's `frame_dropped` answer (counted in `dropped`, neither a success nor a
 # failure) never written, whatever ended its call; so every answer made and unsent counts once.
-UNSENT_REASONS = ("cancelled", "deadline", "stalled", "shutdown", "error", "frame_dropped")
+UNSENT_REASONS = (
+    "cancelled",
+    "deadline",
+    "stalled",
+    "shutdown",
+    "error",
+    "grpc_error_ended",
+    "frame_dropped",
+)
 
 
 @dataclass(slots=True)

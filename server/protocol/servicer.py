@@ -35,7 +35,7 @@ from server.models.versions import READY, ModelVersion, version_number
 from server.observability.metrics_reasons import DEADLINE_SLACK_S
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
-from server.protocol.answers import Status, abort_as, abort_with, answers_errors
+from server.protocol.answers import abort_as, abort_with, answers_errors
 from server.protocol.calls import CallTracker, QuietRefusals
 from server.protocol.late_status import LateStatuses
 from server.protocol.loop_pace import LoopPace
@@ -335,25 +335,21 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
             peer=context.peer(),
             unsent_lines=self._unsent_lines,
             pace=self._pace,
+            ends_on_error=wants_grpc_error(context.invocation_metadata()),
         )
-        ends_on_error = wants_grpc_error(context.invocation_metadata())
-        failed: Status | None = None
         try:
             with self.calls.stream(context.peer(), session):
                 answers = session.answers()
                 try:
                     async for response in answers:
-                        if ends_on_error and response.error_message:
-                            failed = frame_status(response.error_message)
-                            break
                         yield response
                 finally:
                     await answers.aclose()
         except StreamLimitReached as exc:
             await self._refusals.read_until_quiet(request_iterator)
             await abort_with(context, exc)
-        if failed is not None:  # outside the except: abort_as holds no exception
-            await abort_as(context, failed)
+        if session.error_frame is not None:  # triton_grpc_error: outside the except (abort_as holds none)
+            await abort_as(context, frame_status(session.error_frame.error_message))
         if session.ended_by == "drain":  # every request read was answered; the rest were not read
             await abort_with(
                 context,

@@ -22,7 +22,8 @@ at once: an answer waits to be written (queued, or in grpc's write) and its clie
 read one nor sent anything for `idle_timeout_s` (its reader died): the session is closed and
 `on_stalled` ends the call (cancelling grpc's task, the one way to end a call whose write is
 stuck; the client is not reading any status), which frees what it holds. It had kept its slot and
-its answers until its deadline, or for good.
+its answers until its deadline, or for good. And with Triton's `triton_grpc_error` header, its first
+error answer ends it: that answer is `error_frame`, the call's status, so it is delivered, not unsent.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class StreamSession:
         peer: str = "",  # the call's peer, for the line that names answers left unwritten
         unsent_lines: UnsentLines | None = None,  # the server's ration of those lines
         pace: LoopPace | None = None,  # holds reads while the loop lags (loop_pace.py)
+        ends_on_error: bool = False,  # its first error answer ends it (triton_grpc_error header)
     ) -> None:
+        self._ends_on_error = ends_on_error
+        self.error_frame: Response | None = None  # that answer: the call's status, never written
         self._pace = pace
         self._peer = peer
         self._unsent_lines = unsent_lines or UnsentLines()
@@ -109,7 +113,7 @@ class StreamSession:
         self._busy_at = 0.0  # last seen waiting for its own answers: not idle then
         self._drain_began = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.ended_by: str | None = None  # "drain", "idle" or "stalled": it stopped reading early
+        self.ended_by: str | None = None  # "drain", "idle", "stalled", "grpc_error": it stopped early
         self.answered = 0
         self._in_write: Item | None = None  # the answer in grpc's write (yielded, not yet taken)
         self._closed = False
@@ -120,6 +124,9 @@ class StreamSession:
         failed = False
         try:
             while (item := await self._answers.get()) is not None:
+                if self._ends_on_error and item[0].error_message:  # delivered as the call's status:
+                    self.ended_by, self.error_frame = "grpc_error", item[0]  # not counted unsent
+                    return  # the answers after it are (close: reason grpc_error_ended)
                 self._in_write = item
                 yield item[0]
                 self._in_write = None

@@ -51,15 +51,19 @@ _WHY = {
     "stalled": "its client read no answer and sent nothing for {idle_s:g} s (stream_idle_timeout_s)",
     "shutdown": "the server stopped before they were written (the shutdown grace ended)",
     "error": "its request stream failed",
+    "grpc_error_ended": "an error answer ended the call with its status (the call set triton_grpc_error: "
+    "true; that answer was delivered as the status), so the answers after it could not be sent",
 }
 
 
 def end_reason(failed: bool, ended_by: str | None, deadline: float | None, now: float | None = None) -> str:
     """Why a stream's call ended before all its answers were written. `failed`: its request stream
-    raised (not a cancel); `ended_by`: the session's own end ("stalled", "drain", "idle" or None);
-    `deadline`: the call's gRPC deadline (absolute time.monotonic())."""
+    raised (not a cancel); `ended_by`: the session's own end ("stalled", "grpc_error", "drain",
+    "idle" or None); `deadline`: the call's gRPC deadline (absolute time.monotonic())."""
     if ended_by == "stalled":
         return "stalled"
+    if ended_by == "grpc_error":  # its first error answer ends the call (triton_grpc_error)
+        return "grpc_error_ended"
     if failed:
         return "error"
     if past_deadline(deadline, now):

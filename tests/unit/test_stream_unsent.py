@@ -172,6 +172,8 @@ def test_end_reason_names_why_the_call_ended() -> None:
     assert end_reason(False, "drain", None, now) == "shutdown"
     assert end_reason(False, None, now + 60, now) == "cancelled"
     assert end_reason(False, "idle", None, now) == "cancelled"
+    # Its own first error ended it (triton_grpc_error), whatever else holds by then.
+    assert end_reason(False, "grpc_error", now - 1, now) == "grpc_error_ended"
 
 
 def test_unsent_counts_in_the_statistics_given_and_reports_once(caplog: pytest.LogCaptureFixture) -> None:
