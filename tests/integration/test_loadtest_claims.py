@@ -267,10 +267,11 @@ def test_shape_sets_the_dimensions_of_an_input(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, tmp_path: Path
 ) -> None:
     # `window` has x [-1, -1]; without --shape the second dimension would be 1 and every run fail.
+    # As perf_analyzer's: --shape names the dims after the batch dim, --batch-size the rows.
     before = statistics(stub, "window")
     results = run(
         tmp_path, "--target", server.address, "--model", "window", "--concurrency", "1",
-        "--max-requests", "6", "--shape", "x=3,5",
+        "--max-requests", "6", "--shape", "x=5", "--batch-size", "3",
     )  # fmt: skip
     (entry,) = results["results"]
     assert entry["ok"] == 6 and entry["errors"] == {}, entry["errors"]
