@@ -37,7 +37,7 @@ port=$(port_of server "${pids[-1]}")
 grep -h "dynamic quantization" "$out/server.log" || true
 
 .venv/bin/sluiceway-loadtest --compare "per_batch=127.0.0.1:$port/per_batch,per_row=127.0.0.1:$port/per_row" \
-  --model per_batch --shape features=1,64 --concurrency "$levels" --rounds "$rounds" --duration-s "$duration" \
+  --model per_batch --concurrency "$levels" --rounds "$rounds" --duration-s "$duration" \
   --warmup-s 1 --quiet --out "$out"
 $py - "$out/results.json" <<'PY'
 import json, sys

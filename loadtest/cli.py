@@ -43,6 +43,7 @@ from loadtest.scenario import (
     parse_targets,
 )
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
+from loadtest.shapes import parse_shapes
 
 SPAWN = "spawn"
 
@@ -86,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--batch-size", type=int, default=1, help="rows per request (the -1 batch dim)")
     load.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    load.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...")
+    load.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="an input's dims after the batch dim (as perf_analyzer's --shape); its -1 dims are 1 otherwise",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--processes", type=int, default=1, help="client worker processes")
     run.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per step")
@@ -136,9 +143,6 @@ def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scen
         raise ValueError("--duration-s and --fps must be > 0, --warmup-s >= 0")
     if args.deadline_ms is not None and args.deadline_ms <= 0:
         raise ValueError("--deadline-ms must be > 0")
-    shapes = {
-        name: tuple(int(d) for d in dims.split(",")) for name, dims in _pairs(args.shape, "--shape").items()
-    }
     return Scenario(
         targets=targets,
         steps=steps_from(args),
@@ -155,7 +159,7 @@ def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scen
         max_in_flight=args.max_in_flight,
         seed=args.seed,
         input_files=_pairs(args.input, "--input"),
-        shapes=shapes,
+        shapes=parse_shapes(args.shape),
         security=security_from(args),
     )
 

@@ -5,7 +5,9 @@
 
 For each concurrency the two clients take turns (ours, perf_analyzer, ours, ...) for `--rounds`
 rounds, so drift on a busy machine hits both alike; it prints each one's infer/s and the ratio,
-and exits 1 when they differ by more than `--tolerance` (default 15%).
+and exits 1 when they differ by more than `--tolerance` (default 15%). perf_analyzer is
+`--perf-analyzer`, else $SLUICEWAY_PERF_ANALYZER, else ../shared/tools/perf_analyzer, else the one
+on PATH; none runnable is one line and exit 2, before anything is measured.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from loadtest.perf_analyzer_table import DEFAULT_PERF_ANALYZER, run_perf_analyzer
+from loadtest.perf_analyzer_path import ENV_VAR, PerfAnalyzerMissing, find_perf_analyzer
+from loadtest.perf_analyzer_table import run_perf_analyzer
 from loadtest.results import summarize
 from loadtest.runner import run_scenario
 from loadtest.scenario import Scenario, Step, Target, is_loopback, parse_levels
@@ -35,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=1, help="our client's worker processes")
     parser.add_argument("--tolerance", type=float, default=0.15)
-    parser.add_argument("--perf-analyzer", type=Path, default=DEFAULT_PERF_ANALYZER)
+    parser.add_argument(
+        "--perf-analyzer",
+        type=Path,
+        help=f"the tool (default: ${ENV_VAR}, else ../shared/tools/perf_analyzer, else on PATH)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     return parser
 
@@ -43,8 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _server(args: argparse.Namespace) -> Iterator[str]:
     if args.target:
-        if not is_loopback(args.target):
-            raise SystemExit("crosscheck: the target must be on this machine (perf_analyzer runs here)")
         yield args.target
         return
     with SpawnedServer(args.cache_dir) as server:
@@ -86,6 +91,13 @@ def theirs(address: str, model: str, concurrency: int, args: argparse.Namespace)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     levels = [int(level) for level in parse_levels(args.concurrency)]
+    if args.target and not is_loopback(args.target):
+        raise SystemExit("crosscheck: the target must be on this machine (perf_analyzer runs here)")
+    try:  # before a server is spawned or anything measured
+        args.perf_analyzer = find_perf_analyzer(args.perf_analyzer)
+    except PerfAnalyzerMissing as exc:
+        print(f"sluiceway-loadtest crosscheck: {exc}", file=sys.stderr)
+        return 2
     failed = False
     with _server(args) as address:
         print(f"crosscheck on {address}, model {args.model}, {args.rounds} rounds of {args.duration_s:g} s")

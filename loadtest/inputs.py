@@ -13,6 +13,7 @@ import numpy as np
 from clients.tensors import DTYPE_BY_WIRE, build_request, set_timeout
 from loadtest import channels
 from loadtest.scenario import PLAINTEXT, Mode, Scenario, Security, Target
+from loadtest.shapes import InputMismatch, input_shapes, rows_sent
 from loadtest.start import CONNECT_WAIT_S, TargetUnreachable
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -49,22 +50,6 @@ def fetch_metadata(
             metadata=channels.metadata(security),
         )
         return response
-
-
-def input_shapes(
-    metadata: pb.ModelMetadataResponse, batch_size: int, overrides: Mapping[str, tuple[int, ...]]
-) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes: a leading -1 is the batch dimension, other -1 dims are 1 unless overridden."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for tensor in metadata.inputs:
-        if tensor.name in overrides:
-            shapes[tensor.name] = tuple(overrides[tensor.name])
-            continue
-        dims = [int(d) for d in tensor.shape]
-        if dims and dims[0] == -1:
-            dims[0] = batch_size
-        shapes[tensor.name] = tuple(1 if d < 0 else d for d in dims)
-    return shapes
 
 
 def pick_source(source: str, mode: Mode, shapes: Mapping[str, tuple[int, ...]]) -> str:
@@ -175,6 +160,10 @@ def payloads_for(target: Target, scenario: Scenario, mode: Mode) -> tuple[bytes,
     if scenario.input_files:
         files = load_files(metadata, scenario.input_files, scenario.batch_size)
         sets = [{**generated, **files} for generated in sets]
+    # The results count --batch-size rows a request (throughput_ips); what is sent must carry them.
+    rows = rows_sent(metadata, {name: array.shape for name, array in sets[0].items()})
+    if rows != scenario.batch_size:
+        raise InputMismatch(f"a request would carry {rows} rows but --batch-size is {scenario.batch_size}")
     deadline_s = scenario.deadline_ms / 1000 if scenario.deadline_ms else None
     payloads: list[bytes] = []
     total = 0

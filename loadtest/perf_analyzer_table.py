@@ -17,10 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.server import SpawnedServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
 
 
 def start_server(cache_dir: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
@@ -62,11 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="mlp,resnet")
     parser.add_argument("--concurrency", default="1,2,4,8,16,32")
     parser.add_argument("--interval-ms", type=int, default=3000)
-    parser.add_argument("--perf-analyzer", type=Path, default=DEFAULT_PERF_ANALYZER)
+    parser.add_argument("--perf-analyzer", type=Path, help="default: as crosscheck finds it")
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / ".cache")
     parser.add_argument("--no-streaming", action="store_true")
     parser.add_argument("server_args", nargs="*", help="extra arguments for sluiceway serve (after --)")
     args = parser.parse_args(argv)
+    try:  # before a server is started
+        args.perf_analyzer = find_perf_analyzer(args.perf_analyzer)
+    except PerfAnalyzerMissing as exc:
+        print(f"perf_analyzer_table: {exc}", file=sys.stderr)
+        return 2
     process, port = start_server(args.cache_dir, args.server_args)
     try:
         print(

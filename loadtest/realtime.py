@@ -37,6 +37,7 @@ from loadtest.proc import cpu_s, load_average
 from loadtest.realtime_worker import ProcessResult, RealtimePlan, StreamResult, worker_main
 from loadtest.scenario import Scenario, Target, is_loopback, parse_levels, split_evenly
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
+from loadtest.shapes import InputMismatch, parse_shapes
 from loadtest.start import START_MARGIN_S, TargetUnreachable, receive, send_start, wait_connected
 from loadtest.stats import latency_summary, merge_histograms
 from protos import grpc_service_pb2 as pb
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _measure(args)
+    except InputMismatch as exc:  # a --shape the model's inputs cannot take, before any load
+        print(f"sluiceway-loadtest realtime: {exc}", file=sys.stderr)
+        return 2
     except TargetUnreachable as exc:  # had ended in a traceback, exit status 1
         print(f"sluiceway-loadtest realtime: {exc}; no step was measured", file=sys.stderr)
         return ending.EXIT_UNREACHABLE
@@ -119,11 +123,11 @@ def _measure(args: argparse.Namespace) -> int:
     sequence = args.sequence or preset.get("sequence", False)
     wins = args.latest_frame_wins or preset.get("latest_frame_wins", False)
     security = channels.security_from(args)
+    shapes = parse_shapes(args.shape)  # before a server is spawned
     with _server(args) as (address, server_pid):
         if not is_loopback(address):
             raise SystemExit(f"--target {address} is not this machine: real-time load stays on 127.0.0.1")
         target = Target("sluiceway", address, model)
-        shapes = {k: tuple(int(d) for d in v.split(",")) for k, v in (s.split("=", 1) for s in args.shape)}
         scenario = Scenario((target,), (), source=args.source, shapes=shapes, security=security)
         payloads = inputs.payloads_for(target, scenario, "stream")
         print(

@@ -24,7 +24,6 @@ import grpc
 from loadtest import channels, inputs, server_metrics
 from loadtest.scenario import (
     PLAINTEXT,
-    Mode,
     Scenario,
     Security,
     Step,
@@ -305,7 +304,13 @@ def run_scenario(
 ) -> list[RunRecord]:
     """Every step, `rounds` times, against every target in turn (A/B/A/B), so drift on a noisy
     machine hits all targets alike."""
-    payloads: dict[tuple[str, Mode], tuple[bytes, ...]] = {}
+    # Every target's and mode's inputs before any load: one its model cannot take (a --shape that
+    # does not fit) is refused at the start, not after the steps before it were measured.
+    payloads = {
+        (target.name, mode): inputs.payloads_for(target, scenario, mode)
+        for mode in dict.fromkeys(step.mode for step in scenario.steps)
+        for target in scenario.targets
+    }
     records: list[RunRecord] = []
     stats = StatsReader(scenario.targets, scenario.security)
     rng = random.Random(scenario.seed)
@@ -314,12 +319,9 @@ def run_scenario(
             for step_index, step in enumerate(scenario.steps):
                 for round_index in range(scenario.rounds):
                     for target in scenario.targets:
-                        key = (target.name, step.mode)
-                        if key not in payloads:
-                            payloads[key] = inputs.payloads_for(target, scenario, step.mode)
                         record = _run_one(
                             pool, stats, scenario, step_index, step, target, round_index,
-                            payloads[key], rng.randrange(1 << 30),
+                            payloads[target.name, step.mode], rng.randrange(1 << 30),
                         )  # fmt: skip
                         records.append(record)
                         on_record(record)

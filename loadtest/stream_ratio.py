@@ -29,7 +29,8 @@ from pathlib import Path
 import grpc
 
 from loadtest import proc
-from loadtest.perf_analyzer_table import DEFAULT_PERF_ANALYZER, run_perf_analyzer
+from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
+from loadtest.perf_analyzer_table import run_perf_analyzer
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -114,9 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     # A noisy shared machine rarely gives perf_analyzer's default 10%; the ratio is within a round.
     parser.add_argument("--stability", type=int, default=50, help="perf_analyzer --stability-percentage")
     parser.add_argument("--variant", action="append", default=[], help="NAME=ARGS or NAME=ENV:K=V;...")
-    parser.add_argument("--perf-analyzer", type=Path, default=DEFAULT_PERF_ANALYZER)
+    parser.add_argument("--perf-analyzer", type=Path, help="default: as crosscheck finds it")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
+    try:  # before a server is started
+        args.perf_analyzer = find_perf_analyzer(args.perf_analyzer)
+    except PerfAnalyzerMissing as exc:
+        print(f"stream_ratio: {exc}", file=sys.stderr)
+        return 2
     variants = [parse_variant(v) for v in args.variant] or [Variant("main", [], {})]
     servers = []
     try:

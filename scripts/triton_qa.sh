@@ -20,6 +20,21 @@ if [[ $# -lt 1 || $1 == -* ]]; then
 fi
 triton=$1
 shift
+# The harness's own check of the path (loadtest/triton_qa/harness.py extract_qa), before the venv
+# and pip install: a mistyped path had made .venv-qa and installed for minutes first.
+rev=HEAD
+for ((i = 1; i <= $#; i++)); do
+  case ${!i} in
+    --rev=*) rev=${!i#--rev=} ;;
+    --rev) j=$((i + 1)); rev=${!j:-HEAD} ;;
+  esac
+done
+if ! git --git-dir "$triton" rev-parse "$rev" >/dev/null 2>&1 &&
+  ! git --git-dir "$triton/.git" rev-parse "$rev" >/dev/null 2>&1 &&
+  [[ ! -f $triton/qa/common/gen_qa_models.py ]]; then
+  echo "$triton: neither a git repository nor a Triton checkout with qa/common" >&2
+  exit 2
+fi
 venv=${QA_VENV:-.venv-qa}
 if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"

@@ -25,18 +25,18 @@ import loadtest.crosscheck
 import loadtest.inputs
 import loadtest.runner
 from loadtest.cli import build_parser, main, targets_from
+from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.scenario import Scenario, Target
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.once import LOADTEST_RUNS, once_per_command
 from tests.support.repositories import write_model
-from tests.support.server_process import REPO_ROOT, ServerProcess
+from tests.support.server_process import ServerProcess
 
 # Alone, after the parallel phase (scripts/test.sh): request counts and rates of real load runs.
 pytestmark = [pytest.mark.serial, once_per_command(LOADTEST_RUNS)]
 
 SHORT = ["--duration-s", "1", "--warmup-s", "0", "--quiet"]
-PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
 # A lone 1-row request waits for 3 more rows or 60 s, so it stays unanswered until the model's
 # 1.5 s queue timeout, when the server answers it (well before a 5 s client deadline).
 HELD = """
@@ -267,10 +267,11 @@ def test_shape_sets_the_dimensions_of_an_input(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub, tmp_path: Path
 ) -> None:
     # `window` has x [-1, -1]; without --shape the second dimension would be 1 and every run fail.
+    # As perf_analyzer's: --shape names the dims after the batch dim, --batch-size the rows.
     before = statistics(stub, "window")
     results = run(
         tmp_path, "--target", server.address, "--model", "window", "--concurrency", "1",
-        "--max-requests", "6", "--shape", "x=3,5",
+        "--max-requests", "6", "--shape", "x=5", "--batch-size", "3",
     )  # fmt: skip
     (entry,) = results["results"]
     assert entry["ok"] == 6 and entry["errors"] == {}, entry["errors"]
@@ -309,17 +310,19 @@ def test_source_sensor_sends_random_walk_readings(server: ServerProcess, tmp_pat
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
-    if not PERF_ANALYZER.exists():
-        pytest.skip(f"perf_analyzer wrapper not found at {PERF_ANALYZER}")
+    try:  # as crosscheck finds it: $SLUICEWAY_PERF_ANALYZER, ../shared/tools, PATH
+        tool = find_perf_analyzer(None)
+    except PerfAnalyzerMissing as exc:
+        pytest.skip(str(exc))
     try:
         # The first call sets the tool up (downloads its wheel and runtime libraries).
-        probe = subprocess.run([str(PERF_ANALYZER)], capture_output=True, text=True, timeout=600)
+        probe = subprocess.run([str(tool)], capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"perf_analyzer cannot start here: {exc}")
     said = probe.stdout + probe.stderr
     if "model name" not in said and "Usage" not in said:
         pytest.skip(f"perf_analyzer cannot start here: {said[-500:]}")
-    return PERF_ANALYZER
+    return tool
 
 
 def test_crosscheck_compares_with_perf_analyzer_and_fails_beyond_the_tolerance(
