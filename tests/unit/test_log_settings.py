@@ -16,17 +16,26 @@ from server.observability.logs import TEXT_FORMAT, TextFormatter
 
 
 @pytest.fixture
-def logger(request: pytest.FixtureRequest) -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """A logger with one text handler, cut off from the root (as the server's root logger)."""
+def alone() -> Iterator[logging.Logger]:
+    """A logger of the test's own: it stands for the server's root logger. It propagates, so the
+    test runner attaches no handler of its own to it (it does to loggers that do not)."""
+    named = logging.getLogger("test_log_settings.alone")
+    kept = (named.handlers[:], named.filters[:], named.level)
+    named.handlers = []
+    named.setLevel(logging.INFO)
+    yield named
+    named.handlers, named.filters = kept[0], kept[1]
+    named.setLevel(kept[2])
+
+
+@pytest.fixture
+def logger(alone: logging.Logger) -> tuple[logging.Logger, io.StringIO]:
+    """That logger with one text handler."""
     written = io.StringIO()
     handler = logging.StreamHandler(written)
     handler.setFormatter(TextFormatter(TEXT_FORMAT))
-    named = logging.getLogger(f"test_log_settings.{request.node.name}")
-    named.addHandler(handler)
-    named.setLevel(logging.INFO)
-    named.propagate = False
-    yield named, written
-    named.removeHandler(handler)
+    alone.addHandler(handler)
+    return alone, written
 
 
 def lines(logger: logging.Logger, written: io.StringIO) -> list[str]:
@@ -92,9 +101,9 @@ def test_iso8601_times_text_lines_in_utc(logger: tuple[logging.Logger, io.String
     ],
 )
 def test_a_wrong_type_or_value_is_invalid_argument_naming_the_setting(
-    name: str, typed: tuple[str | None, object], says: str
+    name: str, typed: tuple[str | None, object], says: str, alone: logging.Logger
 ) -> None:
-    settings = LogSettings("INFO", json_lines=False, root=logging.getLogger("test_log_settings.unused"))
+    settings = LogSettings("INFO", json_lines=False, root=alone)
     before = settings.view()
     with pytest.raises(InvalidRequest) as refused:
         settings.update({"log_info": ("bool", False), name: typed})  # type: ignore[dict-item]
@@ -102,15 +111,14 @@ def test_a_wrong_type_or_value_is_invalid_argument_naming_the_setting(
     assert settings.view() == before  # all or none
 
 
-def test_log_file_is_refused_in_tritons_words() -> None:
-    settings = LogSettings("INFO", json_lines=False, root=logging.getLogger("test_log_settings.unused"))
+def test_log_file_is_refused_in_tritons_words(alone: logging.Logger) -> None:
+    settings = LogSettings("INFO", json_lines=False, root=alone)
     with pytest.raises(Unsupported, match=r"^log file location can not be updated through network protocol"):
         settings.update({"log_file": ("string", "server.log")})
 
 
-def test_json_lines_keep_iso8601() -> None:
-    named = logging.getLogger("test_log_settings.json")
-    settings = LogSettings("INFO", json_lines=True, root=named)
+def test_json_lines_keep_iso8601(alone: logging.Logger) -> None:
+    settings = LogSettings("INFO", json_lines=True, root=alone)
     settings.update({"log_format": ("string", "ISO8601")})
     with pytest.raises(InvalidRequest, match="log lines are JSON"):
         settings.update({"log_format": ("string", "default")})
