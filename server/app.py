@@ -34,8 +34,10 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout_share import RolloutShare
 from server.models.versions import READY
 from server.observability import sampling, tracing_export
+from server.observability.log_settings import LogSettings
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
+from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import build_tracing
 from server.protocol import core_calls, loop_pace, message_wait
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
@@ -169,6 +171,8 @@ class SluicewayServer:
             cuda_shm=cuda_shm,
             repository=self.control,
             pace=self.pace,
+            trace_settings=TraceSettings(self.tracing is not None, settings.tracing_sample_ratio),
+            log_settings=LogSettings(settings.log_level, json_lines=settings.log_format == "json"),
         )
         # Registered with tolerant request parsing: a message that does not parse is answered
         # INVALID_ARGUMENT (in-band on a stream), not UNKNOWN with a logged traceback.

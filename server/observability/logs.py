@@ -136,5 +136,13 @@ class TextFormatter(logging.Formatter):
     """Text lines, one per record: line breaks in a message (a request id can hold any) are
     written as \\n, or a client could forge a line of its own (JSON escapes them already)."""
 
+    iso8601 = False  # Triton's log_format ISO8601 (LogSettings): UTC ISO 8601 times, not local ones
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if not self.iso8601:
+            return super().formatTime(record, datefmt)
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")

@@ -16,7 +16,8 @@ One `batch` span per batch run holding a traced request: its rows, requests and 
 times, linked to every traced request in it (a child of the first of them). The batcher records
 the run on the request's QueueTrace (batcher/types.py) and never imports OpenTelemetry.
 
-A request the sampler drops costs its request span's sampling decision and nothing more.
+A request the sampler drops costs its request span's sampling decision and nothing more; one
+Triton's trace settings keep out (trace_settings.py: level OFF, trace_rate, trace_count) not even that.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from dataclasses import dataclass
 from typing import cast
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+)
 from opentelemetry.trace import set_span_in_context as in_context
 
 from batcher.types import BatchRun, QueueTrace, Tensors
@@ -39,6 +49,7 @@ from server.models.manager import ModelManager
 from server.models.versions import ModelVersion
 from server.observability.logs import MAX_FIELD_CHARS, REQUEST_TRACE
 from server.observability.metrics_reasons import CALL_DEADLINE_PASSED, past_deadline
+from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import Metadata, Tracing
 from server.protocol.infer_job import InferJob
 from server.protocol.load_order import Turn
@@ -85,18 +96,22 @@ class TracedPath(RequestPath):
         parent: Context | None = None,
         regions: SharedMemoryRegistry | None = None,
         max_answer_bytes: int | None = None,
+        gate: TraceSettings | None = None,  # Triton's trace settings: which requests may get a span
     ) -> None:
         super().__init__(models, is_stopping, TracedJob, regions, max_answer_bytes)
         self._tracing = tracing
         self._tracer: Tracer = tracing.tracer
         self._rpc = rpc
         self._parent = parent
+        self._gate = gate if gate is not None else TraceSettings(tracer=True, sample_ratio=1.0)
+        # A valid caller's context is followed (ParentBased), not counted by trace_rate/trace_count.
+        self._has_parent = parent is not None and get_current_span(parent).get_span_context().is_valid
 
     def bind(self, metadata: Metadata | None, rpc: str) -> TracedPath:
         """This path for one call: its RPC's name, and the parent its metadata carry."""
         return TracedPath(
             self._models, self._is_stopping, self._tracing, rpc, self._tracing.parent(metadata), self.regions,
-            self.max_answer_bytes,
+            self.max_answer_bytes, self._gate,
         )  # fmt: skip
 
     def start(
@@ -109,6 +124,9 @@ class TracedPath(RequestPath):
         point: float | None = None,
         turn_pending: bool = False,
     ) -> tuple[InferJob, pb.ModelInferResponse | None]:
+        if not self._gate.admit(request.model_name, self._has_parent):  # trace settings: no span
+            REQUEST_TRACE.set(None)
+            return super().start(request, remaining_s, start_ns, named, owner, point, turn_pending)
         clock_ns = time.time_ns() - time.perf_counter_ns()
         span = self._tracer.start_span(
             self._rpc, self._parent, SpanKind.SERVER, start_time=clock_ns + start_ns

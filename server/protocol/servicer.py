@@ -32,7 +32,9 @@ from server.models.control import NOT_ALLOWED, RepositoryControl
 from server.models.load_request import check_unload_parameters
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion, version_number
+from server.observability.log_settings import LogSettings
 from server.observability.metrics_reasons import DEADLINE_SLACK_S
+from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
 from server.protocol.answers import abort_as, abort_with, answers_errors
@@ -40,6 +42,7 @@ from server.protocol.calls import CallTracker, QuietRefusals
 from server.protocol.late_status import LateStatuses
 from server.protocol.loop_pace import LoopPace
 from server.protocol.request_path import RequestPath
+from server.protocol.settings_service import SettingsRpcs
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_service import SharedMemoryRpcs
 from server.protocol.statistics import to_proto
@@ -53,8 +56,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "sluiceway"
 SERVER_VERSION = "0.1.0"
 # Exactly what works, in Triton's names; tests/triton/test_extensions.py calls each one. Not listed:
-# cuda_shared_memory (no GPU regions), parameters (no model reads custom request parameters),
-# trace and logging (no such RPCs).
+# cuda_shared_memory (no GPU regions), parameters (no model reads custom request parameters).
 EXTENSIONS = (
     "model_repository",
     "model_repository(unload_dependents)",  # Triton's name for RepositoryModelUnload's parameter
@@ -65,10 +67,12 @@ EXTENSIONS = (
     "system_shared_memory",
     "classification",
     "sequence",
+    "trace",  # TraceSetting (settings_service.py)
+    "logging",  # LogSettings
 )
 
 
-class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(SharedMemoryRpcs, SettingsRpcs, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         models: ModelManager,
@@ -85,6 +89,8 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         cuda_shm: CudaSharedMemory | None = None,
         repository: RepositoryControl | None = None,
         pace: LoopPace | None = None,  # stream reads held while new calls wait (loop_pace.py)
+        trace_settings: TraceSettings | None = None,
+        log_settings: LogSettings | None = None,
     ) -> None:
         self._models = models
         self._repository = repository  # model control modes (server/models/control.py)
@@ -92,6 +98,9 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         # The shared-memory RPCs (shm_service.py); tests that build a bare servicer get none allowed.
         self.shm = shm or SharedMemoryRegistry(allowed=False, max_regions=1, max_bytes=1)
         self.cuda_shm = cuda_shm or NoCudaSharedMemory("CUDA shared memory is not available")
+        # Triton's TraceSetting and LogSettings (settings_service.py); bare servicers get defaults.
+        self.trace_settings = trace_settings or TraceSettings(tracer=tracing is not None, sample_ratio=1.0)
+        self.log_settings = log_settings or LogSettings("INFO", json_lines=False)
         self._stream_max_in_flight = stream_max_in_flight
         self._stream_idle_timeout_s = stream_idle_timeout_s
         self._stream_max_held_bytes = stream_max_held_bytes
@@ -104,13 +113,10 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
         # An answer over max_message_bytes fails alone, RESOURCE_EXHAUSTED (answer_checks.py).
         self._path = RequestPath(models, is_stopping, regions=self.shm, max_answer_bytes=max_message_bytes)
         # Tracing on: a span per request, through a path bound to each call's trace context.
-        self._traced = (
-            None
-            if tracing is None
-            else TracedPath(
-                models, is_stopping, tracing, regions=self.shm, max_answer_bytes=max_message_bytes
-            )
-        )
+        self._traced = None if tracing is None else TracedPath(
+            models, is_stopping, tracing, regions=self.shm, max_answer_bytes=max_message_bytes,
+            gate=self.trace_settings,
+        )  # fmt: skip
 
     def close(self) -> None:
         """The server stops: stream-end lines the ration still holds are logged now."""

@@ -1,7 +1,8 @@
 """Bearer-token auth: a grpc.aio interceptor that checks `authorization: Bearer <token>` per RPC.
 
 Which scope an RPC needs is one table (`required_scope`): health checks are open (load balancers
-and Kubernetes probe without credentials), repository load/unload need `admin`, everything else
+and Kubernetes probe without credentials), repository load/unload and the trace and log settings
+need `admin`, everything else
 (inference, metadata, statistics, reflection, and any RPC added later) needs at least `inference`
 unless it is added to a table here; every RPC of our admin service (sluiceway.admin.v1.Admin)
 needs `admin`. A missing, malformed or unknown token is UNAUTHENTICATED; a known token without
@@ -34,9 +35,11 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # ServerLive/ServerReady are the protocol's own health checks (tritonclient's is_server_live and
 # is_server_ready, orchestrators' probes), as open as grpc.health.v1: they tell only up or not.
 OPEN_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ServerLive", f"/{INFERENCE_SERVICE}/ServerReady"})
-# RPCs that change what the server serves. New admin RPCs (log or trace settings) belong here.
+# RPCs that change what the server serves or what it records (Triton's trace and log settings,
+# read and changed through one RPC each): admin.
 ADMIN_METHODS = frozenset(
-    {f"/{INFERENCE_SERVICE}/RepositoryModelLoad", f"/{INFERENCE_SERVICE}/RepositoryModelUnload"}
+    f"/{INFERENCE_SERVICE}/{name}"
+    for name in ("RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting", "LogSettings")
 ) | frozenset(f"/{ADMIN_SERVICE}/{m.name}" for m in apb.DESCRIPTOR.services_by_name["Admin"].methods)
 BEARER = "bearer"  # the scheme name is case-insensitive (RFC 7235)
 

@@ -121,6 +121,19 @@ def system_shared_memory(client: Client) -> None:
         shm.destroy_shared_memory_region(handle)
 
 
+def trace(client: Client) -> None:
+    changed = client.update_trace_settings(model_name="mlp", settings={"trace_rate": "4"}, as_json=True)
+    assert changed["settings"]["trace_rate"]["value"] == ["4"]
+    client.update_trace_settings(model_name="mlp", settings={"trace_rate": None})
+    assert client.get_trace_settings(as_json=True)["settings"]["trace_rate"]["value"] == ["1"]
+
+
+def logging(client: Client) -> None:
+    changed = client.update_log_settings(settings={"log_verbose_level": 1}, as_json=True)
+    assert changed["settings"]["log_verbose_level"] == {"uint32_param": 1}
+    client.update_log_settings(settings={"log_verbose_level": 0})
+
+
 CALLS: dict[str, Callable[[Client], None]] = {
     "classification": classification,
     "sequence": sequence,
@@ -131,6 +144,8 @@ CALLS: dict[str, Callable[[Client], None]] = {
     "statistics": statistics,
     "binary_tensor_data": binary_tensor_data,
     "system_shared_memory": system_shared_memory,
+    "trace": trace,
+    "logging": logging,
 }
 
 

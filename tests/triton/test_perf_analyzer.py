@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc
 
 from tests.support.ensemble_repo import ensemble_repository
 from tests.support.server_process import REPO_ROOT, ServerProcess
@@ -130,3 +131,29 @@ def test_perf_analyzer_profiles_an_ensemble(perf_analyzer: Path, tmp_path: Path,
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     assert "failed to find the requested model version" not in output
+
+
+def test_perf_analyzer_sets_trace_options_and_runs(perf_analyzer: Path) -> None:
+    """--trace-level/--trace-rate/--trace-count call TraceSetting before the run; its UNIMPLEMENTED
+    "Method not found!" had ended the whole run (rc 99). The settings stay as it set them."""
+    with ServerProcess("--tracing", "--tracing-exporter", "none") as server:
+        command = [
+            str(perf_analyzer),
+            "-m", "mlp",
+            "-u", server.address,
+            "-i", "grpc",
+            "--concurrency-range", "1",
+            "--measurement-interval", "1500",
+            "--max-trials", "4",
+            "--stability-percentage", "999",
+            "--trace-level", "TIMESTAMPS",
+            "--trace-rate", "100",
+            "--trace-count", "-1",
+        ]  # fmt: skip
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        with tritonclient.grpc.InferenceServerClient(server.address) as client:
+            shown = client.get_trace_settings(as_json=True)["settings"]
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "Method not found" not in output
+    assert shown["trace_rate"]["value"] == ["100"] and shown["trace_level"]["value"] == ["TIMESTAMPS"]

@@ -30,7 +30,7 @@ INFER_TOKEN = "infer-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 TABLE = parse_tokens(f"inference {INFER_TOKEN}\nadmin {ADMIN_TOKEN}\n")
 OPEN = {"ServerLive", "ServerReady"}
-ADMIN = {"RepositoryModelLoad", "RepositoryModelUnload"}
+ADMIN = {"RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting", "LogSettings"}
 
 
 @pytest.fixture(scope="module")
