@@ -46,20 +46,22 @@ def visible_ids(value: str | None, physical: int) -> tuple[int, ...]:
     return tuple(range(len(seen)))
 
 
-def smi_count() -> int | None:
-    """GPUs `nvidia-smi -L` lists (`GPU 0: ...` lines); None where it is missing or fails."""
+def smi_listing(timeout_s: float = _SMI_TIMEOUT_S) -> str | None:
+    """`nvidia-smi -L`'s output; None where it is missing, fails or hangs."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
-        done = subprocess.run(
-            [smi, "-L"], capture_output=True, text=True, timeout=_SMI_TIMEOUT_S, check=False
-        )
+        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    if done.returncode != 0:
-        return None
-    return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
+    return done.stdout if done.returncode == 0 else None
+
+
+def smi_count() -> int | None:
+    """GPUs `nvidia-smi -L` lists (`GPU 0: ...` lines); None where it is missing or fails."""
+    listing = smi_listing()
+    return None if listing is None else sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
 def physical_count(proc_gpus: Path = PROC_GPUS, fallback: Callable[[], int | None] = smi_count) -> int | None:

@@ -5,9 +5,9 @@ only when a `gpu` test was collected; each probe is an argument, so the rule is 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
+
+from server.backends.gpu_devices import smi_listing
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 NVIDIA_SMI_TIMEOUT_S = 15.0
@@ -23,16 +23,7 @@ def onnxruntime_providers() -> list[str]:
 
 def nvidia_smi_gpus() -> str | None:
     """`nvidia-smi -L`'s output, or None where it is missing, fails or hangs."""
-    binary = shutil.which("nvidia-smi")
-    if binary is None:
-        return None
-    try:
-        done = subprocess.run(
-            [binary, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
+    return smi_listing(NVIDIA_SMI_TIMEOUT_S)
 
 
 def gpu_skip_reason(
