@@ -43,6 +43,7 @@ from typing import Protocol
 from batcher.types import Tensors
 from protos import model_config_pb2 as mc
 from server.models.config import FAULT_PARAMETERS, ConfigError
+from server.whole_numbers import whole_number
 
 RAISE_EVERY = "fault_raise_every"
 HANG_EVERY = "fault_hang_every"
@@ -106,11 +107,12 @@ class FaultSpec:
 
 def _count(values: dict[str, str], key: str, source: str) -> int:
     value = values.get(key, "0")
-    if not value.isdigit():
+    number = whole_number(value, 2**63 - 1)
+    if number is None:
         raise ConfigError(
-            f"{source}: parameters '{key}' must be a whole number of runs (0: never), got '{value}'"
+            f"{source}: parameters '{key}' must be a whole number of runs (0: never), got '{value[:100]}'"
         )
-    return int(value)
+    return number
 
 
 def _versions(values: dict[str, str], source: str) -> set[int] | range:

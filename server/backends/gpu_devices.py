@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from server.whole_numbers import whole_number
+
 PROC_GPUS = Path("/proc/driver/nvidia/gpus")
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _SMI_TIMEOUT_S = 10.0  # nvidia-smi can hang on a wedged driver: a load must not
@@ -36,10 +38,10 @@ def visible_ids(value: str | None, physical: int) -> tuple[int, ...]:
     seen: list[str] = []
     for raw in value.split(","):
         entry = raw.strip()
-        index_ok = entry.isdigit() and int(entry) < physical
-        if not (index_ok or entry.startswith(("GPU-", "MIG-"))):
+        index = whole_number(entry, physical - 1)  # ASCII digits: "²" had raised, "٣" read as 3
+        if not (index is not None or entry.startswith(("GPU-", "MIG-"))):
             break
-        key = str(int(entry)) if index_ok else entry
+        key = str(index) if index is not None else entry
         if key in seen or len(seen) == physical:
             break
         seen.append(key)

@@ -18,6 +18,7 @@ from typing import Any
 
 from protos import model_config_pb2 as mc
 from server.models.config_errors import ConfigError
+from server.whole_numbers import whole_number
 
 # Accelerator names as Triton's onnxruntime backend spells them.
 GPU_ACCELERATORS = frozenset({"tensorrt", "cuda"})
@@ -41,7 +42,8 @@ def _is_int(value: str) -> bool:
 
 
 def _is_count(value: str) -> bool:
-    return value.strip().isdigit()
+    """An unsigned 64-bit count (Triton's backend reads these as unsigned long long)."""
+    return whole_number(value, 2**64 - 1) is not None
 
 
 MAX_THREADS = 256  # per session: a count can come from a client's RepositoryModelLoad config
@@ -49,7 +51,7 @@ MAX_THREADS = 256  # per session: a count can come from a client's RepositoryMod
 
 def _is_thread_count(value: str) -> bool:
     # 2000 in a client's config started 2,000 threads; 100000 never finished loading.
-    return _is_count(value) and int(value) <= MAX_THREADS
+    return whole_number(value, MAX_THREADS) is not None
 
 
 def _one_of(*allowed: str) -> Callable[[str], bool]:
@@ -264,6 +266,8 @@ def validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
     for i, group in enumerate(config.instance_group):
         total += max(group.count, 1) * max(len(group.gpus), 1)
         where = f"{source}: instance_group[{i}]"
+        if group.kind not in mc.ModelInstanceGroup.Kind.values():  # proto3 keeps a number it lacks
+            raise ConfigError(f"{where}: kind {group.kind} is not a kind (KIND_AUTO, KIND_GPU or KIND_CPU)")
         if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
             raise ConfigError(f"{where}: kind KIND_MODEL is not supported (use KIND_CPU or KIND_GPU)")
         if group.count < 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from protos import model_config_pb2 as mc
 from server.models.config_backend import parse_bool
 from server.models.config_errors import ConfigError
+from server.whole_numbers import whole_number
 
 _SIZE_MAX = 2**64 - 1
 _INT_MAX = 2**31 - 1
@@ -40,8 +41,8 @@ def _bool(value: str) -> str | None:
 
 def _count(limit: int) -> Callable[[str], str | None]:
     def parse(value: str) -> str | None:
-        text = value.strip()
-        return str(int(text)) if text.isdigit() and int(text) <= limit else None
+        number = whole_number(value, limit)  # ASCII digits, bounded: "²" had crashed the start
+        return None if number is None else str(number)
 
     return parse
 
@@ -49,8 +50,9 @@ def _count(limit: int) -> Callable[[str], str | None]:
 def _enum(names: tuple[str, ...]) -> Callable[[str], str | None]:
     def parse(value: str) -> str | None:
         text = value.strip()
-        if text.isdigit() and int(text) < len(names):
-            return names[int(text)]
+        index = whole_number(text, len(names) - 1)
+        if index is not None:
+            return names[index]
         return text if text in names else None  # onnxruntime's names are case-sensitive
 
     return parse

@@ -83,7 +83,7 @@ FIELDS: dict[str, tuple[Status, str]] = {
     "instance_group.kind": (
         "honoured",
         "KIND_CPU / KIND_GPU / KIND_AUTO (resolved at load: KIND_GPU where a GPU is visible, "
-        "else KIND_CPU); KIND_MODEL refused",
+        "else KIND_CPU); KIND_MODEL and numbers outside the enum refused",
     ),
     "instance_group.profile": ("refused", "TensorRT optimization profiles"),
     "instance_group.rate_limiter": (

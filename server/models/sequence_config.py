@@ -33,6 +33,7 @@ from server.models.config import ConfigError
 from server.models.model_files import read_model_file
 from server.models.onnx_completion import OnnxTensor
 from server.settings import ServerSettings
+from server.whole_numbers import whole_number
 
 BATCH_AXIS_PARAMETER = "sequence_state_batch_axis"
 DEFAULT_IDLE_US = 1_000_000  # Triton's default max_sequence_idle_microseconds
@@ -145,11 +146,12 @@ def _batch_axes(config: mc.ModelConfig, sb: mc.ModelSequenceBatching, source: st
     axes: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, axis = item.rpartition(":")
-        if not sep or not axis.isdigit():
+        number = whole_number(axis, 2**31 - 1) if sep else None
+        if number is None:
             raise ConfigError(f"{where}: '{item}' is not '<state input_name>:<axis>'")
         if name not in names:
             raise ConfigError(f"{where}: '{name}' is not a state input_name (states: {sorted(names)})")
-        axes[name] = int(axis)
+        axes[name] = number
     return axes
 
 

@@ -121,6 +121,7 @@ def log_handler(fmt: Literal["text", "json"], worker: int | None = None) -> logg
 
 # Libraries that warn once per request about what a client sent (a malformed traceparent or
 # tracestate), quoting it: 2,000 bad requests wrote 2,000 lines, with a client's text in them.
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
 PER_REQUEST_LIBRARY_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
 
 
@@ -130,6 +131,9 @@ def configure_logging(level: str, fmt: Literal["text", "json"], worker: int | No
     logging.basicConfig(level=level, handlers=[log_handler(fmt, worker)])
     for name in PER_REQUEST_LIBRARY_LOGGERS:  # a bad header only starts a fresh trace: no line
         logging.getLogger(name).setLevel(logging.ERROR)
+    # grpc's Cython layer writes a DEBUG line per RPC ("Loaded running loop"): at DEBUG (a verbose
+    # log_verbose_level, --log-level DEBUG) 300 RPCs wrote 300 such lines and none of the server's.
+    logging.getLogger(GRPC_CYTHON_LOGGER).setLevel(logging.INFO)
 
 
 class TextFormatter(logging.Formatter):

@@ -21,7 +21,7 @@ Every change of a call is checked before any applies: a bad key or value changes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from server.errors import InvalidRequest, Unsupported
@@ -104,10 +104,18 @@ class TraceSettings:
             LEVEL: list(level),
             RATE: [str(self._value(model, RATE))],
             COUNT: [str(self._value(model, COUNT))],
+            LOG_FREQUENCY: [str(self._value(model, LOG_FREQUENCY))],  # kept for Triton's tools
             MODE: [OPENTELEMETRY],
             TRACING: ["on" if self.tracer else "off"],
             SAMPLE_RATIO: [f"{self._sample_ratio:g}"],
         }
+
+    def keep(self, known: Callable[[str], bool]) -> None:
+        """Drop the settings of models no longer `known` (an uploaded model unloaded, gone from
+        the repository): a model loaded later under that name starts from the server-wide ones,
+        and names that come and go hold nothing (they had been kept, ~1 kB each, for good)."""
+        for name in [name for name in self._models if not known(name)]:
+            del self._models[name]
 
     # -- the request path ---------------------------------------------------------------------
 

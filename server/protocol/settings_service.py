@@ -10,6 +10,7 @@ import logging
 import grpc
 
 from protos import grpc_service_pb2 as pb
+from server.errors import ModelNotFound
 from server.models.manager import ModelManager
 from server.observability import log_settings as logs
 from server.observability.log_settings import LogSettings, Typed
@@ -37,6 +38,7 @@ class SettingsRpcs:
     async def TraceSetting(
         self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
     ) -> pb.TraceSettingResponse:
+        self.trace_settings.keep(self._known)  # models gone since: their settings with them
         if request.model_name:
             self._models.entry(request.model_name)  # NOT_FOUND as every call naming a model
         if request.settings:
@@ -50,6 +52,13 @@ class SettingsRpcs:
         value = pb.TraceSettingResponse.SettingValue
         shown = self.trace_settings.view(request.model_name)
         return pb.TraceSettingResponse(settings={name: value(value=v) for name, v in shown.items()})
+
+    def _known(self, name: str) -> bool:
+        try:
+            self._models.entry(name)
+        except ModelNotFound:
+            return False
+        return True
 
     @answers_errors
     async def LogSettings(

@@ -240,6 +240,7 @@ def test_cuda_accelerator_values_are_refused_at_load_on_any_machine(demo_repo: P
         "cuda_bool": _cuda_params(do_copy_in_default_stream="maybe"),
         "cuda_algo": _cuda_params(cudnn_conv_algo_search="FASTEST"),
         "cuda_unknown": _cuda_params(no_such_cuda_option="1"),
+        "cuda_superscript": _cuda_params(gpu_mem_limit="²"),  # isdigit() but not int(): was INTERNAL
         "cuda_good": _cuda_params(cudnn_conv_algo_search="HEURISTIC", use_ep_level_unified_stream="on"),
         "trt_bad": 'parameters { key: "precision_mode" value: "FP8" }',
     }
@@ -250,6 +251,7 @@ def test_cuda_accelerator_values_are_refused_at_load_on_any_machine(demo_repo: P
         "cuda_bool": "cuda accelerator parameter 'do_copy_in_default_stream' value 'maybe' is not a boolean",
         "cuda_algo": "'cudnn_conv_algo_search' value 'FASTEST' is not EXHAUSTIVE, HEURISTIC or DEFAULT",
         "cuda_unknown": "cuda accelerator parameter 'no_such_cuda_option' is not supported (known: [",
+        "cuda_superscript": "cuda accelerator parameter 'gpu_mem_limit' value '²' is not bytes",
         "trt_bad": "tensorrt precision_mode 'FP8' is not one of",
     }
     args = ("--model-repository", str(tmp_path), "--model-control-mode", "explicit")
@@ -263,3 +265,23 @@ def test_cuda_accelerator_values_are_refused_at_load_on_any_machine(demo_repo: P
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cuda_good"), timeout=60)
         answer = stub.ModelInfer(_request("cuda_good", features=np.ones((2, 64), np.float32)), timeout=60)
         assert answer.outputs[0].shape[0] == 2
+
+
+def test_a_cuda_value_int_cannot_read_fails_its_model_not_the_servers_start(
+    demo_repo: Path, tmp_path: Path
+) -> None:
+    # "²" passes str.isdigit() and int() refuses it: the ValueError had ended `sluiceway serve` (rc 1,
+    # a traceback) for one model's config; now that model fails to load and the others serve.
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(tmp_path, "bad", mlp, CUDA_ACCEL.format(params=_cuda_params(gpu_mem_limit="²")))
+    write_model(tmp_path, "good", mlp, "max_batch_size: 8\n")
+    with (
+        ServerProcess("--model-repository", str(tmp_path)) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(_request("good", features=np.ones((2, 64), np.float32)), timeout=60)
+        assert answer.outputs[0].shape[0] == 2
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+        bad = next(m for m in index.models if m.name == "bad")
+        assert bad.state == "UNAVAILABLE" and "'gpu_mem_limit' value '²' is not bytes" in bad.reason, bad

@@ -122,3 +122,13 @@ def test_json_lines_keep_iso8601(alone: logging.Logger) -> None:
     settings.update({"log_format": ("string", "ISO8601")})
     with pytest.raises(InvalidRequest, match="log lines are JSON"):
         settings.update({"log_format": ("string", "default")})
+
+
+def test_grpcs_line_per_rpc_is_left_out_at_debug() -> None:
+    # log_verbose_level 1 (DEBUG) had written grpc's "Loaded running loop" line for every RPC.
+    import logging
+
+    from server.observability.logs import GRPC_CYTHON_LOGGER, configure_logging
+
+    configure_logging("INFO", "text")
+    assert not logging.getLogger(GRPC_CYTHON_LOGGER).isEnabledFor(logging.DEBUG)

@@ -23,6 +23,7 @@ def test_the_values_at_start_with_and_without_a_tracer() -> None:
         "trace_level": ["TIMESTAMPS"],
         "trace_rate": ["1"],
         "trace_count": ["-1"],
+        "log_frequency": ["0"],  # shown, as Triton's response has it (a tester's tools read it back)
         "trace_mode": ["opentelemetry"],
         "tracing": ["on"],
         "tracing_sample_ratio": ["0.5"],
@@ -95,10 +96,11 @@ def test_one_bad_value_changes_nothing() -> None:
     assert gate.view("") == before
 
 
-def test_accepted_no_ops_are_not_shown() -> None:
+def test_trace_mode_is_accepted_and_log_frequency_shown_per_model() -> None:
     gate = settings()
     gate.update("m", {"log_frequency": ["100"], "trace_mode": ["opentelemetry"]})
-    assert gate.view("m") == gate.view("")  # nothing of its own: it follows the server's
+    # log_frequency changes nothing (no trace files) but is shown back, as Triton's response has it
+    assert gate.view("m") == {**gate.view(""), "log_frequency": ["100"]}
 
 
 def test_trace_rate_lets_one_in_n_through() -> None:
@@ -146,3 +148,20 @@ def test_a_level_without_a_tracer_is_said_once() -> None:
     assert gate.update("", {"trace_level": ["TIMESTAMPS"]})
     assert not gate.update("m", {"trace_level": ["TIMESTAMPS"]})
     assert not settings().update("", {"trace_level": ["TIMESTAMPS"]})
+
+
+def test_log_frequency_set_is_shown_back() -> None:
+    gate = settings()
+    gate.update("", {"log_frequency": ["50"]})
+    assert gate.view("")["log_frequency"] == ["50"]
+
+
+def test_the_settings_of_a_model_gone_are_dropped() -> None:
+    # An uploaded model unloaded: its settings had been kept for good (a later model of that name
+    # inherited trace_level OFF; 1,500 names held ~1.5 MB).
+    gate = settings()
+    gate.update("gone", {"trace_level": ["OFF"]})
+    gate.update("kept", {"trace_rate": ["5"]})
+    gate.keep(lambda name: name == "kept")
+    assert gate.view("gone")["trace_level"] == ["TIMESTAMPS"]
+    assert gate.view("kept")["trace_rate"] == ["5"]
