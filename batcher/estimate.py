@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 # How many runs of a bucket (of no more rows than a request) its fastest needs before it bounds that
 # request's "cannot finish" figure (`predict_floor`): one run may be an outlier (a hang, a pause).
 BOUND_RUNS = 3
+BOUND_HALF_LIVES = 6  # the fastest run ever seen fades this many times slower than the rest (_faded)
 
 
 @dataclass(slots=True)
@@ -273,12 +274,17 @@ class ServiceTimeEstimator:
         """A bucket's fastest recent run of `rows` rows or fewer (`count` such runs), faded with age.
         Fully where fewer than `BOUND_RUNS` runs show it: it may be an outlier (a cold start, a
         hang), and a request refused on it never runs to correct it. Where more do, only down to
-        the fastest such run ever seen: a floor faded below every run (a 100 ms model idle 5 s
-        floored at 50 ms) admitted 60 ms requests that ran and ended late, 6 of 6 at 5 s apart."""
-        faded = fastest * self._freshness(seen, now)
+        the fastest such run ever seen, itself fading `BOUND_HALF_LIVES` times slower: a floor faded
+        below every run (a 100 ms model idle 5 s floored at 50 ms) admitted 60 ms requests that ran
+        and ended late, 6 of 6 at 5 s apart; one that never faded refused for good the requests of a
+        model whose runs also vary by their inputs (long inputs seen, a 3 ms short one refused
+        with a 15 ms deadline after 20 s idle, 5 of 5)."""
+        freshness = self._freshness(seen, now)
+        faded = fastest * freshness
         if count < BOUND_RUNS:
             return faded
-        return max(faded, min(s for n, s in seen.best.items() if n <= rows))
+        best = min(s for n, s in seen.best.items() if n <= rows)
+        return max(faded, best * float(freshness ** (1.0 / BOUND_HALF_LIVES)))
 
     def cheap(self, rows: int, max_cpu_s: float, nbytes: int = 0) -> bool:
         """Whether recent runs of this many rows (its own bucket) cost their thread at most

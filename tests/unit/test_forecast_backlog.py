@@ -250,3 +250,21 @@ async def test_rows_pledged_by_ensembles_are_forecast_in_the_batches_formation_f
         assert b.forecast.shed_s(level, 1, 25.0) == b.forecast.now(1)  # at once: its run alone
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+
+
+# -- the asker's own request is never split --------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [5, 8])
+def test_the_askers_request_runs_whole_where_preferred_sizes_are_smaller(rows: int) -> None:
+    """A tester's report (identity model, 50 ms a batch, max_batch_size 8, preferred [2, 4]): a
+    request of 8 (or 5) rows behind a running batch, 150 ms to its deadline, was forecast in
+    preferred-size pieces, 3 runs ("about 271 ms"), and refused 9 of 10 on an idle server; it runs
+    whole, in one batch (~100 ms)."""
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(2, 4))
+    costs = Costs(lambda n: backlog_rows(n, policy), lambda n: 0.05, lambda n, ran: 0.05, 0.005)
+    finish = backlog(rows, [0.045], costs, 0.15, 0.15, last=rows)
+    assert finish == pytest.approx(0.045 + 0.055)  # the running batch, then one run of all its rows
+    # Rows of other requests ahead of it run first, it whole after them: two runs, never its rows
+    # cut into a third.
+    assert backlog(3 + rows, [0.0], costs, None, None, last=rows) == pytest.approx(2 * 0.055)
