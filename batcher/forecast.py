@@ -63,11 +63,13 @@ class WaitForecast:
         self._runs = 0
         # The estimator's figures as last seen, kept until it observes a run: read afresh each time,
         # they were ~40 us of a forecast's ~50 (now ~10 us; the former rule's ~5, 1000 queued or 16).
-        self._sizes = [backlog_rows(n, policy) for n in range(max(1, policy.max_batch_size) + 1)]
+        # Formation's batch sizes, worked out as asked: a list of every size up to max_batch_size
+        # had been built at each load (seconds, gigabytes for a client's max_batch_size 2**31-1).
+        self._policy = policy
         self._read_at = -1  # the estimator's run count when these were read
         self._run_s: dict[int, float] = {}
         self._cut_s: dict[tuple[int, tuple[int, float] | None], float] = {}
-        self._costs = Costs(self._size, self._run, self._cut, hop_s)
+        self._costs = Costs(self._size, self._run, self._cut, hop_s, self._floor)
         # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
         self._rows_per_run = float(policy.max_batch_size or 1)
         self._max_batch_size = policy.max_batch_size
@@ -93,7 +95,11 @@ class WaitForecast:
         return self._queue.rows_ahead(level) + pledged
 
     def _size(self, rows: int) -> int:
-        return self._sizes[min(rows, len(self._sizes) - 1)]
+        return backlog_rows(rows, self._policy)
+
+    def _floor(self, rows: int) -> float:
+        """The estimator's floor now: what formation's give-up rule reads (batcher/form.py)."""
+        return self._estimator.predict_floor(rows, self._clock())
 
     def _run(self, rows: int) -> float:
         """The estimator's `predict_seen`, as last seen."""
@@ -192,6 +198,9 @@ class Costs(NamedTuple):
     # will read once the batch `ran` (rows, seconds) has run and been seen (None: none assumed).
     cut_s: Callable[[int, tuple[int, float] | None], float]
     hop_s: float  # from a run's end to its answers and its instance's next run
+    # The least a run of `n` rows takes (the estimator's floor): formation drops a queued row unrun
+    # once even that no longer ends by its deadline (form.give_up_at); None or 0.0: never.
+    floor_s: Callable[[int], float] | None = None
 
 
 def backlog(
@@ -221,9 +230,16 @@ def backlog(
     formation never splits: a batch that would end inside them stops before them, and they run
     whole. Cut by preferred sizes below them, an 8-row request behind a running batch had been
     forecast as two runs where it ran in one (9 of 10 refused on an idle server, preferred [2, 4]).
+
+    Rows ahead whose deadline even their floor's run can no longer meet are dropped by formation
+    unrun: they take no time here. Each had been charged a 1-row run, and the rows after them, due
+    only a little later each, stayed at 1-row batches: with the oldest queued request 150 ms from
+    its deadline, 40 rows of a 100 ms model batching 4 were forecast at 3.3 s (1.1 s otherwise),
+    and the asker refused.
     """
     left, done, ran = rows, 0, None
     run_s, cut_s = costs.run_s, costs.cut_s
+    least = 0.0 if costs.floor_s is None else costs.floor_s(1)
 
     def walk(n: int, ran: tuple[int, float] | None) -> float:
         """What a batch of `n` rows must still end in time by for formation to grow it that far: it
@@ -242,6 +258,18 @@ def backlog(
         if slack_s is not None and start >= slack_s:
             slack_s = None  # past the asker's deadline: the rest only sizes the figure it is told
         due = None if slack_s is None or first_s is None else first_s + spread * done
+        if (
+            due is not None
+            and first_s is not None
+            and least > 0.0
+            and left > last
+            and start + least + costs.hop_s > due
+        ):
+            reach = start + least + costs.hop_s  # the rows due before it are dropped, never run
+            dropped = left - last if spread <= 0.0 else math.ceil((reach - first_s) / spread) - done
+            dropped = min(max(dropped, 1), left - last)
+            left, done = left - dropped, done + dropped
+            continue
         n = costs.size(left)
         whole = _hopped(run_s(n), costs.hop_s)
         per_round = n * len(free)

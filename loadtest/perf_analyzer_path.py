@@ -46,7 +46,7 @@ def _runnable(path: Path, source: str) -> Path:
         raise PerfAnalyzerMissing(f"perf_analyzer not found: {source} names {path}, no such file; {HOW}")
     if not os.access(path, os.X_OK):
         raise PerfAnalyzerMissing(f"perf_analyzer at {path} ({source}) is not executable; {HOW}")
-    return path
+    return path.absolute()  # a bare name is looked up on PATH by subprocess, not here
 
 
 def _is_runnable(path: Path) -> bool:

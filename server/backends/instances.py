@@ -199,6 +199,7 @@ def factory_for(
     *,
     faults: FaultSpec | None,
     batch_axes: Mapping[str, int] | None,
+    gpus: Sequence[int] | None = None,
 ) -> tuple[InstanceFactory, InstancePlan]:
     """The instances of a completed config: their factory (onnxruntime sessions, or identity
     instances for `backend: "identity"`) and the plan of which to make, in order."""
@@ -221,7 +222,8 @@ def factory_for(
         ),
     )
     engines = engine_cache_dir(settings.cache_dir / "tensorrt", config.name, path.parent.name)
-    plan = plan_instances(config, settings.execution_providers, engine_cache=engines)  # groups, devices
+    # groups, devices (`gpus`: the visible ones, found off the event loop by the caller)
+    plan = plan_instances(config, settings.execution_providers, engine_cache=engines, gpus=gpus)
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
         batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots),

@@ -9,12 +9,15 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import onnxruntime as ort
+
 from batcher.budget import ByteBudget
 from batcher.dynamic import DynamicBatcher
 from batcher.run_count import RunCount
 from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
+from server.backends.gpu_devices import visible_gpus
 from server.backends.instance_groups import describe, instance_device, served_groups
 from server.backends.instances import factory_for, run_timeout_for
 from server.backends.io_binding import string_binding_notes
@@ -76,6 +79,8 @@ async def load_version(
     sampling = await asyncio.to_thread(sample_policy, config, source.directory, settings, source_file)
     cache = response_cache
     validate_response_cache(config, source.where, 0 if cache is None else cache.capacity_bytes)
+    # The visible GPUs, found off the loop: where the driver's folder is missing it runs nvidia-smi.
+    gpus = await asyncio.to_thread(visible_gpus, ort.get_available_providers())
     factory, plan = factory_for(  # onnxruntime or identity instances; instance_groups, devices
         config,
         path,
@@ -83,6 +88,7 @@ async def load_version(
         source_file,
         faults=faults,
         batch_axes=None if seq_model is None else seq_model.batch_axes,
+        gpus=gpus,
     )
     notes = plan.unapplied + string_binding_notes(config, inputs, outputs)
     warn_unapplied(config, source_file, notes)  # one line per load (config_fields.py)

@@ -5,7 +5,8 @@ Settings (Triton's names, each a list of strings on the wire):
     trace_level    OFF, or TIMESTAMPS and/or TENSORS: OFF makes no request spans; TENSORS adds
                    nothing to TIMESTAMPS (spans never carry tensor contents)
     trace_rate     1 in N new requests is offered to the sampler (1: each)
-    trace_count    how many more traces may be taken (-1: no limit); it counts down
+    trace_count    how many more requests may be offered to the sampler (-1: no limit); it counts
+                   down (below a sample ratio of 1, some of them are not traced)
     log_frequency  accepted for Triton's tools (perf_analyzer's --log-frequency); spans go to the
                    OpenTelemetry exporter, never to trace files, so it changes nothing
     trace_mode     opentelemetry, the only mode

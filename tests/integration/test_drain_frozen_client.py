@@ -33,7 +33,8 @@ def loop():
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[1], options=options))
     for _ in range(1000):  # bounded; it is stopped and killed long before
         stub.ModelInfer(request, timeout=60)
-        print("answered", flush=True)
+        sys.stdout.write("answered\\n")  # one write a line: print's two writes interleave across threads
+        sys.stdout.flush()
 for _ in range(4):
     threading.Thread(target=loop, daemon=True).start()
 threading.Event().wait(120)

@@ -28,6 +28,7 @@ AT_START = {
     "trace_level": ["TIMESTAMPS"],
     "trace_rate": "1",
     "trace_count": "-1",
+    "log_frequency": "0",  # shown, as in Triton's response
     "trace_mode": "opentelemetry",
     "tracing": "on",
     "tracing_sample_ratio": "1",

@@ -268,3 +268,21 @@ def test_the_askers_request_runs_whole_where_preferred_sizes_are_smaller(rows: i
     # Rows of other requests ahead of it run first, it whole after them: two runs, never its rows
     # cut into a third.
     assert backlog(3 + rows, [0.0], costs, None, None, last=rows) == pytest.approx(2 * 0.055)
+
+
+def test_rows_formation_drops_unrun_take_no_time() -> None:
+    """A reviewer's case: a 100 ms model batching 4, 40 rows queued, the running batch ending in
+    80 ms, the asker 3 s from its deadline, the oldest queued row 150 ms from its own. That row
+    cannot run in time: formation drops it unrun. Charged a 1-row run, with the rows after it
+    each due a little later kept at 1-row batches, the backlog was forecast at ~3.3 s and the asker
+    refused, where with the oldest's deadline far it is ~1.1 s."""
+    policy = BatchingPolicy(max_batch_size=4)
+    base = (lambda n: backlog_rows(n, policy), lambda n: 0.1, lambda n, ran: 0.1, 0.005)
+    with_floor = Costs(*base, floor_s=lambda n: 0.1)
+    without = Costs(*base)
+    far = backlog(40, [0.08], with_floor, 3.0, 1.0)
+    assert far < 1.5
+    assert backlog(40, [0.08], with_floor, 3.0, 0.15) <= far + 0.2  # the dropped row costs nothing
+    assert backlog(40, [0.08], without, 3.0, 0.15) > 3.0  # as it had been: refused
+    # The asker's own rows are never taken as dropped: past hope, it is told so, not admitted.
+    assert backlog(1, [0.08], with_floor, 0.1, 0.1) > 0.1
