@@ -224,7 +224,10 @@ class RepositoryControl:
     async def _unload(self, name: str) -> None:
         if self._entry(name) is None:
             return  # as Triton: unloading a model it does not know changes nothing, and answers OK
-        await self._loads.unload(name)
+        # A name with no directory (uploads only) is forgotten whole: its lazy signatures and
+        # measured footprint had been kept by name for good, ~3 kB a distinct name (a tester:
+        # 1,500 upload-and-unload cycles, +4.5 MB).
+        await self._loads.unload(name, forget=not (self._root / name).is_dir())
         self._replace_upload(name, None)
         self._forget_outside_repository(name)
 
