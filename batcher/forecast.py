@@ -239,7 +239,7 @@ def backlog(
     """
     left, done, ran = rows, 0, None
     run_s, cut_s = costs.run_s, costs.cut_s
-    least = 0.0 if costs.floor_s is None else costs.floor_s(1)
+    least = 0.0 if costs.floor_s is None or slack_s is None else costs.floor_s(1)  # drops: by deadlines
 
     def walk(n: int, ran: tuple[int, float] | None) -> float:
         """What a batch of `n` rows must still end in time by for formation to grow it that far: it

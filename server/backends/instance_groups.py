@@ -29,12 +29,6 @@ from server.models.config_errors import ConfigError
 _GPU, _AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO
 
 
-def gpu_available() -> bool:
-    """Whether this onnxruntime build can run CUDA (a CPU build cannot; a GPU build may still
-    find no device, which the instance's own load warning then says)."""
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 @dataclass(frozen=True)
 class InstanceSlot:
     group: str  # the instance group's name
@@ -238,22 +232,21 @@ def plan_instances(
     visible = visible_gpus(ort.get_available_providers()) if gpus is None else tuple(gpus)
     slots, groups = instance_slots(config, gpus=visible)
     cpu = [cpu_group(config, s) for s in slots if s.device_id is None]
+    on_gpus = any(s.device_id is not None for s in slots)
     # The implicit group's, and a GPU group's instances without a GPU: all the config names.
-    providers = usable_providers(providers_for(config, defaults))[0]
-    cpu_providers = usable_providers(providers_for(config, defaults, gpu_instance=False))[0]
-    elsewhere = any(s.device_id is not None for s in slots) or not all(cpu)
+    named, named_cpu = providers_for(config, defaults), providers_for(config, defaults, gpu_instance=False)
+    providers, cpu_providers = usable_providers(named)[0], usable_providers(named_cpu)[0]
+    elsewhere = on_gpus or not all(cpu)
     # Missing providers the setting names are the server's to say, once (setting_note), not this model's.
-    asked: list[Provider] = providers_for(config, defaults) if elsewhere and asks_providers(config) else []
+    asked: list[Provider] = list(named) if elsewhere and asks_providers(config) else []
     if any(cpu) and config.optimization.execution_accelerators.cpu_execution_accelerator:
-        asked += providers_for(config, defaults, gpu_instance=False)
+        asked += named_cpu
     unapplied = usable_providers(list(dict(asked).items()))[1]
     if not elsewhere and config.instance_group:
         unapplied += _unused_gpu_accelerators(config)
     unapplied += groups + list(backend_parameters(config, has_gpu=bool(visible)).unapplied)
     cache, cache_notes = _engine_cache(engine_cache, providers if elsewhere else [])
-    on_gpu = any(s.device_id is not None for s in slots) or (
-        elsewhere and providers[0][0] in (CUDA, TENSORRT)
-    )
+    on_gpu = on_gpus or (elsewhere and providers[0][0] in (CUDA, TENSORRT))
     unapplied += cache_notes + cuda_field_notes(config, on_gpu)
     tuned = gpu_provider_options(config, providers, engine_cache=cache)
     cpu_tuned = gpu_provider_options(config, cpu_providers, engine_cache=cache)

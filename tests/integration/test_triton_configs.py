@@ -17,7 +17,6 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
 from server.backends.gpu_devices import visible_gpus
-from server.backends.instance_groups import gpu_available
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 from tests.support.triton_repo import densenet_scores, triton_repository
@@ -199,7 +198,7 @@ def test_metric_tags_label_the_models_metrics_as_triton_does(
     assert others and not any('_team="vision"' in line for line in others)
 
 
-@pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")
+@pytest.mark.skipif(bool(visible_gpus(ort.get_available_providers())), reason="a machine without a GPU")
 def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warning(
     server: ServerProcess,
 ) -> None:
@@ -210,7 +209,7 @@ def test_gpu_groups_without_a_gpu_run_count_per_listed_gpu_on_cpu_with_one_warni
     assert "gpu_groups version 1: instances g x4 (cpu)" in out
 
 
-@pytest.mark.skipif(gpu_available(), reason="checks the machine without a GPU")
+@pytest.mark.skipif(bool(visible_gpus(ort.get_available_providers())), reason="a machine without a GPU")
 def test_gpu_groups_without_a_gpu_are_served_as_the_cpu_instances_they_are(
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
