@@ -62,6 +62,10 @@ def worker_environment(settings: ServerSettings, port: int, repository: Path) ->
     """SLUICEWAY_* variables that give a worker the parent's settings, sharing its port."""
     threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // settings.workers)
     values = settings.model_dump(mode="json")
+    if "execution_providers" not in settings.model_fields_set:
+        # Left to the workers' default: given, it decides where a config without instance_group
+        # runs; not given, Triton's default does (server/backends/instance_groups.py).
+        del values["execution_providers"]
     values.update(
         port=port, workers=1, reuse_port=True, model_repository=str(repository), intra_op_threads=threads
     )

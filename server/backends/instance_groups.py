@@ -55,9 +55,15 @@ def _group_gpus(
     return listed or list(gpus)
 
 
-def instance_slots(config: mc.ModelConfig, *, gpus: Sequence[int]) -> tuple[list[InstanceSlot], list[str]]:
+def instance_slots(
+    config: mc.ModelConfig, *, gpus: Sequence[int], implicit_on_gpus: bool = False
+) -> tuple[list[InstanceSlot], list[str]]:
     """The instances to make, in order, and what of the groups cannot apply here. `gpus`: the
-    GPU ids visible to this process (gpu_devices.visible_gpus; empty: none)."""
+    GPU ids visible to this process (gpu_devices.visible_gpus; empty: none). `implicit_on_gpus`:
+    a config without instance_group gets Triton's default, one instance on each visible GPU (else
+    one on the CPU); False where the execution_providers setting was given, which then decides."""
+    if not config.instance_group and implicit_on_gpus and gpus:
+        return [InstanceSlot(f"{config.name}_0", gpu, 0) for gpu in gpus], []
     slots: list[InstanceSlot] = []
     unapplied: list[str] = []
     for index, group in enumerate(config.instance_group):
@@ -225,12 +231,13 @@ def plan_instances(
     *,
     engine_cache: Path | None = None,
     gpus: Sequence[int] | None = None,
+    implicit_on_gpus: bool = False,
 ) -> InstancePlan:
     """The instances of `config` on this machine (`defaults`: the server's execution providers;
     `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs;
-    `gpus`: the visible GPU ids, found here when None)."""
+    `gpus`: the visible GPU ids, found here when None; `implicit_on_gpus`: instance_slots')."""
     visible = visible_gpus(ort.get_available_providers()) if gpus is None else tuple(gpus)
-    slots, groups = instance_slots(config, gpus=visible)
+    slots, groups = instance_slots(config, gpus=visible, implicit_on_gpus=implicit_on_gpus)
     cpu = [cpu_group(config, s) for s in slots if s.device_id is None]
     on_gpus = any(s.device_id is not None for s in slots)
     # The implicit group's, and a GPU group's instances without a GPU: all the config names.

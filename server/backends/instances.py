@@ -223,7 +223,11 @@ def factory_for(
     )
     engines = engine_cache_dir(settings.cache_dir / "tensorrt", config.name, path.parent.name)
     # groups, devices (`gpus`: the visible ones, found off the event loop by the caller)
-    plan = plan_instances(config, settings.execution_providers, engine_cache=engines, gpus=gpus)
+    # A config without instance_group: Triton's default (each visible GPU) unless the setting was given.
+    implicit = "execution_providers" not in settings.model_fields_set
+    plan = plan_instances(
+        config, settings.execution_providers, engine_cache=engines, gpus=gpus, implicit_on_gpus=implicit
+    )
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
         batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots),

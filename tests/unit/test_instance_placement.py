@@ -4,12 +4,18 @@ is not visible refused, the groups ModelConfig shows, and GPU accelerators kept 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from protos import model_config_pb2 as mc
 from server.backends.instance_groups import InstanceSlot, instance_slots, plan_instances, served_groups
+from server.backends.instances import factory_for
 from server.backends.provider_choice import providers_for
 from server.models.config import ConfigError, parse_config, validate_config
+from server.models.version_loader import fill_defaults
+from server.settings import ServerSettings
+from server.workers import worker_environment
 
 CPU, GPU = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
 TRT = 'optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }'
@@ -100,3 +106,50 @@ def test_a_cpu_group_beside_a_gpu_group_does_not_get_the_gpu_accelerator() -> No
     assert plan.slots == [InstanceSlot("g", 0, 0), InstanceSlot("c", None, 1)]
     assert plan.cpu_providers is not None and plan.providers_of(plan.slots[1]) == plan.cpu_providers
     assert [name for name, _ in plan.cpu_providers] == ["CPUExecutionProvider"]
+
+
+def test_a_config_without_instance_group_gets_one_instance_on_each_visible_gpu_as_triton() -> None:
+    # It had run one CPU instance on a GPU machine unless --execution-providers named CUDA.
+    slots, notes = instance_slots(_parse(""), gpus=[0, 1], implicit_on_gpus=True)
+    assert slots == [InstanceSlot("m_0", 0, 0), InstanceSlot("m_0", 1, 0)] and notes == []
+    assert instance_slots(_parse(""), gpus=[], implicit_on_gpus=True)[0] == [InstanceSlot("m_0", None, 0)]
+    # The execution_providers setting given: it decides, one instance as before.
+    assert instance_slots(_parse(""), gpus=[0, 1])[0] == [InstanceSlot("m_0", None, 0)]
+
+
+def test_the_implicit_gpu_instances_ask_for_cuda_on_their_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.backends.instance_groups as groups
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(groups.ort, "get_available_providers", lambda: both)
+    plan = plan_instances(_parse(""), ["CPUExecutionProvider"], gpus=[0, 1], implicit_on_gpus=True)
+    asked = [plan.providers_of(slot)[0] for slot in plan.slots]
+    assert [(name, opts["device_id"]) for name, opts in asked] == [
+        ("CUDAExecutionProvider", "0"),
+        ("CUDAExecutionProvider", "1"),
+    ]
+    config = _parse("")
+    fill_defaults(config)  # what ModelConfig starts from: one KIND_CPU group
+    shown = served_groups(config, plan.slots, ["cuda:0", "cuda:1"])
+    assert [(g.name, g.kind, g.count, list(g.gpus)) for g in shown] == [("m_0", GPU, 1, [0, 1])]
+
+
+def test_workers_get_the_execution_providers_setting_only_when_it_was_given(tmp_path: Path) -> None:
+    # A worker handed the default as a variable would take it as given (and keep models on the CPU).
+    plain = worker_environment(ServerSettings(workers=2), 8001, tmp_path)
+    assert "SLUICEWAY_EXECUTION_PROVIDERS" not in plain
+    named = ServerSettings(workers=2, execution_providers="CPUExecutionProvider")
+    given = worker_environment(named, 8001, tmp_path)
+    assert given["SLUICEWAY_EXECUTION_PROVIDERS"] == '["CPUExecutionProvider"]'
+
+
+def test_factory_for_asks_triton_default_only_without_the_setting(tmp_path: Path) -> None:
+    config = _parse("max_batch_size: 0")
+    for settings, expected in (
+        (ServerSettings(), [0, 1]),
+        (ServerSettings(execution_providers="CPUExecutionProvider"), [None]),
+    ):
+        _, plan = factory_for(
+            config, tmp_path / "1" / "model.onnx", settings, "m", faults=None, batch_axes=None, gpus=[0, 1]
+        )
+        assert [slot.device_id for slot in plan.slots] == expected
