@@ -256,3 +256,33 @@ def test_explicit_mode_a_broken_model_not_asked_for_leaves_the_server_ready(
         assert client.server_ready()  # as a model not asked for, broken or not (it was false)
         with pytest.raises(InvalidArgument, match="max_batch_sise"):
             client.load_model("typo")
+
+
+def test_an_upload_only_model_is_forgotten_whole_at_its_unload(repo: Path, mlp_file: Path) -> None:
+    # Its lazy signature and measured footprint had been kept by name for good (~3 kB a name):
+    # after the unload it is answered as a name the server never knew.
+    args = ("--model-repository", str(repo), "--model-control-mode", "explicit")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        client.load_model("sent", config="{}", files={"1/model.onnx": mlp_file.read_bytes()})
+        assert client.infer("sent", {"features": features(1)})
+        client.unload_model("sent")
+        assert "sent" not in index(server.address)
+
+        def answers(name: str) -> list[tuple[str, str]]:
+            seen = []
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                for call, request in (
+                    (stub.ModelMetadata, pb.ModelMetadataRequest(name=name)),
+                    (stub.ModelConfig, pb.ModelConfigRequest(name=name)),
+                    (stub.ModelInfer, pb.ModelInferRequest(model_name=name)),
+                ):
+                    try:
+                        call(request, timeout=10)
+                        seen.append(("OK", ""))
+                    except grpc.RpcError as err:
+                        seen.append((err.code().name, (err.details() or "").replace(name, "NAME")))
+            return seen
+
+        assert answers("sent") == answers("never_was")
+        assert not client.model_ready("sent")
