@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -224,12 +225,12 @@ class SluicewayServer:
         counts = self.core_calls.counts() if self.core_calls is not None else None
         return counts is None or counts.unanswered > self.calls.active + self.message_waits.count
 
-    def _set_model_health(self, name: str, ready: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        # Health updates are coroutines on the aio servicer; schedule without awaiting.
-        asyncio.get_running_loop().create_task(self._health.set(name, status))
+    def _set_model_health(self, name: str, ready: bool | None) -> None:
+        # Health updates are coroutines on the aio servicer: scheduled in order, not awaited. None:
+        # a name the server forgot, answered as one it never knew.
+        status = health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING
+        update = self._health.forget(name) if ready is None else self._health.set(name, status)
+        asyncio.get_running_loop().create_task(update)
 
     async def start(self, on_listening: Callable[[int], None] | None = None) -> int:
         """Bind, start answering (live, not yet ready), load every model, then report SERVING.
@@ -247,9 +248,8 @@ class SluicewayServer:
             except OSError as exc:
                 where = f"{self.settings.metrics_host}:{self.settings.metrics_port}"
                 raise PortInUse(f"cannot serve metrics on {where}: {exc}") from None
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        await self._health.set("", not_serving)
-        await self._health.set(SERVICE_NAME, not_serving)
+        await self._health.set("", _NOT_SERVING)
+        await self._health.set(SERVICE_NAME, _NOT_SERVING)
         providers_note = setting_note(self.settings.execution_providers)
         if providers_note is not None:  # once for the server, not in every model's load warning
             log.warning("%s", providers_note)

@@ -19,6 +19,7 @@ from server.models.ensemble_config import ensemble_cycle, is_ensemble
 from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry
 
 if TYPE_CHECKING:
+    from server.models.manager import HealthCallback
     from server.models.repository import ModelSource
     from server.models.versions import ModelVersion
 
@@ -31,7 +32,7 @@ Retire = Callable[[Iterable["ModelVersion"]], Awaitable[None]]
 class EnsembleDependents:
     """The step models of every ensemble loaded (or tried), over the manager's `models` index."""
 
-    def __init__(self, models: Mapping[str, ModelEntry], on_health: Callable[[str, bool], None]) -> None:
+    def __init__(self, models: Mapping[str, ModelEntry], on_health: HealthCallback) -> None:
         self._models = models
         self._on_health = on_health
         # Ensemble -> the models its steps name, as last loaded (whatever the outcome): one that

@@ -54,7 +54,8 @@ from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-HealthCallback = Callable[[str, bool], None]
+# (name, ready): SERVING / NOT_SERVING; ready None: the name is forgotten (grpc health's NOT_FOUND).
+HealthCallback = Callable[[str, bool | None], None]
 
 
 class ModelManager:
@@ -388,3 +389,4 @@ class ModelManager:
         entry = self._models.get(name)
         if entry is not None and not entry.versions and entry.state != LOADING:
             del self._models[name]
+            self._on_health(name, None)  # its health record too: NOT_SERVING had stayed for good

@@ -76,6 +76,20 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
         super().__init__()
         self._calls = calls
 
+    async def forget(self, service: str) -> None:
+        """Drop `service`'s status (a model name the server forgot): Check answers NOT_FOUND and
+        a Watch SERVICE_UNKNOWN, as for a name never set; each name had been kept for good (an
+        upload-only name's ~250 bytes). A drain's NOT_SERVING stays: Watches are told that last."""
+        if self._gracefully_shutting_down or service not in self._server_status:
+            return
+        condition = self._server_watchers.get(service)
+        if condition is None:
+            del self._server_status[service]
+            return
+        async with condition:
+            self._server_status.pop(service, None)
+            condition.notify_all()
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         session, written = _SideStream(), _StatusesWritten(context)
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import NO_RETRY, Client, InvalidArgument, SluicewayError, Unavailable
 from protos import grpc_service_pb2 as pb
@@ -263,6 +264,7 @@ def test_an_upload_only_model_is_forgotten_whole_at_its_unload(repo: Path, mlp_f
     # after the unload it is answered as a name the server never knew.
     args = ("--model-repository", str(repo), "--model-control-mode", "explicit")
     with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        client.load_model("mlp")
         client.load_model("sent", config="{}", files={"1/model.onnx": mlp_file.read_bytes()})
         assert client.infer("sent", {"features": features(1)})
         client.unload_model("sent")
@@ -286,3 +288,14 @@ def test_an_upload_only_model_is_forgotten_whole_at_its_unload(repo: Path, mlp_f
 
         assert answers("sent") == answers("never_was")
         assert not client.model_ready("sent")
+        # grpc health too: its NOT_SERVING had stayed for good (and its record, ~250 B a name).
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as unknown:
+                health.Check(health_pb2.HealthCheckRequest(service="sent"), timeout=10)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="sent"), timeout=10)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            watch.cancel()
+            mlp = health.Check(health_pb2.HealthCheckRequest(service="mlp"), timeout=10)
+            assert mlp.status == health_pb2.HealthCheckResponse.SERVING  # the others' stay
