@@ -35,6 +35,17 @@ def index(address: str) -> dict[str, list[tuple[str, str, str]]]:
     return shown
 
 
+def health_code(address: str, service: str) -> grpc.StatusCode:
+    """grpc health's Check for `service`: OK, or the status it was refused with."""
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+        except grpc.RpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
+
+
 def versions(address: str, name: str) -> list[str]:
     return sorted(v for v, state, _ in index(address).get(name, []) if state == "READY")
 
@@ -136,6 +147,7 @@ def test_poll_mode_unloads_a_removed_model_and_loads_a_new_one(
     address = poll_server.address
     shutil.rmtree(repo / "extra")
     wait_until(lambda: "extra" not in index(address), "extra gone from the index")
+    wait_until(lambda: health_code(address, "extra") == grpc.StatusCode.NOT_FOUND, "extra gone from health")
     staged = write_model(tmp_path / "staging", "fresh", mlp_file, None)
     staged.rename(repo / "fresh")  # a whole model directory appears at once
     wait_until(lambda: versions(address, "fresh") == ["1"], "fresh loaded")
