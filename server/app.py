@@ -188,7 +188,7 @@ class SluicewayServer:
             waits=self.message_waits,
         )
         serve(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer)
-        admin = AdminServicer(self.models, settings.worker_index, self.rollout_share)
+        admin = AdminServicer(self.models, settings.worker_index, self.rollout_share, lambda: self._stopping)
         serve(apb.DESCRIPTOR.services_by_name["Admin"], admin)
         # grpc's own services too, their streams ended by such a message (malformed.add_service).
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
-from server.errors import InvalidRequest, ModelNotReady, RolloutRefused
+from server.errors import InvalidRequest, ModelNotReady, RolloutRefused, ShuttingDown
 from server.models.manager import ModelManager
 from server.models.rollback import quantile_s
 from server.models.rollout import Rollout
@@ -38,9 +38,14 @@ MAX_REASON_CHARS = 500  # a rollback reason is cut here (it is logged and kept i
 
 class AdminServicer(apb_grpc.AdminServicer):
     def __init__(
-        self, models: ModelManager, worker: int | None = None, share: RolloutShare | None = None
+        self,
+        models: ModelManager,
+        worker: int | None = None,
+        share: RolloutShare | None = None,
+        is_stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._models = models
+        self._is_stopping = is_stopping
         # Under --workers N: this worker's index, and the log through which every worker applies
         # the changes any of them receives.
         self._worker = worker
@@ -50,6 +55,8 @@ class AdminServicer(apb_grpc.AdminServicer):
         self, entry: ModelEntry, kind: str, version: int | None, weights: Mapping[int, int], reason: str
     ) -> ModelRollout:
         """Apply a change here (and, under --workers, log it for the other workers)."""
+        if self._is_stopping():  # answered OK, it had been lost with the process a moment later
+            raise ShuttingDown("server is shutting down: rollout changes are not taken")
         if self._share is not None:
             return self._share.submit(entry, kind, version, weights, reason)
         if self._worker is not None:  # a worker with no shared directory: it would reach one
