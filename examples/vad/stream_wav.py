@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realtime", action="store_true", help="send one chunk every 32 ms")
     parser.add_argument("--sequence-id", type=int, default=os.getpid(), help="default: this process's id")
     args = parser.parse_args(argv)
+    if not 0 < args.sequence_id < 2**64:  # a uint64 and not 0 (no sequence): it had ended in a traceback
+        parser.error(f"--sequence-id must be 1 .. 2**64-1, got {args.sequence_id}")
     try:
         samples = read_wav(args.wav)
     except (OSError, ValueError, wave.Error) as err:
