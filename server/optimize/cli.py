@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -57,7 +58,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--int8-activations",
         choices=("uint8", "int8"),
-        default="uint8",
+        default=None,  # unset, so that naming it without --int8 static is refused (uint8 applies)
         help="static INT8 activation type (default uint8: the fast path on x86 CPUs)",
     )
     p.add_argument("--calibration-data", type=Path, help="dir of .npy/.npz inputs for --int8 static")
@@ -99,6 +100,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--per-channel applies to --int8"
     if args.calibration_data is not None and args.int8 != "static":
         return "--calibration-data applies to --int8 static"
+    # Only static INT8 calibrates activations; with dynamic the flag would be silently ignored.
+    if args.int8_activations is not None and args.int8 != "static":
+        return "--int8-activations applies to --int8 static"
+    # NaN compares false with every drop, so it had passed any result; inf is no documented "no limit".
+    if not math.isfinite(args.max_accuracy_drop):
+        return f"--max-accuracy-drop {args.max_accuracy_drop}: a finite number (negative: no limit)"
     if args.calibration_rows < 1 or args.validation_rows < 1 or args.repetitions < 1:
         return "--calibration-rows, --validation-rows and --repetitions must be at least 1"
     return None
@@ -154,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
     recipe = quantize.Recipe(
         int8=args.int8,
         per_channel=args.per_channel,
-        activations=args.int8_activations,
+        activations=args.int8_activations or "uint8",
         fp16=args.fp16,
         offline_optimize=args.offline_optimize,
         per_row=args.int8 == "dynamic" and quantize.serves_per_row(serving),

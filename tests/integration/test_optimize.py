@@ -225,6 +225,52 @@ def test_bad_usage_is_refused_with_a_reason(tmp_path: Path, capsys: pytest.Captu
     assert "a model name is one directory name" in capsys.readouterr().err
 
 
+def test_int8_activations_without_static_int8_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --int8 dynamic the flag had been accepted and silently ignored (activations are quantized
+    at run time, never as the flag says); refused as --calibration-data is."""
+    source = tiny_mlp(tmp_path / "tiny.onnx")
+    for flags in (
+        "--int8 dynamic --int8-activations int8",
+        "--fp16 --int8-activations uint8",
+        "--int8-activations int8",
+    ):
+        assert optimize(source, tmp_path, "tiny", f"{flags} --no-publish {LOOSE}", tmp_path / "r") == 2
+        err = capsys.readouterr().err
+        assert err == "sluiceway optimize: --int8-activations applies to --int8 static\n", flags
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_a_non_finite_accuracy_limit_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """NaN is neither negative nor above any drop: the gate had been off ("0 (no limit)", exit 0, and
+    published without --no-publish). Infinity is no documented "no limit" either."""
+    source = tiny_mlp(tmp_path / "tiny.onnx")
+    code = optimize(source, tmp_path, "tiny", f"--int8 dynamic --max-accuracy-drop={value}", tmp_path / "r")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-accuracy-drop" in err and "a finite number" in err
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "r").exists()
+
+
+def test_an_already_optimized_model_is_bad_input_exit_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Already INT8 or FP16 is a property of the source, found before anything is measured: exit 2
+    (bad input), as the README's exit codes define it; 1 is the accuracy gate's refusal."""
+    source = tiny_mlp(tmp_path / "tiny.onnx")
+    assert optimize(source, tmp_path, "tiny", f"--fp16 {LOOSE}", tmp_path / "r") == 0
+    capsys.readouterr()
+    for flags in ("--fp16", "--int8 dynamic"):
+        assert optimize(tmp_path / "tiny", tmp_path, "tiny", f"{flags} {LOOSE}", tmp_path / "r2") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is already optimized (FP16 weights): start from the original" in err
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1", "2"]
+
+
 def test_int8_that_quantizes_nothing_is_refused_naming_the_operators(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
