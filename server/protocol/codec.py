@@ -33,14 +33,17 @@ MAX_BYTES_ELEMENTS = 262_144
 MAX_TYPED_ELEMENTS = 2_097_152
 
 
-def decode_inputs(request: pb.ModelInferRequest, shm: ShmTensors | None = None) -> dict[str, Array]:
+def decode_inputs(
+    request: pb.ModelInferRequest, shm: ShmTensors | None = None, *, read_shm: bool = True
+) -> dict[str, Array]:
     """The request's input tensors as numpy arrays, checked for self-consistency.
 
     Raises InvalidRequest naming the input for unknown datatypes, negative dims, duplicate names,
     byte or element counts that do not match the declared shape, typed values out of their
     datatype's range, typed contents in another datatype's field, and typed contents in a request
     that sends raw_input_contents. Inputs in `shm` are copied out of their shared-memory regions;
-    raw_input_contents then holds one entry per other input, as Triton.
+    raw_input_contents then holds one entry per other input, as Triton. `read_shm` False: they
+    are stand-ins of their datatype and shape, sizes checked and nothing read (ShmTensors.unread).
     """
     raw = request.raw_input_contents
     in_shm = 0 if shm is None else len(shm.inputs)
@@ -85,7 +88,7 @@ def decode_inputs(request: pb.ModelInferRequest, shm: ShmTensors | None = None) 
                 f"{MAX_TYPED_ELEMENTS} per request (send large tensors in raw_input_contents)"
             )
         if shm is not None and name in shm.inputs:
-            arrays[name] = shm.read(name, dtype, shape)
+            arrays[name] = shm.read(name, dtype, shape) if read_shm else shm.unread(name, dtype, shape)
         elif raw:
             if tensor.HasField("contents"):
                 # Triton's rule and wording: one of the two would otherwise be silently ignored.

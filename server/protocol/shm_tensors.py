@@ -57,34 +57,56 @@ class ShmTensors:
         self.inputs.clear()
         self.outputs.clear()
 
-    def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
-        """Input `name`, a copy the client cannot change (shape and datatype checked by the caller).
-        Its size is checked before anything is read: the copy is as large as the declared
-        shared_memory_byte_size (a 100-byte request of shape [1] naming a sparse 1 GiB region had
-        the server allocate and read it all, 2-4 s on the event loop, before refusing it)."""
+    def check_size(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> None:
+        """Input `name`'s declared shared_memory_byte_size against its shape, before anything is
+        read: a 100-byte request of shape [1] naming a sparse 1 GiB region had the server allocate
+        and read it all, 2-4 s on the event loop, before refusing it."""
         part = self.inputs[name]
-        count = prod(shape)
-        strings = dtype is datatypes.BYTES
-        expected = None if strings else count * dtype.numpy.itemsize
-        if expected is not None and part.byte_size != expected:
-            raise InvalidRequest(
-                f"input '{name}': shared_memory_byte_size is {part.byte_size}, expected {expected} "
-                f"for shape {list(shape)} of {dtype.wire}"
-            )
-        if strings and part.byte_size > MAX_SHM_BYTES_INPUT:  # its strings are parsed one by one
+        if dtype is not datatypes.BYTES:
+            expected = prod(shape) * dtype.numpy.itemsize
+            if part.byte_size != expected:
+                raise InvalidRequest(
+                    f"input '{name}': shared_memory_byte_size is {part.byte_size}, expected {expected} "
+                    f"for shape {list(shape)} of {dtype.wire}"
+                )
+        elif part.byte_size > MAX_SHM_BYTES_INPUT:  # its strings are parsed one by one
             raise InvalidRequest(
                 f"input '{name}': shared_memory_byte_size {part.byte_size} is over {MAX_SHM_BYTES_INPUT} "
                 "bytes, the most a BYTES input in shared memory may hold"
             )
+
+    def unread(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
+        """A stand-in for input `name` (its size checked): its datatype and shape with no data and
+        no memory of its size, for the checks that need only those (rows, shapes: request_checks.py)
+        before `read` copies the region."""
+        self.check_size(name, dtype, shape)
+        empty = np.empty((), dtype=dtype.numpy)
+        if dtype is datatypes.BYTES:
+            empty[()] = b""
+        return np.broadcast_to(empty, shape)  # read-only, every element the one above
+
+    def read(self, name: str, dtype: datatypes.Datatype, shape: tuple[int, ...]) -> Array:
+        """Input `name`, a copy the client cannot change (shape and datatype checked by the caller;
+        its size here, before anything is read)."""
+        self.check_size(name, dtype, shape)
+        part = self.inputs[name]
         data = part.region.read(part.offset, part.byte_size)  # RegionGone if its object shrank
-        if strings:
+        if dtype is datatypes.BYTES:
             try:
-                return wire.unpack_bytes(memoryview(data), count).reshape(shape)  # a copy already
+                return wire.unpack_bytes(memoryview(data), prod(shape)).reshape(shape)  # a copy already
             except ValueError as exc:
                 raise InvalidRequest(f"input '{name}': {exc}") from None
         array = data.view(dtype.numpy).reshape(shape)  # a new array: aligned for every datatype
         array.flags.writeable = False  # as raw_input_contents views: nothing downstream writes inputs
         return array
+
+    def read_inputs(self, request: pb.ModelInferRequest) -> dict[str, Array]:
+        """The request's inputs in shared memory, read (after decode_inputs checked them)."""
+        return {
+            t.name: self.read(t.name, datatypes.BY_WIRE[t.datatype], tuple(t.shape))
+            for t in request.inputs
+            if t.name in self.inputs
+        }
 
     def write(self, name: str, array: Array) -> None:
         """Output `name` into its region; InvalidRequest naming the output when it does not fit."""

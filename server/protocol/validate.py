@@ -121,6 +121,12 @@ class Signature:
             raise InvalidRequest(triton_text.batch_too_large(self.model, self.max_batch_size, rows))
         return rows
 
+    def check_texts(self, inputs: Mapping[str, Array]) -> None:
+        """The text of BYTES inputs, as check_inputs checks it (for inputs read after it)."""
+        for name, array in inputs.items():
+            if self.text_bytes and array.dtype.kind in "OSU":
+                _check_text(name, array)
+
     def check_input_names(self, names: Collection[str]) -> None:
         """Every input named is the model's, and every required one is named (Triton's words)."""
         for name in names:
