@@ -27,6 +27,7 @@ from server.settings import ServerSettings
 from server.settings_rules import unbracketed
 from server.start_signals import exit_terminated, stop_was_asked
 
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # forwarded to the workers: a drain
 _READY = re.compile(r"sluiceway ready on \S+:(\d+) \(models: (.*)\)")
 
 
@@ -105,7 +106,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     # killed the parent at once, leaving its workers serving. The handler only notes the request;
     # this thread acts on it (the workers reset it on exec).
     requested: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP had left the workers serving
+    for sig in _STOPS:  # SIGHUP had left the workers serving
         if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
             continue  # under nohup (the workers inherit the ignoring too)
         previous = signal.signal(sig, lambda signum, frame: requested.append(signum))
@@ -135,6 +136,12 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
         while not requested:
             ready.acquire(timeout=0.2)  # a worker ready, or one that exited (its pump ended)
             if any(c.poll() is not None for c in children):
+                if _stop_was_signalled(requested):
+                    # A process-group signal (Ctrl-C, `timeout`, systemd's control-group kill)
+                    # reaches the workers too, and an idle one drains and exits during this
+                    # wait: a stop asked for, not a failure (it had exited 1). A worker exiting
+                    # with no signal to the parent still is one.
+                    break
                 raise WorkerFailed("a worker exited" + ("" if announced else " during start-up"))
             if not announced and len(models) == len(children):  # every worker said ready
                 announced = True
@@ -163,6 +170,16 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     if not children:  # stopped before any worker started: the start-up line, exit 0
         return exit_terminated(signal.Signals(requested[0]).name)
     return code
+
+
+def _stop_was_signalled(requested: list[int]) -> bool:
+    """Whether the parent got SIGTERM/SIGINT/SIGHUP: noted by its handler, or still pending.
+
+    Called as a function so that a handler the C level already ran on another thread runs here
+    first (Python runs them at a call); a signal the kernel holds for the process (the parent was
+    stopped, or none of its threads has run since) is in sigpending, not yet in `requested`.
+    """
+    return bool(requested) or bool(signal.sigpending() & set(_STOPS))
 
 
 def _spawn(settings: ServerSettings, env: dict[str, str], index: int) -> subprocess.Popen[str]:
