@@ -8,11 +8,10 @@ DynamicBatcher) forms and runs those batches with its usual rules.
 
 Between a sequence's requests the batcher keeps its implicit state: output `output_name` of one
 run is input `input_name` of the next (the spec's initial value on the sequence's start). It also
-fills the control inputs (START, END, READY, CORRID) of each row. A failed or expired request
-leaves the state as it was. Live sequences and their state bytes are bounded; a sequence is
-released by its end request, after `idle_s` without a request (a timer), by `release` (the stream
-that drove it ended), or when its model version is retired (`close`, then `drain`); `on_gone`
-hears of it (the server's routing).
+fills the control inputs (START, END, READY, CORRID) of each row. A request that fails, expires
+or whose answer fails leaves the state as it was. Live sequences and their state bytes are bounded;
+a sequence is released by its end request, after `idle_s` without a request (a timer), by
+`release` (its stream ended), or when its version is retired (`close`, `drain`); `on_gone` hears.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import numpy as np
@@ -37,14 +36,15 @@ from batcher.sequence_types import (
     SequenceId,
     SequenceLimitReached,
     SequenceLimits,
-    SequenceRetired,
     SequenceSpec,
     Timer,
     UnknownSequence,
     check_one_row,
     corrid_input,
     not_live,
-    state_bytes,
+    retired,
+    sid_text,
+    taken_state,
 )
 from batcher.turn_deadline import Turn, TurnDeadlines, take_turn
 from batcher.types import Array, QueueTrace, Tensors
@@ -53,6 +53,7 @@ from batcher.types import Array, QueueTrace, Tensors
 Undo = tuple[dict[str, Array], int, object | None] | None
 # How many released sequence ids are remembered, to say why a late request finds none.
 REMEMBER_RELEASED = 1024
+REFUSED = "its sequence_start request did not run (it was refused: "  # for the sequence limits
 
 
 class Runner(Protocol):
@@ -63,6 +64,8 @@ class Runner(Protocol):
 
 # Calls the callable after the delay in seconds (loop.call_later by default; a fake in tests).
 Schedule = Callable[[float, Callable[[], None]], Timer]
+# Builds and delivers a request's answer from its outputs, in its sequence's turn (see `infer`).
+Answer = Callable[[Tensors], Awaitable[None]]
 # Told a sequence id no longer live here: released, or a start that opened nothing (refused, ...).
 OnGone = Callable[[SequenceId], None]
 
@@ -140,11 +143,13 @@ class SequenceBatcher:
         end: bool = False,
         trace: QueueTrace | None = None,
         owner: object | None = None,
+        answer: Answer | None = None,
     ) -> Tensors:
         """Run one request of sequence `sid` after the sequence's earlier requests; its outputs
         without the state outputs. Raises UnknownSequence, SequenceLimitReached, SequenceError,
-        or whatever the runner raised (the state is then unchanged). `owner`: who sent it (a
-        stream); a start makes it the sequence's owner, which alone may `release(..., owner)` it."""
+        or what the runner or `answer` raised (the state then unchanged). `owner`: who sent it (a
+        stream); a start makes it the sequence's owner, which alone may `release(..., owner)` it.
+        `answer` gets those outputs before the state is kept (an undeliverable answer had kept it)."""
         check_one_row(self._model, sid, a.rows)
         turn = self._turns.get(sid)
         if turn is None:
@@ -164,7 +169,7 @@ class SequenceBatcher:
                 seq = self._live.get(sid)
                 if seq is None:
                     if not start:
-                        raise self._retired(sid, turn.retired) if turn.retired else self._not_live(sid)
+                        raise retired(self._model, sid, turn.retired) if turn.retired else self._not_live(sid)
                     if self._closed:  # refused below: the requests queued behind it are told why
                         turn.retired = f"{self._why}, before the sequence_start queued ahead of it ran"
                     seq = self._open(sid)
@@ -177,13 +182,18 @@ class SequenceBatcher:
                     seq.owner = owner
                 try:
                     outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
+                    kept = self._next_state(seq, outputs)
+                    result = {k: v for k, v in outputs.items() if k not in self._state_outputs}
+                    if answer is not None:
+                        await answer(result)
                 except BaseException as exc:
                     if start:
                         self._undo_start(seq, undo)
                     elif self._closed and isinstance(exc, BatcherStopped):  # the drain ended first
-                        raise self._retired(sid, turn.retired or self._why) from None
+                        raise retired(self._model, sid, turn.retired or self._why) from None
                     raise
-                result = self._keep_state(seq, outputs)
+                if kept is not None and not seq.released:  # released while it answered: nothing to keep
+                    self._set_state(seq, *kept)
                 if end:
                     self._release(seq, "it ended (its sequence_end request was answered)")
                 return result
@@ -207,9 +217,8 @@ class SequenceBatcher:
             self._arm(seq, self._spec.idle_s)
 
     def _undo_start(self, seq: LiveSequence, undo: Undo) -> None:
-        """A start that did not run (it failed, expired, was refused or cancelled) leaves things as
-        they were: a new sequence is not opened (it held a slot and let later requests in without
-        a start), a restarted one keeps its state and owner (it had lost its state)."""
+        """A start that did not run (failed, expired, refused, cancelled) changes nothing: a new
+        sequence is not opened, a restarted one keeps its state and owner (it had lost its state)."""
         if seq.released:
             return
         if undo is None:
@@ -269,24 +278,23 @@ class SequenceBatcher:
         return OrderedDict(self._released)
 
     def remember(self, released: OrderedDict[SequenceId, str]) -> None:
-        """Take over a retired batcher's record (`released()`): a request continuing a sequence
-        that a reload or unload ended was told "never started" by the new version's batcher."""
+        """Take over a retired batcher's `released()`: a continuation of a sequence a reload ended
+        was told "never started" by the new version's batcher."""
         for sid, why in released.items():
             if sid not in self._live:
-                self._released[sid] = why
-        while len(self._released) > REMEMBER_RELEASED:
-            self._released.popitem(last=False)
+                self._remember(sid, why)
 
     # -- state --------------------------------------------------------------------------------
 
     def _open(self, sid: SequenceId) -> LiveSequence:
         if self._closed:
             raise NotAccepting(
-                f"sequence {sid}: the version of model '{self._model}' it was sent to was unloaded or "
-                "replaced before its sequence_start ran"
+                f"sequence {sid_text(sid)}: the version of model '{self._model}' it was sent to was "
+                "unloaded or replaced before its sequence_start ran"
             )
         limits = self._limits
         if len(self._live) >= limits.max_sequences:
+            self._remember(sid, f"{REFUSED}max_sequences={limits.max_sequences} sequences were live)")
             raise SequenceLimitReached(
                 f"model '{self._model}' holds {len(self._live)} live sequences "
                 f"(max_sequences={limits.max_sequences}): end sequences with sequence_end, or wait "
@@ -294,6 +302,7 @@ class SequenceBatcher:
             )
         needed = self._spec.initial_bytes
         if self._state_bytes + needed > limits.max_state_bytes:
+            self._remember(sid, f"{REFUSED}max_sequence_state_bytes={limits.max_state_bytes} was held)")
             raise SequenceLimitReached(
                 f"model '{self._model}': a new sequence's {needed} state bytes would pass "
                 f"max_sequence_state_bytes={limits.max_state_bytes} ({self._state_bytes} held)"
@@ -322,25 +331,18 @@ class SequenceBatcher:
                 feed[control.name] = self._flags[control.name][on]
         return feed
 
-    def _keep_state(self, seq: LiveSequence, outputs: Tensors) -> dict[str, Array]:
-        """Take the state outputs into the sequence's state; the rest is the caller's."""
+    def _next_state(self, seq: LiveSequence, outputs: Tensors) -> tuple[dict[str, Array], int] | None:
+        """The state outputs as the sequence's next state and its bytes, kept once answered."""
         if seq.released:  # released while it ran (its stream ended): nothing to keep
-            return {k: v for k, v in outputs.items() if k not in self._state_outputs}
-        state: dict[str, Array] = {}
-        nbytes = 0
-        for spec in self._spec.states:
-            # A copy: the output is a view into the whole batch's array.
-            value = np.array(outputs[spec.output_name], copy=True)
-            state[spec.input_name] = value
-            nbytes += state_bytes(value)
+            return None
+        state, nbytes = taken_state(self._spec.states, outputs)
         if self._state_bytes - seq.nbytes + nbytes > self._limits.max_state_bytes:
             self._release(seq, "its state outgrew max_sequence_state_bytes")
             raise SequenceLimitReached(
-                f"model '{self._model}': sequence {seq.sid!r}'s state grew to {nbytes} bytes, past "
+                f"model '{self._model}': sequence {sid_text(seq.sid)}'s state grew to {nbytes} bytes, past "
                 f"max_sequence_state_bytes={self._limits.max_state_bytes}; the sequence was released"
             )
-        self._set_state(seq, state, nbytes)
-        return {k: v for k, v in outputs.items() if k not in self._state_outputs}
+        return state, nbytes
 
     def _set_state(self, seq: LiveSequence, state: dict[str, Array], nbytes: int) -> None:
         self._state_bytes += nbytes - seq.nbytes
@@ -358,12 +360,17 @@ class SequenceBatcher:
         self._live.pop(seq.sid, None)
         self._state_bytes -= seq.nbytes
         seq.state, seq.nbytes = {}, 0
-        self._released[seq.sid] = why
-        while len(self._released) > REMEMBER_RELEASED:
-            self._released.popitem(last=False)
+        self._remember(seq.sid, why)
         self._gone(seq.sid)
         if self._closed and not self._live:
             self._drained.set()
+
+    def _remember(self, sid: SequenceId, why: str) -> None:
+        """Why `sid` is not live, told its late requests; the newest REMEMBER_RELEASED ids only."""
+        self._released[sid] = why
+        self._released.move_to_end(sid)
+        while len(self._released) > REMEMBER_RELEASED:
+            self._released.popitem(last=False)
 
     def _gone(self, sid: SequenceId) -> None:
         if self.on_gone is not None:
@@ -389,12 +396,5 @@ class SequenceBatcher:
         else:
             self._arm(seq, self._spec.idle_s - idle)
 
-    def _retired(self, sid: SequenceId, why: str) -> SequenceRetired:
-        return SequenceRetired(
-            f"sequence {sid} of model '{self._model}' ended while this request waited for its turn: "
-            f"{why}; the request was not run: start the sequence again (sequence_start)"
-        )
-
     def _not_live(self, sid: SequenceId) -> UnknownSequence:
-        """Triton's words, then why the sequence is not live."""
         return not_live(self._model, sid, self._released.get(sid, NEVER_STARTED + self._unknown_hint))

@@ -8,6 +8,7 @@ batcher/sequence.py. Tensors are batch-first here: one sequence is one row.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +65,18 @@ class SequenceSpec:
         return sum(state_bytes(s.initial) for s in self.states)
 
 
+def taken_state(states: tuple[StateSpec, ...], outputs: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
+    """A run's state outputs as the next state (by state input name) and its bytes."""
+    state: dict[str, Array] = {}
+    nbytes = 0
+    for spec in states:
+        # A copy: the output is a view into the whole batch's array.
+        value = np.array(outputs[spec.output_name], copy=True)
+        state[spec.input_name] = value
+        nbytes += state_bytes(value)
+    return state, nbytes
+
+
 def state_bytes(value: Array) -> int:
     """The bytes a state tensor holds: its elements' lengths for STRING (object) tensors."""
     if value.dtype.kind == "O":
@@ -103,13 +116,19 @@ class SequenceError(BatcherError):
     default_message = "invalid sequence request"
 
 
+def sid_text(sid: SequenceId) -> str:
+    """A sequence id as messages name it: a string id quoted (as Python writes it), so "5" is not
+    read as integer 5, nor "x y" as two words."""
+    return repr(sid) if isinstance(sid, str) else str(sid)
+
+
 def check_one_row(model: str, sid: SequenceId, rows: int) -> None:
     """A sequence's request holds one row (its sequence's slot in a batch): SequenceError otherwise,
     in Triton's words, then the rows. Also judged before a lazy model's load (server/protocol/declared.py)."""
     if rows != 1:
         raise SequenceError(
             f"inference request to model '{model}' must specify batch-size 1 due to "
-            f"requirements of sequence batcher (sequence {sid}: got {rows} rows)"
+            f"requirements of sequence batcher (sequence {sid_text(sid)}: got {rows} rows)"
         )
 
 
@@ -148,7 +167,7 @@ def not_live(model: str, sid: SequenceId, why: str) -> UnknownSequence:
     """A request continuing sequence `sid`, not live: Triton's words, then `why`. Also answered for
     a lazy model before its load (server/models/lazy_sequences.py), so both say the same."""
     return UnknownSequence(
-        f"inference request for sequence {sid} to model '{model}' must specify the START "
+        f"inference request for sequence {sid_text(sid)} to model '{model}' must specify the START "
         f"flag on the first request of the sequence (sequence_start): it is not live: {why}"
     )
 
@@ -162,6 +181,14 @@ class SequenceRetired(BatcherStopped):
 
     default_message = "the sequence's model version was retired before this request ran"
     error_reason = "SEQUENCE_RETIRED"
+
+
+def retired(model: str, sid: SequenceId, why: str) -> SequenceRetired:
+    """A request of sequence `sid` that waited for its turn while the sequence ended (`why`)."""
+    return SequenceRetired(
+        f"sequence {sid_text(sid)} of model '{model}' ended while this request waited for its turn: "
+        f"{why}; the request was not run: start the sequence again (sequence_start)"
+    )
 
 
 class SequenceLimitReached(BatcherError):

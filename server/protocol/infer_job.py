@@ -164,10 +164,23 @@ class InferJob:
             )
             return await self._computed_later(outputs)
         if self.controls.sequence is not None:
-            outputs = await sequence_outputs(
-                self.served, self.controls.sequence, self.inputs, self.admission, self.queue_trace, self.owner
+            answered: list[pb.ModelInferResponse] = []
+
+            async def answer(outputs: Tensors) -> None:
+                # Encoded (its shm outputs written) in the sequence's turn, before its state is kept:
+                # one whose output region was truncated during the run had advanced the state.
+                answered.append(await self._computed_later(outputs))
+
+            await sequence_outputs(
+                self.served,
+                self.controls.sequence,
+                self.inputs,
+                self.admission,
+                self.queue_trace,
+                self.owner,
+                answer,
             )
-            return await self._computed_later(outputs)
+            return answered[0]
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return await self._computed_later(outputs)
 

@@ -66,6 +66,7 @@ def check_request(
     names = signature.check_outputs(codec.requested_outputs(request))
     if shm is not None and shm.outputs:
         shm.check_fixed_outputs(signature.outputs, names, rows if signature.max_batch_size > 0 else None)
+        shm.check_output_objects()
     if controls is None:
         controls = parse_controls(request.parameters)
     if sequences is not None:

@@ -7,6 +7,7 @@ Which models take sequence parameters is checked with the request's other checks
 from __future__ import annotations
 
 from batcher.admission import Admission
+from batcher.sequence import Answer
 from batcher.types import QueueTrace, Tensors
 from server.models.versions import ModelVersion
 from server.protocol.request_checks import check_sequence_params
@@ -25,13 +26,21 @@ async def sequence_outputs(
     admission: Admission,
     trace: QueueTrace | None,
     owner: object | None = None,
+    answer: Answer | None = None,
 ) -> Tensors:
     """The request's outputs, run in its sequence's turn with the sequence's state (`owner`: the
-    stream that sent it, if one did)."""
+    stream that sent it, if one did; `answer`: see SequenceBatcher.infer)."""
     sequences = served.sequences
     if sequences is None:  # retargeted to a version without sequence_batching
         check_sequence(served, sequence)
         raise AssertionError("unreachable")
     return await sequences.infer(
-        sequence.sid, inputs, admission, start=sequence.start, end=sequence.end, trace=trace, owner=owner
+        sequence.sid,
+        inputs,
+        admission,
+        start=sequence.start,
+        end=sequence.end,
+        trace=trace,
+        owner=owner,
+        answer=answer,
     )

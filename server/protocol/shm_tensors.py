@@ -149,6 +149,13 @@ class ShmTensors:
             strings = spec.datatype is datatypes.BYTES  # 4 bytes of length an element, at least
             self.check_room(name, prod(shape) * (4 if strings else spec.datatype.numpy.itemsize), strings)
 
+    def check_output_objects(self) -> None:
+        """Refuse, before the request is queued, an output whose region's object was truncated
+        below the region (RegionGone): found only when its answer was written, it had been run,
+        and a sequence's state had advanced for a request that failed."""
+        for part in self.outputs.values():
+            part.region.check_size()
+
 
 def uses_shared_memory(request: pb.ModelInferRequest) -> bool:
     """Whether any input or requested output names a region (cheap: most tensors have no parameters)."""

@@ -159,7 +159,7 @@ async def test_a_failed_run_leaves_the_state_as_it_was() -> None:
 async def test_unknown_ids_and_multi_row_requests_are_refused() -> None:
     sb, _, _, _ = make()
     with pytest.raises(
-        UnknownSequence, match=r"^inference request for sequence abc to model 'm' .* never started"
+        UnknownSequence, match=r"^inference request for sequence 'abc' to model 'm' .* never started"
     ):
         await sb.infer("abc", x(1), adm())
     with pytest.raises(
