@@ -390,3 +390,4 @@ class ModelManager:
         if entry is not None and not entry.versions and entry.state != LOADING:
             del self._models[name]
             self._on_health(name, None)  # its health record too: NOT_SERVING had stayed for good
+            self.sampling.forget(name)  # and its sample counters (kept across its loads till now)

@@ -40,8 +40,17 @@ class DriftError(Exception):
     """Nothing to score; the message says what is missing."""
 
 
-class ReferenceMisfit(DriftError):
+class UsageError(DriftError):
+    """A flag or name that waiting will not mend: exit 2."""
+
+
+class ReferenceMisfit(UsageError):
     """`--reference` unreadable, or not shaped as the sampled tensors: a usage error (exit 2)."""
+
+
+class NotSampled(UsageError):
+    """The model, version or load named has no samples here: a usage error (exit 2); it had exited
+    1, which says "not yet enough rows, wait", for a typo that waiting never mends."""
 
 
 class NothingToScore(DriftError):
@@ -49,11 +58,13 @@ class NothingToScore(DriftError):
 
 
 EXIT_NOT_YET, EXIT_USAGE, EXIT_NOTHING_TO_SCORE = 1, 2, 3
+MAX_LOADS_LISTED = 5  # loads a line names (the newest); the rest are counted
 
 
 def run_drift(args: argparse.Namespace) -> int:
     """Print the table and write the plot; 1 when there are not yet enough rows, 3 when the files
-    hold no tensor drift scores, 2 on a bad setting or a `--reference` that does not fit."""
+    hold no tensor drift scores, 2 on a bad setting, a model, version or load with no samples, or a
+    `--reference` that does not fit."""
     names = ("sample_dir", "cache_dir", "drift_reference_samples", "drift_window_samples")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     try:
@@ -83,7 +94,7 @@ def run_drift(args: argparse.Namespace) -> int:
             )
     except DriftError as exc:
         print(f"sluiceway: {exc}", file=sys.stderr)
-        if isinstance(exc, ReferenceMisfit):
+        if isinstance(exc, UsageError):
             return EXIT_USAGE
         return EXIT_NOTHING_TO_SCORE if isinstance(exc, NothingToScore) else EXIT_NOT_YET
     rows = score_all(series)
@@ -157,11 +168,11 @@ def version_dir(root: Path, model: str, version: str | None) -> Path:
     if version is not None:
         directory = model_dir / version
         if not directory.is_dir():
-            raise DriftError(f"{directory}: no samples of model '{model}' version {version}")
+            raise NotSampled(f"{directory}: no samples of model '{model}' version {version}")
         return directory
     versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
     if not versions:
-        raise DriftError(f"{model_dir}: no samples of model '{model}'")
+        raise NotSampled(f"{model_dir}: no samples of model '{model}'")
     return versions[-1]
 
 
@@ -191,11 +202,11 @@ def files_of_load(directory: Path, load: str) -> tuple[list[Path], str]:
         chosen = loads[-1] if loads else UNKNOWN_LOAD
     else:
         if not re.fullmatch(r"[0-9]+", load):  # int() also took "1_0", " 7", "-3"
-            raise DriftError(f"--load must be '{NEWEST}', '{ALL}' or a load's id, got '{load}'")
+            raise UsageError(f"--load must be '{NEWEST}', '{ALL}' or a load's id, got '{load}'")
         chosen = int(load)
         if chosen not in loads:
             found_ids = _ids(loads) or "none"
-            raise DriftError(f"{directory}: no samples of load {chosen}; loads found: {found_ids}")
+            raise NotSampled(f"{directory}: no samples of load {chosen}; loads found: {found_ids}")
     others = [load_id for load_id in loads if load_id != chosen]
     line = f"scoring load {chosen} ({_when(chosen)})"
     if others:
@@ -251,8 +262,13 @@ def _variable(files: list[Path]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _ids(loads: list[int]) -> str:
-    return ", ".join(f"{load_id} ({_when(load_id)})" for load_id in loads)
+def _ids(loads: list[int], most: int = MAX_LOADS_LISTED) -> str:
+    """The newest `most` of `loads` (ascending), newest last, and how many older ones are not
+    named: eviction churn had listed ~150 loads on one line."""
+    shown = loads[-most:] if most > 0 else []
+    text = ", ".join(f"{load_id} ({_when(load_id)})" for load_id in shown)
+    left = len(loads) - len(shown)
+    return f"{text} and {left} older" if left and text else text
 
 
 def _when(load_id: int) -> str:

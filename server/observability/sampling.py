@@ -7,8 +7,8 @@ float credit had sampled 99 of 1000 at 0.1, the 11th, 21st, ...). `sample_what` 
 are kept too ("inputs_and_outputs") or only the outputs ("outputs"). The request path only calls
 `ModelSampler.offer`, which appends references to the writer's bounded queue
 (sampling_writer.py) or counts a drop; the writer's thread feeds each version's drift monitor
-(drift.py) and writes the files. `SamplingRegistry.gauge_values` exports the counts and the drift
-scores for the metrics endpoint.
+(drift.py) and writes the files. `SamplingRegistry.gauge_values` exports the counts (kept across a
+version's loads, sample_counts.py) and the drift scores for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from server.models.config import DRIFT_REFERENCE, SAMPLE_RATIO, SAMPLE_WHAT, Con
 from server.models.model_files import read_model_file
 from server.observability.drift import DriftMonitor
 from server.observability.metrics_page import series_labels
+from server.observability.sample_counts import SampleCounts, SampleTotals
 from server.observability.sample_layout import stored_bytes
 from server.observability.sampling_writer import Sample, SampleWriter
 from server.settings import ServerSettings
@@ -202,12 +203,16 @@ class ModelSampler:
         writer: SampleWriter,
         monitor: DriftMonitor,
         load_ns: int = 0,
+        counts: SampleCounts | None = None,
     ) -> None:
         self.name = name
         self.version = str(version)
         # Its series' labels, the config's metric_tags with them: the version's other series
         # carry them, and the drift series had not (a join on `_team` lost them).
         self.labels = series_labels(name, self.version, policy.tags)
+        # The version's counts across its loads (sample_counts.py): a retired sampler's chunks
+        # written later still count where /metrics reads.
+        self.counts = counts if counts is not None else SampleCounts(self.labels)
         # This load's id, in each chunk it writes: a reload starts a new drift reference, and
         # `sluiceway drift` scores the newest load's files (they had shared the old load's).
         self.load_ns = load_ns
@@ -217,10 +222,7 @@ class ModelSampler:
         self._writer = writer
         self._monitor = monitor
         self._credit = 0
-        self.offered = 0  # sampled requests offered to the writer
-        self.dropped = 0  # ... refused because the writer's queue was full (event loop thread)
-        self.written = 0  # ... written to files (writer thread)
-        self.lost_samples = 0  # ... whose file could not be written: disk full, permissions (writer thread)
+        self.offered = 0  # sampled requests offered to the writer by this load
 
     @property
     def directory(self) -> Path:
@@ -230,11 +232,26 @@ class ModelSampler:
     def monitor(self) -> DriftMonitor:
         return self._monitor
 
+    @property
+    def dropped(self) -> int:
+        """The version's sampled requests refused because the writer's queue was full (event loop)."""
+        return self.counts.dropped
+
+    @property
+    def written(self) -> int:
+        """... written to files (writer thread)."""
+        return self.counts.written
+
+    @property
+    def lost_samples(self) -> int:
+        """... whose file could not be written: disk full, permissions (writer thread)."""
+        return self.counts.lost
+
     def wrote(self, samples: int) -> None:
-        self.written += samples
+        self.counts.written += samples
 
     def lost(self, samples: int) -> None:
-        self.lost_samples += samples
+        self.counts.lost += samples
 
     def offer(self, inputs: Mapping[str, AnyArray], outputs: Mapping[str, AnyArray]) -> None:
         """Called on the request path with a request's tensors: sample it or not; never blocks."""
@@ -250,7 +267,7 @@ class ModelSampler:
             nbytes += sum(stored_bytes(a) for a in kept_inputs.values())
         self.offered += 1
         if not self._writer.put(Sample(self, kept_inputs, outputs, time.time_ns(), nbytes)):
-            self.dropped += 1
+            self.counts.dropped += 1
 
 
 class SamplingRegistry:
@@ -261,6 +278,7 @@ class SamplingRegistry:
         self.root = settings.sample_dir or settings.cache_dir / "samples"
         self._writer: SampleWriter | None = None  # started with the first sampled model
         self._samplers: dict[tuple[str, str], ModelSampler] = {}
+        self._totals = SampleTotals()  # the counters on /metrics, across loads
         self._lock = threading.Lock()
 
     def sampler_for(self, name: str, version: int, policy: SamplePolicy) -> ModelSampler | None:
@@ -286,7 +304,9 @@ class SamplingRegistry:
             # or two loads within one tick must not make the older look newer).
             replaced = self._samplers.get((name, str(version)))
             load_ns = time.time_ns() if replaced is None else max(time.time_ns(), replaced.load_ns + 1)
-            sampler = ModelSampler(name, version, policy, self._writer, monitor, load_ns)
+            labels = series_labels(name, str(version), policy.tags)
+            counts = self._totals.loaded(name, str(version), labels)
+            sampler = ModelSampler(name, version, policy, self._writer, monitor, load_ns, counts)
             self._samplers[(name, sampler.version)] = sampler
         return sampler
 
@@ -297,6 +317,13 @@ class SamplingRegistry:
         with self._lock:
             if self._samplers.get((sampler.name, sampler.version)) is sampler:
                 del self._samplers[(sampler.name, sampler.version)]
+                self._totals.retired(sampler.name, sampler.version)
+
+    def forget(self, name: str) -> None:
+        """`name` left the server's index: its counters go (a later model of that name starts
+        at 0, as a name never known)."""
+        with self._lock:
+            self._totals.forget(name)
 
     def sampler(self, name: str, version: str) -> ModelSampler | None:
         with self._lock:
@@ -316,11 +343,14 @@ class SamplingRegistry:
         """(metric, labels, value) for the metrics endpoint: sample counts and drift scores."""
         with self._lock:
             samplers = list(self._samplers.values())
+            records = self._totals.records()
+        for counts in records:  # loaded versions and unloaded ones alike (sample_counts.py)
+            labels = counts.labels
+            yield "sluiceway_samples_written_total", labels, float(counts.written)
+            yield "sluiceway_samples_dropped_total", labels, float(counts.dropped)
+            yield "sluiceway_samples_lost_total", labels, float(counts.lost)
         for sampler in samplers:
             labels = sampler.labels
-            yield "sluiceway_samples_written_total", labels, float(sampler.written)
-            yield "sluiceway_samples_dropped_total", labels, float(sampler.dropped)
-            yield "sluiceway_samples_lost_total", labels, float(sampler.lost_samples)
             for row in sampler.monitor.rows():
                 series = {**labels, "kind": row.kind, "tensor": row.tensor, "feature": row.feature}
                 yield "sluiceway_drift_psi", series, row.psi

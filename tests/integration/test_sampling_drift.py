@@ -140,5 +140,5 @@ async def test_a_shifted_input_distribution_moves_drift_past_its_threshold(
 def test_the_drift_command_says_when_there_is_nothing_to_score(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["drift", "nope", "--sample-dir", str(tmp_path)]) == 1
+    assert main(["drift", "nope", "--sample-dir", str(tmp_path)]) == 2  # no such model: a usage error
     assert "no samples of model 'nope'" in capsys.readouterr().err

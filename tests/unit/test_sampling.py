@@ -174,7 +174,11 @@ def test_a_ratio_samples_every_kth_request_and_outputs_only_by_default(tmp_path:
     gauges = {(name, labels["version"]): value for name, labels, value in registry.gauge_values()}
     assert gauges[("sluiceway_samples_written_total", "2")] == 3
     assert gauges[("sluiceway_samples_dropped_total", "2")] == 0
-    registry.retire(sampler)
+    registry.retire(sampler)  # its counters stay (a reload continues them), its drift series go
+    assert {name for name, _, _ in registry.gauge_values()} == {
+        "sluiceway_samples_written_total", "sluiceway_samples_dropped_total", "sluiceway_samples_lost_total"
+    }  # fmt: skip
+    registry.forget("m")  # the model left the index
     assert list(registry.gauge_values()) == []
     registry.close(30)
 

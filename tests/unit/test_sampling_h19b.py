@@ -225,9 +225,13 @@ def test_a_bad_drift_load_is_a_usage_error(
         main(["drift", "b", "--sample-dir", str(tmp_path), "--load", load])
     assert exited.value.code == 2
     assert "--load: must be 'newest', 'all' or a load's id" in capsys.readouterr().err
-    # The words and an id are taken: here there are no samples, which exits 1.
-    for good in ("newest", "all", "12"):
+    # The words and an id are taken: here a version folder without samples yet, which exits 1;
+    # an id no file names exits 2 saying so (not the flag's spelling).
+    (tmp_path / "b" / "1").mkdir(parents=True)
+    for good in ("newest", "all"):
         assert main(["drift", "b", "--sample-dir", str(tmp_path), "--load", good]) == 1
+    assert main(["drift", "b", "--sample-dir", str(tmp_path), "--load", "12"]) == 2
+    assert "no samples of load 12" in capsys.readouterr().err
 
 
 def test_samples_in_an_open_chunk_count_against_the_queue_bytes_until_written(tmp_path: Path) -> None:
