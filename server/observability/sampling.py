@@ -13,6 +13,7 @@ version's loads, sample_counts.py) and the drift scores for the metrics endpoint
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -308,6 +309,10 @@ class SamplingRegistry:
             counts = self._totals.loaded(name, str(version), labels)
             sampler = ModelSampler(name, version, policy, self._writer, monitor, load_ns, counts)
             self._samplers[(name, sampler.version)] = sampler
+        # Its folder now, not at its first chunk: `sluiceway drift` tells a version not yet
+        # sampled (exit 1, wait) from a name that is not sampled at all (exit 2).
+        with contextlib.suppress(OSError):  # the writer says why when it cannot write there
+            (self.root / name / sampler.version).mkdir(parents=True, exist_ok=True)
         return sampler
 
     def retire(self, sampler: ModelSampler | None) -> None:

@@ -12,6 +12,8 @@ import pytest
 from server.cli import main
 from server.observability.drift_cli import files_of_load
 from server.observability.sample_layout import LOAD_KEY
+from server.observability.sampling import SamplePolicy, SamplingRegistry
+from server.settings import ServerSettings
 
 
 def chunk(directory: Path, i: int, load_ns: int) -> None:
@@ -50,3 +52,17 @@ def test_the_other_loads_line_names_the_newest_few(tmp_path: Path) -> None:
     named = [load_ns for load_ns in loads if str(load_ns) in line]
     assert 2 <= len(named) <= 10 and named == loads[-len(named) :], named  # the one scored, the newest others
     assert f"and {150 - len(named)} older" in line and len(line) < 800
+
+
+def test_a_version_loaded_but_not_yet_sampled_exits_1_not_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its folder had been made at its first chunk: until then drift said "no samples of model"
+    # and exit 2, failing a gate that waits on 1 right after each deploy.
+    registry = SamplingRegistry(ServerSettings(cache_dir=tmp_path, sample_dir=tmp_path / "samples"))
+    try:
+        assert registry.sampler_for("fresh", 1, SamplePolicy(ratio=0.01)) is not None
+        assert main(["drift", "fresh", "--sample-dir", str(tmp_path / "samples")]) == 1
+        assert "not enough sampled rows yet" in capsys.readouterr().err
+    finally:
+        registry.close(5)
