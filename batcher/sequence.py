@@ -23,8 +23,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import numpy as np
-
 from batcher.admission import Admission
 from batcher.budget import input_bytes
 from batcher.errors import BatcherStopped, NotAccepting
@@ -40,6 +38,7 @@ from batcher.sequence_types import (
     Timer,
     UnknownSequence,
     check_one_row,
+    control_flags,
     corrid_input,
     not_live,
     retired,
@@ -54,6 +53,7 @@ Undo = tuple[dict[str, Array], int, object | None] | None
 # How many released sequence ids are remembered, to say why a late request finds none.
 REMEMBER_RELEASED = 1024
 REFUSED = "its sequence_start request did not run (it was refused: "  # for the sequence limits
+_NOT_RUN, _RAN = " did not run (it failed, expired or was cancelled)", "'s answer could not be delivered"
 
 
 class Runner(Protocol):
@@ -98,6 +98,7 @@ class SequenceBatcher:
         self._turns: dict[SequenceId, Turn] = {}  # ids with requests running or waiting
         self._released: OrderedDict[SequenceId, str] = OrderedDict()
         self._state_bytes = 0
+        self._growing = 0  # growth of states run but not yet kept (their answers being written)
         self._closed = False  # the model version stopped: no sequence opens any more
         self._why = RETIRED  # why, said to the continuations of its sequences (close)
         self._drained = asyncio.Event()  # set once closed and the sequences it kept have gone
@@ -106,13 +107,7 @@ class SequenceBatcher:
         self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
         # One row's control tensor shape: (1, 1), or (1,) for a model without a batch dimension.
         self._control_shape = (1, 1) if spec.batched else (1,)
-        # The constant control tensors, made once: flags' false and true values.
-        shape = self._control_shape
-        self._flags = {
-            c.name: (np.full(shape, c.false_value, c.dtype), np.full(shape, c.true_value, c.dtype))
-            for c in spec.controls
-            if c.kind is not ControlKind.CORRID
-        }
+        self._flags = control_flags(spec.controls, self._control_shape)  # made once
 
     @property
     def live(self) -> int:
@@ -180,6 +175,7 @@ class SequenceBatcher:
                         self._set_state(seq, self._initial, self._spec.initial_bytes)
                 if start:
                     seq.owner = owner
+                kept = None
                 try:
                     outputs = await self._runner.enqueue(self._feed(seq, inputs, start, end), a, trace)
                     kept = self._next_state(seq, outputs)
@@ -187,13 +183,16 @@ class SequenceBatcher:
                     if answer is not None:
                         await answer(result)
                 except BaseException as exc:
+                    self._growing -= 0 if kept is None else kept[2]
                     if start:
-                        self._undo_start(seq, undo)
+                        self._undo_start(seq, undo, ran=kept is not None)
                     elif self._closed and isinstance(exc, BatcherStopped):  # the drain ended first
                         raise retired(self._model, sid, turn.retired or self._why) from None
                     raise
-                if kept is not None and not seq.released:  # released while it answered: nothing to keep
-                    self._set_state(seq, *kept)
+                if kept is not None:
+                    self._growing -= kept[2]
+                    if not seq.released:  # released while it answered: nothing to keep
+                        self._set_state(seq, kept[0], kept[1])
                 if end:
                     self._release(seq, "it ended (its sequence_end request was answered)")
                 return result
@@ -216,13 +215,13 @@ class SequenceBatcher:
             seq.last_used = self._clock()
             self._arm(seq, self._spec.idle_s)
 
-    def _undo_start(self, seq: LiveSequence, undo: Undo) -> None:
+    def _undo_start(self, seq: LiveSequence, undo: Undo, ran: bool = False) -> None:
         """A start that did not run (failed, expired, refused, cancelled) changes nothing: a new
         sequence is not opened, a restarted one keeps its state and owner (it had lost its state)."""
         if seq.released:
             return
-        if undo is None:
-            self._release(seq, "its sequence_start request did not run (it failed, expired or was cancelled)")
+        if undo is None:  # `ran`: it ran, but its answer could not be written (its state was not kept)
+            self._release(seq, f"its sequence_start request{_RAN if ran else _NOT_RUN}")
             return
         state, nbytes, owner = undo
         self._set_state(seq, state, nbytes)
@@ -230,9 +229,8 @@ class SequenceBatcher:
 
     def release(self, sid: SequenceId, why: str, owner: object | None = None) -> bool:
         """Release a live sequence now (its requests still waiting fail); False if none was live,
-        or `owner` (when given) did not send its latest start: a stream that only continued a
-        sequence, or whose request was refused, or that another stream's start took over from, does
-        not end it."""
+        or `owner` (when given) did not send its latest start (a stream that only continued it,
+        or was refused, or was taken over from, does not end it)."""
         seq = self._live.get(sid)
         if seq is None or (owner is not None and seq.owner is not owner):
             return False
@@ -240,12 +238,10 @@ class SequenceBatcher:
         return True
 
     def close(self, why: str = RETIRED) -> None:
-        """The version is retired: its sequences end, telling continuations `why` (an eviction says
-        so); one with requests queued (waiting or running) once they have run (`drain`): they had
-        been refused "must specify the START flag". For the routing and `released()` all are gone
-        now. A start after this is refused NotAccepting (to the version serving now): one run here
-        opened a sequence nobody recorded as released, answered OK, its continuation told "never
-        started", and its idle timer kept this batcher alive. Idempotent."""
+        """The version is retired: its sequences end, telling continuations `why`; one with requests
+        queued once they have run (`drain`; they had been refused "must specify the START flag").
+        For the routing and `released()` all are gone now. A later start is refused NotAccepting (one
+        run here had opened a sequence nobody recorded, keeping this batcher alive). Idempotent."""
         if self._closed:
             return
         self._closed, self._why = True, why
@@ -301,7 +297,7 @@ class SequenceBatcher:
                 "for idle ones to be released"
             )
         needed = self._spec.initial_bytes
-        if self._state_bytes + needed > limits.max_state_bytes:
+        if self._state_bytes + self._growing + needed > limits.max_state_bytes:
             self._remember(sid, f"{REFUSED}max_sequence_state_bytes={limits.max_state_bytes} was held)")
             raise SequenceLimitReached(
                 f"model '{self._model}': a new sequence's {needed} state bytes would pass "
@@ -331,18 +327,22 @@ class SequenceBatcher:
                 feed[control.name] = self._flags[control.name][on]
         return feed
 
-    def _next_state(self, seq: LiveSequence, outputs: Tensors) -> tuple[dict[str, Array], int] | None:
-        """The state outputs as the sequence's next state and its bytes, kept once answered."""
+    def _next_state(self, seq: LiveSequence, outputs: Tensors) -> tuple[dict[str, Array], int, int] | None:
+        """The state outputs as the sequence's next state, its bytes and its growth (counted in
+        `_growing` until kept or dropped), kept once answered."""
         if seq.released:  # released while it ran (its stream ended): nothing to keep
             return None
         state, nbytes = taken_state(self._spec.states, outputs)
-        if self._state_bytes - seq.nbytes + nbytes > self._limits.max_state_bytes:
+        # Counting the growth of others still answering: it had passed the limit once kept (32 of 24).
+        if self._state_bytes + self._growing - seq.nbytes + nbytes > self._limits.max_state_bytes:
             self._release(seq, "its state outgrew max_sequence_state_bytes")
             raise SequenceLimitReached(
                 f"model '{self._model}': sequence {sid_text(seq.sid)}'s state grew to {nbytes} bytes, past "
                 f"max_sequence_state_bytes={self._limits.max_state_bytes}; the sequence was released"
             )
-        return state, nbytes
+        grown = max(0, nbytes - seq.nbytes)
+        self._growing += grown
+        return state, nbytes, grown
 
     def _set_state(self, seq: LiveSequence, state: dict[str, Array], nbytes: int) -> None:
         self._state_bytes += nbytes - seq.nbytes

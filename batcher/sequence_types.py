@@ -8,7 +8,7 @@ batcher/sequence.py. Tensors are batch-first here: one sequence is one row.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -195,3 +195,12 @@ class SequenceLimitReached(BatcherError):
     """Starting or growing a sequence would pass max_sequences or max_sequence_state_bytes."""
 
     default_message = "too many live sequences"
+
+
+def control_flags(controls: Sequence[ControlSpec], shape: tuple[int, ...]) -> dict[str, tuple[Array, Array]]:
+    """The constant control tensors of one row, each flag's false and true values (CORRID aside)."""
+    return {
+        c.name: (np.full(shape, c.false_value, c.dtype), np.full(shape, c.true_value, c.dtype))
+        for c in controls
+        if c.kind is not ControlKind.CORRID
+    }

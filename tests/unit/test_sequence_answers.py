@@ -4,6 +4,9 @@ messages (batcher/sequence.py, batcher/sequence_types.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import numpy as np
 import pytest
 
 from batcher.sequence import REMEMBER_RELEASED
@@ -104,3 +107,45 @@ def test_messages_quote_a_string_sequence_id(sid: int | str, named: str) -> None
     assert named in str(not_live("m", sid, "why"))
     with pytest.raises(Exception, match=named.replace("'", ".").rstrip() + ":"):
         check_one_row("m", sid, 2)
+
+
+class Growing:
+    """A runner whose state output grows to 2 * x floats (8 bytes a float pair: x(2) is 16 bytes)."""
+
+    async def enqueue(self, inputs: Tensors, a: object, trace: object = None) -> Tensors:
+        out = np.zeros((1, 2 * int(inputs["x"][0, 0])), np.float32)
+        return {"out": out[:, :2], "acc_out": out}
+
+
+async def test_state_growth_waiting_for_its_answer_counts_against_the_limit() -> None:
+    """Checked before the answer, kept after it: another sequence passed its check against the old
+    total meanwhile, and both kept theirs (32 bytes held under a 24-byte limit; a reviewer)."""
+    sb, _, _, _ = make(max_sequences=4, max_bytes=24)
+    sb._runner = Growing()
+    await sb.infer(1, x(1), adm(), start=True)
+    await sb.infer(2, x(1), adm(), start=True)
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    async def slow(outputs: Tensors) -> None:
+        entered.set()
+        await gate.wait()
+
+    first = asyncio.create_task(sb.infer(1, x(2), adm(), answer=slow))
+    await entered.wait()  # its 16 bytes checked, its answer being written
+    with pytest.raises(SequenceLimitReached, match="max_sequence_state_bytes=24"):
+        await sb.infer(2, x(2), adm())
+    gate.set()
+    await first
+    assert sb.state_bytes <= 24
+
+
+async def test_a_start_that_ran_but_could_not_answer_says_so_to_its_continuation() -> None:
+    sb, _, _, _ = make()
+
+    async def fail(outputs: Tensors) -> None:
+        raise Undeliverable()
+
+    with pytest.raises(Undeliverable):
+        await sb.infer(4, x(1), adm(), start=True, answer=fail)
+    with pytest.raises(UnknownSequence, match="its sequence_start request's answer could not be delivered"):
+        await sb.infer(4, x(1), adm())  # it had been told the start "did not run"
