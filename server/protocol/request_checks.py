@@ -9,9 +9,10 @@ byte sizes), names, each input in the model's order (datatype, text, shape, resh
 outputs' shared-memory room, request parameters, sequence parameters, and last the inputs in shared
 memory read (a region whose object shrank, a BYTES input's framing and text): everything before
 judges them by their declared datatype, shape and byte size, so nothing is read for a request
-refused. What follows (admission,
-classification, a sequence's single row) is InferJob.prepare's and the batcher's; declared.py
-judges the parts of it that need no loaded model, in the same order.
+these checks refuse. What follows (admission, classification, a sequence's single row) is
+InferJob.prepare's and the batcher's, after the read (a request refused there has been read, at
+most max_batch_size rows; the queued-bytes budgets likewise); declared.py judges the parts of it
+that need no loaded model, in the same order.
 """
 
 from __future__ import annotations
