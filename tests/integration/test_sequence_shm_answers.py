@@ -23,6 +23,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support import sequence_models as sm
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.shm_stub import unregistering_stub
 
 SHM = Path("/dev/shm")
 OUT_BYTES = 16  # out: f32[1, 4]
@@ -53,10 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    with unregistering_stub(server.address) as stub:
         yield stub
-        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=30)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import wire
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
+from tests.support.shm_stub import unregistering_stub
 
 SHM = Path("/dev/shm")
 MAX_REGIONS = 6
@@ -97,10 +98,8 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture
 def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    with unregistering_stub(server.address) as stub:
         yield stub
-        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=30)
 
 
 @pytest.fixture

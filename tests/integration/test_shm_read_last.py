@@ -20,6 +20,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server import triton_text
 from tests.support.server_process import ServerProcess
+from tests.support.shm_stub import unregistering_stub
 
 SHM = Path("/dev/shm")
 GIB = 1 << 30
@@ -36,10 +37,8 @@ def server(demo_repo: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    with unregistering_stub(server.address) as stub:
         yield stub
-        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=30)
 
 
 @pytest.fixture
