@@ -2,9 +2,10 @@
 
     python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE]
 
-For each provider (CUDA; TensorRT FP16) it writes a copy of the demo repository whose configs ask
-for it (KIND_GPU group on GPU 0, max_batch_size set to the largest raw batch, and for TensorRT
-the accelerator with an engine cache and one optimisation profile from 1 row to that batch), then
+For each provider (CUDA; TensorRT FP16; the CPU, for the GPU's gain on the same machine) it writes
+a copy of the demo repository whose configs ask for it (KIND_GPU group on GPU 0, or KIND_CPU,
+max_batch_size set to the largest raw batch, and for TensorRT the accelerator with an engine cache
+and one optimisation profile from 1 row to that batch), then
   - raw: InferenceSession.run on host arrays (copies in and out included) at each batch size;
   - served: `sluiceway serve` on that copy (127.0.0.1, a free port), driven by sluiceway-loadtest's
     closed loop at each level in flight (one row a request), with the server's average batch
@@ -42,6 +43,7 @@ MAX_RUNS = 200_000  # per raw point, whatever the time box says
 SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cache does not fit
 # Kept tail lines with these are shown; lines with COUNTED are counted even beyond the tail.
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
+PADDED = "padded batches"  # a CUDA instance's load line (server/backends/batch_padding.py)
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
 TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links
 
@@ -90,7 +92,10 @@ def write_copy(demo: Path, target: Path, provider: Provider, plan: Plan, trt_cac
         config = load_config(demo / model / "config.pbtxt")
         config.max_batch_size = plan.max_rows  # the server's largest batch is raw's largest
         del config.instance_group[:]
-        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances, gpus=[0])
+        if provider.key == "cpu":
+            config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=plan.instances)
+        else:
+            config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances, gpus=[0])
         if provider.key == "tensorrt":
             accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
             accel.parameters.update(tensorrt_parameters(config, plan.max_rows, trt_cache))
@@ -115,6 +120,8 @@ def add_warmup(config: mc.ModelConfig, max_rows: int) -> None:
 
 def raw_providers(provider: Provider, config: mc.ModelConfig, plan: Plan, cache: Path) -> list[Any]:
     cuda = ("CUDAExecutionProvider", {"device_id": "0"})
+    if provider.key == "cpu":
+        return [("CPUExecutionProvider", {})]
     if provider.key == "cuda":
         return [cuda, ("CPUExecutionProvider", {})]
     params = tensorrt_parameters(config, plan.max_rows, cache)
@@ -268,6 +275,7 @@ def check_provider(
         report.rows.extend(skipped(label, plan, "skipped: time budget spent", raw=False))
         return
     server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy)], watch=COUNTED)
+    began = time.monotonic()
     try:
         server.start(timeout_s=start_s)
     except RuntimeError as err:
@@ -276,8 +284,11 @@ def check_provider(
         report.rows.extend(skipped(label, plan, "server did not start", raw=False))
         return
     try:
+        report.log.append(f"[{label}] server ready in {time.monotonic() - began:.1f} s (loads and warm-ups)")
         warnings = [line.rstrip() for line in server.tail if any(w in line for w in FALLBACK_WORDS)]
         report.log.extend(f"[{label}] {line}" for line in warnings[:20])
+        padded = [line.rstrip() for line in server.tail if PADDED in line]
+        report.log.extend(f"[{label}] {line}" for line in padded[: len(MODELS)])
         counts = ", ".join(f"{server.seen[text]} '{text}'" for text in COUNTED)
         report.log.append(f"[{label}] server output lines until ready: {counts}")
         report.rows.extend(served_rows(server.address, provider, plan, budget, warnings))
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", default=os.environ.get("GPU_CHECK_DRY") == "1")
     parser.add_argument("--budget-s", type=float, default=330.0, help="bound of the whole measurement")
     parser.add_argument("--instances", type=int, default=1, help="KIND_GPU instances on GPU 0")
-    parser.add_argument("--providers", default="cuda,tensorrt", help="cuda,tensorrt or one of them")
+    parser.add_argument("--providers", default="cuda,tensorrt,cpu", help="some of cuda,tensorrt,cpu")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="demo models' cache")
     parser.add_argument(
         "--work-dir", type=Path, help="repository copies, engine cache (default: .cache/gpu_check, not $OUT)"
@@ -303,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [p for p in PROVIDERS if p.key in args.providers.split(",")]
     if not chosen or args.instances < 1 or args.budget_s <= 0:
         parser.error(
-            "--providers must name cuda and/or tensorrt; --instances and --budget-s must be positive"
+            "--providers must name cuda, tensorrt or cpu; --instances and --budget-s must be positive"
         )
     import onnxruntime as ort
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Provider:
-    key: str  # "cuda" or "tensorrt"
+    key: str  # "cuda", "tensorrt" or "cpu"
     label: str
 
 
-PROVIDERS = (Provider("cuda", "CUDA"), Provider("tensorrt", "TensorRT FP16"))
+# CPU last: the same models served on this machine's CPU, for the GPU's gain, cut first if time is short.
+PROVIDERS = (Provider("cuda", "CUDA"), Provider("tensorrt", "TensorRT FP16"), Provider("cpu", "CPU"))
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
     )
     items.append(
         f"repository copy: the demo models, max_batch_size {plan.max_rows}, one KIND_GPU group of "
-        f"{plan.instances} on GPU 0, model_warmup of 1 and {plan.max_rows} rows (twice each); "
+        f"{plan.instances} on GPU 0 (CPU rows: KIND_CPU), model_warmup of 1 and {plan.max_rows} rows "
+        f"(twice each); "
         f"TensorRT: FP16, engine cache, one profile 1..{plan.max_rows} rows"
     )
     items.append(

@@ -13,7 +13,9 @@
 # the libraries are already there); GPU_CHECK_SYSTEM_SITE=1 (the venv sees the packages of
 # GPU_CHECK_PYTHON's environment, e.g. an image's CUDA wheels; default extras then gpu,gpucheck);
 # GPU_CHECK_WHEELHOUSE=DIR (install offline from the wheels in DIR, or from the folders
-# scripts/wheelhouse.py laid out there, for a machine without the index).
+# scripts/wheelhouse.py laid out there, for a machine without the index); GPU_CHECK_INSTALL_ONLY=1
+# (stop once the venv is installed, for scripts/gpu_diag.py); GPU_CHECK_PROVIDERS (cuda,tensorrt,cpu:
+# what is measured; cpu serves the same models on the CPU, for the GPU's gain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit_s=${GPU_CHECK_LIMIT_S:-450}
@@ -22,7 +24,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -121,6 +123,10 @@ EOF
   export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   providers=$("$py" -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' 2>>"$log" || true)
   step "onnxruntime: $providers"
+  if [ "${GPU_CHECK_INSTALL_ONLY:-0}" = 1 ]; then
+    step "installed only (GPU_CHECK_INSTALL_ONLY=1): $py"
+    exit 0
+  fi
 fi
 
 # Only the files that hold gpu tests: collecting the rest would import the test extra's tools.
@@ -130,7 +136,7 @@ tests="$logs/gpu_tests.log"
 set +e
 tests_s=$((limit_s - SECONDS - 240))
 tests_s=$((tests_s < 120 ? (tests_s < 30 ? 30 : tests_s) : 120))
-timeout "$tests_s" "$py" -m pytest -q -m gpu "${gpu_files[@]}" -p no:randomly >"$tests" 2>&1
+timeout "$tests_s" "$py" -m pytest -q -rs -m gpu "${gpu_files[@]}" -p no:randomly >"$tests" 2>&1
 rc=$?
 set -e
 case $rc in
@@ -147,7 +153,7 @@ if [ "$budget" -lt 30 ]; then
   exit 1
 fi
 step "measure (budget ${budget} s)"
-flags=(--budget-s "$budget" --tests-summary "$tests")
+flags=(--budget-s "$budget" --tests-summary "$tests" --providers "${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}")
 [ "$dry" = 1 ] && flags+=(--dry)
 timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
 step "done"

@@ -1,13 +1,14 @@
 """Wheels for a machine that has no package index, in folders that each fit one transfer.
 
-    python scripts/wheelhouse.py fetch DEST [--python 3.12] [--part-mib 58] [--skip NAME ...]
+    python scripts/wheelhouse.py fetch DEST [--python 3.12] [--part-mib 50] [--skip NAME ...]
     python3 scripts/wheelhouse.py join DEST OUT      # there: the parts back into checked wheels
 
 `fetch` (where pip reaches an index) downloads the binary wheels that
 `pip install -e .[gpu,gpucheck]` needs (the GPU runtime, the GPU tests, the load-test harness) on a
 manylinux x86-64 CPython of the given version, leaves out the projects named by --skip (ones the
 machine already has), cuts every wheel larger than a part into numbered parts, and packs parts and
-wheels into folders DEST/1, DEST/2, ... of at most --part-mib each. Each folder holds a manifest
+wheels into folders DEST/1, DEST/2, ... of at most --part-mib each (50: each travels with the
+working tree, 7 MB, under the device tool's 64 MiB a call; 58 went over it). Each folder holds a manifest
 (every wheel's size, SHA-256 and where its parts are), so the folders can travel one at a time, in
 any order. `join` needs only the standard library: it checks that every folder has arrived, joins
 the parts, checks each wheel's size and digest, and writes the wheels to OUT for
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     get = verbs.add_parser("fetch", help="download and lay out the wheels (needs an index)")
     get.add_argument("dest", type=Path)
     get.add_argument("--python", default="3.12", help="target CPython version (default 3.12)")
-    get.add_argument("--part-mib", type=int, default=58, help="largest folder, MiB (default 58)")
+    get.add_argument("--part-mib", type=int, default=50, help="largest folder, MiB (default 50)")
     get.add_argument("--skip", nargs="*", default=[], help="projects the target already has")
     put = verbs.add_parser("join", help="the wheels back into OUT, checked (standard library only)")
     put.add_argument("dest", type=Path)

@@ -31,6 +31,7 @@ import onnxruntime as ort
 from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
+from server.backends.batch_padding import PaddedRunner, Padding
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
 from server.backends.pinned import PinnedStaging
@@ -258,6 +259,7 @@ class InstanceIo:
     mode: Mode
     runner: Runner | None
     staging: PinnedStaging | None = None
+    padded: bool = False  # batches padded to a steady size (batch_padding.py)
 
 
 def instance_io(
@@ -265,9 +267,11 @@ def instance_io(
     inputs: Sequence[OnnxTensor],
     outputs: Sequence[OnnxTensor],
     requested: bool | None,
+    padding: Padding | None = None,
 ) -> InstanceIo:
     """The IO of a new session, from what it actually runs on (`requested`: the model's
-    `io_binding` parameter, None when unset); ValueError when its CUDA graphs cannot be served."""
+    `io_binding` parameter, None when unset); ValueError when its CUDA graphs cannot be served.
+    `padding`: on the CUDA provider, batches padded to a steady size (batch_padding.py)."""
     providers, options = session.get_providers(), session.get_provider_options()
     device = session_device(providers, options)
     types = [t.type for t in (*inputs, *outputs)]
@@ -285,7 +289,11 @@ def instance_io(
         return InstanceIo(device, mode, FixedRunner(session, inputs, outputs, device))
     staging = _staging() if device.kind == "cuda" else None
     bf16 = frozenset(t.name for t in outputs if t.type == "tensor(bfloat16)")
-    runner = BoundRunner(session, [t.name for t in outputs], device, bf16_outputs=bf16, staging=staging)
+    runner: Runner = BoundRunner(
+        session, [t.name for t in outputs], device, bf16_outputs=bf16, staging=staging
+    )
+    if padding is not None and providers[0] == "CUDAExecutionProvider":
+        return InstanceIo(device, mode, PaddedRunner(runner, padding), staging, padded=True)
     return InstanceIo(device, mode, runner, staging)
 
 

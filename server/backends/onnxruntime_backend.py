@@ -22,6 +22,7 @@ import onnxruntime as ort
 from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
+from server.backends.batch_padding import Padding
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
@@ -76,11 +77,11 @@ class OrtOptions:
     session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
     run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
     io_binding: bool | None = None  # the `io_binding` parameter; None: on for CUDA/TensorRT (io_binding.py)
-    # Integer Div/Mod guarded against divisors idiv traps on (int_division_guard.py); None or True:
-    # guarded (every onnxruntime traps on MIN / -1), False: never (tests compare with the plain model).
+    # Integer Div/Mod guarded (int_division_guard.py): None/True guarded, False never (tests compare).
     int_division_guard: bool | None = None
     # Dynamic INT8 quantization made per row at load (row_quantization.py): set where requests batch.
     row_quantization: bool = False
+    padding: Padding | None = None  # CUDA instances pad batches to a steady size (batch_padding.py)
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in _GRAPH_LEVELS:
@@ -182,7 +183,7 @@ class OrtBackend:
             raise BackendLoadError(string_inputs_refusal(self._name, list(self._string_inputs)))
         try:  # batches through IO binding on a GPU (or when asked), else session.run
             self._io: InstanceIo = instance_io(
-                session, self._inputs, [*self._outputs, *flags], options.io_binding
+                session, self._inputs, [*self._outputs, *flags], options.io_binding, options.padding
             )
         except ValueError as err:
             executor.shutdown(wait=False)

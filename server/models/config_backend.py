@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protos import model_config_pb2 as mc
+from server.backends.batch_padding import Padding
 from server.models.config_errors import ConfigError
 from server.whole_numbers import whole_number
 
@@ -54,6 +55,13 @@ def _is_thread_count(value: str) -> bool:
     return whole_number(value, MAX_THREADS) is not None
 
 
+MAX_SHRINK_AFTER = 1_000_000
+
+
+def _is_shrink_count(value: str) -> bool:
+    return (whole_number(value, MAX_SHRINK_AFTER) or 0) >= 1
+
+
 def _one_of(*allowed: str) -> Callable[[str], bool]:
     return lambda value: value.strip() in allowed
 
@@ -84,6 +92,9 @@ ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
     # Sluiceway's: dynamic INT8 quantized per row (server/backends/row_quantization.py) or, as the
     # model has it, per batch; unset: per row where requests are batched together.
     "dynamic_quantization": (_one_of("per_row", "per_batch"), "per_row or per_batch"),
+    # Sluiceway's: CUDA instances pad batches to a steady size (server/backends/batch_padding.py).
+    "gpu_batch_padding": (_is_bool, "a boolean (1/0, true/false)"),
+    "gpu_batch_padding_shrink_after": (_is_shrink_count, f"a count of batches from 1 to {MAX_SHRINK_AFTER}"),
 }
 CUDA_PARAMETERS = (
     "cudnn_conv_algo_search",
@@ -91,6 +102,20 @@ CUDA_PARAMETERS = (
     "arena_extend_strategy",
     "do_copy_in_default_stream",
 )
+
+
+def paddable(config: mc.ModelConfig) -> bool:
+    """Whether a batch's rows may be padded (batch_padding.py): dynamic batching, no sequences (rows
+    carry state), no ragged inputs or batch inputs/outputs (the first dimension is not rows there)."""
+    plain_rows = not (
+        config.batch_input or config.batch_output or any(i.allow_ragged_batch for i in config.input)
+    )
+    return (
+        config.max_batch_size > 1
+        and config.HasField("dynamic_batching")
+        and plain_rows
+        and not (config.HasField("sequence_batching"))
+    )
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,9 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
         options["row_quantization"] = True
     if "execution_mode" in values:
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
+    if parse_bool(values.get("gpu_batch_padding", "true")) and paddable(config):
+        after = int(values.get("gpu_batch_padding_shrink_after", "1"))
+        options["padding"] = Padding(config.max_batch_size, after)
     attrs = tuple(
         (attr, bool(parse_bool(values[key])))
         for key, attr in (

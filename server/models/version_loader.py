@@ -38,6 +38,7 @@ from server.models.ensemble import EnsembleScheduler, Resolve
 from server.models.ensemble_admission import admission_batcher
 from server.models.ensemble_config import EnsemblePlan, Step, plan_ensemble
 from server.models.first_run import first_run, first_run_limit
+from server.models.gpu_load import inline_limit_s
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
@@ -135,7 +136,7 @@ async def load_version(
         backends,
         policy,
         stats,
-        inline_max_s=settings.inline_run_max_us / 1e6,
+        inline_max_s=inline_limit_s(devices, settings.inline_run_max_us),  # never on a GPU
         run_timeout_s=run_timeout_s,
         replace=factory.replacer(backends),
         name=f"model {source.name} version {number}",

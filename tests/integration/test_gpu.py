@@ -25,6 +25,9 @@ from tests.support.server_process import ServerProcess
 
 pytestmark = pytest.mark.gpu
 BOUND_S = 120.0
+# onnxruntime's CUDA provider multiplies float32 in TF32 (use_tf32, on by default) on Ampere and
+# later: 10 bits of mantissa. On the H200 one of 16 MLP scores differed from the CPU's by 1.7e-3.
+TF32 = {"rtol": 1e-2, "atol": 1e-2}
 GPU_BATCHING = """
 max_batch_size: 16
 dynamic_batching {{ }}
@@ -96,8 +99,7 @@ def test_a_cuda_instance_stages_in_pinned_memory_and_answers_as_the_cpu() -> Non
     np.testing.assert_allclose(
         gpu.run_blocking({"features": x})["scores"],
         cpu.run_blocking({"features": x})["scores"],
-        rtol=1e-3,
-        atol=1e-3,
+        **TF32,
     )
     assert gpu.io.staging.pinned_bytes > 0  # the batch went through a pinned buffer
     gpu.close()
@@ -108,13 +110,14 @@ def test_gpu_instances_batch_through_io_binding(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     log = "".join(server.lines)
-    assert "mlp_gpu version 1: instances mlp_gpu_0 x1 (cuda:0, IO binding)" in log
+    # Padded to a steady size on the CUDA provider (server/backends/batch_padding.py): 3 rows run as 4.
+    assert "mlp_gpu version 1: instances mlp_gpu_0 x1 (cuda:0, IO binding, padded batches)" in log
     rng = np.random.default_rng(1)
     requests = [{"features": rng.standard_normal((rows, 64)).astype(np.float32)} for rows in (1, 3, 4)]
     with ThreadPoolExecutor(3) as pool:
         gpu = list(pool.map(lambda x: infer(stub, "mlp_gpu", x), requests))
     for x, got in zip(requests, gpu, strict=True):
-        np.testing.assert_allclose(got["scores"], infer(stub, "mlp_cpu", x)["scores"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got["scores"], infer(stub, "mlp_cpu", x)["scores"], **TF32)
 
 
 def test_cuda_graphs_replay_a_fixed_shape_model(
@@ -184,7 +187,7 @@ def test_cuda_shared_memory_carries_inputs_and_outputs(server: ServerProcess) ->
         reference = client.infer(
             "mlp_cpu", [grpcclient.InferInput("features", [4, 64], "FP32").set_data_from_numpy(x)]
         )
-        np.testing.assert_allclose(got, reference.as_numpy("scores"), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got, reference.as_numpy("scores"), **TF32)
     finally:
         client.unregister_cuda_shared_memory()
         cudashm.destroy_shared_memory_region(inp)

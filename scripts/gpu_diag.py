@@ -1,0 +1,139 @@
+"""Served resnet_u8 on one GPU, its batches padded to a steady size as the default does (u8pad),
+padded with `gpu_batch_padding_shrink_after: 32` (u8sticky), and not padded (u8flat), at 16 and 64
+in flight in one server; with --py-spy, py-spy's samples of the server's threads during each
+16-in-flight window.
+
+    python scripts/gpu_diag.py OUT [--py-spy PATH]
+
+Writes OUT/diag_server.log (and OUT/spy_*.txt: py-spy raw, one stack and its sample count a line)
+and prints the load lines (and each profile's heaviest leaves). Found with it on an H200: the
+instance thread inside the run 94% of the time, batches through IO binding or session.run alike
+(server/backends/batch_padding.py says why). Bounded (about 90 s); binds only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from protos import model_config_pb2 as mc
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS: dict[str, dict[str, str]] = {
+    "u8pad": {},
+    "u8sticky": {"gpu_batch_padding_shrink_after": "32"},
+    "u8flat": {"gpu_batch_padding": "false"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_repo(demo: Path, root: Path) -> None:
+    for name, params in VARIANTS.items():
+        (root / name / "1").mkdir(parents=True)
+        os.symlink(demo / "resnet_u8" / "1" / "model.onnx", root / name / "1" / "model.onnx")
+        config = text_format.Parse((demo / "resnet_u8" / "config.pbtxt").read_text(), mc.ModelConfig())
+        config.name, config.max_batch_size = name, 64
+        del config.instance_group[:]
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1, gpus=[0])
+        for key, value in params.items():
+            config.parameters[key].string_value = value
+        (root / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def leaves(path: Path, top: int = 8) -> list[str]:
+    """The heaviest (thread, innermost three frames) of a py-spy raw profile."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        key = frames[0] + " | " + " < ".join(reversed(frames[-3:]))
+        counts[key] += int(n)
+        total += int(n)
+    return [f"{n:6d} {100 * n / max(total, 1):5.1f}%  {key[:400]}" for key, n in counts.most_common(top)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--py-spy", help="py-spy's path: profile the 16-in-flight windows")
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    demo = Path(
+        subprocess.run(
+            [py, "-m", "server", "build-demo"], capture_output=True, text=True, timeout=300, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    ).resolve()
+    root = Path("/tmp/gpu_diag_repo")
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    write_repo(demo, root)
+    port = free_port()
+    log = (out / "diag_server.log").open("w")
+    server = subprocess.Popen(
+        [py, "-m", "server", "serve", "--model-repository", str(root), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )  # fmt: skip
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert server.stdout is not None
+        for line in server.stdout:
+            log.write(line)
+            log.flush()
+            if "ready on" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    began = time.monotonic()
+    if not ready.wait(180):
+        print("server not ready in 180 s")
+        server.kill()
+        return 1
+    print(f"server ready in {time.monotonic() - began:.1f} s", flush=True)
+    try:
+        for model in VARIANTS:
+            for level in (16, 64):
+                load = subprocess.Popen(
+                    [py, "-m", "loadtest", "--target", f"127.0.0.1:{port}", "--model", model, "--concurrency",
+                     str(level), "--duration-s", "4", "--warmup-s", "1", "--rounds", "1", "--processes", "4",
+                     "--quiet"],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                )  # fmt: skip
+                if args.py_spy and level == 16:
+                    time.sleep(1.5)
+                    name = f"spy_{model}.txt"
+                    spy = [args.py_spy, "record", "-p", str(server.pid), "-d", "3", "-r", "200", "--threads",
+                           "--nonblocking", "--format", "raw", "-o", str(out / name)]  # fmt: skip
+                    done = subprocess.run(spy, capture_output=True, text=True, timeout=30, check=False)
+                    print(f"== {name}: rc {done.returncode}", flush=True)
+                    if (out / name).is_file():
+                        print("\n".join(leaves(out / name)), flush=True)
+                text, _ = load.communicate(timeout=60)
+                lines = [line.strip() for line in text.splitlines() if "closed" in line]
+                print(f"== {model} {level} in flight:", *lines, sep="\n  ", flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

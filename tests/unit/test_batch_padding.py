@@ -1,0 +1,156 @@
+"""CUDA instances pad batches to a steady size (server/backends/batch_padding.py): onnxruntime's CUDA
+Conv builds its plan again at every change of input shape, and on an H200 served resnet_u8 ran at
+114 rows/s in batches of 8 where the same session did 7,824 at a steady 8 (BENCHMARKS.md section 16).
+
+The padded runner wraps a real BoundRunner on the CPU provider here (the CUDA path's runner, as
+test_io_binding.py runs it): padded answers equal unpadded ones row for row. That only CUDA sessions
+are padded is read from the session's providers; tests/integration/test_gpu.py sees it on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+
+from protos import model_config_pb2 as mc
+from server.backends.batch_padding import PaddedRunner, Padding, StickySize, batch_rows, bucket, pad
+from server.backends.io_binding import CPU_DEVICE, BoundRunner, instance_io
+from server.backends.onnxruntime_backend import CPU, OrtOptions, ort_options_for
+from server.models.config import ConfigError
+from server.models.config_backend import paddable
+from server.models.onnx_completion import OnnxTensor
+from tests.support.repositories import demo_repository
+
+BATCHED = """
+name: "m" max_batch_size: 16
+input { name: "x" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "y" data_type: TYPE_FP32 dims: [ 4 ] }
+dynamic_batching { }
+"""
+
+
+def config(text: str = BATCHED) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def test_buckets_are_powers_of_two_up_to_the_largest_batch() -> None:
+    assert [bucket(n, 16) for n in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    assert bucket(13, 12) == 12 and bucket(7, 6) == 6
+
+
+def test_the_size_holds_while_the_load_holds_and_follows_it_when_it_moves() -> None:
+    size = StickySize(64)
+    steady = [size.size_for(n) for n in (8, 7, 6, 8, 5, 3, 8)]
+    assert steady == [8] * 7 and size.changes == 1  # one shape: one plan build
+    assert size.size_for(9) == 16  # grows at once to hold the batch
+    assert [size.size_for(n) for n in (5, 9, 16)] == [16, 16, 16]
+    assert size.size_for(4) == 4 and size.changes == 3  # a quarter or less: the load went down
+    assert size.size_for(100) == 100 and size.current == 4  # larger than batches are: left alone
+
+
+def test_a_size_shrinks_only_after_so_many_small_batches_in_a_row() -> None:
+    size = StickySize(64, shrink_after=3)
+    assert size.size_for(40) == 64
+    assert [size.size_for(n) for n in (10, 12, 30, 9, 16)] == [64] * 5  # a larger batch restarts the count
+    assert size.size_for(3) == 4 and size.changes == 2  # the third small one in a row
+    assert StickySize(8, shrink_after=0).shrink_after == 1
+
+
+def test_rows_are_the_first_dimension_every_input_shares() -> None:
+    assert batch_rows({"a": np.zeros((3, 4)), "b": np.zeros((3,))}) == 3
+    assert batch_rows({"a": np.zeros((3, 4)), "b": np.zeros((2, 4))}) is None
+    assert batch_rows({"a": np.zeros((3, 4)), "s": np.zeros(())}) is None
+    assert batch_rows({}) is None
+
+
+def test_padding_repeats_the_last_row() -> None:
+    x = np.arange(6, dtype=np.int32).reshape(3, 2)  # integers: a zero row could be a zero divisor
+    padded = pad({"x": x}, 3, 8)["x"]
+    assert padded.shape == (8, 2)
+    np.testing.assert_array_equal(padded[:3], x)
+    assert (padded[3:] == x[2]).all()
+
+
+class Echo:
+    """A runner that returns its input doubled and a per-batch scalar, recording the rows it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+
+    def run(self, feed: dict[str, Any], run_options: ort.RunOptions) -> list[Any]:
+        x = feed["x"]
+        self.ran.append(x.shape[0])
+        return [x * 2, np.float32(x.shape[0])]
+
+
+def test_the_runner_pads_and_cuts_the_outputs_back() -> None:
+    inner = Echo()
+    runner = PaddedRunner(inner, Padding(16))
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    doubled, scalar = runner.run({"x": x}, ort.RunOptions())
+    assert inner.ran == [4] and doubled.shape == (3, 4) and scalar == 4  # a 0-d output is kept whole
+    np.testing.assert_array_equal(doubled, x * 2)
+    runner.run({"x": x[:2]}, ort.RunOptions())  # 2 rows still run at 4: no new shape
+    runner.run({"x": np.zeros((4, 4), np.float32)}, ort.RunOptions())  # exactly the size: as sent
+    assert inner.ran == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "shape", "sizes", "last"),
+    [("mlp", "features", (64,), (3, 5, 1, 17), 32), ("resnet", "image", (3, 224, 224), (3, 2, 5), 8)],
+)
+def test_padded_answers_equal_unpadded_ones_row_for_row(
+    model: str, name: str, shape: tuple[int, ...], sizes: tuple[int, ...], last: int
+) -> None:
+    path = demo_repository() / model / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    output = session.get_outputs()[0].name
+    plain = BoundRunner(session, [output], CPU_DEVICE)
+    padded = PaddedRunner(BoundRunner(session, [output], CPU_DEVICE), Padding(64))
+    rng = np.random.default_rng(3)
+    for rows in sizes:
+        x = rng.standard_normal((rows, *shape)).astype(np.float32)
+        (want,) = plain.run({name: x}, ort.RunOptions())
+        (got,) = padded.run({name: x}, ort.RunOptions())
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # another batch size: other kernels
+    assert padded.size.current == last  # the last batch's rows ran padded to this
+
+
+def test_only_cuda_sessions_are_padded() -> None:
+    session = ort.InferenceSession(str(demo_repository() / "mlp" / "1" / "model.onnx"), providers=[CPU])
+    inputs = [OnnxTensor(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
+    outputs = [OnnxTensor(o.name, o.type, list(o.shape)) for o in session.get_outputs()]
+    io = instance_io(session, inputs, outputs, True, padding=Padding(64))
+    assert io.mode == "bound" and not io.padded and not isinstance(io.runner, PaddedRunner)
+
+
+def test_the_config_decides_what_may_be_padded() -> None:
+    assert ort_options_for(config(), OrtOptions()).padding == Padding(16, 1)
+    assert paddable(config())
+    off = BATCHED + 'parameters { key: "gpu_batch_padding" value { string_value: "false" } }'
+    assert ort_options_for(config(off), OrtOptions()).padding is None
+    later = BATCHED + 'parameters { key: "gpu_batch_padding_shrink_after" value { string_value: "32" } }'
+    assert ort_options_for(config(later), OrtOptions()).padding == Padding(16, 32)
+    for bad in ("0", "-1", "1.5", "\uff12", "1000001"):  # a fullwidth 2 too
+        text = (
+            BATCHED
+            + f'parameters {{ key: "gpu_batch_padding_shrink_after" value {{ string_value: "{bad}" }} }}'
+        )
+        with pytest.raises(ConfigError, match=r"gpu_batch_padding_shrink_after.*a count of batches from 1"):
+            ort_options_for(config(text), OrtOptions())
+    for text in (
+        BATCHED.replace("dynamic_batching { }", ""),  # each request runs alone
+        BATCHED.replace("dynamic_batching { }", "sequence_batching { }"),  # rows carry state
+        BATCHED.replace("dims: [ 4 ] }\noutput", "dims: [ 4 ] allow_ragged_batch: true }\noutput"),
+        BATCHED
+        + 'batch_input { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 source_input: "x" }',
+    ):
+        assert not paddable(config(text)), text
+    bad = BATCHED + 'parameters { key: "gpu_batch_padding" value { string_value: "sometimes" } }'
+    with pytest.raises(ConfigError, match=r"gpu_batch_padding.*a boolean"):
+        ort_options_for(config(bad), OrtOptions())
