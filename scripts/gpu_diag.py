@@ -126,7 +126,11 @@ def main() -> int:
                     print(f"== {name}: rc {done.returncode}", flush=True)
                     if (out / name).is_file():
                         print("\n".join(leaves(out / name)), flush=True)
-                text, _ = load.communicate(timeout=60)
+                try:
+                    text, _ = load.communicate(timeout=60)
+                except subprocess.TimeoutExpired:  # a load that does not end is ended, not left behind
+                    load.kill()
+                    text, _ = load.communicate()
                 lines = [line.strip() for line in text.splitlines() if "closed" in line]
                 print(f"== {model} {level} in flight:", *lines, sep="\n  ", flush=True)
     finally:

@@ -3,43 +3,49 @@
 onnxruntime's CUDA Conv (1.19 and later, cuDNN's frontend) builds its execution plan again whenever
 its input shape differs from its previous run's: one plan per kernel, no cache by shape (conv.cc,
 UpdateState -> CreateCudnnFeExecutionPlan). A dynamic batcher changes the batch size from one batch
-to the next, so every batch paid that build: on an H200 (BENCHMARKS.md section 16) served resnet_u8
-at 16 in flight ran 114 rows/s in batches of 8, the instance's thread inside the run 94% of the
-time, where the same session did 7,824 rows/s at a steady batch of 8. Warming every batch size at
-load changed nothing (the plan kept is the last one), nor did running the batches plain.
+to the next, so every batch paid that build: on an H200 (BENCHMARKS.md section 16) served resnet at
+16 in flight did 32 rows/s in batches of 8 where raw runs at a steady 8 did 5,539, and py-spy had
+the instance's thread inside the run 94% of the time (through IO binding and session.run alike).
 
 So a CUDA instance pads each batch, repeating its last row, up to a size that changes only when
 the load does: the powers of two up to max_batch_size (and max_batch_size). A batch larger than the
 current size makes it the smallest that holds the batch; the size goes down to the smallest that
 holds a batch once `shrink_after` batches in a row were a quarter of it or less (model parameter
 `gpu_batch_padding_shrink_after`, default 1). Under a steady load the shape stops changing; a
-change of load costs one build. Measured with the default (BENCHMARKS.md section 16): resnet at 16
-in flight went from 67 to 755 rows/s; resnet_u8 at 64 in flight, whose batches ranged around 29
-rows, stayed at 367 rows/s, p50 237 ms: sizes that cross 16 and 32 back and forth still change
-the shape often, which a larger `shrink_after` is for (not yet measured on a GPU).
+change of load costs one build. With the default, in one run: resnet at 16 in flight 755 rows/s,
+p50 20 ms; in one server, resnet_u8 at 64 in flight 992 rows/s padded against 226 not. Sizes that
+cross a power of two back and forth still change the shape (resnet_u8 at 64 in flight in the
+check: 367 rows/s, p50 237 ms), which a larger `shrink_after` is for (not yet measured on a GPU).
 
-The outputs are cut back to the batch's rows before they are scattered. Rows of a batch are
-independent (max_batch_size > 0), so the padding rows change no answer; repeating a real row
-keeps them away from inputs no request sent (a zero divisor). Model parameter
-`gpu_batch_padding: "false"` turns it off; TensorRT instances are not padded (their engines hold a
-profile of batch sizes).
+Only where rows are rows: the graph declares every input's and every non-scalar output's first
+dimension as one symbol (the batch; an output whose first dimension is unknown, or another symbol,
+may be computed across rows, and padding rows would enter it), and by default (`auto`) only for
+models that hold a convolution (read without the weights: int_division_scan.may_hold); the model
+parameter `gpu_batch_padding` is `auto`, `true` (any such model) or `false`. The outputs are cut
+back to the batch's rows before they are scattered; repeating a real row keeps the padding away
+from inputs no request sent (a zero divisor). Another batch size runs other kernels, so results
+may differ in their last bits, as between any two batch sizes. TensorRT instances are not padded
+(their engines hold a profile of batch sizes), nor CPU ones, nor batches run through session.run.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from batcher.types import Array
+from server.backends.int_division_scan import may_hold
 
 if TYPE_CHECKING:  # io_binding.py makes these runners; the config imports Padding without onnxruntime
     import onnxruntime as ort
 
     from server.backends.io_binding import Runner
+    from server.models.onnx_completion import OnnxTensor
 
 SHRINK = 4  # the size goes down once a batch is at most a quarter of it
 
@@ -52,12 +58,34 @@ def bucket(rows: int, max_rows: int) -> int:
     return min(size, max_rows)
 
 
+CONVOLUTION = (b"Conv",)  # Conv, ConvTranspose, and the fused and quantized ones: cuDNN's plans
+
+
 @dataclass(frozen=True)
 class Padding:
-    """A model's padding: its largest batch, and small batches in a row before the size shrinks."""
+    """A model's padding: its largest batch, small batches in a row before the size shrinks, and
+    whether only a model with a convolution is padded (`auto`)."""
 
     max_rows: int
     shrink_after: int = 1
+    convolutions_only: bool = True
+
+
+def padding_for(padding: Padding | None, path: Path) -> Padding | None:
+    """`padding`, unless it is for convolution models only and the model file holds none."""
+    if padding is None or (padding.convolutions_only and not may_hold(path, CONVOLUTION)):
+        return None
+    return padding
+
+
+def batch_major(inputs: Sequence[OnnxTensor], outputs: Sequence[OnnxTensor]) -> bool:
+    """Whether the graph declares one symbol as the first dimension of every input and of every
+    output that has a dimension (0-d outputs, the division guard's counts, are kept whole)."""
+    firsts = {t.shape[0] if t.shape else None for t in inputs}
+    if len(firsts) != 1:
+        return False
+    (batch,) = firsts
+    return isinstance(batch, str) and all(not t.shape or t.shape[0] == batch for t in outputs)
 
 
 class StickySize:
@@ -92,11 +120,16 @@ def batch_rows(feed: Mapping[str, Array]) -> int | None:
 
 
 def pad(feed: Mapping[str, Array], rows: int, size: int) -> dict[str, Array]:
-    """Each input grown from `rows` to `size` rows by repeating its last row."""
-    return {
-        name: np.concatenate([array, np.repeat(array[rows - 1 : rows], size - rows, axis=0)])
-        for name, array in feed.items()
-    }
+    """Each input grown from `rows` to `size` rows by repeating its last row, in one new array (a
+    repeat then a concatenation took 8.5 ms for 33 resnet rows to 64 here, this 5.6 ms, a plain
+    copy of the 33 rows 1.4 ms: the pinned staging then copies the padded batch once more)."""
+    padded: dict[str, Array] = {}
+    for name, array in feed.items():
+        grown = np.empty((size, *array.shape[1:]), dtype=array.dtype)
+        grown[:rows] = array
+        grown[rows:] = array[rows - 1]
+        padded[name] = grown
+    return padded
 
 
 class PaddedRunner:

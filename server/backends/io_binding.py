@@ -31,7 +31,7 @@ import onnxruntime as ort
 from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.backends.batch_padding import PaddedRunner, Padding
+from server.backends.batch_padding import PaddedRunner, Padding, batch_major
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
 from server.backends.pinned import PinnedStaging
@@ -271,7 +271,8 @@ def instance_io(
 ) -> InstanceIo:
     """The IO of a new session, from what it actually runs on (`requested`: the model's
     `io_binding` parameter, None when unset); ValueError when its CUDA graphs cannot be served.
-    `padding`: on the CUDA provider, batches padded to a steady size (batch_padding.py)."""
+    `padding`: on the CUDA provider, batches padded to a steady size where the graph's first
+    dimensions are its batch (batch_padding.py)."""
     providers, options = session.get_providers(), session.get_provider_options()
     device = session_device(providers, options)
     types = [t.type for t in (*inputs, *outputs)]
@@ -292,7 +293,7 @@ def instance_io(
     runner: Runner = BoundRunner(
         session, [t.name for t in outputs], device, bf16_outputs=bf16, staging=staging
     )
-    if padding is not None and providers[0] == "CUDAExecutionProvider":
+    if padding is not None and providers[0] == "CUDAExecutionProvider" and batch_major(inputs, outputs):
         return InstanceIo(device, mode, PaddedRunner(runner, padding), staging, padded=True)
     return InstanceIo(device, mode, runner, staging)
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
-from server.backends.batch_padding import Padding
+from server.backends.batch_padding import Padding, padding_for
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
@@ -72,8 +72,7 @@ class OrtOptions:
     execution_mode: str = "sequential"  # "sequential" | "parallel"
     providers: tuple[str, ...] = (CPU,)
     provider_options: tuple[dict[str, str], ...] = ()  # empty, or one dict per provider
-    # From the config's backend parameters (server/models/config_backend.py).
-    session_attrs: tuple[tuple[str, bool], ...] = ()  # SessionOptions attributes, e.g. enable_mem_pattern
+    session_attrs: tuple[tuple[str, bool], ...] = ()  # these four from the config (config_backend.py)
     session_entries: tuple[tuple[str, str], ...] = ()  # session config entries
     run_entries: tuple[tuple[str, str], ...] = ()  # run config entries, e.g. arena shrinkage
     io_binding: bool | None = None  # the `io_binding` parameter; None: on for CUDA/TensorRT (io_binding.py)
@@ -182,8 +181,9 @@ class OrtBackend:
             executor.shutdown(wait=False)
             raise BackendLoadError(string_inputs_refusal(self._name, list(self._string_inputs)))
         try:  # batches through IO binding on a GPU (or when asked), else session.run
+            padding = padding_for(options.padding, model_path)  # a convolution model's, by default
             self._io: InstanceIo = instance_io(
-                session, self._inputs, [*self._outputs, *flags], options.io_binding, options.padding
+                session, self._inputs, [*self._outputs, *flags], options.io_binding, padding
             )
         except ValueError as err:
             executor.shutdown(wait=False)

@@ -93,7 +93,10 @@ ORT_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
     # model has it, per batch; unset: per row where requests are batched together.
     "dynamic_quantization": (_one_of("per_row", "per_batch"), "per_row or per_batch"),
     # Sluiceway's: CUDA instances pad batches to a steady size (server/backends/batch_padding.py).
-    "gpu_batch_padding": (_is_bool, "a boolean (1/0, true/false)"),
+    "gpu_batch_padding": (
+        lambda v: v.strip().lower() == "auto" or _is_bool(v),
+        "auto (the default: models with a convolution), true or false",
+    ),
     "gpu_batch_padding_shrink_after": (_is_shrink_count, f"a count of batches from 1 to {MAX_SHRINK_AFTER}"),
 }
 CUDA_PARAMETERS = (
@@ -105,17 +108,12 @@ CUDA_PARAMETERS = (
 
 
 def paddable(config: mc.ModelConfig) -> bool:
-    """Whether a batch's rows may be padded (batch_padding.py): dynamic batching, no sequences (rows
-    carry state), no ragged inputs or batch inputs/outputs (the first dimension is not rows there)."""
-    plain_rows = not (
-        config.batch_input or config.batch_output or any(i.allow_ragged_batch for i in config.input)
-    )
-    return (
-        config.max_batch_size > 1
-        and config.HasField("dynamic_batching")
-        and plain_rows
-        and not (config.HasField("sequence_batching"))
-    )
+    """Whether a batch's rows may be padded (batch_padding.py): dynamic batching (so not a sequence
+    model: the two are one `oneof`), no ragged inputs or batch inputs/outputs (the first dimension
+    is not rows there)."""
+    ragged = any(i.allow_ragged_batch for i in config.input)
+    plain_rows = not (config.batch_input or config.batch_output or ragged)
+    return config.max_batch_size > 1 and config.HasField("dynamic_batching") and plain_rows
 
 
 @dataclass(frozen=True)
@@ -160,9 +158,10 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
         options["row_quantization"] = True
     if "execution_mode" in values:
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
-    if parse_bool(values.get("gpu_batch_padding", "true")) and paddable(config):
+    choice = values.get("gpu_batch_padding", "auto").lower()
+    if (choice == "auto" or parse_bool(choice)) and paddable(config):
         after = int(values.get("gpu_batch_padding_shrink_after", "1"))
-        options["padding"] = Padding(config.max_batch_size, after)
+        options["padding"] = Padding(config.max_batch_size, after, convolutions_only=choice == "auto")
     attrs = tuple(
         (attr, bool(parse_bool(values[key])))
         for key, attr in (
@@ -185,6 +184,10 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
             unapplied.append("parameters 'memory.enable_memory_arena_shrinkage' gpu entries (no GPU)")
         if kept:
             run = (("memory.enable_memory_arena_shrinkage", ";".join(kept)),)
+    padding_keys = sorted(k for k in ("gpu_batch_padding", "gpu_batch_padding_shrink_after") if k in values)
+    if padding_keys and not (has_gpu and paddable(config)):
+        why = "no GPU" if not has_gpu else "no dynamic batching of plain rows"
+        unapplied.append(f"parameters {padding_keys} (padding a GPU instance's batches; {why})")
     cuda = {key: values[key] for key in CUDA_PARAMETERS if key in values}
     if cuda and not has_gpu:
         unapplied.append(f"parameters {sorted(cuda)} (CUDA settings; no GPU)")

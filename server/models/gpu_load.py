@@ -6,9 +6,10 @@ need not show, and the loop would wait for the device meanwhile: an instance on 
 model's batches always go through the instance's executor.
 
 Not done at load, measured: running every batch size once before READY (for cuDNN's per-shape
-algorithm search). On an H200 it took 9.1 s per resnet load and changed nothing served (16 in
-flight: 67 rows/s, against 32 without): onnxruntime's CUDA Conv keeps the plan of its last input
-shape only, so what helps is a steady shape (server/backends/batch_padding.py).
+algorithm search). On an H200 it took 9.1 s per resnet load, and served resnet at 16 in flight
+still did 67 rows/s, p50 222 ms (run 1, on another H200 without it: 32 rows/s; raw at a steady
+batch of 8: 5,539-6,361 rows/s on those machines): onnxruntime's CUDA Conv keeps the plan of its
+last input shape only, so what helps is a steady shape (server/backends/batch_padding.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CUDA instances pad batches to a steady size (server/backends/batch_padding.py): onnxruntime's CUDA
-Conv builds its plan again at every change of input shape, and on an H200 served resnet_u8 ran at
-114 rows/s in batches of 8 where the same session did 7,824 at a steady 8 (BENCHMARKS.md section 16).
+Conv builds its plan again at every change of input shape, and on an H200 served resnet ran at 32
+rows/s in batches of 8 where raw runs at a steady 8 did 5,539 (BENCHMARKS.md section 16).
 
 The padded runner wraps a real BoundRunner on the CPU provider here (the CUDA path's runner, as
 test_io_binding.py runs it): padded answers equal unpadded ones row for row. That only CUDA sessions
@@ -17,11 +17,20 @@ import pytest
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
-from server.backends.batch_padding import PaddedRunner, Padding, StickySize, batch_rows, bucket, pad
+from server.backends.batch_padding import (
+    PaddedRunner,
+    Padding,
+    StickySize,
+    batch_major,
+    batch_rows,
+    bucket,
+    pad,
+    padding_for,
+)
 from server.backends.io_binding import CPU_DEVICE, BoundRunner, instance_io
 from server.backends.onnxruntime_backend import CPU, OrtOptions, ort_options_for
 from server.models.config import ConfigError
-from server.models.config_backend import paddable
+from server.models.config_backend import backend_parameters, paddable
 from server.models.onnx_completion import OnnxTensor
 from tests.support.repositories import demo_repository
 
@@ -87,6 +96,27 @@ class Echo:
         return [x * 2, np.float32(x.shape[0])]
 
 
+def test_only_graphs_whose_first_dimensions_are_one_batch_symbol_are_padded() -> None:
+    x, y = OnnxTensor("x", "tensor(float)", ["N", 4]), OnnxTensor("y", "tensor(float)", ["N", 2])
+    flag = OnnxTensor("flag", "tensor(int64)", [])  # the division guard's count: 0-d, kept whole
+    assert batch_major([x], [y, flag])
+    # A column sum (its first dim unknown) would take the padding rows in: not padded.
+    assert not batch_major([x], [OnnxTensor("sums", "tensor(float)", [None])])
+    assert not batch_major([x], [OnnxTensor("y", "tensor(float)", ["M", 2])])  # another symbol
+    assert not batch_major([x, OnnxTensor("z", "tensor(float)", ["B", 4])], [y])  # inputs disagree
+    assert not batch_major([OnnxTensor("x", "tensor(float)", [8, 4])], [y])  # a fixed first dim
+    assert not batch_major([], [y])
+
+
+def test_by_default_only_a_model_with_a_convolution_is_padded() -> None:
+    demo = demo_repository()
+    mlp, resnet = demo / "mlp" / "1" / "model.onnx", demo / "resnet" / "1" / "model.onnx"
+    assert padding_for(Padding(64), mlp) is None  # Gemm and Relu only: no plan to keep
+    assert padding_for(Padding(64), resnet) == Padding(64)
+    assert padding_for(Padding(64, convolutions_only=False), mlp) == Padding(64, convolutions_only=False)
+    assert padding_for(None, resnet) is None
+
+
 def test_the_runner_pads_and_cuts_the_outputs_back() -> None:
     inner = Echo()
     runner = PaddedRunner(inner, Padding(16))
@@ -97,6 +127,15 @@ def test_the_runner_pads_and_cuts_the_outputs_back() -> None:
     runner.run({"x": x[:2]}, ort.RunOptions())  # 2 rows still run at 4: no new shape
     runner.run({"x": np.zeros((4, 4), np.float32)}, ort.RunOptions())  # exactly the size: as sent
     assert inner.ran == [4, 4, 4]
+
+
+def test_an_output_whose_first_dim_is_not_the_padded_size_is_left_as_run() -> None:
+    class Columns:
+        def run(self, feed: dict[str, Any], run_options: ort.RunOptions) -> list[Any]:
+            return [feed["x"].sum(axis=0)]  # 6 column sums, whatever the rows
+
+    (sums,) = PaddedRunner(Columns(), Padding(64)).run({"x": np.ones((5, 6), np.float32)}, ort.RunOptions())
+    assert sums.shape == (6,)  # 5 rows ran as 8; not cut to 5: scatter refuses it, loudly
 
 
 @pytest.mark.parametrize(
@@ -130,10 +169,12 @@ def test_only_cuda_sessions_are_padded() -> None:
 
 
 def test_the_config_decides_what_may_be_padded() -> None:
-    assert ort_options_for(config(), OrtOptions()).padding == Padding(16, 1)
+    assert ort_options_for(config(), OrtOptions()).padding == Padding(16, 1, convolutions_only=True)
     assert paddable(config())
     off = BATCHED + 'parameters { key: "gpu_batch_padding" value { string_value: "false" } }'
     assert ort_options_for(config(off), OrtOptions()).padding is None
+    on = BATCHED + 'parameters { key: "gpu_batch_padding" value { string_value: " TRUE " } }'
+    assert ort_options_for(config(on), OrtOptions()).padding == Padding(16, 1, convolutions_only=False)
     later = BATCHED + 'parameters { key: "gpu_batch_padding_shrink_after" value { string_value: "32" } }'
     assert ort_options_for(config(later), OrtOptions()).padding == Padding(16, 32)
     for bad in ("0", "-1", "1.5", "\uff12", "1000001"):  # a fullwidth 2 too
@@ -152,5 +193,17 @@ def test_the_config_decides_what_may_be_padded() -> None:
     ):
         assert not paddable(config(text)), text
     bad = BATCHED + 'parameters { key: "gpu_batch_padding" value { string_value: "sometimes" } }'
-    with pytest.raises(ConfigError, match=r"gpu_batch_padding.*a boolean"):
+    with pytest.raises(
+        ConfigError, match=r"gpu_batch_padding.*auto \(the default: models with a convolution\)"
+    ):
         ort_options_for(config(bad), OrtOptions())
+
+
+def test_padding_keys_that_cannot_apply_are_named_in_the_load_warning() -> None:
+    keys = 'parameters { key: "gpu_batch_padding_shrink_after" value { string_value: "8" } }'
+    assert backend_parameters(config(BATCHED + keys), has_gpu=True).unapplied == ()
+    (note,) = backend_parameters(config(BATCHED + keys), has_gpu=False).unapplied
+    assert "gpu_batch_padding_shrink_after" in note and "no GPU" in note
+    alone = BATCHED.replace("dynamic_batching { }", "") + keys
+    (note,) = backend_parameters(config(alone), has_gpu=True).unapplied
+    assert "no dynamic batching of plain rows" in note
