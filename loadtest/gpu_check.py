@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", default=os.environ.get("GPU_CHECK_DRY") == "1")
     parser.add_argument("--budget-s", type=float, default=330.0, help="bound of the whole measurement")
     parser.add_argument("--instances", type=int, default=1, help="KIND_GPU instances on GPU 0")
+    parser.add_argument(
+        "--client-processes", type=int, default=4, help="the load generator's processes (served points)"
+    )
     parser.add_argument("--providers", default="cuda,tensorrt,cpu", help="some of cuda,tensorrt,cpu")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="demo models' cache")
     parser.add_argument(
@@ -310,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests-summary", type=Path, help="a file whose last line is pytest's summary")
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
-    plan = plan_for(args.dry, args.instances)
+    plan = plan_for(args.dry, args.instances, args.client_processes)
     chosen = [p for p in PROVIDERS if p.key in args.providers.split(",")]
-    if not chosen or args.instances < 1 or args.budget_s <= 0:
+    if not chosen or args.instances < 1 or args.client_processes < 1 or args.budget_s <= 0:
         parser.error(
-            "--providers must name cuda, tensorrt or cpu; --instances and --budget-s must be positive"
+            "--providers must name cuda, tensorrt or cpu; --instances, --client-processes and --budget-s "
+            "must be positive"
         )
     import onnxruntime as ort
 

@@ -43,11 +43,12 @@ class Plan:
         return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
 
 
-def plan_for(dry: bool, instances: int = 1) -> Plan:
+def plan_for(dry: bool, instances: int = 1, processes: int = 4) -> Plan:
+    """`processes`: the load generator's client processes on a GPU run (a dry run uses one)."""
     if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
         return Plan(True, (1, 2), (1, 2), 0.05, 0.6, 0.1, 1, 1, min_runs=1)
     # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
-    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, 4, instances)
+    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, processes, instances)
 
 
 class Budget:

@@ -15,7 +15,8 @@
 # GPU_CHECK_WHEELHOUSE=DIR (install offline from the wheels in DIR, or from the folders
 # scripts/wheelhouse.py laid out there, for a machine without the index); GPU_CHECK_INSTALL_ONLY=1
 # (stop once the venv is installed, for scripts/gpu_diag.py); GPU_CHECK_PROVIDERS (cuda,tensorrt,cpu:
-# what is measured; cpu serves the same models on the CPU, for the GPU's gain).
+# what is measured; cpu serves the same models on the CPU, for the GPU's gain); GPU_CHECK_INSTANCES
+# (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit_s=${GPU_CHECK_LIMIT_S:-450}
@@ -24,7 +25,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -154,6 +155,7 @@ if [ "$budget" -lt 30 ]; then
 fi
 step "measure (budget ${budget} s)"
 flags=(--budget-s "$budget" --tests-summary "$tests" --providers "${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}")
+flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
 [ "$dry" = 1 ] && flags+=(--dry)
 timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
 step "done"
