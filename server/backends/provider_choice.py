@@ -33,17 +33,25 @@ def providers_for(
     cuda = {**device, **backend_parameters(config, has_gpu=True).cuda}  # Triton's deprecated CUDA keys
     accel = config.optimization.execution_accelerators
     chosen: list[Provider] = []
+    # TensorRT first (it hands the nodes it cannot build to CUDA), then one CUDA provider with every
+    # `cuda` entry's parameters, in whichever order the entries come: a `cuda` entry after a
+    # `tensorrt` one had been dropped (its use_tf32 off ignored), one before it put CUDA first.
+    trt: dict[str, str] | None = None
+    cuda_asked = False
     for entry in accel.gpu_execution_accelerator if gpu_instance is not False else ():
         params = dict(entry.parameters)
         if entry.name == "tensorrt":
-            chosen.append((TENSORRT, {**device, **tensorrt_options(params, f"model '{config.name}'")}))
-            chosen.append((CUDA, dict(cuda)))  # TensorRT hands the nodes it cannot build to CUDA
+            trt = {**(trt or device), **tensorrt_options(params, f"model '{config.name}'")}
         elif entry.name == "cuda":
-            chosen.append((CUDA, {**cuda, **params}))
+            cuda, cuda_asked = {**cuda, **params}, True
         else:
             raise ConfigError(
                 f"model '{config.name}': gpu_execution_accelerator '{entry.name}' is not supported"
             )
+    if trt is not None:
+        chosen.append((TENSORRT, trt))
+    if trt is not None or cuda_asked:
+        chosen.append((CUDA, dict(cuda)))
     for entry in accel.cpu_execution_accelerator:
         if entry.name != "openvino":
             raise ConfigError(
