@@ -34,7 +34,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from loadtest.gpu_plan import PROVIDERS, Budget, Plan, Provider, machine_context, plan_for
-from loadtest.gpu_report import RAW, SERVED, Report, Row, write
+from loadtest.gpu_report import RAW, SERVED, Report, Row, fell_back, write
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
 
@@ -345,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     md, js = write(report, target)
     print(f"gpu_check: wrote {md} and {js}", file=sys.stderr)
+    not_gpu = [] if args.dry else fell_back(report.rows)
+    if not_gpu:
+        print(f"gpu_check: {', '.join(not_gpu)} did not start: those rows are CPU figures", file=sys.stderr)
+        return 1
     return 0
 
 

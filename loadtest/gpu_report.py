@@ -3,7 +3,9 @@ and provider against the targets of issue 15 (served resnet at the most in fligh
 onnxruntime's best batch; the batching gain; resnet_u8's p99 at 16 in flight under 20 ms).
 
 A dry run (CPU) says so in its title, its banner and every row's provider: its figures are never
-GPU figures.
+GPU figures. So does a GPU run whose GPU provider did not start (onnxruntime fell back to the CPU
+provider: a tester's stand-in `nvidia-smi` once had such CPU figures titled "GPU check", the
+summary's served/raw above the issue's target): its title and a banner name the provider.
 """
 
 from __future__ import annotations
@@ -93,11 +95,29 @@ def summary_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+FELL_BACK = "ran on CPUExecutionProvider"  # a raw row's note where the asked provider did not start
+
+
+def fell_back(rows: Sequence[Row]) -> list[str]:
+    """The providers (GPU ones: not the CPU series) some of whose raw rows ran on the CPU provider."""
+    fell = (r.provider for r in rows if r.provider != "CPU" and r.note.startswith(FELL_BACK))
+    return list(dict.fromkeys(fell))
+
+
 def markdown(report: Report) -> str:
     title = "GPU check: CPU DRY RUN (not GPU figures)" if report.dry else "GPU check"
+    not_gpu = [] if report.dry else fell_back(report.rows)
+    if not_gpu:
+        title = f"GPU check: {', '.join(not_gpu)} DID NOT START (those rows are not GPU figures)"
     lines = [f"# {title}", ""]
     if report.dry:
         lines += [DRY_BANNER, ""]
+    if not_gpu:
+        lines += [
+            f"**{', '.join(not_gpu)}: the provider did not start; its rows ran on the CPU provider and "
+            "are CPU figures, not GPU ones** (see each row's note and the server warnings).",
+            "",
+        ]
     lines += [f"- {item}" for item in report.context] + [""]
     lines += [
         "## Summary",
@@ -137,6 +157,7 @@ def write(report: Report, target: Path) -> tuple[Path, Path]:
     md.write_text(markdown(report), encoding="utf-8")
     data = {
         "dry": report.dry,
+        "not_gpu": [] if report.dry else fell_back(report.rows),  # GPU providers that did not start
         "context": report.context,
         "rows": [asdict(r) for r in report.rows],
         "summary": summary_rows(report.rows),

@@ -36,6 +36,16 @@ case $out in
   *) logs=$out ;;
 esac
 mkdir -p "$logs"
+# A table left by an earlier run would sit beside this run's log as if it were this run's.
+rm -f "$logs/gpu_check.md" "$logs/gpu_check.json" "$logs/gpu_tests.log"
+[ "${out##*.}" = md ] && rm -f "$out" "${out%.md}.json"
+providers=${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}
+for name in ${providers//,/ }; do
+  case $name in
+    cuda | tensorrt | cpu) ;;
+    *) echo "gpu_check.sh: GPU_CHECK_PROVIDERS names '$name': it takes cuda, tensorrt and cpu, comma-separated" >&2; exit 2 ;;
+  esac
+done
 log="$logs/gpu_check.log"
 : >"$log"
 step() { echo "== $* ($((SECONDS)) s)" | tee -a "$log"; }
@@ -65,7 +75,10 @@ else
     site=(--system-site-packages)
     extras=${GPU_CHECK_EXTRAS:-gpu,gpucheck}
   fi
-  if [ ! -x "$venv/bin/python" ]; then
+  if [ -x "$venv/bin/python" ]; then
+    # Made by an earlier run: GPU_CHECK_PYTHON and GPU_CHECK_SYSTEM_SITE took effect then, not now.
+    step "the venv $venv is reused as an earlier run made it (remove it to make it again)"
+  else
     # Where ensurepip is missing (Debian's python3 without python3-venv) the venv is made without
     # pip, and $base's own pip installs into it (below).
     "$base" -m venv "${site[@]}" "$venv" 2>>"$log" || "$base" -m venv --without-pip "${site[@]}" "$venv"
@@ -87,10 +100,14 @@ else
   pip+=(install -q --disable-pip-version-check)
   pip_from=()
   if [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
+    [ -d "$GPU_CHECK_WHEELHOUSE" ] || {
+      echo "gpu_check.sh: GPU_CHECK_WHEELHOUSE=$GPU_CHECK_WHEELHOUSE is not a folder" >&2
+      exit 2
+    }
     house=$GPU_CHECK_WHEELHOUSE
     if compgen -G "$house/*/manifest.json" >/dev/null; then
       step "join the wheelhouse's folders in $house"
-      house=${TMPDIR:-/tmp}/sluiceway-wheelhouse
+      house=$(mktemp -d "${TMPDIR:-/tmp}/sluiceway-wheelhouse.XXXXXX")  # only the wheels join checked
       "$py" scripts/wheelhouse.py join "$GPU_CHECK_WHEELHOUSE" "$house" 2>&1 | tee -a "$log"
     fi
     # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
@@ -154,8 +171,12 @@ if [ "$budget" -lt 30 ]; then
   exit 1
 fi
 step "measure (budget ${budget} s)"
-flags=(--budget-s "$budget" --tests-summary "$tests" --providers "${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}")
+flags=(--budget-s "$budget" --tests-summary "$tests" --providers "$providers")
 flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
 [ "$dry" = 1 ] && flags+=(--dry)
 timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
+if [ "$dry" != 1 ] && [ "$rc" != 0 ]; then
+  step "done; the GPU tests did not all pass (pytest exit $rc: $tests)"
+  exit 1
+fi
 step "done"

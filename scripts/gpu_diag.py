@@ -3,7 +3,11 @@ padded with `gpu_batch_padding_shrink_after: 32` (u8sticky), and not padded (u8f
 in flight in one server; with --py-spy, py-spy's samples of the server's threads during each
 16-in-flight window.
 
-    python scripts/gpu_diag.py OUT [--py-spy PATH]
+    python scripts/gpu_diag.py OUT [--py-spy PATH] [--allow-cpu]
+
+Where no instance runs on a GPU it says so and stops (exit 1) before measuring: the variants are
+alike on the CPU (padding applies on CUDA only); `--allow-cpu` measures anyway, each line labelled
+as CPU figures.
 
 Writes OUT/diag_server.log (and OUT/spy_*.txt: py-spy raw, one stack and its sample count a line)
 and prints the load lines (and each profile's heaviest leaves). Found with it on an H200: the
@@ -19,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,6 +76,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--py-spy", help="py-spy's path: profile the 16-in-flight windows")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="measure even where no instance runs on a GPU (a rehearsal)"
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -82,8 +90,7 @@ def main() -> int:
         .stdout.strip()
         .splitlines()[-1]
     ).resolve()
-    root = Path("/tmp/gpu_diag_repo")
-    subprocess.run(["rm", "-rf", str(root)], check=True)
+    root = Path(tempfile.mkdtemp(prefix="gpu_diag_")) / "repo"  # this run's own: never another's
     write_repo(demo, root)
     port = free_port()
     log = (out / "diag_server.log").open("w")
@@ -103,11 +110,22 @@ def main() -> int:
 
     threading.Thread(target=pump, daemon=True).start()
     began = time.monotonic()
-    if not ready.wait(180):
-        print("server not ready in 180 s")
-        server.kill()
-        return 1
+    while not ready.wait(0.5):  # a server that ended is not waited for
+        if server.poll() is not None or time.monotonic() - began > 180:
+            print(f"server not ready (exit {server.poll()}); see {out / 'diag_server.log'}")
+            server.kill()
+            return 1
     print(f"server ready in {time.monotonic() - began:.1f} s", flush=True)
+    on_gpu = "(cuda:" in (out / "diag_server.log").read_text()
+    if not on_gpu:
+        print(
+            "NOT ON A GPU: every instance runs on the CPU (see the server log); padding applies on CUDA only"
+        )
+        if not args.allow_cpu:
+            server.terminate()
+            server.wait(30)
+            return 1
+        print("--allow-cpu: measuring anyway; these are CPU figures, the three variants alike")
     try:
         for model in VARIANTS:
             for level in (16, 64):
@@ -122,7 +140,11 @@ def main() -> int:
                     name = f"spy_{model}.txt"
                     spy = [args.py_spy, "record", "-p", str(server.pid), "-d", "3", "-r", "200", "--threads",
                            "--nonblocking", "--format", "raw", "-o", str(out / name)]  # fmt: skip
-                    done = subprocess.run(spy, capture_output=True, text=True, timeout=30, check=False)
+                    try:
+                        done = subprocess.run(spy, capture_output=True, text=True, timeout=30, check=False)
+                    except (OSError, subprocess.TimeoutExpired) as err:  # the load is still ended below
+                        print(f"== py-spy did not run: {err}", flush=True)
+                        done = subprocess.CompletedProcess(spy, -1)
                     print(f"== {name}: rc {done.returncode}", flush=True)
                     if (out / name).is_file():
                         print("\n".join(leaves(out / name)), flush=True)
@@ -132,7 +154,8 @@ def main() -> int:
                     load.kill()
                     text, _ = load.communicate()
                 lines = [line.strip() for line in text.splitlines() if "closed" in line]
-                print(f"== {model} {level} in flight:", *lines, sep="\n  ", flush=True)
+                label = "" if on_gpu else " (CPU, not GPU figures)"
+                print(f"== {model} {level} in flight{label}:", *lines, sep="\n  ", flush=True)
     finally:
         server.terminate()
         server.wait(30)

@@ -7,6 +7,7 @@ scripts/gpu_check.sh itself: its syntax, and its refusal to run without a GPU un
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,3 +101,17 @@ def test_the_script_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 1 and "no NVIDIA GPU here" in done.stderr and "--dry" in done.stderr
     assert not (tmp_path / "gpu_check.md").exists()
+
+
+def test_the_script_refuses_providers_it_does_not_know(tmp_path: Path) -> None:
+    """A tester's `cpu,bogus` ran, and `'cuda, cpu'` measured CUDA alone, both without a word."""
+    env = {**os.environ, "GPU_CHECK_PROVIDERS": "cuda,bogus"}
+    done = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "GPU_CHECK_PROVIDERS names 'bogus'" in done.stderr

@@ -91,3 +91,18 @@ def test_without_tensorrt_its_series_is_skipped_not_measured_as_cuda_again(
     assert {r.note for r in report.rows} == {"skipped: TensorRT's libnvinfer.so.10 does not load (x)"}
     assert all(r.rows_s is None and r.provider == "TensorRT FP16" for r in report.rows)
     assert report.log == ["[TensorRT FP16] not measured: TensorRT's libnvinfer.so.10 does not load (x)"]
+
+
+def test_a_gpu_provider_that_did_not_start_is_in_the_title_and_the_json(tmp_path: Path) -> None:
+    """A tester's stand-in nvidia-smi: CUDA did not start, the rows ran on the CPU, and the table
+    was titled "GPU check" with a served/raw above the issue's target."""
+    note = "ran on CPUExecutionProvider (CUDAExecutionProvider: did not start)"
+    fell = [Row("resnet", "CUDA", RAW, 8, 90.0, 8.0, 80.0, 90.0, note), *rows()[3:]]
+    cpu_series = [Row("resnet", "CPU", RAW, 8, 90.0, 8.0, 80.0, 90.0, "")]
+    md, js = write(Report(dry=False, context=[], rows=[*fell, *cpu_series]), tmp_path)
+    text = md.read_text()
+    assert text.startswith("# GPU check: CUDA DID NOT START (those rows are not GPU figures)")
+    assert "**CUDA: the provider did not start; its rows ran on the CPU provider" in text
+    assert '"not_gpu": [\n  "CUDA"\n ]' in js.read_text()
+    healthy = markdown(Report(dry=False, context=[], rows=rows()))
+    assert healthy.startswith("# GPU check\n") and "DID NOT START" not in healthy
