@@ -1,6 +1,7 @@
 """Raw onnxruntime against the served rate on a GPU, per demo model and provider, in one bounded run.
 
-    python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE]
+    python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE] [--providers P]
+        [--instances N] [--client-processes N]
 
 For each provider (CUDA; TensorRT FP16; the CPU, for the GPU's gain on the same machine) it writes
 a copy of the demo repository whose configs ask for it (KIND_GPU group on GPU 0, or KIND_CPU,
@@ -12,7 +13,9 @@ and one optimisation profile from 1 row to that batch), then
     (ModelStatistics) and client-side p50/p99.
 Every point is time-boxed and the whole run keeps within `--budget-s`: what no longer fits is
 written as skipped, never left out. `--dry` (or GPU_CHECK_DRY=1) runs the same path on the CPU
-provider with tiny durations and levels, and labels the table as a dry run.
+provider with tiny durations and levels, and labels the table as a dry run. A GPU provider that
+did not start (its rows ran on the CPU provider) is named in the table's title and the JSON, and
+the run exits 1.
 PATH: a .md file or a folder (default: $OUT, else out/gpu_check); the JSON is written beside it.
 """
 
