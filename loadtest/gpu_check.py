@@ -267,7 +267,9 @@ def check_provider(
         report.log.append(f"[{label}] not measured: {missing}")
         report.rows.extend(skipped(label, plan, f"skipped: {missing}"))
         return
-    copy, cache = work / f"repository-{provider.key}", work / "trt-cache"
+    # The engine cache inside the server's cache directory: the only place besides the model's own
+    # directory a config may point TensorRT at (server/models/tensorrt_paths.py).
+    copy, cache = work / f"repository-{provider.key}", (work / "server-cache" / "tensorrt-shared").resolve()
     cache.mkdir(parents=True, exist_ok=True)  # kept: a rerun loads the engines instead of building them
     shutil.rmtree(copy, ignore_errors=True)
     write_copy(demo, copy, provider, plan, cache)

@@ -44,6 +44,7 @@ from server.backends.prepared_graph import PreparedGraph
 from server.backends.tensorrt_options import engine_cache_dir
 from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError
 from server.models.config_tensors import ReshapePlan
+from server.models.tensorrt_paths import check_tensorrt_paths
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def factory_for(
             graph_optimization_level=settings.graph_optimization_level,
         ),
     )
+    check_tensorrt_paths(config, path.parent.parent, settings.cache_dir, source)  # a client's config too
     engines = engine_cache_dir(settings.cache_dir / "tensorrt", config.name, path.parent.name)
     # groups, devices (`gpus`: the visible ones, found off the event loop by the caller)
     # A config without instance_group: Triton's default (each visible GPU) unless the setting was given.
