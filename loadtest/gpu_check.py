@@ -37,7 +37,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from loadtest.gpu_plan import PROVIDERS, Budget, Plan, Provider, machine_context, plan_for
-from loadtest.gpu_report import RAW, SERVED, Report, Row, fell_back, write
+from loadtest.gpu_report import RAW, SERVED, Report, Row, write
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
 
@@ -319,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes)
-    chosen = [p for p in PROVIDERS if p.key in args.providers.split(",")]
-    if not chosen or args.instances < 1 or args.client_processes < 1 or args.budget_s <= 0:
+    asked = {name.strip() for name in args.providers.split(",")}
+    chosen = [p for p in PROVIDERS if p.key in asked]
+    if len(chosen) != len(asked) or args.instances < 1 or args.client_processes < 1 or args.budget_s <= 0:
         parser.error(
             "--providers must name cuda, tensorrt or cpu; --instances, --client-processes and --budget-s "
             "must be positive"
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     md, js = write(report, target)
     print(f"gpu_check: wrote {md} and {js}", file=sys.stderr)
-    not_gpu = [] if args.dry else fell_back(report.rows)
+    not_gpu = report.not_gpu
     if not_gpu:
         print(f"gpu_check: {', '.join(not_gpu)} did not start: those rows are CPU figures", file=sys.stderr)
         return 1

@@ -51,6 +51,11 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     log: list[str] = field(default_factory=list)  # server warnings worth reading (fallbacks)
 
+    @property
+    def not_gpu(self) -> list[str]:
+        """GPU providers whose rows ran on the CPU provider (none in a dry run: all of it is CPU)."""
+        return [] if self.dry else fell_back(self.rows)
+
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
@@ -106,7 +111,7 @@ def fell_back(rows: Sequence[Row]) -> list[str]:
 
 def markdown(report: Report) -> str:
     title = "GPU check: CPU DRY RUN (not GPU figures)" if report.dry else "GPU check"
-    not_gpu = [] if report.dry else fell_back(report.rows)
+    not_gpu = report.not_gpu
     if not_gpu:
         title = f"GPU check: {', '.join(not_gpu)} DID NOT START (those rows are not GPU figures)"
     lines = [f"# {title}", ""]
@@ -157,7 +162,7 @@ def write(report: Report, target: Path) -> tuple[Path, Path]:
     md.write_text(markdown(report), encoding="utf-8")
     data = {
         "dry": report.dry,
-        "not_gpu": [] if report.dry else fell_back(report.rows),  # GPU providers that did not start
+        "not_gpu": report.not_gpu,  # GPU providers that did not start
         "context": report.context,
         "rows": [asdict(r) for r in report.rows],
         "summary": summary_rows(report.rows),

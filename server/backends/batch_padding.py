@@ -115,8 +115,8 @@ class StickySize:
 
 def batch_rows(feed: Mapping[str, Array]) -> int | None:
     """The rows of a batch: every input's first dimension, or None where they differ or none has one."""
-    firsts = {array.shape[0] for array in feed.values() if array.ndim > 0}
-    return firsts.pop() if len(firsts) == 1 and all(a.ndim > 0 for a in feed.values()) else None
+    firsts = {array.shape[0] if array.ndim else None for array in feed.values()}
+    return firsts.pop() if len(firsts) == 1 else None
 
 
 def pad(feed: Mapping[str, Array], rows: int, size: int) -> dict[str, Array]:
