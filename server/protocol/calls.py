@@ -17,25 +17,37 @@ from typing import NamedTuple, Protocol
 from server.errors import StreamLimitReached
 from server.protocol.core_calls import CoreCounts
 
-# A refused stream is answered once its caller has sent nothing for this long (at most the max).
+# A refused stream is answered once its caller has sent nothing for this long (at most the max),
+# or at once after a message that came this long after the one before (a paced writer).
 REFUSAL_QUIET_S = 0.05
+REFUSAL_PACED_GAP_S = 0.01
 REFUSAL_MAX_S = 1.0
 # How often a drain's quiet wait looks at grpc core's call counts (core_calls.py).
 CORE_LOOK_S = 0.02
 
 
-async def read_until_quiet(requests: AsyncIterator[object]) -> None:
+async def read_until_quiet(
+    requests: AsyncIterator[object], quiet_s: float = REFUSAL_QUIET_S, max_s: float = REFUSAL_MAX_S
+) -> None:
     """Read (and drop) a refused stream's messages until it half-closes or goes quiet briefly.
 
     grpc/grpc#36066: a grpc.aio client whose write races with a stream's early status sees
     "INTERNAL: Internal error from Core" instead of that status; answering once its burst of
-    writes has landed avoids the race. Bounded, so a silent caller cannot hold the call.
+    writes has landed avoids the race. A paced writer (a camera at 20 fps) is answered right after
+    one of its messages, a period before its next write: waiting for it to go quiet for 50 ms had
+    ended the call just as its next frame went out (a load test's refused streams read INTERNAL).
+    Bounded, so a silent or never-pausing caller cannot hold the call.
     """
-    deadline = time.monotonic() + REFUSAL_MAX_S
+    deadline = time.monotonic() + max_s
     iterator = aiter(requests)
+    last_read: float | None = None  # the first message may open a burst: no gap to judge
     with contextlib.suppress(Exception):  # a timeout, the end of the stream, a broken call
         while (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait_for(anext(iterator), min(REFUSAL_QUIET_S, left))
+            await asyncio.wait_for(anext(iterator), min(quiet_s, left))
+            now = time.monotonic()
+            if last_read is not None and now - last_read >= REFUSAL_PACED_GAP_S:
+                return
+            last_read = now
 
 
 class QuietRefusals:

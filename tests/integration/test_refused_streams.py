@@ -14,7 +14,13 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from server.protocol.calls import REFUSAL_MAX_S, QuietRefusals, refusal_room
+from server.protocol.calls import (
+    REFUSAL_MAX_S,
+    REFUSAL_PACED_GAP_S,
+    QuietRefusals,
+    read_until_quiet,
+    refusal_room,
+)
 from tests.support.certs import write_tokens
 from tests.support.server_process import ServerProcess
 
@@ -75,10 +81,10 @@ async def test_streams_refused_without_a_token_leave_slots_for_everyone_else(ser
 async def test_past_the_bound_a_refusal_is_answered_at_once() -> None:
     refusals = QuietRefusals(2)
 
-    async def chatty() -> AsyncIterator[object]:  # a caller that never goes quiet
+    async def chatty() -> AsyncIterator[object]:  # a caller that never goes quiet, nor pauses
         while True:
             yield b""
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
 
     lingering = [asyncio.ensure_future(refusals.read_until_quiet(chatty())) for _ in range(2)]
     while refusals.lingering < 2:
@@ -88,3 +94,23 @@ async def test_past_the_bound_a_refusal_is_answered_at_once() -> None:
     await asyncio.gather(*lingering)  # each ends within REFUSAL_MAX_S
     assert refusals.lingering == 0
     assert (refusal_room(64, 32), refusal_room(4096, 2048), refusal_room(10, 10)) == (16, 1024, 1)
+
+
+async def test_a_paced_writer_is_answered_right_after_one_of_its_messages() -> None:
+    """A camera at 20 fps writes every 50 ms, the quiet wait's length: the refusal went out as its
+    next frame did, and grpc.aio reported that write INTERNAL "Internal error from Core" (a load
+    test's refused streams, grpc/grpc#36066). Now it ends right after the first message that came
+    a pause after the one before, a period before the next write; never by the (here 60 s) quiet."""
+    read: list[int] = []
+    never = asyncio.Event()
+
+    async def camera() -> AsyncIterator[object]:
+        for frame in range(3):
+            read.append(frame)
+            yield b""
+            await asyncio.sleep(REFUSAL_PACED_GAP_S * 5)  # the pacing under test, not synchronisation
+        await never.wait()
+        yield b""
+
+    await asyncio.wait_for(read_until_quiet(camera(), quiet_s=60.0, max_s=120.0), 30.0)
+    assert read == [0, 1]  # the first message opens no gap; the second ends it
