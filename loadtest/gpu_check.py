@@ -1,7 +1,7 @@
 """Raw onnxruntime against the served rate on a GPU, per demo model and provider, in one bounded run.
 
     python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE] [--providers P]
-        [--instances N] [--client-processes N]
+        [--instances N] [--client-processes N] [--perf-analyzer TOOL]
 
 For each provider (CUDA; TensorRT FP16; the CPU, for the GPU's gain on the same machine) it writes
 a copy of the demo repository whose configs ask for it (KIND_GPU group on GPU 0, or KIND_CPU,
@@ -10,7 +10,9 @@ and one optimisation profile from 1 row to that batch), then
   - raw: InferenceSession.run on host arrays (copies in and out included) at each batch size;
   - served: `sluiceway serve` on that copy (127.0.0.1, a free port), driven by sluiceway-loadtest's
     closed loop at each level in flight (one row a request), with the server's average batch
-    (ModelStatistics) and client-side p50/p99.
+    (ModelStatistics) and client-side p50/p99;
+  - with --perf-analyzer, for the GPU providers: perf_analyzer against the same server for resnet
+    and resnet_u8, over the wire and with system shared memory (loadtest/gpu_perf_analyzer.py).
 Every point is time-boxed and the whole run keeps within `--budget-s`: what no longer fits is
 written as skipped, never left out. `--dry` (or GPU_CHECK_DRY=1) runs the same path on the CPU
 provider with tiny durations and levels, and labels the table as a dry run. A GPU provider that
@@ -36,6 +38,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
+from loadtest.gpu_perf_analyzer import perf_analyzer_context, perf_analyzer_rows
+from loadtest.gpu_perf_analyzer import skipped_rows as perf_analyzer_skipped
 from loadtest.gpu_plan import PROVIDERS, Budget, Plan, Provider, machine_context, plan_for
 from loadtest.gpu_report import RAW, SERVED, Report, Row, write
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
@@ -259,13 +263,22 @@ def served_rows(
 
 
 def check_provider(
-    demo: Path, work: Path, provider: Provider, plan: Plan, budget: Budget, report: Report
+    demo: Path,
+    work: Path,
+    provider: Provider,
+    plan: Plan,
+    budget: Budget,
+    report: Report,
+    perf_analyzer: Path | None = None,
 ) -> None:
     label = plan.label(provider)
+    # The outside check on the GPU providers' servers only: the CPU series is there for the gain.
+    tool = perf_analyzer if provider.key != "cpu" else None
     missing = None if plan.dry or provider.key != "tensorrt" else tensorrt_missing()
     if missing is not None:
         report.log.append(f"[{label}] not measured: {missing}")
         report.rows.extend(skipped(label, plan, f"skipped: {missing}"))
+        report.rows.extend(perf_analyzer_skipped(label, plan, f"skipped: {missing}") if tool else [])
         return
     # The engine cache inside the server's cache directory: the only place besides the model's own
     # directory a config may point TensorRT at (server/models/tensorrt_paths.py).
@@ -278,8 +291,10 @@ def check_provider(
     start_s = min(SERVER_START_S, budget.left() - 20.0)
     if start_s < 10.0:
         report.rows.extend(skipped(label, plan, "skipped: time budget spent", raw=False))
+        report.rows.extend(perf_analyzer_skipped(label, plan, "skipped: time budget spent") if tool else [])
         return
-    server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy)], watch=COUNTED)
+    shm = ["--allow-client-shm"] if tool else []
+    server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *shm], watch=COUNTED)
     began = time.monotonic()
     try:
         server.start(timeout_s=start_s)
@@ -287,6 +302,7 @@ def check_provider(
         tail = str(err).strip().splitlines()[-1:] or ["(no output)"]
         report.log.append(f"[{label}] server did not start: {tail[0]}")
         report.rows.extend(skipped(label, plan, "server did not start", raw=False))
+        report.rows.extend(perf_analyzer_skipped(label, plan, "server did not start") if tool else [])
         return
     try:
         report.log.append(f"[{label}] server ready in {time.monotonic() - began:.1f} s (loads and warm-ups)")
@@ -297,6 +313,8 @@ def check_provider(
         counts = ", ".join(f"{server.seen[text]} '{text}'" for text in COUNTED)
         report.log.append(f"[{label}] server output lines until ready: {counts}")
         report.rows.extend(served_rows(server.address, provider, plan, budget, warnings))
+        if tool is not None:
+            report.rows.extend(perf_analyzer_rows(tool, server.address, label, plan, budget))
     finally:
         server.stop()
 
@@ -316,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir", type=Path, help="repository copies, engine cache (default: .cache/gpu_check, not $OUT)"
     )
     parser.add_argument("--tests-summary", type=Path, help="a file whose last line is pytest's summary")
+    parser.add_argument(
+        "--perf-analyzer", type=Path, help="perf_analyzer: also measure the resnets through it, wire and shm"
+    )
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes)
@@ -326,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             "--providers must name cuda, tensorrt or cpu; --instances, --client-processes and --budget-s "
             "must be positive"
         )
+    if args.perf_analyzer is not None and not (
+        args.perf_analyzer.is_file() and os.access(args.perf_analyzer, os.X_OK)
+    ):
+        parser.error(f"--perf-analyzer {args.perf_analyzer}: no executable file there")
     import onnxruntime as ort
 
     if not args.dry and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -339,12 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tests_summary and args.tests_summary.is_file():
         summary = (args.tests_summary.read_text().strip().splitlines() or [None])[-1]
     report = Report(args.dry, machine_context(plan, summary))
+    if args.perf_analyzer is not None:
+        report.context.append(perf_analyzer_context(args.perf_analyzer, plan))
     work = args.work_dir or DEFAULT_CACHE_DIR / "gpu_check"
     demo = build_demo(args.cache_dir)
     for provider in chosen:
         print(f"gpu_check: {plan.label(provider)} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
         try:
-            check_provider(demo, work, provider, plan, budget, report)
+            check_provider(demo, work, provider, plan, budget, report, args.perf_analyzer)
         except Exception as err:  # the table is still written, with what was measured
             report.log.append(
                 f"[{plan.label(provider)}] check stopped: {type(err).__name__}: {first_line(err)}"

@@ -18,6 +18,10 @@ from typing import Any
 
 RAW = "raw onnxruntime"
 SERVED = "served"
+# perf_analyzer against the same server (loadtest/gpu_perf_analyzer.py): the outside check, and with
+# system shared memory the served rate without the tensors' transport.
+PA_WIRE = "served, perf_analyzer"
+PA_SHM = "served, perf_analyzer, system shm"
 DRY_BANNER = (
     "**CPU DRY RUN: not GPU figures.** The same code path as on a GPU (repository copy with KIND_GPU "
     "groups and the accelerators, raw onnxruntime, the server under sluiceway-loadtest), on the CPU "
@@ -31,7 +35,7 @@ class Row:
 
     model: str
     provider: str
-    measure: str  # RAW or SERVED
+    measure: str  # RAW, SERVED, PA_WIRE or PA_SHM
     level: int  # rows per run (raw) or requests in flight (served)
     rows_s: float | None = None
     avg_batch: float | None = None
@@ -100,6 +104,35 @@ def summary_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per model, provider and level perf_analyzer measured: its rates over the wire and with system
+    shared memory, their ratio, and shared memory's against raw onnxruntime's best batch."""
+    out: list[dict[str, Any]] = []
+    points = list(
+        dict.fromkeys((r.model, r.provider, r.level) for r in rows if r.measure in (PA_WIRE, PA_SHM))
+    )
+    for model, provider, level in points:
+        found = {
+            r.measure: r.rows_s for r in rows if (r.model, r.provider, r.level) == (model, provider, level)
+        }
+        raw = [
+            r.rows_s for r in rows if (r.model, r.provider, r.measure) == (model, provider, RAW) and r.rows_s
+        ]
+        wire, shm = found.get(PA_WIRE), found.get(PA_SHM)
+        out.append(
+            {
+                "model": model,
+                "provider": provider,
+                "in_flight": level,
+                "wire_rows_s": wire,
+                "shm_rows_s": shm,
+                "shm_over_wire": _ratio(shm, wire),
+                "shm_over_raw_best": _ratio(shm, max(raw, default=None)),
+            }
+        )
+    return out
+
+
 FELL_BACK = "ran on CPUExecutionProvider"  # a raw row's note where the asked provider did not start
 
 
@@ -138,6 +171,20 @@ def markdown(report: Report) -> str:
             f"| {_num(s['served_over_raw_best'], 2)} | {_num(s['batching_gain'], 2)} "
             f"| {_num(s['p99_ms'], 2)} ({s['p99_level'] or '-'}) | {s['notes']} |"
         )
+    transport = transport_rows(report.rows)
+    if transport:
+        lines += [
+            "",
+            "## Transport: perf_analyzer over the wire and with system shared memory",
+            "",
+            "| model | provider | in flight | wire rows/s | shm rows/s | shm / wire | shm / raw best |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {t['model']} | {t['provider']} | {t['in_flight']} | {_num(t['wire_rows_s'])} "
+            f"| {_num(t['shm_rows_s'])} | {_num(t['shm_over_wire'], 2)} | {_num(t['shm_over_raw_best'], 2)} |"
+            for t in transport
+        ]
     lines += [
         "",
         "## Measurements",
@@ -166,6 +213,7 @@ def write(report: Report, target: Path) -> tuple[Path, Path]:
         "context": report.context,
         "rows": [asdict(r) for r in report.rows],
         "summary": summary_rows(report.rows),
+        "transport": transport_rows(report.rows),
         "server_warnings": report.log,
     }
     js = md.with_suffix(".json")

@@ -16,8 +16,11 @@
 # scripts/wheelhouse.py laid out there, for a machine without the index); GPU_CHECK_INSTALL_ONLY=1
 # (stop once the venv is installed, for scripts/gpu_diag.py); GPU_CHECK_PROVIDERS (cuda,tensorrt,cpu:
 # what is measured; cpu serves the same models on the CPU, for the GPU's gain); GPU_CHECK_INSTANCES
-# (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's).
+# (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's);
+# GPU_CHECK_PERF_ANALYZER (a perf_analyzer to run, 0 for none; default the venv's, installed from
+# the wheelhouse or the index: the resnets through it, over the wire and with shared memory).
 set -euo pipefail
+PERF_ANALYZER_VERSION=2.60.0
 cd "$(dirname "$0")/.."
 limit_s=${GPU_CHECK_LIMIT_S:-450}
 dry=${GPU_CHECK_DRY:-0}
@@ -25,7 +28,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -126,6 +129,21 @@ else
   else
     step "no time left to install TensorRT's libraries"
   fi
+  # perf_analyzer (NVIDIA's, PyPI perf-analyzer; its real wheels need glibc 2.38): the outside check
+  # and the shared-memory rows. Not a dependency: from the wheelhouse if it holds one, else the index.
+  if [ -z "${GPU_CHECK_PERF_ANALYZER:-}" ] && [ ! -x "$venv/bin/perf_analyzer" ]; then
+    pa_wheel=()
+    if [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
+      mapfile -t pa_wheel < <(compgen -G "$house/perf_analyzer-*.whl" || true)
+    else
+      pa_wheel=("perf-analyzer==$PERF_ANALYZER_VERSION")
+    fi
+    if [ "${#pa_wheel[@]}" -gt 0 ]; then
+      step "install perf_analyzer (${pa_wheel[0]##*/})"
+      timeout 120 "${pip[@]}" "${pip_from[@]}" --no-deps --only-binary=:all: "${pa_wheel[0]}" >>"$log" 2>&1 ||
+        step "perf_analyzer not installed (see $log)"
+    fi
+  fi
   # The providers dlopen CUDA, cuDNN and TensorRT by name: put the NVIDIA wheels' folders on the
   # loader's path for the raw runs as well as the server (which also preloads them itself).
   libs=$("$py" - <<'EOF'
@@ -139,8 +157,9 @@ print(":".join(found))
 EOF
   )
   export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  providers=$("$py" -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' 2>>"$log" || true)
-  step "onnxruntime: $providers"
+  # Not $providers: that is what is measured (a review's rename had passed this line as --providers).
+  runtime=$("$py" -c 'import onnxruntime as o; print(o.__version__, o.get_available_providers())' 2>>"$log" || true)
+  step "onnxruntime: $runtime"
   if [ "${GPU_CHECK_INSTALL_ONLY:-0}" = 1 ]; then
     step "installed only (GPU_CHECK_INSTALL_ONLY=1): $py"
     exit 0
@@ -173,6 +192,17 @@ fi
 step "measure (budget ${budget} s)"
 flags=(--budget-s "$budget" --tests-summary "$tests" --providers "$providers")
 flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
+# perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's where it starts here.
+tool=${GPU_CHECK_PERF_ANALYZER:-}
+[ -z "$tool" ] && [ "$dry" != 1 ] && tool=${venv:-.venv-gpu}/bin/perf_analyzer
+if [ -n "$tool" ] && [ "$tool" != 0 ]; then
+  said=$([ -x "$tool" ] && timeout 60 "$tool" 2>&1 || true)  # run bare, it prints its usage
+  if grep -qE 'Usage|model name' <<<"$said"; then
+    flags+=(--perf-analyzer "$tool")
+  else
+    step "perf_analyzer at $tool does not start: its rows are left out"
+  fi
+fi
 [ "$dry" = 1 ] && flags+=(--dry)
 timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
 if [ "$dry" != 1 ] && [ "$rc" != 0 ]; then

@@ -1,11 +1,14 @@
 """Wheels for a machine that has no package index, in folders that each fit one transfer.
 
     python scripts/wheelhouse.py fetch DEST [--python 3.12] [--part-mib 50] [--skip NAME ...]
+        [--perf-analyzer VERSION]
     python3 scripts/wheelhouse.py join DEST OUT      # there: the parts back into checked wheels
 
 `fetch` (where pip reaches an index) downloads the binary wheels that
 `pip install -e .[gpu,gpucheck]` needs (the GPU runtime, the GPU tests, the load-test harness) on a
-manylinux x86-64 CPython of the given version, leaves out the projects named by --skip (ones the
+manylinux x86-64 CPython of the given version, and NVIDIA's perf_analyzer (PyPI perf-analyzer, 7 MB,
+whose real wheels are tagged glibc 2.38: elsewhere pip takes an empty placeholder; `none` leaves it
+out), leaves out the projects named by --skip (ones the
 machine already has), cuts every wheel larger than a part into numbered parts, and packs parts and
 wheels into folders DEST/1, DEST/2, ... of at most --part-mib each (50: each travels with the
 working tree, 7 MB, under the device tool's 64 MiB a call; 58 went over it). Each folder holds a manifest
@@ -33,6 +36,9 @@ MANIFEST = "manifest.json"
 MIB = 1 << 20
 # The extras installed there: the runtime, and what the GPU tests and the harness import.
 EXTRAS = ("gpu", "gpucheck")
+# NVIDIA's load generator for scripts/gpu_check.sh (as ../shared/tools/perf_analyzer's version).
+PERF_ANALYZER = "2.60.0"
+PERF_ANALYZER_PLATFORM = "manylinux_2_38_x86_64"
 # The build backend of `pip install -e .` with --no-build-isolation.
 BUILD = ("setuptools>=68",)
 # pip matches a manylinux tag exactly, so every glibc level a wheel may name is listed.
@@ -175,16 +181,21 @@ def requirements(pyproject: Path, python: str) -> list[str]:
     return kept
 
 
-def fetch(dest: Path, python: str, part_bytes: int, skip: set[str]) -> list[Path]:
+def fetch(
+    dest: Path, python: str, part_bytes: int, skip: set[str], perf_analyzer: str = "none"
+) -> list[Path]:
     if dest.exists() and any(dest.iterdir()):
         raise SystemExit(f"wheelhouse: {dest} is not empty; remove it first")
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp)
-        command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
-        command += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
-        command += [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-        subprocess.run([*command, "-d", tmp, *requirements(root / "pyproject.toml", python)], check=True)
+        base = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", tmp]
+        base += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
+        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+        subprocess.run([*base, *platforms, *requirements(root / "pyproject.toml", python)], check=True)
+        if perf_analyzer != "none":  # not a dependency: its own platform tag, no dependencies
+            tool = [*base, "--no-deps", "--platform", PERF_ANALYZER_PLATFORM]
+            subprocess.run([*tool, f"perf-analyzer=={perf_analyzer}"], check=True)
         for wheel in wheels.glob("*.whl"):
             if project_name(wheel.name) in skip:
                 wheel.unlink()
@@ -199,13 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--python", default="3.12", help="target CPython version (default 3.12)")
     get.add_argument("--part-mib", type=int, default=50, help="largest folder, MiB (default 50)")
     get.add_argument("--skip", nargs="*", default=[], help="projects the target already has")
+    get.add_argument(
+        "--perf-analyzer", default=PERF_ANALYZER, help=f"its version, or none (default {PERF_ANALYZER})"
+    )
     put = verbs.add_parser("join", help="the wheels back into OUT, checked (standard library only)")
     put.add_argument("dest", type=Path)
     put.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.verb == "fetch":
         skip = {project_name(name) for name in args.skip}
-        for folder in fetch(args.dest, args.python, args.part_mib * MIB, skip):
+        for folder in fetch(args.dest, args.python, args.part_mib * MIB, skip, args.perf_analyzer):
             size = sum(f.stat().st_size for f in folder.iterdir())
             print(f"{folder}: {len(list(folder.iterdir())) - 1} files, {size / MIB:.1f} MiB")
     else:

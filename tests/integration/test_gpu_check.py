@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from loadtest.gpu_check import MODELS, PROVIDERS, mentions, plan_for
-from loadtest.gpu_report import RAW, SERVED
+from loadtest.gpu_perf_analyzer import MODELS as PA_MODELS
+from loadtest.gpu_perf_analyzer import levels
+from loadtest.gpu_report import PA_SHM, PA_WIRE, RAW, SERVED
 from tests.support.once import GPU_DRY_RUN, once_per_command
+from tests.support.perf_analyzer_tool import usable_perf_analyzer
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"^-?[\d,]+\.\d+$")
@@ -28,27 +31,18 @@ ONCE = once_per_command(GPU_DRY_RUN)
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
+def tool() -> Path | str:
+    """perf_analyzer where it starts (the dry run then measures its rows too), else why not."""
+    return usable_perf_analyzer()
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory, tool: Path | str) -> tuple[str, dict[str, object]]:
     out = tmp_path_factory.mktemp("gpu_check") / "table.md"
     work = out.parent / "work"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtest.gpu_check",
-            str(out),
-            "--dry",
-            "--budget-s",
-            "100",
-            "--work-dir",
-            str(work),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    command = [sys.executable, "-m", "loadtest.gpu_check", str(out), "--dry", "--budget-s", "130"]
+    command += ["--work-dir", str(work), *(["--perf-analyzer", str(tool)] if isinstance(tool, Path) else [])]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=140, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
@@ -85,11 +79,42 @@ def test_dry_figures_are_never_labelled_gpu_figures(dry_run: tuple[str, dict[str
     assert all("CPU (dry run of the " in line for line in table_rows)
     plan = plan_for(dry=True)
     per_model = 1 + len(plan.raw_batches) + len(plan.in_flight)  # summary + raw + served
-    assert len(table_rows) == len(MODELS) * len(PROVIDERS) * per_model
+    # perf_analyzer's rows (where it starts here) are the next test's: its measurements, its table.
+    transport = (
+        text.split("## Transport", 1)[-1].split("## Measurements", 1)[0] if "## Transport" in text else ""
+    )
+    ours = [line for line in table_rows if "perf_analyzer" not in line and line not in transport]
+    assert len(ours) == len(MODELS) * len(PROVIDERS) * per_model
     assert data["dry"] is True
     # The server was asked for the GPU and said, per model, what it ran on instead.
     warnings = text.split("## Server warnings", 1)[-1].splitlines()
     assert all(any(mentions(line, m) for line in warnings) for m in MODELS), warnings
+
+
+@ONCE
+def test_perf_analyzer_measures_the_resnets_over_the_wire_and_shared_memory(
+    dry_run: tuple[str, dict[str, object]], tool: Path | str
+) -> None:
+    """The outside check and the transport's share (served resnet was 0.12 of raw on an H200): each
+    GPU provider's server, both resnets, each level above one, with and without shared memory."""
+    if isinstance(tool, str):
+        pytest.skip(tool)
+    text, data = dry_run
+    plan = plan_for(dry=True)
+    rows = {(r["model"], r["provider"], r["measure"], r["level"]): r for r in data["rows"]}  # type: ignore[attr-defined, index]
+    gpu_labels = [plan.label(p) for p in PROVIDERS if p.key != "cpu"]
+    for label in gpu_labels:
+        for model in PA_MODELS:
+            for measure in (PA_WIRE, PA_SHM):
+                for level in levels(plan):
+                    row = rows[(model, label, measure, level)]
+                    assert row["rows_s"] and row["rows_s"] > 0 and row["avg_batch"] >= 1, row
+                    assert row["p50_ms"] <= row["p99_ms"], row
+    assert not [k for k in rows if k[1] == plan.label(PROVIDERS[-1]) and "perf_analyzer" in k[2]]  # not CPU
+    transport = data["transport"]
+    assert len(transport) == len(gpu_labels) * len(PA_MODELS) * len(levels(plan))  # type: ignore[arg-type]
+    assert all(t["shm_over_wire"] and t["shm_over_raw_best"] for t in transport)  # type: ignore[union-attr]
+    assert "## Transport: perf_analyzer over the wire and with system shared memory" in text
 
 
 def test_the_script_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:
@@ -115,3 +140,48 @@ def test_the_script_refuses_providers_it_does_not_know(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "GPU_CHECK_PROVIDERS names 'bogus'" in done.stderr
+
+
+def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_path: Path) -> None:
+    """The GPU path of the script, short of a GPU: a stand-in nvidia-smi, a venv whose pip only
+    records its calls, this Python for the rest. A review had reused `providers` for onnxruntime's
+    version line, and the measurement was handed `--providers "1.31.1 ['CUDAExecutionProvider', ...]"`:
+    a GPU session's check would have ended in a usage error. Here it gets as far as onnxruntime's
+    providers (this CPU build lists no CUDA) with the providers and the perf_analyzer it was given."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+    bin_dir, venv_bin = tmp_path / "bin", tmp_path / "venv" / "bin"
+    bin_dir.mkdir()
+    venv_bin.mkdir(parents=True)
+    calls = tmp_path / "pip-calls"
+    recording_pip = f'[ "$1 $2" = "-m pip" ] && {{ echo "$*" >>{calls}; exit 0; }}'
+    scripts = {
+        bin_dir / "nvidia-smi": 'echo "GPU 0: Stand-in H200 (UUID: GPU-0)"',
+        venv_bin / "python": f'{recording_pip}\nexec {sys.executable} "$@"',
+        tmp_path / "perf_analyzer": 'echo "Usage: perf_analyzer -m <model name>"; exit 1',
+    }
+    for path, body in scripts.items():
+        path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GPU_CHECK_VENV": str(tmp_path / "venv"),
+        "GPU_CHECK_PROVIDERS": "cuda,cpu",
+        "GPU_CHECK_PERF_ANALYZER": str(tmp_path / "perf_analyzer"),
+    }
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = (out / "gpu_check.log").read_text()
+    assert done.returncode == 1, log[-2000:]
+    assert "onnxruntime lists no CUDAExecutionProvider" in log, log[-2000:]
+    assert "usage:" not in log and "error:" not in log, log[-2000:]
+    assert "perf_analyzer at" not in log and "install perf_analyzer" not in log  # the one named: started
+    assert "-m pip install -q --disable-pip-version-check -e .[cuda,gpucheck]" in calls.read_text()

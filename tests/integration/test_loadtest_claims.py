@@ -25,11 +25,11 @@ import loadtest.crosscheck
 import loadtest.inputs
 import loadtest.runner
 from loadtest.cli import build_parser, main, targets_from
-from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.scenario import Scenario, Target
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.once import LOADTEST_RUNS, once_per_command
+from tests.support.perf_analyzer_tool import usable_perf_analyzer
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
@@ -310,18 +310,9 @@ def test_source_sensor_sends_random_walk_readings(server: ServerProcess, tmp_pat
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
-    try:  # as crosscheck finds it: $SLUICEWAY_PERF_ANALYZER, ../shared/tools, PATH
-        tool = find_perf_analyzer(None)
-    except PerfAnalyzerMissing as exc:
-        pytest.skip(str(exc))
-    try:
-        # The first call sets the tool up (downloads its wheel and runtime libraries).
-        probe = subprocess.run([str(tool)], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"perf_analyzer cannot start here: {exc}")
-    said = probe.stdout + probe.stderr
-    if "model name" not in said and "Usage" not in said:
-        pytest.skip(f"perf_analyzer cannot start here: {said[-500:]}")
+    tool = usable_perf_analyzer()  # as crosscheck finds it: $SLUICEWAY_PERF_ANALYZER, ../shared/tools, PATH
+    if isinstance(tool, str):
+        pytest.skip(tool)
     return tool
 
 

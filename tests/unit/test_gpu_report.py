@@ -18,7 +18,18 @@ from loadtest.gpu_check import (
     tensorrt_missing,
     tensorrt_parameters,
 )
-from loadtest.gpu_report import RAW, SERVED, Report, Row, markdown, summary_rows, write
+from loadtest.gpu_report import (
+    PA_SHM,
+    PA_WIRE,
+    RAW,
+    SERVED,
+    Report,
+    Row,
+    markdown,
+    summary_rows,
+    transport_rows,
+    write,
+)
 from protos import model_config_pb2 as mc
 
 
@@ -30,6 +41,25 @@ def rows() -> list[Row]:
         Row("resnet", "CUDA", SERVED, 64, 3400.0, 30.0, 18.0, 25.0),
     ]
     return [*raw, *served]
+
+
+def test_perf_analyzer_rows_say_the_transport_share_and_leave_the_summary_alone() -> None:
+    """Shared memory against the wire and against raw's best batch, per level; the summary's
+    served figures stay the harness's (perf_analyzer's rows are another measurement)."""
+    pa = [
+        Row("resnet", "CUDA", PA_WIRE, 64, 800.0, 30.0, 70.0, 90.0),
+        Row("resnet", "CUDA", PA_SHM, 64, 3200.0, 48.0, 20.0, 30.0),
+        Row("resnet", "CUDA", PA_SHM, 16, None, note="perf_analyzer failed: exit 99"),
+    ]
+    (top, failed) = transport_rows([*rows(), *pa])
+    assert (top["in_flight"], top["wire_rows_s"], top["shm_rows_s"]) == (64, 800.0, 3200.0)
+    assert (top["shm_over_wire"], top["shm_over_raw_best"]) == (4.0, 3200.0 / 4000.0)
+    assert (failed["in_flight"], failed["wire_rows_s"], failed["shm_over_raw_best"]) == (16, None, None)
+    assert summary_rows([*rows(), *pa]) == summary_rows(rows())
+    text = markdown(Report(False, [], [*rows(), *pa]))
+    assert "| resnet | CUDA | 64 | 800.0 | 3,200.0 | 4.00 | 0.80 |" in text
+    assert "| resnet | CUDA | 16 | - | - | - | - |" in text
+    assert "## Transport" not in markdown(Report(False, [], rows()))
 
 
 def test_the_summary_compares_served_at_most_in_flight_with_the_best_raw_batch() -> None:

@@ -128,3 +128,36 @@ def test_requirements_follow_the_target_python(wh: ModuleType, python: str, runt
     assert runtime in wanted and sum(r.startswith("onnxruntime") for r in wanted) == 1
     assert "tritonclient[grpc]>=2.60" in wanted and "setuptools>=68" in wanted
     assert not [r for r in wanted if ";" in r], "markers are decided, not passed on"
+
+
+def test_fetch_adds_perf_analyzer_by_its_own_platform_tag(
+    wh: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf_analyzer's real wheels are tagged glibc 2.38, a tag the project's list does not hold
+    (pip then takes an empty 0.1.0 placeholder): it is asked for alone, pinned, without dependencies.
+    pip is not run: each call is recorded and leaves a wheel named after what it asked for."""
+    calls: list[list[str]] = []
+
+    def pip(command: list[str], check: bool) -> None:
+        calls.append(command)
+        folder = Path(command[command.index("-d") + 1])
+        name = (
+            "perf_analyzer-2.60.0-py3-none-manylinux_2_38_x86_64.whl"
+            if "--no-deps" in command
+            else "a-1-py3-none-any.whl"
+        )
+        (folder / name).write_bytes(b"wheel")
+
+    monkeypatch.setattr(wh.subprocess, "run", pip)
+    folders = wh.fetch(tmp_path / "house", "3.12", 1 << 20, set(), "2.60.0")
+    (project, tool) = calls
+    assert tool[-1] == "perf-analyzer==2.60.0" and "--no-deps" in tool
+    assert [tool[i + 1] for i, arg in enumerate(tool) if arg == "--platform"] == ["manylinux_2_38_x86_64"]
+    assert "perf-analyzer==2.60.0" not in project and "--no-deps" not in project
+    assert sorted(f.name for folder in folders for f in folder.glob("*.whl")) == [
+        "a-1-py3-none-any.whl",
+        "perf_analyzer-2.60.0-py3-none-manylinux_2_38_x86_64.whl",
+    ]
+    calls.clear()
+    wh.fetch(tmp_path / "without", "3.12", 1 << 20, set(), "none")
+    assert len(calls) == 1

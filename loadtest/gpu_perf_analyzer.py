@@ -1,0 +1,117 @@
+"""The GPU check's outside measurement: NVIDIA's perf_analyzer against the same server, over the wire
+and with system shared memory, for the models with large inputs (resnet's 602 KB, resnet_u8's
+150 KB a row).
+
+Why: on an H200 the served resnet at 64 in flight was 0.12 of raw onnxruntime's best batch (session
+35). Each request's tensor crosses gRPC into one Python process; with `--shared-memory system` only
+a region name does, so the two rows side by side say how much of the gap is the transport and how
+much the serving path (batching, the device runs). perf_analyzer is also the load generator the
+issue names, an outside check on sluiceway-loadtest's served rows.
+
+Each point is a perf_analyzer run of three time windows (stability not required: the figures are
+what the windows measured), time-boxed; the average batch is ModelStatistics' rows over executions
+during the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from loadtest.gpu_plan import Budget, Plan
+from loadtest.gpu_report import PA_SHM, PA_WIRE, Row
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
+
+MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
+WINDOWS = 3
+OUTPUT_SHM_BYTES = 64 * 1024  # the resnets' logits: 1000 FP32 a row
+START_S = 15.0  # perf_analyzer's own start, its metadata calls and shared-memory registration
+
+
+def levels(plan: Plan) -> tuple[int, ...]:
+    """The levels above one in flight: where transport and batching decide the rate."""
+    return tuple(n for n in plan.in_flight if n > 1)
+
+
+def window_ms(plan: Plan) -> int:
+    return max(200, round(plan.served_s * 1000 / 2))
+
+
+def point_s(plan: Plan) -> float:
+    return WINDOWS * window_ms(plan) / 1000 + START_S
+
+
+def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
+    return [
+        Row(m, label, kind, n, note=note) for m in MODELS for kind in (PA_WIRE, PA_SHM) for n in levels(plan)
+    ]
+
+
+def perf_analyzer_context(tool: Path, plan: Plan) -> str:
+    """The report's line on how the perf_analyzer rows were taken."""
+    return (
+        f"perf_analyzer: {tool}; {', '.join(MODELS)} at {', '.join(map(str, levels(plan)))} in flight on "
+        f"the GPU providers' servers (--allow-client-shm), {WINDOWS} windows of {window_ms(plan)} ms, "
+        "over the wire and with --shared-memory system; avg batch from ModelStatistics"
+    )
+
+
+def executions(address: str, model: str) -> tuple[int, int]:
+    """(rows, executions) the server has run for `model` (ModelStatistics)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
+    runs = [b for s in stats.model_stats for b in s.batch_stats]
+    return sum(b.batch_size * b.compute_infer.count for b in runs), sum(b.compute_infer.count for b in runs)
+
+
+def run_point(tool: Path, address: str, model: str, level: int, shm: bool, plan: Plan) -> dict[str, str]:
+    """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.csv"
+        command = [
+            str(tool), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", str(level),
+            "--measurement-interval", str(window_ms(plan)), "--max-trials", str(WINDOWS),
+            "--stability-percentage", "999", "-f", str(report),
+        ]  # fmt: skip
+        if shm:
+            command += ["--shared-memory", "system", "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=point_s(plan) + 30.0)
+        if done.returncode != 0 or not report.exists():
+            said = (done.stdout + done.stderr).strip().splitlines()
+            raise RuntimeError(f"perf_analyzer exit {done.returncode}: {said[-1][:200] if said else ''}")
+        (row,) = list(csv.DictReader(report.open()))
+        return row
+
+
+def perf_analyzer_rows(tool: Path, address: str, label: str, plan: Plan, budget: Budget) -> list[Row]:
+    """Both resnets at each level above one, over the wire then with system shared memory."""
+    rows: list[Row] = []
+    for model in MODELS:
+        for shm, kind in ((False, PA_WIRE), (True, PA_SHM)):
+            for level in levels(plan):
+                if budget.left() < point_s(plan) + 10.0:
+                    rows.append(Row(model, label, kind, level, note="skipped: time budget spent"))
+                    continue
+                try:
+                    before = executions(address, model)
+                    found = run_point(tool, address, model, level, shm, plan)
+                    after = executions(address, model)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
+                    note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                    rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))
+                    continue
+                ran, runs = after[0] - before[0], after[1] - before[1]
+                rows.append(
+                    Row(
+                        model, label, kind, level, float(found["Inferences/Second"]),
+                        ran / runs if runs else None,
+                        float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
+                    )
+                )  # fmt: skip
+    return rows
