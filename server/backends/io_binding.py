@@ -31,10 +31,10 @@ import onnxruntime as ort
 from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.backends.batch_padding import PaddedRunner, Padding, batch_major
+from server.backends.batch_padding import PaddedRunner, Padding, batch_major, pad
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
-from server.backends.pinned import PinnedStaging
+from server.backends.pinned import PinnedStaging, staged_shape
 from server.models.config_backend import parse_bool
 from server.models.onnx_completion import OnnxTensor
 
@@ -156,6 +156,15 @@ class BoundRunner:
         self._bf16_outputs = [name in bf16_outputs for name in output_names]
 
     def run(self, feed: Mapping[str, Array], run_options: ort.RunOptions) -> list[Array]:
+        return self.run_padded(feed, run_options, None)
+
+    def run_padded(
+        self, feed: Mapping[str, Array], run_options: ort.RunOptions, pad_to: int | None
+    ) -> list[Array]:
+        """`pad_to`: every input grown to that many rows by repeating its last row, in the pinned
+        copy where the batch is staged (one copy), else here (batch_padding.pad)."""
+        if pad_to is not None and (self._staging is None or any(a.dtype == BF16 for a in feed.values())):
+            feed, pad_to = pad(feed, len(next(iter(feed.values()))), pad_to), None
         binding = self._session.io_binding()
         kept: list[ort.OrtValue] = []  # BF16 inputs' OrtValues, alive until the run has ended
         plain: dict[str, Array] = {}
@@ -165,13 +174,16 @@ class BoundRunner:
                 binding.bind_ortvalue_input(name, kept[-1])
             else:
                 plain[name] = array
-        staged = nullcontext(None) if self._staging is None else self._staging.stage(plain)
+        staged = nullcontext(None) if self._staging is None else self._staging.stage(plain, pad_to)
         with staged as pointers:
+            if pointers is None and pad_to is not None:  # not staged after all: padded here
+                plain = pad(plain, len(next(iter(plain.values()))), pad_to)
             for name, array in plain.items():
                 if pointers is None:  # not staged (see pinned.py): onnxruntime reads the gathered array
                     binding.bind_cpu_input(name, np.ascontiguousarray(array))  # no copy when contiguous
                 else:  # the pinned copy: onnxruntime copies it to the device by DMA
-                    binding.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape), pointers[name])
+                    shape = list(staged_shape(array, pad_to))
+                    binding.bind_input(name, "cpu", 0, array.dtype.type, shape, pointers[name])
             return self._run(binding, run_options)
 
     def _run(self, binding: ort.IOBinding, run_options: ort.RunOptions) -> list[Array]:

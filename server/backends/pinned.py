@@ -34,13 +34,29 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def layout(arrays: Mapping[str, Array]) -> tuple[dict[str, int], int]:
+def staged_shape(array: Array, pad_to: int | None) -> tuple[int, ...]:
+    """The shape an array is staged in: grown to `pad_to` rows where that is given."""
+    return array.shape if pad_to is None else (pad_to, *array.shape[1:])
+
+
+def fill(target: Array, array: Array) -> None:
+    """`array` copied into `target` (any layout in, C order out); where `target` has more rows, they
+    repeat `array`'s last one (a padded batch, batch_padding.py)."""
+    if target.shape == array.shape:
+        np.copyto(target, array)
+        return
+    rows = len(array)
+    np.copyto(target[:rows], array)
+    target[rows:] = array[rows - 1]
+
+
+def layout(arrays: Mapping[str, Array], pad_to: int | None = None) -> tuple[dict[str, int], int]:
     """Each array's offset in one buffer (256-byte aligned, in order), and the bytes it needs."""
     offsets: dict[str, int] = {}
     end = 0
     for name, array in arrays.items():
         offsets[name] = end
-        end += _aligned(array.nbytes)
+        end += _aligned(int(np.prod(staged_shape(array, pad_to))) * array.itemsize)
     return offsets, end
 
 
@@ -103,10 +119,14 @@ class PinnedStaging:
             self._free.append(buffer)
 
     @contextmanager
-    def stage(self, arrays: Mapping[str, Array]) -> Iterator[dict[str, int] | None]:
+    def stage(
+        self, arrays: Mapping[str, Array], pad_to: int | None = None
+    ) -> Iterator[dict[str, int] | None]:
         """Copy `arrays` into one pinned buffer for the length of the block: each input's address
-        in it, or None when the batch is not staged (too large, or every buffer busy)."""
-        offsets, nbytes = layout(arrays)
+        in it, or None when the batch is not staged (too large, or every buffer busy). `pad_to`:
+        each array grown there to that many rows by repeating its last row (batch_padding.py),
+        so a padded batch is copied once, not padded then staged."""
+        offsets, nbytes = layout(arrays, pad_to)
         buffer = self._take(nbytes) if 0 < nbytes <= self._max_bytes else None
         if buffer is None:
             yield None
@@ -115,10 +135,11 @@ class PinnedStaging:
             pointers: dict[str, int] = {}
             for name, array in arrays.items():
                 pointer = buffer.pointer + offsets[name]
-                if array.nbytes:
-                    raw = (ctypes.c_uint8 * array.nbytes).from_address(pointer)
-                    target = np.frombuffer(memoryview(raw), dtype=array.dtype).reshape(array.shape)
-                    np.copyto(target, array)  # any layout in, C order out
+                shape = staged_shape(array, pad_to)
+                size = int(np.prod(shape)) * array.itemsize
+                if size:
+                    raw = (ctypes.c_uint8 * size).from_address(pointer)
+                    fill(np.frombuffer(memoryview(raw), dtype=array.dtype).reshape(shape), array)
                 pointers[name] = pointer
             yield pointers
         finally:

@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
+from server.backends import batch_padding, io_binding
 from server.backends.batch_padding import (
     PaddedRunner,
     Padding,
@@ -27,11 +28,14 @@ from server.backends.batch_padding import (
     pad,
     padding_for,
 )
+from server.backends.cudart import CudaRuntime
 from server.backends.io_binding import CPU_DEVICE, BoundRunner, instance_io
 from server.backends.onnxruntime_backend import CPU, OrtOptions, ort_options_for
+from server.backends.pinned import PinnedStaging
 from server.models.config import ConfigError
 from server.models.config_backend import backend_parameters, paddable
 from server.models.onnx_completion import OnnxTensor
+from tests.support.fake_cudart import FakeCudart
 from tests.support.repositories import demo_repository
 
 BATCHED = """
@@ -158,6 +162,35 @@ def test_padded_answers_equal_unpadded_ones_row_for_row(
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # another batch size: other kernels
     assert padded.size.current == last  # the last batch's rows ran padded to this
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 16])  # staged; too large to stage (padded in numpy)
+def test_a_staged_batch_is_padded_in_its_pinned_copy(max_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A padded batch had been copied twice on a CUDA instance: padded (5.6 ms for 33 resnet rows
+    to 64), then staged into pinned memory. Staged, it is padded in the pinned copy: numpy's pad is
+    not called. Over a stand-in CUDA runtime whose pinned memory is host memory; answers as unpadded."""
+    path = demo_repository() / "mlp" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    output = session.get_outputs()[0].name
+    staging = PinnedStaging(CudaRuntime(FakeCudart()), max_buffers=2, max_bytes=max_bytes)
+    plain = BoundRunner(session, [output], CPU_DEVICE)
+    padded = PaddedRunner(BoundRunner(session, [output], CPU_DEVICE, staging=staging), Padding(64))
+    numpy_pads: list[int] = []
+
+    def counted(feed: Any, rows: int, size: int) -> Any:
+        numpy_pads.append(size)
+        return pad(feed, rows, size)
+
+    monkeypatch.setattr(io_binding, "pad", counted)
+    monkeypatch.setattr(batch_padding, "pad", counted)  # the runner's own, for runners that copy nothing
+    rng = np.random.default_rng(5)
+    for rows in (3, 5, 17):
+        x = rng.standard_normal((rows, 64)).astype(np.float32)
+        (want,) = plain.run({"features": x}, ort.RunOptions())
+        (got,) = padded.run({"features": x}, ort.RunOptions())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert numpy_pads == ([] if max_bytes > 16 else [4, 8, 32])
+    assert (staging.pinned_bytes > 0) == (max_bytes > 16)
 
 
 def test_only_cuda_sessions_are_padded() -> None:

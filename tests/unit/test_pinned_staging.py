@@ -7,6 +7,7 @@ import ctypes
 import gc
 
 import numpy as np
+import pytest
 
 from batcher.types import Array
 from server.backends.cudart import CudaRuntime
@@ -39,6 +40,21 @@ def test_a_batch_is_copied_in_c_order_and_the_buffer_reused() -> None:
     with staging.stage({"image": image}) as again:
         assert again is not None and again["image"] == first  # the same buffer, given back
     assert len(lib.pinned) == 1
+
+
+def test_a_batch_staged_with_padding_repeats_its_last_row() -> None:
+    """Padding written into the pinned copy (batch_padding.py's size), not into a padded array first."""
+    lib = FakeCudart()
+    staging = PinnedStaging(CudaRuntime(lib), max_buffers=1)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    ids = np.asarray([[1], [2], [3]], np.int64)
+    assert layout({"x": x, "ids": ids}, pad_to=8) == ({"x": 0, "ids": ALIGN}, 2 * ALIGN)
+    with staging.stage({"x": x, "ids": ids}, pad_to=5) as pointers:
+        assert pointers is not None
+        np.testing.assert_array_equal(read(pointers["x"], np.zeros((5, 2), np.float32)), [*x, x[2], x[2]])
+        np.testing.assert_array_equal(
+            read(pointers["ids"], np.zeros((5, 1), np.int64)), [[1], [2], [3], [3], [3]]
+        )
 
 
 def test_buffers_are_bounded_in_number_and_size() -> None:
@@ -76,3 +92,13 @@ def test_no_pinned_memory_left_means_unstaged_not_failed() -> None:
     lib.fail_allocs = False
     with staging.stage({"x": np.ones(8, np.float32)}) as pointers:
         assert pointers is not None
+
+
+def test_the_cost_script_runs_both_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest import pad_staging_cost
+
+    assert pad_staging_cost.main(["--rows", "2", "--size", "4", "--repeat", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "pad, then stage" in said and "padded in staging" in said
+    with pytest.raises(SystemExit):
+        pad_staging_cost.main(["--rows", "5", "--size", "4"])
