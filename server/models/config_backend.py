@@ -38,10 +38,6 @@ def _is_bool(value: str) -> bool:
     return parse_bool(value) is not None
 
 
-def _is_int(value: str) -> bool:
-    return re.fullmatch(r"[+-]?\d+", value.strip()) is not None
-
-
 def _is_count(value: str) -> bool:
     """An unsigned 64-bit count (Triton's backend reads these as unsigned long long)."""
     return whole_number(value, 2**64 - 1) is not None
@@ -135,7 +131,7 @@ def _value(config: mc.ModelConfig, key: str) -> str | None:
     value: str = config.parameters[key].string_value
     check, good = ORT_PARAMETERS[key]
     if not check(value):
-        raise ConfigError(f"model '{config.name}': parameters '{key}' value '{value}' is not {good}")
+        raise ConfigError(f"model '{config.name}': parameters '{key}' value '{shown(value)}' is not {good}")
     return value.strip()
 
 
@@ -212,14 +208,36 @@ _TRT_BOOL = [
     "trt_cuda_graph_enable",
     "trt_dump_ep_context_model",
 ]
-_TRT_INT = [
-    "trt_max_partition_iterations",
-    "trt_min_subgraph_size",
-    "trt_dla_core",
-    "trt_builder_optimization_level",
-    "trt_auxiliary_streams",
-    "trt_ep_context_embed_mode",
-]
+# TensorRT's integer keys and the values onnxruntime documents for them. A config can come from a
+# client (RepositoryModelLoad's `config`): partition iterations or auxiliary streams were unbounded.
+_TRT_INT: dict[str, tuple[int, int]] = {
+    "trt_max_partition_iterations": (1, 100_000),  # default 1000
+    "trt_min_subgraph_size": (1, 1_000_000),  # nodes; default 1
+    "trt_dla_core": (0, 15),
+    "trt_builder_optimization_level": (0, 5),  # default 3
+    "trt_auxiliary_streams": (-1, 64),  # -1: TensorRT's heuristics
+    "trt_ep_context_embed_mode": (0, 1),
+}
+SHOWN_CHARS = 100  # of a bad value, in an error: a long one is cut, its length said
+
+
+def _int_in(low: int, high: int) -> Callable[[str], bool]:
+    """A check for an ASCII integer from `low` to `high` (a sign allowed)."""
+
+    def check(value: str) -> bool:
+        text = value.strip()
+        sign = -1 if text.startswith("-") else 1
+        number = whole_number(text[1:] if text[:1] in "+-" and text else text, max(-low, high))
+        return number is not None and low <= sign * number <= high
+
+    return check
+
+
+def shown(value: str) -> str:
+    """`value` for an error message: cut past SHOWN_CHARS, its length then said."""
+    return value if len(value) <= SHOWN_CHARS else f"{value[:SHOWN_CHARS]}... ({len(value)} characters)"
+
+
 _TRT_STRING = [
     "int8_calibration_table_name",
     "trt_engine_cache_path",
@@ -252,8 +270,9 @@ _PRECISIONS = {
 def _trt_check(key: str) -> tuple[Callable[[str], bool], str] | None:
     if key in _TRT_BOOL:
         return _is_bool, "a boolean (1/0, true/false)"
-    if key in _TRT_INT or key in ("max_partition_iterations", "minimum_segment_size", "min_subgraph_size"):
-        return _is_int, "an integer"
+    bounds = _TRT_INT.get(_TRT_RENAMES.get(key, key))
+    if bounds is not None:
+        return _int_in(*bounds), f"an integer from {bounds[0]} to {bounds[1]}"
     if key == "max_workspace_size_bytes":
         return _is_count, "bytes, an unsigned integer"
     if key in _TRT_STRING:
@@ -279,7 +298,7 @@ def tensorrt_options(params: Mapping[str, str], where: str) -> dict[str, str]:
         check, good = checked
         if not check(value):
             raise ConfigError(
-                f"{where}: tensorrt accelerator parameter '{key}' value '{value}' is not {good}"
+                f"{where}: tensorrt accelerator parameter '{key}' value '{shown(value)}' is not {good}"
             )
         options[_TRT_RENAMES.get(key, key)] = value
     return options

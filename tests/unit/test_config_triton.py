@@ -223,6 +223,38 @@ def test_tensorrt_values_are_checked_as_triton_does(key: str, value: str, messag
         validate_config(_parse(text), "src")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "good"),
+    [
+        ("trt_max_partition_iterations", "1000000000", False),
+        ("max_partition_iterations", "1000", True),  # Triton's name, onnxruntime's bounds
+        ("trt_auxiliary_streams", "100000", False),
+        ("trt_auxiliary_streams", "-1", True),
+        ("trt_auxiliary_streams", "-2", False),
+        ("trt_builder_optimization_level", "6", False),
+        ("trt_builder_optimization_level", " +5 ", True),
+        ("trt_dla_core", "\u0663", False),  # an Arabic-Indic three: \d had taken it
+        ("minimum_segment_size", "0", False),
+        ("trt_ep_context_embed_mode", "1", True),
+        ("trt_ep_context_embed_mode", "-", False),
+    ],
+)
+def test_tensorrt_integer_keys_are_bounded(key: str, value: str, good: bool) -> None:
+    """A config can come from a client's RepositoryModelLoad: a billion partition iterations or a
+    hundred thousand auxiliary streams had loaded. Each integer key takes onnxruntime's range."""
+    if good:
+        assert tensorrt_options({key: value}, "m")
+        return
+    with pytest.raises(ConfigError, match=rf"parameter '{key}' value .* is not an integer from -?\d+ to \d+"):
+        tensorrt_options({key: value}, "m")
+
+
+def test_a_long_bad_value_is_cut_in_the_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        tensorrt_options({"trt_dla_core": "9" * 5000}, "m")
+    assert "... (5000 characters)" in str(raised.value) and len(str(raised.value)) < 300
+
+
 def test_tensorrt_maps_precision_as_triton() -> None:
     assert tensorrt_options({"precision_mode": "INT8", "trt_engine_cache_path": "/c"}, "m") == {
         "trt_int8_enable": "1",
