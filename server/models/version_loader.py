@@ -32,6 +32,7 @@ from server.models.config import (
     validate_config,
     validate_response_cache,
 )
+from server.models.config_backend import ORT_PARAMETERS
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
 from server.models.ensemble import EnsembleScheduler, Resolve
@@ -182,11 +183,23 @@ async def load_ensemble(
     go on (it had been rebuilt at every load, its statistics started over)."""
     cache_bytes = 0 if response_cache is None else response_cache.capacity_bytes
     plan = ensemble_plan(source, resolve, cache_bytes)
+    warn_unapplied(source.config, source.where, backend_keys_on_ensemble(source.config))
     files = await asyncio.to_thread(version_fingerprint, source, number)
     steps = None if kept is None or kept.ensemble is None else kept.ensemble.plan
     if kept is not None and (kept.fingerprint, steps) == (files, plan):
         return kept
     return ensemble_version(source, number, plan, resolve, response_cache, max_queue_size, files)
+
+
+def backend_keys_on_ensemble(config: mc.ModelConfig) -> list[str]:
+    """The onnxruntime backend's parameters an ensemble sets (its steps run the models; Triton
+    ignores them there too), for its load warning: CUDA and padding keys had been taken silently."""
+    keys = sorted(k for k in config.parameters if k in ORT_PARAMETERS)
+    if not keys:
+        return []
+    return [
+        f"parameters {keys} (onnxruntime settings; an ensemble runs no model itself: set them on its steps)"
+    ]
 
 
 def ensemble_plan(source: ModelSource, resolve: Resolve, cache_bytes: int) -> EnsemblePlan:

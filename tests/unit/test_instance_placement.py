@@ -153,3 +153,44 @@ def test_factory_for_asks_triton_default_only_without_the_setting(tmp_path: Path
             config, tmp_path / "1" / "model.onnx", settings, "m", faults=None, batch_axes=None, gpus=[0, 1]
         )
         assert [slot.device_id for slot in plan.slots] == expected
+
+
+def _parameter(key: str, value: str) -> str:
+    return f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}'
+
+
+PADDED = f"max_batch_size: 16\ndynamic_batching {{ }}\n{_parameter('gpu_batch_padding', 'true')}"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (f"instance_group [ {{ kind: KIND_GPU }} ]\n{TRT}", "the instances run on TensorRT"),
+        ("instance_group [ { kind: KIND_CPU } ]", "every instance runs on the CPU"),
+        (
+            f"instance_group [ {{ kind: KIND_GPU }} ]\n{_parameter('io_binding', 'false')}",
+            "io_binding is off",
+        ),
+        ("instance_group [ { kind: KIND_GPU } ]", None),  # a CUDA instance: padded, nothing to say
+        ("instance_group [ { kind: KIND_GPU }, { kind: KIND_CPU } ]", None),  # the GPU one pads
+    ],
+)
+def test_padding_keys_no_instance_applies_are_named_on_a_gpu_machine(
+    text: str, why: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tester's finding: on a GPU machine, `gpu_batch_padding` set for a model whose instances
+    run on TensorRT or the CPU (or without IO binding) was silently unused."""
+    import server.backends.instance_groups as groups
+
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(groups.ort, "get_available_providers", lambda: every)
+    plan = plan_instances(_parse(f"{PADDED}\n{text}"), ["CPUExecutionProvider"], gpus=[0])
+    notes = [n for n in plan.unapplied if "gpu_batch_padding" in n]
+    if why is None:
+        assert notes == []
+        return
+    (note,) = notes
+    assert (
+        note.startswith("parameters ['gpu_batch_padding'] (padding a CUDA instance's batches; ")
+        and why in note
+    )
