@@ -21,8 +21,20 @@
 # the wheelhouse or the index: the resnets through it, over the wire and with shared memory).
 set -euo pipefail
 PERF_ANALYZER_VERSION=2.60.0
-cd "$(dirname "$0")/.."
 limit_s=${GPU_CHECK_LIMIT_S:-450}
+case $limit_s in
+  '' | *[!0-9]* | 0) echo "gpu_check.sh: GPU_CHECK_LIMIT_S='$limit_s' is not a whole number of seconds" >&2; exit 2 ;;
+esac
+if [ -z "${GPU_CHECK_BOUNDED:-}" ]; then
+  # The whole run under one bound: each step's timeout is cut to the time left, but some keep a
+  # floor (an install needs its minute, a dry run's bootstrap makes .venv) and could run past it.
+  set +e
+  GPU_CHECK_BOUNDED=1 timeout -k 10 "$limit_s" bash "$0" "$@"
+  rc=$?
+  [ "$rc" = 124 ] && echo "gpu_check.sh: stopped at GPU_CHECK_LIMIT_S=${limit_s} s" >&2
+  exit "$rc"
+fi
+cd "$(dirname "$0")/.."
 dry=${GPU_CHECK_DRY:-0}
 path=""
 for arg in "$@"; do

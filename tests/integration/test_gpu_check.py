@@ -142,34 +142,40 @@ def test_the_script_refuses_providers_it_does_not_know(tmp_path: Path) -> None:
     assert done.returncode == 2 and "GPU_CHECK_PROVIDERS names 'bogus'" in done.stderr
 
 
-def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_path: Path) -> None:
-    """The GPU path of the script, short of a GPU: a stand-in nvidia-smi, a venv whose pip only
-    records its calls, this Python for the rest. A review had reused `providers` for onnxruntime's
-    version line, and the measurement was handed `--providers "1.31.1 ['CUDAExecutionProvider', ...]"`:
-    a GPU session's check would have ended in a usage error. Here it gets as far as onnxruntime's
-    providers (this CPU build lists no CUDA) with the providers and the perf_analyzer it was given."""
-    if shutil.which("nvidia-smi"):
-        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+def stand_ins(tmp_path: Path, pip: str) -> dict[str, str]:
+    """A GPU machine's look, short of a GPU: a stand-in nvidia-smi on PATH, a venv whose python runs
+    `pip` (a shell line, $* its arguments) for `-m pip` and this Python for the rest, and a
+    perf_analyzer that prints its usage. The environment for scripts/gpu_check.sh."""
     bin_dir, venv_bin = tmp_path / "bin", tmp_path / "venv" / "bin"
     bin_dir.mkdir()
     venv_bin.mkdir(parents=True)
-    calls = tmp_path / "pip-calls"
-    recording_pip = f'[ "$1 $2" = "-m pip" ] && {{ echo "$*" >>{calls}; exit 0; }}'
     scripts = {
         bin_dir / "nvidia-smi": 'echo "GPU 0: Stand-in H200 (UUID: GPU-0)"',
-        venv_bin / "python": f'{recording_pip}\nexec {sys.executable} "$@"',
+        venv_bin / "python": f'[ "$1 $2" = "-m pip" ] && {{ {pip}; exit 0; }}\nexec {sys.executable} "$@"',
         tmp_path / "perf_analyzer": 'echo "Usage: perf_analyzer -m <model name>"; exit 1',
     }
     for path, body in scripts.items():
         path.write_text(f"#!/usr/bin/env bash\n{body}\n")
         path.chmod(0o755)
-    env = {
+    return {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "GPU_CHECK_VENV": str(tmp_path / "venv"),
         "GPU_CHECK_PROVIDERS": "cuda,cpu",
         "GPU_CHECK_PERF_ANALYZER": str(tmp_path / "perf_analyzer"),
     }
+
+
+def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_path: Path) -> None:
+    """The GPU path of the script over stand-ins (this Python's onnxruntime, a pip that records its
+    calls). A review had reused `providers` for onnxruntime's version line, and the measurement was
+    handed `--providers "1.31.1 ['CUDAExecutionProvider', ...]"`: a GPU session's check would have
+    ended in a usage error. Here it gets as far as onnxruntime's providers (this CPU build lists no
+    CUDA) with the providers and the perf_analyzer it was given."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+    calls = tmp_path / "pip-calls"
+    env = stand_ins(tmp_path, f'echo "$*" >>{calls}')
     out = tmp_path / "out"
     done = subprocess.run(
         ["bash", "scripts/gpu_check.sh", str(out)],
@@ -185,3 +191,24 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     assert "usage:" not in log and "error:" not in log, log[-2000:]
     assert "perf_analyzer at" not in log and "install perf_analyzer" not in log  # the one named: started
     assert "-m pip install -q --disable-pip-version-check -e .[cuda,gpucheck]" in calls.read_text()
+
+
+def test_the_limit_bounds_the_whole_run(tmp_path: Path) -> None:
+    """GPU_CHECK_LIMIT_S bounds the script, not only the steps that fit: the install keeps a floor
+    of 60 s whatever is left, and a dry run's bootstrap had none. A pip that hangs is stopped at the
+    limit, and the script says so (exit 124)."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+    env = {**stand_ins(tmp_path, "sleep 120"), "GPU_CHECK_LIMIT_S": "3"}
+    done = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 124, done.stderr[-2000:]
+    assert "stopped at GPU_CHECK_LIMIT_S=3 s" in done.stderr
+    assert "== measure" not in (tmp_path / "out" / "gpu_check.log").read_text()  # it hung in pip, before
+    bad = subprocess.run(
+        ["bash", "scripts/gpu_check.sh"], cwd=REPO, env={**env, "GPU_CHECK_LIMIT_S": "5m"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "GPU_CHECK_LIMIT_S='5m' is not a whole number of seconds" in bad.stderr
