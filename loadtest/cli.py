@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--server-metrics",
         metavar="URL",
-        help="the (first) target's Prometheus /metrics, e.g. http://127.0.0.1:8002/metrics: server-side "
-        "figures in the report (a spawned server's is found by itself)",
+        help="the first target's server's Prometheus /metrics (every target at its address reads it), "
+        "e.g. http://127.0.0.1:8002/metrics: server-side figures in the report (a spawned server's is "
+        "found by itself)",
     )
     where.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="spawned server's cache")
     where.add_argument("--allow-remote", action="store_true", help="allow targets off this machine")
@@ -173,13 +174,14 @@ def targets_from(
     else:
         targets = (parse_target(spawned or args.target, args.model),)
     given = getattr(args, "server_metrics", None)
+    first = targets[0].address
     targets = tuple(
         dataclasses.replace(t, metrics_url=spawned_metrics)
         if spawned and t.address == spawned and spawned_metrics
         else dataclasses.replace(t, metrics_url=given)
-        if given and i == 0
+        if given and t.address == first  # the first target's server: its other models too
         else t
-        for i, t in enumerate(targets)
+        for t in targets
     )
     for target in targets:
         if not args.allow_remote and not is_loopback(target.address):

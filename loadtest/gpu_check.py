@@ -217,7 +217,12 @@ def mentions(line: str, model: str) -> bool:
 
 
 def served_rows(
-    address: str, provider: Provider, plan: Plan, budget: Budget, warnings: list[str]
+    address: str,
+    provider: Provider,
+    plan: Plan,
+    budget: Budget,
+    warnings: list[str],
+    metrics_url: str | None = None,
 ) -> list[Row]:
     from loadtest.cli import build_parser, run
 
@@ -230,7 +235,8 @@ def served_rows(
     args = build_parser().parse_args(
         ["--compare", compare, "--model", MODELS[0], "--concurrency", ",".join(map(str, plan.in_flight)),
          "--duration-s", str(plan.served_s), "--warmup-s", str(plan.warmup_s), "--rounds", "1",
-         "--processes", str(plan.processes), "--seed", "1", "--quiet"]
+         "--processes", str(plan.processes), "--seed", "1", "--quiet",
+         *(["--server-metrics", metrics_url] if metrics_url else [])]
     )  # fmt: skip
     try:
         results = run(args)
@@ -242,11 +248,13 @@ def served_rows(
         errors = sum(entry["errors"].values())
         latency = entry["latency_us"]
         warned = any(mentions(line, model) for line in warnings)
+        changes = (entry["server"].get("metrics") or {}).get("padded_shape_changes")
         note = "; ".join(
             text
             for text in (
                 f"{errors} errors" if errors else "",
                 "server warned: see Server warnings" if warned else "",
+                "" if changes is None else f"{changes:.0f} padded shape changes",
             )
             if text
         )
@@ -312,9 +320,10 @@ def check_provider(
         report.log.extend(f"[{label}] {line}" for line in padded[: len(MODELS)])
         counts = ", ".join(f"{server.seen[text]} '{text}'" for text in COUNTED)
         report.log.append(f"[{label}] server output lines until ready: {counts}")
-        report.rows.extend(served_rows(server.address, provider, plan, budget, warnings))
+        report.rows.extend(served_rows(server.address, provider, plan, budget, warnings, server.metrics_url))
         if tool is not None:
-            report.rows.extend(perf_analyzer_rows(tool, server.address, label, plan, budget))
+            found = perf_analyzer_rows(tool, server.address, label, plan, budget, server.metrics_url)
+            report.rows.extend(found)
     finally:
         server.stop()
 

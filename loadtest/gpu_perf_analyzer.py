@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
 from loadtest.gpu_report import PA_SHM, PA_WIRE, Row
 from protos import grpc_service_pb2 as pb
@@ -89,8 +90,18 @@ def run_point(tool: Path, address: str, model: str, level: int, shm: bool, plan:
         return row
 
 
-def perf_analyzer_rows(tool: Path, address: str, label: str, plan: Plan, budget: Budget) -> list[Row]:
-    """Both resnets at each level above one, over the wire then with system shared memory."""
+def shape_changes(metrics_url: str | None, model: str) -> float | None:
+    """The model's padded shape changes so far (cuDNN plan builds), None where not padded."""
+    if metrics_url is None:
+        return None
+    return dict(server_metrics.read(metrics_url, model)).get("padded_shape_changes")
+
+
+def perf_analyzer_rows(
+    tool: Path, address: str, label: str, plan: Plan, budget: Budget, metrics_url: str | None = None
+) -> list[Row]:
+    """Both resnets at each level above one, over the wire then with system shared memory; the
+    padded shape changes during each point in its note, where the server pads."""
     rows: list[Row] = []
     for model in MODELS:
         for shm, kind in ((False, PA_WIRE), (True, PA_SHM)):
@@ -99,9 +110,9 @@ def perf_analyzer_rows(tool: Path, address: str, label: str, plan: Plan, budget:
                     rows.append(Row(model, label, kind, level, note="skipped: time budget spent"))
                     continue
                 try:
-                    before = executions(address, model)
+                    before, changed = executions(address, model), shape_changes(metrics_url, model)
                     found = run_point(tool, address, model, level, shm, plan)
-                    after = executions(address, model)
+                    after, now = executions(address, model), shape_changes(metrics_url, model)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
                     note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                     rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))
@@ -112,6 +123,7 @@ def perf_analyzer_rows(tool: Path, address: str, label: str, plan: Plan, budget:
                         model, label, kind, level, float(found["Inferences/Second"]),
                         ran / runs if runs else None,
                         float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
+                        "" if now is None else f"{now - (changed or 0):.0f} padded shape changes",
                     )
                 )  # fmt: skip
     return rows

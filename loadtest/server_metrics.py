@@ -34,6 +34,8 @@ def parse(text: str, model: str) -> Figures:
                 add(f"deadline_{labels.get('outcome', '')}", sample.value)
             elif name in ("sluiceway_batch_dispatch_total", "sluiceway_batch_dispatch"):
                 add(f"dispatch_{labels.get('reason', '')}", sample.value)
+            elif name in ("sluiceway_padded_shape_changes_total", "sluiceway_padded_shape_changes"):
+                add("padded_shape_changes", sample.value)  # each a cuDNN plan build on the GPU
             elif name == "sluiceway_cpu_seconds_per_inference":
                 add(f"{GAUGE}cpu_us_per_inference", sample.value * 1e6)
             elif name == "sluiceway_cost_per_million_inferences":

@@ -1,7 +1,11 @@
-"""Served resnet_u8 on one GPU, its batches padded to a steady size as the default does (u8pad),
-padded with `gpu_batch_padding_shrink_after: 32` (u8sticky), and not padded (u8flat), at 16 and 64
-in flight in one server; with --py-spy, py-spy's samples of the server's threads during each
-16-in-flight window.
+"""Served resnet_u8 on one GPU in one server, at 16 and 64 in flight: its batches padded to a steady
+size as the default does (u8pad, `gpu_batch_padding_shrink_after` 8), as the first default did
+(u8flip, 1: a lone request between full batches changed the shape each time), held longer
+(u8sticky, 32), not padded (u8flat), and not padded with cuDNN's cheaper heuristic
+(u8heur, `cudnn_conv_algo_search: 1`: onnxruntime's default, exhaustive, picks cuDNN's slower
+heuristic for every plan it builds again). Each line gives the padded shape changes during it (the
+server's sluiceway_padded_shape_changes_total: each a plan build per convolution). With --py-spy,
+py-spy's samples of the server's threads during each 16-in-flight window.
 
     python scripts/gpu_diag.py OUT [--py-spy PATH] [--allow-cpu]
 
@@ -12,7 +16,7 @@ as CPU figures.
 Writes OUT/diag_server.log (and OUT/spy_*.txt: py-spy raw, one stack and its sample count a line)
 and prints the load lines (and each profile's heaviest leaves). Found with it on an H200: the
 instance thread inside the run 94% of the time, batches through IO binding or session.run alike
-(server/backends/batch_padding.py says why). Bounded (about 90 s); binds only 127.0.0.1.
+(server/backends/batch_padding.py says why). Bounded (about 150 s); binds only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,9 +40,12 @@ from protos import model_config_pb2 as mc
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS: dict[str, dict[str, str]] = {
     "u8pad": {},
+    "u8flip": {"gpu_batch_padding_shrink_after": "1"},
     "u8sticky": {"gpu_batch_padding_shrink_after": "32"},
     "u8flat": {"gpu_batch_padding": "false"},
+    "u8heur": {"gpu_batch_padding": "false", "cudnn_conv_algo_search": "1"},
 }
+METRICS = re.compile(r"sluiceway metrics on ([\d.]+:\d+/metrics)")
 
 
 def free_port() -> int:
@@ -57,6 +65,13 @@ def write_repo(demo: Path, root: Path) -> None:
         for key, value in params.items():
             config.parameters[key].string_value = value
         (root / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def shape_changes(url: str | None, model: str) -> float | None:
+    """The model's padded shape changes so far (None: it does not pad, or no /metrics)."""
+    from loadtest.server_metrics import read
+
+    return None if url is None else dict(read(url, model)).get("padded_shape_changes")
 
 
 def leaves(path: Path, top: int = 8) -> list[str]:
@@ -95,7 +110,8 @@ def main() -> int:
     port = free_port()
     log = (out / "diag_server.log").open("w")
     server = subprocess.Popen(
-        [py, "-m", "server", "serve", "--model-repository", str(root), "--port", str(port)],
+        [py, "-m", "server", "serve", "--model-repository", str(root), "--port", str(port),
+         "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )  # fmt: skip
     ready = threading.Event()
@@ -116,7 +132,10 @@ def main() -> int:
             server.kill()
             return 1
     print(f"server ready in {time.monotonic() - began:.1f} s", flush=True)
-    on_gpu = "(cuda:" in (out / "diag_server.log").read_text()
+    said = (out / "diag_server.log").read_text()
+    on_gpu = "(cuda:" in said
+    found = METRICS.search(said)
+    url = f"http://{found.group(1)}" if found else None
     if not on_gpu:
         print(
             "NOT ON A GPU: every instance runs on the CPU (see the server log); padding applies on CUDA only"
@@ -125,10 +144,11 @@ def main() -> int:
             server.terminate()
             server.wait(30)
             return 1
-        print("--allow-cpu: measuring anyway; these are CPU figures, the three variants alike")
+        print("--allow-cpu: measuring anyway; these are CPU figures, the variants alike")
     try:
         for model in VARIANTS:
             for level in (16, 64):
+                changes = shape_changes(url, model)
                 load = subprocess.Popen(
                     [py, "-m", "loadtest", "--target", f"127.0.0.1:{port}", "--model", model, "--concurrency",
                      str(level), "--duration-s", "4", "--warmup-s", "1", "--rounds", "1", "--processes", "4",
@@ -155,7 +175,11 @@ def main() -> int:
                     text, _ = load.communicate()
                 lines = [line.strip() for line in text.splitlines() if "closed" in line]
                 label = "" if on_gpu else " (CPU, not GPU figures)"
-                print(f"== {model} {level} in flight{label}:", *lines, sep="\n  ", flush=True)
+                after = shape_changes(url, model)
+                changed = (
+                    "not padded" if after is None else f"{after - (changes or 0):.0f} padded shape changes"
+                )
+                print(f"== {model} {level} in flight{label} ({changed}):", *lines, sep="\n  ", flush=True)
     finally:
         server.terminate()
         server.wait(30)

@@ -11,11 +11,14 @@ So a CUDA instance pads each batch, repeating its last row, up to a size that ch
 the load does: the powers of two up to max_batch_size (and max_batch_size). A batch larger than the
 current size makes it the smallest that holds the batch; the size goes down to the smallest that
 holds a batch once `shrink_after` batches in a row were a quarter of it or less (model parameter
-`gpu_batch_padding_shrink_after`, default 1). Under a steady load the shape stops changing; a
-change of load costs one build. With the default, in one run: resnet at 16 in flight 755 rows/s,
-p50 20 ms; in one server, resnet_u8 at 64 in flight 992 rows/s padded against 226 not. Sizes that
-cross a power of two back and forth still change the shape (resnet_u8 at 64 in flight in the
-check: 367 rows/s, p50 237 ms), which a larger `shrink_after` is for (not yet measured on a GPU).
+`gpu_batch_padding_shrink_after`, default 8). Under a steady load the shape stops changing; a
+change of load costs one build. With shrink_after 1 (the first default), in one run: resnet at 16
+in flight 755 rows/s, p50 20 ms; in one server, resnet_u8 at 64 in flight 992 rows/s padded against
+226 not; but resnet_u8 at 64 in flight in the check 367 rows/s, p50 237 ms. The batcher alternates
+a lone request (taken by the idle instance as a batch finishes) with the rest (BENCHMARKS.md
+section 12: sizes 1 and 7 in turn), and with shrink_after 1 that changed the shape at every batch;
+with 8 the size holds unless 8 small batches come in a row, a real drop in load (not yet measured
+on a GPU). Each change is counted (`changes`: the metric sluiceway_padded_shape_changes_total).
 
 Only where rows are rows: the graph declares every input's and every non-scalar output's first
 dimension as one symbol (the batch; an output whose first dimension is unknown, or another symbol,
@@ -48,6 +51,7 @@ if TYPE_CHECKING:  # io_binding.py makes these runners; the config imports Paddi
     from server.models.onnx_completion import OnnxTensor
 
 SHRINK = 4  # the size goes down once a batch is at most a quarter of it
+SHRINK_AFTER = 8  # ...after this many such batches in a row (gpu_batch_padding_shrink_after's default)
 
 
 def bucket(rows: int, max_rows: int) -> int:
@@ -67,7 +71,7 @@ class Padding:
     whether only a model with a convolution is padded (`auto`)."""
 
     max_rows: int
-    shrink_after: int = 1
+    shrink_after: int = SHRINK_AFTER
     convolutions_only: bool = True
 
 
@@ -92,7 +96,7 @@ class StickySize:
     """The padded size batches run at: grown at once to hold a batch, shrunk after `shrink_after`
     batches in a row filled 1/SHRINK of it or less."""
 
-    def __init__(self, max_rows: int, shrink_after: int = 1) -> None:
+    def __init__(self, max_rows: int, shrink_after: int = SHRINK_AFTER) -> None:
         self.max_rows = max_rows
         self.shrink_after = max(shrink_after, 1)
         self.current = 0
@@ -153,3 +157,12 @@ class PaddedRunner:
         else:
             outputs = self._inner.run(pad(feed, rows, size), run_options)
         return [out[:rows] if out.ndim > 0 and out.shape[0] == size else out for out in outputs]
+
+
+def shape_changes(instance: object) -> int | None:
+    """How often `instance`'s padded size has changed (each change a plan build per convolution on
+    the GPU), or None when it does not pad. Reads through a fault-injecting wrapper (`inner`)."""
+    while hasattr(instance, "inner"):
+        instance = instance.inner
+    runner = getattr(getattr(instance, "io", None), "runner", None)
+    return runner.size.changes if isinstance(runner, PaddedRunner) else None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protos import model_config_pb2 as mc
-from server.backends.batch_padding import Padding
+from server.backends.batch_padding import SHRINK_AFTER, Padding
 from server.models.config_errors import ConfigError
 from server.whole_numbers import whole_number
 
@@ -156,7 +156,7 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
     choice = values.get("gpu_batch_padding", "auto").lower()
     if (choice == "auto" or parse_bool(choice)) and paddable(config):
-        after = int(values.get("gpu_batch_padding_shrink_after", "1"))
+        after = int(values.get("gpu_batch_padding_shrink_after", str(SHRINK_AFTER)))
         options["padding"] = Padding(config.max_batch_size, after, convolutions_only=choice == "auto")
     attrs = tuple(
         (attr, bool(parse_bool(values[key])))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
+from server.backends.batch_padding import shape_changes
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion
 from server.observability.metrics_page import Family, HistogramPoint, series_labels
@@ -208,6 +209,9 @@ class MetricViews:
                  each(lambda v: v.batcher.in_flight_batches)),
             View("sluiceway_model_instances", "gauge", "Backend instances by the device each runs on "
                  "(cpu, cuda:0), as they started", self._instances),
+            View("sluiceway_padded_shape_changes_total", "counter", "Times a CUDA instance's padded "
+                 "batch size changed, each a cuDNN plan build per convolution (versions that pad only)",
+                 self._shape_changes),
             View("sluiceway_streams_open", "gauge", "Open ModelStreamInfer calls (server-wide)",
                  lambda: [({}, self._open_streams())]),
             View("sluiceway_cpu_seconds_per_inference", "gauge", "Process CPU seconds per inference: "
@@ -223,6 +227,12 @@ class MetricViews:
                 counts[device] = counts.get(device, 0) + 1
             for device, count in counts.items():
                 yield {**_labels(v), "device": device}, count
+
+    def _shape_changes(self) -> Iterator[Sample]:
+        for v in self.versions():
+            counts = [c for c in map(shape_changes, v.backends) if c is not None]
+            if counts:
+                yield _labels(v), sum(counts)
 
     def _outcomes(self) -> Iterator[Sample]:
         for labels, s in self._shown():

@@ -149,6 +149,16 @@ def test_a_target_off_this_machine_is_refused_before_any_traffic(
 
 
 @pytest.mark.usefixtures("no_traffic")
+def test_server_metrics_reach_every_model_of_the_first_targets_server() -> None:
+    """The GPU check compares three models of one server: only the first had read /metrics, so the
+    others' padded shape changes (cuDNN plan builds) went unreported."""
+    url = "http://127.0.0.1:9/metrics"
+    compare = "a=127.0.0.1:1/resnet,b=127.0.0.1:1/mlp,c=127.0.0.1:2/mlp"
+    args = build_parser().parse_args(["--compare", compare, "--server-metrics", url])
+    assert [t.metrics_url for t in targets_from(args, None)] == [url, url, None]
+
+
+@pytest.mark.usefixtures("no_traffic")
 def test_allow_remote_accepts_such_a_target_and_crosscheck_refuses_it() -> None:
     args = build_parser().parse_args(["--target", REMOTE, "--allow-remote"])
     (target,) = targets_from(args, None)  # accepted (this only parses: nothing is sent)

@@ -16,6 +16,8 @@ sluiceway_deadline_outcome_total{model="resnet",version="1",outcome="on_time"} 7
 sluiceway_batch_dispatch_total{model="mlp",version="1",reason="idle"} 50
 # TYPE sluiceway_cpu_seconds_per_inference gauge
 sluiceway_cpu_seconds_per_inference{model="mlp",version="1"} 0.0005
+# TYPE sluiceway_padded_shape_changes_total counter
+sluiceway_padded_shape_changes_total{model="mlp",version="1"} 6
 """
 
 
@@ -26,6 +28,7 @@ def test_parse_keeps_one_model_and_names_its_figures() -> None:
         "deadline_shed": 4.0,
         "dispatch_idle": 50.0,
         "gauge_cpu_us_per_inference": 500.0,
+        "padded_shape_changes": 6.0,  # each a cuDNN plan build on a GPU: a counter, a window's delta
     }
 
 

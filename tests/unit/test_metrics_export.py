@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batcher.stats import ModelStats
+from server.backends.batch_padding import PaddedRunner, Padding
 from server.models.rollout import Rollout
 from server.models.versions import READY
 from server.observability.metrics import Metrics
@@ -24,8 +25,16 @@ def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
     config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached), metric_tags={})
     devices = ("cuda:0", "cuda:0", "cpu")  # two instances on a GPU, one on the CPU
     return SimpleNamespace(
-        name=name, version_str="1", stats=stats, batcher=batcher, config=config, devices=devices
-    )
+        name=name, version_str="1", stats=stats, batcher=batcher, config=config, devices=devices,
+        backends=[padded(3), padded(4), SimpleNamespace()],  # the GPU ones pad, the CPU one not
+    )  # fmt: skip
+
+
+def padded(changes: int) -> Any:
+    """An instance whose padded size changed `changes` times (batch_padding.PaddedRunner)."""
+    runner = PaddedRunner(SimpleNamespace(), Padding(64))  # type: ignore[arg-type]
+    runner.size.changes = changes
+    return SimpleNamespace(io=SimpleNamespace(runner=runner))
 
 
 class FakeModels:
@@ -86,6 +95,8 @@ def test_names_types_and_no_unit_suffixes(metrics: Metrics) -> None:
     assert key("nv_cache_num_hits_per_model") not in got  # the model has no response cache
     assert got[key("sluiceway_model_instances", device="cuda:0")] == 2
     assert got[key("sluiceway_model_instances", device="cpu")] == 1
+    # Each change a cuDNN plan build: the padding instances' changes, summed per version.
+    assert got[key("sluiceway_padded_shape_changes_total")] == 7
     text = metrics.page().decode()
     assert "# TYPE nv_inference_count gauge" in text and "otel_scope" not in text
     assert "microseconds" not in text  # no unit suffix added to our names
