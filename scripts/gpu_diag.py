@@ -3,9 +3,12 @@ size as the default does (u8pad, `gpu_batch_padding_shrink_after` 8), as the fir
 (u8flip, 1: a lone request between full batches changed the shape each time), held longer
 (u8sticky, 32), not padded (u8flat), and not padded with cuDNN's cheaper heuristic
 (u8heur, `cudnn_conv_algo_search: 1`: onnxruntime's default, exhaustive, picks cuDNN's slower
-heuristic for every plan it builds again). Each line gives the padded shape changes during it (the
-server's sluiceway_padded_shape_changes_total: each a plan build per convolution). With --py-spy,
-py-spy's samples of the server's threads during each 16-in-flight window.
+heuristic for every plan it builds again), and padded with `max_queue_delay_microseconds: 2000`
+(u8wait: a padded batch costs the same with more rows, and without a delay a lone request, back
+first after a batch, runs alone padded to the size before the rest). Each line gives the padded
+shape changes during it (the server's sluiceway_padded_shape_changes_total: each a plan build per
+convolution). With --py-spy, py-spy's samples of the server's threads during each 16-in-flight
+window.
 
     python scripts/gpu_diag.py OUT [--py-spy PATH] [--allow-cpu]
 
@@ -16,7 +19,7 @@ as CPU figures.
 Writes OUT/diag_server.log (and OUT/spy_*.txt: py-spy raw, one stack and its sample count a line)
 and prints the load lines (and each profile's heaviest leaves). Found with it on an H200: the
 instance thread inside the run 94% of the time, batches through IO binding or session.run alike
-(server/backends/batch_padding.py says why). Bounded (about 150 s); binds only 127.0.0.1.
+(server/backends/batch_padding.py says why). Bounded (about 3 minutes); binds only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "u8sticky": {"gpu_batch_padding_shrink_after": "32"},
     "u8flat": {"gpu_batch_padding": "false"},
     "u8heur": {"gpu_batch_padding": "false", "cudnn_conv_algo_search": "1"},
+    "u8wait": {},  # max_queue_delay_microseconds: see DELAYED
 }
+DELAYED = {"u8wait": 2000}  # max_queue_delay_microseconds
 METRICS = re.compile(r"sluiceway metrics on ([\d.]+:\d+/metrics)")
 
 
@@ -64,6 +69,8 @@ def write_repo(demo: Path, root: Path) -> None:
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1, gpus=[0])
         for key, value in params.items():
             config.parameters[key].string_value = value
+        if name in DELAYED:
+            config.dynamic_batching.max_queue_delay_microseconds = DELAYED[name]
         (root / name / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
