@@ -1,7 +1,7 @@
 """Raw onnxruntime against the served rate on a GPU, per demo model and provider, in one bounded run.
 
     python -m loadtest.gpu_check [PATH] [--dry] [--budget-s S] [--tests-summary FILE] [--providers P]
-        [--instances N] [--client-processes N] [--perf-analyzer TOOL]
+        [--instances N] [--client-processes N] [--server-workers N] [--perf-analyzer TOOL]
 
 For each provider (CUDA; TensorRT FP16; the CPU, for the GPU's gain on the same machine) it writes
 a copy of the demo repository whose configs ask for it (KIND_GPU group on GPU 0, or KIND_CPU,
@@ -24,14 +24,12 @@ PATH: a .md file or a folder (default: $OUT, else out/gpu_check); the JSON is wr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,16 @@ from google.protobuf import text_format
 
 from loadtest.gpu_perf_analyzer import perf_analyzer_context, perf_analyzer_rows
 from loadtest.gpu_perf_analyzer import skipped_rows as perf_analyzer_skipped
-from loadtest.gpu_plan import PROVIDERS, Budget, Plan, Provider, machine_context, plan_for
+from loadtest.gpu_plan import (
+    PROVIDERS,
+    Budget,
+    Plan,
+    Provider,
+    first_line,
+    machine_context,
+    plan_for,
+    tensorrt_missing,
+)
 from loadtest.gpu_report import RAW, SERVED, Report, Row, write
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
@@ -52,7 +59,6 @@ SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cac
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
 PADDED = "padded batches"  # a CUDA instance's load line (server/backends/batch_padding.py)
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
-TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links
 
 
 def build_demo(cache_dir: Path) -> Path:
@@ -150,20 +156,6 @@ def time_runs(session: Any, inputs: dict[str, np.ndarray], plan: Plan) -> tuple[
     rows = next(iter(inputs.values())).shape[0]
     p50, p99 = np.percentile(np.array(times) * 1e3, [50, 99])
     return rows * len(times) / (time.perf_counter() - start), float(p50), float(p99)
-
-
-def first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
-
-def tensorrt_missing(load: Callable[[str], object] = ctypes.CDLL) -> str | None:
-    """Why the TensorRT provider cannot start here (its library does not load), or None. Without
-    it onnxruntime falls back to CUDA, and the TensorRT rows would only measure CUDA again."""
-    try:
-        load(TENSORRT_LIBRARY)
-    except OSError as err:
-        return f"TensorRT's {TENSORRT_LIBRARY} does not load ({first_line(err)})"
-    return None
 
 
 def skipped(label: str, plan: Plan, note: str, raw: bool = True) -> list[Row]:
@@ -301,8 +293,9 @@ def check_provider(
         report.rows.extend(skipped(label, plan, "skipped: time budget spent", raw=False))
         report.rows.extend(perf_analyzer_skipped(label, plan, "skipped: time budget spent") if tool else [])
         return
-    shm = ["--allow-client-shm"] if tool else []
-    server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *shm], watch=COUNTED)
+    extra = ["--allow-client-shm"] if tool else []
+    extra += ["--workers", str(plan.server_workers)] if plan.server_workers > 1 else []
+    server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *extra], watch=COUNTED)
     began = time.monotonic()
     try:
         server.start(timeout_s=start_s)
@@ -337,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-processes", type=int, default=4, help="the load generator's processes (served points)"
     )
+    parser.add_argument("--server-workers", type=int, default=1, help="`serve --workers` (server processes)")
     parser.add_argument("--providers", default="cuda,tensorrt,cpu", help="some of cuda,tensorrt,cpu")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="demo models' cache")
     parser.add_argument(
@@ -348,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
-    plan = plan_for(args.dry, args.instances, args.client_processes)
+    plan = plan_for(args.dry, args.instances, args.client_processes, args.server_workers)
     asked = {name.strip() for name in args.providers.split(",")}
     chosen = [p for p in PROVIDERS if p.key in asked]
-    if len(chosen) != len(asked) or args.instances < 1 or args.client_processes < 1 or args.budget_s <= 0:
+    counts = (args.instances, args.client_processes, args.server_workers, args.budget_s)
+    if len(chosen) != len(asked) or min(counts) <= 0:
         parser.error(
-            "--providers must name cuda, tensorrt or cpu; --instances, --client-processes and --budget-s "
-            "must be positive"
+            "--providers must name cuda, tensorrt or cpu; --instances, --client-processes, --server-workers "
+            "and --budget-s must be positive"
         )
     if args.perf_analyzer is not None and not (
         args.perf_analyzer.is_file() and os.access(args.perf_analyzer, os.X_OK)

@@ -4,12 +4,15 @@ the report names it."""
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -34,6 +37,7 @@ class Plan:
     processes: int
     instances: int
     min_runs: int = 3
+    server_workers: int = 1  # `serve --workers`: server processes, each with its own instances
 
     @property
     def max_rows(self) -> int:
@@ -43,12 +47,30 @@ class Plan:
         return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
 
 
-def plan_for(dry: bool, instances: int = 1, processes: int = 4) -> Plan:
+def plan_for(dry: bool, instances: int = 1, processes: int = 4, server_workers: int = 1) -> Plan:
     """`processes`: the load generator's client processes on a GPU run (a dry run uses one)."""
     if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
-        return Plan(True, (1, 2), (1, 2), 0.05, 0.6, 0.1, 1, 1, min_runs=1)
+        return Plan(True, (1, 2), (1, 2), 0.05, 0.6, 0.1, 1, 1, min_runs=1, server_workers=server_workers)
     # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
-    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, processes, instances)
+    plan = Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, processes, instances)
+    return dataclasses.replace(plan, server_workers=server_workers)
+
+
+TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def tensorrt_missing(load: Callable[[str], object] = ctypes.CDLL) -> str | None:
+    """Why the TensorRT provider cannot start here (its library does not load), or None. Without
+    it onnxruntime falls back to CUDA, and the TensorRT rows would only measure CUDA again."""
+    try:
+        load(TENSORRT_LIBRARY)
+    except OSError as err:
+        return f"TensorRT's {TENSORRT_LIBRARY} does not load ({first_line(err)})"
+    return None
 
 
 class Budget:
@@ -93,5 +115,10 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
         f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
         f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
     )
+    if plan.server_workers > 1:
+        items.append(
+            f"server: `serve --workers {plan.server_workers}`, each worker its own instances on GPU 0; avg "
+            "batch, shape changes and perf_analyzer's batch are the worker that answered their reads"
+        )
     items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
     return items

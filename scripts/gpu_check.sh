@@ -17,6 +17,7 @@
 # (stop once the venv is installed, for scripts/gpu_diag.py); GPU_CHECK_PROVIDERS (cuda,tensorrt,cpu:
 # what is measured; cpu serves the same models on the CPU, for the GPU's gain); GPU_CHECK_INSTANCES
 # (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's);
+# GPU_CHECK_SERVER_WORKERS (1: `serve --workers`, server processes each with its own instances);
 # GPU_CHECK_PERF_ANALYZER (a perf_analyzer to run, 0 for none; default the venv's, installed from
 # the wheelhouse or the index: the resnets through it, over the wire and with shared memory).
 set -euo pipefail
@@ -40,7 +41,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -204,6 +205,7 @@ fi
 step "measure (budget ${budget} s)"
 flags=(--budget-s "$budget" --tests-summary "$tests" --providers "$providers")
 flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
+flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
 # perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's where it starts here.
 tool=${GPU_CHECK_PERF_ANALYZER:-}
 [ -z "$tool" ] && [ "$dry" != 1 ] && tool=${venv:-.venv-gpu}/bin/perf_analyzer
