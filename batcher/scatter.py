@@ -5,7 +5,7 @@ Pure. Offsets have one entry more than requests: request i owns rows offsets[i]:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -21,10 +21,44 @@ def offsets_of(rows: Sequence[int]) -> list[int]:
     return out
 
 
-def gather(requests: Sequence[Tensors], rows: Sequence[int]) -> tuple[dict[str, Array], list[int]]:
-    """Concatenate each input of `requests` (whose batch sizes are `rows`) along axis 0.
+class Gathered(Mapping[str, Array]):
+    """A batch's inputs, each concatenated from its requests' arrays when first read (in the
+    instance's thread, not the event loop's), or copied by a backend straight into memory of its
+    own (`into`): a CUDA instance gathers them into its pinned staging buffer, the one host copy
+    before the device's (server/backends/pinned.py), where a gathered array had been copied again."""
 
-    One np.concatenate per input; a single request passes its arrays through without a copy.
+    def __init__(self, requests: Sequence[Tensors], rows: int) -> None:
+        self._requests = list(requests)
+        self.rows = rows  # every input's first dimension
+        self._joined: dict[str, Array] = {}
+
+    def spec(self, name: str) -> tuple[tuple[int, ...], np.dtype[np.generic]]:
+        """The input's batch shape and dtype, without gathering it."""
+        first = self._requests[0][name]
+        return (self.rows, *first.shape[1:]), first.dtype
+
+    def into(self, name: str, target: Array) -> None:
+        """Gather the input into `target` (its batch shape, any memory): one copy of each part."""
+        np.concatenate([req[name] for req in self._requests], axis=0, out=target)
+
+    def __getitem__(self, name: str) -> Array:
+        joined = self._joined.get(name)
+        if joined is None:
+            joined = self._joined[name] = np.concatenate([req[name] for req in self._requests], axis=0)
+        return joined
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._requests[0])  # the first request's order: a backend may care (most do not)
+
+    def __len__(self) -> int:
+        return len(self._requests[0])
+
+
+def gather(requests: Sequence[Tensors], rows: Sequence[int]) -> tuple[Tensors, list[int]]:
+    """Each input of `requests` (whose batch sizes are `rows`) along axis 0.
+
+    One np.concatenate per input, when the backend reads it (Gathered); a single request passes its
+    arrays through without a copy.
     Raises ValueError when requests disagree on input names or an array's first dimension is not
     its request's row count (callers validate first: this guards the offsets scatter relies on).
     """
@@ -40,8 +74,7 @@ def gather(requests: Sequence[Tensors], rows: Sequence[int]) -> tuple[dict[str, 
     offsets = offsets_of(rows)
     if len(requests) == 1:
         return dict(requests[0]), offsets
-    # Keys in the first request's order: a backend may care (most do not).
-    return {name: np.concatenate([req[name] for req in requests], axis=0) for name in requests[0]}, offsets
+    return Gathered(requests, offsets[-1]), offsets
 
 
 Part = dict[str, Array] | OutputNotSplit  # a request's outputs, or why it has none

@@ -1,6 +1,7 @@
-"""What a padded batch's host copies cost, in this process, no GPU: the batch padded into a new
-array and then copied into the staging buffer (the form before 2026-12-04), against the padding
-written straight into the staging buffer (server/backends/pinned.py, fill), for resnet's input.
+"""What a padded batch's host copies cost, in this process, no GPU: resnet rows sent one a request,
+gathered into one array, padded into a new one, then copied into the staging buffer (the form until
+2026-12-04), against the requests gathered straight into the staging buffer and the padding written
+there (batcher Gathered, server/backends/pinned.py `fill`: one copy).
 
     .venv/bin/python -m loadtest.pad_staging_cost [--rows 33] [--size 64] [--repeat 15]
 
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from batcher.scatter import gather
 from server.backends.batch_padding import pad
 from server.backends.pinned import fill
 
@@ -26,24 +28,27 @@ IMAGE = (3, 224, 224)  # resnet's input row: 602 KB of FP32
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=33, help="the batch's rows")
+    parser.add_argument("--rows", type=int, default=33, help="the batch's rows (one a request)")
     parser.add_argument("--size", type=int, default=64, help="the padded size")
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args(argv)
-    if not 0 < args.rows <= args.size or args.repeat < 1:
-        parser.error("need 0 < --rows <= --size and --repeat >= 1")
-    batch = np.random.default_rng(0).standard_normal((args.rows, *IMAGE)).astype(np.float32)
+    if not 1 < args.rows <= args.size or args.repeat < 1:
+        parser.error("need 1 < --rows <= --size and --repeat >= 1")
+    rng = np.random.default_rng(0)
+    requests = [{"image": rng.standard_normal((1, *IMAGE)).astype(np.float32)} for _ in range(args.rows)]
     staging = np.empty((args.size, *IMAGE), np.float32)
 
-    def pad_then_stage() -> None:
-        np.copyto(staging, pad({"image": batch}, args.rows, args.size)["image"])
+    def three_copies() -> None:
+        joined = np.concatenate([r["image"] for r in requests], axis=0)  # the batcher's gather
+        np.copyto(staging, pad({"image": joined}, args.rows, args.size)["image"])
 
-    def padded_in_staging() -> None:
-        fill(staging, batch)
+    def one_copy() -> None:
+        batch, _ = gather(requests, [1] * args.rows)
+        fill(staging, batch, "image")
 
     forms: dict[str, Callable[[], None]] = {
-        "pad, then stage": pad_then_stage,
-        "padded in staging": padded_in_staging,
+        "gather, pad, stage": three_copies,
+        "gathered in staging": one_copy,
     }
     times: dict[str, list[float]] = {name: [] for name in forms}
     for form in forms.values():
@@ -53,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             began = time.perf_counter()
             form()
             times[name].append((time.perf_counter() - began) * 1e3)
-    print(f"resnet rows {args.rows} padded to {args.size}, {args.repeat} rounds:")
+    print(f"resnet, {args.rows} requests of 1 row padded to {args.size}, {args.repeat} rounds:")
     for name, ms in times.items():
-        print(f"  {name:18s} median {statistics.median(ms):6.2f} ms, best {min(ms):6.2f} ms")
+        print(f"  {name:20s} median {statistics.median(ms):6.2f} ms, best {min(ms):6.2f} ms")
     return 0
 
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from batcher.scatter import Gathered
 from batcher.types import Array
 from server.backends.int_division_scan import may_hold
 
@@ -118,7 +119,10 @@ class StickySize:
 
 
 def batch_rows(feed: Mapping[str, Array]) -> int | None:
-    """The rows of a batch: every input's first dimension, or None where they differ or none has one."""
+    """The rows of a batch: every input's first dimension, or None where they differ or none has one
+    (a batch not yet gathered says it without gathering)."""
+    if isinstance(feed, Gathered):
+        return feed.rows
     firsts = {array.shape[0] if array.ndim else None for array in feed.values()}
     return firsts.pop() if len(firsts) == 1 else None
 

@@ -31,10 +31,10 @@ import onnxruntime as ort
 from batcher.types import Array
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.backends.batch_padding import PaddedRunner, Padding, batch_major, pad
+from server.backends.batch_padding import PaddedRunner, Padding, batch_major, batch_rows, pad
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
-from server.backends.pinned import PinnedStaging, staged_shape
+from server.backends.pinned import PinnedStaging, spec_of, staged_shape
 from server.models.config_backend import parse_bool
 from server.models.onnx_completion import OnnxTensor
 
@@ -162,28 +162,28 @@ class BoundRunner:
         self, feed: Mapping[str, Array], run_options: ort.RunOptions, pad_to: int | None
     ) -> list[Array]:
         """`pad_to`: every input grown to that many rows by repeating its last row, in the pinned
-        copy where the batch is staged (one copy), else here (batch_padding.pad)."""
-        if pad_to is not None and (self._staging is None or any(a.dtype == BF16 for a in feed.values())):
-            feed, pad_to = pad(feed, len(next(iter(feed.values()))), pad_to), None
+        copy where the batch is staged (one copy), else here (batch_padding.pad). A batch not yet
+        gathered (batcher Gathered) is gathered into the pinned copy: its one host copy."""
+        dtypes = {name: spec_of(feed, name)[1] for name in feed}
+        bf16 = [name for name, dtype in dtypes.items() if dtype == BF16]
+        if pad_to is not None and (self._staging is None or bf16):
+            feed, pad_to = pad(feed, batch_rows(feed) or 0, pad_to), None
         binding = self._session.io_binding()
-        kept: list[ort.OrtValue] = []  # BF16 inputs' OrtValues, alive until the run has ended
-        plain: dict[str, Array] = {}
-        for name, array in feed.items():
-            if array.dtype == BF16:
-                kept.append(to_ort_value(array))
-                binding.bind_ortvalue_input(name, kept[-1])
-            else:
-                plain[name] = array
-        staged = nullcontext(None) if self._staging is None else self._staging.stage(plain, pad_to)
+        kept = [to_ort_value(feed[name]) for name in bf16]  # BF16 inputs' OrtValues, alive until the run ends
+        for name, value in zip(bf16, kept, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        plain = [name for name in dtypes if name not in bf16]
+        staged = nullcontext(None) if self._staging is None else self._staging.stage(feed, pad_to, plain)
         with staged as pointers:
             if pointers is None and pad_to is not None:  # not staged after all: padded here
-                plain = pad(plain, len(next(iter(plain.values()))), pad_to)
-            for name, array in plain.items():
+                feed = pad(feed, batch_rows(feed) or 0, pad_to)
+                pad_to = None
+            for name in plain:
                 if pointers is None:  # not staged (see pinned.py): onnxruntime reads the gathered array
-                    binding.bind_cpu_input(name, np.ascontiguousarray(array))  # no copy when contiguous
+                    binding.bind_cpu_input(name, np.ascontiguousarray(feed[name]))  # no copy when contiguous
                 else:  # the pinned copy: onnxruntime copies it to the device by DMA
-                    shape = list(staged_shape(array, pad_to))
-                    binding.bind_input(name, "cpu", 0, array.dtype.type, shape, pointers[name])
+                    shape = list(staged_shape(spec_of(feed, name)[0], pad_to))
+                    binding.bind_input(name, "cpu", 0, dtypes[name].type, shape, pointers[name])
             return self._run(binding, run_options)
 
     def _run(self, binding: ort.IOBinding, run_options: ort.RunOptions) -> list[Array]:

@@ -14,12 +14,13 @@ import ctypes
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
+from batcher.scatter import Gathered
 from batcher.types import Array
 from server.backends.cudart import CudaError, CudaRuntime
 
@@ -34,29 +35,47 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def staged_shape(array: Array, pad_to: int | None) -> tuple[int, ...]:
-    """The shape an array is staged in: grown to `pad_to` rows where that is given."""
-    return array.shape if pad_to is None else (pad_to, *array.shape[1:])
+Spec = tuple[tuple[int, ...], "np.dtype[np.generic]"]
 
 
-def fill(target: Array, array: Array) -> None:
-    """`array` copied into `target` (any layout in, C order out); where `target` has more rows, they
-    repeat `array`'s last one (a padded batch, batch_padding.py)."""
-    if target.shape == array.shape:
-        np.copyto(target, array)
-        return
-    rows = len(array)
-    np.copyto(target[:rows], array)
-    target[rows:] = array[rows - 1]
+def spec_of(arrays: Mapping[str, Array], name: str) -> Spec:
+    """An input's shape and dtype; a batch not yet gathered (batcher Gathered) says them as it is."""
+    if isinstance(arrays, Gathered):
+        return arrays.spec(name)
+    array = arrays[name]
+    return array.shape, array.dtype
 
 
-def layout(arrays: Mapping[str, Array], pad_to: int | None = None) -> tuple[dict[str, int], int]:
-    """Each array's offset in one buffer (256-byte aligned, in order), and the bytes it needs."""
+def staged_shape(shape: tuple[int, ...], pad_to: int | None) -> tuple[int, ...]:
+    """The shape an input is staged in: grown to `pad_to` rows where that is given."""
+    return shape if pad_to is None else (pad_to, *shape[1:])
+
+
+def fill(target: Array, arrays: Mapping[str, Array], name: str) -> None:
+    """Input `name` of `arrays` copied into `target` (any layout in, C order out): a batch not yet
+    gathered is gathered there, its one copy. Where `target` has more rows, they repeat the input's
+    last row (a padded batch, batch_padding.py)."""
+    shape, _ = spec_of(arrays, name)
+    rows = shape[0] if shape else 0
+    head = target[:rows] if target.shape != shape else target
+    if isinstance(arrays, Gathered):
+        arrays.into(name, head)
+    else:
+        np.copyto(head, arrays[name])
+    if head is not target and rows:
+        target[rows:] = target[rows - 1]
+
+
+def layout(
+    arrays: Mapping[str, Array], pad_to: int | None = None, names: Sequence[str] | None = None
+) -> tuple[dict[str, int], int]:
+    """Each input's offset in one buffer (256-byte aligned, in order), and the bytes it needs."""
     offsets: dict[str, int] = {}
     end = 0
-    for name, array in arrays.items():
+    for name in arrays if names is None else names:
+        shape, dtype = spec_of(arrays, name)
         offsets[name] = end
-        end += _aligned(int(np.prod(staged_shape(array, pad_to))) * array.itemsize)
+        end += _aligned(int(np.prod(staged_shape(shape, pad_to))) * dtype.itemsize)
     return offsets, end
 
 
@@ -120,26 +139,28 @@ class PinnedStaging:
 
     @contextmanager
     def stage(
-        self, arrays: Mapping[str, Array], pad_to: int | None = None
+        self, arrays: Mapping[str, Array], pad_to: int | None = None, names: Sequence[str] | None = None
     ) -> Iterator[dict[str, int] | None]:
-        """Copy `arrays` into one pinned buffer for the length of the block: each input's address
-        in it, or None when the batch is not staged (too large, or every buffer busy). `pad_to`:
-        each array grown there to that many rows by repeating its last row (batch_padding.py),
-        so a padded batch is copied once, not padded then staged."""
-        offsets, nbytes = layout(arrays, pad_to)
+        """Copy `arrays` (those `names`, else all) into one pinned buffer for the length of the
+        block: each input's address in it, or None when the batch is not staged (too large, or every
+        buffer busy). `pad_to`: each grown there to that many rows by repeating its last row
+        (batch_padding.py), so a padded batch is copied once, not padded then staged; a batch not
+        yet gathered is gathered here, so once too."""
+        offsets, nbytes = layout(arrays, pad_to, names)
         buffer = self._take(nbytes) if 0 < nbytes <= self._max_bytes else None
         if buffer is None:
             yield None
             return
         try:
             pointers: dict[str, int] = {}
-            for name, array in arrays.items():
+            for name in offsets:
                 pointer = buffer.pointer + offsets[name]
-                shape = staged_shape(array, pad_to)
-                size = int(np.prod(shape)) * array.itemsize
+                shape, dtype = spec_of(arrays, name)
+                shape = staged_shape(shape, pad_to)
+                size = int(np.prod(shape)) * dtype.itemsize
                 if size:
                     raw = (ctypes.c_uint8 * size).from_address(pointer)
-                    fill(np.frombuffer(memoryview(raw), dtype=array.dtype).reshape(shape), array)
+                    fill(np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape), arrays, name)
                 pointers[name] = pointer
             yield pointers
         finally:

@@ -3,6 +3,7 @@ tensors take and give str (bytes handed to it would be str()-ed)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,14 @@ from batcher.types import Array
 
 def _to_str(item: Any) -> str:
     return item if isinstance(item, str) else bytes(item).decode("utf-8")
+
+
+def decode_string_inputs(inputs: Mapping[str, Array], names: Collection[str]) -> Mapping[str, Array]:
+    """`inputs` with those `names` decoded (decode_strings); the same mapping when there are none,
+    so a batch not yet gathered (batcher Gathered) stays so for the runner that gathers it."""
+    if not names:
+        return inputs
+    return {name: decode_strings(name, a) if name in names else a for name, a in inputs.items()}
 
 
 def decode_strings(name: str, array: Array) -> Array:

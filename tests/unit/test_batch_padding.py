@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
+from batcher.scatter import Gathered, gather
 from protos import model_config_pb2 as mc
 from server.backends import batch_padding, io_binding
 from server.backends.batch_padding import (
@@ -207,6 +208,34 @@ def test_a_staged_batch_is_padded_in_its_pinned_copy(max_bytes: int, monkeypatch
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert numpy_pads == ([] if max_bytes > 16 else [4, 8, 32])
     assert (staging.pinned_bytes > 0) == (max_bytes > 16)
+
+
+@pytest.mark.parametrize("rows", [3, 16])  # padded to 4; exactly a size (16): staged as it is
+def test_a_batch_of_requests_is_gathered_into_its_pinned_copy(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's "gathered into one pinned host buffer": a batch's requests had been concatenated
+    into one array (on the event loop), then copied into the pinned buffer. Now the requests go
+    straight into the pinned buffer, padded there: the batch is never joined anywhere else."""
+    path = demo_repository() / "mlp" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    output = session.get_outputs()[0].name
+    staging = PinnedStaging(CudaRuntime(FakeCudart()), max_buffers=2)
+    padded = PaddedRunner(BoundRunner(session, [output], CPU_DEVICE, staging=staging), Padding(64))
+    padded.size.size_for(16)  # the size is 16 already: 3 rows pad to it, 16 run as they are
+    rng = np.random.default_rng(9)
+    requests = [{"features": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(rows)]
+    batch, _ = gather(requests, [1] * rows)
+    whole = np.concatenate([r["features"] for r in requests])
+    (want,) = BoundRunner(session, [output], CPU_DEVICE).run({"features": whole}, ort.RunOptions())
+
+    def joined(self: Gathered, name: str) -> Any:
+        raise AssertionError(f"input {name!r} joined outside the pinned copy")
+
+    monkeypatch.setattr(Gathered, "__getitem__", joined)
+    (got,) = padded.run(batch, ort.RunOptions())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert got.shape == (rows, 2) and staging.pinned_bytes > 0
 
 
 def test_only_cuda_sessions_are_padded() -> None:

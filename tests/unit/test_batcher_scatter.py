@@ -8,7 +8,7 @@ import pytest
 
 from batcher.batch_io import check_rows
 from batcher.errors import OutputNotSplit, OutputRowsWrong
-from batcher.scatter import gather, offsets_of, scatter
+from batcher.scatter import Gathered, gather, offsets_of, scatter
 from batcher.types import BatchingPolicy, Tensors
 from server.errors import status_for
 
@@ -84,3 +84,18 @@ def test_an_output_without_the_runs_rows_is_unsupported_not_internal() -> None:
     policy = BatchingPolicy(max_batch_size=8)
     with pytest.raises(OutputRowsWrong, match=r"'idx' with shape \(2, 2\) for a batch of 1 rows"):
         check_rows({"idx": np.zeros((2, 2), np.int64)}, 1, policy)
+
+
+def test_a_gathered_batch_is_joined_where_it_is_read_or_into_memory_given() -> None:
+    """Gathered: the batch's inputs are concatenated when first read (in the instance's thread), or
+    gathered straight into memory a backend gives (a CUDA instance's pinned staging buffer)."""
+    a = {"x": np.full((2, 3), 1.0, np.float32)}
+    b = {"x": np.full((1, 3), 2.0, np.float32)}
+    batch, _ = gather([a, b], [2, 1])
+    assert isinstance(batch, Gathered) and batch.rows == 3 and list(batch) == ["x"] and len(batch) == 1
+    assert batch.spec("x") == ((3, 3), np.dtype(np.float32))
+    target = np.zeros((4, 3), np.float32)
+    batch.into("x", target[:3])
+    np.testing.assert_array_equal(target[:, 0], [1.0, 1.0, 2.0, 0.0])
+    assert batch["x"] is batch["x"]  # joined once, then kept
+    np.testing.assert_array_equal(batch["x"], target[:3])

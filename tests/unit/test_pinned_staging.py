@@ -99,6 +99,6 @@ def test_the_cost_script_runs_both_forms(capsys: pytest.CaptureFixture[str]) -> 
 
     assert pad_staging_cost.main(["--rows", "2", "--size", "4", "--repeat", "1"]) == 0
     said = capsys.readouterr().out
-    assert "pad, then stage" in said and "padded in staging" in said
+    assert "gather, pad, stage" in said and "gathered in staging" in said
     with pytest.raises(SystemExit):
         pad_staging_cost.main(["--rows", "5", "--size", "4"])
