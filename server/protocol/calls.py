@@ -18,9 +18,11 @@ from server.errors import StreamLimitReached
 from server.protocol.core_calls import CoreCounts
 
 # A refused stream is answered once its caller has sent nothing for this long (at most the max),
-# or at once after a message that came this long after the one before (a paced writer).
+# or at once after a message that came a pause after the one before (a paced writer): at least
+# REFUSAL_PACED_GAP_S more than its own transfer would take at REFUSAL_SLOW_BYTES_PER_S, twice over.
 REFUSAL_QUIET_S = 0.05
 REFUSAL_PACED_GAP_S = 0.01
+REFUSAL_SLOW_BYTES_PER_S = 50e6
 REFUSAL_MAX_S = 1.0
 # How often a drain's quiet wait looks at grpc core's call counts (core_calls.py).
 CORE_LOOK_S = 0.02
@@ -36,6 +38,8 @@ async def read_until_quiet(
     writes has landed avoids the race. A paced writer (a camera at 20 fps) is answered right after
     one of its messages, a period before its next write: waiting for it to go quiet for 50 ms had
     ended the call just as its next frame went out (a load test's refused streams read INTERNAL).
+    A pause is a gap well past the message's own transfer time: a burst of 1 MB messages on a busy
+    machine arrived 10 ms apart and, taken for a paced writer, read INTERNAL in 13 of 60 tries.
     Bounded, so a silent or never-pausing caller cannot hold the call.
     """
     deadline = time.monotonic() + max_s
@@ -43,11 +47,20 @@ async def read_until_quiet(
     last_read: float | None = None  # the first message may open a burst: no gap to judge
     with contextlib.suppress(Exception):  # a timeout, the end of the stream, a broken call
         while (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait_for(anext(iterator), min(quiet_s, left))
+            message = await asyncio.wait_for(anext(iterator), min(quiet_s, left))
             now = time.monotonic()
-            if last_read is not None and now - last_read >= REFUSAL_PACED_GAP_S:
+            if last_read is not None and now - last_read >= paused_after(message):
                 return
             last_read = now
+
+
+def paused_after(message: object) -> float:
+    """The gap before `message` that says its writer paused rather than sent it in a burst."""
+    size = len(message) if isinstance(message, bytes | bytearray) else 0
+    byte_size = getattr(message, "ByteSize", None)
+    if callable(byte_size):
+        size = int(byte_size())
+    return REFUSAL_PACED_GAP_S + 2 * size / REFUSAL_SLOW_BYTES_PER_S
 
 
 class QuietRefusals:

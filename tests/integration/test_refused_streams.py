@@ -18,6 +18,7 @@ from server.protocol.calls import (
     REFUSAL_MAX_S,
     REFUSAL_PACED_GAP_S,
     QuietRefusals,
+    paused_after,
     read_until_quiet,
     refusal_room,
 )
@@ -114,3 +115,28 @@ async def test_a_paced_writer_is_answered_right_after_one_of_its_messages() -> N
 
     await asyncio.wait_for(read_until_quiet(camera(), quiet_s=60.0, max_s=120.0), 30.0)
     assert read == [0, 1]  # the first message opens no gap; the second ends it
+
+
+async def test_a_burst_of_large_messages_is_not_taken_for_a_paced_writer() -> None:
+    """A tester's burst of 1 MB messages on a busy machine arrived 10 ms apart, was taken for a
+    paced writer and answered mid-burst: INTERNAL in 13 of 60 tries (grpc/grpc#36066). A gap counts
+    as a pause only well past the message's own transfer: 4 MB messages 50 ms apart are still a
+    burst, read on to its end (then the quiet wait, here 0.5 s, answers it)."""
+    read: list[int] = []
+    never = asyncio.Event()
+
+    class Large:
+        def ByteSize(self) -> int:
+            return 4 << 20
+
+    async def burst() -> AsyncIterator[object]:
+        for frame in range(3):
+            read.append(frame)
+            yield Large()
+            await asyncio.sleep(0.05)  # the transfer under test, not synchronisation
+        await never.wait()
+        yield Large()
+
+    await asyncio.wait_for(read_until_quiet(burst(), quiet_s=0.5, max_s=120.0), 30.0)
+    assert read == [0, 1, 2]  # every message of the burst read: not answered after the second
+    assert paused_after(b"x" * 1000) == pytest.approx(REFUSAL_PACED_GAP_S + 2000 / 50e6)
