@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,14 +66,33 @@ def bucket(rows: int, max_rows: int) -> int:
 CONVOLUTION = (b"Conv",)  # Conv, ConvTranspose, and the fused and quantized ones: cuDNN's plans
 
 
+class ShapeChanges:
+    """How often a version's instances changed their padded size, all together: one per version
+    (its Padding), so an instance the watchdog replaces adds to the same count (summed over the
+    instances serving, a replaced one's changes were lost and the counter went down)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
 @dataclass(frozen=True)
 class Padding:
     """A model's padding: its largest batch, small batches in a row before the size shrinks, and
-    whether only a model with a convolution is padded (`auto`)."""
+    whether only a model with a convolution is padded (`auto`); `changes` its instances' count."""
 
     max_rows: int
     shrink_after: int = SHRINK_AFTER
     convolutions_only: bool = True
+    changes: ShapeChanges = field(default_factory=ShapeChanges, compare=False, repr=False)
 
 
 def padding_for(padding: Padding | None, path: Path) -> Padding | None:
@@ -97,11 +116,14 @@ class StickySize:
     """The padded size batches run at: grown at once to hold a batch, shrunk after `shrink_after`
     batches in a row filled 1/SHRINK of it or less."""
 
-    def __init__(self, max_rows: int, shrink_after: int = SHRINK_AFTER) -> None:
+    def __init__(
+        self, max_rows: int, shrink_after: int = SHRINK_AFTER, counted: ShapeChanges | None = None
+    ) -> None:
         self.max_rows = max_rows
         self.shrink_after = max(shrink_after, 1)
         self.current = 0
         self.changes = 0  # how often the shape changed (each one a plan build on the device)
+        self._counted = counted  # the version's count, which this one's changes add to
         self._small = 0  # batches in a row at a quarter of the size or less
         self._lock = threading.Lock()  # an instance may run two batches at once
 
@@ -114,6 +136,8 @@ class StickySize:
             if rows > self.current or (small and self._small >= self.shrink_after):
                 self.current = bucket(rows, self.max_rows)
                 self.changes += 1
+                if self._counted is not None:
+                    self._counted.add()
                 self._small = 0
             return self.current
 
@@ -147,7 +171,8 @@ class PaddedRunner:
         self._inner = inner
         # A runner that copies each batch anyway pads it in that copy (BoundRunner: the pinned one).
         self._run_padded = getattr(inner, "run_padded", None)
-        self.size = StickySize(padding.max_rows, padding.shrink_after)
+        self.size = StickySize(padding.max_rows, padding.shrink_after, padding.changes)
+        self.changes = padding.changes
 
     def run(self, feed: Mapping[str, Array], run_options: ort.RunOptions) -> list[Array]:
         rows = batch_rows(feed)
@@ -163,10 +188,11 @@ class PaddedRunner:
         return [out[:rows] if out.ndim > 0 and out.shape[0] == size else out for out in outputs]
 
 
-def shape_changes(instance: object) -> int | None:
-    """How often `instance`'s padded size has changed (each change a plan build per convolution on
-    the GPU), or None when it does not pad. Reads through a fault-injecting wrapper (`inner`)."""
+def shape_changes(instance: object) -> ShapeChanges | None:
+    """The count of padded size changes `instance` adds to (its version's: each change a plan build
+    per convolution on the GPU), or None when it does not pad. Reads through a fault-injecting
+    wrapper (`inner`)."""
     while hasattr(instance, "inner"):
         instance = instance.inner
     runner = getattr(getattr(instance, "io", None), "runner", None)
-    return runner.size.changes if isinstance(runner, PaddedRunner) else None
+    return runner.changes if isinstance(runner, PaddedRunner) else None

@@ -230,9 +230,10 @@ class MetricViews:
 
     def _shape_changes(self) -> Iterator[Sample]:
         for v in self.versions():
-            counts = [c for c in map(shape_changes, v.backends) if c is not None]
+            # Each count once: a version's instances share theirs (a replaced instance's goes on).
+            counts = {id(c): c for c in map(shape_changes, v.backends) if c is not None}
             if counts:
-                yield _labels(v), sum(counts)
+                yield _labels(v), sum(c.count for c in counts.values())
 
     def _outcomes(self) -> Iterator[Sample]:
         for labels, s in self._shown():

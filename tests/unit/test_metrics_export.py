@@ -24,17 +24,21 @@ def version(name: str, stats: ModelStats, cached: bool = False) -> Any:
     batcher = SimpleNamespace(queued_requests=2, queued_bytes=512, in_flight_batches=1)
     config = SimpleNamespace(response_cache=SimpleNamespace(enable=cached), metric_tags={})
     devices = ("cuda:0", "cuda:0", "cpu")  # two instances on a GPU, one on the CPU
+    padding = Padding(64)
     return SimpleNamespace(
         name=name, version_str="1", stats=stats, batcher=batcher, config=config, devices=devices,
-        backends=[padded(3), padded(4), SimpleNamespace()],  # the GPU ones pad, the CPU one not
+        backends=[*padded(padding), SimpleNamespace()],  # the GPU ones pad, the CPU one not
+        padding=padding,  # the version's own (its instances' count of shape changes)
     )  # fmt: skip
 
 
-def padded(changes: int) -> Any:
-    """An instance whose padded size changed `changes` times (batch_padding.PaddedRunner)."""
-    runner = PaddedRunner(SimpleNamespace(), Padding(64))  # type: ignore[arg-type]
-    runner.size.changes = changes
-    return SimpleNamespace(io=SimpleNamespace(runner=runner))
+def padded(padding: Padding, sizes: tuple[int, ...] = (1, 9, 40), instances: int = 2) -> list[Any]:
+    """Instances of one version padding batches (batch_padding.PaddedRunner): the first has run
+    batches of `sizes` rows."""
+    runners = [PaddedRunner(SimpleNamespace(), padding) for _ in range(instances)]  # type: ignore[arg-type]
+    for rows in sizes:
+        runners[0].size.size_for(rows)
+    return [SimpleNamespace(io=SimpleNamespace(runner=runner)) for runner in runners]
 
 
 class FakeModels:
@@ -95,8 +99,19 @@ def test_names_types_and_no_unit_suffixes(metrics: Metrics) -> None:
     assert key("nv_cache_num_hits_per_model") not in got  # the model has no response cache
     assert got[key("sluiceway_model_instances", device="cuda:0")] == 2
     assert got[key("sluiceway_model_instances", device="cpu")] == 1
-    # Each change a cuDNN plan build: the padding instances' changes, summed per version.
-    assert got[key("sluiceway_padded_shape_changes_total")] == 7
+    # Each change a cuDNN plan build: the version's instances' changes together (1, 16, 64: 3).
+    assert got[key("sluiceway_padded_shape_changes_total")] == 3
+
+
+def test_shape_changes_go_on_when_the_watchdog_replaces_an_instance(metrics: Metrics) -> None:
+    """A tester's finding: the count was summed over the instances serving, so a replaced instance
+    (InstanceFactory.replacer puts a fresh one in its place) took its changes with it: 7 went to 4."""
+    (entry,) = metrics.views._models.list  # type: ignore[attr-defined]
+    version = entry.versions[1]
+    before = samples(metrics)[key("sluiceway_padded_shape_changes_total")]
+    (fresh,) = padded(version.padding, sizes=(2,), instances=1)  # the replacement: the version's count
+    version.backends[0] = fresh
+    assert samples(metrics)[key("sluiceway_padded_shape_changes_total")] == before + 1
     text = metrics.page().decode()
     assert "# TYPE nv_inference_count gauge" in text and "otel_scope" not in text
     assert "microseconds" not in text  # no unit suffix added to our names
