@@ -27,6 +27,7 @@ import argparse
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import text_format
 
 from loadtest.gpu_perf_analyzer import perf_analyzer_context, perf_analyzer_rows
 from loadtest.gpu_perf_analyzer import skipped_rows as perf_analyzer_skipped
@@ -49,14 +49,15 @@ from loadtest.gpu_plan import (
     tensorrt_missing,
 )
 from loadtest.gpu_report import RAW, SERVED, Report, Row, write
+from loadtest.gpu_repository import MODELS, load_config, tensorrt_parameters, write_copy
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
 
-MODELS = ("resnet", "resnet_u8", "mlp")
 MAX_RUNS = 200_000  # per raw point, whatever the time box says
 SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cache does not fit
 # Kept tail lines with these are shown; lines with COUNTED are counted even beyond the tail.
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
+NOT_SERVED = "server did not start"  # the served points' note when the server never became ready
 PADDED = "padded batches"  # a CUDA instance's load line (server/backends/batch_padding.py)
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
 
@@ -69,66 +70,6 @@ def build_demo(cache_dir: Path) -> Path:
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     return Path(done.stdout.strip().splitlines()[-1])
-
-
-def load_config(path: Path) -> mc.ModelConfig:
-    config = mc.ModelConfig()
-    text_format.Parse(path.read_text(encoding="utf-8"), config)
-    return config
-
-
-def profile_shapes(config: mc.ModelConfig, rows: int) -> str:
-    """TensorRT's shape list for `rows` rows of every input, e.g. 'image:64x3x224x224'."""
-    return ",".join(f"{i.name}:" + "x".join(str(d) for d in (rows, *i.dims)) for i in config.input)
-
-
-def tensorrt_parameters(config: mc.ModelConfig, max_rows: int, cache: Path) -> dict[str, str]:
-    """One profile from 1 to `max_rows` rows (no engine rebuild as batches vary) and an engine cache
-    that the raw runs fill and the server then loads."""
-    return {
-        "precision_mode": "FP16",
-        "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": "1",
-        "trt_timing_cache_path": str(cache),
-        "trt_profile_min_shapes": profile_shapes(config, 1),
-        "trt_profile_opt_shapes": profile_shapes(config, max_rows),
-        "trt_profile_max_shapes": profile_shapes(config, max_rows),
-    }
-
-
-def write_copy(demo: Path, target: Path, provider: Provider, plan: Plan, trt_cache: Path) -> None:
-    """The demo repository with each config asking for `provider` on GPU 0."""
-    for model in MODELS:
-        (target / model / "1").mkdir(parents=True)
-        os.symlink((demo / model / "1" / "model.onnx").resolve(), target / model / "1" / "model.onnx")
-        config = load_config(demo / model / "config.pbtxt")
-        config.max_batch_size = plan.max_rows  # the server's largest batch is raw's largest
-        del config.instance_group[:]
-        if provider.key == "cpu":
-            config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=plan.instances)
-        else:
-            config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=plan.instances, gpus=[0])
-        if provider.key == "tensorrt":
-            accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-            accel.parameters.update(tensorrt_parameters(config, plan.max_rows, trt_cache))
-        add_warmup(config, plan.max_rows)
-        header = f"# gpu_check: the demo's {model} for {provider.label}\n"
-        (target / model / "config.pbtxt").write_text(header + text_format.MessageToString(config))
-
-
-def add_warmup(config: mc.ModelConfig, max_rows: int) -> None:
-    """Random batches of 1 and `max_rows` rows, twice each, before the server is ready: the first
-    runs of a session (cuDNN's algorithm search, onnxruntime's arena, a cold cache) are slower and
-    must not land in the first measured point (a dry run's 1-in-flight resnet once served 0 rows in
-    its window beside CI's other worker)."""
-    for rows in sorted({1, max_rows}):
-        sample = config.model_warmup.add(name=f"gpu_check {rows} rows", batch_size=rows, count=2)
-        for tensor in config.input:
-            spec = sample.inputs[tensor.name]
-            spec.data_type = tensor.data_type
-            spec.dims.extend(tensor.dims)
-            spec.random_data = True
 
 
 def raw_providers(provider: Provider, config: mc.ModelConfig, plan: Plan, cache: Path) -> list[Any]:
@@ -302,8 +243,8 @@ def check_provider(
     except RuntimeError as err:
         tail = str(err).strip().splitlines()[-1:] or ["(no output)"]
         report.log.append(f"[{label}] server did not start: {tail[0]}")
-        report.rows.extend(skipped(label, plan, "server did not start", raw=False))
-        report.rows.extend(perf_analyzer_skipped(label, plan, "server did not start") if tool else [])
+        report.rows.extend(skipped(label, plan, NOT_SERVED, raw=False))
+        report.rows.extend(perf_analyzer_skipped(label, plan, NOT_SERVED) if tool else [])
         return
     try:
         report.log.append(f"[{label}] server ready in {time.monotonic() - began:.1f} s (loads and warm-ups)")
@@ -340,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--perf-analyzer", type=Path, help="perf_analyzer: also measure the resnets through it, wire and shm"
     )
+    parser.add_argument(
+        "--without-perf-analyzer", metavar="WHY", help="why perf_analyzer is not run (the report)"
+    )
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes, args.server_workers)
@@ -355,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         args.perf_analyzer.is_file() and os.access(args.perf_analyzer, os.X_OK)
     ):
         parser.error(f"--perf-analyzer {args.perf_analyzer}: no executable file there")
+    if args.perf_analyzer is not None and args.server_workers > 1:  # the server refuses the pair
+        parser.error("--perf-analyzer's shared-memory rows need one server process: --server-workers 1")
     import onnxruntime as ort
 
     if not args.dry and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -370,21 +316,47 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.dry, machine_context(plan, summary))
     if args.perf_analyzer is not None:
         report.context.append(perf_analyzer_context(args.perf_analyzer, plan))
+    elif args.without_perf_analyzer:
+        report.context.append(f"perf_analyzer: not run ({args.without_perf_analyzer})")
     work = args.work_dir or DEFAULT_CACHE_DIR / "gpu_check"
     demo = build_demo(args.cache_dir)
+    signal.signal(signal.SIGTERM, _stopped)  # the script's limit: the table is still written
     for provider in chosen:
         print(f"gpu_check: {plan.label(provider)} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
         try:
             check_provider(demo, work, provider, plan, budget, report, args.perf_analyzer)
+        except Stopped:
+            report.log.append(
+                f"[{plan.label(provider)}] stopped by SIGTERM (the time limit): the rest not run"
+            )
+            break
         except Exception as err:  # the table is still written, with what was measured
             report.log.append(
                 f"[{plan.label(provider)}] check stopped: {type(err).__name__}: {first_line(err)}"
             )
     md, js = write(report, target)
     print(f"gpu_check: wrote {md} and {js}", file=sys.stderr)
+    return verdict(report)
+
+
+class Stopped(Exception):
+    """SIGTERM arrived (scripts/gpu_check.sh's limit)."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise Stopped()
+
+
+def verdict(report: Report) -> int:
+    """1 where figures the run was for are missing or not GPU ones, with a line saying which."""
     not_gpu = report.not_gpu
     if not_gpu:
         print(f"gpu_check: {', '.join(not_gpu)} did not start: those rows are CPU figures", file=sys.stderr)
+        return 1
+    stopped = [line for line in report.log if "] check stopped: " in line or "] stopped by SIGTERM" in line]
+    unserved = sorted({f"{r.provider}: {NOT_SERVED}" for r in report.rows if r.note == NOT_SERVED})
+    if stopped or unserved:
+        print(f"gpu_check: not every point was measured: {'; '.join([*stopped, *unserved])}", file=sys.stderr)
         return 1
     return 0
 

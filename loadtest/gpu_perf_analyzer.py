@@ -16,6 +16,8 @@ during the run.
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,6 +34,8 @@ MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes 
 WINDOWS = 3
 OUTPUT_SHM_BYTES = 64 * 1024  # the resnets' logits: 1000 FP32 a row
 START_S = 15.0  # perf_analyzer's own start, its metadata calls and shared-memory registration
+STATS_S = 10.0  # a ModelStatistics read, before and after each point
+POINT_SLACK_S = 2 * STATS_S + 20.0  # left in the budget for a point to start
 
 
 def levels(plan: Plan) -> tuple[int, ...]:
@@ -66,13 +70,16 @@ def executions(address: str, model: str) -> tuple[int, int]:
     """(rows, executions) the server has run for `model` (ModelStatistics)."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=STATS_S)
     runs = [b for s in stats.model_stats for b in s.batch_stats]
     return sum(b.batch_size * b.compute_infer.count for b in runs), sum(b.compute_infer.count for b in runs)
 
 
-def run_point(tool: Path, address: str, model: str, level: int, shm: bool, plan: Plan) -> dict[str, str]:
-    """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us)."""
+def run_point(
+    tool: Path, address: str, model: str, level: int, shm: bool, plan: Plan, limit_s: float
+) -> dict[str, str]:
+    """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us), in at most
+    `limit_s`: past it the tool is stopped, with anything it started (its own process group)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
@@ -82,10 +89,20 @@ def run_point(tool: Path, address: str, model: str, level: int, shm: bool, plan:
         ]  # fmt: skip
         if shm:
             command += ["--shared-memory", "system", "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=point_s(plan) + 30.0)
-        if done.returncode != 0 or not report.exists():
-            said = (done.stdout + done.stderr).strip().splitlines()
-            raise RuntimeError(f"perf_analyzer exit {done.returncode}: {said[-1][:200] if said else ''}")
+        tool_run = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        try:
+            said, _ = tool_run.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(tool_run.pid, signal.SIGKILL)
+            tool_run.communicate()
+            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped") from None
+        if tool_run.returncode != 0 or not report.exists():
+            lines = said.strip().splitlines()
+            raise RuntimeError(
+                f"perf_analyzer exit {tool_run.returncode}: {lines[-1][:200] if lines else ''}"
+            )
         (row,) = list(csv.DictReader(report.open()))
         return row
 
@@ -106,12 +123,13 @@ def perf_analyzer_rows(
     for model in MODELS:
         for shm, kind in ((False, PA_WIRE), (True, PA_SHM)):
             for level in levels(plan):
-                if budget.left() < point_s(plan) + 10.0:
+                if budget.left() < point_s(plan) + POINT_SLACK_S:
                     rows.append(Row(model, label, kind, level, note="skipped: time budget spent"))
                     continue
                 try:
                     before, changed = executions(address, model), shape_changes(metrics_url, model)
-                    found = run_point(tool, address, model, level, shm, plan)
+                    limit = min(point_s(plan) + 30.0, budget.left() - STATS_S)
+                    found = run_point(tool, address, model, level, shm, plan, limit)
                     after, now = executions(address, model), shape_changes(metrics_url, model)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
                     note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

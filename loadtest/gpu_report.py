@@ -108,6 +108,7 @@ def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per model, provider and level perf_analyzer measured: its rates over the wire and with system
     shared memory, their ratio, and shared memory's against raw onnxruntime's best batch."""
     out: list[dict[str, Any]] = []
+    fell = fell_back(rows)  # a GPU provider that did not start: its figures are the CPU's
     points = list(
         dict.fromkeys((r.model, r.provider, r.level) for r in rows if r.measure in (PA_WIRE, PA_SHM))
     )
@@ -122,7 +123,7 @@ def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         out.append(
             {
                 "model": model,
-                "provider": provider,
+                "provider": f"{provider} ({NOT_STARTED})" if provider in fell else provider,
                 "in_flight": level,
                 "wire_rows_s": wire,
                 "shm_rows_s": shm,
@@ -133,6 +134,7 @@ def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+NOT_STARTED = "the provider did not start: CPU figures"
 FELL_BACK = "ran on CPUExecutionProvider"  # a raw row's note where the asked provider did not start
 
 
@@ -193,9 +195,12 @@ def markdown(report: Report) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in report.rows:
+        note = r.note
+        if r.provider in not_gpu and r.measure != RAW:  # raw rows say it already (FELL_BACK)
+            note = "; ".join(n for n in (note, NOT_STARTED) if n)
         lines.append(
             f"| {r.model} | {r.provider} | {r.measure} | {r.level_label} | {_num(r.rows_s)} "
-            f"| {_num(r.avg_batch, 2)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} | {r.note} |"
+            f"| {_num(r.avg_batch, 2)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} | {note} |"
         )
     if report.log:
         lines += ["", "## Server warnings", "", "```", *report.log, "```"]

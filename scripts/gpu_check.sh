@@ -23,19 +23,31 @@
 set -euo pipefail
 PERF_ANALYZER_VERSION=2.60.0
 limit_s=${GPU_CHECK_LIMIT_S:-450}
-case $limit_s in
-  '' | *[!0-9]* | 0) echo "gpu_check.sh: GPU_CHECK_LIMIT_S='$limit_s' is not a whole number of seconds" >&2; exit 2 ;;
+positive() { # NAME VALUE: a whole number from 1, no leading zero, at most 6 digits (bash reads 08 as octal)
+  case $2 in
+    '' | *[!0-9]* | 0* | ???????*)
+      echo "gpu_check.sh: $1='$2' is not a whole number from 1 (at most 6 digits)" >&2
+      exit 2
+      ;;
+  esac
+}
+positive GPU_CHECK_LIMIT_S "$limit_s"
+positive GPU_CHECK_INSTANCES "${GPU_CHECK_INSTANCES:-1}"
+positive GPU_CHECK_CLIENT_PROCESSES "${GPU_CHECK_CLIENT_PROCESSES:-4}"
+positive GPU_CHECK_SERVER_WORKERS "${GPU_CHECK_SERVER_WORKERS:-1}"
+providers=${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}
+case $providers in
+  *[!a-z,]* | ,* | *, | *,,*)
+    echo "gpu_check.sh: GPU_CHECK_PROVIDERS='$providers': it takes cuda, tensorrt and cpu, comma-separated" >&2
+    exit 2
+    ;;
 esac
-if [ -z "${GPU_CHECK_BOUNDED:-}" ]; then
-  # The whole run under one bound: each step's timeout is cut to the time left, but some keep a
-  # floor (an install needs its minute, a dry run's bootstrap makes .venv) and could run past it.
-  set +e
-  GPU_CHECK_BOUNDED=1 timeout -k 10 "$limit_s" bash "$0" "$@"
-  rc=$?
-  [ "$rc" = 124 ] && echo "gpu_check.sh: stopped at GPU_CHECK_LIMIT_S=${limit_s} s" >&2
-  exit "$rc"
-fi
-cd "$(dirname "$0")/.."
+for name in ${providers//,/ }; do
+  case $name in
+    cuda | tensorrt | cpu) ;;
+    *) echo "gpu_check.sh: GPU_CHECK_PROVIDERS names '$name': it takes cuda, tensorrt and cpu, comma-separated" >&2; exit 2 ;;
+  esac
+done
 dry=${GPU_CHECK_DRY:-0}
 path=""
 for arg in "$@"; do
@@ -46,7 +58,28 @@ for arg in "$@"; do
     *) path=$arg ;;
   esac
 done
-out=${path:-${OUT:-out/gpu_check}}
+out=$(realpath -m -- "${path:-${OUT:-out/gpu_check}}") # as given from here, before the cd below
+if [ -z "${GPU_CHECK_BOUNDED:-}" ]; then
+  # The whole run under one bound: each step's timeout is cut to the time left, but some keep a
+  # floor (an install needs its minute, a dry run's bootstrap makes .venv) and could run past it.
+  # Its own session, so that what the limit cuts short is stopped too: a step under its own
+  # `timeout` is a process group of its own, which the outer timeout's signal does not reach.
+  set +e
+  session=$(mktemp "${TMPDIR:-/tmp}/gpu_check_session.XXXXXX")
+  GPU_CHECK_BOUNDED=$session timeout -k 10 "$limit_s" setsid --wait bash "$0" "$@"
+  rc=$?
+  sid=$(cat "$session" 2>/dev/null)
+  rm -f "$session"
+  if [ -n "$sid" ] && pgrep -s "$sid" >/dev/null; then
+    pkill -TERM -s "$sid" # the measurement writes what it has measured, the server stops
+    for _ in $(seq 20); do pgrep -s "$sid" >/dev/null || break; sleep 0.5; done
+    pkill -KILL -s "$sid" 2>/dev/null
+  fi
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "gpu_check.sh: stopped at GPU_CHECK_LIMIT_S=${limit_s} s" >&2
+  exit "$rc"
+fi
+echo $$ >"$GPU_CHECK_BOUNDED" # this run's session (setsid made it): what the limit stops
+cd "$(dirname "$0")/.."
 case $out in
   *.md) logs=$(dirname "$out") ;;
   *) logs=$out ;;
@@ -55,13 +88,6 @@ mkdir -p "$logs"
 # A table left by an earlier run would sit beside this run's log as if it were this run's.
 rm -f "$logs/gpu_check.md" "$logs/gpu_check.json" "$logs/gpu_tests.log"
 [ "${out##*.}" = md ] && rm -f "$out" "${out%.md}.json"
-providers=${GPU_CHECK_PROVIDERS:-cuda,tensorrt,cpu}
-for name in ${providers//,/ }; do
-  case $name in
-    cuda | tensorrt | cpu) ;;
-    *) echo "gpu_check.sh: GPU_CHECK_PROVIDERS names '$name': it takes cuda, tensorrt and cpu, comma-separated" >&2; exit 2 ;;
-  esac
-done
 log="$logs/gpu_check.log"
 : >"$log"
 step() { echo "== $* ($((SECONDS)) s)" | tee -a "$log"; }
@@ -124,11 +150,13 @@ else
     if compgen -G "$house/*/manifest.json" >/dev/null; then
       step "join the wheelhouse's folders in $house"
       house=$(mktemp -d "${TMPDIR:-/tmp}/sluiceway-wheelhouse.XXXXXX")  # only the wheels join checked
+      trap 'rm -rf "$house"' EXIT
       "$py" scripts/wheelhouse.py join "$GPU_CHECK_WHEELHOUSE" "$house" 2>&1 | tee -a "$log"
     fi
     # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
     pip_from=(--no-index --find-links "$house" --no-build-isolation)
-    timeout 120 "${pip[@]}" --no-index --find-links "$house" "setuptools>=68" >>"$log" 2>&1
+    timeout 120 "${pip[@]}" --no-index --find-links "$house" "setuptools>=68" >>"$log" 2>&1 ||
+      { step "setuptools did not install from $house (see $log)"; exit 1; }
   fi
   step "install .[$extras] into $venv"
   timeout "$(install_s 240 60)" "${pip[@]}" "${pip_from[@]}" -e ".[$extras]" >>"$log" 2>&1 ||
@@ -155,6 +183,8 @@ else
       step "install perf_analyzer (${pa_wheel[0]##*/})"
       timeout 120 "${pip[@]}" "${pip_from[@]}" --no-deps --only-binary=:all: "${pa_wheel[0]}" >>"$log" 2>&1 ||
         step "perf_analyzer not installed (see $log)"
+    else
+      step "no perf_analyzer wheel in $house: its rows are left out"
     fi
   fi
   # The providers dlopen CUDA, cuDNN and TensorRT by name: put the NVIDIA wheels' folders on the
@@ -197,28 +227,41 @@ case $rc in
 esac
 tail -1 "$tests" | tee -a "$log"
 
+flags=(--tests-summary "$tests" --providers "$providers")
+flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
+flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
+# perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's: the wheel's binary
+# itself, not its console script (which exits 0 whatever the tool did, and leaves it running when
+# it is stopped).
+tool=${GPU_CHECK_PERF_ANALYZER:-}
+if [ -z "$tool" ] && [ "$dry" != 1 ]; then
+  tool=$("$py" -c 'import os, perf_analyzer as p; print(os.path.join(os.path.dirname(p.__file__), "bin", "perf_analyzer"))' 2>/dev/null || echo "${venv:-.venv-gpu}/bin/perf_analyzer")
+fi
+why_not=""
+if [ "$tool" = 0 ]; then
+  why_not="GPU_CHECK_PERF_ANALYZER=0"
+elif [ -n "$tool" ] && [ "${GPU_CHECK_SERVER_WORKERS:-1}" != 1 ]; then
+  why_not="its shared-memory rows need one server process (GPU_CHECK_SERVER_WORKERS=${GPU_CHECK_SERVER_WORKERS})"
+elif [ -n "$tool" ]; then
+  said=$([ -x "$tool" ] && timeout 20 "$tool" 2>&1 || true) # run bare, it prints its usage
+  if grep -qE 'Usage|model name' <<<"$said"; then
+    flags+=(--perf-analyzer "$tool")
+  else
+    why_not="$tool does not start"
+  fi
+fi
+if [ -n "$why_not" ]; then
+  step "perf_analyzer left out: $why_not"
+  flags+=(--without-perf-analyzer "$why_not")
+fi
 budget=$((limit_s - SECONDS - 20))
 if [ "$budget" -lt 30 ]; then
   step "no time left to measure (limit ${limit_s} s)"
   exit 1
 fi
 step "measure (budget ${budget} s)"
-flags=(--budget-s "$budget" --tests-summary "$tests" --providers "$providers")
-flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
-flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
-# perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's where it starts here.
-tool=${GPU_CHECK_PERF_ANALYZER:-}
-[ -z "$tool" ] && [ "$dry" != 1 ] && tool=${venv:-.venv-gpu}/bin/perf_analyzer
-if [ -n "$tool" ] && [ "$tool" != 0 ]; then
-  said=$([ -x "$tool" ] && timeout 60 "$tool" 2>&1 || true)  # run bare, it prints its usage
-  if grep -qE 'Usage|model name' <<<"$said"; then
-    flags+=(--perf-analyzer "$tool")
-  else
-    step "perf_analyzer at $tool does not start: its rows are left out"
-  fi
-fi
 [ "$dry" = 1 ] && flags+=(--dry)
-timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" "${flags[@]}" 2>&1 | tee -a "$log"
+timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" --budget-s "$budget" "${flags[@]}" 2>&1 | tee -a "$log"
 if [ "$dry" != 1 ] && [ "$rc" != 0 ]; then
   step "done; the GPU tests did not all pass (pytest exit $rc: $tests)"
   exit 1

@@ -10,16 +10,18 @@ shape changes during it (the server's sluiceway_padded_shape_changes_total: each
 convolution). With --py-spy, py-spy's samples of the server's threads during each 16-in-flight
 window.
 
-    python scripts/gpu_diag.py OUT [--py-spy PATH] [--allow-cpu]
+    python scripts/gpu_diag.py OUT [--py-spy PATH] [--allow-cpu] [--limit-s 240]
 
 Where no instance runs on a GPU it says so and stops (exit 1) before measuring: the variants are
 alike on the CPU (padding applies on CUDA only); `--allow-cpu` measures anyway, each line labelled
 as CPU figures.
 
 Writes OUT/diag_server.log (and OUT/spy_*.txt: py-spy raw, one stack and its sample count a line)
-and prints the load lines (and each profile's heaviest leaves). Found with it on an H200: the
-instance thread inside the run 94% of the time, batches through IO binding or session.run alike
-(server/backends/batch_padding.py says why). Bounded (about 3 minutes); binds only 127.0.0.1.
+and prints the load lines (and each profile's heaviest leaves), also kept in OUT/gpu_diag.txt.
+Found with it on an H200: the instance thread inside the run 94% of the time, batches through IO
+binding or session.run alike (server/backends/batch_padding.py says why). Bounded: about 3
+minutes, and points that no longer fit --limit-s (240 s) are skipped, said so; binds only
+127.0.0.1; its scratch repository is removed at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +53,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "u8wait": {},  # max_queue_delay_microseconds: see DELAYED
 }
 DELAYED = {"u8wait": 2000}  # max_queue_delay_microseconds
+POINT_S = 20.0  # one level's load (1 s warm-up, 4 s, start-up and py-spy's window) with room to spare
 METRICS = re.compile(r"sluiceway metrics on ([\d.]+:\d+/metrics)")
 
 
@@ -101,9 +105,18 @@ def main() -> int:
     parser.add_argument(
         "--allow-cpu", action="store_true", help="measure even where no instance runs on a GPU (a rehearsal)"
     )
+    parser.add_argument("--limit-s", type=float, default=240.0, help="the whole run's bound (seconds)")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.limit_s
+    kept = (out / "gpu_diag.txt").open("w")
+
+    def say(*lines: str) -> None:
+        print(*lines, sep="\n  ", flush=True)
+        kept.write("\n  ".join(lines) + "\n")
+        kept.flush()
+
     py = sys.executable
     demo = Path(
         subprocess.run(
@@ -112,7 +125,8 @@ def main() -> int:
         .stdout.strip()
         .splitlines()[-1]
     ).resolve()
-    root = Path(tempfile.mkdtemp(prefix="gpu_diag_")) / "repo"  # this run's own: never another's
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_diag_"))  # this run's own: never another's
+    root = scratch / "repo"
     write_repo(demo, root)
     port = free_port()
     log = (out / "diag_server.log").open("w")
@@ -134,27 +148,30 @@ def main() -> int:
     threading.Thread(target=pump, daemon=True).start()
     began = time.monotonic()
     while not ready.wait(0.5):  # a server that ended is not waited for
-        if server.poll() is not None or time.monotonic() - began > 180:
-            print(f"server not ready (exit {server.poll()}); see {out / 'diag_server.log'}")
+        if server.poll() is not None or time.monotonic() - began > min(180, args.limit_s):
+            say(f"server not ready (exit {server.poll()}); see {out / 'diag_server.log'}")
             server.kill()
+            shutil.rmtree(scratch, ignore_errors=True)
             return 1
-    print(f"server ready in {time.monotonic() - began:.1f} s", flush=True)
+    say(f"server ready in {time.monotonic() - began:.1f} s")
     said = (out / "diag_server.log").read_text()
     on_gpu = "(cuda:" in said
     found = METRICS.search(said)
     url = f"http://{found.group(1)}" if found else None
     if not on_gpu:
-        print(
-            "NOT ON A GPU: every instance runs on the CPU (see the server log); padding applies on CUDA only"
-        )
+        say("NOT ON A GPU: every instance runs on the CPU (see the server log); padding applies on CUDA only")
         if not args.allow_cpu:
             server.terminate()
             server.wait(30)
+            shutil.rmtree(scratch, ignore_errors=True)
             return 1
-        print("--allow-cpu: measuring anyway; these are CPU figures, the variants alike")
+        say("--allow-cpu: measuring anyway; these are CPU figures, the variants alike")
     try:
         for model in VARIANTS:
             for level in (16, 64):
+                if deadline - time.monotonic() < POINT_S:
+                    say(f"== {model} {level} in flight: skipped, past --limit-s {args.limit_s:.0f}")
+                    continue
                 changes = shape_changes(url, model)
                 load = subprocess.Popen(
                     [py, "-m", "loadtest", "--target", f"127.0.0.1:{port}", "--model", model, "--concurrency",
@@ -170,11 +187,11 @@ def main() -> int:
                     try:
                         done = subprocess.run(spy, capture_output=True, text=True, timeout=30, check=False)
                     except (OSError, subprocess.TimeoutExpired) as err:  # the load is still ended below
-                        print(f"== py-spy did not run: {err}", flush=True)
+                        say(f"== py-spy did not run: {err}")
                         done = subprocess.CompletedProcess(spy, -1)
-                    print(f"== {name}: rc {done.returncode}", flush=True)
+                    say(f"== {name}: rc {done.returncode}")
                     if (out / name).is_file():
-                        print("\n".join(leaves(out / name)), flush=True)
+                        say(*leaves(out / name))
                 try:
                     text, _ = load.communicate(timeout=60)
                 except subprocess.TimeoutExpired:  # a load that does not end is ended, not left behind
@@ -186,10 +203,11 @@ def main() -> int:
                 changed = (
                     "not padded" if after is None else f"{after - (changes or 0):.0f} padded shape changes"
                 )
-                print(f"== {model} {level} in flight{label} ({changed}):", *lines, sep="\n  ", flush=True)
+                say(f"== {model} {level} in flight{label} ({changed}):", *lines)
     finally:
         server.terminate()
         server.wait(30)
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

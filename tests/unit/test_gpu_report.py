@@ -10,15 +10,7 @@ import pytest
 from google.protobuf import text_format
 
 from loadtest import gpu_check
-from loadtest.gpu_check import (
-    PROVIDERS,
-    Budget,
-    check_provider,
-    plan_for,
-    profile_shapes,
-    tensorrt_missing,
-    tensorrt_parameters,
-)
+from loadtest.gpu_check import PROVIDERS, Budget, check_provider, plan_for, tensorrt_missing
 from loadtest.gpu_report import (
     PA_SHM,
     PA_WIRE,
@@ -31,6 +23,7 @@ from loadtest.gpu_report import (
     transport_rows,
     write,
 )
+from loadtest.gpu_repository import profile_shapes, tensorrt_parameters
 from protos import model_config_pb2 as mc
 
 
@@ -164,3 +157,51 @@ def test_served_points_say_how_often_the_padded_shape_changed(monkeypatch: pytes
     assert asked[0].server_metrics == url
     notes = {r.model: r.note for r in rows}
     assert notes == {"resnet": "12 padded shape changes", "mlp": ""}
+
+
+def test_the_verdict_fails_a_run_that_measured_less_than_it_was_for(tmp_path: Path) -> None:
+    """A tester's run whose server never started (perf_analyzer's shared memory with several server
+    workers) wrote every served row as "server did not start" and exited 0."""
+    served = Row("resnet", "CUDA", SERVED, 16, 800.0, 10.0, 20.0, 30.0)
+    assert gpu_check.verdict(Report(False, [], [served])) == 0
+    missing = Row("resnet", "CUDA", SERVED, 16, note=gpu_check.NOT_SERVED)
+    assert gpu_check.verdict(Report(False, [], [missing])) == 1
+    stopped = Report(False, [], [served], ["[CUDA] stopped by SIGTERM (the time limit): the rest not run"])
+    assert gpu_check.verdict(stopped) == 1
+
+
+def test_perf_analyzer_rows_of_a_provider_that_did_not_start_say_so() -> None:
+    """After a CUDA fallback the title said so, but the Transport table and perf_analyzer's rows read
+    as plain CUDA figures."""
+    fell = [Row("resnet", "CUDA", RAW, 8, 40.0, 8.0, 1.0, 2.0, "ran on CPUExecutionProvider (CUDA: x)")]
+    pa = [Row("resnet", "CUDA", PA_WIRE, 16, 30.0, 4.0, 9.0, 12.0), Row("resnet", "CUDA", PA_SHM, 16, 31.0)]
+    (row,) = transport_rows([*fell, *pa])
+    assert row["provider"] == "CUDA (the provider did not start: CPU figures)"
+    text = markdown(Report(False, [], [*fell, *pa]))
+    wire = next(line for line in text.splitlines() if "| served, perf_analyzer |" in line)
+    assert wire.endswith("| the provider did not start: CPU figures |")
+
+
+def test_perf_analyzer_and_several_server_workers_are_refused_together(tmp_path: Path) -> None:
+    tool = tmp_path / "perf_analyzer"
+    tool.write_text("#!/bin/sh\necho Usage\n")
+    tool.chmod(0o755)
+    with pytest.raises(SystemExit) as raised:
+        gpu_check.main(["--dry", "--perf-analyzer", str(tool), "--server-workers", "2"])
+    assert raised.value.code == 2
+
+
+def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp_path: Path) -> None:
+    """The wheel's console script runs the binary as a child and, stopped, left it running; a point
+    past its time now stops the tool's whole process group."""
+    import subprocess
+
+    from loadtest.gpu_perf_analyzer import run_point
+
+    tool = tmp_path / "perf_analyzer"
+    tool.write_text("#!/bin/sh\nsleep 97.25 &\nwait\n")
+    tool.chmod(0o755)
+    with pytest.raises(RuntimeError, match="ran past 1 s and was stopped"):
+        run_point(tool, "127.0.0.1:1", "resnet", 16, False, plan_for(True), 1.0)
+    left = subprocess.run(["pgrep", "-f", "sleep 97.25"], capture_output=True, text=True, check=False)
+    assert left.stdout == "", left.stdout
