@@ -48,7 +48,7 @@ from loadtest.gpu_plan import (
     plan_for,
     tensorrt_missing,
 )
-from loadtest.gpu_report import RAW, SERVED, Report, Row, write
+from loadtest.gpu_report import OUT_OF_TIME, RAW, SERVED, Report, Row, write
 from loadtest.gpu_repository import MODELS, load_config, tensorrt_parameters, write_copy
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
 from protos import model_config_pb2 as mc
@@ -131,7 +131,7 @@ def raw_rows(model_dir: Path, provider: Provider, plan: Plan, cache: Path, budge
     rng = np.random.default_rng(0)
     for batch in plan.raw_batches:
         if budget.left() < plan.raw_s + 5.0:
-            rows.append(Row(model, label, RAW, batch, note="skipped: time budget spent"))
+            rows.append(Row(model, label, RAW, batch, note=OUT_OF_TIME))
             continue
         try:
             rate, p50, p99 = time_runs(session, feeds(session, batch, rng), plan)
@@ -163,7 +163,7 @@ def served_rows(
     per_point = 0.5 + plan.warmup_s + plan.served_s
     needed = per_point * len(MODELS) * len(plan.in_flight) + 10.0
     if budget.left() < needed:
-        return skipped(label, plan, "skipped: time budget spent", raw=False)
+        return skipped(label, plan, OUT_OF_TIME, raw=False)
     compare = ",".join(f"{m}={address}/{m}" for m in MODELS)
     args = build_parser().parse_args(
         ["--compare", compare, "--model", MODELS[0], "--concurrency", ",".join(map(str, plan.in_flight)),
@@ -231,8 +231,8 @@ def check_provider(
         report.rows.extend(raw_rows(copy / model, provider, plan, cache, budget))
     start_s = min(SERVER_START_S, budget.left() - 20.0)
     if start_s < 10.0:
-        report.rows.extend(skipped(label, plan, "skipped: time budget spent", raw=False))
-        report.rows.extend(perf_analyzer_skipped(label, plan, "skipped: time budget spent") if tool else [])
+        report.rows.extend(skipped(label, plan, OUT_OF_TIME, raw=False))
+        report.rows.extend(perf_analyzer_skipped(label, plan, OUT_OF_TIME) if tool else [])
         return
     extra = ["--allow-client-shm"] if tool else []
     extra += ["--workers", str(plan.server_workers)] if plan.server_workers > 1 else []
@@ -354,7 +354,7 @@ def verdict(report: Report) -> int:
         print(f"gpu_check: {', '.join(not_gpu)} did not start: those rows are CPU figures", file=sys.stderr)
         return 1
     stopped = [line for line in report.log if "] check stopped: " in line or "] stopped by SIGTERM" in line]
-    unserved = sorted({f"{r.provider}: {NOT_SERVED}" for r in report.rows if r.note == NOT_SERVED})
+    unserved = sorted({f"{r.provider}: {r.note}" for r in report.rows if r.note in (NOT_SERVED, OUT_OF_TIME)})
     if stopped or unserved:
         print(f"gpu_check: not every point was measured: {'; '.join([*stopped, *unserved])}", file=sys.stderr)
         return 1

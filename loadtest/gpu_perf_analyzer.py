@@ -26,7 +26,7 @@ import grpc
 
 from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
-from loadtest.gpu_report import PA_SHM, PA_WIRE, Row
+from loadtest.gpu_report import OUT_OF_TIME, PA_SHM, PA_WIRE, Row
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 
@@ -35,7 +35,7 @@ WINDOWS = 3
 OUTPUT_SHM_BYTES = 64 * 1024  # the resnets' logits: 1000 FP32 a row
 START_S = 15.0  # perf_analyzer's own start, its metadata calls and shared-memory registration
 STATS_S = 10.0  # a ModelStatistics read, before and after each point
-POINT_SLACK_S = 2 * STATS_S + 20.0  # left in the budget for a point to start
+POINT_SLACK_S = 2 * STATS_S + 5.0  # left in the budget, beyond the point's own time, for it to start
 
 
 def levels(plan: Plan) -> tuple[int, ...]:
@@ -124,7 +124,7 @@ def perf_analyzer_rows(
         for shm, kind in ((False, PA_WIRE), (True, PA_SHM)):
             for level in levels(plan):
                 if budget.left() < point_s(plan) + POINT_SLACK_S:
-                    rows.append(Row(model, label, kind, level, note="skipped: time budget spent"))
+                    rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))
                     continue
                 try:
                     before, changed = executions(address, model), shape_changes(metrics_url, model)

@@ -135,6 +135,7 @@ def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 NOT_STARTED = "the provider did not start: CPU figures"
+OUT_OF_TIME = "skipped: time budget spent"  # a point the run's budget no longer held
 FELL_BACK = "ran on CPUExecutionProvider"  # a raw row's note where the asked provider did not start
 
 
