@@ -104,6 +104,9 @@ def test_the_cpu_install_never_pulls_the_gpu_wheel(cpu_install: dict[str, str]) 
 def test_the_gpu_install_never_pulls_the_cpu_wheel(gpu_install: dict[str, str]) -> None:
     assert "onnxruntime-gpu" in gpu_install, sorted(gpu_install)
     assert "onnxruntime" not in gpu_install, "the GPU install pulls the CPU wheel as well"
+    # The CUDA shared-memory test's client (tritonclient imports cuda.bindings), CUDA's major matching.
+    cuda = "13." if sys.version_info >= (3, 11) else "12."
+    assert gpu_install.get("cuda-bindings", "").startswith(cuda), sorted(gpu_install)
 
 
 def test_the_pins_match(cpu_install: dict[str, str], gpu_install: dict[str, str]) -> None:
