@@ -26,8 +26,10 @@ may be computed across rows, and padding rows would enter it), and by default (`
 models that hold a convolution (read without the weights: int_division_scan.may_hold); the model
 parameter `gpu_batch_padding` is `auto`, `true` (any such model) or `false`. The outputs are cut
 back to the batch's rows before they are scattered; repeating a real row keeps the padding away
-from inputs no request sent (a zero divisor). Another batch size runs other kernels, so results
-may differ in their last bits, as between any two batch sizes. TensorRT instances are not padded
+from inputs no request sent (a zero divisor). A staged batch is padded in its pinned copy, where its
+requests are gathered (pinned.py), so padding adds no copy; `pad` serves the others. Another
+batch size runs other kernels, so results may differ in their last bits, as between any two batch
+sizes. TensorRT instances are not padded
 (their engines hold a profile of batch sizes), nor CPU ones, nor batches run through session.run.
 """
 
