@@ -104,11 +104,11 @@ def summary_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def transport_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+def transport_rows(rows: Sequence[Row], dry: bool = False) -> list[dict[str, Any]]:
     """Per model, provider and level perf_analyzer measured: its rates over the wire and with system
     shared memory, their ratio, and shared memory's against raw onnxruntime's best batch."""
     out: list[dict[str, Any]] = []
-    fell = fell_back(rows)  # a GPU provider that did not start: its figures are the CPU's
+    fell = [] if dry else fell_back(rows)  # a GPU provider that did not start: its figures are the CPU's
     points = list(
         dict.fromkeys((r.model, r.provider, r.level) for r in rows if r.measure in (PA_WIRE, PA_SHM))
     )
@@ -174,7 +174,7 @@ def markdown(report: Report) -> str:
             f"| {_num(s['served_over_raw_best'], 2)} | {_num(s['batching_gain'], 2)} "
             f"| {_num(s['p99_ms'], 2)} ({s['p99_level'] or '-'}) | {s['notes']} |"
         )
-    transport = transport_rows(report.rows)
+    transport = transport_rows(report.rows, report.dry)
     if transport:
         lines += [
             "",
@@ -219,7 +219,7 @@ def write(report: Report, target: Path) -> tuple[Path, Path]:
         "context": report.context,
         "rows": [asdict(r) for r in report.rows],
         "summary": summary_rows(report.rows),
-        "transport": transport_rows(report.rows),
+        "transport": transport_rows(report.rows, report.dry),
         "server_warnings": report.log,
     }
     js = md.with_suffix(".json")

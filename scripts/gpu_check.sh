@@ -59,26 +59,42 @@ for arg in "$@"; do
   esac
 done
 out=$(realpath -m -- "${path:-${OUT:-out/gpu_check}}") # as given from here, before the cd below
+tree() { # PID: it and its descendants, parents first
+  local child
+  echo "$1"
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree "$child"; done
+}
 if [ -z "${GPU_CHECK_BOUNDED:-}" ]; then
   # The whole run under one bound: each step's timeout is cut to the time left, but some keep a
   # floor (an install needs its minute, a dry run's bootstrap makes .venv) and could run past it.
-  # Its own session, so that what the limit cuts short is stopped too: a step under its own
-  # `timeout` is a process group of its own, which the outer timeout's signal does not reach.
+  # At the limit every process of the run is signalled, found by parent: a step under its own
+  # `timeout` is a process group of its own, which a group signal would not reach. (Not a session
+  # of its own: perf_analyzer, started in a new session, ran on without end here.)
   set +e
-  session=$(mktemp "${TMPDIR:-/tmp}/gpu_check_session.XXXXXX")
-  GPU_CHECK_BOUNDED=$session timeout -k 10 "$limit_s" setsid --wait bash "$0" "$@"
+  fired=$(mktemp "${TMPDIR:-/tmp}/gpu_check_limit.XXXXXX")
+  rm -f "$fired"
+  GPU_CHECK_BOUNDED=1 bash "$0" "$@" &
+  inner=$!
+  (
+    sleep "$limit_s"
+    : >"$fired"
+    pids=$(tree "$inner")
+    kill -TERM $pids 2>/dev/null # the measurement writes what it has measured, the server stops
+    for _ in $(seq 20); do kill -0 $pids 2>/dev/null || break; sleep 0.5; done
+    kill -KILL $pids 2>/dev/null
+  ) &
+  watchdog=$!
+  wait "$inner"
   rc=$?
-  sid=$(cat "$session" 2>/dev/null)
-  rm -f "$session"
-  if [ -n "$sid" ] && pgrep -s "$sid" >/dev/null; then
-    pkill -TERM -s "$sid" # the measurement writes what it has measured, the server stops
-    for _ in $(seq 20); do pgrep -s "$sid" >/dev/null || break; sleep 0.5; done
-    pkill -KILL -s "$sid" 2>/dev/null
+  kill $(tree "$watchdog") 2>/dev/null
+  wait "$watchdog" 2>/dev/null
+  if [ -e "$fired" ]; then
+    rm -f "$fired"
+    echo "gpu_check.sh: stopped at GPU_CHECK_LIMIT_S=${limit_s} s" >&2
+    exit 124
   fi
-  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "gpu_check.sh: stopped at GPU_CHECK_LIMIT_S=${limit_s} s" >&2
   exit "$rc"
 fi
-echo $$ >"$GPU_CHECK_BOUNDED" # this run's session (setsid made it): what the limit stops
 cd "$(dirname "$0")/.."
 case $out in
   *.md) logs=$(dirname "$out") ;;

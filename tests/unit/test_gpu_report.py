@@ -177,6 +177,7 @@ def test_perf_analyzer_rows_of_a_provider_that_did_not_start_say_so() -> None:
     pa = [Row("resnet", "CUDA", PA_WIRE, 16, 30.0, 4.0, 9.0, 12.0), Row("resnet", "CUDA", PA_SHM, 16, 31.0)]
     (row,) = transport_rows([*fell, *pa])
     assert row["provider"] == "CUDA (the provider did not start: CPU figures)"
+    assert transport_rows([*fell, *pa], dry=True)[0]["provider"] == "CUDA"  # a dry run says it once, above
     text = markdown(Report(False, [], [*fell, *pa]))
     wire = next(line for line in text.splitlines() if "| served, perf_analyzer |" in line)
     assert wire.endswith("| the provider did not start: CPU figures |")
