@@ -1,0 +1,128 @@
+"""What one server takes in of resnet-sized requests when the model costs nothing: a graph that only
+averages its 602 KB input (3x224x224 FP32), served on this machine's CPU, driven by perf_analyzer
+over the wire and with system shared memory, with the server's CPU per row.
+
+    .venv/bin/python -m loadtest.transport_ceiling [--concurrency 16,64] [--rounds 2] [--workers 1]
+        [--perf-analyzer PATH]
+
+Why: on an H200 the served resnet did 0.12 of raw onnxruntime's best batch (BENCHMARKS.md section
+16), 602 KB a request into one Python process. This bounds the request path alone: what any
+model with that input could be served at by one process on this machine, wire against shared
+memory. The model file is written to a temporary repository and removed; the server binds only
+127.0.0.1; every perf_analyzer point is time-boxed (loadtest/gpu_perf_analyzer.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from loadtest import proc
+from loadtest.gpu_perf_analyzer import executions, run_point
+from loadtest.gpu_plan import Plan, plan_for
+from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
+from loadtest.server import SpawnedServer
+
+MODEL = "meanpool"
+
+
+def write_model(repo: Path) -> None:
+    """`image` FP32 [N, 3, 224, 224] -> `mean` FP32 [N, 1]: one ReduceMean, max_batch_size 64."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image", "axes"], ["flat"], keepdims=0),
+            helper.make_node("Unsqueeze", ["flat", "one"], ["mean"]),
+        ],
+        MODEL,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 1])],
+        [axes, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    (repo / MODEL / "1").mkdir(parents=True)
+    onnx.save(model, repo / MODEL / "1" / "model.onnx")
+    (repo / MODEL / "config.pbtxt").write_text(
+        f'name: "{MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\ndynamic_batching {{ }}\n'
+    )
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants (a server's `--workers` processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += proc.cpu_s(current)
+        except OSError:
+            continue
+        todo += children.get(current, [])
+    return total
+
+
+def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, workers: int) -> str:
+    """One perf_analyzer point: its rate and p50, and with one server process the batches it ran
+    and its CPU per row (several workers each keep their own statistics: those are left out)."""
+    assert server.process is not None
+    before, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid)
+    row = run_point(tool, server.address, MODEL, level, shm, plan, 120.0)
+    after, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid) - cpu
+    rows, runs = after[0] - before[0], after[1] - before[1]
+    rate, p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1e3
+    if workers > 1:
+        return f"{rate:7.1f} rows/s, p50 {p50:.1f} ms"
+    return (
+        f"{rate:7.1f} rows/s, avg batch {rows / max(runs, 1):.1f}, "
+        f"server CPU {1e3 * cpu / max(rows, 1):.2f} ms a row, p50 {p50:.1f} ms"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="16,64")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers` (wire only when > 1)")
+    parser.add_argument("--perf-analyzer", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        tool = find_perf_analyzer(args.perf_analyzer)
+    except PerfAnalyzerMissing as err:
+        print(f"transport_ceiling: {err}", file=sys.stderr)
+        return 2
+    levels = [int(n) for n in args.concurrency.split(",")]
+    plan = dataclasses.replace(plan_for(False), served_s=3.0)  # windows of 1.5 s, three a point
+    modes = (False,) if args.workers > 1 else (False, True)  # client shared memory: one process only
+    extra = ["--workers", str(args.workers)] if args.workers > 1 else ["--allow-client-shm"]
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        write_model(repo)
+        with SpawnedServer(Path(tmp) / "cache", ["--model-repository", str(repo), *extra]) as server:
+            for round_ in range(1, args.rounds + 1):
+                for level in levels:
+                    for shm in modes:
+                        line = point(tool, server, level, shm, plan, args.workers)
+                        print(
+                            f"round {round_} {level} in flight {'shm ' if shm else 'wire'}: {line}",
+                            flush=True,
+                        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
