@@ -175,7 +175,7 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
     calls = tmp_path / "pip-calls"
-    env = stand_ins(tmp_path, f'echo "$*" >>{calls}')
+    env = {**stand_ins(tmp_path, f'echo "$*" >>{calls}'), "GPU_CHECK_LIMIT_S": "451"}
     out = tmp_path / "out"
     done = subprocess.run(
         ["bash", "scripts/gpu_check.sh", str(out)],
@@ -185,6 +185,8 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
         text=True,
         timeout=300,
     )
+    left = subprocess.run(["pgrep", "-f", "sleep 451"], capture_output=True, text=True, check=False)
+    assert left.stdout == "", f"the limit's timer outlived the run: {left.stdout}"
     log = (out / "gpu_check.log").read_text()
     assert done.returncode == 1, log[-2000:]
     assert "onnxruntime lists no CUDAExecutionProvider" in log, log[-2000:]
