@@ -16,22 +16,10 @@ import argparse
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 
-import grpc
-
+from loadtest.model_statistics import batches_run
 from loadtest.server import SpawnedServer
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
-
-
-def executions(address: str, model: str) -> Counter[int]:
-    """Batches the server has run for `model`, by batch size."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
-    return Counter({b.batch_size: b.compute_infer.count for s in stats.model_stats for b in s.batch_stats})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,12 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with SpawnedServer() as server, tempfile.TemporaryDirectory() as out:
         for model in args.models.split(","):
             for level in levels:
-                before = executions(server.address, model)
+                before = batches_run(server.address, model)
                 load = [sys.executable, "-m", "loadtest", "--target", server.address, "--model", model,
                         "--concurrency", str(level), "--duration-s", str(args.duration_s), "--warmup-s",
                         "0.5", "--rounds", "1", "--quiet", "--no-plots", "--out", out]  # fmt: skip
                 subprocess.run(load, capture_output=True, timeout=args.duration_s + 120, check=True)
-                ran = executions(server.address, model)
+                ran = batches_run(server.address, model)
                 ran.subtract(before)
                 sizes = ", ".join(f"{size} x{count}" for size, count in sorted((+ran).items()))
                 print(f"{model} at {level} in flight: batches {sizes}", flush=True)

@@ -28,8 +28,7 @@ import grpc
 from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
 from loadtest.gpu_report import OUT_OF_TIME, PA_SHM, PA_WIRE, Row
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
+from loadtest.model_statistics import batches_run, rows_and_runs
 
 MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
 WINDOWS = 3
@@ -69,11 +68,7 @@ def perf_analyzer_context(tool: Path, plan: Plan) -> str:
 
 def executions(address: str, model: str) -> tuple[int, int]:
     """(rows, executions) the server has run for `model` (ModelStatistics)."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=STATS_S)
-    runs = [b for s in stats.model_stats for b in s.batch_stats]
-    return sum(b.batch_size * b.compute_infer.count for b in runs), sum(b.compute_infer.count for b in runs)
+    return rows_and_runs(batches_run(address, model, STATS_S))
 
 
 def run_point(

@@ -29,26 +29,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 
 from loadtest import proc
+from loadtest.model_statistics import batches_run
 from loadtest.ort_ceiling import feeds
 from loadtest.server import DEFAULT_CACHE_DIR, SpawnedServer
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PERF_ANALYZER = REPO_ROOT.parent / "shared" / "tools" / "perf_analyzer"
-
-
-def executions(address: str, model: str) -> Counter[int]:
-    """Batches the server has run for `model`, by batch size (ModelStatistics batch_stats)."""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
-    return Counter({b.batch_size: b.compute_infer.count for s in stats.model_stats for b in s.batch_stats})
 
 
 def perf_analyzer(address: str, model: str, concurrency: int, shm: bool, requests: int) -> float:
@@ -73,10 +63,10 @@ def perf_analyzer(address: str, model: str, concurrency: int, shm: bool, request
 
 def measured(server: SpawnedServer, model: str, level: int, shm: bool, requests: int) -> Served:
     assert server.process is not None
-    before, cpu = executions(server.address, model), proc.cpu_s(server.process.pid)
+    before, cpu = batches_run(server.address, model), proc.cpu_s(server.process.pid)
     rate = perf_analyzer(server.address, model, level, shm, requests)
     cpu = proc.cpu_s(server.process.pid) - cpu
-    ran = executions(server.address, model)
+    ran = batches_run(server.address, model)
     ran.subtract(before)
     rows = sum(size * count for size, count in ran.items())
     return Served(rate, +ran, cpu * 1e3 / rows)
