@@ -124,8 +124,8 @@ class StickySize:
         self.max_rows = max_rows
         self.shrink_after = max(shrink_after, 1)
         self.current = 0
-        self.changes = 0  # how often the shape changed (each one a plan build on the device)
-        self._counted = counted  # the version's count, which this one's changes add to
+        # How often the shape changed (each one a plan build on the device): the version's count.
+        self.counted = counted if counted is not None else ShapeChanges()
         self._small = 0  # batches in a row at a quarter of the size or less
         self._lock = threading.Lock()  # an instance may run two batches at once
 
@@ -137,11 +137,13 @@ class StickySize:
             self._small = self._small + 1 if small else 0
             if rows > self.current or (small and self._small >= self.shrink_after):
                 self.current = bucket(rows, self.max_rows)
-                self.changes += 1
-                if self._counted is not None:
-                    self._counted.add()
+                self.counted.add()
                 self._small = 0
             return self.current
+
+    @property
+    def changes(self) -> int:
+        return self.counted.count
 
 
 def batch_rows(feed: Mapping[str, Array]) -> int | None:
@@ -174,7 +176,6 @@ class PaddedRunner:
         # A runner that copies each batch anyway pads it in that copy (BoundRunner: the pinned one).
         self._run_padded = getattr(inner, "run_padded", None)
         self.size = StickySize(padding.max_rows, padding.shrink_after, padding.changes)
-        self.changes = padding.changes
 
     def run(self, feed: Mapping[str, Array], run_options: ort.RunOptions) -> list[Array]:
         rows = batch_rows(feed)
@@ -197,4 +198,4 @@ def shape_changes(instance: object) -> ShapeChanges | None:
     while hasattr(instance, "inner"):
         instance = instance.inner
     runner = getattr(getattr(instance, "io", None), "runner", None)
-    return runner.changes if isinstance(runner, PaddedRunner) else None
+    return runner.size.counted if isinstance(runner, PaddedRunner) else None

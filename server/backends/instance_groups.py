@@ -23,7 +23,7 @@ from server.backends.gpu_devices import visible_gpus
 from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
 from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
-from server.models.config_backend import MAX_INSTANCES, backend_parameters, paddable, parse_bool
+from server.models.config_backend import MAX_INSTANCES, PADDING_KEYS, backend_parameters, paddable
 from server.models.config_errors import ConfigError
 
 _GPU, _AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO
@@ -226,22 +226,21 @@ def _unused_gpu_accelerators(config: mc.ModelConfig) -> list[str]:
     ] * bool(names)
 
 
-PADDING_KEYS = ("gpu_batch_padding", "gpu_batch_padding_shrink_after")
-
-
-def _unused_padding(config: mc.ModelConfig, visible: bool, on_gpu: bool, first: str) -> list[str]:
+def _unused_padding(
+    config: mc.ModelConfig, visible: bool, on_gpu: bool, first: str, io_binding: bool | None
+) -> list[str]:
     """The padding keys a config sets where a GPU is visible and its batches are plain rows, yet no
-    instance pads them (batch_padding.py pads CUDA instances' batches bound through IO binding).
-    Without a GPU, or without such batches, backend_parameters says so."""
+    instance pads them (batch_padding.py pads CUDA instances' batches bound through IO binding;
+    `io_binding`: the parameter as backend_parameters read it). Without a GPU, or without such
+    batches, backend_parameters says so."""
     keys = sorted(k for k in PADDING_KEYS if k in config.parameters)
     if not (keys and visible and paddable(config)):
         return []
-    io_binding = config.parameters["io_binding"].string_value if "io_binding" in config.parameters else "1"
     if not on_gpu:
         why = "every instance runs on the CPU"
     elif first == TENSORRT:
         why = "the instances run on TensorRT, whose engines hold a profile of batch sizes"
-    elif parse_bool(io_binding) is False:
+    elif io_binding is False:
         why = "io_binding is off: batches go through session.run"
     else:
         return []
@@ -274,11 +273,14 @@ def plan_instances(
     unapplied = usable_providers(list(dict(asked).items()))[1]
     if not elsewhere and config.instance_group:
         unapplied += _unused_gpu_accelerators(config)
-    unapplied += groups + list(backend_parameters(config, has_gpu=bool(visible)).unapplied)
+    params = backend_parameters(config, has_gpu=bool(visible))
+    unapplied += groups + list(params.unapplied)
     cache, cache_notes = _engine_cache(engine_cache, providers if elsewhere else [])
     on_gpu = on_gpus or (elsewhere and providers[0][0] in (CUDA, TENSORRT))
     unapplied += cache_notes + cuda_field_notes(config, on_gpu)
-    unapplied += _unused_padding(config, bool(visible), on_gpu, providers[0][0])
+    unapplied += _unused_padding(
+        config, bool(visible), on_gpu, providers[0][0], params.options.get("io_binding")
+    )
     tuned = gpu_provider_options(config, providers, engine_cache=cache)
     cpu_tuned = gpu_provider_options(config, cpu_providers, engine_cache=cache)
     return InstancePlan(slots, tuned, unapplied, config, tuple(defaults), cache, cpu_tuned)

@@ -30,7 +30,7 @@ from server.backends.ort_paths import NotUtf8Path, onnxruntime_path
 from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
 from server.backends.run_errors import is_onnxruntime_error, run_failure
-from server.backends.strings import decode_string_inputs, encode_strings
+from server.backends.strings import as_dict, decode_string_inputs, encode_strings
 from server.models.config_backend import backend_parameters
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
@@ -363,9 +363,9 @@ class OrtBackend:
             if runner is not None:
                 results = runner.run(feed, self._run_options)
             elif self._bf16:
-                results = run_with_bf16(session, self._run_names, dict(feed), self._run_options)
+                results = run_with_bf16(session, self._run_names, as_dict(feed), self._run_options)
             else:
-                results = session.run(self._run_names, dict(feed), self._run_options)
+                results = session.run(self._run_names, as_dict(feed), self._run_options)
         except Exception as err:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise

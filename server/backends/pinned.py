@@ -51,11 +51,11 @@ def staged_shape(shape: tuple[int, ...], pad_to: int | None) -> tuple[int, ...]:
     return shape if pad_to is None else (pad_to, *shape[1:])
 
 
-def fill(target: Array, arrays: Mapping[str, Array], name: str) -> None:
-    """Input `name` of `arrays` copied into `target` (any layout in, C order out): a batch not yet
-    gathered is gathered there, its one copy. Where `target` has more rows, they repeat the input's
-    last row (a padded batch, batch_padding.py)."""
-    shape, _ = spec_of(arrays, name)
+def fill(target: Array, arrays: Mapping[str, Array], name: str, shape: tuple[int, ...] | None = None) -> None:
+    """Input `name` of `arrays` (of `shape`, spec_of's when not given) copied into `target` (any
+    layout in, C order out): a batch not yet gathered is gathered there, its one copy. Where
+    `target` has more rows, they repeat the input's last row (a padded batch, batch_padding.py)."""
+    shape = spec_of(arrays, name)[0] if shape is None else shape
     rows = shape[0] if shape else 0
     head = target[:rows] if target.shape != shape else target
     if isinstance(arrays, Gathered):
@@ -156,11 +156,11 @@ class PinnedStaging:
             for name in offsets:
                 pointer = buffer.pointer + offsets[name]
                 shape, dtype = spec_of(arrays, name)
-                shape = staged_shape(shape, pad_to)
-                size = int(np.prod(shape)) * dtype.itemsize
+                staged = staged_shape(shape, pad_to)
+                size = int(np.prod(staged)) * dtype.itemsize
                 if size:
                     raw = (ctypes.c_uint8 * size).from_address(pointer)
-                    fill(np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape), arrays, name)
+                    fill(np.frombuffer(memoryview(raw), dtype=dtype).reshape(staged), arrays, name, shape)
                 pointers[name] = pointer
             yield pointers
         finally:

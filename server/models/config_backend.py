@@ -103,6 +103,9 @@ CUDA_PARAMETERS = (
 )
 
 
+PADDING_KEYS = ("gpu_batch_padding", "gpu_batch_padding_shrink_after")
+
+
 def paddable(config: mc.ModelConfig) -> bool:
     """Whether a batch's rows may be padded (batch_padding.py): dynamic batching (so not a sequence
     model: the two are one `oneof`), no ragged inputs or batch inputs/outputs (the first dimension
@@ -180,7 +183,7 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
             unapplied.append("parameters 'memory.enable_memory_arena_shrinkage' gpu entries (no GPU)")
         if kept:
             run = (("memory.enable_memory_arena_shrinkage", ";".join(kept)),)
-    padding_keys = sorted(k for k in ("gpu_batch_padding", "gpu_batch_padding_shrink_after") if k in values)
+    padding_keys = sorted(k for k in PADDING_KEYS if k in values)
     if padding_keys and not (has_gpu and paddable(config)):
         why = "no GPU" if not has_gpu else "no dynamic batching of plain rows"
         unapplied.append(f"parameters {padding_keys} (padding a GPU instance's batches; {why})")

@@ -117,13 +117,19 @@ def test_perf_analyzer_measures_the_resnets_over_the_wire_and_shared_memory(
     assert "## Transport: perf_analyzer over the wire and with system shared memory" in text
 
 
+def gpu_check_sh(out: Path, env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """scripts/gpu_check.sh run into `out` with `env`, its output captured."""
+    return subprocess.run(
+        ["bash", "scripts/gpu_check.sh", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False,
+    )  # fmt: skip
+
+
 def test_the_script_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:
     assert subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=REPO, check=False).returncode == 0
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi: the no-GPU refusal cannot be seen here")
-    done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    done = gpu_check_sh(tmp_path, dict(os.environ))
     assert done.returncode == 1 and "no NVIDIA GPU here" in done.stderr and "--dry" in done.stderr
     assert not (tmp_path / "gpu_check.md").exists()
 
@@ -131,14 +137,7 @@ def test_the_script_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:
 def test_the_script_refuses_providers_it_does_not_know(tmp_path: Path) -> None:
     """A tester's `cpu,bogus` ran, and `'cuda, cpu'` measured CUDA alone, both without a word."""
     env = {**os.environ, "GPU_CHECK_PROVIDERS": "cuda,bogus"}
-    done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = gpu_check_sh(tmp_path, env)
     assert done.returncode == 2 and "GPU_CHECK_PROVIDERS names 'bogus'" in done.stderr
 
 
@@ -177,14 +176,7 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     calls = tmp_path / "pip-calls"
     env = {**stand_ins(tmp_path, f'echo "$*" >>{calls}'), "GPU_CHECK_LIMIT_S": "451"}
     out = tmp_path / "out"
-    done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = gpu_check_sh(out, env, timeout_s=300)
     left = subprocess.run(["pgrep", "-f", "sleep 451"], capture_output=True, text=True, check=False)
     assert left.stdout == "", f"the limit's timer outlived the run: {left.stdout}"
     log = (out / "gpu_check.log").read_text()
@@ -207,10 +199,7 @@ def test_the_limit_bounds_the_whole_run(tmp_path: Path) -> None:
         **stand_ins(tmp_path, 'case " $* " in *" install "*) sleep 127.5 ;; esac'),
         "GPU_CHECK_LIMIT_S": "4",
     }
-    done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = gpu_check_sh(tmp_path / "out", env)
     assert done.returncode == 124, done.stderr[-2000:]
     assert "stopped at GPU_CHECK_LIMIT_S=4 s" in done.stderr
     assert "== install .[cuda,gpucheck]" in (tmp_path / "out" / "gpu_check.log").read_text()  # where it hung
@@ -237,10 +226,7 @@ def test_bad_settings_are_refused_before_anything_is_installed(tmp_path: Path, n
     after the install and the GPU tests had spent a GPU session's minutes."""
     calls = tmp_path / "pip-calls"
     env = {**stand_ins(tmp_path, f'echo "$*" >>{calls}'), name: value}
-    done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = gpu_check_sh(tmp_path / "out", env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"{name}='{value}'" in done.stderr or f"names '{value}'" in done.stderr, done.stderr
     assert not calls.exists()  # nothing installed, nothing run
