@@ -5,8 +5,10 @@ and with system shared memory, for the models with large inputs (resnet's 602 KB
 Why: on an H200 the served resnet at 64 in flight was 0.12 of raw onnxruntime's best batch (session
 35). Each request's tensor crosses gRPC into one Python process; with `--shared-memory system` only
 a region name does, so the two rows side by side say how much of the gap is the transport and how
-much the serving path (batching, the device runs). perf_analyzer is also the load generator the
-issue names, an outside check on sluiceway-loadtest's served rows.
+much the serving path (batching, the device runs). On a GPU, resnet also runs with `--shared-memory
+cuda` (a region in device memory, registered by CUDA IPC handle), the transport a Triton user would
+pick for the highest rate; a perf_analyzer built without CUDA says so in that row. perf_analyzer is
+also the load generator the issue names, an outside check on sluiceway-loadtest's served rows.
 
 Each point is a perf_analyzer run of three time windows (stability not required: the figures are
 what the windows measured), time-boxed; the average batch is ModelStatistics' rows over executions
@@ -27,10 +29,11 @@ import grpc
 
 from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
-from loadtest.gpu_report import OUT_OF_TIME, PA_SHM, PA_WIRE, Row
+from loadtest.gpu_report import OUT_OF_TIME, PA_CUDA, PA_SHM, PA_WIRE, Row
 from loadtest.model_statistics import batches_run, rows_and_runs
 
 MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
+CUDA_MODELS = ("resnet",)  # the 0.8-of-raw target's model, through CUDA shared memory on a GPU
 WINDOWS = 3
 OUTPUT_SHM_BYTES = 64 * 1024  # the resnets' logits: 1000 FP32 a row
 START_S = 15.0  # perf_analyzer's own start, its metadata calls and shared-memory registration
@@ -51,9 +54,18 @@ def point_s(plan: Plan) -> float:
     return WINDOWS * window_ms(plan) / 1000 + START_S
 
 
+def transports(plan: Plan, model: str) -> tuple[str, ...]:
+    """The ways `model`'s tensors reach the server: CUDA shared memory only on a GPU run."""
+    cuda = (PA_CUDA,) if model in CUDA_MODELS and not plan.dry else ()
+    return (PA_WIRE, PA_SHM, *cuda)
+
+
 def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
     return [
-        Row(m, label, kind, n, note=note) for m in MODELS for kind in (PA_WIRE, PA_SHM) for n in levels(plan)
+        Row(m, label, kind, n, note=note)
+        for m in MODELS
+        for kind in transports(plan, m)
+        for n in levels(plan)
     ]
 
 
@@ -62,7 +74,8 @@ def perf_analyzer_context(tool: Path, plan: Plan) -> str:
     return (
         f"perf_analyzer: {tool}; {', '.join(MODELS)} at {', '.join(map(str, levels(plan)))} in flight on "
         f"the GPU providers' servers (--allow-client-shm), {WINDOWS} windows of {window_ms(plan)} ms, "
-        "over the wire and with --shared-memory system; avg batch from ModelStatistics"
+        "over the wire and with --shared-memory system (and cuda for "
+        f"{', '.join(CUDA_MODELS)} on a GPU); avg batch from ModelStatistics"
     )
 
 
@@ -72,7 +85,7 @@ def executions(address: str, model: str) -> tuple[int, int]:
 
 
 def run_point(
-    tool: Path, address: str, model: str, level: int, shm: bool, plan: Plan, limit_s: float
+    tool: Path, address: str, model: str, level: int, kind: str, plan: Plan, limit_s: float
 ) -> dict[str, str]:
     """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us), in at most
     `limit_s`: past it the tool is stopped, with anything it started (its own process group)."""
@@ -83,8 +96,9 @@ def run_point(
             "--measurement-interval", str(window_ms(plan)), "--max-trials", str(WINDOWS),
             "--stability-percentage", "999", "-f", str(report),
         ]  # fmt: skip
-        if shm:
-            command += ["--shared-memory", "system", "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
+        if kind != PA_WIRE:
+            region = "cuda" if kind == PA_CUDA else "system"
+            command += ["--shared-memory", region, "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
         # Its own process group, to stop what it starts; not its own session: perf_analyzer started
         # in a new session ran on without end (a 2-core Debian machine, a 7 s point past 30 s).
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
@@ -116,11 +130,12 @@ def shape_changes(metrics_url: str | None, model: str) -> float | None:
 def perf_analyzer_rows(
     tool: Path, address: str, label: str, plan: Plan, budget: Budget, metrics_url: str | None = None
 ) -> list[Row]:
-    """Both resnets at each level above one, over the wire then with system shared memory; the
-    padded shape changes during each point in its note, where the server pads."""
+    """Both resnets at each level above one, over the wire then with system shared memory (then
+    resnet with CUDA shared memory on a GPU); the padded shape changes during each point in its
+    note, where the server pads."""
     rows: list[Row] = []
     for model in MODELS:
-        for shm, kind in ((False, PA_WIRE), (True, PA_SHM)):
+        for kind in transports(plan, model):
             for level in levels(plan):
                 if budget.left() < point_s(plan) + POINT_SLACK_S:
                     rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))
@@ -128,7 +143,7 @@ def perf_analyzer_rows(
                 try:
                     before, changed = executions(address, model), shape_changes(metrics_url, model)
                     limit = min(point_s(plan) + 30.0, budget.left() - STATS_S)
-                    found = run_point(tool, address, model, level, shm, plan, limit)
+                    found = run_point(tool, address, model, level, kind, plan, limit)
                     after, now = executions(address, model), shape_changes(metrics_url, model)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
                     note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

@@ -22,6 +22,7 @@ SERVED = "served"
 # system shared memory the served rate without the tensors' transport.
 PA_WIRE = "served, perf_analyzer"
 PA_SHM = "served, perf_analyzer, system shm"
+PA_CUDA = "served, perf_analyzer, CUDA shm"
 DRY_BANNER = (
     "**CPU DRY RUN: not GPU figures.** The same code path as on a GPU (repository copy with KIND_GPU "
     "groups and the accelerators, raw onnxruntime, the server under sluiceway-loadtest), on the CPU "
@@ -35,7 +36,7 @@ class Row:
 
     model: str
     provider: str
-    measure: str  # RAW, SERVED, PA_WIRE or PA_SHM
+    measure: str  # RAW, SERVED, PA_WIRE, PA_SHM or PA_CUDA
     level: int  # rows per run (raw) or requests in flight (served)
     rows_s: float | None = None
     avg_batch: float | None = None
@@ -105,12 +106,13 @@ def summary_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def transport_rows(rows: Sequence[Row], dry: bool = False) -> list[dict[str, Any]]:
-    """Per model, provider and level perf_analyzer measured: its rates over the wire and with system
-    shared memory, their ratio, and shared memory's against raw onnxruntime's best batch."""
+    """Per model, provider and level perf_analyzer measured: its rates over the wire, with system
+    shared memory and (resnet on a GPU) CUDA shared memory, system shm over the wire, and each shared
+    memory's rate against raw onnxruntime's best batch."""
     out: list[dict[str, Any]] = []
     fell = [] if dry else fell_back(rows)  # a GPU provider that did not start: its figures are the CPU's
     points = list(
-        dict.fromkeys((r.model, r.provider, r.level) for r in rows if r.measure in (PA_WIRE, PA_SHM))
+        dict.fromkeys((r.model, r.provider, r.level) for r in rows if r.measure in (PA_WIRE, PA_SHM, PA_CUDA))
     )
     for model, provider, level in points:
         found = {
@@ -119,7 +121,8 @@ def transport_rows(rows: Sequence[Row], dry: bool = False) -> list[dict[str, Any
         raw = [
             r.rows_s for r in rows if (r.model, r.provider, r.measure) == (model, provider, RAW) and r.rows_s
         ]
-        wire, shm = found.get(PA_WIRE), found.get(PA_SHM)
+        wire, shm, cuda = found.get(PA_WIRE), found.get(PA_SHM), found.get(PA_CUDA)
+        best = max(raw, default=None)
         out.append(
             {
                 "model": model,
@@ -128,7 +131,9 @@ def transport_rows(rows: Sequence[Row], dry: bool = False) -> list[dict[str, Any
                 "wire_rows_s": wire,
                 "shm_rows_s": shm,
                 "shm_over_wire": _ratio(shm, wire),
-                "shm_over_raw_best": _ratio(shm, max(raw, default=None)),
+                "shm_over_raw_best": _ratio(shm, best),
+                "cuda_rows_s": cuda,
+                "cuda_over_raw_best": _ratio(cuda, best),
             }
         )
     return out
@@ -178,14 +183,16 @@ def markdown(report: Report) -> str:
     if transport:
         lines += [
             "",
-            "## Transport: perf_analyzer over the wire and with system shared memory",
+            "## Transport: perf_analyzer over the wire and with system (and CUDA) shared memory",
             "",
-            "| model | provider | in flight | wire rows/s | shm rows/s | shm / wire | shm / raw best |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| model | provider | in flight | wire rows/s | shm rows/s | shm / wire | shm / raw best "
+            "| CUDA shm rows/s | CUDA shm / raw best |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {t['model']} | {t['provider']} | {t['in_flight']} | {_num(t['wire_rows_s'])} "
-            f"| {_num(t['shm_rows_s'])} | {_num(t['shm_over_wire'], 2)} | {_num(t['shm_over_raw_best'], 2)} |"
+            f"| {_num(t['shm_rows_s'])} | {_num(t['shm_over_wire'], 2)} | {_num(t['shm_over_raw_best'], 2)} "
+            f"| {_num(t['cuda_rows_s'])} | {_num(t['cuda_over_raw_best'], 2)} |"
             for t in transport
         ]
     lines += [

@@ -114,7 +114,7 @@ def test_perf_analyzer_measures_the_resnets_over_the_wire_and_shared_memory(
     transport = data["transport"]
     assert len(transport) == len(gpu_labels) * len(PA_MODELS) * len(levels(plan))  # type: ignore[arg-type]
     assert all(t["shm_over_wire"] and t["shm_over_raw_best"] for t in transport)  # type: ignore[union-attr]
-    assert "## Transport: perf_analyzer over the wire and with system shared memory" in text
+    assert "## Transport: perf_analyzer over the wire and with system (and CUDA) shared memory" in text
 
 
 def gpu_check_sh(out: Path, env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

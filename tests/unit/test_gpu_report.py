@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from loadtest import gpu_check
 from loadtest.gpu_check import PROVIDERS, Budget, check_provider, plan_for, tensorrt_missing
 from loadtest.gpu_report import (
+    PA_CUDA,
     PA_SHM,
     PA_WIRE,
     RAW,
@@ -43,16 +44,18 @@ def test_perf_analyzer_rows_say_the_transport_share_and_leave_the_summary_alone(
     pa = [
         Row("resnet", "CUDA", PA_WIRE, 64, 800.0, 30.0, 70.0, 90.0),
         Row("resnet", "CUDA", PA_SHM, 64, 3200.0, 48.0, 20.0, 30.0),
+        Row("resnet", "CUDA", PA_CUDA, 64, 3600.0, 56.0, 16.0, 22.0),
         Row("resnet", "CUDA", PA_SHM, 16, None, note="perf_analyzer failed: exit 99"),
     ]
     (top, failed) = transport_rows([*rows(), *pa])
     assert (top["in_flight"], top["wire_rows_s"], top["shm_rows_s"]) == (64, 800.0, 3200.0)
     assert (top["shm_over_wire"], top["shm_over_raw_best"]) == (4.0, 3200.0 / 4000.0)
+    assert (top["cuda_rows_s"], top["cuda_over_raw_best"]) == (3600.0, 3600.0 / 4000.0)
     assert (failed["in_flight"], failed["wire_rows_s"], failed["shm_over_raw_best"]) == (16, None, None)
     assert summary_rows([*rows(), *pa]) == summary_rows(rows())
     text = markdown(Report(False, [], [*rows(), *pa]))
-    assert "| resnet | CUDA | 64 | 800.0 | 3,200.0 | 4.00 | 0.80 |" in text
-    assert "| resnet | CUDA | 16 | - | - | - | - |" in text
+    assert "| resnet | CUDA | 64 | 800.0 | 3,200.0 | 4.00 | 0.80 | 3,600.0 | 0.90 |" in text
+    assert "| resnet | CUDA | 16 | - | - | - | - | - | - |" in text
     assert "## Transport" not in markdown(Report(False, [], rows()))
 
 
