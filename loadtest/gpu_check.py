@@ -181,7 +181,10 @@ def served_rows(
         errors = sum(entry["errors"].values())
         latency = entry["latency_us"]
         warned = any(mentions(line, model) for line in warnings)
-        changes = (entry["server"].get("metrics") or {}).get("padded_shape_changes")
+        # With several workers a before and an after read may reach two of them: no batch from those.
+        one_process = plan.server_workers == 1
+        changes = (entry["server"].get("metrics") or {}).get("padded_shape_changes") if one_process else None
+        batch = entry["server"]["avg_batch_size"] if one_process else None
         note = "; ".join(
             text
             for text in (
@@ -193,7 +196,7 @@ def served_rows(
         )
         rows.append(
             Row(
-                model, label, SERVED, level, entry["throughput_rps"], entry["server"]["avg_batch_size"],
+                model, label, SERVED, level, entry["throughput_rps"], batch,
                 None if latency["p50"] is None else latency["p50"] / 1e3,
                 None if latency["p99"] is None else latency["p99"] / 1e3,
                 note,
@@ -234,7 +237,7 @@ def check_provider(
         report.rows.extend(skipped(label, plan, OUT_OF_TIME, raw=False))
         report.rows.extend(perf_analyzer_skipped(label, plan, OUT_OF_TIME) if tool else [])
         return
-    extra = ["--allow-client-shm"] if tool else []
+    extra = ["--allow-client-shm"] if tool and plan.server_workers == 1 else []  # one process's regions
     extra += ["--workers", str(plan.server_workers)] if plan.server_workers > 1 else []
     server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *extra], watch=COUNTED)
     began = time.monotonic()
@@ -299,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         args.perf_analyzer.is_file() and os.access(args.perf_analyzer, os.X_OK)
     ):
         parser.error(f"--perf-analyzer {args.perf_analyzer}: no executable file there")
-    if args.perf_analyzer is not None and args.server_workers > 1:  # the server refuses the pair
-        parser.error("--perf-analyzer's shared-memory rows need one server process: --server-workers 1")
     import onnxruntime as ort
 
     if not args.dry and "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -55,7 +55,11 @@ def point_s(plan: Plan) -> float:
 
 
 def transports(plan: Plan, model: str) -> tuple[str, ...]:
-    """The ways `model`'s tensors reach the server: CUDA shared memory only on a GPU run."""
+    """The ways `model`'s tensors reach the server: over the wire only with several server workers
+    (a client's region is registered with one worker, its requests go to any), CUDA shared memory
+    only on a GPU run."""
+    if plan.server_workers > 1:
+        return (PA_WIRE,)
     cuda = (PA_CUDA,) if model in CUDA_MODELS and not plan.dry else ()
     return (PA_WIRE, PA_SHM, *cuda)
 
@@ -71,11 +75,15 @@ def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
 
 def perf_analyzer_context(tool: Path, plan: Plan) -> str:
     """The report's line on how the perf_analyzer rows were taken."""
-    return (
+    head = (
         f"perf_analyzer: {tool}; {', '.join(MODELS)} at {', '.join(map(str, levels(plan)))} in flight on "
-        f"the GPU providers' servers (--allow-client-shm), {WINDOWS} windows of {window_ms(plan)} ms, "
+        f"the GPU providers' servers, {WINDOWS} windows of {window_ms(plan)} ms, "
+    )
+    if plan.server_workers > 1:  # two statistics reads may reach two workers: no batch from them
+        return head + f"over the wire only ({plan.server_workers} server workers); no avg batch"
+    return head + (
         "over the wire and with --shared-memory system (and cuda for "
-        f"{', '.join(CUDA_MODELS)} on a GPU); avg batch from ModelStatistics"
+        f"{', '.join(CUDA_MODELS)} on a GPU; --allow-client-shm); avg batch from ModelStatistics"
     )
 
 
@@ -150,12 +158,14 @@ def perf_analyzer_rows(
                     rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))
                     continue
                 ran, runs = after[0] - before[0], after[1] - before[1]
+                one_process = plan.server_workers == 1  # else before and after may be two workers' reads
+                changes = now - (changed or 0) if now is not None and one_process else None
                 rows.append(
                     Row(
                         model, label, kind, level, float(found["Inferences/Second"]),
-                        ran / runs if runs else None,
+                        ran / runs if runs and one_process else None,
                         float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
-                        "" if now is None else f"{now - (changed or 0):.0f} padded shape changes",
+                        "" if changes is None else f"{changes:.0f} padded shape changes",
                     )
                 )  # fmt: skip
     return rows

@@ -117,8 +117,9 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
     )
     if plan.server_workers > 1:
         items.append(
-            f"server: `serve --workers {plan.server_workers}`, each worker its own instances on GPU 0; avg "
-            "batch, shape changes and perf_analyzer's batch are the worker that answered their reads"
+            f"server: `serve --workers {plan.server_workers}`, each worker its own instances on GPU 0; no "
+            "avg batch or shape changes for served rows (a statistics read reaches one worker, "
+            "the reads before and after a point maybe two)"
         )
     items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
     return items

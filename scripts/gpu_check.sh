@@ -19,7 +19,8 @@
 # (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's);
 # GPU_CHECK_SERVER_WORKERS (1: `serve --workers`, server processes each with its own instances);
 # GPU_CHECK_PERF_ANALYZER (a perf_analyzer to run, 0 for none; default the venv's, installed from
-# the wheelhouse or the index: the resnets through it, over the wire and with shared memory).
+# the wheelhouse or the index: the resnets through it, over the wire and with shared memory, over the
+# wire only with several server workers).
 set -euo pipefail
 PERF_ANALYZER_VERSION=2.60.0
 limit_s=${GPU_CHECK_LIMIT_S:-450}
@@ -53,7 +54,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -256,8 +257,6 @@ fi
 why_not=""
 if [ "$tool" = 0 ]; then
   why_not="GPU_CHECK_PERF_ANALYZER=0"
-elif [ -n "$tool" ] && [ "${GPU_CHECK_SERVER_WORKERS:-1}" != 1 ]; then
-  why_not="its shared-memory rows need one server process (GPU_CHECK_SERVER_WORKERS=${GPU_CHECK_SERVER_WORKERS})"
 elif [ -n "$tool" ]; then
   said=$([ -x "$tool" ] && timeout 20 "$tool" 2>&1 || true) # run bare, it prints its usage
   if grep -qE 'Usage|model name' <<<"$said"; then

@@ -57,7 +57,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     demo = demo_repository()
     root = tmp_path_factory.mktemp("gpu-repo")
     mlp = demo / "mlp" / "1" / "model.onnx"
-    write_model(root, "mlp_gpu", mlp, GPU_BATCHING.format(kind="KIND_GPU", extra=""))
+    # Padding asked for: the default (`auto`) pads only models with a convolution, not the MLP.
+    padded = 'parameters { key: "gpu_batch_padding" value: { string_value: "true" } }'
+    write_model(root, "mlp_gpu", mlp, GPU_BATCHING.format(kind="KIND_GPU", extra=padded))
     write_model(root, "mlp_cpu", mlp, GPU_BATCHING.format(kind="KIND_CPU", extra=""))
     fixed = fixed_model(tmp_path_factory.mktemp("gpu-files") / "fixed.onnx")
     write_model(root, "fixed_graphs", fixed, FIXED_GRAPHS)

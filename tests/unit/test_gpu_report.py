@@ -3,6 +3,7 @@ and skipped points that stay visible instead of vanishing."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,12 @@ def test_served_points_say_how_often_the_padded_shape_changed(monkeypatch: pytes
     assert asked[0].server_metrics == url
     notes = {r.model: r.note for r in rows}
     assert notes == {"resnet": "12 padded shape changes", "mlp": ""}
+    assert [r.avg_batch for r in rows] == [30.0, 9.0]
+    # Several server workers: a read before and one after a point may reach two of them, so the
+    # difference is no batch (on the H200 one such row read 1.00 at 16 in flight, another none).
+    workers = dataclasses.replace(plan, server_workers=8)
+    rows = gpu_check.served_rows("127.0.0.1:1", PROVIDERS[0], workers, Budget(300.0), [], url)
+    assert [(r.rows_s, r.avg_batch, r.note) for r in rows] == [(800.0, None, ""), (800.0, None, "")]
 
 
 def test_the_verdict_fails_a_run_that_measured_less_than_it_was_for(tmp_path: Path) -> None:
@@ -186,13 +193,21 @@ def test_perf_analyzer_rows_of_a_provider_that_did_not_start_say_so() -> None:
     assert wire.endswith("| the provider did not start: CPU figures |")
 
 
-def test_perf_analyzer_and_several_server_workers_are_refused_together(tmp_path: Path) -> None:
-    tool = tmp_path / "perf_analyzer"
-    tool.write_text("#!/bin/sh\necho Usage\n")
-    tool.chmod(0o755)
-    with pytest.raises(SystemExit) as raised:
-        gpu_check.main(["--dry", "--perf-analyzer", str(tool), "--server-workers", "2"])
-    assert raised.value.code == 2
+def test_perf_analyzer_goes_over_the_wire_only_to_several_server_workers() -> None:
+    """A client's shared-memory region is registered with one worker and its requests reach any, so
+    with several workers perf_analyzer measures the wire alone (it was left out entirely); CUDA
+    shared memory is tried on a GPU run, for resnet."""
+    from loadtest.gpu_perf_analyzer import perf_analyzer_context, transports
+
+    gpu, dry = plan_for(dry=False), plan_for(dry=True)
+    assert transports(gpu, "resnet") == (PA_WIRE, PA_SHM, PA_CUDA)
+    assert transports(gpu, "resnet_u8") == (PA_WIRE, PA_SHM)
+    assert transports(dry, "resnet") == (PA_WIRE, PA_SHM)
+    workers = plan_for(dry=False, server_workers=8)
+    assert transports(workers, "resnet") == transports(workers, "resnet_u8") == (PA_WIRE,)
+    said = perf_analyzer_context(Path("pa"), workers)
+    assert "over the wire only (8 server workers); no avg batch" in said and "--allow-client-shm" not in said
+    assert "--allow-client-shm" in perf_analyzer_context(Path("pa"), gpu)
 
 
 def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp_path: Path) -> None:
@@ -206,6 +221,29 @@ def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp
     tool.write_text("#!/bin/sh\nsleep 97.25 &\nwait\n")
     tool.chmod(0o755)
     with pytest.raises(RuntimeError, match="ran past 1 s and was stopped"):
-        run_point(tool, "127.0.0.1:1", "resnet", 16, False, plan_for(True), 1.0)
+        run_point(tool, "127.0.0.1:1", "resnet", 16, PA_WIRE, plan_for(True), 1.0)
     left = subprocess.run(["pgrep", "-f", "sleep 97.25"], capture_output=True, text=True, check=False)
     assert left.stdout == "", left.stdout
+
+
+@pytest.mark.parametrize(("kind", "region"), [(PA_WIRE, None), (PA_SHM, "system"), (PA_CUDA, "cuda")])
+def test_each_transport_is_asked_of_perf_analyzer_by_its_flag(
+    tmp_path: Path, kind: str, region: str | None
+) -> None:
+    from loadtest.gpu_perf_analyzer import run_point
+
+    tool, said = tmp_path / "perf_analyzer", tmp_path / "args"
+    # A stand-in that keeps its arguments and writes the report perf_analyzer would (-f PATH).
+    tool.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {said}\n'
+        'while [ "$1" != -f ]; do shift; done\n'
+        'printf "Inferences/Second,p50 latency,p99 latency\\n10,1000,2000\\n" > "$2"\n'
+    )
+    tool.chmod(0o755)
+    row = run_point(tool, "127.0.0.1:1", "resnet", 16, kind, plan_for(True), 10.0)
+    assert row == {"Inferences/Second": "10", "p50 latency": "1000", "p99 latency": "2000"}
+    args = said.read_text().split()
+    if region is None:
+        assert "--shared-memory" not in args
+    else:
+        assert args[args.index("--shared-memory") + 1] == region
