@@ -117,8 +117,11 @@ def run_point(
             said, _ = tool_run.communicate(timeout=limit_s)
         except subprocess.TimeoutExpired:
             os.killpg(tool_run.pid, signal.SIGKILL)
-            tool_run.communicate()
-            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped") from None
+            said, _ = tool_run.communicate()
+            # Where it was when stopped (on the H200 one point against 8 workers hung past 50 s).
+            lines = [line.strip() for line in (said or "").splitlines() if line.strip()]
+            last = f" (its last line: {lines[-1][:120]})" if lines else " (it printed nothing)"
+            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{last}") from None
         if tool_run.returncode != 0 or not report.exists():
             lines = said.strip().splitlines()
             raise RuntimeError(

@@ -24,6 +24,7 @@ from pathlib import Path
 from loadtest import proc
 from loadtest.gpu_perf_analyzer import executions, run_point
 from loadtest.gpu_plan import Plan, plan_for
+from loadtest.gpu_report import PA_SHM, PA_WIRE
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.server import SpawnedServer
 
@@ -81,7 +82,7 @@ def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, 
     and its CPU per row (several workers each keep their own statistics: those are left out)."""
     assert server.process is not None
     before, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid)
-    row = run_point(tool, server.address, MODEL, level, shm, plan, 120.0)
+    row = run_point(tool, server.address, MODEL, level, PA_SHM if shm else PA_WIRE, plan, 120.0)
     after, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid) - cpu
     rows, runs = after[0] - before[0], after[1] - before[1]
     rate, p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1e3
