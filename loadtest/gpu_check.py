@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--without-perf-analyzer", metavar="WHY", help="why perf_analyzer is not run (the report)"
     )
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's context")
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes, args.server_workers)
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         report.context.append(perf_analyzer_context(args.perf_analyzer, plan))
     elif args.without_perf_analyzer:
         report.context.append(f"perf_analyzer: not run ({args.without_perf_analyzer})")
+    report.context.extend(args.note)
     work = args.work_dir or DEFAULT_CACHE_DIR / "gpu_check"
     demo = build_demo(args.cache_dir)
     signal.signal(signal.SIGTERM, _stopped)  # the script's limit: the table is still written

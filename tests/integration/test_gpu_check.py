@@ -187,6 +187,31 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     assert "-m pip install -q --disable-pip-version-check -e .[cuda,gpucheck]" in calls.read_text()
 
 
+def test_mps_is_started_for_the_measurement_and_stopped_after(tmp_path: Path) -> None:
+    """GPU_CHECK_MPS=1: NVIDIA's MPS daemon (a stand-in here) is started before the measurement,
+    with its pipes in a folder of the run's own that the measurement's processes inherit, said in
+    the log and the report's context, and told to quit when the script ends (it forks into a session
+    of its own, which the limit's signal would not reach)."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+    calls = tmp_path / "mps-calls"
+    env = {**stand_ins(tmp_path, "true"), "GPU_CHECK_LIMIT_S": "300", "GPU_CHECK_MPS": "1"}
+    mps = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    record = f'echo "args=$* pipes=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat)" >>{calls}'
+    mps.write_text(f"#!/usr/bin/env bash\n{record}\n")
+    mps.chmod(0o755)
+    out = tmp_path / "out"
+    done = gpu_check_sh(out, env, timeout_s=300)
+    log = (out / "gpu_check.log").read_text()
+    assert done.returncode == 1, log[-2000:]  # this CPU build lists no CUDA provider: nothing measured
+    said = calls.read_text().splitlines()
+    assert [line.split()[0] for line in said] == ["args=-d", "args=", "args="], said  # start, list, quit
+    pipes = said[0].split()[1].removeprefix("pipes=")
+    assert pipes.startswith(str(Path(env.get("TMPDIR", "/tmp")) / "gpu_check_mps."))
+    assert said[1].endswith("stdin=get_server_list") and said[2].endswith("stdin=quit"), said
+    assert f"== MPS: on (nvidia-cuda-mps-control -d, pipes in {pipes})" in log
+
+
 def test_the_limit_bounds_the_whole_run(tmp_path: Path) -> None:
     """GPU_CHECK_LIMIT_S bounds the script, not only the steps that fit: the install keeps a floor
     of 60 s whatever is left, and a dry run's bootstrap had none. A pip install that hangs, under
