@@ -66,6 +66,11 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _cell(text: str) -> str:
+    """Free text (a note, a tool's line) as one Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _ratio(top: float | None, bottom: float | None) -> float | None:
     return None if top is None or not bottom else top / bottom
 
@@ -177,22 +182,23 @@ def markdown(report: Report) -> str:
             f"| {s['model']} | {s['provider']} | {_num(s['raw_best_rows_s'])} ({s['raw_best_batch'] or '-'}) "
             f"| {_num(s['served_rows_s'])} ({s['served_most_in_flight'] or '-'}) "
             f"| {_num(s['served_over_raw_best'], 2)} | {_num(s['batching_gain'], 2)} "
-            f"| {_num(s['p99_ms'], 2)} ({s['p99_level'] or '-'}) | {s['notes']} |"
+            f"| {_num(s['p99_ms'], 2)} ({s['p99_level'] or '-'}) | {_cell(s['notes'])} |"
         )
     transport = transport_rows(report.rows, report.dry)
     if transport:
+        cuda = any(r.measure == PA_CUDA for r in report.rows)  # tried on a GPU run only
         lines += [
             "",
-            "## Transport: perf_analyzer over the wire and with system (and CUDA) shared memory",
+            "## Transport: perf_analyzer over the wire and with shared memory",
             "",
             "| model | provider | in flight | wire rows/s | shm rows/s | shm / wire | shm / raw best "
-            "| CUDA shm rows/s | CUDA shm / raw best |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+            + ("| CUDA shm rows/s | CUDA shm / raw best |" if cuda else "|"),
+            "|---|---|---|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""),
         ]
         lines += [
             f"| {t['model']} | {t['provider']} | {t['in_flight']} | {_num(t['wire_rows_s'])} "
-            f"| {_num(t['shm_rows_s'])} | {_num(t['shm_over_wire'], 2)} | {_num(t['shm_over_raw_best'], 2)} "
-            f"| {_num(t['cuda_rows_s'])} | {_num(t['cuda_over_raw_best'], 2)} |"
+            f"| {_num(t['shm_rows_s'])} | {_num(t['shm_over_wire'], 2)} | {_num(t['shm_over_raw_best'], 2)} |"
+            + (f" {_num(t['cuda_rows_s'])} | {_num(t['cuda_over_raw_best'], 2)} |" if cuda else "")
             for t in transport
         ]
     lines += [
@@ -208,7 +214,7 @@ def markdown(report: Report) -> str:
             note = "; ".join(n for n in (note, NOT_STARTED) if n)
         lines.append(
             f"| {r.model} | {r.provider} | {r.measure} | {r.level_label} | {_num(r.rows_s)} "
-            f"| {_num(r.avg_batch, 2)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} | {note} |"
+            f"| {_num(r.avg_batch, 2)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} | {_cell(note)} |"
         )
     if report.log:
         lines += ["", "## Server warnings", "", "```", *report.log, "```"]

@@ -55,7 +55,7 @@ path=""
 for arg in "$@"; do
   case $arg in
     --dry) dry=1 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
     *) path=$arg ;;
   esac
@@ -82,8 +82,16 @@ if [ -z "${GPU_CHECK_BOUNDED:-}" ]; then
     : >"$fired"
     pids=$(tree "$inner")
     kill -TERM $pids 2>/dev/null # the measurement writes what it has measured, the server stops
-    for _ in $(seq 20); do kill -0 $pids 2>/dev/null || break; sleep 0.5; done
-    kill -KILL $pids 2>/dev/null
+    for _ in $(seq 20); do # up to 10 s for all of them (`kill -0 A B` fails once any one is gone)
+      alive=0
+      for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.5
+    done
+    # Its steps, not the script: that waits for them, then runs its EXIT trap (the MPS daemon's quit).
+    kill -KILL $(tree "$inner" | tail -n +2) 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$inner" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL $(tree "$inner") 2>/dev/null
   ) &
   watchdog=$!
   wait "$inner"
@@ -176,7 +184,7 @@ else
     if compgen -G "$house/*/manifest.json" >/dev/null; then
       step "join the wheelhouse's folders in $house"
       house=$(mktemp -d "${TMPDIR:-/tmp}/sluiceway-wheelhouse.XXXXXX")  # only the wheels join checked
-      cleanup+=("rm -rf '$house'")
+      cleanup+=("rm -rf -- $(printf %q "$house")")
       "$py" scripts/wheelhouse.py join "$GPU_CHECK_WHEELHOUSE" "$house" 2>&1 | tee -a "$log"
     fi
     # Offline: the build backend from the wheelhouse (or the system's) too, not from an index.
@@ -278,34 +286,44 @@ if [ -n "$why_not" ]; then
   step "perf_analyzer left out: $why_not"
   flags+=(--without-perf-analyzer "$why_not")
 fi
-budget=$((limit_s - SECONDS - 20))
-if [ "$budget" -lt 30 ]; then
-  step "no time left to measure (limit ${limit_s} s)"
-  exit 1
-fi
 # NVIDIA's MPS: without it the workers' CUDA contexts take turns on the GPU (8 workers served resnet
 # at 0.41-0.46 of raw's best, each batching a few rows). The daemon forks into a session of its own,
-# so it is stopped here (quit), not by the limit's signal.
+# so it is stopped here (quit, from the EXIT trap), not by the limit's signal.
+stop_mps() { # DIR: quit the daemon whose pipes are in DIR, keep its log's end in the run's log, remove DIR
+  echo quit | CUDA_MPS_PIPE_DIRECTORY=$1 timeout 20 nvidia-cuda-mps-control >>"$log" 2>&1
+  tail -n 40 "$1"/log/*.log >>"$log" 2>/dev/null
+  rm -rf -- "$1"
+}
+mps_started=0
 if [ "${GPU_CHECK_MPS:-0}" = 1 ]; then
   if [ "$dry" = 1 ]; then
     mps="not started on a dry run"
+  elif [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]; then
+    mps="not started: CUDA_MPS_PIPE_DIRECTORY is set ($CUDA_MPS_PIPE_DIRECTORY): the machine's own daemon, if one runs there"
   elif ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
     mps="asked for, but nvidia-cuda-mps-control is not on PATH: not used"
   else
-    CUDA_MPS_PIPE_DIRECTORY=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_mps.XXXXXX")
-    CUDA_MPS_LOG_DIRECTORY=$CUDA_MPS_PIPE_DIRECTORY/log
-    mkdir -p "$CUDA_MPS_LOG_DIRECTORY"
-    export CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    mps_dir=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_mps.XXXXXX")
+    mkdir -p "$mps_dir/log"
+    export CUDA_MPS_PIPE_DIRECTORY=$mps_dir CUDA_MPS_LOG_DIRECTORY=$mps_dir/log
+    # Before -d: one that hangs past its timeout may have started the daemon all the same.
+    cleanup+=("stop_mps $(printf %q "$mps_dir")")
     if timeout 20 nvidia-cuda-mps-control -d </dev/null >>"$log" 2>&1; then
-      mps="on (nvidia-cuda-mps-control -d, pipes in $CUDA_MPS_PIPE_DIRECTORY)"
-      cleanup+=("echo quit | timeout 20 nvidia-cuda-mps-control >>'$log' 2>&1")
+      mps_started=1
+      mps="on (nvidia-cuda-mps-control -d, pipes in $mps_dir)"
     else
       mps="asked for, but nvidia-cuda-mps-control -d failed (see the log): not used"
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY # this run's own, set just above
     fi
   fi
   step "MPS: $mps"
   flags+=(--note "MPS: $mps")
+fi
+# The listing and the quit after the measurement: 30 s of the limit kept for them.
+budget=$((limit_s - SECONDS - 20 - 30 * mps_started))
+if [ "$budget" -lt 30 ]; then
+  step "no time left to measure (limit ${limit_s} s)"
+  exit 1
 fi
 step "measure (budget ${budget} s)"
 [ "$dry" = 1 ] && flags+=(--dry)
@@ -313,7 +331,7 @@ set +e
 timeout $((budget + 15)) "$py" -m loadtest.gpu_check "$out" --budget-s "$budget" "${flags[@]}" 2>&1 | tee -a "$log"
 measured=$?
 set -e
-if [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ]; then # did the servers' processes reach the daemon?
+if [ "$mps_started" = 1 ]; then # did the servers' processes reach the daemon?
   step "MPS servers the daemon started: $(echo get_server_list | timeout 10 nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')"
 fi
 [ "$measured" = 0 ] || exit "$measured"

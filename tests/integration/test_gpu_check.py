@@ -114,7 +114,8 @@ def test_perf_analyzer_measures_the_resnets_over_the_wire_and_shared_memory(
     transport = data["transport"]
     assert len(transport) == len(gpu_labels) * len(PA_MODELS) * len(levels(plan))  # type: ignore[arg-type]
     assert all(t["shm_over_wire"] and t["shm_over_raw_best"] for t in transport)  # type: ignore[union-attr]
-    assert "## Transport: perf_analyzer over the wire and with system (and CUDA) shared memory" in text
+    assert "## Transport: perf_analyzer over the wire and with shared memory" in text
+    assert "CUDA shm" not in text  # a dry run tries no CUDA shared memory: no empty columns for it
 
 
 def gpu_check_sh(out: Path, env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -150,7 +151,12 @@ def stand_ins(tmp_path: Path, pip: str) -> dict[str, str]:
     venv_bin.mkdir(parents=True)
     scripts = {
         bin_dir / "nvidia-smi": 'echo "GPU 0: Stand-in H200 (UUID: GPU-0)"',
-        venv_bin / "python": f'[ "$1 $2" = "-m pip" ] && {{ {pip}; exit 0; }}\nexec {sys.executable} "$@"',
+        # `-m pip --version` answers: were it to fail, the script would fall back to this Python's
+        # own pip with --python pointing here, and install into this checkout's .venv (a tester's).
+        venv_bin / "python": (
+            f'[ "$1 $2 $3" = "-m pip --version" ] && exit 0\n'
+            f'[ "$1 $2" = "-m pip" ] && {{ {pip}; exit 0; }}\nexec {sys.executable} "$@"'
+        ),
         tmp_path / "perf_analyzer": 'echo "Usage: perf_analyzer -m <model name>"; exit 1',
     }
     for path, body in scripts.items():
@@ -210,6 +216,7 @@ def test_mps_is_started_for_the_measurement_and_stopped_after(tmp_path: Path) ->
     assert pipes.startswith(str(Path(env.get("TMPDIR", "/tmp")) / "gpu_check_mps."))
     assert said[1].endswith("stdin=get_server_list") and said[2].endswith("stdin=quit"), said
     assert f"== MPS: on (nvidia-cuda-mps-control -d, pipes in {pipes})" in log
+    assert not Path(pipes).exists()  # its folder (the daemon's own log) removed, the log's end kept
 
 
 def test_the_limit_bounds_the_whole_run(tmp_path: Path) -> None:

@@ -58,6 +58,10 @@ def test_perf_analyzer_rows_say_the_transport_share_and_leave_the_summary_alone(
     assert "| resnet | CUDA | 64 | 800.0 | 3,200.0 | 4.00 | 0.80 | 3,600.0 | 0.90 |" in text
     assert "| resnet | CUDA | 16 | - | - | - | - | - | - |" in text
     assert "## Transport" not in markdown(Report(False, [], rows()))
+    wire_shm = [r for r in pa if r.measure != PA_CUDA]
+    assert "CUDA shm" not in markdown(Report(False, [], [*rows(), *wire_shm]))  # no CUDA tried: no columns
+    broken = Row("resnet", "CUDA", PA_WIRE, 16, note="perf_analyzer failed: a | b\nc")
+    assert "| perf_analyzer failed: a \\| b c |" in markdown(Report(False, [], [broken]))
 
 
 def test_the_summary_compares_served_at_most_in_flight_with_the_best_raw_batch() -> None:
