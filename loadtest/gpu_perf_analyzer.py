@@ -17,12 +17,7 @@ during the run.
 
 from __future__ import annotations
 
-import csv
-import os
-import signal
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -31,6 +26,7 @@ from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
 from loadtest.gpu_report import OUT_OF_TIME, PA_CUDA, PA_SHM, PA_WIRE, Row
 from loadtest.model_statistics import batches_run, rows_and_runs
+from loadtest.perf_analyzer_table import run_perf_analyzer
 
 MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
 CUDA_MODELS = ("resnet",)  # the 0.8-of-raw target's model, through CUDA shared memory on a GPU
@@ -95,40 +91,16 @@ def executions(address: str, model: str) -> tuple[int, int]:
 def run_point(
     tool: Path, address: str, model: str, level: int, kind: str, plan: Plan, limit_s: float
 ) -> dict[str, str]:
-    """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us), in at most
-    `limit_s`: past it the tool is stopped, with anything it started (its own process group)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.csv"
-        command = [
-            str(tool), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", str(level),
-            "--measurement-interval", str(window_ms(plan)), "--max-trials", str(WINDOWS),
-            "--stability-percentage", "999", "-f", str(report),
-        ]  # fmt: skip
-        if kind != PA_WIRE:
-            region = "cuda" if kind == PA_CUDA else "system"
-            command += ["--shared-memory", region, "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
-        # Its own process group, to stop what it starts; not its own session: perf_analyzer started
-        # in a new session ran on without end (a 2-core Debian machine, a 7 s point past 30 s).
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        tool_run = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **group
-        )
-        try:
-            said, _ = tool_run.communicate(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(tool_run.pid, signal.SIGKILL)
-            said, _ = tool_run.communicate()
-            # Where it was when stopped (on the H200 one point against 8 workers hung past 50 s).
-            lines = [line.strip() for line in (said or "").splitlines() if line.strip()]
-            last = f" (its last line: {lines[-1][:120]})" if lines else " (it printed nothing)"
-            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{last}") from None
-        if tool_run.returncode != 0 or not report.exists():
-            lines = said.strip().splitlines()
-            raise RuntimeError(
-                f"perf_analyzer exit {tool_run.returncode}: {lines[-1][:200] if lines else ''}"
-            )
-        (row,) = list(csv.DictReader(report.open()))
-        return row
+    """perf_analyzer's CSV row for one level (Inferences/Second, p50/p99 latency in us) over the
+    transport `kind`, in at most `limit_s` (perf_analyzer_table.run_perf_analyzer)."""
+    extra: list[str] = []
+    if kind != PA_WIRE:
+        region = "cuda" if kind == PA_CUDA else "system"
+        extra = ["--shared-memory", region, "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
+    port = int(address.rsplit(":", 1)[1])  # a spawned server's: 127.0.0.1
+    return run_perf_analyzer(
+        tool, port, model, level, False, window_ms(plan), WINDOWS, 999, extra=extra, limit_s=limit_s
+    )
 
 
 def shape_changes(metrics_url: str | None, model: str) -> float | None:

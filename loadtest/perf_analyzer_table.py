@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
@@ -38,23 +40,44 @@ def run_perf_analyzer(
     interval_ms: int,
     max_trials: int = 5,
     stability_percentage: int = 20,
+    extra: Sequence[str] = (),
+    limit_s: float = 300.0,
 ) -> dict[str, str]:
-    """One perf_analyzer run on 127.0.0.1:port; its CSV row (Inferences/Second, p50 latency...)."""
+    """One perf_analyzer run on 127.0.0.1:port (`extra`: more of its flags); its CSV row
+    (Inferences/Second, p50 latency...), in at most `limit_s`: past it the tool is stopped with
+    anything it started (its own process group; the wheel's console script runs the binary as a
+    child, which a stopped script had left running)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
             str(tool), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
             "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
             "--max-trials", str(max_trials), "--stability-percentage", str(stability_percentage),
-            "-f", str(report),
+            "-f", str(report), *extra,
         ]  # fmt: skip
         if streaming:
             command.append("--streaming")
-        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        # Not a session of its own: perf_analyzer started in a new session ran on without end here.
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **group)
+        try:
+            said, _ = run.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            said, _ = run.communicate()
+            last = _last_line(said)
+            where = f" (its last line: {last[:120]})" if last else " (it printed nothing)"
+            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}") from None
         if run.returncode != 0 or not report.exists():
-            raise RuntimeError(f"perf_analyzer failed: {(run.stdout + run.stderr)[-2000:]}")
+            first = f"perf_analyzer exit {run.returncode}: {_last_line(said)[:200]}"
+            raise RuntimeError(f"{first}\n{said[-2000:]}")
         (row,) = list(csv.DictReader(report.open()))
         return row
+
+
+def _last_line(said: str | None) -> str:
+    lines = [line.strip() for line in (said or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def main(argv: list[str] | None = None) -> int:
