@@ -17,8 +17,10 @@ in flight 755 rows/s, p50 20 ms; in one server, resnet_u8 at 64 in flight 992 ro
 226 not; but resnet_u8 at 64 in flight in the check 367 rows/s, p50 237 ms. The batcher alternates
 a lone request (taken by the idle instance as a batch finishes) with the rest (BENCHMARKS.md
 section 12: sizes 1 and 7 in turn), and with shrink_after 1 that changed the shape at every batch;
-with 8 the size holds unless 8 small batches come in a row, a real drop in load (not yet measured
-on a GPU). Each change is counted (`changes`: the metric sluiceway_padded_shape_changes_total).
+with 8 the size holds unless 8 small batches come in a row, a real drop in load (on an H200,
+resnet_u8 at 16 in flight in one server: 90 changes in 4 s and 140 rows/s with 1, 2 and 1,417 rows/s
+with 8; BENCHMARKS.md section 16b). Each change is counted (`changes`: the metric
+sluiceway_padded_shape_changes_total).
 
 Only where rows are rows: the graph declares every input's and every non-scalar output's first
 dimension as one symbol (the batch; an output whose first dimension is unknown, or another symbol,

@@ -166,7 +166,7 @@ class BoundRunner:
         gathered (batcher Gathered) is gathered into the pinned copy: its one host copy."""
         dtypes = {name: spec_of(feed, name)[1] for name in feed}
         bf16 = [name for name, dtype in dtypes.items() if dtype == BF16]
-        if pad_to is not None and (self._staging is None or bf16):
+        if pad_to is not None and bf16:  # BF16 inputs are bound as OrtValues, not staged: padded first
             feed, pad_to = pad(feed, batch_rows(feed) or 0, pad_to), None
         binding = self._session.io_binding()
         kept = [to_ort_value(feed[name]) for name in bf16]  # BF16 inputs' OrtValues, alive until the run ends
@@ -175,7 +175,7 @@ class BoundRunner:
         plain = [name for name in dtypes if name not in bf16]
         staged = nullcontext(None) if self._staging is None else self._staging.stage(feed, pad_to, plain)
         with staged as pointers:
-            if pointers is None and pad_to is not None:  # not staged after all: padded here
+            if pointers is None and pad_to is not None:  # not staged (no staging, too large, busy)
                 feed = pad(feed, batch_rows(feed) or 0, pad_to)
                 pad_to = None
             for name in plain:
