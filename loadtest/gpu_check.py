@@ -176,13 +176,12 @@ def served_rows(
     except Exception as err:  # workers that did not report, an unreachable model
         return skipped(label, plan, f"load run failed: {first_line(err)}", raw=False)
     rows: list[Row] = []
+    one_process = plan.server_workers == 1  # else a before and an after read may reach two workers
     for entry in results["results"]:
         model, level = entry["target"], int(entry["step"]["level"])
         errors = sum(entry["errors"].values())
         latency = entry["latency_us"]
         warned = any(mentions(line, model) for line in warnings)
-        # With several workers a before and an after read may reach two of them: no batch from those.
-        one_process = plan.server_workers == 1
         changes = (entry["server"].get("metrics") or {}).get("padded_shape_changes") if one_process else None
         batch = entry["server"]["avg_batch_size"] if one_process else None
         note = "; ".join(

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import grpc
 
-from loadtest import server_metrics
 from loadtest.gpu_plan import Budget, Plan
 from loadtest.gpu_report import OUT_OF_TIME, PA_CUDA, PA_SHM, PA_WIRE, Row
 from loadtest.model_statistics import batches_run, rows_and_runs
 from loadtest.perf_analyzer_table import run_perf_analyzer
+from loadtest.server_metrics import padded_shape_changes
 
 MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
 CUDA_MODELS = ("resnet",)  # the 0.8-of-raw target's model, through CUDA shared memory on a GPU
@@ -103,13 +103,6 @@ def run_point(
     )
 
 
-def shape_changes(metrics_url: str | None, model: str) -> float | None:
-    """The model's padded shape changes so far (cuDNN plan builds), None where not padded."""
-    if metrics_url is None:
-        return None
-    return dict(server_metrics.read(metrics_url, model)).get("padded_shape_changes")
-
-
 def perf_analyzer_rows(
     tool: Path, address: str, label: str, plan: Plan, budget: Budget, metrics_url: str | None = None
 ) -> list[Row]:
@@ -124,10 +117,10 @@ def perf_analyzer_rows(
                     rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))
                     continue
                 try:
-                    before, changed = executions(address, model), shape_changes(metrics_url, model)
+                    before, changed = executions(address, model), padded_shape_changes(metrics_url, model)
                     limit = min(point_s(plan) + 30.0, budget.left() - STATS_S)
                     found = run_point(tool, address, model, level, kind, plan, limit)
-                    after, now = executions(address, model), shape_changes(metrics_url, model)
+                    after, now = executions(address, model), padded_shape_changes(metrics_url, model)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
                     note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                     rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))

@@ -5,7 +5,6 @@ the report names it."""
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import importlib.metadata
 import os
 import shutil
@@ -52,8 +51,7 @@ def plan_for(dry: bool, instances: int = 1, processes: int = 4, server_workers: 
     if dry:  # the GPU levels on a 2-core CPU would take minutes for the resnets
         return Plan(True, (1, 2), (1, 2), 0.05, 0.6, 0.1, 1, 1, min_runs=1, server_workers=server_workers)
     # 3 models x 2 providers x (4 raw + 3 served points) with TensorRT's engine builds: about 4 minutes.
-    plan = Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, processes, instances)
-    return dataclasses.replace(plan, server_workers=server_workers)
+    return Plan(False, (1, 8, 32, 64), (1, 16, 64), 1.5, 3.0, 1.0, processes, instances, 3, server_workers)
 
 
 TENSORRT_LIBRARY = "libnvinfer.so.10"  # what onnxruntime-gpu 1.31.1's TensorRT provider links

@@ -59,6 +59,12 @@ def read(url: str, model: str) -> Figures:
         return ()
 
 
+def padded_shape_changes(url: str | None, model: str) -> float | None:
+    """The model's padded shape changes so far (each a cuDNN plan build on the GPU): None where it
+    does not pad, or without a /metrics to read."""
+    return None if url is None else dict(read(url, model)).get("padded_shape_changes")
+
+
 def difference(end: Figures, start: Figures) -> Figures:
     """Counters as deltas (end - start), gauges as read at the end."""
     before = dict(start)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from loadtest.server_metrics import padded_shape_changes
 from protos import model_config_pb2 as mc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,13 +77,6 @@ def write_repo(demo: Path, root: Path) -> None:
         if name in DELAYED:
             config.dynamic_batching.max_queue_delay_microseconds = DELAYED[name]
         (root / name / "config.pbtxt").write_text(text_format.MessageToString(config))
-
-
-def shape_changes(url: str | None, model: str) -> float | None:
-    """The model's padded shape changes so far (None: it does not pad, or no /metrics)."""
-    from loadtest.server_metrics import read
-
-    return None if url is None else dict(read(url, model)).get("padded_shape_changes")
 
 
 def leaves(path: Path, top: int = 8) -> list[str]:
@@ -172,7 +166,7 @@ def main() -> int:
                 if deadline - time.monotonic() < POINT_S:
                     say(f"== {model} {level} in flight: skipped, past --limit-s {args.limit_s:.0f}")
                     continue
-                changes = shape_changes(url, model)
+                changes = padded_shape_changes(url, model)
                 load = subprocess.Popen(
                     [py, "-m", "loadtest", "--target", f"127.0.0.1:{port}", "--model", model, "--concurrency",
                      str(level), "--duration-s", "4", "--warmup-s", "1", "--rounds", "1", "--processes", "4",
@@ -199,7 +193,7 @@ def main() -> int:
                     text, _ = load.communicate()
                 lines = [line.strip() for line in text.splitlines() if "closed" in line]
                 label = "" if on_gpu else " (CPU, not GPU figures)"
-                after = shape_changes(url, model)
+                after = padded_shape_changes(url, model)
                 changed = (
                     "not padded" if after is None else f"{after - (changes or 0):.0f} padded shape changes"
                 )
