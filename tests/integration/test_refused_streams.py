@@ -120,14 +120,15 @@ async def test_a_paced_writer_is_answered_right_after_one_of_its_messages() -> N
 async def test_a_burst_of_large_messages_is_not_taken_for_a_paced_writer() -> None:
     """A tester's burst of 1 MB messages on a busy machine arrived 10 ms apart, was taken for a
     paced writer and answered mid-burst: INTERNAL in 13 of 60 tries (grpc/grpc#36066). A gap counts
-    as a pause only well past the message's own transfer: 4 MB messages 50 ms apart are still a
-    burst, read on to its end (then the quiet wait, here 0.5 s, answers it)."""
+    as a pause only well past the message's own transfer: 64 MB messages 50 ms apart are still a
+    burst (a pause would be 2.7 s: no loaded machine's scheduling comes near), read on to its end
+    (then the quiet wait, here 0.5 s, answers it)."""
     read: list[int] = []
     never = asyncio.Event()
 
     class Large:
         def ByteSize(self) -> int:
-            return 4 << 20
+            return 64 << 20
 
     async def burst() -> AsyncIterator[object]:
         for frame in range(3):
