@@ -24,6 +24,7 @@ PATH: a .md file or a folder (default: $OUT, else out/gpu_check); the JSON is wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import shutil
@@ -58,6 +59,7 @@ SERVER_START_S = 240.0  # TensorRT builds engines at load when the raw runs' cac
 # Kept tail lines with these are shown; lines with COUNTED are counted even beyond the tail.
 COUNTED = ("WARNING", "[W:onnxruntime", "[E:onnxruntime")
 NOT_SERVED = "server did not start"  # the served points' note when the server never became ready
+SHARED_RUNS = "shared session ran"  # the session host's count at its stop (session_host.py)
 PADDED = "padded batches"  # a CUDA instance's load line (server/backends/batch_padding.py)
 FALLBACK_WORDS = ("not available", "fell back", "falling back", "running on", "instead")
 
@@ -238,6 +240,7 @@ def check_provider(
         return
     extra = ["--allow-client-shm"] if tool and plan.server_workers == 1 else []  # one process's regions
     extra += ["--workers", str(plan.server_workers)] if plan.server_workers > 1 else []
+    extra += plan.server_args
     server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *extra], watch=COUNTED)
     began = time.monotonic()
     try:
@@ -262,6 +265,9 @@ def check_provider(
             report.rows.extend(found)
     finally:
         server.stop()
+        # The session host's counts, logged as it stops (--shared-sessions): the rows it ran per run.
+        hosted = [line.rstrip() for line in server.tail if SHARED_RUNS in line]
+        report.log.extend(f"[{label}] {line}" for line in hosted[: len(MODELS)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         "--without-perf-analyzer", metavar="WHY", help="why perf_analyzer is not run (the report)"
     )
     parser.add_argument("--note", action="append", default=[], help="a line for the report's context")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="a further `serve` flag (repeatable; '--x=y' form)"
+    )
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes, args.server_workers)
+    plan = dataclasses.replace(plan, server_args=tuple(args.server_arg))
     asked = {name.strip() for name in args.providers.split(",")}
     chosen = [p for p in PROVIDERS if p.key in asked]
     counts = (args.instances, args.client_processes, args.server_workers, args.budget_s)

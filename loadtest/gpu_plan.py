@@ -37,6 +37,7 @@ class Plan:
     instances: int
     min_runs: int = 3
     server_workers: int = 1  # `serve --workers`: server processes, each with its own instances
+    server_args: tuple[str, ...] = ()  # more `serve` flags, e.g. --shared-sessions gpu
 
     @property
     def max_rows(self) -> int:
@@ -113,6 +114,8 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
         f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
         f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
     )
+    if plan.server_args:
+        items.append(f"server flags: {' '.join(plan.server_args)}")
     if plan.server_workers > 1:
         items.append(
             f"server: `serve --workers {plan.server_workers}`, each worker its own instances on GPU 0; no "

@@ -21,7 +21,9 @@
 # GPU_CHECK_PERF_ANALYZER (a perf_analyzer to run, 0 for none; default the venv's, installed from
 # the wheelhouse or the index: the resnets through it, over the wire and with shared memory, over the
 # wire only with several server workers); GPU_CHECK_MPS=1 (start NVIDIA's MPS daemon for the
-# measurement and stop it after: several server workers' CUDA contexts then share the GPU at once).
+# measurement and stop it after: several server workers' CUDA contexts then share the GPU at once);
+# GPU_CHECK_SERVER_ARGS (more `serve` flags, space-separated, each --name=value, e.g.
+# "--shared-sessions=gpu --max-batches-in-flight=2": the workers' sessions in one session host).
 set -euo pipefail
 PERF_ANALYZER_VERSION=2.60.0
 limit_s=${GPU_CHECK_LIMIT_S:-450}
@@ -264,6 +266,9 @@ tail -1 "$tests" | tee -a "$log"
 flags=(--tests-summary "$tests" --providers "$providers")
 flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_CLIENT_PROCESSES:-4}")
 flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
+for flag in ${GPU_CHECK_SERVER_ARGS:-}; do # e.g. "--shared-sessions=gpu --max-batches-in-flight=2"
+  flags+=("--server-arg=$flag")
+done
 # perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's: the wheel's binary
 # itself, not its console script (which exits 0 whatever the tool did, and leaves it running when
 # it is stopped).

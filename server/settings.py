@@ -188,6 +188,12 @@ class ServerSettings(BaseSettings):
     # Set by the parent in its workers only: the private directory (0700) where a worker's automatic
     # rollback is written for the others to follow (server/models/rollout_share.py).
     rollout_share_dir: Path | None = None
+    # With `workers` > 1: the onnxruntime sessions of GPU instances ("gpu") or of every instance
+    # ("all") live in one session host process that runs the workers' batches together
+    # (server/backends/session_host.py): one CUDA context, batches merged up to max_batch_size.
+    shared_sessions: Literal["off", "gpu", "all"] = "off"
+    # Set by the parent in its workers only: the session host's Unix socket.
+    session_host: Path | None = None
 
     # -- repository control and cold starts (README "Repository control", "Cold starts")
     # Triton's modes: none loads every model at start and refuses load/unload RPCs; explicit loads
@@ -302,6 +308,11 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "model_control_mode 'explicit' needs workers=1: a load or unload by RPC would reach "
                 "one worker process only (poll mode reloads every worker from the repository)"
+            )
+        if self.shared_sessions != "off" and self.workers == 1 and self.session_host is None:
+            raise ValueError(
+                f"shared_sessions '{self.shared_sessions}' needs workers > 1: it shares sessions "
+                "between worker processes (one process holds its own already)"
             )
         return self
 

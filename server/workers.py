@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from server.announce import announce, message_of
+from server.backends.host_process import HostFailed, HostProcess
 from server.models.rollout_dir import make_share_dir, remove_stale_share_dirs
 from server.settings import ServerSettings
 from server.settings_rules import unbracketed
@@ -114,6 +115,16 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
         previous = signal.signal(sig, lambda signum, frame: requested.append(signum))
         if stop_was_asked(previous):  # a start-up SIGTERM whose Terminated was lost on the way
             requested.append(sig)
+    # The session host first (--shared-sessions): the workers open their sessions there.
+    host: HostProcess | None = None
+    if settings.shared_sessions != "off" and not requested:
+        try:
+            host = HostProcess(env, settings.log_level)
+        except HostFailed:
+            held.close()
+            share_dir.remove()
+            raise
+        env["SLUICEWAY_SESSION_HOST"] = str(host.socket)
     # None started when the stop came first (a start-up SIGTERM noted above).
     children = [] if requested else [_spawn(settings, env, i) for i in range(settings.workers)]
     ready = threading.Semaphore(0)
@@ -137,14 +148,15 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
         announced = False
         while not requested:
             ready.acquire(timeout=0.2)  # a worker ready, or one that exited (its pump ended)
-            if any(c.poll() is not None for c in children):
+            if any(c.poll() is not None for c in children) or (host is not None and host.exited()):
                 if _stop_was_signalled(requested) or _stop_arrives(requested, STOP_GRACE_S):
                     # A process-group signal (Ctrl-C, `timeout`, systemd's control-group kill)
                     # reaches the workers too, and an idle one drains and exits during this
                     # wait: a stop asked for, not a failure (it had exited 1). A worker exiting
                     # with no signal to the parent still is one.
                     break
-                raise WorkerFailed("a worker exited" + ("" if announced else " during start-up"))
+                what = "the session host" if host is not None and host.exited() else "a worker"
+                raise WorkerFailed(f"{what} exited" + ("" if announced else " during start-up"))
             if not announced and len(models) == len(children):  # every worker said ready
                 announced = True
                 workers = f"{port} (models: {models[0]}; {settings.workers} workers)"
@@ -167,6 +179,8 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 child.wait(settings.shutdown_grace_s + 10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if host is not None:  # after the workers: their draining batches still run there
+            host.stop()
         held.close()
         share_dir.remove()
     if not children:  # stopped before any worker started: the start-up line, exit 0

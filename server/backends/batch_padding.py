@@ -87,6 +87,10 @@ class ShapeChanges:
     def count(self) -> int:
         return self._count
 
+    def __reduce__(self) -> tuple[type[ShapeChanges], tuple[()]]:
+        """Pickled (for the session host, session_host.py) as a new count: the host counts its own."""
+        return (ShapeChanges, ())
+
 
 @dataclass(frozen=True)
 class Padding:
@@ -125,6 +129,9 @@ class StickySize:
     ) -> None:
         self.max_rows = max_rows
         self.shrink_after = max(shrink_after, 1)
+        # A batch is small at 1/shrink of the size or less. The session host, which cuts its merged
+        # runs at the size itself (session_host.py), sets 2: its runs alternate at about half.
+        self.shrink = SHRINK
         self.current = 0
         # How often the shape changed (each one a plan build on the device): the version's count.
         self.counted = counted if counted is not None else ShapeChanges()
@@ -135,7 +142,7 @@ class StickySize:
         if rows > self.max_rows:  # not batched by the server (a request of its own): left as sent
             return rows
         with self._lock:
-            small = rows * SHRINK <= self.current
+            small = rows * self.shrink <= self.current
             self._small = self._small + 1 if small else 0
             if rows > self.current or (small and self._small >= self.shrink_after):
                 self.current = bucket(rows, self.max_rows)
@@ -193,11 +200,17 @@ class PaddedRunner:
         return [out[:rows] if out.ndim > 0 and out.shape[0] == size else out for out in outputs]
 
 
-def shape_changes(instance: object) -> ShapeChanges | None:
-    """The count of padded size changes `instance` adds to (its version's: each change a plan build
-    per convolution on the GPU), or None when it does not pad. Reads through a fault-injecting
-    wrapper (`inner`)."""
+def sticky_size(instance: object) -> StickySize | None:
+    """The size `instance` pads its batches to, or None when it does not pad. Reads through a
+    fault-injecting wrapper (`inner`)."""
     while hasattr(instance, "inner"):
         instance = instance.inner
     runner = getattr(getattr(instance, "io", None), "runner", None)
-    return runner.size.counted if isinstance(runner, PaddedRunner) else None
+    return runner.size if isinstance(runner, PaddedRunner) else None
+
+
+def shape_changes(instance: object) -> ShapeChanges | None:
+    """The count of padded size changes `instance` adds to (its version's: each change a plan build
+    per convolution on the GPU), or None when it does not pad."""
+    size = sticky_size(instance)
+    return size.counted if size is not None else None

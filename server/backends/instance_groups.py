@@ -176,6 +176,7 @@ def describe(slots: list[InstanceSlot], sessions: Sequence[object] | None = None
             io = getattr(sessions[i], "io", None)
             label = instance_device(sessions[i]) + _IO_LABELS.get(getattr(io, "mode", ""), "")
             label += ", padded batches" if getattr(io, "padded", False) else ""
+            label += ", shared session" if getattr(sessions[i], "hosted", False) else ""
         counts[(slot.group, label)] = counts.get((slot.group, label), 0) + 1
     return ", ".join(f"{group} x{n} ({label})" for (group, label), n in counts.items())
 

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,8 +32,10 @@ from server.backends.fault_backend import (
     Session,
     wait_at_gate,
 )
+from server.backends.hosted_backend import HostedBackend, Unhostable
 from server.backends.identity_backend import IdentityBackend, IdentitySpec, OffLoop, identity_plan
 from server.backends.instance_groups import InstancePlan, plan_instances
+from server.backends.io_binding import CUDA_PROVIDERS
 from server.backends.onnxruntime_backend import (
     BackendLoadError,
     OrtBackend,
@@ -41,8 +44,9 @@ from server.backends.onnxruntime_backend import (
     ort_options_for,
 )
 from server.backends.prepared_graph import PreparedGraph
+from server.backends.session_host import OpenRequest
 from server.backends.tensorrt_options import engine_cache_dir
-from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError
+from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError, dynamic_batching_enabled
 from server.models.config_tensors import ReshapePlan
 from server.models.tensorrt_paths import check_tensorrt_paths
 from server.settings import ServerSettings
@@ -76,6 +80,19 @@ def run_timeout_for(config: mc.ModelConfig, source: str, default_s: float) -> fl
     return seconds
 
 
+@dataclass(frozen=True)
+class SharedSessions:
+    """Under `--shared-sessions` (session_host.py): the host's socket, which instances it holds
+    (every one, or those on a GPU), and the rows one merged run may hold (0: none merged)."""
+
+    socket: Path
+    every: bool
+    max_rows: int
+
+    def holds(self, providers: Sequence[Provider]) -> bool:
+        return self.every or (bool(providers) and providers[0][0] in CUDA_PROVIDERS)
+
+
 class InstanceFactory:
     """Makes the instances of one model version; `session` blocks (call it off the event loop)."""
 
@@ -93,7 +110,9 @@ class InstanceFactory:
         identity: IdentitySpec | None = None,
         max_batch_size: int = 0,
         planned: int = 0,  # instances the load makes: its first's prepared graph serves the rest
+        shared: SharedSessions | None = None,  # sessions in the session host (session_host.py)
     ) -> None:
+        self._shared = shared
         self._path = path
         self._planned = planned
         # The load's prepared graph by providers (prepared_graph.py), until its last instance.
@@ -148,6 +167,10 @@ class InstanceFactory:
         if providers is not None:
             self._slot_providers[instance_id] = list(providers)
         chosen = self._slot_providers.get(instance_id, self._providers)
+        if self._shared is not None and self._shared.holds(chosen):
+            hosted = self._hosted(chosen, instance_id, executor)
+            if hosted is not None:
+                return hosted
         key = tuple(name for name, _ in chosen)
         more = initial and instance_id + 1 < self._planned  # the load makes more after this one
         # Only an instance that prepared its own graph keeps it (`backend.prepared`).
@@ -160,6 +183,24 @@ class InstanceFactory:
         if not more:
             self._prepared.clear()  # the load's last instance (or a replacement): nothing held
         return backend
+
+    def _hosted(
+        self, providers: Sequence[Provider], slot: int, executor: ThreadPoolExecutor
+    ) -> HostedBackend | None:
+        """The instance as the session host's shared session, or None (it runs here, as without
+        the host) when the host will not hold it; the load's log says why, once per instance."""
+        assert self._shared is not None
+        request = OpenRequest(
+            str(self._path), self._options, tuple(providers), self._name, slot, self._shared.max_rows
+        )
+        try:
+            return HostedBackend(self._shared.socket, request, executor, reshape=self._reshape)
+        except Unhostable as why:
+            log.warning("model %s: instance %d runs here, not in the session host: %s", self._name, slot, why)
+            return None
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
 
     def wrap(self, session: Session) -> ModelInstance:
         """The instance the batcher runs: the session, or the session with its faults. An identity
@@ -230,8 +271,14 @@ def factory_for(
     plan = plan_instances(
         config, settings.execution_providers, engine_cache=engines, gpus=gpus, implicit_on_gpus=implicit
     )
+    shared = None
+    if settings.session_host is not None and settings.shared_sessions != "off" and not batch_axes:
+        # Batches of a sequence model or one without dynamic batching run as they are, never merged.
+        merge = dynamic_batching_enabled(config) and not config.HasField("sequence_batching")
+        rows = config.max_batch_size if merge else 0
+        shared = SharedSessions(settings.session_host, settings.shared_sessions == "all", rows)
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
-        batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots),
+        batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots), shared=shared,
     )  # fmt: skip
     return factory, plan

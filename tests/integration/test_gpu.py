@@ -122,6 +122,32 @@ def test_gpu_instances_batch_through_io_binding(
         np.testing.assert_allclose(got["scores"], infer(stub, "mlp_cpu", x)["scores"], **TF32)
 
 
+def test_shared_sessions_run_the_workers_batches_in_one_cuda_session(repo: Path, cache_dir: Path) -> None:
+    """`--workers 2 --shared-sessions gpu`: the CUDA instance's session in the session host, shared
+    by both workers (one CUDA context); the CPU instance stays in each worker."""
+    args = ("--model-repository", str(repo), "--cache-dir", str(cache_dir), "--workers", "2")
+    with ServerProcess(*args, "--shared-sessions", "gpu", "--max-batches-in-flight", "2") as running:
+        log = "".join(running.lines)
+        assert "mlp_gpu_0 x1 (cuda:0, IO binding, padded batches, shared session)" in log, log[-3000:]
+        assert "mlp_cpu_0 x1 (cpu)" in log
+        rng = np.random.default_rng(2)
+        shapes = [(rows, 64) for rows in (1, 2, 3) * 8]
+        requests = [{"features": rng.standard_normal(shape).astype(np.float32)} for shape in shapes]
+        local = ort.InferenceSession(str(repo / "mlp_cpu" / "1" / "model.onnx"))
+
+        def ask(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own: either worker
+            with grpc.insecure_channel(running.address, options=options) as channel:
+                return infer(pb_grpc.GRPCInferenceServiceStub(channel), "mlp_gpu", x)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(ask, requests))
+        for x, got in zip(requests, answers, strict=True):
+            np.testing.assert_allclose(got["scores"], local.run(["scores"], x)[0], **TF32)
+        assert running.terminate() == 0
+    assert "model mlp_gpu: shared session ran" in "".join(running.lines)
+
+
 def test_cuda_graphs_replay_a_fixed_shape_model(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:

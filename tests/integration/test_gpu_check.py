@@ -181,6 +181,7 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
         pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
     calls = tmp_path / "pip-calls"
     env = {**stand_ins(tmp_path, f'echo "$*" >>{calls}'), "GPU_CHECK_LIMIT_S": "451"}
+    env["GPU_CHECK_SERVER_ARGS"] = "--shared-sessions=gpu --max-batches-in-flight=2"  # parsed, not refused
     out = tmp_path / "out"
     done = gpu_check_sh(out, env, timeout_s=300)
     left = subprocess.run(["pgrep", "-f", "sleep 451"], capture_output=True, text=True, check=False)

@@ -13,7 +13,8 @@ def test_every_setting_but_the_internal_ones_is_a_flag() -> None:
     warning and tied the process to its parent."""
     serve = _parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     flags = {action.dest for action in serve._actions}
-    assert set(ServerSettings.model_fields) - flags == {"reuse_port", "worker_index", "rollout_share_dir"}
+    internal = {"reuse_port", "worker_index", "rollout_share_dir", "session_host"}
+    assert set(ServerSettings.model_fields) - flags == internal
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,15 @@ def test_explicit_mode_needs_one_worker() -> None:
     assert settings("--model-control-mode", "poll", "--workers", "2").workers == 2
 
 
+def test_shared_sessions_need_several_workers() -> None:
+    """One process holds its sessions already: the flag alone would start no session host."""
+    with pytest.raises(ValidationError, match="shared_sessions 'gpu' needs workers > 1"):
+        settings("--shared-sessions", "gpu")
+    assert settings("--shared-sessions", "gpu", "--workers", "2").shared_sessions == "gpu"
+    with pytest.raises(ValidationError, match="shared_sessions"):
+        settings("--shared-sessions", "some", "--workers", "2")
+
+
 def test_a_log_level_is_taken_in_either_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings("--log-level", "debug").log_level == "DEBUG"
     monkeypatch.setenv("SLUICEWAY_LOG_LEVEL", "Warning")

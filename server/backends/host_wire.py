@@ -1,0 +1,118 @@
+"""What a worker and the session host (session_host.py) say to each other, and the shared memory
+a batch's inputs cross in.
+
+Messages are pickled and length-prefixed on a Unix socket. Both ends are this server's own
+processes, the socket lives in a directory only the server's user can enter (mode 0700, made by
+the `--workers` parent), and nothing from a client is unpickled: a client's tensors travel as
+bytes in shared memory, described by shapes and dtypes the worker has already checked.
+
+A batch's inputs are written by the worker into a segment of its own (a file in that directory,
+mapped by both sides) and read there by the host, with no copy through the socket; outputs, a
+model's answer, come back in the reply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import pickle
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batcher.types import Array
+
+_LENGTH = struct.Struct("!Q")
+MAX_MESSAGE = 1 << 34  # a sanity bound on a length read from the peer (our own process)
+
+
+class HostGone(ConnectionError):
+    """The session host closed the connection (it stopped, or died)."""
+
+
+def send(sock: socket.socket, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def receive(sock: socket.socket) -> Any:
+    (length,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    if length > MAX_MESSAGE:
+        raise HostGone(f"a message of {length} bytes: the peer is not a session host")
+    return pickle.loads(_read_exactly(sock, length))
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    view = memoryview(bytearray(n))
+    got = 0
+    while got < n:
+        count = sock.recv_into(view[got:], n - got)
+        if count == 0:
+            raise HostGone("the session host closed the connection")
+        got += count
+    return view.obj  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorPlace:
+    """Where one input lies in a segment: its offset, shape and dtype (numpy's string)."""
+
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class Segment:
+    """A shared file mapped into this process: the worker's side writes a batch there, the host's
+    reads it. `create` makes it (the worker), `attach` maps one made by the other side."""
+
+    def __init__(self, path: Path, size: int, *, create: bool) -> None:
+        self.path = path
+        self.size = size
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                _reserve(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, path: Path, size: int) -> Segment:
+        return cls(path, size, create=False)
+
+    def array(self, place: TensorPlace) -> Array:
+        """A view of one tensor in the segment (no copy)."""
+        dtype = np.dtype(place.dtype)
+        count = int(np.prod(place.shape)) if place.shape else 1
+        if place.offset + count * dtype.itemsize > self.size:
+            raise ValueError(f"input '{place.name}' lies past the end of its segment")
+        flat = np.frombuffer(self._map, dtype=dtype, count=count, offset=place.offset)
+        return flat.reshape(place.shape)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+            self._map.close()
+
+
+def _reserve(fd: int, size: int) -> None:
+    """The file's bytes reserved now: a full tmpfs refuses here (OSError), where a sparse file
+    would kill the writer with SIGBUS at its first write past the room left."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)  # a file system without fallocate
+
+
+def read_arrays(segment: Segment, places: list[TensorPlace]) -> dict[str, Array]:
+    return {place.name: segment.array(place) for place in places}

@@ -1,0 +1,224 @@
+"""A worker's model instance whose session lives in the session host (session_host.py).
+
+It stands where an OrtBackend would (the batcher, warm-up and the watchdog see the same methods):
+a batch's inputs are gathered straight into a shared segment of this instance's (one copy, as into
+a CUDA instance's pinned buffer), the host is asked to run them, and the outputs come back in its
+reply. Reshapes are applied here, on this side, as OrtBackend applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batcher.errors import InstanceClosed
+from batcher.types import Array, Tensors
+from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, send
+from server.backends.io_binding import Device
+from server.backends.pinned import fill, layout, spec_of
+from server.backends.session_host import OpenRequest
+from server.errors import ModelRunFailed
+from server.models.config_tensors import ReshapePlan
+from server.models.onnx_completion import OnnxTensor
+
+log = logging.getLogger(__name__)
+_GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
+
+
+class Unhostable(Exception):
+    """The host will not hold this model's session (its tensors are not plain arrays)."""
+
+
+@dataclass(frozen=True)
+class HostedIo:
+    """How the host's session runs batches, for the load's log line (instance_groups.describe)."""
+
+    mode: str
+    padded: bool = False
+
+
+class HostedBackend:
+    """One instance slot of a model version, run in the session host's shared session."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        request: OpenRequest,
+        executor: ThreadPoolExecutor,
+        *,
+        reshape: ReshapePlan | None = None,
+    ) -> None:
+        self._socket_path = socket_path
+        self._name = request.name
+        self._executor = executor
+        self._reshape = reshape
+        self._lock = threading.Lock()
+        self._idle: list[socket.socket] = []  # connections between runs (one per concurrent run)
+        self._free: list[Segment] = []  # segments between runs
+        self._serial = itertools.count()
+        self._closed = False
+        self.prepared = None  # OrtBackend's: nothing prepared is kept on this side
+        reply = self._call(("open", request))
+        if reply[0] == "refused":
+            self._drop_connections()
+            raise Unhostable(reply[1])
+        self._key, inputs, outputs, providers, device, (mode, padded) = reply[1:]
+        self._inputs: list[OnnxTensor] = list(inputs)
+        self._outputs: list[OnnxTensor] = list(outputs)
+        self._providers: list[str] = list(providers)
+        self._device: Device = device
+        self.io = HostedIo(str(mode), bool(padded))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def inputs(self) -> list[OnnxTensor]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[OnnxTensor]:
+        return list(self._outputs)
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self._providers)
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def hosted(self) -> bool:
+        return True
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_blocking, inputs)
+
+    def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
+        if self._closed:
+            raise InstanceClosed.of(self._name)
+        if self._reshape is not None:
+            inputs = self._reshape.to_model(inputs)
+        offsets, size = layout(inputs)
+        segment = self._segment(size)
+        try:
+            places = []
+            for name, offset in offsets.items():
+                shape, dtype = spec_of(inputs, name)
+                place = TensorPlace(name, offset, tuple(int(d) for d in shape), np.dtype(dtype).str)
+                fill(segment.array(place), inputs, name)
+                places.append(place)
+            reply = self._call(("run", self._key, str(segment.path), segment.size, places))
+        finally:
+            self._give_back(segment)
+        outputs: dict[str, Array] = reply[1]
+        return outputs if self._reshape is None else self._reshape.to_wire(outputs)
+
+    def _segment(self, size: int) -> Segment:
+        with self._lock:
+            for i, segment in enumerate(self._free):
+                if segment.size >= size:
+                    return self._free.pop(i)
+            old = self._free.pop() if self._free else None
+        if old is not None:  # too small: a larger one replaces it
+            _remove(old)
+        grown = max(_GROW, -(-(size + size // 4) // _GROW) * _GROW)
+        path = self._socket_path.parent / f"seg-{os.getpid()}-{id(self):x}-{next(self._serial)}"
+        return Segment(path, grown, create=True)
+
+    def _give_back(self, segment: Segment) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(segment)
+                return
+        _remove(segment)
+
+    def _call(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Send one message on an idle connection (a new one when none is) and wait for its reply."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = _connect(self._socket_path)
+        try:
+            send(conn, message)
+            reply: tuple[Any, ...] = receive(conn)
+        except (HostGone, OSError) as err:
+            conn.close()
+            raise ModelRunFailed(f"model '{self._name}': the session host is gone ({err})") from None
+        with self._lock:
+            self._idle.append(conn)
+        if reply[0] == "failed":
+            raise reply[1]
+        return reply
+
+    def _drop_connections(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            free, self._free = self._free, []
+        for conn in idle:
+            conn.close()
+        for segment in free:
+            _remove(segment)
+
+    def _release(self, kind: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=kind == "abandon")
+        # A fresh connection: a stuck run holds its own.
+        _tell(self._socket_path, (kind, self._key), self._name)
+        self._drop_connections()
+
+    def close(self) -> None:
+        """Detach from the shared session (the host closes it when its last worker has)."""
+        self._release("close")
+
+    def abandon(self) -> None:
+        """A run outlived the watchdog: the host abandons the shared session (every worker's runs on
+        it fail), and the next open, this worker's replacement's, makes a fresh one."""
+        self._release("abandon")
+
+
+def _connect(path: Path) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        raise
+    return conn
+
+
+def _tell(path: Path, message: tuple[Any, ...], name: str) -> None:
+    try:
+        conn = _connect(path)
+        try:
+            send(conn, message)
+            receive(conn)
+        finally:
+            conn.close()
+    except (HostGone, OSError) as err:  # the host stopped first: nothing to release there
+        log.debug("model %s: %s not told to the session host (%s)", name, message[0], err)
+
+
+def _remove(segment: Segment) -> None:
+    segment.close()
+    with contextlib.suppress(FileNotFoundError):
+        segment.path.unlink()
