@@ -46,6 +46,15 @@ class RunsBlocking(Protocol):
     def run_blocking(self, inputs: Tensors) -> Tensors: ...
 
 
+class RunsBlockingBefore(Protocol):
+    """Optional, for a RunsBlocking backend that queues a batch it has taken (the session host,
+    server/backends/session_host.py, runs several processes' batches in turn): it is handed the
+    batch's start-by time on time.monotonic's clock and leaves the batch unrun, raising
+    ExpiredUnrun (batcher/watchdog.py), when its turn comes after it."""
+
+    def run_blocking_before(self, inputs: Tensors, start_by: float) -> Tensors: ...
+
+
 class TimeoutAction(enum.Enum):
     REJECT = "reject"  # a request past its queue-policy timeout is answered DEADLINE_EXCEEDED
     DELAY = "delay"  # ... is moved behind its level's requests still in time, and computed later

@@ -30,7 +30,7 @@ from typing import TypeVar, cast
 from batcher.batch_io import cpu_timed
 from batcher.errors import InstanceClosed, RunTimedOut
 from batcher.run_count import RunCount
-from batcher.types import Backend, RunsBlocking, Tensors
+from batcher.types import Backend, RunsBlocking, RunsBlockingBefore, Tensors
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,21 @@ class ExpiredUnrun(Exception):
 
 
 def _unless_expired(
-    clock: Callable[[], float], start_by: float | None, run: Callable[[Tensors], Tensors], inputs: Tensors
+    clock: Callable[[], float], start_by: float | None, blocking: RunsBlocking, inputs: Tensors
 ) -> tuple[Tensors, float]:
-    """In the executor thread: `cpu_timed(run, inputs)`, unless `clock()` is past `start_by`."""
-    if start_by is not None and clock() > start_by:
+    """In the executor thread: `cpu_timed(run, inputs)`, unless `clock()` is past `start_by`. A
+    backend that queues the batch further (RunsBlockingBefore) gets `start_by` on time.monotonic's
+    clock, which other processes share, to check again when the batch's turn comes."""
+    if start_by is None:
+        return cpu_timed(blocking.run_blocking, inputs)
+    left = start_by - clock()
+    if left < 0:
         raise ExpiredUnrun
-    return cpu_timed(run, inputs)
+    if not hasattr(blocking, "run_blocking_before"):
+        return cpu_timed(blocking.run_blocking, inputs)
+    queued = cast(RunsBlockingBefore, blocking)
+    monotonic_by = time.monotonic() + left
+    return cpu_timed(lambda batch: queued.run_blocking_before(batch, monotonic_by), inputs)
 
 
 # Given the backend that outlived the limit, a fresh one for the same instance (raises if it cannot).
@@ -148,7 +157,7 @@ class Watchdog:
             loop = asyncio.get_running_loop()
             try:
                 run = loop.run_in_executor(
-                    blocking.executor, _unless_expired, self._clock, start_by, blocking.run_blocking, inputs
+                    blocking.executor, _unless_expired, self._clock, start_by, blocking, inputs
                 )
             except RuntimeError as exc:  # its executor was shut down: the instance was closed
                 raise InstanceClosed.of(self._name) from exc

@@ -75,7 +75,9 @@ def _parser(only_serve: bool = False) -> argparse.ArgumentParser:
 
 
 # Settings that are not flags: set by the server for its own worker processes.
-_INTERNAL = frozenset({"reuse_port", "worker_index", "rollout_share_dir", "session_host"})
+_INTERNAL = frozenset(
+    {"reuse_port", "worker_index", "rollout_share_dir", "session_host", "session_host_threads"}
+)
 
 
 def _add_remaining_settings(serve: argparse.ArgumentParser) -> None:

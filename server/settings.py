@@ -194,6 +194,9 @@ class ServerSettings(BaseSettings):
     shared_sessions: Literal["off", "gpu", "all"] = "off"
     # Set by the parent in its workers only: the session host's Unix socket.
     session_host: Path | None = None
+    # Set by the parent in its workers only: the intra_op_threads of the session host's sessions,
+    # the ones given (0: onnxruntime's choice), not the share of the cores each worker's own get.
+    session_host_threads: int = Field(default=0, ge=0)
 
     # -- repository control and cold starts (README "Repository control", "Cold starts")
     # Triton's modes: none loads every model at start and refuses load/unload RPCs; explicit loads

@@ -125,6 +125,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
             share_dir.remove()
             raise
         env["SLUICEWAY_SESSION_HOST"] = str(host.socket)
+        env["SLUICEWAY_SESSION_HOST_THREADS"] = str(settings.intra_op_threads)  # one process: all cores
     # None started when the stop came first (a start-up SIGTERM noted above).
     children = [] if requested else [_spawn(settings, env, i) for i in range(settings.workers)]
     ready = threading.Semaphore(0)

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,9 @@ import numpy as np
 from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
 from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, send
+from server.backends.hosted_session import OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
-from server.backends.session_host import OpenRequest
 from server.errors import ModelRunFailed
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
@@ -73,7 +74,7 @@ class HostedBackend:
         if reply[0] == "refused":
             self._drop_connections()
             raise Unhostable(reply[1])
-        self._key, inputs, outputs, providers, device, (mode, padded) = reply[1:]
+        self._key, self._generation, inputs, outputs, providers, device, (mode, padded) = reply[1:]
         self._inputs: list[OnnxTensor] = list(inputs)
         self._outputs: list[OnnxTensor] = list(outputs)
         self._providers: list[str] = list(providers)
@@ -112,6 +113,11 @@ class HostedBackend:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_blocking, inputs)
 
     def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
+        return self.run_blocking_before(inputs, None)
+
+    def run_blocking_before(self, inputs: Tensors, start_by: float | None) -> dict[str, Array]:
+        """Run the batch in the host, unless its turn there comes past `start_by` (time.monotonic's
+        clock, which the host shares): then ExpiredUnrun, as the batcher's own check raises it."""
         if self._closed:
             raise InstanceClosed.of(self._name)
         if self._reshape is not None:
@@ -125,7 +131,7 @@ class HostedBackend:
                 place = TensorPlace(name, offset, tuple(int(d) for d in shape), np.dtype(dtype).str)
                 fill(segment.array(place), inputs, name)
                 places.append(place)
-            reply = self._call(("run", self._key, str(segment.path), segment.size, places))
+            reply = self._call(("run", self._key, str(segment.path), segment.size, places, start_by))
         finally:
             self._give_back(segment)
         outputs: dict[str, Array] = reply[1]
@@ -183,7 +189,7 @@ class HostedBackend:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=kind == "abandon")
         # A fresh connection: a stuck run holds its own.
-        _tell(self._socket_path, (kind, self._key), self._name)
+        _tell(self._socket_path, (kind, self._key, self._generation), self._name)
         self._drop_connections()
 
     def close(self) -> None:
@@ -194,6 +200,11 @@ class HostedBackend:
         """A run outlived the watchdog: the host abandons the shared session (every worker's runs on
         it fail), and the next open, this worker's replacement's, makes a fresh one."""
         self._release("abandon")
+
+
+def hosted(instances: Sequence[object]) -> bool:
+    """Whether any of a version's instances runs in the session host."""
+    return any(getattr(instance, "hosted", False) for instance in instances)
 
 
 def _connect(path: Path) -> socket.socket:

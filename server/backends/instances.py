@@ -11,6 +11,7 @@ in the manager's list too (so stopping closes it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from server.backends.fault_backend import (
     wait_at_gate,
 )
 from server.backends.hosted_backend import HostedBackend, Unhostable
+from server.backends.hosted_session import OpenRequest
 from server.backends.identity_backend import IdentityBackend, IdentitySpec, OffLoop, identity_plan
 from server.backends.instance_groups import InstancePlan, plan_instances
 from server.backends.io_binding import CUDA_PROVIDERS
@@ -44,7 +46,6 @@ from server.backends.onnxruntime_backend import (
     ort_options_for,
 )
 from server.backends.prepared_graph import PreparedGraph
-from server.backends.session_host import OpenRequest
 from server.backends.tensorrt_options import engine_cache_dir
 from server.models.config import IDENTITY, RUN_TIMEOUT, ConfigError, dynamic_batching_enabled
 from server.models.config_tensors import ReshapePlan
@@ -88,6 +89,7 @@ class SharedSessions:
     socket: Path
     every: bool
     max_rows: int
+    options: OrtOptions  # the host's sessions': intra_op_threads as given, not a worker's share
 
     def holds(self, providers: Sequence[Provider]) -> bool:
         return self.every or (bool(providers) and providers[0][0] in CUDA_PROVIDERS)
@@ -191,7 +193,7 @@ class InstanceFactory:
         the host) when the host will not hold it; the load's log says why, once per instance."""
         assert self._shared is not None
         request = OpenRequest(
-            str(self._path), self._options, tuple(providers), self._name, slot, self._shared.max_rows
+            str(self._path), self._shared.options, tuple(providers), self._name, slot, self._shared.max_rows
         )
         try:
             return HostedBackend(self._shared.socket, request, executor, reshape=self._reshape)
@@ -254,15 +256,13 @@ def factory_for(
             batch_axes=batch_axes, reshape=reshape, identity=spec, max_batch_size=config.max_batch_size,
         )  # fmt: skip
         return factory, identity_plan(config, spec)
-    options = ort_options_for(
-        config,
-        OrtOptions(
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            allow_spinning=settings.allow_spinning,
-            graph_optimization_level=settings.graph_optimization_level,
-        ),
+    base = OrtOptions(
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        allow_spinning=settings.allow_spinning,
+        graph_optimization_level=settings.graph_optimization_level,
     )
+    options = ort_options_for(config, base)
     check_tensorrt_paths(config, path.parent.parent, settings.cache_dir, source)  # a client's config too
     engines = engine_cache_dir(settings.cache_dir / "tensorrt", config.name, path.parent.name)
     # groups, devices (`gpus`: the visible ones, found off the event loop by the caller)
@@ -276,7 +276,9 @@ def factory_for(
         # Batches of a sequence model or one without dynamic batching run as they are, never merged.
         merge = dynamic_batching_enabled(config) and not config.HasField("sequence_batching")
         rows = config.max_batch_size if merge else 0
-        shared = SharedSessions(settings.session_host, settings.shared_sessions == "all", rows)
+        threads = settings.session_host_threads
+        hosted = ort_options_for(config, dataclasses.replace(base, intra_op_threads=threads))
+        shared = SharedSessions(settings.session_host, settings.shared_sessions == "all", rows, hosted)
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
         batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots), shared=shared,

@@ -23,191 +23,18 @@ import signal
 import socket
 import sys
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batcher.scatter import Gathered, offsets_of
-from batcher.types import Array, Tensors
-from server.backends.batch_padding import sticky_size
 from server.backends.host_wire import HostGone, Segment, read_arrays, receive, send
-from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, Provider
+from server.backends.hosted_session import HostedSession, OpenRequest
 from server.errors import ModelRunFailed
 
 log = logging.getLogger("sluiceway.session_host")
 READY_LINE = "session host ready"  # host_process.py waits for it
-GROW_AFTER = 32  # runs in a row that left rows waiting before a padded session may grow its size
 STOP_LIMIT_S = 60.0  # after a stop signal, how long the workers' connections are waited for
-UNHOSTABLE_TYPES = ("tensor(string)", "tensor(bfloat16)")  # not plain bytes in shared memory
-
-
-@dataclass(frozen=True)
-class OpenRequest:
-    """What a worker's instance asks the host to open: the same arguments its OrtBackend takes."""
-
-    path: str
-    options: OrtOptions
-    providers: tuple[Provider, ...]
-    name: str
-    slot: int  # the instance's place in its model's plan: each slot is one shared session
-    max_batch_size: int  # rows one merged run may hold (0: never merged)
-
-    def key(self) -> bytes:
-        return pickle.dumps((self.path, self.options, self.providers, self.name, self.slot))
-
-
-@dataclass(eq=False)  # each batch is itself (its arrays compare by element)
-class Job:
-    """One worker's batch, waiting to run (alone or merged with others)."""
-
-    inputs: dict[str, Array]
-    rows: int
-    done: threading.Event = field(default_factory=threading.Event)
-    outputs: dict[str, Array] | None = None
-    error: BaseException | None = None
-
-    def fits_with(self, other: Job) -> bool:
-        """Whether the two batches can be one: the same inputs, of the same per-row shapes and types."""
-        if self.inputs.keys() != other.inputs.keys():
-            return False
-        return all(
-            a.dtype == b.dtype and a.shape[1:] == b.shape[1:] and a.ndim > 0
-            for a, b in ((self.inputs[n], other.inputs[n]) for n in self.inputs)
-        )
-
-
-class HostedSession:
-    """One instance slot's session, shared by the workers, with the thread that runs its batches:
-    each run takes every waiting batch that fits (in arrival order, up to max_batch_size rows)."""
-
-    def __init__(self, request: OpenRequest, *, start: bool = True) -> None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"host-{request.name}")
-        self.backend = OrtBackend(
-            Path(request.path), request.options, list(request.providers), executor, model_name=request.name
-        )
-        self.name = request.name
-        self.padding = request.options.padding
-        # A padded session (a CUDA convolution model, batch_padding.py): its runs are cut at the size
-        # it pads to, so the rows run are real rows, not copies of the last (see _limit).
-        self._sticky = sticky_size(self.backend)
-        if self._sticky is not None:
-            self._sticky.shrink = 2
-        self._outgrown = 0  # runs in a row that left rows waiting past the padded size
-        self.max_rows = request.max_batch_size
-        self.users = 0  # workers' instances attached
-        self.runs = 0
-        self.rows = 0
-        self.merged = 0  # runs that held more than one worker's batch
-        self._jobs: deque[Job] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"merge-{request.name}", daemon=True)
-        if start:  # (the tests take and run batches themselves)
-            self._thread.start()
-
-    def unhostable(self) -> list[str]:
-        """Tensors that cannot cross shared memory as plain arrays (strings, BF16)."""
-        tensors = [*self.backend.inputs, *self.backend.outputs]
-        return [t.name for t in tensors if t.type in UNHOSTABLE_TYPES]
-
-    def run(self, inputs: dict[str, Array]) -> dict[str, Array]:
-        """Run one worker's batch (alone or merged with others'); blocks until it has run."""
-        job = self.submit(inputs)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.outputs is not None
-        return job.outputs
-
-    def submit(self, inputs: dict[str, Array]) -> Job:
-        first = next(iter(inputs.values()), None)
-        job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0)
-        with self._cond:
-            if self._closed:
-                raise ModelRunFailed(f"model '{self.name}': its shared session was closed")
-            self._jobs.append(job)
-            self._cond.notify()
-        return job
-
-    def _take(self) -> list[Job] | None:
-        with self._cond:
-            while not self._jobs and not self._closed:
-                self._cond.wait()
-            if not self._jobs:
-                return None
-            taken = [self._jobs.popleft()]
-            rows = taken[0].rows
-            limit = self._limit(taken[0])
-            while self._jobs and rows + self._jobs[0].rows <= limit and self._jobs[0].fits_with(taken[0]):
-                rows += self._jobs[0].rows
-                taken.append(self._jobs.popleft())
-            return taken
-
-    def _limit(self, first: Job) -> int:
-        """The rows this run may take (its first batch is taken whatever its rows): max_batch_size,
-        or, on a padded session, the size it pads to now. Under a closed loop of N in flight the
-        runs alternate at about N/2 rows: run at max_batch_size they crossed the power of two (33 of
-        64 padded to 64, twice the device's time for the rows); cut at the size, the size settles
-        at the half (shrink 2) and holds. The size grows only after GROW_AFTER runs in a row left
-        more rows waiting than it holds (a load that grew), never at one burst (a plan build)."""
-        size = self._sticky.current if self._sticky is not None else 0
-        if self.max_rows <= 0 or size <= 0:
-            return self.max_rows
-        waiting = first.rows + sum(job.rows for job in self._jobs if job.fits_with(first))
-        if waiting <= size:
-            self._outgrown = 0
-            return size
-        self._outgrown += 1
-        if self._outgrown < GROW_AFTER:
-            return size
-        self._outgrown = 0
-        return self.max_rows
-
-    def _loop(self) -> None:
-        while (taken := self._take()) is not None:
-            self._run(taken)
-
-    def _run(self, taken: list[Job]) -> None:
-        rows = [job.rows for job in taken]
-        feed: Tensors = taken[0].inputs if len(taken) == 1 else Gathered([j.inputs for j in taken], sum(rows))
-        try:
-            outputs = self.backend.run_blocking(feed)
-            offsets = offsets_of(rows)
-            for job, start, end in zip(taken, offsets, offsets[1:], strict=False):
-                job.outputs = _rows_of(outputs, start, end, len(taken) > 1, self.name)
-        except BaseException as err:  # every batch of the run gets the run's error
-            for job in taken:
-                job.error = err
-        self.runs += 1
-        self.rows += sum(rows)
-        self.merged += len(taken) > 1
-        for job in taken:
-            job.done.set()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self.backend.close()
-
-    def abandon(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self.backend.abandon()
-
-
-def _rows_of(outputs: Tensors, start: int, end: int, merged: bool, name: str) -> dict[str, Array]:
-    if not merged:
-        return dict(outputs)
-    parts = {}
-    for output, array in outputs.items():
-        if array.ndim == 0:
-            raise ModelRunFailed(f"model '{name}': output '{output}' has no batch dimension to split")
-        parts[output] = array[start:end]
-    return parts
+MAX_SEGMENTS = 16  # a connection's mapped segments kept (a worker's grow, and go, with its batches)
 
 
 def _sendable(err: BaseException) -> BaseException:
@@ -219,13 +46,25 @@ def _sendable(err: BaseException) -> BaseException:
         return ModelRunFailed(f"{type(err).__name__}: {err}")
 
 
+@dataclass
+class Slot:
+    """One key's session (a model version's instance slot, as every worker opens it): how many
+    workers' instances use it, and the session now (None after an abandon, until the next run or
+    open makes a fresh one). `generation` tells an abandon of an old session from one of this."""
+
+    request: OpenRequest
+    users: int = 0
+    session: HostedSession | None = None
+    generation: int = 0
+
+
 class SessionHost:
     """The sessions by key, and one thread per worker connection serving its requests."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sessions: dict[bytes, HostedSession] = {}
-        self._opening: dict[bytes, threading.Lock] = {}
+        self._slots: dict[bytes, Slot] = {}
+        self._opening: dict[bytes, threading.Lock] = {}  # one load per key at a time
         self._connections = 0
         self._idle = threading.Condition(self._lock)
 
@@ -242,7 +81,7 @@ class SessionHost:
             return self._idle.wait_for(lambda: self._connections == 0, limit_s)
 
     def _connection(self, conn: socket.socket) -> None:
-        segments: dict[str, Segment] = {}
+        segments: dict[str, Segment] = {}  # mapped once, in the order last used
         try:
             while True:
                 message = receive(conn)
@@ -264,83 +103,133 @@ class SessionHost:
     def _answer(self, message: tuple[Any, ...], segments: dict[str, Segment]) -> tuple[Any, ...]:
         kind = message[0]
         if kind == "run":
-            _, key, path, size, places = message
-            segment = segments.get(path)
-            if segment is None or segment.size != size:
-                if segment is not None:
-                    segment.close()
-                segment = segments[path] = Segment.attach(Path(path), size)
-            return ("ok", self._session(key).run(read_arrays(segment, places)))
+            _, key, path, size, places, start_by = message
+            segment = _mapped(segments, path, size)
+            return ("ok", self._session(key).run(read_arrays(segment, places), start_by))
         if kind == "open":
             return self._open(message[1])
         if kind == "close":
-            self._release(message[1], abandon=False)
+            self._close(message[1])
             return ("ok",)
         if kind == "abandon":
-            self._release(message[1], abandon=True)
+            self._abandon(message[1], message[2])
             return ("ok",)
         raise ValueError(f"unknown message {kind!r}")
 
     def _session(self, key: bytes) -> HostedSession:
+        """The key's session; after an abandon, a fresh one (the other workers' runs go on)."""
         with self._lock:
-            session = self._sessions.get(key)
-        if session is None:
-            raise ModelRunFailed("its shared session is gone (abandoned after a stuck run)")
-        return session
+            slot = self._slots.get(key)
+        if slot is None:
+            raise ModelRunFailed("its shared session was closed")
+        session = slot.session
+        return session if session is not None else self._made(key, slot)
+
+    def _made(self, key: bytes, slot: Slot) -> HostedSession:
+        with self._lock:
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:
+            session = slot.session
+            if session is None:
+                with self._lock:
+                    if self._slots.get(key) is not slot:  # closed by its last worker meanwhile
+                        raise ModelRunFailed("its shared session was closed")
+                session = HostedSession(slot.request)
+                with self._lock:
+                    slot.session, slot.generation = session, slot.generation + 1
+                name, index, device = slot.request.name, slot.request.slot, session.backend.device
+                log.info("model %s instance %d: shared session on %s", name, index, device)
+            return session
 
     def _open(self, request: OpenRequest) -> tuple[Any, ...]:
         key = request.key()
         with self._lock:
-            opening = self._opening.setdefault(key, threading.Lock())
-        with opening:  # one load per key: the other workers' opens wait for it and share it
-            with self._lock:
-                session = self._sessions.get(key)
-            if session is None:
-                session = HostedSession(request)
-                refused = session.unhostable()
-                if refused:
-                    session.close()
-                    return ("refused", f"tensors {refused} are not plain arrays")
-                with self._lock:
-                    self._sessions[key] = session
-                device = session.backend.device
-                log.info("model %s instance %d: shared session on %s", request.name, request.slot, device)
-            session.users += 1
-            held = session.backend
-            io = (held.io.mode, held.io.padded)
-            return ("opened", key, held.inputs, held.outputs, held.active_providers, held.device, io)
-
-    def _release(self, key: bytes, *, abandon: bool) -> None:
+            slot = self._slots.setdefault(key, Slot(request))
+        session = self._made(key, slot)
+        refused = session.unhostable()
+        if refused:
+            self._close_unused(key, slot)
+            return ("refused", f"tensors {refused} are not plain arrays")
         with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
+            slot.users += 1
+            generation = slot.generation
+        held = session.backend
+        io = (held.io.mode, held.io.padded)
+        return ("opened", key, generation, held.inputs, held.outputs, held.active_providers, held.device, io)
+
+    def _close_unused(self, key: bytes, slot: Slot) -> None:
+        with self._lock:
+            if slot.users > 0 or self._slots.get(key) is not slot:
                 return
-            session.users -= 1
-            if not abandon and session.users > 0:
-                return
-            del self._sessions[key]  # abandoned: the next open makes a fresh one
-        if abandon:
-            session.abandon()
-        else:
+            del self._slots[key]
+            session, slot.session = slot.session, None
+        if session is not None:
             session.close()
-        _log_counts(session)
+
+    def _close(self, key: bytes) -> None:
+        """A worker's instance is done (an unload, a reload, its stop): the last one closes it."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                return
+            slot.users -= 1
+            if slot.users > 0:
+                return
+            del self._slots[key]
+            session, slot.session = slot.session, None
+        if session is not None:
+            session.close()
+            _log_counts(session)
+
+    def _abandon(self, key: bytes, generation: int) -> None:
+        """A worker's watchdog gave up on a run: its session is abandoned (every worker's runs on it
+        fail) unless another worker's abandon, or a later generation, already replaced it."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                return
+            slot.users -= 1  # the stuck instance; its replacement opens anew
+            stuck = slot.session if slot.generation == generation else None
+            if stuck is not None:
+                slot.session = None
+            if slot.users <= 0:
+                del self._slots[key]
+                stuck, slot.session = slot.session or stuck, None
+        if stuck is not None:
+            stuck.abandon()
+            _log_counts(stuck)
 
     def log_counts(self) -> None:
         with self._lock:
-            sessions = list(self._sessions.values())
+            sessions = [slot.session for slot in self._slots.values() if slot.session is not None]
         for session in sessions:
             _log_counts(session)
+
+
+def _mapped(segments: dict[str, Segment], path: str, size: int) -> Segment:
+    """The worker's segment at `path`, mapped once per connection (a grown one replaces it)."""
+    segment = segments.pop(path, None)
+    if segment is not None and segment.size != size:
+        segment.close()
+        segment = None
+    if segment is None:
+        segment = Segment.attach(Path(path), size)
+        while len(segments) >= MAX_SEGMENTS:  # the oldest: a segment its worker has let go of
+            segments.pop(next(iter(segments))).close()
+    segments[path] = segment  # last used: at the end
+    return segment
 
 
 def _log_counts(session: HostedSession) -> None:
     """The rows the host ran per run, for the check and the benchmarks (the workers' statistics
     count their own batches, before merging)."""
-    if session.runs:
+    if session.runs or session.expired:
         changes = session.padding.changes.count if session.padding is not None else 0
         log.info(
             "model %s: shared session ran %d batches of %d rows (%.2f a run), %d of them merged; "
-            "%d padded shape changes",
-            session.name, session.runs, session.rows, session.rows / session.runs, session.merged, changes,
+            "%d padded shape changes; %d batches left unrun past their deadlines",
+            session.name, session.runs, session.rows, session.rows / max(session.runs, 1), session.merged,
+            changes, session.expired,
         )  # fmt: skip
 
 

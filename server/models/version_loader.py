@@ -18,6 +18,7 @@ from batcher.stats import ModelStats
 from protos import model_config_pb2 as mc
 from server.backends.fault_backend import FaultSpec, Session
 from server.backends.gpu_devices import visible_gpus
+from server.backends.hosted_backend import hosted
 from server.backends.instance_groups import describe, instance_device, served_groups
 from server.backends.instances import factory_for, run_timeout_for
 from server.backends.io_binding import string_binding_notes
@@ -137,7 +138,8 @@ async def load_version(
         backends,
         policy,
         stats,
-        inline_max_s=inline_limit_s(devices, settings.inline_run_max_us),  # never on a GPU
+        # Never on a GPU, nor in the session host (a run's CPU here is its copy, not its wait).
+        inline_max_s=inline_limit_s(devices, 0 if hosted(sessions) else settings.inline_run_max_us),
         run_timeout_s=run_timeout_s,
         replace=factory.replacer(backends),
         name=f"model {source.name} version {number}",

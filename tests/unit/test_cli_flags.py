@@ -13,7 +13,7 @@ def test_every_setting_but_the_internal_ones_is_a_flag() -> None:
     warning and tied the process to its parent."""
     serve = _parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     flags = {action.dest for action in serve._actions}
-    internal = {"reuse_port", "worker_index", "rollout_share_dir", "session_host"}
+    internal = {"reuse_port", "worker_index", "rollout_share_dir", "session_host", "session_host_threads"}
     assert set(ServerSettings.model_fields) - flags == internal
 
 

@@ -4,6 +4,7 @@ takes, and that each batch gets its own rows back; the shared segments batches c
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from batcher.watchdog import ExpiredUnrun, _unless_expired
 from server.backends.batch_padding import Padding, ShapeChanges, StickySize
 from server.backends.host_wire import Segment, TensorPlace, read_arrays
+from server.backends.hosted_session import GROW_AFTER, HostedSession, OpenRequest
 from server.backends.onnxruntime_backend import OrtOptions
-from server.backends.session_host import GROW_AFTER, HostedSession, OpenRequest
-from server.errors import ModelRefusedInput
+from server.backends.session_host import SessionHost
+from server.errors import ModelRefusedInput, ModelRunFailed
 
 
 def _double(path: Path) -> Path:
@@ -158,3 +161,67 @@ def test_a_padded_session_grows_only_once_the_load_has_outgrown_its_size(tmp_pat
         assert all(job in jobs for job in taken)
     assert sizes == [16] * (GROW_AFTER - 1) + [32]  # the 32nd run in a row may take them all
     session.close()
+
+
+def test_an_abandoned_session_is_made_afresh_for_the_workers_still_using_it(tmp_path: Path) -> None:
+    """Worker A's watchdog abandons the shared session; worker B's next run gets a fresh one, and
+    B's own late abandon of the old session (its run was stuck there too) leaves the fresh one."""
+    host = SessionHost()
+    path = _double(tmp_path / "double.onnx")
+    request = OpenRequest(
+        str(path), OrtOptions(intra_op_threads=1), (("CPUExecutionProvider", {}),), "d", 0, 8
+    )
+    opened = [host._answer(("open", request), {}) for _ in range(2)]  # workers A and B
+    key, first = opened[0][1], opened[0][2]
+    assert [o[:3] for o in opened] == [("opened", key, first)] * 2
+    old = host._slots[key].session
+    host._answer(("abandon", key, first), {})  # A's watchdog
+    assert host._slots[key].session is None and host._slots[key].users == 1
+    fresh = host._session(key)  # B's next run
+    assert fresh is not old and host._slots[key].generation == first + 1
+    np.testing.assert_array_equal(fresh.run(_rows(2))["y"], 2 * _rows(2)["x"])
+    assert host._answer(("open", request), {})[2] == first + 1  # A's replacement attaches to it
+    host._answer(("abandon", key, first), {})  # B's watchdog, late: about the old one
+    assert host._slots[key].session is fresh and host._slots[key].users == 1
+    host._answer(("close", key), {})  # the last user: closed and gone
+    assert key not in host._slots
+    with pytest.raises(ModelRunFailed, match="closed"):
+        host._session(key)
+
+
+def test_a_batch_whose_turn_comes_past_its_start_by_is_left_unrun(tmp_path: Path) -> None:
+    """Queued behind other workers' runs, a batch past its deadlines is answered ExpiredUnrun (its
+    batcher answers DEADLINE_EXCEEDED), never computed; the others run."""
+    session = _session(tmp_path, max_rows=16)
+    late = session.submit(_rows(2), start_by=time.monotonic() - 0.001)
+    timely = session.submit(_rows(3), start_by=time.monotonic() + 60)
+    open_ended = session.submit(_rows(1))
+    taken = session._take()
+    assert taken == [timely, open_ended]
+    assert late.done.is_set() and isinstance(late.error, ExpiredUnrun) and late.outputs is None
+    assert session.expired == 1
+    session.close()
+
+
+def test_the_batcher_hands_a_queueing_backend_its_start_by_on_the_monotonic_clock() -> None:
+    """The batcher's clock may be another (a test's); the time handed on is time.monotonic's."""
+    seen: list[float] = []
+
+    class Queueing:
+        executor = None
+
+        def run_blocking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            raise AssertionError("run_blocking_before is the one called")
+
+        def run_blocking_before(
+            self, inputs: dict[str, np.ndarray], start_by: float
+        ) -> dict[str, np.ndarray]:
+            seen.append(start_by)
+            return dict(inputs)
+
+    before = time.monotonic()
+    outputs, _ = _unless_expired(lambda: 1000.0, 1000.5, Queueing(), _rows(1))  # 0.5 s left
+    assert before + 0.5 <= seen[0] <= time.monotonic() + 0.5
+    assert set(outputs) == {"x"}
+    with pytest.raises(ExpiredUnrun):
+        _unless_expired(lambda: 1001.0, 1000.5, Queueing(), _rows(1))

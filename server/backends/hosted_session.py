@@ -1,0 +1,210 @@
+"""One instance slot's onnxruntime session in the session host (session_host.py), shared by every
+`--workers` process, and the thread that runs the batches they send it.
+
+Each run takes the batches that wait for the session and fit together (the same inputs, of the
+same per-row shapes and types), in arrival order, up to max_batch_size rows, runs them as one, and
+hands each its own rows of the outputs. On a padded CUDA session (batch_padding.py) the runs are
+cut at the size it pads to (`_limit`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batcher.scatter import Gathered, offsets_of
+from batcher.types import Array, Tensors
+from batcher.watchdog import ExpiredUnrun
+from server.backends.batch_padding import sticky_size
+from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, Provider
+from server.errors import ModelRunFailed
+
+GROW_AFTER = 32  # runs in a row that left rows waiting before a padded session may grow its size
+UNHOSTABLE_TYPES = ("tensor(string)", "tensor(bfloat16)")  # not plain bytes in shared memory
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What a worker's instance asks the host to open: the same arguments its OrtBackend takes."""
+
+    path: str
+    options: OrtOptions
+    providers: tuple[Provider, ...]
+    name: str
+    slot: int  # the instance's place in its model's plan: each slot is one shared session
+    max_batch_size: int  # rows one merged run may hold (0: never merged)
+
+    def key(self) -> bytes:
+        return pickle.dumps((self.path, self.options, self.providers, self.name, self.slot))
+
+
+@dataclass(eq=False)  # each batch is itself (its arrays compare by element)
+class Job:
+    """One worker's batch, waiting to run (alone or merged with others)."""
+
+    inputs: dict[str, Array]
+    rows: int
+    start_by: float | None = None  # time.monotonic() past which it is answered unrun (ExpiredUnrun)
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: dict[str, Array] | None = None
+    error: BaseException | None = None
+
+    def fits_with(self, other: Job) -> bool:
+        """Whether the two batches can be one: the same inputs, of the same per-row shapes and types."""
+        if self.inputs.keys() != other.inputs.keys():
+            return False
+        return all(
+            a.dtype == b.dtype and a.shape[1:] == b.shape[1:] and a.ndim > 0
+            for a, b in ((self.inputs[n], other.inputs[n]) for n in self.inputs)
+        )
+
+
+class HostedSession:
+    """One instance slot's session, shared by the workers, with the thread that runs its batches:
+    each run takes every waiting batch that fits (in arrival order, up to max_batch_size rows)."""
+
+    def __init__(self, request: OpenRequest, *, start: bool = True) -> None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"host-{request.name}")
+        self.backend = OrtBackend(
+            Path(request.path), request.options, list(request.providers), executor, model_name=request.name
+        )
+        self.name = request.name
+        self.padding = request.options.padding
+        # A padded session (a CUDA convolution model, batch_padding.py): its runs are cut at the size
+        # it pads to, so the rows run are real rows, not copies of the last (see _limit).
+        self._sticky = sticky_size(self.backend)
+        if self._sticky is not None:
+            self._sticky.shrink = 2
+        self._outgrown = 0  # runs in a row that left rows waiting past the padded size
+        self.max_rows = request.max_batch_size
+        self.runs = 0
+        self.rows = 0
+        self.merged = 0  # runs that held more than one worker's batch
+        self.expired = 0  # batches answered unrun: their turn came past their start-by time
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"merge-{request.name}", daemon=True)
+        if start:  # (the tests take and run batches themselves)
+            self._thread.start()
+
+    def unhostable(self) -> list[str]:
+        """Tensors that cannot cross shared memory as plain arrays (strings, BF16)."""
+        tensors = [*self.backend.inputs, *self.backend.outputs]
+        return [t.name for t in tensors if t.type in UNHOSTABLE_TYPES]
+
+    def run(self, inputs: dict[str, Array], start_by: float | None = None) -> dict[str, Array]:
+        """Run one worker's batch (alone or merged with others'); blocks until it has run, or until
+        its turn came past `start_by` (ExpiredUnrun: every request of it was past its deadline)."""
+        job = self.submit(inputs, start_by)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.outputs is not None
+        return job.outputs
+
+    def submit(self, inputs: dict[str, Array], start_by: float | None = None) -> Job:
+        first = next(iter(inputs.values()), None)
+        job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0, start_by)
+        with self._cond:
+            if self._closed:
+                raise ModelRunFailed(f"model '{self.name}': its shared session was closed")
+            self._jobs.append(job)
+            self._cond.notify()
+        return job
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._jobs and not self._closed:
+                self._cond.wait()
+            self._drop_expired()
+            if not self._jobs:
+                return None if self._closed else []
+            taken = [self._jobs.popleft()]
+            rows = taken[0].rows
+            limit = self._limit(taken[0])
+            while self._jobs and rows + self._jobs[0].rows <= limit and self._jobs[0].fits_with(taken[0]):
+                rows += self._jobs[0].rows
+                taken.append(self._jobs.popleft())
+            return taken
+
+    def _drop_expired(self) -> None:
+        """Answer the waiting batches whose turn came too late unrun (their worker's batcher answers
+        DEADLINE_EXCEEDED): never compute for requests whose deadlines have passed."""
+        now = time.monotonic()
+        expired = [job for job in self._jobs if job.start_by is not None and now > job.start_by]
+        for job in expired:
+            self._jobs.remove(job)
+            job.error = ExpiredUnrun()
+            self.expired += 1
+            job.done.set()
+
+    def _limit(self, first: Job) -> int:
+        """The rows this run may take (its first batch is taken whatever its rows): max_batch_size,
+        or, on a padded session, the size it pads to now. Under a closed loop of N in flight the
+        runs alternate at about N/2 rows: run at max_batch_size they crossed the power of two (33 of
+        64 padded to 64, twice the device's time for the rows); cut at the size, the size settles
+        at the half (shrink 2) and holds. The size grows only after GROW_AFTER runs in a row left
+        more rows waiting than it holds (a load that grew), never at one burst (a plan build)."""
+        size = self._sticky.current if self._sticky is not None else 0
+        if self.max_rows <= 0 or size <= 0:
+            return self.max_rows
+        waiting = first.rows + sum(job.rows for job in self._jobs if job.fits_with(first))
+        if waiting <= size:
+            self._outgrown = 0
+            return size
+        self._outgrown += 1
+        if self._outgrown < GROW_AFTER:
+            return size
+        self._outgrown = 0
+        return self.max_rows
+
+    def _loop(self) -> None:
+        while (taken := self._take()) is not None:
+            if taken:  # (empty: every waiting batch had expired)
+                self._run(taken)
+
+    def _run(self, taken: list[Job]) -> None:
+        rows = [job.rows for job in taken]
+        feed: Tensors = taken[0].inputs if len(taken) == 1 else Gathered([j.inputs for j in taken], sum(rows))
+        try:
+            outputs = self.backend.run_blocking(feed)
+            offsets = offsets_of(rows)
+            for job, start, end in zip(taken, offsets, offsets[1:], strict=False):
+                job.outputs = _rows_of(outputs, start, end, len(taken) > 1, self.name)
+        except BaseException as err:  # every batch of the run gets the run's error
+            for job in taken:
+                job.error = err
+        self.runs += 1
+        self.rows += sum(rows)
+        self.merged += len(taken) > 1
+        for job in taken:
+            job.done.set()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.backend.close()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.backend.abandon()
+
+
+def _rows_of(outputs: Tensors, start: int, end: int, merged: bool, name: str) -> dict[str, Array]:
+    if not merged:
+        return dict(outputs)
+    parts = {}
+    for output, array in outputs.items():
+        if array.ndim == 0:
+            raise ModelRunFailed(f"model '{name}': output '{output}' has no batch dimension to split")
+        parts[output] = array[start:end]
+    return parts
