@@ -184,8 +184,12 @@ def served_rows(
         errors = sum(entry["errors"].values())
         latency = entry["latency_us"]
         warned = any(mentions(line, model) for line in warnings)
-        changes = (entry["server"].get("metrics") or {}).get("padded_shape_changes") if one_process else None
+        metrics = entry["server"].get("metrics") or {}
+        shared = bool(metrics.get("shared_runs"))  # the session host's counts: alike on every worker
+        changes = metrics.get("padded_shape_changes") if one_process or shared else None
         batch = entry["server"]["avg_batch_size"] if one_process else None
+        if shared:  # the batches the GPU ran, merged from the workers'
+            batch = metrics.get("shared_rows", 0.0) / metrics["shared_runs"]
         note = "; ".join(
             text
             for text in (

@@ -120,7 +120,8 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
         items.append(
             f"server: `serve --workers {plan.server_workers}`, each worker its own instances on GPU 0; no "
             "avg batch or shape changes for served rows (a statistics read reaches one worker, "
-            "the reads before and after a point maybe two)"
+            "the reads before and after a point maybe two), except with --shared-sessions: then "
+            "the session host's runs (the batches the GPU ran) and shape changes, alike on every worker"
         )
     items.append(f"GPU tests (pytest -m gpu): {tests_summary or 'not run'}")
     return items

@@ -36,6 +36,10 @@ def parse(text: str, model: str) -> Figures:
                 add(f"dispatch_{labels.get('reason', '')}", sample.value)
             elif name in ("sluiceway_padded_shape_changes_total", "sluiceway_padded_shape_changes"):
                 add("padded_shape_changes", sample.value)  # each a cuDNN plan build on the GPU
+            elif name in ("sluiceway_shared_session_runs_total", "sluiceway_shared_session_runs"):
+                add("shared_runs", sample.value)  # the session host's: the same on every worker
+            elif name in ("sluiceway_shared_session_rows_total", "sluiceway_shared_session_rows"):
+                add("shared_rows", sample.value)
             elif name == "sluiceway_cpu_seconds_per_inference":
                 add(f"{GAUGE}cpu_us_per_inference", sample.value * 1e6)
             elif name == "sluiceway_cost_per_million_inferences":

@@ -26,7 +26,7 @@ import numpy as np
 from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
 from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, send
-from server.backends.hosted_session import OpenRequest
+from server.backends.hosted_session import HostCounts, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
 from server.errors import ModelRunFailed
@@ -106,6 +106,11 @@ class HostedBackend:
         return True
 
     @property
+    def key(self) -> bytes:
+        """The shared session's key in the host (every worker's instance of this slot has it)."""
+        return self._key
+
+    @property
     def executor(self) -> ThreadPoolExecutor:
         return self._executor
 
@@ -136,6 +141,17 @@ class HostedBackend:
             self._give_back(segment)
         outputs: dict[str, Array] = reply[1]
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)
+
+    def host_counts(self) -> HostCounts | None:
+        """The shared session's counts (for /metrics), or None when the host cannot say."""
+        if self._closed:
+            return None
+        try:
+            reply = self._call(("counts", self._key))
+        except Exception:  # the host gone, or stopping: a page without these figures
+            return None
+        counts: HostCounts | None = reply[1]
+        return counts
 
     def _segment(self, size: int) -> Segment:
         with self._lock:
@@ -200,6 +216,20 @@ class HostedBackend:
         """A run outlived the watchdog: the host abandons the shared session (every worker's runs on
         it fail), and the next open, this worker's replacement's, makes a fresh one."""
         self._release("abandon")
+
+
+def version_host_counts(instances: Sequence[object]) -> HostCounts | None:
+    """A version's shared sessions' counts, each session once (its instance slots are one each),
+    or None when none of its instances runs in the host. Reads through wrappers (`inner`)."""
+    found: dict[bytes, HostCounts] = {}
+    for instance in instances:
+        while hasattr(instance, "inner"):
+            instance = instance.inner
+        if isinstance(instance, HostedBackend) and instance.key not in found:
+            counts = instance.host_counts()
+            if counts is not None:
+                found[instance.key] = counts
+    return sum(found.values(), HostCounts()) if found else None
 
 
 def hosted(instances: Sequence[object]) -> bool:

@@ -16,6 +16,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from batcher.scatter import Gathered, offsets_of
 from batcher.types import Array, Tensors
@@ -41,6 +42,21 @@ class OpenRequest:
 
     def key(self) -> bytes:
         return pickle.dumps((self.path, self.options, self.providers, self.name, self.slot))
+
+
+class HostCounts(NamedTuple):
+    """What a shared session did, for /metrics (every worker reads the same): runs, the rows they
+    held, runs that merged batches of several workers', batches left unrun past their start-by,
+    and padded shape changes (each a cuDNN plan build)."""
+
+    runs: int = 0
+    rows: int = 0
+    merged: int = 0
+    expired: int = 0
+    shape_changes: int = 0
+
+    def __add__(self, other: tuple[int, ...]) -> HostCounts:  # type: ignore[override]
+        return HostCounts(*(a + b for a, b in zip(self, other, strict=True)))
 
 
 @dataclass(eq=False)  # each batch is itself (its arrays compare by element)
@@ -92,6 +108,10 @@ class HostedSession:
         self._thread = threading.Thread(target=self._loop, name=f"merge-{request.name}", daemon=True)
         if start:  # (the tests take and run batches themselves)
             self._thread.start()
+
+    def counts(self) -> HostCounts:
+        changes = self.padding.changes.count if self.padding is not None else 0
+        return HostCounts(self.runs, self.rows, self.merged, self.expired, changes)
 
     def unhostable(self) -> list[str]:
         """Tensors that cannot cross shared memory as plain arrays (strings, BF16)."""

@@ -23,12 +23,12 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.backends.host_wire import HostGone, Segment, read_arrays, receive, send
-from server.backends.hosted_session import HostedSession, OpenRequest
+from server.backends.hosted_session import HostCounts, HostedSession, OpenRequest
 from server.errors import ModelRunFailed
 
 log = logging.getLogger("sluiceway.session_host")
@@ -56,6 +56,11 @@ class Slot:
     users: int = 0
     session: HostedSession | None = None
     generation: int = 0
+    retired: HostCounts = field(default_factory=HostCounts)  # abandoned sessions': counters never go down
+
+    def counts(self) -> HostCounts:
+        session = self.session
+        return self.retired if session is None else self.retired + session.counts()
 
 
 class SessionHost:
@@ -114,6 +119,10 @@ class SessionHost:
         if kind == "abandon":
             self._abandon(message[1], message[2])
             return ("ok",)
+        if kind == "counts":
+            with self._lock:
+                slot = self._slots.get(message[1])
+            return ("ok", None if slot is None else slot.counts())
         raise ValueError(f"unknown message {kind!r}")
 
     def _session(self, key: bytes) -> HostedSession:
@@ -192,6 +201,7 @@ class SessionHost:
             stuck = slot.session if slot.generation == generation else None
             if stuck is not None:
                 slot.session = None
+                slot.retired = slot.retired + stuck.counts()
             if slot.users <= 0:
                 del self._slots[key]
                 stuck, slot.session = slot.session or stuck, None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
 from server.backends.batch_padding import shape_changes
+from server.backends.hosted_backend import version_host_counts
 from server.models.manager import ModelManager
 from server.models.versions import READY, ModelVersion
 from server.observability.metrics_page import Family, HistogramPoint, series_labels
@@ -212,6 +213,13 @@ class MetricViews:
             View("sluiceway_padded_shape_changes_total", "counter", "Times a CUDA instance's padded "
                  "batch size changed, each a cuDNN plan build per convolution (versions that pad only)",
                  self._shape_changes),
+            View("sluiceway_shared_session_runs_total", "counter", "Runs of the version's sessions in the "
+                 "session host (--shared-sessions), every worker's batches; each worker shows the same",
+                 lambda: self._shared("runs")),
+            View("sluiceway_shared_session_rows_total", "counter", "Rows those runs held (over runs: the "
+                 "batch the GPU ran)", lambda: self._shared("rows")),
+            View("sluiceway_shared_session_unrun_total", "counter", "Batches the session host left unrun, "
+                 "their turn past every request's deadline", lambda: self._shared("expired")),
             View("sluiceway_streams_open", "gauge", "Open ModelStreamInfer calls (server-wide)",
                  lambda: [({}, self._open_streams())]),
             View("sluiceway_cpu_seconds_per_inference", "gauge", "Process CPU seconds per inference: "
@@ -228,8 +236,18 @@ class MetricViews:
             for device, count in counts.items():
                 yield {**_labels(v), "device": device}, count
 
+    def _shared(self, field: str) -> Iterator[Sample]:
+        for v in self.versions():
+            counts = version_host_counts(v.backends)
+            if counts is not None:
+                yield _labels(v), getattr(counts, field)
+
     def _shape_changes(self) -> Iterator[Sample]:
         for v in self.versions():
+            hosted = version_host_counts(v.backends)
+            if hosted is not None:  # the session host's, which every worker reads alike
+                yield _labels(v), hosted.shape_changes
+                continue
             # Each count once: a version's instances share theirs (a replaced instance's goes on).
             counts = {id(c): c for c in map(shape_changes, v.backends) if c is not None}
             if counts:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +65,18 @@ def _host_pid(parent: int) -> int:
     raise AssertionError(f"no session host among {children_of(parent)}")
 
 
+def _shared_figures(server: ServerProcess) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    figures = {}
+    for what in ("runs", "rows"):
+        line = rf'^sluiceway_shared_session_{what}_total{{model="mlp",version="1"}} (\S+)$'
+        match = re.search(line, text, re.M)
+        assert match is not None, text[-2000:]
+        figures[what] = float(match.group(1))
+    return figures
+
+
 def _mlp_request(features: np.ndarray) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="mlp")
     request.inputs.add(name="features", datatype="FP32", shape=list(features.shape))
@@ -86,9 +99,13 @@ def test_every_answer_is_its_own_requests_whichever_runs_merged(server: ServerPr
                 answers.append(np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(shape))
             return answers
 
+    before = _shared_figures(server)
     with ThreadPoolExecutor(12) as pool:  # 12 connections, spread over the 3 workers by the kernel
         chunks = [inputs[i::12] for i in range(12)]
         answered = dict(zip(range(12), pool.map(ask, chunks), strict=True))
+    after = _shared_figures(server)  # the host's counts, which any worker's page shows
+    assert after["rows"] - before["rows"] == sum(len(x) for x in inputs)
+    assert 0 < after["runs"] - before["runs"] <= len(inputs)
     for i, chunk in enumerate(chunks):
         for features, answer in zip(chunk, answered[i], strict=True):
             (expected,) = local.run(None, {"features": features})

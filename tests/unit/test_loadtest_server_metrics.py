@@ -18,6 +18,10 @@ sluiceway_batch_dispatch_total{model="mlp",version="1",reason="idle"} 50
 sluiceway_cpu_seconds_per_inference{model="mlp",version="1"} 0.0005
 # TYPE sluiceway_padded_shape_changes_total counter
 sluiceway_padded_shape_changes_total{model="mlp",version="1"} 6
+# TYPE sluiceway_shared_session_runs_total counter
+sluiceway_shared_session_runs_total{model="mlp",version="1"} 12
+# TYPE sluiceway_shared_session_rows_total counter
+sluiceway_shared_session_rows_total{model="mlp",version="1"} 300
 """
 
 
@@ -29,6 +33,8 @@ def test_parse_keeps_one_model_and_names_its_figures() -> None:
         "dispatch_idle": 50.0,
         "gauge_cpu_us_per_inference": 500.0,
         "padded_shape_changes": 6.0,  # each a cuDNN plan build on a GPU: a counter, a window's delta
+        "shared_runs": 12.0,  # the session host's runs and their rows: the batches a GPU ran
+        "shared_rows": 300.0,
     }
 
 
