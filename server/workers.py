@@ -119,7 +119,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     host: HostProcess | None = None
     if settings.shared_sessions != "off" and not requested:
         try:
-            host = HostProcess(env, settings.log_level)
+            host = HostProcess(env, settings.log_level, settings.log_format)
         except HostFailed:
             held.close()
             share_dir.remove()

@@ -41,12 +41,12 @@ class HostProcess:
     """The running session host: its private directory (0700) holds the socket and the workers'
     shared segments, and goes with it."""
 
-    def __init__(self, env: dict[str, str], log_level: str) -> None:
+    def __init__(self, env: dict[str, str], log_level: str, log_format: str = "text") -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="sluiceway-host-", dir=_segment_root()))
         self.socket = self.directory / "host.sock"
         command = [sys.executable, "-m", "server.backends.session_host", str(self.socket)]
         self.process = subprocess.Popen(
-            [*command, "--log-level", log_level],
+            [*command, "--log-level", log_level, "--log-format", log_format],
             env=env,
             stdout=subprocess.PIPE,
             text=True,

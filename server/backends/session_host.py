@@ -31,7 +31,7 @@ from server.backends.host_wire import HostGone, Segment, read_arrays, receive, s
 from server.backends.hosted_session import HostCounts, HostedSession, OpenRequest
 from server.errors import ModelRunFailed
 
-log = logging.getLogger("sluiceway.session_host")
+log = logging.getLogger("server.backends.session_host")  # (not __main__: it runs as -m)
 READY_LINE = "session host ready"  # host_process.py waits for it
 STOP_LIMIT_S = 60.0  # after a stop signal, how long the workers' connections are waited for
 MAX_SEGMENTS = 16  # a connection's mapped segments kept (a worker's grow, and go, with its batches)
@@ -147,7 +147,7 @@ class SessionHost:
                 with self._lock:
                     slot.session, slot.generation = session, slot.generation + 1
                 name, index, device = slot.request.name, slot.request.slot, session.backend.device
-                log.info("model %s instance %d: shared session on %s", name, index, device)
+                log.info("session host: model %s instance %d: shared session on %s", name, index, device)
             return session
 
     def _open(self, request: OpenRequest) -> tuple[Any, ...]:
@@ -236,8 +236,8 @@ def _log_counts(session: HostedSession) -> None:
     if session.runs or session.expired:
         changes = session.padding.changes.count if session.padding is not None else 0
         log.info(
-            "model %s: shared session ran %d batches of %d rows (%.2f a run), %d of them merged; "
-            "%d padded shape changes; %d batches left unrun past their deadlines",
+            "session host: model %s: shared session ran %d batches of %d rows (%.2f a run), %d of them "
+            "merged; %d padded shape changes; %d batches left unrun past their deadlines",
             session.name, session.runs, session.rows, session.rows / max(session.runs, 1), session.merged,
             changes, session.expired,
         )  # fmt: skip
@@ -247,11 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.backends.session_host")
     parser.add_argument("socket", type=Path, help="the Unix socket to listen on (in a 0700 directory)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s session host: %(message)s")
+    from server.observability.logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)  # the workers' format (their `[worker N]` aside)
+    from server.runtime_check import ensure_runtime
     from server.workers import die_with_parent
 
     die_with_parent()
+    # As a worker does at `serve`: the GPU wheel's NVIDIA libraries loaded before any CUDA session
+    # (onnxruntime's provider finds them through the dynamic loader, which misses site-packages).
+    problem = ensure_runtime(preload=True)
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
     host = SessionHost()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(args.socket))
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: stop.set())
     threading.Thread(target=host.serve, args=(listener,), daemon=True).start()
-    log.info("listening on %s", args.socket)
+    log.info("session host: listening on %s", args.socket)
     print(READY_LINE, flush=True)
     while not stop.wait(0.5):
         pass
