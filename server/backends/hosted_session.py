@@ -4,7 +4,8 @@
 Each run takes the batches that wait for the session and fit together (the same inputs, of the
 same per-row shapes and types), in arrival order, up to max_batch_size rows, runs them as one, and
 hands each its own rows of the outputs. On a padded CUDA session (batch_padding.py) the runs are
-cut at the size it pads to (`_limit`).
+cut at the size it pads to (`_limit`); on a GPU a second thread gathers a full next run while one
+runs on the device (`_take`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from server.backends.batch_padding import sticky_size
 from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, Provider
 from server.errors import ModelRunFailed
 
+RUNNERS_ON_GPU = 2  # threads taking runs of one session on a GPU (the second gathers meanwhile)
 GROW_AFTER = 32  # runs in a row that left rows waiting before a padded session may grow its size
 UNHOSTABLE_TYPES = ("tensor(string)", "tensor(bfloat16)")  # not plain bytes in shared memory
 
@@ -105,9 +107,13 @@ class HostedSession:
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"merge-{request.name}", daemon=True)
+        # On a GPU a second thread gathers the next run into its pinned buffer while one runs on
+        # the device (see _take); on the CPU a second run would only take the first's cores.
+        self._runners = RUNNERS_ON_GPU if self.backend.device.kind == "cuda" else 1
+        self._running = 0  # runs taken and not yet ended
         if start:  # (the tests take and run batches themselves)
-            self._thread.start()
+            for i in range(self._runners):
+                threading.Thread(target=self._loop, name=f"merge-{request.name}-{i}", daemon=True).start()
 
     def counts(self) -> HostCounts:
         changes = self.padding.changes.count if self.padding is not None else 0
@@ -135,23 +141,50 @@ class HostedSession:
             if self._closed:
                 raise ModelRunFailed(f"model '{self.name}': its shared session was closed")
             self._jobs.append(job)
-            self._cond.notify()
+            self._cond.notify_all()  # (runners wait on different conditions: see _take)
         return job
 
     def _take(self) -> list[Job] | None:
+        """The next run's batches, once a run may start (None: closed, nothing waits): when no run
+        is in progress, or, with a second runner (a GPU's), when a full run waits. A full run then
+        has its inputs gathered while the other runs on the device; a run started early with what
+        had arrived would be small, and the one after it too (each is what arrived meanwhile)."""
         with self._cond:
-            while not self._jobs and not self._closed:
+            while True:
+                self._drop_expired()
+                if not self._jobs:
+                    if self._closed:
+                        return None
+                elif self._may_start():
+                    self._running += 1
+                    return self._cut()
                 self._cond.wait()
-            self._drop_expired()
-            if not self._jobs:
-                return None if self._closed else []
-            taken = [self._jobs.popleft()]
-            rows = taken[0].rows
-            limit = self._limit(taken[0])
-            while self._jobs and rows + self._jobs[0].rows <= limit and self._jobs[0].fits_with(taken[0]):
-                rows += self._jobs[0].rows
-                taken.append(self._jobs.popleft())
-            return taken
+
+    def _finished(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    def _may_start(self) -> bool:
+        """With batches waiting: whether a runner takes a run now."""
+        return self._running == 0 or (self._running < self._runners and self._full())
+
+    def _full(self) -> bool:
+        """Whether the waiting batches that fit the first fill a run (max_batch_size, or the size
+        a padded session pads to now); without merging (max_batch_size 0) any batch is a run."""
+        first = self._jobs[0]
+        size = self._sticky.current if self._sticky is not None else 0
+        limit = size if size > 0 else self.max_rows
+        return limit <= 0 or sum(job.rows for job in self._jobs if job.fits_with(first)) >= limit
+
+    def _cut(self) -> list[Job]:
+        taken = [self._jobs.popleft()]
+        rows = taken[0].rows
+        limit = self._limit(taken[0])
+        while self._jobs and rows + self._jobs[0].rows <= limit and self._jobs[0].fits_with(taken[0]):
+            rows += self._jobs[0].rows
+            taken.append(self._jobs.popleft())
+        return taken
 
     def _drop_expired(self) -> None:
         """Answer the waiting batches whose turn came too late unrun (their worker's batcher answers
@@ -186,8 +219,10 @@ class HostedSession:
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:
-            if taken:  # (empty: every waiting batch had expired)
+            try:
                 self._run(taken)
+            finally:
+                self._finished()
 
     def _run(self, taken: list[Job]) -> None:
         rows = [job.rows for job in taken]
@@ -200,9 +235,10 @@ class HostedSession:
         except BaseException as err:  # every batch of the run gets the run's error
             for job in taken:
                 job.error = err
-        self.runs += 1
-        self.rows += sum(rows)
-        self.merged += len(taken) > 1
+        with self._cond:  # (two runners on a GPU)
+            self.runs += 1
+            self.rows += sum(rows)
+            self.merged += len(taken) > 1
         for job in taken:
             job.done.set()
 

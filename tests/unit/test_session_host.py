@@ -43,6 +43,14 @@ def _session(tmp_path: Path, max_rows: int) -> HostedSession:
     return HostedSession(request, start=False)  # batches taken and run by the test
 
 
+def _take(session: HostedSession) -> list | None:
+    """One run's batches, as a runner takes them, the run then counted as ended (not run here)."""
+    taken = session._take()
+    if taken is not None:
+        session._finished()
+    return taken
+
+
 def _rows(n: int, d: int = 4, start: float = 0.0) -> dict[str, np.ndarray]:
     return {"x": (np.arange(n * d, dtype=np.float32) + start).reshape(n, d)}
 
@@ -50,8 +58,8 @@ def _rows(n: int, d: int = 4, start: float = 0.0) -> dict[str, np.ndarray]:
 def test_a_run_takes_the_waiting_batches_in_order_up_to_max_batch_size(tmp_path: Path) -> None:
     session = _session(tmp_path, max_rows=8)
     jobs = [session.submit(_rows(n)) for n in (3, 4, 5, 1)]
-    first = session._take()
-    second = session._take()
+    first = _take(session)
+    second = _take(session)
     assert first is not None and [j.rows for j in first] == [3, 4]  # 3 + 4 + 5 > 8
     assert second is not None and [j.rows for j in second] == [5, 1]
     assert [*first, *second] == jobs
@@ -64,7 +72,7 @@ def test_batches_of_other_per_row_shapes_or_types_are_not_merged(tmp_path: Path)
     session.submit(_rows(2, d=4))
     session.submit(_rows(2, d=5))  # other columns: its own run, and the one after it waits its turn
     session.submit({"x": np.zeros((2, 5), np.float64)})
-    taken = [session._take() for _ in range(3)]
+    taken = [_take(session) for _ in range(3)]
     assert [[j.rows for j in t] for t in taken if t] == [[2, 2], [2], [2]]
     session.close()
 
@@ -73,7 +81,7 @@ def test_without_max_batch_size_each_batch_runs_alone(tmp_path: Path) -> None:
     session = _session(tmp_path, max_rows=0)
     for n in (1, 1, 1):
         session.submit(_rows(n))
-    assert [len(t or []) for t in (session._take(), session._take(), session._take())] == [1, 1, 1]
+    assert [len(t or []) for t in (_take(session), _take(session), _take(session))] == [1, 1, 1]
     session.close()
 
 
@@ -81,7 +89,7 @@ def test_a_merged_run_gives_each_batch_its_own_rows(tmp_path: Path) -> None:
     session = _session(tmp_path, max_rows=16)
     inputs = [_rows(n, start=100.0 * i) for i, n in enumerate((3, 1, 5))]
     jobs = [session.submit(x) for x in inputs]
-    taken = session._take()
+    taken = _take(session)
     assert taken == jobs
     session._run(taken)
     for job, x in zip(jobs, inputs, strict=True):
@@ -94,7 +102,7 @@ def test_a_merged_run_gives_each_batch_its_own_rows(tmp_path: Path) -> None:
 def test_a_merged_run_that_fails_fails_every_batch_in_it(tmp_path: Path) -> None:
     session = _session(tmp_path, max_rows=16)
     jobs = [session.submit({"x": np.zeros((2, 3), np.float64)}) for _ in range(2)]  # not FP32
-    taken = session._take()
+    taken = _take(session)
     assert taken == jobs
     session._run(taken)
     for job in jobs:
@@ -108,7 +116,7 @@ def test_a_closed_session_takes_no_batch(tmp_path: Path) -> None:
     session.close()
     with pytest.raises(Exception, match="shared session was closed"):
         session.submit(_rows(1))
-    assert session._take() is None
+    assert _take(session) is None
 
 
 def test_a_segment_carries_arrays_between_two_mappings(tmp_path: Path) -> None:
@@ -141,9 +149,9 @@ def test_a_padded_session_cuts_its_runs_at_the_size_it_pads_to(tmp_path: Path) -
     session._sticky.current = 32
     for _ in range(5):
         session.submit(_rows(8))
-    first = session._take()
+    first = _take(session)
     assert first is not None and sum(j.rows for j in first) == 32  # 8 rows left for the next run
-    assert [j.rows for j in session._take() or []] == [8]  # all that waits fits: taken, no limit
+    assert [j.rows for j in _take(session) or []] == [8]  # all that waits fits: taken, no limit
     session.close()
 
 
@@ -154,7 +162,7 @@ def test_a_padded_session_grows_only_once_the_load_has_outgrown_its_size(tmp_pat
     sizes = []
     for _ in range(GROW_AFTER):
         jobs = [session.submit(_rows(8)) for _ in range(4)]  # 32 rows wait, the size holds 16
-        taken = session._take()
+        taken = _take(session)
         assert taken is not None
         sizes.append(sum(j.rows for j in taken))
         session._jobs.clear()  # the rest: not this test's
@@ -196,7 +204,7 @@ def test_a_batch_whose_turn_comes_past_its_start_by_is_left_unrun(tmp_path: Path
     late = session.submit(_rows(2), start_by=time.monotonic() - 0.001)
     timely = session.submit(_rows(3), start_by=time.monotonic() + 60)
     open_ended = session.submit(_rows(1))
-    taken = session._take()
+    taken = _take(session)
     assert taken == [timely, open_ended]
     assert late.done.is_set() and isinstance(late.error, ExpiredUnrun) and late.outputs is None
     assert session.expired == 1
@@ -225,3 +233,26 @@ def test_the_batcher_hands_a_queueing_backend_its_start_by_on_the_monotonic_cloc
     assert set(outputs) == {"x"}
     with pytest.raises(ExpiredUnrun):
         _unless_expired(lambda: 1001.0, 1000.5, Queueing(), _rows(1))
+
+
+def test_a_second_runner_starts_early_only_with_a_full_run(tmp_path: Path) -> None:
+    """On a GPU a second runner gathers the next run while one runs on the device, but only a full
+    one: started with what had arrived, it would be small, and so would the one after it."""
+    session = _session(tmp_path, max_rows=8)
+    session._runners = 2  # as on a GPU
+    session.submit(_rows(3))
+    assert session._may_start()  # nothing runs: any batch starts
+    first = session._take()
+    assert first is not None and [j.rows for j in first] == [3]
+    session.submit(_rows(4))
+    assert not session._may_start()  # 4 of 8 rows wait while a run is in progress: they wait more
+    session.submit(_rows(4))
+    assert session._may_start()  # a full run of 8: gathered now, beside the run in progress
+    second = session._take()
+    assert second is not None and [j.rows for j in second] == [4, 4]
+    session.submit(_rows(8))
+    assert not session._may_start()  # two runs in progress: a third waits whatever it holds
+    session._finished()
+    assert session._may_start()
+    session._finished()
+    session.close()
