@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 READY_LINE = "session host ready"  # session_host.py prints it once it listens
@@ -37,12 +39,55 @@ def _segment_root() -> str | None:
     return "/dev/shm" if roomy and os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 
+PREFIX = "sluiceway-host-"
+
+
+def remove_stale_host_dirs(roots: tuple[str | None, ...] | None = None) -> list[Path]:
+    """Remove this user's session host folders that no host listens in any more: those a parent
+    killed by SIGKILL left (its host ended, its folder stayed, the workers' segments in it). A
+    folder whose socket is not there yet is a host starting: kept unless older than START_LIMIT_S."""
+    removed: list[Path] = []
+    for root in roots if roots is not None else (_segment_root(), tempfile.gettempdir()):
+        try:
+            candidates = list(Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"))
+        except OSError:
+            continue
+        for folder in candidates:
+            if _stale(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
+def _stale(folder: Path) -> bool:
+    try:
+        info = folder.stat()
+    except OSError:
+        return False
+    if info.st_uid != os.getuid() or not folder.is_dir():
+        return False
+    sock = folder / "host.sock"
+    if not sock.exists():
+        return time.time() - info.st_mtime > START_LIMIT_S
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+        return False  # a host listens: in use
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class HostProcess:
     """The running session host: its private directory (0700) holds the socket and the workers'
     shared segments, and goes with it."""
 
     def __init__(self, env: dict[str, str], log_level: str, log_format: str = "text") -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="sluiceway-host-", dir=_segment_root()))
+        remove_stale_host_dirs()
+        self.directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir=_segment_root()))
         self.socket = self.directory / "host.sock"
         command = [sys.executable, "-m", "server.backends.session_host", str(self.socket)]
         self.process = subprocess.Popen(

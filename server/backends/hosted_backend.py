@@ -69,12 +69,13 @@ class HostedBackend:
         self._free: list[Segment] = []  # segments between runs
         self._serial = itertools.count()
         self._closed = False
+        self._in_host = 0  # runs sent to the host and not yet answered
         self.prepared = None  # OrtBackend's: nothing prepared is kept on this side
         reply = self._call(("open", request))
         if reply[0] == "refused":
             self._drop_connections()
             raise Unhostable(reply[1])
-        self._key, self._generation, inputs, outputs, providers, device, (mode, padded) = reply[1:]
+        self._key, inputs, outputs, providers, device, (mode, padded) = reply[1:]
         self._inputs: list[OnnxTensor] = list(inputs)
         self._outputs: list[OnnxTensor] = list(outputs)
         self._providers: list[str] = list(providers)
@@ -136,7 +137,13 @@ class HostedBackend:
                 place = TensorPlace(name, offset, tuple(int(d) for d in shape), np.dtype(dtype).str)
                 fill(segment.array(place), inputs, name)
                 places.append(place)
-            reply = self._call(("run", self._key, str(segment.path), segment.size, places, start_by))
+            with self._lock:
+                self._in_host += 1
+            try:
+                reply = self._call(("run", self._key, str(segment.path), segment.size, places, start_by))
+            finally:
+                with self._lock:
+                    self._in_host -= 1
         finally:
             self._give_back(segment)
         outputs: dict[str, Array] = reply[1]
@@ -185,7 +192,11 @@ class HostedBackend:
             conn.close()
             raise ModelRunFailed(f"model '{self._name}': the session host is gone ({err})") from None
         with self._lock:
-            self._idle.append(conn)
+            closed = self._closed
+            if not closed:
+                self._idle.append(conn)
+        if closed:  # (a run that ended after close: its connection is not kept)
+            conn.close()
         if reply[0] == "failed":
             raise reply[1]
         return reply
@@ -199,23 +210,28 @@ class HostedBackend:
         for segment in free:
             _remove(segment)
 
-    def _release(self, kind: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=kind == "abandon")
+    def _release(self, abandon: bool) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            # Only a run stuck in the host is the host's: one stuck here (a fault injected in this
+            # worker) had abandoned the healthy shared session of every worker.
+            stuck_there = abandon and self._in_host > 0
+        self._executor.shutdown(wait=False, cancel_futures=abandon)
         # A fresh connection: a stuck run holds its own.
-        _tell(self._socket_path, (kind, self._key, self._generation), self._name)
+        _tell(self._socket_path, ("abandon" if stuck_there else "close", self._key), self._name)
         self._drop_connections()
 
     def close(self) -> None:
         """Detach from the shared session (the host closes it when its last worker has)."""
-        self._release("close")
+        self._release(abandon=False)
 
     def abandon(self) -> None:
-        """A run outlived the watchdog: the host abandons the shared session (every worker's runs on
-        it fail), and the next open, this worker's replacement's, makes a fresh one."""
-        self._release("abandon")
+        """A run outlived the watchdog. Stuck in the host: the host abandons the shared session if a
+        run is in progress there (the other workers' batches in it go again, InstanceClosed), and
+        the next run or open makes a fresh one. Stuck here: only this instance is let go."""
+        self._release(abandon=True)
 
 
 def version_host_counts(instances: Sequence[object]) -> HostCounts | None:
@@ -247,9 +263,13 @@ def _connect(path: Path) -> socket.socket:
     return conn
 
 
+TELL_TIMEOUT_S = 5.0  # a close or an abandon, told from the event loop: never blocked longer
+
+
 def _tell(path: Path, message: tuple[Any, ...], name: str) -> None:
     try:
         conn = _connect(path)
+        conn.settimeout(TELL_TIMEOUT_S)
         try:
             send(conn, message)
             receive(conn)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from batcher.errors import InputsRefused, InstanceClosed
 from batcher.scatter import Gathered, offsets_of
 from batcher.types import Array, Tensors
 from batcher.watchdog import ExpiredUnrun
@@ -41,9 +42,24 @@ class OpenRequest:
     name: str
     slot: int  # the instance's place in its model's plan: each slot is one shared session
     max_batch_size: int  # rows one merged run may hold (0: never merged)
+    # What the version's load read (its config's text, its files' sizes and times: repository.py's
+    # version_fingerprint): a reload of changed files or config opens a session of its own. Without
+    # it, a reload's open met the old session, still held by the old instances, and kept serving it.
+    fingerprint: str = ""
 
     def key(self) -> bytes:
-        return pickle.dumps((self.path, self.options, self.providers, self.name, self.slot))
+        """Equal for every worker's instance of one slot of one load of a version, else different."""
+        return pickle.dumps(
+            (
+                self.path,
+                self.options,
+                self.providers,
+                self.name,
+                self.slot,
+                self.max_batch_size,
+                self.fingerprint,
+            )
+        )
 
 
 class HostCounts(NamedTuple):
@@ -111,6 +127,7 @@ class HostedSession:
         # the device (see _take); on the CPU a second run would only take the first's cores.
         self._runners = RUNNERS_ON_GPU if self.backend.device.kind == "cuda" else 1
         self._running = 0  # runs taken and not yet ended
+        self._abandoned = False
         if start:  # (the tests take and run batches themselves)
             for i in range(self._runners):
                 threading.Thread(target=self._loop, name=f"merge-{request.name}-{i}", daemon=True).start()
@@ -138,8 +155,8 @@ class HostedSession:
         first = next(iter(inputs.values()), None)
         job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0, start_by)
         with self._cond:
-            if self._closed:
-                raise ModelRunFailed(f"model '{self.name}': its shared session was closed")
+            if self._closed:  # as a closed OrtBackend: the batcher sends it to the version serving now
+                raise InstanceClosed.of(self.name)
             self._jobs.append(job)
             self._cond.notify_all()  # (runners wait on different conditions: see _take)
         return job
@@ -164,6 +181,11 @@ class HostedSession:
         with self._cond:
             self._running -= 1
             self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a run is in progress (an abandon is about a stuck one)."""
+        with self._cond:
+            return self._running > 0
 
     def _may_start(self) -> bool:
         """With batches waiting: whether a runner takes a run now."""
@@ -226,21 +248,31 @@ class HostedSession:
 
     def _run(self, taken: list[Job]) -> None:
         rows = [job.rows for job in taken]
-        feed: Tensors = taken[0].inputs if len(taken) == 1 else Gathered([j.inputs for j in taken], sum(rows))
-        try:
-            outputs = self.backend.run_blocking(feed)
-            offsets = offsets_of(rows)
-            for job, start, end in zip(taken, offsets, offsets[1:], strict=False):
-                job.outputs = _rows_of(outputs, start, end, len(taken) > 1, self.name)
-        except BaseException as err:  # every batch of the run gets the run's error
-            for job in taken:
-                job.error = err
+        self._run_merged(taken, rows)
         with self._cond:  # (two runners on a GPU)
             self.runs += 1
             self.rows += sum(rows)
             self.merged += len(taken) > 1
         for job in taken:
             job.done.set()
+
+    def _run_merged(self, taken: list[Job], rows: list[int]) -> None:
+        feed: Tensors = taken[0].inputs if len(taken) == 1 else Gathered([j.inputs for j in taken], sum(rows))
+        try:
+            outputs = self.backend.run_blocking(feed)
+            offsets = offsets_of(rows)
+            for job, start, end in zip(taken, offsets, offsets[1:], strict=False):
+                job.outputs = _rows_of(outputs, start, end, len(taken) > 1, self.name)
+        except InputsRefused as refused:
+            if len(taken) == 1:
+                _fail_all(taken, refused)
+            else:  # one worker's inputs refused: each batch alone, so only its own gets the refusal
+                for job in taken:  # (its worker's batcher then halves it to find the culprit)
+                    self._run_merged([job], [job.rows])
+        except BaseException as err:  # every batch of the run gets the run's error
+            # Terminated by an abandon: nothing computed, the batches go again (a raw onnxruntime
+            # "terminate flag" error had reached other workers' callers as INTERNAL).
+            _fail_all(taken, InstanceClosed.of(self.name) if self._abandoned else err)
 
     def close(self) -> None:
         with self._cond:
@@ -249,10 +281,17 @@ class HostedSession:
         self.backend.close()
 
     def abandon(self) -> None:
+        self._abandoned = True
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self.backend.abandon()
+
+
+def _fail_all(jobs: list[Job], err: BaseException) -> None:
+    """Each batch of a run gets the run's error."""
+    for job in jobs:
+        job.error = err
 
 
 def _rows_of(outputs: Tensors, start: int, end: int, merged: bool, name: str) -> dict[str, Array]:

@@ -90,6 +90,7 @@ class SharedSessions:
     every: bool
     max_rows: int
     options: OrtOptions  # the host's sessions': intra_op_threads as given, not a worker's share
+    fingerprint: str  # the version's load (hosted_session.OpenRequest)
 
     def holds(self, providers: Sequence[Provider]) -> bool:
         return self.every or (bool(providers) and providers[0][0] in CUDA_PROVIDERS)
@@ -192,8 +193,15 @@ class InstanceFactory:
         """The instance as the session host's shared session, or None (it runs here, as without
         the host) when the host will not hold it; the load's log says why, once per instance."""
         assert self._shared is not None
+        shared = self._shared
         request = OpenRequest(
-            str(self._path), self._shared.options, tuple(providers), self._name, slot, self._shared.max_rows
+            str(self._path),
+            shared.options,
+            tuple(providers),
+            self._name,
+            slot,
+            shared.max_rows,
+            shared.fingerprint,
         )
         try:
             return HostedBackend(self._shared.socket, request, executor, reshape=self._reshape)
@@ -244,6 +252,7 @@ def factory_for(
     faults: FaultSpec | None,
     batch_axes: Mapping[str, int] | None,
     gpus: Sequence[int] | None = None,
+    fingerprint: object = None,
 ) -> tuple[InstanceFactory, InstancePlan]:
     """The instances of a completed config: their factory (onnxruntime sessions, or identity
     instances for `backend: "identity"`) and the plan of which to make, in order."""
@@ -278,7 +287,8 @@ def factory_for(
         rows = config.max_batch_size if merge else 0
         threads = settings.session_host_threads
         hosted = ort_options_for(config, dataclasses.replace(base, intra_op_threads=threads))
-        shared = SharedSessions(settings.session_host, settings.shared_sessions == "all", rows, hosted)
+        every = settings.shared_sessions == "all"
+        shared = SharedSessions(settings.session_host, every, rows, hosted, repr(fingerprint))
     factory = InstanceFactory(
         path, options, plan.providers, name=config.name, workers=workers, faults=faults,
         batch_axes=batch_axes, reshape=reshape, planned=len(plan.slots), shared=shared,

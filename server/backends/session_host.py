@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batcher.errors import InstanceClosed
 from server.backends.host_wire import HostGone, Segment, read_arrays, receive, send
 from server.backends.hosted_session import HostCounts, HostedSession, OpenRequest
 from server.errors import ModelRunFailed
@@ -49,18 +50,25 @@ def _sendable(err: BaseException) -> BaseException:
 @dataclass
 class Slot:
     """One key's session (a model version's instance slot, as every worker opens it): how many
-    workers' instances use it, and the session now (None after an abandon, until the next run or
-    open makes a fresh one). `generation` tells an abandon of an old session from one of this."""
+    workers' instances use it (an open counts from its start, so a close meanwhile cannot remove
+    the slot under it), and the session now (None after an abandon, until the next run or open
+    makes a fresh one)."""
 
     request: OpenRequest
     users: int = 0
     session: HostedSession | None = None
-    generation: int = 0
     retired: HostCounts = field(default_factory=HostCounts)  # abandoned sessions': counters never go down
+    opening: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
     def counts(self) -> HostCounts:
         session = self.session
         return self.retired if session is None else self.retired + session.counts()
+
+
+def _closed_slot() -> InstanceClosed:
+    """A run for a slot its last worker closed meanwhile (an unload, a reload): as a closed
+    OrtBackend answers, so the batcher sends it to the version serving now, else UNAVAILABLE."""
+    return InstanceClosed("its shared session was closed: its version was retired before this batch ran")
 
 
 class SessionHost:
@@ -69,7 +77,6 @@ class SessionHost:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[bytes, Slot] = {}
-        self._opening: dict[bytes, threading.Lock] = {}  # one load per key at a time
         self._connections = 0
         self._idle = threading.Condition(self._lock)
 
@@ -114,10 +121,10 @@ class SessionHost:
         if kind == "open":
             return self._open(message[1])
         if kind == "close":
-            self._close(message[1])
+            self._release(message[1])
             return ("ok",)
         if kind == "abandon":
-            self._abandon(message[1], message[2])
+            self._abandon(message[1])
             return ("ok",)
         if kind == "counts":
             with self._lock:
@@ -130,53 +137,49 @@ class SessionHost:
         with self._lock:
             slot = self._slots.get(key)
         if slot is None:
-            raise ModelRunFailed("its shared session was closed")
+            raise _closed_slot()
         session = slot.session
         return session if session is not None else self._made(key, slot)
 
     def _made(self, key: bytes, slot: Slot) -> HostedSession:
-        with self._lock:
-            opening = self._opening.setdefault(key, threading.Lock())
-        with opening:
+        """The slot's session, made now when it has none (at its first open, after an abandon)."""
+        with slot.opening:
             session = slot.session
-            if session is None:
-                with self._lock:
-                    if self._slots.get(key) is not slot:  # closed by its last worker meanwhile
-                        raise ModelRunFailed("its shared session was closed")
-                session = HostedSession(slot.request)
-                with self._lock:
-                    slot.session, slot.generation = session, slot.generation + 1
-                name, index, device = slot.request.name, slot.request.slot, session.backend.device
-                log.info("session host: model %s instance %d: shared session on %s", name, index, device)
+            if session is not None:
+                return session
+            session = HostedSession(slot.request)  # seconds on a GPU: other slots go on meanwhile
+            with self._lock:
+                current = self._slots.get(key) is slot
+                if current:
+                    slot.session = session
+            if not current:  # its last worker closed it meanwhile: not kept, and not served
+                session.close()
+                raise _closed_slot()
+            name, index, device = slot.request.name, slot.request.slot, session.backend.device
+            log.info("session host: model %s instance %d: shared session on %s", name, index, device)
             return session
 
     def _open(self, request: OpenRequest) -> tuple[Any, ...]:
         key = request.key()
         with self._lock:
             slot = self._slots.setdefault(key, Slot(request))
-        session = self._made(key, slot)
+            slot.users += 1  # from now: a close meanwhile cannot take the slot away
+        try:
+            session = self._made(key, slot)
+        except BaseException:
+            self._release(key)
+            raise
         refused = session.unhostable()
         if refused:
-            self._close_unused(key, slot)
+            self._release(key)
             return ("refused", f"tensors {refused} are not plain arrays")
-        with self._lock:
-            slot.users += 1
-            generation = slot.generation
         held = session.backend
         io = (held.io.mode, held.io.padded)
-        return ("opened", key, generation, held.inputs, held.outputs, held.active_providers, held.device, io)
+        return ("opened", key, held.inputs, held.outputs, held.active_providers, held.device, io)
 
-    def _close_unused(self, key: bytes, slot: Slot) -> None:
-        with self._lock:
-            if slot.users > 0 or self._slots.get(key) is not slot:
-                return
-            del self._slots[key]
-            session, slot.session = slot.session, None
-        if session is not None:
-            session.close()
-
-    def _close(self, key: bytes) -> None:
-        """A worker's instance is done (an unload, a reload, its stop): the last one closes it."""
+    def _release(self, key: bytes) -> None:
+        """A worker's instance is done (an unload, a reload, its stop, a failed open): the last one
+        closes the session."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -190,24 +193,23 @@ class SessionHost:
             session.close()
             _log_counts(session)
 
-    def _abandon(self, key: bytes, generation: int) -> None:
-        """A worker's watchdog gave up on a run: its session is abandoned (every worker's runs on it
-        fail) unless another worker's abandon, or a later generation, already replaced it."""
+    def _abandon(self, key: bytes) -> None:
+        """A worker's watchdog gave up on a run of its that was in the host: the slot's session now
+        is abandoned if it has a run in progress (the stuck one; the other workers' batches in it
+        are answered InstanceClosed and go again), and the next run or open makes a fresh one. An
+        idle session is not the stuck one (another worker's abandon replaced it already)."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 return
-            slot.users -= 1  # the stuck instance; its replacement opens anew
-            stuck = slot.session if slot.generation == generation else None
+            stuck = slot.session if slot.session is not None and slot.session.busy() else None
             if stuck is not None:
                 slot.session = None
                 slot.retired = slot.retired + stuck.counts()
-            if slot.users <= 0:
-                del self._slots[key]
-                stuck, slot.session = slot.session or stuck, None
         if stuck is not None:
             stuck.abandon()
             _log_counts(stuck)
+        self._release(key)  # the stuck instance; its replacement opened (or opens) anew
 
     def log_counts(self) -> None:
         with self._lock:
@@ -224,7 +226,11 @@ def _mapped(segments: dict[str, Segment], path: str, size: int) -> Segment:
         segment = None
     if segment is None:
         segment = Segment.attach(Path(path), size)
-        while len(segments) >= MAX_SEGMENTS:  # the oldest: a segment its worker has let go of
+        # A new segment: those whose files their worker has removed (grown past, or closed) go, or
+        # their memory stays held by the mapping; the oldest beyond MAX_SEGMENTS go too.
+        for gone in [p for p in segments if not Path(p).exists()]:
+            segments.pop(gone).close()
+        while len(segments) >= MAX_SEGMENTS:
             segments.pop(next(iter(segments))).close()
     segments[path] = segment  # last used: at the end
     return segment

@@ -92,6 +92,7 @@ async def load_version(
         faults=faults,
         batch_axes=None if seq_model is None else seq_model.batch_axes,
         gpus=gpus,
+        fingerprint=fingerprint,  # a changed version's reload: a shared session of its own
     )
     notes = plan.unapplied + string_binding_notes(config, inputs, outputs)
     warn_unapplied(config, source_file, notes)  # one line per load (config_fields.py)

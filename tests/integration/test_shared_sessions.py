@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import urllib.request
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from onnx import numpy_helper
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -138,6 +141,37 @@ def test_a_model_whose_tensors_are_not_plain_arrays_runs_in_each_worker(server: 
     )
     client = triton.InferenceServerClient(server.address)
     assert client.is_model_ready("bf16")
+
+
+def test_a_reload_of_changed_weights_is_served_by_every_worker(demo_repo: Path, tmp_path: Path) -> None:
+    """Poll mode, the model file replaced in place: the reload's instances open while the old ones
+    still hold the old session, and with the session keyed by path alone the old weights went on
+    being served (a tester's). Keyed by what the load read, every worker serves the new ones."""
+    repo = tmp_path / "repo"
+    model = repo / "mlp" / "1" / "model.onnx"
+    model.parent.mkdir(parents=True)
+    shutil.copyfile(demo_repo / "mlp" / "1" / "model.onnx", model)
+    (repo / "mlp" / "config.pbtxt").write_text((demo_repo / "mlp" / "config.pbtxt").read_text())
+    poll = ("--model-control-mode", "poll", "--repository-poll-secs", "1")
+    features = np.ones((1, 64), np.float32)
+    with ServerProcess("--model-repository", str(repo), *SHARED, *poll) as running:
+        before = _mlp_scores(running.address, features)
+        graph = onnx.load(str(model))
+        bias = next(i for i in graph.graph.initializer if tuple(i.dims) == (2,))  # the last layer's
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 100.0, bias.name))
+        onnx.save(graph, str(model.with_suffix(".new")))
+        os.replace(model.with_suffix(".new"), model)
+        running.wait_for_output("model mlp ready", times=3 * 2)  # each of 3 workers: load, reload
+        answers = [_mlp_scores(running.address, features) for _ in range(12)]  # own connections
+    for answer in answers:
+        np.testing.assert_allclose(answer, before + 100.0, rtol=1e-5)
+
+
+def _mlp_scores(address: str, features: np.ndarray) -> np.ndarray:
+    with grpc.insecure_channel(address, options=OWN_CONNECTION) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.ModelInfer(_mlp_request(features), timeout=30)
+    return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(tuple(reply.outputs[0].shape))
 
 
 def test_a_stop_drains_and_removes_the_hosts_folder(repo: Path) -> None:

@@ -4,6 +4,7 @@ takes, and that each batch gets its own rows back; the shared segments batches c
 from __future__ import annotations
 
 import pickle
+import socket
 import time
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from batcher.errors import InstanceClosed
 from batcher.watchdog import ExpiredUnrun, _unless_expired
 from server.backends.batch_padding import Padding, ShapeChanges, StickySize
+from server.backends.host_process import PREFIX, remove_stale_host_dirs
 from server.backends.host_wire import Segment, TensorPlace, read_arrays
-from server.backends.hosted_session import GROW_AFTER, HostedSession, OpenRequest
+from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, OpenRequest
 from server.backends.onnxruntime_backend import OrtOptions
 from server.backends.session_host import SessionHost
-from server.errors import ModelRefusedInput, ModelRunFailed
+from server.errors import ModelRefusedInput
 
 
 def _double(path: Path) -> Path:
@@ -114,7 +117,7 @@ def test_a_merged_run_that_fails_fails_every_batch_in_it(tmp_path: Path) -> None
 def test_a_closed_session_takes_no_batch(tmp_path: Path) -> None:
     session = _session(tmp_path, max_rows=16)
     session.close()
-    with pytest.raises(Exception, match="shared session was closed"):
+    with pytest.raises(InstanceClosed, match="'double': its version was retired"):
         session.submit(_rows(1))
     assert _take(session) is None
 
@@ -171,30 +174,120 @@ def test_a_padded_session_grows_only_once_the_load_has_outgrown_its_size(tmp_pat
     session.close()
 
 
+def _host_request(tmp_path: Path, fingerprint: str = "v1", max_rows: int = 8) -> OpenRequest:
+    path = tmp_path / "double.onnx"
+    if not path.exists():
+        _double(path)
+    cpu = (("CPUExecutionProvider", {}),)
+    return OpenRequest(str(path), OrtOptions(intra_op_threads=1), cpu, "d", 0, max_rows, fingerprint)
+
+
 def test_an_abandoned_session_is_made_afresh_for_the_workers_still_using_it(tmp_path: Path) -> None:
-    """Worker A's watchdog abandons the shared session; worker B's next run gets a fresh one, and
-    B's own late abandon of the old session (its run was stuck there too) leaves the fresh one."""
+    """Worker A's watchdog abandons the shared session with a run stuck in it; worker B's next run
+    gets a fresh one. A late abandon that finds the session idle (not the stuck one) leaves it."""
     host = SessionHost()
-    path = _double(tmp_path / "double.onnx")
-    request = OpenRequest(
-        str(path), OrtOptions(intra_op_threads=1), (("CPUExecutionProvider", {}),), "d", 0, 8
-    )
-    opened = [host._answer(("open", request), {}) for _ in range(2)]  # workers A and B
-    key, first = opened[0][1], opened[0][2]
-    assert [o[:3] for o in opened] == [("opened", key, first)] * 2
+    request = _host_request(tmp_path)
+    opened = [host._answer(("open", request), {}) for _ in range(3)]  # workers A, B and C
+    key = opened[0][1]
     old = host._slots[key].session
-    host._answer(("abandon", key, first), {})  # A's watchdog
-    assert host._slots[key].session is None and host._slots[key].users == 1
+    assert old is not None and host._slots[key].users == 3
+    old._running = 1  # a run in progress there: the stuck one
+    host._answer(("abandon", key), {})  # A's watchdog
+    assert host._slots[key].session is None and host._slots[key].users == 2
+    assert old._abandoned and old._closed
     fresh = host._session(key)  # B's next run
-    assert fresh is not old and host._slots[key].generation == first + 1
+    assert fresh is not old
     np.testing.assert_array_equal(fresh.run(_rows(2))["y"], 2 * _rows(2)["x"])
-    assert host._answer(("open", request), {})[2] == first + 1  # A's replacement attaches to it
-    host._answer(("abandon", key, first), {})  # B's watchdog, late: about the old one
-    assert host._slots[key].session is fresh and host._slots[key].users == 1
+    host._answer(("open", request), {})  # A's replacement attaches to it
+    host._answer(("abandon", key), {})  # C's watchdog, late: the session now is idle, not stuck
+    assert host._slots[key].session is fresh and host._slots[key].users == 2
+    host._answer(("close", key), {})
     host._answer(("close", key), {})  # the last user: closed and gone
-    assert key not in host._slots
-    with pytest.raises(ModelRunFailed, match="closed"):
+    assert key not in host._slots and fresh._closed
+    with pytest.raises(InstanceClosed, match="retired"):  # a late run: to the version serving now
         host._session(key)
+
+
+def test_a_session_made_after_its_last_worker_closed_the_slot_is_not_kept(tmp_path: Path) -> None:
+    """A replacement's fresh session, made while the last other user closed the slot: it had been
+    handed out, its runs all INTERNAL, its thread and onnxruntime session never closed."""
+    host = SessionHost()
+    request = _host_request(tmp_path)
+    key = host._answer(("open", request), {})[1]
+    slot = host._slots[key]
+    host._answer(("abandon", key), {})  # idle: not abandoned, but its only user let go
+    assert key not in host._slots
+    with pytest.raises(InstanceClosed):
+        host._made(key, slot)
+    assert slot.session is None
+
+
+def test_a_reload_of_a_changed_version_opens_a_session_of_its_own(tmp_path: Path) -> None:
+    """The reload's instances open while the old ones still hold theirs: with the key of the path
+    alone, the new load met the old session and the old weights went on being served."""
+    host = SessionHost()
+    old = host._answer(("open", _host_request(tmp_path, "v1")), {})[1]
+    new = host._answer(("open", _host_request(tmp_path, "v2")), {})[1]
+    fewer_rows = host._answer(("open", _host_request(tmp_path, "v2", max_rows=0)), {})[1]
+    assert len({old, new, fewer_rows}) == 3
+    sessions = {id(host._slots[key].session) for key in (old, new, fewer_rows)}
+    assert len(sessions) == 3
+    assert host._slots[fewer_rows].session is not None and host._slots[fewer_rows].session.max_rows == 0
+
+
+def _gather(path: Path) -> Path:
+    """idx INT64 [N] -> out FP32 [N, 2], rows of a 10-row table: an index past it is refused."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["out"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_merged_run_refused_for_one_batch_refuses_that_batch_only(tmp_path: Path) -> None:
+    """Several workers' batches in one run, one with an index past the table: the merged run is
+    refused, and each batch runs alone, so only the one at fault is refused (its worker's batcher
+    then halves it). It had refused every batch of the run: other clients' good requests failed."""
+    cpu = (("CPUExecutionProvider", {}),)
+    path = _gather(tmp_path / "gather.onnx")
+    session = HostedSession(OpenRequest(str(path), OrtOptions(), cpu, "g", 0, 16), start=False)
+    good = session.submit({"idx": np.array([1, 2], np.int64)})
+    bad = session.submit({"idx": np.array([99], np.int64)})
+    later = session.submit({"idx": np.array([3], np.int64)})
+    taken = session._take()
+    assert taken == [good, bad, later]
+    session._run(taken)
+    assert good.error is None and good.outputs is not None
+    np.testing.assert_array_equal(good.outputs["out"], [[2, 3], [4, 5]])
+    assert isinstance(bad.error, ModelRefusedInput) and bad.outputs is None
+    assert later.error is None and later.outputs is not None
+    np.testing.assert_array_equal(later.outputs["out"], [[6, 7]])
+    session.close()
+
+
+def test_runs_ended_by_an_abandon_answer_as_a_closed_instance(tmp_path: Path) -> None:
+    """onnxruntime's "terminate flag" failure of the other workers' batches in an abandoned session
+    had reached their callers as INTERNAL: they go again (InstanceClosed), nothing was computed."""
+    session = _session(tmp_path, max_rows=16)
+    jobs = [session.submit(_rows(1)) for _ in range(2)]
+    taken = session._take()
+    session.abandon()  # the watchdog's, while these wait to run (a closed backend fails them)
+    session._run(taken)
+    assert all(isinstance(job.error, InstanceClosed) for job in jobs), [job.error for job in jobs]
+    running = [Job(_rows(1), 1) for _ in range(2)]  # two batches in the run the abandon ended
+
+    def terminated(feed: object) -> None:  # what a run in progress at the abandon raises
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Exiting due to terminate flag being set to true.")
+
+    session.backend.run_blocking = terminated  # type: ignore[method-assign, assignment]
+    session._run(running)
+    assert all(isinstance(job.error, InstanceClosed) for job in running), [job.error for job in running]
 
 
 def test_a_batch_whose_turn_comes_past_its_start_by_is_left_unrun(tmp_path: Path) -> None:
@@ -256,3 +349,21 @@ def test_a_second_runner_starts_early_only_with_a_full_run(tmp_path: Path) -> No
     assert session._may_start()
     session._finished()
     session.close()
+
+
+def test_folders_of_hosts_gone_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A parent killed by SIGKILL left its host's folder (and the workers' segments) in /dev/shm."""
+    gone, live, starting = (tmp_path / f"{PREFIX}{name}" for name in ("gone", "live", "starting"))
+    for folder in (gone, live, starting):
+        folder.mkdir()
+    (gone / "seg-1-a-0").write_bytes(b"x" * 10)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(gone / "host.sock"))  # bound, then closed: nothing listens there
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(live / "host.sock"))
+    listening.listen(1)
+    try:
+        assert remove_stale_host_dirs((str(tmp_path),)) == [gone]
+    finally:
+        listening.close()
+    assert live.is_dir() and starting.is_dir() and not gone.exists()
