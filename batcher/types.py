@@ -49,10 +49,13 @@ class RunsBlocking(Protocol):
 class RunsBlockingBefore(Protocol):
     """Optional, for a RunsBlocking backend that queues a batch it has taken (the session host,
     server/backends/session_host.py, runs several processes' batches in turn): it is handed the
-    batch's start-by time on time.monotonic's clock and leaves the batch unrun, raising
-    ExpiredUnrun (batcher/watchdog.py), when its turn comes after it."""
+    batch's start-by time on time.monotonic's clock (None: no deadline) and leaves the batch unrun,
+    raising ExpiredUnrun (batcher/watchdog.py), when its turn comes after it; it calls `started`
+    (when given) as the run starts, so the watchdog times the run and not the wait."""
 
-    def run_blocking_before(self, inputs: Tensors, start_by: float) -> Tensors: ...
+    def run_blocking_before(
+        self, inputs: Tensors, start_by: float | None, started: Callable[[], None] | None = None
+    ) -> Tensors: ...
 
 
 class TimeoutAction(enum.Enum):

@@ -43,21 +43,39 @@ class ExpiredUnrun(Exception):
 
 
 def _unless_expired(
-    clock: Callable[[], float], start_by: float | None, blocking: RunsBlocking, inputs: Tensors
+    clock: Callable[[], float],
+    start_by: float | None,
+    blocking: RunsBlocking,
+    inputs: Tensors,
+    started: Callable[[], None] | None = None,
 ) -> tuple[Tensors, float]:
     """In the executor thread: `cpu_timed(run, inputs)`, unless `clock()` is past `start_by`. A
     backend that queues the batch further (RunsBlockingBefore) gets `start_by` on time.monotonic's
-    clock, which other processes share, to check again when the batch's turn comes."""
-    if start_by is None:
-        return cpu_timed(blocking.run_blocking, inputs)
-    left = start_by - clock()
-    if left < 0:
+    clock, which other processes share, to check again when the batch's turn comes, and `started`
+    to call when it does (the watchdog times the run from then, not the wait)."""
+    left = None if start_by is None else start_by - clock()
+    if left is not None and left < 0:
         raise ExpiredUnrun
     if not hasattr(blocking, "run_blocking_before"):
         return cpu_timed(blocking.run_blocking, inputs)
     queued = cast(RunsBlockingBefore, blocking)
-    monotonic_by = time.monotonic() + left
-    return cpu_timed(lambda batch: queued.run_blocking_before(batch, monotonic_by), inputs)
+    monotonic_by = None if left is None else time.monotonic() + left
+    return cpu_timed(lambda batch: queued.run_blocking_before(batch, monotonic_by, started), inputs)
+
+
+def _start_signal(
+    loop: asyncio.AbstractEventLoop, blocking: RunsBlocking
+) -> tuple[asyncio.Event | None, Callable[[], None] | None]:
+    """For a queueing backend (RunsBlockingBefore): an event set, on the loop, when its run
+    starts, and the callback that sets it from the executor thread; (None, None) for others."""
+    if not hasattr(blocking, "run_blocking_before"):
+        return None, None
+    began = asyncio.Event()
+
+    def started() -> None:
+        loop.call_soon_threadsafe(began.set)
+
+    return began, started
 
 
 # Given the backend that outlived the limit, a fresh one for the same instance (raises if it cannot).
@@ -109,12 +127,24 @@ class Watchdog:
         self._runs = runs if runs is not None else RunCount()
         self._clock = clock
 
-    async def watch(self, run: Awaitable[T]) -> T:
+    async def watch(self, run: Awaitable[T], began: asyncio.Event | None = None) -> T:
         """`run`'s result, or RunTimedOut once it has taken `limit_s` (the run is then cancelled
-        where it is awaited: an executor thread already running it goes on, abandoned)."""
+        where it is awaited: an executor thread already running it goes on, abandoned). `began`:
+        timed from when it is set (a queueing backend's run starting), not from now."""
         if self.limit_s <= 0:
             return await run
         future = asyncio.ensure_future(run)
+        if began is not None:
+            waiter = asyncio.ensure_future(began.wait())
+            try:
+                await asyncio.wait((future, waiter), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                future.cancel()  # our own task cancelled (stop): as awaiting the run would have
+                raise
+            finally:
+                waiter.cancel()
+            if future.done():
+                return future.result()
         expired = False
 
         def expire() -> None:
@@ -155,13 +185,14 @@ class Watchdog:
                 outputs = blocking.run_blocking(inputs)
                 return outputs, time.perf_counter() - start
             loop = asyncio.get_running_loop()
+            began, started = _start_signal(loop, blocking) if self.limit_s > 0 else (None, None)
             try:
                 run = loop.run_in_executor(
-                    blocking.executor, _unless_expired, self._clock, start_by, blocking, inputs
+                    blocking.executor, _unless_expired, self._clock, start_by, blocking, inputs, started
                 )
             except RuntimeError as exc:  # its executor was shut down: the instance was closed
                 raise InstanceClosed.of(self._name) from exc
-            return await self.watch(run)
+            return await self.watch(run, began)
         finally:
             self._runs.ended += 1
 

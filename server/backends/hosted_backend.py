@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, s
 from server.backends.hosted_session import HostCounts, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
-from server.errors import ModelRunFailed
+from server.errors import ShuttingDown
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
 
@@ -75,7 +75,8 @@ class HostedBackend:
         if reply[0] == "refused":
             self._drop_connections()
             raise Unhostable(reply[1])
-        self._key, inputs, outputs, providers, device, (mode, padded) = reply[1:]
+        key, inputs, outputs, providers, device, (mode, padded) = reply[1:]
+        self._key: bytes = key
         self._inputs: list[OnnxTensor] = list(inputs)
         self._outputs: list[OnnxTensor] = list(outputs)
         self._providers: list[str] = list(providers)
@@ -121,9 +122,12 @@ class HostedBackend:
     def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
         return self.run_blocking_before(inputs, None)
 
-    def run_blocking_before(self, inputs: Tensors, start_by: float | None) -> dict[str, Array]:
+    def run_blocking_before(
+        self, inputs: Tensors, start_by: float | None, started: Callable[[], None] | None = None
+    ) -> dict[str, Array]:
         """Run the batch in the host, unless its turn there comes past `start_by` (time.monotonic's
-        clock, which the host shares): then ExpiredUnrun, as the batcher's own check raises it."""
+        clock, which the host shares): then ExpiredUnrun, as the batcher's own check raises it.
+        `started` is called when the host starts the run (the watchdog times it from then)."""
         if self._closed:
             raise InstanceClosed.of(self._name)
         if self._reshape is not None:
@@ -140,7 +144,16 @@ class HostedBackend:
             with self._lock:
                 self._in_host += 1
             try:
-                reply = self._call(("run", self._key, str(segment.path), segment.size, places, start_by))
+                message = (
+                    "run",
+                    self._key,
+                    str(segment.path),
+                    segment.size,
+                    places,
+                    start_by,
+                    started is not None,
+                )
+                reply = self._call(message, started)
             finally:
                 with self._lock:
                     self._in_host -= 1
@@ -179,18 +192,27 @@ class HostedBackend:
                 return
         _remove(segment)
 
-    def _call(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Send one message on an idle connection (a new one when none is) and wait for its reply."""
+    def _call(self, message: tuple[Any, ...], started: Callable[[], None] | None = None) -> tuple[Any, ...]:
+        """Send one message on an idle connection (a new one when none is) and wait for its reply
+        (a run's ("started",) notes on the way go to `started`). The host gone: the server stops
+        (the parent takes it down), so UNAVAILABLE, not a traceback per request."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = _connect(self._socket_path)
         try:
+            if conn is None:
+                conn = _connect(self._socket_path)
             send(conn, message)
             reply: tuple[Any, ...] = receive(conn)
+            while reply[0] == "started":
+                if started is not None:
+                    started()
+                reply = receive(conn)
         except (HostGone, OSError) as err:
-            conn.close()
-            raise ModelRunFailed(f"model '{self._name}': the session host is gone ({err})") from None
+            if conn is not None:
+                conn.close()
+            raise ShuttingDown(
+                f"model '{self._name}': the session host is gone, the server stops ({err})"
+            ) from None
         with self._lock:
             closed = self._closed
             if not closed:

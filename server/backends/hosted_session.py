@@ -10,10 +10,13 @@ runs on the device (`_take`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +28,8 @@ from batcher.types import Array, Tensors
 from batcher.watchdog import ExpiredUnrun
 from server.backends.batch_padding import sticky_size
 from server.backends.onnxruntime_backend import OrtBackend, OrtOptions, Provider
-from server.errors import ModelRunFailed
 
+log = logging.getLogger("server.backends.session_host")  # the host's lines, one logger
 RUNNERS_ON_GPU = 2  # threads taking runs of one session on a GPU (the second gathers meanwhile)
 GROW_AFTER = 32  # runs in a row that left rows waiting before a padded session may grow its size
 UNHOSTABLE_TYPES = ("tensor(string)", "tensor(bfloat16)")  # not plain bytes in shared memory
@@ -84,6 +87,7 @@ class Job:
     inputs: dict[str, Array]
     rows: int
     start_by: float | None = None  # time.monotonic() past which it is answered unrun (ExpiredUnrun)
+    on_start: Callable[[], None] | None = None  # told when its run starts (the worker's watchdog)
     done: threading.Event = field(default_factory=threading.Event)
     outputs: dict[str, Array] | None = None
     error: BaseException | None = None
@@ -141,19 +145,30 @@ class HostedSession:
         tensors = [*self.backend.inputs, *self.backend.outputs]
         return [t.name for t in tensors if t.type in UNHOSTABLE_TYPES]
 
-    def run(self, inputs: dict[str, Array], start_by: float | None = None) -> dict[str, Array]:
+    def run(
+        self,
+        inputs: dict[str, Array],
+        start_by: float | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> dict[str, Array]:
         """Run one worker's batch (alone or merged with others'); blocks until it has run, or until
-        its turn came past `start_by` (ExpiredUnrun: every request of it was past its deadline)."""
-        job = self.submit(inputs, start_by)
+        its turn came past `start_by` (ExpiredUnrun: every request of it was past its deadline).
+        `on_start` is called as its run starts."""
+        job = self.submit(inputs, start_by, on_start)
         job.done.wait()
         if job.error is not None:
             raise job.error
         assert job.outputs is not None
         return job.outputs
 
-    def submit(self, inputs: dict[str, Array], start_by: float | None = None) -> Job:
+    def submit(
+        self,
+        inputs: dict[str, Array],
+        start_by: float | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> Job:
         first = next(iter(inputs.values()), None)
-        job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0, start_by)
+        job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0, start_by, on_start)
         with self._cond:
             if self._closed:  # as a closed OrtBackend: the batcher sends it to the version serving now
                 raise InstanceClosed.of(self.name)
@@ -248,6 +263,10 @@ class HostedSession:
 
     def _run(self, taken: list[Job]) -> None:
         rows = [job.rows for job in taken]
+        for job in taken:
+            if job.on_start is not None:
+                with contextlib.suppress(OSError):  # its worker gone: its answer will not arrive either
+                    job.on_start()
         self._run_merged(taken, rows)
         with self._cond:  # (two runners on a GPU)
             self.runs += 1
@@ -260,9 +279,14 @@ class HostedSession:
         feed: Tensors = taken[0].inputs if len(taken) == 1 else Gathered([j.inputs for j in taken], sum(rows))
         try:
             outputs = self.backend.run_blocking(feed)
+            if len(taken) > 1 and not _row_wise(outputs, sum(rows)):
+                self._stop_merging(outputs, sum(rows))
+                for job in taken:  # each alone: its worker's scatter judges its outputs, as without
+                    self._run_merged([job], [job.rows])
+                return
             offsets = offsets_of(rows)
             for job, start, end in zip(taken, offsets, offsets[1:], strict=False):
-                job.outputs = _rows_of(outputs, start, end, len(taken) > 1, self.name)
+                job.outputs = _rows_of(outputs, start, end, len(taken) > 1)
         except InputsRefused as refused:
             if len(taken) == 1:
                 _fail_all(taken, refused)
@@ -273,6 +297,20 @@ class HostedSession:
             # Terminated by an abandon: nothing computed, the batches go again (a raw onnxruntime
             # "terminate flag" error had reached other workers' callers as INTERNAL).
             _fail_all(taken, InstanceClosed.of(self.name) if self._abandoned else err)
+
+    def _stop_merging(self, outputs: Tensors, rows: int) -> None:
+        """A model whose outputs do not follow the rows (a sum over the batch): a merged run cut
+        by rows handed one worker's request another's data (a tester's). Never merged again."""
+        with self._cond:
+            if self.max_rows == 0:
+                return
+            self.max_rows = 0
+        shapes = {name: array.shape for name, array in outputs.items()}
+        log.warning(
+            "session host: model %s: a merged run of %d rows gave outputs %s, not one row per input "
+            "row: its workers' batches run alone from now",
+            self.name, rows, shapes,
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._cond:
@@ -294,12 +332,12 @@ def _fail_all(jobs: list[Job], err: BaseException) -> None:
         job.error = err
 
 
-def _rows_of(outputs: Tensors, start: int, end: int, merged: bool, name: str) -> dict[str, Array]:
+def _row_wise(outputs: Tensors, rows: int) -> bool:
+    """Whether every output has one row per input row, so a merged run's can be cut by rows."""
+    return all(array.ndim > 0 and array.shape[0] == rows for array in outputs.values())
+
+
+def _rows_of(outputs: Tensors, start: int, end: int, merged: bool) -> dict[str, Array]:
     if not merged:
         return dict(outputs)
-    parts = {}
-    for output, array in outputs.items():
-        if array.ndim == 0:
-            raise ModelRunFailed(f"model '{name}': output '{output}' has no batch dimension to split")
-        parts[output] = array[start:end]
-    return parts
+    return {output: array[start:end] for output, array in outputs.items()}

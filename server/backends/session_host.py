@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from server.errors import ModelRunFailed
 log = logging.getLogger("server.backends.session_host")  # (not __main__: it runs as -m)
 READY_LINE = "session host ready"  # host_process.py waits for it
 STOP_LIMIT_S = 60.0  # after a stop signal, how long the workers' connections are waited for
+MAX_REFUSALS = 256  # keys remembered as refused (a reload of a changed version has a new key)
 MAX_SEGMENTS = 16  # a connection's mapped segments kept (a worker's grow, and go, with its batches)
 
 
@@ -77,6 +79,7 @@ class SessionHost:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[bytes, Slot] = {}
+        self._refused: dict[bytes, str] = {}  # keys whose models run in the workers, and why
         self._connections = 0
         self._idle = threading.Condition(self._lock)
 
@@ -98,7 +101,7 @@ class SessionHost:
             while True:
                 message = receive(conn)
                 try:
-                    reply = self._answer(message, segments)
+                    reply = self._answer(message, segments, conn)
                 except Exception as err:
                     reply = ("failed", _sendable(err))
                 send(conn, reply)
@@ -112,12 +115,16 @@ class SessionHost:
                 self._connections -= 1
                 self._idle.notify_all()
 
-    def _answer(self, message: tuple[Any, ...], segments: dict[str, Segment]) -> tuple[Any, ...]:
+    def _answer(
+        self, message: tuple[Any, ...], segments: dict[str, Segment], conn: socket.socket | None = None
+    ) -> tuple[Any, ...]:
         kind = message[0]
         if kind == "run":
-            _, key, path, size, places, start_by = message
+            _, key, path, size, places, start_by, wants_started = message
             segment = _mapped(segments, path, size)
-            return ("ok", self._session(key).run(read_arrays(segment, places), start_by))
+            # The worker's watchdog times the run from its start here, not from its wait for a turn.
+            on_start = partial(send, conn, ("started",)) if wants_started and conn is not None else None
+            return ("ok", self._session(key).run(read_arrays(segment, places), start_by, on_start))
         if kind == "open":
             return self._open(message[1])
         if kind == "close":
@@ -155,13 +162,17 @@ class SessionHost:
             if not current:  # its last worker closed it meanwhile: not kept, and not served
                 session.close()
                 raise _closed_slot()
-            name, index, device = slot.request.name, slot.request.slot, session.backend.device
-            log.info("session host: model %s instance %d: shared session on %s", name, index, device)
+            if not session.unhostable():  # (a refused one is closed by its open, and said there)
+                name, index, device = slot.request.name, slot.request.slot, session.backend.device
+                log.info("session host: model %s instance %d: shared session on %s", name, index, device)
             return session
 
     def _open(self, request: OpenRequest) -> tuple[Any, ...]:
         key = request.key()
         with self._lock:
+            refusal = self._refused.get(key)
+            if refusal is not None:  # said already: no session loaded again to say it
+                return ("refused", refusal)
             slot = self._slots.setdefault(key, Slot(request))
             slot.users += 1  # from now: a close meanwhile cannot take the slot away
         try:
@@ -171,8 +182,13 @@ class SessionHost:
             raise
         refused = session.unhostable()
         if refused:
+            refusal = f"tensors {refused} are not plain arrays"
+            with self._lock:
+                self._refused[key] = refusal
+                while len(self._refused) > MAX_REFUSALS:
+                    del self._refused[next(iter(self._refused))]
             self._release(key)
-            return ("refused", f"tensors {refused} are not plain arrays")
+            return ("refused", refusal)
         held = session.backend
         io = (held.io.mode, held.io.padded)
         return ("opened", key, held.inputs, held.outputs, held.active_providers, held.device, io)

@@ -3,6 +3,7 @@ takes, and that each batch gets its own rows back; the shared segments batches c
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import socket
 import time
@@ -13,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from batcher.errors import InstanceClosed
-from batcher.watchdog import ExpiredUnrun, _unless_expired
+from batcher.errors import InstanceClosed, RunTimedOut
+from batcher.watchdog import ExpiredUnrun, Watchdog, _unless_expired
 from server.backends.batch_padding import Padding, ShapeChanges, StickySize
 from server.backends.host_process import PREFIX, remove_stale_host_dirs
 from server.backends.host_wire import Segment, TensorPlace, read_arrays
@@ -306,7 +307,8 @@ def test_a_batch_whose_turn_comes_past_its_start_by_is_left_unrun(tmp_path: Path
 
 def test_the_batcher_hands_a_queueing_backend_its_start_by_on_the_monotonic_clock() -> None:
     """The batcher's clock may be another (a test's); the time handed on is time.monotonic's."""
-    seen: list[float] = []
+    seen: list[float | None] = []
+    told: list[object] = []
 
     class Queueing:
         executor = None
@@ -315,15 +317,19 @@ def test_the_batcher_hands_a_queueing_backend_its_start_by_on_the_monotonic_cloc
             raise AssertionError("run_blocking_before is the one called")
 
         def run_blocking_before(
-            self, inputs: dict[str, np.ndarray], start_by: float
+            self, inputs: dict[str, np.ndarray], start_by: float | None, started: object = None
         ) -> dict[str, np.ndarray]:
             seen.append(start_by)
+            told.append(started)
             return dict(inputs)
 
     before = time.monotonic()
-    outputs, _ = _unless_expired(lambda: 1000.0, 1000.5, Queueing(), _rows(1))  # 0.5 s left
-    assert before + 0.5 <= seen[0] <= time.monotonic() + 0.5
-    assert set(outputs) == {"x"}
+    signal = object()
+    outputs, _ = _unless_expired(lambda: 1000.0, 1000.5, Queueing(), _rows(1), signal)  # type: ignore[arg-type]
+    assert seen[0] is not None and before + 0.5 <= seen[0] <= time.monotonic() + 0.5
+    assert set(outputs) == {"x"} and told == [signal]  # the watchdog's start signal, handed on
+    _unless_expired(lambda: 1000.0, None, Queueing(), _rows(1))  # no deadline: still its path
+    assert seen[1] is None
     with pytest.raises(ExpiredUnrun):
         _unless_expired(lambda: 1001.0, 1000.5, Queueing(), _rows(1))
 
@@ -367,3 +373,65 @@ def test_folders_of_hosts_gone_are_removed_and_live_ones_kept(tmp_path: Path) ->
     finally:
         listening.close()
     assert live.is_dir() and starting.is_dir() and not gone.exists()
+
+
+def _batch_sum(path: Path) -> Path:
+    """x FP32 [N, 2] -> s FP32 [1, 2], the sum over the batch: outputs that do not follow the rows."""
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=1)],
+        "batch_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2])],
+        [axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_outputs_that_do_not_follow_the_rows_are_never_cut_across_workers(tmp_path: Path) -> None:
+    """A merged run of a batch-sum model had handed one worker's request a sum holding another
+    worker's rows (a tester's): each batch runs alone, and the session merges no more."""
+    cpu = (("CPUExecutionProvider", {}),)
+    path = _batch_sum(tmp_path / "sum.onnx")
+    session = HostedSession(OpenRequest(str(path), OrtOptions(), cpu, "sum", 0, 16), start=False)
+    mine = session.submit({"x": np.array([[1, 2], [3, 4]], np.float32)})
+    theirs = session.submit({"x": np.array([[1000, 2000]], np.float32)})
+    taken = session._take()
+    assert taken == [mine, theirs]
+    session._run(taken)
+    assert mine.outputs is not None and theirs.outputs is not None
+    np.testing.assert_array_equal(mine.outputs["s"], [[4, 6]])  # its own rows only
+    np.testing.assert_array_equal(theirs.outputs["s"], [[1000, 2000]])
+    assert session.max_rows == 0  # from now on each batch alone
+    session.close()
+
+
+def test_the_watchdog_times_a_queued_run_from_its_start_not_its_wait() -> None:
+    """A batch waiting its turn in the session host behind other workers' runs had tripped its
+    worker's watchdog (88 of 540 requests failed at run_timeout_s 0.05 in a tester's run)."""
+
+    async def scenario() -> str:
+        watchdog = Watchdog(0.05, None, "m")
+        run: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        began = asyncio.Event()
+        watched = asyncio.ensure_future(watchdog.watch(run, began))
+        await asyncio.sleep(0.2)  # waiting for its turn: four limits pass, untimed
+        assert not watched.done()
+        began.set()
+        run.set_result("answered")
+        return await watched
+
+    assert asyncio.run(scenario()) == "answered"
+
+    async def stuck() -> None:
+        watchdog = Watchdog(0.05, None, "m")
+        run: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        began = asyncio.Event()
+        began.set()  # started at once, then never ends: the limit applies
+        await watchdog.watch(run, began)
+
+    with pytest.raises(RunTimedOut):
+        asyncio.run(stuck())
