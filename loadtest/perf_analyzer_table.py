@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
+from loadtest.proc import Spawned
 from loadtest.server import SpawnedServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,19 +57,18 @@ def run_perf_analyzer(
         ]  # fmt: skip
         if streaming:
             command.append("--streaming")
-        # Not a session of its own: perf_analyzer started in a new session ran on without end here.
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **group)
-        try:
-            said, _ = run.communicate(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            said, _ = run.communicate()
-            last = _last_line(said)
+        # A process group, not a session of its own: perf_analyzer in a new session ran on without
+        # end here. Spawned, not forked (loadtest/proc.py: gRPC's fork handlers).
+        run = Spawned(command)
+        code = run.wait(limit_s)
+        said = run.output
+        if code is None:
+            run.stop()
+            last = _last_line(run.output)
             where = f" (its last line: {last[:120]})" if last else " (it printed nothing)"
-            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}") from None
-        if run.returncode != 0 or not report.exists():
-            first = f"perf_analyzer exit {run.returncode}: {_last_line(said)[:200]}"
+            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}")
+        if code != 0 or not report.exists():
+            first = f"perf_analyzer exit {code}: {_last_line(said)[:200]}"
             raise RuntimeError(f"{first}\n{said[-2000:]}")
         (row,) = list(csv.DictReader(report.open()))
         return row
