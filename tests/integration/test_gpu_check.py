@@ -194,6 +194,19 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     assert "-m pip install -q --disable-pip-version-check -e .[cuda,gpucheck]" in calls.read_text()
 
 
+def test_a_rerun_can_leave_the_gpu_tests_out(tmp_path: Path) -> None:
+    """GPU_CHECK_TESTS=0 (scripts/gpu_session.sh's second and third steps, on a machine whose first
+    step ran them): the tests are not run, and the log says so."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
+    env = {**stand_ins(tmp_path, "true"), "GPU_CHECK_TESTS": "0"}
+    out = tmp_path / "out"
+    gpu_check_sh(out, env, timeout_s=300)
+    log = (out / "gpu_check.log").read_text()
+    assert "not run (GPU_CHECK_TESTS=0)" in log, log[-2000:]
+    assert "passed" not in (out / "gpu_tests.log").read_text()
+
+
 def test_mps_is_started_for_the_measurement_and_stopped_after(tmp_path: Path) -> None:
     """GPU_CHECK_MPS=1: NVIDIA's MPS daemon (a stand-in here) is started before the measurement,
     with its pipes in a folder of the run's own that the measurement's processes inherit, said in

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 15's next device call, prepared: the GPU check three ways on one machine, in one call, so
+# that served resnet over raw's best batch is compared within a machine (raw's best moved 8,144 -
+# 10,036 rows/s between runs on one machine in session 37):
+#
+#   shared   8 server workers, their GPU sessions in the session host (--shared-sessions=gpu,
+#            --max-batches-in-flight=2): one CUDA context, the workers' batches merged;
+#            the GPU tests run here (they hold the shared-session test)
+#   workers  8 server workers, each its own CUDA context (session 37's run C: 0.46 of raw)
+#   mps      the same under NVIDIA's MPS daemon (GPU_CHECK_MPS=1): contexts at once, not in turn
+#
+# Each step is scripts/gpu_check.sh with 8 client processes, the CUDA provider only and no
+# perf_analyzer (it stalled against 8 workers in session 37), in OUT/<step>; its log lines go to
+# OUT/session.log. The whole call is bounded by GPU_SESSION_LIMIT_S (520 s: under the device
+# tool's 600 s a call, with the machine's start and the wheelhouse carries before it); a step
+# starts only with 60 s left, and gets at most its share. The wheelhouse: GPU_CHECK_WHEELHOUSE
+# (/tmp/wh, where the carry calls of README "Run on an H200" copy it).
+#
+#   bash scripts/gpu_session.sh [OUT]      # default $OUT
+#   GPU_SESSION_STEPS="shared workers" ... # a subset, in that order
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:?give OUT or a folder}}
+mkdir -p "$out"
+budget=${GPU_SESSION_LIMIT_S:-520}
+check=${GPU_SESSION_CHECK:-scripts/gpu_check.sh} # (the tests' stand-in)
+began=$(date +%s)
+log="$out/session.log"
+
+common=(
+  "GPU_CHECK_WHEELHOUSE=${GPU_CHECK_WHEELHOUSE:-/tmp/wh}" GPU_CHECK_SYSTEM_SITE=1
+  GPU_CHECK_PROVIDERS=cuda GPU_CHECK_SERVER_WORKERS=8 GPU_CHECK_CLIENT_PROCESSES=8
+  GPU_CHECK_PERF_ANALYZER=0
+)
+
+run_step() { # NAME MAX_S VAR=VALUE...: one check, bounded by its share and what is left
+  local name=$1 most=$2
+  shift 2
+  local left=$((budget - ($(date +%s) - began)))
+  if [ "$left" -lt 60 ]; then
+    echo "$name: not run, $left s left of GPU_SESSION_LIMIT_S=$budget" | tee -a "$log"
+    return
+  fi
+  local limit=$((most < left ? most : left))
+  echo "$name: GPU_CHECK_LIMIT_S=$limit $*" | tee -a "$log"
+  env "${common[@]}" "$@" GPU_CHECK_LIMIT_S="$limit" bash "$check" "$out/$name" >>"$log" 2>&1
+  echo "$name: exit $? after $(($(date +%s) - began)) s of the call" | tee -a "$log"
+}
+
+for step in ${GPU_SESSION_STEPS:-shared workers mps}; do
+  case $step in
+    shared) run_step shared 250 GPU_CHECK_SERVER_ARGS="--shared-sessions=gpu --max-batches-in-flight=2" ;;
+    workers) run_step workers 130 GPU_CHECK_TESTS=0 ;;
+    mps) run_step mps 140 GPU_CHECK_TESTS=0 GPU_CHECK_MPS=1 ;;
+    *) echo "GPU_SESSION_STEPS: '$step' is not one of shared, workers, mps" | tee -a "$log" ;;
+  esac
+done
+# The three tables' served resnet rows side by side, for the closing note.
+grep -h "^| resnet |" "$out"/*/gpu_check.md 2>/dev/null | head -40 >"$out/resnet_rows.md" || true
+echo "done after $(($(date +%s) - began)) s: $out/session.log, $out/*/gpu_check.md" | tee -a "$log"

@@ -1,0 +1,54 @@
+"""scripts/gpu_session.sh, issue 15's prepared device call, over a stand-in for gpu_check.sh: the
+three steps in order with their settings, each bounded by its share and by what the call has left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _session(tmp_path: Path, **env: str) -> tuple[list[list[str]], str]:
+    """Run the script with a stand-in check that records its settings and writes a table row."""
+    calls = tmp_path / "calls"
+    stand_in = tmp_path / "check.sh"
+    stand_in.write_text(
+        "#!/usr/bin/env bash\n"
+        f'env | grep "^GPU_CHECK_" | sort | tr "\\n" " " >>{calls}; echo >>{calls}\n'
+        'mkdir -p "$1" && echo "| resnet | H200 | served | 64 in flight | 1.0 |" >"$1/gpu_check.md"\n'
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", "scripts/gpu_session.sh", str(out)],
+        cwd=REPO, env={**os.environ, "GPU_SESSION_CHECK": str(stand_in), **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return [line.split() for line in lines], (out / "session.log").read_text()
+
+
+def test_the_three_steps_run_in_order_with_their_settings(tmp_path: Path) -> None:
+    calls, log = _session(tmp_path)
+    assert len(calls) == 3, log
+    shared, workers, mps = calls
+    for call in calls:
+        assert "GPU_CHECK_SERVER_WORKERS=8" in call and "GPU_CHECK_CLIENT_PROCESSES=8" in call
+        assert "GPU_CHECK_PROVIDERS=cuda" in call and "GPU_CHECK_PERF_ANALYZER=0" in call
+    assert "GPU_CHECK_SERVER_ARGS=--shared-sessions=gpu" in shared and "GPU_CHECK_LIMIT_S=250" in shared
+    assert "GPU_CHECK_TESTS=0" not in shared  # the GPU tests (the shared-session one) run once, here
+    assert "GPU_CHECK_TESTS=0" in workers and not any(c.startswith("GPU_CHECK_SERVER_ARGS") for c in workers)
+    assert "GPU_CHECK_MPS=1" in mps and "GPU_CHECK_LIMIT_S=140" in mps
+    assert (tmp_path / "out" / "resnet_rows.md").read_text().count("| resnet |") == 3
+
+
+def test_a_step_gets_no_more_than_the_call_has_left_and_none_under_a_minute(tmp_path: Path) -> None:
+    calls, log = _session(tmp_path, GPU_SESSION_LIMIT_S="100", GPU_SESSION_STEPS="workers mps")
+    assert len(calls) == 2, log  # (the stand-in takes no time: the second has the 100 s still)
+    assert all("GPU_CHECK_LIMIT_S=100" in call for call in calls)  # 130 and 140 cut to the call's 100
+    assert "GPU_CHECK_MPS=1" in calls[1] and "shared" not in log
+    (tmp_path / "short").mkdir()
+    calls, log = _session(tmp_path / "short", GPU_SESSION_LIMIT_S="50")
+    assert calls == [] and log.count("not run") == 3
