@@ -21,6 +21,7 @@ async backend's `run` decides itself when its compute starts: not checked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -73,7 +74,10 @@ def _start_signal(
     began = asyncio.Event()
 
     def started() -> None:
-        loop.call_soon_threadsafe(began.set)
+        # After a stop the loop may be closed: nobody awaits the run then, and the answer must
+        # not turn into the loop's error in the executor thread.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(began.set)
 
     return began, started
 

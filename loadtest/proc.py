@@ -31,8 +31,11 @@ class Spawned:
         read_fd, write_fd = os.pipe()  # both close-on-exec; the child's 1 and 2 are dup2'd copies
         actions = [(os.POSIX_SPAWN_DUP2, write_fd, 1), (os.POSIX_SPAWN_DUP2, write_fd, 2)]
         try:
+            # SIGPIPE and SIGXFSZ as the defaults, as Popen's restore_signals leaves them (Python
+            # ignores them for itself, and the child would inherit that).
+            defaults = (signal.SIGPIPE, signal.SIGXFSZ)
             self.pid = os.posix_spawnp(
-                command[0], list(command), os.environ, file_actions=actions, setpgroup=0
+                command[0], list(command), os.environ, file_actions=actions, setpgroup=0, setsigdef=defaults
             )
         except BaseException:
             os.close(read_fd)
@@ -40,6 +43,7 @@ class Spawned:
         finally:
             os.close(write_fd)
         self._chunks: list[bytes] = []
+        self._code: int | None = None
         self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)
         self._reader.start()
 
@@ -54,14 +58,20 @@ class Spawned:
         self._reader.join(timeout_s)
         if self._reader.is_alive():
             return None
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self._reaped()
 
     def stop(self) -> int:
         """SIGKILL to its whole group; its exit code."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        if self._code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
         self._reader.join()
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self._reaped()
+
+    def _reaped(self) -> int:
+        if self._code is None:  # reaped once: a second wait or a stop after it answers the same
+            self._code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self._code
 
     @property
     def output(self) -> str:

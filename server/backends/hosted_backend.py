@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from server.models.onnx_completion import OnnxTensor
 
 log = logging.getLogger(__name__)
 _GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
+CLOCK_SLACK_S = 0.001  # a run's start as the worker heard it is a little after the host's
 
 
 class Unhostable(Exception):
@@ -69,7 +71,7 @@ class HostedBackend:
         self._free: list[Segment] = []  # segments between runs
         self._serial = itertools.count()
         self._closed = False
-        self._in_host = 0  # runs sent to the host and not yet answered
+        self._started: dict[int, float] = {}  # runs started in the host, not yet answered: when
         self.prepared = None  # OrtBackend's: nothing prepared is kept on this side
         reply = self._call(("open", request))
         if reply[0] == "refused":
@@ -141,22 +143,20 @@ class HostedBackend:
                 place = TensorPlace(name, offset, tuple(int(d) for d in shape), np.dtype(dtype).str)
                 fill(segment.array(place), inputs, name)
                 places.append(place)
-            with self._lock:
-                self._in_host += 1
+            run = next(self._serial)
+
+            def began() -> None:  # the host started it: noted for an abandon, told to the watchdog
+                with self._lock:
+                    self._started.setdefault(run, time.monotonic())
+                if started is not None:
+                    started()
+
             try:
-                message = (
-                    "run",
-                    self._key,
-                    str(segment.path),
-                    segment.size,
-                    places,
-                    start_by,
-                    started is not None,
-                )
-                reply = self._call(message, started)
+                where = (str(segment.path), segment.size, places)
+                reply = self._call(("run", self._key, *where, start_by, True), began)
             finally:
                 with self._lock:
-                    self._in_host -= 1
+                    self._started.pop(run, None)
         finally:
             self._give_back(segment)
         outputs: dict[str, Array] = reply[1]
@@ -207,9 +207,11 @@ class HostedBackend:
                 if started is not None:
                     started()
                 reply = receive(conn)
-        except (HostGone, OSError) as err:
+        except BaseException as err:  # a connection in an unknown state is not used again
             if conn is not None:
                 conn.close()
+            if not isinstance(err, (HostGone, OSError)):
+                raise
             raise ShuttingDown(
                 f"model '{self._name}': the session host is gone, the server stops ({err})"
             ) from None
@@ -238,11 +240,13 @@ class HostedBackend:
                 return
             self._closed = True
             # Only a run stuck in the host is the host's: one stuck here (a fault injected in this
-            # worker) had abandoned the healthy shared session of every worker.
-            stuck_there = abandon and self._in_host > 0
+            # worker) had abandoned the healthy shared session of every worker. The oldest started
+            # there tells the host which session holds it.
+            since = min(self._started.values()) if abandon and self._started else None
         self._executor.shutdown(wait=False, cancel_futures=abandon)
         # A fresh connection: a stuck run holds its own.
-        _tell(self._socket_path, ("abandon" if stuck_there else "close", self._key), self._name)
+        message = ("close", self._key) if since is None else ("abandon", self._key, since + CLOCK_SLACK_S)
+        _tell(self._socket_path, message, self._name)
         self._drop_connections()
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from batcher.errors import InputsRefused, InstanceClosed
+from batcher.errors import InputsRefused, InstanceClosed, RunTimedOut
 from batcher.scatter import Gathered, offsets_of
 from batcher.types import Array, Tensors
 from batcher.watchdog import ExpiredUnrun
@@ -131,6 +131,7 @@ class HostedSession:
         # the device (see _take); on the CPU a second run would only take the first's cores.
         self._runners = RUNNERS_ON_GPU if self.backend.device.kind == "cuda" else 1
         self._running = 0  # runs taken and not yet ended
+        self._starts: list[float] = []  # when each run in progress started (time.monotonic)
         self._abandoned = False
         if start:  # (the tests take and run batches themselves)
             for i in range(self._runners):
@@ -170,6 +171,8 @@ class HostedSession:
         first = next(iter(inputs.values()), None)
         job = Job(inputs, int(first.shape[0]) if first is not None and first.ndim else 0, start_by, on_start)
         with self._cond:
+            if self._abandoned:  # (submitted as it was abandoned: to the fresh session)
+                raise Moved()
             if self._closed:  # as a closed OrtBackend: the batcher sends it to the version serving now
                 raise InstanceClosed.of(self.name)
             self._jobs.append(job)
@@ -197,10 +200,11 @@ class HostedSession:
             self._running -= 1
             self._cond.notify_all()
 
-    def busy(self) -> bool:
-        """Whether a run is in progress (an abandon is about a stuck one)."""
+    def running_since(self, started: float) -> bool:
+        """Whether a run in progress started at `started` (time.monotonic) or before: the stuck run
+        a worker's watchdog gave up on, and not a run a fresh session began since."""
         with self._cond:
-            return self._running > 0
+            return any(start <= started for start in self._starts)
 
     def _may_start(self) -> bool:
         """With batches waiting: whether a runner takes a run now."""
@@ -263,11 +267,18 @@ class HostedSession:
 
     def _run(self, taken: list[Job]) -> None:
         rows = [job.rows for job in taken]
+        began = time.monotonic()
+        with self._cond:
+            self._starts.append(began)
         for job in taken:
             if job.on_start is not None:
                 with contextlib.suppress(OSError):  # its worker gone: its answer will not arrive either
                     job.on_start()
-        self._run_merged(taken, rows)
+        try:
+            self._run_merged(taken, rows)
+        finally:
+            with self._cond:
+                self._starts.remove(began)
         with self._cond:  # (two runners on a GPU)
             self.runs += 1
             self.rows += sum(rows)
@@ -294,9 +305,9 @@ class HostedSession:
                 for job in taken:  # (its worker's batcher then halves it to find the culprit)
                     self._run_merged([job], [job.rows])
         except BaseException as err:  # every batch of the run gets the run's error
-            # Terminated by an abandon: nothing computed, the batches go again (a raw onnxruntime
+            # Ended by an abandon: the run that held them passed run_timeout_s (a raw onnxruntime
             # "terminate flag" error had reached other workers' callers as INTERNAL).
-            _fail_all(taken, InstanceClosed.of(self.name) if self._abandoned else err)
+            _fail_all(taken, _stopped_run(self.name) if self._abandoned else err)
 
     def _stop_merging(self, outputs: Tensors, rows: int) -> None:
         """A model whose outputs do not follow the rows (a sum over the batch): a merged run cut
@@ -319,11 +330,28 @@ class HostedSession:
         self.backend.close()
 
     def abandon(self) -> None:
-        self._abandoned = True
+        """The run in progress passed run_timeout_s: the batches waiting for a turn move to the
+        slot's fresh session (Moved: the host submits them there), none of theirs at fault; the
+        runs in progress are stopped (onnxruntime's terminate flag)."""
         with self._cond:
+            self._abandoned = True
             self._closed = True
+            waiting, self._jobs = list(self._jobs), deque()
             self._cond.notify_all()
+        for job in waiting:
+            job.error = Moved()
+            job.done.set()
         self.backend.abandon()
+
+
+class Moved(Exception):
+    """A batch that waited in a session abandoned meanwhile: the host runs it in the fresh one."""
+
+
+def _stopped_run(name: str) -> RunTimedOut:
+    return RunTimedOut(
+        f"model '{name}': a run in the session host that held this batch passed run_timeout_s and was stopped"
+    )
 
 
 def _fail_all(jobs: list[Job], err: BaseException) -> None:

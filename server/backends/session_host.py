@@ -30,12 +30,13 @@ from typing import Any
 
 from batcher.errors import InstanceClosed
 from server.backends.host_wire import HostGone, Segment, read_arrays, receive, send
-from server.backends.hosted_session import HostCounts, HostedSession, OpenRequest
+from server.backends.hosted_session import HostCounts, HostedSession, Moved, OpenRequest
 from server.errors import ModelRunFailed
 
 log = logging.getLogger("server.backends.session_host")  # (not __main__: it runs as -m)
 READY_LINE = "session host ready"  # host_process.py waits for it
 STOP_LIMIT_S = 60.0  # after a stop signal, how long the workers' connections are waited for
+MOVES = 3  # times a batch follows its slot to a fresh session (each an abandon meanwhile)
 MAX_REFUSALS = 256  # keys remembered as refused (a reload of a changed version has a new key)
 MAX_SEGMENTS = 16  # a connection's mapped segments kept (a worker's grow, and go, with its batches)
 
@@ -124,14 +125,20 @@ class SessionHost:
             segment = _mapped(segments, path, size)
             # The worker's watchdog times the run from its start here, not from its wait for a turn.
             on_start = partial(send, conn, ("started",)) if wants_started and conn is not None else None
-            return ("ok", self._session(key).run(read_arrays(segment, places), start_by, on_start))
+            arrays = read_arrays(segment, places)
+            for _ in range(MOVES):
+                try:
+                    return ("ok", self._session(key).run(arrays, start_by, on_start))
+                except Moved:  # its session abandoned while it waited: the slot's fresh one runs it
+                    continue
+            raise _closed_slot()
         if kind == "open":
             return self._open(message[1])
         if kind == "close":
             self._release(message[1])
             return ("ok",)
         if kind == "abandon":
-            self._abandon(message[1])
+            self._abandon(message[1], message[2])
             return ("ok",)
         if kind == "counts":
             with self._lock:
@@ -209,16 +216,19 @@ class SessionHost:
             session.close()
             _log_counts(session)
 
-    def _abandon(self, key: bytes) -> None:
-        """A worker's watchdog gave up on a run of its that was in the host: the slot's session now
-        is abandoned if it has a run in progress (the stuck one; the other workers' batches in it
-        are answered InstanceClosed and go again), and the next run or open makes a fresh one. An
-        idle session is not the stuck one (another worker's abandon replaced it already)."""
+    def _abandon(self, key: bytes, started: float) -> None:
+        """A worker's watchdog gave up on a run of its that started in the host at `started`
+        (time.monotonic): the slot's session is abandoned if a run it has in progress started then
+        or before (the stuck one; the batches waiting there move to the fresh session, the others in
+        the stuck run are answered RunTimedOut), and the next run or open makes a fresh one. A
+        session whose runs all began later is not the stuck one: another worker's abandon replaced
+        it already, and it is left alone."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 return
-            stuck = slot.session if slot.session is not None and slot.session.busy() else None
+            session = slot.session
+            stuck = session if session is not None and session.running_since(started) else None
             if stuck is not None:
                 slot.session = None
                 slot.retired = slot.retired + stuck.counts()

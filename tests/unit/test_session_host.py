@@ -15,11 +15,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from batcher.errors import InstanceClosed, RunTimedOut
-from batcher.watchdog import ExpiredUnrun, Watchdog, _unless_expired
+from batcher.watchdog import ExpiredUnrun, Watchdog, _start_signal, _unless_expired
 from server.backends.batch_padding import Padding, ShapeChanges, StickySize
 from server.backends.host_process import PREFIX, remove_stale_host_dirs
 from server.backends.host_wire import Segment, TensorPlace, read_arrays
-from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, OpenRequest
+from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, Moved, OpenRequest
 from server.backends.onnxruntime_backend import OrtOptions
 from server.backends.session_host import SessionHost
 from server.errors import ModelRefusedInput
@@ -192,16 +192,19 @@ def test_an_abandoned_session_is_made_afresh_for_the_workers_still_using_it(tmp_
     key = opened[0][1]
     old = host._slots[key].session
     assert old is not None and host._slots[key].users == 3
-    old._running = 1  # a run in progress there: the stuck one
-    host._answer(("abandon", key), {})  # A's watchdog
+    stuck_at = time.monotonic() - 1.0
+    old._starts.append(stuck_at)  # a run in progress there since a second ago: the stuck one
+    host._answer(("abandon", key, stuck_at + 0.001), {})  # A's watchdog (it heard the start later)
     assert host._slots[key].session is None and host._slots[key].users == 2
     assert old._abandoned and old._closed
     fresh = host._session(key)  # B's next run
     assert fresh is not old
     np.testing.assert_array_equal(fresh.run(_rows(2))["y"], 2 * _rows(2)["x"])
     host._answer(("open", request), {})  # A's replacement attaches to it
-    host._answer(("abandon", key), {})  # C's watchdog, late: the session now is idle, not stuck
+    fresh._starts.append(time.monotonic())  # a healthy run of the fresh session, begun since
+    host._answer(("abandon", key, stuck_at + 0.001), {})  # C's watchdog, late: about the old run
     assert host._slots[key].session is fresh and host._slots[key].users == 2
+    fresh._starts.clear()
     host._answer(("close", key), {})
     host._answer(("close", key), {})  # the last user: closed and gone
     assert key not in host._slots and fresh._closed
@@ -216,7 +219,7 @@ def test_a_session_made_after_its_last_worker_closed_the_slot_is_not_kept(tmp_pa
     request = _host_request(tmp_path)
     key = host._answer(("open", request), {})[1]
     slot = host._slots[key]
-    host._answer(("abandon", key), {})  # idle: not abandoned, but its only user let go
+    host._answer(("abandon", key, time.monotonic()), {})  # idle: not abandoned; its only user goes
     assert key not in host._slots
     with pytest.raises(InstanceClosed):
         host._made(key, slot)
@@ -272,23 +275,25 @@ def test_a_merged_run_refused_for_one_batch_refuses_that_batch_only(tmp_path: Pa
     session.close()
 
 
-def test_runs_ended_by_an_abandon_answer_as_a_closed_instance(tmp_path: Path) -> None:
-    """onnxruntime's "terminate flag" failure of the other workers' batches in an abandoned session
-    had reached their callers as INTERNAL: they go again (InstanceClosed), nothing was computed."""
+def test_the_batches_of_a_run_an_abandon_stopped_are_answered_as_timed_out(tmp_path: Path) -> None:
+    """onnxruntime's "terminate flag" failure of the other workers' batches in the stuck run had
+    reached their callers as INTERNAL; then "its version was retired", though none was. They were in
+    the run that passed run_timeout_s: RunTimedOut, saying so."""
     session = _session(tmp_path, max_rows=16)
-    jobs = [session.submit(_rows(1)) for _ in range(2)]
-    taken = session._take()
-    session.abandon()  # the watchdog's, while these wait to run (a closed backend fails them)
-    session._run(taken)
-    assert all(isinstance(job.error, InstanceClosed) for job in jobs), [job.error for job in jobs]
-    running = [Job(_rows(1), 1) for _ in range(2)]  # two batches in the run the abandon ended
+    session.submit(_rows(1))
+    taken = session._take()  # the run in progress (taken before the abandon)
+    assert taken is not None
+    running = [Job(_rows(1), 1), *taken]
 
     def terminated(feed: object) -> None:  # what a run in progress at the abandon raises
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Exiting due to terminate flag being set to true.")
 
+    session.abandon()
     session.backend.run_blocking = terminated  # type: ignore[method-assign, assignment]
     session._run(running)
-    assert all(isinstance(job.error, InstanceClosed) for job in running), [job.error for job in running]
+    for job in running:
+        assert isinstance(job.error, RunTimedOut), job.error
+        assert "passed run_timeout_s and was stopped" in str(job.error)
 
 
 def test_a_batch_whose_turn_comes_past_its_start_by_is_left_unrun(tmp_path: Path) -> None:
@@ -435,3 +440,51 @@ def test_the_watchdog_times_a_queued_run_from_its_start_not_its_wait() -> None:
 
     with pytest.raises(RunTimedOut):
         asyncio.run(stuck())
+
+
+def test_batches_waiting_in_an_abandoned_session_run_in_the_fresh_one(tmp_path: Path) -> None:
+    """They had been answered "its version was retired" (a tester's: the same version, no reload),
+    though none of theirs was at fault: they move, and the host runs them in the slot's fresh one."""
+    session = _session(tmp_path, max_rows=16)
+    waiting = session.submit(_rows(2))
+    session.abandon()
+    assert isinstance(waiting.error, Moved) and waiting.done.is_set()
+    with pytest.raises(Moved):
+        session.submit(_rows(1))  # one submitted as it was abandoned: moves too
+    host = SessionHost()
+    request = _host_request(tmp_path)
+    key = host._answer(("open", request), {})[1]
+    first = host._slots[key].session
+    assert first is not None
+    segment = Segment(tmp_path / "seg", 4096, create=True)
+    place = TensorPlace("x", 0, (2, 4), np.dtype(np.float32).str)
+    segment.array(place)[...] = _rows(2)["x"]
+    runs = iter([Moved(), None])
+
+    def moved_once(arrays: dict[str, np.ndarray], start_by: object = None, on_start: object = None) -> dict:
+        if next(runs) is not None:  # the first session abandoned while this batch waited in it
+            host._slots[key].session = None
+            raise Moved()
+        return {"y": 2 * arrays["x"]}
+
+    first.run = moved_once  # type: ignore[method-assign, assignment]
+    reply = host._answer(("run", key, str(segment.path), segment.size, [place], None, False), {})
+    assert reply[0] == "ok"
+    np.testing.assert_array_equal(reply[1]["y"], 2 * _rows(2)["x"])  # run by the fresh session
+    assert host._slots[key].session is not first
+    segment.close()
+
+
+def test_a_start_told_after_the_loop_closed_does_not_fail_the_run() -> None:
+    """At a stop, a run still queued in the host starts after the event loop has closed: its
+    answer went to nobody, but the callback had raised into the executor thread."""
+    loop = asyncio.new_event_loop()
+
+    class Queueing:
+        def run_blocking_before(self, inputs: object, start_by: object, started: object = None) -> None:
+            raise AssertionError
+
+    _began, started = _start_signal(loop, Queueing())  # type: ignore[arg-type]
+    loop.close()
+    assert started is not None
+    started()  # no RuntimeError("Event loop is closed")
