@@ -30,6 +30,7 @@ from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, s
 from server.backends.hosted_session import HostCounts, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
+from server.backends.session_facts import SessionFacts
 from server.errors import ShuttingDown
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
@@ -51,7 +52,7 @@ class HostedIo:
     padded: bool = False
 
 
-class HostedBackend:
+class HostedBackend(SessionFacts):
     """One instance slot of a model version, run in the session host's shared session."""
 
     def __init__(
@@ -81,25 +82,9 @@ class HostedBackend:
         self._key: bytes = key
         self._inputs: list[OnnxTensor] = list(inputs)
         self._outputs: list[OnnxTensor] = list(outputs)
-        self._providers: list[str] = list(providers)
+        self._active_providers: list[str] = list(providers)
         self._device: Device = device
         self.io = HostedIo(str(mode), bool(padded))
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def inputs(self) -> list[OnnxTensor]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[OnnxTensor]:
-        return list(self._outputs)
-
-    @property
-    def active_providers(self) -> list[str]:
-        return list(self._providers)
 
     @property
     def device(self) -> Device:
@@ -113,10 +98,6 @@ class HostedBackend:
     def key(self) -> bytes:
         """The shared session's key in the host (every worker's instance of this slot has it)."""
         return self._key
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._executor
 
     async def run(self, inputs: Tensors) -> Tensors:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_blocking, inputs)

@@ -30,6 +30,7 @@ from server.backends.ort_paths import NotUtf8Path, onnxruntime_path
 from server.backends.prepared_graph import PreparedGraph
 from server.backends.row_quantization import row_quantized
 from server.backends.run_errors import is_onnxruntime_error, run_failure
+from server.backends.session_facts import SessionFacts
 from server.backends.strings import as_dict, decode_string_inputs, encode_strings
 from server.models.config_backend import backend_parameters
 from server.models.config_tensors import ReshapePlan
@@ -137,7 +138,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-class OrtBackend:
+class OrtBackend(SessionFacts):
     """One model instance. Construction loads the model and blocks: call it off the event loop."""
 
     def __init__(
@@ -315,22 +316,6 @@ class OrtBackend:
             return ort.InferenceSession(source, sess_options=so, providers=names, provider_options=options)
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def inputs(self) -> list[OnnxTensor]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[OnnxTensor]:
-        return list(self._outputs)
-
-    @property
-    def active_providers(self) -> list[str]:
-        return list(self._active_providers)
-
-    @property
     def device(self) -> Device:
         """Where the session runs (`cpu`, `cuda:0`): what it actually started with."""
         return self._io.device
@@ -338,11 +323,6 @@ class OrtBackend:
     @property
     def io(self) -> InstanceIo:
         return self._io
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        """This instance's own threads (max_workers = batches in flight), for runs off the loop."""
-        return self._executor
 
     async def run(self, inputs: Tensors) -> Tensors:
         """Run one batch in this instance's executor; BYTES tensors are object arrays of bytes.
