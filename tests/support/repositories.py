@@ -40,6 +40,13 @@ def write_model(
 
 def newer(path: Path) -> None:
     """`path` as if written again: its modification time 2 s later. A load reloads a version only
-    when its files or config changed; this makes a reload of the same bytes a real one."""
+    when its files or config changed; this makes a reload of the same bytes a real one. A link
+    (write_model links the demo's files) becomes a copy first: the time of the file behind it had
+    changed for every other test's repository linking it, and a concurrent test's reload of
+    unchanged files took it for a new version (its statistics reset; a CI run on 2026-12-04)."""
+    if path.is_symlink():
+        target = path.resolve()
+        path.unlink()
+        shutil.copyfile(target, path)
     later = path.stat().st_mtime_ns + 2_000_000_000
     os.utime(path, ns=(later, later))
