@@ -16,6 +16,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.server_process import ServerProcess
 
 STREAMS = 14
+CLIENT_WRITE_RACE = "INTERNAL: Internal error from Core"
 
 
 def frame() -> pb.ModelInferRequest:
@@ -40,7 +41,11 @@ async def test_open_streams_leave_slots_for_health_checks_and_unary_calls() -> N
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # refused: the call is over
                     outcomes.append(f"{(await call.code()).name}: {await call.details()}")
             assert outcomes.count("ok") == 6, outcomes  # max_streams: 12 // 2
-            refused = [o for o in outcomes if o != "ok"]
+            # The server's refusal of each; the client's own "Internal error from Core" where its
+            # write met the call the refusal had just ended (grpc's client, not the server: its
+            # INTERNAL would carry our message; 1 of 8 refusals in a CI run on 2026-12-04).
+            refused = [o for o in outcomes if o != "ok" and o != CLIENT_WRITE_RACE]
+            assert len(refused) >= len(outcomes) - 6 - 1, outcomes
             assert all("RESOURCE_EXHAUSTED" in o and "max_streams=6" in o for o in refused), refused
             health = health_pb2_grpc.HealthStub(channel)
             checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
