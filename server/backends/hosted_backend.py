@@ -134,7 +134,7 @@ class HostedBackend(SessionFacts):
 
             try:
                 where = (str(segment.path), segment.size, places)
-                reply = self._call(("run", self._key, *where, start_by, True), began)
+                reply = self._call(("run", self._key, *where, start_by), began)
             finally:
                 with self._lock:
                     self._started.pop(run, None)
@@ -235,9 +235,10 @@ class HostedBackend(SessionFacts):
         self._release(abandon=False)
 
     def abandon(self) -> None:
-        """A run outlived the watchdog. Stuck in the host: the host abandons the shared session if a
-        run is in progress there (the other workers' batches in it go again, InstanceClosed), and
-        the next run or open makes a fresh one. Stuck here: only this instance is let go."""
+        """A run outlived the watchdog. Stuck in the host: the host abandons the shared session if
+        the run this instance heard start is in progress there (the run's other batches are answered
+        RunTimedOut, those waiting move to the fresh session the next run or open makes). Stuck
+        here: only this instance is let go."""
         self._release(abandon=True)
 
 

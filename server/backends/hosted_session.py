@@ -16,7 +16,7 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,10 +213,13 @@ class HostedSession:
     def _full(self) -> bool:
         """Whether the waiting batches that fit the first fill a run (max_batch_size, or the size
         a padded session pads to now); without merging (max_batch_size 0) any batch is a run."""
-        first = self._jobs[0]
-        size = self._sticky.current if self._sticky is not None else 0
-        limit = size if size > 0 else self.max_rows
-        return limit <= 0 or sum(job.rows for job in self._jobs if job.fits_with(first)) >= limit
+        limit = self._padded_size() or self.max_rows
+        first, *behind = self._jobs
+        return limit <= 0 or _rows_that_fit(first, behind) >= limit
+
+    def _padded_size(self) -> int:
+        """The size a padded session pads its runs to now (0: it does not pad, or has not run)."""
+        return self._sticky.current if self._sticky is not None else 0
 
     def _cut(self) -> list[Job]:
         taken = [self._jobs.popleft()]
@@ -245,11 +248,10 @@ class HostedSession:
         64 padded to 64, twice the device's time for the rows); cut at the size, the size settles
         at the half (shrink 2) and holds. The size grows only after GROW_AFTER runs in a row left
         more rows waiting than it holds (a load that grew), never at one burst (a plan build)."""
-        size = self._sticky.current if self._sticky is not None else 0
+        size = self._padded_size()
         if self.max_rows <= 0 or size <= 0:
             return self.max_rows
-        waiting = first.rows + sum(job.rows for job in self._jobs if job.fits_with(first))
-        if waiting <= size:
+        if _rows_that_fit(first, self._jobs) <= size:
             self._outgrown = 0
             return size
         self._outgrown += 1
@@ -277,12 +279,11 @@ class HostedSession:
         try:
             self._run_merged(taken, rows)
         finally:
-            with self._cond:
+            with self._cond:  # (two runners on a GPU)
                 self._starts.remove(began)
-        with self._cond:  # (two runners on a GPU)
-            self.runs += 1
-            self.rows += sum(rows)
-            self.merged += len(taken) > 1
+                self.runs += 1
+                self.rows += sum(rows)
+                self.merged += len(taken) > 1
         for job in taken:
             job.done.set()
 
@@ -358,6 +359,17 @@ def _fail_all(jobs: list[Job], err: BaseException) -> None:
     """Each batch of a run gets the run's error."""
     for job in jobs:
         job.error = err
+
+
+def _rows_that_fit(first: Job, behind: Iterable[Job]) -> int:
+    """The rows of `first` and of the batches behind it that a run takes with it: those that fit it,
+    up to the first that does not (runs keep the arrival order, as _cut takes them)."""
+    rows = first.rows
+    for job in behind:
+        if not job.fits_with(first):
+            break
+        rows += job.rows
+    return rows
 
 
 def _row_wise(outputs: Tensors, rows: int) -> bool:

@@ -204,7 +204,7 @@ class InstanceFactory:
             shared.fingerprint,
         )
         try:
-            return HostedBackend(self._shared.socket, request, executor, reshape=self._reshape)
+            return HostedBackend(shared.socket, request, executor, reshape=self._reshape)
         except Unhostable as why:
             log.warning("model %s: instance %d runs here, not in the session host: %s", self._name, slot, why)
             return None

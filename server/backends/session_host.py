@@ -121,10 +121,10 @@ class SessionHost:
     ) -> tuple[Any, ...]:
         kind = message[0]
         if kind == "run":
-            _, key, path, size, places, start_by, wants_started = message
+            _, key, path, size, places, start_by = message
             segment = _mapped(segments, path, size)
             # The worker's watchdog times the run from its start here, not from its wait for a turn.
-            on_start = partial(send, conn, ("started",)) if wants_started and conn is not None else None
+            on_start = partial(send, conn, ("started",)) if conn is not None else None
             arrays = read_arrays(segment, places)
             for _ in range(MOVES):
                 try:

@@ -468,7 +468,7 @@ def test_batches_waiting_in_an_abandoned_session_run_in_the_fresh_one(tmp_path: 
         return {"y": 2 * arrays["x"]}
 
     first.run = moved_once  # type: ignore[method-assign, assignment]
-    reply = host._answer(("run", key, str(segment.path), segment.size, [place], None, False), {})
+    reply = host._answer(("run", key, str(segment.path), segment.size, [place], None), {})
     assert reply[0] == "ok"
     np.testing.assert_array_equal(reply[1]["y"], 2 * _rows(2)["x"])  # run by the fresh session
     assert host._slots[key].session is not first
