@@ -242,7 +242,7 @@ def check_provider(
         report.rows.extend(skipped(label, plan, OUT_OF_TIME, raw=False))
         report.rows.extend(perf_analyzer_skipped(label, plan, OUT_OF_TIME) if tool else [])
         return
-    extra = ["--allow-client-shm"] if tool and plan.server_workers == 1 else []  # one process's regions
+    extra = ["--allow-client-shm"] if tool else []  # perf_analyzer's regions (every worker's under several)
     extra += ["--workers", str(plan.server_workers)] if plan.server_workers > 1 else []
     extra += plan.server_args
     server = SpawnedServer(work / "server-cache", ["--model-repository", str(copy), *extra], watch=COUNTED)
@@ -300,10 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-arg", action="append", default=[], help="a further `serve` flag (repeatable; '--x=y' form)"
     )
+    parser.add_argument(
+        "--pa-model", action="append", default=[], choices=("resnet", "resnet_u8"),
+        help="perf_analyzer's models (repeatable; default both resnets)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     target = args.path or Path(os.environ.get("OUT") or "out/gpu_check")
     plan = plan_for(args.dry, args.instances, args.client_processes, args.server_workers)
     plan = dataclasses.replace(plan, server_args=tuple(args.server_arg))
+    if args.pa_model:
+        plan = dataclasses.replace(plan, pa_models=tuple(args.pa_model))
     asked = {name.strip() for name in args.providers.split(",")}
     chosen = [p for p in PROVIDERS if p.key in asked]
     counts = (args.instances, args.client_processes, args.server_workers, args.budget_s)

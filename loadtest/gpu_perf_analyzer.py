@@ -28,7 +28,6 @@ from loadtest.model_statistics import batches_run, rows_and_runs
 from loadtest.perf_analyzer_table import run_perf_analyzer
 from loadtest.server_metrics import padded_shape_changes
 
-MODELS = ("resnet", "resnet_u8")  # the large-input models; the MLP's 256 bytes need no shared memory
 CUDA_MODELS = ("resnet",)  # the 0.8-of-raw target's model, through CUDA shared memory on a GPU
 WINDOWS = 3
 OUTPUT_SHM_BYTES = 64 * 1024  # the resnets' logits: 1000 FP32 a row
@@ -51,11 +50,11 @@ def point_s(plan: Plan) -> float:
 
 
 def transports(plan: Plan, model: str) -> tuple[str, ...]:
-    """The ways `model`'s tensors reach the server: over the wire only with several server workers
-    (a client's region is registered with one worker, its requests go to any), CUDA shared memory
-    only on a GPU run."""
+    """The ways `model`'s tensors reach the server: over the wire and through system shared memory
+    (every worker's regions under several, shm_book.py), CUDA shared memory only on a GPU run with
+    one server process (a CUDA region is one process's)."""
     if plan.server_workers > 1:
-        return (PA_WIRE,)
+        return (PA_WIRE, PA_SHM)
     cuda = (PA_CUDA,) if model in CUDA_MODELS and not plan.dry else ()
     return (PA_WIRE, PA_SHM, *cuda)
 
@@ -63,7 +62,7 @@ def transports(plan: Plan, model: str) -> tuple[str, ...]:
 def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
     return [
         Row(m, label, kind, n, note=note)
-        for m in MODELS
+        for m in plan.pa_models
         for kind in transports(plan, m)
         for n in levels(plan)
     ]
@@ -72,11 +71,14 @@ def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
 def perf_analyzer_context(tool: Path, plan: Plan) -> str:
     """The report's line on how the perf_analyzer rows were taken."""
     head = (
-        f"perf_analyzer: {tool}; {', '.join(MODELS)} at {', '.join(map(str, levels(plan)))} in flight on "
-        f"the GPU providers' servers, {WINDOWS} windows of {window_ms(plan)} ms, "
+        f"perf_analyzer: {tool}; {', '.join(plan.pa_models)} at {', '.join(map(str, levels(plan)))} in "
+        f"flight on the GPU providers' servers, {WINDOWS} windows of {window_ms(plan)} ms, "
     )
     if plan.server_workers > 1:  # two statistics reads may reach two workers: no batch from them
-        return head + f"over the wire only ({plan.server_workers} server workers); no avg batch"
+        return head + (
+            f"over the wire and with --shared-memory system ({plan.server_workers} server workers; "
+            "--allow-client-shm); no avg batch"
+        )
     return head + (
         "over the wire and with --shared-memory system (and cuda for "
         f"{', '.join(CUDA_MODELS)} on a GPU; --allow-client-shm); avg batch from ModelStatistics"
@@ -110,7 +112,7 @@ def perf_analyzer_rows(
     resnet with CUDA shared memory on a GPU); the padded shape changes during each point in its
     note, where the server pads."""
     rows: list[Row] = []
-    for model in MODELS:
+    for model in plan.pa_models:  # (the MLP's 256 bytes need no shared memory)
         for kind in transports(plan, model):
             for level in levels(plan):
                 if budget.left() < point_s(plan) + POINT_SLACK_S:

@@ -38,6 +38,7 @@ class Plan:
     min_runs: int = 3
     server_workers: int = 1  # `serve --workers`: server processes, each with its own instances
     server_args: tuple[str, ...] = ()  # more `serve` flags, e.g. --shared-sessions gpu
+    pa_models: tuple[str, ...] = ("resnet", "resnet_u8")  # perf_analyzer's (the large-input models)
 
     @property
     def max_rows(self) -> int:

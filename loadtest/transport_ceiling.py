@@ -3,13 +3,14 @@ averages its 602 KB input (3x224x224 FP32), served on this machine's CPU, driven
 over the wire and with system shared memory, with the server's CPU per row.
 
     .venv/bin/python -m loadtest.transport_ceiling [--concurrency 16,64] [--rounds 2] [--workers 1]
-        [--perf-analyzer PATH]
+        [--server-arg=--shared-sessions=all ...] [--perf-analyzer PATH]
 
 Why: on an H200 the served resnet did 0.12 of raw onnxruntime's best batch (BENCHMARKS.md section
 16), 602 KB a request into one Python process. This bounds the request path alone: what any
 model with that input could be served at by one process on this machine, wire against shared
-memory. The model file is written to a temporary repository and removed; the server binds only
-127.0.0.1; every perf_analyzer point is time-boxed (loadtest/gpu_perf_analyzer.py).
+memory (every worker's regions with `--workers`, server/protocol/shm_book.py). The model file is
+written to a temporary repository and removed; the server binds only 127.0.0.1; every
+perf_analyzer point is time-boxed (loadtest/gpu_perf_analyzer.py).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="16,64")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1, help="`serve --workers` (wire only when > 1)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers`")
+    parser.add_argument("--server-arg", action="append", default=[], help="a further `serve` flag ('--x=y')")
     parser.add_argument("--perf-analyzer", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -108,15 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     levels = [int(n) for n in args.concurrency.split(",")]
     plan = dataclasses.replace(plan_for(False), served_s=3.0)  # windows of 1.5 s, three a point
-    modes = (False,) if args.workers > 1 else (False, True)  # client shared memory: one process only
-    extra = ["--workers", str(args.workers)] if args.workers > 1 else ["--allow-client-shm"]
+    extra = ["--allow-client-shm", "--workers", str(args.workers), *args.server_arg]
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         write_model(repo)
         with SpawnedServer(Path(tmp) / "cache", ["--model-repository", str(repo), *extra]) as server:
             for round_ in range(1, args.rounds + 1):
                 for level in levels:
-                    for shm in modes:
+                    for shm in (False, True):
                         line = point(tool, server, level, shm, plan, args.workers)
                         print(
                             f"round {round_} {level} in flight {'shm ' if shm else 'wire'}: {line}",

@@ -19,8 +19,9 @@
 # (1: instances of the group on GPU 0); GPU_CHECK_CLIENT_PROCESSES (4: the load generator's);
 # GPU_CHECK_SERVER_WORKERS (1: `serve --workers`, server processes each with its own instances);
 # GPU_CHECK_PERF_ANALYZER (a perf_analyzer to run, 0 for none; default the venv's, installed from
-# the wheelhouse or the index: the resnets through it, over the wire and with shared memory, over the
-# wire only with several server workers); GPU_CHECK_MPS=1 (start NVIDIA's MPS daemon for the
+# the wheelhouse or the index: the resnets through it, over the wire and with system shared memory,
+# and CUDA shared memory for resnet with one server process); GPU_CHECK_PA_MODELS (perf_analyzer's
+# models, comma-separated: resnet, resnet_u8; default both); GPU_CHECK_MPS=1 (start NVIDIA's MPS daemon for the
 # measurement and stop it after: several server workers' CUDA contexts then share the GPU at once);
 # GPU_CHECK_TESTS=0 (the GPU tests not run: a rerun on a machine that ran them);
 # GPU_CHECK_SERVER_ARGS (more `serve` flags, space-separated, each --name=value, e.g.
@@ -274,6 +275,10 @@ flags+=(--instances "${GPU_CHECK_INSTANCES:-1}" --client-processes "${GPU_CHECK_
 flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
 for flag in ${GPU_CHECK_SERVER_ARGS:-}; do # e.g. "--shared-sessions=gpu --max-batches-in-flight=2"
   flags+=("--server-arg=$flag")
+done
+pa_models=${GPU_CHECK_PA_MODELS:-}
+for model in ${pa_models//,/ }; do # e.g. "resnet"
+  flags+=("--pa-model=$model")
 done
 # perf_analyzer: GPU_CHECK_PERF_ANALYZER names one (0: none), else the venv's: the wheel's binary
 # itself, not its console script (which exits 0 whatever the tool did, and leaves it running when

@@ -5,12 +5,15 @@
 #
 #   shared   8 server workers, their GPU sessions in the session host (--shared-sessions=gpu,
 #            --max-batches-in-flight=2): one CUDA context, the workers' batches merged;
-#            the GPU tests run here (they hold the shared-session test)
+#            the GPU tests run here (they hold the shared-session test); and perf_analyzer on
+#            resnet, over the wire and through system shared memory (every worker's regions):
+#            the 602 KB inputs off the wire, where the workers' intake was the limit
 #   workers  8 server workers, each its own CUDA context (session 37's run C: 0.46 of raw)
 #   mps      the same under NVIDIA's MPS daemon (GPU_CHECK_MPS=1): contexts at once, not in turn
 #
-# Each step is scripts/gpu_check.sh with 8 client processes, the CUDA provider only and no
-# perf_analyzer (it stalled against 8 workers in session 37), in OUT/<step>; its log lines go to
+# Each step is scripts/gpu_check.sh with 8 client processes and the CUDA provider only, in
+# OUT/<step>; perf_analyzer in the first step only (it stalled against 8 workers in session 37, at
+# 64 in flight over the wire; its points are time-boxed); its log lines go to
 # OUT/session.log. The whole call is bounded by GPU_SESSION_LIMIT_S (520 s: under the device
 # tool's 600 s a call, with the machine's start and the wheelhouse carries before it); a step
 # starts only with 60 s left, and gets at most its share. The wheelhouse: GPU_CHECK_WHEELHOUSE
@@ -30,7 +33,6 @@ log="$out/session.log"
 common=(
   "GPU_CHECK_WHEELHOUSE=${GPU_CHECK_WHEELHOUSE:-/tmp/wh}" GPU_CHECK_SYSTEM_SITE=1
   GPU_CHECK_PROVIDERS=cuda GPU_CHECK_SERVER_WORKERS=8 GPU_CHECK_CLIENT_PROCESSES=8
-  GPU_CHECK_PERF_ANALYZER=0
 )
 
 run_step() { # NAME MAX_S VAR=VALUE...: one check, bounded by its share and what is left
@@ -49,9 +51,12 @@ run_step() { # NAME MAX_S VAR=VALUE...: one check, bounded by its share and what
 
 for step in ${GPU_SESSION_STEPS:-shared workers mps}; do
   case $step in
-    shared) run_step shared 250 GPU_CHECK_SERVER_ARGS="--shared-sessions=gpu --max-batches-in-flight=2" ;;
-    workers) run_step workers 130 GPU_CHECK_TESTS=0 ;;
-    mps) run_step mps 140 GPU_CHECK_TESTS=0 GPU_CHECK_MPS=1 ;;
+    shared)
+      run_step shared 300 GPU_CHECK_SERVER_ARGS="--shared-sessions=gpu --max-batches-in-flight=2" \
+        GPU_CHECK_PA_MODELS=resnet
+      ;;
+    workers) run_step workers 120 GPU_CHECK_TESTS=0 GPU_CHECK_PERF_ANALYZER=0 ;;
+    mps) run_step mps 100 GPU_CHECK_TESTS=0 GPU_CHECK_MPS=1 GPU_CHECK_PERF_ANALYZER=0 ;;
     *) echo "GPU_SESSION_STEPS: '$step' is not one of shared, workers, mps" | tee -a "$log" ;;
   esac
 done

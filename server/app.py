@@ -47,7 +47,7 @@ from server.protocol.malformed import add_service
 from server.protocol.message_wait import message_waits_for
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
-from server.protocol.shared_memory import SharedMemoryRegistry
+from server.protocol.shared_memory import system_registry
 from server.protocol.side_streams import LimitedHealth, LimitedReflection
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port
@@ -141,17 +141,14 @@ class SluicewayServer:
         if self.tracing is not None:  # spans lost on their way out
             self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
         self.metrics_port = 0  # bound once started (0: metrics off)
-        self.shared_memory = SharedMemoryRegistry(
-            allowed=settings.allow_client_shm,
-            max_regions=settings.max_shm_regions,
-            max_bytes=settings.max_shm_bytes,
-        )
+        self.shared_memory = system_registry(settings)  # every worker's regions under --workers
         cuda_shm = cuda_shared_memory(  # CUDA IPC regions where a GPU is present, else a refusal
             onnxruntime.get_available_providers(),
             allowed=settings.allow_client_shm,
             max_regions=settings.max_shm_regions,
             max_bytes=settings.max_shm_bytes,
             taken=self.shared_memory.has,
+            one_process=settings.rollout_share_dir is None,
         )
         self.shared_memory.device_regions = cuda_shm  # requests name either kind of region
         # Stream reads wait a tick while the loop lags and new calls wait (loop_pace.py).

@@ -114,7 +114,8 @@ class ServerSettings(BaseSettings):
     # System shared memory (README "Shared memory"): clients on this host register POSIX shm
     # objects and pass tensors through them. Off by default, as Triton's --allow-client-shm: the
     # server reads and writes what a client registers. Bounded: regions mapped at once (those
-    # unregistered while a request still uses them included) and their bytes.
+    # unregistered while a request still uses them included) and their bytes. Under `workers` > 1
+    # the regions are the server's (a registration through one worker is every worker's).
     allow_client_shm: bool = False
     max_shm_regions: int = Field(default=256, ge=1)
     max_shm_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1)
@@ -186,7 +187,8 @@ class ServerSettings(BaseSettings):
     # Set by the parent in its workers only: this worker's number (0..workers-1), in its log lines.
     worker_index: int | None = Field(default=None, ge=0)
     # Set by the parent in its workers only: the private directory (0700) where a worker's automatic
-    # rollback is written for the others to follow (server/models/rollout_share.py).
+    # rollback is written for the others to follow (server/models/rollout_share.py), and the system
+    # shared-memory registrations every worker sees (server/protocol/shm_book.py).
     rollout_share_dir: Path | None = None
     # With `workers` > 1: the onnxruntime sessions of GPU instances ("gpu") or of every instance
     # ("all") live in one session host process that runs the workers' batches together
@@ -282,14 +284,6 @@ class ServerSettings(BaseSettings):
     def _grpc_args(cls, text: str | None) -> str | None:
         parse_grpc_args(text or "")
         return text
-
-    @field_validator("workers", mode="after")
-    @classmethod
-    def _workers(cls, workers: int, info: ValidationInfo) -> int:
-        if workers > 1 and info.data.get("allow_client_shm"):
-            # Each worker has its own regions, and a client's connections may reach different ones.
-            raise ValueError("allow_client_shm needs workers=1: shared memory regions are per process")
-        return workers
 
     @model_validator(mode="after")
     def _across(self) -> ServerSettings:

@@ -226,10 +226,16 @@ def cuda_shared_memory(
     max_bytes: int = 1,
     taken: Callable[[str], bool] = lambda name: False,
     loader: Callable[[], CudaRuntime] = load_cudart,
+    one_process: bool = True,
 ) -> CudaSharedMemory:
     """The CUDA shared-memory implementation for this server: regions over IPC handles when its
-    onnxruntime offers CUDA, a GPU answers and registration is allowed; else a refusal saying why.
-    (The runtime is touched only when allowed: allow_client_shm implies one worker process.)"""
+    onnxruntime offers CUDA, a GPU answers, registration is allowed and the server is one process;
+    else a refusal saying why. (The runtime is touched only then.)"""
+    if not one_process:  # a region registered through one worker is unknown to the others
+        return NoCudaSharedMemory(
+            "CUDA shared memory needs one server process (--workers 1): under --workers only "
+            "system shared memory regions are every worker's"
+        )
     listed = ", ".join(available_providers) or "none"
     if CUDA_PROVIDER not in available_providers:
         return NoCudaSharedMemory(

@@ -10,6 +10,10 @@ it), while each request holds the Region it resolved, and the numpy views of its
 mapping. The mapping is unmapped and its descriptor closed when the last holder lets go (a
 weakref.finalize on the mmap object), and only then stop it counting against the limits. That can
 happen on any thread (the last holder may be an executor's), hence the lock.
+
+Under `--workers N` the registrations are the server's, not a worker's (shm_book.py): a region
+registered through one worker is mapped by another the first time one of its requests names it,
+and a mapping is dropped once the book says its name was unregistered (or registered again).
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, RegionExists, RegionNotFound, Unsupported
+from server.protocol.shm_book import ShmBook, new_entry
 from server.protocol.shm_regions import SHM_DIR, Region, SharedRegion, mapped_bytes, open_region
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
 from server.shm_regions_book import drop, over_limit, pick
 
 DISABLED_MESSAGE = (
@@ -48,7 +56,15 @@ class DeviceRegions(Protocol):
 
 
 class SharedMemoryRegistry:
-    def __init__(self, *, allowed: bool, max_regions: int, max_bytes: int, directory: Path = SHM_DIR) -> None:
+    def __init__(
+        self,
+        *,
+        allowed: bool,
+        max_regions: int,
+        max_bytes: int,
+        directory: Path = SHM_DIR,
+        book: ShmBook | None = None,
+    ) -> None:
         self.allowed = allowed
         self.max_regions = max_regions
         self.max_bytes = max_bytes
@@ -60,9 +76,14 @@ class SharedMemoryRegistry:
         self._live = 0  # mappings not yet released: registered, or unregistered but still in use
         self._live_bytes = 0
         self.device_regions: DeviceRegions | None = None  # set by the app where CUDA regions exist
+        self._book = book  # every worker's registrations (--workers), else None: this process's
+        self._ids: dict[str, str] = {}  # the book's entry each mapped region is
+        self._seen = book.generation() if book is not None else 0
 
     def has(self, name: str) -> bool:
         """Whether a system region has this name (CUDA registration refuses it too)."""
+        if self._book is not None:
+            return self._book.get(name) is not None
         return name in self._regions
 
     @property
@@ -77,23 +98,32 @@ class SharedMemoryRegistry:
             raise InvalidRequest("cannot register a shared memory region without a name")
         with self._lock:
             cuda = self.device_regions is not None and self.device_regions.lookup(name) is not None
-            if name in self._regions or cuda:  # Triton's wording
+            if self.has(name) or cuda:  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
         region = open_region(name, key, offset, byte_size, self._directory)
         size = mapped_bytes(region)
-        refused = self._admit(region, size)
+        entry = new_entry(name, key, offset, byte_size, size)
+        if self._book is not None:
+            try:  # the server's limits, and its one name, across the workers
+                self._book.add(entry, self.max_regions, self.max_bytes)
+            except BaseException:
+                _close(region)
+                raise
+            self._refresh(self._book)  # a mapping left here of the name's last registration goes
+        refused = self._admit(region, size, entry.id)
         if refused is not None and self._live > len(self._regions):
             # Unregistered mappings still count: those a finished request left in a reference cycle
             # (a failed one's traceback) go with a collection, so try once more after one.
             gc.collect()
-            refused = self._admit(region, size)
+            refused = self._admit(region, size, entry.id)
         if refused is not None:
-            region.mapping.close()  # nothing else has seen it
-            os.close(region.fd)
+            _close(region)  # nothing else has seen it
+            if self._book is not None:
+                self._book.remove(name)
             raise refused
         weakref.finalize(region.mapping, self._released, region.fd, size)
 
-    def _admit(self, region: Region, size: int) -> Exception | None:
+    def _admit(self, region: Region, size: int, entry_id: str) -> Exception | None:
         """Add `region` within the limits, or the error saying which one it would pass."""
         name = region.name
         with self._lock:
@@ -106,6 +136,7 @@ class SharedMemoryRegistry:
             if refused is not None:
                 return refused
             self._regions[name] = region
+            self._ids[name] = entry_id
             self._live += 1
             self._live_bytes += size
         return None
@@ -118,6 +149,9 @@ class SharedMemoryRegistry:
 
     def status(self, name: str) -> Sequence[RegionInfo]:
         """The named region, or every region when `name` is empty (RegionNotFound if unknown)."""
+        if self._book is not None:
+            entries = pick({e.name: e for e in self._book.entries()}, name, "system")
+            return [RegionInfo(e.name, e.key, e.offset, e.byte_size) for e in entries]
         with self._lock:
             regions = pick(self._regions, name, "system")
         return [RegionInfo(r.name, r.key, r.offset, r.byte_size) for r in regions]
@@ -125,14 +159,20 @@ class SharedMemoryRegistry:
     def unregister(self, name: str) -> None:
         """Forget the named region (every region when `name` is empty); unknown names are fine."""
         self._check_allowed()
+        if self._book is not None:
+            self._book.remove(name)
         with self._lock:
             dropped = drop(self._regions, name)
+            for gone in dropped:
+                self._ids.pop(gone.name, None)
         # Unmapped by their finalizers once no request holds them (now, when none does).
         del dropped
 
     def lookup(self, name: str) -> SharedRegion:
         """The region a request names (system, else CUDA), for that request to hold while it uses it."""
         region: SharedRegion | None = self._regions.get(name)  # a dict read: atomic, no lock needed
+        if self._book is not None and (region is None or self._book.generation() != self._seen):
+            region = self._from_book(name)
         if region is None and self.device_regions is not None:
             region = self.device_regions.lookup(name)
         if region is None:
@@ -141,13 +181,69 @@ class SharedMemoryRegistry:
             raise RegionNotFound(f"Unable to find shared memory region: '{name}'")
         return region
 
+    def _from_book(self, name: str) -> Region | None:
+        """Under --workers: the named region as the book has it now, mapped here the first time."""
+        assert self._book is not None
+        self._refresh(self._book)
+        region = self._regions.get(name)
+        if region is not None:
+            return region
+        entry = self._book.get(name)
+        if entry is None:
+            return None
+        region = open_region(entry.name, entry.key, entry.offset, entry.byte_size, self._directory)
+        size = mapped_bytes(region)
+        refused = self._admit(region, size, entry.id)
+        if isinstance(refused, RegionExists):  # mapped meanwhile by another of this worker's requests
+            _close(region)
+            return self._regions.get(name)
+        if refused is not None:
+            _close(region)
+            raise refused
+        weakref.finalize(region.mapping, self._released, region.fd, size)
+        return region
+
+    def _refresh(self, book: ShmBook) -> None:
+        """After an Unregister anywhere (the book's generation moved), drop the mappings whose entry
+        is gone or new (requests holding one keep it)."""
+        generation = book.generation()  # (read first: an Unregister after it moves it again)
+        if generation == self._seen:
+            return
+        with self._lock:
+            for mapped, entry_id in list(self._ids.items()):
+                entry = book.get(mapped)
+                if entry is None or entry.id != entry_id:
+                    drop(self._regions, mapped)
+                    del self._ids[mapped]
+            self._seen = generation
+
     def close(self) -> None:
         """At shutdown: forget every region (mappings go with their last holder)."""
         with self._lock:
             dropped = list(self._regions.values())
             self._regions.clear()
+            self._ids.clear()
         del dropped
+        if self._book is not None:
+            self._book.close()
 
     def _check_allowed(self) -> None:
         if not self.allowed:
             raise Unsupported(DISABLED_MESSAGE)
+
+
+def _close(region: Region) -> None:
+    """A region nothing else has seen: unmapped and closed now."""
+    region.mapping.close()
+    os.close(region.fd)
+
+
+def system_registry(settings: ServerSettings) -> SharedMemoryRegistry:
+    """The server's registry; under --workers over the book in the parent's share directory."""
+    shared = settings.rollout_share_dir if settings.allow_client_shm else None
+    return SharedMemoryRegistry(
+        allowed=settings.allow_client_shm,
+        max_regions=settings.max_shm_regions,
+        max_bytes=settings.max_shm_bytes,
+        book=ShmBook(shared) if shared is not None else None,
+    )

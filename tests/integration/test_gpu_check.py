@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from loadtest.gpu_check import MODELS, PROVIDERS, mentions, plan_for
-from loadtest.gpu_perf_analyzer import MODELS as PA_MODELS
 from loadtest.gpu_perf_analyzer import levels
 from loadtest.gpu_report import PA_SHM, PA_WIRE, RAW, SERVED
 from tests.support.once import GPU_DRY_RUN, once_per_command
@@ -28,6 +27,7 @@ NUMBER = re.compile(r"^-?[\d,]+\.\d+$")
 # The dry run (~33 s of one test worker on a slow day) once per test command, on the newest of its
 # Pythons: it exercises the script's path, not the Python (the GPU image runs 3.12).
 ONCE = once_per_command(GPU_DRY_RUN)
+PA_MODELS = plan_for(dry=True).pa_models  # perf_analyzer's, by default
 
 
 @pytest.fixture(scope="module")

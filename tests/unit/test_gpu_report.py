@@ -197,10 +197,10 @@ def test_perf_analyzer_rows_of_a_provider_that_did_not_start_say_so() -> None:
     assert wire.endswith("| the provider did not start: CPU figures |")
 
 
-def test_perf_analyzer_goes_over_the_wire_only_to_several_server_workers() -> None:
-    """A client's shared-memory region is registered with one worker and its requests reach any, so
-    with several workers perf_analyzer measures the wire alone (it was left out entirely); CUDA
-    shared memory is tried on a GPU run, for resnet."""
+def test_perf_analyzer_takes_system_shared_memory_to_several_server_workers() -> None:
+    """A system region registered through one worker is every worker's (shm_book.py), so with several
+    workers perf_analyzer measures the wire and system shared memory (CUDA regions stay one
+    process's); CUDA shared memory is tried on a GPU run with one process, for resnet."""
     from loadtest.gpu_perf_analyzer import perf_analyzer_context, transports
 
     gpu, dry = plan_for(dry=False), plan_for(dry=True)
@@ -208,9 +208,9 @@ def test_perf_analyzer_goes_over_the_wire_only_to_several_server_workers() -> No
     assert transports(gpu, "resnet_u8") == (PA_WIRE, PA_SHM)
     assert transports(dry, "resnet") == (PA_WIRE, PA_SHM)
     workers = plan_for(dry=False, server_workers=8)
-    assert transports(workers, "resnet") == transports(workers, "resnet_u8") == (PA_WIRE,)
+    assert transports(workers, "resnet") == transports(workers, "resnet_u8") == (PA_WIRE, PA_SHM)
     said = perf_analyzer_context(Path("pa"), workers)
-    assert "over the wire only (8 server workers); no avg batch" in said and "--allow-client-shm" not in said
+    assert "--shared-memory system (8 server workers; --allow-client-shm); no avg batch" in said
     assert "--allow-client-shm" in perf_analyzer_context(Path("pa"), gpu)
 
 

@@ -36,18 +36,22 @@ def test_the_three_steps_run_in_order_with_their_settings(tmp_path: Path) -> Non
     shared, workers, mps = calls
     for call in calls:
         assert "GPU_CHECK_SERVER_WORKERS=8" in call and "GPU_CHECK_CLIENT_PROCESSES=8" in call
-        assert "GPU_CHECK_PROVIDERS=cuda" in call and "GPU_CHECK_PERF_ANALYZER=0" in call
-    assert "GPU_CHECK_SERVER_ARGS=--shared-sessions=gpu" in shared and "GPU_CHECK_LIMIT_S=250" in shared
+        assert "GPU_CHECK_PROVIDERS=cuda" in call
+    assert "GPU_CHECK_SERVER_ARGS=--shared-sessions=gpu" in shared and "GPU_CHECK_LIMIT_S=300" in shared
+    # perf_analyzer (the venv's) on resnet in the shared step only, shared memory across the workers
+    assert "GPU_CHECK_PA_MODELS=resnet" in shared and not any("PERF_ANALYZER" in c for c in shared)
+    assert "GPU_CHECK_PERF_ANALYZER=0" in workers and "GPU_CHECK_PERF_ANALYZER=0" in mps
     assert "GPU_CHECK_TESTS=0" not in shared  # the GPU tests (the shared-session one) run once, here
     assert "GPU_CHECK_TESTS=0" in workers and not any(c.startswith("GPU_CHECK_SERVER_ARGS") for c in workers)
-    assert "GPU_CHECK_MPS=1" in mps and "GPU_CHECK_LIMIT_S=140" in mps
+    assert "GPU_CHECK_MPS=1" in mps and "GPU_CHECK_LIMIT_S=100" in mps
     assert (tmp_path / "out" / "resnet_rows.md").read_text().count("| resnet |") == 3
 
 
 def test_a_step_gets_no_more_than_the_call_has_left_and_none_under_a_minute(tmp_path: Path) -> None:
     calls, log = _session(tmp_path, GPU_SESSION_LIMIT_S="100", GPU_SESSION_STEPS="workers mps")
     assert len(calls) == 2, log  # (the stand-in takes no time: the second has the 100 s still)
-    assert all("GPU_CHECK_LIMIT_S=100" in call for call in calls)  # 130 and 140 cut to the call's 100
+    assert "GPU_CHECK_LIMIT_S=100" in calls[0]  # 120 cut to the call's 100
+    assert "GPU_CHECK_LIMIT_S=100" in calls[1]
     assert "GPU_CHECK_MPS=1" in calls[1] and "shared" not in log
     (tmp_path / "short").mkdir()
     calls, log = _session(tmp_path / "short", GPU_SESSION_LIMIT_S="50")

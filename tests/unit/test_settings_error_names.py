@@ -17,7 +17,6 @@ __all__ = ["clean_environment"]  # autouse: no SLUICEWAY_* leaks in, and nothing
     ("flags", "named"),
     [
         (("--workers", "2", "--model-control-mode", "explicit"), "invalid settings: "),
-        (("--workers", "2", "--allow-client-shm"), "invalid setting 'workers': "),
         (
             (
                 "--workers",

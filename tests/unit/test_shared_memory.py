@@ -196,15 +196,14 @@ def test_cuda_seam_says_why_it_refuses() -> None:
         gpu.register("g", b"", 0, 8)
 
 
-def test_settings_refuse_shared_memory_with_several_workers_and_bad_grpc_args() -> None:
+def test_settings_take_shared_memory_with_several_workers_and_refuse_bad_grpc_args() -> None:
     from pydantic import ValidationError
 
     from server.settings import ServerSettings
     from server.settings_rules import parse_grpc_args
 
-    with pytest.raises(ValidationError, match="allow_client_shm needs workers=1"):
-        ServerSettings(allow_client_shm=True, workers=2)
-    assert ServerSettings(allow_client_shm=True).workers == 1
+    # Regions are every worker's (shm_book.py): no longer refused with workers > 1.
+    assert ServerSettings(allow_client_shm=True, workers=2).workers == 2
     assert parse_grpc_args("grpc.http2.lookahead_bytes=4194304, grpc.a=-1") == [
         ("grpc.http2.lookahead_bytes", 4194304),
         ("grpc.a", -1),

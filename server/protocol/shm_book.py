@@ -1,0 +1,137 @@
+"""Under `--workers N`: the system shared-memory registrations every worker sees, kept as files in
+the workers' share directory (the `--workers` parent's, mode 0700, removed when it exits).
+
+A client's connections reach different workers (SO_REUSEPORT), so a region registered through one
+was unknown to the others, and client shared memory needed one server process. Here a registration
+is an entry file, written whole and renamed into place, its name a hash of the region's; Status
+reads the entries; Unregister removes them and bumps a counter every worker maps. A worker maps a
+region the first time one of its requests names it (shared_memory.py), and checks its mappings
+against the entries again only after the counter moved: a request's lookup is one read of it.
+
+Register and Unregister hold an exclusive flock on `lock` (a fresh open per call, so threads of one
+process exclude each other too): one name is registered once across the workers, and the limits
+(max_shm_regions, max_shm_bytes) are the server's, not each worker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import struct
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from server.errors import RegionExists
+from server.shm_regions_book import over_limit
+
+BOOK_DIR = "shm"
+_COUNTER = struct.Struct("=Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One registration: the region's name, its object's key, where in it, the bytes its mapping
+    takes (what max_shm_bytes counts) and an id that tells a re-registration from the one before."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    mapped: int
+    id: str
+
+
+class ShmBook:
+    """The registrations of every worker, in `share_dir`/shm."""
+
+    def __init__(self, share_dir: Path) -> None:
+        self._dir = share_dir / BOOK_DIR
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        self._lock_path = self._dir / "lock"
+        counter = self._dir / "generation"
+        fd = os.open(counter, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size < _COUNTER.size:
+                os.ftruncate(fd, _COUNTER.size)  # (every worker may: it only ever grows to 8 zeros)
+            self._counter = mmap.mmap(fd, _COUNTER.size)
+        finally:
+            os.close(fd)
+
+    def generation(self) -> int:
+        """Moves at every Unregister of any worker (a mapping this worker holds may be stale)."""
+        return int(_COUNTER.unpack_from(self._counter)[0])
+
+    def add(self, entry: Entry, max_regions: int, max_bytes: int) -> None:
+        """Record `entry`: RegionExists when its name is registered (through any worker),
+        SharedMemoryLimit when the server's regions would pass a limit."""
+        with self._locked():
+            entries = self.entries()
+            if any(e.name == entry.name for e in entries):  # Triton's wording
+                raise RegionExists(f"shared memory region '{entry.name}' already in manager")
+            live = (len(entries), sum(e.mapped for e in entries))
+            refused = over_limit(
+                f"shared memory region '{entry.name}'", entry.mapped, live, max_regions, max_bytes
+            )
+            if refused is not None:
+                raise refused
+            temporary = self._dir / f".new-{entry.id}"
+            temporary.write_text(json.dumps(asdict(entry)))
+            os.replace(temporary, self._path(entry.name))  # whole or absent to a reader
+
+    def remove(self, name: str) -> None:
+        """Forget the named region (every region when `name` is empty); unknown names are fine."""
+        with self._locked():
+            paths = list(self._entry_paths()) if not name else [self._path(name)]
+            gone = 0
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    gone += 1
+            if gone:
+                _COUNTER.pack_into(self._counter, 0, self.generation() + 1)
+
+    def get(self, name: str) -> Entry | None:
+        entry = _read(self._path(name))
+        return entry if entry is not None and entry.name == name else None
+
+    def entries(self) -> list[Entry]:
+        found = (_read(path) for path in self._entry_paths())
+        return sorted((e for e in found if e is not None), key=lambda e: e.name)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self._counter.close()
+
+    def _path(self, name: str) -> Path:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._dir / f"region-{digest}"
+
+    def _entry_paths(self) -> Iterator[Path]:
+        return self._dir.glob("region-*")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # (the lock goes with it)
+
+
+def new_entry(name: str, key: str, offset: int, byte_size: int, mapped: int) -> Entry:
+    return Entry(name, key, offset, byte_size, mapped, uuid.uuid4().hex)
+
+
+def _read(path: Path) -> Entry | None:
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return Entry(**fields)
