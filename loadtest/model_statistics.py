@@ -7,15 +7,39 @@ from collections import Counter
 
 import grpc
 
+from protos import admin_pb2 as apb
+from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+
+MAX_CONNECTIONS = 64  # fresh connections tried until every worker answered one
 
 
 def batches_run(address: str, model: str, timeout_s: float = 30.0) -> Counter[int]:
     """Batches the server has run for `model` (all versions), by batch size."""
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
-        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=timeout_s)
+        return _batches(channel, model, timeout_s)
+
+
+def every_workers_batches(address: str, model: str, workers: int, timeout_s: float = 30.0) -> Counter[int]:
+    """Under `serve --workers N`, whose workers each keep their own statistics: the batches of them
+    all, read over fresh connections until each worker has answered one (RolloutStatus names it);
+    RuntimeError after MAX_CONNECTIONS that did not reach them all."""
+    found: dict[str, Counter[int]] = {}
+    for _ in range(MAX_CONNECTIONS):
+        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            asked = apb.RolloutStatusRequest(model=model)
+            worker = apb_grpc.AdminStub(channel).RolloutStatus(asked, timeout=timeout_s).worker
+            if worker not in found:
+                found[worker] = _batches(channel, model, timeout_s)
+        if len(found) >= workers:
+            return sum(found.values(), Counter())
+    raise RuntimeError(f"{MAX_CONNECTIONS} connections reached only workers {sorted(found)} of {workers}")
+
+
+def _batches(channel: grpc.Channel, model: str, timeout_s: float) -> Counter[int]:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=timeout_s)
     return Counter({b.batch_size: b.compute_infer.count for s in stats.model_stats for b in s.batch_stats})
 
 

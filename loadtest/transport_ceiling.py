@@ -26,6 +26,7 @@ from loadtest import proc
 from loadtest.gpu_perf_analyzer import executions, run_point
 from loadtest.gpu_plan import Plan, plan_for
 from loadtest.gpu_report import PA_SHM, PA_WIRE
+from loadtest.model_statistics import every_workers_batches, rows_and_runs
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.server import SpawnedServer
 
@@ -78,17 +79,22 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def rows_run(address: str, workers: int) -> tuple[int, int]:
+    """(rows, runs) the server has run: every worker's statistics under `--workers`."""
+    if workers == 1:
+        return executions(address, MODEL)
+    return rows_and_runs(every_workers_batches(address, MODEL, workers))
+
+
 def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, workers: int) -> str:
-    """One perf_analyzer point: its rate and p50, and with one server process the batches it ran
-    and its CPU per row (several workers each keep their own statistics: those are left out)."""
+    """One perf_analyzer point: its rate and p50, the batches it ran and the server's CPU per row
+    (its processes', the session host's too)."""
     assert server.process is not None
-    before, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid)
+    before, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid)
     row = run_point(tool, server.address, MODEL, level, PA_SHM if shm else PA_WIRE, plan, 120.0)
-    after, cpu = executions(server.address, MODEL), tree_cpu_s(server.process.pid) - cpu
+    after, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid) - cpu
     rows, runs = after[0] - before[0], after[1] - before[1]
     rate, p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1e3
-    if workers > 1:
-        return f"{rate:7.1f} rows/s, p50 {p50:.1f} ms"
     return (
         f"{rate:7.1f} rows/s, avg batch {rows / max(runs, 1):.1f}, "
         f"server CPU {1e3 * cpu / max(rows, 1):.2f} ms a row, p50 {p50:.1f} ms"

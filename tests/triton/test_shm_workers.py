@@ -156,3 +156,19 @@ def test_tritonclient_registers_and_infers_through_any_worker(
     finally:
         for client in clients:
             client.close()
+
+
+def test_the_load_scripts_read_every_workers_statistics(server: ServerProcess) -> None:
+    """loadtest.model_statistics.every_workers_batches: each worker keeps its own statistics, so a
+    point's rows under --workers are read from every worker (transport_ceiling's CPU per row)."""
+    from loadtest.model_statistics import every_workers_batches, rows_and_runs
+
+    before = rows_and_runs(every_workers_batches(server.address, "mlp", 2))
+    data = np.zeros((2, 64), np.float32)
+    with ExitStack() as stack:
+        for channel in channels_to_each_worker(server.address, stack).values():
+            request = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[data.tobytes()])
+            request.inputs.add(name="features", datatype="FP32", shape=[2, 64])
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    after = rows_and_runs(every_workers_batches(server.address, "mlp", 2))
+    assert after[0] - before[0] == 4 and after[1] - before[1] == 2  # 2 rows through each worker
