@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tritonclient.utils.shared_memory as shm
 
 from tests.support.models import SLOW_QUEUE_OF_TWO, slow_model
 from tests.support.repositories import demo_repository, write_model
@@ -59,3 +60,12 @@ def limits_server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*"
     ) as server:
         yield server
+
+
+@pytest.fixture
+def regions() -> Iterator[list[object]]:
+    """System shared-memory regions a test creates (tritonclient's handles), destroyed after it."""
+    handles: list[object] = []
+    yield handles
+    for handle in handles:
+        shm.destroy_shared_memory_region(handle)

@@ -24,14 +24,6 @@ def client(shm_server: ServerProcess) -> Iterator[grpcclient.InferenceServerClie
     client.close()
 
 
-@pytest.fixture
-def regions() -> Iterator[list[object]]:
-    handles: list[object] = []
-    yield handles
-    for handle in handles:
-        shm.destroy_shared_memory_region(handle)
-
-
 def _key() -> str:
     return f"/sluiceway_test_{uuid.uuid4().hex[:12]}"
 

@@ -38,14 +38,6 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield process
 
 
-@pytest.fixture
-def regions() -> Iterator[list[object]]:
-    handles: list[object] = []
-    yield handles
-    for handle in handles:
-        shm.destroy_shared_memory_region(handle)
-
-
 def channels_to_each_worker(address: str, stack: ExitStack) -> dict[str, grpc.Channel]:
     found: dict[str, grpc.Channel] = {}
     for _ in range(MAX_CONNECTIONS):
