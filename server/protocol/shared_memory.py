@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from server.errors import InvalidRequest, RegionExists, RegionNotFound, Unsupported
-from server.protocol.shm_book import ShmBook, new_entry
+from server.protocol.shm_book import ShmBook, adopt, new_entry
 from server.protocol.shm_regions import SHM_DIR, Region, SharedRegion, mapped_bytes, open_region
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
 from server.shm_regions_book import drop, over_limit, pick
 
+REFRESH_S = 0.5  # under --workers, how soon a region unregistered through another worker is let go of
 DISABLED_MESSAGE = (
     "client shared memory is disabled: start the server with --allow-client-shm "
     "(SLUICEWAY_ALLOW_CLIENT_SHM=true) to enable it"
@@ -79,6 +80,9 @@ class SharedMemoryRegistry:
         self._book = book  # every worker's registrations (--workers), else None: this process's
         self._ids: dict[str, str] = {}  # the book's entry each mapped region is
         self._seen = book.generation() if book is not None else 0
+        self._stop = threading.Event()
+        if book is not None:  # a worker that gets no request still lets go of unregistered regions
+            threading.Thread(target=self._watch, args=(book,), name="shm-book", daemon=True).start()
 
     def has(self, name: str) -> bool:
         """Whether a system region has this name (CUDA registration refuses it too)."""
@@ -102,7 +106,7 @@ class SharedMemoryRegistry:
                 raise RegionExists(f"shared memory region '{name}' already in manager")
         region = open_region(name, key, offset, byte_size, self._directory)
         size = mapped_bytes(region)
-        entry = new_entry(name, key, offset, byte_size, size)
+        entry = new_entry(region)
         if self._book is not None:
             try:  # the server's limits, and its one name, across the workers
                 self._book.add(entry, self.max_regions, self.max_bytes)
@@ -111,6 +115,9 @@ class SharedMemoryRegistry:
                 raise
             self._refresh(self._book)  # a mapping left here of the name's last registration goes
         refused = self._admit(region, size, entry.id)
+        if isinstance(refused, RegionExists) and self._ids.get(name) == entry.id:
+            _close(region)  # this very entry, mapped meanwhile by a lookup of this worker's
+            return
         if refused is not None and self._live > len(self._regions):
             # Unregistered mappings still count: those a finished request left in a reference cycle
             # (a failed one's traceback) go with a collection, so try once more after one.
@@ -170,8 +177,9 @@ class SharedMemoryRegistry:
 
     def lookup(self, name: str) -> SharedRegion:
         """The region a request names (system, else CUDA), for that request to hold while it uses it."""
+        seen = self._seen  # (read before the dict: a refresh drops mappings, then moves it)
         region: SharedRegion | None = self._regions.get(name)  # a dict read: atomic, no lock needed
-        if self._book is not None and (region is None or self._book.generation() != self._seen):
+        if self._book is not None and (region is None or self._book.generation() != seen):
             region = self._from_book(name)
         if region is None and self.device_regions is not None:
             region = self.device_regions.lookup(name)
@@ -191,7 +199,7 @@ class SharedMemoryRegistry:
         entry = self._book.get(name)
         if entry is None:
             return None
-        region = open_region(entry.name, entry.key, entry.offset, entry.byte_size, self._directory)
+        region = adopt(entry, self._directory)  # the object as registered, not the key again
         size = mapped_bytes(region)
         refused = self._admit(region, size, entry.id)
         if isinstance(refused, RegionExists):  # mapped meanwhile by another of this worker's requests
@@ -217,8 +225,16 @@ class SharedMemoryRegistry:
                     del self._ids[mapped]
             self._seen = generation
 
+    def _watch(self, book: ShmBook) -> None:
+        """Under --workers: a region unregistered through another worker is let go of here within
+        REFRESH_S (it had stayed mapped, its pages and descriptors held, until this worker's next
+        shared-memory request: past the server's limits, a tester's)."""
+        while not self._stop.wait(REFRESH_S):
+            self._refresh(book)
+
     def close(self) -> None:
         """At shutdown: forget every region (mappings go with their last holder)."""
+        self._stop.set()
         with self._lock:
             dropped = list(self._regions.values())
             self._regions.clear()

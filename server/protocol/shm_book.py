@@ -8,6 +8,11 @@ reads the entries; Unregister removes them and bumps a counter every worker maps
 region the first time one of its requests names it (shared_memory.py), and checks its mappings
 against the entries again only after the counter moved: a request's lookup is one read of it.
 
+A registration is the object the registering worker opened, as in one process (and Triton): the
+others open that worker's descriptor (/proc/<pid>/fd/<n>), checked by device and inode, so an
+object the client unlinked (or replaced under the same key) after Register is still the one read.
+Where that cannot be opened, the key is, and used only if it is still the same object.
+
 Register and Unregister hold an exclusive flock on `lock` (a fresh open per call, so threads of one
 process exclude each other too): one name is registered once across the workers, and the limits
 (max_shm_regions, max_shm_bytes) are the server's, not each worker's.
@@ -27,7 +32,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.errors import RegionExists
+from server.errors import InvalidRequest, RegionExists
+from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name
 from server.shm_regions_book import over_limit
 
 BOOK_DIR = "shm"
@@ -37,7 +43,8 @@ _COUNTER = struct.Struct("=Q")
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One registration: the region's name, its object's key, where in it, the bytes its mapping
-    takes (what max_shm_bytes counts) and an id that tells a re-registration from the one before."""
+    takes (what max_shm_bytes counts), an id that tells a re-registration from the one before, and
+    the object as registered: the registering worker's pid and descriptor, the object's identity."""
 
     name: str
     key: str
@@ -45,6 +52,10 @@ class Entry:
     byte_size: int
     mapped: int
     id: str
+    pid: int
+    fd: int
+    device: int
+    inode: int
 
 
 class ShmBook:
@@ -125,8 +136,41 @@ class ShmBook:
             os.close(fd)  # (the lock goes with it)
 
 
-def new_entry(name: str, key: str, offset: int, byte_size: int, mapped: int) -> Entry:
-    return Entry(name, key, offset, byte_size, mapped, uuid.uuid4().hex)
+def new_entry(region: Region) -> Entry:
+    """The entry of a region this worker has just opened and mapped for a Register."""
+    seen = os.fstat(region.fd)
+    return Entry(
+        region.name, region.key, region.offset, region.byte_size, mapped_bytes(region), uuid.uuid4().hex,
+        os.getpid(), region.fd, seen.st_dev, seen.st_ino,
+    )  # fmt: skip
+
+
+def adopt(entry: Entry, directory: Path) -> Region:
+    """Map the object `entry` registered (another worker's, or this one's before a refresh dropped
+    it): its registering worker's descriptor, else its key while that is still the same object."""
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    fd = _open_same(f"/proc/{entry.pid}/fd/{entry.fd}", flags, entry)  # (a magic link: no O_NOFOLLOW)
+    if fd is None:
+        fd = _open_same(str(directory / object_name(entry.key)), flags | os.O_NOFOLLOW, entry)
+    if fd is None:
+        raise InvalidRequest(
+            f"shared memory region '{entry.name}': its object '{entry.key}' was removed or replaced "
+            "after it was registered, and the worker that registered it no longer holds it"
+        )
+    return map_opened(fd, entry.name, entry.key, entry.offset, entry.byte_size, registering=False)
+
+
+def _open_same(path: str, flags: int, entry: Entry) -> int | None:
+    """`path` opened if it is the entry's object (device and inode), else None."""
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    seen = os.fstat(fd)
+    if (seen.st_dev, seen.st_ino) == (entry.device, entry.inode):
+        return fd
+    os.close(fd)
+    return None
 
 
 def _read(path: Path) -> Entry | None:

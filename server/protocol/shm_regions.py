@@ -85,10 +85,7 @@ class Region:
         end of a shm object is SIGBUS, which would kill the server."""
         size = os.fstat(self.fd).st_size
         if size < self.offset + self.byte_size:
-            raise RegionGone(
-                f"shared memory region '{self.name}': its object '{self.key}' is now {size} bytes, "
-                f"less than the registered offset {self.offset} + byte_size {self.byte_size}"
-            )
+            raise shrunk(self.name, self.key, size, self.offset, self.byte_size)
 
     def read(self, offset: int, byte_size: int) -> np.ndarray:
         """Bytes [offset, offset + byte_size) of the region, a new uint8 array (pread, not the
@@ -138,11 +135,24 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
         opened = os.fstat(fd)
         if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(opened.st_mode):
             raise InvalidRequest(f"Unable to open shared memory region: '{key}' changed while it was opened")
-        if offset + byte_size > opened.st_size:
+    except BaseException:
+        os.close(fd)
+        raise
+    return map_opened(fd, name, key, offset, byte_size, registering=True)
+
+
+def map_opened(fd: int, name: str, key: str, offset: int, byte_size: int, *, registering: bool) -> Region:
+    """Map an opened object's region, which takes over `fd` (closed on failure). Too small for it:
+    a registration's refusal, or (a region registered before, mapped by another worker) RegionGone."""
+    try:
+        size = os.fstat(fd).st_size
+        if offset + byte_size > size and registering:
             raise InvalidRequest(
                 f"failed to register shared memory region '{name}': offset {offset} + byte_size "
-                f"{byte_size} is beyond the end of '{key}' ({opened.st_size} bytes)"
+                f"{byte_size} is beyond the end of '{key}' ({size} bytes)"
             )
+        if offset + byte_size > size:
+            raise shrunk(name, key, size, offset, byte_size)
         map_offset = offset - offset % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(fd, offset + byte_size - map_offset, mmap.MAP_SHARED, offset=map_offset)
     except OSError as exc:  # mmap duplicates the descriptor: the open-file limit can stop it too
@@ -153,6 +163,13 @@ def open_region(name: str, key: str, offset: int, byte_size: int, directory: Pat
         os.close(fd)
         raise
     return Region(name, key, offset, byte_size, fd, mapping)
+
+
+def shrunk(name: str, key: str, size: int, offset: int, byte_size: int) -> RegionGone:
+    return RegionGone(
+        f"shared memory region '{name}': its object '{key}' is now {size} bytes, "
+        f"less than the registered offset {offset} + byte_size {byte_size}"
+    )
 
 
 def mapped_bytes(region: Region) -> int:

@@ -3,41 +3,60 @@ workers' processes see them, without a server (objects and the share directory i
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
+import time
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from server.backends.cuda_shm import cuda_shared_memory
-from server.errors import RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
-from server.protocol.shared_memory import SharedMemoryRegistry
-from server.protocol.shm_book import ShmBook
+from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
+from server.protocol.shared_memory import REFRESH_S, SharedMemoryRegistry
+from server.protocol.shm_book import ShmBook, adopt
+from server.protocol.shm_regions import RegionGone
 
-
-def worker(objects: Path, share: Path, **limits: int) -> SharedMemoryRegistry:
-    """One worker's registry: its own book object (its own mapping of the counter) on `share`."""
-    return SharedMemoryRegistry(
-        allowed=True,
-        max_regions=limits.get("max_regions", 8),
-        max_bytes=limits.get("max_bytes", 1 << 20),
-        directory=objects,
-        book=ShmBook(share),
-    )
+Worker = Callable[..., SharedMemoryRegistry]
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    objects, share = tmp_path / "objects", tmp_path / "share"
-    objects.mkdir()
+def objects(tmp_path: Path) -> Path:
+    """Where the clients' shm objects are (as /dev/shm)."""
+    (tmp_path / "objects").mkdir()
+    return tmp_path / "objects"
+
+
+@pytest.fixture
+def worker(objects: Path, tmp_path: Path) -> Iterator[Worker]:
+    """Makes one worker's registry: its own book object (its own mapping of the counter) on one
+    share directory; every one closed after the test (their watch threads end)."""
+    share = tmp_path / "share"
     share.mkdir()
-    return objects, share
+    made: list[SharedMemoryRegistry] = []
+
+    def make(**limits: int) -> SharedMemoryRegistry:
+        registry = SharedMemoryRegistry(
+            allowed=True,
+            max_regions=limits.get("max_regions", 8),
+            max_bytes=limits.get("max_bytes", 1 << 20),
+            directory=objects,
+            book=ShmBook(share),
+        )
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        registry.close()
 
 
-def test_a_region_registered_through_one_worker_is_read_through_another(dirs: tuple[Path, Path]) -> None:
-    objects, share = dirs
-    a, b = worker(objects, share), worker(objects, share)
+def test_a_region_registered_through_one_worker_is_read_through_another(
+    objects: Path, worker: Worker
+) -> None:
+    a, b = worker(), worker()
     (objects / "o").write_bytes(bytes(range(256)) * 32)
     a.register("in", "/o", 4100, 100)
     assert [(r.name, r.key, r.offset, r.byte_size) for r in b.status("")] == [("in", "/o", 4100, 100)]
@@ -49,9 +68,8 @@ def test_a_region_registered_through_one_worker_is_read_through_another(dirs: tu
     assert b.has("in") and a.has("in")
 
 
-def test_unregister_through_one_worker_ends_the_name_in_every_worker(dirs: tuple[Path, Path]) -> None:
-    objects, share = dirs
-    a, b = worker(objects, share), worker(objects, share)
+def test_unregister_through_one_worker_ends_the_name_in_every_worker(objects: Path, worker: Worker) -> None:
+    a, b = worker(), worker()
     (objects / "o").write_bytes(b"\1" * 64)
     (objects / "p").write_bytes(b"\2" * 64)
     a.register("r", "/o", 0, 64)
@@ -71,9 +89,8 @@ def test_unregister_through_one_worker_ends_the_name_in_every_worker(dirs: tuple
     assert bytes(b.lookup("r").read(0, 2)) == b"\2\2"
 
 
-def test_a_stale_mapping_gives_way_to_the_names_new_registration(dirs: tuple[Path, Path]) -> None:
-    objects, share = dirs
-    a, b = worker(objects, share), worker(objects, share)
+def test_a_stale_mapping_gives_way_to_the_names_new_registration(objects: Path, worker: Worker) -> None:
+    a, b = worker(), worker()
     (objects / "o").write_bytes(b"\1" * 64)
     (objects / "p").write_bytes(b"\2" * 64)
     a.register("r", "/o", 0, 64)
@@ -90,16 +107,15 @@ def test_a_stale_mapping_gives_way_to_the_names_new_registration(dirs: tuple[Pat
         a.lookup("r")
 
 
-def test_the_limits_are_the_servers_not_each_workers(dirs: tuple[Path, Path]) -> None:
-    objects, share = dirs
-    a, b = worker(objects, share, max_regions=2), worker(objects, share, max_regions=2)
+def test_the_limits_are_the_servers_not_each_workers(objects: Path, worker: Worker) -> None:
+    a, b = worker(max_regions=2), worker(max_regions=2)
     (objects / "o").write_bytes(bytes(3 * 4096))
     a.register("x", "/o", 0, 64)
     b.register("y", "/o", 0, 64)
     with pytest.raises(SharedMemoryLimit, match="max_shm_regions"):
         a.register("z", "/o", 0, 64)
     assert [r.name for r in b.status("")] == ["x", "y"]
-    c, d = worker(objects, share, max_bytes=8192), worker(objects, share, max_bytes=8192)
+    c, d = worker(max_bytes=8192), worker(max_bytes=8192)
     c.unregister("")
     c.register("x", "/o", 0, 4096)
     with pytest.raises(SharedMemoryLimit, match="max_shm_bytes is 8192"):
@@ -108,11 +124,11 @@ def test_the_limits_are_the_servers_not_each_workers(dirs: tuple[Path, Path]) ->
 
 
 def test_one_name_registered_at_once_through_many_threads_is_registered_once(
-    dirs: tuple[Path, Path],
+    objects: Path,
+    worker: Worker,
 ) -> None:
-    objects, share = dirs
     (objects / "o").write_bytes(bytes(64))
-    workers = [worker(objects, share) for _ in range(8)]
+    workers = [worker() for _ in range(8)]
     outcomes: list[str] = []
     start = threading.Barrier(len(workers))
 
@@ -133,8 +149,94 @@ def test_one_name_registered_at_once_through_many_threads_is_registered_once(
     assert [r.name for r in workers[0].status("")] == ["same"]
 
 
+def test_a_region_is_the_object_registered_whatever_its_key_names_later(
+    objects: Path, worker: Worker
+) -> None:
+    """As in one process (and Triton): Register binds the object, so the other worker reads it after
+    the client unlinked it, or put another object under its key (it had opened the key again:
+    'no such object', or the new object's data, only through the worker that had not registered)."""
+    a, b, c = worker(), worker(), worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    a.register("r", "/o", 0, 64)
+    (objects / "o").unlink()
+    assert bytes(b.lookup("r").read(0, 2)) == b"\1\1"
+    (objects / "o").write_bytes(b"\2" * 64)  # a new object under the same key
+    assert bytes(c.lookup("r").read(0, 2)) == b"\1\1"
+
+
+def test_a_worker_that_cannot_reach_the_registering_ones_descriptor_uses_the_key_if_unchanged(
+    objects: Path, worker: Worker
+) -> None:
+    a = worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    a.register("r", "/o", 0, 64)
+    book = ShmBook(objects.parent / "share")
+    entry = book.get("r")
+    assert entry is not None
+    gone = dataclasses.replace(entry, pid=2**22 + 1)  # no such process: /proc/<pid>/fd cannot be opened
+    assert bytes(adopt(gone, objects).read(0, 1)) == b"\1"
+    (objects / "o").unlink()
+    (objects / "o").write_bytes(b"\2" * 64)
+    with pytest.raises(InvalidRequest, match="'/o' was removed or replaced after it was registered"):
+        adopt(gone, objects)
+    book.close()
+
+
+def test_a_truncated_object_is_refused_through_the_other_worker_as_through_its_own(
+    objects: Path, worker: Worker
+) -> None:
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(bytes(768))
+    a.register("r", "/o", 0, 768)
+    (objects / "o").write_bytes(bytes(100))  # truncated after Register
+    with pytest.raises(RegionGone, match="'/o' is now 100 bytes, less than the registered offset 0"):
+        b.lookup("r")
+    with pytest.raises(RegionGone, match="is now 100 bytes"):
+        a.lookup("r").check_size()
+
+
+def test_a_worker_lets_go_of_a_region_unregistered_elsewhere_without_a_request(
+    objects: Path, worker: Worker
+) -> None:
+    """Its watch (REFRESH_S): the mapping had stayed, pages and descriptors, past the server's limits,
+    until that worker's next shared-memory request (a tester's)."""
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(bytes(4096))
+    a.register("r", "/o", 0, 4096)
+    b.lookup("r")
+    assert b.live_mappings == (1, 4096)
+    a.unregister("r")
+    gc.collect()
+    deadline = time.monotonic() + 30 * REFRESH_S
+    while b.live_mappings != (0, 0) and time.monotonic() < deadline:
+        time.sleep(REFRESH_S / 10)  # polling a condition, bounded: the watch thread acts on its own
+        gc.collect()
+    assert b.live_mappings == (0, 0)
+
+
 def test_cuda_shared_memory_is_refused_under_workers_naming_why() -> None:
     cuda = cuda_shared_memory(["CUDAExecutionProvider"], allowed=True, one_process=False)
     with pytest.raises(Unsupported, match=r"one server process \(--workers 1\)"):
         cuda.register("g", b"", 0, 8)
     assert cuda.status("") == []
+
+
+def test_a_lookup_that_maps_the_entry_between_its_add_and_the_register_end_is_no_conflict(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request of the same worker naming the region as it is being registered maps the new entry
+    first: the Register then found its own entry mapped (it had answered ALREADY_EXISTS and
+    removed the entry: a name nobody could use)."""
+    a = worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    added = ShmBook.add
+
+    def add_then_lookup(book: ShmBook, *args: object, **kwargs: object) -> None:
+        added(book, *args, **kwargs)  # type: ignore[arg-type]
+        a.lookup("r")  # the request in between
+
+    monkeypatch.setattr(ShmBook, "add", add_then_lookup)
+    a.register("r", "/o", 0, 64)
+    monkeypatch.undo()
+    assert [r.name for r in a.status("")] == ["r"]
+    assert bytes(a.lookup("r").read(0, 1)) == b"\1"
