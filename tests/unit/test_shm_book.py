@@ -240,3 +240,54 @@ def test_a_lookup_that_maps_the_entry_between_its_add_and_the_register_end_is_no
     monkeypatch.undo()
     assert [r.name for r in a.status("")] == ["r"]
     assert bytes(a.lookup("r").read(0, 1)) == b"\1"
+
+
+def test_an_unregister_elsewhere_during_a_register_leaves_no_mapping_behind(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other worker's Unregister lands between the Register's entry and its mapping: the
+    Register is answered (it came first), and no request of either worker reads the region after.
+    (The mapping had been added after the refresh that saw the Unregister: the old object served for
+    good by that worker, a tester's 189 of 9,606 rounds.)"""
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    (objects / "p").write_bytes(b"\2" * 64)
+    added = ShmBook.add
+
+    def add_then_unregister_elsewhere(book: ShmBook, *args: object, **kwargs: object) -> None:
+        added(book, *args, **kwargs)  # type: ignore[arg-type]
+        b.unregister("x")
+
+    monkeypatch.setattr(ShmBook, "add", add_then_unregister_elsewhere)
+    a.register("x", "/o", 0, 64)
+    monkeypatch.undo()
+    with pytest.raises(RegionNotFound):
+        a.lookup("x")
+    b.register("x", "/p", 0, 64)
+    assert bytes(a.lookup("x").read(0, 1)) == b"\2"  # the new registration, not a kept /o
+
+
+def test_an_unregister_during_a_workers_first_mapping_leaves_no_mapping_behind(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same between a worker reading the entry and adding its mapping (a lookup)."""
+    import server.protocol.shared_memory as shared_memory
+
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    (objects / "p").write_bytes(b"\2" * 64)
+    b.register("x", "/o", 0, 64)
+    adopted = shared_memory.adopt
+
+    def adopt_then_unregister(*args: object) -> object:
+        region = adopted(*args)  # type: ignore[arg-type]
+        b.unregister("x")
+        a._refresh(a._book)  # type: ignore[arg-type]  # the watch thread's turn, in between
+        return region
+
+    monkeypatch.setattr(shared_memory, "adopt", adopt_then_unregister)
+    with pytest.raises(RegionNotFound):
+        a.lookup("x")
+    monkeypatch.undo()
+    b.register("x", "/p", 0, 64)
+    assert bytes(a.lookup("x").read(0, 1)) == b"\2"
