@@ -29,7 +29,8 @@ def every_workers_batches(address: str, model: str, workers: int, timeout_s: flo
     for _ in range(MAX_CONNECTIONS):
         with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             asked = apb.RolloutStatusRequest(model=model)
-            worker = apb_grpc.AdminStub(channel).RolloutStatus(asked, timeout=timeout_s).worker
+            stub = apb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+            worker = stub.RolloutStatus(asked, timeout=timeout_s).worker
             if worker not in found:
                 found[worker] = _batches(channel, model, timeout_s)
         if len(found) >= workers:
