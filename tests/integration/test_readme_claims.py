@@ -217,7 +217,11 @@ def test_rpcs_beyond_max_concurrent_rpcs_are_refused_then_served_again(limits_se
                 for i, call in enumerate(waiting):
                     if call.done():  # refused: a probe below held the slot as it came; another
                         waiting[i] = silent.future(no_message(), timeout=120)
-                return not _live(stub)
+                refused = not _live(stub)
+                # A call refused as it came while the last probe's slot was still held is seen done
+                # only after this probe (its refusal is sent first): not full then, its slot is free
+                # (a fresh-clone run's ModelInfer below was served so, once).
+                return refused and not any(call.done() for call in waiting)
 
             wait_until(full, "the silent calls to take the last slots")
             err = error_of(stub.ModelInfer, infer_request("mlp"))
