@@ -54,6 +54,19 @@ for name in ${providers//,/ }; do
     *) echo "gpu_check.sh: GPU_CHECK_PROVIDERS names '$name': it takes cuda, tensorrt and cpu, comma-separated" >&2; exit 2 ;;
   esac
 done
+pa_models=${GPU_CHECK_PA_MODELS:-} # checked here, not after the install and the GPU tests
+case $pa_models in
+  *[!a-z0-9_,]* | ,* | *, | *,,*)
+    echo "gpu_check.sh: GPU_CHECK_PA_MODELS='$pa_models': it takes resnet and resnet_u8, comma-separated" >&2
+    exit 2
+    ;;
+esac
+for name in ${pa_models//,/ }; do
+  case $name in
+    resnet | resnet_u8) ;;
+    *) echo "gpu_check.sh: GPU_CHECK_PA_MODELS names '$name': it takes resnet and resnet_u8, comma-separated" >&2; exit 2 ;;
+  esac
+done
 dry=${GPU_CHECK_DRY:-0}
 path=""
 for arg in "$@"; do
@@ -276,7 +289,6 @@ flags+=(--server-workers "${GPU_CHECK_SERVER_WORKERS:-1}")
 for flag in ${GPU_CHECK_SERVER_ARGS:-}; do # e.g. "--shared-sessions=gpu --max-batches-in-flight=2"
   flags+=("--server-arg=$flag")
 done
-pa_models=${GPU_CHECK_PA_MODELS:-}
 for model in ${pa_models//,/ }; do # e.g. "resnet"
   flags+=("--pa-model=$model")
 done

@@ -47,7 +47,7 @@ from server.protocol.malformed import add_service
 from server.protocol.message_wait import message_waits_for
 from server.protocol.reflection_pool import reflection_pool
 from server.protocol.servicer import InferenceServicer
-from server.protocol.shared_memory import system_registry
+from server.protocol.shm_workers import system_registry
 from server.protocol.side_streams import LimitedHealth, LimitedReflection
 from server.security.auth import server_interceptors
 from server.security.tls import bind_port

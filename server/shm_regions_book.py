@@ -38,19 +38,25 @@ def drop(regions: dict[str, R], name: str) -> list[R]:
 
 
 def over_limit(
-    what: str, size: int, live: tuple[int, int], max_regions: int, max_bytes: int, regions: str = "regions"
+    what: str,
+    size: int,
+    live: tuple[int, int],
+    max_regions: int,
+    max_bytes: int,
+    regions: str = "regions",
+    verb: str = "register",
 ) -> SharedMemoryLimit | None:
     """Why one more mapping of `size` bytes would pass a limit, given `live` (mappings, bytes);
-    None when it fits. `what` names the region in the message ("shared memory region 'x'")."""
+    None when it fits. `what` names the region in the message ("shared memory region 'x'"), `verb`
+    what was refused (a Register, or a worker's first use of a region registered elsewhere)."""
     count, total = live
     if count >= max_regions:
         return SharedMemoryLimit(
-            f"cannot register {what}: {count} {regions} are mapped, the most this server maps "
+            f"cannot {verb} {what}: {count} {regions} are mapped, the most this server maps "
             f"(max_shm_regions={max_regions})"
         )
     if total + size > max_bytes:
         return SharedMemoryLimit(
-            f"cannot register {what} of {size} bytes: {total} bytes are mapped and "
-            f"max_shm_bytes is {max_bytes}"
+            f"cannot {verb} {what} of {size} bytes: {total} bytes are mapped and max_shm_bytes is {max_bytes}"
         )
     return None

@@ -21,6 +21,7 @@ process exclude each other too): one name is registered once across the workers,
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.errors import InvalidRequest, RegionExists
+from server.errors import InvalidRequest, RegionExists, SharedMemoryLimit
 from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name
 from server.shm_regions_book import over_limit
 
@@ -95,10 +96,13 @@ class ShmBook:
             temporary.write_text(json.dumps(asdict(entry)))
             os.replace(temporary, self._path(entry.name))  # whole or absent to a reader
 
-    def remove(self, name: str) -> None:
-        """Forget the named region (every region when `name` is empty); unknown names are fine."""
+    def remove(self, name: str, only_id: str | None = None) -> None:
+        """Forget the named region (every region when `name` is empty); unknown names are fine.
+        `only_id`: only if the name's entry is still that one (a failed Register's own)."""
         with self._locked():
             paths = list(self._entry_paths()) if not name else [self._path(name)]
+            if only_id is not None and (self.get(name) or _NO_ENTRY).id != only_id:
+                paths = []
             gone = 0
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
@@ -128,7 +132,10 @@ class ShmBook:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise _out_of_files(err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -164,7 +171,9 @@ def _open_same(path: str, flags: int, entry: Entry) -> int | None:
     """`path` opened if it is the entry's object (device and inode), else None."""
     try:
         fd = os.open(path, flags)
-    except OSError:
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            raise _out_of_files(err) from None
         return None
     seen = os.fstat(fd)
     if (seen.st_dev, seen.st_ino) == (entry.device, entry.inode):
@@ -178,4 +187,20 @@ def _read(path: Path) -> Entry | None:
         fields = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise _out_of_files(err) from None
     return Entry(**fields)
+
+
+def _out_of_files(err: OSError) -> OSError | SharedMemoryLimit:
+    """The server's open-file limit as RESOURCE_EXHAUSTED saying so (not INTERNAL), as a Register
+    of one process says it; another error as it is."""
+    if err.errno not in (errno.EMFILE, errno.ENFILE):
+        return err
+    return SharedMemoryLimit(
+        "system shared memory: the server has no file descriptor left to read its registrations "
+        "(its open-file limit, ulimit -n)"
+    )
+
+
+_NO_ENTRY = Entry("", "", 0, 0, 0, "", 0, 0, 0, 0)

@@ -164,3 +164,31 @@ def test_the_load_scripts_read_every_workers_statistics(server: ServerProcess) -
             pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     after = rows_and_runs(every_workers_batches(server.address, "mlp", 2))
     assert after[0] - before[0] == 4 and after[1] - before[1] == 2  # 2 rows through each worker
+
+
+def test_a_region_is_the_object_registered_even_after_the_client_unlinks_its_key(
+    server: ServerProcess, demo_repo: Path, regions: list[object]
+) -> None:
+    """Register binds the object, as in one process and in Triton: the other worker opens the
+    registering worker's descriptor (another process's, through /proc), not the key again."""
+    session = ort.InferenceSession(str(demo_repo / "mlp" / "1" / "model.onnx"))
+    data = np.random.default_rng(9).standard_normal((ROWS, 64)).astype(np.float32)
+    keys = {n: f"/sluiceway_workers_{n}_{uuid.uuid4().hex[:10]}" for n in ("gone_in", "gone_out")}
+    handles = {n: shm.create_shared_memory_region(n, k, ROWS * 64 * 4) for n, k in keys.items()}
+    regions += handles.values()
+    shm.set_shared_memory_region(handles["gone_in"], [data])
+    with ExitStack() as stack:
+        worker = channels_to_each_worker(server.address, stack)
+        register(worker["0"], "gone_in", keys["gone_in"], ROWS * 64 * 4)
+        register(worker["0"], "gone_out", keys["gone_out"], ROWS * 2 * 4)
+        for key in keys.values():  # the client keeps its own mapping (tritonclient's handle)
+            (Path("/dev/shm") / key.lstrip("/")).unlink()
+        try:
+            infer(worker["1"], "gone_in", "gone_out")
+            got = shm.get_contents_as_numpy(handles["gone_out"], np.float32, [ROWS, 2])
+            (expected,) = session.run(["scores"], {"features": data})
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        finally:
+            unregister(worker["1"], "")
+            for key in keys.values():  # (so that the fixture's destroy finds them)
+                (Path("/dev/shm") / key.lstrip("/")).touch()

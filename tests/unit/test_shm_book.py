@@ -4,7 +4,9 @@ workers' processes see them, without a server (objects and the share directory i
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
+import os
 import threading
 import time
 import weakref
@@ -15,9 +17,10 @@ import pytest
 
 from server.backends.cuda_shm import cuda_shared_memory
 from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
-from server.protocol.shared_memory import REFRESH_S, SharedMemoryRegistry
+from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_book import ShmBook, adopt
 from server.protocol.shm_regions import RegionGone
+from server.protocol.shm_workers import REFRESH_S, WorkersRegistry
 
 Worker = Callable[..., SharedMemoryRegistry]
 
@@ -38,12 +41,12 @@ def worker(objects: Path, tmp_path: Path) -> Iterator[Worker]:
     made: list[SharedMemoryRegistry] = []
 
     def make(**limits: int) -> SharedMemoryRegistry:
-        registry = SharedMemoryRegistry(
+        registry = WorkersRegistry(
+            ShmBook(share),
             allowed=True,
             max_regions=limits.get("max_regions", 8),
             max_bytes=limits.get("max_bytes", 1 << 20),
             directory=objects,
-            book=ShmBook(share),
         )
         made.append(registry)
         return registry
@@ -240,6 +243,10 @@ def test_a_lookup_that_maps_the_entry_between_its_add_and_the_register_end_is_no
     monkeypatch.undo()
     assert [r.name for r in a.status("")] == ["r"]
     assert bytes(a.lookup("r").read(0, 1)) == b"\1"
+    # The Register kept its own mapping, whose descriptor the entry names: another worker still
+    # reads the object after the client unlinked it (a reviewer's: it had closed that one).
+    (objects / "o").unlink()
+    assert bytes(worker().lookup("r").read(0, 1)) == b"\1"
 
 
 def test_an_unregister_elsewhere_during_a_register_leaves_no_mapping_behind(
@@ -271,23 +278,102 @@ def test_an_unregister_during_a_workers_first_mapping_leaves_no_mapping_behind(
     objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same between a worker reading the entry and adding its mapping (a lookup)."""
-    import server.protocol.shared_memory as shared_memory
+    import server.protocol.shm_workers as shm_workers
 
     a, b = worker(), worker()
     (objects / "o").write_bytes(b"\1" * 64)
     (objects / "p").write_bytes(b"\2" * 64)
     b.register("x", "/o", 0, 64)
-    adopted = shared_memory.adopt
+    adopted = shm_workers.adopt
 
     def adopt_then_unregister(*args: object) -> object:
         region = adopted(*args)  # type: ignore[arg-type]
         b.unregister("x")
-        a._refresh(a._book)  # type: ignore[arg-type]  # the watch thread's turn, in between
+        a._refresh()  # the watch thread's turn, in between
         return region
 
-    monkeypatch.setattr(shared_memory, "adopt", adopt_then_unregister)
+    monkeypatch.setattr(shm_workers, "adopt", adopt_then_unregister)
     with pytest.raises(RegionNotFound):
         a.lookup("x")
     monkeypatch.undo()
     b.register("x", "/p", 0, 64)
     assert bytes(a.lookup("x").read(0, 1)) == b"\2"
+
+
+def _open_paths() -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            found.append(os.readlink(fd))
+        except OSError:
+            continue  # (the listing's own descriptor, closed meanwhile)
+    return found
+
+
+def test_a_register_that_fails_after_its_entry_leaves_nothing_and_not_the_names_next_entry(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error between the entry and the mapping (out of descriptors reading the book, say): the
+    Register's own entry removed, not the name's newer one another worker registered meanwhile, and
+    its descriptor closed (a reviewer's: the entry stayed, ALREADY_EXISTS at a retry, the fd leaked)."""
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(b"\1" * 64)
+    (objects / "p").write_bytes(b"\2" * 64)
+
+    def elsewhere_then_fail() -> None:
+        b.unregister("r")
+        b.register("r", "/p", 0, 64)
+        raise OSError("injected")
+
+    monkeypatch.setattr(a, "_refresh", elsewhere_then_fail)
+    with pytest.raises(OSError, match="injected"):
+        a.register("r", "/o", 0, 64)
+    monkeypatch.undo()
+    assert [(r.name, r.key) for r in a.status("")] == [("r", "/p")]  # b's, kept
+    assert str(objects / "o") not in _open_paths()
+    monkeypatch.setattr(a, "_refresh", lambda: (_ for _ in ()).throw(OSError("injected")))
+    with pytest.raises(OSError, match="injected"):
+        a.register("s", "/o", 0, 64)
+    monkeypatch.undo()
+    assert [r.name for r in b.status("")] == ["r"] and str(objects / "o") not in _open_paths()
+    a.register("s", "/o", 0, 64)  # no ALREADY_EXISTS left behind
+
+
+def test_out_of_descriptors_reading_the_book_is_resource_exhausted(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = worker()
+    (objects / "o").write_bytes(bytes(64))
+    a.register("r", "/o", 0, 64)
+
+    def no_descriptor(self: Path, *args: object, **kwargs: object) -> str:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "read_text", no_descriptor)
+    with pytest.raises(SharedMemoryLimit, match="no file descriptor left"):
+        a.status("")
+
+
+def test_a_failed_check_does_not_end_the_watch(
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = worker(), worker()
+    (objects / "o").write_bytes(bytes(4096))
+    a.register("r", "/o", 0, 4096)
+    b.lookup("r")
+    checked = WorkersRegistry._refresh
+    failures = [OSError("injected")]
+
+    def fail_once(self: WorkersRegistry) -> None:
+        if self is b and failures:
+            raise failures.pop()
+        checked(self)
+
+    monkeypatch.setattr(WorkersRegistry, "_refresh", fail_once)
+    a.unregister("r")
+    gc.collect()
+    deadline = time.monotonic() + 30 * REFRESH_S
+    while b.live_mappings != (0, 0) and time.monotonic() < deadline:
+        time.sleep(REFRESH_S / 10)  # polling a condition, bounded: the watch thread acts on its own
+        gc.collect()
+    assert not failures and b.live_mappings == (0, 0)

@@ -1,0 +1,171 @@
+"""Under `serve --workers N`: the system shared-memory registry over the book every worker reads
+(shm_book.py), so a region is the server's, not a worker's.
+
+Register writes the book's entry (one name across the workers, the server's limits), then keeps the
+mapping it opened: its descriptor is the one the entry names, which the other workers open. A
+worker maps a region the first time one of its requests names it (`_local`). An Unregister through
+any worker removes the entry and moves the book's counter; each worker checks its mappings against
+the entries when the counter has moved, at a lookup or within REFRESH_S on its own (`_watch`). A
+mapping is kept only if its entry is still booked after it was added (`_still_booked`): an
+Unregister landing in between moved the counter before there was a mapping to check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from server.protocol.shared_memory import RegionInfo, SharedMemoryRegistry, close_unseen
+from server.protocol.shm_book import ShmBook, adopt, new_entry
+from server.protocol.shm_regions import SHM_DIR, Region, open_region
+from server.shm_regions_book import pick
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+REFRESH_S = 0.5  # how soon a worker lets go of a region unregistered through another, unasked
+
+
+class WorkersRegistry(SharedMemoryRegistry):
+    """A worker's registry whose registrations are the book's (every worker's)."""
+
+    def __init__(
+        self, book: ShmBook, *, allowed: bool, max_regions: int, max_bytes: int, directory: Path = SHM_DIR
+    ) -> None:
+        super().__init__(allowed=allowed, max_regions=max_regions, max_bytes=max_bytes, directory=directory)
+        self._book = book
+        self._ids: dict[str, str] = {}  # the book's entry each mapping here is
+        self._seen = book.generation()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="shm-book", daemon=True)
+        self._watcher.start()
+
+    def has(self, name: str) -> bool:
+        return self._book.get(name) is not None
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_new(name)
+        region = open_region(name, key, offset, byte_size, self._directory)
+        entry = new_entry(region)
+        try:
+            self._book.add(entry, self.max_regions, self.max_bytes)  # one name, the server's limits
+        except BaseException:
+            close_unseen(region)
+            raise
+        kept = False
+        try:
+            self._refresh()
+            # A mapping of the name held here is stale (the book had no entry), or this very entry
+            # mapped meanwhile by a request here: either way the Register's own goes in, since its
+            # descriptor is the one the entry names (closing it had left the others the key only).
+            self._keep(region, replace=True, tag=entry.id)  # (refused: closed, and raised)
+            kept = True
+            self._still_booked(name, entry.id)  # (not: an Unregister came after this Register)
+        except BaseException:  # a failed Register leaves nothing: its mapping, and its entry only
+            if kept:  # (its finalizer closes it once no request holds it)
+                with self._lock:
+                    if self._regions.get(name) is region:
+                        self._forget(name)
+            elif not region.mapping.closed:
+                close_unseen(region)
+            self._book.remove(name, only_id=entry.id)  # (the name may be registered again since)
+            raise
+
+    def status(self, name: str) -> Sequence[RegionInfo]:
+        entries = pick({e.name: e for e in self._book.entries()}, name, "system")
+        return [RegionInfo(e.name, e.key, e.offset, e.byte_size) for e in entries]
+
+    def unregister(self, name: str) -> None:
+        self._check_allowed()
+        self._book.remove(name)
+        with self._lock:
+            for gone in [name] if name else list(self._regions):
+                self._forget(gone)
+
+    def _local(self, name: str) -> Region | None:
+        """The named region as the book has it now, mapped here the first time."""
+        seen = self._seen  # (read before the dict: a refresh drops mappings, then moves it)
+        region = self._regions.get(name)
+        if region is not None and self._book.generation() == seen:
+            return region
+        self._refresh()
+        region = self._regions.get(name)
+        if region is not None:
+            return region
+        entry = self._book.get(name)
+        if entry is None:
+            return None
+        region = adopt(entry, self._directory)  # the object as registered, not the key again
+        with self._lock:
+            held = self._regions.get(name)
+            if held is not None and self._ids.get(name) == entry.id:  # mapped by another request here
+                close_unseen(region)
+                return held
+        self._keep(region, replace=True, verb="map", tag=entry.id)
+        return region if self._still_booked(name, entry.id) else None
+
+    def _admitted(self, name: str, tag: str) -> None:
+        self._ids[name] = tag
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._regions.pop(name, None)
+            self._ids.pop(name, None)
+
+    def _still_booked(self, name: str, entry_id: str) -> bool:
+        """After a mapping is added: whether the book still has its entry; if not, the mapping goes.
+        An Unregister between reading the entry and adding the mapping moved the counter before the
+        mapping was there to be checked, so no refresh would ever drop it: a tester's Register
+        racing another worker's Unregister left the old object served, for good, by one worker
+        (189 of 9,606 rounds the Unregister won)."""
+        entry = self._book.get(name)
+        if entry is not None and entry.id == entry_id:
+            return True
+        with self._lock:
+            if self._ids.get(name) == entry_id:
+                self._forget(name)
+        return False
+
+    def _refresh(self) -> None:
+        """After an Unregister anywhere (the counter moved), drop the mappings whose entry is gone or
+        new (requests holding one keep it)."""
+        generation = self._book.generation()  # (read first: an Unregister after it moves it again)
+        if generation == self._seen:
+            return
+        with self._lock:
+            for mapped, entry_id in list(self._ids.items()):
+                entry = self._book.get(mapped)
+                if entry is None or entry.id != entry_id:
+                    self._forget(mapped)
+            self._seen = generation
+
+    def _watch(self) -> None:
+        """A region unregistered through another worker is let go of here within REFRESH_S (it had
+        stayed mapped, pages and descriptors, until this worker's next shared-memory request: past
+        the server's limits, a tester's). A failed check is logged and the next one made."""
+        while not self._stop.wait(REFRESH_S):
+            try:
+                self._refresh()
+            except Exception as err:  # (out of descriptors, say): the thread must not end
+                log.warning(
+                    "system shared memory: the book's check failed, tried again in %.1f s: %s", REFRESH_S, err
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._watcher.join(timeout=5 * REFRESH_S)  # (before the counter's mapping closes)
+        super().close()
+        self._book.close()
+
+
+def system_registry(settings: ServerSettings) -> SharedMemoryRegistry:
+    """The server's registry: under --workers over the book in the parent's share directory."""
+    shared = settings.rollout_share_dir if settings.allow_client_shm else None
+    regions, size = settings.max_shm_regions, settings.max_shm_bytes
+    if shared is None:
+        return SharedMemoryRegistry(allowed=settings.allow_client_shm, max_regions=regions, max_bytes=size)
+    return WorkersRegistry(ShmBook(shared), allowed=True, max_regions=regions, max_bytes=size)
