@@ -4,15 +4,13 @@ the load-test scripts read before and after a point to say how the server batche
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import ExitStack
 
 import grpc
 
-from protos import admin_pb2 as apb
-from protos import admin_pb2_grpc as apb_grpc
+from loadtest.worker_channels import channels_to_each_worker
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-
-CONNECTIONS_A_WORKER = 32  # fresh connections tried, per worker, until every worker answered one
 
 
 def batches_run(address: str, model: str, timeout_s: float = 30.0) -> Counter[int]:
@@ -23,21 +21,10 @@ def batches_run(address: str, model: str, timeout_s: float = 30.0) -> Counter[in
 
 def every_workers_batches(address: str, model: str, workers: int, timeout_s: float = 30.0) -> Counter[int]:
     """Under `serve --workers N`, whose workers each keep their own statistics: the batches of them
-    all, read over fresh connections until each worker has answered one (RolloutStatus names it);
-    RuntimeError after CONNECTIONS_A_WORKER a worker that did not reach them all (8 workers missed
-    one in 64 connections about once in 700 reads)."""
-    found: dict[str, Counter[int]] = {}
-    tries = CONNECTIONS_A_WORKER * workers
-    for _ in range(tries):
-        with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            asked = apb.RolloutStatusRequest(model=model)
-            stub = apb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
-            worker = stub.RolloutStatus(asked, timeout=timeout_s).worker
-            if worker not in found:
-                found[worker] = _batches(channel, model, timeout_s)
-        if len(found) >= workers:
-            return sum(found.values(), Counter())
-    raise RuntimeError(f"{tries} connections reached only workers {sorted(found)} of {workers}")
+    all, each read over a connection to that worker (loadtest/worker_channels.py)."""
+    with ExitStack() as stack:
+        channels = channels_to_each_worker(address, workers, stack, model, timeout_s)
+        return sum((_batches(channel, model, timeout_s) for channel in channels.values()), Counter())
 
 
 def _batches(channel: grpc.Channel, model: str, timeout_s: float) -> Counter[int]:

@@ -21,7 +21,6 @@ process exclude each other too): one name is registered once across the workers,
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -33,8 +32,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.errors import InvalidRequest, RegionExists, SharedMemoryLimit
-from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name
+from server.errors import InvalidRequest, RegionExists
+from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name, refuse_if_out_of_files
 from server.shm_regions_book import over_limit
 
 BOOK_DIR = "shm"
@@ -101,7 +100,8 @@ class ShmBook:
         `only_id`: only if the name's entry is still that one (a failed Register's own)."""
         with self._locked():
             paths = list(self._entry_paths()) if not name else [self._path(name)]
-            if only_id is not None and (self.get(name) or _NO_ENTRY).id != only_id:
+            current = self.get(name) if only_id is not None else None
+            if only_id is not None and (current is None or current.id != only_id):
                 paths = []
             gone = 0
             for path in paths:
@@ -135,7 +135,8 @@ class ShmBook:
         try:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise _out_of_files(err) from None
+            _refuse_if_out_of_files(err)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -172,8 +173,7 @@ def _open_same(path: str, flags: int, entry: Entry) -> int | None:
     try:
         fd = os.open(path, flags)
     except OSError as err:
-        if err.errno in (errno.EMFILE, errno.ENFILE):
-            raise _out_of_files(err) from None
+        _refuse_if_out_of_files(err)
         return None
     seen = os.fstat(fd)
     if (seen.st_dev, seen.st_ino) == (entry.device, entry.inode):
@@ -188,19 +188,11 @@ def _read(path: Path) -> Entry | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise _out_of_files(err) from None
+        _refuse_if_out_of_files(err)
+        raise
     return Entry(**fields)
 
 
-def _out_of_files(err: OSError) -> OSError | SharedMemoryLimit:
-    """The server's open-file limit as RESOURCE_EXHAUSTED saying so (not INTERNAL), as a Register
-    of one process says it; another error as it is."""
-    if err.errno not in (errno.EMFILE, errno.ENFILE):
-        return err
-    return SharedMemoryLimit(
-        "system shared memory: the server has no file descriptor left to read its registrations "
-        "(its open-file limit, ulimit -n)"
-    )
-
-
-_NO_ENTRY = Entry("", "", 0, 0, 0, "", 0, 0, 0, 0)
+def _refuse_if_out_of_files(err: OSError) -> None:
+    """Out of descriptors reading the book: RESOURCE_EXHAUSTED saying so, not INTERNAL."""
+    refuse_if_out_of_files(err, "system shared memory", "its registrations are files the workers share")

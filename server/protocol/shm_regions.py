@@ -180,8 +180,14 @@ def mapped_bytes(region: Region) -> int:
 def _refuse_if_out_of_files(exc: OSError, key: str) -> None:
     """The server's open-file limit, not the client's region: RESOURCE_EXHAUSTED naming it (it had
     been INTERNAL from mmap, or INVALID_ARGUMENT from open). A region holds two descriptors."""
+    what = f"Unable to open shared memory region: '{key}'"
+    refuse_if_out_of_files(exc, what, "each registered region holds two")
+
+
+def refuse_if_out_of_files(exc: OSError, what: str, note: str) -> None:
+    """SharedMemoryLimit ("`what`: the server has no file descriptor left ...") when `exc` is the
+    server's open-file limit; else nothing (the caller raises `exc` as it is)."""
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         raise SharedMemoryLimit(
-            f"Unable to open shared memory region: '{key}': the server has no file descriptor left "
-            "(its open-file limit, ulimit -n; each registered region holds two)"
+            f"{what}: the server has no file descriptor left (its open-file limit, ulimit -n; {note})"
         ) from None

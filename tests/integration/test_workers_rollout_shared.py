@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from loadtest.worker_channels import channels_to_each_worker
 from protos import admin_pb2 as apb
 from protos import admin_pb2_grpc as apb_grpc
 from protos import grpc_service_pb2 as pb
@@ -25,7 +26,6 @@ from tests.support.models import scale_model
 from tests.support.server_process import ServerProcess, wait_until
 
 MAX_REQUESTS = 2000  # the load loop stops here at the latest
-MAX_CONNECTIONS = 40  # fresh connections tried to reach both workers (each lands on either)
 X = np.arange(4, dtype=np.float32).reshape(1, 4) + 1
 CONFIG = """
 max_batch_size: 8
@@ -78,20 +78,6 @@ def infer(channel: grpc.Channel, request_id: str) -> int | None:
     return round(float(y[0] / X[0, 0]))
 
 
-def channels_to_each_worker(address: str, stack: ExitStack) -> dict[str, grpc.Channel]:
-    """An open channel to each worker: fresh connections until both have answered (the kernel
-    spreads connections over the workers sharing the port)."""
-    found: dict[str, grpc.Channel] = {}
-    for _ in range(MAX_CONNECTIONS):
-        channel = stack.enter_context(
-            grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        )
-        found.setdefault(status(channel).worker, channel)
-        if {"0", "1"} <= set(found):
-            return found
-    raise AssertionError(f"{MAX_CONNECTIONS} connections reached only workers {sorted(found)}")
-
-
 def rollbacks(text: str) -> dict[str, float]:
     """trigger -> count of wf version 2's rollbacks in a worker's /metrics."""
     found = re.findall(r'sluiceway_rollbacks_total\{model="wf",trigger="(\w+)",version="2"\} (\S+)', text)
@@ -100,7 +86,7 @@ def rollbacks(text: str) -> dict[str, float]:
 
 def test_a_rollback_one_worker_decides_is_followed_by_the_other(server: ServerProcess) -> None:
     with ExitStack() as stack:
-        workers = channels_to_each_worker(server.address, stack)
+        workers = channels_to_each_worker(server.address, 2, stack, "wf")
         loaded, idle = workers["0"], workers["1"]
         versions = [v.role for v in status(idle).versions]
         assert versions == ["stable", "candidate"], versions

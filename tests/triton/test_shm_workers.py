@@ -17,15 +17,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 
-from protos import admin_pb2 as apb
-from protos import admin_pb2_grpc as apb_grpc
+from loadtest.worker_channels import OWN_CONNECTION, channels_to_each_worker
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
-MAX_CONNECTIONS = 64  # fresh connections tried until both workers answered one
 ROWS = 3
 
 
@@ -36,17 +33,6 @@ def server(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     write_model(repo, "mlp", mlp / "1" / "model.onnx", (mlp / "config.pbtxt").read_text())
     with ServerProcess("--model-repository", str(repo), "--workers", "2", "--allow-client-shm") as process:
         yield process
-
-
-def channels_to_each_worker(address: str, stack: ExitStack) -> dict[str, grpc.Channel]:
-    found: dict[str, grpc.Channel] = {}
-    for _ in range(MAX_CONNECTIONS):
-        channel = stack.enter_context(grpc.insecure_channel(address, options=OWN_CONNECTION))
-        answer = apb_grpc.AdminStub(channel).RolloutStatus(apb.RolloutStatusRequest(model="mlp"), timeout=30)
-        found.setdefault(answer.worker, channel)
-        if {"0", "1"} <= set(found):
-            return found
-    raise AssertionError(f"{MAX_CONNECTIONS} connections reached only workers {sorted(found)}")
 
 
 def infer(channel: grpc.Channel, in_region: str, out_region: str) -> None:
@@ -90,7 +76,7 @@ def test_a_region_is_every_workers_from_register_to_unregister(
     shm.set_shared_memory_region(handles["in"], [first])
     shm.set_shared_memory_region(handles["in2"], [second])
     with ExitStack() as stack:
-        worker = channels_to_each_worker(server.address, stack)
+        worker = channels_to_each_worker(server.address, 2, stack, "mlp")
         register(worker["0"], "in", keys["in"], ROWS * 64 * 4)
         register(worker["0"], "out", keys["out"], ROWS * 2 * 4)
         assert status(worker["1"]) == {"in": keys["in"], "out": keys["out"]}
@@ -158,7 +144,7 @@ def test_the_load_scripts_read_every_workers_statistics(server: ServerProcess) -
     before = rows_and_runs(every_workers_batches(server.address, "mlp", 2))
     data = np.zeros((2, 64), np.float32)
     with ExitStack() as stack:
-        for channel in channels_to_each_worker(server.address, stack).values():
+        for channel in channels_to_each_worker(server.address, 2, stack, "mlp").values():
             request = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[data.tobytes()])
             request.inputs.add(name="features", datatype="FP32", shape=[2, 64])
             pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
@@ -178,7 +164,7 @@ def test_a_region_is_the_object_registered_even_after_the_client_unlinks_its_key
     regions += handles.values()
     shm.set_shared_memory_region(handles["gone_in"], [data])
     with ExitStack() as stack:
-        worker = channels_to_each_worker(server.address, stack)
+        worker = channels_to_each_worker(server.address, 2, stack, "mlp")
         register(worker["0"], "gone_in", keys["gone_in"], ROWS * 64 * 4)
         register(worker["0"], "gone_out", keys["gone_out"], ROWS * 2 * 4)
         for key in keys.values():  # the client keeps its own mapping (tritonclient's handle)

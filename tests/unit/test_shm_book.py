@@ -8,7 +8,6 @@ import errno
 import gc
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,8 +197,31 @@ def test_a_truncated_object_is_refused_through_the_other_worker_as_through_its_o
         a.lookup("r").check_size()
 
 
+def _wait_for_the_watch(registry: WorkersRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until `registry`'s watch thread has let go of every mapping: checked after each of its checks
+    (a Condition it notifies), at most 30 of them; what a request holds goes with a collection."""
+    refreshed = threading.Condition()
+    checked = WorkersRegistry._refresh  # (the test's own, where it set one)
+
+    def and_tell(self: WorkersRegistry) -> None:
+        try:
+            checked(self)
+        finally:
+            if self is registry:
+                with refreshed:
+                    refreshed.notify_all()
+
+    def released() -> bool:
+        gc.collect()
+        return registry.live_mappings == (0, 0)
+
+    monkeypatch.setattr(WorkersRegistry, "_refresh", and_tell)
+    with refreshed:
+        refreshed.wait_for(released, timeout=30 * REFRESH_S)
+
+
 def test_a_worker_lets_go_of_a_region_unregistered_elsewhere_without_a_request(
-    objects: Path, worker: Worker
+    objects: Path, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its watch (REFRESH_S): the mapping had stayed, pages and descriptors, past the server's limits,
     until that worker's next shared-memory request (a tester's)."""
@@ -209,11 +231,7 @@ def test_a_worker_lets_go_of_a_region_unregistered_elsewhere_without_a_request(
     b.lookup("r")
     assert b.live_mappings == (1, 4096)
     a.unregister("r")
-    gc.collect()
-    deadline = time.monotonic() + 30 * REFRESH_S
-    while b.live_mappings != (0, 0) and time.monotonic() < deadline:
-        time.sleep(REFRESH_S / 10)  # polling a condition, bounded: the watch thread acts on its own
-        gc.collect()
+    _wait_for_the_watch(b, monkeypatch)
     assert b.live_mappings == (0, 0)
 
 
@@ -371,9 +389,5 @@ def test_a_failed_check_does_not_end_the_watch(
 
     monkeypatch.setattr(WorkersRegistry, "_refresh", fail_once)
     a.unregister("r")
-    gc.collect()
-    deadline = time.monotonic() + 30 * REFRESH_S
-    while b.live_mappings != (0, 0) and time.monotonic() < deadline:
-        time.sleep(REFRESH_S / 10)  # polling a condition, bounded: the watch thread acts on its own
-        gc.collect()
+    _wait_for_the_watch(b, monkeypatch)
     assert not failures and b.live_mappings == (0, 0)
