@@ -21,6 +21,7 @@ from pathlib import Path
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.proc import Spawned
 from loadtest.server import SpawnedServer
+from loadtest.stall_view import stall_view
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,8 @@ def run_perf_analyzer(
     """One perf_analyzer run on 127.0.0.1:port (`extra`: more of its flags); its CSV row
     (Inferences/Second, p50 latency...), in at most `limit_s`: past it the tool is stopped with
     anything it started (its own process group; the wheel's console script runs the binary as a
-    child, which a stopped script had left running)."""
+    child, which a stopped script had left running). Before the stop, what it was waiting on
+    (loadtest/stall_view.py) is printed to stderr and is the error's second line."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
@@ -63,10 +65,12 @@ def run_perf_analyzer(
         code = run.wait(limit_s)
         said = run.output
         if code is None:
+            view = stall_view(run.pid, port)  # before the stop: what it was waiting on
             run.stop()
             last = _last_line(run.output)
             where = f" (its last line: {last[:120]})" if last else " (it printed nothing)"
-            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}")
+            print(f"perf_analyzer past {limit_s:.0f} s at {concurrency} in flight: {view}", file=sys.stderr)
+            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}\n{view}")
         if code != 0 or not report.exists():
             first = f"perf_analyzer exit {code}: {_last_line(said)[:200]}"
             raise RuntimeError(f"{first}\n{said[-2000:]}")
