@@ -9,7 +9,6 @@ reply. Reshapes are applied here, on this side, as OrtBackend applies them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -26,17 +25,17 @@ import numpy as np
 
 from batcher.errors import InstanceClosed
 from batcher.types import Array, Tensors
-from server.backends.host_wire import HostGone, Segment, TensorPlace, receive, send
+from server.backends.host_wire import HostGone, TensorPlace, receive, send
 from server.backends.hosted_session import HostCounts, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
+from server.backends.segment_pool import SegmentPool
 from server.backends.session_facts import SessionFacts
 from server.errors import ShuttingDown
 from server.models.config_tensors import ReshapePlan
 from server.models.onnx_completion import OnnxTensor
 
 log = logging.getLogger(__name__)
-_GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
 CLOCK_SLACK_S = 0.001  # a run's start as the worker heard it is a little after the host's
 
 
@@ -69,7 +68,8 @@ class HostedBackend(SessionFacts):
         self._reshape = reshape
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []  # connections between runs (one per concurrent run)
-        self._free: list[Segment] = []  # segments between runs
+        # Segments between runs, trimmed to the recent batches' sizes (segment_pool.py).
+        self._segments = SegmentPool(socket_path.parent, f"seg-{os.getpid()}-{id(self):x}")
         self._serial = itertools.count()
         self._closed = False
         self._started: dict[int, float] = {}  # runs started in the host, not yet answered: when
@@ -116,7 +116,7 @@ class HostedBackend(SessionFacts):
         if self._reshape is not None:
             inputs = self._reshape.to_model(inputs)
         offsets, size = layout(inputs)
-        segment = self._segment(size)
+        segment = self._segments.take(size)
         try:
             places = []
             for name, offset in offsets.items():
@@ -139,7 +139,7 @@ class HostedBackend(SessionFacts):
                 with self._lock:
                     self._started.pop(run, None)
         finally:
-            self._give_back(segment)
+            self._segments.give_back(segment)
         outputs: dict[str, Array] = reply[1]
         return outputs if self._reshape is None else self._reshape.to_wire(outputs)
 
@@ -153,25 +153,6 @@ class HostedBackend(SessionFacts):
             return None
         counts: HostCounts | None = reply[1]
         return counts
-
-    def _segment(self, size: int) -> Segment:
-        with self._lock:
-            for i, segment in enumerate(self._free):
-                if segment.size >= size:
-                    return self._free.pop(i)
-            old = self._free.pop() if self._free else None
-        if old is not None:  # too small: a larger one replaces it
-            _remove(old)
-        grown = max(_GROW, -(-(size + size // 4) // _GROW) * _GROW)
-        path = self._socket_path.parent / f"seg-{os.getpid()}-{id(self):x}-{next(self._serial)}"
-        return Segment(path, grown, create=True)
-
-    def _give_back(self, segment: Segment) -> None:
-        with self._lock:
-            if not self._closed:
-                self._free.append(segment)
-                return
-        _remove(segment)
 
     def _call(self, message: tuple[Any, ...], started: Callable[[], None] | None = None) -> tuple[Any, ...]:
         """Send one message on an idle connection (a new one when none is) and wait for its reply
@@ -209,11 +190,9 @@ class HostedBackend(SessionFacts):
     def _drop_connections(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            free, self._free = self._free, []
         for conn in idle:
             conn.close()
-        for segment in free:
-            _remove(segment)
+        self._segments.close()
 
     def _release(self, abandon: bool) -> None:
         with self._lock:
@@ -285,9 +264,3 @@ def _tell(path: Path, message: tuple[Any, ...], name: str) -> None:
             conn.close()
     except (HostGone, OSError) as err:  # the host stopped first: nothing to release there
         log.debug("model %s: %s not told to the session host (%s)", name, message[0], err)
-
-
-def _remove(segment: Segment) -> None:
-    segment.close()
-    with contextlib.suppress(FileNotFoundError):
-        segment.path.unlink()
