@@ -30,6 +30,7 @@ from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
+from batcher.log_ration import Ration
 from batcher.queue import Request, is_done, settle_error
 from batcher.scatter import Part, scatter
 from batcher.stats import ModelStats
@@ -84,6 +85,7 @@ class BatchRunner:
         self._inline = inline
         self._on_trip = on_trip
         self._overran = overran  # told an inline run's seconds (FastPath.overran)
+        self._reruns = Ration()  # a client's refused inputs: its halving logged once in 10 s
 
     def _board(self, flight: Flight) -> list[Request]:
         """The requests of `flight` still to compute; those expired since formation are answered.
@@ -142,11 +144,12 @@ class BatchRunner:
             if len(batch) == 1:
                 self._fail(flight, batch, exc)
             else:  # one request's values (a zero divisor) must not fail the others beside it
-                log.warning(
-                    "%s: a batch of %d requests refused for its inputs; running its halves again",
-                    self._name,
-                    len(batch),
-                )
+                held = self._reruns.take()
+                if held is not None:
+                    log.warning(
+                        "%s: a batch of %d requests refused for its inputs; running its halves again%s",
+                        self._name, len(batch), self._reruns.note(held),
+                    )  # fmt: skip
                 await self._halves_again(instance, batch)
                 self._flights.land(flight)
             return

@@ -38,6 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, inliner, shape_inference
 
+from batcher.log_ration import Ration
 from batcher.types import Array
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, graphs, has_division, rewrite_graph
@@ -70,9 +71,12 @@ class DivisionGuard:
     nodes: tuple[str, ...]  # the guarded node of each flag, as a message names it
     faults: tuple[str, ...]  # what each flag counts: BY_ZERO or OVERFLOW
 
-    def check(self, model: str, counts: Sequence[Array], *, log_it: bool = True) -> None:
+    def check(
+        self, model: str, counts: Sequence[Array], *, log_it: bool = True, ration: Ration | None = None
+    ) -> None:
         """Raise ModelRefusedInput when a run's `counts` (the flags' values, in order) say a
-        divisor was bad: the run divided by 1 there, and its outputs are not the model's."""
+        divisor was bad: the run divided by 1 there, and its outputs are not the model's. Its line
+        is within `ration` where one is given (a client's zeros are rationed, log_ration.py)."""
         hit: dict[str, list[str]] = {}
         for node, fault, count in zip(self.nodes, self.faults, counts, strict=True):
             if np.asarray(count).any():
@@ -80,8 +84,10 @@ class DivisionGuard:
         if not hit:
             return
         where = "; ".join(f"{fault} in node {', '.join(nodes)}" for fault, nodes in hit.items())
-        if log_it:  # as run_errors.py logs onnxruntime's refusals: once per batch
-            log.warning("model %s: refused a batch's inputs: %s", model, where)
+        held = (0 if ration is None else ration.take()) if log_it else None
+        if held is not None:  # as run_errors.py logs onnxruntime's refusals: once per batch
+            note = "" if ration is None else ration.note(held)
+            log.warning("model %s: refused a batch's inputs: %s%s", model, where, note)
         raise ModelRefusedInput(f"model '{model}': {where}")
 
 

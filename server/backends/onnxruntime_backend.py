@@ -20,6 +20,7 @@ from typing import Any
 import onnxruntime as ort
 
 from batcher.errors import InstanceClosed
+from batcher.log_ration import Ration
 from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.batch_padding import Padding, padding_for
@@ -154,6 +155,8 @@ class OrtBackend(SessionFacts):
         keep_prepared: bool = False,  # keep this one's outcome in `prepared` for the next
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
+        # A client's refused inputs logged at most once every 10 s by this instance (log_ration.py).
+        self._refusals = Ration()
         self.prepared: PreparedGraph | None = None
         self._keep_prepared = keep_prepared
         self._guard: DivisionGuard | None = None
@@ -349,10 +352,10 @@ class OrtBackend(SessionFacts):
         except Exception as err:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise
-            raise run_failure(self._name, err, log_it=log_failure) from err
+            raise run_failure(self._name, err, log_failure, self._refusals) from err
         if self._guard is not None:  # its counts follow the model's outputs
             own = len(self._output_names)
-            self._guard.check(self._name, results[own:], log_it=log_failure)
+            self._guard.check(self._name, results[own:], log_it=log_failure, ration=self._refusals)
             results = results[:own]
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value

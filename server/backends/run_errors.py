@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 
+from batcher.log_ration import Ration
 from server.errors import ModelRefusedInput, ModelRunFailed
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,20 @@ def is_onnxruntime_error(err: BaseException) -> bool:
     return type(err).__module__.startswith("onnxruntime")
 
 
-def run_failure(model: str, err: Exception, log_it: bool = True) -> ModelRefusedInput | ModelRunFailed:
+def run_failure(
+    model: str, err: Exception, log_it: bool = True, ration: Ration | None = None
+) -> ModelRefusedInput | ModelRunFailed:
     """The exception every request of a batch whose run raised `err` (onnxruntime's) is answered
-    with; logged unless not `log_it` (a run that is no batch, whose caller logs it its own way)."""
+    with; logged unless not `log_it` (a run that is no batch, whose caller logs it its own way),
+    a refusal of the inputs (the client's) within `ration` where one is given."""
     text = " ".join(_PREFIX.sub("", str(err)).split()) or type(err).__name__
     if len(text) > MESSAGE_MAX_CHARS:
         text = text[:MESSAGE_MAX_CHARS] + "..."
     if type(err).__name__ == "InvalidArgument" or _ZERO_DIVISOR.search(text):
-        if log_it:
-            log.warning("model %s: onnxruntime refused a batch's inputs: %s", model, text)
+        held = (0 if ration is None else ration.take()) if log_it else None
+        if held is not None:
+            note = "" if ration is None else ration.note(held)
+            log.warning("model %s: onnxruntime refused a batch's inputs: %s%s", model, text, note)
         return ModelRefusedInput(f"onnxruntime refused the inputs of model '{model}': {text}")
     if log_it:
         log.error("model %s: onnxruntime failed a batch (%s): %s", model, type(err).__name__, text)

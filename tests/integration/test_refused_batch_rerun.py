@@ -5,6 +5,7 @@ batch got the culprit's INVALID_ARGUMENT: one request in ten holding a zero fail
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ REQUESTS = 200  # with one instance, many arrive while it runs: batches form
 GOOD = {"x": np.asarray([[7, -9, 100]], np.int32), "y": np.asarray([[2, 4, -7]], np.int32)}
 ZERO = {"x": np.asarray([[7, -9, 100]], np.int32), "y": np.asarray([[2, 0, -7]], np.int32)}
 RERUN_LINE = "refused for its inputs; running its halves again"
+REFUSAL_LINE = "refused a batch's inputs: integer division by zero"
 
 
 @pytest.fixture()
@@ -34,6 +36,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def test_only_the_request_holding_a_zero_is_refused_in_a_shared_batch(server: ServerProcess) -> None:
+    started = time.monotonic()
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         sent = [
@@ -56,3 +59,10 @@ def test_only_the_request_holding_a_zero_is_refused_in_a_shared_batch(server: Se
     # The zeros did share batches with good requests (else this test proves nothing).
     server.wait_for_output(RERUN_LINE, BOUND_S)
     assert server.process is not None and server.process.poll() is None
+    # A client's refusals are rationed (batcher/log_ration.py): 20 zeros, their batches halved
+    # and refused again, had written a line or two each; now one a kind within 10 s (a few more
+    # if the run outlasted that on a slow machine).
+    elapsed_s = time.monotonic() - started
+    lines = server.output().splitlines()
+    for kind in (RERUN_LINE, REFUSAL_LINE):
+        assert 1 <= sum(kind in line for line in lines) <= 1 + elapsed_s // 10, kind
