@@ -17,6 +17,7 @@ The deadlines that must not end a request are 40 s or more away and the bound on
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -269,7 +270,10 @@ def test_a_queue_timeout_shorter_than_a_run_rejects_only_what_waits_in_the_queue
         wait_until(lambda: in_flight(server, "reject") >= 1, "the first request to run")
         err, _ = failure_of(stub, request("reject"), BOUND_S)  # waits behind it past 300 ms
         assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
-        assert (err.details() or "").startswith(QUEUE_TIMEOUT + "3"), err.details()
+        # Refused for its wait in the queue, once that passed 300 ms (not at once, nor counting the
+        # run). How late past 300 ms is the machine's: 666 ms in a CI run at a load average of 25.
+        said = re.match(re.escape(QUEUE_TIMEOUT) + r"([0-9.]+) ms", err.details() or "")
+        assert said is not None and float(said.group(1)) >= 300.0, err.details()
         first.result(timeout=BOUND_S)  # computed for 600 ms and answered
         # A 50 ms override of a DELAY timeout demotes; the requests all run.
         calls = [
