@@ -113,7 +113,10 @@ def perf_analyzer_rows(
     note, where the server pads."""
     rows: list[Row] = []
     for model in plan.pa_models:  # (the MLP's 256 bytes need no shared memory)
-        for kind in transports(plan, model):
+        # Shared memory first: over the wire perf_analyzer keeps every request's inputs and, on a
+        # loaded machine, can fall behind copying them (loadtest/stall_view.py); a point lost so
+        # must not cost the shared-memory points their time.
+        for kind in sorted(transports(plan, model), key=lambda kind: kind == PA_WIRE):
             for level in levels(plan):
                 if budget.left() < point_s(plan) + POINT_SLACK_S:
                     rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))

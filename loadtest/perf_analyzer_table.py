@@ -15,13 +15,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.proc import Spawned
 from loadtest.server import SpawnedServer
-from loadtest.stall_view import stall_view
+from loadtest.stall_view import group_members, rss_bytes, stall_view
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,20 +63,42 @@ def run_perf_analyzer(
         # A process group, not a session of its own: perf_analyzer in a new session ran on without
         # end here. Spawned, not forked (loadtest/proc.py: gRPC's fork handlers).
         run = Spawned(command)
-        code = run.wait(limit_s)
+        code, why = _waited(run, limit_s, memory_cap())
         said = run.output
         if code is None:
             view = stall_view(run.pid, port)  # before the stop: what it was waiting on
             run.stop()
             last = _last_line(run.output)
             where = f" (its last line: {last[:120]})" if last else " (it printed nothing)"
-            print(f"perf_analyzer past {limit_s:.0f} s at {concurrency} in flight: {view}", file=sys.stderr)
-            raise RuntimeError(f"perf_analyzer ran past {limit_s:.0f} s and was stopped{where}\n{view}")
+            print(f"perf_analyzer {why} at {concurrency} in flight: {view}", file=sys.stderr)
+            raise RuntimeError(f"perf_analyzer {why} and was stopped{where}\n{view}")
         if code != 0 or not report.exists():
             first = f"perf_analyzer exit {code}: {_last_line(said)[:200]}"
             raise RuntimeError(f"{first}\n{said[-2000:]}")
         (row,) = list(csv.DictReader(report.open()))
         return row
+
+
+def memory_cap() -> int:
+    """Half the machine's memory: perf_analyzer keeps every request's inputs over the wire (a
+    point of 602 KB requests held 3.7-5.1 GB here), and one whose main thread fell behind grew
+    ~0.5 GB/s until stopped (loadtest/stall_view.py); past this it is stopped before the machine
+    runs out."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _waited(run: Spawned, limit_s: float, cap: int) -> tuple[int | None, str]:
+    """Its exit code, or None and why it is to be stopped: past `limit_s`, or its processes'
+    memory past `cap` bytes (looked at each second)."""
+    deadline = time.monotonic() + limit_s
+    while (left := deadline - time.monotonic()) > 0:
+        code = run.wait(min(1.0, left))
+        if code is not None:
+            return code, ""
+        held = sum(rss_bytes(pid) for pid in group_members(run.pid))
+        if held > cap:
+            return None, f"held {held / 2**30:.1f} GiB, past half the machine's memory,"
+    return None, f"ran past {limit_s:.0f} s"
 
 
 def _last_line(said: str | None) -> str:

@@ -15,6 +15,8 @@ import collections
 import contextlib
 import dataclasses
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
@@ -108,7 +110,43 @@ def threads_view(pids: list[int]) -> str:
     return f"{sum(counts.values())} threads: " + ", ".join(f"{n} {what}" for what, n in counts.most_common())
 
 
+def rss_bytes(pid: int) -> int:
+    """Process `pid`'s resident memory (0 once it is gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _main_thread(pid: int) -> tuple[str, float]:
+    """The state and CPU seconds so far of process `pid`'s first thread."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_view(pids: list[int], interval_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:
+    """The largest process's memory and what its main thread did over `interval_s`: perf_analyzer
+    keeps every request's inputs over the wire (602 KB each) and its main thread copies them all
+    at each window's end, so a starved main thread falls behind, running, its memory growing
+    (a reviewer's: ~0.5 GB/s, the last line still "Request concurrency: N"), where a tool waiting
+    on an answer sleeps with its memory flat."""
+    if not pids:
+        return "no process left"
+    pid = max(pids, key=rss_bytes)
+    try:
+        rss, (_, cpu) = rss_bytes(pid), _main_thread(pid)
+        sleep(interval_s)
+        grown, (state, cpu_after) = rss_bytes(pid) - rss, _main_thread(pid)
+    except (OSError, IndexError, ValueError):
+        return "its main thread could not be read"
+    return (
+        f"main thread {state}, {cpu_after - cpu:.2f} s of CPU in {interval_s:g} s; memory "
+        f"{rss / 2**30:.2f} GiB, {grown / 2**20:+.0f} MiB meanwhile"
+    )
+
+
 def stall_view(pgid: int, port: int) -> str:
-    """Both views of process group `pgid` on one line, for the error that reports the stop."""
+    """The views of process group `pgid` on one line, for the error that reports the stop."""
     pids = group_members(pgid)
-    return f"{connections_view(pids, port)}; {threads_view(pids)}"
+    return f"{connections_view(pids, port)}; {threads_view(pids)}; {busy_view(pids)}"

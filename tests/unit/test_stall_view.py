@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.stall_view import connections_view, group_members, stall_view, tcp_sockets, threads_view
+from loadtest.stall_view import (
+    busy_view,
+    connections_view,
+    group_members,
+    stall_view,
+    tcp_sockets,
+    threads_view,
+)
 
 CHUNK = 64 * 1024
 
@@ -100,3 +107,30 @@ def test_threads_are_counted_by_state_and_wait() -> None:
     assert re.fullmatch(r"\d+ threads: (\d+ [A-Z] \S+(, )?)+", said), said
     assert re.search(r"\b\d+ R ", said), said  # the thread reading its own state runs
     assert threads_view([2**22 + 12345]) == "its threads could not be read"
+
+
+@pytest.mark.parametrize(
+    ("code", "busy"), [("import time; time.sleep(60)", False), ("while True: pass", True)]
+)
+def test_a_busy_main_thread_is_told_from_a_waiting_one(code: str, busy: bool) -> None:
+    """perf_analyzer copying its records falls behind, running; one waiting on an answer sleeps."""
+    started = f"import time\nprint(1, flush=True)\n{code}"
+    child = subprocess.Popen([sys.executable, "-c", started], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"1\n"  # started: no import left
+        said = busy_view(group_members(child.pid), 0.5)
+        match = re.fullmatch(
+            r"main thread (\S), ([0-9.]+) s of CPU in 0.5 s; memory ([0-9.]+) GiB, ([+-]\d+) MiB meanwhile",
+            said,
+        )
+        assert match is not None, said
+        state, cpu = match.group(1), float(match.group(2))
+        if busy:
+            assert state == "R" and cpu > 0.0, said
+        else:
+            assert state == "S" and cpu < 0.05 and abs(int(match.group(4))) <= 1, said  # (its print's end)
+        assert 0.0 < float(match.group(3)) < 1.0
+    finally:
+        child.kill()
+        child.wait()
+    assert busy_view([]) == "no process left"
