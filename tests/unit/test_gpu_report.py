@@ -4,6 +4,7 @@ and skipped points that stay visible instead of vanishing."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,12 @@ def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp
     from loadtest.gpu_perf_analyzer import run_point
 
     tool = tmp_path / "perf_analyzer"
-    tool.write_text("#!/bin/sh\necho '  Pass [1] throughput: 10 infer/sec'\nsleep 97.25 &\nwait\n")
+    marker = f"sleep 97.{os.getpid()}"  # this run's own (pgrep sees another test run's processes too)
+    tool.write_text(f"#!/bin/sh\necho '  Pass [1] throughput: 10 infer/sec'\n{marker} &\nwait\n")
     tool.chmod(0o755)
     with pytest.raises(RuntimeError, match=r"ran past 1 s and was stopped \(its last line: Pass \[1\]"):
         run_point(tool, "127.0.0.1:1", "resnet", 16, PA_WIRE, plan_for(True), 1.0)
-    left = subprocess.run(["pgrep", "-f", "sleep 97.25"], capture_output=True, text=True, check=False)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
     assert left.stdout == "", left.stdout
 
 
