@@ -94,6 +94,8 @@ def test_another_process_connections_and_a_port_nobody_holds(listener: socket.so
             # Only the process group's own sockets count: this process holds the server end alone.
             assert connections_view([os.getpid()], port) == f"no established connection to port {port}"
             assert group_members(child.pid) == [child.pid]
+            # Asleep in time.sleep once its print is done (polled: the kernel's state of it).
+            wait_for(lambda: threads_view([child.pid]).startswith("1 threads: 1 S "), "asleep")
             said = stall_view(child.pid, port)
             assert said.startswith(f"1 connections to port {port}:"), said
             assert "; 1 threads: 1 S " in said, said  # asleep in time.sleep
