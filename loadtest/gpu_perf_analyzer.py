@@ -25,7 +25,7 @@ import grpc
 from loadtest.gpu_plan import Budget, Plan
 from loadtest.gpu_report import OUT_OF_TIME, PA_CUDA, PA_SHM, PA_WIRE, Row
 from loadtest.model_statistics import batches_run, rows_and_runs
-from loadtest.perf_analyzer_table import run_perf_analyzer
+from loadtest.perf_analyzer_table import STOPPED, run_perf_analyzer
 from loadtest.server_metrics import padded_shape_changes
 
 CUDA_MODELS = ("resnet",)  # the 0.8-of-raw target's model, through CUDA shared memory on a GPU
@@ -138,7 +138,14 @@ def perf_analyzer_rows(
                         model, label, kind, level, float(found["Inferences/Second"]),
                         ran / runs if runs and one_process else None,
                         float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
-                        "" if changes is None else f"{changes:.0f} padded shape changes",
+                        "; ".join(
+                            note
+                            for note in (
+                                "" if changes is None else f"{changes:.0f} padded shape changes",
+                                found.get(STOPPED, ""),
+                            )
+                            if note
+                        ),
                     )
                 )  # fmt: skip
     return rows

@@ -28,6 +28,7 @@ from loadtest.gpu_plan import Plan, plan_for
 from loadtest.gpu_report import PA_SHM, PA_WIRE
 from loadtest.model_statistics import every_workers_batches, rows_and_runs
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
+from loadtest.perf_analyzer_table import STOPPED
 from loadtest.server import SpawnedServer
 
 MODEL = "meanpool"
@@ -95,9 +96,10 @@ def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, 
     after, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid) - cpu
     rows, runs = after[0] - before[0], after[1] - before[1]
     rate, p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1e3
+    stopped = f" ({row[STOPPED]})" if STOPPED in row else ""
     return (
         f"{rate:7.1f} rows/s, avg batch {rows / max(runs, 1):.1f}, "
-        f"server CPU {1e3 * cpu / max(rows, 1):.2f} ms a row, p50 {p50:.1f} ms"
+        f"server CPU {1e3 * cpu / max(rows, 1):.2f} ms a row, p50 {p50:.1f} ms{stopped}"
     )
 
 

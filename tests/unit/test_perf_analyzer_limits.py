@@ -3,9 +3,13 @@ the wire it keeps every request's inputs; one that fell behind grew ~0.5 GB/s un
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
-from loadtest.perf_analyzer_table import _waited, memory_cap
+import pytest
+
+from loadtest.perf_analyzer_table import STOPPED, _waited, memory_cap, run_perf_analyzer
 from loadtest.proc import Spawned
 
 HOLD_100_MIB = "b = b'x' * (100 << 20)\nprint(1, flush=True)\nimport time\ntime.sleep(60)"
@@ -30,3 +34,22 @@ def test_a_run_within_its_bounds_gives_its_exit_code() -> None:
     finally:
         stuck.stop()
     assert memory_cap() > 1 << 30
+
+
+def test_a_report_written_before_a_hung_exit_is_kept_with_a_note(tmp_path: Path) -> None:
+    """perf_analyzer writes its report, then stops its threads (each waits for its call) and frees
+    the point's records: a reviewer caught that going on past 40 s after the report. The point's
+    measurement is whole, so it is kept, said to have been stopped; a report half written is not."""
+    tool = tmp_path / "perf_analyzer"
+    tool.write_text(
+        '#!/bin/sh\nwhile [ "$1" != -f ]; do shift; done\n'
+        'printf "Inferences/Second,p50 latency,p99 latency\\n10,1000,2000\\n" > "$2"\n'
+        f"exec sleep 98.{os.getpid()}\n"
+    )
+    tool.chmod(0o755)
+    row = run_perf_analyzer(tool, 1, "resnet", 16, False, 300, limit_s=1.0)
+    assert row["Inferences/Second"] == "10" and row["p99 latency"] == "2000"
+    assert row[STOPPED] == "perf_analyzer ran past 1 s after writing its report and was stopped"
+    tool.write_text(tool.read_text().replace("\\n10,1000,2000\\n", "\\n10,1000\\n"))
+    with pytest.raises(RuntimeError, match="ran past 1 s and was stopped"):
+        run_perf_analyzer(tool, 1, "resnet", 16, False, 300, limit_s=1.0)
