@@ -226,7 +226,7 @@ async def test_a_send_cancelled_while_a_frozen_server_cut_the_stream_leaves_it_u
             with pytest.raises(Unavailable, match="frame_timeout_s"):
                 for _ in range(200):  # until a write blocks; its caller gives up first
                     try:
-                        await asyncio.wait_for(stream.send(frame), 0.0005)
+                        await asyncio.wait_for(stream.send(frame), FRAME_TIMEOUT_S / 5)
                     except asyncio.TimeoutError:
                         # Cancelled: either the blocked write, which the watch then cut (the next
                         # send says so), or, on a loaded machine, a write only slow to be written
