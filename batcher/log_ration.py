@@ -36,6 +36,12 @@ class Ration:
             held, self._held = self._held, 0
             return held
 
+    def flush(self) -> int:
+        """The lines held back since the last logged, counted as said (at a close: nothing follows)."""
+        with self._lock:
+            held, self._held = self._held, 0
+            return held
+
     def note(self, held: int) -> str:
         """The words a logged line ends with when `held` lines were held back before it."""
         return f" ({held} more like it since the last such line, not logged)" if held else ""

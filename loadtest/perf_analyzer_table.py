@@ -99,12 +99,18 @@ def _report_row(report: Path) -> dict[str, str] | None:
     return rows[0] if whole and "Inferences/Second" in rows[0] else None
 
 
-def memory_cap() -> int:
-    """Half the machine's memory: perf_analyzer keeps every request's inputs over the wire (a
-    point of 602 KB requests held 3.7-5.1 GB here), and one whose main thread fell behind grew
-    ~0.5 GB/s until stopped (loadtest/stall_view.py); past this it is stopped before the machine
-    runs out."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+def memory_cap(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> int:
+    """Half the machine's memory, or of this cgroup's limit where that is less: perf_analyzer keeps
+    every request's inputs over the wire (a point of 602 KB requests held 1.7-5.1 GB here), and one
+    whose main thread fell behind grew ~0.25-0.5 GB/s until stopped (loadtest/stall_view.py); past
+    this it is stopped before the machine (or the container) runs out."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = cgroup_limit.read_text().strip()
+        physical = min(physical, int(limit)) if limit.isdigit() else physical  # "max": none
+    except OSError:
+        pass
+    return physical // 2
 
 
 def _waited(run: Spawned, limit_s: float, cap: int) -> tuple[int | None, str]:

@@ -147,6 +147,10 @@ def busy_view(pids: list[int], interval_s: float = 1.0, sleep: Callable[[float],
 
 
 def stall_view(pgid: int, port: int) -> str:
-    """The views of process group `pgid` on one line, for the error that reports the stop."""
-    pids = group_members(pgid)
-    return f"{connections_view(pids, port)}; {threads_view(pids)}; {busy_view(pids)}"
+    """The views of process group `pgid` on one line, for the error that reports the stop; never
+    raises (its caller stops the tool after it: an odd /proc line must not leave it running)."""
+    try:
+        pids = group_members(pgid)
+        return f"{connections_view(pids, port)}; {threads_view(pids)}; {busy_view(pids)}"
+    except Exception as err:
+        return f"no view ({type(err).__name__}: {err})"

@@ -20,6 +20,8 @@ import os
 import pickle
 import socket
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,43 @@ def _reserve(fd: int, size: int) -> None:
 
 def read_arrays(segment: Segment, places: list[TensorPlace]) -> dict[str, Array]:
     return {place.name: segment.array(place) for place in places}
+
+
+class SegmentMaps:
+    """A host connection's mapped segments: each mapped once (a grown one replaces it), the last
+    MAX_MAPS used kept. A segment whose file its worker removed (trimmed, segment_pool.py) is let
+    go at a run at least SWEEP_S after the last look: the mapping alone held its memory in
+    /dev/shm (a reviewer's: a 20 MiB segment the worker had removed stayed mapped through 100
+    later batches, where only a new segment's first run had looked)."""
+
+    MAX_MAPS = 16
+    SWEEP_S = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._maps: dict[str, Segment] = {}  # in the order last used
+        self._clock = clock
+        self._looked = clock()
+
+    def get(self, path: str, size: int) -> Segment:
+        segment = self._maps.pop(path, None)
+        if segment is not None and segment.size != size:
+            segment.close()
+            segment = None
+        if segment is None or self._clock() - self._looked >= self.SWEEP_S:
+            self._looked = self._clock()
+            for gone in [p for p in self._maps if not Path(p).exists()]:
+                self._maps.pop(gone).close()
+        if segment is None:
+            segment = Segment.attach(Path(path), size)
+            while len(self._maps) >= self.MAX_MAPS:
+                self._maps.pop(next(iter(self._maps))).close()
+        self._maps[path] = segment  # last used: at the end
+        return segment
+
+    def paths(self) -> list[str]:
+        return list(self._maps)
+
+    def close(self) -> None:
+        maps, self._maps = self._maps, {}
+        for segment in maps.values():
+            segment.close()

@@ -159,7 +159,9 @@ class HostedBackend(SessionFacts):
         (a run's ("started",) notes on the way go to `started`). The host gone: the server stops
         (the parent takes it down), so UNAVAILABLE, not a traceback per request."""
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
+            # The longest idle first: each connection's host thread looks at its mappings as it
+            # runs (host_wire.SegmentMaps), and one left idle held a trimmed segment's memory.
+            conn = self._idle.pop(0) if self._idle else None
         try:
             if conn is None:
                 conn = _connect(self._socket_path)

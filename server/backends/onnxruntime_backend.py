@@ -155,8 +155,9 @@ class OrtBackend(SessionFacts):
         keep_prepared: bool = False,  # keep this one's outcome in `prepared` for the next
     ) -> None:
         self._name = model_name or model_path.parent.parent.name
-        # A client's refused inputs logged at most once every 10 s by this instance (log_ration.py).
-        self._refusals = Ration()
+        # A client's refused inputs logged at most once every 10 s by this instance (log_ration.py),
+        # onnxruntime's refusals and the division guard's apart (one flood hides not the other).
+        self._refusals, self._zero_divisors = Ration(), Ration()
         self.prepared: PreparedGraph | None = None
         self._keep_prepared = keep_prepared
         self._guard: DivisionGuard | None = None
@@ -355,7 +356,7 @@ class OrtBackend(SessionFacts):
             raise run_failure(self._name, err, log_failure, self._refusals) from err
         if self._guard is not None:  # its counts follow the model's outputs
             own = len(self._output_names)
-            self._guard.check(self._name, results[own:], log_it=log_failure, ration=self._refusals)
+            self._guard.check(self._name, results[own:], log_it=log_failure, ration=self._zero_divisors)
             results = results[:own]
         outputs = {
             name: encode_strings(value) if name in self._string_outputs else value
@@ -370,6 +371,11 @@ class OrtBackend(SessionFacts):
         threads stayed until a full GC (30 instances loaded and unloaded kept 30 threads)."""
         self._executor.shutdown(wait=False, cancel_futures=self._run_options.terminate)
         self._session = None
+        held = self._refusals.flush() + self._zero_divisors.flush()
+        if held:  # the rations' counts that no later line carried
+            logger.warning(
+                "model %s: %d more refused batches' lines not logged by its close", self._name, held
+            )
         self._io = dataclasses.replace(self._io, runner=None, staging=None)
 
     def abandon(self) -> None:

@@ -4,14 +4,16 @@ A batch's inputs are written into a segment (a tmpfs file both sides map, host_w
 had only grown and were kept until the model unloaded: one burst of large requests pinned about
 1.25 times its largest batch in /dev/shm, mapped in the host too, for each model instance of each
 worker (a tester's 12 requests of 16 MiB left 162 MiB, and 100 small requests after it freed
-none). A free segment is kept now only while it is at most twice the size the last RECENT batches
-needed; a larger one is removed when it comes back or is found free, and the host lets its mapping
-go once the file is gone (session_host._mapped). A batch takes the smallest free segment it fits,
-so a large one is not worn by small batches while a small one is free.
+none). A free segment is kept now only while it is at most twice the largest batch of the last
+RECENT_S seconds; a larger one is removed when it comes back, and the host lets its mapping go at
+its next look (host_wire.SegmentMaps). Seconds, not a count of batches: a large batch every 40
+batches had made a new segment each time (a reviewer's, ~12 ms more for a 19 MiB batch), where one
+that comes at least every RECENT_S seconds now keeps its segment. A batch takes the smallest free
+segment it fits, so a large one is not worn by small batches while a small one is free.
 
-Not trimmed while no batch runs: after a burst and no traffic since, its segments stay until the
-next RECENT batches or the model's unload (as a process without shared sessions keeps the memory
-its allocator took).
+Not trimmed while no batch runs: after a burst and no traffic since, its segments stay until a
+batch runs RECENT_S seconds later, or the model unloads (as a process without shared sessions
+keeps the memory its allocator took).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import collections
 import contextlib
 import itertools
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from server.backends.host_wire import Segment
 
 GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
-RECENT = 32  # batches whose sizes decide which free segments are worth keeping
+RECENT_S = 10.0  # the batches of these last seconds decide which free segments are worth keeping
 SLACK = 2  # a free segment is kept up to this many times what the recent batches need
 
 
@@ -37,19 +41,19 @@ def grown(size: int) -> int:
 class SegmentPool:
     """The free segments of one model instance; `take` and `give_back` from any thread."""
 
-    def __init__(self, directory: Path, prefix: str) -> None:
+    def __init__(self, directory: Path, prefix: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._directory = directory
         self._prefix = prefix
         self._lock = threading.Lock()
         self._free: list[Segment] = []
-        self._recent: collections.deque[int] = collections.deque(maxlen=RECENT)
+        self._recent = RecentMax(RECENT_S, clock)
         self._serial = itertools.count()
         self._closed = False
 
     def take(self, size: int) -> Segment:
         """A segment of at least `size` bytes: the smallest free one that fits, else a new one."""
         with self._lock:
-            self._recent.append(size)
+            self._recent.add(size)
             fits = [s for s in self._free if s.size >= size]
             if fits:
                 best = min(fits, key=lambda s: s.size)
@@ -69,7 +73,7 @@ class SegmentPool:
             if self._closed:
                 gone = [segment]
             else:
-                limit = SLACK * grown(max(self._recent, default=0))
+                limit = SLACK * grown(self._recent.max())
                 gone = [s for s in (*self._free, segment) if s.size > limit]
                 self._free = [s for s in (*self._free, segment) if s.size <= limit]
         for old in gone:
@@ -86,6 +90,31 @@ class SegmentPool:
             free, self._free = self._free, []
         for segment in free:
             remove(segment)
+
+
+class RecentMax:
+    """The largest size added in the last `window_s` seconds (O(1) a call, amortized: sizes that a
+    later, larger one outlasts are dropped as it comes)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._sizes: collections.deque[tuple[float, int]] = collections.deque()  # sizes decreasing
+
+    def add(self, size: int) -> None:
+        now = self._clock()
+        while self._sizes and self._sizes[-1][1] <= size:
+            self._sizes.pop()
+        self._sizes.append((now, size))
+        self._expire(now)
+
+    def max(self) -> int:
+        self._expire(self._clock())
+        return self._sizes[0][1] if self._sizes else 0
+
+    def _expire(self, now: float) -> None:
+        while self._sizes and self._sizes[0][0] < now - self._window_s:
+            self._sizes.popleft()
 
 
 def remove(segment: Segment) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.errors import InstanceClosed
-from server.backends.host_wire import HostGone, Segment, read_arrays, receive, send
+from server.backends.host_wire import HostGone, SegmentMaps, read_arrays, receive, send
 from server.backends.hosted_session import HostCounts, HostedSession, Moved, OpenRequest
 from server.errors import ModelRunFailed
 
@@ -38,7 +38,6 @@ READY_LINE = "session host ready"  # host_process.py waits for it
 STOP_LIMIT_S = 60.0  # after a stop signal, how long the workers' connections are waited for
 MOVES = 3  # times a batch follows its slot to a fresh session (each an abandon meanwhile)
 MAX_REFUSALS = 256  # keys remembered as refused (a reload of a changed version has a new key)
-MAX_SEGMENTS = 16  # a connection's mapped segments kept (a worker's grow, and go, with its batches)
 
 
 def _sendable(err: BaseException) -> BaseException:
@@ -97,12 +96,12 @@ class SessionHost:
             return self._idle.wait_for(lambda: self._connections == 0, limit_s)
 
     def _connection(self, conn: socket.socket) -> None:
-        segments: dict[str, Segment] = {}  # mapped once, in the order last used
+        maps = SegmentMaps()  # this connection's worker's segments, mapped once
         try:
             while True:
                 message = receive(conn)
                 try:
-                    reply = self._answer(message, segments, conn)
+                    reply = self._answer(message, maps, conn)
                 except Exception as err:
                     reply = ("failed", _sendable(err))
                 send(conn, reply)
@@ -110,19 +109,18 @@ class SessionHost:
             pass  # the worker closed it (or stopped)
         finally:
             conn.close()
-            for segment in segments.values():
-                segment.close()
+            maps.close()
             with self._lock:
                 self._connections -= 1
                 self._idle.notify_all()
 
     def _answer(
-        self, message: tuple[Any, ...], segments: dict[str, Segment], conn: socket.socket | None = None
+        self, message: tuple[Any, ...], maps: SegmentMaps, conn: socket.socket | None = None
     ) -> tuple[Any, ...]:
         kind = message[0]
         if kind == "run":
             _, key, path, size, places, start_by = message
-            segment = _mapped(segments, path, size)
+            segment = maps.get(path, size)
             # The worker's watchdog times the run from its start here, not from its wait for a turn.
             on_start = partial(send, conn, ("started",)) if conn is not None else None
             arrays = read_arrays(segment, places)
@@ -242,24 +240,6 @@ class SessionHost:
             sessions = [slot.session for slot in self._slots.values() if slot.session is not None]
         for session in sessions:
             _log_counts(session)
-
-
-def _mapped(segments: dict[str, Segment], path: str, size: int) -> Segment:
-    """The worker's segment at `path`, mapped once per connection (a grown one replaces it)."""
-    segment = segments.pop(path, None)
-    if segment is not None and segment.size != size:
-        segment.close()
-        segment = None
-    if segment is None:
-        segment = Segment.attach(Path(path), size)
-        # A new segment: those whose files their worker has removed (grown past, or closed) go, or
-        # their memory stays held by the mapping; the oldest beyond MAX_SEGMENTS go too.
-        for gone in [p for p in segments if not Path(p).exists()]:
-            segments.pop(gone).close()
-        while len(segments) >= MAX_SEGMENTS:
-            segments.pop(next(iter(segments))).close()
-    segments[path] = segment  # last used: at the end
-    return segment
 
 
 def _log_counts(session: HostedSession) -> None:

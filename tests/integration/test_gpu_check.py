@@ -180,12 +180,12 @@ def test_the_script_on_a_gpu_machine_hands_the_measurement_its_providers(tmp_pat
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi: the stand-in would not be the one found")
     calls = tmp_path / "pip-calls"
-    limit = str(400 + os.getpid() % 500)  # this run's own timer (pgrep sees other test runs' too)
+    limit = str(100_000 + os.getpid() % 900_000)  # its own timer (pgrep sees other test runs' too)
     env = {**stand_ins(tmp_path, f'echo "$*" >>{calls}'), "GPU_CHECK_LIMIT_S": limit}
     env["GPU_CHECK_SERVER_ARGS"] = "--shared-sessions=gpu --max-batches-in-flight=2"  # parsed, not refused
     out = tmp_path / "out"
     done = gpu_check_sh(out, env, timeout_s=300)
-    left = subprocess.run(["pgrep", "-f", f"sleep {limit}"], capture_output=True, text=True, check=False)
+    left = subprocess.run(["pgrep", "-xf", f"sleep {limit}"], capture_output=True, text=True, check=False)
     assert left.stdout == "", f"the limit's timer outlived the run: {left.stdout}"
     log = (out / "gpu_check.log").read_text()
     assert done.returncode == 1, log[-2000:]
@@ -251,7 +251,7 @@ def test_the_limit_bounds_the_whole_run(tmp_path: Path) -> None:
     assert done.returncode == 124, done.stderr[-2000:]
     assert "stopped at GPU_CHECK_LIMIT_S=4 s" in done.stderr
     assert "== install .[cuda,gpucheck]" in (tmp_path / "out" / "gpu_check.log").read_text()  # where it hung
-    left = subprocess.run(["pgrep", "-f", hang], capture_output=True, text=True, check=False)
+    left = subprocess.run(["pgrep", "-xf", re.escape(hang)], capture_output=True, text=True, check=False)
     assert left.stdout == "", f"left running: {left.stdout}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,7 @@ def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp
     tool.chmod(0o755)
     with pytest.raises(RuntimeError, match=r"ran past 1 s and was stopped \(its last line: Pass \[1\]"):
         run_point(tool, "127.0.0.1:1", "resnet", 16, PA_WIRE, plan_for(True), 1.0)
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+    left = subprocess.run(["pgrep", "-xf", re.escape(marker)], capture_output=True, text=True, check=False)
     assert left.stdout == "", left.stdout
 
 

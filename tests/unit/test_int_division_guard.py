@@ -405,3 +405,20 @@ def test_a_model_already_naming_values_with_the_prefix_is_guarded_under_another(
         guard, {"x": np.asarray([4, 4, 4], np.int32), "y": np.asarray([2, 0, 1], np.int32)}
     )
     assert counts == [1, 0] and outputs[1].tolist() == outputs[0].tolist()  # its own output untouched
+
+
+def test_a_clients_zeros_are_logged_once_a_period_and_the_rest_counted_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile client's zero divisors had written a line each (batcher/log_ration.py)."""
+    guarded_backend = backend(mixed_divisions(tmp_path / "m.onnx"), int_division_guard=True)
+    zero = {**FEED, "y": np.asarray([[2, 2, -4], [7, 0, 1]], np.int32)}
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            with pytest.raises(ModelRefusedInput):
+                guarded_backend.run_blocking(zero)
+        assert [r.getMessage().split(":")[1] for r in caplog.records] == [" refused a batch's inputs"]
+        guarded_backend.close()
+    assert (
+        caplog.records[-1].getMessage() == "model div: 4 more refused batches' lines not logged by its close"
+    )

@@ -47,3 +47,12 @@ def test_threads_taking_at_once_log_one_line() -> None:
     for thread in threads:
         thread.join()
     assert got.count(0) == 1 and got.count(None) == 8 * 200 - 1
+
+
+def test_flush_gives_the_count_held_back_and_starts_again() -> None:
+    clock = Clock()
+    ration = Ration(10.0, clock)
+    assert ration.take() == 0 and ration.take() is None and ration.take() is None
+    assert ration.flush() == 2 and ration.flush() == 0
+    clock.now += 10.0
+    assert ration.take() == 0  # what flush took is not counted again

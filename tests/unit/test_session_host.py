@@ -18,7 +18,7 @@ from batcher.errors import InstanceClosed, RunTimedOut
 from batcher.watchdog import ExpiredUnrun, Watchdog, _start_signal, _unless_expired
 from server.backends.batch_padding import Padding, ShapeChanges, StickySize
 from server.backends.host_process import PREFIX, remove_stale_host_dirs
-from server.backends.host_wire import Segment, TensorPlace, read_arrays
+from server.backends.host_wire import Segment, SegmentMaps, TensorPlace, read_arrays
 from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, Moved, OpenRequest
 from server.backends.onnxruntime_backend import OrtOptions
 from server.backends.session_host import SessionHost
@@ -468,7 +468,7 @@ def test_batches_waiting_in_an_abandoned_session_run_in_the_fresh_one(tmp_path: 
         return {"y": 2 * arrays["x"]}
 
     first.run = moved_once  # type: ignore[method-assign, assignment]
-    reply = host._answer(("run", key, str(segment.path), segment.size, [place], None), {})
+    reply = host._answer(("run", key, str(segment.path), segment.size, [place], None), SegmentMaps())
     assert reply[0] == "ok"
     np.testing.assert_array_equal(reply[1]["y"], 2 * _rows(2)["x"])  # run by the fresh session
     assert host._slots[key].session is not first

@@ -136,3 +136,13 @@ def test_a_busy_main_thread_is_told_from_a_waiting_one(code: str, busy: bool) ->
         child.kill()
         child.wait()
     assert busy_view([]) == "no process left"
+
+
+def test_a_view_that_fails_says_so_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import loadtest.stall_view as stall
+
+    def broken(pgid: int) -> list[int]:
+        raise ValueError("an odd /proc line")
+
+    monkeypatch.setattr(stall, "group_members", broken)
+    assert stall.stall_view(1, 1) == "no view (ValueError: an odd /proc line)"
