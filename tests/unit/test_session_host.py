@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, Moved
 from server.backends.onnxruntime_backend import OrtOptions
 from server.backends.session_host import SessionHost
 from server.errors import ModelRefusedInput
+from tests.support.server_process import wait_until
 
 
 def _double(path: Path) -> Path:
@@ -488,3 +490,38 @@ def test_a_start_told_after_the_loop_closed_does_not_fail_the_run() -> None:
     loop.close()
     assert started is not None
     started()  # no RuntimeError("Event loop is closed")
+
+
+def test_a_batch_still_waiting_when_its_start_by_passes_is_answered_then(tmp_path: Path) -> None:
+    """Behind another worker's run of seconds, a batch past its deadlines had been answered unrun
+    only when its turn came (a tester's: DEADLINE_EXCEEDED 2.9 s late); now at its start_by. A
+    batch a run took before then runs on. (No runner here: the test takes the batches.)"""
+    session = _session(tmp_path, max_rows=16)
+    said: list[object] = []
+
+    def run(start_by: float) -> None:
+        try:
+            said.append(session.run(_rows(2), start_by=start_by))
+        except ExpiredUnrun as err:
+            said.append(err)
+
+    waiting = threading.Thread(target=run, args=(time.monotonic() + 0.2,), daemon=True)
+    waiting.start()
+    waiting.join(30)  # no run ever takes it: answered at its start_by, not never
+    assert not waiting.is_alive() and isinstance(said.pop(), ExpiredUnrun)
+    assert session.expired == 1 and not session._jobs
+
+    start_by = time.monotonic() + 0.2
+    taken_in_time = threading.Thread(target=run, args=(start_by,), daemon=True)
+    taken_in_time.start()
+    wait_until(lambda: bool(session._jobs), "the batch queued")
+    (job,) = session._take() or []  # a run takes it before its start_by
+    while time.monotonic() < start_by + 0.1:  # its start_by passes while it runs
+        time.sleep(0.01)
+    job.outputs = {"y": np.zeros((2, 4), np.float32)}
+    job.done.set()
+    session._finished()
+    taken_in_time.join(30)
+    assert not taken_in_time.is_alive() and list(said.pop()) == ["y"]  # (a dict of outputs)
+    assert session.expired == 1
+    session.close()
