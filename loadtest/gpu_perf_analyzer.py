@@ -133,19 +133,14 @@ def perf_analyzer_rows(
                 ran, runs = after[0] - before[0], after[1] - before[1]
                 one_process = plan.server_workers == 1  # else before and after may be two workers' reads
                 changes = now - (changed or 0) if now is not None and one_process else None
+                padded = "" if changes is None else f"{changes:.0f} padded shape changes"
+                note = "; ".join(filter(None, (padded, found.get(STOPPED, ""))))
                 rows.append(
                     Row(
                         model, label, kind, level, float(found["Inferences/Second"]),
                         ran / runs if runs and one_process else None,
                         float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
-                        "; ".join(
-                            note
-                            for note in (
-                                "" if changes is None else f"{changes:.0f} padded shape changes",
-                                found.get(STOPPED, ""),
-                            )
-                            if note
-                        ),
+                        note,
                     )
                 )  # fmt: skip
     return rows

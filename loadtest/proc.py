@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) process `pid` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def stat_fields(pid: int, tid: int | None = None) -> list[str]:
+    """/proc's stat of process `pid` (or of its thread `tid`) after its name: [0] the state, [1]
+    the parent, [2] the process group, [11] and [12] user and system clock ticks."""
+    where = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    return Path(where).read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) process `pid` (all its threads), or its thread `tid`, has
+    used so far."""
+    fields = stat_fields(pid, tid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -2,11 +2,13 @@
 
 perf_analyzer sends without a client deadline, so one answer it never gets holds its point for
 good: a stall seen on the H200 (BENCHMARKS.md section 16b) and on 2 cores under load (section 39),
-its cause unknown. From outside, an answer the server never sent and one the tool never read look
+its cause then unknown. From outside, an answer the server never sent and one the tool never read look
 alike; the bytes queued on each of the tool's TCP connections to the server tell them apart
 (unread by the tool, unread by the server, or none anywhere: the server holds a call it has not
-answered), and its threads' states say whether it is waiting at all. Nothing here needs a tool
-the machine may lack (ss, gdb: the wheel's binary has no symbols for gdb to name anyway).
+answered), its threads' states say whether it is waiting at all, and its main thread's CPU and
+its memory over a second whether it has fallen behind copying its own records (section 39: the
+stall caught so). Nothing here needs a tool the machine may lack (ss, gdb: the wheel's binary has
+no symbols for gdb to name anyway).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from loadtest.proc import cpu_s, stat_fields
 
 TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 ESTABLISHED = "01"
@@ -72,7 +76,7 @@ def group_members(pgid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                if int(stat_fields(int(entry))[2]) == pgid:
                     members.append(int(entry))
     return sorted(members)
 
@@ -102,7 +106,7 @@ def threads_view(pids: list[int]) -> str:
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError):
-                    state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    state = stat_fields(pid, int(tid))[0]
                     wchan = Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip() or "-"
                     counts[f"{state} {wchan}"] += 1
     if not counts:
@@ -119,12 +123,6 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def _main_thread(pid: int) -> tuple[str, float]:
-    """The state and CPU seconds so far of process `pid`'s first thread."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return fields[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def busy_view(pids: list[int], interval_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> str:
     """The largest process's memory and what its main thread did over `interval_s`: perf_analyzer
     keeps every request's inputs over the wire (602 KB each) and its main thread copies them all
@@ -135,9 +133,9 @@ def busy_view(pids: list[int], interval_s: float = 1.0, sleep: Callable[[float],
         return "no process left"
     pid = max(pids, key=rss_bytes)
     try:
-        rss, (_, cpu) = rss_bytes(pid), _main_thread(pid)
+        rss, cpu = rss_bytes(pid), cpu_s(pid, pid)
         sleep(interval_s)
-        grown, (state, cpu_after) = rss_bytes(pid) - rss, _main_thread(pid)
+        grown, cpu_after, state = rss_bytes(pid) - rss, cpu_s(pid, pid), stat_fields(pid, pid)[0]
     except (OSError, IndexError, ValueError):
         return "its main thread could not be read"
     return (

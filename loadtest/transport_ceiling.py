@@ -65,7 +65,7 @@ def tree_cpu_s(pid: int) -> float:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(proc.stat_fields(int(stat.parent.name))[1])
         except (OSError, ValueError, IndexError):
             continue  # ended meanwhile
         children.setdefault(parent, []).append(int(stat.parent.name))
@@ -128,10 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for shm in (False, True):
                         try:
                             line = point(tool, server, level, shm, plan, args.workers)
-                        except RuntimeError as err:  # one point's failure, said; the others go on
-                            line = (
-                                "failed: " + str(err).strip().splitlines()[0]
-                            )  # (a stall: its view on stderr)
+                        except RuntimeError as err:  # said (a stall's view went to stderr); the rest go on
+                            line = "failed: " + str(err).strip().splitlines()[0]
                         print(
                             f"round {round_} {level} in flight {'shm ' if shm else 'wire'}: {line}",
                             flush=True,
