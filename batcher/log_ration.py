@@ -45,3 +45,12 @@ class Ration:
     def note(self, held: int) -> str:
         """The words a logged line ends with when `held` lines were held back before it."""
         return f" ({held} more like it since the last such line, not logged)" if held else ""
+
+
+def rationed(ration: Ration | None) -> str | None:
+    """How a line to log now ends ("" or the count held back before it), or None to hold it back;
+    without a ration every line is logged."""
+    if ration is None:
+        return ""
+    held = ration.take()
+    return None if held is None else ration.note(held)

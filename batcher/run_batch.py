@@ -30,7 +30,7 @@ from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
-from batcher.log_ration import Ration
+from batcher.log_ration import Ration, rationed
 from batcher.queue import Request, is_done, settle_error
 from batcher.scatter import Part, scatter
 from batcher.stats import ModelStats
@@ -144,11 +144,11 @@ class BatchRunner:
             if len(batch) == 1:
                 self._fail(flight, batch, exc)
             else:  # one request's values (a zero divisor) must not fail the others beside it
-                held = self._reruns.take()
-                if held is not None:
+                end = rationed(self._reruns)
+                if end is not None:
                     log.warning(
                         "%s: a batch of %d requests refused for its inputs; running its halves again%s",
-                        self._name, len(batch), self._reruns.note(held),
+                        self._name, len(batch), end,
                     )  # fmt: skip
                 await self._halves_again(instance, batch)
                 self._flights.land(flight)

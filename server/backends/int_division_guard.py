@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, inliner, shape_inference
 
-from batcher.log_ration import Ration
+from batcher.log_ration import Ration, rationed
 from batcher.types import Array
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, graphs, has_division, rewrite_graph
@@ -84,10 +84,9 @@ class DivisionGuard:
         if not hit:
             return
         where = "; ".join(f"{fault} in node {', '.join(nodes)}" for fault, nodes in hit.items())
-        held = (0 if ration is None else ration.take()) if log_it else None
-        if held is not None:  # as run_errors.py logs onnxruntime's refusals: once per batch
-            note = "" if ration is None else ration.note(held)
-            log.warning("model %s: refused a batch's inputs: %s%s", model, where, note)
+        end = rationed(ration) if log_it else None
+        if end is not None:  # as run_errors.py logs onnxruntime's refusals: once per batch
+            log.warning("model %s: refused a batch's inputs: %s%s", model, where, end)
         raise ModelRefusedInput(f"model '{model}': {where}")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 
-from batcher.log_ration import Ration
+from batcher.log_ration import Ration, rationed
 from server.errors import ModelRefusedInput, ModelRunFailed
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,9 @@ def run_failure(
     if len(text) > MESSAGE_MAX_CHARS:
         text = text[:MESSAGE_MAX_CHARS] + "..."
     if type(err).__name__ == "InvalidArgument" or _ZERO_DIVISOR.search(text):
-        held = (0 if ration is None else ration.take()) if log_it else None
-        if held is not None:
-            note = "" if ration is None else ration.note(held)
-            log.warning("model %s: onnxruntime refused a batch's inputs: %s%s", model, text, note)
+        end = rationed(ration) if log_it else None
+        if end is not None:
+            log.warning("model %s: onnxruntime refused a batch's inputs: %s%s", model, text, end)
         return ModelRefusedInput(f"onnxruntime refused the inputs of model '{model}': {text}")
     if log_it:
         log.error("model %s: onnxruntime failed a batch (%s): %s", model, type(err).__name__, text)
