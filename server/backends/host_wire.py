@@ -140,8 +140,9 @@ class SegmentMaps:
         if segment is not None and segment.size != size:
             segment.close()
             segment = None
-        if segment is None or self._clock() - self._looked >= self.SWEEP_S:
-            self._looked = self._clock()
+        now = self._clock()
+        if segment is None or now - self._looked >= self.SWEEP_S:
+            self._looked = now
             for gone in [p for p in self._maps if not Path(p).exists()]:
                 self._maps.pop(gone).close()
         if segment is None:
