@@ -41,6 +41,7 @@ from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import build_tracing
 from server.protocol import core_calls, loop_pace, message_wait
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
+from server.protocol.cuda_shm_workers import cuda_book_registry
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import add_service
@@ -148,9 +149,15 @@ class SluicewayServer:
             max_regions=settings.max_shm_regions,
             max_bytes=settings.max_shm_bytes,
             taken=self.shared_memory.has,
-            one_process=settings.rollout_share_dir is None,
+            book_registry=cuda_book_registry(  # under --workers: every worker's (cuda_shm_workers.py)
+                settings.rollout_share_dir,
+                max_regions=settings.max_shm_regions,
+                max_bytes=settings.max_shm_bytes,
+                taken=self.shared_memory.has,
+            ),
         )
         self.shared_memory.device_regions = cuda_shm  # requests name either kind of region
+        self._cuda_shm = cuda_shm
         # Stream reads wait a tick while the loop lags and new calls wait (loop_pace.py).
         lag_s, tick_s = settings.stream_pace_lag_ms / 1000, settings.stream_pace_tick_ms / 1000
         self.pace = LoopPace(lag_s, tick_s, self._calls_wait)
@@ -306,6 +313,7 @@ class SluicewayServer:
                 _GRPC_STOP_EXTRA_S,
             )
         self.shared_memory.close()  # regions are unmapped as their last holders let go
+        self._cuda_shm.close()
         await asyncio.to_thread(self.metrics.stop)
         if self.tracing is not None:  # export the spans still buffered, within the grace
             left = max(_ANSWER_LEFTOVERS_S, deadline - time.monotonic())

@@ -12,6 +12,10 @@ max_shm_bytes, separately), and like those, registration is opt-in (--allow-clie
 Unregister while a request uses a region is safe, as for system regions: the name goes at once,
 and the mapping is closed (cudaIpcCloseMemHandle) when the last request holding it lets go.
 
+Under `--workers N` the regions are the server's, not a worker's (server/protocol/
+cuda_shm_workers.py): the registering worker maps the handle, and each other worker maps it the
+first time one of its requests names the region.
+
 Without a GPU (or with registration off), every server gets `NoCudaSharedMemory`, which says why:
 Status and Unregister answer truthfully (nothing is registered: an empty list, NOT_FOUND for a
 name, unregistering a no-op, as Triton's CPU build) and Register is refused (UNIMPLEMENTED).
@@ -97,12 +101,22 @@ class CudaSharedMemory(Protocol):
 
     def unregister(self, name: str) -> None: ...
 
+    def has(self, name: str) -> bool: ...
+
     def lookup(self, name: str) -> CudaRegion | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class NoCudaSharedMemory:
     reason: str
+
+    def has(self, name: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
 
     def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         raise Unsupported(f"cannot register CUDA shared memory region '{name}': {self.reason}")
@@ -149,7 +163,25 @@ class CudaRegistry:
             return self._live, self._live_bytes
 
     def register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
-        where = f"cannot register CUDA shared memory region '{name}'"
+        region = self._open(name, raw_handle, device_id, byte_size)
+        self._named(name, region)
+
+    def _named(self, name: str, region: CudaRegion | None) -> None:
+        """A Register's end: its name no longer being opened, and (done) its region registered; one
+        step, so that a concurrent Register of the name finds it taken throughout."""
+        with self._lock:
+            self._opening.discard(name)
+            if region is not None:
+                self._regions[name] = region
+
+    def _open(
+        self, name: str, raw_handle: bytes, device_id: int, byte_size: int, *, verb: str = "register"
+    ) -> CudaRegion:
+        """The region checked, counted against the limits and mapped (its mapping closed when the
+        last holder lets go), not yet in the registry: a Register's name stays reserved until
+        `_named`. `verb` "map": a region registered through another worker, mapped here for a
+        request (its name is booked: not checked again, nor reserved)."""
+        where = f"cannot {verb} CUDA shared memory region '{name}'"
         if not name:
             raise InvalidRequest("cannot register a CUDA shared memory region without a name")
         if byte_size <= 0:
@@ -162,35 +194,41 @@ class CudaRegistry:
             handle = parse_ipc_handle(raw_handle)
         except ValueError as err:
             raise InvalidRequest(f"{where}: {err}") from None
-        self._reserve(name, byte_size)
+        registering = verb == "register"
+        self._reserve(name, byte_size, check_name=registering)
         try:
             pointer = self._cudart.ipc_open(handle, device_id)
-        except CudaError as err:
+        except BaseException as err:
             self._released(byte_size)
-            raise InvalidRequest(
-                f"{where}: cannot open its CUDA IPC handle on GPU {device_id}: {err}"
-            ) from None
-        finally:
-            with self._lock:
-                self._opening.discard(name)
+            if registering:
+                self._named(name, None)
+            if isinstance(err, CudaError):
+                raise InvalidRequest(
+                    f"{where}: cannot open its CUDA IPC handle on GPU {device_id}: {err}"
+                ) from None
+            raise
         region = CudaRegion(name, device_id, byte_size, pointer, self._cudart)
-        with self._lock:
-            self._regions[name] = region
         weakref.finalize(region, self._close, self._cudart, pointer, device_id, byte_size)
+        return region
 
-    def _reserve(self, name: str, byte_size: int) -> None:
+    def _reserve(self, name: str, byte_size: int, *, check_name: bool = True) -> None:
         """Count a region about to be mapped, or raise naming the limit (or the name) in the way."""
         with self._lock:
-            if name in self._regions or name in self._opening or self._taken(name):  # Triton's wording
+            taken = name in self._regions or name in self._opening or self._taken(name)
+            if check_name and taken:  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
             what = f"CUDA shared memory region '{name}'"
             live = (self._live, self._live_bytes)
-            refused = over_limit(what, byte_size, live, self.max_regions, self.max_bytes, "CUDA regions")
+            verb = "register" if check_name else "map"
+            refused = over_limit(
+                what, byte_size, live, self.max_regions, self.max_bytes, "CUDA regions", verb=verb
+            )
             if refused is not None:
                 raise refused
             self._live += 1
             self._live_bytes += byte_size
-            self._opening.add(name)
+            if check_name:
+                self._opening.add(name)
 
     def _released(self, byte_size: int) -> None:
         with self._lock:
@@ -214,8 +252,20 @@ class CudaRegistry:
             dropped = drop(self._regions, name)
         del dropped  # closed by their finalizers once no request holds them (now, when none does)
 
+    def has(self, name: str) -> bool:
+        return name in self._regions
+
     def lookup(self, name: str) -> CudaRegion | None:
         return self._regions.get(name)  # a dict read: atomic, no lock needed
+
+    def close(self) -> None:
+        """At shutdown: forget every region (mappings close with their last holder)."""
+        self.unregister("")
+
+
+# Under --workers: makes the registry over the workers' book (server/protocol/cuda_shm_workers.py)
+# from the runtime and the GPU count, with the limits and the system regions' names.
+BookRegistry = Callable[[CudaRuntime, int], CudaSharedMemory]
 
 
 def cuda_shared_memory(
@@ -226,16 +276,12 @@ def cuda_shared_memory(
     max_bytes: int = 1,
     taken: Callable[[str], bool] = lambda name: False,
     loader: Callable[[], CudaRuntime] = load_cudart,
-    one_process: bool = True,
+    book_registry: BookRegistry | None = None,
 ) -> CudaSharedMemory:
     """The CUDA shared-memory implementation for this server: regions over IPC handles when its
-    onnxruntime offers CUDA, a GPU answers, registration is allowed and the server is one process;
-    else a refusal saying why. (The runtime is touched only then.)"""
-    if not one_process:  # a region registered through one worker is unknown to the others
-        return NoCudaSharedMemory(
-            "CUDA shared memory needs one server process (--workers 1): under --workers only "
-            "system shared memory regions are every worker's"
-        )
+    onnxruntime offers CUDA, a GPU answers and registration is allowed (under --workers,
+    `book_registry`'s, every worker's); else a refusal saying why. (The runtime is touched only
+    then.)"""
     listed = ", ".join(available_providers) or "none"
     if CUDA_PROVIDER not in available_providers:
         return NoCudaSharedMemory(
@@ -251,4 +297,6 @@ def cuda_shared_memory(
         return NoCudaSharedMemory(f"CUDA shared memory needs a GPU: the CUDA runtime did not answer ({err})")
     if count < 1:
         return NoCudaSharedMemory("CUDA shared memory needs a GPU: the CUDA runtime lists none")
+    if book_registry is not None:
+        return book_registry(cudart, count)
     return CudaRegistry(cudart, count, max_regions=max_regions, max_bytes=max_bytes, taken=taken)

@@ -47,6 +47,8 @@ class RegionInfo:
 class DeviceRegions(Protocol):
     """CUDA regions (server/backends/cuda_shm.py): one namespace with the system regions."""
 
+    def has(self, name: str) -> bool: ...
+
     def lookup(self, name: str) -> SharedRegion | None: ...
 
 
@@ -85,9 +87,12 @@ class SharedMemoryRegistry:
         if not name:
             raise InvalidRequest("cannot register a shared memory region without a name")
         with self._lock:
-            cuda = self.device_regions is not None and self.device_regions.lookup(name) is not None
-            if self.has(name) or cuda:  # Triton's wording
+            if self.has(name) or self._device_has(name):  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
+
+    def _device_has(self, name: str) -> bool:
+        """Whether a CUDA region has this name (registered, not only mapped here)."""
+        return self.device_regions is not None and self.device_regions.has(name)
 
     def _keep(self, region: Region, *, replace: bool, verb: str = "register", tag: str = "") -> None:
         """Add a region just mapped, within the limits (closed and the refusal raised if not);

@@ -16,6 +16,10 @@ Where that cannot be opened, the key is, and used only if it is still the same o
 Register and Unregister hold an exclusive flock on `lock` (a fresh open per call, so threads of one
 process exclude each other too): one name is registered once across the workers, and the limits
 (max_shm_regions, max_shm_bytes) are the server's, not each worker's.
+
+CUDA regions under --workers (cuda_shm_workers.py) are entries of their own kind in the same
+directory: the same lock (a name is one region's, of either kind, across the workers), the same
+counter, their own files (`cuda-*`) and limits.
 """
 
 from __future__ import annotations
@@ -24,19 +28,24 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import mmap
 import os
 import struct
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from server.errors import InvalidRequest, RegionExists
 from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name, refuse_if_out_of_files
 from server.shm_regions_book import over_limit
 
+log = logging.getLogger(__name__)
 BOOK_DIR = "shm"
+REFRESH_S = 0.5  # how soon a worker lets go of a region unregistered through another, unasked
 _COUNTER = struct.Struct("=Q")
 
 
@@ -57,13 +66,39 @@ class Entry:
     device: int
     inode: int
 
+    @property
+    def counted(self) -> int:
+        return self.mapped
 
-class ShmBook:
-    """The registrations of every worker, in `share_dir`/shm."""
 
-    def __init__(self, share_dir: Path) -> None:
+class BookEntry(Protocol):
+    """What the book reads of any kind of entry (a dataclass, written as JSON): its name, its id,
+    the bytes its limit counts."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def counted(self) -> int: ...
+
+
+E = TypeVar("E", bound=BookEntry)
+
+
+class ShmBook(Generic[E]):
+    """The registrations of every worker, of one kind (`entry_type`, its files `kind`-*), in
+    `share_dir`/shm."""
+
+    def __init__(self, share_dir: Path, entry_type: type[E], kind: str) -> None:
         self._dir = share_dir / BOOK_DIR
         self._dir.mkdir(mode=0o700, exist_ok=True)
+        self._entry_type = entry_type
+        self._kind = kind
         self._lock_path = self._dir / "lock"
         counter = self._dir / "generation"
         fd = os.open(counter, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -78,17 +113,20 @@ class ShmBook:
         """Moves at every Unregister of any worker (a mapping this worker holds may be stale)."""
         return int(_COUNTER.unpack_from(self._counter)[0])
 
-    def add(self, entry: Entry, max_regions: int, max_bytes: int) -> None:
-        """Record `entry`: RegionExists when its name is registered (through any worker),
-        SharedMemoryLimit when the server's regions would pass a limit."""
+    def add(
+        self, entry: E, max_regions: int, max_bytes: int, taken: Callable[[str], bool] = lambda name: False
+    ) -> None:
+        """Record `entry`: RegionExists when its name is registered (through any worker; `taken`:
+        as the other kind of region, read under the same lock), SharedMemoryLimit when the server's
+        regions of this kind would pass a limit."""
         with self._locked():
             entries = self.entries()
-            if any(e.name == entry.name for e in entries):  # Triton's wording
+            if any(e.name == entry.name for e in entries) or taken(entry.name):  # Triton's wording
                 raise RegionExists(f"shared memory region '{entry.name}' already in manager")
-            live = (len(entries), sum(e.mapped for e in entries))
-            refused = over_limit(
-                f"shared memory region '{entry.name}'", entry.mapped, live, max_regions, max_bytes
-            )
+            live = (len(entries), sum(e.counted for e in entries))
+            what = f"{'CUDA ' if self._kind == 'cuda' else ''}shared memory region '{entry.name}'"
+            regions = "CUDA regions" if self._kind == "cuda" else "regions"
+            refused = over_limit(what, entry.counted, live, max_regions, max_bytes, regions)
             if refused is not None:
                 raise refused
             temporary = self._dir / f".new-{entry.id}"
@@ -111,13 +149,23 @@ class ShmBook:
             if gone:
                 _COUNTER.pack_into(self._counter, 0, self.generation() + 1)
 
-    def get(self, name: str) -> Entry | None:
-        entry = _read(self._path(name))
+    def get(self, name: str) -> E | None:
+        entry = _read(self._path(name), self._entry_type)
         return entry if entry is not None and entry.name == name else None
 
-    def entries(self) -> list[Entry]:
-        found = (_read(path) for path in self._entry_paths())
+    def entries(self) -> list[E]:
+        found = (_read(path, self._entry_type) for path in self._entry_paths())
         return sorted((e for e in found if e is not None), key=lambda e: e.name)
+
+    def stale(self, mapped: Mapping[str, str]) -> list[str]:
+        """Of `mapped` (a worker's mappings: name -> the entry id each is), those whose entry is gone
+        or is a later registration of the name."""
+        stale = []
+        for name, entry_id in mapped.items():
+            entry = self.get(name)
+            if entry is None or entry.id != entry_id:
+                stale.append(name)
+        return stale
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):
@@ -125,10 +173,10 @@ class ShmBook:
 
     def _path(self, name: str) -> Path:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-        return self._dir / f"region-{digest}"
+        return self._dir / f"{self._kind}-{digest}"
 
     def _entry_paths(self) -> Iterator[Path]:
-        return self._dir.glob("region-*")
+        return self._dir.glob(f"{self._kind}-*")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -142,6 +190,11 @@ class ShmBook:
             yield
         finally:
             os.close(fd)  # (the lock goes with it)
+
+
+def system_book(share_dir: Path) -> ShmBook[Entry]:
+    """The book of system regions (files `region-*`)."""
+    return ShmBook(share_dir, Entry, "region")
 
 
 def new_entry(region: Region) -> Entry:
@@ -182,7 +235,7 @@ def _open_same(path: str, flags: int, entry: Entry) -> int | None:
     return None
 
 
-def _read(path: Path) -> Entry | None:
+def _read(path: Path, entry_type: type[E]) -> E | None:
     try:
         fields = json.loads(path.read_text())
     except FileNotFoundError:
@@ -190,7 +243,34 @@ def _read(path: Path) -> Entry | None:
     except OSError as err:
         _refuse_if_out_of_files(err)
         raise
-    return Entry(**fields)
+    return entry_type(**fields)
+
+
+class BookWatch:
+    """Calls `refresh` every REFRESH_S on a daemon thread until closed: a region unregistered through
+    another worker is let go of here within REFRESH_S (it had stayed mapped, pages and descriptors,
+    until this worker's next shared-memory request: past the server's limits, a tester's). A failed
+    check is logged and the next one made (out of descriptors, say: the thread must not end)."""
+
+    def __init__(self, refresh: Callable[[], None], what: str) -> None:
+        self._refresh = refresh
+        self._what = what
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{what}-book", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            try:
+                self._refresh()
+            except Exception as err:
+                log.warning(
+                    "%s: the book's check failed, tried again in %.1f s: %s", self._what, REFRESH_S, err
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5 * REFRESH_S)  # (before the counter's mapping closes)
 
 
 def _refuse_if_out_of_files(err: OSError) -> None:

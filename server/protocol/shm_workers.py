@@ -12,37 +12,38 @@ Unregister landing in between moved the counter before there was a mapping to ch
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.protocol.shared_memory import RegionInfo, SharedMemoryRegistry, close_unseen
-from server.protocol.shm_book import ShmBook, adopt, new_entry
+from server.protocol.shm_book import REFRESH_S, BookWatch, Entry, ShmBook, adopt, new_entry, system_book
 from server.protocol.shm_regions import SHM_DIR, Region, open_region
 from server.shm_regions_book import pick
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
 
-log = logging.getLogger(__name__)
-REFRESH_S = 0.5  # how soon a worker lets go of a region unregistered through another, unasked
+__all__ = ["REFRESH_S", "WorkersRegistry", "system_registry"]
 
 
 class WorkersRegistry(SharedMemoryRegistry):
     """A worker's registry whose registrations are the book's (every worker's)."""
 
     def __init__(
-        self, book: ShmBook, *, allowed: bool, max_regions: int, max_bytes: int, directory: Path = SHM_DIR
+        self,
+        book: ShmBook[Entry],
+        *,
+        allowed: bool,
+        max_regions: int,
+        max_bytes: int,
+        directory: Path = SHM_DIR,
     ) -> None:
         super().__init__(allowed=allowed, max_regions=max_regions, max_bytes=max_bytes, directory=directory)
         self._book = book
         self._ids: dict[str, str] = {}  # the book's entry each mapping here is
         self._seen = book.generation()
-        self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="shm-book", daemon=True)
-        self._watcher.start()
+        self._watch = BookWatch(lambda: self._refresh(), "system shared memory")  # (looked up each time)
 
     def has(self, name: str) -> bool:
         return self._book.get(name) is not None
@@ -52,7 +53,8 @@ class WorkersRegistry(SharedMemoryRegistry):
         region = open_region(name, key, offset, byte_size, self._directory)
         entry = new_entry(region)
         try:
-            self._book.add(entry, self.max_regions, self.max_bytes)  # one name, the server's limits
+            # One name (either kind) across the workers, the server's limits.
+            self._book.add(entry, self.max_regions, self.max_bytes, taken=self._device_has)
         except BaseException:
             close_unseen(region)
             raise
@@ -137,27 +139,12 @@ class WorkersRegistry(SharedMemoryRegistry):
         if generation == self._seen:
             return
         with self._lock:
-            for mapped, entry_id in list(self._ids.items()):
-                entry = self._book.get(mapped)
-                if entry is None or entry.id != entry_id:
-                    self._forget(mapped)
+            for mapped in self._book.stale(dict(self._ids)):
+                self._forget(mapped)
             self._seen = generation
 
-    def _watch(self) -> None:
-        """A region unregistered through another worker is let go of here within REFRESH_S (it had
-        stayed mapped, pages and descriptors, until this worker's next shared-memory request: past
-        the server's limits, a tester's). A failed check is logged and the next one made."""
-        while not self._stop.wait(REFRESH_S):
-            try:
-                self._refresh()
-            except Exception as err:  # (out of descriptors, say): the thread must not end
-                log.warning(
-                    "system shared memory: the book's check failed, tried again in %.1f s: %s", REFRESH_S, err
-                )
-
     def close(self) -> None:
-        self._stop.set()
-        self._watcher.join(timeout=5 * REFRESH_S)  # (before the counter's mapping closes)
+        self._watch.close()
         super().close()
         self._book.close()
 
@@ -168,4 +155,4 @@ def system_registry(settings: ServerSettings) -> SharedMemoryRegistry:
     regions, size = settings.max_shm_regions, settings.max_shm_bytes
     if shared is None:
         return SharedMemoryRegistry(allowed=settings.allow_client_shm, max_regions=regions, max_bytes=size)
-    return WorkersRegistry(ShmBook(shared), allowed=True, max_regions=regions, max_bytes=size)
+    return WorkersRegistry(system_book(shared), allowed=True, max_regions=regions, max_bytes=size)

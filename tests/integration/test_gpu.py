@@ -28,6 +28,8 @@ BOUND_S = 120.0
 # onnxruntime's CUDA provider multiplies float32 in TF32 (use_tf32, on by default) on Ampere and
 # later: 10 bits of mantissa. On the H200 one of 16 MLP scores differed from the CPU's by 1.7e-3.
 TF32 = {"rtol": 1e-2, "atol": 1e-2}
+# A connection of its own (grpc shares one per target by default): under --workers, either worker.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 GPU_BATCHING = """
 max_batch_size: 16
 dynamic_batching {{ }}
@@ -122,29 +124,84 @@ def test_gpu_instances_batch_through_io_binding(
         np.testing.assert_allclose(got["scores"], infer(stub, "mlp_cpu", x)["scores"], **TF32)
 
 
-def test_shared_sessions_run_the_workers_batches_in_one_cuda_session(repo: Path, cache_dir: Path) -> None:
-    """`--workers 2 --shared-sessions gpu`: the CUDA instance's session in the session host, shared
-    by both workers (one CUDA context); the CPU instance stays in each worker."""
+@pytest.fixture(scope="module")
+def workers_server(repo: Path, cache_dir: Path) -> Iterator[ServerProcess]:
+    """`--workers 2 --shared-sessions gpu --allow-client-shm`; the last test using it stops it."""
     args = ("--model-repository", str(repo), "--cache-dir", str(cache_dir), "--workers", "2")
-    with ServerProcess(*args, "--shared-sessions", "gpu", "--max-batches-in-flight", "2") as running:
-        log = "".join(running.lines)
-        assert "mlp_gpu_0 x1 (cuda:0, IO binding, padded batches, shared session)" in log, log[-3000:]
-        assert "mlp_cpu_0 x1 (cpu)" in log
-        rng = np.random.default_rng(2)
-        shapes = [(rows, 64) for rows in (1, 2, 3) * 8]
-        requests = [{"features": rng.standard_normal(shape).astype(np.float32)} for shape in shapes]
-        local = ort.InferenceSession(str(repo / "mlp_cpu" / "1" / "model.onnx"))
+    shared = ("--shared-sessions", "gpu", "--max-batches-in-flight", "2", "--allow-client-shm")
+    with ServerProcess(*args, *shared) as running:
+        yield running
 
-        def ask(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own: either worker
-            with grpc.insecure_channel(running.address, options=options) as channel:
-                return infer(pb_grpc.GRPCInferenceServiceStub(channel), "mlp_gpu", x)
 
-        with ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(ask, requests))
-        for x, got in zip(requests, answers, strict=True):
-            np.testing.assert_allclose(got["scores"], local.run(["scores"], x)[0], **TF32)
-        assert running.terminate() == 0
+def test_cuda_shared_memory_is_every_workers_under_workers(workers_server: ServerProcess, repo: Path) -> None:
+    """A CUDA region registered through one connection serves requests on fresh connections,
+    whichever worker they reach (each maps the handle itself), and an Unregister through one ends it
+    for all (server/protocol/cuda_shm_workers.py)."""
+    pytest.importorskip("cuda.bindings.runtime")  # tritonclient's CUDA utilities need cuda-python
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    address = workers_server.address
+    x = np.random.default_rng(4).standard_normal((4, 64)).astype(np.float32)
+    local = ort.InferenceSession(str(repo / "mlp_cpu" / "1" / "model.onnx"))
+    want = local.run(["scores"], {"features": x})[0]
+    region = cudashm.create_shared_memory_region("in", x.nbytes, 0)
+
+    def ask(_: int) -> np.ndarray | str:
+        client = grpcclient.InferenceServerClient(address, channel_args=OWN_CONNECTION)
+        try:
+            feed = grpcclient.InferInput("features", [4, 64], "FP32")
+            feed.set_shared_memory("in", x.nbytes)
+            return client.infer("mlp_gpu", [feed], client_timeout=BOUND_S).as_numpy("scores")
+        except grpcclient.InferenceServerException as err:
+            return f"{err.status()} {err.message()}"
+        finally:
+            client.close()
+
+    registrar = grpcclient.InferenceServerClient(address)
+    try:
+        cudashm.set_shared_memory_region(region, [x])
+        registrar.register_cuda_shared_memory("in", cudashm.get_raw_handle(region), 0, x.nbytes)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(16)))
+        for got in answers:
+            assert not isinstance(got, str), got
+            np.testing.assert_allclose(got, want, **TF32)
+        registrar.unregister_cuda_shared_memory("in")
+        with ThreadPoolExecutor(8) as pool:
+            after = list(pool.map(ask, range(8)))
+        gone = "Unable to find shared memory region: 'in'"
+        assert all(isinstance(a, str) and gone in a for a in after), after
+    finally:
+        registrar.unregister_cuda_shared_memory()
+        registrar.close()
+        cudashm.destroy_shared_memory_region(region)
+
+
+def test_shared_sessions_run_the_workers_batches_in_one_cuda_session(
+    workers_server: ServerProcess, repo: Path
+) -> None:
+    """`--workers 2 --shared-sessions gpu`: the CUDA instance's session in the session host, shared
+    by both workers (one CUDA context); the CPU instance stays in each worker. (It stops the
+    module's workers server, to read its last lines: the last test to use it.)"""
+    running = workers_server
+    log = "".join(running.lines)
+    assert "mlp_gpu_0 x1 (cuda:0, IO binding, padded batches, shared session)" in log, log[-3000:]
+    assert "mlp_cpu_0 x1 (cpu)" in log
+    rng = np.random.default_rng(2)
+    shapes = [(rows, 64) for rows in (1, 2, 3) * 8]
+    requests = [{"features": rng.standard_normal(shape).astype(np.float32)} for shape in shapes]
+    local = ort.InferenceSession(str(repo / "mlp_cpu" / "1" / "model.onnx"))
+
+    def ask(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with grpc.insecure_channel(running.address, options=OWN_CONNECTION) as channel:
+            return infer(pb_grpc.GRPCInferenceServiceStub(channel), "mlp_gpu", x)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, requests))
+    for x, got in zip(requests, answers, strict=True):
+        np.testing.assert_allclose(got["scores"], local.run(["scores"], x)[0], **TF32)
+    assert running.terminate() == 0
     assert "model mlp_gpu: shared session ran" in "".join(running.lines)
 
 

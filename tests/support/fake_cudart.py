@@ -56,6 +56,7 @@ class FakeCudart:
         self.exported: dict[bytes, tuple[int, int]] = {}  # handle -> (address, size)
         self.buffers: list[ctypes.Array[ctypes.c_char]] = []  # keeps "device" and pinned memory alive
         self.open: dict[int, int] = {}  # mapped address -> device
+        self.opens: dict[int, int] = {}  # mapped address -> times opened and not yet closed
         self.closed: list[int] = []
         self.pinned: dict[int, int] = {}  # pinned address -> size, while allocated
         self.fail_copies = False
@@ -101,12 +102,19 @@ class FakeCudart:
             return MAP_FAILED
         _target(pointer_ref).value = found[0]
         self.open[found[0]] = self.current
+        # As CUDA: a handle opened again in the same context gives the same pointer, counted.
+        self.opens[found[0]] = self.opens.get(found[0], 0) + 1
         return SUCCESS
 
     def _ipc_close(self, pointer: int) -> int:
-        if self.open.pop(_address(pointer), None) is None:
+        address = _address(pointer)
+        if address not in self.opens:
             return INVALID_VALUE
-        self.closed.append(_address(pointer))
+        self.opens[address] -= 1
+        if not self.opens[address]:  # the last open of it: unmapped
+            del self.opens[address]
+            del self.open[address]
+            self.closed.append(address)
         return SUCCESS
 
     def _memcpy(self, dst: int, src: int, size: int, kind: int) -> int:

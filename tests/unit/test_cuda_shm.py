@@ -82,6 +82,7 @@ def test_register_refuses_bad_arguments_naming_them(lib: FakeCudart) -> None:
     ):
         cuda.register("a", stale, 0, 64)
     assert cuda.status("") == [] and cuda.live_mappings == (0, 0)  # nothing counted for the failures
+    cuda.register("a", handle, 0, 64)  # nor the name kept
 
 
 def test_names_are_unique_across_cuda_and_system_regions(lib: FakeCudart) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from server.backends.cuda_shm import cuda_shared_memory
-from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit, Unsupported
+from server.errors import InvalidRequest, RegionExists, RegionNotFound, SharedMemoryLimit
 from server.protocol.shared_memory import SharedMemoryRegistry
-from server.protocol.shm_book import ShmBook, adopt
+from server.protocol.shm_book import ShmBook, adopt, system_book
 from server.protocol.shm_regions import RegionGone
 from server.protocol.shm_workers import REFRESH_S, WorkersRegistry
 
@@ -41,7 +40,7 @@ def worker(objects: Path, tmp_path: Path) -> Iterator[Worker]:
 
     def make(**limits: int) -> SharedMemoryRegistry:
         registry = WorkersRegistry(
-            ShmBook(share),
+            system_book(share),
             allowed=True,
             max_regions=limits.get("max_regions", 8),
             max_bytes=limits.get("max_bytes", 1 << 20),
@@ -172,7 +171,7 @@ def test_a_worker_that_cannot_reach_the_registering_ones_descriptor_uses_the_key
     a = worker()
     (objects / "o").write_bytes(b"\1" * 64)
     a.register("r", "/o", 0, 64)
-    book = ShmBook(objects.parent / "share")
+    book = system_book(objects.parent / "share")
     entry = book.get("r")
     assert entry is not None
     gone = dataclasses.replace(entry, pid=2**22 + 1)  # no such process: /proc/<pid>/fd cannot be opened
@@ -233,13 +232,6 @@ def test_a_worker_lets_go_of_a_region_unregistered_elsewhere_without_a_request(
     a.unregister("r")
     _wait_for_the_watch(b, monkeypatch)
     assert b.live_mappings == (0, 0)
-
-
-def test_cuda_shared_memory_is_refused_under_workers_naming_why() -> None:
-    cuda = cuda_shared_memory(["CUDAExecutionProvider"], allowed=True, one_process=False)
-    with pytest.raises(Unsupported, match=r"one server process \(--workers 1\)"):
-        cuda.register("g", b"", 0, 8)
-    assert cuda.status("") == []
 
 
 def test_a_lookup_that_maps_the_entry_between_its_add_and_the_register_end_is_no_conflict(
