@@ -8,9 +8,9 @@ process) and books the region: its name (one across both kinds of region and eve
 handle's 64 bytes, the GPU and the size, counted against the server's limits. Another worker maps
 the handle the first time one of its requests names the region (cudaIpcOpenMemHandle in that
 process: its own CUDA context on the GPU, if it had none), and lets go of it as the system regions'
-mappings go: once the book's counter has moved and its entry is gone or new, at a lookup or within
-REFRESH_S. CUDA counts the opens of one handle in a process, so a handle mapped twice here (two
-requests at once, or two names) is closed twice.
+mappings go (booked_mappings.py): once the book's counter has moved and its entry is gone or new,
+at a lookup or within REFRESH_S. CUDA counts the opens of one handle in a process, so a handle
+mapped twice here (two requests at once, or two names) is closed twice.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from server.backends.cuda_shm import BookRegistry, CudaRegion, CudaRegionInfo, CudaRegistry
 from server.backends.cudart import CudaRuntime
-from server.protocol.shm_book import BookWatch, ShmBook
+from server.protocol.booked_mappings import BookedMappings
+from server.protocol.shm_book import ShmBook
 from server.shm_regions_book import pick
 
 KIND = "cuda"  # the entries' files in the book's directory: cuda-<hash of the name>
@@ -44,7 +45,7 @@ class CudaEntry:
         return self.byte_size
 
 
-class CudaWorkersRegistry(CudaRegistry):
+class CudaWorkersRegistry(BookedMappings[CudaEntry, CudaRegion], CudaRegistry):
     """A worker's CUDA registry whose registrations are the book's (every worker's)."""
 
     def __init__(
@@ -58,10 +59,7 @@ class CudaWorkersRegistry(CudaRegistry):
         taken: Callable[[str], bool] = lambda name: False,
     ) -> None:
         super().__init__(cudart, device_count, max_regions=max_regions, max_bytes=max_bytes, taken=taken)
-        self._book = book
-        self._ids: dict[str, str] = {}  # the book's entry each mapping here is
-        self._seen = book.generation()
-        self._watch = BookWatch(lambda: self._refresh(), "CUDA shared memory")  # (looked up each time)
+        self._track(book, "CUDA shared memory")
 
     def has(self, name: str) -> bool:
         return self._book.get(name) is not None
@@ -86,24 +84,13 @@ class CudaWorkersRegistry(CudaRegistry):
         return [CudaRegionInfo(e.name, e.device_id, e.byte_size) for e in entries]
 
     def unregister(self, name: str) -> None:
-        self._book.remove(name)
-        with self._lock:
-            for gone in [name] if name else list(self._regions):
-                self._forget(gone)
+        self._unbook(name)
 
     def lookup(self, name: str) -> CudaRegion | None:
         """The named region as the book has it now, mapped here the first time."""
-        seen = self._seen  # (read before the dict: a refresh drops mappings, then moves it)
-        region = self._regions.get(name)
-        if region is not None and self._book.generation() == seen:
-            return region
-        self._refresh()
-        region = self._regions.get(name)
-        if region is not None:
-            return region
-        entry = self._book.get(name)
+        region, entry = self._current(name)
         if entry is None:
-            return None
+            return region
         handle = bytes.fromhex(entry.handle)
         region = self._open(name, handle, entry.device_id, entry.byte_size, verb="map")
         with self._lock:
@@ -114,39 +101,10 @@ class CudaWorkersRegistry(CudaRegistry):
             self._ids[name] = entry.id
         return region if self._still_booked(name, entry.id) else None
 
-    def _forget(self, name: str) -> None:
-        """Drop this worker's mapping of `name` (closed once no request holds it)."""
-        with self._lock:
-            self._regions.pop(name, None)
-            self._ids.pop(name, None)
-
-    def _still_booked(self, name: str, entry_id: str) -> bool:
-        """After a mapping is added: whether the book still has its entry; if not, the mapping goes
-        (an Unregister between reading the entry and adding the mapping moved the counter before
-        there was a mapping to check: see shm_workers.py's)."""
-        entry = self._book.get(name)
-        if entry is not None and entry.id == entry_id:
-            return True
-        with self._lock:
-            if self._ids.get(name) == entry_id:
-                self._forget(name)
-        return False
-
-    def _refresh(self) -> None:
-        """After an Unregister anywhere (the counter moved), drop the mappings whose entry is gone or
-        new (requests holding one keep it)."""
-        generation = self._book.generation()  # (read first: an Unregister after it moves it again)
-        if generation == self._seen:
-            return
-        with self._lock:
-            for mapped in self._book.stale(dict(self._ids)):
-                self._forget(mapped)
-            self._seen = generation
-
     def close(self) -> None:
         """At this worker's shutdown: its mappings go (with their last holders); the registrations
         stay the server's, for the other workers."""
-        self._watch.close()
+        self._stop_tracking()
         with self._lock:
             self._regions.clear()
             self._ids.clear()

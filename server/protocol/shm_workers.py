@@ -5,7 +5,8 @@ Register writes the book's entry (one name across the workers, the server's limi
 mapping it opened: its descriptor is the one the entry names, which the other workers open. A
 worker maps a region the first time one of its requests names it (`_local`). An Unregister through
 any worker removes the entry and moves the book's counter; each worker checks its mappings against
-the entries when the counter has moved, at a lookup or within REFRESH_S on its own (`_watch`). A
+the entries when the counter has moved, at a lookup or within REFRESH_S on its own
+(booked_mappings.py, shared with the CUDA regions' registry). A
 mapping is kept only if its entry is still booked after it was added (`_still_booked`): an
 Unregister landing in between moved the counter before there was a mapping to check.
 """
@@ -16,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.protocol.booked_mappings import BookedMappings
 from server.protocol.shared_memory import RegionInfo, SharedMemoryRegistry, close_unseen
-from server.protocol.shm_book import REFRESH_S, BookWatch, Entry, ShmBook, adopt, new_entry, system_book
+from server.protocol.shm_book import REFRESH_S, Entry, ShmBook, adopt, new_entry, system_book
 from server.protocol.shm_regions import SHM_DIR, Region, open_region
 from server.shm_regions_book import pick
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["REFRESH_S", "WorkersRegistry", "system_registry"]
 
 
-class WorkersRegistry(SharedMemoryRegistry):
+class WorkersRegistry(BookedMappings[Entry, Region], SharedMemoryRegistry):
     """A worker's registry whose registrations are the book's (every worker's)."""
 
     def __init__(
@@ -40,10 +42,7 @@ class WorkersRegistry(SharedMemoryRegistry):
         directory: Path = SHM_DIR,
     ) -> None:
         super().__init__(allowed=allowed, max_regions=max_regions, max_bytes=max_bytes, directory=directory)
-        self._book = book
-        self._ids: dict[str, str] = {}  # the book's entry each mapping here is
-        self._seen = book.generation()
-        self._watch = BookWatch(lambda: self._refresh(), "system shared memory")  # (looked up each time)
+        self._track(book, "system shared memory")
 
     def has(self, name: str) -> bool:
         return self._book.get(name) is not None
@@ -83,24 +82,13 @@ class WorkersRegistry(SharedMemoryRegistry):
 
     def unregister(self, name: str) -> None:
         self._check_allowed()
-        self._book.remove(name)
-        with self._lock:
-            for gone in [name] if name else list(self._regions):
-                self._forget(gone)
+        self._unbook(name)
 
     def _local(self, name: str) -> Region | None:
         """The named region as the book has it now, mapped here the first time."""
-        seen = self._seen  # (read before the dict: a refresh drops mappings, then moves it)
-        region = self._regions.get(name)
-        if region is not None and self._book.generation() == seen:
-            return region
-        self._refresh()
-        region = self._regions.get(name)
-        if region is not None:
-            return region
-        entry = self._book.get(name)
+        region, entry = self._current(name)
         if entry is None:
-            return None
+            return region
         region = adopt(entry, self._directory)  # the object as registered, not the key again
         with self._lock:
             held = self._regions.get(name)
@@ -114,37 +102,10 @@ class WorkersRegistry(SharedMemoryRegistry):
         self._ids[name] = tag
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            self._regions.pop(name, None)
-            self._ids.pop(name, None)
-
-    def _still_booked(self, name: str, entry_id: str) -> bool:
-        """After a mapping is added: whether the book still has its entry; if not, the mapping goes.
-        An Unregister between reading the entry and adding the mapping moved the counter before the
-        mapping was there to be checked, so no refresh would ever drop it: a tester's Register
-        racing another worker's Unregister left the old object served, for good, by one worker
-        (189 of 9,606 rounds the Unregister won)."""
-        entry = self._book.get(name)
-        if entry is not None and entry.id == entry_id:
-            return True
-        with self._lock:
-            if self._ids.get(name) == entry_id:
-                self._forget(name)
-        return False
-
-    def _refresh(self) -> None:
-        """After an Unregister anywhere (the counter moved), drop the mappings whose entry is gone or
-        new (requests holding one keep it)."""
-        generation = self._book.generation()  # (read first: an Unregister after it moves it again)
-        if generation == self._seen:
-            return
-        with self._lock:
-            for mapped in self._book.stale(dict(self._ids)):
-                self._forget(mapped)
-            self._seen = generation
+        BookedMappings._forget(self, name)  # (not the base registry's: the entry id goes too)
 
     def close(self) -> None:
-        self._watch.close()
+        self._stop_tracking()
         super().close()
         self._book.close()
 

@@ -1,0 +1,87 @@
+"""A worker's mappings of regions the workers' book holds (shm_book.py): which entry each mapping
+is, and when one goes. Shared by the system regions' registry (shm_workers.py) and the CUDA one
+(cuda_shm_workers.py), which keep their mappings in `_regions` under `_lock` and map a region the
+first time one of their requests names it.
+
+A mapping goes when the book's counter has moved (an Unregister through any worker) and its entry
+is gone or is a later registration of the name: at a lookup, or within REFRESH_S (BookWatch).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+from server.protocol.shm_book import BookEntry, BookWatch, ShmBook
+
+E = TypeVar("E", bound=BookEntry)
+R = TypeVar("R")
+
+
+class BookedMappings(Generic[E, R]):
+    """Mixed into a registry with `_lock` (reentrant) and `_regions` (name -> mapping)."""
+
+    _lock: threading.RLock
+    _regions: dict[str, R]
+
+    def _track(self, book: ShmBook[E], what: str) -> None:
+        """Start following `book` (in the registry's __init__, after the base class's)."""
+        self._book = book
+        self._ids: dict[str, str] = {}  # the book's entry each mapping here is
+        self._seen = book.generation()
+        self._watch = BookWatch(lambda: self._refresh(), what)  # (looked up each time: tests wrap it)
+
+    def _current(self, name: str) -> tuple[R | None, E | None]:
+        """This worker's mapping of `name` if it is still the book's; else the book's entry to map
+        (None when nothing is registered under the name)."""
+        seen = self._seen  # (read before the dict: a refresh drops mappings, then moves it)
+        region = self._regions.get(name)
+        if region is not None and self._book.generation() == seen:
+            return region, None
+        self._refresh()
+        region = self._regions.get(name)
+        if region is not None:
+            return region, None
+        return None, self._book.get(name)
+
+    def _unbook(self, name: str) -> None:
+        """An Unregister through this worker: the entry (every entry, for "") and its mapping here."""
+        self._book.remove(name)
+        with self._lock:
+            for gone in [name] if name else list(self._regions):
+                self._forget(gone)
+
+    def _forget(self, name: str) -> None:
+        """Drop this worker's mapping of `name` (requests that resolved it hold on to it)."""
+        with self._lock:
+            self._regions.pop(name, None)
+            self._ids.pop(name, None)
+
+    def _still_booked(self, name: str, entry_id: str) -> bool:
+        """After a mapping is added: whether the book still has its entry; if not, the mapping goes.
+        An Unregister between reading the entry and adding the mapping moved the counter before the
+        mapping was there to be checked, so no refresh would ever drop it: a tester's Register
+        racing another worker's Unregister left the old object served, for good, by one worker
+        (189 of 9,606 rounds the Unregister won)."""
+        entry = self._book.get(name)
+        if entry is not None and entry.id == entry_id:
+            return True
+        with self._lock:
+            if self._ids.get(name) == entry_id:
+                self._forget(name)
+        return False
+
+    def _refresh(self) -> None:
+        """After an Unregister anywhere (the counter moved), drop the mappings whose entry is gone or
+        new (requests holding one keep it)."""
+        generation = self._book.generation()  # (read first: an Unregister after it moves it again)
+        if generation == self._seen:
+            return
+        with self._lock:
+            for mapped in self._book.stale(dict(self._ids)):
+                self._forget(mapped)
+            self._seen = generation
+
+    def _stop_tracking(self) -> None:
+        """At close: the watch ends (before the book's counter is unmapped)."""
+        self._watch.close()
