@@ -55,6 +55,13 @@ class ShuttingDown(ServiceError):
     """The server has stopped admitting requests."""
 
 
+class WorkCancelled(ServiceError):
+    """A CancelledError that was not the call's own cancellation reached its handler: a future or
+    task the server cancelled (a model unloaded or replaced, the server stopping) was awaited there.
+    grpc.aio sends no status for a handler ending so: its client waited for its deadline, for good
+    without one. UNAVAILABLE: nothing says the request was at fault, and a retry may be served."""
+
+
 class ChangedByReload(ServiceError):
     """A queued request a reload handed to the new version, whose inputs or outputs no longer fit
     it: valid when admitted, so UNAVAILABLE (retryable), not INVALID_ARGUMENT (InferJob.retarget)."""
@@ -203,6 +210,7 @@ STATUS_BY_EXCEPTION: dict[type[BaseException], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     ChangedByReload: grpc.StatusCode.UNAVAILABLE,
+    WorkCancelled: grpc.StatusCode.UNAVAILABLE,
     RepositoryError: grpc.StatusCode.INVALID_ARGUMENT,
     LoadOutOfResources: grpc.StatusCode.UNAVAILABLE,
     StreamLimitReached: grpc.StatusCode.RESOURCE_EXHAUSTED,

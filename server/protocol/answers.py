@@ -3,6 +3,7 @@ admin services share it (server/errors.py's `status_for` is the one exception ta
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
-from server.errors import status_for
+from server.errors import WorkCancelled, status_for
 from server.observability.logs import failure_fields, failure_message
 from server.protocol.calls import CallTracker
 from server.protocol.rich_status import error_info_trailer, retry_info_trailer
@@ -55,6 +56,22 @@ def status_of(exc: Exception, request: object = None) -> Status:
     return Status(code, message)
 
 
+def stray_cancel(exc: asyncio.CancelledError) -> WorkCancelled | None:
+    """The error to answer for `exc` when it is not the running task's own cancellation (no cancel
+    request pending on the task, Python 3.11+): a future or task the server cancelled, awaited
+    here, which grpc.aio would answer with nothing. None for the task's own (its client went, its
+    deadline passed, the server ended the call), and on Python 3.10, which cannot tell them apart."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if task is None or cancelling is None or cancelling():
+        return None
+    log.error("a request's work was cancelled by the server, not by its caller", exc_info=exc)
+    return WorkCancelled(
+        "the server cancelled the work this request waited for before it was answered (a model "
+        "unloaded or replaced, or the server stopping); it may be sent again"
+    )
+
+
 async def abort_as(context: grpc.aio.ServicerContext, status: Status) -> NoReturn:
     """End the call with `status`. Call it outside an `except` clause, holding no exception: grpc
     keeps the AbortError it raises in the call's state, which its traceback's frames reference (a
@@ -84,6 +101,10 @@ def answers_errors(handler: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp
                 return await handler(self, request, context)
             except Exception as exc:
                 status = status_of(exc, request)
+            except asyncio.CancelledError as exc:
+                if (stray := stray_cancel(exc)) is None:
+                    raise  # the call's own: grpc ends it
+                status = status_of(stray, request)
             await abort_as(context, status)  # outside the `except`: see abort_as
         finally:
             self.calls.exit()
@@ -100,6 +121,10 @@ def answers_errors_untracked(handler: Callable[..., Awaitable[Any]]) -> Callable
             return await handler(self, request, context)
         except Exception as exc:
             status = status_of(exc, request)
+        except asyncio.CancelledError as exc:
+            if (stray := stray_cancel(exc)) is None:
+                raise
+            status = status_of(stray, request)
         await abort_as(context, status)  # outside the `except`: see abort_as
 
     return wrapped

@@ -37,7 +37,7 @@ from server.observability.metrics_reasons import DEADLINE_SLACK_S
 from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import Tracing
 from server.observability.tracing_spans import TracedPath
-from server.protocol.answers import abort_as, abort_with, answers_errors
+from server.protocol.answers import abort_as, abort_with, answers_errors, stray_cancel
 from server.protocol.calls import CallTracker, QuietRefusals
 from server.protocol.late_status import LateStatuses
 from server.protocol.loop_pace import LoopPace
@@ -343,6 +343,7 @@ class InferenceServicer(SharedMemoryRpcs, SettingsRpcs, pb_grpc.GRPCInferenceSer
             pace=self._pace,
             ends_on_error=wants_grpc_error(context.invocation_metadata()),
         )
+        failed: Exception | None = None  # a stray cancel's answer (answers.py `stray_cancel`)
         try:
             with self.calls.stream(context.peer(), session):
                 answers = session.answers()
@@ -354,6 +355,11 @@ class InferenceServicer(SharedMemoryRpcs, SettingsRpcs, pb_grpc.GRPCInferenceSer
         except StreamLimitReached as exc:
             await self._refusals.read_until_quiet(request_iterator)
             await abort_with(context, exc)
+        except asyncio.CancelledError as exc:
+            if (failed := stray_cancel(exc)) is None:
+                raise  # the call's own (its client went, or end_call above)
+        if failed is not None:  # outside the except (abort_as holds none)
+            await abort_with(context, failed)
         if session.error_frame is not None:  # triton_grpc_error: outside the except (abort_as holds none)
             await abort_as(context, frame_status(session.error_frame.error_message))
         if session.ended_by == "drain":  # every request read was answered; the rest were not read

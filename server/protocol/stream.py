@@ -39,6 +39,7 @@ from protos import grpc_service_pb2 as pb
 from server.errors import FrameDropped
 from server.protocol.answer_checks import FINAL_RESPONSE, fit_error_frame
 from server.protocol.answer_turn import LateForTurn, when_set
+from server.protocol.answers import stray_cancel
 from server.protocol.frame_size import Oversized, received_ceiling
 from server.protocol.infer_job import InferJob
 from server.protocol.latest_frame import LatestFrames, dropped_response
@@ -356,6 +357,10 @@ class StreamSession:
             except FrameDropped as exc:
                 response = dropped_response(request)
                 counted = counted_in(exc)  # in `dropped`: unsent, counted as frame_dropped
+            except asyncio.CancelledError as exc:  # not this task's own (the call ended): answered, as
+                if (stray := stray_cancel(exc)) is None:  # unanswered it ended the stream statusless
+                    raise
+                response = failure_frame(request, stray)
             except Exception as exc:
                 response = failure_frame(request, exc)
                 counted = counted_in(exc)
