@@ -18,6 +18,7 @@ import errno
 import mmap
 import os
 import pickle
+import select
 import socket
 import struct
 import time
@@ -123,12 +124,15 @@ def read_arrays(segment: Segment, places: list[TensorPlace]) -> dict[str, Array]
 class SegmentMaps:
     """A host connection's mapped segments: each mapped once (a grown one replaces it), the last
     MAX_MAPS used kept. A segment whose file its worker removed (trimmed, segment_pool.py) is let
-    go at a run at least SWEEP_S after the last look: the mapping alone held its memory in
+    go at a look (`prune`): at a run at least SWEEP_S after the last look, and while the
+    connection idles, every IDLE_S (`receive_pruning`). The mapping alone held its memory in
     /dev/shm (a reviewer's: a 20 MiB segment the worker had removed stayed mapped through 100
-    later batches, where only a new segment's first run had looked)."""
+    later batches, where only a new segment's first run had looked; and with no batch after a
+    burst, it stayed until the next one)."""
 
     MAX_MAPS = 16
-    SWEEP_S = 1.0
+    SWEEP_S = 1.0  # looks at most this often: each is a stat per mapping
+    IDLE_S = 1.0  # an idle connection waits this long for a message before it looks
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._maps: dict[str, Segment] = {}  # in the order last used
@@ -140,17 +144,23 @@ class SegmentMaps:
         if segment is not None and segment.size != size:
             segment.close()
             segment = None
-        now = self._clock()
-        if segment is None or now - self._looked >= self.SWEEP_S:
-            self._looked = now
-            for gone in [p for p in self._maps if not Path(p).exists()]:
-                self._maps.pop(gone).close()
+        self.prune(new=segment is None)
         if segment is None:
             segment = Segment.attach(Path(path), size)
             while len(self._maps) >= self.MAX_MAPS:
                 self._maps.pop(next(iter(self._maps))).close()
         self._maps[path] = segment  # last used: at the end
         return segment
+
+    def prune(self, *, new: bool = False) -> None:
+        """The mappings of removed files let go, if the last look was SWEEP_S ago or `new` (a
+        segment not mapped yet comes: one it replaces may be among them)."""
+        now = self._clock()
+        if not new and now - self._looked < self.SWEEP_S:
+            return
+        self._looked = now
+        for gone in [p for p in self._maps if not Path(p).exists()]:
+            self._maps.pop(gone).close()
 
     def paths(self) -> list[str]:
         return list(self._maps)
@@ -159,3 +169,13 @@ class SegmentMaps:
         maps, self._maps = self._maps, {}
         for segment in maps.values():
             segment.close()
+
+
+def receive_pruning(conn: socket.socket, maps: SegmentMaps) -> Any:
+    """The next message on `conn`; while none comes and segments are mapped, `maps` looks every
+    IDLE_S (a worker trims while no batch runs too: its removed segments' memory is let go here)."""
+    idle = select.poll()
+    idle.register(conn, select.POLLIN)
+    while maps.paths() and not idle.poll(max(1, round(maps.IDLE_S * 1000))):
+        maps.prune()
+    return receive(conn)

@@ -29,7 +29,7 @@ from server.backends.host_wire import HostGone, TensorPlace, receive, send
 from server.backends.hosted_session import HostCounts, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.pinned import fill, layout, spec_of
-from server.backends.segment_pool import SegmentPool
+from server.backends.segment_pool import TRIM_EVERY_S, SegmentPool
 from server.backends.session_facts import SessionFacts
 from server.errors import ShuttingDown
 from server.models.config_tensors import ReshapePlan
@@ -68,13 +68,18 @@ class HostedBackend(SessionFacts):
         self._reshape = reshape
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []  # connections between runs (one per concurrent run)
-        # Segments between runs, trimmed to the recent batches' sizes (segment_pool.py).
-        self._segments = SegmentPool(socket_path.parent, f"seg-{os.getpid()}-{id(self):x}")
+        # Segments between runs, trimmed to the recent batches' sizes, idle too (segment_pool.py).
+        prefix = f"seg-{os.getpid()}-{id(self):x}"
+        self._segments = SegmentPool(socket_path.parent, prefix, trim_every_s=TRIM_EVERY_S)
         self._serial = itertools.count()
         self._closed = False
         self._started: dict[int, float] = {}  # runs started in the host, not yet answered: when
         self.prepared = None  # OrtBackend's: nothing prepared is kept on this side
-        reply = self._call(("open", request))
+        try:
+            reply = self._call(("open", request))
+        except BaseException:
+            self._drop_connections()  # (the pool's trim thread with them)
+            raise
         if reply[0] == "refused":
             self._drop_connections()
             raise Unhostable(reply[1])
@@ -160,7 +165,7 @@ class HostedBackend(SessionFacts):
         (the parent takes it down), so UNAVAILABLE, not a traceback per request."""
         with self._lock:
             # The longest idle first: each connection's host thread looks at its mappings as it
-            # runs (host_wire.SegmentMaps), and one left idle held a trimmed segment's memory.
+            # runs (host_wire.SegmentMaps; an idle one looks each second too).
             conn = self._idle.pop(0) if self._idle else None
         try:
             if conn is None:

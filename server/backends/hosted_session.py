@@ -280,6 +280,7 @@ class HostedSession:
                 self._run(taken)
             finally:
                 self._finished()
+                taken.clear()  # not held while the next is awaited: inputs map workers' segments
 
     def _run(self, taken: list[Job]) -> None:
         rows = [job.rows for job in taken]
@@ -392,6 +393,4 @@ def _row_wise(outputs: Tensors, rows: int) -> bool:
 
 
 def _rows_of(outputs: Tensors, start: int, end: int, merged: bool) -> dict[str, Array]:
-    if not merged:
-        return dict(outputs)
-    return {output: array[start:end] for output, array in outputs.items()}
+    return {output: array[start:end] for output, array in outputs.items()} if merged else dict(outputs)

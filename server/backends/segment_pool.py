@@ -5,15 +5,17 @@ had only grown and were kept until the model unloaded: one burst of large reques
 1.25 times its largest batch in /dev/shm, mapped in the host too, for each model instance of each
 worker (a tester's 12 requests of 16 MiB left 162 MiB, and 100 small requests after it freed
 none). A free segment is kept now only while it is at most twice the largest batch of the last
-RECENT_S seconds; a larger one is removed when it comes back, and the host lets its mapping go at
-its next look (host_wire.SegmentMaps). Seconds, not a count of batches: a large batch every 40
-batches had made a new segment each time (a reviewer's, ~12 ms more for a 19 MiB batch), where one
-that comes at least every RECENT_S seconds now keeps its segment. A batch takes the smallest free
-segment it fits, so a large one is not worn by small batches while a small one is free.
+RECENT_S seconds; a larger one is removed when it comes back or at the next trim, and the host
+lets its mapping go at its next look (host_wire.SegmentMaps). Seconds, not a count of batches: a
+large batch every 40 batches had made a new segment each time (a reviewer's, ~12 ms more for a 19
+MiB batch), where one that comes at least every RECENT_S seconds now keeps its segment. A batch
+takes the smallest free segment it fits, so a large one is not worn by small batches while a small
+one is free.
 
-Not trimmed while no batch runs: after a burst and no traffic since, its segments stay until a
-batch runs RECENT_S seconds later, or the model unloads (as a process without shared sessions
-keeps the memory its allocator took).
+Trimmed while no batch runs too: with `trim_every_s` (hosted_backend.py gives TRIM_EVERY_S) a
+thread of the pool's calls `trim` that often, so a burst with no traffic since gives its segments
+back within RECENT_S + TRIM_EVERY_S of its last batch (they had stayed until a batch ran, or the
+model unloaded), and the idle host lets their mappings go within a second (host_wire.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,9 +31,11 @@ from pathlib import Path
 
 from server.backends.host_wire import Segment
 
+log = logging.getLogger(__name__)
 GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
 RECENT_S = 10.0  # the batches of these last seconds decide which free segments are worth keeping
 SLACK = 2  # a free segment is kept up to this many times what the recent batches need
+TRIM_EVERY_S = RECENT_S / 2  # how often an idle pool looks: seldom, a look is a lock and a list
 
 
 def grown(size: int) -> int:
@@ -39,9 +44,17 @@ def grown(size: int) -> int:
 
 
 class SegmentPool:
-    """The free segments of one model instance; `take` and `give_back` from any thread."""
+    """The free segments of one model instance; `take`, `give_back` and `trim` from any thread.
+    With `trim_every_s`, a thread trims that often (stopped by `close`)."""
 
-    def __init__(self, directory: Path, prefix: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        trim_every_s: float | None = None,
+    ) -> None:
         self._directory = directory
         self._prefix = prefix
         self._lock = threading.Lock()
@@ -49,6 +62,13 @@ class SegmentPool:
         self._recent = RecentMax(RECENT_S, clock)
         self._serial = itertools.count()
         self._closed = False
+        self._stop = threading.Event()
+        self._trimmer: threading.Thread | None = None
+        if trim_every_s is not None:
+            self._trimmer = threading.Thread(
+                target=self._trim_every, args=(trim_every_s,), name="segment-trim", daemon=True
+            )
+            self._trimmer.start()
 
     def take(self, size: int) -> Segment:
         """A segment of at least `size` bytes: the smallest free one that fits, else a new one."""
@@ -73,23 +93,48 @@ class SegmentPool:
             if self._closed:
                 gone = [segment]
             else:
-                limit = SLACK * grown(self._recent.max())
-                gone = [s for s in (*self._free, segment) if s.size > limit]
-                self._free = [s for s in (*self._free, segment) if s.size <= limit]
+                self._free.append(segment)
+                gone = self._take_unneeded()
         for old in gone:
             remove(old)
+
+    def trim(self) -> None:
+        """Free segments the recent batches no longer need removed (what `give_back` does, for a
+        pool that no batch has used since a burst)."""
+        with self._lock:
+            gone = self._take_unneeded()
+        for old in gone:
+            remove(old)
+
+    def _take_unneeded(self) -> list[Segment]:
+        """(Under the lock.) The free segments over SLACK times the recent batches, out of the pool."""
+        limit = SLACK * grown(self._recent.max())
+        gone = [s for s in self._free if s.size > limit]
+        self._free = [s for s in self._free if s.size <= limit]
+        return gone
+
+    def _trim_every(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.trim()
+            except Exception as err:  # (an unlink refused, say): the thread must not end
+                log.warning("shared segments: a trim failed, tried again in %.1f s: %s", every_s, err)
 
     def free_sizes(self) -> list[int]:
         with self._lock:
             return [s.size for s in self._free]
 
     def close(self) -> None:
-        """Every free segment removed; those given back later are removed then."""
+        """Every free segment removed, the trim thread stopped; those given back later are removed
+        then."""
+        self._stop.set()
         with self._lock:
             self._closed = True
             free, self._free = self._free, []
         for segment in free:
             remove(segment)
+        if self._trimmer is not None and self._trimmer is not threading.current_thread():
+            self._trimmer.join(timeout=5.0)  # (one trim at most: a lock and a few unlinks)
 
 
 class RecentMax:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.errors import InstanceClosed
-from server.backends.host_wire import HostGone, SegmentMaps, read_arrays, receive, send
+from server.backends.host_wire import HostGone, SegmentMaps, read_arrays, receive_pruning, send
 from server.backends.hosted_session import HostCounts, HostedSession, Moved, OpenRequest
 from server.errors import ModelRunFailed
 
@@ -99,7 +99,7 @@ class SessionHost:
         maps = SegmentMaps()  # this connection's worker's segments, mapped once
         try:
             while True:
-                message = receive(conn)
+                message = receive_pruning(conn, maps)  # (idle: lets go of trimmed segments)
                 try:
                     reply = self._answer(message, maps, conn)
                 except Exception as err:

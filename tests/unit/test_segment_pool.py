@@ -3,6 +3,7 @@ the recent batches (one burst of large requests had pinned its memory in /dev/sh
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from server.backends.segment_pool import GROW, RECENT_S, RecentMax, SegmentPool, grown
@@ -103,3 +104,58 @@ def test_the_recent_maximum_is_of_the_window_only() -> None:
     assert recent.max() == 7
     clock.now += 10.0
     assert recent.max() == 0
+
+
+def test_an_idle_pool_trims_a_burst_with_no_batch_after_it(tmp_path: Path) -> None:
+    """A burst and no traffic since: its segments had stayed until a batch ran (or the model
+    unloaded); `trim`, which the pool's thread calls while no batch runs, removes them."""
+    clock = Clock()
+    pool = SegmentPool(tmp_path, "seg", clock)
+    small = pool.take(1000)
+    burst = [pool.take(80 * MIB) for _ in range(2)]
+    for segment in (small, *burst):
+        pool.give_back(segment)
+    clock.now += RECENT_S  # the burst is just within the window: kept
+    pool.trim()
+    assert sorted(pool.free_sizes()) == [GROW, grown(80 * MIB), grown(80 * MIB)]
+    clock.now += 0.5  # past it: no batch since, and the burst goes all the same
+    pool.trim()
+    assert pool.free_sizes() == [GROW] and files(tmp_path) == {small.path.name: GROW}  # a small one stays
+    pool.close()
+    assert files(tmp_path) == {}
+
+
+class CountingClock(Clock):
+    """A fake clock that tells a waiter how many times it was read (the pool reads it once a trim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.read = threading.Condition()
+
+    def __call__(self) -> float:
+        with self.read:
+            self.reads += 1
+            self.read.notify_all()
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.read:
+            self.now += seconds
+            self.reads = 0
+
+    def wait_reads(self, count: int) -> None:
+        with self.read:
+            assert self.read.wait_for(lambda: self.reads >= count, timeout=30.0), "no trim came"
+
+
+def test_the_pools_thread_trims_while_no_batch_runs_until_close(tmp_path: Path) -> None:
+    clock = CountingClock()
+    pool = SegmentPool(tmp_path, "seg", clock, trim_every_s=0.001)
+    pool.give_back(pool.take(80 * MIB))
+    assert pool.free_sizes() == [grown(80 * MIB)]  # a trim now keeps it: the burst is recent
+    clock.advance(RECENT_S + 1.0)
+    clock.wait_reads(2)  # a trim began after the first one at this time had ended
+    assert pool.free_sizes() == [] and files(tmp_path) == {}
+    pool.close()
+    assert pool._trimmer is not None and not pool._trimmer.is_alive()
