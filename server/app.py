@@ -21,7 +21,6 @@ from protos import grpc_service_pb2 as pb
 from server.admin.service import SERVICE_NAME as ADMIN_SERVICE
 from server.admin.service import AdminServicer
 from server.announce import announce
-from server.backends.cuda_shm import cuda_shared_memory
 from server.backends.instance_groups import setting_note
 from server.bind_failure import PortInUse, bind_failure
 from server.grpc_options import grpc_server_options
@@ -41,7 +40,7 @@ from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import build_tracing
 from server.protocol import core_calls, loop_pace, message_wait
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
-from server.protocol.cuda_shm_workers import cuda_book_registry
+from server.protocol.cuda_shm_workers import cuda_registry
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
 from server.protocol.loop_pace import LoopPace
 from server.protocol.malformed import add_service
@@ -143,19 +142,8 @@ class SluicewayServer:
             self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
         self.metrics_port = 0  # bound once started (0: metrics off)
         self.shared_memory = system_registry(settings)  # every worker's regions under --workers
-        cuda_shm = cuda_shared_memory(  # CUDA IPC regions where a GPU is present, else a refusal
-            onnxruntime.get_available_providers(),
-            allowed=settings.allow_client_shm,
-            max_regions=settings.max_shm_regions,
-            max_bytes=settings.max_shm_bytes,
-            taken=self.shared_memory.has,
-            book_registry=cuda_book_registry(  # under --workers: every worker's (cuda_shm_workers.py)
-                settings.rollout_share_dir,
-                max_regions=settings.max_shm_regions,
-                max_bytes=settings.max_shm_bytes,
-                taken=self.shared_memory.has,
-            ),
-        )
+        # CUDA IPC regions where a GPU is present (every worker's under --workers), else a refusal.
+        cuda_shm = cuda_registry(settings, onnxruntime.get_available_providers(), self.shared_memory.has)
         self.shared_memory.device_regions = cuda_shm  # requests name either kind of region
         self._cuda_shm = cuda_shm
         # Stream reads wait a tick while the loop lags and new calls wait (loop_pace.py).

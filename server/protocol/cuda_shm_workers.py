@@ -19,12 +19,23 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from server.backends.cuda_shm import BookRegistry, CudaRegion, CudaRegionInfo, CudaRegistry
+from server.backends.cuda_shm import (
+    BookRegistry,
+    CudaRegion,
+    CudaRegionInfo,
+    CudaRegistry,
+    CudaSharedMemory,
+    cuda_shared_memory,
+)
 from server.backends.cudart import CudaRuntime
 from server.protocol.booked_mappings import BookedMappings
 from server.protocol.shm_book import ShmBook
 from server.shm_regions_book import pick
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
 
 KIND = "cuda"  # the entries' files in the book's directory: cuda-<hash of the name>
 
@@ -127,3 +138,16 @@ def cuda_book_registry(
         )
 
     return make
+
+
+def cuda_registry(
+    settings: ServerSettings, providers: Sequence[str], taken: Callable[[str], bool]
+) -> CudaSharedMemory:
+    """The server's CUDA shared memory (cuda_shm.cuda_shared_memory), every worker's under
+    --workers; `taken`: whether a system region has a name."""
+    regions, size = settings.max_shm_regions, settings.max_shm_bytes
+    booked = cuda_book_registry(settings.rollout_share_dir, max_regions=regions, max_bytes=size, taken=taken)
+    allowed = settings.allow_client_shm
+    return cuda_shared_memory(
+        providers, allowed=allowed, max_regions=regions, max_bytes=size, taken=taken, book_registry=booked
+    )
