@@ -52,7 +52,8 @@ def point_s(plan: Plan) -> float:
 def transports(plan: Plan, model: str) -> tuple[str, ...]:
     """The ways `model`'s tensors reach the server: over the wire and through system shared memory
     (every worker's regions under several, shm_book.py), CUDA shared memory only on a GPU run with
-    one server process (a CUDA region is one process's)."""
+    one server process (under several, each worker would open perf_analyzer's handles in a CUDA
+    context of its own, cuda_shm_workers.py: not within this check's time)."""
     if plan.server_workers > 1:
         return (PA_WIRE, PA_SHM)
     cuda = (PA_CUDA,) if model in CUDA_MODELS and not plan.dry else ()

@@ -214,8 +214,11 @@ class CudaRegistry:
     def _reserve(self, name: str, byte_size: int, *, check_name: bool = True) -> None:
         """Count a region about to be mapped, or raise naming the limit (or the name) in the way."""
         with self._lock:
-            taken = name in self._regions or name in self._opening or self._taken(name)
-            if check_name and taken:  # Triton's wording
+            # (`has`: under --workers, the book: a name registered through any worker is refused
+            # before its handle is opened, as in one process)
+            if check_name and (
+                name in self._regions or name in self._opening or self.has(name) or self._taken(name)
+            ):  # Triton's wording
                 raise RegionExists(f"shared memory region '{name}' already in manager")
             what = f"CUDA shared memory region '{name}'"
             live = (self._live, self._live_bytes)
@@ -259,8 +262,11 @@ class CudaRegistry:
         return self._regions.get(name)  # a dict read: atomic, no lock needed
 
     def close(self) -> None:
-        """At shutdown: forget every region (mappings close with their last holder)."""
-        self.unregister("")
+        """At shutdown: forget every region (mappings close with their last holder). Not
+        `unregister("")`: under --workers that would be every worker's registrations."""
+        with self._lock:
+            dropped = drop(self._regions, "")
+        del dropped
 
 
 # Under --workers: makes the registry over the workers' book (server/protocol/cuda_shm_workers.py)

@@ -85,10 +85,19 @@ class CudaWorkersRegistry(BookedMappings[CudaEntry, CudaRegion], CudaRegistry):
             self._named(name, None)
             del region  # (its finalizer closes the mapping now)
             raise
-        with self._lock:
-            self._named(name, region)
-            self._ids[name] = entry.id
-        self._still_booked(name, entry.id)  # (not: an Unregister came after this Register)
+        try:
+            with self._lock:
+                self._named(name, region)
+                self._ids[name] = entry.id
+            self._still_booked(name, entry.id)  # (not: an Unregister came after this Register)
+        except BaseException:  # a failed Register leaves nothing: its mapping, and its entry only
+            with self._lock:
+                self._opening.discard(name)
+                if self._regions.get(name) is region:
+                    self._forget(name)
+            del region  # (its finalizer closes it once no request holds it)
+            self._book.remove(name, only_id=entry.id)  # (the name may be registered again since)
+            raise
 
     def status(self, name: str) -> Sequence[CudaRegionInfo]:
         entries = pick({e.name: e for e in self._book.entries()}, name, "cuda")

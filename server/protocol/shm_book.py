@@ -99,6 +99,7 @@ class ShmBook(Generic[E]):
         self._dir.mkdir(mode=0o700, exist_ok=True)
         self._entry_type = entry_type
         self._kind = kind
+        self._what = "CUDA shared memory" if kind == "cuda" else "system shared memory"
         self._lock_path = self._dir / "lock"
         counter = self._dir / "generation"
         fd = os.open(counter, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -150,11 +151,11 @@ class ShmBook(Generic[E]):
                 _COUNTER.pack_into(self._counter, 0, self.generation() + 1)
 
     def get(self, name: str) -> E | None:
-        entry = _read(self._path(name), self._entry_type)
+        entry = _read(self._path(name), self._entry_type, self._what)
         return entry if entry is not None and entry.name == name else None
 
     def entries(self) -> list[E]:
-        found = (_read(path, self._entry_type) for path in self._entry_paths())
+        found = (_read(path, self._entry_type, self._what) for path in self._entry_paths())
         return sorted((e for e in found if e is not None), key=lambda e: e.name)
 
     def stale(self, mapped: Mapping[str, str]) -> list[str]:
@@ -183,7 +184,7 @@ class ShmBook(Generic[E]):
         try:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            _refuse_if_out_of_files(err)
+            _refuse_if_out_of_files(err, self._what)
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -235,13 +236,13 @@ def _open_same(path: str, flags: int, entry: Entry) -> int | None:
     return None
 
 
-def _read(path: Path, entry_type: type[E]) -> E | None:
+def _read(path: Path, entry_type: type[E], what: str) -> E | None:
     try:
         fields = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except OSError as err:
-        _refuse_if_out_of_files(err)
+        _refuse_if_out_of_files(err, what)
         raise
     return entry_type(**fields)
 
@@ -273,6 +274,6 @@ class BookWatch:
         self._thread.join(timeout=5 * REFRESH_S)  # (before the counter's mapping closes)
 
 
-def _refuse_if_out_of_files(err: OSError) -> None:
+def _refuse_if_out_of_files(err: OSError, what: str = "system shared memory") -> None:
     """Out of descriptors reading the book: RESOURCE_EXHAUSTED saying so, not INTERNAL."""
-    refuse_if_out_of_files(err, "system shared memory", "its registrations are files the workers share")
+    refuse_if_out_of_files(err, what, "its registrations are files the workers share")

@@ -220,3 +220,12 @@ def test_load_cudart_names_what_it_tried() -> None:
     with pytest.raises(CudaUnavailable, match=r"libcudart.so.13: .*libcudart.so.12"):
         load_cudart(opener)
     assert isinstance(load_cudart(lambda name: FakeCudart()), CudaRuntime)
+
+
+def test_close_forgets_every_region_and_closes_their_mappings(lib: FakeCudart) -> None:
+    cuda = registry(lib)
+    handle, address = lib.export(8)
+    cuda.register("gpu", handle, 0, 8)
+    cuda.close()
+    gc.collect()
+    assert cuda.lookup("gpu") is None and lib.closed == [address] and cuda.live_mappings == (0, 0)

@@ -5,6 +5,7 @@ handle as CUDA does). The same through a real server and GPU: tests/integration/
 
 from __future__ import annotations
 
+import errno
 import gc
 import threading
 from collections.abc import Iterator
@@ -299,3 +300,51 @@ def test_a_system_region_registered_while_a_cuda_one_of_its_name_is_opened_wins(
         b.cuda.register("same", handle, 0, 8)
     assert b.cuda.status("") == [] and address not in lib.opens and b.cuda.live_mappings == (0, 0)
     assert [r.name for r in b.system.status("")] == ["same"]
+
+
+def test_a_name_booked_through_another_worker_is_refused_before_its_handle_is_opened(
+    lib: FakeCudart, workers: list[Worker]
+) -> None:
+    """ALREADY_EXISTS as in one process (a reviewer's: a stale handle had answered INVALID_ARGUMENT,
+    and opening it to refuse it could make a CUDA context in that worker)."""
+    a, b = workers
+    a.cuda.register("gpu", lib.export(8)[0], 0, 8)
+    opens = lib.cudaIpcOpenMemHandle.calls
+    for handle in (b"\xee" * 64, lib.export(8)[0]):  # one that does not open, and one that does
+        with pytest.raises(RegionExists, match="'gpu' already in manager"):
+            b.cuda.register("gpu", handle, 0, 8)
+    assert lib.cudaIpcOpenMemHandle.calls == opens
+
+
+def test_a_register_that_fails_after_booking_leaves_nothing(
+    lib: FakeCudart, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the system registry's: here the check after the entry is booked (a read of the book) runs
+    out of descriptors (a reviewer's: the entry and the mapping had stayed, and a retry was
+    ALREADY_EXISTS)."""
+    a, b = workers
+    handle, address = lib.export(8)
+    added = ShmBook.add
+    booked: list[bool] = []
+
+    def add_then_out_of_files(self: ShmBook[CudaEntry], *args: object, **kwargs: object) -> None:
+        added(self, *args, **kwargs)  # type: ignore[arg-type]
+        booked.append(True)
+
+    read = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if booked and self.name.startswith(f"{KIND}-"):
+            booked.clear()  # (once: descriptors were short for a moment)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShmBook, "add", add_then_out_of_files)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(SharedMemoryLimit, match="CUDA shared memory: the server has no file descriptor left"):
+        b.cuda.register("gpu", handle, 0, 8)
+    monkeypatch.undo()
+    gc.collect()
+    assert a.cuda.status("") == b.cuda.status("") == []
+    assert b.cuda.live_mappings == (0, 0) and address not in lib.opens
+    b.cuda.register("gpu", handle, 0, 8)  # no ALREADY_EXISTS left behind
