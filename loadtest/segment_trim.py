@@ -84,7 +84,7 @@ def burst(address: str, connections: int, requests: int, rows: int) -> int:
 
     channels = [grpc.insecure_channel(address, options=OWN_CONNECTION) for _ in range(connections)]
     try:
-        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+        stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]  # type: ignore[no-untyped-call]
         threads = [threading.Thread(target=ask, args=(s,)) for s in stubs for _ in range(requests)]
         for thread in threads:
             thread.start()
