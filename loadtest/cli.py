@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--processes", type=int, default=1, help="client worker processes")
+    run.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="connections each process opens to a target (at most one a user or stream), its load spread "
+        "over them: `serve --workers N` spreads connections, not requests, over its workers",
+    )
     run.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per step")
     run.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each step")
     run.add_argument("--rounds", type=int, default=1, help="repeat each step, alternating targets")
@@ -136,7 +143,12 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scenario:
-    positive = {"--processes": args.processes, "--rounds": args.rounds, "--batch-size": args.batch_size}
+    positive = {
+        "--processes": args.processes,
+        "--rounds": args.rounds,
+        "--batch-size": args.batch_size,
+        "--connections": args.connections,
+    }
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag} must be >= 1")
@@ -162,6 +174,7 @@ def scenario_from(args: argparse.Namespace, targets: tuple[Target, ...]) -> Scen
         input_files=_pairs(args.input, "--input"),
         shapes=parse_shapes(args.shape),
         security=security_from(args),
+        connections=args.connections,
     )
 
 

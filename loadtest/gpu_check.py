@@ -170,7 +170,7 @@ def served_rows(
     args = build_parser().parse_args(
         ["--compare", compare, "--model", MODELS[0], "--concurrency", ",".join(map(str, plan.in_flight)),
          "--duration-s", str(plan.served_s), "--warmup-s", str(plan.warmup_s), "--rounds", "1",
-         "--processes", str(plan.processes), "--seed", "1", "--quiet",
+         "--processes", str(plan.processes), "--connections", str(plan.connections), "--seed", "1", "--quiet",
          *(["--server-metrics", metrics_url] if metrics_url else [])]
     )  # fmt: skip
     try:

@@ -49,6 +49,10 @@ def point_s(plan: Plan) -> float:
     return WINDOWS * window_ms(plan) / 1000 + START_S
 
 
+# tritonclient's C++ gRPC client (perf_analyzer's): how many of its clients share one channel.
+SHARE_COUNT = "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"
+
+
 def transports(plan: Plan, model: str) -> tuple[str, ...]:
     """The ways `model`'s tensors reach the server: over the wire and through system shared memory
     (every worker's regions under several, shm_book.py), CUDA shared memory only on a GPU run with
@@ -102,8 +106,17 @@ def run_point(
         extra = ["--shared-memory", region, "--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
     port = int(address.rsplit(":", 1)[1])  # a spawned server's: 127.0.0.1
     return run_perf_analyzer(
-        tool, port, model, level, False, window_ms(plan), WINDOWS, 999, extra=extra, limit_s=limit_s
-    )
+        tool, port, model, level, False, window_ms(plan), WINDOWS, 999, extra=extra, limit_s=limit_s,
+        env=spread_env(plan),
+    )  # fmt: skip
+
+
+def spread_env(plan: Plan) -> dict[str, str]:
+    """Against several server processes, perf_analyzer's requests in flight each on a connection of
+    its own: its gRPC client shares one connection among 6 by default (3 connections at 16 in flight,
+    11 at 64), and the kernel spreads connections, not requests, over the workers, so at 16 in
+    flight at most 3 of 8 workers had work (loadtest/connection_spread.py)."""
+    return {SHARE_COUNT: "1"} if plan.server_workers > 1 else {}
 
 
 def perf_analyzer_rows(

@@ -44,6 +44,15 @@ class Plan:
     def max_rows(self) -> int:
         return max(self.raw_batches)
 
+    @property
+    def connections(self) -> int:
+        """Connections each client process opens for the served points: against several server
+        processes one a closed-loop user (the kernel spreads connections over the workers, not
+        requests: one a process had left workers idle), else one."""
+        if self.server_workers <= 1:
+            return 1
+        return -(-max(self.in_flight) // max(1, self.processes))
+
     def label(self, provider: Provider) -> str:
         return f"CPU (dry run of the {provider.label} config)" if self.dry else provider.label
 
@@ -114,6 +123,12 @@ def machine_context(plan: Plan, tests_summary: str | None) -> list[str]:
         f"raw: InferenceSession.run on host arrays, {plan.raw_s} s per batch size after 2 warm-up runs; "
         f"served: sluiceway-loadtest closed loop, 1 row a request, {plan.processes} client processes, "
         f"{plan.warmup_s} s warm-up + {plan.served_s} s per level; avg batch from ModelStatistics"
+        + (
+            f"; each user on a connection of its own (`--connections {plan.connections}`), and so is "
+            "each of perf_analyzer's requests in flight (TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT=1)"
+            if plan.server_workers > 1
+            else ""
+        )
     )
     if plan.server_args:
         items.append(f"server flags: {' '.join(plan.server_args)}")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
@@ -44,12 +44,13 @@ def run_perf_analyzer(
     stability_percentage: int = 20,
     extra: Sequence[str] = (),
     limit_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """One perf_analyzer run on 127.0.0.1:port (`extra`: more of its flags); its CSV row
-    (Inferences/Second, p50 latency...), in at most `limit_s`: past it the tool is stopped with
-    anything it started (its own process group; the wheel's console script runs the binary as a
-    child, which a stopped script had left running). Before the stop, what it was waiting on
-    (loadtest/stall_view.py) is printed to stderr and is the error's second line."""
+    """One perf_analyzer run on 127.0.0.1:port (`extra`: more of its flags, `env`: variables for
+    it); its CSV row (Inferences/Second, p50 latency...), in at most `limit_s`: past it the tool is
+    stopped with anything it started (its own process group; the wheel's console script runs the
+    binary as a child, which a stopped script had left running). Before the stop, what it was
+    waiting on (loadtest/stall_view.py) is printed to stderr and is the error's second line."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.csv"
         command = [
@@ -62,7 +63,7 @@ def run_perf_analyzer(
             command.append("--streaming")
         # A process group, not a session of its own: perf_analyzer in a new session ran on without
         # end here. Spawned, not forked (loadtest/proc.py: gRPC's fork handlers).
-        run = Spawned(command)
+        run = Spawned(command, env)
         code, why = _waited(run, limit_s, memory_cap())
         said = run.output
         if code is None:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -35,7 +35,7 @@ class Spawned:
     fork handlers in the child, and one such child aborted (-6) before it could exec (a test run
     on 2026-12-04); posix_spawn runs no fork handlers. The group lets `stop` end what it started."""
 
-    def __init__(self, command: Sequence[str]) -> None:
+    def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         read_fd, write_fd = os.pipe()  # both close-on-exec; the child's 1 and 2 are dup2'd copies
         actions = [(os.POSIX_SPAWN_DUP2, write_fd, 1), (os.POSIX_SPAWN_DUP2, write_fd, 2)]
         try:
@@ -43,7 +43,12 @@ class Spawned:
             # ignores them for itself, and the child would inherit that).
             defaults = (signal.SIGPIPE, signal.SIGXFSZ)
             self.pid = os.posix_spawnp(
-                command[0], list(command), os.environ, file_actions=actions, setpgroup=0, setsigdef=defaults
+                command[0],
+                list(command),
+                {**os.environ, **(env or {})},  # `env`: variables added to this process's
+                file_actions=actions,
+                setpgroup=0,
+                setsigdef=defaults,
             )
         except BaseException:
             os.close(read_fd)

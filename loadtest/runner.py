@@ -294,6 +294,10 @@ def plan_step(
             max_in_flight=scenario.max_in_flight,
             seed=seed * 7919 + index,
             security=scenario.security,
+            # At most one a closed-loop user or a stream (none idle); open-loop requests rotate.
+            connections=max(
+                1, scenario.connections if step.mode == "open" else min(scenario.connections, share)
+            ),
         )
         for index, share in enumerate(shares)
     ]

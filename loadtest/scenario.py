@@ -93,6 +93,9 @@ class Scenario:
     input_files: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     security: Security = PLAINTEXT
+    # Connections each load process opens to a target, its users, streams or requests spread over
+    # them: under `serve --workers N` the kernel spreads connections, not requests, over the workers.
+    connections: int = 1
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class WorkerPlan:
     max_in_flight: int
     seed: int
     security: Security = PLAINTEXT
+    connections: int = 1  # connections to the target (closed-loop user i on connection i mod this)
 
     @property
     def window(self) -> tuple[float, float]:

@@ -41,6 +41,7 @@ CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 # Outcomes the client itself decides (not gRPC status codes).
 CLIENT_LATE = "CLIENT_LATE"  # the deadline had passed before the client could send
 CLIENT_BACKLOG = "CLIENT_BACKLOG"  # max_in_flight requests were unanswered at the send time
@@ -92,11 +93,17 @@ async def run_plan(plan: WorkerPlan, start_time: StartTime | None = None) -> Cou
     """Run one plan in this process's loop and count what happened. With `start_time`, the plan's
     start_at is replaced by what it returns once the channel is connected (the coordinator's
     common start, set when every worker is connected, rather than a fixed delay ahead)."""
-    async with aio_channel(plan.address, plan.security, CHANNEL_OPTIONS) as channel:
+    # Several connections: each its own (grpc shares one per target in a process by default).
+    options = CHANNEL_OPTIONS + (OWN_CONNECTION if plan.connections > 1 else ())
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(aio_channel(plan.address, plan.security, options))
+            for _ in range(plan.connections)
+        ]
         # Connect before the start time, so connection set-up is not part of the first latency.
         connect_s = max(CONNECT_WAIT_S, plan.start_at - time.monotonic())
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout=connect_s)
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), timeout=connect_s)
         except (TimeoutError, asyncio.TimeoutError):
             unreachable = f"{plan.address} accepted no connection within {connect_s:.0f} s"
             raise TargetUnreachable(unreachable) from None
@@ -106,11 +113,11 @@ async def run_plan(plan: WorkerPlan, start_time: StartTime | None = None) -> Cou
         cpu = asyncio.create_task(_cpu_in_window(plan.window))
         await sleep_until(plan.start_at)
         if plan.mode == "closed":
-            await _closed(channel, plan, recorder)
+            await _closed(channels, plan, recorder)
         elif plan.mode == "open":
-            await _open(channel, plan, recorder)
+            await _open(channels, plan, recorder)
         else:
-            await _streams(channel, plan, recorder)
+            await _streams(channels, plan, recorder)
         if recorder.issued >= plan.max_requests:
             recorder.limit_reached()
         cpu_s = await cpu
@@ -195,30 +202,32 @@ class _Unary:
         return self.checked
 
 
-async def _closed(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
-    """`concurrency` users, each sending its next request as soon as the last one is answered;
-    a request still unanswered `drain_s` after the window is cancelled (counted NO_ANSWER)."""
-    unary = _Unary(channel, plan, recorder)
+async def _closed(channels: list[grpc.aio.Channel], plan: WorkerPlan, recorder: Recorder) -> None:
+    """`concurrency` users, each sending its next request as soon as the last one is answered (user
+    i on connection i mod `connections`); a request still unanswered `drain_s` after the window is
+    cancelled (counted NO_ANSWER)."""
+    unaries = [_Unary(channel, plan, recorder) for channel in channels]
     end = plan.window[1]
 
     async def user(index: int) -> None:
-        k = index
+        unary, k = unaries[index % len(unaries)], index
         while recorder.issued < plan.max_requests:
             now = time.monotonic()
             if now >= end:
                 return
             recorder.issue(now)
             if await unary.send(plan.payloads[k % len(plan.payloads)], now):
-                await back_off(channel, end)
+                await back_off(unary.channel, end)
             k += 1
 
     users = {asyncio.create_task(user(i)) for i in range(plan.concurrency)}
     await _drain(users, end + plan.drain_s - time.monotonic())
 
 
-async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
-    """Requests at scheduled times (Poisson or constant), whether or not earlier ones are answered."""
-    unary = _Unary(channel, plan, recorder)
+async def _open(channels: list[grpc.aio.Channel], plan: WorkerPlan, recorder: Recorder) -> None:
+    """Requests at scheduled times (Poisson or constant), whether or not earlier ones are answered;
+    round-robin over the connections."""
+    unaries = [_Unary(channel, plan, recorder) for channel in channels]
     rng = random.Random(plan.seed)
     poisson = plan.arrival == "poisson"
     end = plan.window[1]
@@ -234,6 +243,7 @@ async def _open(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder)
         if len(in_flight) >= plan.max_in_flight:
             recorder.record(scheduled, time.monotonic(), CLIENT_BACKLOG)
         else:
+            unary = unaries[k % len(unaries)]
             task = asyncio.create_task(unary.send(plan.payloads[k % len(plan.payloads)], scheduled))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -258,16 +268,23 @@ async def _drain(tasks: set[asyncio.Task[Any]], timeout_s: float) -> None:
             raise error
 
 
-async def _streams(channel: grpc.aio.Channel, plan: WorkerPlan, recorder: Recorder) -> None:
-    """`concurrency` ModelStreamInfer calls, each sending `rate` frames/s, offsets spread randomly."""
-    open_stream = channel.stream_stream(
-        METHOD_STREAM, response_deserializer=pb.ModelStreamInferResponse.FromString
-    )
+async def _streams(channels: list[grpc.aio.Channel], plan: WorkerPlan, recorder: Recorder) -> None:
+    """`concurrency` ModelStreamInfer calls, each sending `rate` frames/s, offsets spread randomly
+    (stream i on connection i mod `connections`)."""
     rng = random.Random(plan.seed)
+    answers = pb.ModelStreamInferResponse.FromString
+    openers = [channel.stream_stream(METHOD_STREAM, response_deserializer=answers) for channel in channels]
     await asyncio.gather(
         *(
-            _one_stream(open_stream, plan, recorder, index, rng.uniform(0, 1.0 / plan.rate), channel)
-            for index in range(plan.concurrency)
+            _one_stream(
+                openers[i % len(openers)],
+                plan,
+                recorder,
+                i,
+                rng.uniform(0, 1.0 / plan.rate),
+                channels[i % len(channels)],
+            )
+            for i in range(plan.concurrency)
         )
     )
 

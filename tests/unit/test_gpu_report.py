@@ -254,3 +254,15 @@ def test_each_transport_is_asked_of_perf_analyzer_by_its_flag(
         assert "--shared-memory" not in args
     else:
         assert args[args.index("--shared-memory") + 1] == region
+
+
+def test_against_several_workers_each_request_in_flight_has_a_connection_of_its_own() -> None:
+    """The served points' users and perf_analyzer's requests: one connection each against `serve
+    --workers N` (the kernel spreads connections over the workers, not requests); one a client
+    process against one server process, as before."""
+    from loadtest.gpu_perf_analyzer import SHARE_COUNT, spread_env
+    from loadtest.gpu_plan import plan_for
+
+    several, one = plan_for(False, processes=8, server_workers=8), plan_for(False, processes=8)
+    assert several.connections == 8 and one.connections == 1  # 64 in flight over 8 processes
+    assert spread_env(several) == {SHARE_COUNT: "1"} and spread_env(one) == {}

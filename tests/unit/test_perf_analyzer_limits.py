@@ -63,3 +63,27 @@ def test_the_memory_cap_is_half_of_the_machine_or_of_a_smaller_cgroup_limit(tmp_
     assert whole == memory_cap(tmp_path / "absent") > 1 << 29
     limit.write_text(f"{1 << 30}\n")
     assert memory_cap(limit) == 1 << 29
+
+
+def test_variables_given_reach_perf_analyzer_beside_this_processs(tmp_path: Path) -> None:
+    """How the GPU check gives perf_analyzer a connection a request in flight against several
+    server processes (gpu_perf_analyzer.spread_env)."""
+    tool = tmp_path / "perf_analyzer"
+    tool.write_text(
+        '#!/bin/sh\nwhile [ "$1" != -f ]; do shift; done\n'
+        'printf "Inferences/Second,p50 latency,p99 latency,share,home\\n1,1,1,%s,%s\\n" '
+        '"$TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT" "$HOME" > "$2"\n'
+    )
+    tool.chmod(0o755)
+    row = run_perf_analyzer(
+        tool,
+        1,
+        "resnet",
+        16,
+        False,
+        300,
+        limit_s=30.0,
+        env={"TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT": "1"},
+    )
+    assert row["share"] == "1" and row["home"] == os.environ.get("HOME", "")
+    assert run_perf_analyzer(tool, 1, "resnet", 16, False, 300, limit_s=30.0)["share"] == ""
