@@ -54,11 +54,13 @@ def write_model(repo: Path) -> None:
     )
 
 
-def harness_rate(address: str, concurrency: int, processes: int, connections: int) -> float:
+def harness_rate(
+    address: str, concurrency: int, processes: int, connections: int, duration_s: float
+) -> float:
     args = build_parser().parse_args(
         ["--target", address, "--model", MODEL, "--concurrency", str(concurrency), "--processes",
-         str(processes), "--connections", str(connections), "--duration-s", "4", "--warmup-s", "1",
-         "--quiet"]
+         str(processes), "--connections", str(connections), "--duration-s", str(duration_s),
+         "--warmup-s", "1", "--quiet"]
     )  # fmt: skip
     return float(run(args)["results"][0]["throughput_rps"])
 
@@ -74,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2, help="the harness's client processes")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--duration-s", type=float, default=4.0, help="the harness's measured seconds a point"
+    )
     parser.add_argument("--perf-analyzer", type=Path)
     args = parser.parse_args(argv)
     try:
@@ -99,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("| client | round | requests/s |\n| --- | ---: | ---: |")
             for round_index in range(1, args.rounds + 1):
                 for label, connections in ways:
-                    rate = harness_rate(server.address, args.concurrency, args.processes, connections)
+                    rate = harness_rate(
+                        server.address, args.concurrency, args.processes, connections, args.duration_s
+                    )
                     print(f"| {label} | {round_index} | {rate:.1f} |", flush=True)
                 if tool is None:
                     continue
