@@ -104,7 +104,7 @@ def plan(mode: str, deadline_s: float | None = None, concurrency: int = 2) -> Wo
 async def run(channel: object, plan: WorkerPlan, recorder: Recorder) -> None:
     await worker.sleep_until(plan.start_at)
     loops = {"closed": worker._closed, "open": worker._open, "stream": worker._streams}
-    await loops[plan.mode](cast(grpc.aio.Channel, channel), plan, recorder)
+    await loops[plan.mode]([cast(grpc.aio.Channel, channel)], plan, recorder)
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])

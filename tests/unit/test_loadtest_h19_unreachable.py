@@ -42,7 +42,7 @@ async def _closed_loop(address: str) -> Recorder:
     plan = dataclasses.replace(_plan(address), start_at=time.monotonic())
     recorder = Recorder(plan.window, plan.deadline_s)
     async with grpc.aio.insecure_channel(address) as channel:
-        await worker._closed(channel, plan, recorder)
+        await worker._closed([channel], plan, recorder)
     return recorder
 
 

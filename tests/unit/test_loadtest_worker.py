@@ -84,7 +84,7 @@ def test_an_open_loop_never_sends_before_the_time_its_latency_counts_from(
             payloads=(b"",), deadline_s=None, start_at=start, warmup_s=0.0, duration_s=0.05, drain_s=1.0,
             max_requests=10, max_in_flight=10, seed=1,
         )  # fmt: skip
-        await worker._open(cast(grpc.aio.Channel, None), plan, Recorder(plan.window, None))
+        await worker._open([cast(grpc.aio.Channel, None)], plan, Recorder(plan.window, None))
 
     asyncio.run(main())
     assert len(sends) == 10
