@@ -76,6 +76,7 @@ def _entry(group: list[RunRecord], batch_size: int) -> dict[str, Any]:
             "seconds": round(counts.cpu_s, 3),
             "percent_of_core": round(100.0 * counts.cpu_s / seconds, 1) if seconds else None,
             "processes": max(r.processes for r in group),
+            "connections": max(r.connections for r in group),
         },
         "cdf": cdf_points(histogram),
         "ratios": {},

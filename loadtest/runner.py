@@ -85,6 +85,7 @@ class RunRecord:
     duration_s: float
     processes: int
     server: ServerTotals | None
+    connections: int = 1  # the load's connections to the target, every process's
 
 
 class LoadWorkerFailed(RuntimeError):
@@ -368,4 +369,5 @@ def _run_one(
         duration_s=counts.stopped_after_s or scenario.duration_s,
         processes=len(plans),
         server=after - before if before is not None and after is not None else None,
+        connections=sum(plan.connections for plan in plans),
     )

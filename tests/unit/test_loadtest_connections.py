@@ -85,3 +85,15 @@ def test_a_step_gives_each_process_at_most_one_connection_a_user() -> None:
         scenario = Scenario(targets=(target,), steps=(Step(mode, level),), processes=2, connections=asked)
         plans = plan_step(scenario, Step(mode, level), target, (b"",), 1, 0.0)  # type: ignore[arg-type]
         assert max(p.connections for p in plans) == want, (mode, level, asked, [p.connections for p in plans])
+
+
+def test_the_results_say_how_many_connections_the_load_came_over() -> None:
+    from loadtest.results import summarize
+    from loadtest.runner import RunRecord
+    from loadtest.stats import Counts
+
+    target = Target("t", "127.0.0.1:1", "m")
+    scenario = Scenario(targets=(target,), steps=(Step("closed", 16),), processes=2, connections=8)
+    record = RunRecord(0, Step("closed", 16), target, 0, Counts(), 1.0, 2, None, connections=16)
+    (entry,) = summarize(scenario, [record])["results"]
+    assert entry["client_cpu"]["processes"] == 2 and entry["client_cpu"]["connections"] == 16

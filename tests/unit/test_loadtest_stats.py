@@ -133,7 +133,12 @@ def test_summary_ratios_server_blanks_and_rates() -> None:
     assert entries["b"]["ratios"]["throughput_rps"] == pytest.approx(1.5)
     assert entries["b"]["ratios"]["goodput_rps"] == pytest.approx(1.2)
     assert entries["a"]["ratios"]["throughput_rps"] == 1.0
-    assert entries["a"]["client_cpu"] == {"seconds": 2.0, "percent_of_core": 10.0, "processes": 2}
+    assert entries["a"]["client_cpu"] == {
+        "seconds": 2.0,
+        "percent_of_core": 10.0,
+        "processes": 2,
+        "connections": 1,
+    }
 
 
 def test_error_answers_are_timed_from_send_and_client_outcomes_are_not() -> None:
