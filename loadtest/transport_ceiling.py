@@ -89,7 +89,9 @@ def rows_run(address: str, workers: int) -> tuple[int, int]:
 
 def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, workers: int) -> str:
     """One perf_analyzer point: its rate and p50, the batches it ran and the server's CPU per row
-    (its processes', the session host's too)."""
+    (its processes', the session host's too). Against several workers each of perf_analyzer's
+    requests in flight has a connection of its own (gpu_perf_analyzer.spread_env), since the
+    forty-first session: the rates of section 39 had come over its default 3 to 11."""
     assert server.process is not None
     before, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid)
     row = run_point(tool, server.address, MODEL, level, PA_SHM if shm else PA_WIRE, plan, 120.0)
