@@ -23,15 +23,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from server.backends.host_wire import Segment
+from server.periodic import Periodic
 
-log = logging.getLogger(__name__)
 GROW = 1 << 20  # segments grow in whole MiB, with a quarter to spare
 RECENT_S = 10.0  # the batches of these last seconds decide which free segments are worth keeping
 SLACK = 2  # a free segment is kept up to this many times what the recent batches need
@@ -62,13 +61,9 @@ class SegmentPool:
         self._recent = RecentMax(RECENT_S, clock)
         self._serial = itertools.count()
         self._closed = False
-        self._stop = threading.Event()
-        self._trimmer: threading.Thread | None = None
+        self._trimmer: Periodic | None = None
         if trim_every_s is not None:
-            self._trimmer = threading.Thread(
-                target=self._trim_every, args=(trim_every_s,), name="segment-trim", daemon=True
-            )
-            self._trimmer.start()
+            self._trimmer = Periodic(self.trim, trim_every_s, "shared segments: a trim")
 
     def take(self, size: int) -> Segment:
         """A segment of at least `size` bytes: the smallest free one that fits, else a new one."""
@@ -113,13 +108,6 @@ class SegmentPool:
         self._free = [s for s in self._free if s.size <= limit]
         return gone
 
-    def _trim_every(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            try:
-                self.trim()
-            except Exception as err:  # (an unlink refused, say): the thread must not end
-                log.warning("shared segments: a trim failed, tried again in %.1f s: %s", every_s, err)
-
     def free_sizes(self) -> list[int]:
         with self._lock:
             return [s.size for s in self._free]
@@ -127,14 +115,13 @@ class SegmentPool:
     def close(self) -> None:
         """Every free segment removed, the trim thread stopped; those given back later are removed
         then."""
-        self._stop.set()
+        if self._trimmer is not None:
+            self._trimmer.close()  # (one trim at most: a lock and a few unlinks)
         with self._lock:
             self._closed = True
             free, self._free = self._free, []
         for segment in free:
             remove(segment)
-        if self._trimmer is not None and self._trimmer is not threading.current_thread():
-            self._trimmer.join(timeout=5.0)  # (one trim at most: a lock and a few unlinks)
 
 
 class RecentMax:

@@ -4,7 +4,7 @@ is, and when one goes. Shared by the system regions' registry (shm_workers.py) a
 first time one of their requests names it.
 
 A mapping goes when the book's counter has moved (an Unregister through any worker) and its entry
-is gone or is a later registration of the name: at a lookup, or within REFRESH_S (BookWatch).
+is gone or is a later registration of the name: at a lookup, or within REFRESH_S (server/periodic.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Generic, TypeVar
 
-from server.protocol.shm_book import BookEntry, BookWatch, ShmBook
+from server.periodic import Periodic
+from server.protocol.shm_book import REFRESH_S, BookEntry, ShmBook
 
 E = TypeVar("E", bound=BookEntry)
 R = TypeVar("R")
@@ -29,7 +30,8 @@ class BookedMappings(Generic[E, R]):
         self._book = book
         self._ids: dict[str, str] = {}  # the book's entry each mapping here is
         self._seen = book.generation()
-        self._watch = BookWatch(lambda: self._refresh(), what)  # (looked up each time: tests wrap it)
+        # (`_refresh` looked up at each call: tests wrap it)
+        self._watch = Periodic(lambda: self._refresh(), REFRESH_S, f"{what}: the book's check")
 
     def _current(self, name: str) -> tuple[R | None, E | None]:
         """This worker's mapping of `name` if it is still the book's; else the book's entry to map
@@ -84,4 +86,4 @@ class BookedMappings(Generic[E, R]):
 
     def _stop_tracking(self) -> None:
         """At close: the watch ends (before the book's counter is unmapped)."""
-        self._watch.close()
+        self._watch.close(5 * REFRESH_S)

@@ -28,11 +28,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import mmap
 import os
 import struct
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -43,7 +41,6 @@ from server.errors import InvalidRequest, RegionExists
 from server.protocol.shm_regions import Region, map_opened, mapped_bytes, object_name, refuse_if_out_of_files
 from server.shm_regions_book import over_limit
 
-log = logging.getLogger(__name__)
 BOOK_DIR = "shm"
 REFRESH_S = 0.5  # how soon a worker lets go of a region unregistered through another, unasked
 _COUNTER = struct.Struct("=Q")
@@ -245,33 +242,6 @@ def _read(path: Path, entry_type: type[E], what: str) -> E | None:
         _refuse_if_out_of_files(err, what)
         raise
     return entry_type(**fields)
-
-
-class BookWatch:
-    """Calls `refresh` every REFRESH_S on a daemon thread until closed: a region unregistered through
-    another worker is let go of here within REFRESH_S (it had stayed mapped, pages and descriptors,
-    until this worker's next shared-memory request: past the server's limits, a tester's). A failed
-    check is logged and the next one made (out of descriptors, say: the thread must not end)."""
-
-    def __init__(self, refresh: Callable[[], None], what: str) -> None:
-        self._refresh = refresh
-        self._what = what
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"{what}-book", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(REFRESH_S):
-            try:
-                self._refresh()
-            except Exception as err:
-                log.warning(
-                    "%s: the book's check failed, tried again in %.1f s: %s", self._what, REFRESH_S, err
-                )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5 * REFRESH_S)  # (before the counter's mapping closes)
 
 
 def _refuse_if_out_of_files(err: OSError, what: str = "system shared memory") -> None:
