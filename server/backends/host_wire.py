@@ -125,7 +125,7 @@ class SegmentMaps:
     """A host connection's mapped segments: each mapped once (a grown one replaces it), the last
     MAX_MAPS used kept. A segment whose file its worker removed (trimmed, segment_pool.py) is let
     go at a look (`prune`): at a run at least SWEEP_S after the last look, and while the
-    connection idles, every IDLE_S (`receive_pruning`). The mapping alone held its memory in
+    connection idles, every IDLE_S (`PruningReceiver`). The mapping alone held its memory in
     /dev/shm (a reviewer's: a 20 MiB segment the worker had removed stayed mapped through 100
     later batches, where only a new segment's first run had looked; and with no batch after a
     burst, it stayed until the next one)."""
@@ -165,17 +165,27 @@ class SegmentMaps:
     def paths(self) -> list[str]:
         return list(self._maps)
 
+    def __len__(self) -> int:
+        return len(self._maps)
+
     def close(self) -> None:
         maps, self._maps = self._maps, {}
         for segment in maps.values():
             segment.close()
 
 
-def receive_pruning(conn: socket.socket, maps: SegmentMaps) -> Any:
-    """The next message on `conn`; while none comes and segments are mapped, `maps` looks every
-    IDLE_S (a worker trims while no batch runs too: its removed segments' memory is let go here)."""
-    idle = select.poll()
-    idle.register(conn, select.POLLIN)
-    while maps.paths() and not idle.poll(max(1, round(maps.IDLE_S * 1000))):
-        maps.prune()
-    return receive(conn)
+class PruningReceiver:
+    """A host connection's messages; while none comes and segments are mapped, `maps` looks every
+    IDLE_S (a worker trims while no batch runs too: its removed segments' memory is let go here).
+    One poller for the connection's life: a message comes at every batch."""
+
+    def __init__(self, conn: socket.socket, maps: SegmentMaps) -> None:
+        self._conn = conn
+        self._maps = maps
+        self._idle = select.poll()
+        self._idle.register(conn, select.POLLIN)
+
+    def receive(self) -> Any:
+        while self._maps and not self._idle.poll(max(1, round(self._maps.IDLE_S * 1000))):
+            self._maps.prune()
+        return receive(self._conn)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.errors import InstanceClosed
-from server.backends.host_wire import HostGone, SegmentMaps, read_arrays, receive_pruning, send
+from server.backends.host_wire import HostGone, PruningReceiver, SegmentMaps, read_arrays, send
 from server.backends.hosted_session import HostCounts, HostedSession, Moved, OpenRequest
 from server.errors import ModelRunFailed
 
@@ -97,9 +97,10 @@ class SessionHost:
 
     def _connection(self, conn: socket.socket) -> None:
         maps = SegmentMaps()  # this connection's worker's segments, mapped once
+        messages = PruningReceiver(conn, maps)  # (idle: lets go of trimmed segments)
         try:
             while True:
-                message = receive_pruning(conn, maps)  # (idle: lets go of trimmed segments)
+                message = messages.receive()
                 try:
                     reply = self._answer(message, maps, conn)
                 except Exception as err:

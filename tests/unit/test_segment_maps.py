@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from server.backends import segment_pool
-from server.backends.host_wire import Segment, SegmentMaps, receive_pruning, send
+from server.backends.host_wire import PruningReceiver, Segment, SegmentMaps, send
 from server.backends.hosted_backend import HostedBackend
 from server.backends.session_host import SessionHost
 from tests.support.server_process import wait_until
@@ -69,14 +69,15 @@ def test_an_idle_connection_lets_go_of_removed_segments_at_most_once_a_sweep(tmp
     removed.path.unlink()
     host_end, worker_end = socket.socketpair()
     host_end.settimeout(30.0)  # (a look that never comes fails the test, not hangs it)
+    messages = PruningReceiver(host_end, maps)
     try:
         # The message comes during the first idle look (the look reads the clock): within SWEEP_S.
         clock.on_read = lambda: send(worker_end, ("counts", b"k"))
-        assert receive_pruning(host_end, maps) == ("counts", b"k")
+        assert messages.receive() == ("counts", b"k")
         assert maps.paths() == [str(removed.path), str(kept.path)]  # not yet: looked too lately
         clock.now += SegmentMaps.SWEEP_S
         clock.on_read = lambda: send(worker_end, ("counts", b"k"))
-        assert receive_pruning(host_end, maps) == ("counts", b"k")
+        assert messages.receive() == ("counts", b"k")
         assert maps.paths() == [str(kept.path)]  # let go with no run since
     finally:
         host_end.close()
