@@ -21,6 +21,7 @@ from server.protocol.answers import answers_errors
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.request_path import RequestPath
 from server.protocol.stream import StreamSession
+from tests.support.aborting_context import Aborted, AbortingContext
 
 
 async def cancelled_by_the_server() -> None:
@@ -45,19 +46,6 @@ class Service:
         self.waiting.set()
         await asyncio.Event().wait()
         return b"never"
-
-
-class Aborted(Exception):
-    pass
-
-
-class AbortingContext:
-    def __init__(self) -> None:
-        self.status: tuple[grpc.StatusCode, str] | None = None
-
-    async def abort(self, code: grpc.StatusCode, details: str, **_: object) -> None:
-        self.status = (code, details)
-        raise Aborted(details)
 
 
 pytestmark = pytest.mark.skipif(not hasattr(asyncio.Task, "cancelling"), reason="Python 3.11+")

@@ -18,22 +18,8 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.servicer import InferenceServicer
+from tests.support.aborting_context import Aborted, AbortingContext
 from tests.unit.test_startup_h19 import repository, start_parts
-
-
-class Aborted(Exception):
-    pass
-
-
-class AbortingContext:
-    """The part of a ServicerContext an error answer uses: abort, recorded."""
-
-    def __init__(self) -> None:
-        self.status: tuple[grpc.StatusCode, str] | None = None
-
-    async def abort(self, code: grpc.StatusCode, details: str, **_: object) -> None:
-        self.status = (code, details)
-        raise Aborted(details)
 
 
 async def test_a_stop_before_the_listing_answers_a_waiting_index_unavailable(tmp_path: Path) -> None:
