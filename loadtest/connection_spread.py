@@ -21,19 +21,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtest.cli import build_parser, run
+from loadtest.gpu_perf_analyzer import SHARE_COUNT
+from loadtest.graph_model import write_graph_model
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.perf_analyzer_table import run_perf_analyzer
 from loadtest.server import SpawnedServer
 
 MODEL = "sleepy"
 SLEEP_S = 0.02
-SHARE_COUNT = "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"
 
 
 def write_model(repo: Path) -> None:
     """`x` FP32 [N, 4] -> `y`, an Identity whose every run first sleeps SLEEP_S (the fault
     backend's hang, which waits without the CPU), max_batch_size 1: one request a run."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -42,15 +42,12 @@ def write_model(repo: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    (repo / MODEL / "1").mkdir(parents=True)
-    onnx.save(model, repo / MODEL / "1" / "model.onnx")
-    (repo / MODEL / "config.pbtxt").write_text(
-        f'name: "{MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\ndynamic_batching {{ }}\n'
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    write_graph_model(
+        repo,
+        graph,
+        "max_batch_size: 1\ndynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
         'parameters { key: "fault_hang_every" value: { string_value: "1" } }\n'
-        f'parameters {{ key: "fault_hang_s" value: {{ string_value: "{SLEEP_S}" }} }}\n'
+        f'parameters {{ key: "fault_hang_s" value: {{ string_value: "{SLEEP_S}" }} }}\n',
     )
 
 

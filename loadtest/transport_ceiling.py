@@ -26,6 +26,7 @@ from loadtest import proc
 from loadtest.gpu_perf_analyzer import executions, run_point
 from loadtest.gpu_plan import Plan, plan_for
 from loadtest.gpu_report import PA_SHM, PA_WIRE
+from loadtest.graph_model import write_graph_model
 from loadtest.model_statistics import every_workers_batches, rows_and_runs
 from loadtest.perf_analyzer_path import PerfAnalyzerMissing, find_perf_analyzer
 from loadtest.perf_analyzer_table import STOPPED
@@ -36,7 +37,6 @@ MODEL = "meanpool"
 
 def write_model(repo: Path) -> None:
     """`image` FP32 [N, 3, 224, 224] -> `mean` FP32 [N, 1]: one ReduceMean, max_batch_size 64."""
-    import onnx
     from onnx import TensorProto, helper
 
     axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
@@ -51,13 +51,7 @@ def write_model(repo: Path) -> None:
         [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 1])],
         [axes, one],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    (repo / MODEL / "1").mkdir(parents=True)
-    onnx.save(model, repo / MODEL / "1" / "model.onnx")
-    (repo / MODEL / "config.pbtxt").write_text(
-        f'name: "{MODEL}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\ndynamic_batching {{ }}\n'
-    )
+    write_graph_model(repo, graph, "max_batch_size: 64\ndynamic_batching { }\n")
 
 
 def tree_cpu_s(pid: int) -> float:
