@@ -79,24 +79,19 @@ class CudaWorkersRegistry(BookedMappings[CudaEntry, CudaRegion], CudaRegistry):
         self._refresh()  # a mapping here of a name unregistered through another worker goes first
         region = self._open(name, raw_handle, device_id, byte_size)
         entry = CudaEntry(name, raw_handle.hex(), device_id, byte_size, uuid.uuid4().hex)
-        try:  # one name (either kind) across the workers, the server's limits
-            self._book.add(entry, self.max_regions, self.max_bytes, taken=self._taken)
-        except BaseException:
-            self._named(name, None)
-            del region  # (its finalizer closes the mapping now)
-            raise
         try:
+            self._book.add(entry, self.max_regions, self.max_bytes, taken=self._taken)  # the server's
             with self._lock:
                 self._named(name, region)
                 self._ids[name] = entry.id
             self._still_booked(name, entry.id)  # (not: an Unregister came after this Register)
         except BaseException:  # a failed Register leaves nothing: its mapping, and its entry only
             with self._lock:
-                self._opening.discard(name)
+                self._named(name, None)
                 if self._regions.get(name) is region:
                     self._forget(name)
             del region  # (its finalizer closes it once no request holds it)
-            self._book.remove(name, only_id=entry.id)  # (the name may be registered again since)
+            self._book.remove(name, only_id=entry.id)  # (not booked, or the name registered again)
             raise
 
     def status(self, name: str) -> Sequence[CudaRegionInfo]:
