@@ -133,10 +133,9 @@ def cuda_book_registry(
     answers; None in one process."""
     if share_dir is None:
         return None
-    folder = share_dir
 
     def make(cudart: CudaRuntime, device_count: int) -> CudaWorkersRegistry:
-        book = ShmBook(folder, CudaEntry, KIND)
+        book = ShmBook(share_dir, CudaEntry, KIND)
         return CudaWorkersRegistry(
             book, cudart, device_count, max_regions=max_regions, max_bytes=max_bytes, taken=taken
         )
