@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from loadtest import proc
 from loadtest.server import SpawnedServer
 from loadtest.transport_ceiling import MODEL, write_model
 from protos import grpc_service_pb2 as pb
@@ -31,22 +32,6 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 
 SHM = Path("/dev/shm")
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 1 << 30)]
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its descendants (the workers and the session host)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
 
 
 def segment_bytes(pids: Sequence[int]) -> int:
@@ -110,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = ["--model-repository", str(repo), "--workers", str(args.workers), "--shared-sessions=all"]
         with SpawnedServer(extra=extra) as server:
             assert server.process is not None
-            pids = tree(server.process.pid)
+            pids = proc.descendants(server.process.pid)
             ok = burst(server.address, args.connections, args.requests, args.rows)
             print(f"burst: {ok} of {args.connections * args.requests} requests of {args.rows} rows answered")
             print("| s after the burst | segment files, MiB | mappings of segments |\n| ---: | ---: | ---: |")

@@ -16,6 +16,7 @@ perf_analyzer point is time-boxed (loadtest/gpu_perf_analyzer.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import tempfile
@@ -56,21 +57,10 @@ def write_model(repo: Path) -> None:
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds of `pid` and its descendants (a server's `--workers` processes)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(proc.stat_fields(int(stat.parent.name))[1])
-        except (OSError, ValueError, IndexError):
-            continue  # ended meanwhile
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            total += proc.cpu_s(current)
-        except OSError:
-            continue
-        todo += children.get(current, [])
+    total = 0.0
+    for member in proc.descendants(pid):
+        with contextlib.suppress(OSError):  # (ended meanwhile)
+            total += proc.cpu_s(member)
     return total
 
 
