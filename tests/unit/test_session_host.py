@@ -525,3 +525,13 @@ def test_a_batch_still_waiting_when_its_start_by_passes_is_answered_then(tmp_pat
     assert not taken_in_time.is_alive() and list(said.pop()) == ["y"]  # (a dict of outputs)
     assert session.expired == 1
     session.close()
+
+
+def test_serve_ends_once_its_listener_is_closed(tmp_path: Path) -> None:
+    """No more workers can connect: the accept loop ends (it had died with EBADF, a traceback a
+    test run reported as an unhandled thread exception)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "host.sock"))
+    listener.listen()
+    listener.close()
+    assert SessionHost().serve(listener) is None
