@@ -55,13 +55,21 @@ def write_model(repo: Path) -> None:
     write_graph_model(repo, graph, "max_batch_size: 64\ndynamic_batching { }\n")
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of `pid` and its descendants (a server's `--workers` processes)."""
-    total = 0.0
+HOST_MODULE = b"server.backends.session_host"
+
+
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of `pid` and its descendants (a server's `--workers` processes), and of the
+    session host among them (0 without `--shared-sessions`): one process, whose CPU a row bounds
+    what every worker together can hand it."""
+    total = host = 0.0
     for member in proc.descendants(pid):
         with contextlib.suppress(OSError):  # (ended meanwhile)
-            total += proc.cpu_s(member)
-    return total
+            used = proc.cpu_s(member)
+            total += used
+            if HOST_MODULE in Path(f"/proc/{member}/cmdline").read_bytes():
+                host += used
+    return total, host
 
 
 def rows_run(address: str, workers: int) -> tuple[int, int]:
@@ -77,15 +85,16 @@ def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, 
     requests in flight has a connection of its own (gpu_perf_analyzer.spread_env), since the
     forty-first session: the rates of section 39 had come over its default 3 to 11."""
     assert server.process is not None
-    before, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid)
+    before, (cpu, host) = rows_run(server.address, workers), tree_cpu_s(server.process.pid)
     row = run_point(tool, server.address, MODEL, level, PA_SHM if shm else PA_WIRE, plan, 120.0)
-    after, cpu = rows_run(server.address, workers), tree_cpu_s(server.process.pid) - cpu
+    after, (cpu_after, host_after) = rows_run(server.address, workers), tree_cpu_s(server.process.pid)
     rows, runs = after[0] - before[0], after[1] - before[1]
     rate, p50 = float(row["Inferences/Second"]), float(row["p50 latency"]) / 1e3
     stopped = f" ({row[STOPPED]})" if STOPPED in row else ""
+    host_part = f" (session host {1e3 * (host_after - host) / max(rows, 1):.2f})" if host_after else ""
     return (
         f"{rate:7.1f} rows/s, avg batch {rows / max(runs, 1):.1f}, "
-        f"server CPU {1e3 * cpu / max(rows, 1):.2f} ms a row, p50 {p50:.1f} ms{stopped}"
+        f"server CPU {1e3 * (cpu_after - cpu) / max(rows, 1):.2f} ms a row{host_part}, p50 {p50:.1f} ms{stopped}"
     )
 
 
