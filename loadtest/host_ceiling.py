@@ -61,7 +61,7 @@ def write_model(path: Path) -> None:
 
 
 def _providers(provider: str) -> tuple[tuple[str, dict[str, str]], ...]:
-    cpu = ("CPUExecutionProvider", {})
+    cpu: tuple[str, dict[str, str]] = ("CPUExecutionProvider", {})
     return (cpu,) if provider == "cpu" else (("CUDAExecutionProvider", {"device_id": "0"}), cpu)
 
 
@@ -168,11 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="the host session's")
     args = parser.parse_args(argv)
     for round_ in range(1, args.rounds + 1):
-        for rows in (int(n) for n in args.rows.split(",")):
-            print(
-                f"round {round_}: {measure(args.drivers, args.threads, rows, args.seconds, args.provider)}",
-                flush=True,
-            )
+        for size in (int(n) for n in args.rows.split(",")):
+            line = measure(args.drivers, args.threads, size, args.seconds, args.provider)
+            print(f"round {round_}: {line}", flush=True)
     return 0
 
 

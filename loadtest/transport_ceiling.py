@@ -94,7 +94,8 @@ def point(tool: Path, server: SpawnedServer, level: int, shm: bool, plan: Plan, 
     host_part = f" (session host {1e3 * (host_after - host) / max(rows, 1):.2f})" if host_after else ""
     return (
         f"{rate:7.1f} rows/s, avg batch {rows / max(runs, 1):.1f}, "
-        f"server CPU {1e3 * (cpu_after - cpu) / max(rows, 1):.2f} ms a row{host_part}, p50 {p50:.1f} ms{stopped}"
+        f"server CPU {1e3 * (cpu_after - cpu) / max(rows, 1):.2f} ms a row{host_part}, "
+        f"p50 {p50:.1f} ms{stopped}"
     )
 
 

@@ -103,6 +103,8 @@ class CudaSharedMemory(Protocol):
 
     def has(self, name: str) -> bool: ...
 
+    def mapped(self, name: str) -> bool: ...
+
     def lookup(self, name: str) -> CudaRegion | None: ...
 
     def close(self) -> None: ...
@@ -113,6 +115,9 @@ class NoCudaSharedMemory:
     reason: str
 
     def has(self, name: str) -> bool:
+        return False
+
+    def mapped(self, name: str) -> bool:
         return False
 
     def close(self) -> None:
@@ -256,6 +261,10 @@ class CudaRegistry:
         del dropped  # closed by their finalizers once no request holds them (now, when none does)
 
     def has(self, name: str) -> bool:
+        return name in self._regions
+
+    def mapped(self, name: str) -> bool:
+        """Whether this process has the region open (under --workers, `has` asks the book)."""
         return name in self._regions
 
     def lookup(self, name: str) -> CudaRegion | None:

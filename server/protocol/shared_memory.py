@@ -49,6 +49,8 @@ class DeviceRegions(Protocol):
 
     def has(self, name: str) -> bool: ...
 
+    def mapped(self, name: str) -> bool: ...
+
     def lookup(self, name: str) -> SharedRegion | None: ...
 
 
@@ -157,10 +159,17 @@ class SharedMemoryRegistry:
         del dropped
 
     def lookup(self, name: str) -> SharedRegion:
-        """The region a request names (system, else CUDA), for that request to hold while it uses it."""
-        region: SharedRegion | None = self._local(name)
-        if region is None and self.device_regions is not None:
-            region = self.device_regions.lookup(name)
+        """The region a request names (system, else CUDA), for that request to hold while it uses it.
+        A CUDA region this process has mapped is looked up first: under --workers a system lookup
+        that misses reads the book (a file's open) at every request naming a CUDA region."""
+        devices = self.device_regions
+        region: SharedRegion | None = None
+        if devices is not None and devices.mapped(name):
+            region = devices.lookup(name)  # (None: unregistered since; then as any other name)
+        if region is None:
+            region = self._local(name)
+        if region is None and devices is not None:
+            region = devices.lookup(name)
         if region is None:
             if not self.allowed:
                 raise Unsupported(DISABLED_MESSAGE)

@@ -348,3 +348,23 @@ def test_a_register_that_fails_after_booking_leaves_nothing(
     assert a.cuda.status("") == b.cuda.status("") == []
     assert b.cuda.live_mappings == (0, 0) and address not in lib.opens
     b.cuda.register("gpu", handle, 0, 8)  # no ALREADY_EXISTS left behind
+
+
+def test_a_request_naming_a_cuda_region_mapped_here_reads_no_system_entry(
+    lib: FakeCudart, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    a, b = workers
+    a.cuda.register("gpu", lib.export(64)[0], 0, 64)
+    first = b.system.lookup("gpu")  # b's first request: not a system region, then mapped as CUDA
+    assert isinstance(first, CudaRegion)
+    looked: list[str] = []
+    real_get = b.system._book.get
+    monkeypatch.setattr(b.system._book, "get", lambda name: looked.append(name) or real_get(name))
+    assert b.system.lookup("gpu") is first and looked == []  # b's mapping: no system book file read
+    # Unregistered through a and registered again as a system region: b's CUDA mapping is stale,
+    # and the name is looked up as any other.
+    a.cuda.unregister("gpu")
+    (tmp_path / "objects" / "o").write_bytes(bytes(4096))
+    a.system.register("gpu", "/o", 0, 4096)
+    again = b.system.lookup("gpu")
+    assert not isinstance(again, CudaRegion) and again.byte_size == 4096

@@ -24,9 +24,10 @@ def _session(tmp_path: Path, **env: str) -> tuple[list[list[str]], str]:
     python.write_text(f'#!/usr/bin/env bash\necho "HOST $*" >>{calls}\necho "host ceiling line"\n')
     python.chmod(0o755)
     out = tmp_path / "out"
+    stand_ins = {"GPU_SESSION_CHECK": str(stand_in), "GPU_SESSION_PYTHON": str(python)}
     done = subprocess.run(
         ["bash", "scripts/gpu_session.sh", str(out)],
-        cwd=REPO, env={**os.environ, "GPU_SESSION_CHECK": str(stand_in), "GPU_SESSION_PYTHON": str(python), **env},
+        cwd=REPO, env={**os.environ, **stand_ins, **env},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
