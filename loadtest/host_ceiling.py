@@ -135,7 +135,9 @@ def measure(drivers: int, threads: int, rows: int, seconds: float, provider: str
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a driver failed: exit {[p.returncode for p in procs]}")
     done = sum(int(out[0]) for out in outputs)
-    runs, host_rows = (int(n) for n in outputs[-1][1].split()[1:])  # (a driver that read them last)
+    # The host's counts over its life (warm-up and checks too), as the driver that read them latest
+    # saw them: the most runs.
+    runs, host_rows = max(tuple(int(n) for n in out[1].split()[1:]) for out in outputs)
     return (
         f"{drivers} drivers x {threads} threads, batches of {rows} ({', '.join(sorted(devices))}): "
         f"{done / seconds:8.1f} rows/s, host CPU {1e3 * cpu / max(done, 1):.3f} ms a row "
