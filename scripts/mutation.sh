@@ -10,7 +10,9 @@
 # ensemble_config.py, server/observability/sample_layout.py and sampling_writer.py,
 # server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
 # int_division_scan.py, server/protocol/loop_pace.py, server/backends/prepared_graph.py,
-# onnx_data_sized.py, row_quantization.py, row_quantization_nodes.py and batch_axes.py,
+# onnx_data_sized.py, row_quantization.py, row_quantization_nodes.py and batch_axes.py, the session
+# host's server/backends/hosted_session.py, segment_pool.py and host_wire.py, and the workers' shared
+# memory: server/protocol/shm_book.py, booked_mappings.py, shm_workers.py and cuda_shm_workers.py,
 # against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #

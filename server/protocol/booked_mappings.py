@@ -59,6 +59,22 @@ class BookedMappings(Generic[E, R]):
             self._regions.pop(name, None)
             self._ids.pop(name, None)
 
+    def _held_instead(self, name: str, entry_id: str) -> R | None:
+        """Under `_lock`, before a lookup adds its mapping of entry `entry_id`: the mapping of `name`
+        held here that stands instead, if any: the same entry (mapped by another request here), or
+        the book's current registration of the name (a Register through this worker while the
+        lookup opened an older entry's). Replaced, that Register's own mapping had gone, and with it
+        its descriptor, the one its entry names; then the lookup's, stale, was dropped too, so a
+        registered name answered NOT_FOUND here (a reviewer's mutation run)."""
+        held = self._regions.get(name)
+        if held is None:
+            return None
+        held_id = self._ids.get(name)
+        if held_id == entry_id:
+            return held
+        current = self._book.get(name)
+        return held if current is not None and current.id == held_id else None
+
     def _still_booked(self, name: str, entry_id: str) -> bool:
         """After a mapping is added: whether the book still has its entry; if not, the mapping goes.
         An Unregister between reading the entry and adding the mapping moved the counter before the

@@ -102,19 +102,23 @@ class CudaWorkersRegistry(BookedMappings[CudaEntry, CudaRegion], CudaRegistry):
         self._unbook(name)
 
     def lookup(self, name: str) -> CudaRegion | None:
-        """The named region as the book has it now, mapped here the first time."""
-        region, entry = self._current(name)
-        if entry is None:
-            return region
-        handle = bytes.fromhex(entry.handle)
-        region = self._open(name, handle, entry.device_id, entry.byte_size, verb="map")
-        with self._lock:
-            held = self._regions.get(name)
-            if held is not None and self._ids.get(name) == entry.id:  # mapped by another request here
-                return held  # (this mapping is closed as `region` goes)
-            self._regions[name] = region
-            self._ids[name] = entry.id
-        return region if self._still_booked(name, entry.id) else None
+        """The named region as the book has it now, mapped here the first time; looked up once
+        more when its entry went meanwhile (the name may have been registered again)."""
+        for _ in range(2):
+            region, entry = self._current(name)
+            if entry is None:
+                return region
+            handle = bytes.fromhex(entry.handle)
+            region = self._open(name, handle, entry.device_id, entry.byte_size, verb="map")
+            with self._lock:  # the check and the add as one, against a Register here
+                held = self._held_instead(name, entry.id)
+                if held is not None:
+                    return held  # (this mapping is closed as `region` goes)
+                self._regions[name] = region
+                self._ids[name] = entry.id
+            if self._still_booked(name, entry.id):
+                return region
+        return None
 
     def close(self) -> None:
         """At this worker's shutdown: its mappings go (with their last holders); the registrations
