@@ -13,6 +13,7 @@
 # onnx_data_sized.py, row_quantization.py, row_quantization_nodes.py and batch_axes.py, the session
 # host's server/backends/hosted_session.py, segment_pool.py and host_wire.py, and the workers' shared
 # memory: server/protocol/shm_book.py, booked_mappings.py, shm_workers.py and cuda_shm_workers.py,
+# the GPU path's server/backends/pinned.py, cuda_shm.py and batch_padding.py, and server/periodic.py,
 # against the unit tests (tests/unit; mutmut runs only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #
