@@ -67,7 +67,8 @@ def tree_cpu_s(pid: int) -> tuple[float, float]:
         with contextlib.suppress(OSError):  # (ended meanwhile)
             used = proc.cpu_s(member)
             total += used
-            if HOST_MODULE in Path(f"/proc/{member}/cmdline").read_bytes():
+            # (an argument of its own: `python -m server.backends.session_host`, not a mention)
+            if HOST_MODULE in Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0"):
                 host += used
     return total, host
 
