@@ -10,6 +10,7 @@ is gone or is a later registration of the name: at a lookup, or within REFRESH_S
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from server.periodic import Periodic
@@ -58,6 +59,32 @@ class BookedMappings(Generic[E, R]):
         with self._lock:
             self._regions.pop(name, None)
             self._ids.pop(name, None)
+
+    def _looked_up(
+        self,
+        name: str,
+        open_entry: Callable[[E], R],
+        add: Callable[[R, E], None],
+        unused: Callable[[R], None],
+    ) -> R | None:
+        """The named region as the book has it now, mapped here the first time: `open_entry` opens
+        the entry's, then `add` keeps it under the lock, unless a mapping held here stands instead
+        (`unused` lets the new one go). Looked up once more when its entry went meanwhile (the name
+        may have been registered again)."""
+        for _ in range(2):
+            region, entry = self._current(name)
+            if entry is None:
+                return region
+            opened = open_entry(entry)
+            with self._lock:  # (reentrant) the check and the add as one, against a Register here
+                held = self._held_instead(name, entry.id)
+                if held is not None:
+                    unused(opened)
+                    return held
+                add(opened, entry)
+            if self._still_booked(name, entry.id):
+                return opened
+        return None
 
     def _held_instead(self, name: str, entry_id: str) -> R | None:
         """Under `_lock`, before a lookup adds its mapping of entry `entry_id`: the mapping of `name`

@@ -102,23 +102,17 @@ class CudaWorkersRegistry(BookedMappings[CudaEntry, CudaRegion], CudaRegistry):
         self._unbook(name)
 
     def lookup(self, name: str) -> CudaRegion | None:
-        """The named region as the book has it now, mapped here the first time; looked up once
-        more when its entry went meanwhile (the name may have been registered again)."""
-        for _ in range(2):
-            region, entry = self._current(name)
-            if entry is None:
-                return region
-            handle = bytes.fromhex(entry.handle)
-            region = self._open(name, handle, entry.device_id, entry.byte_size, verb="map")
-            with self._lock:  # the check and the add as one, against a Register here
-                held = self._held_instead(name, entry.id)
-                if held is not None:
-                    return held  # (this mapping is closed as `region` goes)
-                self._regions[name] = region
-                self._ids[name] = entry.id
-            if self._still_booked(name, entry.id):
-                return region
-        return None
+        """The named region as the book has it now, mapped here the first time."""
+
+        def open_entry(entry: CudaEntry) -> CudaRegion:
+            return self._open(name, bytes.fromhex(entry.handle), entry.device_id, entry.byte_size, verb="map")
+
+        def add(region: CudaRegion, entry: CudaEntry) -> None:
+            self._regions[name] = region
+            self._ids[name] = entry.id
+
+        # (a mapping not kept is closed as it goes)
+        return self._looked_up(name, open_entry, add, lambda region: None)
 
     def close(self) -> None:
         """At this worker's shutdown: its mappings go (with their last holders); the registrations

@@ -85,22 +85,13 @@ class WorkersRegistry(BookedMappings[Entry, Region], SharedMemoryRegistry):
         self._unbook(name)
 
     def _local(self, name: str) -> Region | None:
-        """The named region as the book has it now, mapped here the first time; looked up once
-        more when its entry went meanwhile (the name may have been registered again)."""
-        for _ in range(2):
-            region, entry = self._current(name)
-            if entry is None:
-                return region
-            region = adopt(entry, self._directory)  # the object as registered, not the key again
-            with self._lock:  # (reentrant) the check and the add as one, against a Register here
-                held = self._held_instead(name, entry.id)
-                if held is not None:
-                    close_unseen(region)
-                    return held
-                self._keep(region, replace=True, verb="map", tag=entry.id)
-            if self._still_booked(name, entry.id):
-                return region
-        return None
+        """The named region as the book has it now, mapped here the first time (the object as
+        registered, not the key again)."""
+
+        def keep(region: Region, entry: Entry) -> None:
+            self._keep(region, replace=True, verb="map", tag=entry.id)
+
+        return self._looked_up(name, lambda entry: adopt(entry, self._directory), keep, close_unseen)
 
     def _admitted(self, name: str, tag: str) -> None:
         self._ids[name] = tag

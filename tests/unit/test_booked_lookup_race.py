@@ -16,6 +16,7 @@ import pytest
 
 from server.backends.cuda_shm import CudaRegion
 from server.backends.cudart import CudaRuntime
+from server.errors import RegionNotFound
 from server.protocol import shm_workers
 from server.protocol.cuda_shm_workers import KIND, CudaEntry, CudaWorkersRegistry
 from server.protocol.shm_book import ShmBook, system_book
@@ -118,6 +119,6 @@ def test_a_lookup_racing_an_unregister_only_answers_not_found(
         return region
 
     monkeypatch.setattr(shm_workers, "adopt", adopt_then_unregistered)
-    with pytest.raises(Exception, match="Unable to find shared memory region: 'x'"):
+    with pytest.raises(RegionNotFound, match="Unable to find shared memory region: 'x'"):
         b.lookup("x")
     assert "x" not in b._regions  # the stale mapping not kept

@@ -33,6 +33,19 @@ def where() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _runs_stuck_until(release: threading.Event) -> Any:
+    """A host's answers where each run is told started, then held until `release` (at most WAIT_S)."""
+
+    def answer(message: tuple[Any, ...], conn: socket.socket) -> Any:
+        if message[0] == "run":
+            send(conn, ("started",))
+            release.wait(WAIT_S)
+            return ("ok", {})
+        return _opened(message, conn)
+
+    return answer
+
+
 def test_a_close_tells_the_host_once_on_a_fresh_connection(where: Path) -> None:
     host = ScriptedHost(where)
     executor = Executor()
@@ -72,14 +85,7 @@ def test_an_abandon_names_the_oldest_run_started_in_the_host_a_little_after(
     release = threading.Event()
     started = threading.Semaphore(0)
 
-    def stuck(message: tuple[Any, ...], conn: socket.socket) -> Any:
-        if message[0] == "run":
-            send(conn, ("started",))
-            release.wait(WAIT_S)
-            return ("ok", {})
-        return _opened(message, conn)
-
-    host = ScriptedHost(where, stuck)
+    host = ScriptedHost(where, _runs_stuck_until(release))
     try:
         backend = _backend(host)
         runs = [
@@ -108,14 +114,7 @@ def test_a_close_with_a_run_started_is_still_a_close(where: Path) -> None:
     release = threading.Event()
     started = threading.Event()
 
-    def stuck(message: tuple[Any, ...], conn: socket.socket) -> Any:
-        if message[0] == "run":
-            send(conn, ("started",))
-            release.wait(WAIT_S)
-            return ("ok", {})
-        return _opened(message, conn)
-
-    host = ScriptedHost(where, stuck)
+    host = ScriptedHost(where, _runs_stuck_until(release))
     try:
         backend = _backend(host)
         run = threading.Thread(
