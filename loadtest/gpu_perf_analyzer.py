@@ -55,13 +55,27 @@ SHARE_COUNT = "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"
 
 def transports(plan: Plan, model: str) -> tuple[str, ...]:
     """The ways `model`'s tensors reach the server: over the wire and through system shared memory
-    (every worker's regions under several, shm_book.py), CUDA shared memory only on a GPU run with
-    one server process (under several, each worker would open perf_analyzer's handles in a CUDA
-    context of its own, cuda_shm_workers.py: not within this check's time)."""
-    if plan.server_workers > 1:
-        return (PA_WIRE, PA_SHM)
+    (every worker's regions under several, shm_book.py), and CUDA shared memory for resnet on a GPU
+    (under several workers each opens perf_analyzer's handles in a CUDA context of its own,
+    cuda_shm_workers.py: those points run last, in what time is left, see `points`)."""
     cuda = (PA_CUDA,) if model in CUDA_MODELS and not plan.dry else ()
     return (PA_WIRE, PA_SHM, *cuda)
+
+
+def points(plan: Plan) -> list[tuple[str, str, int]]:
+    """(model, transport, level) in the order they run. Shared memory before the wire for each
+    model: over the wire perf_analyzer keeps every request's inputs and, on a loaded machine, can
+    fall behind copying them (loadtest/stall_view.py); a point lost so must not cost the
+    shared-memory points their time. Under several workers CUDA shared memory comes after every
+    other point: new there (forty-first session), it must not cost the known rows their time."""
+    every = [
+        (model, kind, level)
+        for model in plan.pa_models  # (the MLP's 256 bytes need no shared memory)
+        for kind in sorted(transports(plan, model), key=lambda kind: kind == PA_WIRE)
+        for level in levels(plan)
+    ]
+    last = [p for p in every if p[1] == PA_CUDA and plan.server_workers > 1]
+    return [p for p in every if p not in last] + last
 
 
 def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:
@@ -79,14 +93,15 @@ def perf_analyzer_context(tool: Path, plan: Plan) -> str:
         f"perf_analyzer: {tool}; {', '.join(plan.pa_models)} at {', '.join(map(str, levels(plan)))} in "
         f"flight on the GPU providers' servers, {WINDOWS} windows of {window_ms(plan)} ms, "
     )
+    cuda = f" (cuda for {', '.join(CUDA_MODELS)})" if not plan.dry else ""
     if plan.server_workers > 1:  # two statistics reads may reach two workers: no batch from them
         return head + (
-            f"over the wire and with --shared-memory system ({plan.server_workers} server workers; "
-            "--allow-client-shm); no avg batch"
+            f"over the wire and with --shared-memory system{cuda}, {plan.server_workers} server workers "
+            "(--allow-client-shm); no avg batch"
         )
     return head + (
-        "over the wire and with --shared-memory system (and cuda for "
-        f"{', '.join(CUDA_MODELS)} on a GPU; --allow-client-shm); avg batch from ModelStatistics"
+        f"over the wire and with --shared-memory system{cuda} (--allow-client-shm); "
+        "avg batch from ModelStatistics"
     )
 
 
@@ -122,39 +137,34 @@ def spread_env(plan: Plan) -> dict[str, str]:
 def perf_analyzer_rows(
     tool: Path, address: str, label: str, plan: Plan, budget: Budget, metrics_url: str | None = None
 ) -> list[Row]:
-    """Both resnets at each level above one, over the wire then with system shared memory (then
-    resnet with CUDA shared memory on a GPU); the padded shape changes during each point in its
-    note, where the server pads."""
+    """Both resnets at each level above one, through system shared memory and over the wire (and
+    resnet through CUDA shared memory on a GPU), in `points`' order while the budget lasts; the
+    padded shape changes during each point in its note, where the server pads (one process)."""
     rows: list[Row] = []
-    for model in plan.pa_models:  # (the MLP's 256 bytes need no shared memory)
-        # Shared memory first: over the wire perf_analyzer keeps every request's inputs and, on a
-        # loaded machine, can fall behind copying them (loadtest/stall_view.py); a point lost so
-        # must not cost the shared-memory points their time.
-        for kind in sorted(transports(plan, model), key=lambda kind: kind == PA_WIRE):
-            for level in levels(plan):
-                if budget.left() < point_s(plan) + POINT_SLACK_S:
-                    rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))
-                    continue
-                try:
-                    before, changed = executions(address, model), padded_shape_changes(metrics_url, model)
-                    limit = min(point_s(plan) + 30.0, budget.left() - STATS_S)
-                    found = run_point(tool, address, model, level, kind, plan, limit)
-                    after, now = executions(address, model), padded_shape_changes(metrics_url, model)
-                except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
-                    note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-                    rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))
-                    continue
-                ran, runs = after[0] - before[0], after[1] - before[1]
-                one_process = plan.server_workers == 1  # else before and after may be two workers' reads
-                changes = now - (changed or 0) if now is not None and one_process else None
-                padded = "" if changes is None else f"{changes:.0f} padded shape changes"
-                note = "; ".join(filter(None, (padded, found.get(STOPPED, ""))))
-                rows.append(
-                    Row(
-                        model, label, kind, level, float(found["Inferences/Second"]),
-                        ran / runs if runs and one_process else None,
-                        float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
-                        note,
-                    )
-                )  # fmt: skip
+    for model, kind, level in points(plan):
+        if budget.left() < point_s(plan) + POINT_SLACK_S:
+            rows.append(Row(model, label, kind, level, note=OUT_OF_TIME))
+            continue
+        try:
+            before, changed = executions(address, model), padded_shape_changes(metrics_url, model)
+            limit = min(point_s(plan) + 30.0, budget.left() - STATS_S)
+            found = run_point(tool, address, model, level, kind, plan, limit)
+            after, now = executions(address, model), padded_shape_changes(metrics_url, model)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, grpc.RpcError) as err:
+            note = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            rows.append(Row(model, label, kind, level, note=f"perf_analyzer failed: {note}"))
+            continue
+        ran, runs = after[0] - before[0], after[1] - before[1]
+        one_process = plan.server_workers == 1  # else before and after may be two workers' reads
+        changes = now - (changed or 0) if now is not None and one_process else None
+        padded = "" if changes is None else f"{changes:.0f} padded shape changes"
+        note = "; ".join(filter(None, (padded, found.get(STOPPED, ""))))
+        rows.append(
+            Row(
+                model, label, kind, level, float(found["Inferences/Second"]),
+                ran / runs if runs and one_process else None,
+                float(found["p50 latency"]) / 1e3, float(found["p99 latency"]) / 1e3,
+                note,
+            )
+        )  # fmt: skip
     return rows

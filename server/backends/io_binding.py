@@ -34,6 +34,7 @@ from server import datatypes
 from server.backends.batch_padding import PaddedRunner, Padding, batch_major, batch_rows, pad
 from server.backends.bf16 import BF16, from_ort_value, to_ort_value
 from server.backends.cudart import CudaUnavailable, load_cudart
+from server.backends.gather_buffers import gather_staging
 from server.backends.pinned import PinnedStaging, spec_of, staged_shape
 from server.models.config_backend import parse_bool
 from server.models.onnx_completion import OnnxTensor
@@ -270,7 +271,7 @@ class InstanceIo:
     device: Device
     mode: Mode
     runner: Runner | None
-    staging: PinnedStaging | None = None
+    staging: PinnedStaging | None = None  # pinned on CUDA; plain memory for session.run's batches
     padded: bool = False  # batches padded to a steady size (batch_padding.py)
 
 
@@ -296,8 +297,8 @@ def instance_io(
         strings="tensor(string)" in types,
         bf16="tensor(bfloat16)" in types,
     )
-    if mode == "plain":
-        return InstanceIo(device, mode, None)
+    if mode == "plain":  # its largest batches gathered into reused buffers (gather_buffers.py)
+        return InstanceIo(device, mode, None, gather_staging(MAX_RUNS))
     if mode == "fixed":
         return InstanceIo(device, mode, FixedRunner(session, inputs, outputs, device))
     staging = _staging() if device.kind == "cuda" else None

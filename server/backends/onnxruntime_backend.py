@@ -25,6 +25,7 @@ from batcher.types import Array, Tensors
 from protos import model_config_pb2 as mc
 from server.backends.batch_padding import Padding, padding_for
 from server.backends.bf16 import has_bf16, run_with_bf16, string_inputs_refusal
+from server.backends.gather_buffers import run_gathered
 from server.backends.int_division_guard import DivisionGuard, division_guard_for, session_source
 from server.backends.io_binding import Device, InstanceIo, instance_io, prepare_run_options
 from server.backends.ort_paths import NotUtf8Path, onnxruntime_path
@@ -337,7 +338,7 @@ class OrtBackend(SessionFacts):
     def run_blocking(self, inputs: Tensors, *, log_failure: bool = True) -> dict[str, Array]:
         """Run one batch on the calling thread (blocks while onnxruntime runs; releases the GIL).
         `log_failure`: log its failure as a batch's (not a load's zero run: first_run.py logs it)."""
-        session, runner = self._session, self._io.runner  # held here until the run ends (close)
+        session, runner, staging = self._session, self._io.runner, self._io.staging  # held until the run ends
         if session is None:  # before any work on the inputs
             raise InstanceClosed.of(self._name)
         if self._reshape is not None:
@@ -348,8 +349,10 @@ class OrtBackend(SessionFacts):
                 results = runner.run(feed, self._run_options)
             elif self._bf16:
                 results = run_with_bf16(session, self._run_names, as_dict(feed), self._run_options)
-            else:
-                results = session.run(self._run_names, as_dict(feed), self._run_options)
+            else:  # a large batch gathered into a reused buffer (gather_buffers.py)
+                results = run_gathered(
+                    staging, feed, lambda fed: session.run(self._run_names, fed, self._run_options)
+                )
         except Exception as err:
             if not is_onnxruntime_error(err) or self._run_options.terminate:  # terminate: abandoned
                 raise

@@ -6,6 +6,7 @@ to back (256-byte aligned), and gives it back when its run has ended, so the buf
 most the runs an instance has in flight; each grows to the largest batch it has held. A batch
 that would need more than `max_bytes`, or that finds every buffer busy, is not staged: its inputs
 are bound from where the batcher gathered them, and onnxruntime copies them from there.
+The same buffers over plain memory hold a CPU instance's largest batches (gather_buffers.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from batcher.scatter import Gathered
 from batcher.types import Array
-from server.backends.cudart import CudaError, CudaRuntime
+from server.backends.cudart import CudaError
 
 ALIGN = 256  # what cudaMalloc aligns to; kernels may assume it of their inputs
 _GROW = 1 << 20  # buffers grow in whole MiB, so a slightly larger batch does not reallocate
@@ -85,7 +87,15 @@ class _Buffer:
     capacity: int
 
 
-def _free_all(cudart: CudaRuntime, buffers: list[_Buffer]) -> None:
+class HostMemory(Protocol):
+    """Where the buffers come from: CudaRuntime (pinned), or gather_buffers.PlainMemory."""
+
+    def host_alloc(self, nbytes: int) -> int: ...
+
+    def free_host(self, pointer: int) -> None: ...
+
+
+def _free_all(cudart: HostMemory, buffers: list[_Buffer]) -> None:
     for buffer in buffers:
         cudart.free_host(buffer.pointer)
     buffers.clear()
@@ -94,7 +104,7 @@ def _free_all(cudart: CudaRuntime, buffers: list[_Buffer]) -> None:
 class PinnedStaging:
     """The pinned buffers of one instance; thread-safe (its runs take and give back buffers)."""
 
-    def __init__(self, cudart: CudaRuntime, max_buffers: int, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, cudart: HostMemory, max_buffers: int, max_bytes: int = MAX_BYTES) -> None:
         if max_buffers < 1:
             raise ValueError("max_buffers must be at least 1")
         self._cudart = cudart
@@ -127,7 +137,7 @@ class PinnedStaging:
             capacity = -(-nbytes // _GROW) * _GROW
             try:
                 buffer = _Buffer(self._cudart.host_alloc(capacity), capacity)
-            except CudaError as err:  # page-locked memory is scarce: this batch goes unstaged
+            except (CudaError, MemoryError) as err:  # page-locked memory is scarce: this batch goes unstaged
                 log.warning("no pinned buffer of %d bytes for a batch: %s", capacity, err)
                 return None
             self._owned.append(buffer)
@@ -146,22 +156,39 @@ class PinnedStaging:
         buffer busy). `pad_to`: each grown there to that many rows by repeating its last row
         (batch_padding.py), so a padded batch is copied once, not padded then staged; a batch not
         yet gathered is gathered here, so once too."""
+        with self._staged(arrays, pad_to, names) as staged:
+            yield None if staged is None else {name: pointer for name, (pointer, _) in staged.items()}
+
+    @contextmanager
+    def stage_arrays(self, arrays: Mapping[str, Array]) -> Iterator[dict[str, Array] | None]:
+        """As `stage`, unpadded: each input as an array over its place in the buffer (None: not
+        staged). Nothing read from them may outlive the block: the next batch overwrites them."""
+        with self._staged(arrays, None, None) as staged:
+            yield None if staged is None else {name: view for name, (_, view) in staged.items()}
+
+    @contextmanager
+    def _staged(
+        self, arrays: Mapping[str, Array], pad_to: int | None, names: Sequence[str] | None
+    ) -> Iterator[dict[str, tuple[int, Array]] | None]:
         offsets, nbytes = layout(arrays, pad_to, names)
         buffer = self._take(nbytes) if 0 < nbytes <= self._max_bytes else None
         if buffer is None:
             yield None
             return
         try:
-            pointers: dict[str, int] = {}
+            staged: dict[str, tuple[int, Array]] = {}
             for name in offsets:
                 pointer = buffer.pointer + offsets[name]
                 shape, dtype = spec_of(arrays, name)
-                staged = staged_shape(shape, pad_to)
-                size = int(np.prod(staged)) * dtype.itemsize
+                size_shape = staged_shape(shape, pad_to)
+                size = int(np.prod(size_shape)) * dtype.itemsize
                 if size:
                     raw = (ctypes.c_uint8 * size).from_address(pointer)
-                    fill(np.frombuffer(memoryview(raw), dtype=dtype).reshape(staged), arrays, name, shape)
-                pointers[name] = pointer
-            yield pointers
+                    view = np.frombuffer(memoryview(raw), dtype=dtype).reshape(size_shape)
+                    fill(view, arrays, name, shape)
+                else:
+                    view = np.empty(size_shape, dtype)
+                staged[name] = (pointer, view)
+            yield staged
         finally:
             self._give_back(buffer)

@@ -200,20 +200,34 @@ def test_perf_analyzer_rows_of_a_provider_that_did_not_start_say_so() -> None:
 
 
 def test_perf_analyzer_takes_system_shared_memory_to_several_server_workers() -> None:
-    """A system region registered through one worker is every worker's (shm_book.py), so with several
-    workers perf_analyzer measures the wire and system shared memory (CUDA regions stay one
-    process's); CUDA shared memory is tried on a GPU run with one process, for resnet."""
-    from loadtest.gpu_perf_analyzer import perf_analyzer_context, transports
+    """A system region registered through one worker is every worker's (shm_book.py), and so is a
+    CUDA region (cuda_shm_workers.py): perf_analyzer measures the wire and system shared memory, and
+    on a GPU resnet through CUDA shared memory too, under several workers after every other point."""
+    from loadtest.gpu_perf_analyzer import perf_analyzer_context, points, transports
 
     gpu, dry = plan_for(dry=False), plan_for(dry=True)
     assert transports(gpu, "resnet") == (PA_WIRE, PA_SHM, PA_CUDA)
     assert transports(gpu, "resnet_u8") == (PA_WIRE, PA_SHM)
     assert transports(dry, "resnet") == (PA_WIRE, PA_SHM)
     workers = plan_for(dry=False, server_workers=8)
-    assert transports(workers, "resnet") == transports(workers, "resnet_u8") == (PA_WIRE, PA_SHM)
+    assert transports(workers, "resnet") == (PA_WIRE, PA_SHM, PA_CUDA)
+    assert transports(workers, "resnet_u8") == (PA_WIRE, PA_SHM)
+    kinds = [(model, kind) for model, kind, _ in points(workers)]
+    assert kinds == [
+        *[("resnet", PA_SHM)] * 2, *[("resnet", PA_WIRE)] * 2,
+        *[("resnet_u8", PA_SHM)] * 2, *[("resnet_u8", PA_WIRE)] * 2,
+        *[("resnet", PA_CUDA)] * 2,
+    ]  # fmt: skip
+    one = [(model, kind) for model, kind, _ in points(gpu)]
+    assert one[:6] == [*[("resnet", PA_SHM)] * 2, *[("resnet", PA_CUDA)] * 2, *[("resnet", PA_WIRE)] * 2]
+    assert [level for _, _, level in points(gpu)][:2] == [16, 64]
     said = perf_analyzer_context(Path("pa"), workers)
-    assert "--shared-memory system (8 server workers; --allow-client-shm); no avg batch" in said
+    assert (
+        "--shared-memory system (cuda for resnet), 8 server workers (--allow-client-shm); no avg batch"
+        in said
+    )
     assert "--allow-client-shm" in perf_analyzer_context(Path("pa"), gpu)
+    assert "cuda" not in perf_analyzer_context(Path("pa"), dry)
 
 
 def test_a_perf_analyzer_point_past_its_time_is_stopped_with_what_it_started(tmp_path: Path) -> None:
