@@ -326,13 +326,3 @@ def _staging() -> PinnedStaging | None:
     except CudaUnavailable as err:
         log.warning("no pinned staging of inputs: %s", err)
         return None
-
-
-def describe_mode(mode: Mode, device: Device, staging: PinnedStaging | None) -> str:
-    """For the load log: how the instance runs its batches."""
-    if mode == "plain":
-        return "session.run"
-    pinned = ", pinned staging" if staging is not None else ""
-    return (
-        f"IO binding ({'fixed buffers, CUDA graphs' if mode == 'fixed' else 'per batch'}{pinned}) on {device}"
-    )
