@@ -23,6 +23,7 @@ from server.backends import hosted_backend
 from server.backends.host_wire import send
 from server.backends.hosted_backend import hosted, version_host_counts
 from server.backends.hosted_session import HostCounts
+from server.backends.segment_pool import TRIM_EVERY_S
 from tests.unit.test_mutants_host_answers import KEY, WAIT_S, Executor, ScriptedHost, _backend, _opened
 
 
@@ -129,8 +130,77 @@ def test_a_close_with_a_run_started_is_still_a_close(where: Path) -> None:
         release.set()
         run.join(WAIT_S)
         assert not run.is_alive()
+        assert backend._idle == []  # the run answered after the close: its connection not kept
     finally:
         release.set()
+        host.close()
+
+
+def test_one_run_answered_leaves_the_other_s_start_for_an_abandon(where: Path) -> None:
+    """Two runs started in the host; the first answered, the second stuck: an abandon names the
+    second's start (each run's start is its own: one key for all had let the first's answer forget
+    the second's, and the abandon went as a close). Once both are answered, an abandon is a close."""
+    holds = [threading.Event(), threading.Event()]
+    turns = iter(holds)
+
+    def each_held_until_its_own_release(message: tuple[Any, ...], conn: socket.socket) -> Any:
+        if message[0] == "run":
+            send(conn, ("started",))
+            hold = next(turns, None)  # (a third run is not held)
+            if hold is not None:
+                hold.wait(WAIT_S)
+        return _opened(message, conn)
+
+    host = ScriptedHost(where, each_held_until_its_own_release)
+    try:
+        backend = _backend(host)
+        started = threading.Semaphore(0)
+        runs = []
+        for _ in holds:  # one after the other, so the first sent is the first held
+            run = threading.Thread(
+                target=backend.run_blocking_before,
+                args=({"x": np.ones((1, 2), np.float32)}, None, started.release),
+                daemon=True,
+            )
+            run.start()
+            assert started.acquire(timeout=WAIT_S)
+            runs.append(run)
+        holds[0].set()
+        runs[0].join(WAIT_S)
+        assert not runs[0].is_alive()
+        backend.abandon()
+        assert host.messages[-1][1][0] == "abandon"
+        holds[1].set()
+        runs[1].join(WAIT_S)
+        again = _backend(host)
+        again.run_blocking_before({"x": np.ones((1, 2), np.float32)}, None)  # told started, answered
+        again.abandon()
+        assert host.messages[-1][1] == ("close", KEY)
+    finally:
+        for hold in holds:
+            hold.set()
+        host.close()
+
+
+def test_the_worker_s_segments_are_trimmed_while_idle_too(
+    where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance's segment pool trims every TRIM_EVERY_S, not only at its next batch."""
+    given: list[float | None] = []
+    pool = hosted_backend.SegmentPool
+
+    class Recorded(pool):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, trim_every_s: float | None = None, **kw: Any) -> None:
+            given.append(trim_every_s)
+            super().__init__(*args, trim_every_s=trim_every_s, **kw)
+
+    monkeypatch.setattr(hosted_backend, "SegmentPool", Recorded)
+    host = ScriptedHost(where)
+    try:
+        backend = _backend(host)
+        assert given == [TRIM_EVERY_S] and TRIM_EVERY_S > 0
+        backend.close()
+    finally:
         host.close()
 
 
@@ -174,6 +244,7 @@ def test_a_version_s_host_counts_add_each_shared_session_once(where: Path) -> No
         one, same = _backend(host), _backend(host)
         assert version_host_counts([Wrapper(Wrapper(one)), same, object()]) == HostCounts(1, 2, 3, 4, 5)
         assert version_host_counts([object()]) is None
+        assert version_host_counts([Wrapper(one)]) == HostCounts(1, 2, 3, 4, 5)  # its only instance wrapped
         one.close()
         assert version_host_counts([one]) is None  # none could say
         assert hosted([object(), Wrapper(one), one]) and not hosted([object()])

@@ -383,3 +383,39 @@ def test_main_without_its_runtime_says_why_and_returns_2(
         assert session_host.main([str(tmp_path / "h.sock"), "--log-format", "json"]) == 2
     assert caplog.messages == ["two onnxruntime wheels"]
     assert not (tmp_path / "h.sock").exists()
+
+
+def test_a_session_of_one_run_logs_that_run_s_rows_as_its_average(caplog: pytest.LogCaptureFixture) -> None:
+    """The average a run is rows over runs, one run included (a floor of 2 had halved it)."""
+    host = SessionHost()
+    host._answer(("open", _request(name="one")), SegmentMaps())
+    (one,) = FakeSession.made
+    one.runs, one.rows = 1, 3
+    with caplog.at_level(logging.INFO, logger="server.backends.session_host"):
+        host.log_counts()
+    assert "shared session ran 1 batches of 3 rows (3.00 a run)" in caplog.messages[0]
+
+
+def test_a_stop_waits_for_every_worker_s_connection_not_only_the_first(tmp_path: Path) -> None:
+    """Two workers connected count two; with one of them gone the host still waits for the other."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "h.sock"))
+    listener.listen()
+    host = SessionHost()
+    threading.Thread(target=host.serve, args=(listener,), daemon=True).start()
+    workers = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for worker in workers:
+            worker.connect(str(tmp_path / "h.sock"))
+            send(worker, ("counts", b"k"))
+            assert receive(worker) == ("ok", None)  # its connection's thread serves it
+        assert host._connections == 2
+        workers[0].close()
+        with host._idle:  # (notified at each connection's end)
+            assert host._idle.wait_for(lambda: host._connections == 1, WAIT_S)
+        assert not host.wait_for_workers(0.0)
+    finally:
+        for worker in workers:
+            worker.close()
+        assert host.wait_for_workers(WAIT_S) and host._connections == 0
+        listener.close()
