@@ -210,3 +210,10 @@ async def test_outside_a_task_no_cancel_is_stray() -> None:
     said: asyncio.Future[object] = loop.create_future()
     loop.call_soon(lambda: said.set_result(stray_cancel(asyncio.CancelledError())))
     assert await asyncio.wait_for(said, 5) is None
+
+
+def test_a_task_that_cannot_say_it_is_cancelling_has_no_stray_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.10's tasks have no `cancelling`: every cancel counts as the task's own (None), and
+    asking the task is never tried (a mutant that called the missing method raised TypeError)."""
+    monkeypatch.setattr(asyncio, "current_task", lambda: SimpleNamespace())  # a task of 3.10's
+    assert stray_cancel(asyncio.CancelledError()) is None
