@@ -335,7 +335,10 @@ class Signals:
 
 
 def test_main_serves_on_its_socket_until_a_stop_signal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Ready once listening (the line host_process.py waits for); SIGTERM, SIGINT or SIGHUP ends it, 0."""
     import server.observability.logs
@@ -348,11 +351,17 @@ def test_main_serves_on_its_socket_until_a_stop_signal(
     monkeypatch.setattr(server.runtime_check, "ensure_runtime", lambda preload: None if preload else "no")
     signals = Signals()
     monkeypatch.setattr(session_host, "signal", signals)
+    waited: list[float | None] = []
+    wait = SessionHost.wait_for_workers
+    monkeypatch.setattr(
+        SessionHost, "wait_for_workers", lambda h, limit: waited.append(limit) or wait(h, limit)
+    )
     path = tmp_path / "h.sock"
     said: list[int] = []
     thread = threading.Thread(
         target=lambda: said.append(session_host.main([str(path), "--log-level", "DEBUG"])), daemon=True
     )
+    caplog.set_level(logging.INFO, logger="server.backends.session_host")
     thread.start()
     wait_until(lambda: len(signals.handlers) == 3 and path.exists(), "the host to listen", WAIT_S)
     worker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -367,6 +376,8 @@ def test_main_serves_on_its_socket_until_a_stop_signal(
     assert said == [0]
     assert configured == [("DEBUG", "text"), ("die",)]
     assert capsys.readouterr().out == "session host ready\n"
+    assert f"session host: listening on {path}" in caplog.messages
+    assert waited == [session_host.STOP_LIMIT_S]  # the workers' connections waited for, bounded
 
 
 def test_main_without_its_runtime_says_why_and_returns_2(
@@ -419,3 +430,29 @@ def test_a_stop_waits_for_every_worker_s_connection_not_only_the_first(tmp_path:
             worker.close()
         assert host.wait_for_workers(WAIT_S) and host._connections == 0
         listener.close()
+
+
+def test_main_s_arguments_their_defaults_and_its_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logging at INFO in text unless told; json is a format, xml is not; --help names the module
+    and the socket (main returns at the runtime check here: nothing listens)."""
+    import server.observability.logs
+    import server.runtime_check
+    import server.workers
+
+    configured: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(server.observability.logs, "configure_logging", lambda *a: configured.append(a))
+    monkeypatch.setattr(server.workers, "die_with_parent", lambda: None)
+    monkeypatch.setattr(server.runtime_check, "ensure_runtime", lambda preload: "stop here")
+    sock = str(tmp_path / "h.sock")
+    assert session_host.main([sock]) == 2 and session_host.main([sock, "--log-format", "json"]) == 2
+    assert configured == [("INFO", "text"), ("INFO", "json")]
+    with pytest.raises(SystemExit) as refused:
+        session_host.main([sock, "--log-format", "xml"])
+    assert refused.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as helped:
+        session_host.main(["--help"])
+    usage = capsys.readouterr().out
+    assert helped.value.code == 0 and usage.startswith("usage: python -m server.backends.session_host ")
+    assert "the Unix socket to listen on (in a 0700 directory)" in usage
