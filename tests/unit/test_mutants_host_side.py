@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import signal
 import socket
 import threading
@@ -356,6 +357,19 @@ def test_main_serves_on_its_socket_until_a_stop_signal(
     monkeypatch.setattr(
         SessionHost, "wait_for_workers", lambda h, limit: waited.append(limit) or wait(h, limit)
     )
+    daemons: list[Any] = []  # each thread the host starts: daemons, so a stop never waits for them
+    printed: list[dict[str, Any]] = []  # the ready line flushed: a pipe's reader waits for it
+
+    def started(*args: Any, **kw: Any) -> threading.Thread:
+        daemons.append(kw.get("daemon"))
+        return threading.Thread(*args, **kw)
+
+    def ready(*args: Any, **kw: Any) -> None:
+        printed.append(kw)
+        print(*args, **kw)
+
+    monkeypatch.setattr(session_host, "threading", SimpleNamespace(**{**vars(threading), "Thread": started}))
+    monkeypatch.setattr(session_host, "print", ready, raising=False)
     path = tmp_path / "h.sock"
     said: list[int] = []
     thread = threading.Thread(
@@ -378,6 +392,7 @@ def test_main_serves_on_its_socket_until_a_stop_signal(
     assert capsys.readouterr().out == "session host ready\n"
     assert f"session host: listening on {path}" in caplog.messages
     assert waited == [session_host.STOP_LIMIT_S]  # the workers' connections waited for, bounded
+    assert daemons == [True, True] and printed == [{"flush": True}]  # (serve's thread, the connection's)
 
 
 def test_main_without_its_runtime_says_why_and_returns_2(
@@ -447,7 +462,8 @@ def test_main_s_arguments_their_defaults_and_its_usage(
     monkeypatch.setattr(server.runtime_check, "ensure_runtime", lambda preload: "stop here")
     sock = str(tmp_path / "h.sock")
     assert session_host.main([sock]) == 2 and session_host.main([sock, "--log-format", "json"]) == 2
-    assert configured == [("INFO", "text"), ("INFO", "json")]
+    assert session_host.main([sock, "--log-format", "text"]) == 2
+    assert configured == [("INFO", "text"), ("INFO", "json"), ("INFO", "text")]
     with pytest.raises(SystemExit) as refused:
         session_host.main([sock, "--log-format", "xml"])
     assert refused.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
@@ -455,4 +471,4 @@ def test_main_s_arguments_their_defaults_and_its_usage(
         session_host.main(["--help"])
     usage = capsys.readouterr().out
     assert helped.value.code == 0 and usage.startswith("usage: python -m server.backends.session_host ")
-    assert "the Unix socket to listen on (in a 0700 directory)" in usage
+    assert re.search(r"^\s+socket\s+the Unix socket to listen on \(in a 0700 directory\)$", usage, re.M)
