@@ -137,8 +137,11 @@ class PinnedStaging:
             capacity = -(-nbytes // _GROW) * _GROW
             try:
                 buffer = _Buffer(self._cudart.host_alloc(capacity), capacity)
-            except (CudaError, MemoryError) as err:  # page-locked memory is scarce: this batch goes unstaged
-                log.warning("no pinned buffer of %d bytes for a batch: %s", capacity, err)
+            except (
+                CudaError,
+                MemoryError,
+            ) as err:  # memory is scarce (pinned most): this batch goes unstaged
+                log.warning("no staging buffer of %d bytes for a batch: %s", capacity, err)
                 return None
             self._owned.append(buffer)
             return buffer

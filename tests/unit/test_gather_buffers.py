@@ -4,6 +4,7 @@ onnxruntime backend's plain path through it."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from batcher.scatter import Gathered
@@ -164,3 +166,21 @@ def test_the_cpu_backends_large_batches_go_through_its_buffers(tmp_path: Path) -
         np.testing.assert_array_equal(got["y"], want)
     finally:
         backend.close()
+
+
+def test_a_batch_whose_buffer_cannot_be_had_is_gathered_as_before(caplog: pytest.LogCaptureFixture) -> None:
+    """Out of memory for a buffer: the batch runs from a new array, said once in the log."""
+
+    class Scarce(PlainMemory):
+        def host_alloc(self, nbytes: int) -> int:
+            raise MemoryError(f"{nbytes} bytes")
+
+    memory = Scarce()
+    with caplog.at_level(logging.WARNING, logger="server.backends.pinned"):
+        out = run_gathered(
+            PinnedStaging(memory, 1), parts([1, 2]), lambda feed: [feed["x"][:, 0]], min_bytes=1
+        )
+    assert out[0].tolist() == [0, 1, 2] and memory.held_bytes == 0
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"no staging buffer of {1 << 20} bytes for a batch"
+    ]

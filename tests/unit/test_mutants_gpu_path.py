@@ -110,7 +110,7 @@ def test_an_unstaged_batch_says_why_in_the_log(caplog: pytest.LogCaptureFixture)
     ):
         assert pointers is None
     (line,) = [r.getMessage() for r in caplog.records if r.name == "server.backends.pinned"]
-    assert line.startswith(f"no pinned buffer of {MIB} bytes for a batch: ")
+    assert line.startswith(f"no staging buffer of {MIB} bytes for a batch: ")
     assert "cudaErrorMemoryAllocation" in line
 
 
