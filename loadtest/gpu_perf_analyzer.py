@@ -74,8 +74,7 @@ def points(plan: Plan) -> list[tuple[str, str, int]]:
         for kind in sorted(transports(plan, model), key=lambda kind: kind == PA_WIRE)
         for level in levels(plan)
     ]
-    last = [p for p in every if p[1] == PA_CUDA and plan.server_workers > 1]
-    return [p for p in every if p not in last] + last
+    return sorted(every, key=lambda point: point[1] == PA_CUDA and plan.server_workers > 1)  # (stable)
 
 
 def skipped_rows(label: str, plan: Plan, note: str) -> list[Row]:

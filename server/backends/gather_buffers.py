@@ -20,7 +20,7 @@ import numpy as np
 
 from batcher.scatter import Gathered
 from batcher.types import Array
-from server.backends.pinned import ALIGN, PinnedStaging
+from server.backends.pinned import ALIGN, PinnedStaging, aligned
 from server.backends.strings import as_dict
 
 GATHER_MIN_BYTES = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: larger blocks come fresh
@@ -36,7 +36,7 @@ class PlainMemory:
 
     def host_alloc(self, nbytes: int) -> int:
         block = np.empty(nbytes + ALIGN, np.uint8)  # MemoryError: that batch goes unstaged
-        pointer = -(-block.ctypes.data // ALIGN) * ALIGN
+        pointer = aligned(block.ctypes.data)
         with self._lock:
             self._held[pointer] = block
         return pointer

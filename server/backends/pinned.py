@@ -33,7 +33,7 @@ MAX_BYTES = 1 << 30  # one staged batch at most; larger ones are bound unstaged
 log = logging.getLogger(__name__)
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -77,7 +77,7 @@ def layout(
     for name in arrays if names is None else names:
         shape, dtype = spec_of(arrays, name)
         offsets[name] = end
-        end += _aligned(int(np.prod(staged_shape(shape, pad_to))) * dtype.itemsize)
+        end += aligned(int(np.prod(staged_shape(shape, pad_to))) * dtype.itemsize)
     return offsets, end
 
 
