@@ -33,7 +33,7 @@ TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
 
 
 def installed_names() -> set[str]:
-    return {normalise(dist.metadata["Name"] or "") for dist in importlib.metadata.distributions()}
+    return {normalise(dist.metadata.get("Name") or "") for dist in importlib.metadata.distributions()}
 
 
 def tensorrt_folder() -> Path | None:

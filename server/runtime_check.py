@@ -109,7 +109,7 @@ def installed_runtimes(path: list[str] | None = None) -> list[Installed]:
     found: dict[tuple[str, str], Installed] = {}
     for runtime in RUNTIMES:
         for dist in importlib.metadata.distributions(name=runtime, path=sys.path if path is None else path):
-            name = normalise(dist.metadata["Name"] or "")
+            name = normalise(dist.metadata.get("Name") or "")
             if name in RUNTIMES:
                 location = str(Path(str(dist.locate_file(""))).resolve())
                 key = (name, location)
