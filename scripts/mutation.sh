@@ -15,7 +15,8 @@
 # memory: server/protocol/shm_book.py, booked_mappings.py, shm_workers.py and cuda_shm_workers.py,
 # the GPU path's server/backends/pinned.py, cuda_shm.py, batch_padding.py, io_binding.py,
 # instance_groups.py, tensorrt_options.py, provider_choice.py, gpu_devices.py, cudart.py, instances.py
-# and onnxruntime_backend.py, the install's server/runtime_check.py and gpu_libraries.py, the CPU's
+# and onnxruntime_backend.py, the install's server/runtime_check.py and gpu_libraries.py, the GPU
+# check's loadtest/gpu_plan.py, gpu_report.py, gpu_perf_analyzer.py and gpu_repository.py, the CPU's
 # gather_buffers.py, server/periodic.py,
 # the two ends of a shared session (server/backends/hosted_backend.py and session_host.py), and the
 # handlers' answers (server/protocol/answers.py), against the unit tests (tests/unit; mutmut runs
