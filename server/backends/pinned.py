@@ -137,10 +137,8 @@ class PinnedStaging:
             capacity = -(-nbytes // _GROW) * _GROW
             try:
                 buffer = _Buffer(self._cudart.host_alloc(capacity), capacity)
-            except (
-                CudaError,
-                MemoryError,
-            ) as err:  # memory is scarce (pinned most): this batch goes unstaged
+            # Memory is scarce (pinned memory most): this batch goes unstaged.
+            except (CudaError, MemoryError) as err:
                 log.warning("no staging buffer of %d bytes for a batch: %s", capacity, err)
                 return None
             self._owned.append(buffer)

@@ -103,26 +103,28 @@ def test_tensorrt_parameters_are_exactly_fp16_caches_and_one_profile(tmp_path: P
     }
 
 
+def mlp_head(label: str, group: str) -> str:
+    """The mlp config's text up to its instance group, which holds count 3 and `group`'s lines."""
+    return (
+        f"# gpu_check: the demo's mlp for {label}\n"
+        'name: "mlp"\nmax_batch_size: 64\n'
+        'input {\n  name: "features"\n  data_type: TYPE_FP32\n  dims: 64\n}\n'
+        f"instance_group {{\n  count: 3\n{group}}}\n"
+    )
+
+
 def test_cuda_copy_mlp_config_text_exactly(tmp_path: Path) -> None:
     """CUDA: header, max_batch_size 64, one KIND_GPU group of 3 on GPU 0, warm-up of 1 and 64 rows."""
     target = copy(tmp_path, CUDA)
     assert (target / "mlp" / "config.pbtxt").read_text() == (
-        "# gpu_check: the demo's mlp for CUDA\n"
-        'name: "mlp"\nmax_batch_size: 64\n'
-        'input {\n  name: "features"\n  data_type: TYPE_FP32\n  dims: 64\n}\n'
-        "instance_group {\n  count: 3\n  gpus: 0\n  kind: KIND_GPU\n}\n" + WARMUP_MLP
+        mlp_head("CUDA", "  gpus: 0\n  kind: KIND_GPU\n") + WARMUP_MLP
     )
 
 
 def test_cpu_copy_mlp_config_text_exactly(tmp_path: Path) -> None:
     """CPU: one KIND_CPU group of 3 without GPUs, no accelerator."""
     target = copy(tmp_path, CPU)
-    assert (target / "mlp" / "config.pbtxt").read_text() == (
-        "# gpu_check: the demo's mlp for CPU\n"
-        'name: "mlp"\nmax_batch_size: 64\n'
-        'input {\n  name: "features"\n  data_type: TYPE_FP32\n  dims: 64\n}\n'
-        "instance_group {\n  count: 3\n  kind: KIND_CPU\n}\n" + WARMUP_MLP
-    )
+    assert (target / "mlp" / "config.pbtxt").read_text() == mlp_head("CPU", "  kind: KIND_CPU\n") + WARMUP_MLP
 
 
 def test_tensorrt_copy_mlp_config_text_exactly(tmp_path: Path) -> None:
@@ -144,11 +146,8 @@ def test_tensorrt_copy_mlp_config_text_exactly(tmp_path: Path) -> None:
         for k, v in params.items()
     )
     assert (target / "mlp" / "config.pbtxt").read_text() == (
-        "# gpu_check: the demo's mlp for TensorRT FP16\n"
-        'name: "mlp"\nmax_batch_size: 64\n'
-        'input {\n  name: "features"\n  data_type: TYPE_FP32\n  dims: 64\n}\n'
-        "instance_group {\n  count: 3\n  gpus: 0\n  kind: KIND_GPU\n}\n"
-        "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator {\n"
+        mlp_head("TensorRT FP16", "  gpus: 0\n  kind: KIND_GPU\n")
+        + "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator {\n"
         '      name: "tensorrt"\n' + entries + "    }\n  }\n}\n" + WARMUP_MLP
     )
 
