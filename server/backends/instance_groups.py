@@ -2,12 +2,14 @@
 
 Triton makes `count` instances per group, and for a GPU group `count` per listed GPU (`gpus`
 empty: every visible GPU); KIND_AUTO is KIND_GPU where a GPU is visible (and every GPU it lists
-is), else KIND_CPU; a listed GPU that is not visible is refused. Each instance carries its group's
-name (Triton's default: `<model>_<index>`) and its device, for the load log. Without a GPU, GPU
-groups' instances run on the CPU, with one line in the model's load warning; ModelConfig then
-shows them as the KIND_CPU instances they are (served_groups). A GPU accelerator applies to GPU
-instances only. The providers get the GPU defaults the config implies (TensorRT engine cache and
-profile, CUDA graphs: server/backends/tensorrt_options.py).
+is), else KIND_CPU; a listed GPU that is not visible is refused. A group without `count` gets
+Triton's default once its kind is resolved (config_backend.default_instance_count: 2 on the CPU
+for onnxruntime). Each instance carries its group's name (Triton's default: `<model>_<index>`, and
+the model's name for the group a config without instance_group gets) and its device, for the load
+log. Without a GPU, GPU groups' instances run on the CPU, with one line in the model's load
+warning; ModelConfig then shows them as the KIND_CPU instances they are (served_groups). A GPU
+accelerator applies to GPU instances only. The providers get the GPU defaults the config implies
+(TensorRT engine cache and profile, CUDA graphs: server/backends/tensorrt_options.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from server.backends.gpu_devices import visible_gpus
 from server.backends.onnxruntime_backend import CPU, CUDA, TENSORRT, Provider
 from server.backends.provider_choice import providers_for
 from server.backends.tensorrt_options import cuda_field_notes, gpu_provider_options
-from server.models.config_backend import MAX_INSTANCES, PADDING_KEYS, backend_parameters, paddable
+from server.models.config_backend import (
+    MAX_INSTANCES,
+    PADDING_KEYS,
+    backend_parameters,
+    default_instance_count,
+    paddable,
+)
 from server.models.config_errors import ConfigError
 
 _GPU, _AUTO = mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_AUTO
@@ -56,20 +64,32 @@ def _group_gpus(
 
 
 def instance_slots(
-    config: mc.ModelConfig, *, gpus: Sequence[int], implicit_on_gpus: bool = False
+    config: mc.ModelConfig,
+    *,
+    gpus: Sequence[int],
+    implicit_on_gpus: bool = False,
+    implicit_gpu_provider: bool = False,
 ) -> tuple[list[InstanceSlot], list[str]]:
     """The instances to make, in order, and what of the groups cannot apply here. `gpus`: the
     GPU ids visible to this process (gpu_devices.visible_gpus; empty: none). `implicit_on_gpus`:
     a config without instance_group gets Triton's default, one instance on each visible GPU (else
-    one on the CPU); False where the execution_providers setting was given, which then decides."""
-    if not config.instance_group and implicit_on_gpus and gpus:
-        return [InstanceSlot(f"{config.name}_0", gpu, 0) for gpu in gpus], []
+    its CPU count); False where the execution_providers setting was given, which then decides:
+    `implicit_gpu_provider` (its first provider, or the config's accelerator, CUDA or TensorRT, a
+    GPU visible) makes it Triton's GPU count, 1, else the CPU count. Either way that group is
+    named after the model, as Triton's."""
+    if not config.instance_group:
+        if implicit_on_gpus and gpus:
+            return [InstanceSlot(config.name, gpu, 0) for gpu in gpus], []
+        n = default_instance_count(config, on_cpu=not implicit_gpu_provider)
+        return [InstanceSlot(config.name, None, 0) for _ in range(n)], []
     slots: list[InstanceSlot] = []
     unapplied: list[str] = []
     for index, group in enumerate(config.instance_group):
         name = group.name or f"{config.name}_{index}"
-        count = max(group.count, 1)
         on = _group_gpus(config, group, name, gpus)
+        # Triton's default count follows the resolved kind: a KIND_GPU group run without a GPU
+        # keeps its per-GPU 1, a KIND_AUTO one on the CPU is a CPU group.
+        count = group.count or default_instance_count(config, on_cpu=not on and group.kind != _GPU)
         if on:
             slots.extend(InstanceSlot(name, gpu, index) for gpu in on for _ in range(count))
             continue
@@ -87,12 +107,13 @@ def instance_slots(
                     f"instance_group '{name}' KIND_AUTO{listed} ({why}: KIND_CPU, {n} instances)"
                 )
         slots.extend(InstanceSlot(name, None, index) for _ in range(n))
-    if len(slots) > MAX_INSTANCES:  # `count` on every visible GPU: the config's own check saw one
+    # `count` on every visible GPU, or KIND_AUTO's CPU default: the config's own check saw 1 each.
+    if len(slots) > MAX_INSTANCES:
         raise ConfigError(
-            f"model '{config.name}': instance_group makes {len(slots)} instances on the {len(gpus)} visible "
-            f"GPUs; at most {MAX_INSTANCES} per model"
+            f"model '{config.name}': instance_group makes {len(slots)} instances here ({len(gpus)} visible "
+            f"GPUs); at most {MAX_INSTANCES} per model"
         )
-    return slots or [InstanceSlot(f"{config.name}_0", None, 0)], unapplied
+    return slots, unapplied
 
 
 def served_groups(
@@ -260,12 +281,15 @@ def plan_instances(
     `engine_cache`: this version's directory for TensorRT engines, made only if TensorRT runs;
     `gpus`: the visible GPU ids, found here when None; `implicit_on_gpus`: instance_slots')."""
     visible = visible_gpus(ort.get_available_providers()) if gpus is None else tuple(gpus)
-    slots, groups = instance_slots(config, gpus=visible, implicit_on_gpus=implicit_on_gpus)
-    cpu = [cpu_group(config, s) for s in slots if s.device_id is None]
-    on_gpus = any(s.device_id is not None for s in slots)
     # The implicit group's, and a GPU group's instances without a GPU: all the config names.
     named, named_cpu = providers_for(config, defaults), providers_for(config, defaults, gpu_instance=False)
     providers, cpu_providers = usable_providers(named)[0], usable_providers(named_cpu)[0]
+    gpu_provider = bool(visible) and providers[0][0] in (CUDA, TENSORRT)
+    slots, groups = instance_slots(
+        config, gpus=visible, implicit_on_gpus=implicit_on_gpus, implicit_gpu_provider=gpu_provider
+    )
+    cpu = [cpu_group(config, s) for s in slots if s.device_id is None]
+    on_gpus = any(s.device_id is not None for s in slots)
     elsewhere = on_gpus or not all(cpu)
     # Missing providers the setting names are the server's to say, once (setting_note), not this model's.
     asked: list[Provider] = list(named) if elsewhere and asks_providers(config) else []

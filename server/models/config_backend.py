@@ -311,13 +311,25 @@ def tensorrt_options(params: Mapping[str, str], where: str) -> dict[str, str]:
 # and a count can come from a client (RepositoryModelLoad's `config`): a count of 1,000,000 grew the
 # server by ~110 MB/s until the call's deadline. Triton sets none; 16 per GPU on 8 GPUs is 128.
 MAX_INSTANCES = 256
+# Triton's count for a group that leaves it out (SetDefaultInstanceCount, model_config_utils.cc):
+# 2 for a KIND_CPU group of the onnxruntime backend (KIND_AUTO once it resolves to the CPU), else 1.
+ONNXRUNTIME_CPU_INSTANCES = 2
+
+
+def default_instance_count(config: mc.ModelConfig, *, on_cpu: bool) -> int:
+    """The instances a group without `count` gets (per GPU for a GPU group), as Triton's: the
+    onnxruntime backend's CPU groups 2, every other group 1 (the identity backend's CPU ones too)."""
+    onnxruntime = config.backend in ("", "onnxruntime")
+    return ONNXRUNTIME_CPU_INSTANCES if on_cpu and onnxruntime else 1
 
 
 def validate_instance_groups(config: mc.ModelConfig, source: str) -> None:
     """Kinds, counts and device ids of the instance groups, and their total."""
     total = 0
     for i, group in enumerate(config.instance_group):
-        total += max(group.count, 1) * max(len(group.gpus), 1)
+        on_cpu = group.kind == mc.ModelInstanceGroup.KIND_CPU
+        count = group.count or default_instance_count(config, on_cpu=on_cpu)
+        total += max(count, 1) * max(len(group.gpus), 1)
         where = f"{source}: instance_group[{i}]"
         if group.kind not in mc.ModelInstanceGroup.Kind.values():  # proto3 keeps a number it lacks
             raise ConfigError(f"{where}: kind {group.kind} is not a kind (KIND_AUTO, KIND_GPU or KIND_CPU)")

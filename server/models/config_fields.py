@@ -73,14 +73,14 @@ FIELDS: dict[str, tuple[Status, str]] = {
     "output.is_non_linear_format_io": ("refused", "TensorRT non-linear I/O formats only"),
     "instance_group": (
         "honoured",
-        "`count` instances per group (per listed GPU), 1 where unset; none: one instance on each "
-        "visible GPU, else one CPU instance, shown in ModelConfig (Triton's onnxruntime backend makes "
-        "2 CPU instances in both cases: not followed)",
+        "`count` instances per group (per listed GPU); unset, Triton's: 2 for a KIND_CPU group of "
+        "onnxruntime (KIND_AUTO on the CPU too), else 1; none: one instance on each visible GPU, else "
+        "2 CPU instances, shown in ModelConfig",
     ),
     "instance_group.name": (
         "honoured",
         "shown in the load log; none: `<model>_<index>` in ModelConfig, as Triton names it (the group "
-        "added to a config without `instance_group`: `<model>_0`, where Triton names it `<model>`)",
+        "added to a config without `instance_group`: `<model>`)",
     ),
     "instance_group.gpus": ("honoured", f"`count` instances per GPU; {_GPU}, else one warning"),
     "instance_group.kind": (

@@ -252,11 +252,12 @@ def ensemble_version(
 
 
 def fill_defaults(config: mc.ModelConfig) -> None:
-    """The defaults Triton writes into the config it serves, where the file left them out: one
-    CPU instance group (what an empty one runs here), a group's name (`<model>_<index>`) and count
-    (1), the latest version, the model file's name. Tools that read ModelConfig saw none of them."""
+    """The defaults Triton writes into the config it serves, where the file left them out: an
+    instance group named after the model (the one an empty list runs: served_groups then shows its
+    kind and count), a group's name (`<model>_<index>`) and count, the latest version, the model
+    file's name. Tools that read ModelConfig saw none of them."""
     if not config.instance_group:
-        config.instance_group.add(name=f"{config.name}_0", count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+        config.instance_group.add(name=config.name, count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     for index, group in enumerate(config.instance_group):
         group.name = group.name or f"{config.name}_{index}"
         group.count = max(group.count, 1)

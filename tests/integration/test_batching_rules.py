@@ -16,7 +16,7 @@ import pytest
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from tests.support.metrics_page import summed
+from tests.support.metrics_page import metrics_lines, summed
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -181,6 +181,9 @@ def test_unary_calls_to_a_preserve_ordering_model_are_answered_in_arrival_order(
                 # A count, not the in-flight gauge: a scrape under load could miss call 1's overlap
                 # with call 0's 1 s run, and the gauge never read 2 again (60 s, then a failure).
                 wait_until(lambda n=i + 1: batches_dispatched(server, "ordered") >= n, "the call to run")
+            else:  # the server's order is its calls' arrival: concurrent calls may arrive swapped
+                # (under a full parallel test run, 4 before 3: 4 was rightly answered first).
+                wait_until(lambda n=i + 1: admitted(server, "ordered") >= n, "the call to be queued")
         for call in calls:
             call.result(timeout=60)
     # Answers released together may overtake one another by a hair on the way to this client (the
@@ -193,6 +196,20 @@ def test_unary_calls_to_a_preserve_ordering_model_are_answered_in_arrival_order(
         if answered_at[then] - answered_at[first] < -HALF_A_RUN_S
     }
     assert early == {}, answered_at
+
+
+def admitted(server: ServerProcess, model: str) -> float:
+    """Requests of `model` taken into its queue so far, from one page, at max_batch_size 1: its
+    batches dispatched plus its requests queued. The page reads the dispatch counter before the
+    queue gauge, so a dispatch between the two reads counts one short, never one over."""
+    lines = metrics_lines(server)
+    prefixes = (
+        f'sluiceway_batch_dispatch_total{{model="{model}",',
+        f'sluiceway_queue_requests{{model="{model}",',
+    )
+    where = [next(n for n, line in enumerate(lines) if line.startswith(p)) for p in prefixes]
+    assert where[0] < where[1], "the dispatch counter is no longer read before the queue gauge"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefixes))
 
 
 def batches_dispatched(server: ServerProcess, model: str) -> float:

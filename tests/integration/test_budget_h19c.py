@@ -21,7 +21,8 @@ from tests.support.models import scale_model
 from tests.support.server_process import ServerProcess
 
 LAZY = 'parameters { key: "lazy_load" value { string_value: "true" } }\n'
-STEP = 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n' + LAZY
+ONE = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"  # the sizes below are one instance's
+STEP = 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n' + ONE + LAZY
 ENS = """platform: "ensemble"
 max_batch_size: 8
 input { name: "IN" data_type: TYPE_FP32 dims: [4] }

@@ -37,6 +37,7 @@ instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 parameters {{ key: "idle_dispatch" value: {{ string_value: "false" }} }}
 {extra}
 """
+ONE = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
 LFW = 'parameters { key: "latest_frame_wins" value: { string_value: "true" } }'
 SLOW = 'parameters { key: "fault_hang_every" value: { string_value: "1" } }\n' + (
     f'parameters {{ key: "fault_hang_s" value: {{ string_value: "{SLOW_S:g}" }} }}'
@@ -46,7 +47,8 @@ MODELS = {
     "held_plain": HELD.format(extra=""),
     "held_param": HELD.format(extra=""),  # latest-frame-wins by request parameter only
     "held_off": HELD.format(extra=LFW),  # ... turned off by request parameter
-    "slow": "max_batch_size: 4\ndynamic_batching { }\n" + LFW + "\n" + SLOW,
+    # One instance (Triton's default would be 2): the frames after the first wait for its run.
+    "slow": "max_batch_size: 4\ndynamic_batching { }\n" + ONE + LFW + "\n" + SLOW,
 }
 
 

@@ -279,8 +279,9 @@ def test_model_config_shows_the_defaults_triton_fills_in(tmp_path: Path) -> None
             .ModelConfig(pb.ModelConfigRequest(name="auto"), timeout=10)
             .config
         )
+    # Triton's: the group named after the model, 2 CPU instances for onnxruntime (was `auto_0`, 1).
     assert [(g.name, g.count, g.kind) for g in config.instance_group] == [
-        ("auto_0", 1, mc.ModelInstanceGroup.KIND_CPU)
+        ("auto", 2, mc.ModelInstanceGroup.KIND_CPU)
     ]
     assert config.version_policy.latest.num_versions == 1
     assert config.default_model_filename == "model.onnx"
@@ -288,8 +289,8 @@ def test_model_config_shows_the_defaults_triton_fills_in(tmp_path: Path) -> None
 
 
 def test_instance_groups_without_a_name_or_count_are_named_and_counted_as_triton_does(tmp_path: Path) -> None:
-    # Triton names such a group `<model>_<index>` and counts it 1; ModelConfig had shown neither (the
-    # demo config's own group is one of them).
+    # Triton names such a group `<model>_<index>` and counts a KIND_CPU one 2 under onnxruntime;
+    # ModelConfig had shown neither (the demo config's own group has no name, and count 1).
     groups = 'instance_group [ { kind: KIND_CPU }, { name: "mine" count: 2 kind: KIND_CPU } ]\n'
     config_text = (demo_repository() / "mlp" / "config.pbtxt").read_text() + groups
     write_model(tmp_path / "repo", "mlp", demo_repository() / "mlp" / "1" / "model.onnx", config_text)
@@ -297,4 +298,4 @@ def test_instance_groups_without_a_name_or_count_are_named_and_counted_as_triton
     with server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=10).config
-    assert [(g.name, g.count) for g in config.instance_group] == [("mlp_0", 1), ("mlp_1", 1), ("mine", 2)]
+    assert [(g.name, g.count) for g in config.instance_group] == [("mlp_0", 1), ("mlp_1", 2), ("mine", 2)]

@@ -275,7 +275,8 @@ def test_gpu_groups_count_instances_per_listed_gpu() -> None:
     assert unapplied == [
         "instance_group 'a' KIND_GPU gpus [0, 1] (no GPU: 4 CPU instances, served as KIND_CPU)"
     ]
-    assert instance_slots(_parse(""), gpus=()) == ([InstanceSlot("m_0", None)], [])
+    # None: Triton's group named after the model, its onnxruntime KIND_CPU count (2).
+    assert instance_slots(_parse(""), gpus=()) == ([InstanceSlot("m", None)] * 2, [])
 
 
 def test_priority_queue_policy_maps_to_level_policies() -> None:

@@ -227,7 +227,8 @@ def repo(tmp_path: Path) -> Path:
     onnx_file = dense_model(tmp_path / "files" / "dense.onnx")
     repo = tmp_path / "repo"
     write(repo, "plain", BATCHED, onnx_file)
-    write(repo, "hangs", BATCHED + params(fault_hang_every="2", run_timeout_s=str(LIMIT)), onnx_file)
+    one = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"  # the instance the hang holds
+    write(repo, "hangs", BATCHED + one + params(fault_hang_every="2", run_timeout_s=str(LIMIT)), onnx_file)
     write(repo, "noload", BATCHED + params(fault_load_error="true"), onnx_file)
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"not a model")

@@ -41,8 +41,9 @@ def test_kind_auto_is_a_gpu_group_where_gpus_are_visible_else_a_cpu_one() -> Non
     assert _devices(auto, []) == [None, None]
     assert _devices("instance_group [ { kind: KIND_AUTO gpus: [ 1 ] } ]", [0, 1]) == [1]
     slots, notes = instance_slots(_parse("instance_group [ { kind: KIND_AUTO gpus: [ 3 ] } ]"), gpus=[0, 1])
-    assert [s.device_id for s in slots] == [None]  # Triton: a listed GPU not present makes it KIND_CPU
-    assert notes == ["instance_group 'm_0' KIND_AUTO gpus [3] (not all visible: KIND_CPU, 1 instances)"]
+    # Triton: a listed GPU not present makes it KIND_CPU, and a KIND_CPU group's count is then 2.
+    assert [s.device_id for s in slots] == [None, None]
+    assert notes == ["instance_group 'm_0' KIND_AUTO gpus [3] (not all visible: KIND_CPU, 2 instances)"]
 
 
 def test_a_gpu_that_is_not_visible_is_refused_naming_the_group_and_the_visible_ids() -> None:
@@ -59,7 +60,7 @@ def test_a_gpu_that_is_not_visible_is_refused_naming_the_group_and_the_visible_i
 def test_count_on_every_visible_gpu_is_bounded() -> None:
     config = _parse("instance_group [ { count: 64 kind: KIND_GPU } ]")  # 64: within the config's check
     assert len(instance_slots(config, gpus=[0, 1, 2, 3])[0]) == 256
-    with pytest.raises(ConfigError, match="makes 320 instances on the 5 visible GPUs; at most 256"):
+    with pytest.raises(ConfigError, match=r"makes 320 instances here \(5 visible GPUs\); at most 256"):
         instance_slots(config, gpus=[0, 1, 2, 3, 4])
 
 
@@ -103,18 +104,21 @@ def test_a_cpu_group_beside_a_gpu_group_does_not_get_the_gpu_accelerator() -> No
     on_gpu = providers_for(config, ["CPUExecutionProvider"], device_id=0, gpu_instance=True)
     assert on_gpu[0][0] == "TensorrtExecutionProvider"
     plan = plan_instances(config, ["CPUExecutionProvider"], gpus=[0])
-    assert plan.slots == [InstanceSlot("g", 0, 0), InstanceSlot("c", None, 1)]
+    # Without count: 1 per GPU for the GPU group, 2 for the CPU one (Triton's onnxruntime default).
+    assert plan.slots == [InstanceSlot("g", 0, 0), InstanceSlot("c", None, 1), InstanceSlot("c", None, 1)]
     assert plan.cpu_providers is not None and plan.providers_of(plan.slots[1]) == plan.cpu_providers
     assert [name for name, _ in plan.cpu_providers] == ["CPUExecutionProvider"]
 
 
 def test_a_config_without_instance_group_gets_one_instance_on_each_visible_gpu_as_triton() -> None:
-    # It had run one CPU instance on a GPU machine unless --execution-providers named CUDA.
+    # It had run one CPU instance on a GPU machine unless --execution-providers named CUDA. The
+    # group is named after the model, as Triton names the one it adds (it had been `m_0`).
     slots, notes = instance_slots(_parse(""), gpus=[0, 1], implicit_on_gpus=True)
-    assert slots == [InstanceSlot("m_0", 0, 0), InstanceSlot("m_0", 1, 0)] and notes == []
-    assert instance_slots(_parse(""), gpus=[], implicit_on_gpus=True)[0] == [InstanceSlot("m_0", None, 0)]
-    # The execution_providers setting given: it decides, one instance as before.
-    assert instance_slots(_parse(""), gpus=[0, 1])[0] == [InstanceSlot("m_0", None, 0)]
+    assert slots == [InstanceSlot("m", 0, 0), InstanceSlot("m", 1, 0)] and notes == []
+    # Without a GPU, Triton's KIND_CPU count for onnxruntime: 2 (it had been 1).
+    assert instance_slots(_parse(""), gpus=[], implicit_on_gpus=True)[0] == [InstanceSlot("m", None, 0)] * 2
+    # The execution_providers setting given: it decides, on the CPU.
+    assert instance_slots(_parse(""), gpus=[0, 1])[0] == [InstanceSlot("m", None, 0)] * 2
 
 
 def test_the_implicit_gpu_instances_ask_for_cuda_on_their_own_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +135,7 @@ def test_the_implicit_gpu_instances_ask_for_cuda_on_their_own_device(monkeypatch
     config = _parse("")
     fill_defaults(config)  # what ModelConfig starts from: one KIND_CPU group
     shown = served_groups(config, plan.slots, ["cuda:0", "cuda:1"])
-    assert [(g.name, g.kind, g.count, list(g.gpus)) for g in shown] == [("m_0", GPU, 1, [0, 1])]
+    assert [(g.name, g.kind, g.count, list(g.gpus)) for g in shown] == [("m", GPU, 1, [0, 1])]
 
 
 def test_workers_get_the_execution_providers_setting_only_when_it_was_given(tmp_path: Path) -> None:
@@ -147,7 +151,7 @@ def test_factory_for_asks_triton_default_only_without_the_setting(tmp_path: Path
     config = _parse("max_batch_size: 0")
     for settings, expected in (
         (ServerSettings(), [0, 1]),
-        (ServerSettings(execution_providers="CPUExecutionProvider"), [None]),
+        (ServerSettings(execution_providers="CPUExecutionProvider"), [None, None]),
     ):
         _, plan = factory_for(
             config, tmp_path / "1" / "model.onnx", settings, "m", faults=None, batch_axes=None, gpus=[0, 1]

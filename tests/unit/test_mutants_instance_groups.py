@@ -69,7 +69,8 @@ def test_a_gpu_that_is_not_visible_is_refused_with_the_whole_reason() -> None:
 def test_a_later_gpu_groups_instances_carry_its_index() -> None:
     """Each instance on a GPU knows its group's place in instance_group (not 0 for the second)."""
     config = _parse(
-        'instance_group [ { name: "c" kind: KIND_CPU }, { name: "g" count: 2 kind: KIND_GPU gpus: [ 1 ] } ]'
+        'instance_group [ { name: "c" count: 1 kind: KIND_CPU }, '
+        '{ name: "g" count: 2 kind: KIND_GPU gpus: [ 1 ] } ]'
     )
     slots, notes = instance_slots(config, gpus=[0, 1])
     assert slots == [InstanceSlot("c", None, 0), InstanceSlot("g", 1, 1), InstanceSlot("g", 1, 1)]
@@ -113,11 +114,13 @@ def test_a_gpu_group_with_one_gpu_fallen_back_is_shown_as_planned() -> None:
 
 
 def test_the_implicit_instance_the_setting_put_on_a_gpu_is_shown_on_that_gpu() -> None:
-    """The implicit CPU slot running on cuda:0 (setting CUDA): KIND_GPU, gpus [0], one instance."""
+    """The implicit CPU slot running on cuda:0 (setting CUDA): KIND_GPU, gpus [0], one instance,
+    the group named after the model as Triton's."""
     config = _parse("")
-    slots = instance_slots(config, gpus=[0])[0]
+    slots = instance_slots(config, gpus=[0], implicit_gpu_provider=True)[0]
+    assert slots == [InstanceSlot("m", None, 0)]  # Triton's GPU count, not its CPU one (2)
     fill_defaults(config)
-    assert _shown(config, slots, ["cuda:0"]) == [("m_0", KIND_GPU, 1, [0])]
+    assert _shown(config, slots, ["cuda:0"]) == [("m", KIND_GPU, 1, [0])]
 
 
 def test_cpu_planned_instances_that_run_on_one_gpu_are_counted_on_it() -> None:
@@ -184,7 +187,7 @@ def test_a_cpu_group_beside_a_gpu_group_asks_the_cpu_providers(monkeypatch: pyte
         f'instance_group [ {{ name: "g" kind: KIND_GPU }}, {{ name: "c" kind: KIND_CPU }} ]\n{TRT_ACCEL}'
     )
     plan = plan_instances(config, [CPU], gpus=[0])
-    assert plan.slots == [InstanceSlot("g", 0, 0), InstanceSlot("c", None, 1)]
+    assert plan.slots == [InstanceSlot("g", 0, 0), InstanceSlot("c", None, 1), InstanceSlot("c", None, 1)]
     assert _names(plan.providers_of(plan.slots[0])) == [TRT, CUDA, CPU]
     assert plan.providers_of(plan.slots[1]) == [(CPU, {})] == plan.cpu_providers
     assert _names(plan.providers) == [TRT, CUDA, CPU]
@@ -194,7 +197,8 @@ def test_the_implicit_instance_asks_the_config_accelerator(monkeypatch: pytest.M
     """No instance_group: its CPU-placed instance asks TensorRT (the config's), not the CPU group's list."""
     _available(monkeypatch, TRT, CUDA, CPU)
     plan = plan_instances(_parse(TRT_ACCEL), [CPU], gpus=[])
-    assert plan.slots == [InstanceSlot("m_0", None, 0)] and _names(plan.cpu_providers) == [CPU]
+    # No GPU visible: Triton's CPU count for onnxruntime, 2, named after the model.
+    assert plan.slots == [InstanceSlot("m", None, 0)] * 2 and _names(plan.cpu_providers) == [CPU]
     assert _names(plan.providers_of(plan.slots[0])) == [TRT, CUDA, CPU]
 
 
@@ -316,8 +320,9 @@ def test_no_engine_cache_when_every_instance_is_a_cpu_one(
 
 
 def test_the_plan_makes_no_implicit_gpu_instances_unless_asked() -> None:
-    """implicit_on_gpus defaults to False: without instance_group, one CPU instance on a GPU machine."""
-    assert plan_instances(_parse(""), [CPU], gpus=[0]).slots == [InstanceSlot("m_0", None, 0)]
+    """implicit_on_gpus defaults to False: without instance_group, the setting's CPU instances (2,
+    Triton's onnxruntime count) on a GPU machine."""
+    assert plan_instances(_parse(""), [CPU], gpus=[0]).slots == [InstanceSlot("m", None, 0)] * 2
 
 
 def test_missing_gpu_and_cpu_accelerators_are_named_together(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,7 +374,8 @@ def test_cuda_graphs_of_the_implicit_instance_the_setting_puts_on_cuda_are_not_w
         "optimization { cuda { graphs: true } }"
     )
     plan = plan_instances(config, [CUDA, CPU], gpus=[0])
-    assert plan.slots == [InstanceSlot("m_0", None, 0)] and _names(plan.providers) == [CUDA, CPU]
+    # On CUDA: Triton's GPU count, one instance (the CPU count, 2, where the setting names the CPU).
+    assert plan.slots == [InstanceSlot("m", None, 0)] and _names(plan.providers) == [CUDA, CPU]
     assert plan.unapplied == []
 
 
