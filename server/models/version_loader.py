@@ -43,7 +43,7 @@ from server.models.first_run import first_run, first_run_limit
 from server.models.gpu_load import inline_limit_s
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
-from server.models.sequence_config import sequence_batcher, sequence_model, sequence_policy
+from server.models.sequence_config import DEFAULT_IDLE_US, sequence_batcher, sequence_model, sequence_policy
 from server.models.versions import ModelVersion
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
@@ -265,3 +265,22 @@ def fill_defaults(config: mc.ModelConfig) -> None:
         config.version_policy.latest.num_versions = 1
     if not config.default_model_filename and config.backend != IDENTITY:
         config.default_model_filename = DEFAULT_MODEL_FILENAME
+    _fill_normalized(config)
+
+
+def _fill_normalized(config: mc.ModelConfig) -> None:
+    """What Triton's NormalizeModelConfig adds to a version's config (model_config_utils.cc): the
+    max_batch_size as the one preferred size where none is given, the sequence idle default, and
+    pinned memory on. Shown only: the batcher was made from the config as written, and a preferred
+    size equal to max_batch_size forms the same batches as none (batcher/form.py, max_preferred)."""
+    top = config.max_batch_size
+    if config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size and top > 0:
+        config.dynamic_batching.preferred_batch_size.append(top)
+    if config.HasField("sequence_batching"):
+        sb = config.sequence_batching
+        sb.max_sequence_idle_microseconds = sb.max_sequence_idle_microseconds or DEFAULT_IDLE_US
+        if sb.HasField("oldest") and not sb.oldest.preferred_batch_size and top > 0:
+            sb.oldest.preferred_batch_size.append(top)
+    for pinned in ("input_pinned_memory", "output_pinned_memory"):
+        if not config.optimization.HasField(pinned):
+            getattr(config.optimization, pinned).enable = True

@@ -286,6 +286,9 @@ def test_model_config_shows_the_defaults_triton_fills_in(tmp_path: Path) -> None
     assert config.version_policy.latest.num_versions == 1
     assert config.default_model_filename == "model.onnx"
     assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+    # Triton's normalized config: max_batch_size as the preferred size, pinned memory on.
+    assert list(config.dynamic_batching.preferred_batch_size) == [config.max_batch_size]
+    assert config.optimization.input_pinned_memory.enable and config.optimization.output_pinned_memory.enable
 
 
 def test_instance_groups_without_a_name_or_count_are_named_and_counted_as_triton_does(tmp_path: Path) -> None:
