@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import gc
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,8 +148,11 @@ def raw_rows(model_dir: Path, provider: Provider, plan: Plan, cache: Path, budge
 
 
 def mentions(line: str, model: str) -> bool:
-    """Whether a server log line is about `model` (its config path, instance or name)."""
-    return any(f in line for f in (f"/{model}/", f"'{model}_", f"model {model}:", f"'{model}'"))
+    """Whether a server log line is about `model` (its config path, an instance group's default name
+    `<model>_<index>`, or its name). Not another model whose name it begins (resnet in resnet_u8's
+    `'resnet_u8_0'`: a prefix match had marked resnet's rows warned for resnet_u8's warning)."""
+    named = re.search(rf"'{re.escape(model)}(_\d+)?'", line) is not None
+    return named or f"/{model}/" in line or f"model {model}:" in line
 
 
 def served_rows(
@@ -249,6 +253,9 @@ def check_provider(
     began = time.monotonic()
     try:
         server.start(timeout_s=start_s)
+    except Stopped:  # the time limit while it loads: its process goes with this one
+        server.stop()
+        raise
     except RuntimeError as err:
         tail = str(err).strip().splitlines()[-1:] or ["(no output)"]
         report.log.append(f"[{label}] server did not start: {tail[0]}")
@@ -341,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         report.context.append(f"perf_analyzer: not run ({args.without_perf_analyzer})")
     report.context.extend(args.note)
     work = args.work_dir or DEFAULT_CACHE_DIR / "gpu_check"
-    demo = build_demo(args.cache_dir)
     signal.signal(signal.SIGTERM, _stopped)  # the script's limit: the table is still written
+    try:
+        demo = build_demo(args.cache_dir)  # up to 300 s on a bare machine: the limit may come here
+    except Stopped:
+        report.log.append("[demo] stopped by SIGTERM (the time limit) while building: nothing measured")
+        chosen = []
     for provider in chosen:
         print(f"gpu_check: {plan.label(provider)} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
         try:

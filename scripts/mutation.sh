@@ -16,14 +16,15 @@
 # the GPU path's server/backends/pinned.py, cuda_shm.py, batch_padding.py, io_binding.py,
 # instance_groups.py, tensorrt_options.py, provider_choice.py, gpu_devices.py, cudart.py, instances.py
 # and onnxruntime_backend.py, the install's server/runtime_check.py and gpu_libraries.py, the GPU
-# check's loadtest/gpu_plan.py, gpu_report.py, gpu_perf_analyzer.py and gpu_repository.py, the CPU's
+# check's loadtest/gpu_plan.py, gpu_report.py, gpu_perf_analyzer.py, gpu_repository.py and
+# gpu_check.py, the CPU's
 # gather_buffers.py, server/periodic.py,
 # the two ends of a shared session (server/backends/hosted_backend.py and session_host.py), and the
 # handlers' answers (server/protocol/answers.py), against the unit tests (tests/unit; mutmut runs
 # only the tests that reach the mutated function).
 # Configuration: [tool.mutmut] in pyproject.toml. Work and results go to mutants/ (git-ignored).
 #
-#   bash scripts/mutation.sh                      # every mutant (18,546; not timed: ~1.5 h at 3-4 a second)
+#   bash scripts/mutation.sh                      # every mutant (19,624; not timed: ~1.6 h at 3-4 a second)
 #   bash scripts/mutation.sh 'batcher.form.*'     # only mutants whose names match (fnmatch globs)
 #   MUTATION_KEEP=1 bash scripts/mutation.sh      # reuse mutants/ (results of unchanged code stand)
 #   MUTATION_SUMMARY_ONLY=1 bash scripts/mutation.sh   # print the score of the last run again
