@@ -35,12 +35,5 @@ common=(--compare "$targets" --model mlp_wait --concurrency 1 --rounds "$rounds"
 .venv/bin/sluiceway-loadtest "${common[@]}" --out "$out/no-deadline"
 .venv/bin/sluiceway-loadtest "${common[@]}" --deadline-ms "$deadline_ms" --out "$out/deadline-${deadline_ms}ms"
 for run in no-deadline "deadline-${deadline_ms}ms"; do
-  $py - "$out/$run/results.json" "$run" <<'PY'
-import json, sys
-results = json.load(open(sys.argv[1]))["results"]
-for r in results:
-    lat = r["latency_us"]
-    print(f"{sys.argv[2]:>18} {r['target']:>14}: {r['throughput_rps']:8.1f} req/s  p50 {lat['p50'] / 1e3:7.2f} ms"
-          f"  p99 {lat['p99'] / 1e3:7.2f} ms  goodput {r.get('goodput_rps') or 0:8.1f}/s  errors {r['errors']}")
-PY
+  $py -m loadtest.result_lines "$out/$run/results.json" "$run"
 done

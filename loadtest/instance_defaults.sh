@@ -40,12 +40,5 @@ for model in $models; do
   targets+=",split=127.0.0.1:$port/${model}_split"
   .venv/bin/sluiceway-loadtest --compare "$targets" --model "${model}_default" --concurrency "$concurrency" \
     --rounds "$rounds" --duration-s "$duration" --warmup-s 1 --processes 1 --quiet --out "$out/$model"
-  $py - "$out/$model/results.json" "$model" <<'PY'
-import json, sys
-results = json.load(open(sys.argv[1]))["results"]
-for r in results:
-    lat = r["latency_us"]
-    print(f"{sys.argv[2]:>7} {r['target']:>8} at {r['step']['level']:>3}: {r['throughput_rps']:8.1f} req/s"
-          f"  p50 {lat['p50'] / 1e3:7.2f} ms  p99 {lat['p99'] / 1e3:7.2f} ms  errors {r['errors']}")
-PY
+  $py -m loadtest.result_lines "$out/$model/results.json" "$model"
 done

@@ -16,9 +16,10 @@ import pytest
 
 from loadtest import gpu_check as gc
 from loadtest.gpu_perf_analyzer import skipped_rows
-from loadtest.gpu_plan import PROVIDERS, Budget, Plan, plan_for
+from loadtest.gpu_plan import PROVIDERS, Plan, plan_for
 from loadtest.gpu_report import OUT_OF_TIME, RAW, SERVED, Report, Row
 from loadtest.server import DEFAULT_CACHE_DIR
+from tests.unit.test_mutants_gpu_perf_analyzer import FixedBudget
 
 CUDA, TENSORRT, CPU = PROVIDERS
 GPU = plan_for(dry=False)
@@ -30,15 +31,6 @@ TAIL = [
     "ok\n",
     *(f"m{i} padded batches\n" for i in range(4)),
 ]
-
-
-class FixedBudget(Budget):
-    def __init__(self, left: float) -> None:
-        super().__init__(left)
-        self.seconds = left
-
-    def left(self) -> float:
-        return self.seconds
 
 
 class FakeServer:
