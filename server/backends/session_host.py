@@ -17,6 +17,8 @@ it after them: `python -m server.backends.session_host SOCKET`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import pickle
 import signal
@@ -88,8 +90,10 @@ class SessionHost:
         while True:
             try:
                 conn, _ = listener.accept()
-            except OSError:
-                if listener.fileno() == -1:  # closed (a test's end): no more workers, not a traceback
+            except OSError as err:
+                # Closed, or shut down (stop_listening: what wakes an accept blocked here): no more
+                # workers, not a traceback.
+                if listener.fileno() == -1 or err.errno == errno.EINVAL:
                     return
                 raise
             with self._lock:
@@ -288,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: stop.set())
-    threading.Thread(target=host.serve, args=(listener,), daemon=True).start()
+    serving = threading.Thread(target=host.serve, args=(listener,), daemon=True)
+    serving.start()
     log.info("session host: listening on %s", args.socket)
     print(READY_LINE, flush=True)
     while not stop.wait(0.5):
@@ -297,7 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     # run here, so the host ends once they have gone (the parent stops it after them anyway).
     host.wait_for_workers(STOP_LIMIT_S)
     host.log_counts()
+    stop_listening(listener)  # its thread ends here, not at the process's exit (a test's main)
+    serving.join(STOP_LIMIT_S)
     return 0
+
+
+def stop_listening(listener: socket.socket) -> None:
+    """Shut `listener` down and close it: on Linux a close alone leaves an accept blocked on it
+    (its thread then ran until the process exited), a shutdown wakes it and `serve` returns."""
+    with contextlib.suppress(OSError):  # not listening, or closed already
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from server.backends.host_wire import Segment, SegmentMaps, TensorPlace, receive
 from server.backends.hosted_session import HostCounts, Moved, OpenRequest
 from server.backends.io_binding import Device
 from server.backends.onnxruntime_backend import OrtOptions
-from server.backends.session_host import SessionHost, Slot, _sendable
+from server.backends.session_host import SessionHost, Slot, _sendable, stop_listening
 from server.errors import ModelRunFailed
 from tests.support.server_process import wait_until
 
@@ -301,7 +301,7 @@ def test_serve_counts_each_worker_s_connection(tmp_path: Path) -> None:
     finally:
         worker.close()
         assert host.wait_for_workers(WAIT_S) and host._connections == 0
-        listener.close()
+        stop_listening(listener)  # its serve thread ends with the test
 
 
 def test_log_counts_says_each_live_session_that_ran(caplog: pytest.LogCaptureFixture) -> None:
@@ -444,7 +444,7 @@ def test_a_stop_waits_for_every_worker_s_connection_not_only_the_first(tmp_path:
         for worker in workers:
             worker.close()
         assert host.wait_for_workers(WAIT_S) and host._connections == 0
-        listener.close()
+        stop_listening(listener)  # its serve thread ends with the test
 
 
 def test_main_s_arguments_their_defaults_and_its_usage(

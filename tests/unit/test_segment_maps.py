@@ -19,7 +19,7 @@ import pytest
 from server.backends import segment_pool
 from server.backends.host_wire import PruningReceiver, Segment, SegmentMaps, send
 from server.backends.hosted_backend import HostedBackend
-from server.backends.session_host import SessionHost
+from server.backends.session_host import SessionHost, stop_listening
 from tests.support.server_process import wait_until
 from tests.unit.test_session_host import _host_request
 
@@ -137,7 +137,7 @@ def test_a_trimmed_segment_is_let_go_by_the_host_on_every_connection(
     finally:
         backend.close()
         executor.shutdown()
-        listener.close()
+        stop_listening(listener)  # its serve thread ends with the test
 
 
 def test_a_trimmed_segment_is_let_go_by_an_idle_host(shm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,4 +160,4 @@ def test_a_trimmed_segment_is_let_go_by_an_idle_host(shm_dir: Path, monkeypatch:
     finally:
         backend.close()
         executor.shutdown()
-        listener.close()
+        stop_listening(listener)  # its serve thread ends with the test

@@ -239,6 +239,15 @@ def test_a_reload_of_a_changed_version_opens_a_session_of_its_own(tmp_path: Path
     sessions = {id(host._slots[key].session) for key in (old, new, fewer_rows)}
     assert len(sessions) == 3
     assert host._slots[fewer_rows].session is not None and host._slots[fewer_rows].session.max_rows == 0
+    _close_sessions(host)
+
+
+def _close_sessions(host: SessionHost) -> None:
+    """Each session the host still holds closed: its runner thread ends with the test (threads left
+    running at the interpreter's exit had crashed mutmut's stats run: tests/MUTANTS.md)."""
+    for slot in host._slots.values():
+        if slot.session is not None:
+            slot.session.close()
 
 
 def _gather(path: Path) -> Path:
@@ -475,6 +484,8 @@ def test_batches_waiting_in_an_abandoned_session_run_in_the_fresh_one(tmp_path: 
     np.testing.assert_array_equal(reply[1]["y"], 2 * _rows(2)["x"])  # run by the fresh session
     assert host._slots[key].session is not first
     segment.close()
+    first.close()
+    _close_sessions(host)
 
 
 def test_a_start_told_after_the_loop_closed_does_not_fail_the_run() -> None:
