@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
@@ -30,6 +29,7 @@ from server.backends.onnxruntime_backend import BackendLoadError, OrtBackend, Or
 from server.models.config import ConfigError
 from server.models.config_tensors import ReshapePlan
 from server.settings import ServerSettings
+from tests.support.division_models import save
 
 CPU = ("CPUExecutionProvider", {})
 CUDA0 = ("CUDAExecutionProvider", {"device_id": "0"})
@@ -548,16 +548,13 @@ def test_a_gpu_instance_is_hosted_under_shared_sessions_gpu(tmp_path: Path, fake
 def test_a_real_instance_from_factory_for_runs_and_its_replacement_too(tmp_path: Path) -> None:
     """End to end on onnxruntime's CPU: the planned instance runs the model, and so does a replacement."""
     path = tmp_path / "m" / "1" / "model.onnx"
-    path.parent.mkdir(parents=True)
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     factory, plan = factory_for(
         parse("max_batch_size: 8\n" + TENSORS), path, ServerSettings(cache_dir=tmp_path), "src",
         faults=None, batch_axes=None, gpus=[],

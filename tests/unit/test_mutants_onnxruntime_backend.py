@@ -35,6 +35,7 @@ from server.backends.onnxruntime_backend import (
 from server.backends.ort_paths import NotUtf8Path
 from server.errors import ModelRefusedInput, ModelRunFailed
 from server.models.config_tensors import ReshapePlan
+from tests.support.division_models import save
 
 REAL_SESSION = ort.InferenceSession
 REAL_AVAILABLE = ort.get_available_providers()
@@ -42,18 +43,11 @@ AZURE = "AzureExecutionProvider"
 LOGGER = "server.backends.onnxruntime_backend"
 
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def _relu(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def _divide(path: Path) -> Path:
@@ -61,7 +55,7 @@ def _divide(path: Path) -> Path:
     b = helper.make_tensor_value_info("b", TensorProto.INT64, ["batch"])
     c = helper.make_tensor_value_info("c", TensorProto.INT64, ["batch"])
     graph = helper.make_graph([helper.make_node("Div", ["a", "b"], ["c"])], "div", [a, b], [c])
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def _bf16(path: Path, with_text: bool = False) -> Path:
@@ -73,7 +67,7 @@ def _bf16(path: Path, with_text: bool = False) -> Path:
         outputs.append(helper.make_tensor_value_info("u", TensorProto.STRING, ["batch"]))
         nodes.append(helper.make_node("Identity", ["t"], ["u"]))
     graph = helper.make_graph(nodes, "bf16", inputs, outputs)
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 @dataclass
