@@ -92,35 +92,47 @@ class StreamChannel:
         return open_stream
 
 
+# The window is long beside the few milliseconds a step takes when nothing stalls: a closed-loop
+# user sends nothing once its window is over, and a stall of this process (a busy machine, a niced
+# mutmut run) between the plan's making and the users' start had left a 0.05 s window with no call.
+WINDOW_S = 0.5
+
+
 def plan(mode: str, deadline_s: float | None = None, concurrency: int = 2) -> WorkerPlan:
     return WorkerPlan(
         address="127.0.0.1:1", mode=mode, concurrency=concurrency, rate=100.0,  # type: ignore[arg-type]
         arrival="constant", phase_s=0.0, payloads=(b"",), deadline_s=deadline_s,
-        start_at=time.monotonic() + 0.01, warmup_s=0.0, duration_s=0.05, drain_s=0.2,
+        start_at=time.monotonic() + 0.01, warmup_s=0.0, duration_s=WINDOW_S, drain_s=0.2,
         max_requests=20, max_in_flight=100, seed=1,
     )  # fmt: skip
 
 
-async def run(channel: object, plan: WorkerPlan, recorder: Recorder) -> None:
-    await worker.sleep_until(plan.start_at)
-    loops = {"closed": worker._closed, "open": worker._open, "stream": worker._streams}
-    await loops[plan.mode]([cast(grpc.aio.Channel, channel)], plan, recorder)
+def run_step(channel: object, mode: str, deadline_s: float | None = None, concurrency: int = 2) -> Recorder:
+    """One step of `mode` over `channel`, planned inside the event loop that runs it (so that the
+    loop's start does not eat into the window); its recorder."""
+
+    async def main() -> Recorder:
+        step = plan(mode, deadline_s, concurrency)
+        recorder = Recorder(step.window, deadline_s)
+        await worker.sleep_until(step.start_at)
+        loops = {"closed": worker._closed, "open": worker._open, "stream": worker._streams}
+        await loops[step.mode]([cast(grpc.aio.Channel, channel)], step, recorder)
+        return recorder
+
+    return asyncio.run(main())
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_no_grpc_deadline_is_sent_unless_one_is_asked(mode: str) -> None:
     channel = UnaryChannel()
-    step = plan(mode)
-    recorder = Recorder(step.window, None)
-    asyncio.run(run(channel, step, recorder))
+    recorder = run_step(channel, mode)
     assert channel.timeouts and set(channel.timeouts) == {None}  # it had been 10 s (drain_s here)
     assert recorder.outcomes == {OK: recorder.scheduled}
 
 
 def test_an_asked_deadline_is_sent_counting_from_the_scheduled_time() -> None:
     channel = UnaryChannel()
-    step = plan("open", deadline_s=1.0)
-    asyncio.run(run(channel, step, Recorder(step.window, 1.0)))
+    run_step(channel, "open", deadline_s=1.0)
     assert channel.timeouts and all(t is not None and 0 < t <= 1.0 for t in channel.timeouts)
 
 
@@ -130,18 +142,14 @@ def test_a_call_never_answered_is_cancelled_at_the_end_of_the_step_and_counted(m
     `drain_s` after its window, and counts them NO_ANSWER (not a DEADLINE_EXCEEDED nobody asked
     for)."""
     channel = UnaryChannel(hang=True)
-    step = plan(mode)
-    recorder = Recorder(step.window, None)
-    asyncio.run(run(channel, step, recorder))
+    recorder = run_step(channel, mode)
     assert recorder.scheduled > 0
     assert recorder.outcomes == {worker.NO_ANSWER: recorder.scheduled}
 
 
 def test_a_stream_is_opened_without_a_deadline() -> None:
     channel = StreamChannel()
-    step = plan("stream", concurrency=2)
-    recorder = Recorder(step.window, None)
-    asyncio.run(run(channel, step, recorder))
+    recorder = run_step(channel, "stream", concurrency=2)
     assert len(channel.opened) == 2
     assert all(kwargs.get("timeout") is None for kwargs in channel.opened), channel.opened
     assert recorder.scheduled > 0 and recorder.outcomes == {OK: recorder.scheduled}
@@ -152,7 +160,7 @@ def test_a_realtime_stream_is_opened_without_a_deadline() -> None:
 
     async def one_stream() -> realtime_worker.StreamResult:
         realtime = realtime_worker.RealtimePlan(
-            "127.0.0.1:1", 1, 0, 100.0, (b"",), time.monotonic() + 0.01, 0.0, 0.05, 0.2, False, 0, False
+            "127.0.0.1:1", 1, 0, 100.0, (b"",), time.monotonic() + 0.01, 0.0, WINDOW_S, 0.2, False, 0, False
         )
         return await realtime_worker._stream(
             cast(grpc.aio.Channel, channel), realtime, 0, 0.0, new_histogram(), []

@@ -1,0 +1,41 @@
+"""Threads a group of tests started and left running.
+
+A unit test that leaves a thread running (a fake host's accept loop, a session's worker) lets it
+run on into later tests and into the interpreter's exit. Under mutmut, such threads were still
+executing Python through its trampolines while the interpreter shut down, and its stats pass died
+with a segmentation fault (tests/MUTANTS.md, "forty-fifth session"). tests/unit/conftest.py checks
+each unit test file with `threads_left`.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Collection
+
+# A thread that is ending (a timer just cancelled, a loop that saw its stop flag) gets this long, in
+# all, to finish before it counts as left running: ample on a loaded 2-core machine, and only spent
+# when a thread is still alive after its tests.
+JOIN_S = 10.0
+
+
+def threads_left(before: Collection[threading.Thread], join_s: float = JOIN_S) -> list[threading.Thread]:
+    """The threads alive now that were not in `before` and are still alive after being joined for
+    `join_s` seconds in all. Garbage is collected first: a thread owned by an object no longer
+    referenced (an executor's worker, grpc.aio's poller while a channel lives) ends with it."""
+    gc.collect()
+    started = [thread for thread in threading.enumerate() if thread not in before]
+    deadline = time.monotonic() + join_s
+    for thread in started:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [thread for thread in started if thread.is_alive()]
+
+
+def describe(threads: list[threading.Thread]) -> str:
+    """One line naming each thread and what it runs, for the failure's message."""
+    return ", ".join(
+        f"{thread.name} ({getattr(getattr(thread, '_target', None), '__qualname__', 'no target')}"
+        f"{', daemon' if thread.daemon else ''})"
+        for thread in threads
+    )
