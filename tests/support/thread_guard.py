@@ -18,18 +18,25 @@ from collections.abc import Collection
 # all, to finish before it counts as left running: ample on a loaded 2-core machine, and only spent
 # when a thread is still alive after its tests.
 JOIN_S = 10.0
+# Joining goes in rounds this long, with garbage collected between them.
+ROUND_S = 0.1
 
 
 def threads_left(before: Collection[threading.Thread], join_s: float = JOIN_S) -> list[threading.Thread]:
     """The threads alive now that were not in `before` and are still alive after being joined for
-    `join_s` seconds in all. Garbage is collected first: a thread owned by an object no longer
-    referenced (an executor's worker, grpc.aio's poller while a channel lives) ends with it."""
-    gc.collect()
+    `join_s` seconds in all. Garbage is collected before each round of joining: a thread owned by an
+    object no longer referenced (an executor's idle worker, grpc.aio's poller while a channel lives)
+    ends with it, and an executor whose worker is still running its last item (which may hold the
+    executor) only becomes garbage once the item is done."""
     started = [thread for thread in threading.enumerate() if thread not in before]
     deadline = time.monotonic() + join_s
-    for thread in started:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    return [thread for thread in started if thread.is_alive()]
+    while True:
+        gc.collect()
+        alive = [thread for thread in started if thread.is_alive()]
+        remaining = deadline - time.monotonic()
+        if not alive or remaining <= 0:
+            return alive
+        alive[0].join(timeout=min(ROUND_S, remaining))
 
 
 def describe(threads: list[threading.Thread]) -> str:

@@ -4,6 +4,7 @@ joined, or that was running before, is not."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.thread_guard import describe, threads_left
 
@@ -36,6 +37,21 @@ def test_a_thread_that_ends_while_joined_is_not_left() -> None:
     timer.start()
     assert threads_left(before, join_s=30.0) == []
     assert not thread.is_alive() and not timer.is_alive()
+
+
+def test_an_executor_that_becomes_garbage_when_its_last_item_ends_is_not_left() -> None:
+    """Its worker holds the executor (through the item) until the item is done; only then is the
+    executor garbage, in a cycle that only the collector frees, and its worker ends."""
+    before = set(threading.enumerate())
+    release = threading.Event()
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    cycle["pool"] = pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="owned")
+    pool.submit(lambda held=cycle: (release.wait(), held))
+    del pool, cycle
+    timer = threading.Timer(0.05, release.set)
+    timer.start()
+    assert threads_left(before, join_s=30.0) == []
 
 
 def test_threads_running_before_are_not_counted() -> None:
