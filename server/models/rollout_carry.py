@@ -97,11 +97,11 @@ def carried_weights(
 
 
 def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
-    """A reload that does not carry `old` whole (a version it names has new files, in one
-    process): the config's weights apply, but the versions `old` rolled back that are still served
-    as they were stay rolled back (weight 0, their events kept). A rolled-back canary had come back
-    at its config's weight when the stable version was redeployed. False when none does, or when
-    nothing would be left to route."""
+    """A reload that does not carry `old` whole (a version it names has new files, or is no longer
+    served, in one process): the config's weights apply, but the versions `old` rolled back that are
+    still served as they were stay rolled back (weight 0, their events kept). A rolled-back canary
+    had come back at its config's weight when the stable version was redeployed. False when none
+    does, or when nothing would be left to route."""
     found = rollbacks_kept(old, new)
     if found is None:
         return False
@@ -110,8 +110,8 @@ def carry_rollbacks(old: ModelRollout, new: ModelRollout) -> bool:
     new.rolled_back, new.source, new.events = set(kept), "rollback", old.events
     if new.shadow is not None and new.shadow.policy.version in kept:
         stop_shadow(new)
-    log.info("rollout: model %s reloaded with new files for a version its weights name: the config's "
-             "weights, version(s) %s kept rolled back: %s", new.entry.name,
+    log.info("rollout: model %s reloaded with new files for, or without, a version its weights name: "
+             "the config's weights, version(s) %s kept rolled back: %s", new.entry.name,
              ", ".join(map(str, sorted(kept))), format_weights(weights))  # fmt: skip
     return True
 

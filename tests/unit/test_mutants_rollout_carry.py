@@ -154,7 +154,8 @@ def test_a_reload_keeping_rollbacks_routes_by_them_and_says_which_versions_stay_
     assert rollback_events(state) == [(3, "manual", "v3 failed"), (2, "manual", "v2 failed")]
     said = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert said == [
-        "rollout: model m reloaded with new files for a version its weights name: the config's weights, "
+        "rollout: model m reloaded with new files for, or without, a version its weights name: "
+        "the config's weights, "
         "version(s) 2, 3 kept rolled back: 1:40,2:0,3:0,4:20"
     ]
 
@@ -230,3 +231,29 @@ def test_the_configs_weights_with_the_kept_versions_at_zero() -> None:
     assert weights_without({2}, [1, 2], {1: 1, 2: 99}) == ({2}, {1: 1, 2: 0})
     assert weights_without({2}, [1, 2], {1: 0, 2: 100}) is None  # the others take nothing
     assert weights_without(set(), [1, 2], {1: 50, 2: 50}) is None  # none kept
+
+
+def without(entry: ModelEntry, version: int) -> ModelEntry:
+    """`entry` reloaded without `version`: the other versions kept (the same instances)."""
+    versions = {v: e for v, e in entry.versions.items() if v != version}
+    return cast(
+        ModelEntry,
+        SimpleNamespace(name="m", versions=versions, order=sorted(versions, reverse=True), state="READY"),
+    )
+
+
+def test_a_reload_without_a_weighted_version_keeps_the_rollbacks_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not only new files: a version the operator's weights name that is no longer served also ends
+    the carry whole, and the log line says either."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    two = {"traffic_weights": "1:50,2:50"}
+    rollout, entry, _ = rolled_back(two, (1, 2, 3), (2,), weights={1: 40, 2: 30, 3: 30})
+    state = rollout.state(without(entry, 3))
+    assert (state.weights, state.rolled_back, state.source) == ({1: 50, 2: 0}, {2}, "rollback")
+    said = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert said == [
+        "rollout: model m reloaded with new files for, or without, a version its weights name: "
+        "the config's weights, version(s) 2 kept rolled back: 1:50,2:0"
+    ]
