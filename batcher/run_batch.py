@@ -237,11 +237,14 @@ class BatchRunner:
 
     def _still_wanted(self, part: list[Request]) -> list[Request]:
         """The requests of `part` to run again: not answered, not gone, not past their deadline
-        (answered DEADLINE_EXCEEDED here, as a batch's expired requests are at boarding)."""
+        (answered DEADLINE_EXCEEDED here, as a batch's expired requests are at boarding). One whose
+        caller went at its deadline during the refused run counts `expired`, as at boarding."""
         now = self._clock()
         wanted = []
         for p in part:
             if is_done(p):
+                if p.handle.future.cancelled():  # its caller went meanwhile: as at boarding
+                    self._stats.expired += cut_at_deadline(p, now, self._margin)
                 continue
             if late(p.hard, now):
                 self._expire(p, "deadline exceeded while its batch was run again")

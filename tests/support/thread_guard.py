@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 # A thread that is ending (a timer just cancelled, a loop that saw its stop flag) gets this long, in
 # all, to finish before it counts as left running: ample on a loaded 2-core machine, and only spent
@@ -46,3 +47,13 @@ def describe(threads: list[threading.Thread]) -> str:
         f"{', daemon' if thread.daemon else ''})"
         for thread in threads
     )
+
+
+def shut_down_pools(backends: Iterable[object]) -> None:
+    """Shuts down the executors (a `pool` attribute) of the test backends a test used, so that their
+    workers end with it: an idle worker of one still referenced (from a cycle the collector has not
+    freed, or a task left in a closed loop) outlived its file (tests/unit/conftest.py)."""
+    for backend in backends:
+        pool = getattr(backend, "pool", None)
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=True)

@@ -30,6 +30,7 @@ from batcher import (
     TooManyRows,
 )
 from batcher.errors import InputsRefused, NotAccepting, QueueTimedOut
+from tests.support.thread_guard import shut_down_pools
 
 LONG = 5.0  # an upper bound no healthy run comes near
 
@@ -78,6 +79,7 @@ MakeBatcher = Callable[..., DynamicBatcher]
 @pytest.fixture
 async def make() -> AsyncIterator[MakeBatcher]:
     made: list[DynamicBatcher] = []
+    used: list[FakeBackend] = []
 
     def _make(
         *backends: FakeBackend, stats: ModelStats | None = None, inline_max_s: float = 0.0, **policy: Any
@@ -86,11 +88,13 @@ async def make() -> AsyncIterator[MakeBatcher]:
         b = DynamicBatcher(list(backends), pol, stats or ModelStats(), inline_max_s=inline_max_s)
         b.start()
         made.append(b)
+        used.extend(backends)
         return b
 
     yield _make
     for b in made:
         await b.stop(drain=False, timeout_s=0.1)
+    shut_down_pools(used)
 
 
 def submit(b: DynamicBatcher, rid: float, rows: int = 1, **kw: Any) -> asyncio.Task[Tensors]:
@@ -664,6 +668,7 @@ async def test_an_inline_run_past_run_timeout_s_turns_inline_runs_off() -> None:
         assert [thread == LOOP for thread in be.threads] == [False, True, True, False]
     finally:
         await b.stop(drain=False, timeout_s=0.1)
+        shut_down_pools([be])
 
 
 async def test_fast_path_with_several_instances(make: MakeBatcher) -> None:

@@ -25,6 +25,7 @@ from server.models.lazy import ModelLoads
 from server.models.manager import ModelManager
 from server.models.memory_budget import MemoryBudget
 from server.models.repository import ModelSource
+from tests.support.thread_guard import shut_down_pools
 from tests.unit.test_batcher_dynamic import BlockingBackend, result, turns_until, x
 from tests.unit.test_footprint_noise import BUDGET, MeteredManager
 from tests.unit.test_lazy_loads import Clock, model
@@ -156,3 +157,4 @@ async def test_the_batchers_share_one_exact_count_of_runs_inline_and_in_the_exec
     finally:
         for b in batchers:
             await b.stop(drain=False, timeout_s=0.1)
+        shut_down_pools(backends)

@@ -30,6 +30,7 @@ from batcher import (
 )
 from batcher.batch_io import cpu_timed
 from batcher.errors import NotAccepting
+from tests.support.thread_guard import shut_down_pools
 
 LONG = 5.0  # an upper bound no healthy run comes near
 LOOP = threading.current_thread().name
@@ -101,6 +102,7 @@ Make = Callable[..., DynamicBatcher]
 @pytest.fixture
 async def make() -> AsyncIterator[Make]:
     made: list[DynamicBatcher] = []
+    used: list[Any] = []
 
     def _make(
         *backends: Any,
@@ -116,11 +118,13 @@ async def make() -> AsyncIterator[Make]:
         if start:
             b.start()
         made.append(b)
+        used.extend(backends)
         return b
 
     yield _make
     for b in made:
         await b.stop(drain=False, timeout_s=0.1)
+    shut_down_pools(used)
 
 
 def submit(b: DynamicBatcher, rid: float, rows: int = 1, **kw: Any) -> asyncio.Task[Tensors]:

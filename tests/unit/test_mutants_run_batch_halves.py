@@ -126,6 +126,31 @@ async def test_a_request_gone_or_expired_during_the_refused_run_is_not_run_again
     assert stats.expired == 1 and stats.execution_count == 2 and stats.inference_count == 2
 
 
+@pytest.mark.parametrize(("hard", "expired"), [(10.5, 1), (30.0, 0)], ids=["at-its-deadline", "early"])
+async def test_a_caller_gone_at_its_deadline_during_the_refused_run_counts_expired(
+    hard: float, expired: int
+) -> None:
+    """Its caller cancels at 10.0 during the refused run: with a deadline of 10.5 and a 1 s margin its
+    copy of the deadline may have passed, an expiry (as at boarding and for a run never started); with
+    30.0 it left of its own accord. It had been counted nowhere."""
+    clock, stats = Clock(10.0), ModelStats()
+    run, flights = runner(clock, stats, margin=WakeMargin(fixed_s=1.0))
+    batch = batch_of([1, 1, 1, 1], hard={1: hard})
+
+    def act(ids: list[int]) -> None:
+        if ids == [1, 2, 3, 4]:
+            batch[0].handle.future.cancel()
+        refusing(3)(ids)
+
+    be = Script(act)
+    await run.run(Instance(0, be), take(flights, batch))
+    assert be.runs == [[1, 2, 3, 4], [2], [3, 4], [3], [4]]
+    assert_answered(batch[1], 2, 1)
+    assert type(error_of(batch[2])) is Refused
+    assert_answered(batch[3], 4, 1)
+    assert (stats.expired, stats.late) == (expired, 0)
+
+
 async def test_a_half_that_expired_waiting_for_a_thread_is_expired_and_the_next_half_still_runs() -> None:
     clock, stats = Clock(10.0), ModelStats()
     run, flights = runner(clock, stats)
