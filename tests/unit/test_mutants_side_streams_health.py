@@ -1,0 +1,209 @@
+"""server/protocol/side_streams.py's LimitedHealth beyond tests/unit/test_side_streams.py: `forget`
+(Check answers NOT_FOUND and a Watch SERVICE_UNKNOWN, as for a name never set; nothing during a
+graceful shutdown, whose NOT_SERVING stays), and the status a drained Watch is told last (the one
+Check answers, written only when the Watch had not written it: a service never set, or a change it
+had not seen yet because another Watch of the service held grpc_health's lock while its client did
+not read). The same stand-in context as there replaces grpc's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NoReturn
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from server.protocol.side_streams import LimitedHealth, _StatusesWritten
+from tests.unit.test_side_streams import DRAINED, NOT_SERVING, PEER, SERVING, Aborted, Context, tracker
+
+UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+WAIT_S = 30  # only a broken server waits for it
+
+
+class Client(Context):
+    """A Watch's client whose writes can be awaited one by one. From its `hold_from`-th write on
+    (1-based) it stops reading: the write waits for `release`, as grpc's does for such a client."""
+
+    def __init__(self, hold_from: int | None = None) -> None:
+        super().__init__()
+        self.hold_from = hold_from
+        self.holding = asyncio.Event()  # a write waits for `release`
+        self.release = asyncio.Event()
+        self._arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def write(self, message: Any) -> None:
+        await super().write(message)
+        self._arrived.put_nowait(message)
+        if self.hold_from is not None and len(self.written) >= self.hold_from and not self.release.is_set():
+            self.holding.set()
+            await self.release.wait()
+
+    async def next_written(self) -> Any:
+        return await asyncio.wait_for(self._arrived.get(), WAIT_S)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        await super().abort(code, details, trailing_metadata)  # grpc_health's Check gives no details
+        raise AssertionError("abort returned")
+
+
+def answers(*statuses: int) -> list[health_pb2.HealthCheckResponse]:
+    return [health_pb2.HealthCheckResponse(status=status) for status in statuses]
+
+
+async def check(health: LimitedHealth, service: str) -> int | grpc.StatusCode:
+    """The status Check answers for `service`, or the code it aborts with."""
+    client = Client()
+    try:
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), client)
+    except Aborted:
+        assert client.aborted is not None
+        return client.aborted[0]
+    return int(answer.status)
+
+
+def watch(health: LimitedHealth, service: str, client: Client) -> asyncio.Task[None]:
+    return asyncio.create_task(health.Watch(health_pb2.HealthCheckRequest(service=service), client))
+
+
+async def drained(*tasks: asyncio.Task[None]) -> None:
+    """Each task's Watch ended UNAVAILABLE by the drain."""
+    ended = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+    assert all(isinstance(end, Aborted) for end in ended), ended
+
+
+async def test_a_forgotten_service_is_answered_as_one_never_set() -> None:
+    health = LimitedHealth(tracker())
+    await health.set("mlp", SERVING)
+    await health.set("cnn", SERVING)
+    await health.forget("mlp")
+    assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
+    assert await check(health, "cnn") == SERVING  # only the name forgotten
+    assert await check(health, "") == SERVING
+    client = Client()
+    task = watch(health, "mlp", client)
+    assert await client.next_written() == answers(UNKNOWN)[0]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_forgetting_a_name_never_set_changes_nothing() -> None:
+    health = LimitedHealth(tracker())
+    await health.set("mlp", SERVING)
+    await health.forget("never")
+    await health.forget("never")
+    assert await check(health, "never") == grpc.StatusCode.NOT_FOUND
+    assert await check(health, "mlp") == SERVING
+
+
+async def test_a_name_forgotten_can_be_set_again() -> None:
+    health = LimitedHealth(tracker())
+    await health.set("mlp", NOT_SERVING)
+    await health.forget("mlp")
+    await health.forget("mlp")  # twice: the second finds nothing to drop
+    await health.set("mlp", SERVING)
+    assert await check(health, "mlp") == SERVING
+
+
+async def test_a_watch_of_a_forgotten_service_is_told_service_unknown_and_follows_the_name() -> None:
+    calls, client = tracker(), Client()
+    health = LimitedHealth(calls)
+    await health.set("mlp", SERVING)
+    task = watch(health, "mlp", client)
+    assert await client.next_written() == answers(SERVING)[0]
+    await health.forget("mlp")
+    assert await client.next_written() == answers(UNKNOWN)[0]
+    assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
+    await health.set("mlp", NOT_SERVING)  # loaded again: the watch still follows it
+    assert await client.next_written() == answers(NOT_SERVING)[0]
+    calls.finish_streams()
+    await drained(task)
+    assert client.written == answers(SERVING, UNKNOWN, NOT_SERVING)  # the last was written already
+    assert client.aborted == DRAINED
+
+
+async def test_forgetting_during_a_graceful_shutdown_leaves_not_serving() -> None:
+    calls, client = tracker(), Client()
+    health = LimitedHealth(calls)
+    await health.set("mlp", SERVING)
+    await health.set("cnn", SERVING)
+    task = watch(health, "mlp", client)
+    assert await client.next_written() == answers(SERVING)[0]
+    await health.enter_graceful_shutdown()
+    assert await client.next_written() == answers(NOT_SERVING)[0]
+    await health.forget("mlp")  # watched
+    await health.forget("cnn")  # not watched
+    await health.forget("never")
+    assert [await check(health, name) for name in ("mlp", "cnn")] == [NOT_SERVING, NOT_SERVING]
+    assert await check(health, "never") == grpc.StatusCode.NOT_FOUND
+    calls.finish_streams()
+    await drained(task)
+    assert client.written == answers(SERVING, NOT_SERVING)
+
+
+async def test_two_forgets_queued_behind_a_watch_whose_client_stopped_reading_both_end_quietly() -> None:
+    # The app schedules each health update as a task: two forgets of one name wait for the lock a
+    # Watch holds while its write waits; the first drops the name, the second finds it gone.
+    calls, client = tracker(), Client(hold_from=2)
+    health = LimitedHealth(calls)
+    await health.set("mlp", SERVING)
+    task = watch(health, "mlp", client)
+    assert await client.next_written() == answers(SERVING)[0]
+    await health.set("mlp", NOT_SERVING)
+    await asyncio.wait_for(client.holding.wait(), WAIT_S)
+    forgets = [asyncio.create_task(health.forget("mlp")) for _ in range(2)]
+    client.release.set()  # the forgets run first (asyncio runs what is ready in order), then the watch
+    await asyncio.wait_for(asyncio.gather(*forgets), WAIT_S)
+    assert await client.next_written() == answers(NOT_SERVING)[0]
+    assert await client.next_written() == answers(UNKNOWN)[0]
+    assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
+    calls.finish_streams()
+    await drained(task)
+    assert client.written == answers(SERVING, NOT_SERVING, UNKNOWN)
+
+
+async def test_a_drained_watch_of_a_service_never_set_is_told_service_unknown_once() -> None:
+    calls, client = tracker(), Client()
+    task = watch(LimitedHealth(calls), "never", client)
+    assert await client.next_written() == answers(UNKNOWN)[0]
+    calls.finish_streams()
+    await drained(task)
+    assert client.written == answers(UNKNOWN)
+    assert client.aborted == DRAINED
+
+
+@pytest.mark.parametrize(("change", "last"), [("shutdown", NOT_SERVING), ("forget", UNKNOWN)])
+async def test_a_watch_behind_one_whose_client_stopped_reading_is_told_what_it_missed_when_drained(
+    change: str, last: int
+) -> None:
+    # The stopped client's Watch holds the service's lock while its write of the change waits: the
+    # other Watch cannot see the change; the drain tells it the status Check answers, then ends it.
+    calls, stopped, reading = tracker(), Client(hold_from=2), Client()
+    health = LimitedHealth(calls)
+    await health.set("mlp", SERVING)
+    tasks = [watch(health, "mlp", stopped)]
+    assert await stopped.next_written() == answers(SERVING)[0]
+    tasks.append(watch(health, "mlp", reading))
+    assert await reading.next_written() == answers(SERVING)[0]
+    await (health.enter_graceful_shutdown() if change == "shutdown" else health.forget("mlp"))
+    await asyncio.wait_for(stopped.holding.wait(), WAIT_S)
+    assert reading.written == answers(SERVING)  # it waits for the lock
+    calls.finish_streams()
+    await drained(*tasks)
+    assert stopped.written == answers(SERVING, last)  # the write it had begun: not written again
+    assert reading.written == answers(SERVING, last)
+    assert stopped.aborted == reading.aborted == DRAINED
+    assert (calls.open_streams, calls.active) == (0, 0)
+
+
+async def test_a_watchs_context_remembers_the_last_status_written_and_passes_the_rest_through() -> None:
+    client = Client()
+    written = _StatusesWritten(client)
+    assert written.last is None  # nothing written yet
+    assert written.peer() == PEER
+    assert written.first_write is client.first_write
+    await written.write(answers(NOT_SERVING)[0])
+    await written.write(answers(SERVING)[0])
+    assert written.last == SERVING
+    assert client.written == answers(NOT_SERVING, SERVING)
