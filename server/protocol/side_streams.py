@@ -15,6 +15,7 @@ never saw NOT_SERVING.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -75,6 +76,7 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
     def __init__(self, calls: CallTracker) -> None:
         super().__init__()
         self._calls = calls
+        self._watching: Counter[str] = Counter()  # open Watches per service
 
     async def forget(self, service: str) -> None:
         """Drop `service`'s status (a model name the server forgot): Check answers NOT_FOUND and
@@ -94,7 +96,7 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
         session, written = _SideStream(), _StatusesWritten(context)
         try:
             with self._calls.stream(context.peer(), session):
-                watched = await session.until_finished(super().Watch(request, written))
+                watched = await session.until_finished(self._watch(request.service, written))
                 if watched is not None:
                     watched.result()  # it ended (raises what it raised)
                     return
@@ -107,6 +109,28 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
                 raise _drained()
         except (StreamLimitReached, ShuttingDown) as exc:
             await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE
+
+    async def _watch(self, service: str, context: _StatusesWritten) -> None:
+        """grpc_health's Watch, but the service's wait condition is dropped when its last Watch ends:
+        grpc_health 1.81 drops it when any Watch of the service ends, and the Watches still open
+        then waited on a condition nobody notified, hearing of no change until a drain (upstream
+        grpc/grpc#43403)."""
+        condition = self._server_watchers[service]
+        self._watching[service] += 1
+        last: int | None = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    if status != last:  # statuses set and set back meanwhile are not told: as grpc_health
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                    await condition.wait()
+        finally:
+            self._watching[service] -= 1
+            if not self._watching[service]:
+                del self._watching[service]
+                self._server_watchers.pop(service, None)
 
 
 class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]  # untyped

@@ -207,3 +207,23 @@ async def test_a_watchs_context_remembers_the_last_status_written_and_passes_the
     await written.write(answers(SERVING)[0])
     assert written.last == SERVING
     assert client.written == answers(NOT_SERVING, SERVING)
+
+
+async def test_a_watch_still_hears_of_changes_after_another_watch_of_its_service_ends() -> None:
+    """grpc_health 1.81 drops a service's wait condition when any Watch of it ends; the Watches still
+    open waited on a condition nobody notified, and heard of no change until the drain (upstream:
+    grpc/grpc#43403). LimitedHealth drops it when the last one ends."""
+    health = LimitedHealth(tracker())
+    await health.set("m", SERVING)
+    staying, leaving = Client(), Client()
+    stays, leaves = watch(health, "m", staying), watch(health, "m", leaving)
+    assert [await staying.next_written(), await leaving.next_written()] == answers(SERVING, SERVING)
+    leaves.cancel()  # its client went away
+    await asyncio.gather(leaves, return_exceptions=True)
+    await health.set("m", NOT_SERVING)
+    assert await staying.next_written() == answers(NOT_SERVING)[0]
+    await health.forget("m")
+    assert await staying.next_written() == answers(UNKNOWN)[0]
+    stays.cancel()
+    await asyncio.gather(stays, return_exceptions=True)
+    assert "m" not in health._server_watchers  # the last one gone: nothing kept for the name
