@@ -167,3 +167,38 @@ def test_a_run_larger_than_the_size_is_predict_faded_as_of_now() -> None:
     runs(est, 1, 0.1, at=T0)
     assert est.predict_after(1, T0 + 2.0, 2, 0.3) == pytest.approx(0.025)
     assert est.predict_after(1, T0 + 2.0, 4, 0.3) == pytest.approx(0.025)
+
+
+# -- an assumed run of a larger size: as observing it would make the figure --------------------------
+
+
+def after_observing(est: ServiceTimeEstimator, rows: int, ran: int, ran_s: float) -> float:
+    """`predict(rows, None)` once a run of `ran` rows taking `ran_s` is really seen (at T0)."""
+    runs(est, ran, ran_s, at=T0)
+    return est.predict(rows, None)
+
+
+@pytest.mark.parametrize(
+    ("seen", "rows", "ran", "ran_s"),
+    [
+        ([(1, 0.1)], 2, 4, 0.1),  # the larger run caps 2 rows (by rows 0.2): 0.1
+        ([(1, 0.1)], 2, 4, 0.5),  # a cap above the by-rows guess changes nothing: 0.2
+        ([(1, 0.1), (8, 0.15)], 2, 4, 0.12),  # nearer than the 8-row size seen: its cap replaces
+        ([(1, 0.1), (3, 0.11)], 2, 8, 0.05),  # farther than the 3-row size seen: that one still caps
+        ([(2, 0.1)], 2, 8, 0.01),  # the size's own bucket seen: its figure stands
+        ([(4, 0.1)], 2, 8, 0.01),  # nothing seen at or below: unknown, 0.0
+    ],
+)
+def test_an_assumed_larger_run_gives_the_figure_seeing_it_would(
+    seen: list[tuple[int, float]], rows: int, ran: int, ran_s: float
+) -> None:
+    """A run assumed to be larger than `rows`, in a bucket not seen, caps `rows` as the nearest larger
+    size seen would: it had been ignored (`predict` unchanged), and the wait forecast, which cuts a
+    backlog by these figures, overestimated a queue's wait (12 rows at max_batch_size 8, 1-row runs
+    of 0.1015 s: 0.533 s forecast where formation's batches took 0.320 s)."""
+    est, observed = estimator(), estimator()
+    for size, seconds in seen:
+        runs(est, size, seconds, at=T0)
+        runs(observed, size, seconds, at=T0)
+    expected = after_observing(observed, rows, ran, ran_s)
+    assert est.predict_after(rows, None, ran, ran_s) == pytest.approx(expected)
