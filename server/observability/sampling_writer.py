@@ -174,12 +174,16 @@ class SampleWriter:
 
     def close(self, timeout_s: float) -> None:
         """Write what is queued (within the timeout), then stop the thread; what it has not
-        written by then is counted lost, and the file it is writing removed."""
+        written by then (or will not: its thread died) is counted lost, and the file it is writing
+        removed."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        with self._cond:
+            unwritten = self._pending
+        # A thread that died (something not an Exception escaped a save) leaves its samples pending.
+        if self._thread.is_alive() or unwritten:
             self._abandon(timeout_s)
 
     def _abandon(self, timeout_s: float) -> None:

@@ -116,23 +116,32 @@ def test_flush_with_a_zero_timeout_does_not_wait(tmp_path: Path, writers: Writer
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_flush_on_a_dead_thread_times_out_and_close_leaves_it(tmp_path: Path, writers: Writers) -> None:
+def test_flush_on_a_dead_thread_times_out_and_close_counts_its_samples_lost(
+    tmp_path: Path, writers: Writers, caplog: pytest.LogCaptureFixture
+) -> None:
     """A thread that died (SystemExit from a save, ignored by threading's excepthook) never writes
-    what is pending: flush gives up at its timeout; close() does not wait on it."""
+    what is pending: flush gives up at its timeout; close() does not wait on it, and counts what was
+    pending lost (it had moved no counter: 0 lost, 0 written, 1 pending)."""
 
     def exits(file: IO[bytes], arrays: Mapping[str, AnyArray]) -> None:
         raise SystemExit
 
     writer = SampleWriter(tmp_path, 256 << 20, 1024, 64 << 20, save=exits, chunk_age_s=0)
     writers.writers.append(writer)
-    put_one(writer, Source())
+    source = Source()
+    put_one(writer, source)
     writer._thread.join(30)
     assert not writer._thread.is_alive()
     assert flush_elsewhere(writers, writer, 0.05) == [False]
     assert list((tmp_path / "b" / "1").iterdir()) == []  # its temporary file removed as it died
     began = time.monotonic()
-    writer.close(30)
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        writer.close(30)
     assert time.monotonic() - began < 5
+    assert (source.lost_count, source.written, writer._pending, writer._queued_bytes) == (1, 0, 0, 0)
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
+        "1 sampled requests not written within 30.0 s of shutdown: counted lost"
+    ]
 
 
 # -- close giving up (_abandon) -----------------------------------------------------------------
