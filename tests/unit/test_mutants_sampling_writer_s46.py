@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -255,11 +255,18 @@ def test_a_partial_file_of_a_running_process_is_its_writers() -> None:
     assert _writer_alive(partial_of(os.getppid()))  # another process, running
 
 
+# Names made when the test runs: this process's pid differs between pytest-xdist's workers, and a
+# parameter holding it made their collections differ.
 @pytest.mark.parametrize(
-    "name", [partial_of(os.getpid()), partial_of(999_999_999), ".samples-x.npz.tmp", partial_of("p")]
-)
-def test_a_partial_file_of_this_process_a_dead_one_or_none_is_no_writers(name: str) -> None:
-    assert not _writer_alive(name)
+    "make_name",
+    [lambda: partial_of(os.getpid()), lambda: partial_of(999_999_999), lambda: ".samples-x.npz.tmp",
+     lambda: partial_of("p")],
+    ids=["this-process", "dead", "no-pid", "not-a-pid"],
+)  # fmt: skip
+def test_a_partial_file_of_this_process_a_dead_one_or_none_is_no_writers(
+    make_name: Callable[[], str],
+) -> None:
+    assert not _writer_alive(make_name())
 
 
 def test_the_scan_leaves_a_running_writers_partial_file_and_removes_a_dead_ones(
