@@ -35,7 +35,10 @@ SHM = Path("/dev/shm")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("answer-limits")
-    write_model(repo, "filler", filler_model(repo / "filler.onnx"), None)
+    # One instance, as before Triton's default of 2 (session 45): the tests read the answers of a
+    # stream's frames in the order they were sent, which two instances could finish either way.
+    one = "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+    write_model(repo, "filler", filler_model(repo / "filler.onnx"), one)
     args = ("--model-repository", str(repo), "--max-message-bytes", str(LIMIT), "--allow-client-shm")
     with ServerProcess(*args) as process:
         yield process
