@@ -118,16 +118,14 @@ class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_he
         condition = self._server_watchers[service]
         self._watching[service] += 1
         last: int | None = None
-        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
         try:
-            while True:
-                async with condition:
-                    while (status := self._server_status.get(service, unknown)) == last:
-                        await condition.wait()
-                # Written without the lock: a client that stops reading holds up no set, forget or
-                # drain (grpc_health wrote under it). Statuses set and set back meanwhile are not told.
-                await context.write(health_pb2.HealthCheckResponse(status=status))
-                last = status
+            async with condition:
+                while True:
+                    status = self._server_status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    if status != last:  # statuses set and set back meanwhile are not told: as grpc_health
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                    await condition.wait()
         finally:
             self._watching[service] -= 1
             if not self._watching[service]:
