@@ -67,3 +67,34 @@ def test_threads_running_before_are_not_counted() -> None:
 def test_a_thread_without_a_target_is_described_as_such() -> None:
     thread = threading.Thread(name="bare")
     assert describe([thread]) == "bare (no target)"
+
+
+class _Poller:
+    """Stands in for grpc.aio's PollerCompletionQueue: its poller thread is grpc's to end."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def _poll_wrapper(self) -> None:
+        self.stop.wait()
+
+
+def test_grpcs_poller_thread_is_not_counted_but_another_of_that_name_is() -> None:
+    before = set(threading.enumerate())
+    stop = threading.Event()
+    grpcs, other = _Poller(stop), _Poller(stop)
+    type(grpcs).__module__ = "grpc._cython.cygrpc"
+    try:
+        poller = threading.Thread(target=grpcs._poll_wrapper, daemon=True)
+        poller.start()
+        assert threads_left(before, join_s=0.05) == []
+    finally:
+        type(grpcs).__module__ = __name__
+    lookalike = threading.Thread(target=other._poll_wrapper, daemon=True)
+    lookalike.start()
+    try:
+        assert threads_left(before | {poller}, join_s=0.05) == [lookalike]
+    finally:
+        stop.set()
+        poller.join()
+        lookalike.join()
