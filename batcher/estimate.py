@@ -210,19 +210,18 @@ class ServiceTimeEstimator:
         size a later batch by, if a batch the forecast assumes runs in `ran_s` does."""
         own, hypothetical = self.bucket(rows), self.bucket(ran)
         if hypothetical > own and hypothetical not in self._seen:
-            return self._capped_after(rows, now, hypothetical, ran_s)
+            return self._capped_after(rows, now, own, hypothetical, ran_s)
         nearest = next((b for b in range(own, -1, -1) if b in self._seen), -1)
         if hypothetical in self._seen or not nearest < hypothetical <= own:
             return self.predict(rows, now)
         return ran_s if hypothetical == own else min(ran_s * rows / ran, self._above(rows, now))
 
-    def _capped_after(self, rows: int, now: float | None, larger: int, ran_s: float) -> float:
+    def _capped_after(self, rows: int, now: float | None, own: int, larger: int, ran_s: float) -> float:
         """`predict_after` for a run of a larger bucket, `larger`, not seen: it caps an unseen size
         scaled by rows when it would be the nearest larger size seen (it had been ignored, and the
         wait forecast overestimated a backlog's wait: 0.533 s where formation's batches took 0.320 s)."""
         found = self._nearest(rows)
-        nearer = [b for b in self._seen if self.bucket(rows) < b < larger]
-        if found is None or found[1] or nearer:
+        if found is None or found[1] or any(own < b < larger for b in self._seen):
             return self.predict(rows, now)
         return min(self._scaled(found[0], rows, now), ran_s)
 
