@@ -18,7 +18,7 @@ import tritonclient.grpc as triton
 from tests.support.metrics_page import metrics_lines
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
-from tests.triton.test_perf_analyzer import PERF_ANALYZER, SHM, perf_analyzer
+from tests.triton.test_perf_analyzer import PERF_ANALYZER, SHM, perf_analyzer, remove_regions_left
 
 __all__ = ["perf_analyzer"]  # the fixture, imported for pytest
 pytestmark = [
@@ -71,8 +71,7 @@ def test_server_side_figures_agree_with_the_client_and_with_statistics(
                 "nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
                 "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us")}  # fmt: skip
     finally:
-        for left in set(SHM.iterdir()) - before:  # perf_analyzer exits without removing its regions
-            left.unlink(missing_ok=True)
+        remove_regions_left(before, ("features", "scores"))
 
     server_side, client_side = _SERVER.search(output), _CLIENT.search(output)
     assert server_side and client_side, output[-3000:]
