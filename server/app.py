@@ -218,11 +218,11 @@ class SluicewayServer:
         return counts is None or counts.unanswered > self.calls.active + self.message_waits.count
 
     def _set_model_health(self, name: str, ready: bool | None) -> None:
-        # Health updates are coroutines on the aio servicer: scheduled in order, not awaited. None:
-        # a name the server forgot, answered as one it never knew.
-        status = health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING
-        update = self._health.forget(name) if ready is None else self._health.set(name, status)
-        asyncio.get_running_loop().create_task(update)
+        # None: a name the server forgot, answered as one it never knew.
+        if ready is None:
+            self._health.forget(name)
+        else:
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING)
 
     async def start(self, on_listening: Callable[[int], None] | None = None) -> int:
         """Bind, start answering (live, not yet ready), load every model, then report SERVING.
@@ -240,8 +240,8 @@ class SluicewayServer:
             except OSError as exc:
                 where = f"{self.settings.metrics_host}:{self.settings.metrics_port}"
                 raise PortInUse(f"cannot serve metrics on {where}: {exc}") from None
-        await self._health.set("", _NOT_SERVING)
-        await self._health.set(SERVICE_NAME, _NOT_SERVING)
+        self._health.set("", _NOT_SERVING)
+        self._health.set(SERVICE_NAME, _NOT_SERVING)
         providers_note = setting_note(self.settings.execution_providers)
         if providers_note is not None:  # once for the server, not in every model's load warning
             log.warning("%s", providers_note)
@@ -254,8 +254,8 @@ class SluicewayServer:
             self.rollout_share.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         self.models.start_load_ended()  # ServerReady with health "": not before this
-        await self._health.set("", serving)
-        await self._health.set(SERVICE_NAME, serving)
+        self._health.set("", serving)
+        self._health.set(SERVICE_NAME, serving)
         self.metrics.views.mark_start()  # cost counts process CPU from here on
         return self.port
 
@@ -272,7 +272,7 @@ class SluicewayServer:
         self._stopping = True  # from now on new calls are answered UNAVAILABLE
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         deadline = time.monotonic() + grace  # one grace period for every step below
-        await self._health.enter_graceful_shutdown()
+        self._health.enter_graceful_shutdown()
         self.calls.finish_streams()  # stop reading; answer what was read; end with UNAVAILABLE
         # Batchers dispatch what is queued at once; at the deadline they fail what is left.
         await self.control.stop()  # no more polling or lazy loads

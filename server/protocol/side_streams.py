@@ -15,12 +15,11 @@ never saw NOT_SERVING.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.errors import ShuttingDown, StreamLimitReached
@@ -53,84 +52,112 @@ class _SideStream:
         return doing if not doing.cancelled() else None
 
 
-class _StatusesWritten:
-    """A Watch's context that remembers the last status written to it."""
+class _Watch(_SideStream):
+    """One health Watch stream: woken when its service's status changes, and by the drain."""
 
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self.last: int | None = None  # a HealthCheckResponse.ServingStatus
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
 
-    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
-        self.last = message.status  # before: a drain may cancel the write once grpc has the message
-        await self._context.write(message)
+    def finish(self, why: str = "drain") -> None:
+        super().finish(why)
+        self.changed.set()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
 
 
 def _drained() -> ShuttingDown:
     return ShuttingDown("server is shutting down: this stream is ended")
 
 
-class LimitedHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
-    def __init__(self, calls: CallTracker) -> None:
-        super().__init__()
-        self._calls = calls
-        self._watching: Counter[str] = Counter()  # open Watches per service
+_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-    async def forget(self, service: str) -> None:
+
+class LimitedHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
+    """grpc's health service (Check and Watch) over the statuses the server sets.
+
+    Not grpc_health's servicer, whose Watch writes holding its service's lock: one Watch whose
+    client stopped reading held up the service's other Watches, the next set or forget, and the
+    drain the server's stop awaits. It also dropped a service's wait condition when any one Watch
+    ended, and the others heard of no change again (grpc/grpc#43403). Here each Watch has its own
+    wake-up and writes outside any lock; a drain wakes it rather than cancelling a write, so the
+    last status it writes is one the client gets.
+    """
+
+    def __init__(self, calls: CallTracker) -> None:
+        self._calls = calls
+        # "" serves until told otherwise, as in grpc_health; the server sets it NOT_SERVING first.
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+        self._watches: dict[str, set[_Watch]] = {}  # the open Watches of each service
+        self._shutting_down = False
+
+    def set(self, service: str, status: int) -> None:
+        """`service`'s status (a HealthCheckResponse.ServingStatus); ignored once draining."""
+        if self._shutting_down:
+            return
+        self._statuses[service] = status
+        self._wake(service)
+
+    def forget(self, service: str) -> None:
         """Drop `service`'s status (a model name the server forgot): Check answers NOT_FOUND and
         a Watch SERVICE_UNKNOWN, as for a name never set; each name had been kept for good (an
         upload-only name's ~250 bytes). A drain's NOT_SERVING stays: Watches are told that last."""
-        if self._gracefully_shutting_down or service not in self._server_status:
+        if self._shutting_down or self._statuses.pop(service, None) is None:
             return
-        condition = self._server_watchers.get(service)
-        if condition is None:
-            del self._server_status[service]
-            return
-        async with condition:
-            self._server_status.pop(service, None)
-            condition.notify_all()
+        self._wake(service)
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every service NOT_SERVING, for good: later sets and forgets are ignored."""
+        self._shutting_down = True
+        for service in self._statuses:
+            self._statuses[service] = _NOT_SERVING
+            self._wake(service)
+
+    def _wake(self, service: str) -> None:
+        for watch in self._watches.get(service, ()):
+            watch.changed.set()
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        status = self._statuses.get(request.service)
+        if status is None:
+            why = f"the server has no health service {request.service!r}"
+            await context.abort(grpc.StatusCode.NOT_FOUND, why)
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        session, written = _SideStream(), _StatusesWritten(context)
+        watch = _Watch()
         try:
-            with self._calls.stream(context.peer(), session):
-                watched = await session.until_finished(self._watch(request.service, written))
-                if watched is not None:
-                    watched.result()  # it ended (raises what it raised)
-                    return
-                # The status Check answers (grpc_health's record; NOT_SERVING once draining).
-                last = self._server_status.get(
-                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-                )
-                if written.last != last:
-                    await context.write(health_pb2.HealthCheckResponse(status=last))
+            with self._calls.stream(context.peer(), watch):
+                await self._follow(request.service, watch, context)
                 raise _drained()
         except (StreamLimitReached, ShuttingDown) as exc:
             await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE
 
-    async def _watch(self, service: str, context: _StatusesWritten) -> None:
-        """grpc_health's Watch, but the service's wait condition is dropped when its last Watch ends:
-        grpc_health 1.81 drops it when any Watch of the service ends, and the Watches still open
-        then waited on a condition nobody notified, hearing of no change until a drain (upstream
-        grpc/grpc#43403)."""
-        condition = self._server_watchers[service]
-        self._watching[service] += 1
+    async def _follow(self, service: str, watch: _Watch, context: Any) -> None:
+        """Write `service`'s status each time it differs from the last one written, until the
+        drain; the status the drain left is written before it returns. Statuses set and set back
+        while a write waits are not told, as in grpc_health."""
+        self._watches.setdefault(service, set()).add(watch)
         last: int | None = None
         try:
-            async with condition:
-                while True:
-                    status = self._server_status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-                    if status != last:  # statuses set and set back meanwhile are not told: as grpc_health
-                        await context.write(health_pb2.HealthCheckResponse(status=status))
+            while True:
+                watch.changed.clear()  # before reading: a change from here on wakes the wait below
+                status = self._statuses.get(service, _UNKNOWN)
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status
-                    await condition.wait()
+                elif watch.finished:
+                    return
+                else:
+                    await watch.changed.wait()
         finally:
-            self._watching[service] -= 1
-            if not self._watching[service]:
-                del self._watching[service]
-                self._server_watchers.pop(service, None)
+            open_watches = self._watches[service]
+            open_watches.discard(watch)
+            if not open_watches:
+                del self._watches[service]
 
 
 class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]  # untyped

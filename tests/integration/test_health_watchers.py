@@ -1,7 +1,7 @@
 """Two grpc health Watches of one model over a real server: when one client goes away, the other
 still hears of the model's unload. grpc_health 1.81 dropped the service's wait condition when any
 Watch of it ended, and the Watches still open heard of no change until the server drained
-(server/protocol/side_streams.py, LimitedHealth._watch)."""
+(server/protocol/side_streams.py, LimitedHealth._follow)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """server/protocol/side_streams.py's LimitedHealth beyond tests/unit/test_side_streams.py: `forget`
 (Check answers NOT_FOUND and a Watch SERVICE_UNKNOWN, as for a name never set; nothing during a
-graceful shutdown, whose NOT_SERVING stays), and the status a drained Watch is told last (the one
-Check answers, written only when the Watch had not written it: a service never set, or a change it
-had not seen yet because another Watch of the service held grpc_health's lock while its client did
-not read). The same stand-in context as there replaces grpc's."""
+graceful shutdown, whose NOT_SERVING stays), the status a drained Watch is told last, and a Watch
+whose client stopped reading, which holds up nothing else (grpc_health's servicer wrote under the
+service's lock, and held up its other Watches, sets and forgets, and the drain). The same stand-in
+context as there replaces grpc's."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from server.protocol.side_streams import LimitedHealth, _StatusesWritten
-from tests.unit.test_side_streams import DRAINED, NOT_SERVING, PEER, SERVING, Aborted, Context, tracker
+from server.protocol.side_streams import LimitedHealth
+from tests.unit.test_side_streams import DRAINED, NOT_SERVING, SERVING, Aborted, Context, tracker
 
 UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 WAIT_S = 30  # only a broken server waits for it
@@ -74,9 +74,9 @@ async def drained(*tasks: asyncio.Task[None]) -> None:
 
 async def test_a_forgotten_service_is_answered_as_one_never_set() -> None:
     health = LimitedHealth(tracker())
-    await health.set("mlp", SERVING)
-    await health.set("cnn", SERVING)
-    await health.forget("mlp")
+    health.set("mlp", SERVING)
+    health.set("cnn", SERVING)
+    health.forget("mlp")
     assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
     assert await check(health, "cnn") == SERVING  # only the name forgotten
     assert await check(health, "") == SERVING
@@ -88,34 +88,41 @@ async def test_a_forgotten_service_is_answered_as_one_never_set() -> None:
         await task
 
 
+async def test_check_of_an_unknown_service_says_which_not_found() -> None:
+    client = Client()
+    with pytest.raises(Aborted):
+        await LimitedHealth(tracker()).Check(health_pb2.HealthCheckRequest(service="nope"), client)
+    assert client.aborted == (grpc.StatusCode.NOT_FOUND, "the server has no health service 'nope'")
+
+
 async def test_forgetting_a_name_never_set_changes_nothing() -> None:
     health = LimitedHealth(tracker())
-    await health.set("mlp", SERVING)
-    await health.forget("never")
-    await health.forget("never")
+    health.set("mlp", SERVING)
+    health.forget("never")
+    health.forget("never")
     assert await check(health, "never") == grpc.StatusCode.NOT_FOUND
     assert await check(health, "mlp") == SERVING
 
 
 async def test_a_name_forgotten_can_be_set_again() -> None:
     health = LimitedHealth(tracker())
-    await health.set("mlp", NOT_SERVING)
-    await health.forget("mlp")
-    await health.forget("mlp")  # twice: the second finds nothing to drop
-    await health.set("mlp", SERVING)
+    health.set("mlp", NOT_SERVING)
+    health.forget("mlp")
+    health.forget("mlp")  # twice: the second finds nothing to drop
+    health.set("mlp", SERVING)
     assert await check(health, "mlp") == SERVING
 
 
 async def test_a_watch_of_a_forgotten_service_is_told_service_unknown_and_follows_the_name() -> None:
     calls, client = tracker(), Client()
     health = LimitedHealth(calls)
-    await health.set("mlp", SERVING)
+    health.set("mlp", SERVING)
     task = watch(health, "mlp", client)
     assert await client.next_written() == answers(SERVING)[0]
-    await health.forget("mlp")
+    health.forget("mlp")
     assert await client.next_written() == answers(UNKNOWN)[0]
     assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
-    await health.set("mlp", NOT_SERVING)  # loaded again: the watch still follows it
+    health.set("mlp", NOT_SERVING)  # loaded again: the watch still follows it
     assert await client.next_written() == answers(NOT_SERVING)[0]
     calls.finish_streams()
     await drained(task)
@@ -126,15 +133,15 @@ async def test_a_watch_of_a_forgotten_service_is_told_service_unknown_and_follow
 async def test_forgetting_during_a_graceful_shutdown_leaves_not_serving() -> None:
     calls, client = tracker(), Client()
     health = LimitedHealth(calls)
-    await health.set("mlp", SERVING)
-    await health.set("cnn", SERVING)
+    health.set("mlp", SERVING)
+    health.set("cnn", SERVING)
     task = watch(health, "mlp", client)
     assert await client.next_written() == answers(SERVING)[0]
-    await health.enter_graceful_shutdown()
+    health.enter_graceful_shutdown()
     assert await client.next_written() == answers(NOT_SERVING)[0]
-    await health.forget("mlp")  # watched
-    await health.forget("cnn")  # not watched
-    await health.forget("never")
+    health.forget("mlp")  # watched
+    health.forget("cnn")  # not watched
+    health.forget("never")
     assert [await check(health, name) for name in ("mlp", "cnn")] == [NOT_SERVING, NOT_SERVING]
     assert await check(health, "never") == grpc.StatusCode.NOT_FOUND
     calls.finish_streams()
@@ -142,22 +149,20 @@ async def test_forgetting_during_a_graceful_shutdown_leaves_not_serving() -> Non
     assert client.written == answers(SERVING, NOT_SERVING)
 
 
-async def test_two_forgets_queued_behind_a_watch_whose_client_stopped_reading_both_end_quietly() -> None:
-    # The app schedules each health update as a task: two forgets of one name wait for the lock a
-    # Watch holds while its write waits; the first drops the name, the second finds it gone.
+async def test_a_set_and_forgets_while_a_watchs_write_waits_return_at_once_and_it_tells_the_last() -> None:
     calls, client = tracker(), Client(hold_from=2)
     health = LimitedHealth(calls)
-    await health.set("mlp", SERVING)
+    health.set("mlp", SERVING)
     task = watch(health, "mlp", client)
     assert await client.next_written() == answers(SERVING)[0]
-    await health.set("mlp", NOT_SERVING)
+    health.set("mlp", NOT_SERVING)
     await asyncio.wait_for(client.holding.wait(), WAIT_S)
-    forgets = [asyncio.create_task(health.forget("mlp")) for _ in range(2)]
-    client.release.set()  # the forgets run first (asyncio runs what is ready in order), then the watch
-    await asyncio.wait_for(asyncio.gather(*forgets), WAIT_S)
+    health.forget("mlp")  # while the write of NOT_SERVING waits for its client
+    health.forget("mlp")  # the second finds the name gone
+    assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
+    client.release.set()
     assert await client.next_written() == answers(NOT_SERVING)[0]
     assert await client.next_written() == answers(UNKNOWN)[0]
-    assert await check(health, "mlp") == grpc.StatusCode.NOT_FOUND
     calls.finish_streams()
     await drained(task)
     assert client.written == answers(SERVING, NOT_SERVING, UNKNOWN)
@@ -173,40 +178,37 @@ async def test_a_drained_watch_of_a_service_never_set_is_told_service_unknown_on
     assert client.aborted == DRAINED
 
 
-@pytest.mark.parametrize(("change", "last"), [("shutdown", NOT_SERVING), ("forget", UNKNOWN)])
-async def test_a_watch_behind_one_whose_client_stopped_reading_is_told_what_it_missed_when_drained(
+@pytest.mark.parametrize(
+    ("change", "last"), [("set", NOT_SERVING), ("shutdown", NOT_SERVING), ("forget", UNKNOWN)]
+)
+async def test_a_watch_whose_client_stopped_reading_holds_up_no_other_watch_nor_the_drain(
     change: str, last: int
 ) -> None:
-    # The stopped client's Watch holds the service's lock while its write of the change waits: the
-    # other Watch cannot see the change; the drain tells it the status Check answers, then ends it.
+    # grpc_health's Watch wrote holding its service's lock: the other Watch heard of no change, and
+    # the next set, forget or drain waited, until the stopped client read again.
     calls, stopped, reading = tracker(), Client(hold_from=2), Client()
     health = LimitedHealth(calls)
-    await health.set("mlp", SERVING)
+    health.set("mlp", SERVING)
     tasks = [watch(health, "mlp", stopped)]
     assert await stopped.next_written() == answers(SERVING)[0]
     tasks.append(watch(health, "mlp", reading))
     assert await reading.next_written() == answers(SERVING)[0]
-    await (health.enter_graceful_shutdown() if change == "shutdown" else health.forget("mlp"))
+    if change == "set":
+        health.set("mlp", NOT_SERVING)
+    else:
+        health.enter_graceful_shutdown() if change == "shutdown" else health.forget("mlp")
     await asyncio.wait_for(stopped.holding.wait(), WAIT_S)
-    assert reading.written == answers(SERVING)  # it waits for the lock
+    assert await reading.next_written() == answers(last)[0]  # while the other's write waits
     calls.finish_streams()
-    await drained(*tasks)
+    await drained(tasks[1])  # the drain ends the reading one at once
+    assert reading.aborted == DRAINED
+    assert not tasks[0].done()
+    stopped.release.set()
+    await drained(tasks[0])
     assert stopped.written == answers(SERVING, last)  # the write it had begun: not written again
     assert reading.written == answers(SERVING, last)
-    assert stopped.aborted == reading.aborted == DRAINED
+    assert stopped.aborted == DRAINED
     assert (calls.open_streams, calls.active) == (0, 0)
-
-
-async def test_a_watchs_context_remembers_the_last_status_written_and_passes_the_rest_through() -> None:
-    client = Client()
-    written = _StatusesWritten(client)
-    assert written.last is None  # nothing written yet
-    assert written.peer() == PEER
-    assert written.first_write is client.first_write
-    await written.write(answers(NOT_SERVING)[0])
-    await written.write(answers(SERVING)[0])
-    assert written.last == SERVING
-    assert client.written == answers(NOT_SERVING, SERVING)
 
 
 async def test_a_watch_still_hears_of_changes_after_another_watch_of_its_service_ends() -> None:
@@ -214,16 +216,16 @@ async def test_a_watch_still_hears_of_changes_after_another_watch_of_its_service
     open waited on a condition nobody notified, and heard of no change until the drain (upstream:
     grpc/grpc#43403). LimitedHealth drops it when the last one ends."""
     health = LimitedHealth(tracker())
-    await health.set("m", SERVING)
+    health.set("m", SERVING)
     staying, leaving = Client(), Client()
     stays, leaves = watch(health, "m", staying), watch(health, "m", leaving)
     assert [await staying.next_written(), await leaving.next_written()] == answers(SERVING, SERVING)
     leaves.cancel()  # its client went away
     await asyncio.gather(leaves, return_exceptions=True)
-    await health.set("m", NOT_SERVING)
+    health.set("m", NOT_SERVING)
     assert await staying.next_written() == answers(NOT_SERVING)[0]
-    await health.forget("m")
+    health.forget("m")
     assert await staying.next_written() == answers(UNKNOWN)[0]
     stays.cancel()
     await asyncio.gather(stays, return_exceptions=True)
-    assert "m" not in health._server_watchers  # the last one gone: nothing kept for the name
+    assert "m" not in health._watches  # the last one gone: nothing kept for the name

@@ -85,10 +85,10 @@ async def test_a_drained_watch_sees_not_serving_once_before_it_ends(shutdown_fir
     # watch wrote NOT_SERVING itself or the drain's end writes it, the client sees it once.
     calls, context = tracker(), Context()
     health = LimitedHealth(calls)
-    await health.set("mlp", SERVING)
+    health.set("mlp", SERVING)
     task = asyncio.create_task(health.Watch(health_pb2.HealthCheckRequest(service="mlp"), context))
     await asyncio.wait_for(context.first_write.wait(), 30)
-    await health.enter_graceful_shutdown()
+    health.enter_graceful_shutdown()
     if shutdown_first:  # let the watch write the change itself
         for _ in range(1000):
             if len(context.written) == 2:
