@@ -202,3 +202,12 @@ def test_an_assumed_larger_run_gives_the_figure_seeing_it_would(
         runs(observed, size, seconds, at=T0)
     expected = after_observing(observed, rows, ran, ran_s)
     assert est.predict_after(rows, None, ran, ran_s) == pytest.approx(expected)
+
+
+def test_an_assumed_larger_run_caps_the_smaller_sizes_figure_faded_as_of_now() -> None:
+    """The smaller size seen is scaled and faded as of `now` (a half-life later: half), then capped
+    by the assumed run, which is taken as just made: min(0.2 * 0.5, 0.5)."""
+    est = estimator()
+    runs(est, 1, 0.1, at=T0)
+    assert est.predict_after(2, T0 + 1.0, 4, 0.5) == pytest.approx(0.1)
+    assert est.predict_after(2, T0 + 1.0, 4, 0.05) == pytest.approx(0.05)

@@ -151,6 +151,28 @@ async def test_a_caller_gone_at_its_deadline_during_the_refused_run_counts_expir
     assert (stats.expired, stats.late) == (expired, 0)
 
 
+async def test_callers_gone_at_their_deadlines_add_to_the_expired_already_counted() -> None:
+    """Two callers gone at their deadlines during the refused run, on top of 3 expiries counted
+    before: 5 (each is added, neither replaces the count)."""
+    clock, stats = Clock(10.0), ModelStats()
+    stats.expired = 3
+    run, flights = runner(clock, stats, margin=WakeMargin(fixed_s=1.0))
+    batch = batch_of([1, 1, 1, 1], hard={1: 10.5, 2: 10.5})
+
+    def act(ids: list[int]) -> None:
+        if ids == [1, 2, 3, 4]:
+            batch[0].handle.future.cancel()
+            batch[1].handle.future.cancel()
+        refusing(3)(ids)
+
+    be = Script(act)
+    await run.run(Instance(0, be), take(flights, batch))
+    assert be.runs == [[1, 2, 3, 4], [3, 4], [3], [4]]  # the first half: both gone
+    assert type(error_of(batch[2])) is Refused
+    assert_answered(batch[3], 4, 1)
+    assert (stats.expired, stats.late) == (5, 0)
+
+
 async def test_a_half_that_expired_waiting_for_a_thread_is_expired_and_the_next_half_still_runs() -> None:
     clock, stats = Clock(10.0), ModelStats()
     run, flights = runner(clock, stats)
