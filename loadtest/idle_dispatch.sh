@@ -14,9 +14,7 @@ py=.venv/bin/python
 mkdir -p "$out"
 source loadtest/peers/launch.sh
 
-demo=$($py -m server build-demo | tail -1)
-repo=$(mktemp -d)
-trap 'cleanup; rm -rf "$repo"' EXIT
+scratch_demo_repo
 for name in wait idle; do
   mkdir -p "$repo/mlp_$name/1"
   ln -s "$demo/mlp/1/model.onnx" "$repo/mlp_$name/1/model.onnx"

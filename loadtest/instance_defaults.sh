@@ -19,9 +19,7 @@ py=.venv/bin/python
 mkdir -p "$out"
 source loadtest/peers/launch.sh
 
-demo=$($py -m server build-demo | tail -1)
-repo=$(mktemp -d)
-trap 'cleanup; rm -rf "$repo"' EXIT
+scratch_demo_repo
 declare -A max_batch=([mlp]=128 [resnet]=16)
 for model in $models; do
   for copy in default one split; do

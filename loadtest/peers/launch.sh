@@ -21,6 +21,12 @@ port_of() {  # port_of NAME PID: wait for "ready on 127.0.0.1:PORT" in its log, 
   echo "$name did not start in time" >&2; exit 1
 }
 
+scratch_demo_repo() {  # set $demo (the demo models, built if need be) and $repo (an empty folder, removed at exit); needs $py
+  demo=$($py -m server build-demo | tail -1)
+  repo=$(mktemp -d)
+  trap 'cleanup; rm -rf "$repo"' EXIT
+}
+
 rss_kib() {  # rss_kib PID: resident memory of PID and all its descendants, KiB
   local pid=$1 total=0 child
   total=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
