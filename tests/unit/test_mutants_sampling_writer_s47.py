@@ -551,3 +551,199 @@ def test_chunks_written_within_one_tick_of_the_clock_are_all_kept_in_order(
     assert widths(files) == [(1, 2), (1, 3), (1, 4)]
     assert writer.stats.files_written == 3
     assert writer.stats.bytes_on_disk == sum(path.stat().st_size for path in files)
+
+
+# -- a round's batch: what the thread takes from the queue at once ---------------------------------
+
+
+def test_a_round_takes_queued_samples_up_to_exactly_a_chunks_bytes_and_no_more(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """Samples queued while the thread is busy are taken in rounds of at most a chunk's bytes (1,024
+    here): 500 + 24 + 500 bytes fill one round exactly, the next byte waits for the next. With every
+    open chunk due at once (age 0), a version's samples taken in one round share a file, so the files
+    show the rounds: more per round let the queue's bytes pile up in open chunks, fewer split chunks."""
+    writer = harness.writer(tmp_path, max_bytes=16 * 1024, chunk_age_s=0)
+    gate_monitor = harness.monitor(held=True)
+    assert writer.put(sample(Source("g/1", gate_monitor), 1))
+    assert gate_monitor.wait_feeds(1)  # held: the next four queue up behind it
+    x, y = Source("x/1"), Source("y/1")
+    for source, size, value in [(x, 500, 0.0), (y, 24, 0.0), (x, 500, 1.0), (y, 1, 1.0)]:
+        assert writer.put(sample(source, size, value=value))
+    gate_monitor.release.set()
+    assert x.wait_written(2) and y.wait_written(2)
+    assert widths(chunk_files(tmp_path, "x/1")) == [(2, 2)]
+    assert widths(chunk_files(tmp_path, "y/1")) == [(1, 2), (1, 2)]
+    writer.close(WAIT_S)
+    assert (x.lost_count, y.lost_count, writer.stats.files_written) == (0, 0, 4)
+
+
+# -- a flush ------------------------------------------------------------------------------------------
+
+
+def test_samples_put_after_a_flush_wait_in_their_open_chunk_again(tmp_path: Path, harness: Harness) -> None:
+    """A flush writes what was queued before it, once: later samples share chunks as before (a flush
+    left standing wrote every later sample alone, and woke the thread without end)."""
+    writer = harness.writer(tmp_path)
+    monitor = harness.monitor()
+    source = Source(monitor=monitor)
+    assert writer.put(sample(source, 10))
+    assert writer.flush(WAIT_S) and source.written == 1
+    assert writer.put(sample(source, 10, value=1.0))
+    assert monitor.wait_feeds(2)
+    probe = hold_thread(harness, writer)
+    assert (source.written, len(chunk_files(tmp_path))) == (1, 1)
+    probe.release.set()
+    assert writer.put(sample(source, 10, value=2.0))
+    writer.close(WAIT_S)
+    files = chunk_files(tmp_path)
+    assert widths(files) == [(1, 2), (2, 2)]
+    with np.load(files[1]) as data:
+        assert data["out:y"][:, 0].tolist() == [1.0, 2.0]
+    assert (source.written, source.lost_count, writer.stats.files_written) == (3, 0, 3)
+
+
+# -- waking for a chunk's age ---------------------------------------------------------------------------
+
+
+class TickingClock(Clock):
+    """A clock a second later at each read: a chunk not due when the round looked is due when the
+    thread works out how long to sleep."""
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_chunk_due_by_the_time_the_thread_would_sleep_is_written_without_sleeping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, harness: Harness
+) -> None:
+    """The thread sleeps until the oldest open chunk is due and no longer: here each chunk is due as
+    it goes to sleep, so three are written one after another in well under the second a sleep of at
+    least one second each (a second late per chunk) would take three times over."""
+    monkeypatch.setattr(sampling_writer, "time", TickingClock(now=1000.0, ns=time.time_ns()))
+    writer = harness.writer(tmp_path, chunk_age_s=1.5)
+    source = Source()
+    started = time.monotonic()
+    for count in (1, 2, 3):
+        assert writer.put(sample(source, 10, value=float(count)))
+        assert source.wait_written(count)
+    assert time.monotonic() - started < 1.5
+    assert len(chunk_files(tmp_path)) == 3
+    writer.close(WAIT_S)
+
+
+class CountingClock(Clock):
+    """A still clock that counts its reads: a thread reading it without end is spinning."""
+
+    def __init__(self, now: float, ns: int) -> None:
+        super().__init__(now, ns)
+        self.reads = 0
+        self._read = threading.Condition()
+
+    def monotonic(self) -> float:
+        with self._read:
+            self.reads += 1
+            self._read.notify_all()
+        return self.now
+
+    def wait_reads(self, count: int) -> bool:
+        with self._read:
+            return self._read.wait_for(lambda: self.reads >= count, WAIT_S)
+
+
+def test_a_thread_with_a_chunk_not_yet_due_sleeps_instead_of_spinning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, harness: Harness
+) -> None:
+    """With an open chunk an hour from due and nothing put, the thread sleeps (a sampling server
+    otherwise burns a core between requests): after its round it reads the clock a few times, then
+    not again until woken (here by the next probe put)."""
+    clock = CountingClock(now=1000.0, ns=time.time_ns())
+    monkeypatch.setattr(sampling_writer, "time", clock)
+    writer = harness.writer(tmp_path)
+    monitor = harness.monitor()
+    source = Source(monitor=monitor)
+    assert writer.put(sample(source, 10))
+    assert monitor.wait_feeds(1)
+    probe = hold_thread(harness, writer)
+    before = clock.reads
+    probe.release.set()
+    assert clock.wait_reads(before + 2)  # the round done: its chunks due or not, then how long to sleep
+    later = hold_thread(harness, writer)
+    assert clock.reads - before < 10
+    later.release.set()
+    writer.close(WAIT_S)
+    assert (source.written, source.lost_count) == (1, 0)
+
+
+# -- the scan at start ----------------------------------------------------------------------------------
+
+
+def test_the_scan_counts_earlier_chunks_when_another_worker_removed_a_partial_file_first(
+    tmp_path: Path, harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers starting together scan the same root: a dead writer's partial file removed by another
+    between this scan's listing and its removal is no error; the earlier chunks are still counted (the
+    bound kept), nothing logged."""
+    directory = tmp_path / "b" / "1"
+    directory.mkdir(parents=True)
+    (directory / f".samples-00000000000000000001-{os.getpid()}-000001.npz.tmp").write_bytes(b"partial")
+    earlier = directory / f"samples-00000000000000000002-{os.getpid()}-000001.npz"
+    earlier.write_bytes(b"x" * 10_000)
+
+    class RacedRoot(type(tmp_path)):  # type: ignore[misc]
+        def glob(self, pattern: str) -> Iterator[Path]:
+            found = list(super().glob(pattern))
+            if pattern.endswith(".tmp"):
+                for path in found:  # the other worker's scan, just before this one's
+                    path.unlink()
+            return iter(found)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        writer = harness.writer(RacedRoot(tmp_path), max_bytes=20_000)
+        source = Source()
+        assert writer.put(sample(source, 10))
+        writer.close(WAIT_S)
+    assert messages(caplog) == []
+    files = chunk_files(tmp_path)
+    assert earlier in files and len(files) == 2
+    assert writer.stats.bytes_on_disk == sum(path.stat().st_size for path in files)
+    assert list(directory.glob(".*")) == []
+
+
+def test_the_oldest_earlier_chunk_is_removed_first_whichever_versions_it_is(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """Chunks left by an earlier run are removed oldest first by the time in their names, across
+    every version's directory: not a/1's newer chunk because its directory sorts first."""
+    newer = tmp_path / "a" / "1" / f"samples-00000000000000000002-{os.getpid()}-000001.npz"
+    older = tmp_path / "b" / "1" / f"samples-00000000000000000001-{os.getpid()}-000001.npz"
+    for path in (newer, older):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x" * 10_000)
+    writer = harness.writer(tmp_path, max_bytes=20_000)
+    source = Source("c/1")
+    assert writer.put(sample(source, 10))
+    writer.close(WAIT_S)
+    assert newer.exists() and not older.exists()
+    assert (writer.stats.files_removed, source.written, len(chunk_files(tmp_path, "c/1"))) == (1, 1, 1)
+
+
+def test_a_root_that_cannot_be_scanned_is_logged_naming_it_and_samples_still_written(
+    tmp_path: Path, harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreadable sample directory at start: one warning naming it (the bound then counts only
+    this run's chunks), and sampling goes on."""
+
+    class UnreadableRoot(type(tmp_path)):  # type: ignore[misc]
+        def glob(self, pattern: str) -> Iterator[Path]:
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    root = UnreadableRoot(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        writer = harness.writer(root)
+        source = Source()
+        assert writer.put(sample(source, 10))
+        writer.close(WAIT_S)
+    assert messages(caplog) == [(logging.WARNING, f"could not scan {tmp_path} for earlier samples")]
+    assert (source.written, source.lost_count, len(chunk_files(tmp_path))) == (1, 0, 1)
