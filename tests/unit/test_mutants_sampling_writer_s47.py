@@ -606,33 +606,6 @@ def test_samples_put_after_a_flush_wait_in_their_open_chunk_again(tmp_path: Path
 # -- waking for a chunk's age ---------------------------------------------------------------------------
 
 
-class TickingClock(Clock):
-    """A clock a second later at each read: a chunk not due when the round looked is due when the
-    thread works out how long to sleep."""
-
-    def monotonic(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def test_a_chunk_due_by_the_time_the_thread_would_sleep_is_written_without_sleeping(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, harness: Harness
-) -> None:
-    """The thread sleeps until the oldest open chunk is due and no longer: here each chunk is due as
-    it goes to sleep, so three are written one after another in well under the second a sleep of at
-    least one second each (a second late per chunk) would take three times over."""
-    monkeypatch.setattr(sampling_writer, "time", TickingClock(now=1000.0, ns=time.time_ns()))
-    writer = harness.writer(tmp_path, chunk_age_s=1.5)
-    source = Source()
-    started = time.monotonic()
-    for count in (1, 2, 3):
-        assert writer.put(sample(source, 10, value=float(count)))
-        assert source.wait_written(count)
-    assert time.monotonic() - started < 1.5
-    assert len(chunk_files(tmp_path)) == 3
-    writer.close(WAIT_S)
-
-
 class CountingClock(Clock):
     """A still clock that counts its reads: a thread reading it without end is spinning."""
 
