@@ -282,3 +282,58 @@ def test_the_askers_own_rows_are_never_dropped() -> None:
 def test_an_empty_backlog_with_no_instance_is_no_wait() -> None:
     """No rows and nothing running: 0.0, a number admission can compare."""
     assert backlog(0, [], costs(lambda n: 0.1, lambda n: 0.1), None) == 0.0
+
+
+# -- backlog: deadlines, rounds and the figure formation reads after a batch ----------------------
+
+
+def test_from_the_askers_deadline_on_the_rest_is_full_batches() -> None:
+    """Once the instance is free only at the asker's deadline, no cut applies: the figure sizes the
+    wait in full batches (exactly at the deadline counts as past it)."""
+    c = costs(lambda n: 0.125, lambda n: 0.125 * n)
+    # Free at 500 ms, the asker due at 500 ms: its 3 rows in one 125 ms batch (cut, they were 3).
+    assert backlog(3, [0.5], c, 0.5, 0.5) == pytest.approx(0.625)
+
+
+def test_a_deadline_for_the_oldest_alone_cuts_nothing() -> None:
+    """Without the asker's deadline there is no cut, whatever the oldest's: full batches."""
+    assert backlog(4, [0.0], costs(lambda n: 0.125, lambda n: 0.125 * n), None, 0.25) == pytest.approx(0.125)
+
+
+def test_a_request_is_never_split_into_rounds_of_one_row_batches() -> None:
+    """With preferred size 1 (batches of 1), the asker's 2-row request still runs whole, once."""
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(1,))
+    c = Costs(lambda n: backlog_rows(n, policy), lambda n: 0.125, lambda n, ran: 0.125, 0.0)
+    assert backlog(2, [0.0], c, None, None, last=2) == pytest.approx(0.125)
+
+
+def test_after_full_batches_formation_cuts_by_its_figure_after_them() -> None:
+    """Formation's figure for 2 rows is 125 ms before any batch, 500 ms once one has run: the batch
+    after the full ones is cut by the latter."""
+    policy = BatchingPolicy(max_batch_size=2)
+    c = Costs(
+        lambda n: backlog_rows(n, policy),
+        lambda n: 0.125,
+        lambda n, ran: (0.0625 if ran is None else 0.25) * n,
+        0.0,
+    )
+    # All due at 750 ms; free at 125 ms. Two full batches of 2 (to 375 ms); then 2 rows by 500 ms
+    # would end at 875 ms: 1 row (to 500 ms), then the asker's (to 625 ms).
+    assert backlog(6, [0.125], c, 0.75) == pytest.approx(0.625)
+
+
+def test_formation_sizes_by_the_largest_batch_assumed_run_not_the_latest() -> None:
+    """Formation's figure for sizes up to the largest batch run is that batch's (500 ms here), by rows
+    (62.5 ms a row) above it: a smaller batch running later does not make 2 rows cheap again."""
+    policy = BatchingPolicy(max_batch_size=2)
+    c = Costs(
+        lambda n: backlog_rows(n, policy),
+        lambda n: 0.125 * n,
+        lambda n, ran: 0.0625 * n if ran is None or n > ran[0] else 0.5,
+        0.0,
+    )
+    # Two instances free at 250 and 750 ms; all 7 rows due at 750 ms. 250 ms: 2 rows (125 ms by rows)
+    # to 500 ms. 500 ms: 2 rows now read 500 ms: 1 row, to 625 ms. 625 ms: again 1 row, to 750 ms.
+    # From 750 ms (the deadline) full batches: 2 rows to 1 s on one, then the asker's row on the
+    # other, 750 + 125 ms.
+    assert backlog(7, [0.25, 0.75], c, 0.75) == pytest.approx(0.875)
