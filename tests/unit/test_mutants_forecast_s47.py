@@ -337,3 +337,20 @@ def test_formation_sizes_by_the_largest_batch_assumed_run_not_the_latest() -> No
     # From 750 ms (the deadline) full batches: 2 rows to 1 s on one, then the asker's row on the
     # other, 750 + 125 ms.
     assert backlog(7, [0.25, 0.75], c, 0.75) == pytest.approx(0.875)
+
+
+def test_full_batches_are_taken_at_once_only_where_formation_would_still_form_them() -> None:
+    """Rounds of full batches skip formation's cut: only while its figure after the batches already
+    assumed run (here 562.5 ms for 2 rows, not 125 ms by rows) still ends them by their deadlines."""
+    policy = BatchingPolicy(max_batch_size=2)
+    c = Costs(
+        lambda n: backlog_rows(n, policy),
+        lambda n: 0.25 * n,
+        lambda n, ran: 0.0625 * n if ran is None or n > ran[0] else ran[1] + 0.0625,
+        0.0,
+        lambda n: 0.0625,
+    )
+    # Deadlines 750 ms + 125 ms a row (the asker's 1.5 s); free at 500 ms. 2 rows to 1 s; the row due
+    # at 1 s is dropped (its floor would end at 1.0625 s); 1 row (2 by 562.5 ms end late) to 1.25 s;
+    # the row due at 1.25 s dropped; 1 row to 1.5 s; the asker's row from its deadline: 1.75 s.
+    assert backlog(7, [0.5], c, 1.5, 0.75) == pytest.approx(1.75)
