@@ -255,9 +255,21 @@ def _dql_blocker(
 
 
 def _free_prefix(graph: onnx.GraphProto) -> str:
-    names = {init.name for init in graph.initializer} | {out for node in graph.node for out in node.output}
+    names = _names(graph)
     prefix, number = f"{PREFIX}/", 1
     while any(name.startswith(prefix) for name in names):
         number += 1
         prefix = f"{PREFIX}{number}/"
     return prefix
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name `graph` and its subgraphs define. Inputs too: an initializer named as an input
+    is only its default (the client's value wins); a subgraph's name again outside breaks SSA."""
+    names = {init.name for init in graph.initializer} | {value.name for value in graph.input}
+    for node in graph.node:
+        names.update(node.output)
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= _names(body)
+    return names
