@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from server.backends.row_quantization import make_per_row
+from server.backends.row_quantization import _free_prefix, make_per_row
 from server.backends.row_quantization_nodes import RowNodes
 from tests.unit.test_mutants_row_quantization import M, quantized, rows
 
@@ -140,3 +140,38 @@ def test_a_name_made_inside_a_subgraph_moves_the_added_names_to_the_next_prefix(
         np.testing.assert_array_equal(batched[i], alone[i], err_msg=f"row {i}")
     added = [t.name for t in graph.initializer if t.name.startswith("sluiceway_rowq")]
     assert added and all(name.startswith("sluiceway_rowq2/0/") for name in added), added
+
+
+def _with_body(graph: onnx.GraphProto, attribute: onnx.AttributeProto) -> onnx.GraphProto:
+    graph.node.append(helper.make_node("Custom", [], ["custom_out"], domain="example"))
+    graph.node[-1].attribute.append(attribute)
+    return graph
+
+
+def test_the_names_of_every_graph_in_a_graphs_attribute_count_as_taken() -> None:
+    # A list of graphs (AttributeProto.GRAPHS, as a custom op may carry): each one's names are
+    # looked at, not only a single graph attribute's (`[attr.g]` for every attribute missed them).
+    inner = _branch(3)
+    attribute = helper.make_attribute("bodies", [_branch(4), inner])
+    assert attribute.type == onnx.AttributeProto.GRAPHS
+    graph = _with_body(helper.make_graph([], "g", [], []), attribute)
+    assert _free_prefix(graph) == "sluiceway_rowq2/"
+
+
+def test_a_subgraphs_names_add_to_those_already_found_outside_it() -> None:
+    # The input under the prefix is found first, then a branch with no such name: the branch's
+    # names join the set (replacing it with them forgot the input, and the prefix seemed free).
+    graph = helper.make_graph(
+        [],
+        "g",
+        [helper.make_tensor_value_info("sluiceway_rowq/0/zero", TensorProto.FLOAT, [])],
+        [],
+    )
+    plain = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(1.0, np.float32)))],
+        "plain",
+        [],
+        [helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
+    )
+    graph = _with_body(graph, helper.make_attribute("body", plain))
+    assert _free_prefix(graph) == "sluiceway_rowq2/"
