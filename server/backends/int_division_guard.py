@@ -40,8 +40,9 @@ from onnx import TensorProto, helper, inliner, shape_inference
 
 from batcher.log_ration import Ration, rationed
 from batcher.types import Array
+from server.backends.graph_names import free_prefix, graphs
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
-from server.backends.int_division_rewrite import GuardUnavailable, Scope, graphs, has_division, rewrite_graph
+from server.backends.int_division_rewrite import GuardUnavailable, Scope, has_division, rewrite_graph
 from server.backends.int_division_scan import may_divide
 from server.errors import ModelRefusedInput
 
@@ -133,7 +134,9 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
         raise GuardUnavailable(
             f"opset {opset} is older than the guard's nodes (opset {MIN_OPSET} or newer is needed)"
         )
-    flags = rewrite_graph(graph, _inferred(model), Scope(), _free_prefix(graph), where=opset >= WHERE_OPSET)
+    flags = rewrite_graph(
+        graph, _inferred(model), Scope(), free_prefix(graph, RESERVED_PREFIX[:-1]), where=opset >= WHERE_OPSET
+    )
     if not flags:
         return None
     graph.output.extend(helper.make_tensor_value_info(f.name, TensorProto.INT64, []) for f in flags)
@@ -164,26 +167,6 @@ def _divides(function: onnx.FunctionProto) -> bool:
 
 def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def _free_prefix(graph: onnx.GraphProto) -> str:
-    """RESERVED_PREFIX, or RESERVED_PREFIX with a number where the model already names things so
-    (giving up there had left the model unguarded: a zero from a client still ended the server)."""
-    names = {name for g in graphs(graph) for name in _names(g)}
-    prefix, number = RESERVED_PREFIX, 1
-    while any(name.startswith(prefix) for name in names):
-        number += 1
-        prefix = f"{RESERVED_PREFIX[:-1]}{number}/"
-    return prefix
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    names.update(init.name for init in graph.initializer)
-    for node in graph.node:
-        names.update(node.output)
-        names.add(node.name)
-    return names
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:

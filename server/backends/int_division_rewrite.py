@@ -13,12 +13,12 @@ defines the same name itself (a body input named as an outer constant is not tha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx
 from onnx import TensorProto, helper
 
+from server.backends.graph_names import graphs
 from server.backends.int_division_nodes import INTEGERS, guard_nodes, is_division, safe_constant
 
 Constant = onnx.TensorProto | onnx.AttributeProto
@@ -44,15 +44,6 @@ class Scope:
 
     types: dict[str, int] = field(default_factory=dict)
     constants: dict[str, Constant] = field(default_factory=dict)
-
-
-def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph in it, at any depth."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                yield from graphs(sub)
 
 
 def has_division(graph: onnx.GraphProto) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import onnx
 
+from server.backends.graph_names import free_prefix
 from server.backends.int_division_scan import may_hold
 from server.backends.row_quantization_nodes import RowNodes
 
@@ -103,7 +104,7 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
         for slot, name in enumerate(node.input):
             users.setdefault(name, []).append((index, slot))
     outputs = {v.name for v in graph.output}
-    prefix = _free_prefix(graph)
+    prefix = free_prefix(graph, PREFIX)
     replaced: dict[int, list[onnx.NodeProto]] = {}  # a matmul's index -> the nodes that replace it
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(old):
@@ -252,24 +253,3 @@ def _dql_blocker(
         if (why := _weights_blocker(user, 1, b_zero, weights)) is not None:
             return why
     return None
-
-
-def _free_prefix(graph: onnx.GraphProto) -> str:
-    names = _names(graph)
-    prefix, number = f"{PREFIX}/", 1
-    while any(name.startswith(prefix) for name in names):
-        number += 1
-        prefix = f"{PREFIX}{number}/"
-    return prefix
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name `graph` and its subgraphs define. Inputs too: an initializer named as an input
-    is only its default (the client's value wins); a subgraph's name again outside breaks SSA."""
-    names = {init.name for init in graph.initializer} | {value.name for value in graph.input}
-    for node in graph.node:
-        names.update(node.output)
-        for attr in node.attribute:
-            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                names |= _names(body)
-    return names

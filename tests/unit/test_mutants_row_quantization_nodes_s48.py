@@ -26,7 +26,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from server.backends.row_quantization import _free_prefix, make_per_row
+from server.backends.graph_names import free_prefix
+from server.backends.row_quantization import PREFIX, make_per_row
 from server.backends.row_quantization_nodes import RowNodes
 from tests.unit.test_mutants_row_quantization import M, quantized, rows
 
@@ -155,7 +156,7 @@ def test_the_names_of_every_graph_in_a_graphs_attribute_count_as_taken() -> None
     attribute = helper.make_attribute("bodies", [_branch(4), inner])
     assert attribute.type == onnx.AttributeProto.GRAPHS
     graph = _with_body(helper.make_graph([], "g", [], []), attribute)
-    assert _free_prefix(graph) == "sluiceway_rowq2/"
+    assert free_prefix(graph, PREFIX) == "sluiceway_rowq2/"
 
 
 def test_a_subgraphs_names_add_to_those_already_found_outside_it() -> None:
@@ -174,4 +175,4 @@ def test_a_subgraphs_names_add_to_those_already_found_outside_it() -> None:
         [helper.make_tensor_value_info("k", TensorProto.FLOAT, [])],
     )
     graph = _with_body(graph, helper.make_attribute("body", plain))
-    assert _free_prefix(graph) == "sluiceway_rowq2/"
+    assert free_prefix(graph, PREFIX) == "sluiceway_rowq2/"
