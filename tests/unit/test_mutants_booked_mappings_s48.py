@@ -18,41 +18,20 @@ import pytest
 
 from server.errors import RegionNotFound
 from server.protocol import shm_workers
-from server.protocol.shm_book import REFRESH_S, system_book
+from server.protocol.shm_book import REFRESH_S
 from server.protocol.shm_book import adopt as adopt_entry
-from server.protocol.shm_workers import WorkersRegistry
-
-Worker = Callable[..., WorkersRegistry]
+from tests.support.workers_registry import Worker, client_objects, registries
 
 
 @pytest.fixture
 def objects(tmp_path: Path) -> Path:
-    """The clients' objects, each 64 bytes of its own digit: /o1 is 1s, /o2 2s, /o3 3s."""
-    (tmp_path / "objects").mkdir()
-    for digit in (1, 2, 3):
-        (tmp_path / "objects" / f"o{digit}").write_bytes(bytes([digit]) * 64)
-    return tmp_path / "objects"
+    return client_objects(tmp_path)
 
 
 @pytest.fixture
 def worker(objects: Path, tmp_path: Path) -> Iterator[Worker]:
-    (tmp_path / "share").mkdir()
-    made: list[WorkersRegistry] = []
-
-    def make(max_regions: int = 8) -> WorkersRegistry:
-        registry = WorkersRegistry(
-            system_book(tmp_path / "share"),
-            allowed=True,
-            max_regions=max_regions,
-            max_bytes=1 << 20,
-            directory=objects,
-        )
-        made.append(registry)
-        return registry
-
-    yield make
-    for registry in made:
-        registry.close()
+    with registries(objects, tmp_path / "share") as make:
+        yield make
 
 
 def meanwhile(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[], None]) -> None:

@@ -11,7 +11,7 @@ wrapped `shm_workers.adopt`), so each interleaving is exact."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +21,19 @@ from server.errors import SharedMemoryLimit
 from server.protocol import shm_workers
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_book import adopt as adopt_entry
-from server.protocol.shm_book import system_book
 from server.protocol.shm_regions import Region
-from server.protocol.shm_workers import WorkersRegistry
-
-Worker = Callable[..., WorkersRegistry]
+from tests.support.workers_registry import Worker, client_objects, registries
 
 
 @pytest.fixture
 def objects(tmp_path: Path) -> Path:
-    """The clients' objects, each 64 bytes of its own digit: /o1 is 1s, /o2 2s, /o3 3s."""
-    (tmp_path / "objects").mkdir()
-    for digit in (1, 2, 3):
-        (tmp_path / "objects" / f"o{digit}").write_bytes(bytes([digit]) * 64)
-    return tmp_path / "objects"
+    return client_objects(tmp_path)
 
 
 @pytest.fixture
 def worker(objects: Path, tmp_path: Path) -> Iterator[Worker]:
-    (tmp_path / "share").mkdir()
-    made: list[WorkersRegistry] = []
-
-    def make(max_regions: int = 8) -> WorkersRegistry:
-        registry = WorkersRegistry(
-            system_book(tmp_path / "share"),
-            allowed=True,
-            max_regions=max_regions,
-            max_bytes=1 << 20,
-            directory=objects,
-        )
-        made.append(registry)
-        return registry
-
-    yield make
-    for registry in made:
-        registry.close()
+    with registries(objects, tmp_path / "share") as make:
+        yield make
 
 
 @pytest.fixture
