@@ -1,11 +1,13 @@
 """What a DynamicBatcher unit test runs it against: a settable clock, an async backend whose runs
-wait at a gate the test opens (a run held without timing anything), batchers stopped at the test's
-end, and a wait of loop turns (no timed sleep) for a submitted task to reach the queue."""
+wait at a gate the test opens (a run held without timing anything), the base of the blocking
+backends' fakes, batchers stopped at the test's end, and a wait of loop turns (no timed sleep) for
+a submitted task to reach the queue."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +40,22 @@ class Gated:
         self.started.set()
         await self.gate.wait()
         return {"y": inputs["x"] * 2}
+
+
+class OnPool:
+    """What every RunsBlocking fake shares: its own one-thread executor (`pool`; the test shuts it
+    down) and the async `run` of the Backend protocol, never the one called. Subclasses answer in
+    `run_blocking`."""
+
+    def __init__(self, name: str) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self.pool
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        raise AssertionError("a RunsBlocking backend is run through run_blocking")
 
 
 MakeBatcher = Callable[..., DynamicBatcher]

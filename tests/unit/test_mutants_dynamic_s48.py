@@ -11,7 +11,6 @@ import logging
 import threading
 import types
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,24 +18,17 @@ import pytest
 import batcher.watchdog as watchdog_module
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
 from batcher.errors import DeadlineExceeded, QueueFull
-from tests.support.batcher_fakes import Clock, Gated, turns_until
+from tests.support.batcher_fakes import Clock, Gated, OnPool, turns_until
 
 
-class OnThreads:
+class OnThreads(OnPool):
     """A RunsBlocking backend answering y = 2 * x; `inline` records, per run, whether it ran on the
     event loop's thread."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-threads")
+        super().__init__("on-threads")
         self.loop_thread = threading.get_ident()
         self.inline: list[bool] = []
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self.pool
-
-    async def run(self, inputs: Tensors) -> Tensors:  # the Backend protocol; unused
-        raise AssertionError("a RunsBlocking backend is run through run_blocking")
 
     def run_blocking(self, inputs: Tensors) -> Tensors:
         self.inline.append(threading.get_ident() == self.loop_thread)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,27 +22,21 @@ import pytest
 from batcher.errors import InstanceClosed
 from batcher.types import Tensors
 from batcher.watchdog import Instance, Watchdog, _start_signal
+from tests.support.batcher_fakes import OnPool
 
 LONG = 5.0  # an upper bound no healthy wait comes near
 
 
-class Queued:
+class Queued(OnPool):
     """A RunsBlocking backend that queues its batches (RunsBlockingBefore), answering y = 2 * x: it
     records the `started` it is handed, waits for `turn`, then calls `started` (when given)."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queued")
+        super().__init__("queued")
         self.turn = threading.Event()
         self.turn.set()
         self.waiting = threading.Event()
         self.handed: list[Callable[[], None] | None] = []
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self.pool
-
-    async def run(self, inputs: Tensors) -> Tensors:  # the Backend protocol; unused
-        raise AssertionError("a RunsBlocking backend is run through run_blocking")
 
     def run_blocking(self, inputs: Tensors) -> Tensors:
         return {"y": inputs["x"] * 2}
@@ -59,19 +52,12 @@ class Queued:
         return self.run_blocking(inputs)
 
 
-class Plain:
+class Plain(OnPool):
     """A RunsBlocking backend that does not queue (no `run_blocking_before`): y = 2 * x."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain")
+        super().__init__("plain")
         self.runs = 0
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self.pool
-
-    async def run(self, inputs: Tensors) -> Tensors:  # the Backend protocol; unused
-        raise AssertionError("a RunsBlocking backend is run through run_blocking")
 
     def run_blocking(self, inputs: Tensors) -> Tensors:
         self.runs += 1
