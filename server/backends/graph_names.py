@@ -1,6 +1,7 @@
-"""The names an ONNX graph already holds, for the rewrites that add tensors and nodes of their own
-(the integer-division guard, the per-row quantization): they name theirs under a prefix that no
-name of the model begins with, at any depth."""
+"""What the rewrites that add nodes of their own (the integer-division guard, the per-row
+quantization) read of a model first: the names it already holds, at any depth (they name theirs
+under a prefix that none begins with), and the opset of ONNX's own operators, as onnxruntime reads
+it (their nodes' form depends on it)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,10 @@ def free_prefix(graph: onnx.GraphProto, base: str) -> str:
         number += 1
         prefix = f"{base}{number}/"
     return prefix
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The opset of ONNX's own operators: the last import of "" or "ai.onnx" (one domain, two
+    spellings; onnxruntime keeps the last, and so must the nodes added for it), None without one."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return versions[-1] if versions else None

@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, inliner, shape_inference
 
 from batcher.log_ration import Ration, rationed
 from batcher.types import Array
-from server.backends.graph_names import free_prefix, graphs
+from server.backends.graph_names import default_opset, free_prefix, graphs
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, has_division, rewrite_graph
 from server.backends.int_division_scan import may_divide
@@ -166,7 +166,9 @@ def _divides(function: onnx.FunctionProto) -> bool:
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    """As onnxruntime reads it; 1 without an import (refused as too old)."""
+    opset = default_opset(model)
+    return 1 if opset is None else opset
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:

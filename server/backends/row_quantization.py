@@ -31,7 +31,7 @@ from pathlib import Path
 
 import onnx
 
-from server.backends.graph_names import free_prefix
+from server.backends.graph_names import default_opset, free_prefix
 from server.backends.int_division_scan import may_hold
 from server.backends.row_quantization_nodes import RowNodes
 
@@ -92,7 +92,7 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
     done = RowQuantization()
     done.kept.extend(f"{_named(n)} (fused; not rewritten)" for n in graph.node if n.op_type in KEPT_FUSED)
     done.kept.extend(_inside_subgraphs(graph))
-    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), None)
+    opset = default_opset(model)
     if opset is None:  # custom-domain ops alone: the rewrite's ops need the standard domain, and
         # onnxruntime reads a missing import as its newest opset (ReduceMin's `axes` then an input)
         opset = ADDED_OPSET
