@@ -112,16 +112,22 @@ async def test_a_turn_refused_for_a_full_queue_hints_when_the_work_there_drains(
 # about a millionth of what it was. Read "as last seen" (`now=None`) it is the full second.
 
 
+def started_after_a_slow_run(rows: int) -> tuple[Clock, Gated, DynamicBatcher]:
+    """A started batcher whose estimator saw a run of `rows` rows take 1 s, 100 s ago."""
+    clock = Clock(100.0)
+    gate = Gated(gate_open=True)
+    b = DynamicBatcher([gate], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
+    b.estimator.observe(rows, 1.0, clock.now)
+    clock.now += 100.0
+    b.start()
+    return clock, gate, b
+
+
 async def test_a_request_is_not_dropped_on_a_run_long_faded() -> None:
     """A run of 1 row took 1 s, 100 s ago; a request with 0.5 s left is admitted and run (what runs
     seen prove a run takes fades, as admission's figure does). Formation dropping on the unfaded
     floor (`predict_floor(now=None)`) answered it DEADLINE_EXCEEDED unrun."""
-    clock = Clock(100.0)
-    gate = Gated(gate_open=True)
-    b = DynamicBatcher([gate], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
-    b.estimator.observe(1, 1.0, clock.now)
-    clock.now += 100.0
-    b.start()
+    clock, gate, b = started_after_a_slow_run(1)
     try:
         out = await b.submit(x(3.0), 1, deadline=clock.now + 0.5)
     finally:
@@ -134,12 +140,7 @@ async def test_a_request_joins_a_batch_whose_size_ran_slowly_long_ago() -> None:
     left: on the faded prediction a batch of both ends in time, so they run as one. Formation
     predicting "as last seen" (`predict(now=None)`) cut the batch before the second (1 s > 0.5 s):
     two runs of 1 row."""
-    clock = Clock(100.0)
-    gate = Gated(gate_open=True)
-    b = DynamicBatcher([gate], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
-    b.estimator.observe(2, 1.0, clock.now)
-    clock.now += 100.0
-    b.start()
+    clock, gate, b = started_after_a_slow_run(2)
     try:
         # Both queued before the dispatcher forms (tasks run in order, its wake-up after them).
         first = asyncio.ensure_future(b.submit(x(1.0), 1, deadline=clock.now + 0.5))

@@ -11,7 +11,13 @@ from batcher.form import Pending, cannot_finish, form_batch, target_rows
 from batcher.types import BatchingPolicy, TimeoutAction
 
 
-def req(seq: int, *, hard: float | None = None, policy_deadline: float | None = None) -> Pending[int]:
+def req(
+    seq: int,
+    *,
+    hard: float | None = None,
+    policy_deadline: float | None = None,
+    reject_at: float | None = None,
+) -> Pending[int]:
     return Pending(
         inputs={"x": np.zeros((1, 2), np.float32)},
         rows=1,
@@ -21,6 +27,7 @@ def req(seq: int, *, hard: float | None = None, policy_deadline: float | None = 
         handle=seq,
         hard=hard,
         policy_deadline=policy_deadline,
+        reject_at=reject_at,
     )
 
 

@@ -4,28 +4,8 @@ and a queue-policy REJECT timeout reached exactly now."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
-from batcher.form import Pending, alone_reason, backlog_rows, form_batch
-from batcher.types import BatchingPolicy
-
-
-def req(seq: int, *, reject_at: float | None = None) -> Pending[int]:
-    return Pending(
-        inputs={"x": np.zeros((1, 2), np.float32)},
-        rows=1,
-        priority=1,
-        arrival=0.0,
-        seq=seq,
-        handle=seq,
-        reject_at=reject_at,
-    )
-
-
-def policy(**kw: Any) -> BatchingPolicy:
-    return BatchingPolicy(**{"max_batch_size": 8, **kw})
+from batcher.form import alone_reason, backlog_rows, form_batch
+from tests.unit.test_mutants_form import policy, req
 
 
 def free(rows: int) -> float:
