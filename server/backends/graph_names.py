@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import onnx
 
+ONNX_DOMAIN = ("", "ai.onnx")  # ONNX's own operators: one domain, two spellings
+
 
 def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every subgraph in it, at any depth."""
@@ -47,5 +49,5 @@ def free_prefix(graph: onnx.GraphProto, base: str) -> str:
 def default_opset(model: onnx.ModelProto) -> int | None:
     """The opset of ONNX's own operators: the last import of "" or "ai.onnx" (one domain, two
     spellings; onnxruntime keeps the last, and so must the nodes added for it), None without one."""
-    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    versions = [o.version for o in model.opset_import if o.domain in ONNX_DOMAIN]
     return versions[-1] if versions else None

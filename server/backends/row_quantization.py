@@ -31,7 +31,7 @@ from pathlib import Path
 
 import onnx
 
-from server.backends.graph_names import default_opset, free_prefix
+from server.backends.graph_names import ONNX_DOMAIN, default_opset, free_prefix
 from server.backends.int_division_scan import may_hold
 from server.backends.row_quantization_nodes import RowNodes
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 PREFIX = "sluiceway_rowq"
 KEPT_FUSED = ("DynamicQuantizeLSTM", "QAttention")
 _MARKS = (b"DynamicQuantize", b"QAttention")
-_STANDARD = ("", "ai.onnx")
 # The standard opset imported for the rewrite when a model imports none.
 ADDED_OPSET = 13
 _MICROSOFT = "com.microsoft"
@@ -111,7 +110,7 @@ def make_per_row(model: onnx.ModelProto) -> RowQuantization:
         if index in replaced:
             nodes.extend(replaced.pop(index))
             continue
-        quantizes = node.op_type == "DynamicQuantizeLinear" and node.domain in _STANDARD
+        quantizes = node.op_type == "DynamicQuantizeLinear" and node.domain in ONNX_DOMAIN
         fused = node.op_type == "DynamicQuantizeMatMul" and node.domain == _MICROSOFT
         if not (quantizes or fused):
             nodes.append(node)
@@ -234,9 +233,9 @@ def _dql_blocker(
     for slot_of, name in enumerate(node.output):
         for index, slot in users.get(name, []):
             user = old[index]
-            if slot_of == 1 and user.op_type == "Mul" and user.domain in _STANDARD:
+            if slot_of == 1 and user.op_type == "Mul" and user.domain in ONNX_DOMAIN:
                 continue
-            kind = _READERS.get(user.op_type) if user.domain in (*_STANDARD, _MICROSOFT) else None
+            kind = _READERS.get(user.op_type) if user.domain in (*ONNX_DOMAIN, _MICROSOFT) else None
             if kind is None or kind[slot_of] != slot:
                 return f"feeds {_named(user)}"
             readers.add(index)
