@@ -13,14 +13,20 @@ An output downstream of such an op may still be batched (a mask computed with No
 row by row): onnx's shape inference, run only when some output is suspect, clears an output whose
 first dim it carries through from an input's first dim, and so does a graph that declares the
 output's first dim with an input's batch symbol (the exporter's word, e.g. torch's dynamic_axes).
+A Loop's scan outputs are as long as its turns: data-sized when its trip count, its first
+condition or the condition its body computes is the data's (a carried value is the data's when its
+first value is or when the body makes its next one from the data). An overridable initializer (an
+initializer also listed as a graph input) is the data's when the config lets clients send it (`fed`).
 Not covered: custom-domain ops, and sizes read by ops outside SIZE_INPUTS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import onnx
+
+from server.backends.graph_names import ONNX_DOMAIN
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
 DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"})
@@ -37,7 +43,7 @@ SIZE_INPUTS: dict[str, tuple[int, ...]] = {
     "Resize": (2, 3),
     "Upsample": (1,),
     "Split": (1,),
-    "Loop": (0,),
+    "Loop": (0, 1),  # trip count, first condition
     "TopK": (1,),  # k
     "OneHot": (1,),  # depth
     "CenterCropPad": (1,),  # shape
@@ -47,11 +53,12 @@ SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read their input's shape, never
 _BATCH_SYMBOL = "__sluiceway_batch_{}"  # names an input's unnamed first dim for shape inference
 
 
-def data_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
+def data_sized_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
     """Each graph output whose first dim is sized by the data's values, and why (the op), for
-    outputs not shown to carry an input's first dim."""
+    outputs not shown to carry an input's first dim. `fed`: overridable initializers that clients
+    may send (listed as inputs in the config), the data's too."""
     initializers = {init.name for init in model.graph.initializer}
-    walk = _Walk({v.name for v in model.graph.input if v.name not in initializers})
+    walk = _Walk({v.name for v in model.graph.input if v.name not in initializers or v.name in fed})
     walk.graph(model.graph)
     suspects = {out.name: walk.origins[out.name] for out in model.graph.output if out.name in walk.origins}
     if not suspects:
@@ -87,7 +94,7 @@ class _Walk:
                     self.valued.add(name)
 
     def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool]:
-        standard = node.domain in ("", "ai.onnx")
+        standard = node.domain in ONNX_DOMAIN
         valued = node.op_type not in SHAPE_ONLY_OPS and any(n in self.valued for n in node.input)
         if standard and node.op_type in DATA_SIZED_OPS:
             return _describe(node), valued
@@ -99,15 +106,39 @@ class _Walk:
             if name in self.origins:
                 return self.origins[name], valued
         for sub in _subgraphs(node):  # If/Loop/Scan: an op inside, or outer tensors it reads
-            inner = _Walk(self.valued | ({i.name for i in sub.input} if valued else set()))
-            inner.origins = dict(self.origins)
-            inner.graph(sub)
+            if standard and node.op_type == "Loop":
+                inner = self._loop_body(node, sub)
+            else:
+                inner = self._inside(sub, {i.name for i in sub.input} if valued else set())
             valued = valued or any(out.name in inner.valued for out in sub.output)
             for out in sub.output:
                 if out.name in inner.origins:
                     where = f"{node.op_type} node '{node.name or node.output[0]}'"
                     return f"{inner.origins[out.name]} inside {where}", valued
+            if standard and node.op_type == "Loop" and sub.output and sub.output[0].name in inner.valued:
+                condition = sub.output[0].name
+                return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued
         return None, valued
+
+    def _inside(self, sub: onnx.GraphProto, seeds: set[str]) -> _Walk:
+        inner = _Walk(self.valued | seeds)
+        inner.origins = dict(self.origins)
+        inner.graph(sub)
+        return inner
+
+    def _loop_body(self, node: onnx.NodeProto, body: onnx.GraphProto) -> _Walk:
+        """The walk of a Loop's body whose inputs (turn number, condition, carried values) are
+        seeded as the data's where they can be: the turn number never; the condition and each
+        carried value when its first value is the data's, or when the body's next one is (to a
+        fixed point: each pass can only add seeds)."""
+        carried = [value.name for value in body.input[1:]]  # condition, then the carried values
+        seeds = {name for name, first in zip(carried, node.input[1:], strict=False) if first in self.valued}
+        while True:
+            inner = self._inside(body, seeds)
+            more = {name for name, nxt in zip(carried, body.output, strict=False) if nxt.name in inner.valued}
+            if more <= seeds:
+                return inner
+            seeds |= more
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

@@ -65,6 +65,13 @@ def overridable_initializers(path: Path) -> list[OnnxTensor]:
     return _overridable(_load(path))
 
 
+def outputs_fed(path: Path, fed: set[str]) -> list[OnnxTensor]:
+    """The graph's outputs, judged with the overridable initializers in `fed` sent by clients: a
+    Range up to such a value is as long as a client says (parsed again: a config lists one as an
+    input only now and then)."""
+    return _outputs(_load(path), fed)
+
+
 def _inputs_outputs(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
     initializers = {init.name for init in model.graph.initializer}
     inputs = [
@@ -72,12 +79,15 @@ def _inputs_outputs(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[Onnx
         for v in model.graph.input
         if v.name not in initializers
     ]
-    sized = data_sized_outputs(model)
-    outputs = [
+    return inputs, _outputs(model)
+
+
+def _outputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[OnnxTensor]:
+    sized = data_sized_outputs(model, fed or ())
+    return [
         OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type), _sized_why(sized.get(v.name)))
         for v in model.graph.output
     ]
-    return inputs, outputs
 
 
 def _sized_why(origin: str | None) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from protos import model_config_pb2 as mc
 from server.backends.identity_backend import complete_identity
-from server.backends.onnx_inspect import read_signature
+from server.backends.onnx_inspect import outputs_fed, read_signature
 from server.models.config import IDENTITY
 from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 from server.models.repository import ModelSource
@@ -29,12 +29,21 @@ def complete_version(
     if config.backend == IDENTITY:
         return complete_identity(config, where), [], []
     signature = read_signature(path)
-    completed = complete_from_onnx(
-        config,
-        signature.inputs,
-        signature.outputs,
-        default_max_batch_size=default_max_batch_size,
-        source=where,
-        initializers=signature.overridable,
-    )
-    return completed, signature.inputs, signature.outputs
+
+    def complete(outputs: list[OnnxTensor]) -> mc.ModelConfig:
+        return complete_from_onnx(
+            config,
+            signature.inputs,
+            outputs,
+            default_max_batch_size=default_max_batch_size,
+            source=where,
+            initializers=signature.overridable,
+        )
+
+    outputs = signature.outputs
+    completed = complete(outputs)
+    fed = {entry.name for entry in completed.input} & {t.name for t in signature.overridable}
+    if fed:  # clients may send these: a size computed from one is the data's (onnx_data_sized.py)
+        outputs = outputs_fed(path, fed)
+        completed = complete(outputs)
+    return completed, signature.inputs, outputs

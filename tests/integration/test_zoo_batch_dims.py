@@ -20,7 +20,7 @@ import tritonclient.grpc as tg
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 from tests.support.zoo_checks import BATCH_OF_FOUR_ROWS, assert_each_alone, ours_together, triton_together
-from tests.support.zoo_models import column_sums, nonzero_rows
+from tests.support.zoo_models import column_sums, loop_until, nonzero_rows, range_to_overridable
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,18 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     declared = nonzero_rows(files / "nonzero_declared.onnx", first="N")
     write_model(repo, "declared_batched", declared, BATCH_OF_FOUR_ROWS)
     write_model(repo, "declared", declared, None)
+    until = loop_until(files / "until.onnx")
+    write_model(repo, "until_batched", until, BATCH_OF_FOUR_ROWS)
+    write_model(repo, "until", until, None)
+    ranged = range_to_overridable(files / "ranged.onnx")
+    write_model(repo, "ranged_batched", ranged, BATCH_OF_FOUR_ROWS)
+    write_model(repo, "ranged_fed_batched", ranged, BATCH_OF_FOUR_ROWS + FED)
     with ServerProcess("--model-repository", str(repo)) as server:
-        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx"}
+        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx", "until": until}
+
+
+# The overridable initializer `n` listed as an input: clients may send it.
+FED = 'input [ { name: "n" data_type: TYPE_INT64 dims: [ 1 ] optional: true } ]\n'
 
 
 def _requests() -> list[dict[str, np.ndarray]]:
@@ -74,6 +84,35 @@ def test_batching_a_data_sized_output_fails_the_load_naming_the_output_and_the_o
     )
     assert "max_batch_size: 0" in reason and "name it in the graph as the inputs' first dim" in reason, reason
     assert index["nonzero"].state == index["declared_batched"].state == "READY"
+
+
+def test_a_loops_condition_or_a_sent_initializer_sizing_an_output_fails_a_batched_load(
+    zoo: tuple[ServerProcess, dict[str, Path]],
+) -> None:
+    # Both had loaded batched: a run whose output held as many rows as the run was split by rows.
+    index = _index(zoo[0])
+    reasons = {name: index[name].reason for name in ("until_batched", "ranged_fed_batched")}
+    assert {name: index[name].state for name in reasons} == dict.fromkeys(reasons, "UNAVAILABLE")
+    assert (
+        "output 'y'" in reasons["until_batched"]
+        and "(Loop node 'until', whose body's condition 'cond_out' is the data's)" in reasons["until_batched"]
+    ), reasons
+    assert "(Range node 'count', from its input 'limit')" in reasons["ranged_fed_batched"], reasons
+    # Not sent by clients, the initializer is the model's constant: nothing for the load to refuse.
+    assert index["ranged_batched"].state == index["until"].state == "READY"
+
+
+@pytest.mark.parametrize("send", ["tritonclient", "ours"])
+def test_a_loop_stopped_by_the_data_completed_unbatched_answers_each_request_whole(
+    zoo: tuple[ServerProcess, dict[str, Path]], send: str
+) -> None:
+    server, files = zoo
+    requests = [{"n": np.array([[rows + 1]] * rows, np.int64)} for rows in (1, 2, 1)]
+    if send == "tritonclient":
+        answers = triton_together(server.address, "until", requests, ["y"])
+    else:
+        answers = ours_together(server.address, "until", requests)
+    assert_each_alone(files["until"], requests, answers, "until")
 
 
 # One nonzero a row: a run of as many requests' rows holds as many indices, which splitting by rows

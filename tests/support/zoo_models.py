@@ -195,3 +195,55 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "odd_names": odd_names,
     "passthrough": passthrough,
 }
+
+
+def _largest(source: str) -> list[onnx.NodeProto]:
+    """limit = the largest value of `source` (int64 [N, 1]) over the whole batch."""
+    return [helper.make_node("ReduceMax", [source], ["limit"], keepdims=0)]
+
+
+def loop_until(path: Path) -> Path:
+    """y [k, 1] = 0, 1, ..., k - 1 with k = the largest n: a Loop of 100 turns at most (a constant)
+    that its body's condition (turn + 1 < limit) stops, so the data's values say how many."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.int64(1))),
+            helper.make_node("Add", ["turn", "one"], ["next"]),
+            helper.make_node("Less", ["next", "limit"], ["cond_out"]),
+            helper.make_node("Constant", [], ["row"], value=numpy_helper.from_array(np.array([1], np.int64))),
+            helper.make_node("Reshape", ["turn", "row"], ["step"]),
+        ],
+        "body",
+        [_vi("turn", TensorProto.INT64, []), _vi("cond_in", TensorProto.BOOL, [])],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("step", TensorProto.INT64, [1])],
+    )
+    trips = numpy_helper.from_array(np.int64(100), "trips")
+    go = numpy_helper.from_array(np.bool_(True), "go")
+    nodes = [*_largest("n"), helper.make_node("Loop", ["trips", "go"], ["y"], name="until", body=body)]
+    return _save(
+        path,
+        nodes,
+        [_vi("n", TensorProto.INT64, ["N", 1])],
+        [_vi("y", TensorProto.INT64, [None, 1])],
+        [trips, go],
+    )
+
+
+def range_to_overridable(path: Path) -> Path:
+    """y [k, 1] = 0 .. k - 1 with k = the largest n, where n is an overridable initializer ([[2]]
+    unless a client sends it); x passes through as xo."""
+    nodes = [
+        *_largest("n"),
+        helper.make_node("Range", ["zero", "limit", "one"], ["counted"], name="count"),
+        helper.make_node("Unsqueeze", ["counted", "axis"], ["y"]),
+        helper.make_node("Identity", ["x"], ["xo"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([[2]], np.int64), "n"),
+        numpy_helper.from_array(np.int64(0), "zero"),
+        numpy_helper.from_array(np.int64(1), "one"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis"),
+    ]
+    inputs = [_vi("x", TensorProto.FLOAT, ["N", 1]), _vi("n", TensorProto.INT64, ["N", 1])]
+    outputs = [_vi("y", TensorProto.INT64, [None, 1]), _vi("xo", TensorProto.FLOAT, ["N", 1])]
+    return _save(path, nodes, inputs, outputs, inits)
