@@ -188,6 +188,7 @@ def complete_from_onnx(
         inputs = [t for t in inputs if t.name not in hidden_in]
         outputs = [t for t in outputs if t.name not in hidden_out]
     targets = batch_input_targets(done)  # batch inputs: filled by the server, as sequence controls
+    _refuse_server_tensors(done, source)
     check_batch_input_targets(done, {t.name: _config_type(t) for t in inputs}, source)
     ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
@@ -222,3 +223,32 @@ def complete_from_onnx(
     check_optional(done, {t.name for t in inputs}, source)
     _complete_tensors("output", done.output, outputs, done.max_batch_size, source, (), not listed, graph)
     return done
+
+
+def _server_tensor_roles(config: mc.ModelConfig) -> dict[tuple[str, str], str]:
+    """(kind, name) -> what it is, for the graph tensors the server feeds or keeps itself."""
+    roles: dict[tuple[str, str], str] = {}
+    for entry in config.batch_input:
+        for target in entry.target_name:
+            roles["input", target] = "a batch_input's target_name"
+    if config.HasField("sequence_batching"):
+        sb = config.sequence_batching
+        for state in sb.state:
+            roles["input", state.input_name] = "a sequence_batching state's input_name"
+            roles["output", state.output_name] = "a sequence_batching state's output_name"
+        for control in sb.control_input:
+            roles["input", control.name] = "a sequence_batching control_input"
+    return roles
+
+
+def _refuse_server_tensors(config: mc.ModelConfig, source: str) -> None:
+    """A tensor the server feeds or keeps (a sequence control or state, a batch input) listed as an
+    input or output of the config too: refused as missing from the ONNX model, which has it."""
+    roles = _server_tensor_roles(config)
+    for kind, entries in (("input", config.input), ("output", config.output)):
+        for entry in entries:
+            if (role := roles.get((kind, entry.name))) is not None:
+                raise ConfigError(
+                    f"{source}: {kind} '{entry.name}' is {role}, which the server feeds or keeps, not "
+                    f"the client: remove it from the config's {kind}s"
+                )

@@ -92,6 +92,7 @@ def sequence_model(
     kinds = [c.kind for c in controls]
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"{where}.control_input: a control kind is given twice")
+    _refuse_repeated_states(sb, where)
     states = tuple(
         _state(
             i,
@@ -110,6 +111,20 @@ def sequence_model(
             graph_axes[state.input_name] = graph_axes[state.output_name] = axes[state.input_name]
     idle_us = sb.max_sequence_idle_microseconds or DEFAULT_IDLE_US
     return SequenceModel(SequenceSpec(controls, states, idle_us / 1e6, batched), graph_axes)
+
+
+def _refuse_repeated_states(sb: mc.ModelSequenceBatching, where: str) -> None:
+    """Two states of one input_name (Triton refuses them: "specified more than once"): each had
+    overwritten the one before, so the initial state was the last one listed, with no word."""
+    first: dict[str, int] = {}
+    for index, state in enumerate(sb.state):
+        name = state.input_name
+        if name and name in first:
+            raise ConfigError(
+                f"{where}.state[{index}]: input_name '{name}' is also state[{first[name]}]'s "
+                "(each state input is listed once)"
+            )
+        first.setdefault(name, index)
 
 
 def _tensor(item: Any) -> OnnxTensor:
@@ -233,9 +248,14 @@ def _state(
 def _initial(state: Any, dtype: datatypes.Datatype, batched: bool, directory: Path, here: str) -> np.ndarray:
     dims = list(state.dims)
     init = state.initial_state[0] if state.initial_state else None
-    if init is not None and init.dims:
+    if init is not None:  # what Triton requires of one (its sequence batcher's initial state)
+        if not init.name:
+            raise ConfigError(f"{here}.initial_state: name is required")
+        if init.WhichOneof("state_data") is None:
+            raise ConfigError(f"{here}.initial_state: zero_data or data_file is required")
         if init.data_type not in (mc.TYPE_INVALID, state.data_type):
             raise ConfigError(f"{here}.initial_state: data_type differs from the state's")
+    if init is not None and init.dims:
         if len(init.dims) != len(dims) or any(d not in (-1, i) for d, i in zip(dims, init.dims, strict=True)):
             raise ConfigError(f"{here}.initial_state: dims {list(init.dims)} do not fit the state's {dims}")
         dims = list(init.dims)

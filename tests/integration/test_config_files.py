@@ -70,6 +70,35 @@ def test_an_initial_state_file_outside_the_model_directory_is_refused(
     assert said in message
 
 
+def _states_config(*initials: dict[str, Any], listed: bool = False) -> str:
+    state = {"input_name": "acc", "output_name": "acc_out", "data_type": "TYPE_FP32", "dims": [4]}
+    config: dict[str, Any] = {
+        "max_batch_size": 8,
+        "sequence_batching": {"state": [{**state, "initial_state": [init]} for init in initials]},
+    }
+    if listed:  # the state's input listed as the client's too
+        config["input"] = [{"name": "acc", "data_type": "TYPE_FP32", "dims": [4]}]
+    return json.dumps(config)
+
+
+ZEROS = {"data_type": "TYPE_FP32", "dims": [4], "zero_data": True, "name": "zeros"}
+
+
+def test_a_sequence_config_triton_refuses_is_refused_naming_the_field(
+    client: triton.InferenceServerClient, accumulator: bytes
+) -> None:
+    files = {"file:1/model.onnx": accumulator}
+    twice = _refused(client, "acc_twice", _states_config(ZEROS, {**ZEROS, "name": "again"}), files)
+    assert "state[1]: input_name 'acc' is also state[0]'s" in twice
+    unnamed = _refused(
+        client, "acc_unnamed", _states_config({k: v for k, v in ZEROS.items() if k != "name"}), files
+    )
+    assert "state[0].initial_state: name is required" in unnamed
+    listed = _refused(client, "acc_listed", _states_config(ZEROS, listed=True), files)
+    assert "input 'acc' is a sequence_batching state's input_name, which the server feeds" in listed
+    assert client.is_server_live() and client.is_model_ready("mlp")
+
+
 def _mlp_config(**warmup: Any) -> str:
     features = {"data_type": "TYPE_FP32", "dims": [64], **warmup}
     sample = {"name": "w", "batch_size": 1, "inputs": {"features": features}}
