@@ -11,6 +11,7 @@ row's element count returns them all, as Triton.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,10 +58,6 @@ def requested_classes(request: pb.ModelInferRequest, signature: Signature) -> di
     return found
 
 
-def _text(value: np.generic, floating: bool) -> str:
-    return f"{value.item():f}" if floating else str(value.item())
-
-
 def top_classes(array: Array, count: int, labels: Sequence[str], batched: bool) -> Array:
     """The BYTES tensor of `array`'s top `count` classes per row (every element of a row competes)."""
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
@@ -68,14 +65,47 @@ def top_classes(array: Array, count: int, labels: Sequence[str], batched: bool) 
     k = min(count, n)
     # Descending by value, ties by lower index first: a stable ascending sort of the reversed row.
     order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :k]
-    floating = array.dtype.kind == "f"
-    out = np.empty((rows.shape[0], k), dtype=object)
-    for r in range(rows.shape[0]):
-        for j, index in enumerate(order[r]):
-            text = f"{_text(rows[r, index], floating)}:{index}"
-            label = labels[index] if index < len(labels) else ""
-            out[r, j] = (f"{text}:{label}" if label else text).encode()
-    return out if batched else out.reshape(k)
+    # Python numbers from tolist(), not an item() per element: a third of the time (1,000,000
+    # classes of 4 rows had taken 1.6 s). A float32 becomes the same double as item() gives.
+    values = np.take_along_axis(rows, order, axis=1).ravel().tolist()
+    texts = [f"{v:f}" for v in values] if array.dtype.kind == "f" else [str(v) for v in values]
+    named = len(labels)
+    made = [
+        (f"{text}:{index}:{labels[index]}" if index < named and labels[index] else f"{text}:{index}").encode()
+        for text, index in zip(texts, order.ravel().tolist(), strict=True)
+    ]
+    out = np.empty(len(made), dtype=object)
+    out[:] = made
+    return out.reshape(rows.shape[0], k) if batched else out
+
+
+@dataclass(frozen=True, slots=True)
+class Classes:
+    """A request's classification: output -> class count, with what `classify` needs besides."""
+
+    counts: Mapping[str, int]
+    labels: Mapping[str, Sequence[str]]
+    batched: bool
+
+    def __call__(self, outputs: Tensors) -> Tensors:
+        return classify(outputs, self.counts, self.labels, self.batched)
+
+    def strings(self, name: str, array: Array) -> int:
+        """How many strings output `name` makes classified: its rows times its k."""
+        rows = array.shape[0] if self.batched and array.ndim else 1
+        return rows * min(self.counts[name], array.size // rows if rows else 0)
+
+    def shaped(self, outputs: Tensors) -> Tensors:
+        """`outputs` with each classified one standing in as an empty BYTES tensor of its shape
+        classified (no string made: sized by its least, a length a string)."""
+        result = dict(outputs)
+        for name in self.counts:
+            array = result[name]
+            rows = array.shape[0] if self.batched and array.ndim else 1
+            k = self.strings(name, array) // rows if rows else 0
+            shape = (rows, k) if self.batched else (k,)
+            result[name] = np.broadcast_to(np.empty((), dtype=object), shape)
+        return result
 
 
 def classify(

@@ -8,7 +8,6 @@ lets both RPCs share one request path (`RequestPath`, server/protocol/request_pa
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,17 +22,13 @@ from server.models.ensemble_notes import EnsembleNotes
 from server.models.response_cache import request_key
 from server.models.versions import ModelVersion
 from server.protocol import codec
-from server.protocol.answer_checks import AnswerCheck, check_answer
-from server.protocol.classification import classify, requested_classes
+from server.protocol.answer_checks import ENCODE_OFF_LOOP_STRINGS, AnswerCheck, check_answer
+from server.protocol.classification import Classes, requested_classes
 from server.protocol.controls import Controls
 from server.protocol.request_checks import check_request
 from server.protocol.sequence_route import sequence_outputs
 from server.protocol.shared_memory import SharedMemoryRegistry
 from server.protocol.shm_tensors import ShmTensors
-
-# Answers with more BYTES elements than this are encoded in a thread (about 35 ms of the loop's
-# time here, where a whole answer of 1,000,000 strings had held it 0.55 s).
-ENCODE_OFF_LOOP_STRINGS = 65_536
 
 
 @dataclass(slots=True)
@@ -58,6 +53,10 @@ class InferJob:
     owner: object | None = None  # the stream that sent it (its sequence's owner when it starts one)
     answer_limit: int | None = None  # the server's max_message_bytes (None: no limit)
     framed: bool = False  # its answer is a stream's frame (a ModelStreamInferResponse wraps it)
+    # Outputs it had at once (a cache hit, the fast path) whose answer holds too many strings for
+    # the event loop: `answer_now` leaves them to `answer_later`, which encodes them in a thread.
+    made: Tensors | None = None
+    made_from_cache: bool = False
 
     @classmethod
     def prepare(
@@ -118,15 +117,8 @@ class InferJob:
         # The check holds no reference to the job: a cycle through it had kept a request's
         # shared-memory regions mapped, after they were unregistered, until a garbage collection.
         # Classified outputs are sized as classified (they had not been sized before counting).
-        classes = None
-        if self.classes:
-            labels = served.labels
-            if served.ensemble is not None:  # as _prepare: an output's labels from its step
-                labels = {**served.ensemble.output_labels(), **labels}
-            batched = served.config.max_batch_size > 0
-            classes = functools.partial(classify, classes=dict(self.classes), labels=labels, batched=batched)
         frame = self.request if framed else None
-        check = AnswerCheck(self.names, self.shm, limit, frame, header, classes)
+        check = AnswerCheck(self.names, self.shm, limit, frame, header, self._classes())
         self.admission = self.admission._replace(accept=check)
 
     def answer_now(self) -> pb.ModelInferResponse | None:
@@ -140,6 +132,10 @@ class InferJob:
             self.cache_key = request_key(served.name, served.version_str, self.inputs)
             self.cache_generation = cache.generation(served.name)
             hit = cache.lookup(self.cache_key)
+            if hit is not None and self._strings(hit, self._classes()) > ENCODE_OFF_LOOP_STRINGS:
+                self.made, self.made_from_cache = hit, True  # encoded in a thread: answer_later
+                self.lookup_ns = time.perf_counter_ns() - start
+                return None
             if hit is not None:  # answered from the cache without the batcher, as Triton does
                 response = self._encode(hit)
                 served.stats.record_cache_hit(time.perf_counter_ns() - start)
@@ -148,11 +144,18 @@ class InferJob:
             self.looked_up = True
         if served.ensemble is not None:
             return None  # its steps, through their models' batchers (answer_later)
+        if self.classes and self.admission.rows * sum(self.classes.values()) > ENCODE_OFF_LOOP_STRINGS:
+            return None  # its classes are made in a thread (answer_later), its run is not inline
         outputs = served.batcher.run_now(self.inputs, self.admission)
+        if outputs is not None and self._strings(outputs, self._classes()) > ENCODE_OFF_LOOP_STRINGS:
+            self.made = outputs  # computed and counted: encoded in a thread by answer_later
+            return None
         return None if outputs is None else self._computed(outputs)
 
     async def answer_later(self) -> pb.ModelInferResponse:
         """The response through the batcher's queue (after `answer_now` returned None)."""
+        if self.made is not None:
+            return await self._made_later(self.made)
         if self.served.ensemble is not None:  # its steps, through their models' batchers
             if self.served.batcher.stopped:  # retired (a step evicted) since it was prepared
                 raise NotAccepting()  # its caller sends it to the version serving now
@@ -184,24 +187,54 @@ class InferJob:
         outputs = await self.served.batcher.enqueue(self.inputs, self.admission, self.queue_trace, self.claim)
         return await self._computed_later(outputs)
 
+    async def _made_later(self, outputs: Tensors) -> pb.ModelInferResponse:
+        """The answer of outputs `answer_now` had (`made`), encoded in a thread. A stream's newer
+        frame may have withdrawn it meanwhile, as one still queued (Claim)."""
+        self.made = None
+        claim = self.claim
+        if claim is not None:
+            if claim.withdrawn is not None:
+                raise claim.withdrawn
+            claim.admitted()
+            claim.settle()
+        if not self.made_from_cache:
+            return await self._computed_later(outputs)
+        start = time.perf_counter_ns()
+        response = await asyncio.to_thread(self._answer, self._prepare(outputs), self._classes())
+        self.served.stats.record_cache_hit(self.lookup_ns + time.perf_counter_ns() - start)
+        return response
+
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
         self._store(outputs)
-        return self._wire(self._prepare(outputs))
+        return self._answer(self._prepare(outputs), self._classes())
 
     async def _computed_later(self, outputs: Tensors) -> pb.ModelInferResponse:
-        """As `_computed`; an answer with many strings is encoded off the event loop: 3,000,000
-        BYTES elements took 2-3 s to encode, and every other call on the server waited."""
+        """As `_computed`; an answer with many strings is classified and encoded off the event loop:
+        3,000,000 BYTES elements took 2-3 s to encode, 1,000,000 classes 2.5 s to make, and every
+        other call on the server waited."""
         self._store(outputs)
         prepared = self._prepare(outputs)
-        if sum(a.size for a in prepared.values() if a.dtype == object) > ENCODE_OFF_LOOP_STRINGS:
+        classes = self._classes()
+        if self._strings(prepared, classes) > ENCODE_OFF_LOOP_STRINGS:
             try:
-                return await asyncio.to_thread(self._wire, prepared)
+                return await asyncio.to_thread(self._answer, prepared, classes)
             except asyncio.CancelledError:
                 # Its run answered it (counted in queue, compute and inference_count): a success,
                 # as one whose caller went once computed. As CANCELED, 6 of 6 such cancels left
                 # queue 7 beside success 1.
                 raise ComputedThenCancelled() from None
-        return self._wire(prepared)
+        return self._answer(prepared, classes)
+
+    @staticmethod
+    def _strings(outputs: Tensors, classes: Classes | None) -> int:
+        """The strings an answer of `outputs` holds: BYTES elements, and classes once classified."""
+        total = 0
+        for name, array in outputs.items():
+            if classes is not None and name in classes.counts:
+                total += classes.strings(name, array)
+            elif array.dtype == object:
+                total += array.size
+        return total
 
     def _store(self, outputs: Tensors) -> None:
         served = self.served
@@ -212,20 +245,30 @@ class InferJob:
             served.stats.cache_miss.add(self.lookup_ns + time.perf_counter_ns() - start)
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
-        return self._wire(self._prepare(outputs))
+        return self._answer(self._prepare(outputs), self._classes())
 
     def _prepare(self, outputs: Tensors) -> Tensors:
-        """Sample the outputs and apply the classification extension: what goes on the wire."""
+        """Sample the outputs (on the event loop: the sampler's queue is the loop's)."""
         served = self.served
         self.outputs = outputs
         if served.sampler is not None:  # computed or cached: queue references, or count a drop
             served.sampler.offer(self.inputs, outputs)
-        if self.classes:  # the classification extension (server/protocol/classification.py)
-            labels = served.labels
-            if served.ensemble is not None:  # Triton: an output's labels come from the step making it
-                labels = {**served.ensemble.output_labels(), **labels}
-            outputs = classify(outputs, self.classes, labels, served.config.max_batch_size > 0)
         return outputs
+
+    def _classes(self) -> Classes | None:
+        """The classification extension's terms for its outputs (server/protocol/classification.py)."""
+        if not self.classes:
+            return None
+        served = self.served
+        labels = served.labels
+        if served.ensemble is not None:  # Triton: an output's labels come from the step making it
+            labels = {**served.ensemble.output_labels(), **labels}
+        return Classes(dict(self.classes), labels, served.config.max_batch_size > 0)
+
+    def _answer(self, outputs: Tensors, classes: Classes | None) -> pb.ModelInferResponse:
+        """Its answer of `outputs`, classified if asked (in a thread for many strings: `classes`,
+        with its labels, is read on the event loop)."""
+        return self._wire(outputs if classes is None else classes(outputs))
 
     def _wire(self, outputs: Tensors) -> pb.ModelInferResponse:
         served = self.served

@@ -164,7 +164,7 @@ class RequestPath:
         stats = job.served.stats
         try:
             try:
-                if _evicted(self._models, job):  # since it was prepared: wait for its next load
+                if job.made is None and _evicted(self._models, job):  # since prepared: its next load
                     await _load_again_for(self._models, job)
                     raise NotAccepting()  # its version is gone: to the one serving now, as below
                 _queued(turn)

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.errors import ShuttingDown, StreamLimitReached
+from server.errors import ShuttingDown, StreamLimitReached, for_caller
 from server.protocol.answers import abort_with
 from server.protocol.calls import CallTracker
 
@@ -123,7 +123,8 @@ class LimitedHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # gr
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
         status = self._statuses.get(request.service)
         if status is None:
-            why = f"the server has no health service {request.service!r}"
+            # Cut as every status message (a 20,000-byte name had come back RESOURCE_EXHAUSTED).
+            why = for_caller(f"the server has no health service {request.service!r}")
             await context.abort(grpc.StatusCode.NOT_FOUND, why)
         return health_pb2.HealthCheckResponse(status=status)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import NO_RETRY, Client
+from server.errors import MESSAGE_MAX_BYTES
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 
@@ -38,3 +40,17 @@ def test_a_watch_hears_of_the_unload_after_another_watch_of_the_model_ended(
             told = next(staying).status  # had waited for the deadline: DEADLINE_EXCEEDED
             assert told != SERVING, health_pb2.HealthCheckResponse.ServingStatus.Name(told)
             staying.cancel()
+
+
+def test_check_of_a_long_unknown_name_answers_not_found_cut(zoo_server: ServerProcess) -> None:
+    # Its message had echoed the whole name: past grpc's 8 KiB of metadata the client got
+    # RESOURCE_EXHAUSTED ("received metadata size exceeds ... limit") instead of NOT_FOUND.
+    name = "n" * 20_000
+    with grpc.insecure_channel(zoo_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service=name), timeout=TIMEOUT_S)
+        said = f"the server has no health service '{name}'"
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        assert caught.value.details() == said[:MESSAGE_MAX_BYTES] + f"... (cut: {len(said)} bytes)"
+        assert health.Check(health_pb2.HealthCheckRequest(service="mlp"), timeout=TIMEOUT_S).status == SERVING

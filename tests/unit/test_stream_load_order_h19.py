@@ -101,6 +101,7 @@ class Job:
     claim = None
     owner = None
     call_deadline = None
+    made = None  # nothing answered at once left to encode
 
     def __init__(self, served: Any, request: pb.ModelInferRequest) -> None:
         self.served, self.request = served, request

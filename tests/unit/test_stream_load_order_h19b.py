@@ -183,6 +183,7 @@ class Job:
     shm = None
     owner = None
     call_deadline = None
+    made = None  # nothing answered at once left to encode
     inputs = outputs = None  # offered to the (fake) rollout once answered
     admission = SimpleNamespace(rows=1, hard=None)  # no deadline
 
