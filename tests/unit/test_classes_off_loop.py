@@ -117,3 +117,10 @@ async def test_a_cache_hit_of_many_strings_is_encoded_by_answer_later_in_a_threa
     assert encoded[0] != threading.get_ident()
     assert list(response.outputs[0].shape) == [2, WIDE]
     assert job.served.stats.cache_hit.count == 1 and job.made is None
+
+
+def test_a_batch_of_no_rows_makes_no_classes() -> None:
+    classes = Classes({"y": 5}, {}, batched=True)
+    empty = {"y": np.zeros((0, 9), np.float32)}
+    assert classes.strings("y", empty["y"]) == 0
+    assert classes.shaped(empty)["y"].shape == (0, 0)

@@ -125,3 +125,65 @@ def test_a_config_that_lets_clients_send_the_initializer_cannot_batch_the_model(
     completed, _, outputs = complete_version(_source(path, BATCHED), path, 8)
     assert completed.max_batch_size == 8 and [i.name for i in completed.input] == ["x"]
     assert [o.not_batch for o in outputs] == [None, None]
+
+
+def _scanned(over: str) -> onnx.ModelProto:
+    """y = a Scan over `over` ([1] int64) whose body makes Range(0, element): as long as the element."""
+    body = helper.make_graph(
+        [helper.make_node("Range", ["zero", "element", "one"], ["counted"], name="inner")],
+        "body",
+        [_vi("element", TensorProto.INT64, [])],
+        [_vi("counted", TensorProto.INT64, None)],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["limit", "axis"], ["limits"]),
+        helper.make_node("Scan", [over], ["y"], name="s", body=body, num_scan_inputs=1),
+    ]
+    constants = [numpy_helper.from_array(np.int64(v), n) for n, v in (("zero", 0), ("one", 1))]
+    constants += [numpy_helper.from_array(np.array([0], np.int64), "axis")]
+    constants += [numpy_helper.from_array(np.array([5], np.int64), "fives")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [_vi("x", TensorProto.FLOAT, ["N", 4])],
+        [_vi("y", TensorProto.INT64, ["t", "k"])],
+        constants,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_scan_over_the_datas_values_sizes_what_its_body_makes_from_them() -> None:
+    # A Scan's body inputs are the data's when its inputs are (not a Loop's turn-by-turn seeding).
+    assert data_sized_outputs(_scanned("limits")) == {
+        "y": "Range node 'inner', from its input 'element' inside Scan node 's'"
+    }
+    assert data_sized_outputs(_scanned("fives")) == {}
+
+
+def test_a_value_carried_from_the_data_stays_the_datas_when_another_joins_it() -> None:
+    # a starts as the data's and its next is a constant; b becomes the data's only through the body.
+    # Both stay seeded once the second pass adds b: the condition reads a.
+    nodes = [
+        helper.make_node("Identity", ["ten"], ["a_out"]),
+        helper.make_node("Identity", ["limit"], ["b_out"]),
+        helper.make_node("Less", ["a", "ten"], ["cond_out"]),
+        helper.make_node("Identity", ["turn"], ["step"]),
+    ]
+    body = helper.make_graph(
+        nodes,
+        "body",
+        [_vi(n, e, []) for n, e in (("turn", TensorProto.INT64), ("cond_in", TensorProto.BOOL))]
+        + [_vi(n, TensorProto.INT64, []) for n in ("a", "b")],
+        [_vi("cond_out", TensorProto.BOOL, [])]
+        + [_vi(n, TensorProto.INT64, []) for n in ("a_out", "b_out", "step")],
+    )
+    model = _looped([], ["trips", "go", "limit", "zero"])
+    loop = model.graph.node[2]
+    loop.ClearField("output")
+    loop.output.extend(["a_last", "b_last", "y"])
+    loop.attribute[0].g.CopyFrom(body)
+    assert data_sized_outputs(model) == {
+        "y": "Loop node 'l', whose body's condition 'cond_out' is the data's"
+    }
