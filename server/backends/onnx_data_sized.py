@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterator
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN
+from server.backends.onnx_output_shapes import inference_probe
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
 DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"})
@@ -50,7 +51,6 @@ SIZE_INPUTS: dict[str, tuple[int, ...]] = {
     "Col2Im": (1, 2),  # image_shape, block_shape
 }
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read their input's shape, never its values
-_BATCH_SYMBOL = "__sluiceway_batch_{}"  # names an input's unnamed first dim for shape inference
 
 
 def data_sized_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
@@ -86,39 +86,58 @@ class _Walk:
 
     def graph(self, graph: onnx.GraphProto) -> None:
         for node in graph.node:
-            why, valued = self._node(node)
+            why, valued, only = self._node(node)
             for name in node.output:
-                if name and why is not None:
+                if name and why is not None and (only is None or name in only):
                     self.origins[name] = why
                 if name and valued:
                     self.valued.add(name)
 
-    def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool]:
+    def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool, Collection[str] | None]:
+        """Why the node's outputs are sized by the data (None: they are not), whether their values
+        are the data's, and which outputs the why is for (None: all of them)."""
         standard = node.domain in ONNX_DOMAIN
         valued = node.op_type not in SHAPE_ONLY_OPS and any(n in self.valued for n in node.input)
         if standard and node.op_type in DATA_SIZED_OPS:
-            return _describe(node), valued
+            return _describe(node), valued, None
+        if standard and node.op_type == "Loop":
+            return self._loop(node, valued)
         if standard:
             for i in SIZE_INPUTS.get(node.op_type, ()):
                 if i < len(node.input) and node.input[i] in self.valued:
-                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued
+                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued, None
         for name in node.input:
             if name in self.origins:
-                return self.origins[name], valued
-        for sub in _subgraphs(node):  # If/Loop/Scan: an op inside, or outer tensors it reads
-            if standard and node.op_type == "Loop":
-                inner = self._loop_body(node, sub)
-            else:
-                inner = self._inside(sub, {i.name for i in sub.input} if valued else set())
+                return self.origins[name], valued, None
+        for sub in _subgraphs(node):  # If/Scan/...: an op inside, or outer tensors it reads
+            inner = self._inside(sub, {i.name for i in sub.input} if valued else set())
             valued = valued or any(out.name in inner.valued for out in sub.output)
-            for out in sub.output:
-                if out.name in inner.origins:
-                    where = f"{node.op_type} node '{node.name or node.output[0]}'"
-                    return f"{inner.origins[out.name]} inside {where}", valued
-            if standard and node.op_type == "Loop" and sub.output and sub.output[0].name in inner.valued:
-                condition = sub.output[0].name
-                return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued
-        return None, valued
+            if (why := _inner_origin(node, sub, inner)) is not None:
+                return why, valued, None
+        return None, valued, None
+
+    def _loop(self, node: onnx.NodeProto, valued: bool) -> tuple[str | None, bool, Collection[str] | None]:
+        """A Loop: an origin flowing in or made in its body sizes every output; its turns (its trip
+        count, its first condition, the condition its body computes) size only its scan outputs,
+        those after its carried values (a loop run to convergence keeps its rows)."""
+        scans = node.output[max(len(node.input) - 2, 0) :]
+        for name in node.input:
+            if name in self.origins:
+                return self.origins[name], valued, None
+        inner: _Walk | None = None
+        body = next(_subgraphs(node), None)
+        if body is not None:
+            inner = self._loop_body(node, body)
+            valued = valued or any(out.name in inner.valued for out in body.output)
+            if (why := _inner_origin(node, body, inner)) is not None:
+                return why, valued, None
+        for i in SIZE_INPUTS["Loop"]:
+            if i < len(node.input) and node.input[i] in self.valued:
+                return f"{_describe(node)}, from its input '{node.input[i]}'", valued, scans
+        if body is not None and inner is not None and body.output and body.output[0].name in inner.valued:
+            condition = body.output[0].name
+            return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued, scans
+        return None, valued, None
 
     def _inside(self, sub: onnx.GraphProto, seeds: set[str]) -> _Walk:
         inner = _Walk(self.valued | seeds)
@@ -139,6 +158,14 @@ class _Walk:
             if more <= seeds:
                 return inner
             seeds |= more
+
+
+def _inner_origin(node: onnx.NodeProto, sub: onnx.GraphProto, inner: _Walk) -> str | None:
+    """Why an output of `sub` (walked as `inner`) is sized by the data, said of its node."""
+    for out in sub.output:
+        if out.name in inner.origins:
+            return f"{inner.origins[out.name]} inside {node.op_type} node '{node.name or node.output[0]}'"
+    return None
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -173,21 +200,7 @@ def _declared_batch(model: onnx.ModelProto, suspects: dict[str, str]) -> set[str
 def _inferred_batch(model: onnx.ModelProto, suspects: dict[str, str]) -> set[str]:
     """Suspect outputs whose first dim onnx's shape inference carries from an input's first dim,
     in a copy whose unnamed input first dims are named and whose suspects' shapes are cleared."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    initializers = {init.name for init in probe.graph.initializer}
-    for i, value in enumerate(probe.graph.input):
-        dims = value.type.tensor_type.shape.dim
-        if (
-            value.name not in initializers
-            and dims
-            and not dims[0].HasField("dim_value")
-            and not dims[0].dim_param
-        ):
-            dims[0].dim_param = _BATCH_SYMBOL.format(i)
-    for out in probe.graph.output:
-        if out.name in suspects and out.type.HasField("tensor_type"):
-            out.type.tensor_type.ClearField("shape")
+    probe = inference_probe(model, set(suspects))
     firsts = _first_dims(probe)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)

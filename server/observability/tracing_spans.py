@@ -145,7 +145,9 @@ class TracedPath(RequestPath):
             return job, response
         traced = cast(TracedJob, job)  # this path's jobs are TracedJobs (job_type)
         traced.span, traced.clock_ns, traced.start_ns = span, clock_ns, start_ns
-        if response is None and job.served.ensemble is not None:  # its steps are noted there
+        if response is None and job.made is not None:
+            pass  # answered at once (a cache hit, an inline run), encoded later: no queue, no steps
+        elif response is None and job.served.ensemble is not None:  # its steps are noted there
             traced.ensemble_notes = EnsembleNotes(job.served.version_str, steps=[])
         elif response is None:
             traced.queue_trace = QueueTrace(context=span)  # the batcher notes its run there
@@ -249,7 +251,10 @@ def _children(tracer: Tracer, parent: Context, job: TracedJob, clock_ns: int, en
     elif queued is None:  # answered at once: from the cache, or run inline (the batcher's fast path)
         if job.encode_ns:
             hit = bool(job.cache_key) and not job.looked_up
-            child("compute", job.prepared_ns, job.encode_ns, {"sluiceway.path": "cache" if hit else "inline"})
+            # Up to its encoding; or up to answer_now's return where its encoding came later, in a
+            # thread (InferJob.made): the time between is neither.
+            until = min(job.encode_ns, job.tried_ns or job.encode_ns)
+            child("compute", job.prepared_ns, until, {"sluiceway.path": "cache" if hit else "inline"})
     else:
         run = queued.run
         # Its wait ends when its batch's run began, whatever the run's outcome: a run that failed or

@@ -240,3 +240,37 @@ async def test_tracing_is_off_by_default(repo: Path, tmp_path: Path) -> None:
     finally:
         await server.stop(grace_s=1.0)
     assert exporter.get_finished_spans() == ()
+
+
+STRINGS = 70_000  # past ENCODE_OFF_LOOP_STRINGS: its answer is encoded in a thread, after answer_now
+_CACHED_STRINGS = """
+backend: "identity"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_STRING dims: [ -1 ] } ]
+response_cache { enable: true }
+"""
+
+
+async def test_a_cache_hit_encoded_later_is_traced_as_a_cache_hit(tmp_path: Path) -> None:
+    # It had been traced as queued (a `queue` span, no `compute`): it never was (a tester, session 49).
+    repo = tmp_path / "repo"
+    (repo / "words" / "1").mkdir(parents=True)  # the identity backend needs no file
+    (repo / "words" / "config.pbtxt").write_text(_CACHED_STRINGS)
+    request = pb.ModelInferRequest(model_name="words", id="w")
+    request.inputs.add(name="x", datatype="BYTES", shape=[STRINGS])
+    request.raw_input_contents.append(
+        b"".join(len(b"ab").to_bytes(4, "little") + b"ab" for _ in range(STRINGS))
+    )
+    exporter = InMemorySpanExporter()
+    async with serving(repo, tmp_path, exporter) as stub:
+        await stub.ModelInfer(request, timeout=BOUND_S)  # a miss: computed and cached
+        exporter.clear()
+        answer = await stub.ModelInfer(request, timeout=BOUND_S)
+    assert list(answer.outputs[0].shape) == [STRINGS]
+    spans = exporter.get_finished_spans()
+    [call] = named(spans, "ModelInfer")
+    stages = children(spans, call)
+    assert stages.keys() == {"decode", "compute", "encode"}
+    assert dict(stages["compute"].attributes or {})["sluiceway.path"] == "cache"
+    assert times(stages["compute"])[1] <= times(stages["encode"])[0]

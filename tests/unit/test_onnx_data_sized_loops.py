@@ -187,3 +187,24 @@ def test_a_value_carried_from_the_data_stays_the_datas_when_another_joins_it() -
     assert data_sized_outputs(model) == {
         "y": "Loop node 'l', whose body's condition 'cond_out' is the data's"
     }
+
+
+@pytest.mark.parametrize("stop", ["trip count", "condition"])
+def test_a_loops_turns_size_its_scan_outputs_not_its_carried_values(stop: str) -> None:
+    # A loop run to convergence (Newton's square root, per row) keeps its rows in its carried
+    # value: it had been refused as data-sized, where only a scan output is as long as the turns.
+    nodes = [
+        helper.make_node("Add", ["v", "limit"], ["v_out"]),
+        helper.make_node("Less", ["v", "limit"], ["cond_out"] if stop == "condition" else ["unused"]),
+        helper.make_node("Identity", ["turn"], ["step"]),
+    ]
+    if stop == "trip count":
+        nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    model = _looped(nodes, ["limit" if stop == "trip count" else "trips", "go", "zero"])
+    model.graph.output.append(_vi("v_last", TensorProto.INT64, ["q"]))
+    said = (
+        "Loop node 'l', from its input 'limit'"
+        if stop == "trip count"
+        else "Loop node 'l', whose body's condition 'cond_out' is the data's"
+    )
+    assert data_sized_outputs(model) == {"y": said}  # the scan output only, not v_last

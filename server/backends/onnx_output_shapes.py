@@ -1,0 +1,107 @@
+"""A graph's outputs as onnxruntime describes them, where the graph's own declaration says too little.
+
+An exporter may declare an output's shape loosely: `[?]` for column sums (x [N, 3] -> y [3]), a
+symbol of its own (`unk__2`, tf2onnx's) for a dim that is in fact fixed, or no shape at all.
+onnxruntime infers the shape (y [3]), and Triton's onnxruntime backend completes a config from what
+onnxruntime reports. Read as declared, such an output's first dim looked like the batch: column
+sums were batched, and three coalesced one-row requests each got the batch's sums, OK; an output
+with no shape was taken for a scalar, and every request failed INTERNAL.
+
+`refined_outputs` runs onnx's shape inference when some output's first dim is not shown to be an
+input's (unknown, a symbol no input's first dim has, or no shape), and merges what it finds into
+those outputs: an inferred fixed size wins over a declared symbol or unknown (onnxruntime reports
+the fixed one), an inferred symbol fills an unknown; a declared fixed size stays.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+# Names an input's unnamed first dim for the inference, so that what carries it can say so.
+BATCH_SYMBOL = "__sluiceway_batch_{}"
+
+
+def refined_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's outputs, those whose first dim is unsure refined by onnx's shape inference."""
+    declared = list(model.graph.output)
+    firsts = _input_firsts(model)
+    unsure = {out.name for out in declared if _unsure(out, firsts)}
+    if not unsure:
+        return declared
+    inferred = _inferred(model, unsure)
+    return [_merged(out, inferred.get(out.name)) if out.name in unsure else out for out in declared]
+
+
+def _input_firsts(model: onnx.ModelProto) -> set[str]:
+    initializers = {init.name for init in model.graph.initializer}
+    firsts: set[str] = set()
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in initializers and dims and dims[0].dim_param:
+            firsts.add(dims[0].dim_param)
+    return firsts
+
+
+def _unsure(value: onnx.ValueInfoProto, firsts: set[str]) -> bool:
+    """Whether `value`'s declaration leaves its first dim unknown, or names it with a symbol no
+    input's first dim has. A declared scalar (a shape of no dims) or fixed first dim is sure."""
+    if value.type.WhichOneof("value") is None:
+        return True  # no type at all: onnxruntime infers one
+    if value.type.WhichOneof("value") != "tensor_type":
+        return False  # sequences, maps, optionals: refused by completion whatever their shape
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return True
+    if not tensor.shape.dim:
+        return False
+    first = tensor.shape.dim[0]
+    return not first.HasField("dim_value") and first.dim_param not in firsts
+
+
+def inference_probe(model: onnx.ModelProto, cleared: set[str]) -> onnx.ModelProto:
+    """A copy of `model` for onnx's shape inference: each input's unnamed first dim named
+    (BATCH_SYMBOL, so that what carries it says so), the declared shapes of the outputs in
+    `cleared` set aside (a declaration would bound what is inferred)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    initializers = {init.name for init in probe.graph.initializer}
+    for i, value in enumerate(probe.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        unnamed = dims and not dims[0].HasField("dim_value") and not dims[0].dim_param
+        if value.name not in initializers and unnamed:
+            dims[0].dim_param = BATCH_SYMBOL.format(i)
+    for out in probe.graph.output:
+        if out.name in cleared and out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    return probe
+
+
+def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueInfoProto]:
+    """The unsure outputs as onnx's shape inference makes them; none where it fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(inference_probe(model, unsure), data_prop=True)
+    except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands
+        return {}
+    return {out.name: out for out in inferred.graph.output if out.name in unsure}
+
+
+def _merged(declared: onnx.ValueInfoProto, inferred: onnx.ValueInfoProto | None) -> onnx.ValueInfoProto:
+    if inferred is None or not inferred.type.tensor_type.HasField("shape"):
+        return declared
+    merged = onnx.ValueInfoProto()
+    merged.CopyFrom(declared)
+    tensor = merged.type.tensor_type
+    if not tensor.elem_type:
+        tensor.elem_type = inferred.type.tensor_type.elem_type
+    found = inferred.type.tensor_type.shape.dim
+    if not tensor.HasField("shape") or len(tensor.shape.dim) != len(found):
+        tensor.shape.CopyFrom(inferred.type.tensor_type.shape)
+        return merged
+    for dim, seen in zip(tensor.shape.dim, found, strict=True):
+        if dim.HasField("dim_value"):
+            continue  # declared fixed: stays
+        if seen.HasField("dim_value"):
+            dim.dim_value = seen.dim_value  # onnxruntime reports the fixed size
+        elif not dim.dim_param and seen.dim_param:
+            dim.dim_param = seen.dim_param
+    return merged
