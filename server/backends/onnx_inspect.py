@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from server.backends.onnx_data_sized import data_sized_outputs
+from server.backends.onnx_output_shapes import refined_outputs
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.models.onnx_completion import OnnxTensor
 
@@ -23,11 +24,22 @@ class OnnxSignature:
 
 
 def _onnx_type(type_proto: onnx.TypeProto) -> str:
+    """onnxruntime's spelling: FLOAT -> tensor(float), seq(tensor(float)), optional(...), map(...)
+    (the others are reported as unsupported by config completion)."""
     kind = type_proto.WhichOneof("value")
-    if kind != "tensor_type":
-        return str(kind)  # sequence/map/optional: reported as unsupported by config completion
-    name = onnx.TensorProto.DataType.Name(type_proto.tensor_type.elem_type).lower()
-    return f"tensor({name})"  # onnxruntime's spelling: FLOAT -> tensor(float), STRING -> tensor(string)
+    if kind == "tensor_type":
+        return f"tensor({_element(type_proto.tensor_type.elem_type)})"
+    if kind == "sequence_type":
+        return f"seq({_onnx_type(type_proto.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_onnx_type(type_proto.optional_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({_element(type_proto.map_type.key_type)},{_onnx_type(type_proto.map_type.value_type)})"
+    return "no type" if kind is None else str(kind)
+
+
+def _element(elem_type: int) -> str:
+    return str(onnx.TensorProto.DataType.Name(elem_type).lower())
 
 
 def _onnx_shape(type_proto: onnx.TypeProto) -> list[int | str | None]:
@@ -83,11 +95,21 @@ def _inputs_outputs(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[Onnx
 
 
 def _outputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[OnnxTensor]:
+    """The graph's outputs as onnxruntime describes them (onnx_output_shapes.py), each with why
+    the data's values size its first dim, if they do."""
     sized = data_sized_outputs(model, fed or ())
-    return [
-        OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type), _sized_why(sized.get(v.name)))
-        for v in model.graph.output
-    ]
+    outputs = []
+    for v in refined_outputs(model):
+        if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape"):
+            # Taken for a scalar, it had loaded, and every request had failed INTERNAL.
+            raise BackendLoadError(
+                f"ONNX output '{v.name}' has no shape, and onnx's shape inference finds none: "
+                "declare its shape in the graph"
+            )
+        outputs.append(
+            OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type), _sized_why(sized.get(v.name)))
+        )
+    return outputs
 
 
 def _sized_why(origin: str | None) -> str | None:

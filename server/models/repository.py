@@ -176,7 +176,9 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
         if model_file.stat().st_size == 0:  # read by onnxruntime as a graph of nothing
             raise ConfigError(f"{directory}: version {version}'s {filename} is empty (0 bytes)")
         versions[version] = model_file
-    where = source if override is not None else str(config_path)
+    # Without a config.pbtxt, errors name the model's directory: the path of a file that is not there
+    # had read as if the fault were in it.
+    where = source
     return ModelSource(name=name, directory=directory, config=config, versions=versions, where=where)
 
 

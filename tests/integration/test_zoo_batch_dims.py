@@ -41,8 +41,11 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     ranged = range_to_overridable(files / "ranged.onnx")
     write_model(repo, "ranged_batched", ranged, BATCH_OF_FOUR_ROWS)
     write_model(repo, "ranged_fed_batched", ranged, BATCH_OF_FOUR_ROWS + FED)
+    loose = column_sums(files / "loose_sums.onnx", width=3, declared=[None])  # an exporter's [?]
+    write_model(repo, "loose_batched", loose, BATCH_OF_FOUR_ROWS)
+    write_model(repo, "loose", loose, None)
     with ServerProcess("--model-repository", str(repo)) as server:
-        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx", "until": until}
+        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx", "until": until, "loose": loose}
 
 
 # The overridable initializer `n` listed as an input: clients may send it.
@@ -171,3 +174,23 @@ def test_an_output_without_the_runs_rows_answers_unimplemented_naming_it(
     # The server serves on: column sums, completed unbatched, still answer.
     good = _requests()
     assert_each_alone(zoo[1]["sums"], good, ours_together(server.address, "sums", good), "sums")
+
+
+@pytest.mark.parametrize("send", ["tritonclient", "ours"])
+def test_column_sums_declared_loosely_complete_unbatched_and_answer_each_request_whole(
+    zoo: tuple[ServerProcess, dict[str, Path]], send: str
+) -> None:
+    # y declared [?]: onnxruntime reports [3], and so does completion now. Completed batched, three
+    # coalesced one-row requests had each got the batch's sums, OK (a tester, session 49).
+    server, files = zoo
+    index = _index(server)
+    assert index["loose_batched"].state == "UNAVAILABLE"
+    assert (
+        "output 'y' has shape [3] with no variable first (batch) dimension" in index["loose_batched"].reason
+    )
+    requests = [{"x": np.float32([[1, 2, 3]]) * 10**k} for k in range(3)]
+    if send == "tritonclient":
+        answers = triton_together(server.address, "loose", requests, ["y"])
+    else:
+        answers = ours_together(server.address, "loose", requests)
+    assert_each_alone(files["loose"], requests, answers, "loose")

@@ -33,14 +33,14 @@ def _save(
     return path
 
 
-def column_sums(path: Path) -> Path:
-    """y = ReduceSum(x, axis 0, keepdims 0): x [N, M] -> y [M]. Every tensor's first dim is
-    variable, so it looks batchable; its output's first dim is the input's second, not the batch."""
+def column_sums(path: Path, width: Dim = "M", declared: list[Dim | None] | None = None) -> Path:
+    """y = ReduceSum(x, axis 0, keepdims 0): x [N, width] -> y [width]. Every tensor's first dim is
+    variable, so it looks batchable; its output's first dim is the input's second, not the batch.
+    `declared`: y's shape as the graph declares it (an exporter's `[None]`), when not [width]."""
     axes = numpy_helper.from_array(np.zeros(1, np.int64), "axes")
     nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)]
-    return _save(
-        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", "M"])], [_vi("y", TensorProto.FLOAT, ["M"])], [axes]
-    )
+    y = _vi("y", TensorProto.FLOAT, declared if declared is not None else [width])
+    return _save(path, nodes, [_vi("x", TensorProto.FLOAT, ["N", width])], [y], [axes])
 
 
 def nonzero_rows(path: Path, first: str = "nnz") -> Path:

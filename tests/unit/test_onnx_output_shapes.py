@@ -1,0 +1,130 @@
+"""Graph outputs as onnxruntime describes them where the graph's declaration says too little
+(server/backends/onnx_output_shapes.py; a tester, session 49). Column sums declared `[?]` or with an
+exporter's own symbol had completed as batched, and three coalesced one-row requests each got the
+batch's sums, OK; an output declared with no shape was taken for a scalar, and every request
+failed INTERNAL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from protos import model_config_pb2 as mc
+from server.backends import onnx_output_shapes
+from server.backends.onnx_inspect import inspect_onnx
+from server.backends.onnxruntime_backend import BackendLoadError
+from server.models.onnx_completion import complete_from_onnx
+from tests.support.zoo_models import column_sums
+
+Shape = list[int | str | None] | None
+
+
+def _relu(path: Path, declared: Shape, x: list[int | str | None] | None = None, typed: bool = True) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x if x is not None else ["N", 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)
+            if typed
+            else onnx.ValueInfoProto(name="y")
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _completed(path: Path) -> mc.ModelConfig:
+    inputs, outputs = inspect_onnx(path)
+    return complete_from_onnx(mc.ModelConfig(), inputs, outputs, default_max_batch_size=64)
+
+
+@pytest.mark.parametrize("declared", [[None], ["unk__2"]])
+def test_column_sums_declared_loosely_are_not_batched(
+    tmp_path: Path, declared: list[int | str | None]
+) -> None:
+    path = column_sums(tmp_path / "sums.onnx", width=3, declared=declared)
+    _, (y,) = inspect_onnx(path)
+    assert list(y.shape) == [3]  # as onnxruntime reports it
+    done = _completed(path)
+    assert done.max_batch_size == 0 and list(done.output[0].dims) == [3]
+
+
+def test_a_transpose_declared_loosely_keeps_the_batch_in_its_second_dim(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "t.onnx")
+    _, (y,) = inspect_onnx(tmp_path / "t.onnx")
+    assert list(y.shape) == [3, "N"]
+    assert _completed(tmp_path / "t.onnx").max_batch_size == 0
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_an_output_declared_without_a_shape_gets_the_inferred_one(tmp_path: Path, typed: bool) -> None:
+    _, (y,) = inspect_onnx(_relu(tmp_path / "r.onnx", None, typed=typed))
+    assert (y.type, list(y.shape)) == ("tensor(float)", ["N", 4])
+    done = _completed(tmp_path / "r.onnx")
+    assert done.max_batch_size == 64 and list(done.output[0].dims) == [4]
+
+
+def test_an_unnamed_batch_carried_through_stays_a_variable_first_dim(tmp_path: Path) -> None:
+    _, (y,) = inspect_onnx(_relu(tmp_path / "r.onnx", [None, None], x=[None, 4]))
+    assert list(y.shape) == ["__sluiceway_batch_0", 4]
+    assert _completed(tmp_path / "r.onnx").max_batch_size == 64
+
+
+def test_a_declaration_that_says_enough_is_read_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("shape inference was not needed")
+
+    monkeypatch.setattr(onnx_output_shapes.onnx.shape_inference, "infer_shapes", never)
+    for i, declared in enumerate((["N", 4], [2, None], [])):
+        _, (y,) = inspect_onnx(_relu(tmp_path / f"r{i}.onnx", declared))
+        assert list(y.shape) == declared  # the inputs' batch symbol, a fixed size, a scalar
+
+
+def test_an_exporters_own_symbol_inferred_as_the_batch_stays_its_own(tmp_path: Path) -> None:
+    # tf2onnx's unk__ names: an inferred symbol fills an unknown dim only; a declared one stays.
+    _, (y,) = inspect_onnx(_relu(tmp_path / "r.onnx", ["unk__2", None], x=["unk__1", 4]))
+    assert list(y.shape) == ["unk__2", 4]
+
+
+def test_where_inference_fails_the_declaration_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: object, **kwargs: object) -> None:
+        raise onnx.shape_inference.InferenceError("no")
+
+    monkeypatch.setattr(onnx_output_shapes.onnx.shape_inference, "infer_shapes", failing)
+    _, (y,) = inspect_onnx(_relu(tmp_path / "r.onnx", [None, 4]))
+    assert list(y.shape) == [None, 4]
+
+
+def test_an_output_of_no_shape_that_inference_cannot_tell_is_refused_naming_it(tmp_path: Path) -> None:
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(BackendLoadError) as caught:
+        inspect_onnx(tmp_path / "m.onnx")
+    assert str(caught.value) == (
+        "ONNX output 'y' has no shape, and onnx's shape inference finds none: declare its shape in the graph"
+    )
