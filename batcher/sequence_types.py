@@ -59,6 +59,8 @@ class SequenceSpec:
     # False for a model without a batch dimension (max_batch_size 0): a request is the whole run,
     # and control and state tensors have no leading row axis.
     batched: bool = True
+    # State outputs the config also lists as outputs: answered to the client too, as Triton does.
+    answered_states: frozenset[str] = frozenset()
 
     @property
     def initial_bytes(self) -> int:

@@ -184,6 +184,7 @@ def complete_from_onnx(
     inputs = [_as_tensor(t) for t in onnx_inputs]
     outputs = [_as_tensor(t) for t in onnx_outputs]
     hidden_in, hidden_out = sequence_hidden_names(done)
+    hidden_out -= {entry.name for entry in done.output}  # a state output listed: the client's too
     if hidden_in or hidden_out:  # sequence controls and state: the server's, not the client's
         inputs = [t for t in inputs if t.name not in hidden_in]
         outputs = [t for t in outputs if t.name not in hidden_out]
@@ -233,9 +234,8 @@ def _server_tensor_roles(config: mc.ModelConfig) -> dict[tuple[str, str], str]:
             roles["input", target] = "a batch_input's target_name"
     if config.HasField("sequence_batching"):
         sb = config.sequence_batching
-        for state in sb.state:
+        for state in sb.state:  # its output_name may be listed: Triton then answers it too
             roles["input", state.input_name] = "a sequence_batching state's input_name"
-            roles["output", state.output_name] = "a sequence_batching state's output_name"
         for control in sb.control_input:
             roles["input", control.name] = "a sequence_batching control_input"
     return roles

@@ -110,7 +110,8 @@ def sequence_model(
         if axes.get(state.input_name, 0):
             graph_axes[state.input_name] = graph_axes[state.output_name] = axes[state.input_name]
     idle_us = sb.max_sequence_idle_microseconds or DEFAULT_IDLE_US
-    return SequenceModel(SequenceSpec(controls, states, idle_us / 1e6, batched), graph_axes)
+    answered = frozenset(s.output_name for s in states) & {o.name for o in config.output}
+    return SequenceModel(SequenceSpec(controls, states, idle_us / 1e6, batched, answered), graph_axes)
 
 
 def _refuse_repeated_states(sb: mc.ModelSequenceBatching, where: str) -> None:

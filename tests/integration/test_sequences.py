@@ -42,6 +42,9 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         )
     )
     write_model(repo, "acc_split", acc, split, versions=(1, 2))
+    # Its state's output listed as an output too: Triton's way to give the client the state.
+    listed = 'output [ { name: "acc_out" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+    write_model(repo, "acc_listed", acc, listed + sm.accumulator_config())
     init = write_model(repo, "acc_init", acc, sm.accumulator_config(initial_file="init.bin"))
     (init / "initial_state").mkdir()
     (init / "initial_state" / "init.bin").write_bytes(np.array([10, 20, 30, 40], np.float32).tobytes())
@@ -196,6 +199,24 @@ def test_a_state_batched_on_axis_1_is_kept_per_sequence(stub: pb_grpc.GRPCInfere
 def test_initial_state_comes_from_its_data_file(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     assert step(stub, "acc_init", 7, 1.0, start=True).tolist() == [[11, 21, 31, 41]]
     assert step(stub, "acc_init", 7, 1.0, end=True).tolist() == [[12, 22, 32, 42]]
+
+
+def test_a_state_output_the_config_lists_comes_back_with_each_answer(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    # It had been refused at load ("not in the ONNX model"), then as the server's own tensor.
+    got = [outputs(stub.ModelInfer(request("acc_listed", 31, np.full((1, 4), 2.0, np.float32), start=True)))]
+    got.append(
+        outputs(stub.ModelInfer(request("acc_listed", 31, np.full((1, 4), 3.0, np.float32), end=True)))
+    )
+    assert [sorted(g) for g in got] == [["acc_out", "out"]] * 2
+    assert [g["acc_out"].tolist() for g in got] == [[[2.0] * 4], [[5.0] * 4]]  # the state kept, as sent
+    assert [g["out"].tolist() for g in got] == [[[2.0] * 4], [[5.0] * 4]]
+    # The state still carries when the client does not ask for it, and stays off unlisted models.
+    assert step(stub, "acc_listed", 32, 1.0, start=True, end=True).tolist() == [[1.0] * 4]
+    assert sorted(
+        outputs(stub.ModelInfer(request("accumulate", 33, np.ones((1, 4), np.float32), start=True, end=True)))
+    ) == ["out"]
 
 
 def test_control_inputs_are_filled_with_the_configured_values(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

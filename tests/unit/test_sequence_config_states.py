@@ -78,10 +78,6 @@ CONTROL = f'control_input [ {{ name: "start" control [ {START} ] }} ]'
             "input 'acc' is a sequence_batching state's input_name",
         ),
         (
-            'output [ { name: "acc_out" data_type: TYPE_FP32 dims: [ 4 ] } ]',
-            "output 'acc_out' is a sequence_batching state's output_name",
-        ),
-        (
             'input [ { name: "start" data_type: TYPE_INT32 dims: [ 1 ] } ]',
             "input 'start' is a sequence_batching control_input",
         ),
@@ -96,6 +92,21 @@ def test_a_tensor_the_server_feeds_listed_as_the_clients_is_refused_as_such(list
     assert str(caught.value) == (
         f"cfg: {role}, which the server feeds or keeps, not the client: remove it from the config's {kind}s"
     )
+
+
+def test_a_state_output_listed_as_an_output_is_answered_too() -> None:
+    # Triton's way to give the client the state: list its output_name under output (it had been
+    # refused as "not in the ONNX model", then as the server's).
+    listed = 'output [ { name: "acc_out" data_type: TYPE_FP32 dims: [ 4 ] } ]'
+    config, model = load(
+        sm.accumulator_config().replace("sequence_batching {", f"{listed}\nsequence_batching {{"),
+        ACC_IN,
+        ACC_OUT,
+    )
+    assert sorted(o.name for o in config.output) == ["acc_out", "out"]
+    assert model is not None and model.spec.answered_states == {"acc_out"}
+    _, unlisted = load(sm.accumulator_config(), ACC_IN, ACC_OUT)
+    assert unlisted is not None and unlisted.spec.answered_states == frozenset()
 
 
 def test_a_batch_inputs_target_listed_as_an_input_is_refused_as_such() -> None:
