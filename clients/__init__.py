@@ -15,6 +15,7 @@ from clients.base import MAX_TIMEOUT_S
 from clients.endpoints import NO_RETRY, Backoff, ChannelOptions, RetryPolicy
 from clients.errors import (
     DeadlineExceeded,
+    FrameDropped,
     InternalError,
     InvalidArgument,
     MessageTooLarge,
@@ -36,6 +37,7 @@ __all__ = [
     "ChannelOptions",
     "Client",
     "DeadlineExceeded",
+    "FrameDropped",
     "InternalError",
     "InvalidArgument",
     "MessageTooLarge",

@@ -85,12 +85,15 @@ class AsyncClient(ClientBase):
         timeout_s: float | None = None,
         priority: int | None = None,
         outputs: Sequence[str] | None = None,
+        latest_frame_wins: bool | None = None,
     ) -> StreamSession:
         """A streaming session over one ModelStreamInfer call: `async with client.stream("mlp") as s:`.
 
         Each frame carries `frame_timeout_s` (default `default_timeout_s`) as its `timeout`
         parameter; the whole call's deadline is `timeout_s` (default `stream_timeout_s`). A stream
         is not retried: if its endpoint fails, every unanswered frame fails with that error.
+        `latest_frame_wins`: each frame's parameter (default: the model's setting); a frame a newer
+        one superseded comes back with `dropped` set (README "Protocol", latest-frame-wins).
         """
         return StreamSession(
             self._open_stream,
@@ -102,6 +105,7 @@ class AsyncClient(ClientBase):
             priority=priority,
             outputs=outputs,
             timeout_s=self.stream_timeout_s if timeout_s is None else self._timeout(timeout_s, "timeout_s"),
+            latest_frame_wins=latest_frame_wins,
         )
 
     # -- health, metadata, repository -----------------------------------------------------------

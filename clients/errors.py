@@ -89,6 +89,14 @@ class InternalError(SluicewayError):
     code = grpc.StatusCode.INTERNAL
 
 
+class FrameDropped(SluicewayError):
+    """A stream frame the server dropped uncomputed: a newer frame of its stream superseded it
+    (latest-frame-wins). Its result has `dropped` set and no outputs; `unwrap()` raises this. Not
+    an RPC status: never retried (the newer frame is the one that counts)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 ERROR_BY_CODE: dict[grpc.StatusCode, type[SluicewayError]] = {
     cls.code: cls
     for cls in (NotFound, InvalidArgument, DeadlineExceeded, Overloaded, Unavailable, InternalError)

@@ -78,12 +78,14 @@ class StreamSession:
         priority: int | None = None,
         outputs: Sequence[str] | None = None,
         max_message_bytes: int | None = None,
+        latest_frame_wins: bool | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._open = open_stream
         self._model, self._version = model, version
         self._priority, self._outputs = priority, list(outputs or ())
+        self._latest_frame_wins = latest_frame_wins  # None: the model's setting
         self._frame_timeout_s, self._timeout_s = frame_timeout_s, timeout_s
         self._max_message_bytes = max_message_bytes
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per frame: fails it when no answer comes
@@ -167,8 +169,11 @@ class StreamSession:
         request_id: str | None = None,
         *,
         priority: int | None = None,
+        latest_frame_wins: bool | None = None,
     ) -> str:
-        """Send one frame; returns its request id. Waits while max_in_flight frames are unanswered."""
+        """Send one frame; returns its request id. Waits while max_in_flight frames are unanswered.
+        `latest_frame_wins` (default: the session's, else the model's setting): a newer frame may
+        supersede this one while it waits; its result then has `dropped` set."""
         if self._reader is None:
             raise RuntimeError("use the session inside `async with client.stream(...)`")
         if self._done_sending:
@@ -184,6 +189,9 @@ class StreamSession:
             outputs=self._outputs,
         )
         tensors.set_timeout(request, self._frame_timeout_s)
+        wins = self._latest_frame_wins if latest_frame_wins is None else latest_frame_wins
+        if wins is not None:
+            request.parameters["latest_frame_wins"].bool_param = wins
         size = request.ByteSize()
         if self._max_message_bytes is not None and size > self._max_message_bytes:
             # Refused here, the stream going on: sent, it ended the whole stream INTERNAL ("Internal

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import grpc
 
 from clients import tensors
-from clients.errors import InternalError, SluicewayError, Unavailable, from_rpc_error, from_stream_message
+from clients.errors import (
+    FrameDropped,
+    InternalError,
+    SluicewayError,
+    Unavailable,
+    from_rpc_error,
+    from_stream_message,
+)
 from protos import grpc_service_pb2 as pb
 
 # grpc core's failure to start an operation on a call that already failed at the transport
@@ -22,13 +29,20 @@ CORE_ERROR: type[Exception] = importlib.import_module("grpc._cython.cygrpc").Bas
 CORE_DETAILS = "Internal error from Core"
 
 
+# The response parameter of a frame the server dropped (server/protocol/latest_frame.py).
+FRAME_DROPPED = "frame_dropped"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamResult:
-    """One frame's answer: outputs, or the error for this frame only."""
+    """One frame's answer: outputs, or the error for this frame only. `dropped`: the server dropped
+    the frame (latest-frame-wins: a newer one superseded it); no outputs, `error` a FrameDropped.
+    It had come as a success with no outputs, and `unwrap()["logits"]` raised KeyError."""
 
     request_id: str
     outputs: dict[str, tensors.Array] | None
     error: SluicewayError | None = None
+    dropped: bool = False
 
     def unwrap(self) -> dict[str, tensors.Array]:
         """The outputs, or raise this frame's error."""
@@ -42,6 +56,10 @@ def result_of(response: pb.ModelStreamInferResponse) -> StreamResult:
     rid = response.infer_response.id
     if response.error_message:
         return StreamResult(rid, None, from_stream_message(response.error_message, rid))
+    flag = response.infer_response.parameters.get(FRAME_DROPPED)
+    if flag is not None and flag.bool_param:
+        why = f"frame {rid!r} was dropped by the server: a newer frame of this stream superseded it"
+        return StreamResult(rid, None, FrameDropped(why, request_id=rid), dropped=True)
     try:
         return StreamResult(rid, tensors.decode_response(response.infer_response))
     except ValueError as exc:  # a malformed answer fails its frame, not the stream

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
+from clients import AsyncClient, FrameDropped
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from server.models.config import ConfigError, latest_frame_wins, parse_config, validate_config
@@ -208,3 +209,31 @@ def test_a_model_that_cannot_drop_frames_refuses_the_setting(config: str, kind: 
         latest_frame_wins(parse_config(config + LFW, "config.pbtxt"), "config.pbtxt")
     off = parse_config(config + LFW.replace('"true"', '"false"'), "config.pbtxt")
     assert latest_frame_wins(off, "config.pbtxt") is False  # what it does anyway
+
+
+@pytest.mark.parametrize(
+    ("model", "session_wins", "frame_wins"), [("held_param", True, None), ("held_param", None, True)]
+)
+async def test_our_client_sends_the_parameter_and_tells_a_dropped_frame(
+    server: ServerProcess, model: str, session_wins: bool | None, frame_wins: bool | None
+) -> None:
+    # Our client had no way to send the parameter, and a dropped frame came back as a success with
+    # no outputs: the README's `result.unwrap()["scores"]` raised KeyError (a tester, session 49).
+    features = {"features": np.full((1, 64), 0.5, np.float32)}
+    async with (
+        AsyncClient(server.address) as client,
+        client.stream(model, latest_frame_wins=session_wins) as session,
+    ):
+        for i in range(1, 5):  # each 1-row frame waits for 4 rows: the next one supersedes it
+            await session.send(features, f"c{i}", latest_frame_wins=frame_wins)
+        await session.send(
+            {"features": np.full((4, 64), 0.5, np.float32)}, "c5", latest_frame_wins=frame_wins
+        )
+        await session.done_sending()
+        results = [result async for result in session]
+    assert [(r.request_id, r.dropped) for r in results] == [(f"c{i}", i < 5) for i in range(1, 6)]
+    for dropped in results[:4]:
+        assert dropped.outputs is None and isinstance(dropped.error, FrameDropped)
+        with pytest.raises(FrameDropped, match="superseded"):
+            dropped.unwrap()
+    assert results[4].unwrap()["scores"].shape == (4, 2)
