@@ -102,8 +102,7 @@ class SequenceBatcher:
         self._closed = False  # the model version stopped: no sequence opens any more
         self._why = RETIRED  # why, said to the continuations of its sequences (close)
         self._drained = asyncio.Event()  # set once closed and the sequences it kept have gone
-        # Kept from the answer, unless the config lists them as outputs too (then sent as well).
-        self._state_outputs = frozenset(s.output_name for s in spec.states) - spec.answered_states
+        self._state_outputs = frozenset(s.output_name for s in spec.states) - spec.answered_states  # kept
         # One shared mapping: a state is replaced after each run, never written in place.
         self._initial: dict[str, Array] = {s.input_name: s.initial for s in spec.states}
         # One row's control tensor shape: (1, 1), or (1,) for a model without a batch dimension.

@@ -42,8 +42,7 @@ __all__ = ["DEFAULT_MAX_IN_FLIGHT", "StreamResult", "StreamSession"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 64
-# A frame with no answer this long after its timeout fails on the client (the server's own
-# DEADLINE_EXCEEDED answer normally comes first).
+# A frame with no answer this long after its timeout fails here (the server's own answer comes first).
 FRAME_GRACE_S = 1.0
 # How long a clean close waits for the server to end the call before cancelling it.
 CLOSE_GRACE_S = 5.0
@@ -84,8 +83,7 @@ class StreamSession:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._open = open_stream
         self._model, self._version = model, version
-        self._priority, self._outputs = priority, list(outputs or ())
-        self._latest_frame_wins = latest_frame_wins  # None: the model's setting
+        self._priority, self._outputs, self._wins = priority, list(outputs or ()), latest_frame_wins
         self._frame_timeout_s, self._timeout_s = frame_timeout_s, timeout_s
         self._max_message_bytes = max_message_bytes
         self._timers: dict[str, asyncio.TimerHandle] = {}  # per frame: fails it when no answer comes
@@ -171,9 +169,7 @@ class StreamSession:
         priority: int | None = None,
         latest_frame_wins: bool | None = None,
     ) -> str:
-        """Send one frame; returns its request id. Waits while max_in_flight frames are unanswered.
-        `latest_frame_wins` (default: the session's, else the model's setting): a newer frame may
-        supersede this one while it waits; its result then has `dropped` set."""
+        """Send one frame; returns its request id. Waits while max_in_flight frames are unanswered."""
         if self._reader is None:
             raise RuntimeError("use the session inside `async with client.stream(...)`")
         if self._done_sending:
@@ -187,11 +183,9 @@ class StreamSession:
             request_id=rid,
             priority=self._priority if priority is None else priority,
             outputs=self._outputs,
+            latest_frame_wins=self._wins if latest_frame_wins is None else latest_frame_wins,
         )
         tensors.set_timeout(request, self._frame_timeout_s)
-        wins = self._latest_frame_wins if latest_frame_wins is None else latest_frame_wins
-        if wins is not None:
-            request.parameters["latest_frame_wins"].bool_param = wins
         size = request.ByteSize()
         if self._max_message_bytes is not None and size > self._max_message_bytes:
             # Refused here, the stream going on: sent, it ended the whole stream INTERNAL ("Internal
@@ -250,8 +244,7 @@ class StreamSession:
         while self._held >= self.max_in_flight and self._failure is None:
             self._room.clear()
             if not await within(self._room.wait(), self._frame_timeout_s) and not self._unanswered:
-                # Not an error (a receiver may be slow); but a task that sends all before it
-                # receives waits here for good.
+                # A slow receiver, or a task that sends all before it receives: that one waits for good.
                 log.warning(
                     "send() has waited %g s for a slot: %d frames are answered and not received; "
                     "receive (recv() or `async for`, in another task) while sending",

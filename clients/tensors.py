@@ -78,9 +78,11 @@ def build_request(
     request_id: str | None = None,
     priority: int | None = None,
     outputs: Sequence[str] | None = None,
+    latest_frame_wins: bool | None = None,
 ) -> pb.ModelInferRequest:
     """A ModelInferRequest with every input in raw_input_contents (no timeout: see set_timeout).
-    No inputs is a request too: a model may have none (a constant or a generator)."""
+    No inputs is a request too: a model may have none (a constant or a generator).
+    `latest_frame_wins`: a stream frame's parameter (None: the model's setting)."""
     if not isinstance(inputs, Mapping):  # a list of arrays had failed with a bare AttributeError
         raise TypeError(f"inputs must be a mapping of input name -> array, got {type(inputs).__name__}")
     request = pb.ModelInferRequest(
@@ -97,6 +99,8 @@ def build_request(
         if priority < 0:
             raise ValueError(f"priority must be >= 0 (1 is highest, 0 the model's default), got {priority}")
         request.parameters["priority"].int64_param = priority
+    if latest_frame_wins is not None:
+        request.parameters["latest_frame_wins"].bool_param = latest_frame_wins
     return request
 
 
