@@ -13,9 +13,10 @@ An output downstream of such an op may still be batched (a mask computed with No
 row by row): onnx's shape inference, run only when some output is suspect, clears an output whose
 first dim it carries through from an input's first dim, and so does a graph that declares the
 output's first dim with an input's batch symbol (the exporter's word, e.g. torch's dynamic_axes).
-A Loop's scan outputs are as long as its turns: data-sized when its trip count, its first
-condition or the condition its body computes is the data's (a carried value is the data's when its
-first value is or when the body makes its next one from the data). An overridable initializer (an
+A Loop's outputs are data-sized when its trip count, its first condition or the condition its
+body computes is the data's (its scan outputs are as long as its turns; a carried value may grow
+a row a turn). A carried value is the data's when its first value is, or when the body makes its
+next one from the data. An overridable initializer (an
 initializer also listed as a graph input) is the data's when the config lets clients send it (`fed`).
 Not covered: custom-domain ops, and sizes read by ops outside SIZE_INPUTS.
 """
@@ -86,58 +87,59 @@ class _Walk:
 
     def graph(self, graph: onnx.GraphProto) -> None:
         for node in graph.node:
-            why, valued, only = self._node(node)
+            why, valued = self._node(node)
             for name in node.output:
-                if name and why is not None and (only is None or name in only):
+                if name and why is not None:
                     self.origins[name] = why
                 if name and valued:
                     self.valued.add(name)
 
-    def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool, Collection[str] | None]:
-        """Why the node's outputs are sized by the data (None: they are not), whether their values
-        are the data's, and which outputs the why is for (None: all of them)."""
+    def _node(self, node: onnx.NodeProto) -> tuple[str | None, bool]:
+        """Why the node's outputs are sized by the data (None: they are not), and whether their
+        values are the data's."""
         standard = node.domain in ONNX_DOMAIN
         valued = node.op_type not in SHAPE_ONLY_OPS and any(n in self.valued for n in node.input)
         if standard and node.op_type in DATA_SIZED_OPS:
-            return _describe(node), valued, None
+            return _describe(node), valued
         if standard and node.op_type == "Loop":
             return self._loop(node, valued)
         if standard:
             for i in SIZE_INPUTS.get(node.op_type, ()):
                 if i < len(node.input) and node.input[i] in self.valued:
-                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued, None
+                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued
         for name in node.input:
             if name in self.origins:
-                return self.origins[name], valued, None
+                return self.origins[name], valued
         for sub in _subgraphs(node):  # If/Scan/...: an op inside, or outer tensors it reads
             inner = self._inside(sub, {i.name for i in sub.input} if valued else set())
             valued = valued or any(out.name in inner.valued for out in sub.output)
             if (why := _inner_origin(node, sub, inner)) is not None:
-                return why, valued, None
-        return None, valued, None
+                return why, valued
+        return None, valued
 
-    def _loop(self, node: onnx.NodeProto, valued: bool) -> tuple[str | None, bool, Collection[str] | None]:
-        """A Loop: an origin flowing in or made in its body sizes every output; its turns (its trip
-        count, its first condition, the condition its body computes) size only its scan outputs,
-        those after its carried values (a loop run to convergence keeps its rows)."""
-        scans = node.output[max(len(node.input) - 2, 0) :]
+    def _loop(self, node: onnx.NodeProto, valued: bool) -> tuple[str | None, bool]:
+        """A Loop: an origin flowing in or made in its body, or turns the data sets (its trip count,
+        its first condition, the condition its body computes), size every output: its scan outputs
+        are as long as its turns, and a carried value may grow a row a turn (Concat). One that
+        keeps its rows (a loop run to convergence, row by row) is cleared when the graph names its
+        first dim with the inputs' batch symbol (`_declared_batch`), or onnx's inference shows it."""
         for name in node.input:
             if name in self.origins:
-                return self.origins[name], valued, None
+                return self.origins[name], valued
         inner: _Walk | None = None
         body = next(_subgraphs(node), None)
         if body is not None:
             inner = self._loop_body(node, body)
             valued = valued or any(out.name in inner.valued for out in body.output)
             if (why := _inner_origin(node, body, inner)) is not None:
-                return why, valued, None
+                return why, valued
         for i in SIZE_INPUTS["Loop"]:
             if i < len(node.input) and node.input[i] in self.valued:
-                return f"{_describe(node)}, from its input '{node.input[i]}'", valued, scans
+                return f"{_describe(node)}, from its input '{node.input[i]}'", valued
         if body is not None and inner is not None and body.output and body.output[0].name in inner.valued:
             condition = body.output[0].name
-            return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued, scans
-        return None, valued, None
+            return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued
+        return None, valued
 
     def _inside(self, sub: onnx.GraphProto, seeds: set[str]) -> _Walk:
         inner = _Walk(self.valued | seeds)

@@ -190,9 +190,14 @@ def test_a_value_carried_from_the_data_stays_the_datas_when_another_joins_it() -
 
 
 @pytest.mark.parametrize("stop", ["trip count", "condition"])
-def test_a_loops_turns_size_its_scan_outputs_not_its_carried_values(stop: str) -> None:
-    # A loop run to convergence (Newton's square root, per row) keeps its rows in its carried
-    # value: it had been refused as data-sized, where only a scan output is as long as the turns.
+@pytest.mark.parametrize("declared", ["q", "N"])
+def test_a_loops_turns_size_its_carried_values_unless_the_graph_names_them_the_batch(
+    stop: str, declared: str
+) -> None:
+    # A carried value may grow a row a turn (Concat, below): as long as the turns the data sets.
+    # Exempting carried values (a loop run to convergence keeps its rows) had served such a model
+    # batched, and batch mates got each other's rows, OK (a tester, session 49). One that keeps
+    # its rows says so by its first dim's symbol: the inputs' batch symbol ("N") clears it.
     nodes = [
         helper.make_node("Add", ["v", "limit"], ["v_out"]),
         helper.make_node("Less", ["v", "limit"], ["cond_out"] if stop == "condition" else ["unused"]),
@@ -201,10 +206,46 @@ def test_a_loops_turns_size_its_scan_outputs_not_its_carried_values(stop: str) -
     if stop == "trip count":
         nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
     model = _looped(nodes, ["limit" if stop == "trip count" else "trips", "go", "zero"])
-    model.graph.output.append(_vi("v_last", TensorProto.INT64, ["q"]))
+    model.graph.output.append(_vi("v_last", TensorProto.INT64, [declared]))
     said = (
         "Loop node 'l', from its input 'limit'"
         if stop == "trip count"
         else "Loop node 'l', whose body's condition 'cond_out' is the data's"
     )
-    assert data_sized_outputs(model) == {"y": said}  # the scan output only, not v_last
+    expected = {"y": said} if declared == "N" else {"y": said, "v_last": said}
+    assert data_sized_outputs(model) == expected
+
+
+def test_a_carried_value_that_grows_a_row_a_turn_is_data_sized() -> None:
+    # acc starts with no rows; each turn appends [[turn]]: as many rows as turns, max(x) of them.
+    nodes = [
+        helper.make_node("Unsqueeze", ["turn", "axes01"], ["row"]),
+        helper.make_node("Concat", ["acc", "row"], ["acc_out"], axis=0),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    body = helper.make_graph(
+        nodes,
+        "body",
+        [
+            _vi("turn", TensorProto.INT64, []),
+            _vi("cond_in", TensorProto.BOOL, []),
+            _vi("acc", TensorProto.INT64, [None, 1]),
+        ],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("acc_out", TensorProto.INT64, [None, 1])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+            helper.make_node("Cast", ["m"], ["limit"], to=TensorProto.INT64),
+            helper.make_node("Loop", ["limit", "", "empty"], ["y"], name="grow", body=body),
+        ],
+        "g",
+        [_vi("x", TensorProto.FLOAT, ["N", 1])],
+        [_vi("y", TensorProto.INT64, [None, 1])],
+        [
+            numpy_helper.from_array(np.zeros((0, 1), np.int64), "empty"),
+            numpy_helper.from_array(np.array([0, 1], np.int64), "axes01"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert data_sized_outputs(model) == {"y": "Loop node 'grow', from its input 'limit'"}
