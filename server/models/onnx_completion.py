@@ -226,29 +226,29 @@ def complete_from_onnx(
     return done
 
 
-def _server_tensor_roles(config: mc.ModelConfig) -> dict[tuple[str, str], str]:
-    """(kind, name) -> what it is, for the graph tensors the server feeds or keeps itself."""
-    roles: dict[tuple[str, str], str] = {}
+def _fed_input_roles(config: mc.ModelConfig) -> dict[str, str]:
+    """Graph input -> what it is, for the inputs the server feeds itself (a state's output_name
+    may be listed as an output: Triton then answers it too)."""
+    roles: dict[str, str] = {}
     for entry in config.batch_input:
         for target in entry.target_name:
-            roles["input", target] = "a batch_input's target_name"
+            roles[target] = "a batch_input's target_name"
     if config.HasField("sequence_batching"):
         sb = config.sequence_batching
-        for state in sb.state:  # its output_name may be listed: Triton then answers it too
-            roles["input", state.input_name] = "a sequence_batching state's input_name"
+        for state in sb.state:
+            roles[state.input_name] = "a sequence_batching state's input_name"
         for control in sb.control_input:
-            roles["input", control.name] = "a sequence_batching control_input"
+            roles[control.name] = "a sequence_batching control_input"
     return roles
 
 
 def _refuse_server_tensors(config: mc.ModelConfig, source: str) -> None:
-    """A tensor the server feeds or keeps (a sequence control or state, a batch input) listed as an
-    input or output of the config too: refused as missing from the ONNX model, which has it."""
-    roles = _server_tensor_roles(config)
-    for kind, entries in (("input", config.input), ("output", config.output)):
-        for entry in entries:
-            if (role := roles.get((kind, entry.name))) is not None:
-                raise ConfigError(
-                    f"{source}: {kind} '{entry.name}' is {role}, which the server feeds or keeps, not "
-                    f"the client: remove it from the config's {kind}s"
-                )
+    """An input the server feeds (a sequence control or state, a batch input) listed as an input
+    of the config too: refused as missing from the ONNX model, which has it."""
+    roles = _fed_input_roles(config)
+    for entry in config.input:
+        if (role := roles.get(entry.name)) is not None:
+            raise ConfigError(
+                f"{source}: input '{entry.name}' is {role}, which the server feeds, not the client: "
+                "remove it from the config's inputs"
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -82,16 +83,90 @@ def test_an_unnamed_batch_carried_through_stays_a_variable_first_dim(tmp_path: P
     assert _completed(tmp_path / "r.onnx").max_batch_size == 64
 
 
+def _counting_inference(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The graphs onnx's shape inference is run on from now on (by name), run for real."""
+    runs: list[str] = []
+    real = onnx.shape_inference.infer_shapes
+
+    def counting(model: onnx.ModelProto, *args: object, **kwargs: object) -> onnx.ModelProto:
+        runs.append(model.graph.name)
+        return real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx_output_shapes.onnx.shape_inference, "infer_shapes", counting)
+    return runs
+
+
 def test_a_declaration_that_says_enough_is_read_as_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def never(*args: object, **kwargs: object) -> None:
-        raise AssertionError("shape inference was not needed")
-
-    monkeypatch.setattr(onnx_output_shapes.onnx.shape_inference, "infer_shapes", never)
+    runs = _counting_inference(monkeypatch)
     for i, declared in enumerate((["N", 4], [2, None], [])):
         _, (y,) = inspect_onnx(_relu(tmp_path / f"r{i}.onnx", declared))
         assert list(y.shape) == declared  # the inputs' batch symbol, a fixed size, a scalar
+    assert runs == []  # none was run: nothing to refine
+    _, (y,) = inspect_onnx(_relu(tmp_path / "loose.onnx", [None, 4]))
+    assert runs == ["g"] and list(y.shape) == ["N", 4]
+
+
+def test_an_initializers_first_dim_is_no_batch_symbol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An overridable initializer w ['K', 4] beside x ['N', 4]: an output declared ['K', 4] is unsure.
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [d, 4]) for n, d in (("x", "N"), ("w", "K"))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K", 4])],
+        initializer=[onnx.numpy_helper.from_array(np.zeros((1, 4), np.float32), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "w.onnx")
+    runs = _counting_inference(monkeypatch)
+    inspect_onnx(tmp_path / "w.onnx")
+    assert runs == ["g"]
+
+
+def test_a_sequence_output_is_left_to_completion_to_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x"], ["s"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "s.onnx")
+    runs = _counting_inference(monkeypatch)
+    _, (s,) = inspect_onnx(tmp_path / "s.onnx")
+    assert runs == [] and s.type == "seq(tensor(float))"
+
+
+def test_a_shape_read_from_the_datas_shape_is_inferred_through_its_values(tmp_path: Path) -> None:
+    # y = Reshape(x [N, 3], [3, N]): a fixed first dim only data propagation sees (Shape's values).
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["width"]),
+        helper.make_node("Gather", ["shape", "zero"], ["rows"]),
+        helper.make_node("Concat", ["width", "rows"], ["swapped"], axis=0),
+        helper.make_node("Reshape", ["x", "swapped"], ["y"]),
+    ]
+    index = [onnx.numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("zero", 0), ("one", 1))]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+        initializer=index,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "t.onnx")
+    _, (y,) = inspect_onnx(tmp_path / "t.onnx")
+    assert list(y.shape) == [3, "N"]
+
+
+def test_a_declaration_of_another_rank_gives_way_and_fixed_dims_stay(tmp_path: Path) -> None:
+    _, (y,) = inspect_onnx(_relu(tmp_path / "rank.onnx", [None], x=["N", 4, 5]))
+    assert list(y.shape) == ["N", 4, 5]  # declared rank 1: the inferred rank 3 whole
+    _, (y,) = inspect_onnx(_relu(tmp_path / "mixed.onnx", [None, 4, None], x=["N", 4, 5]))
+    assert list(y.shape) == ["N", 4, 5]  # each unknown dim filled, past a declared fixed one
 
 
 def test_an_exporters_own_symbol_inferred_as_the_batch_stays_its_own(tmp_path: Path) -> None:

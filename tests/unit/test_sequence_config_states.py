@@ -88,9 +88,8 @@ def test_a_tensor_the_server_feeds_listed_as_the_clients_is_refused_as_such(list
     inputs = [*ACC_IN, ("start", "tensor(int32)", [None, 1])]
     with pytest.raises(ConfigError) as caught:
         load(text, inputs, ACC_OUT)
-    kind = role.split()[0]
     assert str(caught.value) == (
-        f"cfg: {role}, which the server feeds or keeps, not the client: remove it from the config's {kind}s"
+        f"cfg: {role}, which the server feeds, not the client: remove it from the config's inputs"
     )
 
 
