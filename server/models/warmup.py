@@ -17,6 +17,8 @@ from server import datatypes
 from server.backends.batch_axes import to_model
 from server.backends.onnxruntime_backend import TENSORRT
 from server.backends.tensorrt_options import engine_build_feeds
+from server.errors import InvalidRequest
+from server.models.config_errors import ConfigError
 from server.models.model_files import read_model_file
 from server.models.sequence_config import SequenceModel
 from server.models.warmup_sequence import check_server_filled, server_filled, with_server_filled
@@ -66,7 +68,8 @@ def _sample_inputs(
     for name, spec in sample.inputs.items():
         where = f"sample '{sample.name}': input '{name}'"
         dtype, shape = datatypes.BY_CONFIG[spec.data_type], _shape(config, sample, spec)
-        inputs[name] = _warmup_array(spec, dtype, shape, directory, rng, where, max_bytes)
+        rows = shape[0] if config.max_batch_size > 0 else 1
+        inputs[name] = _warmup_array(spec, dtype, shape, directory, rng, where, max_bytes, rows)
     return inputs
 
 
@@ -141,17 +144,13 @@ def _warmup_array(
     rng: np.random.Generator,
     where: str,
     max_bytes: int,
+    rows: int = 1,  # the sample's batch_size (1 for a model without a batch dimension)
 ) -> Array:
     kind = spec.WhichOneof("input_data_type")
     if kind == "input_data_file":  # Triton's place for it: <model>/warmup/<file>, and nowhere else
         relative = f"warmup/{spec.input_data_file}"
         where = f"{where}: input_data_file '{spec.input_data_file}'"
-        if dtype is datatypes.BYTES:
-            raw = read_model_file(directory, relative, where, max_bytes)
-            return unpack_bytes(spec.input_data_file, raw, prod(shape)).reshape(shape)
-        want = prod(shape) * dtype.numpy.itemsize
-        raw = read_model_file(directory, relative, where, want, expected_bytes=want)
-        return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+        return _file_array(spec.input_data_file, dtype, shape, directory, relative, where, max_bytes, rows)
     if dtype is datatypes.BYTES:
         return np.full(shape, b"", dtype=object)
     if kind == "random_data":
@@ -161,3 +160,36 @@ def _warmup_array(
             return rng.integers(0, 2, shape).astype(np.bool_)
         return rng.integers(0, 100, shape).astype(dtype.numpy)
     return np.zeros(shape, dtype=dtype.numpy)
+
+
+def _file_array(
+    name: str,
+    dtype: datatypes.Datatype,
+    shape: tuple[int, ...],
+    directory: Path,
+    relative: str,
+    where: str,
+    max_bytes: int,
+    rows: int,
+) -> Array:
+    """A sample input from its file: one row's data, given to each of the sample's `rows` rows as
+    Triton's warm-up does (a file of one sample under batch_size 4 had failed the load), or the
+    whole batch's."""
+    if dtype is datatypes.BYTES:
+        raw = read_model_file(directory, relative, where, max_bytes)
+        try:
+            return unpack_bytes(name, raw, prod(shape)).reshape(shape)
+        except InvalidRequest:
+            if rows <= 1:
+                raise
+            one = unpack_bytes(name, raw, prod(shape[1:])).reshape(1, *shape[1:])
+            return np.repeat(one, rows, axis=0)
+    whole = prod(shape) * dtype.numpy.itemsize
+    one = whole // rows if rows > 1 else whole
+    raw = read_model_file(directory, relative, where, whole, expected_bytes=None if one < whole else whole)
+    if len(raw) == whole:
+        return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+    if len(raw) != one:
+        said = f"{one} (one row) or {whole} (all {rows} rows)" if one != whole else f"{whole}"
+        raise ConfigError(f"{where} has {len(raw)} bytes, expected {said}")
+    return np.repeat(np.frombuffer(raw, dtype=dtype.numpy).reshape(1, *shape[1:]), rows, axis=0)
