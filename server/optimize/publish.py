@@ -183,19 +183,49 @@ def _reference(config_file: Path, config: mc.ModelConfig, serving: mc.ModelConfi
     return ModelDirFile(relative, data)
 
 
+def _data_files(config_file: Path, config: mc.ModelConfig) -> list[ModelDirFile]:
+    """The warm-up and initial-state files `config` names, read from the source model's directory
+    (checked as a load checks them; the server reads them from the same places): a published model
+    had been written without them, and failed its load ("input_data_file 'feat' cannot be read")."""
+    named = {
+        f"warmup/{spec.input_data_file}": f"model_warmup '{sample.name}' input '{name}' input_data_file"
+        for sample in config.model_warmup
+        for name, spec in sample.inputs.items()
+        if spec.WhichOneof("input_data_type") == "input_data_file"
+    }
+    for state in config.sequence_batching.state:
+        for initial in state.initial_state:
+            if initial.WhichOneof("state_data") == "data_file":
+                named[f"initial_state/{initial.data_file}"] = (
+                    f"state '{state.input_name}' initial_state.data_file"
+                )
+    files = []
+    for relative, field in named.items():
+        where = f"{config_file}: {field} '{relative}'"
+        try:
+            files.append(
+                ModelDirFile(
+                    relative, read_model_file(config_file.parent, relative, where, MAX_REFERENCE_BYTES)
+                )
+            )
+        except ConfigError as err:
+            raise OptimizeError(f"{err}; nothing was published") from None
+    return files
+
+
 def _copy_config(
-    config_file: Path, config: mc.ModelConfig, reference: ModelDirFile | None, model_dir: Path
+    config_file: Path, config: mc.ModelConfig, files: list[ModelDirFile], model_dir: Path
 ) -> None:
-    """Write `config`, and the label files and drift reference it names (the model had failed to
-    load without them)."""
+    """Write `config`, and the label files, drift reference, warm-up and initial-state files it
+    names (the model had failed to load without them)."""
     for output in config.output:
         label = output.label_filename
         if label and (config_file.parent / label).is_file() and not (model_dir / label).exists():
             shutil.copyfile(config_file.parent / label, model_dir / label)
-    if reference is not None:
-        target = model_dir / reference.name  # relative, inside the model directory (_reference)
+    for file in files:
+        target = model_dir / file.name  # relative, inside the model directory (checked on reading)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(reference.data)
+        target.write_bytes(file.data)
     text = f"# Copied by sluiceway optimize from {config_file}\n" + text_format.MessageToString(config)
     (model_dir / CONFIG_FILENAME).write_text(text, encoding="utf-8")
 
@@ -295,10 +325,11 @@ def publish(
     existing = model_dir / CONFIG_FILENAME
     on_disk = _numeric_versions(model_dir)
     new_model = not on_disk
-    copied, reference = None, None
+    copied, files = None, []
     if new_model and source.config_file is not None and not existing.exists():
         copied = _new_config(source.config_file, name)
         reference = _reference(source.config_file, copied, serving)
+        files = [*([] if reference is None else [reference]), *_data_files(source.config_file, copied)]
     try:
         config = (
             copied if copied is not None else (load_config_file(existing) if existing.is_file() else None)
@@ -314,7 +345,7 @@ def publish(
     wrote_original = False
     if new_model:
         if copied is not None and source.config_file is not None:
-            _copy_config(source.config_file, copied, reference, model_dir)
+            _copy_config(source.config_file, copied, files, model_dir)
         _write_version(model_dir, 1, source.model_file, _model_filename(model_dir))
         wrote_original = True
     version = max(_numeric_versions(model_dir)) + 1

@@ -193,3 +193,44 @@ def test_a_recipe_that_changes_nothing_is_not_published(
     gemm = _save([node], {"w": np.eye(4)}, inp, "y", ["N", 4], tmp_path / "gemm.onnx")
     assert optimize(gemm, tmp_path, "gemm", "", tmp_path / "r") == 2
     assert "left the model as it was (the same nodes and weights" in capsys.readouterr().err
+
+
+WARMUP = """model_warmup [ { name: "w" batch_size: 2
+  inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 32 ] input_data_file: "feat" } } } ]
+"""
+
+
+def test_a_new_model_gets_its_warm_up_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The config's warm-up file was not copied: the new model failed to load ("input_data_file
+    'feat' cannot be read") after an exit 0 (a tester, session 49)."""
+    source = _source(tmp_path, WARMUP)
+    (source / "warmup").mkdir()
+    (source / "warmup" / "feat").write_bytes(np.ones(32, np.float32).tobytes())  # one row, for both
+    (tmp_path / "repo").mkdir()
+    assert optimize(source, tmp_path / "repo", "newm", f"--fp16 {LOOSE}", tmp_path / "r") == 0
+    model_dir = tmp_path / "repo" / "newm"
+    assert (model_dir / "warmup" / "feat").read_bytes() == (source / "warmup" / "feat").read_bytes()
+    # One that cannot be read stops the command before anything is written.
+    (source / "warmup" / "feat").unlink()
+    assert optimize(source, tmp_path / "repo", "other", f"--fp16 {LOOSE}", tmp_path / "r") == 2
+    err = capsys.readouterr().err
+    assert "model_warmup 'w' input 'x' input_data_file 'warmup/feat' cannot be read" in err
+    assert "nothing was published" in err and not (tmp_path / "repo" / "other").exists()
+
+
+def test_a_states_initial_data_file_is_among_the_files_copied(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+
+    from protos import model_config_pb2 as mc
+    from server.optimize.publish import _data_files
+
+    (tmp_path / "initial_state").mkdir()
+    (tmp_path / "initial_state" / "init.bin").write_bytes(b"\1" * 16)
+    config = text_format.Parse(
+        'sequence_batching { state [ { input_name: "acc" output_name: "acc_out" data_type: TYPE_FP32 '
+        'dims: [ 4 ] initial_state { data_type: TYPE_FP32 dims: [ 4 ] data_file: "init.bin" name: "i" } } '
+        "] }",
+        mc.ModelConfig(),
+    )
+    [copied] = _data_files(tmp_path / "config.pbtxt", config)
+    assert (copied.name, copied.data) == ("initial_state/init.bin", b"\1" * 16)
