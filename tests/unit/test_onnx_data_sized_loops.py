@@ -249,3 +249,45 @@ def test_a_carried_value_that_grows_a_row_a_turn_is_data_sized() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert data_sized_outputs(model) == {"y": "Loop node 'grow', from its input 'limit'"}
+
+
+def _ranged_by_carried(body_nodes: list[onnx.NodeProto], loop_inputs: list[str]) -> onnx.ModelProto:
+    """_looped's model with r = Range(0, v_last, 1) its only output: sized by the carried value."""
+    model = _looped(body_nodes, loop_inputs)
+    model.graph.node.append(helper.make_node("Range", ["zero", "v_last", "one_step"], ["r"], name="r"))
+    model.graph.initializer.append(numpy_helper.from_array(np.int64(1), "one_step"))
+    model.graph.ClearField("output")
+    model.graph.output.append(_vi("r", TensorProto.INT64, ["k"]))
+    return model
+
+
+PASS_ON = [
+    helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    helper.make_node("Identity", ["turn"], ["step"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("v_out", "loop_inputs", "said"),
+    [
+        # Its first value a constant; its next one the data's (an outer value read in the body).
+        (
+            helper.make_node("Add", ["v", "limit"], ["v_out"]),
+            ["trips", "go", "zero"],
+            "Range node 'r', from its input 'v_last'",
+        ),
+        # Its trip count the data's, the value itself passed on: the Range reads a value of the data.
+        (
+            helper.make_node("Identity", ["v"], ["v_out"]),
+            ["limit", "go", "zero"],
+            "Range node 'r', from its input 'v_last'",
+        ),
+        # Nothing of the data anywhere: the carried value is a constant's.
+        (helper.make_node("Identity", ["v"], ["v_out"]), ["trips", "go", "zero"], None),
+    ],
+)
+def test_a_carried_value_is_the_datas_as_its_loop_makes_it(
+    v_out: onnx.NodeProto, loop_inputs: list[str], said: str | None
+) -> None:
+    model = _ranged_by_carried([*PASS_ON, v_out], loop_inputs)
+    assert data_sized_outputs(model) == ({} if said is None else {"r": said})
