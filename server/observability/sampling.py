@@ -54,7 +54,10 @@ Gauge = tuple[str, dict[str, str], float]
 # The kind and HELP of each name gauge_values yields (server/observability/metrics.py's Catalog).
 METRICS = {
     "sluiceway_samples_written_total": ("counter", "Sampled requests written to the sample store"),
-    "sluiceway_samples_dropped_total": ("counter", "Sampled requests dropped: the writer's queue was full"),
+    "sluiceway_samples_dropped_total": (
+        "counter",
+        "Sampled requests dropped: the writer's queue was full, or one sample is over sample_max_bytes",
+    ),
     "sluiceway_samples_lost_total": ("counter", "Sampled requests lost: their file could not be written"),
     "sluiceway_drift_psi": ("gauge", "Population stability index of a feature against its reference"),
     "sluiceway_drift_ks": ("gauge", "Kolmogorov-Smirnov statistic of a feature against its reference"),

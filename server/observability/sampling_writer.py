@@ -130,6 +130,7 @@ class SampleWriter:
         self._pending_of: dict[int, tuple[SampleSource, int]] = {}
         self._closing = False
         self._flushing = False
+        self._said_too_large = False  # a sample larger than max_bytes was logged
         self._cond = threading.Condition()
         # The thread's own: per source, samples waiting to be written as one chunk, since when.
         self._open: dict[int, _Chunk] = {}
@@ -149,12 +150,17 @@ class SampleWriter:
     def put(self, sample: Sample) -> bool:
         """Queue a sample; False (never blocking) when the queue is full or closed, or the sample
         is larger than every chunk kept (it would be removed as soon as written)."""
+        if sample.nbytes > self.max_bytes:  # said once: it had passed for a full queue
+            if not self._said_too_large:
+                self._said_too_large = True
+                why = "a sample of %d bytes is over sample_max_bytes (%d): dropped (samples_dropped_total)"
+                log.warning(why, sample.nbytes, self.max_bytes)
+            return False
         with self._cond:
             if (
                 self._closing
                 or len(self._items) >= self._queue_size
                 or self._queued_bytes + sample.nbytes > self._queue_bytes
-                or sample.nbytes > self.max_bytes
             ):
                 return False
             self._items.append(sample)
