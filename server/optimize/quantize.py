@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 from server.optimize.data import Batch, OptimizeError
 
 if TYPE_CHECKING:
+    import onnx
+
     from protos import model_config_pb2 as mc
 
 logger = logging.getLogger(__name__)
@@ -188,6 +190,7 @@ def convert_fp16(source: Path, output: Path) -> None:
     except ImportError:
         raise OptimizeError("--fp16 needs onnxconverter-common: pip install 'sluiceway[optimize]'") from None
     model = onnx.load(str(source))
+    _outputs_read_apart(model)
     with warnings.catch_warnings(record=True) as caught:  # one warning per weight out of FP16's range
         warnings.simplefilter("always", UserWarning)
         converted = float16.convert_float_to_float16(model, keep_io_types=True)
@@ -195,6 +198,27 @@ def convert_fp16(source: Path, output: Path) -> None:
     if truncated:
         logger.warning("FP16: %d weight values outside FP16's range were clamped", truncated)
     onnx.save(converted, str(output))
+
+
+def _outputs_read_apart(model: onnx.ModelProto) -> None:
+    """Give each graph output that another node also reads an Identity of its own to be made by.
+    onnxconverter-common's keep_io_types casts such an output back to FP32 for the graph but left
+    the FP16 tensor its readers take under the output's name, and onnxruntime refused the result
+    ("Type (tensor(float16)) of output arg ... does not match expected type (tensor(float))"): every
+    model whose output is also read inside, a stateful model's `state_out = Identity(y)` among them."""
+    import onnx
+
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input}
+    for output in graph.output:
+        made_by = [i for i, node in enumerate(graph.node) if output.name in node.output]
+        if output.name not in read or not made_by:  # read apart already, or a graph input passed on
+            continue
+        inner = f"{output.name}__sluiceway_fp16"
+        for node in graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        graph.node.insert(made_by[0] + 1, onnx.helper.make_node("Identity", [inner], [output.name]))
 
 
 def offline_optimize(source: Path, output: Path) -> None:
