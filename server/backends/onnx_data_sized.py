@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterator
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN
-from server.backends.onnx_output_shapes import inference_probe
+from server.backends.onnx_output_shapes import inference_probe, input_first_dims
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
 DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"})
@@ -178,24 +178,13 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield from attr.graphs
 
 
-def _first_dims(model: onnx.ModelProto) -> set[str]:
-    """The symbols of the graph inputs' first dims (initializers are not inputs here)."""
-    initializers = {init.name for init in model.graph.initializer}
-    firsts: set[str] = set()
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name not in initializers and dims and dims[0].dim_param:
-            firsts.add(dims[0].dim_param)
-    return firsts
-
-
 def _first_symbol(value: onnx.ValueInfoProto) -> str:
     dims = value.type.tensor_type.shape.dim
     return dims[0].dim_param if dims else ""
 
 
 def _declared_batch(model: onnx.ModelProto, suspects: dict[str, str]) -> set[str]:
-    firsts = _first_dims(model)
+    firsts = input_first_dims(model)
     return {out.name for out in model.graph.output if out.name in suspects and _first_symbol(out) in firsts}
 
 
@@ -203,7 +192,7 @@ def _inferred_batch(model: onnx.ModelProto, suspects: dict[str, str]) -> set[str
     """Suspect outputs whose first dim onnx's shape inference carries from an input's first dim,
     in a copy whose unnamed input first dims are named and whose suspects' shapes are cleared."""
     probe = inference_probe(model, set(suspects))
-    firsts = _first_dims(probe)
+    firsts = input_first_dims(probe)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, the suspects stay

@@ -24,7 +24,7 @@ BATCH_SYMBOL = "__sluiceway_batch_{}"
 def refined_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The graph's outputs, those whose first dim is unsure refined by onnx's shape inference."""
     declared = list(model.graph.output)
-    firsts = _input_firsts(model)
+    firsts = input_first_dims(model)
     unsure = {out.name for out in declared if _unsure(out, firsts)}
     if not unsure:
         return declared
@@ -32,7 +32,8 @@ def refined_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [_merged(out, inferred.get(out.name)) if out.name in unsure else out for out in declared]
 
 
-def _input_firsts(model: onnx.ModelProto) -> set[str]:
+def input_first_dims(model: onnx.ModelProto) -> set[str]:
+    """The symbols of the graph inputs' first dims (initializers are not inputs here)."""
     initializers = {init.name for init in model.graph.initializer}
     firsts: set[str] = set()
     for value in model.graph.input:
