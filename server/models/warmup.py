@@ -182,8 +182,8 @@ def _file_array(
         except InvalidRequest:
             if rows <= 1:
                 raise
-            one = unpack_bytes(name, raw, prod(shape[1:])).reshape(1, *shape[1:])
-            return np.repeat(one, rows, axis=0)
+            row = unpack_bytes(name, raw, prod(shape[1:])).reshape(1, *shape[1:])
+            return np.repeat(row, rows, axis=0)
     whole = prod(shape) * dtype.numpy.itemsize
     one = whole // rows if rows > 1 else whole
     raw = read_model_file(directory, relative, where, whole, expected_bytes=None if one < whole else whole)
