@@ -126,18 +126,19 @@ class _Walk:
         for name in node.input:
             if name in self.origins:
                 return self.origins[name], valued
-        inner: _Walk | None = None
+        condition = None  # the body's condition, when the data's
         body = next(_subgraphs(node), None)
         if body is not None:
             inner = self._loop_body(node, body)
             valued = valued or any(out.name in inner.valued for out in body.output)
             if (why := _inner_origin(node, body, inner)) is not None:
                 return why, valued
+            if body.output and body.output[0].name in inner.valued:
+                condition = body.output[0].name
         for i in SIZE_INPUTS["Loop"]:
             if i < len(node.input) and node.input[i] in self.valued:
                 return f"{_describe(node)}, from its input '{node.input[i]}'", valued
-        if body is not None and inner is not None and body.output and body.output[0].name in inner.valued:
-            condition = body.output[0].name
+        if condition is not None:
             return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued
         return None, valued
 

@@ -49,6 +49,7 @@ class InferJob:
     claim: Claim | None = None  # latest-frame-wins: a newer frame may withdraw it while queued
     shm: ShmTensors | None = None  # tensors in shared memory: the job holds their regions mapped
     classes: Mapping[str, int] | None = None  # classification extension: output -> class count
+    terms: Classes | None = None  # those classes with their labels, made once for `served`
     outputs: Tensors | None = None  # as computed (before classification): a shadow compares them
     owner: object | None = None  # the stream that sent it (its sequence's owner when it starts one)
     answer_limit: int | None = None  # the server's max_message_bytes (None: no limit)
@@ -79,7 +80,9 @@ class InferJob:
         )
         classes = requested_classes(request, signature)
         inputs, names, shm = checked.inputs, checked.names, checked.shm
-        return cls(served, request, inputs, names, admission, controls, deadline, shm=shm, classes=classes)
+        job = cls(served, request, inputs, names, admission, controls, deadline, shm=shm, classes=classes)
+        job.terms = job._classes()
+        return job
 
     def retarget(self, served: ModelVersion) -> None:
         """Point the job at `served`: the version now serving its model, after a reload retired the
@@ -102,6 +105,7 @@ class InferJob:
             ) from None
         self.names, self.admission = names, admission
         self.served = served
+        self.terms = self._classes()  # the new version's labels
         self.looked_up = False  # the old version's cache: nothing to count or fill
         self.limit_answer(self.answer_limit, self.framed)  # its names and version: checked anew
 
@@ -118,7 +122,7 @@ class InferJob:
         # shared-memory regions mapped, after they were unregistered, until a garbage collection.
         # Classified outputs are sized as classified (they had not been sized before counting).
         frame = self.request if framed else None
-        check = AnswerCheck(self.names, self.shm, limit, frame, header, self._classes())
+        check = AnswerCheck(self.names, self.shm, limit, frame, header, self.terms)
         self.admission = self.admission._replace(accept=check)
 
     def answer_now(self) -> pb.ModelInferResponse | None:
@@ -132,7 +136,7 @@ class InferJob:
             self.cache_key = request_key(served.name, served.version_str, self.inputs)
             self.cache_generation = cache.generation(served.name)
             hit = cache.lookup(self.cache_key)
-            if hit is not None and self._strings(hit, self._classes()) > ENCODE_OFF_LOOP_STRINGS:
+            if hit is not None and self._strings(hit, self.terms) > ENCODE_OFF_LOOP_STRINGS:
                 self.made, self.made_from_cache = hit, True  # encoded in a thread: answer_later
                 self.lookup_ns = time.perf_counter_ns() - start
                 return None
@@ -147,7 +151,7 @@ class InferJob:
         if self.classes and self.admission.rows * sum(self.classes.values()) > ENCODE_OFF_LOOP_STRINGS:
             return None  # its classes are made in a thread (answer_later), its run is not inline
         outputs = served.batcher.run_now(self.inputs, self.admission)
-        if outputs is not None and self._strings(outputs, self._classes()) > ENCODE_OFF_LOOP_STRINGS:
+        if outputs is not None and self._strings(outputs, self.terms) > ENCODE_OFF_LOOP_STRINGS:
             self.made = outputs  # computed and counted: encoded in a thread by answer_later
             return None
         return None if outputs is None else self._computed(outputs)
@@ -200,13 +204,13 @@ class InferJob:
         if not self.made_from_cache:
             return await self._computed_later(outputs)
         start = time.perf_counter_ns()
-        response = await asyncio.to_thread(self._answer, self._prepare(outputs), self._classes())
+        response = await asyncio.to_thread(self._answer, self._prepare(outputs), self.terms)
         self.served.stats.record_cache_hit(self.lookup_ns + time.perf_counter_ns() - start)
         return response
 
     def _computed(self, outputs: Tensors) -> pb.ModelInferResponse:
         self._store(outputs)
-        return self._answer(self._prepare(outputs), self._classes())
+        return self._answer(self._prepare(outputs), self.terms)
 
     async def _computed_later(self, outputs: Tensors) -> pb.ModelInferResponse:
         """As `_computed`; an answer with many strings is classified and encoded off the event loop:
@@ -214,7 +218,7 @@ class InferJob:
         other call on the server waited."""
         self._store(outputs)
         prepared = self._prepare(outputs)
-        classes = self._classes()
+        classes = self.terms
         if self._strings(prepared, classes) > ENCODE_OFF_LOOP_STRINGS:
             try:
                 return await asyncio.to_thread(self._answer, prepared, classes)
@@ -245,7 +249,7 @@ class InferJob:
             served.stats.cache_miss.add(self.lookup_ns + time.perf_counter_ns() - start)
 
     def _encode(self, outputs: Tensors) -> pb.ModelInferResponse:
-        return self._answer(self._prepare(outputs), self._classes())
+        return self._answer(self._prepare(outputs), self.terms)
 
     def _prepare(self, outputs: Tensors) -> Tensors:
         """Sample the outputs (on the event loop: the sampler's queue is the loop's)."""
