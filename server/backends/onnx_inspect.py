@@ -10,6 +10,7 @@ import onnx
 
 from server.backends.onnx_data_sized import data_sized_outputs
 from server.backends.onnx_output_shapes import refined_outputs
+from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.backends.onnxruntime_backend import BackendLoadError
 from server.models.onnx_completion import OnnxTensor
 
@@ -98,6 +99,7 @@ def _outputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[OnnxTe
     """The graph's outputs as onnxruntime describes them (onnx_output_shapes.py), each with why
     the data's values size its first dim, if they do."""
     sized = data_sized_outputs(model, fed or ())
+    mixing = row_mixing_outputs(model, fed or ())
     outputs = []
     for v in refined_outputs(model):
         if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape"):
@@ -107,7 +109,13 @@ def _outputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[OnnxTe
                 "declare its shape in the graph"
             )
         outputs.append(
-            OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type), _sized_why(sized.get(v.name)))
+            OnnxTensor(
+                v.name,
+                _onnx_type(v.type),
+                _onnx_shape(v.type),
+                _sized_why(sized.get(v.name)),
+                mixing.get(v.name),
+            )
         )
     return outputs
 

@@ -41,9 +41,12 @@ def complete_version(
         )
 
     outputs = signature.outputs
-    completed = complete(outputs)
+    # The inputs a config lists come first: an output sized by an input clients may send says
+    # so before a row mixing found upstream of it (a Range to the batch's largest value) does.
+    completed = complete([t._replace(mixes_rows=None) for t in outputs])
     fed = {entry.name for entry in completed.input} & {t.name for t in signature.overridable}
     if fed:  # clients may send these: a size computed from one is the data's (onnx_data_sized.py)
         outputs = outputs_fed(path, fed)
+    if fed or any(t.mixes_rows is not None for t in outputs):
         completed = complete(outputs)
     return completed, signature.inputs, outputs

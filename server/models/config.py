@@ -47,6 +47,9 @@ IDLE_DISPATCH = "idle_dispatch"  # "true"/"false": overrides the server's --idle
 RUN_TIMEOUT = "run_timeout_s"  # seconds: overrides the server's --run-timeout-s (the watchdog)
 # "true"/"false": on a stream, a newer frame drops the older one still queued (protocol/latest_frame.py)
 LATEST_FRAME_WINS = "latest_frame_wins"
+# "true": the config's word that the graph's rows are independent, where the load reads an op that
+# mixes them (server/backends/onnx_row_mixing.py); then requests are batched together as configured.
+ROWS_INDEPENDENT = "rows_independent"
 # Fault injection (server/backends/fault_backend.py), refused unless allow_fault_injection is set.
 FAULT_PARAMETERS = frozenset(
     {
@@ -66,7 +69,8 @@ SAMPLING_PARAMETERS = frozenset({SAMPLE_RATIO, SAMPLE_WHAT, DRIFT_REFERENCE})
 SUPPORTED_PARAMETERS = (
     frozenset(
         {IDLE_DISPATCH, RUN_TIMEOUT}
-        | {LATEST_FRAME_WINS, "sequence_state_batch_axis"}  # the latter: models/sequence_config.py
+        | {LATEST_FRAME_WINS, ROWS_INDEPENDENT}
+        | {"sequence_state_batch_axis"}  # models/sequence_config.py
         | {"lazy_load", "pinned"}  # cold starts: parsed in server/models/lazy.py
     )
     | FAULT_PARAMETERS
@@ -188,6 +192,8 @@ def validate_config(config: mc.ModelConfig, source: str) -> None:
         _idle_dispatch(config, source, default=False)
     if LATEST_FRAME_WINS in config.parameters:
         latest_frame_wins(config, source)
+    if ROWS_INDEPENDENT in config.parameters:
+        bool_parameter(config, ROWS_INDEPENDENT, source)
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config, source)
 

@@ -9,7 +9,14 @@ from typing import Any, NamedTuple
 
 from protos import model_config_pb2 as mc
 from server import datatypes
-from server.models.config import BACKEND, DEFAULT_MAX_BATCH_SIZE, PLATFORM, check_platform
+from server.models.config import (
+    BACKEND,
+    DEFAULT_MAX_BATCH_SIZE,
+    PLATFORM,
+    ROWS_INDEPENDENT,
+    bool_parameter,
+    check_platform,
+)
 from server.models.config_errors import ConfigError
 from server.models.config_fields import sequence_hidden_names
 from server.models.config_tensors import check_optional, model_dims
@@ -24,6 +31,8 @@ class OnnxTensor(NamedTuple):
     shape: Sequence[int | str | None]  # str or None: a symbolic / unknown dimension
     # Why its first dim is not the batch, read in the graph's ops (server/backends/onnx_data_sized.py).
     not_batch: str | None = None
+    # Why its rows depend on other rows of the batch (server/backends/onnx_row_mixing.py).
+    mixes_rows: str | None = None
 
 
 def _as_tensor(item: Any) -> OnnxTensor:
@@ -194,8 +203,11 @@ def complete_from_onnx(
     ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
     graph = (*inputs, *outputs)
-    model_batches = bool(inputs) and all(
-        _is_batch_dim(t.shape) and _not_batch(t, graph) is None for t in graph
+    mixing = _mixing_outputs(done, outputs, source)
+    model_batches = (
+        bool(inputs)
+        and not mixing
+        and all(_is_batch_dim(t.shape) and _not_batch(t, graph) is None for t in graph)
     )
     if done.max_batch_size == 0 and not done.input and model_batches:
         # Nothing said about batching: a graph whose every tensor has a variable first dim batches,
@@ -205,9 +217,12 @@ def complete_from_onnx(
         if done.max_batch_size > 1 and not done.HasField("sequence_batching"):
             done.dynamic_batching.SetInParent()
     if done.max_batch_size == 0 and done.HasField("dynamic_batching"):
+        why = "does not have a variable first (batch) dimension on every input and output"
+        if mixing:
+            name, mixes = next(iter(mixing.items()))
+            why = f"output '{name}' mixes the rows of a batch: {mixes}"
         raise ConfigError(
-            f"{source}: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model "
-            "does not have a variable first (batch) dimension on every input and output)"
+            f"{source}: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model {why})"
         )
     listable = [_as_tensor(t) for t in initializers]
     # Triton completes nothing when the config lists inputs and outputs: the outputs it leaves out
@@ -223,7 +238,43 @@ def complete_from_onnx(
             )
     check_optional(done, {t.name for t in inputs}, source)
     _complete_tensors("output", done.output, outputs, done.max_batch_size, source, (), not listed, graph)
+    _refuse_mixed_batches(done, mixing, source)
     return done
+
+
+def _mixing_outputs(config: mc.ModelConfig, outputs: Sequence[OnnxTensor], source: str) -> dict[str, str]:
+    """The graph's outputs whose rows the load reads as mixed with other rows of the batch, and
+    why; none where the config's `rows_independent` says they are not."""
+    if bool_parameter(config, ROWS_INDEPENDENT, source):
+        return {}
+    return {t.name: t.mixes_rows for t in outputs if t.mixes_rows is not None}
+
+
+def _refuse_mixed_batches(config: mc.ModelConfig, mixing: dict[str, str], source: str) -> None:
+    """A config that batches requests together, of a graph one of whose served outputs mixes
+    the rows of a batch: coalesced, a request's answer would depend on its batch mates (a
+    Softmax over axis 0 gave a one-row request 0.002 beside three other rows, 1.0 alone, OK)."""
+    ragged = any(entry.allow_ragged_batch for entry in config.input) or bool(config.batch_input)
+    together = (
+        config.max_batch_size > 1
+        and (config.HasField("dynamic_batching") or config.HasField("sequence_batching"))
+        and not ragged  # the first dim is every request's elements in a row, not rows
+    )
+    served = [entry.name for entry in config.output if entry.name in mixing]
+    if together and served:
+        dynamic = config.HasField("dynamic_batching")
+        batching = "dynamic_batching" if dynamic else "sequence_batching"
+        alone = (
+            "remove dynamic_batching (each request then runs alone, its own rows together)"
+            if dynamic
+            else "set max_batch_size: 1 (one sequence a batch)"
+        )
+        raise ConfigError(
+            f"{source}: ONNX output '{served[0]}' mixes the rows of a batch ({mixing[served[0]]}): "
+            f"with {batching}, a request's answer would depend on the requests batched with it; "
+            f"{alone}, or set max_batch_size: 0; if the rows are in fact independent, set "
+            f"parameters '{ROWS_INDEPENDENT}' to 'true'"
+        )
 
 
 def _fed_input_roles(config: mc.ModelConfig) -> dict[str, str]:

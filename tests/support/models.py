@@ -23,14 +23,17 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
     """x FP32 [N,1] -> y FP32 [N,1]: y = x + tiny * sum(W^k), a fixed cost per batch, whatever N.
 
-    A chain of `matmuls` [size,size] products scaled by an input-dependent scalar, so onnxruntime
-    cannot fold it away: a model whose every batch keeps its instance busy for a while.
+    A chain of `matmuls` [size,size] products scaled by the batch's element count (a shape, so
+    onnxruntime cannot fold it away): a model whose every batch keeps its instance busy for a
+    while. Scaled by the sum of the batch's values, the load read the rows as mixed (they were,
+    by 1e-9) and refused to batch it (server/backends/onnx_row_mixing.py).
     """
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.float32(1e-9), "tiny")]
     nodes = [
-        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Size", ["x"], ["count"]),
+        helper.make_node("Cast", ["count"], ["s"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["W", "s"], ["m0"]),
     ]
     for i in range(matmuls):

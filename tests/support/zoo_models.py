@@ -247,3 +247,34 @@ def range_to_overridable(path: Path) -> Path:
     inputs = [_vi("x", TensorProto.FLOAT, ["N", 1]), _vi("n", TensorProto.INT64, ["N", 1])]
     outputs = [_vi("y", TensorProto.INT64, [None, 1]), _vi("xo", TensorProto.FLOAT, ["N", 1])]
     return _save(path, nodes, inputs, outputs, inits)
+
+
+def softmax_rows(path: Path, axis: int = 0) -> Path:
+    """y = Softmax(x, axis): x [N, 3] -> y [N, 3]. Over axis 0, each column is spread over the
+    batch's rows, so a row's answer depends on the rows beside it; over axis 1, row by row."""
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=axis)]
+    return _save(
+        path, nodes, [_vi("x", TensorProto.FLOAT, ["N", 3])], [_vi("y", TensorProto.FLOAT, ["N", 3])]
+    )
+
+
+def centered(path: Path) -> Path:
+    """y = x - ReduceMean(x, axes [0]): the batch's column means taken from every row."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["x", "mean"], ["y"]),
+    ]
+    x, y = _vi("x", TensorProto.FLOAT, [None, 3]), _vi("y", TensorProto.FLOAT, [None, 3])
+    return _save(path, nodes, [x], [y], opset=13)
+
+
+def time_major(path: Path) -> Path:
+    """A Softmax over axis 0 that is not the batch's: x [N, T] read time-major ([T, N] after a
+    Transpose), a Softmax over the T steps of each row, then back to [N, T]."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["steps"], perm=[1, 0]),
+        helper.make_node("Softmax", ["steps"], ["weights"], axis=0),
+        helper.make_node("Transpose", ["weights"], ["y"], perm=[1, 0]),
+    ]
+    x, y = _vi("x", TensorProto.FLOAT, ["N", "T"]), _vi("y", TensorProto.FLOAT, ["N", "T"])
+    return _save(path, nodes, [x], [y])

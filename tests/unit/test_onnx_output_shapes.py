@@ -203,3 +203,34 @@ def test_an_output_of_no_shape_that_inference_cannot_tell_is_refused_naming_it(t
     assert str(caught.value) == (
         "ONNX output 'y' has no shape, and onnx's shape inference finds none: declare its shape in the graph"
     )
+
+
+def test_the_inferences_copy_gives_a_weight_as_an_input_of_its_type_without_its_values() -> None:
+    # The demo resnet's 47 MB of weights had been copied into each inference (most of its 0.2 s).
+    weight = onnx.numpy_helper.from_array(np.ones((64, 65), np.float32), "w")  # 4,160 elements
+    small = onnx.numpy_helper.from_array(np.ones(4096, np.float32), "small")  # the most kept
+    listed = onnx.numpy_helper.from_array(np.ones(5000, np.float32), "listed")  # also a graph input
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64]),
+            helper.make_tensor_value_info("listed", TensorProto.FLOAT, [5000]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[weight, small, listed],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    probe = onnx_output_shapes.inference_probe(model, {"y"})
+    assert [init.name for init in probe.graph.initializer] == ["small"]
+    inputs = {v.name: v.type.tensor_type for v in probe.graph.input}
+    assert list(inputs) == ["x", "listed", "w"]
+    assert inputs["w"].elem_type == TensorProto.FLOAT
+    assert [d.dim_value for d in inputs["w"].shape.dim] == [64, 65]
+    assert inputs["x"].shape.dim[0].dim_param == onnx_output_shapes.BATCH_SYMBOL.format(0)
+    assert len(model.graph.initializer) == 3  # the model itself is left as it was
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    assert [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [
+        onnx_output_shapes.BATCH_SYMBOL.format(0),
+        65,
+    ]

@@ -1,0 +1,137 @@
+"""Completion of a graph whose output mixes the rows of a batch (`OnnxTensor.mixes_rows`, read by
+server/backends/onnx_row_mixing.py): left unbatched when nothing is said, refused where the config
+batches requests together, allowed where each request runs alone or the config vouches for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from protos import model_config_pb2 as mc
+from server.models.completion import complete_version
+from server.models.config_errors import ConfigError
+from server.models.onnx_completion import OnnxTensor, complete_from_onnx
+from server.models.repository import ModelSource
+from tests.support.zoo_models import softmax_rows
+
+WHY = "the Softmax node making 'y' works along axis 0 of 'x' ['N', 3], the batch's"
+INPUTS = [OnnxTensor("x", "tensor(float)", ["N", 3])]
+OUTPUTS = [
+    OnnxTensor("y", "tensor(float)", ["N", 3], mixes_rows=WHY),
+    OnnxTensor("z", "tensor(float)", ["N", 3]),
+]
+VOUCHED = 'parameters { key: "rows_independent" value: { string_value: "true" } }\n'
+
+
+def _complete(text: str) -> mc.ModelConfig:
+    config = text_format.Parse(text, mc.ModelConfig())
+    return complete_from_onnx(config, INPUTS, OUTPUTS, default_max_batch_size=16, source="cfg")
+
+
+def test_nothing_said_completes_a_mixing_graph_unbatched() -> None:
+    done = _complete("")
+    assert done.max_batch_size == 0 and not done.HasField("dynamic_batching")
+    assert [list(o.dims) for o in done.output] == [[-1, 3], [-1, 3]]
+
+
+def test_the_configs_word_completes_it_batched() -> None:
+    done = _complete(VOUCHED)
+    assert done.max_batch_size == 16 and done.HasField("dynamic_batching")
+
+
+@pytest.mark.parametrize(
+    ("text", "batching", "alone"),
+    [
+        (
+            "max_batch_size: 8 dynamic_batching {}",
+            "dynamic_batching",
+            "remove dynamic_batching (each request then runs alone, its own rows together)",
+        ),
+        (
+            "max_batch_size: 2 sequence_batching {}",
+            "sequence_batching",
+            "set max_batch_size: 1 (one sequence a batch)",
+        ),
+    ],
+)
+def test_a_config_batching_requests_together_is_refused_naming_the_output_and_the_op(
+    text: str, batching: str, alone: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _complete(text)
+    assert str(caught.value) == (
+        f"cfg: ONNX output 'y' mixes the rows of a batch ({WHY}): with {batching}, a request's answer "
+        f"would depend on the requests batched with it; {alone}, or set max_batch_size: 0; if the rows "
+        "are in fact independent, set parameters 'rows_independent' to 'true'"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "max_batch_size: 8",  # no dynamic batching: each request runs alone
+        "max_batch_size: 1 dynamic_batching {}",  # a batch of one row holds one request
+        "max_batch_size: 8 dynamic_batching {}\n" + VOUCHED,
+        # Only z is served: y's rows are never answered.
+        'max_batch_size: 8 dynamic_batching {} input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ] '
+        'output [ { name: "z" data_type: TYPE_FP32 dims: [ 3 ] } ]',
+    ],
+)
+def test_a_config_that_never_mixes_requests_rows_is_completed(text: str) -> None:
+    assert _complete(text).max_batch_size > 0
+
+
+def test_a_ragged_config_is_completed() -> None:
+    # The first dim is every request's elements in a row, which the model splits itself.
+    inputs = [OnnxTensor("x", "tensor(float)", ["T"])]
+    outputs = [OnnxTensor("y", "tensor(float)", ["T"], mixes_rows=WHY)]
+    text = (
+        'max_batch_size: 8 dynamic_batching {} input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] '
+        "allow_ragged_batch: true } ]"
+    )
+    config = text_format.Parse(text, mc.ModelConfig())
+    assert complete_from_onnx(config, inputs, outputs, source="cfg").max_batch_size == 8
+
+
+def test_a_batch_input_config_is_completed() -> None:
+    inputs = [*INPUTS, OnnxTensor("sizes", "tensor(float)", ["N", 1])]
+    text = (
+        "max_batch_size: 8 dynamic_batching {} batch_input [ { kind: BATCH_ELEMENT_COUNT "
+        'target_name: "sizes" data_type: TYPE_FP32 source_input: "x" } ]'
+    )
+    config = text_format.Parse(text, mc.ModelConfig())
+    assert complete_from_onnx(config, inputs, OUTPUTS, source="cfg").max_batch_size == 8
+
+
+def test_dynamic_batching_with_nothing_else_says_the_output_mixes_rows() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _complete("dynamic_batching {}")
+    assert str(caught.value) == (
+        "cfg: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model output 'y' "
+        f"mixes the rows of a batch: {WHY})"
+    )
+
+
+def test_rows_independent_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _complete('parameters { key: "rows_independent" value: { string_value: "maybe" } }')
+    assert "parameters 'rows_independent' must be 'true' or 'false', got 'maybe'" in str(caught.value)
+
+
+def _source(path: Path, text: str) -> ModelSource:
+    config = text_format.Parse(text, mc.ModelConfig())
+    return ModelSource("softmax", path.parent.parent, config, {1: path}, "softmax/config.pbtxt")
+
+
+def test_a_version_is_read_and_refused_from_its_file(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    path = softmax_rows(tmp_path / "1" / "model.onnx")
+    completed, _, outputs = complete_version(_source(path, ""), path, 8)
+    assert completed.max_batch_size == 0 and outputs[0].mixes_rows == WHY
+    with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
+        complete_version(_source(path, "max_batch_size: 4 dynamic_batching {}"), path, 8)
+    per_row = softmax_rows(tmp_path / "1" / "per_row.onnx", axis=1)
+    completed, _, outputs = complete_version(_source(per_row, ""), per_row, 8)
+    assert completed.max_batch_size == 8 and outputs[0].mixes_rows is None
