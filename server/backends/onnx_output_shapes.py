@@ -19,8 +19,9 @@ import onnx
 
 # Names an input's unnamed first dim for the inference, so that what carries it can say so.
 BATCH_SYMBOL = "__sluiceway_batch_{}"
-# Initializers of at most this many elements keep their values in the inference's copy.
-SMALL_INITIALIZER = 4096
+# Initializers of at most this many elements keep their values in the inference's copy: shapes,
+# axes, pads, scales. A bound of 4,096 had kept a model's 12,000 weights of 64 x 64 (1.7-3 s a read).
+SMALL_INITIALIZER = 64
 
 
 def refined_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -64,10 +65,11 @@ def _unsure(value: onnx.ValueInfoProto, firsts: set[str]) -> bool:
 def inference_probe(model: onnx.ModelProto, cleared: set[str]) -> onnx.ModelProto:
     """A copy of `model` for onnx's shape inference: each input's unnamed first dim named
     (BATCH_SYMBOL, so that what carries it says so), the declared shapes of the outputs in
-    `cleared` set aside (a declaration would bound what is inferred). A large initializer (a
-    weight) is given as a graph input of its type, without its values: the inference reads the
-    values of small ones only (a Reshape's shape), and the demo resnet's 47 MB of weights copied
-    into the inference had taken most of its 0.2 s."""
+    `cleared` set aside (a declaration would bound what is inferred). An initializer of more than
+    SMALL_INITIALIZER elements (a weight), or stored as external data, is given as a graph input
+    of its type, without its values: the inference reads the values of small ones only (a
+    Reshape's shape), and the demo resnet's 47 MB of weights copied into the inference had taken
+    most of its 0.2 s."""
     probe = _without_initializers(model)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
@@ -78,7 +80,7 @@ def inference_probe(model: onnx.ModelProto, cleared: set[str]) -> onnx.ModelProt
             dims[0].dim_param = BATCH_SYMBOL.format(i)
     listed = {value.name for value in graph.input}
     for init in graph.initializer:
-        if _elements(init) <= SMALL_INITIALIZER:
+        if _elements(init) <= SMALL_INITIALIZER and init.data_location != onnx.TensorProto.EXTERNAL:
             probe.graph.initializer.append(init)
         elif init.name not in listed:
             probe.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))

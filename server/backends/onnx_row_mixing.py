@@ -14,56 +14,36 @@ The batch axis is followed by its symbol: each input's first dim is named (onnx_
 broadcasting, ... to every tensor; an op mixes rows when it works along an axis that carries it.
 A time-major model (Transpose to [T, N, C], then an LSTM or a Softmax over axis 0) is not flagged:
 axis 0 is T there. A value made from mixed rows mixes rows too (a reduction subtracted back).
+The ops and their axes are in onnx_mixing_ops.py. A MatMul or Gemm mixes where it contracts the
+batch, or pairs the batch's rows with the batch's columns (x @ x^T); W @ x^T is per row. Bodies
+of If, Loop and Scan are read, a Loop's or Scan's body inputs given the shapes of the values the
+node feeds them where the body does not declare them, and so are model-local functions (inlined
+first). A Scan along the batch with state carries the state from row to row.
 Not covered: ops where the inference loses the symbol (a Reshape folding the batch into another
-dim), a Scan along the batch, the batch size read as a value, Einsum, custom-domain ops.
+dim), the batch size read as a value, Einsum, custom-domain ops. A graph the reading cannot read
+(onnx refuses it, or an axis is stored as external data) is not flagged: no proof.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN
+from server.backends.onnx_mixing_ops import MIXING_OPS, VALUE_INPUTS, attr, mixed_axes, paired_axes
 from server.backends.onnx_output_shapes import BATCH_SYMBOL, inference_probe, input_first_dims
 
-Dims = list[int | str | None]
-Axes = list[tuple[int, Sequence[int]]]  # (input index, the axes of that input the op mixes along)
+logger = logging.getLogger(__name__)
 
+Dims = list[int | str | None]
+Value = onnx.TensorProto | np.ndarray  # a constant, made into an array only when read
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})  # read their input's shape, never its values
-_REDUCE_OPS = frozenset(
-    {
-        "ReduceSum",
-        "ReduceMean",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceProd",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
-        "ReduceSumSquare",
-    }
-)
-_SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
-_AXIS_OPS = {  # op -> the default of its `axis` attribute (one axis mixed)
-    "ArgMax": 0,
-    "ArgMin": 0,
-    "TopK": -1,
-    "LpNormalization": -1,
-    "Gather": 0,
-    "GatherElements": 0,
-}
-MIXING_OPS = (
-    _REDUCE_OPS
-    | _SOFTMAX_OPS
-    | frozenset(_AXIS_OPS)
-    | {"CumSum", "LayerNormalization", "MeanVarianceNormalization", "BatchNormalization"}
-    | {"GatherND", "MatMul", "Gemm", "RNN", "LSTM", "GRU"}
-)
+SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
 
 def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
@@ -71,17 +51,101 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     overridable initializers that clients may send; the others are their initializers' shape."""
     if not input_first_dims(model) and not _unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
-    if not any(node.op_type in MIXING_OPS for node in _nodes(model.graph)):
+    if not any(node.op_type in MIXING_OPS for node in _nodes(model)):
         return {}
-    probe = _as_initialized(inference_probe(model, set()), model, fed)
-    batch = input_first_dims(probe)
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        inferred = _inferred(_as_initialized(inference_probe(model, set()), model, fed))
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, nothing flagged
         return {}
-    walk = _Walk(batch, _opset(model))
-    walk.graph(inferred.graph, {})
+    walk = _Walk(input_first_dims(inferred), _opset(model))
+    try:
+        walk.graph(inferred.graph, {})
+    except Exception as exc:  # a graph onnx took but this reading cannot: no proof either
+        logger.warning(
+            "could not read graph %r for ops that mix rows (%s): none assumed", model.graph.name, exc
+        )
+        return {}
     return {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
+
+
+def _inferred(probe: onnx.ModelProto) -> onnx.ModelProto:
+    """`probe` as onnx's shape inference makes it: model-local functions inlined first (their ops
+    are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again."""
+    if probe.functions:
+        probe = onnx.inliner.inline_local_functions(probe)
+    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    for _ in range(SEEDING_ROUNDS):
+        if not _seed_bodies(inferred.graph, {}):
+            break
+        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+    return inferred
+
+
+def _types(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    types = dict(outer)
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            types[value.name] = value.type
+    return types
+
+
+def _seed_bodies(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> bool:
+    """Give each Loop's and Scan's body inputs the type of the value the node feeds them (a Scan's
+    slices without the scan axis) where they declare less: onnx's inference reads a body with the
+    inputs it declares. Whether any was given."""
+    types = _types(graph, outer)
+    changed = False
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            for inner, fed in _feeds(node, sub, types):
+                changed = (fed is not None and _seeded(inner, fed)) or changed
+            changed = _seed_bodies(sub, types) or changed
+    return changed
+
+
+def _seeded(inner: onnx.ValueInfoProto, fed: onnx.TypeProto) -> bool:
+    """`inner` given `fed`'s type where it declares no shape, or `fed`'s dims where it declares
+    neither a size nor the same symbol (an exporter's own name for a dim). Whether it changed."""
+    tensor = inner.type.tensor_type
+    if not inner.type.HasField("tensor_type") or not tensor.HasField("shape"):
+        inner.type.CopyFrom(fed)
+        return True
+    found = fed.tensor_type.shape.dim
+    if len(tensor.shape.dim) != len(found):
+        return False
+    changed = False
+    for dim, seen in zip(tensor.shape.dim, found, strict=True):
+        if dim.HasField("dim_value") or dim == seen or not (seen.HasField("dim_value") or seen.dim_param):
+            continue
+        dim.CopyFrom(seen)
+        changed = True
+    return changed
+
+
+def _feeds(
+    node: onnx.NodeProto, body: onnx.GraphProto, types: Mapping[str, onnx.TypeProto]
+) -> Iterator[tuple[onnx.ValueInfoProto, onnx.TypeProto | None]]:
+    """Each input of `body` with the type the node feeds it, where known."""
+    if node.op_type == "Loop":  # (trip count, condition, carried...) -> (turn, condition, carried...)
+        for inner, name in zip(body.input[2:], node.input[2:], strict=False):
+            yield inner, types.get(name)
+    elif node.op_type == "Scan" and node.domain in ONNX_DOMAIN:
+        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
+        states = len(node.input) - scanned
+        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
+        for i, (inner, name) in enumerate(zip(body.input, node.input, strict=False)):
+            fed = types.get(name)
+            yield inner, fed if i < states or fed is None else _without_axis(fed, axes[i - states])
+
+
+def _without_axis(fed: onnx.TypeProto, axis: int) -> onnx.TypeProto | None:
+    dims = fed.tensor_type.shape.dim
+    if not -len(dims) <= axis < len(dims):
+        return None
+    sliced = onnx.TypeProto()
+    sliced.CopyFrom(fed)
+    del sliced.tensor_type.shape.dim[axis % len(dims)]
+    return sliced
 
 
 def _as_initialized(probe: onnx.ModelProto, model: onnx.ModelProto, fed: Collection[str]) -> onnx.ModelProto:
@@ -105,19 +169,28 @@ def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    yield from _graph_nodes(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield node
+            for sub in _subgraphs(node):
+                yield from _graph_nodes(sub)
+
+
+def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
         for sub in _subgraphs(node):
-            yield from _nodes(sub)
+            yield from _graph_nodes(sub)
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
+    for found in node.attribute:
+        if found.type == onnx.AttributeProto.GRAPH:
+            yield found.g
+        elif found.type == onnx.AttributeProto.GRAPHS:
+            yield from found.graphs
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -131,13 +204,6 @@ def _dims(value: onnx.ValueInfoProto) -> Dims | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
-
-
 class _Walk:
     """One pass over a graph in its order: `mixed` maps each tensor whose rows depend on other rows
     of the batch to the op that mixes them."""
@@ -147,10 +213,9 @@ class _Walk:
         self.opset = opset
         self.mixed: dict[str, str] = {}
         self.shapes: dict[str, Dims] = {}
-        # Values an axis may be read from, made into arrays only when one is (weights stay as they are).
-        self.constants: dict[str, onnx.TensorProto | np.ndarray] = {}
+        self.constants: dict[str, Value] = {}  # values an axis may be read from
 
-    def graph(self, graph: onnx.GraphProto, outer: Mapping[str, onnx.TensorProto | np.ndarray]) -> None:
+    def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
         for init in graph.initializer:
             self.constants[init.name] = init
@@ -166,13 +231,12 @@ class _Walk:
                     self.mixed[name] = why
 
     def _inherited(self, node: onnx.NodeProto) -> str | None:
-        """Why a node's outputs are made from mixed rows: an input of it, or a mixing op inside
-        its subgraphs (If, Loop, Scan) or an outer tensor they read."""
-        if node.op_type in SHAPE_ONLY_OPS:
-            return None
-        for name in node.input:
-            if name in self.mixed:
-                return self.mixed[name]
+        """Why a node's outputs are made from mixed rows: an input whose values it reads, or a
+        mixing op inside its subgraphs (If, Loop, Scan) or an outer tensor they read."""
+        read = VALUE_INPUTS.get(node.op_type, range(len(node.input)))
+        for i in read:
+            if i < len(node.input) and node.input[i] in self.mixed:
+                return self.mixed[node.input[i]]
         for sub in _subgraphs(node):
             inner = _Walk(self.batch, self.opset)
             inner.mixed = dict(self.mixed)
@@ -180,80 +244,67 @@ class _Walk:
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
-                    return (
-                        f"{inner.mixed[out.name]} inside {node.op_type} node '{node.name or node.output[0]}'"
-                    )
+                    return f"{inner.mixed[out.name]}, inside {_describe(node)}"
         return None
 
     def _mixes(self, node: onnx.NodeProto) -> str | None:
         """Why the node mixes rows of the batch (None: it does not, or it cannot be told)."""
         if node.domain not in ONNX_DOMAIN:
             return None
-        for index, axes in self._axes(node):
-            if index >= len(node.input) or (dims := self.shapes.get(node.input[index])) is None:
-                continue
+        if node.op_type == "Scan":
+            return self._scan(node)
+        ranks = [len(self.shapes.get(name, [])) for name in node.input]
+        for index, axes in mixed_axes(node, ranks, self.opset, lambda i: self._constant(node, i)):
             for axis in axes:
-                if -len(dims) <= axis < len(dims) and dims[axis] in self.batch:
-                    where = axis % len(dims)
-                    return (
-                        f"{_describe(node)} works along axis {where} of '{node.input[index]}' "
-                        f"{_shown(dims)}, the batch's"
-                    )
+                if self._is_batch(node, index, axis):
+                    return f"{_describe(node)} works along {self._axis(node, index, axis)}"
+        pair = paired_axes(node)
+        if pair is not None and self._is_batch(node, 0, pair[0]) and self._is_batch(node, 1, pair[1]):
+            rows, columns = (self._where(node, i, axis) for i, axis in enumerate(pair))
+            return (
+                f"{_describe(node)} pairs each row of the batch with every other: its rows come "
+                f"from {rows} and its columns from {columns}, both the batch's axis"
+            )
         return None
 
-    def _axes(self, node: onnx.NodeProto) -> Axes:
-        """The axes of its inputs along which the node mixes values (none where unknown)."""
-        op, rank = node.op_type, len(self.shapes.get(node.input[0], [])) if node.input else 0
-        if op in _SOFTMAX_OPS:
-            axis = int(_attr(node, "axis", -1 if self.opset >= 13 else 1))  # type: ignore[call-overload]
-            # Before opset 13 the input is read as 2-D, [axis:] flattened into each row.
-            return [(0, [axis] if self.opset >= 13 else range(axis % max(rank, 1), rank))]
-        if op in _AXIS_OPS:
-            return [(0, [int(_attr(node, "axis", _AXIS_OPS[op]))])]  # type: ignore[call-overload]
-        if op == "CumSum":
-            axis = self._constant(node, 1)
-            return [] if axis is None or axis.size != 1 else [(0, [int(axis.reshape(-1)[0])])]
-        if op in _REDUCE_OPS:
-            return [(0, self._reduced(node, rank))]
-        if op == "LayerNormalization":
-            axis = int(_attr(node, "axis", -1))  # type: ignore[call-overload]
-            return [(0, range(axis % max(rank, 1), rank))]
-        if op == "MeanVarianceNormalization":
-            return [(0, list(_attr(node, "axes", [0, 2, 3])))]  # type: ignore[call-overload]
-        if op == "BatchNormalization" and _attr(node, "training_mode", 0):
-            return [(0, [a for a in range(rank) if a != 1])]
-        if op == "GatherND":
-            return [(0, [int(_attr(node, "batch_dims", 0))])]  # type: ignore[call-overload]
-        if op == "MatMul":
-            return [(0, [-1]), (1, [-2, -1])]  # contracted, and the second's columns
-        if op == "Gemm":
-            return [(0, [0 if _attr(node, "transA", 0) else 1]), (1, [0, 1])]
-        if op in {"RNN", "LSTM", "GRU"}:
-            return [(0, [1 if _attr(node, "layout", 0) else 0])]  # the sequence axis
-        return []
+    def _scan(self, node: onnx.NodeProto) -> str | None:
+        """A Scan with state along the batch's axis of an input carries its state row to row."""
+        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
+        states = len(node.input) - scanned
+        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
+        for j, axis in enumerate(axes[:scanned]):
+            if states > 0 and self._is_batch(node, states + j, axis):
+                return f"{_describe(node)} carries its state along {self._axis(node, states + j, axis)}"
+        return None
 
-    def _reduced(self, node: onnx.NodeProto, rank: int) -> Sequence[int]:
-        axes = _attr(node, "axes", None)
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            found = self._constant(node, 1)
-            if found is None:
-                return []  # axes computed at run time: cannot be told
-            axes = [int(a) for a in found.reshape(-1)]
-        if not axes:  # every axis, unless told to do nothing
-            return [] if _attr(node, "noop_with_empty_axes", 0) else range(rank)
-        return list(axes)  # type: ignore[call-overload]
+    def _is_batch(self, node: onnx.NodeProto, index: int, axis: int) -> bool:
+        dims = self.shapes.get(node.input[index]) if index < len(node.input) else None
+        return dims is not None and -len(dims) <= axis < len(dims) and dims[axis] in self.batch
+
+    def _axis(self, node: onnx.NodeProto, index: int, axis: int) -> str:
+        return f"the batch's axis, {self._where(node, index, axis)}"
+
+    def _where(self, node: onnx.NodeProto, index: int, axis: int) -> str:
+        dims = self.shapes[node.input[index]]
+        return f"axis {axis % len(dims)} of '{node.input[index]}' {_shown(dims)}"
 
     def _constant(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+        """The value of the node's input `index` where the graph holds it; None where it is
+        computed, or stored as external data (read relative to no folder here)."""
         found = self.constants.get(node.input[index]) if index < len(node.input) else None
-        return numpy_helper.to_array(found) if isinstance(found, onnx.TensorProto) else found
+        if not isinstance(found, onnx.TensorProto):
+            return found
+        if found.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        return numpy_helper.to_array(found)
 
 
-def _constant(node: onnx.NodeProto) -> onnx.TensorProto | np.ndarray | None:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return attr.t
-        if attr.name in ("value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(attr), dtype=np.int64)
+def _constant(node: onnx.NodeProto) -> Value | None:
+    for found in node.attribute:
+        if found.name == "value":
+            return found.t
+        if found.name in ("value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(found), dtype=np.int64)
     return None
 
 

@@ -254,11 +254,10 @@ def _refuse_mixed_batches(config: mc.ModelConfig, mixing: dict[str, str], source
     """A config that batches requests together, of a graph one of whose served outputs mixes
     the rows of a batch: coalesced, a request's answer would depend on its batch mates (a
     Softmax over axis 0 gave a one-row request 0.002 beside three other rows, 1.0 alone, OK)."""
-    ragged = any(entry.allow_ragged_batch for entry in config.input) or bool(config.batch_input)
     together = (
         config.max_batch_size > 1
         and (config.HasField("dynamic_batching") or config.HasField("sequence_batching"))
-        and not ragged  # the first dim is every request's elements in a row, not rows
+        and not config.batch_input  # the model is told each request's share of the batch
     )
     served = [entry.name for entry in config.output if entry.name in mixing]
     if together and served:

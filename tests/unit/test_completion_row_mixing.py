@@ -16,7 +16,7 @@ from server.models.onnx_completion import OnnxTensor, complete_from_onnx
 from server.models.repository import ModelSource
 from tests.support.zoo_models import softmax_rows
 
-WHY = "the Softmax node making 'y' works along axis 0 of 'x' ['N', 3], the batch's"
+WHY = "the Softmax node making 'y' works along the batch's axis, axis 0 of 'x' ['N', 3]"
 INPUTS = [OnnxTensor("x", "tensor(float)", ["N", 3])]
 OUTPUTS = [
     OnnxTensor("y", "tensor(float)", ["N", 3], mixes_rows=WHY),
@@ -83,8 +83,9 @@ def test_a_config_that_never_mixes_requests_rows_is_completed(text: str) -> None
     assert _complete(text).max_batch_size > 0
 
 
-def test_a_ragged_config_is_completed() -> None:
-    # The first dim is every request's elements in a row, which the model splits itself.
+def test_a_ragged_config_without_batch_inputs_is_refused() -> None:
+    # Its first dim is every request's elements in a row, and the model is not told where each
+    # request's start: a Softmax over it spreads one request's values over another's.
     inputs = [OnnxTensor("x", "tensor(float)", ["T"])]
     outputs = [OnnxTensor("y", "tensor(float)", ["T"], mixes_rows=WHY)]
     text = (
@@ -92,10 +93,12 @@ def test_a_ragged_config_is_completed() -> None:
         "allow_ragged_batch: true } ]"
     )
     config = text_format.Parse(text, mc.ModelConfig())
-    assert complete_from_onnx(config, inputs, outputs, source="cfg").max_batch_size == 8
+    with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
+        complete_from_onnx(config, inputs, outputs, source="cfg")
 
 
-def test_a_batch_input_config_is_completed() -> None:
+def test_a_config_with_batch_inputs_is_completed() -> None:
+    # The model is told each request's share of the batch (here its element count).
     inputs = [*INPUTS, OnnxTensor("sizes", "tensor(float)", ["N", 1])]
     text = (
         "max_batch_size: 8 dynamic_batching {} batch_input [ { kind: BATCH_ELEMENT_COUNT "

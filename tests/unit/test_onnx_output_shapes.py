@@ -205,32 +205,39 @@ def test_an_output_of_no_shape_that_inference_cannot_tell_is_refused_naming_it(t
     )
 
 
-def test_the_inferences_copy_gives_a_weight_as_an_input_of_its_type_without_its_values() -> None:
-    # The demo resnet's 47 MB of weights had been copied into each inference (most of its 0.2 s).
-    weight = onnx.numpy_helper.from_array(np.ones((64, 65), np.float32), "w")  # 4,160 elements
-    small = onnx.numpy_helper.from_array(np.ones(4096, np.float32), "small")  # the most kept
-    listed = onnx.numpy_helper.from_array(np.ones(5000, np.float32), "listed")  # also a graph input
+def test_the_inferences_copy_gives_a_weight_as_an_input_of_its_type_without_its_values(
+    tmp_path: Path,
+) -> None:
+    # The demo resnet's 47 MB of weights had been copied into each inference (most of its 0.2 s);
+    # a bound of 4,096 elements a tensor had kept 12,000 weights of 64 x 64 (a tester, session 50).
+    weight = onnx.numpy_helper.from_array(np.ones((8, 9), np.float32), "w")  # 72 elements
+    small = onnx.numpy_helper.from_array(np.ones(64, np.float32), "small")  # the most kept
+    listed = onnx.numpy_helper.from_array(np.ones(100, np.float32), "listed")  # also a graph input
+    far = onnx.numpy_helper.from_array(np.ones(2, np.int64), "far")  # small, but stored apart
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64]),
-            helper.make_tensor_value_info("listed", TensorProto.FLOAT, [5000]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8]),
+            helper.make_tensor_value_info("listed", TensorProto.FLOAT, [100]),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[weight, small, listed],
+        initializer=[weight, small, listed, far],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.external_data_helper.set_external_data(model.graph.initializer[3], "far.bin")
+    model.graph.initializer[3].data_location = TensorProto.EXTERNAL
+    model.graph.initializer[3].ClearField("raw_data")
     probe = onnx_output_shapes.inference_probe(model, {"y"})
     assert [init.name for init in probe.graph.initializer] == ["small"]
     inputs = {v.name: v.type.tensor_type for v in probe.graph.input}
-    assert list(inputs) == ["x", "listed", "w"]
-    assert inputs["w"].elem_type == TensorProto.FLOAT
-    assert [d.dim_value for d in inputs["w"].shape.dim] == [64, 65]
+    assert list(inputs) == ["x", "listed", "w", "far"]
+    assert inputs["w"].elem_type == TensorProto.FLOAT and inputs["far"].elem_type == TensorProto.INT64
+    assert [d.dim_value for d in inputs["w"].shape.dim] == [8, 9]
     assert inputs["x"].shape.dim[0].dim_param == onnx_output_shapes.BATCH_SYMBOL.format(0)
-    assert len(model.graph.initializer) == 3  # the model itself is left as it was
+    assert len(model.graph.initializer) == 4  # the model itself is left as it was
     inferred = onnx.shape_inference.infer_shapes(probe)
     assert [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [
         onnx_output_shapes.BATCH_SYMBOL.format(0),
-        65,
+        9,
     ]

@@ -43,7 +43,7 @@ def _const(name: str, value: object, dtype: type = np.int64) -> onnx.TensorProto
 
 
 def _why(op: str, made: str, axis: int, shown: str = "'x' ['batch', 3]") -> str:
-    return f"the {op} node making '{made}' works along axis {axis} of {shown}, the batch's"
+    return f"the {op} node making '{made}' works along the batch's axis, axis {axis} of {shown}"
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
@@ -165,25 +165,54 @@ def test_mean_variance_normalization_mixes_by_default_and_batch_norm_when_traini
     assert row_mixing_outputs(_model([inference], x4, inits=stats, opset=15)) == {}
 
 
-def test_a_matmul_contracting_or_spreading_the_batch_mixes_and_a_weight_does_not() -> None:
+def _paired(op: str, made: str, rows: str, columns: str) -> str:
+    return (
+        f"the {op} node making '{made}' pairs each row of the batch with every other: its rows come "
+        f"from {rows} and its columns from {columns}, both the batch's axis"
+    )
+
+
+def test_a_matmul_contracting_or_pairing_the_batch_mixes_and_a_weight_does_not() -> None:
     t = helper.make_node("Transpose", ["x"], ["xt"])
     gram = _model([t, helper.make_node("MatMul", ["xt", "x"], ["y"])])
     assert row_mixing_outputs(gram) == {"y": _why("MatMul", "y", 1, "'xt' [3, 'batch']")}
     outer = _model([t, helper.make_node("MatMul", ["x", "xt"], ["y"])])
-    assert row_mixing_outputs(outer) == {"y": _why("MatMul", "y", 1, "'xt' [3, 'batch']")}
+    rows, columns = "axis 0 of 'x' ['batch', 3]", "axis 1 of 'xt' [3, 'batch']"
+    assert row_mixing_outputs(outer) == {"y": _paired("MatMul", "y", rows, columns)}
     weight = _const("w", np.ones((3, 2)), np.float32)
     assert row_mixing_outputs(_model([helper.make_node("MatMul", ["x", "w"], ["y"])], inits=[weight])) == {}
+    # W @ x^T: a column a row, per row (feature-major linear layers; a tester, session 50).
+    wide = _const("w", np.ones((2, 3)), np.float32)
+    by_columns = _model([t, helper.make_node("MatMul", ["w", "xt"], ["y"])], inits=[wide])
+    assert row_mixing_outputs(by_columns) == {}
 
 
-def test_a_gemm_mixes_where_the_batch_is_contracted_or_in_its_second_input() -> None:
+def test_a_matmul_with_a_vector_contracts_its_only_axis() -> None:
+    v = [helper.make_tensor_value_info("v", F, [None])]
+    dot = _model(
+        [helper.make_node("MatMul", ["w", "v"], ["y"])], v, inits=[_const("w", np.ones((2, 3)), np.float32)]
+    )
+    # w [2, 3] @ v [N] needs N == 3; onnx takes it: a sum over the batch's values.
+    assert row_mixing_outputs(dot) == {"y": _why("MatMul", "y", 0, "'v' ['batch']")}
+
+
+def test_a_gemm_mixes_where_it_contracts_or_pairs_the_batch() -> None:
     weight = _const("w", np.ones((3, 2)), np.float32)
     assert row_mixing_outputs(_model([helper.make_node("Gemm", ["x", "w"], ["y"])], inits=[weight])) == {}
     square = _const("w", np.ones((2, 2)), np.float32)
     transposed = helper.make_node("Gemm", ["x", "w"], ["y"], transA=1)
     assert row_mixing_outputs(_model([transposed], inits=[square])) == {"y": _why("Gemm", "y", 0)}
-    second = helper.make_node("Gemm", ["w", "x"], ["y"], transB=1)  # [2, 3] x [3, N]
     wide = _const("w", np.ones((2, 3)), np.float32)
-    assert row_mixing_outputs(_model([second], inits=[wide])) == {"y": _why("Gemm", "y", 0)}
+    per_row = helper.make_node("Gemm", ["w", "x"], ["y"], transB=1)  # [2, 3] x [3, N]
+    assert row_mixing_outputs(_model([per_row], inits=[wide])) == {}
+    contracted = _model(
+        [helper.make_node("Gemm", ["w", "x"], ["y"])], inits=[_const("w", np.ones((2, 2)), np.float32)]
+    )
+    # [2, 2] x [N, 3]: the batch's rows contracted (N must be 2 at run time).
+    assert row_mixing_outputs(contracted) == {"y": _why("Gemm", "y", 0)}
+    both = helper.make_node("Gemm", ["x", "x"], ["y"], transB=1)  # [N, 3] x [3, N]
+    rows, columns = "axis 0 of 'x' ['batch', 3]", "axis 0 of 'x' ['batch', 3]"
+    assert row_mixing_outputs(_model([both])) == {"y": _paired("Gemm", "y", rows, columns)}
 
 
 @pytest.mark.parametrize("op", ["RNN", "LSTM", "GRU"])
@@ -226,7 +255,7 @@ def test_a_mixing_op_inside_a_branch_or_a_mixed_condition_mixes_its_outputs() ->
     cond = [helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
     branch = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=other, name="pick")
     got = row_mixing_outputs(_model([branch], [*X, *cond], [y]))
-    assert got == {"y": f"{_why('Softmax', 's', 0)} inside If node 'pick'"}
+    assert got == {"y": f"{_why('Softmax', 's', 0)}, inside If node 'pick'"}
     plain = helper.make_node("If", ["c"], ["y"], then_branch=other, else_branch=other)
     assert row_mixing_outputs(_model([plain], [*X, *cond], [y])) == {}
     decided = [
@@ -280,4 +309,4 @@ def test_an_overridable_initializer_mixes_only_when_clients_may_send_it(tmp_path
     model = onnx.load(range_to_overridable(tmp_path / "ranged.onnx"))
     assert row_mixing_outputs(model) == {}
     sent = row_mixing_outputs(model, fed={"n"})
-    assert set(sent) == {"y"} and "works along axis 0 of 'n' ['N', 1]" in sent["y"], sent
+    assert sent == {"y": _why("ReduceMax", "limit", 0, "'n' ['N', 1]")}
