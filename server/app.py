@@ -292,6 +292,12 @@ class SluicewayServer:
         # core: to a client that stopped reading (SIGSTOP, a hung process), until keepalive drops
         # the connection, 20 s by default whatever the grace. Bounded: the process exits anyway.
         left = max(0.0, deadline - time.monotonic())
+        if self.calls.only_stalled_left(self.core_calls.counts() if self.core_calls is not None else None):
+            stalled = self.calls.stalled
+            log.warning(
+                "%d side streams whose clients stopped reading were left (health, reflection)", stalled
+            )
+            left = 0.0
         grpc_stopped = asyncio.ensure_future(self._grpc.stop(left))
         done, _ = await asyncio.wait({grpc_stopped}, timeout=left + _GRPC_STOP_EXTRA_S)
         if not done:

@@ -64,7 +64,9 @@ MIXING_OPS = (
     | _RECURRENT_OPS
     | {"CumSum", "LayerNormalization", "MeanVarianceNormalization", "BatchNormalization", "LRN"}
     | {"GatherND", "ScatterND", "DFT", "MatMul", "Gemm", "Scan"}
+    | {"Slice", "Split", "Concat", "Pad", "Tile"}  # rows moved, picked, added or repeated
 )
+TO_THE_END = 2**31 - 1  # a Slice's end at least this: to the end of its axis (torch writes 2**63 - 1)
 # Ops whose outputs' values do not depend on the values of some inputs: the inputs that do count.
 VALUE_INPUTS: dict[str, tuple[int, ...]] = {
     "Shape": (),
@@ -106,7 +108,7 @@ def mixed_axes(node: onnx.NodeProto, ranks: Sequence[int], opset: int, constant:
         return [(0, range(_int(node, "axis", -1) % max(rank, 1), rank))]
     if op == "MeanVarianceNormalization":
         return [(0, list(attr(node, "axes", [0, 2, 3])))]  # type: ignore[call-overload]
-    if op == "BatchNormalization" and attr(node, "training_mode", 0):
+    if op == "BatchNormalization" and _training(node, opset):
         return [(0, [a for a in range(rank) if a != 1])]
     if op in _SPATIAL_OPS:
         return [(0, range(2, rank))]
@@ -129,7 +131,76 @@ def mixed_axes(node: onnx.NodeProto, ranks: Sequence[int], opset: int, constant:
         return [(0, [0 if attr(node, "transA", 0) else 1]), (1, [1 if attr(node, "transB", 0) else 0])]
     if op in _RECURRENT_OPS:
         return [(0, [1 if attr(node, "layout", 0) else 0])]  # the sequence axis
+    return _moved(node, opset, constant)
+
+
+def _moved(node: onnx.NodeProto, opset: int, constant: Constant) -> Axes:
+    """Ops that move rows: a Slice that is not the whole axis (x[:1], a flip), a Split, a Concat
+    of two or more, a Pad or a Tile that adds rows. Each request's rows are no longer its own."""
+    op = node.op_type
+    if op == "Slice":
+        return [(0, _sliced(node, opset, constant))]
+    if op == "Split":
+        return [(0, [_int(node, "axis", 0)])]
+    if op == "Concat" and len(node.input) > 1:
+        return [(i, [_int(node, "axis", 0)]) for i in range(len(node.input))]
+    if op == "Pad":
+        return [(0, _padded(node, opset, constant))]
+    if op == "Tile" and (repeats := constant(1)) is not None:
+        return [(0, [a for a, times in enumerate(repeats.reshape(-1)) if times != 1])]
     return []
+
+
+def _training(node: onnx.NodeProto, opset: int) -> bool:
+    """A BatchNormalization in training mode: its attribute from opset 14, its running statistics
+    asked for as outputs before (torch's training=TRAINING export at opset 13)."""
+    if opset >= 14:
+        return bool(attr(node, "training_mode", 0))
+    return sum(1 for name in node.output if name) > 1
+
+
+def _known(
+    node: onnx.NodeProto, index: int, name: str, opset: int, since: int, constant: Constant
+) -> list[int] | None:
+    """An int list a node takes as an attribute before opset `since` and as input `index` after."""
+    if opset < since:  # an attribute, known: absent, its default ([])
+        return [int(v) for v in attr(node, name, [])]  # type: ignore[attr-defined]
+    if index >= len(node.input) or not node.input[index]:
+        return []
+    value = constant(index)
+    return None if value is None else [int(v) for v in value.reshape(-1)]
+
+
+def _sliced(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[int]:
+    """The axes a Slice does not keep whole: not from 0 to the end by steps of 1. Where its
+    bounds are computed at run time (torch's chunk, a roll), every axis it names: none is known to
+    be kept whole; where its axes are, none."""
+    starts = _known(node, 1, "starts", opset, 10, constant)
+    ends = _known(node, 2, "ends", opset, 10, constant)
+    axes = _known(node, 3, "axes", opset, 10, constant)
+    steps = _known(node, 4, "steps", opset, 10, constant)
+    if axes is None or (not axes and not starts):
+        return []
+    if starts is None or ends is None or steps is None:
+        return axes
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    return [
+        axis
+        for axis, start, end, step in zip(axes, starts, ends, steps, strict=False)
+        if not (start == 0 and end >= TO_THE_END and step == 1)
+    ]
+
+
+def _padded(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[int]:
+    """The axes a Pad adds to (pads [begin..., end...] over its axes; none where computed)."""
+    pads = _known(node, 1, "pads", opset, 11, constant)
+    axes = _known(node, 3, "axes", opset, 18, constant) if opset >= 18 else []
+    if not pads:
+        return []
+    axes = axes or list(range(len(pads) // 2))
+    half = len(pads) // 2
+    return [axis for k, axis in enumerate(axes) if k < half and (pads[k] or pads[half + k])]
 
 
 def paired_axes(node: onnx.NodeProto) -> tuple[int, int] | None:

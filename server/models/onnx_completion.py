@@ -73,7 +73,10 @@ def _not_batch(tensor: OnnxTensor, graph: Sequence[OnnxTensor]) -> str | None:
 def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
     dt = datatypes.BY_ONNX.get(tensor.type)
     if dt is None:
-        raise ConfigError(f"{source}: ONNX tensor '{tensor.name}' has unsupported type {tensor.type}")
+        hint = ""
+        if tensor.type.startswith(("seq(", "map(", "optional(")):  # skl2onnx's ZipMap, for one
+            hint = " (only tensors are served: export tensors, e.g. skl2onnx's options {'zipmap': False})"
+        raise ConfigError(f"{source}: ONNX tensor '{tensor.name}' has unsupported type {tensor.type}{hint}")
     return dt.config
 
 
@@ -158,8 +161,10 @@ def _complete_tensors(
     listed = {e.name for e in entries}
     for tensor in model:
         if add and tensor.name not in listed:
+            # Its type first: a sequence of maps (skl2onnx's ZipMap) had been refused for its shape.
+            data_type = _onnx_datatype(tensor, source)
             dims = _model_dims(kind, tensor, max_batch_size, source, graph)
-            entry = entries.add(name=tensor.name, data_type=_onnx_datatype(tensor, source), dims=dims or [1])
+            entry = entries.add(name=tensor.name, data_type=data_type, dims=dims or [1])
             if not dims:  # a scalar (per row): Triton's completion writes dims [1] and reshape []
                 entry.reshape.SetInParent()
 
@@ -217,12 +222,15 @@ def complete_from_onnx(
         if done.max_batch_size > 1 and not done.HasField("sequence_batching"):
             done.dynamic_batching.SetInParent()
     if done.max_batch_size == 0 and done.HasField("dynamic_batching"):
-        why = "does not have a variable first (batch) dimension on every input and output"
+        why = "the ONNX model does not have a variable first (batch) dimension on every input and output"
         if mixing:
             name, mixes = next(iter(mixing.items()))
-            why = f"output '{name}' mixes the rows of a batch: {mixes}"
+            why = f"the ONNX model's output '{name}' mixes the rows of a batch: {mixes}"
+        elif model_batches:  # the config listed inputs: nothing is completed
+            why = "a config that lists inputs is not completed with one"
         raise ConfigError(
-            f"{source}: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model {why})"
+            f"{source}: dynamic_batching needs max_batch_size > 0 (the config's is 0 or unset, and {why}); "
+            "set max_batch_size or remove dynamic_batching"
         )
     listable = [_as_tensor(t) for t in initializers]
     # Triton completes nothing when the config lists inputs and outputs: the outputs it leaves out

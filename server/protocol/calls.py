@@ -119,6 +119,7 @@ class CallTracker:
         self._sessions: set[Finishable] = set()
         self._by_connection: Counter[str] = Counter()
         self._by_peer: Counter[str] = Counter()
+        self._stalled = 0  # side streams left to a client that stopped reading (side_streams.py)
 
     @property
     def active(self) -> int:
@@ -170,6 +171,22 @@ class CallTracker:
                 if counter[key] <= 0:
                     del counter[key]
 
+    @property
+    def stalled(self) -> int:
+        return self._stalled
+
+    def note_stalled(self) -> None:
+        """A health Watch or reflection stream whose client stopped reading was left as it is in
+        the drain: grpc core holds its call, which owes no answer."""
+        self._stalled += 1
+
+    def only_stalled_left(self, core: CoreCounts | None) -> bool:
+        """Whether the only calls grpc core still holds are stalled side streams (no handler runs,
+        and core's count says so): a stop need not wait for them."""
+        return (
+            self._stalled > 0 and self._active == 0 and core is not None and core.unanswered <= self._stalled
+        )
+
     def finish_streams(self) -> None:
         """Tell every open stream to stop reading, answer what it has read, and end."""
         for session in list(self._sessions):
@@ -196,7 +213,7 @@ class CallTracker:
                     core_arrival = now  # taken by core since the last look, maybe by no handler yet
                 seen = counts
             quiet_at = max(self._last_arrival, core_arrival) + quiet_s
-            if now >= quiet_at and (counts is None or counts.unanswered <= 0):
+            if now >= quiet_at and (counts is None or counts.unanswered <= self._stalled):
                 return True
             if now >= deadline:
                 return False

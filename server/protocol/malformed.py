@@ -93,6 +93,13 @@ def _refusing(
                     await _refuse(request, context)
                 yield request
 
+        if inspect.iscoroutinefunction(behavior):  # it writes its answers (reflection's: side_streams.py)
+
+            async def written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+                await behavior(checked(requests, context), context)
+
+            return written
+
         async def streamed(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from google.protobuf import text_format
+from onnx import TensorProto, helper, numpy_helper
 
 from protos import model_config_pb2 as mc
 from server.models.completion import complete_version
@@ -112,20 +115,80 @@ def test_dynamic_batching_with_nothing_else_says_the_output_mixes_rows() -> None
     with pytest.raises(ConfigError) as caught:
         _complete("dynamic_batching {}")
     assert str(caught.value) == (
-        "cfg: dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model output 'y' "
-        f"mixes the rows of a batch: {WHY})"
+        "cfg: dynamic_batching needs max_batch_size > 0 (the config's is 0 or unset, and the ONNX model's "
+        f"output 'y' mixes the rows of a batch: {WHY}); set max_batch_size or remove dynamic_batching"
+    )
+
+
+def test_dynamic_batching_without_max_batch_size_in_a_config_listing_inputs_says_so() -> None:
+    # The graph batches, but a config that lists inputs is not completed (it had said the graph
+    # has no variable first dimension, which was not so).
+    config = text_format.Parse(
+        'dynamic_batching {} input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]', mc.ModelConfig()
+    )
+    plain = [OnnxTensor("y", "tensor(float)", ["N", 3])]
+    with pytest.raises(ConfigError) as caught:
+        complete_from_onnx(config, INPUTS, plain, source="cfg")
+    assert str(caught.value) == (
+        "cfg: dynamic_batching needs max_batch_size > 0 (the config's is 0 or unset, and a config that "
+        "lists inputs is not completed with one); set max_batch_size or remove dynamic_batching"
+    )
+
+
+def test_a_sequence_of_maps_output_is_refused_for_its_type_not_its_shape() -> None:
+    # skl2onnx's ZipMap output: the load had said "has shape [] with no variable first (batch)
+    # dimension", which sent the user to the wrong fix (a tester, session 50).
+    zipmap = [OnnxTensor("probabilities", "seq(map(int64,tensor(float)))", [])]
+    config = text_format.Parse("max_batch_size: 8", mc.ModelConfig())
+    with pytest.raises(ConfigError) as caught:
+        complete_from_onnx(config, INPUTS, zipmap, source="cfg")
+    assert str(caught.value) == (
+        "cfg: ONNX tensor 'probabilities' has unsupported type seq(map(int64,tensor(float))) (only "
+        "tensors are served: export tensors, e.g. skl2onnx's options {'zipmap': False})"
     )
 
 
 def test_rows_independent_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError) as caught:
         _complete('parameters { key: "rows_independent" value: { string_value: "maybe" } }')
-    assert "parameters 'rows_independent' must be 'true' or 'false', got 'maybe'" in str(caught.value)
+    assert str(caught.value) == "cfg: parameters 'rows_independent' must be 'true' or 'false', got 'maybe'"
 
 
 def _source(path: Path, text: str) -> ModelSource:
     config = text_format.Parse(text, mc.ModelConfig())
     return ModelSource("softmax", path.parent.parent, config, {1: path}, "softmax/config.pbtxt")
+
+
+def _centred_by_overridable(path: Path) -> Path:
+    """y = x - mean(n over the batch), n [N, 1] an overridable initializer ([[2]] unless sent)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["n"], ["mean"], axes=[0]),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        "centred",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("n", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array([[2.0]], np.float32), "n")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_an_overridable_initializer_clients_may_send_is_read_as_the_batchs(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    path = _centred_by_overridable(tmp_path / "1" / "model.onnx")
+    batched = "max_batch_size: 4 dynamic_batching {}\n"
+    completed, _, outputs = complete_version(_source(path, batched), path, 8)
+    assert completed.max_batch_size == 4 and outputs[0].mixes_rows is None  # n is the model's constant
+    fed = batched + 'input [ { name: "n" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]'
+    with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
+        complete_version(_source(path, fed), path, 8)
 
 
 def test_a_version_is_read_and_refused_from_its_file(tmp_path: Path) -> None:

@@ -196,8 +196,9 @@ ODD_OUT = [OnnxTensor("y", "tensor(complex64)", ["n", 2])]
             "dynamic_batching { }",
             FIXED_IN,
             FIXED_OUT,
-            "dynamic_batching needs max_batch_size > 0 (none is set, and the ONNX model does not have a "
-            "variable first (batch) dimension on every input and output)",
+            "dynamic_batching needs max_batch_size > 0 (the config's is 0 or unset, and the ONNX model does "
+            "not have a variable first (batch) dimension on every input and output); set max_batch_size or "
+            "remove dynamic_batching",
         ),
     ],
 )

@@ -229,6 +229,20 @@ def test_a_recurrence_over_the_batch_mixes_and_batch_first_does_not(op: str) -> 
     assert row_mixing_outputs(_model([first], x3, inits=[w, r])) == {}
 
 
+def test_a_reshape_to_the_batchs_own_size_keeps_its_name_through_the_datas_propagation() -> None:
+    # x.view(x.size(0), -1): the new shape is read from x's, which only data propagation carries.
+    x3 = [helper.make_tensor_value_info("x", F, [None, 2, 3])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["rows"]),
+        helper.make_node("Concat", ["rows", "rest"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["x", "flat"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["y"], axis=0),
+    ]
+    got = row_mixing_outputs(_model(nodes, x3, inits=[_const("zero", [0]), _const("rest", [-1])]))
+    assert got == {"y": _why("Softmax", "y", 0, "'r' ['batch', 'unk__0']")}
+
+
 def test_a_shape_of_mixed_rows_is_not_mixed() -> None:
     nodes = [
         helper.make_node("Softmax", ["x"], ["s"], axis=0),

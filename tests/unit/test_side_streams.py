@@ -147,25 +147,18 @@ async def list_services_then(more: asyncio.Event) -> AsyncIterator[reflection_pb
 
 async def test_a_reflection_stream_answers_counts_while_open_and_a_drain_ends_it_unavailable() -> None:
     calls, context = tracker(), Context()
-    answers: list[Any] = []
-
-    async def read() -> None:
-        async for answer in reflection(calls).ServerReflectionInfo(
-            list_services_then(asyncio.Event()), context
-        ):
-            answers.append(answer)
-            context.first_write.set()
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(
+        reflection(calls).ServerReflectionInfo(list_services_then(asyncio.Event()), context)
+    )
     await asyncio.wait_for(context.first_write.wait(), 30)
-    names = [service.name for service in answers[0].list_services_response.service]
+    names = [service.name for service in context.written[0].list_services_response.service]
     assert sorted(names) == sorted(SERVICES)
     assert (calls.open_streams, calls.active) == (1, 1)
     calls.finish_streams()
     with pytest.raises(Aborted):
         await asyncio.wait_for(task, 30)
     assert (calls.open_streams, calls.active) == (0, 0)
-    assert context.aborted == DRAINED and len(answers) == 1
+    assert context.aborted == DRAINED and len(context.written) == 1
 
 
 async def test_a_reflection_stream_that_ends_is_no_longer_counted() -> None:
@@ -174,16 +167,16 @@ async def test_a_reflection_stream_that_ends_is_no_longer_counted() -> None:
     async def one_request() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    answers = [a async for a in reflection(calls).ServerReflectionInfo(one_request(), context)]
-    assert len(answers) == 1
+    await reflection(calls).ServerReflectionInfo(one_request(), context)
+    assert len(context.written) == 1 and context.aborted is None
     assert (calls.open_streams, calls.active) == (0, 0)
 
 
 async def test_a_reflection_stream_past_a_limit_is_refused_naming_it() -> None:
     calls, context = tracker(per_connection=1), Context()
     with calls.stream(PEER, Held()), pytest.raises(Aborted):
-        async for _ in reflection(calls).ServerReflectionInfo(list_services_then(asyncio.Event()), context):
-            pytest.fail("a refused stream answered")
+        await reflection(calls).ServerReflectionInfo(list_services_then(asyncio.Event()), context)
+    assert context.written == [], "a refused stream answered"
     assert context.aborted == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "too many open streams on this connection (max_streams_per_connection=1)",
@@ -206,7 +199,9 @@ async def test_a_reflection_stream_answers_from_the_pool_it_was_given() -> None:
         yield reflection_pb2.ServerReflectionRequest(file_containing_symbol="sidecheck.Only")
 
     servicer = LimitedReflection(("sidecheck.Only",), pool, tracker())
-    (answer,) = [a async for a in servicer.ServerReflectionInfo(ask(), Context())]
+    context = Context()
+    await servicer.ServerReflectionInfo(ask(), context)
+    (answer,) = context.written
     assert answer.WhichOneof("message_response") == "file_descriptor_response"
     (raw,) = answer.file_descriptor_response.file_descriptor_proto
     assert descriptor_pb2.FileDescriptorProto.FromString(raw).name == "side_streams_only.proto"
