@@ -295,7 +295,7 @@ class SluicewayServer:
         if self.calls.only_stalled_left(self.core_calls.counts() if self.core_calls is not None else None):
             stalled = self.calls.stalled
             log.warning(
-                "%d side streams whose clients stopped reading were left (health, reflection)", stalled
+                "%d side streams whose clients took no write for 1 s were left (health, reflection)", stalled
             )
             left = 0.0
         grpc_stopped = asyncio.ensure_future(self._grpc.stop(left))

@@ -176,9 +176,12 @@ class CallTracker:
         return self._stalled
 
     def note_stalled(self) -> None:
-        """A health Watch or reflection stream whose client stopped reading was left as it is in
-        the drain: grpc core holds its call, which owes no answer."""
+        """A health Watch or reflection stream whose client took no write for a while was left as
+        it is in the drain: grpc core holds its call, which owes no answer (until `stalled_ended`)."""
         self._stalled += 1
+
+    def stalled_ended(self) -> None:
+        self._stalled = max(0, self._stalled - 1)
 
     def only_stalled_left(self, core: CoreCounts | None) -> bool:
         """Whether the only calls grpc core still holds are stalled side streams (no handler runs,

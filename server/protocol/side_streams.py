@@ -44,25 +44,39 @@ class _SideStream:
         self._finished.set()
 
     async def write(self, context: Any, message: Any) -> bool:
-        """`message` written to the stream; False, the stream counted as stalled, when the drain
-        has begun and the write has waited STALLED_WRITE_S since (its client stopped reading)."""
+        """`message` written to the stream; False when the drain has begun and the write has waited
+        STALLED_WRITE_S since: the stream is then counted as stalled until its call ends."""
         writing = asyncio.ensure_future(context.write(message))
+        ending: asyncio.Future[Any] | None = None
         try:
             if not self._finished.is_set():
                 ending = asyncio.ensure_future(self._finished.wait())
                 await asyncio.wait((writing, ending), return_when=asyncio.FIRST_COMPLETED)
-                ending.cancel()
             if not writing.done():
                 await asyncio.wait((writing,), timeout=STALLED_WRITE_S)
             if writing.done():
                 writing.result()  # its failure, if it failed
                 return True
         finally:
+            if ending is not None:
+                ending.cancel()
             if not writing.done():
                 writing.cancel()
-                await asyncio.gather(writing, return_exceptions=True)
+            # Retrieved, whatever became of it: a client's cancel had left "never retrieved" errors.
+            await asyncio.gather(writing, return_exceptions=True)
         self._calls.note_stalled()
+        # Counted while grpc core holds the call: one that ended (its client killed, its deadline)
+        # had let the stop close the endpoint on an answer still being sent.
+        context.add_done_callback(lambda _: self._calls.stalled_ended())
         return False
+
+    @staticmethod
+    async def left(context: Any) -> None:
+        """Wait, off the tracker, until the stalled call ends (the stop cancels it): a status sent
+        behind the write its client never took fails in grpc core (too many operations)."""
+        ended = asyncio.get_running_loop().create_future()
+        context.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+        await ended
 
     async def until_finished(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
         """`work` done (its future), or None when the stream was finished first (`work` cancelled)."""
@@ -158,9 +172,10 @@ class LimitedHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # gr
         watch = _Watch(self._calls)
         try:
             with self._calls.stream(context.peer(), watch):
-                if not await self._follow(request.service, watch, context):
-                    return  # stalled: an abort would wait on the writes its client never takes
-                raise _drained()
+                stalled = not await self._follow(request.service, watch, context)
+                if not stalled:
+                    raise _drained()
+            await watch.left(context)  # an abort would wait on the writes its client never takes
         except (StreamLimitReached, ShuttingDown) as exc:
             await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE
 
@@ -210,6 +225,7 @@ class LimitedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc
                     except StopAsyncIteration:
                         return
                     if not await session.write(context, response):
-                        return  # stalled
+                        break  # stalled
+            await session.left(context)
         except (StreamLimitReached, ShuttingDown) as exc:
             await abort_with(context, exc)  # RESOURCE_EXHAUSTED naming the limit, or UNAVAILABLE

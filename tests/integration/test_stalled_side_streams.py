@@ -54,7 +54,9 @@ def test_side_streams_whose_clients_stopped_reading_do_not_hold_the_stop(tmp_pat
         began = time.monotonic()
         assert server.terminate(timeout_s=GRACE_S + 10) == 0
         took = time.monotonic() - began
-        server.wait_for_output("2 side streams whose clients stopped reading were left (health, reflection)")
+        server.wait_for_output(
+            "2 side streams whose clients took no write for 1 s were left (health, reflection)"
+        )
         assert took < GRACE_S / 2, f"the stop took {took:.1f} s of a {GRACE_S:.0f} s grace"
     finally:
         for channel in channels:

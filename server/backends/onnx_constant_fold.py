@@ -1,0 +1,92 @@
+"""Small constant values computed at load from the constants a graph holds, for the ops exporters
+use to write an axis, a Slice's bounds or a Pad's pads: torch's legacy exporter writes `F.pad`'s
+pads through Constant -> Unsqueeze -> Concat -> Reshape -> Slice -> Cast, and a graph exported
+without constant folding writes a Slice's axes as an Unsqueeze of a Constant. Read only as written,
+such a value was "computed at run time", and a pad along the batch loaded batched and answered
+wrong, OK (a tester, session 50). Only values of at most MAX_ELEMENTS are made; any other op, or a
+failure, is "not known" (None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+
+MAX_ELEMENTS = 64
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for found in node.attribute:
+        if found.name == name:
+            return onnx.helper.get_attribute_value(found)
+    return default
+
+
+def _axes(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> list[int] | None:
+    if len(values) > 1:
+        return [int(a) for a in values[1].reshape(-1)]
+    found = _attr(node, "axes", None)
+    return None if found is None else [int(a) for a in found]  # type: ignore[attr-defined]
+
+
+def _unsqueeze(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray | None:
+    axes = _axes(node, values)
+    if axes is None:
+        return None
+    rank = values[0].ndim + len(axes)
+    return np.expand_dims(values[0], tuple(sorted(a % rank for a in axes)))
+
+
+def _squeeze(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    axes = _axes(node, values)
+    return np.squeeze(values[0], axis=None if not axes else tuple(axes))
+
+
+def _cast(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 0)))  # type: ignore[call-overload]
+    return values[0].astype(to)
+
+
+def _gather(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    return np.take(values[0], values[1], axis=int(_attr(node, "axis", 0)))  # type: ignore[call-overload]
+
+
+def _constant_of_shape(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    fill = _attr(node, "value", None)
+    value = (
+        onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1, np.float32)
+    )
+    return np.full(tuple(int(d) for d in values[0].reshape(-1)), value.reshape(-1)[0], value.dtype)
+
+
+_FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | None]] = {
+    "Identity": lambda node, v: v[0],
+    "Cast": _cast,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": lambda node, v: np.concatenate(v, axis=int(_attr(node, "axis", 0))),  # type: ignore[call-overload]
+    "Reshape": lambda node, v: v[0].reshape(tuple(int(d) for d in v[1].reshape(-1))),
+    "Neg": lambda node, v: -v[0],
+    "Add": lambda node, v: v[0] + v[1],
+    "Sub": lambda node, v: v[0] - v[1],
+    "Mul": lambda node, v: v[0] * v[1],
+    "Gather": _gather,
+    "ConstantOfShape": _constant_of_shape,
+}
+
+
+def folded(node: onnx.NodeProto, values: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The value of `node`'s first output from its inputs' `values` (None: not known), where it is
+    one of the ops above, every input is known and small, and so is what it makes."""
+    fold = _FOLDS.get(node.op_type)
+    if fold is None or not values or any(v is None or v.size > MAX_ELEMENTS for v in values):
+        return None
+    try:
+        made = fold(node, [v for v in values if v is not None])
+    except (ValueError, TypeError, IndexError):  # a graph onnxruntime would refuse: not known
+        return None
+    if made is None or made.size > MAX_ELEMENTS:
+        return None
+    return np.asarray(made)
