@@ -1,10 +1,10 @@
 """Small constant values computed at load from the constants a graph holds, for the ops exporters
-use to write an axis, a Slice's bounds or a Pad's pads: torch's legacy exporter writes `F.pad`'s
-pads through Constant -> Unsqueeze -> Concat -> Reshape -> Slice -> Cast, and a graph exported
-without constant folding writes a Slice's axes as an Unsqueeze of a Constant. Read only as written,
-such a value was "computed at run time", and a pad along the batch loaded batched and answered
-wrong, OK (a tester, session 50). Only values of at most MAX_ELEMENTS are made; any other op, or a
-failure, is "not known" (None).
+use to write an axis, a Slice's bounds or a Pad's pads. torch's legacy exporter writes `F.pad`'s
+pads through ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Reshape -> Cast, and a
+graph exported without constant folding writes a Slice's axes as an Unsqueeze of a Constant. Read
+only as written, such a value was "computed at run time", and a pad along the batch loaded batched
+and answered wrong, OK (a tester, session 50). Only values of at most MAX_ELEMENTS are made; any
+other op, or a failure, is "not known" (None).
 """
 
 from __future__ import annotations
@@ -61,6 +61,21 @@ def _constant_of_shape(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np
     return np.full(tuple(int(d) for d in values[0].reshape(-1)), value.reshape(-1)[0], value.dtype)
 
 
+def _slice(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    data, starts, ends = values[0], values[1].reshape(-1), values[2].reshape(-1)
+    axes = values[3].reshape(-1) if len(values) > 3 else np.arange(len(starts))
+    steps = values[4].reshape(-1) if len(values) > 4 else np.ones(len(starts), np.int64)
+    index = [slice(None)] * data.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return data[tuple(index)]
+
+
+def _transpose(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    perm = _attr(node, "perm", None)
+    return np.transpose(values[0], None if perm is None else tuple(perm))  # type: ignore[arg-type]
+
+
 _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | None]] = {
     "Identity": lambda node, v: v[0],
     "Cast": _cast,
@@ -73,6 +88,8 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
     "Sub": lambda node, v: v[0] - v[1],
     "Mul": lambda node, v: v[0] * v[1],
     "Gather": _gather,
+    "Slice": _slice,
+    "Transpose": _transpose,
     "ConstantOfShape": _constant_of_shape,
 }
 

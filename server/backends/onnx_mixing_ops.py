@@ -64,8 +64,17 @@ MIXING_OPS = (
     | _RECURRENT_OPS
     | {"CumSum", "LayerNormalization", "MeanVarianceNormalization", "BatchNormalization", "LRN"}
     | {"GatherND", "ScatterND", "DFT", "MatMul", "Gemm", "Scan"}
-    | {"Slice", "Split", "Concat", "Pad", "Tile"}  # rows moved, picked, added or repeated
+    | {"Slice", "Split", "SplitToSequence", "Concat", "Pad", "Tile"}  # rows moved, picked, added
+    | {"Trilu"}  # zeroes a value by its position on its last two axes
 )
+# Elementwise ops that broadcast their inputs: one whose batch axis lines up with another's other
+# axis pairs each row with every other (x[:, None] - x[None], a pairwise distance).
+BROADCAST_OPS = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Mean", "Sum", "Where", "PRelu",
+        "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
+    }
+)  # fmt: skip
 TO_THE_END = 2**31 - 1  # a Slice's end at least this: to the end of its axis (torch writes 2**63 - 1)
 # Ops whose outputs' values do not depend on the values of some inputs: the inputs that do count.
 VALUE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -89,9 +98,16 @@ def _int(node: onnx.NodeProto, name: str, default: int) -> int:
     return int(attr(node, name, default))  # type: ignore[call-overload]
 
 
-def mixed_axes(node: onnx.NodeProto, ranks: Sequence[int], opset: int, constant: Constant) -> Axes:
+def mixed_axes(
+    node: onnx.NodeProto,
+    ranks: Sequence[int],
+    opset: int,
+    constant: Constant,
+    lengths: Sequence[int | None] = (),
+) -> Axes:
     """The axes of its inputs along which the standard op `node` mixes values (none where unknown).
-    `ranks`: its inputs' (0 where unknown); `opset`: the model's standard opset."""
+    `ranks`: its inputs' (0 where unknown); `lengths`: their first dims where fixed (a computed
+    Slice's starts: how many axes it names); `opset`: the model's standard opset."""
     op, rank = node.op_type, ranks[0] if ranks else 0
     if op in _SOFTMAX_OPS:
         axis = _int(node, "axis", -1 if opset >= 13 else 1)
@@ -131,16 +147,18 @@ def mixed_axes(node: onnx.NodeProto, ranks: Sequence[int], opset: int, constant:
         return [(0, [0 if attr(node, "transA", 0) else 1]), (1, [1 if attr(node, "transB", 0) else 0])]
     if op in _RECURRENT_OPS:
         return [(0, [1 if attr(node, "layout", 0) else 0])]  # the sequence axis
-    return _moved(node, opset, constant)
+    if op == "Trilu":
+        return [(0, [-2, -1])]
+    return _moved(node, opset, constant, lengths)
 
 
-def _moved(node: onnx.NodeProto, opset: int, constant: Constant) -> Axes:
+def _moved(node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequence[int | None]) -> Axes:
     """Ops that move rows: a Slice that is not the whole axis (x[:1], a flip), a Split, a Concat
     of two or more, a Pad or a Tile that adds rows. Each request's rows are no longer its own."""
     op = node.op_type
     if op == "Slice":
-        return [(0, _sliced(node, opset, constant))]
-    if op == "Split":
+        return [(0, _sliced(node, opset, constant, lengths[1] if len(lengths) > 1 else None))]
+    if op in ("Split", "SplitToSequence"):
         return [(0, [_int(node, "axis", 0)])]
     if op == "Concat" and len(node.input) > 1:
         return [(i, [_int(node, "axis", 0)]) for i in range(len(node.input))]
@@ -171,14 +189,17 @@ def _known(
     return None if value is None else [int(v) for v in value.reshape(-1)]
 
 
-def _sliced(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[int]:
+def _sliced(node: onnx.NodeProto, opset: int, constant: Constant, named: int | None) -> Sequence[int]:
     """The axes a Slice does not keep whole: not from 0 to the end by steps of 1. Where its
-    bounds are computed at run time (torch's chunk, a roll), every axis it names: none is known to
-    be kept whole; where its axes are, none."""
+    bounds are computed at run time (torch's chunk, a roll), every axis it names (without `axes`,
+    the first `named`, its starts' length): none is known to be kept whole; where its axes are
+    computed, none."""
     starts = _known(node, 1, "starts", opset, 10, constant)
     ends = _known(node, 2, "ends", opset, 10, constant)
     axes = _known(node, 3, "axes", opset, 10, constant)
     steps = _known(node, 4, "steps", opset, 10, constant)
+    if axes == [] and starts is None and named is not None:
+        axes = list(range(named))
     if axes is None or (not axes and not starts):
         return []
     if starts is None or ends is None or steps is None:

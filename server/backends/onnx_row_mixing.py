@@ -31,11 +31,19 @@ from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import onnx
-import onnx.inliner
 from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN
-from server.backends.onnx_mixing_ops import MIXING_OPS, VALUE_INPUTS, attr, mixed_axes, paired_axes
+from server.backends.onnx_constant_fold import folded
+from server.backends.onnx_mixing_ops import (
+    BROADCAST_OPS,
+    MIXING_OPS,
+    VALUE_INPUTS,
+    attr,
+    mixed_axes,
+    paired_axes,
+)
+from server.backends.onnx_mixing_probe import as_initialized, graph_nodes, inferred_probe, subgraphs
 from server.backends.onnx_output_shapes import BATCH_SYMBOL, inference_probe, input_first_dims
 
 logger = logging.getLogger(__name__)
@@ -43,7 +51,7 @@ logger = logging.getLogger(__name__)
 Dims = list[int | str | None]
 Value = onnx.TensorProto | np.ndarray  # a constant, made into an array only when read
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
-SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
+COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 
 
 def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
@@ -51,10 +59,10 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     overridable initializers that clients may send; the others are their initializers' shape."""
     if not input_first_dims(model) and not _unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
-    if not any(node.op_type in MIXING_OPS for node in _nodes(model)):
+    if not any(node.op_type in MIXING_OPS or node.op_type in BROADCAST_OPS for node in _nodes(model)):
         return {}
     try:
-        inferred = _inferred(_as_initialized(inference_probe(model, set()), model, fed))
+        inferred = inferred_probe(as_initialized(inference_probe(model, set()), model, fed))
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, nothing flagged
         return {}
     walk = _Walk(input_first_dims(inferred), _opset(model))
@@ -68,101 +76,6 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     return {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
 
 
-def _inferred(probe: onnx.ModelProto) -> onnx.ModelProto:
-    """`probe` as onnx's shape inference makes it: model-local functions inlined first (their ops
-    are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again."""
-    if probe.functions:
-        probe = onnx.inliner.inline_local_functions(probe)
-    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    if not any(node.op_type in ("Loop", "Scan") for node in _graph_nodes(inferred.graph)):
-        return inferred
-    for _ in range(SEEDING_ROUNDS):
-        if not _seed_bodies(inferred.graph, {}):
-            break
-        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
-    return inferred
-
-
-def _types(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
-    types = dict(outer)
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            types[value.name] = value.type
-    return types
-
-
-def _seed_bodies(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> bool:
-    """Give each Loop's and Scan's body inputs the type of the value the node feeds them (a Scan's
-    slices without the scan axis) where they declare less: onnx's inference reads a body with the
-    inputs it declares. Whether any was given."""
-    types = _types(graph, outer)
-    changed = False
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            for inner, fed in _feeds(node, sub, types):
-                changed = (fed is not None and _seeded(inner, fed)) or changed
-            changed = _seed_bodies(sub, types) or changed
-    return changed
-
-
-def _seeded(inner: onnx.ValueInfoProto, fed: onnx.TypeProto) -> bool:
-    """`inner` given `fed`'s type where it declares no shape, or `fed`'s dims where it declares
-    neither a size nor the same symbol (an exporter's own name for a dim). Whether it changed."""
-    tensor = inner.type.tensor_type
-    if not inner.type.HasField("tensor_type") or not tensor.HasField("shape"):
-        inner.type.CopyFrom(fed)
-        return True
-    found = fed.tensor_type.shape.dim
-    if len(tensor.shape.dim) != len(found):
-        return False
-    changed = False
-    for dim, seen in zip(tensor.shape.dim, found, strict=True):
-        if dim.HasField("dim_value") or dim == seen or not (seen.HasField("dim_value") or seen.dim_param):
-            continue
-        dim.CopyFrom(seen)
-        changed = True
-    return changed
-
-
-def _feeds(
-    node: onnx.NodeProto, body: onnx.GraphProto, types: Mapping[str, onnx.TypeProto]
-) -> Iterator[tuple[onnx.ValueInfoProto, onnx.TypeProto | None]]:
-    """Each input of `body` with the type the node feeds it, where known."""
-    if node.op_type == "Loop":  # (trip count, condition, carried...) -> (turn, condition, carried...)
-        for inner, name in zip(body.input[2:], node.input[2:], strict=False):
-            yield inner, types.get(name)
-    elif node.op_type == "Scan" and node.domain in ONNX_DOMAIN:
-        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
-        states = len(node.input) - scanned
-        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
-        for i, (inner, name) in enumerate(zip(body.input, node.input, strict=False)):
-            fed = types.get(name)
-            yield inner, fed if i < states or fed is None else _without_axis(fed, axes[i - states])
-
-
-def _without_axis(fed: onnx.TypeProto, axis: int) -> onnx.TypeProto | None:
-    dims = fed.tensor_type.shape.dim
-    if not -len(dims) <= axis < len(dims):
-        return None
-    sliced = onnx.TypeProto()
-    sliced.CopyFrom(fed)
-    del sliced.tensor_type.shape.dim[axis % len(dims)]
-    return sliced
-
-
-def _as_initialized(probe: onnx.ModelProto, model: onnx.ModelProto, fed: Collection[str]) -> onnx.ModelProto:
-    """`probe` with each overridable initializer no client sends declared as its initializer is:
-    declared [N, 1] beside x [N, 3], a constant [[2]] had read as one value a row."""
-    listed = {value.name for value in model.graph.input}
-    shapes = {init.name: init.dims for init in model.graph.initializer if init.name in listed - set(fed)}
-    for value in probe.graph.input:
-        if value.name in shapes and value.type.HasField("tensor_type"):
-            value.type.tensor_type.shape.Clear()
-            for size in shapes[value.name]:
-                value.type.tensor_type.shape.dim.add().dim_value = size
-    return probe
-
-
 def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
     initializers = {init.name for init in model.graph.initializer}
     for value in model.graph.input:
@@ -173,27 +86,12 @@ def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
 
 
 def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    yield from _graph_nodes(model.graph)
+    yield from graph_nodes(model.graph)
     for function in model.functions:
         for node in function.node:
             yield node
-            for sub in _subgraphs(node):
-                yield from _graph_nodes(sub)
-
-
-def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for sub in _subgraphs(node):
-            yield from _graph_nodes(sub)
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for found in node.attribute:
-        if found.type == onnx.AttributeProto.GRAPH:
-            yield found.g
-        elif found.type == onnx.AttributeProto.GRAPHS:
-            yield from found.graphs
+            for sub in subgraphs(node):
+                yield from graph_nodes(sub)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -248,7 +146,8 @@ class _Walk:
         self.shapes.add(graph)
         for node in graph.node:
             why = self._mixes(node) or self._inherited(node)
-            if node.op_type == "Constant" and (value := _constant(node)) is not None:
+            value = _constant(node) if node.op_type == "Constant" else self._folded(node)
+            if value is not None and node.output:
                 self.constants[node.output[0]] = value
             for name in node.output:
                 if name and why is not None:
@@ -261,7 +160,7 @@ class _Walk:
         for i in read:
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             inner = _Walk(self.batch, self.opset, _Shapes(self.shapes))
             inner.mixed = dict(self.mixed)
             inner.graph(sub, self.constants)
@@ -270,17 +169,31 @@ class _Walk:
                     return f"{inner.mixed[out.name]}, inside {_describe(node)}"
         return None
 
+    def _folded(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """The node's value where its inputs are small constants (onnx_constant_fold.py)."""
+        if node.domain not in ONNX_DOMAIN or not node.input:
+            return None
+        return folded(node, [self._constant(node, i) for i in range(len(node.input))])
+
     def _mixes(self, node: onnx.NodeProto) -> str | None:
         """Why the node mixes rows of the batch (None: it does not, or it cannot be told)."""
-        if node.domain not in ONNX_DOMAIN or node.op_type not in MIXING_OPS:
+        if node.domain not in ONNX_DOMAIN:
+            return None
+        if node.op_type in BROADCAST_OPS:
+            return self._broadcast_pair(node)
+        if node.op_type not in MIXING_OPS:
             return None
         if node.op_type == "Scan":
             return self._scan(node)
-        ranks = [len(self.shapes.get(name) or []) for name in node.input]
-        for index, axes in mixed_axes(node, ranks, self.opset, lambda i: self._constant(node, i)):
+        dims = [self.shapes.get(name) or [] for name in node.input]
+        lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
+        constant = lambda i: self._constant(node, i)  # noqa: E731
+        for index, axes in mixed_axes(node, [len(d) for d in dims], self.opset, constant, lengths):
             for axis in axes:
                 if self._is_batch(node, index, axis):
-                    return f"{_describe(node)} works along {self._axis(node, index, axis)}"
+                    computed = node.op_type == "Slice" and (constant(1) is None or constant(2) is None)
+                    note = COMPUTED_SLICE if computed else ""
+                    return f"{_describe(node)} works along {self._axis(node, index, axis)}{note}"
         pair = paired_axes(node)
         if pair is not None and self._is_batch(node, 0, pair[0]) and self._is_batch(node, 1, pair[1]):
             rows, columns = (self._where(node, i, axis) for i, axis in enumerate(pair))
@@ -289,6 +202,25 @@ class _Walk:
                 f"from {rows} and its columns from {columns}, both the batch's axis"
             )
         return None
+
+    def _broadcast_pair(self, node: onnx.NodeProto) -> str | None:
+        """An elementwise op whose inputs carry the batch on different axes once broadcast
+        (x[:, None] - x[None]): each row is paired with every other."""
+        dims = [self.shapes.get(name) or [] for name in node.input]
+        rank = max((len(d) for d in dims), default=0)
+        seen: dict[int, int] = {}  # the broadcast axis of the batch -> the input carrying it there
+        for index, shape in enumerate(dims):
+            for axis, dim in enumerate(shape):
+                if dim in self.batch:
+                    seen.setdefault(rank - len(shape) + axis, index)
+        if len(set(seen.values())) < 2 or len(seen) < 2:
+            return None
+        (a, i), (b, j) = sorted(seen.items())[:2]
+        return (
+            f"{_describe(node)} pairs each row of the batch with every other: it broadcasts "
+            f"{self._where(node, i, a - rank + len(dims[i]))} against "
+            f"{self._where(node, j, b - rank + len(dims[j]))}, both the batch's axis"
+        )
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""

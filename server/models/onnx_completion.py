@@ -4,6 +4,7 @@ must agree with the graph (names, data types, dims without the batch dimension).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -21,6 +22,8 @@ from server.models.config_errors import ConfigError
 from server.models.config_fields import sequence_hidden_names
 from server.models.config_tensors import check_optional, model_dims
 from server.models.ragged_config import batch_input_targets, check_batch_input_targets, ragged_graph_shapes
+
+log = logging.getLogger(__name__)
 
 
 class OnnxTensor(NamedTuple):
@@ -68,6 +71,29 @@ def _not_batch(tensor: OnnxTensor, graph: Sequence[OnnxTensor]) -> str | None:
             if dim == first:
                 return f"its first dim '{first}' is dim {axis} of '{other.name}' {list(other.shape)}"
     return None
+
+
+def _as_evidence(outputs: Sequence[OnnxTensor], inputs: Sequence[OnnxTensor]) -> list[OnnxTensor]:
+    """The outputs as `_not_batch` weighs them: a later dim's symbol that no input has is the
+    exporter's guess, not proof. torch's legacy exporter names an image generator's output
+    ['Tanh181_dim_0', 3, 'Tanh181_dim_0', ...] after a Pad it could not infer, and the model could
+    not be batched by any config (a tester, session 50); column sums' 'M' and a Gram matrix's 'N'
+    are the inputs' own."""
+    named = {dim for tensor in inputs for dim in tensor.shape if isinstance(dim, str)}
+    return [
+        t._replace(
+            shape=[t.shape[0], *(d if not isinstance(d, str) or d in named else None for d in t.shape[1:])]
+        )
+        if t.shape
+        else t
+        for t in outputs
+    ]
+
+
+def _batches_but_for_mixing(inputs: Sequence[OnnxTensor], graph: Sequence[OnnxTensor]) -> bool:
+    """Whether completion would batch the graph if no output mixed rows (every tensor's first dim
+    variable, none shown not to be the batch)."""
+    return bool(inputs) and all(_is_batch_dim(t.shape) and _not_batch(t, graph) is None for t in graph)
 
 
 def _onnx_datatype(tensor: OnnxTensor, source: str) -> int:
@@ -207,13 +233,16 @@ def complete_from_onnx(
     check_batch_input_targets(done, {t.name: _config_type(t) for t in inputs}, source)
     ragged = ragged_graph_shapes(done, {t.name: t.shape for t in inputs}, source)
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
-    graph = (*inputs, *outputs)
+    graph = (*inputs, *_as_evidence(outputs, inputs))
     mixing = _mixing_outputs(done, outputs, source)
-    model_batches = (
-        bool(inputs)
-        and not mixing
-        and all(_is_batch_dim(t.shape) and _not_batch(t, graph) is None for t in graph)
-    )
+    model_batches = not mixing and _batches_but_for_mixing(inputs, graph)
+    if done.max_batch_size == 0 and not done.input and mixing and _batches_but_for_mixing(inputs, graph):
+        name, mixes = next(iter(mixing.items()))
+        log.warning(
+            "%s: completed with max_batch_size 0, each request run alone: ONNX output '%s' mixes the rows "
+            "of a batch (%s); if its rows are in fact independent, set parameters '%s' to 'true'",
+            source, name, mixes, ROWS_INDEPENDENT,
+        )  # fmt: skip
     if done.max_batch_size == 0 and not done.input and model_batches:
         # Nothing said about batching: a graph whose every tensor has a variable first dim batches,
         # and with the dynamic batcher on, as Triton's onnxruntime backend completes it (without

@@ -33,10 +33,23 @@ def _complete(text: str) -> mc.ModelConfig:
     return complete_from_onnx(config, INPUTS, OUTPUTS, default_max_batch_size=16, source="cfg")
 
 
-def test_nothing_said_completes_a_mixing_graph_unbatched() -> None:
+def test_nothing_said_completes_a_mixing_graph_unbatched_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     done = _complete("")
     assert done.max_batch_size == 0 and not done.HasField("dynamic_batching")
     assert [list(o.dims) for o in done.output] == [[-1, 3], [-1, 3]]
+    # It had been silent: a per-row model the reading took for a mixing one lost its batching.
+    assert caplog.messages == [
+        "cfg: completed with max_batch_size 0, each request run alone: ONNX output 'y' mixes the rows of "
+        f"a batch ({WHY}); if its rows are in fact independent, set parameters 'rows_independent' to 'true'"
+    ]
+    caplog.clear()
+    _complete("max_batch_size: 8")  # said in the config: nothing to tell
+    _complete(VOUCHED)
+    fixed = [OnnxTensor("x", "tensor(float)", [2, 3])]  # could not batch anyway
+    complete_from_onnx(mc.ModelConfig(), fixed, [OnnxTensor("y", "tensor(float)", [2, 3], mixes_rows=WHY)])
+    assert caplog.messages == []
 
 
 def test_the_configs_word_completes_it_batched() -> None:

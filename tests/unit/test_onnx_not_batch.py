@@ -68,3 +68,23 @@ def test_first_dims_that_may_be_the_batch_still_batch(
 ) -> None:
     done = complete_from_onnx(mc.ModelConfig(name="m"), COLUMN_SUMS_IN, outputs, default_max_batch_size=8)
     assert done.max_batch_size == 8 and done.HasField("dynamic_batching")
+
+
+def test_a_symbol_no_input_has_repeated_in_an_output_is_the_exporters_guess() -> None:
+    # torch's legacy exporter names an image generator's output after a Pad it could not infer:
+    # ['Tanh181_dim_0', 3, 'Tanh181_dim_0', 'Tanh181_dim_3']. Read as proof, no config could batch
+    # the model, rows_independent included (a tester, session 50).
+    image = [("x", "tensor(float)", ["batch", 3, 32, 32])]
+    guessed = [("y", "tensor(float)", ["Tanh181_dim_0", 3, "Tanh181_dim_0", "Tanh181_dim_3"])]
+    done = complete_from_onnx(parse_config("max_batch_size: 8", "cfg"), image, guessed)
+    assert done.max_batch_size == 8 and [list(o.dims) for o in done.output] == [[3, -1, -1]]
+    assert (
+        complete_from_onnx(mc.ModelConfig(name="m"), image, guessed, default_max_batch_size=8).max_batch_size
+        == 8
+    )
+    # A symbol an input has stays proof: the Gram matrix's 'N' is x's own.
+    named = [("g", "tensor(float)", ["N", "N"])]
+    with pytest.raises(ConfigError, match="its first dim 'N' is dim 1 of 'g'"):
+        complete_from_onnx(
+            parse_config("max_batch_size: 8", "cfg"), [("x", "tensor(float)", ["N", 3])], named
+        )

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from server.backends.onnx_row_mixing import row_mixing_outputs
+from server.backends.onnx_row_mixing import COMPUTED_SLICE, row_mixing_outputs
 
 F = TensorProto.FLOAT
 X = [helper.make_tensor_value_info("x", F, [None, 3])]
@@ -83,7 +83,7 @@ def test_a_slice_with_bounds_computed_at_run_time_mixes_along_the_axes_it_names(
     inits = [_ints("zero", [0]), _ints("two", [2]), _ints("a", [0]), _ints("start", [0])]
     chunk = helper.make_node("Slice", ["x", "start", "h", "a"], ["first"])
     got = row_mixing_outputs(_model([*half, chunk, helper.make_node("Identity", ["first"], ["y"])], inits))
-    assert got == {"y": _why("Slice", "first")}
+    assert got == {"y": _why("Slice", "first") + COMPUTED_SLICE}
     along = helper.make_node("Slice", ["x", "start", "h", "one"], ["first"])  # along axis 1
     quiet = _model(
         [*half, along, helper.make_node("Identity", ["first"], ["y"])], [*inits, _ints("one", [1])]
@@ -155,3 +155,69 @@ def test_batch_normalization_in_training_mode_as_opset_13_writes_it() -> None:
     assert row_mixing_outputs(_model([inference], stats, opset=13)) == {}
     skipped = helper.make_node("BatchNormalization", feeds, ["y", "", ""])  # outputs not asked for
     assert row_mixing_outputs(_model([skipped], stats, opset=13)) == {}
+
+
+def test_pads_and_axes_written_through_constant_chains_are_read() -> None:
+    # torch's legacy F.pad: pads made by Constant -> Unsqueeze -> Concat -> Cast; a Slice's axes
+    # as an Unsqueeze of a Constant (exported without constant folding). Both had read as computed.
+    nodes = [
+        helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.asarray(1, np.int64))),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.asarray(0, np.int64))),
+        helper.make_node("Unsqueeze", ["one", "ax"], ["one1"]),
+        helper.make_node("Unsqueeze", ["zero", "ax"], ["zero1"]),
+        helper.make_node("Concat", ["one1", "zero1", "zero1", "zero1"], ["pads64"], axis=0),
+        helper.make_node("Cast", ["pads64"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["y"]),
+    ]
+    assert row_mixing_outputs(_model(nodes, [_ints("ax", [0])], opset=13)) == {"y": _why("Pad", "y")}
+    sliced = [
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.asarray(0, np.int64))),
+        helper.make_node("Unsqueeze", ["zero", "ax"], ["axes"]),
+        helper.make_node("Slice", ["x", "s", "e", "axes"], ["r"]),
+        helper.make_node("Sub", ["x", "r"], ["y"]),
+    ]
+    got = row_mixing_outputs(_model(sliced, [_ints("ax", [0]), _ints("s", [0]), _ints("e", [1])], opset=13))
+    assert got == {"y": _why("Slice", "r")}
+
+
+def test_trilu_and_a_split_into_a_sequence_along_the_batch_mix() -> None:
+    assert row_mixing_outputs(_model([helper.make_node("Trilu", ["x"], ["y"])])) == {"y": _why("Trilu", "y")}
+    seq = [
+        helper.make_node("SplitToSequence", ["x"], ["rows"]),
+        helper.make_node("SequenceAt", ["rows", "i"], ["y"]),
+    ]
+    assert row_mixing_outputs(_model(seq, [_ints("i", 0)])) == {"y": _why("SplitToSequence", "rows")}
+    along = [
+        helper.make_node("SplitToSequence", ["x"], ["cols"], axis=1),
+        helper.make_node("ConcatFromSequence", ["cols"], ["y"], axis=1),
+    ]
+    assert row_mixing_outputs(_model(along)) == {}
+
+
+def test_a_pairwise_broadcast_pairs_each_row_with_every_other() -> None:
+    # x[:, None] - x[None]: [N, 1, 3] - [1, N, 3] -> [N, N, 3], a request's rows against the batch's.
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "one"], ["a"]),
+        helper.make_node("Unsqueeze", ["x", "zero"], ["b"]),
+        helper.make_node("Sub", ["a", "b"], ["y"]),
+    ]
+    got = row_mixing_outputs(_model(nodes, [_ints("one", [1]), _ints("zero", [0])]))
+    assert got == {
+        "y": "the Sub node making 'y' pairs each row of the batch with every other: it broadcasts axis 0 of "
+        "'a' ['batch', 1, 3] against axis 1 of 'b' [1, 'batch', 3], both the batch's axis"
+    }
+    same = [helper.make_node("Unsqueeze", ["x", "one"], ["a"]), helper.make_node("Mul", ["a", "a"], ["y"])]
+    assert row_mixing_outputs(_model(same, [_ints("one", [1])])) == {}
+    bias = _model(
+        [helper.make_node("Add", ["x", "b"], ["y"])], [numpy_helper.from_array(np.ones(3, np.float32), "b")]
+    )
+    assert row_mixing_outputs(bias) == {}
+
+
+def test_a_slice_with_computed_bounds_and_no_axes_names_as_many_axes_as_its_starts() -> None:
+    computed = [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in ("s", "e")]
+    model = _model(
+        [helper.make_node("Slice", ["x", "s", "e"], ["r"]), helper.make_node("Sub", ["x", "r"], ["y"])],
+        inputs=[*X, *computed],
+    )
+    assert row_mixing_outputs(model) == {"y": _why("Slice", "r") + COMPUTED_SLICE}

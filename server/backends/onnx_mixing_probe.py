@@ -1,0 +1,128 @@
+"""The copy of a graph that the reading of ops that mix rows (onnx_row_mixing.py) runs onnx's shape
+inference on: overridable initializers no client sends shaped as their initializers, model-local
+functions inlined, and the inputs of Loop and Scan bodies given the shapes of the values their node
+feeds them (onnx's inference reads a body with the inputs it declares: a Loop whose body declared
+no shape for its carried value had not been read; a tester, session 50).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+
+import onnx
+import onnx.inliner
+
+from server.backends.graph_names import ONNX_DOMAIN
+from server.backends.onnx_mixing_ops import attr
+
+SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
+
+
+def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
+    """`probe` as onnx's shape inference makes it: model-local functions inlined first (their ops
+    are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again."""
+    if probe.functions:
+        probe = onnx.inliner.inline_local_functions(probe)
+    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    if not any(node.op_type in ("Loop", "Scan") for node in graph_nodes(inferred.graph)):
+        return inferred
+    for _ in range(SEEDING_ROUNDS):
+        if not _seed_bodies(inferred.graph, {}):
+            break
+        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+    return inferred
+
+
+def _types(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    types = dict(outer)
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            types[value.name] = value.type
+    return types
+
+
+def _seed_bodies(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> bool:
+    """Give each Loop's and Scan's body inputs the type of the value the node feeds them (a Scan's
+    slices without the scan axis) where they declare less: onnx's inference reads a body with the
+    inputs it declares. Whether any was given."""
+    types = _types(graph, outer)
+    changed = False
+    for node in graph.node:
+        for sub in subgraphs(node):
+            for inner, fed in _feeds(node, sub, types):
+                changed = (fed is not None and _seeded(inner, fed)) or changed
+            changed = _seed_bodies(sub, types) or changed
+    return changed
+
+
+def _seeded(inner: onnx.ValueInfoProto, fed: onnx.TypeProto) -> bool:
+    """`inner` given `fed`'s type where it declares no shape, or `fed`'s dims where it declares
+    neither a size nor the same symbol (an exporter's own name for a dim). Whether it changed."""
+    tensor = inner.type.tensor_type
+    if not inner.type.HasField("tensor_type") or not tensor.HasField("shape"):
+        inner.type.CopyFrom(fed)
+        return True
+    found = fed.tensor_type.shape.dim
+    if len(tensor.shape.dim) != len(found):
+        return False
+    changed = False
+    for dim, seen in zip(tensor.shape.dim, found, strict=True):
+        if dim.HasField("dim_value") or dim == seen or not (seen.HasField("dim_value") or seen.dim_param):
+            continue
+        dim.CopyFrom(seen)
+        changed = True
+    return changed
+
+
+def _feeds(
+    node: onnx.NodeProto, body: onnx.GraphProto, types: Mapping[str, onnx.TypeProto]
+) -> Iterator[tuple[onnx.ValueInfoProto, onnx.TypeProto | None]]:
+    """Each input of `body` with the type the node feeds it, where known."""
+    if node.op_type == "Loop":  # (trip count, condition, carried...) -> (turn, condition, carried...)
+        for inner, name in zip(body.input[2:], node.input[2:], strict=False):
+            yield inner, types.get(name)
+    elif node.op_type == "Scan" and node.domain in ONNX_DOMAIN:
+        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
+        states = len(node.input) - scanned
+        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
+        for i, (inner, name) in enumerate(zip(body.input, node.input, strict=False)):
+            fed = types.get(name)
+            yield inner, fed if i < states or fed is None else _without_axis(fed, axes[i - states])
+
+
+def _without_axis(fed: onnx.TypeProto, axis: int) -> onnx.TypeProto | None:
+    dims = fed.tensor_type.shape.dim
+    if not -len(dims) <= axis < len(dims):
+        return None
+    sliced = onnx.TypeProto()
+    sliced.CopyFrom(fed)
+    del sliced.tensor_type.shape.dim[axis % len(dims)]
+    return sliced
+
+
+def as_initialized(probe: onnx.ModelProto, model: onnx.ModelProto, fed: Collection[str]) -> onnx.ModelProto:
+    """`probe` with each overridable initializer no client sends declared as its initializer is:
+    declared [N, 1] beside x [N, 3], a constant [[2]] had read as one value a row."""
+    listed = {value.name for value in model.graph.input}
+    shapes = {init.name: init.dims for init in model.graph.initializer if init.name in listed - set(fed)}
+    for value in probe.graph.input:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            value.type.tensor_type.shape.Clear()
+            for size in shapes[value.name]:
+                value.type.tensor_type.shape.dim.add().dim_value = size
+    return probe
+
+
+def graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from graph_nodes(sub)
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for found in node.attribute:
+        if found.type == onnx.AttributeProto.GRAPH:
+            yield found.g
+        elif found.type == onnx.AttributeProto.GRAPHS:
+            yield from found.graphs
