@@ -228,3 +228,57 @@ def test_folds_of_values_of_several_elements() -> None:
     assert transposed is not None and transposed.tolist() == [[[0, 2], [1, 3]]]
     cast = folded(helper.make_node("Cast", ["a"], ["o"], to=TensorProto.FLOAT), [np.asarray([1])])
     assert cast is not None and cast.dtype == np.float32
+
+
+def test_a_broadcast_of_inputs_of_two_ranks_names_each_ones_own_axis() -> None:
+    # [N, 1, 3] - [N, 3]: broadcast, the first's batch is axis 0 of 3, the second's axis 1 of 3.
+    nodes = [helper.make_node("Unsqueeze", ["x", "one"], ["a"]), helper.make_node("Sub", ["a", "x"], ["y"])]
+    got = row_mixing_outputs(_model(nodes, [_ints("one", [1])]))
+    assert got == {
+        "y": "the Sub node making 'y' pairs each row of the batch with every other: it broadcasts axis 0 of "
+        "'a' ['batch', 1, 3] against axis 0 of 'x' ['batch', 3], both the batch's axis"
+    }
+
+
+def test_a_scan_reads_each_scan_inputs_own_axis() -> None:
+    # Two scan inputs after one state; the second, the batch's, scanned along its axis 1 ([3, N]).
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["s_in", "b_in"], ["s_out"]),
+            helper.make_node("Identity", ["a_in"], ["a_out"]),
+        ],
+        "body",
+        [onnx.ValueInfoProto(name=n) for n in ("s_in", "a_in", "b_in")],
+        [helper.make_tensor_value_info("s_out", F, None), helper.make_tensor_value_info("a_out", F, None)],
+    )
+    scan = helper.make_node(
+        "Scan", ["init", "c", "t"], ["last", "y"], body=body, num_scan_inputs=2, scan_input_axes=[0, 1]
+    )
+    nodes = [helper.make_node("Transpose", ["x"], ["t"]), scan]
+    inits = [
+        numpy_helper.from_array(np.zeros(3, np.float32), "init"),
+        numpy_helper.from_array(np.zeros((4, 3), np.float32), "c"),
+    ]
+    got = row_mixing_outputs(_model(nodes, inits, opset=16))
+    why = "the Scan node making 'last' carries its state along the batch's axis, axis 1 of 't' [3, 'batch']"
+    assert got == {"y": why}
+
+
+async def test_a_slow_write_before_any_drain_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from server.protocol import side_streams
+    from server.protocol.calls import CallTracker, StreamLimits
+
+    monkeypatch.setattr(side_streams, "STALLED_WRITE_S", 0.01)
+
+    class Slow:
+        async def write(self, message: object) -> None:
+            await asyncio.sleep(0.1)  # slower than STALLED_WRITE_S: a slow client, not a stopped one
+
+        def add_done_callback(self, callback: object) -> None:
+            raise AssertionError("a slow write is not a stall")
+
+    calls = CallTracker(StreamLimits(4, 4, 4))
+    assert await side_streams._SideStream(calls).write(Slow(), object())
+    assert calls.stalled == 0
