@@ -95,7 +95,8 @@ def attr(node: onnx.NodeProto, name: str, default: object) -> object:
 
 
 def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    return int(attr(node, name, default))  # type: ignore[call-overload]
+    value = attr(node, name, default)
+    return value if isinstance(value, int) else default
 
 
 def mixed_axes(
@@ -243,7 +244,8 @@ def _one_axis(found: np.ndarray | None) -> Axes:
 
 
 def _reduced(node: onnx.NodeProto, rank: int, constant: Constant) -> Sequence[int]:
-    axes = attr(node, "axes", None)
+    given = attr(node, "axes", None)
+    axes = [int(a) for a in given] if isinstance(given, list) else None
     if axes is None and len(node.input) > 1 and node.input[1]:
         found = constant(1)
         if found is None:
@@ -251,4 +253,4 @@ def _reduced(node: onnx.NodeProto, rank: int, constant: Constant) -> Sequence[in
         axes = [int(a) for a in found.reshape(-1)]
     if not axes:  # every axis, unless told to do nothing
         return [] if attr(node, "noop_with_empty_axes", 0) else range(rank)
-    return list(axes)  # type: ignore[call-overload]
+    return axes

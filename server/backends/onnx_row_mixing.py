@@ -187,7 +187,10 @@ class _Walk:
             return self._scan(node)
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
-        constant = lambda i: self._constant(node, i)  # noqa: E731
+
+        def constant(index: int) -> np.ndarray | None:
+            return self._constant(node, index)
+
         for index, axes in mixed_axes(node, [len(d) for d in dims], self.opset, constant, lengths):
             for axis in axes:
                 if self._is_batch(node, index, axis):
@@ -251,13 +254,15 @@ class _Walk:
             return found
         if found.data_location == onnx.TensorProto.EXTERNAL:
             return None
-        return numpy_helper.to_array(found)
+        value: np.ndarray = numpy_helper.to_array(found)
+        return value
 
 
 def _constant(node: onnx.NodeProto) -> Value | None:
     for found in node.attribute:
         if found.name == "value":
-            return found.t
+            tensor: onnx.TensorProto = found.t
+            return tensor
         if found.name in ("value_int", "value_ints"):
             return np.asarray(onnx.helper.get_attribute_value(found), dtype=np.int64)
     return None

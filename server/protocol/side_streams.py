@@ -74,8 +74,13 @@ class _SideStream:
     async def left(context: Any) -> None:
         """Wait, off the tracker, until the stalled call ends (the stop cancels it): a status sent
         behind the write its client never took fails in grpc core (too many operations)."""
-        ended = asyncio.get_running_loop().create_future()
-        context.add_done_callback(lambda _: ended.done() or ended.set_result(None))
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def end(_: object) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        context.add_done_callback(end)
         await ended
 
     async def until_finished(self, work: Awaitable[T]) -> asyncio.Future[T] | None:
