@@ -16,9 +16,25 @@ def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every subgraph in it, at any depth."""
     yield graph
     for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                yield from graphs(sub)
+        for sub in subgraphs(node):
+            yield from graphs(sub)
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs `node` holds itself (an If's branches, a Loop's or Scan's body), not deeper."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def attribute(node: onnx.NodeProto, name: str, default: object) -> object:
+    """The value of `node`'s attribute `name`, `default` where it has none."""
+    for found in node.attribute:
+        if found.name == name:
+            return onnx.helper.get_attribute_value(found)
+    return default
 
 
 def taken_names(graph: onnx.GraphProto) -> set[str]:

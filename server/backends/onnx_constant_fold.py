@@ -14,20 +14,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
+from server.backends.graph_names import attribute
+
 MAX_ELEMENTS = 64
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for found in node.attribute:
-        if found.name == name:
-            return onnx.helper.get_attribute_value(found)
-    return default
 
 
 def _axes(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> list[int] | None:
     if len(values) > 1:
         return [int(a) for a in values[1].reshape(-1)]
-    found = _attr(node, "axes", None)
+    found = attribute(node, "axes", None)
     return None if found is None else [int(a) for a in found]  # type: ignore[attr-defined]
 
 
@@ -45,16 +40,16 @@ def _squeeze(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _cast(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
-    to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 0)))  # type: ignore[call-overload]
+    to = onnx.helper.tensor_dtype_to_np_dtype(int(attribute(node, "to", 0)))  # type: ignore[call-overload]
     return values[0].astype(to)
 
 
 def _gather(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
-    return np.take(values[0], values[1], axis=int(_attr(node, "axis", 0)))  # type: ignore[call-overload]
+    return np.take(values[0], values[1], axis=int(attribute(node, "axis", 0)))  # type: ignore[call-overload]
 
 
 def _constant_of_shape(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
-    fill = _attr(node, "value", None)
+    fill = attribute(node, "value", None)
     value = (
         onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1, np.float32)
     )
@@ -72,7 +67,7 @@ def _slice(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _transpose(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
-    perm = _attr(node, "perm", None)
+    perm = attribute(node, "perm", None)
     return np.transpose(values[0], None if perm is None else tuple(perm))  # type: ignore[arg-type]
 
 
@@ -81,7 +76,7 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
     "Cast": _cast,
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
-    "Concat": lambda node, v: np.concatenate(v, axis=int(_attr(node, "axis", 0))),  # type: ignore[call-overload]
+    "Concat": lambda node, v: np.concatenate(v, axis=int(attribute(node, "axis", 0))),  # type: ignore[call-overload]
     "Reshape": lambda node, v: v[0].reshape(tuple(int(d) for d in v[1].reshape(-1))),
     "Neg": lambda node, v: -v[0],
     "Add": lambda node, v: v[0] + v[1],

@@ -23,11 +23,11 @@ Not covered: custom-domain ops, and sizes read by ops outside SIZE_INPUTS.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 
 import onnx
 
-from server.backends.graph_names import ONNX_DOMAIN
+from server.backends.graph_names import ONNX_DOMAIN, subgraphs
 from server.backends.onnx_output_shapes import inference_probe, input_first_dims
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
@@ -110,7 +110,7 @@ class _Walk:
         for name in node.input:
             if name in self.origins:
                 return self.origins[name], valued
-        for sub in _subgraphs(node):  # If/Scan/...: an op inside, or outer tensors it reads
+        for sub in subgraphs(node):  # If/Scan/...: an op inside, or outer tensors it reads
             inner = self._inside(sub, {i.name for i in sub.input} if valued else set())
             valued = valued or any(out.name in inner.valued for out in sub.output)
             if (why := _inner_origin(node, sub, inner)) is not None:
@@ -127,7 +127,7 @@ class _Walk:
             if name in self.origins:
                 return self.origins[name], valued
         condition = None  # the body's condition, when the data's
-        body = next(_subgraphs(node), None)
+        body = next(subgraphs(node), None)
         if body is not None:
             inner = self._loop_body(node, body)
             valued = valued or any(out.name in inner.valued for out in body.output)
@@ -169,14 +169,6 @@ def _inner_origin(node: onnx.NodeProto, sub: onnx.GraphProto, inner: _Walk) -> s
         if out.name in inner.origins:
             return f"{inner.origins[out.name]} inside {node.op_type} node '{node.name or node.output[0]}'"
     return None
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def _first_symbol(value: onnx.ValueInfoProto) -> str:

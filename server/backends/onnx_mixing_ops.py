@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
+from server.backends.graph_names import attribute as attr
+
 Axes = list[tuple[int, Sequence[int]]]  # (input index, the axes of that input the op mixes along)
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
 
@@ -85,13 +87,6 @@ VALUE_INPUTS: dict[str, tuple[int, ...]] = {
     "RandomUniformLike": (),
     "CastLike": (0,),  # the second input gives the type only
 }
-
-
-def attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for found in node.attribute:
-        if found.name == name:
-            return onnx.helper.get_attribute_value(found)
-    return default
 
 
 def _int(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -223,6 +218,16 @@ def _padded(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[in
     axes = axes or list(range(len(pads) // 2))
     half = len(pads) // 2
     return [axis for k, axis in enumerate(axes) if k < half and (pads[k] or pads[half + k])]
+
+
+def scan_inputs(node: onnx.NodeProto) -> tuple[int, list[int]]:
+    """A Scan's count of state inputs (they come first) and the axis each scan input after them is
+    scanned along."""
+    scanned = _int(node, "num_scan_inputs", 0)
+    axes = attr(node, "scan_input_axes", None)
+    return len(node.input) - scanned, [int(a) for a in axes][:scanned] if isinstance(axes, list) else [
+        0
+    ] * scanned
 
 
 def paired_axes(node: onnx.NodeProto) -> tuple[int, int] | None:

@@ -12,8 +12,8 @@ from collections.abc import Collection, Iterator, Mapping
 import onnx
 import onnx.inliner
 
-from server.backends.graph_names import ONNX_DOMAIN
-from server.backends.onnx_mixing_ops import attr
+from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
+from server.backends.onnx_mixing_ops import scan_inputs
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
@@ -24,7 +24,7 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     if probe.functions:
         probe = onnx.inliner.inline_local_functions(probe)
     inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    if not any(node.op_type in ("Loop", "Scan") for node in graph_nodes(inferred.graph)):
+    if not any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
         return inferred
     for _ in range(SEEDING_ROUNDS):
         if not _seed_bodies(inferred.graph, {}):
@@ -82,9 +82,7 @@ def _feeds(
         for inner, name in zip(body.input[2:], node.input[2:], strict=False):
             yield inner, types.get(name)
     elif node.op_type == "Scan" and node.domain in ONNX_DOMAIN:
-        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
-        states = len(node.input) - scanned
-        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
+        states, axes = scan_inputs(node)
         for i, (inner, name) in enumerate(zip(body.input, node.input, strict=False)):
             fed = types.get(name)
             yield inner, fed if i < states or fed is None else _without_axis(fed, axes[i - states])
@@ -103,26 +101,11 @@ def _without_axis(fed: onnx.TypeProto, axis: int) -> onnx.TypeProto | None:
 def as_initialized(probe: onnx.ModelProto, model: onnx.ModelProto, fed: Collection[str]) -> onnx.ModelProto:
     """`probe` with each overridable initializer no client sends declared as its initializer is:
     declared [N, 1] beside x [N, 3], a constant [[2]] had read as one value a row."""
-    listed = {value.name for value in model.graph.input}
-    shapes = {init.name: init.dims for init in model.graph.initializer if init.name in listed - set(fed)}
+    sent = {value.name for value in model.graph.input} - set(fed)
+    shapes = {init.name: init.dims for init in model.graph.initializer if init.name in sent}
     for value in probe.graph.input:
         if value.name in shapes and value.type.HasField("tensor_type"):
             value.type.tensor_type.shape.Clear()
             for size in shapes[value.name]:
                 value.type.tensor_type.shape.dim.add().dim_value = size
     return probe
-
-
-def graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for sub in subgraphs(node):
-            yield from graph_nodes(sub)
-
-
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for found in node.attribute:
-        if found.type == onnx.AttributeProto.GRAPH:
-            yield found.g
-        elif found.type == onnx.AttributeProto.GRAPHS:
-            yield from found.graphs

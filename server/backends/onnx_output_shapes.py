@@ -15,6 +15,8 @@ the fixed one), an inferred symbol fills an unknown; a declared fixed size stays
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 # Names an input's unnamed first dim for the inference, so that what carries it can say so.
@@ -80,7 +82,7 @@ def inference_probe(model: onnx.ModelProto, cleared: set[str]) -> onnx.ModelProt
             dims[0].dim_param = BATCH_SYMBOL.format(i)
     listed = {value.name for value in graph.input}
     for init in graph.initializer:
-        if _elements(init) <= SMALL_INITIALIZER and init.data_location != onnx.TensorProto.EXTERNAL:
+        if math.prod(init.dims) <= SMALL_INITIALIZER and init.data_location != onnx.TensorProto.EXTERNAL:
             probe.graph.initializer.append(init)
         elif init.name not in listed:
             probe.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
@@ -99,13 +101,6 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     for part in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(probe.graph, part).extend(getattr(model.graph, part))
     return probe
-
-
-def _elements(init: onnx.TensorProto) -> int:
-    count = 1
-    for dim in init.dims:
-        count *= dim
-    return count
 
 
 def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueInfoProto]:

@@ -33,17 +33,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from server.backends.graph_names import ONNX_DOMAIN
+from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_constant_fold import folded
 from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
     MIXING_OPS,
     VALUE_INPUTS,
-    attr,
     mixed_axes,
     paired_axes,
+    scan_inputs,
 )
-from server.backends.onnx_mixing_probe import as_initialized, graph_nodes, inferred_probe, subgraphs
+from server.backends.onnx_mixing_probe import as_initialized, inferred_probe
 from server.backends.onnx_output_shapes import BATCH_SYMBOL, inference_probe, input_first_dims
 
 logger = logging.getLogger(__name__)
@@ -86,12 +86,16 @@ def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
 
 
 def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    yield from graph_nodes(model.graph)
+    """Every node of the graph and of its model-local functions, at any depth."""
+    tops = [
+        model.graph,
+        *(sub for function in model.functions for n in function.node for sub in subgraphs(n)),
+    ]
     for function in model.functions:
-        for node in function.node:
-            yield node
-            for sub in subgraphs(node):
-                yield from graph_nodes(sub)
+        yield from function.node
+    for top in tops:
+        for graph in graphs(top):
+            yield from graph.node
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -227,10 +231,8 @@ class _Walk:
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""
-        scanned = int(attr(node, "num_scan_inputs", 0))  # type: ignore[call-overload]
-        states = len(node.input) - scanned
-        axes = list(attr(node, "scan_input_axes", [0] * scanned))  # type: ignore[call-overload]
-        for j, axis in enumerate(axes[:scanned]):
+        states, axes = scan_inputs(node)
+        for j, axis in enumerate(axes):
             if states > 0 and self._is_batch(node, states + j, axis):
                 return f"{_describe(node)} carries its state along {self._axis(node, states + j, axis)}"
         return None

@@ -235,8 +235,9 @@ def complete_from_onnx(
     inputs = [t._replace(shape=ragged.get(t.name, t.shape)) for t in inputs if t.name not in targets]
     graph = (*inputs, *_as_evidence(outputs, inputs))
     mixing = _mixing_outputs(done, outputs, source)
-    model_batches = not mixing and _batches_but_for_mixing(inputs, graph)
-    if done.max_batch_size == 0 and not done.input and mixing and _batches_but_for_mixing(inputs, graph):
+    would_batch = _batches_but_for_mixing(inputs, graph)
+    model_batches = would_batch and not mixing
+    if done.max_batch_size == 0 and not done.input and mixing and would_batch:
         name, mixes = next(iter(mixing.items()))
         log.warning(
             "%s: completed with max_batch_size 0, each request run alone: ONNX output '%s' mixes the rows "

@@ -133,6 +133,12 @@ def test_dynamic_batching_with_nothing_else_says_the_output_mixes_rows() -> None
     )
 
 
+def _refusal(config: mc.ModelConfig, outputs: list[OnnxTensor]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        complete_from_onnx(config, INPUTS, outputs, source="cfg")
+    return str(caught.value)
+
+
 def test_dynamic_batching_without_max_batch_size_in_a_config_listing_inputs_says_so() -> None:
     # The graph batches, but a config that lists inputs is not completed (it had said the graph
     # has no variable first dimension, which was not so).
@@ -140,9 +146,7 @@ def test_dynamic_batching_without_max_batch_size_in_a_config_listing_inputs_says
         'dynamic_batching {} input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]', mc.ModelConfig()
     )
     plain = [OnnxTensor("y", "tensor(float)", ["N", 3])]
-    with pytest.raises(ConfigError) as caught:
-        complete_from_onnx(config, INPUTS, plain, source="cfg")
-    assert str(caught.value) == (
+    assert _refusal(config, plain) == (
         "cfg: dynamic_batching needs max_batch_size > 0 (the config's is 0 or unset, and a config that "
         "lists inputs is not completed with one); set max_batch_size or remove dynamic_batching"
     )
@@ -152,10 +156,7 @@ def test_a_sequence_of_maps_output_is_refused_for_its_type_not_its_shape() -> No
     # skl2onnx's ZipMap output: the load had said "has shape [] with no variable first (batch)
     # dimension", which sent the user to the wrong fix (a tester, session 50).
     zipmap = [OnnxTensor("probabilities", "seq(map(int64,tensor(float)))", [])]
-    config = text_format.Parse("max_batch_size: 8", mc.ModelConfig())
-    with pytest.raises(ConfigError) as caught:
-        complete_from_onnx(config, INPUTS, zipmap, source="cfg")
-    assert str(caught.value) == (
+    assert _refusal(text_format.Parse("max_batch_size: 8", mc.ModelConfig()), zipmap) == (
         "cfg: ONNX tensor 'probabilities' has unsupported type seq(map(int64,tensor(float))) (only "
         "tensors are served: export tensors, e.g. skl2onnx's options {'zipmap': False})"
     )
