@@ -37,6 +37,15 @@ def attribute(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
+def described(node: onnx.NodeProto) -> str:
+    """A node as a load's message names it: by its name, else by its first output."""
+    return (
+        f"{node.op_type} node '{node.name}'"
+        if node.name
+        else f"the {node.op_type} node making '{node.output[0]}'"
+    )
+
+
 def taken_names(graph: onnx.GraphProto) -> set[str]:
     """Every name `graph` and its subgraphs hold: values (inputs too: an initializer named as an
     input is only its default, and the client's value wins), weights, nodes and what they make (a

@@ -27,7 +27,7 @@ from collections.abc import Collection
 
 import onnx
 
-from server.backends.graph_names import ONNX_DOMAIN, subgraphs
+from server.backends.graph_names import ONNX_DOMAIN, described, subgraphs
 from server.backends.onnx_output_shapes import inference_probe, input_first_dims
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
@@ -68,14 +68,6 @@ def data_sized_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     return {name: why for name, why in suspects.items() if name not in cleared}
 
 
-def _describe(node: onnx.NodeProto) -> str:
-    return (
-        f"{node.op_type} node '{node.name}'"
-        if node.name
-        else f"the {node.op_type} node making '{node.output[0]}'"
-    )
-
-
 class _Walk:
     """One pass over a graph in its (topological) order: `origins` maps each tensor whose size
     the data's values set to the op that does, `valued` holds the tensors whose values the data's
@@ -100,13 +92,13 @@ class _Walk:
         standard = node.domain in ONNX_DOMAIN
         valued = node.op_type not in SHAPE_ONLY_OPS and any(n in self.valued for n in node.input)
         if standard and node.op_type in DATA_SIZED_OPS:
-            return _describe(node), valued
+            return described(node), valued
         if standard and node.op_type == "Loop":
             return self._loop(node, valued)
         if standard:
             for i in SIZE_INPUTS.get(node.op_type, ()):
                 if i < len(node.input) and node.input[i] in self.valued:
-                    return f"{_describe(node)}, from its input '{node.input[i]}'", valued
+                    return f"{described(node)}, from its input '{node.input[i]}'", valued
         for name in node.input:
             if name in self.origins:
                 return self.origins[name], valued
@@ -137,9 +129,9 @@ class _Walk:
                 condition = body.output[0].name
         for i in SIZE_INPUTS["Loop"]:
             if i < len(node.input) and node.input[i] in self.valued:
-                return f"{_describe(node)}, from its input '{node.input[i]}'", valued
+                return f"{described(node)}, from its input '{node.input[i]}'", valued
         if condition is not None:
-            return f"{_describe(node)}, whose body's condition '{condition}' is the data's", valued
+            return f"{described(node)}, whose body's condition '{condition}' is the data's", valued
         return None, valued
 
     def _inside(self, sub: onnx.GraphProto, seeds: set[str]) -> _Walk:

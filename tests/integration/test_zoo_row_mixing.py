@@ -3,7 +3,9 @@ batch's column means taken from every row: coalesced with other requests, a requ
 depended on its batch mates, OK (as in Triton). Now completion leaves such a model unbatched (each
 request answered as onnxruntime answers it alone), a config that batches requests together fails
 its load naming the output and the op, and a config without dynamic batching runs each request
-alone. A Softmax over an axis 0 that is not the batch's (a time-major read) is batched."""
+alone. A Softmax over an axis 0 that is not the batch's (a time-major read) is batched.
+Session 51: a Reshape that moves values between rows (x.t().reshape(x.shape)) and the batch's size
+read as a value (x / x.shape[0]) are read too, and a time-major fold that is undone stays batched."""
 
 from __future__ import annotations
 
@@ -23,11 +25,18 @@ from tests.support.zoo_checks import (
     ours_together,
     triton_together,
 )
-from tests.support.zoo_models import centered, softmax_rows, time_major
+from tests.support.zoo_models import (
+    centered,
+    divided_by_batch,
+    folded_time_major,
+    reshaped_rows,
+    softmax_rows,
+    time_major,
+)
 
 VOUCHED = BATCH_OF_FOUR_ROWS + 'parameters { key: "rows_independent" value: { string_value: "true" } }\n'
 ALONE = "max_batch_size: 8\n"  # no dynamic batching: each request runs alone
-FILES = {"softmax_alone": "softmax", "time_major_batched": "time_major"}  # model -> its file
+FILES = {"softmax_alone": "softmax", "time_major_batched": "time_major", "folded_batched": "folded"}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +48,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
         "centered": centered(files / "centered.onnx"),
         "time_major": time_major(files / "time_major.onnx"),
         "per_row": softmax_rows(files / "per_row.onnx", axis=1),
+        "moved": reshaped_rows(files / "moved.onnx"),
+        "divided": divided_by_batch(files / "divided.onnx"),
+        "folded": folded_time_major(files / "folded.onnx"),
     }
     write_model(repo, "softmax", models["softmax"], None)
     write_model(repo, "softmax_batched", models["softmax"], BATCH_OF_FOUR_ROWS)
@@ -48,6 +60,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     write_model(repo, "centered_batched", models["centered"], BATCH_OF_FOUR_ROWS)
     write_model(repo, "time_major_batched", models["time_major"], BATCH_OF_FOUR_ROWS)
     write_model(repo, "per_row", models["per_row"], None)
+    for name in ("moved", "divided", "folded"):
+        write_model(repo, name, models[name], None)
+        write_model(repo, f"{name}_batched", models[name], BATCH_OF_FOUR_ROWS)
     with ServerProcess("--model-repository", str(repo)) as server:
         yield server, models
 
@@ -77,7 +92,15 @@ def test_a_config_batching_requests_together_fails_the_load_naming_the_output_an
             f"the {op} node making" in reason and "works along the batch's axis, axis 0 of 'x'" in reason
         ), reason
         assert "remove dynamic_batching" in reason and "'rows_independent'" in reason, reason
+    for name, why in (
+        ("moved_batched", "the Reshape node making 'y' moves values between the batch's rows"),
+        ("divided_batched", "the Div node making 'y' reads the batch's size as a value"),
+    ):
+        assert index[name].state == "UNAVAILABLE", index[name]
+        assert "ONNX output 'y' mixes the rows of a batch" in index[name].reason, index[name]
+        assert why in index[name].reason, index[name]
     ready = ("softmax", "softmax_alone", "softmax_vouched", "centered", "time_major_batched", "per_row")
+    ready += ("moved", "divided", "folded", "folded_batched")
     assert {name: index[name].state for name in ready} == dict.fromkeys(ready, "READY")
 
 
@@ -88,16 +111,37 @@ def test_completion_leaves_a_mixing_model_unbatched_and_a_per_row_one_batched(
     try:
         sizes = {
             name: client.get_model_config(name).config.max_batch_size
-            for name in ("softmax", "centered", "per_row", "time_major_batched")
+            for name in ("softmax", "centered", "per_row", "time_major_batched", "moved", "divided", "folded")
         }
         batching = client.get_model_config("per_row").config.HasField("dynamic_batching")
     finally:
         client.close()
-    assert sizes == {"softmax": 0, "centered": 0, "per_row": 64, "time_major_batched": 8}
+    assert sizes == {
+        "softmax": 0,
+        "centered": 0,
+        "per_row": 64,
+        "time_major_batched": 8,
+        "moved": 0,
+        "divided": 0,
+        "folded": 64,
+    }
     assert batching
 
 
-@pytest.mark.parametrize("model", ["softmax", "softmax_alone", "centered", "time_major_batched", "per_row"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "softmax",
+        "softmax_alone",
+        "centered",
+        "time_major_batched",
+        "per_row",
+        "moved",
+        "divided",
+        "folded",
+        "folded_batched",
+    ],
+)
 @pytest.mark.parametrize("send", ["tritonclient", "ours"])
 def test_each_request_gets_the_answer_it_gets_alone(
     zoo: tuple[ServerProcess, dict[str, Path]], model: str, send: str

@@ -278,3 +278,47 @@ def time_major(path: Path) -> Path:
     ]
     x, y = _vi("x", TensorProto.FLOAT, ["N", "T"]), _vi("y", TensorProto.FLOAT, ["N", "T"])
     return _save(path, nodes, [x], [y])
+
+
+def reshaped_rows(path: Path) -> Path:
+    """y = x.t().reshape(x.shape): x [N, 3] -> y [N, 3], each output row made of values from three
+    input rows (the batch's axis moved by a Reshape)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["columns"], perm=[1, 0]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["columns", "shape"], ["y"]),
+    ]
+    x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["N", 3])
+    return _save(path, nodes, [x], [y])
+
+
+def divided_by_batch(path: Path) -> Path:
+    """y = x / x.shape[0] as torch exports it: the batch's size read from the shape as a value."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["count"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["x", "count"], ["y"]),
+    ]
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["N", 3])
+    return _save(path, nodes, [x], [y], [zero])
+
+
+def folded_time_major(path: Path) -> Path:
+    """Per row, through a fold: x [N, 3] read time-major ([3, N]), folded to one axis of 3N values,
+    doubled, unfolded to [3, N] by its own shape and turned back: y = 2x."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["steps"], perm=[1, 0]),
+        helper.make_node("Reshape", ["steps", "flat"], ["folded"]),
+        helper.make_node("Mul", ["folded", "two"], ["doubled"]),
+        helper.make_node("Shape", ["steps"], ["shape"]),
+        helper.make_node("Reshape", ["doubled", "shape"], ["unfolded"]),
+        helper.make_node("Transpose", ["unfolded"], ["y"], perm=[1, 0]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+        numpy_helper.from_array(np.array(2, np.float32), "two"),
+    ]
+    x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["N", 3])
+    return _save(path, nodes, [x], [y], inits)
