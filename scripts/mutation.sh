@@ -11,7 +11,8 @@
 # server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
 # int_division_scan.py, server/protocol/loop_pace.py, server/backends/prepared_graph.py,
 # onnx_data_sized.py, onnx_output_shapes.py, onnx_row_mixing.py, onnx_mixing_ops.py, onnx_mixing_probe.py,
-# onnx_constant_fold.py, row_quantization.py,
+# onnx_constant_fold.py, onnx_reshape_rows.py, onnx_batch_size_value.py, onnx_row_positions.py,
+# row_quantization.py,
 # row_quantization_nodes.py,
 # graph_names.py and batch_axes.py, the session
 # host's server/backends/hosted_session.py, segment_pool.py and host_wire.py, and the workers' shared

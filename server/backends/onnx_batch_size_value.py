@@ -1,27 +1,31 @@
 """Values computed from the batch's size (onnx_row_mixing.py asks).
 
 A graph can read the batch's size as a value: Shape(x)[0], Size(x), torch.arange(N). Used as a
-shape (a Reshape's, an Expand's) it keeps rows their own; met with the data it does not: x / N
-divides each request's rows by the size of the batch it was coalesced into, and arange(N) gives each
-row its position among its batch mates. Such values are followed here from the Shape or Size that
-reads them, through the small integer arithmetic exporters write (Gather, Slice, Concat, Unsqueeze,
-Cast, Add, Mul, ...), to where they meet a floating-point tensor that carries the batch.
+shape (a Reshape's, an Expand's, a count) it keeps rows their own; taken as a value beside the data
+it does not: x / N divides each request's rows by the size of the batch it was coalesced into,
+arange(N) gives each row its place among its batch mates (x + arange(N)[:, None], table[arange(N)],
+where(arange(N) == 0, x, 0)), and If(N > 1) chooses a branch by it. Such values are followed from
+the Shape or Size that reads them through every op that takes them as a value (Gather, Slice and
+Concat position by position on a shape), to where they meet a tensor that carries the batch, of any
+type, in any op.
 
-Indices made from each row's position that pick from the row itself (a view's, a per-row pick's)
-are told apart by onnx_row_positions.py, which this feeds.
+Indices made from each row's place that pick from the row itself (a view's, a per-row pick's) are
+told apart by onnx_row_positions.py, which this feeds.
 
-A value read from a graph this cannot follow (computed indices into a shape, a shape's length not
-known) is not followed: no proof.
+Not read: a Loop whose trip count is the batch's size (a loop over the batch's rows is per row),
+sizes taken by ops this does not list as taking a shape. A value read from a graph this cannot
+follow (computed indices into a shape, a shape's length not known) is not followed: no proof.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, described
+from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_row_positions import RowPositions
 
 Dims = list[int | str | None]
@@ -29,90 +33,98 @@ Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input
 EVERY = frozenset({-1})  # every value of the tensor depends on the batch's size
 
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Abs", "Floor", "Ceil", "Round"})
-_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Pow", "Max", "Min", "Neg", "Sqrt"})
-_FLOATS = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-)
+# Inputs that take a size as a shape, an axis or a count: a batch's size there keeps rows their own
+# (x.view(x.size(0), -1), new_zeros(N, ...), a Slice to the batch's length is read by its own rule).
+_SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
+    "Pad": (1, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
+    "Split": (1,), "TopK": (1,), "OneHot": (1,), "CumSum": (1,), "Trilu": (1,), "DFT": (1, 2),
+    "Loop": (0,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
+    "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
+    "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "Shape": (0,), "Size": (0,), "AffineGrid": (1,),
+}  # fmt: skip
 
 
 class BatchSizeValues:
     """Tensors whose values depend on the batch's size: the positions that hold it exactly (a
     shape's), or EVERY (computed from it)."""
 
-    def __init__(self, batch: Collection[str]) -> None:
-        self.batch = batch
+    def __init__(self, names: BatchNames) -> None:
+        self.names = names
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
-        self.positions = RowPositions()  # arange(N) and indices made from it
+        self.positions = RowPositions(names.roots)  # arange(N) and indices made from it
+
+    def within(self, names: BatchNames) -> BatchSizeValues:
+        """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
+        inner = BatchSizeValues(names)
+        inner.sized, inner.source = dict(self.sized), dict(self.source)
+        inner.positions = self.positions.within()
+        return inner
 
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
         """Follow the batch's size through `node` (its inputs' dims and constant values given)."""
         if not node.output or not node.output[0]:
             return
         out = node.output[0]
-        found = self._sized(node, dims, constant)
+        found = self._follow(node, dims, constant)
         if found:
             self.sized[out] = found
             self.source[out] = next(
                 (self.source[name] for name in node.input if name in self.source), described(node)
             )
-        self.positions.see(node, lambda name: self._exactly_n(name, dims), constant)
+        self.positions.see(node, dims, constant)
 
-    def met_with_data(
-        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], floating: Callable[[str], bool]
-    ) -> str | None:
-        """Why an elementwise node mixes rows: it meets a value made from the batch's size with a
-        floating-point tensor that carries the batch."""
-        sized = next((name for name in node.input if name in self.sized), None)
-        if sized is None:
+    def reads_size(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> str | None:
+        """Why `node` mixes rows: it takes a value made from the batch's size (or each row's place
+        in it) as a value, not a shape, beside a tensor that carries the batch; or an If chooses
+        its branch by it. Indices made from each row's own place (onnx_row_positions.py) are not
+        read here: the Gather or GatherND that takes them is."""
+        if node.output and node.output[0] in self.positions.found:
             return None
+        shapes = _SHAPE_INPUTS.get(node.op_type, ())
+        valued = [name for i, name in enumerate(node.input) if name in self.sized and i not in shapes]
+        if not valued:
+            return None
+        made = f"'{valued[0]}', made from the batch's size by {self.source[valued[0]]}"
+        if node.op_type == "If":
+            return f"{described(node)} chooses its branch by the batch's size: its condition is {made}"
         for name in node.input:
-            shape = dims(name) or []
-            if name not in self.sized and floating(name) and any(d in self.batch for d in shape):
-                return (
-                    f"{described(node)} reads the batch's size as a value: it meets '{name}' with "
-                    f"'{sized}', made from the batch's size by {self.source[sized]}"
-                )
+            if name and name not in self.sized and any(d in self.names.batch for d in dims(name) or []):
+                return f"{described(node)} takes the batch's size as a value: it meets '{name}' with {made}"
         return None
 
-    def within(self, batch: Collection[str]) -> BatchSizeValues:
-        """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
-        inner = BatchSizeValues(batch)
-        inner.sized, inner.source = dict(self.sized), dict(self.source)
-        inner.positions.found = dict(self.positions.found)
-        return inner
-
-    def _exactly_n(self, name: str, dims: Callable[[str], Dims | None]) -> bool:
-        """Whether the tensor is one value, the batch's size itself (not computed from it)."""
-        return self.sized.get(name) == frozenset({0}) and dims(name) in ([], [1])
-
-    def _sized(
+    def _follow(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
     ) -> frozenset[int]:
+        """The positions of `node`'s output that hold a size computed from the batch's (EVERY:
+        where it lands is not known, or every value is computed from it)."""
         op = node.op_type
-        if op == "Shape":
-            shape = dims(node.input[0])
-            if shape is None:
-                return frozenset()
-            start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(shape))).indices(len(shape))
-            return frozenset(a - start for a in range(start, end) if shape[a] in self.batch)
-        if op == "Size":
-            shape = dims(node.input[0]) or []
-            return EVERY if any(d in self.batch for d in shape) else frozenset()
+        if op in ("Shape", "Size"):
+            return self._read(node, dims(node.input[0]) if node.input else None)
         taken = [self.sized.get(name, frozenset()) for name in node.input]
         if not any(taken):
             return frozenset()
         if op in _KEPT or (op == "Reshape" and taken[0]):
             return taken[0]
-        if op == "Gather" and _int(node, "axis", 0) == 0:
+        if op == "Gather" and _int(node, "axis", 0) == 0 and taken[0]:
             return _picked(taken[0], constant(1), _length(dims(node.input[0])))
         if op == "Slice" and taken[0]:
             return _sliced(taken[0], node, constant, _length(dims(node.input[0])))
         if op == "Concat":
             return _joined(taken, [_length(dims(name), constant(i)) for i, name in enumerate(node.input)])
-        if op in _ARITHMETIC or op == "Range":
-            return EVERY
-        return frozenset()
+        shapes = _SHAPE_INPUTS.get(op, ())
+        return EVERY if any(t for i, t in enumerate(taken) if i not in shapes) else frozenset()
+
+    def _read(self, node: onnx.NodeProto, shape: Dims | None) -> frozenset[int]:
+        """A Shape's positions that hold the batch's size (or a fold's), or a Size's value."""
+        if shape is None:
+            return frozenset()
+        held = [a for a, dim in enumerate(shape) if isinstance(dim, str) and dim in self.names.batch]
+        if node.op_type == "Size":
+            return EVERY if held else frozenset()
+        start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(shape))).indices(len(shape))
+        return frozenset(a - start for a in held if start <= a < end)
 
 
 def _int(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -133,9 +145,7 @@ def _length(shape: Dims | None, value: np.ndarray | None = None) -> int | None:
 
 def _picked(sized: frozenset[int], indices: np.ndarray | None, length: int | None) -> frozenset[int]:
     """Gather's positions that hold a size (constant indices into a vector of known length)."""
-    if indices is None or length is None or not sized:
-        return frozenset()
-    if sized == EVERY:
+    if indices is None or length is None or sized == EVERY:
         return EVERY
     picks = [int(i) % length for i in indices.flat]
     return frozenset(k for k, i in enumerate(picks) if i in sized)
@@ -150,9 +160,9 @@ def _sliced(
         constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)
     )
     if length is None or first is None or last is None:
-        return frozenset()
+        return EVERY
     if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
-        return frozenset()
+        return EVERY
     step = int(steps.flat[0]) if steps is not None else 1
     start, end = (int(min(max(b.flat[0], -(2**62)), 2**62)) for b in (first, last))
     kept = range(length)[start:end:step]
@@ -167,11 +177,7 @@ def _joined(taken: Sequence[frozenset[int]], lengths: Sequence[int | None]) -> f
     offset = 0
     for positions, length in zip(taken, lengths, strict=True):
         if length is None:
-            return frozenset()
+            return EVERY
         held.update(offset + p for p in positions)
         offset += length
     return frozenset(held)
-
-
-def floating(elem_type: int) -> bool:
-    return elem_type in _FLOATS

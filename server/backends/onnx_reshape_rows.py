@@ -8,10 +8,14 @@ A reshape that folds the batch into one axis with its neighbours ([N, T, C] -> [
 view(-1, C) of a Linear, a window partition) keeps rows too, but the folded axis now carries them:
 a Softmax along it mixes requests. The fold is remembered (the output axis's symbol and the dims it
 is made of) so that ops along it are read as along the batch, and a later reshape is read with the
-folded axis spelled out ([T*N, C] -> [T, N, C] unfolds a time-major fold and keeps rows).
+folded axis spelled out ([T*N, C] -> [T, N, C] unfolds a time-major fold and keeps rows). A
+reshape that spreads the batch over several output axes, none of them its own ([N, 4] -> [2, 2N]),
+puts parts of different requests' rows on one axis: read as moving rows.
 
-Dims are ints, symbols (str) or None (unknown): a product with an unknown dim is not compared, and
-a reshape whose dims cannot be matched is not flagged (no proof).
+The output's one dim onnx could not name (a -1) is worked out from the others: [4, N] -> [?, 4]
+makes ? = N, so x.t().view(-1, 4) moves rows. Dims are ints, symbols (str) or None (unknown): a
+product with an unknown dim is not compared, and a reshape whose dims cannot be matched is not
+flagged (no proof).
 """
 
 from __future__ import annotations
@@ -22,16 +26,22 @@ from dataclasses import dataclass
 
 Dim = int | str | None
 Folds = Mapping[str, Sequence[Dim]]  # an output axis's symbol -> the input dims folded into it
+Product = tuple[int, tuple[tuple[str, int], ...]]  # a whole number times symbols, each to a power
+STRADDLES = "straddles"  # the output's pieces cut across rows
+UNNAMED = "?"  # an output dim onnx gave no name: not a symbol any tensor carries
 MAX_DEPTH = 8  # folds of folds spelled out at most this deep (a graph's folds cannot cycle)
 
 
 @dataclass(frozen=True)
 class Moved:
     """The batch's axis `source` (of the input, folds spelled out) lands at output axis `target`
-    (folds spelled out) with a different count of values before it."""
+    (folds spelled out; None: spread over several output axes, none its own) with a different
+    count of values ahead of it, `ahead` before and `behind` after."""
 
     source: int
-    target: int
+    target: int | None
+    ahead: str
+    behind: str
 
 
 @dataclass(frozen=True)
@@ -54,74 +64,143 @@ def spelled_out(dims: Sequence[Dim], folds: Folds, depth: int = 0) -> list[Dim]:
     return out
 
 
-def reshaped_rows(
-    before: Sequence[Dim], after: Sequence[Dim], batch: Collection[str], folds: Folds
-) -> Moved | Folded | None:
-    """What the reshape of `before` into `after` does to the batch's rows: moves them (Moved), folds
-    them into one axis (Folded), or keeps them or cannot be told (None)."""
-    source_dims = spelled_out(before, folds)
-    source = _first_batch(source_dims, batch)
-    if source is None:
-        return None
-    target_dims = spelled_out(after, folds)
-    target = _first_batch(target_dims, batch)
-    if target is not None:
-        ahead, behind = _product(source_dims[:source]), _product(target_dims[:target])
-        # Moved only where the counts differ whatever the symbols are: the same symbols times
-        # different numbers. ['seq', N, 12] -> [5, N, 12] is an exporter's fixed length, no proof.
-        if ahead is None or behind is None or ahead[1] != behind[1] or ahead[0] == behind[0]:
-            return None
-        return Moved(source, target)
-    return _fold(source_dims, list(after), source)
-
-
-def values_per_row(dim: Dim, batch: Collection[str], folds: Folds) -> int | None:
+def values_per_row(dim: Dim, batch: Collection[str], folds: Folds) -> Dim:
     """How many values of an axis each row of the batch has there: 1 on the batch's own axis, the
-    product of the dims after it where the batch leads a fold ([N, 768, 1, 1] folded: 768); None
-    where the batch does not lead, or the rest is not a fixed number."""
+    product of the dims after it where the batch leads a fold ([N, 768, 1, 1] folded: 768; [N, T]:
+    T); None where the batch does not lead, or the rest is not one number or one dim."""
     spelled = spelled_out([dim], folds)
     row = _first_batch(spelled, batch)
     if row is None or _product(spelled[:row]) != (1, ()):
         return None
     rest = _product(spelled[row + 1 :])
-    return rest[0] if rest is not None and not rest[1] else None
+    if rest is None or not rest[1]:
+        return rest[0] if rest is not None else None
+    return rest[1][0][0] if rest[0] == 1 and rest[1] == ((rest[1][0][0], 1),) else None
+
+
+def reshaped_rows(
+    before: Sequence[Dim], after: Sequence[Dim], batch: Collection[str], folds: Folds
+) -> Moved | Folded | None:
+    """What the reshape of `before` into `after` does to the batch's rows: moves them (Moved), folds
+    them into one axis (Folded), or keeps them or cannot be told (None)."""
+    source = spelled_out(before, folds)
+    row = _first_batch(source, batch)
+    if row is None:
+        return None
+    solved = _solved(source, spelled_out(after, folds), batch)
+    if solved is None:
+        return None
+    if isinstance(solved, str):
+        return Moved(row, None, str(source[:row]), str(list(after)))
+    target, sizes = solved
+    column = _first_batch(target, batch)
+    if column is not None:
+        ahead, behind = _product(source[:row]), _product(target[:column], sizes)
+        # Moved only where the counts differ whatever the symbols are: the same symbols times
+        # different numbers. ['seq', N, 12] -> [5, N, 12] is an exporter's fixed length, no proof.
+        if ahead is None or behind is None or ahead[1] != behind[1] or ahead[0] == behind[0]:
+            return None
+        return Moved(row, column, str(source[:row]), str(target[:column]))
+    return _regrouped(source, target, sizes, row, batch)
 
 
 def _first_batch(dims: Sequence[Dim], batch: Collection[str]) -> int | None:
     return next((axis for axis, dim in enumerate(dims) if isinstance(dim, str) and dim in batch), None)
 
 
-def _product(dims: Sequence[Dim]) -> tuple[int, tuple[tuple[str, int], ...]] | None:
-    """A product of dims as its whole number times its symbols (None: a dim is unknown)."""
+def _product(dims: Sequence[Dim], sizes: Mapping[str, Product] | None = None) -> Product | None:
+    """A product of dims as its whole number times its symbols (None: a dim is unknown); `sizes`:
+    symbols whose size is known as a product of others."""
     number, symbols = 1, Counter[str]()
     for dim in dims:
         if dim is None:
             return None
         if isinstance(dim, int):
             number *= dim
+        elif sizes is not None and dim in sizes:
+            number *= sizes[dim][0]
+            symbols.update(dict(sizes[dim][1]))
         else:
             symbols[dim] += 1
     return number, tuple(sorted(symbols.items()))
 
 
-def _fold(source: list[Dim], target: list[Dim], batch_axis: int) -> Folded | None:
-    """The one output axis the batch's axis went into: the dims both sides share are matched from
-    the front and from the back; the input's rest, the batch's axis among them, must make one
-    output axis, a symbol."""
-    shared = min(len(source), len(target))
-    front = 0
-    while front < shared and source[front] is not None and source[front] == target[front]:
-        front += 1
-    back = 0
-    while back < shared - front and source[-1 - back] is not None and source[-1 - back] == target[-1 - back]:
-        back += 1
-    # Unit axes in the rest make no difference ([N, C] -> [1, N*C] folds the batch into axis 1).
-    middle = [
-        (axis, dim) for axis, dim in enumerate(target[: len(target) - back]) if axis >= front and dim != 1
+def _solved(
+    source: list[Dim], target: list[Dim], batch: Collection[str]
+) -> tuple[list[Dim], dict[str, Product]] | str | None:
+    """`target` with its one dim the input does not name worked out from the others: written as
+    the batch's symbol where it is the batch's size, else kept with its size (`UNNAMED` where onnx
+    gave it no name). STRADDLES where pieces of the output hold parts of two rows; None where two
+    are unknown, or the sizes do not divide."""
+    unknown = [
+        axis for axis, dim in enumerate(target) if dim is None or (isinstance(dim, str) and dim not in source)
     ]
-    if not front <= batch_axis < len(source) - back or len(middle) != 1:
+    if not unknown:
+        return target, {}
+    whole = _product(source)
+    rest = _product([dim for axis, dim in enumerate(target) if axis not in unknown])
+    if len(unknown) > 1 or whole is None or rest is None:
         return None
-    axis, symbol = middle[0]
-    if not isinstance(symbol, str) or symbol in source:  # a symbol of its own: a fold, not a size
+    dims = _quotient(whole, rest)
+    size = _product(dims) if dims is not None else None
+    if size is None:
+        # Rows of a fixed size cut in pieces of a size that does not divide them ([N, 6] -> [?, 4]):
+        # some pieces hold two requests' values, for any batch.
+        only_batch = all(symbol in batch for symbol, _ in whole[1]) and not rest[1]
+        return STRADDLES if only_batch and rest[0] and whole[0] % rest[0] else None
+    solved = list(target)
+    if size[0] == 1 and len(size[1]) == 1 and size[1][0][1] == 1 and size[1][0][0] in batch:
+        solved[unknown[0]] = size[1][0][0]
+        return solved, {}
+    name = solved[unknown[0]] if isinstance(solved[unknown[0]], str) else UNNAMED
+    solved[unknown[0]] = name
+    return solved, {str(name): size}
+
+
+def _regrouped(
+    source: list[Dim], target: list[Dim], sizes: Mapping[str, Product], row: int, batch: Collection[str]
+) -> Moved | Folded | None:
+    """Where the batch goes when the output does not carry it: the dims of input and output are
+    matched in groups of equal products; the output dims of the batch's group must be one axis (a
+    fold), else the batch is spread over several."""
+    before = [_product(source[:end]) for end in range(len(source) + 1)]
+    after = [_product(target[:end], sizes) for end in range(len(target) + 1)]
+    matched = [(a, b) for a, p in enumerate(before) for b, q in enumerate(after) if p is not None and p == q]
+    starts = [pair for pair in matched if pair[0] <= row]
+    ends = [pair for pair in matched if pair[0] > row]
+    if not starts or not ends:
         return None
-    return Folded(axis, symbol, tuple(source[front : len(source) - back]))
+    first, begin = max(starts)
+    last, end = min(ends)
+    axes = [axis for axis in range(begin, end) if target[axis] != 1]
+    if not axes:
+        return None
+    # The group's first output axis holds whole rows' blocks where each row's values after the
+    # batch are a whole number of that axis's steps ([N, 8, 7, 8] -> [64N, 7]: a window partition).
+    inner = _product(target[axes[0] + 1 : end], sizes)
+    block = _product(source[row + 1 : last])
+    steps = _quotient(block, inner) if block is not None and inner is not None else None
+    if steps is None:
+        unknown = (
+            [symbol for symbol, _ in (*block[1], *inner[1]) if symbol not in batch]
+            if block and inner
+            else [0]
+        )
+        if unknown:
+            return None  # a size not known (a head's width onnx lost): no proof
+        return Moved(row, None, str(source[first:row]), str([target[axis] for axis in axes]))
+    symbol = target[axes[0]]
+    if not isinstance(symbol, str) or symbol == UNNAMED or symbol in source:
+        return None  # a fold has a symbol of its own to be followed by
+    return Folded(axes[0], symbol, (*source[first : row + 1], *steps))
+
+
+def _quotient(whole: Product, part: Product) -> list[Dim] | None:
+    """`whole` / `part` as dims, where it is a whole number times symbols of `whole`."""
+    if part[0] == 0 or whole[0] % part[0]:
+        return None
+    left = Counter(dict(whole[1]))
+    left.subtract(Counter(dict(part[1])))
+    if any(power < 0 for power in left.values()):
+        return None
+    return [whole[0] // part[0], *(symbol for symbol, power in sorted(left.items()) for _ in range(power))]

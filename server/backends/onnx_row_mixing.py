@@ -19,9 +19,13 @@ batch, or pairs the batch's rows with the batch's columns (x @ x^T); W @ x^T is 
 of If, Loop and Scan are read, a Loop's or Scan's body inputs given the shapes of the values the
 node feeds them where the body does not declare them, and so are model-local functions (inlined
 first). A Scan along the batch with state carries the state from row to row.
-Not covered: ops where the inference loses the symbol (a Reshape folding the batch into another
-dim), the batch size read as a value, Einsum, custom-domain ops. A graph the reading cannot read
-(onnx refuses it, or an axis is stored as external data) is not flagged: no proof.
+A Reshape or Flatten is read by onnx_reshape_rows.py: one that moves values between rows mixes,
+one that folds the batch into an axis makes that axis the batch's for the ops after it. The batch's
+size read as a value and met with the data mixes (onnx_batch_size_value.py); a Gather or GatherND
+whose indices are each row's own position does not (onnx_row_positions.py).
+Not covered: a reshape whose dims onnx cannot infer, Einsum, custom-domain ops, values computed
+from the data. A graph the reading cannot read (onnx refuses it, or an axis is stored as external
+data) is not flagged: no proof.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import onnx
 from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, described, graphs, subgraphs
-from server.backends.onnx_batch_size_value import BatchSizeValues, floating
+from server.backends.onnx_batch_names import BatchNames
+from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
@@ -47,14 +52,13 @@ from server.backends.onnx_mixing_ops import (
     scan_inputs,
 )
 from server.backends.onnx_mixing_probe import as_initialized, inferred_probe
-from server.backends.onnx_output_shapes import BATCH_SYMBOL, inference_probe, input_first_dims
-from server.backends.onnx_reshape_rows import Folded, Moved, reshaped_rows, spelled_out, values_per_row
+from server.backends.onnx_output_shapes import inference_probe, input_first_dims
+from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows
 
 logger = logging.getLogger(__name__)
 
 Dims = list[int | str | None]
 Value = onnx.TensorProto | np.ndarray  # a constant, made into an array only when read
-BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
 COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
@@ -69,10 +73,12 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     if not any(node.op_type in read for node in _nodes(model)):
         return {}
     try:
-        inferred = inferred_probe(as_initialized(inference_probe(model, set()), model, fed))
+        inferred = inferred_probe(
+            _unnamed_expressions(as_initialized(inference_probe(model, set()), model, fed))
+        )
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, nothing flagged
         return {}
-    walk = _Walk(input_first_dims(inferred), _opset(model))
+    walk = _Walk(BatchNames(input_first_dims(inferred)), _opset(model), fed=frozenset(fed))
     # The model's own initializers: the probe holds only small ones, and an index's offsets (a
     # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
     weights: dict[str, Value] = {init.name: init for init in model.graph.initializer if init.name not in fed}
@@ -83,7 +89,24 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
             "could not read graph %r for ops that mix rows (%s): none assumed", model.graph.name, exc
         )
         return {}
-    return {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
+    found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
+    for out in model.graph.output:
+        folded = walk.folded_rows(out.name)
+        if out.name not in found and folded is not None:
+            found[out.name] = folded
+    return found
+
+
+def _unnamed_expressions(probe: onnx.ModelProto) -> onnx.ModelProto:
+    """`probe` with the dims its exporter named by an expression ('4*batch') left unnamed, but for
+    the inputs': torch's dynamo gives a fold of (batch, heads) and one of (steps, batch) the same
+    name, and a name is taken for one size (a tester, session 51: nn.MultiheadAttention with as many
+    steps as heads was read as moving rows). onnx's inference names each anew."""
+    for value in (*probe.graph.value_info, *probe.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and not dim.dim_param.isidentifier():
+                dim.Clear()
+    return probe
 
 
 def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
@@ -132,12 +155,6 @@ class _Shapes:
         for value in (*graph.input, *graph.value_info, *graph.output):
             self._infos[value.name] = value
 
-    def floating(self, name: str) -> bool:
-        info = self._infos.get(name)
-        if info is None:
-            return self._outer is not None and self._outer.floating(name)
-        return floating(info.type.tensor_type.elem_type)
-
     def get(self, name: str) -> Dims | None:
         if name not in self._dims:
             info = self._infos.get(name)
@@ -153,30 +170,47 @@ class _Walk:
     of the batch to the op that mixes them."""
 
     def __init__(
-        self, batch: set[str], opset: int, shapes: _Shapes | None = None, folds: dict[str, Dims] | None = None
+        self, names: BatchNames, opset: int, shapes: _Shapes | None = None, fed: frozenset[str] = frozenset()
     ) -> None:
-        self.batch = batch  # the batch's symbols, and those of axes the batch was folded into
+        self.names = names  # the batch's symbols (onnx_batch_names.py)
+        self.batch = names.batch
         self.opset = opset
+        self.fed = fed  # initializers clients may send: never constants
         self.mixed: dict[str, str] = {}
         self.shapes = shapes if shapes is not None else _Shapes()
         self.constants: dict[str, Value] = {}  # values an axis may be read from
-        self.folds: dict[str, Dims] = folds if folds is not None else {}  # onnx_reshape_rows.py
-        self.values = BatchSizeValues(self.batch)  # onnx_batch_size_value.py
+        self.values = BatchSizeValues(names)  # onnx_batch_size_value.py
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
         for init in graph.initializer:
-            self.constants[init.name] = init
+            if init.name not in self.fed:  # a client's value, not the initializer's (a tester, s51)
+                self.constants[init.name] = init
         self.shapes.add(graph)
         for node in graph.node:
+            self.values.see(node, self.shapes.get, partial(self._constant, node))
             why = self._mixes(node) or self._inherited(node)
             value = _constant(node) if node.op_type == "Constant" else self._folded(node)
             if value is not None and node.output:
                 self.constants[node.output[0]] = value
-            self.values.see(node, self.shapes.get, partial(self._constant, node))
+            if why is None:
+                self.names.carry(node, self.shapes.get)
             for name in node.output:
                 if name and why is not None:
                     self.mixed[name] = why
+
+    def folded_rows(self, name: str) -> str | None:
+        """Why a graph output's rows are not the requests' rows: its first axis is the batch folded
+        with other values ([N*T, C]), so no request's share of it is its row count."""
+        dims = self.shapes.get(name)
+        if not dims or not isinstance(dims[0], str) or dims[0] not in self.names.folds:
+            return None
+        if self.names.row_size(dims[0]) == 1:
+            return None  # the batch itself under another name
+        return (
+            f"its first axis {self.names.shown(dims[:1])} is the batch's axis folded with other values"
+            f"{self.names.note(dims[0])}: a request's share of it is not its rows"
+        )
 
     def _inherited(self, node: onnx.NodeProto) -> str | None:
         """Why a node's outputs are made from mixed rows: an input whose values it reads, or a
@@ -186,13 +220,15 @@ class _Walk:
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
         for sub in subgraphs(node):
-            inner = _Walk(set(self.batch), self.opset, _Shapes(self.shapes), dict(self.folds))
+            inner = _Walk(self.names.within(), self.opset, _Shapes(self.shapes), self.fed)
             inner.mixed = dict(self.mixed)
-            inner.values = self.values.within(inner.batch)
+            inner.values = self.values.within(inner.names)
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
                     return f"{inner.mixed[out.name]}, inside {described(node)}"
+            for body, made in _returned(node, sub):
+                self.names.adopt(inner.names, inner.shapes.get(body), self.shapes.get(made))
         return None
 
     def _folded(self, node: onnx.NodeProto) -> np.ndarray | None:
@@ -205,18 +241,20 @@ class _Walk:
         """Why the node mixes rows of the batch (None: it does not, or it cannot be told)."""
         if node.domain not in ONNX_DOMAIN:
             return None
+        positions = self.values.positions
+        if node.op_type in ("Gather", "GatherND") and positions.own_rows(node, self._row_size):
+            return None
+        sized = self.values.reads_size(node, self.shapes.get)
+        if sized is not None:
+            return sized
         if node.op_type in BROADCAST_OPS:
-            return self._broadcast_pair(node) or self.values.met_with_data(
-                node, self.shapes.get, self.shapes.floating
-            )
+            return self._broadcast_pair(node)
         if node.op_type in RESHAPE_OPS:
             return self._reshape(node)
         if node.op_type not in MIXING_OPS:
             return None
         if node.op_type == "Scan":
             return self._scan(node)
-        if node.op_type in ("Gather", "GatherND") and self.values.positions.own_rows(node, self._row_size):
-            return None
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
 
@@ -263,17 +301,21 @@ class _Walk:
         before, after = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
         if before is None or after is None:
             return None
-        found = reshaped_rows(before, after, self.batch, self.folds)
+        found = reshaped_rows(before, after, self.names.roots, self.names.folds)
         if isinstance(found, Folded):
-            self.batch.add(found.symbol)
-            self.folds[found.symbol] = list(found.dims)
+            self.names.fold(found, node)
         if not isinstance(found, Moved):
             return None
-        source, target = spelled_out(before, self.folds), spelled_out(after, self.folds)
+        source, target = self.names.shown(self.names.spelled(before)), self.names.shown(after)
+        where = (
+            f"the batch's rows spread over its output's axes {found.behind}"
+            if found.target is None
+            else f"the batch's axis {found.source} with {found.ahead} ahead of it becoming axis "
+            f"{found.target} with {found.behind} ahead of it"
+        )
         return (
             f"{described(node)} moves values between the batch's rows: it reshapes '{node.input[0]}' "
-            f"{_shown(source)} to {_shown(target)}, the batch's axis {found.source} becoming axis "
-            f"{found.target} with other dims ahead of it"
+            f"{source} to {target}, {where}"
         )
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
@@ -284,11 +326,11 @@ class _Walk:
                 return f"{described(node)} carries its state along {self._axis(node, states + j, axis)}"
         return None
 
-    def _row_size(self, name: str, axis: int) -> int | None:
+    def _row_size(self, name: str, axis: int) -> Dim:
         dims = self.shapes.get(name)
         if dims is None or not -len(dims) <= axis < len(dims):
             return None
-        return values_per_row(dims[axis], self.batch, self.folds)
+        return self.names.row_size(dims[axis])
 
     def _is_batch(self, node: onnx.NodeProto, index: int, axis: int) -> bool:
         dims = self.shapes.get(node.input[index]) if index < len(node.input) else None
@@ -297,16 +339,11 @@ class _Walk:
     def _axis(self, node: onnx.NodeProto, index: int, axis: int) -> str:
         dims = self.shapes.get(node.input[index]) or []
         dim = dims[axis] if -len(dims) <= axis < len(dims) else None
-        folded = (
-            f" (a reshape folded the batch's axis into it: {_shown(spelled_out([dim], self.folds))})"
-            if isinstance(dim, str) and dim in self.folds
-            else ""
-        )
-        return f"the batch's axis, {self._where(node, index, axis)}{folded}"
+        return f"the batch's axis, {self._where(node, index, axis)}{self.names.note(dim)}"
 
     def _where(self, node: onnx.NodeProto, index: int, axis: int) -> str:
         dims = self.shapes.get(node.input[index]) or []
-        return f"axis {axis % len(dims)} of '{node.input[index]}' {_shown(dims)}"
+        return f"axis {axis % len(dims)} of '{node.input[index]}' {self.names.shown(dims)}"
 
     def _constant(self, node: onnx.NodeProto, index: int, limit: int = MAX_READ) -> np.ndarray | None:
         """The value of the node's input `index` where the graph holds it; None where it is
@@ -331,6 +368,14 @@ def _constant(node: onnx.NodeProto) -> Value | None:
     return None
 
 
-def _shown(dims: Dims) -> list[int | str | None]:
-    """`dims` as a config's reader knows them: the probe's own name of an unnamed dim is 'batch'."""
-    return ["batch" if isinstance(d, str) and d.startswith(BATCH_PREFIX) else d for d in dims]
+def _returned(node: onnx.NodeProto, body: onnx.GraphProto) -> list[tuple[str, str]]:
+    """Each value a subgraph returns and the node's output it becomes: an If's outputs, a Loop's
+    carried values and scan outputs, a Scan's states."""
+    if node.op_type == "If":
+        return list(zip((out.name for out in body.output), node.output, strict=False))
+    if node.op_type == "Loop":
+        return list(zip((out.name for out in body.output[1:]), node.output, strict=False))
+    if node.op_type == "Scan":
+        states = len(node.input) - len(scan_inputs(node)[1])
+        return list(zip((out.name for out in body.output[:states]), node.output[:states], strict=False))
+    return []

@@ -5,18 +5,22 @@ Exporters write such indices for views and for per-row picks:
 - torch's dynamo writes as_strided (a flatten after a pool, in torchvision's ConvNeXt and Swin) as a
   Gather from the whole tensor flattened, at arange(N) * R + offsets, R the values of a row and
   the offsets constants in [0, R): row i reads only its own R values.
-- the dynamo export of last-token pooling, h[arange(N), lengths - 1], is a GatherND of the
-  column [arange(N), lengths - 1]: row i reads row i (onnxruntime refuses an index past the row).
-torch's legacy export of that pooling, a Gather at arange(N) * T + lengths - 1, is not vouched for:
-a length past the row reads the next row, another request's state, where alone the index is refused.
+- torch's legacy export of h[arange(N), idx] is a Gather from h flattened to [N*T, ...] at
+  arange(N) * T + idx: row i reads its own row where idx is in [0, T). That holds for an idx made
+  by an ArgMax or a TopK over the T steps (CLIP's pooling at the end-of-text token), by a Mod by T
+  (GPT-2's sequence classification), or a constant; it does not for an idx the client sends
+  (lengths - 1: a length past the row read the next request's state, where alone onnxruntime
+  refuses the index), so such a Gather is read as mixing.
+- the dynamo export of that pooling is a GatherND of the column [arange(N), idx]: row i reads row
+  i whatever idx is (onnxruntime refuses an index past the row).
 
-An index is followed as stride * row + offset with the offsets' bounds known, and the axis that
-holds the rows (it must stay the index's first).
+An index is followed as stride * row + offset, the offset's bounds known (a whole number, or a
+step count less a number), and the axis that holds the rows (it must stay the index's first).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,38 +28,82 @@ import onnx
 
 from server.backends.graph_names import attribute
 
+Dim = int | str | None
+Dims = list[Dim]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
-RowSize = Callable[[str, int], "int | None"]  # (tensor, axis) -> values a row has there (1: the batch)
+RowSize = Callable[[str, int], Dim]  # (tensor, axis) -> values a row has there (1: the batch)
+_KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Expand"})
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Integer values from `low` to `top` + `high` (`top` a dim's size, or None for 0)."""
+
+    low: int
+    top: Dim
+    high: int
+
+    def shifted(self, by: int) -> Bound:
+        return Bound(self.low + by, self.top, self.high + by)
 
 
 @dataclass(frozen=True)
 class RowIndex:
-    """Values stride * row + offset, low <= offset <= high, the row along the first of `rank` axes;
-    `column`: the last axis joins this as its first column to other indices (a GatherND's)."""
+    """Values stride * row + offset, the offset within `offset`, the row along the first of `rank`
+    axes; `column`: the last axis joins this as its first column to other indices (a GatherND's)."""
 
-    stride: int
-    low: int
-    high: int
+    stride: Dim
+    offset: Bound
     rank: int
     column: bool = False
 
-    def within(self, size: int | None) -> bool:
+    def within(self, size: Dim) -> bool:
         """Whether each row's indices stay among the `size` values of its own row."""
-        return size is not None and self.stride == size and 0 <= self.low <= self.high < size
+        if size is None or self.stride != size or self.offset.low < 0:
+            return False
+        if self.offset.top is None:
+            return self.offset.high < size if isinstance(size, int) else self.offset.high <= 0
+        return self.offset.top == size and self.offset.high <= -1
 
 
 class RowPositions:
-    """Tensors that hold each row's own position, as RowIndex."""
+    """Tensors that hold each row's own position (RowIndex), bounded integer values (Bound), and
+    single values that are a dim's size (a shape's dim read: Shape then Gather)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: Collection[str]) -> None:
+        self.roots = roots
         self.found: dict[str, RowIndex] = {}
+        self.bounds: dict[str, Bound] = {}
+        self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
+        self.shapes: dict[str, Dims] = {}  # a Shape's output -> the dims it holds
 
-    def see(self, node: onnx.NodeProto, exactly_n: Callable[[str], bool], constant: Constant) -> None:
-        """Follow row positions through `node`; `exactly_n`: whether a tensor is the batch's size."""
-        if node.output and node.output[0]:
-            found = self._index(node, exactly_n, constant)
-            if found is not None:
-                self.found[node.output[0]] = found
+    def within(self) -> RowPositions:
+        inner = RowPositions(self.roots)
+        inner.found, inner.bounds = dict(self.found), dict(self.bounds)
+        inner.sizes, inner.shapes = dict(self.sizes), dict(self.shapes)
+        return inner
+
+    def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
+        """Follow row positions, bounds and sizes through `node`."""
+        if not node.output or not node.output[0]:
+            return
+        out = node.output[0]
+        held = self._held(node, dims, constant)
+        if held is not None:
+            self.shapes[out] = held
+        size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
+        if size is not None:
+            self.sizes[out] = size
+        bound = self._bound(node, dims, constant)
+        if bound is not None:
+            self.bounds[out] = bound
+        if node.op_type == "TopK" and len(node.output) > 1 and node.output[1]:
+            picked = _axis_bound(dims(node.input[0]), _int(node, "axis", -1))
+            if picked is not None:
+                self.bounds[node.output[1]] = picked
+        found = self._index(node, constant)
+        if found is not None:
+            self.found[out] = found
 
     def own_rows(self, node: onnx.NodeProto, row_size: RowSize) -> bool:
         """A Gather or GatherND whose indices pick each row from its own row."""
@@ -68,16 +116,78 @@ class RowPositions:
             return index.within(row_size(node.input[0], 0))
         return False
 
-    def _index(
-        self, node: onnx.NodeProto, exactly_n: Callable[[str], bool], constant: Constant
-    ) -> RowIndex | None:
+    def _held(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> Dims | None:
+        """The dims a Shape reads (from `start` to `end`), or a Slice of them keeps."""
+        if node.op_type == "Shape" and node.input:
+            read = dims(node.input[0])
+            if read is None:
+                return None
+            start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(read))).indices(len(read))
+            return read[start:end]
+        if node.op_type == "Slice" and node.input and node.input[0] in self.shapes:
+            first, last = constant(1), constant(2)
+            steps = constant(4) if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
+            if first is None or last is None or steps is None or first.size != 1 or last.size != 1:
+                return None
+            start, end = (int(min(max(b.flat[0], -(2**62)), 2**62)) for b in (first, last))
+            return self.shapes[node.input[0]][start : end : int(steps.flat[0])]
+        return None
+
+    def _size(self, node: onnx.NodeProto, constant: Constant) -> Dim:
+        """The dim whose size `node` makes, as one value (x.shape[1], cast or unsqueezed)."""
+        op = node.op_type
+        if op == "Gather" and node.input and _int(node, "axis", 0) == 0:
+            shape = self.shapes.get(node.input[0])
+            picked = constant(1)
+            if shape is not None and picked is not None and picked.size == 1:
+                at = int(picked.flat[0])
+                return shape[at] if -len(shape) <= at < len(shape) else None
+        if op in ("Identity", "Cast", "Squeeze", "Unsqueeze") and node.input:
+            return self.sizes.get(node.input[0])
+        return None
+
+    def _bound(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> Bound | None:
+        op = node.op_type
+        if op in ("ArgMax", "ArgMin") and node.input:
+            return _axis_bound(dims(node.input[0]), _int(node, "axis", 0))
+        if op == "Mod" and len(node.input) == 2 and not _int(node, "fmod", 0):
+            divisor = constant(1)
+            if (
+                divisor is not None
+                and divisor.size == 1
+                and divisor.dtype.kind in "iu"
+                and divisor.flat[0] > 0
+            ):
+                return Bound(0, None, int(divisor.flat[0]) - 1)
+            size = self.sizes.get(node.input[1])
+            return Bound(0, size, -1) if size is not None else None
+        if op == "ConstantOfShape":
+            fill = attribute(node, "value", None)
+            value = onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1)
+            return _value_bound(value)
+        if op in _KEPT and node.input:
+            return self.bounds.get(node.input[0])
+        if op in ("Add", "Sub") and len(node.input) == 2:
+            given, other = self.bounds.get(node.input[0]), constant(1)
+            if given is None or other is None or other.size != 1 or other.dtype.kind not in "iu":
+                return None
+            return given.shifted(int(other.flat[0]) * (1 if op == "Add" else -1))
+        return None
+
+    def _index(self, node: onnx.NodeProto, constant: Constant) -> RowIndex | None:
         op = node.op_type
         if op == "Range":
             start, delta = constant(0), constant(2)
-            if len(node.input) < 3 or not exactly_n(node.input[1]) or start is None or delta is None:
+            if len(node.input) < 3 or self.sizes.get(node.input[1]) not in self.roots:
                 return None
-            from_zero = start.size == delta.size == 1 and start.flat[0] == 0 and delta.flat[0] == 1
-            return RowIndex(1, 0, 0, 1) if from_zero else None
+            if start is None or delta is None or start.size != 1 or delta.size != 1:
+                return None
+            from_zero = start.flat[0] == 0 and delta.flat[0] == 1
+            return RowIndex(1, Bound(0, None, 0), 1) if from_zero else None
         given = [self.found.get(name) for name in node.input]
         index = next((found for found in given if found is not None), None)
         if index is None or sum(found is not None for found in given) > 1:
@@ -87,8 +197,10 @@ class RowPositions:
         if op == "Unsqueeze" and given[0] is not None and not index.column:
             return _unsqueezed(node, index, constant)
         if op in ("Mul", "Add") and len(node.input) == 2 and not index.column:
-            other = constant(1 if given[0] is not None else 0)
-            return _scaled(index, other) if op == "Mul" else _shifted(index, other)
+            other = 1 if given[0] is not None else 0
+            if op == "Mul":
+                return _scaled(index, constant(other), self.sizes.get(node.input[other]))
+            return _shifted(index, constant(other), self.bounds.get(node.input[other]))
         if op == "Concat" and given[0] is not None and index.rank >= 2:
             last = _int(node, "axis", 0) % index.rank == index.rank - 1
             return replace(index, column=True) if last else None
@@ -104,6 +216,20 @@ def _integer(node: onnx.NodeProto) -> bool:
     return _int(node, "to", 0) in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 
 
+def _axis_bound(shape: Dims | None, axis: int) -> Bound | None:
+    """A position along `axis` of a tensor of `shape` (an ArgMax's, a TopK's index)."""
+    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
+        return None
+    size = shape[axis]
+    return Bound(0, None, size - 1) if isinstance(size, int) else Bound(0, size, -1)
+
+
+def _value_bound(value: np.ndarray) -> Bound | None:
+    if value.size == 0 or value.dtype.kind not in "iu":
+        return None
+    return Bound(int(value.min()), None, int(value.max()))
+
+
 def _unsqueezed(node: onnx.NodeProto, index: RowIndex, constant: Constant) -> RowIndex | None:
     """New axes anywhere but ahead of the rows' axis."""
     given = constant(1) if len(node.input) > 1 else np.asarray(attribute(node, "axes", []))
@@ -114,16 +240,30 @@ def _unsqueezed(node: onnx.NodeProto, index: RowIndex, constant: Constant) -> Ro
     return None if 0 in axes else replace(index, rank=rank)
 
 
-def _scaled(index: RowIndex, by: np.ndarray | None) -> RowIndex | None:
-    """Times a positive whole number."""
-    if by is None or by.size != 1 or by.ndim > index.rank or by.dtype.kind not in "iu" or by.flat[0] < 1:
+def _scaled(index: RowIndex, by: np.ndarray | None, size: Dim) -> RowIndex | None:
+    """Times a positive whole number, or arange(N) times a dim's size (a row's steps)."""
+    if by is None:  # a dim's size: a symbol, or a number the graph reads from a shape
+        plain = index.stride == 1 and index.offset == Bound(0, None, 0)
+        if isinstance(size, str) and plain:
+            return replace(index, stride=size)
+        if not isinstance(size, int):
+            return None
+        by = np.asarray(size, np.int64)
+    if by.size != 1 or by.ndim > index.rank or by.dtype.kind not in "iu" or by.flat[0] < 1:
         return None
     times = int(by.flat[0])
-    return replace(index, stride=index.stride * times, low=index.low * times, high=index.high * times)
-
-
-def _shifted(index: RowIndex, by: np.ndarray | None) -> RowIndex | None:
-    """Plus constant offsets that add no axis ahead of the rows'."""
-    if by is None or by.size == 0 or by.ndim > index.rank or by.dtype.kind not in "iu":
+    if not isinstance(index.stride, int) or index.offset.top is not None:
         return None
-    return replace(index, low=index.low + int(by.min()), high=index.high + int(by.max()))
+    offset = Bound(index.offset.low * times, None, index.offset.high * times)
+    return replace(index, stride=index.stride * times, offset=offset)
+
+
+def _shifted(index: RowIndex, by: np.ndarray | None, bound: Bound | None) -> RowIndex | None:
+    """Plus constant offsets that add no axis ahead of the rows', or bounded values (an ArgMax's)."""
+    if by is not None and by.size and by.ndim <= index.rank and by.dtype.kind in "iu":
+        bound = Bound(int(by.min()), None, int(by.max()))
+    if bound is None or (bound.top is not None and index.offset.top is not None):
+        return None
+    top = bound.top if bound.top is not None else index.offset.top
+    offset = Bound(index.offset.low + bound.low, top, index.offset.high + bound.high)
+    return replace(index, offset=offset)

@@ -94,7 +94,7 @@ def test_a_config_batching_requests_together_fails_the_load_naming_the_output_an
         assert "remove dynamic_batching" in reason and "'rows_independent'" in reason, reason
     for name, why in (
         ("moved_batched", "the Reshape node making 'y' moves values between the batch's rows"),
-        ("divided_batched", "the Div node making 'y' reads the batch's size as a value"),
+        ("divided_batched", "the Div node making 'y' takes the batch's size as a value"),
     ):
         assert index[name].state == "UNAVAILABLE", index[name]
         assert "ONNX output 'y' mixes the rows of a batch" in index[name].reason, index[name]

@@ -1,0 +1,119 @@
+"""The names the batch's axis goes by in a graph, for the reading of ops that mix rows
+(onnx_row_mixing.py): the symbols onnx's shape inference gives each input's first dim (the roots),
+the symbols of axes a reshape folded the batch into (onnx_reshape_rows.py), and the symbols an op
+gave an axis it kept whole where the inference made up a new one.
+
+The inference makes up a new symbol where it cannot tell two sizes are equal: a Tile by 1, a Slice
+of the whole axis, an If whose branches each fold the batch, a Loop's carried value. Ops along the
+renamed axis had not been read as along the batch (a tester, session 51: a CumSum after an If, a
+Softmax after a Tile by 1, loaded batched and answered wrong, OK). The new name is taken for the
+old where the op keeps that axis as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+import numpy as np
+import onnx
+
+from server.backends.graph_names import described
+from server.backends.onnx_output_shapes import BATCH_SYMBOL
+from server.backends.onnx_reshape_rows import Dim, Folded, spelled_out, values_per_row
+
+Dims = list[Dim]
+Constant = Callable[[int], "np.ndarray | None"]
+BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
+# Ops whose output keeps each axis of its first input where that axis is not changed: the axis
+# renamed by the inference is taken as the same (elementwise ops align their inputs from the end).
+_KEEPS_AXES = frozenset(
+    {
+        "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt",
+        "Erf", "Clip", "Dropout", "Not", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "LeakyRelu",
+        "Elu", "Selu", "HardSigmoid", "Softplus", "Gelu", "Add", "Sub", "Mul", "Div", "Pow", "Max",
+        "Min", "Where", "Equal", "Less", "Greater", "And", "Or", "Tile", "Slice", "Pad", "Expand",
+    }
+)  # fmt: skip
+
+
+class BatchNames:
+    """The batch's symbols in a graph: roots, folds, and names carried through ops."""
+
+    def __init__(self, roots: Collection[str]) -> None:
+        self.roots = frozenset(roots)
+        self.batch: set[str] = set(roots)  # every symbol an axis carrying the batch goes by
+        self.folds: dict[str, Dims] = {}  # a symbol -> the dims folded into it (the batch among them)
+        self.origins: dict[str, str] = {}  # a fold's symbol -> the reshape that made it
+
+    def within(self) -> BatchNames:
+        """A copy for a subgraph: it reads the enclosing graph's names, its own stay its own."""
+        inner = BatchNames(self.roots)
+        inner.batch, inner.folds, inner.origins = set(self.batch), dict(self.folds), dict(self.origins)
+        return inner
+
+    def fold(self, found: Folded, node: onnx.NodeProto) -> None:
+        self.batch.add(found.symbol)
+        self.folds[found.symbol] = list(found.dims)
+        self.origins[found.symbol] = described(node)
+
+    def same(self, old: Dim, new: Dim) -> None:
+        """`new` names the axis `old` named: a batch's axis stays one."""
+        if isinstance(old, str) and isinstance(new, str) and old in self.batch and new not in self.batch:
+            self.batch.add(new)
+            self.folds[new] = self.folds.get(old, [old])
+            if old in self.origins:
+                self.origins[new] = self.origins[old]
+
+    def carry(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> None:
+        """After `node` (read as keeping rows), the batch's axes of its inputs under the names its
+        outputs give them: by axis from the end for the ops that keep axes."""
+        if node.op_type not in _KEEPS_AXES or not node.output or not node.output[0]:
+            return
+        out = dims(node.output[0])
+        if out is None:
+            return
+        for name in node.input:
+            given = dims(name) if name else None
+            if given is None or len(given) > len(out):
+                continue
+            for offset in range(1, len(given) + 1):
+                if given[-offset] != 1:  # a broadcast axis of 1 names nothing
+                    self.same(given[-offset], out[-offset])
+
+    def adopt(self, inner: BatchNames, returned: Dims | None, made: Dims | None) -> None:
+        """A subgraph's returned value (read with its names, `inner`) becomes the node's output
+        `made`: axis by axis from the end (a Loop's scan output has an axis of turns ahead)."""
+        if returned is None or made is None or len(returned) > len(made):
+            return
+        for offset in range(1, len(returned) + 1):
+            old, new = returned[-offset], made[-offset]
+            if isinstance(old, str) and old in inner.batch and isinstance(new, str) and new not in self.batch:
+                self.batch.add(new)
+                self.folds[new] = inner.spelled([old])
+                if old in inner.origins:
+                    self.origins[new] = inner.origins[old]
+
+    def row_size(self, dim: Dim) -> Dim:
+        return values_per_row(dim, self.roots, self.folds)
+
+    def spelled(self, dims: Sequence[Dim]) -> Dims:
+        return spelled_out(dims, self.folds)
+
+    def shown(self, dims: Sequence[Dim]) -> list[int | str | None]:
+        """`dims` as a config's reader knows them: the probe's own name of an unnamed dim is
+        'batch', a fold is written as the product it is ('batch*4')."""
+        return [self._shown(dim) for dim in dims]
+
+    def note(self, dim: Dim) -> str:
+        """Where a fold came from, for a message about an op along it."""
+        if not isinstance(dim, str) or dim not in self.origins:
+            return ""
+        return f" (the batch's axis folded into it by {self.origins[dim]})"
+
+    def _shown(self, dim: Dim) -> int | str | None:
+        if isinstance(dim, str) and dim in self.folds and dim not in self.roots:
+            parts = [self._shown(d) for d in self.spelled([dim]) if d != 1]
+            return "*".join(str(part) for part in parts)
+        if isinstance(dim, str) and dim.startswith(BATCH_PREFIX):
+            return "batch"
+        return dim

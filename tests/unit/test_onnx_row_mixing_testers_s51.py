@@ -1,0 +1,235 @@
+"""What two testers of session 51 found in the reading of reshapes, folds and the batch's size
+(server/backends/onnx_reshape_rows.py, onnx_batch_names.py, onnx_batch_size_value.py,
+onnx_row_positions.py). Each model here loaded batched and answered wrong with status OK on a
+real server (or, for the per-row ones, was refused) before the fix that this file tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.onnx_row_mixing import row_mixing_outputs
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def _model(
+    nodes: Sequence[onnx.NodeProto],
+    inits: Sequence[onnx.TensorProto] = (),
+    inputs: Sequence[onnx.ValueInfoProto] = (),
+    shape: Sequence[int | str | None] = ("N", 4),
+    output: str = "y",
+) -> onnx.ModelProto:
+    given = list(inputs) or [helper.make_tensor_value_info("x", F, list(shape))]
+    out = [helper.make_tensor_value_info(output, F, None)]
+    graph = helper.make_graph(list(nodes), "g", given, out, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _ints(name: str, values: Sequence[int] | int) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> onnx.NodeProto:
+    return helper.make_node(op, list(inputs), [output], **attrs)
+
+
+def _back(source: str) -> list[onnx.NodeProto]:
+    """Reshaped back to x's own shape, as the output."""
+    return [_node("Shape", ["x"], "xs"), _node("Reshape", [source, "xs"], "y")]
+
+
+def test_offsets_a_client_may_send_are_not_read_as_constants() -> None:
+    # flatten(x)[arange(N)[:, None] * 4 + off], `off` an initializer the config lists as an input:
+    # a client sent off = [4..7] and read the next request's row (G1, HIGH).
+    off = helper.make_tensor_value_info("off", I64, ["N", 4])
+    x = helper.make_tensor_value_info("x", F, ["N", 4])
+    nodes = [
+        _node("Reshape", ["x", "flat"], "f"),
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Unsqueeze", ["rows", "axis1"], "column"),
+        _node("Mul", ["column", "four"], "starts"),
+        _node("Add", ["starts", "off"], "at"),
+        _node("Gather", ["f", "at"], "y", axis=0),
+    ]
+    inits = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("four", 4)]
+    inits.append(_ints("off", [[3, 2, 1, 0]]))
+    model = _model(nodes, inits, inputs=[x, off])
+    assert row_mixing_outputs(model) == {}  # the initializer's own offsets stay in the row
+    assert "Gather" in row_mixing_outputs(model, fed={"off"})["y"]
+
+
+def test_a_reshape_whose_output_onnx_leaves_unnamed_is_worked_out() -> None:
+    # x.t().contiguous().view(-1, 4): [4, N] -> [?, 4], ? = N (G2).
+    moved = [_node("Transpose", ["x"], "t", perm=[1, 0]), _node("Reshape", ["t", "shape"], "y")]
+    assert (
+        "moves values between the batch's rows"
+        in row_mixing_outputs(_model(moved, [_ints("shape", [-1, 4])]))["y"]
+    )
+    # x.reshape(2, -1).flip(0).reshape(x.shape): the batch spread over [2, 2N].
+    spread = [_node("Reshape", ["x", "two"], "h"), _node("Neg", ["h"], "n"), *_back("n")]
+    got = row_mixing_outputs(_model(spread, [_ints("two", [2, -1])]))["y"]
+    assert "the batch's rows spread over its output's axes" in got, got
+    # Rows of 6 cut in 4s: some pieces hold two requests' values, whatever the batch.
+    cut = [_node("Reshape", ["x", "fours"], "h"), _node("Softmax", ["h"], "s", axis=-1), *_back("s")]
+    assert row_mixing_outputs(_model(cut, [_ints("fours", [-1, 4])], shape=("N", 6)))
+
+
+def test_a_fold_keeps_its_name_through_ops_that_rename_it() -> None:
+    # Tile by 1, a whole Slice: onnx's inference makes up a new name; a Softmax along it mixes (G3).
+    fold = [_node("Reshape", ["x", "flat"], "f")]
+    tiled = [*fold, _node("Tile", ["f", "once"], "t"), _node("Softmax", ["t"], "s", axis=0), *_back("s")]
+    assert "Softmax" in row_mixing_outputs(_model(tiled, [_ints("flat", [-1]), _ints("once", [1])]))["y"]
+    plain = [_node("Tile", ["x", "ones"], "t"), _node("Softmax", ["t"], "y", axis=0)]
+    assert "Softmax" in row_mixing_outputs(_model(plain, [_ints("ones", [1, 1])]))["y"]
+
+
+def test_a_fold_made_inside_an_if_is_followed_after_it() -> None:
+    branch = helper.make_graph(
+        [_node("Reshape", ["x", "flat"], "inner")], "b", [], [helper.make_tensor_value_info("inner", F, None)]
+    )
+    nodes = [
+        _node("If", ["cond"], "f", then_branch=branch, else_branch=branch),
+        _node("CumSum", ["f", "zero"], "c"),
+        *_back("c"),
+    ]
+    inits = [numpy_helper.from_array(np.array(True), "cond"), _ints("flat", [-1]), _ints("zero", 0)]
+    assert "CumSum" in row_mixing_outputs(_model(nodes, inits))["y"]
+
+
+def _size_as(op: str, extra: Sequence[onnx.NodeProto] = ()) -> list[onnx.NodeProto]:
+    return [
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        *extra,
+    ]
+
+
+def test_each_rows_place_taken_as_a_value_by_any_op_mixes() -> None:
+    inits = [_ints("zero", 0), _ints("one", 1), _ints("axis1", [1])]
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    picked = _size_as("", [_node("Gather", ["table", "rows"], "p", axis=0), _node("Add", ["x", "p"], "y")])
+    assert "takes the batch's size as a value" in row_mixing_outputs(_model(picked, [*inits, table]))["y"]
+    first = _size_as(
+        "",
+        [
+            _node("Equal", ["rows", "zero"], "is_first"),
+            _node("Unsqueeze", ["is_first", "axis1"], "mask"),
+            _node("Where", ["mask", "x", "zeros"], "y"),
+        ],
+    )
+    zeros = numpy_helper.from_array(np.zeros(1, np.float32), "zeros")
+    assert "Where" in row_mixing_outputs(_model(first, [*inits, zeros]))["y"]
+    tokens = helper.make_tensor_value_info("x", I64, ["N", 4])
+    ints = _size_as("", [_node("Unsqueeze", ["rows", "axis1"], "c"), _node("Add", ["x", "c"], "y")])
+    assert "Add" in row_mixing_outputs(_model(ints, inits, inputs=[tokens]))["y"]  # int data too
+
+
+def test_an_if_on_the_batchs_size_mixes_and_a_shape_made_from_it_does_not() -> None:
+    then = helper.make_graph(
+        [_node("Neg", ["x"], "a")], "t", [], [helper.make_tensor_value_info("a", F, None)]
+    )
+    other = helper.make_graph(
+        [_node("Abs", ["x"], "b")], "e", [], [helper.make_tensor_value_info("b", F, None)]
+    )
+    nodes = [
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Greater", ["n", "one"], "many"),
+        _node("If", ["many"], "y", then_branch=then, else_branch=other),
+    ]
+    got = row_mixing_outputs(_model(nodes, [_ints("zero", 0), _ints("one", 1)]))["y"]
+    assert "chooses its branch by the batch's size" in got, got
+    filled = [
+        _node("Shape", ["x"], "s"),
+        _node("ConstantOfShape", ["s"], "z", value=numpy_helper.from_array(np.ones(1, np.float32))),
+        _node("Expand", ["x", "s"], "e"),
+        _node("Add", ["e", "z"], "y"),
+    ]
+    assert row_mixing_outputs(_model(filled)) == {}
+
+
+def test_a_range_over_a_folds_length_is_not_each_rows_place() -> None:
+    # arange(4N) taken for arange(N) had vouched for a Gather (G7).
+    nodes = [
+        _node("Reshape", ["x", "flat"], "f"),
+        _node("Shape", ["f"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Gather", ["x", "rows"], "y", axis=0),
+    ]
+    assert row_mixing_outputs(_model(nodes, [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1)]))
+
+
+def _last_token(offsets: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    """h[arange(N), idx] as torch's legacy exporter writes it: a Gather from h flattened to
+    [N*T, C] at arange(N) * T + idx; `offsets` make 'idx' from 'ids' [N, T]."""
+    h = helper.make_tensor_value_info("h", F, ["N", "T", 8])
+    ids = helper.make_tensor_value_info("ids", I64, ["N", "T"])
+    nodes = [
+        *offsets,
+        _node("Shape", ["h"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Gather", ["s", "at1"], "t", axis=0),
+        _node("Mul", ["rows", "t"], "starts"),
+        _node("Add", ["idx", "starts"], "at"),
+        _node("Flatten", ["h"], "tokens", axis=2),
+        _node("Gather", ["tokens", "at"], "y", axis=0),
+    ]
+    given = [_ints("zero", 0), _ints("one", 1), _ints("at1", [1]), *inits]
+    return _model(nodes, given, inputs=[h, ids])
+
+
+def test_a_per_row_pick_from_the_flattened_tokens_is_batched_when_its_index_stays_in_the_row() -> None:
+    argmax = [_node("ArgMax", ["ids"], "idx", axis=-1, keepdims=0)]  # CLIP's end-of-text token
+    assert row_mixing_outputs(_last_token(argmax)) == {}
+    gpt2 = [
+        _node("ArgMax", ["ids"], "last", axis=-1, keepdims=0),
+        _node("Sub", ["last", "one"], "before"),
+        _node("Shape", ["ids"], "is"),
+        _node("Gather", ["is", "one"], "steps", axis=0),
+        _node("Mod", ["before", "steps"], "idx"),  # GPT-2's sequence classification
+    ]
+    assert row_mixing_outputs(_last_token(gpt2)) == {}
+    # Without the Mod, ArgMax - 1 may be -1: the previous row's last token.
+    assert row_mixing_outputs(_last_token([*gpt2[:2], _node("Identity", ["before"], "idx")]))
+    # A length the client sends: refused (it reached the next request's state).
+    lengths = [
+        _node("ReduceSum", ["ids", "axis1"], "count", keepdims=0),
+        _node("Sub", ["count", "one"], "idx"),
+    ]
+    assert row_mixing_outputs(_last_token(lengths, [_ints("axis1", [1])]))
+
+
+def test_dynamos_expression_names_are_not_taken_for_one_size() -> None:
+    # dynamo names a fold of (batch, heads) and one of (steps, batch) both '4*batch'.
+    x = helper.make_tensor_value_info("x", F, [4, "batch", 16])
+    heads = helper.make_tensor_value_info("heads", F, [4, "4*batch", 4])
+    back = helper.make_tensor_value_info("back", F, [4, "4*batch", 4])
+    flat = helper.make_tensor_value_info("flat", F, ["4*batch", 16])
+    nodes = [
+        _node("Reshape", ["x", "split"], "heads"),  # [T, N, 16] -> [T, N*4, 4]
+        _node("Relu", ["heads"], "back"),
+        _node("Reshape", ["back", "joined"], "flat"),  # -> [T*N, 16]
+        _node("Reshape", ["flat", "again"], "y"),  # -> [T, N, 16]
+    ]
+    inits = [_ints("split", [4, -1, 4]), _ints("joined", [-1, 16]), _ints("again", [4, -1, 16])]
+    model = _model(nodes, inits, inputs=[x])
+    model.graph.value_info.extend([heads, back, flat])
+    assert row_mixing_outputs(model) == {}
+
+
+def test_an_output_whose_first_axis_is_a_fold_of_the_batch_is_not_split_by_rows() -> None:
+    got = row_mixing_outputs(_model([_node("Reshape", ["x", "flat"], "y")], [_ints("flat", [-1])]))
+    assert got["y"].startswith("its first axis ['N*4'] is the batch's axis folded with other values")
+    one = [_node("Reshape", ["x", "rows"], "y")]
+    assert row_mixing_outputs(_model(one, [_ints("rows", [-1, 4])])) == {}  # [N, 4] as it was
