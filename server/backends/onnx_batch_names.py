@@ -24,14 +24,13 @@ from server.backends.onnx_reshape_rows import Dim, Folded, spelled_out, values_p
 Dims = list[Dim]
 Constant = Callable[[int], "np.ndarray | None"]
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
-# Ops whose output keeps each axis of its first input where that axis is not changed: the axis
-# renamed by the inference is taken as the same (elementwise ops align their inputs from the end).
+# Ops whose output keeps each axis of its inputs where that axis is not changed, and whose output
+# onnx's inference can name anew (a Tile's, a Slice's; a broadcast of two names): the axis renamed
+# is taken as the same (elementwise ops align their inputs from the end). Unary ops keep the names.
 _KEEPS_AXES = frozenset(
     {
-        "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt",
-        "Erf", "Clip", "Dropout", "Not", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "LeakyRelu",
-        "Elu", "Selu", "HardSigmoid", "Softplus", "Gelu", "Add", "Sub", "Mul", "Div", "Pow", "Max",
-        "Min", "Where", "Equal", "Less", "Greater", "And", "Or", "Tile", "Slice", "Pad", "Expand",
+        "Tile", "Slice", "Pad", "Expand", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
+        "Equal", "Less", "Greater", "And", "Or", "Identity", "Dropout",
     }
 )  # fmt: skip
 

@@ -67,7 +67,8 @@ class BatchSizeValues:
         if not node.output or not node.output[0]:
             return
         out = node.output[0]
-        found = self._follow(node, dims, constant)
+        read = node.op_type in ("Shape", "Size") or any(name in self.sized for name in node.input)
+        found = self._follow(node, dims, constant) if read else frozenset()
         if found:
             self.sized[out] = found
             self.source[out] = next(
@@ -80,6 +81,8 @@ class BatchSizeValues:
         in it) as a value, not a shape, beside a tensor that carries the batch; or an If chooses
         its branch by it. Indices made from each row's own place (onnx_row_positions.py) are not
         read here: the Gather or GatherND that takes them is."""
+        if not any(name in self.sized for name in node.input):
+            return None
         if node.output and node.output[0] in self.positions.found:
             return None
         shapes = _SHAPE_INPUTS.get(node.op_type, ())

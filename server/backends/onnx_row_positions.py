@@ -33,6 +33,7 @@ Dims = list[Dim]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
 RowSize = Callable[[str, int], Dim]  # (tensor, axis) -> values a row has there (1: the batch)
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Expand"})
+_STARTS = frozenset({"Shape", "ArgMax", "ArgMin", "TopK", "Mod", "ConstantOfShape"})  # what starts a trail
 
 
 @dataclass(frozen=True)
@@ -76,19 +77,23 @@ class RowPositions:
         self.bounds: dict[str, Bound] = {}
         self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
         self.shapes: dict[str, Dims] = {}  # a Shape's output -> the dims it holds
+        self.followed: set[str] = set()  # every tensor in any of the above
 
     def within(self) -> RowPositions:
         inner = RowPositions(self.roots)
         inner.found, inner.bounds = dict(self.found), dict(self.bounds)
-        inner.sizes, inner.shapes = dict(self.sizes), dict(self.shapes)
+        inner.sizes, inner.shapes, inner.followed = dict(self.sizes), dict(self.shapes), set(self.followed)
         return inner
 
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
         """Follow row positions, bounds and sizes through `node`."""
         if not node.output or not node.output[0]:
             return
+        if node.op_type not in _STARTS and self.followed.isdisjoint(node.input):
+            return  # nothing followed here comes in (most nodes of a graph)
         out = node.output[0]
         held = self._held(node, dims, constant)
+        self.followed.update(node.output)  # a superset is harmless: it only skips the fast path
         if held is not None:
             self.shapes[out] = held
         size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
