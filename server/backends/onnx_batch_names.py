@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
-import numpy as np
 import onnx
 
 from server.backends.graph_names import described
@@ -22,7 +21,6 @@ from server.backends.onnx_output_shapes import BATCH_SYMBOL
 from server.backends.onnx_reshape_rows import Dim, Folded, spelled_out, values_per_row
 
 Dims = list[Dim]
-Constant = Callable[[int], "np.ndarray | None"]
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
 # Ops whose output keeps each axis of its inputs where that axis is not changed, and whose output
 # onnx's inference can name anew (a Tile's, a Slice's; a broadcast of two names): the axis renamed
@@ -30,7 +28,7 @@ BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
 _KEEPS_AXES = frozenset(
     {
         "Tile", "Slice", "Pad", "Expand", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
-        "Equal", "Less", "Greater", "And", "Or", "Identity", "Dropout",
+        "Equal", "Less", "Greater", "And", "Or", "Identity", "Dropout", "TopK",
     }
 )  # fmt: skip
 
@@ -63,33 +61,47 @@ class BatchNames:
             if old in self.origins:
                 self.origins[new] = self.origins[old]
 
+    def mark(self, dim: Dim) -> None:
+        """`dim` names the batch's own axis (the rows of an own-row pick)."""
+        if self.roots and isinstance(dim, str):
+            self.same(min(self.roots), dim)
+
     def carry(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> None:
         """After `node` (read as keeping rows), the batch's axes of its inputs under the names its
         outputs give them: by axis from the end for the ops that keep axes."""
-        if node.op_type not in _KEEPS_AXES or not node.output or not node.output[0]:
+        if node.op_type not in _KEEPS_AXES:
             return
-        out = dims(node.output[0])
-        if out is None:
-            return
-        for name in node.input:
-            given = dims(name) if name else None
-            if given is None or len(given) > len(out):
+        for made in node.output[:1] if node.op_type != "TopK" else node.output:  # values, indices
+            out = dims(made) if made else None
+            if out is None:
                 continue
-            for offset in range(1, len(given) + 1):
-                if given[-offset] != 1:  # a broadcast axis of 1 names nothing
-                    self.same(given[-offset], out[-offset])
+            for name in node.input[:1] if node.op_type == "TopK" else node.input:
+                given = dims(name) if name else None
+                if given is None or len(given) > len(out):
+                    continue
+                for offset in range(1, len(given) + 1):
+                    if given[-offset] != 1:  # a broadcast axis of 1 names nothing
+                        self.same(given[-offset], out[-offset])
 
-    def adopt(self, inner: BatchNames, returned: Dims | None, made: Dims | None) -> None:
-        """A subgraph's returned value (read with its names, `inner`) becomes the node's output
-        `made`: axis by axis from the end (a Loop's scan output has an axis of turns ahead)."""
-        if returned is None or made is None or len(returned) > len(made):
+    def adopt(self, returned: Sequence[tuple[BatchNames, Dims | None]], made: Dims | None) -> None:
+        """The values subgraphs return (each read with its own names) become the node's output
+        `made`: axis by axis from the end (a Loop's scan output has an axis of turns ahead), where
+        every subgraph returns the batch there."""
+        if made is None or not returned:
             return
-        for offset in range(1, len(returned) + 1):
-            old, new = returned[-offset], made[-offset]
-            if isinstance(old, str) and old in inner.batch and isinstance(new, str) and new not in self.batch:
+        for offset in range(1, len(made) + 1):
+            new = made[-offset]
+            olds = [
+                (inner, dims[-offset]) for inner, dims in returned if dims is not None and offset <= len(dims)
+            ]
+            carried = len(olds) == len(returned) and all(
+                isinstance(old, str) and old in inner.batch for inner, old in olds
+            )
+            if carried and isinstance(new, str) and new not in self.batch:
+                inner, old = olds[0]
                 self.batch.add(new)
                 self.folds[new] = inner.spelled([old])
-                if old in inner.origins:
+                if isinstance(old, str) and old in inner.origins:
                     self.origins[new] = inner.origins[old]
 
     def row_size(self, dim: Dim) -> Dim:

@@ -53,17 +53,24 @@ class BatchSizeValues:
         self.names = names
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
-        self.positions = RowPositions(names.roots)  # arange(N) and indices made from it
+        self.positions = RowPositions(names.roots, names.batch)  # arange(N) and indices made from it
 
     def within(self, names: BatchNames) -> BatchSizeValues:
         """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
         inner = BatchSizeValues(names)
         inner.sized, inner.source = dict(self.sized), dict(self.source)
-        inner.positions = self.positions.within()
+        inner.positions = self.positions.within(names.batch)
         return inner
 
-    def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
-        """Follow the batch's size through `node` (its inputs' dims and constant values given)."""
+    def see(
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        lineage: Callable[[str], frozenset[str]] = lambda _: frozenset(),
+    ) -> None:
+        """Follow the batch's size through `node` (its inputs' dims and constant values given;
+        `lineage`: the graph inputs a tensor is made from)."""
         if not node.output or not node.output[0]:
             return
         out = node.output[0]
@@ -74,7 +81,22 @@ class BatchSizeValues:
             self.source[out] = next(
                 (self.source[name] for name in node.input if name in self.source), described(node)
             )
-        self.positions.see(node, dims, constant)
+        self.positions.see(node, dims, constant, lambda name: name in self.sized, lineage)
+
+    def picked(self, name: str) -> None:
+        """`name` holds values picked by each row from its own row: not made from the size."""
+        self.sized.pop(name, None)
+        self.source.pop(name, None)
+
+    def made_from_size(self, name: str) -> str | None:
+        """Why a graph output mixes rows: its values are made from the batch's size (arange(N)
+        returned, or a table looked up by it)."""
+        if name not in self.sized:
+            return None
+        return (
+            f"its values are made from the batch's size by {self.source[name]}: a request's answer "
+            "depends on the rows it is batched with"
+        )
 
     def reads_size(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> str | None:
         """Why `node` mixes rows: it takes a value made from the batch's size (or each row's place

@@ -109,3 +109,15 @@ def as_initialized(probe: onnx.ModelProto, model: onnx.ModelProto, fed: Collecti
             for size in shapes[value.name]:
                 value.type.tensor_type.shape.dim.add().dim_value = size
     return probe
+
+
+def own_names(probe: onnx.ModelProto) -> onnx.ModelProto:
+    """`probe` with the dims its exporter named by an expression ('4*batch') left unnamed, but for
+    the inputs': torch's dynamo gives a fold of (batch, heads) and one of (steps, batch) the same
+    name, and a name is taken for one size (a tester, session 51: nn.MultiheadAttention with as many
+    steps as heads was read as moving rows). onnx's inference names each anew."""
+    for value in (*probe.graph.value_info, *probe.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and not dim.dim_param.isidentifier():
+                dim.Clear()
+    return probe

@@ -32,17 +32,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from functools import partial
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from server.backends.graph_names import ONNX_DOMAIN, described, graphs, subgraphs
+from server.backends.graph_names import ONNX_DOMAIN, described, subgraphs
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
+from server.backends.onnx_grown_rows import computed_amounts, copied_batch
+from server.backends.onnx_mixing_graph import (
+    Dims,
+    Shapes,
+    Value,
+    all_nodes,
+    constant_value,
+    int_attribute,
+    returned_values,
+    standard_opset,
+    unnamed_first_dims,
+)
 from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
     MIXING_OPS,
@@ -51,14 +63,13 @@ from server.backends.onnx_mixing_ops import (
     paired_axes,
     scan_inputs,
 )
-from server.backends.onnx_mixing_probe import as_initialized, inferred_probe
+from server.backends.onnx_mixing_probe import as_initialized, inferred_probe, own_names
 from server.backends.onnx_output_shapes import inference_probe, input_first_dims
+from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows
 
 logger = logging.getLogger(__name__)
 
-Dims = list[int | str | None]
-Value = onnx.TensorProto | np.ndarray  # a constant, made into an array only when read
 COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
@@ -67,18 +78,16 @@ RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads th
 def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
     """Each graph output whose rows depend on other rows of the batch, and why (the op). `fed`:
     overridable initializers that clients may send; the others are their initializers' shape."""
-    if not input_first_dims(model) and not _unnamed_first_dims(model):
+    if not input_first_dims(model) and not unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
     read = MIXING_OPS | BROADCAST_OPS | RESHAPE_OPS
-    if not any(node.op_type in read for node in _nodes(model)):
+    if not any(node.op_type in read for node in all_nodes(model)):
         return {}
     try:
-        inferred = inferred_probe(
-            _unnamed_expressions(as_initialized(inference_probe(model, set()), model, fed))
-        )
+        inferred = inferred_probe(own_names(as_initialized(inference_probe(model, set()), model, fed)))
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, nothing flagged
         return {}
-    walk = _Walk(BatchNames(input_first_dims(inferred)), _opset(model), fed=frozenset(fed))
+    walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
     # The model's own initializers: the probe holds only small ones, and an index's offsets (a
     # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
     weights: dict[str, Value] = {init.name: init for init in model.graph.initializer if init.name not in fed}
@@ -91,78 +100,10 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
         return {}
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
     for out in model.graph.output:
-        folded = walk.folded_rows(out.name)
-        if out.name not in found and folded is not None:
-            found[out.name] = folded
+        why = walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
+        if out.name not in found and why is not None:
+            found[out.name] = why
     return found
-
-
-def _unnamed_expressions(probe: onnx.ModelProto) -> onnx.ModelProto:
-    """`probe` with the dims its exporter named by an expression ('4*batch') left unnamed, but for
-    the inputs': torch's dynamo gives a fold of (batch, heads) and one of (steps, batch) the same
-    name, and a name is taken for one size (a tester, session 51: nn.MultiheadAttention with as many
-    steps as heads was read as moving rows). onnx's inference names each anew."""
-    for value in (*probe.graph.value_info, *probe.graph.output):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") and not dim.dim_param.isidentifier():
-                dim.Clear()
-    return probe
-
-
-def _unnamed_first_dims(model: onnx.ModelProto) -> bool:
-    initializers = {init.name for init in model.graph.initializer}
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name not in initializers and dims and not dims[0].HasField("dim_value"):
-            return True
-    return False
-
-
-def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Every node of the graph and of its model-local functions, at any depth."""
-    tops = [
-        model.graph,
-        *(sub for function in model.functions for n in function.node for sub in subgraphs(n)),
-    ]
-    for function in model.functions:
-        yield from function.node
-    for top in tops:
-        for graph in graphs(top):
-            yield from graph.node
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ONNX_DOMAIN), 1)
-
-
-def _dims(value: onnx.ValueInfoProto) -> Dims | None:
-    tensor = value.type.tensor_type
-    if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-
-
-class _Shapes:
-    """Tensor name -> dims, read from a graph's value infos when first asked (a graph of 24,000
-    nodes had spent 0.1 s making every one), else from the enclosing graph's."""
-
-    def __init__(self, outer: _Shapes | None = None) -> None:
-        self._outer = outer
-        self._infos: dict[str, onnx.ValueInfoProto] = {}
-        self._dims: dict[str, Dims | None] = {}
-
-    def add(self, graph: onnx.GraphProto) -> None:
-        for value in (*graph.input, *graph.value_info, *graph.output):
-            self._infos[value.name] = value
-
-    def get(self, name: str) -> Dims | None:
-        if name not in self._dims:
-            info = self._infos.get(name)
-            dims = _dims(info) if info is not None else None
-            if dims is None and self._outer is not None:
-                dims = self._outer.get(name)
-            self._dims[name] = dims
-        return self._dims[name]
 
 
 class _Walk:
@@ -170,16 +111,18 @@ class _Walk:
     of the batch to the op that mixes them."""
 
     def __init__(
-        self, names: BatchNames, opset: int, shapes: _Shapes | None = None, fed: frozenset[str] = frozenset()
+        self, names: BatchNames, opset: int, shapes: Shapes | None = None, fed: frozenset[str] = frozenset()
     ) -> None:
         self.names = names  # the batch's symbols (onnx_batch_names.py)
         self.batch = names.batch
         self.opset = opset
         self.fed = fed  # initializers clients may send: never constants
         self.mixed: dict[str, str] = {}
-        self.shapes = shapes if shapes is not None else _Shapes()
+        self.shapes = shapes if shapes is not None else Shapes()
         self.constants: dict[str, Value] = {}  # values an axis may be read from
         self.values = BatchSizeValues(names)  # onnx_batch_size_value.py
+        self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
+        self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -187,10 +130,16 @@ class _Walk:
             if init.name not in self.fed:  # a client's value, not the initializer's (a tester, s51)
                 self.constants[init.name] = init
         self.shapes.add(graph)
+        for value in graph.input:  # a body's inputs are its node's: made from what feeds them
+            self.lineage.setdefault(
+                value.name, frozenset({value.name}) if value.name not in self.constants else frozenset()
+            )
         for node in graph.node:
-            self.values.see(node, self.shapes.get, partial(self._constant, node))
+            self._made_from(node)
+            self.values.see(node, self.shapes.get, partial(self._constant, node), self._lineage)
+            self.partial.see(node, self.shapes.get, partial(self._constant, node))
             why = self._mixes(node) or self._inherited(node)
-            value = _constant(node) if node.op_type == "Constant" else self._folded(node)
+            value = constant_value(node) if node.op_type == "Constant" else self._folded(node)
             if value is not None and node.output:
                 self.constants[node.output[0]] = value
             if why is None:
@@ -198,6 +147,15 @@ class _Walk:
             for name in node.output:
                 if name and why is not None:
                     self.mixed[name] = why
+
+    def _lineage(self, name: str) -> frozenset[str]:
+        return self.lineage.get(name, frozenset())
+
+    def _made_from(self, node: onnx.NodeProto) -> None:
+        made = frozenset().union(*(self.lineage.get(name, frozenset()) for name in node.input if name))
+        for out in node.output:
+            if out:
+                self.lineage[out] = made
 
     def folded_rows(self, name: str) -> str | None:
         """Why a graph output's rows are not the requests' rows: its first axis is the batch folded
@@ -219,16 +177,24 @@ class _Walk:
         for i in read:
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
+        returns: list[list[tuple[BatchNames, Dims | None]]] = []  # per output, each body's value
         for sub in subgraphs(node):
-            inner = _Walk(self.names.within(), self.opset, _Shapes(self.shapes), self.fed)
+            inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
             inner.mixed = dict(self.mixed)
             inner.values = self.values.within(inner.names)
+            inner.partial = self.partial.within()
+            inner.lineage = self.lineage  # one map: a graph's names are its own
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
                     return f"{inner.mixed[out.name]}, inside {described(node)}"
-            for body, made in _returned(node, sub):
-                self.names.adopt(inner.names, inner.shapes.get(body), self.shapes.get(made))
+            for k, body in enumerate(returned_values(node, sub)):
+                if k == len(returns):
+                    returns.append([])
+                returns[k].append((inner.names, inner.shapes.get(body)))
+        for k, made in enumerate(node.output[: len(returns)]):
+            # An If's branches must agree: one returning x, the other a table, names no batch.
+            self.names.adopt(returns[k], self.shapes.get(made))
         return None
 
     def _folded(self, node: onnx.NodeProto) -> np.ndarray | None:
@@ -242,7 +208,12 @@ class _Walk:
         if node.domain not in ONNX_DOMAIN:
             return None
         positions = self.values.positions
-        if node.op_type in ("Gather", "GatherND") and positions.own_rows(node, self._row_size):
+        if node.op_type in ("Gather", "GatherND") and positions.own_rows(node, self._row_size, self._lineage):
+            # The rows' axis of its output is the batch's: a Softmax over it mixes (a tester, s51).
+            out = self.shapes.get(node.output[0]) or []
+            axis = int_attribute(node, "axis", 0) if node.op_type == "Gather" else 0
+            self.names.mark(out[axis] if -len(out) <= axis < len(out) else None)
+            self.values.picked(node.output[0])  # its values are its rows', not made from the size
             return None
         sized = self.values.reads_size(node, self.shapes.get)
         if sized is not None:
@@ -251,6 +222,10 @@ class _Walk:
             return self._broadcast_pair(node)
         if node.op_type in RESHAPE_OPS:
             return self._reshape(node)
+        if node.op_type in ("Pad", "Tile", "Expand"):
+            grown = self._grown(node)
+            if grown is not None:
+                return grown
         if node.op_type not in MIXING_OPS:
             return None
         if node.op_type == "Scan":
@@ -294,6 +269,25 @@ class _Walk:
             f"{self._where(node, i, a - rank + len(dims[i]))} against "
             f"{self._where(node, j, b - rank + len(dims[j]))}, both the batch's axis"
         )
+
+    def _grown(self, node: onnx.NodeProto) -> str | None:
+        """A Pad or Tile whose amounts are computed, or an Expand copying the batch (onnx_grown_rows.py)."""
+        given = self.shapes.get(node.input[0])
+        if node.op_type == "Expand":
+            return copied_batch(node, given, self.shapes.get(node.output[0]), self.batch)
+        if (
+            len(node.input) < 2
+            or self._constant(node, 1) is not None
+            or (self.opset < 11 and node.op_type == "Pad")
+        ):
+            return None  # constant amounts: onnx_mixing_ops.py reads them
+        amounts = self.partial.entries(node.input[1], None)
+        axes = (
+            self.partial.entries(node.input[3], self._constant(node, 3))
+            if len(node.input) > 3 and node.input[3]
+            else None
+        )
+        return computed_amounts(node, given, amounts, axes, self.batch)
 
     def _reshape(self, node: onnx.NodeProto) -> str | None:
         """A reshape that moves values between the batch's rows; one that folds the batch into an
@@ -356,26 +350,3 @@ class _Walk:
             return None
         value: np.ndarray = numpy_helper.to_array(found)
         return value
-
-
-def _constant(node: onnx.NodeProto) -> Value | None:
-    for found in node.attribute:
-        if found.name == "value":
-            tensor: onnx.TensorProto = found.t
-            return tensor
-        if found.name in ("value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(found), dtype=np.int64)
-    return None
-
-
-def _returned(node: onnx.NodeProto, body: onnx.GraphProto) -> list[tuple[str, str]]:
-    """Each value a subgraph returns and the node's output it becomes: an If's outputs, a Loop's
-    carried values and scan outputs, a Scan's states."""
-    if node.op_type == "If":
-        return list(zip((out.name for out in body.output), node.output, strict=False))
-    if node.op_type == "Loop":
-        return list(zip((out.name for out in body.output[1:]), node.output, strict=False))
-    if node.op_type == "Scan":
-        states = len(node.input) - len(scan_inputs(node)[1])
-        return list(zip((out.name for out in body.output[:states]), node.output[:states], strict=False))
-    return []

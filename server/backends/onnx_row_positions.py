@@ -20,7 +20,7 @@ step count less a number), and the axis that holds the rows (it must stay the in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,7 +32,7 @@ Dim = int | str | None
 Dims = list[Dim]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
 RowSize = Callable[[str, int], Dim]  # (tensor, axis) -> values a row has there (1: the batch)
-_KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Expand"})
+_KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze"})  # a Reshape can move the rows' axis
 _STARTS = frozenset({"Shape", "ArgMax", "ArgMin", "TopK", "Mod", "ConstantOfShape"})  # what starts a trail
 
 
@@ -57,6 +57,7 @@ class RowIndex:
     offset: Bound
     rank: int
     column: bool = False
+    sources: frozenset[str] = frozenset()  # the graph inputs its stride's and offset's sizes are read from
 
     def within(self, size: Dim) -> bool:
         """Whether each row's indices stay among the `size` values of its own row."""
@@ -71,22 +72,35 @@ class RowPositions:
     """Tensors that hold each row's own position (RowIndex), bounded integer values (Bound), and
     single values that are a dim's size (a shape's dim read: Shape then Gather)."""
 
-    def __init__(self, roots: Collection[str]) -> None:
+    def __init__(self, roots: Collection[str], batch: Collection[str]) -> None:
         self.roots = roots
+        self.batch = batch  # every name the batch goes by (folds too)
         self.found: dict[str, RowIndex] = {}
         self.bounds: dict[str, Bound] = {}
         self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
         self.shapes: dict[str, Dims] = {}  # a Shape's output -> the dims it holds
         self.followed: set[str] = set()  # every tensor in any of the above
+        self.sources: dict[
+            str, frozenset[str]
+        ] = {}  # a followed tensor -> the inputs its sizes are read from
 
-    def within(self) -> RowPositions:
-        inner = RowPositions(self.roots)
+    def within(self, batch: Collection[str]) -> RowPositions:
+        inner = RowPositions(self.roots, batch)
         inner.found, inner.bounds = dict(self.found), dict(self.bounds)
         inner.sizes, inner.shapes, inner.followed = dict(self.sizes), dict(self.shapes), set(self.followed)
+        inner.sources = dict(self.sources)
         return inner
 
-    def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
-        """Follow row positions, bounds and sizes through `node`."""
+    def see(
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        sized: Callable[[str], bool] = lambda _: False,
+        lineage: Callable[[str], frozenset[str]] = lambda _: frozenset(),
+    ) -> None:
+        """Follow row positions, bounds and sizes through `node`; `sized`: whether a tensor's
+        values are made from the batch's size (an offset made from it is no row's own)."""
         if not node.output or not node.output[0]:
             return
         if node.op_type not in _STARTS and self.followed.isdisjoint(node.input):
@@ -94,6 +108,7 @@ class RowPositions:
         out = node.output[0]
         held = self._held(node, dims, constant)
         self.followed.update(node.output)  # a superset is harmless: it only skips the fast path
+        self._source(node, lineage)
         if held is not None:
             self.shapes[out] = held
         size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
@@ -106,20 +121,42 @@ class RowPositions:
             picked = _axis_bound(dims(node.input[0]), _int(node, "axis", -1))
             if picked is not None:
                 self.bounds[node.output[1]] = picked
-        found = self._index(node, constant)
+        found = self._index(node, dims, constant, sized)
         if found is not None:
-            self.found[out] = found
+            self.found[out] = replace(found, sources=self.sources.get(out, frozenset()))
 
-    def own_rows(self, node: onnx.NodeProto, row_size: RowSize) -> bool:
-        """A Gather or GatherND whose indices pick each row from its own row."""
+    def own_rows(
+        self, node: onnx.NodeProto, row_size: RowSize, lineage: Callable[[str], frozenset[str]]
+    ) -> bool:
+        """A Gather or GatherND whose indices pick each row from its own row: their bounds read
+        from the sizes of inputs the data is made from (a bound from another input's steps, of the
+        same declared name, let a client send that input wider and read the next request's row;
+        a tester, session 51)."""
         if len(node.input) < 2 or node.input[1] not in self.found:
             return False
         index = self.found[node.input[1]]
+        if not index.sources <= lineage(node.input[0]):
+            return False
         if node.op_type == "Gather" and not index.column:
             return index.within(row_size(node.input[0], _int(node, "axis", 0)))
         if node.op_type == "GatherND" and index.column and _int(node, "batch_dims", 0) == 0:
             return index.within(row_size(node.input[0], 0))
         return False
+
+    def _source(self, node: onnx.NodeProto, lineage: Callable[[str], frozenset[str]]) -> None:
+        """The graph inputs whose sizes `node`'s followed values are read from: a Shape's, an
+        ArgMax's or a TopK's input's; through other ops, their inputs' (the batch's own size, a
+        Range's limit, is alike in every input and is no source)."""
+        op = node.op_type
+        if op in ("Shape", "ArgMax", "ArgMin", "TopK"):
+            found = lineage(node.input[0]) if node.input else frozenset()
+        elif op == "Range":
+            found = frozenset()
+        else:
+            found = frozenset().union(*(self.sources.get(name, frozenset()) for name in node.input))
+        for out in node.output:
+            if out:
+                self.sources[out] = found
 
     def _held(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
@@ -149,8 +186,8 @@ class RowPositions:
             if shape is not None and picked is not None and picked.size == 1:
                 at = int(picked.flat[0])
                 return shape[at] if -len(shape) <= at < len(shape) else None
-        if op in ("Identity", "Cast", "Squeeze", "Unsqueeze") and node.input:
-            return self.sizes.get(node.input[0])
+        if op in ("Identity", "Squeeze", "Unsqueeze") or (op == "Cast" and _integer(node)):
+            return self.sizes.get(node.input[0]) if node.input else None
         return None
 
     def _bound(
@@ -174,7 +211,7 @@ class RowPositions:
             fill = attribute(node, "value", None)
             value = onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1)
             return _value_bound(value)
-        if op in _KEPT and node.input:
+        if op in _KEPT and node.input and (op != "Cast" or _integer(node)):  # int8 wraps (a tester)
             return self.bounds.get(node.input[0])
         if op in ("Add", "Sub") and len(node.input) == 2:
             given, other = self.bounds.get(node.input[0]), constant(1)
@@ -183,7 +220,13 @@ class RowPositions:
             return given.shifted(int(other.flat[0]) * (1 if op == "Add" else -1))
         return None
 
-    def _index(self, node: onnx.NodeProto, constant: Constant) -> RowIndex | None:
+    def _index(
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        sized: Callable[[str], bool],
+    ) -> RowIndex | None:
         op = node.op_type
         if op == "Range":
             start, delta = constant(0), constant(2)
@@ -202,13 +245,21 @@ class RowPositions:
         if op == "Unsqueeze" and given[0] is not None and not index.column:
             return _unsqueezed(node, index, constant)
         if op in ("Mul", "Add") and len(node.input) == 2 and not index.column:
-            other = 1 if given[0] is not None else 0
+            at = 1 if given[0] is not None else 0
+            other, value = node.input[at], constant(at)
+            shape = list(value.shape) if value is not None else dims(other)
+            if sized(other) or not _beside_rows(shape, index.rank, self.batch):
+                return None  # made from the batch's size, or broadcast across the rows
             if op == "Mul":
-                return _scaled(index, constant(other), self.sizes.get(node.input[other]))
-            return _shifted(index, constant(other), self.bounds.get(node.input[other]))
+                size = self.sizes.get(other)
+                return _scaled(index, value, None if size in self.roots else size)
+            return _shifted(index, value, self.bounds.get(other))
         if op == "Concat" and given[0] is not None and index.rank >= 2:
+            # The rows' column first, one wide, beside columns not made from the batch's size.
             last = _int(node, "axis", 0) % index.rank == index.rank - 1
-            return replace(index, column=True) if last else None
+            one_wide = (dims(node.input[0]) or [None])[-1] == 1
+            others = not any(sized(name) for name in node.input[1:])
+            return replace(index, column=True) if last and one_wide and others else None
         return None
 
 
@@ -227,6 +278,20 @@ def _axis_bound(shape: Dims | None, axis: int) -> Bound | None:
         return None
     size = shape[axis]
     return Bound(0, None, size - 1) if isinstance(size, int) else Bound(0, size, -1)
+
+
+def _beside_rows(shape: Sequence[Dim] | None, rank: int, batch: Collection[str]) -> bool:
+    """Whether a tensor of `shape` added to or multiplying an index of `rank` axes leaves the rows'
+    axis first and alone: no more axes than the index, the batch or one value along the rows' axis
+    where it reaches it, and the batch along no other (an offset [N] beside an index [N, 1] made it
+    [N, N]: each row's answer from every row's offsets; a tester, session 51)."""
+    if shape is None or len(shape) > rank or any(dim is None for dim in shape):
+        return False
+    reaches = len(shape) == rank
+    rest = shape[1:] if reaches else shape
+    if any(isinstance(dim, str) and dim in batch for dim in rest):
+        return False
+    return not reaches or shape[0] == 1 or (isinstance(shape[0], str) and shape[0] in batch)
 
 
 def _value_bound(value: np.ndarray) -> Bound | None:

@@ -23,16 +23,19 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
     """x FP32 [N,1] -> y FP32 [N,1]: y = x + tiny * sum(W^k), a fixed cost per batch, whatever N.
 
-    A chain of `matmuls` [size,size] products scaled by the batch's element count (a shape, so
-    onnxruntime cannot fold it away): a model whose every batch keeps its instance busy for a
-    while. Scaled by the sum of the batch's values, the load read the rows as mixed (they were,
-    by 1e-9) and refused to batch it (server/backends/onnx_row_mixing.py).
+    A chain of `matmuls` [size,size] products scaled by x's second dim read from its shape (1, but
+    declared 'K', so onnxruntime cannot fold it away): a model whose every batch keeps its
+    instance busy for a while. Scaled by the sum of the batch's values, or by its element count,
+    the load read the rows as mixed (they were, by 1e-9: the answer depended on the batch) and
+    refused to batch it (server/backends/onnx_row_mixing.py).
     """
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
     inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.float32(1e-9), "tiny")]
+    inits.append(numpy_helper.from_array(np.int64(1), "second"))
     nodes = [
-        helper.make_node("Size", ["x"], ["count"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "second"], ["count"], axis=0),
         helper.make_node("Cast", ["count"], ["s"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["W", "s"], ["m0"]),
     ]
@@ -46,8 +49,8 @@ def slow_model(path: Path, matmuls: int = 12, size: int = 768) -> Path:
     graph = helper.make_graph(
         nodes,
         "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "K"])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

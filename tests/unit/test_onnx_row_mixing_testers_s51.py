@@ -171,10 +171,12 @@ def test_a_range_over_a_folds_length_is_not_each_rows_place() -> None:
 
 def _last_token(offsets: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
     """h[arange(N), idx] as torch's legacy exporter writes it: a Gather from h flattened to
-    [N*T, C] at arange(N) * T + idx; `offsets` make 'idx' from 'ids' [N, T]."""
-    h = helper.make_tensor_value_info("h", F, ["N", "T", 8])
+    [N*T, C] at arange(N) * T + idx, h the embeddings of 'ids' [N, T]; `offsets` make 'idx' from
+    'ids'."""
     ids = helper.make_tensor_value_info("ids", I64, ["N", "T"])
+    table = numpy_helper.from_array(np.ones((50, 8), np.float32), "table")
     nodes = [
+        _node("Gather", ["table", "ids"], "h", axis=0),
         *offsets,
         _node("Shape", ["h"], "s"),
         _node("Gather", ["s", "zero"], "n", axis=0),
@@ -185,8 +187,8 @@ def _last_token(offsets: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorPr
         _node("Flatten", ["h"], "tokens", axis=2),
         _node("Gather", ["tokens", "at"], "y", axis=0),
     ]
-    given = [_ints("zero", 0), _ints("one", 1), _ints("at1", [1]), *inits]
-    return _model(nodes, given, inputs=[h, ids])
+    given = [_ints("zero", 0), _ints("one", 1), _ints("at1", [1]), table, *inits]
+    return _model(nodes, given, inputs=[ids])
 
 
 def test_a_per_row_pick_from_the_flattened_tokens_is_batched_when_its_index_stays_in_the_row() -> None:
@@ -233,3 +235,143 @@ def test_an_output_whose_first_axis_is_a_fold_of_the_batch_is_not_split_by_rows(
     assert got["y"].startswith("its first axis ['N*4'] is the batch's axis folded with other values")
     one = [_node("Reshape", ["x", "rows"], "y")]
     assert row_mixing_outputs(_model(one, [_ints("rows", [-1, 4])])) == {}  # [N, 4] as it was
+
+
+# --- round two (tester I, at a5e946a): the acceptance rules attacked ---
+
+
+def _flat_pick(offset: Sequence[onnx.NodeProto], index_from: str = "off") -> list[onnx.NodeProto]:
+    """flatten(x)[arange(N)[:, None] * 4 + offsets] for x [N, 4]: `offset` makes 'off'."""
+    return [
+        _node("Reshape", ["x", "flat"], "f"),
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Unsqueeze", ["rows", "axis1"], "column"),
+        _node("Mul", ["column", "four"], "starts"),
+        *offset,
+        _node("Add", ["starts", index_from], "at"),
+        _node("Gather", ["f", "at"], "y", axis=0),
+    ]
+
+
+_PICK = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("four", 4)]
+
+
+def test_a_bound_cast_to_a_narrow_int_or_broadcast_across_rows_is_no_proof() -> None:
+    argmax = [_node("ArgMax", ["x"], "am", axis=1, keepdims=1)]  # [N, 1] in [0, 4)
+    assert row_mixing_outputs(_model(_flat_pick(argmax, "am"), _PICK)) == {}
+    narrow = [*argmax, _node("Cast", ["am"], "off", to=TensorProto.INT8)]
+    assert row_mixing_outputs(_model(_flat_pick(narrow), _PICK))  # int8 wraps negative
+    flat = [_node("ArgMax", ["x"], "off", axis=1, keepdims=0)]  # [N] beside [N, 1]: [N, N]
+    assert row_mixing_outputs(_model(_flat_pick(flat), _PICK))
+
+
+def test_a_bound_read_from_another_inputs_steps_is_no_proof() -> None:
+    # h's T and mask's T share a declared name, but a client may send mask wider.
+    mask = helper.make_tensor_value_info("mask", F, ["N", "T"])
+    x = helper.make_tensor_value_info("x", F, ["N", "T"])
+    nodes = [
+        _node("ArgMax", ["mask"], "am", axis=1, keepdims=1),
+        _node("Reshape", ["x", "flat"], "f"),
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Unsqueeze", ["rows", "axis1"], "column"),
+        _node("Gather", ["s", "at1"], "t", axis=0),
+        _node("Mul", ["column", "t"], "starts"),
+        _node("Add", ["starts", "am"], "at"),
+        _node("Gather", ["f", "at"], "y", axis=0),
+    ]
+    inits = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("at1", [1])]
+    assert "Gather" in row_mixing_outputs(_model(nodes, inits, inputs=[x, mask]))["y"]
+    own = [_node("ArgMax", ["x"], "am", axis=1, keepdims=1), *nodes[1:]]
+    assert row_mixing_outputs(_model(own, inits, inputs=[x, mask])) == {}
+
+
+def test_the_rows_of_an_own_row_pick_are_the_batchs() -> None:
+    picked = [*_flat_pick([], "zero"), _node("Softmax", ["y"], "s", axis=0)]
+    nodes = [n for n in picked if n.output[0] != "y"] + [_node("Gather", ["f", "at"], "g", axis=0)]
+    nodes.append(_node("Softmax", ["g"], "y", axis=0))
+    assert "Softmax" in row_mixing_outputs(_model(nodes, _PICK))["y"]
+
+
+def test_a_gather_nd_whose_columns_all_hold_the_row_is_no_own_row_pick() -> None:
+    nodes = [
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Unsqueeze", ["rows", "axis1"], "column"),
+        _node("Add", ["column", "pair"], "both"),  # [N, 2]: (i, i)
+        _node("Concat", ["both"], "ix", axis=1),
+        _node("GatherND", ["x", "ix"], "y"),
+    ]
+    inits = [_ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("pair", [[0, 0]])]
+    assert row_mixing_outputs(_model(nodes, inits, shape=("N", 8)))
+
+
+def test_values_made_from_the_batchs_size_that_are_an_output_mix() -> None:
+    place = [
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "y"),
+    ]
+    got = row_mixing_outputs(_model(place, [_ints("zero", 0), _ints("one", 1)]))["y"]
+    assert got.startswith("its values are made from the batch's size by the Shape node making 's'"), got
+
+
+def test_pads_and_repeats_computed_at_run_time_may_add_rows() -> None:
+    # pads [x.shape[1] // 4, 0, 0, 0]: the batch's first pad computed.
+    computed = [
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "at1"], "w", axis=0),
+        _node("Div", ["w", "four"], "q"),
+        _node("Concat", ["q", "zeros3"], "pads", axis=0),
+        _node("Pad", ["x", "pads"], "y"),
+    ]
+    inits = [_ints("at1", [1]), _ints("four", [4]), _ints("zeros3", [0, 0, 0])]
+    wide = ("N", "W")  # W // 4 is not known at load
+    assert (
+        "may add rows to the batch's axis 0" in row_mixing_outputs(_model(computed, inits, shape=wide))["y"]
+    )
+    # Swin's: the batch's pads written as 0, the others computed: kept.
+    swin = [*computed[:3], _node("Concat", ["zeros3", "q"], "pads", axis=0), computed[4]]
+    assert row_mixing_outputs(_model(swin, inits, shape=wide)) == {}
+    # With x [N, 4] the pads work out at load as [1, 0, 0, 0]: a row added, read as such.
+    assert row_mixing_outputs(_model(computed, inits, shape=("N", 4)))
+    tiled = [*computed[:3], _node("Concat", ["q", "one"], "reps", axis=0), _node("Tile", ["x", "reps"], "y")]
+    assert "may add rows" in row_mixing_outputs(_model(tiled, [*inits, _ints("one", [1])], shape=wide))["y"]
+
+
+def test_an_expand_that_copies_the_batch_along_another_axis_mixes() -> None:
+    nodes = [
+        _node("Unsqueeze", ["x", "axis0"], "u"),  # [1, N, 4]
+        _node("Shape", ["x"], "s"),
+        _node("Slice", ["s", "zero", "one"], "n"),
+        _node("Concat", ["n", "s"], "target", axis=0),  # [N, N, 4]
+        _node("Expand", ["u", "target"], "e"),
+        _node("Shape", ["x"], "xs"),
+        _node("Reshape", ["e", "rows"], "y"),
+    ]
+    inits = [_ints("axis0", [0]), _ints("zero", [0]), _ints("one", [1]), _ints("rows", [0, -1])]
+    assert "copies the whole batch along axis" in row_mixing_outputs(_model(nodes, inits))["y"]
+
+
+def test_an_if_names_the_batch_only_where_every_branch_returns_it() -> None:
+    table = numpy_helper.from_array(np.ones((8, 4), np.float32), "table")
+    then = helper.make_graph(
+        [_node("Identity", ["x"], "a")], "t", [], [helper.make_tensor_value_info("a", F, None)]
+    )
+    other = helper.make_graph(
+        [_node("Identity", ["table"], "b")], "e", [], [helper.make_tensor_value_info("b", F, None)]
+    )
+    nodes = [
+        _node("If", ["cond"], "f", then_branch=then, else_branch=other),
+        _node("Shape", ["x"], "s"),
+        _node("Gather", ["s", "zero"], "n", axis=0),
+        _node("Range", ["zero", "n", "one"], "rows"),
+        _node("Gather", ["f", "rows"], "g", axis=0),  # table[arange(N)] when the table is taken
+        _node("Add", ["g", "x"], "y"),
+    ]
+    inits = [numpy_helper.from_array(np.array(False), "cond"), table, _ints("zero", 0), _ints("one", 1)]
+    assert row_mixing_outputs(_model(nodes, inits))

@@ -1,0 +1,183 @@
+"""Small integer tensors known in part: a Pad's pads or a Tile's repeats that a graph computes from
+its input's shape, some entries constants (torchvision's Swin pads its height and width by amounts
+read from the shape, and its batch by a written 0; torch's legacy F.pad writes them through a
+Concat, a Reshape to pairs, a reversing Slice and a Transpose). onnx_row_mixing.py asks whether such
+a Pad or Tile leaves the batch's axis as it is: an unknown entry there may add rows (a tester,
+session 51: pads [x.shape[1] // 4, 0, 0, 0] loaded batched and gave each request the row before
+it, OK).
+
+A tensor is kept as an array of Python ints and None (computed), at most MAX_ELEMENTS entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from server.backends.graph_names import attribute
+
+Dims = list[int | str | None]
+Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where computed
+Constant = Callable[[int], "np.ndarray | None"]
+MAX_ELEMENTS = 64  # larger tensors are not followed
+_MOVES = frozenset(
+    {"Concat", "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape"}
+)
+_KEPT = frozenset({"Cast", "Identity"})
+_COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
+
+
+class PartialInts:
+    """Integer tensors whose entries are known in part (None where computed)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, np.ndarray] = {}
+
+    def within(self) -> PartialInts:
+        inner = PartialInts()
+        inner.known = dict(self.known)
+        return inner
+
+    def entries(self, name: str, value: np.ndarray | None) -> Entries | None:
+        """The entries of `name`, flat: its constant value, or what was followed; None: not even
+        how many are known."""
+        found = _of(value) if value is not None else self.known.get(name)
+        return None if found is None else tuple(found.reshape(-1).tolist())
+
+    def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
+        op = node.op_type
+        if (op != "Shape" and op not in _MOVES | _KEPT | _COMPUTED) or not node.output or not node.output[0]:
+            return
+        try:
+            made = self._made(node, dims, constant)
+        except (ValueError, IndexError, TypeError):  # a graph onnxruntime would refuse: not followed
+            return
+        found = None if made is None else np.asarray(made, dtype=object)  # a scalar taken: an array
+        if found is not None and found.size <= MAX_ELEMENTS:
+            self.known[node.output[0]] = found
+
+    def _made(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> np.ndarray | None:
+        op = node.op_type
+        if op == "Shape":
+            shape = dims(node.input[0])
+            if shape is None:
+                return None
+            start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(shape))).indices(len(shape))
+            return np.array([d if isinstance(d, int) else None for d in shape[start:end]], dtype=object)
+        if op == "ConstantOfShape":  # its fill (0 by default) as long as its shape says
+            fill = attribute(node, "value", None)
+            value = (
+                onnx.numpy_helper.to_array(fill)
+                if isinstance(fill, onnx.TensorProto)
+                else np.zeros(1, np.int64)
+            )
+            lengths = self._given(node.input[0], dims, constant(0)) if node.input else None
+            sizes = lengths.reshape(-1).tolist() if lengths is not None else None
+            known = np.full(sizes, None, dtype=object) if sizes is not None and None not in sizes else None
+            known = (
+                known if known is not None and known.size <= MAX_ELEMENTS else _unknown(dims(node.output[0]))
+            )
+            if known is None or value.dtype.kind not in "iu":
+                return known
+            known[...] = int(value.flat[0])
+            return known
+        given = [self._given(name, dims, constant(i)) for i, name in enumerate(node.input)]
+        if (
+            op in _COMPUTED
+            and given
+            and all(g is not None and None not in g.reshape(-1).tolist() for g in given)
+        ):
+            return _computed(op, [g.astype(np.int64) for g in given if g is not None])
+        if op in _COMPUTED or not given or given[0] is None:
+            return _unknown(dims(node.output[0]))
+        data = given[0]
+        if op in _KEPT:
+            return data
+        if op == "Concat":
+            parts = [part for part in given if part is not None]
+            return np.concatenate(parts, axis=_int(node, "axis", 0)) if len(parts) == len(given) else None
+        return _moved(node, data, constant)
+
+    def _given(
+        self, name: str, dims: Callable[[str], Dims | None], value: np.ndarray | None
+    ) -> np.ndarray | None:
+        if value is not None:
+            return _of(value)
+        if name in self.known:
+            return self.known[name]
+        return _unknown(dims(name))
+
+
+def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.ndarray | None:
+    """A Reshape, Slice, Transpose, Squeeze, Unsqueeze or Gather of known-in-part entries, with
+    constant arguments."""
+    op = node.op_type
+    if op == "Transpose":
+        perm = attribute(node, "perm", None)
+        return data.transpose([int(p) for p in perm]) if isinstance(perm, list) else data.T
+    argument = constant(1) if len(node.input) > 1 else None
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = argument if argument is not None else np.asarray(attribute(node, "axes", []), np.int64)
+        if op == "Squeeze":
+            return np.squeeze(data, axis=tuple(int(a) for a in axes.flat)) if axes.size else np.squeeze(data)
+        for axis in sorted(int(a) % (data.ndim + axes.size) for a in axes.flat):
+            data = np.expand_dims(data, axis)
+        return data
+    if argument is None:
+        return None
+    if op == "Reshape":
+        shape = [data.shape[i] if d == 0 else int(d) for i, d in enumerate(argument.flat)]
+        return data.reshape(shape)
+    if op == "Gather":
+        return np.take(data, argument.astype(np.int64), axis=_int(node, "axis", 0))
+    bounds = [constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)]
+    if bounds[0] is None or bounds[1] is None:
+        return None
+    picked: list[int] = (
+        [int(a) for a in bounds[2].flat] if bounds[2] is not None else list(range(bounds[0].size))
+    )
+    steps: list[int] = [int(s) for s in bounds[3].flat] if bounds[3] is not None else [1] * bounds[0].size
+    index = [slice(None)] * data.ndim
+    for axis, start, end, step in zip(picked, bounds[0].flat, bounds[1].flat, steps, strict=True):
+        index[int(axis)] = slice(
+            int(max(min(start, 2**62), -(2**62))), int(max(min(end, 2**62), -(2**62))), int(step)
+        )
+    return data[tuple(index)]
+
+
+def _computed(op: str, values: list[np.ndarray]) -> np.ndarray | None:
+    """Integer arithmetic on entries all known (a pad's length: 8 less the 6 written)."""
+    unary = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil}
+    binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
+    if op in unary and len(values) == 1:
+        made = unary[op](values[0])
+    elif op in binary and len(values) == 2:
+        made = binary[op](values[0], values[1])
+    elif op in ("Div", "Mod") and len(values) == 2 and np.all(values[1] != 0):
+        made = np.floor_divide(*values) if op == "Div" else np.mod(*values)
+    else:
+        return None
+    return np.array(np.asarray(made, np.int64).tolist(), dtype=object)
+
+
+def _of(value: np.ndarray) -> np.ndarray | None:
+    if value.dtype.kind not in "iu" or value.size > MAX_ELEMENTS:
+        return None
+    return np.array(value.tolist(), dtype=object).reshape(value.shape)
+
+
+def _unknown(shape: Dims | None) -> np.ndarray | None:
+    """Computed entries, where how many is known."""
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    sizes = [int(d) for d in shape if isinstance(d, int)]
+    return np.full(sizes, None, dtype=object) if int(np.prod(sizes)) <= MAX_ELEMENTS else None
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    value = attribute(node, name, default)
+    return value if isinstance(value, int) else default
