@@ -20,9 +20,12 @@ of If, Loop and Scan are read, a Loop's or Scan's body inputs given the shapes o
 node feeds them where the body does not declare them, and so are model-local functions (inlined
 first). A Scan along the batch with state carries the state from row to row.
 A Reshape or Flatten is read by onnx_reshape_rows.py: one that moves values between rows mixes,
-one that folds the batch into an axis makes that axis the batch's for the ops after it. The batch's
-size read as a value and met with the data mixes (onnx_batch_size_value.py); a Gather or GatherND
-whose indices are each row's own position does not (onnx_row_positions.py).
+one that folds the batch into an axis makes that axis the batch's for the ops after it; the names
+the batch goes by are kept in onnx_batch_names.py. The batch's size taken as a value mixes
+(onnx_batch_size_value.py); a Gather or GatherND whose indices are each row's own place does not
+(onnx_row_positions.py). A Pad or Tile of computed amounts, or an Expand copying the batch, may add
+rows (onnx_grown_rows.py, with onnx_partial_ints.py). Initializers clients may send are never read
+as constants.
 Not covered: a reshape whose dims onnx cannot infer, Einsum, custom-domain ops, values computed
 from the data. A graph the reading cannot read (onnx refuses it, or an axis is stored as external
 data) is not flagged: no proof.
