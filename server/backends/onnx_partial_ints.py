@@ -27,6 +27,7 @@ _MOVES = frozenset(
 )
 _KEPT = frozenset({"Cast", "Identity"})
 _COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
+_FOLLOWED = _MOVES | _KEPT | _COMPUTED | {"Shape"}
 
 
 class PartialInts:
@@ -48,8 +49,10 @@ class PartialInts:
 
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
         op = node.op_type
-        if (op != "Shape" and op not in _MOVES | _KEPT | _COMPUTED) or not node.output or not node.output[0]:
+        if op not in _FOLLOWED or not node.output or not node.output[0]:
             return
+        if op != "Shape" and not any(name in self.known for name in node.input):
+            return  # nothing known in part comes in: a constant is folded elsewhere, the rest unknown
         try:
             made = self._made(node, dims, constant)
         except (ValueError, IndexError, TypeError):  # a graph onnxruntime would refuse: not followed

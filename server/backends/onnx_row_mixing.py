@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 
 import numpy as np
@@ -125,6 +125,7 @@ class _Walk:
         self.constants: dict[str, Value] = {}  # values an axis may be read from
         self.values = BatchSizeValues(names)  # onnx_batch_size_value.py
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
+        self.producers: dict[str, Sequence[str]] = {}  # a tensor -> its node's inputs
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
@@ -152,13 +153,31 @@ class _Walk:
                     self.mixed[name] = why
 
     def _lineage(self, name: str) -> frozenset[str]:
-        return self.lineage.get(name, frozenset())
+        """The graph inputs `name` is made from, worked out when first asked (rarely: an own-row
+        pick's data) from each tensor's producer, and kept."""
+        stack = [name]
+        while stack:
+            top = stack[-1]
+            if top in self.lineage:
+                stack.pop()
+                continue
+            waiting = [
+                source for source in self.producers.get(top, ()) if source and source not in self.lineage
+            ]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            made: frozenset[str] = frozenset()
+            for source in self.producers.get(top, ()):
+                made = made | self.lineage.get(source, frozenset())
+            self.lineage[top] = made
+            stack.pop()
+        return self.lineage[name]
 
     def _made_from(self, node: onnx.NodeProto) -> None:
-        made = frozenset().union(*(self.lineage.get(name, frozenset()) for name in node.input if name))
         for out in node.output:
             if out:
-                self.lineage[out] = made
+                self.producers[out] = node.input
 
     def folded_rows(self, name: str) -> str | None:
         """Why a graph output's rows are not the requests' rows: its first axis is the batch folded
@@ -186,7 +205,7 @@ class _Walk:
             inner.mixed = dict(self.mixed)
             inner.values = self.values.within(inner.names)
             inner.partial = self.partial.within()
-            inner.lineage = self.lineage  # one map: a graph's names are its own
+            inner.lineage, inner.producers = self.lineage, self.producers  # a graph's names are its own
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
