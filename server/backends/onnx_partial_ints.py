@@ -94,7 +94,9 @@ class PartialInts:
             and given
             and all(g is not None and None not in g.reshape(-1).tolist() for g in given)
         ):
-            return _computed(op, [g.astype(np.int64) for g in given if g is not None])
+            done = _computed(op, [g.astype(np.int64) for g in given if g is not None])
+            if done is not None:
+                return done
         if op in _COMPUTED or not given or given[0] is None:
             return _unknown(dims(node.output[0]))
         data = given[0]
