@@ -33,6 +33,7 @@ Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input
 EVERY = frozenset({-1})  # every value of the tensor depends on the batch's size
 
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Abs", "Floor", "Ceil", "Round"})
+_PICKS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements"})  # index input 1
 # Inputs that take a size as a shape, an axis or a count: a batch's size there keeps rows their own
 # (x.view(x.size(0), -1), new_zeros(N, ...), a Slice to the batch's length is read by its own rule).
 _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -116,6 +117,12 @@ class BatchSizeValues:
             return f"{described(node)} chooses its branch by the batch's size: its condition is {made}"
         for name in node.input:
             if name and name not in self.sized and any(d in self.names.batch for d in dims(name) or []):
+                if node.op_type in _PICKS and len(node.input) > 1 and valued[0] == node.input[1]:
+                    return (
+                        f"{described(node)} picks from '{name}' at indices {made}, each row's place "
+                        "in the batch: the load cannot prove each row picks only from its own (an "
+                        "ArgMax, TopK or Mod over the row's steps, or constants, would bound them)"
+                    )
                 return f"{described(node)} takes the batch's size as a value: it meets '{name}' with {made}"
         return None
 
