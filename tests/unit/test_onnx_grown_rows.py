@@ -42,6 +42,9 @@ def test_a_tile_keeps_rows_where_its_repeat_on_the_batchs_axis_is_known_one(
         ((2, 2), (-1,), True),
         ((2, 2), (0,), False),
         ((0, 0), (None,), False),  # an axis not known
+        ((2, 2), (-2,), False),  # -2 of two axes is the batch's
+        ((0, 0, 0, 5), (1, 0), False),  # axes [1, 0]: the batch's end pad is the last
+        ((0, 0, 5, 0), (1, 0), True),
     ],
 )
 def test_a_pad_keeps_rows_where_the_batchs_axis_is_padded_by_zero(
@@ -78,3 +81,5 @@ def test_an_expand_copying_the_batch_along_another_axis() -> None:
     assert copied_batch(expand, ["N", 4], None, BATCH) is None
     assert copied_batch(expand, [1, "N", 4], ["N", 4], BATCH) is None  # more axes in than out
     assert copied_batch(expand, ["T", 1], ["T", "N"], BATCH) is None  # its input carries no batch
+    behind = copied_batch(expand, ["N", 1], [3, "N", "N"], BATCH)  # a new axis ahead, then widened
+    assert behind is not None and "along axis 2" in behind and "on axis 1" in behind
