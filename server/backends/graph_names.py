@@ -5,10 +5,11 @@ it (their nodes' form depends on it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import onnx
 
+_Dim = int | str | None
 ONNX_DOMAIN = ("", "ai.onnx")  # ONNX's own operators: one domain, two spellings
 
 
@@ -35,6 +36,26 @@ def attribute(node: onnx.NodeProto, name: str, default: object) -> object:
         if found.name == name:
             return onnx.helper.get_attribute_value(found)
     return default
+
+
+def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    """An int attribute's value, `default` where it has none or holds another kind."""
+    value = attribute(node, name, default)
+    return value if isinstance(value, int) else default
+
+
+def shape_read(node: onnx.NodeProto, dims: Sequence[_Dim]) -> list[_Dim]:
+    """The dims a Shape node reads of a tensor with `dims`: from its `start` to its `end`."""
+    start, end, _ = slice(int_attribute(node, "start", 0), int_attribute(node, "end", len(dims))).indices(
+        len(dims)
+    )
+    return list(dims[start:end])
+
+
+def slice_bound(value: object) -> int:
+    """A Slice's start or end as a Python int, within what a slice of any real axis needs (torch
+    writes 2**63 - 1 for "to the end", which numpy's int64 arithmetic would wrap)."""
+    return int(max(min(int(value), 2**62), -(2**62)))  # type: ignore[call-overload]
 
 
 def described(node: onnx.NodeProto) -> str:

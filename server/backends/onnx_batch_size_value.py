@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute, described
+from server.backends.graph_names import described, int_attribute, shape_read, slice_bound
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_row_positions import RowPositions
 
@@ -139,7 +139,7 @@ class BatchSizeValues:
             return frozenset()
         if op in _KEPT or (op == "Reshape" and taken[0]):
             return taken[0]
-        if op == "Gather" and _int(node, "axis", 0) == 0 and taken[0]:
+        if op == "Gather" and int_attribute(node, "axis", 0) == 0 and taken[0]:
             return _picked(taken[0], constant(1), _length(dims(node.input[0])))
         if op == "Slice" and taken[0]:
             return _sliced(taken[0], node, constant, _length(dims(node.input[0])))
@@ -152,16 +152,13 @@ class BatchSizeValues:
         """A Shape's positions that hold the batch's size (or a fold's), or a Size's value."""
         if shape is None:
             return frozenset()
-        held = [a for a, dim in enumerate(shape) if isinstance(dim, str) and dim in self.names.batch]
+
+        def batch(dim: int | str | None) -> bool:
+            return isinstance(dim, str) and dim in self.names.batch
+
         if node.op_type == "Size":
-            return EVERY if held else frozenset()
-        start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(shape))).indices(len(shape))
-        return frozenset(a - start for a in held if start <= a < end)
-
-
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    value = attribute(node, name, default)
-    return value if isinstance(value, int) else default
+            return EVERY if any(batch(dim) for dim in shape) else frozenset()
+        return frozenset(at for at, dim in enumerate(shape_read(node, shape)) if batch(dim))
 
 
 def _length(shape: Dims | None, value: np.ndarray | None = None) -> int | None:
@@ -196,7 +193,7 @@ def _sliced(
     if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
         return EVERY
     step = int(steps.flat[0]) if steps is not None else 1
-    start, end = (int(min(max(b.flat[0], -(2**62)), 2**62)) for b in (first, last))
+    start, end = slice_bound(first.flat[0]), slice_bound(last.flat[0])
     kept = range(length)[start:end:step]
     return frozenset(k for k, i in enumerate(kept) if i in sized)
 

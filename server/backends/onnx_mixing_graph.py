@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from server.backends.graph_names import ONNX_DOMAIN, attribute, graphs, subgraphs
+from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_mixing_ops import scan_inputs
 
 Dims = list[int | str | None]
@@ -80,11 +80,6 @@ def constant_value(node: onnx.NodeProto) -> Value | None:
         if found.name in ("value_int", "value_ints"):
             return np.asarray(onnx.helper.get_attribute_value(found), dtype=np.int64)
     return None
-
-
-def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    value = attribute(node, name, default)
-    return value if isinstance(value, int) else default
 
 
 def returned_values(node: onnx.NodeProto, body: onnx.GraphProto) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute as attr
+from server.backends.graph_names import int_attribute
 
 Axes = list[tuple[int, Sequence[int]]]  # (input index, the axes of that input the op mixes along)
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
@@ -89,11 +90,6 @@ VALUE_INPUTS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    value = attr(node, name, default)
-    return value if isinstance(value, int) else default
-
-
 def mixed_axes(
     node: onnx.NodeProto,
     ranks: Sequence[int],
@@ -106,18 +102,18 @@ def mixed_axes(
     Slice's starts: how many axes it names); `opset`: the model's standard opset."""
     op, rank = node.op_type, ranks[0] if ranks else 0
     if op in _SOFTMAX_OPS:
-        axis = _int(node, "axis", -1 if opset >= 13 else 1)
+        axis = int_attribute(node, "axis", -1 if opset >= 13 else 1)
         # Before opset 13 the input is read as 2-D, [axis:] flattened into each row.
         return [(0, [axis] if opset >= 13 else range(axis % max(rank, 1), rank))]
     if op in _AXIS_OPS:
         default, name = _AXIS_OPS[op]
-        return [(0, [_int(node, name, default)])]
+        return [(0, [int_attribute(node, name, default)])]
     if op == "CumSum":
         return _one_axis(constant(1))
     if op in REDUCE_OPS:
         return [(0, _reduced(node, rank, constant))]
     if op == "LayerNormalization":
-        return [(0, range(_int(node, "axis", -1) % max(rank, 1), rank))]
+        return [(0, range(int_attribute(node, "axis", -1) % max(rank, 1), rank))]
     if op == "MeanVarianceNormalization":
         return [(0, list(attr(node, "axes", [0, 2, 3])))]  # type: ignore[call-overload]
     if op == "BatchNormalization" and _training(node, opset):
@@ -129,12 +125,12 @@ def mixed_axes(
     if op == "LRN":
         return [(0, [1])]  # across channels
     if op == "GatherND":
-        return [(0, [_int(node, "batch_dims", 0)])]  # the first axis its indices name
+        return [(0, [int_attribute(node, "batch_dims", 0)])]  # the first axis its indices name
     if op == "ScatterND":
         return [(0, [0])]  # its indices name positions from the data's axis 0 on
     if op == "DFT":
         if opset < 20:
-            return [(0, [_int(node, "axis", 1)])]
+            return [(0, [int_attribute(node, "axis", 1)])]
         return _one_axis(constant(2)) if len(node.input) > 2 and node.input[2] else [(0, [-2])]
     if op == "MatMul":  # the axes contracted (a 1-D second input has only one)
         second = len(ranks) > 1 and ranks[1] == 1
@@ -155,9 +151,9 @@ def _moved(node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequen
     if op == "Slice":
         return [(0, _sliced(node, opset, constant, lengths[1] if len(lengths) > 1 else None))]
     if op in ("Split", "SplitToSequence"):
-        return [(0, [_int(node, "axis", 0)])]
+        return [(0, [int_attribute(node, "axis", 0)])]
     if op == "Concat" and len(node.input) > 1:
-        return [(i, [_int(node, "axis", 0)]) for i in range(len(node.input))]
+        return [(i, [int_attribute(node, "axis", 0)]) for i in range(len(node.input))]
     if op == "Pad":
         return [(0, _padded(node, opset, constant))]
     if op == "Tile" and (repeats := constant(1)) is not None:
@@ -223,7 +219,7 @@ def _padded(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[in
 def scan_inputs(node: onnx.NodeProto) -> tuple[int, list[int]]:
     """A Scan's count of state inputs (they come first) and the axis each scan input after them is
     scanned along."""
-    scanned = _int(node, "num_scan_inputs", 0)
+    scanned = int_attribute(node, "num_scan_inputs", 0)
     axes = attr(node, "scan_input_axes", None)
     return len(node.input) - scanned, [int(a) for a in axes][:scanned] if isinstance(axes, list) else [
         0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute
+from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
 
 Dims = list[int | str | None]
 Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where computed
@@ -69,8 +69,9 @@ class PartialInts:
             shape = dims(node.input[0])
             if shape is None:
                 return None
-            start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(shape))).indices(len(shape))
-            return np.array([d if isinstance(d, int) else None for d in shape[start:end]], dtype=object)
+            return np.array(
+                [d if isinstance(d, int) else None for d in shape_read(node, shape)], dtype=object
+            )
         if op == "ConstantOfShape":  # its fill (0 by default) as long as its shape says
             fill = attribute(node, "value", None)
             value = (
@@ -104,7 +105,11 @@ class PartialInts:
             return data
         if op == "Concat":
             parts = [part for part in given if part is not None]
-            return np.concatenate(parts, axis=_int(node, "axis", 0)) if len(parts) == len(given) else None
+            return (
+                np.concatenate(parts, axis=int_attribute(node, "axis", 0))
+                if len(parts) == len(given)
+                else None
+            )
         return _moved(node, data, constant)
 
     def _given(
@@ -138,7 +143,7 @@ def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.nda
         shape = [data.shape[i] if d == 0 else int(d) for i, d in enumerate(argument.flat)]
         return data.reshape(shape)
     if op == "Gather":
-        return np.take(data, argument.astype(np.int64), axis=_int(node, "axis", 0))
+        return np.take(data, argument.astype(np.int64), axis=int_attribute(node, "axis", 0))
     bounds = [constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)]
     if bounds[0] is None or bounds[1] is None:
         return None
@@ -148,9 +153,7 @@ def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.nda
     steps: list[int] = [int(s) for s in bounds[3].flat] if bounds[3] is not None else [1] * bounds[0].size
     index = [slice(None)] * data.ndim
     for axis, start, end, step in zip(picked, bounds[0].flat, bounds[1].flat, steps, strict=True):
-        index[int(axis)] = slice(
-            int(max(min(start, 2**62), -(2**62))), int(max(min(end, 2**62), -(2**62))), int(step)
-        )
+        index[int(axis)] = slice(slice_bound(start), slice_bound(end), int(step))
     return data[tuple(index)]
 
 
@@ -181,8 +184,3 @@ def _unknown(shape: Dims | None) -> np.ndarray | None:
         return None
     sizes = [int(d) for d in shape if isinstance(d, int)]
     return np.full(sizes, None, dtype=object) if int(np.prod(sizes)) <= MAX_ELEMENTS else None
-
-
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    value = attribute(node, name, default)
-    return value if isinstance(value, int) else default

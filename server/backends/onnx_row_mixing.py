@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from server.backends.graph_names import ONNX_DOMAIN, described, subgraphs
+from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, subgraphs
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
@@ -53,7 +53,6 @@ from server.backends.onnx_mixing_graph import (
     Value,
     all_nodes,
     constant_value,
-    int_attribute,
     returned_values,
     standard_opset,
     unnamed_first_dims,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute
+from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
 
 Dim = int | str | None
 Dims = list[Dim]
@@ -118,7 +118,7 @@ class RowPositions:
         if bound is not None:
             self.bounds[out] = bound
         if node.op_type == "TopK" and len(node.output) > 1 and node.output[1]:
-            picked = _axis_bound(dims(node.input[0]), _int(node, "axis", -1))
+            picked = _axis_bound(dims(node.input[0]), int_attribute(node, "axis", -1))
             if picked is not None:
                 self.bounds[node.output[1]] = picked
         found = self._index(node, dims, constant, sized)
@@ -138,8 +138,8 @@ class RowPositions:
         if not index.sources <= lineage(node.input[0]):
             return False
         if node.op_type == "Gather" and not index.column:
-            return index.within(row_size(node.input[0], _int(node, "axis", 0)))
-        if node.op_type == "GatherND" and index.column and _int(node, "batch_dims", 0) == 0:
+            return index.within(row_size(node.input[0], int_attribute(node, "axis", 0)))
+        if node.op_type == "GatherND" and index.column and int_attribute(node, "batch_dims", 0) == 0:
             return index.within(row_size(node.input[0], 0))
         return False
 
@@ -164,23 +164,20 @@ class RowPositions:
         """The dims a Shape reads (from `start` to `end`), or a Slice of them keeps."""
         if node.op_type == "Shape" and node.input:
             read = dims(node.input[0])
-            if read is None:
-                return None
-            start, end, _ = slice(_int(node, "start", 0), _int(node, "end", len(read))).indices(len(read))
-            return read[start:end]
+            return None if read is None else shape_read(node, read)
         if node.op_type == "Slice" and node.input and node.input[0] in self.shapes:
             first, last = constant(1), constant(2)
             steps = constant(4) if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
             if first is None or last is None or steps is None or first.size != 1 or last.size != 1:
                 return None
-            start, end = (int(min(max(b.flat[0], -(2**62)), 2**62)) for b in (first, last))
+            start, end = slice_bound(first.flat[0]), slice_bound(last.flat[0])
             return self.shapes[node.input[0]][start : end : int(steps.flat[0])]
         return None
 
     def _size(self, node: onnx.NodeProto, constant: Constant) -> Dim:
         """The dim whose size `node` makes, as one value (x.shape[1], cast or unsqueezed)."""
         op = node.op_type
-        if op == "Gather" and node.input and _int(node, "axis", 0) == 0:
+        if op == "Gather" and node.input and int_attribute(node, "axis", 0) == 0:
             shape = self.shapes.get(node.input[0])
             picked = constant(1)
             if shape is not None and picked is not None and picked.size == 1:
@@ -195,8 +192,8 @@ class RowPositions:
     ) -> Bound | None:
         op = node.op_type
         if op in ("ArgMax", "ArgMin") and node.input:
-            return _axis_bound(dims(node.input[0]), _int(node, "axis", 0))
-        if op == "Mod" and len(node.input) == 2 and not _int(node, "fmod", 0):
+            return _axis_bound(dims(node.input[0]), int_attribute(node, "axis", 0))
+        if op == "Mod" and len(node.input) == 2 and not int_attribute(node, "fmod", 0):
             divisor = constant(1)
             if (
                 divisor is not None
@@ -256,20 +253,15 @@ class RowPositions:
             return _shifted(index, value, self.bounds.get(other))
         if op == "Concat" and given[0] is not None and index.rank >= 2:
             # The rows' column first, one wide, beside columns not made from the batch's size.
-            last = _int(node, "axis", 0) % index.rank == index.rank - 1
+            last = int_attribute(node, "axis", 0) % index.rank == index.rank - 1
             one_wide = (dims(node.input[0]) or [None])[-1] == 1
             others = not any(sized(name) for name in node.input[1:])
             return replace(index, column=True) if last and one_wide and others else None
         return None
 
 
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
-    value = attribute(node, name, default)
-    return value if isinstance(value, int) else default
-
-
 def _integer(node: onnx.NodeProto) -> bool:
-    return _int(node, "to", 0) in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+    return int_attribute(node, "to", 0) in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 
 
 def _axis_bound(shape: Dims | None, axis: int) -> Bound | None:
