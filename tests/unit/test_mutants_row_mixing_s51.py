@@ -14,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_constant_fold import folded
 from server.backends.onnx_row_mixing import COMPUTED_SLICE, row_mixing_outputs
+from tests.support.onnx_graphs import graph_model
+from tests.support.onnx_graphs import ints as _ints
 
 F = TensorProto.FLOAT
 
@@ -25,17 +27,7 @@ def _model(
     inputs: Sequence[onnx.ValueInfoProto] = (),
     shape: Sequence[int | str | None] = (None, 3),
 ) -> onnx.ModelProto:
-    given = list(inputs) or [helper.make_tensor_value_info("x", F, list(shape))]
-    graph = helper.make_graph(
-        list(nodes), "g", given, [helper.make_tensor_value_info("y", F, None)], initializer=list(inits)
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def _ints(name: str, values: Sequence[int] | int) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+    return graph_model(nodes, inits, opset=opset, inputs=inputs, shape=shape)
 
 
 def test_a_folded_slice_reads_its_axes_with_or_without_steps() -> None:

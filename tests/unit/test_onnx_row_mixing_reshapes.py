@@ -14,9 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_reshape_rows import Folded, Moved, reshaped_rows, spelled_out
 from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import graph_model
+from tests.support.onnx_graphs import ints as _ints
+from tests.support.onnx_graphs import node as _node
 
 F = TensorProto.FLOAT
-Y = [helper.make_tensor_value_info("y", F, None)]
 
 
 def _model(
@@ -25,19 +27,7 @@ def _model(
     shape: Sequence[int | str | None] = (None, 3),
     inputs: Sequence[onnx.ValueInfoProto] = (),
 ) -> onnx.ModelProto:
-    given = list(inputs) or [helper.make_tensor_value_info("x", F, list(shape))]
-    graph = helper.make_graph(list(nodes), "g", given, list(Y), initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def _ints(name: str, values: Sequence[int] | int) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(values, np.int64), name)
-
-
-def _node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> onnx.NodeProto:
-    return helper.make_node(op, list(inputs), [output], **attrs)
+    return graph_model(nodes, inits, shape=shape, inputs=inputs)
 
 
 # --- the reshape's reading, on dims ---

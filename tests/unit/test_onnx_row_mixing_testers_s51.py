@@ -12,6 +12,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import graph_model
+from tests.support.onnx_graphs import ints as _ints
+from tests.support.onnx_graphs import node as _node
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -23,20 +26,7 @@ def _model(
     shape: Sequence[int | str | None] = ("N", 4),
     output: str = "y",
 ) -> onnx.ModelProto:
-    given = list(inputs) or [helper.make_tensor_value_info("x", F, list(shape))]
-    out = [helper.make_tensor_value_info(output, F, None)]
-    graph = helper.make_graph(list(nodes), "g", given, out, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def _ints(name: str, values: Sequence[int] | int) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(values, np.int64), name)
-
-
-def _node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> onnx.NodeProto:
-    return helper.make_node(op, list(inputs), [output], **attrs)
+    return graph_model(nodes, inits, inputs=inputs, shape=shape, output=output)
 
 
 def _back(source: str) -> list[onnx.NodeProto]:
@@ -44,24 +34,30 @@ def _back(source: str) -> list[onnx.NodeProto]:
     return [_node("Shape", ["x"], "xs"), _node("Reshape", [source, "xs"], "y")]
 
 
-def test_offsets_a_client_may_send_are_not_read_as_constants() -> None:
-    # flatten(x)[arange(N)[:, None] * 4 + off], `off` an initializer the config lists as an input:
-    # a client sent off = [4..7] and read the next request's row (G1, HIGH).
-    off = helper.make_tensor_value_info("off", I64, ["N", 4])
-    x = helper.make_tensor_value_info("x", F, ["N", 4])
-    nodes = [
+def _flat_pick(offset: Sequence[onnx.NodeProto], index_from: str = "off") -> list[onnx.NodeProto]:
+    """flatten(x)[arange(N)[:, None] * 4 + offsets] for x [N, 4]: `offset` makes 'off'."""
+    return [
         _node("Reshape", ["x", "flat"], "f"),
         _node("Shape", ["x"], "s"),
         _node("Gather", ["s", "zero"], "n", axis=0),
         _node("Range", ["zero", "n", "one"], "rows"),
         _node("Unsqueeze", ["rows", "axis1"], "column"),
         _node("Mul", ["column", "four"], "starts"),
-        _node("Add", ["starts", "off"], "at"),
+        *offset,
+        _node("Add", ["starts", index_from], "at"),
         _node("Gather", ["f", "at"], "y", axis=0),
     ]
-    inits = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("four", 4)]
-    inits.append(_ints("off", [[3, 2, 1, 0]]))
-    model = _model(nodes, inits, inputs=[x, off])
+
+
+_PICK = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("four", 4)]
+
+
+def test_offsets_a_client_may_send_are_not_read_as_constants() -> None:
+    # flatten(x)[arange(N)[:, None] * 4 + off], `off` an initializer the config lists as an input:
+    # a client sent off = [4..7] and read the next request's row (G1, HIGH).
+    off = helper.make_tensor_value_info("off", I64, ["N", 4])
+    x = helper.make_tensor_value_info("x", F, ["N", 4])
+    model = _model(_flat_pick([]), [*_PICK, _ints("off", [[3, 2, 1, 0]])], inputs=[x, off])
     assert row_mixing_outputs(model) == {}  # the initializer's own offsets stay in the row
     assert "Gather" in row_mixing_outputs(model, fed={"off"})["y"]
 
@@ -238,24 +234,6 @@ def test_an_output_whose_first_axis_is_a_fold_of_the_batch_is_not_split_by_rows(
 
 
 # --- round two (tester I, at a5e946a): the acceptance rules attacked ---
-
-
-def _flat_pick(offset: Sequence[onnx.NodeProto], index_from: str = "off") -> list[onnx.NodeProto]:
-    """flatten(x)[arange(N)[:, None] * 4 + offsets] for x [N, 4]: `offset` makes 'off'."""
-    return [
-        _node("Reshape", ["x", "flat"], "f"),
-        _node("Shape", ["x"], "s"),
-        _node("Gather", ["s", "zero"], "n", axis=0),
-        _node("Range", ["zero", "n", "one"], "rows"),
-        _node("Unsqueeze", ["rows", "axis1"], "column"),
-        _node("Mul", ["column", "four"], "starts"),
-        *offset,
-        _node("Add", ["starts", index_from], "at"),
-        _node("Gather", ["f", "at"], "y", axis=0),
-    ]
-
-
-_PICK = [_ints("flat", [-1]), _ints("zero", 0), _ints("one", 1), _ints("axis1", [1]), _ints("four", 4)]
 
 
 def test_a_bound_cast_to_a_narrow_int_or_broadcast_across_rows_is_no_proof() -> None:

@@ -1,0 +1,41 @@
+"""Small ONNX graphs written by hand for the tests of the load's readings (row mixing, reshapes,
+the batch's size): one float input 'x' (or the inputs given), one output, opset 17 unless said."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+F = TensorProto.FLOAT
+
+
+def graph_model(
+    nodes: Sequence[onnx.NodeProto],
+    inits: Sequence[onnx.TensorProto] = (),
+    *,
+    inputs: Sequence[onnx.ValueInfoProto] = (),
+    shape: Sequence[int | str | None] = (None, 3),
+    opset: int = 17,
+    output: str = "y",
+) -> onnx.ModelProto:
+    """A model of `nodes`: its input 'x' FLOAT of `shape` unless `inputs` are given, its output
+    `output` of no declared shape (onnx's inference gives it)."""
+    given = list(inputs) or [helper.make_tensor_value_info("x", F, list(shape))]
+    out = [helper.make_tensor_value_info(output, F, None)]
+    graph = helper.make_graph(list(nodes), "g", given, out, initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def ints(name: str, values: Sequence[int] | Sequence[Sequence[int]] | int) -> onnx.TensorProto:
+    """An INT64 initializer."""
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> onnx.NodeProto:
+    """A node of one output."""
+    return helper.make_node(op, list(inputs), [output], **attrs)
