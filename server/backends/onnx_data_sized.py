@@ -28,7 +28,7 @@ from collections.abc import Collection
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN, described, subgraphs
-from server.backends.onnx_output_shapes import inference_probe, input_first_dims
+from server.backends.onnx_output_shapes import inference_probe, inferred_shapes, input_first_dims
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
 DATA_SIZED_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit"})
@@ -179,7 +179,7 @@ def _inferred_batch(model: onnx.ModelProto, suspects: dict[str, str]) -> set[str
     probe = inference_probe(model, set(suspects))
     firsts = input_first_dims(probe)
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        inferred = inferred_shapes(probe)
     except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, the suspects stay
         return set()
     return {

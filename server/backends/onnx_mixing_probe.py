@@ -13,23 +13,27 @@ import onnx
 import onnx.inliner
 
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
+from server.backends.onnx_dim_classes import declared_names, named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
+from server.backends.onnx_output_shapes import inferred_shapes
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
 
 def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     """`probe` as onnx's shape inference makes it: model-local functions inlined first (their ops
-    are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again."""
+    are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again,
+    and dims proved alike named alike (onnx_dim_classes.py)."""
     if probe.functions:
         probe = onnx.inliner.inline_local_functions(probe)
-    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    if not any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
-        return inferred
-    for _ in range(SEEDING_ROUNDS):
-        if not _seed_bodies(inferred.graph, {}):
-            break
-        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+    declared, batch = declared_names(probe)
+    inferred = inferred_shapes(probe)
+    if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
+        for _ in range(SEEDING_ROUNDS):
+            if not _seed_bodies(inferred.graph, {}):
+                break
+            inferred = inferred_shapes(inferred)
+    named_alike(inferred, declared, batch)
     return inferred
 
 

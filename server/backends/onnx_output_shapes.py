@@ -19,6 +19,8 @@ import math
 
 import onnx
 
+from server.backends.graph_names import ONNX_DOMAIN, graphs
+
 # Names an input's unnamed first dim for the inference, so that what carries it can say so.
 BATCH_SYMBOL = "__sluiceway_batch_{}"
 # Initializers of at most this many elements keep their values in the inference's copy: shapes,
@@ -103,10 +105,50 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return probe
 
 
+def inferred_shapes(probe: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's shape inference of `probe` (data propagated), a graph of opset 13 with a Reshape read
+    as opset 14 (_read_as_14) and given its own opset back: the readings ask it what an op means."""
+    at = _standard(probe)
+    as_14 = _read_as_14(probe, at)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    finally:
+        if as_14:
+            probe.opset_import[at].version = 13
+    if as_14:
+        inferred.opset_import[_standard(inferred)].version = 13
+    return inferred
+
+
+def _standard(model: onnx.ModelProto) -> int:
+    """The index of ONNX's own opset among the model's (-1: none)."""
+    return next((i for i, o in enumerate(model.opset_import) if o.domain in ONNX_DOMAIN), -1)
+
+
+def _read_as_14(probe: onnx.ModelProto, at: int) -> bool:
+    """A graph at opset 13 with a Reshape set to opset 14 for onnx's inference; whether it was.
+    onnx's Reshape-13 inference reads only a constant shape: after torch's q.view(bs, L, H, D) it
+    gave no shape to anything, and nothing after it was read (a Softmax over the batch there
+    loaded batched and answered wrong, OK; GPT-2's sequence-classification pooling was refused;
+    session 52). Reshape-14 reads the shape values data propagation gives, and means the same
+    (its allowzero 0). At 14 the other ops change types or add attributes whose defaults are 13's,
+    but for BatchNormalization, whose outputs 13's training export has more of than 14 allows: a
+    graph with such a node stays."""
+    if at < 0 or probe.opset_import[at].version != 13:
+        return False
+    nodes = [node for g in graphs(probe.graph) for node in g.node if node.domain in ONNX_DOMAIN]
+    if not any(node.op_type == "Reshape" for node in nodes):
+        return False
+    if any(node.op_type == "BatchNormalization" and len(node.output) > 1 for node in nodes):
+        return False
+    probe.opset_import[at].version = 14
+    return True
+
+
 def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueInfoProto]:
     """The unsure outputs as onnx's shape inference makes them; none where it fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(inference_probe(model, unsure), data_prop=True)
+        inferred = inferred_shapes(inference_probe(model, unsure))
     except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands
         return {}
     return {out.name: out for out in inferred.graph.output if out.name in unsure}

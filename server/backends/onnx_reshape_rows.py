@@ -70,9 +70,9 @@ def values_per_row(dim: Dim, batch: Collection[str], folds: Folds) -> Dim:
     T); None where the batch does not lead, or the rest is not one number or one dim."""
     spelled = spelled_out([dim], folds)
     row = _first_batch(spelled, batch)
-    if row is None or _product(spelled[:row]) != (1, ()):
+    if row is None or dims_product(spelled[:row]) != (1, ()):
         return None
-    rest = _product(spelled[row + 1 :])
+    rest = dims_product(spelled[row + 1 :])
     if rest is None or not rest[1]:
         return rest[0] if rest is not None else None
     return rest[1][0][0] if rest[0] == 1 and rest[1] == ((rest[1][0][0], 1),) else None
@@ -95,7 +95,7 @@ def reshaped_rows(
     target, sizes = solved
     column = _first_batch(target, batch)
     if column is not None:
-        ahead, behind = _product(source[:row]), _product(target[:column], sizes)
+        ahead, behind = dims_product(source[:row]), dims_product(target[:column], sizes)
         # Moved only where the counts differ whatever the symbols are: the same symbols times
         # different numbers. ['seq', N, 12] -> [5, N, 12] is an exporter's fixed length, no proof.
         if ahead is None or behind is None or ahead[1] != behind[1] or ahead[0] == behind[0]:
@@ -108,7 +108,7 @@ def _first_batch(dims: Sequence[Dim], batch: Collection[str]) -> int | None:
     return next((axis for axis, dim in enumerate(dims) if isinstance(dim, str) and dim in batch), None)
 
 
-def _product(dims: Sequence[Dim], sizes: Mapping[str, Product] | None = None) -> Product | None:
+def dims_product(dims: Sequence[Dim], sizes: Mapping[str, Product] | None = None) -> Product | None:
     """A product of dims as its whole number times its symbols (None: a dim is unknown); `sizes`:
     symbols whose size is known as a product of others."""
     number, symbols = 1, Counter[str]()
@@ -137,12 +137,12 @@ def _solved(
     ]
     if not unknown:
         return target, {}
-    whole = _product(source)
-    rest = _product([dim for axis, dim in enumerate(target) if axis not in unknown])
+    whole = dims_product(source)
+    rest = dims_product([dim for axis, dim in enumerate(target) if axis not in unknown])
     if len(unknown) > 1 or whole is None or rest is None:
         return None
-    dims = _quotient(whole, rest)
-    size = _product(dims) if dims is not None else None
+    dims = dims_quotient(whole, rest)
+    size = dims_product(dims) if dims is not None else None
     if size is None:
         # Rows of a fixed size cut in pieces of a size that does not divide them ([N, 6] -> [?, 4]):
         # some pieces hold two requests' values, for any batch.
@@ -163,8 +163,8 @@ def _regrouped(
     """Where the batch goes when the output does not carry it: the dims of input and output are
     matched in groups of equal products; the output dims of the batch's group must be one axis (a
     fold), else the batch is spread over several."""
-    before = [_product(source[:end]) for end in range(len(source) + 1)]
-    after = [_product(target[:end], sizes) for end in range(len(target) + 1)]
+    before = [dims_product(source[:end]) for end in range(len(source) + 1)]
+    after = [dims_product(target[:end], sizes) for end in range(len(target) + 1)]
     matched = [(a, b) for a, p in enumerate(before) for b, q in enumerate(after) if p is not None and p == q]
     starts = [pair for pair in matched if pair[0] <= row]
     ends = [pair for pair in matched if pair[0] > row]
@@ -177,9 +177,9 @@ def _regrouped(
         return None
     # The group's first output axis holds whole rows' blocks where each row's values after the
     # batch are a whole number of that axis's steps ([N, 8, 7, 8] -> [64N, 7]: a window partition).
-    inner = _product(target[axes[0] + 1 : end], sizes)
-    block = _product(source[row + 1 : last])
-    steps = _quotient(block, inner) if block is not None and inner is not None else None
+    inner = dims_product(target[axes[0] + 1 : end], sizes)
+    block = dims_product(source[row + 1 : last])
+    steps = dims_quotient(block, inner) if block is not None and inner is not None else None
     if steps is None:
         unknown = (
             [symbol for symbol, _ in (*block[1], *inner[1]) if symbol not in batch]
@@ -195,7 +195,7 @@ def _regrouped(
     return Folded(axes[0], symbol, (*source[first : row + 1], *steps))
 
 
-def _quotient(whole: Product, part: Product) -> list[Dim] | None:
+def dims_quotient(whole: Product, part: Product) -> list[Dim] | None:
     """`whole` / `part` as dims, where it is a whole number times symbols of `whole`."""
     if part[0] == 0 or whole[0] % part[0]:
         return None

@@ -5,7 +5,9 @@ request answered as onnxruntime answers it alone), a config that batches request
 its load naming the output and the op, and a config without dynamic batching runs each request
 alone. A Softmax over an axis 0 that is not the batch's (a time-major read) is batched.
 Session 51: a Reshape that moves values between rows (x.t().reshape(x.shape)) and the batch's size
-read as a value (x / x.shape[0]) are read too, and a time-major fold that is undone stays batched."""
+read as a value (x / x.shape[0]) are read too, and a time-major fold that is undone stays batched.
+Session 52: at opset 13, after a view whose shape is read from the input (onnx's Reshape-13
+inference gave it no shape), a Softmax over the batch and a pick past a row's steps are read."""
 
 from __future__ import annotations
 
@@ -29,14 +31,24 @@ from tests.support.zoo_models import (
     centered,
     divided_by_batch,
     folded_time_major,
+    picked_op13,
     reshaped_rows,
     softmax_rows,
     time_major,
+    viewed_op13,
 )
 
 VOUCHED = BATCH_OF_FOUR_ROWS + 'parameters { key: "rows_independent" value: { string_value: "true" } }\n'
 ALONE = "max_batch_size: 8\n"  # no dynamic batching: each request runs alone
-FILES = {"softmax_alone": "softmax", "time_major_batched": "time_major", "folded_batched": "folded"}
+COMPLETED = ("softmax", "centered", "per_row", "time_major_batched", "moved", "divided", "folded")
+COMPLETED += ("viewed", "viewed_per_row", "picked")  # configs completed: their max_batch_size is read
+FILES = {
+    "softmax_alone": "softmax",
+    "time_major_batched": "time_major",
+    "folded_batched": "folded",
+    "picked_batched": "picked",
+    "viewed_per_row_batched": "viewed_per_row",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +63,10 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
         "moved": reshaped_rows(files / "moved.onnx"),
         "divided": divided_by_batch(files / "divided.onnx"),
         "folded": folded_time_major(files / "folded.onnx"),
+        "viewed": viewed_op13(files / "viewed.onnx"),
+        "viewed_per_row": viewed_op13(files / "viewed_per_row.onnx", axis=1),
+        "picked": picked_op13(files / "picked.onnx"),
+        "picked_past": picked_op13(files / "picked_past.onnx", past=1),
     }
     write_model(repo, "softmax", models["softmax"], None)
     write_model(repo, "softmax_batched", models["softmax"], BATCH_OF_FOUR_ROWS)
@@ -60,7 +76,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     write_model(repo, "centered_batched", models["centered"], BATCH_OF_FOUR_ROWS)
     write_model(repo, "time_major_batched", models["time_major"], BATCH_OF_FOUR_ROWS)
     write_model(repo, "per_row", models["per_row"], None)
-    for name in ("moved", "divided", "folded"):
+    for name in ("moved", "divided", "folded", "viewed", "viewed_per_row", "picked", "picked_past"):
         write_model(repo, name, models[name], None)
         write_model(repo, f"{name}_batched", models[name], BATCH_OF_FOUR_ROWS)
     with ServerProcess("--model-repository", str(repo)) as server:
@@ -95,12 +111,15 @@ def test_a_config_batching_requests_together_fails_the_load_naming_the_output_an
     for name, why in (
         ("moved_batched", "the Reshape node making 'y' moves values between the batch's rows"),
         ("divided_batched", "the Div node making 'y' takes the batch's size as a value"),
+        ("viewed_batched", "the Softmax node making 'y' works along the batch's axis, axis 0 of 'h'"),
+        ("picked_past_batched", "the Gather node making 'y' picks from 'flat' at indices 'at'"),
     ):
         assert index[name].state == "UNAVAILABLE", index[name]
         assert "ONNX output 'y' mixes the rows of a batch" in index[name].reason, index[name]
         assert why in index[name].reason, index[name]
     ready = ("softmax", "softmax_alone", "softmax_vouched", "centered", "time_major_batched", "per_row")
-    ready += ("moved", "divided", "folded", "folded_batched")
+    ready += ("moved", "divided", "folded", "folded_batched", "viewed", "viewed_per_row_batched")
+    ready += ("picked_batched",)
     assert {name: index[name].state for name in ready} == dict.fromkeys(ready, "READY")
 
 
@@ -109,10 +128,7 @@ def test_completion_leaves_a_mixing_model_unbatched_and_a_per_row_one_batched(
 ) -> None:
     client = _triton(zoo[0])
     try:
-        sizes = {
-            name: client.get_model_config(name).config.max_batch_size
-            for name in ("softmax", "centered", "per_row", "time_major_batched", "moved", "divided", "folded")
-        }
+        sizes = {name: client.get_model_config(name).config.max_batch_size for name in COMPLETED}
         batching = client.get_model_config("per_row").config.HasField("dynamic_batching")
     finally:
         client.close()
@@ -124,6 +140,9 @@ def test_completion_leaves_a_mixing_model_unbatched_and_a_per_row_one_batched(
         "moved": 0,
         "divided": 0,
         "folded": 64,
+        "viewed": 0,
+        "viewed_per_row": 64,
+        "picked": 64,
     }
     assert batching
 
@@ -140,6 +159,9 @@ def test_completion_leaves_a_mixing_model_unbatched_and_a_per_row_one_batched(
         "divided",
         "folded",
         "folded_batched",
+        "viewed",
+        "viewed_per_row_batched",
+        "picked_batched",
     ],
 )
 @pytest.mark.parametrize("send", ["tritonclient", "ours"])

@@ -322,3 +322,56 @@ def folded_time_major(path: Path) -> Path:
     ]
     x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["N", 3])
     return _save(path, nodes, [x], [y], inits)
+
+
+def _viewed(source: str = "x") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """`source` [N, 3] viewed as 'h' [N, 3, 1] by a shape read from it (torch's legacy export of
+    x.view(x.size(0), 3, 1)): at opset 13, onnx's Reshape inference gives 'h' no shape."""
+    nodes = [
+        helper.make_node("Shape", [source], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["rows"], axis=0),
+        helper.make_node("Unsqueeze", ["rows", "axis0"], ["rows1"]),
+        helper.make_node("Concat", ["rows1", "three", "one"], ["view"], axis=0),
+        helper.make_node("Reshape", [source, "view"], ["h"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([3], np.int64), "three"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    return nodes, inits
+
+
+def viewed_op13(path: Path, axis: int = 0) -> Path:
+    """x [N, 3] viewed as [N, 3, 1] at opset 13, then a Softmax over `axis` (0: the batch's)."""
+    nodes, inits = _viewed()
+    nodes.append(helper.make_node("Softmax", ["h"], ["y"], axis=axis))
+    x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["N", 3, 1])
+    return _save(path, nodes, [x], [y], inits, opset=13)
+
+
+def picked_op13(path: Path, past: int = 0) -> Path:
+    """h = x viewed as [N, 3, 1] at opset 13, then h[arange(N), argmax(x, 1) + past] as torch's
+    legacy export writes it: a Gather from h flattened to [3N, 1] at arange(N) * 3 + the index.
+    Past 0, each row picks from its own three steps; past 1, a row whose largest value is its last
+    picks the next row's first (alone, onnxruntime refuses the index)."""
+    nodes, inits = _viewed()
+    nodes += [
+        helper.make_node("ArgMax", ["x"], ["top"], axis=1, keepdims=0),
+        helper.make_node("Add", ["top", "past"], ["index"]),
+        helper.make_node("Shape", ["h"], ["hshape"]),
+        helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
+        helper.make_node("Gather", ["hshape", "step"], ["steps"], axis=0),
+        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
+        helper.make_node("Range", ["zero", "hrows", "step"], ["places"]),
+        helper.make_node("Mul", ["places", "steps"], ["starts"]),
+        helper.make_node("Add", ["index", "starts"], ["at"]),
+        helper.make_node("Gather", ["flat", "at"], ["y"], axis=0),
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(past, np.int64), "past"),
+        numpy_helper.from_array(np.array(1, np.int64), "step"),
+    ]
+    x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["Gather_y_dim_0", 1])
+    return _save(path, nodes, [x], [y], inits, opset=13)

@@ -240,7 +240,7 @@ def test_a_reshape_to_the_batchs_own_size_keeps_its_name_through_the_datas_propa
         helper.make_node("Softmax", ["r"], ["y"], axis=0),
     ]
     got = row_mixing_outputs(_model(nodes, x3, inits=[_const("zero", [0]), _const("rest", [-1])]))
-    assert got == {"y": _why("Softmax", "y", 0, "'r' ['batch', 'unk__0']")}
+    assert got == {"y": _why("Softmax", "y", 0, "'r' ['batch', 6]")}  # the -1 worked out
 
 
 def test_a_shape_of_mixed_rows_is_not_mixed() -> None:

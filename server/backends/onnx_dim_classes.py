@@ -1,0 +1,282 @@
+"""Dims onnx's shape inference named apart that are the same size, named alike after it.
+
+onnx's inference names a dim it cannot work out anew ('unk__3'): a Range's length unless its limit
+is a constant, a Reshape's -1 unless every input dim is a number, and every axis broadcast from two
+names. torch's legacy export of BERT-style embeddings (positions `arange(ids.shape[1])` added to
+[N, seq, C]) and attention (`view(N, -1, H, D)`) left the hidden states' steps 'unk__5' where ids
+has 'seq', and a pick at an ArgMax over ids's steps could not be matched with the rows' width (the
+entity pooling of R-BERT was refused for dynamic batching; a tester, session 51).
+
+Sizes proved equal at run time, for any run that succeeds, are put in one class:
+- a Range(0, x.shape[k], 1)'s length and that dim;
+- a Reshape's one output dim not read from its input and the quotient of its input's size by the
+  output's other dims, where that is one dim (onnx_reshape_rows's products);
+- the axes an elementwise op broadcasts (the output's and each input's not 1) where the inputs'
+  are of one class, and the axes a MatMul contracts.
+A name onnx made is then renamed to a name the model declares in its class (else to one name of
+its class). A class holding an input's first dim, the batch's, is left as it is: the reading
+follows the batch by its own rules (arange(N) is each row's place, onnx_row_positions.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+
+import onnx
+
+from server.backends.graph_names import graphs, int_attribute, shape_read
+from server.backends.onnx_mixing_ops import BROADCAST_OPS
+from server.backends.onnx_reshape_rows import dims_product, dims_quotient
+
+Dim = int | str | None
+MAX_WALKS = 4  # walks of the graph, each leaving out the Ranges the last found to be arange(N)
+_PASSED = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze"})  # a size's value, kept
+
+
+def declared_names(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
+    """The dim names `model` declares (its inputs', outputs' and value infos'), and its inputs'
+    first dims (the batch's)."""
+    graph = model.graph
+    firsts = {
+        value.type.tensor_type.shape.dim[0].dim_param
+        for value in graph.input
+        if value.type.tensor_type.shape.dim and value.type.tensor_type.shape.dim[0].dim_param
+    }
+    named = {
+        dim.dim_param
+        for value in (*graph.input, *graph.output, *graph.value_info)
+        for dim in value.type.tensor_type.shape.dim
+        if dim.dim_param
+    }
+    return named, firsts
+
+
+class _Classes:
+    """Union-find over dim names, each class with the number it is where one is known."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.number: dict[str, int] = {}  # a class's root -> its size
+        self.at_most: dict[str, str] = {}  # a Slice's length -> the dim it is cut to (end = its size)
+
+    def find(self, name: str) -> str:
+        while self.parent.get(name, name) != name:
+            name = self.parent[name]
+        return name
+
+    def join(self, first: Dim, second: Dim) -> None:
+        if isinstance(first, int) and isinstance(second, str):
+            first, second = second, first
+        if not isinstance(first, str):
+            return
+        a = self.find(first)
+        self.parent.setdefault(a, a)
+        if isinstance(second, int):
+            self.number.setdefault(a, second)
+            return
+        if isinstance(second, str):
+            b = self.find(second)
+            if a != b:
+                root, child = min(a, b), max(a, b)
+                self.parent[child] = root
+                self.parent.setdefault(root, root)
+                if child in self.number:
+                    self.number.setdefault(root, self.number[child])
+
+    def same(self, dim: Dim) -> Dim:
+        """`dim`'s class: its number where known, else its root's name."""
+        if not isinstance(dim, str):
+            return dim
+        root = self.find(dim)
+        return self.number.get(root, root)
+
+
+def named_alike(inferred: onnx.ModelProto, declared: Collection[str], batch: Collection[str]) -> None:
+    """Rename in `inferred`'s value infos the dims onnx made that are proved the size of others
+    (see the module's text); `declared`: the model's own names, `batch`: its inputs' first dims."""
+    classes, skipped = _Classes(), set[str]()
+    for _ in range(MAX_WALKS):  # a Range found to be arange(N) after all is left out, and again
+        classes, ranges = _Classes(), {}
+        _read(inferred.graph, classes, batch, skipped, ranges)
+        rows = {classes.find(name) for name in batch}
+        found = {out for out, length in ranges.items() if classes.find(length) in rows}
+        if not found:
+            break
+        skipped |= found
+    else:
+        return
+    members: dict[str, set[str]] = {}
+    for name in list(classes.parent):
+        members.setdefault(classes.find(name), set()).add(name)
+    renamed: dict[str, Dim] = {}
+    for root, names in members.items():
+        own = sorted(name for name in names if name in batch) or sorted(n for n in names if n in declared)
+        to: Dim = classes.number.get(root, own[0] if own else min(names))
+        renamed.update({name: to for name in names if name not in declared and name != to})
+    if not renamed:
+        return
+    for graph in graphs(inferred.graph):
+        for value in (*graph.value_info, *graph.output):
+            for dim in value.type.tensor_type.shape.dim:
+                if not dim.HasField("dim_param") or dim.dim_param not in renamed:
+                    continue
+                to = renamed[dim.dim_param]
+                if isinstance(to, int):
+                    dim.dim_value = to
+                elif isinstance(to, str):
+                    dim.dim_param = to
+
+
+def _values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    yield from (*graph.input, *graph.value_info, *graph.output)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[Dim] | None:
+    tensor = value.type.tensor_type
+    if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _read(
+    graph: onnx.GraphProto,
+    classes: _Classes,
+    batch: Collection[str],
+    skipped: Collection[str],
+    ranges: dict[str, str],
+) -> None:
+    """Join the dims `graph`'s nodes prove equal, in the graph's order; `ranges`: the Ranges
+    whose length was joined (output -> length), but for those `skipped`."""
+    dims = {value.name: found for value in _values(graph) if (found := _dims(value)) is not None}
+    dims.update({init.name: list(init.dims) for init in graph.initializer if init.name not in dims})
+    constants = {init.name: init for init in graph.initializer if _small(init.dims)}
+    shapes: dict[str, list[Dim]] = {}
+    sizes: dict[str, Dim] = {}
+    for node in graph.node:
+        op, out = node.op_type, node.output[0] if node.output else ""
+        given = [dims.get(name) for name in node.input]
+        if op == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[out] = node.attribute[0].t
+        elif op == "Shape" and given and given[0] is not None:
+            shapes[out] = shape_read(node, given[0])
+        elif op == "Gather" and len(node.input) == 2 and node.input[0] in shapes:
+            at, read = _whole(constants.get(node.input[1])), shapes[node.input[0]]
+            if at is not None and int_attribute(node, "axis", 0) == 0 and -len(read) <= at < len(read):
+                sizes[out] = read[at]
+        elif op in _PASSED and node.input and node.input[0] in sizes:
+            sizes[out] = sizes[node.input[0]]
+        made = dims.get(out)
+        if made is None:
+            continue
+        if op == "Range" and len(node.input) == 3 and node.input[1] in sizes and len(made) == 1:
+            start, step = (_whole(constants.get(node.input[i])) for i in (0, 2))
+            size = sizes[node.input[1]]
+            if (start, step) == (0, 1) and isinstance(size, str) and size not in batch and out not in skipped:
+                classes.join(made[0], size)  # not arange(N): each row's place, no tensor of the batch
+                ranges[out] = size
+        elif op in BROADCAST_OPS:
+            _broadcast(classes, made, given)
+        elif op == "MatMul" and len(given) == 2 and _matrices(given[0], given[1]):
+            a, b = given
+            assert a is not None and b is not None
+            classes.join(a[-1], b[-2])
+            _broadcast(classes, made[:-2], [a[:-2], b[:-2]])
+        elif op == "Reshape" and given and given[0] is not None:
+            _reshaped(classes, given[0], made)
+        elif op == "Slice" and given and given[0] is not None and len(given[0]) == len(made):
+            _sliced(classes, node, given[0], made, [constants.get(name) for name in node.input], sizes)
+
+
+def _broadcast(classes: _Classes, made: list[Dim], given: list[list[Dim] | None]) -> None:
+    """Each output axis joined with the inputs' dims there that are not 1, where those are one
+    class (two names may be 1 and N at run time: no proof then), or two of which one is a Slice's
+    length cut to the other's size (equal, or the op fails: position ids [:, :L] beside L steps)."""
+    if any(dims is None for dims in given):
+        return
+    for back in range(1, len(made) + 1):
+        there = [dims[-back] for dims in given if dims is not None and len(dims) >= back]
+        wide = {same for dim in there if (same := classes.same(dim)) != 1}
+        if len(wide) == 2 and _cut_to(classes, *wide):
+            classes.join(*wide)
+            wide = {same for dim in there if (same := classes.same(dim)) != 1}
+        if len(wide) == 1:
+            classes.join(made[-back], next(iter(wide)))
+
+
+def _cut_to(classes: _Classes, first: Dim, second: Dim) -> bool:
+    found = {(classes.same(cut), classes.same(to)) for cut, to in classes.at_most.items()}
+    return (first, second) in found or (second, first) in found
+
+
+def _sliced(
+    classes: _Classes,
+    node: onnx.NodeProto,
+    source: list[Dim],
+    made: list[Dim],
+    constants: list[onnx.TensorProto | None],
+    sizes: dict[str, Dim],
+) -> None:
+    """A Slice's axes it does not cut joined with its input's, and an axis of at least 2 values
+    cut from 0 to a dim's size noted as at most that dim (equal where the dim is not more)."""
+    starts = constants[1] if len(constants) > 1 else None
+    if starts is None:
+        return
+    count = starts.dims[0] if len(starts.dims) == 1 else 0
+    if not count:
+        return
+    axes = _ints(constants[3]) if len(node.input) > 3 and node.input[3] else list(range(count))
+    steps = _ints(constants[4]) if len(node.input) > 4 and node.input[4] else [1] * count
+    if axes is None or steps is None or len(axes) != count or len(steps) != count:
+        return
+    cut = {axis % len(source): at for at, axis in enumerate(axes)}
+    for axis, (before, after) in enumerate(zip(source, made, strict=True)):
+        if axis not in cut:
+            classes.join(after, before)
+            continue
+        at = cut[axis]
+        first, end = _ints(starts), sizes.get(node.input[2])
+        if first is None or first[at] != 0 or steps[at] != 1 or not isinstance(before, int) or before < 2:
+            continue
+        if isinstance(after, str) and isinstance(end, str) and len(first) == 1:
+            classes.at_most[after] = end
+
+
+def _reshaped(classes: _Classes, source: list[Dim], made: list[Dim]) -> None:
+    """A Reshape's one output dim not among its input's joined with what it must be."""
+    source = [classes.same(dim) for dim in source]
+    target = [classes.same(dim) for dim in made]
+    unknown = [axis for axis, dim in enumerate(target) if isinstance(dim, str) and dim not in source]
+    if len(unknown) != 1:
+        return
+    whole = dims_product(source)
+    rest = dims_product([dim for axis, dim in enumerate(target) if axis != unknown[0]])
+    if whole is None or rest is None:
+        return
+    left = dims_quotient(whole, rest)  # [a number, symbols...]
+    if left is not None and (len(left) == 1 or (left[0] == 1 and len(left) == 2)):
+        classes.join(target[unknown[0]], left[-1])
+
+
+def _matrices(a: list[Dim] | None, b: list[Dim] | None) -> bool:
+    return a is not None and b is not None and len(a) >= 2 and len(b) >= 2
+
+
+def _ints(tensor: onnx.TensorProto | None) -> list[int] | None:
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    value = onnx.numpy_helper.to_array(tensor)
+    return [int(v) for v in value.flat] if value.dtype.kind in "iu" else None
+
+
+def _small(dims: Collection[int]) -> bool:
+    return len(dims) <= 1 and all(size == 1 for size in dims)
+
+
+def _whole(tensor: onnx.TensorProto | None) -> int | None:
+    """A constant's one whole value (a Range's start or step, a Gather's index)."""
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    value = onnx.numpy_helper.to_array(tensor)
+    if value.size != 1 or value.dtype.kind not in "iuf" or not float(value.flat[0]).is_integer():
+        return None
+    return int(value.flat[0])

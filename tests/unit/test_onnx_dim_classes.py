@@ -1,0 +1,221 @@
+"""Dims onnx's inference named apart that are the same size, named alike (onnx_dim_classes.py), and
+a graph of opset 13 read as opset 14 for its Reshapes (onnx_output_shapes.inferred_shapes): each
+test reads the dims the row-mixing reading is given, and a dim that is not proved keeps onnx's own
+name (a join that is not so would let a pick reach past its row)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.onnx_mixing_probe import inferred_probe
+from server.backends.onnx_output_shapes import inference_probe, refined_outputs
+from tests.support.onnx_graphs import graph_model, ints, node
+
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+Dim = int | str | None
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    inferred = inferred_probe(inference_probe(model, set()))
+    return {
+        value.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+        for value in (*inferred.graph.value_info, *inferred.graph.output)
+        if (shape := value.type.tensor_type.shape) is not None
+    }
+
+
+def _x(shape: Sequence[Dim] = ("N", "T", 4)) -> list[onnx.ValueInfoProto]:
+    return [helper.make_tensor_value_info("x", F, list(shape))]
+
+
+def _table(name: str, shape: Sequence[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+
+SIZES = [ints("zero", 0), ints("one", 1), ints("two", 2), ints("axis0", [0])]
+
+
+def _size(axis: str) -> list[onnx.NodeProto]:
+    """'size' = x.shape[axis], a scalar; 'size1' the same as one value [1]."""
+    return [
+        node("Shape", ["x"], "shape"),
+        node("Gather", ["shape", axis], "size", axis=0),
+        node("Unsqueeze", ["size", "axis0"], "size1"),
+    ]
+
+
+def _positions(start: str = "zero", step: str = "one", axis: str = "one") -> onnx.ModelProto:
+    """x + table[arange(start, x.shape[axis], step)]: torch's legacy position embeddings."""
+    nodes = [
+        *_size(axis),
+        node("Range", [start, "size", step], "pos"),
+        node("Gather", ["table", "pos"], "pe", axis=0),
+        node("Add", ["x", "pe"], "y"),
+    ]
+    return graph_model(nodes, [*SIZES, _table("table", [32, 4])], inputs=_x())
+
+
+def test_a_range_over_a_dims_size_is_that_dim_and_so_is_what_it_broadcasts_with() -> None:
+    dims = _dims(_positions())
+    assert dims["pos"] == ["T"] and dims["pe"] == ["T", 4]
+    assert dims["y"] == ["N", "T", 4]  # onnx had named the sum's steps anew
+
+
+def test_a_range_not_from_zero_by_one_keeps_onnxs_name() -> None:
+    for start, step in (("one", "one"), ("zero", "two")):
+        dims = _dims(_positions(start, step))
+        assert dims["pos"] != ["T"] and dims["y"][1] != "T", (start, step, dims)
+
+
+def test_a_range_over_the_batchs_size_is_not_named_the_batch() -> None:
+    # arange(N) is each row's place, read by onnx_row_positions.py, not a tensor of the batch's.
+    nodes = [
+        *_size("zero"),
+        node("Range", ["zero", "size", "one"], "places"),
+        node("Cast", ["places"], "y", to=F),
+    ]
+    dims = _dims(graph_model(nodes, SIZES, inputs=_x()))
+    assert dims["places"] != ["N"] and isinstance(dims["places"][0], str), dims
+
+
+def test_two_names_broadcast_together_stay_apart() -> None:
+    # 'A' and 'B' may be 1 and 5 at run time: the sum's axis is neither.
+    inputs = [helper.make_tensor_value_info("x", F, ["N", "A"]), helper.make_tensor_value_info("z", F, ["B"])]
+    dims = _dims(graph_model([node("Add", ["x", "z"], "y")], inputs=inputs))
+    assert dims["y"][0] == "N" and dims["y"][1] not in ("A", "B")
+
+
+def _viewed(*target: str) -> onnx.ModelProto:
+    """x [N, T, 4] reshaped to [x.shape[0], *target] (-1 read at run time)."""
+    nodes = [
+        *_size("zero"),
+        node("Concat", ["size1", *target], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    return graph_model(nodes, [*SIZES, ints("m1", [-1]), ints("c2", [2]), ints("c1", [1])], inputs=_x())
+
+
+def test_a_reshapes_minus_one_is_what_the_sizes_leave() -> None:
+    assert _dims(_viewed("m1", "c2", "c2"))["y"] == ["N", "T", 2, 2]  # view(N, -1, 2, 2)
+    assert _dims(_viewed("m1", "c1"))["y"][1] != "T"  # view(N, -1, 1): 4T values, no one dim
+
+
+def test_a_slice_keeps_the_axes_it_does_not_cut_and_a_cut_to_a_dims_size_broadcast_with_it_is_it() -> None:
+    # CLIP's position_ids[:, :L], the buffer a graph input [1, 32]: onnx gave the slice no dims.
+    inputs = [
+        helper.make_tensor_value_info("ids", I64, ["N", "T"]),
+        helper.make_tensor_value_info("buf", I64, [1, 32]),
+    ]
+    nodes = [
+        node("Shape", ["ids"], "shape"),
+        node("Gather", ["shape", "one"], "size", axis=0),
+        node("Unsqueeze", ["size", "axis0"], "size1"),
+        node("Slice", ["buf", "start", "size1", "axis1"], "cut"),
+        node("Gather", ["table", "cut"], "pe", axis=0),
+        node("Gather", ["words", "ids"], "we", axis=0),
+        node("Add", ["we", "pe"], "y"),
+    ]
+    inits = [
+        *SIZES,
+        ints("start", [0]),
+        ints("axis1", [1]),
+        _table("table", [32, 4]),
+        _table("words", [9, 4]),
+    ]
+    dims = _dims(graph_model(nodes, inits, inputs=inputs))
+    assert dims["cut"] == [1, "T"] and dims["y"] == ["N", "T", 4]
+
+
+def test_a_cut_of_a_one_wide_axis_is_not_the_dim_it_is_cut_to() -> None:
+    # buf [1, 1] cut to [:, :T] is one step whatever T is: beside T it broadcasts, it is not T.
+    inputs = [
+        helper.make_tensor_value_info("ids", I64, ["N", "T"]),
+        helper.make_tensor_value_info("buf", I64, [1, 1]),
+    ]
+    nodes = [
+        node("Shape", ["ids"], "shape"),
+        node("Gather", ["shape", "one"], "size", axis=0),
+        node("Unsqueeze", ["size", "axis0"], "size1"),
+        node("Slice", ["buf", "start", "size1", "axis1"], "cut"),
+        node("Cast", ["cut"], "cutf", to=F),
+        node("Cast", ["ids"], "idsf", to=F),
+        node("Add", ["idsf", "cutf"], "y"),
+    ]
+    dims = _dims(graph_model(nodes, [*SIZES, ints("start", [0]), ints("axis1", [1])], inputs=inputs))
+    assert dims["cut"][1] != "T", dims
+
+
+def test_a_matmul_joins_the_dims_it_contracts() -> None:
+    # weights [N, T, k] (k a value sent: onnx names it anew) @ values [N, T, 4]: k must be T.
+    inputs = [*_x(), helper.make_tensor_value_info("k", I64, [1])]
+    nodes = [
+        node("Shape", ["x"], "shape"),
+        node("Slice", ["shape", "zero1", "two1"], "lead"),
+        node("Concat", ["lead", "k"], "wshape", axis=0),
+        node("ConstantOfShape", ["wshape"], "w"),
+        node("MatMul", ["w", "x"], "y"),
+    ]
+    dims = _dims(graph_model(nodes, [ints("zero1", [0]), ints("two1", [2])], inputs=inputs))
+    assert dims["w"] == ["N", "T", "T"] and dims["y"] == ["N", "T", 4]
+
+
+def test_a_batch_onnx_lost_in_a_broadcast_is_found_and_a_range_over_it_is_left_unnamed() -> None:
+    # [N, T, 4] + [1?, T, 4] (a cut onnx gave no dims): the sum is the batch's; a Range over the
+    # sum's first dim is arange(N) and must not be named N.
+    inputs = [*_x(), helper.make_tensor_value_info("buf", I64, [1, 32])]
+    nodes = [
+        *_size("one"),
+        node("Slice", ["buf", "start", "size1", "axis1"], "cut"),
+        node("Gather", ["table", "cut"], "pe", axis=0),
+        node("Add", ["x", "pe"], "h"),
+        node("Shape", ["h"], "hshape"),
+        node("Gather", ["hshape", "zero"], "rows", axis=0),
+        node("Range", ["zero", "rows", "one"], "y"),
+    ]
+    inits = [*SIZES, ints("start", [0]), ints("axis1", [1]), _table("table", [32, 4])]
+    dims = _dims(graph_model(nodes, inits, inputs=inputs))
+    assert dims["h"] == ["N", "T", 4] and dims["y"] != ["N"], dims
+
+
+def _view13(*, batchnorm_outputs: int = 0) -> onnx.ModelProto:
+    """x [N, T, 4] viewed as [N, T, 2, 2] by a shape read from x, at opset 13."""
+    nodes = [
+        node("Shape", ["x"], "shape"),
+        node("Gather", ["shape", "zero"], "n", axis=0),
+        node("Gather", ["shape", "one"], "t", axis=0),
+        node("Unsqueeze", ["n", "axis0"], "n1"),
+        node("Unsqueeze", ["t", "axis0"], "t1"),
+        node("Concat", ["n1", "t1", "c2", "c2"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [*SIZES, ints("c2", [2])]
+    if batchnorm_outputs:
+        outs = ["xb", *(f"stat{i}" for i in range(batchnorm_outputs - 1))]
+        nodes.insert(0, helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs))
+        nodes[-1] = node("Reshape", ["xb", "view"], "y")
+        inits += [_table(name, [4]) for name in "sbmv"]
+    return graph_model(nodes, inits, inputs=_x(("N", "T", 4)), opset=13)
+
+
+def test_an_opset_13_view_is_given_its_shape_and_the_graph_keeps_its_opset() -> None:
+    inferred = inferred_probe(inference_probe(_view13(), set()))
+    assert [o.version for o in inferred.opset_import] == [13]
+    assert _dims(_view13())["y"] == ["N", "T", 2, 2]  # Reshape-13's inference gave it none
+
+
+def test_an_opset_13_graph_with_a_training_batchnorm_is_read_at_13() -> None:
+    # BatchNormalization-13 may have five outputs (torch's training export); 14 allows three.
+    assert _dims(_view13(batchnorm_outputs=5)).get("y") in (None, [])
+    assert _dims(_view13(batchnorm_outputs=1))["y"] == ["N", "T", 2, 2]
+
+
+def test_an_opset_13_outputs_shape_is_completed_through_a_view() -> None:
+    # The output declares no shape: the load had failed, "has no shape, and onnx's shape
+    # inference finds none".
+    (y,) = refined_outputs(_view13())
+    dims = [d.dim_value or d.dim_param for d in y.type.tensor_type.shape.dim]
+    assert dims == ["N", "T", 2, 2]
