@@ -13,7 +13,7 @@ import onnx
 import onnx.inliner
 
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
-from server.backends.onnx_dim_classes import declared_names, named_alike
+from server.backends.onnx_dim_classes import named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inferred_shapes
 
@@ -26,14 +26,13 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     and dims proved alike named alike (onnx_dim_classes.py)."""
     if probe.functions:
         probe = onnx.inliner.inline_local_functions(probe)
-    declared, batch = declared_names(probe)
     inferred = inferred_shapes(probe)
     if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
         for _ in range(SEEDING_ROUNDS):
             if not _seed_bodies(inferred.graph, {}):
                 break
             inferred = inferred_shapes(inferred)
-    named_alike(inferred, declared, batch)
+    named_alike(inferred, probe)
     return inferred
 
 
