@@ -229,7 +229,9 @@ class _Walk:
         if node.domain not in ONNX_DOMAIN:
             return None
         positions = self.values.positions
-        if node.op_type in ("Gather", "GatherND") and positions.own_rows(node, self._row_size, self._lineage):
+        taken = [name for i, name in enumerate(node.input) if i != 1]  # the data, a ScatterND's updates
+        picks = node.op_type in ("Gather", "GatherND", "ScatterND") and not self.values.sized.keys() & taken
+        if picks and positions.own_rows(node, self._row_size, self._lineage):
             # The rows' axis of its output is the batch's: a Softmax over it mixes (a tester, s51).
             out = self.shapes.get(node.output[0]) or []
             axis = int_attribute(node, "axis", 0) if node.op_type == "Gather" else 0

@@ -80,6 +80,8 @@ class RowPositions:
         self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
         self.shapes: dict[str, Dims] = {}  # a Shape's output -> the dims it holds
         self.followed: set[str] = set()  # every tensor in any of the above
+        self.beside: dict[str, int] = {}  # an index broadcast with values beside its rows -> its rank
+        self.shape_of: dict[str, str] = {}  # a Shape's output -> the tensor it reads
         self.sources: dict[
             str, frozenset[str]
         ] = {}  # a followed tensor -> the inputs its sizes are read from
@@ -89,6 +91,7 @@ class RowPositions:
         inner.found, inner.bounds = dict(self.found), dict(self.bounds)
         inner.sizes, inner.shapes, inner.followed = dict(self.sizes), dict(self.shapes), set(self.followed)
         inner.sources = dict(self.sources)
+        inner.beside, inner.shape_of = dict(self.beside), dict(self.shape_of)
         return inner
 
     def see(
@@ -111,6 +114,16 @@ class RowPositions:
         self._source(node, lineage)
         if held is not None:
             self.shapes[out] = held
+        if node.op_type == "Shape" and node.input:
+            self.shape_of[out] = node.input[0]
+        if node.op_type == "Where" and len(node.input) == 3 and node.input[2] in self.shape_of:
+            # torch's expand(shape): where(shape == -1, 1, shape). Ones or the shape's own sizes
+            # in each place: an Expand by it keeps what an Expand by the shape keeps.
+            ones = constant(1)
+            if self.bounds.get(node.input[1]) == Bound(1, None, 1) or (
+                ones is not None and bool((ones == 1).all())
+            ):
+                self.shape_of[out] = self.shape_of[node.input[2]]
         size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
         if size is not None:
             self.sizes[out] = size
@@ -135,11 +148,15 @@ class RowPositions:
         if len(node.input) < 2 or node.input[1] not in self.found:
             return False
         index = self.found[node.input[1]]
-        if not index.sources <= lineage(node.input[0]):
-            return False
+        symbolic = isinstance(index.stride, str) or index.offset.top is not None
+        if symbolic and not index.sources <= lineage(node.input[0]):
+            return False  # a whole-number stride and offsets are checked against the data's own dims
         if node.op_type == "Gather" and not index.column:
             return index.within(row_size(node.input[0], int_attribute(node, "axis", 0)))
-        if node.op_type == "GatherND" and index.column and int_attribute(node, "batch_dims", 0) == 0:
+        nd = node.op_type in ("GatherND", "ScatterND") and not int_attribute(node, "batch_dims", 0)
+        if nd and index.column:
+            # A ScatterND's index row i writes data row i from updates row i (Wav2Vec2's mask,
+            # m[arange(N), lengths - 1] = 1; a tester, session 51).
             return index.within(row_size(node.input[0], 0))
         return False
 
@@ -152,6 +169,8 @@ class RowPositions:
             found = lineage(node.input[0]) if node.input else frozenset()
         elif op == "Range":
             found = frozenset()
+        elif op in ("Expand", "Tile"):  # copies of its input: the shape or repeats read no bound
+            found = self.sources.get(node.input[0], frozenset()) if node.input else frozenset()
         else:
             found = frozenset().union(*(self.sources.get(name, frozenset()) for name in node.input))
         for out in node.output:
@@ -247,10 +266,19 @@ class RowPositions:
             shape = list(value.shape) if value is not None else dims(other)
             if sized(other) or not _beside_rows(shape, index.rank, self.batch):
                 return None  # made from the batch's size, or broadcast across the rows
+            self.beside[node.output[0]] = index.rank
             if op == "Mul":
                 size = self.sizes.get(other)
                 return _scaled(index, value, None if size in self.roots else size)
             return _shifted(index, value, self.bounds.get(other))
+        if op == "Expand" and given[0] is not None and len(node.input) > 1 and not index.column:
+            # torch's legacy export broadcasts the indices of x[arange(N), idx] to the shape of
+            # their sum: a shape beside the rows leaves each row's place along axis 0.
+            broadcast = self.shape_of.get(node.input[1])
+            return index if self.beside.get(broadcast or "") == index.rank else None
+        if op == "Tile" and given[0] is not None and not index.column:
+            repeats = constant(1)  # arange(N).view(N, 1, 1).repeat(1, S, k): rows repeated none
+            return index if repeats is not None and repeats.size and int(repeats.flat[0]) == 1 else None
         if op == "Concat" and given[0] is not None and index.rank >= 2:
             # The rows' column first, one wide, beside columns not made from the batch's size.
             last = int_attribute(node, "axis", 0) % index.rank == index.rank - 1

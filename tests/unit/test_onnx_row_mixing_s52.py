@@ -129,3 +129,78 @@ def test_a_pick_after_a_view_with_a_minus_one_is_per_row() -> None:
     assert row_mixing_outputs(_model([*nodes, *_top(0), *_pick("merged", "idx")])) == {}
     got = row_mixing_outputs(_model([*nodes, *_top(1), *_pick("merged", "idx")], past=1))
     assert "picks from 'flat'" in got["y"], got
+
+
+LENS = [
+    helper.make_tensor_value_info("x", F, ["N", "T", 16]),
+    helper.make_tensor_value_info("lens", TensorProto.INT64, ["N"]),
+]
+PUT = [
+    ints("zero", 0),
+    ints("one", 1),
+    ints("minus", -1),
+    ints("last", [-1]),
+    ints("from0", [0]),
+    ints("to2", [2]),
+    ints("shift", 0),
+    numpy_helper.from_array(np.array(1.0, np.float32), "mark"),
+]
+
+
+def _index_put(
+    *, shift: int = 0, fill: int = 1, updates: str = "mark", tile: Sequence[int] = ()
+) -> onnx.ModelProto:
+    """y = x * m[..., None], m = zeros(N, T); m[arange(N) (+ shift), lens - 1] = updates, as torch's
+    legacy export writes it (Wav2Vec2's feature-vector mask): the two indices broadcast to the
+    shape of their sum, an Expand by where(shape == -1, `fill`, shape), then stacked."""
+    rows = "rows_tiled" if tile else "rows"
+    nodes = [
+        node("Shape", ["x"], "s"),
+        node("Gather", ["s", "zero"], "n", axis=0),
+        node("Slice", ["s", "from0", "to2"], "nt"),
+        node("ConstantOfShape", ["nt"], "blank", value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        node("Range", ["zero", "n", "one"], "places"),
+        node("Add", ["places", "shift"], "rows"),
+        *([node("Tile", ["rows", "repeats"], "rows_tiled")] if tile else []),
+        node("Sub", ["lens", "one"], "idx"),
+        node("Add", [rows, "idx"], "both"),
+        node("Shape", ["both"], "bshape"),
+        node("Shape", ["bshape"], "blen"),
+        node("ConstantOfShape", ["blen"], "fills", value=numpy_helper.from_array(np.array([fill], np.int64))),
+        node("Mul", ["fills", "minus"], "negatives"),
+        node("Equal", ["bshape", "negatives"], "unset"),
+        node("Where", ["unset", "fills", "bshape"], "to"),
+        node("Expand", [rows, "to"], "row_index"),
+        node("Expand", ["idx", "to"], "col_index"),
+        node("Unsqueeze", ["row_index", "last"], "row_col"),
+        node("Unsqueeze", ["col_index", "last"], "col_col"),
+        node("Concat", ["row_col", "col_col"], "at", axis=-1),
+        node("Expand", [updates, "to"], "marks"),
+        node("ScatterND", ["blank", "at", "marks"], "m"),
+        node("Unsqueeze", ["m", "last"], "m3"),
+        node("Mul", ["x", "m3"], "y"),
+    ]
+    inits = [*PUT[:-2], ints("shift", shift), PUT[-1], ints("repeats", list(tile) or [1])]
+    return graph_model(nodes, inits, inputs=LENS)
+
+
+def test_an_index_put_at_each_rows_own_place_is_per_row() -> None:
+    # m[arange(N), lens - 1] = 1: index row i writes data row i only, whatever lens is.
+    assert row_mixing_outputs(_index_put()) == {}
+    assert row_mixing_outputs(_index_put(tile=[1])) == {}  # arange(N).repeat(1): rows as they are
+
+
+def test_an_index_put_that_reaches_another_row_mixes() -> None:
+    for model, why in (
+        (_index_put(shift=1), "shift"),  # m[arange(N) + 1, ...]: the next row's
+        (_index_put(tile=[2]), "tile"),  # arange(N).repeat(2): rows written twice, by others
+        (_index_put(fill=2), "fill"),  # an Expand by where(shape == -1, 2, shape): rows copied
+    ):
+        assert "y" in row_mixing_outputs(model), why
+
+
+def test_an_index_put_of_values_made_from_the_batchs_size_mixes() -> None:
+    # m[arange(N), lens - 1] = arange(N): each row's mark its place in the batch.
+    model = _index_put(updates="place_values")
+    model.graph.node.insert(5, node("Cast", ["places"], "place_values", to=F))
+    assert "y" in row_mixing_outputs(model)
