@@ -75,7 +75,7 @@ class BatchSizeValues:
         if not node.output or not node.output[0]:
             return
         out = node.output[0]
-        read = node.op_type in ("Shape", "Size") or any(name in self.sized for name in node.input)
+        read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
         if found:
             self.sized[out] = found
@@ -134,6 +134,12 @@ class BatchSizeValues:
         op = node.op_type
         if op in ("Shape", "Size"):
             return self._read(node, dims(node.input[0]) if node.input else None)
+        if (
+            op == "NonZero"
+            and node.input
+            and any(dim in self.names.batch for dim in dims(node.input[0]) or [])
+        ):
+            return EVERY  # the places of a batch's rows, as arange(N) (a tester, session 52)
         taken = [self.sized.get(name, frozenset()) for name in node.input]
         if not any(taken):
             return frozenset()

@@ -32,6 +32,7 @@ Dim = int | str | None
 ONNX_MADE = "unk__"  # how onnx's inference begins the names it makes
 MAX_WALKS = 4  # walks of the graph, each leaving out the Ranges the last found to be arange(N)
 _PASSED = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze"})  # a size's value, kept
+_WIDE = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)  # casts that keep any size (uint8 wraps at 256)
 
 
 def declared_names(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
@@ -153,7 +154,8 @@ def _read(
     whose length was joined (output -> length), but for those `skipped`."""
     dims = {value.name: found for value in _values(graph) if (found := _dims(value)) is not None}
     dims.update({init.name: list(init.dims) for init in graph.initializer if init.name not in dims})
-    constants = {init.name: init for init in graph.initializer if _small(init.dims)}
+    sent = {value.name for value in graph.input}  # an initializer listed as an input a client may send
+    constants = {init.name: init for init in graph.initializer if _small(init.dims) and init.name not in sent}
     shapes: dict[str, list[Dim]] = {}
     sizes: dict[str, Dim] = {}
     for node in graph.node:
@@ -167,7 +169,7 @@ def _read(
             at, read = _whole(constants.get(node.input[1])), shapes[node.input[0]]
             if at is not None and int_attribute(node, "axis", 0) == 0 and -len(read) <= at < len(read):
                 sizes[out] = read[at]
-        elif op in _PASSED and node.input and node.input[0] in sizes:
+        elif op in _PASSED and node.input and node.input[0] in sizes and _keeps(node):
             sizes[out] = sizes[node.input[0]]
         made = dims.get(out)
         if made is None:
@@ -263,6 +265,12 @@ def _reshaped(classes: _Classes, source: list[Dim], made: list[Dim]) -> None:
 
 def _matrices(a: list[Dim] | None, b: list[Dim] | None) -> bool:
     return a is not None and b is not None and len(a) >= 2 and len(b) >= 2
+
+
+def _keeps(node: onnx.NodeProto) -> bool:
+    """Whether a node passing a size on keeps its value: a Cast only to 32 or 64 bits (a tester,
+    session 52: Range(0, uint8(T)) for T = 257 was named T and a pick read the next row)."""
+    return node.op_type != "Cast" or int_attribute(node, "to", 0) in _WIDE
 
 
 def _ints(tensor: onnx.TensorProto | None) -> list[int] | None:

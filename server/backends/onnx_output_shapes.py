@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import onnx
+import onnx.version_converter
 
 from server.backends.graph_names import ONNX_DOMAIN, graphs
 
@@ -108,6 +109,7 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 def inferred_shapes(probe: onnx.ModelProto) -> onnx.ModelProto:
     """onnx's shape inference of `probe` (data propagated), a graph of opset 13 with a Reshape read
     as opset 14 (_read_as_14) and given its own opset back: the readings ask it what an op means."""
+    _plain_domain(probe)
     at = _standard(probe)
     as_14 = _read_as_14(probe, at)
     try:
@@ -117,7 +119,55 @@ def inferred_shapes(probe: onnx.ModelProto) -> onnx.ModelProto:
             probe.opset_import[at].version = 13
     if as_14:
         inferred.opset_import[_standard(inferred)].version = 13
+    if at >= 0 and probe.opset_import[at].version < 13 and _views(probe):
+        _fill_from_converted(inferred, probe)
     return inferred
+
+
+def _views(probe: onnx.ModelProto) -> bool:
+    return any(node.op_type == "Reshape" for graph in graphs(probe.graph) for node in graph.node)
+
+
+def _fill_from_converted(inferred: onnx.ModelProto, probe: onnx.ModelProto) -> None:
+    """The shapes onnx's inference gave no tensor of a graph below opset 13, taken from the same
+    graph converted to opset 14 by onnx's version converter (its tensors keep their names): at 11 and
+    12 a view by sizes read from the input left everything after it without a shape, and a Softmax
+    over the batch there loaded batched (a tester, session 52). The graph read is the model's own."""
+    try:
+        converted = onnx.shape_inference.infer_shapes(
+            onnx.version_converter.convert_version(probe, 14), data_prop=True
+        )
+    except Exception:  # a graph the converter cannot take: what the inference gave stands
+        return
+    found = {value.name: value for value in (*converted.graph.value_info, *converted.graph.output)}
+    shaped = {
+        v.name
+        for v in (*inferred.graph.value_info, *inferred.graph.input)
+        if v.type.tensor_type.HasField("shape")
+    }
+    kept = {value.name: value for value in inferred.graph.value_info}
+    for node in inferred.graph.node:
+        for name in node.output:
+            given = found.get(name)
+            if name in shaped or given is None or not given.type.tensor_type.HasField("shape"):
+                continue
+            if name in kept:
+                kept[name].type.CopyFrom(given.type)
+            else:
+                inferred.graph.value_info.append(given)
+
+
+def _plain_domain(probe: onnx.ModelProto) -> None:
+    """ONNX's domain spelt 'ai.onnx' written '' in `probe`: onnx's inference read no shape of such a
+    graph, or refused it (a Softmax over the batch had loaded batched; a tester, session 52)."""
+    for opset in probe.opset_import:
+        if opset.domain == "ai.onnx" and not any(o.domain == "" for o in probe.opset_import):
+            opset.domain = ""
+    if any(o.domain == "" for o in probe.opset_import):
+        for graph in graphs(probe.graph):
+            for node in graph.node:
+                if node.domain == "ai.onnx":
+                    node.domain = ""
 
 
 def _standard(model: onnx.ModelProto) -> int:

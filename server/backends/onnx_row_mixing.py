@@ -87,22 +87,28 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
         return {}
     try:
         inferred = inferred_probe(own_names(as_initialized(inference_probe(model, set()), model, fed)))
-    except Exception:  # onnx refuses some graphs onnxruntime runs: no proof, nothing flagged
-        return {}
-    walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
-    # The model's own initializers: the probe holds only small ones, and an index's offsets (a
-    # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
-    weights: dict[str, Value] = {init.name: init for init in model.graph.initializer if init.name not in fed}
-    try:
+        walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
+        # The model's own initializers: the probe holds only small ones, and an index's offsets (a
+        # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
+        weights: dict[str, Value] = {i.name: i for i in model.graph.initializer if i.name not in fed}
         walk.graph(inferred.graph, weights)
-    except Exception as exc:  # a graph onnx took but this reading cannot: no proof either
-        logger.warning(
-            "could not read graph %r for ops that mix rows (%s): none assumed", model.graph.name, exc
-        )
-        return {}
+    except Exception as exc:  # onnx's inference or this reading could not read it: no proof of rows
+        # Refused, not assumed per row: a graph whose inference failed had loaded batched and mixed
+        # four clients' rows (a tester, session 52). rows_independent batches it on the config's word.
+        logger.warning("could not read graph %r for ops that mix rows (%s)", model.graph.name, exc)
+        why = f"the load could not read the graph for ops that mix rows ({type(exc).__name__}: {exc})"
+        return {out.name: why[:400] for out in model.graph.output}
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
+    # An output with the batch on two axes (zeros(N, N) written at each row's place): each row is
+    # as long as the batch (a tester, session 52); unless an input declares it so itself.
+    declared = any(
+        sum(d in walk.batch for d in walk.shapes.get(i.name) or []) > 1 for i in inferred.graph.input
+    )
     for out in model.graph.output:
-        why = walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
+        dims = walk.shapes.get(out.name) or []
+        twice = not declared and sum(dim in walk.batch for dim in dims) > 1
+        why = f"it carries the batch on two axes {walk.names.shown(dims)}: each row is as long as the batch"
+        why = why if twice else walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
         if out.name not in found and why is not None:
             found[out.name] = why
     return found
@@ -231,6 +237,12 @@ class _Walk:
         positions = self.values.positions
         taken = [name for i, name in enumerate(node.input) if i != 1]  # the data, a ScatterND's updates
         picks = node.op_type in ("Gather", "GatherND", "ScatterND") and not self.values.sized.keys() & taken
+        if picks:
+            # Data with the batch on a second axis (zeros(N, N)): a row's own index there reaches as
+            # far as the batch is large (a tester, session 52: OK batched where alone refused).
+            data = self.shapes.get(node.input[0]) or []
+            along = int_attribute(node, "axis", 0) % len(data) if data and node.op_type == "Gather" else 0
+            picks = not any(dim in self.batch for at, dim in enumerate(data) if at != along)
         if picks and positions.own_rows(node, self._row_size, self._lineage):
             # The rows' axis of its output is the batch's: a Softmax over it mixes (a tester, s51).
             out = self.shapes.get(node.output[0]) or []
@@ -279,14 +291,22 @@ class _Walk:
         (x[:, None] - x[None]): each row is paired with every other."""
         dims = [self.shapes.get(name) or [] for name in node.input]
         rank = max((len(d) for d in dims), default=0)
-        seen: dict[int, int] = {}  # the broadcast axis of the batch -> the input carrying it there
+        seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
         for index, shape in enumerate(dims):
             for axis, dim in enumerate(shape):
                 if dim in self.batch:
-                    seen.setdefault(rank - len(shape) + axis, index)
-        if len(set(seen.values())) < 2 or len(seen) < 2:
-            return None
-        (a, i), (b, j) = sorted(seen.items())[:2]
+                    seen.setdefault(rank - len(shape) + axis, set()).add(index)
+        carriers = set().union(*seen.values()) if seen else set()
+        if len(seen) < 2 or all(found == carriers for found in seen.values()):
+            return None  # one axis, or inputs alike on each (zeros(N, N) + zeros(N, N))
+        # An input carrying the batch where another does not: zeros(N, N) + x[:, :1]^T put every
+        # row's value in each row (a tester, session 52), as x[:, None] - x[None] does.
+        (a, i), (b, j) = next(
+            ((a, min(at)), (b, min(bt - at)))
+            for a, at in sorted(seen.items())
+            for b, bt in sorted(seen.items())
+            if bt - at
+        )
         return (
             f"{described(node)} pairs each row of the batch with every other: it broadcasts "
             f"{self._where(node, i, a - rank + len(dims[i]))} against "

@@ -118,11 +118,14 @@ class RowPositions:
             self.shape_of[out] = node.input[0]
         if node.op_type == "Where" and len(node.input) == 3 and node.input[2] in self.shape_of:
             # torch's expand(shape): where(shape == -1, 1, shape). Ones or the shape's own sizes
-            # in each place: an Expand by it keeps what an Expand by the shape keeps.
+            # in each place: an Expand by it keeps what an Expand by the shape keeps; all three of
+            # one length (ones of two broadcast a shape of one to two: every row's place in each
+            # row; a tester, session 52).
+            given = [dims(name) for name in node.input]
+            alike = given[2] is not None and len(given[2]) == 1 and given[0] == given[1] == given[2]
             ones = constant(1)
-            if self.bounds.get(node.input[1]) == Bound(1, None, 1) or (
-                ones is not None and bool((ones == 1).all())
-            ):
+            filled = self.bounds.get(node.input[1]) == Bound(1, None, 1)  # a ConstantOfShape of 1s
+            if alike and (filled or (ones is not None and bool((ones == 1).all()))):
                 self.shape_of[out] = self.shape_of[node.input[2]]
         size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
         if size is not None:
@@ -148,9 +151,9 @@ class RowPositions:
         if len(node.input) < 2 or node.input[1] not in self.found:
             return False
         index = self.found[node.input[1]]
-        symbolic = isinstance(index.stride, str) or index.offset.top is not None
-        if symbolic and not index.sources <= lineage(node.input[0]):
-            return False  # a whole-number stride and offsets are checked against the data's own dims
+        exact = index.column and index.stride == 1 and index.offset == Bound(0, None, 0)
+        if not exact and not index.sources <= lineage(node.input[0]):
+            return False  # arange(N) itself reads no size: its other columns' inputs do not count
         if node.op_type == "Gather" and not index.column:
             return index.within(row_size(node.input[0], int_attribute(node, "axis", 0)))
         nd = node.op_type in ("GatherND", "ScatterND") and not int_attribute(node, "batch_dims", 0)

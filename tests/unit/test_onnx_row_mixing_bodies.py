@@ -227,14 +227,18 @@ def test_an_unnamed_branch_node_is_named_by_its_output() -> None:
     assert got == {"y": f"{_why('Softmax', 's', 0)}, inside the If node making 'y'"}
 
 
-def test_a_graph_the_reading_cannot_read_is_not_flagged_and_says_so(
+def test_a_graph_the_reading_cannot_read_is_refused_for_batching_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # No proof of rows: every output refused (it had been assumed per row; session 52).
     def broken(*args: object) -> list[tuple[int, list[int]]]:
         raise ValueError("an attribute of an unexpected type")
 
     monkeypatch.setattr(onnx_row_mixing, "mixed_axes", broken)
-    assert row_mixing_outputs(_model([helper.make_node("Softmax", ["x"], ["y"], axis=0)])) == {}
+    got = row_mixing_outputs(_model([helper.make_node("Softmax", ["x"], ["y"], axis=0)]))
+    why = "the load could not read the graph for ops that mix rows (ValueError: "
+    why += "an attribute of an unexpected type)"
+    assert got == {"y": why}
     assert (
         "could not read graph 'g' for ops that mix rows (an attribute of an unexpected type)" in caplog.text
     )
