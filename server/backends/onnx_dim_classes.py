@@ -101,7 +101,7 @@ def named_alike(inferred: onnx.ModelProto, probe: onnx.ModelProto) -> None:
     declared, batch = declared_names(probe)
     classes, skipped = _Classes(), set[str]()
     for _ in range(MAX_WALKS):  # a Range found to be arange(N) after all is left out, and again
-        classes, ranges = _Classes(), {}
+        classes, ranges = _Classes(), dict[str, str]()
         _read(inferred.graph, classes, batch, skipped, ranges)
         rows = {classes.find(name) for name in batch}
         found = {out for out, length in ranges.items() if classes.find(length) in rows}

@@ -97,8 +97,12 @@ def reshaped_rows(
     if column is not None:
         ahead, behind = dims_product(source[:row]), dims_product(target[:column], sizes)
         # Moved only where the counts differ whatever the symbols are: the same symbols times
-        # different numbers. ['seq', N, 12] -> [5, N, 12] is an exporter's fixed length, no proof.
-        if ahead is None or behind is None or ahead[1] != behind[1] or ahead[0] == behind[0]:
+        # different numbers, or symbols on one side and nothing on the other (a seq-first [T, N, H]
+        # viewed as [N, -1]: rows move unless T is 1; a tester, session 52). ['seq', N, 12] ->
+        # [5, N, 12] is an exporter's fixed length, no proof.
+        if ahead is None or behind is None or ahead == behind:
+            return None
+        if ahead[1] != behind[1] and (1, ()) not in (ahead, behind):
             return None
         return Moved(row, column, str(source[:row]), str(target[:column]))
     return _regrouped(source, target, sizes, row, batch)

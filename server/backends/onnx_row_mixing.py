@@ -96,8 +96,8 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
         # Refused, not assumed per row: a graph whose inference failed had loaded batched and mixed
         # four clients' rows (a tester, session 52). rows_independent batches it on the config's word.
         logger.warning("could not read graph %r for ops that mix rows (%s)", model.graph.name, exc)
-        why = f"the load could not read the graph for ops that mix rows ({type(exc).__name__}: {exc})"
-        return {out.name: why[:400] for out in model.graph.output}
+        unread = f"the load could not read the graph for ops that mix rows ({type(exc).__name__}: {exc})"
+        return {out.name: unread[:400] for out in model.graph.output}
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
     # An output with the batch on two axes (zeros(N, N) written at each row's place): each row is
     # as long as the batch (a tester, session 52); unless an input declares it so itself.
@@ -107,8 +107,8 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
     for out in model.graph.output:
         dims = walk.shapes.get(out.name) or []
         twice = not declared and sum(dim in walk.batch for dim in dims) > 1
-        why = f"it carries the batch on two axes {walk.names.shown(dims)}: each row is as long as the batch"
-        why = why if twice else walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
+        wide = f"it carries the batch on two axes {walk.names.shown(dims)}: each row is as long as the batch"
+        why = wide if twice else walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
         if out.name not in found and why is not None:
             found[out.name] = why
     return found

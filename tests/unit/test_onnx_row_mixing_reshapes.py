@@ -54,7 +54,8 @@ def _model(
         (["T", "N", 8], ["f", 4], Folded(0, "f", ("T", "N", 2))),
         (["N", 6], ["f", 4], Moved(0, None, "[]", "['f', 4]")),  # rows of 6 cut in 4s: straddles
         (["N", "T"], ["f", 4], None),  # T may be a multiple of 4: no proof
-        (["N", "T"], ["T", "N"], None),  # T ahead of it where nothing was: moves only if T > 1
+        (["N", "T"], ["T", "N"], Moved(0, 1, "[]", "['T']")),  # T ahead where nothing was: T > 1 moves
+        (["T", "N", 4], ["N", "f"], Moved(1, 0, "['T']", "[]")),  # seq-first viewed [N, -1] (s52)
         (["N", "T", 3], ["f", "g"], None),  # two dims unknown
         ([3, 4], [12], None),  # no batch
     ],
