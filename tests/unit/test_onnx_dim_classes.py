@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from server.backends.onnx_dim_classes import declared_names
 from server.backends.onnx_mixing_probe import inferred_probe
 from server.backends.onnx_output_shapes import inference_probe, refined_outputs
 from tests.support.onnx_graphs import graph_model, ints, node
@@ -219,3 +220,104 @@ def test_an_opset_13_outputs_shape_is_completed_through_a_view() -> None:
     (y,) = refined_outputs(_view13())
     dims = [d.dim_value or d.dim_param for d in y.type.tensor_type.shape.dim]
     assert dims == ["N", "T", 2, 2]
+
+
+# --- edges: constants as nodes, the size's axis, ranks, cuts ---
+
+
+def _constant(name: str, value: int | list[int]) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.int64), name)
+    )
+
+
+def test_a_ranges_bounds_written_as_constant_nodes_are_read() -> None:
+    # torch's legacy export writes Range's start and step as Constant nodes.
+    nodes = [
+        _constant("c0", 0),
+        _constant("c1", 1),
+        *_size("one"),
+        node("Range", ["c0", "size", "c1"], "pos"),
+        node("Gather", ["table", "pos"], "pe", axis=0),
+        node("Add", ["x", "pe"], "y"),
+    ]
+    assert _dims(graph_model(nodes, [*SIZES, _table("table", [32, 4])], inputs=_x()))["y"] == ["N", "T", 4]
+    # A Constant of another attribute (value_ints) is not read as a whole value here.
+    nodes[1] = helper.make_node("Constant", [], ["c1"], value_ints=[1])
+    assert _dims(graph_model(nodes, [*SIZES, _table("table", [32, 4])], inputs=_x()))["y"][1] != "T"
+
+
+def test_the_size_is_read_only_from_a_shapes_own_axis_and_within_it() -> None:
+    def pos(at: str, axis: int = 0) -> list[Dim]:
+        nodes = [
+            node("Shape", ["x"], "shape"),
+            node("Gather", ["shape", at], "size", axis=axis),
+            node("Range", ["zero", "size", "one"], "pos"),
+            node("Cast", ["pos"], "y", to=F),
+        ]
+        return _dims(graph_model(nodes, [*SIZES, ints("minus2", -2), ints("three", 3)], inputs=_x()))["pos"]
+
+    assert pos("one") == ["T"]
+    assert pos("minus2") == ["T"]  # x.shape[-2]
+    assert pos("three") != ["T"] and pos("two") != ["T"]  # past the shape, or x's last (4: a number)
+
+
+def test_a_matmul_of_matrices_joins_its_contraction_and_broadcasts_its_batch_dims() -> None:
+    # [T, k] @ [k', 4], k a value sent: k is T; a [1, T, k] @ [N, k', 4] broadcast keeps N.
+    inputs = [*_x(("N", "T", 4)), helper.make_tensor_value_info("k", I64, [1])]
+    lead = [node("Shape", ["x"], "shape"), node("Slice", ["shape", "one1", "two1"], "t1")]
+    nodes = [*lead, node("Concat", ["t1", "k"], "wshape", axis=0), node("ConstantOfShape", ["wshape"], "w")]
+    nodes += [node("Gather", ["x", "zero"], "x0", axis=0), node("MatMul", ["w", "x0"], "y")]
+    inits = [*SIZES, ints("one1", [1]), ints("two1", [2])]
+    assert _dims(graph_model(nodes, inits, inputs=inputs))["w"] == ["T", "T"]
+    nodes[-2:] = [node("Unsqueeze", ["w", "axis0"], "w3"), node("MatMul", ["w3", "x"], "y")]
+    dims = _dims(graph_model(nodes, inits, inputs=inputs))
+    assert dims["w3"] == [1, "T", "T"] and dims["y"] == ["N", "T", 4]
+
+
+def test_a_view_whose_minus_one_is_a_number_is_given_it() -> None:
+    # [N, T, 4] viewed as [N, T, -1]: the -1 is 4 whatever T is.
+    nodes = [
+        node("Shape", ["x"], "shape"),
+        node("Slice", ["shape", "zero1", "two1"], "lead"),
+        node("Concat", ["lead", "m1"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [*SIZES, ints("zero1", [0]), ints("two1", [2]), ints("m1", [-1])]
+    assert _dims(graph_model(nodes, inits, inputs=_x()))["y"] == ["N", "T", 4]
+
+
+def _cut(width: int, *, steps: int | None = None) -> onnx.ModelProto:
+    """ids [N, T] embedded plus table[buf[:, :T]] (buf [1, width] a graph input), an explicit step
+    given where `steps` is."""
+    inputs = [
+        helper.make_tensor_value_info("ids", I64, ["N", "T"]),
+        helper.make_tensor_value_info("buf", I64, [1, width]),
+    ]
+    cut = ["buf", "start", "size1", "axis1", *(["steps"] if steps is not None else [])]
+    nodes = [
+        node("Shape", ["ids"], "shape"),
+        node("Gather", ["shape", "one"], "size", axis=0),
+        node("Unsqueeze", ["size", "axis0"], "size1"),
+        node("Slice", cut, "cut"),
+        node("Gather", ["table", "cut"], "pe", axis=0),
+        node("Gather", ["words", "ids"], "we", axis=0),
+        node("Add", ["we", "pe"], "y"),
+    ]
+    inits = [*SIZES, ints("start", [0]), ints("axis1", [1]), ints("steps", [steps or 1])]
+    return graph_model(nodes, [*inits, _table("table", [32, 4]), _table("words", [9, 4])], inputs=inputs)
+
+
+def test_a_cut_of_two_or_more_by_one_step_is_the_dim_it_is_cut_to() -> None:
+    assert _dims(_cut(2))["cut"] == [1, "T"]  # two values: min(2, T) beside T is T
+    assert _dims(_cut(32, steps=1))["cut"] == [1, "T"]
+    assert _dims(_cut(32, steps=2))["cut"][1] != "T"  # every other value: about T / 2
+
+
+def test_declared_names_are_the_models_own_and_its_inputs_first_named_dims() -> None:
+    inputs = [
+        helper.make_tensor_value_info("x", F, ["N", "T"]),
+        helper.make_tensor_value_info("fixed", F, [4, "S"]),
+    ]
+    named, firsts = declared_names(graph_model([node("Relu", ["x"], "y")], inputs=inputs))
+    assert named >= {"N", "T", "S"} and firsts == {"N"}
