@@ -204,3 +204,49 @@ def test_an_index_put_of_values_made_from_the_batchs_size_mixes() -> None:
     model = _index_put(updates="place_values")
     model.graph.node.insert(5, node("Cast", ["places"], "place_values", to=F))
     assert "y" in row_mixing_outputs(model)
+
+
+def _where_put(*, ones: str, cond_to: str = "minus") -> onnx.ModelProto:
+    """The index put of `_index_put`, its where(shape == `cond_to`, `ones`, shape) written with
+    constants (a `ones` initializer, not a ConstantOfShape)."""
+    model = _index_put()
+    kept = [n for n in model.graph.node if n.output[0] not in ("blen", "fills", "negatives", "unset", "to")]
+    at = next(i for i, n in enumerate(kept) if n.output[0] == "bshape") + 1
+    kept[at:at] = [
+        node("Equal", ["bshape", cond_to], "unset"),
+        node("Where", ["unset", ones, "bshape"], "to"),
+    ]
+    model.graph.ClearField("node")
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend([ints("one1", [1]), ints("two1", [2]), ints("minus2", [-1, -1])])
+    return model
+
+
+def test_a_where_of_constant_ones_as_long_as_the_shape_keeps_the_rows() -> None:
+    assert row_mixing_outputs(_where_put(ones="one1")) == {}
+    assert "y" in row_mixing_outputs(_where_put(ones="two1"))  # twos: rows copied where N is 1
+    assert "y" in row_mixing_outputs(_where_put(ones="one1", cond_to="minus2"))  # a condition of two
+
+
+def test_an_exact_row_column_reads_no_bound_and_a_stride_from_another_input_does() -> None:
+    # m[arange(N), argmax(b)] = 1, b another input: the first column is each row's own place
+    # whatever b is; flatten(x)[arange(N) * b.shape[1]] reads b's width, which a client may send.
+    inputs = [*LENS, helper.make_tensor_value_info("b", F, ["N", "T"])]
+    model = _index_put()
+    model.graph.input.append(inputs[-1])
+    for made in model.graph.node:
+        if made.output[0] == "idx":
+            made.CopyFrom(node("ArgMax", ["b"], "idx", axis=1, keepdims=0))
+    assert row_mixing_outputs(model) == {}
+    nodes = [
+        node("Shape", ["x"], "s"),
+        node("Gather", ["s", "zero"], "n", axis=0),
+        node("Shape", ["b"], "bs"),
+        node("Gather", ["bs", "one"], "width", axis=0),
+        node("Flatten", ["x"], "flat", axis=2),
+        node("Range", ["zero", "n", "one"], "rows"),
+        node("Mul", ["rows", "width"], "y_at"),
+        node("Gather", ["flat", "y_at"], "y", axis=0),
+    ]
+    model = graph_model(nodes, [ints("zero", 0), ints("one", 1)], inputs=inputs)
+    assert "y" in row_mixing_outputs(model)
