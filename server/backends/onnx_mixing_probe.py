@@ -26,6 +26,7 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     and dims proved alike named alike (onnx_dim_classes.py)."""
     if probe.functions:
         probe = onnx.inliner.inline_local_functions(probe)
+    _constants_in_bodies(probe)
     inferred = inferred_shapes(probe)
     if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
         for _ in range(SEEDING_ROUNDS):
@@ -34,6 +35,25 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
             inferred = inferred_shapes(inferred)
     named_alike(inferred, probe)
     return inferred
+
+
+def _constants_in_bodies(probe: onnx.ModelProto) -> None:
+    """Each small initializer an If, Loop or Scan body reads from the main graph written in the
+    body as a Constant of its name: onnx's inference propagates a body's values only from what the
+    body holds, so a view by sizes read with the main graph's constants had no shape there, and a
+    Softmax over the batch after it loaded batched (a tester, session 52). Initializers a client
+    may send (listed as inputs) are not constants."""
+    sent = {value.name for value in probe.graph.input}
+    small = {init.name: init for init in probe.graph.initializer if init.name not in sent}
+    bodies = [sub for graph in graphs(probe.graph) for node in graph.node for sub in subgraphs(node)]
+    for graph in bodies:
+        made = {out for node in graph.node for out in node.output} | {i.name for i in graph.input}
+        read = sorted({name for node in graph.node for name in node.input} & small.keys() - made)
+        if read:
+            nodes = [onnx.helper.make_node("Constant", [], [name], value=small[name]) for name in read]
+            nodes += list(graph.node)
+            graph.ClearField("node")
+            graph.node.extend(nodes)
 
 
 def _types(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:

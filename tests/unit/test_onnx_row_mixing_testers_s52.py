@@ -215,3 +215,33 @@ def test_onnxs_domain_spelt_ai_onnx_is_read() -> None:
     for opset in (13, 17):
         got = row_mixing_outputs(_softmax_after_view(opset, "ai.onnx"))
         assert "the Softmax node making 'y' works along the batch's axis" in got["y"], opset
+
+
+def _view_in_branch(axis: int) -> onnx.ModelProto:
+    """An If whose branches view x [N, T, 4] as [N, T, 2, 2] by its own sizes and take a Softmax
+    over `axis`, the view's constants the main graph's initializers."""
+
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [
+            node("Shape", ["x"], "s"),
+            node("Gather", ["s", "zero"], "n", axis=0),
+            node("Gather", ["s", "one"], "t", axis=0),
+            node("Unsqueeze", ["n", "ax0"], "n1"),
+            node("Unsqueeze", ["t", "ax0"], "t1"),
+            node("Concat", ["n1", "t1", "two", "two"], "v", axis=0),
+            node("Reshape", ["x", "v"], "q"),
+            node("Softmax", ["q"], "yb", axis=axis),
+        ]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info("yb", F, None)])
+
+    choose = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("else"))
+    inputs = [helper.make_tensor_value_info("x", F, ["N", "T", 4])]
+    inits = [ints("two", [2]), numpy_helper.from_array(np.array(True), "cond")]
+    return _model([choose], inputs, inits=inits)
+
+
+def test_a_view_in_a_branch_with_the_main_graphs_constants_is_read() -> None:
+    # onnx's inference gave the branch's view no shape: the Softmax over the batch was not read.
+    got = row_mixing_outputs(_view_in_branch(0))
+    assert "the Softmax node making 'yb' works along the batch's axis, axis 0 of 'q'" in got["y"], got
+    assert row_mixing_outputs(_view_in_branch(3)) == {}
