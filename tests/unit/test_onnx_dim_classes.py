@@ -13,7 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_dim_classes import declared_names
 from server.backends.onnx_mixing_probe import inferred_probe
-from server.backends.onnx_output_shapes import inference_probe, refined_outputs
+from server.backends.onnx_output_shapes import (
+    _plain_domain,
+    _read_as_14,
+    _views,
+    inference_probe,
+    inferred_shapes,
+    refined_outputs,
+)
 from tests.support.onnx_graphs import graph_model, ints, node
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -321,3 +328,57 @@ def test_declared_names_are_the_models_own_and_its_inputs_first_named_dims() -> 
     ]
     named, firsts = declared_names(graph_model([node("Relu", ["x"], "y")], inputs=inputs))
     assert named >= {"N", "T", "S"} and firsts == {"N"}
+
+
+# --- the opset's reading and the domain's spelling, function by function ---
+
+
+def _reshape_model(opset: int, *, reshape: bool = True, bn_outputs: int = 0) -> onnx.ModelProto:
+    nodes = [node("Reshape", ["x", "flat"], "y") if reshape else node("Relu", ["x"], "y")]
+    inits = [ints("flat", [-1])]
+    if bn_outputs:
+        outs = ["xb", *(f"stat{i}" for i in range(bn_outputs - 1))]
+        nodes.insert(0, helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs))
+        inits += [_table(name, [4]) for name in "sbmv"]
+    return graph_model(nodes, inits, inputs=_x(), opset=opset)
+
+
+def test_only_an_opset_13_graph_with_a_reshape_and_no_training_batchnorm_is_read_as_14() -> None:
+    for opset, kw, read in (
+        (13, {}, True),
+        (13, {"reshape": False}, False),
+        (12, {}, False),
+        (14, {}, False),
+        (13, {"bn_outputs": 1}, True),
+        (13, {"bn_outputs": 2}, False),
+        (13, {"bn_outputs": 5}, False),
+    ):
+        model = _reshape_model(opset, **kw)  # type: ignore[arg-type]
+        assert _read_as_14(model, 0) is read, (opset, kw)
+        assert model.opset_import[0].version == (14 if read else opset), (opset, kw)
+
+
+def test_the_inference_gives_the_probe_and_its_result_their_own_opset_back() -> None:
+    probe = inference_probe(_reshape_model(13), set())
+    inferred = inferred_shapes(probe)
+    assert probe.opset_import[0].version == 13 and inferred.opset_import[0].version == 13
+
+
+def test_views_are_reshapes_anywhere_in_the_graph() -> None:
+    assert _views(_reshape_model(11)) and not _views(_reshape_model(11, reshape=False))
+
+
+def test_onnxs_domain_spelt_ai_onnx_is_written_plain_and_other_domains_stay() -> None:
+    model = _reshape_model(13)
+    model.graph.node[0].domain = "ai.onnx"
+    model.opset_import[0].domain = "ai.onnx"
+    model.opset_import.insert(0, helper.make_opsetid("com.microsoft", 1))
+    _plain_domain(model)
+    assert [o.domain for o in model.opset_import] == ["com.microsoft", ""]
+    assert model.graph.node[0].domain == ""
+    # Both spellings imported: the nodes' is made plain, the imports stay.
+    both = _reshape_model(13)
+    both.opset_import.append(helper.make_opsetid("ai.onnx", 13))
+    both.graph.node[0].domain = "ai.onnx"
+    _plain_domain(both)
+    assert [o.domain for o in both.opset_import] == ["", "ai.onnx"] and both.graph.node[0].domain == ""
