@@ -20,11 +20,12 @@ follows the batch by its own rules (arange(N) is each row's place, onnx_row_posi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 
 import onnx
 
 from server.backends.graph_names import graphs, int_attribute, shape_read
+from server.backends.onnx_mixing_graph import value_dims
 from server.backends.onnx_mixing_ops import BROADCAST_OPS
 from server.backends.onnx_reshape_rows import dims_product, dims_quotient
 
@@ -132,17 +133,6 @@ def named_alike(inferred: onnx.ModelProto, probe: onnx.ModelProto) -> None:
                     dim.dim_param = to
 
 
-def _values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
-    yield from (*graph.input, *graph.value_info, *graph.output)
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[Dim] | None:
-    tensor = value.type.tensor_type
-    if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-
-
 def _read(
     graph: onnx.GraphProto,
     classes: _Classes,
@@ -152,7 +142,8 @@ def _read(
 ) -> None:
     """Join the dims `graph`'s nodes prove equal, in the graph's order; `ranges`: the Ranges
     whose length was joined (output -> length), but for those `skipped`."""
-    dims = {value.name: found for value in _values(graph) if (found := _dims(value)) is not None}
+    values = (*graph.input, *graph.value_info, *graph.output)
+    dims = {value.name: found for value in values if (found := value_dims(value)) is not None}
     dims.update({init.name: list(init.dims) for init in graph.initializer if init.name not in dims})
     sent = {value.name for value in graph.input}  # an initializer listed as an input a client may send
     constants = {init.name: init for init in graph.initializer if _small(init.dims) and init.name not in sent}

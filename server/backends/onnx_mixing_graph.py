@@ -42,7 +42,8 @@ def standard_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ONNX_DOMAIN), 1)
 
 
-def _dims(value: onnx.ValueInfoProto) -> Dims | None:
+def value_dims(value: onnx.ValueInfoProto) -> Dims | None:
+    """A value info's dims: sizes, names, None where unknown; None where it has no shape."""
     tensor = value.type.tensor_type
     if not value.type.HasField("tensor_type") or not tensor.HasField("shape"):
         return None
@@ -65,7 +66,7 @@ class Shapes:
     def get(self, name: str) -> Dims | None:
         if name not in self._dims:
             info = self._infos.get(name)
-            dims = _dims(info) if info is not None else None
+            dims = value_dims(info) if info is not None else None
             if dims is None and self._outer is not None:
                 dims = self._outer.get(name)
             self._dims[name] = dims

@@ -160,10 +160,11 @@ def _fill_from_converted(inferred: onnx.ModelProto, probe: onnx.ModelProto) -> N
 def _plain_domain(probe: onnx.ModelProto) -> None:
     """ONNX's domain spelt 'ai.onnx' written '' in `probe`: onnx's inference read no shape of such a
     graph, or refused it (a Softmax over the batch had loaded batched; a tester, session 52)."""
+    plain = any(opset.domain == "" for opset in probe.opset_import)
     for opset in probe.opset_import:
-        if opset.domain == "ai.onnx" and not any(o.domain == "" for o in probe.opset_import):
-            opset.domain = ""
-    if any(o.domain == "" for o in probe.opset_import):
+        if opset.domain == "ai.onnx" and not plain:
+            opset.domain, plain = "", True
+    if plain:
         for graph in graphs(probe.graph):
             for node in graph.node:
                 if node.domain == "ai.onnx":

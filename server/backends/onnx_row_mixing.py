@@ -92,23 +92,15 @@ def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dic
         # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
         weights: dict[str, Value] = {i.name: i for i in model.graph.initializer if i.name not in fed}
         walk.graph(inferred.graph, weights)
-    except Exception as exc:  # onnx's inference or this reading could not read it: no proof of rows
-        # Refused, not assumed per row: a graph whose inference failed had loaded batched and mixed
-        # four clients' rows (a tester, session 52). rows_independent batches it on the config's word.
+    except Exception as exc:  # no proof of rows: refused (assumed per row, it had mixed clients' rows; s52)
         logger.warning("could not read graph %r for ops that mix rows (%s)", model.graph.name, exc)
         unread = f"the load could not read the graph for ops that mix rows ({type(exc).__name__}: {exc})"
         return {out.name: unread[:400] for out in model.graph.output}
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
-    # An output with the batch on two axes (zeros(N, N) written at each row's place): each row is
-    # as long as the batch (a tester, session 52); unless an input declares it so itself.
-    declared = any(
-        sum(d in walk.batch for d in walk.shapes.get(i.name) or []) > 1 for i in inferred.graph.input
-    )
+    declared = any(walk.batch_twice(value.name) for value in inferred.graph.input)  # outputs so too
     for out in model.graph.output:
-        dims = walk.shapes.get(out.name) or []
-        twice = not declared and sum(dim in walk.batch for dim in dims) > 1
-        wide = f"it carries the batch on two axes {walk.names.shown(dims)}: each row is as long as the batch"
-        why = wide if twice else walk.folded_rows(out.name) or walk.values.made_from_size(out.name)
+        why = (None if declared else walk.batch_twice(out.name)) or walk.folded_rows(out.name)
+        why = why or walk.values.made_from_size(out.name)
         if out.name not in found and why is not None:
             found[out.name] = why
     return found
@@ -184,6 +176,13 @@ class _Walk:
             if out:
                 self.producers[out] = node.input
 
+    def batch_twice(self, name: str) -> str | None:
+        """Why a tensor's rows are not its own: the batch on two axes (zeros(N, N); a tester, s52)."""
+        dims = self.shapes.get(name) or []
+        if sum(dim in self.batch for dim in dims) < 2:
+            return None
+        return f"it carries the batch on two axes {self.names.shown(dims)}: each row is as long as the batch"
+
     def folded_rows(self, name: str) -> str | None:
         """Why a graph output's rows are not the requests' rows: its first axis is the batch folded
         with other values ([N*T, C]), so no request's share of it is its row count."""
@@ -230,20 +229,25 @@ class _Walk:
             return None
         return folded(node, [self._constant(node, i, MAX_ELEMENTS) for i in range(len(node.input))])
 
+    def _own_row_pick(self, node: onnx.NodeProto) -> bool:
+        """A Gather, GatherND or ScatterND at each row's own place (onnx_row_positions.py), its data
+        and a ScatterND's updates not made from the batch's size, its data carrying the batch on no
+        other axis (zeros(N, N): an own index there reaches as far as the batch; a tester, s52)."""
+        if node.op_type not in ("Gather", "GatherND", "ScatterND"):
+            return False
+        if not self.values.sized.keys().isdisjoint(name for i, name in enumerate(node.input) if i != 1):
+            return False
+        data = self.shapes.get(node.input[0]) or []
+        along = int_attribute(node, "axis", 0) % len(data) if data and node.op_type == "Gather" else 0
+        if any(dim in self.batch for at, dim in enumerate(data) if at != along):
+            return False
+        return self.values.positions.own_rows(node, self._row_size, self._lineage)
+
     def _mixes(self, node: onnx.NodeProto) -> str | None:
         """Why the node mixes rows of the batch (None: it does not, or it cannot be told)."""
         if node.domain not in ONNX_DOMAIN:
             return None
-        positions = self.values.positions
-        taken = [name for i, name in enumerate(node.input) if i != 1]  # the data, a ScatterND's updates
-        picks = node.op_type in ("Gather", "GatherND", "ScatterND") and not self.values.sized.keys() & taken
-        if picks:
-            # Data with the batch on a second axis (zeros(N, N)): a row's own index there reaches as
-            # far as the batch is large (a tester, session 52: OK batched where alone refused).
-            data = self.shapes.get(node.input[0]) or []
-            along = int_attribute(node, "axis", 0) % len(data) if data and node.op_type == "Gather" else 0
-            picks = not any(dim in self.batch for at, dim in enumerate(data) if at != along)
-        if picks and positions.own_rows(node, self._row_size, self._lineage):
+        if self._own_row_pick(node):
             # The rows' axis of its output is the batch's: a Softmax over it mixes (a tester, s51).
             out = self.shapes.get(node.output[0]) or []
             axis = int_attribute(node, "axis", 0) if node.op_type == "Gather" else 0

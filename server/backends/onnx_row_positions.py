@@ -121,13 +121,11 @@ class RowPositions:
             # in each place: an Expand by it keeps what an Expand by the shape keeps; all three of
             # one length (ones of two broadcast a shape of one to two: every row's place in each
             # row; a tester, session 52).
-            ones = constant(1)
-            given = [dims(name) for name in node.input]
-            given[1] = (
-                list(ones.shape) if given[1] is None and ones is not None else given[1]
-            )  # an initializer
-            alike = given[2] is not None and len(given[2]) == 1 and given[0] == given[1] == given[2]
-            filled = self.bounds.get(node.input[1]) == Bound(1, None, 1)  # a ConstantOfShape of 1s
+            ones = constant(1)  # an initializer's value, or a ConstantOfShape's fill read as a bound
+            cond, fill, shape = (dims(name) for name in node.input)
+            fill = list(ones.shape) if fill is None and ones is not None else fill
+            alike = shape is not None and len(shape) == 1 and cond == fill == shape
+            filled = self.bounds.get(node.input[1]) == Bound(1, None, 1)
             if alike and (filled or (ones is not None and bool((ones == 1).all()))):
                 self.shape_of[out] = self.shape_of[node.input[2]]
         size = held[0] if held is not None and len(held) == 1 else self._size(node, constant)
