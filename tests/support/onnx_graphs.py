@@ -39,3 +39,30 @@ def ints(name: str, values: Sequence[int] | Sequence[Sequence[int]] | int) -> on
 def node(op: str, inputs: Sequence[str], output: str, **attrs: object) -> onnx.NodeProto:
     """A node of one output."""
     return helper.make_node(op, list(inputs), [output], **attrs)
+
+
+def leading_sizes(source: str = "x", axes: str | None = "axis0") -> list[onnx.NodeProto]:
+    """'n', 't': `source`'s first two sizes read from its shape 's' (initializers 'zero' and 'one'),
+    'n1' and 't1' the same as one value: unsqueezed by the initializer `axes` ([0]), or by the
+    attribute where `axes` is None (before opset 13)."""
+    by: dict[str, object] = {"axes": [0]} if axes is None else {}
+    extra = [] if axes is None else [axes]
+    return [
+        node("Shape", [source], "s"),
+        node("Gather", ["s", "zero"], "n", axis=0),
+        node("Gather", ["s", "one"], "t", axis=0),
+        node("Unsqueeze", ["n", *extra], "n1", **by),
+        node("Unsqueeze", ["t", *extra], "t1", **by),
+    ]
+
+
+def own_view(
+    out: str, tail: Sequence[str], source: str = "x", axes: str | None = "axis0"
+) -> list[onnx.NodeProto]:
+    """`source` [N, T, ...] viewed as `out` [N, T, *tail] by its own sizes, torch's legacy export of
+    x.view(x.size(0), x.size(1), ...): at opset 13 and before, onnx's inference gave it no shape."""
+    return [
+        *leading_sizes(source, axes),
+        node("Concat", ["n1", "t1", *tail], "view", axis=0),
+        node("Reshape", [source, "view"], out),
+    ]

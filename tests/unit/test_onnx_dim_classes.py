@@ -21,7 +21,7 @@ from server.backends.onnx_output_shapes import (
     inferred_shapes,
     refined_outputs,
 )
-from tests.support.onnx_graphs import graph_model, ints, node
+from tests.support.onnx_graphs import graph_model, ints, node, own_view
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 Dim = int | str | None
@@ -114,46 +114,13 @@ def test_a_reshapes_minus_one_is_what_the_sizes_leave() -> None:
 
 def test_a_slice_keeps_the_axes_it_does_not_cut_and_a_cut_to_a_dims_size_broadcast_with_it_is_it() -> None:
     # CLIP's position_ids[:, :L], the buffer a graph input [1, 32]: onnx gave the slice no dims.
-    inputs = [
-        helper.make_tensor_value_info("ids", I64, ["N", "T"]),
-        helper.make_tensor_value_info("buf", I64, [1, 32]),
-    ]
-    nodes = [
-        node("Shape", ["ids"], "shape"),
-        node("Gather", ["shape", "one"], "size", axis=0),
-        node("Unsqueeze", ["size", "axis0"], "size1"),
-        node("Slice", ["buf", "start", "size1", "axis1"], "cut"),
-        node("Gather", ["table", "cut"], "pe", axis=0),
-        node("Gather", ["words", "ids"], "we", axis=0),
-        node("Add", ["we", "pe"], "y"),
-    ]
-    inits = [
-        *SIZES,
-        ints("start", [0]),
-        ints("axis1", [1]),
-        _table("table", [32, 4]),
-        _table("words", [9, 4]),
-    ]
-    dims = _dims(graph_model(nodes, inits, inputs=inputs))
+    dims = _dims(_cut(32))
     assert dims["cut"] == [1, "T"] and dims["y"] == ["N", "T", 4]
 
 
 def test_a_cut_of_a_one_wide_axis_is_not_the_dim_it_is_cut_to() -> None:
     # buf [1, 1] cut to [:, :T] is one step whatever T is: beside T it broadcasts, it is not T.
-    inputs = [
-        helper.make_tensor_value_info("ids", I64, ["N", "T"]),
-        helper.make_tensor_value_info("buf", I64, [1, 1]),
-    ]
-    nodes = [
-        node("Shape", ["ids"], "shape"),
-        node("Gather", ["shape", "one"], "size", axis=0),
-        node("Unsqueeze", ["size", "axis0"], "size1"),
-        node("Slice", ["buf", "start", "size1", "axis1"], "cut"),
-        node("Cast", ["cut"], "cutf", to=F),
-        node("Cast", ["ids"], "idsf", to=F),
-        node("Add", ["idsf", "cutf"], "y"),
-    ]
-    dims = _dims(graph_model(nodes, [*SIZES, ints("start", [0]), ints("axis1", [1])], inputs=inputs))
+    dims = _dims(_cut(1))
     assert dims["cut"][1] != "T", dims
 
 
@@ -191,21 +158,14 @@ def test_a_batch_onnx_lost_in_a_broadcast_is_found_and_a_range_over_it_is_left_u
 
 def _view13(*, batchnorm_outputs: int = 0) -> onnx.ModelProto:
     """x [N, T, 4] viewed as [N, T, 2, 2] by a shape read from x, at opset 13."""
-    nodes = [
-        node("Shape", ["x"], "shape"),
-        node("Gather", ["shape", "zero"], "n", axis=0),
-        node("Gather", ["shape", "one"], "t", axis=0),
-        node("Unsqueeze", ["n", "axis0"], "n1"),
-        node("Unsqueeze", ["t", "axis0"], "t1"),
-        node("Concat", ["n1", "t1", "c2", "c2"], "view", axis=0),
-        node("Reshape", ["x", "view"], "y"),
-    ]
+    nodes = own_view("y", ["c2", "c2"])
     inits = [*SIZES, ints("c2", [2])]
     if batchnorm_outputs:
         outs = ["xb", *(f"stat{i}" for i in range(batchnorm_outputs - 1))]
-        nodes.insert(0, helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], outs))
+        statistics = ["scale", "bias", "mean", "var"]
+        nodes.insert(0, helper.make_node("BatchNormalization", ["x", *statistics], outs))
         nodes[-1] = node("Reshape", ["xb", "view"], "y")
-        inits += [_table(name, [4]) for name in "sbmv"]
+        inits += [_table(name, [4]) for name in statistics]
     return graph_model(nodes, inits, inputs=_x(("N", "T", 4)), opset=13)
 
 

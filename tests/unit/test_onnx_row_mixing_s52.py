@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import graph_model, ints, node
+from tests.support.onnx_graphs import graph_model, ints, leading_sizes, node, own_view
 
 F = TensorProto.FLOAT
 X = [helper.make_tensor_value_info("x", F, ["N", "T", 16])]
@@ -32,23 +32,10 @@ CONSTANTS = [
 TABLE = numpy_helper.from_array(np.zeros((32, 16), np.float32), "table")
 
 
-def _sizes() -> list[onnx.NodeProto]:
-    """'n', 't': x's batch and steps; 'n1', 't1' the same as one value."""
-    return [
-        node("Shape", ["x"], "s"),
-        node("Gather", ["s", "zero"], "n", axis=0),
-        node("Gather", ["s", "one"], "t", axis=0),
-        node("Unsqueeze", ["n", "axis0"], "n1"),
-        node("Unsqueeze", ["t", "axis0"], "t1"),
-    ]
-
-
 def _heads() -> list[onnx.NodeProto]:
     """x [N, T, 16] viewed as [N, T, 4, 4] and back to 'h' [N, T, 16], by shapes read from x."""
     return [
-        *_sizes(),
-        node("Concat", ["n1", "t1", "four", "four"], "heads", axis=0),
-        node("Reshape", ["x", "heads"], "q"),
+        *own_view("q", ["four", "four"]),
         node("Concat", ["n1", "t1", "c16"], "whole", axis=0),
         node("Reshape", ["q", "whole"], "h"),
     ]
@@ -101,7 +88,7 @@ def test_at_opset_13_a_pick_at_an_argmax_after_views_is_per_row_and_one_past_it_
 def _positioned() -> list[onnx.NodeProto]:
     """'h' = x + table[arange(x.shape[1])]: onnx named h's steps anew."""
     return [
-        *_sizes(),
+        *leading_sizes(),
         node("Range", ["zero", "t", "one"], "pos"),
         node("Gather", ["table", "pos"], "pe", axis=0),
         node("Add", ["x", "pe"], "h"),

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import graph_model, ints, node
+from tests.support.onnx_graphs import graph_model, ints, node, own_view
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 X = [helper.make_tensor_value_info("x", F, ["N", 4])]
@@ -184,16 +184,8 @@ def test_a_step_a_client_may_send_is_not_a_constant() -> None:
 def _softmax_after_view(opset: int, domain: str = "") -> onnx.ModelProto:
     """x [N, T, 4] viewed as [N, T, 2, 2] by its own sizes, then a Softmax over the batch (at
     opset 11 and 12 over the batch's axis after a Transpose, Softmax-11 coercing to two dims)."""
-    unsqueeze = {"axes": [0]} if opset < 13 else {}
-    extra = [] if opset < 13 else ["ax0"]
     nodes = [
-        node("Shape", ["x"], "s"),
-        node("Gather", ["s", "zero"], "n", axis=0),
-        node("Gather", ["s", "one"], "t", axis=0),
-        node("Unsqueeze", ["n", *extra], "n1", **unsqueeze),
-        node("Unsqueeze", ["t", *extra], "t1", **unsqueeze),
-        node("Concat", ["n1", "t1", "two", "two"], "v", axis=0),
-        node("Reshape", ["x", "v"], "q0"),
+        *own_view("q0", ["two", "two"], axes=None if opset < 13 else "ax0"),
         node("Transpose", ["q0"], "q", perm=[1, 0, 2, 3]),
         node("Softmax", ["q"], "y", axis=1),
     ]
@@ -222,16 +214,7 @@ def _view_in_branch(axis: int) -> onnx.ModelProto:
     over `axis`, the view's constants the main graph's initializers."""
 
     def branch(name: str) -> onnx.GraphProto:
-        nodes = [
-            node("Shape", ["x"], "s"),
-            node("Gather", ["s", "zero"], "n", axis=0),
-            node("Gather", ["s", "one"], "t", axis=0),
-            node("Unsqueeze", ["n", "ax0"], "n1"),
-            node("Unsqueeze", ["t", "ax0"], "t1"),
-            node("Concat", ["n1", "t1", "two", "two"], "v", axis=0),
-            node("Reshape", ["x", "v"], "q"),
-            node("Softmax", ["q"], "yb", axis=axis),
-        ]
+        nodes = [*own_view("q", ["two", "two"], axes="ax0"), node("Softmax", ["q"], "yb", axis=axis)]
         return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info("yb", F, None)])
 
     choose = helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("else"))
