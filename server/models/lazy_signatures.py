@@ -14,7 +14,9 @@ from typing import Generic, TypeVar
 from protos import model_config_pb2 as mc
 from server.models.completion import complete_version
 from server.models.config import validate_config
+from server.models.dim_ties import dim_ties
 from server.models.ensemble_config import is_ensemble
+from server.models.onnx_completion import OnnxTensor
 from server.models.repository import ModelSource
 from server.models.routing_key import RoutedRequest, pick_version
 from server.models.traffic import Slices, TrafficPolicy, parse_policy
@@ -36,14 +38,28 @@ def declares_everything(config: mc.ModelConfig) -> bool:
 
 
 def completed_config(source: ModelSource, number: int, default_max_batch_size: int) -> mc.ModelConfig:
+    return completed_with_inputs(source, number, default_max_batch_size)[0]
+
+
+def completed_with_inputs(
+    source: ModelSource, number: int, default_max_batch_size: int
+) -> tuple[mc.ModelConfig, list[OnnxTensor]]:
+    """The completed config, with the graph's inputs where it was read (none where the config
+    declares everything: the graph is not read for it)."""
+    inputs: list[OnnxTensor] = []
     if declares_everything(source.config):
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
         config.name = source.name
     else:  # the graph's inputs and outputs, read with onnx (no weights loaded, no session)
-        config = complete_version(source, source.versions[number], default_max_batch_size)[0]
+        config, inputs, _ = complete_version(source, source.versions[number], default_max_batch_size)
     validate_config(config, source.where)  # as the load does after completing it
-    return config
+    return config, inputs
+
+
+def _predicted(source: ModelSource, number: int, default_max_batch_size: int) -> Signature:
+    config, inputs = completed_with_inputs(source, number, default_max_batch_size)
+    return Signature.from_config(config, dim_ties(config, inputs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +129,7 @@ def predicted_signatures(source: ModelSource, default_max_batch_size: int) -> di
     if is_ensemble(source.config):  # read and checked by load_model_source already, as a load does
         return {number: Signature.from_config(source.config) for number in source.versions}
     try:
-        return {
-            number: Signature.from_config(completed_config(source, number, default_max_batch_size))
-            for number in source.versions
-        }
+        return {number: _predicted(source, number, default_max_batch_size) for number in source.versions}
     except Exception:  # ConfigError, BackendLoadError (not a readable graph), OSError, ...
         return None
 

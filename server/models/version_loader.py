@@ -36,6 +36,7 @@ from server.models.config import (
 from server.models.config_backend import ORT_PARAMETERS
 from server.models.config_fields import warn_unapplied
 from server.models.config_tensors import load_labels
+from server.models.dim_ties import dim_ties
 from server.models.ensemble import EnsembleScheduler, Resolve
 from server.models.ensemble_admission import admission_batcher
 from server.models.ensemble_config import EnsemblePlan, Step, plan_ensemble
@@ -159,7 +160,7 @@ async def load_version(
         name=source.name,
         version=number,
         config=config,
-        signature=Signature.from_config(config),
+        signature=Signature.from_config(config, dim_ties(config, inputs)),
         backends=backends,
         batcher=batcher,
         stats=stats,

@@ -16,6 +16,7 @@ from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
 from server.errors import InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
+from server.models.dim_ties import DimTie
 from server.models.ensemble_config import is_ensemble
 
 
@@ -44,9 +45,11 @@ class Signature:
     # The model has sequence_batching: its requests must name a sequence (None: an ensemble, whose
     # steps with sequence_batching take the sequence and the others ignore it).
     sequences: bool | None = False
+    # Dims the graph names alike on the inputs clients send, where requests share runs (dim_ties.py).
+    ties: tuple[DimTie, ...] = ()
 
     @classmethod
-    def from_config(cls, config: mc.ModelConfig) -> Signature:
+    def from_config(cls, config: mc.ModelConfig, ties: tuple[DimTie, ...] = ()) -> Signature:
         def spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
             return TensorSpec(
                 name=tensor.name,
@@ -63,6 +66,7 @@ class Signature:
             outputs={t.name: spec(t) for t in config.output},
             text_bytes=config.backend != IDENTITY,
             sequences=None if is_ensemble(config) else config.HasField("sequence_batching"),
+            ties=ties,
         )
 
     def wire_shape(self, spec: TensorSpec) -> list[int]:
@@ -113,6 +117,7 @@ class Signature:
                 raise WrongShape(said, spec.name)
             if spec.reshape is not None:
                 _check_reshape(spec, shape[1:] if self.max_batch_size > 0 else shape)
+        self._check_ties(inputs)
         if self.max_batch_size <= 0:
             return 1
         if rows is None or rows < 1:
@@ -120,6 +125,24 @@ class Signature:
         if rows > self.max_batch_size:
             raise InvalidRequest(triton_text.batch_too_large(self.model, self.max_batch_size, rows))
         return rows
+
+    def _check_ties(self, inputs: Mapping[str, Array]) -> None:
+        """Sizes the graph names alike agree: a pick bounded by one input's steps reads the next
+        request's rows of another input with fewer steps, where onnxruntime checks nothing."""
+        for tie in self.ties:
+            first: tuple[str, int, int] | None = None
+            for name, axis in tie.places:
+                array = inputs.get(name)
+                if array is None:
+                    continue  # an optional input left out
+                if first is None:
+                    first = (name, axis, array.shape[axis])
+                elif array.shape[axis] != first[2]:
+                    raise InvalidRequest(
+                        f"input '{name}': dim {axis} is {array.shape[axis]}, but input '{first[0]}' "
+                        f"dim {first[1]} is {first[2]}; the model's graph names both '{tie.name}', "
+                        "and requests batched together are read as equal there"
+                    )
 
     def check_texts(self, inputs: Mapping[str, Array]) -> None:
         """The text of BYTES inputs, as check_inputs checks it (for inputs read after it)."""

@@ -375,3 +375,32 @@ def picked_op13(path: Path, past: int = 0) -> Path:
     ]
     x, y = _vi("x", TensorProto.FLOAT, ["N", 3]), _vi("y", TensorProto.FLOAT, ["Gather_y_dim_0", 1])
     return _save(path, nodes, [x], [y], inits, opset=13)
+
+
+def tied_steps(path: Path) -> Path:
+    """x [N, T, 4] and ids [N, T], both steps named 'T', and nothing in the graph ties their sizes:
+    y = h[arange(N), argmax(ids, 1)] with h = x + max(ids), a pick bounded by ids's steps from a
+    tensor with x's. Sent ids with more steps than x, a row picks the next row's steps of x in a
+    batch (alone, onnxruntime refuses the index)."""
+    nodes = [
+        helper.make_node("ReduceMax", ["ids"], ["top"], axes=[1], keepdims=1),
+        helper.make_node("Unsqueeze", ["top", "last"], ["top3"]),
+        helper.make_node("Add", ["x", "top3"], ["h"]),
+        helper.make_node("ArgMax", ["ids"], ["index"], axis=1, keepdims=0),
+        helper.make_node("Shape", ["h"], ["hshape"]),
+        helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
+        helper.make_node("Gather", ["hshape", "step"], ["steps"], axis=0),
+        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
+        helper.make_node("Range", ["zero", "hrows", "step"], ["places"]),
+        helper.make_node("Mul", ["places", "steps"], ["starts"]),
+        helper.make_node("Add", ["index", "starts"], ["at"]),
+        helper.make_node("Gather", ["flat", "at"], ["y"], axis=0),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([2], np.int64), "last"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "step"),
+    ]
+    x, ids = _vi("x", TensorProto.FLOAT, ["N", "T", 4]), _vi("ids", TensorProto.FLOAT, ["N", "T"])
+    y = _vi("y", TensorProto.FLOAT, ["N", 4])
+    return _save(path, nodes, [x, ids], [y], inits, opset=13)
