@@ -63,9 +63,7 @@ def test_the_batch_name_is_never_a_tie_wherever_it_appears() -> None:
 
 def test_one_input_naming_two_of_its_dims_alike_is_tied_with_itself() -> None:
     mask = OnnxTensor("mask", "tensor(float)", ["N", "S", "S"])
-    assert dim_ties(config(BATCHED, {"mask": [-1, -1]}), [mask]) == (
-        DimTie("S", (("mask", 1), ("mask", 2))),
-    )
+    assert dim_ties(config(BATCHED, {"mask": [-1, -1]}), [mask]) == (DimTie("S", (("mask", 1), ("mask", 2))),)
 
 
 def test_inputs_reshaped_ragged_unlisted_or_of_another_rank_are_left_out() -> None:
