@@ -61,8 +61,10 @@ def test_requests_whose_tied_steps_differ_are_refused_and_leak_nothing(
 ) -> None:
     server, _ = tied
     requests = [_request(1, 3, 5, seed) for seed in range(4)]  # four rows: one batch, at once
-    for request in requests:
-        request["ids"][0, 4] = 10.0  # each row's pick is past its own steps of x
+    for k, request in enumerate(requests):
+        # The first three pick past their own steps of x (the next request's, batched); the last
+        # picks its first step, so the batch runs (a pick past every row fails the whole run).
+        request["ids"][0, 4 if k < 3 else 0] = 10.0
     if send == "tritonclient":
         answers = triton_together(server.address, "tied", requests, ["y"])
     else:
