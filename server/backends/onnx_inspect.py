@@ -3,6 +3,7 @@ starting a session (config completion runs before any instance is made)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,12 @@ def _load(path: Path) -> onnx.ModelProto:
         raise BackendLoadError(f"{path}: not a readable ONNX model: {err}") from None
 
 
-def read_signature(path: Path) -> OnnxSignature:
+def read_signature(path: Path, server_fed: Collection[str] = ()) -> OnnxSignature:
     """Inputs, outputs and overridable initializers of the model at `path`, parsed once: a parse of
-    the 47 MB demo resnet takes ~70 ms, and completion had parsed each version's file twice."""
+    the 47 MB demo resnet takes ~70 ms, and completion had parsed each version's file twice.
+    `server_fed`: the inputs the server feeds itself (a sequence's state, controls)."""
     model = _load(path)
-    return OnnxSignature(*_inputs_outputs(model), _overridable(model))
+    return OnnxSignature(*_inputs_outputs(model, server_fed), _overridable(model))
 
 
 def inspect_onnx(path: Path) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
@@ -78,28 +80,32 @@ def overridable_initializers(path: Path) -> list[OnnxTensor]:
     return _overridable(_load(path))
 
 
-def outputs_fed(path: Path, fed: set[str]) -> list[OnnxTensor]:
+def outputs_fed(path: Path, fed: set[str], server_fed: Collection[str] = ()) -> list[OnnxTensor]:
     """The graph's outputs, judged with the overridable initializers in `fed` sent by clients: a
     Range up to such a value is as long as a client says (parsed again: a config lists one as an
     input only now and then)."""
-    return _outputs(_load(path), fed)
+    return _outputs(_load(path), fed, server_fed)
 
 
-def _inputs_outputs(model: onnx.ModelProto) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
+def _inputs_outputs(
+    model: onnx.ModelProto, server_fed: Collection[str] = ()
+) -> tuple[list[OnnxTensor], list[OnnxTensor]]:
     initializers = {init.name for init in model.graph.initializer}
     inputs = [
         OnnxTensor(v.name, _onnx_type(v.type), _onnx_shape(v.type))
         for v in model.graph.input
         if v.name not in initializers
     ]
-    return inputs, _outputs(model)
+    return inputs, _outputs(model, None, server_fed)
 
 
-def _outputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[OnnxTensor]:
+def _outputs(
+    model: onnx.ModelProto, fed: set[str] | None = None, server_fed: Collection[str] = ()
+) -> list[OnnxTensor]:
     """The graph's outputs as onnxruntime describes them (onnx_output_shapes.py), each with why
     the data's values size its first dim, if they do."""
     sized = data_sized_outputs(model, fed or ())
-    mixing = row_mixing_outputs(model, fed or ())
+    mixing = row_mixing_outputs(model, fed or (), server_fed)
     outputs = []
     for v in refined_outputs(model):
         if v.type.WhichOneof("value") == "tensor_type" and not v.type.tensor_type.HasField("shape"):
@@ -131,7 +137,12 @@ def _overridable(model: onnx.ModelProto) -> list[OnnxTensor]:
         return []
     listed = {v.name: v for v in model.graph.input}
     return [
-        OnnxTensor(init.name, _onnx_type(listed[init.name].type), _onnx_shape(listed[init.name].type))
+        OnnxTensor(
+            init.name,
+            _onnx_type(listed[init.name].type),
+            _onnx_shape(listed[init.name].type),
+            default=tuple(init.dims),
+        )
         for init in model.graph.initializer
         if init.name in listed
     ]

@@ -15,7 +15,7 @@ import onnx.inliner
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_dim_classes import named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
-from server.backends.onnx_output_shapes import inferred_shapes
+from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
@@ -144,3 +144,31 @@ def own_names(probe: onnx.ModelProto) -> onnx.ModelProto:
             if dim.HasField("dim_param") and not dim.dim_param.isidentifier():
                 dim.Clear()
     return probe
+
+
+def named_apart(probe: onnx.ModelProto, server_fed: Collection[str]) -> onnx.ModelProto:
+    """`probe` with the dims of the inputs the server feeds (a sequence's state, control inputs,
+    batch_input targets) named apart from the inputs clients send, but for the batch's own names:
+    their sizes are never checked against a request's (server/models/dim_ties.py), so a name they
+    share proves nothing. A state of the last request's 3 steps, named 'T' like this request's 5,
+    had let a pick bounded by the request's steps read the next sequence's state, OK (a tester,
+    session 53)."""
+    if not server_fed:
+        return probe
+    initializers = {init.name for init in probe.graph.initializer}
+    sent = [v for v in probe.graph.input if v.name not in server_fed and v.name not in initializers]
+    batch = {v.type.tensor_type.shape.dim[0].dim_param for v in sent if v.type.tensor_type.shape.dim}
+    for value in probe.graph.input:
+        for dim in value.type.tensor_type.shape.dim if value.name in server_fed else ():
+            if dim.HasField("dim_param") and dim.dim_param not in batch:
+                dim.dim_param = f"{dim.dim_param}@{value.name}"
+    return probe
+
+
+def reading_probe(
+    model: onnx.ModelProto, fed: Collection[str], server_fed: Collection[str]
+) -> onnx.ModelProto:
+    """The copy of `model` the row-mixing reading walks, shapes inferred: `fed`, the overridable
+    initializers clients may send; `server_fed`, the inputs the server feeds itself."""
+    probe = as_initialized(inference_probe(model, set()), model, fed)
+    return inferred_probe(own_names(named_apart(probe, server_fed)))

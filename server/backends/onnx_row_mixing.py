@@ -65,8 +65,8 @@ from server.backends.onnx_mixing_ops import (
     paired_axes,
     scan_inputs,
 )
-from server.backends.onnx_mixing_probe import as_initialized, inferred_probe, own_names
-from server.backends.onnx_output_shapes import inference_probe, input_first_dims
+from server.backends.onnx_mixing_probe import reading_probe
+from server.backends.onnx_output_shapes import input_first_dims
 from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows
 
@@ -77,16 +77,17 @@ MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
 
 
-def row_mixing_outputs(model: onnx.ModelProto, fed: Collection[str] = ()) -> dict[str, str]:
-    """Each graph output whose rows depend on other rows of the batch, and why (the op). `fed`:
-    overridable initializers that clients may send; the others are their initializers' shape."""
+def row_mixing_outputs(
+    model: onnx.ModelProto, fed: Collection[str] = (), server_fed: Collection[str] = ()
+) -> dict[str, str]:
+    """Each graph output whose rows depend on other rows of the batch, and why; args as reading_probe's."""
     if not input_first_dims(model) and not unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
     read = MIXING_OPS | BROADCAST_OPS | RESHAPE_OPS
     if not any(node.op_type in read for node in all_nodes(model)):
         return {}
     try:
-        inferred = inferred_probe(own_names(as_initialized(inference_probe(model, set()), model, fed)))
+        inferred = reading_probe(model, fed, server_fed)
         walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
         # The model's own initializers: the probe holds only small ones, and an index's offsets (a
         # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.

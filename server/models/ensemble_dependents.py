@@ -112,23 +112,45 @@ class EnsembleDependents:
         """The READY ensembles whose steps use `gone` (and those nesting them) become UNAVAILABLE,
         saying why: they stayed READY, ServerReady true, and failed every request. They load again
         with it (load_waiting)."""
-        gone_now = [gone]
-        while gone_now:
-            model = gone_now.pop()
-            for ensemble, steps in sorted(self._steps.items()):
-                entry = self._models.get(ensemble)
-                if model not in steps or entry is None or entry.state != READY:
-                    continue
-                entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
-                entry.reason = f"its step model '{model}' is not loaded; it loads again with it"
-                # An eviction is the budget at work (a note); an unload, an operator's act (a warning).
-                log.log(logging.INFO if evicted else logging.WARNING, "ensemble %s unavailable: %s",
-                        ensemble, entry.reason)  # fmt: skip
-                self._on_health(ensemble, False)
-                await retire(entry.versions.values())
-                entry.versions.clear()
-                entry.order.clear()
-                gone_now.append(ensemble)
+        why = f"its step model '{gone}' is not loaded; it loads again with it"
+        for ensemble in self.using(gone):
+            await self._stop(ensemble, why, evicted, retire)
+
+    async def stop_unserved(self, loaded: str, retire: Retire) -> None:
+        """The READY ensembles with a step pinned to a version of `loaded` that its load no longer
+        serves (a reload with another version policy, a new version past `latest { num_versions: 1
+        }`) become UNAVAILABLE as stop_dependent's do: they had stayed READY, ServerReady and
+        their health true, and failed every request UNAVAILABLE (a tester, session 53). They load
+        again once the version is served (load_waiting)."""
+        entry = self._models.get(loaded)
+        served = set(entry.versions) if entry is not None and entry.state == READY else set()
+        for ensemble in self.using(loaded):
+            pinned = {
+                step.model_version
+                for version in self._models[ensemble].versions.values()
+                for step in version.config.ensemble_scheduling.step
+                if step.model_name == loaded and step.model_version > 0
+            }
+            missing = sorted(pinned - served)
+            if missing:
+                why = f"its step model '{loaded}' no longer serves version {missing[0]}; it loads again then"
+                await self._stop(ensemble, why, False, retire)
+
+    async def _stop(self, ensemble: str, why: str, evicted: bool, retire: Retire) -> None:
+        """`ensemble` UNAVAILABLE for `why`, its versions retired, and the READY ensembles nesting it
+        after it."""
+        entry = self._models[ensemble]
+        entry.state, entry.dormant = UNAVAILABLE, True  # by design: ServerReady passes over it
+        entry.reason = why
+        # An eviction is the budget at work (a note); an unload, an operator's act (a warning).
+        log.log(logging.INFO if evicted else logging.WARNING, "ensemble %s unavailable: %s", ensemble, why)
+        self._on_health(ensemble, False)
+        await retire(entry.versions.values())
+        entry.versions.clear()
+        entry.order.clear()
+        for nesting in self.using(ensemble):
+            await self._stop(nesting, f"its step model '{ensemble}' is not loaded; it loads again with it",
+                             evicted, retire)  # fmt: skip
 
 
 def _steps_served(entry: ModelEntry) -> mc.ModelConfig:

@@ -46,13 +46,16 @@ def completed_with_inputs(
 ) -> tuple[mc.ModelConfig, list[OnnxTensor]]:
     """The completed config, with the graph's inputs where it was read (none where the config
     declares everything: the graph is not read for it)."""
-    inputs: list[OnnxTensor] = []
+    inputs: list[OnnxTensor] = []  # with the overridable initializers the config lists
     if declares_everything(source.config):
         config = mc.ModelConfig()
         config.CopyFrom(source.config)
         config.name = source.name
     else:  # the graph's inputs and outputs, read with onnx (no weights loaded, no session)
-        config, inputs, _ = complete_version(source, source.versions[number], default_max_batch_size)
+        config, graph_inputs, _, listed = complete_version(
+            source, source.versions[number], default_max_batch_size
+        )
+        inputs = [*graph_inputs, *listed]
     validate_config(config, source.where)  # as the load does after completing it
     return config, inputs
 

@@ -249,6 +249,8 @@ class ModelManager:
             if entry.state != READY:
                 raise RepositoryError(f"load failed for model '{name}': {entry.reason}")  # Triton's words
             await self._ensembles.load_waiting(name, self._load_ensemble_again)
+            # After: an ensemble stopped here would be loaded again at once, and fail.
+            await self._ensembles.stop_unserved(name, self._retirement.retire)
 
     async def _load_ensemble_again(self, name: str) -> bool:
         """A waiting ensemble's load, now that a step model is ready (EnsembleDependents): READY?"""

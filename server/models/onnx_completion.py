@@ -36,6 +36,8 @@ class OnnxTensor(NamedTuple):
     not_batch: str | None = None
     # Why its rows depend on other rows of the batch (server/backends/onnx_row_mixing.py).
     mixes_rows: str | None = None
+    # An overridable initializer's own shape: what a run that leaves it out takes.
+    default: tuple[int, ...] | None = None
 
 
 def _as_tensor(item: Any) -> OnnxTensor:
@@ -312,6 +314,12 @@ def _refuse_mixed_batches(config: mc.ModelConfig, mixing: dict[str, str], source
             f"{alone}, or set max_batch_size: 0; if the rows are in fact independent, set "
             f"parameters '{ROWS_INDEPENDENT}' to 'true'"
         )
+
+
+def server_fed_inputs(config: mc.ModelConfig) -> frozenset[str]:
+    """The graph inputs the server feeds itself: batch_input targets, a sequence's states and
+    control inputs."""
+    return frozenset(_fed_input_roles(config))
 
 
 def _fed_input_roles(config: mc.ModelConfig) -> dict[str, str]:

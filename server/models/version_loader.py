@@ -72,7 +72,7 @@ async def load_version(
         version_fingerprint, source, number
     )  # before: a change meanwhile reloads
     done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
-    config, inputs, outputs = done  # the graph's tensors (none for an identity model)
+    config, inputs, outputs, listed_initializers = done  # the graph's tensors (none: identity)
     source_file = source.where
     validate_config(config, source_file)
     labels = await asyncio.to_thread(load_labels, config, source.directory, source_file)
@@ -160,7 +160,7 @@ async def load_version(
         name=source.name,
         version=number,
         config=config,
-        signature=Signature.from_config(config, dim_ties(config, inputs)),
+        signature=Signature.from_config(config, dim_ties(config, inputs, listed_initializers)),
         backends=backends,
         batcher=batcher,
         stats=stats,

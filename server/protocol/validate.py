@@ -16,7 +16,7 @@ from protos import model_config_pb2 as mc
 from server import datatypes, triton_text
 from server.errors import InvalidRequest, WrongDatatype, WrongShape
 from server.models.config import IDENTITY
-from server.models.dim_ties import DimTie
+from server.models.dim_ties import DimTie, TiePlace
 from server.models.ensemble_config import is_ensemble
 
 
@@ -131,18 +131,29 @@ class Signature:
         request's rows of another input with fewer steps, where onnxruntime checks nothing."""
         for tie in self.ties:
             first: tuple[str, int, int] | None = None
-            for name, axis in tie.places:
-                array = inputs.get(name)
-                if array is None:
-                    continue  # an optional input left out
+            for place in tie.places:
+                size, said = self._tied_size(place, inputs)
+                if size is None:
+                    continue  # an optional input left out, with no initializer of its own
                 if first is None:
-                    first = (name, axis, array.shape[axis])
-                elif array.shape[axis] != first[2]:
+                    first = (said, place.axis, size)
+                elif size != first[2]:
                     raise InvalidRequest(
-                        f"input '{name}': dim {axis} is {array.shape[axis]}, but input '{first[0]}' "
-                        f"dim {first[1]} is {first[2]}; the model's graph names both '{tie.name}', "
-                        "and requests batched together are read as equal there"
+                        f"{said}: dim {place.axis} is {size}, but {first[0]} dim {first[1]} is "
+                        f"{first[2]}; the model's graph names both '{tie.name}', and requests batched "
+                        "together are read as equal there"
                     )
+
+    def _tied_size(self, place: TiePlace, inputs: Mapping[str, Array]) -> tuple[int | None, str]:
+        """The size the model sees at `place`, and how the message names its input."""
+        array = inputs.get(place.input)
+        if array is None:
+            return place.default, f"input '{place.input}' (left out: its initializer's)"
+        reshape = self.inputs[place.input].reshape
+        if reshape is None:
+            return array.shape[place.axis], f"input '{place.input}'"
+        seen = _reshaped(reshape, array.shape[1:])
+        return seen[place.axis - 1], f"input '{place.input}' (as reshaped to {[array.shape[0], *seen]})"
 
     def check_texts(self, inputs: Mapping[str, Array]) -> None:
         """The text of BYTES inputs, as check_inputs checks it (for inputs read after it)."""
@@ -187,6 +198,14 @@ def _check_text(name: str, array: Array) -> None:
                 item.decode()
             except UnicodeDecodeError:
                 raise InvalidRequest(f"input '{name}': BYTES element {index} is not UTF-8 text") from None
+
+
+def _reshaped(reshape: Sequence[int], row_shape: Sequence[int]) -> list[int]:
+    """A row's shape after the config's `reshape` (its -1 what the row's elements leave; checked
+    by _check_reshape to divide evenly)."""
+    fixed = math.prod(d for d in reshape if d != -1)
+    rest = math.prod(row_shape) // fixed if fixed else 0
+    return [rest if d == -1 else d for d in reshape]
 
 
 def _check_reshape(spec: TensorSpec, row_shape: Sequence[int]) -> None:

@@ -201,3 +201,28 @@ def test_an_ensemble_over_a_lazy_model_is_lazy_with_it(repo: Path, demo_repo: Pa
         assert client.infer("ens", {"x": features(2)})  # loads mlp, then ens
         assert client.model_ready("ens") and client.model_ready("mlp")
         server.wait_for_output("model ens: loading its step model mlp first (lazy_load)")
+
+
+def test_an_ensemble_pinned_to_a_version_its_step_no_longer_serves_goes_down_and_comes_back(
+    repo: Path, demo_repo: Path
+) -> None:
+    """A reload of the step model without the version a step names (a version policy changed, a
+    new version past `latest { num_versions: 1 }`) left the ensemble READY, its health and
+    ServerReady true, and every request failed UNAVAILABLE (a tester, session 53)."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(repo, "pair", mlp, "max_batch_size: 8\nversion_policy { all { } }\n", versions=(1, 2))
+    (repo / "pinned" / "1").mkdir(parents=True)
+    (repo / "pinned" / "config.pbtxt").write_text(
+        ENSEMBLE.replace('model_name: "mlp" model_version: -1', 'model_name: "pair" model_version: 1')
+    )
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "*")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        assert client.infer("pinned", {"x": features(1)})
+        only_two = {"max_batch_size": 8, "version_policy": {"specific": {"versions": [2]}}}
+        client.load_model("pair", config=json.dumps(only_two))
+        assert client.model_ready("pair") and not client.model_ready("pinned")
+        assert client.server_ready()  # its step was changed on request: as an unload, by design
+        with pytest.raises(Unavailable, match="step model 'pair' no longer serves version 1"):
+            client.infer("pinned", {"x": features(1)})
+        client.load_model("pair")  # the repository's config: both versions again
+        assert client.model_ready("pinned") and client.infer("pinned", {"x": features(1)})

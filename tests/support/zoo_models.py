@@ -377,15 +377,17 @@ def picked_op13(path: Path, past: int = 0) -> Path:
     return _save(path, nodes, [x], [y], inits, opset=13)
 
 
-def tied_steps(path: Path) -> Path:
+def tied_steps(path: Path, state: bool = False, default_steps: int = 0) -> Path:
     """x [N, T, 4] and ids [N, T], both steps named 'T', and nothing in the graph ties their sizes:
     y = h[arange(N), argmax(ids, 1)] with h = x + max(ids), a pick bounded by ids's steps from a
     tensor with x's. Sent ids with more steps than x, a row picks the next row's steps of x in a
-    batch (alone, onnxruntime refuses the index)."""
+    batch (alone, onnxruntime refuses the index). `state`: h is made from an input st [N, T, 4]
+    instead, and x is returned as st_out (a sequence's implicit state: the last request's x).
+    `default_steps`: ids is also an initializer of zeros [1, default_steps] (an input with a default)."""
     nodes = [
         helper.make_node("ReduceMax", ["ids"], ["top"], axes=[1], keepdims=1),
         helper.make_node("Unsqueeze", ["top", "last"], ["top3"]),
-        helper.make_node("Add", ["x", "top3"], ["h"]),
+        helper.make_node("Add", ["st" if state else "x", "top3"], ["h"]),
         helper.make_node("ArgMax", ["ids"], ["index"], axis=1, keepdims=0),
         helper.make_node("Shape", ["h"], ["hshape"]),
         helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
@@ -402,5 +404,11 @@ def tied_steps(path: Path) -> Path:
         numpy_helper.from_array(np.array(1, np.int64), "step"),
     ]
     x, ids = _vi("x", TensorProto.FLOAT, ["N", "T", 4]), _vi("ids", TensorProto.FLOAT, ["N", "T"])
-    y = _vi("y", TensorProto.FLOAT, ["N", 4])
-    return _save(path, nodes, [x, ids], [y], inits, opset=13)
+    inputs, outputs = [x, ids], [_vi("y", TensorProto.FLOAT, ["N", 4])]
+    if default_steps:
+        inits.append(numpy_helper.from_array(np.zeros((1, default_steps), np.float32), "ids"))
+    if state:
+        nodes.append(helper.make_node("Identity", ["x"], ["st_out"]))
+        inputs.append(_vi("st", TensorProto.FLOAT, ["N", "T", 4]))
+        outputs.append(_vi("st_out", TensorProto.FLOAT, ["N", "T", 4]))
+    return _save(path, nodes, inputs, outputs, inits, opset=13)

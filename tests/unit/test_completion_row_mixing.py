@@ -198,7 +198,7 @@ def test_an_overridable_initializer_clients_may_send_is_read_as_the_batchs(tmp_p
     (tmp_path / "1").mkdir()
     path = _centred_by_overridable(tmp_path / "1" / "model.onnx")
     batched = "max_batch_size: 4 dynamic_batching {}\n"
-    completed, _, outputs = complete_version(_source(path, batched), path, 8)
+    completed, _, outputs, _ = complete_version(_source(path, batched), path, 8)
     assert completed.max_batch_size == 4 and outputs[0].mixes_rows is None  # n is the model's constant
     fed = batched + 'input [ { name: "n" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]'
     with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
@@ -208,10 +208,10 @@ def test_an_overridable_initializer_clients_may_send_is_read_as_the_batchs(tmp_p
 def test_a_version_is_read_and_refused_from_its_file(tmp_path: Path) -> None:
     (tmp_path / "1").mkdir()
     path = softmax_rows(tmp_path / "1" / "model.onnx")
-    completed, _, outputs = complete_version(_source(path, ""), path, 8)
+    completed, _, outputs, _ = complete_version(_source(path, ""), path, 8)
     assert completed.max_batch_size == 0 and outputs[0].mixes_rows == WHY
     with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
         complete_version(_source(path, "max_batch_size: 4 dynamic_batching {}"), path, 8)
     per_row = softmax_rows(tmp_path / "1" / "per_row.onnx", axis=1)
-    completed, _, outputs = complete_version(_source(per_row, ""), per_row, 8)
+    completed, _, outputs, _ = complete_version(_source(per_row, ""), per_row, 8)
     assert completed.max_batch_size == 8 and outputs[0].mixes_rows is None

@@ -6,12 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
+from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.errors import InvalidRequest
-from server.models.dim_ties import DimTie, batched_together, dim_ties
+from server.models.completion import complete_version
+from server.models.config_errors import ConfigError
+from server.models.dim_ties import DimTie, TiePlace, batched_together, dim_ties
 from server.models.lazy_signatures import predicted_signatures
 from server.models.onnx_completion import OnnxTensor
 from server.models.repository import load_model_source
@@ -33,7 +37,7 @@ def config(text: str, inputs: dict[str, list[int]]) -> mc.ModelConfig:
 
 def test_two_inputs_naming_their_steps_alike_are_tied_at_the_request_axes() -> None:
     ties = dim_ties(config(BATCHED, {"x": [-1, 4], "ids": [-1]}), [X, IDS])
-    assert ties == (DimTie("T", (("x", 1), ("ids", 1))),)
+    assert ties == (DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1))),)
 
 
 @pytest.mark.parametrize(
@@ -58,23 +62,72 @@ def test_sequence_batching_shares_runs_too() -> None:
 def test_the_batch_name_is_never_a_tie_wherever_it_appears() -> None:
     square = OnnxTensor("m", "tensor(float)", ["N", "N", "T"])
     ties = dim_ties(config(BATCHED, {"x": [-1, 4], "m": [-1, -1]}), [X, square])
-    assert ties == (DimTie("T", (("x", 1), ("m", 2))),)
+    assert ties == (DimTie("T", (TiePlace("x", 1), TiePlace("m", 2))),)
 
 
 def test_one_input_naming_two_of_its_dims_alike_is_tied_with_itself() -> None:
     mask = OnnxTensor("mask", "tensor(float)", ["N", "S", "S"])
-    assert dim_ties(config(BATCHED, {"mask": [-1, -1]}), [mask]) == (DimTie("S", (("mask", 1), ("mask", 2))),)
+    assert dim_ties(config(BATCHED, {"mask": [-1, -1]}), [mask]) == (
+        DimTie("S", (TiePlace("mask", 1), TiePlace("mask", 2))),
+    )
 
 
-def test_inputs_reshaped_ragged_unlisted_or_of_another_rank_are_left_out() -> None:
-    reshaped = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
-    reshaped.input[1].reshape.shape.extend([-1])
+def test_inputs_ragged_unlisted_or_of_another_rank_are_left_out() -> None:
     ragged = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
     ragged.input[1].allow_ragged_batch = True
     unlisted = config(BATCHED, {"x": [-1, 4]})
     ranked = config(BATCHED, {"x": [-1, 4], "ids": [-1, 1]})
-    for cfg in (reshaped, ragged, unlisted, ranked):
+    reshaped_wrong = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
+    reshaped_wrong.input[1].reshape.shape.extend([-1, 1])  # the graph's rank is not the reshape's
+    for cfg in (ragged, unlisted, ranked, reshaped_wrong):
         assert dim_ties(cfg, [X, IDS]) == (), cfg
+
+
+def test_a_reshaped_input_is_tied_at_its_reshaped_axes_and_checked_as_reshaped() -> None:
+    # ids sent [n, T, 1], reshaped to [T] a row: the graph's ids [N, T] (a tester, session 53: the
+    # reshape had switched the check off, and three requests read the next one's rows, OK).
+    cfg = config(BATCHED, {"x": [-1, 4], "ids": [-1, 1]})
+    cfg.input[1].reshape.shape.extend([-1])
+    ties = dim_ties(cfg, [X, IDS])
+    assert ties == (DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1))),)
+    signature = Signature.from_config(cfg, ties)
+    x = np.zeros((1, 3, 4), np.float32)
+    assert signature.check_inputs({"x": x, "ids": np.zeros((1, 3, 1), np.float32)}) == 1
+    with pytest.raises(InvalidRequest) as err:
+        signature.check_inputs({"x": x, "ids": np.zeros((1, 5, 1), np.float32)})
+    assert str(err.value).startswith(
+        "input 'ids' (as reshaped to [1, 5]): dim 1 is 5, but input 'x' dim 1 is 3; "
+        "the model's graph names both 'T'"
+    ), err.value
+    flat = config(BATCHED, {"x": [-1], "ids": [-1]})  # x sent flat, reshaped to [T, 4] a row
+    flat.input[0].reshape.shape.extend([-1, 4])
+    signature = Signature.from_config(flat, dim_ties(flat, [X, IDS]))
+    assert (
+        signature.check_inputs({"x": np.zeros((2, 12), np.float32), "ids": np.zeros((2, 3), np.float32)}) == 2
+    )
+    with pytest.raises(
+        InvalidRequest, match=r"input 'ids': dim 1 is 5, but input 'x' \(as reshaped to \[2, 3, 4\]\)"
+    ):
+        signature.check_inputs({"x": np.zeros((2, 12), np.float32), "ids": np.zeros((2, 5), np.float32)})
+
+
+def test_an_overridable_initializer_the_config_lists_is_tied_and_left_out_checked_by_its_own_shape() -> None:
+    # ids also an initializer of shape [1, 3], listed optional: sent, it is checked as any input;
+    # left out, the run takes the initializer's 3 steps (a tester, session 53).
+    cfg = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
+    cfg.input[1].optional = True
+    listed = OnnxTensor("ids", "tensor(float)", ["N", "T"], default=(1, 3))
+    ties = dim_ties(cfg, [X], [listed])
+    assert ties == (DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1, 3))),)
+    signature = Signature.from_config(cfg, ties)
+    assert signature.check_inputs({"x": np.zeros((1, 3, 4), np.float32)}) == 1
+    with pytest.raises(InvalidRequest, match="input 'ids': dim 1 is 5, but input 'x' dim 1 is 3"):
+        signature.check_inputs({"x": np.zeros((1, 3, 4), np.float32), "ids": np.zeros((1, 5), np.float32)})
+    with pytest.raises(InvalidRequest) as err:
+        signature.check_inputs({"x": np.zeros((1, 5, 4), np.float32)})
+    assert str(err.value).startswith(
+        "input 'ids' (left out: its initializer's): dim 1 is 3, but input 'x' dim 1 is 5"
+    ), err.value
 
 
 def test_unnamed_and_numbered_dims_tie_nothing() -> None:
@@ -103,7 +156,7 @@ def test_a_request_whose_tied_sizes_differ_is_refused_naming_both_inputs_and_the
 
 
 def test_three_places_are_checked_against_the_first_sent() -> None:
-    tie = DimTie("T", (("x", 1), ("ids", 1), ("x", 2)))
+    tie = DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1), TiePlace("x", 2)))
     signature = Signature.from_config(config(BATCHED, {"x": [-1, -1], "ids": [-1]}), (tie,))
     same = np.zeros((1, 3, 3), np.float32)
     assert signature.check_inputs({"x": same, "ids": np.zeros((1, 3), np.float32)}) == 1
@@ -116,4 +169,47 @@ def test_a_lazy_models_early_judge_knows_the_ties_its_graph_makes(tmp_path: Path
     write_model(tmp_path / "repo", "m", model, BATCHED)
     signatures = predicted_signatures(load_model_source(tmp_path / "repo", "m"), 8)
     assert signatures is not None
-    assert signatures[1].ties == (DimTie("T", (("x", 1), ("ids", 1))),)
+    assert signatures[1].ties == (DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1))),)
+
+
+def test_a_state_named_like_the_inputs_steps_is_named_apart_for_the_reading(tmp_path: Path) -> None:
+    # The state is the last request's x: 3 steps beside this request's 5, and a pick bounded by
+    # the request's steps read the next sequence's state, OK (a tester, session 53). Its sizes are
+    # never checked against a request's, so its 'T' proves nothing.
+    model = onnx.load(tied_steps(tmp_path / "state.onnx", state=True))
+    assert row_mixing_outputs(model) == {}  # read with the state's 'T' taken at its word
+    mixing = row_mixing_outputs(model, server_fed={"st"})
+    assert set(mixing) == {"y"} and "the Gather node making 'y' picks from 'flat'" in mixing["y"], mixing
+    assert row_mixing_outputs(onnx.load(tied_steps(tmp_path / "tied.onnx")), server_fed={"st"}) == {}
+
+
+def test_a_sequence_batching_config_with_such_a_state_fails_its_load(tmp_path: Path) -> None:
+    path = tied_steps(tmp_path / "state.onnx", state=True)
+    text = (
+        "max_batch_size: 8\n"
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] }, '
+        '{ name: "ids" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'sequence_batching { state [ { input_name: "st" output_name: "st_out" '
+        "data_type: TYPE_FP32 dims: [ -1, 4 ] } ] }\n"
+    )
+    write_model(tmp_path / "repo", "m", path, text)
+    with pytest.raises(ConfigError, match="ONNX output 'y' mixes the rows of a batch"):
+        complete_version(load_model_source(tmp_path / "repo", "m"), path, 8)
+    one = text.replace("max_batch_size: 8", "max_batch_size: 1")  # one sequence a batch
+    write_model(tmp_path / "repo1", "m", path, one)
+    assert complete_version(load_model_source(tmp_path / "repo1", "m"), path, 8).config.max_batch_size == 1
+
+
+def test_two_rows_a_batch_are_two_requests_together() -> None:
+    cfg = config("max_batch_size: 2\ndynamic_batching {}\n", {"x": [-1, 4], "ids": [-1]})
+    assert batched_together(cfg) and len(dim_ties(cfg, [X, IDS])) == 1
+
+
+def test_a_left_out_input_between_two_sent_ones_skips_only_itself() -> None:
+    tie = DimTie("T", (TiePlace("a", 1), TiePlace("opt", 1), TiePlace("b", 1)))
+    cfg = config(BATCHED, {"a": [-1], "opt": [-1], "b": [-1]})
+    cfg.input[1].optional = True
+    signature = Signature.from_config(cfg, (tie,))
+    with pytest.raises(InvalidRequest, match="input 'b': dim 1 is 5, but input 'a' dim 1 is 3"):
+        signature.check_inputs({"a": np.zeros((1, 3), np.float32), "b": np.zeros((1, 5), np.float32)})

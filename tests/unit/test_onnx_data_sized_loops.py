@@ -122,7 +122,7 @@ def test_a_config_that_lets_clients_send_the_initializer_cannot_batch_the_model(
         complete_version(_source(path, listed), path, 8)
     assert "output 'y'" in str(caught.value), caught.value
     assert "sized by the values of the data (Range node 'count', from its input 'limit')" in str(caught.value)
-    completed, _, outputs = complete_version(_source(path, BATCHED), path, 8)
+    completed, _, outputs, _ = complete_version(_source(path, BATCHED), path, 8)
     assert completed.max_batch_size == 8 and [i.name for i in completed.input] == ["x"]
     assert [o.not_batch for o in outputs] == [None, None]
 
