@@ -286,3 +286,18 @@ def test_rows_formation_drops_unrun_take_no_time() -> None:
     assert backlog(40, [0.08], without, 3.0, 0.15) > 3.0  # as it had been: refused
     # The asker's own rows are never taken as dropped: past hope, it is told so, not admitted.
     assert backlog(1, [0.08], with_floor, 0.1, 0.1) > 0.1
+
+
+def test_a_row_formation_may_still_run_is_charged_not_counted_on_to_be_dropped() -> None:
+    """1-row batches: cautious run 200 ms, floor 100 ms; rows due at 150 and 280 ms, the asker at
+    410 ms. On the cautious clock the first ends at 200 ms and the second is past hope (200 + 100 >
+    280): counted dropped, the asker was forecast at 400 ms and admitted. Runs of 150 ms (between
+    the two figures) run the second (150 + 100 <= 280, to 300 ms) and the asker ends at 450 ms,
+    late: under steady overload a third of the requests admitted so were dropped unrun at ~90% of
+    their deadline (a tester, session 53). Past hope only behind the first row's batch, the second
+    is charged, and the asker is told 600 ms and refused at once."""
+    policy = BatchingPolicy(max_batch_size=1)
+    costs = Costs(lambda n: backlog_rows(n, policy), lambda n: 0.2, lambda n, ran: 0.2, 0.0, lambda n: 0.1)
+    assert backlog(3, [0.0], costs, 0.41, 0.15) == pytest.approx(0.6)
+    # Past hope at the front (due at 90 ms: 0 + 100 > 90): dropped, taking no time.
+    assert backlog(3, [0.0], costs, 0.41, 0.09) == pytest.approx(0.4)

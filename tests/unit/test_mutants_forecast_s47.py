@@ -265,10 +265,15 @@ def test_with_deadlines_far_apart_only_the_rows_due_before_the_floor_run_are_dro
 
 def test_a_row_past_hope_after_a_batch_ran_is_dropped_alone() -> None:
     """1-row batches of 750 ms, floor 375 ms; deadlines 0.5, 1, 1.5 s and the asker's 2 s. The first
-    row runs (ends 750 ms); then the second's floor would end at 1.125 s, past its 1 s: dropped, one
-    row only; the third runs (to 1.5 s), then the asker's (to 2.25 s)."""
+    row runs (ends 750 ms); then the second's floor would end at 1.125 s, past its 1 s, but only if
+    the first runs its full 750 ms: a row past hope only behind a batch is charged, not counted on
+    to be dropped (session 53: such rows were run, and the requests admitted behind them late). So
+    is the third; the asker's ends at 3.0 s (2.25 s as it had been, with the second dropped). A row
+    past hope at the front is dropped alone: with deadlines 0.2, 0.9, 1.6 s the first is (its floor
+    would end at 375 ms), the second runs to 750 ms, the asker's to 1.5 s."""
     c = costs(lambda n: 0.75, lambda n: 0.75, floor_s=lambda n: 0.375, max_batch_size=1)
-    assert backlog(4, [0.0], c, 2.0, 0.5) == pytest.approx(2.25)
+    assert backlog(4, [0.0], c, 2.0, 0.5) == pytest.approx(3.0)
+    assert backlog(3, [0.0], c, 1.6, 0.2) == pytest.approx(1.5)
 
 
 def test_the_askers_own_rows_are_never_dropped() -> None:
@@ -350,7 +355,10 @@ def test_full_batches_are_taken_at_once_only_where_formation_would_still_form_th
         0.0,
         lambda n: 0.0625,
     )
-    # Deadlines 750 ms + 125 ms a row (the asker's 1.5 s); free at 500 ms. 2 rows to 1 s; the row due
-    # at 1 s is dropped (its floor would end at 1.0625 s); 1 row (2 by 562.5 ms end late) to 1.25 s;
-    # the row due at 1.25 s dropped; 1 row to 1.5 s; the asker's row from its deadline: 1.75 s.
-    assert backlog(7, [0.5], c, 1.5, 0.75) == pytest.approx(1.75)
+    # Deadlines 750 ms + 125 ms a row (the asker's 1.5 s); free at 500 ms. One round of 2 rows to 1 s
+    # (a second would end its rows past their deadlines by formation's figure); the rows due at 1 s
+    # and 1.125 s run alone (2 by 562.5 ms end late), to 1.5 s: none is dropped, being past hope
+    # only behind batches (session 53); from the asker's deadline on, full batches: 1 round of 2
+    # to 2 s and the asker's row to 2.25 s (1.75 s as it had been, the rows due at 1 s and 1.25 s
+    # counted dropped).
+    assert backlog(7, [0.5], c, 1.5, 0.75) == pytest.approx(2.25)
