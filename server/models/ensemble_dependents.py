@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from protos import model_config_pb2 as mc
 from server.models.config import ConfigError
 from server.models.ensemble_config import ensemble_cycle, is_ensemble
+from server.models.repository import OVERRIDE_WHERE, ModelSource
 from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry
 
 if TYPE_CHECKING:
     from server.models.manager import HealthCallback
-    from server.models.repository import ModelSource
     from server.models.versions import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,24 @@ class EnsembleDependents:
         # Ensemble -> the models its steps name, as last loaded (whatever the outcome): one that
         # failed for want of a step model is loaded again once that model loads (as Triton does).
         self._steps: dict[str, frozenset[str]] = {}
+        # Ensemble -> the source it was last loaded from where a RepositoryModelLoad gave it (a
+        # `config`, files): loaded again from it, not from the repository (a tester, session 53: an
+        # ensemble given a config pinning version 2 came back from its config.pbtxt pinning 1, and
+        # one sent only as files never came back).
+        self._given: dict[str, ModelSource] = {}
 
     def note(self, source: ModelSource) -> None:
         """`source` is being loaded: when it is an ensemble, its steps are what it uses now."""
         if is_ensemble(source.config):
             self._steps[source.name] = frozenset(s.model_name for s in source.config.ensemble_scheduling.step)
+            if source.where == OVERRIDE_WHERE:
+                self._given[source.name] = source
+            else:
+                self._given.pop(source.name, None)
+
+    def given(self, name: str) -> ModelSource | None:
+        """The source ensemble `name` was last loaded from, where a RepositoryModelLoad gave it."""
+        return self._given.get(name)
 
     def refuse_cycle(self, source: ModelSource) -> None:
         """ConfigError when ensemble `source` would reach itself through the versions serving now:
@@ -120,8 +133,8 @@ class EnsembleDependents:
         """The READY ensembles with a step pinned to a version of `loaded` that its load no longer
         serves (a reload with another version policy, a new version past `latest { num_versions: 1
         }`) become UNAVAILABLE as stop_dependent's do: they had stayed READY, ServerReady and
-        their health true, and failed every request UNAVAILABLE (a tester, session 53). They load
-        again once the version is served (load_waiting)."""
+        their health true, and failed every request UNAVAILABLE (a tester, session 53). The manager
+        loads them again at once (load_waiting): one whose config fits now serves on."""
         entry = self._models.get(loaded)
         served = set(entry.versions) if entry is not None and entry.state == READY else set()
         for ensemble in self.using(loaded):

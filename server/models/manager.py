@@ -248,14 +248,19 @@ class ModelManager:
             entry = await self._load_source(source, keep_unchanged, raise_failure=True)
             if entry.state != READY:
                 raise RepositoryError(f"load failed for model '{name}': {entry.reason}")  # Triton's words
-            await self._ensembles.load_waiting(name, self._load_ensemble_again)
-            # After: an ensemble stopped here would be loaded again at once, and fail.
+            # Ensembles pinned to a version this load no longer serves stop, then load again at once
+            # with those waiting for it: one whose config fits now (re-pinned before the version
+            # came) serves again, one that does not shows its load's error, as a restart would.
             await self._ensembles.stop_unserved(name, self._retirement.retire)
+            await self._ensembles.load_waiting(name, self._load_ensemble_again)
 
     async def _load_ensemble_again(self, name: str) -> bool:
-        """A waiting ensemble's load, now that a step model is ready (EnsembleDependents): READY?"""
+        """A waiting ensemble's load, now that a step model is ready (EnsembleDependents): READY?
+        From what a RepositoryModelLoad gave it last, or else the repository as it is now."""
+        source = self._ensembles.given(name)
         try:
-            source = await asyncio.to_thread(load_model_source, self._root, name)
+            if source is None:
+                source = await asyncio.to_thread(load_model_source, self._root, name)
         except (ModelNotFoundInRepository, ConfigError, OSError):
             return False  # gone or broken meanwhile: its entry keeps the reason it had
         return (await self._load_source(source)).state == READY

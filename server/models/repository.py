@@ -29,6 +29,10 @@ class ModelNotFoundInRepository(Exception):
     """No directory of that name under the repository root."""
 
 
+# The `where` of a model loaded with RepositoryModelLoad's `config`, not its config.pbtxt.
+OVERRIDE_WHERE = "RepositoryModelLoad parameters['config']"
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """One model as found on disk: its parsed (not yet completed) config and its selected versions."""
@@ -141,7 +145,7 @@ def load_model_source(root: Path, name: str, override: mc.ModelConfig | None = N
     config_path = directory / CONFIG_FILENAME
     source = str(config_path)
     if override is not None:
-        source = "RepositoryModelLoad parameters['config']"
+        source = OVERRIDE_WHERE
         config = mc.ModelConfig()
         config.CopyFrom(override)
     elif config_path.exists():

@@ -221,8 +221,63 @@ def test_an_ensemble_pinned_to_a_version_its_step_no_longer_serves_goes_down_and
         only_two = {"max_batch_size": 8, "version_policy": {"specific": {"versions": [2]}}}
         client.load_model("pair", config=json.dumps(only_two))
         assert client.model_ready("pair") and not client.model_ready("pinned")
-        assert client.server_ready()  # its step was changed on request: as an unload, by design
-        with pytest.raises(Unavailable, match="step model 'pair' no longer serves version 1"):
+        # Loaded again at once, it fails as a restart's load would: ServerReady says so.
+        assert not client.server_ready()
+        [entry] = [m for m in client.repository_index().models if m.name == "pinned"]
+        assert "'pair' version 1 is not found" in entry.reason, entry
+        with pytest.raises(Unavailable, match="'pinned'"):
             client.infer("pinned", {"x": features(1)})
         client.load_model("pair")  # the repository's config: both versions again
         assert client.model_ready("pinned") and client.infer("pinned", {"x": features(1)})
+        assert client.server_ready()
+        # Given a config pinning version 2, it comes back with it, not with its config.pbtxt's 1
+        # (a tester, session 53).
+        two = ENSEMBLE.replace('model_name: "mlp" model_version: -1', 'model_name: "pair" model_version: 2')
+        client.load_model("pinned", config=json.dumps(_as_json(two)))
+        client.load_model(
+            "pair", config=json.dumps({**only_two, "version_policy": {"specific": {"versions": [1]}}})
+        )
+        assert not client.model_ready("pinned")
+        client.load_model("pair")
+        assert client.model_ready("pinned")
+        [step] = client.model_config("pinned").ensemble_scheduling.step
+        assert step.model_version == 2, step
+
+
+def test_an_ensemble_re_pinned_before_its_version_comes_serves_on_when_it_does(
+    repo: Path, demo_repo: Path
+) -> None:
+    """The operator pins the ensemble's config.pbtxt to version 2, then the step model's reload
+    serves 2 and no longer 1: the ensemble, stopped for the version gone, had stayed down for good
+    (its reason still promising a load), where a restart serves it (a tester, session 53)."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(repo, "pair", mlp, "max_batch_size: 8\nversion_policy { all { } }\n", versions=(1, 2))
+    (repo / "pinned" / "1").mkdir(parents=True)
+    config = repo / "pinned" / "config.pbtxt"
+    config.write_text(
+        ENSEMBLE.replace('model_name: "mlp" model_version: -1', 'model_name: "pair" model_version: 1')
+    )
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "*")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        only_one = {"max_batch_size": 8, "version_policy": {"specific": {"versions": [1]}}}
+        client.load_model("pair", config=json.dumps(only_one))
+        assert client.model_ready("pinned")
+        config.write_text(config.read_text().replace("model_version: 1", "model_version: 2"))
+        client.load_model(
+            "pair", config=json.dumps({**only_one, "version_policy": {"specific": {"versions": [2]}}})
+        )
+        assert client.model_ready("pinned") and client.server_ready()
+        assert client.infer("pinned", {"x": features(1)})
+        [step] = client.model_config("pinned").ensemble_scheduling.step
+        assert step.model_version == 2, step
+
+
+def _as_json(pbtxt: str) -> dict[str, object]:
+    """A config.pbtxt's text as RepositoryModelLoad's JSON `config`."""
+    from google.protobuf import json_format, text_format
+
+    from protos import model_config_pb2 as mc
+
+    return json_format.MessageToDict(
+        text_format.Parse(pbtxt, mc.ModelConfig()), preserving_proto_field_name=True
+    )
