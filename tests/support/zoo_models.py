@@ -351,6 +351,21 @@ def viewed_op13(path: Path, axis: int = 0) -> Path:
     return _save(path, nodes, [x], [y], inits, opset=13)
 
 
+def _row_step_pick() -> list[onnx.NodeProto]:
+    """y = h[arange(N), index] as torch's legacy export writes it: a Gather from h flattened to
+    [N*T, ...] at arange(N) * T + index (initializers 'zero' and 'step' hold 0 and 1)."""
+    return [
+        helper.make_node("Shape", ["h"], ["hshape"]),
+        helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
+        helper.make_node("Gather", ["hshape", "step"], ["steps"], axis=0),
+        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
+        helper.make_node("Range", ["zero", "hrows", "step"], ["places"]),
+        helper.make_node("Mul", ["places", "steps"], ["starts"]),
+        helper.make_node("Add", ["index", "starts"], ["at"]),
+        helper.make_node("Gather", ["flat", "at"], ["y"], axis=0),
+    ]
+
+
 def picked_op13(path: Path, past: int = 0) -> Path:
     """h = x viewed as [N, 3, 1] at opset 13, then h[arange(N), argmax(x, 1) + past] as torch's
     legacy export writes it: a Gather from h flattened to [3N, 1] at arange(N) * 3 + the index.
@@ -360,14 +375,7 @@ def picked_op13(path: Path, past: int = 0) -> Path:
     nodes += [
         helper.make_node("ArgMax", ["x"], ["top"], axis=1, keepdims=0),
         helper.make_node("Add", ["top", "past"], ["index"]),
-        helper.make_node("Shape", ["h"], ["hshape"]),
-        helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
-        helper.make_node("Gather", ["hshape", "step"], ["steps"], axis=0),
-        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
-        helper.make_node("Range", ["zero", "hrows", "step"], ["places"]),
-        helper.make_node("Mul", ["places", "steps"], ["starts"]),
-        helper.make_node("Add", ["index", "starts"], ["at"]),
-        helper.make_node("Gather", ["flat", "at"], ["y"], axis=0),
+        *_row_step_pick(),
     ]
     inits += [
         numpy_helper.from_array(np.array(past, np.int64), "past"),
@@ -389,14 +397,7 @@ def tied_steps(path: Path, state: bool = False, default_steps: int = 0) -> Path:
         helper.make_node("Unsqueeze", ["top", "last"], ["top3"]),
         helper.make_node("Add", ["st" if state else "x", "top3"], ["h"]),
         helper.make_node("ArgMax", ["ids"], ["index"], axis=1, keepdims=0),
-        helper.make_node("Shape", ["h"], ["hshape"]),
-        helper.make_node("Gather", ["hshape", "zero"], ["hrows"], axis=0),
-        helper.make_node("Gather", ["hshape", "step"], ["steps"], axis=0),
-        helper.make_node("Flatten", ["h"], ["flat"], axis=2),
-        helper.make_node("Range", ["zero", "hrows", "step"], ["places"]),
-        helper.make_node("Mul", ["places", "steps"], ["starts"]),
-        helper.make_node("Add", ["index", "starts"], ["at"]),
-        helper.make_node("Gather", ["flat", "at"], ["y"], axis=0),
+        *_row_step_pick(),
     ]
     inits = [
         numpy_helper.from_array(np.array([2], np.int64), "last"),
