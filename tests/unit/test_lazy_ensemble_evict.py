@@ -117,7 +117,7 @@ async def test_a_step_loaded_does_not_load_an_ensemble_whose_other_step_is_not_l
     dependents = EnsembleDependents(models, lambda name, ready: None)
     steps = [SimpleNamespace(model_name=m) for m in ("add_one", "double")]
     config = SimpleNamespace(platform="ensemble", ensemble_scheduling=SimpleNamespace(step=steps))
-    dependents.note(cast(ModelSource, SimpleNamespace(name="ens", config=config)))
+    dependents.note(cast(ModelSource, SimpleNamespace(name="ens", config=config, where="config.pbtxt")))
     tried: list[str] = []
 
     async def load_again(name: str) -> bool:
