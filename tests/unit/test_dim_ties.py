@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
+from server.backends.onnx_mixing_probe import named_apart
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.errors import InvalidRequest
 from server.models.completion import complete_version
@@ -213,3 +214,50 @@ def test_a_left_out_input_between_two_sent_ones_skips_only_itself() -> None:
     signature = Signature.from_config(cfg, (tie,))
     with pytest.raises(InvalidRequest, match="input 'b': dim 1 is 5, but input 'a' dim 1 is 3"):
         signature.check_inputs({"a": np.zeros((1, 3), np.float32), "b": np.zeros((1, 5), np.float32)})
+
+
+def _probe(inputs: list[tuple[str, list[int | str]]], initializers: tuple[str, ...] = ()) -> onnx.ModelProto:
+    graph = onnx.helper.make_graph(
+        [],
+        "g",
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape) for name, shape in inputs],
+        [],
+        initializer=[
+            onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [1], [0.0]) for name in initializers
+        ],
+    )
+    return onnx.helper.make_model(graph)
+
+
+def _dims(model: onnx.ModelProto, name: str) -> list[int | str]:
+    [value] = [v for v in model.graph.input if v.name == name]
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_named_apart_renames_only_the_server_fed_inputs_dims_but_the_clients_batch_names() -> None:
+    # The batch's names are the first dims of the inputs clients send: not a server-fed input's
+    # (st's S), nor an initializer listed as an input (w's T); numbered dims stay numbers.
+    probe = _probe([("x", ["N", "T"]), ("st", ["S", "N", "T", 4]), ("w", ["T"])], initializers=("w",))
+    named_apart(probe, {"st"})
+    assert _dims(probe, "st") == ["S@st", "N", "T@st", 4]
+    assert _dims(probe, "x") == ["N", "T"] and _dims(probe, "w") == ["T"]
+    untouched = _probe([("x", ["N", "T"]), ("st", ["N", "T"])])
+    assert named_apart(untouched, ()) is untouched and _dims(untouched, "st") == ["N", "T"]
+
+
+def test_a_default_shorter_than_the_declared_shape_gives_no_default_size() -> None:
+    cfg = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
+    cfg.input[1].optional = True
+    scalar_default = OnnxTensor("ids", "tensor(float)", ["N", "T"], default=(3,))
+    assert dim_ties(cfg, [X], [scalar_default]) == (DimTie("T", (TiePlace("x", 1), TiePlace("ids", 1))),)
+
+
+def test_a_reshape_with_a_zero_dim_reads_its_free_dim_as_zero() -> None:
+    # ids sent [n, 0], reshaped to [0, -1]: the free dim is 0 (no elements to divide), tied to x's
+    # steps, 0 as well.
+    cfg = config(BATCHED, {"x": [-1, 4], "ids": [-1]})
+    cfg.input[1].reshape.shape.extend([0, -1])
+    ids = OnnxTensor("ids", "tensor(float)", ["N", 0, "T"])
+    signature = Signature.from_config(cfg, dim_ties(cfg, [X, ids]))
+    x = np.zeros((1, 0, 4), np.float32)
+    assert signature.check_inputs({"x": x, "ids": np.zeros((1, 0), np.float32)}) == 1

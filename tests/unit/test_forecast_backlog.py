@@ -301,3 +301,11 @@ def test_a_row_formation_may_still_run_is_charged_not_counted_on_to_be_dropped()
     assert backlog(3, [0.0], costs, 0.41, 0.15) == pytest.approx(0.6)
     # Past hope at the front (due at 90 ms: 0 + 100 > 90): dropped, taking no time.
     assert backlog(3, [0.0], costs, 0.41, 0.09) == pytest.approx(0.4)
+
+
+def test_without_a_floor_no_row_is_taken_as_dropped() -> None:
+    """No floor known (an unknown cost): formation's give-up rule has nothing to read, so a row
+    already due before the instance is free is still charged its run."""
+    policy = BatchingPolicy(max_batch_size=1)
+    costs = Costs(lambda n: backlog_rows(n, policy), lambda n: 0.1, lambda n, ran: 0.1, 0.0)
+    assert backlog(2, [0.2], costs, 1.0, 0.1) == pytest.approx(0.4)
