@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as tg
 
 from clients import NO_RETRY, Client, DeadlineExceeded, InvalidArgument, Unavailable
 from tests.integration.client_fixtures import features
@@ -281,3 +282,38 @@ def _as_json(pbtxt: str) -> dict[str, object]:
     return json_format.MessageToDict(
         text_format.Parse(pbtxt, mc.ModelConfig()), preserving_proto_field_name=True
     )
+
+
+def test_unload_dependents_takes_a_waiting_nested_ensemble_and_its_steps_too(
+    repo: Path, demo_repo: Path
+) -> None:
+    """`outer` nests `pinned`, stopped for want of `pair`'s version 1: unloaded with its dependents,
+    `outer` had left `pinned` waiting (and `pair` loaded), and `pinned` came back by itself once
+    `pair` served 1 again, where one READY at the unload stays unloaded (a tester, session 53)."""
+    mlp = demo_repo / "mlp" / "1" / "model.onnx"
+    write_model(repo, "pair", mlp, "max_batch_size: 8\nversion_policy { all { } }\n", versions=(1, 2))
+    pinned = ENSEMBLE.replace('model_name: "mlp" model_version: -1', 'model_name: "pair" model_version: 1')
+    (repo / "pinned" / "1").mkdir(parents=True)
+    (repo / "pinned" / "config.pbtxt").write_text(pinned)
+    (repo / "outer" / "1").mkdir(parents=True)
+    (repo / "outer" / "config.pbtxt").write_text(
+        ENSEMBLE.replace('model_name: "mlp"', 'model_name: "pinned"')
+        .replace('key: "features" value: "x"', 'key: "x" value: "x"')
+        .replace('key: "scores" value: "y"', 'key: "y" value: "y"')
+    )
+    args = ("--model-repository", str(repo), *EXPLICIT, "--load-model", "outer")
+    with ServerProcess(*args) as server, Client(server.address, retry=NO_RETRY) as client:
+        assert client.infer("outer", {"x": features(1)})
+        only_two = {"max_batch_size": 8, "version_policy": {"specific": {"versions": [2]}}}
+        client.load_model("pair", config=json.dumps(only_two))
+        assert not client.model_ready("pinned") and not client.model_ready("outer")
+        triton = tg.InferenceServerClient(server.address)
+        try:
+            triton.unload_model("outer", unload_dependents=True)
+        finally:
+            triton.close()
+        states = {m.name: (m.state, m.reason) for m in client.repository_index().models}
+        assert states["pinned"] == ("UNAVAILABLE", "unloaded"), states
+        assert states["pair"] == ("UNAVAILABLE", "unloaded"), states
+        client.load_model("pair")  # nothing waits for it now
+        assert not client.model_ready("pinned") and not client.model_ready("outer")
