@@ -158,8 +158,8 @@ def named_apart(probe: onnx.ModelProto, server_fed: Collection[str]) -> onnx.Mod
     initializers = {init.name for init in probe.graph.initializer}
     sent = [v for v in probe.graph.input if v.name not in server_fed and v.name not in initializers]
     batch = {v.type.tensor_type.shape.dim[0].dim_param for v in sent if v.type.tensor_type.shape.dim}
-    for value in probe.graph.input:
-        for dim in value.type.tensor_type.shape.dim if value.name in server_fed else ():
+    for value in (v for v in probe.graph.input if v.name in server_fed):
+        for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param not in batch:
                 dim.dim_param = f"{dim.dim_param}@{value.name}"
     return probe

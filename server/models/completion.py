@@ -57,5 +57,6 @@ def complete_version(source: ModelSource, path: Path, default_max_batch_size: in
         outputs = outputs_fed(path, fed, server_fed)
     if fed or any(t.mixes_rows is not None for t in outputs):
         completed = complete(outputs)
-    listed = [t for t in signature.overridable if t.name in {entry.name for entry in completed.input}]
+    names = {entry.name for entry in completed.input}
+    listed = [t for t in signature.overridable if t.name in names]
     return CompletedVersion(completed, signature.inputs, outputs, listed)

@@ -275,6 +275,14 @@ def dynamic_batching_enabled(config: mc.ModelConfig) -> bool:
     return config.max_batch_size > 0 and config.HasField("dynamic_batching")
 
 
+def requests_share_runs(config: mc.ModelConfig) -> bool:
+    """Whether one run may hold rows of several requests (of several sequences, with sequence
+    batching): a batch of more than one row, formed by a batcher."""
+    return config.max_batch_size > 1 and (
+        config.HasField("dynamic_batching") or config.HasField("sequence_batching")
+    )
+
+
 def bool_parameter(config: mc.ModelConfig, key: str, source: str, *, default: bool = False) -> bool:
     """The config's `parameters` entry `key` as 'true' or 'false' (any case), `default` when absent;
     ConfigError names the parameter otherwise."""

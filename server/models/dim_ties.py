@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from protos import model_config_pb2 as mc
+from server.models.config import requests_share_runs
 from server.models.onnx_completion import OnnxTensor
 
 
@@ -39,13 +40,6 @@ class DimTie:
     places: tuple[TiePlace, ...]
 
 
-def batched_together(config: mc.ModelConfig) -> bool:
-    """Whether requests may share one run: rows of several requests in one batch."""
-    return config.max_batch_size > 1 and (
-        config.HasField("dynamic_batching") or config.HasField("sequence_batching")
-    )
-
-
 def dim_ties(
     config: mc.ModelConfig, graph_inputs: Sequence[OnnxTensor], initializers: Sequence[OnnxTensor] = ()
 ) -> tuple[DimTie, ...]:
@@ -54,7 +48,7 @@ def dim_ties(
     a request leaving one out runs with its own shape). Left out: the batch's own name, wherever it
     appears (a request's rows are not the batch's), inputs batched ragged (the graph's dims are
     not a request's), and inputs whose graph rank is not the config's plus the batch dim."""
-    if not batched_together(config):
+    if not requests_share_runs(config):
         return ()
     listed = {entry.name: entry for entry in config.input}
     sent = [t for t in (*graph_inputs, *initializers) if _sent_as_is(listed.get(t.name), t)]

@@ -17,6 +17,7 @@ from server.models.config import (
     ROWS_INDEPENDENT,
     bool_parameter,
     check_platform,
+    requests_share_runs,
 )
 from server.models.config_errors import ConfigError
 from server.models.config_fields import sequence_hidden_names
@@ -294,11 +295,8 @@ def _refuse_mixed_batches(config: mc.ModelConfig, mixing: dict[str, str], source
     """A config that batches requests together, of a graph one of whose served outputs mixes
     the rows of a batch: coalesced, a request's answer would depend on its batch mates (a
     Softmax over axis 0 gave a one-row request 0.002 beside three other rows, 1.0 alone, OK)."""
-    together = (
-        config.max_batch_size > 1
-        and (config.HasField("dynamic_batching") or config.HasField("sequence_batching"))
-        and not config.batch_input  # the model is told each request's share of the batch
-    )
+    # Not with batch_input: the model is told each request's share of the batch.
+    together = requests_share_runs(config) and not config.batch_input
     served = [entry.name for entry in config.output if entry.name in mixing]
     if together and served:
         dynamic = config.HasField("dynamic_batching")

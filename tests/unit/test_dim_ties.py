@@ -15,8 +15,9 @@ from server.backends.onnx_mixing_probe import named_apart
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.errors import InvalidRequest
 from server.models.completion import complete_version
+from server.models.config import requests_share_runs
 from server.models.config_errors import ConfigError
-from server.models.dim_ties import DimTie, TiePlace, batched_together, dim_ties
+from server.models.dim_ties import DimTie, TiePlace, dim_ties
 from server.models.lazy_signatures import predicted_signatures
 from server.models.onnx_completion import OnnxTensor
 from server.models.repository import load_model_source
@@ -51,13 +52,13 @@ def test_two_inputs_naming_their_steps_alike_are_tied_at_the_request_axes() -> N
 )
 def test_no_ties_where_requests_do_not_share_a_run(text: str) -> None:
     cfg = config(text, {"x": [-1, 4], "ids": [-1]})
-    assert not batched_together(cfg)
+    assert not requests_share_runs(cfg)
     assert dim_ties(cfg, [X, IDS]) == ()
 
 
 def test_sequence_batching_shares_runs_too() -> None:
     cfg = config("max_batch_size: 4\nsequence_batching {}\n", {"x": [-1, 4], "ids": [-1]})
-    assert batched_together(cfg) and len(dim_ties(cfg, [X, IDS])) == 1
+    assert requests_share_runs(cfg) and len(dim_ties(cfg, [X, IDS])) == 1
 
 
 def test_the_batch_name_is_never_a_tie_wherever_it_appears() -> None:
@@ -204,7 +205,7 @@ def test_a_sequence_batching_config_with_such_a_state_fails_its_load(tmp_path: P
 
 def test_two_rows_a_batch_are_two_requests_together() -> None:
     cfg = config("max_batch_size: 2\ndynamic_batching {}\n", {"x": [-1, 4], "ids": [-1]})
-    assert batched_together(cfg) and len(dim_ties(cfg, [X, IDS])) == 1
+    assert requests_share_runs(cfg) and len(dim_ties(cfg, [X, IDS])) == 1
 
 
 def test_a_left_out_input_between_two_sent_ones_skips_only_itself() -> None:
