@@ -244,6 +244,7 @@ class DynamicBatcher:
             raise claim.withdrawn  # withdrawn before it reached the queue
         try:
             p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.shed_s, trace)
+            self._forecast.arrived(a.priority, a.rows)
         except BatcherError as exc:
             if a.counted:
                 self._stats.record_refusal(exc, self._queue.full(a.priority), left_ns(a.hard, self._clock()))
@@ -371,6 +372,8 @@ class DynamicBatcher:
                         slack_ns = None if p.hard is None else int((p.hard - now) * 1e9)
                         p.queued_ns = max(0, int((now - p.arrival) * 1e9))
                         self._stats.observe_queue(p.queued_ns, slack_ns)
+                if f.reason in ("full", "preferred") and not self._closing:  # cut at its size
+                    self._forecast.packed(sum(p.rows for p in f.batch), q.rows_ahead(policy.priority_levels))
                 return f.batch
             if self._closing:
                 return None  # with no delay while stopping, no batch means an empty queue
