@@ -129,21 +129,21 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     # None started when the stop came first (a start-up SIGTERM noted above).
     children = [] if requested else [_spawn(settings, env, i) for i in range(settings.workers)]
     ready = threading.Semaphore(0)
-    models: list[str] = []
+    models: dict[int, str] = {}  # each worker's ready line's models, by its index
 
-    def pump(child: subprocess.Popen[str]) -> None:
+    def pump(child: subprocess.Popen[str], index: int) -> None:
         assert child.stdout is not None
         for line in child.stdout:
             match = _READY.search(message_of(line))  # plain, or a JSON object under JSON logs
             if match:
-                models.append(match.group(2))
+                models[index] = match.group(2)
                 ready.release()
             else:
                 sys.stdout.write(line)
         ready.release()  # exited: wake the parent so it notices
 
-    for child in children:
-        threading.Thread(target=pump, args=(child,), daemon=True).start()
+    for index, child in enumerate(children):
+        threading.Thread(target=pump, args=(child, index), daemon=True).start()
     try:
         # Wake at least every 0.2 s: a stop noted by the handler on another thread is seen then.
         announced = False
@@ -160,7 +160,7 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
                 raise WorkerFailed(f"{what} exited" + ("" if announced else " during start-up"))
             if not announced and len(models) == len(children):  # every worker said ready
                 announced = True
-                workers = f"{port} (models: {models[0]}; {settings.workers} workers)"
+                workers = f"{port} (models: {ready_models(models)})"
                 announce(f"sluiceway ready on {settings.host}:{workers}", settings.log_format == "json")
         code = 0
     except WorkerFailed as exc:
@@ -187,6 +187,17 @@ def run_workers(settings: ServerSettings, repository: Path) -> int:
     if not children:  # stopped before any worker started: the start-up line, exit 0
         return exit_terminated(signal.Signals(requested[0]).name)
     return code
+
+
+def ready_models(by_worker: dict[int, str]) -> str:
+    """The parent's ready line's models: the workers' own, once where they agree. Each worker
+    loads the repository itself; a model one of them failed to load (its files changed during the
+    start) had been left out, the first worker's line repeated for all."""
+    lines = [by_worker[i] for i in sorted(by_worker)]
+    if len(set(lines)) == 1:
+        return f"{lines[0]}; {len(lines)} workers"
+    each = " | ".join(f"worker {i}: {line}" for i, line in enumerate(lines))
+    return f"{len(lines)} workers, not alike: {each}"
 
 
 def _stop_arrives(requested: list[int], within_s: float) -> bool:
