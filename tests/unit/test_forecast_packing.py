@@ -107,6 +107,12 @@ async def test_batches_of_several_row_requests_teach_the_forecast_how_full_they_
         be.gate.clear()
         b.forecast.pledge(9, level)
         assert b.forecast.finish(level, 3) == pytest.approx(4 * 10.005)
+        # Seconds without a batch cut at its size: the figure fades back to full (a tester, session
+        # 54: after a phase of 3-row requests, a burst of 1-row ones was refused as batches of 3).
+        clock.now += 0.2
+        assert b.forecast.finish(level, 3) == pytest.approx(4 * 10.005)
+        clock.now += 2.8
+        assert b.forecast.finish(level, 3) == pytest.approx(3 * 10.005)
     finally:
         be.gate.set()
         await b.stop(drain=False, timeout_s=0.1)
@@ -126,10 +132,33 @@ def test_arrival_rates_count_rows_a_second_per_level_and_fade() -> None:
     assert rates.before(1, t) == 0.0  # nothing is served before level 1
     assert rates.before(2, t) == pytest.approx(20.0, rel=0.1)
     assert rates.before(4, t) == pytest.approx(50.0, rel=0.1)
-    faded = rates.before(2, t) * math.exp(-1.0)
-    assert rates.before(2, t + 1.0) == pytest.approx(faded)
-    rates.arrived(1, 2, t + 1.0)  # faded to then, before the new rows add
-    assert rates.before(2, t + 1.0) == pytest.approx(faded + 2.0)
+    assert rates.expected(2, t, 2.0) == pytest.approx(2 * rates.before(2, t))  # over the whole wait
+    faded = rates.before(2, t) * math.exp(-0.1)
+    assert rates.before(2, t + 0.1) == pytest.approx(faded)  # 150 ms since its last row: faded
+    # Silent for a second (after rows 50 ms apart): at most 3 rows over that second, not 20 * e^-1.
+    last = t - 0.05
+    assert rates.before(2, last + 1.0) == pytest.approx(3.0)
+
+
+def test_one_request_is_no_stream() -> None:
+    """A level's latest request is left out of what it is expected to send: one priority-1 request
+    among priority-2 ones with long deadlines had had one refused on rows that never came."""
+    rates = ArrivalRates(tau_s=1.0)
+    rates.arrived(1, 4, 0.0)
+    assert rates.before(2, 0.0) == 0.0
+    rates.arrived(1, 1, 0.5)  # a second: the first, faded, is what the level is expected to send
+    assert rates.before(2, 0.5) == pytest.approx(4 * math.exp(-0.5))
+
+
+def test_a_burst_answered_stops_counting_as_a_stream() -> None:
+    """A tester's report (session 54): 20 priority-1 requests at once, answered in half a second;
+    0.6 s after them the fade alone still saw ~10 rows a second coming."""
+    rates = ArrivalRates(tau_s=1.0)
+    for _ in range(20):
+        rates.arrived(1, 1, 0.0)
+    assert rates.before(2, 0.0) == pytest.approx(19.0)  # at once: a stream for all it knows
+    assert rates.before(2, 0.6) == pytest.approx(3 / 0.6)
+    assert rates.expected(2, 0.6, 0.42) == pytest.approx(3 / 0.6 * 0.42)  # ~2 rows, not ~4
 
 
 def prioritised(clock: Clock, be: Gated | None = None) -> DynamicBatcher:
@@ -163,6 +192,19 @@ def test_a_lower_level_is_forecast_behind_the_higher_rows_that_arrive_meanwhile(
     b.forecast.unpledge(8, 1)
     clock.now += 10.0  # the stream stopped: its rate faded away
     assert b.forecast.finish(2, 1) == pytest.approx(4 * 0.105)
+
+
+def test_behind_higher_levels_that_alone_fill_the_model_a_lower_one_is_refused() -> None:
+    """A tester's report (session 54): priority-1 rows at 50 a second on a model that runs ~38, a
+    priority-2 request with 3 s left: its wait grows every time the rows arriving over it are
+    counted. Worked three times, it had been forecast at ~0.5 s and admitted, then dropped unrun."""
+    clock = Clock(NOW - 10.0)
+    b = prioritised(clock)
+    while clock.now < NOW:
+        b.forecast.arrived(1, 1)
+        clock.now += 0.02
+    assert b.forecast.finish(2, 1, 3.0) > 3.0
+    assert b.forecast.finish(1, 1, 3.0) == pytest.approx(0.105)  # priority 1 itself: its own run
 
 
 def test_one_level_keeps_no_rates() -> None:
