@@ -219,12 +219,11 @@ class WaitForecast:
         rates = self._arrivals
         if rates is None or level <= 1:
             return finish
-        queued = self._ahead(level - 1)  # counted ahead already, and in the rates as they came
         own_s = self._run(whole) + self._hop_s  # rows arriving once its batch runs go after it
         for _ in range(ARRIVAL_ROUNDS):  # rows of higher levels arriving meanwhile go first: a fixed point
             if slack_s is not None and finish > slack_s:
                 break  # past its deadline already: refused whatever else comes
-            jump = max(0, round(rates.expected(level, now, max(0.0, finish - own_s))) - queued)
+            jump = round(rates.expected(level, now, max(0.0, finish - own_s)))
             if not jump:
                 break
             later = backlog(ahead + jump, [*free], self._costs, slack_s, first, last=whole, packed=packed)
