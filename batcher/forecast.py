@@ -43,7 +43,7 @@ from batcher.form import backlog_rows
 from batcher.queue import RequestQueue
 from batcher.types import BatchingPolicy
 
-PACKING_FADE_S = 1.0  # how fast `packed` returns to full without cuts at size (`_packing`)
+PACKING_FADE_S = 0.5  # how fast `packed` returns to full without cuts at size (`_packing`)
 # How often `finish` works a lower level's wait again with the higher levels' rows arriving over it.
 # It stops once the wait stops growing or passes the deadline; where they alone fill the model it
 # grows every round (three rounds had let priority-2 requests in behind priority-1 work at 1.25x the
@@ -89,6 +89,7 @@ class WaitForecast:
         # How full formation packs a batch it cuts at its size (an EWMA of rows over that size, `packed`),
         # and when it last cut one: the figure fades back to full after (`_packing`).
         self._packed, self._packed_at = 1.0, 0.0
+        self._full_rows = backlog_rows(policy.max_batch_size, policy)  # the size a deep queue is cut at
         self._pledged: dict[int, int] = {}  # rows pledged by priority level (`pledge`)
         self._arrivals = ArrivalRates() if policy.priority_levels > 1 else None  # levels jump ahead
 
@@ -164,15 +165,20 @@ class WaitForecast:
         admitted a third more than formation ran (14-18% of those admitted dropped unrun, a tester)."""
         size = backlog_rows(rows + behind, self._policy)
         now = self._clock()
+        self._fresh()
         packed = self._packing(now)
         self._packed, self._packed_at = packed + 0.2 * (min(1.0, rows / max(1, size)) - packed), now
 
     def _packing(self, now: float) -> float:
-        """`packed` as it stands at `now`: its shortfall halves about every 0.7 s without a cut at size
-        (under overload formation cuts one a batch). Kept as last seen, a phase of 3-row requests
-        had a burst of 1-row ones seconds later refused as if in batches of 3 (16 of 24 answered
-        where 21 were; a tester, session 54)."""
-        return 1.0 - (1.0 - self._packed) * math.exp(-max(0.0, now - self._packed_at) / PACKING_FADE_S)
+        """`packed` as it stands at `now` (figures as last seen: `_fresh` first). Kept while formation
+        cuts batches at their size, about one a run under overload; past two runs of a full batch
+        with no such cut, its shortfall fades (halving about every 0.35 s). Kept as last seen
+        forever, a phase of 3-row requests had a burst of 1-row ones seconds later refused as if in
+        batches of 3 (16 of 24 answered where 21 were; a tester, session 54); faded from the last
+        cut on, it faded between the cuts of a steady overload of mixed sizes too, and let requests
+        in that formation then dropped (as many as before the packing, in one run of three)."""
+        quiet = now - self._packed_at - 2 * self._run(self._full_rows)
+        return 1.0 - (1.0 - self._packed) * math.exp(-max(0.0, quiet) / PACKING_FADE_S)
 
     def arrived(self, level: int, rows: int) -> None:
         """A request of `rows` rows was queued at priority `level`: the rate lower levels wait behind."""
