@@ -49,6 +49,8 @@ def test_the_askers_own_batch_is_not_packed() -> None:
     """Nothing ahead: the asker's rows are one batch, however full recent batches were."""
     costs = per_batch(0.1, BatchingPolicy(max_batch_size=4))
     assert backlog(3, [0.0], costs, None, None, last=3, packed=0.5) == pytest.approx(0.1)
+    # Nor the last batch, all that is left: 2 rows ahead and the asker's one run together.
+    assert backlog(3, [0.0], costs, None, None, last=1, packed=0.75) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,7 @@ async def test_batches_of_several_row_requests_teach_the_forecast_how_full_they_
         # batches of 3); within them it stands (a steady overload cuts about one a run).
         clock.now += 19.9
         assert b.forecast.finish(level, 3) == pytest.approx(4 * 10.005)
-        clock.now += 2.0
+        clock.now += 0.6  # half a second past them: the shortfall down to about a third
         assert b.forecast.finish(level, 3) == pytest.approx(3 * 10.005)
     finally:
         be.gate.set()
@@ -252,4 +254,110 @@ async def test_admitted_requests_count_in_their_levels_rate() -> None:
         # more than the 4 without them.
         assert b.forecast.finish(2, 1) == pytest.approx(5 * 0.105)
     finally:
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+# -- mutation survivors (tests/MUTANTS.md, fifty-fourth session) ----------------------------------
+
+
+def test_rates_are_rows_a_second_whatever_the_time_constant() -> None:
+    """Over half a second's fade: a row every 50 ms is still 20 rows a second, and fades by e every
+    half second; a level's latest instant is left out at that scale too."""
+    rates = ArrivalRates(tau_s=0.5)
+    rates.arrived(1, 1, 0.0)  # its first request: no stream yet
+    assert rates.before(2, 0.0) == 0.0
+    rates.arrived(1, 1, 0.05)  # a second: the first, as a row over half a second, faded
+    assert rates.before(2, 0.05) == pytest.approx(2.0 * math.exp(-0.1))
+    t = 0.1
+    while t < 5.0:
+        rates.arrived(1, 1, t)
+        t += 0.05
+    now = t - 0.05
+    assert rates.before(2, now) == pytest.approx(20.0, rel=0.1)
+    assert rates.before(2, now + 0.1) == pytest.approx(rates.before(2, now) * math.exp(-0.2))
+    stream = (rates.before(2, now) + 2.0) * math.exp(-0.2)  # with the row that was its latest
+    rates.arrived(1, 40, now + 0.1)  # an instant of 40 rows: left out, the stream as it was
+    assert rates.before(2, now + 0.1) == pytest.approx(stream)
+
+
+def test_requests_10_ms_apart_are_one_instant() -> None:
+    rates = ArrivalRates(tau_s=1.0)
+    rates.arrived(1, 1, 0.0)
+    rates.arrived(1, 1, 0.01)  # exactly 10 ms after the instant's first: the same instant
+    assert rates.before(2, 0.01) == 0.0
+    rates.arrived(1, 1, 0.0201)  # past it: a new instant, the first two now a stream's
+    assert rates.before(2, 0.0201) == pytest.approx(2.0, rel=0.05)
+
+
+def test_one_cut_moves_the_packing_a_fifth_of_the_way() -> None:
+    """One batch of 3 where 4 fit: 0.95 full, still 4 a batch (3.8 rounds to 4), not 3."""
+    b = DynamicBatcher([Gated()], BatchingPolicy(max_batch_size=4), ModelStats(), Clock(NOW))
+    for _ in range(3):
+        b.estimator.observe(4, 0.1, NOW)
+    level = b.admission(1).priority
+    b.forecast.pledge(16, level)
+    full = b.forecast.finish(level, 1)
+    b.forecast.packed(3, 6)
+    assert b.forecast.finish(level, 1) == pytest.approx(full)
+    for _ in range(10):
+        b.forecast.packed(3, 6)
+    assert b.forecast.finish(level, 1) > full + 0.1
+
+
+async def test_batches_cut_at_a_preferred_size_teach_the_packing() -> None:
+    """max_batch_size 8, preferred [4]: 3-row requests are cut one a batch ("preferred": 3 + 3 is
+    past 4), and the forecast learns batches of 3 from those cuts too."""
+    clock, be = Clock(NOW), Gated()
+    policy = BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(4,))
+    b = DynamicBatcher([be], policy, ModelStats(), clock)
+    b.start()
+    try:
+        level = b.admission(3).priority
+        runs = [asyncio.ensure_future(b.submit(rows3(0), 3))]
+        await turns_until(lambda: be.runs == [3])
+        runs += [asyncio.ensure_future(b.submit(rows3(i), 3)) for i in range(1, 9)]
+        await turns_until(lambda: b.queued_requests == 8)
+        be.gate.set()
+        for task in runs:
+            await asyncio.wait_for(task, LONG)
+        assert be.runs == [3] * 9
+        for n in (3, 4):
+            for _ in range(16):
+                b.estimator.observe(n, 10.0, NOW)
+        b.forecast.pledge(9, level)
+        assert b.forecast.finish(level, 3) == pytest.approx(4 * 10.005)  # as rows alone: 3 runs
+    finally:
+        be.gate.set()
+        await b.stop(drain=False, timeout_s=0.1)
+
+
+async def test_batches_cut_for_a_deadline_teach_the_packing_nothing() -> None:
+    """A batch formation cuts short for a deadline in it (the next request would make it end too
+    late) says nothing of how requests pack: only cuts at the batch's size count."""
+    clock, be = Clock(NOW), Gated()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), ModelStats(), clock)
+    b.start()
+    try:
+        level = b.admission(1).priority
+        x1 = {"x": np.zeros((1, 1), np.float32)}
+        runs = [asyncio.ensure_future(b.submit(x1, 1))]
+        await turns_until(lambda: be.runs == [1])
+        # Admitted on no known cost (nothing is refused for it), then runs are learned to take a
+        # second a row.
+        runs += [asyncio.ensure_future(b.submit(x1, 1, deadline=NOW + 1.5)) for _ in range(6)]
+        await turns_until(lambda: b.queued_requests == 6)
+        for n in range(1, 5):
+            for _ in range(16):
+                b.estimator.observe(n, float(n), NOW)
+        be.gate.set()
+        for task in runs:
+            await asyncio.wait_for(task, LONG)
+        assert be.runs == [1] * 7  # each cut alone: two rows would end past 1.5 s
+        for n in range(1, 5):  # their real times (the fake clock stood still) replaced
+            for _ in range(16):
+                b.estimator.observe(n, float(n), NOW)
+        b.forecast.pledge(7, level)
+        assert b.forecast.finish(level, 1) == pytest.approx(2 * 4.005)  # batches of 4, not of 1
+    finally:
+        be.gate.set()
         await b.stop(drain=False, timeout_s=0.1)
