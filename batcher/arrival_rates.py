@@ -41,11 +41,8 @@ class ArrivalRates:
     def arrived(self, level: int, rows: int, now: float) -> None:
         """`rows` rows were admitted at `level` at `now`."""
         seen = self._levels.get(level)
-        if seen is None:
-            self._levels[level] = _Level(rows / self._tau_s, now, now, rows)
-            return
-        rate = self._faded(seen.rate, now - seen.at) + rows / self._tau_s
-        if now - seen.instant <= INSTANT_S:
+        rate = rows / self._tau_s + (0.0 if seen is None else self._faded(seen.rate, now - seen.at))
+        if seen is not None and now - seen.instant <= INSTANT_S:
             self._levels[level] = _Level(rate, now, seen.instant, seen.instant_rows + rows)
         else:
             self._levels[level] = _Level(rate, now, now, rows)

@@ -244,11 +244,11 @@ class DynamicBatcher:
             raise claim.withdrawn  # withdrawn before it reached the queue
         try:
             p = self._queue.admit(inputs, a, self._forecast.now, self._forecast.shed_s, trace)
-            self._forecast.arrived(a.priority, a.rows)
         except BatcherError as exc:
             if a.counted:
                 self._stats.record_refusal(exc, self._queue.full(a.priority), left_ns(a.hard, self._clock()))
             raise
+        self._forecast.arrived(a.priority, a.rows)  # admitted: lower levels wait behind its rows
         if claim is not None:
             claim.bind(functools.partial(self._withdraw, p))
             claim.admitted()

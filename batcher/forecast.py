@@ -86,8 +86,7 @@ class WaitForecast:
         # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
         self._rows_per_run = float(policy.max_batch_size or 1)
         self._max_batch_size = policy.max_batch_size
-        # How full formation packs a batch it cuts at its size (an EWMA of rows over that size, `packed`),
-        # and when it last cut one: the figure fades back to full after (`_packing`).
+        # How full formation packs a batch it cuts at its size, and when it last cut one (`packed`).
         self._packed, self._packed_at = 1.0, 0.0
         self._full_rows = backlog_rows(policy.max_batch_size, policy)  # the size a deep queue is cut at
         self._pledged: dict[int, int] = {}  # rows pledged by priority level (`pledge`)
@@ -177,6 +176,8 @@ class WaitForecast:
         batches of 3 (16 of 24 answered where 21 were; a tester, session 54); faded from the last
         cut on, it faded between the cuts of a steady overload of mixed sizes too, and let requests
         in that formation then dropped (as many as before the packing, in one run of three)."""
+        if self._packed >= 1.0:
+            return 1.0  # full: nothing to fade (requests of one row and one shape)
         quiet = now - self._packed_at - 2 * self._run(self._full_rows)
         return 1.0 - (1.0 - self._packed) * math.exp(-max(0.0, quiet) / PACKING_FADE_S)
 
@@ -221,10 +222,10 @@ class WaitForecast:
         self._fresh()  # as last seen, not faded: see batcher/estimate.py
         whole = min(rows, self._max_batch_size or 1)  # one request: formation runs it in one batch
         ahead, packed = self._ahead(level) + rows, self._packing(now)
-        finish = backlog(ahead, [*free], self._costs, slack_s, first, last=whole, packed=packed)
         rates = self._arrivals
-        if rates is None or level <= 1:
-            return finish
+        if rates is None or level <= 1:  # nothing is served before it but the queue
+            return backlog(ahead, free, self._costs, slack_s, first, last=whole, packed=packed)
+        finish = backlog(ahead, [*free], self._costs, slack_s, first, last=whole, packed=packed)
         own_s = self._run(whole) + self._hop_s  # rows arriving once its batch runs go after it
         for _ in range(ARRIVAL_ROUNDS):  # rows of higher levels arriving meanwhile go first: a fixed point
             if slack_s is not None and finish > slack_s:

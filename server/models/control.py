@@ -44,7 +44,7 @@ from server.models.repository import (
 )
 from server.models.repository_watch import RepositoryWatch
 from server.models.rpc_operations import RpcOperations
-from server.models.versions import LOADING, READY, UNAVAILABLE, UNLOADED, ModelEntry
+from server.models.versions import LOADING, READY, UNAVAILABLE, ModelEntry
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,7 @@ class RepositoryControl:
             # A nested ensemble waiting for its own steps goes too, with them: passed over, it had
             # come back by itself once they served again, unlike one READY at the unload (a
             # tester, session 53).
-            waiting = (
-                entry.state == UNAVAILABLE
-                and entry.reason != UNLOADED
-                and bool(self._manager.ensemble_steps(step))
-            )
+            waiting = entry.failed_or_waiting and bool(self._manager.ensemble_steps(step))
             if entry.state == READY or waiting:
                 await self._unload_with(step, dependents)
 

@@ -17,7 +17,7 @@ from protos import model_config_pb2 as mc
 from server.models.config import ConfigError
 from server.models.ensemble_config import ensemble_cycle, is_ensemble
 from server.models.repository import OVERRIDE_WHERE, ModelSource
-from server.models.versions import READY, UNAVAILABLE, UNLOADED, ModelEntry
+from server.models.versions import READY, UNAVAILABLE, ModelEntry
 
 if TYPE_CHECKING:
     from server.models.manager import HealthCallback
@@ -107,7 +107,7 @@ class EnsembleDependents:
             model = ready.pop()
             for ensemble, steps in sorted(self._steps.items()):
                 entry = self._models.get(ensemble)
-                waiting = entry is not None and entry.state == UNAVAILABLE and entry.reason != UNLOADED
+                waiting = entry is not None and entry.failed_or_waiting
                 if model not in steps or not waiting or ensemble in tried or self._dormant_step(steps):
                     continue
                 tried.add(ensemble)

@@ -77,6 +77,12 @@ class ModelEntry:
         passes over a model unloaded on request, and so does ours."""
         return self.state == READY or self.dormant or (self.state == UNAVAILABLE and self.reason == UNLOADED)
 
+    @property
+    def failed_or_waiting(self) -> bool:
+        """Unavailable, and not by an unload on request: a failed load, or an ensemble waiting for
+        its steps (EnsembleDependents.load_waiting loads such an ensemble again)."""
+        return self.state == UNAVAILABLE and self.reason != UNLOADED
+
 
 def version_number(version: str) -> int:
     """A request's `model_version` (not empty) as a number; INVALID_ARGUMENT naming it otherwise."""
