@@ -18,7 +18,7 @@ from pathlib import Path
 
 from batcher.run_count import RunCount
 from protos import model_config_pb2 as mc
-from server.backends.one_time_costs import pay_one_time_costs
+from server.backends.one_time_costs import OneTimeCosts, pay_one_time_costs
 from server.errors import (
     MemoryBudgetExceeded,
     ModelLoadTimeout,
@@ -42,7 +42,7 @@ from server.models.lazy_signatures import UnnamedRouting
 from server.models.load_metrics import Gauge, LoadStats, load_gauges
 from server.models.manager import ModelManager
 from server.models.memory_budget import MIB, MemoryBudget, for_ensembles, load_need, refusal
-from server.models.repository import ModelNotFoundInRepository, ModelSource, load_model_source
+from server.models.repository import OVERRIDE_WHERE, ModelNotFoundInRepository, ModelSource, load_model_source
 from server.models.versions import READY, UNAVAILABLE, ModelEntry
 from server.protocol.validate import Signature
 
@@ -73,7 +73,7 @@ class ModelLoads:
         self._root = root
         self._default_max_batch_size = default_max_batch_size
         self._in_use = in_use or memory_meter()
-        self._one_time_costs: Callable[[], None] | None = one_time_costs  # None once paid
+        self._one_time_costs = OneTimeCosts(one_time_costs)
         self._clock = clock
         self._runs = runs if runs is not None else RunCount()
         self.budget = MemoryBudget(budget_bytes)
@@ -228,14 +228,20 @@ class ModelLoads:
         if steps:  # an ensemble over lazy models: they load first (it failed for want of them)
             lazy, pinned = True, False
             await self._judge_steps(name, source.config, within)
+            before = self._manager.entry(name)
             for step in steps:
                 if step not in within and self._manager.entry(step).dormant:
                     log.info("model %s: loading its step model %s first (lazy_load)", name, step)
                     await self._load(step, None, within=within | {name})
                     await self._judge_steps(name, source.config, within)  # by what it measured
-            if self._manager.entry(name).state == READY and not keep_unchanged:
-                self._lazy.add(name)  # loaded with its steps (EnsembleDependents.load_waiting)
+            tried = self._manager.entry(name)  # by its steps' loads (EnsembleDependents.load_waiting)
+            if tried.state == READY and not keep_unchanged:
+                self._lazy.add(name)
                 return
+            if tried is not before and tried.state != READY and source.where != OVERRIDE_WHERE:
+                # It failed there from this config: a second try had logged the failure twice.
+                self.stats.failures += 1
+                raise RepositoryError(f"load failed for model '{name}': {tried.reason}")
         held = self.budget.size_of(name)  # None: not loaded now
         measured = self.budget.measured(name, key)
         # An ensemble holds no memory of its own (its steps are counted): counted at 0 and never
@@ -261,7 +267,7 @@ class ModelLoads:
             # Loading an ensemble's step: it says so, and whether its steps could ever fit together.
             ensembles = sorted(within)
             raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
-        await self._pay_one_time_costs()
+        await self._one_time_costs.pay_once()
         runs, before, started = self._runs.mark(), self._in_use(), self._clock()
         try:
             await self._manager.load(name, source, keep_unchanged)
@@ -313,18 +319,6 @@ class ModelLoads:
         their early refusals' counts too: they had stayed apart, listed beside the loaded ones."""
         for ensemble in self._guard.ensembles_over(name):
             self.refused_early.hand_over(ensemble, self._manager.entry(ensemble).versions)
-
-    async def _pay_one_time_costs(self) -> None:
-        """Before the process's first measured load: the runtime's once-a-process allocations
-        (server/backends/one_time_costs.py) had been charged to the first model (2.19 MB for an
-        MLP whose reloads measure 0.45)."""
-        pay, self._one_time_costs = self._one_time_costs, None
-        if pay is None:
-            return
-        try:
-            await asyncio.to_thread(pay)
-        except Exception as exc:  # the first footprint is then only too big, as it had been
-            log.warning("onnxruntime's one-time costs not paid before the first load: %s", exc)
 
     def _read(self, name: str) -> ModelSource:
         try:
