@@ -18,7 +18,7 @@ import onnx
 
 from server.backends.graph_names import described
 from server.backends.onnx_output_shapes import BATCH_SYMBOL
-from server.backends.onnx_reshape_rows import Dim, Folded, spelled_out, values_per_row
+from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows, spelled_out, values_per_row
 
 Dims = list[Dim]
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
@@ -128,3 +128,27 @@ class BatchNames:
         if isinstance(dim, str) and dim.startswith(BATCH_PREFIX):
             return "batch"
         return dim
+
+    def reshaped(
+        self, node: onnx.NodeProto, before: Sequence[Dim] | None, after: Sequence[Dim] | None
+    ) -> str | None:
+        """Why a reshape moves values between the batch's rows (onnx_reshape_rows.py); one that
+        folds the batch into an axis makes that axis the batch's for the ops after it."""
+        if before is None or after is None:
+            return None
+        found = reshaped_rows(before, after, self.roots, self.folds)
+        if isinstance(found, Folded):
+            self.fold(found, node)
+        if not isinstance(found, Moved):
+            return None
+        source, target = self.shown(self.spelled(before)), self.shown(after)
+        where = (
+            f"the batch's rows spread over its output's axes {found.behind}"
+            if found.target is None
+            else f"the batch's axis {found.source} with {found.ahead} ahead of it becoming axis "
+            f"{found.target} with {found.behind} ahead of it"
+        )
+        return (
+            f"{described(node)} moves values between the batch's rows: it reshapes '{node.input[0]}' "
+            f"{source} to {target}, {where}"
+        )

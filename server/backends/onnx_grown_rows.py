@@ -1,21 +1,47 @@
 """Ops that may add rows to the batch's axis or copy the batch along another: a Pad or a Tile whose
-amounts the graph computes, an Expand that puts the batch on a second axis (onnx_row_mixing.py
-asks). A tester of session 51: pads [x.shape[1] // 4, 0, 0, 0] gave each request the row before
-it, x.repeat(k, 1) with k read from the shape gave rows of other requests, and
-x.unsqueeze(0).expand(N, N, 4) gave every request the whole batch, all OK.
+amounts the graph computes, an Expand that puts the batch on a second axis, a Resize that may scale
+the batch's axis (onnx_row_mixing.py asks). A tester of session 51: pads [x.shape[1] // 4, 0, 0,
+0] gave each request the row before it, x.repeat(k, 1) with k read from the shape gave rows of other
+requests, and x.unsqueeze(0).expand(N, N, 4) gave every request the whole batch, all OK.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
+import numpy as np
 import onnx
 
-from server.backends.graph_names import described
-from server.backends.onnx_partial_ints import Entries
+from server.backends.graph_names import attribute, described
+from server.backends.onnx_partial_ints import Entries, PartialInts
 
 Dims = Sequence[int | str | None]
 COMPUTED = "computed at run time: the load cannot tell it adds no rows"
+Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
+
+
+def grown_rows(
+    node: onnx.NodeProto,
+    dims: Callable[[str], Dims | None],
+    constant: Constant,
+    partial: PartialInts,
+    batch: Collection[str],
+    opset: int,
+) -> str | None:
+    """Why a Pad or Tile of computed amounts, an Expand or a Resize may add rows or copy the batch
+    (None: it does not, or its constant amounts are onnx_mixing_ops.py's)."""
+    given = dims(node.input[0])
+    if node.op_type == "Expand":
+        return copied_batch(node, given, dims(node.output[0]), batch)
+    if node.op_type in ("Resize", "Upsample"):
+        sizes = partial.entries(node.input[3], constant(3)) if len(node.input) > 3 and node.input[3] else None
+        scales = _scales(node, opset, constant)
+        return resized_batch(node, given, dims(node.output[0]), scales, sizes, batch)
+    if len(node.input) < 2 or constant(1) is not None or (opset < 11 and node.op_type == "Pad"):
+        return None  # constant amounts: onnx_mixing_ops.py reads them
+    amounts = partial.entries(node.input[1], None)
+    axes = partial.entries(node.input[3], constant(3)) if len(node.input) > 3 and node.input[3] else None
+    return computed_amounts(node, given, amounts, axes, batch)
 
 
 def computed_amounts(
@@ -75,4 +101,51 @@ def copied_batch(
                 f"{described(node)} copies the whole batch along axis {axis} of its output {list(made)}: "
                 f"its input carries the batch's rows on axis {own[0]}"
             )
+    return None
+
+
+def _scales(node: onnx.NodeProto, opset: int, constant: Constant) -> list[float] | None:
+    """A Resize's or Upsample's scales where the graph holds them (None: sizes, or computed)."""
+    given = attribute(node, "scales", None)  # Upsample before opset 9
+    if isinstance(given, list):
+        return [float(v) for v in given]
+    at = 1 if node.op_type == "Upsample" or opset < 11 else 2
+    found = constant(at) if len(node.input) > at and node.input[at] else None
+    return None if found is None or found.size == 0 else [float(v) for v in found.reshape(-1)]
+
+
+def resized_batch(
+    node: onnx.NodeProto,
+    given: Dims | None,
+    made: Dims | None,
+    scales: list[float] | None,
+    sizes: Entries | None,
+    batch: Collection[str],
+) -> str | None:
+    """Why a Resize may scale the batch's axis: a scale there not 1, a size written for it (the
+    batch's own size is no constant), or an output axis onnx sizes as a number; a crop by `roi`
+    may take any rows. Sizes computed there are read as the shape's (torch's F.interpolate to a
+    size: Concat(Shape(x)[:2], [h, w])), scales computed as 1: no proof either way."""
+    if given is None:
+        return None
+    carried = [axis for axis, dim in enumerate(given) if isinstance(dim, str) and dim in batch]
+    axes = attribute(node, "axes", None)
+    listed = (
+        [int(a) % len(given) for a in axes] if isinstance(axes, list) and given else list(range(len(given)))
+    )
+    mode = attribute(node, "coordinate_transformation_mode", b"")
+    for axis in carried:
+        if mode in (b"tf_crop_and_resize", "tf_crop_and_resize"):
+            return f"{described(node)} crops by its roi, the batch's axis {axis} too: rows may not be kept"
+        if axis not in listed:
+            continue
+        at = listed.index(axis)
+        if scales is not None:
+            kept = at < len(scales) and scales[at] == 1.0
+        elif sizes is not None:
+            kept = at >= len(sizes) or sizes[at] is None
+        else:
+            kept = made is None or axis >= len(made) or not isinstance(made[axis], int)
+        if not kept:
+            return f"{described(node)} may resize the batch's axis {axis}: its rows are not kept one for one"
     return None

@@ -16,6 +16,7 @@ import onnx
 
 from server.backends.graph_names import attribute as attr
 from server.backends.graph_names import int_attribute
+from server.backends.onnx_einsum import einsum_axes
 
 Axes = list[tuple[int, Sequence[int]]]  # (input index, the axes of that input the op mixes along)
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
@@ -44,6 +45,9 @@ _AXIS_OPS = {  # op -> (its `axis` attribute's default, the attribute's name): o
     "GatherElements": (0, "axis"),
     "ScatterElements": (0, "axis"),
     "ReverseSequence": (0, "time_axis"),
+    "Scatter": (0, "axis"),  # ScatterElements before opset 11
+    "TensorScatter": (-2, "axis"),  # a cache's sequence axis, written at each row's own place
+    "ConcatFromSequence": (0, "axis"),
 }
 _SPATIAL_OPS = frozenset(  # from axis 2 on: a kernel or a whole-image statistic spans them
     {
@@ -56,7 +60,16 @@ _SPATIAL_OPS = frozenset(  # from axis 2 on: a kernel or a whole-image statistic
         "LpPool",
     }
 )
-_CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})  # channels too
+_CONV_OPS = frozenset(  # channels too
+    {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv", "Col2Im", "GroupNormalization"}
+)
+# Whole-input ops: an output value may depend on any input value, the batch's included (a
+# detection's boxes picked over every image, a tensor's non-zero positions, its unique values).
+_WHOLE_OPS = frozenset(
+    {"NonMaxSuppression", "RoiAlign", "MaxRoiPool", "ImageDecoder", "StringNormalizer"}
+    | {"StringSplit", "CenterCropPad"}  # its width the longest row's; all axes unless `axes` says
+)
+_LOSS_OPS = frozenset({"SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"})  # mean over the batch
 _RECURRENT_OPS = frozenset({"RNN", "LSTM", "GRU"})
 MIXING_OPS = (
     REDUCE_OPS
@@ -65,17 +78,52 @@ MIXING_OPS = (
     | _SPATIAL_OPS
     | _CONV_OPS
     | _RECURRENT_OPS
-    | {"CumSum", "LayerNormalization", "MeanVarianceNormalization", "BatchNormalization", "LRN"}
-    | {"GatherND", "ScatterND", "DFT", "MatMul", "Gemm", "Scan"}
+    | _WHOLE_OPS
+    | _LOSS_OPS
+    | {"CumSum", "CumProd", "LayerNormalization", "RMSNormalization", "MeanVarianceNormalization"}
+    | {"BatchNormalization", "LRN", "GatherND", "ScatterND", "DFT", "STFT", "Det", "Unique", "Compress"}
+    | {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "Scan", "MaxUnpool"}
+    | {"Attention", "LinearAttention", "CausalConvWithState", "RotaryEmbedding", "Multinomial"}
+    | {"DepthToSpace", "SpaceToDepth", "GridSample", "TfIdfVectorizer"}
     | {"Slice", "Split", "SplitToSequence", "Concat", "Pad", "Tile"}  # rows moved, picked, added
-    | {"Trilu"}  # zeroes a value by its position on its last two axes
+    | {"Trilu", "EyeLike"}  # a value by its position on two axes (EyeLike: its input's first two)
 )
+# Ops whose scale and bias broadcast against their input: a scale carrying the batch on another axis
+# pairs rows (a tester, session 55: LayerNormalization's Scale sent by clients as ['N']).
+SCALED_OPS = frozenset({"LayerNormalization", "RMSNormalization"})
+# Standard ops that never mix rows: elementwise on one input (BROADCAST_OPS: on several), per-row
+# generators, axis moves the batch's symbol follows (onnx's inference carries it), control flow whose
+# bodies are read. A standard op in none
+# of these sets, nor any other read here, is taken as mixing along every axis (`unknown_op`): one
+# onnx added after this list had loaded batched unread (RMSNormalization, opset 23, gave each
+# request its batch mates' statistics, OK; a tester, session 55).
+ROW_WISE_OPS = frozenset(
+    {
+        "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cos", "Cosh", "Sin", "Sinh", "Tan",
+        "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Sign", "Ceil", "Floor", "Round", "Erf",
+        "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Mish", "Swish", "HardSigmoid",
+        "HardSwish", "Sigmoid", "Softplus", "Softsign", "ThresholdedRelu", "Shrink", "Clip", "Not",
+        "BitwiseNot", "IsInf", "IsNaN", "Cast", "CastLike", "BitCast", "Identity", "Dropout", "SwiGLU",
+        "QuantizeLinear", "DequantizeLinear", "OneHot", "RegexFullMatch", "AffineGrid",
+        "Constant", "ConstantOfShape", "Range", "RandomNormal", "RandomUniform", "RandomNormalLike",
+        "RandomUniformLike", "Bernoulli", "HannWindow", "HammingWindow", "BlackmanWindow",
+        "MelWeightMatrix", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size", "If", "Loop",
+        "Optional", "OptionalGetElement", "OptionalHasElement", "SequenceConstruct", "SequenceAt",
+        "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength", "SequenceMap",
+        # Whole-tensor scales: made per row at load (row_quantization.py), or served with its warning.
+        "DynamicQuantizeLinear",
+        # Positions over the batch: followed as values made from its size (onnx_batch_size_value.py),
+        # its outputs' sizes by onnx_data_sized.py.
+        "NonZero",
+    }
+)  # fmt: skip
 # Elementwise ops that broadcast their inputs: one whose batch axis lines up with another's other
 # axis pairs each row with every other (x[:, None] - x[None], a pairwise distance).
 BROADCAST_OPS = frozenset(
     {
         "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Mean", "Sum", "Where", "PRelu",
         "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
+        "BitwiseAnd", "BitwiseOr", "BitwiseXor", "StringConcat",
     }
 )  # fmt: skip
 TO_THE_END = 2**31 - 1  # a Slice's end at least this: to the end of its axis (torch writes 2**63 - 1)
@@ -108,11 +156,17 @@ def mixed_axes(
     if op in _AXIS_OPS:
         default, name = _AXIS_OPS[op]
         return [(0, [int_attribute(node, name, default)])]
-    if op == "CumSum":
+    if op in ("CumSum", "CumProd"):
         return _one_axis(constant(1))
+    if op in _WHOLE_OPS:
+        axes = attr(node, "axes", None) if op == "CenterCropPad" else None
+        return [(i, list(axes) if isinstance(axes, list) else range(r)) for i, r in enumerate(ranks)]
+    if op in _LOSS_OPS:  # its classes' axis; with a reduction (mean by default), every axis
+        whole = attr(node, "reduction", b"mean") not in (b"none", "none")
+        return [(i, range(r) if whole else [1]) for i, r in enumerate(ranks[:2])]
     if op in REDUCE_OPS:
         return [(0, _reduced(node, rank, constant))]
-    if op == "LayerNormalization":
+    if op in SCALED_OPS:
         return [(0, range(int_attribute(node, "axis", -1) % max(rank, 1), rank))]
     if op == "MeanVarianceNormalization":
         return [(0, list(attr(node, "axes", [0, 2, 3])))]  # type: ignore[call-overload]
@@ -139,9 +193,55 @@ def mixed_axes(
         return [(0, [0 if attr(node, "transA", 0) else 1]), (1, [1 if attr(node, "transB", 0) else 0])]
     if op in _RECURRENT_OPS:
         return [(0, [1 if attr(node, "layout", 0) else 0])]  # the sequence axis
-    if op == "Trilu":
+    if op in ("Trilu", "Det"):
         return [(0, [-2, -1])]
-    return _moved(node, opset, constant, lengths)
+    return _more(node, ranks) or _moved(node, opset, constant, lengths)
+
+
+def _more(node: onnx.NodeProto, ranks: Sequence[int]) -> Axes:
+    """The ops of later opsets and the rarer ones: sequence models' (along their time axis, -2 of
+    [B, S, hidden] and of [B, H, S, D]), image layout moves, samplers, quantized products."""
+    op, rank = node.op_type, ranks[0] if ranks else 0
+    if op == "EyeLike":
+        return [(0, [0, 1])]
+    if op in ("MatMulInteger", "QLinearMatMul"):
+        b = 1 if op == "MatMulInteger" else 3  # QLinearMatMul's scales and zero points: whole
+        quantized = [(i, [0]) for i in range(1, len(ranks)) if op == "QLinearMatMul" and i != b]
+        return [(0, [-1]), (b, [-1] if len(ranks) > b and ranks[b] == 1 else [-2]), *quantized]
+    if op == "Einsum":
+        return einsum_axes(node, ranks)
+    if op == "Attention":  # keys and values (and their past) along their sequence, the mask's two
+        causal = [(0, [-2])] if attr(node, "is_causal", 0) else []
+        return [(1, [-2]), (2, [-2]), (3, [-2, -1]), (4, [-2]), (5, [-2]), *causal]
+    if op in ("LinearAttention", "CausalConvWithState"):
+        return [(i, range(1, r)) for i, r in enumerate(ranks)]
+    if op == "RotaryEmbedding":  # by each position's place in the sequence
+        return [(0, [-2, -1])]
+    if op in ("DepthToSpace", "SpaceToDepth"):
+        return [(0, range(1, rank))]
+    if op == "MaxUnpool":  # its indices are flat positions over its whole output, the batch's too
+        return [(1, range(ranks[1] if len(ranks) > 1 else 0))]
+    if op == "GridSample":
+        return [(0, range(2, rank))]
+    if op in ("STFT", "Multinomial"):
+        return [(0, [1])]
+    if op == "TfIdfVectorizer":
+        return [(0, [-1])]
+    if op in ("Unique", "Compress"):
+        axis = attr(node, "axis", None)
+        return [(0, [axis] if isinstance(axis, int) else range(rank))]
+    return []
+
+
+def unknown_op(op: str) -> bool:
+    """A standard op this reading does not know: taken as mixing along every axis."""
+    return op not in MIXING_OPS | BROADCAST_OPS | ROW_WISE_OPS | {
+        "Reshape",
+        "Flatten",
+        "Expand",
+        "Resize",
+        "Upsample",
+    }
 
 
 def _moved(node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequence[int | None]) -> Axes:
@@ -216,24 +316,27 @@ def _padded(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[in
     return [axis for k, axis in enumerate(axes) if k < half and (pads[k] or pads[half + k])]
 
 
-def scan_inputs(node: onnx.NodeProto) -> tuple[int, list[int]]:
+def scan_inputs(node: onnx.NodeProto, opset: int = 9) -> tuple[int, list[int]]:
     """A Scan's count of state inputs (they come first) and the axis each scan input after them is
-    scanned along."""
+    scanned along. Scan-8 (`opset` below 9) scans axis 1 of each: its axis 0 is its own batch, each
+    batch row scanned alone (read as axis 0, it was refused: a tester, session 55)."""
     scanned = int_attribute(node, "num_scan_inputs", 0)
     axes = attr(node, "scan_input_axes", None)
-    return len(node.input) - scanned, [int(a) for a in axes][:scanned] if isinstance(axes, list) else [
-        0
-    ] * scanned
+    if opset < 9:
+        return len(node.input) - scanned, [1] * scanned
+    if not isinstance(axes, list):
+        return len(node.input) - scanned, [0] * scanned
+    return len(node.input) - scanned, [int(a) for a in axes][:scanned]
 
 
-def paired_axes(node: onnx.NodeProto) -> tuple[int, int] | None:
-    """For a MatMul or Gemm, the axis of its first input that makes the output's rows and the axis
-    of its second that makes its columns: both the batch's (x @ x^T) pair every row with every
-    other. Either alone is per row (x @ W, or W @ x^T a column a row)."""
-    if node.op_type == "MatMul":
-        return -2, -1
+def paired_axes(node: onnx.NodeProto) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """For a matrix product, (input, axis) of the operand that makes the output's rows and of the
+    one that makes its columns: both the batch's (x @ x^T) pair every row with every other.
+    Either alone is per row (x @ W, or W @ x^T a column a row)."""
+    if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul"):
+        return (0, -2), (3 if node.op_type == "QLinearMatMul" else 1, -1)
     if node.op_type == "Gemm":
-        return (1 if attr(node, "transA", 0) else 0), (0 if attr(node, "transB", 0) else 1)
+        return (0, 1 if attr(node, "transA", 0) else 0), (1, 0 if attr(node, "transB", 0) else 1)
     return None
 
 

@@ -26,9 +26,10 @@ the batch goes by are kept in onnx_batch_names.py. The batch's size taken as a v
 (onnx_row_positions.py). A Pad or Tile of computed amounts, or an Expand copying the batch, may add
 rows (onnx_grown_rows.py, with onnx_partial_ints.py). Initializers clients may send are never read
 as constants.
-Not covered: a reshape whose dims onnx cannot infer, Einsum, custom-domain ops, values computed
-from the data. A graph the reading cannot read (onnx refuses it, or an axis is stored as external
-data) is not flagged: no proof.
+A standard op of none of onnx_mixing_ops.py's sets is taken as mixing (no proof of rows). MaxPool's
+indices are positions over the whole batch (onnx_pool_indices.py). Not covered: a reshape whose
+dims onnx cannot infer, custom-domain ops, values computed from the data. A graph the reading
+cannot read (onnx refuses it, or an axis is stored as external data) is not flagged: no proof.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, s
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
-from server.backends.onnx_grown_rows import computed_amounts, copied_batch
+from server.backends.onnx_einsum import einsum_batch_letters
+from server.backends.onnx_grown_rows import grown_rows
 from server.backends.onnx_mixing_graph import (
     Dims,
     Shapes,
@@ -60,20 +62,25 @@ from server.backends.onnx_mixing_graph import (
 from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
     MIXING_OPS,
+    ROW_WISE_OPS,
+    SCALED_OPS,
     VALUE_INPUTS,
     mixed_axes,
     paired_axes,
     scan_inputs,
+    unknown_op,
 )
 from server.backends.onnx_mixing_probe import reading_probe
 from server.backends.onnx_output_shapes import input_first_dims
 from server.backends.onnx_partial_ints import PartialInts
-from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows
+from server.backends.onnx_pool_indices import PoolIndices
+from server.backends.onnx_reshape_rows import Dim
 
 logger = logging.getLogger(__name__)
 
 COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
+PAIRED_LETTERS = "its equation names the batch's axes by the letters"
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
 
 
@@ -83,8 +90,7 @@ def row_mixing_outputs(
     """Each graph output whose rows depend on other rows of the batch, and why; args as reading_probe's."""
     if not input_first_dims(model) and not unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
-    read = MIXING_OPS | BROADCAST_OPS | RESHAPE_OPS
-    if not any(node.op_type in read for node in all_nodes(model)):
+    if all(node.op_type in ROW_WISE_OPS for node in all_nodes(model) if node.domain in ONNX_DOMAIN):
         return {}
     try:
         inferred = reading_probe(model, fed, server_fed)
@@ -125,6 +131,7 @@ class _Walk:
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
         self.producers: dict[str, Sequence[str]] = {}  # a tensor -> its node's inputs
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
+        self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -149,6 +156,9 @@ class _Walk:
             for name in node.output:
                 if name and why is not None:
                     self.mixed[name] = why
+            batched = bool(node.input) and any(d in self.batch for d in self.shapes.get(node.input[0]) or [])
+            for name, flat in self.pools.see(node, batched).items():
+                self.mixed.setdefault(name, flat)
 
     def _lineage(self, name: str) -> frozenset[str]:
         """The graph inputs `name` is made from, worked out when first asked (rarely: an own-row
@@ -201,7 +211,8 @@ class _Walk:
         """Why a node's outputs are made from mixed rows: an input whose values it reads, or a
         mixing op inside its subgraphs (If, Loop, Scan) or an outer tensor they read."""
         read = VALUE_INPUTS.get(node.op_type, range(len(node.input)))
-        for i in read:
+        cleared = self.pools.cleared(node)  # a MaxPool's positions taken back to each row's own
+        for i in (i for i in read if i not in cleared):
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
         returns: list[list[tuple[BatchNames, Dims | None]]] = []  # per output, each body's value
@@ -209,7 +220,7 @@ class _Walk:
             inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
             inner.mixed = dict(self.mixed)
             inner.values = self.values.within(inner.names)
-            inner.partial = self.partial.within()
+            inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.lineage, inner.producers = self.lineage, self.producers  # a graph's names are its own
             inner.graph(sub, self.constants)
             for out in sub.output:
@@ -261,30 +272,39 @@ class _Walk:
         if node.op_type in BROADCAST_OPS:
             return self._broadcast_pair(node)
         if node.op_type in RESHAPE_OPS:
-            return self._reshape(node)
-        if node.op_type in ("Pad", "Tile", "Expand"):
-            grown = self._grown(node)
-            if grown is not None:
+            return self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
+        if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample"):
+            constant_at = partial(self._constant, node)
+            grown = grown_rows(node, self.shapes.get, constant_at, self.partial, self.batch, self.opset)
+            if grown is not None or node.op_type not in MIXING_OPS:
                 return grown
         if node.op_type not in MIXING_OPS:
-            return None
+            return self._unknown(node) if unknown_op(node.op_type) else None
         if node.op_type == "Scan":
             return self._scan(node)
+        if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node)) is not None:
+            return paired  # a scale carrying the batch where the input has another axis
+        carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
+        if node.op_type == "Einsum" and len(letters := einsum_batch_letters(node, carried)) > 1:
+            return (
+                f"{described(node)} pairs each row of the batch with every other: {PAIRED_LETTERS} {letters}"
+            )
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
 
         def constant(index: int) -> np.ndarray | None:
             return self._constant(node, index)
 
+        cleared = self.pools.cleared(node)
         for index, axes in mixed_axes(node, [len(d) for d in dims], self.opset, constant, lengths):
-            for axis in axes:
+            for axis in axes if index not in cleared else ():
                 if self._is_batch(node, index, axis):
                     computed = node.op_type == "Slice" and (constant(1) is None or constant(2) is None)
                     note = COMPUTED_SLICE if computed else ""
                     return f"{described(node)} works along {self._axis(node, index, axis)}{note}"
         pair = paired_axes(node)
-        if pair is not None and self._is_batch(node, 0, pair[0]) and self._is_batch(node, 1, pair[1]):
-            rows, columns = (self._where(node, i, axis) for i, axis in enumerate(pair))
+        if pair is not None and all(self._is_batch(node, i, axis) for i, axis in pair):
+            rows, columns = (self._where(node, i, axis) for i, axis in pair)
             return (
                 f"{described(node)} pairs each row of the batch with every other: its rows come "
                 f"from {rows} and its columns from {columns}, both the batch's axis"
@@ -318,51 +338,19 @@ class _Walk:
             f"{self._where(node, j, b - rank + len(dims[j]))}, both the batch's axis"
         )
 
-    def _grown(self, node: onnx.NodeProto) -> str | None:
-        """A Pad or Tile whose amounts are computed, or an Expand copying the batch (onnx_grown_rows.py)."""
-        given = self.shapes.get(node.input[0])
-        if node.op_type == "Expand":
-            return copied_batch(node, given, self.shapes.get(node.output[0]), self.batch)
-        if (
-            len(node.input) < 2
-            or self._constant(node, 1) is not None
-            or (self.opset < 11 and node.op_type == "Pad")
-        ):
-            return None  # constant amounts: onnx_mixing_ops.py reads them
-        amounts = self.partial.entries(node.input[1], None)
-        axes = (
-            self.partial.entries(node.input[3], self._constant(node, 3))
-            if len(node.input) > 3 and node.input[3]
-            else None
-        )
-        return computed_amounts(node, given, amounts, axes, self.batch)
-
-    def _reshape(self, node: onnx.NodeProto) -> str | None:
-        """A reshape that moves values between the batch's rows; one that folds the batch into an
-        axis makes that axis the batch's for the ops after it."""
-        before, after = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
-        if before is None or after is None:
-            return None
-        found = reshaped_rows(before, after, self.names.roots, self.names.folds)
-        if isinstance(found, Folded):
-            self.names.fold(found, node)
-        if not isinstance(found, Moved):
-            return None
-        source, target = self.names.shown(self.names.spelled(before)), self.names.shown(after)
-        where = (
-            f"the batch's rows spread over its output's axes {found.behind}"
-            if found.target is None
-            else f"the batch's axis {found.source} with {found.ahead} ahead of it becoming axis "
-            f"{found.target} with {found.behind} ahead of it"
-        )
-        return (
-            f"{described(node)} moves values between the batch's rows: it reshapes '{node.input[0]}' "
-            f"{source} to {target}, {where}"
-        )
+    def _unknown(self, node: onnx.NodeProto) -> str | None:
+        """A standard op not known here, on an input that carries the batch: no proof of rows."""
+        for index, name in enumerate(node.input):
+            if any(dim in self.batch for dim in self.shapes.get(name) or []):
+                return (
+                    f"{described(node)} is an op the load does not know to keep rows apart, on "
+                    f"{self._where(node, index, 0)}: its rows are taken as mixed"
+                )
+        return None
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""
-        states, axes = scan_inputs(node)
+        states, axes = scan_inputs(node, self.opset)
         for j, axis in enumerate(axes):
             if states > 0 and self._is_batch(node, states + j, axis):
                 return f"{described(node)} carries its state along {self._axis(node, states + j, axis)}"

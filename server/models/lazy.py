@@ -228,7 +228,7 @@ class ModelLoads:
         if steps:  # an ensemble over lazy models: they load first (it failed for want of them)
             lazy, pinned = True, False
             await self._judge_steps(name, source.config, within)
-            before = self._manager.entry(name)
+            untried = self._manager.entry(name)
             for step in steps:
                 if step not in within and self._manager.entry(step).dormant:
                     log.info("model %s: loading its step model %s first (lazy_load)", name, step)
@@ -238,7 +238,7 @@ class ModelLoads:
             if tried.state == READY and not keep_unchanged:
                 self._lazy.add(name)
                 return
-            if tried is not before and tried.state != READY and source.where != OVERRIDE_WHERE:
+            if tried is not untried and tried.state != READY and source.where != OVERRIDE_WHERE:
                 # It failed there from this config: a second try had logged the failure twice.
                 self.stats.failures += 1
                 raise RepositoryError(f"load failed for model '{name}': {tried.reason}")

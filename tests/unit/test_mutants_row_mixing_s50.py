@@ -66,10 +66,12 @@ def test_each_op_mixes_along_exactly_these_axes(
 
 
 def test_pairs_are_the_rows_of_the_first_and_the_columns_of_the_second() -> None:
-    assert paired_axes(helper.make_node("MatMul", ["a", "b"], ["y"])) == (-2, -1)
-    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"])) == (0, 1)
-    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"], transA=1)) == (1, 1)
-    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"], transB=1)) == (0, 0)
+    assert paired_axes(helper.make_node("MatMul", ["a", "b"], ["y"])) == ((0, -2), (1, -1))
+    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"])) == ((0, 0), (1, 1))
+    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"], transA=1)) == ((0, 1), (1, 1))
+    assert paired_axes(helper.make_node("Gemm", ["a", "b"], ["y"], transB=1)) == ((0, 0), (1, 0))
+    qlinear = helper.make_node("QLinearMatMul", [*"abcdefgh"], ["y"])
+    assert paired_axes(qlinear) == ((0, -2), (3, -1))  # its second operand is input 3
     assert paired_axes(helper.make_node("Add", ["a", "b"], ["y"])) is None
 
 

@@ -210,7 +210,11 @@ def test_an_input_read_for_its_type_or_shape_only_does_not_mix() -> None:
     softmax = helper.make_node("Softmax", ["x"], ["s"], axis=0)
     assert row_mixing_outputs(_model([softmax, helper.make_node("CastLike", ["x", "s"], ["y"])])) == {}
     assert row_mixing_outputs(_model([softmax, helper.make_node("CastLike", ["s", "x"], ["y"])]))
-    assert row_mixing_outputs(_model([softmax, helper.make_node("EyeLike", ["s"], ["y"])])) == {}
+    shaped = [helper.make_node("Shape", ["s"], ["sh"]), helper.make_node("ConstantOfShape", ["sh"], ["y"])]
+    assert row_mixing_outputs(_model([softmax, *shaped])) == {}
+    # EyeLike reads only its input's shape, but its values are each row's place (session 55): it mixes.
+    eye = row_mixing_outputs(_model([helper.make_node("EyeLike", ["x"], ["y"])]))
+    assert "EyeLike node making 'y' works along the batch's axis" in eye["y"]
 
 
 def test_an_unnamed_branch_node_is_named_by_its_output() -> None:

@@ -1,0 +1,237 @@
+"""Ops the row-mixing reading had not known (server/backends/onnx_mixing_ops.py, onnx_pool_indices.py,
+onnx_grown_rows.py), found by a tester of session 55 who ran onnx's own node tests through a server
+batching 4 one-row requests: RMSNormalization over the batch, EyeLike, MaxPool's Indices and
+MaxUnpool, BitwiseAnd/Or/Xor broadcasting, a LayerNormalization scale sent with the batch, and
+QLinearMatMul scales all loaded batched and answered with batch mates' values, OK. Each case here
+is refused now where it mixes, and loads where its rows are its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.onnx_mixing_ops import BROADCAST_OPS, ROW_WISE_OPS, unknown_op
+from server.backends.onnx_row_mixing import row_mixing_outputs
+
+F, I64, U8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.UINT8
+Dims = Sequence[int | str | None]
+
+
+def _model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Mapping[str, tuple[Any, Sequence[Any]]],
+    outputs: Sequence[str] = ("y",),
+    inits: Sequence[onnx.TensorProto] = (),
+    opset: int = 23,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        list(nodes),
+        "g",
+        [helper.make_tensor_value_info(name, kind, list(dims)) for name, (kind, dims) in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in outputs],
+        initializer=list(inits),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 20 else 10
+    return model
+
+
+def _init(name: str, value: object, dtype: type = np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype), name)
+
+
+X = {"x": (F, ["N", 4])}
+IMAGE = {"x": (F, ["N", 1, 4, 4])}
+
+
+@pytest.mark.parametrize(("axis", "mixes"), [(0, True), (-2, True), (1, False), (-1, False)])
+def test_rms_normalization_over_the_batchs_axis_mixes(axis: int, mixes: bool) -> None:
+    node = helper.make_node("RMSNormalization", ["x", "w"], ["y"], axis=axis)
+    found = row_mixing_outputs(
+        _model([node], X, inits=[_init("w", np.ones(4 if axis in (1, -1) else (2, 4)))])
+    )
+    assert bool(found) == mixes
+    if mixes:
+        assert "the RMSNormalization node making 'y' works along the batch's axis" in found["y"]
+
+
+def test_eyelike_of_a_batched_input_gives_each_row_its_place() -> None:
+    found = row_mixing_outputs(_model([helper.make_node("EyeLike", ["x"], ["y"])], X))
+    assert "the EyeLike node making 'y' works along the batch's axis" in found["y"]
+
+
+def test_maxpools_indices_returned_mix_its_values_do_not() -> None:
+    pool = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2])
+    found = row_mixing_outputs(_model([pool], IMAGE, outputs=("y", "i"), opset=17))
+    assert list(found) == ["i"]
+    assert "returns in 'i' positions counted over the whole batch" in found["i"]
+
+
+def test_maxunpool_of_its_own_maxpools_indices_keeps_rows() -> None:
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("MaxUnpool", ["r", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    assert row_mixing_outputs(_model(nodes, IMAGE, opset=17)) == {}
+
+
+def test_maxunpool_of_indices_a_client_sends_mixes() -> None:
+    node = helper.make_node("MaxUnpool", ["x", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2])
+    found = row_mixing_outputs(_model([node], {**IMAGE, "i": (I64, ["N", 1, 4, 4])}, opset=17))
+    assert "the MaxUnpool node making 'y' works along the batch's axis" in found["y"]
+
+
+def test_torchs_per_plane_indices_keep_rows() -> None:
+    """torch's export of return_indices=True: the indices less each plane's first (a kernel-1
+    MaxPool's, sliced to the first position): the batch's place cancels."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["x"], ["q", "flat"], kernel_shape=[1, 1], strides=[1, 1]),
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first"]),
+        helper.make_node("Sub", ["i", "first"], ["y"]),
+    ]
+    inits = [
+        _init("starts", [0, 0], np.int64),
+        _init("ends", [1, 1], np.int64),
+        _init("axes", [2, 3], np.int64),
+    ]
+    assert row_mixing_outputs(_model(nodes, IMAGE, inits=inits, opset=17)) == {}
+    # Less a constant instead, the batch's place stays in them.
+    minus = [nodes[0], helper.make_node("Sub", ["i", "k"], ["y"])]
+    assert row_mixing_outputs(_model(minus, IMAGE, inits=[_init("k", 1, np.int64)], opset=17))
+
+
+@pytest.mark.parametrize("op", ["BitwiseAnd", "BitwiseOr", "BitwiseXor"])
+def test_bitwise_ops_broadcasting_the_batch_against_another_axis_mix(op: str) -> None:
+    node = helper.make_node(op, ["x", "m"], ["y"])
+    paired = _model([node], {"x": (U8, ["N", 4, 3]), "m": (U8, ["N", 3])}, opset=18)
+    assert "pairs each row of the batch with every other" in row_mixing_outputs(paired)["y"]
+    alike = _model([node], {"x": (U8, ["N", 3]), "m": (U8, ["N", 3])}, opset=18)
+    assert row_mixing_outputs(alike) == {}
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+def test_a_scale_sent_with_the_batch_against_another_axis_mixes(op: str) -> None:
+    node = helper.make_node(op, ["x", "s"], ["y"], axis=-1)
+    found = row_mixing_outputs(_model([node], {**X, "s": (F, ["N"])}))
+    assert f"the {op} node making 'y' pairs each row of the batch with every other" in found["y"]
+    assert row_mixing_outputs(_model([node], X, inits=[_init("s", np.ones(4))])) == {}
+
+
+def test_qlinear_matmul_contracts_like_matmul_and_its_scales_are_whole() -> None:
+    names = ["a", "a_s", "a_z", "w", "w_s", "w_z", "y_s", "y_z"]
+    node = helper.make_node("QLinearMatMul", names, ["y"])
+    scalars = [_init(n, 0.1) for n in ("w_s", "y_s")] + [_init(n, 0, np.uint8) for n in ("w_z", "y_z", "a_z")]
+    weights = [_init("w", np.ones((4, 3)), np.uint8), *scalars]
+    per_row = _model([node], {"a": (U8, ["N", 4])}, inits=[*weights, _init("a_s", 0.1)], opset=21)
+    assert row_mixing_outputs(per_row) == {}
+    sent = _model([node], {"a": (U8, ["N", 2, 4]), "a_s": (F, ["N"])}, inits=weights, opset=21)
+    assert "the QLinearMatMul node making 'y' works along the batch's axis" in row_mixing_outputs(sent)["y"]
+
+
+@pytest.mark.parametrize(
+    ("equation", "others", "mixes"),
+    [
+        ("nk,kj->nj", {"w": [4, 3]}, False),
+        ("nk->k", {}, True),  # summed over the batch
+        ("nk->nk", {}, False),
+        ("nk,mk->nm", {"z": ["N", 4]}, True),  # the batch named twice: x @ x^T
+        ("nk,nk->n", {"z": ["N", 4]}, False),  # a row's own dot product
+        ("...k,kj->...j", {"w": [4, 3]}, False),
+    ],
+)
+def test_einsum_reads_its_equation(equation: str, others: dict[str, list[Any]], mixes: bool) -> None:
+    second = list(others)
+    node = helper.make_node("Einsum", ["x", *second], ["y"], equation=equation)
+    inits = [_init(name, np.ones(dims)) for name, dims in others.items() if "N" not in dims]
+    inputs = {**X, **{name: (F, dims) for name, dims in others.items() if "N" in dims}}
+    assert bool(row_mixing_outputs(_model([node], inputs, inits=inits, opset=17))) == mixes
+
+
+@pytest.mark.parametrize(("scales", "mixes"), [([1, 1, 2, 2], False), ([2, 1, 1, 1], True)])
+def test_a_resize_mixes_only_where_it_scales_the_batchs_axis(scales: list[float], mixes: bool) -> None:
+    node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")
+    model = _model([node], IMAGE, inits=[_init("sc", scales)], opset=17)
+    found = row_mixing_outputs(model)
+    assert bool(found) == mixes
+    if mixes:
+        assert "may resize the batch's axis 0" in found["y"]
+
+
+def test_a_resize_to_a_computed_size_that_keeps_the_batch_keeps_rows() -> None:
+    """torch's F.interpolate(x, size=(8, 8)): sizes = Concat(Shape(x)[:2], [8, 8])."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["sh"], end=2),
+        helper.make_node("Concat", ["sh", "hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest"),
+    ]
+    model = _model(nodes, IMAGE, inits=[_init("hw", [8, 8], np.int64)], opset=17)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_scan_8_scans_axis_1_of_each_batch_row() -> None:
+    """Scan-8's axis 0 is its own batch (a tester, session 55: refused as a scan along the batch)."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["o"])],
+        "body",
+        [helper.make_tensor_value_info(n, F, [2]) for n in ("s_in", "x_t")],
+        [helper.make_tensor_value_info(n, F, [2]) for n in ("s_out", "o")],
+    )
+    node = helper.make_node("Scan", ["", "init", "x"], ["y", "ys"], num_scan_inputs=1, body=body)
+    model = _model([node], {"init": (F, ["N", 2]), "x": (F, ["N", 3, 2])}, outputs=("y", "ys"), opset=8)
+    model.ir_version = 7
+    assert row_mixing_outputs(model) == {}
+
+
+@pytest.mark.parametrize(
+    ("node", "mixes"),
+    [
+        (helper.make_node("GroupNormalization", ["x", "g", "b"], ["y"], num_groups=1), False),
+        (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=1), False),
+        (helper.make_node("SoftmaxCrossEntropyLoss", ["x", "lab"], ["y"]), True),  # mean over the batch
+        (helper.make_node("SoftmaxCrossEntropyLoss", ["x", "lab"], ["y"], reduction="none"), False),
+    ],
+)
+def test_other_ops_by_what_they_span(node: onnx.NodeProto, mixes: bool) -> None:
+    inits = [_init("g", np.ones(1)), _init("b", np.zeros(1))]
+    inputs = {**IMAGE, "lab": (I64, ["N", 4, 4])}
+    assert bool(row_mixing_outputs(_model([node], inputs, inits=inits, opset=21))) == mixes
+
+
+def test_a_standard_op_not_known_here_is_taken_as_mixing() -> None:
+    assert unknown_op("SomeOpOfALaterOnnx") and not unknown_op("Relu") and not unknown_op("Softmax")
+    assert not ROW_WISE_OPS & {"Softmax", "RMSNormalization", "EyeLike", "MaxUnpool"}
+    # Elementwise ops of several inputs are read for their broadcasting: a graph of PRelu alone had
+    # been taken as row-wise throughout and not read (a batched slope loaded, INTERNAL at its run).
+    assert not ROW_WISE_OPS & BROADCAST_OPS
+    # Every standard op this onnx defines is known to the reading, one way or another.
+    standard = {s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")}
+    deprecated = {s.name for s in onnx.defs.get_all_schemas_with_history() if s.deprecated}
+    assert sorted(op for op in standard - deprecated if unknown_op(op)) == []
+
+
+def test_a_resize_to_a_size_written_for_the_batchs_axis_mixes() -> None:
+    nodes = [
+        helper.make_node("Shape", ["x"], ["sh"], start=1),
+        helper.make_node("Concat", ["one", "sh"], ["sizes"], axis=0),  # [1, C, H, W]: every row to one
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear"),
+    ]
+    model = _model(nodes, IMAGE, inits=[_init("one", [1], np.int64)], opset=17)
+    assert "may resize the batch's axis 0" in row_mixing_outputs(model)["y"]
+    cropped = helper.make_node(
+        "Resize", ["x", "roi", "sc"], ["y"], coordinate_transformation_mode="tf_crop_and_resize"
+    )
+    inits = [_init("roi", [0, 0, 0, 0, 1, 1, 1, 1]), _init("sc", [1, 1, 2, 2])]
+    assert "crops by its roi" in row_mixing_outputs(_model([cropped], IMAGE, inits=inits, opset=17))["y"]
+
+
+def test_a_graph_of_one_broadcasting_op_is_read() -> None:
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"])
+    found = row_mixing_outputs(_model([node], {"x": (F, ["N", 4, 5]), "slope": (F, ["N", 5])}))
+    assert "pairs each row of the batch with every other" in found["y"]
