@@ -7,6 +7,7 @@ settings' check passes) made the server exit 1 saying "cannot listen", the setti
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from server.settings import ServerSettings
@@ -30,16 +31,25 @@ def bind_failure(settings: ServerSettings, address: str, detail: str) -> PortInU
             f"{settings.tls_key_file} although {address} is free (grpc takes RSA and ECDSA keys; "
             "DSA and Ed448 are refused)"
         )
+    refused = _bind_error(settings.host, settings.port)
+    if isinstance(refused, OSError) and refused.errno == errno.EADDRINUSE:
+        # grpc says only "Failed to bind" and points at GRPC_VERBOSITY (a tester, session 55).
+        return PortInUse(f"cannot listen on {address}: the port is in use (another process holds it)")
     return PortInUse(f"cannot listen on {address}{said}")
 
 
 def _free(host: str, port: int) -> bool:
     """Whether a plain socket binds host:port now (port 0: any free one)."""
+    return _bind_error(host, port) is None
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a plain socket does not bind host:port now (None: it does)."""
     name = unbracketed(host)
     family = socket.AF_INET6 if ":" in name else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((name, port))
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as exc:
+        return exc

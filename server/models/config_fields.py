@@ -165,6 +165,7 @@ FIELDS: dict[str, tuple[Status, str]] = {
         "honoured",
         "model_name, model_version, input_map, output_map; a model_namespace is refused",
     ),
+    "ensemble_scheduling.step.model_namespace": ("refused", "no model namespaces: one repository's names"),
     "ensemble_scheduling.max_inflight_requests": (
         "refused",
         "no per-ensemble limit: each step model's queue bounds its own requests",

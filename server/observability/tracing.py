@@ -127,7 +127,9 @@ def _otlp(compression: str) -> SpanExporter:
 
 
 def _console(compression: str) -> SpanExporter:
-    return ConsoleSpanExporter(out=sys.stderr)  # stdout carries the server's ready line
+    """To stderr (stdout carries the server's ready line), a span an object a line: indented, each
+    took dozens of lines among the JSON log's one-object-a-line records (a tester, session 55)."""
+    return ConsoleSpanExporter(out=sys.stderr, formatter=lambda span: span.to_json(indent=None) + "\n")
 
 
 _EXPORTERS: dict[str, Callable[[str], SpanExporter]] = {"otlp": _otlp, "console": _console}

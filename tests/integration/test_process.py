@@ -43,12 +43,17 @@ def test_bad_setting_names_the_field(demo_repo: Path) -> None:
     assert "invalid setting 'max_queue_size'" in run.stderr
     run = run_cli("serve", "--port", "70000")
     assert run.returncode == 2 and "'port'" in run.stderr
+    # The value refused is shown, though "0" is in the message's own words (it had not been: s55).
+    run = run_cli("serve", "--repository-poll-secs", "0")
+    assert run.returncode == 2 and "greater than 0 (got '0')" in run.stderr, run.stderr
 
 
 def test_port_in_use_is_an_error(zoo_server: ServerProcess, demo_repo: Path) -> None:
     run = run_cli("serve", "--model-repository", str(demo_repo), "--port", str(zoo_server.port))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "cannot listen on 127.0.0.1:" in run.stderr
+    # Said so, not grpc's "Failed to bind ... set GRPC_VERBOSITY=debug" (a tester, session 55).
+    assert "the port is in use (another process holds it)" in run.stderr, run.stderr
 
 
 def test_sigterm_finishes_in_flight_work_and_exits_zero(demo_repo: Path) -> None:

@@ -57,7 +57,7 @@ def test_streams_stay_below_the_rpc_slots() -> None:
         ("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "0.0.0.0"), ("::", "::"), ("::1", "::1"), ("[::1]", "[::1]"),
         ("localhost", "localhost"), ("my-host.example.com", "my-host.example.com"),
         ("my_host", "my_host"),  # docker-compose service names: had been refused
-        ("127.1", "127.1"),  # an IPv4 shorthand the resolver takes: had been refused
+        ("127.1", "127.0.0.1"),  # an IPv4 shorthand: as its dotted quad (grpc refused 127.1 itself, s55)
         ("localhost.", "localhost"), ("node-1.", "node-1"),  # grpc's resolver refused the dot
     ],
 )  # fmt: skip
