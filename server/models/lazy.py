@@ -34,7 +34,7 @@ from server.models.early_refusals import EarlyRefusals
 from server.models.ensemble_budget import judge_steps, step_models
 from server.models.ensemble_config import is_ensemble
 from server.models.eviction_guard import EvictionGuard
-from server.models.footprint import files_and_key, footprint, memory_meter
+from server.models.footprint import LoadMeasure, files_and_key, memory_meter
 from server.models.frame_rules import FrameRules
 from server.models.lazy_flags import lazy_flags
 from server.models.lazy_judged import JudgedSignatures
@@ -73,6 +73,8 @@ class ModelLoads:
         self._root = root
         self._default_max_batch_size = default_max_batch_size
         self._in_use = in_use or memory_meter()
+        self._measure = LoadMeasure(self._in_use)  # a reload measured before it retires the old
+        manager.on_replacing = self._measure.replacing
         self._one_time_costs = OneTimeCosts(one_time_costs)
         self._clock = clock
         self._runs = runs if runs is not None else RunCount()
@@ -268,14 +270,14 @@ class ModelLoads:
             ensembles = sorted(within)
             raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
         await self._one_time_costs.pay_once()
-        runs, before, started = self._runs.mark(), self._in_use(), self._clock()
+        runs, started = self._runs.mark(), self._clock()
+        self._measure.start(held)
         try:
             await self._manager.load(name, source, keep_unchanged)
         except Exception:
             self.stats.failures += 1
             raise
-        # A reload retired the versions it replaced before this reads: what they held is back.
-        size = footprint(files, before - (held or 0), self._in_use())
+        size = self._measure.size(files)
         # Other models' runs during it add to its measure: then no verdict (memory_budget.Measured).
         quiet = self._runs.none_since(runs)
         self.budget.remember(name, key, size, quiet)

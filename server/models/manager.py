@@ -1,9 +1,8 @@
 """Loaded models: each version's config, signature, backend instances, batcher and statistics.
 
-The manager owns the lifecycle (load, warm up, serve, reload, unload, stop) and answers the
-question every RPC asks first: which model version serves this request, and is it ready?
-Versions leaving service are retirement.py's job, the start's phases start_phase.py's, and what a
-request asks of a lazy model before its load is on_demand.py's protocol.
+The manager owns the lifecycle (load, warm up, serve, reload, unload, stop) and answers every RPC's
+first question: which version serves this request, and is it ready? Versions leaving service are
+retirement.py's job, the start's phases start_phase.py's, a lazy model's on_demand.py's protocol.
 """
 
 from __future__ import annotations
@@ -74,16 +73,15 @@ class ModelManager:
         # The ensembles' step models: an ensemble loads and goes with them (ensemble_dependents.py).
         self._ensembles = EnsembleDependents(self._models, on_health)
         self._lock = asyncio.Lock()  # one repository change at a time
-        # Where each sequence runs, and why retired versions' sequences ended (sequence_routing.py).
-        self.sequence_routing = SequenceRouting()
+        self.sequence_routing = SequenceRouting()  # where each sequence runs, why retired ones ended
         # Continuations a lazy model not loaded refuses before its load (lazy_sequences.py).
         hint = unknown_sequence_hint(settings)
         self.sequences_before_load = SequencesBeforeLoad(self.sequence_routing, hint)
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
-        # Backend runs of every version: a load's footprint is trusted for a verdict only when
-        # none ran during it (lazy.py).
-        self.runs = RunCount()
+        self.runs = RunCount()  # every version's runs: a load's footprint is a verdict if none ran (lazy.py)
+        # A reload's new versions are up, the replaced not yet retired: lazy.py measures (LoadMeasure).
+        self.on_replacing: Callable[[bool], None] = lambda kept: None
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
         # Replaced or unloaded versions leave service: cache, sampling, sequences, drain (retirement.py).
         self._retirement = Retirement(
@@ -367,6 +365,8 @@ class ModelManager:
         kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""
         log.info("model %s ready (versions %s%s)", source.name, ", ".join(map(str, entry.order)), kept_note)
         replaced = [] if old is None else [v for n, v in old.versions.items() if versions.get(n) is not v]
+        if replaced:
+            self.on_replacing(bool(same))
         self._retirement.begin(replaced)  # retire repeats it: idempotent
         # Before the drain: continuations of the sequences the replaced (or earlier unloaded)
         # versions ended reach the new ones meanwhile, and are told so, not "never started".
