@@ -174,8 +174,8 @@ def mixed_axes(
         return [(0, [a for a in range(rank) if a != 1])]
     if op in _SPATIAL_OPS:
         return [(0, range(2, rank))]
-    if op in _CONV_OPS:
-        return [(0, range(1, rank))]  # its input channels are summed, its kernel spans the rest
+    if op in _CONV_OPS:  # its input channels are summed, its kernel spans the rest; weights whole
+        return [(0, range(1, rank)), *((i, range(r)) for i, r in enumerate(ranks) if i > 0)]
     if op == "LRN":
         return [(0, [1])]  # across channels
     if op == "GatherND":

@@ -6,7 +6,9 @@ a Pad or Tile leaves the batch's axis as it is: an unknown entry there may add r
 session 51: pads [x.shape[1] // 4, 0, 0, 0] loaded batched and gave each request the row before
 it, OK).
 
-A tensor is kept as an array of Python ints and None (computed), at most MAX_ELEMENTS entries.
+A tensor is kept as an array of Python ints, dim names (a Shape's entry for a named dim, kept
+through moves: a Resize's sizes Concat(Shape(x)[:2], [h, w]) name the batch, and so keep its rows)
+and None (computed), at most MAX_ELEMENTS entries. Arithmetic on a name is None.
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ class PartialInts:
         return inner
 
     def entries(self, name: str, value: np.ndarray | None) -> Entries | None:
-        """The entries of `name`, flat: its constant value, or what was followed; None: not even
-        how many are known."""
+        """The entries of `name`, flat: its constant value, or what was followed (a dim's name as
+        None); None: not even how many are known."""
+        named = self.named(name, value)
+        return None if named is None else tuple(v if isinstance(v, int) else None for v in named)
+
+    def named(self, name: str, value: np.ndarray | None) -> tuple[int | str | None, ...] | None:
+        """As `entries`, a Shape's entry for a named dim kept as its name."""
         found = _of(value) if value is not None else self.known.get(name)
         return None if found is None else tuple(found.reshape(-1).tolist())
 
@@ -70,7 +77,7 @@ class PartialInts:
             if shape is None:
                 return None
             return np.array(
-                [d if isinstance(d, int) else None for d in shape_read(node, shape)], dtype=object
+                [d if isinstance(d, (int, str)) else None for d in shape_read(node, shape)], dtype=object
             )
         if op == "ConstantOfShape":  # its fill (0 by default) as long as its shape says
             fill = attribute(node, "value", None)
@@ -81,7 +88,8 @@ class PartialInts:
             )
             lengths = self._given(node.input[0], dims, constant(0)) if node.input else None
             sizes = lengths.reshape(-1).tolist() if lengths is not None else None
-            known = np.full(sizes, None, dtype=object) if sizes is not None and None not in sizes else None
+            whole = sizes is not None and all(isinstance(v, int) for v in sizes)
+            known = np.full(sizes, None, dtype=object) if whole else None
             known = (
                 known if known is not None and known.size <= MAX_ELEMENTS else _unknown(dims(node.output[0]))
             )
@@ -93,7 +101,7 @@ class PartialInts:
         if (
             op in _COMPUTED
             and given
-            and all(g is not None and None not in g.reshape(-1).tolist() for g in given)
+            and all(g is not None and all(isinstance(v, int) for v in g.reshape(-1).tolist()) for g in given)
         ):
             done = _computed(op, [g.astype(np.int64) for g in given if g is not None])
             if done is not None:

@@ -20,28 +20,33 @@ _CARRIED = frozenset({"Identity", "Cast", "Slice", "Squeeze", "Unsqueeze"})  # v
 
 
 class PoolIndices:
-    """The tensors that hold a MaxPool's flat positions, each by the input it pooled."""
+    """The tensors that hold a MaxPool's flat positions, each by the input it pooled, and why they
+    mix rows (their only reason: one mixed for another, a Slice along the batch, is not followed)."""
 
     def __init__(self) -> None:
-        self._pooled: dict[str, str] = {}  # tensor -> the MaxPool input whose flat positions it holds
+        self._pooled: dict[str, tuple[str, str]] = {}  # tensor -> (the MaxPool input, why it mixes)
 
     def within(self) -> PoolIndices:
         inner = PoolIndices()
         inner._pooled = dict(self._pooled)
         return inner
 
-    def see(self, node: onnx.NodeProto, batched: bool) -> dict[str, str]:
+    def see(self, node: onnx.NodeProto, batched: bool, why: str | None, others: bool) -> dict[str, str]:
         """The node's outputs that hold flat positions over a batch, with why they mix rows;
-        `batched`: its first input carries the batch."""
-        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] and batched:
-            self._pooled[node.output[1]] = node.input[0]
-            why = (
+        `batched`: its first input carries the batch; `why`: why its outputs mix (None: they do
+        not); `others`: an input besides its first mixes rows (a Slice's computed bounds).
+        A value moved by a Slice that mixes on its own (i[0:1], a flip along the batch) is not
+        followed: a tester, session 55, had i - i[::-1] batched, wrong, OK."""
+        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] and batched and why is None:
+            flat = (
                 f"{described(node)} returns in '{node.output[1]}' positions counted over the whole batch "
                 "(each row's from its place in it)"
             )
-            return {node.output[1]: why}
-        if node.op_type in _CARRIED and node.input and node.input[0] in self._pooled:
-            self._pooled[node.output[0]] = self._pooled[node.input[0]]
+            self._pooled[node.output[1]] = (node.input[0], flat)
+            return {node.output[1]: flat}
+        pooled = self._pooled.get(node.input[0]) if node.op_type in _CARRIED and node.input else None
+        if pooled is not None and why == pooled[1] and not others:  # mixed for its positions alone
+            self._pooled[node.output[0]] = pooled
         return {}
 
     def cleared(self, node: onnx.NodeProto) -> frozenset[int]:
@@ -49,7 +54,7 @@ class PoolIndices:
         two over the same input, a MaxUnpool's indices of a MaxPool."""
         if node.op_type == "Sub" and len(node.input) == 2:
             first, second = (self._pooled.get(name) for name in node.input)
-            if first is not None and first == second:
+            if first is not None and second is not None and first[0] == second[0]:
                 return frozenset({0, 1})
         if node.op_type == "MaxUnpool" and len(node.input) > 1 and node.input[1] in self._pooled:
             return frozenset({1})

@@ -46,6 +46,7 @@ from onnx import numpy_helper
 from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, subgraphs
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
+from server.backends.onnx_broadcast_pairs import broadcast_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_batch_letters
 from server.backends.onnx_grown_rows import grown_rows
@@ -129,7 +130,7 @@ class _Walk:
         self.constants: dict[str, Value] = {}  # values an axis may be read from
         self.values = BatchSizeValues(names)  # onnx_batch_size_value.py
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
-        self.producers: dict[str, Sequence[str]] = {}  # a tensor -> its node's inputs
+        self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
 
@@ -157,7 +158,8 @@ class _Walk:
                 if name and why is not None:
                     self.mixed[name] = why
             batched = bool(node.input) and any(d in self.batch for d in self.shapes.get(node.input[0]) or [])
-            for name, flat in self.pools.see(node, batched).items():
+            others = any(name in self.mixed for name in node.input[1:])
+            for name, flat in self.pools.see(node, batched, why, others).items():
                 self.mixed.setdefault(name, flat)
 
     def _lineage(self, name: str) -> frozenset[str]:
@@ -169,23 +171,25 @@ class _Walk:
             if top in self.lineage:
                 stack.pop()
                 continue
-            waiting = [
-                source for source in self.producers.get(top, ()) if source and source not in self.lineage
-            ]
+            waiting = [source for source in self._inputs_of(top) if source and source not in self.lineage]
             if waiting:
                 stack.extend(waiting)
                 continue
             made: frozenset[str] = frozenset()
-            for source in self.producers.get(top, ()):
+            for source in self._inputs_of(top):
                 made = made | self.lineage.get(source, frozenset())
             self.lineage[top] = made
             stack.pop()
         return self.lineage[name]
 
+    def _inputs_of(self, name: str) -> Sequence[str]:
+        maker = self.makers.get(name)
+        return () if maker is None else maker.input
+
     def _made_from(self, node: onnx.NodeProto) -> None:
         for out in node.output:
             if out:
-                self.producers[out] = node.input
+                self.makers[out] = node
 
     def batch_twice(self, name: str) -> str | None:
         """Why a tensor's rows are not its own: the batch on two axes (zeros(N, N); a tester, s52)."""
@@ -221,7 +225,7 @@ class _Walk:
             inner.mixed = dict(self.mixed)
             inner.values = self.values.within(inner.names)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
-            inner.lineage, inner.producers = self.lineage, self.producers  # a graph's names are its own
+            inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
@@ -282,6 +286,8 @@ class _Walk:
             return self._unknown(node) if unknown_op(node.op_type) else None
         if node.op_type == "Scan":
             return self._scan(node)
+        if node.op_type == "ConcatFromSequence":
+            return self._sequence_concat(node)
         if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
         carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
@@ -312,31 +318,28 @@ class _Walk:
         return None
 
     def _broadcast_pair(self, node: onnx.NodeProto) -> str | None:
-        """An elementwise op whose inputs carry the batch on different axes once broadcast
-        (x[:, None] - x[None]): each row is paired with every other."""
         dims = [self.shapes.get(name) or [] for name in node.input]
-        rank = max((len(d) for d in dims), default=0)
-        seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
-        for index, shape in enumerate(dims):
-            for axis, dim in enumerate(shape):
-                if dim in self.batch:
-                    seen.setdefault(rank - len(shape) + axis, set()).add(index)
-        carriers = set().union(*seen.values()) if seen else set()
-        if len(seen) < 2 or all(found == carriers for found in seen.values()):
-            return None  # one axis, or inputs alike on each (zeros(N, N) + zeros(N, N))
-        # An input carrying the batch where another does not: zeros(N, N) + x[:, :1]^T put every
-        # row's value in each row (a tester, session 52), as x[:, None] - x[None] does.
-        (a, i), (b, j) = next(
-            ((a, min(at)), (b, min(bt - at)))
-            for a, at in sorted(seen.items())
-            for b, bt in sorted(seen.items())
-            if bt - at
-        )
-        return (
-            f"{described(node)} pairs each row of the batch with every other: it broadcasts "
-            f"{self._where(node, i, a - rank + len(dims[i]))} against "
-            f"{self._where(node, j, b - rank + len(dims[j]))}, both the batch's axis"
-        )
+        return broadcast_pair(node, dims, self.batch, partial(self._where, node))
+
+    def _sequence_concat(self, node: onnx.NodeProto) -> str | None:
+        """A ConcatFromSequence along the batch: a sequence has no shape, so its elements are read
+        where a SequenceConstruct or a SplitToSequence keeping its axis made it (a split along the
+        columns, concatenated back, keeps rows); else any source carrying the batch mixes (no proof:
+        a tester, session 55, had [x, x] concatenated along the batch batched, wrong, OK)."""
+        axis, maker = int_attribute(node, "axis", 0), self.makers.get(node.input[0])
+        elements: list[str] | None = None  # the tensors the sequence holds, where known
+        if maker is not None and not int_attribute(node, "new_axis", 0):
+            if maker.op_type == "SequenceConstruct":
+                elements = list(maker.input)
+            elif maker.op_type == "SplitToSequence" and int_attribute(maker, "keepdims", 1):
+                elements = [maker.input[0]]
+        if elements is None:
+            elements, axis = list(self._lineage(node.input[0])), -1  # any axis of what it is made from
+        for name in elements:
+            dims = self.shapes.get(name) or []
+            if any(dim in self.batch for at, dim in enumerate(dims) if axis == -1 or at == axis % len(dims)):
+                return f"{described(node)} concatenates a sequence made from the batch's rows along them"
+        return None
 
     def _unknown(self, node: onnx.NodeProto) -> str | None:
         """A standard op not known here, on an input that carries the batch: no proof of rows."""

@@ -40,7 +40,7 @@ def _axes(
         (helper.make_node("LayerNormalization", ["x", "s"], ["y"], axis=1), [3, 1], 17, [(0, [1, 2])]),
         (helper.make_node("MeanVarianceNormalization", ["x"], ["y"]), [4], 17, [(0, [0, 2, 3])]),
         (helper.make_node("BatchNormalization", ["x"], ["y"], training_mode=1), [4], 15, [(0, [0, 2, 3])]),
-        (helper.make_node("Conv", ["x", "w"], ["y"]), [4, 4], 17, [(0, [1, 2, 3])]),
+        (helper.make_node("Conv", ["x", "w"], ["y"]), [4, 4], 17, [(0, [1, 2, 3]), (1, [0, 1, 2, 3])]),
         (helper.make_node("MaxPool", ["x"], ["y"]), [4], 17, [(0, [2, 3])]),
         (helper.make_node("LRN", ["x"], ["y"], size=1), [4], 17, [(0, [1])]),
         (helper.make_node("DFT", ["x"], ["y"]), [3], 17, [(0, [1])]),
