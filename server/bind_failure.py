@@ -31,11 +31,21 @@ def bind_failure(settings: ServerSettings, address: str, detail: str) -> PortInU
             f"{settings.tls_key_file} although {address} is free (grpc takes RSA and ECDSA keys; "
             "DSA and Ed448 are refused)"
         )
+    # grpc says only "Failed to bind" and points at GRPC_VERBOSITY: why, where a plain socket can
+    # tell (testers, session 55).
     refused = _bind_error(settings.host, settings.port)
-    if isinstance(refused, OSError) and refused.errno == errno.EADDRINUSE:
-        # grpc says only "Failed to bind" and points at GRPC_VERBOSITY (a tester, session 55).
-        return PortInUse(f"cannot listen on {address}: the port is in use (another process holds it)")
+    if isinstance(refused, socket.gaierror):
+        return PortInUse(f"cannot listen on {address}: the host name does not resolve ({refused.strerror})")
+    if refused is not None and refused.errno in _WHY:
+        return PortInUse(f"cannot listen on {address}: {_WHY[refused.errno]}")
     return PortInUse(f"cannot listen on {address}{said}")
+
+
+_WHY = {
+    errno.EADDRINUSE: "the port is in use (another process holds it)",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+    errno.EACCES: "a port below 1024 needs privileges this process does not have",
+}
 
 
 def _free(host: str, port: int) -> bool:

@@ -258,12 +258,12 @@ def _got(value: object, message: str) -> str:
     """The value refused, when the message does not show it: Kubernetes' service links set
     SLUICEWAY_PORT=tcp://10.96.12.34:8001 (a Service named sluiceway), refused as "Input should be
     a valid integer" with nothing to say where it came from."""
-    # Shown already: quoted, or (a long value, which a message cuts) its start. A bare "0" within
-    # "greater than 0" is no showing (a tester, session 55).
-    shown = f"'{str(value)[:40]}" in message or (len(str(value)) >= 8 and str(value)[:40] in message)
+    # Shown already: quoted whole, or (a long value, which a message cuts) its start. A bare "0"
+    # within "greater than 0", or 'tex' within "'text' or 'json'", is no showing (testers, s55).
+    text = str(value)
+    shown = f"'{text}'" in message or (len(text) > 40 and text[:40] in message)
     if not isinstance(value, (str, int, float)) or isinstance(value, bool) or shown:
         return ""
-    text = str(value)
     return f" (got {text[:80]!r}{'...' if len(text) > 80 else ''})"
 
 

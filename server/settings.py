@@ -292,7 +292,7 @@ class ServerSettings(BaseSettings):
         self.max_streams = stream_cap(self.max_streams, self.max_concurrent_rpcs, given)
         return self
 
-    @field_validator("host", mode="after")
+    @field_validator("host", "metrics_host", mode="after")
     @classmethod
     def _host(cls, host: str) -> str:
         return check_host(host)

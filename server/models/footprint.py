@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from server.models.repository import ModelSource, version_fingerprint
@@ -68,21 +68,24 @@ def memory_meter() -> Callable[[], int]:
 
 def files_bytes(source: ModelSource) -> int:
     """Bytes of every file in the selected version directories (model files, external weights)."""
-    total = 0
-    for model_file in source.versions.values():
-        if model_file.is_dir():  # an ensemble's or identity model's version: no model file
-            version_dir = model_file
-        elif model_file.parent.name.isdigit():
-            version_dir = model_file.parent
-        elif model_file.parent.parent.name.isdigit():  # <version>/model.onnx/model.onnx: a directory
-            version_dir = model_file.parent.parent
-        else:  # never walk a tree that is not a version directory
-            total += model_file.stat().st_size
-            continue
-        for path in version_dir.rglob("*"):
-            if path.is_file():
-                total += path.stat().st_size
-    return total
+    return sum(version_files(source).values())
+
+
+def version_files(source: ModelSource) -> dict[int, int]:
+    """Bytes of each selected version directory's files."""
+    return {number: _version_bytes(model_file) for number, model_file in source.versions.items()}
+
+
+def _version_bytes(model_file: Path) -> int:
+    if model_file.is_dir():  # an ensemble's or identity model's version: no model file
+        version_dir = model_file
+    elif model_file.parent.name.isdigit():
+        version_dir = model_file.parent
+    elif model_file.parent.parent.name.isdigit():  # <version>/model.onnx/model.onnx: a directory
+        version_dir = model_file.parent.parent
+    else:  # never walk a tree that is not a version directory
+        return model_file.stat().st_size
+    return sum(path.stat().st_size for path in version_dir.rglob("*") if path.is_file())
 
 
 def source_key(source: ModelSource) -> tuple[object, ...]:
@@ -96,38 +99,60 @@ def footprint(files: int, before: int, after: int) -> int:
     return max(files, after - before)
 
 
-def files_and_key(source: ModelSource) -> tuple[int, tuple[object, ...]]:
-    """The bytes of a load's files, and what its measured footprint is remembered under."""
-    return files_bytes(source), source_key(source)
+def files_and_key(source: ModelSource) -> tuple[dict[int, int], tuple[object, ...]]:
+    """The bytes of a load's files by version, and what its measured footprint is remembered under."""
+    return version_files(source), source_key(source)
 
 
 class LoadMeasure:
-    """One load's footprint at a time (ModelLoads serializes loads). A reload that replaces every
-    version is measured when its new versions are up and the old still loaded (the manager's
-    `on_replacing`): what the new ones took. Measured after the old ones were retired, against the
-    bytes the model was counted for, a reload carried that count's error into the next, and every
-    reload that changed the config (a new key: no smallest of several) added the few KB the
-    process kept: 600 reloads took a 2.3 MiB model to 4.5 MiB, and lazy models were then refused
-    for want of room (a tester, session 55). A reload that keeps some versions is measured the
-    old way: the kept ones' share is known only from that count."""
+    """One load's footprint at a time (ModelLoads serializes loads), from what each version took.
+
+    The manager says when a load's versions are up and the replaced not yet retired (`loaded`),
+    and which served on (kept). The growth until then is what the fresh versions took, shared
+    among them by their files' bytes; a kept version counts what it took at its own load. Measured
+    after the retirement, against the bytes the model was counted for, each reload carried that
+    count's error into the next, and the few KB a process keeps of a reload were charged to the
+    model for ever: 600 reloads changing its config took a 2.3 MiB model to 4.5 MiB, and versions
+    added and removed in poll mode, or one swapped beside another, grew 15-20 KB each until lazy
+    models were refused or evicted for room (two testers, session 55)."""
 
     def __init__(self, in_use: Callable[[], int]) -> None:
         self._in_use = in_use
-        self._before = 0
+        self._shares: dict[str, dict[int, int]] = {}  # per loaded model, what each version took
+        self._name, self._before = "", 0
         self._held: int | None = None
-        self._replacing: tuple[int, bool] | None = None  # in use then, and whether versions were kept
+        self._seen: tuple[int, frozenset[int], frozenset[int]] | None = None  # in use, kept, all
 
-    def start(self, held: int | None) -> None:
-        """A load begins; `held`: the bytes the model is counted for now (None: not loaded)."""
-        self._before, self._held, self._replacing = self._in_use(), held, None
+    def start(self, name: str, held: int | None) -> None:
+        """`name`'s load begins; `held`: the bytes it is counted for now (None: not loaded)."""
+        self._name, self._before, self._held, self._seen = name, self._in_use(), held, None
 
-    def replacing(self, kept: bool) -> None:
-        """A reload's new versions are up, the old not yet retired; `kept`: some versions serve on."""
-        if self._replacing is None:  # the model's own: an ensemble reloaded after it comes later
-            self._replacing = (self._in_use(), kept)
+    def loaded(self, kept: Collection[int], versions: Collection[int]) -> None:
+        """The manager's word: the load's `versions` are up (`kept` served on), the replaced not
+        yet retired. The first only: the ensembles loaded again after the model come later."""
+        if self._seen is None:
+            self._seen = (self._in_use(), frozenset(kept), frozenset(versions))
 
-    def size(self, files: int) -> int:
-        """The load's footprint, its files' size at least."""
-        if self._replacing is not None and not self._replacing[1]:
-            return footprint(files, self._before, self._replacing[0])
-        return footprint(files, self._before - (self._held or 0), self._in_use())
+    def size(self, files: Mapping[int, int]) -> int:
+        """The load's footprint (its files' bytes at least), each version's share kept."""
+        shares, seen = self._shares.get(self._name, {}), self._seen
+        if seen is None or not seen[1] <= shares.keys():  # a kept version's share unknown: as before
+            total = footprint(sum(files.values()), self._before - (self._held or 0), self._in_use())
+            self._shares[self._name] = _split(total, list(files), files)
+            return total
+        at, kept, versions = seen
+        grown = _split(max(0, at - self._before), sorted(versions - kept), files)
+        self._shares[self._name] = {**{n: shares[n] for n in kept}, **grown}
+        return max(sum(files.values()), sum(self._shares[self._name].values()))
+
+    def forget(self, name: str) -> None:
+        """`name` was unloaded or evicted: its next load is a fresh one."""
+        self._shares.pop(name, None)
+
+
+def _split(total: int, versions: Sequence[int], files: Mapping[int, int]) -> dict[int, int]:
+    """`total` bytes shared among `versions` by their files' bytes (alike where they have none)."""
+    weights = sum(files.get(n, 0) for n in versions)
+    if not versions:
+        return {}
+    return {n: total * files.get(n, 0) // weights if weights else total // len(versions) for n in versions}

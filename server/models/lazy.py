@@ -74,7 +74,7 @@ class ModelLoads:
         self._default_max_batch_size = default_max_batch_size
         self._in_use = in_use or memory_meter()
         self._measure = LoadMeasure(self._in_use)  # a reload measured before it retires the old
-        manager.on_replacing = self._measure.replacing
+        manager.on_loaded = self._measure.loaded
         self._one_time_costs = OneTimeCosts(one_time_costs)
         self._clock = clock
         self._runs = runs if runs is not None else RunCount()
@@ -174,6 +174,7 @@ class ModelLoads:
         """Unload `name` (draining what it has queued); `forget`: also drop it from the index."""
         async with self._changes:
             await self._manager.unload(name)
+            self._measure.forget(name)
             self._lazy.discard(name)  # unloaded on purpose: a request no longer loads it
             self.refused_early.forget(name)  # its statistics go, as its versions'
             if forget:
@@ -222,7 +223,8 @@ class ModelLoads:
     ) -> None:
         try:
             lazy, pinned = lazy_flags(source.config, source.where)
-            files, key = await asyncio.to_thread(files_and_key, source)
+            by_version, key = await asyncio.to_thread(files_and_key, source)
+            files = sum(by_version.values())
         except (ConfigError, OSError) as exc:
             reason = str(exc) if isinstance(exc, ConfigError) else f"{source.directory}: cannot read: {exc}"
             raise self._failed(name, reason, exc) from None
@@ -271,13 +273,13 @@ class ModelLoads:
             raise for_ensembles(exc, ensembles, name, need, basis, self._guard.held, self.budget) from None
         await self._one_time_costs.pay_once()
         runs, started = self._runs.mark(), self._clock()
-        self._measure.start(held)
+        self._measure.start(name, held)
         try:
             await self._manager.load(name, source, keep_unchanged)
         except Exception:
             self.stats.failures += 1
             raise
-        size = self._measure.size(files)
+        size = self._measure.size(by_version)
         # Other models' runs during it add to its measure: then no verdict (memory_budget.Measured).
         quiet = self._runs.none_since(runs)
         self.budget.remember(name, key, size, quiet)
@@ -382,6 +384,7 @@ class ModelLoads:
         for model in (name, *ensembles):
             self._manager.entry(model).dormant = True
         await self._manager.unload(name, evicted=True)  # drains as an unload (it was idle when chosen)
+        self._measure.forget(name)
         for model in (name, *ensembles):  # the ensembles hold nothing once down: not counted
             self.budget.forget(model)
         self.stats.evictions += 1

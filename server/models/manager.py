@@ -80,8 +80,8 @@ class ModelManager:
         # Input bytes queued across every model (each version also has a budget of its own).
         self._queued_bytes = ByteBudget(settings.max_queued_bytes, "max_queued_bytes")
         self.runs = RunCount()  # every version's runs: a load's footprint is a verdict if none ran (lazy.py)
-        # A reload's new versions are up, the replaced not yet retired: lazy.py measures (LoadMeasure).
-        self.on_replacing: Callable[[bool], None] = lambda kept: None
+        # A load's versions are up (kept, all), the replaced not yet retired: lazy.py measures (LoadMeasure).
+        self.on_loaded: Callable[[list[int], list[int]], None] = lambda kept, versions: None
         self.sampling = SamplingRegistry(settings)  # sampled requests' files and drift monitors
         # Replaced or unloaded versions leave service: cache, sampling, sequences, drain (retirement.py).
         self._retirement = Retirement(
@@ -365,8 +365,7 @@ class ModelManager:
         kept_note = f"; unchanged, kept serving: {', '.join(map(str, same))}" if same else ""
         log.info("model %s ready (versions %s%s)", source.name, ", ".join(map(str, entry.order)), kept_note)
         replaced = [] if old is None else [v for n, v in old.versions.items() if versions.get(n) is not v]
-        if replaced:
-            self.on_replacing(bool(same))
+        self.on_loaded(same, entry.order)
         self._retirement.begin(replaced)  # retire repeats it: idempotent
         # Before the drain: continuations of the sequences the replaced (or earlier unloaded)
         # versions ended reach the new ones meanwhile, and are told so, not "never started".

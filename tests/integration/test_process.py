@@ -46,6 +46,8 @@ def test_bad_setting_names_the_field(demo_repo: Path) -> None:
     # The value refused is shown, though "0" is in the message's own words (it had not been: s55).
     run = run_cli("serve", "--repository-poll-secs", "0")
     assert run.returncode == 2 and "greater than 0 (got '0')" in run.stderr, run.stderr
+    run = run_cli("serve", "--log-format", "tex")  # the start of a choice the message names
+    assert run.returncode == 2 and "(got 'tex')" in run.stderr, run.stderr
 
 
 def test_port_in_use_is_an_error(zoo_server: ServerProcess, demo_repo: Path) -> None:

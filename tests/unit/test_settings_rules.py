@@ -63,6 +63,7 @@ def test_streams_stay_below_the_rpc_slots() -> None:
 )  # fmt: skip
 def test_a_bindable_host_is_taken(host: str, kept: str) -> None:
     assert ServerSettings(host=host).host == kept
+    assert ServerSettings(metrics_host=host).metrics_host == kept  # checked alike (it was not: s55)
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "bad host", "-lead.example", "a..b", "x" * 64, "1:2:3"])
