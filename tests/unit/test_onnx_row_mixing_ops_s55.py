@@ -331,3 +331,77 @@ def test_a_convolutions_weights_sent_with_the_batch_mix() -> None:
     assert (
         row_mixing_outputs(_model([node], IMAGE, inits=[_init("w", np.ones((1, 1, 3, 3)))], opset=17)) == {}
     )
+
+
+@pytest.mark.parametrize(
+    ("makers", "attributes", "mixes"),
+    [
+        ([helper.make_node("SequenceConstruct", ["x", "x"], ["seq"])], {"axis": 1}, False),
+        ([helper.make_node("SequenceConstruct", ["x", "x"], ["seq"])], {}, True),
+        ([helper.make_node("SequenceConstruct", ["x", "x"], ["seq"])], {"axis": 1, "new_axis": 1}, True),
+        ([helper.make_node("SplitToSequence", ["x"], ["seq"], axis=1, keepdims=0)], {"axis": 1}, True),
+        ([helper.make_node("SplitToSequence", ["x"], ["seq"], axis=1)], {"axis": 1}, False),
+        (
+            [
+                helper.make_node("SequenceEmpty", [], ["empty"], dtype=onnx.TensorProto.FLOAT),
+                helper.make_node("SequenceInsert", ["empty", "x"], ["seq"]),
+            ],
+            {"axis": 1},
+            True,
+        ),
+    ],
+)
+def test_a_sequence_concatenation_is_read_by_what_made_it(
+    makers: list[onnx.NodeProto], attributes: dict[str, int], mixes: bool
+) -> None:
+    nodes = [*makers, helper.make_node("ConcatFromSequence", ["seq"], ["y"], **attributes)]
+    found = row_mixing_outputs(_model(nodes, X, opset=17))
+    assert bool(found) == mixes, found
+    if mixes:
+        said = "concatenates a sequence made from the batch's rows along them"
+        assert found["y"] == f"the ConcatFromSequence node making 'y' {said}"
+
+
+def test_a_sequence_made_from_constants_alone_keeps_rows() -> None:
+    nodes = [
+        helper.make_node("SequenceConstruct", ["w", "w"], ["seq"]),
+        helper.make_node("ConcatFromSequence", ["seq"], ["cat"], axis=0),
+        helper.make_node("Add", ["x", "cat"], ["y"]),
+    ]
+    assert row_mixing_outputs(_model(nodes, X, inits=[_init("w", np.ones((1, 4)))], opset=17)) == {}
+
+
+@pytest.mark.parametrize(
+    ("second", "mixes"),
+    [
+        (
+            [
+                helper.make_node("Mul", ["i", "two"], ["scaled"]),
+                helper.make_node("Sub", ["scaled", "first"], ["y"]),
+            ],
+            True,
+        ),
+        ([helper.make_node("Add", ["i", "first"], ["y"])], True),  # the row's start twice, not cancelled
+        ([helper.make_node("Sub", ["i", "first"], ["y"])], False),
+    ],
+)
+def test_only_a_difference_of_positions_as_they_are_takes_the_batch_out(
+    second: list[onnx.NodeProto], mixes: bool
+) -> None:
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["x"], ["q", "flat"], kernel_shape=[1, 1], strides=[1, 1]),
+        helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["first"]),
+        *second,
+    ]
+    inits = [
+        _init("starts", [0, 0], np.int64), _init("ends", [1, 1], np.int64), _init("axes", [2, 3], np.int64),
+        _init("two", 2, np.int64),
+    ]  # fmt: skip
+    found = row_mixing_outputs(_model(nodes, IMAGE, inits=inits, opset=17))
+    assert bool(found) == mixes, found
+    if mixes:
+        assert found["y"] == (
+            "the MaxPool node making 'p' returns in 'i' positions counted over the whole batch "
+            "(each row's from its place in it)"
+        )
