@@ -16,6 +16,7 @@ from server.backends.onnx_mixing_ops import (
     MIXING_OPS,
     ROW_WISE_OPS,
     mixed_axes,
+    paired_axes,
     scan_inputs,
     unknown_op,
 )
@@ -113,6 +114,10 @@ def test_a_scans_axes_by_its_opset(
     node = helper.make_node("Scan", ["s", "a", "b"], ["y"], num_scan_inputs=count, **attributes)
     assert scan_inputs(node, opset) == (1, want)
     assert scan_inputs(node) == scan_inputs(node, 9)  # the default: a later Scan
+
+
+def test_quantized_products_pair_as_matmul_does() -> None:
+    assert paired_axes(helper.make_node("MatMulInteger", ["a", "b"], ["y"])) == ((0, -2), (1, -1))
 
 
 def test_the_ops_known_and_the_rest() -> None:

@@ -113,3 +113,62 @@ def test_grown_rows_reads_a_resizes_scales_by_its_opset(
 ) -> None:
     found = _read(node, opset, values)
     assert (found is None) == kept, found
+
+
+def _read_with(
+    node: object, opset: int, values: dict[int, np.ndarray], known: dict[str, list[object]]
+) -> str | None:
+    partial = PartialInts()
+    for name, entries in known.items():
+        partial.known[name] = np.asarray(entries, dtype=object)
+
+    def constant(index: int) -> np.ndarray | None:
+        return values.get(index)
+
+    dims = {"x": GIVEN, "y": ["N", 3, 8, 8]}
+    return grown_rows(node, dims.get, constant, partial, BATCH, opset)  # type: ignore[arg-type]
+
+
+def test_opset_11_reads_its_scales_after_its_roi() -> None:
+    node = helper.make_node("Resize", ["x", "r", "s"], ["y"])
+    values = {1: np.asarray([2, 1, 1, 1], np.float32), 2: np.asarray([1, 1, 2, 2], np.float32)}
+    assert _read_with(node, 11, values, {}) is None  # was read as its roi's values below opset 12
+
+
+def test_opset_11_reads_a_crops_roi() -> None:
+    node = helper.make_node(
+        "Resize", ["x", "r", "s"], ["y"], coordinate_transformation_mode="tf_crop_and_resize"
+    )
+    values = {1: np.asarray([0, 0, 0, 0, 1, 1, 1, 1], np.float32), 2: np.asarray([1, 1, 2, 2], np.float32)}
+    assert _read_with(node, 11, values, {}) is None
+
+
+def test_one_scale_for_one_named_axis() -> None:
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], axes=[0])
+    assert _read_with(node, 18, {2: np.asarray([1.0], np.float32)}, {}) is None
+    assert _read_with(node, 18, {2: np.asarray([2.0], np.float32)}, {})
+
+
+def test_computed_scales_read_by_the_output_the_graph_declares() -> None:
+    """Scales a client sends: no proof but the output's dims as onnx gives them (here [N, 3, 8, 8])."""
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"])
+    assert _read_with(node, 13, {}, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("node", "opset", "known", "grown"),
+    [
+        # Computed pads on the batch's axis (begin of axis 0): rows may be added.
+        (helper.make_node("Pad", ["x", "p"], ["y"]), 11, {"p": [None, 0, 0, 0, 0, 0, 0, 0]}, True),
+        (helper.make_node("Pad", ["x", "p"], ["y"]), 11, {"p": [0, 0, 0, 0, 0, 0, 0, 0]}, False),
+        # Computed pads over the axes input, which leaves the batch's out (opset 18).
+        (helper.make_node("Pad", ["x", "p", "", "a"], ["y"]), 18, {"p": [None, None], "a": [2, 3]}, False),
+        (helper.make_node("Pad", ["x", "p", "", "a"], ["y"]), 18, {"p": [None, None], "a": [0, 3]}, True),
+        # Before opset 11 a Pad's pads are its attribute, read by onnx_mixing_ops.py.
+        (helper.make_node("Pad", ["x", "p"], ["y"]), 10, {"p": [None, 0, 0, 0, 0, 0, 0, 0]}, False),
+    ],
+)
+def test_a_pad_of_computed_amounts(
+    node: object, opset: int, known: dict[str, list[object]], grown: bool
+) -> None:
+    assert bool(_read_with(node, opset, {}, known)) == grown

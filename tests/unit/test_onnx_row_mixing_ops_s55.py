@@ -362,6 +362,20 @@ def test_a_sequence_concatenation_is_read_by_what_made_it(
         assert found["y"] == f"the ConcatFromSequence node making 'y' {said}"
 
 
+def test_a_sequence_of_tensors_carrying_the_batch_on_a_later_axis() -> None:
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),  # [4, N]
+        helper.make_node("SequenceConstruct", ["xt", "xt"], ["seq"]),
+    ]
+    along = row_mixing_outputs(
+        _model([*nodes, helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=1)], X)
+    )
+    assert along  # along the batch's axis, 1 of the elements
+    across = [*nodes, helper.make_node("ConcatFromSequence", ["seq"], ["c"], axis=0)]
+    back = helper.make_node("Transpose", ["c"], ["y"], perm=[1, 0])
+    assert row_mixing_outputs(_model([*across, back], X)) == {}
+
+
 def test_a_sequence_made_from_constants_alone_keeps_rows() -> None:
     nodes = [
         helper.make_node("SequenceConstruct", ["w", "w"], ["seq"]),
@@ -405,3 +419,14 @@ def test_only_a_difference_of_positions_as_they_are_takes_the_batch_out(
             "the MaxPool node making 'p' returns in 'i' positions counted over the whole batch "
             "(each row's from its place in it)"
         )
+
+
+def test_a_standard_op_the_reading_does_not_know_mixes_where_it_takes_the_batch() -> None:
+    """An op of a later onnx (here a made-up name in onnx's domain): no proof of rows, so mixed,
+    naming the input that carries the batch; on inputs without it, nothing to say."""
+    node = helper.make_node("SomeOpOfALaterOnnx", ["w", "x"], ["y"])
+    found = row_mixing_outputs(_model([node], X, inits=[_init("w", np.ones(4))], opset=17))
+    said = "is an op the load does not know to keep rows apart, on axis 0 of 'x' ['N', 4]"
+    assert found == {"y": f"the SomeOpOfALaterOnnx node making 'y' {said}: its rows are taken as mixed"}
+    alone = [helper.make_node("SomeOpOfALaterOnnx", ["w"], ["z"]), helper.make_node("Add", ["x", "z"], ["y"])]
+    assert row_mixing_outputs(_model(alone, X, inits=[_init("w", np.ones(4))], opset=17)) == {}
