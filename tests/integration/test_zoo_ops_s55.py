@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as tg
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.integration.test_zoo_batch_dims import _index
 from tests.support.repositories import write_model
 from tests.support.server_process import ServerProcess
 from tests.support.zoo_checks import BATCH_OF_FOUR_ROWS, assert_each_alone, ours_together, triton_together
@@ -63,14 +64,6 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     write_model(repo, "bitwise_batched", bitwise, BATCH_OF_FOUR_ROWS)
     with ServerProcess("--model-repository", str(repo)) as server:
         yield server, {"rms": rms, "unpool": unpooled}
-
-
-def _index(server: ServerProcess) -> dict[str, tg.service_pb2.RepositoryIndexResponse.ModelIndex]:
-    client = tg.InferenceServerClient(server.address)
-    try:
-        return {m.name: m for m in client.get_model_repository_index().models}
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,6 @@ of the session's first run, tests/MUTANTS.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import onnx
 import pytest
 from onnx import helper
@@ -15,22 +12,11 @@ from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
     MIXING_OPS,
     ROW_WISE_OPS,
-    mixed_axes,
     paired_axes,
     scan_inputs,
     unknown_op,
 )
-
-
-def _axes(
-    node: onnx.NodeProto, ranks: Sequence[int], opset: int = 23, consts: dict[int, list[int]] | None = None
-) -> list[tuple[int, list[int]]]:
-    known = consts or {}
-
-    def constant(i: int) -> np.ndarray | None:
-        return np.asarray(known[i], np.int64) if i in known else None
-
-    return [(i, list(a)) for i, a in mixed_axes(node, ranks, opset, constant, [None] * len(ranks))]
+from tests.unit.test_mutants_row_mixing_s50 import _axes
 
 
 def _node(op: str, inputs: int = 1, **attributes: object) -> onnx.NodeProto:
