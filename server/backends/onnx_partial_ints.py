@@ -88,8 +88,8 @@ class PartialInts:
             )
             lengths = self._given(node.input[0], dims, constant(0)) if node.input else None
             sizes = lengths.reshape(-1).tolist() if lengths is not None else None
-            whole = sizes is not None and all(isinstance(v, int) for v in sizes)
-            known = np.full(sizes, None, dtype=object) if whole else None
+            whole = sizes is not None and all(isinstance(v, int) for v in sizes)  # a dim's name: unknown
+            known = np.full(sizes, None, dtype=object) if sizes is not None and whole else None
             known = (
                 known if known is not None and known.size <= MAX_ELEMENTS else _unknown(dims(node.output[0]))
             )
