@@ -43,6 +43,7 @@ _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Loop": (0,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
     "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
     "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "Shape": (0,), "Size": (0,), "AffineGrid": (1,),
+    "MaxUnpool": (2,), "CumProd": (1,), "CenterCropPad": (1,),  # output_shape, axis, shape (s55)
 }  # fmt: skip
 
 

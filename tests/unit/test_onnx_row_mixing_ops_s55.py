@@ -430,3 +430,14 @@ def test_a_standard_op_the_reading_does_not_know_mixes_where_it_takes_the_batch(
     assert found == {"y": f"the SomeOpOfALaterOnnx node making 'y' {said}: its rows are taken as mixed"}
     alone = [helper.make_node("SomeOpOfALaterOnnx", ["w"], ["z"]), helper.make_node("Add", ["x", "z"], ["y"])]
     assert row_mixing_outputs(_model(alone, X, inits=[_init("w", np.ones(4))], opset=17)) == {}
+
+
+def test_a_maxunpool_to_its_inputs_shape_keeps_rows() -> None:
+    """output_shape = Shape(x): the batch's size as a shape (a tester, session 55: refused as
+    taking the batch's size as a value)."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["x"], ["shx"]),
+        helper.make_node("MaxUnpool", ["p", "i", "shx"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    assert row_mixing_outputs(_model(nodes, IMAGE, opset=17)) == {}
