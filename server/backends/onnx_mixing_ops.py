@@ -233,15 +233,15 @@ def _more(node: onnx.NodeProto, ranks: Sequence[int]) -> Axes:
     return []
 
 
+# Every standard op read here (onnx_row_mixing.py reads the reshapes, an Expand and a Resize itself).
+_KNOWN_OPS = (
+    MIXING_OPS | BROADCAST_OPS | ROW_WISE_OPS | {"Reshape", "Flatten", "Expand", "Resize", "Upsample"}
+)
+
+
 def unknown_op(op: str) -> bool:
     """A standard op this reading does not know: taken as mixing along every axis."""
-    return op not in MIXING_OPS | BROADCAST_OPS | ROW_WISE_OPS | {
-        "Reshape",
-        "Flatten",
-        "Expand",
-        "Resize",
-        "Upsample",
-    }
+    return op not in _KNOWN_OPS
 
 
 def _moved(node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequence[int | None]) -> Axes:

@@ -17,6 +17,7 @@ import onnx
 from server.backends.graph_names import described
 
 _CARRIED = frozenset({"Identity", "Cast", "Slice", "Squeeze", "Unsqueeze"})  # values kept as they are
+WATCHED = _CARRIED | {"MaxPool"}  # the ops `see` reads: the others' outputs hold no positions
 
 
 class PoolIndices:

@@ -74,6 +74,7 @@ from server.backends.onnx_mixing_ops import (
 from server.backends.onnx_mixing_probe import reading_probe
 from server.backends.onnx_output_shapes import input_first_dims
 from server.backends.onnx_partial_ints import PartialInts
+from server.backends.onnx_pool_indices import WATCHED as POOLS_WATCHED
 from server.backends.onnx_pool_indices import PoolIndices
 from server.backends.onnx_reshape_rows import Dim
 
@@ -81,7 +82,7 @@ logger = logging.getLogger(__name__)
 
 COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
-PAIRED_LETTERS = "its equation names the batch's axes by the letters"
+PAIRED = "its equation names the batch's axes by the letters"
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
 
 
@@ -157,10 +158,11 @@ class _Walk:
             for name in node.output:
                 if name and why is not None:
                     self.mixed[name] = why
-            batched = bool(node.input) and any(d in self.batch for d in self.shapes.get(node.input[0]) or [])
-            others = any(name in self.mixed for name in node.input[1:])
-            for name, flat in self.pools.see(node, batched, why, others).items():
-                self.mixed.setdefault(name, flat)
+            if node.op_type in POOLS_WATCHED and node.input:
+                batched = any(d in self.batch for d in self.shapes.get(node.input[0]) or [])
+                others = any(name in self.mixed for name in node.input[1:])
+                for name, flat in self.pools.see(node, batched, why, others).items():
+                    self.mixed.setdefault(name, flat)
 
     def _lineage(self, name: str) -> frozenset[str]:
         """The graph inputs `name` is made from, worked out when first asked (rarely: an own-row
@@ -290,11 +292,10 @@ class _Walk:
             return self._sequence_concat(node)
         if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
-        carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
-        if node.op_type == "Einsum" and len(letters := einsum_batch_letters(node, carried)) > 1:
-            return (
-                f"{described(node)} pairs each row of the batch with every other: {PAIRED_LETTERS} {letters}"
-            )
+        if node.op_type == "Einsum":
+            carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
+            if len(letters := einsum_batch_letters(node, carried)) > 1:
+                return f"{described(node)} pairs each row of the batch with every other: {PAIRED} {letters}"
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
 

@@ -152,7 +152,7 @@ class LoadMeasure:
 
 def _split(total: int, versions: Sequence[int], files: Mapping[int, int]) -> dict[int, int]:
     """`total` bytes shared among `versions` by their files' bytes (alike where they have none)."""
-    weights = sum(files.get(n, 0) for n in versions)
     if not versions:
         return {}
+    weights = sum(files.get(n, 0) for n in versions)
     return {n: total * files.get(n, 0) // weights if weights else total // len(versions) for n in versions}
