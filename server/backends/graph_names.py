@@ -11,6 +11,7 @@ import onnx
 
 _Dim = int | str | None
 ONNX_DOMAIN = ("", "ai.onnx")  # ONNX's own operators: one domain, two spellings
+STANDS_FOR = "sluiceway stand-in for: "  # a stand-in node's doc_string, then the op it stands for
 
 
 def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -59,7 +60,10 @@ def slice_bound(value: object) -> int:
 
 
 def described(node: onnx.NodeProto) -> str:
-    """A node as a load's message names it: by its name, else by its first output."""
+    """A node as a load's message names it: by its name, else by its first output (a stand-in's
+    node, onnx_stand_in_maker.py, by the op it stands for)."""
+    if node.doc_string.startswith(STANDS_FOR):
+        return node.doc_string[len(STANDS_FOR) :]
     return (
         f"{node.op_type} node '{node.name}'"
         if node.name

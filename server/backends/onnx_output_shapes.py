@@ -20,7 +20,8 @@ import math
 import onnx
 import onnx.version_converter
 
-from server.backends.graph_names import ONNX_DOMAIN, graphs
+from server.backends.graph_names import ONNX_DOMAIN, default_opset, graphs
+from server.backends.onnx_stand_ins import with_stand_ins
 
 # Names an input's unnamed first dim for the inference, so that what carries it can say so.
 BATCH_SYMBOL = "__sluiceway_batch_{}"
@@ -199,7 +200,9 @@ def _read_as_14(probe: onnx.ModelProto, at: int) -> bool:
 def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueInfoProto]:
     """The unsure outputs as onnx's shape inference makes them; none where it fails."""
     try:
-        inferred = inferred_shapes(inference_probe(model, unsure))
+        probe = inference_probe(model, unsure)
+        with_stand_ins(probe, default_opset(probe) or 1)  # ops of other domains read (onnx_stand_ins.py)
+        inferred = inferred_shapes(probe)
     except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands
         return {}
     return {out.name: out for out in inferred.graph.output if out.name in unsure}

@@ -49,6 +49,7 @@ from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_batch_letters
+from server.backends.onnx_foreign_ops import ForeignOps, foreign
 from server.backends.onnx_grown_rows import grown_rows
 from server.backends.onnx_mixing_graph import (
     Dims,
@@ -69,7 +70,6 @@ from server.backends.onnx_mixing_ops import (
     mixed_axes,
     paired_axes,
     scan_inputs,
-    unknown_op,
 )
 from server.backends.onnx_mixing_probe import reading_probe
 from server.backends.onnx_output_shapes import input_first_dims
@@ -92,11 +92,12 @@ def row_mixing_outputs(
     """Each graph output whose rows depend on other rows of the batch, and why; args as reading_probe's."""
     if not input_first_dims(model) and not unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
-    if all(node.op_type in ROW_WISE_OPS for node in all_nodes(model) if node.domain in ONNX_DOMAIN):
+    if all(node.domain in ONNX_DOMAIN and node.op_type in ROW_WISE_OPS for node in all_nodes(model)):
         return {}
     try:
-        inferred = reading_probe(model, fed, server_fed)
+        inferred, reads = reading_probe(model, fed, server_fed)
         walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
+        walk.foreign.reads = reads
         # The model's own initializers: the probe holds only small ones, and an index's offsets (a
         # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
         weights: dict[str, Value] = {i.name: i for i in model.graph.initializer if i.name not in fed}
@@ -134,6 +135,7 @@ class _Walk:
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
+        self.foreign = ForeignOps(opset, self.batch, self.shapes.get, self.constants, self._lineage)
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -141,6 +143,7 @@ class _Walk:
             if init.name not in self.fed:  # a client's value, not the initializer's (a tester, s51)
                 self.constants[init.name] = init
         self.shapes.add(graph)
+        self.foreign.enter(graph)
         for value in graph.input:  # a body's inputs are its node's: made from what feeds them
             self.lineage.setdefault(
                 value.name, frozenset({value.name}) if value.name not in self.constants else frozenset()
@@ -150,6 +153,7 @@ class _Walk:
             self.values.see(node, self.shapes.get, partial(self._constant, node), self._lineage)
             self.partial.see(node, self.shapes.get, partial(self._constant, node))
             why = self._mixes(node) or self._inherited(node)
+            self.foreign.see(node, why)
             value = constant_value(node) if node.op_type == "Constant" else self._folded(node)
             if value is not None and node.output:
                 self.constants[node.output[0]] = value
@@ -221,6 +225,9 @@ class _Walk:
         for i in (i for i in read if i not in cleared):
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
+        for name in self.foreign.unread_inputs(node):
+            if name in self.mixed:  # an input of the op a stand-in stands for, not read by it
+                return self.mixed[name]
         returns: list[list[tuple[BatchNames, Dims | None]]] = []  # per output, each body's value
         for sub in subgraphs(node):
             inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
@@ -228,6 +235,9 @@ class _Walk:
             inner.values = self.values.within(inner.names)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
+            inner.foreign = self.foreign.within(
+                inner.batch, inner.shapes.get, inner.constants, inner._lineage
+            )
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
@@ -263,8 +273,11 @@ class _Walk:
 
     def _mixes(self, node: onnx.NodeProto) -> str | None:
         """Why the node mixes rows of the batch (None: it does not, or it cannot be told)."""
-        if node.domain not in ONNX_DOMAIN:
-            return None
+        if foreign(node, self.opset):
+            return self.foreign.mixes(node)
+        unread = self.foreign.unread(node, self.mixed)
+        if unread is not None:
+            return unread
         if self._own_row_pick(node):
             # The rows' axis of its output is the batch's: a Softmax over it mixes (a tester, s51).
             out = self.shapes.get(node.output[0]) or []
@@ -285,7 +298,7 @@ class _Walk:
             if grown is not None or node.op_type not in MIXING_OPS:
                 return grown
         if node.op_type not in MIXING_OPS:
-            return self._unknown(node) if unknown_op(node.op_type) else None
+            return self.foreign.unknown(node, partial(self._where, node))
         if node.op_type == "Scan":
             return self._scan(node)
         if node.op_type == "ConcatFromSequence":
@@ -340,16 +353,6 @@ class _Walk:
             dims = self.shapes.get(name) or []
             if any(dim in self.batch for at, dim in enumerate(dims) if axis == -1 or at == axis % len(dims)):
                 return f"{described(node)} concatenates a sequence made from the batch's rows along them"
-        return None
-
-    def _unknown(self, node: onnx.NodeProto) -> str | None:
-        """A standard op not known here, on an input that carries the batch: no proof of rows."""
-        for index, name in enumerate(node.input):
-            if any(dim in self.batch for dim in self.shapes.get(name) or []):
-                return (
-                    f"{described(node)} is an op the load does not know to keep rows apart, on "
-                    f"{self._where(node, index, 0)}: its rows are taken as mixed"
-                )
         return None
 
     def _scan(self, node: onnx.NodeProto) -> str | None:

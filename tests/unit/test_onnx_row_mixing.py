@@ -281,11 +281,20 @@ def test_a_mixing_op_inside_a_branch_or_a_mixed_condition_mixes_its_outputs() ->
     assert row_mixing_outputs(_model(decided, inits=[zero], opset=13)) == {"y": _why("ReduceMax", "top", 0)}
 
 
-def test_a_custom_domain_op_and_a_fixed_first_dim_are_not_read() -> None:
+def test_a_custom_domain_op_on_the_batch_mixes_and_a_fixed_first_dim_is_not_read() -> None:
+    # Session 56: an op of another domain was taken as row-wise (and everything after it unread).
     custom = helper.make_node("Softmax", ["x"], ["y"], axis=0, domain="com.example")
     model = _model([custom])
     model.opset_import.append(helper.make_opsetid("com.example", 1))
-    assert row_mixing_outputs(model) == {}
+    assert row_mixing_outputs(model) == {
+        "y": "the Softmax node making 'y' is an op of domain 'com.example' that the load does not read, on "
+        "'x', made from the batch: its rows are taken as mixed"
+    }
+    on_constants = helper.make_node("Softmax", ["w"], ["s"], axis=0, domain="com.example")
+    added = helper.make_node("Add", ["x", "s"], ["y"])
+    apart = _model([on_constants, added], inits=[numpy_helper.from_array(np.ones(3, np.float32), "w")])
+    apart.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert row_mixing_outputs(apart) == {}  # not on the batch's path
     fixed = [helper.make_tensor_value_info("x", F, [4, 3])]
     assert row_mixing_outputs(_model([helper.make_node("Softmax", ["x"], ["y"], axis=0)], fixed)) == {}
 
