@@ -162,7 +162,8 @@ class ForeignOps:
         for name in node.input:
             if name and name not in checked and self.carries(name):
                 return (
-                    f"{described(node)} picks each row's features at positions '{name}', made from the batch"
+                    f"{described(node)} picks each row's features at positions '{name}', made from the "
+                    "batch: its rows are taken as mixed"
                 )
         for name in checked:
             if not name or not self.carries(name) or name in self.ml_rows:

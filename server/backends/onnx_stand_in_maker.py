@@ -14,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.graph_names import STANDS_FOR, described, graphs
 
-PREFIX = "__stand_in_"  # the names of the tensors the stand-ins add
 AXES_AS_INPUT = 18  # ReduceMean's and ReduceMax's axes an input from this opset on
 SMALL = 64  # values of a constant kept (an axis, a pads list)
 
@@ -69,7 +68,9 @@ class Maker:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
 
     def add(self, op: str, inputs: Sequence[str], out: str | None = None, **attrs: Any) -> str:
-        made = out if out is not None else f"{PREFIX}{next(self.counter)}"
+        # A tensor it adds is named after the op's first input, which a message may name.
+        first = self.node.input[0] if self.node.input else self.node.op_type
+        made = out if out is not None else f"{first}, in the {self.node.op_type} ({next(self.counter)})"
         stands_for = f"{STANDS_FOR}{described(self.node)} ({self.node.domain or 'ai.onnx'})"
         self.nodes.append(helper.make_node(op, list(inputs), [made], doc_string=stands_for, **attrs))
         return made
