@@ -71,9 +71,17 @@ class Maker:
         # A tensor it adds is named after the op's first input, which a message may name.
         first = self.node.input[0] if self.node.input else self.node.op_type
         made = out if out is not None else f"{first}, in the {self.node.op_type} ({next(self.counter)})"
-        stands_for = f"{STANDS_FOR}{described(self.node)} ({self.node.domain or 'ai.onnx'})"
-        self.nodes.append(helper.make_node(op, list(inputs), [made], doc_string=stands_for, **attrs))
+        self.nodes.append(helper.make_node(op, list(inputs), [made], doc_string=self._stands_for(), **attrs))
         return made
+
+    def add_outputs(self, op: str, inputs: Sequence[str], attributes: Sequence[onnx.AttributeProto]) -> None:
+        """A node of `op` making the op's outputs as they are, with `attributes` (copied)."""
+        node = helper.make_node(op, list(inputs), list(self.node.output), doc_string=self._stands_for())
+        node.attribute.extend(attributes)
+        self.nodes.append(node)
+
+    def _stands_for(self) -> str:
+        return f"{STANDS_FOR}{described(self.node)} ({self.node.domain or 'ai.onnx'})"
 
     def constant(self, value: TensorProto) -> str:
         return self.add("Constant", [], value=value)

@@ -257,6 +257,8 @@ def with_stand_ins(probe: onnx.ModelProto, opset: int) -> Reads:
     """Each op of `probe` (at any depth) that BUILDERS reads, its node replaced by its stand-in's;
     returns, per stand-in output, the op's inputs the stand-in does not read (their mixing is
     inherited all the same)."""
+    if not any(_builder(node, opset) for graph in graphs(probe.graph) for node in graph.node):
+        return {}  # most graphs: nothing to stand in for, nothing read of their tensors
     known = known_of(probe)
     counter = itertools.count()
     reads: Reads = {}
@@ -285,11 +287,15 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 def _stand_in(
     node: onnx.NodeProto, opset: int, known: Known, counter: Iterator[int]
 ) -> list[onnx.NodeProto] | None:
-    domain = "" if node.domain in ONNX_DOMAIN else node.domain
-    builder = BUILDERS.get((domain, node.op_type))
-    if builder is None and (domain, node.op_type) == ("", "LayerNormalization") and opset < LAYER_NORM_OPSET:
-        builder = _normalised
+    builder = _builder(node, opset)
     if builder is None or not node.output:
         return None
     maker = Maker(node, opset, known, counter)
     return maker.nodes if builder(maker) else None
+
+
+def _builder(node: onnx.NodeProto, opset: int) -> Builder | None:
+    domain = "" if node.domain in ONNX_DOMAIN else node.domain
+    if (domain, node.op_type) == ("", "LayerNormalization"):
+        return _normalised if opset < LAYER_NORM_OPSET else None
+    return BUILDERS.get((domain, node.op_type))

@@ -130,6 +130,27 @@ def _cdist(maker: Maker) -> bool:
     return maker.outputs_used() == 1
 
 
+def _quantized_lstm(maker: Maker) -> bool:
+    """DynamicQuantizeLSTM: an LSTM (its weights int8, stored transposed; its activations' scale is
+    the whole batch's, left per batch with row_quantization.py's warning), where it says its
+    hidden size (else onnx's inference would read it from the transposed weights)."""
+    if int_attribute(maker.node, "hidden_size", 0) < 1:
+        return False
+    x, w, r, *rest = maker.inputs(*range(8))
+    kept = (
+        "activation_alpha",
+        "activation_beta",
+        "activations",
+        "clip",
+        "direction",
+        "hidden_size",
+        "input_forget",
+    )
+    attributes = [a for a in maker.node.attribute if a.name in kept]
+    maker.add_outputs("LSTM", [x, *maker.floats([w, r]), *rest], attributes)
+    return True
+
+
 def _samples(maker: Maker) -> bool:
     """ai.onnx.ml's Normalizer, Scaler and Imputer ([N, F] or [F], element type kept, Normalizer's
     and Scaler's float), LinearRegressor ([N, targets]), SVMRegressor ([N, 1]) and FeatureVectorizer
@@ -170,5 +191,6 @@ CONTRIB_BUILDERS: dict[str, Callable[[Maker], bool]] = {
     "GridSample": _standard("GridSample", 16, ("align_corners", "mode", "padding_mode")),
     "GatherND": _standard("GatherND", 11, ()),
     "Inverse": _inverse,
+    "DynamicQuantizeLSTM": _quantized_lstm,
     "CDist": _cdist,
 }

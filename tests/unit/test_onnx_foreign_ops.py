@@ -6,7 +6,9 @@ change what it mixes or its shape) as onnxruntime runs the op."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -342,3 +344,43 @@ def test_stand_in_shapes_follow_the_ops_attributes() -> None:
                 dims,
                 shape,
             )
+
+
+@pytest.mark.parametrize("time_major", [True, False])
+def test_a_dynamically_quantized_lstm_is_read_as_an_lstm(time_major: bool, tmp_path: Path) -> None:
+    """quantize_dynamic's DynamicQuantizeLSTM: along its sequence (axis 0); batched where the graph
+    moved the batch to axis 1 first, refused where the batch is its sequence."""
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # onnxruntime.quantization's advice, not this test's
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        rng = np.random.default_rng(0)
+        inits = [_init("W", rng.standard_normal((1, 16, 3))), _init("R", rng.standard_normal((1, 16, 4)))]
+        first = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2])] if time_major else []
+        lstm = helper.make_node("LSTM", ["t" if time_major else "x", "W", "R"], ["Y", "h"], hidden_size=4)
+        last = helper.make_node(
+            "Transpose" if time_major else "Identity",
+            ["h"],
+            ["y"],
+            **({"perm": [1, 0, 2]} if time_major else {}),
+        )
+        onnx.save(_model([*first, lstm, last], [_x("N", 5, 3)], inits=inits, opset=14), tmp_path / "f.onnx")
+        quantize_dynamic(
+            tmp_path / "f.onnx",
+            tmp_path / "q.onnx",
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["LSTM"],
+        )
+    finally:
+        logging.disable(quiet)
+    model = onnx.load(tmp_path / "q.onnx")
+    assert "DynamicQuantizeLSTM" in [node.op_type for node in model.graph.node]
+    mixed = row_mixing_outputs(model)
+    if time_major:
+        assert mixed == {} and _completed(model) == {"y": ["N", 1, 4]}
+    else:
+        assert (
+            "the DynamicQuantizeLSTM node making 'Y' (com.microsoft) works along the batch's axis"
+            in mixed["y"]
+        )
