@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.repositories import demo_repository, write_model
 from tests.support.server_process import REPO_ROOT
 
@@ -48,6 +50,9 @@ asyncio.run(main())
 """
 
 
+# mutmut's copy (mutants/) runs every function through its trampoline: the second load there
+# measured 0.80 MB to the first's 0.48 (session 56's stats run failed on it).
+@pytest.mark.skipif(REPO_ROOT.name == "mutants", reason="mutmut's trampolines change what a load allocates")
 def test_the_first_load_in_a_process_is_charged_its_own_footprint(tmp_path: Path) -> None:
     mlp = demo_repository() / "mlp"
     config = (mlp / "config.pbtxt").read_text()
