@@ -17,8 +17,9 @@ from collections.abc import Callable, Container, Iterator, Sequence
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN, described
+from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_mixing_ops import ROW_WISE_OPS, unknown_op
-from server.backends.onnx_stand_ins import Reads
+from server.backends.onnx_stand_ins import StandIns
 
 ML = "ai.onnx.ml"
 # ai.onnx.ml ops that read their input as [samples, features]: per row where the batch is its first
@@ -50,30 +51,31 @@ class ForeignOps:
     def __init__(
         self,
         opset: int,
-        batch: Container[str],
+        names: BatchNames,
         shapes: Callable[[str], Dims | None],
         constants: Container[str],
         lineage: Callable[[str], frozenset[str]],
     ) -> None:
         self.opset = opset
-        self.batch = batch  # the batch's symbols
+        self.names = names  # the batch's symbols (onnx_batch_names.py)
+        self.batch = names.batch
         self.shapes, self.constants, self.lineage = shapes, constants, lineage  # the walk's
         self.batched: set[str] = set()  # the graph inputs that carry the batch
         self.opaque: set[str] = set()
         self.ml_rows: set[str] = set()
-        self.reads: Reads = {}  # a stand-in's output -> inputs of the op it stands for it does not read
+        self.stand_ins = StandIns()  # what the stand-ins do not read, and read by rows
 
     def within(
         self,
-        batch: Container[str],
+        names: BatchNames,
         shapes: Callable[[str], Dims | None],
         constants: Container[str],
         lineage: Callable[[str], frozenset[str]],
     ) -> ForeignOps:
         """The same record, read by a body's walk (its tensors' shapes are its own)."""
-        inner = ForeignOps(self.opset, batch, shapes, constants, lineage)
+        inner = ForeignOps(self.opset, names, shapes, constants, lineage)
         inner.batched, inner.opaque, inner.ml_rows = self.batched, self.opaque, self.ml_rows
-        inner.reads = self.reads
+        inner.stand_ins = self.stand_ins
         return inner
 
     def enter(self, graph: onnx.GraphProto) -> None:
@@ -129,12 +131,18 @@ class ForeignOps:
         """The inputs of the op a stand-in stands for that it does not read (onnx_stand_ins.py): a
         mixed one mixes its outputs all the same."""
         for out in node.output:
-            yield from self.reads.get(out, ())
+            yield from self.stand_ins.reads.get(out, ())
 
     def unread(self, node: onnx.NodeProto, mixed: Container[str]) -> str | None:
-        """Why a standard op that is not elementwise on one input is taken as mixing: an input made
-        from the batch whose shape is opaque (after a foreign op), its axes unknown (an input
+        """Why a standard op is taken as mixing for what the reading cannot read: a stand-in's input
+        read by rows whose batch is not that axis alone, or an input made from the batch whose shape
+        is opaque (after a foreign op) where the op is not elementwise on one input (an input
         already `mixed` says why itself)."""
+        for out in node.output:
+            for name, axis in self.stand_ins.rows.get(out, ()):
+                why = self._rows_apart(node, name, axis)
+                if why is not None:
+                    return why
         if node.op_type in ROW_WISE_OPS:
             return None
         for name in node.input:
@@ -156,6 +164,23 @@ class ForeignOps:
                 self.opaque.add(out)
                 if rows:
                     self.ml_rows.add(out)
+
+    def _rows_apart(self, node: onnx.NodeProto, name: str, axis: int) -> str | None:
+        """Why `name`, read by the op by each batch row's place on `axis`, does not hold each row
+        there: the batch on another axis too, or folded with other values (an Attention's mask of
+        [2B], ends then starts, made by flattening [B, 2]: each row read another's; a tester, s56)."""
+        if not self.carries(name):
+            return None
+        dims = self.shapes(name)
+        if dims is not None and -len(dims) <= axis < len(dims):
+            at = [k for k, dim in enumerate(dims) if dim in self.batch]
+            if at == [axis % len(dims)] and self.names.row_size(dims[axis]) == 1:
+                return None
+        shown = "" if dims is None else f" {self.names.shown(dims)}"
+        return (
+            f"{described(node)} reads '{name}'{shown} by each batch row's place on its axis {axis}, "
+            "and that axis is not the batch's alone: its rows are taken as mixed"
+        )
 
     def _samples(self, node: onnx.NodeProto) -> str | None:
         checked = node.input[:1] if node.op_type == "ArrayFeatureExtractor" else node.input

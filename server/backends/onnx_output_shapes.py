@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import onnx
+import onnx.inliner
 import onnx.version_converter
 
 from server.backends.graph_names import ONNX_DOMAIN, default_opset, graphs
@@ -201,6 +202,8 @@ def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueI
     """The unsure outputs as onnx's shape inference makes them; none where it fails."""
     try:
         probe = inference_probe(model, unsure)
+        if probe.functions:  # inlined first: a function's ops of other domains are stood in for too
+            probe = onnx.inliner.inline_local_functions(probe)
         with_stand_ins(probe, default_opset(probe) or 1)  # ops of other domains read (onnx_stand_ins.py)
         inferred = inferred_shapes(probe)
     except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands

@@ -95,9 +95,9 @@ def row_mixing_outputs(
     if all(node.domain in ONNX_DOMAIN and node.op_type in ROW_WISE_OPS for node in all_nodes(model)):
         return {}
     try:
-        inferred, reads = reading_probe(model, fed, server_fed)
+        inferred, stand_ins = reading_probe(model, fed, server_fed)
         walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
-        walk.foreign.reads = reads
+        walk.foreign.stand_ins = stand_ins
         # The model's own initializers: the probe holds only small ones, and an index's offsets (a
         # view's, onnx_row_positions.py) can be longer. Read only where asked, up to MAX_READ values.
         weights: dict[str, Value] = {i.name: i for i in model.graph.initializer if i.name not in fed}
@@ -135,7 +135,7 @@ class _Walk:
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
-        self.foreign = ForeignOps(opset, self.batch, self.shapes.get, self.constants, self._lineage)
+        self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, self._lineage)
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -236,7 +236,7 @@ class _Walk:
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.foreign = self.foreign.within(
-                inner.batch, inner.shapes.get, inner.constants, inner._lineage
+                inner.names, inner.shapes.get, inner.constants, inner._lineage
             )
             inner.graph(sub, self.constants)
             for out in sub.output:

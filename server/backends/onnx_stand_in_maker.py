@@ -66,6 +66,9 @@ class Maker:
     known: Known
     counter: Iterator[int]
     nodes: list[onnx.NodeProto] = field(default_factory=list)
+    # Inputs the op reads by each batch row's place on one axis (an attention mask's rows): the
+    # reading checks there that the batch is that axis alone (onnx_foreign_ops.py).
+    per_row: list[tuple[str, int]] = field(default_factory=list)
 
     def add(self, op: str, inputs: Sequence[str], out: str | None = None, **attrs: Any) -> str:
         # A tensor it adds is named after the op's first input, which a message may name.
@@ -118,6 +121,16 @@ class Maker:
         product = self.add("Mul", [normalised, scale], None if bias else self.output(0))
         if bias:
             self.add("Add", [product, bias], self.output(0))
+
+    def statistic(self, x: str, axes: Sequence[int], out: str) -> None:
+        """A normalisation's mean or inverse deviation output: float whatever `x`'s type (its stash)."""
+        self.add("Cast", [self.reduce("ReduceMean", x, axes)], out, to=TensorProto.FLOAT)
+
+    def rows_at(self, index: int, axis: int) -> None:
+        """The op's input `index`, where it has one, is read by each batch row's place on `axis`."""
+        name = self.inputs(index)[0]
+        if name:
+            self.per_row.append((name, axis))
 
     def inputs(self, *indices: int) -> list[str]:
         return [self.node.input[i] if i < len(self.node.input) else "" for i in indices]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import TensorProto
@@ -32,6 +33,17 @@ LAYER_NORM_OPSET = 17  # ONNX's LayerNormalization; onnxruntime runs it in ONNX'
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 POOL_ATTRIBUTES = ("auto_pad", "ceil_mode", "kernel_shape", "pads", "strides")
 Reads = dict[str, tuple[str, ...]]  # a stand-in's output -> inputs of the op it stands for it does not read
+Rows = dict[str, tuple[tuple[str, int], ...]]  # a stand-in's output -> inputs read by rows on an axis
+
+
+@dataclass
+class StandIns:
+    """What the reading needs to know of the stand-ins besides their nodes."""
+
+    reads: Reads = field(default_factory=dict)  # their mixing inherited all the same
+    rows: Rows = field(default_factory=dict)  # each must carry the batch on that axis alone
+
+
 Builder = Callable[[Maker], bool]  # adds the stand-in's nodes; False: none can stand in
 
 
@@ -70,8 +82,8 @@ def _skip_normalised(maker: Maker) -> bool:
         summed = maker.add("Add", [summed, bias])
     maker.scaled(maker.spread(summed, [-1]), maker.inputs(2)[0], "" if simplified else maker.inputs(3)[0])
     for k in (1, 2):
-        if maker.output(k):
-            maker.reduce("ReduceMean", summed, [-1], maker.output(k))
+        if (out := maker.output(k)) is not None:
+            maker.statistic(summed, [-1], out)
     if maker.output(3):
         maker.add("Identity", [summed], maker.output(3))
     return True
@@ -93,8 +105,8 @@ def _normalised(maker: Maker) -> bool:
         maker.spread(maker.node.input[0], axes), maker.inputs(1)[0], "" if simplified else maker.inputs(2)[0]
     )
     for k in range(1, len(maker.node.output)):
-        if maker.output(k):
-            maker.reduce("ReduceMean", maker.node.input[0], axes, maker.output(k))
+        if (out := maker.output(k)) is not None:
+            maker.statistic(maker.node.input[0], axes, out)
     return True
 
 
@@ -253,29 +265,35 @@ BUILDERS: dict[tuple[str, str], Builder] = {
 }
 
 
-def with_stand_ins(probe: onnx.ModelProto, opset: int) -> Reads:
+def with_stand_ins(probe: onnx.ModelProto, opset: int) -> StandIns:
     """Each op of `probe` (at any depth) that BUILDERS reads, its node replaced by its stand-in's;
     returns, per stand-in output, the op's inputs the stand-in does not read (their mixing is
-    inherited all the same)."""
+    inherited all the same) and those the op reads by each batch row's place on an axis."""
+    found = StandIns()
     if not any(_builder(node, opset) for graph in graphs(probe.graph) for node in graph.node):
-        return {}  # most graphs: nothing to stand in for, nothing read of their tensors
+        return found  # most graphs: nothing to stand in for, nothing read of their tensors
     known = known_of(probe)
     counter = itertools.count()
-    reads: Reads = {}
     for graph in reversed(list(graphs(probe.graph))):  # bodies first: their node is copied after
-        stand_ins = {
+        makers = {
             k: made for k, node in enumerate(graph.node) if (made := _stand_in(node, opset, known, counter))
         }
-        if not stand_ins:
+        if not makers:
             continue
-        for k, made in stand_ins.items():
-            node, read = graph.node[k], {name for new in made for name in new.input}
-            unread = tuple(name for name in node.input if name and name not in read)
-            reads.update({out: unread for out in node.output if out and unread})
-        nodes = [new for k, node in enumerate(graph.node) for new in stand_ins.get(k, [_copy(node)])]
+        for maker in makers.values():
+            read = {name for new in maker.nodes for name in new.input}
+            unread = tuple(name for name in maker.node.input if name and name not in read)
+            outputs = [out for out in maker.node.output if out]
+            found.reads.update({out: unread for out in outputs if unread})
+            found.rows.update({out: tuple(maker.per_row) for out in outputs if maker.per_row})
+        nodes = [
+            new
+            for k, node in enumerate(graph.node)
+            for new in (makers[k].nodes if k in makers else [_copy(node)])
+        ]
         graph.ClearField("node")
         graph.node.extend(nodes)
-    return reads
+    return found
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -284,14 +302,12 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
     return copied
 
 
-def _stand_in(
-    node: onnx.NodeProto, opset: int, known: Known, counter: Iterator[int]
-) -> list[onnx.NodeProto] | None:
+def _stand_in(node: onnx.NodeProto, opset: int, known: Known, counter: Iterator[int]) -> Maker | None:
     builder = _builder(node, opset)
     if builder is None or not node.output:
         return None
     maker = Maker(node, opset, known, counter)
-    return maker.nodes if builder(maker) else None
+    return maker if builder(maker) else None
 
 
 def _builder(node: onnx.NodeProto, opset: int) -> Builder | None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from onnx import TensorProto, helper
-
 from server.backends.graph_names import attribute, int_attribute
 from server.backends.onnx_stand_in_maker import Maker, attributes
 
@@ -32,8 +30,14 @@ def _attention(maker: Maker) -> bool:
         return False
     sizes = attribute(maker.node, "qkv_hidden_sizes", None)
     width = sizes[2] if isinstance(sizes, list) and len(sizes) == 3 else dims[1] // 3
-    if maker.node.op_type == "QAttention":
+    quantized = maker.node.op_type == "QAttention"
+    if quantized:
         x, w = maker.floats([x, w])
+    mask, past, bias = (5, 8, None) if quantized else (3, 4, 5)
+    maker.rows_at(mask, 0)  # [B], [B, S], [B, S, T]: by rows; [2B] (ends, then starts): not
+    maker.rows_at(past, 1)  # [2, B, heads, P, head]
+    if bias is not None:
+        maker.rows_at(bias, 0)
     projected = maker.add("MatMul", [x, w])
     if maker.opset >= SLICE_INPUTS:
         value = maker.add("Slice", [projected, maker.ints([0]), maker.ints([width]), maker.ints([-1])])
@@ -44,22 +48,29 @@ def _attention(maker: Maker) -> bool:
 
 
 def _multi_head(maker: Maker) -> bool:
-    """MultiHeadAttention with its key and value given: shaped as its query [batch, sequence,
-    hidden] (a value's width other than the query's is not read), each position made from its own
-    query row and the whole of its batch row's key and value. Packed forms, state: not read."""
+    """MultiHeadAttention with its key and value given: [batch, sequence, v] (v: the value's last
+    dim, or heads x head size where it is [B, N, L, H]), each position made from its own query row
+    and the whole of its batch row's key and value. Packed forms, state outputs: not read."""
     query, key, value = maker.inputs(0, 1, 2)
     if not (key and value) or maker.outputs_used() > 1:
         return False
-    mixed = maker.reduce("ReduceMax", query, [-1])
-    for name in (key, value):  # every axis but the batch's: [B, L, D] and [B, N, L, H] alike
-        flat = maker.reduce("ReduceMax", maker.add("Flatten", [name], axis=1), [1])
-        if maker.opset >= UNSQUEEZE_INPUT:
-            whole = maker.add("Unsqueeze", [flat, maker.ints([2])])
-        else:
-            whole = maker.add("Unsqueeze", [flat], axes=[2])
-        mixed = maker.where(mixed, whole)
-    maker.where(query, mixed, maker.output(0))
+    for index in (4, 5, 6, 7):  # key padding mask, attention bias, past key and value: by rows
+        maker.rows_at(index, 0)
+    if maker.known.rank(value) == 4:  # [B, N, L, H]: [B, N*H]
+        widths = maker.add("Flatten", [maker.reduce("ReduceMax", value, [2], keepdims=0)], axis=1)
+    else:  # [B, L, V]: [B, V]
+        widths = maker.reduce("ReduceMax", value, [1], keepdims=0)
+    keys = maker.reduce("ReduceMax", maker.add("Flatten", [key], axis=1), [1])  # [B, 1]
+    each = maker.where(widths, keys)  # [B, V], from the whole of its key and value rows
+    positions = maker.reduce("ReduceMax", query, [-1])  # [B, S, 1]
+    maker.where(positions, _unsqueezed(maker, each, 1), maker.output(0))
     return True
+
+
+def _unsqueezed(maker: Maker, x: str, axis: int) -> str:
+    if maker.opset >= UNSQUEEZE_INPUT:
+        return maker.add("Unsqueeze", [x, maker.ints([axis])])
+    return maker.add("Unsqueeze", [x], axes=[axis])
 
 
 def _embedding(maker: Maker) -> bool:
@@ -67,6 +78,8 @@ def _embedding(maker: Maker) -> bool:
     mask, position ids): each id's word (plus segment) embedding normalised along the hidden axis;
     outputs: that, the mask's index per batch row [batch], the sum before normalising."""
     ids, segments, words, _, segment_table, gamma, beta, mask = maker.inputs(*range(8))
+    maker.rows_at(7, 0)  # its mask [B, S]
+    maker.rows_at(8, 0)  # its position ids [B, S] (or [1, S])
     summed = maker.add("Gather", [words, ids], axis=0)
     if segments and segment_table:
         summed = maker.add("Add", [summed, maker.add("Gather", [segment_table, segments], axis=0)])
@@ -83,11 +96,9 @@ def _expand_dims(maker: Maker) -> bool:
     axis = maker.known.values.get(maker.inputs(1)[0])
     if axis is None or axis.size != 1:
         return False
-    at = [int(axis.reshape(-1)[0])]
-    if maker.opset >= UNSQUEEZE_INPUT:
-        maker.add("Unsqueeze", [maker.node.input[0], maker.ints(at)], maker.output(0))
-    else:
-        maker.add("Unsqueeze", [maker.node.input[0]], maker.output(0), axes=at)
+    maker.add(
+        "Identity", [_unsqueezed(maker, maker.node.input[0], int(axis.reshape(-1)[0]))], maker.output(0)
+    )
     return maker.outputs_used() == 1
 
 
@@ -152,12 +163,16 @@ def _quantized_lstm(maker: Maker) -> bool:
 
 
 def _samples(maker: Maker) -> bool:
-    """ai.onnx.ml's Normalizer, Scaler and Imputer ([N, F] or [F], element type kept, Normalizer's
-    and Scaler's float), LinearRegressor ([N, targets]), SVMRegressor ([N, 1]) and FeatureVectorizer
+    """ai.onnx.ml's Normalizer, Scaler and Imputer ([N, F], element type kept, Normalizer's and
+    Scaler's float), LinearRegressor ([N, targets]), SVMRegressor ([N, 1]) and FeatureVectorizer
     ([N, sum of inputdimensions]): each row from its own row's values, along its last axis (a 1-D
-    input is one sample: the batch's rows mix)."""
+    input is one sample, [1, F]: a batch's rows mix)."""
     op = maker.node.op_type
     sources = list(maker.node.input) if op == "Imputer" else maker.floats(maker.node.input)
+    sources = [
+        _unsqueezed(maker, x, 0) if maker.known.rank(name) == 1 else x
+        for x, name in zip(sources, maker.node.input, strict=True)
+    ]
     rows = [maker.reduce("ReduceMax", name, [-1]) for name in sources]
     if op in ("Normalizer", "Scaler", "Imputer"):
         maker.where(sources[0], rows[0], maker.output(0))
@@ -171,8 +186,9 @@ def _samples(maker: Maker) -> bool:
     row = rows[0]
     for other in rows[1:]:
         row = maker.where(row, other)
-    ones = maker.constant(helper.make_tensor("ones", TensorProto.FLOAT, [1, width], [1.0] * width))
-    maker.add("MatMul", [row, ones], maker.output(0))
+    # [N, 1] spread to [N, width] by broadcasting: no constant as wide as a model says (a tester, s56,
+    # had a 161-byte model with width 1e8 take 2 GB of the server's memory to load).
+    maker.add("Expand", [row, maker.ints([width])], maker.output(0))
     return maker.outputs_used() == 1
 
 

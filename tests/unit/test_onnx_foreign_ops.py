@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from server.backends.onnx_foreign_ops import foreign
 from server.backends.onnx_output_shapes import refined_outputs
 from server.backends.onnx_row_mixing import row_mixing_outputs
+from server.backends.onnx_stand_ins import with_stand_ins
 
 F, U8 = TensorProto.FLOAT, TensorProto.UINT8
 MS, ML = "com.microsoft", "ai.onnx.ml"
@@ -384,3 +385,83 @@ def test_a_dynamically_quantized_lstm_is_read_as_an_lstm(time_major: bool, tmp_p
             "the DynamicQuantizeLSTM node making 'Y' (com.microsoft) works along the batch's axis"
             in mixed["y"]
         )
+
+
+def test_an_attention_mask_folded_from_each_rows_pair_is_not_read_as_rows() -> None:
+    """A [2B] mask is every row's end, then every row's start: flattened from [B, 2] it gives each
+    row another's positions (a tester, session 56: three of four answers wrong, OK)."""
+    inits = [_init("w", np.ones((8, 24))), _init("b", np.zeros(24)), _init("flat", [-1], np.int64)]
+    mask = _x("N", 2, kind=TensorProto.INT32, name="m")
+    folded = helper.make_node("Reshape", ["m", "flat"], ["mask"])
+    attention = _ms("Attention", ["x", "w", "b", "mask"], ["y"], num_heads=2)
+    why = row_mixing_outputs(_model([folded, attention], [_x("N", 3, 8), mask], inits=inits))["y"]
+    assert why == (
+        "the Attention node making 'y' (com.microsoft) reads 'mask' ['N*2'] by each batch row's place on its "
+        "axis 0, and that axis is not the batch's alone: its rows are taken as mixed"
+    )
+    per_row = _ms("Attention", ["x", "w", "b", "m"], ["y"], num_heads=2)  # [B, S]: each row's own
+    assert (
+        row_mixing_outputs(
+            _model([per_row], [_x("N", 3, 8), _x("N", 3, kind=TensorProto.INT32, name="m")], inits=inits)
+        )
+        == {}
+    )
+
+
+def test_multi_head_attention_is_as_wide_as_its_value() -> None:
+    narrow = _model(
+        [_ms("MultiHeadAttention", ["q", "k", "v"], ["y"], num_heads=2)],
+        [_x("N", 3, 8, name="q"), _x("N", 4, 8, name="k"), _x("N", 4, 12, name="v")],
+    )
+    feeds = {
+        "q": np.ones((2, 3, 8), np.float32),
+        "k": np.ones((2, 4, 8), np.float32),
+        "v": np.ones((2, 4, 12), np.float32),
+    }
+    assert _completed(narrow) == {"y": ["N", 3, 12]} and _run(narrow, **feeds) == [(2, 3, 12)]
+    cached = _model(
+        [_ms("MultiHeadAttention", ["q", "k", "v"], ["y"], num_heads=2)],
+        [_x("N", 3, 8, name="q"), _x("N", 2, 4, 3, name="k"), _x("N", 2, 4, 5, name="v")],
+    )
+    assert _completed(cached) == {"y": ["N", 3, 10]}  # [B, N, L, H] values: heads x head size
+
+
+def test_ml_regressors_of_one_sample_and_float_statistics() -> None:
+    one = _model([_ml("LinearRegressor", ["x"], ["y"], coefficients=[1.0] * 6, targets=2)], [_x(3)])
+    assert _completed(one) == {"y": [1, 2]} and _run(one, x=np.ones(3, np.float32)) == [(1, 2)]
+    half = TensorProto.FLOAT16
+    stats = _model(
+        [helper.make_node("LayerNormalization", ["x", "s"], ["y", "mean"], axis=-1)],
+        [_x("N", 4, kind=half)],
+        outputs=("y", "mean"),
+        inits=[_init("s", np.ones(4), np.float16)],
+        opset=13,
+    )
+    kinds = {v.name: v.type.tensor_type.elem_type for v in refined_outputs(stats)}
+    assert kinds == {"y": half, "mean": F}
+
+
+def test_a_width_a_model_gives_is_not_allocated() -> None:
+    """FeatureVectorizer's inputdimensions of 10**9 (a 161-byte model had taken 2 GB to load with
+    10**8): its stand-in broadcasts, so no tensor of the probe is that wide."""
+    wide = _model([_ml("FeatureVectorizer", ["x"], ["y"], inputdimensions=[10**9])], [_x("N", 3)])
+    probe = onnx.ModelProto()
+    probe.CopyFrom(wide)
+    with_stand_ins(probe, 17)
+    sizes = [int(np.prod(a.t.dims)) for node in probe.graph.node for a in node.attribute if a.name == "value"]
+    assert max(sizes) <= 1 and _completed(wide) == {"y": ["N", 10**9]}
+
+
+def test_an_op_of_another_domain_inside_a_function_gets_its_shape() -> None:
+    body = onnx.helper.make_function(
+        "local",
+        "fused",
+        ["a"],
+        ["b"],
+        [_ms("Gelu", ["a"], ["b"])],
+        [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+    )
+    model = _model([helper.make_node("fused", ["x"], ["y"], domain="local")], [_x("N", 4)])
+    model.functions.append(body)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    assert _completed(model) == {"y": ["N", 4]} and row_mixing_outputs(model) == {}
