@@ -465,3 +465,12 @@ def test_an_op_of_another_domain_inside_a_function_gets_its_shape() -> None:
     model.functions.append(body)
     model.opset_import.append(helper.make_opsetid("local", 1))
     assert _completed(model) == {"y": ["N", 4]} and row_mixing_outputs(model) == {}
+
+
+def test_a_stand_in_does_not_constrain_its_inputs_type_at_an_older_opset() -> None:
+    """A QLinearSoftmax of uint8 at opset 11, where ONNX's ReduceMax takes no uint8: read all the
+    same (onnx's inference here does not check types), batched along its last axis."""
+    scale, zero = _init("s", 0.1), _init("z", 0, np.uint8)
+    node = _ms("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], axis=-1, opset=13)
+    model = _model([node], [_x("N", 5, kind=U8)], inits=[scale, zero], opset=11)
+    assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 5]}
