@@ -2,8 +2,8 @@
 (onnx_stand_ins.py): ops of other domains, and ONNX ops at an opset before ONNX defines them.
 
 Such an op on the batch's path is taken as mixing: the load cannot tell which axes it mixes along
-(before session 56 it was taken as row-wise, and com.microsoft's DynamicQuantizeMatMul, quantizing
-its input with one scale over the whole batch, loaded batched). ai.onnx.ml's ops are the exception:
+(before session 56 it was taken as row-wise, and com.microsoft's Unique over the batch loaded
+batched, each request given indices into its batch mates' values). ai.onnx.ml's ops are the exception:
 ONNX defines them, and each reads its input as samples along its first axis (a 1-D input as one
 sample), or element by element. A tensor such an op makes whose shape onnx cannot infer is opaque,
 and so is what is made from it without a shape: an op after it that works along axes cannot be read
