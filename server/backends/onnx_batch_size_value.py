@@ -36,14 +36,17 @@ _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Abs", "Floor", "
 _PICKS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements"})  # index input 1
 # Inputs that take a size as a shape, an axis or a count: a batch's size there keeps rows their own
 # (x.view(x.size(0), -1), new_zeros(N, ...), a Slice to the batch's length is read by its own rule).
+# Not a count that sets another axis's width or a value's place: a TopK's K, a OneHot's depth, a
+# Trilu's k, a Pad's or a Split's sizes, a CumSum's axis, a DFT's length (each of those from the
+# batch's size gave every request other values or widths, OK; a tester, session 56). A Slice's
+# bounds and a Tile's repeats count only where they are the batch's (`_widens`).
 _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
-    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
-    "Pad": (1, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
-    "Split": (1,), "TopK": (1,), "OneHot": (1,), "CumSum": (1,), "Trilu": (1,), "DFT": (1, 2),
+    "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4), "Tile": (1,),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
     "Loop": (0,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
     "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
     "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "Shape": (0,), "Size": (0,), "AffineGrid": (1,),
-    "MaxUnpool": (2,), "CumProd": (1,), "CenterCropPad": (1,),  # output_shape, axis, shape (s55)
+    "MaxUnpool": (2,), "CenterCropPad": (1,),  # output_shape, shape (s55)
 }  # fmt: skip
 
 
@@ -100,7 +103,9 @@ class BatchSizeValues:
             "depends on the rows it is batched with"
         )
 
-    def reads_size(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> str | None:
+    def reads_size(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant | None = None
+    ) -> str | None:
         """Why `node` mixes rows: it takes a value made from the batch's size (or each row's place
         in it) as a value, not a shape, beside a tensor that carries the batch; or an If chooses
         its branch by it. Indices made from each row's own place (onnx_row_positions.py) are not
@@ -110,7 +115,11 @@ class BatchSizeValues:
         if node.output and node.output[0] in self.positions.found:
             return None
         shapes = _SHAPE_INPUTS.get(node.op_type, ())
-        valued = [name for i, name in enumerate(node.input) if name in self.sized and i not in shapes]
+        valued = [
+            name
+            for i, name in enumerate(node.input)
+            if name in self.sized and (i not in shapes or self._widens(node, i, dims, constant))
+        ]
         if not valued:
             return None
         made = f"'{valued[0]}', made from the batch's size by {self.source[valued[0]]}"
@@ -126,6 +135,32 @@ class BatchSizeValues:
                     )
                 return f"{described(node)} takes the batch's size as a value: it meets '{name}' with {made}"
         return None
+
+    def _widens(
+        self, node: onnx.NodeProto, index: int, dims: Callable[[str], Dims | None], constant: Constant | None
+    ) -> bool:
+        """Whether a Slice's bound or a Tile's repeat made from the batch's size sets an axis other
+        than the batch's (`x[:, :N]`, `x.repeat(1, N)`: each request as wide as its batch); `x[:N]`
+        and a constant row tiled to the batch (`row.repeat(N, 1)`) keep rows."""
+        if node.op_type not in ("Slice", "Tile"):
+            return False
+        data = dims(node.input[0]) if node.input else None
+        if data is None and constant is not None and (value := constant(0)) is not None:
+            data = list(value.shape)  # a constant's dims: an initializer has no value info
+        held = self.sized[node.input[index]]
+        if node.op_type == "Tile":  # each repeat of the batch's size on an axis of 1, the data unbatched
+            if data is None or any(dim in self.names.batch for dim in data):
+                return True
+            return any(data[p] != 1 for p in (range(len(data)) if held == EVERY else held) if p < len(data))
+        axes = constant(3) if constant is not None and len(node.input) > 3 and node.input[3] else None
+        starts = constant(1) if constant is not None else None  # without axes: one per start, from 0
+        default = list(range(np.asarray(starts).size)) if starts is not None else []
+        listed = [int(a) for a in np.asarray(axes).reshape(-1)] if axes is not None else default
+        computed_axes = axes is None and len(node.input) > 3 and bool(node.input[3])
+        if index == 3 or computed_axes or data is None or not listed:
+            return True
+        at = range(len(listed)) if held == EVERY else held  # which bounds hold the size
+        return any(p >= len(listed) or data[listed[p] % len(data)] not in self.names.batch for p in at)
 
     def _follow(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
@@ -153,7 +188,8 @@ class BatchSizeValues:
         if op == "Concat":
             return _joined(taken, [_length(dims(name), constant(i)) for i, name in enumerate(node.input)])
         shapes = _SHAPE_INPUTS.get(op, ())
-        return EVERY if any(t for i, t in enumerate(taken) if i not in shapes) else frozenset()
+        widens = any(t and self._widens(node, i, dims, constant) for i, t in enumerate(taken) if i in shapes)
+        return EVERY if widens or any(t for i, t in enumerate(taken) if i not in shapes) else frozenset()
 
     def _read(self, node: onnx.NodeProto, shape: Dims | None) -> frozenset[int]:
         """A Shape's positions that hold the batch's size (or a fold's), or a Size's value."""

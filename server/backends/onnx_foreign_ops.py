@@ -12,7 +12,7 @@ there, and is taken as mixing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 
 import onnx
 
@@ -127,11 +127,18 @@ class ForeignOps:
                 )
         return None
 
-    def unread_inputs(self, node: onnx.NodeProto) -> Iterator[str]:
-        """The inputs of the op a stand-in stands for that it does not read (onnx_stand_ins.py): a
-        mixed one mixes its outputs all the same."""
-        for out in node.output:
-            yield from self.stand_ins.reads.get(out, ())
+    def unread_mixing(
+        self, node: onnx.NodeProto, mixed: Mapping[str, str], sized: Callable[[str], str | None]
+    ) -> str | None:
+        """Why an input of the op a stand-in stands for, not read by it (onnx_stand_ins.py), mixes
+        its outputs all the same: its rows mixed, or its values made from the batch's size (a scale
+        `N * 0.05` had batched through six stand-ins, every answer wrong, OK; a tester, s56)."""
+        for name in (name for out in node.output for name in self.stand_ins.reads.get(out, ())):
+            if name in mixed:
+                return mixed[name]
+            if (why := sized(name)) is not None:
+                return f"{described(node)} reads '{name}': {why}"
+        return None
 
     def unread(self, node: onnx.NodeProto, mixed: Container[str]) -> str | None:
         """Why a standard op is taken as mixing for what the reading cannot read: a stand-in's input
@@ -139,8 +146,8 @@ class ForeignOps:
         is opaque (after a foreign op) where the op is not elementwise on one input (an input
         already `mixed` says why itself)."""
         for out in node.output:
-            for name, axis in self.stand_ins.rows.get(out, ()):
-                why = self._rows_apart(node, name, axis)
+            for name, axis, by_length in self.stand_ins.rows.get(out, ()):
+                why = self._rows_apart(node, name, axis, by_length)
                 if why is not None:
                     return why
         if node.op_type in ROW_WISE_OPS:
@@ -165,14 +172,21 @@ class ForeignOps:
                 if rows:
                     self.ml_rows.add(out)
 
-    def _rows_apart(self, node: onnx.NodeProto, name: str, axis: int) -> str | None:
+    def _rows_apart(self, node: onnx.NodeProto, name: str, axis: int, by_length: bool) -> str | None:
         """Why `name`, read by the op by each batch row's place on `axis`, does not hold each row
         there: the batch on another axis too, or folded with other values (an Attention's mask of
-        [2B], ends then starts, made by flattening [B, 2]: each row read another's; a tester, s56)."""
-        if not self.carries(name):
-            return None
+        [2B], ends then starts, made by flattening [B, 2]: each row read another's), or a 1-D one read
+        by its length that does not carry the batch (a constant [end, start] is every row's end in a
+        batch of two); testers, s56. One of no batch axis, its first dim 1, is each row's alike."""
         dims = self.shapes(name)
-        if dims is not None and -len(dims) <= axis < len(dims):
+        carries = self.carries(name)
+        if dims is None:
+            if not carries and not by_length:
+                return None
+        elif not any(dim in self.batch for dim in dims):
+            if not (by_length and len(dims) == 1):
+                return None  # broadcast to every row ([1, S] position ids, [1, heads, S, T] bias)
+        elif -len(dims) <= axis < len(dims):
             at = [k for k, dim in enumerate(dims) if dim in self.batch]
             if at == [axis % len(dims)] and self.names.row_size(dims[axis]) == 1:
                 return None

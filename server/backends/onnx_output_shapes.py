@@ -208,7 +208,13 @@ def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueI
         inferred = inferred_shapes(probe)
     except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands
         return {}
-    return {out.name: out for out in inferred.graph.output if out.name in unsure}
+    # An output whose declaration has no type at all can get its inferred shape in value_info only
+    # (a Reshape by a Shape, data propagated): taken from there where the output has none.
+    found = {value.name: value for value in inferred.graph.value_info if value.name in unsure}
+    for out in inferred.graph.output:
+        if out.name in unsure and (out.type.tensor_type.HasField("shape") or out.name not in found):
+            found[out.name] = out
+    return found
 
 
 def _merged(declared: onnx.ValueInfoProto, inferred: onnx.ValueInfoProto | None) -> onnx.ValueInfoProto:

@@ -225,9 +225,9 @@ class _Walk:
         for i in (i for i in read if i not in cleared):
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
-        for name in self.foreign.unread_inputs(node):
-            if name in self.mixed:  # an input of the op a stand-in stands for, not read by it
-                return self.mixed[name]
+        unread = self.foreign.unread_mixing(node, self.mixed, self.values.made_from_size)
+        if unread is not None:  # an input of the op a stand-in stands for, not read by it
+            return unread
         returns: list[list[tuple[BatchNames, Dims | None]]] = []  # per output, each body's value
         for sub in subgraphs(node):
             inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
@@ -285,7 +285,7 @@ class _Walk:
             self.names.mark(out[axis] if -len(out) <= axis < len(out) else None)
             self.values.picked(node.output[0])  # its values are its rows', not made from the size
             return None
-        sized = self.values.reads_size(node, self.shapes.get)
+        sized = self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         if sized is not None:
             return sized
         if node.op_type in BROADCAST_OPS:

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from server.backends.graph_names import STANDS_FOR, described, graphs
 
 AXES_AS_INPUT = 18  # ReduceMean's and ReduceMax's axes an input from this opset on
+WHERE_OPSET = 9  # ONNX's Where from this opset on
 SMALL = 64  # values of a constant kept (an axis, a pads list)
 
 
@@ -68,7 +69,7 @@ class Maker:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     # Inputs the op reads by each batch row's place on one axis (an attention mask's rows): the
     # reading checks there that the batch is that axis alone (onnx_foreign_ops.py).
-    per_row: list[tuple[str, int]] = field(default_factory=list)
+    per_row: list[tuple[str, int, bool]] = field(default_factory=list)
 
     def add(self, op: str, inputs: Sequence[str], out: str | None = None, **attrs: Any) -> str:
         # A tensor it adds is named after the op's first input, which a message may name.
@@ -103,7 +104,10 @@ class Maker:
         return self.where(x, self.reduce("ReduceMax", x, axes), out)
 
     def where(self, x: str, y: str, out: str | None = None) -> str:
-        """`x` and `y` broadcast together (of one type), each value made from both."""
+        """`x` and `y` broadcast together (of one type), each value made from both (below opset 9,
+        which has no Where: x + (y - y))."""
+        if self.opset < WHERE_OPSET:
+            return self.add("Add", [x, self.add("Sub", [y, y])], out)
         true = self.constant(helper.make_tensor("true", TensorProto.BOOL, [], [True]))
         return self.add("Where", [true, x, y], out)
 
@@ -126,11 +130,12 @@ class Maker:
         """A normalisation's mean or inverse deviation output: float whatever `x`'s type (its stash)."""
         self.add("Cast", [self.reduce("ReduceMean", x, axes)], out, to=TensorProto.FLOAT)
 
-    def rows_at(self, index: int, axis: int) -> None:
-        """The op's input `index`, where it has one, is read by each batch row's place on `axis`."""
+    def rows_at(self, index: int, axis: int, by_length: bool = False) -> None:
+        """The op's input `index`, where it has one, is read by each batch row's place on `axis`
+        (`by_length`: a 1-D one is read by its length against the batch's size, an Attention's mask)."""
         name = self.inputs(index)[0]
         if name:
-            self.per_row.append((name, axis))
+            self.per_row.append((name, axis, by_length))
 
     def inputs(self, *indices: int) -> list[str]:
         return [self.node.input[i] if i < len(self.node.input) else "" for i in indices]

@@ -30,10 +30,11 @@ from server.backends.onnx_stand_ins_contrib import CONTRIB_BUILDERS, ML_BUILDERS
 
 MS = "com.microsoft"
 LAYER_NORM_OPSET = 17  # ONNX's LayerNormalization; onnxruntime runs it in ONNX's domain below too
+EINSUM_OPSET = 12
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 POOL_ATTRIBUTES = ("auto_pad", "ceil_mode", "kernel_shape", "pads", "strides")
 Reads = dict[str, tuple[str, ...]]  # a stand-in's output -> inputs of the op it stands for it does not read
-Rows = dict[str, tuple[tuple[str, int], ...]]  # a stand-in's output -> inputs read by rows on an axis
+Rows = dict[str, tuple[tuple[str, int, bool], ...]]  # a stand-in's output -> inputs read by rows on an axis
 
 
 @dataclass
@@ -131,13 +132,20 @@ def _fused_gemm(maker: Maker) -> bool:
 
 def _fused_matmul(maker: Maker) -> bool:
     """FusedMatMul (and TransposeMatMul): a MatMul of its inputs, each with its last two axes swapped
-    where asked (the input's rank known: a weight's); batch-axis transposes are not read."""
+    where asked: by an Einsum over `...` (opset 12 on: onnxruntime fuses q @ k^T of activations, their
+    rank unknown here), else a Transpose where the rank is known (a weight's). Batch-axis transposes
+    are not read."""
     if any(int_attribute(maker.node, name, 0) for name in ("transBatchA", "transBatchB")):
         return False
+    a, b = maker.inputs(0, 1)
+    swap_a, swap_b = (int_attribute(maker.node, flag, 0) for flag in ("transA", "transB"))
+    if (swap_a or swap_b) and maker.opset >= EINSUM_OPSET:
+        equation = f"...{'ji' if swap_a else 'ij'},...{'kj' if swap_b else 'jk'}->...ik"
+        maker.add("Einsum", [a, b], maker.output(0), equation=equation)
+        return maker.outputs_used() == 1
     operands = []
-    for index, flag in ((0, "transA"), (1, "transB")):
-        name = maker.node.input[index]
-        if int_attribute(maker.node, flag, 0):
+    for name, swap in ((a, swap_a), (b, swap_b)):
+        if swap:
             rank = maker.known.rank(name)
             if rank is None or rank < 2:
                 return False
@@ -190,15 +198,15 @@ def _qconcat(maker: Maker) -> bool:
 
 
 def _qsoftmax(maker: Maker) -> bool:
-    """QLinearSoftmax: along `axis` (its `opset` below 13: from `axis` to the last, as Softmax did)."""
+    """QLinearSoftmax: along `axis` (its `opset` below 13: from `axis` to the last, as Softmax did,
+    read by a Flatten there and a Reshape back to the input's shape)."""
     axis = int_attribute(maker.node, "axis", -1)
+    x = maker.node.input[0]
     if int_attribute(maker.node, "opset", 13) >= 13 or axis == -1:
-        axes = [axis]
-    elif axis < 0:
-        axes = list(range(axis, 0))
+        maker.spread(x, [axis], maker.output(0))
     else:
-        return False
-    maker.spread(maker.node.input[0], axes, maker.output(0))
+        flat = maker.spread(maker.add("Flatten", [x], axis=axis), [1])
+        maker.add("Reshape", [flat, maker.add("Shape", [x])], maker.output(0))
     return maker.outputs_used() == 1
 
 

@@ -17,6 +17,7 @@ from server.backends.onnx_stand_in_maker import Maker, attributes
 
 SLICE_INPUTS = 10  # Slice's starts, ends and axes inputs from this opset on
 UNSQUEEZE_INPUT = 13  # Unsqueeze's axes an input from this opset on
+EXPAND_OPSET = 8
 
 
 def _attention(maker: Maker) -> bool:
@@ -34,7 +35,7 @@ def _attention(maker: Maker) -> bool:
     if quantized:
         x, w = maker.floats([x, w])
     mask, past, bias = (5, 8, None) if quantized else (3, 4, 5)
-    maker.rows_at(mask, 0)  # [B], [B, S], [B, S, T]: by rows; [2B] (ends, then starts): not
+    maker.rows_at(mask, 0, by_length=True)  # [B], [B, S], [B, S, T]: by rows; [2B] (ends, starts): not
     maker.rows_at(past, 1)  # [2, B, heads, P, head]
     if bias is not None:
         maker.rows_at(bias, 0)
@@ -54,7 +55,8 @@ def _multi_head(maker: Maker) -> bool:
     query, key, value = maker.inputs(0, 1, 2)
     if not (key and value) or maker.outputs_used() > 1:
         return False
-    for index in (4, 5, 6, 7):  # key padding mask, attention bias, past key and value: by rows
+    maker.rows_at(4, 0, by_length=True)  # its key padding mask: [B] or [B, L] (a 1-D one by its length)
+    for index in (5, 6, 7):  # attention bias, past key and value: by rows
         maker.rows_at(index, 0)
     if maker.known.rank(value) == 4:  # [B, N, L, H]: [B, N*H]
         widths = maker.add("Flatten", [maker.reduce("ReduceMax", value, [2], keepdims=0)], axis=1)
@@ -181,7 +183,7 @@ def _samples(maker: Maker) -> bool:
     if width is None:
         sizes = attribute(maker.node, "inputdimensions", [])
         width = sum(sizes) if isinstance(sizes, list) else 0
-    if width < 1:
+    if width < 1 or maker.opset < EXPAND_OPSET:
         return False
     row = rows[0]
     for other in rows[1:]:

@@ -244,16 +244,16 @@ def test_a_shape_onnx_cannot_infer_is_not_read_past() -> None:
             NOT_READ,
         ),
         (
-            _ms("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], axis=1, opset=11),
+            _ms("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], axis=0, opset=11),
             [_x("N", 5, kind=U8)],
             [_init("s", 0.1), _init("z", 0, np.uint8)],
-            NOT_READ,
+            "works along the batch's axis, axis 1 of 'x, in the QLinearSoftmax (0)' [1, 'N*5']",
         ),
         (
             _ms("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], axis=-2, opset=11),
             [_x("N", 5, kind=U8)],
             [_init("s", 0.1), _init("z", 0, np.uint8)],
-            "works along the batch's axis, axis 0 of 'x'",
+            "works along the batch's axis, axis 1 of 'x, in the QLinearSoftmax (0)' [1, 'N*5']",
         ),
     ],
 )
@@ -474,3 +474,64 @@ def test_a_stand_in_does_not_constrain_its_inputs_type_at_an_older_opset() -> No
     node = _ms("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], axis=-1, opset=13)
     model = _model([node], [_x("N", 5, kind=U8)], inits=[scale, zero], opset=11)
     assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 5]}
+
+
+@pytest.mark.parametrize(("rank", "axis"), [(2, 1), (3, 2), (3, 1)])
+def test_a_softmax_of_the_old_opsets_from_a_positive_axis_to_the_last_is_read(rank: int, axis: int) -> None:
+    """QLinearSoftmax with `opset` below 13 normalises from `axis` to the last, the input's rank not
+    known to the load (torch's older exports write the last axis positive): batched, its shape kept."""
+    scale, zero = _init("s", 0.1), _init("z", 0, np.uint8)
+    product = helper.make_node("Identity", ["x"], ["h"])  # its rank known only after inference
+    node = _ms("QLinearSoftmax", ["h", "s", "z", "s", "z"], ["y"], axis=axis, opset=12)
+    dims = ["N", 3, 5][:rank]
+    model = _model([product, node], [_x(*dims, kind=U8)], inits=[scale, zero], opset=12)
+    assert row_mixing_outputs(model) == {} and _completed(model) == {"y": dims}
+
+
+def test_fused_matmul_of_activations_transposed_is_read_by_an_einsum() -> None:
+    """onnxruntime fuses q @ k^T of activations into FusedMatMul(transB=1): their ranks unknown to
+    the load (a tester, s56: every optimized attention block had been refused)."""
+    nodes = [
+        helper.make_node("Identity", ["q"], ["qa"]),
+        helper.make_node("Identity", ["k"], ["ka"]),
+        _ms("FusedMatMul", ["qa", "ka"], ["y"], transB=1, alpha=0.5),
+    ]
+    model = _model(nodes, [_x("N", 3, 4, name="q"), _x("N", 5, 4, name="k")])
+    assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 3, 5]}
+    gram = _model(
+        [helper.make_node("Identity", ["q"], ["qa"]), _ms("FusedMatMul", ["qa", "qa"], ["y"], transA=1)],
+        [_x("N", 4, name="q")],
+    )
+    assert "works along the batch's axis" in row_mixing_outputs(gram)["y"]
+
+
+def test_scales_and_masks_made_from_the_batchs_size_mix() -> None:
+    """An input a stand-in does not read, made from the batch's size (a scale N * 0.05; a mask
+    arange(1, N + 1)), and a constant 1-D mask read by its length (testers, s56: batched, OK)."""
+    size = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"]),
+        helper.make_node("Cast", ["n"], ["nf"], to=F),
+        helper.make_node("Mul", ["nf", "step"], ["sv"]),
+        helper.make_node("Squeeze", ["sv"], ["scale"]),
+    ]
+    inits = [_init("zero", [0], np.int64), _init("step", [0.05]), _init("z", 0, np.uint8)]
+    sigmoid = _ms("QLinearSigmoid", ["x", "scale", "z", "scale", "z"], ["y"])
+    why = row_mixing_outputs(_model([*size, sigmoid], [_x("N", 4, kind=U8)], inits=inits))["y"]
+    assert why.startswith(
+        "the QLinearSigmoid node making 'y' (com.microsoft) reads 'scale': its values are made"
+    )
+    weights = [_init("w", np.ones((8, 24))), _init("b", np.zeros(24))]
+    constant = _ms("Attention", ["x", "w", "b", "m"], ["y"], num_heads=2)
+    mask = [_init("m", [4, 1], np.int32), *weights]
+    why = row_mixing_outputs(_model([constant], [_x("N", 3, 8)], inits=mask))["y"]
+    assert "reads 'm' by each batch row's place on its axis 0" in why
+    bias = _ms("Attention", ["x", "w", "b", "", "", "ab"], ["y"], num_heads=2)  # [1, heads, S, S]: alike
+    shared = [_init("ab", np.zeros((1, 2, 3, 3))), *weights]
+    assert row_mixing_outputs(_model([bias], [_x("N", 3, 8)], inits=shared)) == {}
+
+
+def test_stand_ins_below_opset_9_use_no_where() -> None:
+    """A Normalizer of a 2-D input at opset 8 (older sklearn conversions): read, its shape given."""
+    model = _model([_ml("Normalizer", ["x"], ["y"], norm="L2")], [_x("N", 4)], opset=8)
+    assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 4]}
