@@ -40,12 +40,11 @@ _PICKS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "Scatte
 # Trilu's k, a Pad's or a Split's sizes, a CumSum's axis, a DFT's length (each of those from the
 # batch's size gave every request other values or widths, OK; a tester, session 56). A Slice's
 # bounds and a Tile's repeats count only where they are the batch's (`_widens`).
+# Nor an axis (an Unsqueeze's, a Squeeze's, a reduction's: N - N as axes reduced over the batch;
+# a tester, session 56).
 _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4), "Tile": (1,),
-    "Resize": (1, 2, 3), "Upsample": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
-    "Loop": (0,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
-    "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
-    "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "Shape": (0,), "Size": (0,), "AffineGrid": (1,),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Loop": (0,), "Shape": (0,), "Size": (0,), "AffineGrid": (1,),
     "MaxUnpool": (2,), "CenterCropPad": (1,),  # output_shape, shape (s55)
 }  # fmt: skip
 
@@ -140,18 +139,24 @@ class BatchSizeValues:
         self, node: onnx.NodeProto, index: int, dims: Callable[[str], Dims | None], constant: Constant | None
     ) -> bool:
         """Whether a Slice's bound or a Tile's repeat made from the batch's size sets an axis other
-        than the batch's (`x[:, :N]`, `x.repeat(1, N)`: each request as wide as its batch); `x[:N]`
-        and a constant row tiled to the batch (`row.repeat(N, 1)`) keep rows."""
+        than the batch's (`x[:, :N]`, `x.repeat(1, N)`: each request as wide as its batch; a computed
+        or a second repeat, `ones(1, 1).repeat(N, N)`, too); `x[:N]` and a constant row tiled to the
+        batch once (`row.repeat(N, 1)`, a time-major query's `repeat(1, N, 1)`) keep rows."""
         if node.op_type not in ("Slice", "Tile"):
             return False
         data = dims(node.input[0]) if node.input else None
         if data is None and constant is not None and (value := constant(0)) is not None:
             data = list(value.shape)  # a constant's dims: an initializer has no value info
         held = self.sized[node.input[index]]
-        if node.op_type == "Tile":  # each repeat of the batch's size on an axis of 1, the data unbatched
-            if data is None or any(dim in self.names.batch for dim in data):
+        if node.op_type == "Tile":  # the batch's size itself, once, on an axis of 1 of unbatched data
+            if (
+                data is None
+                or held == EVERY
+                or len(held) != 1
+                or any(dim in self.names.batch for dim in data)
+            ):
                 return True
-            return any(data[p] != 1 for p in (range(len(data)) if held == EVERY else held) if p < len(data))
+            return any(p >= len(data) or data[p] != 1 for p in held)
         axes = constant(3) if constant is not None and len(node.input) > 3 and node.input[3] else None
         starts = constant(1) if constant is not None else None  # without axes: one per start, from 0
         default = list(range(np.asarray(starts).size)) if starts is not None else []

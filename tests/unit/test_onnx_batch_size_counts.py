@@ -26,12 +26,12 @@ def _ints(name: str, values: list[int]) -> onnx.TensorProto:
 
 
 def _model(
-    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], dims: tuple[int, ...] = (4,)
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], dims: tuple[int, ...] = (4,), opset: int = 17
 ) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", F, ["N", *dims])
     y = helper.make_value_info("y", onnx.TypeProto())
     graph = helper.make_graph([*SIZE, *nodes], "g", [x], [y], [_ints("zero", [0]), *inits])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
 
@@ -106,3 +106,28 @@ def test_a_size_that_keeps_rows_still_batches() -> None:
     view = helper.make_node("Concat", ["n", "minus"], ["to"], axis=0)
     flat = [view, helper.make_node("Reshape", ["x", "to"], ["y"])]  # x.view(x.size(0), -1)
     assert row_mixing_outputs(_model(flat, [_ints("minus", [-1])], (2, 2))) == {}
+
+
+def test_axes_from_the_batchs_size_and_a_second_or_computed_repeat_mix() -> None:
+    """`N - N` as a ReduceMean's axes reduced over the batch; a constant [1, 1] tiled by (N, N), and
+    by (1, min(N, 2)): each batched, every answer wrong, OK (a tester, session 56)."""
+    zero_axis = [
+        helper.make_node("Sub", ["n", "n"], ["z"]),
+        helper.make_node("ReduceMean", ["x", "z"], ["m"], keepdims=1),
+        helper.make_node("Sub", ["x", "m"], ["y"]),
+    ]
+    why = row_mixing_outputs(_model(zero_axis, [], (4,), opset=18))["y"]
+    assert "takes the batch's size as a value" in why, why  # the ReduceMean, then the Sub, each so
+    one = numpy_helper.from_array(np.ones((1, 1), np.float32), "one")
+    for times in (["n", "n"], ["unit", "k"]):
+        tiled = [
+            helper.make_node("Min", ["n", "two"], ["k"]),
+            helper.make_node("Concat", times, ["times"], axis=0),
+            helper.make_node("Tile", ["one", "times"], ["t"]),
+            helper.make_node("Concat", ["x", "t"], ["y"], axis=1),
+        ]
+        inits = [one, _ints("two", [2]), _ints("unit", [1])]
+        why = row_mixing_outputs(_model(tiled, inits, (1,)))["y"]  # the Tile's output, made from the size
+        assert why.startswith(
+            "the Concat node making 'y' takes the batch's size as a value: it meets 'x' with 't'"
+        )
