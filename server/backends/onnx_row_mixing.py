@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from functools import partial
 
 import numpy as np
@@ -135,7 +135,8 @@ class _Walk:
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
-        self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, self._lineage)
+        lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
+        self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -169,28 +170,7 @@ class _Walk:
                     self.mixed.setdefault(name, flat)
 
     def _lineage(self, name: str) -> frozenset[str]:
-        """The graph inputs `name` is made from, worked out when first asked (rarely: an own-row
-        pick's data) from each tensor's producer, and kept."""
-        stack = [name]
-        while stack:
-            top = stack[-1]
-            if top in self.lineage:
-                stack.pop()
-                continue
-            waiting = [source for source in self._inputs_of(top) if source and source not in self.lineage]
-            if waiting:
-                stack.extend(waiting)
-                continue
-            made: frozenset[str] = frozenset()
-            for source in self._inputs_of(top):
-                made = made | self.lineage.get(source, frozenset())
-            self.lineage[top] = made
-            stack.pop()
-        return self.lineage[name]
-
-    def _inputs_of(self, name: str) -> Sequence[str]:
-        maker = self.makers.get(name)
-        return () if maker is None else maker.input
+        return made_from(name, self.lineage, self.makers)
 
     def _made_from(self, node: onnx.NodeProto) -> None:
         for out in node.output:
@@ -235,9 +215,8 @@ class _Walk:
             inner.values = self.values.within(inner.names)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
-            inner.foreign = self.foreign.within(
-                inner.names, inner.shapes.get, inner.constants, inner._lineage
-            )
+            lineage = partial(made_from, lineage=self.lineage, makers=self.makers)
+            inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants, lineage)
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:
@@ -393,3 +372,29 @@ class _Walk:
             return None
         value: np.ndarray = numpy_helper.to_array(found)
         return value
+
+
+def made_from(
+    name: str, lineage: dict[str, frozenset[str]], makers: Mapping[str, onnx.NodeProto]
+) -> frozenset[str]:
+    """The graph inputs `name` is made from (each tensor's producer in `makers`), kept in `lineage`.
+    A function: a walk's method held by onnx_foreign_ops.py had made a cycle that kept each load's
+    walk (0.35 MB for the demo MLP) to a later collection, measured in its footprint or not (s56)."""
+    stack = [name]
+    while stack:
+        top = stack[-1]
+        if top in lineage:
+            stack.pop()
+            continue
+        maker = makers.get(top)
+        sources = () if maker is None else maker.input
+        waiting = [source for source in sources if source and source not in lineage]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        made: frozenset[str] = frozenset()
+        for source in sources:
+            made = made | lineage.get(source, frozenset())
+        lineage[top] = made
+        stack.pop()
+    return lineage[name]
