@@ -300,10 +300,6 @@ def test_stand_in_shapes_follow_the_ops_attributes() -> None:
             {"x": np.ones((4, 3), np.float32)},
         ),
         (
-            _model([_ms("ExpandDims", ["x", "a"], ["y"])], [_x("N", 3)], inits=[_init("a", -1, np.int32)]),
-            {"x": np.ones((4, 3), np.float32)},
-        ),
-        (
             _model([_ml("LinearRegressor", ["x"], ["y"], coefficients=[1.0] * 6, targets=2)], [_x("N", 3)]),
             {"x": np.ones((4, 3), np.float32)},
         ),
@@ -535,3 +531,10 @@ def test_stand_ins_below_opset_9_use_no_where() -> None:
     """A Normalizer of a 2-D input at opset 8 (older sklearn conversions): read, its shape given."""
     model = _model([_ml("Normalizer", ["x"], ["y"], norm="L2")], [_x("N", 4)], opset=8)
     assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 4]}
+
+
+def test_expand_dims_is_read_as_an_unsqueeze() -> None:
+    """com.microsoft's ExpandDims of a constant axis: [N, 3] at -1 is [N, 3, 1] (onnxruntime 1.23
+    crashes opening it, so its shape is not asked of onnxruntime here)."""
+    model = _model([_ms("ExpandDims", ["x", "a"], ["y"])], [_x("N", 3)], inits=[_init("a", -1, np.int32)])
+    assert row_mixing_outputs(model) == {} and _completed(model) == {"y": ["N", 3, 1]}
