@@ -66,14 +66,11 @@ class ForeignOps:
         self.stand_ins = StandIns()  # what the stand-ins do not read, and read by rows
 
     def within(
-        self,
-        names: BatchNames,
-        shapes: Callable[[str], Dims | None],
-        constants: Container[str],
-        lineage: Callable[[str], frozenset[str]],
+        self, names: BatchNames, shapes: Callable[[str], Dims | None], constants: Container[str]
     ) -> ForeignOps:
-        """The same record, read by a body's walk (its tensors' shapes are its own)."""
-        inner = ForeignOps(self.opset, names, shapes, constants, lineage)
+        """The same record, read by a body's walk (its tensors' shapes are its own; its lineage is
+        the enclosing walk's, which it shares)."""
+        inner = ForeignOps(self.opset, names, shapes, constants, self.lineage)
         inner.batched, inner.opaque, inner.ml_rows = self.batched, self.opaque, self.ml_rows
         inner.stand_ins = self.stand_ins
         return inner

@@ -14,10 +14,9 @@ import onnx.inliner
 
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_dim_classes import named_alike
-from server.backends.onnx_mixing_graph import standard_opset
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
-from server.backends.onnx_stand_ins import StandIns, with_stand_ins
+from server.backends.onnx_stand_ins import StandIns, stood_in
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
@@ -174,7 +173,5 @@ def reading_probe(
     in for those of other domains (onnx_stand_ins.py), and what those stand-ins do not read: `fed`,
     the overridable initializers clients may send; `server_fed`, the inputs the server feeds itself."""
     probe = own_names(named_apart(as_initialized(inference_probe(model, set()), model, fed), server_fed))
-    if probe.functions:  # inlined before the stand-ins: a function's ops are stood in for too
-        probe = onnx.inliner.inline_local_functions(probe)
-    stand_ins = with_stand_ins(probe, standard_opset(probe))
+    probe, stand_ins = stood_in(probe)
     return inferred_probe(probe), stand_ins

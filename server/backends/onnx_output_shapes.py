@@ -18,11 +18,10 @@ from __future__ import annotations
 import math
 
 import onnx
-import onnx.inliner
 import onnx.version_converter
 
-from server.backends.graph_names import ONNX_DOMAIN, default_opset, graphs
-from server.backends.onnx_stand_ins import with_stand_ins
+from server.backends.graph_names import ONNX_DOMAIN, graphs
+from server.backends.onnx_stand_ins import stood_in
 
 # Names an input's unnamed first dim for the inference, so that what carries it can say so.
 BATCH_SYMBOL = "__sluiceway_batch_{}"
@@ -201,10 +200,7 @@ def _read_as_14(probe: onnx.ModelProto, at: int) -> bool:
 def _inferred(model: onnx.ModelProto, unsure: set[str]) -> dict[str, onnx.ValueInfoProto]:
     """The unsure outputs as onnx's shape inference makes them; none where it fails."""
     try:
-        probe = inference_probe(model, unsure)
-        if probe.functions:  # inlined first: a function's ops of other domains are stood in for too
-            probe = onnx.inliner.inline_local_functions(probe)
-        with_stand_ins(probe, default_opset(probe) or 1)  # ops of other domains read (onnx_stand_ins.py)
+        probe, _ = stood_in(inference_probe(model, unsure))  # ops of other domains read (onnx_stand_ins.py)
         inferred = inferred_shapes(probe)
     except Exception:  # onnx refuses some graphs onnxruntime runs: the declaration stands
         return {}

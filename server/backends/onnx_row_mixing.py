@@ -215,8 +215,7 @@ class _Walk:
             inner.values = self.values.within(inner.names)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
-            lineage = partial(made_from, lineage=self.lineage, makers=self.makers)
-            inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants, lineage)
+            inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
             for out in sub.output:
                 if out.name in inner.mixed:

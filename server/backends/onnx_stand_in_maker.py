@@ -16,6 +16,7 @@ from server.backends.graph_names import STANDS_FOR, described, graphs
 
 AXES_AS_INPUT = 18  # ReduceMean's and ReduceMax's axes an input from this opset on
 WHERE_OPSET = 9  # ONNX's Where from this opset on
+UNSQUEEZE_INPUT = 13  # Unsqueeze's axes an input from this opset on
 SMALL = 64  # values of a constant kept (an axis, a pads list)
 
 
@@ -98,6 +99,12 @@ class Maker:
         if self.opset >= AXES_AS_INPUT:
             return self.add(op, [x, self.ints(axes)], out, keepdims=keepdims)
         return self.add(op, [x], out, axes=list(axes), keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axis: int, out: str | None = None) -> str:
+        """`x` with an axis of 1 at `axis`, in the form the probe's opset reads."""
+        if self.opset >= UNSQUEEZE_INPUT:
+            return self.add("Unsqueeze", [x, self.ints([axis])], out)
+        return self.add("Unsqueeze", [x], out, axes=[axis])
 
     def spread(self, x: str, axes: Sequence[int], out: str | None = None) -> str:
         """`x`'s shape and type, each value made from every value along `axes` (a normalisation)."""

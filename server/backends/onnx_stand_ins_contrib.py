@@ -16,7 +16,6 @@ from server.backends.graph_names import attribute, int_attribute
 from server.backends.onnx_stand_in_maker import Maker, attributes
 
 SLICE_INPUTS = 10  # Slice's starts, ends and axes inputs from this opset on
-UNSQUEEZE_INPUT = 13  # Unsqueeze's axes an input from this opset on
 EXPAND_OPSET = 8
 
 
@@ -65,14 +64,8 @@ def _multi_head(maker: Maker) -> bool:
     keys = maker.reduce("ReduceMax", maker.add("Flatten", [key], axis=1), [1])  # [B, 1]
     each = maker.where(widths, keys)  # [B, V], from the whole of its key and value rows
     positions = maker.reduce("ReduceMax", query, [-1])  # [B, S, 1]
-    maker.where(positions, _unsqueezed(maker, each, 1), maker.output(0))
+    maker.where(positions, maker.unsqueeze(each, 1), maker.output(0))
     return True
-
-
-def _unsqueezed(maker: Maker, x: str, axis: int) -> str:
-    if maker.opset >= UNSQUEEZE_INPUT:
-        return maker.add("Unsqueeze", [x, maker.ints([axis])])
-    return maker.add("Unsqueeze", [x], axes=[axis])
 
 
 def _embedding(maker: Maker) -> bool:
@@ -98,9 +91,7 @@ def _expand_dims(maker: Maker) -> bool:
     axis = maker.known.values.get(maker.inputs(1)[0])
     if axis is None or axis.size != 1:
         return False
-    maker.add(
-        "Identity", [_unsqueezed(maker, maker.node.input[0], int(axis.reshape(-1)[0]))], maker.output(0)
-    )
+    maker.unsqueeze(maker.node.input[0], int(axis.reshape(-1)[0]), maker.output(0))
     return maker.outputs_used() == 1
 
 
@@ -172,7 +163,7 @@ def _samples(maker: Maker) -> bool:
     op = maker.node.op_type
     sources = list(maker.node.input) if op == "Imputer" else maker.floats(maker.node.input)
     sources = [
-        _unsqueezed(maker, x, 0) if maker.known.rank(name) == 1 else x
+        maker.unsqueeze(x, 0) if maker.known.rank(name) == 1 else x
         for x, name in zip(sources, maker.node.input, strict=True)
     ]
     rows = [maker.reduce("ReduceMax", name, [-1]) for name in sources]
