@@ -26,7 +26,9 @@ import onnx
 
 from server.backends.graph_names import described, int_attribute, shape_read, slice_bound
 from server.backends.onnx_batch_names import BatchNames
+from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_row_positions import RowPositions
+from server.backends.onnx_size_slots import Site, placed, size_slots
 
 Dims = list[int | str | None]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
@@ -53,15 +55,16 @@ class BatchSizeValues:
     """Tensors whose values depend on the batch's size: the positions that hold it exactly (a
     shape's), or EVERY (computed from it)."""
 
-    def __init__(self, names: BatchNames) -> None:
+    def __init__(self, names: BatchNames, partial: PartialInts) -> None:
         self.names = names
+        self.partial = partial  # each entry of a small integer tensor, where it can be followed
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
         self.positions = RowPositions(names.roots, names.batch)  # arange(N) and indices made from it
 
-    def within(self, names: BatchNames) -> BatchSizeValues:
+    def within(self, names: BatchNames, partial: PartialInts) -> BatchSizeValues:
         """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
-        inner = BatchSizeValues(names)
+        inner = BatchSizeValues(names, partial)
         inner.sized, inner.source = dict(self.sized), dict(self.source)
         inner.positions = self.positions.within(names.batch)
         return inner
@@ -85,6 +88,13 @@ class BatchSizeValues:
             self.source[out] = next(
                 (self.source[name] for name in node.input if name in self.source), described(node)
             )
+        if node.op_type == "Loop" and node.input and node.input[0] in self.sized:
+            # Values carried through as many iterations as the batch has rows are made from its
+            # size (a count carried out, x * N; a tester, session 56); its scan outputs are per row.
+            for carried in node.output[: max(len(node.input) - 2, 0)]:
+                if carried:
+                    self.sized[carried] = EVERY
+                    self.source[carried] = self.source[node.input[0]]
         self.positions.see(node, dims, constant, lambda name: name in self.sized, lineage)
 
     def picked(self, name: str) -> None:
@@ -120,8 +130,14 @@ class BatchSizeValues:
             if name in self.sized and (i not in shapes or self._widens(node, i, dims, constant))
         ]
         if not valued:
+            self._mark(node, dims, constant)
             return None
         made = f"'{valued[0]}', made from the batch's size by {self.source[valued[0]]}"
+        if list(node.input).index(valued[0]) in shapes:
+            return (
+                f"{described(node)} takes {made}, as a shape, a size or a count elsewhere than the "
+                "batch's own axis: a request's answer would be shaped by how many were batched with it"
+            )
         if node.op_type == "If":
             return f"{described(node)} chooses its branch by the batch's size: its condition is {made}"
         for name in node.input:
@@ -138,25 +154,12 @@ class BatchSizeValues:
     def _widens(
         self, node: onnx.NodeProto, index: int, dims: Callable[[str], Dims | None], constant: Constant | None
     ) -> bool:
-        """Whether a Slice's bound or a Tile's repeat made from the batch's size sets an axis other
-        than the batch's (`x[:, :N]`, `x.repeat(1, N)`: each request as wide as its batch; a computed
-        or a second repeat, `ones(1, 1).repeat(N, N)`, too); `x[:N]` and a constant row tiled to the
-        batch once (`row.repeat(N, 1)`, a time-major query's `repeat(1, N, 1)`) keep rows."""
-        if node.op_type not in ("Slice", "Tile"):
-            return False
+        """Whether a shape, a size or a count made from the batch's size sets anything but the
+        batch's own axis (onnx_size_slots.py; `x[:, :N]`, a Slice's bound, read here: `x[:N]`
+        keeps rows)."""
+        if node.op_type != "Slice":
+            return self._placed(node, index, dims, constant) is None
         data = dims(node.input[0]) if node.input else None
-        if data is None and constant is not None and (value := constant(0)) is not None:
-            data = list(value.shape)  # a constant's dims: an initializer has no value info
-        held = self.sized[node.input[index]]
-        if node.op_type == "Tile":  # the batch's size itself, once, on an axis of 1 of unbatched data
-            if (
-                data is None
-                or held == EVERY
-                or len(held) != 1
-                or any(dim in self.names.batch for dim in data)
-            ):
-                return True
-            return any(p >= len(data) or data[p] != 1 for p in held)
         axes = constant(3) if constant is not None and len(node.input) > 3 and node.input[3] else None
         starts = constant(1) if constant is not None else None  # without axes: one per start, from 0
         default = list(range(np.asarray(starts).size)) if starts is not None else []
@@ -164,8 +167,40 @@ class BatchSizeValues:
         computed_axes = axes is None and len(node.input) > 3 and bool(node.input[3])
         if index == 3 or computed_axes or data is None or not listed:
             return True
+        held = self.sized[node.input[index]]
         at = range(len(listed)) if held == EVERY else held  # which bounds hold the size
         return any(p >= len(listed) or data[listed[p] % len(data)] not in self.names.batch for p in at)
+
+    def _placed(
+        self, node: onnx.NodeProto, index: int, dims: Callable[[str], Dims | None], constant: Constant | None
+    ) -> list[int] | None:
+        """The output axes a shape input made from the batch's size makes the batch's (None: it
+        sets another)."""
+        name = node.input[index]
+        value = constant(index) if constant is not None else None
+        entries = self.partial.named(name, value)
+        held = self.sized[name]
+        slots = size_slots(None if held == EVERY else held, entries, self.names.batch)
+        data = dims(node.input[0]) if index != 0 else None
+        if data is None and index != 0 and constant is not None and (given := constant(0)) is not None:
+            data = list(given.shape)  # a constant's dims: an initializer has no value info
+        length = _length(dims(name), value) if entries is None else len(entries)
+        site = Site(data, dims(node.output[0]) if node.output else None, length)
+        return placed(node, index, slots, site, self.names.batch)
+
+    def _mark(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant | None
+    ) -> None:
+        """The output axes a constant row expanded or tiled to the batch's size make the batch's,
+        where onnx could not name them (a legacy expand's shape comes through a Where): an op
+        along them is read as along the batch."""
+        out = dims(node.output[0]) if node.output and node.output[0] else None
+        for i in _SHAPE_INPUTS.get(node.op_type, ()):
+            if out is None or i >= len(node.input) or node.input[i] not in self.sized:
+                continue
+            for axis in self._placed(node, i, dims, constant) or []:
+                if axis < len(out) and isinstance(out[axis], str):
+                    self.names.mark(out[axis])
 
     def _follow(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
@@ -193,7 +228,11 @@ class BatchSizeValues:
         if op == "Concat":
             return _joined(taken, [_length(dims(name), constant(i)) for i, name in enumerate(node.input)])
         shapes = _SHAPE_INPUTS.get(op, ())
-        widens = any(t and self._widens(node, i, dims, constant) for i, t in enumerate(taken) if i in shapes)
+        # A Reshape of the batch is read with its folds after this (reads_size): a misplaced size mixes it.
+        later = op == "Reshape" and any(dim in self.names.batch for dim in dims(node.input[0]) or [])
+        widens = not later and any(
+            t and self._widens(node, i, dims, constant) for i, t in enumerate(taken) if i in shapes
+        )
         return EVERY if widens or any(t for i, t in enumerate(taken) if i not in shapes) else frozenset()
 
     def _read(self, node: onnx.NodeProto, shape: Dims | None) -> frozenset[int]:

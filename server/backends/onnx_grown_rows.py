@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, described
-from server.backends.onnx_partial_ints import Entries, PartialInts
+from server.backends.onnx_partial_ints import Entries, Entry, PartialInts
 
 Dims = Sequence[int | str | None]
 COMPUTED = "computed at run time: the load cannot tell it adds no rows"
@@ -120,7 +120,7 @@ class Resizing(NamedTuple):
     """What a Resize's inputs say, where the graph holds them (None: computed, or not given)."""
 
     scales: list[float] | None
-    sizes: tuple[int | str | None, ...] | None  # a dim's name where a Shape read it (partial ints)
+    sizes: tuple[Entry, ...] | None  # a dim's name where a Shape read it (partial ints)
     roi: np.ndarray | None  # tf_crop_and_resize's [starts..., ends...] over its axes
 
 

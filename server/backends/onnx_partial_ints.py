@@ -7,13 +7,18 @@ session 51: pads [x.shape[1] // 4, 0, 0, 0] loaded batched and gave each request
 it, OK).
 
 A tensor is kept as an array of Python ints, dim names (a Shape's entry for a named dim, kept
-through moves: a Resize's sizes Concat(Shape(x)[:2], [h, w]) name the batch, and so keep its rows)
-and None (computed), at most MAX_ELEMENTS entries. Arithmetic on a name is None.
+through moves: a Resize's sizes Concat(Shape(x)[:2], [h, w]) name the batch, and so keep its rows),
+Made (computed from named dims: min(N, 2), N * H; onnx_size_slots.py asks where a shape holds one
+made from the batch's) and None (computed otherwise, or not followed), at most MAX_ELEMENTS entries.
+An Equal and a Where are followed entry by entry, so torch's legacy expand(N, -1, -1) (its -1s
+replaced by Where(Equal(shape, -1), 1, shape)) is read as [N, 1, 1]; a dim is never negative.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import onnx
@@ -22,6 +27,16 @@ from server.backends.graph_names import attribute, int_attribute, shape_read, sl
 
 Dims = list[int | str | None]
 Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where computed
+
+
+@dataclass(frozen=True)
+class Made:
+    """An entry computed from named dims (`names`): N + 1, min(N, 2), N * H, N == 3."""
+
+    names: frozenset[str]
+
+
+Entry = int | str | Made | None
 Constant = Callable[[int], "np.ndarray | None"]
 MAX_ELEMENTS = 64  # larger tensors are not followed
 _MOVES = frozenset(
@@ -29,7 +44,8 @@ _MOVES = frozenset(
 )
 _KEPT = frozenset({"Cast", "Identity"})
 _COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
-_FOLLOWED = _MOVES | _KEPT | _COMPUTED | {"Shape"}
+_COMPARED = frozenset({"Equal", "Where"})
+_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape"}
 
 
 class PartialInts:
@@ -49,8 +65,9 @@ class PartialInts:
         named = self.named(name, value)
         return None if named is None else tuple(v if isinstance(v, int) else None for v in named)
 
-    def named(self, name: str, value: np.ndarray | None) -> tuple[int | str | None, ...] | None:
-        """As `entries`, a Shape's entry for a named dim kept as its name."""
+    def named(self, name: str, value: np.ndarray | None) -> tuple[Entry, ...] | None:
+        """As `entries`, a Shape's entry for a named dim kept as its name, one computed from
+        named dims as Made."""
         found = _of(value) if value is not None else self.known.get(name)
         return None if found is None else tuple(found.reshape(-1).tolist())
 
@@ -106,7 +123,11 @@ class PartialInts:
             done = _computed(op, [g.astype(np.int64) for g in given if g is not None])
             if done is not None:
                 return done
-        if op in _COMPUTED or not given or given[0] is None:
+        if (op in _COMPUTED or op in _COMPARED) and given and all(g is not None for g in given):
+            symbolic = _symbolic(op, [g for g in given if g is not None])
+            if symbolic is not None:
+                return symbolic
+        if op in _COMPUTED or op in _COMPARED or not given or given[0] is None:
             return _unknown(dims(node.output[0]))
         data = given[0]
         if op in _KEPT:
@@ -180,10 +201,47 @@ def _computed(op: str, values: list[np.ndarray]) -> np.ndarray | None:
     return np.array(np.asarray(made, np.int64).tolist(), dtype=object)
 
 
-def _of(value: np.ndarray) -> np.ndarray | None:
-    if value.dtype.kind not in "iu" or value.size > MAX_ELEMENTS:
+def _symbolic(op: str, values: list[np.ndarray]) -> np.ndarray | None:
+    """Arithmetic, an Equal or a Where entry by entry, some entries names or Made: a result made
+    from a name is Made from it (an Equal of a dim with a negative number is 0, a Where with a
+    known condition picks), one made from unknowns None."""
+    try:
+        spread = np.broadcast_arrays(*values)
+    except ValueError:
         return None
-    return np.array(value.tolist(), dtype=object).reshape(value.shape)
+    made = np.empty(spread[0].shape, dtype=object)
+    for at in np.ndindex(made.shape):
+        made[at] = _entry(op, [cast(Entry, part[at]) for part in spread])
+    return made
+
+
+def _entry(op: str, operands: Sequence[Entry]) -> Entry:
+    if op == "Where" and len(operands) == 3 and isinstance(operands[0], int):
+        return operands[1] if operands[0] else operands[2]
+    if op == "Equal" and len(operands) == 2:
+        if all(isinstance(v, int) for v in operands):
+            return int(operands[0] == operands[1])
+        if any(isinstance(v, int) and v < 0 for v in operands) and any(isinstance(v, str) for v in operands):
+            return 0  # a dim's length is never negative: a legacy expand's -1 test
+    names: set[str] = set()
+    for value in operands:
+        if isinstance(value, str):
+            names.add(value)
+        elif isinstance(value, Made):
+            names.update(value.names)
+    if names:
+        return Made(frozenset(names))
+    if op in _COMPUTED and all(isinstance(v, int) for v in operands):
+        done = _computed(op, [np.asarray(v, np.int64) for v in operands])
+        return None if done is None else done.reshape(-1)[0]
+    return None
+
+
+def _of(value: np.ndarray) -> np.ndarray | None:
+    """A constant's entries (a condition's as 0 and 1)."""
+    if value.dtype.kind not in "iub" or value.size > MAX_ELEMENTS:
+        return None
+    return np.array(value.astype(np.int64).tolist(), dtype=object).reshape(value.shape)
 
 
 def _unknown(shape: Dims | None) -> np.ndarray | None:

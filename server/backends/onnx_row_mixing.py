@@ -130,10 +130,10 @@ class _Walk:
         self.mixed: dict[str, str] = {}
         self.shapes = shapes if shapes is not None else Shapes()
         self.constants: dict[str, Value] = {}  # values an axis may be read from
-        self.values = BatchSizeValues(names)  # onnx_batch_size_value.py
+        self.partial = PartialInts()  # onnx_partial_ints.py: pads, repeats and sizes known in part
+        self.values = BatchSizeValues(names, self.partial)  # onnx_batch_size_value.py
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
-        self.partial = PartialInts()  # onnx_partial_ints.py: pads and repeats known in part
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
@@ -212,8 +212,8 @@ class _Walk:
         for sub in subgraphs(node):
             inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
             inner.mixed = dict(self.mixed)
-            inner.values = self.values.within(inner.names)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
+            inner.values = self.values.within(inner.names, inner.partial)
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
@@ -263,13 +263,14 @@ class _Walk:
             self.names.mark(out[axis] if -len(out) <= axis < len(out) else None)
             self.values.picked(node.output[0])  # its values are its rows', not made from the size
             return None
+        if node.op_type in RESHAPE_OPS:  # read first: a fold it finds names a size made from the batch's
+            moved = self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
+            return moved or self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         sized = self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         if sized is not None:
             return sized
         if node.op_type in BROADCAST_OPS:
             return self._broadcast_pair(node)
-        if node.op_type in RESHAPE_OPS:
-            return self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
         if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample"):
             constant_at = partial(self._constant, node)
             grown = grown_rows(node, self.shapes.get, constant_at, self.partial, self.batch, self.opset)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from server.backends.onnx_partial_ints import MAX_ELEMENTS, PartialInts
+from server.backends.onnx_partial_ints import MAX_ELEMENTS, Made, PartialInts
 
 Dims = list[int | str | None]
 
@@ -134,12 +134,59 @@ def test_arithmetic_on_entries_all_known_is_done_and_otherwise_left_computed() -
     for op, want in {"Neg": [-5, -7], "Abs": [5, 7], "Floor": [5, 7], "Ceil": [5, 7]}.items():
         got = _run([helper.make_node(op, ["a"], ["o"])], {"o": [2]}, known={"a": [5, 7]})
         assert _entries(got, "o") == want, op
+    # Entry by entry where some are not known: each known pair still done, a division by 0 not.
     by_zero = _run([helper.make_node("Div", ["a", "b"], ["o"])], {"o": [2]}, {"b": [0, 1]}, {"a": [5, 7]})
-    assert _entries(by_zero, "o") == [None, None]
+    assert _entries(by_zero, "o") == [None, 7]
     partly = _run([helper.make_node("Add", ["a", "b"], ["o"])], {"o": [2]}, {"b": [1, 1]}, {"a": [5, None]})
-    assert _entries(partly, "o") == [None, None]
-    no_length = _run([helper.make_node("Add", ["a", "b"], ["o"])], {"o": ["n"]}, {"b": [1]}, {"a": [None]})
+    assert _entries(partly, "o") == [6, None]
+    spread = _run([helper.make_node("Mul", ["a", "b"], ["o"])], {"o": ["n"]}, {"b": [3]}, {"a": [None, 2]})
+    assert _entries(spread, "o") == [None, 6]  # the length from the inputs' broadcast
+    add = helper.make_node("Add", ["a", "b"], ["o"])
+    unequal = _run([add], {"o": [2]}, {"b": [1, 2, 3]}, {"a": [None, 2]})
+    assert _entries(unequal, "o") == [None, None]  # no broadcast: its dims' length, computed
+    no_length = _run([helper.make_node("Add", ["a", "r"], ["o"])], {"o": ["n"]}, {}, {"a": [None]})
     assert _entries(no_length, "o") is None
+
+
+def test_arithmetic_on_a_named_dim_is_made_from_it() -> None:
+    shape = helper.make_node("Shape", ["x"], ["s"])
+    dims: dict[str, Dims] = {"x": ["N", "T", 4], "o": [3]}
+    for op in ("Add", "Sub", "Mul", "Div", "Mod", "Max", "Min"):
+        got = _run([shape, helper.make_node(op, ["s", "k"], ["o"])], dims, {"k": [2]})
+        named = got.named("o", None)
+        assert named is not None and named[2] == _fold(op, 4, 2), op
+        assert named[:2] == (Made(frozenset({"N"})), Made(frozenset({"T"}))), op
+    both = _run([shape, helper.make_node("Mul", ["s", "s"], ["o"])], dims)
+    assert both.named("o", None) == (Made(frozenset({"N"})), Made(frozenset({"T"})), 16)
+    unknown = _run([helper.make_node("Neg", ["a"], ["o"])], {"o": [2]}, known={"a": [None, 3]})
+    assert unknown.named("o", None) == (None, -3)  # computed from no name: None
+
+
+def _fold(op: str, a: int, b: int) -> int:
+    return {"Add": a + b, "Sub": a - b, "Mul": a * b, "Div": a // b, "Mod": a % b, "Max": max(a, b)}.get(
+        op, min(a, b)
+    )
+
+
+def test_a_legacy_expand_shape_is_read_through_its_equal_and_where() -> None:
+    """torch's legacy expand(N, -1, -1): Where(Equal(shape, -1), ones, shape) is [N, 1, 1]."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Equal", ["s", "minus"], ["eq"]),
+        helper.make_node("Where", ["eq", "ones", "s"], ["o"]),
+    ]
+    dims: dict[str, Dims] = {"x": ["N", 3, "T"]}
+    values = {"minus": np.array([-1, 3, 3]), "ones": np.array([1, 1, 1])}
+    tracked = PartialInts()
+    for node in nodes:
+        tracked.see(node, dims.get, lambda i, n=node: values.get(n.input[i]) if i < len(n.input) else None)
+    assert tracked.named("eq", None) == (0, 1, Made(frozenset({"T"})))  # T == 3: not known
+    assert tracked.named("o", None) == ("N", 1, Made(frozenset({"T"})))
+    where = helper.make_node("Where", ["c", "a", "b"], ["o"])
+    chosen = _run([where], {}, {"c": [1, 0], "b": [7, 8]}, {"a": [5, None]})
+    assert _entries(chosen, "o") == [5, 8]
+    unknown = _run([where], {}, {"a": [1], "b": [2]}, {"c": [None]})
+    assert _entries(unknown, "o") == [None]
 
 
 def test_constant_of_shape_fills_its_shape() -> None:

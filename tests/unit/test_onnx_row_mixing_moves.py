@@ -86,7 +86,7 @@ def test_a_slice_with_bounds_computed_at_run_time_mixes_along_the_axes_it_names(
     assert got == {"y": _why("Slice", "first") + COMPUTED_SLICE}
     # Along axis 1, x[:, :N // 2] makes each request as wide as half its batch (session 56: taken
     # as a count that keeps rows, TopK's K, Trilu's k and Pad's, Tile's and Slice's sizes so too).
-    sized = "the Slice node making 'first' takes the batch's size as a value: it meets 'x' with 'h'"
+    sized = "the Slice node making 'first' takes 'h', made from the batch's size by the Shape node"
     along = helper.make_node("Slice", ["x", "start", "h", "one"], ["first"])
     wide = _model([*half, along, helper.make_node("Identity", ["first"], ["y"])], [*inits, _ints("one", [1])])
     assert row_mixing_outputs(wide)["y"].startswith(sized)

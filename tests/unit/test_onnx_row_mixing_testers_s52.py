@@ -78,7 +78,7 @@ def test_an_index_put_into_data_as_wide_as_the_batch_mixes() -> None:
 
 def test_an_output_carrying_the_batch_on_two_axes_mixes_unless_an_input_declares_it() -> None:
     got = row_mixing_outputs(_model([*_square(), node("Identity", ["z"], "y")], X))
-    assert got == {"y": "it carries the batch on two axes ['N', 'N']: each row is as long as the batch"}
+    assert got["y"].startswith("the ConstantOfShape node making 'z' takes 'nn', made from"), got  # twice
     square = [helper.make_tensor_value_info("x", F, ["N", "N"])]
     assert row_mixing_outputs(_model([node("Relu", ["x"], "y")], square)) == {}
 
@@ -93,7 +93,7 @@ def test_a_square_of_the_batch_broadcast_with_a_column_of_rows_mixes() -> None:
         node("Mul", ["d", "d"], "y"),
     ]
     got = row_mixing_outputs(_model(nodes, X))
-    assert "the Add node making 'd' pairs each row of the batch with every other" in got["y"], got
+    assert got["y"].startswith("the Add node making 'd' takes the batch's size as a value"), got
 
 
 def test_nonzero_over_the_batch_is_each_rows_place() -> None:
