@@ -151,6 +151,34 @@ class BatchSizeValues:
                 return f"{described(node)} takes the batch's size as a value: it meets '{name}' with {made}"
         return None
 
+    def whole(
+        self, node: onnx.NodeProto, axis: int, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> bool:
+        """Whether a Slice keeps every row of its data's axis `axis`: from 0 to the batch's size
+        itself, step 1 (`x[:N]`, `hidden[: x.size(0)]`; refused as computed bounds before s57)."""
+        if node.op_type != "Slice" or len(node.input) < 3 or node.input[2] not in self.sized:
+            return False
+        data, starts = dims(node.input[0]), constant(1)
+        axes = constant(3) if len(node.input) > 3 and node.input[3] else None
+        steps = constant(4) if len(node.input) > 4 and node.input[4] else None
+        computed = [
+            i
+            for i, given in ((3, axes), (4, steps))
+            if len(node.input) > i and node.input[i] and given is None
+        ]
+        if data is None or starts is None or computed:
+            return False
+        listed = [int(a) % len(data) for a in axes.flat] if axes is not None else list(range(starts.size))
+        if listed.count(axis) != 1 or starts.size != len(listed):
+            return False
+        at = listed.index(axis)
+        held = self.sized[node.input[2]]
+        ends = size_slots(
+            None if held == EVERY else held, self.partial.named(node.input[2], None), self.names.batch
+        )
+        step = 1 if steps is None or steps.size != len(listed) else int(steps.flat[at])
+        return ends is not None and ends.get(at) is True and int(starts.flat[at]) == 0 and step == 1
+
     def _widens(
         self, node: onnx.NodeProto, index: int, dims: Callable[[str], Dims | None], constant: Constant | None
     ) -> bool:

@@ -290,14 +290,13 @@ class _Walk:
                 return f"{described(node)} pairs each row of the batch with every other: {PAIRED} {letters}"
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
-
-        def constant(index: int) -> np.ndarray | None:
-            return self._constant(node, index)
-
+        constant = partial(self._constant, node)
         cleared = self.pools.cleared(node)
         for index, axes in mixed_axes(node, [len(d) for d in dims], self.opset, constant, lengths):
             for axis in axes if index not in cleared else ():
-                if self._is_batch(node, index, axis):
+                if self._is_batch(node, index, axis) and not self.values.whole(
+                    node, axis, self.shapes.get, constant
+                ):
                     computed = node.op_type == "Slice" and (constant(1) is None or constant(2) is None)
                     note = COMPUTED_SLICE if computed else ""
                     return f"{described(node)} works along {self._axis(node, index, axis)}{note}"
