@@ -5,11 +5,13 @@ answer to that request alone. A model that mixes its batch's rows must be refuse
 that loads batched must answer each request as alone.
 
     .venv/bin/python scripts/row_mixing_sweep.py --out DIR [--port P] [--limit N] [--only NAME ...]
-        [--corpus custom] [--declare-outputs]
+        [--corpus custom|counts] [--declare-outputs]
 
 `--corpus custom`: scripts/custom_op_cases.py's graphs with ops outside ONNX's domain instead
-(onnxruntime's fused, quantized and transformer ops, ai.onnx.ml's); `--declare-outputs`: each
-output's shape declared as optimizers save them (else cleared, so the server infers them).
+(onnxruntime's fused, quantized and transformer ops, ai.onnx.ml's); `--corpus counts`:
+scripts/size_count_cases.py's graphs that use the batch's size as a shape, a size, a count, an axis
+or a value, their outputs' shapes as written. `--declare-outputs`: each output's shape declared as
+optimizers save them (else cleared, so the server infers them, or as written for counts).
 
 Writes DIR/repository, DIR/server.log, DIR/results.csv (a line per case) and DIR/summary.md. Exits 1
 if a case answered WRONG with status OK or INTERNAL, or lost the server; 2 if the sweep could not run;
@@ -41,6 +43,7 @@ import onnxruntime as ort
 import tritonclient.grpc as tg
 from custom_op_cases import custom_sources, declared
 from row_mixing_cases import Case, Request, Skipped, build_cases, difference, same, sources, write_repository
+from size_count_cases import count_cases
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -373,8 +376,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
                         help="these cases (with --limit, besides the sampled ones)")  # fmt: skip
     parser.add_argument("--timeout-s", type=float, default=60.0, help="per model: load and answers")
-    parser.add_argument("--corpus", choices=("onnx", "custom"), default="onnx",
-                        help="onnx's node tests, or graphs with ops of other domains")  # fmt: skip
+    parser.add_argument("--corpus", choices=("onnx", "custom", "counts"), default="onnx",
+                        help="onnx's node tests, other domains' ops, or the batch's size used")  # fmt: skip
     parser.add_argument("--declare-outputs", action="store_true", help="outputs' shapes declared")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -389,7 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        built = build_cases(custom_sources() if args.corpus == "custom" else sources(), args.limit, args.only)
+        if args.corpus == "counts":
+            built = count_cases(args.limit, args.only)
+        else:
+            built = build_cases(
+                custom_sources() if args.corpus == "custom" else sources(), args.limit, args.only
+            )
     except ValueError as err:  # a name in --only that this onnx does not have
         print(err, file=sys.stderr)
         return 2

@@ -12,9 +12,11 @@ type, in any op.
 Indices made from each row's place that pick from the row itself (a view's, a per-row pick's) are
 told apart by onnx_row_positions.py, which this feeds.
 
-Not read: a Loop whose trip count is the batch's size (a loop over the batch's rows is per row),
-sizes taken by ops this does not list as taking a shape. A value read from a graph this cannot
-follow (computed indices into a shape, a shape's length not known) is not followed: no proof.
+Values a Loop carries through as many iterations as the batch has rows are made from its size (its
+scan outputs, one per row, are not). A shape, a size or a count made from it keeps rows only as the
+length of the batch's own axis (onnx_size_slots.py). Not read: sizes taken by ops this does not list
+as taking a shape. A value read from a graph this cannot follow (computed indices into a shape, a
+shape's length not known) is not followed: no proof.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ EVERY = frozenset({-1})  # every value of the tensor depends on the batch's size
 
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Abs", "Floor", "Ceil", "Round"})
 _PICKS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements"})  # index input 1
-# Inputs that take a size as a shape, an axis or a count: a batch's size there keeps rows their own
-# (x.view(x.size(0), -1), new_zeros(N, ...), a Slice to the batch's length is read by its own rule).
+# Inputs that take a size as a shape or a count: the batch's size there keeps rows their own only as
+# the batch's own axis's length (x.view(x.size(0), -1), new_zeros(N, ...); onnx_size_slots.py, and
+# `_widens` for a Slice's bounds).
 # Not a count that sets another axis's width or a value's place: a TopK's K, a OneHot's depth, a
 # Trilu's k, a Pad's or a Split's sizes, a CumSum's axis, a DFT's length (each of those from the
 # batch's size gave every request other values or widths, OK; a tester, session 56). A Slice's
@@ -88,6 +91,8 @@ class BatchSizeValues:
             self.source[out] = next(
                 (self.source[name] for name in node.input if name in self.source), described(node)
             )
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in self.sized:
+            self._name_rows(node, dims, constant)
         if node.op_type == "Loop" and node.input and node.input[0] in self.sized:
             # Values carried through as many iterations as the batch has rows are made from its
             # size (a count carried out, x * N; a tester, session 56); its scan outputs are per row.
@@ -215,6 +220,21 @@ class BatchSizeValues:
         length = _length(dims(name), value) if entries is None else len(entries)
         site = Site(data, dims(node.output[0]) if node.output else None, length)
         return placed(node, index, slots, site, self.names.batch)
+
+    def _name_rows(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> None:
+        """A Reshape's output axes that its shape gives the batch's size itself, named the batch's
+        where onnx could not name them (a shape through a Where): read so by the reshape's reading
+        and by the ops after it."""
+        out, name = dims(node.output[0]), node.input[1]
+        held = self.sized[name]
+        slots = size_slots(
+            None if held == EVERY else held, self.partial.named(name, constant(1)), self.names.batch
+        )
+        for at, itself in (slots or {}).items():
+            if itself and out is not None and at < len(out) and isinstance(out[at], str):
+                self.names.mark(out[at])
 
     def _mark(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant | None

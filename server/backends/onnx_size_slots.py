@@ -74,9 +74,15 @@ def placed(
         return None
     if not slots:
         return []
-    if op == "Reshape":  # the size itself: the reshape's reading; else the batch's axis or a fold of it
-        computed = [p for p, itself in slots.items() if not itself]
-        return [] if all(out is not None and p < len(out) and out[p] in batch for p in computed) else None
+    if op == "Reshape":  # the batch's axis or a fold of it, as the reshape's reading names its output
+        if out is None:  # not named: the size itself is the reshape's reading (which needs dims to flag)
+            return [] if all(slots.values()) else None
+        if not all(p < len(out) and out[p] in batch for p in slots):
+            return None
+        unnamed = [
+            dim for dim in out if not isinstance(dim, int) and dim not in batch and dim not in (data or [])
+        ]
+        return [] if len(unnamed) <= 1 else None  # more: the reshape's reading cannot match its dims
     if not all(slots.values()):
         return None  # a width computed from the size: min(N, 2), N + 1
     carried = [axis for axis, dim in enumerate(data or []) if dim in batch]

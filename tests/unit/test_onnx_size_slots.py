@@ -71,8 +71,11 @@ def _concat(name: str, parts: list[str]) -> onnx.NodeProto:
             "Resize",
         ),
         (  # x.reshape(min(N, 2), -1): two requests' rows in one
-            [_concat("s", ["m", "minus"]), helper.make_node("Reshape", ["x", "s"], ["r"])]
-            + [helper.make_node("Softmax", ["r"], ["y"], axis=-1)],
+            [
+                _concat("s", ["m", "minus"]),
+                helper.make_node("Reshape", ["x", "s"], ["r"]),
+                helper.make_node("Softmax", ["r"], ["y"], axis=-1),
+            ],
             (6,),
             [],
             17,
@@ -100,9 +103,12 @@ def _concat(name: str, parts: list[str]) -> onnx.NodeProto:
             "CenterCropPad",
         ),
         (
-            [helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2], strides=[2])]
-            + [helper.make_node("Mul", ["m", "two"], ["w"]), _concat("s", ["n", "one", "w"])]
-            + [helper.make_node("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[2], strides=[2])],
+            [
+                helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2], strides=[2]),
+                helper.make_node("Mul", ["m", "two"], ["w"]),
+                _concat("s", ["n", "one", "w"]),
+                helper.make_node("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[2], strides=[2]),
+            ],
             (1, 4),
             [],
             17,
@@ -158,7 +164,9 @@ def test_the_size_as_the_batchs_own_length_still_batches() -> None:
     tiled to (N, 1); a Resize's sizes of Shape(x)[:2] and two fixed; an AffineGrid of [N, 1, 4, 4]."""
     legacy = [
         _concat("s", ["n", "minus", "minus"]),
-        helper.make_node("ConstantOfShape", ["three"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.int64))),
+        helper.make_node(
+            "ConstantOfShape", ["three"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.int64))
+        ),
         helper.make_node("Equal", ["s", "minus"], ["eq"]),
         helper.make_node("Where", ["eq", "ones", "s"], ["to"]),
         helper.make_node("Expand", ["cls", "to"], ["c"]),
@@ -225,6 +233,8 @@ def test_slots_are_read_from_the_entries_where_the_positions_are_not_known() -> 
         ("Reshape", 1, {0: True}, Site(["N", 6], None, 2), {}, []),  # the reshape's own reading
         ("Reshape", 1, {0: False}, Site(["N", 6], ["F", 3], 2), {}, []),  # F: a fold of the batch
         ("Reshape", 1, {0: False}, Site(["N", 6], ["u", 3], 2), {}, None),
+        ("Reshape", 1, {1: True}, Site(["N", 6], ["u", "N", "v"], 3), {}, None),  # two dims unread
+        ("Reshape", 1, {0: True}, Site(["N", 6], ["N", "u"], 2), {}, []),  # one: worked out
         ("Resize", 3, {0: True}, Site(["N", 1, 2], None, 3), {}, []),
         ("Resize", 3, {2: True}, Site(["N", 1, 2], None, 3), {}, None),
         ("Resize", 3, {0: True}, Site([1, "N", 2], None, 2), {"axes": [1, 2]}, []),
@@ -270,3 +280,24 @@ def test_a_slice_from_0_to_the_batchs_size_keeps_every_row() -> None:
     for name, (inputs, before) in cases.items():
         got = row_mixing_outputs(_model([*before, helper.make_node("Slice", inputs, ["y"])], (4,)))
         assert "the Slice node making 'y' works along the batch's axis" in got.get("y", ""), (name, got)
+
+
+def test_a_reshape_whose_shape_comes_through_a_where_is_read_with_its_size_named() -> None:
+    """x.view(N, -1) with its shape through an Equal and a Where (onnx names no output dim): the
+    size names the batch's axis and the reshape is read; [2, N, 3] so made, two dims onnx cannot
+    name, is no proof (the same shape written plainly is read as moving rows)."""
+
+    def through_where(parts: list[str]) -> list[onnx.NodeProto]:
+        return [
+            _concat("s", parts),
+            helper.make_node("Equal", ["s", "minus"], ["eq"]),
+            helper.make_node("Where", ["eq", "minus", "s"], ["to"]),
+            helper.make_node("Reshape", ["x", "to"], ["y"]),
+        ]
+
+    assert row_mixing_outputs(_model(through_where(["n", "minus"]), (6,))) == {}
+    got = row_mixing_outputs(_model(through_where(["two", "n", "three"]), (6,), [_ints("three", [3])]))
+    assert "the Reshape node making 'y' takes 'to'" in got["y"], got
+    plain = [_concat("s", ["two", "n", "three"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    got = row_mixing_outputs(_model(plain, (6,), [_ints("three", [3])]))
+    assert "the Reshape node making 'y' moves values between the batch's rows" in got["y"], got

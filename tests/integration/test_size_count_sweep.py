@@ -1,0 +1,123 @@
+"""scripts/row_mixing_sweep.py over its counts corpus (scripts/size_count_cases.py) against a real
+server: graphs that read the batch's size N (Shape(x)[0]) and use it as a shape, a size, a count, an
+axis or a value, their outputs' shapes declared with 'N'. At 098d7b5 nine of them loaded batched and
+answered four clients' requests with another width or each other's rows, OK: a Resize to sizes
+[N, 1, N] or [N, 1, min(N, 2)], a Reshape to (min(N, 2), -1) before a Softmax, an Expand, an
+AffineGrid's, a MaxUnpool's and a CenterCropPad's size from it, a Loop's count over N iterations,
+and a constant expanded to [N, 1] through a legacy expand's Where then summed over the batch. Now the
+sweep exits 0, the mixing ones are refused naming the op, and N used only as the batch's own axis's
+length (a ViT class token expanded or tiled to it, x.view(N, -1), a multi-head fold N * H, DETR's
+time-major queries, a Resize keeping Shape(x)[:2]) still batches and answers as alone."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_row_mixing_sweep import REPO_ROOT, Sweep
+from tests.support.held_ports import held_ports
+
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
+
+# What each refusal names: the node taking the size, or the one where a value made from it meets x
+# (its input named after the op that made it). The first nine loaded batched and answered WRONG with
+# status OK at 098d7b5.
+REFUSED = {
+    "count_resize_sizes_n_1_n_mixing": ("the Resize node making 'y'", "as a shape, a size or a count"),
+    "count_resize_sizes_min_mixing": ("the Resize node making 'y'", "as a shape, a size or a count"),
+    "count_reshape_min_softmax_mixing": ("the Reshape node making", "as a shape, a size or a count"),
+    "count_expand_min_mixing": ("the Expand node making 'y'", "as a shape, a size or a count"),
+    "count_affine_grid_min_mixing": ("the AffineGrid node making 'y'", "as a shape, a size or a count"),
+    "count_max_unpool_min_mixing": ("the MaxUnpool node making 'y'", "as a shape, a size or a count"),
+    "count_center_crop_pad_n_mixing": ("the CenterCropPad node making 'y'", "as a shape, a size or a count"),
+    "count_loop_counter_mixing": ("the Mul node making 'y'", "with 'loop"),
+    "count_where_expand_reduce_sum_mixing": ("the ReduceSum node making", "works along the batch's axis"),
+    "count_top_k_n_mixing": ("the TopK node making 'y'", "the batch's size as a value"),
+    "count_one_hot_depth_n_mixing": ("the OneHot node making 'y'", "the batch's size as a value"),
+    "count_trilu_k_n_mixing": ("the Trilu node making 'y'", "the batch's size as a value"),
+    "count_cum_sum_axis_n_mixing": ("the CumSum node making 'y'", "the batch's size as a value"),
+    "count_pad_by_n_mixing": ("the Pad node making 'y'", "the batch's size as a value"),
+    "count_unsqueeze_axes_min_mixing": ("the Unsqueeze node making", "the batch's size as a value"),
+    "count_divide_by_n_mixing": ("the Div node making 'y'", "with 'cast"),
+    "count_add_range_n_mixing": ("the Add node making 'y'", "the batch's size as a value"),
+    "count_reduce_mean_axes_sub_mixing": ("the Sub node making 'y'", "with 'reducemean"),
+    "count_reduce_sum_axes_min_mixing": ("the Add node making 'y'", "with 'reducesum"),
+    "count_tile_n_by_n_mixing": ("the Concat node making 'y'", "with 'tile"),
+}
+BATCHED = (
+    "count_vit_cls_legacy_expand_rowwise",
+    "count_tile_cls_repeat_rowwise",
+    "count_pos_slice_add_rowwise",
+    "count_new_zeros_cat_rowwise",
+    "count_view_flat_rowwise",
+    "count_multi_head_fold_rowwise",
+    "count_flatten_matmul_rowwise",
+    "count_repeat_interleave_rowwise",
+    "count_detr_time_major_rowwise",
+    "count_attention_mask_expand_rowwise",
+    "count_resize_sizes_kept_rowwise",
+    "count_affine_grid_sample_rowwise",
+    "count_max_unpool_shape_rowwise",
+    "count_slice_to_n_rowwise",  # refused as computed bounds at 098d7b5
+    "count_view_through_where_rowwise",
+)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sweep]:
+    """The sweep as a user runs it, on held localhost ports; SIGTERM (which stops its server) if it
+    outlives 200 s."""
+    folder = tmp_path_factory.mktemp("size-count-sweep")
+    with held_ports(2) as port:
+        command = [sys.executable, "scripts/row_mixing_sweep.py", "--corpus", "counts", "--out", str(folder)]
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            output, _ = process.communicate(timeout=200)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+            try:
+                output, _ = process.communicate(timeout=60)
+            finally:
+                process.kill()
+            raise AssertionError(f"the sweep ran past 200 s:\n{output[-3000:]}") from None
+    yield Sweep(Path(folder), process.returncode, output)
+
+
+def test_the_counts_corpus_exits_zero_with_none_wrong(sweep: Sweep) -> None:
+    assert sweep.code == 0, sweep.output[-3000:]
+    tested = [r for r in sweep.rows.values() if r["outcome"] != "skipped"]
+    assert len(tested) == len(sweep.rows) >= len(REFUSED) + len(BATCHED), sweep.summary
+    assert not [r for r in tested if r["outcome"] not in ("refused", "right")], sweep.summary
+    assert "| WRONG with status OK | 0 |" in sweep.summary and "| INTERNAL | 0 |" in sweep.summary
+    # Every _mixing case is refused (none is answered as alone by being batched), every _rowwise batched.
+    for row in tested:
+        assert (row["outcome"] == "refused") == row["case"].endswith("_mixing"), row
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_the_batchs_size_as_a_width_an_axis_or_a_value_is_refused_naming_the_op(
+    sweep: Sweep, case: str
+) -> None:
+    row = sweep.rows[case]
+    assert row["outcome"] == "refused" and row["oracle_mixes"] == "True", row
+    assert "mixes the rows of a batch" in row["detail"], row
+    assert all(part in row["detail"] for part in REFUSED[case]), row
+
+
+@pytest.mark.parametrize("case", BATCHED)
+def test_the_batchs_size_as_its_own_axis_is_batched_and_answers_as_alone(sweep: Sweep, case: str) -> None:
+    row = sweep.rows[case]
+    assert row["outcome"] == "right" and row["max_batch_size"] == "8", row
+    assert row["statuses"] == "OK,OK,OK,OK" and row["coalesced"] == "True", row
+    assert row["oracle_mixes"] == "False", row
