@@ -196,9 +196,61 @@ def where_expand_reduce_sum() -> Source:
     return _source("where_expand_reduce_sum", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(49, 4, 3))
 
 
+def loop_stacked_iterations() -> Source:
+    """A Loop of N iterations stacking Cast(iteration): arange(N), added to x (a tester, s57)."""
+    body = h.make_graph(
+        [h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Cast", ["i"], ["k"], to=F)],
+        "body",
+        [
+            h.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            h.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+        ],
+        [
+            h.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+            h.make_tensor_value_info("k", F, []),
+        ],
+    )
+    g = Graph()
+    stacked = g.op("Loop", [g.size(), g.const(True, np.bool_)], body=body)
+    g.op("Add", ["x", g.op("Unsqueeze", [stacked, g.const([1])])], out="y")
+    return _source("loop_stacked_iterations", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(50, 4, 3))
+
+
+def if_returns_outer_n() -> Source:
+    """An If whose branch returns Cast(N) read from the outer graph, which multiplies x (s57)."""
+    g = Graph()
+    n = g.op("Cast", [g.size()], to=F)
+    then = h.make_graph(
+        [h.make_node("Identity", [n], ["k"])], "then", [], [h.make_tensor_value_info("k", F, [])]
+    )
+    one = h.make_node("Constant", [], ["k1"], value=h.make_tensor("v", F, [], [1.0]))
+    other = h.make_graph([one], "else", [], [h.make_tensor_value_info("k1", F, [])])
+    k = g.op("If", [g.const(True, np.bool_)], then_branch=then, else_branch=other)
+    g.op("Mul", ["x", k], out="y")
+    return _source("if_returns_outer_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(51, 4, 3))
+
+
+def split_second_n() -> Source:
+    """Split([N, N]) into two: the second part, N, multiplies x (s57)."""
+    g = Graph()
+    n = g.op("Cast", [g.size1()], to=F)
+    second = g.op("Split", [g.cat(n, n), g.const([1, 1])], outs=2) + "_1"
+    g.op("Mul", ["x", second], out="y")
+    return _source("split_second_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(52, 4, 3))
+
+
+def reshape_constant_by_n() -> Source:
+    """arange(8) reshaped to (N, -1) and summed along its rows: 28 alone, 1 for the first of four (s57)."""
+    g = Graph()
+    rows = g.op("Reshape", [g.const(np.arange(8), np.float32), g.cat(g.size1(), g.const([-1]))])
+    g.op("Add", ["x", g.op("ReduceSum", [rows, g.const([1])], keepdims=1)], out="y")
+    return _source("reshape_constant_by_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(53, 4, 3))
+
+
 MIXING = (
     resize_sizes_n_1_n, resize_sizes_min, reshape_min_softmax, center_crop_pad_n, loop_counter,
     affine_grid_min, expand_min, max_unpool_min, tile_n_by_n, reduce_mean_axes_sub, reduce_sum_axes_min,
     unsqueeze_axes_min, top_k_n, one_hot_depth_n, trilu_k_n, cum_sum_axis_n, pad_by_n, divide_by_n,
-    add_range_n, where_expand_reduce_sum,
+    add_range_n, where_expand_reduce_sum, loop_stacked_iterations, if_returns_outer_n, split_second_n,
+    reshape_constant_by_n,
 )  # fmt: skip

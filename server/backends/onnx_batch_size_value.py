@@ -21,20 +21,27 @@ shape's length not known) is not followed: no proof.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 
-from server.backends.graph_names import described, int_attribute, shape_read, slice_bound
+from server.backends.graph_names import described, int_attribute, shape_read
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_row_positions import RowPositions
+from server.backends.onnx_size_positions import (
+    EVERY,
+    joined_positions,
+    length_of,
+    picked_positions,
+    sliced_positions,
+    split_positions,
+)
 from server.backends.onnx_size_slots import Site, placed, size_slots
 
 Dims = list[int | str | None]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
-EVERY = frozenset({-1})  # every value of the tensor depends on the batch's size
 
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze", "Abs", "Floor", "Ceil", "Round"})
 _PICKS = frozenset({"Gather", "GatherND", "GatherElements", "ScatterND", "ScatterElements"})  # index input 1
@@ -83,24 +90,36 @@ class BatchSizeValues:
         `lineage`: the graph inputs a tensor is made from)."""
         if not node.output or not node.output[0]:
             return
-        out = node.output[0]
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
-        if found:
-            self.sized[out] = found
-            self.source[out] = next(
-                (self.source[name] for name in node.input if name in self.source), described(node)
-            )
+        looped = node.op_type == "Loop" and bool(node.input) and node.input[0] in self.sized
+        if found or looped:
+            # Each output: a Split's share of the positions; any other op's, every value (a Loop run
+            # N times: its carried count, and its scan outputs, Cast(iteration) stacked as arange(N);
+            # testers, sessions 56 and 57).
+            source = next((self.source[name] for name in node.input if name in self.source), described(node))
+            data = self.sized.get(node.input[0], EVERY) if node.input else EVERY
+            shares = None if looped else split_positions(node, data, dims(node.input[0]), constant)
+            for at, name in enumerate(node.output):
+                held = EVERY if looped or at else found
+                held = shares[at] if shares is not None and at < len(shares) else held
+                if name and held:
+                    self.sized[name] = held
+                    self.source[name] = source
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in self.sized:
             self._name_rows(node, dims, constant)
-        if node.op_type == "Loop" and node.input and node.input[0] in self.sized:
-            # Values carried through as many iterations as the batch has rows are made from its
-            # size (a count carried out, x * N; a tester, session 56); its scan outputs are per row.
-            for carried in node.output[: max(len(node.input) - 2, 0)]:
-                if carried:
-                    self.sized[carried] = EVERY
-                    self.source[carried] = self.source[node.input[0]]
         self.positions.see(node, dims, constant, lambda name: name in self.sized, lineage)
+
+    def returned(self, node: onnx.NodeProto, body: onnx.GraphProto, inner: BatchSizeValues) -> None:
+        """A body's values made from the batch's size (read from the enclosing graph: an If's
+        branch returning Cast(N), a Scan adding it to its state) make the node's outputs so; a Loop's
+        condition so made makes all of its outputs so (its count of iterations; a tester, s57)."""
+        values = [out.name for out in body.output]
+        looped = node.op_type == "Loop" and bool(values) and values[0] in inner.sized
+        for name, value in zip(node.output, values[1:] if node.op_type == "Loop" else values, strict=False):
+            if name and (looped or value in inner.sized):
+                self.sized[name] = EVERY
+                self.source[name] = inner.source.get(value) or inner.source.get(values[0], described(node))
 
     def picked(self, name: str) -> None:
         """`name` holds values picked by each row from its own row: not made from the size."""
@@ -217,7 +236,10 @@ class BatchSizeValues:
         data = dims(node.input[0]) if index != 0 else None
         if data is None and index != 0 and constant is not None and (given := constant(0)) is not None:
             data = list(given.shape)  # a constant's dims: an initializer has no value info
-        length = _length(dims(name), value) if entries is None else len(entries)
+        unbatched = data is not None and not any(dim in self.names.batch for dim in data)
+        if node.op_type == "Reshape" and unbatched and node.input[0] not in self.sized:
+            return None  # a constant cut into as many rows as the batch has (a tester, s57)
+        length = length_of(dims(name), value) if entries is None else len(entries)
         site = Site(data, dims(node.output[0]) if node.output else None, length)
         return placed(node, index, slots, site, self.names.batch)
 
@@ -270,11 +292,13 @@ class BatchSizeValues:
         if op in _KEPT or (op == "Reshape" and taken[0]):
             return taken[0]
         if op == "Gather" and int_attribute(node, "axis", 0) == 0 and taken[0]:
-            return _picked(taken[0], constant(1), _length(dims(node.input[0])))
+            return picked_positions(taken[0], constant(1), length_of(dims(node.input[0])))
         if op == "Slice" and taken[0]:
-            return _sliced(taken[0], node, constant, _length(dims(node.input[0])))
+            return sliced_positions(taken[0], node, constant, length_of(dims(node.input[0])))
         if op == "Concat":
-            return _joined(taken, [_length(dims(name), constant(i)) for i, name in enumerate(node.input)])
+            return joined_positions(
+                taken, [length_of(dims(name), constant(i)) for i, name in enumerate(node.input)]
+            )
         shapes = _SHAPE_INPUTS.get(op, ())
         # A Reshape of the batch is read with its folds after this (reads_size): a misplaced size mixes it.
         later = op == "Reshape" and any(dim in self.names.batch for dim in dims(node.input[0]) or [])
@@ -294,54 +318,3 @@ class BatchSizeValues:
         if node.op_type == "Size":
             return EVERY if any(batch(dim) for dim in shape) else frozenset()
         return frozenset(at for at, dim in enumerate(shape_read(node, shape)) if batch(dim))
-
-
-def _length(shape: Dims | None, value: np.ndarray | None = None) -> int | None:
-    """A 1-D tensor's length where fixed (a scalar's: 1), from its dims or its constant value."""
-    if shape is None and value is not None and value.ndim <= 1:
-        return value.size
-    if shape is None or len(shape) > 1:
-        return None
-    if not shape:
-        return 1
-    return shape[0] if isinstance(shape[0], int) else None
-
-
-def _picked(sized: frozenset[int], indices: np.ndarray | None, length: int | None) -> frozenset[int]:
-    """Gather's positions that hold a size (constant indices into a vector of known length)."""
-    if indices is None or length is None or sized == EVERY:
-        return EVERY
-    picks = [int(i) % length for i in indices.flat]
-    return frozenset(k for k, i in enumerate(picks) if i in sized)
-
-
-def _sliced(
-    sized: frozenset[int], node: onnx.NodeProto, constant: Constant, length: int | None
-) -> frozenset[int]:
-    if sized == EVERY:
-        return EVERY
-    first, last, axes, steps = (
-        constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)
-    )
-    if length is None or first is None or last is None:
-        return EVERY
-    if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
-        return EVERY
-    step = int(steps.flat[0]) if steps is not None else 1
-    start, end = slice_bound(first.flat[0]), slice_bound(last.flat[0])
-    kept = range(length)[start:end:step]
-    return frozenset(k for k, i in enumerate(kept) if i in sized)
-
-
-def _joined(taken: Sequence[frozenset[int]], lengths: Sequence[int | None]) -> frozenset[int]:
-    """Concat's positions that hold a size: each input's, shifted by the lengths before it."""
-    if any(t == EVERY for t in taken):
-        return EVERY
-    held: set[int] = set()
-    offset = 0
-    for positions, length in zip(taken, lengths, strict=True):
-        if length is None:
-            return EVERY
-        held.update(offset + p for p in positions)
-        offset += length
-    return frozenset(held)

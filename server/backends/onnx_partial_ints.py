@@ -16,6 +16,7 @@ replaced by Where(Equal(shape, -1), 1, shape)) is read as [N, 1, 1]; a dim is ne
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -105,11 +106,11 @@ class PartialInts:
             )
             lengths = self._given(node.input[0], dims, constant(0)) if node.input else None
             sizes = lengths.reshape(-1).tolist() if lengths is not None else None
-            whole = sizes is not None and all(isinstance(v, int) for v in sizes)  # a dim's name: unknown
-            known = np.full(sizes, None, dtype=object) if sizes is not None and whole else None
-            known = (
-                known if known is not None and known.size <= MAX_ELEMENTS else _unknown(dims(node.output[0]))
-            )
+            whole = sizes is not None and all(isinstance(v, int) and v >= 0 for v in sizes)  # a name: unknown
+            # Counted before it is made: a shape read from an input's fixed dims can ask for W * W
+            # entries (a 315-byte model had a load allocate 1.1 GiB at W = 12000; a tester, s57).
+            small = whole and sizes is not None and math.prod(sizes) <= MAX_ELEMENTS
+            known = _unknown(sizes if small else dims(node.output[0]))
             if known is None or value.dtype.kind not in "iu":
                 return known
             known[...] = int(value.flat[0])
@@ -249,4 +250,4 @@ def _unknown(shape: Dims | None) -> np.ndarray | None:
     if shape is None or not all(isinstance(d, int) for d in shape):
         return None
     sizes = [int(d) for d in shape if isinstance(d, int)]
-    return np.full(sizes, None, dtype=object) if int(np.prod(sizes)) <= MAX_ELEMENTS else None
+    return np.full(sizes, None, dtype=object) if 0 <= math.prod(sizes) <= MAX_ELEMENTS else None

@@ -217,6 +217,7 @@ class _Walk:
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
+            self.values.returned(node, sub, inner.values)  # values made from the batch's size
             for out in sub.output:
                 if out.name in inner.mixed:
                     return f"{inner.mixed[out.name]}, inside {described(node)}"

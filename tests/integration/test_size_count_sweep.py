@@ -48,6 +48,11 @@ REFUSED = {
     "count_reduce_mean_axes_sub_mixing": ("the Sub node making 'y'", "with 'reducemean"),
     "count_reduce_sum_axes_min_mixing": ("the Add node making 'y'", "with 'reducesum"),
     "count_tile_n_by_n_mixing": ("the Concat node making 'y'", "with 'tile"),
+    # A tester, session 57: each batched wrong, OK, at 098d7b5 and at 7ecf26c.
+    "count_loop_stacked_iterations_mixing": ("the Add node making 'y'", "with 'unsqueeze"),
+    "count_if_returns_outer_n_mixing": ("the Mul node making 'y'", "with 'if"),
+    "count_split_second_n_mixing": ("the Mul node making 'y'", "with 'split"),
+    "count_reshape_constant_by_n_mixing": ("the Add node making 'y'", "with 'reducesum"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",

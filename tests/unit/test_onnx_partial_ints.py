@@ -229,3 +229,22 @@ def test_entries_of_a_constant_and_a_copy_for_a_body() -> None:
     inner = tracked.within()
     inner.known["b"] = np.array([2], dtype=object)
     assert "b" not in tracked.known and inner.entries("a", None) == (1,)
+
+
+def test_a_constant_of_shape_too_large_to_follow_is_not_made() -> None:
+    """Its shape [W, W] read from an input's fixed dims: counted before it is made (a 315-byte model
+    had a load allocate 1.1 GiB at W = 12000, quadratic in W; a tester, session 57)."""
+    import tracemalloc
+
+    fill = numpy_helper.from_array(np.array([0.0], np.float32))
+    node = helper.make_node("ConstantOfShape", ["s"], ["o"], value=fill)
+    tracemalloc.start()
+    try:
+        got = _run([node], {"o": [2000, 2000]}, known={"s": [2000, 2000]})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.entries("o", None) is None
+    assert peak < 1 << 20, peak  # 4 million entries would be 32 MB of references alone
+    negative = _run([node], {}, known={"s": [-1, 4]})
+    assert negative.entries("o", None) is None

@@ -1,0 +1,94 @@
+"""Where the batch's size lands in a small integer tensor made from a shape, position by position
+(onnx_batch_size_value.py asks): a Gather's or a Slice's pick of a shape, a Concat of pieces, a
+Split of a shape into parts (`n, t, c = x.shape`). A position not worked out is EVERY's: every value
+may hold a size computed from it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from server.backends.graph_names import attribute, int_attribute, slice_bound
+
+Dims = list[int | str | None]
+Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
+EVERY = frozenset({-1})  # every value of the tensor depends on the batch's size
+
+
+def split_positions(
+    node: onnx.NodeProto, held: frozenset[int], shape: Dims | None, constant: Constant
+) -> list[frozenset[int]] | None:
+    """Each output's positions that hold the size, of a Split of a 1-D tensor of known length into
+    known parts (`n, t, c = x.shape` as a Split); None: not a Split so read."""
+    length = length_of(shape)
+    if (
+        node.op_type != "Split"
+        or held == EVERY
+        or length is None
+        or int_attribute(node, "axis", 0) not in (0, -1)
+    ):
+        return None
+    given = constant(1) if len(node.input) > 1 and node.input[1] else None
+    parts = attribute(node, "split", None) if given is None else [int(v) for v in given.flat]
+    if not isinstance(parts, list):  # equal parts, one per output (the last smaller, opset 18)
+        count = len(node.output)
+        each = -(-length // count)
+        parts = [min(each, max(length - k * each, 0)) for k in range(count)]
+    if sum(parts) != length or len(parts) != len(node.output):
+        return None
+    starts = np.cumsum([0, *parts])
+    return [frozenset(p - int(a) for p in held if a <= p < b) for a, b in itertools.pairwise(starts)]
+
+
+def length_of(shape: Dims | None, value: np.ndarray | None = None) -> int | None:
+    """A 1-D tensor's length where fixed (a scalar's: 1), from its dims or its constant value."""
+    if shape is None and value is not None and value.ndim <= 1:
+        return value.size
+    if shape is None or len(shape) > 1:
+        return None
+    if not shape:
+        return 1
+    return shape[0] if isinstance(shape[0], int) else None
+
+
+def picked_positions(sized: frozenset[int], indices: np.ndarray | None, length: int | None) -> frozenset[int]:
+    """Gather's positions that hold a size (constant indices into a vector of known length)."""
+    if indices is None or length is None or sized == EVERY:
+        return EVERY
+    picks = [int(i) % length for i in indices.flat]
+    return frozenset(k for k, i in enumerate(picks) if i in sized)
+
+
+def sliced_positions(
+    sized: frozenset[int], node: onnx.NodeProto, constant: Constant, length: int | None
+) -> frozenset[int]:
+    if sized == EVERY:
+        return EVERY
+    first, last, axes, steps = (
+        constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)
+    )
+    if length is None or first is None or last is None:
+        return EVERY
+    if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
+        return EVERY
+    step = int(steps.flat[0]) if steps is not None else 1
+    start, end = slice_bound(first.flat[0]), slice_bound(last.flat[0])
+    kept = range(length)[start:end:step]
+    return frozenset(k for k, i in enumerate(kept) if i in sized)
+
+
+def joined_positions(taken: Sequence[frozenset[int]], lengths: Sequence[int | None]) -> frozenset[int]:
+    """Concat's positions that hold a size: each input's, shifted by the lengths before it."""
+    if any(t == EVERY for t in taken):
+        return EVERY
+    held: set[int] = set()
+    offset = 0
+    for positions, length in zip(taken, lengths, strict=True):
+        if length is None:
+            return EVERY
+        held.update(offset + p for p in positions)
+        offset += length
+    return frozenset(held)
