@@ -71,6 +71,7 @@ class BatchSizeValues:
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
         self.positions = RowPositions(names.roots, names.batch)  # arange(N) and indices made from it
+        self.lineage: Callable[[str], frozenset[str]] = lambda _: frozenset()  # see()'s: the walk's
 
     def within(self, names: BatchNames, partial: PartialInts) -> BatchSizeValues:
         """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
@@ -88,6 +89,7 @@ class BatchSizeValues:
     ) -> None:
         """Follow the batch's size through `node` (its inputs' dims and constant values given;
         `lineage`: the graph inputs a tensor is made from)."""
+        self.lineage = lineage
         if not node.output or not node.output[0]:
             return
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
@@ -234,10 +236,11 @@ class BatchSizeValues:
         held = self.sized[name]
         slots = size_slots(None if held == EVERY else held, entries, self.names.batch)
         data = dims(node.input[0]) if index != 0 else None
-        if data is None and index != 0 and constant is not None and (given := constant(0)) is not None:
+        given = constant(0) if index != 0 and constant is not None else None  # the data, a constant
+        if data is None and given is not None:
             data = list(given.shape)  # a constant's dims: an initializer has no value info
-        unbatched = data is not None and not any(dim in self.names.batch for dim in data)
-        if node.op_type == "Reshape" and unbatched and node.input[0] not in self.sized:
+        made = self.lineage(node.input[0]) if index != 0 else frozenset({""})
+        if node.op_type == "Reshape" and not made and node.input[0] not in self.sized:
             return None  # a constant cut into as many rows as the batch has (a tester, s57)
         length = length_of(dims(name), value) if entries is None else len(entries)
         site = Site(data, dims(node.output[0]) if node.output else None, length)

@@ -4,7 +4,7 @@ Constant node's value, and the values a subgraph returns to its node."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -93,3 +93,44 @@ def returned_values(node: onnx.NodeProto, body: onnx.GraphProto) -> list[str]:
     if node.op_type == "Scan":
         return [out.name for out in body.output[: len(node.input) - len(scan_inputs(node)[1])]]
     return []
+
+
+def outer_reads(node: onnx.NodeProto) -> list[str]:
+    """The names `node`'s bodies (and theirs) read from the graphs around it: what its outputs are
+    made from besides its inputs (an If branch returning a reshape of the outer x)."""
+    read: list[str] = []
+    for body in subgraphs(node):
+        own = {value.name for value in (*body.input, *body.initializer)}
+        own.update(name for inner in body.node for name in inner.output)
+        for inner in body.node:
+            for name in (*inner.input, *(n for n in outer_reads(inner))):
+                if name and name not in own and name not in read:
+                    read.append(name)
+        read.extend(out.name for out in body.output if out.name not in own and out.name not in read)
+    return read
+
+
+def made_from(
+    name: str, lineage: dict[str, frozenset[str]], makers: Mapping[str, onnx.NodeProto]
+) -> frozenset[str]:
+    """The graph inputs `name` is made from (each tensor's producer in `makers`), kept in `lineage`.
+    A function: a walk's method held by onnx_foreign_ops.py had made a cycle that kept each load's
+    walk (0.35 MB for the demo MLP) to a later collection, measured in its footprint or not (s56)."""
+    stack = [name]
+    while stack:
+        top = stack[-1]
+        if top in lineage:
+            stack.pop()
+            continue
+        maker = makers.get(top)
+        sources = () if maker is None else [*maker.input, *outer_reads(maker)]
+        waiting = [source for source in sources if source and source not in lineage]
+        if waiting:
+            stack.extend(waiting)
+            continue
+        made: frozenset[str] = frozenset()
+        for source in sources:
+            made = made | lineage.get(source, frozenset())
+        lineage[top] = made
+        stack.pop()
+    return lineage[name]

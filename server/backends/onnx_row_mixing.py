@@ -57,6 +57,7 @@ from server.backends.onnx_mixing_graph import (
     Value,
     all_nodes,
     constant_value,
+    made_from,
     returned_values,
     standard_opset,
     unnamed_first_dims,
@@ -151,7 +152,8 @@ class _Walk:
             )
         for node in graph.node:
             self._made_from(node)
-            self.values.see(node, self.shapes.get, partial(self._constant, node), self._lineage)
+            lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
+            self.values.see(node, self.shapes.get, partial(self._constant, node), lineage)
             self.partial.see(node, self.shapes.get, partial(self._constant, node))
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
@@ -372,29 +374,3 @@ class _Walk:
             return None
         value: np.ndarray = numpy_helper.to_array(found)
         return value
-
-
-def made_from(
-    name: str, lineage: dict[str, frozenset[str]], makers: Mapping[str, onnx.NodeProto]
-) -> frozenset[str]:
-    """The graph inputs `name` is made from (each tensor's producer in `makers`), kept in `lineage`.
-    A function: a walk's method held by onnx_foreign_ops.py had made a cycle that kept each load's
-    walk (0.35 MB for the demo MLP) to a later collection, measured in its footprint or not (s56)."""
-    stack = [name]
-    while stack:
-        top = stack[-1]
-        if top in lineage:
-            stack.pop()
-            continue
-        maker = makers.get(top)
-        sources = () if maker is None else maker.input
-        waiting = [source for source in sources if source and source not in lineage]
-        if waiting:
-            stack.extend(waiting)
-            continue
-        made: frozenset[str] = frozenset()
-        for source in sources:
-            made = made | lineage.get(source, frozenset())
-        lineage[top] = made
-        stack.pop()
-    return lineage[name]

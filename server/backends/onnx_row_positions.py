@@ -173,6 +173,8 @@ class RowPositions:
             found = lineage(node.input[0]) if node.input else frozenset()
         elif op == "Range":
             found = frozenset()
+        elif op == "Mod" and len(node.input) == 2:  # bounded by its divisor, whatever it divides
+            found = self.sources.get(node.input[1], frozenset())  # (GPT-2's lens % S; a tester, s57)
         elif op in ("Expand", "Tile"):  # copies of its input: the shape or repeats read no bound
             found = self.sources.get(node.input[0], frozenset()) if node.input else frozenset()
         else:
