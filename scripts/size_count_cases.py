@@ -256,10 +256,23 @@ def view_through_where() -> Source:
     return Source("count_view_through_where_rowwise", m, (f32(22, 4, 2, 3),))
 
 
+def split_shape_view() -> Source:
+    """b, c, h, w = x.shape as a Split (opset 18's num_outputs), x.view(b, c, h * w).softmax(-1)."""
+    g = Graph()
+    b, c, hh, ww = (
+        g.op("Split", [g.op("Shape", ["x"])], outs=4, axis=0, num_outputs=4) + s
+        for s in ("", "_1", "_2", "_3")
+    )
+    rows = g.op("Reshape", ["x", g.cat(b, c, g.op("Mul", [hh, ww]))])
+    g.op("Softmax", [rows], out="y", axis=-1)
+    m = g.model([("x", ["N", 3, 2, 2])], [("y", ["N", 3, 4])], opset=18)
+    return Source("count_split_shape_view_rowwise", m, (f32(23, 4, 3, 2, 2),))
+
+
 ROWWISE = (
     vit_cls_legacy_expand, tile_cls_repeat, pos_slice_add, new_zeros_cat, view_flat, multi_head_fold,
     flatten_matmul, repeat_interleave, detr_time_major, attention_mask_expand, resize_sizes_kept,
-    affine_grid_sample, max_unpool_shape, slice_to_n, view_through_where,
+    affine_grid_sample, max_unpool_shape, slice_to_n, view_through_where, split_shape_view,
 )  # fmt: skip
 
 

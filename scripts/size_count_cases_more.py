@@ -247,10 +247,29 @@ def reshape_constant_by_n() -> Source:
     return _source("reshape_constant_by_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(53, 4, 3))
 
 
+def shape_of_range_n() -> Source:
+    """x * the length of Range(0, N), read by a Shape (onnx names that length no dim; s57)."""
+    g = Graph()
+    rows = g.op("Range", [g.const(0), g.size(), g.const(1)])
+    g.op("Mul", ["x", g.op("Cast", [g.op("Shape", [rows])], to=F)], out="y")
+    return _source("shape_of_range_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(54, 4, 3))
+
+
+def rnn_steps_n_unnamed() -> Source:
+    """An RNN over 8 constant steps, sequence_lens N, its Y left unnamed: x * its state (s57)."""
+    g = Graph()
+    lens = g.op("Cast", [g.size1()], to=onnx.TensorProto.INT32)
+    steps = g.const(np.arange(8, dtype=np.float32).reshape(8, 1, 1) / 8, np.float32)
+    weights = [g.const(np.full((1, 1, 1), 0.5), np.float32) for _ in range(2)]
+    g.nodes.append(h.make_node("RNN", [steps, *weights, "", lens], ["", "state"], hidden_size=1))
+    g.op("Mul", ["x", g.op("Reshape", ["state", g.const([1])])], out="y")
+    return _source("rnn_steps_n_unnamed", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(55, 4, 3))
+
+
 MIXING = (
     resize_sizes_n_1_n, resize_sizes_min, reshape_min_softmax, center_crop_pad_n, loop_counter,
     affine_grid_min, expand_min, max_unpool_min, tile_n_by_n, reduce_mean_axes_sub, reduce_sum_axes_min,
     unsqueeze_axes_min, top_k_n, one_hot_depth_n, trilu_k_n, cum_sum_axis_n, pad_by_n, divide_by_n,
     add_range_n, where_expand_reduce_sum, loop_stacked_iterations, if_returns_outer_n, split_second_n,
-    reshape_constant_by_n,
+    reshape_constant_by_n, shape_of_range_n, rnn_steps_n_unnamed,
 )  # fmt: skip

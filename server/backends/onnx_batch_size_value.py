@@ -90,7 +90,7 @@ class BatchSizeValues:
         """Follow the batch's size through `node` (its inputs' dims and constant values given;
         `lineage`: the graph inputs a tensor is made from)."""
         self.lineage = lineage
-        if not node.output or not node.output[0]:
+        if not any(node.output):  # (an RNN's first output may be left unnamed: its others count)
             return
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
@@ -282,7 +282,14 @@ class BatchSizeValues:
         where it lands is not known, or every value is computed from it)."""
         op = node.op_type
         if op in ("Shape", "Size"):
-            return self._read(node, dims(node.input[0]) if node.input else None)
+            read = dims(node.input[0]) if node.input else None
+            if (
+                node.input
+                and node.input[0] in self.sized
+                and not all(isinstance(d, int) for d in read or [None])
+            ):
+                return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
+            return self._read(node, read)
         if (
             op == "NonZero"
             and node.input

@@ -13,7 +13,7 @@ from server.backends.onnx_data_sized import data_sized_outputs
 from server.backends.onnx_output_shapes import refined_outputs
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.backends.onnxruntime_backend import BackendLoadError
-from server.backends.ort_known_crashes import known_crash, onnxruntime_version
+from server.backends.ort_known_crashes import known_crash, onnxruntime_version, unnamed_required_output
 from server.models.onnx_completion import OnnxTensor
 
 
@@ -67,7 +67,7 @@ def read_signature(path: Path, server_fed: Collection[str] = ()) -> OnnxSignatur
     the 47 MB demo resnet takes ~70 ms, and completion had parsed each version's file twice.
     `server_fed`: the inputs the server feeds itself (a sequence's state, controls)."""
     model = _load(path)
-    crash = known_crash(model, onnxruntime_version())
+    crash = unnamed_required_output(model) or known_crash(model, onnxruntime_version())
     if crash is not None:
         raise BackendLoadError(f"{path}: {crash}")
     return OnnxSignature(*_inputs_outputs(model, server_fed), _overridable(model))

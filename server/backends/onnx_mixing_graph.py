@@ -63,6 +63,10 @@ class Shapes:
         for value in (*graph.input, *graph.value_info, *graph.output):
             self._infos[value.name] = value
 
+    def refine(self, name: str, dims: Dims) -> None:
+        """`name`'s dims as the walk works them out where onnx could not (a Reshape's)."""
+        self._dims[name] = dims
+
     def get(self, name: str) -> Dims | None:
         if name not in self._dims:
             info = self._infos.get(name)

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
+from server.backends.onnx_size_positions import split_parts
 
 Dims = list[int | str | None]
 Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where computed
@@ -46,7 +47,7 @@ _MOVES = frozenset(
 _KEPT = frozenset({"Cast", "Identity"})
 _COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
 _COMPARED = frozenset({"Equal", "Where"})
-_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape"}
+_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split"}
 
 
 class PartialInts:
@@ -72,12 +73,49 @@ class PartialInts:
         found = _of(value) if value is not None else self.known.get(name)
         return None if found is None else tuple(found.reshape(-1).tolist())
 
+    def reshaped(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> Dims | None:
+        """A Reshape's output dims, those onnx could not name (None, or its own `unk__` names) read
+        from its shape's entries known at load: a number, a dim's name (`b, c, h, w = x.shape` as a
+        Split, then x.view(b, c, h * w): the batch's axis and 60 where onnx named neither), a 0
+        copying the input's dim. None: nothing to add."""
+        if node.op_type != "Reshape" or len(node.input) < 2 or not node.output or not node.output[0]:
+            return None
+        entries = self.named(node.input[1], constant(1))
+        out, data = dims(node.output[0]), dims(node.input[0])
+        if entries is None or (out is not None and len(out) != len(entries)):
+            return None
+        copies = not int_attribute(node, "allowzero", 0)  # a 0 copies the input's dim
+        made: Dims = list(out) if out is not None else [None] * len(entries)
+        for at, entry in enumerate(entries):
+            dim = made[at]
+            if isinstance(dim, int) or (isinstance(dim, str) and not dim.startswith("unk__")):
+                continue  # onnx named it
+            if isinstance(entry, int) and entry > 0:
+                made[at] = entry
+            elif isinstance(entry, int) and entry == 0 and copies and data is not None and at < len(data):
+                made[at] = data[at]
+            elif isinstance(entry, str):
+                made[at] = entry
+        return made if made != out else None
+
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
         op = node.op_type
         if op not in _FOLLOWED or not node.output or not node.output[0]:
             return
         if op != "Shape" and not any(name in self.known for name in node.input):
             return  # nothing known in part comes in: a constant is folded elsewhere, the rest unknown
+        if op == "Split":  # `b, c, h, w = x.shape` (a tester, s57: read as unknown, a view was refused)
+            whole = self.known.get(node.input[0])
+            axis = int_attribute(node, "axis", 0)
+            parts = split_parts(node, whole.size, constant) if whole is not None and whole.ndim == 1 else None
+            if whole is not None and parts is not None and axis in (0, -1):
+                starts = np.cumsum([0, *parts])
+                for name, start, end in zip(node.output, starts[:-1], starts[1:], strict=True):
+                    if name:
+                        self.known[name] = whole[int(start) : int(end)]
+            return
         try:
             made = self._made(node, dims, constant)
         except (ValueError, IndexError, TypeError):  # a graph onnxruntime would refuse: not followed
@@ -207,9 +245,12 @@ def _symbolic(op: str, values: list[np.ndarray]) -> np.ndarray | None:
     from a name is Made from it (an Equal of a dim with a negative number is 0, a Where with a
     known condition picks), one made from unknowns None."""
     try:
-        spread = np.broadcast_arrays(*values)
+        size = math.prod(np.broadcast_shapes(*(value.shape for value in values)))
     except ValueError:
         return None
+    if size > MAX_ELEMENTS:  # counted first: three of 64 had made 64 ** 3 (a tester, s57)
+        return None
+    spread = np.broadcast_arrays(*values)
     made = np.empty(spread[0].shape, dtype=object)
     for at in np.ndindex(made.shape):
         made[at] = _entry(op, [cast(Entry, part[at]) for part in spread])

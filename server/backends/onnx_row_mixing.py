@@ -152,9 +152,12 @@ class _Walk:
             )
         for node in graph.node:
             self._made_from(node)
+            constant = partial(self._constant, node)
+            if (named := self.partial.reshaped(node, self.shapes.get, constant)) is not None:
+                self.shapes.refine(node.output[0], named)  # dims onnx did not name: its shape's entries
             lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
-            self.values.see(node, self.shapes.get, partial(self._constant, node), lineage)
-            self.partial.see(node, self.shapes.get, partial(self._constant, node))
+            self.values.see(node, self.shapes.get, constant, lineage)
+            self.partial.see(node, self.shapes.get, constant)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
             value = constant_value(node) if node.op_type == "Constant" else self._folded(node)

@@ -31,16 +31,28 @@ def split_positions(
         or int_attribute(node, "axis", 0) not in (0, -1)
     ):
         return None
-    given = constant(1) if len(node.input) > 1 and node.input[1] else None
-    parts = attribute(node, "split", None) if given is None else [int(v) for v in given.flat]
-    if not isinstance(parts, list):  # equal parts, one per output (the last smaller, opset 18)
-        count = len(node.output)
-        each = -(-length // count)
-        parts = [min(each, max(length - k * each, 0)) for k in range(count)]
-    if sum(parts) != length or len(parts) != len(node.output):
+    parts = split_parts(node, length, constant)
+    if parts is None:
         return None
     starts = np.cumsum([0, *parts])
     return [frozenset(p - int(a) for p in held if a <= p < b) for a, b in itertools.pairwise(starts)]
+
+
+def split_parts(node: onnx.NodeProto, length: int, constant: Constant) -> list[int] | None:
+    """A Split's parts along a 1-D tensor of `length`: given, or equal (the last smaller, opset 18's
+    `num_outputs`); None where computed at run time (a tester, s57: [0, 2] had put N in the second)."""
+    computed = len(node.input) > 1 and bool(node.input[1])
+    given = constant(1) if computed else None
+    if computed and given is None:
+        return None
+    parts = attribute(node, "split", None) if given is None else [int(v) for v in given.flat]
+    if not isinstance(parts, list):
+        count = len(node.output)
+        each = -(-length // count)
+        parts = [min(each, max(length - k * each, 0)) for k in range(count)]
+    if sum(parts) != length or len(parts) != len(node.output) or min(parts, default=0) < 0:
+        return None
+    return [int(part) for part in parts]
 
 
 def length_of(shape: Dims | None, value: np.ndarray | None = None) -> int | None:

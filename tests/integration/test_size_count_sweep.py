@@ -53,6 +53,9 @@ REFUSED = {
     "count_if_returns_outer_n_mixing": ("the Mul node making 'y'", "with 'if"),
     "count_split_second_n_mixing": ("the Mul node making 'y'", "with 'split"),
     "count_reshape_constant_by_n_mixing": ("the Add node making 'y'", "with 'reducesum"),
+    # A second tester, session 57: batched wrong, OK, at 098d7b5 and at 74ac7d6.
+    "count_shape_of_range_n_mixing": ("the Mul node making 'y'", "with 'cast"),
+    "count_rnn_steps_n_unnamed_mixing": ("the Mul node making 'y'", "with 'reshape"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",
@@ -70,6 +73,7 @@ BATCHED = (
     "count_max_unpool_shape_rowwise",
     "count_slice_to_n_rowwise",  # refused as computed bounds at 098d7b5
     "count_view_through_where_rowwise",
+    "count_split_shape_view_rowwise",  # refused at 74ac7d6 (a second tester, session 57)
 )
 
 

@@ -284,8 +284,8 @@ def test_a_slice_from_0_to_the_batchs_size_keeps_every_row() -> None:
 
 def test_a_reshape_whose_shape_comes_through_a_where_is_read_with_its_size_named() -> None:
     """x.view(N, -1) with its shape through an Equal and a Where (onnx names no output dim): the
-    size names the batch's axis and the reshape is read; [2, N, 3] so made, two dims onnx cannot
-    name, is no proof (the same shape written plainly is read as moving rows)."""
+    size names the batch's axis and the reshape is read; [2, N, 3] so made is read from its entries
+    as the same shape written plainly: moving rows."""
 
     def through_where(parts: list[str]) -> list[onnx.NodeProto]:
         return [
@@ -297,7 +297,7 @@ def test_a_reshape_whose_shape_comes_through_a_where_is_read_with_its_size_named
 
     assert row_mixing_outputs(_model(through_where(["n", "minus"]), (6,))) == {}
     got = row_mixing_outputs(_model(through_where(["two", "n", "three"]), (6,), [_ints("three", [3])]))
-    assert "the Reshape node making 'y' takes 'to'" in got["y"], got
+    assert "the Reshape node making 'y' moves values between the batch's rows" in got["y"], got
     plain = [_concat("s", ["two", "n", "three"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
     got = row_mixing_outputs(_model(plain, (6,), [_ints("three", [3])]))
     assert "the Reshape node making 'y' moves values between the batch's rows" in got["y"], got
