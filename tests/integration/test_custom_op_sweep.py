@@ -8,16 +8,12 @@ their outputs' shapes declared or left to the server."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_row_mixing_sweep import REPO_ROOT, Sweep
-from tests.support.held_ports import held_ports
+from tests.integration.test_row_mixing_sweep import Sweep, run_sweep
 
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
@@ -47,21 +43,7 @@ BATCHED = (
 
 
 def run_custom(folder: Path, declare: bool) -> Sweep:
-    """The sweep as a user runs it, on held localhost ports; SIGTERM (which stops its server) if it
-    outlives 200 s."""
-    with held_ports(2) as port:
-        command = [sys.executable, "scripts/row_mixing_sweep.py", "--corpus", "custom", "--out", str(folder)]
-        command += ["--port", str(port)] + (["--declare-outputs"] if declare else [])
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        try:
-            output, _ = process.communicate(timeout=200)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGTERM)
-            output, _ = process.communicate(timeout=60)
-            raise AssertionError(f"the sweep ran past 200 s:\n{output[-3000:]}") from None
-    return Sweep(folder, process.returncode, output)
+    return run_sweep(folder, ["--corpus", "custom", *(["--declare-outputs"] if declare else [])])
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["declared", "inferred"])

@@ -8,7 +8,7 @@ import csv
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,16 +43,18 @@ class Sweep:
             self.rows = {row["case"]: row for row in csv.DictReader(results)}
 
 
-def run_sweep(out: Path, timeout_s: float = 200.0) -> Sweep:
-    """The script as a user runs it, on held localhost ports; SIGTERM (which stops its server) if
-    it outlives `timeout_s`."""
+def run_sweep(out: Path, arguments: Sequence[str] | None = None, timeout_s: float = 200.0) -> Sweep:
+    """The script as a user runs it, on held localhost ports, with `arguments` (by default a short
+    run of onnx's node tests); SIGTERM (which stops its server) if it outlives `timeout_s`."""
+    short = ["--limit", str(LIMIT), "--only", *REFUSED, *ROW_INDEPENDENT]
     with held_ports(2) as port:
-        command = [
-            sys.executable, "scripts/row_mixing_sweep.py", "--out", str(out), "--port", str(port),
-            "--limit", str(LIMIT), "--only", *REFUSED, *ROW_INDEPENDENT,
-        ]  # fmt: skip
+        command = [sys.executable, "scripts/row_mixing_sweep.py", "--out", str(out), "--port", str(port)]
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [*command, *(short if arguments is None else arguments)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             output, _ = process.communicate(timeout=timeout_s)

@@ -11,16 +11,11 @@ time-major queries, a Resize keeping Shape(x)[:2]) still batches and answers as 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.test_row_mixing_sweep import REPO_ROOT, Sweep
-from tests.support.held_ports import held_ports
+from tests.integration.test_row_mixing_sweep import Sweep, run_sweep
 
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
@@ -79,28 +74,7 @@ BATCHED = (
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sweep]:
-    """The sweep as a user runs it, on held localhost ports; SIGTERM (which stops its server) if it
-    outlives 200 s."""
-    folder = tmp_path_factory.mktemp("size-count-sweep")
-    with held_ports(2) as port:
-        command = [sys.executable, "scripts/row_mixing_sweep.py", "--corpus", "counts", "--out", str(folder)]
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            output, _ = process.communicate(timeout=200)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGTERM)
-            try:
-                output, _ = process.communicate(timeout=60)
-            finally:
-                process.kill()
-            raise AssertionError(f"the sweep ran past 200 s:\n{output[-3000:]}") from None
-    yield Sweep(Path(folder), process.returncode, output)
+    yield run_sweep(tmp_path_factory.mktemp("size-count-sweep"), ["--corpus", "counts"])
 
 
 def test_the_counts_corpus_exits_zero_with_none_wrong(sweep: Sweep) -> None:
