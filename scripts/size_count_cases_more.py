@@ -266,10 +266,32 @@ def rnn_steps_n_unnamed() -> Source:
     return _source("rnn_steps_n_unnamed", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(55, 4, 3))
 
 
+def seq_first_reshape_2_n() -> Source:
+    """x [N, S, 6] time-major, reshaped to [2, N, -1] and back: rows move unless S is 2 (s57)."""
+    g = Graph()
+    major = g.op("Transpose", ["x"], perm=[1, 0, 2])
+    rows = g.op("Reshape", [major, g.cat(g.const([2]), g.size1(), g.const([-1]))])
+    g.op("Transpose", [rows], out="y", perm=[1, 0, 2])
+    return _source(
+        "seq_first_reshape_2_n", g.model([("x", ["N", "S", 6])], [("y", ["N", 2, "w"])]), f32(56, 4, 3, 6)
+    )
+
+
+def pad_truncated_then_n() -> Source:
+    """x padded by (6 - 7) / 2 + 1 = 1 row ahead (ONNX truncates), cut back to x[:N] (s57)."""
+    g = Graph()
+    width = g.op("Slice", [g.op("Shape", ["x"]), g.const([1]), g.const([2])])
+    ahead = g.op("Add", [g.op("Div", [g.op("Sub", [width, g.const([7])]), g.const([2])]), g.const([1])])
+    padded = g.op("Pad", ["x", g.cat(ahead, g.const([0]), g.const([0]), g.const([0]))])
+    g.op("Slice", [padded, g.const([0]), g.size1(), g.const([0])], out="y")
+    return _source("pad_truncated_then_n", g.model([("x", ["N", 6])], [("y", ["N", 6])]), f32(57, 4, 6))
+
+
 MIXING = (
     resize_sizes_n_1_n, resize_sizes_min, reshape_min_softmax, center_crop_pad_n, loop_counter,
     affine_grid_min, expand_min, max_unpool_min, tile_n_by_n, reduce_mean_axes_sub, reduce_sum_axes_min,
     unsqueeze_axes_min, top_k_n, one_hot_depth_n, trilu_k_n, cum_sum_axis_n, pad_by_n, divide_by_n,
     add_range_n, where_expand_reduce_sum, loop_stacked_iterations, if_returns_outer_n, split_second_n,
-    reshape_constant_by_n, shape_of_range_n, rnn_steps_n_unnamed,
+    reshape_constant_by_n, shape_of_range_n, rnn_steps_n_unnamed, seq_first_reshape_2_n,
+    pad_truncated_then_n,
 )  # fmt: skip

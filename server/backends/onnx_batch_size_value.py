@@ -192,8 +192,10 @@ class BatchSizeValues:
             for i, given in ((3, axes), (4, steps))
             if len(node.input) > i and node.input[i] and given is None
         ]
-        if data is None or starts is None or computed:
+        if data is None or starts is None or computed or not 0 <= axis < len(data):
             return False
+        if self.names.row_size(data[axis]) != 1:
+            return False  # a fold of the batch ([N*T]): its first N values are not its rows
         listed = [int(a) % len(data) for a in axes.flat] if axes is not None else list(range(starts.size))
         if listed.count(axis) != 1 or starts.size != len(listed):
             return False

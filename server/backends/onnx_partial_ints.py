@@ -159,11 +159,11 @@ class PartialInts:
             and given
             and all(g is not None and all(isinstance(v, int) for v in g.reshape(-1).tolist()) for g in given)
         ):
-            done = _computed(op, [g.astype(np.int64) for g in given if g is not None])
+            done = _computed(op, [g.astype(np.int64) for g in given if g is not None], _fmod(node))
             if done is not None:
                 return done
         if (op in _COMPUTED or op in _COMPARED) and given and all(g is not None for g in given):
-            symbolic = _symbolic(op, [g for g in given if g is not None])
+            symbolic = _symbolic(op, [g for g in given if g is not None], _fmod(node))
             if symbolic is not None:
                 return symbolic
         if op in _COMPUTED or op in _COMPARED or not given or given[0] is None:
@@ -225,8 +225,14 @@ def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.nda
     return data[tuple(index)]
 
 
-def _computed(op: str, values: list[np.ndarray]) -> np.ndarray | None:
-    """Integer arithmetic on entries all known (a pad's length: 8 less the 6 written)."""
+def _fmod(node: onnx.NodeProto) -> bool:
+    return bool(int_attribute(node, "fmod", 0))
+
+
+def _computed(op: str, values: list[np.ndarray], fmod: bool = False) -> np.ndarray | None:
+    """Integer arithmetic on entries all known (a pad's length: 8 less the 6 written), as ONNX
+    does it: a Div truncates toward zero, a Mod takes the divisor's sign (`fmod`: the dividend's).
+    Floored, (6 - 7) / 2 + 1 had read a pad of 1 on the batch's axis as 0 (a tester, s57)."""
     unary = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil}
     binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
     if op in unary and len(values) == 1:
@@ -234,13 +240,16 @@ def _computed(op: str, values: list[np.ndarray]) -> np.ndarray | None:
     elif op in binary and len(values) == 2:
         made = binary[op](values[0], values[1])
     elif op in ("Div", "Mod") and len(values) == 2 and np.all(values[1] != 0):
-        made = np.floor_divide(*values) if op == "Div" else np.mod(*values)
+        if op == "Div":
+            made = np.sign(values[0]) * np.sign(values[1]) * (np.abs(values[0]) // np.abs(values[1]))
+        else:
+            made = np.fmod(*values) if fmod else np.mod(*values)
     else:
         return None
     return np.array(np.asarray(made, np.int64).tolist(), dtype=object)
 
 
-def _symbolic(op: str, values: list[np.ndarray]) -> np.ndarray | None:
+def _symbolic(op: str, values: list[np.ndarray], fmod: bool = False) -> np.ndarray | None:
     """Arithmetic, an Equal or a Where entry by entry, some entries names or Made: a result made
     from a name is Made from it (an Equal of a dim with a negative number is 0, a Where with a
     known condition picks), one made from unknowns None."""
@@ -253,11 +262,11 @@ def _symbolic(op: str, values: list[np.ndarray]) -> np.ndarray | None:
     spread = np.broadcast_arrays(*values)
     made = np.empty(spread[0].shape, dtype=object)
     for at in np.ndindex(made.shape):
-        made[at] = _entry(op, [cast(Entry, part[at]) for part in spread])
+        made[at] = _entry(op, [cast(Entry, part[at]) for part in spread], fmod)
     return made
 
 
-def _entry(op: str, operands: Sequence[Entry]) -> Entry:
+def _entry(op: str, operands: Sequence[Entry], fmod: bool = False) -> Entry:
     if op == "Where" and len(operands) == 3 and isinstance(operands[0], int):
         return operands[1] if operands[0] else operands[2]
     if op == "Equal" and len(operands) == 2:
@@ -274,7 +283,7 @@ def _entry(op: str, operands: Sequence[Entry]) -> Entry:
     if names:
         return Made(frozenset(names))
     if op in _COMPUTED and all(isinstance(v, int) for v in operands):
-        done = _computed(op, [np.asarray(v, np.int64) for v in operands])
+        done = _computed(op, [np.asarray(v, np.int64) for v in operands], fmod)
         return None if done is None else done.reshape(-1)[0]
     return None
 

@@ -45,6 +45,7 @@ from server.models.gpu_load import inline_limit_s
 from server.models.repository import DEFAULT_MODEL_FILENAME, ModelSource, version_fingerprint
 from server.models.response_cache import ResponseCache
 from server.models.sequence_config import DEFAULT_IDLE_US, sequence_batcher, sequence_model, sequence_policy
+from server.models.value_costed import value_costed
 from server.models.versions import ModelVersion
 from server.models.warmup import warm_up
 from server.observability.sampling import SamplingRegistry, sample_policy
@@ -136,12 +137,13 @@ async def load_version(
         # Without dynamic batching each request runs alone, whatever its rows.
         policy = replace(policy, max_batch_size=0, alone_with_rows=config.max_batch_size > 0)
     stats = ModelStats()
+    looped = await asyncio.to_thread(value_costed, path)  # a run's cost a request's value may set
     batcher = DynamicBatcher(
         backends,
         policy,
         stats,
         # Never on a GPU, nor in the session host (a run's CPU here is its copy, not its wait).
-        inline_max_s=inline_limit_s(devices, 0 if hosted(sessions) else settings.inline_run_max_us),
+        inline_max_s=inline_limit_s(devices, 0 if hosted(sessions) or looped else settings.inline_run_max_us),
         run_timeout_s=run_timeout_s,
         replace=factory.replacer(backends),
         name=f"model {source.name} version {number}",

@@ -131,3 +131,97 @@ def test_a_shape_split_into_its_dims_views_the_batch_as_its_own() -> None:
         swapped = [*nodes[:3], helper.make_node("Concat", ["c", "b", "hw"], ["to"], axis=0), *nodes[4:]]
         got = row_mixing_outputs(_model(swapped, [_ints("ones", [1, 1, 1, 1])], (3, 4, 5), opset=opset))
         assert "the Reshape node making 'v' moves values between the batch's rows" in got.get("y", ""), got
+
+
+# --- A third tester (t, on 2d8eeaf): each batched, wrong, OK, also at 098d7b5 ---
+
+
+def test_a_fixed_length_ahead_of_the_batch_whose_rest_a_minus_one_takes_moves_rows() -> None:
+    """[S, N, 6] reshaped to [2, N, -1]: it runs for any S, moving rows unless S is 2 (the -1
+    takes 3 * S); [S, N, -1] keeps them."""
+    for lead, kept in (("two", False), ("steps", True)):
+        nodes = [
+            helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+            helper.make_node("Shape", ["x"], ["xs"]),
+            helper.make_node("Slice", ["xs", "zero", "one"], ["n1"]),
+            helper.make_node("Slice", ["xs", "one", "two"], ["steps"]),
+            helper.make_node("Concat", [lead, "n1", "minus"], ["to"], axis=0),
+            helper.make_node("Reshape", ["t", "to"], ["r"]),
+            helper.make_node("Transpose", ["r"], ["y"], perm=[1, 0, 2]),
+        ]
+        inits = [_ints("zero", [0]), _ints("one", [1]), _ints("two", [2]), _ints("minus", [-1])]
+        x = helper.make_tensor_value_info("x", F, ["N", "S", 6])
+        graph = helper.make_graph(nodes, "g", [x], [helper.make_value_info("y", onnx.TypeProto())], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        got = row_mixing_outputs(model)
+        assert (got == {}) == kept, (lead, got)
+        if not kept:
+            assert "the Reshape node making 'r'" in got["y"], got
+
+
+def test_a_reshape_of_the_batch_with_two_dims_unknown_is_no_proof() -> None:
+    """x.view(k, -1).T with k read by an op the load does not follow (a ReduceMax of Shape(x)[1:2],
+    6): [N, 6] to [6, N], every row's values spread over the batch."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Slice", ["xs", "one", "two"], ["d"]),
+        helper.make_node("ReduceMax", ["d"], ["k"], keepdims=1),
+        helper.make_node("Concat", ["k", "minus"], ["to"], axis=0),
+        helper.make_node("Reshape", ["x", "to"], ["z"]),
+        helper.make_node("Transpose", ["z"], ["y"]),
+    ]
+    got = row_mixing_outputs(
+        _model(nodes, [_ints("one", [1]), _ints("two", [2]), _ints("minus", [-1])], (6,))
+    )
+    assert "the Reshape node making 'z' reshapes 'x'" in got.get("y", ""), got
+    assert "two of whose dims the load cannot work out" in got["y"], got
+
+
+def test_integer_division_at_load_truncates_and_a_mod_keeps_its_fmod() -> None:
+    """A pad on the batch's axis of (d - 7) / 2 + 1 with d = 6: 1 in ONNX (truncated), 0 floored;
+    1 - fmod(d - 7, 2): 2, not 0. Read as 0, x padded by a row and cut back to N gave each request
+    the row before it."""
+    for arithmetic in (
+        [helper.make_node("Div", ["less", "two"], ["q"]), helper.make_node("Add", ["q", "one"], ["front"])],
+        [
+            helper.make_node("Mod", ["less", "two"], ["r"], fmod=1),
+            helper.make_node("Sub", ["one", "r"], ["front"]),
+        ],
+    ):
+        nodes = [
+            helper.make_node("Shape", ["x"], ["xs"]),
+            helper.make_node("Slice", ["xs", "one", "two"], ["d"]),
+            helper.make_node("Sub", ["d", "seven"], ["less"]),
+            *arithmetic,
+            helper.make_node("Concat", ["front", "nought", "nought", "nought"], ["pads"], axis=0),
+            helper.make_node("Pad", ["x", "pads"], ["y"]),
+        ]
+        inits = [_ints(name, [v]) for name, v in (("one", 1), ("two", 2), ("seven", 7), ("nought", 0))]
+        got = row_mixing_outputs(_model(nodes, inits, (6,)))
+        assert "the Pad node making 'y' may add rows to the batch's axis 0" in got.get("y", ""), got
+    values = [np.array([-1, 7, -7]), np.array([2, -2, 2])]
+    tracked = PartialInts()
+    tracked.known["a"] = np.array([-1, 7, -7], dtype=object)
+    for op, attrs, want in (
+        ("Div", {}, [0, -3, -3]),
+        ("Mod", {}, [1, -1, 1]),
+        ("Mod", {"fmod": 1}, [-1, 1, -1]),
+    ):
+        node = helper.make_node(op, ["a", "b"], ["o"], **attrs)
+        tracked.see(node, lambda _: [3], lambda i, v=values: v[1] if i == 1 else None)
+        assert tracked.entries("o", None) == tuple(want), (op, attrs)
+
+
+def test_a_slice_to_the_batchs_size_of_a_fold_is_not_every_row() -> None:
+    """x.reshape(-1, 4)[:N] for x [N, 3, 4]: the first N of 3N rows."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Slice", ["xs", "zero", "one"], ["n1"]),
+        helper.make_node("Reshape", ["x", "rows"], ["f"]),
+        helper.make_node("Slice", ["f", "zero", "n1", "zero"], ["y"]),
+    ]
+    got = row_mixing_outputs(
+        _model(nodes, [_ints("zero", [0]), _ints("one", [1]), _ints("rows", [-1, 4])], (3, 4))
+    )
+    assert "the Slice node making 'y' works along the batch's axis" in got.get("y", ""), got

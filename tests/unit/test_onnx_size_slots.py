@@ -128,7 +128,8 @@ def test_a_size_made_from_the_batchs_elsewhere_than_its_axis_mixes(
 ) -> None:
     got = row_mixing_outputs(_model(nodes, dims, inits, opset))
     assert set(got) == {"y"}, got
-    assert f"the {op} node making" in got["y"] and SHAPE_TAKEN in got["y"], got
+    unread = "two of whose dims the load cannot work out"  # a Reshape to [min(N, 2), -1] is read so first
+    assert f"the {op} node making" in got["y"] and (SHAPE_TAKEN in got["y"] or unread in got["y"]), got
 
 
 def test_a_count_carried_over_as_many_iterations_as_the_batch_has_rows_mixes() -> None:
