@@ -18,15 +18,7 @@ import onnx
 
 from server.backends.graph_names import described
 from server.backends.onnx_output_shapes import BATCH_SYMBOL
-from server.backends.onnx_reshape_rows import (
-    UNREAD,
-    Dim,
-    Folded,
-    Moved,
-    reshaped_rows,
-    spelled_out,
-    values_per_row,
-)
+from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows, spelled_out, values_per_row
 
 Dims = list[Dim]
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
@@ -150,11 +142,6 @@ class BatchNames:
         if not isinstance(found, Moved):
             return None
         source, target = self.shown(self.spelled(before)), self.shown(after)
-        if found.behind == UNREAD:
-            return (
-                f"{described(node)} reshapes '{node.input[0]}' {source} to {target}, two of whose dims "
-                "the load cannot work out: it cannot tell the batch's rows stay apart"
-            )
         where = (
             f"the batch's rows spread over its output's axes {found.behind}"
             if found.target is None

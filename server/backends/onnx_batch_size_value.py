@@ -28,7 +28,7 @@ import onnx
 
 from server.backends.graph_names import described, int_attribute, shape_read
 from server.backends.onnx_batch_names import BatchNames
-from server.backends.onnx_partial_ints import PartialInts
+from server.backends.onnx_partial_ints import Made, PartialInts
 from server.backends.onnx_row_positions import RowPositions
 from server.backends.onnx_size_positions import (
     EVERY,
@@ -122,6 +122,40 @@ class BatchSizeValues:
             if name and (looped or value in inner.sized):
                 self.sized[name] = EVERY
                 self.source[name] = inner.source.get(value) or inner.source.get(values[0], described(node))
+
+    def unread(
+        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+    ) -> str | None:
+        """Why a Reshape of the batch with two or more output dims the load cannot work out may
+        move rows: its shape's first entry is known not to keep the batch there (x.view(k, -1).T,
+        k read by an op the load does not follow; a tester, s57). A first entry of the batch's size,
+        a 0 or a -1 (GroupNorm's [0, G, -1], a pixel shuffle's view(N, C, r, r, H, W), Swin's
+        view(-1, ...)) leaves it to the reshape's own reading, as before."""
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            return None
+        data, out = dims(node.input[0]), dims(node.output[0])
+        if not data or out is None or self.names.row_size(data[0]) != 1:
+            return None  # the batch does not lead the data: the reshape's own reading
+        unknown = [
+            dim for dim in out if not isinstance(dim, int) and dim not in self.names.batch and dim not in data
+        ]
+        entries = self.partial.named(node.input[1], constant(1))
+        if len(unknown) < 2 or not entries:
+            return None
+        first, held = entries[0], self.sized.get(node.input[1])
+        batch = self.names.batch
+        if (
+            (held is not None and (held == EVERY or 0 in held))
+            or (isinstance(first, int) and first in (0, -1))
+            or (isinstance(first, str) and first in batch)
+            or (isinstance(first, Made) and not first.names.isdisjoint(batch))
+        ):
+            return None
+        shown = f"{self.names.shown(data)} to {self.names.shown(out)}"
+        return (
+            f"{described(node)} reshapes '{node.input[0]}' {shown}: its first dim is not the batch's "
+            "and two of its dims the load cannot work out, so it cannot tell the batch's rows stay apart"
+        )
 
     def picked(self, name: str) -> None:
         """`name` holds values picked by each row from its own row: not made from the size."""

@@ -104,7 +104,7 @@ class PartialInts:
         op = node.op_type
         if op not in _FOLLOWED or not node.output or not node.output[0]:
             return
-        if op != "Shape" and not any(name in self.known for name in node.input):
+        if op not in ("Shape", "Concat") and not any(name in self.known for name in node.input):
             return  # nothing known in part comes in: a constant is folded elsewhere, the rest unknown
         if op == "Split":  # `b, c, h, w = x.shape` (a tester, s57: read as unknown, a view was refused)
             whole = self.known.get(node.input[0])

@@ -28,7 +28,6 @@ Dim = int | str | None
 Folds = Mapping[str, Sequence[Dim]]  # an output axis's symbol -> the input dims folded into it
 Product = tuple[int, tuple[tuple[str, int], ...]]  # a whole number times symbols, each to a power
 STRADDLES = "straddles"  # the output's pieces cut across rows
-UNREAD = "unread"  # two of the output's dims not known: the load cannot tell where the rows go
 UNNAMED = "?"  # an output dim onnx gave no name: not a symbol any tensor carries
 MAX_DEPTH = 8  # folds of folds spelled out at most this deep (a graph's folds cannot cycle)
 
@@ -88,11 +87,17 @@ def reshaped_rows(
     row = _first_batch(source, batch)
     if row is None:
         return None
-    solved = _solved(source, spelled_out(after, folds), batch)
-    if solved == UNREAD:
-        return Moved(row, None, str(source[:row]), UNREAD)
+    spelled = spelled_out(after, folds)
+    solved = _solved(source, spelled, batch)
     if solved is None:
-        return None
+        # Not worked out (a -1 of S / 2): the batch's axis with other counts ahead of it still moves
+        # rows ([S, N, 6] -> [2, N, 6, -1]; a tester, session 57).
+        column = _first_batch(spelled, batch)
+        ahead = dims_product(source[:row])
+        behind = dims_product(spelled[:column]) if column is not None else None
+        if column is None or ahead is None or behind is None or ahead == behind:
+            return None
+        return Moved(row, column, str(source[:row]), str(spelled[:column]))
     if isinstance(solved, str):
         return Moved(row, None, str(source[:row]), str(list(after)))
     target, sizes = solved
@@ -102,13 +107,13 @@ def reshaped_rows(
         # Moved only where the counts differ whatever the symbols are: the same symbols times
         # different numbers, or symbols on one side and nothing on the other (a seq-first [T, N, H]
         # viewed as [N, -1]: rows move unless T is 1; a tester, session 52). ['seq', N, 12] ->
-        # [5, N, 12] is an exporter's fixed length, no proof; but not where the output's -1 takes the
-        # rest of those symbols ([S, N, 6] -> [2, N, 3S] runs for any S, moving rows unless S is 2;
-        # a tester, session 57).
+        # [5, N, 12] is an exporter's fixed length, no proof: an output of numbers only runs for that
+        # length alone. One with a symbol or a -1 runs for any ([S, N, 6] -> [2, N, 3S] or
+        # [2, N, 3, S]), moving rows unless S is 2 (testers, session 57).
         if ahead is None or behind is None or ahead == behind:
             return None
-        absorbed = any(symbol in dict(ahead[1]) for size in sizes.values() for symbol, _ in size[1])
-        if ahead[1] != behind[1] and (1, ()) not in (ahead, behind) and not absorbed:
+        fixed = not sizes and all(isinstance(dim, int) or dim in batch for dim in target)
+        if ahead[1] != behind[1] and (1, ()) not in (ahead, behind) and fixed:
             return None
         return Moved(row, column, str(source[:row]), str(target[:column]))
     return _regrouped(source, target, sizes, row, batch)
@@ -149,8 +154,6 @@ def _solved(
         return target, {}
     whole = dims_product(source)
     rest = dims_product([dim for axis, dim in enumerate(target) if axis not in unknown])
-    if len(unknown) > 1 and whole is not None:
-        return UNREAD  # two dims of the output unknown: no reading (a tester, s57: x.view(k, -1).T)
     if len(unknown) > 1 or whole is None or rest is None:
         return None
     dims = dims_quotient(whole, rest)

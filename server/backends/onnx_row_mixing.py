@@ -271,7 +271,9 @@ class _Walk:
             return None
         if node.op_type in RESHAPE_OPS:  # read first: a fold it finds names a size made from the batch's
             moved = self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
-            return moved or self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
+            constant = partial(self._constant, node)
+            moved = moved or self.values.unread(node, self.shapes.get, constant)  # two dims unknown
+            return moved or self.values.reads_size(node, self.shapes.get, constant)
         sized = self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         if sized is not None:
             return sized

@@ -77,12 +77,8 @@ def placed(
     if op == "Reshape":  # the batch's axis or a fold of it, as the reshape's reading names its output
         if out is None:  # not named: the size itself is the reshape's reading (which needs dims to flag)
             return [] if all(slots.values()) else None
-        if not all(p < len(out) and out[p] in batch for p in slots):
-            return None
-        unnamed = [
-            dim for dim in out if not isinstance(dim, int) and dim not in batch and dim not in (data or [])
-        ]
-        return [] if len(unnamed) <= 1 else None  # more: the reshape's reading cannot match its dims
+        # (its other dims, where the load cannot work them out, are onnx_batch_size_value.unread's)
+        return [] if all(p < len(out) and out[p] in batch for p in slots) else None
     if not all(slots.values()):
         return None  # a width computed from the size: min(N, 2), N + 1
     carried = [axis for axis, dim in enumerate(data or []) if dim in batch]

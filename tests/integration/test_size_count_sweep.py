@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 REFUSED = {
     "count_resize_sizes_n_1_n_mixing": ("the Resize node making 'y'", "as a shape, a size or a count"),
     "count_resize_sizes_min_mixing": ("the Resize node making 'y'", "as a shape, a size or a count"),
-    "count_reshape_min_softmax_mixing": ("the Reshape node making", "the load cannot"),
+    "count_reshape_min_softmax_mixing": ("the Reshape node making", "as a shape, a size or a count"),
     "count_expand_min_mixing": ("the Expand node making 'y'", "as a shape, a size or a count"),
     "count_affine_grid_min_mixing": ("the AffineGrid node making 'y'", "as a shape, a size or a count"),
     "count_max_unpool_min_mixing": ("the MaxUnpool node making 'y'", "as a shape, a size or a count"),

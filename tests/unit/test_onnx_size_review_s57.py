@@ -175,7 +175,7 @@ def test_a_reshape_of_the_batch_with_two_dims_unknown_is_no_proof() -> None:
         _model(nodes, [_ints("one", [1]), _ints("two", [2]), _ints("minus", [-1])], (6,))
     )
     assert "the Reshape node making 'z' reshapes 'x'" in got.get("y", ""), got
-    assert "two of whose dims the load cannot work out" in got["y"], got
+    assert "its first dim is not the batch's and two of its dims the load cannot work out" in got["y"], got
 
 
 def test_integer_division_at_load_truncates_and_a_mod_keeps_its_fmod() -> None:
@@ -225,3 +225,66 @@ def test_a_slice_to_the_batchs_size_of_a_fold_is_not_every_row() -> None:
         _model(nodes, [_ints("zero", [0]), _ints("one", [1]), _ints("rows", [-1, 4])], (3, 4))
     )
     assert "the Slice node making 'y' works along the batch's axis" in got.get("y", ""), got
+
+
+# --- A fourth tester (u, on 631d835) ---
+
+
+def _spatial(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", F, ["N", 4, "H", "W"])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_value_info("y", onnx.TypeProto())], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_group_norm_and_a_pixel_shuffle_with_dynamic_dims_still_batch() -> None:
+    """The batch leads the data and the output: other dims the load cannot work out move no row
+    (torch's legacy GroupNorm, [0, G, -1] then Shape(x); a pixel shuffle's view(N, C, r, r, H, W);
+    refused for a commit of this session)."""
+    group_norm = [
+        helper.make_node("Reshape", ["x", "groups"], ["g"]),
+        helper.make_node("InstanceNormalization", ["g", "scale", "bias"], ["n"]),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Reshape", ["n", "xs"], ["y"]),
+    ]
+    norm = [numpy_helper.from_array(np.ones(2, np.float32), name) for name in ("scale", "bias")]
+    assert row_mixing_outputs(_spatial(group_norm, [_ints("groups", [0, 2, -1]), *norm])) == {}
+    shuffle = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Slice", ["xs", "zero", "one"], ["n"]),
+        helper.make_node("Slice", ["xs", "two", "four"], ["hw"]),
+        helper.make_node("Concat", ["n", "one", "two", "two", "hw"], ["to"], axis=0),  # (N, 1, 2, 2, H, W)
+        helper.make_node("Reshape", ["x", "to"], ["v"]),
+        helper.make_node("Transpose", ["v"], ["y"], perm=[0, 1, 4, 2, 5, 3]),
+    ]
+    inits = [_ints(name, [v]) for name, v in (("zero", 0), ("one", 1), ("two", 2), ("four", 4))]
+    assert row_mixing_outputs(_spatial(shuffle, inits)) == {}
+
+
+def test_a_fixed_length_ahead_of_the_batch_with_a_symbol_or_an_unsolved_minus_one_moves_rows() -> None:
+    """[S, N, 6] viewed as (2, N, 3, S) or (2, N, 6, -1) (-1 = S / 2): each runs for many S, moving
+    rows unless S is 2 (batched, wrong, OK at 098d7b5 and at 631d835)."""
+    for tail in (["three", "steps"], ["six", "minus"]):
+        nodes = [
+            helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+            helper.make_node("Shape", ["x"], ["xs"]),
+            helper.make_node("Slice", ["xs", "zero", "one"], ["n1"]),
+            helper.make_node("Slice", ["xs", "one", "two"], ["steps"]),
+            helper.make_node("Concat", ["two", "n1", *tail], ["to"], axis=0),
+            helper.make_node("Reshape", ["t", "to"], ["y"]),
+        ]
+        inits = [
+            _ints(name, [v]) for name, v in (("zero", 0), ("one", 1), ("two", 2), ("three", 3), ("six", 6))
+        ]
+        x = helper.make_tensor_value_info("x", F, ["N", "S", 6])
+        graph = helper.make_graph(
+            nodes, "g", [x], [helper.make_value_info("y", onnx.TypeProto())], [*inits, _ints("minus", [-1])]
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        got = row_mixing_outputs(model)
+        assert "the Reshape node making 'y' moves values between the batch's rows" in got.get("y", ""), (
+            tail,
+            got,
+        )

@@ -128,7 +128,7 @@ def test_a_size_made_from_the_batchs_elsewhere_than_its_axis_mixes(
 ) -> None:
     got = row_mixing_outputs(_model(nodes, dims, inits, opset))
     assert set(got) == {"y"}, got
-    unread = "two of whose dims the load cannot work out"  # a Reshape to [min(N, 2), -1] is read so first
+    unread = "two of its dims the load cannot work out"  # a Reshape to [min(N, 2), -1] is read so first
     assert f"the {op} node making" in got["y"] and (SHAPE_TAKEN in got["y"] or unread in got["y"]), got
 
 
@@ -234,7 +234,7 @@ def test_slots_are_read_from_the_entries_where_the_positions_are_not_known() -> 
         ("Reshape", 1, {0: True}, Site(["N", 6], None, 2), {}, []),  # the reshape's own reading
         ("Reshape", 1, {0: False}, Site(["N", 6], ["F", 3], 2), {}, []),  # F: a fold of the batch
         ("Reshape", 1, {0: False}, Site(["N", 6], ["u", 3], 2), {}, None),
-        ("Reshape", 1, {1: True}, Site(["N", 6], ["u", "N", "v"], 3), {}, None),  # two dims unread
+        ("Reshape", 1, {1: True}, Site(["N", 6], ["u", "N", "v"], 3), {}, []),  # its dims: `unread`'s
         ("Reshape", 1, {0: True}, Site(["N", 6], ["N", "u"], 2), {}, []),  # one: worked out
         ("Resize", 3, {0: True}, Site(["N", 1, 2], None, 3), {}, []),
         ("Resize", 3, {2: True}, Site(["N", 1, 2], None, 3), {}, None),
