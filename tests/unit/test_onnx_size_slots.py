@@ -252,6 +252,16 @@ def test_slots_are_read_from_the_entries_where_the_positions_are_not_known() -> 
         ("Shape", 0, None, Site(None, None, None), {}, []),
         ("Expand", 1, None, Site([1, 4], None, None), {}, None),  # not known which entries
         ("Expand", 1, {}, Site([1, 4], None, 2), {}, []),  # none made from the size
+        ("Size", 0, {0: True}, Site(None, None, 1), {}, []),
+        ("Reshape", 1, {0: False}, Site(["N", 6], None, 2), {}, None),  # computed, its output unnamed
+        ("Reshape", 1, {2: True}, Site(["N", 6], ["N", 6], 3), {}, None),  # past the output's rank
+        ("CenterCropPad", 1, {1: True}, Site(["N", 6], None, 2), {"axes": [0]}, None),  # past its axes
+        ("CenterCropPad", 1, {0: True}, Site([], None, 1), {"axes": [0]}, None),
+        ("AffineGrid", 1, {0: True}, Site([1, 2, 3], None, 4), {}, []),  # its theta is not read
+        ("MaxUnpool", 2, {0: True}, Site([1, "N", 2], None, 3), {}, None),  # the data's batch not first
+        ("Tile", 1, {2: True}, Site([1, 4], None, 2), {}, None),  # past the data's rank
+        ("Expand", 1, {1: True}, Site([1, 1, 1], None, 2), {}, [2]),  # aligned from the end
+        ("Expand", 1, {1: True}, Site(["N", 1], None, 3), {}, []),  # the data's batch, aligned
     ],
 )
 def test_where_each_op_keeps_the_size_as_the_batchs_own_axis(
