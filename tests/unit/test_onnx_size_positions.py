@@ -32,7 +32,7 @@ def _split(outputs: int, *inputs: str, **attrs: object) -> onnx.NodeProto:
 def test_a_splits_parts_given_equal_or_not_read() -> None:
     given = _constants(i1=[1, 2])
     assert split_parts(_split(2, "parts"), 3, given.get) == [1, 2]
-    assert split_parts(_split(2, split=[2, 1]), 3, {}.get) == [2, 1]  # opset 11's attribute
+    assert split_parts(_split(2, split=[1, 2]), 3, {}.get) == [1, 2]  # opset 11's attribute
     assert split_parts(_split(2), 3, {}.get) == [2, 1]  # opset 18's num_outputs: the last smaller
     assert split_parts(_split(3), 4, {}.get) == [2, 2, 0]
     assert split_parts(_split(2), 4, {}.get) == [2, 2]
@@ -52,6 +52,8 @@ def test_each_part_of_a_split_holds_its_share_of_the_positions() -> None:
         frozenset(),
         frozenset({1}),
     ]
+    boundary = split_positions(_split(2, "parts"), frozenset({1}), [3], parts.get)
+    assert boundary == [frozenset(), frozenset({0})]  # the second part's first
     assert split_positions(_split(2, "parts", axis=-1), frozenset({2}), [3], parts.get) == [
         frozenset(),
         frozenset({1}),
