@@ -195,6 +195,11 @@ def _regrouped(
     inner = dims_product(target[axes[0] + 1 : end], sizes)
     block = dims_product(source[row + 1 : last])
     steps = dims_quotient(block, inner) if block is not None and inner is not None else None
+    lead = target[axes[0]]
+    if steps is None and isinstance(lead, str) and lead not in batch and lead in source[row + 1 :]:
+        # The group's first output axis is a dim that follows the batch in the input ([N, S, 6] as
+        # (S, -1)): its rows are cut from several requests' (a tester, session 57).
+        return Moved(row, None, str(source[first:row]), str([target[axis] for axis in axes]))
     if steps is None:
         unknown = (
             [symbol for symbol, _ in (*block[1], *inner[1]) if symbol not in batch]

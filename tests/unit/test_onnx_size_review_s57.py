@@ -288,3 +288,25 @@ def test_a_fixed_length_ahead_of_the_batch_with_a_symbol_or_an_unsolved_minus_on
             tail,
             got,
         )
+
+
+def test_a_view_whose_first_axis_is_a_dim_after_the_batch_moves_rows() -> None:
+    """[N, S, 6] viewed as (S, -1), transposed, viewed back as (N, -1): each request got batch
+    mates' values, OK (u, also at 098d7b5: the reshape reading's "a size not known" excuse)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Slice", ["xs", "zero", "one"], ["n1"]),
+        helper.make_node("Slice", ["xs", "one", "two"], ["steps"]),
+        helper.make_node("Concat", ["steps", "minus"], ["to"], axis=0),
+        helper.make_node("Reshape", ["x", "to"], ["v"]),
+        helper.make_node("Transpose", ["v"], ["t"]),
+        helper.make_node("Concat", ["n1", "minus"], ["back"], axis=0),
+        helper.make_node("Reshape", ["t", "back"], ["y"]),
+    ]
+    inits = [_ints(name, [v]) for name, v in (("zero", 0), ("one", 1), ("two", 2), ("minus", -1))]
+    x = helper.make_tensor_value_info("x", F, ["N", "S", 6])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_value_info("y", onnx.TypeProto())], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    got = row_mixing_outputs(model)
+    assert "the Reshape node making 'v' moves values between the batch's rows" in got.get("y", ""), got
