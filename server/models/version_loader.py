@@ -72,7 +72,11 @@ async def load_version(
     fingerprint = await asyncio.to_thread(
         version_fingerprint, source, number
     )  # before: a change meanwhile reloads
-    done = await asyncio.to_thread(complete_version, source, path, settings.default_max_batch_size)
+    # With the look for a Loop (a run's cost a request's value may set: value_costed.py), in the same
+    # thread hop: one more had let a pool thread start inside the first load, counted in its footprint.
+    done, looped = await asyncio.to_thread(
+        lambda: (complete_version(source, path, settings.default_max_batch_size), value_costed(path))
+    )
     config, inputs, outputs, listed_initializers = done  # the graph's tensors (none: identity)
     source_file = source.where
     validate_config(config, source_file)
@@ -137,7 +141,6 @@ async def load_version(
         # Without dynamic batching each request runs alone, whatever its rows.
         policy = replace(policy, max_batch_size=0, alone_with_rows=config.max_batch_size > 0)
     stats = ModelStats()
-    looped = await asyncio.to_thread(value_costed, path)  # a run's cost a request's value may set
     batcher = DynamicBatcher(
         backends,
         policy,

@@ -70,5 +70,8 @@ def test_the_first_load_in_a_process_is_charged_its_own_footprint(tmp_path: Path
     first, second = json.loads(out.stdout.strip().splitlines()[-1])
     # Measured after the fix: 0.466 and 0.448 MB (3.13), 1.528 and 1.523 MB (3.10). Before: 2.19
     # and 0.45; with onnxruntime's costs paid but numpy.random still imported by the first
-    # warm-up, 0.86 and 0.45 (1.93 and 1.53 with 3.10).
-    assert abs(first - second) <= second * 0.15, (first, second)
+    # warm-up, 0.86 and 0.45 (1.93 and 1.53 with 3.10); a walk kept by a cycle, 0.81 and 0.45.
+    # Under a full CPU (the suite's workers) a load's thread hops can start a pool thread inside
+    # it, its allocations counted too: 0.50 and 0.44 MB seen at 098d7b5 and after (session 57, two
+    # busy loops beside; once, 0.52 and 0.45 in CI). Allowed: 15%, or 96 KiB.
+    assert abs(first - second) <= max(second * 0.15, 96 * 1024), (first, second)
