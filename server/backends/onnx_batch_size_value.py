@@ -275,8 +275,7 @@ class BatchSizeValues:
         given = constant(0) if index != 0 and constant is not None else None  # the data, a constant
         if data is None and given is not None:
             data = list(given.shape)  # a constant's dims: an initializer has no value info
-        made = self.lineage(node.input[0]) if index != 0 else frozenset({""})
-        if node.op_type == "Reshape" and not made and node.input[0] not in self.sized:
+        if node.op_type == "Reshape" and node.input[0] not in self.sized and not self.lineage(node.input[0]):
             return None  # a constant cut into as many rows as the batch has (a tester, s57)
         length = length_of(dims(name), value) if entries is None else len(entries)
         site = Site(data, dims(node.output[0]) if node.output else None, length)

@@ -150,12 +150,12 @@ class _Walk:
             self.lineage.setdefault(
                 value.name, frozenset({value.name}) if value.name not in self.constants else frozenset()
             )
+        lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
         for node in graph.node:
             self._made_from(node)
             constant = partial(self._constant, node)
             if (named := self.partial.reshaped(node, self.shapes.get, constant)) is not None:
                 self.shapes.refine(node.output[0], named)  # dims onnx did not name: its shape's entries
-            lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
             why = self._mixes(node) or self._inherited(node)
