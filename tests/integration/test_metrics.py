@@ -260,3 +260,15 @@ def test_every_family_has_help_and_totals_are_counters(
     typed = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert typed["sluiceway_model_loads_total"] == "counter"
     assert not [name for name, kind in typed.items() if name.endswith("_total") and kind != "counter"]
+
+
+def test_tritons_cpu_gauges_show_this_machine(server: ServerProcess) -> None:
+    """Triton's host gauges (server/observability/host_usage.py): the machine's memory as /proc
+    says it, its CPU use a share, both on a real server's page."""
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc here: the gauges are left off")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    samples = scrape(server)
+    assert value(samples, "nv_cpu_memory_total_bytes") == int(meminfo["MemTotal"].split()[0]) * 1024
+    assert 0 < value(samples, "nv_cpu_memory_used_bytes") < value(samples, "nv_cpu_memory_total_bytes")
+    assert 0.0 <= value(samples, "nv_cpu_utilization") <= 1.0

@@ -1,0 +1,101 @@
+"""Triton's CPU gauges (server/observability/host_usage.py) from /proc texts written here: the
+utilisation between two readings with idle and iowait as idle, memory used as MemTotal less
+MemAvailable, each scrape's interval starting at the one before, and gauges left off where /proc
+gives nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.observability.host_usage import (
+    CPU_UTILIZATION,
+    MEMORY_TOTAL,
+    MEMORY_USED,
+    CpuTimes,
+    HostUsage,
+    cpu_times,
+    memory_bytes,
+    utilization,
+)
+
+# user nice system idle iowait irq softirq steal guest guest_nice
+STAT = "cpu  100 20 30 800 50 5 5 0 40 0\ncpu0 50 10 15 400 25 2 3 0 20 0\nintr 12345\n"
+MEMINFO = "MemTotal:       16000 kB\nMemFree:         1000 kB\nMemAvailable:    6000 kB\nBuffers: 1 kB\n"
+
+
+def test_cpu_times_reads_the_all_cpus_line_with_iowait_as_idle_and_guest_left_out() -> None:
+    # guest (40) is already within user: counting it twice would make an idle machine look busy.
+    assert cpu_times(STAT) == CpuTimes(idle=850, total=1010)
+    assert cpu_times("cpu0 1 2 3 4\n") is None  # one CPU's line alone is not the machine
+
+
+def test_utilization_is_the_busy_share_between_two_readings() -> None:
+    assert utilization(CpuTimes(850, 1010), CpuTimes(880, 1110)) == pytest.approx(0.7)
+    assert utilization(CpuTimes(850, 1010), CpuTimes(950, 1110)) == 0.0  # all idle
+    assert utilization(CpuTimes(850, 1010), CpuTimes(850, 1110)) == 1.0  # all busy
+    assert utilization(CpuTimes(850, 1010), CpuTimes(850, 1010)) == 0.0  # no tick passed
+
+
+def test_memory_is_total_and_total_less_available_in_bytes() -> None:
+    assert memory_bytes(MEMINFO) == (16000 * 1024, 10000 * 1024)
+    assert memory_bytes("MemTotal: 16000 kB\n") is None  # no MemAvailable (a kernel before 3.14)
+
+
+class FakeProc:
+    """/proc's two files, changed between readings as a test says."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str | None] = {"stat": STAT, "meminfo": MEMINFO}
+
+    def read(self, path: Path) -> str | None:
+        return self.texts[path.name]
+
+    def ticks(self, busy: int, idle: int) -> None:
+        self.texts["stat"] = f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n"
+
+
+def gauges(usage: HostUsage) -> dict[str, float]:
+    return {name: value for name, labels, value in usage.gauge_values() if not labels}
+
+
+def test_each_scrape_measures_from_the_one_before_and_the_first_from_the_start() -> None:
+    proc = FakeProc()
+    proc.ticks(busy=100, idle=900)
+    usage = HostUsage(read=proc.read)  # the server starts
+    proc.ticks(busy=130, idle=970)  # 30 busy of 100 since the start
+    assert gauges(usage) == {
+        CPU_UTILIZATION: pytest.approx(0.3),
+        MEMORY_TOTAL: 16000 * 1024,
+        MEMORY_USED: 10000 * 1024,
+    }
+    proc.ticks(busy=220, idle=980)  # 90 busy of 100 since that scrape, not 120 of 200 since the start
+    assert gauges(usage)[CPU_UTILIZATION] == pytest.approx(0.9)
+
+
+def test_what_proc_cannot_give_is_left_off_the_page() -> None:
+    proc = FakeProc()
+    proc.texts = {"stat": None, "meminfo": None}
+    assert gauges(HostUsage(read=proc.read)) == {}
+    proc.texts = {"stat": STAT, "meminfo": None}
+    usage = HostUsage(read=proc.read)
+    assert set(gauges(usage)) == {CPU_UTILIZATION}
+
+
+def test_a_stat_that_appears_later_starts_its_interval_at_that_scrape() -> None:
+    proc = FakeProc()
+    proc.texts["stat"] = None
+    usage = HostUsage(read=proc.read)
+    proc.ticks(busy=100, idle=900)
+    assert CPU_UTILIZATION not in gauges(usage)  # nothing to measure from yet
+    proc.ticks(busy=150, idle=950)
+    assert gauges(usage)[CPU_UTILIZATION] == pytest.approx(0.5)
+
+
+def test_this_machines_proc_reads() -> None:
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc here")
+    values = gauges(HostUsage())
+    assert 0.0 <= values[CPU_UTILIZATION] <= 1.0
+    assert 0 < values[MEMORY_USED] <= values[MEMORY_TOTAL]
