@@ -279,9 +279,10 @@ ROWWISE = (
 def count_sources() -> list[Source]:
     """Every source, sorted by name (a builder that fails is reported and left out)."""
     from size_count_cases_more import MIXING
+    from unread_cases import UNREAD
 
     found: list[Source] = []
-    for make in (*ROWWISE, *MIXING):
+    for make in (*ROWWISE, *MIXING, *UNREAD):
         try:
             found.append(make())
         except Exception as err:

@@ -33,7 +33,6 @@ from server.models.response_cache import ResponseCache
 from server.models.rollout_share import RolloutShare
 from server.models.versions import READY
 from server.observability import host_usage, sampling, tracing_export
-from server.observability.host_usage import HostUsage
 from server.observability.log_settings import LogSettings
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
@@ -141,7 +140,7 @@ class SluicewayServer:
         self.add_gauge_source(self.loads.gauge_values, load_metrics.METRICS)  # loads, evictions, footprints
         if self.tracing is not None:  # spans lost on their way out
             self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
-        self.add_gauge_source(HostUsage().gauge_values, host_usage.METRICS)  # Triton's CPU gauges
+        self.add_gauge_source(host_usage.HostUsage().gauge_values, host_usage.METRICS)  # Triton's CPU gauges
         self.metrics_port = 0  # bound once started (0: metrics off)
         self.shared_memory = system_registry(settings)  # every worker's regions under --workers
         # CUDA IPC regions where a GPU is present (every worker's under --workers), else a refusal.

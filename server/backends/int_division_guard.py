@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, inliner, shape_inference
+from onnx import TensorProto, helper, shape_inference
 
 from batcher.log_ration import Ration, rationed
 from batcher.types import Array
+from server.backends.function_inlining import inlined
 from server.backends.graph_names import default_opset, free_prefix, graphs
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, has_division, rewrite_graph
@@ -127,7 +128,7 @@ def guard_model(model: onnx.ModelProto) -> DivisionGuard | None:
     if not has_division(model.graph) and not any(_divides(f) for f in model.functions):
         return None
     if any(_divides(f) for f in model.functions):  # their nodes are guarded where they are used
-        model = inliner.inline_local_functions(model)
+        model = inlined(model)
     graph = model.graph
     opset = _default_opset(model)
     if opset < MIN_OPSET:

@@ -4,12 +4,13 @@ Constant node's value, and the values a subgraph returns to its node."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import onnx
 
-from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
+from server.backends.graph_names import ONNX_DOMAIN, described, graphs, shape_read, subgraphs
+from server.backends.onnx_data_sized import DATA_SIZED_OPS
 from server.backends.onnx_mixing_ops import scan_inputs
 
 Dims = list[int | str | None]
@@ -138,3 +139,40 @@ def made_from(
         lineage[top] = made
         stack.pop()
     return lineage[name]
+
+
+class DataSizedLengths:
+    """The lengths a data-sized op (NonZero, NonMaxSuppression, Unique, Compress) gives a tensor it
+    makes from the batch: its dims onnx could not name (None, or its own `unk__` names), which the
+    ops after it carry. A Shape or a Size reading one reads a length set by every row's values: a
+    NonMaxSuppression's detections, counted over every image of the batch, had been taken as each
+    request's own count, OK (a tester, session 58)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}  # such a dim's name -> the op that set it
+        self.tensors: dict[str, str] = {}  # such a tensor of no known shape -> the op that made it
+
+    def see(self, node: onnx.NodeProto, mixes: bool, dims_of: Callable[[str], Dims | None]) -> None:
+        if node.op_type not in DATA_SIZED_OPS or not mixes:
+            return
+        for out in (name for name in node.output if name):
+            dims = dims_of(out)
+            if dims is None:
+                self.tensors[out] = described(node)
+            for dim in dims or []:
+                if isinstance(dim, str) and dim.startswith("unk__"):
+                    self.names[dim] = described(node)
+
+    def read(self, node: onnx.NodeProto, dims_of: Callable[[str], Dims | None]) -> str | None:
+        """Why the Shape or Size `node` reads such a length (None: it does not)."""
+        if node.op_type not in ("Shape", "Size") or not node.input:
+            return None
+        dims = dims_of(node.input[0])
+        read = [] if dims is None else shape_read(node, dims) if node.op_type == "Shape" else dims
+        maker = self.tensors.get(node.input[0]) if dims is None else None
+        maker = maker or next((self.names[d] for d in read if isinstance(d, str) and d in self.names), None)
+        if maker is None:
+            return None
+        return (
+            f"{described(node)} reads a length of '{node.input[0]}' that {maker} set from every row's values"
+        )

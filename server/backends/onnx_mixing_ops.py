@@ -157,7 +157,7 @@ def mixed_axes(
         default, name = _AXIS_OPS[op]
         return [(0, [int_attribute(node, name, default)])]
     if op in ("CumSum", "CumProd"):
-        return _one_axis(constant(1))
+        return _one_axis(constant(1), rank)
     if op in _WHOLE_OPS:
         axes = attr(node, "axes", None) if op == "CenterCropPad" else None
         return [(i, list(axes) if isinstance(axes, list) else range(r)) for i, r in enumerate(ranks)]
@@ -185,7 +185,7 @@ def mixed_axes(
     if op == "DFT":
         if opset < 20:
             return [(0, [int_attribute(node, "axis", 1)])]
-        return _one_axis(constant(2)) if len(node.input) > 2 and node.input[2] else [(0, [-2])]
+        return _one_axis(constant(2), rank) if len(node.input) > 2 and node.input[2] else [(0, [-2])]
     if op == "MatMul":  # the axes contracted (a 1-D second input has only one)
         second = len(ranks) > 1 and ranks[1] == 1
         return [(0, [-1]), (1, [-1] if second else [-2])]
@@ -195,7 +195,7 @@ def mixed_axes(
         return [(0, [1 if attr(node, "layout", 0) else 0])]  # the sequence axis
     if op in ("Trilu", "Det"):
         return [(0, [-2, -1])]
-    return _more(node, ranks) or _moved(node, opset, constant, lengths)
+    return _more(node, ranks) or _moved(node, opset, constant, lengths, rank)
 
 
 def _more(node: onnx.NodeProto, ranks: Sequence[int]) -> Axes:
@@ -244,18 +244,20 @@ def unknown_op(op: str) -> bool:
     return op not in _KNOWN_OPS
 
 
-def _moved(node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequence[int | None]) -> Axes:
+def _moved(
+    node: onnx.NodeProto, opset: int, constant: Constant, lengths: Sequence[int | None], rank: int
+) -> Axes:
     """Ops that move rows: a Slice that is not the whole axis (x[:1], a flip), a Split, a Concat
     of two or more, a Pad or a Tile that adds rows. Each request's rows are no longer its own."""
     op = node.op_type
     if op == "Slice":
-        return [(0, _sliced(node, opset, constant, lengths[1] if len(lengths) > 1 else None))]
+        return [(0, _sliced(node, opset, constant, lengths[1] if len(lengths) > 1 else None, rank))]
     if op in ("Split", "SplitToSequence"):
         return [(0, [int_attribute(node, "axis", 0)])]
     if op == "Concat" and len(node.input) > 1:
         return [(i, [int_attribute(node, "axis", 0)]) for i in range(len(node.input))]
     if op == "Pad":
-        return [(0, _padded(node, opset, constant))]
+        return [(0, _padded(node, opset, constant, rank))]
     if op == "Tile" and (repeats := constant(1)) is not None:
         return [(0, [a for a, times in enumerate(repeats.reshape(-1)) if times != 1])]
     return []
@@ -281,18 +283,29 @@ def _known(
     return None if value is None else [int(v) for v in value.reshape(-1)]
 
 
-def _sliced(node: onnx.NodeProto, opset: int, constant: Constant, named: int | None) -> Sequence[int]:
+def _sliced(
+    node: onnx.NodeProto, opset: int, constant: Constant, named: int | None, rank: int
+) -> Sequence[int]:
     """The axes a Slice does not keep whole: not from 0 to the end by steps of 1. Where its
     bounds are computed at run time (torch's chunk, a roll), every axis it names (without `axes`,
     the first `named`, its starts' length): none is known to be kept whole; where its axes are
-    computed, none."""
+    computed, any of the `rank` axes, unless every bound keeps its axis whole (read as none, a
+    flip of the batch's axis had given each request another's row, a tester, session 58)."""
     starts = _known(node, 1, "starts", opset, 10, constant)
     ends = _known(node, 2, "ends", opset, 10, constant)
     axes = _known(node, 3, "axes", opset, 10, constant)
     steps = _known(node, 4, "steps", opset, 10, constant)
     if axes == [] and starts is None and named is not None:
         axes = list(range(named))
-    if axes is None or (not axes and not starts):
+    if axes is None:
+        if starts is None or ends is None or steps is None:
+            return range(rank)
+        steps = steps or [1] * len(starts)
+        kept = all(
+            b == 0 and e >= TO_THE_END and s == 1 for b, e, s in zip(starts, ends, steps, strict=False)
+        )
+        return [] if kept else range(rank)
+    if not axes and not starts:
         return []
     if starts is None or ends is None or steps is None:
         return axes
@@ -305,12 +318,15 @@ def _sliced(node: onnx.NodeProto, opset: int, constant: Constant, named: int | N
     ]
 
 
-def _padded(node: onnx.NodeProto, opset: int, constant: Constant) -> Sequence[int]:
-    """The axes a Pad adds to (pads [begin..., end...] over its axes; none where computed)."""
+def _padded(node: onnx.NodeProto, opset: int, constant: Constant, rank: int) -> Sequence[int]:
+    """The axes a Pad adds to (pads [begin..., end...] over its axes; none where the pads are
+    computed: onnx_grown_rows.py reads those; any of the `rank` axes where its axes are)."""
     pads = _known(node, 1, "pads", opset, 11, constant)
     axes = _known(node, 3, "axes", opset, 18, constant) if opset >= 18 else []
     if not pads:
         return []
+    if axes is None:  # computed: pads [0, 1, 0, 1] over axes [1, 0] pad the batch's
+        return range(rank) if any(pads) else []
     axes = axes or list(range(len(pads) // 2))
     half = len(pads) // 2
     return [axis for k, axis in enumerate(axes) if k < half and (pads[k] or pads[half + k])]
@@ -340,10 +356,12 @@ def paired_axes(node: onnx.NodeProto) -> tuple[tuple[int, int], tuple[int, int]]
     return None
 
 
-def _one_axis(found: np.ndarray | None) -> Axes:
-    """An axis given as an input's value: none where it is not known, or not one value."""
+def _one_axis(found: np.ndarray | None, rank: int) -> Axes:
+    """An axis given as an input's value; any of the `rank` axes where the load cannot tell which
+    (computed at run time: `x.dim() - 2` written as Size(Shape(x)) - 2 was the batch's axis, read as
+    none and batched, a tester, session 58)."""
     if found is None or found.size != 1:
-        return []
+        return [(0, range(rank))]
     return [(0, [int(found.reshape(-1)[0])])]
 
 
@@ -352,8 +370,8 @@ def _reduced(node: onnx.NodeProto, rank: int, constant: Constant) -> Sequence[in
     axes = [int(a) for a in given] if isinstance(given, list) else None
     if axes is None and len(node.input) > 1 and node.input[1]:
         found = constant(1)
-        if found is None:
-            return []  # axes computed at run time: cannot be told
+        if found is None:  # computed at run time: any of them (read as none, a tester, session 58)
+            return range(rank)
         axes = [int(a) for a in found.reshape(-1)]
     if not axes:  # every axis, unless told to do nothing
         return [] if attr(node, "noop_with_empty_axes", 0) else range(rank)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 
 import onnx
-import onnx.inliner
 
+from server.backends.function_inlining import inlined
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_dim_classes import named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
@@ -26,7 +26,7 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     are standard ones), then Loop and Scan bodies given their inputs' shapes and inferred again,
     and dims proved alike named alike (onnx_dim_classes.py)."""
     if probe.functions:
-        probe = onnx.inliner.inline_local_functions(probe)
+        probe = inlined(probe)
     _constants_in_bodies(probe)
     inferred = inferred_shapes(probe)
     if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
@@ -172,6 +172,46 @@ def reading_probe(
     """The copy of `model` the row-mixing reading walks, shapes inferred, with standard ops standing
     in for those of other domains (onnx_stand_ins.py), and what those stand-ins do not read: `fed`,
     the overridable initializers clients may send; `server_fed`, the inputs the server feeds itself."""
-    probe = own_names(named_apart(as_initialized(inference_probe(model, set()), model, fed), server_fed))
+    outputs = {out.name for out in model.graph.output}
+    probe = own_names(named_apart(as_initialized(inference_probe(model, outputs), model, fed), server_fed))
     probe, stand_ins = stood_in(probe)
-    return inferred_probe(probe), stand_ins
+    return declared_where_unknown(inferred_probe(probe), model), stand_ins
+
+
+def declared_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """`inferred`'s outputs, inferred without their declarations, given a declared dim only where
+    the inference left it unknown (None or its own `unk__` names) and the ranks agree: a declaration
+    bounds what onnx infers, and y = Transpose(x) declared ['N', 'K'] had been read as the batch's
+    rows; each request got a value of every batch mate's, OK (a tester, session 58)."""
+    declared = {out.name: out.type.tensor_type.shape.dim for out in model.graph.output}
+    for out in inferred.graph.output:
+        given = declared.get(out.name)
+        tensor = out.type.tensor_type
+        if given is None or not out.type.HasField("tensor_type") or not tensor.HasField("shape"):
+            continue
+        if len(tensor.shape.dim) != len(given):
+            continue
+        for dim, said in zip(tensor.shape.dim, given, strict=True):
+            unknown = not dim.HasField("dim_value") and (
+                not dim.dim_param or dim.dim_param.startswith("unk__")
+            )
+            if unknown and (said.HasField("dim_value") or said.dim_param):
+                dim.CopyFrom(said)
+    return inferred
+
+
+def declared_batch_unmade(
+    declared: onnx.ValueInfoProto, dims: list[int | str | None] | None, batch: Collection[str]
+) -> str | None:
+    """Why an output declared with the batch's symbol first is not the batch's rows: the graph
+    makes its first axis a fixed size, or another dim (declared_where_unknown's dims)."""
+    said = declared.type.tensor_type.shape.dim if declared.type.HasField("tensor_type") else []
+    if not said or said[0].dim_param not in batch or not dims or dims[0] in batch:
+        return None
+    if not isinstance(dims[0], int) and not any(dim in batch for dim in dims[1:]):
+        return None  # a name the inference gave it: not shown to be another axis
+    shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in said]
+    return (
+        f"it is declared {shown}, its first axis the batch's, but the graph makes it {dims}: a request's "
+        "share of it is not its rows"
+    )

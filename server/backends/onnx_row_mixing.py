@@ -49,9 +49,11 @@ from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_batch_letters
+from server.backends.onnx_filled_shapes import filled_dims
 from server.backends.onnx_foreign_ops import ForeignOps, foreign
 from server.backends.onnx_grown_rows import grown_rows
 from server.backends.onnx_mixing_graph import (
+    DataSizedLengths,
     Dims,
     Shapes,
     Value,
@@ -72,12 +74,14 @@ from server.backends.onnx_mixing_ops import (
     paired_axes,
     scan_inputs,
 )
-from server.backends.onnx_mixing_probe import reading_probe
+from server.backends.onnx_mixing_probe import declared_batch_unmade, reading_probe
 from server.backends.onnx_output_shapes import input_first_dims
 from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_pool_indices import WATCHED as POOLS_WATCHED
 from server.backends.onnx_pool_indices import PoolIndices
 from server.backends.onnx_reshape_rows import Dim
+from server.backends.onnx_sequence_reads import sequence_concat
+from server.backends.onnx_table_reads import table_mixing
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,7 @@ COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
 PAIRED = "its equation names the batch's axes by the letters"
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
+AXIS_MOVES = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Loop", "If", "SequenceMap"})
 
 
 def row_mixing_outputs(
@@ -93,8 +98,10 @@ def row_mixing_outputs(
     """Each graph output whose rows depend on other rows of the batch, and why; args as reading_probe's."""
     if not input_first_dims(model) and not unnamed_first_dims(model):
         return {}  # no input with a variable first dim: nothing is batched
-    if all(node.domain in ONNX_DOMAIN and node.op_type in ROW_WISE_OPS for node in all_nodes(model)):
-        return {}
+    if all(
+        node.domain in ONNX_DOMAIN and node.op_type in ROW_WISE_OPS - AXIS_MOVES for node in all_nodes(model)
+    ):
+        return {}  # (an axis moved may leave an output declared the batch's another axis: read)
     try:
         inferred, stand_ins = reading_probe(model, fed, server_fed)
         walk = _Walk(BatchNames(input_first_dims(inferred)), standard_opset(model), fed=frozenset(fed))
@@ -112,6 +119,7 @@ def row_mixing_outputs(
     for out in model.graph.output:
         why = (None if declared else walk.batch_twice(out.name)) or walk.folded_rows(out.name)
         why = why or walk.values.made_from_size(out.name)
+        why = why or declared_batch_unmade(out, walk.shapes.get(out.name), walk.batch)
         if out.name not in found and why is not None:
             found[out.name] = why
     return found
@@ -136,6 +144,8 @@ class _Walk:
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
+        self.batched: frozenset[str] = frozenset()  # the top graph's inputs that carry the batch
+        self.lengths = DataSizedLengths()  # lengths a NonZero or a NonMaxSuppression of the batch gives
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
 
@@ -150,16 +160,24 @@ class _Walk:
             self.lineage.setdefault(
                 value.name, frozenset({value.name}) if value.name not in self.constants else frozenset()
             )
+            if (self.shapes.get(value.name) or [None])[0] in self.batch and not self.batched:
+                self.batched = frozenset(  # the graph's batched inputs (a body's are its node's)
+                    v.name for v in graph.input if (self.shapes.get(v.name) or [None])[0] in self.batch
+                )
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
         for node in graph.node:
             self._made_from(node)
             constant = partial(self._constant, node)
             if (named := self.partial.reshaped(node, self.shapes.get, constant)) is not None:
                 self.shapes.refine(node.output[0], named)  # dims onnx did not name: its shape's entries
+            for out, dims in zip(node.output, filled_dims(node, self.shapes.get, constant), strict=False):
+                if out and dims is not None and self.shapes.get(out) is None:
+                    self.shapes.refine(out, dims)  # no shape in onnx's inference: the op's form gives it
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
+            self.lengths.see(node, why is not None, self.shapes.get)
             value = constant_value(node) if node.op_type == "Constant" else self._folded(node)
             if value is not None and node.output:
                 self.constants[node.output[0]] = value
@@ -210,6 +228,8 @@ class _Walk:
         for i in (i for i in read if i not in cleared):
             if i < len(node.input) and node.input[i] in self.mixed:
                 return self.mixed[node.input[i]]
+        if (length := self.lengths.read(node, self.shapes.get)) is not None:
+            return length
         unread = self.foreign.unread_mixing(node, self.mixed, self.values.made_from_size)
         if unread is not None:  # an input of the op a stand-in stands for, not read by it
             return unread
@@ -220,6 +240,7 @@ class _Walk:
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.values = self.values.within(inner.names, inner.partial)
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
+            inner.batched, inner.lengths = self.batched, self.lengths
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
             self.values.returned(node, sub, inner.values)  # values made from the batch's size
@@ -277,6 +298,8 @@ class _Walk:
         sized = self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         if sized is not None:
             return sized
+        if (table := table_mixing(node, self.shapes.get, self.batch)) is not None:
+            return table
         if node.op_type in BROADCAST_OPS:
             return self._broadcast_pair(node)
         if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample"):
@@ -289,7 +312,8 @@ class _Walk:
         if node.op_type == "Scan":
             return self._scan(node)
         if node.op_type == "ConcatFromSequence":
-            return self._sequence_concat(node)
+            maker = self.makers.get(node.input[0])
+            return sequence_concat(node, maker, self._lineage, self.shapes.get, self.batch)
         if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
         if node.op_type == "Einsum":
@@ -301,6 +325,8 @@ class _Walk:
         constant = partial(self._constant, node)
         cleared = self.pools.cleared(node)
         for index, axes in mixed_axes(node, [len(d) for d in dims], self.opset, constant, lengths):
+            if index not in cleared and (unplaced := self._unplaced(node, index)) is not None:
+                return unplaced
             for axis in axes if index not in cleared else ():
                 if self._is_batch(node, index, axis) and not self.values.whole(
                     node, axis, self.shapes.get, constant
@@ -321,26 +347,6 @@ class _Walk:
         dims = [self.shapes.get(name) or [] for name in node.input]
         return broadcast_pair(node, dims, self.batch, partial(self._where, node))
 
-    def _sequence_concat(self, node: onnx.NodeProto) -> str | None:
-        """A ConcatFromSequence along the batch: a sequence has no shape, so its elements are read
-        where a SequenceConstruct or a SplitToSequence keeping its axis made it (a split along the
-        columns, concatenated back, keeps rows); else any source carrying the batch mixes (no proof:
-        a tester, session 55, had [x, x] concatenated along the batch batched, wrong, OK)."""
-        axis, maker = int_attribute(node, "axis", 0), self.makers.get(node.input[0])
-        elements: list[str] | None = None  # the tensors the sequence holds, where known
-        if maker is not None and not int_attribute(node, "new_axis", 0):
-            if maker.op_type == "SequenceConstruct":
-                elements = list(maker.input)
-            elif maker.op_type == "SplitToSequence" and int_attribute(maker, "keepdims", 1):
-                elements = [maker.input[0]]
-        if elements is None:
-            elements, axis = list(self._lineage(node.input[0])), -1  # any axis of what it is made from
-        for name in elements:
-            dims = self.shapes.get(name) or []
-            if any(dim in self.batch for at, dim in enumerate(dims) if axis == -1 or at == axis % len(dims)):
-                return f"{described(node)} concatenates a sequence made from the batch's rows along them"
-        return None
-
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""
         states, axes = scan_inputs(node, self.opset)
@@ -354,6 +360,17 @@ class _Walk:
         if dims is None or not -len(dims) <= axis < len(dims):
             return None
         return self.names.row_size(dims[axis])
+
+    def _unplaced(self, node: onnx.NodeProto, index: int) -> str | None:
+        """Why a mixing op's input made from a batched input cannot be read: onnx gave it no shape,
+        so where the batch's axis is in it is not known (an Unsqueeze at computed axes had put it
+        on axis 1 of a Softmax's input: batched, wrong, a tester, session 58)."""
+        name = node.input[index] if index < len(node.input) else ""
+        if not name or name in self.mixed or self.shapes.get(name) is not None:
+            return None  # (mixed already: what mixed it is the better reason)
+        if not self.batched & self._lineage(name):
+            return None
+        return f"{described(node)} works along axes of '{name}', made from the batch: its shape is not known"
 
     def _is_batch(self, node: onnx.NodeProto, index: int, axis: int) -> bool:
         dims = self.shapes.get(node.input[index]) if index < len(node.input) else None

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import onnx
-import onnx.inliner
 from onnx import TensorProto
 
+from server.backends.function_inlining import inlined
 from server.backends.graph_names import ONNX_DOMAIN, attribute, default_opset, graphs, int_attribute
 from server.backends.onnx_stand_in_maker import Known, Maker, attributes, known_of
 from server.backends.onnx_stand_ins_contrib import CONTRIB_BUILDERS, ML_BUILDERS
@@ -278,7 +278,7 @@ def stood_in(probe: onnx.ModelProto) -> tuple[onnx.ModelProto, StandIns]:
     """`probe` with its model-local functions inlined (a function's ops are stood in for too), then
     its stand-ins in, at the opset onnxruntime reads it at; and what the stand-ins do not read."""
     if probe.functions:
-        probe = onnx.inliner.inline_local_functions(probe)
+        probe = inlined(probe)
     return probe, with_stand_ins(probe, default_opset(probe) or 1)
 
 

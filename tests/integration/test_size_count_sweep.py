@@ -54,6 +54,24 @@ REFUSED = {
     # A third tester, session 57: batched wrong, OK, at 098d7b5 and at 2d8eeaf.
     "count_seq_first_reshape_2_n_mixing": ("the Reshape node making", "the batch's"),
     "count_pad_truncated_then_n_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
+    # A tester, session 58 (scripts/unread_cases.py): each batched wrong, OK, at a1132d6.
+    "count_cum_sum_axis_rank_minus_2_mixing": ("the CumSum node making 'y'", "works along the batch's axis"),
+    "count_reduce_sum_axes_rank_minus_2_mixing": (
+        "the ReduceSum node making",
+        "works along the batch's axis",
+    ),
+    "count_reduce_max_axes_cut_empty_mixing": ("the ReduceMax node making", "works along the batch's axis"),
+    "count_unsqueeze_axes_computed_softmax_mixing": ("the Softmax node making", "its shape is not known"),
+    "count_slice_axes_computed_flip_mixing": ("the Slice node making 'y'", "works along the batch's axis"),
+    "count_scatter_elements_into_table_mixing": (
+        "the ScatterElements node",
+        "which does not carry the batch",
+    ),
+    "count_scatter_nd_into_table_mixing": ("the ScatterND node making", "which does not carry the batch"),
+    "count_gather_elements_table_place_mixing": ("the GatherElements node", "with row i of"),
+    "count_function_default_axis_0_mixing": ("the Softmax node making 'y'", "axis 0 of 'x'"),
+    "count_declared_transpose_mixing": ("declared ['N', 'K']", "the graph makes it [4, 'N']"),
+    "count_detections_counted_mixing": ("the Shape node making", "that the NonMaxSuppression node making"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",
@@ -72,6 +90,12 @@ BATCHED = (
     "count_slice_to_n_rowwise",  # refused as computed bounds at 098d7b5
     "count_view_through_where_rowwise",
     "count_split_shape_view_rowwise",  # refused at 74ac7d6 (a second tester, session 57)
+    # Kin of a tester's cases, session 58: each keeps rows and must still batch.
+    "count_slice_axes_computed_whole_rowwise",
+    "count_gather_nd_table_lookup_rowwise",
+    "count_scatter_elements_own_rows_rowwise",
+    "count_function_default_axis_last_rowwise",
+    "count_declared_transpose_back_rowwise",
 )
 
 

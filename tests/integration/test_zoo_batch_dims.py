@@ -5,8 +5,11 @@ request answered whole) and a config that says max_batch_size > 0 fails its load
 NonZero's rows (idx [nnz, 2]), sized by the data's values: batched, a run whose indices held as
 many rows as the run was split by rows, and two of three coalesced requests got another's indices,
 OK (as in Triton); now it is treated like column sums. Declared the batch in its graph (idx
-['N', 2]), it is batched as the graph says, and a run whose output does not hold its rows answers
-UNIMPLEMENTED naming the output, as Triton's UNSUPPORTED (it was INTERNAL, named only in the log)."""
+['N', 2]), it was batched as the graph says until session 58; its first column is each non-zero's
+row in the batch, a position there, and the row-mixing reading now leaves it unbatched (each request
+answered its own indices) and refuses a config that batches it. Batched all the same
+(`rows_independent`), a run whose output does not hold its rows answers UNIMPLEMENTED naming the
+output, as Triton's UNSUPPORTED (it was INTERNAL, named only in the log)."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     write_model(repo, "nonzero", nonzero_rows(files / "nonzero_rows.onnx"), None)
     declared = nonzero_rows(files / "nonzero_declared.onnx", first="N")
     write_model(repo, "declared_batched", declared, BATCH_OF_FOUR_ROWS)
+    write_model(repo, "declared_forced", declared, BATCH_OF_FOUR_ROWS + ROWS_INDEPENDENT)
     write_model(repo, "declared", declared, None)
     until = loop_until(files / "until.onnx")
     write_model(repo, "until_batched", until, BATCH_OF_FOUR_ROWS)
@@ -45,9 +49,19 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
     write_model(repo, "loose_batched", loose, BATCH_OF_FOUR_ROWS)
     write_model(repo, "loose", loose, None)
     with ServerProcess("--model-repository", str(repo)) as server:
-        yield server, {"sums": model, "nonzero": files / "nonzero_rows.onnx", "until": until, "loose": loose}
+        yield (
+            server,
+            {
+                "sums": model,
+                "nonzero": files / "nonzero_rows.onnx",
+                "declared": declared,
+                "until": until,
+                "loose": loose,
+            },
+        )
 
 
+ROWS_INDEPENDENT = 'parameters { key: "rows_independent" value { string_value: "true" } }\n'
 # The overridable initializer `n` listed as an input: clients may send it.
 FED = 'input [ { name: "n" data_type: TYPE_INT64 dims: [ 1 ] optional: true } ]\n'
 
@@ -86,7 +100,14 @@ def test_batching_a_data_sized_output_fails_the_load_naming_the_output_and_the_o
         and "sized by the values of the data (the NonZero node making 'nz')" in reason
     )
     assert "max_batch_size: 0" in reason and "name it in the graph as the inputs' first dim" in reason, reason
-    assert index["nonzero"].state == index["declared_batched"].state == "READY"
+    assert index["nonzero"].state == index["declared"].state == index["declared_forced"].state == "READY"
+    # Declared the batch's: its values are the rows' positions in the batch (the row-mixing reading).
+    assert index["declared_batched"].state == "UNAVAILABLE"
+    reason = index["declared_batched"].reason
+    assert (
+        "ONNX output 'idx' mixes the rows of a batch" in reason
+        and "by the NonZero node making 'nz'" in reason
+    ), reason
 
 
 def test_a_loops_condition_or_a_sent_initializer_sizing_an_output_fails_a_batched_load(
@@ -152,9 +173,19 @@ def test_completed_without_a_config_each_request_gets_its_own_column_sums(
 NONZERO_REQUESTS = [{"x": np.tile(np.float32([[1, 0, 2, 0]]), (rows, 1))} for rows in (1, 2, 1)]
 
 
-@pytest.mark.parametrize(
-    ("model", "requests"), [("declared_batched", NONZERO_REQUESTS), ("declared", NONZERO_REQUESTS[:1])]
-)
+@pytest.mark.parametrize("send", ["tritonclient", "ours"])
+def test_declared_the_batchs_and_completed_each_request_gets_its_own_indices(
+    zoo: tuple[ServerProcess, dict[str, Path]], send: str
+) -> None:
+    server, files = zoo
+    if send == "tritonclient":
+        answers = triton_together(server.address, "declared", NONZERO_REQUESTS, ["idx"])
+    else:
+        answers = ours_together(server.address, "declared", NONZERO_REQUESTS)
+    assert_each_alone(files["declared"], NONZERO_REQUESTS, answers, "declared")
+
+
+@pytest.mark.parametrize(("model", "requests"), [("declared_forced", NONZERO_REQUESTS)])
 @pytest.mark.parametrize("send", ["tritonclient", "ours"])
 def test_an_output_without_the_runs_rows_answers_unimplemented_naming_it(
     zoo: tuple[ServerProcess, dict[str, Path]], model: str, requests: list[dict[str, np.ndarray]], send: str

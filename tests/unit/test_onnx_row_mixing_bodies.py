@@ -51,12 +51,12 @@ def test_an_axis_stored_as_external_data_is_not_read_whatever_the_working_direct
     onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0, location="w.bin")
     parsed = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     assert parsed.graph.initializer[0].data_location == TensorProto.EXTERNAL
-    assert row_mixing_outputs(parsed) == {}  # the axis cannot be told: no proof
+    assert "y" in row_mixing_outputs(parsed)  # the axis cannot be told: any, the batch's too
     trap = tmp_path / "cwd"
     trap.mkdir()
-    (trap / "w.bin").write_bytes(np.int64(1).tobytes())
+    (trap / "w.bin").write_bytes(np.int64(1).tobytes())  # axis 1, read from here, would batch
     monkeypatch.chdir(trap)
-    assert row_mixing_outputs(parsed) == {}
+    assert "y" in row_mixing_outputs(parsed)
 
 
 def test_a_softmax_inside_a_model_local_function_is_read() -> None:

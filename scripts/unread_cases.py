@@ -1,0 +1,191 @@
+"""Cases of the counts corpus (scripts/size_count_cases.py) the load's reading had not read (a tester,
+session 58): an axis given as a computed input, a scatter into or an element gather from a table
+without the batch, a model-local function's default attribute, an output declared the batch's that
+the graph makes another axis, and a detection count over every image. The _mixing ones loaded
+batched and answered four clients wrong with status OK at a1132d6; the _rowwise ones are their kin
+that keep rows, and must still batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper as h
+from row_mixing_cases import Source
+from size_count_cases import F, Graph, f32
+
+BIG = -(1 << 30)
+
+
+def _mixing(name: str, m: onnx.ModelProto, *inputs: np.ndarray) -> Source:
+    return Source(f"count_{name}_mixing", m, tuple(inputs))
+
+
+def _rowwise(name: str, m: onnx.ModelProto, *inputs: np.ndarray) -> Source:
+    return Source(f"count_{name}_rowwise", m, tuple(inputs))
+
+
+def _rank_minus_2(g: Graph) -> str:
+    """x.dim() - 2 as a [1] int64, as a legacy export without constant folding writes it (0 here)."""
+    return g.op("Sub", [g.op("Shape", [g.op("Shape", ["x"])]), g.const([2])])
+
+
+def cum_sum_axis_rank_minus_2() -> Source:
+    g = Graph()
+    g.op("CumSum", ["x", g.op("Squeeze", [_rank_minus_2(g), g.const([0])])], out="y")
+    return _mixing("cum_sum_axis_rank_minus_2", g.model([("x", ["N", 4])], [("y", ["N", 4])]), f32(60, 4, 4))
+
+
+def reduce_sum_axes_rank_minus_2() -> Source:
+    g = Graph()
+    g.op("Add", ["x", g.op("ReduceSum", ["x", _rank_minus_2(g)], keepdims=1)], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=18)
+    return _mixing("reduce_sum_axes_rank_minus_2", m, f32(61, 4, 4))
+
+
+def reduce_max_axes_cut_empty() -> Source:
+    """Axes Shape(x)[5:6]: none, so every axis (noop_with_empty_axes is 0)."""
+    g = Graph()
+    axes = g.op("Slice", [g.op("Shape", ["x"]), g.const([5]), g.const([6])])
+    g.op("Add", ["x", g.op("ReduceMax", ["x", axes], keepdims=1)], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=18)
+    return _mixing("reduce_max_axes_cut_empty", m, f32(62, 4, 4))
+
+
+def unsqueeze_axes_computed_softmax() -> Source:
+    """Unsqueeze at x.dim() - 2 makes [1, N, 4]; a Softmax over its axis 1 is over the batch."""
+    g = Graph()
+    axes = _rank_minus_2(g)
+    soft = g.op("Softmax", [g.op("Unsqueeze", ["x", axes])], axis=1)
+    g.op("Squeeze", [soft, axes], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("unsqueeze_axes_computed_softmax", m, f32(63, 4, 4))
+
+
+def slice_axes_computed_flip() -> Source:
+    g = Graph()
+    g.op("Slice", ["x", g.const([-1]), g.const([BIG]), _rank_minus_2(g), g.const([-1])], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("slice_axes_computed_flip", m, f32(64, 4, 4))
+
+
+def slice_axes_computed_whole() -> Source:
+    """From 0 to the end by 1 along whichever axis: every axis kept whole."""
+    g = Graph()
+    whole = g.op("Slice", ["x", g.const([0]), g.const([1 << 62]), _rank_minus_2(g), g.const([1])])
+    g.op("Softmax", [whole], out="y", axis=1)
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _rowwise("slice_axes_computed_whole", m, f32(65, 4, 4))
+
+
+def _argmax(g: Graph) -> str:
+    return g.op("ArgMax", ["x"], axis=1, keepdims=1)  # [N, 1], 0..3
+
+
+def scatter_elements_into_table() -> Source:
+    """Each row writes its first value into a [8, 4] table of zeros; the table's sum is added back."""
+    g = Graph()
+    first = g.op("Slice", ["x", g.const([0]), g.const([1]), g.const([1])])
+    table = g.op("ScatterElements", [g.const(np.zeros((8, 4)), np.float32), _argmax(g), first], axis=1)
+    g.op("Add", ["x", g.op("ReduceSum", [table, g.const([0])], keepdims=1)], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("scatter_elements_into_table", m, f32(66, 4, 4))
+
+
+def scatter_nd_into_table() -> Source:
+    g = Graph()
+    table = g.op("ScatterND", [g.const(np.zeros((8, 4)), np.float32), _argmax(g), "x"])
+    g.op("Add", ["x", g.op("ReduceSum", [table, g.const([0])], keepdims=1)], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("scatter_nd_into_table", m, f32(67, 4, 4))
+
+
+def gather_elements_table_place() -> Source:
+    """Row i of the answer reads row i of a [8, 4] table: a request's answer is its place."""
+    g = Graph()
+    indices = g.op("Expand", [_argmax(g), g.const([1, 4])])
+    picked = g.op("GatherElements", [g.const(f32(68, 8, 4), np.float32), indices], axis=1)
+    g.op("Add", ["x", picked], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("gather_elements_table_place", m, f32(69, 4, 4))
+
+
+def gather_nd_table_lookup() -> Source:
+    """A row of a [8, 4] table looked up by each row's own index."""
+    g = Graph()
+    picked = g.op("GatherND", [g.const(f32(70, 8, 4), np.float32), _argmax(g)])
+    g.op("Add", ["x", picked], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _rowwise("gather_nd_table_lookup", m, f32(71, 4, 4))
+
+
+def scatter_elements_own_rows() -> Source:
+    """Each row writes into its own row (the data is x): rows kept."""
+    g = Graph()
+    first = g.op("Slice", ["x", g.const([0]), g.const([1]), g.const([1])])
+    g.op("ScatterElements", ["x", _argmax(g), first], out="y", axis=1)
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _rowwise("scatter_elements_own_rows", m, f32(72, 4, 4))
+
+
+def _function_softmax(default_axis: int) -> onnx.ModelProto:
+    """y = F(x), a local function Softmax(a, axis=@axis) whose axis defaults to `default_axis`."""
+    soft = h.make_node("Softmax", ["a"], ["b"])
+    soft.attribute.append(h.make_attribute_ref("axis", onnx.AttributeProto.INT))
+    function = h.make_function("local", "Soft", ["a"], ["b"], [soft], [h.make_opsetid("", 17)])
+    function.attribute_proto.append(h.make_attribute("axis", default_axis))
+    graph = h.make_graph(
+        [h.make_node("Soft", ["x"], ["y"], domain="local")],
+        "g",
+        [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 4])],
+    )
+    opsets = [h.make_opsetid("", 17), h.make_opsetid("local", 1)]
+    m = h.make_model(graph, opset_imports=opsets, functions=[function])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+def function_default_axis_0() -> Source:
+    return _mixing("function_default_axis_0", _function_softmax(0), f32(73, 4, 4))
+
+
+def function_default_axis_last() -> Source:
+    return _rowwise("function_default_axis_last", _function_softmax(-1), f32(74, 4, 4))
+
+
+def declared_transpose() -> Source:
+    """y = x^T, [4, N], declared ['N', 'K'] (a wrong dynamic_axes)."""
+    g = Graph()
+    g.op("Transpose", ["x"], out="y", perm=[1, 0])
+    return _mixing("declared_transpose", g.model([("x", ["N", 4])], [("y", ["N", "K"])]), f32(75, 4, 4))
+
+
+def declared_transpose_back() -> Source:
+    """y = (x^T)^T, declared ['N', 4]: the batch's axis back first."""
+    g = Graph()
+    g.op("Transpose", [g.op("Transpose", ["x"], perm=[1, 0])], out="y", perm=[1, 0])
+    return _rowwise("declared_transpose_back", g.model([("x", ["N", 4])], [("y", ["N", 4])]), f32(76, 4, 4))
+
+
+def detections_counted() -> Source:
+    """The number of boxes NonMaxSuppression keeps, over every image of the batch, added to each."""
+    g = Graph()
+    kept = g.op("NonMaxSuppression", ["boxes", "scores", g.const([3])])
+    count = g.op("Cast", [g.op("Gather", [g.op("Shape", [kept]), g.const(0)])], to=F)
+    g.op("Add", [g.op("ReduceSum", ["scores", g.const([2])], keepdims=0), count], out="y")
+    m = g.model([("boxes", ["N", 3, 4]), ("scores", ["N", 1, 3])], [("y", ["N", 1])], opset=13)
+    corner = np.array([[0, 0, 1, 1], [0, 0.1, 1, 1.1], [2, 2, 3, 3]], np.float32)  # two overlap
+    boxes = np.stack([corner + k for k in range(4)])
+    scores = np.abs(f32(77, 4, 1, 3))
+    return _mixing("detections_counted", m, boxes, scores)
+
+
+UNREAD = (
+    cum_sum_axis_rank_minus_2, reduce_sum_axes_rank_minus_2, reduce_max_axes_cut_empty,
+    unsqueeze_axes_computed_softmax, slice_axes_computed_flip, slice_axes_computed_whole,
+    scatter_elements_into_table, scatter_nd_into_table, gather_elements_table_place,
+    gather_nd_table_lookup, scatter_elements_own_rows, function_default_axis_0,
+    function_default_axis_last, declared_transpose, declared_transpose_back, detections_counted,
+)  # fmt: skip

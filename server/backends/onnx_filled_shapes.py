@@ -1,0 +1,119 @@
+"""Dims for the outputs onnx's inference left without a shape, where an op's form gives them from its
+inputs' dims (onnx_row_mixing.py's walk asks; its own refinements feed the next op's).
+
+A Split by lengths the graph computes has outputs of no shape in onnx's inference, and every op
+after it too (RotaryEmbedding's expanded body: Split, Mul, Sub, Concat, Transpose). The walk reads an
+op working along axes of a tensor made from the batch but of no known shape as mixing (where the
+batch's axis is in it cannot be told; an Unsqueeze at a computed axis had moved it: a tester,
+session 58), so such chains are given their dims here: a Split's and a Concat's are their inputs'
+with the split or joined axis unknown, a Transpose's permuted, an elementwise op's broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from server.backends.graph_names import attribute, int_attribute
+
+Dim = int | str | None
+Dims = list[Dim]
+Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
+_SAME = frozenset(  # one input's dims, unchanged
+    {
+        "Identity", "Cast", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf",
+        "Not", "Reciprocal", "Sin", "Cos", "Floor", "Ceil", "Round", "Softplus", "Gelu", "Sign",
+        "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Dropout", "Clip",
+    }
+)  # fmt: skip
+_BROADCAST = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And", "Or"}
+)
+
+
+def _broadcast_dim(dims: Sequence[Dim]) -> Dim:
+    """One axis of a broadcast: the inputs' dims there, 1s dropped. An unknown beside a named or
+    fixed dim is taken as that dim (it is 1 or the same, or the run fails)."""
+    kept = [d for d in dims if d != 1]
+    known = {d for d in kept if d is not None}
+    if not kept:
+        return 1
+    return known.pop() if len(known) == 1 else None
+
+
+def _broadcast(shapes: Sequence[Dims]) -> Dims:
+    rank = max(len(s) for s in shapes)
+    ones: Dims = [1] * rank
+    padded = [ones[: rank - len(s)] + list(s) for s in shapes]
+    return [_broadcast_dim([s[k] for s in padded]) for k in range(rank)]
+
+
+def _with_unknown(dims: Dims, axis: int) -> Dims | None:
+    if not -len(dims) <= axis < len(dims):
+        return None
+    out = list(dims)
+    out[axis % len(dims)] = None
+    return out
+
+
+def _axes(node: onnx.NodeProto, constant: Constant, index: int) -> list[int] | None:
+    """An int list given as the attribute `axes` (older opsets) or as input `index`; None where
+    computed."""
+    given = attribute(node, "axes", None)
+    if isinstance(given, list):
+        return [int(a) for a in given]
+    if index < len(node.input) and node.input[index]:
+        found = constant(index)
+        return None if found is None else [int(a) for a in found.reshape(-1)]
+    return []
+
+
+def filled_dims(
+    node: onnx.NodeProto, dims_of: Callable[[str], Dims | None], constant: Constant
+) -> list[Dims | None]:
+    """Dims for each of `node`'s outputs (None where its form does not give them: a computed axis
+    leaves it so, and the walk reads what follows as of no known shape)."""
+    inputs = [dims_of(name) if name else None for name in node.input]
+    op = node.op_type
+    none: list[Dims | None] = [None] * len(node.output)
+    if not inputs or inputs[0] is None:
+        return none
+    first = inputs[0]
+    if op == "Split":
+        return [_with_unknown(first, int_attribute(node, "axis", 0))] * len(node.output)
+    if op == "Concat":
+        if any(d is None or len(d) != len(first) for d in inputs):
+            return none
+        axis = int_attribute(node, "axis", 0)
+        joined = [_broadcast_dim([d[k] for d in inputs]) for k in range(len(first))]  # type: ignore[index]
+        return [_with_unknown(joined, axis), *none[1:]]
+    if op == "Transpose":
+        perm = attribute(node, "perm", None)
+        order = list(perm) if isinstance(perm, list) else list(range(len(first)))[::-1]
+        if sorted(order) != list(range(len(first))):
+            return none
+        return [[first[k] for k in order], *none[1:]]
+    if op == "Slice":  # the axes it slices unknown; where its axes are computed, none known
+        axes = _axes(node, constant, 3)
+        if axes is None:
+            return none
+        out: Dims = list(first)
+        for axis in axes or range(len(first)):
+            if -len(first) <= axis < len(first):
+                out[axis % len(first)] = None
+        return [out, *none[1:]]
+    if op == "Unsqueeze":
+        axes = _axes(node, constant, 1)
+        rank = len(first) + len(axes or [])
+        if not axes or any(not -rank <= a < rank for a in axes):
+            return none
+        added = {a % rank for a in axes}
+        rest = iter(first)
+        return [[1 if k in added else next(rest) for k in range(rank)], *none[1:]]
+    if op in _SAME:
+        return [list(first), *none[1:]]
+    if op in _BROADCAST and all(d is not None for d in inputs):
+        return [_broadcast([d for d in inputs if d is not None]), *none[1:]]
+    return none

@@ -1,0 +1,238 @@
+"""A tester's review of the row-mixing reading (session 58). Batched, wrong, OK at a1132d6: an axis
+given as a computed input (CumSum's, a reduction's, DFT's, a Slice's or an Unsqueeze's) read as none;
+a scatter into, or an element gather from, a table without the batch; a model-local function's
+default attribute dropped by onnx's inliner; an output declared the batch's that the graph makes
+another axis; a detection count over every image read as each request's. The served cases are in
+scripts/unread_cases.py (tests/integration/test_size_count_sweep.py); these read the pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.function_inlining import inlined, with_call_defaults
+from server.backends.onnx_filled_shapes import filled_dims
+from server.backends.onnx_mixing_graph import DataSizedLengths
+from server.backends.onnx_mixing_ops import mixed_axes
+from server.backends.onnx_mixing_probe import declared_batch_unmade
+from server.backends.onnx_row_mixing import row_mixing_outputs
+from server.backends.onnx_table_reads import table_mixing
+
+F = TensorProto.FLOAT
+N = helper.make_node
+
+
+def _ints(name: str, values: list[int] | int) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    opset: int = 17,
+    y: list[int | str] | None = None,
+    inputs: list[onnx.ValueInfoProto] | None = None,
+) -> onnx.ModelProto:
+    x = [helper.make_tensor_value_info("x", F, ["N", 4])]
+    out = helper.make_tensor_value_info("y", F, y or ["N", 4])
+    graph = helper.make_graph(nodes, "g", inputs or x, [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+SEL = "the NonMaxSuppression node making 'sel'"
+RANK_MINUS_2 = [N("Shape", ["x"], ["sx"]), N("Shape", ["sx"], ["r"]), N("Sub", ["r", "two"], ["ax"])]
+TWO = _ints("two", [2])
+
+
+def _unknown(index: int) -> None:
+    return None
+
+
+@pytest.mark.parametrize("op", ["CumSum", "CumProd"])
+def test_a_computed_axis_may_be_any(op: str) -> None:
+    node = N(op, ["x", "ax"], ["y"])
+    assert mixed_axes(node, [2, 1], 17, _unknown) == [(0, range(2))]  # was []: none mixed
+
+
+def test_computed_reduction_axes_may_be_any_and_a_dfts_axis_too() -> None:
+    assert mixed_axes(N("ReduceSum", ["x", "ax"], ["y"]), [3, 1], 18, _unknown) == [(0, range(3))]
+    assert mixed_axes(N("DFT", ["x", "", "ax"], ["y"]), [3], 20, _unknown) == [(0, range(3))]
+
+
+def test_a_slice_along_computed_axes_keeps_rows_only_where_every_bound_keeps_its_axis_whole() -> None:
+    values = {1: np.array([0]), 2: np.array([1 << 62]), 4: np.array([1])}
+    whole = N("Slice", ["x", "s", "e", "ax", "st"], ["y"])
+    assert mixed_axes(whole, [2, 1, 1, 1, 1], 13, values.get) == [(0, [])]
+    flip = {1: np.array([-1]), 2: np.array([-(1 << 30)]), 4: np.array([-1])}
+    assert mixed_axes(whole, [2, 1, 1, 1, 1], 13, flip.get) == [(0, range(2))]
+
+
+def test_a_pad_over_computed_axes_may_pad_any() -> None:
+    # pads [0, 1, 0, 1] over axes [1, 0] pad axis 0 (the batch's); read as axes [0, 1] only axis 1 was.
+    node = N("Pad", ["x", "pads", "", "ax"], ["y"])
+    values = {1: np.array([0, 1, 0, 1])}
+    assert mixed_axes(node, [2, 1, 0, 1], 18, values.get) == [(0, range(2))]
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "opset"),
+    [
+        (
+            "cumsum",
+            [N("Size", ["sx"], ["r0"]), N("Sub", ["r0", "two1"], ["a0"]), N("CumSum", ["x", "a0"], ["y"])],
+            17,
+        ),
+        ("reduce", [N("ReduceSum", ["x", "ax"], ["s"], keepdims=1), N("Add", ["x", "s"], ["y"])], 18),
+        (
+            "unsqueeze",
+            [
+                N("Unsqueeze", ["x", "ax"], ["u"]),
+                N("Softmax", ["u"], ["s"], axis=1),
+                N("Squeeze", ["s", "ax"], ["y"]),
+            ],
+            13,
+        ),
+    ],
+)
+def test_computed_axes_over_the_batch_are_refused(name: str, nodes: list[onnx.NodeProto], opset: int) -> None:
+    m = _model([*RANK_MINUS_2, *nodes], [TWO, _ints("two1", 2)], opset=opset)
+    assert "y" in row_mixing_outputs(m), name
+
+
+def test_an_unsqueeze_at_a_computed_axis_leaves_no_shape_and_the_softmax_after_it_is_refused() -> None:
+    nodes = [
+        *RANK_MINUS_2,
+        N("Unsqueeze", ["x", "ax"], ["u"]),
+        N("Softmax", ["u"], ["s"], axis=1),
+        N("Squeeze", ["s", "ax"], ["y"]),
+    ]
+    why = row_mixing_outputs(_model(nodes, [TWO], opset=13))["y"]
+    assert "works along axes of 'u', made from the batch: its shape is not known" in why
+
+
+def test_table_mixing_reads_scatters_into_a_table_and_gathers_by_place() -> None:
+    dims = {"x": ["N", 4], "tab": [8, 4], "i": ["N", 1], "u": ["N", 1], "ie": ["N", 4], "own": ["N", 4]}
+    batch = {"N"}
+    scatter = N("ScatterElements", ["tab", "i", "u"], ["t"], axis=1)
+    assert "writes every row of the batch ('i') into 'tab'" in (table_mixing(scatter, dims.get, batch) or "")
+    assert table_mixing(N("ScatterND", ["nodims", "i", "x"], ["t"]), dims.get, batch) is not None
+    assert table_mixing(N("ScatterElements", ["x", "i", "u"], ["t"], axis=1), dims.get, batch) is None
+    gather = N("GatherElements", ["tab", "ie"], ["g"], axis=1)
+    assert "each request reads its place in the batch" in (table_mixing(gather, dims.get, batch) or "")
+    assert table_mixing(N("GatherElements", ["own", "ie"], ["g"], axis=1), dims.get, batch) is None
+    # Along axis 0, the batch's: each row's indices pick from the table's rows, a lookup.
+    assert table_mixing(N("GatherElements", ["tab", "ie"], ["g"], axis=0), dims.get, batch) is None
+    assert table_mixing(N("GatherND", ["tab", "i"], ["g"]), dims.get, batch) is None  # a lookup
+    assert table_mixing(N("GatherND", ["tab", "i"], ["g"], batch_dims=1), dims.get, batch) is not None
+    assert table_mixing(N("Gather", ["tab", "i"], ["g"]), dims.get, batch) is None  # not read here
+
+
+def _function_model(axis_default: int, call_axis: int | None = None) -> onnx.ModelProto:
+    soft = N("Softmax", ["a"], ["b"])
+    soft.attribute.append(helper.make_attribute_ref("axis", onnx.AttributeProto.INT))
+    function = helper.make_function("local", "Soft", ["a"], ["b"], [soft], [helper.make_opsetid("", 17)])
+    function.attribute_proto.append(helper.make_attribute("axis", axis_default))
+    call = N("Soft", ["x"], ["y"], domain="local", **({} if call_axis is None else {"axis": call_axis}))
+    graph = helper.make_graph(
+        [call],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", 4])],
+        [helper.make_tensor_value_info("y", F, ["N", 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[function])
+    model.ir_version = 9
+    return model
+
+
+def test_a_functions_default_attribute_is_kept_when_inlined() -> None:
+    model = _function_model(0)
+    softmax = inlined(model).graph.node[0]
+    assert [(a.name, a.i) for a in softmax.attribute] == [("axis", 0)]  # onnx's inliner alone: none
+    assert not model.graph.node[0].attribute  # the model itself is left as it was
+    assert with_call_defaults(_function_model(0, call_axis=-1)).graph.node[0].attribute[0].i == -1
+    assert "y" in row_mixing_outputs(model)
+    assert row_mixing_outputs(_function_model(-1)) == {}
+    assert row_mixing_outputs(_function_model(0, call_axis=1)) == {}
+
+
+def test_an_output_declared_the_batchs_that_the_graph_makes_another_axis_is_refused() -> None:
+    moved = _model([N("Transpose", ["x"], ["y"], perm=[1, 0])], [], y=["N", "K"])
+    assert (
+        "it is declared ['N', 'K'], its first axis the batch's, but the graph makes it [4, 'N']"
+        in (row_mixing_outputs(moved)["y"])
+    )
+    back = [N("Transpose", ["x"], ["t"], perm=[1, 0]), N("Transpose", ["t"], ["y"], perm=[1, 0])]
+    assert row_mixing_outputs(_model(back, [])) == {}
+    declared = helper.make_tensor_value_info("y", F, ["N", 4])
+    assert declared_batch_unmade(declared, ["unk__1", 4], {"N"}) is None  # a name the inference gave
+    assert declared_batch_unmade(declared, [4, "unk__1"], {"N"}) is not None
+    assert declared_batch_unmade(declared, ["N", 4], {"N"}) is None
+
+
+def test_a_shape_reads_a_length_a_data_sized_op_of_the_batch_set() -> None:
+    dims = {"x": ["N", 4], "sel": ["unk__0", 3], "picked": ["unk__0", 1], "nz": None, "other": ["unk__7", 3]}
+    lengths = DataSizedLengths()
+    lengths.see(N("NonMaxSuppression", ["x"], ["sel"]), True, dims.get)
+    lengths.see(N("NonZero", ["x"], ["nz"]), True, dims.get)
+    lengths.see(N("NonZero", ["x"], ["other"]), False, dims.get)  # not made from the batch's rows
+    lengths.see(N("Softmax", ["x"], ["picked"]), True, dims.get)  # not data-sized
+    why = lengths.read(N("Shape", ["picked"], ["s"]), dims.get)  # the name carried on by a Gather
+    assert (
+        why == f"the Shape node making 's' reads a length of 'picked' that {SEL} set from every row's values"
+    )
+    assert lengths.read(N("Size", ["sel"], ["s"]), dims.get) is not None
+    assert lengths.read(N("Shape", ["nz"], ["s"]), dims.get) is not None  # no shape: the op's own output
+    assert lengths.read(N("Shape", ["sel"], ["s"], start=1), dims.get) is None  # the 3 of [k, 3]
+    assert lengths.read(N("Shape", ["other"], ["s"]), dims.get) is None
+    assert lengths.read(N("Shape", ["x"], ["s"]), dims.get) is None
+    assert lengths.read(N("Relu", ["sel"], ["s"]), dims.get) is None
+
+
+def _nms(shape_start: int) -> onnx.ModelProto:
+    nodes = [
+        N("NonMaxSuppression", ["boxes", "scores", "keep"], ["sel"]),
+        N("Shape", ["sel"], ["ss"], start=shape_start, end=shape_start + 1),
+        N("Cast", ["ss"], ["k"], to=F),
+        N("ReduceSum", ["scores", "axis2"], ["s"], keepdims=0),
+        N("Add", ["s", "k"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("boxes", F, ["N", 3, 4]),
+        helper.make_tensor_value_info("scores", F, ["N", 1, 3]),
+    ]
+    return _model(nodes, [_ints("keep", [3]), _ints("axis2", [2])], opset=13, y=["N", 1], inputs=inputs)
+
+
+def test_a_detection_count_over_the_batch_is_refused_and_the_triplets_width_is_not() -> None:
+    why = row_mixing_outputs(_nms(0))["y"]
+    assert why == f"the Shape node making 'ss' reads a length of 'sel' that {SEL} set from every row's values"
+    assert row_mixing_outputs(_nms(1)) == {}  # the 3 of [k, 3]
+
+
+def test_filled_dims_follow_an_ops_form() -> None:
+    dims = {"x": ["N", 3, 8], "c": ["N", 3, 1], "l": None}
+    values = {1: np.array([2])}
+    assert (
+        filled_dims(N("Split", ["x", "lens"], ["a", "b"], axis=-1), dims.get, _unknown)
+        == [["N", 3, None]] * 2
+    )
+    assert filled_dims(N("Concat", ["x", "x"], ["y"], axis=1), dims.get, _unknown) == [["N", None, 8]]
+    assert filled_dims(N("Transpose", ["x"], ["y"], perm=[2, 0, 1]), dims.get, _unknown) == [[8, "N", 3]]
+    assert filled_dims(N("Transpose", ["x"], ["y"]), dims.get, _unknown) == [[8, 3, "N"]]
+    assert filled_dims(N("Mul", ["x", "c"], ["y"]), dims.get, _unknown) == [["N", 3, 8]]
+    assert filled_dims(N("Mul", ["x", "l"], ["y"]), dims.get, _unknown) == [None]
+    assert filled_dims(N("Relu", ["x"], ["y"]), dims.get, _unknown) == [["N", 3, 8]]
+    assert filled_dims(N("Slice", ["x", "s", "e", "ax"], ["y"]), dims.get, {3: np.array([2])}.get) == [
+        ["N", 3, None]
+    ]
+    assert filled_dims(N("Slice", ["x", "s", "e", "ax"], ["y"]), dims.get, _unknown) == [
+        None
+    ]  # axes computed
+    assert filled_dims(N("Unsqueeze", ["x", "ax"], ["y"]), dims.get, values.get) == [["N", 3, 1, 8]]
+    assert filled_dims(N("Unsqueeze", ["x", "ax"], ["y"]), dims.get, _unknown) == [None]
+    assert filled_dims(N("Softmax", ["x"], ["y"]), dims.get, _unknown) == [None]  # not read here
