@@ -243,25 +243,28 @@ class ServiceTimeEstimator:
         return self._floor(rows, now)[0]
 
     def floor_basis(self, rows: int, now: float) -> str:
-        """What `predict_floor(rows, now)` is, in words for a client's message."""
-        _, bucket, count = self._floor(rows, now)
+        """What `predict_floor(rows, now)` is, in words for a client's message: where age faded it,
+        the run's own time too (a 100 ms model's refusal had quoted "about 24.7 ms of compute
+        needed (the fastest recent run ...)", read as a run of 25 ms; a tester, session 58)."""
+        seconds, bucket, count, seen = self._floor(rows, now)
+        faded = f", {seen * 1000:.1f} ms when seen, faded with its age" if seconds < 0.9 * seen else ""
         if bucket is None:
-            return f"the fastest recent run of {max(rows, 1)} rows or fewer"
+            return f"the fastest recent run of {max(rows, 1)} rows or fewer{faded}"
         sizes = [n for _, n in self._seen[bucket].runs if n <= rows]
         low, high = min(sizes), max(sizes)
         of = f"{low} rows" if low == high else f"{low} to {high} rows"
-        return f"the fastest of {count} recent runs of {of}"
+        return f"the fastest of {count} recent runs of {of}{faded}"
 
-    def _floor(self, rows: int, now: float) -> tuple[float, int | None, int]:
+    def _floor(self, rows: int, now: float) -> tuple[float, int | None, int, float]:
         """(seconds, the bucket whose runs set it or None for the fastest run of any size, how many
-        runs of that bucket it is the fastest of). A bucket's fastest run bounds larger sizes only
-        from its `BOUND_RUNS`th run on: alone, a hung run (1103 ms where 2 runs of 1 row took
-        105 ms) had refused every larger request for seconds, and a refused size never runs to
-        correct it."""
+        runs of that bucket it is the fastest of, the seconds of that run unfaded). A bucket's
+        fastest run bounds larger sizes only from its `BOUND_RUNS`th run on: alone, a hung run
+        (1103 ms where 2 runs of 1 row took 105 ms) had refused every larger request for seconds,
+        and a refused size never runs to correct it."""
         rows = max(rows, 1)
         own = self.bucket(rows)
-        fastest_any = float("inf")
-        bound, bound_bucket, bound_count = 0.0, None, 0
+        fastest_any, any_seen = float("inf"), 0.0
+        bound, bound_bucket, bound_count, bound_seen = 0.0, None, 0, 0.0
         for b, seen in self._seen.items():
             if b > own:
                 continue
@@ -274,15 +277,16 @@ class ServiceTimeEstimator:
                 fastest = min(fitting, default=None)
             if fastest is None:
                 continue
-            fastest = self._faded(seen, fastest, count, rows, now)
-            fastest_any = min(fastest_any, fastest)
+            raw, fastest = fastest, self._faded(seen, fastest, count, rows, now)
+            if fastest < fastest_any:
+                fastest_any, any_seen = fastest, raw
             if count >= BOUND_RUNS and fastest > bound:
-                bound, bound_bucket, bound_count = fastest, b, count
+                bound, bound_bucket, bound_count, bound_seen = fastest, b, count, raw
         if fastest_any == float("inf"):
-            return 0.0, None, 0
+            return 0.0, None, 0, 0.0
         if bound > fastest_any:
-            return bound, bound_bucket, bound_count
-        return fastest_any, None, 0
+            return bound, bound_bucket, bound_count, bound_seen
+        return fastest_any, None, 0, any_seen
 
     def _faded(self, seen: _Seen, fastest: float, count: int, rows: int, now: float) -> float:
         """A bucket's fastest recent run of `rows` rows or fewer (`count` such runs), faded with age.

@@ -109,7 +109,11 @@ def test_the_basis_words_the_floor_as_faded_at_the_clock_time_asked() -> None:
     runs(est, 2, 0.25, 0.25, 0.25, at=T0)
     runs(est, 1, 0.125, at=T0 + 60.0)
     assert est.predict_floor(2, T0 + 60.0) == pytest.approx(0.0625)
-    assert est.floor_basis(2, T0 + 60.0) == "the fastest recent run of 2 rows or fewer"
+    # Faded to a quarter, it says the run's own time too (a tester, session 58, had read the faded
+    # figure as a run's).
+    assert est.floor_basis(2, T0 + 60.0) == (
+        "the fastest recent run of 2 rows or fewer, 250.0 ms when seen, faded with its age"
+    )
     # At T0, when the 2-row runs were seen (not faded), they do raise it, and the wording names them.
     assert est.predict_floor(2, T0) == pytest.approx(0.25)
     assert est.floor_basis(2, T0) == "the fastest of 3 recent runs of 2 rows"
