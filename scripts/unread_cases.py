@@ -182,10 +182,67 @@ def detections_counted() -> Source:
     return _mixing("detections_counted", m, boxes, scores)
 
 
+def _split_halves(g: Graph) -> tuple[str, str]:
+    """x [N, 4] split in two along axis 1 by lengths computed from its shape (onnx's inference
+    leaves the halves without a shape)."""
+    half = g.op("Div", [g.size(axis=1), g.const(2)])
+    lens = g.cat(*[g.op("Unsqueeze", [half, g.const([0])])] * 2)
+    first = g.op("Split", ["x", lens], outs=2, axis=1)
+    return first, first + "_1"
+
+
+def split_whole_slice_softmax() -> Source:
+    """A whole Slice along the batch's axis of a half, then a Softmax over that axis (s58, second)."""
+    g = Graph()
+    a, _ = _split_halves(g)
+    whole = g.op("Slice", [a, g.const([0]), g.const([1 << 62]), g.const([0])])
+    g.op("Softmax", [whole], out="y", axis=0)
+    return _mixing(
+        "split_whole_slice_softmax", g.model([("x", ["N", 4])], [("y", ["N", 2])], opset=13), f32(78, 4, 4)
+    )
+
+
+def split_halves_attention() -> Source:
+    """A q/k split by computed lengths, then q k^T per row, a Softmax and a LayerNorm: rows kept."""
+    g = Graph()
+    q, k = _split_halves(g)
+    scores = g.op("Mul", [g.op("Unsqueeze", [q, g.const([2])]), g.op("Unsqueeze", [k, g.const([1])])])
+    soft = g.op("Softmax", [scores], axis=-1)
+    flat = g.op("ReduceSum", [soft, g.const([2])], keepdims=0)
+    ones = g.const(np.ones(2), np.float32)
+    g.op("LayerNormalization", [flat, ones, g.const(np.zeros(2), np.float32)], out="y", axis=-1)
+    m = g.model([("x", ["N", 4])], [("y", ["N", 2])], opset=17)
+    return _rowwise("split_halves_attention", m, f32(79, 4, 4))
+
+
+def detections_counted_flat() -> Source:
+    """The detections counted after a Reshape to [-1] (s58, second)."""
+    g = Graph()
+    kept = g.op("NonMaxSuppression", ["boxes", "scores", g.const([3])])
+    flat = g.op("Reshape", [kept, g.const([-1])])
+    count = g.op("Cast", [g.op("Div", [g.size(flat, 0), g.const(3)])], to=F)
+    g.op("Add", [g.op("ReduceSum", ["scores", g.const([2])], keepdims=0), count], out="y")
+    m = g.model([("boxes", ["N", 3, 4]), ("scores", ["N", 1, 3])], [("y", ["N", 1])], opset=13)
+    corner = np.array([[0, 0, 1, 1], [0, 0.1, 1, 1.1], [2, 2, 3, 3]], np.float32)
+    return _mixing(
+        "detections_counted_flat", m, np.stack([corner + k for k in range(4)]), np.abs(f32(80, 4, 1, 3))
+    )
+
+
+def batch_against_fixed_length() -> Source:
+    """x [N, 2] + t [4, 1], summed over axis 0: alone one row spread over 4, batched paired."""
+    g = Graph()
+    spread = g.op("Add", ["x", g.const(f32(81, 4, 1), np.float32)])
+    g.op("Add", ["x", g.op("ReduceSum", [spread, g.const([0])], keepdims=1)], out="y")
+    m = g.model([("x", ["N", 2])], [("y", ["N", 2])], opset=13)
+    return _mixing("batch_against_fixed_length", m, f32(82, 4, 2))
+
+
 UNREAD = (
     cum_sum_axis_rank_minus_2, reduce_sum_axes_rank_minus_2, reduce_max_axes_cut_empty,
     unsqueeze_axes_computed_softmax, slice_axes_computed_flip, slice_axes_computed_whole,
     scatter_elements_into_table, scatter_nd_into_table, gather_elements_table_place,
     gather_nd_table_lookup, scatter_elements_own_rows, function_default_axis_0,
     function_default_axis_last, declared_transpose, declared_transpose_back, detections_counted,
+    split_whole_slice_softmax, split_halves_attention, detections_counted_flat, batch_against_fixed_length,
 )  # fmt: skip

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, shape_inference
 from batcher.log_ration import Ration, rationed
 from batcher.types import Array
 from server.backends.function_inlining import inlined
-from server.backends.graph_names import default_opset, free_prefix, graphs
+from server.backends.graph_names import default_opset, free_prefix, graphs, subgraphs
 from server.backends.int_division_nodes import BY_ZERO, OVERFLOW, RESERVED_PREFIX
 from server.backends.int_division_rewrite import GuardUnavailable, Scope, has_division, rewrite_graph
 from server.backends.int_division_scan import may_divide
@@ -163,7 +163,11 @@ def session_source(
 
 
 def _divides(function: onnx.FunctionProto) -> bool:
-    return any(node.op_type in ("Div", "Mod") for node in function.node)
+    """A Div or a Mod among the function's nodes, or in an If's, Loop's or Scan's body of one (an
+    If's Div inside a function had gone unguarded: INT64_MIN / -1 killed the server; a tester,
+    session 58)."""
+    bodies = [sub for node in function.node for sub in subgraphs(node)]
+    return any(node.op_type in ("Div", "Mod") for node in function.node) or any(map(has_division, bodies))
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -78,6 +78,13 @@ class Shapes:
         return self._dims[name]
 
 
+def value_shape(value: Value | None) -> Dims:
+    """A constant's dims ([] where there is none: read as a scalar, which broadcasts alike)."""
+    if isinstance(value, onnx.TensorProto):
+        return list(value.dims)
+    return list(value.shape) if value is not None else []
+
+
 def constant_value(node: onnx.NodeProto) -> Value | None:
     for found in node.attribute:
         if found.name == "value":
@@ -143,36 +150,47 @@ def made_from(
 
 class DataSizedLengths:
     """The lengths a data-sized op (NonZero, NonMaxSuppression, Unique, Compress) gives a tensor it
-    makes from the batch: its dims onnx could not name (None, or its own `unk__` names), which the
-    ops after it carry. A Shape or a Size reading one reads a length set by every row's values: a
-    NonMaxSuppression's detections, counted over every image of the batch, had been taken as each
-    request's own count, OK (a tester, session 58)."""
+    makes from the batch, and every tensor made from one after it: their dims onnx could not name
+    (None, or its own `unk__` names). A Shape or a Size reading one reads a length set by every
+    row's values: a NonMaxSuppression's detections, counted over every image of the batch, had
+    been taken as each request's own count, OK, and so after a Reshape to [-1] or a whole Slice
+    (testers, session 58)."""
 
     def __init__(self) -> None:
-        self.names: dict[str, str] = {}  # such a dim's name -> the op that set it
-        self.tensors: dict[str, str] = {}  # such a tensor of no known shape -> the op that made it
+        self.names: dict[str, str] = {}  # such a dim's name -> the op that set the length
+        self.tensors: dict[str, str] = {}  # a tensor made from such a length -> that op
+
+    def _origin(self, node: onnx.NodeProto, dims_of: Callable[[str], Dims | None]) -> str | None:
+        for name in (name for name in node.input if name):
+            if name in self.tensors:
+                return self.tensors[name]
+            found = next(
+                (self.names[d] for d in dims_of(name) or [] if isinstance(d, str) and d in self.names), None
+            )
+            if found is not None:
+                return found
+        return None
 
     def see(self, node: onnx.NodeProto, mixes: bool, dims_of: Callable[[str], Dims | None]) -> None:
-        if node.op_type not in DATA_SIZED_OPS or not mixes:
+        made = node.op_type in DATA_SIZED_OPS and mixes
+        origin = described(node) if made else self._origin(node, dims_of)
+        if origin is None:
             return
         for out in (name for name in node.output if name):
-            dims = dims_of(out)
-            if dims is None:
-                self.tensors[out] = described(node)
-            for dim in dims or []:
+            self.tensors[out] = origin
+            for dim in dims_of(out) or []:
                 if isinstance(dim, str) and dim.startswith("unk__"):
-                    self.names[dim] = described(node)
+                    self.names.setdefault(dim, origin)
 
     def read(self, node: onnx.NodeProto, dims_of: Callable[[str], Dims | None]) -> str | None:
         """Why the Shape or Size `node` reads such a length (None: it does not)."""
         if node.op_type not in ("Shape", "Size") or not node.input:
             return None
-        dims = dims_of(node.input[0])
+        name = node.input[0]
+        dims = dims_of(name)
         read = [] if dims is None else shape_read(node, dims) if node.op_type == "Shape" else dims
-        maker = self.tensors.get(node.input[0]) if dims is None else None
+        maker = self.tensors.get(name) if dims is None or None in read else None
         maker = maker or next((self.names[d] for d in read if isinstance(d, str) and d in self.names), None)
         if maker is None:
             return None
-        return (
-            f"{described(node)} reads a length of '{node.input[0]}' that {maker} set from every row's values"
-        )
+        return f"{described(node)} reads a length of '{name}' that {maker} set from every row's values"

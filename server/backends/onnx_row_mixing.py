@@ -63,6 +63,7 @@ from server.backends.onnx_mixing_graph import (
     returned_values,
     standard_opset,
     unnamed_first_dims,
+    value_shape,
 )
 from server.backends.onnx_mixing_ops import (
     BROADCAST_OPS,
@@ -89,7 +90,7 @@ COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
 PAIRED = "its equation names the batch's axes by the letters"
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
-AXIS_MOVES = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Loop", "If", "SequenceMap"})
+AXIS_MOVES = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Loop", "SequenceMap"})  # (If: its bodies')
 
 
 def row_mixing_outputs(
@@ -170,9 +171,10 @@ class _Walk:
             constant = partial(self._constant, node)
             if (named := self.partial.reshaped(node, self.shapes.get, constant)) is not None:
                 self.shapes.refine(node.output[0], named)  # dims onnx did not name: its shape's entries
-            for out, dims in zip(node.output, filled_dims(node, self.shapes.get, constant), strict=False):
-                if out and dims is not None and self.shapes.get(out) is None:
-                    self.shapes.refine(out, dims)  # no shape in onnx's inference: the op's form gives it
+            if any(out and self.shapes.get(out) is None for out in node.output):  # the op's form gives it
+                for out, dims in zip(node.output, filled_dims(node, self.shapes.get, constant), strict=False):
+                    if out and dims is not None and self.shapes.get(out) is None:
+                        self.shapes.refine(out, dims)
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
             why = self._mixes(node) or self._inherited(node)
@@ -314,7 +316,7 @@ class _Walk:
         if node.op_type == "ConcatFromSequence":
             maker = self.makers.get(node.input[0])
             return sequence_concat(node, maker, self._lineage, self.shapes.get, self.batch)
-        if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node)) is not None:
+        if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node, fixed=False)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
         if node.op_type == "Einsum":
             carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
@@ -343,9 +345,9 @@ class _Walk:
             )
         return None
 
-    def _broadcast_pair(self, node: onnx.NodeProto) -> str | None:
-        dims = [self.shapes.get(name) or [] for name in node.input]
-        return broadcast_pair(node, dims, self.batch, partial(self._where, node))
+    def _broadcast_pair(self, node: onnx.NodeProto, fixed: bool = True) -> str | None:
+        dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
+        return broadcast_pair(node, dims, self.batch, partial(self._where, node), fixed)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""
@@ -382,8 +384,8 @@ class _Walk:
         return f"the batch's axis, {self._where(node, index, axis)}{self.names.note(dim)}"
 
     def _where(self, node: onnx.NodeProto, index: int, axis: int) -> str:
-        dims = self.shapes.get(node.input[index]) or []
-        return f"axis {axis % len(dims)} of '{node.input[index]}' {self.names.shown(dims)}"
+        dims = self.shapes.get(node.input[index]) or value_shape(self.constants.get(node.input[index]))
+        return f"axis {axis % max(len(dims), 1)} of '{node.input[index]}' {self.names.shown(dims)}"
 
     def _constant(self, node: onnx.NodeProto, index: int, limit: int = MAX_READ) -> np.ndarray | None:
         """The value of the node's input `index` where the graph holds it; None where it is

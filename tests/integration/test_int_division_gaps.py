@@ -1,7 +1,8 @@
 """Models the integer division guard (server/backends/int_division_guard.py) had loaded unguarded
 with a WARNING, over a real server: an opset-8 Div (no Where), a Div spelt in domain "ai.onnx", a
-Div in a SequenceMap body, and a Div by a Constant kept in external data. A client's zero divisor
-or INT_MIN / -1 there ended the process (SIGFPE: 1.23 on both, 1.31 on MIN / -1); now each is
+Div in a SequenceMap body, a Div by a Constant kept in external data, and (without a WARNING: the
+function was not looked into) a Div in an If inside a model-local function (session 58). A client's
+zero divisor or INT_MIN / -1 there ended the process (SIGFPE: 1.23 on both, 1.31 on MIN / -1); now each is
 refused INVALID_ARGUMENT naming the node, the good requests around it answered, the server lives."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.support.division_models import (
     DIV_CONFIG,
     ai_onnx_div,
     external_constant_div,
+    function_if_div,
     opset_div,
     sequence_map_div,
 )
@@ -29,6 +31,8 @@ from tests.support.server_process import ServerProcess
 
 BOUND_S = 60.0  # generous: a bound on a test that fails, never a measure
 MIN32 = np.iinfo(np.int32).min
+MIN64 = np.iinfo(np.int64).min
+FUNCTION_CONFIG = DIV_CONFIG.replace("TYPE_INT32", "TYPE_INT64")
 SEQUENCE_CONFIG = """
 max_batch_size: 0
 input [ { name: "x" data_type: TYPE_INT32 dims: [ 2, 3 ] }, { name: "y" data_type: TYPE_INT32 dims: [ 3 ] } ]
@@ -80,6 +84,14 @@ CASES = [
         {"x": _int32([7, -9, 100], [1, 2, 3]), "y": _int32(2, 4, 0)},
         {"x": _int32([7, -9, 100], [1, MIN32, 3]), "y": _int32(2, -1, -7)},
     ),
+    Case(  # a Div in an If inside a model-local function (a tester, session 58: the server died)
+        "function_if",
+        "Div_fn__1 (in If_fn__1)",  # as onnx's inliner names the call's copy
+        {"x": np.int64([7, -9, 100]), "y": np.int64([2, 4, -7])},
+        [3, -2, -14],
+        {"x": np.int64([7, -9, 100]), "y": np.int64([2, 0, -7])},
+        {"x": np.int64([7, MIN64, 100]), "y": np.int64([2, -1, -7])},
+    ),
     Case(
         "external_constant",
         "Div_ext_const",
@@ -98,6 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     write_model(repo, "opset8", opset_div(files / "opset8.onnx", 8, TensorProto.INT32), DIV_CONFIG)
     write_model(repo, "ai_onnx", ai_onnx_div(files / "ai_onnx.onnx"), DIV_CONFIG)
     write_model(repo, "sequence_map", sequence_map_div(files / "sequence_map.onnx"), SEQUENCE_CONFIG)
+    write_model(repo, "function_if", function_if_div(files / "function_if.onnx"), FUNCTION_CONFIG)
     external_constant_div(repo / "external_constant" / "1" / "model.onnx")  # c.bin beside it
     (repo / "external_constant" / "config.pbtxt").write_text(CONSTANT_CONFIG)
     with ServerProcess("--model-repository", str(repo)) as running:

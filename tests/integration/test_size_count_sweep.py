@@ -72,6 +72,13 @@ REFUSED = {
     "count_function_default_axis_0_mixing": ("the Softmax node making 'y'", "axis 0 of 'x'"),
     "count_declared_transpose_mixing": ("declared ['N', 'K']", "the graph makes it [4, 'N']"),
     "count_detections_counted_mixing": ("the Shape node making", "that the NonMaxSuppression node making"),
+    # A second tester, session 58: each batched wrong, OK, at 28ab7d2.
+    "count_split_whole_slice_softmax_mixing": ("the Softmax node making 'y'", "works along the batch's axis"),
+    "count_detections_counted_flat_mixing": (
+        "the Shape node making",
+        "that the NonMaxSuppression node making",
+    ),
+    "count_batch_against_fixed_length_mixing": ("the Add node making", "against a fixed length 4"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",
@@ -96,6 +103,7 @@ BATCHED = (
     "count_scatter_elements_own_rows_rowwise",
     "count_function_default_axis_last_rowwise",
     "count_declared_transpose_back_rowwise",
+    "count_split_halves_attention_rowwise",  # refused at 28ab7d2 (a second tester, session 58)
 )
 
 

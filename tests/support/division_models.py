@@ -297,3 +297,37 @@ def opset_div(path: Path, opset: int, elem: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def function_if_div(path: Path) -> Path:
+    """q = Halve(x, y) on int64 [3] tensors, a model-local function whose If (always true) divides
+    in its then branch (node 'Div_fn'): a Div in a function's subgraph had gone unguarded (s58)."""
+    then = helper.make_graph(
+        [helper.make_node("Div", ["a", "b"], ["t"], name="Div_fn")],
+        "then",
+        [],
+        [_value("t", TensorProto.INT64, [3])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Sub", ["a", "b"], ["e"])], "else", [], [_value("e", TensorProto.INT64, [3])]
+    )
+    truth = numpy_helper.from_array(np.asarray(True), "truth")
+    function = helper.make_function(
+        "local",
+        "Halve",
+        ["a", "b"],
+        ["o"],
+        [
+            helper.make_node("Constant", [], ["c"], value=truth),
+            helper.make_node("If", ["c"], ["o"], name="If_fn", then_branch=then, else_branch=other),
+        ],
+        [helper.make_opsetid("", 13)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Halve", ["x", "y"], ["q"], domain="local")],
+        "function_if_div",
+        [_value("x", TensorProto.INT64, [3]), _value("y", TensorProto.INT64, [3])],
+        [_value("q", TensorProto.INT64, [3])],
+    )
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("local", 1)]
+    return save(helper.make_model(graph, opset_imports=opsets, functions=[function]), path)

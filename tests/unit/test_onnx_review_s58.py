@@ -236,3 +236,80 @@ def test_filled_dims_follow_an_ops_form() -> None:
     assert filled_dims(N("Unsqueeze", ["x", "ax"], ["y"]), dims.get, values.get) == [["N", 3, 1, 8]]
     assert filled_dims(N("Unsqueeze", ["x", "ax"], ["y"]), dims.get, _unknown) == [None]
     assert filled_dims(N("Softmax", ["x"], ["y"]), dims.get, _unknown) == [None]  # not read here
+
+
+# A second tester's review (session 58), on 28ab7d2: a whole Slice after a Split by computed lengths
+# filled its axis 0 as unknown and hid the batch (a Softmax over it batched, wrong, OK); a detection
+# count read after a Reshape to [-1]; a Split by computed lengths before a Softmax, a LayerNorm or a
+# MatMul refused (no shape for them); the batch broadcast against a constant's fixed length.
+def _split_halves(after: list[onnx.NodeProto]) -> onnx.ModelProto:
+    nodes = [
+        N("Shape", ["x"], ["sx"]),
+        N("Gather", ["sx", "one"], ["w"]),
+        N("Div", ["w", "two0"], ["h"]),
+        N("Unsqueeze", ["h", "zero1"], ["h1"]),
+        N("Concat", ["h1", "h1"], ["lens"], axis=0),
+        N("Split", ["x", "lens"], ["a", "b"], axis=1),
+        *after,
+    ]
+    inits = [_ints("one", 1), _ints("two0", 2), _ints("zero1", [0]), _ints("z", [0]), _ints("big", [1 << 62])]
+    return _model(nodes, [*inits, _ints("ax0", [0]), _ints("ax1", [1])], opset=13, y=["N", 2])
+
+
+def test_a_whole_slice_keeps_the_batch_where_a_fill_had_hidden_it() -> None:
+    whole = N("Slice", ["a", "z", "big", "ax0"], ["c"])
+    assert "y" in row_mixing_outputs(_split_halves([whole, N("Softmax", ["c"], ["y"], axis=0)]))
+    assert row_mixing_outputs(_split_halves([whole, N("Softmax", ["c"], ["y"], axis=1)])) == {}
+    dims = {"a": ["N", None]}
+    values = {1: np.array([0]), 2: np.array([1 << 62]), 3: np.array([0])}
+    assert filled_dims(whole, dims.get, values.get) == [["N", None]]
+    cut = {**values, 2: np.array([1])}
+    assert filled_dims(whole, dims.get, cut.get) == [[None, None]]
+
+
+def test_ops_after_a_split_by_computed_lengths_are_read_with_the_shapes_seeded() -> None:
+    # Each was refused at 28ab7d2 (no shape after the Split): rows are the requests' own.
+    softmax = [N("Softmax", ["a"], ["s1"], axis=1), N("Softmax", ["s1"], ["y"], axis=1)]  # s1: onnx's
+    assert row_mixing_outputs(_split_halves(softmax)) == {}
+    norm = [
+        N("Relu", ["a"], ["r"]),
+        N("Softmax", ["r"], ["s"]),
+        N("LayerNormalization", ["s", "g", "bb"], ["y"]),
+    ]
+    model = _split_halves(norm)
+    model.opset_import[0].version = 17
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones(2, np.float32), n) for n in ("g", "bb")])
+    assert row_mixing_outputs(model) == {}
+    assert "y" in row_mixing_outputs(_split_halves([N("Softmax", ["a"], ["y"], axis=0)]))
+
+
+def test_a_detection_count_read_after_a_reshape_is_refused() -> None:
+    model = _nms(0)
+    nodes = list(model.graph.node)
+    reshape = N("Reshape", ["sel", "flat"], ["flat_sel"])
+    nodes[1] = N("Shape", ["flat_sel"], ["ss"], start=0, end=1)
+    model.graph.ClearField("node")
+    model.graph.node.extend([nodes[0], reshape, *nodes[1:]])
+    model.graph.initializer.append(_ints("flat", [-1]))
+    assert "set from every row's values" in row_mixing_outputs(model)["y"]
+
+
+def test_repeated_unsqueeze_axes_are_not_filled() -> None:
+    dims = {"x": ["N", 4]}
+    assert filled_dims(N("Unsqueeze", ["x", "ax"], ["y"]), dims.get, {1: np.array([0, 0])}.get) == [None]
+
+
+def test_the_batch_broadcast_against_a_constants_fixed_length_is_refused() -> None:
+    def add(table: np.ndarray) -> onnx.ModelProto:
+        nodes = [
+            N("Add", ["x", "t"], ["e"]),
+            N("ReduceSum", ["e", "ax0"], ["s"], keepdims=1),
+            N("Add", ["x", "s"], ["y"]),
+        ]
+        return _model(nodes, [numpy_helper.from_array(table, "t"), _ints("ax0", [0])], opset=13, y=["N", 4])
+
+    why = row_mixing_outputs(add(np.ones((4, 1), np.float32)))["y"]
+    assert "broadcasts axis 0 of 'x' ['N', 4] against a fixed length 4 of axis 0 of 't' [4, 1]" in why
+    assert "ReduceSum" in row_mixing_outputs(add(np.ones((1, 4), np.float32)))["y"]  # the sum itself
+    row = _model([N("Add", ["x", "t"], ["y"])], [numpy_helper.from_array(np.ones((1, 4), np.float32), "t")])
+    assert row_mixing_outputs(row) == {}  # a row broadcast to every row
