@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper as h
+from onnx import numpy_helper
 from row_mixing_cases import Source
 from size_count_cases import F, Graph, f32
 
@@ -238,6 +239,59 @@ def batch_against_fixed_length() -> Source:
     return _mixing("batch_against_fixed_length", m, f32(82, 4, 2))
 
 
+def untold_length_table() -> Source:
+    """x + t, t = table[:k], k = 8 / 2 read from the table's shape (onnx does not tell t's length,
+    4), then x[:N]: each request its row plus table row k (s58, y)."""
+    g = Graph()
+    table = g.const(10 * np.arange(8, dtype=np.float32)[:, None], np.float32)
+    half = g.op("Div", [g.size1(table, 0), g.const([2])])
+    spread = g.op("Add", ["x", g.op("Slice", [table, g.const([0]), half, g.const([0])])])
+    g.op("Slice", [spread, g.const([0]), g.size1(), g.const([0])], out="y")
+    m = g.model([("x", ["N", 2])], [("y", ["N", 2])], opset=13)
+    return _mixing("untold_length_table", m, f32(83, 4, 2))
+
+
+def einsum_ellipsis_broadcast() -> Source:
+    """Einsum('...j,...j->...j') of x [N, 2] and a [4, 2] weight: the batch broadcast by `...`."""
+    g = Graph()
+    g.op("Einsum", ["x", g.const(f32(84, 4, 2), np.float32)], out="y", equation="...j,...j->...j")
+    m = g.model([("x", ["N", 2])], [("y", ["N", 2])], opset=12)
+    return _mixing("einsum_ellipsis_broadcast", m, f32(85, 4, 2))
+
+
+def detections_counted_in_if() -> Source:
+    """NonMaxSuppression inside an If's branches, its detections counted outside (s58, y)."""
+    inner = Graph()
+    inner.op("NonMaxSuppression", ["boxes", "scores", "keep"], out="kept_in")
+    branch = h.make_graph(inner.nodes, "b", [], [h.make_tensor_value_info("kept_in", 7, None)], inner.inits)
+    g = Graph()
+    g.inits.append(numpy_helper.from_array(np.array([3], np.int64), "keep"))
+    kept = g.op("If", [g.const(True, np.bool_)], then_branch=branch, else_branch=branch)
+    count = g.op("Cast", [g.size(kept, 0)], to=F)
+    g.op("Add", [g.op("ReduceSum", ["scores", g.const([2])], keepdims=0), count], out="y")
+    m = g.model([("boxes", ["N", 3, 4]), ("scores", ["N", 1, 3])], [("y", ["N", 1])], opset=13)
+    corner = np.array([[0, 0, 1, 1], [0, 0.1, 1, 1.1], [2, 2, 3, 3]], np.float32)
+    return _mixing(
+        "detections_counted_in_if", m, np.stack([corner + k for k in range(4)]), np.abs(f32(86, 4, 1, 3))
+    )
+
+
+def split_attention_six_deep() -> Source:
+    """Six layers of q, k split by lengths read from the shape, softmax(q k^T) @ x (s58, y: the
+    fourth was refused)."""
+    g = Graph()
+    last = "x"
+    for _ in range(6):
+        half = g.op("Div", [g.size(last, 2), g.const(2)])
+        lens = g.cat(*[g.op("Unsqueeze", [half, g.const([0])])] * 2)
+        q = g.op("Split", [last, lens], outs=2, axis=-1)
+        scores = g.op("MatMul", [q, g.op("Transpose", [q + "_1"], perm=[0, 2, 1])])
+        last = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), last])
+    g.op("Identity", [last], out="y")
+    m = g.model([("x", ["N", 5, 8])], [("y", ["N", 5, 8])], opset=17)
+    return _rowwise("split_attention_six_deep", m, f32(87, 4, 5, 8))
+
+
 UNREAD = (
     cum_sum_axis_rank_minus_2, reduce_sum_axes_rank_minus_2, reduce_max_axes_cut_empty,
     unsqueeze_axes_computed_softmax, slice_axes_computed_flip, slice_axes_computed_whole,
@@ -245,4 +299,5 @@ UNREAD = (
     gather_nd_table_lookup, scatter_elements_own_rows, function_default_axis_0,
     function_default_axis_last, declared_transpose, declared_transpose_back, detections_counted,
     split_whole_slice_softmax, split_halves_attention, detections_counted_flat, batch_against_fixed_length,
+    untold_length_table, einsum_ellipsis_broadcast, detections_counted_in_if, split_attention_six_deep,
 )  # fmt: skip

@@ -4,13 +4,16 @@ letters for the batch pair every row with every other (`nk,mk->nm` of x and x: x
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import onnx
 
 from server.backends.graph_names import attribute as attr
+from server.backends.graph_names import described
+from server.backends.onnx_broadcast_pairs import Dim, broadcast_pair
 
 Axes = list[tuple[int, Sequence[int]]]  # (input index, the axes of that input the op mixes along)
+PAIRED = "its equation names the batch's axes by the letters"
 
 
 def einsum_letters(node: onnx.NodeProto, ranks: Sequence[int]) -> tuple[list[list[str | None]], str] | None:
@@ -55,3 +58,28 @@ def einsum_batch_letters(node: onnx.NodeProto, carried: Sequence[Sequence[bool]]
     return sorted(
         {c for axes, kept in axes_letters for c, batch in zip(axes, kept, strict=False) if c and batch}
     )
+
+
+def einsum_mixing(
+    node: onnx.NodeProto,
+    dims: Sequence[Sequence[Dim]],
+    batch: Collection[str],
+    where: Callable[[int, int], str],
+    free: Sequence[bool],
+) -> str | None:
+    """Why an Einsum mixes rows beyond the axes it sums (None: it does not): two letters for the
+    batch (`nk,mk->nm` of x and x), or the batch in an input's `...` broadcast against another's
+    (`...ij,...jk` of x [N, 1, 2] and W [4, 2, 2]: each request's row spread over W's 4, batched
+    paired with them; a tester, session 58), read as an elementwise op's broadcast."""
+    carried = [[dim in batch for dim in shape] for shape in dims]
+    if len(letters := einsum_batch_letters(node, carried)) > 1:
+        return f"{described(node)} pairs each row of the batch with every other: {PAIRED} {letters}"
+    read = einsum_letters(node, [len(shape) for shape in dims])
+    if read is None or not any(None in axes for axes in read[0]):
+        return None
+    parts = [
+        [d for d, c in zip(shape, axes, strict=False) if c is None]
+        for shape, axes in zip(dims, read[0], strict=True)
+    ]
+    offsets = [axes.index(None) if None in axes else 0 for axes in read[0]]
+    return broadcast_pair(node, parts, batch, lambda i, a: where(i, a + offsets[i]), free)

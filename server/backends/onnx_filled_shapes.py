@@ -15,10 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from server.backends.graph_names import attribute, int_attribute
-from server.backends.onnx_mixing_graph import constant_value, value_dims
 from server.backends.onnx_mixing_ops import TO_THE_END
 
 Dim = int | str | None
@@ -121,56 +119,10 @@ def filled_dims(
             return none
         rest = iter(first)
         return [[1 if k in added else next(rest) for k in range(rank)], *none[1:]]
+    if op == "STFT":  # [batch, frames, bins, 2]: the batch kept, the rest computed
+        return [[first[0] if first else None, None, None, 2], *none[1:]]
     if op in _SAME:
         return [list(first), *none[1:]]
     if op in _BROADCAST and all(d is not None for d in inputs):
         return [_broadcast([d for d in inputs if d is not None]), *none[1:]]
     return none
-
-
-_SEEDED = frozenset({"Split", "Slice", "Transpose", "Unsqueeze", "Concat", "Add", "Sub", "Mul", "Div"}) | (
-    _SAME - {"Cast", "Not"}
-)  # ops whose output keeps input 0's element type
-
-
-def seed_unshaped(model: onnx.ModelProto) -> bool:
-    """Give the main graph's values that onnx's inference left without a shape the dims their op's
-    form gives (`filled_dims`), as value infos, so that inferring again reaches the ops after them:
-    a Split by lengths computed from the shape (a rotate-half, a q/k split) had left a Softmax,
-    a LayerNormalization and a MatMul after it without shapes, and the reading refused them (a
-    tester, session 58). Whether any was given."""
-    graph = model.graph
-    infos = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
-    outputs = {v.name for v in graph.output}
-    values = {init.name: init for init in graph.initializer}
-    values.update(
-        {n.output[0]: v for n in graph.node if n.op_type == "Constant" and (v := constant_value(n))}
-    )
-
-    def dims_of(name: str) -> Dims | None:
-        return value_dims(infos[name]) if name in infos else None
-
-    def unshaped(name: str) -> bool:
-        return bool(name) and name not in outputs and dims_of(name) is None
-
-    seeded = False
-    for node in graph.node:
-        if node.op_type not in _SEEDED or not any(unshaped(out) for out in node.output) or not node.input:
-            continue
-        source = infos.get(node.input[0])
-        if source is None or not source.type.HasField("tensor_type"):
-            continue
-
-        def constant(index: int, node: onnx.NodeProto = node) -> np.ndarray | None:
-            found = values.get(node.input[index]) if index < len(node.input) else None
-            return numpy_helper.to_array(found) if isinstance(found, onnx.TensorProto) else found
-
-        for out, dims in zip(node.output, filled_dims(node, dims_of, constant), strict=False):
-            if dims is not None and unshaped(out):
-                elem = source.type.tensor_type.elem_type
-                infos[out] = onnx.helper.make_tensor_value_info(
-                    out, elem, [d if d is not None else None for d in dims]
-                )
-                graph.value_info.append(infos[out])
-                seeded = True
-    return seeded

@@ -174,6 +174,9 @@ class DataSizedLengths:
     def see(self, node: onnx.NodeProto, mixes: bool, dims_of: Callable[[str], Dims | None]) -> None:
         made = node.op_type in DATA_SIZED_OPS and mixes
         origin = described(node) if made else self._origin(node, dims_of)
+        if origin is None:  # a body's value returned (an If's branch, a Loop's state; a tester, s58)
+            returned = (out.name for sub in subgraphs(node) for out in sub.output)
+            origin = next((self.tensors[name] for name in returned if name in self.tensors), None)
         if origin is None:
             return
         for out in (name for name in node.output if name):

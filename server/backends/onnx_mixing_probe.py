@@ -14,9 +14,9 @@ import onnx
 from server.backends.function_inlining import inlined
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.onnx_dim_classes import named_alike
-from server.backends.onnx_filled_shapes import seed_unshaped
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
+from server.backends.onnx_seeded_shapes import seed_unshaped
 from server.backends.onnx_stand_ins import StandIns, stood_in
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
@@ -30,9 +30,7 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
         probe = inlined(probe)
     _constants_in_bodies(probe)
     inferred = inferred_shapes(probe)
-    for _ in range(SEEDING_ROUNDS):  # values onnx left without a shape that their op's form gives
-        if not seed_unshaped(inferred):
-            break
+    if seed_unshaped(inferred):  # values onnx left without a shape, worked out node by node
         inferred = inferred_shapes(inferred)
     if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):
         for _ in range(SEEDING_ROUNDS):

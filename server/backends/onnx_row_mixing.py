@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 
 import numpy as np
@@ -46,9 +46,9 @@ from onnx import numpy_helper
 from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, subgraphs
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
-from server.backends.onnx_broadcast_pairs import broadcast_pair
+from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, scale_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
-from server.backends.onnx_einsum import einsum_batch_letters
+from server.backends.onnx_einsum import einsum_mixing
 from server.backends.onnx_filled_shapes import filled_dims
 from server.backends.onnx_foreign_ops import ForeignOps, foreign
 from server.backends.onnx_grown_rows import grown_rows
@@ -88,7 +88,6 @@ logger = logging.getLogger(__name__)
 
 COMPUTED_SLICE = " (its bounds are computed at run time: the load cannot tell it keeps every row)"
 MAX_READ = 1 << 16  # values of a constant read at most (a weight is not made an array here)
-PAIRED = "its equation names the batch's axes by the letters"
 RESHAPE_OPS = frozenset({"Reshape", "Flatten"})  # onnx_reshape_rows.py reads them
 AXIS_MOVES = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Loop", "SequenceMap"})  # (If: its bodies')
 
@@ -316,12 +315,11 @@ class _Walk:
         if node.op_type == "ConcatFromSequence":
             maker = self.makers.get(node.input[0])
             return sequence_concat(node, maker, self._lineage, self.shapes.get, self.batch)
-        if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node, fixed=False)) is not None:
+        if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node, scale_pair)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
-        if node.op_type == "Einsum":
-            carried = [[dim in self.batch for dim in self.shapes.get(name) or []] for name in node.input]
-            if len(letters := einsum_batch_letters(node, carried)) > 1:
-                return f"{described(node)} pairs each row of the batch with every other: {PAIRED} {letters}"
+        read = {"Einsum": einsum_mixing, "Concat": concat_pinned}.get(node.op_type)  # batch letters, `...`
+        if read is not None and (why := self._broadcast_pair(node, read)) is not None:
+            return why  # two letters for the batch, the batch in a `...` broadcast, the batch pinned
         dims = [self.shapes.get(name) or [] for name in node.input]
         lengths = [d[0] if len(d) == 1 and isinstance(d[0], int) else None for d in dims]
         constant = partial(self._constant, node)
@@ -345,9 +343,12 @@ class _Walk:
             )
         return None
 
-    def _broadcast_pair(self, node: onnx.NodeProto, fixed: bool = True) -> str | None:
+    def _broadcast_pair(
+        self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
+    ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        return broadcast_pair(node, dims, self.batch, partial(self._where, node), fixed)
+        free = [not self.batched & self._lineage(name) for name in node.input]  # not made from the batch
+        return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""
@@ -368,9 +369,8 @@ class _Walk:
         so where the batch's axis is in it is not known (an Unsqueeze at computed axes had put it
         on axis 1 of a Softmax's input: batched, wrong, a tester, session 58)."""
         name = node.input[index] if index < len(node.input) else ""
-        if not name or name in self.mixed or self.shapes.get(name) is not None:
-            return None  # (mixed already: what mixed it is the better reason)
-        if not self.batched & self._lineage(name):
+        known = name in self.mixed or self.shapes.get(name) is not None  # (mixed: its reason is better)
+        if not name or known or not self.batched & self._lineage(name):
             return None
         return f"{described(node)} works along axes of '{name}', made from the batch: its shape is not known"
 

@@ -313,3 +313,84 @@ def test_the_batch_broadcast_against_a_constants_fixed_length_is_refused() -> No
     assert "ReduceSum" in row_mixing_outputs(add(np.ones((1, 4), np.float32)))["y"]  # the sum itself
     row = _model([N("Add", ["x", "t"], ["y"])], [numpy_helper.from_array(np.ones((1, 4), np.float32), "t")])
     assert row_mixing_outputs(row) == {}  # a row broadcast to every row
+
+
+# A third tester's review (session 58), on 2755b63: the batch broadcast against a constant whose
+# length onnx cannot tell, or in an Einsum's `...`; a detection count from inside an If; a q/k
+# split four layers deep refused (the seeding stopped after three rounds); a Concat pinning the batch.
+def test_the_batch_broadcast_against_a_constant_of_a_length_the_load_cannot_tell_is_refused() -> None:
+    nodes = [
+        N("Shape", ["big"], ["sb"]),
+        N("Gather", ["sb", "zero0"], ["eight"]),
+        N("Div", ["eight", "two0"], ["four"]),
+        N("Unsqueeze", ["four", "zero1"], ["four1"]),
+        N("Slice", ["big", "zero1", "four1", "zero1"], ["t"]),  # [4, 1], its length computed
+        N("Add", ["x", "t"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.ones((8, 1), np.float32), "big")]
+    inits += [_ints("zero0", 0), _ints("two0", 2), _ints("zero1", [0])]
+    why = row_mixing_outputs(_model(nodes, inits))["y"]
+    assert "against a length the load cannot tell of axis 0 of 't'" in why
+
+
+def test_the_batch_in_an_einsums_ellipsis_broadcast_against_another_is_refused() -> None:
+    def einsum(table: np.ndarray) -> onnx.ModelProto:
+        node = N("Einsum", ["x", "t"], ["y"], equation="...j,...j->...j")
+        return _model([node], [numpy_helper.from_array(table, "t")], opset=12)
+
+    assert (
+        "against a fixed length 4 of axis 0 of 't' [4, 4]"
+        in row_mixing_outputs(einsum(np.ones((4, 4), np.float32)))["y"]
+    )
+    assert row_mixing_outputs(einsum(np.ones((1, 4), np.float32))) == {}
+
+
+def test_a_detection_count_returned_by_an_if_is_refused() -> None:
+    nms = N("NonMaxSuppression", ["boxes", "scores", "keep"], ["inner"])
+    branch = helper.make_graph(
+        [nms], "b", [], [helper.make_tensor_value_info("inner", TensorProto.INT64, None)]
+    )
+    model = _nms(0)
+    nodes = list(model.graph.node)
+    nodes[0] = N("If", ["cond"], ["sel"], then_branch=branch, else_branch=branch)
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    assert (
+        "that the NonMaxSuppression node making 'inner' set from every row's values"
+        in row_mixing_outputs(model)["y"]
+    )
+
+
+def test_a_split_by_computed_lengths_is_read_at_any_depth() -> None:
+    nodes: list[onnx.NodeProto] = []
+    last = "x"
+    for layer in range(6):  # q, k split by lengths read from the shape; softmax(q k^T) @ x, 6 deep
+        p = f"l{layer}_"
+        nodes += [
+            N("Shape", [last], [p + "s"]),
+            N("Gather", [p + "s", "two0"], [p + "w"]),
+            N("Div", [p + "w", "two0"], [p + "h"]),
+            N("Unsqueeze", [p + "h", "zero1"], [p + "u"]),
+            N("Concat", [p + "u", p + "u"], [p + "lens"], axis=0),
+            N("Split", [last, p + "lens"], [p + "q", p + "k"], axis=-1),
+            N("Transpose", [p + "k"], [p + "kt"], perm=[0, 2, 1]),
+            N("MatMul", [p + "q", p + "kt"], [p + "sc"]),
+            N("Softmax", [p + "sc"], [p + "pr"], axis=-1),
+            N("MatMul", [p + "pr", last], [p + "o"]),
+        ]
+        last = p + "o"
+    nodes.append(N("Identity", [last], ["y"]))
+    x = [helper.make_tensor_value_info("x", F, ["N", 5, 8])]
+    model = _model(nodes, [_ints("two0", 2), _ints("zero1", [0])], opset=17, y=["N", 5, 8], inputs=x)
+    assert row_mixing_outputs(model) == {}  # a fourth layer was refused at 2755b63
+
+
+def test_a_concat_pinning_the_batch_to_a_fixed_length_is_refused() -> None:
+    model = _model(
+        [N("Concat", ["c", "x"], ["y"], axis=1)], [numpy_helper.from_array(np.ones((1, 2), np.float32), "c")]
+    )
+    assert (
+        "joins axis 0 of 'x' ['N', 4] to axis 0 of 'c' [1, 2], which is not the batch's"
+        in row_mixing_outputs(model)["y"]
+    )

@@ -377,10 +377,10 @@ def test_a_sequence_of_tensors_carrying_the_batch_on_a_later_axis() -> None:
 def test_a_sequence_made_from_constants_alone_keeps_rows() -> None:
     nodes = [
         helper.make_node("SequenceConstruct", ["w", "w"], ["seq"]),
-        helper.make_node("ConcatFromSequence", ["seq"], ["cat"], axis=0),
+        helper.make_node("ConcatFromSequence", ["seq"], ["cat"], axis=1),  # [1, 4]: one row for each
         helper.make_node("Add", ["x", "cat"], ["y"]),
     ]
-    assert row_mixing_outputs(_model(nodes, X, inits=[_init("w", np.ones((1, 4)))], opset=17)) == {}
+    assert row_mixing_outputs(_model(nodes, X, inits=[_init("w", np.ones((1, 2)))], opset=17)) == {}
 
 
 @pytest.mark.parametrize(
