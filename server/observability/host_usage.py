@@ -3,15 +3,19 @@
 show this server's machine too.
 
 As Triton, read from Linux's /proc: the utilisation is the share of the machine's CPU time not idle
-(idle and iowait count as idle) between two readings, here the previous scrape and this one (the
-first scrape: since the server started); memory used is MemTotal less MemAvailable. Where /proc is
-not there (another OS) the gauges are left off the page. Each worker of `--workers` shows the same
-machine-wide figures.
+(idle and iowait count as idle) over the last WINDOW_S at least (Triton's metrics interval, 2 s):
+from the newest reading that old, readings kept from earlier scrapes (the first scrapes: since the
+server started). Measured from the previous scrape instead, two scrapers at once had read 0.0 on a
+busy machine (no clock tick between them) and shortened each other's windows (a tester, session
+58). Memory used is MemTotal less MemAvailable. Where /proc is not there (another OS) the gauges are
+left off the page. Each worker of `--workers` shows the same machine-wide figures.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,8 @@ METRICS = {
     MEMORY_TOTAL: ("gauge", "CPU total memory (RAM), in bytes"),
     MEMORY_USED: ("gauge", "CPU used memory (RAM), in bytes: MemTotal less MemAvailable"),
 }
+WINDOW_S = 2.0  # the utilisation covers at least this long, where the server has run so long
+_KEPT = 64  # readings kept at most (scrapes more often than WINDOW_S / _KEPT share a base)
 _IDLE_FIELDS = (3, 4)  # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...
 _COUNTED_FIELDS = 8  # guest and guest_nice are already in user and nice
 
@@ -80,15 +86,30 @@ def _read(path: Path) -> str | None:
 
 
 class HostUsage:
-    """The three gauges, each scrape measured against the one before (a gauge source:
-    server/observability/metrics.py). Scrapes may come on several threads at once: a lock keeps
-    each reading's interval its own."""
+    """The three gauges (a gauge source: server/observability/metrics.py), the utilisation over the
+    last WINDOW_S at least. Scrapes may come on several threads at once: a lock guards the readings."""
 
-    def __init__(self, read: Callable[[Path], str | None] = _read, proc: Path = Path("/proc")) -> None:
-        self._read = read
+    def __init__(
+        self,
+        read: Callable[[Path], str | None] = _read,
+        proc: Path = Path("/proc"),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read, self._clock = read, clock
         self._stat, self._meminfo = proc / "stat", proc / "meminfo"
         self._lock = threading.Lock()
-        self._last = self._cpu()  # the first scrape's interval starts with the server
+        self._readings: deque[tuple[float, CpuTimes]] = deque(maxlen=_KEPT)
+        self._keep(self._cpu())  # the first scrapes' window starts with the server
+
+    def _keep(self, times: CpuTimes | None) -> None:
+        if times is not None:
+            self._readings.append((self._clock(), times))
+
+    def _base(self, now: float) -> CpuTimes:
+        """The newest reading at least WINDOW_S old, else the oldest; older ones let go."""
+        while len(self._readings) > 1 and self._readings[1][0] <= now - WINDOW_S:
+            self._readings.popleft()
+        return self._readings[0][1]
 
     def _cpu(self) -> CpuTimes | None:
         text = self._read(self._stat)
@@ -97,8 +118,9 @@ class HostUsage:
     def gauge_values(self) -> Iterator[tuple[str, Mapping[str, str], float]]:
         """Triton's CPU gauges now; those /proc cannot give are left off."""
         with self._lock:
-            now = self._cpu()
-            before, self._last = self._last, now if now is not None else self._last
+            now, at = self._cpu(), self._clock()
+            before = self._base(at) if now is not None and self._readings else None
+            self._keep(now)
         if now is not None and before is not None:
             yield CPU_UTILIZATION, {}, utilization(before, now)
         text = self._read(self._meminfo)

@@ -60,18 +60,41 @@ def gauges(usage: HostUsage) -> dict[str, float]:
     return {name: value for name, labels, value in usage.gauge_values() if not labels}
 
 
-def test_each_scrape_measures_from_the_one_before_and_the_first_from_the_start() -> None:
-    proc = FakeProc()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_utilisation_covers_the_last_two_seconds_and_the_first_scrapes_the_time_since_the_start() -> None:
+    proc, clock = FakeProc(), Clock()
     proc.ticks(busy=100, idle=900)
-    usage = HostUsage(read=proc.read)  # the server starts
-    proc.ticks(busy=130, idle=970)  # 30 busy of 100 since the start
+    usage = HostUsage(read=proc.read, clock=clock)  # the server starts
+    clock.now = 1.0
+    proc.ticks(busy=130, idle=970)  # 30 busy of 100 since the start: the only reading
     assert gauges(usage) == {
         CPU_UTILIZATION: pytest.approx(0.3),
         MEMORY_TOTAL: 16000 * 1024,
         MEMORY_USED: 10000 * 1024,
     }
-    proc.ticks(busy=220, idle=980)  # 90 busy of 100 since that scrape, not 120 of 200 since the start
+    clock.now = 3.0
+    proc.ticks(busy=220, idle=980)  # from the reading at 1.0 (the newest 2 s old): 90 busy of 100
     assert gauges(usage)[CPU_UTILIZATION] == pytest.approx(0.9)
+
+
+def test_two_scrapes_at_once_read_the_same_window_not_an_empty_one() -> None:
+    # Measured from the previous scrape, the second of two scrapers read 0.0 on a busy machine (no
+    # clock tick between them) and shortened the first's window (a tester, session 58).
+    proc, clock = FakeProc(), Clock()
+    proc.ticks(busy=0, idle=0)
+    usage = HostUsage(read=proc.read, clock=clock)
+    clock.now = 10.0
+    proc.ticks(busy=1000, idle=0)
+    first = gauges(usage)[CPU_UTILIZATION]
+    second = gauges(usage)[CPU_UTILIZATION]  # the same moment, the same ticks
+    assert first == second == 1.0
 
 
 def test_what_proc_cannot_give_is_left_off_the_page() -> None:
