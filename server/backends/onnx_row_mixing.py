@@ -146,6 +146,7 @@ class _Walk:
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
         self.batched: frozenset[str] = frozenset()  # the top graph's inputs that carry the batch
         self.lengths = DataSizedLengths()  # lengths a NonZero or a NonMaxSuppression of the batch gives
+        self.top = True  # the main graph's walk, not a body's
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
 
@@ -241,7 +242,7 @@ class _Walk:
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
             inner.values = self.values.within(inner.names, inner.partial)
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
-            inner.batched, inner.lengths = self.batched, self.lengths
+            inner.batched, inner.lengths, inner.top = self.batched, self.lengths, False
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
             self.values.returned(node, sub, inner.values)  # values made from the batch's size
@@ -365,12 +366,11 @@ class _Walk:
         return self.names.row_size(dims[axis])
 
     def _unplaced(self, node: onnx.NodeProto, index: int) -> str | None:
-        """Why a mixing op's input made from a batched input cannot be read: onnx gave it no shape,
-        so where the batch's axis is in it is not known (an Unsqueeze at computed axes had put it
-        on axis 1 of a Softmax's input: batched, wrong, a tester, session 58)."""
+        """Why a mixing op's input made from a batched input cannot be read: no shape, the batch's axis
+        not known (s58). Not in bodies: Silero VAD's If returns one, read before (refused, unbatched)."""
         name = node.input[index] if index < len(node.input) else ""
         known = name in self.mixed or self.shapes.get(name) is not None  # (mixed: its reason is better)
-        if not name or known or not self.batched & self._lineage(name):
+        if not (self.top and name) or known or not self.batched & self._lineage(name):
             return None
         return f"{described(node)} works along axes of '{name}', made from the batch: its shape is not known"
 
