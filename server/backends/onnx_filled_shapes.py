@@ -11,7 +11,7 @@ with the split or joined axis unknown, a Transpose's permuted, an elementwise op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -126,3 +126,33 @@ def filled_dims(
     if op in _BROADCAST and all(d is not None for d in inputs):
         return [_broadcast([d for d in inputs if d is not None]), *none[1:]]
     return none
+
+
+_MOVING = {"Unsqueeze": 1, "Squeeze": 1, "Reshape": 1, "Expand": 1, "Tile": 1, "Slice": 3, "Split": 1}
+
+
+def moved_unseen(
+    name: str,
+    makers: Mapping[str, onnx.NodeProto],
+    dims_of: Callable[[str], Dims | None],
+    constant: Callable[[str], bool],
+) -> bool:
+    """Whether a tensor of no known shape may have had the batch's axis moved where no reading saw
+    it: made, through ops of no known shape, by an Unsqueeze, Squeeze, Reshape, Expand, Tile, Slice
+    or Split whose axes or shape are computed (inside an If branch, an Unsqueeze at a computed axis
+    before a Softmax batched wrong; a tester, session 58). An If's or a Loop's output of no shape
+    is not: its bodies are read (Silero VAD's nested Ifs return shapes of two ranks)."""
+    seen: set[str] = set()
+    stack = [name]
+    while stack and len(seen) < 256:
+        top = stack.pop()
+        maker = makers.get(top)
+        if top in seen or maker is None or dims_of(top) is not None:
+            continue
+        seen.add(top)
+        at = _MOVING.get(maker.op_type)
+        if at is not None and at < len(maker.input) and maker.input[at] and not constant(maker.input[at]):
+            return True
+        if maker.op_type not in ("If", "Loop", "Scan"):
+            stack.extend(i for i in maker.input if i)
+    return False

@@ -93,6 +93,8 @@ def reshaped_rows(
         # Not worked out (a -1 of S / 2): the batch's axis with other counts ahead of it still moves
         # rows ([S, N, 6] -> [2, N, 6, -1]; a tester, session 57).
         column = _first_batch(spelled, batch)
+        if column is None and None in source:  # the batch folded with a length no one knows: no proof
+            return Moved(row, None, str(source[:row]), str(list(after)))  # ([N, ?] -> [-1, 1]; s58)
         ahead = dims_product(source[:row])
         behind = dims_product(spelled[:column]) if column is not None else None
         if column is None or ahead is None or behind is None or ahead == behind:

@@ -49,7 +49,7 @@ from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, scale_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_mixing
-from server.backends.onnx_filled_shapes import filled_dims
+from server.backends.onnx_filled_shapes import filled_dims, moved_unseen
 from server.backends.onnx_foreign_ops import ForeignOps, foreign
 from server.backends.onnx_grown_rows import grown_rows
 from server.backends.onnx_mixing_graph import (
@@ -145,8 +145,7 @@ class _Walk:
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
         self.batched: frozenset[str] = frozenset()  # the top graph's inputs that carry the batch
-        self.lengths = DataSizedLengths()  # lengths a NonZero or a NonMaxSuppression of the batch gives
-        self.top = True  # the main graph's walk, not a body's
+        self.lengths, self.top = DataSizedLengths(), True  # lengths data-sized ops set; not a body's walk
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
 
@@ -254,8 +253,7 @@ class _Walk:
                     returns.append([])
                 returns[k].append((inner.names, inner.shapes.get(body)))
         for k, made in enumerate(node.output[: len(returns)]):
-            # An If's branches must agree: one returning x, the other a table, names no batch.
-            self.names.adopt(returns[k], self.shapes.get(made))
+            self.names.adopt(returns[k], self.shapes.get(made))  # an If's branches must agree to name it
         return None
 
     def _folded(self, node: onnx.NodeProto) -> np.ndarray | None:
@@ -366,12 +364,14 @@ class _Walk:
         return self.names.row_size(dims[axis])
 
     def _unplaced(self, node: onnx.NodeProto, index: int) -> str | None:
-        """Why a mixing op's input made from a batched input cannot be read: no shape, the batch's axis
-        not known (s58). Not in bodies: Silero VAD's If returns one, read before (refused, unbatched)."""
+        """Why a mixing op's input made from a batched input cannot be read: onnx gave it no shape,
+        so where the batch's axis is in it is not known (an Unsqueeze at computed axes, s58)."""
         name = node.input[index] if index < len(node.input) else ""
         known = name in self.mixed or self.shapes.get(name) is not None  # (mixed: its reason is better)
-        if not (self.top and name) or known or not self.batched & self._lineage(name):
+        if not name or known or not self.batched & self._lineage(name):
             return None
+        if not self.top and not moved_unseen(name, self.makers, self.shapes.get, self.constants.__contains__):
+            return None  # in a body, only where an op moved the batch unseen (an If may return 2 ranks)
         return f"{described(node)} works along axes of '{name}', made from the batch: its shape is not known"
 
     def _is_batch(self, node: onnx.NodeProto, index: int, axis: int) -> bool:

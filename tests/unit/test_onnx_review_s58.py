@@ -394,3 +394,57 @@ def test_a_concat_pinning_the_batch_to_a_fixed_length_is_refused() -> None:
         "joins axis 0 of 'x' ['N', 4] to axis 0 of 'c' [1, 2], which is not the batch's"
         in row_mixing_outputs(model)["y"]
     )
+
+
+# A fourth tester's review (session 58), on f1d33cc: the unknown-shape refusal, read in the main
+# graph only, let an Unsqueeze at a computed axis inside an If branch through; a Reshape of a split
+# half [N, ?] to [-1, 1] folded the batch with a length no one knew, read as keeping rows.
+def _branch(nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
+    return helper.make_graph(nodes, "branch", [], [helper.make_tensor_value_info(out, F, None)])
+
+
+def test_an_unsqueeze_at_a_computed_axis_inside_a_branch_is_refused() -> None:
+    inside = [
+        N("Unsqueeze", ["x", "ax"], ["u"]),
+        N("Softmax", ["u"], ["s"], axis=1),
+        N("Squeeze", ["s", "ax"], ["t"]),
+    ]
+    nodes = [
+        *RANK_MINUS_2,
+        N(
+            "If",
+            ["yes"],
+            ["y"],
+            then_branch=_branch(inside, "t"),
+            else_branch=_branch([N("Identity", ["x"], ["e"])], "e"),
+        ),
+    ]
+    model = _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
+    assert "its shape is not known" in row_mixing_outputs(model)["y"]
+
+
+def test_an_ifs_output_of_two_ranks_is_read_as_before_inside_a_body() -> None:
+    # Silero VAD's nested Ifs return [1, d, 128] or [d, 128]: no shape; an Unsqueeze at a constant
+    # axis and a per-row op after it are not refused (tests/integration/test_vad.py serves it).
+    squeezed = _branch([N("Squeeze", ["x", "zero1"], ["q"])], "q")
+    kept = _branch([N("Identity", ["x"], ["k"])], "k")
+    inner = [
+        N("If", ["yes"], ["either"], then_branch=squeezed, else_branch=kept),
+        N("Unsqueeze", ["either", "zero1"], ["u"]),
+        N("Relu", ["u"], ["r"]),
+        N("Squeeze", ["r", "zero1"], ["t"]),
+    ]
+    outer = N("If", ["yes"], ["y"], then_branch=_branch(inner, "t"), else_branch=kept)
+    model = _model([outer], [numpy_helper.from_array(np.array(True), "yes"), _ints("zero1", [0])], opset=13)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_reshape_folding_the_batch_with_a_length_no_one_knows_is_refused() -> None:
+    fold = [
+        N("Reshape", ["a", "m1"], ["r"]),
+        N("Softmax", ["r"], ["s"], axis=0),
+        N("Reshape", ["s", "back"], ["y"]),
+    ]
+    model = _split_halves(fold)
+    model.graph.initializer.extend([_ints("m1", [-1, 1]), _ints("back", [-1, 2])])
+    assert "moves values between the batch's rows" in row_mixing_outputs(model)["y"]
