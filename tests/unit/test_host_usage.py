@@ -122,3 +122,17 @@ def test_this_machines_proc_reads() -> None:
     values = gauges(HostUsage())
     assert 0.0 <= values[CPU_UTILIZATION] <= 1.0
     assert 0 < values[MEMORY_USED] <= values[MEMORY_TOTAL]
+
+
+def test_edges_of_the_readings() -> None:
+    """Mutants that survived session 58's first tests: a short cpu line, one tick, an idle count
+    that went back, all memory available, and the readings kept bounded."""
+    assert cpu_times("cpu  10 0 0 90\n") == CpuTimes(idle=90, total=100)  # no iowait field
+    assert utilization(CpuTimes(0, 0), CpuTimes(0, 1)) == 1.0  # one busy tick
+    assert utilization(CpuTimes(10, 100), CpuTimes(5, 110)) == 1.0  # idle went back: capped
+    assert memory_bytes("MemTotal: 100 kB\nMemAvailable: 100 kB\n") == (102400, 0)
+    proc, clock = FakeProc(), Clock()
+    usage = HostUsage(read=proc.read, clock=clock)
+    for _ in range(200):  # scrapes at one moment: no reading old enough to let go
+        gauges(usage)
+    assert len(usage._readings) <= 64

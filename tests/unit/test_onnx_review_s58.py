@@ -448,3 +448,23 @@ def test_a_reshape_folding_the_batch_with_a_length_no_one_knows_is_refused() -> 
     model = _split_halves(fold)
     model.graph.initializer.extend([_ints("m1", [-1, 1]), _ints("back", [-1, 2])])
     assert "moves values between the batch's rows" in row_mixing_outputs(model)["y"]
+
+
+def test_table_mixing_at_its_edges() -> None:
+    """Mutants of onnx_table_reads.py that survived (session 58): one input, inputs that carry no
+    batch, the default axis, a negative axis, a rank-1 lookup, a table of no known shape."""
+    dims = {"x": ["N", 4], "tab": [8, 4], "i": [4, 1], "u": [4, 1], "ie": ["N", 4], "col": [4, "N"]}
+    dims |= {"t4": [4, 8], "t1": [8], "i1": ["N"], "nd": ["N", 1]}
+    batch = {"N"}
+    assert table_mixing(N("GatherElements", ["tab"], ["g"]), dims.get, batch) is None
+    assert table_mixing(N("ScatterElements", ["tab", "i", "u"], ["t"], axis=1), dims.get, batch) is None
+    why = table_mixing(N("ScatterND", ["tab", "ie", "x"], ["t"]), dims.get, batch)
+    wrote = "the ScatterND node making 't' writes every row of the batch ('ie') into 'tab'"
+    assert why == f"{wrote}, which does not carry the batch"
+    assert (
+        table_mixing(N("GatherElements", ["tab", "ie"], ["g"]), dims.get, batch) is None
+    )  # axis 0: a lookup
+    assert table_mixing(N("GatherElements", ["t4", "col"], ["g"], axis=-1), dims.get, batch) is None
+    assert table_mixing(N("GatherElements", ["t1", "i1"], ["g"], axis=-1), dims.get, batch) is None
+    why = table_mixing(N("GatherND", ["nodims", "nd"], ["g"], batch_dims=1), dims.get, batch)
+    assert why is not None and "answers the batch's row i of 'nd' with row i of 'nodims' (axis 0)" in why
