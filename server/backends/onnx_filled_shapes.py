@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute
-from server.backends.onnx_mixing_ops import TO_THE_END
+from server.backends.onnx_mixing_ops import keeps_whole
 
 Dim = int | str | None
 Dims = list[Dim]
@@ -107,8 +107,7 @@ def filled_dims(
                 (v[k] if v is not None and k < len(v) else None)
                 for v in (starts, ends, [1] * (k + 1) if steps == [] else steps)  # [] : not given, 1s
             ]
-            whole = bounds[0] == 0 and bounds[1] is not None and bounds[1] >= TO_THE_END and bounds[2] == 1
-            if -len(first) <= axis < len(first) and not whole:  # a whole axis keeps its dim (the batch's too)
+            if -len(first) <= axis < len(first) and not keeps_whole(*bounds):  # a whole axis keeps its dim
                 out[axis % len(first)] = None
         return [out, *none[1:]]
     if op == "Unsqueeze":

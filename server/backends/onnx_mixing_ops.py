@@ -301,9 +301,7 @@ def _sliced(
         if starts is None or ends is None or steps is None:
             return range(rank)
         steps = steps or [1] * len(starts)
-        kept = all(
-            b == 0 and e >= TO_THE_END and s == 1 for b, e, s in zip(starts, ends, steps, strict=False)
-        )
+        kept = all(map(keeps_whole, starts, ends, steps))
         return [] if kept else range(rank)
     if not axes and not starts:
         return []
@@ -314,8 +312,13 @@ def _sliced(
     return [
         axis
         for axis, start, end, step in zip(axes, starts, ends, steps, strict=False)
-        if not (start == 0 and end >= TO_THE_END and step == 1)
+        if not keeps_whole(start, end, step)
     ]
+
+
+def keeps_whole(start: int | None, end: int | None, step: int | None) -> bool:
+    """Whether a Slice's bounds on an axis keep it whole: from 0 to the end by steps of 1."""
+    return start == 0 and end is not None and end >= TO_THE_END and step == 1
 
 
 def _padded(node: onnx.NodeProto, opset: int, constant: Constant, rank: int) -> Sequence[int]:

@@ -160,10 +160,10 @@ class _Walk:
             self.lineage.setdefault(
                 value.name, frozenset({value.name}) if value.name not in self.constants else frozenset()
             )
-            if (self.shapes.get(value.name) or [None])[0] in self.batch and not self.batched:
-                self.batched = frozenset(  # the graph's batched inputs (a body's are its node's)
-                    v.name for v in graph.input if (self.shapes.get(v.name) or [None])[0] in self.batch
-                )
+        if not self.batched:  # the main graph's batched inputs (a body's walk holds its node's)
+            self.batched = frozenset(
+                v.name for v in graph.input if (self.shapes.get(v.name) or [None])[0] in self.batch
+            )
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
         for node in graph.node:
             self._made_from(node)

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, subgraphs
 from server.backends.onnx_filled_shapes import filled_dims
-from server.backends.onnx_mixing_graph import Dims, constant_value, value_dims
+from server.backends.onnx_mixing_graph import Dims, constant_value, standard_opset, value_dims
 
 _KEEPS_TYPE = frozenset({"Split", "Slice", "Transpose", "Unsqueeze", "Concat", "STFT"})  # input 0's type
 
@@ -26,7 +26,7 @@ _KEEPS_TYPE = frozenset({"Split", "Slice", "Transpose", "Unsqueeze", "Concat", "
 def seed_unshaped(model: onnx.ModelProto) -> bool:
     """Give the main graph's values without a shape what their node gives them; whether any was."""
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAIN), 1)
+    opset = standard_opset(model)
     infos = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
     outputs = {v.name for v in graph.output}
     values: dict[str, onnx.TensorProto] = {i.name: i for i in graph.initializer}
