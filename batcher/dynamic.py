@@ -33,6 +33,7 @@ from batcher.fast_path import FastPath
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import WakeMargin, form_batch
+from batcher.hop import HopMargin
 from batcher.lateness import LoopLateness
 from batcher.queue import Request, RequestQueue, expired_in_queue, is_done, settle_error, validate_policy
 from batcher.run_batch import BatchRunner
@@ -44,9 +45,9 @@ from batcher.watchdog import Instance, ReplaceBackend, Watchdog
 
 log = logging.getLogger(__name__)
 
-# Measured: a lone request waiting out a 3 s delay with a 1 s gRPC deadline was woken 50 us before
-# its deadline (as the server holds it, ~9 ms after its caller's), and failed (3 of 3). The loop's
-# recent lateness (batcher/lateness.py) is added to the fixed part at each formation.
+# Measured: a lone request waiting out a 3 s delay with a 1 s gRPC deadline was woken 50 us before its
+# deadline (~9 ms after its caller's), and failed (3 of 3); the loop's lateness is added at each
+# formation. For waking only: what a request must leave for the hop is measured (batcher/hop.py).
 WAKE_MARGIN = WakeMargin(fixed_s=0.005, share=0.01)
 
 
@@ -87,6 +88,7 @@ class DynamicBatcher:
         self._clock = clock
         self._estimator = ServiceTimeEstimator()
         self._lateness = LoopLateness()  # how late this batcher's timers have lately run
+        self.hop = HopMargin()  # measured: admission's, formation's and the forecast's
         self._flights = Flights(lambda: len(self._queue))
         self._queue = RequestQueue(
             policy,
@@ -95,7 +97,7 @@ class DynamicBatcher:
             budgets=byte_budgets,
             on_expire=self._expired,
             min_run_s=self._estimator.predict_floor,  # what runs seen prove: never fail one early
-            hop_s=WAKE_MARGIN.fixed_s,
+            hop_s=self.hop.at,
             on_late=self._lateness.observe,
             floor_basis=self._estimator.floor_basis,
         )
@@ -104,7 +106,7 @@ class DynamicBatcher:
         self._dispatchers: list[asyncio.Task[None]] = []
         self._runs = self._flights.runs  # the batches' run tasks
         self._forecast = WaitForecast(
-            self._estimator, self._queue, policy, len(self._instances), clock, WAKE_MARGIN.fixed_s
+            self._estimator, self._queue, policy, len(self._instances), clock, self.hop.at
         )
         self._accepting = False
         self._closing = False
@@ -134,6 +136,7 @@ class DynamicBatcher:
             on_trip=self._trip,
             overran=self._fast_path.overran,
             margin=WAKE_MARGIN,
+            hop=self.hop,
             name=name,
         )
 
@@ -340,7 +343,7 @@ class DynamicBatcher:
             batch = await self._next_batch()
             if batch is None:
                 return
-            flight = Flight(batch)
+            flight = Flight(batch, self._clock())
             self._flights.launch(self._runner.run(instance, flight), flight, slots)
             # Not held while waiting for the next batch: the inputs (and any shared-memory
             # region they view) are released when the run ends, not one batch later.
@@ -356,12 +359,12 @@ class DynamicBatcher:
             policy = self._drain_policy if self._closing else self._policy
             predict = functools.partial(self._estimator.predict, now=now)
             floor = functools.partial(self._estimator.predict_floor, now=now)  # drops rest on it
-            margin = WAKE_MARGIN.plus(self._lateness.current(now))
-            f = form_batch(q.values(), now, policy, predict, is_done, margin, floor, WAKE_MARGIN.fixed_s)
+            margin, hop_s = WAKE_MARGIN.plus(self._lateness.current(now)), self.hop.at(now)
+            f = form_batch(q.values(), now, policy, predict, is_done, margin, floor, hop_s)
             for p in f.cancelled:
                 q.remove(p)
             for p in f.expired:
-                q.fail(p, expired_in_queue(p, now, floor(p.rows), WAKE_MARGIN.fixed_s, q.basis(p.rows, now)))
+                q.fail(p, expired_in_queue(p, now, floor(p.rows), hop_s, q.basis(p.rows, now)))
             self._stats.expired += sum(p.counted for p in f.expired)
             if f.batch:
                 self._flights.take()  # before the removals, so the queue never looks idle meanwhile

@@ -23,6 +23,7 @@ class Flight:
     """One batch taken from the queue, until it has landed (its answers are being set)."""
 
     batch: list[Request]
+    formed_at: float | None = None  # the batcher's clock when formation took it (None: not told)
     landed: bool = False
 
 

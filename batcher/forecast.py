@@ -40,6 +40,7 @@ from typing import NamedTuple
 from batcher.arrival_rates import ArrivalRates
 from batcher.estimate import ServiceTimeEstimator
 from batcher.form import backlog_rows
+from batcher.hop import hop_at
 from batcher.queue import RequestQueue
 from batcher.types import BatchingPolicy
 
@@ -61,28 +62,27 @@ class WaitForecast:
         policy: BatchingPolicy,
         instances: int,
         clock: Callable[[], float],
-        hop_s: float = 0.0,
+        hop_s: float | Callable[[float], float] = 0.0,
     ) -> None:
-        """`hop_s`: from a run's end to its answers and its instance's next run (measured: 1-2 ms,
-        8 ms at the 99th percentile under 2x overload; the give-up rule's 5 ms margin)."""
+        """`hop_s`: from a run's end to its answers and its instance's next run, or its figure at `now`:
+        the give-up rule's margin (batcher/hop.py; 1-2 ms, 8 ms at p99 under 2x overload; cap 5 ms)."""
         self._estimator = estimator
         self._queue = queue
         self._instances = instances
         self._clock = clock
-        self._hop_s = hop_s
+        self._hop_s = hop_at(hop_s)
         # Each batch running now, by a key per run: its predicted end (clock seconds), and whether
         # its cost is known (an unknown one never refuses a request: no hop after it).
         self._running_until: dict[int, tuple[float, bool]] = {}
         self._runs = 0
-        # The estimator's figures as last seen, kept until it observes a run: read afresh each time,
-        # they were ~40 us of a forecast's ~50 (now ~10 us; the former rule's ~5, 1000 queued or 16).
-        # Formation's batch sizes, worked out as asked: a list of every size up to max_batch_size
-        # had been built at each load (seconds, gigabytes for a client's max_batch_size 2**31-1).
+        # The estimator's figures as last seen, kept until it observes a run (read afresh, ~40 us of a
+        # forecast's ~50). Formation's batch sizes, worked out as asked: a list of every size up to
+        # max_batch_size had been built at each load (gigabytes for a max_batch_size of 2**31-1).
         self._policy = policy
         self._read_at = -1  # the estimator's run count when these were read
         self._run_s: dict[int, float] = {}
         self._cut_s: dict[tuple[int, tuple[int, float] | None], float] = {}
-        self._costs = Costs(self._size, self._run, self._cut, hop_s, self._floor)
+        self._costs = Costs(self._size, self._run, self._cut, 0.0, self._floor)  # its hop: at `finish`
         # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
         self._rows_per_run = float(policy.max_batch_size or 1)
         self._max_batch_size = policy.max_batch_size
@@ -108,8 +108,7 @@ class WaitForecast:
 
     def _ahead(self, level: int) -> int:
         """Rows served before a new request at `level`: queued, and pledged."""
-        pledged = sum(rows for lvl, rows in self._pledged.items() if lvl <= level)
-        return self._queue.rows_ahead(level) + pledged
+        return self._queue.rows_ahead(level) + sum(n for lvl, n in self._pledged.items() if lvl <= level)
 
     def _size(self, rows: int) -> int:
         return backlog_rows(rows, self._policy)
@@ -213,9 +212,10 @@ class WaitForecast:
         deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
+        costs = self._costs._replace(hop_s=(hop_s := self._hop_s(now)))
         free = [0.0] * self._instances  # seconds until each instance is free
         for end, known in sorted(self._running_until.values()):  # more than instances: queued
-            heapq.heapreplace(free, free[0] + max(0.0, end - now) + (self._hop_s if known else 0.0))
+            heapq.heapreplace(free, free[0] + max(0.0, end - now) + (hop_s if known else 0.0))
         oldest = next(iter(self._queue.values()), None)  # the first deadline formation cuts to
         hard = None if oldest is None or oldest.priority > level else oldest.hard
         first = None if slack_s is None or hard is None else min(slack_s, hard - now)
@@ -224,16 +224,16 @@ class WaitForecast:
         ahead, packed = self._ahead(level) + rows, self._packing(now)
         rates = self._arrivals
         if rates is None or level <= 1:  # nothing is served before it but the queue
-            return backlog(ahead, free, self._costs, slack_s, first, last=whole, packed=packed)
-        finish = backlog(ahead, [*free], self._costs, slack_s, first, last=whole, packed=packed)
-        own_s = self._run(whole) + self._hop_s  # rows arriving once its batch runs go after it
+            return backlog(ahead, free, costs, slack_s, first, last=whole, packed=packed)
+        finish = backlog(ahead, [*free], costs, slack_s, first, last=whole, packed=packed)
+        own_s = self._run(whole) + hop_s  # rows arriving once its batch runs go after it
         for _ in range(ARRIVAL_ROUNDS):  # rows of higher levels arriving meanwhile go first: a fixed point
             if slack_s is not None and finish > slack_s:
                 break  # past its deadline already: refused whatever else comes
             jump = round(rates.expected(level, now, max(0.0, finish - own_s)))
             if not jump:
                 break
-            later = backlog(ahead + jump, [*free], self._costs, slack_s, first, last=whole, packed=packed)
+            later = backlog(ahead + jump, [*free], costs, slack_s, first, last=whole, packed=packed)
             if later <= finish:
                 break
             finish = later

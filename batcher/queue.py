@@ -8,9 +8,9 @@ batch is being formed: as soon as even a run started at once could not end befor
 run and back), so its caller hears the server's reason before its own timer ends the call; at the
 deadline itself while no run has been seen (an unknown cost never fails a request early).
 
-Admission refuses by the same rule (`give_up_at`: the same run figure and the same hop): a request
-is admitted only while its give-up point is still ahead (checking the run alone, with no hop, had
-admitted requests with up to 5 ms more slack than the run, which then failed ~1 ms later).
+Admission refuses by the same rule (`give_up_at`: the same run figure and hop, batcher/hop.py): a
+request is admitted only while its give-up point is ahead (checking the run alone had admitted some
+with up to 5 ms more slack than the run, which then failed ~1 ms later).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
 from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueSizeReached, QueueTimedOut
 from batcher.form import Pending, cannot_finish, earliest, give_up_at, gives_up
+from batcher.hop import hop_at
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
 
 
@@ -67,19 +68,18 @@ class RequestQueue:
         on_expire: Callable[[Request], None] = lambda p: None,
         *,
         min_run_s: Callable[[int, float], float] = lambda rows, now: 0.0,
-        hop_s: float = 0.0,
+        hop_s: float | Callable[[float], float] = 0.0,
         on_late: Callable[[float, float], None] = lambda late_s, now: None,
         floor_basis: Callable[[int, float], str] | None = None,
     ) -> None:
-        """`on_remove`: after any request leaves; `on_expire`: one expired on its timer.
-        `min_run_s(rows, now)`: what a run of `rows` rows takes at least (0.0: unknown); `hop_s`:
-        the time to a run and back, outside it. `on_late(late_s, now)`: a timer ran `late_s` late.
-        `floor_basis(rows, now)`: what `min_run_s` is, in words (None: "the fastest recent run of
-        N rows or fewer")."""
+        """`on_remove`: after any request leaves; `on_expire`: one expired on its timer. `min_run_s(rows,
+        now)`: what a run of `rows` rows takes at least (0.0: unknown); `hop_s`: the time to a run and
+        back, outside it, or its figure at `now` (batcher/hop.py). `on_late(late_s, now)`: a timer ran
+        `late_s` late. `floor_basis(rows, now)`: `min_run_s` in words (None: the fastest recent run)."""
         self._policy = policy
         self._on_expire = on_expire
         self._min_run_s = min_run_s
-        self._hop_s = hop_s
+        self._hop_s = hop_at(hop_s)
         self._on_late = on_late
         self._floor_basis = floor_basis
         self._budgets = tuple(budgets)  # input bytes of queued requests, bounded (batcher/budget.py)
@@ -171,8 +171,8 @@ class RequestQueue:
         if hard <= now:
             raise DeadlineExceeded("deadline exceeded before the request was queued")
         run_s = predict_s(a.rows)
-        if gives_up(hard, now, run_s, self._hop_s):
-            raise cannot_be_met(a.rows, run_s, self._hop_s, hard - now, basis=self.basis(a.rows, now))
+        if gives_up(hard, now, run_s, hop_s := self._hop_s(now)):
+            raise cannot_be_met(a.rows, run_s, hop_s, hard - now, basis=self.basis(a.rows, now))
         if finish_s is not None and a.since is None:  # (an ensemble's step: forecast at its admission)
             wait_s = finish_s(a.priority, a.rows, hard - now)
             if cannot_finish(hard, now, wait_s):
@@ -280,14 +280,14 @@ class RequestQueue:
 
     def give_up(self, rows: int, hard: float, now: float) -> float:
         """The give-up point (`give_up_at`) at `now` of a request of `rows` rows and deadline `hard`."""
-        return give_up_at(hard, self._min_run_s(rows, now), self._hop_s)
+        return give_up_at(hard, self._min_run_s(rows, now), self._hop_s(now))
 
     def gave_up(self, rows: int, hard: float | None, now: float, where: str) -> DeadlineExceeded:
         """Why a request of `rows` rows past its give-up point at `now` is failed `where` (", while
         ..."): `cannot_be_met` with the figures, or its deadline passed (no run seen, or no deadline)."""
         run_s = self._min_run_s(rows, now)
         if hard is not None and hard > now and run_s > 0.0:
-            return cannot_be_met(rows, run_s, self._hop_s, hard - now, where, self.basis(rows, now))
+            return cannot_be_met(rows, run_s, self._hop_s(now), hard - now, where, self.basis(rows, now))
         return DeadlineExceeded(f"deadline exceeded{where}")
 
     def _arm(self, p: Request, delay: float, at: float) -> None:
@@ -318,7 +318,7 @@ class RequestQueue:
         if self.remove(p):
             self._on_expire(p)
             run_s = self._min_run_s(p.rows, now)
-            settle_error(p, expired_in_queue(p, now, run_s, self._hop_s, self.basis(p.rows, now)))
+            settle_error(p, expired_in_queue(p, now, run_s, self._hop_s(now), self.basis(p.rows, now)))
 
     def basis(self, rows: int, now: float) -> str | None:
         """What the least compute of `rows` rows (`min_run_s`) is, in words (None: the default's)."""

@@ -30,6 +30,7 @@ from batcher.estimate import ServiceTimeEstimator
 from batcher.flights import Flight, Flights
 from batcher.forecast import WaitForecast
 from batcher.form import NO_MARGIN, WakeMargin
+from batcher.hop import HopMargin
 from batcher.log_ration import Ration, rationed
 from batcher.queue import Request, is_done, settle_error
 from batcher.scatter import Part, scatter
@@ -70,10 +71,13 @@ class BatchRunner:
         margin: WakeMargin = NO_MARGIN,
         name: str = "batcher",
         overran: Callable[[float], None] = lambda seconds: None,
+        hop: HopMargin | None = None,
     ) -> None:
         """`margin`: how much earlier than the server a caller may hold its deadline, for counting a
-        request whose caller went at its deadline (batch_io.cut_at_deadline). `name` is for the log."""
+        request whose caller went at its deadline (batch_io.cut_at_deadline). `name` is for the log.
+        `hop` hears each batch's hop around its run (batcher/hop.py)."""
         self._margin = margin
+        self._hop = hop
         self._name = name
         self._policy = policy
         self._stats = stats
@@ -161,6 +165,9 @@ class BatchRunner:
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
+        if self._hop is not None and flight.formed_at is not None:  # formation to answers, less the run
+            answered_at = self._clock()
+            self._hop.observe(answered_at - flight.formed_at, (ns[2] - ns[1]) / 1e9, answered_at)
 
     async def _compute(
         self, instance: Instance, batch: list[Request], t0: int

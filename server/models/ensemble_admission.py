@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from batcher.admission import Admission
-from batcher.dynamic import WAKE_MARGIN, DynamicBatcher
+from batcher.dynamic import DynamicBatcher
 from batcher.errors import BatcherError, Overloaded
 from batcher.forecast import WaitForecast
 from batcher.queue import cannot_be_met
@@ -109,19 +109,22 @@ class Pledges:
 class PathEnd:
     """When a step (or an ensemble's outputs) would end, in seconds from the admission: at the
     earliest (`least_s`: the least compute along the chain of steps that sets it, `runs` those
-    steps' (name, seconds, what the figure is), `hops` margins), and as forecast (`forecast_s`)."""
+    steps' (name, seconds, what the figure is), `hops` margins of `margin_s` in all: each step's
+    model's measured hop, batcher/hop.py), and as forecast (`forecast_s`)."""
 
     least_s: float = 0.0
     forecast_s: float = 0.0
     runs: tuple[tuple[str, float, str], ...] = ()
     hops: int = 0
+    margin_s: float = 0.0
 
 
 def _later(ends: Iterable[PathEnd]) -> PathEnd:
     """When all of `ends` have come: the latest least end (with its chain), the latest forecast."""
     ends = list(ends)
     least = max(ends, key=lambda e: e.least_s, default=PathEnd())
-    return PathEnd(least.least_s, max((e.forecast_s for e in ends), default=0.0), least.runs, least.hops)
+    forecast_s = max((e.forecast_s for e in ends), default=0.0)
+    return PathEnd(least.least_s, forecast_s, least.runs, least.hops, least.margin_s)
 
 
 def path_ends(
@@ -171,16 +174,17 @@ def _step_end(
     turn_s = forecast.turn_s(level, pledges.rows_at(forecast)) if start.forecast_s > 0.0 else 0.0
     pledges.add(step.index, forecast, rows, level)
     if run_s <= 0.0:  # nothing known of its cost: it refuses nothing (as at a model's admission)
-        return PathEnd(start.least_s, max(start.forecast_s, wait_s), start.runs, start.hops)
+        return PathEnd(start.least_s, max(start.forecast_s, wait_s), start.runs, start.hops, start.margin_s)
     # With the hop, as the step's give-up point has it: a step forecast to end later than its
     # deadline less the hop would be dropped unrun in its queue, its earlier steps' compute lost.
-    forecast_s = max(start.forecast_s + run_s, wait_s) + turn_s + WAKE_MARGIN.fixed_s
+    hop_s = batcher.hop.at(now)
+    forecast_s = max(start.forecast_s + run_s, wait_s) + turn_s + hop_s
     name = f"step {step.index} (model '{step.model}')"
     if pledges.depth:  # a nested ensemble's step
         name = f"{name} of ensemble '{ensemble}'"
-    least_s = start.least_s + run_s + WAKE_MARGIN.fixed_s
+    least_s = start.least_s + run_s + hop_s
     runs = (*start.runs, (name, run_s, batcher.estimator.floor_basis(rows, now)))
-    return PathEnd(least_s, forecast_s, runs, start.hops + 1)
+    return PathEnd(least_s, forecast_s, runs, start.hops + 1, start.margin_s + hop_s)
 
 
 def admit_whole(plan: EnsemblePlan, resolve: Resolve, a: Admission, priority: int, now: float) -> Pledges:
@@ -203,13 +207,11 @@ def admit_whole(plan: EnsemblePlan, resolve: Resolve, a: Admission, priority: in
 def _check(plan: EnsemblePlan, ends: dict[int, PathEnd], a: Admission, left_s: float) -> None:
     """Raise for the first step, in dependency order, whose least end, else whose forecast end,
     is past the `left_s` the deadline leaves."""
-    hop_s = WAKE_MARGIN.fixed_s
     for step in plan.steps:
         end = ends[step.index]
         if end.hops and end.least_s > left_s:
             basis = "; then ".join(f"{name}: {run_s * 1e3:.1f} ms, {what}" for name, run_s, what in end.runs)
-            margin_s = end.hops * hop_s
-            unmet = cannot_be_met(a.rows, end.least_s - margin_s, margin_s, left_s, basis=basis)
+            unmet = cannot_be_met(a.rows, end.least_s - end.margin_s, end.margin_s, left_s, basis=basis)
             raise _named(unmet, plan, step)
     for step in plan.steps:
         wait_s = ends[step.index].forecast_s

@@ -41,7 +41,7 @@ CONFIG = slow_identity(
 SERVERS_REASON = re.compile(
     r"^deadline cannot be met: about (\d+\.\d) ms of compute needed \(the fastest recent run of 1 rows "
     r"or fewer(?:, \d+\.\d ms when seen, faded with its age)?\)"  # a faded floor says its run
-    r" plus a (5\.0) ms margin, (\d+\.\d) ms left, while waiting in the queue$"
+    r" plus a (\d\.\d) ms margin, (\d+\.\d) ms left, while waiting in the queue$"
 )
 
 

@@ -18,6 +18,7 @@ from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Overloaded, Tens
 from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import Costs, backlog
 from batcher.form import backlog_rows
+from batcher.hop import FLOOR_S as HOP  # the hop margin with no hop measured
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
 NOW = 100.0
@@ -212,13 +213,13 @@ async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
     b = DynamicBatcher([Gated()], BatchingPolicy(max_batch_size=4), ModelStats(), clock)
     for _ in range(3):
         b.estimator.observe(4, 1.0, NOW)
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * 1.005)  # 2 batches, each with the hop
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + HOP))  # 2 batches, each with the hop
     clock.now = NOW + 5.0  # a half-life later
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * 1.005)
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + HOP))
     assert b.estimator.predict_seen(4, clock.now) == pytest.approx(0.5)  # faded for the rest
     for _ in range(16):  # figures kept between forecasts are read again once a run is observed
         b.estimator.observe(4, 3.0, clock.now)
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * 3.005)
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (3.0 + HOP))
 
 
 # -- WaitForecast: rows pledged by ensemble requests admitted whole -------------------------------
@@ -242,7 +243,7 @@ async def test_rows_pledged_by_ensembles_are_forecast_in_the_batches_formation_f
             b.estimator.observe(4, 10.0, NOW)
         level = b.admission(1).priority
         b.forecast.pledge(7, level)
-        assert b.forecast.shed_s(level, 1, 25.0) == pytest.approx(2 * 10.005)  # each with the hop
+        assert b.forecast.shed_s(level, 1, 25.0) == pytest.approx(2 * (10.0 + HOP))  # each with the hop
         with pytest.raises(Overloaded):
             await asyncio.wait_for(b.submit(x(10), 1, deadline=NOW + 19.0), LONG)
         await asyncio.wait_for(b.submit(x(11), 1, deadline=NOW + 25.0), LONG)  # admitted, and run

@@ -30,6 +30,7 @@ from batcher import (
 )
 from batcher.batch_io import cpu_timed
 from batcher.errors import NotAccepting
+from batcher.hop import FLOOR_S as HOP  # the hop margin with no hop measured
 from tests.support.thread_guard import shut_down_pools
 
 LONG = 5.0  # an upper bound no healthy run comes near
@@ -442,9 +443,9 @@ async def test_fast_runs_leave_the_backlog_in_whole_batches(make: Make) -> None:
     seeded(b, clock.now)
     for i in range(12):
         assert b.run_now(x(i), b.admission(1)) is not None
-    # 8 rows ahead: one batch of 8 (10 ms, and the 5 ms hop), whatever size recent runs had (it had
+    # 8 rows ahead: one batch of 8 (10 ms, and the hop margin), whatever size recent runs had (it had
     # followed them: 2 batches of 7 rows after one 1-row run).
-    assert b._forecast.finish(1, 8) == pytest.approx(0.015)
+    assert b._forecast.finish(1, 8) == pytest.approx(0.01 + HOP)
 
 
 async def test_queued_runs_leave_the_backlog_in_whole_batches(make: Make) -> None:
@@ -452,4 +453,4 @@ async def test_queued_runs_leave_the_backlog_in_whole_batches(make: Make) -> Non
     b = make(Gated(), clock=clock)
     seeded(b, clock.now)
     await result(submit(b, 1))
-    assert b._forecast.finish(1, 8) == pytest.approx(0.015)
+    assert b._forecast.finish(1, 8) == pytest.approx(0.01 + HOP)

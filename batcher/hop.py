@@ -1,0 +1,59 @@
+"""HopMargin: the margin for the hop around a run, measured, which a deadline must leave besides the
+run itself.
+
+The hop is what a request's answer takes outside its run: from its batch's formation to the run's
+start and from the run's end to its caller resuming with the answer. Admission, the queue's
+give-up rule, formation's drops, the wait forecast and an ensemble's admission all add it to the
+run's compute. It had been a fixed 5 ms, which refused every deadline of 5 ms or less, even for a
+model run inline on the event loop in 25 us (a hostile client's finding, session 58).
+
+Measured instead, of two parts:
+- each batch run through the queue: the seconds from its formation to its answers being set, less
+  its run as the estimator saw it (which already holds the executor's thread hop and the loop's
+  turns meanwhile), kept as a decayed maximum (`LoopLateness`'s rule: the largest recent one,
+  halving with its age);
+- `floor_s`, for the caller's resumption and the answer's way out through the server (encoding,
+  the write), which the batcher does not see.
+The whole is capped at `cap_s`, the former fixed figure, so that under overload, where the measured
+hop reaches it, admission and shedding are what they were (BENCHMARKS.md's overload goodput).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batcher.lateness import LoopLateness
+
+FLOOR_S = 0.0005  # the answer's way out through the server, not seen by the batcher
+CAP_S = 0.005  # the former fixed margin: the most this ever asks
+
+
+@dataclass(slots=True)
+class HopMargin:
+    """The hop margin of one batcher: `at(now)`; batches' hops told by `observe`."""
+
+    floor_s: float = FLOOR_S
+    cap_s: float = CAP_S
+    _seen: LoopLateness = field(default_factory=lambda: LoopLateness(half_life_s=10.0, cap_s=CAP_S))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.floor_s <= self.cap_s:
+            raise ValueError(f"need 0 <= floor_s <= cap_s, got {self.floor_s} and {self.cap_s}")
+
+    def observe(self, formed_to_answered_s: float, run_s: float, now: float) -> None:
+        """A batch formed `formed_to_answered_s` seconds before its answers were set at `now`, of
+        which its run took `run_s`."""
+        self._seen.observe(formed_to_answered_s - run_s, now)
+
+    def at(self, now: float) -> float:
+        """The margin to leave for the hop at `now`, in seconds."""
+        return min(self.cap_s, self.floor_s + self._seen.current(now))
+
+
+def hop_at(hop_s: float | Callable[[float], float]) -> Callable[[float], float]:
+    """A hop margin as a function of `now`: `hop_s` itself, or a fixed figure's."""
+    if callable(hop_s):
+        return hop_s
+    fixed = float(hop_s)
+    return lambda now: fixed
