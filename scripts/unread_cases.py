@@ -1,7 +1,8 @@
 """Cases of the counts corpus (scripts/size_count_cases.py) the load's reading had not read (a tester,
 session 58): an axis given as a computed input, a scatter into or an element gather from a table
 without the batch, a model-local function's default attribute, an output declared the batch's that
-the graph makes another axis, and a detection count over every image. The _mixing ones loaded
+the graph makes another axis, a detection count over every image, a table a Loop stacks as long as
+another axis of x, and a Concat pinning the batch to a constant a Loop returns. The _mixing ones loaded
 batched and answered four clients wrong with status OK at a1132d6; the _rowwise ones are their kin
 that keep rows, and must still batch.
 """
@@ -292,6 +293,58 @@ def split_attention_six_deep() -> Source:
     return _rowwise("split_attention_six_deep", m, f32(87, 4, 5, 8))
 
 
+def _turns_body() -> onnx.GraphProto:
+    """A Loop's body stacking its iteration number as a [1] float each turn (its own names)."""
+    shape = numpy_helper.from_array(np.array([1], np.int64), "turn_shape")
+    nodes = [
+        h.make_node("Identity", ["cond_in"], ["cond_out"]),
+        h.make_node("Cast", ["turn"], ["turn_f"], to=F),
+        h.make_node("Reshape", ["turn_f", "turn_shape"], ["turn_row"]),
+    ]
+    given = [h.make_tensor_value_info("turn", 7, []), h.make_tensor_value_info("cond_in", 9, [])]
+    made = [h.make_tensor_value_info("cond_out", 9, []), h.make_tensor_value_info("turn_row", F, [1])]
+    return h.make_graph(nodes, "turns", given, made, [shape])
+
+
+def loop_table_by_other_axis() -> Source:
+    """A Loop run Shape(x)[1] times (4) stacks a [4, 1] table; x + t, then [:N]: a batch of four gave
+    row i the table's row i, a request alone its row 0 (s58, u2: its lineage ran through x's shape)."""
+    g = Graph()
+    table = g.op("Loop", [g.size(axis=1), ""], body=_turns_body())
+    spread = g.op("Add", ["x", table])
+    g.op("Slice", [spread, g.const([0]), g.size1(), g.const([0])], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("loop_table_by_other_axis", m, f32(88, 4, 4))
+
+
+def loop_table_by_other_axis_across() -> Source:
+    """The same table transposed to [1, 4]: added across each row's values, rows kept."""
+    g = Graph()
+    table = g.op("Loop", [g.size(axis=1), ""], body=_turns_body())
+    g.op("Add", ["x", g.op("Transpose", [table], perm=[1, 0])], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _rowwise("loop_table_by_other_axis_across", m, f32(89, 4, 4))
+
+
+def concat_loop_constant_first() -> Source:
+    """Concat(c, x) on axis 1, c a [1, 2] constant a Loop returns (its shape unknown to the load):
+    alone each request answered, batched every one INTERNAL (s58, u2)."""
+    value = numpy_helper.from_array(np.array([[7, 8]], np.float32), "kept_value")
+    nodes = [
+        h.make_node("Identity", ["cond_in"], ["cond_out"]),
+        h.make_node("Constant", [], ["kept"], value=value),
+    ]
+    given = [h.make_tensor_value_info(name, t, []) for name, t in (("turn", 7), ("cond_in", 9))]
+    given.append(h.make_tensor_value_info("kept_in", F, None))
+    made = [h.make_tensor_value_info("cond_out", 9, []), h.make_tensor_value_info("kept", F, None)]
+    g = Graph()
+    first = g.const(np.zeros((1, 2)), np.float32)
+    kept = g.op("Loop", [g.const(2), "", first], body=h.make_graph(nodes, "kept", given, made))
+    g.op("Concat", [kept, "x"], out="y", axis=1)
+    m = g.model([("x", ["N", 2])], [("y", ["N", 4])], opset=13)
+    return _mixing("concat_loop_constant_first", m, f32(90, 1, 2))  # one row: four fail
+
+
 UNREAD = (
     cum_sum_axis_rank_minus_2, reduce_sum_axes_rank_minus_2, reduce_max_axes_cut_empty,
     unsqueeze_axes_computed_softmax, slice_axes_computed_flip, slice_axes_computed_whole,
@@ -300,4 +353,5 @@ UNREAD = (
     function_default_axis_last, declared_transpose, declared_transpose_back, detections_counted,
     split_whole_slice_softmax, split_halves_attention, detections_counted_flat, batch_against_fixed_length,
     untold_length_table, einsum_ellipsis_broadcast, detections_counted_in_if, split_attention_six_deep,
+    loop_table_by_other_axis, loop_table_by_other_axis_across, concat_loop_constant_first,
 )  # fmt: skip

@@ -104,6 +104,18 @@ class BatchNames:
                 if isinstance(old, str) and old in inner.origins:
                     self.origins[new] = inner.origins[old]
 
+    def folded_rows(self, dims: Sequence[Dim] | None) -> str | None:
+        """Why a graph output of `dims` has rows that are not the requests' rows: its first axis is
+        the batch folded with other values ([N*T, C]), so no request's share of it is its row count."""
+        if not dims or not isinstance(dims[0], str) or dims[0] not in self.folds:
+            return None
+        if self.row_size(dims[0]) == 1:
+            return None  # the batch itself under another name
+        return (
+            f"its first axis {self.shown(dims[:1])} is the batch's axis folded with other values"
+            f"{self.note(dims[0])}: a request's share of it is not its rows"
+        )
+
     def row_size(self, dim: Dim) -> Dim:
         return values_per_row(dim, self.roots, self.folds)
 

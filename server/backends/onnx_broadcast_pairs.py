@@ -24,9 +24,9 @@ def broadcast_pair(
 ) -> str | None:
     """Why the node pairs rows (None: it does not); `dims`: its inputs' dims; `where(input, axis)`:
     how a message names an input's axis; `free`: None, or for each input whether it is made from no
-    batched input: the batch broadcast against a fixed length of any input, or against a length the
-    load cannot tell of a free one, is read too (an elementwise op's; a scale's is read with its
-    op's axes)."""
+    batched input (a length of another axis than the batch's counted as none: onnx_value_lineage.py):
+    the batch broadcast against a fixed length of any input, or against a length the load cannot tell
+    of a free one, is read too (an elementwise op's; a scale's is read with its op's axes)."""
     rank = max((len(d) for d in dims), default=0)
     seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
     for index, shape in enumerate(dims):
@@ -100,10 +100,12 @@ def concat_pinned(
     """Why a Concat joins the batch's axis, off its own axis, to another input's fixed length or one
     the load cannot tell of an input made from no batched input (None: it does not): its inputs must
     agree there, so a run of more requests than that length fails (a [1, k] constant beside x
-    [N, 2]: each request alone answered, batched every one INTERNAL; a tester, session 58)."""
+    [N, 2]: each request alone answered, batched every one INTERNAL; a tester, session 58; so too
+    Concat(c, x) with c a [1, 2] constant a Loop returns, its shape unknown: the rank had been read
+    from the first input, none, and nothing checked; a tester, session 58)."""
     if node.op_type != "Concat" or not dims:
         return None
-    rank = len(dims[0])
+    rank = max(len(shape) for shape in dims)  # the first input's shape may be unknown (a Loop's output)
     axis = int_attribute(node, "axis", 0) % max(rank, 1)
     for at in (a for a in range(rank) if a != axis):
         carrying = [i for i, shape in enumerate(dims) if len(shape) == rank and shape[at] in batch]

@@ -83,6 +83,7 @@ from server.backends.onnx_pool_indices import PoolIndices
 from server.backends.onnx_reshape_rows import Dim
 from server.backends.onnx_sequence_reads import sequence_concat
 from server.backends.onnx_table_reads import table_mixing
+from server.backends.onnx_value_lineage import ValueLineage
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def row_mixing_outputs(
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
     declared = any(walk.batch_twice(value.name) for value in inferred.graph.input)  # outputs so too
     for out in model.graph.output:
-        why = (None if declared else walk.batch_twice(out.name)) or walk.folded_rows(out.name)
+        why = None if declared else walk.batch_twice(out.name)
+        why = why or walk.names.folded_rows(walk.shapes.get(out.name))
         why = why or walk.values.made_from_size(out.name)
         why = why or declared_batch_unmade(out, walk.shapes.get(out.name), walk.batch)
         if out.name not in found and why is not None:
@@ -148,6 +150,7 @@ class _Walk:
         self.lengths, self.top = DataSizedLengths(), True  # lengths data-sized ops set; not a body's walk
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
+        self.value_lineage = ValueLineage(lineage, self.makers)  # lengths of other axes: no input's
 
     def graph(self, graph: onnx.GraphProto, outer: Mapping[str, Value]) -> None:
         self.constants.update(outer)
@@ -164,6 +167,8 @@ class _Walk:
             self.batched = frozenset(
                 v.name for v in graph.input if (self.shapes.get(v.name) or [None])[0] in self.batch
             )
+        if self.top:  # the lengths the main graph's inputs name
+            self.value_lineage.declare(graph, self.batch)
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
         for node in graph.node:
             self._made_from(node)
@@ -176,6 +181,7 @@ class _Walk:
                         self.shapes.refine(out, dims)
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
+            self.value_lineage.see(node, self.partial, self.batch)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
             self.lengths.see(node, why is not None, self.shapes.get)
@@ -208,19 +214,6 @@ class _Walk:
             return None
         return f"it carries the batch on two axes {self.names.shown(dims)}: each row is as long as the batch"
 
-    def folded_rows(self, name: str) -> str | None:
-        """Why a graph output's rows are not the requests' rows: its first axis is the batch folded
-        with other values ([N*T, C]), so no request's share of it is its row count."""
-        dims = self.shapes.get(name)
-        if not dims or not isinstance(dims[0], str) or dims[0] not in self.names.folds:
-            return None
-        if self.names.row_size(dims[0]) == 1:
-            return None  # the batch itself under another name
-        return (
-            f"its first axis {self.names.shown(dims[:1])} is the batch's axis folded with other values"
-            f"{self.names.note(dims[0])}: a request's share of it is not its rows"
-        )
-
     def _inherited(self, node: onnx.NodeProto) -> str | None:
         """Why a node's outputs are made from mixed rows: an input whose values it reads, or a
         mixing op inside its subgraphs (If, Loop, Scan) or an outer tensor they read."""
@@ -242,6 +235,7 @@ class _Walk:
             inner.values = self.values.within(inner.names, inner.partial)
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.batched, inner.lengths, inner.top = self.batched, self.lengths, False
+            inner.value_lineage = self.value_lineage  # its names are its own: one for every depth
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
             self.values.returned(node, sub, inner.values)  # values made from the batch's size
@@ -346,7 +340,7 @@ class _Walk:
         self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        free = [not self.batched & self._lineage(name) for name in node.input]  # not made from the batch
+        free = [not self.batched & self.value_lineage.of(name) for name in node.input]  # no batched input's
         return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:

@@ -86,6 +86,10 @@ REFUSED = {
         "the Shape node making",
         "NonMaxSuppression node making 'kept_in'",
     ),
+    # A fourth tester, session 58 (u2): batched at 8906ad9, the first wrong with status OK, the
+    # second INTERNAL. The first's Add is refused, so the Slice after it no longer reads as the batch's.
+    "count_loop_table_by_other_axis_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
+    "count_concat_loop_constant_first_mixing": ("the Concat node making 'y'", "(its shape unknown)"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",
@@ -112,6 +116,7 @@ BATCHED = (
     "count_declared_transpose_back_rowwise",
     "count_split_halves_attention_rowwise",  # refused at 28ab7d2 (a second tester, session 58)
     "count_split_attention_six_deep_rowwise",  # refused at 2755b63 (a third tester, session 58)
+    "count_loop_table_by_other_axis_across_rowwise",  # the table across each row (session 59)
 )
 
 

@@ -1,0 +1,92 @@
+"""The graph inputs a tensor's values are made from, where a length of an axis that is not the
+batch's counts as made from none: the untold-length rules of onnx_broadcast_pairs.py ask whether an
+input is made from no batched input ("free", its length then not the batch's).
+
+The lineage of onnx_mixing_graph.py (`made_from`) follows every input of every maker, a Shape's
+too: a Loop run Shape(x)[1] times (4 for x [N, 4]) stacked a [4, 1] table that read as made from
+the batch, so x + t, the batch's axis broadcast against t's 4 rows, loaded batched: a batch of four
+gave row i t's row i, alone a request got t's row 0 (wrong, OK; a tester, session 58). Here a
+tensor whose entries onnx_partial_ints.py knows, each a fixed length or a length named on a graph
+input's axis other than the batch's (Shape(x)[1], Shape(x, start=1), their sums), carries neither
+rows nor the batch's size. A whole Shape, a Gather of its entry 0, a Size, a length onnx made up
+(`unk__`, a NonZero's count) or not known still read the batch. A node's bodies are followed
+through the values they return (a body input reads as before: its node's inputs are followed too,
+so a Loop carrying x is made from x); a body not walked, through what it reads from outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+
+import onnx
+
+from server.backends.graph_names import subgraphs
+from server.backends.onnx_mixing_graph import outer_reads
+from server.backends.onnx_partial_ints import Entry, Made, PartialInts
+
+
+class ValueLineage:
+    """A tensor -> the graph inputs its values are made from, lengths of other axes than the
+    batch's not counted; one for a walk and its bodies' walks (a graph's names are its own)."""
+
+    def __init__(self, made: Callable[[str], frozenset[str]], makers: Mapping[str, onnx.NodeProto]) -> None:
+        self._made = made  # the whole lineage: what a tensor no node makes is made from
+        self._makers = makers
+        self._lineage: dict[str, frozenset[str]] = {}
+        self.apart: set[str] = set()  # tensors whose entries are each a length of an axis not the batch's
+        self.told: frozenset[str] = frozenset()  # names a graph input declares on an axis not the batch's
+
+    def declare(self, graph: onnx.GraphProto, batch: Collection[str]) -> None:
+        """The main graph's inputs' dim names, but the batch's: lengths a request sets itself."""
+        dims = (d for value in graph.input for d in value.type.tensor_type.shape.dim)
+        self.told = frozenset(d.dim_param for d in dims if d.HasField("dim_param")) - set(batch)
+
+    def see(self, node: onnx.NodeProto, partial: PartialInts, batch: Collection[str]) -> None:
+        """After `partial` has seen `node`: its outputs made of other axes' lengths only."""
+        for out in (name for name in node.output if name):
+            entries = partial.named(out, None)
+            if entries is not None and all(self._apart(entry, batch) for entry in entries):
+                self.apart.add(out)
+
+    def _apart(self, entry: Entry, batch: Collection[str]) -> bool:
+        if isinstance(entry, int):
+            return True  # a fixed length, or a constant beside one
+        names = {entry} if isinstance(entry, str) else entry.names if isinstance(entry, Made) else {None}
+        return all(name in self.told and name not in batch for name in names)
+
+    def of(self, name: str) -> frozenset[str]:
+        """The graph inputs `name`'s values are made from."""
+        stack, open_ = [(name, False)], set[str]()  # open: entered, its sources not all read yet
+        while stack:
+            top, expanded = stack.pop()
+            if top in self._lineage:
+                continue
+            sources = self._sources(top)
+            if sources is None:  # no node makes it: a graph's input, a body's, an initializer
+                self._lineage[top] = self._made(top)
+            elif not expanded:
+                open_.add(top)
+                stack.append((top, True))
+                stack.extend((s, False) for s in sources if s and s not in self._lineage and s not in open_)
+            else:
+                open_.discard(top)
+                made: frozenset[str] = frozenset()
+                for source in (s for s in sources if s):  # one still open (a cycle): its whole lineage
+                    made = made | (self._lineage[source] if source in self._lineage else self._made(source))
+                self._lineage[top] = made
+        return self._lineage[name]
+
+    def _sources(self, name: str) -> list[str] | None:
+        """What `name` is made from ([]: nothing; None: no node makes it, its whole lineage)."""
+        if name in self.apart:
+            return []
+        maker = self._makers.get(name)
+        if maker is None:
+            return None
+        bodies = list(subgraphs(maker))
+        if not bodies:
+            return list(maker.input)
+        made = (out for body in bodies for inner in body.node for out in inner.output if out)
+        walked = all(out in self._makers for out in made)  # its makers known: its walk is done
+        returned = (out.name for body in bodies for out in body.output) if walked else outer_reads(maker)
+        return [*maker.input, *returned]
