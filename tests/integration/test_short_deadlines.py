@@ -50,7 +50,7 @@ def test_a_4_ms_deadline_is_served_and_a_300_us_one_refused_naming_the_margin(
         assert grpc.StatusCode.OK in [code for code, _ in four_ms], four_ms
         for code, said in four_ms:
             assert code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED), said
-        code, said = outcome(stub, 300)  # less than the margin's 0.5 ms floor: never admitted
+        code, said = outcome(stub, 300)  # less than the margin's 1 ms floor: never admitted
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert re.fullmatch(
             r"deadline cannot be met: about \d+\.\d ms of compute needed \(the fastest recent run of 1 "

@@ -127,7 +127,7 @@ async def test_the_message_names_the_compute_its_basis_and_the_margin() -> None:
             await b.submit(rows(1), 1, deadline=NOW + 0.1003)
         assert str(refused.value) == (
             "deadline cannot be met: about 100.0 ms of compute needed (the fastest recent run of 1 "
-            "rows or fewer) plus a 0.5 ms margin, 100.3 ms left"  # the margin with no hop measured
+            "rows or fewer) plus a 1.0 ms margin, 100.3 ms left"  # the margin with no hop measured
         )
         assert stats.shed == 1 and stats.expired == 0
     finally:

@@ -43,7 +43,7 @@ def test_parallel_branches_count_once_along_the_critical_path() -> None:
     assert str(refused.value) == (
         "in ensemble 'dag', deadline cannot be met: about 220.0 ms of compute needed (step 3 (model "
         "'double'): 120.0 ms, the fastest recent run of 1 rows or fewer; then step 1 (model 'add'): "
-        "100.0 ms, the fastest recent run of 1 rows or fewer) plus a 1.0 ms margin, 200.0 ms left; "
+        "100.0 ms, the fastest recent run of 1 rows or fewer) plus a 10.0 ms margin, 200.0 ms left; "
         "step 1 (model 'add')"
     )
     assert all(_pledged(s) == 0 for s in steps.values())  # a refusal leaves nothing pledged
