@@ -82,6 +82,9 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
     "Add": lambda node, v: v[0] + v[1],
     "Sub": lambda node, v: v[0] - v[1],
     "Mul": lambda node, v: v[0] * v[1],
+    # torch's legacy expand(1, -1, -1): Where(Equal(shape, -1), 1, shape), its shape written
+    "Equal": lambda node, v: np.equal(v[0], v[1]),
+    "Where": lambda node, v: np.where(v[0].astype(bool), v[1], v[2]),
     "Gather": _gather,
     "Slice": _slice,
     "Transpose": _transpose,

@@ -155,3 +155,29 @@ def moved_unseen(
         if maker.op_type not in ("If", "Loop", "Scan"):
             stack.extend(i for i in maker.input if i)
     return False
+
+
+def filled_where_unsure(
+    node: onnx.NodeProto, dims_of: Callable[[str], Dims | None], constant: Constant
+) -> list[Dims | None]:
+    """`filled_dims` where onnx left an output without a shape, or with dims it named `unk__` (its
+    own names for lengths it could not tell: a Slice by computed ends left a table's 1 so, and its
+    Expand's, then x + table, refused; a tester, session 59): those dims the op's form gives, the
+    rest as onnx had them. None for an output to which nothing is added."""
+    had = [dims_of(out) if out else None for out in node.output]
+    unsure = (dims is None or any(map(_unk, dims)) for out, dims in zip(node.output, had, strict=True) if out)
+    if not any(unsure):
+        return [None] * len(node.output)
+    merged: list[Dims | None] = []
+    for old, new in zip(had, filled_dims(node, dims_of, constant), strict=True):
+        if new is None or (old is not None and len(old) != len(new)):
+            merged.append(None)
+            continue
+        pairs = zip(old or new, new, strict=True)
+        made = list(new) if old is None else [n if _unk(o) and n is not None else o for o, n in pairs]
+        merged.append(made if made != old else None)
+    return merged
+
+
+def _unk(dim: Dim) -> bool:
+    return isinstance(dim, str) and dim.startswith("unk__")

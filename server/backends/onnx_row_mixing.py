@@ -49,7 +49,7 @@ from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, scale_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_mixing
-from server.backends.onnx_filled_shapes import filled_dims, moved_unseen
+from server.backends.onnx_filled_shapes import filled_where_unsure, moved_unseen
 from server.backends.onnx_foreign_ops import ForeignOps, foreign
 from server.backends.onnx_grown_rows import grown_rows
 from server.backends.onnx_mixing_graph import (
@@ -77,6 +77,7 @@ from server.backends.onnx_mixing_ops import (
 )
 from server.backends.onnx_mixing_probe import declared_batch_unmade, reading_probe
 from server.backends.onnx_output_shapes import input_first_dims
+from server.backends.onnx_partial_dims import partial_dims
 from server.backends.onnx_partial_ints import PartialInts
 from server.backends.onnx_pool_indices import WATCHED as POOLS_WATCHED
 from server.backends.onnx_pool_indices import PoolIndices
@@ -173,12 +174,14 @@ class _Walk:
         for node in graph.node:
             self._made_from(node)
             constant = partial(self._constant, node)
-            if (named := self.partial.reshaped(node, self.shapes.get, constant)) is not None:
-                self.shapes.refine(node.output[0], named)  # dims onnx did not name: its shape's entries
-            if any(out and self.shapes.get(out) is None for out in node.output):  # the op's form gives it
-                for out, dims in zip(node.output, filled_dims(node, self.shapes.get, constant), strict=False):
-                    if out and dims is not None and self.shapes.get(out) is None:
-                        self.shapes.refine(out, dims)
+            named = self.partial.reshaped(node, self.shapes.get, constant)
+            named = named or partial_dims(node, self.partial, self.shapes.get, constant, self.constants.get)
+            if named is not None:
+                self.shapes.refine(node.output[0], named)  # dims onnx did not name: its amounts' entries
+            filled = filled_where_unsure(node, self.shapes.get, constant)
+            for out, dims in zip(node.output, filled, strict=True):
+                if out and dims is not None:  # what onnx could not tell, as the op's form gives it
+                    self.shapes.refine(out, dims)
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
             self.value_lineage.see(node, self.partial, self.batch)

@@ -1,0 +1,93 @@
+"""A Tile's, an Expand's or a Pad's output dims that onnx could not name, read from its repeats,
+shape or pads where onnx_partial_ints.py knows their entries.
+
+A table of one row made by such an op from amounts the graph reads off another axis's length
+(torch's `bias.repeat(1, x.shape[1], 1)`, a position table zero-padded to the sequence's length,
+`pos[:, :T].expand(1, -1, -1)`) has every dim `unk__` in onnx's inference. Counted as made from no
+batched input (onnx_value_lineage.py), its first dim, 1 at run time, read as a length the load
+cannot tell against the batch's axis: x + table was refused batching where each row is its own (a
+tester, session 59). Only a dim worked out for certain is filled: a product or sum of numbers, an
+input's dim kept by a repeat of 1, a broadcast's 1 or a pad of 0, a name over a 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+
+from server.backends.onnx_mixing_graph import Value, value_shape
+from server.backends.onnx_partial_ints import Constant, Dims, Entry, PartialInts
+
+Dim = int | str | None
+
+
+def partial_dims(
+    node: onnx.NodeProto,
+    partial: PartialInts,
+    dims: Callable[[str], Dims | None],
+    constant: Constant,
+    held: Callable[[str], Value | None] = lambda name: None,
+) -> Dims | None:
+    """The output dims of `node` (a Tile, an Expand, a Pad) with those onnx did not name (None, or
+    its own `unk__` names) filled where its amounts' entries tell them; None: nothing to add.
+    `held(name)`: a constant the graph holds (an initializer's dims are in no value_info)."""
+    if node.op_type not in ("Tile", "Expand", "Pad") or len(node.input) < 2 or not node.output[0]:
+        return None
+    data, out = dims(node.input[0]), dims(node.output[0])
+    if data is None and (value := held(node.input[0])) is not None:
+        data = value_shape(value)
+    amounts = partial.named(node.input[1], constant(1))
+    if data is None or amounts is None or (node.op_type == "Pad" and len(node.input) > 3 and node.input[3]):
+        return None  # (a Pad's `axes`, opset 18: its pads are for those axes alone)
+    worked = _worked(node.op_type, data, amounts)
+    if worked is None or (out is not None and len(out) != len(worked)):
+        return None
+    made: Dims = list(out) if out is not None else [None] * len(worked)
+    for at, dim in enumerate(worked):
+        if dim is not None and not _named(made[at]):
+            made[at] = dim
+    return made if made != out else None
+
+
+def _named(dim: Dim) -> bool:
+    return isinstance(dim, int) or (isinstance(dim, str) and not dim.startswith("unk__"))
+
+
+def _worked(op: str, data: Dims, amounts: tuple[Entry, ...]) -> list[Dim] | None:
+    """Each output dim, where it is certain (None where not); None: the amounts do not fit."""
+    if op == "Tile":
+        fits = len(amounts) == len(data)
+        return [_times(d, r) for d, r in zip(data, amounts, strict=True)] if fits else None
+    if op == "Pad":
+        if len(amounts) != 2 * len(data):
+            return None
+        return [_padded(d, amounts[at], amounts[at + len(data)]) for at, d in enumerate(data)]
+    rank = max(len(data), len(amounts))  # Expand: a two-way broadcast, from the right
+    ours = [1] * (rank - len(data)) + list(data)
+    theirs: list[Entry] = [1] * (rank - len(amounts)) + list(amounts)
+    return [_broadcast(d, e) for d, e in zip(ours, theirs, strict=True)]
+
+
+def _times(dim: Dim, repeat: Entry) -> Dim:
+    if repeat == 1:
+        return dim
+    if dim == 1 and isinstance(repeat, int | str) and not isinstance(repeat, bool):
+        return repeat if not (isinstance(repeat, int) and repeat < 0) else None
+    return dim * repeat if isinstance(dim, int) and isinstance(repeat, int) else None
+
+
+def _padded(dim: Dim, before: Entry, after: Entry) -> Dim:
+    if before == 0 and after == 0:
+        return dim
+    if isinstance(dim, int) and isinstance(before, int) and isinstance(after, int):
+        return dim + before + after if dim + before + after >= 0 else None
+    return None
+
+
+def _broadcast(dim: Dim, entry: Entry) -> Dim:
+    if entry == 1:
+        return dim
+    if dim == 1 and isinstance(entry, int | str):
+        return entry if not (isinstance(entry, int) and entry < 1) else None  # a 0 or -1: not certain
+    return dim if isinstance(dim, int) and dim == entry else None
