@@ -65,7 +65,8 @@ def _worked(op: str, data: Dims, amounts: tuple[Entry, ...]) -> list[Dim] | None
         return [_padded(d, amounts[at], amounts[at + len(data)]) for at, d in enumerate(data)]
     rank = max(len(data), len(amounts))  # Expand: a two-way broadcast, from the right
     ours = [1] * (rank - len(data)) + list(data)
-    theirs: list[Entry] = [1] * (rank - len(amounts)) + list(amounts)
+    theirs: list[Entry] = list(amounts)
+    theirs[:0] = [1] * (rank - len(amounts))
     return [_broadcast(d, e) for d, e in zip(ours, theirs, strict=True)]
 
 
