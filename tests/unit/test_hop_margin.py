@@ -38,6 +38,8 @@ def test_the_margin_never_asks_more_than_the_former_fixed_5_ms() -> None:
     assert HopMargin(floor_s=0.002).at(NOW) == 0.002
     hop.observe(0.003, 0.0, NOW + 100.0)  # a smaller hop, once the stall has faded
     assert hop.at(NOW + 100.0) == pytest.approx(0.004)
+    assert HopMargin(floor_s=0.0).at(NOW) == 0.0  # the bounds themselves are allowed
+    assert HopMargin(floor_s=CAP_S).at(NOW) == CAP_S
     with pytest.raises(ValueError, match="floor_s <= cap_s"):
         HopMargin(floor_s=0.006)
     with pytest.raises(ValueError, match="floor_s <= cap_s"):
