@@ -2,9 +2,10 @@
 session 58): an axis given as a computed input, a scatter into or an element gather from a table
 without the batch, a model-local function's default attribute, an output declared the batch's that
 the graph makes another axis, a detection count over every image, a table a Loop stacks as long as
-another axis of x, and a Concat pinning the batch to a constant a Loop returns. The _mixing ones loaded
-batched and answered four clients wrong with status OK at a1132d6; the _rowwise ones are their kin
-that keep rows, and must still batch.
+another axis of x (its axis 1 unnamed, or the Size of a row: session 59), and a Concat pinning the
+batch to a constant a Loop returns. The _mixing ones loaded batched and answered four clients wrong
+with status OK at a1132d6 (session 59's at ec0a446); the _rowwise ones are their kin that keep rows,
+and must still batch.
 """
 
 from __future__ import annotations
@@ -326,6 +327,25 @@ def loop_table_by_other_axis_across() -> Source:
     return _rowwise("loop_table_by_other_axis_across", m, f32(89, 4, 4))
 
 
+def loop_table_by_unnamed_axis() -> Source:
+    """loop_table_by_other_axis with x declared [N, ?]: its axis 1 had read as no input's length,
+    so the table as made from the batch (a tester, session 59: batched, wrong, OK, at ec0a446)."""
+    g = Graph()
+    table = g.op("Loop", [g.size(axis=1), ""], body=_turns_body())
+    g.op("Slice", [g.op("Add", ["x", table]), g.const([0]), g.size1(), g.const([0])], out="y")
+    m = g.model([("x", ["N", None])], [("y", ["N", None])], opset=13)
+    return _mixing("loop_table_by_unnamed_axis", m, f32(91, 4, 4))
+
+
+def loop_table_by_row_size() -> Source:
+    """The Loop run Size(x[0]) times (4): a Size had read as the batch's (session 59, at ec0a446)."""
+    g = Graph()
+    table = g.op("Loop", [g.op("Size", [g.op("Gather", ["x", g.const(0)])]), ""], body=_turns_body())
+    g.op("Slice", [g.op("Add", ["x", table]), g.const([0]), g.size1(), g.const([0])], out="y")
+    m = g.model([("x", ["N", 4])], [("y", ["N", 4])], opset=13)
+    return _mixing("loop_table_by_row_size", m, f32(92, 4, 4))
+
+
 def concat_loop_constant_first() -> Source:
     """Concat(c, x) on axis 1, c a [1, 2] constant a Loop returns (its shape unknown to the load):
     alone each request answered, batched every one INTERNAL (s58, u2)."""
@@ -354,4 +374,5 @@ UNREAD = (
     split_whole_slice_softmax, split_halves_attention, detections_counted_flat, batch_against_fixed_length,
     untold_length_table, einsum_ellipsis_broadcast, detections_counted_in_if, split_attention_six_deep,
     loop_table_by_other_axis, loop_table_by_other_axis_across, concat_loop_constant_first,
+    loop_table_by_unnamed_axis, loop_table_by_row_size,
 )  # fmt: skip

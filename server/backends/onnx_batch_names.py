@@ -19,6 +19,7 @@ import onnx
 from server.backends.graph_names import described
 from server.backends.onnx_output_shapes import BATCH_SYMBOL
 from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows, spelled_out, values_per_row
+from server.backends.onnx_told_dims import TOLD_PREFIX
 
 Dims = list[Dim]
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
@@ -139,7 +140,7 @@ class BatchNames:
             return "*".join(str(part) for part in parts)
         if isinstance(dim, str) and dim.startswith(BATCH_PREFIX):
             return "batch"
-        return dim
+        return None if isinstance(dim, str) and dim.startswith(TOLD_PREFIX) else dim  # (unnamed)
 
     def reshaped(
         self, node: onnx.NodeProto, before: Sequence[Dim] | None, after: Sequence[Dim] | None

@@ -18,6 +18,7 @@ from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
 from server.backends.onnx_seeded_shapes import seed_unshaped
 from server.backends.onnx_stand_ins import StandIns, stood_in
+from server.backends.onnx_told_dims import told_unnamed
 
 SEEDING_ROUNDS = 3  # Loop/Scan bodies within bodies: each round of inference reaches one level more
 
@@ -177,6 +178,7 @@ def reading_probe(
     the overridable initializers clients may send; `server_fed`, the inputs the server feeds itself."""
     outputs = {out.name for out in model.graph.output}
     probe = own_names(named_apart(as_initialized(inference_probe(model, outputs), model, fed), server_fed))
+    probe = told_unnamed(probe, server_fed)  # a request's own lengths named (onnx_told_dims.py)
     probe, stand_ins = stood_in(probe)
     return declared_where_unknown(inferred_probe(probe), model), stand_ins
 

@@ -184,7 +184,7 @@ class _Walk:
                     self.shapes.refine(out, dims)
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
-            self.value_lineage.see(node, self.partial, self.batch)
+            self.value_lineage.see(node, self.partial, self.batch, self.shapes.get, self.batched)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
             self.lengths.see(node, why is not None, self.shapes.get)

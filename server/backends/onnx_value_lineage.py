@@ -8,8 +8,11 @@ the batch, so x + t, the batch's axis broadcast against t's 4 rows, loaded batch
 gave row i t's row i, alone a request got t's row 0 (wrong, OK; a tester, session 58). Here a
 tensor whose entries onnx_partial_ints.py knows, each a fixed length or a length named on a graph
 input's axis other than the batch's (Shape(x)[1], Shape(x, start=1), their sums), carries neither
-rows nor the batch's size. A whole Shape, a Gather of its entry 0, a Size, a length onnx made up
-(`unk__`, a NonZero's count) or not known still read the batch. A node's bodies are followed
+rows nor the batch's size, and so does a Size of dims each such a length. An input's unnamed dim
+past the first is named before the inference, and a dim onnx made up (`unk__`) counts where a
+Slice, TopK, Tile, Pad or Expand made it of such a length and amounts of no batched input
+(onnx_told_dims.py, session 59). A whole Shape, a Gather of its entry 0, a Size of the batch, any
+other length onnx made up (a NonZero's count) or not known still read the batch. A node's bodies are followed
 through the values they return (a body input reads as before: its node's inputs are followed too,
 so a Loop carrying x is made from x); a body not walked, through what it reads from outside.
 """
@@ -22,7 +25,8 @@ import onnx
 
 from server.backends.graph_names import subgraphs
 from server.backends.onnx_mixing_graph import outer_reads
-from server.backends.onnx_partial_ints import Entry, Made, PartialInts
+from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
+from server.backends.onnx_told_dims import dims_made_apart
 
 
 class ValueLineage:
@@ -35,16 +39,29 @@ class ValueLineage:
         self._lineage: dict[str, frozenset[str]] = {}
         self.apart: set[str] = set()  # tensors whose entries are each a length of an axis not the batch's
         self.told: frozenset[str] = frozenset()  # names a graph input declares on an axis not the batch's
+        self.made: set[str] = set()  # dims an op made of such lengths (onnx_told_dims.py)
 
     def declare(self, graph: onnx.GraphProto, batch: Collection[str]) -> None:
         """The main graph's inputs' dim names, but the batch's: lengths a request sets itself."""
         dims = (d for value in graph.input for d in value.type.tensor_type.shape.dim)
         self.told = frozenset(d.dim_param for d in dims if d.HasField("dim_param")) - set(batch)
 
-    def see(self, node: onnx.NodeProto, partial: PartialInts, batch: Collection[str]) -> None:
-        """After `partial` has seen `node`: its outputs made of other axes' lengths only."""
+    def see(
+        self,
+        node: onnx.NodeProto,
+        partial: PartialInts,
+        batch: Collection[str],
+        dims: Callable[[str], Dims | None],
+        batched: Collection[str],
+    ) -> None:
+        """After `partial` has seen `node`: its outputs made of other axes' lengths only, and its
+        dims made of them (onnx_told_dims.py); `batched`: the main graph's inputs carrying the batch."""
+        free = lambda name: not set(batched) & self.of(name)  # noqa: E731
+        self.made |= dims_made_apart(node, dims, lambda dim: self._apart(dim, batch), free) - set(batch)
         for out in (name for name in node.output if name):
             entries = partial.named(out, None)
+            if node.op_type == "Size" and node.input and (shape := dims(node.input[0])) is not None:
+                entries = tuple(shape)  # its value is their product
             if entries is not None and all(self._apart(entry, batch) for entry in entries):
                 self.apart.add(out)
 
@@ -52,7 +69,7 @@ class ValueLineage:
         if isinstance(entry, int):
             return True  # a fixed length, or a constant beside one
         names = {entry} if isinstance(entry, str) else entry.names if isinstance(entry, Made) else {None}
-        return all(name in self.told and name not in batch for name in names)
+        return all((name in self.told or name in self.made) and name not in batch for name in names)
 
     def of(self, name: str) -> frozenset[str]:
         """The graph inputs `name`'s values are made from."""

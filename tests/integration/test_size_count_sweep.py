@@ -90,6 +90,10 @@ REFUSED = {
     # second INTERNAL. The first's Add is refused, so the Slice after it no longer reads as the batch's.
     "count_loop_table_by_other_axis_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
     "count_concat_loop_constant_first_mixing": ("the Concat node making 'y'", "(its shape unknown)"),
+    # A tester, session 59: the same table as long as x's unnamed axis 1 or the Size of a row,
+    # batched wrong, OK, at ec0a446.
+    "count_loop_table_by_unnamed_axis_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
+    "count_loop_table_by_row_size_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",

@@ -136,7 +136,7 @@ def test_value_lineage_counts_only_lengths_of_told_axes_not_the_batchs() -> None
     makers = {name: N("Shape", ["in_x"], [name]) for name in known}
     values, partial = _lineage(known, makers)
     for name in known:
-        values.see(N("Identity", ["in_x"], [name]), partial, {"N"})
+        values.see(N("Identity", ["in_x"], [name]), partial, {"N"}, lambda name: None, ())
     assert values.apart == {"fixed", "named", "sum", "none"}
     assert values.of("named") == frozenset() and values.of("batch") == frozenset({"in_x"})
     assert values.of("in_x") == frozenset({"in_x"})  # no maker: its whole lineage
