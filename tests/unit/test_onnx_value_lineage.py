@@ -181,3 +181,15 @@ def test_concat_pinned_reads_the_rank_of_any_input() -> None:
     assert concat_pinned(node, [[], ["N", 2]], {"N"}, where, [True, False]) is not None
     assert concat_pinned(node, [[], ["N", 2]], {"N"}, where, [False, False]) is None  # made from x
     assert concat_pinned(node, [["N", 3], ["N", 2]], {"N"}, where, [False, False]) is None
+
+
+def test_a_chain_from_a_length_apart_is_made_from_nothing_however_deep() -> None:
+    """Each tensor on the way is worked out after its sources (a mutation survivor, session 59:
+    sources pushed as already expanded took the whole lineage of a source not yet worked out)."""
+    makers = {"c": N("Shape", ["in_x"], ["c"], start=1)}
+    makers |= {"b": N("Cast", ["c"], ["b"], to=F), "a": N("Unsqueeze", ["b", "axes"], ["a"])}
+    whole = {"a": {"in_x"}, "b": {"in_x"}, "c": {"in_x"}, "in_x": {"in_x"}}  # through the Shape
+    values = ValueLineage(lambda name: frozenset(whole.get(name, ())), makers)
+    values.apart.add("c")
+    assert values.of("a") == frozenset()
+    assert values.of("b") == frozenset() and values.of("c") == frozenset()
