@@ -12,9 +12,12 @@ input's dim kept by a repeat of 1, a broadcast's 1 or a pad of 0, a name over a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from server.backends.onnx_mixing_graph import Value, value_shape
 from server.backends.onnx_partial_ints import Constant, Dims, Entry, PartialInts
@@ -28,19 +31,26 @@ def partial_dims(
     dims: Callable[[str], Dims | None],
     constant: Constant,
     held: Callable[[str], Value | None] = lambda name: None,
+    maker: Callable[[str], onnx.NodeProto | None] = lambda name: None,
 ) -> Dims | None:
-    """The output dims of `node` (a Tile, an Expand, a Pad) with those onnx did not name (None, or
-    its own `unk__` names) filled where its amounts' entries tell them; None: nothing to add.
-    `held(name)`: a constant the graph holds (an initializer's dims are in no value_info)."""
-    if node.op_type not in ("Tile", "Expand", "Pad") or len(node.input) < 2 or not node.output[0]:
+    """The output dims of `node` (a Tile, an Expand, a Pad, a Resize) with those onnx did not name
+    (None, or its own `unk__` names) filled where its amounts' entries tell them; None: nothing to
+    add. `held(name)`: a constant the graph holds (an initializer's dims are in no value_info);
+    `maker(name)`: the node making a tensor (a Resize's scales, a Concat of constants and computed)."""
+    if node.op_type not in ("Tile", "Expand", "Pad", "Resize") or len(node.input) < 2 or not node.output[0]:
         return None
     data, out = dims(node.input[0]), dims(node.output[0])
     if data is None and (value := held(node.input[0])) is not None:
         data = value_shape(value)
-    amounts = partial.named(node.input[1], constant(1))
-    if data is None or amounts is None or (node.op_type == "Pad" and len(node.input) > 3 and node.input[3]):
-        return None  # (a Pad's `axes`, opset 18: its pads are for those axes alone)
-    worked = _worked(node.op_type, data, amounts)
+    if data is None:
+        return None
+    if node.op_type == "Resize":
+        worked = resized_dims(node, data, partial, constant, held, maker)
+    else:
+        amounts = partial.named(node.input[1], constant(1))
+        if amounts is None or (node.op_type == "Pad" and len(node.input) > 3 and node.input[3]):
+            return None  # (a Pad's `axes`, opset 18: its pads are for those axes alone)
+        worked = _worked(node.op_type, data, amounts)
     if worked is None or (out is not None and len(out) != len(worked)):
         return None
     made: Dims = list(out) if out is not None else [None] * len(worked)
@@ -92,3 +102,59 @@ def _broadcast(dim: Dim, entry: Entry) -> Dim:
     if dim == 1 and isinstance(entry, int | str):
         return entry if not (isinstance(entry, int) and entry < 1) else None  # a 0 or -1: not certain
     return dim if isinstance(dim, int) and dim == entry else None
+
+
+def resized_dims(
+    node: onnx.NodeProto,
+    data: Dims,
+    partial: PartialInts,
+    constant: Constant,
+    held: Callable[[str], Value | None],
+    maker: Callable[[str], onnx.NodeProto | None],
+) -> list[Dim] | None:
+    """A Resize's output dims where certain: its `sizes`' known entries, or its data's dim where its
+    scale is 1 (torch's F.interpolate of a position table by scales read off the input: [1, 1, h/4,
+    w/4], the 1s written, the rest computed; the table's 1 had read as unknown against the batch's
+    axis, a tester, session 59), a number's scaled; None where its `axes` (opset 18) or an aspect
+    ratio policy other than stretch reorder what its amounts mean."""
+    if any(a.name in ("axes", "keep_aspect_ratio_policy") for a in node.attribute):
+        return None
+    if len(node.input) > 3 and node.input[3]:  # sizes (opset 11 on)
+        sizes = partial.named(node.input[3], constant(3))
+        if sizes is None or len(sizes) != len(data):
+            return None
+        return [e if isinstance(e, str) or (isinstance(e, int) and e > 0) else None for e in sizes]
+    at = 2 if len(node.input) > 2 else 1  # scales: input 2 from opset 11, input 1 at opset 10
+    scales = _float_entries(node.input[at], held, maker, len(data)) if node.input[at] else None
+    if scales is None:
+        return None
+    return [d if s == 1.0 else math.floor(d * s) if isinstance(d, int) and s is not None else None
+            for d, s in zip(data, scales, strict=True)]  # fmt: skip
+
+
+def _float_entries(
+    name: str, held: Callable[[str], Value | None], maker: Callable[[str], onnx.NodeProto | None], rank: int
+) -> list[float | None] | None:
+    """`rank` scales: a constant's, or a Concat's constant parts before one computed part, last."""
+    value = held(name)
+    if value is not None:
+        found = _floats(value)
+        return list(found) if len(found) == rank else None
+    concat = maker(name)
+    if concat is None or concat.op_type != "Concat":
+        return None
+    entries: list[float | None] = []
+    for index, part in enumerate(concat.input):
+        value = held(part)
+        if value is None:
+            if index != len(concat.input) - 1:
+                return None  # a computed part before others: where they go is not known
+            entries += [None] * (rank - len(entries))
+            break
+        entries += _floats(value)
+    return entries if len(entries) == rank else None
+
+
+def _floats(value: Value) -> list[float | None]:
+    array = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+    return [float(v) for v in array.reshape(-1)]

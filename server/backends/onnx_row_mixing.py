@@ -175,7 +175,9 @@ class _Walk:
             self._made_from(node)
             constant = partial(self._constant, node)
             named = self.partial.reshaped(node, self.shapes.get, constant)
-            named = named or partial_dims(node, self.partial, self.shapes.get, constant, self.constants.get)
+            named = named or partial_dims(
+                node, self.partial, self.shapes.get, constant, self.constants.get, self.makers.get
+            )
             if named is not None:
                 self.shapes.refine(node.output[0], named)  # dims onnx did not name: its amounts' entries
             filled = filled_where_unsure(node, self.shapes.get, constant)

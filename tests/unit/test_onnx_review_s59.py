@@ -146,3 +146,43 @@ def test_an_equal_and_a_where_of_constants_fold() -> None:
     assert equal is not None and equal.tolist() == [False, True, True]
     where = folded(N("Where", ["c", "d", "e"], ["f"]), [equal, np.array([1]), np.array([1, -1, -1])])
     assert where is not None and where.tolist() == [1, 1, 1]
+
+
+# A third tester's review (session 59, on 23610a4): a one-row position table resized by scales read
+# off the input (torch's F.interpolate(pos, scale_factor=(h / 4, w / 4))) had every dim unk__; made
+# from no batched input, its 1 read as a length the load could not tell against the batch's axis.
+def test_a_position_table_resized_by_scales_read_off_the_input_is_added_to_each_row() -> None:
+    nodes = [
+        N("Shape", ["x"], ["t"], start=1, end=2),
+        N("Cast", ["t"], ["tf"], to=F),
+        N("Div", ["tf", "four"], ["r"]),
+        N("Concat", ["ones", "r"], ["scales"], axis=0),  # [1, 1, T / 4]
+        N("Resize", ["table", "", "scales"], ["resized"], mode="nearest"),  # [1, C, T]
+        N("Transpose", ["resized"], ["pos"], perm=[0, 2, 1]),
+        N("Add", ["x", "pos"], ["y"]),
+    ]
+    inits = [_floats("table", (1, C, 4)), numpy_helper.from_array(np.array([4.0], np.float32), "four")]
+    inits.append(numpy_helper.from_array(np.array([1.0, 1.0], np.float32), "ones"))
+    assert row_mixing_outputs(_model(nodes, inits)) == {}
+    # The table's first scale computed: its length is not known, nor that it is 1.
+    nodes[3] = N("Concat", ["r", "ones"], ["scales"], axis=0)
+    assert "against a length the load cannot tell" in row_mixing_outputs(_model(nodes, inits))["y"]
+
+
+def test_resized_dims_are_read_from_sizes_or_scales_where_certain() -> None:
+    partial, none = PartialInts(), lambda i: None
+    held = {"s": np.array([1.0, 1.0, 2.0, 0.5], np.float32), "ones": np.array([1.0, 1.0], np.float32)}
+    maker = {"mixed": N("Concat", ["ones", "r"], ["mixed"]), "early": N("Concat", ["r", "ones"], ["early"])}
+    data: list[int | str | None] = ["N", 3, 5, 8]
+
+    def dims_of(scales: str, **attrs: object) -> list[int | str | None] | None:
+        node = N("Resize", ["x", "", scales], ["y"], **attrs)
+        return partial_dims(node, partial, _dims({"x": data}), none, held.get, maker.get)
+
+    assert dims_of("s") == ["N", 3, 10, 4]
+    assert dims_of("mixed") == ["N", 3, None, None]  # the constant 1s, then what is computed
+    assert dims_of("early") is None  # a computed part first: where the constants go is unknown
+    assert dims_of("s", axes=[2, 3]) is None  # opset 18's axes: the scales are for those alone
+    partial.known["sizes"] = np.array(["N", 3, "H", -1], dtype=object)
+    by_sizes = N("Resize", ["x", "", "", "sizes"], ["y"])
+    assert partial_dims(by_sizes, partial, _dims({"x": data}), none) == ["N", 3, "H", None]
