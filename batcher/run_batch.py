@@ -161,13 +161,14 @@ class BatchRunner:
             await self._fail_batch(instance, flight, batch, exc)
             return
         done_at = self._clock()
+        inline = self._inline(offsets[-1], cost[1])  # as runs of its size go now (before this one counts)
         self._record(offsets[-1], ns, cost, done_at)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
         if self._hop is not None and flight.formed_at is not None:  # formation to answers, less the run
             answered_at = self._clock()
-            self._hop.observe(answered_at - flight.formed_at, (ns[2] - ns[1]) / 1e9, answered_at)
+            self._hop.observe(answered_at - flight.formed_at, (ns[2] - ns[1]) / 1e9, answered_at, inline)
 
     async def _compute(
         self, instance: Instance, batch: list[Request], t0: int

@@ -81,7 +81,7 @@ async def test_after_a_hung_two_row_run_a_four_row_request_with_600_ms_is_served
             await b.submit({"x": np.ones((8, 1), np.float32)}, 8, deadline=NOW + 0.6)
         assert str(refused.value) == (
             "deadline cannot be met: about 700.0 ms of compute needed (the fastest of 3 recent runs of "
-            "8 rows) plus a 1.0 ms margin, 600.0 ms left"
+            "8 rows) plus a 5.0 ms margin, 600.0 ms left"  # its runs off the event loop
         )
     finally:
         await b.stop()

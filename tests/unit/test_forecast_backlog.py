@@ -18,6 +18,7 @@ from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Overloaded, Tens
 from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import Costs, backlog
 from batcher.form import backlog_rows
+from batcher.hop import CAP_S as CAP  # the margin after a batch run off the event loop
 from batcher.hop import FLOOR_S as HOP  # the hop margin with no hop measured
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
@@ -243,7 +244,7 @@ async def test_rows_pledged_by_ensembles_are_forecast_in_the_batches_formation_f
             b.estimator.observe(4, 10.0, NOW)
         level = b.admission(1).priority
         b.forecast.pledge(7, level)
-        assert b.forecast.shed_s(level, 1, 25.0) == pytest.approx(2 * (10.0 + HOP))  # each with the hop
+        assert b.forecast.shed_s(level, 1, 25.0) == pytest.approx(2 * (10.0 + CAP))  # each with the hop
         with pytest.raises(Overloaded):
             await asyncio.wait_for(b.submit(x(10), 1, deadline=NOW + 19.0), LONG)
         await asyncio.wait_for(b.submit(x(11), 1, deadline=NOW + 25.0), LONG)  # admitted, and run

@@ -19,6 +19,7 @@ from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
 from batcher.arrival_rates import ArrivalRates
 from batcher.forecast import Costs, backlog
 from batcher.form import backlog_rows
+from batcher.hop import CAP_S as CAP  # the margin after a batch run off the event loop
 from batcher.hop import FLOOR_S as HOP  # the hop margin with no hop measured
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
@@ -84,16 +85,18 @@ def test_what_a_batch_cut_at_its_size_says_of_packing(
 async def test_batches_of_several_row_requests_teach_the_forecast_how_full_they_run() -> None:
     """10 s a batch of up to 4, requests of 3 rows: once formation has cut batches of one request
     each, a 3-row request behind three more (9 rows ahead, pledged) is forecast at 4 runs (each with
-    the hop margin), where before those batches it was 3 (its 12 rows as batches of 4)."""
+    the hop margin, held at 5 ms: the clock moves 20 s), where before those batches it was 3 (its
+    12 rows as batches of 4)."""
     clock, be = Clock(NOW), Gated()
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), ModelStats(), clock)
+    b.hop.floor_s = CAP
     b.start()
     try:
         level = b.admission(3).priority
         for _ in range(3):
             b.estimator.observe(4, 10.0, NOW)
         b.forecast.pledge(9, level)
-        assert b.forecast.finish(level, 3) == pytest.approx(3 * (10.0 + HOP))  # packed full: 12 rows, 3 runs
+        assert b.forecast.finish(level, 3) == pytest.approx(3 * (10.0 + CAP))  # packed full: 12 rows, 3 runs
         b.forecast.unpledge(9, level)
         first = [asyncio.ensure_future(b.submit(rows3(0), 3))]
         await turns_until(lambda: be.runs == [3])
@@ -109,14 +112,14 @@ async def test_batches_of_several_row_requests_teach_the_forecast_how_full_they_
                 b.estimator.observe(n, 10.0, NOW)
         be.gate.clear()
         b.forecast.pledge(9, level)
-        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + HOP))
+        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + CAP))
         # Past two runs of a full batch without a cut at size, the figure fades back to full (a
         # tester, session 54: after a phase of 3-row requests, a burst of 1-row ones was refused as
         # batches of 3); within them it stands (a steady overload cuts about one a run).
         clock.now += 19.9
-        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + HOP))
+        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + CAP))
         clock.now += 0.6  # half a second past them: the shortfall down to about a third
-        assert b.forecast.finish(level, 3) == pytest.approx(3 * (10.0 + HOP))
+        assert b.forecast.finish(level, 3) == pytest.approx(3 * (10.0 + CAP))
     finally:
         be.gate.set()
         await b.stop(drain=False, timeout_s=0.1)
@@ -328,7 +331,7 @@ async def test_batches_cut_at_a_preferred_size_teach_the_packing() -> None:
             for _ in range(16):
                 b.estimator.observe(n, 10.0, NOW)
         b.forecast.pledge(9, level)
-        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + HOP))  # as rows alone: 3 runs
+        assert b.forecast.finish(level, 3) == pytest.approx(4 * (10.0 + CAP))  # as rows alone: 3 runs
     finally:
         be.gate.set()
         await b.stop(drain=False, timeout_s=0.1)
@@ -360,7 +363,7 @@ async def test_batches_cut_for_a_deadline_teach_the_packing_nothing() -> None:
             for _ in range(16):
                 b.estimator.observe(n, float(n), NOW)
         b.forecast.pledge(7, level)
-        assert b.forecast.finish(level, 1) == pytest.approx(2 * (4.0 + HOP))  # batches of 4, not of 1
+        assert b.forecast.finish(level, 1) == pytest.approx(2 * (4.0 + CAP))  # batches of 4, not of 1
     finally:
         be.gate.set()
         await b.stop(drain=False, timeout_s=0.1)
