@@ -292,15 +292,15 @@ class DynamicBatcher:
         this request alone at once on an idle model (nothing queued, nothing running) and the
         estimator says runs of its size are cheap enough for the event loop thread. Then it is
         checked as admission would and run on the spot (batcher/fast_path.py). Raises as
-        `enqueue` does.
-
-        A case of the batching rules, not a second path: formation would make the same batch.
-        It saves the queue entry, the dispatch wake-up, a run task and a future (and, for a
-        stream, a task per request): for a run of a few tens of microseconds those cost as much.
+        `enqueue` does. A case of the batching rules, not a second path: formation would make the
+        same batch. It saves the queue entry, the dispatch wake-up, a run task and a future (and,
+        for a stream, a task per request): for a run of a few tens of microseconds those cost as much.
         """
         if not self._accepting:
             raise NotAccepting()
-        return self._fast_path.run(inputs, a)
+        if (outputs := self._fast_path.run(inputs, a)) is not None:
+            self.hop.ran_inline()  # the model's latest run was on the event loop (batcher/hop.py)
+        return outputs
 
     async def stop(
         self, drain: bool = True, timeout_s: float = 5.0, handover: bool = False, finish_runs: bool = False

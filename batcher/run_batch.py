@@ -161,7 +161,7 @@ class BatchRunner:
             await self._fail_batch(instance, flight, batch, exc)
             return
         done_at = self._clock()
-        inline = self._inline(offsets[-1], cost[1])  # as runs of its size go now (before this one counts)
+        inline = self._inline(offsets[-1], cost[1])  # how it ran (the estimator before this run)
         self._record(offsets[-1], ns, cost, done_at)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
