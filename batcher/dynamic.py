@@ -124,6 +124,7 @@ class DynamicBatcher:
             run_timeout_s,
             name,
         )
+        self.hop.off_loop = functools.partial(FastPath.off_loop, self._fast_path)  # (no cycle)
         self._runner = BatchRunner(
             policy,
             stats,
@@ -298,9 +299,7 @@ class DynamicBatcher:
         """
         if not self._accepting:
             raise NotAccepting()
-        if (outputs := self._fast_path.run(inputs, a)) is not None:
-            self.hop.ran_inline()  # the model's latest run was on the event loop (batcher/hop.py)
-        return outputs
+        return self._fast_path.run(inputs, a)
 
     async def stop(
         self, drain: bool = True, timeout_s: float = 5.0, handover: bool = False, finish_runs: bool = False

@@ -70,6 +70,15 @@ class FastPath:
         (see `inline_max_s`)."""
         return self._inline_max_s > 0 and self._estimator.cheap(rows, self._inline_max_s, nbytes)
 
+    def off_loop(self) -> bool:
+        """Whether this model's runs are not an inline one's: no inline runs, or its fastest recent
+        run of a row took longer than `inline_max_s` (its wall time, where a run's cost shows though
+        its thread sleeps). The hop margin is then the former 5 ms (batcher/hop.py). Not whether the
+        next run would be inline: a first, cold run through the executor kept the mlp's CPU figure
+        above the limit, and its 3 ms requests, refused on the 5 ms, never ran to bring it down."""
+        floor = self._estimator.predict_floor(1, self._clock())
+        return not 0.0 < floor <= self._inline_max_s
+
     def overran(self, seconds: float) -> None:
         """An inline run (the fast path's, or a batch's) took `seconds`: past run_timeout_s, where no
         watchdog could cut it (a cost set by an input's value, not its size: a 16-byte n for an

@@ -16,8 +16,8 @@ Measured instead, of two parts:
   from the request's arrival, so the wire's time in counts against the client's only) and the
   caller's resumption and the answer's way out. At 0.5 ms, 0-2.7% of the mlp's 1-2 ms requests were
   computed and then late for their client (a tester, session 59).
-The whole is capped at `cap_s`, the former fixed figure. While the model's latest run was off the
-event loop (on an executor thread, or by an async backend) the margin is the cap: the demo resnet's
+The whole is capped at `cap_s`, the former fixed figure. While the model's runs go off the event
+loop (on an executor thread, or by an async backend) the margin is the cap: the demo resnet's
 batches' hops measured 0.14 ms at the median under 2x overload (BENCHMARKS.md section 47), but the
 former 5 ms also absorbed such runs' jitter above the fastest recent run, and with the measured
 margin a 2 ms model served at 5-6 ms had most of its admitted requests computed and then late. So
@@ -43,7 +43,11 @@ class HopMargin:
     floor_s: float = FLOOR_S
     cap_s: float = CAP_S
     _seen: LoopLateness = field(default_factory=lambda: LoopLateness(half_life_s=10.0, cap_s=CAP_S))
-    _off_loop: bool = False  # the latest run was not on the event loop: the margin is the cap
+    # Whether the model's runs go off the event loop now (an executor thread's, an async backend's):
+    # the margin is then the cap, the former 5 ms, which also absorbed such runs' jitter above the
+    # fastest recent one (a 2 ms model with 5-6 ms deadlines had 8 of 13 admitted requests computed
+    # and then late with the measured one; a tester, session 59). DynamicBatcher: FastPath.off_loop.
+    off_loop: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.floor_s <= self.cap_s:
@@ -51,22 +55,14 @@ class HopMargin:
 
     def observe(self, formed_to_answered_s: float, run_s: float, now: float, inline: bool = True) -> None:
         """A batch formed `formed_to_answered_s` seconds before its answers were set at `now`, of
-        which its run took `run_s`; `inline`: it ran on the event loop thread. While the model's
-        latest run was not (an executor thread's, an async backend's), the margin is the cap, the
-        former 5 ms, which also absorbed such runs' jitter above the fastest recent one (a 2 ms model
-        with 5-6 ms deadlines had 8 of 13 admitted requests computed and then late; a tester,
-        session 59)."""
-        self._off_loop = not inline
+        which its run took `run_s`; `inline`: it ran on the event loop thread (one that did not
+        tells nothing here: while such runs are the model's, the margin is the cap, `off_loop`)."""
         if inline:
             self._seen.observe(formed_to_answered_s - run_s, now)
 
-    def ran_inline(self) -> None:
-        """A request ran on the event loop, alone (the fast path): no hop, and the latest run inline."""
-        self._off_loop = False
-
     def at(self, now: float) -> float:
         """The margin to leave for the hop at `now`, in seconds."""
-        return self.cap_s if self._off_loop else min(self.cap_s, self.floor_s + self._seen.current(now))
+        return self.cap_s if self.off_loop() else min(self.cap_s, self.floor_s + self._seen.current(now))
 
 
 def hop_at(hop_s: float | Callable[[float], float]) -> Callable[[float], float]:

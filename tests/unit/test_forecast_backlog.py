@@ -19,7 +19,6 @@ from batcher.estimate import ServiceTimeEstimator
 from batcher.forecast import Costs, backlog
 from batcher.form import backlog_rows
 from batcher.hop import CAP_S as CAP  # the margin after a batch run off the event loop
-from batcher.hop import FLOOR_S as HOP  # the hop margin with no hop measured
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
 NOW = 100.0
@@ -214,13 +213,13 @@ async def test_the_forecast_reads_run_times_as_last_seen_not_faded() -> None:
     b = DynamicBatcher([Gated()], BatchingPolicy(max_batch_size=4), ModelStats(), clock)
     for _ in range(3):
         b.estimator.observe(4, 1.0, NOW)
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + HOP))  # 2 batches, each with the hop
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + CAP))  # 2 batches, each with the hop
     clock.now = NOW + 5.0  # a half-life later
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + HOP))
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (1.0 + CAP))
     assert b.estimator.predict_seen(4, clock.now) == pytest.approx(0.5)  # faded for the rest
     for _ in range(16):  # figures kept between forecasts are read again once a run is observed
         b.estimator.observe(4, 3.0, clock.now)
-    assert b._forecast.finish(1, 8) == pytest.approx(2 * (3.0 + HOP))
+    assert b._forecast.finish(1, 8) == pytest.approx(2 * (3.0 + CAP))
 
 
 # -- WaitForecast: rows pledged by ensemble requests admitted whole -------------------------------
