@@ -124,7 +124,7 @@ class DynamicBatcher:
             run_timeout_s,
             name,
         )
-        self.hop.off_loop = functools.partial(FastPath.off_loop, self._fast_path)  # (no cycle)
+        self.hop.off_loop = self._fast_path.off_loop  # (the fast path's, not the batcher's: no cycle)
         self._runner = BatchRunner(
             policy,
             stats,

@@ -78,11 +78,10 @@ class WaitForecast:
         # The estimator's figures as last seen, kept until it observes a run (read afresh, ~40 us of a
         # forecast's ~50). Formation's batch sizes, worked out as asked: a list of every size up to
         # max_batch_size had been built at each load (gigabytes for a max_batch_size of 2**31-1).
-        self._policy = policy
-        self._read_at = -1  # the estimator's run count when these were read
+        self._policy, self._read_at = policy, -1  # _read_at: the estimator's run count when these were read
         self._run_s: dict[int, float] = {}
         self._cut_s: dict[tuple[int, tuple[int, float] | None], float] = {}
-        self._costs = Costs(self._size, self._run, self._cut, 0.0, self._floor)  # its hop: at `finish`
+        self._costs = Costs(self._size, self._run, self._cut, 0.0, self._floor)  # the hop: `finish`'s
         # Rows of recent runs (an EWMA, `ran`) and the most a batch holds: for `turn_s` alone.
         self._rows_per_run = float(policy.max_batch_size or 1)
         self._max_batch_size = policy.max_batch_size
@@ -212,7 +211,8 @@ class WaitForecast:
         deadline) and 37 vs 40/s (200 ms) at 2x overload in one run (BENCHMARKS.md section 5).
         """
         now = self._clock()
-        costs = self._costs._replace(hop_s=(hop_s := self._hop_s(now)))
+        if (hop_s := self._hop_s(now)) != self._costs.hop_s:  # a new tuple only when the margin moved
+            self._costs = self._costs._replace(hop_s=hop_s)
         free = [0.0] * self._instances  # seconds until each instance is free
         for end, known in sorted(self._running_until.values()):  # more than instances: queued
             heapq.heapreplace(free, free[0] + max(0.0, end - now) + (hop_s if known else 0.0))
@@ -224,8 +224,8 @@ class WaitForecast:
         ahead, packed = self._ahead(level) + rows, self._packing(now)
         rates = self._arrivals
         if rates is None or level <= 1:  # nothing is served before it but the queue
-            return backlog(ahead, free, costs, slack_s, first, last=whole, packed=packed)
-        finish = backlog(ahead, [*free], costs, slack_s, first, last=whole, packed=packed)
+            return backlog(ahead, free, self._costs, slack_s, first, last=whole, packed=packed)
+        finish = backlog(ahead, [*free], self._costs, slack_s, first, last=whole, packed=packed)
         own_s = self._run(whole) + hop_s  # rows arriving once its batch runs go after it
         for _ in range(ARRIVAL_ROUNDS):  # rows of higher levels arriving meanwhile go first: a fixed point
             if slack_s is not None and finish > slack_s:
@@ -233,7 +233,7 @@ class WaitForecast:
             jump = round(rates.expected(level, now, max(0.0, finish - own_s)))
             if not jump:
                 break
-            later = backlog(ahead + jump, [*free], costs, slack_s, first, last=whole, packed=packed)
+            later = backlog(ahead + jump, [*free], self._costs, slack_s, first, last=whole, packed=packed)
             if later <= finish:
                 break
             finish = later

@@ -173,8 +173,10 @@ def filled_where_unsure(
         if new is None or (old is not None and len(old) != len(new)):
             merged.append(None)
             continue
-        pairs = zip(old or new, new, strict=True)
-        made = list(new) if old is None else [n if _unk(o) and n is not None else o for o, n in pairs]
+        if old is None:
+            made = list(new)
+        else:  # only onnx's own unk__ names replaced, and only by what the op's form knows
+            made = [n if _unk(o) and n is not None else o for o, n in zip(old, new, strict=True)]
         merged.append(made if made != old else None)
     return merged
 
