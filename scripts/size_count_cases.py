@@ -279,10 +279,11 @@ ROWWISE = (
 def count_sources() -> list[Source]:
     """Every source, sorted by name (a builder that fails is reported and left out)."""
     from size_count_cases_more import MIXING
+    from table_length_cases import TABLE_LENGTHS
     from unread_cases import UNREAD
 
     found: list[Source] = []
-    for make in (*ROWWISE, *MIXING, *UNREAD):
+    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS):
         try:
             found.append(make())
         except Exception as err:

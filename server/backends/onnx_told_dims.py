@@ -10,21 +10,33 @@ where L was Shape(x)[1] of x declared [N, ?] (no name: here each input's unnamed
 is named, TOLD_SYMBOL, before the inference, which carries the name on), Size(x[0]) (a Size of dims
 each a number or such a name), Shape(x[:, :T - 1])[1] or Shape(TopK(x, T).values)[1] (the name onnx
 made up, `unk__`, for a dim worked out from x's dim 4 or T and amounts of no batched input).
+The same table by a length read off a Concat along another axis than the batch's, a Flatten, a
+pool or a convolution, a Gather by Range(0, T), a OneHot of depth T or a Compress by a constant
+condition still loaded batched, wrong (a tester, session 59): each op's output dims are traced
+here to the input dims or input values onnx works them out from (_sources).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import onnx
+from onnx import helper
 
 Dim = int | str | None
 TOLD_SYMBOL = "__sluiceway_told_{}_{}"  # an input's unnamed dim past the first: its number, its axis
 TOLD_PREFIX = TOLD_SYMBOL.split("{")[0]
-# Ops whose output's dim at an axis (counted from the end) is worked out from their data's dim
-# there and from their other inputs' values only: a Slice's bounds, a TopK's k, a Tile's repeats,
-# a Pad's pads, an Expand's shape.
-_DIM_BY_DIM = frozenset({"Slice", "TopK", "Tile", "Pad", "Expand"})
+# Ops whose output dim at an axis, counted from the end, is worked out from their data's dim there
+# and from their other inputs' values only: a Slice's bounds, a TopK's k, a Tile's repeats, a Pad's
+# pads, an Expand's shape, a Resize's scales, a Split's sizes, a pool's or a convolution's window
+# (a convolution's channels are its weights' count: a value of no batched input where they are).
+_DIM_BY_DIM = frozenset(
+    {"Slice", "TopK", "Tile", "Pad", "Expand", "Resize", "Upsample", "Split", "DepthToSpace", "SpaceToDepth"}
+    | {"MaxPool", "AveragePool", "LpPool", "Conv", "ConvInteger", "ConvTranspose", "QLinearConv"}
+)
+Shapes = Callable[[str], "list[Dim] | None"]
+Source = tuple[int, int]  # an input's index and one of its axes
+Traced = tuple[list[list[list[Source]]], list[str]]  # each output's dims' sources; inputs read by value
 
 
 def told_unnamed(probe: onnx.ModelProto, server_fed: Collection[str]) -> onnx.ModelProto:
@@ -42,26 +54,64 @@ def told_unnamed(probe: onnx.ModelProto, server_fed: Collection[str]) -> onnx.Mo
 
 
 def dims_made_apart(
-    node: onnx.NodeProto,
-    dims: Callable[[str], list[Dim] | None],
-    apart: Callable[[Dim], bool],
-    free: Callable[[str], bool],
+    node: onnx.NodeProto, dims: Shapes, apart: Callable[[Dim], bool], free: Callable[[str], bool]
 ) -> set[str]:
-    """The names of `node`'s output dims made from lengths not the batch's: for an op of
-    _DIM_BY_DIM whose amounts (its inputs past the data) are each made from no batched input
-    (`free`), each named output dim whose data's dim at that axis is a number or `apart`."""
-    if node.op_type not in _DIM_BY_DIM or not node.input or not node.input[0]:
-        return set()
-    data = dims(node.input[0])
-    if data is None or not all(free(name) for name in node.input[1:] if name):
+    """The names of `node`'s output dims made from lengths not the batch's: each named output dim
+    whose sources (_sources: input dims) are each a number or `apart`, where the inputs whose values
+    the op reads for its dims are each made from no batched input (`free`)."""
+    traced = _sources(node, dims)
+    if traced is None or not all(free(name) for name in traced[1] if name):
         return set()
     made: set[str] = set()
-    for out in (name for name in node.output[:2] if name):  # (a TopK's values and indices)
+    for out, sources in zip((name for name in node.output if name), traced[0], strict=False):
         shape = dims(out)
-        if shape is None or len(shape) < len(data):
+        if shape is None or len(shape) != len(sources):
             continue
-        for offset in range(1, len(shape) + 1):
-            dim, given = shape[-offset], data[-offset] if offset <= len(data) else 1  # (Expand's new axes)
-            if isinstance(dim, str) and (isinstance(given, int) or apart(given)):
+        for dim, taken in zip(shape, sources, strict=True):
+            if isinstance(dim, str) and all(_told(dims(node.input[i]), axis, apart) for i, axis in taken):
                 made.add(dim)
     return made
+
+
+def _told(shape: Sequence[Dim] | None, axis: int, apart: Callable[[Dim], bool]) -> bool:
+    dim = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+    return isinstance(dim, int) or apart(dim)
+
+
+def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
+    """Where each output dim of `node` comes from (input axes; none: from the values of the inputs
+    of the second item only), or None: an op not traced here, or ranks unknown."""
+    op, inputs = node.op_type, list(node.input)
+    ranks = [len(shape) if name and (shape := dims(name)) is not None else -1 for name in inputs]
+    outputs = [dims(name) for name in node.output if name]
+    size = [len(shape or ()) for shape in outputs]
+    if op in ("Range", "NonZero", "ConstantOfShape"):  # lengths from their inputs' values only
+        return [[[] for _ in range(n)] for n in size], inputs
+    if not inputs or ranks[0] < 0:
+        return None
+    axis = _attribute(node, "axis", {"Flatten": 1, "OneHot": -1}.get(op, 0))
+    if op in _DIM_BY_DIM or op == "Concat":
+        data = range(len(inputs)) if op == "Concat" else range(1)
+        by_end = [[[(i, -k) for i in data if k <= ranks[i]] for k in range(n, 0, -1)] for n in size]
+        return by_end, [] if op == "Concat" else inputs[1:]
+    if op == "Flatten":
+        cut = axis % (ranks[0] + 1) if axis < 0 else axis
+        return [[[(0, a) for a in range(cut)], [(0, a) for a in range(cut, ranks[0])]]], []
+    if op in ("Gather", "GatherElements") and len(ranks) == 2 and ranks[1] >= 0:
+        if op == "GatherElements":
+            return [[[(1, a)] for a in range(ranks[1])]], []
+        at = axis % ranks[0]
+        taken = [(0, a) for a in range(at)] + [(1, a) for a in range(ranks[1])]
+        return [[[s] for s in taken + [(0, a) for a in range(at + 1, ranks[0])]]], []
+    if op == "OneHot" and len(inputs) >= 2:
+        at = axis % (ranks[0] + 1)
+        return [[[(0, a)] for a in range(at)] + [[]] + [[(0, a)] for a in range(at, ranks[0])]], [inputs[1]]
+    if op == "Compress" and len(inputs) >= 2 and any(a.name == "axis" for a in node.attribute):
+        at = axis % ranks[0]
+        return [[[(0, a)] if a != at else [] for a in range(ranks[0])]], [inputs[1]]
+    return None
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    found = next((a for a in node.attribute if a.name == name), None)
+    return int(helper.get_attribute_value(found)) if found is not None else default

@@ -19,6 +19,7 @@ from tests.integration.test_row_mixing_sweep import Sweep, run_sweep
 
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
+TABLE_OPS = ("gather_by_range", "one_hot", "compress", "max_pool", "flatten")  # scripts/table_length_cases.py
 # What each refusal names: the node taking the size, or the one where a value made from it meets x
 # (its input named after the op that made it). The first nine loaded batched and answered WRONG with
 # status OK at 098d7b5.
@@ -94,6 +95,13 @@ REFUSED = {
     # batched wrong, OK, at ec0a446.
     "count_loop_table_by_unnamed_axis_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
     "count_loop_table_by_row_size_mixing": ("the Slice node making 'y'", "as a shape, a size or a count"),
+    # A tester, session 59 (scripts/table_length_cases.py): the table as long as a length read off a
+    # OneHot, a Compress or a MaxPool batched wrong, OK, at 7abb6dd (the Gather's and Flatten's were
+    # refused here; their forms in tests/unit/test_onnx_table_lengths_ops.py were not).
+    **{
+        f"count_table_by_{op}_mixing": ("the Slice node making 'y'", "as a shape, a size or a count")
+        for op in TABLE_OPS
+    },
 }
 BATCHED = (
     "count_vit_cls_legacy_expand_rowwise",
@@ -121,6 +129,7 @@ BATCHED = (
     "count_split_halves_attention_rowwise",  # refused at 28ab7d2 (a second tester, session 58)
     "count_split_attention_six_deep_rowwise",  # refused at 2755b63 (a third tester, session 58)
     "count_loop_table_by_other_axis_across_rowwise",  # the table across each row (session 59)
+    *(f"count_table_by_{op}_rowwise" for op in TABLE_OPS),  # the table across each row (session 60)
 )
 
 

@@ -1,0 +1,78 @@
+"""Cases of the counts corpus (scripts/size_count_cases.py): a table t = Range(0, L)[:, None] as
+long as a length of x's other axis read off an op's output, added to x against the batch's axis,
+then (x + t)[:N] (a tester, session 59: such forms loaded batched at 23610a4, a batch of four
+giving request i the table's row i, alone its row 0, status OK). L is read off a Gather of x by
+Range(0, T), a OneHot of depth T, a Compress by a constant condition, a MaxPool, a Flatten: dims
+onnx makes up that the load now traces to x's other axes (server/backends/onnx_told_dims.py,
+session 60). At 7abb6dd the OneHot, Compress and MaxPool ones here loaded batched (the Gather and
+Flatten ones were refused; their forms in tests/unit/test_onnx_table_lengths_ops.py were not). The
+_rowwise kin add the same table across each row and must still batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto as T
+from row_mixing_cases import Source
+from size_count_cases import F, Graph, f32
+
+
+def _by_range(g: Graph) -> str:
+    idx = g.op("Range", [g.const(0), g.size(axis=1), g.const(1)])
+    return g.op("Gather", ["x", idx], axis=1)
+
+
+def _one_hot(g: Graph) -> str:
+    return g.op("OneHot", [g.op("Cast", ["x"], to=T.INT64), g.size1(axis=1), g.const([0, 1], np.float32)])
+
+
+def _compress(g: Graph) -> str:
+    return g.op("Compress", ["x", g.const(np.ones(4, bool), np.bool_)], axis=1)
+
+
+def _pooled(g: Graph) -> str:
+    return g.op("MaxPool", [g.op("Unsqueeze", ["x", g.const([1])])], kernel_shape=[1])
+
+
+def _flat(g: Graph) -> str:
+    return g.op("Flatten", [g.op("Unsqueeze", ["x", g.const([1])])], axis=1)
+
+
+LENGTHS: dict[str, tuple[Callable[[Graph], str], int]] = {  # the op's output, the axis L is read off
+    "gather_by_range": (_by_range, 1),
+    "one_hot": (_one_hot, 2),
+    "compress": (_compress, 1),
+    "max_pool": (_pooled, 2),
+    "flatten": (_flat, 1),
+}
+
+
+def _model(length: str, across: bool, seed: int) -> Source:
+    g = Graph()
+    made, axis = LENGTHS[length]
+    rows = g.op("Range", [g.const(0), g.size(made(g), axis), g.const(1)])
+    table = g.op("Unsqueeze", [g.op("Cast", [rows], to=F), g.const([1])])
+    if across:  # t [1, L] across each row's values: rows kept
+        g.op("Add", ["x", g.op("Transpose", [table], perm=[1, 0])], out="y")
+    else:
+        g.op("Slice", [g.op("Add", ["x", table]), g.const([0]), g.size1(), g.const([0])], out="y")
+    m: onnx.ModelProto = g.model([("x", ["N", "T"])], [("y", ["N", "T"])], opset=17)
+    kind = "rowwise" if across else "mixing"
+    return Source(f"count_table_by_{length}_{kind}", m, (np.abs(f32(seed, 4, 4)).round(),))
+
+
+def _maker(length: str, across: bool, seed: int) -> Callable[[], Source]:
+    def make() -> Source:
+        return _model(length, across, seed)
+
+    make.__name__ = f"table_by_{length}_{'across' if across else 'spread'}"
+    return make
+
+
+TABLE_LENGTHS = tuple(
+    _maker(length, across, seed)
+    for seed, (length, across) in enumerate(((n, a) for n in LENGTHS for a in (False, True)), start=93)
+)
