@@ -90,6 +90,7 @@ class _Seen:
     cpu: float | None = None  # EWMA of the runs' CPU seconds, where measured
     costs: deque[tuple[float, int]] = field(default_factory=deque)  # (CPU seconds, input bytes), latest
     first: bool = True  # until the bucket's second run: its first may carry one-time costs
+    cold: bool = False  # its only run is an instance's first: no floor from it (`observe`'s `cold`)
     best: dict[int, float] = field(default_factory=dict)  # by rows: the fastest run ever seen
 
 
@@ -129,27 +130,43 @@ class ServiceTimeEstimator:
         return float(0.5 ** (max(now - seen.at, 0.0) / self._half_life_s))
 
     def observe(
-        self, rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0
+        self,
+        rows: int,
+        seconds: float,
+        now: float,
+        cpu_s: float | None = None,
+        nbytes: int = 0,
+        cold: bool = False,
     ) -> None:
         """Record that a run of `rows` rows and `nbytes` input bytes took `seconds` (wall) and cost
-        `cpu_s` to the thread that ran it (None: not measured), observed at clock time `now`."""
+        `cpu_s` to the thread that ran it (None: not measured), observed at clock time `now`.
+        `cold`: an instance's first run, which pays its session's one-time costs (onnxruntime's
+        arena, its kernels' first calls: the mlp's 0.8 ms where later runs take 25 us). Alone in
+        its bucket it bounds no refusal (`predict_floor`): a fresh server sent only 3 ms requests
+        ran one, then refused every later one on it, and a refused request never runs to correct
+        it (session 60). Predictions count it until a faster run of its bucket comes."""
         self.runs += 1
         b = self.bucket(rows)
         seen = self._seen.get(b)
         if seen is None:
-            seen = self._seen[b] = _Seen(deque(), costs=deque(maxlen=self._window))
-        if cpu_s is not None:
-            seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
-            seen.costs.append((cpu_s, nbytes))
+            seen = self._seen[b] = _Seen(deque(), costs=deque(maxlen=self._window), cold=cold)
+        else:
+            seen.cold = False
         times = seen.times
         if seen.first and seen.runs:  # the bucket's second run
             seen.first = False
             if seen.runs[0][0] > seconds:
                 # The first run paid one-time costs (allocations, a cold cache) this one did not:
-                # it leaves, rather than hold the margin at its cap for the next several runs.
+                # it leaves, rather than hold the margin at its cap for the next several runs, and
+                # its CPU with it (a fresh mlp's 0.8 ms had kept its runs off the loop: session 60).
                 first_seconds, first_rows = seen.runs.popleft()
                 times.remove(first_seconds)
                 seen.rows_sum -= first_rows
+                seen.cpu = None
+                seen.costs.clear()
+        if cpu_s is not None:
+            seen.cpu = cpu_s if seen.cpu is None else seen.cpu + 0.2 * (cpu_s - seen.cpu)
+            seen.costs.append((cpu_s, nbytes))
         if len(seen.runs) == self._window:  # the oldest run leaves the window
             old_seconds, old_rows = seen.runs.popleft()
             del times[bisect.bisect_left(times, old_seconds)]
@@ -266,7 +283,7 @@ class ServiceTimeEstimator:
         fastest_any, any_seen = float("inf"), 0.0
         bound, bound_bucket, bound_count, bound_seen = 0.0, None, 0, 0.0
         for b, seen in self._seen.items():
-            if b > own:
+            if b > own or seen.cold:
                 continue
             if b < own or rows >= 1 << b:  # every run of this bucket has no more rows (no list)
                 count = len(seen.times)

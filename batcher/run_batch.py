@@ -138,6 +138,7 @@ class BatchRunner:
             return
         t0 = time.perf_counter_ns()
         note_taken(batch, t0)  # the run's start, as its record's gather_ns
+        cold, instance.ran = not instance.ran, True  # its session's first run pays one-time costs
         try:
             parts, outputs, offsets, ns, cost = await self._compute(instance, batch, t0)
         except ExpiredUnrun:
@@ -162,7 +163,7 @@ class BatchRunner:
             return
         done_at = self._clock()
         inline = self._inline(offsets[-1], cost[1])  # how it ran (the estimator before this run)
-        self._record(offsets[-1], ns, cost, done_at)
+        self._record(offsets[-1], ns, cost, done_at, cold)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
@@ -198,14 +199,19 @@ class BatchRunner:
         return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), (cpu_s, nbytes)
 
     def _record(
-        self, rows: int, ns: tuple[int, int, int, int], cost: tuple[float | None, int], done_at: float
+        self,
+        rows: int,
+        ns: tuple[int, int, int, int],
+        cost: tuple[float | None, int],
+        done_at: float,
+        cold: bool = False,
     ) -> None:
         """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it.
-        `cost`: its CPU seconds (None: not measured) and input bytes."""
+        `cost`: its CPU seconds (None: not measured) and input bytes; `cold`: its instance's first."""
         t0, t1, t2, t3 = ns
         cpu_s, nbytes = cost
         self._stats.record_run(rows, t1 - t0, t2 - t1, t3 - t2)  # its requests: settle_batch
-        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s, nbytes)
+        self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s, nbytes, cold=cold)
         self._stats.run_cpu_s += cpu_s or 0.0
         self._forecast.ran(rows)
 
@@ -221,6 +227,7 @@ class BatchRunner:
             part = self._still_wanted(pending.pop())
             if not part:
                 continue
+            cold, instance.ran = not instance.ran, True  # (its backend replaced meanwhile)
             try:
                 parts, outputs, offsets, ns, cost = await self._compute(
                     instance, part, time.perf_counter_ns()
@@ -239,7 +246,7 @@ class BatchRunner:
                 await self._fail_batch(instance, None, [p for q in (part, *pending) for p in q], exc)
                 return
             done_at = self._clock()
-            self._record(offsets[-1], ns, cost, done_at)
+            self._record(offsets[-1], ns, cost, done_at, cold)
             self._log_not_split(parts, outputs, offsets)
             settle_batch(part, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 

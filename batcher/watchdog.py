@@ -98,6 +98,7 @@ class Instance:
     backend: Backend
     blocking: RunsBlocking | None = None  # the same backend when it RunsBlocking, looked up once
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # clear while being replaced
+    ran: bool = False  # whether its backend has run a batch here (its first run is cold: estimate.py)
 
     def __post_init__(self) -> None:
         self.blocking = runs_blocking(self.backend)
@@ -106,6 +107,7 @@ class Instance:
     def swap(self, backend: Backend) -> None:
         self.backend = backend
         self.blocking = runs_blocking(backend)
+        self.ran = False
 
 
 class Watchdog:

@@ -46,9 +46,11 @@ def observed(b: DynamicBatcher) -> Seen:
     estimator = b.estimator
     real = estimator.observe
 
-    def observe(rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0) -> None:
+    def observe(
+        rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0, cold: bool = False
+    ) -> None:
         seen.append((rows, seconds, now, cpu_s))
-        real(rows, seconds, now, cpu_s, nbytes)
+        real(rows, seconds, now, cpu_s, nbytes, cold)
 
     estimator.observe = observe  # type: ignore[method-assign]
     return seen

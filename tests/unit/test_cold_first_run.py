@@ -1,0 +1,105 @@
+"""An instance's first run is cold (session 60): onnxruntime allocates its session's arena and
+calls its kernels for the first time there (the demo mlp's first run 0.8 ms, its steady runs 25 us).
+A fresh server sent only 3 ms requests ran one, then refused every later one on it ("about 0.8 ms
+of compute needed ... plus a 5.0 ms margin"): the fastest recent run bounded the refusals and held
+the hop margin at its cap, and a refused request never runs to correct it. Now such a run, alone in
+its bucket, bounds no refusal, and a bucket's first run that a faster one replaces takes its CPU
+with it; predictions still count it until then."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
+from batcher.estimate import ServiceTimeEstimator
+from batcher.watchdog import Instance
+from tests.support.batcher_fakes import Clock, Gated, OnPool
+
+NOW = 100.0
+LONG = 5.0  # an upper bound no healthy wait comes near
+X = {"x": np.ones((1, 2), np.float32)}
+
+
+def test_a_cold_run_alone_in_its_bucket_bounds_no_refusal() -> None:
+    est = ServiceTimeEstimator()
+    est.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8, cold=True)
+    assert est.predict_floor(1, NOW) == 0.0  # an unknown cost: refuses nothing
+    assert est.predict_floor(4, NOW) == 0.0
+    assert est.predict(1, NOW) == pytest.approx(0.0008)  # the forecast and formation still count it
+    assert not est.cheap(1, 0.0005, 8)  # its CPU, until a faster run replaces it
+
+
+def test_the_next_run_of_its_bucket_bounds_as_before() -> None:
+    est = ServiceTimeEstimator()
+    est.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8, cold=True)
+    est.observe(1, 0.0001, NOW, cpu_s=0.0001, nbytes=8)
+    assert est.predict_floor(1, NOW) == pytest.approx(0.0001)  # the cold run left (slower, first)
+    assert est.cheap(1, 0.0001, 8)  # the EWMA began again at the warm run
+    warm_first = ServiceTimeEstimator()  # a warm run first, then a slower one: both bound
+    warm_first.observe(1, 0.0002, NOW, cpu_s=0.0002, nbytes=8)
+    warm_first.observe(1, 0.0009, NOW, cpu_s=0.0009, nbytes=8, cold=True)
+    assert warm_first.predict_floor(1, NOW) == pytest.approx(0.0002)
+
+
+def test_a_first_run_that_leaves_takes_its_cpu_with_it() -> None:
+    # Its CPU had stayed in the figure inline runs go by (falling a fifth a run): a fresh mlp's
+    # 0.8 ms kept its next runs in the executor, whose walls held the hop margin at its cap.
+    est = ServiceTimeEstimator()
+    est.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8)
+    est.observe(1, 0.0003, NOW, cpu_s=0.0002, nbytes=8)
+    assert est.cheap(1, 0.0002, 8)  # 0.2 ms, not 0.8 + (0.2 - 0.8) / 5 = 0.68 ms
+    slower = ServiceTimeEstimator()  # a second run slower than the first: both stay
+    slower.observe(1, 0.0002, NOW, cpu_s=0.0002, nbytes=8)
+    slower.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8)
+    assert not slower.cheap(1, 0.0002, 8)
+    assert slower.cheap(1, 0.00033, 8)  # 0.2 + (0.8 - 0.2) / 5 = 0.32 ms
+
+
+def test_a_cold_run_of_another_bucket_leaves_the_warm_ones_bounding() -> None:
+    est = ServiceTimeEstimator()
+    for _ in range(3):
+        est.observe(1, 0.002, NOW, cpu_s=0.002)
+    est.observe(4, 0.050, NOW, cpu_s=0.050, cold=True)  # another instance's first, 4 rows
+    assert est.predict_floor(4, NOW) == pytest.approx(0.002)  # the 1-row runs' bound, not 50 ms
+
+
+class Counting(OnPool):
+    """A RunsBlocking fake answering y = 2 * x on its pool."""
+
+    def __init__(self) -> None:
+        super().__init__("counting")
+
+    def run_blocking(self, inputs: Tensors) -> Tensors:
+        return {"y": inputs["x"] * 2}
+
+
+async def test_each_instances_first_batch_is_told_cold_to_the_estimator() -> None:
+    clock, be = Clock(NOW), Counting()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
+    told: list[bool] = []
+    observe = b.estimator.observe
+
+    def spy(*args: object, cold: bool = False, **kw: object) -> None:
+        told.append(cold)
+        observe(*args, cold=cold, **kw)  # type: ignore[arg-type]
+
+    b.estimator.observe = spy  # type: ignore[method-assign]
+    b.start()
+    try:
+        for _ in range(3):
+            await asyncio.wait_for(b.submit(X, 1), LONG)
+        assert told == [True, False, False]
+        assert b.estimator.predict_floor(1, NOW) > 0.0  # the second run bounds
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+        be.pool.shutdown()
+
+
+async def test_a_replaced_backend_runs_cold_again() -> None:
+    instance = Instance(0, Gated(gate_open=True))
+    instance.ran = True
+    instance.swap(Gated(gate_open=True))
+    assert not instance.ran
