@@ -5,8 +5,10 @@ giving request i the table's row i, alone its row 0, status OK). L is read off a
 Range(0, T), a OneHot of depth T, a Compress by a constant condition, a MaxPool, a Flatten: dims
 onnx makes up that the load now traces to x's other axes (server/backends/onnx_told_dims.py,
 session 60). At 7abb6dd the OneHot, Compress and MaxPool ones here loaded batched (the Gather and
-Flatten ones were refused; their forms in tests/unit/test_onnx_table_lengths_ops.py were not). The
-_rowwise kin add the same table across each row and must still batch.
+Flatten ones were refused; their forms in tests/unit/test_onnx_table_lengths_ops.py were not). A
+second tester, session 60: L read off a Reshape with -1 or a SplitToSequence's count loaded batched
+at 05301ef too (onnx_broadcast_pairs.py now reads any input's untold length). The _rowwise kin add
+the same table across each row and must still batch.
 """
 
 from __future__ import annotations
@@ -22,38 +24,48 @@ from size_count_cases import F, Graph, f32
 
 def _by_range(g: Graph) -> str:
     idx = g.op("Range", [g.const(0), g.size(axis=1), g.const(1)])
-    return g.op("Gather", ["x", idx], axis=1)
+    return g.size(g.op("Gather", ["x", idx], axis=1), 1)
 
 
 def _one_hot(g: Graph) -> str:
-    return g.op("OneHot", [g.op("Cast", ["x"], to=T.INT64), g.size1(axis=1), g.const([0, 1], np.float32)])
+    depth = g.size1(axis=1)
+    return g.size(g.op("OneHot", [g.op("Cast", ["x"], to=T.INT64), depth, g.const([0, 1], np.float32)]), 2)
 
 
 def _compress(g: Graph) -> str:
-    return g.op("Compress", ["x", g.const(np.ones(4, bool), np.bool_)], axis=1)
+    return g.size(g.op("Compress", ["x", g.const(np.ones(4, bool), np.bool_)], axis=1), 1)
 
 
 def _pooled(g: Graph) -> str:
-    return g.op("MaxPool", [g.op("Unsqueeze", ["x", g.const([1])])], kernel_shape=[1])
+    return g.size(g.op("MaxPool", [g.op("Unsqueeze", ["x", g.const([1])])], kernel_shape=[1]), 2)
 
 
 def _flat(g: Graph) -> str:
-    return g.op("Flatten", [g.op("Unsqueeze", ["x", g.const([1])])], axis=1)
+    return g.size(g.op("Flatten", [g.op("Unsqueeze", ["x", g.const([1])])], axis=1), 1)
 
 
-LENGTHS: dict[str, tuple[Callable[[Graph], str], int]] = {  # the op's output, the axis L is read off
-    "gather_by_range": (_by_range, 1),
-    "one_hot": (_one_hot, 2),
-    "compress": (_compress, 1),
-    "max_pool": (_pooled, 2),
-    "flatten": (_flat, 1),
+def _reshaped(g: Graph) -> str:  # x.view(N, 2, -1).shape[2] * 2 (session 60)
+    return g.op("Mul", [g.size(g.op("Reshape", ["x", g.const([0, 2, -1])]), 2), g.const(2)])
+
+
+def _sequence_length(g: Graph) -> str:  # len(x.split(1, dim=1)) as a sequence (session 60)
+    return g.op("SequenceLength", [g.op("SplitToSequence", ["x"], axis=1, keepdims=0)])
+
+
+LENGTHS: dict[str, Callable[[Graph], str]] = {  # L: a scalar, 4 for the 4 columns sent
+    "gather_by_range": _by_range,
+    "one_hot": _one_hot,
+    "compress": _compress,
+    "max_pool": _pooled,
+    "flatten": _flat,
+    "reshape_minus_one": _reshaped,
+    "sequence_length": _sequence_length,
 }
 
 
 def _model(length: str, across: bool, seed: int) -> Source:
     g = Graph()
-    made, axis = LENGTHS[length]
-    rows = g.op("Range", [g.const(0), g.size(made(g), axis), g.const(1)])
+    rows = g.op("Range", [g.const(0), LENGTHS[length](g), g.const(1)])
     table = g.op("Unsqueeze", [g.op("Cast", [rows], to=F), g.const([1])])
     if across:  # t [1, L] across each row's values: rows kept
         g.op("Add", ["x", g.op("Transpose", [table], perm=[1, 0])], out="y")

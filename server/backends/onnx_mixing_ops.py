@@ -227,7 +227,9 @@ def _more(node: onnx.NodeProto, ranks: Sequence[int]) -> Axes:
         return [(0, [1])]
     if op == "TfIdfVectorizer":
         return [(0, [-1])]
-    if op in ("Unique", "Compress"):
+    if op == "Unique":  # along any axis it compares whole slices, which span the batch's axis too:
+        return [(0, range(rank))]  # Unique(x, axis=1) kept batch mates' columns (a tester, session 60)
+    if op == "Compress":  # along its axis, or every axis without one
         axis = attr(node, "axis", None)
         return [(0, [axis] if isinstance(axis, int) else range(rank))]
     return []

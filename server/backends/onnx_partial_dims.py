@@ -7,7 +7,9 @@ A table of one row made by such an op from amounts the graph reads off another a
 batched input (onnx_value_lineage.py), its first dim, 1 at run time, read as a length the load
 cannot tell against the batch's axis: x + table was refused batching where each row is its own (a
 tester, session 59). Only a dim worked out for certain is filled: a product or sum of numbers, an
-input's dim kept by a repeat of 1, a broadcast's 1 or a pad of 0, a name over a 1.
+input's dim kept by a repeat of 1, a broadcast's 1 or a pad of 0, a name over a 1. A Range's length
+too: torch's arange(N), each row's place, is as long as the batch (`_ranged`); onnx names it
+`unk__`, which a broadcast against the batch's axis reads as a length the load cannot tell.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ def partial_dims(
     held: Callable[[str], Value | None] = lambda name: None,
     maker: Callable[[str], onnx.NodeProto | None] = lambda name: None,
 ) -> Dims | None:
-    """The output dims of `node` (a Tile, an Expand, a Pad, a Resize) with those onnx did not name
+    """The output dims of `node` (a Tile, an Expand, a Pad, a Resize, a Range) with those onnx did not name
     (None, or its own `unk__` names) filled where its amounts' entries tell them; None: nothing to
     add. `held(name)`: a constant the graph holds (an initializer's dims are in no value_info);
     `maker(name)`: the node making a tensor (a Resize's scales, a Concat of constants and computed)."""
+    if node.op_type == "Range" and len(node.input) == 3 and node.output[0]:
+        return _ranged(node, partial, dims, constant)
     if node.op_type not in ("Tile", "Expand", "Pad", "Resize") or len(node.input) < 2 or not node.output[0]:
         return None
     data, out = dims(node.input[0]), dims(node.output[0])
@@ -158,3 +162,22 @@ def _float_entries(
 def _floats(value: Value) -> list[float | None]:
     array = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
     return [float(v) for v in array.reshape(-1)]
+
+
+def _ranged(
+    node: onnx.NodeProto, partial: PartialInts, dims: Callable[[str], Dims | None], constant: Constant
+) -> Dims | None:
+    """A Range's length where its entries tell it: Range(0, L, 1) is L long, a name (torch's
+    arange(N), N = Shape(x)[0]: each row's place, as long as the batch), numbers their count."""
+    out = dims(node.output[0])
+    if out is not None and (len(out) != 1 or _named(out[0])):
+        return None
+    start, limit, delta = (partial.named(name, constant(i)) for i, name in enumerate(node.input))
+    if start is None or limit is None or delta is None or not len(start) == len(limit) == len(delta) == 1:
+        return None
+    first, last, step = start[0], limit[0], delta[0]
+    if first == 0 and step == 1 and isinstance(last, str):
+        return [last]
+    if all(isinstance(e, int) and not isinstance(e, bool) for e in (first, last, step)) and step != 0:
+        return [max(0, math.ceil((last - first) / step))]
+    return None

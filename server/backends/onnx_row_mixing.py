@@ -23,13 +23,12 @@ A Reshape or Flatten is read by onnx_reshape_rows.py: one that moves values betw
 one that folds the batch into an axis makes that axis the batch's for the ops after it; the names
 the batch goes by are kept in onnx_batch_names.py. The batch's size taken as a value mixes
 (onnx_batch_size_value.py); a Gather or GatherND whose indices are each row's own place does not
-(onnx_row_positions.py). A Pad or Tile of computed amounts, or an Expand copying the batch, may add
-rows (onnx_grown_rows.py, with onnx_partial_ints.py). Initializers clients may send are never read
-as constants.
+(onnx_row_positions.py). A computed Pad or Tile, or an Expand copying the batch, may add rows
+(onnx_grown_rows.py, onnx_partial_ints.py). Initializers clients may send are never constants.
 A standard op of none of onnx_mixing_ops.py's sets is taken as mixing (no proof of rows). MaxPool's
 indices are positions over the whole batch (onnx_pool_indices.py). Not covered: a reshape whose
 dims onnx cannot infer, custom-domain ops, values computed from the data. A graph the reading
-cannot read (onnx refuses it, or an axis is stored as external data) is not flagged: no proof.
+cannot read (onnx refuses it, an axis stored as external data) is not flagged: no proof.
 """
 
 from __future__ import annotations
@@ -345,7 +344,10 @@ class _Walk:
         self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        free = [not self.batched & self.value_lineage.of(name) for name in node.input]  # no batched input's
+        free = [  # a Concat's: of no batched input (lineage); a broadcast's: any not mixed already
+            not self.batched & self.value_lineage.of(n) if read is concat_pinned else n not in self.mixed
+            for n in node.input
+        ]
         return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
@@ -358,9 +360,7 @@ class _Walk:
 
     def _row_size(self, name: str, axis: int) -> Dim:
         dims = self.shapes.get(name)
-        if dims is None or not -len(dims) <= axis < len(dims):
-            return None
-        return self.names.row_size(dims[axis])
+        return None if dims is None or not -len(dims) <= axis < len(dims) else self.names.row_size(dims[axis])
 
     def _unplaced(self, node: onnx.NodeProto, index: int) -> str | None:
         """Why a mixing op's input made from a batched input cannot be read: onnx gave it no shape,

@@ -19,7 +19,10 @@ from tests.integration.test_row_mixing_sweep import Sweep, run_sweep
 
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
-TABLE_OPS = ("gather_by_range", "one_hot", "compress", "max_pool", "flatten")  # scripts/table_length_cases.py
+TABLE_OPS = (  # scripts/table_length_cases.py
+    *("gather_by_range", "one_hot", "compress", "max_pool", "flatten"),
+    *("reshape_minus_one", "sequence_length"),  # batched wrong, OK, at 05301ef (a tester, session 60)
+)
 # What each refusal names: the node taking the size, or the one where a value made from it meets x
 # (its input named after the op that made it). The first nine loaded batched and answered WRONG with
 # status OK at 098d7b5.

@@ -56,7 +56,7 @@ def _node(op: str, inputs: int = 1, **attributes: object) -> onnx.NodeProto:
         (_node("Multinomial"), [2], [(0, [1])]),
         (_node("TfIdfVectorizer"), [2], [(0, [-1])]),
         (_node("Unique"), [3], [(0, [0, 1, 2])]),
-        (_node("Unique", axis=1), [3], [(0, [1])]),
+        (_node("Unique", axis=1), [3], [(0, [0, 1, 2])]),  # whole slices: the batch too (session 60)
         (_node("Compress", 2), [2, 1], [(0, [0, 1])]),
         (_node("Compress", 2, axis=0), [2, 1], [(0, [0])]),
         (_node("NonMaxSuppression", 2), [3, 3], [(0, [0, 1, 2]), (1, [0, 1, 2])]),
