@@ -178,6 +178,6 @@ def _ranged(
     first, last, step = start[0], limit[0], delta[0]
     if first == 0 and step == 1 and isinstance(last, str):
         return [last]
-    if all(isinstance(e, int) and not isinstance(e, bool) for e in (first, last, step)) and step != 0:
+    if isinstance(first, int) and isinstance(last, int) and isinstance(step, int) and step != 0:
         return [max(0, math.ceil((last - first) / step))]
     return None
