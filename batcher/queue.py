@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 from batcher.admission import Admission
 from batcher.budget import ByteBudget, charge, input_bytes
-from batcher.errors import DeadlineExceeded, Overloaded, QueueFull, QueueSizeReached, QueueTimedOut
+from batcher.errors import (
+    DeadlineExceeded,
+    Overloaded,
+    QueueFull,
+    QueueSizeReached,
+    QueueTimedOut,
+    cannot_be_met,
+)
 from batcher.form import Pending, cannot_finish, earliest, give_up_at, gives_up
 from batcher.hop import hop_at
 from batcher.types import BatchingPolicy, QueueTrace, Tensors, TimeoutAction
@@ -323,20 +330,6 @@ class RequestQueue:
     def basis(self, rows: int, now: float) -> str | None:
         """What the least compute of `rows` rows (`min_run_s`) is, in words (None: the default's)."""
         return None if self._floor_basis is None else self._floor_basis(rows, now)
-
-
-def cannot_be_met(
-    rows: int, run_s: float, hop_s: float, left_s: float, where: str = "", basis: str | None = None
-) -> DeadlineExceeded:
-    """The answer to a request past its give-up point (`give_up_at`), naming both parts of what it
-    needed: the compute, with what that figure is (`basis`, the estimator's `floor_basis`; None: the
-    fastest recent run of its rows or fewer), and the margin."""
-    margin = f" plus a {hop_s * 1e3:.1f} ms margin" if hop_s > 0.0 else ""
-    what = f"the fastest recent run of {rows} rows or fewer" if basis is None else basis
-    return DeadlineExceeded(
-        f"deadline cannot be met: about {run_s * 1e3:.1f} ms of compute needed ({what}){margin}, "
-        f"{left_s * 1e3:.1f} ms left{where}"
-    )
 
 
 def expired_in_queue(

@@ -1,6 +1,9 @@
 """The graph inputs a tensor's values are made from, where a length of an axis that is not the
-batch's counts as made from none: the untold-length rules of onnx_broadcast_pairs.py ask whether an
-input is made from no batched input ("free", its length then not the batch's).
+batch's counts as made from none: a Concat's pinning of the batch (onnx_broadcast_pairs.py's
+`concat_pinned`) asks whether an input is made from no batched input ("free", its length then not
+the batch's). A broadcast against the batch had asked it too, until a table as long as a length
+read off an op this did not trace (a Reshape, a Loop, an If, ...) batched wrong (session 60): a
+broadcast now reads any input's untold length.
 
 The lineage of onnx_mixing_graph.py (`made_from`) follows every input of every maker, a Shape's
 too: a Loop run Shape(x)[1] times (4 for x [N, 4]) stacked a [4, 1] table that read as made from

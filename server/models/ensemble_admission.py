@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING
 
 from batcher.admission import Admission
 from batcher.dynamic import DynamicBatcher
-from batcher.errors import BatcherError, Overloaded
+from batcher.errors import BatcherError, Overloaded, cannot_be_met
 from batcher.forecast import WaitForecast
-from batcher.queue import cannot_be_met
 from batcher.stats import ModelStats
 from batcher.types import BatchingPolicy, Tensors
 from protos import model_config_pb2 as mc

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher.errors import cannot_be_met
 from batcher.hop import CAP_S, FLOOR_S, HopMargin, hop_at
 from tests.support.batcher_fakes import Clock, Gated, turns_until
 
@@ -152,3 +153,19 @@ async def test_the_margin_is_measured_for_a_model_whose_runs_are_an_inline_ones(
     finally:
         be.pool.shutdown()
         other.pool.shutdown()
+
+
+def test_a_refusals_figures_show_the_need_past_what_is_left() -> None:
+    # One decimal had read as met: "about 0.1 ms ... plus a 1.2 ms margin, 1.3 ms left" (12 of 408
+    # refusals of 1-2 ms requests; a tester, session 59). As many decimals as show it, at most 3.
+    shown = str(cannot_be_met(1, 0.00012, 0.0012, 0.00131))
+    assert shown == (
+        "deadline cannot be met: about 0.12 ms of compute needed (the fastest recent run of 1 rows or "
+        "fewer) plus a 1.20 ms margin, 1.31 ms left"
+    )
+    assert "about 0.0 ms of compute needed" in str(cannot_be_met(1, 0.00003, 0.001, 0.0009))
+    assert "about 0.123 ms" in str(cannot_be_met(1, 0.000123, 0.0012, 0.001321))  # 1.323 past 1.321: three
+    assert "about 0.3 ms" in str(cannot_be_met(1, 0.0003, 0.0012, 0.0015))  # a tie at every precision
+    assert str(cannot_be_met(2, 0.010, 0.005, 0.014, ", queued")).endswith(
+        "plus a 5.0 ms margin, 14.0 ms left, queued"
+    )
