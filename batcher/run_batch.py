@@ -40,6 +40,8 @@ from batcher.watchdog import ExpiredUnrun, Instance, Watchdog
 
 log = logging.getLogger(__name__)
 
+Cost = tuple[float | None, int, bool]  # a run's CPU seconds (None: not measured), input bytes, cold
+
 
 def start_by(batch: list[Request]) -> float | None:
     """The latest hard deadline in `batch` (None when a request has none): a run taken up past it
@@ -138,7 +140,6 @@ class BatchRunner:
             return
         t0 = time.perf_counter_ns()
         note_taken(batch, t0)  # the run's start, as its record's gather_ns
-        cold, instance.ran = not instance.ran, True  # its session's first run pays one-time costs
         try:
             parts, outputs, offsets, ns, cost = await self._compute(instance, batch, t0)
         except ExpiredUnrun:
@@ -163,7 +164,7 @@ class BatchRunner:
             return
         done_at = self._clock()
         inline = self._inline(offsets[-1], cost[1])  # how it ran (the estimator before this run)
-        self._record(offsets[-1], ns, cost, done_at, cold)
+        self._record(offsets[-1], ns, cost, done_at)
         self._flights.land(flight)
         self._log_not_split(parts, outputs, offsets)
         settle_batch(batch, parts, offsets[-1], done_at, self._stats, ns, self._margin)
@@ -173,10 +174,10 @@ class BatchRunner:
 
     async def _compute(
         self, instance: Instance, batch: list[Request], t0: int
-    ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], tuple[float | None, int]]:
+    ) -> tuple[list[Part], Tensors, list[int], tuple[int, int, int, int], Cost]:
         """Run `batch` on `instance`, started at perf_counter_ns `t0`: each request's part, the
         run's outputs and row offsets, the perf_counter_ns at start, gathered, run and scattered,
-        and the run's CPU seconds and input bytes."""
+        and the run's CPU seconds, input bytes and whether it was its instance's first (cold)."""
         inputs, offsets = batch_inputs(batch, self._policy)
         # Each request's bytes were measured at admission (with byte budgets: a server's always).
         nbytes = sum(p.handle.nbytes for p in batch) or input_bytes(inputs)
@@ -185,6 +186,9 @@ class BatchRunner:
         inline = self._inline(offsets[-1], nbytes)
         try:
             outputs, cpu_s = await self._watchdog.run(instance, inputs, inline, start_by(batch))
+            # Its session's first run pays one-time costs; set once it ran (a batch dropped unrun
+            # while waiting for the thread had taken the mark: a tester, session 60).
+            cold, instance.ran = not instance.ran, True
             if inline and cpu_s is not None:  # its wall time, which no watchdog could cut
                 self._overran(cpu_s)
         finally:
@@ -196,20 +200,19 @@ class BatchRunner:
         else:  # a request run alone: its outputs whole, once they hold its rows
             check_rows(outputs, offsets[-1], self._policy)
             parts = [dict(outputs)]
-        return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), (cpu_s, nbytes)
+        return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), (cpu_s, nbytes, cold)
 
     def _record(
         self,
         rows: int,
         ns: tuple[int, int, int, int],
-        cost: tuple[float | None, int],
+        cost: Cost,
         done_at: float,
-        cold: bool = False,
     ) -> None:
         """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it.
-        `cost`: its CPU seconds (None: not measured) and input bytes; `cold`: its instance's first."""
+        `cost`: its CPU seconds (None: not measured), input bytes, and whether it was cold."""
         t0, t1, t2, t3 = ns
-        cpu_s, nbytes = cost
+        cpu_s, nbytes, cold = cost
         self._stats.record_run(rows, t1 - t0, t2 - t1, t3 - t2)  # its requests: settle_batch
         self._estimator.observe(rows, (t2 - t1) / 1e9, done_at, cpu_s, nbytes, cold=cold)
         self._stats.run_cpu_s += cpu_s or 0.0
@@ -227,7 +230,6 @@ class BatchRunner:
             part = self._still_wanted(pending.pop())
             if not part:
                 continue
-            cold, instance.ran = not instance.ran, True  # (its backend replaced meanwhile)
             try:
                 parts, outputs, offsets, ns, cost = await self._compute(
                     instance, part, time.perf_counter_ns()
@@ -246,7 +248,7 @@ class BatchRunner:
                 await self._fail_batch(instance, None, [p for q in (part, *pending) for p in q], exc)
                 return
             done_at = self._clock()
-            self._record(offsets[-1], ns, cost, done_at, cold)
+            self._record(offsets[-1], ns, cost, done_at)
             self._log_not_split(parts, outputs, offsets)
             settle_batch(part, parts, offsets[-1], done_at, self._stats, ns, self._margin)
 

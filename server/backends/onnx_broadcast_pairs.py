@@ -23,10 +23,10 @@ def broadcast_pair(
     free: Sequence[bool] | None = (),
 ) -> str | None:
     """Why the node pairs rows (None: it does not); `dims`: its inputs' dims; `where(input, axis)`:
-    how a message names an input's axis; `free`: None, or for each input whether its lengths the
-    load cannot tell are read (every input's but one found mixing already, whose reason is its own):
-    the batch broadcast against a fixed length of any input, or against such a length, is read too
-    (an elementwise op's; a scale's is read with its op's axes)."""
+    how a message names an input's axis; `free`: None, or for each input whether it is made from no
+    batched input (a length of another axis than the batch's counted as none: onnx_value_lineage.py):
+    the batch broadcast against a fixed length of any input, or against a length the load cannot tell
+    of a free one, is read too (an elementwise op's; a scale's is read with its op's axes)."""
     rank = max((len(d) for d in dims), default=0)
     seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
     for index, shape in enumerate(dims):
@@ -59,14 +59,11 @@ def _against_fixed(
     free: Sequence[bool],
 ) -> str | None:
     """Why the batch's axis broadcast against a fixed length above 1 mixes, or against one the load
-    cannot tell (a constant cut by a computed length, a NonZero of a constant mask: its length 4 read
-    as the batch's had batched, wrong, OK; a tester, session 58). Such a length had been read only
-    of an input made from no batched input (a length of another axis counted as none): a table
-    Range(0, L)[:, None] as long as a length read off an op that lineage did not trace (a Reshape,
-    a SplitToSequence, a Loop, an If, a DFT, a CenterCropPad, ...: 14 forms, a tester, session 60)
-    loaded batched, each request of a batch given another row of it than alone, OK. Now any input's
-    length the load cannot tell is read; where it is the batch's in fact, onnx_partial_dims.py and
-    onnx_filled_shapes.py tell it (a Range(0, N) is N long). None: it does not."""
+    cannot tell of an input made from no batched input (a constant cut by a computed length, a
+    NonZero of a constant mask: its length 4 read as the batch's had batched, wrong, OK; a tester,
+    session 58). Only of such an input: one made from the batch may carry it under a name onnx made
+    up (a Resize's, a computed Pad's, a Reshape's -1 before a Conv: reading any input's refused an
+    FPN's merge and eight other row-wise forms; a tester, session 60). None: it does not."""
     rank = max((len(d) for d in dims), default=0)
     for at, carrying in sorted(seen.items()):  # a fixed length > 1 where the batch is: spread, or paired
         for index, shape in enumerate(dims):

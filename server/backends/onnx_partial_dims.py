@@ -8,8 +8,8 @@ batched input (onnx_value_lineage.py), its first dim, 1 at run time, read as a l
 cannot tell against the batch's axis: x + table was refused batching where each row is its own (a
 tester, session 59). Only a dim worked out for certain is filled: a product or sum of numbers, an
 input's dim kept by a repeat of 1, a broadcast's 1 or a pad of 0, a name over a 1. A Range's length
-too: torch's arange(N), each row's place, is as long as the batch (`_ranged`); onnx names it
-`unk__`, which a broadcast against the batch's axis reads as a length the load cannot tell.
+too: torch's arange(N), each row's place, is as long as the batch where onnx names it `unk__`, and
+arange(T) as long as T (`_ranged`).
 """
 
 from __future__ import annotations

@@ -344,10 +344,7 @@ class _Walk:
         self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        free = [  # a Concat's: of no batched input (lineage); a broadcast's: any not mixed already
-            not self.batched & self.value_lineage.of(n) if read is concat_pinned else n not in self.mixed
-            for n in node.input
-        ]
+        free = [not self.batched & self.value_lineage.of(name) for name in node.input]  # no batched input's
         return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:

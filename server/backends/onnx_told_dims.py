@@ -115,3 +115,13 @@ def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     found = next((a for a in node.attribute if a.name == name), None)
     return int(helper.get_attribute_value(found)) if found is not None else default
+
+
+def beside_batch(shape: Sequence[Dim] | None, batch: Collection[str]) -> set[str]:
+    """The named dims of a tensor that carries the batch at one axis, at its other axes: the batch
+    runs along one axis of a tensor (a tensor carrying it at two pairs rows, read as mixing), so a
+    name onnx made up beside it is another length (a Reshape's [N, 2, unk], an If's, a DFT's, a
+    Loop's stack [unk, N]; a tester, session 60: as a table's length they batched wrong, OK)."""
+    if shape is None or sum(dim in batch for dim in shape) != 1:
+        return set()
+    return {dim for dim in shape if isinstance(dim, str) and dim not in batch}

@@ -1,9 +1,7 @@
 """The graph inputs a tensor's values are made from, where a length of an axis that is not the
-batch's counts as made from none: a Concat's pinning of the batch (onnx_broadcast_pairs.py's
-`concat_pinned`) asks whether an input is made from no batched input ("free", its length then not
-the batch's). A broadcast against the batch had asked it too, until a table as long as a length
-read off an op this did not trace (a Reshape, a Loop, an If, ...) batched wrong (session 60): a
-broadcast now reads any input's untold length.
+batch's counts as made from none: a broadcast against the batch's axis and a Concat pinning it
+(onnx_broadcast_pairs.py) ask whether an input is made from no batched input ("free", its length
+then not the batch's).
 
 The lineage of onnx_mixing_graph.py (`made_from`) follows every input of every maker, a Shape's
 too: a Loop run Shape(x)[1] times (4 for x [N, 4]) stacked a [4, 1] table that read as made from
@@ -12,12 +10,15 @@ gave row i t's row i, alone a request got t's row 0 (wrong, OK; a tester, sessio
 tensor whose entries onnx_partial_ints.py knows, each a fixed length or a length named on a graph
 input's axis other than the batch's (Shape(x)[1], Shape(x, start=1), their sums), carries neither
 rows nor the batch's size, and so does a Size of dims each such a length. An input's unnamed dim
-past the first is named before the inference, and a dim onnx made up (`unk__`) counts where a
-Slice, TopK, Tile, Pad or Expand made it of such a length and amounts of no batched input
-(onnx_told_dims.py, session 59). A whole Shape, a Gather of its entry 0, a Size of the batch, any
-other length onnx made up (a NonZero's count) or not known still read the batch. A node's bodies are followed
-through the values they return (a body input reads as before: its node's inputs are followed too,
-so a Loop carrying x is made from x); a body not walked, through what it reads from outside.
+past the first is named before the inference, and a dim onnx made up (`unk__`) counts where an op
+made it of such lengths and amounts of no batched input (onnx_told_dims.py: sessions 59, 60), or
+where it stands beside the batch's in a tensor carrying the batch at one axis (a Reshape's
+[N, 2, unk], a Loop's stack [unk, N]), and so does a SplitToSequence's count of pieces of such a
+dim (session 60). A whole Shape, a Gather of its entry 0, a Size of the batch, a dim of a tensor
+whose batch onnx renamed or lost, or a length not known still read the batch. A node's bodies are
+followed through the values they return (a body input reads as before: its node's inputs are
+followed too, so a Loop carrying x is made from x); a body not walked, through what it reads from
+outside.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import onnx
 from server.backends.graph_names import subgraphs
 from server.backends.onnx_mixing_graph import outer_reads
 from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
-from server.backends.onnx_told_dims import dims_made_apart
+from server.backends.onnx_told_dims import beside_batch, dims_made_apart
 
 
 class ValueLineage:
@@ -62,11 +63,28 @@ class ValueLineage:
         free = lambda name: not set(batched) & self.of(name)  # noqa: E731
         self.made |= dims_made_apart(node, dims, lambda dim: self._apart(dim, batch), free) - set(batch)
         for out in (name for name in node.output if name):
+            self.made |= beside_batch(dims(out), batch)
+        for out in (name for name in node.output if name):
             entries = partial.named(out, None)
             if node.op_type == "Size" and node.input and (shape := dims(node.input[0])) is not None:
                 entries = tuple(shape)  # its value is their product
+            elif node.op_type == "SequenceLength" and node.input:
+                entries = self._split_count(node.input[0], dims, free)
             if entries is not None and all(self._apart(entry, batch) for entry in entries):
                 self.apart.add(out)
+
+    def _split_count(
+        self, sequence: str, dims: Callable[[str], Dims | None], free: Callable[[str], bool]
+    ) -> tuple[Entry, ...] | None:
+        """A SplitToSequence's count, as the dim it splits (each of its pieces, or pieces of a size of
+        no batched input): len(x.split(1, dim=1)) is x's dim 1 (a tester, session 60)."""
+        maker = self._makers.get(sequence)
+        if maker is None or maker.op_type != "SplitToSequence" or (shape := dims(maker.input[0])) is None:
+            return None
+        axis = next((int(a.i) for a in maker.attribute if a.name == "axis"), 0)
+        if not -len(shape) <= axis < len(shape) or not all(free(name) for name in maker.input[1:] if name):
+            return None
+        return (shape[axis],)  # (split in pieces: not this many, but made of it and sizes of no batch)
 
     def _apart(self, entry: Entry, batch: Collection[str]) -> bool:
         if isinstance(entry, int):

@@ -103,3 +103,43 @@ async def test_a_replaced_backend_runs_cold_again() -> None:
     instance.ran = True
     instance.swap(Gated(gate_open=True))
     assert not instance.ran
+
+
+class FailsFirst(OnPool):
+    """A RunsBlocking fake whose first run fails; y = 2 * x after."""
+
+    def __init__(self) -> None:
+        super().__init__("fails-first")
+        self.calls = 0
+
+    def run_blocking(self, inputs: Tensors) -> Tensors:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("the first run fails")
+        return {"y": inputs["x"] * 2}
+
+
+async def test_the_cold_mark_goes_with_the_first_run_that_answers() -> None:
+    # The mark had been taken when a batch was boarded: one dropped unrun (waiting for its thread)
+    # left the real first run read as warm, and its 0.7 ms refused the 3 ms requests again (a
+    # tester, session 60). A run that fails records nothing, so the next one carries the mark.
+    clock, be = Clock(NOW), FailsFirst()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
+    told: list[bool] = []
+    observe = b.estimator.observe
+
+    def spy(*args: object, cold: bool = False, **kw: object) -> None:
+        told.append(cold)
+        observe(*args, cold=cold, **kw)  # type: ignore[arg-type]
+
+    b.estimator.observe = spy  # type: ignore[method-assign]
+    b.start()
+    try:
+        with pytest.raises(Exception, match="the first run fails"):
+            await asyncio.wait_for(b.submit(X, 1), LONG)
+        for _ in range(2):
+            await asyncio.wait_for(b.submit(X, 1), LONG)
+        assert be.calls == 3 and told == [True, False]
+    finally:
+        await b.stop(drain=False, timeout_s=0.1)
+        be.pool.shutdown()
