@@ -92,10 +92,12 @@ def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
     axis = _attribute(node, "axis", {"Flatten": 1, "OneHot": -1}.get(op, 0))
     if op in _DIM_BY_DIM or op == "Concat":
         data = range(len(inputs)) if op == "Concat" else range(1)
+        if min(ranks[i] for i in data) < 0:
+            return None  # a Concat's input of unknown rank: its share of the joined dim unknown
         by_end = [[[(i, -k) for i in data if k <= ranks[i]] for k in range(n, 0, -1)] for n in size]
         return by_end, [] if op == "Concat" else inputs[1:]
     if op == "Flatten":
-        cut = axis % (ranks[0] + 1) if axis < 0 else axis
+        cut = axis % max(ranks[0], 1) if axis < 0 else axis  # axis -1 of a rank-3 input: 2
         return [[[(0, a) for a in range(cut)], [(0, a) for a in range(cut, ranks[0])]]], []
     if op in ("Gather", "GatherElements") and len(ranks) == 2 and ranks[1] >= 0:
         if op == "GatherElements":
