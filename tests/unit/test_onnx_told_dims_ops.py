@@ -127,3 +127,24 @@ def test_an_op_by_axis_reads_its_amounts_by_value_and_its_data_by_axis() -> None
     assert _made(top, half) == {"unk__0"}  # the indices' are read all the same
     assert _made(N("Relu", ["x"], ["o"]), {"x": ["N", "T"], "o": ["N", "unk__0"]}) == set()  # not traced
     assert _made(N("Slice", ["x"], ["o"]), {"o": ["N", "unk__0"]}) == set()  # its data of no known rank
+
+
+def test_defaults_and_edges_of_the_axes() -> None:
+    # Survivors of the mutation run at 9326543: a Flatten's default axis (1) and its axis at the
+    # rank, a OneHot's default axis (-1) where the two placings differ, a scalar's Expand, a
+    # scalar index, and a Concat's inputs read by axis, not by value.
+    flat: Dims = {"x": ["N", "T"], "f": ["unk__0", "unk__1"]}
+    assert _made(N("Flatten", ["x"], ["f"]), flat) == {"unk__1"}  # N; T
+    wide: Dims = {"x": ["N", "V", "T"], "f": ["unk__0", "unk__1"]}  # V: a length not told
+    assert _made(N("Flatten", ["x"], ["f"]), wide) == set()  # N; V * T (not V; T at axis 2)
+    assert _made(N("Flatten", ["x"], ["f"], axis=2), flat) == {"unk__1"}  # N * T; 1
+    hot: Dims = {"i": ["N", "V"], "depth": [], "values": [2], "o": ["N", "unk__7", "unk__2"]}
+    assert _made(N("OneHot", ["i", "depth", "values"], ["o"]), hot) == {"unk__2"}  # V not apart
+    assert _made(N("OneHot", ["i", "depth", "values"], ["o"], axis=1), hot) == {"unk__7"}
+    scalar: Dims = {"x": [], "s": [1], "o": ["unk__0"]}
+    assert _made(N("Expand", ["x", "s"], ["o"]), scalar) == {"unk__0"}
+    picked: Dims = {"d": ["T", "U"], "i": [], "o": ["unk__0"]}
+    assert _made(N("Gather", ["d", "i"], ["o"]), picked) == {"unk__0"}  # row i of a [T, U] table
+    joined: Dims = {"x": ["N", "T"], "y": ["N", "U"], "o": ["N", "unk__0"]}
+    concat = N("Concat", ["x", "y"], ["o"], axis=1)
+    assert _made(concat, joined, free=lambda name: False) == {"unk__0"}  # batched inputs, told lengths
