@@ -90,7 +90,7 @@ class _Seen:
     cpu: float | None = None  # EWMA of the runs' CPU seconds, where measured
     costs: deque[tuple[float, int]] = field(default_factory=deque)  # (CPU seconds, input bytes), latest
     first: bool = True  # until the bucket's second run: its first may carry one-time costs
-    cold: bool = False  # its only run is an instance's first: no floor from it (`observe`'s `cold`)
+    cold: bool = False  # its only run is an instance's first (`observe`'s `cold`)
     best: dict[int, float] = field(default_factory=dict)  # by rows: the fastest run ever seen
 
 
@@ -141,10 +141,8 @@ class ServiceTimeEstimator:
         """Record that a run of `rows` rows and `nbytes` input bytes took `seconds` (wall) and cost
         `cpu_s` to the thread that ran it (None: not measured), observed at clock time `now`.
         `cold`: an instance's first run, which pays its session's one-time costs (onnxruntime's
-        arena, its kernels' first calls: the mlp's 0.8 ms where later runs take 25 us). Alone in
-        its bucket it bounds no refusal (`predict_floor`): a fresh server sent only 3 ms requests
-        ran one, then refused every later one on it, and a refused request never runs to correct
-        it (session 60). Predictions count it until a faster run of its bucket comes."""
+        arena, its kernels' first calls: the mlp's 0.8 ms where later runs take 25 us): `cold_only`
+        tells a bucket whose only run it is (the hop margin's off-loop test does not go by it)."""
         self.runs += 1
         b = self.bucket(rows)
         seen = self._seen.get(b)
@@ -283,7 +281,7 @@ class ServiceTimeEstimator:
         fastest_any, any_seen = float("inf"), 0.0
         bound, bound_bucket, bound_count, bound_seen = 0.0, None, 0, 0.0
         for b, seen in self._seen.items():
-            if b > own or seen.cold:
+            if b > own:
                 continue
             if b < own or rows >= 1 << b:  # every run of this bucket has no more rows (no list)
                 count = len(seen.times)
@@ -320,6 +318,11 @@ class ServiceTimeEstimator:
             return faded
         best = min(s for n, s in seen.best.items() if n <= rows)
         return max(faded, best * float(freshness ** (1.0 / BOUND_HALF_LIVES)))
+
+    def cold_only(self, rows: int) -> bool:
+        """Whether the only run seen of this many rows (its bucket) is an instance's first."""
+        seen = self._seen.get(self.bucket(rows))
+        return seen is not None and seen.cold
 
     def cheap(self, rows: int, max_cpu_s: float, nbytes: int = 0) -> bool:
         """Whether recent runs of this many rows (its own bucket) cost their thread at most

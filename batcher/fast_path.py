@@ -75,7 +75,12 @@ class FastPath:
         run of a row took longer than `inline_max_s` (its wall time, where a run's cost shows though
         its thread sleeps). The hop margin is then the former 5 ms (batcher/hop.py). Not whether the
         next run would be inline: a first, cold run through the executor kept the mlp's CPU figure
-        above the limit, and its 3 ms requests, refused on the 5 ms, never ran to bring it down."""
+        above the limit, and its 3 ms requests, refused on the 5 ms, never ran to bring it down.
+        Where the only run of a row seen is an instance's first (cold: the mlp's 0.8 ms), no: that
+        run still bounds refusals, but the margin beside it is measured until a second comes (a
+        fresh server sent only 3 ms requests had refused all but one or two; session 60)."""
+        if self._inline_max_s > 0 and self._estimator.cold_only(1):
+            return False
         floor = self._estimator.predict_floor(1, self._clock())
         return not 0.0 < floor <= self._inline_max_s
 

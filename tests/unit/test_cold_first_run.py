@@ -1,10 +1,11 @@
 """An instance's first run is cold (session 60): onnxruntime allocates its session's arena and
 calls its kernels for the first time there (the demo mlp's first run 0.8 ms, its steady runs 25 us).
-A fresh server sent only 3 ms requests ran one, then refused every later one on it ("about 0.8 ms
-of compute needed ... plus a 5.0 ms margin"): the fastest recent run bounded the refusals and held
-the hop margin at its cap, and a refused request never runs to correct it. Now such a run, alone in
-its bucket, bounds no refusal, and a bucket's first run that a faster one replaces takes its CPU
-with it; predictions still count it until then."""
+A fresh server sent only 3 ms requests ran one, then refused every later one ("about 0.8 ms of
+compute needed ... plus a 5.0 ms margin"): that run held the hop margin at its cap (its figure read
+as an executor model's) and its CPU figure kept the next runs off the loop, and a refused request
+never runs to correct it. Now, while a row's only run is a cold one, the margin is measured (the
+run still bounds refusals: a slow model's first run is evidence too), and a bucket's first run that
+a faster one replaces takes its CPU figure with it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from batcher import BatchingPolicy, DynamicBatcher, ModelStats, Tensors
 from batcher.estimate import ServiceTimeEstimator
+from batcher.hop import CAP_S, FLOOR_S
 from batcher.watchdog import Instance
 from tests.support.batcher_fakes import Clock, Gated, OnPool
 
@@ -23,25 +25,22 @@ LONG = 5.0  # an upper bound no healthy wait comes near
 X = {"x": np.ones((1, 2), np.float32)}
 
 
-def test_a_cold_run_alone_in_its_bucket_bounds_no_refusal() -> None:
+def test_a_cold_run_alone_in_its_bucket_still_bounds_and_is_told() -> None:
     est = ServiceTimeEstimator()
+    assert not est.cold_only(1)
     est.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8, cold=True)
-    assert est.predict_floor(1, NOW) == 0.0  # an unknown cost: refuses nothing
-    assert est.predict_floor(4, NOW) == 0.0
-    assert est.predict(1, NOW) == pytest.approx(0.0008)  # the forecast and formation still count it
+    assert est.cold_only(1) and not est.cold_only(4)  # (4 rows: another bucket, none seen)
+    assert est.predict_floor(1, NOW) == pytest.approx(0.0008)  # a slow model's first run is evidence
+    assert est.predict(1, NOW) == pytest.approx(0.0008)
     assert not est.cheap(1, 0.0005, 8)  # its CPU, until a faster run replaces it
-
-
-def test_the_next_run_of_its_bucket_bounds_as_before() -> None:
-    est = ServiceTimeEstimator()
-    est.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8, cold=True)
     est.observe(1, 0.0001, NOW, cpu_s=0.0001, nbytes=8)
+    assert not est.cold_only(1)
     assert est.predict_floor(1, NOW) == pytest.approx(0.0001)  # the cold run left (slower, first)
     assert est.cheap(1, 0.0001, 8)  # the EWMA began again at the warm run
-    warm_first = ServiceTimeEstimator()  # a warm run first, then a slower one: both bound
+    warm_first = ServiceTimeEstimator()  # a warm run first, then another instance's cold one
     warm_first.observe(1, 0.0002, NOW, cpu_s=0.0002, nbytes=8)
     warm_first.observe(1, 0.0009, NOW, cpu_s=0.0009, nbytes=8, cold=True)
-    assert warm_first.predict_floor(1, NOW) == pytest.approx(0.0002)
+    assert not warm_first.cold_only(1)
 
 
 def test_a_first_run_that_leaves_takes_its_cpu_with_it() -> None:
@@ -58,12 +57,20 @@ def test_a_first_run_that_leaves_takes_its_cpu_with_it() -> None:
     assert slower.cheap(1, 0.00033, 8)  # 0.2 + (0.8 - 0.2) / 5 = 0.32 ms
 
 
-def test_a_cold_run_of_another_bucket_leaves_the_warm_ones_bounding() -> None:
-    est = ServiceTimeEstimator()
-    for _ in range(3):
-        est.observe(1, 0.002, NOW, cpu_s=0.002)
-    est.observe(4, 0.050, NOW, cpu_s=0.050, cold=True)  # another instance's first, 4 rows
-    assert est.predict_floor(4, NOW) == pytest.approx(0.002)  # the 1-row runs' bound, not 50 ms
+def test_while_a_rows_only_run_is_cold_the_margin_is_measured() -> None:
+    clock, be = Clock(NOW), Counting()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0003)
+    try:
+        assert b.hop.at(NOW) == CAP_S  # nothing seen: the cap
+        b.estimator.observe(1, 0.0008, NOW, cpu_s=0.0008, nbytes=8, cold=True)
+        assert b.hop.at(NOW) == FLOOR_S  # 0.8 ms + 1 ms fits a 3 ms deadline; with the cap it did not
+        b.estimator.observe(1, 0.0005, NOW, cpu_s=0.0003, nbytes=8)  # then an executor's 0.5 ms
+        assert b.hop.at(NOW) == CAP_S
+        off = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
+        off.estimator.observe(1, 0.0008, NOW, cold=True)
+        assert off.hop.at(NOW) == CAP_S  # no inline runs at all (a GPU's): the cap, cold or not
+    finally:
+        be.pool.shutdown()
 
 
 class Counting(OnPool):
@@ -92,7 +99,6 @@ async def test_each_instances_first_batch_is_told_cold_to_the_estimator() -> Non
         for _ in range(3):
             await asyncio.wait_for(b.submit(X, 1), LONG)
         assert told == [True, False, False]
-        assert b.estimator.predict_floor(1, NOW) > 0.0  # the second run bounds
     finally:
         await b.stop(drain=False, timeout_s=0.1)
         be.pool.shutdown()
