@@ -202,13 +202,7 @@ class BatchRunner:
             parts = [dict(outputs)]
         return parts, outputs, offsets, (t0, t1, t2, time.perf_counter_ns()), (cpu_s, nbytes, cold)
 
-    def _record(
-        self,
-        rows: int,
-        ns: tuple[int, int, int, int],
-        cost: Cost,
-        done_at: float,
-    ) -> None:
+    def _record(self, rows: int, ns: tuple[int, int, int, int], cost: Cost, done_at: float) -> None:
         """A run that ended well at `done_at`: statistics, the estimator and the forecast hear of it.
         `cost`: its CPU seconds (None: not measured), input bytes, and whether it was cold."""
         t0, t1, t2, t3 = ns

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 import onnx
-from onnx import helper
+
+from server.backends.graph_names import int_attribute
 
 Dim = int | str | None
 TOLD_SYMBOL = "__sluiceway_told_{}_{}"  # an input's unnamed dim past the first: its number, its axis
@@ -34,6 +35,8 @@ _DIM_BY_DIM = frozenset(
     {"Slice", "TopK", "Tile", "Pad", "Expand", "Resize", "Upsample", "Split", "DepthToSpace", "SpaceToDepth"}
     | {"MaxPool", "AveragePool", "LpPool", "Conv", "ConvInteger", "ConvTranspose", "QLinearConv"}
 )
+_BY_VALUE = frozenset({"Range", "NonZero", "ConstantOfShape"})  # lengths from their inputs' values only
+_TRACED = _DIM_BY_DIM | _BY_VALUE | {"Concat", "Flatten", "Gather", "GatherElements", "OneHot", "Compress"}
 Shapes = Callable[[str], "list[Dim] | None"]
 Source = tuple[int, int]  # an input's index and one of its axes
 Traced = tuple[list[list[list[Source]]], list[str]]  # each output's dims' sources; inputs read by value
@@ -82,14 +85,16 @@ def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
     """Where each output dim of `node` comes from (input axes; none: from the values of the inputs
     of the second item only), or None: an op not traced here, or ranks unknown."""
     op, inputs = node.op_type, list(node.input)
+    if op not in _TRACED:
+        return None
     ranks = [len(shape) if name and (shape := dims(name)) is not None else -1 for name in inputs]
     outputs = [dims(name) for name in node.output if name]
     size = [len(shape or ()) for shape in outputs]
-    if op in ("Range", "NonZero", "ConstantOfShape"):  # lengths from their inputs' values only
+    if op in _BY_VALUE:
         return [[[] for _ in range(n)] for n in size], inputs
     if not inputs or ranks[0] < 0:
         return None
-    axis = _attribute(node, "axis", {"Flatten": 1, "OneHot": -1}.get(op, 0))
+    axis = int_attribute(node, "axis", {"Flatten": 1, "OneHot": -1}.get(op, 0))
     if op in _DIM_BY_DIM or op == "Concat":
         data = range(len(inputs)) if op == "Concat" else range(1)
         if min(ranks[i] for i in data) < 0:
@@ -112,11 +117,6 @@ def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
         at = axis % ranks[0]
         return [[[(0, a)] if a != at else [] for a in range(ranks[0])]], [inputs[1]]
     return None
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    found = next((a for a in node.attribute if a.name == name), None)
-    return int(helper.get_attribute_value(found)) if found is not None else default
 
 
 def beside_batch(shape: Sequence[Dim] | None, batch: Collection[str]) -> set[str]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import onnx
 
-from server.backends.graph_names import subgraphs
+from server.backends.graph_names import int_attribute, subgraphs
 from server.backends.onnx_mixing_graph import outer_reads
 from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
 from server.backends.onnx_told_dims import beside_batch, dims_made_apart
@@ -64,7 +64,6 @@ class ValueLineage:
         self.made |= dims_made_apart(node, dims, lambda dim: self._apart(dim, batch), free) - set(batch)
         for out in (name for name in node.output if name):
             self.made |= beside_batch(dims(out), batch)
-        for out in (name for name in node.output if name):
             entries = partial.named(out, None)
             if node.op_type == "Size" and node.input and (shape := dims(node.input[0])) is not None:
                 entries = tuple(shape)  # its value is their product
@@ -81,7 +80,7 @@ class ValueLineage:
         maker = self._makers.get(sequence)
         if maker is None or maker.op_type != "SplitToSequence" or (shape := dims(maker.input[0])) is None:
             return None
-        axis = next((int(a.i) for a in maker.attribute if a.name == "axis"), 0)
+        axis = int_attribute(maker, "axis", 0)
         if not -len(shape) <= axis < len(shape) or not all(free(name) for name in maker.input[1:] if name):
             return None
         return (shape[axis],)  # (split in pieces: not this many, but made of it and sizes of no batch)

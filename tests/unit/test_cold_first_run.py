@@ -83,17 +83,25 @@ class Counting(OnPool):
         return {"y": inputs["x"] * 2}
 
 
-async def test_each_instances_first_batch_is_told_cold_to_the_estimator() -> None:
-    clock, be = Clock(NOW), Counting()
-    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
+def cold_marks(b: DynamicBatcher) -> list[bool]:
+    """The `cold` flag of each run the batcher reports to its estimator from now on."""
     told: list[bool] = []
     observe = b.estimator.observe
 
-    def spy(*args: object, cold: bool = False, **kw: object) -> None:
+    def spy(
+        rows: int, seconds: float, now: float, cpu_s: float | None = None, nbytes: int = 0, cold: bool = False
+    ) -> None:
         told.append(cold)
-        observe(*args, cold=cold, **kw)  # type: ignore[arg-type]
+        observe(rows, seconds, now, cpu_s, nbytes, cold=cold)
 
     b.estimator.observe = spy  # type: ignore[method-assign]
+    return told
+
+
+async def test_each_instances_first_batch_is_told_cold_to_the_estimator() -> None:
+    clock, be = Clock(NOW), Counting()
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
+    told = cold_marks(b)
     b.start()
     try:
         for _ in range(3):
@@ -131,14 +139,7 @@ async def test_the_cold_mark_goes_with_the_first_run_that_answers() -> None:
     # tester, session 60). A run that fails records nothing, so the next one carries the mark.
     clock, be = Clock(NOW), FailsFirst()
     b = DynamicBatcher([be], BatchingPolicy(max_batch_size=8), ModelStats(), clock, inline_max_s=0.0)
-    told: list[bool] = []
-    observe = b.estimator.observe
-
-    def spy(*args: object, cold: bool = False, **kw: object) -> None:
-        told.append(cold)
-        observe(*args, cold=cold, **kw)  # type: ignore[arg-type]
-
-    b.estimator.observe = spy  # type: ignore[method-assign]
+    told = cold_marks(b)
     b.start()
     try:
         with pytest.raises(Exception, match="the first run fails"):
