@@ -21,12 +21,14 @@ def broadcast_pair(
     batch: Collection[str],
     where: Callable[[int, int], str],
     free: Sequence[bool] | None = (),
+    ranged: Collection[str] = (),
 ) -> str | None:
     """Why the node pairs rows (None: it does not); `dims`: its inputs' dims; `where(input, axis)`:
     how a message names an input's axis; `free`: None, or for each input whether it is made from no
     batched input (a length of another axis than the batch's counted as none: onnx_value_lineage.py):
-    the batch broadcast against a fixed length of any input, or against a length the load cannot tell
-    of a free one, is read too (an elementwise op's; a scale's is read with its op's axes)."""
+    the batch broadcast against a fixed length of any input, against a length the load cannot tell
+    of a free one, or against a Range's length (`ranged`, of any input) is read too (an elementwise
+    op's; a scale's is read with its op's axes)."""
     rank = max((len(d) for d in dims), default=0)
     seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
     for index, shape in enumerate(dims):
@@ -35,7 +37,7 @@ def broadcast_pair(
                 seen.setdefault(rank - len(shape) + axis, set()).add(index)
     carriers = set().union(*seen.values()) if seen else set()
     if len(seen) < 2 or all(found == carriers for found in seen.values()):
-        return None if free is None else _against_fixed(node, dims, seen, where, free)  # one axis, or alike
+        return None if free is None else _against_fixed(node, dims, seen, where, free, ranged)  # one, alike
     # An input carrying the batch where another does not: zeros(N, N) + x[:, :1]^T put every
     # row's value in each row (a tester, session 52), as x[:, None] - x[None] does.
     (a, i), (b, j) = next(
@@ -57,6 +59,7 @@ def _against_fixed(
     seen: dict[int, set[int]],
     where: Callable[[int, int], str],
     free: Sequence[bool],
+    ranged: Collection[str],
 ) -> str | None:
     """Why the batch's axis broadcast against a fixed length above 1 mixes, or against one the load
     cannot tell of an input made from no batched input (a constant cut by a computed length, a
@@ -69,9 +72,11 @@ def _against_fixed(
         for index, shape in enumerate(dims):
             dim = shape[at - rank + len(shape)] if at - rank + len(shape) >= 0 else 1
             fixed = isinstance(dim, int) and dim > 1
-            untold = index < len(free) and free[index] and not isinstance(dim, int)
+            of_free = index < len(free) and free[index]
+            untold = (of_free or dim in ranged) and not isinstance(dim, int)
             if index not in carrying and (fixed or untold):
-                i, length = min(carrying), f"fixed length {dim}" if fixed else "length the load cannot tell"
+                length = f"fixed length {dim}" if fixed else "length the load cannot tell"
+                i, length = min(carrying), length if fixed or of_free else f"Range's {length}"
                 return (
                     f"{described(node)} broadcasts {where(i, at - rank + len(dims[i]))} against a {length} "
                     f"of {where(index, at - rank + len(shape))}: alone a request's row is spread over "
@@ -86,6 +91,7 @@ def scale_pair(
     batch: Collection[str],
     where: Callable[[int, int], str],
     free: Sequence[bool],
+    ranged: Collection[str] = (),
 ) -> str | None:
     """A scale's or a bias's pairing of rows (LayerNormalization's): a pair of batch axes only, its
     broadcast against fixed lengths read with the op's own axes."""
@@ -98,6 +104,7 @@ def concat_pinned(
     batch: Collection[str],
     where: Callable[[int, int], str],
     free: Sequence[bool],
+    ranged: Collection[str] = (),
 ) -> str | None:
     """Why a Concat joins the batch's axis, off its own axis, to another input's fixed length or one
     the load cannot tell of an input made from no batched input (None: it does not): its inputs must
@@ -116,7 +123,7 @@ def concat_pinned(
             if not carrying or index in carrying or (len(shape) != rank and not (untold and not shape)):
                 continue
             dim = shape[at] if shape else None  # no dims: a Concat's inputs have some, unknown here
-            if isinstance(dim, int) or untold:
+            if isinstance(dim, int) or untold or dim in ranged:
                 other = where(index, at) if shape else f"'{node.input[index]}' (its shape unknown)"
                 return (
                     f"{described(node)} joins {where(carrying[0], at)} to {other}, which is not the "

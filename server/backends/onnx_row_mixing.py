@@ -345,7 +345,7 @@ class _Walk:
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
         free = [not self.batched & self.value_lineage.of(name) for name in node.input]  # no batched input's
-        return read(node, dims, self.batch, partial(self._where, node), free)
+        return read(node, dims, self.batch, partial(self._where, node), free, self.value_lineage.ranged)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""

@@ -7,7 +7,8 @@ SplitToSequence's count is the dim it splits (onnx_value_lineage.py): such a tab
 batched input, and its length, which the load cannot tell, is refused against the batch. A
 Range(0, N) is known N long (onnx_partial_dims.py). And Unique along another axis than the batch's
 compares whole slices, which span the batch: batched, each answer depended on its batch mates, OK
-(onnx_mixing_ops.py). Open: a CenterCropPad's output, of no dims in onnx's inference."""
+(onnx_mixing_ops.py). A CenterCropPad's output, of no dims in onnx's inference, was left open:
+session 61 reads a Range's length against the batch whatever it is made of."""
 
 from __future__ import annotations
 
@@ -133,8 +134,9 @@ def test_a_table_as_long_as_a_length_read_off_an_untraced_op_is_refused(
     assert UNTOLD in row_mixing_outputs(_spread(length, x, [N("Identity", ["z"], ["y"])]))["y"]
 
 
-@pytest.mark.xfail(strict=True, reason="open: a CenterCropPad's output has no dims in onnx's inference")
 def test_a_table_as_long_as_a_center_crop_pads_length_is_refused() -> None:
+    # Open at 3a1cb79 (a strict xfail): the CenterCropPad's output has no dims in onnx's inference;
+    # a Range's length is read against the batch since (test_onnx_ranged_lengths.py).
     assert "y" in row_mixing_outputs(_spread("center_crop_pad", ["N", "T"], FIRST_ROWS))
 
 
