@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
+from server.backends.onnx_dim_products import Factors, minus_one, of_dim, product
 from server.backends.onnx_size_positions import split_parts
 
 Dims = list[int | str | None]
@@ -33,9 +34,11 @@ Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where compute
 
 @dataclass(frozen=True)
 class Made:
-    """An entry computed from named dims (`names`): N + 1, min(N, 2), N * H, N == 3."""
+    """An entry computed from named dims (`names`): N + 1, min(N, 2), N * H, N == 3; `factors`
+    where it is a product of them and numbers (onnx_dim_products.py)."""
 
     names: frozenset[str]
+    factors: Factors | None = field(default=None, compare=False)  # more said, the same entry
 
 
 Entry = int | str | Made | None
@@ -47,7 +50,7 @@ _MOVES = frozenset(
 _KEPT = frozenset({"Cast", "Identity"})
 _COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
 _COMPARED = frozenset({"Equal", "Where"})
-_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split"}
+_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split", "ReduceProd"}
 
 
 class PartialInts:
@@ -98,6 +101,13 @@ class PartialInts:
                 made[at] = data[at]
             elif isinstance(entry, str):
                 made[at] = entry
+            elif entry == -1 and data is not None:  # the data's dims over the other entries'
+                others = [
+                    _factors(data[k] if e == 0 and copies and k < len(data) else e)
+                    for k, e in enumerate(entries)
+                    if k != at
+                ]
+                made[at] = dim if (worked := minus_one(data, others)) is None else worked
         return made if made != out else None
 
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
@@ -154,6 +164,8 @@ class PartialInts:
             known[...] = int(value.flat[0])
             return known
         given = [self._given(name, dims, constant(i)) for i, name in enumerate(node.input)]
+        if op == "ReduceProd":
+            return _product_of(node, given[0] if given else None, constant)
         if (
             op in _COMPUTED
             and given
@@ -281,11 +293,44 @@ def _entry(op: str, operands: Sequence[Entry], fmod: bool = False) -> Entry:
         elif isinstance(value, Made):
             names.update(value.names)
     if names:
-        return Made(frozenset(names))
+        multiplied = product([_factors(v) for v in operands]) if op == "Mul" and len(operands) == 2 else None
+        return Made(frozenset(names), multiplied)
     if op in _COMPUTED and all(isinstance(v, int) for v in operands):
         done = _computed(op, [np.asarray(v, np.int64) for v in operands], fmod)
         return None if done is None else done.reshape(-1)[0]
     return None
+
+
+def _factors(entry: Entry) -> Factors | None:
+    return entry.factors if isinstance(entry, Made) else of_dim(entry)
+
+
+def _product_of(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:
+    """A ReduceProd of a shape's entries, h * w of Shape(x)[2:] (ViT's view(-1, C, h * w)), as
+    a product of them; other ReduceProds not followed."""
+    axes = constant(1) if len(node.input) > 1 and node.input[1] else attribute(node, "axes", None)
+    whole = axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] in ([0], [-1])
+    if (
+        data is None
+        or data.ndim != 1
+        or not whole
+        or (len(node.input) > 1 and node.input[1] and axes is None)
+    ):
+        return None
+    factors = product([_factors(entry) for entry in data.tolist()])
+    names = frozenset(name for entry in data.tolist() for name in _names(entry))
+    entry: Entry = None if factors is None else factors[0] if not names else Made(names, factors)
+    return np.array([entry] if int_attribute(node, "keepdims", 1) else entry, dtype=object)
+
+
+def _names(entry: Entry) -> frozenset[str]:
+    return (
+        frozenset({entry})
+        if isinstance(entry, str)
+        else entry.names
+        if isinstance(entry, Made)
+        else frozenset()
+    )
 
 
 def _of(value: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,51 @@
+"""Products of dims, for a Reshape's -1 that onnx could not name (onnx_partial_ints.py asks).
+
+A ViT's position table resized to its patch grid and viewed pos.view(-1, C, h * w) (h * w a
+ReduceProd of the grid's Shape) has a -1 that is 1 at run time; onnx named it `unk__`, and, the
+table made from no batched input, x + table read the batch's axis against a length the load cannot
+tell: refused, rows independent (a tester, session 60). Here an entry that is a product of dims and
+numbers keeps its factors, and a -1 is the data's dims over the other entries where they divide.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+Factors = tuple[int, tuple[str, ...]]  # a number times dims' names, the names sorted
+
+
+def product(parts: Sequence[Factors | None]) -> Factors | None:
+    """The product of `parts`; None where one is not a product of dims and numbers."""
+    number, names = 1, []
+    for part in parts:
+        if part is None:
+            return None
+        number *= part[0]
+        names.extend(part[1])
+    return number, tuple(sorted(names))
+
+
+def of_dim(dim: int | str | None) -> Factors | None:
+    if isinstance(dim, bool) or dim is None:
+        return None
+    return (dim, ()) if isinstance(dim, int) else (1, (dim,))
+
+
+def quotient(whole: Factors, part: Factors) -> int | str | None:
+    """whole / part where it is a number or one dim (None: it does not divide, or is more)."""
+    left = Counter(whole[1])
+    left.subtract(Counter(part[1]))
+    if any(count < 0 for count in left.values()) or part[0] == 0 or whole[0] % part[0]:
+        return None
+    number, names = whole[0] // part[0], sorted(left.elements())
+    if not names:
+        return number
+    return names[0] if len(names) == 1 and number == 1 else None
+
+
+def minus_one(data: Sequence[int | str | None], others: Sequence[Factors | None]) -> int | str | None:
+    """A Reshape's -1: the product of its data's dims over that of its other entries."""
+    whole = product([of_dim(d) for d in data])
+    rest = product(others)
+    return None if whole is None or rest is None else quotient(whole, rest)
