@@ -29,9 +29,10 @@ BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
 _KEEPS_AXES = frozenset(
     {
         "Tile", "Slice", "Pad", "Expand", "Where", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
-        "Equal", "Less", "Greater", "And", "Or", "Identity", "Dropout", "TopK",
+        "Equal", "Less", "Greater", "And", "Or", "Identity", "Dropout", "TopK", "MatMul",
     }
 )  # fmt: skip
+# (A MatMul's axes before its last two, its stacks of matrices: torch's bmm of [N, T, T] and [N, T, D].)
 
 
 class BatchNames:
@@ -62,6 +63,15 @@ class BatchNames:
             if old in self.origins:
                 self.origins[new] = self.origins[old]
 
+    def renamed(self, had: Sequence[Dim] | None, refined: Sequence[Dim]) -> None:
+        """A tensor's dims onnx named `had`, worked out as `refined`: a name onnx made up (`unk__`)
+        for an axis refined as the batch's is the batch's wherever onnx kept it (a Resize's, then
+        a Conv's: read as another length, an FPN's merge; a tester, session 60)."""
+        if had is not None and len(had) == len(refined):
+            for old, new in zip(had, refined, strict=True):
+                if isinstance(old, str) and old.startswith("unk__"):
+                    self.same(new, old)
+
     def mark(self, dim: Dim) -> None:
         """`dim` names the batch's own axis (the rows of an own-row pick)."""
         if self.roots and isinstance(dim, str):
@@ -80,7 +90,7 @@ class BatchNames:
                 given = dims(name) if name else None
                 if given is None or len(given) > len(out):
                     continue
-                for offset in range(1, len(given) + 1):
+                for offset in range(1 if node.op_type != "MatMul" else 3, len(given) + 1):
                     if given[-offset] != 1:  # a broadcast axis of 1 names nothing
                         self.same(given[-offset], out[-offset])
 

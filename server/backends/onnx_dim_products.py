@@ -17,7 +17,7 @@ Factors = tuple[int, tuple[str, ...]]  # a number times dims' names, the names s
 
 def product(parts: Sequence[Factors | None]) -> Factors | None:
     """The product of `parts`; None where one is not a product of dims and numbers."""
-    number, names = 1, []
+    number, names = 1, list[str]()
     for part in parts:
         if part is None:
             return None

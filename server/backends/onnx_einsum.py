@@ -66,7 +66,6 @@ def einsum_mixing(
     batch: Collection[str],
     where: Callable[[int, int], str],
     free: Sequence[bool],
-    ranged: Collection[str] = (),
 ) -> str | None:
     """Why an Einsum mixes rows beyond the axes it sums (None: it does not): two letters for the
     batch (`nk,mk->nm` of x and x), or the batch in an input's `...` broadcast against another's
@@ -83,4 +82,4 @@ def einsum_mixing(
         for shape, axes in zip(dims, read[0], strict=True)
     ]
     offsets = [axes.index(None) if None in axes else 0 for axes in read[0]]
-    return broadcast_pair(node, parts, batch, lambda i, a: where(i, a + offsets[i]), free, ranged)
+    return broadcast_pair(node, parts, batch, lambda i, a: where(i, a + offsets[i]), free)

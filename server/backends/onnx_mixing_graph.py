@@ -51,6 +51,9 @@ def value_dims(value: onnx.ValueInfoProto) -> Dims | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
+Renamed = Callable[[Dims | None, Dims], None]  # told a tensor's dims as onnx had them, as refined
+
+
 class Shapes:
     """Tensor name -> dims, read from a graph's value infos when first asked (a graph of 24,000
     nodes had spent 0.1 s making every one), else from the enclosing graph's."""
@@ -64,8 +67,13 @@ class Shapes:
         for value in (*graph.input, *graph.value_info, *graph.output):
             self._infos[value.name] = value
 
-    def refine(self, name: str, dims: Dims) -> None:
-        """`name`'s dims as the walk works them out where onnx could not (a Reshape's)."""
+    def refine(
+        self, name: str, dims: Dims, renamed: Callable[[Dims | None, Dims], None] | None = None
+    ) -> None:
+        """`name`'s dims as the walk works them out where onnx could not (a Reshape's); `renamed` told
+        what onnx had named them (onnx_batch_names.py: a name it made up for the batch's axis)."""
+        if renamed is not None:
+            renamed(self.get(name), dims)
         self._dims[name] = dims
 
     def get(self, name: str) -> Dims | None:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from server.backends.graph_names import attribute
 from server.backends.onnx_mixing_graph import Value, value_shape
 from server.backends.onnx_partial_ints import Constant, Dims, Entry, PartialInts
 
@@ -35,20 +36,24 @@ def partial_dims(
     held: Callable[[str], Value | None] = lambda name: None,
     maker: Callable[[str], onnx.NodeProto | None] = lambda name: None,
 ) -> Dims | None:
-    """The output dims of `node` (a Tile, an Expand, a Pad, a Resize, a Range) with those onnx did not name
-    (None, or its own `unk__` names) filled where its amounts' entries tell them; None: nothing to
-    add. `held(name)`: a constant the graph holds (an initializer's dims are in no value_info);
-    `maker(name)`: the node making a tensor (a Resize's scales, a Concat of constants and computed)."""
+    """The output dims of `node` (a Tile, an Expand, a Pad, a Resize or Upsample, a Range) with those
+    onnx did not name (None, or its own `unk__` names) filled where its amounts' entries tell them;
+    None: nothing to add. `held(name)`: a constant the graph holds (an initializer's dims are in no
+    value_info); `maker(name)`: the node making a tensor (a Resize's scales, a Concat of constants
+    and computed)."""
     if node.op_type == "Range" and len(node.input) == 3 and node.output[0]:
         return _ranged(node, partial, dims, constant)
-    if node.op_type not in ("Tile", "Expand", "Pad", "Resize") or len(node.input) < 2 or not node.output[0]:
+    upsample = node.op_type == "Upsample" and isinstance(attribute(node, "scales", None), list)  # opset 7
+    if node.op_type not in ("Tile", "Expand", "Pad", "Resize", "Upsample") or len(node.input) < 2 - upsample:
+        return None
+    if not node.output[0]:
         return None
     data, out = dims(node.input[0]), dims(node.output[0])
     if data is None and (value := held(node.input[0])) is not None:
         data = value_shape(value)
     if data is None:
         return None
-    if node.op_type == "Resize":
+    if node.op_type in ("Resize", "Upsample"):  # (an Upsample's scales: input 1, or opset 7's attribute)
         worked = resized_dims(node, data, partial, constant, held, maker)
     else:
         amounts = partial.named(node.input[1], constant(1))
@@ -129,7 +134,11 @@ def resized_dims(
             return None
         return [e if isinstance(e, str) or (isinstance(e, int) and e > 0) else None for e in sizes]
     at = 2 if len(node.input) > 2 else 1  # scales: input 2 from opset 11, input 1 at opset 10
-    scales = _float_entries(node.input[at], held, maker, len(data)) if node.input[at] else None
+    given = attribute(node, "scales", None)
+    if isinstance(given, list):  # an Upsample's of opset 7
+        scales: list[float | None] | None = [float(s) for s in given] if len(given) == len(data) else None
+    else:
+        scales = _float_entries(node.input[at], held, maker, len(data)) if at < len(node.input) else None
     if scales is None:
         return None
     return [d if s == 1.0 else math.floor(d * s) if isinstance(d, int) and s is not None else None

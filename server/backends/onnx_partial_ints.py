@@ -77,12 +77,17 @@ class PartialInts:
         return None if found is None else tuple(found.reshape(-1).tolist())
 
     def reshaped(
-        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        spelled: Callable[[Dims], Dims] = list,
     ) -> Dims | None:
         """A Reshape's output dims, those onnx could not name (None, or its own `unk__` names) read
         from its shape's entries known at load: a number, a dim's name (`b, c, h, w = x.shape` as a
         Split, then x.view(b, c, h * w): the batch's axis and 60 where onnx named neither), a 0
-        copying the input's dim. None: nothing to add."""
+        copying the input's dim, a -1 the rest's quotient (`spelled`: a fold's dims, the batch's
+        axis's own name for a name the batch goes by). None: nothing to add."""
         if node.op_type != "Reshape" or len(node.input) < 2 or not node.output or not node.output[0]:
             return None
         entries = self.named(node.input[1], constant(1))
@@ -103,11 +108,11 @@ class PartialInts:
                 made[at] = entry
             elif entry == -1 and data is not None:  # the data's dims over the other entries'
                 others = [
-                    _factors(data[k] if e == 0 and copies and k < len(data) else e)
+                    _spelled(_factors(data[k] if e == 0 and copies and k < len(data) else e), spelled)
                     for k, e in enumerate(entries)
                     if k != at
                 ]
-                made[at] = dim if (worked := minus_one(data, others)) is None else worked
+                made[at] = dim if (worked := minus_one(spelled(list(data)), others)) is None else worked
         return made if made != out else None
 
     def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
@@ -303,6 +308,12 @@ def _entry(op: str, operands: Sequence[Entry], fmod: bool = False) -> Entry:
 
 def _factors(entry: Entry) -> Factors | None:
     return entry.factors if isinstance(entry, Made) else of_dim(entry)
+
+
+def _spelled(factors: Factors | None, spelled: Callable[[Dims], Dims]) -> Factors | None:
+    if factors is None:
+        return None
+    return product([(factors[0], ()), *(of_dim(d) for d in spelled(list(factors[1])))])
 
 
 def _product_of(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:

@@ -45,7 +45,7 @@ from onnx import numpy_helper
 from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, subgraphs
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
-from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, scale_pair
+from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, matmul_pair, scale_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_einsum import einsum_mixing
 from server.backends.onnx_filled_shapes import filled_where_unsure, moved_unseen
@@ -173,16 +173,16 @@ class _Walk:
         for node in graph.node:
             self._made_from(node)
             constant = partial(self._constant, node)
-            named = self.partial.reshaped(node, self.shapes.get, constant)
+            named = self.partial.reshaped(node, self.shapes.get, constant, self.names.spelled)
             named = named or partial_dims(
                 node, self.partial, self.shapes.get, constant, self.constants.get, self.makers.get
             )
             if named is not None:
-                self.shapes.refine(node.output[0], named)  # dims onnx did not name: its amounts' entries
+                self.shapes.refine(node.output[0], named, self.names.renamed)  # its amounts' entries
             filled = filled_where_unsure(node, self.shapes.get, constant)
             for out, dims in zip(node.output, filled, strict=True):
                 if out and dims is not None:  # what onnx could not tell, as the op's form gives it
-                    self.shapes.refine(out, dims)
+                    self.shapes.refine(out, dims, self.names.renamed)
             self.values.see(node, self.shapes.get, constant, lineage)
             self.partial.see(node, self.shapes.get, constant)
             self.value_lineage.see(node, self.partial, self.batch, self.shapes.get, self.batched)
@@ -314,7 +314,7 @@ class _Walk:
             return sequence_concat(node, maker, self._lineage, self.shapes.get, self.batch)
         if node.op_type in SCALED_OPS and (paired := self._broadcast_pair(node, scale_pair)) is not None:
             return paired  # a scale carrying the batch where the input has another axis
-        read = {"Einsum": einsum_mixing, "Concat": concat_pinned}.get(node.op_type)  # batch letters, `...`
+        read = {"Einsum": einsum_mixing, "Concat": concat_pinned, "MatMul": matmul_pair}.get(node.op_type)
         if read is not None and (why := self._broadcast_pair(node, read)) is not None:
             return why  # two letters for the batch, the batch in a `...` broadcast, the batch pinned
         dims = [self.shapes.get(name) or [] for name in node.input]
@@ -344,8 +344,12 @@ class _Walk:
         self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        free = [not self.batched & self.value_lineage.of(name) for name in node.input]  # no batched input's
-        return read(node, dims, self.batch, partial(self._where, node), free, self.value_lineage.ranged)
+        lineage = read is concat_pinned  # made from no batched input; else read but where mixing already
+        free = [
+            not self.batched & self.value_lineage.of(n) if lineage else n not in self.mixed
+            for n in node.input
+        ]
+        return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:
         """A Scan with state along the batch's axis of an input carries its state row to row."""

@@ -35,8 +35,8 @@ _DIM_BY_DIM = frozenset(
     {"Slice", "TopK", "Tile", "Pad", "Expand", "Resize", "Upsample", "Split", "DepthToSpace", "SpaceToDepth"}
     | {"MaxPool", "AveragePool", "LpPool", "Conv", "ConvInteger", "ConvTranspose", "QLinearConv"}
 )
-BY_VALUE = frozenset({"Range", "NonZero", "ConstantOfShape"})  # lengths from their inputs' values only
-_TRACED = _DIM_BY_DIM | BY_VALUE | {"Concat", "Flatten", "Gather", "GatherElements", "OneHot", "Compress"}
+_BY_VALUE = frozenset({"Range", "NonZero", "ConstantOfShape"})  # lengths from their inputs' values only
+_TRACED = _DIM_BY_DIM | _BY_VALUE | {"Concat", "Flatten", "Gather", "GatherElements", "OneHot", "Compress"}
 Shapes = Callable[[str], "list[Dim] | None"]
 Source = tuple[int, int]  # an input's index and one of its axes
 Traced = tuple[list[list[list[Source]]], list[str]]  # each output's dims' sources; inputs read by value
@@ -57,16 +57,11 @@ def told_unnamed(probe: onnx.ModelProto, server_fed: Collection[str]) -> onnx.Mo
 
 
 def dims_made_apart(
-    node: onnx.NodeProto,
-    dims: Shapes,
-    apart: Callable[[Dim], bool],
-    free: Callable[[str], bool],
-    numbers_only: bool = True,
+    node: onnx.NodeProto, dims: Shapes, apart: Callable[[Dim], bool], free: Callable[[str], bool]
 ) -> set[str]:
     """The names of `node`'s output dims made from lengths not the batch's: each named output dim
-    whose sources (_sources: input dims) are each a number or `apart` (not `numbers_only`: one of
-    them `apart`), where the inputs whose values the op reads for its dims are each made from no
-    batched input (`free`)."""
+    whose sources (_sources: input dims) are each a number or `apart`, where the inputs whose values
+    the op reads for its dims are each made from no batched input (`free`)."""
     traced = _sources(node, dims)
     if traced is None or not all(free(name) for name in traced[1] if name):
         return set()
@@ -76,16 +71,14 @@ def dims_made_apart(
         if shape is None or len(shape) != len(sources):
             continue
         for dim, taken in zip(shape, sources, strict=True):
-            found = [_dim(dims(node.input[i]), axis) for i, axis in taken]
-            if not isinstance(dim, str) or not all(isinstance(d, int) or apart(d) for d in found):
-                continue
-            if numbers_only or any(not isinstance(d, int) and apart(d) for d in found):
+            if isinstance(dim, str) and all(_told(dims(node.input[i]), axis, apart) for i, axis in taken):
                 made.add(dim)
     return made
 
 
-def _dim(shape: Sequence[Dim] | None, axis: int) -> Dim:
-    return shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+def _told(shape: Sequence[Dim] | None, axis: int, apart: Callable[[Dim], bool]) -> bool:
+    dim = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+    return isinstance(dim, int) or apart(dim)
 
 
 def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
@@ -97,7 +90,7 @@ def _sources(node: onnx.NodeProto, dims: Shapes) -> Traced | None:
     ranks = [len(shape) if name and (shape := dims(name)) is not None else -1 for name in inputs]
     outputs = [dims(name) for name in node.output if name]
     size = [len(shape or ()) for shape in outputs]
-    if op in BY_VALUE:
+    if op in _BY_VALUE:
         return [[[] for _ in range(n)] for n in size], inputs
     if not inputs or ranks[0] < 0:
         return None

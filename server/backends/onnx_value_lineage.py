@@ -30,9 +30,7 @@ import onnx
 from server.backends.graph_names import int_attribute, subgraphs
 from server.backends.onnx_mixing_graph import outer_reads
 from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
-from server.backends.onnx_told_dims import BY_VALUE, beside_batch, dims_made_apart
-
-Free = Callable[[str], bool]  # whether a tensor is made from no batched input
+from server.backends.onnx_told_dims import beside_batch, dims_made_apart
 
 
 class ValueLineage:
@@ -46,7 +44,6 @@ class ValueLineage:
         self.apart: set[str] = set()  # tensors whose entries are each a length of an axis not the batch's
         self.told: frozenset[str] = frozenset()  # names a graph input declares on an axis not the batch's
         self.made: set[str] = set()  # dims an op made of such lengths (onnx_told_dims.py)
-        self.ranged: set[str] = set()  # dims onnx made up for a Range's length, and ops' dims made of them
 
     def declare(self, graph: onnx.GraphProto, batch: Collection[str]) -> None:
         """The main graph's inputs' dim names, but the batch's: lengths a request sets itself."""
@@ -65,7 +62,6 @@ class ValueLineage:
         dims made of them (onnx_told_dims.py); `batched`: the main graph's inputs carrying the batch."""
         free = lambda name: not set(batched) & self.of(name)  # noqa: E731
         self.made |= dims_made_apart(node, dims, lambda dim: self._apart(dim, batch), free) - set(batch)
-        self._see_ranged(node, dims, batch, free)
         for out in (name for name in node.output if name):
             self.made |= beside_batch(dims(out), batch)
             entries = partial.named(out, None)
@@ -75,19 +71,6 @@ class ValueLineage:
                 entries = self._split_count(node.input[0], dims, free)
             if entries is not None and all(self._apart(entry, batch) for entry in entries):
                 self.apart.add(out)
-
-    def _see_ranged(
-        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], batch: Collection[str], free: Free
-    ) -> None:
-        """A Range's length where it is a name onnx made up (the batch's, arange(N), is named N:
-        onnx_partial_dims.py), and dims an op makes of such lengths (onnx_told_dims.py): a table of
-        positions, which broadcast against the batch's axis gives each request another row of it
-        than alone whatever length it is (a tester, session 60: Range(0, L)[:, None] with L read off
-        an STFT's frames, a CenterCropPad's output, a Squeeze at computed axes: batched, wrong, OK)."""
-        if node.op_type == "Range":
-            self.ranged |= {d for d in dims(node.output[0]) or () if isinstance(d, str)} - set(batch)
-        elif node.op_type not in BY_VALUE:
-            self.ranged |= dims_made_apart(node, dims, self.ranged.__contains__, free, False) - set(batch)
 
     def _split_count(
         self, sequence: str, dims: Callable[[str], Dims | None], free: Callable[[str], bool]
