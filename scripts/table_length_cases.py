@@ -7,8 +7,10 @@ onnx makes up that the load now traces to x's other axes (server/backends/onnx_t
 session 60). At 7abb6dd the OneHot, Compress and MaxPool ones here loaded batched (the Gather and
 Flatten ones were refused; their forms in tests/unit/test_onnx_table_lengths_ops.py were not). A
 second tester, session 60: L read off a Reshape with -1 or a SplitToSequence's count loaded batched
-at 05301ef too (onnx_broadcast_pairs.py now reads any input's untold length). The _rowwise kin add
-the same table across each row and must still batch.
+at 05301ef too. Session 61: L off an STFT's frames or a Squeeze at computed axes (no dims in onnx's
+inference): their tables batched wrong, OK, at 3a1cb79 in a tester's forms
+(tests/unit/test_onnx_untold_lengths.py); here the Slice by the batch's size was refused already.
+The _rowwise kin add the same table across each row and must still batch.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def _sequence_length(g: Graph) -> str:  # len(x.split(1, dim=1)) as a sequence (
     return g.op("SequenceLength", [g.op("SplitToSequence", ["x"], axis=1, keepdims=0)])
 
 
+def _stft_frames(g: Graph) -> str:  # an STFT of step 1 and length 1: as many frames as columns (s61)
+    signal = g.op("Unsqueeze", ["x", g.const([2])])
+    return g.size(g.op("STFT", [signal, g.const(1), "", g.const(1)]), 1)
+
+
+def _squeezed(g: Graph) -> str:  # x[:, None] squeezed at axis N / N, computed (session 61)
+    at = g.op("Div", [g.size1(), g.size1()])
+    return g.size(g.op("Squeeze", [g.op("Unsqueeze", ["x", g.const([1])]), at]), 1)
+
+
 LENGTHS: dict[str, Callable[[Graph], str]] = {  # L: a scalar, 4 for the 4 columns sent
     "gather_by_range": _by_range,
     "one_hot": _one_hot,
@@ -60,6 +72,8 @@ LENGTHS: dict[str, Callable[[Graph], str]] = {  # L: a scalar, 4 for the 4 colum
     "flatten": _flat,
     "reshape_minus_one": _reshaped,
     "sequence_length": _sequence_length,
+    "stft_frames": _stft_frames,
+    "squeeze_computed": _squeezed,
 }
 
 

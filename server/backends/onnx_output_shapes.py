@@ -97,13 +97,22 @@ def inference_probe(model: onnx.ModelProto, cleared: set[str]) -> onnx.ModelProt
 
 
 def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What shape inference reads of `model`, its initializers left out (not copied at all)."""
+    """What shape inference reads of `model`, its initializers left out (not copied at all), and
+    its stored value infos' dim names other than its inputs' cleared: a model saved after shape
+    inference (onnxsim's, an unnamed batch) holds its batch as `unk__0` on every tensor inside,
+    which onnx's inference keeps, so a residual x + Conv(x) read the batch against another length
+    and Softmax(x @ W, axis=0) was not read along the batch (a tester, session 61)."""
     probe = onnx.ModelProto(ir_version=model.ir_version)
     probe.opset_import.extend(model.opset_import)
     probe.functions.extend(model.functions)  # model-local functions the nodes may call
     probe.graph.name = model.graph.name
     for part in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(probe.graph, part).extend(getattr(model.graph, part))
+    declared = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for value in probe.graph.value_info:
+        for dim in value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ():
+            if dim.HasField("dim_param") and dim.dim_param not in declared:
+                dim.ClearField("dim_param")  # its size, if any, is kept
     return probe
 
 

@@ -9,7 +9,9 @@ carry the batch's name (torch's bmm)."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -137,3 +139,18 @@ def test_its_rows_are_independent(form: str) -> None:
         np.testing.assert_allclose(
             session.run(None, {"x": request})[0], batched[i : i + 1], rtol=1e-4, atol=1e-5
         )
+
+
+def test_silero_vads_sequence_export_is_refused_its_lstm_runs_along_the_requests() -> None:
+    # Its input [sequence_length, 576] stacks requests on the LSTM's time axis: the second of four
+    # chunks answered 0.0128 batched, 0.0137 alone. It loaded batched at 3a1cb79 (the LSTM's input
+    # axis was a name onnx made up, which BatchNames.renamed now reads as the batch's).
+    spec = importlib.util.find_spec("silero_vad")  # (importing it needs torch: only its files are read)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the silero-vad package is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad_16k_sequence.onnx"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in this silero-vad package")
+    reasons = row_mixing_outputs(onnx.load(path))
+    assert "LSTM node '/recurrent/LSTM' works along the batch's axis" in reasons["hn"]
+    assert "speech_probs" in reasons
