@@ -21,12 +21,13 @@ def broadcast_pair(
     dims: Sequence[Sequence[Dim]],
     batch: Collection[str],
     where: Callable[[int, int], str],
-    free: Sequence[bool] | None = (),
+    free: Sequence[bool | None] | None = (),
 ) -> str | None:
     """Why the node pairs rows (None: it does not); `dims`: its inputs' dims; `where(input, axis)`:
     how a message names an input's axis; `free`: None where the batch's axis broadcast against
     another input's length is not read (a scale's is read with its op's axes), else for each input
-    whether its lengths are read (not where it mixes already: its reason is the better one)."""
+    whether its lengths are read (not where it mixes already: its reason is the better one; None:
+    its shape is not known, read as any length)."""
     rank = max((len(d) for d in dims), default=0)
     seen: dict[int, set[int]] = {}  # the broadcast axis of the batch -> the inputs carrying it there
     for index, shape in enumerate(dims):
@@ -56,7 +57,7 @@ def _against_other(
     dims: Sequence[Sequence[Dim]],
     seen: dict[int, set[int]],
     where: Callable[[int, int], str],
-    read: Sequence[bool],
+    read: Sequence[bool | None],
 ) -> str | None:
     """Why the batch's axis broadcast against another input's fixed length above 1 mixes, or against
     one the load cannot tell: a constant cut by a computed length, a NonZero of a constant mask (a
@@ -70,6 +71,15 @@ def _against_other(
     refines as the batch's for the batch's wherever it is kept (onnx_batch_names.py), and works out
     a Reshape's -1 (onnx_dim_products.py). None: it does not."""
     rank = max((len(d) for d in dims), default=0)
+    unknown = [index for index, reads in enumerate(read) if reads is None]  # of no known shape, not mixed
+    if unknown and seen:  # a table given an axis at a computed place (a tester, session 61): as above
+        at, carrying = min(seen.items())
+        i = min(carrying)
+        return (
+            f"{described(node)} broadcasts {where(i, at - rank + len(dims[i]))} against "
+            f"'{node.input[unknown[0]]}', whose shape the load cannot tell: alone a request's row may be "
+            "spread over its rows, batched its batch mates' rows paired with them"
+        )
     for at, carrying in sorted(seen.items()):  # a length other than 1 where the batch is: spread, or paired
         for index, shape in enumerate(dims):
             dim = shape[at - rank + len(shape)] if at - rank + len(shape) >= 0 else 1

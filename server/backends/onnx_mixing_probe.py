@@ -180,7 +180,35 @@ def reading_probe(
     probe = own_names(named_apart(as_initialized(inference_probe(model, outputs), model, fed), server_fed))
     probe = told_unnamed(probe, server_fed)  # a request's own lengths named (onnx_told_dims.py)
     probe, stand_ins = stood_in(probe)
-    return declared_where_unknown(inferred_probe(probe), model), stand_ins
+    return declared_where_unknown(stored_where_unknown(inferred_probe(probe), model), model), stand_ins
+
+
+def stored_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A dim name `model` stores in its value infos, given back where the inference, those names set
+    aside (onnx_output_shapes._without_initializers), left the dim unknown, or the tensor without a
+    shape: a Loop carrying x, its output stored [B, 4], is not inferred again; its name cleared, its
+    first axis read as unknown and a Softmax along it loaded batched, wrong, OK (a tester, session 61)."""
+    stored = {v.name: v for v in model.graph.value_info if v.type.HasField("tensor_type")}
+    seen: set[str] = set()
+    for value in inferred.graph.value_info:
+        seen.add(value.name)
+        said = stored.get(value.name)
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else None
+        if said is None or dims is None or len(dims) != len(said.type.tensor_type.shape.dim):
+            continue
+        for dim, old in zip(dims, said.type.tensor_type.shape.dim, strict=True):
+            if (
+                not dim.HasField("dim_value")
+                and not dim.dim_param
+                and (old.dim_param or old.HasField("dim_value"))
+            ):
+                dim.CopyFrom(old)  # (a stored size too: set aside with its tensor's names)
+    named = seen | {v.name for v in (*inferred.graph.input, *inferred.graph.output)}
+    for name, value in stored.items():
+        dims = value.type.tensor_type.shape.dim
+        if name not in named and all(d.HasField("dim_value") or d.dim_param for d in dims):
+            inferred.graph.value_info.append(value)  # (one with a dim of no name: no shape, as unknown)
+    return inferred
 
 
 def declared_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -101,7 +101,9 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     its stored value infos' dim names other than its inputs' cleared: a model saved after shape
     inference (onnxsim's, an unnamed batch) holds its batch as `unk__0` on every tensor inside,
     which onnx's inference keeps, so a residual x + Conv(x) read the batch against another length
-    and Softmax(x @ W, axis=0) was not read along the batch (a tester, session 61)."""
+    and Softmax(x @ W, axis=0) was not read along the batch (a tester, session 61); so too in an
+    If's, a Loop's or a Scan's body, a sequence's elements, and an If branch's declared outputs
+    (`[t_dim0, 8]` and `[e_dim0, 8]` merged as a new name: a second tester, session 61)."""
     probe = onnx.ModelProto(ir_version=model.ir_version)
     probe.opset_import.extend(model.opset_import)
     probe.functions.extend(model.functions)  # model-local functions the nodes may call
@@ -109,11 +111,34 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     for part in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(probe.graph, part).extend(getattr(model.graph, part))
     declared = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
-    for value in probe.graph.value_info:
-        for dim in value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ():
-            if dim.HasField("dim_param") and dim.dim_param not in declared:
-                dim.ClearField("dim_param")  # its size, if any, is kept
+    for graph in graphs(probe.graph):  # (bodies: copies in the probe's nodes, the model's untouched)
+        body = (*graph.input, *graph.output) if graph is not probe.graph else ()  # If's `[t_dim0, 8]`
+        for value in (*graph.value_info, *body):
+            _names_set_aside(value.type, declared)
+        sized = [v for v in graph.value_info if not _unsized(v.type)]  # a stored unknown says nothing
+        del graph.value_info[:]
+        graph.value_info.extend(sized)
     return probe
+
+
+def _unsized(kind: onnx.TypeProto) -> bool:
+    """Whether a tensor type has a dim of no size (a Loop's output stored [None, 4] read as not
+    the batch's; with no stored shape it reads as of no known shape: a tester, session 61)."""
+    dims = kind.tensor_type.shape.dim if kind.HasField("tensor_type") else ()
+    return any(not dim.HasField("dim_value") for dim in dims)
+
+
+def _names_set_aside(kind: onnx.TypeProto, kept: set[str]) -> None:
+    """`kind`'s dim names but `kept` cleared, in a sequence's or an optional's element too; its
+    sizes kept."""
+    if kind.HasField("sequence_type"):
+        _names_set_aside(kind.sequence_type.elem_type, kept)
+    elif kind.HasField("optional_type"):
+        _names_set_aside(kind.optional_type.elem_type, kept)
+    elif kind.HasField("tensor_type"):
+        for dim in kind.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param not in kept:
+                dim.ClearField("dim_param")
 
 
 def inferred_shapes(probe: onnx.ModelProto) -> onnx.ModelProto:

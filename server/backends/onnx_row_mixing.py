@@ -344,11 +344,12 @@ class _Walk:
         self, node: onnx.NodeProto, read: Callable[..., str | None] = broadcast_pair
     ) -> str | None:
         dims = [self.shapes.get(name) or value_shape(self.constants.get(name)) for name in node.input]
-        lineage = read is concat_pinned  # made from no batched input; else read but where mixing already
-        free = [
-            not self.batched & self.value_lineage.of(n) if lineage else n not in self.mixed
-            for n in node.input
-        ]
+        unknown = [bool(n) and n not in self.constants and self.shapes.get(n) is None for n in node.input]
+        free: list[bool | None] = (  # made from no batched input; else how each is read
+            [not self.batched & self.value_lineage.of(n) for n in node.input]
+            if read is concat_pinned
+            else self.value_lineage.reads(node.input, unknown, self.batched, self.mixed)
+        )
         return read(node, dims, self.batch, partial(self._where, node), free)
 
     def _scan(self, node: onnx.NodeProto) -> str | None:

@@ -23,7 +23,7 @@ outside.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import onnx
 
@@ -31,6 +31,8 @@ from server.backends.graph_names import int_attribute, subgraphs
 from server.backends.onnx_mixing_graph import outer_reads
 from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
 from server.backends.onnx_told_dims import beside_batch, dims_made_apart
+
+MAX_WALK = 4096  # tensors a table's walk reads at most (more: read by its dims)
 
 
 class ValueLineage:
@@ -90,6 +92,31 @@ class ValueLineage:
             return True  # a fixed length, or a constant beside one
         names = {entry} if isinstance(entry, str) else entry.names if isinstance(entry, Made) else {None}
         return all((name in self.told or name in self.made) and name not in batch for name in names)
+
+    def reads(
+        self, names: Sequence[str], unknown: Sequence[bool], batched: Collection[str], mixed: Collection[str]
+    ) -> list[bool | None]:
+        """How a broadcast reads each of `names` (onnx_broadcast_pairs.py): False where it mixes
+        already (its reason the better one), else True (by its dims), or None (`_read`)."""
+        return [
+            name not in mixed and self._read(name, u, batched) for name, u in zip(names, unknown, strict=True)
+        ]
+
+    def _read(self, name: str, unknown: bool, batched: Collection[str]) -> bool | None:
+        """None where `name`'s shape is `unknown` and its values reach no batched input but through
+        a Shape or a Size: a table given an axis at a computed place, read as any length (a Range's
+        positions as long as x's columns, unsqueezed at computed axes: batched, wrong, OK; a tester,
+        session 61). A Loop carrying x, its shape unknown too, carries x's rows: True."""
+        stack, seen = [name], set[str]()
+        while unknown and stack and len(seen) < MAX_WALK:
+            top = stack.pop()
+            maker = self._makers.get(top)
+            if top in batched or (maker is None and self._made(top) & set(batched)):
+                return True  # (a body's input: its node's inputs' lineage)
+            if top not in seen and maker is not None and maker.op_type not in ("Shape", "Size"):
+                stack.extend(i for i in (*maker.input, *outer_reads(maker)) if i)
+            seen.add(top)
+        return None if unknown and not stack else True
 
     def of(self, name: str) -> frozenset[str]:
         """The graph inputs `name`'s values are made from."""

@@ -427,7 +427,10 @@ def test_a_standard_op_the_reading_does_not_know_mixes_where_it_takes_the_batch(
     said = "is an op the load does not know to keep rows apart, on axis 0 of 'x' ['N', 4]"
     assert found == {"y": f"the SomeOpOfALaterOnnx node making 'y' {said}: its rows are taken as mixed"}
     alone = [helper.make_node("SomeOpOfALaterOnnx", ["w"], ["z"]), helper.make_node("Add", ["x", "z"], ["y"])]
-    assert row_mixing_outputs(_model(alone, X, inits=[_init("w", np.ones(4))], opset=17)) == {}
+    apart = _model(alone, X, inits=[_init("w", np.ones(4))], opset=17)
+    assert "against 'z', whose shape the load cannot tell" in row_mixing_outputs(apart)["y"]  # (session 61)
+    apart.graph.value_info.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [4]))
+    assert row_mixing_outputs(apart) == {}  # of a known shape
 
 
 def test_a_maxunpool_to_its_inputs_shape_keeps_rows() -> None:

@@ -240,3 +240,51 @@ def test_a_matmuls_stacks_carry_the_batch_and_its_matrices_do_not() -> None:
 def test_each_model_here_is_valid(length: str, table: str) -> None:
     model = _spread(length, table, ["N", "T"], FIRST_ROWS)  # one maker for each name: onnxruntime loads it
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+# A table whose rank onnx cannot tell: given its axis at a computed place (a third tester, session 61:
+# read as a scalar, {} at 3a1cb79 and ec2b801, request i batched given the table's row i).
+UNPLACED: dict[str, list[onnx.NodeProto]] = {
+    "unsqueeze_computed": [
+        N("Shape", ["x"], ["cols"], start=1, end=2),
+        N("Div", ["cols", "cols"], ["at"]),  # [1], computed
+        N("Unsqueeze", ["rf", "at"], ["t"]),
+    ],
+    "reshape_by_a_shape_of_computed_length": [
+        N("Shape", ["x"], ["cols"], start=1, end=2),
+        N("Div", ["cols", "cols"], ["one"]),  # [1], computed
+        N("Add", ["one", "one"], ["two"]),
+        N("Slice", ["minus_one_one_one", "z0", "two"], ["shape"]),  # [-1, 1], of a length computed
+        N("Reshape", ["rf", "shape"], ["t"]),
+    ],
+}
+
+
+@pytest.mark.parametrize("form", sorted(UNPLACED))
+def test_a_table_of_no_known_rank_is_read_against_the_batch(form: str) -> None:
+    made, opset = LENGTHS["center_crop_pad_axis"]
+    nodes = [*made, *RANGE, *UNPLACED[form], N("Add", ["x", "t"], ["y"])]
+    model = _model(nodes, ["N", "T"], opset)
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "minus_one_one_one")]
+    )
+    requests = [np.full((1, 4), 10.0 * (k + 1), np.float32) for k in range(4)]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": requests[0]})[0].shape == (4, 4)  # alone: spread over the table
+    assert "whose shape the load cannot tell" in row_mixing_outputs(model)["y"]
+
+
+def test_a_loop_carrying_x_of_no_known_shape_is_read_by_its_rows() -> None:
+    # Its values reach x not only through a Shape: not a table (tests/unit/test_onnx_value_lineage.py).
+    body = helper.make_graph(
+        [N("Identity", ["go"], ["go_out"]), N("Add", ["c_in", "c_in"], ["c_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", BOOL, []),
+            helper.make_tensor_value_info("c_in", F, None),
+        ],
+        [helper.make_tensor_value_info("go_out", BOOL, []), helper.make_tensor_value_info("c_out", F, None)],
+    )
+    nodes = [N("Loop", ["i1", "yes", "x"], ["c"], body=body), N("Add", ["x", "c"], ["y"])]
+    assert row_mixing_outputs(_model(nodes, ["N", "T"], 18)) == {}
