@@ -29,9 +29,12 @@ def grown_rows(
     batch: Collection[str],
     opset: int,
 ) -> str | None:
-    """Why a Pad or Tile of computed amounts, an Expand or a Resize may add rows or copy the batch
-    (None: it does not, or its constant amounts are onnx_mixing_ops.py's)."""
+    """Why a Pad or Tile of computed amounts, an Expand or a Resize may add rows or copy the batch,
+    or a Squeeze of no axes drop it (None: it does not, or its constant amounts are
+    onnx_mixing_ops.py's)."""
     given = dims(node.input[0])
+    if node.op_type == "Squeeze":
+        return squeezed_batch(node, given, batch)
     if node.op_type == "Expand":
         return copied_batch(node, given, dims(node.output[0]), batch)
     if node.op_type in ("Resize", "Upsample"):
@@ -44,6 +47,21 @@ def grown_rows(
     amounts = partial.entries(node.input[1], None)
     axes = partial.entries(node.input[3], constant(3)) if len(node.input) > 3 and node.input[3] else None
     return computed_amounts(node, given, amounts, axes, batch)
+
+
+def squeezed_batch(node: onnx.NodeProto, given: Dims | None, batch: Collection[str]) -> str | None:
+    """Why a Squeeze of no axes may drop the batch's axis: it drops every axis of length 1, the
+    batch's where a request runs alone (torch's x.squeeze() on [N, 1, 8]: alone (8,), batched
+    (4, 8); a tester, session 61)."""
+    if any(a.name == "axes" for a in node.attribute) or (len(node.input) > 1 and node.input[1]):
+        return None
+    at = next((k for k, dim in enumerate(given or ()) if dim in batch), None)
+    if at is None:
+        return None
+    return (
+        f"{described(node)} squeezes every axis of length 1 of '{node.input[0]}' {list(given or ())}: "
+        f"the batch's, axis {at}, where a request runs alone"
+    )
 
 
 def computed_amounts(

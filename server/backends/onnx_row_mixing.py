@@ -300,7 +300,7 @@ class _Walk:
             return table
         if node.op_type in BROADCAST_OPS:
             return self._broadcast_pair(node)
-        if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample"):
+        if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample", "Squeeze"):
             constant_at = partial(self._constant, node)
             grown = grown_rows(node, self.shapes.get, constant_at, self.partial, self.batch, self.opset)
             if grown is not None or node.op_type not in MIXING_OPS:

@@ -1,0 +1,49 @@
+"""A Squeeze of no axes drops every axis of length 1, the batch's where a request runs alone
+(onnx_grown_rows.squeezed_batch): torch's x.squeeze() on [N, 1, 8] answered (8,) alone and (4, 8)
+batched, and had loaded batched (a tester, session 61)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from server.backends.onnx_row_mixing import row_mixing_outputs
+
+F = TensorProto.FLOAT
+N = helper.make_node
+
+
+def _model(squeeze: onnx.NodeProto, opset: int) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "one")
+    graph = helper.make_graph(
+        [N("MatMul", ["x", "w"], ["m"]), squeeze],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["batch", 1, 8])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [w, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_a_squeeze_of_no_axes_on_the_batch_is_refused(opset: int) -> None:
+    model = _model(N("Squeeze", ["m"], ["y"]), opset)
+    assert row_mixing_outputs(model) == {
+        "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'm' ['batch', 1, 8]: "
+        "the batch's, axis 0, where a request runs alone"
+    }  # {} at 3a1cb79
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((1, 1, 8), np.float32)
+    assert session.run(None, {"x": x})[0].shape == (8,)
+    assert session.run(None, {"x": np.concatenate([x, x])})[0].shape == (2, 8)
+
+
+def test_a_squeeze_of_named_axes_keeps_rows() -> None:
+    assert row_mixing_outputs(_model(N("Squeeze", ["m", "one"], ["y"]), 17)) == {}
+    assert row_mixing_outputs(_model(N("Squeeze", ["m"], ["y"], axes=[1]), 11)) == {}
