@@ -55,11 +55,13 @@ def squeezed_batch(node: onnx.NodeProto, given: Dims | None, batch: Collection[s
     (4, 8); a tester, session 61)."""
     if any(a.name == "axes" for a in node.attribute) or (len(node.input) > 1 and node.input[1]):
         return None
-    at = next((k for k, dim in enumerate(given or ()) if dim in batch), None)
+    if given is None:  # (x passed through a Loop: a tester, session 61)
+        return f"{described(node)} squeezes every axis of length 1 of '{node.input[0]}', of no known shape"
+    at = next((k for k, dim in enumerate(given) if dim in batch), None)
     if at is None:
         return None
     return (
-        f"{described(node)} squeezes every axis of length 1 of '{node.input[0]}' {list(given or ())}: "
+        f"{described(node)} squeezes every axis of length 1 of '{node.input[0]}' {list(given)}: "
         f"the batch's, axis {at}, where a request runs alone"
     )
 

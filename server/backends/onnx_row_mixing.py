@@ -26,9 +26,8 @@ the batch goes by are kept in onnx_batch_names.py. The batch's size taken as a v
 (onnx_row_positions.py). A computed Pad or Tile, or an Expand copying the batch, may add rows
 (onnx_grown_rows.py, onnx_partial_ints.py). Initializers clients may send are never constants.
 A standard op of none of onnx_mixing_ops.py's sets is taken as mixing (no proof of rows). MaxPool's
-indices are positions over the whole batch (onnx_pool_indices.py). Not covered: a reshape whose
-dims onnx cannot infer, custom-domain ops, values computed from the data. A graph the reading
-cannot read (onnx refuses it, an axis stored as external data) is not flagged: no proof.
+indices are positions over the whole batch (onnx_pool_indices.py). Not covered: values computed
+from the data. A graph the reading cannot read (onnx refuses it) is refused: no proof of rows.
 """
 
 from __future__ import annotations

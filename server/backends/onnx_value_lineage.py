@@ -33,6 +33,7 @@ from server.backends.onnx_partial_ints import Dims, Entry, Made, PartialInts
 from server.backends.onnx_told_dims import beside_batch, dims_made_apart
 
 MAX_WALK = 4096  # tensors a table's walk reads at most (more: read by its dims)
+_NO_DATA = frozenset({"Shape", "Size", "OptionalHasElement"})  # outputs of none of their input's values
 
 
 class ValueLineage:
@@ -104,18 +105,21 @@ class ValueLineage:
 
     def _read(self, name: str, unknown: bool, batched: Collection[str]) -> bool | None:
         """None where `name`'s shape is `unknown` and its values reach no batched input but through
-        a Shape or a Size: a table given an axis at a computed place, read as any length (a Range's
-        positions as long as x's columns, unsqueezed at computed axes: batched, wrong, OK; a tester,
-        session 61). A Loop carrying x, its shape unknown too, carries x's rows: True."""
+        a Shape, a Size, a CastLike's type or an OptionalHasElement: a table given an axis at a
+        computed place, read as any length (a Range's positions as long as x's columns, unsqueezed
+        at computed axes: batched, wrong, OK; testers, session 61). A Loop carrying x, its shape
+        unknown too, carries x's rows: True."""
         stack, seen = [name], set[str]()
         while unknown and stack and len(seen) < MAX_WALK:
             top = stack.pop()
+            if top in batched:
+                return True
             maker = self._makers.get(top)
-            if top in batched or (maker is None and self._made(top) & set(batched)):
-                return True  # (a body's input: its node's inputs' lineage)
-            if top not in seen and maker is not None and maker.op_type not in ("Shape", "Size"):
-                stack.extend(i for i in (*maker.input, *outer_reads(maker)) if i)
+            if top in seen or maker is None or maker.op_type in _NO_DATA:
+                continue  # (a body's input: its node's inputs are followed)
             seen.add(top)
+            sources = self._sources(top) or []  # a body's: what it returns (a dead branch's reads not)
+            stack.extend(s for s in (sources[:1] if maker.op_type == "CastLike" else sources) if s)
         return None if unknown and not stack else True
 
     def of(self, name: str) -> frozenset[str]:

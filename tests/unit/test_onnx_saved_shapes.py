@@ -201,3 +201,26 @@ def test_a_softmax_along_a_loops_stored_output_is_refused(stored: list[int | str
     requests = [np.random.default_rng(k).standard_normal((1, 4)).astype(np.float32) for k in range(4)]
     batched = session.run(None, {"x": np.concatenate(requests)})[0]
     assert not np.allclose(session.run(None, {"x": requests[1]})[0], batched[1:2])
+
+
+def test_a_batch_one_export_made_dynamic_by_update_model_dims_reads_its_batch() -> None:
+    # onnx's own tool rewrites only the inputs and outputs: the tensors inside keep their stored 1,
+    # which read the batch's axis as a fixed 1 (a fifth tester, session 61: {} at 3a1cb79, wrong).
+    from onnx.tools import update_model_dims
+
+    graph = helper.make_graph(
+        SOFTMAX,
+        "g",
+        [helper.make_tensor_value_info("x", F, [1, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 8])],
+        _weights("w1"),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = onnx.shape_inference.infer_shapes(model)
+    assert model.graph.value_info[0].type.tensor_type.shape.dim[0].dim_value == 1
+    model = update_model_dims.update_inputs_outputs_dims(model, {"x": ["N", 8]}, {"y": ["N", 8]})
+    assert row_mixing_outputs(model) == {
+        "y": "the Softmax node making 'y' works along the batch's axis, axis 0 of 'm1' ['N', 8]"
+    }
+    assert _rows_differ(model)

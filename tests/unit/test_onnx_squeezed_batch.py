@@ -47,3 +47,31 @@ def test_a_squeeze_of_no_axes_on_the_batch_is_refused(opset: int) -> None:
 def test_a_squeeze_of_named_axes_keeps_rows() -> None:
     assert row_mixing_outputs(_model(N("Squeeze", ["m", "one"], ["y"]), 17)) == {}
     assert row_mixing_outputs(_model(N("Squeeze", ["m"], ["y"], axes=[1]), 11)) == {}
+
+
+def test_a_squeeze_of_no_axes_on_a_tensor_of_no_known_shape_is_refused() -> None:
+    # x through a Loop (its output of no shape in onnx's inference), then squeezed: alone (8,).
+    body = helper.make_graph(
+        [N("Identity", ["go"], ["go_out"]), N("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_in", F, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_out", F, None),
+        ],
+    )
+    model = _model(N("Squeeze", ["carried"], ["y"]), 17)
+    model.graph.node.insert(1, N("Loop", ["once", "go", "m"], ["carried"], body=body))
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(1, np.int64), "once"),
+            numpy_helper.from_array(np.array(True), "go"),
+        ]
+    )
+    assert row_mixing_outputs(model) == {
+        "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried', of no known shape"
+    }

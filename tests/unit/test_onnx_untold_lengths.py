@@ -250,6 +250,12 @@ UNPLACED: dict[str, list[onnx.NodeProto]] = {
         N("Div", ["cols", "cols"], ["at"]),  # [1], computed
         N("Unsqueeze", ["rf", "at"], ["t"]),
     ],
+    "cast_like_x": [  # x only lends its type (a fifth tester, session 61)
+        N("Shape", ["x"], ["cols"], start=1, end=2),
+        N("Div", ["cols", "cols"], ["at"]),
+        N("Unsqueeze", ["rf", "at"], ["t0"]),
+        N("CastLike", ["t0", "x"], ["t"]),
+    ],
     "reshape_by_a_shape_of_computed_length": [
         N("Shape", ["x"], ["cols"], start=1, end=2),
         N("Div", ["cols", "cols"], ["one"]),  # [1], computed
