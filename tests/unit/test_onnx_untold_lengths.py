@@ -294,3 +294,12 @@ def test_a_loop_carrying_x_of_no_known_shape_is_read_by_its_rows() -> None:
     )
     nodes = [N("Loop", ["i1", "yes", "x"], ["c"], body=body), N("Add", ["x", "c"], ["y"])]
     assert row_mixing_outputs(_model(nodes, ["N", "T"], 18)) == {}
+
+
+@pytest.mark.parametrize(("rows", "refused"), [(2, True), (1, False)])
+def test_the_batch_against_a_fixed_length_above_one_is_read(rows: int, refused: bool) -> None:
+    # (A mutant reading only lengths above 2 survived: session 61's mutation run.)
+    nodes = [N("Add", ["x", "table"], ["y"])]
+    model = _model(nodes, ["N", 3], 18)
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((rows, 1), np.float32), "table"))
+    assert ("y" in row_mixing_outputs(model)) is refused
