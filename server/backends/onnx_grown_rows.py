@@ -33,8 +33,9 @@ def grown_rows(
     or a Squeeze of no axes drop it (None: it does not, or its constant amounts are
     onnx_mixing_ops.py's)."""
     given = dims(node.input[0])
-    if node.op_type == "Squeeze":
-        return squeezed_batch(node, given, batch)
+    if node.op_type == "Squeeze":  # (a small weight's dims: its value's, none in the inference's)
+        held = constant(0) if given is None else None
+        return squeezed_batch(node, list(held.shape) if held is not None else given, batch)
     if node.op_type == "Expand":
         return copied_batch(node, given, dims(node.output[0]), batch)
     if node.op_type in ("Resize", "Upsample"):

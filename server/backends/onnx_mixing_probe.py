@@ -193,7 +193,11 @@ def stored_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> o
     for value in inferred.graph.value_info:
         seen.add(value.name)
         said = stored.get(value.name)
-        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else None
+        tensor = value.type.tensor_type if value.type.HasField("tensor_type") else None
+        if said is not None and tensor is not None and not tensor.HasField("shape") and _whole(said):
+            tensor.shape.CopyFrom(said.type.tensor_type.shape)  # a type inferred, no shape (a Loop's)
+            continue
+        dims = tensor.shape.dim if tensor is not None else None
         if said is None or dims is None or len(dims) != len(said.type.tensor_type.shape.dim):
             continue
         for dim, old in zip(dims, said.type.tensor_type.shape.dim, strict=True):
@@ -205,10 +209,15 @@ def stored_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> o
                 dim.CopyFrom(old)  # (a stored size too: set aside with its tensor's names)
     named = seen | {v.name for v in (*inferred.graph.input, *inferred.graph.output)}
     for name, value in stored.items():
-        dims = value.type.tensor_type.shape.dim
-        if name not in named and all(d.HasField("dim_value") or d.dim_param for d in dims):
+        if name not in named and _whole(value):
             inferred.graph.value_info.append(value)  # (one with a dim of no name: no shape, as unknown)
     return inferred
+
+
+def _whole(value: onnx.ValueInfoProto) -> bool:
+    """Whether a stored tensor's shape is stored, each dim a size or a name."""
+    tensor = value.type.tensor_type
+    return tensor.HasField("shape") and all(d.HasField("dim_value") or d.dim_param for d in tensor.shape.dim)
 
 
 def declared_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:

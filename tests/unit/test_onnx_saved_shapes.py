@@ -224,3 +224,30 @@ def test_a_batch_one_export_made_dynamic_by_update_model_dims_reads_its_batch() 
         "y": "the Softmax node making 'y' works along the batch's axis, axis 0 of 'm1' ['N', 8]"
     }
     assert _rows_differ(model)
+
+
+def test_a_stored_shape_is_given_back_where_the_inference_gives_a_type_and_no_shape() -> None:
+    # A Loop widening x to [N, 16]: onnx infers its output's type, no shape; its stored shape is the
+    # walk's (a sixth tester, session 61: dropped at 57f4a7f, the Softmax after it refused).
+    body = helper.make_graph(
+        [N("Identity", ["go"], ["go_out"]), N("Concat", ["c_in", "c_in"], ["c_out"], axis=1)],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_in", F, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_out", F, None),
+        ],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(1, np.int64), "once"),
+        numpy_helper.from_array(np.array(True), "go"),
+    ]
+    nodes = [N("Loop", ["once", "go", "x"], ["wide"], body=body), N("Softmax", ["wide"], ["y"], axis=-1)]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 8])], inits)
+    assert "its shape is not known" in row_mixing_outputs(model)["y"]
+    model.graph.value_info.append(helper.make_tensor_value_info("wide", F, ["N", 16]))
+    assert row_mixing_outputs(model) == {}

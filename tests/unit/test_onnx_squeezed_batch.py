@@ -75,3 +75,19 @@ def test_a_squeeze_of_no_axes_on_a_tensor_of_no_known_shape_is_refused() -> None
     assert row_mixing_outputs(model) == {
         "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried', of no known shape"
     }
+
+
+def test_a_squeeze_of_no_axes_of_a_small_weight_keeps_rows() -> None:
+    # A small initializer has no dims in the reading's inference: its value's (a sixth tester,
+    # session 61: refused at 57f4a7f, "of no known shape").
+    weight = numpy_helper.from_array(np.ones((1, 8), np.float32), "bias")
+    graph = helper.make_graph(
+        [N("Squeeze", ["bias"], ["b"]), N("Add", ["x", "b"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["batch", 8])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert row_mixing_outputs(model) == {}
