@@ -118,6 +118,9 @@ def filled_dims(
             return none
         rest = iter(first)
         return [[1 if k in added else next(rest) for k in range(rank)], *none[1:]]
+    if op == "Gather" and len(inputs) > 1 and inputs[1] is not None:  # a table looked up by indices
+        axis = int_attribute(node, "axis", 0) % max(len(first), 1)  # (GPT-2's wpe[position_ids])
+        return [[*first[:axis], *inputs[1], *first[axis + 1 :]], *none[1:]]
     if op == "STFT":  # [batch, frames, bins, 2]: the batch kept, the rest computed
         return [[first[0] if first else None, None, None, 2], *none[1:]]
     if op in _SAME:

@@ -42,7 +42,7 @@ def partial_dims(
     value_info); `maker(name)`: the node making a tensor (a Resize's scales, a Concat of constants
     and computed)."""
     if node.op_type == "Range" and len(node.input) == 3 and node.output[0]:
-        return _ranged(node, partial, dims, constant)
+        return _ranged(node, partial, dims, constant, maker)
     upsample = node.op_type == "Upsample" and isinstance(attribute(node, "scales", None), list)  # opset 7
     if node.op_type not in ("Tile", "Expand", "Pad", "Resize", "Upsample") or len(node.input) < 2 - upsample:
         return None
@@ -174,14 +174,25 @@ def _floats(value: Value) -> list[float | None]:
 
 
 def _ranged(
-    node: onnx.NodeProto, partial: PartialInts, dims: Callable[[str], Dims | None], constant: Constant
+    node: onnx.NodeProto,
+    partial: PartialInts,
+    dims: Callable[[str], Dims | None],
+    constant: Constant,
+    maker: Callable[[str], onnx.NodeProto | None] = lambda name: None,
 ) -> Dims | None:
     """A Range's length where its entries tell it: Range(0, L, 1) is L long, a name (torch's
-    arange(N), N = Shape(x)[0]: each row's place, as long as the batch), numbers their count."""
+    arange(N), N = Shape(x)[0]: each row's place, as long as the batch), numbers their count, and
+    Range(P, P + T, 1) is T long (GPT-2's positions after a past of P: view(-1, T) of them read as
+    of a length the load cannot tell, refused; a tester, session 61)."""
     out = dims(node.output[0])
     if out is not None and (len(out) != 1 or _named(out[0])):
         return None
     start, limit, delta = (partial.named(name, constant(i)) for i, name in enumerate(node.input))
+    added = maker(node.input[1])
+    if delta == (1,) and added is not None and added.op_type == "Add" and node.input[0] in added.input:
+        other = [name for name in added.input if name != node.input[0]]
+        length = partial.named(other[0], None) if len(other) == 1 else None
+        return [length[0]] if length is not None and len(length) == 1 and isinstance(length[0], str) else None
     if start is None or limit is None or delta is None or not len(start) == len(limit) == len(delta) == 1:
         return None
     first, last, step = start[0], limit[0], delta[0]

@@ -48,6 +48,10 @@ _MOVES = frozenset(
     {"Concat", "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape"}
 )
 _KEPT = frozenset({"Cast", "Identity"})
+_WIDE = frozenset(  # a Cast keeping any dim's value (a narrower one may wrap it: a tester, s52)
+    {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.UINT64, onnx.TensorProto.DOUBLE}
+    | {onnx.TensorProto.FLOAT, onnx.TensorProto.UINT32}  # (exact below 2**24: no dim is larger)
+)
 _COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
 _COMPARED = frozenset({"Equal", "Where"})
 _FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split", "ReduceProd"}
@@ -186,6 +190,8 @@ class PartialInts:
         if op in _COMPUTED or op in _COMPARED or not given or given[0] is None:
             return _unknown(dims(node.output[0]))
         data = given[0]
+        if op == "Cast" and int_attribute(node, "to", 0) not in _WIDE:
+            return _unknown(dims(node.output[0]))  # uint8(257) is 1: a dim's name no longer holds
         if op in _KEPT:
             return data
         if op == "Concat":

@@ -303,3 +303,36 @@ def test_the_batch_against_a_fixed_length_above_one_is_read(rows: int, refused: 
     model = _model(nodes, ["N", 3], 18)
     model.graph.initializer.append(numpy_helper.from_array(np.ones((rows, 1), np.float32), "table"))
     assert ("y" in row_mixing_outputs(model)) is refused
+
+
+def test_gpt2_positions_after_a_past_still_batch() -> None:
+    # position_ids = arange(P, P + T).unsqueeze(0).view(-1, T); x + wpe[position_ids]: Range(P, P + T)
+    # is T long, the view's -1 is 1, the lookup [1, T, D] (a tester, session 61: refused at 3a1cb79).
+    nodes = [
+        N("Shape", ["x"], ["sx"]),
+        N("Gather", ["sx", "i1"], ["t_len"]),
+        N("Shape", ["past"], ["sp"]),
+        N("Gather", ["sp", "i1"], ["p_len"]),
+        N("Add", ["p_len", "t_len"], ["end"]),
+        N("Range", ["p_len", "end", "i1"], ["positions"]),
+        N("Unsqueeze", ["positions", "z0"], ["positions1"]),
+        N("Unsqueeze", ["t_len", "z0"], ["t1"]),
+        N("Concat", ["minus_one", "t1"], ["view"], axis=0),
+        N("Reshape", ["positions1", "view"], ["ids"]),
+        N("Constant", [], ["wpe"], value=numpy_helper.from_array(np.ones((64, 3), np.float32), "wpe_v")),
+        N("Gather", ["wpe", "ids"], ["pe"]),
+        N("Add", ["x", "pe"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", F, ["N", "T", 3]),
+            helper.make_tensor_value_info("past", F, ["N", "P", 3]),
+        ],
+        [helper.make_tensor_value_info("y", F, ["N", "T", 3])],
+        [*INITS, numpy_helper.from_array(np.array([-1], np.int64), "minus_one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert row_mixing_outputs(model) == {}
