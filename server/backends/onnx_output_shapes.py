@@ -111,16 +111,17 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     probe.opset_import.extend(model.opset_import)
     probe.functions.extend(model.functions)  # model-local functions the nodes may call
     probe.graph.name = model.graph.name
-    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+    for part in ("node", "input", "output", "sparse_initializer"):  # (its value infos left out)
         getattr(probe.graph, part).extend(getattr(model.graph, part))
     declared = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
-    for graph in graphs(probe.graph):  # (bodies: copies in the probe's nodes, the model's untouched)
-        body = (*graph.input, *graph.output) if graph is not probe.graph else ()  # If's `[t_dim0, 8]`
-        for value in (*graph.value_info, *body):
+    bodies = graphs(probe.graph)
+    next(bodies)  # (the main graph: bodies are copies in the probe's nodes, the model's untouched)
+    for body in bodies:
+        for value in (*body.value_info, *body.input, *body.output):  # an If's outputs `[t_dim0, 8]`
             _names_set_aside(value.type, declared)
-        sized = [v for v in graph.value_info if not _unsized(v.type)]  # a stored unknown says nothing
-        del graph.value_info[:]
-        graph.value_info.extend(sized if graph is not probe.graph else ())
+        sized = [v for v in body.value_info if not _unsized(v.type)]  # a stored unknown says nothing
+        del body.value_info[:]
+        body.value_info.extend(sized)
     return probe
 
 

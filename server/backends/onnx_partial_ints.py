@@ -325,14 +325,12 @@ def _spelled(factors: Factors | None, spelled: Callable[[Dims], Dims]) -> Factor
 def _product_of(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:
     """A ReduceProd of a shape's entries, h * w of Shape(x)[2:] (ViT's view(-1, C, h * w)), as
     a product of them; other ReduceProds not followed."""
-    axes = constant(1) if len(node.input) > 1 and node.input[1] else attribute(node, "axes", None)
+    computed = len(node.input) > 1 and bool(node.input[1])
+    axes = constant(1) if computed else attribute(node, "axes", None)
+    if axes is None and (computed or int_attribute(node, "noop_with_empty_axes", 0)):
+        return None  # its axes computed, or none given and nothing reduced
     whole = axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] in ([0], [-1])
-    if (
-        data is None
-        or data.ndim != 1
-        or not whole
-        or (len(node.input) > 1 and node.input[1] and axes is None)
-    ):
+    if data is None or data.ndim != 1 or not whole:
         return None
     factors = product([_factors(entry) for entry in data.tolist()])
     names = frozenset(name for entry in data.tolist() for name in _names(entry))

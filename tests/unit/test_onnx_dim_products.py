@@ -121,3 +121,10 @@ def test_a_vit_position_table_viewed_minus_one_c_hw_batches_and_rows_are_indepen
     batched = session.run(None, {"x": np.concatenate(requests)})[0]
     for i, request in enumerate(requests):
         np.testing.assert_allclose(session.run(None, {"x": request})[0], batched[i : i + 1], rtol=1e-5)
+
+
+def test_a_reduce_prod_of_no_axes_that_reduces_nothing_is_not_a_product() -> None:
+    # noop_with_empty_axes=1 and no axes: the input itself, not h * w (a fifth tester, session 61).
+    dims: dict[str, list[int | str | None]] = {"x": ["N", 3, "h", "w"], "s": [2], "hw": [2]}
+    nodes = [N("Shape", ["x"], ["s"], start=2), N("ReduceProd", ["s"], ["hw"], noop_with_empty_axes=1)]
+    assert _seen(nodes, dims).named("hw", None) is None
