@@ -271,7 +271,8 @@ if [ "${GPU_CHECK_TESTS:-1}" = 0 ]; then # a rerun on the same machine (scripts/
   echo "not run (GPU_CHECK_TESTS=0)" >"$tests"
   rc=0
 else
-  timeout "$tests_s" "$py" -m pytest -q -rs -m gpu "${gpu_files[@]}" -p no:randomly >"$tests" 2>&1
+  # -P: what passed tests printed too (the GPU gauges' readings on this GPU).
+  timeout "$tests_s" "$py" -m pytest -q -rsP -m gpu "${gpu_files[@]}" -p no:randomly >"$tests" 2>&1
   rc=$?
 fi
 set -e

@@ -32,7 +32,7 @@ from server.models.memory_budget import MIB
 from server.models.response_cache import ResponseCache
 from server.models.rollout_share import RolloutShare
 from server.models.versions import READY
-from server.observability import host_usage, sampling, tracing_export
+from server.observability import gpu_usage, host_usage, sampling, tracing_export
 from server.observability.log_settings import LogSettings
 from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
@@ -141,6 +141,10 @@ class SluicewayServer:
         if self.tracing is not None:  # spans lost on their way out
             self.add_gauge_source(self.tracing.drops.gauge_values, tracing_export.METRICS)
         self.add_gauge_source(host_usage.HostUsage().gauge_values, host_usage.METRICS)  # Triton's CPU gauges
+        if settings.metrics and settings.gpu_metrics:  # Triton's GPU gauges, where NVML finds GPUs
+            every_s = settings.metrics_interval_ms / 1000  # polled on a thread once started
+            gpus = gpu_usage.GpuUsage(onnxruntime.get_available_providers(), poll_s=every_s)
+            self.metrics.add_gauge_source(gpus.gauge_values, gpu_usage.METRICS, gpus.close, gpus.start)
         self.metrics_port = 0  # bound once started (0: metrics off)
         self.shared_memory = system_registry(settings)  # every worker's regions under --workers
         # CUDA IPC regions where a GPU is present (every worker's under --workers), else a refusal.
@@ -187,12 +191,7 @@ class SluicewayServer:
         health = health_pb2.DESCRIPTOR.services_by_name["Health"]
         serve(health, self._health, streams_answer_in_band=False)
         if settings.reflection:
-            names = (
-                SERVICE_NAME,
-                ADMIN_SERVICE,
-                health.full_name,
-                reflection.SERVICE_NAME,
-            )
+            names = (SERVICE_NAME, ADMIN_SERVICE, health.full_name, reflection.SERVICE_NAME)
             # Ours are in a private pool, grpc's in the default one: one pool with both.
             descriptors = (pb.DESCRIPTOR, apb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
             pool = reflection_pool(*descriptors)

@@ -176,6 +176,12 @@ class ServerSettings(BaseSettings):
     metrics: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=8002, ge=0, le=65535)
+    # Triton's GPU gauges (nv_gpu_*, nv_energy_consumption) on that page where NVML finds GPUs
+    # (server/observability/gpu_usage.py); False: left off, as Triton's --allow-gpu-metrics=false.
+    # They are read every metrics_interval_ms (Triton's --metrics-interval-ms), a scrape showing
+    # the last reading.
+    gpu_metrics: bool = True
+    metrics_interval_ms: int = Field(default=2000, ge=10, le=3_600_000)
     # Prices (any currency) for sluiceway_cost_per_million_inferences: a CPU core hour, a GPU hour.
     cost_per_core_hour: float | None = Field(default=None, ge=0)
     cost_per_gpu_hour: float | None = Field(default=None, ge=0)

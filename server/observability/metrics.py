@@ -35,15 +35,29 @@ class Metrics:
         self.enabled = enabled
         self._views = views.views()
         self._sources: list[GaugeSource] = []
+        self._closers: list[Callable[[], None]] = []
+        self._starters: list[Callable[[], None]] = []
         self._catalog: dict[str, tuple[str, str]] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
-    def add_gauge_source(self, source: GaugeSource, catalog: Catalog) -> None:
+    def add_gauge_source(
+        self,
+        source: GaugeSource,
+        catalog: Catalog,
+        close: Callable[[], None] | None = None,
+        start: Callable[[], None] | None = None,
+    ) -> None:
         """Call `source` at each scrape; each (name, labels, value) it yields becomes a sample of
         the kind and HELP `catalog` gives that name (a name it lacks: an undescribed gauge). A
-        source that raises is logged and skipped for that scrape."""
+        source that raises is logged and skipped for that scrape. `start`: called at `start`, once
+        the page is served; `close`: at `stop`, after the last scrape (a source polling a library
+        on a thread of its own, NVML's)."""
         self._sources.append(source)
         self._catalog.update(catalog)
+        if close is not None:
+            self._closers.append(close)
+        if start is not None:
+            self._starters.append(start)
 
     def page(self) -> bytes:
         """The /metrics page now (empty when metrics are disabled)."""
@@ -71,16 +85,21 @@ class Metrics:
             raise RuntimeError("metrics are disabled")
         server, thread = start_metrics_server(host, port, self.page)
         self._http = (server, thread)
+        for begin in self._starters:
+            begin()
         return int(server.server_port)
 
     def stop(self) -> None:
-        """Stop the HTTP server (blocks up to its poll interval, 0.5 s)."""
+        """Stop the HTTP server (blocks up to its poll interval, 0.5 s), then close the sources."""
         if self._http is not None:
             server, thread = self._http
             self._http = None
             server.shutdown()
             server.server_close()
             thread.join(5)
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
 
 
 def _family(view: View) -> Family:

@@ -97,7 +97,13 @@ def gpu_install(installs: dict[str, dict[str, str]]) -> dict[str, str]:
 
 def test_the_cpu_install_never_pulls_the_gpu_wheel(cpu_install: dict[str, str]) -> None:
     assert "onnxruntime" in cpu_install, sorted(cpu_install)
-    gpu = sorted(n for n in cpu_install if n == "onnxruntime-gpu" or n.startswith(("nvidia-", "tensorrt")))
+    # nvidia-ml-py is NVML's binding, pure Python (ctypes), for the tests of the GPU gauges; it
+    # loads nothing of CUDA, and a server without the driver never imports it.
+    gpu = sorted(
+        n
+        for n in cpu_install
+        if n == "onnxruntime-gpu" or (n.startswith(("nvidia-", "tensorrt")) and n != "nvidia-ml-py")
+    )
     assert gpu == [], f"the CPU install pulls GPU packages: {gpu}"
 
 
@@ -107,6 +113,7 @@ def test_the_gpu_install_never_pulls_the_cpu_wheel(gpu_install: dict[str, str]) 
     # The CUDA shared-memory test's client (tritonclient imports cuda.bindings), CUDA's major matching.
     cuda = "13." if sys.version_info >= (3, 11) else "12."
     assert gpu_install.get("cuda-bindings", "").startswith(cuda), sorted(gpu_install)
+    assert "nvidia-ml-py" in gpu_install, "the GPU gauges' binding (server/observability/gpu_usage.py)"
 
 
 def test_the_pins_match(cpu_install: dict[str, str], gpu_install: dict[str, str]) -> None:

@@ -285,3 +285,29 @@ def client_status_empty(server: ServerProcess) -> bool:
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         return not stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=30).regions
+
+
+def test_tritons_gpu_gauges_show_every_gpu_nvidia_smi_lists(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """NVML's readings on the real GPU (server/observability/gpu_usage.py), one series of each
+    gauge per GPU, labelled with the UUID `nvidia-smi -L` gives it; the GPU models' memory counted."""
+    import re
+    import subprocess
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    infer(stub, "mlp_gpu", {"features": np.ones((4, 64), np.float32)})
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True)
+    uuids = set(re.findall(r"UUID: (GPU-[0-9a-f-]+)", listing.stdout))
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    by_gpu = {s.labels["gpu_uuid"]: s.value for s in families["nv_gpu_memory_used_bytes"].samples}
+    assert set(by_gpu) == uuids, (by_gpu, listing.stdout)
+    total = {s.labels["gpu_uuid"]: s.value for s in families["nv_gpu_memory_total_bytes"].samples}
+    assert all(0 < by_gpu[uuid] < total[uuid] for uuid in uuids)  # the CUDA session holds memory
+    assert all(0.0 <= s.value <= 1.0 for s in families["nv_gpu_utilization"].samples)
+    assert families["nv_energy_consumption"].type == "counter"
+    # Power where the board reports it (printed: gpu_check.sh's log keeps what the H200 said).
+    print({name: [s.value for s in families[name].samples] for name in families if name.startswith("nv_")})
