@@ -278,12 +278,13 @@ ROWWISE = (
 
 def count_sources() -> list[Source]:
     """Every source, sorted by name (a builder that fails is reported and left out)."""
+    from computed_axes_cases import COMPUTED_AXES
     from size_count_cases_more import MIXING
     from table_length_cases import TABLE_LENGTHS
     from unread_cases import UNREAD
 
     found: list[Source] = []
-    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS):
+    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS, *COMPUTED_AXES):
         try:
             found.append(make())
         except Exception as err:

@@ -33,6 +33,9 @@ _KEEPS_AXES = frozenset(
     }
 )  # fmt: skip
 # (A MatMul's axes before its last two, its stacks of matrices: torch's bmm of [N, T, T] and [N, T, D].)
+# Ops whose output's axis k is their inputs' axis k, its length set by their own values (a Tile's
+# repeats, a Pad's pads, a Slice's bounds, a Split's or a Concat's parts).
+_RESIZES_AXES = frozenset({"Tile", "Pad", "Slice", "Split", "Concat"})
 
 
 class BatchNames:
@@ -43,11 +46,13 @@ class BatchNames:
         self.batch: set[str] = set(roots)  # every symbol an axis carrying the batch goes by
         self.folds: dict[str, Dims] = {}  # a symbol -> the dims folded into it (the batch among them)
         self.origins: dict[str, str] = {}  # a fold's symbol -> the reshape that made it
+        self.grown: set[str] = set()  # names onnx made up for lengths computed from the batch's (`grew`)
 
     def within(self) -> BatchNames:
         """A copy for a subgraph: it reads the enclosing graph's names, its own stay its own."""
         inner = BatchNames(self.roots)
         inner.batch, inner.folds, inner.origins = set(self.batch), dict(self.folds), dict(self.origins)
+        inner.grown = set(self.grown)
         return inner
 
     def fold(self, found: Folded, node: onnx.NodeProto) -> None:
@@ -71,6 +76,23 @@ class BatchNames:
             for old, new in zip(had, refined, strict=True):
                 if isinstance(old, str) and old.startswith("unk__"):
                     self.same(new, old)
+
+    def grew(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> None:
+        """An axis of `node`'s outputs that onnx named anew (`unk__`) where an input has the batch's
+        axis: its length is computed from the batch's size (2N of Tile(x, [2, 1]), N - 1 of x[1:], N
+        of x[0:]), so a Shape's entry for it is too (x / Shape(Tile(x, [2, 1]))[0] had loaded
+        batched; a tester, session 62)."""
+        if node.op_type not in _RESIZES_AXES:
+            return
+        given = [dims(name) for name in (node.input if node.op_type == "Concat" else node.input[:1]) if name]
+        for made in node.output:
+            out = dims(made) if made else None
+            for had in given:
+                if out is None or had is None or len(had) != len(out):
+                    continue
+                for old, new in zip(had, out, strict=True):
+                    if old in self.batch and isinstance(new, str) and new.startswith("unk__"):
+                        self.grown.add(new)
 
     def mark(self, dim: Dim) -> None:
         """`dim` names the batch's own axis (the rows of an own-row pick)."""

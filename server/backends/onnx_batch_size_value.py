@@ -21,7 +21,7 @@ shape's length not known) is not followed: no proof.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -65,8 +65,9 @@ class BatchSizeValues:
     """Tensors whose values depend on the batch's size: the positions that hold it exactly (a
     shape's), or EVERY (computed from it)."""
 
-    def __init__(self, names: BatchNames, partial: PartialInts) -> None:
+    def __init__(self, names: BatchNames, partial: PartialInts, makers: Mapping[str, onnx.NodeProto]) -> None:
         self.names = names
+        self.makers = makers  # the walk's: a tensor -> the node making it (bodies' too)
         self.partial = partial  # each entry of a small integer tensor, where it can be followed
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
@@ -75,7 +76,7 @@ class BatchSizeValues:
 
     def within(self, names: BatchNames, partial: PartialInts) -> BatchSizeValues:
         """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
-        inner = BatchSizeValues(names, partial)
+        inner = BatchSizeValues(names, partial, self.makers)
         inner.sized, inner.source = dict(self.sized), dict(self.source)
         inner.positions = self.positions.within(names.batch)
         return inner
@@ -92,6 +93,7 @@ class BatchSizeValues:
         self.lineage = lineage
         if not any(node.output):  # (an RNN's first output may be left unnamed: its others count)
             return
+        self.names.grew(node, dims)
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
         looped = node.op_type == "Loop" and bool(node.input) and node.input[0] in self.sized
@@ -310,6 +312,10 @@ class BatchSizeValues:
                 if axis < len(out) and isinstance(out[axis], str):
                     self.names.mark(out[axis])
 
+    def _from_batched(self, name: str, dims: Callable[[str], Dims | None]) -> bool:
+        """Whether `name` is made from an input that carries the batch."""
+        return any((dims(source) or [None])[0] in self.names.batch for source in self.lineage(name))
+
     def _follow(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
     ) -> frozenset[int]:
@@ -324,7 +330,10 @@ class BatchSizeValues:
                 and not all(isinstance(d, int) for d in read or [None])
             ):
                 return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
-            return self._read(node, read)
+            source = node.input[0] if node.input else ""
+            maker = self.makers.get(source)
+            of_shape = maker is not None and maker.op_type == "Shape"  # a Size of it is a rank
+            return self._read(node, read, not of_shape and self._from_batched(source, dims))
         if (
             op == "NonZero"
             and node.input
@@ -352,14 +361,25 @@ class BatchSizeValues:
         )
         return EVERY if widens or any(t for i, t in enumerate(taken) if i not in shapes) else frozenset()
 
-    def _read(self, node: onnx.NodeProto, shape: Dims | None) -> frozenset[int]:
-        """A Shape's positions that hold the batch's size (or a fold's), or a Size's value."""
+    def _read(self, node: onnx.NodeProto, shape: Dims | None, batched: bool = False) -> frozenset[int]:
+        """A Shape's positions that hold the batch's size (or a fold's), or a Size's value. A Size
+        of a tensor made from a batched input, of no known rank, a dim not known or a name onnx made
+        up (`unk__`: 2N of Concat(x, x), N - 1 of x[1:]), counts as made from it (x / Size(it) had
+        loaded batched; testers, s62). Not a Shape's entries: a table as long as one, added across
+        each row, keeps rows (GPT-2's past length is such an entry)."""
+        if node.op_type == "Size" and batched and (shape is None or any(_made_up(dim) for dim in shape)):
+            return EVERY
         if shape is None:
             return frozenset()
 
-        def batch(dim: int | str | None) -> bool:
-            return isinstance(dim, str) and dim in self.names.batch
+        def batch(dim: int | str | None) -> bool:  # the batch's axis, or one whose length is made from it
+            return isinstance(dim, str) and (dim in self.names.batch or dim in self.names.grown)
 
         if node.op_type == "Size":
             return EVERY if any(batch(dim) for dim in shape) else frozenset()
         return frozenset(at for at, dim in enumerate(shape_read(node, shape)) if batch(dim))
+
+
+def _made_up(dim: int | str | None) -> bool:
+    """A dim not known, or named by onnx's inference for a length it could not tell."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))

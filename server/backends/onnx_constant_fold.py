@@ -9,12 +9,13 @@ other op, or a failure, is "not known" (None).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute
+from server.backends.graph_names import ONNX_DOMAIN, attribute, shape_read
 
 MAX_ELEMENTS = 64
 
@@ -92,9 +93,23 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
 }
 
 
-def folded(node: onnx.NodeProto, values: Sequence[np.ndarray | None]) -> np.ndarray | None:
+def folded(
+    node: onnx.NodeProto,
+    values: Sequence[np.ndarray | None],
+    dims: Callable[[str], Sequence[int | str | None] | None] = lambda _: None,
+    makers: Callable[[str], onnx.NodeProto | None] = lambda _: None,
+) -> np.ndarray | None:
     """The value of `node`'s first output from its inputs' `values` (None: not known), where it is
-    one of the ops above, every input is known and small, and so is what it makes."""
+    an op of ONNX's own, one of those above, every input is known and small, and so is what it
+    makes; or a Shape's or a Size's of a Shape's output (`makers`), whose `dims` are the rank: a
+    LayerNorm's axes Size(Shape(x)) - 1, read as computed, had its ReduceMean taken as along the
+    batch's axis and refused (a tester, session 61). Not of other tensors: their dims may be a
+    stale stored shape's (a Loop's output stored [1, 1] from a batch-1 export; a tester, s62)."""
+    if node.domain not in ONNX_DOMAIN or not node.input:
+        return None
+    if node.op_type in ("Shape", "Size"):
+        maker = makers(node.input[0])
+        return _of_dims(node, dims(node.input[0])) if maker is not None and maker.op_type == "Shape" else None
     fold = _FOLDS.get(node.op_type)
     if fold is None or not values or any(v is None or v.size > MAX_ELEMENTS for v in values):
         return None
@@ -105,3 +120,13 @@ def folded(node: onnx.NodeProto, values: Sequence[np.ndarray | None]) -> np.ndar
     if made is None or made.size > MAX_ELEMENTS:
         return None
     return np.asarray(made)
+
+
+def _of_dims(node: onnx.NodeProto, dims: Sequence[int | str | None] | None) -> np.ndarray | None:
+    numbers = [d for d in dims or () if isinstance(d, int) and not isinstance(d, bool) and d >= 0]
+    if dims is None or len(numbers) != len(dims):
+        return None
+    if node.op_type == "Size":
+        return np.asarray(math.prod(numbers), np.int64)
+    read = shape_read(node, numbers)
+    return np.asarray(read, np.int64) if len(read) <= MAX_ELEMENTS else None

@@ -28,6 +28,7 @@ from collections.abc import Collection
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN, described, subgraphs
+from server.backends.node_order import ordered
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes, input_first_dims
 
 # Standard ops whose output's size depends on its input's values, not only on its input's shape.
@@ -78,7 +79,7 @@ class _Walk:
         self.valued = set(valued)
 
     def graph(self, graph: onnx.GraphProto) -> None:
-        for node in graph.node:
+        for node in ordered(graph):  # as onnxruntime runs it, whatever order it is listed in
             why, valued = self._node(node)
             for name in node.output:
                 if name and why is not None:

@@ -44,6 +44,14 @@ def quotient(whole: Factors, part: Factors) -> int | str | None:
     return names[0] if len(names) == 1 and number == 1 else None
 
 
+def divided(whole: Factors, divisor: int) -> Factors | None:
+    """whole / divisor where it divides exactly (a positive divisor), else None: Swin's
+    B = windows.shape[0] / (H * W / ws / ws) of the windows' batch * nW."""
+    if divisor <= 0 or whole[0] % divisor:
+        return None
+    return whole[0] // divisor, whole[1]
+
+
 def minus_one(data: Sequence[int | str | None], others: Sequence[Factors | None]) -> int | str | None:
     """A Reshape's -1: the product of its data's dims over that of its other entries."""
     whole = product([of_dim(d) for d in data])

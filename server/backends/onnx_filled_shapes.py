@@ -29,6 +29,12 @@ _SAME = frozenset(  # one input's dims, unchanged
         "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Dropout", "Clip",
     }
 )  # fmt: skip
+_REDUCTIONS = frozenset(
+    {
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    }
+)  # fmt: skip
 _BROADCAST = frozenset(
     {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "And", "Or"}
 )
@@ -71,12 +77,27 @@ def _axes(node: onnx.NodeProto, constant: Constant, index: int, name: str = "axe
     return []
 
 
+def _reduced(node: onnx.NodeProto, dims: Dims, axes: list[int] | None) -> Dims | None:
+    """A reduction's output: its axes 1 (kept) or gone; none given, every axis or (with
+    noop_with_empty_axes) none. None where its axes are computed or out of range."""
+    if axes is None or not all(-len(dims) <= a < len(dims) for a in axes):
+        return None
+    if not axes and int_attribute(node, "noop_with_empty_axes", 0):
+        return list(dims)
+    reduced = {a % len(dims) for a in axes} if axes else set(range(len(dims)))
+    keep = int_attribute(node, "keepdims", 1)
+    return [1 if k in reduced else d for k, d in enumerate(dims) if keep or k not in reduced]
+
+
 def filled_dims(
     node: onnx.NodeProto, dims_of: Callable[[str], Dims | None], constant: Constant
 ) -> list[Dims | None]:
     """Dims for each of `node`'s outputs (None where its form does not give them: a computed axis
     leaves it so, and the walk reads what follows as of no known shape)."""
     inputs = [dims_of(name) if name else None for name in node.input]
+    for at, name in enumerate(node.input):  # an initializer's dims, where no value info has them
+        if inputs[at] is None and name and (value := constant(at)) is not None:
+            inputs[at] = list(value.shape)
     op = node.op_type
     none: list[Dims | None] = [None] * len(node.output)
     if not inputs or inputs[0] is None:
@@ -121,6 +142,8 @@ def filled_dims(
     if op == "Gather" and len(inputs) > 1 and inputs[1] is not None:  # a table looked up by indices
         axis = int_attribute(node, "axis", 0) % max(len(first), 1)  # (GPT-2's wpe[position_ids])
         return [[*first[:axis], *inputs[1], *first[axis + 1 :]], *none[1:]]
+    if op in _REDUCTIONS:  # axes computed at load (a LayerNorm's Size(Shape(x)) - 1; a tester, s61)
+        return [_reduced(node, first, _axes(node, constant, 1)), *none[1:]]
     if op == "STFT":  # [batch, frames, bins, 2]: the batch kept, the rest computed
         return [[first[0] if first else None, None, None, 2], *none[1:]]
     if op in _SAME:

@@ -37,7 +37,8 @@ def grown_rows(
         held = constant(0) if given is None else None
         return squeezed_batch(node, list(held.shape) if held is not None else given, batch)
     if node.op_type == "Expand":
-        return copied_batch(node, given, dims(node.output[0]), batch)
+        shape = partial.entries(node.input[1], constant(1)) if len(node.input) > 1 else None
+        return copied_batch(node, given, dims(node.output[0]), batch, shape)
     if node.op_type in ("Resize", "Upsample"):
         sizes = partial.named(node.input[3], constant(3)) if len(node.input) > 3 and node.input[3] else None
         roi = constant(1) if opset >= 11 and len(node.input) > 1 and node.input[1] else None
@@ -107,16 +108,31 @@ def _padded_by_zero(pads: Entries | None, axes: Entries | None, axis: int, rank:
 
 
 def copied_batch(
-    node: onnx.NodeProto, given: Dims | None, made: Dims | None, batch: Collection[str]
+    node: onnx.NodeProto,
+    given: Dims | None,
+    made: Dims | None,
+    batch: Collection[str],
+    shape: Entries | None = None,
 ) -> str | None:
     """Why an Expand pairs rows: its output carries the batch on an axis where its input had one
-    value (or none), while the input carries the batch on another."""
+    value (or none), while the input carries the batch on another; or its output has a fixed
+    length where its input carries the batch (alone a request's row is copied to that length)."""
     if given is None or made is None or len(given) > len(made):
         return None
     ahead = len(made) - len(given)
     own = [ahead + axis for axis, dim in enumerate(given) if isinstance(dim, str) and dim in batch]
     if not own:
         return None
+    # Expand(x [N, 3], [4, 3]): alone 4 copies of the row, batched the 4 rows (s62); the length read
+    # from its output's dims, or its shape's entries (Shape of a stored table: output [?, 3]).
+    told = list(shape) if shape is not None and len(shape) == len(made) else [None] * len(made)
+    for axis in own:
+        fixed = made[axis] if isinstance(made[axis], int) else told[axis]
+        if isinstance(fixed, int) and fixed > 1:
+            return (
+                f"{described(node)} broadcasts the batch's axis {axis - ahead} of '{node.input[0]}' "
+                f"{list(given)} against a fixed length {fixed} of its output {list(made)}"
+            )
     for axis, dim in enumerate(made):
         widened = axis < ahead or given[axis - ahead] == 1
         if widened and isinstance(dim, str) and dim in batch:

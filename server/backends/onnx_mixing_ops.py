@@ -318,6 +318,11 @@ def _sliced(
     ]
 
 
+def computed_bounds(node: onnx.NodeProto, constant: Constant) -> bool:
+    """Whether a Slice's start or end is an input the graph computes (opset 9's are attributes)."""
+    return node.op_type == "Slice" and len(node.input) > 1 and any(constant(i) is None for i in (1, 2))
+
+
 def keeps_whole(start: int | None, end: int | None, step: int | None) -> bool:
     """Whether a Slice's bounds on an axis keep it whole: from 0 to the end by steps of 1."""
     return start == 0 and end is not None and end >= TO_THE_END and step == 1

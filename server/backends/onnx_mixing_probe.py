@@ -13,6 +13,7 @@ import onnx
 
 from server.backends.function_inlining import inlined
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
+from server.backends.node_order import ordered, reads, sort_nodes
 from server.backends.onnx_dim_classes import named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
@@ -177,7 +178,9 @@ def reading_probe(
     in for those of other domains (onnx_stand_ins.py), and what those stand-ins do not read: `fed`,
     the overridable initializers clients may send; `server_fed`, the inputs the server feeds itself."""
     outputs = {out.name for out in model.graph.output}
-    probe = own_names(named_apart(as_initialized(inference_probe(model, outputs), model, fed), server_fed))
+    copied = inference_probe(model, outputs)
+    sort_nodes(copied.graph)  # each node after the nodes making its inputs (node_order.py)
+    probe = own_names(named_apart(as_initialized(copied, model, fed), server_fed))
     probe = told_unnamed(probe, server_fed)  # a request's own lengths named (onnx_told_dims.py)
     probe, stand_ins = stood_in(probe)
     return declared_where_unknown(stored_where_unknown(inferred_probe(probe), model), model), stand_ins
@@ -187,31 +190,52 @@ def stored_where_unknown(inferred: onnx.ModelProto, model: onnx.ModelProto) -> o
     """A dim name `model` stores in its value infos, given back where the inference, those names set
     aside (onnx_output_shapes._without_initializers), left the dim unknown, or the tensor without a
     shape: a Loop carrying x, its output stored [B, 4], is not inferred again; its name cleared, its
-    first axis read as unknown and a Softmax along it loaded batched, wrong, OK (a tester, session 61)."""
+    first axis read as unknown and a Softmax along it loaded batched, wrong, OK (a tester, session 61).
+    A stored shape of sizes alone is given back only to a tensor made from no input: a Loop's output
+    made from x stored [1, 3] by a batch-1 export is [N, 3] at run time (x / Size(it), Softmax(it,
+    axis=0) loaded batched; testers, session 62), and read as [?, ?] its unknown first axis was taken
+    as not the batch's: such a tensor is left of no known shape. A Loop-built table's [4, 3] is its
+    size; a Loop's output made from x stored ['N', 8] keeps its 8."""
     stored = {v.name: v for v in model.graph.value_info if v.type.HasField("tensor_type")}
+    from_inputs = made_from_inputs(model.graph)
+
+    def trusted(name: str) -> bool:  # its sizes are its run's: made from no input, or a name said
+        dims = stored[name].type.tensor_type.shape.dim
+        return name not in from_inputs or any(dim.dim_param for dim in dims)
+
     seen: set[str] = set()
     for value in inferred.graph.value_info:
         seen.add(value.name)
         said = stored.get(value.name)
         tensor = value.type.tensor_type if value.type.HasField("tensor_type") else None
-        if said is not None and tensor is not None and not tensor.HasField("shape") and _whole(said):
+        if said is None or tensor is None or not trusted(value.name):
+            continue
+        if not tensor.HasField("shape") and _whole(said):
             tensor.shape.CopyFrom(said.type.tensor_type.shape)  # a type inferred, no shape (a Loop's)
             continue
-        dims = tensor.shape.dim if tensor is not None else None
-        if said is None or dims is None or len(dims) != len(said.type.tensor_type.shape.dim):
+        dims = tensor.shape.dim
+        if len(dims) != len(said.type.tensor_type.shape.dim):
             continue
         for dim, old in zip(dims, said.type.tensor_type.shape.dim, strict=True):
-            if (
-                not dim.HasField("dim_value")
-                and not dim.dim_param
-                and (old.dim_param or old.HasField("dim_value"))
-            ):
+            unknown = not dim.HasField("dim_value") and not dim.dim_param
+            if unknown and (old.dim_param or old.HasField("dim_value")):
                 dim.CopyFrom(old)  # (a stored size too: set aside with its tensor's names)
     named = seen | {v.name for v in (*inferred.graph.input, *inferred.graph.output)}
     for name, value in stored.items():
-        if name not in named and _whole(value):
-            inferred.graph.value_info.append(value)  # (one with a dim of no name: no shape, as unknown)
+        if name not in named and _whole(value) and trusted(name):  # (a dim of no name: as unknown)
+            inferred.graph.value_info.append(value)
     return inferred
+
+
+def made_from_inputs(graph: onnx.GraphProto) -> set[str]:
+    """The main graph's tensors made from its inputs (initializers aside), through any node; a
+    body's every read (of its own tensors too: more, never fewer) counted as its node's."""
+    initializers = {init.name for init in graph.initializer}
+    made = {value.name for value in graph.input if value.name not in initializers}
+    for node in ordered(graph):
+        if not made.isdisjoint(reads(node)):
+            made.update(name for name in node.output if name)
+    return made
 
 
 def _whole(value: onnx.ValueInfoProto) -> bool:

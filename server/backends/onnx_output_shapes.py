@@ -103,10 +103,11 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     which onnx's inference keeps, so a residual x + Conv(x) read the batch against another length
     and Softmax(x @ W, axis=0) was not read along the batch (a tester, session 61); so too in an
     If's, a Loop's or a Scan's body, a sequence's elements, and an If branch's declared outputs
-    (`[t_dim0, 8]` and `[e_dim0, 8]` merged as a new name: a second tester, session 61). The main
-    graph's are left out whole, sizes too (onnx_mixing_probe.stored_where_unknown gives them back
-    where the inference cannot): a batch-1 export made dynamic by onnx's update_model_dims keeps its
-    tensors' stored 1, which read the batch's axis as a fixed 1 (a fifth tester, session 61)."""
+    (`[t_dim0, 8]` and `[e_dim0, 8]` merged as a new name: a second tester, session 61). Value
+    infos are left out whole, sizes too, the main graph's (onnx_mixing_probe.stored_where_unknown
+    gives them back where the inference cannot) and the bodies': a batch-1 export made dynamic by
+    onnx's update_model_dims keeps its tensors' stored 1, which read the batch's axis as a fixed 1
+    (a fifth tester, session 61; in an If's or a Loop's body, a tester, session 62)."""
     probe = onnx.ModelProto(ir_version=model.ir_version)
     probe.opset_import.extend(model.opset_import)
     probe.functions.extend(model.functions)  # model-local functions the nodes may call
@@ -119,17 +120,8 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     for body in bodies:
         for value in (*body.value_info, *body.input, *body.output):  # an If's outputs `[t_dim0, 8]`
             _names_set_aside(value.type, declared)
-        sized = [v for v in body.value_info if not _unsized(v.type)]  # a stored unknown says nothing
-        del body.value_info[:]
-        body.value_info.extend(sized)
+        del body.value_info[:]  # a stored size may be stale too: a batch-1 export's 1 (a tester, s62)
     return probe
-
-
-def _unsized(kind: onnx.TypeProto) -> bool:
-    """Whether a tensor type has a dim of no size (a Loop's output stored [None, 4] read as not
-    the batch's; with no stored shape it reads as of no known shape: a tester, session 61)."""
-    dims = kind.tensor_type.shape.dim if kind.HasField("tensor_type") else ()
-    return any(not dim.HasField("dim_value") for dim in dims)
 
 
 def _names_set_aside(kind: onnx.TypeProto, kept: set[str]) -> None:

@@ -17,33 +17,29 @@ replaced by Where(Equal(shape, -1), 1, shape)) is read as [N, 1, 1]; a dim is ne
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import cast
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
-from server.backends.onnx_dim_products import Factors, minus_one, of_dim, product
-from server.backends.onnx_size_positions import split_parts
+from server.backends.onnx_dim_products import minus_one, product
+from server.backends.onnx_partial_arithmetic import COMPUTED as _COMPUTED
+from server.backends.onnx_partial_arithmetic import MAX_ELEMENTS as MAX_ELEMENTS  # the callers' name
+from server.backends.onnx_partial_arithmetic import Dims as Dims
+from server.backends.onnx_partial_arithmetic import Entry as Entry
+from server.backends.onnx_partial_arithmetic import Made as Made
+from server.backends.onnx_partial_arithmetic import (
+    computed,
+    factors_of,
+    spelled_factors,
+    symbolic,
+    whole_floats,
+)
+from server.backends.onnx_size_positions import slice_attribute, split_parts
 
-Dims = list[int | str | None]
 Entries = tuple[int | None, ...]  # a tensor's entries, flat, None where computed
-
-
-@dataclass(frozen=True)
-class Made:
-    """An entry computed from named dims (`names`): N + 1, min(N, 2), N * H, N == 3; `factors`
-    where it is a product of them and numbers (onnx_dim_products.py)."""
-
-    names: frozenset[str]
-    factors: Factors | None = field(default=None, compare=False)  # more said, the same entry
-
-
-Entry = int | str | Made | None
 Constant = Callable[[int], "np.ndarray | None"]
-MAX_ELEMENTS = 64  # larger tensors are not followed
 _MOVES = frozenset(
     {"Concat", "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape"}
 )
@@ -52,8 +48,9 @@ _WIDE = frozenset(  # a Cast keeping any dim's value (a narrower one may wrap it
     {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.UINT64, onnx.TensorProto.DOUBLE}
     | {onnx.TensorProto.FLOAT, onnx.TensorProto.UINT32}  # (exact below 2**24: no dim is larger)
 )
-_COMPUTED = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Floor", "Ceil", "Abs"})
 _COMPARED = frozenset({"Equal", "Where"})
+# A float tensor's entries are followed as ints while they are whole (onnx_partial_arithmetic.py).
+_FLOATING = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE})
 _FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split", "ReduceProd"}
 
 
@@ -62,10 +59,11 @@ class PartialInts:
 
     def __init__(self) -> None:
         self.known: dict[str, np.ndarray] = {}
+        self.floats: set[str] = set()  # tensors known to be float (a Cast to float's, and on)
 
     def within(self) -> PartialInts:
         inner = PartialInts()
-        inner.known = dict(self.known)
+        inner.known, inner.floats = dict(self.known), set(self.floats)
         return inner
 
     def entries(self, name: str, value: np.ndarray | None) -> Entries | None:
@@ -112,17 +110,28 @@ class PartialInts:
                 made[at] = entry
             elif entry == -1 and data is not None:  # the data's dims over the other entries'
                 others = [
-                    _spelled(_factors(data[k] if e == 0 and copies and k < len(data) else e), spelled)
+                    spelled_factors(
+                        factors_of(data[k] if e == 0 and copies and k < len(data) else e), spelled
+                    )
                     for k, e in enumerate(entries)
                     if k != at
                 ]
                 made[at] = dim if (worked := minus_one(spelled(list(data)), others)) is None else worked
         return made if made != out else None
 
-    def see(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant) -> None:
+    def see(
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        spelled: Callable[[Dims], Dims] = list,
+    ) -> None:
+        """Follow `node`'s output entries (`spelled`: a fold's dims, for a Div of one)."""
         op = node.op_type
         if op not in _FOLLOWED or not node.output or not node.output[0]:
             return
+        if self._floating(node, constant):
+            self.floats.update(name for name in node.output if name)
         if op not in ("Shape", "Concat") and not any(name in self.known for name in node.input):
             return  # nothing known in part comes in: a constant is folded elsewhere, the rest unknown
         if op == "Split":  # `b, c, h, w = x.shape` (a tester, s57: read as unknown, a view was refused)
@@ -136,15 +145,35 @@ class PartialInts:
                         self.known[name] = whole[int(start) : int(end)]
             return
         try:
-            made = self._made(node, dims, constant)
+            made = self._made(node, dims, constant, spelled)
         except (ValueError, IndexError, TypeError):  # a graph onnxruntime would refuse: not followed
             return
         found = None if made is None else np.asarray(made, dtype=object)  # a scalar taken: an array
         if found is not None and found.size <= MAX_ELEMENTS:
             self.known[node.output[0]] = found
 
+    def _floating(self, node: onnx.NodeProto, constant: Constant) -> bool:
+        """Whether `node`'s output is float: a Cast to float, else an op of a float input."""
+        op = node.op_type
+        if op == "Cast":
+            return int_attribute(node, "to", 0) in _FLOATING
+        if op in ("Shape", "Equal", "ConstantOfShape"):
+            return False
+        taken = (
+            range(len(node.input)) if op in _COMPUTED or op == "Concat" else (1, 2) if op == "Where" else (0,)
+        )
+        return any(
+            node.input[i] in self.floats or ((value := constant(i)) is not None and value.dtype.kind == "f")
+            for i in taken
+            if i < len(node.input) and node.input[i]
+        )
+
     def _made(
-        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        constant: Constant,
+        spelled: Callable[[Dims], Dims] = list,
     ) -> np.ndarray | None:
         op = node.op_type
         if op == "Shape":
@@ -172,21 +201,23 @@ class PartialInts:
                 return known
             known[...] = int(value.flat[0])
             return known
-        given = [self._given(name, dims, constant(i)) for i, name in enumerate(node.input)]
+        arithmetic = op in _COMPUTED or op in _COMPARED
+        given = [self._given(name, dims, constant(i), arithmetic) for i, name in enumerate(node.input)]
         if op == "ReduceProd":
             return _product_of(node, given[0] if given else None, constant)
+        floating = node.output[0] in self.floats
         if (
             op in _COMPUTED
             and given
             and all(g is not None and all(isinstance(v, int) for v in g.reshape(-1).tolist()) for g in given)
         ):
-            done = _computed(op, [g.astype(np.int64) for g in given if g is not None], _fmod(node))
+            done = computed(op, [g.astype(np.int64) for g in given if g is not None], _fmod(node), floating)
             if done is not None:
                 return done
-        if (op in _COMPUTED or op in _COMPARED) and given and all(g is not None for g in given):
-            symbolic = _symbolic(op, [g for g in given if g is not None], _fmod(node))
-            if symbolic is not None:
-                return symbolic
+        if arithmetic and given and all(g is not None for g in given):
+            entries = symbolic(op, [g for g in given if g is not None], _fmod(node), floating, spelled)
+            if entries is not None:
+                return entries
         if op in _COMPUTED or op in _COMPARED or not given or given[0] is None:
             return _unknown(dims(node.output[0]))
         data = given[0]
@@ -204,10 +235,11 @@ class PartialInts:
         return _moved(node, data, constant)
 
     def _given(
-        self, name: str, dims: Callable[[str], Dims | None], value: np.ndarray | None
+        self, name: str, dims: Callable[[str], Dims | None], value: np.ndarray | None, floats: bool = False
     ) -> np.ndarray | None:
+        """`name`'s entries; `floats`: a float constant's too, where all are whole (arithmetic's)."""
         if value is not None:
-            return _of(value)
+            return _of(value) if not floats or value.dtype.kind != "f" else whole_floats(value)
         if name in self.known:
             return self.known[name]
         return _unknown(dims(name))
@@ -228,6 +260,8 @@ def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.nda
         for axis in sorted(int(a) % (data.ndim + axes.size) for a in axes.flat):
             data = np.expand_dims(data, axis)
         return data
+    if op == "Slice" and len(node.input) == 1:  # before opset 10: its bounds are attributes
+        return _sliced(data, [*(slice_attribute(node, n) for n in ("starts", "ends", "axes")), None])
     if argument is None:
         return None
     if op == "Reshape":
@@ -235,7 +269,12 @@ def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.nda
         return data.reshape(shape)
     if op == "Gather":
         return np.take(data, argument.astype(np.int64), axis=int_attribute(node, "axis", 0))
-    bounds = [constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)]
+    given = range(1, 5)
+    return _sliced(data, [constant(i) if i < len(node.input) and node.input[i] else None for i in given])
+
+
+def _sliced(data: np.ndarray, bounds: list[np.ndarray | None]) -> np.ndarray | None:
+    """A Slice of known-in-part entries by its starts, ends, axes and steps (None: not given)."""
     if bounds[0] is None or bounds[1] is None:
         return None
     picked: list[int] = (
@@ -252,76 +291,6 @@ def _fmod(node: onnx.NodeProto) -> bool:
     return bool(int_attribute(node, "fmod", 0))
 
 
-def _computed(op: str, values: list[np.ndarray], fmod: bool = False) -> np.ndarray | None:
-    """Integer arithmetic on entries all known (a pad's length: 8 less the 6 written), as ONNX
-    does it: a Div truncates toward zero, a Mod takes the divisor's sign (`fmod`: the dividend's).
-    Floored, (6 - 7) / 2 + 1 had read a pad of 1 on the batch's axis as 0 (a tester, s57)."""
-    unary = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil}
-    binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
-    if op in unary and len(values) == 1:
-        made = unary[op](values[0])
-    elif op in binary and len(values) == 2:
-        made = binary[op](values[0], values[1])
-    elif op in ("Div", "Mod") and len(values) == 2 and np.all(values[1] != 0):
-        if op == "Div":
-            made = np.sign(values[0]) * np.sign(values[1]) * (np.abs(values[0]) // np.abs(values[1]))
-        else:
-            made = np.fmod(*values) if fmod else np.mod(*values)
-    else:
-        return None
-    return np.array(np.asarray(made, np.int64).tolist(), dtype=object)
-
-
-def _symbolic(op: str, values: list[np.ndarray], fmod: bool = False) -> np.ndarray | None:
-    """Arithmetic, an Equal or a Where entry by entry, some entries names or Made: a result made
-    from a name is Made from it (an Equal of a dim with a negative number is 0, a Where with a
-    known condition picks), one made from unknowns None."""
-    try:
-        size = math.prod(np.broadcast_shapes(*(value.shape for value in values)))
-    except ValueError:
-        return None
-    if size > MAX_ELEMENTS:  # counted first: three of 64 had made 64 ** 3 (a tester, s57)
-        return None
-    spread = np.broadcast_arrays(*values)
-    made = np.empty(spread[0].shape, dtype=object)
-    for at in np.ndindex(made.shape):
-        made[at] = _entry(op, [cast(Entry, part[at]) for part in spread], fmod)
-    return made
-
-
-def _entry(op: str, operands: Sequence[Entry], fmod: bool = False) -> Entry:
-    if op == "Where" and len(operands) == 3 and isinstance(operands[0], int):
-        return operands[1] if operands[0] else operands[2]
-    if op == "Equal" and len(operands) == 2:
-        if all(isinstance(v, int) for v in operands):
-            return int(operands[0] == operands[1])
-        if any(isinstance(v, int) and v < 0 for v in operands) and any(isinstance(v, str) for v in operands):
-            return 0  # a dim's length is never negative: a legacy expand's -1 test
-    names: set[str] = set()
-    for value in operands:
-        if isinstance(value, str):
-            names.add(value)
-        elif isinstance(value, Made):
-            names.update(value.names)
-    if names:
-        multiplied = product([_factors(v) for v in operands]) if op == "Mul" and len(operands) == 2 else None
-        return Made(frozenset(names), multiplied)
-    if op in _COMPUTED and all(isinstance(v, int) for v in operands):
-        done = _computed(op, [np.asarray(v, np.int64) for v in operands], fmod)
-        return None if done is None else done.reshape(-1)[0]
-    return None
-
-
-def _factors(entry: Entry) -> Factors | None:
-    return entry.factors if isinstance(entry, Made) else of_dim(entry)
-
-
-def _spelled(factors: Factors | None, spelled: Callable[[Dims], Dims]) -> Factors | None:
-    if factors is None:
-        return None
-    return product([(factors[0], ()), *(of_dim(d) for d in spelled(list(factors[1])))])
-
-
 def _product_of(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:
     """A ReduceProd of a shape's entries, h * w of Shape(x)[2:] (ViT's view(-1, C, h * w)), as
     a product of them; other ReduceProds not followed."""
@@ -332,7 +301,7 @@ def _product_of(node: onnx.NodeProto, data: np.ndarray | None, constant: Constan
     whole = axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] in ([0], [-1])
     if data is None or data.ndim != 1 or not whole:
         return None
-    factors = product([_factors(entry) for entry in data.tolist()])
+    factors = product([factors_of(entry) for entry in data.tolist()])
     names = frozenset(name for entry in data.tolist() for name in _names(entry))
     entry: Entry = None if factors is None else factors[0] if not names else Made(names, factors)
     return np.array([entry] if int_attribute(node, "keepdims", 1) else entry, dtype=object)

@@ -69,6 +69,7 @@ from server.backends.onnx_mixing_ops import (
     ROW_WISE_OPS,
     SCALED_OPS,
     VALUE_INPUTS,
+    computed_bounds,
     mixed_axes,
     paired_axes,
     scan_inputs,
@@ -141,12 +142,12 @@ class _Walk:
         self.shapes = shapes if shapes is not None else Shapes()
         self.constants: dict[str, Value] = {}  # values an axis may be read from
         self.partial = PartialInts()  # onnx_partial_ints.py: pads, repeats and sizes known in part
-        self.values = BatchSizeValues(names, self.partial)  # onnx_batch_size_value.py
         self.lineage: dict[str, frozenset[str]] = {}  # a tensor -> the graph inputs it is made from
         self.makers: dict[str, onnx.NodeProto] = {}  # a tensor -> the node making it
+        self.values = BatchSizeValues(names, self.partial, self.makers)  # onnx_batch_size_value.py
         self.pools = PoolIndices()  # onnx_pool_indices.py: a MaxPool's flat positions
         self.batched: frozenset[str] = frozenset()  # the top graph's inputs that carry the batch
-        self.lengths, self.top = DataSizedLengths(), True  # lengths data-sized ops set; not a body's walk
+        self.lengths, self.top, self.ranks = DataSizedLengths(), True, True  # not a body; ranks folded
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # no bound method: no cycle
         self.foreign = ForeignOps(opset, self.names, self.shapes.get, self.constants, lineage)
         self.value_lineage = ValueLineage(lineage, self.makers)  # lengths of other axes: no input's
@@ -183,7 +184,7 @@ class _Walk:
                 if out and dims is not None:  # what onnx could not tell, as the op's form gives it
                     self.shapes.refine(out, dims, self.names.renamed)
             self.values.see(node, self.shapes.get, constant, lineage)
-            self.partial.see(node, self.shapes.get, constant)
+            self.partial.see(node, self.shapes.get, constant, self.names.spelled)
             self.value_lineage.see(node, self.partial, self.batch, self.shapes.get, self.batched)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)
@@ -238,7 +239,7 @@ class _Walk:
             inner.values = self.values.within(inner.names, inner.partial)
             inner.lineage, inner.makers = self.lineage, self.makers  # a graph's names are its own
             inner.batched, inner.lengths, inner.top = self.batched, self.lengths, False
-            inner.value_lineage = self.value_lineage  # its names are its own: one for every depth
+            inner.value_lineage, inner.ranks = self.value_lineage, self.ranks and node.op_type == "If"
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
             self.values.returned(node, sub, inner.values)  # values made from the batch's size
@@ -254,10 +255,10 @@ class _Walk:
         return None
 
     def _folded(self, node: onnx.NodeProto) -> np.ndarray | None:
-        """The node's value where its inputs are small constants (onnx_constant_fold.py)."""
-        if node.domain not in ONNX_DOMAIN or not node.input:
-            return None
-        return folded(node, [self._constant(node, i, MAX_ELEMENTS) for i in range(len(node.input))])
+        """The node's value where its inputs are small constants, or a rank outside Loop and Scan
+        bodies (a carried value may change by turns; an If's branch runs once; constant_fold)."""
+        values = [self._constant(node, i, MAX_ELEMENTS) for i in range(len(node.input))]
+        return folded(node, values, self.shapes.get, self.makers.get) if self.ranks else folded(node, values)
 
     def _own_row_pick(self, node: onnx.NodeProto) -> bool:
         """A Gather, GatherND or ScatterND at each row's own place (onnx_row_positions.py), its data
@@ -327,8 +328,7 @@ class _Walk:
                 if self._is_batch(node, index, axis) and not self.values.whole(
                     node, axis, self.shapes.get, constant
                 ):
-                    computed = node.op_type == "Slice" and (constant(1) is None or constant(2) is None)
-                    note = COMPUTED_SLICE if computed else ""
+                    note = COMPUTED_SLICE if computed_bounds(node, constant) else ""
                     return f"{described(node)} works along {self._axis(node, index, axis)}{note}"
         pair = paired_axes(node)
         if pair is not None and all(self._is_batch(node, i, axis) for i, axis in pair):

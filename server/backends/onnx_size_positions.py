@@ -82,6 +82,8 @@ def sliced_positions(
     first, last, axes, steps = (
         constant(i) if i < len(node.input) and node.input[i] else None for i in range(1, 5)
     )
+    if len(node.input) == 1:  # before opset 10 its bounds are attributes (torch's opset-9 exports)
+        first, last, axes = (slice_attribute(node, name) for name in ("starts", "ends", "axes"))
     if length is None or first is None or last is None:
         return EVERY
     if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
@@ -104,3 +106,9 @@ def joined_positions(taken: Sequence[frozenset[int]], lengths: Sequence[int | No
         held.update(offset + p for p in positions)
         offset += length
     return frozenset(held)
+
+
+def slice_attribute(node: onnx.NodeProto, name: str) -> np.ndarray | None:
+    """An opset-9 Slice's `starts`, `ends` or `axes` attribute as an array; None where absent."""
+    found = attribute(node, name, None)
+    return np.asarray(found, np.int64) if isinstance(found, list) else None

@@ -66,7 +66,10 @@ REFUSED = {
         "works along the batch's axis",
     ),
     "count_reduce_max_axes_cut_empty_mixing": ("the ReduceMax node making", "works along the batch's axis"),
-    "count_unsqueeze_axes_computed_softmax_mixing": ("the Softmax node making", "its shape is not known"),
+    "count_unsqueeze_axes_computed_softmax_mixing": (
+        "the Softmax node making",
+        "works along the batch's axis",
+    ),
     "count_slice_axes_computed_flip_mixing": ("the Slice node making 'y'", "works along the batch's axis"),
     "count_scatter_elements_into_table_mixing": (
         "the ScatterElements node",
@@ -102,6 +105,9 @@ REFUSED = {
     # A tester, session 59 (scripts/table_length_cases.py): the table as long as a length read off a
     # OneHot, a Compress or a MaxPool batched wrong, OK, at 7abb6dd (the Gather's and Flatten's were
     # refused here; their forms in tests/unit/test_onnx_table_lengths_ops.py were not).
+    # Session 63 (scripts/computed_axes_cases.py): x / Shape(Tile(x, [2, 2]))[0] batched wrong, OK, at
+    # a25110d (onnx names the tiled axis anew).
+    "count_tiled_rows_length_mixing": ("the Div node making 'y'", "the batch's size as a value"),
     **{
         f"count_table_by_{op}_mixing": ("the Slice node making 'y'", "as a shape, a size or a count")
         for op in TABLE_OPS
@@ -134,6 +140,7 @@ BATCHED = (
     "count_split_attention_six_deep_rowwise",  # refused at 2755b63 (a third tester, session 58)
     "count_loop_table_by_other_axis_across_rowwise",  # the table across each row (session 59)
     *(f"count_table_by_{op}_rowwise" for op in TABLE_OPS),  # the table across each row (session 60)
+    "count_tiled_columns_length_rowwise",  # Shape(Tile(x, [2, 2]))[1] is 6 for every batch (session 63)
 )
 
 

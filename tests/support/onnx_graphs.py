@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 F = TensorProto.FLOAT
@@ -66,3 +67,46 @@ def own_view(
         node("Concat", ["n1", "t1", *tail], "view", axis=0),
         node("Reshape", [source, "view"], out),
     ]
+
+
+# A Loop of one turn: its trip count `once` and condition `go`, initializers ONCE gives.
+ONCE = [numpy_helper.from_array(np.array(1, np.int64), "once"), numpy_helper.from_array(np.array(True), "go")]
+
+
+def once_round(step: onnx.NodeProto | None = None) -> onnx.GraphProto:
+    """A Loop's body: its condition passed on, its carried value `c_in` made `c_out` by `step`
+    (passed through unchanged where none is given)."""
+    return helper.make_graph(
+        [
+            helper.make_node("Identity", ["go"], ["go_out"]),
+            step or helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_in", F, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_out", F, None),
+        ],
+    )
+
+
+def carried_once(source: str, out: str = "lo") -> onnx.NodeProto:
+    """`out` = a Loop of one turn (ONCE's initializers) carrying `source` through unchanged."""
+    return helper.make_node("Loop", ["once", "go", source], [out], body=once_round())
+
+
+def rows_independent(model: onnx.ModelProto, row: Sequence[int] = (3,), rows: int = 4) -> bool:
+    """onnxruntime's answer for `rows` random rows of `row` batched equals each row's alone, shape
+    and values: what the load's reading claims of a model it batches."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((rows, *row)).astype(np.float32)
+    (batched,) = session.run(None, {"x": x})
+    alone = [session.run(None, {"x": x[i : i + 1]})[0] for i in range(rows)]
+    return all(
+        a.shape == batched[i : i + 1].shape and np.allclose(a, batched[i : i + 1])
+        for i, a in enumerate(alone)
+    )

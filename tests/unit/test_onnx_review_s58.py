@@ -103,7 +103,9 @@ def test_computed_axes_over_the_batch_are_refused(name: str, nodes: list[onnx.No
     assert "y" in row_mixing_outputs(m), name
 
 
-def test_an_unsqueeze_at_a_computed_axis_leaves_no_shape_and_the_softmax_after_it_is_refused() -> None:
+def test_an_unsqueeze_at_an_axis_computed_from_the_rank_and_the_softmax_after_it_is_refused() -> None:
+    # The rank - 2 is read at load since session 62 (a Size of a Shape's dims, all numbers): the
+    # Unsqueeze's output is [1, N, 4] and the Softmax is along the batch's axis, said so.
     nodes = [
         *RANK_MINUS_2,
         N("Unsqueeze", ["x", "ax"], ["u"]),
@@ -111,6 +113,20 @@ def test_an_unsqueeze_at_a_computed_axis_leaves_no_shape_and_the_softmax_after_i
         N("Squeeze", ["s", "ax"], ["y"]),
     ]
     why = row_mixing_outputs(_model(nodes, [TWO], opset=13))["y"]
+    assert "works along the batch's axis, axis 1 of 'u' [1, 'N', 4]" in why
+
+
+def test_an_unsqueeze_at_an_axis_a_client_sends_leaves_no_shape_and_the_softmax_after_it_is_refused() -> None:
+    nodes = [
+        N("Unsqueeze", ["x", "ax"], ["u"]),
+        N("Softmax", ["u"], ["s"], axis=1),
+        N("Squeeze", ["s", "ax"], ["y"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", F, ["N", 4]),
+        helper.make_tensor_value_info("ax", TensorProto.INT64, [1]),
+    ]
+    why = row_mixing_outputs(_model(nodes, [], opset=13, inputs=inputs))["y"]
     assert "works along axes of 'u', made from the batch: its shape is not known" in why
 
 
@@ -420,7 +436,59 @@ def test_an_unsqueeze_at_a_computed_axis_inside_a_branch_is_refused() -> None:
         ),
     ]
     model = _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
-    assert "its shape is not known" in row_mixing_outputs(model)["y"]
+    # The main graph's rank - 2 is read at load (session 62): the branch's Softmax is along the batch.
+    said = row_mixing_outputs(model)["y"]
+    assert "works along the batch's axis, axis 1 of 'u' [1, 'N', 4], inside the If" in said
+
+
+def test_a_rank_inside_a_loop_body_is_not_read_at_load() -> None:
+    # A Loop's carried value may change by turns: a Loop body's ranks stay computed, and the same
+    # rank - 2 made inside it leaves the Unsqueeze's output of no known shape (a scan output here).
+    inside = [
+        N("Identity", ["cond"], ["cond_out"]),
+        *RANK_MINUS_2,
+        N("Unsqueeze", ["x", "ax"], ["u"]),
+        N("Softmax", ["u"], ["s"], axis=1),
+        N("Squeeze", ["s", "ax"], ["t"]),
+    ]
+    body = helper.make_graph(
+        inside,
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("t", F, None),
+        ],
+    )
+    nodes = [N("Loop", ["turns", "yes"], ["stacked"], body=body), N("Squeeze", ["stacked", "zero"], ["y"])]
+    inits = [TWO, _ints("turns", 1), numpy_helper.from_array(np.array(True), "yes"), _ints("zero", [0])]
+    assert "its shape is not known" in row_mixing_outputs(_model(nodes, inits, opset=13))["y"]
+
+
+def test_a_rank_inside_an_if_branch_is_read_at_load() -> None:
+    # An If's branch runs once: its rank - 2 is read, and the Softmax is named along the batch's axis
+    # (the rank LayerNorm in a branch had been refused, rows independent: a tester, session 62).
+    inside = [
+        *RANK_MINUS_2,
+        N("Unsqueeze", ["x", "ax"], ["u"]),
+        N("Softmax", ["u"], ["s"], axis=1),
+        N("Squeeze", ["s", "ax"], ["t"]),
+    ]
+    nodes = [
+        N(
+            "If",
+            ["yes"],
+            ["y"],
+            then_branch=_branch(inside, "t"),
+            else_branch=_branch([N("Identity", ["x"], ["e"])], "e"),
+        ),
+    ]
+    model = _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
+    said = row_mixing_outputs(model)["y"]
+    assert "works along the batch's axis, axis 1 of 'u' [1, 'N', 4], inside the If" in said
 
 
 def test_an_ifs_output_of_two_ranks_is_read_as_before_inside_a_body() -> None:

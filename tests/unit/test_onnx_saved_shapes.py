@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import ONCE, once_round
 
 F = TensorProto.FLOAT
 N = helper.make_node
@@ -162,30 +163,10 @@ def test_a_sequences_elements_saved_with_their_inferred_shapes_batch() -> None:
     assert row_mixing_outputs(model) == {}
 
 
-ONCE = [numpy_helper.from_array(np.array(1, np.int64), "once"), numpy_helper.from_array(np.array(True), "go")]
-
-
-def _once_round(step: onnx.NodeProto) -> onnx.GraphProto:
-    """A Loop's body run once: its carried value `c_in` made `c_out` by `step`."""
-    return helper.make_graph(
-        [N("Identity", ["go"], ["go_out"]), step],
-        "body",
-        [
-            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_in", F, None),
-        ],
-        [
-            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_out", F, None),
-        ],
-    )
-
-
 def _loop_carrying_x(stored: list[int | str | None] | None) -> onnx.ModelProto:
     """A Loop carrying x [N, 4] once round, then Softmax along axis 0; `stored`: the Loop's output's
     dims in value_info (None: not stored)."""
-    body = _once_round(N("Identity", ["c_in"], ["c_out"]))
+    body = once_round(N("Identity", ["c_in"], ["c_out"]))
     nodes = [N("Loop", ["once", "go", "x"], ["carried"], body=body), N("Softmax", ["carried"], ["y"], axis=0)]
     model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 4])], ONCE)
     if stored is not None:
@@ -233,7 +214,7 @@ def test_a_batch_one_export_made_dynamic_by_update_model_dims_reads_its_batch() 
 def test_a_stored_shape_is_given_back_where_the_inference_gives_a_type_and_no_shape() -> None:
     # A Loop widening x to [N, 16]: onnx infers its output's type, no shape; its stored shape is the
     # walk's (a sixth tester, session 61: dropped at 57f4a7f, the Softmax after it refused).
-    body = _once_round(N("Concat", ["c_in", "c_in"], ["c_out"], axis=1))
+    body = once_round(N("Concat", ["c_in", "c_in"], ["c_out"], axis=1))
     nodes = [N("Loop", ["once", "go", "x"], ["wide"], body=body), N("Softmax", ["wide"], ["y"], axis=-1)]
     model = _graph_model(nodes, [helper.make_tensor_value_info("x", F, ["N", 8])], ONCE)
     assert "its shape is not known" in row_mixing_outputs(model)["y"]

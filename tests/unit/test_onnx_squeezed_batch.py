@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import ONCE, carried_once
 
 F = TensorProto.FLOAT
 N = helper.make_node
@@ -51,27 +52,9 @@ def test_a_squeeze_of_named_axes_keeps_rows() -> None:
 
 def test_a_squeeze_of_no_axes_on_a_tensor_of_no_known_shape_is_refused() -> None:
     # x through a Loop (its output of no shape in onnx's inference), then squeezed: alone (8,).
-    body = helper.make_graph(
-        [N("Identity", ["go"], ["go_out"]), N("Identity", ["c_in"], ["c_out"])],
-        "body",
-        [
-            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_in", F, None),
-        ],
-        [
-            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_out", F, None),
-        ],
-    )
     model = _model(N("Squeeze", ["carried"], ["y"]), 17)
-    model.graph.node.insert(1, N("Loop", ["once", "go", "m"], ["carried"], body=body))
-    model.graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(1, np.int64), "once"),
-            numpy_helper.from_array(np.array(True), "go"),
-        ]
-    )
+    model.graph.node.insert(1, carried_once("m", "carried"))
+    model.graph.initializer.extend(ONCE)
     assert row_mixing_outputs(model) == {
         "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried', of no known shape"
     }
