@@ -39,9 +39,9 @@ CONFIG = slow_identity(
     'parameters { key: "fault_hang_s" value: { string_value: "2.5" } }\n',
 )
 SERVERS_REASON = re.compile(
-    r"^deadline cannot be met: about (\d+\.\d) ms of compute needed \(the fastest recent run of 1 rows "
+    r"^deadline cannot be met: about (\d+\.\d{1,3}) ms of compute needed \(the fastest recent run of 1 rows "
     r"or fewer(?:, \d+\.\d ms when seen, faded with its age)?\)"  # a faded floor says its run
-    r" plus a (\d\.\d) ms margin, (\d+\.\d) ms left, while waiting in the queue$"
+    r" plus a (\d\.\d{1,3}) ms margin, (\d+\.\d{1,3}) ms left, while waiting in the queue$"
 )
 
 

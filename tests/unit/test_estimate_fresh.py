@@ -55,13 +55,15 @@ async def test_a_fresh_models_first_burst_is_admitted_when_the_sizes_seen_say_it
     gate = asyncio.Event()
     be = Gated(gate)
     b = batchers(be, clock)
-    b.estimator.observe(1, 0.100, clock.now)  # the first run: 1 row, 100 ms (a per-batch cost)
-    deadline = clock.now + 1.0
+    # The first run: 1 row, 1 s (a per-batch cost). Seconds, not tenths: the queued requests' real
+    # timers (due ~9 s on) never run before a stalled machine forms them.
+    b.estimator.observe(1, 1.0, clock.now)
+    deadline = clock.now + 10.0
     first = asyncio.ensure_future(b.submit(x(0), 1, deadline=deadline))
     await asyncio.wait_for(be.started.wait(), LONG)  # running: 1 row
-    # 20 more 1-row requests queue behind it: 3 batches of up to 8 rows. Seen: 100 ms a batch, so
-    # about 0.1 + 3 x 0.1 s. Extrapolated by rows it was 0.1 + 3 x 0.8 s: past the 1 s deadline,
-    # shed from the 9th on.
+    # 20 more 1-row requests queue behind it: 3 batches of up to 8 rows. Seen: 1 s a batch, so
+    # about 1 + 3 x 1 s. Extrapolated by rows it was 1 + 3 x 8 s: past the 10 s deadline, shed
+    # from the 9th on.
     burst = [asyncio.ensure_future(b.submit(x(i), 1, deadline=deadline)) for i in range(1, 21)]
     await turns_until(lambda: b.queued_requests + sum(t.done() for t in burst) == len(burst))
     refused = [t for t in burst if t.done() and t.exception() is not None]

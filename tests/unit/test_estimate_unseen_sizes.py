@@ -97,13 +97,15 @@ async def test_formation_does_not_drop_a_queued_request_on_the_by_rows_guess(mak
     backend.gate.clear()
     running = asyncio.ensure_future(b.submit(x(16), 16))  # a larger size: no bound for 8 rows
     await asyncio.wait_for(backend.started.wait(), LONG)
-    # Admitted while nothing was known; a 1-row run of 100 ms is seen while it waits.
-    queued = asyncio.ensure_future(b.submit(x(8), 8, deadline=clock.now + 0.5))
+    # Admitted while nothing was known; a 1-row run of 6 s is seen while it waits. (Seconds, not
+    # tenths: its timer runs on real time, due 30 - 6 s on, never before the run ends however slow
+    # the machine; with 0.5 s and 100 ms a stall of 0.4 s had failed it.)
+    queued = asyncio.ensure_future(b.submit(x(8), 8, deadline=clock.now + 30.0))
     await turns_until(lambda: b.queued_requests == 1)
-    b.estimator.observe(1, 0.1, clock.now)
+    b.estimator.observe(1, 6.0, clock.now)
     backend.gate.set()
     await asyncio.wait_for(running, LONG)
-    out = await asyncio.wait_for(queued, LONG)  # dropped before: "about 800 ms" by rows
+    out = await asyncio.wait_for(queued, LONG)  # dropped before: "about 48 s" by rows
     np.testing.assert_array_equal(out["y"], x(8)["x"] * 2)
     assert backend.runs == [16, 8]
 

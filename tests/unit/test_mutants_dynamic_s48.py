@@ -113,37 +113,39 @@ async def test_a_turn_refused_for_a_full_queue_hints_when_the_work_there_drains(
 
 
 def started_after_a_slow_run(rows: int) -> tuple[Clock, Gated, DynamicBatcher]:
-    """A started batcher whose estimator saw a run of `rows` rows take 1 s, 100 s ago."""
+    """A started batcher whose estimator saw a run of `rows` rows take 10 s, 100 s ago (20 half-lives:
+    faded to ~10 us). Seconds, not tenths: a request's real timer (due ~5 s on, the deadline it
+    is given) never runs before a stalled machine forms it."""
     clock = Clock(100.0)
     gate = Gated(gate_open=True)
     b = DynamicBatcher([gate], BatchingPolicy(max_batch_size=8), ModelStats(), clock)
-    b.estimator.observe(rows, 1.0, clock.now)
+    b.estimator.observe(rows, 10.0, clock.now)
     clock.now += 100.0
     b.start()
     return clock, gate, b
 
 
 async def test_a_request_is_not_dropped_on_a_run_long_faded() -> None:
-    """A run of 1 row took 1 s, 100 s ago; a request with 0.5 s left is admitted and run (what runs
+    """A run of 1 row took 10 s, 100 s ago; a request with 5 s left is admitted and run (what runs
     seen prove a run takes fades, as admission's figure does). Formation dropping on the unfaded
     floor (`predict_floor(now=None)`) answered it DEADLINE_EXCEEDED unrun."""
     clock, gate, b = started_after_a_slow_run(1)
     try:
-        out = await b.submit(x(3.0), 1, deadline=clock.now + 0.5)
+        out = await b.submit(x(3.0), 1, deadline=clock.now + 5.0)
     finally:
         await b.stop(drain=False, timeout_s=0.1)
     assert out["y"].tolist() == [[6.0, 6.0]] and gate.runs == [1]
 
 
 async def test_a_request_joins_a_batch_whose_size_ran_slowly_long_ago() -> None:
-    """A run of 2 rows took 1 s, 100 s ago. Two requests queued together, the first with 0.5 s
+    """A run of 2 rows took 10 s, 100 s ago. Two requests queued together, the first with 5 s
     left: on the faded prediction a batch of both ends in time, so they run as one. Formation
-    predicting "as last seen" (`predict(now=None)`) cut the batch before the second (1 s > 0.5 s):
+    predicting "as last seen" (`predict(now=None)`) cut the batch before the second (10 s > 5 s):
     two runs of 1 row."""
     clock, gate, b = started_after_a_slow_run(2)
     try:
         # Both queued before the dispatcher forms (tasks run in order, its wake-up after them).
-        first = asyncio.ensure_future(b.submit(x(1.0), 1, deadline=clock.now + 0.5))
+        first = asyncio.ensure_future(b.submit(x(1.0), 1, deadline=clock.now + 5.0))
         second = asyncio.ensure_future(b.submit(x(2.0), 1))
         outs = await asyncio.gather(first, second)
     finally:
@@ -175,8 +177,9 @@ async def test_a_request_dropped_while_queued_names_the_floor_it_was_dropped_on(
     try:
         two = {"x": np.ones((2, 2), np.float32)}
         waiting = asyncio.ensure_future(b.submit(two, 2, deadline=clock.now + 1.0))
-        await turns_until(lambda: b.queued_requests == 1)
-        clock.now += 0.6
+        await asyncio.sleep(0)  # admitted and queued, its timer armed ~0.5 s on (real time)
+        assert b.queued_requests == 1
+        clock.now += 0.6  # in the same loop step: before that timer can run, however slow the machine
         poke = asyncio.ensure_future(b.submit(x(), 1))  # an arrival: the dispatcher forms again
         with pytest.raises(DeadlineExceeded) as dropped:
             await waiting

@@ -215,6 +215,8 @@ async def test_expiries_in_formation_and_on_the_timer_are_all_counted(make: Make
         await result(running)
         with pytest.raises(DeadlineExceeded, match=r"waiting in the queue$"):
             await result(doomed)
+        for _ in range(16):  # the gated run's wall time (however long the test held it) replaced
+            b.estimator.observe(1, 0.010, clock.now)
 
     await expire_in_formation(1)
     assert stats.expired == 1
@@ -222,8 +224,9 @@ async def test_expiries_in_formation_and_on_the_timer_are_all_counted(make: Make
     running = submit(b, 2)
     await turns_until(lambda: b.in_flight_batches == 1)
     with pytest.raises(DeadlineExceeded, match=r"waiting in the queue$"):
-        # Its timer fires while queued. 1 s, not 10 ms: the batcher's forecast learns the gated
-        # runs' wall time, and on a loaded machine (the full test run) it shed a 10 ms request.
+        # Its timer fires while queued, ~1 s on. The forecast reads 10 ms runs (above): a gated
+        # run's wall time had been learnt, and a stall of 0.5 s shed it ("about 1212.1 ms until an
+        # answer ..., 1000.0 ms left"; at 10 ms deadlines a smaller one had).
         await result(submit(b, 2.5, deadline=clock.now + 1.0))
     assert stats.expired == 2
     be.gate.set()

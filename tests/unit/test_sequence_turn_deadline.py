@@ -16,18 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors
+from batcher import BatchingPolicy, DeadlineExceeded, DynamicBatcher, ModelStats, Tensors, turn_deadline
 from batcher.admission import Admission
 from batcher.budget import ByteBudget
 from batcher.errors import QueueSizeReached
 from batcher.sequence import SequenceBatcher
 from batcher.sequence_types import SequenceLimits, SequenceSpec, StateSpec
+from tests.support.batcher_fakes import Clock
 
 LONG = 5.0
 GAVE_UP = (
-    r"^deadline cannot be met: about \d+\.\d ms of compute needed \(the fastest recent run of 1 rows "
+    r"^deadline cannot be met: about \d+\.\d{1,3} ms of compute needed \(the fastest recent run of 1 rows "
     r"or fewer(?:, \d+\.\d ms when seen, faded with its age)?\)"  # a faded floor says its run
-    r" plus a \d+\.\d ms margin, \d+\.\d ms left, while waiting for the sequence's earlier "
+    r" plus a \d+\.\d{1,3} ms margin, \d+\.\d{1,3} ms left, while waiting for the sequence's earlier "
     r"requests to run$"
 )
 
@@ -69,23 +70,32 @@ async def started_then_held(be: Held, b: DynamicBatcher, sb: SequenceBatcher) ->
     return running
 
 
-async def test_a_request_behind_its_sequences_slow_run_gives_up_early_and_counts_expired() -> None:
+async def test_a_request_behind_its_sequences_slow_run_gives_up_early_and_counts_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock the test moves: the answer's figures are the test's, however late a loaded machine
+    # runs the wait's timer (on real time one had fired past the deadline: "deadline exceeded").
+    clock = Clock()
+    waits = waits_recorded(monkeypatch)
     be, stats = Held(), ModelStats()
-    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats)
+    b = DynamicBatcher([be], BatchingPolicy(max_batch_size=4), stats, clock)
     b.start()
-    sb = SequenceBatcher(b, spec(), SequenceLimits(4, 1024), model="m", deadlines=b.turn_deadline)
+    sb = SequenceBatcher(
+        b, spec(), SequenceLimits(4, 1024), model="m", clock=clock, deadlines=b.turn_deadline
+    )
     try:
         slow = await started_then_held(be, b, sb)  # holds the sequence's turn
         for _ in range(16):  # runs of 1 row take 200 ms (a window of them, the fast start's gone)
-            b.estimator.observe(1, 0.200, time.monotonic())
-        waiting = b.admission(1, deadline=time.monotonic() + 0.300)
+            b.estimator.observe(1, 0.200, clock())
+        waits.clear()
+        waiting = asyncio.ensure_future(sb.infer(1, x(), b.admission(1, deadline=clock() + 0.300)))
+        await asyncio.sleep(0)  # waiting for its turn, until its give-up point
+        assert waits == [pytest.approx(0.300 - 0.200 - 0.005)]  # not its deadline
+        clock.now += 0.150  # before that wait can end (the loop runs its timer after this step)
         with pytest.raises(DeadlineExceeded, match=GAVE_UP) as caught:
-            await asyncio.wait_for(sb.infer(1, x(), waiting), LONG)
-        needed_ms = float(str(caught.value).split("about ")[1].split(" ms")[0])
-        margin_ms = float(str(caught.value).split("plus a ")[1].split(" ms margin")[0])
-        left_ms = float(str(caught.value).split("margin, ")[1].split(" ms left")[0])
-        assert 0.0 < left_ms < needed_ms + margin_ms  # answered before its deadline, once hopeless
-        assert 1.0 <= margin_ms <= 5.0  # the hop margin: its floor at least, its cap at most
+            await asyncio.wait_for(waiting, LONG)
+        # Answered when hopeless, and before its deadline: 150 ms left of its 300.
+        assert "plus a 5.0 ms margin, 150.0 ms left" in str(caught.value), str(caught.value)
         assert stats.expired == 1 and stats.shed == 0
         be.hold.set()
         assert (await asyncio.wait_for(slow, LONG))["out"].tolist() == [[2.0, 2.0]]
@@ -93,6 +103,21 @@ async def test_a_request_behind_its_sequences_slow_run_gives_up_early_and_counts
     finally:
         be.hold.set()
         await b.stop()
+
+
+def waits_recorded(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The timeouts of the waits for a turn (batcher/turn_deadline.wait_turn's asyncio.wait_for),
+    in order; the test's own waits of LONG left out."""
+    waits: list[float] = []
+    real = asyncio.wait_for
+
+    async def recorded(awaitable: Any, timeout: float | None) -> Any:
+        if timeout is not None and timeout < LONG:
+            waits.append(timeout)
+        return await real(awaitable, timeout)
+
+    monkeypatch.setattr(turn_deadline.asyncio, "wait_for", recorded)
+    return waits
 
 
 class Moving:

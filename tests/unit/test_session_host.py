@@ -24,7 +24,6 @@ from server.backends.hosted_session import GROW_AFTER, HostedSession, Job, Moved
 from server.backends.onnxruntime_backend import OrtOptions
 from server.backends.session_host import SessionHost
 from server.errors import ModelRefusedInput
-from tests.support.server_process import wait_until
 
 
 def _double(path: Path) -> Path:
@@ -522,12 +521,19 @@ def test_a_batch_still_waiting_when_its_start_by_passes_is_answered_then(tmp_pat
     assert not waiting.is_alive() and isinstance(said.pop(), ExpiredUnrun)
     assert session.expired == 1 and not session._jobs
 
-    start_by = time.monotonic() + 0.2
-    taken_in_time = threading.Thread(target=run, args=(start_by,), daemon=True)
+    # A run takes the next batch before its start_by (far off: however slow this machine, no
+    # race with it), which is then brought to pass while it runs.
+    job = session.submit(_rows(2), start_by=time.monotonic() + 60.0)
+    assert session._take() == [job]
+    job.start_by = time.monotonic() + 0.05
+
+    def wait_for_it() -> None:
+        session._wait(job)  # what session.run does after submitting
+        said.append(job.error or job.outputs)
+
+    taken_in_time = threading.Thread(target=wait_for_it, daemon=True)
     taken_in_time.start()
-    wait_until(lambda: bool(session._jobs), "the batch queued")
-    (job,) = session._take() or []  # a run takes it before its start_by
-    while time.monotonic() < start_by + 0.1:  # its start_by passes while it runs
+    while time.monotonic() < job.start_by + 0.1:  # its start_by passes while it runs
         time.sleep(0.01)
     job.outputs = {"y": np.zeros((2, 4), np.float32)}
     job.done.set()
