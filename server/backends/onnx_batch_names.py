@@ -99,9 +99,24 @@ class BatchNames:
         if self.roots and isinstance(dim, str):
             self.same(min(self.roots), dim)
 
-    def carry(self, node: onnx.NodeProto, dims: Callable[[str], Dims | None]) -> None:
+    def carry(
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        mixed: bool = False,
+        counted: Collection[str] = (),
+    ) -> None:
         """After `node` (read as keeping rows), the batch's axes of its inputs under the names its
-        outputs give them: by axis from the end for the ops that keep axes."""
+        outputs give them: by axis from the end for the ops that keep axes. After a `node` read as
+        mixing rows, each axis of its outputs onnx named anew is taken as made from the batch's size:
+        a Shape's entry for it read as a value (x / Shape(ConcatFromSequence(SplitToSequence(x,
+        keepdims=0), axis=1, new_axis=1))[1], N) had loaded batched, only its values read as mixed.
+        Not those `counted` (a NonMaxSuppression's count: its own message, onnx_mixing_graph.py)."""
+        if mixed:
+            for made in node.output:
+                new = [d for d in dims(made) or [] if isinstance(d, str) and d.startswith("unk__")]
+                self.grown.update(d for d in new if d not in counted)
+            return
         if node.op_type not in _KEEPS_AXES:
             return
         for made in node.output[:1] if node.op_type != "TopK" else node.output:  # values, indices

@@ -333,7 +333,10 @@ class BatchSizeValues:
             source = node.input[0] if node.input else ""
             maker = self.makers.get(source)
             of_shape = maker is not None and maker.op_type == "Shape"  # a Size of it is a rank
-            return self._read(node, read, not of_shape and self._from_batched(source, dims))
+            batched = not of_shape and self._from_batched(source, dims)
+            if read is None and batched and maker is not None and maker.op_type in ("Loop", "Scan"):
+                return EVERY  # no rank known: any entry may be the batch's (x / Shape(lo)[0]; s64)
+            return self._read(node, read, batched)
         if (
             op == "NonZero"
             and node.input

@@ -103,13 +103,16 @@ def folded(
     an op of ONNX's own, one of those above, every input is known and small, and so is what it
     makes; or a Shape's or a Size's of a Shape's output (`makers`), whose `dims` are the rank: a
     LayerNorm's axes Size(Shape(x)) - 1, read as computed, had its ReduceMean taken as along the
-    batch's axis and refused (a tester, session 61). Not of other tensors: their dims may be a
-    stale stored shape's (a Loop's output stored [1, 1] from a batch-1 export; a tester, s62)."""
+    batch's axis and refused (a tester, session 61); or of a constant (a small weight's, torch's
+    broadcast_tensors' Max(Shape(x), Shape(w))). Not of other tensors: their dims may be a stale
+    stored shape's (a Loop's output stored [1, 1] from a batch-1 export; a tester, s62)."""
     if node.domain not in ONNX_DOMAIN or not node.input:
         return None
     if node.op_type in ("Shape", "Size"):
         maker = makers(node.input[0])
-        return _of_dims(node, dims(node.input[0])) if maker is not None and maker.op_type == "Shape" else None
+        if maker is not None and maker.op_type == "Shape":
+            return _of_dims(node, dims(node.input[0]))
+        return _of_dims(node, list(values[0].shape)) if values and values[0] is not None else None
     fold = _FOLDS.get(node.op_type)
     if fold is None or not values or any(v is None or v.size > MAX_ELEMENTS for v in values):
         return None

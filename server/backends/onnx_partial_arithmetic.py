@@ -103,6 +103,10 @@ def _entry(
         exact = _exact_quotient(operands[0], operands[1], spelled)
         if exact is not None:
             return exact
+    if op in ("Max", "Min") and len(operands) == 2:
+        kept = _kept_dim(op, operands[0], operands[1])
+        if kept is not None:
+            return kept
     if op == "Equal" and len(operands) == 2:
         if all(isinstance(v, int) for v in operands):
             return int(operands[0] == operands[1])
@@ -122,6 +126,22 @@ def _entry(
     if op in COMPUTED and all(isinstance(v, int) for v in operands):
         done = computed(op, [np.asarray(v, np.int64) for v in operands], fmod, floating)
         return None if done is None else done.reshape(-1)[0]
+    return None
+
+
+def _kept_dim(op: str, first: Entry, second: Entry) -> str | None:
+    """A Max or Min that gives back a dim: of a dim with itself, or a Max of a dim and a number of at
+    most 1 (torch.broadcast_tensors' Expand(t, Max(Shape(x), Shape(w))), w [1, 3]: refused while
+    max(N, 1) read as made from the batch's size). Exact for the batch's size, never 0 (validate.py
+    refuses 0 rows); a 0 another dim has is the same in every request and in their batch, so reading
+    max(0, 1) as that dim names no batch's size where there is none."""
+    if isinstance(first, str) and first == second:
+        return first
+    if op != "Max":
+        return None
+    for dim, other in ((first, second), (second, first)):
+        if isinstance(dim, str) and isinstance(other, int) and other <= 1:
+            return dim
     return None
 
 

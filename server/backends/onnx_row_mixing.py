@@ -192,8 +192,7 @@ class _Walk:
             value = constant_value(node) if node.op_type == "Constant" else self._folded(node)
             if value is not None and node.output:
                 self.constants[node.output[0]] = value
-            if why is None:
-                self.names.carry(node, self.shapes.get)
+            self.names.carry(node, self.shapes.get, why is not None, self.lengths.names)  # mixing's lengths
             for name in node.output:
                 if name and why is not None:
                     self.mixed[name] = why

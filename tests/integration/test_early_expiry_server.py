@@ -6,12 +6,13 @@ and the call takes time to arrive), such a request reached its client after the 
 had fired, and the client saw gRPC's "Deadline Exceeded" instead of the server's words.
 
 How the queue is kept busy without timing it: the model's one instance runs an identity model that
-sleeps 300 ms a run (a sleep, not compute: CPU contention from other tests barely moves it), and
+sleeps 500 ms a run (a sleep, not compute: CPU contention from other tests barely moves it), and
 every third run hangs 2.5 s first (fault injection). The first two runs teach the estimator a run's
 cost; the third holds the instance while the request under test waits behind it with a 2 s
-deadline: admitted (the forecast expects the running batch to end in ~300 ms and the request's own
-run to take ~300 more, far below 2 s however loaded the machine), then hopeless ~300 ms before its
-deadline, which is how far ahead of its client's own timer the server's answer comes. A ~100 ms
+deadline: admitted (the forecast expects the running batch to end in ~500 ms and the request's own
+run to take ~500 more, far below 2 s however loaded the machine), then hopeless ~500 ms before its
+deadline, which is how far ahead of its client's own timer the server's answer comes (300 ms
+until session 64: a loaded server's loop late by that much would let the client's timer win). A ~100 ms
 compute-bound model with a 1 s deadline had been shed at admission in a full parallel run (its
 runs, slowed by contention, forecast 1243 ms) and left the early answer only ~100 ms.
 """
@@ -34,7 +35,7 @@ BOUND_S = 20.0  # generous upper bound for an answer that must come
 DEADLINE_S = 2.0
 CONFIG = slow_identity(
     "slow",
-    300,
+    500,
     'parameters { key: "fault_hang_every" value: { string_value: "3" } }\n'
     'parameters { key: "fault_hang_s" value: { string_value: "2.5" } }\n',
 )
