@@ -112,10 +112,11 @@ class BatchNames:
         a Shape's entry for it read as a value (x / Shape(ConcatFromSequence(SplitToSequence(x,
         keepdims=0), axis=1, new_axis=1))[1], N) had loaded batched, only its values read as mixed.
         Not those `counted` (a NonMaxSuppression's count: its own message, onnx_mixing_graph.py)."""
-        if mixed:
+        if mixed:  # the names it made, not those its inputs had (a Compress's width through a CumSum)
+            had = {d for name in node.input if name for d in dims(name) or []}
             for made in node.output:
                 new = [d for d in dims(made) or [] if isinstance(d, str) and d.startswith("unk__")]
-                self.grown.update(d for d in new if d not in counted)
+                self.grown.update(d for d in new if d not in counted and d not in had)
             return
         if node.op_type not in _KEEPS_AXES:
             return

@@ -29,6 +29,7 @@ import onnx
 from server.backends.graph_names import described, int_attribute, shape_read
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_partial_ints import Made, PartialInts
+from server.backends.onnx_rankless import RanklessTensors
 from server.backends.onnx_row_positions import RowPositions
 from server.backends.onnx_size_positions import (
     EVERY,
@@ -72,6 +73,7 @@ class BatchSizeValues:
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
         self.positions = RowPositions(names.roots, names.batch)  # arange(N) and indices made from it
+        self.rankless = RanklessTensors()  # of no known rank, perhaps carrying the batch
         self.lineage: Callable[[str], frozenset[str]] = lambda _: frozenset()  # see()'s: the walk's
 
     def within(self, names: BatchNames, partial: PartialInts) -> BatchSizeValues:
@@ -79,6 +81,7 @@ class BatchSizeValues:
         inner = BatchSizeValues(names, partial, self.makers)
         inner.sized, inner.source = dict(self.sized), dict(self.source)
         inner.positions = self.positions.within(names.batch)
+        inner.rankless = self.rankless.within()
         return inner
 
     def see(
@@ -94,6 +97,7 @@ class BatchSizeValues:
         if not any(node.output):  # (an RNN's first output may be left unnamed: its others count)
             return
         self.names.grew(node, dims)
+        self.rankless.see(node, dims, lambda name: self._from_batched(name, dims))
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
         looped = node.op_type == "Loop" and bool(node.input) and node.input[0] in self.sized
@@ -238,7 +242,10 @@ class BatchSizeValues:
         at = listed.index(axis)
         held = self.sized[node.input[2]]
         ends = size_slots(
-            None if held == EVERY else held, self.partial.named(node.input[2], None), self.names.batch
+            None if held == EVERY else held,
+            self.partial.named(node.input[2], None),
+            self.names.batch,
+            self.names.grown,
         )
         step = 1 if steps is None or steps.size != len(listed) else int(steps.flat[at])
         return ends is not None and ends.get(at) is True and int(starts.flat[at]) == 0 and step == 1
@@ -272,7 +279,7 @@ class BatchSizeValues:
         value = constant(index) if constant is not None else None
         entries = self.partial.named(name, value)
         held = self.sized[name]
-        slots = size_slots(None if held == EVERY else held, entries, self.names.batch)
+        slots = size_slots(None if held == EVERY else held, entries, self.names.batch, self.names.grown)
         data = dims(node.input[0]) if index != 0 else None
         given = constant(0) if index != 0 and constant is not None else None  # the data, a constant
         if data is None and given is not None:
@@ -292,7 +299,10 @@ class BatchSizeValues:
         out, name = dims(node.output[0]), node.input[1]
         held = self.sized[name]
         slots = size_slots(
-            None if held == EVERY else held, self.partial.named(name, constant(1)), self.names.batch
+            None if held == EVERY else held,
+            self.partial.named(name, constant(1)),
+            self.names.batch,
+            self.names.grown,
         )
         for at, itself in (slots or {}).items():
             if itself and out is not None and at < len(out) and isinstance(out[at], str):
@@ -324,19 +334,16 @@ class BatchSizeValues:
         op = node.op_type
         if op in ("Shape", "Size"):
             read = dims(node.input[0]) if node.input else None
-            if (
-                node.input
-                and node.input[0] in self.sized
-                and not all(isinstance(d, int) for d in read or [None])
-            ):
-                return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
             source = node.input[0] if node.input else ""
             maker = self.makers.get(source)
             of_shape = maker is not None and maker.op_type == "Shape"  # a Size of it is a rank
-            batched = not of_shape and self._from_batched(source, dims)
-            if read is None and batched and maker is not None and maker.op_type in ("Loop", "Scan"):
+            if of_shape:
+                return frozenset()  # a rank, whatever the batch's size (Silero VAD's If of two ranks)
+            if source in self.sized and not all(isinstance(d, int) for d in read or [None]):
+                return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
+            if read is None and source in self.rankless.names:
                 return EVERY  # no rank known: any entry may be the batch's (x / Shape(lo)[0]; s64)
-            return self._read(node, read, batched)
+            return self._read(node, read, self._from_batched(source, dims))
         if (
             op == "NonZero"
             and node.input

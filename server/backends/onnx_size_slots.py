@@ -39,21 +39,32 @@ class Site(NamedTuple):
 
 
 def size_slots(
-    exact: frozenset[int] | None, entries: Sequence[Entry] | None, batch: Collection[str]
+    exact: frozenset[int] | None,
+    entries: Sequence[Entry] | None,
+    batch: Collection[str],
+    grown: Collection[str] = (),
 ) -> Slots | None:
     """The entries of an input made from the batch's size: `exact`, the positions that hold the
     size itself where onnx_batch_size_value.py knows them (None: it knows only that the input is
-    computed from it), else read from `entries`. None: not known which."""
+    computed from it), else read from `entries`. None: not known which. A length made from the
+    size that onnx named anew (`grown`: N - 1 of x[1:]), or a position `exact` holds whose entry is
+    known to be another length, is computed, not the size itself: ConstantOfShape(Shape(x[1:]) + 0)
+    summed over its first axis had loaded batched (a tester, s64)."""
     if exact is not None:
-        return dict.fromkeys(exact, True)
+        known = list(entries) if entries is not None else []
+        return {at: at >= len(known) or known[at] is None or known[at] in batch for at in exact}
     if entries is None:
         return None
     slots: Slots = {}
     for at, entry in enumerate(entries):
         if isinstance(entry, str) and entry in batch:
             slots[at] = True
-        elif entry is None or (isinstance(entry, Made) and not entry.names.isdisjoint(batch)):
+        elif entry is None or (isinstance(entry, str) and entry in grown):
             slots[at] = False  # computed from the size, or not followed: it may be
+        elif isinstance(entry, Made) and not (
+            entry.names.isdisjoint(batch) and entry.names.isdisjoint(grown)
+        ):
+            slots[at] = False
     return slots
 
 

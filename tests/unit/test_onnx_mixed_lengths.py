@@ -78,3 +78,100 @@ def test_a_loops_output_made_from_no_batched_input_is_not_the_batchs_size() -> N
     model = divided_by_length([carried_once("table", "t")], 0, (*ONCE, table))
     assert rows_independent(model)
     assert row_mixing_outputs(model) == {}
+
+
+# A tester's findings on the above (session 64), each loading batched before and checked here on
+# onnxruntime.
+
+
+def test_a_length_made_from_the_batchs_as_a_shape_is_not_the_batchs_own_axis() -> None:
+    """ConstantOfShape(Shape(x[1:]) + 0) is N - 1 ones, summed over that axis: x * (N - 1). The
+    size's position held N - 1 and was read as the batch's size itself (onnx_size_slots.py)."""
+    one = helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])
+    for op, amount in (("Max", [1, 1]), ("Add", [0, 0])):
+        nodes = [
+            node("Slice", ["x", "start", "end", "axis0"], "rest"),
+            node("Shape", ["rest"], "sh"),
+            node(op, ["sh", "amount"], "grown"),
+            node("ConstantOfShape", ["grown"], "ones", value=one),
+            node("ReduceSum", ["ones", "axis0"], "count", keepdims=1),
+            node("Mul", ["x", "count"], "y"),
+        ]
+        inits = [ints("start", [1]), ints("end", [1 << 40]), ints("axis0", [0]), ints("amount", amount)]
+        model = graph_model(nodes, inits, shape=("N", 3))
+        assert not rows_independent(model), op
+        assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", ""), op
+
+
+@pytest.mark.parametrize("op", ["Identity", "Relu", "Cast"])
+def test_a_length_of_a_loops_output_through_another_op_mixes_rows(op: str) -> None:
+    cast = {"to": onnx.TensorProto.FLOAT} if op == "Cast" else {}
+    made = [carried_once("x", "lo"), node(op, ["lo"], "t", **cast)]
+    model = divided_by_length(made, 0, tuple(ONCE))
+    assert not rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_length_read_in_the_body_of_a_loop_over_such_an_output_mixes_rows() -> None:
+    """A second Loop carries Loop(x) (no known rank) and divides it by its first length inside."""
+    f = onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["go"], ["go_out"]),
+            helper.make_node("Shape", ["c_in"], ["sh"]),
+            helper.make_node("Gather", ["sh", "first"], ["n"], axis=0),
+            helper.make_node("Cast", ["n"], ["nf"], to=f),
+            helper.make_node("Div", ["c_in", "nf"], ["c_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_in", f, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("c_out", f, None),
+        ],
+    )
+    nodes = [carried_once("x", "lo"), helper.make_node("Loop", ["once", "go", "lo"], ["y"], body=body)]
+    model = graph_model(nodes, [*ONCE, ints("first", 0)], shape=("N", 3))
+    assert not rows_independent(model)
+    assert "made from the batch's size by the Shape node making 'sh'" in row_mixing_outputs(model).get(
+        "y", ""
+    )
+
+
+def test_a_width_a_mixing_op_passed_on_is_not_made_from_the_batchs_size() -> None:
+    """A CumSum over the batch (its values unused) of Compress(x)'s two columns: the width it passed
+    on, not one it made, still cuts x[:, :2]."""
+    keep = numpy_helper.from_array(np.array([True, False, True]), "keep")
+    for read in ("t", "summed"):
+        nodes = [
+            node("Compress", ["x", "keep"], "t", axis=1),
+            node("CumSum", ["t", "axis"], "summed"),
+            node("Shape", [read], "sh"),
+            node("Gather", ["sh", "one"], "w", axis=0),
+            node("Unsqueeze", ["w", "axes"], "end"),
+            node("Slice", ["x", "start", "end", "columns"], "y"),
+        ]
+        inits = [
+            keep,
+            ints("axis", 0),
+            ints("one", 1),
+            ints("axes", [0]),
+            ints("start", [0]),
+            ints("columns", [1]),
+        ]
+        model = graph_model(nodes, inits, shape=("N", 3))
+        assert rows_independent(model), read
+        assert row_mixing_outputs(model) == {}, read
+
+
+def test_a_loops_output_of_no_known_rank_shaped_by_its_own_shape_is_refused() -> None:
+    """Refused though rows are independent: Reshape(lo, Shape(lo)); which of the Shape's entries is
+    the batch's the load cannot tell without a rank."""
+    nodes = [carried_once("x", "lo"), node("Shape", ["lo"], "sh"), node("Reshape", ["lo", "sh"], "y")]
+    model = graph_model(nodes, list(ONCE), shape=("N", 3))
+    assert rows_independent(model)
+    assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
