@@ -175,3 +175,104 @@ def test_a_loops_output_of_no_known_rank_shaped_by_its_own_shape_is_refused() ->
     model = graph_model(nodes, list(ONCE), shape=("N", 3))
     assert rows_independent(model)
     assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_slice_to_a_length_made_from_the_batchs_does_not_keep_every_row() -> None:
+    """x[:len(x[1:])]: N - 1 rows, its bound held where the batch's size would be (the position
+    Shape(x[1:]) holds is N - 1, not N)."""
+    nodes = [
+        node("Slice", ["x", "one", "end", "axis0"], "rest"),
+        node("Shape", ["rest"], "sh"),
+        node("Gather", ["sh", "zero"], "n"),
+        node("Slice", ["x", "zero", "n", "axis0"], "y"),
+    ]
+    inits = [ints("one", [1]), ints("end", [1 << 40]), ints("axis0", [0]), ints("zero", [0])]
+    why = row_mixing_outputs(graph_model(nodes, inits, shape=("N", 3))).get("y", "")
+    assert "its bounds are computed at run time" in why, why
+
+
+def _body(
+    nodes: list[onnx.NodeProto],
+    carried: list[tuple[str, list[int] | None]],
+    turns: bool,
+    given: tuple[list[str] | None, ...] = (None, None),
+) -> onnx.GraphProto:
+    """A Loop's body (`turns`: its count and condition first) or a Scan's, its carried values
+    `carried` (name, declared shape or None) in and out (`name`_in, `name`_out; an output with no
+    declared shape gets `given`'s: onnxruntime's Scan needs one)."""
+    f, ins, outs = onnx.TensorProto.FLOAT, [], []
+    if turns:
+        ins = [
+            helper.make_tensor_value_info("turn", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", onnx.TensorProto.BOOL, []),
+        ]
+        outs = [helper.make_tensor_value_info("go_out", onnx.TensorProto.BOOL, [])]
+        nodes = [helper.make_node("Identity", ["go"], ["go_out"]), *nodes]
+    ins += [helper.make_tensor_value_info(f"{name}_in", f, shape) for name, shape in carried]
+    outs += [
+        helper.make_tensor_value_info(f"{name}_out", f, shape or out)
+        for (name, shape), out in zip(carried, given, strict=True)
+    ]
+    return helper.make_graph(nodes, "body", ins, outs)
+
+
+def test_a_loops_second_output_of_no_known_rank_made_from_the_batch_is_read() -> None:
+    """A Loop carrying a table, then x: x / Shape(its second output)[0]."""
+    body = _body(
+        [
+            helper.make_node("Identity", ["a_in"], ["a_out"]),
+            helper.make_node("Identity", ["b_in"], ["b_out"]),
+        ],
+        [("a", [2, 3]), ("b", None)],
+        turns=True,
+    )
+    table = numpy_helper.from_array(np.ones((2, 3), np.float32), "table")
+    made = [helper.make_node("Loop", ["once", "go", "table", "x"], ["kept", "t"], body=body)]
+    model = divided_by_length(made, 0, (*ONCE, table))
+    assert not rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_length_read_in_a_scans_body_over_such_an_output_mixes_rows() -> None:
+    """A Scan whose state is Loop(x) (no known rank) divides it by its first length each step."""
+    body = _body(
+        [
+            helper.make_node("Shape", ["s_in"], ["sh"]),
+            helper.make_node("Gather", ["sh", "first"], ["n"], axis=0),
+            helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Div", ["s_in", "nf"], ["s_out"]),
+            helper.make_node("Identity", ["step_in"], ["step_out"]),
+        ],
+        [("s", None), ("step", [3])],
+        turns=False,
+        given=(["n", "w"], None),
+    )
+    steps = numpy_helper.from_array(np.ones((2, 3), np.float32), "steps")
+    scan = helper.make_node("Scan", ["lo", "steps"], ["y", "stacked"], body=body, num_scan_inputs=1)
+    model = graph_model([carried_once("x", "lo"), scan], [*ONCE, steps, ints("first", 0)], shape=("N", 3))
+    assert not rows_independent(model)
+    assert "made from the batch's size by the Shape node making 'sh'" in row_mixing_outputs(model).get(
+        "y", ""
+    )
+
+
+def test_the_size_of_an_if_of_two_ranks_made_from_the_batch_mixes_rows() -> None:
+    """x / Size(If(x, Unsqueeze(x))): 3N whichever branch. (A Shape's first entry of it, read so,
+    stays open: Silero VAD compares such an If's entries.)"""
+    f = onnx.TensorProto.FLOAT
+    kept = helper.make_graph(
+        [node("Identity", ["x"], "a")], "kept", [], [helper.make_tensor_value_info("a", f, None)]
+    )
+    grown = helper.make_graph(
+        [node("Unsqueeze", ["x", "axes"], "b")], "grown", [], [helper.make_tensor_value_info("b", f, None)]
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["t"], then_branch=kept, else_branch=grown),
+        node("Size", ["t"], "n"),
+        node("Cast", ["n"], "nf", to=f),
+        node("Div", ["x", "nf"], "y"),
+    ]
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model = graph_model(nodes, [cond, ints("axes", [0])], shape=("N", 3))
+    assert not rows_independent(model)
+    assert "made from the batch's size by the Size node making 'n'" in row_mixing_outputs(model).get("y", "")
