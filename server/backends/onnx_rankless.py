@@ -46,6 +46,5 @@ class RanklessTensors:
         # A Loop's body takes its count and condition, then the carried values its inputs give in
         # order; a Scan's (from opset 9) its states, then a slice of each scanned input, in order.
         for name, value in zip(node.input, body.input, strict=False):
-            unshaped = not value.type.tensor_type.HasField("shape")
-            if name and unshaped and (name in self.names or (dims(name) is None and batched(name))):
+            if name in self.names and not value.type.tensor_type.HasField("shape"):
                 self.names.add(value.name)
