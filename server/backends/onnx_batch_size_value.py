@@ -28,7 +28,7 @@ import onnx
 
 from server.backends.graph_names import described, int_attribute, shape_read
 from server.backends.onnx_batch_names import BatchNames
-from server.backends.onnx_partial_ints import Made, PartialInts
+from server.backends.onnx_partial_ints import Entry, Made, PartialInts
 from server.backends.onnx_rankless import RanklessTensors
 from server.backends.onnx_row_positions import RowPositions
 from server.backends.onnx_size_positions import (
@@ -39,7 +39,7 @@ from server.backends.onnx_size_positions import (
     sliced_positions,
     split_positions,
 )
-from server.backends.onnx_size_slots import Site, placed, size_slots
+from server.backends.onnx_size_slots import Site, Slots, placed, size_slots
 
 Dims = list[int | str | None]
 Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
@@ -240,13 +240,7 @@ class BatchSizeValues:
         if listed.count(axis) != 1 or starts.size != len(listed):
             return False
         at = listed.index(axis)
-        held = self.sized[node.input[2]]
-        ends = size_slots(
-            None if held == EVERY else held,
-            self.partial.named(node.input[2], None),
-            self.names.batch,
-            self.names.grown,
-        )
+        ends = self._slots(node.input[2], self.partial.named(node.input[2], None))
         step = 1 if steps is None or steps.size != len(listed) else int(steps.flat[at])
         return ends is not None and ends.get(at) is True and int(starts.flat[at]) == 0 and step == 1
 
@@ -278,8 +272,7 @@ class BatchSizeValues:
         name = node.input[index]
         value = constant(index) if constant is not None else None
         entries = self.partial.named(name, value)
-        held = self.sized[name]
-        slots = size_slots(None if held == EVERY else held, entries, self.names.batch, self.names.grown)
+        slots = self._slots(name, entries)
         data = dims(node.input[0]) if index != 0 else None
         given = constant(0) if index != 0 and constant is not None else None  # the data, a constant
         if data is None and given is not None:
@@ -297,14 +290,7 @@ class BatchSizeValues:
         where onnx could not name them (a shape through a Where): read so by the reshape's reading
         and by the ops after it."""
         out, name = dims(node.output[0]), node.input[1]
-        held = self.sized[name]
-        slots = size_slots(
-            None if held == EVERY else held,
-            self.partial.named(name, constant(1)),
-            self.names.batch,
-            self.names.grown,
-        )
-        for at, itself in (slots or {}).items():
+        for at, itself in (self._slots(name, self.partial.named(name, constant(1))) or {}).items():
             if itself and out is not None and at < len(out) and isinstance(out[at], str):
                 self.names.mark(out[at])
 
@@ -322,6 +308,11 @@ class BatchSizeValues:
                 if axis < len(out) and isinstance(out[axis], str):
                     self.names.mark(out[axis])
 
+    def _slots(self, name: str, entries: tuple[Entry, ...] | None) -> Slots | None:
+        """Which of sized tensor `name`'s entries hold the batch's size itself (onnx_size_slots.py)."""
+        held = self.sized[name]
+        return size_slots(None if held == EVERY else held, entries, self.names.batch, self.names.grown)
+
     def _from_batched(self, name: str, dims: Callable[[str], Dims | None]) -> bool:
         """Whether `name` is made from an input that carries the batch."""
         return any((dims(source) or [None])[0] in self.names.batch for source in self.lineage(name))
@@ -333,8 +324,8 @@ class BatchSizeValues:
         where it lands is not known, or every value is computed from it)."""
         op = node.op_type
         if op in ("Shape", "Size"):
-            read = dims(node.input[0]) if node.input else None
             source = node.input[0] if node.input else ""
+            read = dims(source) if source else None
             maker = self.makers.get(source)
             of_shape = maker is not None and maker.op_type == "Shape"  # a Size of it is a rank
             if of_shape:

@@ -55,17 +55,18 @@ def size_slots(
         return {at: at >= len(known) or known[at] is None or known[at] in batch for at in exact}
     if entries is None:
         return None
+    sized = {*batch, *grown}  # names of lengths made from the size
     slots: Slots = {}
     for at, entry in enumerate(entries):
         if isinstance(entry, str) and entry in batch:
             slots[at] = True
-        elif entry is None or (isinstance(entry, str) and entry in grown):
+        elif entry is None or (entry in sized if isinstance(entry, str) else _made_from(entry, sized)):
             slots[at] = False  # computed from the size, or not followed: it may be
-        elif isinstance(entry, Made) and not (
-            entry.names.isdisjoint(batch) and entry.names.isdisjoint(grown)
-        ):
-            slots[at] = False
     return slots
+
+
+def _made_from(entry: Entry, names: Collection[str]) -> bool:
+    return isinstance(entry, Made) and not entry.names.isdisjoint(names)
 
 
 def placed(
