@@ -419,25 +419,21 @@ def _branch(nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
     return helper.make_graph(nodes, "branch", [], [helper.make_tensor_value_info(out, F, None)])
 
 
+def _softmax_in_a_branch(before: list[onnx.NodeProto], inside: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """`before`, then an If whose taken branch runs `inside` (making 't'), the other x as it is."""
+    kept = _branch([N("Identity", ["x"], ["e"])], "e")
+    nodes = [*before, N("If", ["yes"], ["y"], then_branch=_branch(inside, "t"), else_branch=kept)]
+    return _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
+
+
 def test_an_unsqueeze_at_a_computed_axis_inside_a_branch_is_refused() -> None:
     inside = [
         N("Unsqueeze", ["x", "ax"], ["u"]),
         N("Softmax", ["u"], ["s"], axis=1),
         N("Squeeze", ["s", "ax"], ["t"]),
     ]
-    nodes = [
-        *RANK_MINUS_2,
-        N(
-            "If",
-            ["yes"],
-            ["y"],
-            then_branch=_branch(inside, "t"),
-            else_branch=_branch([N("Identity", ["x"], ["e"])], "e"),
-        ),
-    ]
-    model = _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
     # The main graph's rank - 2 is read at load (session 62): the branch's Softmax is along the batch.
-    said = row_mixing_outputs(model)["y"]
+    said = row_mixing_outputs(_softmax_in_a_branch(RANK_MINUS_2, inside))["y"]
     assert "works along the batch's axis, axis 1 of 'u' [1, 'N', 4], inside the If" in said
 
 
@@ -477,17 +473,7 @@ def test_a_rank_inside_an_if_branch_is_read_at_load() -> None:
         N("Softmax", ["u"], ["s"], axis=1),
         N("Squeeze", ["s", "ax"], ["t"]),
     ]
-    nodes = [
-        N(
-            "If",
-            ["yes"],
-            ["y"],
-            then_branch=_branch(inside, "t"),
-            else_branch=_branch([N("Identity", ["x"], ["e"])], "e"),
-        ),
-    ]
-    model = _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
-    said = row_mixing_outputs(model)["y"]
+    said = row_mixing_outputs(_softmax_in_a_branch([], inside))["y"]
     assert "works along the batch's axis, axis 1 of 'u' [1, 'N', 4], inside the If" in said
 
 
