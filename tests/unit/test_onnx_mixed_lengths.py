@@ -114,26 +114,7 @@ def test_a_length_of_a_loops_output_through_another_op_mixes_rows(op: str) -> No
 
 def test_a_length_read_in_the_body_of_a_loop_over_such_an_output_mixes_rows() -> None:
     """A second Loop carries Loop(x) (no known rank) and divides it by its first length inside."""
-    f = onnx.TensorProto.FLOAT
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["go"], ["go_out"]),
-            helper.make_node("Shape", ["c_in"], ["sh"]),
-            helper.make_node("Gather", ["sh", "first"], ["n"], axis=0),
-            helper.make_node("Cast", ["n"], ["nf"], to=f),
-            helper.make_node("Div", ["c_in", "nf"], ["c_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("turn", onnx.TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", onnx.TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_in", f, None),
-        ],
-        [
-            helper.make_tensor_value_info("go_out", onnx.TensorProto.BOOL, []),
-            helper.make_tensor_value_info("c_out", f, None),
-        ],
-    )
+    body = _body(_divided_by_first_length("c"), [("c", None)], turns=True)
     nodes = [carried_once("x", "lo"), helper.make_node("Loop", ["once", "go", "lo"], ["y"], body=body)]
     model = graph_model(nodes, [*ONCE, ints("first", 0)], shape=("N", 3))
     assert not rows_independent(model)
@@ -191,11 +172,21 @@ def test_a_slice_to_a_length_made_from_the_batchs_does_not_keep_every_row() -> N
     assert "its bounds are computed at run time" in why, why
 
 
+def _divided_by_first_length(carried: str) -> list[onnx.NodeProto]:
+    """A body's step: `carried`_in divided by its first length (`first` an initializer, 0)."""
+    return [
+        node("Shape", [f"{carried}_in"], "sh"),
+        node("Gather", ["sh", "first"], "n", axis=0),
+        node("Cast", ["n"], "nf", to=onnx.TensorProto.FLOAT),
+        node("Div", [f"{carried}_in", "nf"], f"{carried}_out"),
+    ]
+
+
 def _body(
     nodes: list[onnx.NodeProto],
     carried: list[tuple[str, list[int] | None]],
     turns: bool,
-    given: tuple[list[str] | None, ...] = (None, None),
+    given: tuple[list[str] | None, ...] = (),
 ) -> onnx.GraphProto:
     """A Loop's body (`turns`: its count and condition first) or a Scan's, its carried values
     `carried` (name, declared shape or None) in and out (`name`_in, `name`_out; an output with no
@@ -211,7 +202,7 @@ def _body(
     ins += [helper.make_tensor_value_info(f"{name}_in", f, shape) for name, shape in carried]
     outs += [
         helper.make_tensor_value_info(f"{name}_out", f, shape or out)
-        for (name, shape), out in zip(carried, given, strict=True)
+        for (name, shape), out in zip(carried, given or (None,) * len(carried), strict=True)
     ]
     return helper.make_graph(nodes, "body", ins, outs)
 
@@ -236,13 +227,7 @@ def test_a_loops_second_output_of_no_known_rank_made_from_the_batch_is_read() ->
 def test_a_length_read_in_a_scans_body_over_such_an_output_mixes_rows() -> None:
     """A Scan whose state is Loop(x) (no known rank) divides it by its first length each step."""
     body = _body(
-        [
-            helper.make_node("Shape", ["s_in"], ["sh"]),
-            helper.make_node("Gather", ["sh", "first"], ["n"], axis=0),
-            helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT),
-            helper.make_node("Div", ["s_in", "nf"], ["s_out"]),
-            helper.make_node("Identity", ["step_in"], ["step_out"]),
-        ],
+        [*_divided_by_first_length("s"), helper.make_node("Identity", ["step_in"], ["step_out"])],
         [("s", None), ("step", [3])],
         turns=False,
         given=(["n", "w"], None),
