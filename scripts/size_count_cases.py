@@ -269,10 +269,32 @@ def split_shape_view() -> Source:
     return Source("count_split_shape_view_rowwise", m, (f32(23, 4, 3, 2, 2),))
 
 
+def loop_kept_own_shape() -> Source:
+    """lo = a Loop of one turn carrying Relu(x) as it takes it, reshaped by its own Shape and
+    softmaxed along its width (onnx tells lo no rank; refused before session 65)."""
+    body = h.make_graph(
+        [h.make_node("Identity", ["go"], ["go_out"]), h.make_node("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [
+            h.make_tensor_value_info("turn", I64, []),
+            h.make_tensor_value_info("go", T.BOOL, []),
+            h.make_tensor_value_info("c_in", F, None),
+        ],
+        [h.make_tensor_value_info("go_out", T.BOOL, []), h.make_tensor_value_info("c_out", F, None)],
+    )
+    g = Graph()
+    lo = g.op("Loop", [g.const(1), g.const(True, np.bool_), g.op("Relu", ["x"])], body=body)
+    g.op("Softmax", [g.op("Reshape", [lo, g.op("Shape", [lo])])], out="y", axis=-1)
+    return Source(
+        "count_loop_kept_own_shape_rowwise", g.model([("x", ["N", 3])], [("y", ["N", 3])]), (f32(24, 4, 3),)
+    )
+
+
 ROWWISE = (
     vit_cls_legacy_expand, tile_cls_repeat, pos_slice_add, new_zeros_cat, view_flat, multi_head_fold,
     flatten_matmul, repeat_interleave, detr_time_major, attention_mask_expand, resize_sizes_kept,
     affine_grid_sample, max_unpool_shape, slice_to_n, view_through_where, split_shape_view,
+    loop_kept_own_shape,
 )  # fmt: skip
 
 

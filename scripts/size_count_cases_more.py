@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper as h
+from onnx import numpy_helper
 from size_count_cases import F, Graph, Source, f32, filled
 
 
@@ -287,11 +288,30 @@ def pad_truncated_then_n() -> Source:
     return _source("pad_truncated_then_n", g.model([("x", ["N", 6])], [("y", ["N", 6])]), f32(57, 4, 6))
 
 
+def if_two_ranks_n() -> Source:
+    """x / Shape(t)[0], t = If(True, x, x[None]): onnx tells t no rank, and its first length, N, had
+    been read as no size (session 65)."""
+    same = h.make_graph(
+        [h.make_node("Identity", ["x"], ["a"])], "a", [], [h.make_tensor_value_info("a", F, None)]
+    )
+    grown = h.make_graph(
+        [h.make_node("Unsqueeze", ["x", "axis0"], ["b"])], "b", [], [h.make_tensor_value_info("b", F, None)]
+    )
+    g = Graph()
+    g.nodes.append(
+        h.make_node("Constant", [], ["axis0"], value=numpy_helper.from_array(np.array([0], np.int64)))
+    )
+    t = g.op("If", [g.const(True, np.bool_)], then_branch=same, else_branch=grown)
+    n = g.op("Cast", [g.op("Gather", [g.op("Shape", [t]), g.const(0)], axis=0)], to=F)
+    g.op("Div", ["x", n], out="y")
+    return _source("if_two_ranks_n", g.model([("x", ["N", 3])], [("y", ["N", 3])]), f32(58, 4, 3))
+
+
 MIXING = (
     resize_sizes_n_1_n, resize_sizes_min, reshape_min_softmax, center_crop_pad_n, loop_counter,
     affine_grid_min, expand_min, max_unpool_min, tile_n_by_n, reduce_mean_axes_sub, reduce_sum_axes_min,
     unsqueeze_axes_min, top_k_n, one_hot_depth_n, trilu_k_n, cum_sum_axis_n, pad_by_n, divide_by_n,
     add_range_n, where_expand_reduce_sum, loop_stacked_iterations, if_returns_outer_n, split_second_n,
     reshape_constant_by_n, shape_of_range_n, rnn_steps_n_unnamed, seq_first_reshape_2_n,
-    pad_truncated_then_n,
+    pad_truncated_then_n, if_two_ranks_n,
 )  # fmt: skip

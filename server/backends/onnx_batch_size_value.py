@@ -97,7 +97,8 @@ class BatchSizeValues:
         if not any(node.output):  # (an RNN's first output may be left unnamed: its others count)
             return
         self.names.grew(node, dims)
-        self.rankless.see(node, dims, lambda name: self._from_batched(name, dims))
+        condition = constant(0) if node.op_type == "If" else None
+        self.rankless.see(node, dims, lambda name: self._from_batched(name, dims), condition)
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
         looped = node.op_type == "Loop" and bool(node.input) and node.input[0] in self.sized
@@ -118,10 +119,18 @@ class BatchSizeValues:
             self._name_rows(node, dims, constant)
         self.positions.see(node, dims, constant, lambda name: name in self.sized, lineage)
 
-    def returned(self, node: onnx.NodeProto, body: onnx.GraphProto, inner: BatchSizeValues) -> None:
+    def returned(
+        self,
+        node: onnx.NodeProto,
+        body: onnx.GraphProto,
+        inner: BatchSizeValues,
+        dims: Callable[[str], Dims | None],
+    ) -> None:
         """A body's values made from the batch's size (read from the enclosing graph: an If's
         branch returning Cast(N), a Scan adding it to its state) make the node's outputs so; a Loop's
-        condition so made makes all of its outputs so (its count of iterations; a tester, s57)."""
+        condition so made makes all of its outputs so (its count of iterations; a tester, s57).
+        `dims`: the body's shapes (an If's outputs of no known rank are read branch by branch)."""
+        self.rankless.returned(node, body, dims, inner.names.batch, inner.names.grown, inner.rankless)
         values = [out.name for out in body.output]
         looped = node.op_type == "Loop" and bool(values) and values[0] in inner.sized
         for name, value in zip(node.output, values[1:] if node.op_type == "Loop" else values, strict=False):
@@ -334,6 +343,9 @@ class BatchSizeValues:
                 return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
             if read is None and source in self.rankless.names:
                 return EVERY  # no rank known: any entry may be the batch's (x / Shape(lo)[0]; s64)
+            branched = self.rankless.shape_positions(node, source) if read is None else None
+            if branched is not None and (branched != EVERY or self._from_batched(source, dims)):
+                return branched if node.op_type == "Shape" or not branched else EVERY  # an If's, by branch
             return self._read(node, read, self._from_batched(source, dims))
         if (
             op == "NonZero"

@@ -162,7 +162,8 @@ class DataSizedLengths:
     (None, or its own `unk__` names). A Shape or a Size reading one reads a length set by every
     row's values: a NonMaxSuppression's detections, counted over every image of the batch, had
     been taken as each request's own count, OK, and so after a Reshape to [-1] or a whole Slice
-    (testers, session 58)."""
+    (testers, session 58). So too an If whose branch every row's values choose: its branches may
+    give its output other lengths, or other ranks (session 65)."""
 
     def __init__(self) -> None:
         self.names: dict[str, str] = {}  # such a dim's name -> the op that set the length
@@ -185,6 +186,8 @@ class DataSizedLengths:
         if origin is None:  # a body's value returned (an If's branch, a Loop's state; a tester, s58)
             returned = (out.name for sub in subgraphs(node) for out in sub.output)
             origin = next((self.tensors[name] for name in returned if name in self.tensors), None)
+        if origin is None and mixes and node.op_type == "If":
+            origin = described(node)  # its branch chosen by every row's values (session 65)
         if origin is None:
             return
         for out in (name for name in node.output if name):

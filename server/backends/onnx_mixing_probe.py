@@ -81,7 +81,43 @@ def _seed_bodies(graph: onnx.GraphProto, outer: Mapping[str, onnx.TypeProto]) ->
             for inner, fed in _feeds(node, sub, types):
                 changed = (fed is not None and _seeded(inner, fed)) or changed
             changed = _seed_bodies(sub, types) or changed
+        changed = _kept_through(graph, node, types) or changed
     return changed
+
+
+def _kept_through(graph: onnx.GraphProto, node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto]) -> bool:
+    """Each carried value of a Loop that onnx left without a shape given the shape it is fed, where
+    the body takes it with that shape and returns it with that shape, every dim named or sized: each
+    turn keeps it, and a Loop of no turns returns it as fed (onnx had left Loop(x)'s output of no
+    rank, so Reshape(lo, Shape(lo)) and ones_like(lo) were refused; session 65). Whether any was."""
+    if node.op_type != "Loop" or node.domain not in ONNX_DOMAIN or not node.attribute:
+        return False
+    body = next((found.g for found in node.attribute if found.name == "body"), None)
+    if body is None:
+        return False
+    own = _types(body, {})
+    changed = False
+    for fed, inner, out, made in zip(
+        node.input[2:], body.input[2:], body.output[1:], node.output, strict=False
+    ):
+        given = types.get(fed)
+        if not made or made in types or given is None or not _every_dim_told(given):
+            continue
+        if own.get(inner.name) != given or own.get(out.name) != given:
+            continue
+        info = next((value for value in graph.value_info if value.name == made), None)
+        if info is None:
+            info = graph.value_info.add()
+            info.name = made
+        info.type.CopyFrom(given)
+        changed = True
+    return changed
+
+
+def _every_dim_told(found: onnx.TypeProto) -> bool:
+    return found.HasField("tensor_type") and all(
+        dim.HasField("dim_value") or bool(dim.dim_param) for dim in found.tensor_type.shape.dim
+    )
 
 
 def _seeded(inner: onnx.ValueInfoProto, fed: onnx.TypeProto) -> bool:

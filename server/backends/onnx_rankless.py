@@ -5,19 +5,30 @@ declared with no shape. Any entry of such a tensor's Shape may be the batch's si
 Shape(Loop(x))[0], through a Relu, or read inside a second Loop's body, had loaded batched (a
 tester, session 64). Not every tensor of no known rank: a table made from lengths (Range(0, T)) has
 none and keeps rows, and Silero VAD compares entries of an If's output of two ranks (read so, it was
-refused; an If whose branches return x and Unsqueeze(x), read by x / Shape(it)[0], stays open).
+refused). An If's output of no known rank is read branch by branch instead: each branch's value has
+its own shape, so an entry of its Shape is the batch's size itself only where every branch has the
+batch's axis there, and made from it where any branch does (If(c, x, Unsqueeze(x)), read by x /
+Shape(it)[0], had loaded batched; session 65).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute
+from server.backends.graph_names import attribute, shape_read
+from server.backends.onnx_size_positions import EVERY
 
 Dims = list[int | str | None]
 _SHAPED_BY_BODIES = frozenset({"Loop", "Scan"})
+_SIZE, _MADE = "size", "made"  # a branch's axis: the batch's own, or a length made from its size
+# Ops whose output has their first input's shape: an If's output read branch by branch stays so.
+_SHAPE_KEPT = frozenset({
+    "Identity", "Cast", "CastLike", "Relu", "Neg", "Abs", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Not",
+    "Sign", "Floor", "Ceil", "Round", "Erf",
+})  # fmt: skip
 
 
 class RanklessTensors:
@@ -25,15 +36,72 @@ class RanklessTensors:
 
     def __init__(self, names: set[str] | None = None) -> None:
         self.names: set[str] = set(names or ())
+        self.branches: dict[str, list[list[str] | None]] = {}  # an If's output -> each branch's axes
+        self.taken: dict[str, str] = {}  # an If's first output -> the branch its constant condition takes
 
     def within(self) -> RanklessTensors:
         """A copy for a subgraph: it reads the enclosing graph's, its own stay its own."""
-        return RanklessTensors(self.names)
+        inner = RanklessTensors(self.names)
+        inner.branches = {name: list(axes) for name, axes in self.branches.items()}
+        inner.taken = dict(self.taken)
+        return inner
+
+    def returned(
+        self,
+        node: onnx.NodeProto,
+        body: onnx.GraphProto,
+        dims: Callable[[str], Dims | None],
+        batch: set[str],
+        grown: set[str],
+        inner: RanklessTensors,
+    ) -> None:
+        """An If branch's values, as the If's outputs: each axis the batch's own (`batch`, the
+        branch's names), a length made from its size (`grown`), or neither; where the branch's value
+        has no known rank, the branches `inner` (the branch's own) read it by (an If of two ranks
+        inside a branch), else None."""
+        if node.op_type != "If" or not node.output:
+            return
+        taken = self.taken.get(node.output[0])
+        if taken is not None and attribute(node, taken, None) != body:
+            return  # a branch its constant condition never takes
+        for name, value in zip(node.output, body.output, strict=False):
+            read = dims(value.name)
+            axes = (
+                None if read is None else [_SIZE if d in batch else _MADE if d in grown else "" for d in read]
+            )
+            if name:
+                nested = inner.branches.get(value.name, [None]) if read is None else [axes]
+                self.branches.setdefault(name, []).extend(nested)
+
+    def shape_positions(self, node: onnx.NodeProto, name: str) -> frozenset[int] | None:
+        """The positions of a Shape of If output `name` (of no known rank) that hold the batch's
+        size in every branch; EVERY where a position holds it or a length made from it in some
+        branch only (its value then depends on the branch and the batch's size), or a branch's rank
+        is not known (a Flatten of an If of two ranks returned); None where `name` is no such output."""
+        branches = self.branches.get(name)
+        if not branches:
+            return None
+        if any(axes is None for axes in branches):
+            return EVERY
+        reads = [shape_read(node, axes) for axes in branches if axes is not None]
+        held = {at for read in reads for at, axis in enumerate(read) if axis}
+        exact = all(at < len(read) and read[at] == _SIZE for read in reads for at in held)
+        return frozenset(held) if exact else EVERY
 
     def see(
-        self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], batched: Callable[[str], bool]
+        self,
+        node: onnx.NodeProto,
+        dims: Callable[[str], Dims | None],
+        batched: Callable[[str], bool],
+        condition: np.ndarray | None = None,
     ) -> None:
-        """`batched`: whether a tensor is made from an input that carries the batch."""
+        """`batched`: whether a tensor is made from an input that carries the batch; `condition`:
+        an If's, where it is a constant (only the branch it takes is read)."""
+        if node.op_type == "If" and condition is not None and condition.size == 1 and node.output:
+            self.taken[node.output[0]] = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        kept = node.input[0] if node.op_type in _SHAPE_KEPT and node.input else ""
+        if kept in self.branches and node.output and node.output[0] and dims(node.output[0]) is None:
+            self.branches[node.output[0]] = list(self.branches[kept])
         fed = any(name in self.names for name in node.input if name)
         for out in node.output:
             if not out or dims(out) is not None:

@@ -241,7 +241,7 @@ class _Walk:
             inner.value_lineage, inner.ranks = self.value_lineage, self.ranks and node.op_type == "If"
             inner.foreign = self.foreign.within(inner.names, inner.shapes.get, inner.constants)
             inner.graph(sub, self.constants)
-            self.values.returned(node, sub, inner.values)  # values made from the batch's size
+            self.values.returned(node, sub, inner.values, inner.shapes.get)  # made from the batch's size
             for out in sub.output:
                 if out.name in inner.mixed:
                     return f"{inner.mixed[out.name]}, inside {described(node)}"

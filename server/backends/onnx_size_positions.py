@@ -67,10 +67,11 @@ def length_of(shape: Dims | None, value: np.ndarray | None = None) -> int | None
 
 
 def picked_positions(sized: frozenset[int], indices: np.ndarray | None, length: int | None) -> frozenset[int]:
-    """Gather's positions that hold a size (constant indices into a vector of known length)."""
-    if indices is None or length is None or sized == EVERY:
+    """Gather's positions that hold a size (constant indices into a vector of known length, or
+    indices from its start: a Shape of an If's output of no known rank, read branch by branch)."""
+    if indices is None or sized == EVERY or (length is None and (indices < 0).any()):
         return EVERY
-    picks = [int(i) % length for i in indices.flat]
+    picks = [int(i) % length if length else int(i) for i in indices.flat]
     return frozenset(k for k, i in enumerate(picks) if i in sized)
 
 
@@ -84,26 +85,33 @@ def sliced_positions(
     )
     if len(node.input) == 1:  # before opset 10 its bounds are attributes (torch's opset-9 exports)
         first, last, axes = (slice_attribute(node, name) for name in ("starts", "ends", "axes"))
-    if length is None or first is None or last is None:
+    if first is None or last is None:
         return EVERY
     if axes is not None and [int(a) for a in axes.flat] not in ([0], [-1]):
         return EVERY
     step = int(steps.flat[0]) if steps is not None else 1
     start, end = slice_bound(first.flat[0]), slice_bound(last.flat[0])
-    kept = range(length)[start:end:step]
+    if length is None and (start < 0 or end < 0 or step < 1):
+        return EVERY  # counted from the end of a vector of no known length
+    # (no length: up to the last position held, past which no entry is one)
+    kept = (
+        range(length)[start:end:step] if length is not None else range(start, min(end, max(sized) + 1), step)
+    )
     return frozenset(k for k, i in enumerate(kept) if i in sized)
 
 
 def joined_positions(taken: Sequence[frozenset[int]], lengths: Sequence[int | None]) -> frozenset[int]:
-    """Concat's positions that hold a size: each input's, shifted by the lengths before it."""
+    """Concat's positions that hold a size: each input's, shifted by the lengths before it (an input
+    of no known length is placed where none after it holds one: Shape(t)[:1] of an If's output of
+    no known rank, before a constant's)."""
     if any(t == EVERY for t in taken):
         return EVERY
     held: set[int] = set()
     offset = 0
-    for positions, length in zip(taken, lengths, strict=True):
-        if length is None:
-            return EVERY
+    for at, (positions, length) in enumerate(zip(taken, lengths, strict=True)):
         held.update(offset + p for p in positions)
+        if length is None:
+            return frozenset(held) if not any(taken[at + 1 :]) else EVERY
         offset += length
     return frozenset(held)
 

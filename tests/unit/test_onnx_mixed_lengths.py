@@ -13,7 +13,15 @@ import pytest
 from onnx import helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import ONCE, carried_once, graph_model, ints, node, rows_independent
+from tests.support.onnx_graphs import (
+    ONCE,
+    carried_once,
+    graph_model,
+    ints,
+    node,
+    once_round,
+    rows_independent,
+)
 
 SIZE_AS_VALUE = "takes the batch's size as a value"
 
@@ -65,12 +73,27 @@ def test_the_first_length_of_a_loops_output_of_no_known_rank_made_from_the_batch
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
-def test_any_length_of_such_a_loops_output_is_read_as_the_batchs_size() -> None:
-    """Refused though rows are independent (its second length is 3): onnx tells no rank, so the load
+def growing_loop(out: str = "t") -> onnx.NodeProto:
+    """A Loop of one turn whose body joins its carried value to itself along axis 1: [N, 3] in,
+    [N, 6] out, so the value changes shape by turns and onnx tells the output no rank."""
+    step = node("Concat", ["c_in", "c_in"], "c_out", axis=1)
+    return helper.make_node("Loop", ["once", "go", "x"], [out], body=once_round(step))
+
+
+def test_any_length_of_a_loops_output_that_changes_shape_is_read_as_the_batchs_size() -> None:
+    """Refused though rows are independent (its second length is 6): onnx tells no rank, so the load
     cannot tell which entry is the batch's."""
-    model = divided_by_length([carried_once("x", "t")], 1, tuple(ONCE))
+    model = divided_by_length([growing_loop()], 1, tuple(ONCE))
     assert rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_loops_output_that_keeps_its_shape_is_read_by_its_lengths() -> None:
+    """Loop(x) returning its carried value as it took it is [N, 3] whatever its turns (onnx had told
+    no rank, and its second length, 3, was read as the batch's; session 65)."""
+    model = divided_by_length([carried_once("x", "t")], 1, tuple(ONCE))
+    assert rows_independent(model)
+    assert row_mixing_outputs(model) == {}
 
 
 def test_a_loops_output_made_from_no_batched_input_is_not_the_batchs_size() -> None:
@@ -103,19 +126,22 @@ def test_a_length_made_from_the_batchs_as_a_shape_is_not_the_batchs_own_axis() -
         assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", ""), op
 
 
+@pytest.mark.parametrize("grows", [False, True], ids=["keeps its shape", "of no known rank"])
 @pytest.mark.parametrize("op", ["Identity", "Relu", "Cast"])
-def test_a_length_of_a_loops_output_through_another_op_mixes_rows(op: str) -> None:
+def test_a_length_of_a_loops_output_through_another_op_mixes_rows(op: str, grows: bool) -> None:
     cast = {"to": onnx.TensorProto.FLOAT} if op == "Cast" else {}
-    made = [carried_once("x", "lo"), node(op, ["lo"], "t", **cast)]
+    made = [growing_loop("lo") if grows else carried_once("x", "lo"), node(op, ["lo"], "t", **cast)]
     model = divided_by_length(made, 0, tuple(ONCE))
     assert not rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
-def test_a_length_read_in_the_body_of_a_loop_over_such_an_output_mixes_rows() -> None:
-    """A second Loop carries Loop(x) (no known rank) and divides it by its first length inside."""
+@pytest.mark.parametrize("grows", [False, True], ids=["keeps its shape", "of no known rank"])
+def test_a_length_read_in_the_body_of_a_loop_over_such_an_output_mixes_rows(grows: bool) -> None:
+    """A second Loop carries Loop(x) and divides it by its first length inside."""
     body = _body(_divided_by_first_length("c"), [("c", None)], turns=True)
-    nodes = [carried_once("x", "lo"), helper.make_node("Loop", ["once", "go", "lo"], ["y"], body=body)]
+    first = growing_loop("lo") if grows else carried_once("x", "lo")
+    nodes = [first, helper.make_node("Loop", ["once", "go", "lo"], ["y"], body=body)]
     model = graph_model(nodes, [*ONCE, ints("first", 0)], shape=("N", 3))
     assert not rows_independent(model)
     assert "made from the batch's size by the Shape node making 'sh'" in row_mixing_outputs(model).get(
@@ -152,7 +178,7 @@ def test_a_width_a_mixing_op_passed_on_is_not_made_from_the_batchs_size() -> Non
 def test_a_loops_output_of_no_known_rank_shaped_by_its_own_shape_is_refused() -> None:
     """Refused though rows are independent: Reshape(lo, Shape(lo)); which of the Shape's entries is
     the batch's the load cannot tell without a rank."""
-    nodes = [carried_once("x", "lo"), node("Shape", ["lo"], "sh"), node("Reshape", ["lo", "sh"], "y")]
+    nodes = [growing_loop("lo"), node("Shape", ["lo"], "sh"), node("Reshape", ["lo", "sh"], "y")]
     model = graph_model(nodes, list(ONCE), shape=("N", 3))
     assert rows_independent(model)
     assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")

@@ -70,7 +70,9 @@ def test_lengths_picks_slices_and_joins_of_positions() -> None:
     assert length_of(None, np.zeros(3)) == 3
     assert picked_positions(frozenset({1}), np.array([1, 0]), 2) == frozenset({0})
     assert picked_positions(frozenset({1}), None, 2) == EVERY
-    assert picked_positions(frozenset({1}), np.array([0]), None) == EVERY
+    assert picked_positions(frozenset({1}), np.array([0]), None) == frozenset()  # from the start
+    assert picked_positions(frozenset({1}), np.array([0, 1]), None) == frozenset({1})
+    assert picked_positions(frozenset({1}), np.array([-1]), None) == EVERY  # from the end: not known
     assert picked_positions(EVERY, np.array([0]), 2) == EVERY
     node = helper.make_node("Slice", ["s", "a", "b", "c", "d"], ["o"])
     bounds = _constants(i1=[1], i2=[3], i3=[-1], i4=[1])
@@ -83,8 +85,20 @@ def test_lengths_picks_slices_and_joins_of_positions() -> None:
     assert sliced_positions(frozenset({1}), node, _constants(i1=[0], i2=[3], i3=[1]).get, 3) == EVERY
     assert sliced_positions(frozenset({1}), node, _constants(i1=[0]).get, 3) == EVERY
     assert sliced_positions(frozenset({1}), node, _constants(i2=[3]).get, 3) == EVERY
+    # A vector of no known length (a Shape of an If's output of no known rank): from its start only.
+    assert sliced_positions(frozenset({1, 2}), unstepped, _constants(i1=[1], i2=[2]).get, None) == {0}
+    assert sliced_positions(frozenset({0, 3}), plain, _constants(i1=[1], i2=[1 << 62], i4=[2]).get, None) == {
+        1
+    }
+    assert sliced_positions(frozenset({0}), unstepped, _constants(i1=[0], i2=[-1]).get, None) == EVERY
+    assert sliced_positions(frozenset({0}), unstepped, _constants(i1=[-2], i2=[5]).get, None) == EVERY
+    assert sliced_positions(frozenset({0}), plain, _constants(i1=[5], i2=[0], i4=[-1]).get, None) == EVERY
     assert joined_positions([frozenset({0}), frozenset(), frozenset({0})], [1, 3, 1]) == frozenset({0, 4})
-    assert joined_positions([frozenset({0}), frozenset({0})], [1, None]) == EVERY
+    # An input of no known length: its own positions hold; any after it cannot be placed.
+    assert joined_positions([frozenset({0}), frozenset({0})], [1, None]) == frozenset({0, 1})
+    assert joined_positions([frozenset({1}), frozenset()], [None, 1]) == frozenset({1})
+    assert joined_positions([frozenset({0}), frozenset({0})], [None, 1]) == EVERY
+    assert joined_positions([frozenset(), frozenset(), frozenset({0})], [None, 1, 1]) == EVERY
     with pytest.raises(ValueError):
         joined_positions([frozenset({0})], [1, 2])
 

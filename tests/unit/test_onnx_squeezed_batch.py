@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import ONCE, carried_once
+from tests.support.onnx_graphs import ONCE, carried_once, once_round
 
 F = TensorProto.FLOAT
 N = helper.make_node
@@ -51,12 +51,25 @@ def test_a_squeeze_of_named_axes_keeps_rows() -> None:
 
 
 def test_a_squeeze_of_no_axes_on_a_tensor_of_no_known_shape_is_refused() -> None:
-    # x through a Loop (its output of no shape in onnx's inference), then squeezed: alone (8,).
+    # x through a Loop that joins it to itself (its output of no shape in onnx's inference), then
+    # squeezed: alone (16,).
+    model = _model(N("Squeeze", ["carried"], ["y"]), 17)
+    step = N("Concat", ["c_in", "c_in"], ["c_out"], axis=1)
+    model.graph.node.insert(1, N("Loop", ["once", "go", "m"], ["carried"], body=once_round(step)))
+    model.graph.initializer.extend(ONCE)
+    assert row_mixing_outputs(model) == {
+        "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried', of no known shape"
+    }
+
+
+def test_a_squeeze_of_no_axes_on_a_loops_output_that_keeps_its_shape_names_the_batch() -> None:
+    # Loop(m) returns m as it took it: [batch, 1, 8] (session 65; read of no known shape before).
     model = _model(N("Squeeze", ["carried"], ["y"]), 17)
     model.graph.node.insert(1, carried_once("m", "carried"))
     model.graph.initializer.extend(ONCE)
     assert row_mixing_outputs(model) == {
-        "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried', of no known shape"
+        "y": "the Squeeze node making 'y' squeezes every axis of length 1 of 'carried' ['batch', 1, 8]: "
+        "the batch's, axis 0, where a request runs alone"
     }
 
 

@@ -83,13 +83,14 @@ def test_an_expand_keeping_the_batchs_axis_batches() -> None:
     assert row_mixing_outputs(model) == {}
 
 
-def test_a_loop_output_made_from_x_stored_of_sizes_alone_is_of_no_known_shape() -> None:
+def test_a_loop_output_made_from_x_stored_of_sizes_alone_is_not_read_by_them() -> None:
     # lo carries Relu(x), stored [1, 3]: read [?, ?], its first axis was taken as not the batch's
-    # and Softmax(lo, axis=0) loaded batched (a tester, session 62).
+    # and Softmax(lo, axis=0) loaded batched (a tester, session 62). Its body returns it as it
+    # takes it, so it is Relu(x)'s [N, 3] (session 65; of no known shape before).
     nodes = [N("Relu", ["x"], ["r"]), carried_once("r"), N("Softmax", ["lo"], ["y"], axis=0)]
     model = _model(nodes, LOOP_INITS, [helper.make_tensor_value_info("lo", F, [1, 3])])
     assert not rows_independent(model)
-    assert "its shape is not known" in row_mixing_outputs(model)["y"]
+    assert "works along the batch's axis, axis 0 of 'lo'" in row_mixing_outputs(model)["y"]
 
 
 def test_a_loop_output_made_from_x_stored_with_a_name_keeps_its_sizes() -> None:

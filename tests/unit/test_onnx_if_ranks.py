@@ -1,0 +1,193 @@
+"""An If whose branches return values of two ranks (x and Unsqueeze(x)): onnx tells its output no
+rank, and x / Shape(it)[k] had loaded batched whatever k held (session 64's open HIGH). Each
+branch's value is now read with its own shape (onnx_rankless.py): an entry of the Shape is the
+batch's size itself where every branch has the batch's axis there, made from it where some branch
+does; a constant condition reads only the branch it takes, and a condition every row's values set
+makes the output's lengths theirs (onnx_mixing_graph.DataSizedLengths). Each verdict is checked
+against onnxruntime where the model runs as the test builds it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
+
+SIZE_AS_VALUE = "takes the batch's size as a value"
+
+
+def _branch(name: str, axis: int | None, source: str = "x") -> onnx.GraphProto:
+    """A branch returning the outer `source`, unsqueezed at `axis` where one is given."""
+    made = (
+        node("Identity", [source], name) if axis is None else node("Unsqueeze", [source, f"axis{axis}"], name)
+    )
+    return helper.make_graph([made], name, [], [helper.make_tensor_value_info(name, F, None)])
+
+
+def two_ranks(
+    condition: list[onnx.NodeProto],
+    reads: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    axes: tuple[int | None, int | None] = (None, 0),
+    inputs: tuple[onnx.ValueInfoProto, ...] = (),
+) -> onnx.ModelProto:
+    """t = If(c, x unsqueezed at axes[0], at axes[1]) (None: x itself), then `reads` of t; x [N, 3]."""
+    then, other = (_branch(f"b{i}", axis) for i, axis in enumerate(axes))
+    nodes = [*condition, helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=other), *reads]
+    axis_inits = [ints(f"axis{a}", [a]) for a in (0, 1, 2)]
+    return graph_model(nodes, [*inits, *axis_inits], inputs=inputs, shape=("N", 3))
+
+
+def divided_by(at: int, start: int = 0) -> list[onnx.NodeProto]:
+    """x / Shape(t)[start:][at]."""
+    shape = node("Shape", ["t"], "sh", start=start) if start else node("Shape", ["t"], "sh")
+    return [
+        shape,
+        node("Gather", ["sh", "at"], "n", axis=0),
+        node("Cast", ["n"], "nf", to=F),
+        node("Div", ["x", "nf"], "y"),
+    ]
+
+
+def at(index: int) -> onnx.TensorProto:
+    return ints("at", index)
+
+
+def constant(value: bool) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value), "c")
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("axes", [(None, 0), (0, None)], ids=["then x", "then Unsqueeze(x)"])
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_constant_condition_reads_the_branch_it_takes(
+    taken: bool, axes: tuple[int | None, int | None], index: int
+) -> None:
+    model = two_ranks([], divided_by(index), [constant(taken), at(index)], axes)
+    independent = rows_independent(model)
+    found = row_mixing_outputs(model)
+    assert (found == {}) == independent, found
+    if not independent:
+        assert SIZE_AS_VALUE in found["y"] and "the Shape node making 'sh'" in found["y"], found
+
+
+def _flagged_rows_independent(model: onnx.ModelProto) -> bool:
+    """rows_independent with the If's condition a second input 'c', for both of its values."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    for flag in (np.array(True), np.array(False)):
+        (batched,) = session.run(None, {"x": x, "c": flag})
+        for i in range(4):
+            (alone,) = session.run(None, {"x": x[i : i + 1], "c": flag})
+            if alone.shape != batched[i : i + 1].shape or not np.allclose(alone, batched[i : i + 1]):
+                return False
+    return True
+
+
+FLAG = (
+    helper.make_tensor_value_info("x", F, ["N", 3]),
+    helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+)
+
+
+@pytest.mark.parametrize(
+    ("axes", "index", "start", "mixes"),
+    [
+        ((None, 0), 0, 0, True),  # N or 1
+        ((None, 0), 1, 0, True),  # 3 or N
+        ((None, 0), 0, 1, True),  # Shape(t)[1:][0]: 3 or N
+        ((None, 2), 0, 0, True),  # N in both branches
+        ((None, 2), 1, 0, False),  # 3 in both
+        ((None, 2), 0, 1, False),  # Shape(t)[1:][0]: 3 in both
+        ((1, 2), 0, 0, True),  # N in both
+        ((1, 2), 1, 0, False),  # 1 or 3
+    ],
+)
+def test_a_condition_a_request_sends_reads_every_branch(
+    axes: tuple[int | None, int | None], index: int, start: int, mixes: bool
+) -> None:
+    model = two_ranks([], divided_by(index, start), [at(index)], axes, FLAG)
+    assert _flagged_rows_independent(model) != mixes
+    found = row_mixing_outputs(model)
+    assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
+    assert mixes or found == {}
+
+
+def test_a_length_every_branch_gives_the_batch_keeps_rows_as_a_shape() -> None:
+    """x.view(t.size(0), -1), t x [N, 3] or x[..., None] [N, 3, 1]: N in both, the batch's own axis."""
+    reads = [
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["n", "rest"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+    model = two_ranks([], reads, inits, (None, 2), FLAG)
+    assert _flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_length_some_branch_gives_the_batch_is_not_the_batchs_own_axis() -> None:
+    """The same view by t x [N, 3] or Unsqueeze(x, 0) [1, N, 3]: its first length N or 1. Refused
+    (rows would keep here, as one row of N or N rows; the load cannot tell which)."""
+    reads = [
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["n", "rest"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+    found = row_mixing_outputs(two_ranks([], reads, inits, (None, 0), FLAG))
+    assert "as a shape, a size or a count" in found.get("y", ""), found
+
+
+def test_a_branch_chosen_by_every_rows_values_sets_the_lengths_read() -> None:
+    """If(sum(x) > 1e9, x, Unsqueeze(x)): the else branch runs here, and x / Shape(t)[0] is x / 1, yet
+    which branch runs is every row's values' choice: refused, naming the If."""
+    condition = [node("ReduceSum", ["x"], "s", keepdims=0), node("Greater", ["s", "big"], "c")]
+    big = numpy_helper.from_array(np.array(1e9, np.float32), "big")
+    model = two_ranks(condition, divided_by(0), [big, at(0)], (None, 0))
+    assert rows_independent(model)  # (by these values: not for a batch summing past 1e9)
+    found = row_mixing_outputs(model).get("y", "")
+    assert "reads a length of 't' that the If node making 't' set from every row's values" in found, found
+
+
+def _nested(through: str = "Identity", source: str = "x") -> onnx.ModelProto:
+    """t = If(c, `through`(If(c, s, Unsqueeze(s))), s), s = `source`: its then branch returns a value
+    of no known rank, read by the inner If's own branches."""
+    inner = helper.make_node(
+        "If", ["c"], ["it"], then_branch=_branch("p", None, source), else_branch=_branch("q", 0, source)
+    )
+    then = helper.make_graph(
+        [inner, node(through, ["it"], "kept")], "nest", [], [helper.make_tensor_value_info("kept", F, None)]
+    )
+    outer = helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=_branch("r", None, source))
+    table = numpy_helper.from_array(np.ones((2, 3), np.float32), "table")
+    inits = [at(0), ints("axis0", [0]), table]
+    return graph_model([outer, *divided_by(0)], inits, inputs=FLAG, shape=("N", 3))
+
+
+@pytest.mark.parametrize("through", ["Identity", "Relu"])
+def test_an_if_of_two_ranks_inside_a_branch_is_read_by_its_own_branches(through: str) -> None:
+    model = _nested(through)
+    assert not _flagged_rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_value_of_no_known_rank_through_an_op_that_may_reshape_it_may_hold_the_batchs_size() -> None:
+    """Through a Flatten the inner If's branches say nothing of its shape: any entry of the outer
+    If's Shape may be the batch's size."""
+    model = _nested("Flatten")
+    assert not _flagged_rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_such_a_value_made_from_no_batched_input_holds_no_size() -> None:
+    """The same made from a [2, 3] table, not x: its lengths are the table's, whatever the batch."""
+    model = _nested("Flatten", "table")
+    assert _flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
