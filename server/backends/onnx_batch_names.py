@@ -135,7 +135,9 @@ class BatchNames:
     def adopt(self, returned: Sequence[tuple[BatchNames, Dims | None]], made: Dims | None) -> None:
         """The values subgraphs return (each read with its own names) become the node's output
         `made`: axis by axis from the end (a Loop's scan output has an axis of turns ahead), where
-        every subgraph returns the batch there."""
+        every subgraph returns the batch there. An axis onnx named anew where only some of an If's
+        branches have the batch (If(c, x[:, None], x[None])'s [unk, unk, 3]) is taken as the batch's
+        too: an op along it mixes, a Shape's entry for it is its size (a tester, session 65)."""
         if made is None or not returned:
             return
         for offset in range(1, len(made) + 1):
@@ -143,9 +145,10 @@ class BatchNames:
             olds = [
                 (inner, dims[-offset]) for inner, dims in returned if dims is not None and offset <= len(dims)
             ]
-            carried = len(olds) == len(returned) and all(
-                isinstance(old, str) and old in inner.batch for inner, old in olds
-            )
+            batched = [isinstance(old, str) and old in inner.batch for inner, old in olds]
+            carried = len(olds) == len(returned) and all(batched)
+            if not carried and any(batched) and isinstance(new, str) and new.startswith("unk__"):
+                self.batch.add(new)  # (some branches only)
             if carried and isinstance(new, str) and new not in self.batch:
                 inner, old = olds[0]
                 self.batch.add(new)
@@ -170,6 +173,12 @@ class BatchNames:
 
     def spelled(self, dims: Sequence[Dim]) -> Dims:
         return spelled_out(dims, self.folds)
+
+    def twice(self, dims: Sequence[Dim] | None) -> str | None:
+        """Why a tensor's rows are not its own: the batch on two axes (zeros(N, N); a tester, s52)."""
+        if sum(dim in self.batch for dim in dims or []) < 2:
+            return None
+        return f"it carries the batch on two axes {self.shown(dims or [])}: each row is as long as the batch"
 
     def shown(self, dims: Sequence[Dim]) -> list[int | str | None]:
         """`dims` as a config's reader knows them: the probe's own name of an unnamed dim is

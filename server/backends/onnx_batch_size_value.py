@@ -97,8 +97,7 @@ class BatchSizeValues:
         if not any(node.output):  # (an RNN's first output may be left unnamed: its others count)
             return
         self.names.grew(node, dims)
-        condition = constant(0) if node.op_type == "If" else None
-        self.rankless.see(node, dims, lambda name: self._from_batched(name, dims), condition)
+        self.rankless.see(node, dims, lambda name: self._from_batched(name, dims), constant, self.names)
         read = node.op_type in ("Shape", "Size", "NonZero") or any(name in self.sized for name in node.input)
         found = self._follow(node, dims, constant) if read else frozenset()
         looped = node.op_type == "Loop" and bool(node.input) and node.input[0] in self.sized
@@ -341,11 +340,11 @@ class BatchSizeValues:
                 return frozenset()  # a rank, whatever the batch's size (Silero VAD's If of two ranks)
             if source in self.sized and not all(isinstance(d, int) for d in read or [None]):
                 return EVERY  # the shape of values made from the size: Range(0, N)'s (a tester, s57)
-            if read is None and source in self.rankless.names:
-                return EVERY  # no rank known: any entry may be the batch's (x / Shape(lo)[0]; s64)
             branched = self.rankless.shape_positions(node, source) if read is None else None
             if branched is not None and (branched != EVERY or self._from_batched(source, dims)):
                 return branched if node.op_type == "Shape" or not branched else EVERY  # an If's, by branch
+            if read is None and source in self.rankless.names:
+                return EVERY  # no rank known: any entry may be the batch's (x / Shape(lo)[0]; s64)
             return self._read(node, read, self._from_batched(source, dims))
         if (
             op == "NonZero"
@@ -358,6 +357,8 @@ class BatchSizeValues:
             return frozenset()
         if op in _KEPT or (op == "Reshape" and taken[0]):
             return taken[0]
+        if op in ("Gather", "Slice") and taken[0] and len(dims(node.input[0]) or [0, 0]) != 1:
+            return EVERY  # a table of sizes ([2, 2], or of no known rank): its rows are not flat positions
         if op == "Gather" and int_attribute(node, "axis", 0) == 0 and taken[0]:
             return picked_positions(taken[0], constant(1), length_of(dims(node.input[0])))
         if op == "Slice" and taken[0]:

@@ -13,21 +13,26 @@ Shape(it)[0], had loaded batched; session 65).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, shape_read
+from server.backends.onnx_batch_names import BatchNames
+from server.backends.onnx_mixing_ops import BROADCAST_OPS
 from server.backends.onnx_size_positions import EVERY
 
 Dims = list[int | str | None]
 _SHAPED_BY_BODIES = frozenset({"Loop", "Scan"})
 _SIZE, _MADE = "size", "made"  # a branch's axis: the batch's own, or a length made from its size
-# Ops whose output has their first input's shape: an If's output read branch by branch stays so.
+# Ops whose output has their first input's shape: an If's output read branch by branch stays so
+# (and through BROADCAST_OPS, each branch broadcast with the other inputs' shapes).
 _SHAPE_KEPT = frozenset({
     "Identity", "Cast", "CastLike", "Relu", "Neg", "Abs", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Not",
-    "Sign", "Floor", "Ceil", "Round", "Erf",
+    "Sign", "Floor", "Ceil", "Round", "Erf", "Softmax", "LogSoftmax", "Hardmax", "Dropout", "Clip",
+    "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Gelu", "Mish",
+    "Reciprocal", "Sin", "Cos", "IsNaN", "IsInf",
 })  # fmt: skip
 
 
@@ -46,6 +51,11 @@ class RanklessTensors:
         inner.taken = dict(self.taken)
         return inner
 
+    def runs(self, node: onnx.NodeProto, body: onnx.GraphProto) -> bool:
+        """Whether `body` may run: not an If's branch its constant condition never takes."""
+        taken = self.taken.get(node.output[0]) if node.op_type == "If" and node.output else None
+        return taken is None or attribute(node, taken, None) == body
+
     def returned(
         self,
         node: onnx.NodeProto,
@@ -61,17 +71,31 @@ class RanklessTensors:
         inside a branch), else None."""
         if node.op_type != "If" or not node.output:
             return
-        taken = self.taken.get(node.output[0])
-        if taken is not None and attribute(node, taken, None) != body:
-            return  # a branch its constant condition never takes
         for name, value in zip(node.output, body.output, strict=False):
             read = dims(value.name)
-            axes = (
-                None if read is None else [_SIZE if d in batch else _MADE if d in grown else "" for d in read]
-            )
+            axes = None if read is None else [_axis(d, batch, grown) for d in read]
             if name:
                 nested = inner.branches.get(value.name, [None]) if read is None else [axes]
                 self.branches.setdefault(name, []).extend(nested)
+
+    def _carried(
+        self, node: onnx.NodeProto, axes_of: Callable[[str], list[str] | None]
+    ) -> list[list[str] | None] | None:
+        """The branches of an op's output made from one If output read branch by branch: its own
+        where the op keeps its first input's shape; each broadcast with the other inputs' axes
+        where it broadcasts them (x + bias after an If of two ranks; a tester, session 65)."""
+        read = [name for name in node.input if name in self.branches]
+        if len(read) != 1 or (node.op_type in _SHAPE_KEPT and node.input[0] != read[0]):
+            return None
+        if node.op_type in _SHAPE_KEPT:
+            return list(self.branches[read[0]])
+        others = [axes_of(name) for name in node.input if name and name != read[0]]
+        if node.op_type not in BROADCAST_OPS or any(axes is None for axes in others):
+            return None
+        return [
+            None if axes is None else _broadcast([axes, *(o for o in others if o is not None)])
+            for axes in self.branches[read[0]]
+        ]
 
     def shape_positions(self, node: onnx.NodeProto, name: str) -> frozenset[int] | None:
         """The positions of a Shape of If output `name` (of no known rank) that hold the batch's
@@ -93,15 +117,20 @@ class RanklessTensors:
         node: onnx.NodeProto,
         dims: Callable[[str], Dims | None],
         batched: Callable[[str], bool],
-        condition: np.ndarray | None = None,
+        constant: Callable[[int], np.ndarray | None] = lambda _: None,
+        names: BatchNames | None = None,
     ) -> None:
-        """`batched`: whether a tensor is made from an input that carries the batch; `condition`:
-        an If's, where it is a constant (only the branch it takes is read)."""
+        """`batched`: whether a tensor is made from an input that carries the batch; `constant`: the
+        value of the node's input i where known (an If's constant condition: only the branch it
+        takes runs); `names`: the batch's (the axes of a broadcast's other inputs)."""
+        condition = constant(0) if node.op_type == "If" else None
         if node.op_type == "If" and condition is not None and condition.size == 1 and node.output:
             self.taken[node.output[0]] = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
-        kept = node.input[0] if node.op_type in _SHAPE_KEPT and node.input else ""
-        if kept in self.branches and node.output and node.output[0] and dims(node.output[0]) is None:
-            self.branches[node.output[0]] = list(self.branches[kept])
+        if node.output and node.output[0] and dims(node.output[0]) is None:
+            batch, grown = (names.batch, names.grown) if names is not None else (set(), set())
+            carried = self._carried(node, axes_reader(node, dims, constant, batch, grown))
+            if carried is not None:
+                self.branches[node.output[0]] = carried
         fed = any(name in self.names for name in node.input if name)
         for out in node.output:
             if not out or dims(out) is not None:
@@ -116,3 +145,37 @@ class RanklessTensors:
         for name, value in zip(node.input, body.input, strict=False):
             if name in self.names and not value.type.tensor_type.HasField("shape"):
                 self.names.add(value.name)
+
+
+def _broadcast(inputs: list[list[str]]) -> list[str]:
+    """Axes broadcast together, aligned from the end: the batch's own where any input has it there,
+    else made from its size where any has that."""
+    rank = max(len(axes) for axes in inputs)
+    padded = [[""] * (rank - len(axes)) + axes for axes in inputs]
+    return [
+        _SIZE if _SIZE in column else _MADE if _MADE in column else "" for column in zip(*padded, strict=True)
+    ]
+
+
+def _axis(dim: int | str | None, batch: Collection[str], grown: Collection[str]) -> str:
+    return _SIZE if dim in batch else _MADE if dim in grown else ""
+
+
+def axes_reader(
+    node: onnx.NodeProto,
+    dims: Callable[[str], Dims | None],
+    constant: Callable[[int], np.ndarray | None],
+    batch: Collection[str],
+    grown: Collection[str],
+) -> Callable[[str], list[str] | None]:
+    """A reader of `node`'s inputs' axes as a branch's are read: from their dims, or a small
+    constant's shape (`constant`: the value of the node's input i, where known)."""
+
+    def axes(name: str) -> list[str] | None:
+        read = dims(name)
+        if read is None and name in node.input:
+            value = constant(list(node.input).index(name))
+            read = None if value is None else list(value.shape)
+        return None if read is None else [_axis(d, batch, grown) for d in read]
+
+    return axes

@@ -116,9 +116,9 @@ def row_mixing_outputs(
         unread = f"the load could not read the graph for ops that mix rows ({type(exc).__name__}: {exc})"
         return {out.name: unread[:400] for out in model.graph.output}
     found = {out.name: walk.mixed[out.name] for out in model.graph.output if out.name in walk.mixed}
-    declared = any(walk.batch_twice(value.name) for value in inferred.graph.input)  # outputs so too
+    declared = any(walk.names.twice(walk.shapes.get(value.name)) for value in inferred.graph.input)
     for out in model.graph.output:
-        why = None if declared else walk.batch_twice(out.name)
+        why = None if declared else walk.names.twice(walk.shapes.get(out.name))  # (inputs so: outputs too)
         why = why or walk.names.folded_rows(walk.shapes.get(out.name))
         why = why or walk.values.made_from_size(out.name)
         why = why or declared_batch_unmade(out, walk.shapes.get(out.name), walk.batch)
@@ -171,7 +171,7 @@ class _Walk:
             self.value_lineage.declare(graph, self.batch)
         lineage = partial(made_from, lineage=self.lineage, makers=self.makers)  # held: no bound method
         for node in graph.node:
-            self._made_from(node)
+            self.makers.update((out, node) for out in node.output if out)
             constant = partial(self._constant, node)
             named = self.partial.reshaped(node, self.shapes.get, constant, self.names.spelled)
             named = named or partial_dims(
@@ -205,18 +205,6 @@ class _Walk:
     def _lineage(self, name: str) -> frozenset[str]:
         return made_from(name, self.lineage, self.makers)
 
-    def _made_from(self, node: onnx.NodeProto) -> None:
-        for out in node.output:
-            if out:
-                self.makers[out] = node
-
-    def batch_twice(self, name: str) -> str | None:
-        """Why a tensor's rows are not its own: the batch on two axes (zeros(N, N); a tester, s52)."""
-        dims = self.shapes.get(name) or []
-        if sum(dim in self.batch for dim in dims) < 2:
-            return None
-        return f"it carries the batch on two axes {self.names.shown(dims)}: each row is as long as the batch"
-
     def _inherited(self, node: onnx.NodeProto) -> str | None:
         """Why a node's outputs are made from mixed rows: an input whose values it reads, or a
         mixing op inside its subgraphs (If, Loop, Scan) or an outer tensor they read."""
@@ -232,6 +220,8 @@ class _Walk:
             return unread
         returns: list[list[tuple[BatchNames, Dims | None]]] = []  # per output, each body's value
         for sub in subgraphs(node):
+            if not self.values.rankless.runs(node, sub):
+                continue  # an If's branch its constant condition never takes (s65)
             inner = _Walk(self.names.within(), self.opset, Shapes(self.shapes), self.fed)
             inner.mixed = dict(self.mixed)
             inner.partial, inner.pools = self.partial.within(), self.pools.within()
@@ -250,6 +240,9 @@ class _Walk:
                     returns.append([])
                 returns[k].append((inner.names, inner.shapes.get(body)))
         for k, made in enumerate(node.output[: len(returns)]):
+            taken = returns[k][0][1] if node.op_type == "If" and len(returns[k]) == 1 else None
+            if taken is not None and self.shapes.get(made) is None:  # the one branch that runs: its shape
+                self.shapes.refine(made, taken)  # (torch's `if x.dim() == 1: x = x[None]`; a tester, s65)
             self.names.adopt(returns[k], self.shapes.get(made))  # an If's branches must agree to name it
         return None
 

@@ -87,8 +87,10 @@ def placed(
     if not slots:
         return []
     if op == "Reshape":  # the batch's axis or a fold of it, as the reshape's reading names its output
-        if out is None:  # not named: the size itself is the reshape's reading (which needs dims to flag)
-            return [] if all(slots.values()) else None
+        if out is None:  # not named (a shape of no known length): only as the first axis, the data's too
+            first, *rest = data or [None]
+            led = isinstance(first, str) and first in batch and not any(dim in batch for dim in rest)
+            return [] if led and slots == {0: True} else None
         # (its other dims, where the load cannot work them out, are onnx_batch_size_value.unread's)
         return [] if all(p < len(out) and out[p] in batch for p in slots) else None
     if not all(slots.values()):

@@ -42,9 +42,9 @@ def two_ranks(
     return graph_model(nodes, [*inits, *axis_inits], inputs=inputs, shape=("N", 3))
 
 
-def divided_by(at: int, start: int = 0) -> list[onnx.NodeProto]:
-    """x / Shape(t)[start:][at]."""
-    shape = node("Shape", ["t"], "sh", start=start) if start else node("Shape", ["t"], "sh")
+def divided_by(at: int, start: int = 0, source: str = "t") -> list[onnx.NodeProto]:
+    """x / Shape(source)[start:][at]."""
+    shape = node("Shape", [source], "sh", start=start) if start else node("Shape", [source], "sh")
     return [
         shape,
         node("Gather", ["sh", "at"], "n", axis=0),
@@ -191,3 +191,91 @@ def test_such_a_value_made_from_no_batched_input_holds_no_size() -> None:
     model = _nested("Flatten", "table")
     assert _flagged_rows_independent(model)
     assert row_mixing_outputs(model) == {}
+
+
+# A tester's findings on the above (session 65), each loading batched before and checked here on
+# onnxruntime.
+
+
+@pytest.mark.parametrize("condition", ["constant", "sent"])
+def test_branches_of_one_rank_with_the_batch_on_other_axes_hold_its_size(condition: str) -> None:
+    """If(c, x[:, None], x[None]): onnx names both leading axes anew ([unk, unk, 3]); the first is
+    N or 1 (BatchNames.adopt: an axis some branches give the batch is the batch's)."""
+    inits, inputs = ([constant(True)], ()) if condition == "constant" else ([], FLAG)
+    model = two_ranks([], divided_by(0), [*inits, at(0)], (1, 0), inputs)
+    assert not (rows_independent(model) if condition == "constant" else _flagged_rows_independent(model))
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+@pytest.mark.parametrize("op", ["Add", "Softmax", "Relu"])
+def test_a_length_read_after_an_op_that_keeps_or_broadcasts_the_branches_holds_the_size(op: str) -> None:
+    """x / Shape(op(t))[0], t = If(c, x, x[:, None]): N in both branches, through a bias Add
+    (broadcast with [3]), a Softmax, a Relu."""
+    after = node("Add", ["t", "bias"], "u") if op == "Add" else node(op, ["t"], "u")
+    reads = [after, *divided_by(0, source="u")]
+    bias = numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "bias")
+    model = two_ranks([], reads, [bias, at(0)], (None, 1), FLAG)
+    assert not _flagged_rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_reshape_to_a_shape_of_no_known_length_with_the_size_after_its_first_entry_moves_rows() -> None:
+    """Reshape(x, Concat([-1], Shape(t)[:1])): x [N, 3] to [3, N] (onnx_size_slots.placed: an output
+    of no known dims keeps rows only with the size itself first)."""
+    reads = [
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["rest", "n"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+    model = two_ranks([], reads, inits, (None, 2), FLAG)
+    assert not _flagged_rows_independent(model)
+    assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
+
+
+def test_torchs_unbatched_input_check_keeps_rows_before_a_gru() -> None:
+    """`if x.dim() == 2: x = x.unsqueeze(0)` on x [N, 5, 3] (a rank folded: the condition is
+    constant False), then zeros(1, x.size(0), H) as a GRU's first state: the If's output is the
+    branch that runs, [N, 5, 3] (refused before: the GRU's input of no known shape)."""
+    hidden = 2
+    rng = np.random.default_rng(1)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, k)).astype(np.float32), name)
+        for name, k in (("w", 3), ("r", hidden))
+    ]
+    nodes = [
+        node("Shape", ["x"], "s0"),
+        node("Size", ["s0"], "rank"),
+        node("Equal", ["rank", "two"], "c"),
+        helper.make_node("If", ["c"], ["t"], then_branch=_branch("p", 0), else_branch=_branch("q", None)),
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["one", "n", "width"], "h0_shape", axis=0),
+        node("ConstantOfShape", ["h0_shape"], "h0", value=helper.make_tensor("v", F, [1], [0.0])),
+        node("Transpose", ["t"], "steps", perm=[1, 0, 2]),
+        helper.make_node("GRU", ["steps", "w", "r", "", "", "h0"], ["", "last"], hidden_size=hidden),
+        node("Squeeze", ["last", "zero"], "y"),
+    ]
+    inits = [*weights, ints("two", 2), ints("zero", [0]), ints("one", [1]), ints("width", [hidden])]
+    inits.append(ints("axis0", [0]))
+    model = graph_model(nodes, inits, shape=("N", 5, 3))
+    assert rows_independent(model, row=(5, 3))
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_table_of_sizes_is_read_by_its_rows_not_its_flat_positions() -> None:
+    """x / Reshape(Concat(Shape(x), Shape(x)), [2, 2])[1][0]: N (a Gather along the rows of a 2-D
+    table had been read as picking its flat position 1, 3)."""
+    reads = [
+        node("Shape", ["x"], "s"),
+        node("Concat", ["s", "s"], "both", axis=0),
+        node("Reshape", ["both", "square"], "table"),
+        node("Gather", ["table", "one"], "row", axis=0),
+        node("Gather", ["row", "zero"], "n", axis=0),
+        node("Cast", ["n"], "nf", to=F),
+        node("Div", ["x", "nf"], "y"),
+    ]
+    model = graph_model(reads, [ints("square", [2, 2]), ints("one", 1), ints("zero", 0)], shape=("N", 3))
+    assert not rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
