@@ -25,7 +25,9 @@ from server.backends.onnx_size_positions import EVERY
 
 Dims = list[int | str | None]
 _SHAPED_BY_BODIES = frozenset({"Loop", "Scan"})
-_SIZE, _MADE = "size", "made"  # a branch's axis: the batch's own, or a length made from its size
+# A branch's axis: the batch's own, a length made from its size, 1, another length, one not known.
+_SIZE, _MADE, _ONE, _OTHER, _UNKNOWN = "size", "made", "one", "", "?"
+_MOVES = frozenset({"Squeeze", "Unsqueeze", "Transpose"})  # its axes moved as their attributes say
 # Ops whose output has their first input's shape: an If's output read branch by branch stays so
 # (and through BROADCAST_OPS, each branch broadcast with the other inputs' shapes).
 _SHAPE_KEPT = frozenset({
@@ -79,16 +81,23 @@ class RanklessTensors:
                 self.branches.setdefault(name, []).extend(nested)
 
     def _carried(
-        self, node: onnx.NodeProto, axes_of: Callable[[str], list[str] | None]
+        self,
+        node: onnx.NodeProto,
+        axes_of: Callable[[str], list[str] | None],
+        constant: Callable[[int], np.ndarray | None],
     ) -> list[list[str] | None] | None:
         """The branches of an op's output made from one If output read branch by branch: its own
         where the op keeps its first input's shape; each broadcast with the other inputs' axes
-        where it broadcasts them (x + bias after an If of two ranks; a tester, session 65)."""
+        where it broadcasts them (x + bias after an If of two ranks); each squeezed, unsqueezed or
+        transposed as the op says (a tester, session 65)."""
         read = [name for name in node.input if name in self.branches]
-        if len(read) != 1 or (node.op_type in _SHAPE_KEPT and node.input[0] != read[0]):
+        first = node.op_type in _SHAPE_KEPT or node.op_type in _MOVES
+        if len(read) != 1 or (first and node.input[0] != read[0]):
             return None
         if node.op_type in _SHAPE_KEPT:
             return list(self.branches[read[0]])
+        if node.op_type in _MOVES:
+            return [None if axes is None else _moved(node, axes, constant) for axes in self.branches[read[0]]]
         others = [axes_of(name) for name in node.input if name and name != read[0]]
         if node.op_type not in BROADCAST_OPS or any(axes is None for axes in others):
             return None
@@ -108,7 +117,7 @@ class RanklessTensors:
         if any(axes is None for axes in branches):
             return EVERY
         reads = [shape_read(node, axes) for axes in branches if axes is not None]
-        held = {at for read in reads for at, axis in enumerate(read) if axis}
+        held = {at for read in reads for at, axis in enumerate(read) if axis in (_SIZE, _MADE)}
         exact = all(at < len(read) and read[at] == _SIZE for read in reads for at in held)
         return frozenset(held) if exact else EVERY
 
@@ -128,7 +137,7 @@ class RanklessTensors:
             self.taken[node.output[0]] = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
         if node.output and node.output[0] and dims(node.output[0]) is None:
             batch, grown = (names.batch, names.grown) if names is not None else (set(), set())
-            carried = self._carried(node, axes_reader(node, dims, constant, batch, grown))
+            carried = self._carried(node, axes_reader(node, dims, constant, batch, grown), constant)
             if carried is not None:
                 self.branches[node.output[0]] = carried
         fed = any(name in self.names for name in node.input if name)
@@ -149,16 +158,51 @@ class RanklessTensors:
 
 def _broadcast(inputs: list[list[str]]) -> list[str]:
     """Axes broadcast together, aligned from the end: the batch's own where any input has it there,
-    else made from its size where any has that."""
+    else made from its size where any has that, else one not known, another length, or 1."""
     rank = max(len(axes) for axes in inputs)
-    padded = [[""] * (rank - len(axes)) + axes for axes in inputs]
+    padded = [[_ONE] * (rank - len(axes)) + axes for axes in inputs]
     return [
-        _SIZE if _SIZE in column else _MADE if _MADE in column else "" for column in zip(*padded, strict=True)
+        next((kind for kind in _BROADCAST_ORDER if kind in column), _ONE)
+        for column in zip(*padded, strict=True)
     ]
 
 
+_BROADCAST_ORDER = (_SIZE, _MADE, _UNKNOWN, _OTHER)
+
+
+def _moved(
+    node: onnx.NodeProto, axes: list[str], constant: Callable[[int], np.ndarray | None]
+) -> list[str] | None:
+    """A branch's axes after a Squeeze, an Unsqueeze or a Transpose; None where not known (axes
+    computed, a Squeeze of every axis of length 1 past an axis of a length not known)."""
+    if node.op_type == "Transpose":
+        perm = attribute(node, "perm", None)
+        order = [int(p) for p in perm] if isinstance(perm, list) else list(reversed(range(len(axes))))
+        return [axes[p] for p in order] if sorted(order) == list(range(len(axes))) else None
+    given = attribute(node, "axes", None)  # (before opset 13; an input after)
+    listed = [int(a) for a in given] if isinstance(given, list) else None
+    if listed is None and len(node.input) > 1 and node.input[1]:
+        value = constant(1)
+        if value is None:
+            return None
+        listed = [int(a) for a in value.flat]
+    if node.op_type == "Squeeze":
+        if listed is None:  # every axis of 1 (the batch's where a request runs alone: read elsewhere)
+            return None if _UNKNOWN in axes else [axis for axis in axes if axis != _ONE]
+        dropped = {a % len(axes) for a in listed} if axes else set()
+        return [axis for at, axis in enumerate(axes) if at not in dropped]
+    if listed is None:
+        return None
+    grown = list(axes)
+    for at in sorted(a % (len(axes) + len(listed)) for a in listed):
+        grown.insert(at, _ONE)
+    return grown
+
+
 def _axis(dim: int | str | None, batch: Collection[str], grown: Collection[str]) -> str:
-    return _SIZE if dim in batch else _MADE if dim in grown else ""
+    if isinstance(dim, int):
+        return _ONE if dim == 1 else _OTHER
+    return _SIZE if dim in batch else _MADE if dim in grown else _UNKNOWN
 
 
 def axes_reader(

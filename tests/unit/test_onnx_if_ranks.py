@@ -279,3 +279,25 @@ def test_a_table_of_sizes_is_read_by_its_rows_not_its_flat_positions() -> None:
     model = graph_model(reads, [ints("square", [2, 2]), ints("one", 1), ints("zero", 0)], shape=("N", 3))
     assert not rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+@pytest.mark.parametrize(
+    ("op", "index", "mixes"),
+    [
+        ("Squeeze", 0, True),  # [N, 3] in both
+        ("Unsqueeze", 1, True),  # [1, N, 3] or [1, N, 1, 3]
+        ("Unsqueeze", 0, False),  # 1 in both
+        ("Transpose", 1, True),  # [3, N] or [3, 1, N]: N or 1
+    ],
+)
+def test_a_length_read_after_a_squeeze_an_unsqueeze_or_a_transpose_of_the_branches(
+    op: str, index: int, mixes: bool
+) -> None:
+    """x / Shape(op(t))[index], t = If(c, x, x[:, None]): each branch's axes moved as the op says
+    (a Squeeze of every axis of 1, an Unsqueeze at [0], a Transpose reversing them)."""
+    after = node("Unsqueeze", ["t", "axis0"], "u") if op == "Unsqueeze" else node(op, ["t"], "u")
+    model = two_ranks([], [after, *divided_by(index, source="u")], [at(index)], (None, 1), FLAG)
+    assert _flagged_rows_independent(model) != mixes
+    found = row_mixing_outputs(model)
+    assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
+    assert mixes or found == {}
