@@ -85,6 +85,14 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
     "Mul": lambda node, v: v[0] * v[1],
     # torch's legacy expand(1, -1, -1): Where(Equal(shape, -1), 1, shape), its shape written
     "Equal": lambda node, v: np.equal(v[0], v[1]),
+    # torch's scripted `if not is_batched:` / `x.dim() != 3` (a rank test's If; a tester, s65)
+    "Not": lambda node, v: np.logical_not(v[0]),
+    "And": lambda node, v: np.logical_and(v[0], v[1]),
+    "Or": lambda node, v: np.logical_or(v[0], v[1]),
+    "Greater": lambda node, v: np.greater(v[0], v[1]),
+    "Less": lambda node, v: np.less(v[0], v[1]),
+    "GreaterOrEqual": lambda node, v: np.greater_equal(v[0], v[1]),
+    "LessOrEqual": lambda node, v: np.less_equal(v[0], v[1]),
     "Where": lambda node, v: np.where(v[0].astype(bool), v[1], v[2]),
     "Gather": _gather,
     "Slice": _slice,

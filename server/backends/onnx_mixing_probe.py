@@ -14,6 +14,7 @@ import onnx
 from server.backends.function_inlining import inlined
 from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.node_order import ordered, reads, sort_nodes
+from server.backends.onnx_constant_branches import inline_constant_branches
 from server.backends.onnx_dim_classes import named_alike
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
@@ -32,6 +33,8 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
         probe = inlined(probe)
     _constants_in_bodies(probe)
     inferred = inferred_shapes(probe)
+    if inline_constant_branches(inferred):  # an If a rank test decides: its branch (s65)
+        inferred = inferred_shapes(inferred)
     if seed_unshaped(inferred):  # values onnx left without a shape, worked out node by node
         inferred = inferred_shapes(inferred)
     if any(node.op_type in ("Loop", "Scan") for g in graphs(inferred.graph) for node in g.node):

@@ -13,29 +13,18 @@ Shape(it)[0], had loaded batched; session 65).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 
-from server.backends.graph_names import attribute, shape_read
+from server.backends.graph_names import attribute, described, shape_read
 from server.backends.onnx_batch_names import BatchNames
-from server.backends.onnx_mixing_ops import BROADCAST_OPS
+from server.backends.onnx_branch_axes import MADE, SIZE, after_op, axes_reader, axis_kind
 from server.backends.onnx_size_positions import EVERY
 
 Dims = list[int | str | None]
 _SHAPED_BY_BODIES = frozenset({"Loop", "Scan"})
-# A branch's axis: the batch's own, a length made from its size, 1, another length, one not known.
-_SIZE, _MADE, _ONE, _OTHER, _UNKNOWN = "size", "made", "one", "", "?"
-_MOVES = frozenset({"Squeeze", "Unsqueeze", "Transpose"})  # its axes moved as their attributes say
-# Ops whose output has their first input's shape: an If's output read branch by branch stays so
-# (and through BROADCAST_OPS, each branch broadcast with the other inputs' shapes).
-_SHAPE_KEPT = frozenset({
-    "Identity", "Cast", "CastLike", "Relu", "Neg", "Abs", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Not",
-    "Sign", "Floor", "Ceil", "Round", "Erf", "Softmax", "LogSoftmax", "Hardmax", "Dropout", "Clip",
-    "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Gelu", "Mish",
-    "Reciprocal", "Sin", "Cos", "IsNaN", "IsInf",
-})  # fmt: skip
 
 
 class RanklessTensors:
@@ -75,36 +64,21 @@ class RanklessTensors:
             return
         for name, value in zip(node.output, body.output, strict=False):
             read = dims(value.name)
-            axes = None if read is None else [_axis(d, batch, grown) for d in read]
+            axes = None if read is None else [axis_kind(d, batch, grown) for d in read]
             if name:
                 nested = inner.branches.get(value.name, [None]) if read is None else [axes]
                 self.branches.setdefault(name, []).extend(nested)
 
-    def _carried(
-        self,
-        node: onnx.NodeProto,
-        axes_of: Callable[[str], list[str] | None],
-        constant: Callable[[int], np.ndarray | None],
-    ) -> list[list[str] | None] | None:
-        """The branches of an op's output made from one If output read branch by branch: its own
-        where the op keeps its first input's shape; each broadcast with the other inputs' axes
-        where it broadcasts them (x + bias after an If of two ranks); each squeezed, unsqueezed or
-        transposed as the op says (a tester, session 65)."""
-        read = [name for name in node.input if name in self.branches]
-        first = node.op_type in _SHAPE_KEPT or node.op_type in _MOVES
-        if len(read) != 1 or (first and node.input[0] != read[0]):
+    def paired(self, node: onnx.NodeProto) -> str | None:
+        """Why `node` pairs the batch's rows with each other in a branch of an If it reads: its
+        output has the batch on two axes there (x + If(c, x, x[:, None]); a tester, session 65)."""
+        found = self.branches.get(node.output[0]) if node.output and node.output[0] else None
+        if not found or not any(axes is not None and axes.count(SIZE) > 1 for axes in found):
             return None
-        if node.op_type in _SHAPE_KEPT:
-            return list(self.branches[read[0]])
-        if node.op_type in _MOVES:
-            return [None if axes is None else _moved(node, axes, constant) for axes in self.branches[read[0]]]
-        others = [axes_of(name) for name in node.input if name and name != read[0]]
-        if node.op_type not in BROADCAST_OPS or any(axes is None for axes in others):
-            return None
-        return [
-            None if axes is None else _broadcast([axes, *(o for o in others if o is not None)])
-            for axes in self.branches[read[0]]
-        ]
+        return (
+            f"{described(node)} pairs each row of the batch with every other where an If before it takes "
+            f"a branch of another shape: '{node.output[0]}' then has the batch on two axes"
+        )
 
     def shape_positions(self, node: onnx.NodeProto, name: str) -> frozenset[int] | None:
         """The positions of a Shape of If output `name` (of no known rank) that hold the batch's
@@ -117,8 +91,8 @@ class RanklessTensors:
         if any(axes is None for axes in branches):
             return EVERY
         reads = [shape_read(node, axes) for axes in branches if axes is not None]
-        held = {at for read in reads for at, axis in enumerate(read) if axis in (_SIZE, _MADE)}
-        exact = all(at < len(read) and read[at] == _SIZE for read in reads for at in held)
+        held = {at for read in reads for at, axis in enumerate(read) if axis in (SIZE, MADE)}
+        exact = all(at < len(read) and read[at] == SIZE for read in reads for at in held)
         return frozenset(held) if exact else EVERY
 
     def see(
@@ -135,11 +109,14 @@ class RanklessTensors:
         condition = constant(0) if node.op_type == "If" else None
         if node.op_type == "If" and condition is not None and condition.size == 1 and node.output:
             self.taken[node.output[0]] = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
-        if node.output and node.output[0] and dims(node.output[0]) is None:
+        out = node.output[0] if node.output else ""
+        if out and dims(out) is None and any(name in self.branches for name in node.input if name):
             batch, grown = (names.batch, names.grown) if names is not None else (set(), set())
-            carried = self._carried(node, axes_reader(node, dims, constant, batch, grown), constant)
-            if carried is not None:
-                self.branches[node.output[0]] = carried
+            axes_of = axes_reader(node, dims, constant, batch, grown)
+            inputs = [
+                self.branches.get(name) or _one_of(axes_of(name)) if name else None for name in node.input
+            ]
+            self.branches[out] = after_op(node, inputs, constant)  # (onnx_branch_axes.py)
         fed = any(name in self.names for name in node.input if name)
         for out in node.output:
             if not out or dims(out) is not None:
@@ -156,70 +133,5 @@ class RanklessTensors:
                 self.names.add(value.name)
 
 
-def _broadcast(inputs: list[list[str]]) -> list[str]:
-    """Axes broadcast together, aligned from the end: the batch's own where any input has it there,
-    else made from its size where any has that, else one not known, another length, or 1."""
-    rank = max(len(axes) for axes in inputs)
-    padded = [[_ONE] * (rank - len(axes)) + axes for axes in inputs]
-    return [
-        next((kind for kind in _BROADCAST_ORDER if kind in column), _ONE)
-        for column in zip(*padded, strict=True)
-    ]
-
-
-_BROADCAST_ORDER = (_SIZE, _MADE, _UNKNOWN, _OTHER)
-
-
-def _moved(
-    node: onnx.NodeProto, axes: list[str], constant: Callable[[int], np.ndarray | None]
-) -> list[str] | None:
-    """A branch's axes after a Squeeze, an Unsqueeze or a Transpose; None where not known (axes
-    computed, a Squeeze of every axis of length 1 past an axis of a length not known)."""
-    if node.op_type == "Transpose":
-        perm = attribute(node, "perm", None)
-        order = [int(p) for p in perm] if isinstance(perm, list) else list(reversed(range(len(axes))))
-        return [axes[p] for p in order] if sorted(order) == list(range(len(axes))) else None
-    given = attribute(node, "axes", None)  # (before opset 13; an input after)
-    listed = [int(a) for a in given] if isinstance(given, list) else None
-    if listed is None and len(node.input) > 1 and node.input[1]:
-        value = constant(1)
-        if value is None:
-            return None
-        listed = [int(a) for a in value.flat]
-    if node.op_type == "Squeeze":
-        if listed is None:  # every axis of 1 (the batch's where a request runs alone: read elsewhere)
-            return None if _UNKNOWN in axes else [axis for axis in axes if axis != _ONE]
-        dropped = {a % len(axes) for a in listed} if axes else set()
-        return [axis for at, axis in enumerate(axes) if at not in dropped]
-    if listed is None:
-        return None
-    grown = list(axes)
-    for at in sorted(a % (len(axes) + len(listed)) for a in listed):
-        grown.insert(at, _ONE)
-    return grown
-
-
-def _axis(dim: int | str | None, batch: Collection[str], grown: Collection[str]) -> str:
-    if isinstance(dim, int):
-        return _ONE if dim == 1 else _OTHER
-    return _SIZE if dim in batch else _MADE if dim in grown else _UNKNOWN
-
-
-def axes_reader(
-    node: onnx.NodeProto,
-    dims: Callable[[str], Dims | None],
-    constant: Callable[[int], np.ndarray | None],
-    batch: Collection[str],
-    grown: Collection[str],
-) -> Callable[[str], list[str] | None]:
-    """A reader of `node`'s inputs' axes as a branch's are read: from their dims, or a small
-    constant's shape (`constant`: the value of the node's input i, where known)."""
-
-    def axes(name: str) -> list[str] | None:
-        read = dims(name)
-        if read is None and name in node.input:
-            value = constant(list(node.input).index(name))
-            read = None if value is None else list(value.shape)
-        return None if read is None else [_axis(d, batch, grown) for d in read]
-
-    return axes
+def _one_of(axes: list[str] | None) -> list[list[str] | None] | None:
+    return None if axes is None else [axes]

@@ -290,6 +290,8 @@ class _Walk:
             return sized
         if (table := table_mixing(node, self.shapes.get, self.batch)) is not None:
             return table
+        if (paired := self.values.rankless.paired(node)) is not None:
+            return paired  # the batch on two axes in a branch of an If of other shapes
         if node.op_type in BROADCAST_OPS:
             return self._broadcast_pair(node)
         if node.op_type in ("Pad", "Tile", "Expand", "Resize", "Upsample", "Squeeze"):

@@ -20,7 +20,7 @@ from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independe
 SIZE_AS_VALUE = "takes the batch's size as a value"
 
 
-def _branch(name: str, axis: int | None, source: str = "x") -> onnx.GraphProto:
+def if_branch(name: str, axis: int | None, source: str = "x") -> onnx.GraphProto:
     """A branch returning the outer `source`, unsqueezed at `axis` where one is given."""
     made = (
         node("Identity", [source], name) if axis is None else node("Unsqueeze", [source, f"axis{axis}"], name)
@@ -36,7 +36,7 @@ def two_ranks(
     inputs: tuple[onnx.ValueInfoProto, ...] = (),
 ) -> onnx.ModelProto:
     """t = If(c, x unsqueezed at axes[0], at axes[1]) (None: x itself), then `reads` of t; x [N, 3]."""
-    then, other = (_branch(f"b{i}", axis) for i, axis in enumerate(axes))
+    then, other = (if_branch(f"b{i}", axis) for i, axis in enumerate(axes))
     nodes = [*condition, helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=other), *reads]
     axis_inits = [ints(f"axis{a}", [a]) for a in (0, 1, 2)]
     return graph_model(nodes, [*inits, *axis_inits], inputs=inputs, shape=("N", 3))
@@ -75,7 +75,7 @@ def test_a_constant_condition_reads_the_branch_it_takes(
         assert SIZE_AS_VALUE in found["y"] and "the Shape node making 'sh'" in found["y"], found
 
 
-def _flagged_rows_independent(model: onnx.ModelProto) -> bool:
+def flagged_rows_independent(model: onnx.ModelProto) -> bool:
     """rows_independent with the If's condition a second input 'c', for both of its values."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
@@ -111,7 +111,7 @@ def test_a_condition_a_request_sends_reads_every_branch(
     axes: tuple[int | None, int | None], index: int, start: int, mixes: bool
 ) -> None:
     model = two_ranks([], divided_by(index, start), [at(index)], axes, FLAG)
-    assert _flagged_rows_independent(model) != mixes
+    assert flagged_rows_independent(model) != mixes
     found = row_mixing_outputs(model)
     assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
     assert mixes or found == {}
@@ -127,7 +127,7 @@ def test_a_length_every_branch_gives_the_batch_keeps_rows_as_a_shape() -> None:
     ]
     inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
     model = two_ranks([], reads, inits, (None, 2), FLAG)
-    assert _flagged_rows_independent(model)
+    assert flagged_rows_independent(model)
     assert row_mixing_outputs(model) == {}
 
 
@@ -160,12 +160,12 @@ def _nested(through: str = "Identity", source: str = "x") -> onnx.ModelProto:
     """t = If(c, `through`(If(c, s, Unsqueeze(s))), s), s = `source`: its then branch returns a value
     of no known rank, read by the inner If's own branches."""
     inner = helper.make_node(
-        "If", ["c"], ["it"], then_branch=_branch("p", None, source), else_branch=_branch("q", 0, source)
+        "If", ["c"], ["it"], then_branch=if_branch("p", None, source), else_branch=if_branch("q", 0, source)
     )
     then = helper.make_graph(
         [inner, node(through, ["it"], "kept")], "nest", [], [helper.make_tensor_value_info("kept", F, None)]
     )
-    outer = helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=_branch("r", None, source))
+    outer = helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=if_branch("r", None, source))
     table = numpy_helper.from_array(np.ones((2, 3), np.float32), "table")
     inits = [at(0), ints("axis0", [0]), table]
     return graph_model([outer, *divided_by(0)], inits, inputs=FLAG, shape=("N", 3))
@@ -174,7 +174,7 @@ def _nested(through: str = "Identity", source: str = "x") -> onnx.ModelProto:
 @pytest.mark.parametrize("through", ["Identity", "Relu"])
 def test_an_if_of_two_ranks_inside_a_branch_is_read_by_its_own_branches(through: str) -> None:
     model = _nested(through)
-    assert not _flagged_rows_independent(model)
+    assert not flagged_rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
@@ -182,14 +182,14 @@ def test_a_value_of_no_known_rank_through_an_op_that_may_reshape_it_may_hold_the
     """Through a Flatten the inner If's branches say nothing of its shape: any entry of the outer
     If's Shape may be the batch's size."""
     model = _nested("Flatten")
-    assert not _flagged_rows_independent(model)
+    assert not flagged_rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
 def test_such_a_value_made_from_no_batched_input_holds_no_size() -> None:
     """The same made from a [2, 3] table, not x: its lengths are the table's, whatever the batch."""
     model = _nested("Flatten", "table")
-    assert _flagged_rows_independent(model)
+    assert flagged_rows_independent(model)
     assert row_mixing_outputs(model) == {}
 
 
@@ -203,7 +203,7 @@ def test_branches_of_one_rank_with_the_batch_on_other_axes_hold_its_size(conditi
     N or 1 (BatchNames.adopt: an axis some branches give the batch is the batch's)."""
     inits, inputs = ([constant(True)], ()) if condition == "constant" else ([], FLAG)
     model = two_ranks([], divided_by(0), [*inits, at(0)], (1, 0), inputs)
-    assert not (rows_independent(model) if condition == "constant" else _flagged_rows_independent(model))
+    assert not (rows_independent(model) if condition == "constant" else flagged_rows_independent(model))
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
@@ -215,7 +215,7 @@ def test_a_length_read_after_an_op_that_keeps_or_broadcasts_the_branches_holds_t
     reads = [after, *divided_by(0, source="u")]
     bias = numpy_helper.from_array(np.array([1.0, 2.0, 3.0], np.float32), "bias")
     model = two_ranks([], reads, [bias, at(0)], (None, 1), FLAG)
-    assert not _flagged_rows_independent(model)
+    assert not flagged_rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
 
 
@@ -230,7 +230,7 @@ def test_a_reshape_to_a_shape_of_no_known_length_with_the_size_after_its_first_e
     ]
     inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
     model = two_ranks([], reads, inits, (None, 2), FLAG)
-    assert not _flagged_rows_independent(model)
+    assert not flagged_rows_independent(model)
     assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
 
 
@@ -248,7 +248,7 @@ def test_torchs_unbatched_input_check_keeps_rows_before_a_gru() -> None:
         node("Shape", ["x"], "s0"),
         node("Size", ["s0"], "rank"),
         node("Equal", ["rank", "two"], "c"),
-        helper.make_node("If", ["c"], ["t"], then_branch=_branch("p", 0), else_branch=_branch("q", None)),
+        helper.make_node("If", ["c"], ["t"], then_branch=if_branch("p", 0), else_branch=if_branch("q", None)),
         node("Shape", ["t"], "sh"),
         node("Slice", ["sh", "zero", "one", "zero"], "n"),
         node("Concat", ["one", "n", "width"], "h0_shape", axis=0),
@@ -297,7 +297,7 @@ def test_a_length_read_after_a_squeeze_an_unsqueeze_or_a_transpose_of_the_branch
     (a Squeeze of every axis of 1, an Unsqueeze at [0], a Transpose reversing them)."""
     after = node("Unsqueeze", ["t", "axis0"], "u") if op == "Unsqueeze" else node(op, ["t"], "u")
     model = two_ranks([], [after, *divided_by(index, source="u")], [at(index)], (None, 1), FLAG)
-    assert _flagged_rows_independent(model) != mixes
+    assert flagged_rows_independent(model) != mixes
     found = row_mixing_outputs(model)
     assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
     assert mixes or found == {}

@@ -420,10 +420,15 @@ def _branch(nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
 
 
 def _softmax_in_a_branch(before: list[onnx.NodeProto], inside: list[onnx.NodeProto]) -> onnx.ModelProto:
-    """`before`, then an If whose taken branch runs `inside` (making 't'), the other x as it is."""
+    """`before`, then an If whose then branch runs `inside` (making 't'), the other x as it is; its
+    condition 'yes' a client sends (a constant one's If is replaced by its branch: session 65)."""
     kept = _branch([N("Identity", ["x"], ["e"])], "e")
     nodes = [*before, N("If", ["yes"], ["y"], then_branch=_branch(inside, "t"), else_branch=kept)]
-    return _model(nodes, [TWO, numpy_helper.from_array(np.array(True), "yes")], opset=13)
+    inputs = [
+        helper.make_tensor_value_info("x", F, ["N", 4]),
+        helper.make_tensor_value_info("yes", TensorProto.BOOL, []),
+    ]
+    return _model(nodes, [TWO], opset=13, inputs=inputs)
 
 
 def test_an_unsqueeze_at_a_computed_axis_inside_a_branch_is_refused() -> None:
