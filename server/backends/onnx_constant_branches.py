@@ -8,7 +8,7 @@ unshaped: a MultiheadAttention's head fold after it had been refused (a tester, 
 condition is the same for every request, so only its branch runs: inlined, onnx shapes what
 follows. A condition is folded from small constants and ranks (onnx_constant_fold.py); an
 initializer a client may send is no constant. An If is left as it is where a name of its branch
-is also a name of the main graph.
+is also a name of the main graph, or whose branch holds bodies of its own (`_holds_bodies`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from server.backends.graph_names import ONNX_DOMAIN, attribute
+from server.backends.graph_names import ONNX_DOMAIN, attribute, subgraphs
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_mixing_graph import value_dims
 
@@ -42,7 +42,7 @@ def inline_constant_branches(model: onnx.ModelProto) -> bool:
             branch = attribute(
                 node, "then_branch" if values[node.input[0]].reshape(-1)[0] else "else_branch", None
             )
-            if isinstance(branch, onnx.GraphProto) and _apart(branch, graph):
+            if isinstance(branch, onnx.GraphProto) and _apart(branch, graph) and not _holds_bodies(branch):
                 taken_at[at] = branch
             continue
         value = _fold(node, values, infos, makers)
@@ -86,6 +86,13 @@ def _fold(
 
 def _small(tensor: onnx.TensorProto) -> bool:
     return int(np.prod(tensor.dims)) <= MAX_ELEMENTS
+
+
+def _holds_bodies(branch: onnx.GraphProto) -> bool:
+    """Whether the branch holds an If, a Loop or a Scan of its own: its walk reads their values of
+    no known shape as a body's (Silero VAD's decoder, inside its sample rate's If; inlined, its
+    If of two ranks left a Conv's input of no known shape in the main graph, refused)."""
+    return any(next(subgraphs(node), None) is not None for node in branch.node)
 
 
 def _apart(branch: onnx.GraphProto, graph: onnx.GraphProto) -> bool:

@@ -33,7 +33,9 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
         probe = inlined(probe)
     _constants_in_bodies(probe)
     inferred = inferred_shapes(probe)
-    if inline_constant_branches(inferred):  # an If a rank test decides: its branch (s65)
+    for _ in range(SEEDING_ROUNDS):  # an If a rank test decides: its branch (s65), and Ifs within it
+        if not inline_constant_branches(inferred):
+            break
         inferred = inferred_shapes(inferred)
     if seed_unshaped(inferred):  # values onnx left without a shape, worked out node by node
         inferred = inferred_shapes(inferred)

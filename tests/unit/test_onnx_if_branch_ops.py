@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from server.backends.onnx_constant_branches import inline_constant_branches
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
 from tests.unit.test_onnx_if_ranks import FLAG, SIZE_AS_VALUE, divided_by, flagged_rows_independent, if_branch
@@ -129,3 +130,45 @@ def test_heads_folded_after_torchs_unbatched_input_check_keep_rows(negated: bool
     model = graph_model(nodes, inits, shape=("N", 4))
     assert rows_independent(model, row=(4,))
     assert row_mixing_outputs(model) == {}
+
+
+def _rank_if(then: onnx.GraphProto, inits: tuple[onnx.TensorProto, ...] = ()) -> onnx.ModelProto:
+    """y = If(rank(x) == 2, then, x) on x [N, 3], shapes inferred as the reading's probe has them."""
+    nodes = [
+        *_rank_test(2, False),
+        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=if_branch("e", None)),
+    ]
+    return onnx.shape_inference.infer_shapes(graph_model(nodes, [ints("wanted", 2), *inits], shape=("N", 3)))
+
+
+def test_an_if_a_rank_test_decides_is_replaced_by_its_branch() -> None:
+    model = _rank_if(if_branch("p", 0))
+    assert inline_constant_branches(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "If" not in ops and ops[-2:] == ["Unsqueeze", "Identity"]
+    assert model.graph.node[-1].input[0] == "p" and model.graph.node[-1].output[0] == "y"
+
+
+def test_an_if_whose_branch_holds_a_body_or_shadows_a_name_is_kept() -> None:
+    inner = helper.make_node(
+        "If", ["c"], ["q"], then_branch=if_branch("qa", None), else_branch=if_branch("qb", 0)
+    )
+    holding = helper.make_graph([inner], "holding", [], [helper.make_tensor_value_info("q", F, None)])
+    shadowing = helper.make_graph(
+        [node("Identity", ["x"], "rank")], "shadowing", [], [helper.make_tensor_value_info("rank", F, None)]
+    )
+    for branch in (holding, shadowing):
+        model = _rank_if(branch)
+        assert not inline_constant_branches(model)
+        assert [n.op_type for n in model.graph.node][-1] == "If"
+
+
+def test_a_condition_a_client_may_send_is_no_constant() -> None:
+    model = _rank_if(if_branch("p", 0))
+    cond = numpy_helper.from_array(np.array(True), "sent")
+    model.graph.initializer.append(cond)
+    model.graph.input.append(helper.make_tensor_value_info("sent", onnx.TensorProto.BOOL, []))
+    model.graph.node[-1].input[0] = "sent"
+    assert not inline_constant_branches(model)
+    model.graph.input.pop()  # the same initializer, not listed as an input: a constant
+    assert inline_constant_branches(model)
