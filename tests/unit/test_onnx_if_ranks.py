@@ -38,7 +38,7 @@ def two_ranks(
     """t = If(c, x unsqueezed at axes[0], at axes[1]) (None: x itself), then `reads` of t; x [N, 3]."""
     then, other = (if_branch(f"b{i}", axis) for i, axis in enumerate(axes))
     nodes = [*condition, helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=other), *reads]
-    axis_inits = [ints(f"axis{a}", [a]) for a in (0, 1, 2)]
+    axis_inits = [ints(f"axis{a}", [a]) for a in (0, 1, 2, 3)]
     return graph_model(nodes, [*inits, *axis_inits], inputs=inputs, shape=("N", 3))
 
 
@@ -301,3 +301,35 @@ def test_a_length_read_after_a_squeeze_an_unsqueeze_or_a_transpose_of_the_branch
     found = row_mixing_outputs(model)
     assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
     assert mixes or found == {}
+
+
+def _reshaped_by_first_length(data: list[onnx.NodeProto], source: str) -> list[onnx.NodeProto]:
+    """`data` (making 'd'), then Reshape(d, Concat(Shape(t)[:1], [-1])), t = If(c, x, x[..., None])."""
+    return [
+        *data,
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["n", "rest"], "view", axis=0),
+        node("Reshape", [source, "view"], "y"),
+    ]
+
+
+VIEW_INITS = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+
+
+def test_a_constant_cut_into_as_many_rows_as_the_batch_has_by_such_a_shape_mixes() -> None:
+    """A [4, 3] table viewed as [N, -1]: the rows are the table's, cut by how many were batched."""
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    reads = _reshaped_by_first_length([], "table")
+    model = two_ranks([], reads, [table, *VIEW_INITS], (None, 2), FLAG)
+    assert not flagged_rows_independent(model)
+    assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
+
+
+def test_a_time_major_view_by_such_a_shape_moves_rows() -> None:
+    """x [N, T, 3] as [T, N, 3], viewed as [N, -1] by t's first length: rows moved."""
+    given = (helper.make_tensor_value_info("x", F, ["N", "T", 3]), FLAG[1])
+    major = [node("Transpose", ["x"], "major", perm=[1, 0, 2])]
+    model = two_ranks([], _reshaped_by_first_length(major, "major"), VIEW_INITS, (None, 3), given)
+    found = row_mixing_outputs(model)
+    assert "as a shape, a size or a count" in found.get("y", ""), found

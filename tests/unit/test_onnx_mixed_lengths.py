@@ -287,3 +287,33 @@ def test_the_size_of_an_if_of_two_ranks_made_from_the_batch_mixes_rows() -> None
     model = graph_model(nodes, [cond, ints("axes", [0])], shape=("N", 3))
     assert not rows_independent(model)
     assert "made from the batch's size by the Size node making 'n'" in row_mixing_outputs(model).get("y", "")
+
+
+@pytest.mark.parametrize("fed", ["x", "g"], ids=["after one that grows", "after one fed no shape"])
+def test_a_loop_value_that_keeps_its_shape_after_one_that_does_not_is_given_it(fed: str) -> None:
+    """A Loop carrying a (joined to itself: no shape; fed `fed`, x or a growing Loop's output of no
+    shape) and b (kept): b is x's [N, 3], its second length 3 whatever the batch (each carried
+    value is read)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["go"], ["go_out"]),
+            node("Concat", ["a_in", "a_in"], "a_out", axis=1),
+            node("Identity", ["b_in"], "b_out"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("a_in", onnx.TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("b_in", onnx.TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("a_out", onnx.TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("b_out", onnx.TensorProto.FLOAT, None),
+        ],
+    )
+    loop = helper.make_node("Loop", ["once", "go", fed, "x"], ["grown", "t"], body=body)
+    model = divided_by_length([growing_loop("g"), loop], 1, tuple(ONCE))
+    assert rows_independent(model)
+    assert row_mixing_outputs(model) == {}

@@ -93,6 +93,9 @@ def test_lengths_picks_slices_and_joins_of_positions() -> None:
     assert sliced_positions(frozenset({0}), unstepped, _constants(i1=[0], i2=[-1]).get, None) == EVERY
     assert sliced_positions(frozenset({0}), unstepped, _constants(i1=[-2], i2=[5]).get, None) == EVERY
     assert sliced_positions(frozenset({0}), plain, _constants(i1=[5], i2=[0], i4=[-1]).get, None) == EVERY
+    assert sliced_positions(frozenset({0}), unstepped, _constants(i1=[0], i2=[0]).get, None) == frozenset()
+    # A known length reads a bound from the end: x.shape[-1:] of [N, 3, N]'s shape is its last N.
+    assert sliced_positions(frozenset({2}), unstepped, _constants(i1=[-1], i2=[3]).get, 3) == {0}
     assert joined_positions([frozenset({0}), frozenset(), frozenset({0})], [1, 3, 1]) == frozenset({0, 4})
     # An input of no known length: its own positions hold; any after it cannot be placed.
     assert joined_positions([frozenset({0}), frozenset({0})], [1, None]) == frozenset({0, 1})
