@@ -333,3 +333,39 @@ def test_a_time_major_view_by_such_a_shape_moves_rows() -> None:
     model = two_ranks([], _reshaped_by_first_length(major, "major"), VIEW_INITS, (None, 3), given)
     found = row_mixing_outputs(model)
     assert "as a shape, a size or a count" in found.get("y", ""), found
+
+
+def test_a_nested_ifs_branches_that_agree_on_a_length_keep_it() -> None:
+    """x / Shape(t)[1], t = If(c, Identity(If(c, x, x[..., None])), x): 3 in all three branches (read
+    as the batch's size, had the nested If's branches not been read)."""
+    inner = helper.make_node(
+        "If", ["c"], ["it"], then_branch=if_branch("p", None), else_branch=if_branch("q", 2)
+    )
+    then = helper.make_graph(
+        [inner, node("Identity", ["it"], "kept")],
+        "nest",
+        [],
+        [helper.make_tensor_value_info("kept", F, None)],
+    )
+    outer = helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=if_branch("r", None))
+    model = graph_model([outer, *divided_by(1)], [at(1), ints("axis2", [2])], inputs=FLAG, shape=("N", 3))
+    assert flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_position_past_a_shorter_branchs_rank_is_read() -> None:
+    """t = If(c, x.T[None] [1, 3, N], x.T [3, N]): x / Shape(t)[1] is 3 or N (the shorter branch read
+    first, its rank short of the other's batch position)."""
+    flipped = helper.make_graph(
+        [node("Transpose", ["x"], "f")], "flipped", [], [helper.make_tensor_value_info("f", F, None)]
+    )
+    raised = helper.make_graph(
+        [node("Transpose", ["x"], "g0"), node("Unsqueeze", ["g0", "axis0"], "g")],
+        "raised",
+        [],
+        [helper.make_tensor_value_info("g", F, None)],
+    )
+    made = helper.make_node("If", ["c"], ["t"], then_branch=raised, else_branch=flipped)
+    model = graph_model([made, *divided_by(1)], [at(1), ints("axis0", [0])], inputs=FLAG, shape=("N", 3))
+    assert not flagged_rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
