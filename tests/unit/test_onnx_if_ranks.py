@@ -369,3 +369,34 @@ def test_a_position_past_a_shorter_branchs_rank_is_read() -> None:
     model = graph_model([made, *divided_by(1)], [at(1), ints("axis0", [0])], inputs=FLAG, shape=("N", 3))
     assert not flagged_rows_independent(model)
     assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
+
+
+def test_the_size_of_an_if_of_two_ranks_made_from_no_batched_input_is_no_size() -> None:
+    """x / Size(If(c, table, table[None])): 6 in both branches, whatever the batch."""
+    table = numpy_helper.from_array(np.ones((2, 3), np.float32), "table")
+    made = helper.make_node(
+        "If", ["c"], ["t"], then_branch=if_branch("p", None, "table"), else_branch=if_branch("q", 0, "table")
+    )
+    reads = [made, node("Size", ["t"], "n"), node("Cast", ["n"], "nf", to=F), node("Div", ["x", "nf"], "y")]
+    model = graph_model(reads, [table, ints("axis0", [0])], inputs=FLAG, shape=("N", 3))
+    assert flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_slice_of_a_table_of_sizes_is_read_by_its_rows() -> None:
+    """x / Reshape(Reshape(Concat(Shape(x), Shape(x)), [2, 2])[1:2], [-1])[0]: N."""
+    reads = [
+        node("Shape", ["x"], "s"),
+        node("Concat", ["s", "s"], "both", axis=0),
+        node("Reshape", ["both", "square"], "table"),
+        node("Slice", ["table", "one", "two", "zero"], "row"),
+        node("Reshape", ["row", "flat"], "flat_row"),
+        node("Gather", ["flat_row", "first"], "n", axis=0),
+        node("Cast", ["n"], "nf", to=F),
+        node("Div", ["x", "nf"], "y"),
+    ]
+    inits = [ints("square", [2, 2]), ints("one", [1]), ints("two", [2]), ints("zero", [0])]
+    inits += [ints("flat", [-1]), ints("first", 0)]
+    model = graph_model(reads, inits, shape=("N", 3))
+    assert not rows_independent(model)
+    assert SIZE_AS_VALUE in row_mixing_outputs(model).get("y", "")
