@@ -107,6 +107,7 @@ def test_a_matmul_keeps_its_stacks_and_its_rows() -> None:
     assert one(mm, [SIZE, ONE, OTHER], [OTHER, MADE]) == [SIZE, ONE, MADE]
     assert one(mm, [UNKNOWN, ONE, SIZE, OTHER], [OTHER, OTHER]) == [UNKNOWN, ONE, SIZE, OTHER]
     assert one(mm, [OTHER, OTHER], [SIZE, OTHER, OTHER]) == [SIZE, OTHER, OTHER]
+    assert one(mm, [OTHER, OTHER], [SIZE, OTHER, MADE]) == [SIZE, OTHER, MADE]  # the right's last axis
     assert one(mm, [OTHER], [OTHER, OTHER]) is None  # a vector's product
     assert one(mm, [SIZE, OTHER], [OTHER]) is None
     assert one(mm, [SIZE, OTHER], None) is None
@@ -133,6 +134,7 @@ def test_a_global_pool_keeps_the_first_two_axes() -> None:
         (op("ReduceSum", ("t", "axes"), keepdims=0), values(i1=[-1]), [SIZE, ONE]),
         (op("ReduceMean", axes=[0, 2], keepdims=0), NONE, [ONE]),  # the attribute before opset 18
         (op("ReduceMax"), NONE, [ONE, ONE, ONE]),  # every axis
+        (op("ReduceSum", ("t", "axes")), values(i1=[]), [ONE, ONE, ONE]),  # no axes given: every one
         (op("ReduceMax", keepdims=0), NONE, []),
         (op("ReduceSum", noop_with_empty_axes=1), NONE, [SIZE, ONE, OTHER]),
         (op("ReduceSum", ("t", "axes")), NONE, None),  # computed axes

@@ -172,3 +172,63 @@ def test_a_condition_a_client_may_send_is_no_constant() -> None:
     assert not inline_constant_branches(model)
     model.graph.input.pop()  # the same initializer, not listed as an input: a constant
     assert inline_constant_branches(model)
+
+
+def test_an_if_a_false_rank_test_decides_is_replaced_by_its_else_branch() -> None:
+    nodes = [
+        *_rank_test(3, False),
+        helper.make_node("If", ["c"], ["y"], then_branch=if_branch("p", None), else_branch=if_branch("q", 0)),
+    ]
+    model = onnx.shape_inference.infer_shapes(graph_model(nodes, [ints("wanted", 3)], shape=("N", 3)))
+    model.graph.initializer.append(ints("axis0", [0]))
+    assert inline_constant_branches(model)
+    assert [n.op_type for n in model.graph.node][-2:] == ["Unsqueeze", "Identity"]
+
+
+def test_every_if_a_rank_test_decides_is_replaced_its_number_written_as_a_constant_node() -> None:
+    """Two Ifs in turn, the rank compared with a Constant node (as torch writes it)."""
+    nodes = [
+        helper.make_node("Constant", [], ["wanted"], value=numpy_helper.from_array(np.array(2, np.int64))),
+        *_rank_test(2, False),
+        helper.make_node("If", ["c"], ["t"], then_branch=if_branch("p", None), else_branch=if_branch("q", 0)),
+        helper.make_node(
+            "If", ["c"], ["y"], then_branch=if_branch("r", None, "t"), else_branch=if_branch("s", 0, "t")
+        ),
+    ]
+    model = onnx.shape_inference.infer_shapes(graph_model(nodes, [ints("axis0", [0])], shape=("N", 3)))
+    assert inline_constant_branches(model)
+    assert "If" not in [n.op_type for n in model.graph.node]
+
+
+def test_a_constant_conditions_branch_that_holds_a_body_is_read_alone() -> None:
+    """If(rank(x) == 2, If(c, x, x) , x - x.sum(0)): not inlined (its branch holds an If), its
+    mixing branch never runs, so not read (the walk's constant condition)."""
+    inner = helper.make_node(
+        "If", ["flag"], ["kept"], then_branch=if_branch("a", None), else_branch=if_branch("b", None)
+    )
+    holding = helper.make_graph([inner], "holding", [], [helper.make_tensor_value_info("kept", F, None)])
+    mixing = helper.make_graph(
+        [node("ReduceSum", ["x", "first"], "total", keepdims=1), node("Sub", ["x", "total"], "m")],
+        "mixing",
+        [],
+        [helper.make_tensor_value_info("m", F, None)],
+    )
+    inputs = [
+        helper.make_tensor_value_info("x", F, ["N", 3]),
+        helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, []),
+    ]
+    for taken, other, mixes in ((holding, mixing, False), (mixing, holding, True)):
+        nodes = [
+            *_rank_test(2, False),
+            helper.make_node("If", ["c"], ["y"], then_branch=taken, else_branch=other),
+        ]
+        model = graph_model(nodes, [ints("wanted", 2), ints("first", [0])], inputs=inputs)
+        found = row_mixing_outputs(model)
+        assert bool(found) == mixes, found
+
+
+def test_values_after_an_if_of_two_ranks_keep_rows_where_no_branch_pairs_them() -> None:
+    """y = Relu(If(c, x, x[:, None])): [N, 3] or [N, 1, 3], each row its own."""
+    model = _after_if([node("Relu", ["t"], "y")], [], (None, 1))
+    assert flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
