@@ -117,15 +117,27 @@ def test_a_condition_a_request_sends_reads_every_branch(
     assert mixes or found == {}
 
 
-def test_a_length_every_branch_gives_the_batch_keeps_rows_as_a_shape() -> None:
-    """x.view(t.size(0), -1), t x [N, 3] or x[..., None] [N, 3, 1]: N in both, the batch's own axis."""
-    reads = [
+def _reshaped_by_first_length(
+    data: list[onnx.NodeProto], source: str = "x", first: bool = True
+) -> list[onnx.NodeProto]:
+    """`data`, then Reshape(source, Concat(Shape(t)[:1], [-1])) (or [-1] first where not `first`)."""
+    pieces = ["n", "rest"] if first else ["rest", "n"]
+    return [
+        *data,
         node("Shape", ["t"], "sh"),
         node("Slice", ["sh", "zero", "one", "zero"], "n"),
-        node("Concat", ["n", "rest"], "view", axis=0),
-        node("Reshape", ["x", "view"], "y"),
+        node("Concat", pieces, "view", axis=0),
+        node("Reshape", [source, "view"], "y"),
     ]
-    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+
+
+VIEW_INITS = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+
+
+def test_a_length_every_branch_gives_the_batch_keeps_rows_as_a_shape() -> None:
+    """x.view(t.size(0), -1), t x [N, 3] or x[..., None] [N, 3, 1]: N in both, the batch's own axis."""
+    reads = _reshaped_by_first_length([])
+    inits = VIEW_INITS
     model = two_ranks([], reads, inits, (None, 2), FLAG)
     assert flagged_rows_independent(model)
     assert row_mixing_outputs(model) == {}
@@ -134,13 +146,8 @@ def test_a_length_every_branch_gives_the_batch_keeps_rows_as_a_shape() -> None:
 def test_a_length_some_branch_gives_the_batch_is_not_the_batchs_own_axis() -> None:
     """The same view by t x [N, 3] or Unsqueeze(x, 0) [1, N, 3]: its first length N or 1. Refused
     (rows would keep here, as one row of N or N rows; the load cannot tell which)."""
-    reads = [
-        node("Shape", ["t"], "sh"),
-        node("Slice", ["sh", "zero", "one", "zero"], "n"),
-        node("Concat", ["n", "rest"], "view", axis=0),
-        node("Reshape", ["x", "view"], "y"),
-    ]
-    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+    reads = _reshaped_by_first_length([])
+    inits = VIEW_INITS
     found = row_mixing_outputs(two_ranks([], reads, inits, (None, 0), FLAG))
     assert "as a shape, a size or a count" in found.get("y", ""), found
 
@@ -222,13 +229,8 @@ def test_a_length_read_after_an_op_that_keeps_or_broadcasts_the_branches_holds_t
 def test_a_reshape_to_a_shape_of_no_known_length_with_the_size_after_its_first_entry_moves_rows() -> None:
     """Reshape(x, Concat([-1], Shape(t)[:1])): x [N, 3] to [3, N] (onnx_size_slots.placed: an output
     of no known dims keeps rows only with the size itself first)."""
-    reads = [
-        node("Shape", ["t"], "sh"),
-        node("Slice", ["sh", "zero", "one", "zero"], "n"),
-        node("Concat", ["rest", "n"], "view", axis=0),
-        node("Reshape", ["x", "view"], "y"),
-    ]
-    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
+    reads = _reshaped_by_first_length([], first=False)
+    inits = VIEW_INITS
     model = two_ranks([], reads, inits, (None, 2), FLAG)
     assert not flagged_rows_independent(model)
     assert "as a shape, a size or a count" in row_mixing_outputs(model).get("y", "")
@@ -301,20 +303,6 @@ def test_a_length_read_after_a_squeeze_an_unsqueeze_or_a_transpose_of_the_branch
     found = row_mixing_outputs(model)
     assert (SIZE_AS_VALUE in found.get("y", "")) == mixes, found
     assert mixes or found == {}
-
-
-def _reshaped_by_first_length(data: list[onnx.NodeProto], source: str) -> list[onnx.NodeProto]:
-    """`data` (making 'd'), then Reshape(d, Concat(Shape(t)[:1], [-1])), t = If(c, x, x[..., None])."""
-    return [
-        *data,
-        node("Shape", ["t"], "sh"),
-        node("Slice", ["sh", "zero", "one", "zero"], "n"),
-        node("Concat", ["n", "rest"], "view", axis=0),
-        node("Reshape", [source, "view"], "y"),
-    ]
-
-
-VIEW_INITS = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1])]
 
 
 def test_a_constant_cut_into_as_many_rows_as_the_batch_has_by_such_a_shape_mixes() -> None:
