@@ -303,10 +303,11 @@ def count_sources() -> list[Source]:
     from computed_axes_cases import COMPUTED_AXES
     from size_count_cases_more import MIXING
     from table_length_cases import TABLE_LENGTHS
+    from unplaced_view_cases import UNPLACED_VIEWS
     from unread_cases import UNREAD
 
     found: list[Source] = []
-    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS, *COMPUTED_AXES):
+    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS, *COMPUTED_AXES, *UNPLACED_VIEWS):
         try:
             found.append(make())
         except Exception as err:

@@ -248,7 +248,7 @@ class BatchSizeValues:
         if listed.count(axis) != 1 or starts.size != len(listed):
             return False
         at = listed.index(axis)
-        ends = self._slots(node.input[2], self.partial.named(node.input[2], None))
+        ends = self.slots(node.input[2], self.partial.named(node.input[2], None))
         step = 1 if steps is None or steps.size != len(listed) else int(steps.flat[at])
         return ends is not None and ends.get(at) is True and int(starts.flat[at]) == 0 and step == 1
 
@@ -280,7 +280,7 @@ class BatchSizeValues:
         name = node.input[index]
         value = constant(index) if constant is not None else None
         entries = self.partial.named(name, value)
-        slots = self._slots(name, entries)
+        slots = self.slots(name, entries)
         data = dims(node.input[0]) if index != 0 else None
         given = constant(0) if index != 0 and constant is not None else None  # the data, a constant
         if data is None and given is not None:
@@ -298,7 +298,7 @@ class BatchSizeValues:
         where onnx could not name them (a shape through a Where): read so by the reshape's reading
         and by the ops after it."""
         out, name = dims(node.output[0]), node.input[1]
-        for at, itself in (self._slots(name, self.partial.named(name, constant(1))) or {}).items():
+        for at, itself in (self.slots(name, self.partial.named(name, constant(1))) or {}).items():
             if itself and out is not None and at < len(out) and isinstance(out[at], str):
                 self.names.mark(out[at])
 
@@ -316,7 +316,7 @@ class BatchSizeValues:
                 if axis < len(out) and isinstance(out[axis], str):
                     self.names.mark(out[axis])
 
-    def _slots(self, name: str, entries: tuple[Entry, ...] | None) -> Slots | None:
+    def slots(self, name: str, entries: tuple[Entry, ...] | None) -> Slots | None:
         """Which of sized tensor `name`'s entries hold the batch's size itself (onnx_size_slots.py)."""
         held = self.sized[name]
         return size_slots(None if held == EVERY else held, entries, self.names.batch, self.names.grown)

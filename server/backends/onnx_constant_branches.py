@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, attribute, subgraphs
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
-from server.backends.onnx_mixing_graph import value_dims
+from server.backends.onnx_mixing_graph import standard_opset, value_dims
 
 
 def inline_constant_branches(model: onnx.ModelProto) -> bool:
@@ -45,7 +45,7 @@ def inline_constant_branches(model: onnx.ModelProto) -> bool:
             if isinstance(branch, onnx.GraphProto) and _apart(branch, graph) and not _holds_bodies(branch):
                 taken_at[at] = branch
             continue
-        value = _fold(node, values, infos, makers)
+        value = _fold(node, values, infos, makers, standard_opset(model))
         if value is not None and node.output and node.output[0]:
             values[node.output[0]] = value
     if not taken_at:
@@ -71,6 +71,7 @@ def _fold(
     values: Mapping[str, np.ndarray],
     infos: Mapping[str, onnx.ValueInfoProto],
     makers: Mapping[str, onnx.NodeProto],
+    opset: int,
 ) -> np.ndarray | None:
     if node.op_type == "Constant":
         found = attribute(node, "value", None)
@@ -81,7 +82,7 @@ def _fold(
         info = infos.get(name)
         return value_dims(info) if info is not None else None
 
-    return folded(node, known, dims, makers.get)
+    return folded(node, known, dims, makers.get, opset)
 
 
 def _small(tensor: onnx.TensorProto) -> bool:

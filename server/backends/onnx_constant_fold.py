@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import ONNX_DOMAIN, attribute, shape_read
+from server.backends.onnx_reference_fold import reference_folded
 
 MAX_ELEMENTS = 64
 
@@ -106,6 +107,7 @@ def folded(
     values: Sequence[np.ndarray | None],
     dims: Callable[[str], Sequence[int | str | None] | None] = lambda _: None,
     makers: Callable[[str], onnx.NodeProto | None] = lambda _: None,
+    opset: int | None = None,
 ) -> np.ndarray | None:
     """The value of `node`'s first output from its inputs' `values` (None: not known), where it is
     an op of ONNX's own, one of those above, every input is known and small, and so is what it
@@ -113,7 +115,9 @@ def folded(
     LayerNorm's axes Size(Shape(x)) - 1, read as computed, had its ReduceMean taken as along the
     batch's axis and refused (a tester, session 61); or of a constant (a small weight's, torch's
     broadcast_tensors' Max(Shape(x), Shape(w))). Not of other tensors: their dims may be a stale
-    stored shape's (a Loop's output stored [1, 1] from a batch-1 export; a tester, s62)."""
+    stored shape's (a Loop's output stored [1, 1] from a batch-1 export; a tester, s62). Other ops
+    of ONNX's own are run by onnx's reference implementation as `opset` defines them
+    (onnx_reference_fold.py)."""
     if node.domain not in ONNX_DOMAIN or not node.input:
         return None
     if node.op_type in ("Shape", "Size"):
@@ -122,7 +126,9 @@ def folded(
             return _of_dims(node, dims(node.input[0]))
         return _of_dims(node, list(values[0].shape)) if values and values[0] is not None else None
     fold = _FOLDS.get(node.op_type)
-    if fold is None or not values or any(v is None or v.size > MAX_ELEMENTS for v in values):
+    if fold is None:
+        return reference_folded(node, values, opset, MAX_ELEMENTS)
+    if not values or any(v is None or v.size > MAX_ELEMENTS for v in values):
         return None
     try:
         made = fold(node, [v for v in values if v is not None])

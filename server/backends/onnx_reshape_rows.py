@@ -121,6 +121,26 @@ def reshaped_rows(
     return _regrouped(source, target, sizes, row, batch)
 
 
+def places_batch(
+    before: Sequence[Dim], after: Sequence[Dim] | None, batch: Collection[str], folds: Folds
+) -> bool:
+    """Whether a reshape the reading above found keeping rows is known to leave the batch on an
+    output axis: one its name, or the one dim the input does not name worked out as its size.
+    Neither (the shape's entries not known at load; no rank at all) and the rows may go anywhere:
+    x [N, 4, 3] viewed as [-1, k] folds them for k = 3 and pairs them for k = 24 (a tester, s65).
+    True where the input has no batch: there is nothing to place."""
+    source = spelled_out(before, folds)
+    if _first_batch(source, batch) is None:
+        return True
+    if after is None:
+        return False
+    spelled = spelled_out(after, folds)
+    if _first_batch(spelled, batch) is not None:
+        return True
+    solved = _solved(source, spelled, batch)
+    return isinstance(solved, tuple) and _first_batch(solved[0], batch) is not None
+
+
 def _first_batch(dims: Sequence[Dim], batch: Collection[str]) -> int | None:
     return next((axis for axis, dim in enumerate(dims) if isinstance(dim, str) and dim in batch), None)
 

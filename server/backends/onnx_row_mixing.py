@@ -83,6 +83,7 @@ from server.backends.onnx_pool_indices import PoolIndices
 from server.backends.onnx_reshape_rows import Dim
 from server.backends.onnx_sequence_reads import sequence_concat
 from server.backends.onnx_table_reads import table_mixing
+from server.backends.onnx_unplaced_reshapes import unplaced_reshape
 from server.backends.onnx_value_lineage import ValueLineage
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,9 @@ class _Walk:
         """The node's value where its inputs are small constants, or a rank outside Loop and Scan
         bodies (a carried value may change by turns; an If's branch runs once; constant_fold)."""
         values = [self._constant(node, i, MAX_ELEMENTS) for i in range(len(node.input))]
-        return folded(node, values, self.shapes.get, self.makers.get) if self.ranks else folded(node, values)
+        if self.ranks:
+            return folded(node, values, self.shapes.get, self.makers.get, self.opset)
+        return folded(node, values, opset=self.opset)
 
     def _own_row_pick(self, node: onnx.NodeProto) -> bool:
         """A Gather, GatherND or ScatterND at each row's own place (onnx_row_positions.py), its data
@@ -284,7 +287,8 @@ class _Walk:
             moved = self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
             constant = partial(self._constant, node)
             moved = moved or self.values.unread(node, self.shapes.get, constant)  # two dims unknown
-            return moved or self.values.reads_size(node, self.shapes.get, constant)
+            moved = moved or self.values.reads_size(node, self.shapes.get, constant)
+            return moved or unplaced_reshape(node, self.values, self.shapes.get, constant)
         sized = self.values.reads_size(node, self.shapes.get, partial(self._constant, node))
         if sized is not None:
             return sized

@@ -1,0 +1,98 @@
+"""Small constants made at load by onnx's own reference implementation of an op, for the ops
+onnx_constant_fold.py does not spell out itself. A view's shape written Concat([-1],
+Cast(Abs([3.0]))) was "not known" to the load, read as no proof, and x [N, 4, 3] viewed as [4N, 3]
+loaded batched, each request answered with the first request's values (a tester, session 65).
+
+Only deterministic ops of ONNX's own domain whose output is bounded by their inputs (elementwise
+ops, reductions, gathers), and Range, Tile and Expand after their output's size is worked out
+first: a Range to 1e12 or a Tile by 1e9 is never made. The op is run as the graph's opset defines
+it (a ReduceSum's axes are an attribute before 13, an input after). Any failure is "not known".
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+ELEMENTWISE = frozenset(
+    {
+        *("Abs", "Ceil", "Floor", "Round", "Sqrt", "Reciprocal", "Sign", "Relu", "Exp", "Log"),
+        *("IsNaN", "IsInf", "BitwiseNot", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean"),
+        *("Xor", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Clip"),
+    }
+)
+BOUNDED = frozenset(
+    {
+        *("ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceMean", "ArgMax", "ArgMin"),
+        *("CumSum", "Flatten", "Split", "GatherElements", "GatherND", "ScatterElements", "ScatterND"),
+        *("NonZero", "Compress", "MatMul"),
+    }
+)
+SIZED_FIRST = frozenset({"Range", "Tile", "Expand"})  # their output's size is read before running
+REFERENCE_OPS = ELEMENTWISE | BOUNDED | SIZED_FIRST
+
+
+def reference_folded(
+    node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: int | None, limit: int
+) -> np.ndarray | None:
+    """`node`'s first output run by onnx's reference implementation on its inputs' `values` (an
+    optional input left out is None, named ""), where the op is one above and what it makes has at
+    most `limit` values; None otherwise."""
+    if node.op_type not in REFERENCE_OPS or len(values) != len(node.input):
+        return None
+    if any(v is None and name for v, name in zip(values, node.input, strict=True)):
+        return None
+    given = {name: v for name, v in zip(node.input, values, strict=True) if name and v is not None}
+    if not given or any(v.size > limit for v in given.values()):
+        return None
+    if node.op_type in SIZED_FIRST and not _small_enough(node.op_type, list(values), limit):
+        return None
+    try:
+        made = _run(node, given, opset)
+    except Exception:
+        return None
+    return made if made is not None and made.size <= limit else None
+
+
+def _small_enough(op: str, values: Sequence[np.ndarray | None], limit: int) -> bool:
+    """Whether a Range, Tile or Expand makes at most `limit` values, told from its inputs alone."""
+    try:
+        if op == "Range":
+            start, end, step = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])
+            return step != 0 and max(math.ceil((end - start) / step), 0) <= limit
+        data, count = values[0], values[1]
+        if data is None or count is None:
+            return False
+        counts = [int(c) for c in count.reshape(-1)]
+        if op == "Tile":
+            return (
+                len(counts) == data.ndim
+                and min(counts, default=0) >= 0
+                and data.size * math.prod(counts) <= limit
+            )
+        return math.prod(np.broadcast_shapes(data.shape, tuple(counts))) <= limit
+    except (ValueError, TypeError, OverflowError, IndexError):
+        return False
+
+
+def _run(node: onnx.NodeProto, given: dict[str, np.ndarray], opset: int | None) -> np.ndarray | None:
+    from onnx.reference import ReferenceEvaluator  # imported only where a fold needs it (~0.2 s)
+
+    inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        for name, value in given.items()
+    ]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in node.output if name]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    imports = [helper.make_opsetid("", opset)] if opset else []
+    model = helper.make_model(graph, opset_imports=imports or None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's overflow and division warnings: the value is read as is
+        found = ReferenceEvaluator(model).run([node.output[0]], given)
+    made = found[0] if isinstance(found, list | tuple) and found else None
+    return np.asarray(made) if made is not None else None

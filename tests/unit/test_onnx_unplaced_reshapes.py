@@ -1,0 +1,161 @@
+"""A Reshape of the batch whose shape the load cannot read (server/backends/onnx_unplaced_reshapes.py)
+and shapes the load now computes by onnx's reference implementation (onnx_reference_fold.py).
+
+A tester of session 65 viewed x [N, 4, 3] as [-1, Cast(Abs(3.0))] ([4N, 3]: each request answered
+with the first request's four rows, OK) and Transpose(x) [4, N, 3] by a shape read from
+If(c, Flatten(x), x): both loaded batched, "no proof" since session 51. Session 66."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from server.backends.onnx_reshape_rows import places_batch
+from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
+from tests.unit.test_onnx_if_ranks import FLAG, flagged_rows_independent, if_branch
+
+NOT_KNOWN = "its shape's entries are not all known at load"
+
+
+def floats(name: str, values: list[float]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
+def viewed_by(made: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """Reshape(x [N, 4, 3], Concat([-1], k)), `made` making k (INT64, one value)."""
+    nodes = [*made, node("Concat", ["minus", "k"], "to", axis=0), node("Reshape", ["x", "to"], "y")]
+    return graph_model(nodes, [ints("minus", [-1]), *inits], shape=("N", 4, 3))
+
+
+def cast_k(source: str) -> onnx.NodeProto:
+    return node("Cast", [source], "k", to=onnx.TensorProto.INT64)
+
+
+def test_a_view_by_a_shape_an_op_outside_the_hand_folded_computes_is_read() -> None:
+    """[-1, Cast(Abs(3.0))]: 3, so the batch folds into [4N, 3] (read before only from Cast,
+    Concat, arithmetic and the like: Abs was "computed at run time")."""
+    model = viewed_by([node("Abs", ["three"], "a"), cast_k("a")], [floats("three", [-3.0])])
+    assert not rows_independent(model, (4, 3))
+    found = row_mixing_outputs(model)
+    assert "is the batch's axis folded with other values" in found.get("y", ""), found
+
+
+@pytest.mark.parametrize(
+    ("made", "inits"),
+    [
+        ([node("Ceil", ["f"], "a"), cast_k("a")], [floats("f", [2.5])]),  # 3
+        ([node("Max", ["two", "three"], "k")], [ints("two", [2]), ints("three", [3])]),
+        ([node("ReduceProd", ["dims"], "k", keepdims=1)], [ints("dims", [3, 1])]),
+        ([node("Div", ["nine", "three"], "k")], [ints("nine", [9]), ints("three", [3])]),
+    ],
+    ids=["Ceil", "Max", "ReduceProd", "Div"],
+)
+def test_more_such_shapes_are_read(made: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:
+    model = viewed_by(made, inits)
+    assert not rows_independent(model, (4, 3))
+    assert "folded with other values" in row_mixing_outputs(model).get("y", "")
+
+
+def test_the_same_fold_by_a_shape_computed_as_the_rows_own_length_keeps_rows() -> None:
+    """[-1, Abs(-12)]: [N, 12], each row its own: batched (no over-refusal from the fold)."""
+    model = viewed_by([node("Abs", ["twelve"], "k")], [ints("twelve", [-12])])
+    assert rows_independent(model, (4, 3))
+    assert row_mixing_outputs(model) == {}
+
+
+@pytest.mark.parametrize("k", [3.0, 12.0], ids=["folds", "keeps"])
+def test_a_shape_the_load_cannot_compute_is_refused(k: float) -> None:
+    """[-1, Round(Sigmoid(0) * 2k)]: a Sigmoid is not computed at load, so where the rows go is not
+    known. Refused whether it folds (k = 3) or keeps rows (k = 12): the load cannot tell which."""
+    made = [
+        node("Sigmoid", ["zero"], "half"),
+        node("Mul", ["half", "twice"], "f"),
+        node("Round", ["f"], "a"),
+        cast_k("a"),
+    ]
+    model = viewed_by(made, [floats("zero", [0.0]), floats("twice", [2 * k])])
+    assert rows_independent(model, (4, 3)) == (k == 12.0)
+    found = row_mixing_outputs(model)
+    assert "the Reshape node making 'y' reshapes 'x' ['N', 4, 3]" in found.get("y", ""), found
+    assert NOT_KNOWN in found["y"], found
+
+
+def test_a_time_major_view_by_a_shape_of_no_known_rank_is_refused() -> None:
+    """Transpose(x) [4, N, 3] viewed as [-1, *Shape(If(c, Flatten(x), x))[1:]], c sent: [N, 12] or
+    [N, 4, 3], the 4 ahead of the batch moved into each row either way."""
+    flat = helper.make_graph(
+        [node("Flatten", ["x"], "p", axis=1)], "p", [], [helper.make_tensor_value_info("p", F, None)]
+    )
+    nodes = [
+        node("Transpose", ["x"], "xt", perm=[1, 0, 2]),
+        helper.make_node("If", ["c"], ["w"], then_branch=flat, else_branch=if_branch("q", None)),
+        node("Shape", ["w"], "sw"),
+        node("Slice", ["sw", "one", "big", "zero"], "rest"),
+        node("Concat", ["minus", "rest"], "to", axis=0),
+        node("Reshape", ["xt", "to"], "y"),
+    ]
+    inputs = (helper.make_tensor_value_info("x", F, ["N", 4, 3]), FLAG[1])
+    inits = [ints("one", [1]), ints("big", [99]), ints("zero", [0]), ints("minus", [-1])]
+    model = graph_model(nodes, inits, inputs=inputs)
+    assert not _independent_with_flag(model)
+    found = row_mixing_outputs(model)
+    assert "reshapes 'xt' [4, 'N', 3] to a shape of no known rank" in found.get("y", ""), found
+
+
+def _independent_with_flag(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 4, 3)).astype(np.float32)
+    for flag in (np.array(True), np.array(False)):
+        (batched,) = session.run(None, {"x": x, "c": flag})
+        for i in range(4):
+            (alone,) = session.run(None, {"x": x[i : i + 1], "c": flag})
+            if alone.shape != batched[i : i + 1].shape or not np.allclose(alone, batched[i : i + 1]):
+                return False
+    return True
+
+
+def test_a_view_led_by_the_batchs_size_of_no_known_rank_keeps_rows() -> None:
+    """x.view(t.size(0), -1) with t = If(c, x, x[..., None]): the first entry is N in both
+    branches, the data led by the batch: each output row is its input row whatever follows."""
+    then, other = if_branch("b0", None), if_branch("b1", 2)
+    nodes = [
+        helper.make_node("If", ["c"], ["t"], then_branch=then, else_branch=other),
+        node("Shape", ["t"], "sh"),
+        node("Slice", ["sh", "zero", "one", "zero"], "n"),
+        node("Concat", ["n", "rest"], "view", axis=0),
+        node("Reshape", ["x", "view"], "y"),
+    ]
+    inits = [ints("zero", [0]), ints("one", [1]), ints("rest", [-1]), ints("axis2", [2])]
+    model = graph_model(nodes, inits, inputs=FLAG)
+    assert flagged_rows_independent(model)
+    assert row_mixing_outputs(model) == {}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "placed"),
+    [
+        (["N", 4, 3], None, False),  # no rank
+        (["N", 4, 3], [None, None], False),  # two entries unknown
+        (["N", "T"], ["f", 4], False),  # T may be 4, 8 or 2
+        (["N", "T"], ["N", 2, "u"], True),  # the batch's own name
+        (["N", 4], ["u", 4], True),  # the one dim not named works out as N
+        (["T", "N", 3], ["f", 3], False),  # worked out as T*N: a fold, read as such by the reshape's reading
+        ([3, 4], None, True),  # no batch: nothing to place
+    ],
+)
+def test_whether_a_reshape_leaves_the_batch_on_an_axis(
+    before: list[int | str | None], after: list[int | str | None] | None, placed: bool
+) -> None:
+    assert places_batch(before, after, {"N"}, {}) == placed
+
+
+def test_an_axis_the_batch_was_folded_into_is_the_batchs() -> None:
+    folds = {"g": ["N", 2]}
+    assert not places_batch(["g", 3], [None, None], {"N"}, folds)
+    assert places_batch(["g", 3], ["g", 3], {"N"}, folds)
+    assert places_batch(["N", 3], ["g", 3], {"N"}, folds)  # a fold the reshape's reading just found
