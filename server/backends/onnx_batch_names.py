@@ -47,12 +47,13 @@ class BatchNames:
         self.folds: dict[str, Dims] = {}  # a symbol -> the dims folded into it (the batch among them)
         self.origins: dict[str, str] = {}  # a fold's symbol -> the reshape that made it
         self.grown: set[str] = set()  # names onnx made up for lengths computed from the batch's (`grew`)
+        self.partly: set[str] = set()  # axes only some of an If's branches give the batch (`adopt`)
 
     def within(self) -> BatchNames:
         """A copy for a subgraph: it reads the enclosing graph's names, its own stay its own."""
         inner = BatchNames(self.roots)
         inner.batch, inner.folds, inner.origins = set(self.batch), dict(self.folds), dict(self.origins)
-        inner.grown = set(self.grown)
+        inner.grown, inner.partly = set(self.grown), set(self.partly)
         return inner
 
     def fold(self, found: Folded, node: onnx.NodeProto) -> None:
@@ -148,13 +149,26 @@ class BatchNames:
             batched = [isinstance(old, str) and old in inner.batch for inner, old in olds]
             carried = len(olds) == len(returned) and all(batched)
             if not carried and any(batched) and isinstance(new, str) and new.startswith("unk__"):
-                self.batch.add(new)  # (some branches only)
+                self.batch.add(new)  # (some branches only: its length is made from the batch's, `whole`)
+                self.partly.add(new)
             if carried and isinstance(new, str) and new not in self.batch:
                 inner, old = olds[0]
                 self.batch.add(new)
                 self.folds[new] = inner.spelled([old])
                 if isinstance(old, str) and old in inner.origins:
                     self.origins[new] = inner.origins[old]
+
+    @property
+    def whole(self) -> set[str]:
+        """The names of axes whose length is the batch's size itself: not those only some of an
+        If's branches give the batch (If(c, x, x.T)'s first axis is N or 4; x.view(t.size(0), -1)
+        by it had loaded batched and pairs rows for c False; a tester, session 66)."""
+        return self.batch - self.partly
+
+    @property
+    def made(self) -> set[str]:
+        """The names of lengths made from the batch's size, not the size itself (`grew`, `adopt`)."""
+        return self.grown | self.partly
 
     def folded_rows(self, dims: Sequence[Dim] | None) -> str | None:
         """Why a graph output of `dims` has rows that are not the requests' rows: its first axis is

@@ -289,7 +289,7 @@ class BatchSizeValues:
             return None  # a constant cut into as many rows as the batch has (a tester, s57)
         length = length_of(dims(name), value) if entries is None else len(entries)
         site = Site(data, dims(node.output[0]) if node.output else None, length)
-        return placed(node, index, slots, site, self.names.batch)
+        return placed(node, index, slots, site, self.names.whole)
 
     def _name_rows(
         self, node: onnx.NodeProto, dims: Callable[[str], Dims | None], constant: Constant
@@ -319,7 +319,7 @@ class BatchSizeValues:
     def slots(self, name: str, entries: tuple[Entry, ...] | None) -> Slots | None:
         """Which of sized tensor `name`'s entries hold the batch's size itself (onnx_size_slots.py)."""
         held = self.sized[name]
-        return size_slots(None if held == EVERY else held, entries, self.names.batch, self.names.grown)
+        return size_slots(None if held == EVERY else held, entries, self.names.whole, self.names.made)
 
     def _from_batched(self, name: str, dims: Callable[[str], Dims | None]) -> bool:
         """Whether `name` is made from an input that carries the batch."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 
-from server.backends.graph_names import ONNX_DOMAIN, attribute, shape_read
+from server.backends.graph_names import ONNX_DOMAIN, attribute, int_attribute, shape_read
 from server.backends.onnx_reference_fold import reference_folded
 
 MAX_ELEMENTS = 64
@@ -68,6 +68,15 @@ def _slice(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
     return data[tuple(index)]
 
 
+def _reshape(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
+    """A 0 copies the data's dim there unless `allowzero` (a small table viewed as [0, -1] had been
+    "not known", and a view by it refused; a tester, session 66)."""
+    shape = [int(d) for d in values[1].reshape(-1)]
+    if not int_attribute(node, "allowzero", 0):
+        shape = [values[0].shape[at] if d == 0 and at < values[0].ndim else d for at, d in enumerate(shape)]
+    return values[0].reshape(shape)
+
+
 def _transpose(node: onnx.NodeProto, values: Sequence[np.ndarray]) -> np.ndarray:
     perm = attribute(node, "perm", None)
     return np.transpose(values[0], None if perm is None else tuple(perm))  # type: ignore[arg-type]
@@ -79,7 +88,7 @@ _FOLDS: dict[str, Callable[[onnx.NodeProto, Sequence[np.ndarray]], np.ndarray | 
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
     "Concat": lambda node, v: np.concatenate(v, axis=int(attribute(node, "axis", 0))),  # type: ignore[call-overload]
-    "Reshape": lambda node, v: v[0].reshape(tuple(int(d) for d in v[1].reshape(-1))),
+    "Reshape": _reshape,
     "Neg": lambda node, v: -v[0],
     "Add": lambda node, v: v[0] + v[1],
     "Sub": lambda node, v: v[0] - v[1],

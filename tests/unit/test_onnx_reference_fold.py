@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_reference_fold import REFERENCE_OPS, reference_folded
+from server.backends.onnx_row_mixing import row_mixing_outputs
+from tests.support.onnx_graphs import graph_model, rows_independent
 
 
 def _i(*values: int) -> np.ndarray:
@@ -87,3 +89,52 @@ def test_ops_not_listed_and_failures_are_not_known() -> None:
     assert reference_folded(matmul, [_i(1, 2, 3), _i(1, 2)], 17, MAX_ELEMENTS) is None  # 3 by 2: refused
     assert reference_folded(helper.make_node("Abs", ["a"], ["b"]), [None], 17, MAX_ELEMENTS) is None
     assert reference_folded(helper.make_node("Abs", ["a"], ["b"]), [], 17, MAX_ELEMENTS) is None
+
+
+def test_float_results_onnxruntime_may_round_otherwise_are_not_known() -> None:
+    """A float Range adds its step each turn in onnxruntime (Range(0, 2.5, 0.1)'s last 2.3999999),
+    the reference multiplies (2.4): an axis floored from it had been read as 1 where onnxruntime
+    takes 0 (a tester, session 66). Sums, transcendentals and Pow of floats are not folded; of
+    integers they are, and exact float ops (a Floor, a Max) still are."""
+    r = helper.make_node("Range", ["s", "l", "d"], ["r"])
+    floats = [np.array(0.0, np.float32), np.array(2.5, np.float32), np.array(0.1, np.float32)]
+    assert reference_folded(r, floats, 17, MAX_ELEMENTS) is None
+    assert reference_folded(r, [np.array(0), np.array(3), np.array(1)], 17, MAX_ELEMENTS).tolist() == [
+        0,
+        1,
+        2,
+    ]  # type: ignore[union-attr]
+    for op in ("Exp", "Log", "Sqrt", "ReduceSum", "CumSum"):
+        ins = ["a", "axis"] if op == "CumSum" else ["a"]
+        given = [np.array([2.0], np.float32), np.array(0)][: len(ins)]
+        assert reference_folded(helper.make_node(op, ins, ["b"]), given, 17, MAX_ELEMENTS) is None, op
+    pow_ = helper.make_node("Pow", ["a", "b"], ["c"])
+    assert reference_folded(pow_, [np.array([2.0], np.float32), np.array([2.0], np.float32)], 17, 64) is None
+    assert reference_folded(pow_, [_i(2), _i(3)], 17, MAX_ELEMENTS).tolist() == [8]  # type: ignore[union-attr]
+    floor = helper.make_node("Floor", ["a"], ["b"])
+    assert reference_folded(floor, [np.array([2.7], np.float32)], 17, MAX_ELEMENTS).tolist() == [2.0]  # type: ignore[union-attr]
+
+
+def test_the_served_reading_of_an_axis_from_a_float_range() -> None:
+    """CumSum(x, axis=Cast(Floor(ReduceMax(Range(0, 2.5, 0.1)) * 10)) - 23): axis 0 in onnxruntime,
+    along the batch: refused (the tester's graph)."""
+    nodes = [
+        helper.make_node("Range", ["s", "l", "d"], ["r"]),
+        helper.make_node("ReduceMax", ["r"], ["top"], keepdims=0),
+        helper.make_node("Mul", ["top", "ten"], ["m"]),
+        helper.make_node("Floor", ["m"], ["f"]),
+        helper.make_node("Cast", ["f"], ["t"], to=TensorProto.INT64),
+        helper.make_node("Sub", ["t", "k"], ["axis"]),
+        helper.make_node("CumSum", ["x", "axis"], ["y"]),
+    ]
+    inits = [
+        *(
+            numpy_helper.from_array(np.asarray(v, np.float32), n)
+            for n, v in (("s", 0), ("l", 2.5), ("d", 0.1))
+        ),
+        numpy_helper.from_array(np.asarray(10.0, np.float32), "ten"),
+        numpy_helper.from_array(np.asarray(23, np.int64), "k"),
+    ]
+    model = graph_model(nodes, inits, shape=("N", 4))
+    assert not rows_independent(model, (4,))
+    assert "the CumSum node making 'y' works along the batch's axis" in row_mixing_outputs(model).get("y", "")

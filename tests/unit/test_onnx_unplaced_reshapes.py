@@ -159,3 +159,62 @@ def test_an_axis_the_batch_was_folded_into_is_the_batchs() -> None:
     assert not places_batch(["g", 3], [None, None], {"N"}, folds)
     assert places_batch(["g", 3], ["g", 3], {"N"}, folds)
     assert places_batch(["N", 3], ["g", 3], {"N"}, folds)  # a fold the reshape's reading just found
+
+
+def _view_by_first_length_of(other: onnx.GraphProto) -> onnx.ModelProto:
+    """t = If(c, x, `other`'s value); Softmax(Reshape(x, [t.size(0), -1]), axis=1) viewed back as
+    x [N, 4, 3]."""
+    nodes = [
+        helper.make_node("If", ["c"], ["t"], then_branch=if_branch("b0", None), else_branch=other),
+        node("Shape", ["t"], "s"),
+        node("Gather", ["s", "zero"], "n", axis=0),
+        node("Unsqueeze", ["n", "axis0"], "n1"),
+        node("Concat", ["n1", "minus"], "to", axis=0),
+        node("Reshape", ["x", "to"], "v"),
+        node("Softmax", ["v"], "sm", axis=1),
+        node("Shape", ["x"], "xs"),
+        node("Reshape", ["sm", "xs"], "y"),
+    ]
+    inits = [ints("zero", 0), ints("axis0", [0]), ints("minus", [-1])]
+    inputs = (helper.make_tensor_value_info("x", F, ["N", 4, 3]), FLAG[1])
+    return graph_model(nodes, inits, inputs=inputs)
+
+
+def test_a_length_only_some_branches_give_the_batch_is_not_its_size_as_a_view() -> None:
+    """If(c, x, Transpose(x)): its first length N or 4. x.view(t.size(0), -1) is [4, 3N] for c
+    False, the Softmax across requests. The If's axis was taken as the batch's and its length as the
+    batch's size itself (a tester, session 66; so since session 65)."""
+    flipped = helper.make_graph(
+        [node("Transpose", ["x"], "e", perm=[1, 0, 2])],
+        "e",
+        [],
+        [helper.make_tensor_value_info("e", F, None)],
+    )
+    model = _view_by_first_length_of(flipped)
+    assert not _independent_with_flag(model)
+    found = row_mixing_outputs(model)
+    assert "as a shape, a size or a count elsewhere than the batch's own axis" in found.get("y", ""), found
+
+
+def test_a_length_every_branch_gives_the_batch_is_its_size_as_a_view() -> None:
+    """If(c, x, Relu(x)): N in both branches, the view [N, 12] keeps rows."""
+    same = helper.make_graph(
+        [node("Relu", ["x"], "e")], "e", [], [helper.make_tensor_value_info("e", F, None)]
+    )
+    model = _view_by_first_length_of(same)
+    assert _independent_with_flag(model)
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_small_tables_view_with_a_zero_is_computed() -> None:
+    """x viewed as [-1, k], k = Reshape([[12]], [0]) (a 0 copies the table's first dim: [12]):
+    [N, 12], batched. A 0 had left k "not known" and the view refused (a tester, session 66)."""
+    nodes = [
+        node("Reshape", ["table", "zero"], "k"),
+        node("Concat", ["minus", "k"], "to", axis=0),
+        node("Reshape", ["x", "to"], "y"),
+    ]
+    inits = [ints("table", [[12]]), ints("zero", [0]), ints("minus", [-1])]
+    model = graph_model(nodes, inits, shape=("N", 4, 3))
+    assert rows_independent(model, (4, 3))
+    assert row_mixing_outputs(model) == {}
