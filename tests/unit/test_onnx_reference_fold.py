@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from server.backends import onnx_reference_fold as reference_fold
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
 from server.backends.onnx_reference_fold import REFERENCE_OPS, reference_folded
 from server.backends.onnx_row_mixing import row_mixing_outputs
@@ -138,3 +139,52 @@ def test_the_served_reading_of_an_axis_from_a_float_range() -> None:
     model = graph_model(nodes, inits, shape=("N", 4))
     assert not rows_independent(model, (4,))
     assert "the CumSum node making 'y' works along the batch's axis" in row_mixing_outputs(model).get("y", "")
+
+
+def test_an_op_whose_inputs_were_attributes_in_an_older_opset_is_run_as_that_opset() -> None:
+    """Clip's bounds: attributes until opset 11, inputs after (run as the latest opset, Clip-6's are
+    not its bounds)."""
+    clip = helper.make_node("Clip", ["a"], ["b"], min=0.0, max=3.0)
+    given = [np.array([-1.0, 5.0], np.float32)]
+    assert reference_folded(clip, given, 6, MAX_ELEMENTS).tolist() == [0.0, 3.0]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs", "want"),
+    [
+        ("Range", [np.array(0), np.array(MAX_ELEMENTS), np.array(1)], MAX_ELEMENTS),  # the most made
+        ("Range", [np.array(100), np.array(110), np.array(1)], 10),  # from 100, not 0
+        ("Range", [np.array(0), np.array(60), np.array(2)], 30),  # 30 steps of 2
+        ("Range", [np.array(0), np.array(100), np.array(10)], 10),
+        ("Tile", [np.zeros(8, np.int64), _i(8)], MAX_ELEMENTS),
+        ("Tile", [_i(1, 2), _i(0)], 0),  # no copies: nothing made
+        ("Expand", [_i(1), _i(MAX_ELEMENTS)], MAX_ELEMENTS),
+        ("Abs", [np.zeros(MAX_ELEMENTS, np.int64)], MAX_ELEMENTS),
+    ],
+)
+def test_sizes_up_to_the_limit_are_made(op: str, inputs: list[np.ndarray], want: int) -> None:
+    node = helper.make_node(op, [f"in{i}" for i in range(len(inputs))], ["out"])
+    made = reference_folded(node, inputs, 17, MAX_ELEMENTS)
+    assert made is not None and made.size == want
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs"),
+    [
+        ("Range", [np.array(0), np.array(10**12), np.array(1)]),
+        ("Range", [np.array(0), np.array(MAX_ELEMENTS + 1), np.array(1)]),
+        ("Tile", [_i(1, 2), _i(10**9)]),
+        ("Tile", [np.zeros(8, np.int64), _i(9)]),
+        ("Expand", [_i(1, 2), _i(10**6, 2)]),
+        ("Expand", [_i(1), _i(MAX_ELEMENTS + 1)]),
+    ],
+)
+def test_an_output_over_the_limit_is_never_run(
+    op: str, inputs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told from the inputs before anything runs: a Range to 1e12 is never made."""
+    ran: list[str] = []
+    monkeypatch.setattr(reference_fold, "_run", lambda node, given, opset: ran.append(node.op_type))
+    node = helper.make_node(op, [f"in{i}" for i in range(len(inputs))], ["out"])
+    assert reference_folded(node, inputs, 17, MAX_ELEMENTS) is None
+    assert ran == []
