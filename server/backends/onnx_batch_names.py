@@ -147,7 +147,10 @@ class BatchNames:
                 (inner, dims[-offset]) for inner, dims in returned if dims is not None and offset <= len(dims)
             ]
             batched = [isinstance(old, str) and old in inner.batch for inner, old in olds]
-            carried = len(olds) == len(returned) and all(batched)
+            # Carried where every branch has the batch's size itself there: an inner If's axis only
+            # some of its branches give the batch is such an axis here too (a tester, session 66).
+            whole = [isinstance(old, str) and old in inner.whole for inner, old in olds]
+            carried = len(olds) == len(returned) and all(whole)
             if not carried and any(batched) and isinstance(new, str) and new.startswith("unk__"):
                 self.batch.add(new)  # (some branches only: its length is made from the batch's, `whole`)
                 self.partly.add(new)

@@ -51,7 +51,8 @@ _WIDE = frozenset(  # a Cast keeping any dim's value (a narrower one may wrap it
 _COMPARED = frozenset({"Equal", "Where"})
 # A float tensor's entries are followed as ints while they are whole (onnx_partial_arithmetic.py).
 _FLOATING = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE})
-_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | {"Shape", "Split", "ReduceProd"}
+_ROOTS = frozenset({"Sqrt", "Pow"})  # only where whole (`_root`)
+_FOLLOWED = _MOVES | _KEPT | _COMPUTED | _COMPARED | _ROOTS | {"Shape", "Split", "ReduceProd"}
 
 
 class PartialInts:
@@ -205,6 +206,8 @@ class PartialInts:
         given = [self._given(name, dims, constant(i), arithmetic) for i, name in enumerate(node.input)]
         if op == "ReduceProd":
             return _product_of(node, given[0] if given else None, constant)
+        if op in _ROOTS:
+            return _root(node, given[0] if given else None, constant)
         floating = node.output[0] in self.floats
         if (
             op in _COMPUTED
@@ -243,6 +246,28 @@ class PartialInts:
         if name in self.known:
             return self.known[name]
         return _unknown(dims(name))
+
+
+def _root(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:
+    """A Sqrt, or a Pow by 0.5 or a whole exponent, of whole numbers, each entry where its result is
+    whole (exact in floats too: a whole square root is, and a power up to 2**24): ViT's and Swin's
+    int(L ** 0.5) of a token count read off a fixed dim, so that view(-1, h, h, C) is read (refused
+    as not known since session 66's unplaced reshapes; a tester, s66). Others: not known."""
+    exponent = np.asarray(0.5) if node.op_type == "Sqrt" else constant(1)
+    if data is None or exponent is None or exponent.size != 1:
+        return None
+    power = float(exponent.reshape(-1)[0])
+    if power != 0.5 and not (power.is_integer() and 0 <= power <= 8):
+        return None
+    made: list[int | None] = []
+    for entry in data.reshape(-1).tolist():
+        root = math.isqrt(entry) if isinstance(entry, int) and entry >= 0 else None
+        if power == 0.5:
+            made.append(root if root is not None and root * root == entry else None)
+        else:
+            whole = isinstance(entry, int) and abs(entry) ** int(power) <= 2**24
+            made.append(entry ** int(power) if whole else None)
+    return np.array(made, dtype=object).reshape(data.shape)
 
 
 def _moved(node: onnx.NodeProto, data: np.ndarray, constant: Constant) -> np.ndarray | None:

@@ -188,3 +188,49 @@ def test_an_output_over_the_limit_is_never_run(
     node = helper.make_node(op, [f"in{i}" for i in range(len(inputs))], ["out"])
     assert reference_folded(node, inputs, 17, MAX_ELEMENTS) is None
     assert ran == []
+
+
+@pytest.mark.parametrize(
+    ("op", "inputs", "attrs"),
+    [
+        ("ArgMax", [np.array([1.0, np.nan, 0.5], np.float32)], {"select_last_index": 1}),  # 1 here, 0 there
+        ("ReduceMax", [np.array([1.0, np.nan, 0.5], np.float32)], {}),  # NaN here, 1.0 there
+        ("Clip", [np.array([2.0], np.float32), np.array(np.nan, np.float32), np.array(3.0, np.float32)], {}),
+        ("Sign", [np.array([np.nan], np.float16)], {}),  # NaN here, 0 there
+        ("Abs", [np.array([np.inf], np.float32)], {}),
+        ("ReduceSum", [np.array([2**31 - 1, 2**31 - 1, 14], np.int32)], {}),  # wraps to 12 here
+        ("ReduceProd", [np.array([2**40, 2**40], np.int64)], {}),
+    ],
+    ids=[
+        "ArgMax NaN",
+        "ReduceMax NaN",
+        "Clip NaN",
+        "Sign fp16 NaN",
+        "inf",
+        "int32 sum wraps",
+        "int64 product wraps",
+    ],
+)
+def test_what_onnxruntime_computes_otherwise_is_not_known(
+    op: str, inputs: list[np.ndarray], attrs: dict[str, int]
+) -> None:
+    """A NaN or an infinity among float inputs, or an integer sum or product past its type (a tester,
+    session 66: each folded to 12 where onnxruntime gave 24, and x.view(-1, k) loaded batched)."""
+    node = helper.make_node(op, [f"in{i}" for i in range(len(inputs))], ["out"], **attrs)
+    assert reference_folded(node, inputs, 17, MAX_ELEMENTS) is None
+    finite = [np.nan_to_num(v, nan=0.0, posinf=1.0) if v.dtype.kind == "f" else v // 2**20 for v in inputs]
+    assert reference_folded(node, finite, 17, MAX_ELEMENTS) is not None  # the same op, plain numbers
+
+
+def test_a_float_attribute_not_finite_is_not_known() -> None:
+    clip = helper.make_node("Clip", ["a"], ["b"], min=float("nan"), max=3.0)
+    assert reference_folded(clip, [np.array([2.0], np.float32)], 6, MAX_ELEMENTS) is None
+
+
+def test_a_cast_to_a_type_numpy_does_not_have_is_not_known() -> None:
+    """float8's saturation: 3000 is 448 in onnxruntime, NaN as numpy's cast of ml_dtypes."""
+    for to in (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2, TensorProto.BFLOAT16):
+        cast = helper.make_node("Cast", ["a"], ["b"], to=to)
+        assert folded(cast, [np.array([3000.0], np.float32)]) is None
+    cast = helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT16)
+    assert folded(cast, [np.array([3000.0], np.float32)]).tolist() == [3000.0]  # type: ignore[union-attr]

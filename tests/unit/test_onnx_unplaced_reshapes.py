@@ -218,3 +218,66 @@ def test_a_small_tables_view_with_a_zero_is_computed() -> None:
     model = graph_model(nodes, inits, shape=("N", 4, 3))
     assert rows_independent(model, (4, 3))
     assert row_mixing_outputs(model) == {}
+
+
+def test_an_if_returning_such_an_ifs_value_keeps_its_length_apart_from_the_batchs_size() -> None:
+    """t = If(c, x, If(c, x, Transpose(x))) (the inner If in a branch): the outer If's axis was
+    carried as the batch's, every branch's name being in its batch (a tester, session 66)."""
+    flipped = helper.make_graph(
+        [node("Transpose", ["x"], "e", perm=[1, 0, 2])],
+        "e",
+        [],
+        [helper.make_tensor_value_info("e", F, None)],
+    )
+    inner = helper.make_node("If", ["c"], ["io"], then_branch=if_branch("it", None), else_branch=flipped)
+    nested = helper.make_graph([inner], "n", [], [helper.make_tensor_value_info("io", F, None)])
+    model = _view_by_first_length_of(nested)
+    assert not _independent_with_flag(model)
+    found = row_mixing_outputs(model)
+    assert "as a shape, a size or a count elsewhere than the batch's own axis" in found.get("y", ""), found
+
+
+@pytest.mark.parametrize("root", ["Sqrt", "Pow"])
+@pytest.mark.parametrize("first", ["minus", "n1"], ids=["-1", "x.size(0)"])
+def test_a_token_grid_of_a_whole_square_root_is_read(root: str, first: str) -> None:
+    """ViT's and Swin's x.view(-1, h, h, C), h = int(x.size(1) ** 0.5) of tokens [N, 16, 6]: 4, read
+    through the Sqrt or the Pow of the float length (refused as not known, a tester, session 66)."""
+    rooted = node("Sqrt", ["lf"], "rf") if root == "Sqrt" else node("Pow", ["lf", "half"], "rf")
+    nodes = [
+        node("Shape", ["x"], "s"),
+        node("Gather", ["s", "one"], "l", axis=0),
+        node("Cast", ["l"], "lf", to=F),
+        rooted,
+        node("Cast", ["rf"], "h", to=onnx.TensorProto.INT64),
+        node("Unsqueeze", ["h", "axis0"], "h1"),
+        node("Gather", ["s", "zero"], "n", axis=0),
+        node("Unsqueeze", ["n", "axis0"], "n1"),
+        node("Concat", [first, "h1", "h1", "six"], "to", axis=0),
+        node("Reshape", ["x", "to"], "y"),
+    ]
+    inits = [
+        ints("one", 1), ints("zero", 0), ints("axis0", [0]), ints("minus", [-1]), ints("six", [6]),
+        numpy_helper.from_array(np.asarray(0.5, np.float32), "half"),
+    ]  # fmt: skip
+    model = graph_model(nodes, inits, shape=("N", 16, 6))
+    assert rows_independent(model, (16, 6))
+    assert row_mixing_outputs(model) == {}
+
+
+def test_a_token_grid_of_a_length_with_no_whole_root_is_refused() -> None:
+    """The same view of [N, 15, 6]: h = 3, a view of [-1, 3, 3, 6] cuts rows (135 in 90s)."""
+    nodes = [
+        node("Shape", ["x"], "s"),
+        node("Gather", ["s", "one"], "l", axis=0),
+        node("Cast", ["l"], "lf", to=F),
+        node("Sqrt", ["lf"], "rf"),
+        node("Cast", ["rf"], "h", to=onnx.TensorProto.INT64),
+        node("Unsqueeze", ["h", "axis0"], "h1"),
+        node("Concat", ["minus", "h1", "h1", "six"], "to", axis=0),
+        node("Reshape", ["x", "to"], "y"),
+    ]
+    model = graph_model(
+        nodes, [ints("one", 1), ints("axis0", [0]), ints("minus", [-1]), ints("six", [6])], shape=("N", 15, 6)
+    )
+    found = row_mixing_outputs(model)
+    assert "the Reshape node making 'y' reshapes 'x' ['N', 15, 6]" in found.get("y", ""), found
