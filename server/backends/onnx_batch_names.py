@@ -66,6 +66,8 @@ class BatchNames:
         if isinstance(old, str) and isinstance(new, str) and old in self.batch and new not in self.batch:
             self.batch.add(new)
             self.folds[new] = self.folds.get(old, [old])
+            if old in self.partly:
+                self.partly.add(new)
             if old in self.origins:
                 self.origins[new] = self.origins[old]
 

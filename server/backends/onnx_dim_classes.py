@@ -12,7 +12,9 @@ Sizes proved equal at run time, for any run that succeeds, are put in one class:
 - a Reshape's one output dim not read from its input and the quotient of its input's size by the
   output's other dims, where that is one dim (onnx_reshape_rows's products);
 - the axes an elementwise op broadcasts (the output's and each input's not 1) where the inputs'
-  are of one class, and the axes a MatMul contracts.
+  are of one class, or one is a Slice's cut from 0 to the other's size (GPT-2's causal mask
+  bias[:, :, k - q : k, :k], its start a size less a size of one class), and the axes a MatMul
+  contracts.
 A name onnx made is then renamed to a name the model declares in its class (else to one name of
 its class). A class holding an input's first dim, the batch's, is left as it is: the reading
 follows the batch by its own rules (arange(N) is each row's place, onnx_row_positions.py).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
 import onnx
 
 from server.backends.graph_names import graphs, int_attribute, shape_read
@@ -149,6 +152,7 @@ def _read(
     constants = {init.name: init for init in graph.initializer if _small(init.dims) and init.name not in sent}
     shapes: dict[str, list[Dim]] = {}
     sizes: dict[str, Dim] = {}
+    zeros: set[str] = set()  # a size less a size of its class: GPT-2's key_length - query_length
     for node in graph.node:
         op, out = node.op_type, node.output[0] if node.output else ""
         given = [dims.get(name) for name in node.input]
@@ -162,6 +166,12 @@ def _read(
                 sizes[out] = read[at]
         elif op in _PASSED and node.input and node.input[0] in sizes and _keeps(node):
             sizes[out] = sizes[node.input[0]]
+        elif op in _PASSED and node.input and node.input[0] in zeros:
+            zeros.add(out)
+        elif op == "Sub" and len(node.input) == 2 and all(name in sizes for name in node.input):
+            first, second = (classes.same(sizes[name]) for name in node.input)
+            if isinstance(first, str) and first == second:
+                zeros.add(out)
         made = dims.get(out)
         if made is None:
             continue
@@ -181,7 +191,10 @@ def _read(
         elif op == "Reshape" and given and given[0] is not None:
             _reshaped(classes, given[0], made)
         elif op == "Slice" and given and given[0] is not None and len(given[0]) == len(made):
-            _sliced(classes, node, given[0], made, [constants.get(name) for name in node.input], sizes)
+            known = [constants.get(name) for name in node.input]
+            if len(node.input) > 1 and known[1] is None and node.input[1] in zeros:
+                known[1] = onnx.numpy_helper.from_array(np.zeros(1, np.int64))  # (one axis's start)
+            _sliced(classes, node, given[0], made, known, sizes)
 
 
 def _broadcast(classes: _Classes, made: list[Dim], given: list[list[Dim] | None]) -> None:

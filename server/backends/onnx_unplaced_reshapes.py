@@ -9,6 +9,9 @@ folds the rows for k = 3 and pairs them for k = 24, and Transpose(x) [4, N, 3] v
 read from If(c, Flatten(x), x) moves values between rows (a tester, session 65). Now it is refused
 batching, unless its shape holds the batch's size itself as its first entry and the batch leads its
 data alone: then each output row is the input row of its place, whatever the other entries are.
+A Reshape or a Flatten of a value whose axes only some branches of an If give the batch
+(If(c, x, x.T) [N, 4, 3] or [4, N, 3], viewed by x's own shape) is refused too: it moves rows in the
+branches that moved the batch (a tester, session 66).
 """
 
 from __future__ import annotations
@@ -31,10 +34,18 @@ def unplaced_reshape(
     """Why a Reshape that no other reading flagged may still move the batch's rows: its input carries
     the batch and its output is not known to (a fold the reshape's reading found is spelled out as
     the batch's, and counts as carrying it)."""
-    if node.op_type != "Reshape" or len(node.input) < 2 or not node.output:
+    if node.op_type not in ("Reshape", "Flatten") or not node.input or not node.output:
         return None
     names = values.names
     before, after = dims(node.input[0]), dims(node.output[0])
+    if before is not None and (partly := [dim for dim in before if dim in names.partly]):
+        return (
+            f"{described(node)} reshapes '{node.input[0]}' {names.shown(before)}, whose axes "
+            f"{names.shown(partly)} only some branches of an If give the batch: the load cannot tell "
+            "where the batch's rows go"
+        )
+    if node.op_type != "Reshape" or len(node.input) < 2:
+        return None
     if before is None or places_batch(before, after, names.roots, names.folds):
         return None
     if _size_leads(node, values, names.spelled(before), constant):
