@@ -51,10 +51,15 @@ def unplaced_reshape(
     if _size_leads(node, values, names.spelled(before), constant):
         return None
     target = "a shape of no known rank" if after is None else str(names.shown(after))
-    return (
-        f"{described(node)} reshapes '{node.input[0]}' {names.shown(names.spelled(before))} to {target}: "
-        "its shape's entries are not all known at load, so the load cannot tell where the batch's rows go"
+    fixed = after is not None and all(isinstance(dim, int) for dim in after)  # (a pixel shuffle at batch 1)
+    why = (
+        "a shape of fixed lengths has no axis of the batch's size, so a batch's rows fill it otherwise"
+        if fixed
+        else "its shape's entries are not all known at load, so the load cannot tell where the batch's "
+        "rows go"
     )
+    shown = names.shown(names.spelled(before))
+    return f"{described(node)} reshapes '{node.input[0]}' {shown} to {target}: {why}"
 
 
 def _size_leads(node: onnx.NodeProto, values: BatchSizeValues, data: Dims, constant: Constant) -> bool:

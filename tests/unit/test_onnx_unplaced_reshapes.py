@@ -360,3 +360,11 @@ def test_a_mask_cut_from_another_start_proves_nothing() -> None:
     """From T - 1: one step, broadcast; the load does not read it, and the view stays not known."""
     found = row_mixing_outputs(_gpt2_final_view("unit"))
     assert NOT_KNOWN in found.get("y", ""), found
+
+
+def test_a_view_to_fixed_lengths_says_so() -> None:
+    """x [N, 4, 3] viewed as [2, 6] (an export at batch 2 with its shape written out): the message
+    names the fixed lengths, not entries unknown (a tester, session 66: PixelShuffle's)."""
+    model = graph_model([node("Reshape", ["x", "fixed"], "y")], [ints("fixed", [2, 6])], shape=("N", 4, 3))
+    found = row_mixing_outputs(model)
+    assert "to [2, 6]: a shape of fixed lengths has no axis of the batch's size" in found.get("y", ""), found
