@@ -38,6 +38,8 @@ def test_an_op_is_run_as_its_graphs_opset_defines_it() -> None:
         ("Range", [np.array(0), np.array(4), np.array(2)], {}, [0, 2]),
         ("Tile", [_i(1, 2), _i(2)], {}, [1, 2, 1, 2]),
         ("ReduceProd", [_i(3, 4)], {"keepdims": 0}, 12),
+        ("CumSum", [_i(1, 2, 3), np.array(0)], {}, [1, 3, 6]),  # its axis kept an integer in the check
+        ("ReduceSum", [_i(2, 3), _i(0)], {"keepdims": 0}, 5),
     ],
 )
 def test_ops_of_the_list_are_computed(
@@ -234,3 +236,20 @@ def test_a_cast_to_a_type_numpy_does_not_have_is_not_known() -> None:
         assert folded(cast, [np.array([3000.0], np.float32)]) is None
     cast = helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT16)
     assert folded(cast, [np.array([3000.0], np.float32)]).tolist() == [3000.0]  # type: ignore[union-attr]
+
+
+def test_a_type_numpy_does_not_have_among_the_inputs_is_not_known() -> None:
+    import ml_dtypes
+
+    abs_ = helper.make_node("Abs", ["a"], ["b"])
+    assert reference_folded(abs_, [np.array([-1.0], ml_dtypes.bfloat16)], 17, MAX_ELEMENTS) is None
+
+
+def test_a_small_constants_reshape_copies_a_dim_for_a_zero() -> None:
+    reshape = helper.make_node("Reshape", ["a", "s"], ["b"])
+    table = np.arange(6, dtype=np.int64).reshape(2, 3)
+    assert folded(reshape, [table, _i(0, -1)]).shape == (2, 3)  # type: ignore[union-attr]
+    assert folded(reshape, [table, _i(3, 0)]) is None  # the 0 copies 3: (3, 3) holds 9 values, not 6
+    kept = helper.make_node("Reshape", ["a", "s"], ["b"], allowzero=1)
+    assert folded(kept, [table, _i(0, -1)]) is None  # a zero-length axis: 6 values do not fit
+    assert folded(reshape, [np.arange(3, dtype=np.int64), _i(3, 0)]) is None  # no dim 1 to copy
