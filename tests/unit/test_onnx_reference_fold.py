@@ -179,6 +179,8 @@ def test_sizes_up_to_the_limit_are_made(op: str, inputs: list[np.ndarray], want:
         ("Tile", [np.zeros(8, np.int64), _i(9)]),
         ("Expand", [_i(1, 2), _i(10**6, 2)]),
         ("Expand", [_i(1), _i(MAX_ELEMENTS + 1)]),
+        ("Expand", [np.zeros(8, np.int64), _i(9, 1)]),  # 72 values: the data's shape counts too
+        ("Expand", [_i(1, 2), _i(3, 3)]),  # shapes that do not broadcast: not run either
     ],
 )
 def test_an_output_over_the_limit_is_never_run(
@@ -247,8 +249,10 @@ def test_a_type_numpy_does_not_have_among_the_inputs_is_not_known() -> None:
 
 def test_a_small_constants_reshape_copies_a_dim_for_a_zero() -> None:
     reshape = helper.make_node("Reshape", ["a", "s"], ["b"])
+    table = np.arange(6, dtype=np.int64).reshape(3, 2)
+    assert folded(reshape, [table, _i(0, -1)]).shape == (3, 2)  # type: ignore[union-attr]
+    assert folded(reshape, [table, _i(-1, 0)]).shape == (3, 2)  # type: ignore[union-attr]
     table = np.arange(6, dtype=np.int64).reshape(2, 3)
-    assert folded(reshape, [table, _i(0, -1)]).shape == (2, 3)  # type: ignore[union-attr]
     assert folded(reshape, [table, _i(3, 0)]) is None  # the 0 copies 3: (3, 3) holds 9 values, not 6
     kept = helper.make_node("Reshape", ["a", "s"], ["b"], allowzero=1)
     assert folded(kept, [table, _i(0, -1)]) is None  # a zero-length axis: 6 values do not fit
