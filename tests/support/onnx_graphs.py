@@ -99,14 +99,25 @@ def carried_once(source: str, out: str = "lo") -> onnx.NodeProto:
     return helper.make_node("Loop", ["once", "go", source], [out], body=once_round())
 
 
-def rows_independent(model: onnx.ModelProto, row: Sequence[int] = (3,), rows: int = 4) -> bool:
+def rows_independent(
+    model: onnx.ModelProto,
+    row: Sequence[int] = (3,),
+    rows: int = 4,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> bool:
     """onnxruntime's answer for `rows` random rows of `row` batched equals each row's alone, shape
-    and values: what the load's reading claims of a model it batches."""
+    and values: what the load's reading claims of a model it batches. `feeds`: other inputs, sent
+    with each run as they are."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((rows, *row)).astype(np.float32)
-    (batched,) = session.run(None, {"x": x})
-    alone = [session.run(None, {"x": x[i : i + 1]})[0] for i in range(rows)]
+    (batched,) = session.run(None, {"x": x, **(feeds or {})})
+    alone = [session.run(None, {"x": x[i : i + 1], **(feeds or {})})[0] for i in range(rows)]
     return all(
         a.shape == batched[i : i + 1].shape and np.allclose(a, batched[i : i + 1])
         for i, a in enumerate(alone)
     )
+
+
+def flagged_rows_independent(model: onnx.ModelProto, row: Sequence[int] = (3,)) -> bool:
+    """rows_independent with an If's condition a second input 'c', for both of its values."""
+    return all(rows_independent(model, row, feeds={"c": np.array(flag)}) for flag in (True, False))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
+from tests.support.onnx_graphs import F, flagged_rows_independent, graph_model, ints, node, rows_independent
 
 SIZE_AS_VALUE = "takes the batch's size as a value"
 
@@ -73,19 +72,6 @@ def test_a_constant_condition_reads_the_branch_it_takes(
     assert (found == {}) == independent, found
     if not independent:
         assert SIZE_AS_VALUE in found["y"] and "the Shape node making 'sh'" in found["y"], found
-
-
-def flagged_rows_independent(model: onnx.ModelProto) -> bool:
-    """rows_independent with the If's condition a second input 'c', for both of its values."""
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-    for flag in (np.array(True), np.array(False)):
-        (batched,) = session.run(None, {"x": x, "c": flag})
-        for i in range(4):
-            (alone,) = session.run(None, {"x": x[i : i + 1], "c": flag})
-            if alone.shape != batched[i : i + 1].shape or not np.allclose(alone, batched[i : i + 1]):
-                return False
-    return True
 
 
 FLAG = (

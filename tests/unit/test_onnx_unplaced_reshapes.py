@@ -14,8 +14,8 @@ from onnx import helper, numpy_helper
 
 from server.backends.onnx_reshape_rows import places_batch
 from server.backends.onnx_row_mixing import row_mixing_outputs
-from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
-from tests.unit.test_onnx_if_ranks import FLAG, flagged_rows_independent, if_branch
+from tests.support.onnx_graphs import F, flagged_rows_independent, graph_model, ints, node, rows_independent
+from tests.unit.test_onnx_if_ranks import FLAG, if_branch
 
 NOT_KNOWN = "its shape's entries are not all known at load"
 # An If's axis only some branches give the batch: its length taken as a shape, or a view of it.
@@ -102,23 +102,9 @@ def test_a_time_major_view_by_a_shape_of_no_known_rank_is_refused() -> None:
     inputs = (helper.make_tensor_value_info("x", F, ["N", 4, 3]), FLAG[1])
     inits = [ints("one", [1]), ints("big", [99]), ints("zero", [0]), ints("minus", [-1])]
     model = graph_model(nodes, inits, inputs=inputs)
-    assert not _independent_with_flag(model)
+    assert not flagged_rows_independent(model, (4, 3))
     found = row_mixing_outputs(model)
     assert "reshapes 'xt' [4, 'N', 3] to a shape of no known rank" in found.get("y", ""), found
-
-
-def _independent_with_flag(model: onnx.ModelProto) -> bool:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((4, 4, 3)).astype(np.float32)
-    for flag in (np.array(True), np.array(False)):
-        (batched,) = session.run(None, {"x": x, "c": flag})
-        for i in range(4):
-            (alone,) = session.run(None, {"x": x[i : i + 1], "c": flag})
-            if alone.shape != batched[i : i + 1].shape or not np.allclose(alone, batched[i : i + 1]):
-                return False
-    return True
 
 
 def test_a_view_led_by_the_batchs_size_of_no_known_rank_keeps_rows() -> None:
@@ -193,7 +179,7 @@ def test_a_length_only_some_branches_give_the_batch_is_not_its_size_as_a_view() 
         [helper.make_tensor_value_info("e", F, None)],
     )
     model = _view_by_first_length_of(flipped)
-    assert not _independent_with_flag(model)
+    assert not flagged_rows_independent(model, (4, 3))
     found = row_mixing_outputs(model)
     assert any(why in found.get("y", "") for why in PARTLY), found
 
@@ -204,7 +190,7 @@ def test_a_length_every_branch_gives_the_batch_is_its_size_as_a_view() -> None:
         [node("Relu", ["x"], "e")], "e", [], [helper.make_tensor_value_info("e", F, None)]
     )
     model = _view_by_first_length_of(same)
-    assert _independent_with_flag(model)
+    assert flagged_rows_independent(model, (4, 3))
     assert row_mixing_outputs(model) == {}
 
 
@@ -234,7 +220,7 @@ def test_an_if_returning_such_an_ifs_value_keeps_its_length_apart_from_the_batch
     inner = helper.make_node("If", ["c"], ["io"], then_branch=if_branch("it", None), else_branch=flipped)
     nested = helper.make_graph([inner], "n", [], [helper.make_tensor_value_info("io", F, None)])
     model = _view_by_first_length_of(nested)
-    assert not _independent_with_flag(model)
+    assert not flagged_rows_independent(model, (4, 3))
     found = row_mixing_outputs(model)
     assert any(why in found.get("y", "") for why in PARTLY), found
 
@@ -314,7 +300,7 @@ def test_a_view_of_an_ifs_value_whose_branches_put_the_batch_apart_is_refused(
     ]
     inputs = (helper.make_tensor_value_info("x", F, ["N", 4, 3]), FLAG[1])
     model = graph_model(nodes, [ints("twelve", [-1, 12]), ints("zero_minus", [0, -1])], inputs=inputs)
-    assert not _independent_with_flag(model)
+    assert not flagged_rows_independent(model, (4, 3))
     found = row_mixing_outputs(model)
     assert "only some branches of an If give the batch" in found.get("y", ""), found
 
