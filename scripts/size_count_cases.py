@@ -301,13 +301,15 @@ ROWWISE = (
 def count_sources() -> list[Source]:
     """Every source, sorted by name (a builder that fails is reported and left out)."""
     from computed_axes_cases import COMPUTED_AXES
+    from shifted_window_cases import SHIFTED_WINDOWS
     from size_count_cases_more import MIXING
     from table_length_cases import TABLE_LENGTHS
     from unplaced_view_cases import UNPLACED_VIEWS
     from unread_cases import UNREAD
 
     found: list[Source] = []
-    for make in (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS, *COMPUTED_AXES, *UNPLACED_VIEWS):
+    made = (*ROWWISE, *MIXING, *UNREAD, *TABLE_LENGTHS, *COMPUTED_AXES, *UNPLACED_VIEWS, *SHIFTED_WINDOWS)
+    for make in made:
         try:
             found.append(make())
         except Exception as err:

@@ -133,8 +133,8 @@ class PartialInts:
             return
         if self._floating(node, constant):
             self.floats.update(name for name in node.output if name)
-        if op not in ("Shape", "Concat") and not any(name in self.known for name in node.input):
-            return  # nothing known in part comes in: a constant is folded elsewhere, the rest unknown
+        if op not in ("Shape", "Concat", *_ROOTS) and not any(name in self.known for name in node.input):
+            return  # nothing known in part comes in: a constant is folded elsewhere (not a float root)
         if op == "Split":  # `b, c, h, w = x.shape` (a tester, s57: read as unknown, a view was refused)
             whole = self.known.get(node.input[0])
             axis = int_attribute(node, "axis", 0)
@@ -203,7 +203,8 @@ class PartialInts:
             known[...] = int(value.flat[0])
             return known
         arithmetic = op in _COMPUTED or op in _COMPARED
-        given = [self._given(name, dims, constant(i), arithmetic) for i, name in enumerate(node.input)]
+        wholes = arithmetic or op in _ROOTS  # a float constant's whole entries (Sqrt(16.0) at load)
+        given = [self._given(name, dims, constant(i), wholes) for i, name in enumerate(node.input)]
         if op == "ReduceProd":
             return _product_of(node, given[0] if given else None, constant)
         if op in _ROOTS:

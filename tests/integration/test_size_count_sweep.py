@@ -112,6 +112,9 @@ REFUSED = {
     # at a570c1c (a tester, session 65); a view by a length the load cannot compute is refused.
     "count_view_abs_fold_softmax_mixing": ("the Softmax node making", "works along the batch's axis"),
     "count_view_sigmoid_length_softmax_mixing": ("the Reshape node making", "not all known at load"),
+    # Session 67 (scripts/shifted_window_cases.py): HF Swin's shifted-window block with the windows
+    # viewed back behind H // ws interleaves two requests' rows.
+    "count_shifted_windows_reverse_swapped_mixing": ("the Reshape node making", "moves values between"),
     **{
         f"count_table_by_{op}_mixing": ("the Slice node making 'y'", "as a shape, a size or a count")
         for op in TABLE_OPS
@@ -146,6 +149,7 @@ BATCHED = (
     *(f"count_table_by_{op}_rowwise" for op in TABLE_OPS),  # the table across each row (session 60)
     "count_tiled_columns_length_rowwise",  # Shape(Tile(x, [2, 2]))[1] is 6 for every batch (session 63)
     "count_view_abs_fold_softmax_rowwise",  # the fold's Softmax along each row's own axis (session 66)
+    "count_shifted_windows_rowwise",  # HF Swin's shifted-window mask (session 67; refused at 3897be1)
 )
 
 

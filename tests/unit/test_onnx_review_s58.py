@@ -17,6 +17,7 @@ from server.backends.onnx_filled_shapes import filled_dims
 from server.backends.onnx_mixing_graph import DataSizedLengths
 from server.backends.onnx_mixing_ops import mixed_axes
 from server.backends.onnx_mixing_probe import declared_batch_unmade
+from server.backends.onnx_reshape_rows import Moved, reshaped_rows
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.backends.onnx_table_reads import table_mixing
 
@@ -258,7 +259,7 @@ def test_filled_dims_follow_an_ops_form() -> None:
 # filled its axis 0 as unknown and hid the batch (a Softmax over it batched, wrong, OK); a detection
 # count read after a Reshape to [-1]; a Split by computed lengths before a Softmax, a LayerNorm or a
 # MatMul refused (no shape for them); the batch broadcast against a constant's fixed length.
-def _split_halves(after: list[onnx.NodeProto]) -> onnx.ModelProto:
+def _split_halves(after: list[onnx.NodeProto], width: int | str = 4) -> onnx.ModelProto:
     nodes = [
         N("Shape", ["x"], ["sx"]),
         N("Gather", ["sx", "one"], ["w"]),
@@ -269,7 +270,8 @@ def _split_halves(after: list[onnx.NodeProto]) -> onnx.ModelProto:
         *after,
     ]
     inits = [_ints("one", 1), _ints("two0", 2), _ints("zero1", [0]), _ints("z", [0]), _ints("big", [1 << 62])]
-    return _model(nodes, [*inits, _ints("ax0", [0]), _ints("ax1", [1])], opset=13, y=["N", 2])
+    x = [helper.make_tensor_value_info("x", F, ["N", width])]
+    return _model(nodes, [*inits, _ints("ax0", [0]), _ints("ax1", [1])], opset=13, y=["N", 2], inputs=x)
 
 
 def test_a_whole_slice_keeps_the_batch_where_a_fill_had_hidden_it() -> None:
@@ -504,9 +506,17 @@ def test_a_reshape_folding_the_batch_with_a_length_no_one_knows_is_refused() -> 
         N("Softmax", ["r"], ["s"], axis=0),
         N("Reshape", ["s", "back"], ["y"]),
     ]
+    extra = [_ints("m1", [-1, 1]), _ints("back", [-1, 2])]
+    # [N, ?] viewed as [-1, 1]: where the rows go depends on a length no one knows.
+    assert isinstance(reshaped_rows(["N", None], ["unk__9", 1], {"N"}, {}), Moved)
+    model = _split_halves(fold, width="W")  # halves of W / 2 columns, named by onnx: a fold of N
+    model.graph.initializer.extend(extra)
+    assert "works along the batch's axis, axis 0 of 'r' ['N*unk__0', 1]" in row_mixing_outputs(model)["y"]
+    # Of x's fixed 4 columns the halves are 2 wide, computed at load since session 67
+    # (onnx_fixed_lengths.py): the fold is [N*2, 1], and the Softmax along it is named.
     model = _split_halves(fold)
-    model.graph.initializer.extend([_ints("m1", [-1, 1]), _ints("back", [-1, 2])])
-    assert "moves values between the batch's rows" in row_mixing_outputs(model)["y"]
+    model.graph.initializer.extend(extra)
+    assert "works along the batch's axis, axis 0 of 'r' ['N*2', 1]" in row_mixing_outputs(model)["y"]
 
 
 def test_table_mixing_at_its_edges() -> None:
