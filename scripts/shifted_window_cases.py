@@ -69,11 +69,12 @@ def _mask(g: Graph, padded: str) -> str:
     return g.op("Where", [g.op("Equal", [diff, zero]), zero, g.const(-100.0, np.float32)])
 
 
-def shifted_window_block(g: Graph, swapped: bool = False) -> None:
+def shifted_window_block(g: Graph, swapped: bool = False, grid_input: bool = False) -> None:
     """x [N, SIDE * SIDE, C] -> y of the same shape (see the module's text); `swapped`: the windows
-    put back with the batch's axis and H // ws's swapped, window_reverse's permute gone wrong."""
-    batch, channels = g.size1("x", 0), g.size1("x", 2)
-    grid = g.op("Reshape", ["x", g.cat(batch, g.const([SIDE, SIDE]), channels)])
+    put back with the batch's axis and H // ws's swapped, window_reverse's permute gone wrong;
+    `grid_input`: x an image [N, H, W, C] of any size (optimum's dynamic axes), y as long."""
+    batch, channels = g.size1("x", 0), g.size1("x", 3 if grid_input else 2)
+    grid = "x" if grid_input else g.op("Reshape", ["x", g.cat(batch, g.const([SIDE, SIDE]), channels)])
     padded = _padded(g, grid)
     rolled = _rolled(g, padded, SHIFT)
     win, hq, wq = _windows(g, rolled, g.size1(rolled, 0), g.size1(rolled, 3))
@@ -91,7 +92,10 @@ def shifted_window_block(g: Graph, swapped: bool = False) -> None:
     parts = g.op("Transpose", [parts], perm=[1, 0, 3, 2, 4, 5] if swapped else [0, 1, 3, 2, 4, 5])
     sides = (g.size1(rolled, 1), g.size1(rolled, 2))
     grid_back = g.op("Reshape", [parts, g.cat(g.const([-1]), *sides, channels)])
-    g.op("Reshape", [grid_back, g.cat(batch, g.const([-1]), channels)], out="y")
+    if grid_input:
+        g.op("Identity", [grid_back], out="y")
+    else:
+        g.op("Reshape", [grid_back, g.cat(batch, g.const([-1]), channels)], out="y")
 
 
 def shifted_windows_rowwise() -> Source:
@@ -108,4 +112,24 @@ def shifted_windows_reverse_swapped_mixing() -> Source:
     return Source("count_shifted_windows_reverse_swapped_mixing", m, (f32(142, 4, SIDE * SIDE, C),))
 
 
-SHIFTED_WINDOWS = (shifted_windows_rowwise, shifted_windows_reverse_swapped_mixing)
+def shifted_windows_any_size_rowwise() -> Source:
+    """The block of an image of any size, sent 8 x 12 (refused at 7e46334)."""
+    g = Graph()
+    shifted_window_block(g, grid_input=True)
+    m = g.model([("x", ["N", "H", "W", C])], [("y", ["N", "H", "W", C])])
+    return Source("count_shifted_windows_any_size_rowwise", m, (f32(143, 4, SIDE, 12, C),))
+
+
+def shifted_windows_any_size_swapped_mixing() -> Source:
+    g = Graph()
+    shifted_window_block(g, swapped=True, grid_input=True)
+    m = g.model([("x", ["N", "H", "W", C])], [("y", ["N", "H", "W", C])])
+    return Source("count_shifted_windows_any_size_swapped_mixing", m, (f32(144, 4, SIDE, 12, C),))
+
+
+SHIFTED_WINDOWS = (
+    shifted_windows_rowwise,
+    shifted_windows_reverse_swapped_mixing,
+    shifted_windows_any_size_rowwise,
+    shifted_windows_any_size_swapped_mixing,
+)

@@ -18,10 +18,23 @@ import onnx
 
 from server.backends.graph_names import described
 from server.backends.onnx_output_shapes import BATCH_SYMBOL
-from server.backends.onnx_reshape_rows import Dim, Folded, Moved, reshaped_rows, spelled_out, values_per_row
+from server.backends.onnx_reshape_rows import (
+    Dim,
+    Folded,
+    Moved,
+    Relation,
+    dims_product,
+    dims_quotient,
+    relation,
+    reshaped_rows,
+    solved_batch_axis,
+    spelled_out,
+    values_per_row,
+)
 from server.backends.onnx_told_dims import TOLD_PREFIX
 
 Dims = list[Dim]
+MAX_RELATIONS = 256  # the products Reshapes proved equal kept for later reshapes' -1 (a graph's first)
 BATCH_PREFIX = BATCH_SYMBOL.split("{")[0]
 # Ops whose output keeps each axis of its inputs where that axis is not changed, and whose output
 # onnx's inference can name anew (a Tile's, a Slice's; a broadcast of two names): the axis renamed
@@ -48,12 +61,15 @@ class BatchNames:
         self.origins: dict[str, str] = {}  # a fold's symbol -> the reshape that made it
         self.grown: set[str] = set()  # names onnx made up for lengths computed from the batch's (`grew`)
         self.partly: set[str] = set()  # axes only some of an If's branches give the batch (`adopt`)
+        self.products: dict[str, Dims] = {}  # a Reshape's dim of no batch -> the dims it is the product of
+        self.relations: list[Relation] = []  # products Reshapes proved equal (onnx_reshape_rows.relation)
 
     def within(self) -> BatchNames:
         """A copy for a subgraph: it reads the enclosing graph's names, its own stay its own."""
         inner = BatchNames(self.roots)
         inner.batch, inner.folds, inner.origins = set(self.batch), dict(self.folds), dict(self.origins)
         inner.grown, inner.partly = set(self.grown), set(self.partly)
+        inner.products, inner.relations = dict(self.products), list(self.relations)
         return inner
 
     def fold(self, found: Folded, node: onnx.NodeProto) -> None:
@@ -193,6 +209,26 @@ class BatchNames:
     def spelled(self, dims: Sequence[Dim]) -> Dims:
         return spelled_out(dims, self.folds)
 
+    def factored(self, dims: Sequence[Dim]) -> Dims:
+        """`dims` with folds and the products Reshapes made of other dims spelled out: for the
+        arithmetic on lengths (a Swin's windows of a batch, N * hq * wq, over its mask's, hq * wq)."""
+        return spelled_out(dims, {**self.products, **self.folds})
+
+    def _product(self, before: Sequence[Dim], after: Sequence[Dim]) -> None:
+        """A reshape of no batch's one output dim its input does not name, where it is a product of
+        the input's dims over the others ([1, hq, wq, 4, 4, 1] -> [?, 4, 4, 1]: ? = hq * wq)."""
+        if any(dim in self.batch for dim in self.spelled(before)):
+            return
+        unknown = [d for d in after if not isinstance(d, int) and (d is None or d not in before)]
+        if len(unknown) != 1 or not isinstance(unknown[0], str) or unknown[0] in self.products:
+            return
+        whole = dims_product(before)
+        rest = dims_product([d for d in after if d != unknown[0]])
+        made = dims_quotient(whole, rest) if whole is not None and rest is not None else None
+        several = made is not None and (len(made) > 2 or (len(made) == 2 and made[0] != 1))
+        if several and made is not None and not any(d in self.batch for d in made):
+            self.products[unknown[0]] = list(made)
+
     def twice(self, dims: Sequence[Dim] | None) -> str | None:
         """Why a tensor's rows are not its own: the batch on two axes (zeros(N, N); a tester, s52)."""
         if sum(dim in self.batch for dim in dims or []) < 2:
@@ -225,9 +261,17 @@ class BatchNames:
         folds the batch into an axis makes that axis the batch's for the ops after it."""
         if before is None or after is None:
             return None
-        found = reshaped_rows(before, after, self.roots, self.folds)
+        found = reshaped_rows(before, after, self.roots, self.folds, self.relations)
+        proved = relation(self.spelled(before), self.spelled(after))
+        if proved is not None and proved not in self.relations and len(self.relations) < MAX_RELATIONS:
+            self.relations.append(proved)
         if isinstance(found, Folded):
             self.fold(found, node)
+        elif found is None:
+            self._product(before, after)
+            axis = solved_batch_axis(before, after, self.roots, self.folds, self.relations)
+            if axis is not None:
+                self.mark(after[axis])
         if not isinstance(found, Moved):
             return None
         source, target = self.shown(self.spelled(before)), self.shown(after)

@@ -28,6 +28,17 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import graphs, int_attribute, shape_read
+from server.backends.onnx_dim_terms import (
+    TERM,
+    Cut,
+    computed_length,
+    congruent,
+    cut,
+    joined_entries,
+    rolled_axis,
+    shape_entries,
+    whole_number,
+)
 from server.backends.onnx_mixing_graph import value_dims
 from server.backends.onnx_mixing_ops import BROADCAST_OPS
 from server.backends.onnx_reshape_rows import dims_product, dims_quotient
@@ -119,8 +130,11 @@ def named_alike(inferred: onnx.ModelProto, probe: onnx.ModelProto) -> None:
         members.setdefault(classes.find(name), set()).add(name)
     renamed: dict[str, Dim] = {}
     for root, names in members.items():
-        own = sorted(name for name in names if name in batch) or sorted(n for n in names if n in declared)
-        to: Dim = classes.number.get(root, own[0] if own else min(names))
+        plain = [name for name in names if not name.startswith(TERM)]  # a computed length names no dim
+        if not plain:
+            continue
+        own = sorted(name for name in plain if name in batch) or sorted(n for n in plain if n in declared)
+        to: Dim = classes.number.get(root, own[0] if own else min(plain))
         renamed.update({name: to for name in names if name not in declared and name != to})
     if not renamed:
         return
@@ -153,6 +167,9 @@ def _read(
     shapes: dict[str, list[Dim]] = {}
     sizes: dict[str, Dim] = {}
     zeros: set[str] = set()  # a size less a size of its class: GPT-2's key_length - query_length
+    entries: dict[str, list[Dim]] = {}  # a shape's entries, lengths or numbers (onnx_dim_terms.py)
+    terms: dict[str, tuple[str, Dim, Dim]] = {}  # a computed length's name -> its op and operands
+    cuts: dict[str, Cut] = {}  # Slices of one axis by constants: a roll's halves
     for node in graph.node:
         op, out = node.op_type, node.output[0] if node.output else ""
         given = [dims.get(name) for name in node.input]
@@ -172,6 +189,7 @@ def _read(
             first, second = (classes.same(sizes[name]) for name in node.input)
             if isinstance(first, str) and first == second:
                 zeros.add(out)
+        _computed(node, sizes, constants, entries, terms, classes, batch, dims)
         made = dims.get(out)
         if made is None:
             continue
@@ -183,18 +201,67 @@ def _read(
                 ranges[out] = size
         elif op in BROADCAST_OPS:
             _broadcast(classes, made, given)
+        elif (
+            op == "Expand" and given and given[0] is not None and node.input[1:2] and node.input[1] in entries
+        ):
+            _broadcast(classes, made, [given[0], entries[node.input[1]]])  # its shape's lengths as dims
+        elif op == "Pad" and given and given[0] is not None and node.input[1:2] and node.input[1] in entries:
+            _kept_unpadded(classes, given[0], made, entries[node.input[1]])
         elif op == "MatMul" and len(given) == 2 and _matrices(given[0], given[1]):
             a, b = given
             assert a is not None and b is not None
             classes.join(a[-1], b[-2])
             _broadcast(classes, made[:-2], [a[:-2], b[:-2]])
         elif op == "Reshape" and given and given[0] is not None:
+            for dim, entry in joined_entries(
+                entries.get(node.input[1], []) if len(node.input) > 1 else [], made
+            ):
+                classes.join(dim, entry)
             _reshaped(classes, given[0], made)
+        elif op == "Concat" and (rolled := rolled_axis(node, cuts, len(made))) is not None:
+            data, axis = rolled
+            source = dims.get(data)
+            if source is not None and len(source) == len(made):
+                classes.join(made[axis], source[axis])
         elif op == "Slice" and given and given[0] is not None and len(given[0]) == len(made):
+            if (piece := cut(node, constants, len(made))) is not None:
+                cuts[out] = piece
             known = [constants.get(name) for name in node.input]
             if len(node.input) > 1 and known[1] is None and node.input[1] in zeros:
                 known[1] = onnx.numpy_helper.from_array(np.zeros(1, np.int64))  # (one axis's start)
             _sliced(classes, node, given[0], made, known, sizes)
+    congruent(terms, classes.same, classes.join)
+
+
+def _kept_unpadded(classes: _Classes, source: list[Dim], made: list[Dim], pads: list[Dim]) -> None:
+    """A Pad's axes padded by 0 at both ends keep their input's length."""
+    if len(pads) == 2 * len(made) == 2 * len(source):
+        for axis, (before, after) in enumerate(zip(source, made, strict=True)):
+            if pads[axis] == 0 and pads[axis + len(made)] == 0:
+                classes.join(after, before)
+
+
+def _computed(
+    node: onnx.NodeProto,
+    sizes: dict[str, Dim],
+    constants: dict[str, onnx.TensorProto],
+    entries: dict[str, list[Dim]],
+    terms: dict[str, tuple[str, Dim, Dim]],
+    classes: _Classes,
+    batch: Collection[str],
+    dims: dict[str, list[Dim]],
+) -> None:
+    """A length computed from lengths (H // ws), named by its computation; a shape put together of
+    lengths and numbers (onnx_dim_terms.py). Not of the batch's size: the reading follows it."""
+    out = node.output[0] if node.output else ""
+    operands: list[Dim] = [sizes[n] if n in sizes else whole_number(constants.get(n)) for n in node.input]
+    rows = {classes.find(name) for name in batch}
+    of_batch = any(isinstance(term, str) and classes.find(term) in rows for term in operands)
+    if not of_batch and (length := computed_length(node, operands, classes.same)) is not None:
+        sizes[out] = length
+        terms[length] = (node.op_type, operands[0], operands[1])
+    if (found := shape_entries(node, sizes, constants, dims)) is not None:
+        entries[out] = found
 
 
 def _broadcast(classes: _Classes, made: list[Dim], given: list[list[Dim] | None]) -> None:
@@ -285,7 +352,8 @@ def _ints(tensor: onnx.TensorProto | None) -> list[int] | None:
 
 
 def _small(dims: Collection[int]) -> bool:
-    return len(dims) <= 1 and all(size == 1 for size in dims)
+    """A scalar or a short list (a shape's numbers, a Pad's zeros)."""
+    return len(dims) <= 1 and all(size <= 64 for size in dims)
 
 
 def _whole(tensor: onnx.TensorProto | None) -> int | None:

@@ -52,6 +52,16 @@ def divided(whole: Factors, divisor: int) -> Factors | None:
     return whole[0] // divisor, whole[1]
 
 
+def divided_by(whole: Factors, part: Factors) -> Factors | None:
+    """whole / part where part's dims are some of whole's and its number divides whole's (None
+    else): exact, whatever the dims' sizes (the product of the dims left)."""
+    left = Counter(whole[1])
+    left.subtract(Counter(part[1]))
+    if any(count < 0 for count in left.values()) or part[0] <= 0 or whole[0] % part[0]:
+        return None
+    return whole[0] // part[0], tuple(sorted(left.elements()))
+
+
 def minus_one(data: Sequence[int | str | None], others: Sequence[Factors | None]) -> int | str | None:
     """A Reshape's -1: the product of its data's dims over that of its other entries."""
     whole = product([of_dim(d) for d in data])

@@ -18,7 +18,7 @@ from typing import cast
 
 import numpy as np
 
-from server.backends.onnx_dim_products import Factors, divided, of_dim, product
+from server.backends.onnx_dim_products import Factors, divided, divided_by, of_dim, product
 
 Dims = list[int | str | None]
 MAX_ELEMENTS = 64  # larger tensors are not followed
@@ -99,7 +99,7 @@ def _entry(
 ) -> Entry:
     if op == "Where" and len(operands) == 3 and isinstance(operands[0], int):
         return operands[1] if operands[0] else operands[2]
-    if op == "Div" and len(operands) == 2 and isinstance(operands[1], int):
+    if op == "Div" and len(operands) == 2 and operands[1] is not None:
         exact = _exact_quotient(operands[0], operands[1], spelled)
         if exact is not None:
             return exact
@@ -145,13 +145,18 @@ def _kept_dim(op: str, first: Entry, second: Entry) -> str | None:
     return None
 
 
-def _exact_quotient(whole: Entry, divisor: int, spelled: Callable[[Dims], Dims]) -> Entry:
-    """A product of dims (a fold's spelled out) over a number it divides: a number, a dim's name,
-    or Made of the rest; None where it is no product or does not divide."""
+def _exact_quotient(whole: Entry, divisor: Entry, spelled: Callable[[Dims], Dims]) -> Entry:
+    """A product of dims (a fold's spelled out) over a number it divides, or a product of some of
+    its dims (a Swin's windows of a batch, N * hq * wq, over its mask's, hq * wq): a number, a dim's
+    name, or Made of the rest; None where it is no product or does not divide."""
     if isinstance(whole, int) or whole is None:
         return None
     factors = spelled_factors(factors_of(whole), spelled)
-    left = None if factors is None else divided(factors, divisor)
+    if isinstance(divisor, int):
+        left = None if factors is None else divided(factors, divisor)
+    else:
+        part = spelled_factors(factors_of(divisor), spelled)
+        left = None if factors is None or part is None or part[0] <= 0 else divided_by(factors, part)
     if left is None:
         return None
     number, names = left

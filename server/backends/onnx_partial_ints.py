@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
-from server.backends.onnx_dim_products import minus_one, product
+from server.backends.onnx_dim_products import Factors, minus_one, of_dim, product
 from server.backends.onnx_partial_arithmetic import COMPUTED as _COMPUTED
 from server.backends.onnx_partial_arithmetic import MAX_ELEMENTS as MAX_ELEMENTS  # the callers' name
 from server.backends.onnx_partial_arithmetic import Dims as Dims
@@ -114,6 +114,7 @@ class PartialInts:
                     spelled_factors(
                         factors_of(data[k] if e == 0 and copies and k < len(data) else e), spelled
                     )
+                    or _output_dim(out, k, spelled)
                     for k, e in enumerate(entries)
                     if k != at
                 ]
@@ -247,6 +248,13 @@ class PartialInts:
         if name in self.known:
             return self.known[name]
         return _unknown(dims(name))
+
+
+def _output_dim(out: Dims | None, axis: int, spelled: Callable[[Dims], Dims]) -> Factors | None:
+    """The output's own dim at `axis`, whatever its entry computes to (a Swin's H // ws, named by
+    onnx_dim_classes.py alike with the windows' own): for the -1's quotient."""
+    dim = out[axis] if out is not None and axis < len(out) else None
+    return spelled_factors(of_dim(dim), spelled) if isinstance(dim, str) else None
 
 
 def _root(node: onnx.NodeProto, data: np.ndarray | None, constant: Constant) -> np.ndarray | None:

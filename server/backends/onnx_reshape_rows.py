@@ -20,6 +20,7 @@ flagged (no proof).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ Product = tuple[int, tuple[tuple[str, int], ...]]  # a whole number times symbol
 STRADDLES = "straddles"  # the output's pieces cut across rows
 UNNAMED = "?"  # an output dim onnx gave no name: not a symbol any tensor carries
 MAX_DEPTH = 8  # folds of folds spelled out at most this deep (a graph's folds cannot cycle)
+Relation = tuple[Product, Product]  # two products of dims equal in any run that succeeds
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,11 @@ def values_per_row(dim: Dim, batch: Collection[str], folds: Folds) -> Dim:
 
 
 def reshaped_rows(
-    before: Sequence[Dim], after: Sequence[Dim], batch: Collection[str], folds: Folds
+    before: Sequence[Dim],
+    after: Sequence[Dim],
+    batch: Collection[str],
+    folds: Folds,
+    relations: Sequence[Relation] = (),
 ) -> Moved | Folded | None:
     """What the reshape of `before` into `after` does to the batch's rows: moves them (Moved), folds
     them into one axis (Folded), or keeps them or cannot be told (None)."""
@@ -88,7 +94,7 @@ def reshaped_rows(
     if row is None:
         return None
     spelled = spelled_out(after, folds)
-    solved = _solved(source, spelled, batch)
+    solved = _solved(source, spelled, batch, relations)
     if solved is None:
         # Not worked out (a -1 of S / 2): the batch's axis with other counts ahead of it still moves
         # rows ([S, N, 6] -> [2, N, 6, -1]; a tester, session 57).
@@ -122,7 +128,11 @@ def reshaped_rows(
 
 
 def places_batch(
-    before: Sequence[Dim], after: Sequence[Dim] | None, batch: Collection[str], folds: Folds
+    before: Sequence[Dim],
+    after: Sequence[Dim] | None,
+    batch: Collection[str],
+    folds: Folds,
+    relations: Sequence[Relation] = (),
 ) -> bool:
     """Whether a reshape the reading above found keeping rows is known to leave the batch on an
     output axis: one its name, or the one dim the input does not name worked out as its size.
@@ -137,8 +147,27 @@ def places_batch(
     spelled = spelled_out(after, folds)
     if _first_batch(spelled, batch) is not None:
         return True
-    solved = _solved(source, spelled, batch)
+    solved = _solved(source, spelled, batch, relations)
     return isinstance(solved, tuple) and _first_batch(solved[0], batch) is not None
+
+
+def solved_batch_axis(
+    before: Sequence[Dim],
+    after: Sequence[Dim],
+    batch: Collection[str],
+    folds: Folds,
+    relations: Sequence[Relation] = (),
+) -> int | None:
+    """The output axis of a reshape that carries the batch by no name of the batch's, its size
+    worked out as the batch's (a -1 onnx named anew): the ops after it read it as the batch's."""
+    spelled = spelled_out(after, folds)
+    if _first_batch(spelled_out(before, folds), batch) is None or _first_batch(spelled, batch) is not None:
+        return None
+    solved = _solved(spelled_out(before, folds), spelled, batch, relations)
+    if not isinstance(solved, tuple) or len(solved[0]) != len(after):
+        return None
+    axis = _first_batch(solved[0], batch)
+    return axis if axis is not None and isinstance(after[axis], str) else None
 
 
 def _first_batch(dims: Sequence[Dim], batch: Collection[str]) -> int | None:
@@ -163,7 +192,7 @@ def dims_product(dims: Sequence[Dim], sizes: Mapping[str, Product] | None = None
 
 
 def _solved(
-    source: list[Dim], target: list[Dim], batch: Collection[str]
+    source: list[Dim], target: list[Dim], batch: Collection[str], relations: Sequence[Relation] = ()
 ) -> tuple[list[Dim], dict[str, Product]] | str | None:
     """`target` with its one dim the input does not name worked out from the others: written as
     the batch's symbol where it is the batch's size, else kept with its size (`UNNAMED` where onnx
@@ -175,10 +204,13 @@ def _solved(
     if not unknown:
         return target, {}
     whole = dims_product(source)
+    if len(unknown) > 1 and whole is not None and relations:
+        return _batch_by_relations(whole, target, unknown, batch, relations)
     rest = dims_product([dim for axis, dim in enumerate(target) if axis not in unknown])
     if len(unknown) > 1 or whole is None or rest is None:
         return None
     dims = dims_quotient(whole, rest)
+    dims = dims if dims is not None else related_quotient(whole, rest, relations)
     size = dims_product(dims) if dims is not None else None
     if size is None:
         # Rows of a fixed size cut in pieces of a size that does not divide them ([N, 6] -> [?, 4]):
@@ -246,3 +278,62 @@ def dims_quotient(whole: Product, part: Product) -> list[Dim] | None:
     if any(power < 0 for power in left.values()):
         return None
     return [whole[0] // part[0], *(symbol for symbol, power in sorted(left.items()) for _ in range(power))]
+
+
+def _batch_by_relations(
+    whole: Product,
+    target: list[Dim],
+    unknown: list[int],
+    batch: Collection[str],
+    relations: Sequence[Relation],
+) -> tuple[list[Dim], dict[str, Product]] | None:
+    """`target` with the one of its dims its input does not name that relations prove the batch's
+    size (window_reverse's [-1, Hp, Wp, C] of [N, hq, 4, wq, 4, C], Hp * Wp = 16 * hq * wq); None
+    where none is."""
+    for axis in unknown:
+        rest = dims_product([dim for at, dim in enumerate(target) if at != axis])
+        found = related_quotient(whole, rest, relations) if rest is not None else None
+        if found is not None and found[0] == 1 and len(found) == 2 and found[1] in batch:
+            return [found[1] if at == axis else dim for at, dim in enumerate(target)], {}
+    return None
+
+
+def relation(source: Sequence[Dim], target: Sequence[Dim]) -> Relation | None:
+    """What a reshape of `source` into `target` proves (both keep as many values): their products
+    with the dims and numbers they share taken out ([N, Hp, Wp, C] -> [N, hq, 4, wq, 4, C]: Hp * Wp
+    = 16 * hq * wq, a Swin's window partition); None where a dim is unknown, or nothing is left."""
+    first, second = dims_product(source), dims_product(target)
+    if first is None or second is None or 0 in (first[0], second[0]):
+        return None
+    left, right = Counter(dict(first[1])), Counter(dict(second[1]))
+    shared = left & right
+    left.subtract(shared)
+    right.subtract(shared)
+    common = math.gcd(first[0], second[0])
+    found = (
+        (first[0] // common, tuple(sorted((+left).items()))),
+        (second[0] // common, tuple(sorted((+right).items()))),
+    )
+    return found if found[0] != found[1] and (found[0][1] or found[1][1]) else None
+
+
+def related_quotient(whole: Product, part: Product, relations: Sequence[Relation]) -> list[Dim] | None:
+    """`whole` / `part` with one relation's side in `part` written as its other side ([N, hq, 4, wq,
+    4, C] viewed as [-1, Hp, Wp, C] after the partition above: -1 is N)."""
+    for pair in relations:
+        for side, other in (pair, pair[::-1]):
+            written = _rewritten(part, side, other)
+            found = dims_quotient(whole, written) if written is not None else None
+            if found is not None:
+                return found
+    return None
+
+
+def _rewritten(product: Product, side: Product, other: Product) -> Product | None:
+    """`product` with `side` (a factor of it) replaced by `other`."""
+    left = Counter(dict(product[1]))
+    left.subtract(Counter(dict(side[1])))
+    if any(power < 0 for power in left.values()) or side[0] == 0 or product[0] % side[0]:
+        return None
+    left.update(dict(other[1]))
+    return product[0] // side[0] * other[0], tuple(sorted((+left).items()))

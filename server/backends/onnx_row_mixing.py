@@ -174,7 +174,7 @@ class _Walk:
         for node in graph.node:
             self.makers.update((out, node) for out in node.output if out)
             constant = partial(self._constant, node)
-            named = self.partial.reshaped(node, self.shapes.get, constant, self.names.spelled)
+            named = self.partial.reshaped(node, self.shapes.get, constant, self.names.factored)
             named = named or partial_dims(
                 node, self.partial, self.shapes.get, constant, self.constants.get, self.makers.get
             )
@@ -185,7 +185,7 @@ class _Walk:
                 if out and dims is not None:  # what onnx could not tell, as the op's form gives it
                     self.shapes.refine(out, dims, self.names.renamed)
             self.values.see(node, self.shapes.get, constant, lineage)
-            self.partial.see(node, self.shapes.get, constant, self.names.spelled)
+            self.partial.see(node, self.shapes.get, constant, self.names.factored)
             self.value_lineage.see(node, self.partial, self.batch, self.shapes.get, self.batched)
             why = self._mixes(node) or self._inherited(node)
             self.foreign.see(node, why)

@@ -46,7 +46,7 @@ def unplaced_reshape(
         )
     if node.op_type != "Reshape" or len(node.input) < 2:
         return None
-    if before is None or places_batch(before, after, names.roots, names.folds):
+    if before is None or places_batch(before, after, names.roots, names.folds, names.relations):
         return None
     if _size_leads(node, values, names.spelled(before), constant):
         return None

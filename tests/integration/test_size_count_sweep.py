@@ -115,6 +115,7 @@ REFUSED = {
     # Session 67 (scripts/shifted_window_cases.py): HF Swin's shifted-window block with the windows
     # viewed back behind H // ws interleaves two requests' rows.
     "count_shifted_windows_reverse_swapped_mixing": ("the Reshape node making", "moves values between"),
+    "count_shifted_windows_any_size_swapped_mixing": ("the Reshape node making", "moves values between"),
     **{
         f"count_table_by_{op}_mixing": ("the Slice node making 'y'", "as a shape, a size or a count")
         for op in TABLE_OPS
@@ -150,6 +151,7 @@ BATCHED = (
     "count_tiled_columns_length_rowwise",  # Shape(Tile(x, [2, 2]))[1] is 6 for every batch (session 63)
     "count_view_abs_fold_softmax_rowwise",  # the fold's Softmax along each row's own axis (session 66)
     "count_shifted_windows_rowwise",  # HF Swin's shifted-window mask (session 67; refused at 3897be1)
+    "count_shifted_windows_any_size_rowwise",  # of any image size (session 67; refused at 7e46334)
 )
 
 

@@ -15,107 +15,11 @@ from server.backends.onnx_mixing_graph import value_dims
 from server.backends.onnx_output_shapes import inferred_shapes
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from tests.support.onnx_graphs import F, graph_model, ints, node, rows_independent
-
-C, WS = 3, 4
-
-
-def _size(source: str, axis: int, out: str) -> list[onnx.NodeProto]:
-    """Shape(source)[axis] as a [1] tensor `out`."""
-    return [
-        node("Shape", [source], f"{out}_s"),
-        node("Gather", [f"{out}_s", f"at{axis}"], f"{out}_g", axis=0),
-        node("Unsqueeze", [f"{out}_g", "zero1"], out),
-    ]
-
-
-def _quarter(source: str, axis: int, out: str) -> list[onnx.NodeProto]:
-    """Shape(source)[axis] // ws as a [1] tensor `out`."""
-    return [*_size(source, axis, f"{out}_l"), node("Div", [f"{out}_l", "ws1"], out)]
-
-
-def _padding() -> list[onnx.NodeProto]:
-    """x [N, 8, 8, C] padded below and right by (ws - H % ws) % ws: computed pads, 0 here."""
-    nodes = []
-    for axis in (1, 2):
-        nodes += [
-            *_size("x", axis, f"l{axis}"),
-            node("Mod", [f"l{axis}", "ws1"], f"r{axis}", fmod=0),
-            node("Sub", ["ws1", f"r{axis}"], f"d{axis}"),
-            node("Mod", [f"d{axis}", "ws1"], f"e{axis}", fmod=0),
-        ]
-    return [
-        *nodes,
-        node("Concat", ["zeros5", "e1", "e2", "zero1"], "pads", axis=0),
-        node("Pad", ["x", "pads"], "p"),
-    ]
-
-
-def _window_block(first: str = "per") -> onnx.ModelProto:
-    """The padded grid rolled by 2 (two Slices and a Concat) and partitioned into windows [N*4, 16, C], the mask [4, 16, 16] (as many as the
-    padded grid has windows, counted off its shape, as HF's) expanded by
-    `first` ((N*4) // 4, the mask's copies per image) to [N, 4, 1, 16, 16] and added to the windows'
-    scores, attended, and put back as [N, 8, 8, C]."""
-    nodes = [
-        *_padding(),
-        node("Slice", ["p", "two1", "end1", "at1_1"], "tail"),  # torch.roll(p, -2, 1)
-        node("Slice", ["p", "zero1", "two1", "at1_1"], "head"),
-        node("Concat", ["tail", "head"], "q", axis=1),
-        *_size("q", 0, "b"),
-        *_quarter("q", 1, "hq"),
-        *_quarter("q", 2, "wq"),
-        node("Concat", ["b", "hq", "ws1", "wq", "ws1", "c1"], "parts", axis=0),
-        node("Reshape", ["q", "parts"], "v"),
-        node("Transpose", ["v"], "vt", perm=[0, 1, 3, 2, 4, 5]),
-        node("Reshape", ["vt", "flat"], "win"),
-        node("Transpose", ["win"], "wint", perm=[0, 2, 1]),
-        node("MatMul", ["win", "wint"], "scores"),
-        *_quarter("p", 1, "mh"),
-        *_quarter("p", 2, "mw"),
-        node("Mul", ["mh", "mw"], "count"),  # the mask's windows, counted off the padded grid
-        node("Concat", ["count", "sides"], "mask_shape", axis=0),
-        node("Expand", ["pattern", "mask_shape"], "mask"),
-        *_size("win", 0, "nw"),
-        *_size("mask", 0, "masks_n"),
-        node("Div", ["nw", "masks_n"], "per"),
-        node("Concat", [first, "ones4"], "copies", axis=0),
-        node("Unsqueeze", ["mask", "at02"], "m5"),
-        node("Expand", ["m5", "copies"], "me"),
-        node("Reshape", ["me", "square"], "masks"),
-        node("Add", ["scores", "masks"], "masked"),
-        node("Softmax", ["masked"], "weights", axis=-1),
-        node("MatMul", ["weights", "win"], "att"),
-        node("Concat", ["minus1", "hq", "wq", "ws1", "ws1", "c1"], "back", axis=0),
-        node("Reshape", ["att", "back"], "r"),
-        node("Transpose", ["r"], "rt", perm=[0, 1, 3, 2, 4, 5]),
-        *_size("p", 1, "hp"),
-        *_size("p", 2, "wp"),
-        node("Concat", ["minus1", "hp", "wp", "c1"], "grid", axis=0),
-        node("Reshape", ["rt", "grid"], "y"),
-    ]
-    mask = np.where(np.random.default_rng(1).random((1, 16, 16)) < 0.3, -100.0, 0.0).astype(np.float32)
-    inits = [
-        *(ints(f"at{a}", a) for a in range(3)),
-        ints("zero1", [0]),
-        ints("ws1", [WS]),
-        ints("c1", [C]),
-        ints("zeros5", [0] * 5),
-        ints("flat", [-1, WS * WS, C]),
-        ints("ones4", [1, 1, 1, 1]),
-        ints("at02", [0, 2]),
-        ints("square", [-1, WS * WS, WS * WS]),
-        ints("minus1", [-1]),
-        ints("n_of", [2]),
-        ints("two1", [2]),
-        ints("end1", [1 << 62]),
-        ints("at1_1", [1]),
-        ints("sides", [WS * WS, WS * WS]),
-        numpy_helper.from_array(mask, "pattern"),
-    ]
-    return graph_model(nodes, inits, shape=("N", 8, 8, C))
+from tests.support.window_graphs import WS, C, padding, size, window_block
 
 
 def test_a_shifted_windows_mask_expanded_per_image_at_a_fixed_size_batches() -> None:
-    model = _window_block()
+    model = window_block()
     assert rows_independent(model, (8, 8, C))
     assert row_mixing_outputs(model) == {}  # refused at 3897be1: "takes the batch's size as a value"
 
@@ -123,15 +27,15 @@ def test_a_shifted_windows_mask_expanded_per_image_at_a_fixed_size_batches() -> 
 def test_a_mask_expanded_by_a_fixed_count_is_still_refused() -> None:
     """The mask's copies a fixed 2 ([2, 4, 1, 16, 16] viewed as [8, 1, 16, 16]): added to the
     windows' [N*4, ...], it runs at a batch of 2 alone; the load does not read 2 as the batch's."""
-    model = _window_block(first="n_of")
+    model = window_block(first="n_of")
     assert "y" in row_mixing_outputs(model)
 
 
 def test_the_batchs_size_met_with_fixed_lengths_is_still_its_size() -> None:
     """x / ((N * 8) // 8): N, made from the batch's size and the fixed 8, is not computed: refused."""
     nodes = [
-        *_size("x", 0, "n"),
-        *_size("x", 1, "l"),
+        *size("x", 0, "n"),
+        *size("x", 1, "l"),
         node("Mul", ["n", "l"], "nl"),
         node("Div", ["nl", "l"], "k"),
         node("Cast", ["k"], "kf", to=F),
@@ -212,7 +116,7 @@ def test_the_lengths_a_computed_pad_loses_are_inferred_again() -> None:
         ints("ws1", [WS]),
         ints("zeros5", [0] * 5),
     ]
-    model = _inferred(_padding(), inits, ("N", 8, 8, C))
+    model = _inferred(padding(), inits, ("N", 8, 8, C))
     dims = {v.name: value_dims(v) for v in model.graph.value_info}
     assert dims["p"] is not None and not any(isinstance(d, int) for d in dims["p"])  # (onnx's names)
     rounds: list[int] = []
