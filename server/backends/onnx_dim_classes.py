@@ -213,9 +213,8 @@ def _read(
             classes.join(a[-1], b[-2])
             _broadcast(classes, made[:-2], [a[:-2], b[:-2]])
         elif op == "Reshape" and given and given[0] is not None:
-            for dim, entry in joined_entries(
-                entries.get(node.input[1], []) if len(node.input) > 1 else [], made
-            ):
+            shape = entries.get(node.input[1], []) if len(node.input) > 1 else []
+            for dim, entry in joined_entries(shape, made, bool(int_attribute(node, "allowzero", 0))):
                 classes.join(dim, entry)
             _reshaped(classes, given[0], made)
         elif op == "Concat" and (rolled := rolled_axis(node, cuts, len(made))) is not None:

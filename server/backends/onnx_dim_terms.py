@@ -15,7 +15,10 @@ Here:
   by its op and its operands (`~Div(unk__26,4)`), and two such whose operands are of one class, once
   the whole graph is read, are one length (`congruent`);
 - a shape a Concat puts together of such lengths and numbers gives a Reshape's output dims their
-  entries' classes (a length of 0 copies the input's dim; an empty image aside, none is 0);
+  entries' classes. An entry of 0 copies the input's dim instead (but with allowzero): a dim is 0
+  only in an empty tensor, whose rows hold nothing to mix; a Mod, often 0 (a pad to a multiple), is
+  not read so; a Div is, H // ws taken as at least 1 (an image smaller than its window: the windows'
+  view fails in the exports seen; a tester, session 67, found no view of a 0 quotient batched);
 - a Concat of Slice(x, [s:]) and Slice(x, [:s]) along x's axis (torch.roll's export) is as long as
   x there, whatever s is (both clamp s to the same place).
 """
@@ -146,12 +149,17 @@ def _numbers(tensor: onnx.TensorProto | None) -> list[int] | None:
     return [int(v) for v in value.reshape(-1)] if value.dtype.kind in "iu" and value.size <= 64 else None
 
 
-def joined_entries(entries: list[Dim], made: list[Dim]) -> list[tuple[Dim, Dim]]:
+def joined_entries(entries: list[Dim], made: list[Dim], allowzero: bool = False) -> list[tuple[Dim, Dim]]:
     """The (output dim, entry) pairs a Reshape by `entries` proves equal: the lengths (not a number,
-    which onnx's inference reads itself; not 0 or -1)."""
+    which onnx's inference reads itself), not a Mod's, which may be 0 and copy the input's dim (but
+    with `allowzero`, where a 0 is a 0)."""
     if len(entries) != len(made):
         return []
-    return [(dim, entry) for dim, entry in zip(made, entries, strict=True) if isinstance(entry, str)]
+    return [
+        (dim, entry)
+        for dim, entry in zip(made, entries, strict=True)
+        if isinstance(entry, str) and (allowzero or not entry.startswith(f"{TERM}Mod("))
+    ]
 
 
 def whole_number(tensor: onnx.TensorProto | None) -> int | None:

@@ -13,7 +13,15 @@ from onnx import helper, numpy_helper
 
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_dim_products import divided_by
-from server.backends.onnx_dim_terms import Cut, computed_length, congruent, cut, rolled_axis, shape_entries
+from server.backends.onnx_dim_terms import (
+    Cut,
+    computed_length,
+    congruent,
+    cut,
+    joined_entries,
+    rolled_axis,
+    shape_entries,
+)
 from server.backends.onnx_reshape_rows import places_batch, related_quotient, relation, solved_batch_axis
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from tests.support.onnx_graphs import graph_model, ints, node, rows_independent
@@ -257,3 +265,11 @@ def test_a_reshape_proves_its_products_equal_and_a_later_minus_one_reads_them() 
         solved_batch_axis(["hq", "N", 4, "wq", 4, 3], after, {"N"}, {}, [proved]) == 0
     )  # (the reading moves it)
     assert solved_batch_axis(before, ["N", "Hp", "Wp", 3], {"N"}, {}, [proved]) is None  # named already
+
+
+def test_a_reshapes_dims_are_joined_with_its_lengths_but_a_mod_that_may_be_0() -> None:
+    entries: list = ["N", "~Div(H,4)", 4, "~Mod(H,4)", None]
+    made: list = ["unk__1", "unk__2", 4, "unk__3", "unk__4"]
+    assert joined_entries(entries, made) == [("unk__1", "N"), ("unk__2", "~Div(H,4)")]
+    assert joined_entries(entries, made, allowzero=True)[-1] == ("unk__3", "~Mod(H,4)")  # a 0 is a 0
+    assert joined_entries(entries, made[:-1]) == []  # another rank: nothing
