@@ -63,6 +63,8 @@ class BatchNames:
         self.partly: set[str] = set()  # axes only some of an If's branches give the batch (`adopt`)
         self.products: dict[str, Dims] = {}  # a Reshape's dim of no batch -> the dims it is the product of
         self.relations: list[Relation] = []  # products Reshapes proved equal (onnx_reshape_rows.relation)
+        self.checked: set[str] = set()  # Reshapes onnxruntime runs and checks (onnx_dim_terms.py)
+        self.sources: dict[str, Dims] = {}  # a Reshape it fuses with the next -> the first's input dims
 
     def within(self) -> BatchNames:
         """A copy for a subgraph: it reads the enclosing graph's names, its own stay its own."""
@@ -70,6 +72,7 @@ class BatchNames:
         inner.batch, inner.folds, inner.origins = set(self.batch), dict(self.folds), dict(self.origins)
         inner.grown, inner.partly = set(self.grown), set(self.partly)
         inner.products, inner.relations = dict(self.products), list(self.relations)
+        inner.checked, inner.sources = set(self.checked), dict(self.sources)
         return inner
 
     def fold(self, found: Folded, node: onnx.NodeProto) -> None:
@@ -258,17 +261,26 @@ class BatchNames:
         self, node: onnx.NodeProto, before: Sequence[Dim] | None, after: Sequence[Dim] | None
     ) -> str | None:
         """Why a reshape moves values between the batch's rows (onnx_reshape_rows.py); one that
-        folds the batch into an axis makes that axis the batch's for the ops after it."""
+        folds the batch into an axis makes that axis the batch's for the ops after it. One that
+        onnxruntime runs and checks (`checked`) proves products equal (of the batch's data only)
+        for later reshapes."""
         if before is None or after is None:
             return None
         found = reshaped_rows(before, after, self.roots, self.folds, self.relations)
-        proved = relation(self.spelled(before), self.spelled(after))
-        if proved is not None and proved not in self.relations and len(self.relations) < MAX_RELATIONS:
-            self.relations.append(proved)
+        # What it proves is of the first input of the Reshapes onnxruntime fuses with it.
+        source = self.sources.get(node.input[0], list(before)) if node.input else list(before)
+        checked = bool(node.output) and node.output[0] in self.checked
+        if not checked and node.output:
+            self.sources[node.output[0]] = source
+        if checked and any(dim in self.batch for dim in self.spelled(source)):
+            proved = relation(self.spelled(source), self.spelled(after))
+            if proved is not None and proved not in self.relations and len(self.relations) < MAX_RELATIONS:
+                self.relations.append(proved)
         if isinstance(found, Folded):
             self.fold(found, node)
         elif found is None:
-            self._product(before, after)
+            if checked:
+                self._product(source, after)
             axis = solved_batch_axis(before, after, self.roots, self.folds, self.relations)
             if axis is not None:
                 self.mark(after[axis])

@@ -31,6 +31,7 @@ from server.backends.graph_names import graphs, int_attribute, shape_read
 from server.backends.onnx_dim_terms import (
     TERM,
     Cut,
+    checked_reshapes,
     computed_length,
     congruent,
     cut,
@@ -169,6 +170,7 @@ def _read(
     zeros: set[str] = set()  # a size less a size of its class: GPT-2's key_length - query_length
     entries: dict[str, list[Dim]] = {}  # a shape's entries, lengths or numbers (onnx_dim_terms.py)
     terms: dict[str, tuple[str, Dim, Dim]] = {}  # a computed length's name -> its op and operands
+    checked = checked_reshapes(graph)  # the Reshapes onnxruntime runs and checks
     cuts: dict[str, Cut] = {}  # Slices of one axis by constants: a roll's halves
     for node in graph.node:
         op, out = node.op_type, node.output[0] if node.output else ""
@@ -206,13 +208,13 @@ def _read(
         ):
             _broadcast(classes, made, [given[0], entries[node.input[1]]])  # its shape's lengths as dims
         elif op == "Pad" and given and given[0] is not None and node.input[1:2] and node.input[1] in entries:
-            _kept_unpadded(classes, given[0], made, entries[node.input[1]])
+            _kept_unpadded(classes, node, given[0], made, entries[node.input[1]])
         elif op == "MatMul" and len(given) == 2 and _matrices(given[0], given[1]):
             a, b = given
             assert a is not None and b is not None
             classes.join(a[-1], b[-2])
             _broadcast(classes, made[:-2], [a[:-2], b[:-2]])
-        elif op == "Reshape" and given and given[0] is not None:
+        elif op == "Reshape" and given and given[0] is not None and out in checked:
             shape = entries.get(node.input[1], []) if len(node.input) > 1 else []
             for dim, entry in joined_entries(shape, made, bool(int_attribute(node, "allowzero", 0))):
                 classes.join(dim, entry)
@@ -232,8 +234,14 @@ def _read(
     congruent(terms, classes.same, classes.join)
 
 
-def _kept_unpadded(classes: _Classes, source: list[Dim], made: list[Dim], pads: list[Dim]) -> None:
-    """A Pad's axes padded by 0 at both ends keep their input's length."""
+def _kept_unpadded(
+    classes: _Classes, node: onnx.NodeProto, source: list[Dim], made: list[Dim], pads: list[Dim]
+) -> None:
+    """A Pad's axes padded by 0 at both ends keep their input's length; not read where an `axes`
+    input (opset 18) lists the pads in its own order (a tester, session 67: axes [1, 0] had the
+    padded axis read as kept, and a view by its length batched wrong)."""
+    if any(node.input[3:4]):
+        return
     if len(pads) == 2 * len(made) == 2 * len(source):
         for axis, (before, after) in enumerate(zip(source, made, strict=True)):
             if pads[axis] == 0 and pads[axis + len(made)] == 0:

@@ -21,6 +21,12 @@ Here:
   view fails in the exports seen; a tester, session 67, found no view of a 0 quotient batched);
 - a Concat of Slice(x, [s:]) and Slice(x, [:s]) along x's axis (torch.roll's export) is as long as
   x there, whatever s is (both clamp s to the same place).
+
+A Reshape proves its output's dims only where onnxruntime runs it (`checked_reshapes`): one no
+graph output needs is dropped at load, and one whose only readers are Reshapes is fused with them
+at the default optimization level, its shape never checked. A tester, session 67: an unused
+Reshape([H, 1] -> [W, 1]) had H and W named alike, and x [N, H, K] viewed as [-1, W, K] batched
+(wrong, OK, where H != W), since session 51.
 """
 
 from __future__ import annotations
@@ -140,6 +146,54 @@ def rolled_axis(node: onnx.NodeProto, cuts: Mapping[str, Cut], rank: int) -> tup
     first, second = sorted((p for p in pieces if p is not None), key=lambda p: p.end < _TO_END)
     whole = first.data == second.data and first.end >= _TO_END and second.start == 0
     return (first.data, axis) if whole and first.start == second.end else None
+
+
+def checked_reshapes(graph: onnx.GraphProto) -> set[str]:
+    """The outputs of `graph`'s Reshapes that onnxruntime computes and checks: needed for a graph
+    output, and read by an op other than a Reshape (through Identities), or an output itself."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+    live = _needed(graph, outputs)
+
+    def read(name: str, depth: int = 0) -> bool:
+        if name in outputs:
+            return True
+        for reader in readers.get(name, []):
+            if reader.op_type == "Identity" and depth < 8 and reader.output:
+                if read(reader.output[0], depth + 1):
+                    return True
+            elif reader.op_type != "Reshape" and any(out in live for out in reader.output):
+                return True
+        return False
+
+    return {
+        node.output[0]
+        for node in graph.node
+        if node.op_type == "Reshape" and node.output and node.output[0] in live and read(node.output[0])
+    }
+
+
+def _needed(graph: onnx.GraphProto, outputs: set[str]) -> set[str]:
+    """The values a graph output is made from (a body's reads of them count: a Loop's, an If's)."""
+    makers = {out: node for node in graph.node for out in node.output if out}
+    live, stack = set[str](), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in live:
+            continue
+        live.add(name)
+        node = makers.get(name)
+        if node is None:
+            continue
+        stack.extend(n for n in node.input if n)
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            for body in bodies:
+                stack.extend(n for inner in body.node for n in inner.input if n)
+    return live
 
 
 def _numbers(tensor: onnx.TensorProto | None) -> list[int] | None:

@@ -46,6 +46,7 @@ from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, matmul_pair, scale_pair
 from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
+from server.backends.onnx_dim_terms import checked_reshapes
 from server.backends.onnx_einsum import einsum_mixing
 from server.backends.onnx_filled_shapes import filled_where_unsure, moved_unseen
 from server.backends.onnx_foreign_ops import ForeignOps, foreign
@@ -159,6 +160,7 @@ class _Walk:
             if init.name not in self.fed:  # a client's value, not the initializer's (a tester, s51)
                 self.constants[init.name] = init
         self.shapes.add(graph)
+        self.names.checked |= checked_reshapes(graph)  # the Reshapes onnxruntime runs and checks
         self.foreign.enter(graph)
         for value in graph.input:  # a body's inputs are its node's: made from what feeds them
             self.lineage.setdefault(
