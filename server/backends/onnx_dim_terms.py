@@ -43,6 +43,9 @@ Same = Callable[[Dim], Dim]  # a dim's class: its number, or its class's root na
 TERM = "~"  # how the names of computed lengths begin (after every name onnx or a model gives)
 _ARITHMETIC = frozenset({"Div", "Mul", "Add", "Mod"})  # of lengths, each at least 0: never -1
 _TO_END = 1 << 31  # a Slice's end at least this: to the axis's end
+# Readers that let onnxruntime skip a Reshape's check: another Reshape (fused with it), a Shape or a
+# Size (folded where the shape is a constant's).
+_UNCHECKING = frozenset({"Reshape", "Shape", "Size"})
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def rolled_axis(node: onnx.NodeProto, cuts: Mapping[str, Cut], rank: int) -> tup
 
 def checked_reshapes(graph: onnx.GraphProto) -> set[str]:
     """The outputs of `graph`'s Reshapes that onnxruntime computes and checks: needed for a graph
-    output, and read by an op other than a Reshape (through Identities), or an output itself."""
+    output, and read by an op other than a Reshape, a Shape or a Size (through Identities), or an
+    output itself."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -165,7 +169,7 @@ def checked_reshapes(graph: onnx.GraphProto) -> set[str]:
             if reader.op_type == "Identity" and depth < 8 and reader.output:
                 if read(reader.output[0], depth + 1):
                     return True
-            elif reader.op_type != "Reshape" and any(out in live for out in reader.output):
+            elif reader.op_type not in _UNCHECKING and any(out in live for out in reader.output):
                 return True
         return False
 

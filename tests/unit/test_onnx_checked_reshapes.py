@@ -74,6 +74,8 @@ def test_a_reshape_read_only_by_reshapes_is_fused_and_not_checked() -> None:
     assert checked_reshapes(_fused([node("Identity", ["a"], "i"), node("Reshape", ["i", "s"], "y")])) == {"y"}
     both = [node("Reshape", ["a", "s"], "b"), node("Relu", ["a"], "c"), node("Add", ["b", "c"], "y")]
     assert checked_reshapes(_fused(both)) == {"a", "b"}
+    sized = [node("Shape", ["a"], "c"), node("Cast", ["c"], "f", to=F), node("Add", ["x", "f"], "y")]
+    assert checked_reshapes(_fused(sized)) == set()  # a Shape of a constant shape is folded
     unused = [node("Relu", ["a"], "c"), node("Relu", ["x"], "y")]
     assert checked_reshapes(_fused(unused)) == set()
     # onnxruntime itself: an invalid [2, 4] -> [2, 3] read only by a Reshape back to [2, 4] runs.
