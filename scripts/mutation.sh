@@ -15,7 +15,7 @@
 # onnx_batch_names.py, onnx_partial_ints.py, onnx_partial_arithmetic.py, node_order.py, onnx_size_slots.py, onnx_size_positions.py, onnx_grown_rows.py, onnx_pool_indices.py, onnx_einsum.py, onnx_broadcast_pairs.py,
 # onnx_filled_shapes.py, onnx_seeded_shapes.py, onnx_table_reads.py, onnx_sequence_reads.py, onnx_rankless.py,
 # onnx_branch_axes.py, onnx_constant_branches.py, onnx_reference_fold.py, onnx_fixed_lengths.py, onnx_dim_terms.py,
-# onnx_unplaced_reshapes.py,
+# onnx_runtime_rewrites.py, onnx_unplaced_reshapes.py,
 # function_inlining.py,
 # onnx_value_lineage.py, onnx_partial_dims.py, onnx_told_dims.py,
 # server/observability/host_usage.py, gpu_usage.py and gpu_readings.py,

@@ -43,12 +43,20 @@ def with_fixed_lengths(
     for _ in range(MAX_ROUNDS):
         if not fold_fixed_lengths(inferred):
             break
-        inferred.graph.ClearField("value_info")  # inferred afresh, as the first time (no stale name)
-        for out in inferred.graph.output:
-            if out.type.HasField("tensor_type"):
-                out.type.tensor_type.ClearField("shape")
-        inferred = infer(inferred)
+        inferred = inferred_afresh(inferred, infer)
     return inferred
+
+
+def inferred_afresh(
+    model: onnx.ModelProto, infer: Callable[[onnx.ModelProto], onnx.ModelProto]
+) -> onnx.ModelProto:
+    """`model` inferred again as the first time: the main graph's value infos and its outputs'
+    shapes cleared (no stale name of the last inference kept)."""
+    model.graph.ClearField("value_info")
+    for out in model.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    return infer(model)
 
 
 def fold_fixed_lengths(model: onnx.ModelProto) -> int:

@@ -16,9 +16,10 @@ from server.backends.graph_names import ONNX_DOMAIN, graphs, subgraphs
 from server.backends.node_order import ordered, reads, sort_nodes
 from server.backends.onnx_constant_branches import inline_constant_branches
 from server.backends.onnx_dim_classes import named_alike
-from server.backends.onnx_fixed_lengths import with_fixed_lengths
+from server.backends.onnx_fixed_lengths import inferred_afresh, with_fixed_lengths
 from server.backends.onnx_mixing_ops import scan_inputs
 from server.backends.onnx_output_shapes import inference_probe, inferred_shapes
+from server.backends.onnx_runtime_rewrites import as_onnxruntime_runs
 from server.backends.onnx_seeded_shapes import seed_unshaped
 from server.backends.onnx_stand_ins import StandIns, stood_in
 from server.backends.onnx_told_dims import told_unnamed
@@ -33,7 +34,10 @@ def inferred_probe(probe: onnx.ModelProto) -> onnx.ModelProto:
     if probe.functions:
         probe = inlined(probe)
     _constants_in_bodies(probe)
-    inferred = with_fixed_lengths(inferred_shapes(probe), inferred_shapes)  # (Swin's window arithmetic)
+    inferred = inferred_shapes(probe)
+    if as_onnxruntime_runs(inferred):  # the shapes onnxruntime's own rewrites leave unchecked
+        inferred = inferred_afresh(inferred, inferred_shapes)
+    inferred = with_fixed_lengths(inferred, inferred_shapes)  # (Swin's window arithmetic)
     for _ in range(SEEDING_ROUNDS):  # an If a rank test decides: its branch (s65), and Ifs within it
         if not inline_constant_branches(inferred):
             break

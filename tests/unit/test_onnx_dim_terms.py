@@ -145,27 +145,30 @@ def test_a_shapes_entries_are_its_lengths_numbers_and_unknowns_of_known_count() 
 
 
 def _view_back(second: str) -> onnx.ModelProto:
-    """x [N, H, C] viewed as [N, H // 2, 2, C] and, by another Div of H, back as [N, H // 2 * 2, C]
-    through [-1, `second`, 2, C]."""
+    """x [N, H, W] viewed as [N, H // 2, 2, W // 2, 2] (two computed entries: onnxruntime checks
+    both, onnx_runtime_rewrites.py) and, by another Div of H, back through [-1, `second`, 2, W // 2, 2]."""
     nodes = [
         node("Shape", ["x"], "s"),
         node("Gather", ["s", "one"], "h"),
         node("Div", ["h", "two"], "half"),
         node("Unsqueeze", ["half", "zero1"], "half1"),
+        node("Gather", ["s", "two"], "w"),
+        node("Div", ["w", "two"], "w_half"),
+        node("Unsqueeze", ["w_half", "zero1"], "w_half1"),
         node("Gather", ["s", "zero"], "n"),
         node("Unsqueeze", ["n", "zero1"], "n1"),
-        node("Concat", ["n1", "half1", "two1", "c1"], "to", axis=0),
+        node("Concat", ["n1", "half1", "two1", "w_half1", "two1"], "to", axis=0),
         node("Reshape", ["x", "to"], "v"),
         node("Relu", ["v"], "rv"),  # (read by an op other than a Reshape: onnxruntime checks v's shape)
         node("Div", ["h", "two"], "half_b"),  # H // 2 computed anew
         node("Sub", ["h", "one"], "less"),
         node("Unsqueeze", [second, "zero1"], "second1"),
-        node("Concat", ["minus1", "second1", "two1", "c1"], "back", axis=0),
+        node("Concat", ["minus1", "second1", "two1", "w_half1", "two1"], "back", axis=0),
         node("Reshape", ["rv", "back"], "y"),
     ]
     inits = [ints("zero", 0), ints("one", 1), ints("two", 2), ints("zero1", [0]), ints("two1", [2])]
-    inits += [ints("c1", [C]), ints("minus1", [-1])]
-    return graph_model(nodes, inits, shape=("N", "H", C))
+    inits += [ints("minus1", [-1])]
+    return graph_model(nodes, inits, shape=("N", "H", "W"))
 
 
 def test_the_same_computation_of_one_dim_names_two_reshapes_dims_alike() -> None:
