@@ -53,6 +53,11 @@ _GRAPH_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# onnxruntime's ReshapeFusion runs a Reshape by a Concat of constants, its input's own dims and one
+# other entry with that entry as -1, never checked; the row-mixing reading (onnx_row_mixing.py) takes
+# a Reshape's written shape as checked, so it is turned off: each Reshape runs as written (a tester,
+# session 67: x.view(N, W, K) of x [N, H, K] ran as [N, H, K], and a view by W batched wrong).
+UNCHECKING_OPTIMIZERS = ("ReshapeFusion",)
 _EXECUTION_MODES = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
     "parallel": ort.ExecutionMode.ORT_PARALLEL,
@@ -318,7 +323,13 @@ class OrtBackend(SessionFacts):
         with onnxruntime_path(self._path) as path:  # a UTF-8 one: onnxruntime takes no other
             source = session_source(self._guard, path, so, self._rewritten)  # the file, or rewritten bytes
             names, options = [name for name, _ in providers], [opts for _, opts in providers]
-            return ort.InferenceSession(source, sess_options=so, providers=names, provider_options=options)
+            return ort.InferenceSession(
+                source,
+                sess_options=so,
+                providers=names,
+                provider_options=options,
+                disabled_optimizers=list(UNCHECKING_OPTIMIZERS),
+            )
 
     @property
     def device(self) -> Device:

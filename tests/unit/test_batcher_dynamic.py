@@ -651,18 +651,20 @@ async def test_an_inline_run_past_run_timeout_s_turns_inline_runs_off() -> None:
     class ByValue(BlockingBackend):
         def run_blocking(self, inputs: Tensors) -> Tensors:
             if inputs["x"][0, 0] == 9:
-                time.sleep(0.05)  # the compute a large value asks for (a stand-in, not a wait)
+                time.sleep(0.5)  # the compute a large value asks for (a stand-in, not a wait)
             return super().run_blocking(inputs)
 
+    # run_timeout_s 0.25 s: the cheap runs stay under it on a loaded machine (at 0.01 s one ran past
+    # it in a full run beside a load, session 67, and turned inline runs off early); 0.5 s is past it.
     be = ByValue()
     b = DynamicBatcher(
-        [be], BatchingPolicy(max_batch_size=8), ModelStats(), inline_max_s=1.0, run_timeout_s=0.01
+        [be], BatchingPolicy(max_batch_size=8), ModelStats(), inline_max_s=1.0, run_timeout_s=0.25
     )
     b.start()
     try:
         await result(b.submit(x(1), 1))  # measured on the executor thread
         assert b.run_now(x(2), b.admission(1)) is not None  # cheap: inline
-        assert b.run_now(x(9), b.admission(1)) is not None  # inline too, and 50 ms past 10 ms
+        assert b.run_now(x(9), b.admission(1)) is not None  # inline too, and 500 ms past 250 ms
         assert b.run_now(x(3), b.admission(1)) is None  # inline runs are off
         await result(b.submit(x(3), 1))
         assert [thread == LOOP for thread in be.threads] == [False, True, True, False]

@@ -76,6 +76,7 @@ class Call:
     so: ort.SessionOptions
     providers: list[str] | None
     provider_options: list[dict[str, str]] | None
+    disabled_optimizers: list[str] | None = None
 
 
 class Sessions:
@@ -91,13 +92,16 @@ class Sessions:
         sess_options: ort.SessionOptions,
         providers: list[str] | None = None,
         provider_options: list[dict[str, str]] | None = None,
+        disabled_optimizers: list[str] | None = None,
     ) -> ort.InferenceSession:
-        self.calls.append(Call(source, sess_options, providers, provider_options))
+        self.calls.append(Call(source, sess_options, providers, provider_options, disabled_optimizers))
         err = self.fail(source, providers or []) if self.fail else None
         if err is not None:
             raise err
         names = [p for p in providers or [] if p in REAL_AVAILABLE] if providers is not None else None
-        return REAL_SESSION(source, sess_options=sess_options, providers=names)
+        return REAL_SESSION(
+            source, sess_options=sess_options, providers=names, disabled_optimizers=disabled_optimizers
+        )
 
 
 @pytest.fixture
@@ -224,6 +228,8 @@ def test_providers_and_their_options_are_passed(tmp_path: Path, sessions: Sessio
     backend = _backend(_relu(tmp_path / "m.onnx"), providers=[(AZURE, {}), (CPU, opts)])
     backend.close()
     assert [(c.providers, c.provider_options) for c in sessions.calls] == [([AZURE, CPU], [{}, opts])]
+    # Each Reshape runs as written: onnxruntime's ReshapeFusion leaves an entry unchecked (session 67).
+    assert [c.disabled_optimizers for c in sessions.calls] == [["ReshapeFusion"]]
 
 
 def test_cpu_is_appended_when_not_requested(tmp_path: Path, sessions: Sessions) -> None:

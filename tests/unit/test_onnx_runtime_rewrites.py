@@ -1,17 +1,23 @@
-"""What onnxruntime does to shapes that onnx's inference does not know, written into the reading's
-copy (onnx_runtime_rewrites.py; a tester, session 67): ReshapeFusion's -1 for the one entry it does
-not check, and a Cast to 8 or 16 bits that wraps a length."""
+"""What onnxruntime computes of shapes that onnx's inference reads otherwise (a tester, session 67):
+ReshapeFusion's -1 for the one entry it does not check, turned off in the server's sessions
+(onnxruntime_backend.UNCHECKING_OPTIMIZERS), and a Cast to 8 or 16 bits that wraps a length,
+written into the reading's copy (onnx_runtime_rewrites.py)."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from server.backends.onnx_output_shapes import inferred_shapes
 from server.backends.onnx_row_mixing import row_mixing_outputs
 from server.backends.onnx_runtime_rewrites import as_onnxruntime_runs
+from server.backends.onnxruntime_backend import CPU, OrtBackend, OrtOptions
 from tests.support.onnx_graphs import F, graph_model, ints, node
 
 SIZES = [ints(f"at{a}", a) for a in range(3)] + [ints("zero1", [0]), ints("minus1", [-1]), ints("four1", [4])]
@@ -49,30 +55,27 @@ def _views(first: list[str]) -> onnx.ModelProto:
     return model
 
 
-def test_the_entry_onnxruntime_does_not_check_is_not_read_as_a_length() -> None:
-    """x.view(N, W, K) is run by onnxruntime as [0, -1, 0]: [N, H, K] whatever W is, so it proves
-    nothing of W; x.view(-1, W, K) read as N through it batched at 0995c0b. onnxruntime at H = 4,
-    W = 2: a batch of 2 answered [4, 2, 3], as many rows as two requests' alone."""
+async def test_the_servers_sessions_check_each_reshape_as_written(tmp_path: Path) -> None:
+    """x.view(N, W, K) of x [N, H, K]: onnxruntime's ReshapeFusion runs it as [0, -1, 0], [N, H, K]
+    whatever W is, so a later x.view(-1, W, K) read as N gave two requests' rows as four at H = 4,
+    W = 2 (a tester, session 67). The server's sessions turn ReshapeFusion off: the view by W is
+    checked, the batch refused by onnxruntime (as each request alone is), and the reading, which
+    takes W for H through it, batches rightly."""
     model = _views(["n", "w", "k"])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x, z = np.ones((2, 4, 3), np.float32), np.ones((2, 2), np.float32)
-    u, y = session.run(["u", "y"], {"x": x, "z": z})
-    assert u.shape == (2, 4, 3) and y.shape == (4, 2, 3)  # u is not [N, W, K]: W went unchecked
-    assert "reshapes 'x'" in row_mixing_outputs(model)["y"]
-
-
-def test_only_the_one_other_entry_is_written_minus_one() -> None:
-    inferred = inferred_shapes(_views(["n", "w", "k"]))
-    assert as_onnxruntime_runs(inferred)
-    makers = {out: n for n in inferred.graph.node for out in n.output}
-    fused = makers[makers["u"].input[1]]
-    assert fused.input[0] == "n" and fused.input[2] == "k"  # the input's own dims at their places
-    assert makers[fused.input[1]].op_type == "Constant"  # W's entry: -1, as onnxruntime runs it
-    assert makers["y"].input[1] == "to_y"  # a constant -1 there already: no second
-    for first in (["n", "four1", "k"], ["n", "k", "w"]):  # none other; k off its place and w: two
-        inferred = inferred_shapes(_views(first))
-        as_onnxruntime_runs(inferred)
-        assert {n.output[0]: n for n in inferred.graph.node}["u"].input[1] == "to_u", first
+    fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert fused.run(["y"], {"x": x, "z": z})[0].shape == (4, 2, 3)  # onnxruntime's default
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    backend = OrtBackend(path, OrtOptions(), [(CPU, {})], ThreadPoolExecutor(1), model_name="m")
+    try:
+        with pytest.raises(Exception, match="reshape"):
+            await backend.run({"x": x, "z": z})
+        square = await backend.run({"x": np.ones((2, 2, 3), np.float32), "z": z})  # H == W: it runs
+        assert square["y"].shape == (2, 2, 3)
+    finally:
+        backend.close()
+    assert row_mixing_outputs(model) == {}
 
 
 def test_a_cast_to_eight_bits_is_read_as_the_wrapped_value() -> None:
