@@ -53,10 +53,8 @@ _GRAPH_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-# onnxruntime's ReshapeFusion runs a Reshape by a Concat of constants, its input's own dims and one
-# other entry with that entry as -1, never checked; the row-mixing reading (onnx_row_mixing.py) takes
-# a Reshape's written shape as checked, so it is turned off: each Reshape runs as written (a tester,
-# session 67: x.view(N, W, K) of x [N, H, K] ran as [N, H, K], and a view by W batched wrong).
+# ReshapeFusion runs a Reshape's one computed entry as -1, unchecked; where requests batch, the
+# row-mixing reading took the shape as checked (a tester, s67: a view by it batched wrong): turned off.
 UNCHECKING_OPTIMIZERS = ("ReshapeFusion",)
 _EXECUTION_MODES = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
@@ -88,6 +86,7 @@ class OrtOptions:
     int_division_guard: bool | None = None
     # Dynamic INT8 quantization made per row at load (row_quantization.py): set where requests batch.
     row_quantization: bool = False
+    checked_reshapes: bool = False  # UNCHECKING_OPTIMIZERS off: set where requests batch
     padding: Padding | None = None  # CUDA instances pad batches to a steady size (batch_padding.py)
 
     def __post_init__(self) -> None:
@@ -171,6 +170,7 @@ class OrtBackend(SessionFacts):
         self._reshape = reshape  # config `reshape`s: wire shapes <-> the model's
         self._path = model_path
         self._executor = executor  # owned: one per instance, max_workers = batches in flight
+        self._checked_reshapes = options.checked_reshapes
         try:
             session = self._guarded_session(options, providers, prepared)
         except BaseException:
@@ -323,13 +323,8 @@ class OrtBackend(SessionFacts):
         with onnxruntime_path(self._path) as path:  # a UTF-8 one: onnxruntime takes no other
             source = session_source(self._guard, path, so, self._rewritten)  # the file, or rewritten bytes
             names, options = [name for name, _ in providers], [opts for _, opts in providers]
-            return ort.InferenceSession(
-                source,
-                sess_options=so,
-                providers=names,
-                provider_options=options,
-                disabled_optimizers=list(UNCHECKING_OPTIMIZERS),
-            )
+            off = list(UNCHECKING_OPTIMIZERS) if self._checked_reshapes else []
+            return ort.InferenceSession(source, so, names, options, disabled_optimizers=off)
 
     @property
     def device(self) -> Device:

@@ -155,6 +155,8 @@ def backend_parameters(config: mc.ModelConfig, *, has_gpu: bool) -> BackendParam
     )
     if values.get("dynamic_quantization", "per_row") == "per_row" and batches_requests:
         options["row_quantization"] = True
+    if batches_requests:  # each Reshape checked as written, as the row-mixing reading takes it
+        options["checked_reshapes"] = True
     if "execution_mode" in values:
         options["execution_mode"] = "parallel" if values["execution_mode"] == "1" else "sequential"
     choice = values.get("gpu_batch_padding", "auto").lower()

@@ -228,7 +228,15 @@ def test_providers_and_their_options_are_passed(tmp_path: Path, sessions: Sessio
     backend = _backend(_relu(tmp_path / "m.onnx"), providers=[(AZURE, {}), (CPU, opts)])
     backend.close()
     assert [(c.providers, c.provider_options) for c in sessions.calls] == [([AZURE, CPU], [{}, opts])]
-    # Each Reshape runs as written: onnxruntime's ReshapeFusion leaves an entry unchecked (session 67).
+    # onnxruntime's own optimizers all on, but where requests batch (below).
+    assert [c.disabled_optimizers for c in sessions.calls] == [[]]
+
+
+def test_a_batched_loads_sessions_run_each_reshape_as_written(tmp_path: Path, sessions: Sessions) -> None:
+    """Where requests batch, ReshapeFusion is off: it leaves a Reshape's entry unchecked, which the
+    row-mixing reading takes as checked (a tester, session 67)."""
+    backend = _backend(_relu(tmp_path / "m.onnx"), OrtOptions(checked_reshapes=True))
+    backend.close()
     assert [c.disabled_optimizers for c in sessions.calls] == [["ReshapeFusion"]]
 
 

@@ -58,16 +58,17 @@ def _views(first: list[str]) -> onnx.ModelProto:
 async def test_the_servers_sessions_check_each_reshape_as_written(tmp_path: Path) -> None:
     """x.view(N, W, K) of x [N, H, K]: onnxruntime's ReshapeFusion runs it as [0, -1, 0], [N, H, K]
     whatever W is, so a later x.view(-1, W, K) read as N gave two requests' rows as four at H = 4,
-    W = 2 (a tester, session 67). The server's sessions turn ReshapeFusion off: the view by W is
-    checked, the batch refused by onnxruntime (as each request alone is), and the reading, which
-    takes W for H through it, batches rightly."""
+    W = 2 (a tester, session 67). The server's sessions of a load that batches turn ReshapeFusion off:
+    the view by W is checked, the batch refused by onnxruntime (as each request alone is), and the
+    reading, which takes W for H through it, batches rightly."""
     model = _views(["n", "w", "k"])
     x, z = np.ones((2, 4, 3), np.float32), np.ones((2, 2), np.float32)
     fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert fused.run(["y"], {"x": x, "z": z})[0].shape == (4, 2, 3)  # onnxruntime's default
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    backend = OrtBackend(path, OrtOptions(), [(CPU, {})], ThreadPoolExecutor(1), model_name="m")
+    batched = OrtOptions(checked_reshapes=True)  # (a config batching requests: config_backend.py)
+    backend = OrtBackend(path, batched, [(CPU, {})], ThreadPoolExecutor(1), model_name="m")
     try:
         with pytest.raises(Exception, match="reshape"):
             await backend.run({"x": x, "z": z})

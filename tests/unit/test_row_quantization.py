@@ -122,6 +122,10 @@ def test_the_config_chooses_per_row_where_requests_batch(tmp_path: Path) -> None
     assert options("max_batch_size: 8 sequence_batching {}").get("row_quantization") is True
     assert "row_quantization" not in options("max_batch_size: 8")  # each request runs alone
     assert "row_quantization" not in options("max_batch_size: 0")
+    # ... and each Reshape run as written (onnxruntime's ReshapeFusion off; session 67).
+    assert options("max_batch_size: 8 dynamic_batching {}").get("checked_reshapes") is True
+    assert options("max_batch_size: 8 sequence_batching {}").get("checked_reshapes") is True
+    assert "checked_reshapes" not in options("max_batch_size: 8")
     per_batch = (
         "max_batch_size: 8 dynamic_batching {} "
         'parameters { key: "dynamic_quantization" value { string_value: "per_batch" } }'
