@@ -53,7 +53,7 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {
         n.output[0]: numpy_helper.to_array(n.attribute[0].t)
         for n in model.graph.node
-        if n.op_type == "Constant"
+        if n.op_type == "Constant" and n.attribute[0].name == "value"
     }
 
 
@@ -143,3 +143,28 @@ def test_the_rounds_are_bounded() -> None:
     model = _inferred([node("Shape", ["x"], "s"), node("Identity", ["x"], "y")], [], (2, 3))
     with_fixed_lengths(model, infer)
     assert len(calls) == MAX_ROUNDS
+
+
+def test_constant_nodes_feed_the_folds_and_a_large_or_external_one_does_not() -> None:
+    small = numpy_helper.from_array(np.array([2], np.int64), "k")
+    wide = numpy_helper.from_array(np.arange(65, dtype=np.int64), "w")  # past MAX_ELEMENTS
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=small),
+        helper.make_node("Constant", [], ["w"], value=wide),
+        helper.make_node("Constant", [], ["three"], value_ints=[3]),
+        node("Shape", ["x"], "s", start=1),
+        node("Mul", ["s", "k"], "twice"),  # [16]: from a Constant node's value
+        node("Add", ["s", "three"], "more"),  # [11]: from value_ints
+        node("ReduceMax", ["w"], "top", keepdims=1),  # of 65 values: not folded
+        node("Size", ["x"], "count"),  # N * 8: a name
+        node("Mul", ["x", "x"], "y"),
+    ]
+    model = _inferred(nodes, [], ("N", 8))
+    fold_fixed_lengths(model)
+    found = {name: value.tolist() for name, value in _constants(model).items()}
+    assert found["twice"] == [16] and found["more"] == [11]
+    ops = {n.output[0]: n.op_type for n in model.graph.node}
+    assert ops["top"] == "ReduceMax" and ops["count"] == "Size"
+    fixed = _inferred([node("Size", ["x"], "count"), node("Identity", ["x"], "y")], [], (2, 3))
+    assert fold_fixed_lengths(fixed) == 1 and _constants(fixed)["count"].tolist() == 6
+    assert _constants(fixed)["count"].dtype == np.int64
