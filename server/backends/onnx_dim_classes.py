@@ -15,6 +15,10 @@ Sizes proved equal at run time, for any run that succeeds, are put in one class:
   are of one class, or one is a Slice's cut from 0 to the other's size (GPT-2's causal mask
   bias[:, :, k - q : k, :k], its start a size less a size of one class), and the axes a MatMul
   contracts.
+- lengths computed alike from dims of one class (two `H // ws`), a Reshape's dims and its shape's
+  entries, a roll's axis, an axis a Pad keeps, an Expand's axes and its shape's entries
+  (onnx_dim_terms.py; session 67). A Reshape's only where onnxruntime runs and checks it
+  (`checked_reshapes`: an unused one had named H and W alike since session 51).
 A name onnx made is then renamed to a name the model declares in its class (else to one name of
 its class). A class holding an input's first dim, the batch's, is left as it is: the reading
 follows the batch by its own rules (arange(N) is each row's place, onnx_row_positions.py).
