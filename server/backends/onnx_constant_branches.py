@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, attribute, subgraphs
-from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
+from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded, small_constant
 from server.backends.onnx_mixing_graph import standard_opset, value_dims
 
 
@@ -74,8 +74,7 @@ def _fold(
     opset: int,
 ) -> np.ndarray | None:
     if node.op_type == "Constant":
-        found = attribute(node, "value", None)
-        return numpy_helper.to_array(found) if isinstance(found, onnx.TensorProto) and _small(found) else None
+        return small_constant(node)
     known = [values.get(name) for name in node.input]
 
     def dims(name: str) -> list[int | str | None] | None:

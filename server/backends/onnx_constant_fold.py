@@ -158,3 +158,15 @@ def _of_dims(node: onnx.NodeProto, dims: Sequence[int | str | None] | None) -> n
         return np.asarray(math.prod(numbers), np.int64)
     read = shape_read(node, numbers)
     return np.asarray(read, np.int64) if len(read) <= MAX_ELEMENTS else None
+
+
+def small_constant(node: onnx.NodeProto) -> np.ndarray | None:
+    """A Constant node's value where it is small (at most MAX_ELEMENTS values, none external):
+    its `value` tensor, or its `value_int(s)`."""
+    for found in node.attribute:
+        if found.name == "value" and found.t.data_location != onnx.TensorProto.EXTERNAL:
+            small = math.prod(found.t.dims) <= MAX_ELEMENTS
+            return onnx.numpy_helper.to_array(found.t) if small else None
+        if found.name in ("value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(found), dtype=np.int64)
+    return None

@@ -34,11 +34,10 @@ def of_dim(dim: int | str | None) -> Factors | None:
 
 def quotient(whole: Factors, part: Factors) -> int | str | None:
     """whole / part where it is a number or one dim (None: it does not divide, or is more)."""
-    left = Counter(whole[1])
-    left.subtract(Counter(part[1]))
-    if any(count < 0 for count in left.values()) or part[0] == 0 or whole[0] % part[0]:
+    left = divided_by(whole, part)
+    if left is None:
         return None
-    number, names = whole[0] // part[0], sorted(left.elements())
+    number, names = left
     if not names:
         return number
     return names[0] if len(names) == 1 and number == 1 else None
@@ -57,7 +56,7 @@ def divided_by(whole: Factors, part: Factors) -> Factors | None:
     else): exact, whatever the dims' sizes (the product of the dims left)."""
     left = Counter(whole[1])
     left.subtract(Counter(part[1]))
-    if any(count < 0 for count in left.values()) or part[0] <= 0 or whole[0] % part[0]:
+    if any(count < 0 for count in left.values()) or part[0] == 0 or whole[0] % part[0]:
         return None
     return whole[0] // part[0], tuple(sorted(left.elements()))
 

@@ -29,8 +29,8 @@ import onnx
 from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, shape_read, subgraphs
-from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded
-from server.backends.onnx_mixing_graph import Dims, constant_value, standard_opset, value_dims
+from server.backends.onnx_constant_fold import MAX_ELEMENTS, folded, small_constant
+from server.backends.onnx_mixing_graph import Dims, standard_opset, value_dims
 
 MAX_ROUNDS = 8  # each round's inference reaches the lengths its folds made numbers (Swin: four)
 
@@ -106,12 +106,7 @@ def _value(
 ) -> np.ndarray | None:
     """The value of `node`'s one output where the load can compute it."""
     if node.op_type == "Constant":
-        found = constant_value(node)
-        if isinstance(found, onnx.TensorProto):
-            if found.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(found.dims)) > MAX_ELEMENTS:
-                return None
-            return numpy_helper.to_array(found)
-        return found
+        return small_constant(node)
     if node.domain not in ONNX_DOMAIN or len(node.output) != 1 or not node.output[0]:
         return None
     if next(subgraphs(node), None) is not None:

@@ -160,10 +160,10 @@ def solved_batch_axis(
 ) -> int | None:
     """The output axis of a reshape that carries the batch by no name of the batch's, its size
     worked out as the batch's (a -1 onnx named anew): the ops after it read it as the batch's."""
-    spelled = spelled_out(after, folds)
-    if _first_batch(spelled_out(before, folds), batch) is None or _first_batch(spelled, batch) is not None:
+    source, spelled = spelled_out(before, folds), spelled_out(after, folds)
+    if _first_batch(source, batch) is None or _first_batch(spelled, batch) is not None:
         return None
-    solved = _solved(spelled_out(before, folds), spelled, batch, relations)
+    solved = _solved(source, spelled, batch, relations)
     if not isinstance(solved, tuple) or len(solved[0]) != len(after):
         return None
     axis = _first_batch(solved[0], batch)
