@@ -38,7 +38,7 @@ from server.observability.metrics import Catalog, GaugeSource, Metrics
 from server.observability.metrics_views import Costs, MetricViews
 from server.observability.trace_settings import TraceSettings
 from server.observability.tracing import build_tracing
-from server.protocol import core_calls, loop_pace, message_wait
+from server.protocol import calls, core_calls, loop_pace, message_wait, rpc_slots
 from server.protocol.calls import CallTracker, QuietRefusals, StreamLimits, refusal_room
 from server.protocol.cuda_shm_workers import cuda_registry
 from server.protocol.grpc_logs import GRPC_AIO_LOGGER, quiet_unsent_answers
@@ -97,7 +97,6 @@ class SluicewayServer:
         servers_before = core_calls.server_ids()
         self._grpc = grpc.aio.server(
             options=options,
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             interceptors=server_interceptors(settings, self.refusals) or None,
         )
         # grpc core's count of the calls it has taken, handed to a handler or not: the drain
@@ -125,16 +124,14 @@ class SluicewayServer:
             if settings.rollout_share_dir is not None
             else None
         )
-        self.calls = CallTracker(
-            StreamLimits(
-                settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer
-            )
-        )
+        limits = (settings.max_streams, settings.max_streams_per_connection, settings.max_streams_per_peer)
+        self.calls = CallTracker(StreamLimits(*limits))
         self._health = LimitedHealth(self.calls)  # Watch streams count as streams
         costs = Costs(settings.cost_per_core_hour, settings.cost_per_gpu_hour)
         self.metrics = Metrics(
             MetricViews(self.models, lambda: self.calls.open_streams, costs), settings.metrics
         )
+        self.add_gauge_source(self.calls.gauge_values, calls.METRICS)  # streams refused at a cap
         self.add_gauge_source(self.models.sampling.gauge_values, sampling.METRICS)  # samples, drift
         self.add_gauge_source(self.models.rollout.gauge_values, rollout.METRICS)  # shadow comparisons
         self.add_gauge_source(self.loads.gauge_values, load_metrics.METRICS)  # loads, evictions, footprints
@@ -178,11 +175,15 @@ class SluicewayServer:
         # A call's one request message is waited for within bounds (message_wait.py).
         self.message_waits = message_waits_for(settings)
         self.add_gauge_source(self.message_waits.gauge_values, message_wait.METRICS)
+        # max_concurrent_rpcs is kept here, not by grpc, whose refusals no count saw (rpc_slots.py).
+        self.slots = rpc_slots.RpcSlots(settings.max_concurrent_rpcs)
+        self.add_gauge_source(self.slots.gauge_values, rpc_slots.METRICS)
         serve = functools.partial(
             add_service,
             server=self._grpc,
             max_message_bytes=settings.max_message_bytes,
             waits=self.message_waits,
+            slots=self.slots,
         )
         serve(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self._servicer)
         admin = AdminServicer(self.models, settings.worker_index, self.rollout_share, lambda: self._stopping)

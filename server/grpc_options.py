@@ -48,7 +48,8 @@ def pending_call_options(settings: ServerSettings) -> list[tuple[str, int]]:
     random (CANCELLED "CANCELLED", never seen by our handlers nor counted) once more than 1,000
     wait, up to all past 3,000 (grpc's `max_pending_requests` defaults): 5-10% of 2,000 callers
     at once, 21% of 3,000. Bounded at twice `max_concurrent_rpcs` (soft = hard: no random
-    refusals below it), so a burst reaches grpc.aio's own limit, which answers RESOURCE_EXHAUSTED.
+    refusals below it), so a burst reaches the server's own limit (rpc_slots.py), which answers
+    RESOURCE_EXHAUSTED.
     `grpc_server_args` may set either."""
     bound = min(2 * settings.max_concurrent_rpcs, _GRPC_INT_MAX)
     return [

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from batcher.sequence import SequenceBatcher
 from batcher.stats import Histogram as Buckets
 from batcher.stats import ModelStats
 from server.backends.batch_padding import shape_changes
@@ -208,6 +209,10 @@ class MetricViews:
                  each(lambda v: v.batcher.queued_bytes)),
             View("sluiceway_batches_in_flight", "gauge", "Batches taken from the queue and not yet answered",
                  each(lambda v: v.batcher.in_flight_batches)),
+            View("sluiceway_sequences_live", "gauge", "Sequences started and not yet ended, released or "
+                 "timed out (sequence batching versions)", self._sequences(lambda q: q.live)),
+            View("sluiceway_sequence_state_bytes", "gauge", "Bytes of implicit state the live sequences "
+                 "hold (sequence batching versions)", self._sequences(lambda q: q.state_bytes)),
             View("sluiceway_model_instances", "gauge", "Backend instances by the device each runs on "
                  "(cpu, cuda:0), as they started", self._instances),
             View("sluiceway_padded_shape_changes_total", "counter", "Times a CUDA instance's padded "
@@ -227,6 +232,16 @@ class MetricViews:
             View("sluiceway_cost_per_million_inferences", "gauge", "Cost of a million inferences at "
                  "cost_per_core_hour (and cost_per_gpu_hour)", self._cost_per_million),
         ]  # fmt: skip
+
+    def _sequences(self, value: Callable[[SequenceBatcher], float]) -> Samples:
+        """A figure of each ready version's live sequences (versions with sequence batching only)."""
+
+        def samples() -> Iterator[Sample]:
+            for v in self.versions():
+                if v.sequences is not None:
+                    yield _labels(v), value(v.sequences)
+
+        return samples
 
     def _instances(self) -> Iterator[Sample]:
         for v in self.versions():

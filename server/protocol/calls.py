@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import NamedTuple, Protocol
 
 from server.errors import StreamLimitReached
@@ -109,9 +109,21 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+# /metrics: streams refused by which cap (before: counted nowhere, only the caller told).
+STREAMS_REFUSED = "sluiceway_streams_refused_total"
+METRICS = {
+    STREAMS_REFUSED: (
+        "counter",
+        "ModelStreamInfer, health Watch and reflection streams refused RESOURCE_EXHAUSTED at a stream "
+        "cap: limit max_streams, max_streams_per_connection or max_streams_per_peer",
+    ),
+}
+
+
 class CallTracker:
     def __init__(self, limits: StreamLimits) -> None:
         self._limits = limits
+        self.refused: Counter[str] = Counter()  # streams refused, by the setting that refused them
         self._active = 0
         self._last_arrival = 0.0
         self._idle = asyncio.Event()
@@ -147,13 +159,16 @@ class CallTracker:
         host = peer_host(peer)
         limits = self._limits
         if len(self._sessions) >= limits.total:
+            self.refused["max_streams"] += 1
             raise StreamLimitReached(f"too many open streams on this server (max_streams={limits.total})")
         if self._by_connection[peer] >= limits.per_connection:
+            self.refused["max_streams_per_connection"] += 1
             raise StreamLimitReached(
                 "too many open streams on this connection "
                 f"(max_streams_per_connection={limits.per_connection})"
             )
         if self._by_peer[host] >= limits.per_peer:
+            self.refused["max_streams_per_peer"] += 1
             raise StreamLimitReached(
                 f"too many open streams from {host} (max_streams_per_peer={limits.per_peer})"
             )
@@ -170,6 +185,11 @@ class CallTracker:
                 counter[key] -= 1
                 if counter[key] <= 0:
                     del counter[key]
+
+    def gauge_values(self) -> Iterator[tuple[str, Mapping[str, str], float]]:
+        """The counts for /metrics (a gauge source: server/observability/metrics.py)."""
+        for limit, count in self.refused.items():
+            yield STREAMS_REFUSED, {"limit": limit}, float(count)
 
     @property
     def stalled(self) -> int:

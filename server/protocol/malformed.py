@@ -29,6 +29,7 @@ from server.protocol.field_counts import WALK_FROM_BYTES, crowded
 from server.protocol.frame_size import Oversized, oversized
 from server.protocol.message_fields import too_many_fields
 from server.protocol.message_wait import MessageWaits, read_message
+from server.protocol.rpc_slots import RpcSlots
 from server.protocol.utf8_fields import BytesTwins
 
 
@@ -75,12 +76,13 @@ async def _refuse(request: Malformed | Oversized, context: grpc.aio.ServicerCont
 
 
 def _refusing(
-    kind: str, behavior: Callable[..., Any], waits: MessageWaits | None = None
+    kind: str, behavior: Callable[..., Any], waits: MessageWaits | None = None, slots: RpcSlots | None = None
 ) -> Callable[..., Any]:
     """`behavior` (a grpc aio method of `kind`), ending its call on a request that did not parse
     (INVALID_ARGUMENT) or was over the limit (RESOURCE_EXHAUSTED); for a bidirectional method, on
     any such message of its stream (the other messages go with it, as grpc's own checks had ended
-    the call). A method of one request reads it itself (`_one_request`)."""
+    the call). A method of one request reads it itself (`_one_request`). Each call holds one of
+    `slots` while it runs, or is refused unread (`_full`): in the one wrapper, no frame more."""
     if kind == "stream_unary":  # none is served: a client-streaming method would need its own
         raise ValueError("client-streaming methods are not supported by add_service")
     if kind == "stream_stream":
@@ -96,26 +98,61 @@ def _refusing(
         if inspect.iscoroutinefunction(behavior):  # it writes its answers (reflection's: side_streams.py)
 
             async def written(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-                await behavior(checked(requests, context), context)
+                if _full(slots):
+                    await _refuse_full(slots, context)
+                try:
+                    await behavior(checked(requests, context), context)
+                finally:
+                    _release(slots)
 
             return written
 
-        async def streamed(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            async for response in behavior(checked(requests, context), context):
-                yield response
-
-        return streamed
+        return _gated_stream(lambda requests, context: behavior(checked(requests, context), context), slots)
 
     if kind == "unary_stream" and inspect.isasyncgenfunction(behavior):  # none: health's Watch writes
         raise ValueError("a server-streaming method must write its answers (context.write), not yield them")
 
     # A method of one answer, or a server-streaming one that writes its answers (health's Watch).
     async def single(_: object, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await _one_request(context, waits), context)
+        if _full(slots):
+            await _refuse_full(slots, context)
+        try:
+            return await behavior(await _one_request(context, waits), context)
+        finally:
+            _release(slots)
 
     return single
+
+
+def _gated_stream(behavior: Callable[..., AsyncIterator[Any]], slots: RpcSlots | None) -> Callable[..., Any]:
+    """A bidirectional method that yields its answers, holding one of `slots` while it runs."""
+
+    async def streamed(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if _full(slots):
+            await _refuse_full(slots, context)
+        try:
+            async for response in behavior(requests, context):
+                yield response
+        finally:
+            _release(slots)
+
+    return streamed
+
+
+def _full(slots: RpcSlots | None) -> bool:
+    """Take a slot for the call; True when none is free (a plain call: this runs once per call)."""
+    return slots is not None and not slots.take()
+
+
+async def _refuse_full(slots: RpcSlots | None, context: grpc.aio.ServicerContext) -> None:
+    """End the call RESOURCE_EXHAUSTED, its message unread, as grpc's own bound did."""
+    assert slots is not None
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slots.refusal)
+
+
+def _release(slots: RpcSlots | None) -> None:
+    if slots is not None:
+        slots.give()
 
 
 async def _one_request(context: grpc.aio.ServicerContext, waits: MessageWaits | None = None) -> Any:
@@ -143,6 +180,7 @@ def add_service(
     *,
     streams_answer_in_band: bool = True,
     waits: MessageWaits | None = None,
+    slots: RpcSlots | None = None,
 ) -> None:
     """Register the service's methods as the generated `add_*_to_server` does, except that
     requests are parsed tolerantly, and not at all past `max_message_bytes`. A method refuses a
@@ -151,14 +189,18 @@ def add_service(
     that are not ours (health, reflection) are registered so too (`streams_answer_in_band=False`):
     grpc's own deserializer answered a malformed message UNKNOWN with a traceback logged per message
     (health takes no token: a log flood open to anyone, ~1.4 MiB/s from one client), and grpc's
-    receive limit is only the ceiling above `max_message_bytes` (frame_size.received_ceiling)."""
+    receive limit is only the ceiling above `max_message_bytes` (frame_size.received_ceiling).
+    Every call of every method holds one of `slots` (the server's `max_concurrent_rpcs`) while its
+    handler runs (rpc_slots.py)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         kind = ("stream" if method.client_streaming else "unary") + "_"
         kind += "stream" if method.server_streaming else "unary"
         behavior = getattr(servicer, method.name)
-        if not (kind == "stream_stream" and streams_answer_in_band):
-            behavior = _refusing(kind, behavior, waits)
+        if kind == "stream_stream" and streams_answer_in_band:
+            behavior = _gated_stream(behavior, slots)  # its own messages answered in-band
+        else:
+            behavior = _refusing(kind, behavior, waits, slots)
         registered = "stream_" + kind.split("_")[1]  # one request too: read by `_one_request`
         handlers[method.name] = getattr(grpc, f"{registered}_rpc_method_handler")(
             behavior,

@@ -4,12 +4,14 @@ limits, idle release, stream end (README "Stateful sequences")."""
 from __future__ import annotations
 
 import queue
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -50,6 +52,7 @@ def seq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     (init / "initial_state" / "init.bin").write_bytes(np.array([10, 20, 30, 40], np.float32).tobytes())
     big = sm.accumulator_model(files / "big.onnx", width=BIG_WIDTH)
     write_model(repo, "acc_big", big, sm.accumulator_config(width=BIG_WIDTH))
+    write_model(repo, "acc_counted", big, sm.accumulator_config(width=BIG_WIDTH))  # its own series
     write_model(repo, "axis1", sm.accumulator_axis1_model(files / "axis1.onnx"), sm.AXIS1_CONFIG)
     write_model(repo, "controls", sm.controls_model(files / "controls.onnx"), sm.CONTROLS_CONFIG)
     # An ensemble whose second step is the accumulator: the request's sequence reaches that step.
@@ -247,6 +250,43 @@ def test_live_sequences_are_bounded_by_count_and_state_bytes(stub: pb_grpc.GRPCI
     err = error_of(stub, request("acc_big", 4, big, start=True))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"max_sequence_state_bytes={MAX_STATE_BYTES}" in err.details()
+
+
+def test_live_sequences_and_their_state_bytes_are_on_metrics(
+    stub: pb_grpc.GRPCInferenceServiceStub, seq_server: ServerProcess
+) -> None:
+    """README "Metrics": these were "not there yet" until session 68."""
+
+    def shown() -> tuple[float, float]:
+        url = f"http://127.0.0.1:{seq_server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            text = page.read().decode()
+        found = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.labels == {"model": "acc_counted", "version": "1"}
+        }
+        return found["sluiceway_sequences_live"], found["sluiceway_sequence_state_bytes"]
+
+    state = BIG_WIDTH * 4  # one sequence's FP32 state
+    big = np.ones((1, BIG_WIDTH), np.float32)
+    assert shown() == (0, 0)
+    for sid in (1, 2):
+        stub.ModelInfer(request("acc_counted", sid, big, start=True))
+    assert shown() == (2, 2 * state)  # counted at admission, before the answer
+    # An ended sequence is released once its answer is out, which may be just after the client has it.
+    stub.ModelInfer(request("acc_counted", 1, big, end=True))
+    wait_until(lambda: shown() == (1, state), "sequence 1 released")
+    stub.ModelInfer(request("acc_counted", 2, big, end=True))
+    wait_until(lambda: shown() == (0, 0), "sequence 2 released")
+    # A version without sequence batching has no such series.
+    assert (
+        'sluiceway_sequences_live{model="plain"'
+        not in urllib.request.urlopen(f"http://127.0.0.1:{seq_server.metrics_port}/metrics", timeout=30)
+        .read()
+        .decode()
+    )
 
 
 def test_idle_sequences_are_released_after_max_sequence_idle(stub: pb_grpc.GRPCInferenceServiceStub) -> None:

@@ -200,6 +200,10 @@ def test_source_counters_are_prometheus_counters_with_help(metrics: Metrics) -> 
         "server.observability.sampling",
         "server.models.rollout",
         "server.observability.tracing_export",
+        "server.protocol.rpc_slots",
+        "server.protocol.calls",
+        "server.protocol.message_wait",
+        "server.protocol.loop_pace",
     ],
 )
 def test_every_source_catalog_types_totals_as_counters(module: str) -> None:
