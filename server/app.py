@@ -175,8 +175,7 @@ class SluicewayServer:
         # A call's one request message is waited for within bounds (message_wait.py).
         self.message_waits = message_waits_for(settings)
         self.add_gauge_source(self.message_waits.gauge_values, message_wait.METRICS)
-        # max_concurrent_rpcs is kept here, not by grpc, whose refusals no count saw (rpc_slots.py).
-        self.slots = rpc_slots.RpcSlots(settings.max_concurrent_rpcs)
+        self.slots = rpc_slots.RpcSlots(settings.max_concurrent_rpcs)  # kept here, not by grpc: counted
         self.add_gauge_source(self.slots.gauge_values, rpc_slots.METRICS)
         serve = functools.partial(
             add_service,
@@ -316,6 +315,7 @@ class SluicewayServer:
                 log.warning("spans still buffered were not exported within the grace: dropped")
         self.pace.close()
         self.message_waits.close()
+        self.slots.close()  # the refusals not yet logged are
         self._servicer.close()  # every stream has ended: the lines still rationed are logged
         self._stopped.set()
 

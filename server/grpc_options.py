@@ -48,8 +48,9 @@ def pending_call_options(settings: ServerSettings) -> list[tuple[str, int]]:
     random (CANCELLED "CANCELLED", never seen by our handlers nor counted) once more than 1,000
     wait, up to all past 3,000 (grpc's `max_pending_requests` defaults): 5-10% of 2,000 callers
     at once, 21% of 3,000. Bounded at twice `max_concurrent_rpcs` (soft = hard: no random
-    refusals below it), so a burst reaches the server's own limit (rpc_slots.py), which answers
-    RESOURCE_EXHAUSTED.
+    refusals below it), so a burst of up to that many reaches the server's own limit (rpc_slots.py),
+    which answers RESOURCE_EXHAUSTED and counts it; a call past this backlog is still cancelled
+    by core, seen by no Python code and counted nowhere.
     `grpc_server_args` may set either."""
     bound = min(2 * settings.max_concurrent_rpcs, _GRPC_INT_MAX)
     return [

@@ -64,8 +64,9 @@ def paused_after(message: object) -> float:
 
 
 class QuietRefusals:
-    """`read_until_quiet` for refused streams, at most `limit` at once. Each holds a concurrent-RPC
-    slot for up to REFUSAL_MAX_S: a client that kept writing on streams refused for want of a token
+    """`read_until_quiet` for refused streams, at most `limit` at once. Each holds grpc core's call
+    (and, refused by a stream cap, one of the server's `max_concurrent_rpcs` slots) for up to
+    REFUSAL_MAX_S: a client that kept writing on streams refused for want of a token
     or past the stream caps took every slot, and health checks and unary calls were refused
     (RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!", 35 of 43 ServerLive calls). Past the
     bound a refusal is answered at once (its client may then see grpc/grpc#36066's INTERNAL)."""

@@ -88,7 +88,7 @@ def test_calls_past_max_concurrent_rpcs_are_refused_named_counted_and_logged(ser
                 assert f"max_concurrent_rpcs={MAX_RPCS}" in said, said
             assert series(server, "sluiceway_rpcs_refused_total") == refused_before + 6
             assert series(server, "sluiceway_rpcs_open") == MAX_RPCS  # no refusal took a slot
-            server.wait_for_output("calls RESOURCE_EXHAUSTED: 6 calls were in progress (max_concurrent_rpcs)")
+            server.wait_for_output(" RESOURCE_EXHAUSTED: 6 calls were in progress (max_concurrent_rpcs)")
         finally:
             finish.set()
         for call in held:  # each held call answered once, for its missing message
