@@ -9,7 +9,7 @@
 # lazy_plans.py, ensemble_budget.py, first_run.py, rollout_replay.py, rollout_carry.py and
 # ensemble_config.py, server/observability/sample_layout.py and sampling_writer.py,
 # server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
-# int_division_scan.py, server/protocol/loop_pace.py, server/backends/prepared_graph.py,
+# int_division_scan.py, server/protocol/loop_pace.py and rpc_slots.py, server/backends/prepared_graph.py,
 # onnx_data_sized.py, onnx_output_shapes.py, onnx_row_mixing.py, onnx_mixing_ops.py, onnx_mixing_probe.py,
 # onnx_constant_fold.py, onnx_reshape_rows.py, onnx_batch_size_value.py, onnx_row_positions.py,
 # onnx_batch_names.py, onnx_partial_ints.py, onnx_partial_arithmetic.py, node_order.py, onnx_size_slots.py, onnx_size_positions.py, onnx_grown_rows.py, onnx_pool_indices.py, onnx_einsum.py, onnx_broadcast_pairs.py,
