@@ -61,8 +61,16 @@ def test_refusals_are_logged_at_most_once_every_log_every_s(caplog: pytest.LogCa
         clock.now += LOG_EVERY_S
         due[1][1]()
         due[1][1]()  # nothing new since: no line
+        clock.now = slots._logged_at + LOG_EVERY_S  # a period after the last line, to the tick
+        due.clear()
+        assert not slots.take()  # said at once: no line left due
+        assert not due
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
+    assert lines[3] == (
+        "refused 1 call RESOURCE_EXHAUSTED: 1 calls were in progress (max_concurrent_rpcs) "
+        f"(at most a line every {LOG_EVERY_S:g} s)"
+    )
     assert lines[0].startswith("refused 1 call RESOURCE_EXHAUSTED: 1 calls were in progress")
     assert lines[1].startswith("refused 2 calls RESOURCE_EXHAUSTED")
     assert lines[2].startswith("refused 1 call RESOURCE_EXHAUSTED")
@@ -88,6 +96,15 @@ def test_close_logs_the_refusals_not_yet_said(caplog: pytest.LogCaptureFixture) 
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(" RESOURCE")[0] for line in lines] == ["refused 1 call", "refused 2 calls"]
     assert cancelled == [True]
+
+
+def test_close_without_a_timer_to_cancel_still_logs() -> None:
+    """A `call_later` that returns nothing to cancel (the line due) is not cancelled, only said."""
+    slots = RpcSlots(1, clock=Clock(), call_later=lambda delay, callback: None)
+    assert slots.take()
+    assert not slots.take() and not slots.take()  # the second is due
+    slots.close()
+    assert slots._logged == slots.refused == 2
 
 
 class Context:
