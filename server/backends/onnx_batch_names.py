@@ -258,15 +258,21 @@ class BatchNames:
         return None if isinstance(dim, str) and dim.startswith(TOLD_PREFIX) else dim  # (unnamed)
 
     def reshaped(
-        self, node: onnx.NodeProto, before: Sequence[Dim] | None, after: Sequence[Dim] | None
+        self,
+        node: onnx.NodeProto,
+        before: Sequence[Dim] | None,
+        after: Sequence[Dim] | None,
+        multiple: Folded | None = None,
     ) -> str | None:
         """Why a reshape moves values between the batch's rows (onnx_reshape_rows.py); one that
         folds the batch into an axis makes that axis the batch's for the ops after it. One that
         onnxruntime runs and checks (`checked`) proves products equal (of the batch's data only)
-        for later reshapes."""
+        for later reshapes. `multiple`: the fold its shape's first entry, N * K, makes
+        (onnx_batch_multiples.py), taken where the reading finds nothing else."""
         if before is None or after is None:
             return None
         found = reshaped_rows(before, after, self.roots, self.folds, self.relations)
+        found = multiple if found is None and multiple is not None else found
         # What it proves is of the first input of the Reshapes onnxruntime fuses with it.
         source = self.sources.get(node.input[0], list(before)) if node.input else list(before)
         checked = bool(node.output) and node.output[0] in self.checked

@@ -1,9 +1,10 @@
 """Reading a graph for the walk of onnx_row_mixing.py: tensor dims from the value infos onnx's
 inference writes (read when first asked), the model's nodes at any depth, its standard opset, a
-Constant node's value, and the values a subgraph returns to its node."""
+Constant node's value, a small constant's values, and the values a subgraph returns to its node."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -91,6 +92,17 @@ def value_shape(value: Value | None) -> Dims:
     if isinstance(value, onnx.TensorProto):
         return list(value.dims)
     return list(value.shape) if value is not None else []
+
+
+def value_array(found: Value | None, limit: int) -> np.ndarray | None:
+    """A constant's values where it has at most `limit` and is not stored as external data (read
+    relative to no folder here)."""
+    if not isinstance(found, onnx.TensorProto):
+        return found if found is None or found.size <= limit else None
+    if found.data_location == onnx.TensorProto.EXTERNAL or math.prod(found.dims) > limit:
+        return None
+    value: np.ndarray = onnx.numpy_helper.to_array(found)
+    return value
 
 
 def constant_value(node: onnx.NodeProto) -> Value | None:

@@ -20,8 +20,9 @@ of If, Loop and Scan are read, a Loop's or Scan's body inputs given the shapes o
 node feeds them where the body does not declare them, and so are model-local functions (inlined
 first). A Scan along the batch with state carries the state from row to row.
 A Reshape or Flatten is read by onnx_reshape_rows.py: one that moves values between rows mixes,
-one that folds the batch into an axis makes that axis the batch's for the ops after it; the names
-the batch goes by are kept in onnx_batch_names.py. The batch's size taken as a value mixes
+one that folds the batch into an axis makes that axis the batch's for the ops after it (also a
+shape led by N * K, onnx_batch_multiples.py); the names the batch goes by are kept in
+onnx_batch_names.py. The batch's size taken as a value mixes
 (onnx_batch_size_value.py); a Gather or GatherND whose indices are each row's own place does not
 (onnx_row_positions.py). A computed Pad or Tile, or an Expand copying the batch, may add rows
 (onnx_grown_rows.py, onnx_partial_ints.py). Initializers clients may send are never constants.
@@ -33,15 +34,14 @@ from the data. A graph the reading cannot read (onnx refuses it) is refused: no 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from server.backends.graph_names import ONNX_DOMAIN, described, int_attribute, subgraphs
+from server.backends.onnx_batch_multiples import multiple_fold
 from server.backends.onnx_batch_names import BatchNames
 from server.backends.onnx_batch_size_value import BatchSizeValues
 from server.backends.onnx_broadcast_pairs import broadcast_pair, concat_pinned, matmul_pair, scale_pair
@@ -62,6 +62,7 @@ from server.backends.onnx_mixing_graph import (
     returned_values,
     standard_opset,
     unnamed_first_dims,
+    value_array,
     value_shape,
 )
 from server.backends.onnx_mixing_ops import (
@@ -286,7 +287,9 @@ class _Walk:
             self.values.picked(node.output[0])  # its values are its rows', not made from the size
             return None
         if node.op_type in RESHAPE_OPS:  # read first: a fold it finds names a size made from the batch's
-            moved = self.names.reshaped(node, self.shapes.get(node.input[0]), self.shapes.get(node.output[0]))
+            before, after = self.shapes.get(node.input[0]), self.shapes.get(node.output[0])
+            folded_by = multiple_fold(node, self.values, self.constants, self.shapes.get)
+            moved = self.names.reshaped(node, before, after, folded_by)
             constant = partial(self._constant, node)
             moved = moved or self.values.unread(node, self.shapes.get, constant)  # two dims unknown
             moved = moved or self.values.reads_size(node, self.shapes.get, constant)
@@ -388,13 +391,5 @@ class _Walk:
         return f"axis {axis % max(len(dims), 1)} of '{node.input[index]}' {self.names.shown(dims)}"
 
     def _constant(self, node: onnx.NodeProto, index: int, limit: int = MAX_READ) -> np.ndarray | None:
-        """The value of the node's input `index` where the graph holds it; None where it is
-        computed, has more than `limit` values, or is stored as external data (read relative to
-        no folder here)."""
-        found = self.constants.get(node.input[index]) if index < len(node.input) else None
-        if not isinstance(found, onnx.TensorProto):
-            return found if found is None or found.size <= limit else None
-        if found.data_location == onnx.TensorProto.EXTERNAL or math.prod(found.dims) > limit:
-            return None
-        value: np.ndarray = numpy_helper.to_array(found)
-        return value
+        """The node's input `index`'s value where the graph holds it, of at most `limit` values."""
+        return value_array(self.constants.get(node.input[index]) if index < len(node.input) else None, limit)
