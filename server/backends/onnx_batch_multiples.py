@@ -145,8 +145,7 @@ class _Tracer:
             return None
         dim = read[at]
         if isinstance(dim, str) and dim in self.names.batch:
-            itself = dim in self.names.whole and self.names.row_size(dim) == 1
-            return Multiple(1, ()) if itself else None
+            return Multiple(1, ()) if self.names.itself(dim) else None
         if (
             dim is None
             or (isinstance(dim, str) and dim in self.names.made)

@@ -189,6 +189,10 @@ class BatchNames:
         by it had loaded batched and pairs rows for c False; a tester, session 66)."""
         return self.batch - self.partly
 
+    def itself(self, dim: Dim) -> bool:
+        """Whether `dim` is the batch's size itself under some name (not a fold, not partly)."""
+        return isinstance(dim, str) and dim in self.whole and self.row_size(dim) == 1
+
     @property
     def made(self) -> set[str]:
         """The names of lengths made from the batch's size, not the size itself (`grew`, `adopt`)."""

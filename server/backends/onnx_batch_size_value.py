@@ -72,7 +72,7 @@ class BatchSizeValues:
         self.partial = partial  # each entry of a small integer tensor, where it can be followed
         self.sized: dict[str, frozenset[int]] = {}  # tensor -> flat positions holding a size (EVERY)
         self.source: dict[str, str] = {}  # tensor -> the node that read the size, for the message
-        self.positions = RowPositions(names.roots, names.batch)  # arange(N) and indices made from it
+        self.positions = RowPositions(names.roots, names.batch, names.itself)  # arange(N), indices of it
         self.rankless = RanklessTensors()  # of no known rank, perhaps carrying the batch
         self.lineage: Callable[[str], frozenset[str]] = lambda _: frozenset()  # see()'s: the walk's
 
@@ -80,7 +80,7 @@ class BatchSizeValues:
         """A copy for a subgraph: it reads the enclosing graph's values, its own stay its own."""
         inner = BatchSizeValues(names, partial, self.makers)
         inner.sized, inner.source = dict(self.sized), dict(self.source)
-        inner.positions = self.positions.within(names.batch)
+        inner.positions = self.positions.within(names.batch, names.itself)
         inner.rankless = self.rankless.within()
         return inner
 

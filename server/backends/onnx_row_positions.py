@@ -72,9 +72,13 @@ class RowPositions:
     """Tensors that hold each row's own position (RowIndex), bounded integer values (Bound), and
     single values that are a dim's size (a shape's dim read: Shape then Gather)."""
 
-    def __init__(self, roots: Collection[str], batch: Collection[str]) -> None:
+    def __init__(
+        self, roots: Collection[str], batch: Collection[str], itself: Callable[[Dim], bool] | None = None
+    ) -> None:
         self.roots = roots
         self.batch = batch  # every name the batch goes by (folds too)
+        # the batch's size itself under any name (decoder queries' zeros(N, Q, C) name it anew)
+        self.itself = itself if itself is not None else lambda dim: dim in roots
         self.found: dict[str, RowIndex] = {}
         self.bounds: dict[str, Bound] = {}
         self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
@@ -86,8 +90,8 @@ class RowPositions:
             str, frozenset[str]
         ] = {}  # a followed tensor -> the inputs its sizes are read from
 
-    def within(self, batch: Collection[str]) -> RowPositions:
-        inner = RowPositions(self.roots, batch)
+    def within(self, batch: Collection[str], itself: Callable[[Dim], bool] | None = None) -> RowPositions:
+        inner = RowPositions(self.roots, batch, itself)
         inner.found, inner.bounds = dict(self.found), dict(self.bounds)
         inner.sizes, inner.shapes, inner.followed = dict(self.sizes), dict(self.shapes), set(self.followed)
         inner.sources = dict(self.sources)
@@ -171,8 +175,10 @@ class RowPositions:
         op = node.op_type
         if op in ("Shape", "ArgMax", "ArgMin", "TopK"):
             found = lineage(node.input[0]) if node.input else frozenset()
-        elif op == "Range":
-            found = frozenset()
+        elif op == "Range":  # arange(N) reads no bound; arange(L) of another size is bounded by L's input
+            limit = node.input[1] if len(node.input) > 1 else ""
+            own = self.itself(self.sizes.get(limit))
+            found = frozenset() if own else self.sources.get(limit, frozenset())
         elif op == "Mod" and len(node.input) == 2:  # bounded by its divisor, whatever it divides
             found = self.sources.get(node.input[1], frozenset())  # (GPT-2's lens % S; a tester, s57)
         elif op in ("Expand", "Tile"):  # copies of its input: the shape or repeats read no bound
@@ -233,6 +239,8 @@ class RowPositions:
             fill = attribute(node, "value", None)
             value = onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1)
             return _value_bound(value)
+        if op == "Range" and len(node.input) == 3:
+            return _range_bound(constant(0), constant(2), self.sizes.get(node.input[1]), self.batch)
         if op in _KEPT and node.input and (op != "Cast" or _integer(node)):  # int8 wraps (a tester)
             return self.bounds.get(node.input[0])
         if op in ("Add", "Sub") and len(node.input) == 2:
@@ -252,7 +260,7 @@ class RowPositions:
         op = node.op_type
         if op == "Range":
             start, delta = constant(0), constant(2)
-            if len(node.input) < 3 or self.sizes.get(node.input[1]) not in self.roots:
+            if len(node.input) < 3 or not self.itself(self.sizes.get(node.input[1])):
                 return None
             if start is None or delta is None or start.size != 1 or delta.size != 1:
                 return None
@@ -275,7 +283,7 @@ class RowPositions:
             self.beside[node.output[0]] = index.rank
             if op == "Mul":
                 size = self.sizes.get(other)
-                return _scaled(index, value, None if size in self.roots else size)
+                return _scaled(index, value, None if size in self.batch else size)
             return _shifted(index, value, self.bounds.get(other))
         if op == "Expand" and given[0] is not None and len(node.input) > 1 and not index.column:
             # torch's legacy export broadcasts the indices of x[arange(N), idx] to the shape of
@@ -318,6 +326,22 @@ def _beside_rows(shape: Sequence[Dim] | None, rank: int, batch: Collection[str])
     if any(isinstance(dim, str) and dim in batch for dim in rest):
         return False
     return not reaches or shape[0] == 1 or (isinstance(shape[0], str) and shape[0] in batch)
+
+
+def _range_bound(
+    start: np.ndarray | None, delta: np.ndarray | None, limit: Dim, batch: Collection[str]
+) -> Bound | None:
+    """arange(s, L) of a whole s and a dim's size L other than the batch's: values from s to L - 1
+    (the kv positions of transformers' padding mask, read per row as mask.flatten()[row * L + kv])."""
+    if start is None or delta is None or start.size != 1 or delta.size != 1:
+        return None
+    if start.dtype.kind not in "iu" or delta.dtype.kind not in "iu" or int(delta.flat[0]) != 1:
+        return None
+    if limit is None or (isinstance(limit, str) and limit in batch):
+        return None  # arange(N) is the rows' own place (RowIndex); a fold's length bounds no row
+    if isinstance(limit, int):
+        return Bound(int(start.flat[0]), None, limit - 1)
+    return Bound(int(start.flat[0]), limit, -1)
 
 
 def _value_bound(value: np.ndarray) -> Bound | None:
