@@ -40,7 +40,12 @@ def _batch_size(queries: bool) -> list[onnx.NodeProto]:
 
 
 def _masked(
-    queries: bool = False, start: int = 0, kv_of: str = "m", stride_of: str = "m", kv_limit: str = ""
+    queries: bool = False,
+    start: int = 0,
+    kv_of: str = "m",
+    stride_of: str = "m",
+    kv_limit: str = "",
+    transposed: bool = False,
 ) -> onnx.ModelProto:
     """y = x.sum(1) * mask[arange(N), arange(L)] (the mask gathered per row), [N, 1, 1, L]."""
     nodes = [
@@ -57,7 +62,8 @@ def _masked(
         helper.make_node("Range", ["first", kv_limit or "steps64", "one"], ["kv"]),
         helper.make_node("Unsqueeze", ["kv", "ax012"], ["kv4"]),
         helper.make_node("Add", ["kv4", "starts"], ["at"]),
-        helper.make_node("Flatten", ["m"], ["flat"], axis=2),
+        helper.make_node("Transpose", ["m"], ["mt"], perm=[1, 0] if transposed else [0, 1]),
+        helper.make_node("Flatten", ["mt"], ["flat"], axis=2),
         helper.make_node("Gather", ["flat", "at"], ["picked"], axis=0),
         helper.make_node("Shape", ["at"], ["at_shape"]),
         helper.make_node("Reshape", ["picked", "at_shape"], ["mask4"]),
@@ -131,5 +137,12 @@ def test_a_stride_by_the_batchs_size_under_another_name_stays_refused() -> None:
     # rows * N + arange(L) over [N*L] values: row i reads from i * N, not its own L values.
     model = _masked(queries=True, stride_of="z", kv_of="m")
     model.graph.node[[n.output[0] for n in model.graph.node].index("stride")].input[1] = "zero"
+    assert _rows_mix(model)
+    assert "y" in row_mixing_outputs(model)
+
+
+def test_the_mask_transposed_before_its_flatten_stays_refused() -> None:
+    # [L, N] flattened: row i * L + kv reads the column-major mask, other rows' values.
+    model = _masked(transposed=True)
     assert _rows_mix(model)
     assert "y" in row_mixing_outputs(model)
