@@ -13,6 +13,12 @@ Exporters write such indices for views and for per-row picks:
   refuses the index), so such a Gather is read as mixing.
 - the dynamo export of that pooling is a GatherND of the column [arange(N), idx]: row i reads row
   i whatever idx is (onnxruntime refuses an index past the row).
+- transformers' padding mask, mask[arange(N), arange(L)], is a Gather from the mask flattened at
+  arange(N) * L + arange(L): a Range of a dim's size bounds the offset (ConditionalDETR, DETR).
+- the legacy export of `y[..., :2] += r` is a ScatterND at every place, the columns arange(N)
+  .reshape(-1, 1, 1), arange(Q).reshape(-1, 1), arange(4)[:2] expanded to their sum's shape: the
+  rows' column is arange(N), the sum's other terms a Range's values, alike in every row wherever a
+  Reshape or a Slice puts them (ConditionalDETR's boxes).
 
 An index is followed as stride * row + offset, the offset's bounds known (a whole number, or a
 step count less a number), and the axis that holds the rows (it must stay the index's first).
@@ -20,52 +26,35 @@ step count less a number), and the axis that holds the rows (it must stay the in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
 from server.backends.graph_names import attribute, int_attribute, shape_read, slice_bound
+from server.backends.onnx_row_offsets import (
+    Bound,
+    Constant,
+    Dim,
+    Dims,
+    RowIndex,
+    axis_bound,
+    beside_rows,
+    range_bound,
+    ranged_op,
+    scaled,
+    shifted,
+    trailing_ones,
+    unsqueezed,
+    value_bound,
+)
 
-Dim = int | str | None
-Dims = list[Dim]
-Constant = Callable[[int], "np.ndarray | None"]  # the value of the node's input i, where known
+__all__ = ["Bound", "RowIndex", "RowPositions"]
+
 RowSize = Callable[[str, int], Dim]  # (tensor, axis) -> values a row has there (1: the batch)
 _KEPT = frozenset({"Identity", "Cast", "Squeeze", "Unsqueeze"})  # a Reshape can move the rows' axis
 _STARTS = frozenset({"Shape", "ArgMax", "ArgMin", "TopK", "Mod", "ConstantOfShape"})  # what starts a trail
-
-
-@dataclass(frozen=True)
-class Bound:
-    """Integer values from `low` to `top` + `high` (`top` a dim's size, or None for 0)."""
-
-    low: int
-    top: Dim
-    high: int
-
-    def shifted(self, by: int) -> Bound:
-        return Bound(self.low + by, self.top, self.high + by)
-
-
-@dataclass(frozen=True)
-class RowIndex:
-    """Values stride * row + offset, the offset within `offset`, the row along the first of `rank`
-    axes; `column`: the last axis joins this as its first column to other indices (a GatherND's)."""
-
-    stride: Dim
-    offset: Bound
-    rank: int
-    column: bool = False
-    sources: frozenset[str] = frozenset()  # the graph inputs its stride's and offset's sizes are read from
-
-    def within(self, size: Dim) -> bool:
-        """Whether each row's indices stay among the `size` values of its own row."""
-        if size is None or self.stride != size or self.offset.low < 0:
-            return False
-        if self.offset.top is None:
-            return self.offset.high < size if isinstance(size, int) else self.offset.high <= 0
-        return self.offset.top == size and self.offset.high <= -1
 
 
 class RowPositions:
@@ -84,6 +73,7 @@ class RowPositions:
         self.sizes: dict[str, Dim] = {}  # a tensor of one value -> the dim whose size it is
         self.shapes: dict[str, Dims] = {}  # a Shape's output -> the dims it holds
         self.followed: set[str] = set()  # every tensor in any of the above
+        self.ranged: set[str] = set()  # bounded values a Range makes from sizes alone, alike in every row
         self.beside: dict[str, int] = {}  # an index broadcast with values beside its rows -> its rank
         self.shape_of: dict[str, str] = {}  # a Shape's output -> the tensor it reads
         self.sources: dict[
@@ -95,7 +85,7 @@ class RowPositions:
         inner.found, inner.bounds = dict(self.found), dict(self.bounds)
         inner.sizes, inner.shapes, inner.followed = dict(self.sizes), dict(self.shapes), set(self.followed)
         inner.sources = dict(self.sources)
-        inner.beside, inner.shape_of = dict(self.beside), dict(self.shape_of)
+        inner.beside, inner.shape_of, inner.ranged = dict(self.beside), dict(self.shape_of), set(self.ranged)
         return inner
 
     def see(
@@ -138,8 +128,10 @@ class RowPositions:
         bound = self._bound(node, dims, constant)
         if bound is not None:
             self.bounds[out] = bound
+            if ranged_op(node, self.ranged):
+                self.ranged.add(out)
         if node.op_type == "TopK" and len(node.output) > 1 and node.output[1]:
-            picked = _axis_bound(dims(node.input[0]), int_attribute(node, "axis", -1))
+            picked = axis_bound(dims(node.input[0]), int_attribute(node, "axis", -1))
             if picked is not None:
                 self.bounds[node.output[1]] = picked
         found = self._index(node, dims, constant, sized)
@@ -223,7 +215,7 @@ class RowPositions:
     ) -> Bound | None:
         op = node.op_type
         if op in ("ArgMax", "ArgMin") and node.input:
-            return _axis_bound(dims(node.input[0]), int_attribute(node, "axis", 0))
+            return axis_bound(dims(node.input[0]), int_attribute(node, "axis", 0))
         if op == "Mod" and len(node.input) == 2 and not int_attribute(node, "fmod", 0):
             divisor = constant(1)
             if (
@@ -238,11 +230,13 @@ class RowPositions:
         if op == "ConstantOfShape":
             fill = attribute(node, "value", None)
             value = onnx.numpy_helper.to_array(fill) if isinstance(fill, onnx.TensorProto) else np.zeros(1)
-            return _value_bound(value)
+            return value_bound(value)
         if op == "Range" and len(node.input) == 3:
-            return _range_bound(constant(0), constant(2), self.sizes.get(node.input[1]), self.batch)
+            return range_bound(constant(0), constant(2), self.sizes.get(node.input[1]), self.batch)
         if op in _KEPT and node.input and (op != "Cast" or _integer(node)):  # int8 wraps (a tester)
             return self.bounds.get(node.input[0])
+        if op in ("Reshape", "Slice") and node.input and node.input[0] in self.ranged:
+            return self.bounds.get(node.input[0])  # a Range's values, alike in every row: placed anywhere
         if op in ("Add", "Sub") and len(node.input) == 2:
             given, other = self.bounds.get(node.input[0]), constant(1)
             if given is None or other is None or other.size != 1 or other.dtype.kind not in "iu":
@@ -272,19 +266,21 @@ class RowPositions:
             return None
         if op in ("Identity", "Cast"):
             return index if op == "Identity" or _integer(node) else None
+        if op == "Reshape" and given[0] is not None and index.rank == 1 and not index.column:
+            return trailing_ones(index, constant(1))
         if op == "Unsqueeze" and given[0] is not None and not index.column:
-            return _unsqueezed(node, index, constant)
+            return unsqueezed(node, index, constant)
         if op in ("Mul", "Add") and len(node.input) == 2 and not index.column:
             at = 1 if given[0] is not None else 0
             other, value = node.input[at], constant(at)
             shape = list(value.shape) if value is not None else dims(other)
-            if sized(other) or not _beside_rows(shape, index.rank, self.batch):
+            if sized(other) or not beside_rows(shape, index.rank, self.batch):
                 return None  # made from the batch's size, or broadcast across the rows
             self.beside[node.output[0]] = index.rank
             if op == "Mul":
                 size = self.sizes.get(other)
-                return _scaled(index, value, None if size in self.batch else size)
-            return _shifted(index, value, self.bounds.get(other))
+                return scaled(index, value, None if size in self.batch else size)
+            return shifted(index, value, self.bounds.get(other))
         if op == "Expand" and given[0] is not None and len(node.input) > 1 and not index.column:
             # torch's legacy export broadcasts the indices of x[arange(N), idx] to the shape of
             # their sum: a shape beside the rows leaves each row's place along axis 0.
@@ -304,86 +300,3 @@ class RowPositions:
 
 def _integer(node: onnx.NodeProto) -> bool:
     return int_attribute(node, "to", 0) in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
-
-
-def _axis_bound(shape: Dims | None, axis: int) -> Bound | None:
-    """A position along `axis` of a tensor of `shape` (an ArgMax's, a TopK's index)."""
-    if shape is None or not -len(shape) <= axis < len(shape) or shape[axis] is None:
-        return None
-    size = shape[axis]
-    return Bound(0, None, size - 1) if isinstance(size, int) else Bound(0, size, -1)
-
-
-def _beside_rows(shape: Sequence[Dim] | None, rank: int, batch: Collection[str]) -> bool:
-    """Whether a tensor of `shape` added to or multiplying an index of `rank` axes leaves the rows'
-    axis first and alone: no more axes than the index, the batch or one value along the rows' axis
-    where it reaches it, and the batch along no other (an offset [N] beside an index [N, 1] made it
-    [N, N]: each row's answer from every row's offsets; a tester, session 51)."""
-    if shape is None or len(shape) > rank or any(dim is None for dim in shape):
-        return False
-    reaches = len(shape) == rank
-    rest = shape[1:] if reaches else shape
-    if any(isinstance(dim, str) and dim in batch for dim in rest):
-        return False
-    return not reaches or shape[0] == 1 or (isinstance(shape[0], str) and shape[0] in batch)
-
-
-def _range_bound(
-    start: np.ndarray | None, delta: np.ndarray | None, limit: Dim, batch: Collection[str]
-) -> Bound | None:
-    """arange(s, L) of a whole s and a dim's size L other than the batch's: values from s to L - 1
-    (the kv positions of transformers' padding mask, read per row as mask.flatten()[row * L + kv])."""
-    if start is None or delta is None or start.size != 1 or delta.size != 1:
-        return None
-    if start.dtype.kind not in "iu" or delta.dtype.kind not in "iu" or int(delta.flat[0]) != 1:
-        return None
-    if limit is None or (isinstance(limit, str) and limit in batch):
-        return None  # arange(N) is the rows' own place (RowIndex); a fold's length bounds no row
-    if isinstance(limit, int):
-        return Bound(int(start.flat[0]), None, limit - 1)
-    return Bound(int(start.flat[0]), limit, -1)
-
-
-def _value_bound(value: np.ndarray) -> Bound | None:
-    if value.size == 0 or value.dtype.kind not in "iu":
-        return None
-    return Bound(int(value.min()), None, int(value.max()))
-
-
-def _unsqueezed(node: onnx.NodeProto, index: RowIndex, constant: Constant) -> RowIndex | None:
-    """New axes anywhere but ahead of the rows' axis."""
-    given = constant(1) if len(node.input) > 1 else np.asarray(attribute(node, "axes", []))
-    if given is None or given.size == 0:
-        return None
-    rank = index.rank + given.size
-    axes = {int(a) % rank for a in given.flat}
-    return None if 0 in axes else replace(index, rank=rank)
-
-
-def _scaled(index: RowIndex, by: np.ndarray | None, size: Dim) -> RowIndex | None:
-    """Times a positive whole number, or arange(N) times a dim's size (a row's steps)."""
-    if by is None:  # a dim's size: a symbol, or a number the graph reads from a shape
-        plain = index.stride == 1 and index.offset == Bound(0, None, 0)
-        if isinstance(size, str) and plain:
-            return replace(index, stride=size)
-        if not isinstance(size, int):
-            return None
-        by = np.asarray(size, np.int64)
-    if by.size != 1 or by.ndim > index.rank or by.dtype.kind not in "iu" or by.flat[0] < 1:
-        return None
-    times = int(by.flat[0])
-    if not isinstance(index.stride, int) or index.offset.top is not None:
-        return None
-    offset = Bound(index.offset.low * times, None, index.offset.high * times)
-    return replace(index, stride=index.stride * times, offset=offset)
-
-
-def _shifted(index: RowIndex, by: np.ndarray | None, bound: Bound | None) -> RowIndex | None:
-    """Plus constant offsets that add no axis ahead of the rows', or bounded values (an ArgMax's)."""
-    if by is not None and by.size and by.ndim <= index.rank and by.dtype.kind in "iu":
-        bound = Bound(int(by.min()), None, int(by.max()))
-    if bound is None or (bound.top is not None and index.offset.top is not None):
-        return None
-    top = bound.top if bound.top is not None else index.offset.top
-    offset = Bound(index.offset.low + bound.low, top, index.offset.high + bound.high)
-    return replace(index, offset=offset)
