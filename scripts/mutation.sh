@@ -11,7 +11,7 @@
 # server/backends/int_division_guard.py, int_division_rewrite.py, int_division_nodes.py and
 # int_division_scan.py, server/protocol/loop_pace.py and rpc_slots.py, server/backends/prepared_graph.py,
 # onnx_data_sized.py, onnx_output_shapes.py, onnx_row_mixing.py, onnx_mixing_ops.py, onnx_mixing_probe.py,
-# onnx_constant_fold.py, onnx_reshape_rows.py, onnx_batch_size_value.py, onnx_row_positions.py,
+# onnx_constant_fold.py, onnx_reshape_rows.py, onnx_batch_size_value.py, onnx_row_positions.py, onnx_row_offsets.py,
 # onnx_batch_names.py, onnx_partial_ints.py, onnx_partial_arithmetic.py, node_order.py, onnx_size_slots.py, onnx_size_positions.py, onnx_grown_rows.py, onnx_pool_indices.py, onnx_einsum.py, onnx_broadcast_pairs.py,
 # onnx_filled_shapes.py, onnx_seeded_shapes.py, onnx_table_reads.py, onnx_sequence_reads.py, onnx_rankless.py,
 # onnx_branch_axes.py, onnx_constant_branches.py, onnx_reference_fold.py, onnx_fixed_lengths.py, onnx_dim_terms.py,
