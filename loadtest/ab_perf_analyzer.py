@@ -13,22 +13,16 @@ perf_analyzer's 10%): the spread of the per-round ratios is the figure's error.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from loadtest.perf_analyzer_path import find_perf_analyzer
 from loadtest.perf_analyzer_table import run_perf_analyzer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-_READY = re.compile(r"sluiceway ready on 127\.0\.0\.1:(\d+)")
-START_LIMIT_S = 300.0  # a server not ready by then has failed (the demo models built once, cached)
+from loadtest.server import REPO_ROOT, SpawnedServer
 
 
 @contextmanager
@@ -45,29 +39,6 @@ def worktree(ref: str) -> Iterator[Path]:
             subprocess.run(
                 ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False
             )
-
-
-@contextmanager
-def served(tree: Path, log: Path) -> Iterator[int]:
-    """`sluiceway serve` of `tree` (demo models from this checkout's cache) on a free 127.0.0.1
-    port, its output in `log` (a pipe nobody read would fill and stop it); its port. Stopped on
-    the way out."""
-    command = [sys.executable, "-m", "server", "serve", "--port", "0", "--metrics-port", "0"]
-    command += ["--cache-dir", str(REPO_ROOT / ".cache")]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_LIMIT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            match = _READY.search(log.read_text())
-            if match:
-                yield int(match.group(1))
-                return
-            time.sleep(0.2)  # a benchmark's start-up, not a test: polled, bounded by START_LIMIT_S
-        raise RuntimeError(f"the server of {tree} did not start; its log: {log}")
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 def summary(ratios: Sequence[float]) -> str:
@@ -88,11 +59,10 @@ def main() -> None:
     tool = find_perf_analyzer(args.perf_analyzer)
     rounds = min(args.rounds, 50)  # bounded: each round is two perf_analyzer runs
     with ExitStack() as stack:
-        logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         tree = stack.enter_context(worktree(args.ref))
         ports = {
-            f"a_{args.ref}": stack.enter_context(served(tree, logs / "a.log")),
-            "b_worktree": stack.enter_context(served(REPO_ROOT, logs / "b.log")),
+            f"a_{args.ref}": stack.enter_context(SpawnedServer(cwd=tree)).port,
+            "b_worktree": stack.enter_context(SpawnedServer()).port,
         }
         ratios = []
         for r in range(rounds):

@@ -23,8 +23,14 @@ class SpawnedServer:
     ready_pattern = _READY  # the line that gives the bound address (a subclass may serve another)
 
     def __init__(
-        self, cache_dir: Path = DEFAULT_CACHE_DIR, extra: Sequence[str] = (), watch: Sequence[str] = ()
+        self,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+        extra: Sequence[str] = (),
+        watch: Sequence[str] = (),
+        cwd: Path = REPO_ROOT,
     ) -> None:
+        """`cwd`: the checkout whose server runs (another commit's worktree: loadtest/ab_perf_analyzer.py)."""
+        self.cwd = cwd
         self.command = [
             sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0",
             "--metrics-port", "0", "--cache-dir", str(cache_dir), *extra,
@@ -42,7 +48,7 @@ class SpawnedServer:
 
     def start(self, timeout_s: float = 180.0) -> SpawnedServer:
         self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            self.command, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         ready = threading.Event()
 
