@@ -14,14 +14,7 @@ import pytest
 from server.protocol import malformed
 from server.protocol.calls import CallTracker, StreamLimits
 from server.protocol.rpc_slots import LOG_EVERY_S, OPEN, REFUSED, RpcSlots
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.batcher_fakes import Clock
 
 
 def test_slots_are_taken_up_to_the_limit_then_refused_and_counted() -> None:
@@ -214,12 +207,18 @@ def test_a_cancelled_call_gives_its_slot_back() -> None:
     asyncio.run(run())
 
 
+class Session:
+    """What the tracker asks of an open stream (calls.Finishable)."""
+
+    def finish(self, why: str = "") -> None:
+        pass
+
+
 def test_streams_refused_at_a_cap_are_counted_by_the_setting_that_refused_them() -> None:
     tracker = CallTracker(StreamLimits(total=3, per_connection=1, per_peer=2))
 
     def opened(peer: str) -> Any:
-        session = object.__new__(type("S", (), {"finish": lambda self, why="": None}))
-        stream = tracker.stream(peer, session)
+        stream = tracker.stream(peer, Session())
         stream.__enter__()
         return stream
 
